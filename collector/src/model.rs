@@ -1,0 +1,230 @@
+//! The in-memory form of a recording: a [`Header`] and a stream of [`Event`]s.
+//!
+//! The recorder produces these, the `lbrprof.data` writer stores them, the reader and the
+//! `perf.data` import yield them, and reports consume them. Addresses are kept exactly as
+//! the sampled machine saw them (host virtual or guest virtual); mapping them to files is
+//! the symbolizer's job, with the [`Mapping`] events as its input.
+
+use serde::{Deserialize, Serialize};
+
+pub use lbrprof_vmm::snapshot::{LbrBackend, LbrEntry, LbrSnapshot, SnapshotReason};
+
+/// Which privilege level and machine an address belongs to (perf's `PERF_RECORD_MISC_*`
+/// cpumodes and `PERF_CONTEXT_*` callchain markers, without the markers themselves).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CpuMode {
+    #[default]
+    Unknown,
+    Kernel,
+    User,
+    Hypervisor,
+    GuestKernel,
+    GuestUser,
+}
+
+impl CpuMode {
+    pub fn is_guest(self) -> bool {
+        matches!(self, CpuMode::GuestKernel | CpuMode::GuestUser)
+    }
+    pub fn is_kernel(self) -> bool {
+        matches!(self, CpuMode::Kernel | CpuMode::GuestKernel | CpuMode::Hypervisor)
+    }
+}
+
+/// One frame of a sampled call chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    pub addr: u64,
+    pub mode: CpuMode,
+}
+
+/// The kind of a taken branch, as perf's `PERF_BR_*` types or as classified by decoding
+/// the instruction at the branch source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BranchKind {
+    #[default]
+    Unknown,
+    /// Conditional jump (Jcc, JCXZ, LOOP).
+    Cond,
+    /// Unconditional direct jump.
+    Uncond,
+    /// Indirect jump.
+    IndJump,
+    /// Direct near call.
+    Call,
+    /// Indirect near call.
+    IndCall,
+    /// Near return.
+    Ret,
+    Syscall,
+    Sysret,
+    /// Interrupt, including NMI/PMI.
+    Irq,
+    /// Exception or fault.
+    Exception,
+    /// Return from interrupt or exception (IRET).
+    Eret,
+    /// Other far transfer (far call/jmp/ret).
+    Far,
+}
+
+/// What the LBR (or perf) says about one taken branch beyond its addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BranchFlags {
+    pub mispred: bool,
+    pub predicted: bool,
+    pub in_tx: bool,
+    pub abort: bool,
+    /// Core cycles since the previous LBR entry; 0 when the LBR does not provide them.
+    pub cycles: u16,
+    pub kind: BranchKind,
+}
+
+/// One taken branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Branch {
+    pub from: u64,
+    pub to: u64,
+    pub flags: BranchFlags,
+}
+
+/// A sample of the host (or, for imported `perf.data` with guest samples, of a guest seen
+/// from the host).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSample {
+    /// CLOCK_MONOTONIC nanoseconds (for imported perf.data: perf's clock).
+    pub time_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// Sample period (event count this sample stands for).
+    pub period: u64,
+    pub ip: u64,
+    pub mode: CpuMode,
+    /// Call chain, innermost first, callchain context markers removed (each frame keeps
+    /// its mode instead). The first frame is normally `ip` itself.
+    pub callchain: Vec<Frame>,
+    /// Branch stack, newest first (perf's order); empty when none was sampled.
+    pub branches: Vec<Branch>,
+    /// PERF_SAMPLE_BRANCH_HW_INDEX, when recorded.
+    pub branch_hw_index: Option<u64>,
+}
+
+/// Where an executable mapping lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AddressSpace {
+    /// A host process's user space (`pid` of the [`Mapping`]).
+    HostUser,
+    /// The host kernel and its modules.
+    HostKernel,
+    /// A guest of the VMM shim; guest virtual addresses.
+    Guest { vm: u32 },
+}
+
+/// An executable mapping (perf's MMAP2, or a guest image's load).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub time_ns: u64,
+    pub space: AddressSpace,
+    pub pid: u32,
+    pub start: u64,
+    pub len: u64,
+    /// File offset of `start`.
+    pub pgoff: u64,
+    pub path: String,
+    pub build_id: Option<Vec<u8>>,
+}
+
+/// Process and thread life-cycle side-band records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    Comm { time_ns: u64, pid: u32, tid: u32, comm: String },
+    Fork { time_ns: u64, pid: u32, tid: u32, ppid: u32, ptid: u32 },
+    Exit { time_ns: u64, pid: u32, tid: u32 },
+}
+
+/// What was lost, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LossKind {
+    /// The kernel's perf ring buffer overflowed (PERF_RECORD_LOST).
+    RingBuffer,
+    /// The kernel throttled sampling (PERF_RECORD_THROTTLE).
+    Throttled,
+    /// A snapshot or sample channel was full.
+    ChannelFull,
+    /// Branches that retired while the LBR was frozen.
+    Frozen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    pub time_ns: u64,
+    pub kind: LossKind,
+    pub count: u64,
+    /// The thread (host) or vCPU (guest) concerned, when known.
+    pub tid: Option<u32>,
+}
+
+/// One record of a recording's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Mapping(Mapping),
+    Task(TaskEvent),
+    Sample(HostSample),
+    Snapshot(LbrSnapshot),
+    Loss(Loss),
+}
+
+/// Facts about the machine a recording was made on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_vendor: String,
+    pub cpu_model: String,
+    /// Name of the PMU used for host sampling ("cpu" for a hardware PMU, "software").
+    pub pmu: String,
+    pub lbr_depth: u32,
+    /// LBR format from IA32_PERF_CAPABILITIES[5:0], when known.
+    pub lbr_format: Option<u8>,
+}
+
+/// How host sampling was configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    /// "cycles", "cpu-clock", … as perf names them.
+    pub event: String,
+    /// Why this event was chosen (printed once by `record`).
+    pub event_reason: String,
+    /// Sampling frequency in Hz, or 0 when `period` is used.
+    pub frequency: u64,
+    pub period: u64,
+    pub branch_stacks: bool,
+    /// "fp" or "lbr".
+    pub call_graph: String,
+}
+
+/// What was profiled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Command { argv: Vec<String> },
+    Pid { pid: u32 },
+    Tid { tid: u32 },
+    Vm { image: String, vcpus: u32, backend: LbrBackend, mode: String },
+    /// Imported from a perf.data file.
+    PerfData { path: String },
+}
+
+/// The recording header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// `lbrprof` version that wrote it.
+    pub writer: String,
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub start_unix: u64,
+    /// CLOCK_MONOTONIC at start, ns; event times are on this clock.
+    pub start_monotonic_ns: u64,
+    pub host: HostInfo,
+    pub sampling: SamplingConfig,
+    pub target: Target,
+}

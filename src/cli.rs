@@ -1,0 +1,49 @@
+//! The clap definition of the whole command line. Each subcommand's arguments are defined
+//! next to its implementation in `cmd/<name>.rs`.
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+/// A host+guest Last Branch Record profiler, a companion to Linux perf.
+#[derive(Debug, Parser)]
+#[command(name = "lbrprof", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record a host command, a running process, or a guest in the VMM shim.
+    Record(cmd::record::Args),
+    /// Summarize a recording (lbrprof.data or perf.data): hot functions, branches, ranges.
+    Report(cmd::report::Args),
+    /// Draw a flame graph (SVG) of a recording.
+    Flamegraph(cmd::flamegraph::Args),
+    /// Compare two recordings and give a regression verdict (exit 0 none, 1 regression, 2 error).
+    Diff(cmd::diff::Args),
+    /// Export branch profiles for optimizers (BOLT .fdata).
+    Export(cmd::export::Args),
+    /// Print this host's profiling capabilities, or a recording's header and totals.
+    Info(cmd::info::Args),
+    /// Record a built-in guest workload and write a report, a JSON histogram and a flame graph.
+    Demo(cmd::demo::Args),
+    /// Boot a guest image in the VMM shim and run it to completion, without profiling.
+    Run(cmd::run::Args),
+    /// Symbolize addresses of an ELF file, in the style of `addr2line -f -i -C`.
+    Symbolize(cmd::symbolize::Args),
+    /// Generate man pages or shell completions.
+    Generate(cmd::generate::Args),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,10 @@
+//! `lbrprof diff`.
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("diff: this build does not support it yet")
+}

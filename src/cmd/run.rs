@@ -1,0 +1,10 @@
+//! `lbrprof run`.
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("run: this build does not support it yet")
+}
