@@ -11,7 +11,9 @@ pub use lbrprof_vmm::snapshot::{LbrBackend, LbrEntry, LbrSnapshot, SnapshotReaso
 
 /// Which privilege level and machine an address belongs to (perf's `PERF_RECORD_MISC_*`
 /// cpumodes and `PERF_CONTEXT_*` callchain markers, without the markers themselves).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum CpuMode {
     #[default]
     Unknown,
@@ -27,7 +29,10 @@ impl CpuMode {
         matches!(self, CpuMode::GuestKernel | CpuMode::GuestUser)
     }
     pub fn is_kernel(self) -> bool {
-        matches!(self, CpuMode::Kernel | CpuMode::GuestKernel | CpuMode::Hypervisor)
+        matches!(
+            self,
+            CpuMode::Kernel | CpuMode::GuestKernel | CpuMode::Hypervisor
+        )
     }
 }
 
@@ -40,7 +45,9 @@ pub struct Frame {
 
 /// The kind of a taken branch, as perf's `PERF_BR_*` types or as classified by decoding
 /// the instruction at the branch source.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum BranchKind {
     #[default]
     Unknown,
@@ -138,9 +145,24 @@ pub struct Mapping {
 /// Process and thread life-cycle side-band records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskEvent {
-    Comm { time_ns: u64, pid: u32, tid: u32, comm: String },
-    Fork { time_ns: u64, pid: u32, tid: u32, ppid: u32, ptid: u32 },
-    Exit { time_ns: u64, pid: u32, tid: u32 },
+    Comm {
+        time_ns: u64,
+        pid: u32,
+        tid: u32,
+        comm: String,
+    },
+    Fork {
+        time_ns: u64,
+        pid: u32,
+        tid: u32,
+        ppid: u32,
+        ptid: u32,
+    },
+    Exit {
+        time_ns: u64,
+        pid: u32,
+        tid: u32,
+    },
 }
 
 /// What was lost, and where.
@@ -207,12 +229,25 @@ pub struct SamplingConfig {
 /// What was profiled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
-    Command { argv: Vec<String> },
-    Pid { pid: u32 },
-    Tid { tid: u32 },
-    Vm { image: String, vcpus: u32, backend: LbrBackend, mode: String },
+    Command {
+        argv: Vec<String>,
+    },
+    Pid {
+        pid: u32,
+    },
+    Tid {
+        tid: u32,
+    },
+    Vm {
+        image: String,
+        vcpus: u32,
+        backend: LbrBackend,
+        mode: String,
+    },
     /// Imported from a perf.data file.
-    PerfData { path: String },
+    PerfData {
+        path: String,
+    },
 }
 
 /// The recording header.

@@ -64,7 +64,11 @@ impl LbrSnapshot {
     /// order in which perf presents branch stacks. Empty slots (from = to = 0) are skipped.
     pub fn newest_first(&self) -> impl Iterator<Item = &LbrEntry> + '_ {
         let depth = self.entries.len();
-        let tos = if depth == 0 { 0 } else { self.tos as usize % depth };
+        let tos = if depth == 0 {
+            0
+        } else {
+            self.tos as usize % depth
+        };
         (0..depth)
             .map(move |i| &self.entries[(tos + depth - i) % depth])
             .filter(|e| e.from != 0 || e.to != 0)
@@ -82,7 +86,14 @@ mod tests {
             guest_tsc: 0,
             reason: SnapshotReason::Final,
             tos,
-            entries: froms.iter().map(|&f| LbrEntry { from: f, to: if f == 0 { 0 } else { f + 1 }, info: 0 }).collect(),
+            entries: froms
+                .iter()
+                .map(|&f| LbrEntry {
+                    from: f,
+                    to: if f == 0 { 0 } else { f + 1 },
+                    info: 0,
+                })
+                .collect(),
             guest_ip: 0,
             guest_sp: 0,
             guest_fp: 0,
