@@ -9,4 +9,5 @@
 //! produces), and it is not a general-purpose VMM: no block or network devices, no
 //! firmware, just enough machine for a small guest kernel and ring-3 workloads.
 
+pub mod pmu;
 pub mod snapshot;

@@ -1,0 +1,67 @@
+//! Helpers shared by the end-to-end tests: running the binary, and the rules for tests
+//! that need /dev/kvm or perf_event_open.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `lbrprof` binary under test.
+pub fn lbrprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lbrprof"))
+}
+
+/// Run `lbrprof ARGS` and return its output.
+pub fn run(args: &[&str]) -> Output {
+    lbrprof().args(args).output().expect("cannot start the lbrprof binary")
+}
+
+/// `../shared/fixtures/perfdata` next to the checkout, where CI keeps the real perf.data files.
+pub fn perfdata_fixtures() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/perfdata");
+    dir.is_dir().then_some(dir)
+}
+
+/// Whether a test needing a capability may run. Prints why it skips when it cannot; panics
+/// instead of skipping when `LBRPROF_REQUIRE_<NAME>` is set (CI sets it on machines that
+/// have the capability, so a skip there is a failure).
+fn capability(name: &str, available: Result<(), String>) -> bool {
+    match available {
+        Ok(()) => true,
+        Err(why) => {
+            if std::env::var_os(format!("LBRPROF_REQUIRE_{name}")).is_some() {
+                panic!("LBRPROF_REQUIRE_{name} is set but the test cannot run: {why}");
+            }
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// True when /dev/kvm can be opened read-write.
+pub fn kvm_available() -> bool {
+    capability(
+        "KVM",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(drop)
+            .map_err(|e| format!("needs /dev/kvm ({e})")),
+    )
+}
+
+/// True when perf_event_open is usable for sampling other processes (root or
+/// perf_event_paranoid <= 1).
+pub fn perf_available() -> bool {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = match paranoid {
+        None => Err("needs perf_event_open (no /proc/sys/kernel/perf_event_paranoid)".into()),
+        Some(p) if root || p <= 1 => Ok(()),
+        Some(p) => Err(format!("needs perf_event_open (perf_event_paranoid is {p}, not root)")),
+    };
+    capability("PERF", ok)
+}
