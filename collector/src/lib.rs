@@ -12,4 +12,8 @@
 //! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
+pub mod host;
 pub mod model;
+pub mod record;
+pub mod recording;
+pub mod sampler;

@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use lbrprof_collector::host::{self, BranchRequest, EventRequest, HostFacts, SamplingRequest};
+use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Recorder};
+
+use crate::cmd::with_exit;
 
 /// Record a host command (`-- CMD ARGS`), a process (`-p`), a thread (`-t`), or a guest
 /// image in the VMM shim (`--vm`). Exits with the profiled program's exit status.
@@ -56,6 +62,83 @@ pub enum CallGraph {
     Lbr,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("record: this build does not record yet")
+impl Args {
+    /// The plain options the collector takes.
+    fn into_options(self) -> anyhow::Result<RecordOptions> {
+        let target = match (self.pid, self.tid) {
+            (Some(pid), _) => RecordTarget::Pid(pid),
+            (_, Some(tid)) => RecordTarget::Tid(tid),
+            (None, None) if self.command.is_empty() => {
+                anyhow::bail!("nothing to record: give `-- CMD ARGS`, `-p PID` or `-t TID`")
+            }
+            (None, None) => RecordTarget::Command(self.command),
+        };
+        let duration = match self.duration {
+            None => None,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+                Some(Duration::from_secs_f64(secs))
+            }
+            Some(secs) => {
+                anyhow::bail!("--duration must be a positive number of seconds, not {secs}")
+            }
+        };
+        Ok(RecordOptions {
+            output: self.output,
+            frequency: self.freq,
+            request: SamplingRequest {
+                event: match self.event {
+                    EventChoice::Auto => EventRequest::Auto,
+                    EventChoice::Cycles => EventRequest::Cycles,
+                    EventChoice::CpuClock => EventRequest::CpuClock,
+                },
+                branches: match self.branches {
+                    Toggle::Auto => BranchRequest::Auto,
+                    Toggle::On => BranchRequest::On,
+                    Toggle::Off => BranchRequest::Off,
+                },
+                call_graph: match self.call_graph {
+                    CallGraph::Fp => host::CallGraph::Fp,
+                    CallGraph::Lbr => host::CallGraph::Lbr,
+                },
+            },
+            target,
+            duration,
+        })
+    }
+}
+
+/// Record; exit with the command's status (128 + signal when it was killed), 0 for
+/// `-p`/`-t`, 127/126 when the command cannot be run, 2 for other errors.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let opts = args.into_options()?;
+    let output = opts.output.clone();
+    let facts = HostFacts::probe();
+    let recorder = Recorder::prepare(opts, &facts).map_err(record_error)?;
+    eprintln!("lbrprof: sampling with {}", recorder.choice().reason);
+    let outcome = recorder.run().map_err(record_error)?;
+    let s = &outcome.summary;
+    let event = outcome.choice.event.name();
+    let why = if outcome.choice.event == host::EventKind::CpuClock && !facts.pmu_present() {
+        " (no hardware PMU)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "lbrprof: {} samples, {} lost, {} throttled, event {event}{why}, written to {}",
+        s.samples,
+        s.lost,
+        s.throttled,
+        output.display()
+    );
+    Ok(match outcome.exit {
+        Some(exit) => ExitCode::from(u8::try_from(exit.shell_code()).unwrap_or(255)),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+fn record_error(err: RecordError) -> anyhow::Error {
+    match err.exit_code() {
+        Some(code) => with_exit(err.into(), code),
+        None => err.into(),
+    }
 }
