@@ -162,34 +162,46 @@ impl HostSampler {
         let event_name = config.event.name();
         let mut rings = Vec::with_capacity(cpus.len());
         for &cpu in &cpus {
-            let mut counters: Vec<Counter> = Vec::with_capacity(tasks.len());
+            // The first task that opens owns the CPU's ring buffer; it must be mmapped
+            // before other events can be redirected into it.
+            let mut ring: Option<CpuRing> = None;
             for &task in &tasks {
                 let counter = match open_one(config, task, cpu, inherit, on_exec) {
                     Ok(c) => c,
                     // A thread of a `-p` process may exit while we attach; the others
-                    // still count. The first task missing is an error.
+                    // still count. When every task is gone, that is an error below.
                     Err(SamplerError::NoSuchTask(_)) if tasks.len() > 1 => continue,
                     Err(e) => return Err(e),
                 };
-                if let Some(first) = counters.first() {
-                    abi::set_output(counter.file(), first.file()).map_err(|source| {
-                        SamplerError::Control {
-                            what: "redirect",
-                            source,
-                        }
-                    })?;
+                match &mut ring {
+                    None => {
+                        let sampler = counter
+                            .sampler(config.ring_pages_exp)
+                            .map_err(SamplerError::Mmap)?;
+                        ring = Some(CpuRing {
+                            counters: vec![counter],
+                            sampler,
+                        });
+                    }
+                    Some(ring) => {
+                        abi::set_output(counter.file(), ring.counters[0].file()).map_err(
+                            |source| SamplerError::Control {
+                                what: "redirect",
+                                source,
+                            },
+                        )?;
+                        ring.counters.push(counter);
+                    }
                 }
-                counters.push(counter);
             }
-            let Some(first) = counters.first() else {
-                return Err(SamplerError::NoSuchTask(
-                    tasks.first().copied().unwrap_or(0),
-                ));
-            };
-            let sampler = first
-                .sampler(config.ring_pages_exp)
-                .map_err(SamplerError::Mmap)?;
-            rings.push(CpuRing { counters, sampler });
+            match ring {
+                Some(ring) => rings.push(ring),
+                None => {
+                    return Err(SamplerError::NoSuchTask(
+                        tasks.first().copied().unwrap_or(0),
+                    ));
+                }
+            }
         }
         Ok(HostSampler {
             rings,
