@@ -13,3 +13,4 @@
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
 pub mod model;
+pub mod recording;
