@@ -336,8 +336,8 @@ pub fn render_text(report: &DiffReport, metric: &str, limit: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:>10} {:>10} {:>9} {:>10}  {}",
-        "verdict", "base", "new", "change", "p", "name"
+        "{:<16} {:>10} {:>10} {:>9} {:>10}  name",
+        "verdict", "base", "new", "change", "p"
     );
     for row in report.rows.iter().take(limit) {
         let p = row
