@@ -139,7 +139,10 @@ mod tests {
         let mut m = ProcessMaps::new();
         m.add(Avma(u64::MAX - 1), u64::MAX, u64::MAX, key("x"));
         m.add(Avma(0), 0, 0, key("y"));
-        assert_eq!(m.lookup(Avma(u64::MAX - 1)).unwrap().1, FileOffset(u64::MAX));
+        assert_eq!(
+            m.lookup(Avma(u64::MAX - 1)).unwrap().1,
+            FileOffset(u64::MAX)
+        );
         assert!(m.lookup(Avma(0)).is_none());
         m.add(Avma(0x100), 0x100, u64::MAX, key("z"));
         assert!(m.lookup(Avma(0x101)).is_none()); // pgoff + delta overflows

@@ -22,12 +22,19 @@ use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer
 /// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
 type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 
-/// A symbol-table entry (functions only); `size` is never 0.
+/// A symbol-table entry (functions only), covering `addr..end` (never empty).
+///
+/// Like binutils, a symbol covers everything up to the next symbol or the end of its
+/// section, so alignment padding after a function is attributed to it; its own size only
+/// decides which of several symbols at one address is kept.
 #[derive(Clone, Copy, Debug)]
 struct Sym {
     addr: u64,
+    end: u64,
     size: u64,
     name: &'static str,
+    /// The `STT_FILE` symbol that scopes a local symbol (the source or codegen unit).
+    file: Option<&'static str>,
 }
 
 /// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
@@ -250,6 +257,7 @@ impl Module {
             if let Some(sym) = sym {
                 frames.push(SymFrame {
                     function: Some(self.name(sym.name)),
+                    file: sym.file.map(str::to_owned),
                     ..SymFrame::default()
                 });
             }
@@ -298,7 +306,7 @@ impl Module {
     fn symbol_at(&self, addr: u64) -> Option<Sym> {
         let i = self.symbols.partition_point(|s| s.addr <= addr);
         let sym = *self.symbols.get(i.checked_sub(1)?)?;
-        (addr - sym.addr < sym.size).then_some(sym)
+        (addr < sym.end).then_some(sym)
     }
 
     fn dwarf_frames(&self, probe: u64) -> Result<Vec<SymFrame>, gimli::Error> {
@@ -555,9 +563,30 @@ fn load_dwp(
     }
 }
 
+/// Function symbols of `.symtab` and `.dynsym`. A local function also gets the name of the
+/// `STT_FILE` symbol before it, as binutils reports that file when there are no lines.
 fn collect_symbols(obj: &object::File<'static>, out: &mut Vec<Sym>) {
-    let all = obj.symbols().chain(obj.dynamic_symbols());
-    for s in all {
+    collect_from(obj, obj.symbols(), out);
+    collect_from(obj, obj.dynamic_symbols(), out);
+}
+
+fn collect_from<'a>(
+    obj: &object::File<'static>,
+    symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
+    out: &mut Vec<Sym>,
+) {
+    let mut file: Option<&'static str> = None;
+    // binutils' rule: a global symbol only inherits the file if no STT_FILE symbol came
+    // after other symbols (i.e. the table is not the usual "locals by file, then globals").
+    let mut symbol_seen = false;
+    let mut file_after_symbol = false;
+    for s in symbols {
+        if s.kind() == SymbolKind::File {
+            file = s.name().ok().filter(|n| !n.is_empty());
+            file_after_symbol |= symbol_seen;
+            continue;
+        }
+        symbol_seen = true;
         if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
             continue;
         }
@@ -565,23 +594,23 @@ fn collect_symbols(obj: &object::File<'static>, out: &mut Vec<Sym>) {
         if name.is_empty() {
             continue;
         }
-        // An unsized symbol (hand-written assembly, `_init`) extends to the end of its
-        // section at most, so addresses past the code are not blamed on it.
-        let size = match s.size() {
-            0 => s
-                .section_index()
-                .and_then(|i| obj.section_by_index(i).ok())
-                .map(|sec| (sec.address() + sec.size()).saturating_sub(s.address()))
-                .unwrap_or(0),
-            size => size,
+        let section_end = s
+            .section_index()
+            .and_then(|i| obj.section_by_index(i).ok())
+            .map(|sec| sec.address().saturating_add(sec.size()));
+        let end = match section_end {
+            Some(end) => end,
+            None => s.address().saturating_add(s.size()),
         };
-        if size == 0 {
+        if end <= s.address() {
             continue;
         }
         out.push(Sym {
             addr: s.address(),
-            size,
+            end,
+            size: s.size(),
             name,
+            file: file.filter(|_| s.is_local() || !file_after_symbol),
         });
     }
 }
@@ -598,5 +627,9 @@ fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
             .then(a.name.cmp(b.name))
     });
     syms.dedup_by_key(|s| s.addr);
+    let next_starts: Vec<u64> = syms.iter().skip(1).map(|s| s.addr).collect();
+    for (sym, next) in syms.iter_mut().zip(next_starts) {
+        sym.end = sym.end.min(next);
+    }
     syms
 }
