@@ -14,6 +14,7 @@
 
 pub mod host;
 pub mod model;
+pub mod pairing;
 pub mod record;
 pub mod recording;
 pub mod sampler;

@@ -63,6 +63,8 @@ struct Totals {
     comms: u64,
     forks: u64,
     exits: u64,
+    vcpus: u64,
+    vcpu_exits: u64,
     losses: BTreeMap<&'static str, u64>,
     pids: BTreeSet<u32>,
     tids: BTreeSet<u32>,
@@ -88,6 +90,8 @@ impl Totals {
             Event::Task(TaskEvent::Comm { .. }) => self.comms += 1,
             Event::Task(TaskEvent::Fork { .. }) => self.forks += 1,
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
+            Event::Vcpu(_) => self.vcpus += 1,
+            Event::VcpuStats(v) => self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>(),
             Event::Loss(l) => {
                 let kind = match l.kind {
                     LossKind::RingBuffer => "ring buffer",
@@ -189,6 +193,13 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
         t.tids.len()
     )?;
     writeln!(out, "snapshots:     {}", t.snapshots)?;
+    if t.vcpus > 0 {
+        writeln!(
+            out,
+            "vcpus:         {} threads, {} VM exits",
+            t.vcpus, t.vcpu_exits
+        )?;
+    }
     writeln!(
         out,
         "side-band:     {} mappings, {} comm, {} fork, {} exit",
