@@ -505,3 +505,102 @@ fn info_rejects_a_file_that_is_not_a_recording() {
     let out = common::run(&["info", "/nonexistent/file.data"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn ring_buffer_losses_are_counted_and_reported() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("lossy.data");
+    // One page per CPU at 50 kHz with four busy threads overflows between drains.
+    let out = common::lbrprof()
+        .args(["record", "-m", "1", "-F", "50000", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["4", "200000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().unwrap();
+    let lost_events: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Loss(l) if l.kind == lbrprof_collector::model::LossKind::RingBuffer => {
+                Some(l.count)
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(
+        summary.lost > 0,
+        "a one-page ring at 50 kHz should overflow"
+    );
+    assert_eq!(
+        summary.lost, lost_events,
+        "the summary counts every Loss event"
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains(&format!("{} lost", summary.lost)), "{err}");
+    assert!(
+        summary.notes.iter().any(|n| n.contains("records lost")),
+        "{:?}",
+        summary.notes
+    );
+    assert_eq!(summary.samples as usize, samples(&events).count());
+}
+
+#[test]
+fn unprivileged_users_get_user_space_sampling() {
+    if !common::perf_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2);
+    if !root || paranoid != 2 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root (to drop to nobody), setpriv and perf_event_paranoid=2");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let data = dir.path().join("user.data");
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lbrprof"))
+        .args(["record", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    if err.contains("Permission denied") && !data.exists() {
+        eprintln!("skipped: nobody cannot reach the binary or temp dir here: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("user space only"), "{err}");
+    let (events, _) = read_all(&data);
+    let all: Vec<&HostSample> = samples(&events).collect();
+    assert!(all.len() > 20, "{} samples", all.len());
+    assert!(
+        all.iter().all(|s| s
+            .callchain
+            .iter()
+            .all(|f| f.mode != lbrprof_collector::model::CpuMode::Kernel)),
+        "no kernel frames at paranoid 2"
+    );
+}

@@ -47,6 +47,8 @@ pub struct RecordOptions {
     pub target: RecordTarget,
     /// Stop after this long (the command is then sent SIGTERM).
     pub duration: Option<Duration>,
+    /// Ring buffer pages per CPU (a power of two).
+    pub mmap_pages: u32,
 }
 
 /// Why a recording could not be made.
@@ -67,6 +69,8 @@ pub enum RecordError {
     NulInArgument(String),
     #[error("sampling frequency must be between 1 and {max} Hz, not {given}")]
     BadFrequency { given: u64, max: u64 },
+    #[error("--mmap-pages must be a power of two between 1 and {max}, not {given}")]
+    BadMmapPages { given: u32, max: u32 },
     #[error("no such process {0}")]
     NoSuchProcess(u32),
     #[error("no such thread {0}")]
@@ -127,6 +131,9 @@ pub struct Recorder {
     start_monotonic_ns: u64,
 }
 
+/// Largest ring buffer accepted, in pages per CPU (256 MiB with 4 KiB pages).
+pub const MAX_MMAP_PAGES: u32 = 1 << 16;
+
 /// Highest `-F` accepted (perf's default `perf_event_max_sample_rate` is 100000).
 pub const MAX_FREQUENCY: u64 = 100_000;
 
@@ -138,6 +145,12 @@ impl Recorder {
             return Err(RecordError::BadFrequency {
                 given: opts.frequency,
                 max: MAX_FREQUENCY,
+            });
+        }
+        if !opts.mmap_pages.is_power_of_two() || opts.mmap_pages > MAX_MMAP_PAGES {
+            return Err(RecordError::BadMmapPages {
+                given: opts.mmap_pages,
+                max: MAX_MMAP_PAGES,
             });
         }
         let choice = decide(facts, opts.request)?;
@@ -214,7 +227,7 @@ impl Recorder {
             branch_stacks: choice.branch_stacks,
             call_graph: choice.call_graph,
             kernel: choice.kernel,
-            ..SamplerConfig::default()
+            ring_pages_exp: opts.mmap_pages.trailing_zeros() as u8,
         };
         let signals = sys::SignalPipe::install().map_err(|source| RecordError::System {
             what: "install signal handlers",

@@ -34,6 +34,9 @@ pub struct Args {
     /// Attach to a running thread.
     #[arg(short, long, conflicts_with_all = ["pid", "command"])]
     pub tid: Option<u32>,
+    /// Ring buffer size per CPU in pages (a power of two), as perf's --mmap-pages.
+    #[arg(short = 'm', long, value_name = "PAGES", default_value_t = 128)]
+    pub mmap_pages: u32,
     /// With -p/-t: stop after this many seconds (default: until Ctrl-C or the target exits).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -103,6 +106,7 @@ impl Args {
             },
             target,
             duration,
+            mmap_pages: self.mmap_pages,
         })
     }
 }
