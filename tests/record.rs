@@ -604,3 +604,58 @@ fn unprivileged_users_get_user_space_sampling() {
         "no kernel frames at paranoid 2"
     );
 }
+
+#[test]
+fn kernel_call_chains_when_permitted() {
+    if !common::perf_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: kernel call chains need root or perf_event_paranoid <= 1");
+        return;
+    }
+    use lbrprof_collector::model::CpuMode;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sys.data");
+    // One-byte reads and writes: most of the time is spent in the kernel.
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args([
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=1",
+            "count=400000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let kernel: Vec<&HostSample> = samples(&events)
+        .filter(|s| s.mode == CpuMode::Kernel)
+        .collect();
+    assert!(kernel.len() > 10, "{} kernel-mode samples", kernel.len());
+    // Kernel frames first (kernel addresses), then the user part that made the syscall.
+    let stitched = kernel
+        .iter()
+        .filter(|s| {
+            let first_user = s.callchain.iter().position(|f| f.mode == CpuMode::User);
+            s.callchain
+                .first()
+                .is_some_and(|f| f.mode == CpuMode::Kernel)
+                && first_user.is_some_and(|i| {
+                    s.callchain[..i]
+                        .iter()
+                        .all(|f| f.mode == CpuMode::Kernel && f.addr >= 0xffff_8000_0000_0000)
+                })
+        })
+        .count();
+    assert!(
+        stitched * 2 > kernel.len(),
+        "{stitched} of {} kernel samples have kernel then user frames",
+        kernel.len()
+    );
+}
