@@ -659,3 +659,62 @@ fn kernel_call_chains_when_permitted() {
         kernel.len()
     );
 }
+
+#[test]
+fn requests_the_host_cannot_serve_are_refused() {
+    if std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
+        eprintln!("skipped: this host has a hardware PMU");
+        return;
+    }
+    let out = common::run(&["record", "--event", "cycles", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("--event cycles needs a hardware PMU"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = common::run(&["record", "--branches", "on", "--", "true"]);
+    assert!(stderr_of(&out).contains("--branches on needs a hardware PMU with LBR"));
+    let out = common::run(&["record", "--call-graph", "lbr", "--", "true"]);
+    assert!(stderr_of(&out).contains("--call-graph lbr needs LBR"));
+}
+
+#[test]
+fn attach_to_one_thread() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("tid.data");
+    let mut target = Command::new(&exe)
+        .args(["2", "100000000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    let tids: Vec<u32> = (0..2)
+        .map(|_| {
+            lines.next().unwrap().unwrap()["tid ".len()..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let out = common::lbrprof()
+        .args(["record", "--duration", "0.7", "-t"])
+        .arg(tids[1].to_string())
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let n = samples(&events).count();
+    assert!(n > 10, "{n} samples");
+    assert!(
+        samples(&events).all(|s| s.tid == tids[1]),
+        "only the attached thread"
+    );
+}

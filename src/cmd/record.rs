@@ -9,9 +9,17 @@ use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Record
 
 use crate::cmd::with_exit;
 
-/// Record a host command (`-- CMD ARGS`), a process (`-p`), a thread (`-t`), or a guest
-/// image in the VMM shim (`--vm`). Exits with the profiled program's exit status.
+/// Record a host command (`-- CMD ARGS`, with all its threads and children), a process
+/// (`-p`, all its threads) or a thread (`-t`).
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Sampling: `--event auto` uses hardware cycles (with LBR branch stacks where the PMU has \
+them) and falls back to the cpu-clock software event where there is no hardware PMU; the \
+choice and its reason are printed once and stored in the recording. Ctrl-C or SIGTERM \
+stops the recording cleanly and finalizes the file.
+
+Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
+when the command is not found, 126 when it cannot be executed; 2 for other errors.")]
 pub struct Args {
     /// Output file.
     #[arg(short, long, default_value = "lbrprof.data")]
@@ -37,7 +45,8 @@ pub struct Args {
     /// Ring buffer size per CPU in pages (a power of two), as perf's --mmap-pages.
     #[arg(short = 'm', long, value_name = "PAGES", default_value_t = 128)]
     pub mmap_pages: u32,
-    /// With -p/-t: stop after this many seconds (default: until Ctrl-C or the target exits).
+    /// Stop after this many seconds (a recorded command is then sent SIGTERM); default:
+    /// until the target exits or Ctrl-C.
     #[arg(long)]
     pub duration: Option<f64>,
     /// The command to run and record.
