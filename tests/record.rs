@@ -504,6 +504,15 @@ fn info_rejects_a_file_that_is_not_a_recording() {
     assert_eq!(err.lines().count(), 1, "{err}");
     let out = common::run(&["info", "/nonexistent/file.data"]);
     assert_eq!(out.status.code(), Some(2));
+    let perf_data = dir.path().join("perf.data");
+    std::fs::write(&perf_data, b"PERFILE2 and then some").unwrap();
+    let out = common::run(&["info", perf_data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("it is a perf.data file"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]

@@ -163,9 +163,26 @@ fn header(out: &mut impl Write, h: &Header) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `perf.data` files start with "PERFILE2" (tools/perf/util/header.c).
+fn is_perf_data(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"PERFILE2")
+}
+
 fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()> {
-    let mut reader = RecordingReader::open(path)
-        .with_context(|| format!("cannot read the recording {}", path.display()))?;
+    let mut reader = RecordingReader::open(path).with_context(|| {
+        if is_perf_data(path) {
+            format!(
+                "cannot read the recording {} (it is a perf.data file: `lbrprof report` reads those)",
+                path.display()
+            )
+        } else {
+            format!("cannot read the recording {}", path.display())
+        }
+    })?;
     header(out, reader.header())?;
     let mut totals = Totals::default();
     for event in reader.by_ref() {
