@@ -163,6 +163,19 @@ fn hot_function_dominates_the_recording() {
             _ => None,
         })
         .unwrap();
+    // ...and it comes before the first sample that needs it, in stream order.
+    let map_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Mapping(m) if Path::new(&m.path) == exe_path))
+        .unwrap();
+    let first_hot = events
+        .iter()
+        .position(|e| matches!(e, Event::Sample(s) if in_range(s, range)))
+        .unwrap();
+    assert!(
+        map_at < first_hot,
+        "mapping at {map_at}, first hot sample at {first_hot}"
+    );
     let elf_data = std::fs::read(&exe).unwrap();
     let elf = object::File::parse(&*elf_data).unwrap();
     assert_eq!(exe_map.build_id.as_deref(), elf.build_id().unwrap());

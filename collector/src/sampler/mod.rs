@@ -146,6 +146,9 @@ pub struct HostSampler {
     converter: Converter,
     stats: RingStats,
     event_name: &'static str,
+    /// Reused between drains.
+    side_band_buf: Vec<Event>,
+    sample_buf: Vec<Event>,
 }
 
 impl HostSampler {
@@ -208,6 +211,8 @@ impl HostSampler {
             converter: Converter::new(),
             stats: RingStats::default(),
             event_name,
+            side_band_buf: Vec::new(),
+            sample_buf: Vec::new(),
         })
     }
 
@@ -252,8 +257,13 @@ impl HostSampler {
             .collect()
     }
 
-    /// Move everything the kernel has written so far into `out`.
+    /// Move everything the kernel has written so far into `out`: first the side band
+    /// (mappings, tasks, losses), then the samples, each in time order across the CPUs'
+    /// rings, so a consumer never meets a sample before the mapping it needs, even when
+    /// the writer closes a chunk between two calls of `out`.
     pub fn drain(&mut self, out: &mut dyn FnMut(Event)) {
+        let mut side_band = std::mem::take(&mut self.side_band_buf);
+        let mut samples = std::mem::take(&mut self.sample_buf);
         for ring in &self.rings {
             let Some(iter) = ring.sampler.iter() else {
                 continue;
@@ -270,9 +280,17 @@ impl HostSampler {
                     Event::Loss(l) => self.stats.lost += l.count,
                     _ => self.stats.side_band += 1,
                 }
-                out(event);
+                match event {
+                    Event::Sample(_) => samples.push(event),
+                    _ => side_band.push(event),
+                }
             }
         }
+        side_band.sort_by_key(event_time);
+        samples.sort_by_key(event_time);
+        side_band.drain(..).chain(samples.drain(..)).for_each(out);
+        self.side_band_buf = side_band;
+        self.sample_buf = samples;
     }
 
     pub fn stats(&self) -> RingStats {
@@ -282,6 +300,20 @@ impl HostSampler {
     /// Build-ids, read once per file (shared with procfs synthesis).
     pub fn converter(&mut self) -> &mut Converter {
         &mut self.converter
+    }
+}
+
+/// The time of an event as the sampler produces them (0 for kinds it does not make).
+fn event_time(event: &Event) -> u64 {
+    use crate::model::TaskEvent;
+    match event {
+        Event::Sample(s) => s.time_ns,
+        Event::Mapping(m) => m.time_ns,
+        Event::Task(TaskEvent::Comm { time_ns, .. })
+        | Event::Task(TaskEvent::Fork { time_ns, .. })
+        | Event::Task(TaskEvent::Exit { time_ns, .. }) => *time_ns,
+        Event::Loss(l) => l.time_ns,
+        _ => 0,
     }
 }
 
