@@ -320,10 +320,14 @@ impl Recorder {
         let mut stop_sent = false;
         let mut send = |e: Event| sink.send(e);
         loop {
-            sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| RecordError::System {
-                what: "poll the perf ring buffers",
-                source,
+            let hung_up = sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| {
+                RecordError::System {
+                    what: "poll the perf ring buffers",
+                    source,
+                }
             })?;
+            // Rings whose owning task exited are drained on the timer from now on.
+            fds.retain(|fd| *fd == signals.fd() || !hung_up.contains(fd));
             sampler.drain(&mut send);
             let stop_signals: Vec<i32> = signals
                 .take()
@@ -357,10 +361,12 @@ impl Recorder {
                 if timed_out {
                     break;
                 }
-                if attached_pid
-                    .as_ref()
-                    .is_some_and(|(pid, _)| !procfs::alive(*pid))
-                {
+                let gone = match (&opts.target, &attached_pid) {
+                    (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
+                    (_, Some((pid, _))) => !procfs::alive(*pid),
+                    _ => false,
+                };
+                if gone {
                     break;
                 }
             }

@@ -174,9 +174,11 @@ pub fn kill(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
-/// Wait until one of `fds` is readable/hung up, or `timeout_ms` passes. EINTR is not an
-/// error (a signal arrived: the self-pipe says which).
-pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<()> {
+/// Wait until one of `fds` is readable or hung up, or `timeout_ms` passes, and return
+/// the descriptors that hung up (a perf event whose task exited stays hung up: callers
+/// stop polling it so the loop does not spin). EINTR is not an error (a signal arrived:
+/// the self-pipe says which).
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<RawFd>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -192,8 +194,13 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<()> {
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+        return Ok(Vec::new());
     }
-    Ok(())
+    Ok(pfds
+        .iter()
+        .filter(|p| p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .map(|p| p.fd)
+        .collect())
 }
 
 /// The write end of the self-pipe, for the signal handler (-1 when none is installed).

@@ -71,7 +71,16 @@ pub fn tgid_of(tid: u32) -> io::Result<u32> {
 
 /// Whether process `pid` still runs (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    running(&format!("/proc/{pid}/stat"))
+}
+
+/// Whether thread `tid` of process `pid` still runs.
+pub fn thread_alive(pid: u32, tid: u32) -> bool {
+    running(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+fn running(stat_path: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(stat_path) else {
         return false;
     };
     // "PID (comm) S ...": comm may contain anything, the state follows the last ')'.
@@ -182,6 +191,8 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0          [vsyscall]
         );
         assert!(threads_of(u32::MAX).is_err());
         assert!(alive(me));
+        assert!(thread_alive(me, me));
+        assert!(!thread_alive(me, u32::MAX));
         assert!(!alive(u32::MAX));
     }
 }
