@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use perf_event_open::config::{
     CallChain, Cpu, EntryFormat, ExtraRecord, Inherit, Lbr, Mmap, OnExecve, Opts, Priv, Proc,
-    RecordIdFormat, SampleFormat, SampleOn, UseBuildId, WakeUp, WakeUpOn,
+    RecordIdFormat, SampleFormat, SampleOn, TargetPriv, UseBuildId, WakeUp, WakeUpOn,
 };
 use perf_event_open::count::Counter;
 use perf_event_open::event::hw::Hardware;
@@ -340,7 +340,13 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
                 max_stack_frames: 127,
             }),
             lbr: config.branch_stacks.then(|| Lbr {
-                target_priv: None,
+                // LBR call-stack mode works for user space only (perf sets
+                // PERF_SAMPLE_BRANCH_USER with it); otherwise follow exclude_kernel.
+                target_priv: (config.call_graph == CallGraph::Lbr).then_some(TargetPriv {
+                    user: true,
+                    kernel: false,
+                    hv: false,
+                }),
                 branch_type: perf_event_open::config::BranchType {
                     any: config.call_graph == CallGraph::Fp,
                     call_stack: config.call_graph == CallGraph::Lbr,
@@ -501,6 +507,10 @@ mod tests {
         assert!(chain.exclude_kernel && !chain.exclude_user);
         let lbr = opts.sample_format.lbr.as_ref().unwrap();
         assert!(lbr.branch_type.call_stack && !lbr.branch_type.any);
+        assert_eq!(
+            lbr.target_priv.as_ref().map(|p| (p.user, p.kernel)),
+            Some((true, false))
+        );
         assert_eq!(opts.timer, Some(perf_event_open::config::Clock::Monotonic));
         assert!(opts.record_id_all && opts.record_id_format.time);
 
