@@ -286,6 +286,82 @@ mod tests {
     }
 
     #[test]
+    fn samples_keep_every_field_and_branch_flags() {
+        use perf_event_open::sample::record::sample::{BranchPriv, BranchSpec, Entry};
+        let entry = |from, to, mis, cycles, branch_type| Entry {
+            from,
+            to,
+            mis,
+            pred: !mis,
+            in_tx: false,
+            abort: false,
+            cycles,
+            branch_type,
+            branch_spec: BranchSpec::Na,
+            branch_priv: BranchPriv::User,
+            counter: None,
+        };
+        let s = Sample {
+            record_id: rid(1234, 10, 11),
+            stat: None,
+            period: Some(250_000),
+            cgroup: None,
+            call_chain: Some(vec![CallChain::User(vec![0x401010, 0x401200])]),
+            user_stack: None,
+            data_addr: None,
+            data_phys_addr: None,
+            data_page_size: None,
+            data_source: None,
+            code_addr: Some((0x401010, true)),
+            code_page_size: None,
+            user_regs: None,
+            intr_regs: None,
+            raw: None,
+            lbr: Some(Lbr {
+                hw_index: Some(7),
+                entries: vec![
+                    entry(0x401020, 0x401000, true, 12, BranchType::Cond),
+                    entry(0x401250, 0x401010, false, 3, BranchType::Call),
+                    entry(0x401300, 0x401250, false, 0, BranchType::Ret),
+                    entry(0x401400, 0x401500, false, 0, BranchType::Ind),
+                ],
+            }),
+            aux: None,
+            txn: None,
+            weight: None,
+        };
+        let h = sample(Priv::User, &s);
+        assert_eq!(
+            (h.time_ns, h.pid, h.tid, h.cpu, h.period, h.ip, h.mode),
+            (1234, 10, 11, 1, 250_000, 0x401010, CpuMode::User)
+        );
+        assert_eq!(h.callchain.len(), 2);
+        assert_eq!(h.branch_hw_index, Some(7));
+        let kinds: Vec<BranchKind> = h.branches.iter().map(|b| b.flags.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                BranchKind::Cond,
+                BranchKind::Call,
+                BranchKind::Ret,
+                BranchKind::IndJump
+            ]
+        );
+        assert_eq!((h.branches[0].from, h.branches[0].to), (0x401020, 0x401000));
+        assert!(h.branches[0].flags.mispred && !h.branches[0].flags.predicted);
+        assert_eq!(h.branches[0].flags.cycles, 12);
+        // No branch stack, no call chain: empty, not missing fields.
+        let bare = Sample {
+            lbr: None,
+            call_chain: None,
+            ..s
+        };
+        let h = sample(Priv::Kernel, &bare);
+        assert!(h.branches.is_empty() && h.callchain.is_empty());
+        assert_eq!((h.mode, h.branch_hw_index), (CpuMode::Kernel, None));
+    }
+
+    #[test]
     fn side_band_records_convert() {
         let mut conv = Converter::new();
         let comm = Record::Comm(Box::new(Comm {
