@@ -534,18 +534,39 @@ fn ring_buffer_losses_are_counted_and_reported() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = build(dir.path(), "hot");
     let data = dir.path().join("lossy.data");
-    // One page per CPU at 50 kHz with four busy threads overflows between drains.
-    let out = common::lbrprof()
-        .args(["record", "-m", "1", "-F", "50000", "-o"])
+    // One page per CPU, and the recorder stopped (SIGSTOP) for 600 ms while the workload
+    // keeps running: the kernel must drop records, whatever the machine's speed.
+    let mut record = common::lbrprof()
+        .args(["record", "-m", "1", "-F", "2000", "-o"])
         .arg(&data)
         .arg("--")
         .arg(&exe)
-        .args(["4", "200000000"])
-        .output()
+        .arg("100000000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let mut line = String::new();
+    BufReader::new(record.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("pid "), "{line:?}");
+    let id = record.id() as i32;
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill has no memory-safety preconditions; `id` is our child.
+    unsafe { libc::kill(id, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(id, libc::SIGCONT);
+        libc::kill(id, libc::SIGINT);
+    }
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut record.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
     let (events, reader) = read_all(&data);
     let summary = reader.summary().unwrap();
     let lost_events: u64 = events
@@ -559,13 +580,12 @@ fn ring_buffer_losses_are_counted_and_reported() {
         .sum();
     assert!(
         summary.lost > 0,
-        "a one-page ring at 50 kHz should overflow"
+        "a stopped recorder with a one-page ring loses records"
     );
     assert_eq!(
         summary.lost, lost_events,
         "the summary counts every Loss event"
     );
-    let err = stderr_of(&out);
     assert!(err.contains(&format!("{} lost", summary.lost)), "{err}");
     assert!(
         summary.notes.iter().any(|n| n.contains("records lost")),

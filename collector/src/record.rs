@@ -129,6 +129,7 @@ pub struct Recorder {
     /// For a command: the resolved executable and argv.
     exec: Option<(CString, Vec<CString>)>,
     start_monotonic_ns: u64,
+    warnings: Vec<String>,
 }
 
 /// Largest ring buffer accepted, in pages per CPU (256 MiB with 4 KiB pages).
@@ -152,6 +153,16 @@ impl Recorder {
                 given: opts.mmap_pages,
                 max: MAX_MMAP_PAGES,
             });
+        }
+        let mut opts = opts;
+        let mut warnings = Vec::new();
+        // Like perf: above the kernel's limit, sample at the limit rather than fail.
+        if let Some(max) = max_sample_rate().filter(|&max| max > 0 && opts.frequency > max) {
+            warnings.push(format!(
+                "-F {} is above kernel.perf_event_max_sample_rate; sampling at {max} Hz",
+                opts.frequency
+            ));
+            opts.frequency = max;
         }
         let choice = decide(facts, opts.request)?;
         let exec = match &opts.target {
@@ -203,12 +214,18 @@ impl Recorder {
             writer,
             exec,
             start_monotonic_ns,
+            warnings,
         })
     }
 
     /// The sampling decision (to tell the user before the run starts).
     pub fn choice(&self) -> &SamplingChoice {
         &self.choice
+    }
+
+    /// Adjustments made to the request (e.g. a frequency above the kernel's limit).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Run the recording to its end and finalize the file.
@@ -219,6 +236,7 @@ impl Recorder {
             writer,
             exec,
             start_monotonic_ns,
+            warnings,
         } = self;
         let sink = writer.sink();
         let config = SamplerConfig {
@@ -377,6 +395,7 @@ impl Recorder {
 
         let stats = sampler.stats();
         let mut notes = vec![format!("sampling: {}", choice.reason)];
+        notes.extend(warnings);
         if stats.lost > 0 {
             notes.push(format!(
                 "{} records lost: the ring buffers overflowed (lower -F)",
@@ -418,6 +437,16 @@ impl Recorder {
             output: opts.output,
         })
     }
+}
+
+/// `/proc/sys/kernel/perf_event_max_sample_rate` (the kernel lowers it by itself when
+/// sampling interrupts take too long).
+fn max_sample_rate() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Find argv\[0\] like `execvp` would (a name with a `/` is used as is) and build the

@@ -127,6 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let output = opts.output.clone();
     let facts = HostFacts::probe();
     let recorder = Recorder::prepare(opts, &facts).map_err(record_error)?;
+    for warning in recorder.warnings() {
+        eprintln!("lbrprof: warning: {warning}");
+    }
     eprintln!("lbrprof: sampling with {}", recorder.choice().reason);
     let outcome = recorder.run().map_err(record_error)?;
     let s = &outcome.summary;
