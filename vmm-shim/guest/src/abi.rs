@@ -15,10 +15,18 @@
 //! * `RSI` = guest-physical address of a [`BootInfo`],
 //! * `RSP` = top of a small (4 KiB) per-vCPU boot stack in low memory.
 //!
-//! # System calls (`syscall` from ring 3)
+//! # System calls
 //!
-//! `RAX` = number, arguments in `RDI`, `RSI`, `RDX`; the result comes back in `RAX`
-//! (negative = error). Numbers below.
+//! Ring 3 calls the kernel's trap stub `rt_syscall_trap` (a `ud2` at a known address;
+//! the #UD handler runs the call and resumes after it). `RAX` = number, arguments in
+//! `RDI`, `RSI`, `RDX`; the result comes back in `RAX` (and `RDX` where noted). Neither
+//! SYSCALL nor `int 0x80` is relied on: on nested hosts that emulate guest ring 0, KVM's
+//! instruction emulator cannot deliver `int n` in protected mode (#UD), and SYSCALL was
+//! seen to leave the CPL at 3; a hardware exception is delivered correctly everywhere.
+//! (`int 0x80` is still accepted where it works.)
+//!
+//! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are
+//! open to ring 3 through the TSS I/O bitmap, so printing and exiting need no system call.
 
 /// `BootInfo::magic`: "LBRPBOOT" in little-endian.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"LBRPBOOT");
@@ -55,5 +63,7 @@ pub const SYS_TIME_NS: u64 = 2;
 pub const SYS_RDMSR: u64 = 3;
 /// Write `RSI` to the MSR in `RDI` in ring 0. Returns 0, or -1 when the write raised #GP.
 pub const SYS_WRMSR: u64 = 4;
+/// NMIs the kernel has taken so far (the PMI path).
+pub const SYS_NMI_COUNT: u64 = 5;
 /// Numbers from here on are reserved for the PMU/LBR agent.
 pub const SYS_PMU_BASE: u64 = 16;

@@ -640,6 +640,7 @@ fn syscall(f: &mut TrapFrame) {
         }
         // SAFETY: rt_wrmsr recovers from #GP through the fixup in rt_trap.
         abi::SYS_WRMSR => (unsafe { rt_wrmsr(f.rdi as u32, f.rsi) }) as u64,
+        abi::SYS_NMI_COUNT => NMIS.load(Ordering::Relaxed),
         _ => u64::MAX,
     };
 }

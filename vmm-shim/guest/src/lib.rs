@@ -4,8 +4,8 @@
 //! about 1000x slower than ring-3 code, so the kernel does as little as it can: per vCPU
 //! it loads a GDT with user segments and a TSS (IST stacks for NMI, #DF and #GP), an IDT,
 //! and drops to ring 3. Everything else (argument parsing, formatting, the workloads)
-//! runs in ring 3 and reaches the kernel only through `syscall`
-//! (see [`abi`]). Paging is set up by the shim (identity map, user-accessible), SSE is
+//! runs in ring 3; console and exit I/O go straight to the ports (TSS I/O bitmap), and
+//! privileged services through a trap (see [`abi`]). Paging is set up by the shim (identity map, user-accessible), SSE is
 //! switched on by the entry code before any Rust runs.
 //!
 //! vCPU 0 runs the workload; the other vCPUs check in (so the workload can see how many

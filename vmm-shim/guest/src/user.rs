@@ -81,6 +81,11 @@ pub fn wrmsr(msr: u32, value: u64) -> bool {
     syscall3(abi::SYS_WRMSR, u64::from(msr), value, 0).0 == 0
 }
 
+/// NMIs taken by the kernel so far.
+pub fn nmi_count() -> u64 {
+    syscall3(abi::SYS_NMI_COUNT, 0, 0, 0).0
+}
+
 /// A line-buffered console writer: one system call per line (or per 256 bytes).
 pub struct Console {
     buf: [u8; 256],

@@ -1,5 +1,6 @@
-//! `builtin:msrprobe [rd=MSR]... [wr=MSR:VALUE]...`: read/write MSRs from ring 0 and
-//! print what happened (#GP is caught). Exercises the shim's MSR exits and the PMU hook.
+//! `builtin:msrprobe [rd=MSR]... [wr=MSR:VALUE]... [nmis]`: read/write MSRs from ring 0
+//! and print what happened (#GP is caught), then optionally the number of NMIs taken.
+//! Exercises the shim's MSR exits, debug exits and NMI injection (the PMU hook).
 #![no_std]
 #![no_main]
 
@@ -24,6 +25,8 @@ fn main(args: &Args) -> i32 {
                 "wrmsr {msr:#x} = {value:#x}: {}",
                 if ok { "ok" } else { "#GP" }
             );
+        } else if word == "nmis" {
+            println!("nmis={}", user::nmi_count());
         }
     }
     0
