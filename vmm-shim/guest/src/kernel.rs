@@ -120,6 +120,8 @@ static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
 pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
 /// vCPUs that finished their ring-0 set-up.
 pub(crate) static CPUS_ONLINE: AtomicU32 = AtomicU32::new(0);
+/// TSC when vCPU 0 entered rt_kmain (for `rt.stats`: the cost of the ring-0 boot).
+pub(crate) static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// NMIs taken (the PMU agent will hang its PMI handler here).
 pub(crate) static NMIS: AtomicU64 = AtomicU64::new(0);
 
@@ -401,6 +403,9 @@ struct DescriptorPointer {
 /// Ring-0 set-up of one vCPU, then off to ring 3 (vCPU 0) or halt (the others).
 extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
     let cpu = cpu as usize;
+    if cpu == 0 {
+        BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
+    }
     // SAFETY: each vCPU touches only its own PERCPU slot (cpu < MAX_CPUS, checked by
     // _start), and nothing else runs on this vCPU yet.
     let pc = unsafe { &mut *(&raw mut PERCPU).cast::<PerCpu>().add(cpu) };
@@ -495,6 +500,15 @@ extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
             boot,
         )
     }
+}
+
+fn rdtsc() -> u64 {
+    let tsc: u64;
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe {
+        asm!("rdtsc", "shl rdx, 32", "or rax, rdx", out("rax") tsc, out("rdx") _, options(nomem, nostack));
+    }
+    tsc
 }
 
 fn boot_info() -> Option<&'static BootInfo> {
@@ -620,12 +634,7 @@ fn syscall(f: &mut TrapFrame) {
         abi::SYS_EXIT => machine_exit(f.rdi),
         abi::SYS_TIME_NS => {
             let khz = boot_info().map_or(0, |b| b.tsc_khz);
-            let tsc: u64;
-            // SAFETY: rdtsc only reads the time-stamp counter.
-            unsafe {
-                asm!("rdtsc", "shl rdx, 32", "or rax, rdx", out("rax") tsc, out("rdx") _,
-                     options(nomem, nostack));
-            }
+            let tsc = rdtsc();
             if khz == 0 {
                 0
             } else {

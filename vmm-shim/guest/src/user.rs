@@ -264,6 +264,22 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
             args.ncpus()
         );
     }
+    if args.flag("rt.stats") {
+        // The cost of ring 0 here: the boot (entry to first ring-3 instruction) and a
+        // system-call round trip (trap into ring 0 and back).
+        let boot = tsc().wrapping_sub(kernel::BOOT_TSC.load(Ordering::Relaxed));
+        const CALLS: u64 = 100;
+        let t0 = tsc();
+        for _ in 0..CALLS {
+            nmi_count();
+        }
+        let per_call = tsc().wrapping_sub(t0) / CALLS;
+        println!(
+            "lbrprof-guest: ring-0 boot {} ns, system call {} ns",
+            args.tsc_to_ns(boot),
+            args.tsc_to_ns(per_call)
+        );
+    }
     // SAFETY: every workload binary defines this symbol with this signature (workload!).
     let code = unsafe { lbrprof_workload_main(&args) };
     let code = args
