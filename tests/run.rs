@@ -190,7 +190,7 @@ fn serial_to_file_write_image_and_stats() {
     assert_eq!(&image[..4], b"\x7fELF");
     let err = stderr(&out);
     assert!(
-        err.contains("wrote guest image") && err.contains("exits per vCPU"),
+        err.contains("wrote guest image") && err.contains("in KVM_RUN"),
         "{err}"
     );
 }

@@ -121,26 +121,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write the guest image to '{}'", dir.display()))?;
         eprintln!("lbrprof: wrote guest image {}", path.display());
     }
-    let config = VmConfig {
-        mem_bytes: args.mem,
-        vcpus: args.vcpus,
-        cmdline: args.guest_args.join(" "),
-        timeout: args.timeout,
-        serial: serial_sink(&args.serial)?,
-        warn: Box::new(|msg| eprintln!("lbrprof: warning: {msg}")),
-    };
+    let mut config = VmConfig::new(args.mem, args.vcpus);
+    config.cmdline = args.guest_args.join(" ");
+    config.timeout = args.timeout;
+    config.serial = serial_sink(&args.serial)?;
     let hooks = |_index: u32| -> Box<dyn VcpuHook> { Box::new(NoopHook) };
     let report = Vm::run(config, &image, &hooks)
         .with_context(|| format!("cannot boot guest '{}'", args.vm))?;
     let _ = std::io::stdout().flush();
     if args.stats {
         eprintln!(
-            "lbrprof: vm: {:?} image, set-up {:.2} ms, total {:.2} ms, exits per vCPU {:?}",
+            "lbrprof: vm: {:?} image, set-up {:.2} ms, total {:.2} ms",
             report.kind,
             report.setup.as_secs_f64() * 1e3,
             report.elapsed.as_secs_f64() * 1e3,
-            report.exits
         );
+        for v in &report.vcpus {
+            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            eprintln!(
+                "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
+                v.vcpu,
+                v.run_ns as f64 / 1e6,
+                v.total_exits(),
+                exits.join(", ")
+            );
+        }
         for (port, n) in &report.unknown.ports {
             eprintln!("lbrprof: vm: unknown I/O port {port:#x}: {n} accesses");
         }

@@ -117,6 +117,25 @@ pub enum ExitKind {
     Other(u32),
 }
 
+impl ExitKind {
+    /// A short name for statistics ("io", "mmio", "msr", "debug", ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExitKind::IoIn { .. } | ExitKind::IoOut { .. } => "io",
+            ExitKind::MmioRead { .. } | ExitKind::MmioWrite { .. } => "mmio",
+            ExitKind::Rdmsr { .. } | ExitKind::Wrmsr { .. } => "msr",
+            ExitKind::Debug(_) => "debug",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Interrupted => "intr",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::InternalError { .. } => "internal_error",
+            ExitKind::FailEntry { .. } => "fail_entry",
+            ExitKind::SystemEvent { .. } => "system_event",
+            ExitKind::Other(_) => "other",
+        }
+    }
+}
+
 /// The per-vCPU extension point. All methods have no-op defaults; see the module doc.
 pub trait VcpuHook: Send {
     /// MSRs this hook implements (routed to [`rdmsr`](Self::rdmsr)/[`wrmsr`](Self::wrmsr)).
@@ -168,7 +187,8 @@ pub struct VcpuCtx<'a> {
 }
 
 impl VcpuCtx<'_> {
-    /// This vCPU's index (0 = bootstrap processor).
+    /// This vCPU's index (0 = bootstrap processor). Callbacks run on the vCPU's own
+    /// thread, so `gettid()` there is the thread a host profiler should watch.
     pub fn index(&self) -> u32 {
         self.index
     }

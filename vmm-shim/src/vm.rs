@@ -14,6 +14,7 @@
 //!   the in-kernel LAPIC for INIT/SIPI from the guest, as on a PC.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +92,73 @@ pub struct VmConfig {
     pub serial: SerialSink,
     /// One-time warnings (unknown ports and MMIO).
     pub warn: WarnFn,
+    /// Told about each vCPU thread as it starts.
+    pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+}
+
+impl VmConfig {
+    /// A configuration with `mem_bytes` of RAM and `vcpus` vCPUs, an empty command line,
+    /// no timeout, the console on stderr, warnings on stderr, no thread notifications.
+    pub fn new(mem_bytes: u64, vcpus: u32) -> VmConfig {
+        VmConfig {
+            mem_bytes,
+            vcpus,
+            cmdline: String::new(),
+            timeout: None,
+            serial: Box::new(std::io::stderr()),
+            warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
+            vcpu_threads: None,
+        }
+    }
+}
+
+/// Sent on [`VmConfig::vcpu_threads`] as each vCPU thread starts, before its first
+/// `KVM_RUN`, so a profiler can attach to the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuThreadInfo {
+    pub vcpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC, nanoseconds.
+    pub time_ns: u64,
+}
+
+/// Where one vCPU's host time went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VcpuRunStats {
+    pub vcpu: u32,
+    pub tid: u32,
+    /// VM exits by reason ("io", "mmio", "msr", "debug", "hlt", "intr", ...).
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Wall time inside KVM_RUN.
+    pub run_ns: u64,
+    /// Wall time inside the vCPU hook's callbacks.
+    pub hook_ns: u64,
+}
+
+impl VcpuRunStats {
+    /// All exits.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.values().sum()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the timebase host samples and snapshots share).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
 }
 
 /// Validate a `--mem` value.
@@ -137,8 +205,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// From VM creation until the vCPU threads were started.
     pub setup: Duration,
-    /// VM exits per vCPU.
-    pub exits: Vec<u64>,
+    /// Per-vCPU exit counts and time accounting, by vCPU index.
+    pub vcpus: Vec<VcpuRunStats>,
     pub unknown: UnknownAccesses,
 }
 
@@ -249,11 +317,12 @@ impl Vm {
         ));
         let stop = Arc::new(AtomicBool::new(false));
         install_kick_handler();
-        let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, u64)>();
+        let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, VcpuRunStats)>();
         let setup = started.elapsed();
         let mut threads = Vec::new();
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
+            let notify = config.vcpu_threads.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
@@ -264,10 +333,22 @@ impl Vm {
                         mem,
                         devices,
                         stop,
-                        exits: 0,
+                        stats: VcpuRunStats {
+                            vcpu: index,
+                            tid: gettid(),
+                            ..Default::default()
+                        },
                     };
+                    if let Some(n) = notify {
+                        let _ = n.send(VcpuThreadInfo {
+                            vcpu: index,
+                            pid: std::process::id(),
+                            tid: runner.stats.tid,
+                            time_ns: monotonic_ns(),
+                        });
+                    }
                     let end = runner.run();
-                    let _ = tx.send((index, end, runner.exits));
+                    let _ = tx.send((index, end, runner.stats));
                 })
                 .map_err(VmError::Thread)?;
             threads.push(t);
@@ -275,7 +356,12 @@ impl Vm {
         drop(tx);
 
         let deadline = config.timeout.map(|t| Instant::now() + t);
-        let mut exits = vec![0u64; config.vcpus as usize];
+        let mut stats: Vec<VcpuRunStats> = (0..config.vcpus)
+            .map(|vcpu| VcpuRunStats {
+                vcpu,
+                ..Default::default()
+            })
+            .collect();
         let mut running = threads.len();
         let mut decisive: Option<Result<Outcome, VmError>> = None;
         while running > 0 && decisive.is_none() {
@@ -286,7 +372,7 @@ impl Vm {
             match msg {
                 Ok((index, end, n)) => {
                     running -= 1;
-                    exits[index as usize] = n;
+                    stats[index as usize] = n;
                     decisive = end_to_outcome(end);
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -308,7 +394,7 @@ impl Vm {
             match rx.recv_timeout(Duration::from_millis(10)) {
                 Ok((index, end, n)) => {
                     running -= 1;
-                    exits[index as usize] = n;
+                    stats[index as usize] = n;
                     if decisive.is_none() {
                         decisive = end_to_outcome(end);
                     }
@@ -333,7 +419,7 @@ impl Vm {
             kind: parsed.kind,
             elapsed: started.elapsed(),
             setup,
-            exits,
+            vcpus: stats,
             unknown: devices.unknown_accesses(),
         })
     }
@@ -464,7 +550,7 @@ struct VcpuRunner {
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
-    exits: u64,
+    stats: VcpuRunStats,
 }
 
 impl VcpuRunner {
@@ -549,9 +635,11 @@ impl VcpuRunner {
             if let Err(e) = self.apply_requests(req) {
                 return VcpuEnd::Error(e);
             }
-            self.exits += 1;
             let mut action = IoAction::Continue;
-            let kind = match self.vcpu.run() {
+            let entered = Instant::now();
+            let result = self.vcpu.run();
+            self.stats.run_ns += entered.elapsed().as_nanos() as u64;
+            let kind = match result {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.set_kvm_immediate_exit(0);
                     ExitKind::Interrupted
@@ -615,6 +703,8 @@ impl VcpuRunner {
                 }
                 k => k,
             };
+            *self.stats.exits.entry(kind.name()).or_insert(0) += 1;
+            let hook_started = Instant::now();
             let mut ctx = VcpuCtx {
                 index: self.index,
                 vcpu: &self.vcpu,
@@ -647,6 +737,7 @@ impl VcpuRunner {
                 }
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
+            self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
             match (kind, action) {
                 (_, IoAction::Exit(code)) => return VcpuEnd::Exit(code),
                 (_, IoAction::PowerOff) => return VcpuEnd::PowerOff,

@@ -151,6 +151,7 @@ fn hook_routes_msrs_debug_exits_and_nmis() {
     let cmdline = format!(
         "rd={VALUE_MSR:#x} wr={VALUE_MSR:#x}:0x1234 rd={VALUE_MSR:#x} rd={GP_MSR:#x} wr={GP_MSR:#x}:1 nmis"
     );
+    let (threads_tx, threads_rx) = crossbeam_channel::unbounded();
     let config = VmConfig {
         mem_bytes: 64 << 20,
         vcpus: 1,
@@ -158,6 +159,7 @@ fn hook_routes_msrs_debug_exits_and_nmis() {
         timeout: Some(std::time::Duration::from_secs(60)),
         serial: Box::new(console.clone()),
         warn: Box::new(|m| eprintln!("warning: {m}")),
+        vcpu_threads: Some(threads_tx),
     };
     let s = seen.clone();
     let hooks = move |_i: u32| -> Box<dyn VcpuHook> {
@@ -195,6 +197,17 @@ fn hook_routes_msrs_debug_exits_and_nmis() {
     );
     assert!(seen.cpuid_adjusted && seen.started && seen.stopped);
     assert!(seen.exits as usize >= STEPS as usize + 5);
+    let thread = threads_rx.try_recv().expect("vCPU thread announced");
+    assert_eq!((thread.vcpu, thread.pid), (0, std::process::id()));
+    assert_ne!(thread.tid, thread.pid, "a thread of its own");
+    let stats = &report.vcpus[0];
+    assert_eq!(stats.tid, thread.tid);
+    assert_eq!(stats.exits.get("msr"), Some(&5), "{:?}", stats.exits);
+    assert_eq!(
+        stats.exits.get("debug").copied(),
+        Some(u64::from(STEPS) + 1)
+    );
+    assert!(stats.run_ns > 0 && stats.total_exits() == seen.exits);
 }
 
 #[test]
@@ -210,6 +223,7 @@ fn default_hook_gives_gp_for_nothing_routed() {
         timeout: Some(std::time::Duration::from_secs(60)),
         serial: Box::new(console.clone()),
         warn: Box::new(|_| {}),
+        vcpu_threads: None,
     };
     let hooks = |_i: u32| -> Box<dyn VcpuHook> { Box::new(lbrprof_vmm::NoopHook) };
     let report = Vm::run(config, builtin::image("msrprobe").unwrap(), &hooks).unwrap();
