@@ -17,6 +17,15 @@ use lbrprof_vmm::{NoopHook, VcpuHook, builtin};
 use crate::cmd::with_exit;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: the guest's own. A write of v to the isa-debug-exit port 0xf4 gives (v << 1) | 1;
+a clean power-off (16-bit write of 0x2000 to port 0x604) gives 0; a guest crash (triple fault,
+KVM internal error) gives 4 after printing the vCPU registers; --timeout gives 124; errors of
+lbrprof itself (bad image, bad flags, no /dev/kvm) give 2.
+
+Built-in guests take key=value arguments after --, e.g. `lbrprof run --vm builtin:sort -- n=1000
+seed=2 timing`; every built-in accepts exit=N, rt.cpus (report the vCPUs that came up) and
+rt.stats (report the cost of the guest's ring-0 boot and of a system call).")]
 pub struct Args {
     /// The guest: an ELF64 or multiboot v1 image file, or `builtin:NAME` for an image
     /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe).

@@ -4,6 +4,15 @@
 //! unmapped on drop. [`GuestPhysAddr`] and [`GuestVirtAddr`] are distinct types, so a
 //! virtual address can reach memory only through [`GuestMemory::translate`] (a 4-level
 //! page walk from a CR3 value, 4 KiB / 2 MiB / 1 GiB pages).
+//!
+//! Mixing the two does not compile:
+//!
+//! ```compile_fail
+//! use lbrprof_vmm::{GuestMemory, GuestVirtAddr};
+//! let mem = GuestMemory::new(1 << 20).unwrap();
+//! let mut buf = [0u8; 4];
+//! mem.read(GuestVirtAddr(0x1000), &mut buf).unwrap(); // expects a GuestPhysAddr
+//! ```
 
 use std::fmt;
 use std::ptr::NonNull;

@@ -12,7 +12,7 @@
 //! 0x18) and sets CR0.MP/NE, CR4.OSFXSR/OSXMMEXCPT so SSE works. Registers:
 //!
 //! * `RDI` = the vCPU index (0 for the bootstrap processor, 1.. for the others),
-//! * `RSI` = guest-physical address of a [`BootInfo`],
+//! * `RSI` = guest-physical address of a `BootInfo`,
 //! * `RSP` = top of a small (4 KiB) per-vCPU boot stack in low memory.
 //!
 //! # System calls
