@@ -221,9 +221,14 @@ fn all_vcpus_of_the_runtime_come_up() {
 
 /// Build the multiboot test kernel from tests/fixtures-src/multiboot with gcc.
 fn multiboot_kernel(dir: &Path) -> PathBuf {
+    build_multiboot(dir, "kernel.elf", &[])
+}
+
+fn build_multiboot(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-src/multiboot");
-    let out = dir.join("kernel.elf");
+    let out = dir.join(name);
     let status = std::process::Command::new("gcc")
+        .args(defines)
         .args([
             "-m32",
             "-march=i686",
@@ -276,6 +281,43 @@ fn multiboot_kernel_boots_reads_fw_cfg_and_its_info_and_exits() {
     // exit=0 powers off: status 0.
     let out = run(&["--vm", k, "--mem", "16M", "--serial", "stdio"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn multiboot_aout_kludge_flat_binary_boots() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elf = build_multiboot(dir.path(), "kludge.elf", &["-DAOUT_KLUDGE"]);
+    let flat = dir.path().join("kernel.bin");
+    let status = std::process::Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&flat)
+        .status()
+        .expect("objcopy (binutils) is needed");
+    assert!(status.success());
+    let out = run(&[
+        "--vm",
+        flat.to_str().unwrap(),
+        "--mem",
+        "16M",
+        "--serial",
+        "stdio",
+        "--stats",
+        "--",
+        "exit=9",
+    ]);
+    assert_eq!(out.status.code(), Some(19), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("multiboot: magic ok\nmultiboot: mem_lower=639 mem_upper=15360\n")
+    );
+    assert!(
+        stderr(&out).contains("MultibootAout image"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -1,12 +1,26 @@
 /* Multiboot v1 entry for the test kernel: header, stack, call kmain, exit via 0xf4. */
     .set MB_MAGIC, 0x1BADB002
+#ifdef AOUT_KLUDGE
+    /* page-align modules, want memory info, load addresses in this header (bit 16):
+       for a flat binary (objcopy -O binary) without an ELF header. */
+    .set MB_FLAGS, 0x00010003
+#else
     .set MB_FLAGS, 0x00000003          /* page-align modules, want memory info */
+#endif
 
     .section .multiboot, "a"
     .align 4
+mb_header:
     .long MB_MAGIC
     .long MB_FLAGS
     .long -(MB_MAGIC + MB_FLAGS)
+#ifdef AOUT_KLUDGE
+    .long mb_header                    /* header_addr */
+    .long _load_start                  /* load_addr */
+    .long _load_end                    /* load_end_addr */
+    .long _bss_end                     /* bss_end_addr */
+    .long _start                       /* entry_addr */
+#endif
 
     .text
     .code32
