@@ -21,7 +21,11 @@
 //! single-stepping, up to four hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`),
 //! NMI injection (`KVM_NMI`, how a PMI reaches the guest), or stopping the VM.
 
-use kvm_bindings::{kvm_cpuid_entry2, kvm_debug_exit_arch, kvm_regs, kvm_sregs};
+use std::time::Duration;
+
+use kvm_bindings::{
+    Msrs, kvm_cpuid_entry2, kvm_debug_exit_arch, kvm_msr_entry, kvm_regs, kvm_sregs,
+};
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::DR6_BS;
@@ -176,6 +180,8 @@ pub(crate) struct Requests {
     pub debug_dirty: bool,
     pub nmi: bool,
     pub stop: Option<String>,
+    /// Some(new setting) when the hook changed the exit timer.
+    pub exit_timer: Option<Option<Duration>>,
 }
 
 /// A hook's view of its vCPU during a callback.
@@ -274,6 +280,50 @@ impl VcpuCtx<'_> {
             self.requests.debug_dirty = true;
         }
         Ok(())
+    }
+
+    /// Set the hardware execution breakpoints to exactly `addrs` (at most four, slots in
+    /// order; the other slots are cleared).
+    pub fn set_breakpoints(&mut self, addrs: &[GuestVirtAddr]) -> Result<(), VmError> {
+        if addrs.len() > 4 {
+            return Err(VmError::BreakpointSlot {
+                slot: addrs.len() - 1,
+            });
+        }
+        for slot in 0..4 {
+            self.set_breakpoint(slot, addrs.get(slot).copied())?;
+        }
+        Ok(())
+    }
+
+    /// Read a guest MSR as KVM holds it (KVM_GET_MSRS), e.g. IA32_LSTAR.
+    pub fn read_msr(&self, index: u32) -> Result<u64, VmError> {
+        let op = "KVM_GET_MSRS";
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| VmError::Kvm {
+            op,
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let n = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(|source| VmError::Kvm { op, source })?;
+        match msrs.as_slice().first() {
+            Some(e) if n == 1 => Ok(e.data),
+            _ => Err(VmError::Kvm {
+                op,
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            }),
+        }
+    }
+
+    /// Force an exit ([`ExitKind::Interrupted`]) after `after` of host time, e.g. to end
+    /// a free-running stretch in sampled mode; `None` disarms. One timer per vCPU.
+    pub fn set_exit_timer(&mut self, after: Option<Duration>) {
+        self.requests.exit_timer = Some(after);
     }
 
     /// Inject an NMI before the next entry (KVM_NMI through the in-kernel LAPIC).

@@ -25,6 +25,7 @@ pub mod loader;
 pub mod memory;
 pub mod pmu;
 pub mod snapshot;
+mod timer;
 pub mod vm;
 
 pub use hook::{NoopHook, VcpuCtx, VcpuHook};

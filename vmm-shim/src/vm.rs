@@ -38,6 +38,7 @@ use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
 use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
 use crate::loader::{self, ImageKind, LoaderError, RamLayout};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::timer::ExitTimer;
 
 /// Smallest and largest guest RAM (below the 3 GiB PCI/LAPIC hole, so no split is needed).
 pub const MIN_MEM: u64 = 4 << 20;
@@ -75,6 +76,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error("cannot arm the vCPU exit timer")]
+    Timer(#[source] std::io::Error),
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -338,6 +341,7 @@ impl Vm {
                             tid: gettid(),
                             ..Default::default()
                         },
+                        timer: None,
                     };
                     if let Some(n) = notify {
                         let _ = n.send(VcpuThreadInfo {
@@ -551,6 +555,7 @@ struct VcpuRunner {
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
     stats: VcpuRunStats,
+    timer: Option<ExitTimer>,
 }
 
 impl VcpuRunner {
@@ -620,6 +625,15 @@ impl VcpuRunner {
         if req.nmi {
             self.vcpu.nmi().map_err(kvm_err("KVM_NMI"))?;
             req.nmi = false;
+        }
+        if let Some(after) = req.exit_timer.take() {
+            if self.timer.is_none() {
+                self.timer =
+                    Some(ExitTimer::for_current_thread(kick_signal()).map_err(VmError::Timer)?);
+            }
+            if let Some(t) = &self.timer {
+                t.arm(after).map_err(VmError::Timer)?;
+            }
         }
         Ok(())
     }

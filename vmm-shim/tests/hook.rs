@@ -232,3 +232,61 @@ fn default_hook_gives_gp_for_nothing_routed() {
     assert!(out.starts_with("rdmsr 0x10 = 0x"), "TSC readable: {out}");
     assert!(out.contains("rdmsr 0x4c425201 = #GP"), "{out}");
 }
+
+struct TimerHook {
+    interrupts: Arc<Mutex<u32>>,
+    efer: Arc<Mutex<Option<u64>>>,
+}
+
+impl VcpuHook for TimerHook {
+    fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
+        ctx.set_exit_timer(Some(std::time::Duration::from_millis(10)));
+    }
+
+    fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, exit: &ExitKind) {
+        if *exit == ExitKind::Interrupted {
+            let mut n = self.interrupts.lock().unwrap();
+            *n += 1;
+            *self.efer.lock().unwrap() = Some(ctx.read_msr(0xc000_0080).unwrap());
+            if *n < 5 {
+                ctx.set_exit_timer(Some(std::time::Duration::from_millis(10)));
+            }
+        }
+    }
+}
+
+#[test]
+fn exit_timer_interrupts_a_busy_guest_and_msrs_are_readable() {
+    if !kvm_available() {
+        return;
+    }
+    let interrupts = Arc::new(Mutex::new(0));
+    let efer = Arc::new(Mutex::new(None));
+    let console = Console::default();
+    let mut config = VmConfig::new(64 << 20, 1);
+    config.cmdline = "n=100000".into();
+    config.serial = Box::new(console.clone());
+    config.timeout = Some(std::time::Duration::from_secs(60));
+    let (i, e) = (interrupts.clone(), efer.clone());
+    let hooks = move |_: u32| -> Box<dyn VcpuHook> {
+        Box::new(TimerHook {
+            interrupts: i.clone(),
+            efer: e.clone(),
+        })
+    };
+    let report = Vm::run(config, builtin::image("interp").unwrap(), &hooks).unwrap();
+    assert!(
+        matches!(report.outcome, Outcome::PowerOff),
+        "{:?}",
+        report.outcome
+    );
+    let out = String::from_utf8(console.0.lock().unwrap().clone()).unwrap();
+    assert!(out.starts_with("interp: n=100000 steps="), "{out}");
+    assert_eq!(
+        *interrupts.lock().unwrap(),
+        5,
+        "the timer fired and was re-armed 4 times"
+    );
+    let efer = efer.lock().unwrap().expect("EFER read");
+    assert_eq!(efer & 0x500, 0x500, "long mode active: {efer:#x}");
+}
