@@ -66,6 +66,9 @@ pub enum MemoryError {
     NotMapped { addr: GuestVirtAddr, cr3: u64 },
 }
 
+/// Transparent huge page size on x86-64.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// The host page size, from sysconf.
 pub fn host_page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -103,24 +106,53 @@ impl GuestMemory {
             size,
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
+        if len == 0 {
+            return Err(MemoryError::Map {
+                size,
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        // Over-map by one huge page so the start can be 2 MiB aligned: the guest maps
+        // its RAM with 2 MiB pages, and huge host pages behind them (MADV_HUGEPAGE)
+        // spare nested paging most of its TLB misses.
+        let slack = HUGE_PAGE.max(page as usize);
+        let total = len.checked_add(slack).ok_or(MemoryError::Map {
+            size,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                total,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if p == libc::MAP_FAILED || len == 0 {
+        if p == libc::MAP_FAILED {
             return Err(MemoryError::Map {
                 size,
                 source: std::io::Error::last_os_error(),
             });
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or(MemoryError::Map {
+        let base = p as usize;
+        let start = base.next_multiple_of(HUGE_PAGE);
+        let head = start - base;
+        let tail = total - head - len;
+        // SAFETY: the head and tail lie inside the mapping just created and are not used;
+        // unmapping them leaves exactly [start, start + len) mapped. madvise is advisory.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        let ptr = NonNull::new(start as *mut u8).ok_or(MemoryError::Map {
             size,
             source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         })?;
@@ -256,6 +288,8 @@ mod tests {
         assert!(m.write(GuestPhysAddr(0), b"abc").is_ok());
         assert!(m.write(GuestPhysAddr((1 << 20) - 2), b"abc").is_err());
         assert!(m.write(GuestPhysAddr(u64::MAX), b"a").is_err());
+        assert_eq!(m.host_base() % (2 << 20), 0, "2 MiB aligned");
+        assert!(GuestMemory::new(0).is_err());
         let mut b = [0u8; 3];
         m.read(GuestPhysAddr(0), &mut b).unwrap();
         assert_eq!(&b, b"abc");

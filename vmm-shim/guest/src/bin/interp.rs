@@ -1,4 +1,4 @@
-//! `builtin:interp [n=20000] [timing]`: Collatz step sum of 1..=n in bytecode.
+//! `builtin:interp [n=20000] [timing] [warm]`: Collatz step sum of 1..=n in bytecode.
 #![no_std]
 #![no_main]
 
@@ -6,6 +6,10 @@ use lbrprof_guest::{Args, println, user, workloads::interp};
 
 fn main(args: &Args) -> i32 {
     let n = args.u64("n", 20_000);
+    if args.flag("warm") {
+        // Run once untimed first (page faults, caches), as bench/guest-speed does natively.
+        core::hint::black_box(interp::run(n));
+    }
     let t0 = user::tsc();
     let (steps, executed) = interp::run(n);
     let ticks = user::tsc().wrapping_sub(t0);
