@@ -13,3 +13,5 @@
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
 pub mod model;
+pub mod input;
+pub mod perfdata;
