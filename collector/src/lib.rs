@@ -12,6 +12,6 @@
 //! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
-pub mod model;
 pub mod input;
+pub mod model;
 pub mod perfdata;

@@ -497,7 +497,23 @@ fn convert(
         | RecordType::FORK
         | RecordType::EXIT
         | RecordType::LOST
-        | RecordType::THROTTLE => raw.parse().map_err(body_err)?,
+        | RecordType::THROTTLE => {
+            if raw.record_type == RecordType::MMAP2
+                && raw.misc & abi::PERF_RECORD_MISC_MMAP_BUILD_ID != 0
+            {
+                // The parser asserts on this length; check it first so bad input is an
+                // error, not a panic. Layout: pid, tid (u32), addr, len, pgoff (u64), then
+                // the build-id length byte.
+                let body = raw.data.as_slice();
+                if body.get(32).is_none_or(|&n| n > 20) {
+                    return Err(body_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "MMAP2 build-id longer than 20 bytes",
+                    )));
+                }
+            }
+            raw.parse().map_err(body_err)?
+        }
         _ => {
             stats.skipped_records += 1;
             return Ok(None);
@@ -780,7 +796,8 @@ pub fn decode_sample(
     }
     if st & PERF_SAMPLE_READ != 0 {
         let rf = layout.read_format;
-        let per_value = 1 + u64::from(rf & PERF_FORMAT_ID != 0) + u64::from(rf & PERF_FORMAT_LOST != 0);
+        let per_value =
+            1 + u64::from(rf & PERF_FORMAT_ID != 0) + u64::from(rf & PERF_FORMAT_LOST != 0);
         let times = u64::from(rf & PERF_FORMAT_TOTAL_TIME_ENABLED != 0)
             + u64::from(rf & PERF_FORMAT_TOTAL_TIME_RUNNING != 0);
         if rf & PERF_FORMAT_GROUP != 0 {
