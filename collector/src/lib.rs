@@ -14,4 +14,8 @@
 
 pub mod input;
 pub mod model;
+<<<<<<< HEAD
 pub mod perfdata;
+=======
+pub mod recording;
+>>>>>>> main

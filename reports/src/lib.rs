@@ -1,6 +1,6 @@
 //! `lbrprof-reports`: aggregation of recordings into branch histograms, fall-through
 //! ranges, hot functions and stacks, and their rendering as text, JSON, Markdown, folded
-//! stacks and SVG flame graphs; BOLT `.fdata` export.
+//! stacks and SVG flame graphs; `diff` verdicts and BOLT `.fdata` export.
 //!
 //! Non-goals: capture (the collector) and address lookup (the symbolizer, reached through
 //! [`symbols::SymbolSource`]); it never parses CLI flags.
@@ -66,6 +66,7 @@
 pub mod aggregate;
 pub mod bolt;
 pub mod decode;
+pub mod diff;
 pub mod flame;
 pub mod lbr;
 pub mod loc;
