@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::model::{Event, Header};
 use crate::perfdata::{PerfDataError, PerfDataReader, abi::PERF_MAGIC, abi::PERF_MAGIC_SWAPPED};
+use crate::recording::{self, FormatError, RecordingReader};
 
 /// Which kind of file was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +42,13 @@ pub enum InputError {
     UnknownFormat { path: String, magic: Vec<u8> },
     #[error(transparent)]
     PerfData(#[from] PerfDataError),
+    #[error(transparent)]
+    Recording(#[from] FormatError),
 }
 
 enum Source {
     Perf(Box<PerfDataReader>),
+    Lbrprof(Box<RecordingReader>),
 }
 
 /// An open recording of either format.
@@ -65,6 +69,13 @@ pub fn open_any(path: &Path) -> Result<Input, InputError> {
         .take(8)
         .read_to_end(&mut magic)
         .map_err(open_err)?;
+    if magic[..] == recording::MAGIC {
+        let reader = RecordingReader::open(path)?;
+        return Ok(Input {
+            format: InputFormat::Lbrprof,
+            source: Source::Lbrprof(Box::new(reader)),
+        });
+    }
     if magic[..] == PERF_MAGIC || magic[..] == PERF_MAGIC_SWAPPED {
         let reader = PerfDataReader::open(path)?;
         return Ok(Input {
@@ -86,6 +97,7 @@ impl Input {
     pub fn header(&self) -> &Header {
         match &self.source {
             Source::Perf(r) => r.header(),
+            Source::Lbrprof(r) => r.header(),
         }
     }
 
@@ -93,12 +105,32 @@ impl Input {
     pub fn warnings(&self) -> Vec<String> {
         match &self.source {
             Source::Perf(r) => r.warnings().to_vec(),
+            Source::Lbrprof(r) => r.warnings().to_vec(),
         }
     }
 
-    /// Lost-event and sample totals the file states itself (lbrprof.data's summary), if any.
+    /// The end-of-recording summary of an lbrprof.data file (once the stream has ended).
+    pub fn summary(&self) -> Option<&recording::Summary> {
+        match &self.source {
+            Source::Perf(_) => None,
+            Source::Lbrprof(r) => r.summary(),
+        }
+    }
+
+    /// Notes about the recording for the report header: the recorder's own notes, or
+    /// what the import skipped. Complete only once the stream has ended.
     pub fn recorded_notes(&self) -> Vec<String> {
         match &self.source {
+            Source::Lbrprof(r) => {
+                let mut notes = r.summary().map(|s| s.notes.clone()).unwrap_or_default();
+                if r.summary().is_none() {
+                    notes.push(
+                        "the recording has no end-of-recording summary (the recorder did not finish)"
+                            .to_owned(),
+                    );
+                }
+                notes
+            }
             Source::Perf(r) => {
                 let s = r.stats();
                 if s.skipped_records > 0 {
@@ -120,6 +152,7 @@ impl Iterator for Input {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.source {
             Source::Perf(r) => r.next().map(|r| r.map_err(InputError::from)),
+            Source::Lbrprof(r) => r.next().map(|r| r.map_err(InputError::from)),
         }
     }
 }

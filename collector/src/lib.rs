@@ -14,8 +14,5 @@
 
 pub mod input;
 pub mod model;
-<<<<<<< HEAD
 pub mod perfdata;
-=======
 pub mod recording;
->>>>>>> main

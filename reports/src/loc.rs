@@ -95,6 +95,21 @@ impl ModuleTable {
         id
     }
 
+    /// Points file-backed modules at copies under `root` (`root/PATH`, else
+    /// `root/FILE-NAME`) where such a copy exists, like perf's `--symfs`.
+    pub fn relocate(&mut self, root: &std::path::Path) {
+        for m in &mut self.modules {
+            if !matches!(m.kind, ModuleKind::File | ModuleKind::Guest) {
+                continue;
+            }
+            let full = root.join(m.path.trim_start_matches('/'));
+            let by_name = root.join(m.short_name());
+            if let Some(p) = [full, by_name].into_iter().find(|p| p.is_file()) {
+                m.path = p.display().to_string();
+            }
+        }
+    }
+
     pub fn get(&self, id: ModuleId) -> &Module {
         &self.modules[id.0 as usize]
     }

@@ -2,9 +2,12 @@
 //! batched per module, modules in parallel — never per sample.
 //!
 //! The lookup itself is behind [`SymbolSource`], so reports can be produced (and tested)
-//! without debug info: [`NoSymbols`] names everything `module+0xoffset`.
+//! without debug info: [`NoSymbols`] names everything `module+0xoffset`, and
+//! [`SymbolizerSource`] uses `lbrprof-symbolizer` (ELF symbols, DWARF lines, inlining,
+//! `/proc/kallsyms`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 
@@ -39,6 +42,61 @@ pub struct NoSymbols;
 impl SymbolSource for NoSymbols {
     fn symbolize(&self, _module: &Module, offsets: &[u64]) -> Vec<Sym> {
         vec![Sym::default(); offsets.len()]
+    }
+}
+
+/// Uses `lbrprof-symbolizer` for files and the kernel.
+pub struct SymbolizerSource {
+    pub symbolizer: lbrprof_symbolizer::Symbolizer,
+    /// Whether kernel addresses may be looked up (off when the recording was made on a
+    /// different kernel and no matching kallsyms file was given).
+    pub kernel: bool,
+}
+
+impl SymbolizerSource {
+    pub fn new(opts: lbrprof_symbolizer::SymbolizerOptions) -> Self {
+        SymbolizerSource {
+            symbolizer: lbrprof_symbolizer::Symbolizer::new(opts),
+            kernel: true,
+        }
+    }
+}
+
+fn to_sym(s: lbrprof_symbolizer::Symbolized) -> Sym {
+    let inner = s.frames.first();
+    let outer = s.frames.last();
+    Sym {
+        function: outer.and_then(|f| f.function.clone()),
+        function_offset: outer.and_then(|f| f.function_offset),
+        file: inner.and_then(|f| f.file.clone()),
+        line: inner.and_then(|f| f.line),
+    }
+}
+
+impl SymbolSource for SymbolizerSource {
+    fn symbolize(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
+        let out = match module.kind {
+            ModuleKind::Kernel if self.kernel => self.symbolizer.symbolize_kernel(offsets),
+            ModuleKind::Kernel => return vec![Sym::default(); offsets.len()],
+            ModuleKind::File | ModuleKind::Guest => {
+                let key = lbrprof_symbolizer::ModuleKey {
+                    path: PathBuf::from(&module.path),
+                    build_id: module.build_id.clone(),
+                };
+                let offs: Vec<_> = offsets
+                    .iter()
+                    .map(|&o| lbrprof_symbolizer::FileOffset(o))
+                    .collect();
+                self.symbolizer.symbolize(&key, &offs)
+            }
+            ModuleKind::Unknown => return vec![Sym::default(); offsets.len()],
+        };
+        let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
+        v.resize(offsets.len(), Sym::default());
+        v
+    }
+    fn take_warnings(&self) -> Vec<String> {
+        self.symbolizer.take_warnings()
     }
 }
 

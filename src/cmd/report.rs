@@ -15,7 +15,9 @@ use lbrprof_collector::model::Header;
 use lbrprof_reports::decode::CodeReader;
 use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
+use lbrprof_reports::symbols::SymbolizerSource;
 use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
+use lbrprof_symbolizer::SymbolizerOptions;
 
 /// Options shared by every command that reads a recording.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +40,16 @@ pub struct InputArgs {
     /// Do not symbolize; show every location as module+offset.
     #[arg(long)]
     pub no_symbols: bool,
+    /// Also look for separate debug info in DIR (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// Look for the recorded module files under DIR (as DIR/PATH, then DIR/FILE-NAME),
+    /// like perf's --symfs.
+    #[arg(long, value_name = "DIR")]
+    pub symfs: Option<PathBuf>,
+    /// Kernel symbols from this kallsyms file instead of /proc/kallsyms.
+    #[arg(long, value_name = "FILE")]
+    pub kallsyms: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,10 +125,37 @@ pub enum Naming {
     Mangled,
 }
 
-fn symbol_source(naming: Naming) -> Box<dyn SymbolSource> {
-    match naming {
-        Naming::None | Naming::Demangled | Naming::Mangled => Box::new(NoSymbols),
+/// Whether this machine's /proc/kallsyms describes the kernel `header` was recorded on.
+fn same_kernel(header: &Header) -> bool {
+    let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    header.host.kernel.is_empty() || header.host.kernel.trim() == here.trim()
+}
+
+fn symbol_source(
+    args: &InputArgs,
+    naming: Naming,
+    header: &Header,
+    warnings: &mut Vec<String>,
+) -> Box<dyn SymbolSource> {
+    let demangle = match naming {
+        Naming::None => return Box::new(NoSymbols),
+        Naming::Demangled => true,
+        Naming::Mangled => false,
+    };
+    let mut source = SymbolizerSource::new(SymbolizerOptions {
+        debug_dirs: args.debug_dir.clone(),
+        kallsyms: args.kallsyms.clone(),
+        demangle,
+        inlines: true,
+    });
+    if args.kallsyms.is_none() && !same_kernel(header) {
+        source.kernel = false;
+        warnings.push(format!(
+            "recorded on kernel {}, not this one: kernel addresses are not symbolized (pass --kallsyms)",
+            header.host.kernel
+        ));
     }
+    Box::new(source)
 }
 
 /// Opens, aggregates and symbolizes `args.input`.
@@ -136,17 +175,21 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         snapshot_weight: header.sampling.period.max(1),
     };
     let mut input = input;
-    let (profile, err) = lbrprof_reports::aggregate_events(input.by_ref(), opts);
+    let (mut profile, err) = lbrprof_reports::aggregate_events(input.by_ref(), opts);
     if let Some(e) = err {
         return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
     }
+    if let Some(dir) = &args.symfs {
+        profile.spaces.modules.relocate(dir);
+    }
     let mut warnings = input.warnings();
     warnings.extend(input.recorded_notes());
-    let source = symbol_source(if args.no_symbols {
+    let naming = if args.no_symbols {
         Naming::None
     } else {
         naming
-    });
+    };
+    let source = symbol_source(args, naming, &header, &mut warnings);
     let syms = SymbolTable::build(&profile, source.as_ref());
     warnings.extend(source.take_warnings());
     Ok(Loaded {
