@@ -113,6 +113,10 @@ pub mod abi {
     /// `struct perf_file_header`: magic, size, attr_size, then three `perf_file_section`s
     /// (attrs, data, event_types), each `{ u64 offset; u64 size; }`.
     pub const PERF_FILE_HEADER_DATA_OFFSET: usize = 40;
+    /// Offset of the `adds_features` bitmap (256 bits) in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_FEATURES_OFFSET: usize = 72;
+    /// Size of `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_LEN: usize = 104;
 }
 
 /// Why a perf.data file could not be imported.
@@ -158,15 +162,25 @@ pub struct ImportStats {
 }
 
 /// A `Read + Seek` wrapper that publishes its position, so an error deep inside the
-/// parser can still name the file offset where reading stopped.
+/// parser can still name the file offset where reading stopped. It can also present a
+/// patched copy of the file header (`head`) in place of the first bytes of the file.
 struct Tracked<R> {
     inner: R,
     pos: Arc<AtomicU64>,
+    head: Vec<u8>,
 }
 
-impl<R: Read> Read for Tracked<R> {
+impl<R: Read + Seek> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let at = self.pos.load(Ordering::Relaxed);
+        let n = if (at as usize) < self.head.len() {
+            let n = buf.len().min(self.head.len() - at as usize);
+            buf[..n].copy_from_slice(&self.head[at as usize..at as usize + n]);
+            self.inner.seek(SeekFrom::Current(n as i64))?;
+            n
+        } else {
+            self.inner.read(buf)?
+        };
         self.pos.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -229,17 +243,66 @@ impl PerfDataReader {
             u64::MAX
         };
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        let truncated = data_end != u64::MAX && data_end > file_len;
+        let mut warnings = Vec::new();
+        let mut head_patch = None;
+        if truncated {
+            // The feature sections live after the data section, so they are gone too:
+            // read the file as if it had none, with the data section ending at EOF.
+            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
+            let le = head[..8] == abi::PERF_MAGIC;
+            let word = |b: &[u8]| {
+                let a: [u8; 8] = b.try_into().unwrap_or_default();
+                if le {
+                    u64::from_le_bytes(a)
+                } else {
+                    u64::from_be_bytes(a)
+                }
+            };
+            let data_off = word(&head[o..o + 8]);
+            let usable =
+                complete_records_end(&mut file, data_off, file_len, le).map_err(open_err)?;
+            warnings.push(format!(
+                "stopped at file offset {usable:#x}: the record there is incomplete; \
+                 the report covers the records before it"
+            ));
+            let size = usable.saturating_sub(data_off);
+            let mut patched = head.to_vec();
+            patched[o + 8..o + 16].copy_from_slice(&if le {
+                size.to_le_bytes()
+            } else {
+                size.to_be_bytes()
+            });
+            let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+            let n = read_up_to(&mut file, &mut full).map_err(open_err)?;
+            full.truncate(n);
+            full[..patched.len().min(n)].copy_from_slice(&patched[..patched.len().min(n)]);
+            let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+            if full.len() >= features + 32 {
+                full[features..features + 32].fill(0);
+                // Old files describe events in the event_types section; the attrs
+                // section alone is what every perf version writes.
+                full[o + 16..o + 32].fill(0);
+            }
+            warnings.push(
+                "the file's feature sections (event names, build-ids, host facts) are lost with its end"
+                    .to_owned(),
+            );
+            head_patch = Some(full);
+            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        }
         let pos = Arc::new(AtomicU64::new(0));
         let tracked = Tracked {
             inner: BufReader::with_capacity(1 << 20, file),
             pos: Arc::clone(&pos),
+            head: head_patch.unwrap_or_default(),
         };
         let PerfFileReader {
             perf_file,
             record_iter,
         } = PerfFileReader::parse_file(tracked).map_err(PerfDataError::Header)?;
 
-        let mut warnings = Vec::new();
         let build_ids = match perf_file.build_ids() {
             Ok(map) => map
                 .into_values()
@@ -250,11 +313,14 @@ impl PerfDataReader {
                 HashMap::new()
             }
         };
-        if data_end != u64::MAX && data_end > file_len {
-            warnings.push(format!(
-                "the file is truncated: its data section should end at offset {data_end:#x} \
+        if truncated {
+            warnings.insert(
+                0,
+                format!(
+                    "the file is truncated: its data section should end at offset {data_end:#x} \
                  but the file has only {file_len:#x} bytes; reading what is there"
-            ));
+                ),
+            );
         }
         let header = header_of(&perf_file, path);
         Ok(Self {
@@ -337,6 +403,35 @@ impl Iterator for PerfDataReader {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// The end of the last complete record of a data section starting at `data_off`, walking
+/// the record headers (`struct perf_event_header { u32 type; u16 misc; u16 size; }`).
+fn complete_records_end(
+    file: &mut File,
+    data_off: u64,
+    file_len: u64,
+    le: bool,
+) -> std::io::Result<u64> {
+    let mut r = BufReader::with_capacity(1 << 16, &*file);
+    let mut at = data_off;
+    r.seek(SeekFrom::Start(at))?;
+    loop {
+        let mut h = [0u8; 8];
+        if at + 8 > file_len || read_up_to(&mut r, &mut h)? < 8 {
+            return Ok(at);
+        }
+        let size = u64::from(if le {
+            u16::from_le_bytes([h[6], h[7]])
+        } else {
+            u16::from_be_bytes([h[6], h[7]])
+        });
+        if size < 8 || at + size > file_len {
+            return Ok(at);
+        }
+        r.seek_relative(size as i64 - 8)?;
+        at += size;
     }
 }
 
