@@ -27,9 +27,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use linux_perf_data::linux_perf_event_reader::Endianness;
 use linux_perf_data::linux_perf_event_reader::{
-    self as reader, Endianness, EventRecord, Mmap2FileId, PerfEventType, RawEventRecord,
-    RecordType, SamplingPolicy,
+    self as reader, EventRecord, Mmap2FileId, PerfEventType, RawEventRecord, RecordType,
+    SamplingPolicy,
 };
 use linux_perf_data::{PerfFileReader, PerfFileRecord, PerfRecordIter};
 
@@ -1051,6 +1052,43 @@ mod tests {
         // A huge declared length does not allocate or panic.
         let huge = words(&[1, u64::MAX / 4]);
         assert!(decode_sample(&huge, Endianness::LittleEndian, layout, CpuMode::User).is_err());
+    }
+
+    /// A small in-process fuzz: bit flips and truncations of a real file are errors or
+    /// warnings, never panics (the fuzz target does this at scale).
+    #[test]
+    fn corrupted_files_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/perfdata/perf.data.branch-4.14");
+        let Ok(orig) = std::fs::read(&dir) else {
+            eprintln!("skipped: fixture {} is not there", dir.display());
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.data");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..300 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = orig.clone();
+            if round % 3 == 0 {
+                bytes.truncate((state as usize) % orig.len());
+            } else {
+                for k in 0..4 {
+                    let at = ((state >> (k * 16)) as usize) % bytes.len();
+                    bytes[at] ^= 1 << (k + round % 5);
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(r) = PerfDataReader::open(&path) {
+                for ev in r.take(100_000) {
+                    if ev.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::io::{self, Write};
 
 use crate::aggregate::Profile;
 use crate::decode::CodeReader;
-use crate::loc::{Loc, ModuleTable};
+use crate::loc::Loc;
 use crate::symbols::SymbolTable;
 
 /// What an export wrote, for the user.
@@ -39,9 +39,8 @@ pub struct BoltStats {
     pub skipped_ranges: u64,
 }
 
-/// `(is_sym, name, offset)` of a location. Function names cannot contain spaces in fdata.
-fn side(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
-    let _ = modules;
+/// `(function, offset in it)` of a location, when it is in a known function. Function names cannot contain spaces in fdata.
+fn side(syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
     let s = syms.get(l)?;
     let f = s.function.as_ref()?;
     Some((
@@ -71,7 +70,7 @@ pub fn write_fdata(
         stats.no_lbr = true;
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
         for (l, c) in &profile.ips {
-            if let Some(s) = side(modules, syms, l) {
+            if let Some(s) = side(syms, l) {
                 *lines.entry(format!("1 {} {:x}", s.0, s.1)).or_default() += c.samples;
             }
         }
@@ -85,7 +84,7 @@ pub fn write_fdata(
     // (from, to) text -> (mispredicts, count)
     let mut lines: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for ((from, to), e) in &profile.edges {
-        let (f, t) = (side(modules, syms, from), side(modules, syms, to));
+        let (f, t) = (side(syms, from), side(syms, to));
         if f.is_none() && t.is_none() {
             stats.skipped_edges += 1;
             continue;
@@ -99,7 +98,7 @@ pub fn write_fdata(
     stats.branch_lines = lines.len();
     let mut ft: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for ((start, end), &count) in &profile.ranges {
-        let Some((func, start_off)) = side(modules, syms, start) else {
+        let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
         };
@@ -124,4 +123,93 @@ pub fn write_fdata(
         writeln!(w, "{l} {m} {n}")?;
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregateOptions, Aggregator};
+    use crate::loc::Module;
+    use crate::symbols::{Sym, SymbolSource};
+    use lbrprof_collector::model::{
+        AddressSpace, Branch, BranchFlags, CpuMode, Event, HostSample, Mapping,
+    };
+
+    /// Names offsets 0x0..0x100 `f`, the rest `g` (each starting at its range's base).
+    struct TwoFunctions;
+    impl SymbolSource for TwoFunctions {
+        fn symbolize(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+            offs.iter()
+                .map(|&o| Sym {
+                    function: Some(if o < 0x100 { "f" } else { "g" }.into()),
+                    function_offset: Some(o % 0x100),
+                    ..Sym::default()
+                })
+                .collect()
+        }
+    }
+
+    fn agg(branches: bool) -> Profile {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid: 1,
+            start: 0x1000,
+            len: 0x1000,
+            pgoff: 0,
+            path: "/nonexistent".into(),
+            build_id: None,
+        }));
+        let br = |from, to, mispred| Branch {
+            from,
+            to,
+            flags: BranchFlags {
+                mispred,
+                ..BranchFlags::default()
+            },
+        };
+        for i in 0..3 {
+            a.add(&Event::Sample(HostSample {
+                pid: 1,
+                period: 1,
+                ip: 0x1010,
+                mode: CpuMode::User,
+                branches: if branches {
+                    vec![br(0x1020, 0x1100, i == 0), br(0x1180, 0x1010, false)]
+                } else {
+                    vec![]
+                },
+                ..HostSample::default()
+            }));
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn writes_branch_lines_with_function_offsets() {
+        let p = agg(true);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let mut out = Vec::new();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "cycles", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "1 f 20 1 g 0 1 3\n1 g 80 1 f 10 0 3\n");
+        assert_eq!(stats.branch_lines, 2);
+        // The range [f+0x10, f+0x20] is in unreadable code: counted, skipped.
+        assert_eq!(stats.skipped_ranges, 1);
+    }
+
+    #[test]
+    fn no_branch_stacks_give_the_no_lbr_form() {
+        let p = agg(false);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let mut out = Vec::new();
+        let stats =
+            write_fdata(&p, &syms, &mut CodeReader::default(), "cpu clock", &mut out).unwrap();
+        assert!(stats.no_lbr);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "no_lbr cpu_clock\n1 f 10 3\n"
+        );
+    }
 }

@@ -89,3 +89,100 @@ pub fn write_svg(
     }
     flamegraph::from_lines(&mut o, lines.iter().map(String::as_str), w).map_err(FlameError::Write)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregateOptions, Aggregator};
+    use crate::lbr::tests::snapshot;
+    use crate::symbols::{NoSymbols, SymbolTable};
+    use lbrprof_collector::model::{CpuMode, Event, Frame, HostSample};
+
+    fn profile() -> Profile {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        for i in 0..20u64 {
+            a.add(&Event::Sample(HostSample {
+                pid: 1,
+                period: 1,
+                ip: 0x1000 + i % 3,
+                mode: CpuMode::User,
+                callchain: vec![
+                    Frame {
+                        addr: 0x1000 + i % 3,
+                        mode: CpuMode::User,
+                    },
+                    Frame {
+                        addr: 0x2000,
+                        mode: CpuMode::User,
+                    },
+                ],
+                ..HostSample::default()
+            }));
+        }
+        a.add(&Event::Snapshot(snapshot(0, &[(0x10, 0x20, 0)])));
+        a.finish()
+    }
+
+    /// Parses the SVG back with an XML parser: it must be well-formed throughout.
+    fn assert_well_formed(svg: &[u8]) -> usize {
+        let mut reader = quick_xml::Reader::from_reader(svg);
+        let mut buf = Vec::new();
+        let mut elements = 0;
+        loop {
+            match reader.read_event_into(&mut buf) {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(quick_xml::events::Event::Start(_) | quick_xml::events::Event::Empty(_)) => {
+                    elements += 1
+                }
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "SVG is not well-formed at {}: {e}",
+                    reader.buffer_position()
+                ),
+            }
+            buf.clear();
+        }
+        elements
+    }
+
+    #[test]
+    fn svg_is_well_formed_deterministic_and_colours_guest_frames() {
+        let p = profile();
+        let syms = SymbolTable::build(&p, &NoSymbols);
+        let opts = FlameOptions {
+            title: "t <&> \"q\"".into(),
+            subtitle: Some("s".into()),
+            source: StackSource::CallChains,
+            inverted: false,
+        };
+        let mut a = Vec::new();
+        write_svg(&p, &syms, &opts, &mut a).unwrap();
+        let mut b = Vec::new();
+        write_svg(&p, &syms, &opts, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert!(assert_well_formed(&a) > 10);
+        let text = String::from_utf8(a).unwrap();
+        assert!(text.contains("[guest vCPU 0]"));
+        assert!(text.contains("rgb(80,140,230)"));
+    }
+
+    #[test]
+    fn lbr_stacks_missing_is_a_clear_error() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&Event::Sample(HostSample {
+            period: 1,
+            ip: 1,
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        let syms = SymbolTable::build(&p, &NoSymbols);
+        let opts = FlameOptions {
+            title: String::new(),
+            subtitle: None,
+            source: StackSource::Lbr,
+            inverted: false,
+        };
+        let err = write_svg(&p, &syms, &opts, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("LBR call-stack"), "{err}");
+    }
+}
