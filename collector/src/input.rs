@@ -32,13 +32,13 @@ impl InputFormat {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
-    #[error("cannot open {path}")]
+    #[error("cannot open the file")]
     Open {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is neither an lbrprof.data nor a perf.data file (it starts with {magic:02x?})")]
+    #[error("neither an lbrprof.data nor a perf.data file (it starts with {magic:02x?})")]
     UnknownFormat { path: String, magic: Vec<u8> },
     #[error(transparent)]
     PerfData(#[from] PerfDataError),

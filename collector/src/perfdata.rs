@@ -124,7 +124,7 @@ pub mod abi {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PerfDataError {
-    #[error("cannot open {path}")]
+    #[error("cannot open the file")]
     Open {
         path: String,
         #[source]

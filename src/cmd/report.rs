@@ -175,7 +175,17 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         snapshot_weight: header.sampling.period.max(1),
     };
     let mut input = input;
-    let (mut profile, err) = lbrprof_reports::aggregate_events(input.by_ref(), opts);
+    let progress = progress_bar(path);
+    let ticker = progress.clone();
+    let mut n = 0u64;
+    let events = input.by_ref().inspect(move |_| {
+        n += 1;
+        if n.is_multiple_of(1 << 14) {
+            ticker.set_position(n);
+        }
+    });
+    let (mut profile, err) = lbrprof_reports::aggregate_events(events, opts);
+    progress.finish_and_clear();
     if let Some(e) = err {
         return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
     }
@@ -199,6 +209,21 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         format,
         warnings,
     })
+}
+
+/// A spinner with an event count on stderr, only when stderr is a terminal.
+fn progress_bar(path: &Path) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} reading {msg}: {pos} events") {
+        bar.set_style(style);
+    }
+    bar.set_message(path.display().to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// Standard output or a file, buffered.
