@@ -524,10 +524,26 @@ fn header_of(perf_file: &linux_perf_data::PerfFile, path: &Path) -> Header {
     }
 }
 
+/// perf's name for an event without an `EVENT_DESC` name (old or truncated files).
 fn event_type_name(t: &PerfEventType) -> String {
+    use reader::{HardwareEventId as H, SoftwareCounterType as S};
     match t {
-        PerfEventType::Hardware(id, _) => format!("{id:?}").to_lowercase(),
-        PerfEventType::Software(id) => format!("{id:?}").to_lowercase(),
+        PerfEventType::Hardware(id, _) => match id {
+            H::CpuCycles => "cycles".to_owned(),
+            H::Instructions => "instructions".to_owned(),
+            H::CacheReferences => "cache-references".to_owned(),
+            H::CacheMisses => "cache-misses".to_owned(),
+            H::BranchInstructions => "branches".to_owned(),
+            H::BranchMisses => "branch-misses".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        },
+        PerfEventType::Software(id) => match id {
+            S::CpuClock => "cpu-clock".to_owned(),
+            S::TaskClock => "task-clock".to_owned(),
+            S::PageFaults => "page-faults".to_owned(),
+            S::ContextSwitches => "context-switches".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        },
         other => format!("{other:?}").to_lowercase(),
     }
 }

@@ -189,6 +189,12 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
     if let Some(e) = err {
         return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
     }
+    if let Some(summary) = input.summary() {
+        // The recorder's own totals cover losses it never turned into events.
+        let t = &mut profile.totals;
+        t.lost = t.lost.max(summary.lost);
+        t.throttled = t.throttled.max(summary.throttled);
+    }
     if let Some(dir) = &args.symfs {
         profile.spaces.modules.relocate(dir);
     }
