@@ -12,6 +12,8 @@
 //! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
+pub mod input;
 pub mod model;
 pub mod pairing;
+pub mod perfdata;
 pub mod recording;
