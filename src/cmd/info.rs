@@ -36,18 +36,10 @@ fn host(out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(out, "  {line}")?;
     }
     writeln!(out, "kvm")?;
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
-    match kvm {
-        Ok(_) => writeln!(out, "  /dev/kvm:               read-write")?,
-        Err(e) => writeln!(out, "  /dev/kvm:               not usable ({e})")?,
+    let caps = lbrprof_vmm::caps::probe();
+    for line in caps.to_string().lines() {
+        writeln!(out, "  {}", line.strip_prefix("kvm: ").unwrap_or(line))?;
     }
-    let enable_pmu = std::fs::read_to_string("/sys/module/kvm/parameters/enable_pmu")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    writeln!(out, "  kvm.enable_pmu:         {enable_pmu}")?;
     Ok(())
 }
 
