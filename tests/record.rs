@@ -638,6 +638,26 @@ fn unprivileged_users_get_user_space_sampling() {
     let (events, _) = read_all(&data);
     let all: Vec<&HostSample> = samples(&events).collect();
     assert!(all.len() > 20, "{} samples", all.len());
+    // Someone else's process is out of reach: a one-line explanation, no file.
+    let denied = dir.path().join("denied.data");
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lbrprof"))
+        .args(["record", "-p", "1", "--duration", "0.1", "-o"])
+        .arg(&denied)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lbrprof: error: no permission to sample task 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("CAP_PERFMON") && err.contains("perf_event_paranoid"),
+        "{err}"
+    );
+    assert!(!denied.exists());
     assert!(
         all.iter().all(|s| s
             .callchain

@@ -83,9 +83,10 @@ pub enum SampleTarget {
 #[non_exhaustive]
 pub enum SamplerError {
     #[error(
-        "no permission to sample {target} with perf_event_open (perf_event_paranoid is {paranoid}); \
-         run as root or with CAP_PERFMON, or lower it with `sysctl kernel.perf_event_paranoid=1` \
-         (`lbrprof info` shows what this host allows)"
+        "no permission to sample {target} with perf_event_open: it belongs to another user, \
+         or perf_event_paranoid ({paranoid}) forbids it; run as root or with CAP_PERFMON, or \
+         lower it with `sysctl kernel.perf_event_paranoid=1` (your own commands, `record -- \
+         CMD`, may still work; `lbrprof info` shows what this host allows)"
     )]
     Permission {
         target: String,
