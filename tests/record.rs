@@ -780,3 +780,68 @@ fn attach_to_one_thread() {
         "only the attached thread"
     );
 }
+
+#[test]
+fn duration_and_sigterm_end_recordings_cleanly() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+
+    // --duration with a command: the command is sent SIGTERM, its status passed on.
+    let data = dir.path().join("duration.data");
+    let started = Instant::now();
+    let out = common::lbrprof()
+        .args(["record", "--duration", "0.5", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000000")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr_of(&out)
+    );
+    let (_, reader) = read_all(&data);
+    assert_eq!(
+        reader.summary().unwrap().exit_status,
+        Some(128 + libc::SIGTERM)
+    );
+
+    // SIGTERM to an attached recording: it detaches, finalizes and exits 0.
+    let mut target = Command::new(&exe)
+        .arg("100000000000")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = dir.path().join("term.data");
+    let mut record = common::lbrprof()
+        .args(["record", "-p"])
+        .arg(target.id().to_string())
+        .arg("-o")
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: kill has no memory-safety preconditions; `record` is our child.
+    unsafe { libc::kill(record.id() as i32, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().expect("finalized after SIGTERM");
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("stopped by a signal"))
+    );
+    assert!(samples(&events).count() > 10);
+}
