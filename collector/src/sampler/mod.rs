@@ -110,7 +110,9 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot map the perf ring buffer (try fewer CPUs or a smaller buffer)")]
+    #[error(
+        "cannot map the perf ring buffer (use a smaller -m, or raise kernel.perf_event_mlock_kb)"
+    )]
     Mmap(#[source] io::Error),
     #[error("cannot {what} the sampling events")]
     Control {
