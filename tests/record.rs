@@ -845,3 +845,42 @@ fn duration_and_sigterm_end_recordings_cleanly() {
     );
     assert!(samples(&events).count() > 10);
 }
+
+#[test]
+fn attach_follows_threads_created_later() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("later.data");
+    // The process waits 1.5 s before it creates its threads; we attach during the wait.
+    let mut target = Command::new(&exe)
+        .args(["2", "150000000", "1500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let out = common::lbrprof()
+        .args(["record", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    // The recording ends by itself when the process exits.
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let tids: Vec<u32> = lines
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("tid ")?.parse().ok())
+        .collect();
+    target.wait().unwrap();
+    assert_eq!(tids.len(), 2);
+    let (events, _) = read_all(&data);
+    for tid in &tids {
+        let n = samples(&events).filter(|s| s.tid == *tid).count();
+        assert!(n > 10, "thread {tid} created after the attach: {n} samples");
+    }
+}
