@@ -160,13 +160,16 @@ impl Module {
             None
         };
 
+        // Full symbol table first (the file's own, or the debug file's when the file is
+        // stripped), then the dynamic one: the order decides between aliases.
         let mut symbols = Vec::new();
-        collect_symbols(&obj, &mut symbols);
-        if obj.section_by_name(".symtab").is_none()
-            && let Some(d) = &debug_obj
-        {
-            collect_symbols(d, &mut symbols);
+        match &debug_obj {
+            Some(d) if obj.section_by_name(".symtab").is_none() => {
+                collect_from(d, d.symbols(), &mut symbols)
+            }
+            _ => collect_from(&obj, obj.symbols(), &mut symbols),
         }
+        collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
         let symbols = sort_symbols(symbols);
 
         if ctx.is_none() {
@@ -563,13 +566,9 @@ fn load_dwp(
     }
 }
 
-/// Function symbols of `.symtab` and `.dynsym`. A local function also gets the name of the
-/// `STT_FILE` symbol before it, as binutils reports that file when there are no lines.
-fn collect_symbols(obj: &object::File<'static>, out: &mut Vec<Sym>) {
-    collect_from(obj, obj.symbols(), out);
-    collect_from(obj, obj.dynamic_symbols(), out);
-}
-
+/// Function symbols of one symbol table, in table order. A local function also gets the
+/// name of the `STT_FILE` symbol before it, as binutils reports that file when there are no
+/// lines.
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
@@ -582,7 +581,8 @@ fn collect_from<'a>(
     let mut file_after_symbol = false;
     for s in symbols {
         if s.kind() == SymbolKind::File {
-            file = s.name().ok().filter(|n| !n.is_empty());
+            // An empty name (assembly objects) is kept: binutils prints it as `:?`.
+            file = s.name().ok();
             file_after_symbol |= symbol_seen;
             continue;
         }
@@ -615,17 +615,12 @@ fn collect_from<'a>(
     }
 }
 
-/// Sorts by address and keeps one symbol per address, preferring larger ones and names that
-/// do not start with `_` (so `memcpy` wins over `__memcpy_alias` at the same address, as in
-/// binutils).
+/// Sorts by address and keeps one symbol per address: the largest, and among equal sizes
+/// the first in symbol-table order (`.symtab` before `.dynsym`), as binutils chooses (so a
+/// local alias such as `__GI_chroot` wins over `chroot`, like in `addr2line`).
 fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
-    syms.sort_by(|a, b| {
-        a.addr
-            .cmp(&b.addr)
-            .then(b.size.cmp(&a.size))
-            .then(a.name.starts_with('_').cmp(&b.name.starts_with('_')))
-            .then(a.name.cmp(b.name))
-    });
+    // Stable: equal keys keep collection order.
+    syms.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
     syms.dedup_by_key(|s| s.addr);
     let next_starts: Vec<u64> = syms.iter().skip(1).map(|s| s.addr).collect();
     for (sym, next) in syms.iter_mut().zip(next_starts) {
