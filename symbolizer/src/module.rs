@@ -51,6 +51,10 @@ pub struct Module {
     // first so that they are dropped before it, and no `'static` reference ever leaves
     // this type (lookups return owned strings).
     ctx: Option<addr2line::Context<R>>,
+    dwarf: Option<Arc<gimli::Dwarf<R>>>,
+    /// Relative `DW_AT_comp_dir`s of DWARF 5 units, built on first need (see
+    /// [`Module::binutils_path`]).
+    relative_comp_dirs: std::sync::OnceLock<Vec<String>>,
     dwp: Option<gimli::DwarfPackage<R>>,
     symbols: Vec<Sym>,
     segments: Vec<Segment>,
@@ -148,16 +152,16 @@ impl Module {
         }
         let dwarf_obj = debug_obj.as_ref().unwrap_or(&obj);
 
-        let ctx = if has_dwarf(dwarf_obj) {
+        let (ctx, dwarf) = if has_dwarf(dwarf_obj) {
             match load_dwarf(dwarf_obj, &arena, path, opts, &mut warnings) {
-                Ok(ctx) => Some(ctx),
+                Ok((ctx, dwarf)) => (Some(ctx), Some(dwarf)),
                 Err(e) => {
                     warnings.push(crate::warning_text(&e));
-                    None
+                    (None, None)
                 }
             }
         } else {
-            None
+            (None, None)
         };
 
         // Full symbol table first (the file's own, or the debug file's when the file is
@@ -205,6 +209,8 @@ impl Module {
         Ok(Opened {
             module: Module {
                 ctx,
+                dwarf,
+                relative_comp_dirs: Default::default(),
                 dwp,
                 symbols,
                 segments,
@@ -298,6 +304,33 @@ impl Module {
         }
     }
 
+    /// A source path as binutils and LLVM print it. In DWARF 5, directory 0 of a line
+    /// table *is* the compilation directory; both tools still join it to `DW_AT_comp_dir`,
+    /// so with a relative comp_dir (`./stdio-common`) a file in directory 0 prints as
+    /// `./stdio-common/./stdio-common/printf_fp.c`. gimli's rendering joins it once; redo
+    /// the doubling so our output matches theirs (and perf's) line for line.
+    fn binutils_path(&self, file: &str) -> String {
+        if file.starts_with('/') {
+            return file.to_owned();
+        }
+        let Some(dwarf) = &self.dwarf else {
+            return file.to_owned();
+        };
+        let dirs = self
+            .relative_comp_dirs
+            .get_or_init(|| relative_comp_dirs(dwarf));
+        for dir in dirs {
+            if let Some(name) = file
+                .strip_prefix(dir.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                && !name.contains('/')
+            {
+                return format!("{dir}/{dir}/{name}");
+            }
+        }
+        file.to_owned()
+    }
+
     fn name(&self, raw: &str) -> String {
         if self.demangle {
             addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
@@ -333,7 +366,10 @@ impl Module {
                 None => None,
             };
             let (file, line) = match &frame.location {
-                Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|l| *l != 0)),
+                Some(loc) => (
+                    loc.file.map(|f| self.binutils_path(f)),
+                    loc.line.filter(|l| *l != 0),
+                ),
                 None => (None, None),
             };
             frames.push(SymFrame {
@@ -419,7 +455,7 @@ fn load_dwarf(
     path: &Path,
     opts: &SymbolizerOptions,
     warnings: &mut Vec<String>,
-) -> Result<addr2line::Context<R>, ModuleError> {
+) -> Result<(addr2line::Context<R>, Arc<gimli::Dwarf<R>>), ModuleError> {
     let endian = endianness(obj);
     let dwarf_err = |source| ModuleError::Dwarf {
         path: path.to_owned(),
@@ -444,7 +480,35 @@ fn load_dwarf(
         }
     }
     dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
-    addr2line::Context::from_dwarf(dwarf).map_err(dwarf_err)
+    let dwarf = Arc::new(dwarf);
+    let ctx = addr2line::Context::from_arc_dwarf(dwarf.clone()).map_err(dwarf_err)?;
+    Ok((ctx, dwarf))
+}
+
+/// Relative compilation directories of DWARF 5 units (Debian builds with
+/// `-ffile-prefix-map=...=.`, giving `DW_AT_comp_dir` values like `./stdio-common`).
+fn relative_comp_dirs(dwarf: &gimli::Dwarf<R>) -> Vec<String> {
+    let mut dirs = Vec::new();
+    let mut headers = dwarf.units();
+    while let Ok(Some(header)) = headers.next() {
+        if header.version() < 5 {
+            continue;
+        }
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        if let Some(dir) = unit.comp_dir
+            && !dir.starts_with(b"/")
+            && !dir.is_empty()
+        {
+            dirs.push(dir.to_string_lossy().into_owned());
+        }
+    }
+    dirs.sort_unstable();
+    dirs.dedup();
+    // Longest first, so `./a/b` is tried before `./a`.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    dirs
 }
 
 fn map_object(path: &Path, arena: &Arena) -> Option<object::File<'static>> {
