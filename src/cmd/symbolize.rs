@@ -85,6 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         demangle: !args.no_demangle,
         inlines: !args.no_inlines,
     };
+    // A path that does not exist is a typo, not a module to warn about: fail early.
+    if let Some(path) = &args.exe {
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    }
     let target = match args.exe {
         Some(path) if args.file_offsets => Target::FileOffset(ModuleKey::new(path)),
         Some(path) => Target::Svma(ModuleKey::new(path)),
@@ -97,7 +101,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         symbolizer: &symbolizer,
         target: &target,
         print_address: args.addresses,
-        warnings_printed: false,
     };
 
     if !args.addrs.is_empty() {
@@ -143,7 +146,6 @@ struct Job<'a> {
     symbolizer: &'a Symbolizer,
     target: &'a Target,
     print_address: bool,
-    warnings_printed: bool,
 }
 
 impl Job<'_> {
@@ -177,7 +179,6 @@ impl Job<'_> {
         for w in self.symbolizer.take_warnings() {
             eprintln!("lbrprof: warning: {w}");
         }
-        self.warnings_printed = true;
     }
 }
 
