@@ -7,6 +7,8 @@
 //! broken DWARF met during lookups falls back to the symbol table with a warning.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,14 @@ struct Sym {
     file: Option<&'static str>,
 }
 
+/// What a cached rendering in [`Module::rendered`] is of.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Rendered {
+    DwarfName,
+    SymbolName,
+    Path,
+}
+
 /// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
@@ -57,6 +67,11 @@ pub struct Module {
     relative_comp_dirs: std::sync::OnceLock<Vec<String>>,
     dwp: Option<gimli::DwarfPackage<R>>,
     symbols: Vec<Sym>,
+    /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
+    symbol_addrs: Vec<u64>,
+    /// Names and paths already rendered (demangling dominates lookups otherwise), keyed by
+    /// the address and length of the raw bytes, which live as long as the module.
+    rendered: RefCell<HashMap<(usize, usize, Rendered), String>>,
     segments: Vec<Segment>,
     /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
     dir: PathBuf,
@@ -212,7 +227,9 @@ impl Module {
                 dwarf,
                 relative_comp_dirs: Default::default(),
                 dwp,
+                symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
+                rendered: RefCell::default(),
                 segments,
                 dir,
                 path: path.to_owned(),
@@ -331,16 +348,35 @@ impl Module {
         file.to_owned()
     }
 
-    fn name(&self, raw: &str) -> String {
-        if self.demangle {
-            addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
-        } else {
-            raw.to_owned()
+    /// `render(raw)`, computed once per distinct `raw` slice of the module's data.
+    fn rendered(
+        &self,
+        kind: Rendered,
+        raw: &[u8],
+        render: impl FnOnce() -> Result<String, gimli::Error>,
+    ) -> Result<String, gimli::Error> {
+        let key = (raw.as_ptr() as usize, raw.len(), kind);
+        if let Some(s) = self.rendered.borrow().get(&key) {
+            return Ok(s.clone());
         }
+        let s = render()?;
+        self.rendered.borrow_mut().insert(key, s.clone());
+        Ok(s)
+    }
+
+    /// A symbol-table name, demangled unless asked not to.
+    fn name(&self, raw: &str) -> String {
+        if !self.demangle {
+            return raw.to_owned();
+        }
+        let rendered = self.rendered(Rendered::SymbolName, raw.as_bytes(), || {
+            Ok(addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned())
+        });
+        rendered.unwrap_or_else(|_| raw.to_owned())
     }
 
     fn symbol_at(&self, addr: u64) -> Option<Sym> {
-        let i = self.symbols.partition_point(|s| s.addr <= addr);
+        let i = self.symbol_addrs.partition_point(|a| *a <= addr);
         let sym = *self.symbols.get(i.checked_sub(1)?)?;
         (addr < sym.end).then_some(sym)
     }
@@ -361,13 +397,26 @@ impl Module {
         let mut frames = Vec::new();
         while let Some(frame) = iter.next()? {
             let function = match &frame.function {
-                Some(name) if self.demangle => Some(name.demangle()?.into_owned()),
-                Some(name) => Some(name.raw_name()?.into_owned()),
+                Some(name) => {
+                    let raw = name.name.slice();
+                    Some(self.rendered(Rendered::DwarfName, raw, || {
+                        Ok(if self.demangle {
+                            name.demangle()?.into_owned()
+                        } else {
+                            name.raw_name()?.into_owned()
+                        })
+                    })?)
+                }
                 None => None,
             };
             let (file, line) = match &frame.location {
                 Some(loc) => (
-                    loc.file.map(|f| self.binutils_path(f)),
+                    match loc.file {
+                        Some(f) => Some(self.rendered(Rendered::Path, f.as_bytes(), || {
+                            Ok(self.binutils_path(f))
+                        })?),
+                        None => None,
+                    },
                     loc.line.filter(|l| *l != 0),
                 ),
                 None => (None, None),
