@@ -152,8 +152,7 @@ pub fn decode(bytes: &[u8], ip: u64, size: CodeSize) -> Result<DecodedInsn, Deco
     let mut decoder = Decoder::with_ip(size.bitness(), bytes, ip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
-        if decoder.last_error() == iced_x86::DecoderError::NoMoreBytes
-            && bytes.len() < MAX_INSN_LEN
+        if decoder.last_error() == iced_x86::DecoderError::NoMoreBytes && bytes.len() < MAX_INSN_LEN
         {
             return Err(DecodeError::Truncated {
                 ip,
@@ -282,7 +281,10 @@ mod tests {
             (BranchKind::JmpRel, Some(IP + 5 + 0x1000))
         );
         assert_eq!(kind(&[0xff, 0xe0]), (BranchKind::JmpInd, None)); // jmp rax
-        assert_eq!(kind(&[0xff, 0x24, 0xc5, 0, 0, 0, 0]), (BranchKind::JmpInd, None)); // jmp [rax*8]
+        assert_eq!(
+            kind(&[0xff, 0x24, 0xc5, 0, 0, 0, 0]),
+            (BranchKind::JmpInd, None)
+        ); // jmp [rax*8]
         assert_eq!(
             kind(&[0xe8, 0xfb, 0xff, 0xff, 0xff]),
             (BranchKind::CallRel, Some(IP))
@@ -318,7 +320,10 @@ mod tests {
 
     #[test]
     fn soft_int_vectors() {
-        assert_eq!(soft_int_vector(&[0xcd, 0x80], IP, CodeSize::Bits64), Some(0x80));
+        assert_eq!(
+            soft_int_vector(&[0xcd, 0x80], IP, CodeSize::Bits64),
+            Some(0x80)
+        );
         assert_eq!(soft_int_vector(&[0xcc], IP, CodeSize::Bits64), Some(3));
         assert_eq!(soft_int_vector(&[0xce], 0x1000, CodeSize::Bits32), Some(4));
         assert_eq!(soft_int_vector(&[0x90], IP, CodeSize::Bits64), None);

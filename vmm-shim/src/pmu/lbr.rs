@@ -185,7 +185,11 @@ mod tests {
         // 10 pushes starting from TOS 0: TOS = 10 mod 8 = 2.
         assert_eq!(s.tos(), 2);
         assert_eq!(s.slot(2).unwrap().from, 10);
-        assert_eq!(s.slot(3).unwrap().from, 3, "oldest surviving entry after wrap");
+        assert_eq!(
+            s.slot(3).unwrap().from,
+            3,
+            "oldest surviving entry after wrap"
+        );
         let order: Vec<u64> = s.newest_first().map(|e| e.from).collect();
         assert_eq!(order, vec![10, 9, 8, 7, 6, 5, 4, 3]);
     }
@@ -240,7 +244,14 @@ mod tests {
         assert!(!select_allows(LBR_SELECT_CPL_NEQ_0, k, 1));
         // A SYSCALL from ring 3 ends in ring 0: user-only filtering drops it.
         let mut s = LbrStack::new(LbrDepth::D8);
-        let out = s.record(LBR_SELECT_CPL_EQ_0, BranchKind::Syscall, 0x401000, 0xffff_8000, 0, 0);
+        let out = s.record(
+            LBR_SELECT_CPL_EQ_0,
+            BranchKind::Syscall,
+            0x401000,
+            0xffff_8000,
+            0,
+            0,
+        );
         assert_eq!(out, RecordOutcome::Filtered);
         assert_eq!(s.tos(), 0);
         assert_eq!(*s.slot(0).unwrap(), LbrEntry::default());
@@ -255,11 +266,26 @@ mod tests {
             | LBR_SELECT_FAR_BRANCH;
         let mut s = LbrStack::new(LbrDepth::D8);
         // main calls a, a calls b, b returns, a calls c (indirect): chain main→a→c.
-        assert_eq!(push(&mut s, sel, BranchKind::CallRel, 0x10), RecordOutcome::Pushed);
-        assert_eq!(push(&mut s, sel, BranchKind::CallRel, 0x20), RecordOutcome::Pushed);
-        assert_eq!(push(&mut s, sel, BranchKind::Jcc, 0x28), RecordOutcome::Filtered);
-        assert_eq!(push(&mut s, sel, BranchKind::Ret, 0x30), RecordOutcome::Popped);
-        assert_eq!(push(&mut s, sel, BranchKind::CallInd, 0x24), RecordOutcome::Pushed);
+        assert_eq!(
+            push(&mut s, sel, BranchKind::CallRel, 0x10),
+            RecordOutcome::Pushed
+        );
+        assert_eq!(
+            push(&mut s, sel, BranchKind::CallRel, 0x20),
+            RecordOutcome::Pushed
+        );
+        assert_eq!(
+            push(&mut s, sel, BranchKind::Jcc, 0x28),
+            RecordOutcome::Filtered
+        );
+        assert_eq!(
+            push(&mut s, sel, BranchKind::Ret, 0x30),
+            RecordOutcome::Popped
+        );
+        assert_eq!(
+            push(&mut s, sel, BranchKind::CallInd, 0x24),
+            RecordOutcome::Pushed
+        );
         let live: Vec<u64> = s
             .newest_first()
             .take_while(|e| e.from != 0)
@@ -279,7 +305,10 @@ mod tests {
     fn returns_are_plain_entries_without_call_stack_mode() {
         let mut s = LbrStack::new(LbrDepth::D8);
         push(&mut s, 0, BranchKind::CallRel, 0x10);
-        assert_eq!(push(&mut s, 0, BranchKind::Ret, 0x20), RecordOutcome::Pushed);
+        assert_eq!(
+            push(&mut s, 0, BranchKind::Ret, 0x20),
+            RecordOutcome::Pushed
+        );
         assert_eq!(s.tos(), 2);
     }
 }

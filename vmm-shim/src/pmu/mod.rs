@@ -22,7 +22,7 @@ pub mod msr;
 pub mod tracer;
 pub mod vpmu;
 
-
+pub use backend::{HostLbrFacts, LbrMode, LbrRequest, Refusal, decide};
 pub use branch::BranchKind;
 pub use lbr::LbrDepth;
 

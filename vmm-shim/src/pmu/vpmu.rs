@@ -301,22 +301,26 @@ impl VirtualPmu {
     }
 
     fn slot_index(index: u32, base: u32) -> Option<u32> {
-        index
-            .checked_sub(base)
-            .filter(|&n| n < LBR_MAX_SLOTS)
+        index.checked_sub(base).filter(|&n| n < LBR_MAX_SLOTS)
     }
 
     /// RDMSR of one of the model's MSRs.
     pub fn rdmsr(&self, index: u32) -> Result<u64, Gp> {
         let depth = self.lbr.depth();
         if let Some(n) = Self::slot_index(index, MSR_LASTBRANCH_0_FROM_IP) {
-            return self.lbr.slot(n).map(|e| e.from).ok_or(Gp { why: "LBR slot beyond depth" });
+            return self.lbr.slot(n).map(|e| e.from).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            });
         }
         if let Some(n) = Self::slot_index(index, MSR_LASTBRANCH_0_TO_IP) {
-            return self.lbr.slot(n).map(|e| e.to).ok_or(Gp { why: "LBR slot beyond depth" });
+            return self.lbr.slot(n).map(|e| e.to).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            });
         }
         if let Some(n) = Self::slot_index(index, MSR_LBR_INFO_0) {
-            return self.lbr.slot(n).map(|e| e.info).ok_or(Gp { why: "LBR slot beyond depth" });
+            return self.lbr.slot(n).map(|e| e.info).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            });
         }
         debug_assert!(depth > 0);
         match index {
@@ -399,7 +403,9 @@ impl VirtualPmu {
             if !canonical(value) {
                 return gp("non-canonical LBR address");
             }
-            let slot = self.lbr.slot_mut(n).ok_or(Gp { why: "LBR slot beyond depth" })?;
+            let slot = self.lbr.slot_mut(n).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            })?;
             slot.from = value;
             return Ok(());
         }
@@ -407,7 +413,9 @@ impl VirtualPmu {
             if !canonical(value) {
                 return gp("non-canonical LBR address");
             }
-            let slot = self.lbr.slot_mut(n).ok_or(Gp { why: "LBR slot beyond depth" })?;
+            let slot = self.lbr.slot_mut(n).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            })?;
             slot.to = value;
             return Ok(());
         }
@@ -415,7 +423,9 @@ impl VirtualPmu {
             if value & !LBR_INFO_WRITABLE != 0 {
                 return gp("reserved LBR_INFO bits");
             }
-            let slot = self.lbr.slot_mut(n).ok_or(Gp { why: "LBR slot beyond depth" })?;
+            let slot = self.lbr.slot_mut(n).ok_or(Gp {
+                why: "LBR slot beyond depth",
+            })?;
             slot.info = value;
             return Ok(());
         }
@@ -678,7 +688,10 @@ impl VirtualPmu {
     /// cycle, as in exact mode) until a counter with PMI enabled overflows; `None` if none
     /// would. 1 means the very next instruction overflows one.
     pub fn instructions_until_pmi(&self, cpl: u8) -> Option<u64> {
-        self.until_pmi(&[Event::Instructions, Event::CoreCycles, Event::RefCycles], cpl)
+        self.until_pmi(
+            &[Event::Instructions, Event::CoreCycles, Event::RefCycles],
+            cpl,
+        )
     }
 
     /// How many more core cycles at `cpl` until a cycle counter with PMI enabled overflows.

@@ -55,8 +55,15 @@ fn debugctl_accepts_only_the_four_supported_bits() {
         1 << 63,
     ] {
         let before = p.rdmsr(IA32_DEBUGCTL).unwrap();
-        assert!(p.wrmsr(IA32_DEBUGCTL, bad | DEBUGCTL_LBR).is_err(), "{bad:#x}");
-        assert_eq!(p.rdmsr(IA32_DEBUGCTL).unwrap(), before, "#GP leaves state alone");
+        assert!(
+            p.wrmsr(IA32_DEBUGCTL, bad | DEBUGCTL_LBR).is_err(),
+            "{bad:#x}"
+        );
+        assert_eq!(
+            p.rdmsr(IA32_DEBUGCTL).unwrap(),
+            before,
+            "#GP leaves state alone"
+        );
     }
 }
 
@@ -64,11 +71,18 @@ fn debugctl_accepts_only_the_four_supported_bits() {
 fn lbr_msrs_beyond_depth_gp() {
     for depth in [8u32, 16, 32] {
         let mut p = pmu(2, depth);
-        for base in [MSR_LASTBRANCH_0_FROM_IP, MSR_LASTBRANCH_0_TO_IP, MSR_LBR_INFO_0] {
+        for base in [
+            MSR_LASTBRANCH_0_FROM_IP,
+            MSR_LASTBRANCH_0_TO_IP,
+            MSR_LBR_INFO_0,
+        ] {
             assert!(p.rdmsr(base + depth - 1).is_ok());
             assert!(p.wrmsr(base + depth - 1, 0).is_ok());
             if depth < 32 {
-                assert!(p.rdmsr(base + depth).is_err(), "depth {depth} base {base:#x}");
+                assert!(
+                    p.rdmsr(base + depth).is_err(),
+                    "depth {depth} base {base:#x}"
+                );
                 assert!(p.wrmsr(base + depth, 0).is_err());
             }
             assert!(p.rdmsr(base + 32).is_err());
@@ -91,7 +105,10 @@ fn lbr_msr_writes_round_trip_and_check_their_values() {
     );
     assert_eq!(p.rdmsr(MSR_LASTBRANCH_0_TO_IP + 3).unwrap(), 0x40_1000);
     assert_eq!(p.rdmsr(MSR_LBR_INFO_0 + 3).unwrap(), LBR_INFO_MISPRED | 7);
-    assert!(p.wrmsr(MSR_LASTBRANCH_0_FROM_IP, 0x0000_8000_0000_0000).is_err());
+    assert!(
+        p.wrmsr(MSR_LASTBRANCH_0_FROM_IP, 0x0000_8000_0000_0000)
+            .is_err()
+    );
     assert!(p.wrmsr(MSR_LBR_INFO_0, LBR_INFO_CYC_CNT_VALID).is_err());
     assert!(p.wrmsr(MSR_LBR_SELECT, 1 << 10).is_err());
     p.wrmsr(MSR_LBR_SELECT, LBR_SELECT_VALID).unwrap();
@@ -153,11 +170,16 @@ fn legacy_pmc_writes_sign_extend_bit_31() {
 #[test]
 fn counting_respects_usr_os_en_and_global_ctrl() {
     let mut p = pmu(4, 32);
-    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC0).unwrap();
-    p.wrmsr(IA32_PERFEVTSEL0 + 1, EVTSEL_EN | EVTSEL_OS | 0xC0).unwrap();
-    p.wrmsr(IA32_PERFEVTSEL0 + 2, EVTSEL_USR | 0xC0).unwrap(); // not enabled
-    p.wrmsr(IA32_PERFEVTSEL0 + 3, EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | 0xC4)
+    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC0)
         .unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0 + 1, EVTSEL_EN | EVTSEL_OS | 0xC0)
+        .unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0 + 2, EVTSEL_USR | 0xC0).unwrap(); // not enabled
+    p.wrmsr(
+        IA32_PERFEVTSEL0 + 3,
+        EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | 0xC4,
+    )
+    .unwrap();
     p.wrmsr(IA32_FIXED_CTR_CTRL, FIXED_CTRL_USR | (FIXED_CTRL_OS << 4))
         .unwrap();
     p.wrmsr(IA32_PERF_GLOBAL_CTRL, 0xF | (0b11 << 32)).unwrap();
@@ -165,12 +187,24 @@ fn counting_respects_usr_os_en_and_global_ctrl() {
     p.on_instructions(5, 0);
     p.on_cycles(7, 0);
     p.on_branch(jmp(0x1000, 0x2000));
-    assert_eq!(p.rdmsr(IA32_PMC0).unwrap(), 11, "user instructions + the branch");
+    assert_eq!(
+        p.rdmsr(IA32_PMC0).unwrap(),
+        11,
+        "user instructions + the branch"
+    );
     assert_eq!(p.rdmsr(IA32_PMC0 + 1).unwrap(), 5);
     assert_eq!(p.rdmsr(IA32_PMC0 + 2).unwrap(), 0);
     assert_eq!(p.rdmsr(IA32_PMC0 + 3).unwrap(), 1, "branches");
-    assert_eq!(p.rdmsr(IA32_FIXED_CTR0).unwrap(), 11, "fixed 0 = instructions, user");
-    assert_eq!(p.rdmsr(IA32_FIXED_CTR0 + 1).unwrap(), 7, "fixed 1 = cycles, os");
+    assert_eq!(
+        p.rdmsr(IA32_FIXED_CTR0).unwrap(),
+        11,
+        "fixed 0 = instructions, user"
+    );
+    assert_eq!(
+        p.rdmsr(IA32_FIXED_CTR0 + 1).unwrap(),
+        7,
+        "fixed 1 = cycles, os"
+    );
     p.wrmsr(IA32_PERF_GLOBAL_CTRL, 0).unwrap();
     p.on_instructions(100, 3);
     assert_eq!(p.rdmsr(IA32_PMC0).unwrap(), 11);
@@ -190,7 +224,8 @@ fn inuse_reflects_programmed_counters() {
 #[test]
 fn overflow_sets_status_and_raises_pmi_only_with_int() {
     let mut p = pmu(2, 32);
-    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC0).unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC0)
+        .unwrap();
     p.wrmsr(IA32_PMC0, (-3i64) as u64).unwrap();
     p.on_instructions(3, 3);
     assert_eq!(p.rdmsr(IA32_PMC0).unwrap(), 0);
@@ -256,7 +291,11 @@ fn v2_freeze_clears_debugctl_lbr_and_global_ctrl() {
     p.on_instructions(4, 0);
     assert_eq!(p.lbr().tos(), 3);
     assert_eq!(p.stats().frozen_branches, 2);
-    assert_eq!(p.stats().frozen_instructions, 6, "4 + the 2 branch instructions");
+    assert_eq!(
+        p.stats().frozen_instructions,
+        6,
+        "4 + the 2 branch instructions"
+    );
     assert_eq!(p.rdmsr(IA32_PMC0).unwrap(), 0, "counters frozen");
     let s = p.snapshot(SnapshotContext::default());
     assert_eq!(s.frozen_events, 2);
@@ -271,7 +310,10 @@ fn v2_freeze_clears_debugctl_lbr_and_global_ctrl() {
     assert_eq!(p.lbr_newest_first()[0].from, 0x5000);
     assert_eq!(p.rdmsr(IA32_PMC0).unwrap(), 1);
     // STATUS_RESET's v4 bits do not exist in v2.
-    assert!(p.wrmsr(IA32_PERF_GLOBAL_OVF_CTRL, GLOBAL_STATUS_LBR_FRZ).is_err());
+    assert!(
+        p.wrmsr(IA32_PERF_GLOBAL_OVF_CTRL, GLOBAL_STATUS_LBR_FRZ)
+            .is_err()
+    );
 }
 
 #[test]
@@ -309,8 +351,11 @@ fn v4_freeze_sets_frz_bits_and_resumes_on_status_reset() {
 fn v4_status_set_sets_bits_and_freezes() {
     let mut p = pmu(4, 8);
     p.wrmsr(IA32_DEBUGCTL, DEBUGCTL_LBR).unwrap();
-    p.wrmsr(IA32_PERF_GLOBAL_STATUS_SET, GLOBAL_STATUS_LBR_FRZ | 0b10 | (1 << 34))
-        .unwrap();
+    p.wrmsr(
+        IA32_PERF_GLOBAL_STATUS_SET,
+        GLOBAL_STATUS_LBR_FRZ | 0b10 | (1 << 34),
+    )
+    .unwrap();
     assert_eq!(
         p.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap(),
         GLOBAL_STATUS_LBR_FRZ | 0b10 | (1 << 34)
@@ -319,7 +364,10 @@ fn v4_status_set_sets_bits_and_freezes() {
     p.on_branch(jmp(0x1000, 0x2000));
     assert_eq!(p.lbr().tos(), 0);
     assert_eq!(p.stats().frozen_branches, 1);
-    assert!(p.wrmsr(IA32_PERF_GLOBAL_STATUS_SET, GLOBAL_STATUS_COND_CHGD).is_err());
+    assert!(
+        p.wrmsr(IA32_PERF_GLOBAL_STATUS_SET, GLOBAL_STATUS_COND_CHGD)
+            .is_err()
+    );
     assert!(p.wrmsr(IA32_PERF_GLOBAL_STATUS_SET, 1 << 4).is_err());
 }
 
@@ -348,7 +396,8 @@ fn lbr_disabled_records_nothing_and_is_not_a_freeze() {
 fn not_taken_branches_count_but_are_not_recorded() {
     let mut p = pmu(4, 8);
     p.wrmsr(IA32_DEBUGCTL, DEBUGCTL_LBR).unwrap();
-    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC4).unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC4)
+        .unwrap();
     p.on_branch(RetiredBranch {
         kind: BranchKind::Jcc,
         taken: false,
@@ -395,14 +444,18 @@ fn lbr_info_carries_cycles_since_previous_entry_saturating() {
     assert_eq!(e[2].info & LBR_INFO_CYC_CNT, 12);
     assert_eq!(e[1].info & LBR_INFO_CYC_CNT, 3);
     assert_eq!(e[0].info & LBR_INFO_CYC_CNT, 0xFFFF);
-    assert!(e.iter().all(|x| x.info & (LBR_INFO_IN_TX | LBR_INFO_TSX_ABORT) == 0));
+    assert!(
+        e.iter()
+            .all(|x| x.info & (LBR_INFO_IN_TX | LBR_INFO_TSX_ABORT) == 0)
+    );
 }
 
 #[test]
 fn predictor_marks_mispredictions() {
     let mut p = pmu(4, 32);
     p.wrmsr(IA32_DEBUGCTL, DEBUGCTL_LBR).unwrap();
-    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC5).unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC5)
+        .unwrap();
     let jcc = |taken| RetiredBranch {
         kind: BranchKind::Jcc,
         taken,
