@@ -117,10 +117,11 @@ impl DecodedInsn {
 }
 
 /// The code size the instruction is decoded in (CS.L / CS.D).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CodeSize {
     Bits16,
     Bits32,
+    #[default]
     Bits64,
 }
 

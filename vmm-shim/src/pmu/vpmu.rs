@@ -660,6 +660,21 @@ impl VirtualPmu {
         }
     }
 
+    /// Sampled mode's tracing window: the branch enters the LBR (and trains the predictor)
+    /// but no counter counts it; the window's cost is charged to the counters afterwards as
+    /// time.
+    pub fn on_branch_lbr_only(&mut self, b: RetiredBranch) {
+        let mispred = self.predictor.predict_and_update(&b);
+        if b.taken {
+            self.record_lbr(&b, mispred);
+        }
+    }
+
+    /// Cycles that pass for LBR_INFO.CYC_CNT only (see [`Self::on_branch_lbr_only`]).
+    pub fn on_lbr_cycles(&mut self, n: u64) {
+        self.cycles_since_lbr = self.cycles_since_lbr.saturating_add(n);
+    }
+
     fn record_lbr(&mut self, b: &RetiredBranch, mispred: bool) {
         if !self.lbr_recording() {
             if self.lbr_frozen() {
