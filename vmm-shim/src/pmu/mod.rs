@@ -24,7 +24,7 @@ pub mod vpmu;
 
 pub use backend::{HostLbrFacts, LbrMode, LbrRequest, Refusal, decide};
 pub use branch::BranchKind;
-pub use tracer::{GuestAccess, GuestCpu, Resume, TraceMode, Tracer};
 pub use lbr::LbrDepth;
+pub use tracer::{GuestAccess, GuestCpu, Resume, TraceMode, Tracer};
 
 pub use vpmu::{Gp, PmuConfig, PmuVersion, RetiredBranch, VirtualPmu};

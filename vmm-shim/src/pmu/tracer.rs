@@ -51,6 +51,7 @@ use super::vpmu::{RetiredBranch, VirtualPmu};
 pub struct GuestCpu {
     pub rip: u64,
     pub rsp: u64,
+    pub rbp: u64,
     /// RCX: where SYSRET returns to.
     pub rcx: u64,
     /// CS.DPL of the current code segment (the CPL).
@@ -650,6 +651,29 @@ impl Tracer {
         self.index.insert(key, i);
         i
     }
+}
+
+/// Return addresses found by walking the guest's frame pointers from `fp` (innermost
+/// first): each frame holds the caller's frame pointer at `[fp]` and the return address at
+/// `[fp + 8]`. Stops after `max` frames, at a null or unreadable frame, or when the chain
+/// does not move strictly up the stack (so a corrupt chain cannot loop).
+pub fn walk_frame_pointers(g: &mut dyn GuestAccess, fp: u64, max: usize) -> Vec<u64> {
+    let mut frames = Vec::new();
+    let mut fp = fp;
+    while frames.len() < max && fp != 0 && fp.is_multiple_of(8) {
+        let (Some(next), Some(ret)) = (read_u64(g, fp), read_u64(g, fp.wrapping_add(8))) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        frames.push(ret);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    frames
 }
 
 /// Reads up to 15 bytes at `gva`, stopping at the first unreadable page; returns the count.

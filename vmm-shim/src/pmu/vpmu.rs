@@ -306,7 +306,6 @@ impl VirtualPmu {
 
     /// RDMSR of one of the model's MSRs.
     pub fn rdmsr(&self, index: u32) -> Result<u64, Gp> {
-        let depth = self.lbr.depth();
         if let Some(n) = Self::slot_index(index, MSR_LASTBRANCH_0_FROM_IP) {
             return self.lbr.slot(n).map(|e| e.from).ok_or(Gp {
                 why: "LBR slot beyond depth",
@@ -322,7 +321,6 @@ impl VirtualPmu {
                 why: "LBR slot beyond depth",
             });
         }
-        debug_assert!(depth > 0);
         match index {
             IA32_PERF_CAPABILITIES => Ok(self.perf_capabilities()),
             IA32_DEBUGCTL => Ok(self.debugctl),

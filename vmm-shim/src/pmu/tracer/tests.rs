@@ -95,6 +95,7 @@ impl GuestAccess for Fake {
         Ok(GuestCpu {
             rip,
             rsp: 0,
+            rbp: 0,
             rcx: self.rcx,
             cpl,
             code_size: CodeSize::Bits64,
@@ -419,4 +420,30 @@ fn long_straight_line_code_is_split_into_blocks() {
     assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), 1201);
     assert_eq!(t.stats().blocks_decoded, 4);
     assert_eq!(t.stats().unexpected, 0);
+}
+
+#[test]
+fn frame_pointer_walk_follows_the_chain_and_stops_safely() {
+    // Frames at 0x8000 -> 0x8040 -> 0x8080 -> 0 (end), return addresses 0x1111, 0x2222, 0x3333.
+    let mut stack = vec![0u8; 0xC0];
+    let mut put = |off: usize, v: u64| stack[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0x00, 0x8040);
+    put(0x08, 0x1111);
+    put(0x40, 0x8080);
+    put(0x48, 0x2222);
+    put(0x80, 0);
+    put(0x88, 0x3333);
+    let mut g = Fake::new(vec![(0x8000, stack.clone())], vec![(0x1000, 3)]);
+    assert_eq!(
+        walk_frame_pointers(&mut g, 0x8000, 16),
+        vec![0x1111, 0x2222, 0x3333]
+    );
+    assert_eq!(walk_frame_pointers(&mut g, 0x8000, 2), vec![0x1111, 0x2222]);
+    assert_eq!(walk_frame_pointers(&mut g, 0, 16), Vec::<u64>::new());
+    assert_eq!(walk_frame_pointers(&mut g, 0x9_0000, 16), Vec::<u64>::new());
+    // A loop in the chain (frame pointing at itself) ends the walk.
+    let mut looped = stack;
+    looped[0..8].copy_from_slice(&0x8000u64.to_le_bytes());
+    let mut g = Fake::new(vec![(0x8000, looped)], vec![(0x1000, 3)]);
+    assert_eq!(walk_frame_pointers(&mut g, 0x8000, 16), vec![0x1111]);
 }
