@@ -17,6 +17,9 @@
 pub mod backend;
 pub mod branch;
 pub mod cpuid;
+pub mod emulated;
+#[cfg(test)]
+mod fake_guest;
 pub mod lbr;
 pub mod msr;
 pub mod tracer;

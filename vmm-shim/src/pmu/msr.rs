@@ -230,6 +230,8 @@ pub const CPUID_A_EBX_EVENT_COUNT: u32 = 7;
 
 // ---- Other architectural MSRs the tracer reads -------------------------------------------
 
+/// IA32_TIME_STAMP_COUNTER.
+pub const IA32_TSC: u32 = 0x10;
 /// IA32_LSTAR: SYSCALL target RIP in 64-bit mode.
 pub const IA32_LSTAR: u32 = 0xC000_0082;
 /// IA32_SYSENTER_EIP.

@@ -363,11 +363,14 @@ impl Tracer {
             State::Running {
                 block, done, cpl, ..
             } => {
+                let cpu = g.cpu()?;
                 if pmu.take_pmi() {
-                    let cpu = g.cpu()?;
                     self.deliver_pmi(g, pmu, &cpu)?
-                } else {
+                } else if self.blocks[block].index_of(cpu.rip, done) == Some(done) {
                     self.plan_in(pmu, block, done, cpl)
+                } else {
+                    // Not where `sync` left it (an event moved the guest): start afresh.
+                    self.plan_at(g, pmu, &cpu)?
                 }
             }
             State::Free => {
