@@ -13,3 +13,5 @@
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
 pub mod model;
+pub mod pairing;
+pub mod recording;

@@ -4,3 +4,4 @@
 //!
 //! Non-goals: capture (the collector) and address lookup (the symbolizer); it never parses
 //! CLI flags.
+pub mod diff;

@@ -1,4 +1,298 @@
 //! `lbrprof-symbolizer`: turns addresses from host processes, the host kernel and guest
 //! images into frames (function, offset, file:line, inlined frames), from ELF and DWARF.
 //!
-//! Non-goals: no I/O policy beyond opening the files it is pointed at, no CLI flags.
+//! # Address spaces
+//! Three newtypes keep addresses apart: an [`Avma`] is what a process saw at run time; a
+//! [`ProcessMaps`] (built from recorded MMAP2 records or a guest image's load address)
+//! turns it into a module and a [`FileOffset`]; the module's `PT_LOAD` program headers turn
+//! that into an [`Svma`], the address its symbol table and DWARF use. This handles PIE
+//! executables, shared libraries and segments whose file offset differs from their address.
+//!
+//! # What it owns
+//! * [`Symbolizer`]: a thread-safe cache of opened modules. Each module file is mmapped
+//!   (never read into memory) and its DWARF is parsed lazily, unit by unit, once per
+//!   symbolizer. [`Symbolizer::symbolize_many`] looks modules up in parallel.
+//! * Separate debug info: by build-id (`/usr/lib/debug/.build-id/xx/rest.debug` and
+//!   `--debug-dir`s), by `.gnu_debuglink`, dwz supplementary files (`.gnu_debugaltlink`),
+//!   split DWARF (`.dwo` files and `.dwp` packages).
+//! * Build-id checks: a module whose file no longer has the recorded build-id is reported
+//!   (`build-id mismatch for /usr/bin/foo`) and gives unknown frames instead of wrong ones.
+//! * Host kernel symbols from `/proc/kallsyms` or a saved copy.
+//! * Demangling of Rust (legacy and v0) and C++ names.
+//!
+//! # Failure model
+//! Symbolization never fails as a whole: a missing, stripped, truncated or corrupt file
+//! gives unknown frames (callers print `module+0xoff`) and one warning per module and
+//! problem, collected by [`Symbolizer::take_warnings`]. No input makes it panic.
+//!
+//! Non-goals: no CLI flags (the binary turns them into [`SymbolizerOptions`]), no output
+//! formatting, no downloading of debug info.
+
+mod arena;
+mod debuginfo;
+mod error;
+mod kallsyms;
+mod maps;
+mod module;
+mod types;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+pub use error::{KallsymsError, ModuleError};
+pub use maps::ProcessMaps;
+pub use module::{Module, Opened};
+pub use types::{Avma, FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
+
+use kallsyms::Kallsyms;
+
+/// The default kernel symbol table.
+pub const PROC_KALLSYMS: &str = "/proc/kallsyms";
+
+/// `{error}: {cause}: {cause}...` on one line.
+pub(crate) fn warning_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// A module slot in the cache: opened at most once, by whichever thread comes first.
+type Slot = Arc<OnceLock<Option<Arc<Mutex<Module>>>>>;
+
+/// Thread-safe (Sync) symbolizer; parses each module once and caches it; files are mmapped.
+pub struct Symbolizer {
+    opts: SymbolizerOptions,
+    modules: Mutex<HashMap<ModuleKey, Slot>>,
+    kallsyms: OnceLock<Option<Kallsyms>>,
+    warnings: Mutex<Vec<String>>,
+    warned: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent even if a holder panicked: recover it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Symbolizer {
+    pub fn new(opts: SymbolizerOptions) -> Self {
+        Symbolizer {
+            opts,
+            modules: Mutex::new(HashMap::new()),
+            kallsyms: OnceLock::new(),
+            warnings: Mutex::new(Vec::new()),
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The options this symbolizer was made with.
+    pub fn options(&self) -> &SymbolizerOptions {
+        &self.opts
+    }
+
+    /// One result per address (file offsets in `module`), same order. Missing or corrupt
+    /// files give empty results (and one warning per module), never an error or a panic.
+    pub fn symbolize(&self, module: &ModuleKey, addrs: &[FileOffset]) -> Vec<Symbolized> {
+        self.with_module(module, addrs.len(), |m| {
+            addrs.iter().map(|a| m.symbolize_offset(*a)).collect()
+        })
+    }
+
+    /// Like [`Symbolizer::symbolize`], for SVMAs (the addresses binutils `addr2line` takes).
+    pub fn symbolize_svma(&self, module: &ModuleKey, addrs: &[Svma]) -> Vec<Symbolized> {
+        self.with_module(module, addrs.len(), |m| {
+            addrs.iter().map(|a| m.symbolize(*a)).collect()
+        })
+    }
+
+    /// Host kernel addresses through /proc/kallsyms (or `opts.kallsyms`).
+    pub fn symbolize_kernel(&self, addrs: &[u64]) -> Vec<Symbolized> {
+        let table = self.kallsyms.get_or_init(|| {
+            let path = self
+                .opts
+                .kallsyms
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(PROC_KALLSYMS));
+            match Kallsyms::load(&path) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.warn(warning_text(&e));
+                    None
+                }
+            }
+        });
+        match table {
+            Some(k) => addrs.iter().map(|a| k.lookup(*a)).collect(),
+            None => vec![Symbolized::unknown(); addrs.len()],
+        }
+    }
+
+    /// Many modules at once, modules in parallel (one worker per available core).
+    pub fn symbolize_many(
+        &self,
+        work: Vec<(ModuleKey, Vec<FileOffset>)>,
+    ) -> Vec<(ModuleKey, Vec<Symbolized>)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(work.len());
+        if threads <= 1 {
+            return work
+                .into_iter()
+                .map(|(key, addrs)| {
+                    let out = self.symbolize(&key, &addrs);
+                    (key, out)
+                })
+                .collect();
+        }
+        let n = work.len();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        for job in work.into_iter().enumerate() {
+            // Cannot fail: the receiver is alive.
+            let _ = job_tx.send(job);
+        }
+        drop(job_tx);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+                scope.spawn(move || {
+                    for (i, (key, addrs)) in job_rx.iter() {
+                        let out = self.symbolize(&key, &addrs);
+                        let _ = done_tx.send((i, key, out));
+                    }
+                });
+            }
+        });
+        drop(done_tx);
+        let mut results: Vec<_> = done_rx.iter().collect();
+        results.sort_by_key(|(i, _, _)| *i);
+        debug_assert_eq!(results.len(), n);
+        results.into_iter().map(|(_, k, v)| (k, v)).collect()
+    }
+
+    /// Warnings collected so far (one per module and problem), drained.
+    pub fn take_warnings(&self) -> Vec<String> {
+        let slots: Vec<Slot> = lock(&self.modules).values().cloned().collect();
+        for slot in slots {
+            if let Some(Some(m)) = slot.get() {
+                for w in lock(m).take_warnings() {
+                    self.warn(w);
+                }
+            }
+        }
+        std::mem::take(&mut *lock(&self.warnings))
+    }
+
+    /// True when `module` could be opened and has DWARF (opens it if needed).
+    pub fn has_debug_info(&self, module: &ModuleKey) -> bool {
+        self.module(module)
+            .is_some_and(|m| lock(&m).has_debug_info())
+    }
+
+    fn warn(&self, w: String) {
+        if lock(&self.warned).insert(w.clone()) {
+            lock(&self.warnings).push(w);
+        }
+    }
+
+    fn module(&self, key: &ModuleKey) -> Option<Arc<Mutex<Module>>> {
+        let slot = lock(&self.modules).entry(key.clone()).or_default().clone();
+        slot.get_or_init(|| match Module::open(key, &self.opts) {
+            Ok(opened) => {
+                for w in opened.warnings {
+                    self.warn(w);
+                }
+                Some(Arc::new(Mutex::new(opened.module)))
+            }
+            Err(e) => {
+                self.warn(warning_text(&e));
+                None
+            }
+        })
+        .clone()
+    }
+
+    fn with_module(
+        &self,
+        key: &ModuleKey,
+        n: usize,
+        f: impl FnOnce(&Module) -> Vec<Symbolized>,
+    ) -> Vec<Symbolized> {
+        match self.module(key) {
+            Some(m) => f(&lock(&m)),
+            None => vec![Symbolized::unknown(); n],
+        }
+    }
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new(SymbolizerOptions::default())
+    }
+}
+
+/// The module path a [`ModuleKey`] names, for `module+0xoff` output.
+pub fn module_name(key: &ModuleKey) -> &Path {
+    &key.path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_sync<T: Sync + Send>() {}
+
+    #[test]
+    fn symbolizer_is_sync() {
+        assert_sync::<Symbolizer>();
+    }
+
+    #[test]
+    fn missing_module_gives_unknown_and_one_warning() {
+        let s = Symbolizer::default();
+        let key = ModuleKey::new("/nonexistent/lbrprof-test-module");
+        let out = s.symbolize(&key, &[FileOffset(1), FileOffset(2)]);
+        assert_eq!(out, vec![Symbolized::unknown(); 2]);
+        s.symbolize(&key, &[FileOffset(3)]);
+        let w = s.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("cannot open /nonexistent/lbrprof-test-module"),
+            "{w:?}"
+        );
+        assert!(s.take_warnings().is_empty());
+    }
+
+    #[test]
+    fn kernel_with_missing_kallsyms_is_unknown() {
+        let s = Symbolizer::new(SymbolizerOptions {
+            kallsyms: Some("/nonexistent/kallsyms".into()),
+            ..Default::default()
+        });
+        assert!(s.symbolize_kernel(&[0xffffffff81000000])[0].is_unknown());
+        assert_eq!(s.take_warnings().len(), 1);
+    }
+
+    #[test]
+    fn kernel_from_kallsyms_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kallsyms");
+        std::fs::write(
+            &p,
+            "ffffffff81000000 T _stext\nffffffff81000040 T start_kernel\n",
+        )
+        .unwrap();
+        let s = Symbolizer::new(SymbolizerOptions {
+            kallsyms: Some(p),
+            ..Default::default()
+        });
+        let out = s.symbolize_kernel(&[0xffffffff81000044]);
+        assert_eq!(out[0].function(), Some("start_kernel"));
+        assert_eq!(out[0].frames[0].function_offset, Some(4));
+    }
+}

@@ -1,0 +1,949 @@
+//! The `lbrprof.data` recording format: a streaming writer and a streaming reader.
+//!
+//! ```text
+//!  offset  size  field
+//!  ------  ----  ---------------------------------------------------------------
+//!       0     8  magic  b"LBRPROF\0"
+//!       8     2  major version (u16 LE)   readers reject a major they do not know
+//!      10     2  minor version (u16 LE)   additions only: new chunk kinds, new fields
+//!      12     4  header length H (u32 LE), at most 1 MiB
+//!      16     4  CRC-32 (IEEE) of the header bytes
+//!      20     H  header: model::Header as JSON
+//!   20+H   ...   chunks, appended while recording:
+//!
+//!   chunk:  [len u32 LE][crc32 u32 LE][kind u8][payload: len bytes]
+//!           crc32 covers the len field, the kind byte and the payload
+//!           len is at most 64 MiB
+//!
+//!   kind  payload (postcard-encoded unless noted)
+//!   ----  ----------------------------------------------------------------
+//!      1  Vec<model::Mapping>
+//!      2  Vec<model::TaskEvent>
+//!      3  Vec<model::HostSample>
+//!      4  Vec<model::LbrSnapshot>
+//!      5  Vec<model::Loss>
+//!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
+//!      7  Vec<model::VcpuThread>
+//!      8  Vec<model::VcpuStats>
+//!   9..  reserved for later minor versions; a reader skips kinds it does not
+//!        know, with a warning
+//! ```
+//!
+//! The writer runs on its own thread fed over a crossbeam channel and flushes at least
+//! every 250 ms, side-band chunks (mappings, tasks, losses, vCPUs) of an interval before its
+//! samples and snapshots, so that a reader meets every mapping before the samples that
+//! need it. A `record` killed with SIGKILL therefore loses at most the last interval,
+//! and the file stays readable: the reader accepts a truncated last chunk (a warning
+//! naming its offset, everything before it kept), reports a checksum or decoding failure
+//! as an error naming the chunk's offset, and never loads more than one chunk at a time.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Event, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
+};
+
+/// The first eight bytes of every `lbrprof.data` file.
+pub const MAGIC: [u8; 8] = *b"LBRPROF\0";
+/// The format version this build writes; it reads any minor version of this major.
+pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 0;
+
+const PREAMBLE_LEN: usize = 20;
+const CHUNK_HEADER_LEN: usize = 9;
+const MAX_HEADER_LEN: u32 = 1 << 20;
+/// Largest chunk payload a reader accepts.
+pub const MAX_CHUNK_LEN: u32 = 64 << 20;
+/// The writer closes a batch once its encoded size passes this.
+const TARGET_CHUNK_LEN: usize = 1 << 20;
+/// The writer flushes at least this often.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+const CHANNEL_CAPACITY: usize = 1 << 16;
+
+/// Chunk kinds (the `kind` byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChunkKind {
+    Mappings = 1,
+    Tasks = 2,
+    Samples = 3,
+    Snapshots = 4,
+    Losses = 5,
+    Summary = 6,
+    Vcpus = 7,
+    VcpuStats = 8,
+}
+
+impl ChunkKind {
+    fn from_u8(kind: u8) -> Option<ChunkKind> {
+        Some(match kind {
+            1 => ChunkKind::Mappings,
+            2 => ChunkKind::Tasks,
+            3 => ChunkKind::Samples,
+            4 => ChunkKind::Snapshots,
+            5 => ChunkKind::Losses,
+            6 => ChunkKind::Summary,
+            7 => ChunkKind::Vcpus,
+            8 => ChunkKind::VcpuStats,
+            _ => return None,
+        })
+    }
+}
+
+/// Totals and notes stored at the end of a recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub duration_ns: u64,
+    pub samples: u64,
+    pub snapshots: u64,
+    pub lost: u64,
+    pub throttled: u64,
+    /// The profiled program's exit status (128+signal for a signal death), when known.
+    pub exit_status: Option<i32>,
+    pub notes: Vec<String>,
+}
+
+/// What the writer wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub bytes: u64,
+    pub chunks: u64,
+    pub events: u64,
+}
+
+/// Why a recording could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    #[error("I/O error")]
+    Io(#[from] io::Error),
+    #[error("not an lbrprof recording (bad magic)")]
+    NotARecording,
+    #[error(
+        "unsupported lbrprof.data version {major}.{minor} (this lbrprof reads {VERSION_MAJOR}.x)"
+    )]
+    UnsupportedVersion { major: u16, minor: u16 },
+    #[error("corrupt recording header: {reason}")]
+    CorruptHeader { reason: String },
+    #[error("corrupt chunk at byte offset {offset}: {reason}")]
+    CorruptChunk { offset: u64, reason: String },
+    #[error("cannot encode a chunk")]
+    Encode(#[source] postcard::Error),
+    #[error("the recording writer thread failed")]
+    WriterGone,
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+/// Writes a recording on a background thread; see the module docs for the layout.
+pub struct RecordingWriter {
+    tx: Sender<Message>,
+    thread: JoinHandle<Result<WriteStats, FormatError>>,
+}
+
+/// A cheap, cloneable handle through which producer threads hand events to the writer.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: Sender<Message>,
+}
+
+enum Message {
+    Event(Box<Event>),
+    Finish(Summary),
+}
+
+impl RecordingWriter {
+    /// Creates (or truncates) `path` and writes the header at once, so an unwritable path
+    /// fails here, before anything is recorded, and the file is valid from the start.
+    pub fn create(path: &Path, header: &Header) -> Result<RecordingWriter, FormatError> {
+        let file = File::create(path)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let header_json = serde_json::to_vec(header).map_err(|e| FormatError::CorruptHeader {
+            reason: e.to_string(),
+        })?;
+        let mut preamble = Vec::with_capacity(PREAMBLE_LEN + header_json.len());
+        preamble.extend_from_slice(&MAGIC);
+        preamble.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
+        preamble.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+        preamble.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
+        preamble.extend_from_slice(&crc32fast::hash(&header_json).to_le_bytes());
+        preamble.extend_from_slice(&header_json);
+        out.write_all(&preamble)?;
+        out.flush()?;
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+        let bytes = preamble.len() as u64;
+        let thread = std::thread::Builder::new()
+            .name("lbrprof-writer".into())
+            .spawn(move || writer_loop(out, rx, bytes))?;
+        Ok(RecordingWriter { tx, thread })
+    }
+
+    pub fn sink(&self) -> EventSink {
+        EventSink {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Writes everything still queued (from every sink), then the summary chunk, and
+    /// closes the file. Events sent through sinks after this call are discarded.
+    pub fn finish(self, summary: &Summary) -> Result<WriteStats, FormatError> {
+        let sent = self.tx.send(Message::Finish(summary.clone()));
+        drop(self.tx);
+        let result = self.thread.join().map_err(|_| FormatError::WriterGone)?;
+        sent.map_err(|_| FormatError::WriterGone).and(result)
+    }
+}
+
+impl EventSink {
+    /// Queues an event. Blocks only while the writer is a full channel behind (a slow
+    /// disk); once the writer has stopped, events are discarded.
+    pub fn send(&self, event: Event) {
+        let _ = self.tx.send(Message::Event(Box::new(event)));
+    }
+}
+
+/// Per-kind batches of one flush interval.
+#[derive(Default)]
+struct Batches {
+    mappings: Vec<Mapping>,
+    tasks: Vec<TaskEvent>,
+    losses: Vec<Loss>,
+    vcpus: Vec<VcpuThread>,
+    vcpu_stats: Vec<VcpuStats>,
+    snapshots: Vec<LbrSnapshot>,
+    samples: Vec<HostSample>,
+    /// Rough encoded size of what is queued, to cap chunk sizes.
+    approx_bytes: usize,
+}
+
+impl Batches {
+    fn push(&mut self, event: Event) {
+        self.approx_bytes += approx_size(&event);
+        match event {
+            Event::Mapping(m) => self.mappings.push(m),
+            Event::Task(t) => self.tasks.push(t),
+            Event::Loss(l) => self.losses.push(l),
+            Event::Vcpu(v) => self.vcpus.push(v),
+            Event::VcpuStats(v) => self.vcpu_stats.push(v),
+            Event::Snapshot(s) => self.snapshots.push(s),
+            Event::Sample(s) => self.samples.push(s),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.mappings.is_empty()
+            && self.tasks.is_empty()
+            && self.losses.is_empty()
+            && self.vcpus.is_empty()
+            && self.vcpu_stats.is_empty()
+            && self.snapshots.is_empty()
+            && self.samples.is_empty()
+    }
+}
+
+fn approx_size(event: &Event) -> usize {
+    match event {
+        Event::Sample(s) => 48 + s.callchain.len() * 9 + s.branches.len() * 24,
+        Event::Snapshot(s) => 96 + s.entries.len() * 24 + s.guest_stack.len() * 8,
+        Event::Mapping(m) => 64 + m.path.len(),
+        Event::VcpuStats(v) => 96 + v.exits.len() * 16,
+        Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
+    }
+}
+
+struct ChunkOut<W: Write> {
+    out: W,
+    stats: WriteStats,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> ChunkOut<W> {
+    fn write_chunk(&mut self, kind: ChunkKind, payload: &[u8]) -> Result<(), FormatError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l <= MAX_CHUNK_LEN)
+            .ok_or_else(|| FormatError::CorruptChunk {
+                offset: self.stats.bytes,
+                reason: format!("chunk of {} bytes is too large", payload.len()),
+            })?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_le_bytes());
+        crc.update(&[kind as u8]);
+        crc.update(payload);
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(&crc.finalize().to_le_bytes())?;
+        self.out.write_all(&[kind as u8])?;
+        self.out.write_all(payload)?;
+        self.stats.bytes += (CHUNK_HEADER_LEN + payload.len()) as u64;
+        self.stats.chunks += 1;
+        Ok(())
+    }
+
+    fn write_items<T: Serialize>(
+        &mut self,
+        kind: ChunkKind,
+        items: &mut Vec<T>,
+    ) -> Result<(), FormatError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut payload = std::mem::take(&mut self.scratch);
+        payload.clear();
+        let payload = postcard::to_extend(&*items, payload).map_err(FormatError::Encode)?;
+        self.write_chunk(kind, &payload)?;
+        self.stats.events += items.len() as u64;
+        self.scratch = payload;
+        items.clear();
+        Ok(())
+    }
+
+    fn flush_batches(&mut self, b: &mut Batches) -> Result<(), FormatError> {
+        self.write_items(ChunkKind::Mappings, &mut b.mappings)?;
+        self.write_items(ChunkKind::Tasks, &mut b.tasks)?;
+        self.write_items(ChunkKind::Losses, &mut b.losses)?;
+        self.write_items(ChunkKind::Vcpus, &mut b.vcpus)?;
+        self.write_items(ChunkKind::VcpuStats, &mut b.vcpu_stats)?;
+        self.write_items(ChunkKind::Snapshots, &mut b.snapshots)?;
+        self.write_items(ChunkKind::Samples, &mut b.samples)?;
+        b.approx_bytes = 0;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+fn writer_loop(
+    out: BufWriter<File>,
+    rx: Receiver<Message>,
+    preamble_bytes: u64,
+) -> Result<WriteStats, FormatError> {
+    let mut w = ChunkOut {
+        out,
+        stats: WriteStats {
+            bytes: preamble_bytes,
+            ..WriteStats::default()
+        },
+        scratch: Vec::new(),
+    };
+    let mut batches = Batches::default();
+    let mut deadline = Instant::now() + FLUSH_INTERVAL;
+    loop {
+        let message = rx.recv_deadline(deadline);
+        match message {
+            Ok(Message::Event(event)) => {
+                batches.push(*event);
+                if batches.approx_bytes >= TARGET_CHUNK_LEN {
+                    w.flush_batches(&mut batches)?;
+                }
+            }
+            Ok(Message::Finish(summary)) => {
+                // Everything sent before `finish` is already queued ahead of this message.
+                while let Ok(Message::Event(event)) = rx.try_recv() {
+                    batches.push(*event);
+                }
+                w.flush_batches(&mut batches)?;
+                let json = serde_json::to_vec(&summary).map_err(|e| FormatError::CorruptChunk {
+                    offset: w.stats.bytes,
+                    reason: e.to_string(),
+                })?;
+                w.write_chunk(ChunkKind::Summary, &json)?;
+                w.out.flush()?;
+                return Ok(w.stats);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !batches.is_empty() {
+                    w.flush_batches(&mut batches)?;
+                }
+                deadline = Instant::now() + FLUSH_INTERVAL;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // The writer was dropped without `finish`: keep what arrived.
+                w.flush_batches(&mut batches)?;
+                return Ok(w.stats);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+/// One chunk as stored: where it starts, its kind byte and its (checked) payload.
+#[derive(Debug)]
+pub struct RawChunk {
+    pub offset: u64,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Streams a recording chunk by chunk.
+pub struct RecordingReader {
+    input: BufReader<File>,
+    header: Header,
+    version: (u16, u16),
+    offset: u64,
+    file_len: u64,
+    summary: Option<Summary>,
+    warnings: Vec<String>,
+    pending: std::vec::IntoIter<Event>,
+    done: bool,
+}
+
+impl RecordingReader {
+    pub fn open(path: &Path) -> Result<RecordingReader, FormatError> {
+        let file = File::open(path)?;
+        Self::from_file(file)
+    }
+
+    pub fn from_file(mut file: File) -> Result<RecordingReader, FormatError> {
+        let file_len = file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        let got = read_up_to(&mut input, &mut preamble)?;
+        if got < MAGIC.len() || preamble[..8] != MAGIC {
+            return Err(FormatError::NotARecording);
+        }
+        if got < PREAMBLE_LEN {
+            return Err(FormatError::CorruptHeader {
+                reason: format!("file ends after {got} bytes, inside the header"),
+            });
+        }
+        let major = u16::from_le_bytes([preamble[8], preamble[9]]);
+        let minor = u16::from_le_bytes([preamble[10], preamble[11]]);
+        if major != VERSION_MAJOR {
+            return Err(FormatError::UnsupportedVersion { major, minor });
+        }
+        let header_len = u32::from_le_bytes(preamble[12..16].try_into().unwrap_or_default());
+        let header_crc = u32::from_le_bytes(preamble[16..20].try_into().unwrap_or_default());
+        if header_len > MAX_HEADER_LEN {
+            return Err(FormatError::CorruptHeader {
+                reason: format!("header length {header_len} exceeds {MAX_HEADER_LEN}"),
+            });
+        }
+        let mut header_bytes = vec![0u8; header_len as usize];
+        if read_up_to(&mut input, &mut header_bytes)? < header_bytes.len() {
+            return Err(FormatError::CorruptHeader {
+                reason: "file ends inside the header".into(),
+            });
+        }
+        if crc32fast::hash(&header_bytes) != header_crc {
+            return Err(FormatError::CorruptHeader {
+                reason: "header checksum mismatch".into(),
+            });
+        }
+        let header: Header =
+            serde_json::from_slice(&header_bytes).map_err(|e| FormatError::CorruptHeader {
+                reason: e.to_string(),
+            })?;
+        Ok(RecordingReader {
+            input,
+            header,
+            version: (major, minor),
+            offset: (PREAMBLE_LEN + header_bytes.len()) as u64,
+            file_len,
+            summary: None,
+            warnings: Vec::new(),
+            pending: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// (major, minor) of the file.
+    pub fn version(&self) -> (u16, u16) {
+        self.version
+    }
+
+    /// The end-of-recording summary, once the reader has reached it. `None` after the
+    /// whole file was read means the recording was not finished (e.g. `record` was killed).
+    pub fn summary(&self) -> Option<&Summary> {
+        self.summary.as_ref()
+    }
+
+    /// Problems that did not stop reading (truncation at the end, unknown chunk kinds).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Reads the next chunk with its checksum verified, or `None` at the end of the data.
+    /// A truncated last chunk ends the data with a warning. Summary chunks are consumed
+    /// here (see [`Self::summary`]); other kinds are returned undecoded, so callers can
+    /// decode chunks in parallel with [`decode_chunk`].
+    pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, FormatError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let offset = self.offset;
+            let mut head = [0u8; CHUNK_HEADER_LEN];
+            let got = read_up_to(&mut self.input, &mut head)?;
+            if got == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+            if got < CHUNK_HEADER_LEN {
+                self.truncated(offset, CHUNK_HEADER_LEN - got);
+                return Ok(None);
+            }
+            let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default());
+            let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+            let kind = head[8];
+            if len > MAX_CHUNK_LEN {
+                self.done = true;
+                return Err(FormatError::CorruptChunk {
+                    offset,
+                    reason: format!("length {len} exceeds the {MAX_CHUNK_LEN}-byte limit"),
+                });
+            }
+            let remaining = self
+                .file_len
+                .saturating_sub(offset + CHUNK_HEADER_LEN as u64);
+            if u64::from(len) > remaining {
+                // A torn write at the end: what the kernel had when `record` died.
+                self.truncated(offset, (u64::from(len) - remaining) as usize);
+                return Ok(None);
+            }
+            let mut payload = vec![0u8; len as usize];
+            let got = read_up_to(&mut self.input, &mut payload)?;
+            if got < payload.len() {
+                self.truncated(offset, payload.len() - got);
+                return Ok(None);
+            }
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&head[0..4]);
+            hasher.update(&[kind]);
+            hasher.update(&payload);
+            if hasher.finalize() != crc {
+                self.done = true;
+                return Err(FormatError::CorruptChunk {
+                    offset,
+                    reason: "checksum mismatch".into(),
+                });
+            }
+            self.offset += (CHUNK_HEADER_LEN + payload.len()) as u64;
+            match ChunkKind::from_u8(kind) {
+                Some(ChunkKind::Summary) => {
+                    let summary = serde_json::from_slice(&payload).map_err(|e| {
+                        FormatError::CorruptChunk {
+                            offset,
+                            reason: format!("summary: {e}"),
+                        }
+                    })?;
+                    self.summary = Some(summary);
+                }
+                Some(_) => {
+                    return Ok(Some(RawChunk {
+                        offset,
+                        kind,
+                        payload,
+                    }));
+                }
+                None => self.warnings.push(format!(
+                    "skipped a chunk of unknown kind {kind} at byte offset {offset} \
+                     (written by a newer lbrprof?)"
+                )),
+            }
+        }
+    }
+
+    fn truncated(&mut self, offset: u64, missing: usize) {
+        self.done = true;
+        self.warnings.push(format!(
+            "recording is truncated: the chunk at byte offset {offset} is incomplete \
+             ({missing} bytes missing); kept everything before it"
+        ));
+    }
+}
+
+/// Decodes the events of one chunk returned by [`RecordingReader::next_chunk`].
+pub fn decode_chunk(chunk: &RawChunk) -> Result<Vec<Event>, FormatError> {
+    fn items<'a, T: Deserialize<'a>>(
+        chunk: &'a RawChunk,
+        wrap: fn(T) -> Event,
+    ) -> Result<Vec<Event>, FormatError> {
+        let decoded: Vec<T> =
+            postcard::from_bytes(&chunk.payload).map_err(|e| FormatError::CorruptChunk {
+                offset: chunk.offset,
+                reason: format!("cannot decode: {e}"),
+            })?;
+        Ok(decoded.into_iter().map(wrap).collect())
+    }
+    match ChunkKind::from_u8(chunk.kind) {
+        Some(ChunkKind::Mappings) => items(chunk, Event::Mapping),
+        Some(ChunkKind::Tasks) => items(chunk, Event::Task),
+        Some(ChunkKind::Samples) => items(chunk, Event::Sample),
+        Some(ChunkKind::Snapshots) => items(chunk, Event::Snapshot),
+        Some(ChunkKind::Losses) => items(chunk, Event::Loss),
+        Some(ChunkKind::Vcpus) => items(chunk, Event::Vcpu),
+        Some(ChunkKind::VcpuStats) => items(chunk, Event::VcpuStats),
+        Some(ChunkKind::Summary) | None => Ok(Vec::new()),
+    }
+}
+
+impl Iterator for RecordingReader {
+    type Item = Result<Event, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(event) = self.pending.next() {
+                return Some(Ok(event));
+            }
+            match self.next_chunk() {
+                Ok(None) => return None,
+                Ok(Some(chunk)) => match decode_chunk(&chunk) {
+                    Ok(events) => self.pending = events.into_iter(),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                },
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn header() -> Header {
+        Header {
+            writer: "test".into(),
+            start_unix: 1,
+            start_monotonic_ns: 2,
+            host: HostInfo::default(),
+            sampling: SamplingConfig {
+                event: "cpu-clock".into(),
+                ..SamplingConfig::default()
+            },
+            target: Target::Command {
+                argv: vec!["true".into()],
+            },
+        }
+    }
+
+    fn sample(i: u64) -> Event {
+        Event::Sample(HostSample {
+            time_ns: i,
+            pid: 1,
+            tid: 1 + (i % 3) as u32,
+            period: 1000,
+            ip: 0x1000 + i,
+            mode: CpuMode::User,
+            callchain: vec![
+                Frame {
+                    addr: 0x1000 + i,
+                    mode: CpuMode::User,
+                },
+                Frame {
+                    addr: 0xffff_ffff_8100_0000,
+                    mode: CpuMode::Kernel,
+                },
+            ],
+            branches: (0..(i % 4))
+                .map(|j| Branch {
+                    from: j,
+                    to: j + 1,
+                    flags: BranchFlags {
+                        mispred: j % 2 == 0,
+                        cycles: j as u16,
+                        kind: BranchKind::Cond,
+                        ..BranchFlags::default()
+                    },
+                })
+                .collect(),
+            ..HostSample::default()
+        })
+    }
+
+    fn mapping(i: u64) -> Event {
+        Event::Mapping(Mapping {
+            time_ns: i,
+            space: AddressSpace::HostUser,
+            pid: 1,
+            start: 0x1000 * i,
+            len: 0x1000,
+            pgoff: 0,
+            path: format!("/lib/m{i}.so"),
+            build_id: Some(vec![1, 2, 3]),
+        })
+    }
+
+    /// Writes a recording whose events are all sent before `finish` and returns its bytes,
+    /// the events and the offsets at which chunks start.
+    fn write(events: &[Event], summary: &Summary) -> (Vec<u8>, WriteStats) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let w = RecordingWriter::create(&path, &header()).unwrap();
+        let sink = w.sink();
+        for e in events {
+            sink.send(e.clone());
+        }
+        let stats = w.finish(summary).unwrap();
+        (std::fs::read(&path).unwrap(), stats)
+    }
+
+    fn read_bytes(bytes: &[u8]) -> (Result<Vec<Event>, FormatError>, RecordingReader) {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut reader = RecordingReader::from_file(file).unwrap();
+        let events: Result<Vec<Event>, FormatError> = reader.by_ref().collect();
+        (events, reader)
+    }
+
+    fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
+        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let mut off = PREAMBLE_LEN + header_len;
+        let mut offsets = Vec::new();
+        while off < bytes.len() {
+            offsets.push(off);
+            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            off += CHUNK_HEADER_LEN + len;
+        }
+        offsets
+    }
+
+    #[test]
+    fn round_trip_keeps_every_event_and_the_summary() {
+        let mut events: Vec<Event> = (0..5000)
+            .map(|i| if i % 100 == 0 { mapping(i) } else { sample(i) })
+            .collect();
+        events.push(Event::Vcpu(VcpuThread {
+            time_ns: 1,
+            vm: 0,
+            vcpu: 1,
+            pid: 10,
+            tid: 12,
+        }));
+        events.push(Event::VcpuStats(VcpuStats {
+            vcpu: 1,
+            exits: vec![("msr".into(), 3)],
+            run_ns: 5,
+            ..VcpuStats::default()
+        }));
+        let summary = Summary {
+            samples: 4950,
+            exit_status: Some(3),
+            notes: vec!["note".into()],
+            ..Summary::default()
+        };
+        let (bytes, stats) = write(&events, &summary);
+        assert_eq!(stats.bytes, bytes.len() as u64);
+        assert_eq!(stats.events, 5002);
+        let (read, reader) = read_bytes(&bytes);
+        let read = read.unwrap();
+        assert_eq!(reader.header(), &header());
+        assert_eq!(reader.summary(), Some(&summary));
+        assert!(reader.warnings().is_empty());
+        // Within one flush, mappings come before samples; each kind keeps its order.
+        let kinds = |evs: &[Event], want_mapping: bool| -> Vec<Event> {
+            evs.iter()
+                .filter(|e| matches!(e, Event::Mapping(_)) == want_mapping)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(kinds(&read, true), kinds(&events, true));
+        let mut rest_read = kinds(&read, false);
+        let mut rest_sent = kinds(&events, false);
+        let key = |e: &Event| format!("{e:?}");
+        rest_read.sort_by_key(key);
+        rest_sent.sort_by_key(key);
+        assert_eq!(rest_read, rest_sent);
+    }
+
+    #[test]
+    fn truncation_anywhere_keeps_all_complete_chunks() {
+        // Small events and many flushes: force several chunks with the size cap.
+        let events: Vec<Event> = (0..40_000).map(sample).collect();
+        let (bytes, _) = write(&events, &Summary::default());
+        let offsets = chunk_offsets(&bytes);
+        assert!(
+            offsets.len() >= 3,
+            "want several chunks, got {}",
+            offsets.len()
+        );
+        let header_end = offsets[0];
+        // Every chunk boundary and a few points inside each chunk.
+        let mut cuts: Vec<usize> = Vec::new();
+        for (i, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(bytes.len());
+            cuts.extend([
+                start,
+                start + 1,
+                start + 4,
+                start + 9,
+                (start + end) / 2,
+                end - 1,
+            ]);
+        }
+        cuts.push(bytes.len());
+        for cut in cuts {
+            let (read, reader) = read_bytes(&bytes[..cut]);
+            let read = read.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            // Count the events of the chunks that end at or before the cut.
+            let expect: usize = offsets
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| offsets.get(i + 1).copied().unwrap_or(bytes.len()) <= cut)
+                .map(|(_, &o)| {
+                    let len = u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
+                    let chunk = RawChunk {
+                        offset: o as u64,
+                        kind: bytes[o + 8],
+                        payload: bytes[o + 9..o + 9 + len].to_vec(),
+                    };
+                    decode_chunk(&chunk).unwrap().len()
+                })
+                .sum();
+            assert_eq!(read.len(), expect, "cut at {cut}");
+            let cut_inside = cut > header_end && !offsets.contains(&cut) && cut != bytes.len();
+            assert_eq!(!reader.warnings().is_empty(), cut_inside, "cut at {cut}");
+            if cut_inside {
+                assert!(
+                    reader.warnings()[0].contains("byte offset"),
+                    "{:?}",
+                    reader.warnings()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bit_flips_are_reported_with_the_chunk_offset() {
+        let events: Vec<Event> = (0..2000).map(sample).collect();
+        let (bytes, _) = write(&events, &Summary::default());
+        let offsets = chunk_offsets(&bytes);
+        let mut checked = 0;
+        for (i, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(bytes.len());
+            // Flip a bit in the crc, the kind byte and the payload: all must be caught.
+            for pos in [start + 5, start + 8, start + 9, (start + end) / 2, end - 1] {
+                let mut damaged = bytes.clone();
+                damaged[pos] ^= 0x10;
+                let (read, _) = read_bytes(&damaged);
+                let err = read.expect_err("a flipped bit must be noticed");
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&format!("offset {start}")),
+                    "flip at {pos}: {msg}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5);
+    }
+
+    #[test]
+    fn header_problems_are_clear_errors() {
+        let (bytes, _) = write(&[sample(1)], &Summary::default());
+        let open = |b: &[u8]| {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(b).unwrap();
+            file.seek(SeekFrom::Start(0)).unwrap();
+            RecordingReader::from_file(file)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            open(b"PERFILE2........").unwrap(),
+            "not an lbrprof recording (bad magic)"
+        );
+        assert_eq!(open(b"").unwrap(), "not an lbrprof recording (bad magic)");
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert!(
+            open(&newer)
+                .unwrap()
+                .contains("unsupported lbrprof.data version 2.0")
+        );
+        let mut minor = bytes.clone();
+        minor[10] = 7;
+        assert_eq!(open(&minor), None, "a newer minor version is readable");
+        let mut flipped = bytes.clone();
+        flipped[PREAMBLE_LEN + 3] ^= 1;
+        assert!(open(&flipped).unwrap().contains("checksum"));
+        assert!(
+            open(&bytes[..PREAMBLE_LEN + 2])
+                .unwrap()
+                .contains("inside the header")
+        );
+    }
+
+    #[test]
+    fn unknown_chunk_kinds_are_skipped_with_a_warning() {
+        let (mut bytes, _) = write(&[sample(1)], &Summary::default());
+        let mut extra = Vec::new();
+        let payload = b"future";
+        let len = payload.len() as u32;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_le_bytes());
+        crc.update(&[42]);
+        crc.update(payload);
+        extra.extend_from_slice(&len.to_le_bytes());
+        extra.extend_from_slice(&crc.finalize().to_le_bytes());
+        extra.push(42);
+        extra.extend_from_slice(payload);
+        let first_chunk = chunk_offsets(&bytes)[0];
+        bytes.splice(first_chunk..first_chunk, extra);
+        let (read, reader) = read_bytes(&bytes);
+        assert_eq!(read.unwrap().len(), 1);
+        assert!(reader.warnings()[0].contains("unknown kind 42"));
+        assert!(reader.summary().is_some());
+    }
+
+    #[test]
+    fn a_dropped_writer_still_leaves_a_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let w = RecordingWriter::create(&path, &header()).unwrap();
+        let sink = w.sink();
+        for i in 0..10 {
+            sink.send(sample(i));
+        }
+        drop(sink);
+        drop(w);
+        // The writer thread finishes in the background; give it the flush interval.
+        std::thread::sleep(FLUSH_INTERVAL * 3);
+        let mut reader = RecordingReader::open(&path).unwrap();
+        let n = reader.by_ref().count();
+        assert_eq!(n, 10);
+        assert!(reader.summary().is_none());
+    }
+
+    #[test]
+    fn create_fails_up_front_for_an_unwritable_path() {
+        let err = RecordingWriter::create(Path::new("/nonexistent-dir/x.data"), &header())
+            .err()
+            .expect("must fail");
+        assert!(matches!(err, FormatError::Io(_)));
+    }
+}

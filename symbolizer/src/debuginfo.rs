@@ -1,0 +1,93 @@
+//! Where separate debug info lives, in the order gdb and binutils look:
+//!
+//! 1. by build-id: `DIR/.build-id/xx/rest.debug` for each `--debug-dir` DIR, then
+//!    `/usr/lib/debug`;
+//! 2. by `.gnu_debuglink` NAME: next to the binary (`BINDIR/NAME`, `BINDIR/.debug/NAME`),
+//!    then `DIR/NAME` and `DIR/BINDIR/NAME` for each `--debug-dir` DIR and `/usr/lib/debug`.
+//!
+//! This module only produces candidate paths; [`crate::module`] validates each candidate
+//! (build-id equality, or the debuglink CRC when the binary has no build-id).
+
+use std::path::{Path, PathBuf};
+
+/// The system-wide debug directory of Debian/Fedora `-dbgsym`/`-debuginfo` packages.
+pub(crate) const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
+
+fn all_dirs(debug_dirs: &[PathBuf]) -> impl Iterator<Item = PathBuf> + '_ {
+    debug_dirs
+        .iter()
+        .cloned()
+        .chain(std::iter::once(PathBuf::from(SYSTEM_DEBUG_DIR)))
+}
+
+/// `.build-id/xx/rest{suffix}` under each debug directory.
+pub(crate) fn by_build_id(build_id: &[u8], debug_dirs: &[PathBuf], suffix: &str) -> Vec<PathBuf> {
+    if build_id.len() < 2 {
+        return Vec::new();
+    }
+    let hex = crate::error::hex(build_id);
+    let (head, rest) = hex.split_at(2);
+    all_dirs(debug_dirs)
+        .map(|d| {
+            d.join(".build-id")
+                .join(head)
+                .join(format!("{rest}{suffix}"))
+        })
+        .collect()
+}
+
+/// Candidates for a `.gnu_debuglink` name of the binary at `binary`.
+pub(crate) fn by_debuglink(binary: &Path, link: &Path, debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    // A debuglink is a plain file name; refuse anything that would escape the directories.
+    if link.components().count() != 1 || link.file_name().is_none() {
+        return Vec::new();
+    }
+    let bin_dir = binary
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| binary.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut out = vec![bin_dir.join(link), bin_dir.join(".debug").join(link)];
+    let relative_bin_dir = bin_dir.strip_prefix("/").unwrap_or(&bin_dir).to_path_buf();
+    for dir in all_dirs(debug_dirs) {
+        out.push(dir.join(link));
+        out.push(dir.join(&relative_bin_dir).join(link));
+    }
+    // The binary itself can carry a debuglink to a same-named file; never pick it.
+    let me = binary.canonicalize().ok();
+    out.retain(|p| p.canonicalize().ok() != me || me.is_none());
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_paths() {
+        let c = by_build_id(&[0xab, 0xcd, 0xef], &[PathBuf::from("/d")], ".debug");
+        assert_eq!(
+            c,
+            vec![
+                PathBuf::from("/d/.build-id/ab/cdef.debug"),
+                PathBuf::from("/usr/lib/debug/.build-id/ab/cdef.debug")
+            ]
+        );
+        assert!(by_build_id(&[1], &[], ".debug").is_empty());
+    }
+
+    #[test]
+    fn debuglink_paths_stay_inside_dirs() {
+        let c = by_debuglink(
+            Path::new("/nonexistent/bin/foo"),
+            Path::new("foo.debug"),
+            &[],
+        );
+        assert!(c.contains(&PathBuf::from("/nonexistent/bin/foo.debug")));
+        assert!(c.contains(&PathBuf::from("/nonexistent/bin/.debug/foo.debug")));
+        assert!(c.contains(&PathBuf::from("/usr/lib/debug/nonexistent/bin/foo.debug")));
+        assert!(by_debuglink(Path::new("/bin/foo"), Path::new("../../etc/passwd"), &[]).is_empty());
+    }
+}

@@ -1,0 +1,635 @@
+//! One module (executable, shared library, kernel or guest image): its mmapped ELF file,
+//! separate debug info, symbol table, program headers and a lazily-parsed DWARF context.
+//!
+//! A [`Module`] is opened once per report and cached by [`crate::Symbolizer`]; the DWARF
+//! units and line tables it touches are parsed on first use and kept, so each is parsed
+//! once. Nothing here panics on malformed input: broken files give errors at open time,
+//! broken DWARF met during lookups falls back to the symbol table with a warning.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use addr2line::{LookupContinuation, LookupResult, SplitDwarfLoad};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::arena::Arena;
+use crate::debuginfo;
+use crate::error::{ModuleError, hex};
+use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
+
+/// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
+type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
+
+/// A symbol-table entry (functions only), covering `addr..end` (never empty).
+///
+/// Like binutils, a symbol covers everything up to the next symbol or the end of its
+/// section, so alignment padding after a function is attributed to it; its own size only
+/// decides which of several symbols at one address is kept.
+#[derive(Clone, Copy, Debug)]
+struct Sym {
+    addr: u64,
+    end: u64,
+    size: u64,
+    name: &'static str,
+    /// The `STT_FILE` symbol that scopes a local symbol (the source or codegen unit).
+    file: Option<&'static str>,
+}
+
+/// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    offset: u64,
+    filesz: u64,
+    vaddr: u64,
+}
+
+/// An opened module. See the module docs.
+pub struct Module {
+    // These fields borrow `'static` slices that really live in `arena`. They are declared
+    // first so that they are dropped before it, and no `'static` reference ever leaves
+    // this type (lookups return owned strings).
+    ctx: Option<addr2line::Context<R>>,
+    dwp: Option<gimli::DwarfPackage<R>>,
+    symbols: Vec<Sym>,
+    segments: Vec<Segment>,
+    /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
+    dir: PathBuf,
+    path: PathBuf,
+    demangle: bool,
+    inlines: bool,
+    /// Warnings raised while looking addresses up (drained by the owner).
+    pending: Mutex<Vec<String>>,
+    dwarf_error_reported: std::sync::atomic::AtomicBool,
+    arena: Arena,
+}
+
+/// What opening a module produced besides the module: warnings to show once.
+pub struct Opened {
+    pub module: Module,
+    pub warnings: Vec<String>,
+}
+
+fn endianness(obj: &object::File<'_>) -> gimli::RunTimeEndian {
+    if obj.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    }
+}
+
+fn has_dwarf(obj: &object::File<'_>) -> bool {
+    obj.section_by_name(".debug_info").is_some_and(|s| {
+        s.kind() != object::SectionKind::UninitializedData
+            && s.file_range().is_some_and(|(_, size)| size > 0)
+    })
+}
+
+impl Module {
+    /// Opens the module `key` names, finds its debug info, checks its build-id.
+    pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
+        let arena = Arena::default();
+        let open_err = |source| ModuleError::Open {
+            path: key.path.clone(),
+            source,
+        };
+        let file = File::open(&key.path).map_err(open_err)?;
+        // SAFETY: every slice taken from `data` ends up in the returned `Module`, which owns
+        // `arena` and drops it last (field order).
+        let data = unsafe { arena.map(&file) }.map_err(open_err)?;
+        Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts)
+    }
+
+    /// Builds a module from the bytes of an ELF file (tests, fuzzing, images in memory).
+    pub fn from_bytes(
+        name: &Path,
+        bytes: Vec<u8>,
+        opts: &SymbolizerOptions,
+    ) -> Result<Opened, ModuleError> {
+        let arena = Arena::default();
+        // SAFETY: as in `open`, the slice only lives inside the module owning `arena`.
+        let data = unsafe { arena.keep(bytes) };
+        Self::from_data(name, None, data, arena, opts)
+    }
+
+    fn from_data(
+        path: &Path,
+        recorded_build_id: Option<&[u8]>,
+        data: &'static [u8],
+        arena: Arena,
+        opts: &SymbolizerOptions,
+    ) -> Result<Opened, ModuleError> {
+        let mut warnings = Vec::new();
+        let obj = object::File::parse(data).map_err(|source| ModuleError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if obj.format() != object::BinaryFormat::Elf {
+            return Err(ModuleError::NotElf {
+                path: path.to_owned(),
+            });
+        }
+        let build_id = obj.build_id().ok().flatten();
+        if let (Some(recorded), Some(found)) = (recorded_build_id, build_id)
+            && recorded != found
+        {
+            return Err(ModuleError::BuildIdMismatch {
+                path: path.to_owned(),
+                recorded: hex(recorded),
+                found: hex(found),
+            });
+        }
+
+        // Separate debug info, when the file itself has no DWARF.
+        let mut debug_obj = None;
+        if !has_dwarf(&obj) {
+            debug_obj = find_debug_file(path, &obj, opts, &arena, &mut warnings);
+        }
+        let dwarf_obj = debug_obj.as_ref().unwrap_or(&obj);
+
+        let ctx = if has_dwarf(dwarf_obj) {
+            match load_dwarf(dwarf_obj, &arena, path, opts, &mut warnings) {
+                Ok(ctx) => Some(ctx),
+                Err(e) => {
+                    warnings.push(crate::warning_text(&e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut symbols = Vec::new();
+        collect_symbols(&obj, &mut symbols);
+        if obj.section_by_name(".symtab").is_none()
+            && let Some(d) = &debug_obj
+        {
+            collect_symbols(d, &mut symbols);
+        }
+        let symbols = sort_symbols(symbols);
+
+        if ctx.is_none() {
+            if symbols.is_empty() {
+                warnings.push(format!(
+                    "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
+                    path.display()
+                ));
+            } else if debug_obj.is_none() {
+                warnings.push(format!(
+                    "no debug info for {} (install its debug package or pass --debug-dir): functions only, no lines",
+                    path.display()
+                ));
+            }
+        }
+
+        let segments = obj
+            .segments()
+            .filter_map(|s| {
+                let (offset, filesz) = s.file_range();
+                (filesz > 0).then_some(Segment {
+                    offset,
+                    filesz,
+                    vaddr: s.address(),
+                })
+            })
+            .collect();
+
+        let dwp = ctx
+            .as_ref()
+            .and_then(|_| load_dwp(path, &arena, &mut warnings));
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Opened {
+            module: Module {
+                ctx,
+                dwp,
+                symbols,
+                segments,
+                dir,
+                path: path.to_owned(),
+                demangle: opts.demangle,
+                inlines: opts.inlines,
+                pending: Mutex::new(Vec::new()),
+                dwarf_error_reported: Default::default(),
+                arena,
+            },
+            warnings,
+        })
+    }
+
+    /// The module's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the module has DWARF (lines and inlined frames), not only symbols.
+    pub fn has_debug_info(&self) -> bool {
+        self.ctx.is_some()
+    }
+
+    /// The SVMA a file offset is loaded at, through the `PT_LOAD` program headers.
+    pub fn svma_of(&self, offset: FileOffset) -> Option<Svma> {
+        self.segments
+            .iter()
+            .find(|s| offset.0 >= s.offset && offset.0 - s.offset < s.filesz)
+            .map(|s| Svma(s.vaddr.wrapping_add(offset.0 - s.offset)))
+    }
+
+    /// Symbolizes one file offset (unknown when no segment maps it).
+    pub fn symbolize_offset(&self, offset: FileOffset) -> Symbolized {
+        match self.svma_of(offset) {
+            Some(svma) => self.symbolize(svma),
+            None => Symbolized::unknown(),
+        }
+    }
+
+    /// Symbolizes one SVMA.
+    pub fn symbolize(&self, svma: Svma) -> Symbolized {
+        let sym = self.symbol_at(svma.0);
+        let mut frames = match self.dwarf_frames(svma.0) {
+            Ok(frames) => frames,
+            Err(e) => {
+                self.report_dwarf_error(e);
+                Vec::new()
+            }
+        };
+        if frames.is_empty() {
+            if let Some(sym) = sym {
+                frames.push(SymFrame {
+                    function: Some(self.name(sym.name)),
+                    file: sym.file.map(str::to_owned),
+                    ..SymFrame::default()
+                });
+            }
+        } else if let Some(last) = frames.last_mut()
+            && last.function.is_none()
+            && let Some(sym) = sym
+        {
+            last.function = Some(self.name(sym.name));
+        }
+        if let (Some(last), Some(sym)) = (frames.last_mut(), sym) {
+            last.function_offset = Some(svma.0 - sym.addr);
+        }
+        Symbolized { frames }
+    }
+
+    /// Warnings raised by lookups since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn report_dwarf_error(&self, e: gimli::Error) {
+        use std::sync::atomic::Ordering;
+        if !self.dwarf_error_reported.swap(true, Ordering::Relaxed) {
+            let e = ModuleError::Dwarf {
+                path: self.path.clone(),
+                source: e,
+            };
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "{}; using the symbol table",
+                    crate::warning_text(&e)
+                ));
+        }
+    }
+
+    fn name(&self, raw: &str) -> String {
+        if self.demangle {
+            addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
+        } else {
+            raw.to_owned()
+        }
+    }
+
+    fn symbol_at(&self, addr: u64) -> Option<Sym> {
+        let i = self.symbols.partition_point(|s| s.addr <= addr);
+        let sym = *self.symbols.get(i.checked_sub(1)?)?;
+        (addr < sym.end).then_some(sym)
+    }
+
+    fn dwarf_frames(&self, probe: u64) -> Result<Vec<SymFrame>, gimli::Error> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(Vec::new());
+        };
+        let mut lookup = ctx.find_frames(probe);
+        let mut iter = loop {
+            match lookup {
+                LookupResult::Output(result) => break result?,
+                LookupResult::Load { load, continuation } => {
+                    lookup = continuation.resume(self.load_dwo(load));
+                }
+            }
+        };
+        let mut frames = Vec::new();
+        while let Some(frame) = iter.next()? {
+            let function = match &frame.function {
+                Some(name) if self.demangle => Some(name.demangle()?.into_owned()),
+                Some(name) => Some(name.raw_name()?.into_owned()),
+                None => None,
+            };
+            let (file, line) = match &frame.location {
+                Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|l| *l != 0)),
+                None => (None, None),
+            };
+            frames.push(SymFrame {
+                function,
+                function_offset: None,
+                file,
+                line,
+            });
+        }
+        if !self.inlines && frames.len() > 1 {
+            // As `addr2line -f` without `-i`: the innermost function at the instruction's
+            // line. The containing function stays reachable through the symbol offset.
+            frames.truncate(1);
+        }
+        Ok(frames)
+    }
+
+    /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
+    /// else the `.dwo` file at the unit's recorded path (or next to the binary).
+    fn load_dwo(&self, load: SplitDwarfLoad<R>) -> Option<Arc<gimli::Dwarf<R>>> {
+        if let Some(dwp) = &self.dwp
+            && let Ok(Some(cu)) = dwp.find_cu(load.dwo_id, &load.parent)
+        {
+            return Some(Arc::new(cu));
+        }
+        let name = bytes_to_path(load.path?.slice());
+        let mut candidates = Vec::new();
+        if let Some(comp_dir) = load.comp_dir {
+            candidates.push(bytes_to_path(comp_dir.slice()).join(&name));
+        }
+        candidates.push(name.clone());
+        if let Some(file_name) = name.file_name() {
+            candidates.push(self.dir.join(file_name));
+        }
+        candidates.into_iter().find_map(|path| {
+            let file = File::open(&path).ok()?;
+            // SAFETY: the slice lives in this module's arena and only inside this module.
+            let data = unsafe { self.arena.map(&file) }.ok()?;
+            let obj = object::File::parse(data).ok()?;
+            let endian = endianness(&obj);
+            let mut dwo =
+                gimli::Dwarf::load(|id| load_section(&obj, id.dwo_name(), endian, &self.arena))
+                    .ok()?;
+            let header = dwo.units().next().ok()??;
+            let unit = dwo.unit(header).ok()?;
+            if unit.dwo_id != Some(load.dwo_id) {
+                return None;
+            }
+            dwo.make_dwo(&load.parent);
+            Some(Arc::new(dwo))
+        })
+    }
+}
+
+fn bytes_to_path(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+fn load_section(
+    obj: &object::File<'static>,
+    name: Option<&str>,
+    endian: gimli::RunTimeEndian,
+    arena: &Arena,
+) -> Result<R, gimli::Error> {
+    let data: &'static [u8] = match name.and_then(|n| obj.section_by_name(n)) {
+        Some(section) => match section.uncompressed_data() {
+            Ok(Cow::Borrowed(b)) => b,
+            // SAFETY: the slice lives in the module's arena and only inside that module.
+            Ok(Cow::Owned(v)) => unsafe { arena.keep(v) },
+            // A section that cannot be decompressed reads as empty, which gimli reports
+            // as missing data where it matters.
+            Err(_) => &[],
+        },
+        None => &[],
+    };
+    Ok(gimli::EndianSlice::new(data, endian))
+}
+
+fn load_dwarf(
+    obj: &object::File<'static>,
+    arena: &Arena,
+    path: &Path,
+    opts: &SymbolizerOptions,
+    warnings: &mut Vec<String>,
+) -> Result<addr2line::Context<R>, ModuleError> {
+    let endian = endianness(obj);
+    let dwarf_err = |source| ModuleError::Dwarf {
+        path: path.to_owned(),
+        source,
+    };
+    let mut dwarf = gimli::Dwarf::load(|id| load_section(obj, Some(id.name()), endian, arena))
+        .map_err(dwarf_err)?;
+    // dwz-compressed debug info (Debian's dbgsym packages) refers to a supplementary file.
+    if let Ok(Some((alt_path, alt_build_id))) = obj.gnu_debugaltlink() {
+        match find_sup(path, alt_path, alt_build_id, opts, arena) {
+            Some(sup) => {
+                let sup_endian = endianness(&sup);
+                dwarf
+                    .load_sup(|id| load_section(&sup, Some(id.name()), sup_endian, arena))
+                    .map_err(dwarf_err)?;
+            }
+            None => warnings.push(format!(
+                "supplementary debug file {} (for {}) not found: some names and lines will be missing",
+                bytes_to_path(alt_path).display(),
+                path.display()
+            )),
+        }
+    }
+    dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
+    addr2line::Context::from_dwarf(dwarf).map_err(dwarf_err)
+}
+
+fn map_object(path: &Path, arena: &Arena) -> Option<object::File<'static>> {
+    let file = File::open(path).ok()?;
+    // SAFETY: the slice lives in the module's arena and only inside that module.
+    let data = unsafe { arena.map(&file) }.ok()?;
+    object::File::parse(data).ok()
+}
+
+fn find_sup(
+    path: &Path,
+    alt_path: &[u8],
+    alt_build_id: &[u8],
+    opts: &SymbolizerOptions,
+    arena: &Arena,
+) -> Option<object::File<'static>> {
+    let alt = bytes_to_path(alt_path);
+    let mut candidates = Vec::new();
+    if alt.is_absolute() {
+        candidates.push(alt.clone());
+    } else if let Some(dir) = path.parent() {
+        candidates.push(dir.join(&alt));
+    }
+    candidates.extend(debuginfo::by_build_id(
+        alt_build_id,
+        &opts.debug_dirs,
+        ".debug",
+    ));
+    candidates.into_iter().find_map(|c| {
+        let obj = map_object(&c, arena)?;
+        (obj.build_id().ok().flatten() == Some(alt_build_id)).then_some(obj)
+    })
+}
+
+fn find_debug_file(
+    path: &Path,
+    obj: &object::File<'static>,
+    opts: &SymbolizerOptions,
+    arena: &Arena,
+    warnings: &mut Vec<String>,
+) -> Option<object::File<'static>> {
+    let build_id = obj.build_id().ok().flatten();
+    let link = obj.gnu_debuglink().ok().flatten();
+    let mut candidates = Vec::new();
+    if let Some(id) = build_id {
+        candidates.extend(debuginfo::by_build_id(id, &opts.debug_dirs, ".debug"));
+    }
+    if let Some((name, _)) = link {
+        candidates.extend(debuginfo::by_debuglink(
+            path,
+            &bytes_to_path(name),
+            &opts.debug_dirs,
+        ));
+    }
+    for candidate in candidates {
+        if !candidate.is_file() {
+            continue;
+        }
+        let Some(debug) = map_object(&candidate, arena) else {
+            warnings.push(format!(
+                "ignoring debug file {} for {}: not a valid ELF file",
+                candidate.display(),
+                path.display()
+            ));
+            continue;
+        };
+        let debug_id = debug.build_id().ok().flatten();
+        let matches = match (build_id, debug_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => match link {
+                Some((_, crc)) => std::fs::read(&candidate)
+                    .map(|bytes| crc32fast::hash(&bytes) == crc)
+                    .unwrap_or(false),
+                None => false,
+            },
+        };
+        if !matches {
+            warnings.push(format!(
+                "build-id mismatch for {}: debug file {} belongs to another build; ignored",
+                path.display(),
+                candidate.display()
+            ));
+            continue;
+        }
+        return Some(debug);
+    }
+    None
+}
+
+fn load_dwp(
+    path: &Path,
+    arena: &Arena,
+    warnings: &mut Vec<String>,
+) -> Option<gimli::DwarfPackage<R>> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".dwp");
+    let dwp_path = PathBuf::from(name);
+    if !dwp_path.is_file() {
+        return None;
+    }
+    let Some(obj) = map_object(&dwp_path, arena) else {
+        warnings.push(format!(
+            "ignoring {}: not a valid ELF file",
+            dwp_path.display()
+        ));
+        return None;
+    };
+    let endian = endianness(&obj);
+    let empty = gimli::EndianSlice::new(&[][..], endian);
+    match gimli::DwarfPackage::load(|id| load_section(&obj, id.dwo_name(), endian, arena), empty) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warnings.push(format!(
+                "ignoring {}: corrupt DWARF package ({e})",
+                dwp_path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Function symbols of `.symtab` and `.dynsym`. A local function also gets the name of the
+/// `STT_FILE` symbol before it, as binutils reports that file when there are no lines.
+fn collect_symbols(obj: &object::File<'static>, out: &mut Vec<Sym>) {
+    collect_from(obj, obj.symbols(), out);
+    collect_from(obj, obj.dynamic_symbols(), out);
+}
+
+fn collect_from<'a>(
+    obj: &object::File<'static>,
+    symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
+    out: &mut Vec<Sym>,
+) {
+    let mut file: Option<&'static str> = None;
+    // binutils' rule: a global symbol only inherits the file if no STT_FILE symbol came
+    // after other symbols (i.e. the table is not the usual "locals by file, then globals").
+    let mut symbol_seen = false;
+    let mut file_after_symbol = false;
+    for s in symbols {
+        if s.kind() == SymbolKind::File {
+            file = s.name().ok().filter(|n| !n.is_empty());
+            file_after_symbol |= symbol_seen;
+            continue;
+        }
+        symbol_seen = true;
+        if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
+            continue;
+        }
+        let Ok(name) = s.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        let section_end = s
+            .section_index()
+            .and_then(|i| obj.section_by_index(i).ok())
+            .map(|sec| sec.address().saturating_add(sec.size()));
+        let end = match section_end {
+            Some(end) => end,
+            None => s.address().saturating_add(s.size()),
+        };
+        if end <= s.address() {
+            continue;
+        }
+        out.push(Sym {
+            addr: s.address(),
+            end,
+            size: s.size(),
+            name,
+            file: file.filter(|_| s.is_local() || !file_after_symbol),
+        });
+    }
+}
+
+/// Sorts by address and keeps one symbol per address, preferring larger ones and names that
+/// do not start with `_` (so `memcpy` wins over `__memcpy_alias` at the same address, as in
+/// binutils).
+fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
+    syms.sort_by(|a, b| {
+        a.addr
+            .cmp(&b.addr)
+            .then(b.size.cmp(&a.size))
+            .then(a.name.starts_with('_').cmp(&b.name.starts_with('_')))
+            .then(a.name.cmp(b.name))
+    });
+    syms.dedup_by_key(|s| s.addr);
+    let next_starts: Vec<u64> = syms.iter().skip(1).map(|s| s.addr).collect();
+    for (sym, next) in syms.iter_mut().zip(next_starts) {
+        sym.end = sym.end.min(next);
+    }
+    syms
+}

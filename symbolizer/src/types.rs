@@ -1,0 +1,117 @@
+//! Address-space newtypes, module identity, and the result types of a lookup.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// An address as the process (or guest) saw it at run time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Avma(pub u64);
+
+/// An offset in a module file.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct FileOffset(pub u64);
+
+/// A "stated" virtual address: as written in the module's ELF headers, symbol table and
+/// DWARF (what binutils `addr2line` takes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Svma(pub u64);
+
+impl fmt::LowerHex for FileOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+impl fmt::LowerHex for Svma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+impl fmt::LowerHex for Avma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// Identifies one module file: its path and, when it was recorded, its GNU build-id.
+/// A recorded build-id is checked against the file found at symbolization time.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ModuleKey {
+    pub path: PathBuf,
+    pub build_id: Option<Vec<u8>>,
+}
+
+impl ModuleKey {
+    /// A key for `path` with no recorded build-id (nothing to check).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ModuleKey {
+            path: path.into(),
+            build_id: None,
+        }
+    }
+}
+
+/// Frames for one address: innermost (inlined) first, the containing function last.
+/// Empty `frames` means unknown (callers print `module+0xoff`).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Symbolized {
+    pub frames: Vec<SymFrame>,
+}
+
+impl Symbolized {
+    /// An unknown address.
+    pub fn unknown() -> Self {
+        Symbolized { frames: Vec::new() }
+    }
+
+    /// True when nothing at all is known about the address.
+    pub fn is_unknown(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The containing (outermost, non-inlined) function's name, if known.
+    pub fn function(&self) -> Option<&str> {
+        self.frames.last().and_then(|f| f.function.as_deref())
+    }
+}
+
+/// One frame of a symbolized address.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct SymFrame {
+    /// Function name, demangled unless demangling was turned off.
+    pub function: Option<String>,
+    /// Address minus the function's start; set on the outermost frame only.
+    pub function_offset: Option<u64>,
+    /// Source file (full path as recorded in DWARF).
+    pub file: Option<String>,
+    /// Source line; `None` when unknown (DWARF line 0).
+    pub line: Option<u32>,
+}
+
+/// How the symbolizer looks for files and shapes its output.
+#[derive(Clone, Debug)]
+pub struct SymbolizerOptions {
+    /// Extra directories searched for separate debug info, before /usr/lib/debug: both
+    /// `DIR/.build-id/xx/rest.debug` and `.gnu_debuglink` names (`DIR/NAME`,
+    /// `DIR/<binary's dir>/NAME`).
+    pub debug_dirs: Vec<PathBuf>,
+    /// A kallsyms file to use instead of /proc/kallsyms (reports made on another machine).
+    pub kallsyms: Option<PathBuf>,
+    /// Demangle Rust (legacy and v0) and C++ names.
+    pub demangle: bool,
+    /// Report the whole inlined chain. Otherwise only the innermost frame (function and
+    /// line of the instruction itself), as `addr2line -f` without `-i`.
+    pub inlines: bool,
+}
+
+impl Default for SymbolizerOptions {
+    fn default() -> Self {
+        SymbolizerOptions {
+            debug_dirs: Vec::new(),
+            kallsyms: None,
+            demangle: true,
+            inlines: true,
+        }
+    }
+}
