@@ -85,6 +85,53 @@ pub struct Decision {
     pub reason: String,
 }
 
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.backend {
+            LbrBackend::Hardware => "hardware",
+            LbrBackend::Emulated => "emulated",
+        };
+        write!(f, "{name} ({})", self.reason)
+    }
+}
+
+/// A `--lbr` or `--lbr-mode` value that is not one of the choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{given}' is not one of: {choices}")]
+pub struct ParseChoiceError {
+    pub given: String,
+    pub choices: &'static str,
+}
+
+impl std::str::FromStr for LbrRequest {
+    type Err = ParseChoiceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(LbrRequest::Auto),
+            "hw" | "hardware" => Ok(LbrRequest::Hw),
+            "emulated" | "emu" => Ok(LbrRequest::Emulated),
+            _ => Err(ParseChoiceError {
+                given: s.into(),
+                choices: "auto, hw, emulated",
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for LbrMode {
+    type Err = ParseChoiceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exact" => Ok(LbrMode::Exact),
+            "sampled" => Ok(LbrMode::Sampled),
+            _ => Err(ParseChoiceError {
+                given: s.into(),
+                choices: "exact, sampled",
+            }),
+        }
+    }
+}
+
 /// The requested backend cannot be provided on this host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -387,6 +434,20 @@ mod tests {
         for r in [Auto, Hw, Emu] {
             assert_eq!(decide(&f, r, Sampled), Err(Refusal::NoKvm));
         }
+    }
+
+    #[test]
+    fn choices_parse_and_decisions_print() {
+        assert_eq!("hw".parse::<LbrRequest>(), Ok(Hw));
+        assert_eq!("emulated".parse::<LbrRequest>(), Ok(Emu));
+        assert_eq!("exact".parse::<LbrMode>(), Ok(Exact));
+        let err = "fast".parse::<LbrMode>().unwrap_err();
+        assert_eq!(err.to_string(), "'fast' is not one of: exact, sampled");
+        let d = decide(&skylake(), Auto, Exact).unwrap();
+        assert!(
+            d.to_string()
+                .starts_with("emulated (hardware passthrough is not possible")
+        );
     }
 
     #[test]
