@@ -348,6 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic() {
+        // xorshift64: deterministic garbage.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 16) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            for size in [CodeSize::Bits16, CodeSize::Bits32, CodeSize::Bits64] {
+                if let Ok(d) = decode(&bytes, next(), size) {
+                    assert!(d.len >= 1 && usize::from(d.len) <= MAX_INSN_LEN);
+                }
+                let _ = soft_int_vector(&bytes, 0, size);
+            }
+        }
+    }
+
+    #[test]
     fn sixteen_and_thirty_two_bit_code() {
         // jmp short in 16-bit code wraps within IP's width as iced computes it.
         let d = decode(&[0xeb, 0x02], 0x7c00, CodeSize::Bits16).unwrap();
