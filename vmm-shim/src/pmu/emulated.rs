@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cpuid::{self, CpuidEntry};
-use super::msr::IA32_TSC;
+use super::msr::*;
 use super::tracer::{
     GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
 };
-use super::vpmu::{Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
+use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
 use crate::snapshot::{LbrSnapshot, SnapshotReason};
 
 /// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
@@ -61,13 +61,26 @@ impl SnapshotSink {
     }
 }
 
+/// Who programs the virtual PMU and handles its PMIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// The guest does (its PMU driver or lbrprof's LBR agent): PMIs are injected as NMIs.
+    Guest,
+    /// The shim does, for guests without an agent: it enables the LBR with
+    /// FREEZE_LBRS_ON_PMI and arms a fixed counter (instructions in exact mode, core cycles
+    /// in sampled mode) to overflow every `period` events. Each PMI snapshots the frozen LBR
+    /// and re-arms, as a PMI handler would; the guest never sees an NMI.
+    Shim { period: u64 },
+}
+
 /// How one vCPU's emulated LBR runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmulatedConfig {
     pub vcpu: u32,
     pub pmu: PmuConfig,
     pub mode: TraceMode,
-    /// Take a snapshot of the model at every PMI (for guests without the LBR agent).
+    pub sampling: Sampling,
+    /// With [`Sampling::Guest`]: also snapshot the model at every PMI the guest gets.
     pub shim_snapshots: bool,
     /// Guest core cycles per second of host time (sampled mode's time-based counters).
     pub cycles_per_sec: u64,
@@ -81,7 +94,8 @@ impl EmulatedConfig {
             vcpu,
             pmu,
             mode,
-            shim_snapshots: true,
+            sampling: Sampling::Guest,
+            shim_snapshots: false,
             cycles_per_sec: 2_000_000_000,
             max_stack_frames: 64,
         }
@@ -101,14 +115,59 @@ pub struct EmulatedVcpu {
 
 impl EmulatedVcpu {
     pub fn new(cfg: EmulatedConfig, sink: Option<SnapshotSink>) -> EmulatedVcpu {
-        EmulatedVcpu {
+        let mut tracer = Tracer::new(cfg.mode);
+        tracer.set_inject_pmis(cfg.sampling == Sampling::Guest);
+        let mut v = EmulatedVcpu {
             cfg,
             pmu: VirtualPmu::new(cfg.pmu),
-            tracer: Tracer::new(cfg.mode),
+            tracer,
             sink,
             last_ns: None,
             snapshots: 0,
+        };
+        if let Sampling::Shim { period } = cfg.sampling {
+            v.arm_shim(period, true);
         }
+        v
+    }
+
+    /// The fixed counter shim-driven sampling uses: INST_RETIRED.ANY in exact mode (so
+    /// samples are deterministic), CPU_CLK_UNHALTED.THREAD in sampled mode (time).
+    fn shim_fixed(&self) -> u32 {
+        match self.cfg.mode {
+            TraceMode::Exact => 0,
+            TraceMode::Sampled { .. } => 1,
+        }
+    }
+
+    /// Programs (or, after a PMI, re-arms) the virtual PMU the way a guest PMI handler
+    /// would. These writes are valid by construction.
+    fn arm_shim(&mut self, period: u64, first: bool) {
+        let fixed = self.shim_fixed();
+        let period = period.clamp(1, (1 << COUNTER_WIDTH) - 1);
+        let status = self.pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap_or(0);
+        let writes = [
+            (IA32_PERF_GLOBAL_OVF_CTRL, status),
+            (IA32_FIXED_CTR0 + fixed, (1 << COUNTER_WIDTH) - period),
+            (
+                IA32_FIXED_CTR_CTRL,
+                (FIXED_CTRL_OS | FIXED_CTRL_USR | FIXED_CTRL_PMI)
+                    << (fixed * FIXED_CTRL_FIELD_BITS),
+            ),
+            (IA32_PERF_GLOBAL_CTRL, 1 << (GLOBAL_FIXED0_BIT + fixed)),
+            (IA32_DEBUGCTL, DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI),
+        ];
+        for (msr, value) in writes {
+            if first && msr == IA32_PERF_GLOBAL_OVF_CTRL {
+                continue;
+            }
+            let ok = self.pmu.wrmsr(msr, value);
+            debug_assert!(ok.is_ok(), "shim PMU write {msr:#x} = {value:#x}: {ok:?}");
+        }
+    }
+
+    pub fn mode(&self) -> TraceMode {
+        self.cfg.mode
     }
 
     pub fn pmu(&self) -> &VirtualPmu {
@@ -141,7 +200,7 @@ impl EmulatedVcpu {
     pub fn on_start(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
         self.last_ns = Some(now_ns);
         let r = self.tracer.start(g, &mut self.pmu)?;
-        Ok(self.after(g, r, now_ns))
+        self.after(g, r, now_ns)
     }
 
     /// A guest RDMSR of one of the routed MSRs.
@@ -174,7 +233,7 @@ impl EmulatedVcpu {
             }
         };
         self.last_ns = Some(now_ns);
-        Ok(self.after(g, r, now_ns))
+        self.after(g, r, now_ns)
     }
 
     /// A single-step or breakpoint exit.
@@ -184,13 +243,13 @@ impl EmulatedVcpu {
             // Back to free running: time spent tracing is not guest time.
             self.last_ns = Some(now_ns);
         }
-        Ok(self.after(g, r, now_ns))
+        self.after(g, r, now_ns)
     }
 
     /// The vCPU stopped: a final snapshot so the tail of the run is not lost.
     pub fn on_stop(&mut self, g: &mut dyn GuestAccess, now_ns: u64) {
         let _ = self.tracer.sync(g, &mut self.pmu);
-        if self.cfg.shim_snapshots {
+        if self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }) {
             self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
         }
     }
@@ -200,11 +259,32 @@ impl EmulatedVcpu {
         ((u128::from(ns) * u128::from(self.cfg.cycles_per_sec)) / 1_000_000_000) as u64
     }
 
-    fn after(&mut self, g: &mut dyn GuestAccess, r: Resume, now_ns: u64) -> Resume {
-        if r.inject_nmi && self.cfg.shim_snapshots {
-            self.send_snapshot(g, now_ns, None);
+    /// Handles a PMI the tracer reported: snapshot, and with shim-driven sampling, re-arm
+    /// and re-plan (the counters changed).
+    fn after(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        r: Resume,
+        now_ns: u64,
+    ) -> Result<Resume, TraceError> {
+        if !r.pmi {
+            return Ok(r);
         }
-        r
+        match self.cfg.sampling {
+            Sampling::Guest => {
+                if self.cfg.shim_snapshots {
+                    self.send_snapshot(g, now_ns, None);
+                }
+                Ok(r)
+            }
+            Sampling::Shim { period } => {
+                self.send_snapshot(g, now_ns, None);
+                self.arm_shim(period, false);
+                let mut r = self.tracer.replan(g, &mut self.pmu)?;
+                r.pmi = true;
+                Ok(r)
+            }
+        }
     }
 
     fn send_snapshot(

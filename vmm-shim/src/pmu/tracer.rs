@@ -107,7 +107,9 @@ pub struct Resume {
     pub single_step: bool,
     /// Hardware execute breakpoints at guest-virtual addresses (KVM_GUESTDBG_USE_HW_BP).
     pub breakpoints: Vec<u64>,
-    /// Inject an NMI (KVM_NMI): the PMI.
+    /// A PMI fired at this stop (the model is frozen as the guest's DEBUGCTL asked).
+    pub pmi: bool,
+    /// Inject an NMI (KVM_NMI): the PMI, when PMIs go to the guest.
     pub inject_nmi: bool,
     /// Sampled mode, running free: call [`Tracer::on_free_run`] once this many cycles of
     /// guest time have passed (the VMM arms a timer). `None`: no deadline.
@@ -145,6 +147,8 @@ pub struct TracerStats {
     pub unexpected: u64,
     /// PMIs delivered as NMIs.
     pub nmis: u64,
+    /// PMIs left to the caller (not injected).
+    pub pmis_consumed: u64,
     /// Sampled mode: tracing windows run.
     pub windows: u64,
     /// Sampled mode: cycles of guest time dropped because a window started late.
@@ -224,6 +228,8 @@ pub struct Tracer {
     window_left: u32,
     /// Sampled mode: the window just recorded its last branch.
     window_done: bool,
+    /// Whether PMIs are delivered to the guest as NMIs (else the caller consumes them).
+    inject_pmis: bool,
     last: Resume,
     stats: TracerStats,
 }
@@ -237,6 +243,7 @@ impl Tracer {
             index: HashMap::new(),
             window_left: 0,
             window_done: false,
+            inject_pmis: true,
             last: Resume::default(),
             stats: TracerStats::default(),
         }
@@ -244,6 +251,13 @@ impl Tracer {
 
     pub fn mode(&self) -> TraceMode {
         self.mode
+    }
+
+    /// Whether a PMI becomes an NMI in the guest (the default) or is only reported in
+    /// [`Resume::pmi`] for the caller to consume (shim-driven sampling, where the guest has
+    /// no PMI handler).
+    pub fn set_inject_pmis(&mut self, inject: bool) {
+        self.inject_pmis = inject;
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -383,7 +397,12 @@ impl Tracer {
                     self.free(pmu, cpu.cpl)
                 }
             }
-            State::Stepping { .. } | State::AwaitingNmi { .. } => self.last.clone(),
+            State::Stepping { .. } | State::AwaitingNmi { .. } => Resume {
+                // The same debug set-up; an NMI asked for earlier is not asked for again.
+                pmi: false,
+                inject_nmi: false,
+                ..self.last.clone()
+            },
         };
         Ok(self.remember(r))
     }
@@ -530,8 +549,18 @@ impl Tracer {
         pmu: &mut VirtualPmu,
         cpu: &GuestCpu,
     ) -> Result<Resume, TraceError> {
-        self.stats.nmis += 1;
         let follow = self.counting() || self.window_left > 0;
+        if !self.inject_pmis {
+            self.stats.pmis_consumed += 1;
+            let mut r = if follow {
+                self.plan_at(g, pmu, cpu)?
+            } else {
+                self.free(pmu, cpu.cpl)
+            };
+            r.pmi = true;
+            return Ok(r);
+        }
+        self.stats.nmis += 1;
         let handler = idt_handler(g, cpu, 2);
         match (follow, handler) {
             (true, Some(handler)) => {
@@ -542,6 +571,7 @@ impl Tracer {
                 };
                 Ok(Resume {
                     breakpoints: vec![handler],
+                    pmi: true,
                     inject_nmi: true,
                     ..Resume::default()
                 })
@@ -554,6 +584,7 @@ impl Tracer {
                     self.stats.unexpected += 1;
                     r.single_step = true;
                 }
+                r.pmi = true;
                 r.inject_nmi = true;
                 Ok(r)
             }

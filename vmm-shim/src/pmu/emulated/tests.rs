@@ -1,14 +1,12 @@
 use super::*;
 use crate::pmu::fake_guest::*;
-use crate::pmu::msr::*;
 use crate::pmu::tracer::TraceMode;
 use crate::pmu::vpmu::PmuConfig;
 
 fn vcpu(mode: TraceMode, sink: Option<SnapshotSink>) -> EmulatedVcpu {
-    EmulatedVcpu::new(
-        EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), mode),
-        sink,
-    )
+    let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), mode);
+    cfg.shim_snapshots = true;
+    EmulatedVcpu::new(cfg, sink)
 }
 
 /// Runs the fake guest under `v` like the vCPU loop would, with `now` advancing 1 ns per
@@ -126,6 +124,7 @@ fn sampled_mode_with_time_based_counter() {
         TraceMode::Sampled { window_branches: 8 },
     );
     cfg.cycles_per_sec = 1_000_000_000; // 1 cycle per ns: one per fake instruction
+    cfg.shim_snapshots = true;
     let mut v = EmulatedVcpu::new(cfg, Some(sink));
     let w = |v: &mut EmulatedVcpu, g: &mut Fake, msr, val| v.wrmsr(g, msr, val).unwrap();
     w(
@@ -155,4 +154,60 @@ fn sampled_mode_with_time_based_counter() {
         "v2 froze the LBR; the counter is not re-armed"
     );
     assert!(v.tracer_stats().exits <= 20);
+}
+
+#[test]
+fn shim_driven_sampling_in_exact_mode_is_periodic_deterministic_and_invisible() {
+    let go = || {
+        let (sink, rx) = SnapshotSink::bounded(64);
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 7 };
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        let mut g = program_a(10, 3);
+        let len = g.path.len();
+        run(&mut v, &mut g);
+        assert!(g.nmis_at.is_empty(), "the guest never sees the shim's PMIs");
+        let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+        // A PMI after every 7 retired instructions, then the final snapshot.
+        assert_eq!(snaps.len(), (len - 1) / 7 + 1);
+        for (i, s) in snaps[..snaps.len() - 1].iter().enumerate() {
+            assert_eq!(s.reason, SnapshotReason::Pmi { counter: 32 });
+            assert_eq!(s.guest_tsc as usize, 7 * (i + 1), "snapshot {i} position");
+        }
+        assert_eq!(snaps.last().unwrap().reason, SnapshotReason::Final);
+        // The LBR kept recording between PMIs (re-armed each time): the second snapshot
+        // (14 instructions) holds the jnz's at instructions 5, 8, 11 and 14.
+        assert_eq!(snaps[1].newest_first().count(), 4);
+        snaps
+            .into_iter()
+            .map(|s| (s.tos, s.entries, s.guest_ip))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(go(), go());
+}
+
+#[test]
+fn shim_driven_sampling_in_sampled_mode_follows_time() {
+    let (sink, rx) = SnapshotSink::bounded(64);
+    let mut cfg = EmulatedConfig::new(
+        0,
+        PmuConfig::new(2, 8).unwrap(),
+        TraceMode::Sampled { window_branches: 8 },
+    );
+    cfg.cycles_per_sec = 1_000_000_000;
+    cfg.sampling = Sampling::Shim { period: 300 };
+    let mut v = EmulatedVcpu::new(cfg, Some(sink));
+    let mut g = program_a(1000, 2);
+    run(&mut v, &mut g);
+    assert!(g.nmis_at.is_empty());
+    let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+    let pmis = snaps.len() - 1;
+    // ~3000 instructions at 1 cycle each: one sample per 300 cycles (plus window time).
+    assert!((8..=10).contains(&pmis), "{pmis} samples");
+    for s in &snaps[..pmis] {
+        assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
+        let lbr: Vec<(u64, u64)> = s.newest_first().map(|e| (e.from, e.to)).collect();
+        assert_eq!(lbr, vec![(0x100b, 0x1007); 8]);
+    }
+    assert_eq!(v.tracer_stats().windows as usize, pmis);
 }
