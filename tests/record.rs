@@ -497,6 +497,7 @@ fn info_describes_the_host() {
         "perf_event_paranoid:",
         "kernel call chains:",
         "enable_pmu:",
+        "guest LBR (sampled mode):",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }

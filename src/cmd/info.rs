@@ -40,6 +40,21 @@ fn host(out: &mut impl Write) -> anyhow::Result<()> {
     for line in caps.to_string().lines() {
         writeln!(out, "  {}", line.strip_prefix("kvm: ").unwrap_or(line))?;
     }
+    // What `record --vm` would pick by default, and why.
+    use lbrprof_vmm::pmu::backend::{self, LbrMode, LbrRequest};
+    let facts = backend::HostLbrFacts {
+        kvm: caps.open_error.is_none(),
+        kvm_user_space_msr: caps.user_space_msr,
+        kvm_msr_filter: caps.msr_filter,
+        kvm_guest_debug: caps.guest_debug,
+        ..backend::probe_host()
+    };
+    for (mode, name) in [(LbrMode::Sampled, "sampled"), (LbrMode::Exact, "exact")] {
+        match backend::decide(&facts, LbrRequest::Auto, mode) {
+            Ok(decision) => writeln!(out, "  guest LBR ({name} mode): {decision}")?,
+            Err(refusal) => writeln!(out, "  guest LBR ({name} mode): none ({refusal})")?,
+        }
+    }
     Ok(())
 }
 
