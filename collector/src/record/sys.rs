@@ -81,6 +81,10 @@ pub fn spawn_blocked(path: &CStr, argv: &[CString]) -> io::Result<BlockedChild> 
         // error pipe's write end are open in this process (the other ends are close-on-exec
         // and irrelevant here). `_exit` never returns.
         unsafe {
+            // Our copies of the parent's ends: without this the child itself would keep
+            // the go pipe open and never see EOF if the recorder died before releasing it.
+            libc::close(go_write.as_raw_fd());
+            libc::close(err_read.as_raw_fd());
             let mut byte = 0u8;
             let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
             if n != 1 {
@@ -337,6 +341,14 @@ mod tests {
         let pid = child.pid;
         child.abort();
         assert!(try_wait(pid).is_err(), "already reaped");
+    }
+
+    #[test]
+    fn a_child_never_released_exits_127() {
+        let child = spawn_blocked(&cstr("/bin/true"), &[cstr("true")]).unwrap();
+        let pid = child.pid;
+        drop(child);
+        assert_eq!(wait_blocking(pid).unwrap(), ChildExit::Code(127));
     }
 
     #[test]
