@@ -19,7 +19,7 @@ mod abi {
     pub const LBR_DEPTH_SYSFS: &str = "/sys/bus/event_source/devices/cpu/caps/branches";
     /// `IA32_PERF_CAPABILITIES` (SDM vol. 4, MSR 0x345), read through the msr driver.
     pub const MSR_IA32_PERF_CAPABILITIES: u64 = 0x345;
-    /// IA32_PERF_CAPABILITIES[5:0]: LBR format.
+    /// `IA32_PERF_CAPABILITIES[5:0]`: LBR format.
     pub const PERF_CAP_LBR_FMT_MASK: u64 = 0x3f;
     /// `CAP_SYS_ADMIN` (linux/capability.h).
     pub const CAP_SYS_ADMIN: u32 = 21;
@@ -43,7 +43,7 @@ pub struct HostFacts {
     pub cycles_opens: bool,
     /// LBR depth from `caps/branches`, 0 when absent.
     pub lbr_depth: u32,
-    /// LBR format from IA32_PERF_CAPABILITIES[5:0], when `/dev/cpu/0/msr` was readable.
+    /// LBR format from `IA32_PERF_CAPABILITIES[5:0]`, when `/dev/cpu/0/msr` was readable.
     pub lbr_format: Option<u8>,
     /// `/proc/sys/kernel/perf_event_paranoid`.
     pub perf_event_paranoid: Option<i32>,
