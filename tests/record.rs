@@ -885,3 +885,40 @@ fn attach_follows_threads_created_later() {
         assert!(n > 10, "thread {tid} created after the attach: {n} samples");
     }
 }
+
+#[test]
+fn attach_to_many_threads_beyond_the_soft_open_file_limit() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("many.data");
+    let mut target = Command::new(&exe)
+        .args(["40", "100000000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    for _ in 0..40 {
+        lines.next().unwrap().unwrap();
+    }
+    // 41 threads x every CPU events do not fit in 40 descriptors: record raises the soft
+    // limit to the hard one itself.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 40 && exec {} record -p {} --duration 0.5 -o {}",
+            env!("CARGO_BIN_EXE_lbrprof"),
+            target.id(),
+            data.display()
+        ))
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let tids: std::collections::BTreeSet<u32> = samples(&events).map(|s| s.tid).collect();
+    assert!(tids.len() > 10, "samples from {} threads", tids.len());
+}

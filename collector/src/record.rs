@@ -377,6 +377,8 @@ fn start(
         (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
         (RecordTarget::Pid(pid), _) => {
             let tids = procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
+            // One event per thread and CPU. (Not for commands: the child would inherit it.)
+            sys::raise_open_file_limit();
             let target = SampleTarget::Threads {
                 tids: tids.clone(),
                 inherit: true,

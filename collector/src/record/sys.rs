@@ -26,6 +26,24 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// Raise the soft limit on open files to the hard limit: `-p` of a process with many
+/// threads needs one perf event per thread and CPU (perf does the same).
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit struct; raising the soft limit up to the hard
+        // limit needs no privilege, and failure leaves the old limit in place.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> io::Result<(File, File)> {
     let mut fds = [0 as RawFd; 2];

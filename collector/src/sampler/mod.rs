@@ -94,6 +94,8 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
+    #[error("too many open files: one perf event per thread and CPU is needed (raise `ulimit -n`)")]
+    TooManyFiles(#[source] io::Error),
     #[error("no such process or thread {0}")]
     NoSuchTask(u32),
     #[error("the {event} event is not supported on this host")]
@@ -421,6 +423,7 @@ fn open_one(
             source,
         },
         Some(libc::ESRCH) => SamplerError::NoSuchTask(task),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => SamplerError::TooManyFiles(source),
         Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
             SamplerError::EventUnsupported {
                 event: event_name,
