@@ -227,6 +227,16 @@ fn every_thread_is_sampled() {
             "thread {tid}: {hot} of {n} in thread_work"
         );
     }
+    // `info FILE` lists the threads with their names.
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    for tid in &tids {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("tid {tid} ")) && l.ends_with("threads")),
+            "{tid} not listed:\n{text}"
+        );
+    }
     // Thread creation is on record.
     let forks = events
         .iter()
