@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(assert_well_formed(&a) > 10);
         let text = String::from_utf8(a).unwrap();
-        assert!(text.contains("[guest vCPU 0]"));
+        assert!(text.contains("[guest vcpu0]"));
         assert!(text.contains("rgb(80,140,230)"));
     }
 

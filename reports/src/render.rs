@@ -167,6 +167,9 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
             )?;
         }
     }
+    if let Some(vm) = &r.vm {
+        crate::vm::text(vm, &mut w)?;
+    }
     Ok(())
 }
 
