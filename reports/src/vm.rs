@@ -21,8 +21,9 @@
 //!   the guest leaf; `--host-only` and `--guest-only` views come from the same data.
 //!
 //! Guest-mode host samples carry no host call chain (the kernel does not walk a guest's
-//! stack, nor the host user stack behind it); their host part is the thread's vCPU loop
-//! as seen in its last in-kernel KVM_RUN sample, or `[KVM_RUN]` when none was seen.
+//! stack, nor the host user stack behind it), only the guest IP; their host part is the
+//! thread's vCPU loop as seen in its last in-kernel KVM_RUN sample (or `[KVM_RUN]` when
+//! none was seen) and an `[in guest]` frame. Unpaired, they end in the guest IP's function.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -342,15 +343,25 @@ pub fn analyze(
             .or_default() += 1;
         *host_only.entry(host.join(";")).or_default() += 1;
         let mut line = host;
-        if let Outcome::Paired { snapshot, .. } = *outcome {
-            let g = trace.snapshots[snapshot];
-            if let Some(&vcpu) = vcpu_of.get(&s.tid) {
-                if vcpu != g.vcpu {
-                    check.cross_vcpu += 1;
+        match *outcome {
+            Outcome::Paired { snapshot, .. } => {
+                let g = trace.snapshots[snapshot];
+                if let Some(&vcpu) = vcpu_of.get(&s.tid) {
+                    if vcpu != g.vcpu {
+                        check.cross_vcpu += 1;
+                    }
+                    per_vcpu.entry(vcpu).or_default().1 += 1;
                 }
-                per_vcpu.entry(vcpu).or_default().1 += 1;
+                guest_part(g.vcpu, g.stack, &mut line);
             }
-            guest_part(g.vcpu, g.stack, &mut line);
+            // No snapshot near: the sample's own guest IP is the only guest frame.
+            Outcome::Unpaired(_) if s.mode.is_guest() => {
+                if let Some(leaf) = n.first() {
+                    guest_frames.insert(leaf.clone());
+                    line.push(leaf.clone());
+                }
+            }
+            Outcome::Unpaired(_) => {}
         }
         *unified.entry(line.join(";")).or_default() += 1;
     }
