@@ -179,9 +179,9 @@ fn demo_branchy(n: u64, seed: u64) -> u64 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             taken += 1;
-        } else if x % 5 == 0 {
+        } else if x.is_multiple_of(5) {
             taken += 2;
         }
     }
