@@ -22,8 +22,8 @@
 //!
 //! Guest-mode host samples carry no host call chain (the kernel does not walk a guest's
 //! stack, nor the host user stack behind it), only the guest IP; their host part is the
-//! thread's vCPU loop as seen in its last in-kernel KVM_RUN sample (or `[KVM_RUN]` when
-//! none was seen) and an `[in guest]` frame. Unpaired, they end in the guest IP's function.
+//! thread's vCPU loop as seen in its last in-kernel KVM_RUN sample (or another vCPU
+//! thread's; `[KVM_RUN]` when none was seen) and an `[in guest]` frame. Unpaired, they end in the guest IP's function.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -284,6 +284,7 @@ pub fn analyze(
     // The host part of guest-mode samples: the thread's vCPU loop up to KVM_RUN, from its
     // in-kernel KVM_RUN samples (root first, kernel frames below the ioctl dropped).
     let mut kvm_run_prefix: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut any_prefix: Option<Vec<String>> = None;
     for s in &trace.samples {
         if s.mode.is_guest() || !vcpu_of.contains_key(&s.tid) || !in_kvm_run_kernel(s.stack) {
             continue;
@@ -298,8 +299,11 @@ pub fn analyze(
                 break;
             }
         }
+        any_prefix = Some(prefix.clone());
         kvm_run_prefix.insert(s.tid, prefix);
     }
+    // vCPU threads run the same loop: one thread's ioctl path stands for another's.
+    let fallback_prefix = any_prefix.unwrap_or_else(|| vec!["[KVM_RUN]".to_owned()]);
 
     let mut unified: BTreeMap<String, u64> = BTreeMap::new();
     let mut host_only: BTreeMap<String, u64> = BTreeMap::new();
@@ -318,8 +322,8 @@ pub fn analyze(
         let mut host: Vec<String> = if s.mode.is_guest() {
             let mut h = kvm_run_prefix
                 .get(&s.tid)
-                .cloned()
-                .unwrap_or_else(|| vec!["[KVM_RUN]".to_owned()]);
+                .unwrap_or(&fallback_prefix)
+                .clone();
             h.push("[in guest]".to_owned());
             h
         } else {

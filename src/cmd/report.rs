@@ -95,7 +95,8 @@ pub struct Args {
     pub input: InputArgs,
     #[command(flatten)]
     pub pairing: PairArgs,
-    /// Output format (json: schema "lbrprof-report" version 1; folded: inferno/FlameGraph input).
+    /// Output format (json: schema "lbrprof-report" version 1; folded: inferno/FlameGraph
+    /// input, the unified host+guest stacks for record --vm recordings).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
     /// Row order.
@@ -314,12 +315,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.input, Naming::Demangled)?;
     let mut out = output(args.output.as_deref())?;
     if args.format == Format::Folded {
-        render::folded(
-            &loaded.profile,
-            &loaded.syms,
-            StackSource::CallChains,
-            &mut out,
-        )?;
+        // A guest recording folds its unified host+guest stacks, as the flame graph.
+        match vm_analysis(&loaded, &args.pairing) {
+            Some(vm) => {
+                for line in vm.folded(vm::View::Unified) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            None => render::folded(
+                &loaded.profile,
+                &loaded.syms,
+                StackSource::CallChains,
+                &mut out,
+            )?,
+        }
         for w in &loaded.warnings {
             eprintln!("lbrprof: warning: {w}");
         }
