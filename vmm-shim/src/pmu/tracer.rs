@@ -111,6 +111,9 @@ pub struct Resume {
     pub pmi: bool,
     /// Inject an NMI (KVM_NMI): the PMI, when PMIs go to the guest.
     pub inject_nmi: bool,
+    /// The privilege level the guest will be at when it next stops (how the VMM may have to
+    /// stop it differs between rings on some hosts).
+    pub stop_cpl: u8,
     /// Sampled mode, running free: call [`Tracer::on_free_run`] once this many cycles of
     /// guest time have passed (the VMM arms a timer). `None`: no deadline.
     pub deadline_cycles: Option<u64>,
@@ -573,6 +576,7 @@ impl Tracer {
                     breakpoints: vec![handler],
                     pmi: true,
                     inject_nmi: true,
+                    stop_cpl: 0,
                     ..Resume::default()
                 })
             }
@@ -624,6 +628,7 @@ impl Tracer {
             self.state = State::Free;
             return Resume {
                 single_step: true,
+                stop_cpl: cpl,
                 ..Resume::default()
             };
         }
@@ -636,6 +641,7 @@ impl Tracer {
         };
         Resume {
             breakpoints: vec![addr],
+            stop_cpl: cpl,
             ..Resume::default()
         }
     }
@@ -645,7 +651,16 @@ impl Tracer {
     fn step_over(&mut self, g: &mut dyn GuestAccess, insn: DecodedInsn, cpu: &GuestCpu) -> Resume {
         self.state = State::Stepping { insn, cpl: cpu.cpl };
         let mut breakpoints = Vec::new();
+        let mut stop_cpl = cpu.cpl;
         if let Flow::Branch { kind, .. } = insn.flow {
+            stop_cpl = match kind {
+                BranchKind::Syscall | BranchKind::Sysenter | BranchKind::SoftInt => 0,
+                BranchKind::Sysret | BranchKind::Sysexit => 3,
+                BranchKind::Iret if cpu.code_size == CodeSize::Bits64 => {
+                    read_u64(g, cpu.rsp.wrapping_add(8)).map_or(cpu.cpl, |cs| (cs & 3) as u8)
+                }
+                _ => cpu.cpl,
+            };
             let target = match kind {
                 BranchKind::Syscall => g.read_msr(IA32_LSTAR).ok(),
                 BranchKind::Sysenter => g.read_msr(IA32_SYSENTER_EIP).ok(),
@@ -664,6 +679,7 @@ impl Tracer {
         Resume {
             single_step: true,
             breakpoints,
+            stop_cpl,
             ..Resume::default()
         }
     }

@@ -197,6 +197,7 @@ fn syscall_and_sysret_are_far_branches_with_target_breakpoints() {
     let r = t.start(&mut g, &mut pmu).unwrap();
     assert!(r.single_step);
     assert_eq!(r.breakpoints, vec![LSTAR]);
+    assert_eq!(r.stop_cpl, 0, "SYSCALL stops next in ring 0");
     drive(&mut t, &mut g, &mut pmu);
     assert_eq!(
         lbr(&pmu),
