@@ -52,6 +52,8 @@ pub struct GuestCpu {
     pub rip: u64,
     pub rsp: u64,
     pub rbp: u64,
+    /// RFLAGS, when known (lets the tracer predict a Jcc instead of stepping it).
+    pub rflags: Option<u64>,
     /// RCX: where SYSRET returns to.
     pub rcx: u64,
     /// CS.DPL of the current code segment (the CPL).
@@ -146,6 +148,8 @@ pub struct TracerStats {
     pub taken: u64,
     /// Blocks decoded (cache misses).
     pub blocks_decoded: u64,
+    /// Branches whose outcome was computed at the stop before them (no step needed).
+    pub predicted: u64,
     /// Stops at an address the tracer did not expect (untracked control flow).
     pub unexpected: u64,
     /// PMIs delivered as NMIs.
@@ -606,9 +610,79 @@ impl Tracer {
         if self.blocks[block].insns.is_empty()
             && let Stop::Insn(insn) = self.blocks[block].stop
         {
+            if let Some(r) = self.predict_over(g, pmu, insn, cpu) {
+                return Ok(r);
+            }
             return Ok(self.step_over(g, insn, cpu));
         }
         Ok(self.plan_in(pmu, block, 0, cpu.cpl))
+    }
+
+    /// At a near branch whose outcome the registers already decide (Jcc from RFLAGS,
+    /// direct JMP/CALL, RET from the stack), accounts it now and runs straight to the next
+    /// stop after its target: one exit for this branch instead of two. Declined when the
+    /// branch itself could raise a PMI (that must stop right after it), when the next stop
+    /// would be the branch itself (a one-block loop), and for a sampled window's last branch.
+    fn predict_over(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        insn: DecodedInsn,
+        cpu: &GuestCpu,
+    ) -> Option<Resume> {
+        let Flow::Branch { kind, target } = insn.flow else {
+            return None;
+        };
+        let fallthrough = insn.fallthrough();
+        let to = match kind {
+            BranchKind::Jcc => {
+                let taken = insn.cond?.holds(cpu.rflags?);
+                if taken { target? } else { fallthrough }
+            }
+            BranchKind::JmpRel | BranchKind::CallRel => target?,
+            BranchKind::Ret if cpu.code_size == CodeSize::Bits64 => read_u64(g, cpu.rsp)?,
+            _ => return None,
+        };
+        if pmu.next_branch_may_pmi(cpu.cpl)
+            || (!self.counting() && self.window_left <= 1)
+            || to == insn.ip
+        {
+            return None;
+        }
+        let at_target = GuestCpu { rip: to, ..*cpu };
+        let next = self.block_at(g, &at_target);
+        if self.blocks[next].addr(self.blocks[next].insns.len()) == insn.ip {
+            return None;
+        }
+        let taken = kind != BranchKind::Jcc || to != fallthrough || target == Some(fallthrough);
+        self.stats.predicted += 1;
+        self.branch(
+            pmu,
+            RetiredBranch {
+                from: insn.ip,
+                to,
+                fallthrough,
+                kind,
+                taken,
+                cpl_before: cpu.cpl,
+                cpl_after: cpu.cpl,
+            },
+        );
+        if self.blocks[next].insns.is_empty() {
+            // The target is itself a branch: stop there.
+            self.state = State::Running {
+                block: next,
+                done: 0,
+                target: 0,
+                cpl: cpu.cpl,
+            };
+            return Some(Resume {
+                breakpoints: vec![to],
+                stop_cpl: cpu.cpl,
+                ..Resume::default()
+            });
+        }
+        Some(self.plan_in(pmu, next, 0, cpu.cpl))
     }
 
     /// Plans inside a known block, positions before `done` already accounted.
@@ -778,6 +852,7 @@ fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize) -> Block {
                     ip,
                     len: 1,
                     flow: Flow::Trap,
+                    cond: None,
                 });
             }
         };
