@@ -11,9 +11,11 @@
 //! transfer (a *block*, cached per CR3 and address), puts one hardware breakpoint on that
 //! branch and lets the guest run: one exit. Then it single-steps the branch: one exit, and
 //! the RIP after the step says whether it was taken and where it went. When the next branch
-//! starts right at the landing address, the breakpoint is skipped (one exit per branch).
-//! Instructions between branches are counted from the decoded block, so INST_RETIRED and
-//! BR_INST_RETIRED are exact.
+//! starts right at the landing address, the breakpoint is skipped. Better still, a near
+//! branch whose outcome the registers already decide at the breakpoint (a Jcc from RFLAGS, a
+//! direct JMP/CALL, a RET from the stack) is accounted right there and the guest runs on to
+//! the next branch after its target: one exit for that branch. Instructions between branches
+//! are counted from the decoded block, so INST_RETIRED and BR_INST_RETIRED are exact.
 //!
 //! Far transfers that clear TF on the way (SYSCALL, SYSENTER, INT n/INT3) would not trap
 //! after one step, so the tracer also puts a breakpoint on their target (IA32_LSTAR,
