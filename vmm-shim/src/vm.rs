@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -76,6 +77,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error("vCPU {vcpu} thread panicked (a bug in lbrprof or its vCPU hook): {message}")]
+    VcpuPanicked { vcpu: u32, message: String },
     #[error("cannot arm the vCPU exit timer")]
     Timer(#[source] std::io::Error),
 }
@@ -323,13 +326,15 @@ impl Vm {
         let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, VcpuRunStats)>();
         let setup = started.elapsed();
         let mut threads = Vec::new();
+        let mut spawn_error = None;
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
             let notify = config.vcpu_threads.clone();
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let mut runner = VcpuRunner {
+                    let tid = gettid();
+                    let runner = VcpuRunner {
                         index,
                         vcpu,
                         hook,
@@ -338,7 +343,7 @@ impl Vm {
                         stop,
                         stats: VcpuRunStats {
                             vcpu: index,
-                            tid: gettid(),
+                            tid,
                             ..Default::default()
                         },
                         timer: None,
@@ -347,15 +352,45 @@ impl Vm {
                         let _ = n.send(VcpuThreadInfo {
                             vcpu: index,
                             pid: std::process::id(),
-                            tid: runner.stats.tid,
+                            tid,
                             time_ns: monotonic_ns(),
                         });
                     }
-                    let end = runner.run();
-                    let _ = tx.send((index, end, runner.stats));
-                })
-                .map_err(VmError::Thread)?;
-            threads.push(t);
+                    // A panic (a bug in the shim or a hook) must not leave the VM waiting
+                    // for this vCPU forever: report it like any other end.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                        let mut runner = runner;
+                        let end = runner.run();
+                        (end, runner.stats)
+                    }));
+                    let (end, stats) = result.unwrap_or_else(|payload| {
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        let end = VcpuEnd::Error(VmError::VcpuPanicked {
+                            vcpu: index,
+                            message,
+                        });
+                        (
+                            end,
+                            VcpuRunStats {
+                                vcpu: index,
+                                tid,
+                                ..Default::default()
+                            },
+                        )
+                    });
+                    let _ = tx.send((index, end, stats));
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(VmError::Thread(e));
+                    break;
+                }
+            }
         }
         drop(tx);
 
@@ -367,7 +402,7 @@ impl Vm {
             })
             .collect();
         let mut running = threads.len();
-        let mut decisive: Option<Result<Outcome, VmError>> = None;
+        let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
         while running > 0 && decisive.is_none() {
             let msg = match deadline {
                 Some(d) => rx.recv_deadline(d),
@@ -519,6 +554,15 @@ thread_local! {
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// Clears this thread's IMMEDIATE_EXIT pointer on drop.
+struct ClearImmediateExit;
+
+impl Drop for ClearImmediateExit {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
 }
@@ -562,6 +606,8 @@ impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
         let run = self.vcpu.get_kvm_run();
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
+        // Cleared when run() returns or unwinds, before the VcpuFd can be dropped.
+        let _clear = ClearImmediateExit;
         let mut requests = Requests::default();
         let mut ctx = VcpuCtx {
             index: self.index,
@@ -578,7 +624,6 @@ impl VcpuRunner {
             requests: &mut requests,
         };
         self.hook.on_stop(&mut ctx);
-        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
         end
     }
 

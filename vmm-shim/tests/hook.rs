@@ -290,3 +290,27 @@ fn exit_timer_interrupts_a_busy_guest_and_msrs_are_readable() {
     let efer = efer.lock().unwrap().expect("EFER read");
     assert_eq!(efer & 0x500, 0x500, "long mode active: {efer:#x}");
 }
+
+#[test]
+fn a_panicking_hook_ends_the_run_with_an_error_not_a_hang() {
+    if !kvm_available() {
+        return;
+    }
+    // vCPU 1 of the runtime halts in ring 0 and never exits on its own; vCPU 0's hook
+    // panics at its first exit. The run must end with an error, vCPU 1 kicked out.
+    struct P0;
+    impl VcpuHook for P0 {
+        fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, _exit: &ExitKind) {
+            assert_ne!(ctx.index(), 0, "hook bug on vCPU 0");
+        }
+    }
+    let mut config = VmConfig::new(16 << 20, 2);
+    config.serial = Box::new(std::io::sink());
+    config.timeout = Some(std::time::Duration::from_secs(60));
+    let hooks = |_: u32| -> Box<dyn VcpuHook> { Box::new(P0) };
+    let started = std::time::Instant::now();
+    let err = Vm::run(config, builtin::image("calls").unwrap(), &hooks).unwrap_err();
+    assert!(err.to_string().contains("vCPU 0 thread panicked"), "{err}");
+    assert!(err.to_string().contains("hook bug on vCPU 0"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
