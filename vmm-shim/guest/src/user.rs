@@ -251,17 +251,24 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
     let info = unsafe { (p as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
     let args = Args::from_boot(info);
     if args.flag("rt.cpus") {
-        // Wait (bounded, ~2 s at 2 GHz worth of TSC) for the other vCPUs to check in.
+        // Wait (bounded, ~2 s at 2 GHz worth of TSC) for the other vCPUs to check in;
+        // vCPUs past MAX_CPUS halt at once and never do.
+        let expected = args.ncpus().min(crate::MAX_CPUS as u32);
         let start = tsc();
-        while kernel::CPUS_ONLINE.load(Ordering::Acquire) < args.ncpus()
+        while kernel::CPUS_ONLINE.load(Ordering::Acquire) < expected
             && tsc().wrapping_sub(start) < 4_000_000_000
         {
             core::hint::spin_loop();
         }
         println!(
-            "lbrprof-guest: {} of {} vCPUs online",
+            "lbrprof-guest: {} of {} vCPUs online{}",
             kernel::CPUS_ONLINE.load(Ordering::Acquire),
-            args.ncpus()
+            args.ncpus(),
+            if args.ncpus() > expected {
+                " (the runtime sets up at most 8)"
+            } else {
+                ""
+            }
         );
     }
     if args.flag("rt.stats") {
