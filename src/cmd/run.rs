@@ -173,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             code,
         )),
+        Outcome::Stopped => Err(with_exit(anyhow!("guest '{}' stopped", args.vm), code)),
         Outcome::Crashed(c) => {
             if !c.registers.is_empty() {
                 eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);

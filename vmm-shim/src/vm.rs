@@ -100,6 +100,8 @@ pub struct VmConfig {
     pub warn: WarnFn,
     /// Told about each vCPU thread as it starts.
     pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+    /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
+    stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
 
 impl VmConfig {
@@ -114,7 +116,15 @@ impl VmConfig {
             serial: Box::new(std::io::stderr()),
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
+            stop_requests: None,
         }
+    }
+
+    /// A handle that stops the VM this configuration will run.
+    pub fn stop_handle(&mut self) -> StopHandle {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.stop_requests = Some(rx);
+        StopHandle(tx)
     }
 }
 
@@ -200,6 +210,20 @@ pub enum Outcome {
     TimedOut(Duration),
     /// Triple fault, KVM internal error, failed entry, or a hook stopped the VM.
     Crashed(CrashReport),
+    /// The caller stopped the VM through a [`StopHandle`] (e.g. on Ctrl-C).
+    Stopped,
+}
+
+/// Stops a running VM from another thread ([`VmConfig::stop_handle`]).
+#[derive(Clone, Debug)]
+pub struct StopHandle(crossbeam_channel::Sender<()>);
+
+impl StopHandle {
+    /// Ask the VM to stop: every vCPU is kicked out of the guest and the run ends with
+    /// [`Outcome::Stopped`]. Harmless after the run ended.
+    pub fn stop(&self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 /// The result of [`Vm::run`].
@@ -404,9 +428,18 @@ impl Vm {
         let mut running = threads.len();
         let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
         while running > 0 && decisive.is_none() {
-            let msg = match deadline {
-                Some(d) => rx.recv_deadline(d),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+            let stop_rx = config
+                .stop_requests
+                .clone()
+                .unwrap_or_else(crossbeam_channel::never);
+            let msg = crossbeam_channel::select! {
+                recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(stop_rx) -> _ => {
+                    decisive = Some(Ok(Outcome::Stopped));
+                    break;
+                }
+                recv(timeout) -> _ => Err(RecvTimeoutError::Timeout),
             };
             match msg {
                 Ok((index, end, n)) => {
@@ -875,12 +908,14 @@ pub fn format_registers(r: &kvm_regs, s: &kvm_sregs) -> String {
 
 impl Outcome {
     /// The process exit status lbrprof uses for this outcome: the guest's own for the
-    /// exit port, 0 for power-off, 124 for a timeout, 4 for a crash (the exit port only
-    /// produces odd values, so 4 and 124 cannot be confused with a guest's status).
+    /// exit port, 0 for power-off, 124 for a timeout, 4 for a crash, 130 when stopped by
+    /// the caller (the exit port only produces odd values, so these even codes cannot be
+    /// confused with a guest's status).
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited(c) => *c,
             Outcome::PowerOff => 0,
+            Outcome::Stopped => 130,
             Outcome::TimedOut(_) => 124,
             Outcome::Crashed(_) => 4,
         }
