@@ -16,10 +16,16 @@
 //! 5. [`VcpuHook::on_debug`]: at `KVM_EXIT_DEBUG` (single-step or hardware breakpoint).
 //! 6. [`VcpuHook::on_stop`]: once, when the vCPU stops for any reason.
 //!
-//! Every callback gets a [`VcpuCtx`]: guest registers, guest memory by physical or virtual
-//! address (page walk from CR3), and requests applied before the vCPU re-enters the guest:
-//! single-stepping, up to four hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`),
-//! NMI injection (`KVM_NMI`, how a PMI reaches the guest), or stopping the VM.
+//! Every callback runs on the vCPU's own thread and gets a [`VcpuCtx`]: guest registers
+//! and MSRs, guest memory by physical or virtual address (page walk from CR3), and
+//! requests applied before the vCPU re-enters the guest: single-stepping, up to four
+//! hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`), NMI injection (`KVM_NMI`, how a
+//! PMI reaches the guest), a one-shot exit timer, or stopping the VM.
+//!
+//! Guest-specific facts for hooks: lbrprof's runtime can take NMIs once it runs in ring 3
+//! (an NMI injected before its IDT is loaded triple-faults the guest, as on hardware); its
+//! console output and exits are ring-3 port I/O (`IoOut` on 0x3f8, 0xf4, 0x604), and its
+//! system calls are a `ud2` in `rt_syscall_trap` taken as #UD into ring 0.
 
 use std::time::Duration;
 

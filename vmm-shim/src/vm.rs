@@ -7,6 +7,10 @@
 //! `KVM_RUN` with a signal whose handler sets `kvm_run.immediate_exit` (re-sent every
 //! 10 ms until the thread is out, so no race can lose the kick).
 //!
+//! Callers build a [`VmConfig`] with [`VmConfig::new`], may ask for a [`StopHandle`] and
+//! for [`VcpuThreadInfo`] notifications (to attach perf events to vCPU threads), and get a
+//! [`RunReport`]: the [`Outcome`] plus per-vCPU accounting ([`VcpuRunStats`]).
+//!
 //! Start-up per image kind (see [`crate::boot`]):
 //! * ELF64: every vCPU enters long mode at the entry with its index in RDI (APs are made
 //!   runnable directly, no INIT/SIPI).
