@@ -944,6 +944,43 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes_of_outcomes_never_collide_with_the_exit_port() {
+        let crash = Outcome::Crashed(CrashReport {
+            vcpu: 0,
+            reason: String::new(),
+            registers: String::new(),
+        });
+        let ours = [
+            Outcome::PowerOff.exit_code(),
+            Outcome::TimedOut(Duration::from_secs(1)).exit_code(),
+            crash.exit_code(),
+            Outcome::Stopped.exit_code(),
+        ];
+        assert_eq!(ours, [0, 124, 4, 130]);
+        assert!(
+            ours.iter().all(|c| c % 2 == 0),
+            "the exit port only makes odd codes"
+        );
+        assert_eq!(Outcome::Exited(7).exit_code(), 7);
+    }
+
+    #[test]
+    fn register_dump_names_every_register() {
+        let r = kvm_regs {
+            rip: 0x1234,
+            rsp: 0x8000,
+            ..Default::default()
+        };
+        let dump = format_registers(&r, &kvm_sregs::default());
+        for name in [
+            "rip", "rsp", "rflags", "rax", "r15", "cr0", "cr3", "efer", "gdt", "idt",
+        ] {
+            assert!(dump.contains(name), "{name} missing from {dump}");
+        }
+        assert!(dump.contains("0000000000001234"));
+    }
+
+    #[test]
     fn apic_ids_go_into_cpuid() {
         let mut e = vec![
             kvm_bindings::kvm_cpuid_entry2 {
