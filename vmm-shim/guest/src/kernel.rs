@@ -434,7 +434,7 @@ extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
         tss >> 32,
     ];
     // SAFETY: rt_vectors is the table of stub addresses defined in the global_asm above.
-    let vectors = unsafe { &*(&raw const rt_vectors) };
+    let vectors = unsafe { &rt_vectors };
     for (v, &handler) in vectors[..32].iter().enumerate() {
         let ist = match v as u64 {
             VEC_NMI => 1,
