@@ -332,3 +332,16 @@ fn a_stop_handle_ends_a_busy_guest() {
     assert_eq!(report.outcome.exit_code(), 130);
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn ring3_guest_debug_probe_gives_an_answer() {
+    if !kvm_available() {
+        return;
+    }
+    // The answer depends on the host (no on some nested hosts); it must not error.
+    let works = lbrprof_vmm::caps::probe_ring3_guest_debug().unwrap();
+    eprintln!("guest debug reaches ring 3 on this host: {works}");
+    let caps = lbrprof_vmm::caps::probe();
+    assert_eq!(caps.ring3_guest_debug, Some(works));
+    assert!(caps.to_string().contains("guest debug reaches ring-3 code"));
+}
