@@ -7,6 +7,13 @@
 //!
 //! System calls arrive as #UD at `rt_syscall_ud2` (see `abi`); vector 0x80 is also wired
 //! (a DPL-3 gate) for hosts where `int 0x80` is not emulated.
+//!
+//! On the development host, guest ring 0 is run by KVM's x86 instruction emulator: that
+//! is why it is slow, why `int n` fails (the emulator cannot deliver it in protected
+//! mode) and why guest debugging reaches ring 0 but not ring 3. It also means ring-0
+//! code must stay within what that emulator implements: no SSE/AVX beyond
+//! fxsave/fxrstor (an unsupported instruction ends the run with a KVM internal error).
+//! So ring-0 paths here are integer-only and do no formatting.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -47,6 +54,7 @@ static mut RT_KSTACKS: [Stack<KSTACK>; MAX_CPUS] = [const { Stack([0; KSTACK]) }
 static mut NMI_STACKS: [Stack<ISTACK>; MAX_CPUS] = [const { Stack([0; ISTACK]) }; MAX_CPUS];
 static mut DF_STACKS: [Stack<ISTACK>; MAX_CPUS] = [const { Stack([0; ISTACK]) }; MAX_CPUS];
 static mut GP_STACKS: [Stack<ISTACK>; MAX_CPUS] = [const { Stack([0; ISTACK]) }; MAX_CPUS];
+static mut UD_STACKS: [Stack<ISTACK>; MAX_CPUS] = [const { Stack([0; ISTACK]) }; MAX_CPUS];
 static mut USER_STACKS: [Stack<USTACK>; MAX_CPUS] = [const { Stack([0; USTACK]) }; MAX_CPUS];
 
 /// The 64-bit TSS (SDM Vol. 3 Figure 8-11).
@@ -418,6 +426,7 @@ extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
     pc.tss.ist[0] = stack_top(&raw mut NMI_STACKS, cpu);
     pc.tss.ist[1] = stack_top(&raw mut DF_STACKS, cpu);
     pc.tss.ist[2] = stack_top(&raw mut GP_STACKS, cpu);
+    pc.tss.ist[3] = stack_top(&raw mut UD_STACKS, cpu);
     for &(first, last) in USER_PORTS {
         for port in first..=last {
             pc.tss.iomap[usize::from(port) / 8] &= !(1 << (port % 8));
@@ -444,6 +453,9 @@ extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
             VEC_NMI => 1,
             8 => 2,
             VEC_GP => 3,
+            // #UD carries system calls; its own stack keeps them off the caller's stack
+            // should ring-0 code ever make one.
+            VEC_UD => 4,
             _ => 0,
         };
         pc.idt[v] = gate(handler, ist, 0);
@@ -604,7 +616,7 @@ fn user_range_ok(ptr: u64, len: u64) -> bool {
 extern "C" fn rt_trap(frame: &mut TrapFrame) {
     match frame.vector {
         VEC_SYSCALL => syscall(frame),
-        VEC_UD if frame.rip == (&raw const rt_syscall_ud2) as u64 && frame.cs & 3 == 3 => {
+        VEC_UD if frame.rip == (&raw const rt_syscall_ud2) as u64 => {
             syscall(frame);
             frame.rip += 2;
         }
