@@ -1,7 +1,36 @@
 #![no_main]
+//! perf.data import: whole files through `PerfDataReader` (the crate reads from a file,
+//! so the input is written to a per-process temporary file), and sample bodies straight
+//! through `decode_sample` with the attribute layout taken from the input's first bytes.
 
 use libfuzzer_sys::fuzz_target;
+use lbrprof_collector::model::CpuMode;
+use lbrprof_collector::perfdata::{decode_sample, PerfDataReader, SampleLayout};
+use lbrprof_collector::perfdata::Endianness;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    if data.len() >= 25 {
+        let word = |i: usize| u64::from_le_bytes(data[i * 8..i * 8 + 8].try_into().unwrap());
+        let layout = SampleLayout {
+            sample_type: word(0),
+            read_format: word(1),
+            branch_sample_type: word(2),
+        };
+        let endian = if data[24] & 1 == 0 {
+            Endianness::LittleEndian
+        } else {
+            Endianness::BigEndian
+        };
+        let _ = decode_sample(&data[25..], endian, layout, CpuMode::User);
+    }
+    let path = std::env::temp_dir().join(format!("lbrprof-fuzz-{}.data", std::process::id()));
+    if std::fs::write(&path, data).is_ok() {
+        if let Ok(reader) = PerfDataReader::open(&path) {
+            for event in reader.take(1 << 16) {
+                if event.is_err() {
+                    break;
+                }
+            }
+        }
+    }
 });

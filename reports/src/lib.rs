@@ -2,6 +2,78 @@
 //! ranges, hot functions and stacks, and their rendering as text, JSON, Markdown, folded
 //! stacks and SVG flame graphs; `diff` verdicts and BOLT `.fdata` export.
 //!
-//! Non-goals: capture (the collector) and address lookup (the symbolizer); it never parses
-//! CLI flags.
+//! Non-goals: capture (the collector) and address lookup (the symbolizer, reached through
+//! [`symbols::SymbolSource`]); it never parses CLI flags.
+//!
+//! # Pipeline
+//!
+//! 1. [`aggregate`]: the event stream (host samples with call chains and branch stacks,
+//!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
+//!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
+//!    and fall-through range. Memory grows with the variety of the data, not its length.
+//!    Reading/decoding and aggregating run on two threads.
+//! 2. [`symbols`]: each unique location is symbolized once, batched per module, modules
+//!    in parallel (rayon).
+//! 3. [`report`]: named, sorted tables ([`report::Report`]); instruction counts of
+//!    fall-through ranges are decoded from the module's code with iced-x86 when the file
+//!    is readable ([`decode`]), else estimated as `bytes / 4` (and marked so).
+//! 4. Rendering: [`render`] (text, Markdown, JSON, folded), [`flame`] (SVG via inferno),
+//!    [`bolt`] (BOLT `.fdata`).
+//!
+//! # Branch semantics
+//!
+//! Branch stacks are newest first. Edge `from → to` counts every entry, including
+//! all-zero entries (perf counts those too, as `[unknown] 0 → 0`), so shares match
+//! `perf report -b`. A fall-through range is `[to of entry i+1, from of entry i]`: the
+//! straight-line code executed between two consecutive taken branches; ranges that cross
+//! modules, run backwards or are longer than 64 KiB are dropped as unreliable.
+//!
+//! # JSON schema (`--format json`), version 1
+//!
+//! The machine-readable schema is `reports/schema/report-v1.json` (JSON Schema draft
+//! 2020-12). Documents look like this; every field is always present, optional values
+//! are `null`:
+//!
+//! ```text
+//! {
+//!   "schema": "lbrprof-report",  "version": 1,
+//!   "meta": { "source": "perf.data" | "lbrprof.data", "path": str, "event": str,
+//!             "samples": u64, "weight": u64, "snapshots": u64, "lost": u64,
+//!             "throttled": u64, "frozen": u64, "filtered_out": u64, "duration_ns": u64,
+//!             "branch_source": str, "branch_depth": u64, "branch_entries": u64,
+//!             "range_method": str, "warnings": [str] },
+//!   "functions": [ { "function": str, "module": str, "self_samples": u64,
+//!                    "self_weight": u64, "total_samples": u64, "total_weight": u64,
+//!                    "self_pct": f64, "total_pct": f64 } ],
+//!   "branches":  [ { "from": Place, "to": Place, "count": u64, "pct": f64,
+//!                    "kind": "Unknown"|"Cond"|"Uncond"|"IndJump"|"Call"|"IndCall"|"Ret"|
+//!                            "Syscall"|"Sysret"|"Irq"|"Exception"|"Eret"|"Far",
+//!                    "mispredicts": u64, "mispredict_pct": f64|null,
+//!                    "avg_cycles": f64|null, "in_tx": u64, "aborts": u64 } ],
+//!   "ranges":    [ { "start": Place, "end": Place, "count": u64, "pct": f64,
+//!                    "bytes": u64, "instructions": f64, "estimated": bool,
+//!                    "executed": f64 } ]
+//! }
+//! Place = { "module": str, "offset": u64, "function": str|null,
+//!           "function_offset": u64|null, "file": str|null, "line": u32|null }
+//! ```
+//!
+//! Percentages: functions are shares of the total event count (`meta.weight`, the sum
+//! of sample periods), branches of `meta.branch_entries`, ranges of all ranges.
+//! Tables are sorted (see [`report::SortKey`]) and cut by `--limit`/`--percent-limit`.
+//! A change that removes or retypes a field bumps `version`; adding fields does not.
+
+pub mod aggregate;
+pub mod bolt;
+pub mod decode;
 pub mod diff;
+pub mod flame;
+pub mod lbr;
+pub mod loc;
+pub mod render;
+pub mod report;
+pub mod symbols;
+
+pub use aggregate::{AggregateOptions, Aggregator, Filter, Profile, aggregate_events};
+pub use report::{Report, SortKey};
+pub use symbols::{NoSymbols, SymbolSource, SymbolTable};

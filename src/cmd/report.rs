@@ -1,10 +1,293 @@
-//! `lbrprof report`.
+//! `lbrprof report`: hot functions, hot branches and hot fall-through ranges of a
+//! recording (lbrprof.data or perf.data), as text, JSON, folded stacks or Markdown.
+//!
+//! Also home of the loading path shared with `flamegraph` and `export`: open by magic,
+//! aggregate on two threads, symbolize every unique location once.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use lbrprof_collector::input::{InputFormat, open_any};
+use lbrprof_collector::model::Header;
+use lbrprof_reports::decode::CodeReader;
+use lbrprof_reports::render::{self, StackSource};
+use lbrprof_reports::report::{self, SortKey, Source};
+use lbrprof_reports::symbols::SymbolizerSource;
+use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
+use lbrprof_symbolizer::SymbolizerOptions;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("report: this build does not support it yet")
+/// Options shared by every command that reads a recording.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InputArgs {
+    /// The recording to read: lbrprof.data or perf.data (detected by content).
+    #[arg(short, long, value_name = "FILE", default_value = "lbrprof.data")]
+    pub input: PathBuf,
+    /// Only samples of these process ids (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only samples of these thread ids (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "TID")]
+    pub tid: Vec<u32>,
+    /// Only samples of threads with these command names (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "COMM")]
+    pub comm: Vec<String>,
+    /// Only samples whose instruction pointer is in these modules (file name or path).
+    #[arg(long, value_delimiter = ',', value_name = "DSO")]
+    pub dso: Vec<String>,
+    /// Do not symbolize; show every location as module+offset.
+    #[arg(long)]
+    pub no_symbols: bool,
+    /// Also look for separate debug info in DIR (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// Look for the recorded module files under DIR (as DIR/PATH, then DIR/FILE-NAME),
+    /// like perf's --symfs.
+    #[arg(long, value_name = "DIR")]
+    pub symfs: Option<PathBuf>,
+    /// Kernel symbols from this kallsyms file instead of /proc/kallsyms.
+    #[arg(long, value_name = "FILE")]
+    pub kallsyms: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Folded,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sort {
+    /// Functions by self share; branches and ranges by count.
+    #[value(name = "self")]
+    SelfShare,
+    /// Functions by total (children) share.
+    Total,
+    /// By name / location.
+    Name,
+    /// Branches by mispredictions.
+    Mispred,
+    /// Branches by average cycles.
+    Cycles,
+}
+
+impl From<Sort> for SortKey {
+    fn from(s: Sort) -> Self {
+        match s {
+            Sort::SelfShare => SortKey::SelfShare,
+            Sort::Total => SortKey::Total,
+            Sort::Name => SortKey::Name,
+            Sort::Mispred => SortKey::Mispred,
+            Sort::Cycles => SortKey::Cycles,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output format (json: schema "lbrprof-report" version 1; folded: inferno/FlameGraph input).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Row order.
+    #[arg(long, value_enum, default_value = "self")]
+    pub sort: Sort,
+    /// Rows per table (0 = all).
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    pub limit: usize,
+    /// Hide rows below this share, in percent.
+    #[arg(long, default_value_t = 0.0, value_name = "PCT")]
+    pub percent_limit: f64,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// A recording, aggregated and symbolized.
+pub struct Loaded {
+    pub profile: Profile,
+    pub syms: SymbolTable,
+    pub header: Header,
+    pub format: InputFormat,
+    pub warnings: Vec<String>,
+}
+
+/// Whether locations should be named, and with which names (BOLT wants mangled ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    None,
+    Demangled,
+    Mangled,
+}
+
+/// Whether this machine's /proc/kallsyms describes the kernel `header` was recorded on.
+fn same_kernel(header: &Header) -> bool {
+    let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    header.host.kernel.is_empty() || header.host.kernel.trim() == here.trim()
+}
+
+fn symbol_source(
+    args: &InputArgs,
+    naming: Naming,
+    header: &Header,
+    warnings: &mut Vec<String>,
+) -> Box<dyn SymbolSource> {
+    let demangle = match naming {
+        Naming::None => return Box::new(NoSymbols),
+        Naming::Demangled => true,
+        Naming::Mangled => false,
+    };
+    let mut source = SymbolizerSource::new(SymbolizerOptions {
+        debug_dirs: args.debug_dir.clone(),
+        kallsyms: args.kallsyms.clone(),
+        demangle,
+        inlines: true,
+    });
+    if args.kallsyms.is_none() && !same_kernel(header) {
+        source.kernel = false;
+        warnings.push(format!(
+            "recorded on kernel {}, not this one: kernel addresses are not symbolized (pass --kallsyms)",
+            header.host.kernel
+        ));
+    }
+    Box::new(source)
+}
+
+/// Opens, aggregates and symbolizes `args.input`.
+pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
+    let path = &args.input;
+    let input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = input.header().clone();
+    let format = input.format();
+    let opts = AggregateOptions {
+        filter: Filter {
+            pids: args.pid.clone(),
+            tids: args.tid.clone(),
+            comms: args.comm.clone(),
+            dsos: args.dso.clone(),
+        },
+        lbr_call_stack: header.sampling.call_graph == "lbr",
+        snapshot_weight: header.sampling.period.max(1),
+    };
+    let mut input = input;
+    let progress = progress_bar(path);
+    let ticker = progress.clone();
+    let mut n = 0u64;
+    let events = input.by_ref().inspect(move |_| {
+        n += 1;
+        if n.is_multiple_of(1 << 14) {
+            ticker.set_position(n);
+        }
+    });
+    let (mut profile, err) = lbrprof_reports::aggregate_events(events, opts);
+    progress.finish_and_clear();
+    if let Some(e) = err {
+        return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+    }
+    if let Some(summary) = input.summary() {
+        // The recorder's own totals cover losses it never turned into events.
+        let t = &mut profile.totals;
+        t.lost = t.lost.max(summary.lost);
+        t.throttled = t.throttled.max(summary.throttled);
+    }
+    if let Some(dir) = &args.symfs {
+        profile.spaces.modules.relocate(dir);
+    }
+    let mut warnings = input.warnings();
+    warnings.extend(input.recorded_notes());
+    let naming = if args.no_symbols {
+        Naming::None
+    } else {
+        naming
+    };
+    let source = symbol_source(args, naming, &header, &mut warnings);
+    let syms = SymbolTable::build(&profile, source.as_ref());
+    warnings.extend(source.take_warnings());
+    Ok(Loaded {
+        profile,
+        syms,
+        header,
+        format,
+        warnings,
+    })
+}
+
+/// A spinner with an event count on stderr, only when stderr is a terminal.
+fn progress_bar(path: &Path) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} reading {msg}: {pos} events")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(path.display().to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// Standard output or a file, buffered.
+pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.percent_limit >= 0.0 && args.percent_limit <= 100.0) {
+        anyhow::bail!("--percent-limit must be between 0 and 100");
+    }
+    let loaded = load(&args.input, Naming::Demangled)?;
+    let mut out = output(args.output.as_deref())?;
+    if args.format == Format::Folded {
+        render::folded(
+            &loaded.profile,
+            &loaded.syms,
+            StackSource::CallChains,
+            &mut out,
+        )?;
+        for w in &loaded.warnings {
+            eprintln!("lbrprof: warning: {w}");
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut code = CodeReader::default();
+    let mut rep = report::build(
+        &loaded.profile,
+        &loaded.syms,
+        Source {
+            format: loaded.format.name(),
+            path: &args.input.input.display().to_string(),
+            header: &loaded.header,
+            warnings: loaded.warnings.clone(),
+        },
+        &mut code,
+    );
+    rep.sort(args.sort.into());
+    rep.truncate(args.limit, args.percent_limit);
+    match args.format {
+        Format::Text => render::text(&rep, &mut out)?,
+        Format::Markdown => render::markdown(&rep, &mut out)?,
+        Format::Json => render::json(&rep, &mut out)?,
+        Format::Folded => unreachable!("handled above"),
+    }
+    out.flush()?;
+    if args.format != Format::Text && args.format != Format::Markdown {
+        for w in &loaded.warnings {
+            eprintln!("lbrprof: warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,10 @@ pub fn lbrprof() -> Command {
 
 /// Run `lbrprof ARGS` and return its output.
 pub fn run(args: &[&str]) -> Output {
-    lbrprof().args(args).output().expect("cannot start the lbrprof binary")
+    lbrprof()
+        .args(args)
+        .output()
+        .expect("cannot start the lbrprof binary")
 }
 
 /// `../shared/fixtures/perfdata` next to the checkout, where CI keeps the real perf.data files.
@@ -61,7 +64,9 @@ pub fn perf_available() -> bool {
     let ok = match paranoid {
         None => Err("needs perf_event_open (no /proc/sys/kernel/perf_event_paranoid)".into()),
         Some(p) if root || p <= 1 => Ok(()),
-        Some(p) => Err(format!("needs perf_event_open (perf_event_paranoid is {p}, not root)")),
+        Some(p) => Err(format!(
+            "needs perf_event_open (perf_event_paranoid is {p}, not root)"
+        )),
     };
     capability("PERF", ok)
 }

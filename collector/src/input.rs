@@ -1,0 +1,158 @@
+//! Opening any recording lbrprof understands, detected by its magic bytes:
+//! `lbrprof.data` (magic `LBRPROF\0`, read by [`crate::recording::RecordingReader`]) or
+//! `perf.data` (magic `PERFILE2`, imported by [`crate::perfdata::PerfDataReader`]).
+//!
+//! Either way the caller gets a [`Header`] and a stream of `Result<Event, InputError>`,
+//! plus the warnings of the reader (damage at the end of the file, unreadable sections).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::model::{Event, Header};
+use crate::perfdata::{PerfDataError, PerfDataReader, abi::PERF_MAGIC, abi::PERF_MAGIC_SWAPPED};
+use crate::recording::{self, FormatError, RecordingReader};
+
+/// Which kind of file was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    Lbrprof,
+    PerfData,
+}
+
+impl InputFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::Lbrprof => "lbrprof.data",
+            InputFormat::PerfData => "perf.data",
+        }
+    }
+}
+
+/// Why a recording could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    #[error("cannot open the file")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("neither an lbrprof.data nor a perf.data file (it starts with {magic:02x?})")]
+    UnknownFormat { path: String, magic: Vec<u8> },
+    #[error(transparent)]
+    PerfData(#[from] PerfDataError),
+    #[error(transparent)]
+    Recording(#[from] FormatError),
+}
+
+enum Source {
+    Perf(Box<PerfDataReader>),
+    Lbrprof(Box<RecordingReader>),
+}
+
+/// An open recording of either format.
+pub struct Input {
+    format: InputFormat,
+    source: Source,
+}
+
+/// Detects the format of `path` by its first 8 bytes and opens it.
+pub fn open_any(path: &Path) -> Result<Input, InputError> {
+    let open_err = |source| InputError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut magic = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .map_err(open_err)?
+        .take(8)
+        .read_to_end(&mut magic)
+        .map_err(open_err)?;
+    if magic[..] == recording::MAGIC {
+        let reader = RecordingReader::open(path)?;
+        return Ok(Input {
+            format: InputFormat::Lbrprof,
+            source: Source::Lbrprof(Box::new(reader)),
+        });
+    }
+    if magic[..] == PERF_MAGIC || magic[..] == PERF_MAGIC_SWAPPED {
+        let reader = PerfDataReader::open(path)?;
+        return Ok(Input {
+            format: InputFormat::PerfData,
+            source: Source::Perf(Box::new(reader)),
+        });
+    }
+    Err(InputError::UnknownFormat {
+        path: path.display().to_string(),
+        magic,
+    })
+}
+
+impl Input {
+    pub fn format(&self) -> InputFormat {
+        self.format
+    }
+
+    pub fn header(&self) -> &Header {
+        match &self.source {
+            Source::Perf(r) => r.header(),
+            Source::Lbrprof(r) => r.header(),
+        }
+    }
+
+    /// Problems that did not stop reading; complete only once the stream has ended.
+    pub fn warnings(&self) -> Vec<String> {
+        match &self.source {
+            Source::Perf(r) => r.warnings().to_vec(),
+            Source::Lbrprof(r) => r.warnings().to_vec(),
+        }
+    }
+
+    /// The end-of-recording summary of an lbrprof.data file (once the stream has ended).
+    pub fn summary(&self) -> Option<&recording::Summary> {
+        match &self.source {
+            Source::Perf(_) => None,
+            Source::Lbrprof(r) => r.summary(),
+        }
+    }
+
+    /// Notes about the recording for the report header: the recorder's own notes, or
+    /// what the import skipped. Complete only once the stream has ended.
+    pub fn recorded_notes(&self) -> Vec<String> {
+        match &self.source {
+            Source::Lbrprof(r) => {
+                let mut notes = r.summary().map(|s| s.notes.clone()).unwrap_or_default();
+                if r.summary().is_none() {
+                    notes.push(
+                        "the recording has no end-of-recording summary (the recorder did not finish)"
+                            .to_owned(),
+                    );
+                }
+                notes
+            }
+            Source::Perf(r) => {
+                let s = r.stats();
+                if s.skipped_records > 0 {
+                    vec![format!(
+                        "{} perf records of types lbrprof does not use were skipped",
+                        s.skipped_records
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Input {
+    type Item = Result<Event, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.source {
+            Source::Perf(r) => r.next().map(|r| r.map_err(InputError::from)),
+            Source::Lbrprof(r) => r.next().map(|r| r.map_err(InputError::from)),
+        }
+    }
+}

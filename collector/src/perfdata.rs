@@ -1,0 +1,1123 @@
+//! Import of Linux `perf.data` files into the recording model ([`Header`] + [`Event`]s).
+//!
+//! The file structure (header, attributes, feature sections, zstd-compressed records,
+//! time ordering over `FINISHED_ROUND`) is read by the `linux-perf-data` crate. Sample
+//! bodies are decoded here ([`decode_sample`]) because that crate skips branch stacks:
+//! we need every `perf_branch_entry` with its flags, and `PERF_SAMPLE_BRANCH_HW_INDEX`.
+//!
+//! What becomes what:
+//!
+//! | perf record | model |
+//! |---|---|
+//! | `SAMPLE` (IP, TID, TIME, CPU, PERIOD, CALLCHAIN, BRANCH_STACK) | [`Event::Sample`]; callchain context markers (`PERF_CONTEXT_*`) become per-frame [`CpuMode`]s |
+//! | `MMAP`, `MMAP2` (executable only) | [`Event::Mapping`], build-id from the MMAP2 record or the `HEADER_BUILD_ID` feature section |
+//! | `COMM`, `FORK`, `EXIT` | [`Event::Task`] |
+//! | `LOST`, `THROTTLE` | [`Event::Loss`] |
+//! | anything else | skipped and counted in [`ImportStats::skipped_records`] |
+//!
+//! Damage: a file whose data section extends past its end (a `perf record` that was
+//! killed) is read up to the damage, with a warning ([`PerfDataReader::warnings`]); any
+//! other malformed record is an error naming the file offset (for framing errors) or the
+//! record number (for a sample body that does not match its attribute).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use linux_perf_data::linux_perf_event_reader::Endianness;
+use linux_perf_data::linux_perf_event_reader::{
+    self as reader, EventRecord, Mmap2FileId, PerfEventType, RawEventRecord, RecordType,
+    SamplingPolicy,
+};
+use linux_perf_data::{PerfFileReader, PerfFileRecord, PerfRecordIter};
+
+use crate::model::{
+    AddressSpace, Branch, BranchFlags, BranchKind, CpuMode, Event, Frame, Header, HostInfo,
+    HostSample, Loss, LossKind, Mapping, SamplingConfig, Target, TaskEvent,
+};
+
+/// Raw perf ABI constants, named as in `include/uapi/linux/perf_event.h`.
+pub mod abi {
+    /// The first 8 bytes of a (little-endian) perf.data file.
+    pub const PERF_MAGIC: [u8; 8] = *b"PERFILE2";
+    /// The first 8 bytes of a big-endian perf.data file.
+    pub const PERF_MAGIC_SWAPPED: [u8; 8] = *b"2ELIFREP";
+
+    // enum perf_event_sample_format
+    pub const PERF_SAMPLE_IP: u64 = 1 << 0;
+    pub const PERF_SAMPLE_TID: u64 = 1 << 1;
+    pub const PERF_SAMPLE_TIME: u64 = 1 << 2;
+    pub const PERF_SAMPLE_ADDR: u64 = 1 << 3;
+    pub const PERF_SAMPLE_READ: u64 = 1 << 4;
+    pub const PERF_SAMPLE_CALLCHAIN: u64 = 1 << 5;
+    pub const PERF_SAMPLE_ID: u64 = 1 << 6;
+    pub const PERF_SAMPLE_CPU: u64 = 1 << 7;
+    pub const PERF_SAMPLE_PERIOD: u64 = 1 << 8;
+    pub const PERF_SAMPLE_STREAM_ID: u64 = 1 << 9;
+    pub const PERF_SAMPLE_RAW: u64 = 1 << 10;
+    pub const PERF_SAMPLE_BRANCH_STACK: u64 = 1 << 11;
+    pub const PERF_SAMPLE_IDENTIFIER: u64 = 1 << 16;
+
+    // enum perf_event_read_format
+    pub const PERF_FORMAT_TOTAL_TIME_ENABLED: u64 = 1 << 0;
+    pub const PERF_FORMAT_TOTAL_TIME_RUNNING: u64 = 1 << 1;
+    pub const PERF_FORMAT_ID: u64 = 1 << 2;
+    pub const PERF_FORMAT_GROUP: u64 = 1 << 3;
+    pub const PERF_FORMAT_LOST: u64 = 1 << 4;
+
+    // enum perf_branch_sample_type
+    pub const PERF_SAMPLE_BRANCH_CALL_STACK: u64 = 1 << 11;
+    pub const PERF_SAMPLE_BRANCH_HW_INDEX: u64 = 1 << 17;
+
+    // enum perf_callchain_context (as u64: the negative values wrap)
+    pub const PERF_CONTEXT_HV: u64 = -32i64 as u64;
+    pub const PERF_CONTEXT_KERNEL: u64 = -128i64 as u64;
+    pub const PERF_CONTEXT_USER: u64 = -512i64 as u64;
+    pub const PERF_CONTEXT_GUEST: u64 = -2048i64 as u64;
+    pub const PERF_CONTEXT_GUEST_KERNEL: u64 = -2176i64 as u64;
+    pub const PERF_CONTEXT_GUEST_USER: u64 = -2560i64 as u64;
+    pub const PERF_CONTEXT_MAX: u64 = -4095i64 as u64;
+
+    // struct perf_branch_entry bit fields (little-endian layout)
+    pub const PERF_BRANCH_MISPRED: u64 = 1 << 0;
+    pub const PERF_BRANCH_PREDICTED: u64 = 1 << 1;
+    pub const PERF_BRANCH_IN_TX: u64 = 1 << 2;
+    pub const PERF_BRANCH_ABORT: u64 = 1 << 3;
+    pub const PERF_BRANCH_CYCLES_SHIFT: u32 = 4;
+    pub const PERF_BRANCH_CYCLES_MASK: u64 = 0xffff;
+    pub const PERF_BRANCH_TYPE_SHIFT: u32 = 20;
+    pub const PERF_BRANCH_TYPE_MASK: u64 = 0xf;
+
+    // enum perf_branch_type
+    pub const PERF_BR_UNKNOWN: u64 = 0;
+    pub const PERF_BR_COND: u64 = 1;
+    pub const PERF_BR_UNCOND: u64 = 2;
+    pub const PERF_BR_IND: u64 = 3;
+    pub const PERF_BR_CALL: u64 = 4;
+    pub const PERF_BR_IND_CALL: u64 = 5;
+    pub const PERF_BR_RET: u64 = 6;
+    pub const PERF_BR_SYSCALL: u64 = 7;
+    pub const PERF_BR_SYSRET: u64 = 8;
+    pub const PERF_BR_COND_CALL: u64 = 9;
+    pub const PERF_BR_COND_RET: u64 = 10;
+    pub const PERF_BR_ERET: u64 = 11;
+    pub const PERF_BR_IRQ: u64 = 12;
+    pub const PERF_BR_SERROR: u64 = 13;
+    pub const PERF_BR_NO_TX: u64 = 14;
+
+    // PERF_RECORD_MISC_* (header.misc)
+    pub const PERF_RECORD_MISC_MMAP_BUILD_ID: u16 = 1 << 14;
+
+    /// `struct perf_file_header`: magic, size, attr_size, then three `perf_file_section`s
+    /// (attrs, data, event_types), each `{ u64 offset; u64 size; }`.
+    pub const PERF_FILE_HEADER_DATA_OFFSET: usize = 40;
+    /// Offset of the `adds_features` bitmap (256 bits) in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_FEATURES_OFFSET: usize = 72;
+    /// Size of `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_LEN: usize = 104;
+}
+
+/// Why a perf.data file could not be imported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerfDataError {
+    #[error("cannot open the file")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a perf.data file (magic {magic:02x?})")]
+    BadMagic { magic: Vec<u8> },
+    #[error("malformed perf.data header")]
+    Header(#[source] linux_perf_data::Error),
+    #[error("malformed perf.data record near file offset {offset:#x}")]
+    Record {
+        offset: u64,
+        #[source]
+        source: linux_perf_data::Error,
+    },
+    #[error("malformed {kind} record #{index} (its body does not match its event attribute)")]
+    RecordBody {
+        kind: &'static str,
+        index: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sample #{index}: {what}")]
+    Sample { index: u64, what: &'static str },
+}
+
+/// Counts of what the import saw, for the report header and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    pub records: u64,
+    pub samples: u64,
+    pub branch_entries: u64,
+    pub mappings: u64,
+    /// Record types the model has no place for (e.g. `SWITCH`, `AUX`, user records).
+    pub skipped_records: u64,
+}
+
+/// A `Read + Seek` wrapper that publishes its position, so an error deep inside the
+/// parser can still name the file offset where reading stopped. It can also present a
+/// patched copy of the file header (`head`) in place of the first bytes of the file.
+struct Tracked<R> {
+    inner: R,
+    pos: Arc<AtomicU64>,
+    head: Vec<u8>,
+}
+
+impl<R: Read + Seek> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.pos.load(Ordering::Relaxed);
+        let n = if (at as usize) < self.head.len() {
+            let n = buf.len().min(self.head.len() - at as usize);
+            buf[..n].copy_from_slice(&self.head[at as usize..at as usize + n]);
+            self.inner.seek(SeekFrom::Current(n as i64))?;
+            n
+        } else {
+            self.inner.read(buf)?
+        };
+        self.pos.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Tracked<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let p = self.inner.seek(pos)?;
+        self.pos.store(p, Ordering::Relaxed);
+        Ok(p)
+    }
+}
+
+type FileIter = PerfRecordIter<Tracked<BufReader<File>>>;
+
+/// Streams a perf.data file as model events (records in time order, as perf sorts them).
+pub struct PerfDataReader {
+    header: Header,
+    perf_file: linux_perf_data::PerfFile,
+    records: FileIter,
+    pos: Arc<AtomicU64>,
+    /// `(start, end)` of the data section as the file header states it.
+    data_end: u64,
+    file_len: u64,
+    build_ids: HashMap<Vec<u8>, Vec<u8>>,
+    stats: ImportStats,
+    warnings: Vec<String>,
+    done: bool,
+}
+
+impl PerfDataReader {
+    /// Opens `path` and reads its header, attributes and feature sections.
+    pub fn open(path: &Path) -> Result<Self, PerfDataError> {
+        let open_err = |source| PerfDataError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        let file_len = file.metadata().map_err(open_err)?.len();
+        let mut head = [0u8; abi::PERF_FILE_HEADER_DATA_OFFSET + 16];
+        let got = read_up_to(&mut file, &mut head).map_err(open_err)?;
+        if got < 8 || (head[..8] != abi::PERF_MAGIC && head[..8] != abi::PERF_MAGIC_SWAPPED) {
+            return Err(PerfDataError::BadMagic {
+                magic: head[..got.min(8)].to_vec(),
+            });
+        }
+        let data_end = if got == head.len() {
+            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
+            let le = head[..8] == abi::PERF_MAGIC;
+            let rd = |b: &[u8]| {
+                let a: [u8; 8] = b.try_into().unwrap_or_default();
+                if le {
+                    u64::from_le_bytes(a)
+                } else {
+                    u64::from_be_bytes(a)
+                }
+            };
+            rd(&head[o..o + 8]).saturating_add(rd(&head[o + 8..o + 16]))
+        } else {
+            u64::MAX
+        };
+        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        let truncated = data_end != u64::MAX && data_end > file_len;
+        let mut warnings = Vec::new();
+        let mut head_patch = None;
+        if truncated {
+            // The feature sections live after the data section, so they are gone too:
+            // read the file as if it had none, with the data section ending at EOF.
+            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
+            let le = head[..8] == abi::PERF_MAGIC;
+            let word = |b: &[u8]| {
+                let a: [u8; 8] = b.try_into().unwrap_or_default();
+                if le {
+                    u64::from_le_bytes(a)
+                } else {
+                    u64::from_be_bytes(a)
+                }
+            };
+            let data_off = word(&head[o..o + 8]);
+            let usable =
+                complete_records_end(&mut file, data_off, file_len, le).map_err(open_err)?;
+            warnings.push(format!(
+                "stopped at file offset {usable:#x}: the record there is incomplete; \
+                 the report covers the records before it"
+            ));
+            let size = usable.saturating_sub(data_off);
+            let mut patched = head.to_vec();
+            patched[o + 8..o + 16].copy_from_slice(&if le {
+                size.to_le_bytes()
+            } else {
+                size.to_be_bytes()
+            });
+            let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+            let n = read_up_to(&mut file, &mut full).map_err(open_err)?;
+            full.truncate(n);
+            full[..patched.len().min(n)].copy_from_slice(&patched[..patched.len().min(n)]);
+            let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+            if full.len() >= features + 32 {
+                full[features..features + 32].fill(0);
+                // Old files describe events in the event_types section; the attrs
+                // section alone is what every perf version writes.
+                full[o + 16..o + 32].fill(0);
+            }
+            warnings.push(
+                "the file's feature sections (event names, build-ids, host facts) are lost with its end"
+                    .to_owned(),
+            );
+            head_patch = Some(full);
+            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        }
+        let pos = Arc::new(AtomicU64::new(0));
+        let tracked = Tracked {
+            inner: BufReader::with_capacity(1 << 20, file),
+            pos: Arc::clone(&pos),
+            head: head_patch.unwrap_or_default(),
+        };
+        let PerfFileReader {
+            perf_file,
+            record_iter,
+        } = PerfFileReader::parse_file(tracked).map_err(PerfDataError::Header)?;
+
+        let build_ids = match perf_file.build_ids() {
+            Ok(map) => map
+                .into_values()
+                .map(|info| (info.path, info.build_id))
+                .collect(),
+            Err(e) => {
+                warnings.push(format!("ignoring the unreadable build-id section ({e})"));
+                HashMap::new()
+            }
+        };
+        if truncated {
+            warnings.insert(
+                0,
+                format!(
+                    "the file is truncated: its data section should end at offset {data_end:#x} \
+                 but the file has only {file_len:#x} bytes; reading what is there"
+                ),
+            );
+        }
+        let header = header_of(&perf_file, path);
+        Ok(Self {
+            header,
+            perf_file,
+            records: record_iter,
+            pos,
+            data_end,
+            file_len,
+            build_ids,
+            stats: ImportStats::default(),
+            warnings,
+            done: false,
+        })
+    }
+
+    /// The recording header derived from the attributes and feature sections.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Problems that did not stop the import (truncation at the end, unreadable sections).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn stats(&self) -> &ImportStats {
+        &self.stats
+    }
+
+    /// The next batch of events (one record gives zero or one event).
+    fn next_event(&mut self) -> Result<Option<Event>, PerfDataError> {
+        loop {
+            let record = match self.records.next_record(&mut self.perf_file) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(None),
+                Err(source) => {
+                    let offset = self.pos.load(Ordering::Relaxed);
+                    if self.data_end > self.file_len || offset >= self.file_len {
+                        self.warnings.push(format!(
+                            "stopped at file offset {offset:#x}: the last record is incomplete \
+                             ({source}); the report covers the records before it"
+                        ));
+                        return Ok(None);
+                    }
+                    return Err(PerfDataError::Record { offset, source });
+                }
+            };
+            self.stats.records += 1;
+            let raw = match record {
+                PerfFileRecord::EventRecord { record, .. } => record,
+                PerfFileRecord::UserRecord(_) => {
+                    self.stats.skipped_records += 1;
+                    continue;
+                }
+            };
+            let index = self.stats.records;
+            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats)? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+}
+
+impl Iterator for PerfDataReader {
+    type Item = Result<Event, PerfDataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_event() {
+            Ok(Some(ev)) => Some(Ok(ev)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The end of the last complete record of a data section starting at `data_off`, walking
+/// the record headers (`struct perf_event_header { u32 type; u16 misc; u16 size; }`).
+fn complete_records_end(
+    file: &mut File,
+    data_off: u64,
+    file_len: u64,
+    le: bool,
+) -> std::io::Result<u64> {
+    let mut r = BufReader::with_capacity(1 << 16, &*file);
+    let mut at = data_off;
+    r.seek(SeekFrom::Start(at))?;
+    loop {
+        let mut h = [0u8; 8];
+        if at + 8 > file_len || read_up_to(&mut r, &mut h)? < 8 {
+            return Ok(at);
+        }
+        let size = u64::from(if le {
+            u16::from_le_bytes([h[6], h[7]])
+        } else {
+            u16::from_be_bytes([h[6], h[7]])
+        });
+        if size < 8 || at + size > file_len {
+            return Ok(at);
+        }
+        r.seek_relative(size as i64 - 8)?;
+        at += size;
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn header_of(perf_file: &linux_perf_data::PerfFile, path: &Path) -> Header {
+    let attrs = perf_file.event_attributes();
+    let first = attrs.first();
+    let event = first
+        .and_then(|a| a.name().map(str::to_owned))
+        .or_else(|| first.map(|a| event_type_name(&a.attr.type_)))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let (frequency, period) = match first.map(|a| a.attr.sampling_policy) {
+        Some(SamplingPolicy::Frequency(f)) => (f, 0),
+        Some(SamplingPolicy::Period(p)) => (0, p.get()),
+        _ => (0, 0),
+    };
+    let sample_type = first.map_or(0, |a| a.attr.sample_format.bits());
+    let branch_type = first.map_or(0, |a| a.attr.branch_sample_format.bits());
+    let call_graph = if branch_type & abi::PERF_SAMPLE_BRANCH_CALL_STACK != 0 {
+        "lbr"
+    } else if sample_type & abi::PERF_SAMPLE_CALLCHAIN != 0 {
+        "fp"
+    } else {
+        ""
+    };
+    let hardware = matches!(
+        first.map(|a| &a.attr.type_),
+        Some(PerfEventType::Hardware(..) | PerfEventType::HwCache(..))
+    );
+    let cpu_id = perf_file.cpu_id().ok().flatten().unwrap_or_default();
+    let host = HostInfo {
+        hostname: perf_file
+            .hostname()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned(),
+        kernel: perf_file
+            .os_release()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned(),
+        cpu_vendor: cpu_id.split(',').next().unwrap_or_default().to_owned(),
+        cpu_model: perf_file
+            .cpu_desc()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned(),
+        pmu: if hardware { "cpu" } else { "software" }.to_owned(),
+        lbr_depth: 0,
+        lbr_format: None,
+    };
+    let start_ns = perf_file
+        .sample_time_range()
+        .ok()
+        .flatten()
+        .map_or(0, |r| r.first_sample_time);
+    Header {
+        writer: format!(
+            "perf {}",
+            perf_file.perf_version().ok().flatten().unwrap_or("?")
+        ),
+        start_unix: 0,
+        start_monotonic_ns: start_ns,
+        host,
+        sampling: SamplingConfig {
+            event,
+            event_reason: "imported from perf.data".to_owned(),
+            frequency,
+            period,
+            branch_stacks: sample_type & abi::PERF_SAMPLE_BRANCH_STACK != 0,
+            call_graph: call_graph.to_owned(),
+        },
+        target: Target::PerfData {
+            path: path.display().to_string(),
+        },
+    }
+}
+
+/// perf's name for an event without an `EVENT_DESC` name (old or truncated files).
+fn event_type_name(t: &PerfEventType) -> String {
+    use reader::{HardwareEventId as H, SoftwareCounterType as S};
+    match t {
+        PerfEventType::Hardware(id, _) => match id {
+            H::CpuCycles => "cycles".to_owned(),
+            H::Instructions => "instructions".to_owned(),
+            H::CacheReferences => "cache-references".to_owned(),
+            H::CacheMisses => "cache-misses".to_owned(),
+            H::BranchInstructions => "branches".to_owned(),
+            H::BranchMisses => "branch-misses".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        },
+        PerfEventType::Software(id) => match id {
+            S::CpuClock => "cpu-clock".to_owned(),
+            S::TaskClock => "task-clock".to_owned(),
+            S::PageFaults => "page-faults".to_owned(),
+            S::ContextSwitches => "context-switches".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        },
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn cpu_mode(m: reader::CpuMode) -> CpuMode {
+    match m {
+        reader::CpuMode::Kernel => CpuMode::Kernel,
+        reader::CpuMode::User => CpuMode::User,
+        reader::CpuMode::Hypervisor => CpuMode::Hypervisor,
+        reader::CpuMode::GuestKernel => CpuMode::GuestKernel,
+        reader::CpuMode::GuestUser => CpuMode::GuestUser,
+        _ => CpuMode::Unknown,
+    }
+}
+
+fn record_name(t: RecordType) -> &'static str {
+    match t {
+        RecordType::SAMPLE => "SAMPLE",
+        RecordType::MMAP => "MMAP",
+        RecordType::MMAP2 => "MMAP2",
+        RecordType::COMM => "COMM",
+        RecordType::FORK => "FORK",
+        RecordType::EXIT => "EXIT",
+        RecordType::LOST => "LOST",
+        RecordType::THROTTLE => "THROTTLE",
+        _ => "perf",
+    }
+}
+
+fn convert(
+    raw: &RawEventRecord<'_>,
+    index: u64,
+    build_ids: &HashMap<Vec<u8>, Vec<u8>>,
+    stats: &mut ImportStats,
+) -> Result<Option<Event>, PerfDataError> {
+    let body_err = |source| PerfDataError::RecordBody {
+        kind: record_name(raw.record_type),
+        index,
+        source,
+    };
+    if raw.record_type == RecordType::SAMPLE {
+        let bytes = raw.data.as_slice();
+        let sample = decode_sample(
+            &bytes,
+            raw.parse_info.endian,
+            SampleLayout {
+                sample_type: raw.parse_info.sample_format.bits(),
+                read_format: raw.parse_info.read_format.bits(),
+                branch_sample_type: raw.parse_info.branch_sample_format.bits(),
+            },
+            cpu_mode(reader::CpuMode::from_misc(raw.misc)),
+        )
+        .map_err(|what| PerfDataError::Sample { index, what })?;
+        stats.samples += 1;
+        stats.branch_entries += sample.branches.len() as u64;
+        return Ok(Some(Event::Sample(sample)));
+    }
+    let time_ns = raw.timestamp().unwrap_or(0);
+    let parsed = match raw.record_type {
+        RecordType::MMAP
+        | RecordType::MMAP2
+        | RecordType::COMM
+        | RecordType::FORK
+        | RecordType::EXIT
+        | RecordType::LOST
+        | RecordType::THROTTLE => {
+            if raw.record_type == RecordType::MMAP2
+                && raw.misc & abi::PERF_RECORD_MISC_MMAP_BUILD_ID != 0
+            {
+                // The parser asserts on this length; check it first so bad input is an
+                // error, not a panic. Layout: pid, tid (u32), addr, len, pgoff (u64), then
+                // the build-id length byte.
+                let body = raw.data.as_slice();
+                if body.get(32).is_none_or(|&n| n > 20) {
+                    return Err(body_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "MMAP2 build-id longer than 20 bytes",
+                    )));
+                }
+            }
+            raw.parse().map_err(body_err)?
+        }
+        _ => {
+            stats.skipped_records += 1;
+            return Ok(None);
+        }
+    };
+    let ev = match parsed {
+        EventRecord::Mmap(m) => {
+            if !m.is_executable {
+                return Ok(None);
+            }
+            let path = m.path.as_slice().into_owned();
+            let build_id = build_ids.get(&path).cloned();
+            mapping(
+                time_ns,
+                m.pid,
+                m.address,
+                m.length,
+                m.page_offset,
+                cpu_mode(m.cpu_mode),
+                path,
+                build_id,
+            )
+        }
+        EventRecord::Mmap2(m) => {
+            const PROT_EXEC: u32 = 4;
+            if m.protection & PROT_EXEC == 0 {
+                return Ok(None);
+            }
+            let path = m.path.as_slice().into_owned();
+            let build_id = match m.file_id {
+                Mmap2FileId::BuildId(id) if raw.misc & abi::PERF_RECORD_MISC_MMAP_BUILD_ID != 0 => {
+                    Some(id)
+                }
+                _ => build_ids.get(&path).cloned(),
+            };
+            mapping(
+                time_ns,
+                m.pid,
+                m.address,
+                m.length,
+                m.page_offset,
+                cpu_mode(m.cpu_mode),
+                path,
+                build_id,
+            )
+        }
+        EventRecord::Comm(c) => Event::Task(TaskEvent::Comm {
+            time_ns,
+            pid: c.pid as u32,
+            tid: c.tid as u32,
+            comm: String::from_utf8_lossy(&c.name.as_slice()).into_owned(),
+        }),
+        EventRecord::Fork(f) => Event::Task(TaskEvent::Fork {
+            time_ns: f.timestamp,
+            pid: f.pid as u32,
+            tid: f.tid as u32,
+            ppid: f.ppid as u32,
+            ptid: f.ptid as u32,
+        }),
+        EventRecord::Exit(f) => Event::Task(TaskEvent::Exit {
+            time_ns: f.timestamp,
+            pid: f.pid as u32,
+            tid: f.tid as u32,
+        }),
+        EventRecord::Lost(l) => Event::Loss(Loss {
+            time_ns,
+            kind: LossKind::RingBuffer,
+            count: l.count,
+            tid: None,
+        }),
+        EventRecord::Throttle(t) => Event::Loss(Loss {
+            time_ns: t.timestamp,
+            kind: LossKind::Throttled,
+            count: 1,
+            tid: None,
+        }),
+        _ => {
+            stats.skipped_records += 1;
+            return Ok(None);
+        }
+    };
+    if matches!(ev, Event::Mapping(_)) {
+        stats.mappings += 1;
+    }
+    Ok(Some(ev))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mapping(
+    time_ns: u64,
+    pid: i32,
+    start: u64,
+    len: u64,
+    pgoff: u64,
+    mode: CpuMode,
+    path: Vec<u8>,
+    build_id: Option<Vec<u8>>,
+) -> Event {
+    let space = match mode {
+        CpuMode::GuestKernel | CpuMode::GuestUser => AddressSpace::Guest {
+            vm: pid.max(0) as u32,
+        },
+        CpuMode::Kernel => AddressSpace::HostKernel,
+        _ if pid == -1 => AddressSpace::HostKernel,
+        _ => AddressSpace::HostUser,
+    };
+    Event::Mapping(Mapping {
+        time_ns,
+        space,
+        pid: pid as u32,
+        start,
+        len,
+        pgoff,
+        path: String::from_utf8_lossy(&path).into_owned(),
+        build_id,
+    })
+}
+
+/// What a sample record contains, from its event attribute.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleLayout {
+    /// `perf_event_attr.sample_type`.
+    pub sample_type: u64,
+    /// `perf_event_attr.read_format`.
+    pub read_format: u64,
+    /// `perf_event_attr.branch_sample_type`.
+    pub branch_sample_type: u64,
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    le: bool,
+}
+
+impl Cursor<'_> {
+    fn u64(&mut self, what: &'static str) -> Result<u64, &'static str> {
+        let (head, rest) = self.buf.split_first_chunk::<8>().ok_or(what)?;
+        self.buf = rest;
+        Ok(if self.le {
+            u64::from_le_bytes(*head)
+        } else {
+            u64::from_be_bytes(*head)
+        })
+    }
+    fn u32_pair(&mut self, what: &'static str) -> Result<(u32, u32), &'static str> {
+        let (head, rest) = self.buf.split_first_chunk::<8>().ok_or(what)?;
+        self.buf = rest;
+        let a: [u8; 4] = [head[0], head[1], head[2], head[3]];
+        let b: [u8; 4] = [head[4], head[5], head[6], head[7]];
+        Ok(if self.le {
+            (u32::from_le_bytes(a), u32::from_le_bytes(b))
+        } else {
+            (u32::from_be_bytes(a), u32::from_be_bytes(b))
+        })
+    }
+    fn skip(&mut self, n: u64, what: &'static str) -> Result<(), &'static str> {
+        let n = usize::try_from(n).map_err(|_| what)?;
+        if n > self.buf.len() {
+            return Err(what);
+        }
+        self.buf = &self.buf[n..];
+        Ok(())
+    }
+}
+
+/// The `PERF_BR_*` branch type as a model [`BranchKind`].
+pub fn branch_kind(perf_br: u64) -> BranchKind {
+    match perf_br {
+        abi::PERF_BR_COND => BranchKind::Cond,
+        abi::PERF_BR_UNCOND => BranchKind::Uncond,
+        abi::PERF_BR_IND => BranchKind::IndJump,
+        abi::PERF_BR_CALL | abi::PERF_BR_COND_CALL => BranchKind::Call,
+        abi::PERF_BR_IND_CALL => BranchKind::IndCall,
+        abi::PERF_BR_RET | abi::PERF_BR_COND_RET => BranchKind::Ret,
+        abi::PERF_BR_SYSCALL => BranchKind::Syscall,
+        abi::PERF_BR_SYSRET => BranchKind::Sysret,
+        abi::PERF_BR_ERET => BranchKind::Eret,
+        abi::PERF_BR_IRQ => BranchKind::Irq,
+        abi::PERF_BR_SERROR => BranchKind::Exception,
+        abi::PERF_BR_UNKNOWN | abi::PERF_BR_NO_TX => BranchKind::Unknown,
+        _ => BranchKind::Unknown,
+    }
+}
+
+/// Decodes a `perf_branch_entry.flags` word (little-endian bit-field layout).
+pub fn branch_flags(word: u64) -> BranchFlags {
+    BranchFlags {
+        mispred: word & abi::PERF_BRANCH_MISPRED != 0,
+        predicted: word & abi::PERF_BRANCH_PREDICTED != 0,
+        in_tx: word & abi::PERF_BRANCH_IN_TX != 0,
+        abort: word & abi::PERF_BRANCH_ABORT != 0,
+        cycles: ((word >> abi::PERF_BRANCH_CYCLES_SHIFT) & abi::PERF_BRANCH_CYCLES_MASK) as u16,
+        kind: branch_kind((word >> abi::PERF_BRANCH_TYPE_SHIFT) & abi::PERF_BRANCH_TYPE_MASK),
+    }
+}
+
+/// Turns a raw callchain into frames: context markers set the mode of the frames after
+/// them and are dropped.
+pub fn callchain_frames(raw: impl IntoIterator<Item = u64>, sample_mode: CpuMode) -> Vec<Frame> {
+    let mut mode = sample_mode;
+    let mut guest = sample_mode.is_guest();
+    let mut frames = Vec::new();
+    for v in raw {
+        if v >= abi::PERF_CONTEXT_MAX {
+            mode = match v {
+                abi::PERF_CONTEXT_HV => CpuMode::Hypervisor,
+                abi::PERF_CONTEXT_KERNEL if guest => CpuMode::GuestKernel,
+                abi::PERF_CONTEXT_KERNEL => CpuMode::Kernel,
+                abi::PERF_CONTEXT_USER if guest => CpuMode::GuestUser,
+                abi::PERF_CONTEXT_USER => CpuMode::User,
+                abi::PERF_CONTEXT_GUEST => {
+                    guest = true;
+                    mode
+                }
+                abi::PERF_CONTEXT_GUEST_KERNEL => {
+                    guest = true;
+                    CpuMode::GuestKernel
+                }
+                abi::PERF_CONTEXT_GUEST_USER => {
+                    guest = true;
+                    CpuMode::GuestUser
+                }
+                _ => mode,
+            };
+            continue;
+        }
+        frames.push(Frame { addr: v, mode });
+    }
+    frames
+}
+
+/// Decodes a `PERF_RECORD_SAMPLE` body up to and including its branch stack (the
+/// fields after it are not used by the model). Never panics; a body shorter than its
+/// layout says gives an error naming the missing field.
+pub fn decode_sample(
+    body: &[u8],
+    endian: Endianness,
+    layout: SampleLayout,
+    mode: CpuMode,
+) -> Result<HostSample, &'static str> {
+    use abi::*;
+    let st = layout.sample_type;
+    let mut c = Cursor {
+        buf: body,
+        le: endian == Endianness::LittleEndian,
+    };
+    let mut s = HostSample {
+        mode,
+        period: 1,
+        ..HostSample::default()
+    };
+    if st & PERF_SAMPLE_IDENTIFIER != 0 {
+        c.u64("sample id truncated")?;
+    }
+    if st & PERF_SAMPLE_IP != 0 {
+        s.ip = c.u64("ip truncated")?;
+    }
+    if st & PERF_SAMPLE_TID != 0 {
+        let (pid, tid) = c.u32_pair("pid/tid truncated")?;
+        s.pid = pid;
+        s.tid = tid;
+    }
+    if st & PERF_SAMPLE_TIME != 0 {
+        s.time_ns = c.u64("time truncated")?;
+    }
+    if st & PERF_SAMPLE_ADDR != 0 {
+        c.u64("addr truncated")?;
+    }
+    if st & PERF_SAMPLE_ID != 0 {
+        c.u64("id truncated")?;
+    }
+    if st & PERF_SAMPLE_STREAM_ID != 0 {
+        c.u64("stream id truncated")?;
+    }
+    if st & PERF_SAMPLE_CPU != 0 {
+        s.cpu = c.u32_pair("cpu truncated")?.0;
+    }
+    if st & PERF_SAMPLE_PERIOD != 0 {
+        s.period = c.u64("period truncated")?;
+    }
+    if st & PERF_SAMPLE_READ != 0 {
+        let rf = layout.read_format;
+        let per_value =
+            1 + u64::from(rf & PERF_FORMAT_ID != 0) + u64::from(rf & PERF_FORMAT_LOST != 0);
+        let times = u64::from(rf & PERF_FORMAT_TOTAL_TIME_ENABLED != 0)
+            + u64::from(rf & PERF_FORMAT_TOTAL_TIME_RUNNING != 0);
+        if rf & PERF_FORMAT_GROUP != 0 {
+            let nr = c.u64("read group truncated")?;
+            let words = nr
+                .checked_mul(per_value)
+                .and_then(|w| w.checked_add(times))
+                .and_then(|w| w.checked_mul(8))
+                .ok_or("read group too large")?;
+            c.skip(words, "read group truncated")?;
+        } else {
+            c.skip((per_value + times) * 8, "read value truncated")?;
+        }
+    }
+    if st & PERF_SAMPLE_CALLCHAIN != 0 {
+        let nr = c.u64("callchain length truncated")?;
+        let bytes = nr.checked_mul(8).ok_or("callchain too long")?;
+        let n = usize::try_from(bytes).map_err(|_| "callchain too long")?;
+        if n > c.buf.len() {
+            return Err("callchain truncated");
+        }
+        let (chain, rest) = c.buf.split_at(n);
+        c.buf = rest;
+        let le = c.le;
+        let raw = chain.chunks_exact(8).map(|w| {
+            let a: [u8; 8] = w.try_into().unwrap_or_default();
+            if le {
+                u64::from_le_bytes(a)
+            } else {
+                u64::from_be_bytes(a)
+            }
+        });
+        s.callchain = callchain_frames(raw, mode);
+    }
+    if st & PERF_SAMPLE_RAW != 0 {
+        // `u32 size; char data[size];` — the u32 pair read takes the size and the
+        // first 4 bytes of the data.
+        let (size, _) = c.u32_pair("raw size truncated")?;
+        c.skip(u64::from(size).saturating_sub(4), "raw data truncated")?;
+    }
+    if st & PERF_SAMPLE_BRANCH_STACK != 0 {
+        let nr = c.u64("branch stack length truncated")?;
+        if layout.branch_sample_type & PERF_SAMPLE_BRANCH_HW_INDEX != 0 {
+            s.branch_hw_index = Some(c.u64("branch hw_index truncated")?);
+        }
+        if nr.checked_mul(24).is_none_or(|b| b > c.buf.len() as u64) {
+            return Err("branch stack truncated");
+        }
+        s.branches.reserve(nr as usize);
+        for _ in 0..nr {
+            let from = c.u64("branch truncated")?;
+            let to = c.u64("branch truncated")?;
+            let flags = branch_flags(c.u64("branch truncated")?);
+            s.branches.push(Branch { from, to, flags });
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(ws: &[u64]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn decodes_ip_tid_callchain_and_branches() {
+        use abi::*;
+        let layout = SampleLayout {
+            sample_type: PERF_SAMPLE_IP
+                | PERF_SAMPLE_TID
+                | PERF_SAMPLE_TIME
+                | PERF_SAMPLE_PERIOD
+                | PERF_SAMPLE_CALLCHAIN
+                | PERF_SAMPLE_BRANCH_STACK,
+            read_format: 0,
+            branch_sample_type: PERF_SAMPLE_BRANCH_HW_INDEX,
+        };
+        let flags = PERF_BRANCH_MISPRED | (37 << PERF_BRANCH_CYCLES_SHIFT) | (PERF_BR_COND << 20);
+        let body = words(&[
+            0xffff_ffff_8100_0000,
+            (7u64 << 32) | 5, // pid 5, tid 7 (little-endian u32 pair)
+            1000,
+            4000,
+            4,
+            PERF_CONTEXT_KERNEL,
+            0xffff_ffff_8100_0000,
+            PERF_CONTEXT_USER,
+            0x401000,
+            2,
+            9,
+            0x401000,
+            0x401020,
+            flags,
+            0x401030,
+            0x401040,
+            0,
+        ]);
+        let s = decode_sample(&body, Endianness::LittleEndian, layout, CpuMode::Kernel).unwrap();
+        assert_eq!((s.pid, s.tid, s.time_ns, s.period), (5, 7, 1000, 4000));
+        assert_eq!(
+            s.callchain,
+            vec![
+                Frame {
+                    addr: 0xffff_ffff_8100_0000,
+                    mode: CpuMode::Kernel
+                },
+                Frame {
+                    addr: 0x401000,
+                    mode: CpuMode::User
+                }
+            ]
+        );
+        assert_eq!(s.branch_hw_index, Some(9));
+        assert_eq!(s.branches.len(), 2);
+        assert!(s.branches[0].flags.mispred);
+        assert_eq!(s.branches[0].flags.cycles, 37);
+        assert_eq!(s.branches[0].flags.kind, BranchKind::Cond);
+        assert!(!s.branches[1].flags.mispred);
+    }
+
+    #[test]
+    fn guest_context_markers_give_guest_modes() {
+        use abi::*;
+        let frames = callchain_frames(
+            [
+                PERF_CONTEXT_GUEST,
+                PERF_CONTEXT_GUEST_KERNEL,
+                0xffff_8000,
+                PERF_CONTEXT_GUEST_USER,
+                0x1000,
+            ],
+            CpuMode::GuestKernel,
+        );
+        assert_eq!(frames[0].mode, CpuMode::GuestKernel);
+        assert_eq!(frames[1].mode, CpuMode::GuestUser);
+    }
+
+    #[test]
+    fn short_bodies_are_errors_not_panics() {
+        let layout = SampleLayout {
+            sample_type: abi::PERF_SAMPLE_IP
+                | abi::PERF_SAMPLE_CALLCHAIN
+                | abi::PERF_SAMPLE_BRANCH_STACK,
+            ..SampleLayout::default()
+        };
+        let full = words(&[1, 1, 2, 1, 0x10, 0x20, 0]);
+        for n in 0..full.len() {
+            assert!(
+                decode_sample(&full[..n], Endianness::LittleEndian, layout, CpuMode::User).is_err()
+            );
+        }
+        assert!(decode_sample(&full, Endianness::LittleEndian, layout, CpuMode::User).is_ok());
+        // A huge declared length does not allocate or panic.
+        let huge = words(&[1, u64::MAX / 4]);
+        assert!(decode_sample(&huge, Endianness::LittleEndian, layout, CpuMode::User).is_err());
+    }
+
+    /// A small in-process fuzz: bit flips and truncations of a real file are errors or
+    /// warnings, never panics (the fuzz target does this at scale).
+    #[test]
+    fn corrupted_files_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/perfdata/perf.data.branch-4.14");
+        let Ok(orig) = std::fs::read(&dir) else {
+            eprintln!("skipped: fixture {} is not there", dir.display());
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.data");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..300 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = orig.clone();
+            if round % 3 == 0 {
+                bytes.truncate((state as usize) % orig.len());
+            } else {
+                for k in 0..4 {
+                    let at = ((state >> (k * 16)) as usize) % bytes.len();
+                    bytes[at] ^= 1 << (k + round % 5);
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(r) = PerfDataReader::open(&path) {
+                for ev in r.take(100_000) {
+                    if ev.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_group_is_skipped_correctly() {
+        let layout = SampleLayout {
+            sample_type: abi::PERF_SAMPLE_READ | abi::PERF_SAMPLE_CALLCHAIN,
+            read_format: abi::PERF_FORMAT_GROUP | abi::PERF_FORMAT_ID,
+            branch_sample_type: 0,
+        };
+        // nr=2, {value,id} x2, then callchain of one frame.
+        let body = words(&[2, 10, 1, 20, 2, 1, 0x1234]);
+        let s = decode_sample(&body, Endianness::LittleEndian, layout, CpuMode::User).unwrap();
+        assert_eq!(s.callchain.len(), 1);
+        assert_eq!(s.callchain[0].addr, 0x1234);
+    }
+}

@@ -1,0 +1,561 @@
+//! Stage one of a report: the event stream folded into counts keyed by code location.
+//!
+//! [`Aggregator`] consumes [`Event`]s in stream order (mappings must be seen before the
+//! samples that use them) and keeps only what grows with the *variety* of the data, never
+//! with its length: one entry per unique stack, per unique branch edge and per unique
+//! fall-through range. Host samples and guest LBR snapshots go through the same branch
+//! path ([`Aggregator::add_branches`]), so guest branches land in the same tables.
+//!
+//! [`aggregate_events`] runs the reading/decoding of the input on one thread and the
+//! aggregation on another, so both cores work on a large file.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::mpsc;
+
+use lbrprof_collector::model::{
+    Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent,
+};
+
+use crate::lbr::snapshot_branches;
+use crate::loc::{AddressSpaces, Loc, ModuleTable};
+
+/// A deterministic fast hasher for the aggregation maps (keys are our own integers).
+#[derive(Clone, Default)]
+pub struct FastHash;
+
+impl BuildHasher for FastHash {
+    type Hasher = ahash::AHasher;
+    fn build_hasher(&self) -> ahash::AHasher {
+        ahash::RandomState::with_seeds(0x6c62, 0x7270, 0x726f, 0x6621).build_hasher()
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, FastHash>;
+
+/// Which samples to keep (`perf report --pid/--tid/--comms/--dsos`). Empty = keep all.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pids: Vec<u32>,
+    pub tids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// Module paths or file names; matches the module of the sampled IP.
+    pub dsos: Vec<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+            && self.tids.is_empty()
+            && self.comms.is_empty()
+            && self.dsos.is_empty()
+    }
+}
+
+/// Sample and weight counts of one stack or function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub samples: u64,
+    /// Sum of sample periods (the event count the samples stand for).
+    pub weight: u64,
+}
+
+impl Count {
+    fn add(&mut self, weight: u64) {
+        self.samples += 1;
+        self.weight += weight;
+    }
+}
+
+/// Everything the LBR says about one `from → to` edge, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeCounts {
+    pub count: u64,
+    pub mispred: u64,
+    pub predicted: u64,
+    pub in_tx: u64,
+    pub abort: u64,
+    /// Sum of non-zero cycle counts, and how many entries had one.
+    pub cycles_sum: u64,
+    pub cycles_n: u64,
+    pub kind: BranchKind,
+}
+
+/// Totals over the whole (filtered) stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub samples: u64,
+    pub weight: u64,
+    pub snapshots: u64,
+    pub branch_entries: u64,
+    /// Samples with at least one branch entry.
+    pub samples_with_branches: u64,
+    pub max_branch_depth: u64,
+    pub lost: u64,
+    pub throttled: u64,
+    pub frozen: u64,
+    pub channel_full: u64,
+    /// Samples dropped by the filter.
+    pub filtered_out: u64,
+    pub guest_samples: u64,
+    pub first_time_ns: Option<u64>,
+    pub last_time_ns: u64,
+}
+
+/// The aggregate of a recording, keyed by [`Loc`]. Stacks are innermost frame first.
+#[derive(Debug, Default)]
+pub struct Profile {
+    pub spaces: AddressSpaces,
+    pub totals: Totals,
+    pub stacks: FastMap<Vec<Loc>, Count>,
+    /// Stacks rebuilt from LBR call-stack data (and guest frame-pointer walks).
+    pub lbr_stacks: FastMap<Vec<Loc>, Count>,
+    pub edges: FastMap<(Loc, Loc), EdgeCounts>,
+    /// Fall-through ranges `[start, end]` (both inclusive instruction addresses).
+    pub ranges: FastMap<(Loc, Loc), u64>,
+    /// Per sampled IP (the `no_lbr` BOLT profile and `--dso` checks).
+    pub ips: FastMap<Loc, Count>,
+    pub comms: HashMap<u32, String>,
+}
+
+/// How the aggregator treats the stream.
+#[derive(Clone, Debug, Default)]
+pub struct AggregateOptions {
+    pub filter: Filter,
+    /// The branch stacks are LBR call stacks (`--call-graph lbr`): each entry's `from`
+    /// is a call site, which gives the stacks of `flamegraph --branches`.
+    pub lbr_call_stack: bool,
+    /// Weight of one guest snapshot in the stack tables (the sampling period).
+    pub snapshot_weight: u64,
+}
+
+/// Longest fall-through range we believe (longer ones cross a missing entry).
+const MAX_RANGE_BYTES: u64 = 1 << 16;
+
+pub struct Aggregator {
+    opts: AggregateOptions,
+    profile: Profile,
+    stack_buf: Vec<Loc>,
+}
+
+impl Aggregator {
+    pub fn new(opts: AggregateOptions) -> Self {
+        Aggregator {
+            opts,
+            profile: Profile::default(),
+            stack_buf: Vec::new(),
+        }
+    }
+
+    pub fn finish(self) -> Profile {
+        self.profile
+    }
+
+    pub fn add(&mut self, event: &Event) {
+        match event {
+            Event::Mapping(m) => self.profile.spaces.add_mapping(m),
+            Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
+                self.profile.comms.insert(*tid, comm.clone());
+            }
+            Event::Task(TaskEvent::Fork {
+                pid,
+                ppid,
+                tid,
+                ptid,
+                ..
+            }) => {
+                if pid != ppid {
+                    self.profile.spaces.fork(*ppid, *pid);
+                }
+                if let Some(c) = self.profile.comms.get(ptid).cloned() {
+                    self.profile.comms.entry(*tid).or_insert(c);
+                }
+            }
+            // vCPU threads and shim accounting feed pairing and the host-cost tables of
+            // `record --vm` reports, not the histograms built here.
+            Event::Task(TaskEvent::Exit { .. }) | Event::Vcpu(_) | Event::VcpuStats(_) => {}
+            Event::Sample(s) => self.add_sample(s),
+            Event::Snapshot(snap) => self.add_snapshot(snap),
+            Event::Loss(l) => {
+                let t = &mut self.profile.totals;
+                match l.kind {
+                    LossKind::RingBuffer => t.lost += l.count,
+                    LossKind::Throttled => t.throttled += l.count,
+                    LossKind::ChannelFull => t.channel_full += l.count,
+                    LossKind::Frozen => t.frozen += l.count,
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, s: &HostSample, ip: Loc) -> bool {
+        let f = &self.opts.filter;
+        if f.is_empty() {
+            return true;
+        }
+        if !f.pids.is_empty() && !f.pids.contains(&s.pid) {
+            return false;
+        }
+        if !f.tids.is_empty() && !f.tids.contains(&s.tid) {
+            return false;
+        }
+        if !f.comms.is_empty() {
+            let comm = self.profile.comms.get(&s.tid).map(String::as_str);
+            if !comm.is_some_and(|c| f.comms.iter().any(|x| x == c)) {
+                return false;
+            }
+        }
+        if !f.dsos.is_empty() {
+            let m = self.profile.spaces.modules.get(ip.module);
+            if !f.dsos.iter().any(|d| *d == m.path || d == m.short_name()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn note_time(&mut self, t: u64) {
+        let tot = &mut self.profile.totals;
+        if tot.first_time_ns.is_none_or(|f| t < f) {
+            tot.first_time_ns = Some(t);
+        }
+        tot.last_time_ns = tot.last_time_ns.max(t);
+    }
+
+    pub fn add_sample(&mut self, s: &HostSample) {
+        let spaces = &mut self.profile.spaces;
+        let ip = spaces.resolve(s.pid, s.ip, s.mode);
+        if !self.keep(s, ip) {
+            self.profile.totals.filtered_out += 1;
+            return;
+        }
+        self.note_time(s.time_ns);
+        let weight = s.period;
+        let t = &mut self.profile.totals;
+        t.samples += 1;
+        t.weight += weight;
+        if s.mode.is_guest() {
+            t.guest_samples += 1;
+        }
+        self.profile.ips.entry(ip).or_default().add(weight);
+
+        let spaces = &mut self.profile.spaces;
+        let mut stack = std::mem::take(&mut self.stack_buf);
+        stack.clear();
+        if s.callchain.is_empty() {
+            stack.push(ip);
+        } else {
+            stack.extend(
+                s.callchain
+                    .iter()
+                    .map(|f| spaces.resolve(s.pid, f.addr, f.mode)),
+            );
+        }
+        bump(&mut self.profile.stacks, &stack, weight);
+
+        if !s.branches.is_empty() {
+            let mode = branch_mode(s.mode);
+            if self.opts.lbr_call_stack {
+                stack.clear();
+                stack.push(ip);
+                stack.extend(
+                    s.branches
+                        .iter()
+                        .map(|b| spaces.resolve(s.pid, b.from, mode)),
+                );
+                bump(&mut self.profile.lbr_stacks, &stack, weight);
+            }
+            let pid = s.pid;
+            self.add_branches(&s.branches, |sp, a| sp.resolve(pid, a, mode));
+        }
+        self.stack_buf = stack;
+    }
+
+    pub fn add_snapshot(&mut self, snap: &lbrprof_collector::model::LbrSnapshot) {
+        if !self.opts.filter.is_empty() {
+            self.profile.totals.filtered_out += 1;
+            return;
+        }
+        self.note_time(snap.host_time_ns);
+        let weight = self.opts.snapshot_weight.max(1);
+        self.profile.totals.snapshots += 1;
+        self.profile.totals.frozen += snap.frozen_events;
+        let spaces = &mut self.profile.spaces;
+        let mut stack = std::mem::take(&mut self.stack_buf);
+        stack.clear();
+        stack.push(spaces.resolve_guest(0, snap.guest_ip));
+        stack.extend(snap.guest_stack.iter().map(|&a| spaces.resolve_guest(0, a)));
+        stack.push(Loc {
+            module: ModuleTable::GUEST_ROOT,
+            offset: u64::from(snap.vcpu),
+        });
+        bump(&mut self.profile.stacks, &stack, weight);
+        bump(&mut self.profile.lbr_stacks, &stack, weight);
+        self.stack_buf = stack;
+        let branches = snapshot_branches(snap);
+        self.add_branches(&branches, |sp, a| sp.resolve_guest(0, a));
+    }
+
+    /// Adds one branch stack (newest first): its edges, and the fall-through ranges
+    /// between consecutive entries (`[to of older entry, from of newer entry]`).
+    pub fn add_branches(
+        &mut self,
+        branches: &[Branch],
+        mut resolve: impl FnMut(&mut AddressSpaces, u64) -> Loc,
+    ) {
+        let p = &mut self.profile;
+        let n = branches.len() as u64;
+        p.totals.branch_entries += n;
+        p.totals.samples_with_branches += u64::from(n > 0);
+        p.totals.max_branch_depth = p.totals.max_branch_depth.max(n);
+        let mut newer_from: Option<(Loc, u64)> = None;
+        for b in branches {
+            let from = resolve(&mut p.spaces, b.from);
+            let to = resolve(&mut p.spaces, b.to);
+            let e = p.edges.entry((from, to)).or_default();
+            e.count += 1;
+            e.mispred += u64::from(b.flags.mispred);
+            e.predicted += u64::from(b.flags.predicted);
+            e.in_tx += u64::from(b.flags.in_tx);
+            e.abort += u64::from(b.flags.abort);
+            if b.flags.cycles != 0 {
+                e.cycles_sum += u64::from(b.flags.cycles);
+                e.cycles_n += 1;
+            }
+            if e.kind == BranchKind::Unknown {
+                e.kind = b.flags.kind;
+            }
+            if let Some((nf, nf_addr)) = newer_from
+                && nf.module == to.module
+                && b.to != 0
+                && b.to <= nf_addr
+                && nf_addr - b.to < MAX_RANGE_BYTES
+            {
+                *p.ranges.entry((to, nf)).or_default() += 1;
+            }
+            newer_from = (b.from != 0).then_some((from, b.from));
+        }
+    }
+}
+
+fn bump(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], weight: u64) {
+    if let Some(c) = map.get_mut(key) {
+        c.add(weight);
+    } else {
+        let mut c = Count::default();
+        c.add(weight);
+        map.insert(key.to_vec(), c);
+    }
+}
+
+/// The mode to resolve branch addresses in: a host sample's branches may be in the
+/// kernel or in user space, whatever the sample's own mode (decided by address).
+fn branch_mode(sample_mode: CpuMode) -> CpuMode {
+    if sample_mode.is_guest() {
+        CpuMode::GuestUser
+    } else {
+        CpuMode::Unknown
+    }
+}
+
+/// Aggregates a stream, reading it on a second thread (decode and aggregate overlap).
+/// Stops at the first error and returns it with what was aggregated so far.
+pub fn aggregate_events<I, E>(events: I, opts: AggregateOptions) -> (Profile, Option<E>)
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Send,
+{
+    const BATCH: usize = 2048;
+    let mut agg = Aggregator::new(opts);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Event>>(8);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<Event>>();
+    let err = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            for ev in events {
+                match ev {
+                    Ok(ev) => {
+                        batch.push(ev);
+                        if batch.len() == BATCH {
+                            let next = back_rx
+                                .try_recv()
+                                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                            if tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                                return None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(batch);
+                        return Some(e);
+                    }
+                }
+            }
+            let _ = tx.send(batch);
+            None
+        });
+        for mut batch in rx {
+            for ev in &batch {
+                agg.add(ev);
+            }
+            batch.clear();
+            let _ = back_tx.send(batch);
+        }
+        producer.join().unwrap_or(None)
+    });
+    (agg.finish(), err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lbr::tests::snapshot;
+    use lbrprof_collector::model::{AddressSpace, BranchFlags, Frame, Mapping};
+
+    fn mapping() -> Event {
+        Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid: 1,
+            start: 0x400000,
+            len: 0x10000,
+            pgoff: 0,
+            path: "/bin/w".into(),
+            build_id: None,
+        })
+    }
+
+    fn br(from: u64, to: u64) -> Branch {
+        Branch {
+            from,
+            to,
+            flags: BranchFlags {
+                mispred: from == 0x400100,
+                cycles: 4,
+                ..BranchFlags::default()
+            },
+        }
+    }
+
+    #[test]
+    fn samples_give_stacks_edges_and_ranges() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&mapping());
+        let s = HostSample {
+            pid: 1,
+            tid: 1,
+            period: 10,
+            ip: 0x400050,
+            mode: CpuMode::User,
+            callchain: vec![
+                Frame {
+                    addr: 0x400050,
+                    mode: CpuMode::User,
+                },
+                Frame {
+                    addr: 0x400200,
+                    mode: CpuMode::User,
+                },
+            ],
+            // newest first: 0x400100->0x400040 then (older) 0x400020->0x400080
+            branches: vec![br(0x400100, 0x400040), br(0x400020, 0x400080)],
+            ..HostSample::default()
+        };
+        a.add(&Event::Sample(s.clone()));
+        a.add(&Event::Sample(s));
+        let p = a.finish();
+        assert_eq!(p.totals.samples, 2);
+        assert_eq!(p.totals.weight, 20);
+        assert_eq!(p.totals.branch_entries, 4);
+        assert_eq!(p.stacks.len(), 1);
+        let l = |o| Loc {
+            module: crate::loc::ModuleId(4),
+            offset: o,
+        };
+        let e = p.edges[&(l(0x100), l(0x40))];
+        assert_eq!((e.count, e.mispred, e.cycles_sum), (2, 2, 8));
+        // Range from the older entry's target (0x80) to the newer entry's source (0x100).
+        assert_eq!(p.ranges[&(l(0x80), l(0x100))], 2);
+        assert_eq!(p.ranges.len(), 1);
+    }
+
+    #[test]
+    fn guest_snapshots_feed_the_same_edge_and_range_tables() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&Event::Mapping(Mapping {
+            space: AddressSpace::Guest { vm: 0 },
+            pid: 0,
+            path: "guest.elf".into(),
+            ..match mapping() {
+                Event::Mapping(m) => m,
+                _ => unreachable!(),
+            }
+        }));
+        // Slots in MSR order, TOS = 1: newest is slot 1 (0x400300 -> 0x400010),
+        // older slot 0 (0x400000+0x20 -> 0x400200).
+        let snap = snapshot(
+            1,
+            &[
+                (0x400020, 0x400200, 3),
+                (0x400300, 0x400010, crate::lbr::lbr_info::LBR_INFO_MISPRED),
+            ],
+        );
+        a.add(&Event::Snapshot(snap));
+        let p = a.finish();
+        assert_eq!(p.totals.snapshots, 1);
+        assert_eq!(p.totals.branch_entries, 2);
+        let m = p
+            .spaces
+            .modules
+            .iter()
+            .find(|(_, m)| m.path == "guest.elf")
+            .unwrap()
+            .0;
+        let l = |o| Loc {
+            module: m,
+            offset: o,
+        };
+        assert_eq!(p.edges[&(l(0x300), l(0x10))].mispred, 1);
+        assert_eq!(p.edges[&(l(0x20), l(0x200))].cycles_sum, 3);
+        assert_eq!(p.ranges[&(l(0x200), l(0x300))], 1);
+        // The guest stack ends in the vCPU root frame.
+        let stack = p.stacks.keys().next().unwrap();
+        assert_eq!(stack.last().unwrap().module, ModuleTable::GUEST_ROOT);
+    }
+
+    #[test]
+    fn filters_drop_samples() {
+        let mut a = Aggregator::new(AggregateOptions {
+            filter: Filter {
+                pids: vec![2],
+                ..Filter::default()
+            },
+            ..AggregateOptions::default()
+        });
+        a.add(&Event::Sample(HostSample {
+            pid: 1,
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        assert_eq!((p.totals.samples, p.totals.filtered_out), (0, 1));
+    }
+
+    #[test]
+    fn threaded_aggregation_matches_and_returns_errors() {
+        let evs: Vec<Result<Event, String>> = vec![
+            Ok(mapping()),
+            Ok(Event::Sample(HostSample {
+                pid: 1,
+                ip: 0x400001,
+                mode: CpuMode::User,
+                period: 1,
+                ..HostSample::default()
+            })),
+            Err("boom".into()),
+            Ok(Event::Sample(HostSample::default())),
+        ];
+        let (p, err) = aggregate_events(evs.into_iter(), AggregateOptions::default());
+        assert_eq!(p.totals.samples, 1);
+        assert_eq!(err.as_deref(), Some("boom"));
+    }
+}

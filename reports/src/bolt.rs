@@ -1,0 +1,215 @@
+//! BOLT profile export (`.fdata`, the text format `perf2bolt` writes and
+//! `llvm-bolt -data=FILE` reads).
+//!
+//! With branch stacks, every line is an edge:
+//!
+//! ```text
+//! <is_sym> <from function> <from offset hex> <is_sym> <to function> <to offset hex> <mispredicts> <count>
+//! ```
+//!
+//! Taken branches come from the LBR edges. Fall-throughs are written the way BOLT's own
+//! aggregator turns LBR traces into profile: each conditional branch inside a fall-through
+//! range was *not* taken, which is an edge from that branch to the next instruction
+//! (needs the module's code; ranges in unreadable code are counted and skipped).
+//! A side that is in no known function is written `0 [unknown] 0`.
+//!
+//! Without branch stacks the `no_lbr` form is written: a `no_lbr <event>` line, then
+//! `1 <function> <offset hex> <count>` per sampled instruction.
+//!
+//! Function names are whatever the symbol source gives; for BOLT use mangled names
+//! (a symbolizer with demangling off).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crate::aggregate::Profile;
+use crate::decode::CodeReader;
+use crate::loc::Loc;
+use crate::symbols::SymbolTable;
+
+/// What an export wrote, for the user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BoltStats {
+    pub no_lbr: bool,
+    pub branch_lines: usize,
+    pub fallthrough_lines: usize,
+    /// Edges with neither side in a known function.
+    pub skipped_edges: u64,
+    /// Fall-through ranges whose code could not be read or decoded.
+    pub skipped_ranges: u64,
+}
+
+/// `(function, offset in it)` of a location, when it is in a known function. Function names cannot contain spaces in fdata.
+fn side(syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
+    let s = syms.get(l)?;
+    let f = s.function.as_ref()?;
+    Some((
+        f.replace(char::is_whitespace, "_"),
+        s.function_offset.unwrap_or(0),
+    ))
+}
+
+fn fmt_side(s: &Option<(String, u64)>) -> String {
+    match s {
+        Some((f, off)) => format!("1 {f} {off:x}"),
+        None => "0 [unknown] 0".to_owned(),
+    }
+}
+
+/// Writes the fdata profile of `profile`.
+pub fn write_fdata(
+    profile: &Profile,
+    syms: &SymbolTable,
+    code: &mut CodeReader,
+    event: &str,
+    mut w: impl Write,
+) -> io::Result<BoltStats> {
+    let modules = &profile.spaces.modules;
+    let mut stats = BoltStats::default();
+    if profile.edges.is_empty() {
+        stats.no_lbr = true;
+        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+        for (l, c) in &profile.ips {
+            if let Some(s) = side(syms, l) {
+                *lines.entry(format!("1 {} {:x}", s.0, s.1)).or_default() += c.samples;
+            }
+        }
+        writeln!(w, "no_lbr {}", event.replace(char::is_whitespace, "_"))?;
+        for (l, n) in &lines {
+            writeln!(w, "{l} {n}")?;
+        }
+        stats.branch_lines = lines.len();
+        return Ok(stats);
+    }
+    // (from, to) text -> (mispredicts, count)
+    let mut lines: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for ((from, to), e) in &profile.edges {
+        let (f, t) = (side(syms, from), side(syms, to));
+        if f.is_none() && t.is_none() {
+            stats.skipped_edges += 1;
+            continue;
+        }
+        let v = lines
+            .entry(format!("{} {}", fmt_side(&f), fmt_side(&t)))
+            .or_default();
+        v.0 += e.mispred;
+        v.1 += e.count;
+    }
+    stats.branch_lines = lines.len();
+    let mut ft: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for ((start, end), &count) in &profile.ranges {
+        let Some((func, start_off)) = side(syms, start) else {
+            stats.skipped_ranges += 1;
+            continue;
+        };
+        let Some(conds) = code.not_taken_conditionals(modules, *start, *end) else {
+            stats.skipped_ranges += 1;
+            continue;
+        };
+        for (at, next) in conds {
+            // Offsets relative to the function: the range lies in one function.
+            let a = start_off + (at - start.offset);
+            let n = start_off + (next - start.offset);
+            ft.entry(format!("1 {func} {a:x} 1 {func} {n:x}"))
+                .or_default()
+                .1 += count;
+        }
+    }
+    stats.fallthrough_lines = ft.len();
+    for (k, v) in ft {
+        lines.entry(k).or_default().1 += v.1;
+    }
+    for (l, (m, n)) in &lines {
+        writeln!(w, "{l} {m} {n}")?;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregateOptions, Aggregator};
+    use crate::loc::Module;
+    use crate::symbols::{Sym, SymbolSource};
+    use lbrprof_collector::model::{
+        AddressSpace, Branch, BranchFlags, CpuMode, Event, HostSample, Mapping,
+    };
+
+    /// Names offsets 0x0..0x100 `f`, the rest `g` (each starting at its range's base).
+    struct TwoFunctions;
+    impl SymbolSource for TwoFunctions {
+        fn symbolize(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+            offs.iter()
+                .map(|&o| Sym {
+                    function: Some(if o < 0x100 { "f" } else { "g" }.into()),
+                    function_offset: Some(o % 0x100),
+                    ..Sym::default()
+                })
+                .collect()
+        }
+    }
+
+    fn agg(branches: bool) -> Profile {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid: 1,
+            start: 0x1000,
+            len: 0x1000,
+            pgoff: 0,
+            path: "/nonexistent".into(),
+            build_id: None,
+        }));
+        let br = |from, to, mispred| Branch {
+            from,
+            to,
+            flags: BranchFlags {
+                mispred,
+                ..BranchFlags::default()
+            },
+        };
+        for i in 0..3 {
+            a.add(&Event::Sample(HostSample {
+                pid: 1,
+                period: 1,
+                ip: 0x1010,
+                mode: CpuMode::User,
+                branches: if branches {
+                    vec![br(0x1020, 0x1100, i == 0), br(0x1180, 0x1010, false)]
+                } else {
+                    vec![]
+                },
+                ..HostSample::default()
+            }));
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn writes_branch_lines_with_function_offsets() {
+        let p = agg(true);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let mut out = Vec::new();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "cycles", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "1 f 20 1 g 0 1 3\n1 g 80 1 f 10 0 3\n");
+        assert_eq!(stats.branch_lines, 2);
+        // The range [f+0x10, f+0x20] is in unreadable code: counted, skipped.
+        assert_eq!(stats.skipped_ranges, 1);
+    }
+
+    #[test]
+    fn no_branch_stacks_give_the_no_lbr_form() {
+        let p = agg(false);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let mut out = Vec::new();
+        let stats =
+            write_fdata(&p, &syms, &mut CodeReader::default(), "cpu clock", &mut out).unwrap();
+        assert!(stats.no_lbr);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "no_lbr cpu_clock\n1 f 10 3\n"
+        );
+    }
+}

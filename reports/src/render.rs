@@ -1,0 +1,293 @@
+//! Rendering a [`Report`] as text, Markdown or JSON, and a [`Profile`]'s stacks as folded
+//! lines. Renderers only format: sorting and truncation happen on the [`Report`].
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::aggregate::{Count, FastMap, Profile};
+use crate::loc::Loc;
+use crate::report::{BranchRow, Report};
+use crate::symbols::SymbolTable;
+
+/// The JSON schema identifier and version (see the crate docs for the schema).
+pub const JSON_SCHEMA: &str = "lbrprof-report";
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    schema: &'static str,
+    version: u32,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+/// Writes the report as one JSON document (schema `lbrprof-report`, version 1).
+pub fn json(report: &Report, mut w: impl Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(
+        &mut w,
+        &JsonReport {
+            schema: JSON_SCHEMA,
+            version: JSON_SCHEMA_VERSION,
+            report,
+        },
+    )?;
+    writeln!(w)
+}
+
+fn duration(ns: u64) -> String {
+    format!("{:.3} s", ns as f64 / 1e9)
+}
+
+fn kind_name(k: lbrprof_collector::model::BranchKind) -> &'static str {
+    use lbrprof_collector::model::BranchKind::*;
+    match k {
+        Unknown => "-",
+        Cond => "cond",
+        Uncond => "uncond",
+        IndJump => "ind_jmp",
+        Call => "call",
+        IndCall => "ind_call",
+        Ret => "ret",
+        Syscall => "syscall",
+        Sysret => "sysret",
+        Irq => "irq",
+        Exception => "exception",
+        Eret => "eret",
+        Far => "far",
+    }
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}%"))
+}
+
+fn opt_f(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+fn header_lines(r: &Report) -> Vec<String> {
+    let m = &r.meta;
+    let mut v = vec![
+        format!("source:   {} ({})", m.source, m.path),
+        format!("event:    {}", m.event),
+        format!(
+            "samples:  {} (event count {}), guest snapshots {}, lost {}, throttled {}{}",
+            m.samples,
+            m.weight,
+            m.snapshots,
+            m.lost,
+            m.throttled,
+            if m.filtered_out > 0 {
+                format!(", {} filtered out", m.filtered_out)
+            } else {
+                String::new()
+            }
+        ),
+        format!("duration: {}", duration(m.duration_ns)),
+        format!(
+            "branches: {}, depth {}, {} entries",
+            m.branch_source, m.branch_depth, m.branch_entries
+        ),
+    ];
+    if m.frozen > 0 {
+        v.push(format!(
+            "frozen:   {} branches retired while the LBR was frozen",
+            m.frozen
+        ));
+    }
+    for w in &m.warnings {
+        v.push(format!("warning:  {w}"));
+    }
+    v
+}
+
+/// Plain text tables, `perf report --stdio` style.
+pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
+    writeln!(w, "# lbrprof report")?;
+    for l in header_lines(r) {
+        writeln!(w, "# {l}")?;
+    }
+    writeln!(w, "#")?;
+    writeln!(w, "# Hot functions (share of the event count)")?;
+    writeln!(w, "#")?;
+    writeln!(
+        w,
+        "#    Self    Total    Samples  Module                Function"
+    )?;
+    for f in &r.functions {
+        writeln!(
+            w,
+            "  {:6.2}%  {:6.2}%  {:9}  {:<20}  {}",
+            f.self_pct, f.total_pct, f.self_samples, f.module, f.function
+        )?;
+    }
+    if !r.branches.is_empty() {
+        writeln!(w, "#")?;
+        writeln!(w, "# Hot branches (share of all branch entries)")?;
+        writeln!(w, "#")?;
+        writeln!(
+            w,
+            "#   Share      Count  Type       Mispred   Cycles  From -> To"
+        )?;
+        for b in &r.branches {
+            writeln!(
+                w,
+                "  {:6.2}%  {:9}  {:<9}  {:>7}  {:>7}  {} -> {}",
+                b.pct,
+                b.count,
+                kind_name(b.kind),
+                opt_pct(b.mispredict_pct),
+                opt_f(b.avg_cycles),
+                b.from,
+                b.to
+            )?;
+        }
+    }
+    if !r.ranges.is_empty() {
+        writeln!(w, "#")?;
+        writeln!(
+            w,
+            "# Hot fall-through ranges (instructions: {})",
+            r.meta.range_method
+        )?;
+        writeln!(w, "#")?;
+        writeln!(w, "#   Share      Count   Insns      Executed  Range")?;
+        for x in &r.ranges {
+            writeln!(
+                w,
+                "  {:6.2}%  {:9}  {:>6}{}  {:12.0}  [{}, {}]",
+                x.pct,
+                x.count,
+                x.instructions,
+                if x.estimated { "~" } else { " " },
+                x.executed,
+                x.start,
+                x.end
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn md_branch(b: &BranchRow) -> String {
+    format!(
+        "| {:.2}% | {} | {} | {} | {} | `{}` | `{}` |",
+        b.pct,
+        b.count,
+        kind_name(b.kind),
+        opt_pct(b.mispredict_pct),
+        opt_f(b.avg_cycles),
+        md_escape(&b.from.to_string()),
+        md_escape(&b.to.to_string())
+    )
+}
+
+/// GitHub-flavoured Markdown (for CI summaries).
+pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
+    writeln!(w, "## lbrprof report\n")?;
+    for l in header_lines(r) {
+        writeln!(w, "- {}", md_escape(&l))?;
+    }
+    writeln!(w, "\n### Hot functions\n")?;
+    writeln!(w, "| Self | Total | Samples | Module | Function |")?;
+    writeln!(w, "|---:|---:|---:|---|---|")?;
+    for f in &r.functions {
+        writeln!(
+            w,
+            "| {:.2}% | {:.2}% | {} | {} | `{}` |",
+            f.self_pct,
+            f.total_pct,
+            f.self_samples,
+            md_escape(&f.module),
+            md_escape(&f.function)
+        )?;
+    }
+    if !r.branches.is_empty() {
+        writeln!(w, "\n### Hot branches\n")?;
+        writeln!(
+            w,
+            "| Share | Count | Type | Mispredicted | Avg cycles | From | To |"
+        )?;
+        writeln!(w, "|---:|---:|---|---:|---:|---|---|")?;
+        for b in &r.branches {
+            writeln!(w, "{}", md_branch(b))?;
+        }
+    }
+    if !r.ranges.is_empty() {
+        writeln!(w, "\n### Hot fall-through ranges\n")?;
+        writeln!(w, "Instructions: {}.\n", r.meta.range_method)?;
+        writeln!(
+            w,
+            "| Share | Count | Instructions | Executed | Start | End |"
+        )?;
+        writeln!(w, "|---:|---:|---:|---:|---|---|")?;
+        for x in &r.ranges {
+            writeln!(
+                w,
+                "| {:.2}% | {} | {}{} | {:.0} | `{}` | `{}` |",
+                x.pct,
+                x.count,
+                if x.estimated { "~" } else { "" },
+                x.instructions,
+                x.executed,
+                md_escape(&x.start.to_string()),
+                md_escape(&x.end.to_string())
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Which stacks to fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackSource {
+    /// Sampled call chains (and guest frame-pointer stacks).
+    CallChains,
+    /// Stacks rebuilt from LBR call-stack data.
+    Lbr,
+}
+
+/// Folded stack lines (`root;...;leaf count`, counts in samples), sorted, as
+/// inferno/FlameGraph read them. Each line's frames are function names.
+pub fn folded_lines(profile: &Profile, syms: &SymbolTable, source: StackSource) -> Vec<String> {
+    let stacks: &FastMap<Vec<Loc>, Count> = match source {
+        StackSource::CallChains => &profile.stacks,
+        StackSource::Lbr => &profile.lbr_stacks,
+    };
+    let modules = &profile.spaces.modules;
+    let mut merged: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut line = String::new();
+    for (stack, c) in stacks {
+        line.clear();
+        for (i, l) in stack.iter().rev().enumerate() {
+            if i > 0 {
+                line.push(';');
+            }
+            let name = syms.function_name(modules, l);
+            line.push_str(&name.replace([';', '\n'], ":"));
+        }
+        *merged.entry(line.clone()).or_default() += c.samples;
+    }
+    merged
+        .into_iter()
+        .map(|(stack, n)| format!("{stack} {n}"))
+        .collect()
+}
+
+/// Writes folded stack lines.
+pub fn folded(
+    profile: &Profile,
+    syms: &SymbolTable,
+    source: StackSource,
+    mut w: impl Write,
+) -> io::Result<()> {
+    for l in folded_lines(profile, syms, source) {
+        writeln!(w, "{l}")?;
+    }
+    Ok(())
+}

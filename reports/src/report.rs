@@ -1,0 +1,417 @@
+//! Stage three: the named, sorted tables a user reads ([`Report`]), built from a
+//! [`Profile`] and its [`SymbolTable`].
+//!
+//! [`Report`] keeps complete tables (every function, edge and range); `limit` and
+//! `percent_limit` apply when rendering. `functions` and `branches` are the diff-friendly
+//! aggregate that `lbrprof diff` compares: per-function self/total counts keyed by
+//! `(module, function)`, per-edge counts keyed by the two rendered places.
+
+use std::collections::HashMap;
+
+use lbrprof_collector::model::{BranchKind, Header, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Profile;
+use crate::decode::{AVG_INSN_BYTES, CodeReader};
+use crate::loc::{Loc, ModuleTable};
+use crate::symbols::{SymbolTable, unknown_name};
+
+/// How rows are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortKey {
+    /// Functions by self share, branches and ranges by count (the default).
+    #[default]
+    #[serde(rename = "self")]
+    SelfShare,
+    /// Functions by total (children) share; branches and ranges by count.
+    Total,
+    /// Functions by name, branches and ranges by source place.
+    Name,
+    /// Branches by mispredictions (functions by self share).
+    Mispred,
+    /// Branches by average cycles (functions by self share).
+    Cycles,
+}
+
+/// A code location with its names, as rendered in the branch and range tables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Place {
+    /// Short module name (file name, `[kernel.kallsyms]`, `[unknown]`).
+    pub module: String,
+    /// File offset in the module (or the address, for the kernel and unknown code).
+    pub offset: u64,
+    pub function: Option<String>,
+    pub function_offset: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.function {
+            Some(func) => write!(f, "{func}+{:#x}", self.function_offset.unwrap_or(0))?,
+            None if self.module.starts_with('[') => write!(f, "{:#x}", self.offset)?,
+            None => write!(f, "{}+{:#x}", self.module, self.offset)?,
+        }
+        if let (Some(file), Some(line)) = (&self.file, self.line) {
+            let short = file.rsplit('/').next().unwrap_or(file);
+            write!(f, " ({short}:{line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Self and total (children) counts of one function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRow {
+    pub function: String,
+    pub module: String,
+    pub self_samples: u64,
+    pub self_weight: u64,
+    pub total_samples: u64,
+    pub total_weight: u64,
+    /// `self_weight` as a percentage of all weight.
+    pub self_pct: f64,
+    /// `total_weight` as a percentage of all weight.
+    pub total_pct: f64,
+}
+
+/// One taken-branch edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BranchRow {
+    pub from: Place,
+    pub to: Place,
+    pub count: u64,
+    /// `count` as a percentage of all branch entries.
+    pub pct: f64,
+    pub kind: BranchKind,
+    pub mispredicts: u64,
+    /// Mispredicted share of `count` in percent; `None` when the LBR gives no
+    /// prediction information (neither flag set on any entry).
+    pub mispredict_pct: Option<f64>,
+    /// Average cycles of the entries that carry a cycle count.
+    pub avg_cycles: Option<f64>,
+    pub in_tx: u64,
+    pub aborts: u64,
+}
+
+/// One fall-through range (straight-line code between two taken branches).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeRow {
+    pub start: Place,
+    pub end: Place,
+    pub count: u64,
+    /// `count` as a percentage of all ranges.
+    pub pct: f64,
+    pub bytes: u64,
+    /// Instructions in one pass through the range.
+    pub instructions: f64,
+    /// `true` when `instructions` is `bytes / 4` rather than decoded.
+    pub estimated: bool,
+    /// `count * instructions`.
+    pub executed: f64,
+}
+
+/// The report header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// `lbrprof.data` or `perf.data`.
+    pub source: String,
+    pub path: String,
+    pub event: String,
+    pub samples: u64,
+    pub weight: u64,
+    pub snapshots: u64,
+    pub lost: u64,
+    pub throttled: u64,
+    pub frozen: u64,
+    pub filtered_out: u64,
+    pub duration_ns: u64,
+    /// `host LBR (perf branch stacks)`, `guest LBR (snapshots)`, both, or `none`.
+    pub branch_source: String,
+    pub branch_depth: u64,
+    pub branch_entries: u64,
+    /// How fall-through instruction counts were obtained.
+    pub range_method: String,
+    pub warnings: Vec<String>,
+}
+
+/// The complete, named and sorted report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub functions: Vec<FunctionRow>,
+    pub branches: Vec<BranchRow>,
+    pub ranges: Vec<RangeRow>,
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+pub(crate) fn place(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> Place {
+    let m = modules.get(l.module);
+    let s = syms.get(l);
+    Place {
+        module: if l.module == ModuleTable::GUEST_ROOT {
+            "[guest]".to_owned()
+        } else {
+            m.short_name().to_owned()
+        },
+        offset: l.offset,
+        function: s.and_then(|s| s.function.clone()),
+        function_offset: s.and_then(|s| s.function_offset),
+        file: s.and_then(|s| s.file.clone()),
+        line: s.and_then(|s| s.line),
+    }
+}
+
+/// Where the input came from, for the header.
+pub struct Source<'a> {
+    pub format: &'a str,
+    pub path: &'a str,
+    pub header: &'a Header,
+    pub warnings: Vec<String>,
+}
+
+/// Builds every table. `code` reads module bytes for instruction counts and branch
+/// classification (pass a fresh [`CodeReader`]).
+pub fn build(
+    profile: &Profile,
+    syms: &SymbolTable,
+    source: Source<'_>,
+    code: &mut CodeReader,
+) -> Report {
+    let modules = &profile.spaces.modules;
+    let t = &profile.totals;
+
+    // Functions: self from the leaf, total once per function per stack.
+    let mut funcs: HashMap<(u32, String), [u64; 4]> = HashMap::new();
+    let mut seen: Vec<(u32, String)> = Vec::new();
+    for (stack, c) in &profile.stacks {
+        seen.clear();
+        for (i, l) in stack.iter().enumerate() {
+            let key = (l.module.0, syms.function_name(modules, l));
+            let e = funcs.entry(key.clone()).or_default();
+            if i == 0 {
+                e[0] += c.samples;
+                e[1] += c.weight;
+            }
+            if !seen.contains(&key) {
+                e[2] += c.samples;
+                e[3] += c.weight;
+                seen.push(key);
+            }
+        }
+    }
+    let functions = funcs
+        .into_iter()
+        .map(|((m, name), [ss, sw, ts, tw])| FunctionRow {
+            module: place(
+                modules,
+                syms,
+                &Loc {
+                    module: crate::loc::ModuleId(m),
+                    offset: 0,
+                },
+            )
+            .module,
+            function: name,
+            self_samples: ss,
+            self_weight: sw,
+            total_samples: ts,
+            total_weight: tw,
+            self_pct: pct(sw, t.weight),
+            total_pct: pct(tw, t.weight),
+        })
+        .collect();
+
+    let branches = profile
+        .edges
+        .iter()
+        .map(|((from, to), e)| {
+            let mut kind = e.kind;
+            if kind == BranchKind::Unknown
+                && let Some(k) = code.classify(modules, *from)
+            {
+                kind = k;
+            }
+            BranchRow {
+                from: place(modules, syms, from),
+                to: place(modules, syms, to),
+                count: e.count,
+                pct: pct(e.count, t.branch_entries),
+                kind,
+                mispredicts: e.mispred,
+                mispredict_pct: (e.mispred + e.predicted > 0).then(|| pct(e.mispred, e.count)),
+                avg_cycles: (e.cycles_n > 0).then(|| e.cycles_sum as f64 / e.cycles_n as f64),
+                in_tx: e.in_tx,
+                aborts: e.abort,
+            }
+        })
+        .collect();
+
+    let range_total: u64 = profile.ranges.values().sum();
+    let mut decoded = 0usize;
+    let mut estimated = 0usize;
+    let ranges = profile
+        .ranges
+        .iter()
+        .map(|((start, end), &count)| {
+            let bytes = end.offset - start.offset;
+            let (instructions, est) = match code.count_instructions(modules, *start, *end) {
+                Some(n) => {
+                    decoded += 1;
+                    (n as f64, false)
+                }
+                None => {
+                    estimated += 1;
+                    ((bytes as f64 / AVG_INSN_BYTES).floor() + 1.0, true)
+                }
+            };
+            RangeRow {
+                start: place(modules, syms, start),
+                end: place(modules, syms, end),
+                count,
+                pct: pct(count, range_total),
+                bytes,
+                instructions,
+                estimated: est,
+                executed: instructions * count as f64,
+            }
+        })
+        .collect();
+
+    let host_lbr = t.samples_with_branches > t.snapshots;
+    let branch_source = match (host_lbr, t.snapshots > 0) {
+        (true, true) => "host LBR (perf branch stacks) and guest LBR (snapshots)",
+        (true, false) => "host LBR (perf branch stacks)",
+        (false, true) => "guest LBR (snapshots)",
+        (false, false) => "none",
+    };
+    let range_method = match (decoded, estimated) {
+        (0, 0) => "none",
+        (_, 0) => "decoded (iced-x86)",
+        (0, _) => "estimated (bytes / 4: module code not available)",
+        _ => "decoded where the module code is available, else estimated (bytes / 4)",
+    };
+    let path = match &source.header.target {
+        Target::PerfData { path } => path.clone(),
+        _ => source.path.to_owned(),
+    };
+    let warnings = source.warnings;
+    let mut report = Report {
+        meta: Meta {
+            source: source.format.to_owned(),
+            path,
+            event: source.header.sampling.event.clone(),
+            samples: t.samples,
+            weight: t.weight,
+            snapshots: t.snapshots,
+            lost: t.lost,
+            throttled: t.throttled,
+            frozen: t.frozen,
+            filtered_out: t.filtered_out,
+            duration_ns: t.first_time_ns.map_or(0, |f| t.last_time_ns - f),
+            branch_source: branch_source.to_owned(),
+            branch_depth: t.max_branch_depth,
+            branch_entries: t.branch_entries,
+            range_method: range_method.to_owned(),
+            warnings,
+        },
+        functions,
+        branches,
+        ranges,
+    };
+    report.sort(SortKey::default());
+    report
+}
+
+impl Report {
+    /// Orders every table by `key`; ties are broken by names, so output is deterministic.
+    pub fn sort(&mut self, key: SortKey) {
+        let name_cmp = |a: &FunctionRow, b: &FunctionRow| {
+            a.function
+                .cmp(&b.function)
+                .then_with(|| a.module.cmp(&b.module))
+        };
+        match key {
+            SortKey::Total => self.functions.sort_by(|a, b| {
+                b.total_weight
+                    .cmp(&a.total_weight)
+                    .then_with(|| b.self_weight.cmp(&a.self_weight))
+                    .then_with(|| name_cmp(a, b))
+            }),
+            SortKey::Name => self.functions.sort_by(name_cmp),
+            _ => self.functions.sort_by(|a, b| {
+                b.self_weight
+                    .cmp(&a.self_weight)
+                    .then_with(|| b.total_weight.cmp(&a.total_weight))
+                    .then_with(|| name_cmp(a, b))
+            }),
+        }
+        let place_key = |p: &Place| (p.module.clone(), p.offset);
+        let edge_tie = |a: &BranchRow, b: &BranchRow| {
+            place_key(&a.from)
+                .cmp(&place_key(&b.from))
+                .then_with(|| place_key(&a.to).cmp(&place_key(&b.to)))
+        };
+        match key {
+            SortKey::Name => self.branches.sort_by(edge_tie),
+            SortKey::Mispred => self.branches.sort_by(|a, b| {
+                b.mispredicts
+                    .cmp(&a.mispredicts)
+                    .then_with(|| b.count.cmp(&a.count))
+                    .then_with(|| edge_tie(a, b))
+            }),
+            SortKey::Cycles => self.branches.sort_by(|a, b| {
+                b.avg_cycles
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.avg_cycles.unwrap_or(0.0))
+                    .then_with(|| b.count.cmp(&a.count))
+                    .then_with(|| edge_tie(a, b))
+            }),
+            _ => self
+                .branches
+                .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| edge_tie(a, b))),
+        }
+        let range_tie = |a: &RangeRow, b: &RangeRow| {
+            place_key(&a.start)
+                .cmp(&place_key(&b.start))
+                .then_with(|| place_key(&a.end).cmp(&place_key(&b.end)))
+        };
+        match key {
+            SortKey::Name => self.ranges.sort_by(range_tie),
+            _ => self
+                .ranges
+                .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| range_tie(a, b))),
+        }
+    }
+
+    /// Keeps at most `limit` rows per table (0 = all) and drops rows under
+    /// `percent_limit` percent (self or total share for functions).
+    pub fn truncate(&mut self, limit: usize, percent_limit: f64) {
+        self.functions
+            .retain(|f| f.self_pct.max(f.total_pct) >= percent_limit);
+        self.branches.retain(|b| b.pct >= percent_limit);
+        self.ranges.retain(|r| r.pct >= percent_limit);
+        if limit > 0 {
+            self.functions.truncate(limit);
+            self.branches.truncate(limit);
+            self.ranges.truncate(limit);
+        }
+    }
+}
+
+/// Name of an unsymbolized location (re-exported for renderers).
+pub fn loc_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
+    match syms.get(l).and_then(|s| s.function.clone()) {
+        Some(f) => f,
+        None => unknown_name(modules, l),
+    }
+}

@@ -1,0 +1,173 @@
+//! Stage two: naming locations. Every unique [`Loc`] of a [`Profile`] is symbolized once,
+//! batched per module, modules in parallel — never per sample.
+//!
+//! The lookup itself is behind [`SymbolSource`], so reports can be produced (and tested)
+//! without debug info: [`NoSymbols`] names everything `module+0xoffset`, and
+//! [`SymbolizerSource`] uses `lbrprof-symbolizer` (ELF symbols, DWARF lines, inlining,
+//! `/proc/kallsyms`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::aggregate::Profile;
+use crate::loc::{Loc, Module, ModuleId, ModuleKind, ModuleTable};
+
+/// What a location is called. Empty `function` = unknown (rendered `module+0xoff`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sym {
+    /// The containing (outermost) function, demangled.
+    pub function: Option<String>,
+    /// Offset of the location from the start of `function`.
+    pub function_offset: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// Something that names code locations.
+pub trait SymbolSource: Sync {
+    /// One result per offset, same order. See [`crate::loc::ModuleKind`] for what the
+    /// offsets mean (file offsets, or kernel addresses for the kernel module).
+    fn symbolize(&self, module: &Module, offsets: &[u64]) -> Vec<Sym>;
+    /// Warnings collected so far (e.g. a module file that is missing), drained.
+    fn take_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Names nothing: every location is shown as `module+0xoffset`.
+pub struct NoSymbols;
+
+impl SymbolSource for NoSymbols {
+    fn symbolize(&self, _module: &Module, offsets: &[u64]) -> Vec<Sym> {
+        vec![Sym::default(); offsets.len()]
+    }
+}
+
+/// Uses `lbrprof-symbolizer` for files and the kernel.
+pub struct SymbolizerSource {
+    pub symbolizer: lbrprof_symbolizer::Symbolizer,
+    /// Whether kernel addresses may be looked up (off when the recording was made on a
+    /// different kernel and no matching kallsyms file was given).
+    pub kernel: bool,
+}
+
+impl SymbolizerSource {
+    pub fn new(opts: lbrprof_symbolizer::SymbolizerOptions) -> Self {
+        SymbolizerSource {
+            symbolizer: lbrprof_symbolizer::Symbolizer::new(opts),
+            kernel: true,
+        }
+    }
+}
+
+fn to_sym(s: lbrprof_symbolizer::Symbolized) -> Sym {
+    let inner = s.frames.first();
+    let outer = s.frames.last();
+    Sym {
+        function: outer.and_then(|f| f.function.clone()),
+        function_offset: outer.and_then(|f| f.function_offset),
+        file: inner.and_then(|f| f.file.clone()),
+        line: inner.and_then(|f| f.line),
+    }
+}
+
+impl SymbolSource for SymbolizerSource {
+    fn symbolize(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
+        let out = match module.kind {
+            ModuleKind::Kernel if self.kernel => self.symbolizer.symbolize_kernel(offsets),
+            ModuleKind::Kernel => return vec![Sym::default(); offsets.len()],
+            ModuleKind::File | ModuleKind::Guest => {
+                let key = lbrprof_symbolizer::ModuleKey {
+                    path: PathBuf::from(&module.path),
+                    build_id: module.build_id.clone(),
+                };
+                let offs: Vec<_> = offsets
+                    .iter()
+                    .map(|&o| lbrprof_symbolizer::FileOffset(o))
+                    .collect();
+                self.symbolizer.symbolize(&key, &offs)
+            }
+            ModuleKind::Unknown => return vec![Sym::default(); offsets.len()],
+        };
+        let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
+        v.resize(offsets.len(), Sym::default());
+        v
+    }
+    fn take_warnings(&self) -> Vec<String> {
+        self.symbolizer.take_warnings()
+    }
+}
+
+/// The names of every location of a profile.
+#[derive(Debug, Default)]
+pub struct SymbolTable {
+    syms: HashMap<Loc, Sym, crate::aggregate::FastHash>,
+}
+
+impl SymbolTable {
+    /// Symbolizes every location that appears in `profile` (stacks, edges, ranges, IPs).
+    pub fn build(profile: &Profile, source: &dyn SymbolSource) -> Self {
+        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
+        let mut add = |l: &Loc| per_module.entry(l.module).or_default().push(l.offset);
+        profile.stacks.keys().flatten().for_each(&mut add);
+        profile.lbr_stacks.keys().flatten().for_each(&mut add);
+        for (a, b) in profile.edges.keys().chain(profile.ranges.keys()) {
+            add(a);
+            add(b);
+        }
+        profile.ips.keys().for_each(&mut add);
+        let modules = &profile.spaces.modules;
+        let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
+            .into_iter()
+            .filter(|(m, _)| modules.get(*m).kind != ModuleKind::Unknown)
+            .map(|(m, mut offs)| {
+                offs.sort_unstable();
+                offs.dedup();
+                (m, offs)
+            })
+            .collect();
+        work.sort_by_key(|(m, _)| *m);
+        let results: Vec<(ModuleId, Vec<u64>, Vec<Sym>)> = work
+            .into_par_iter()
+            .map(|(m, offs)| {
+                let syms = source.symbolize(modules.get(m), &offs);
+                (m, offs, syms)
+            })
+            .collect();
+        let mut syms = HashMap::with_hasher(crate::aggregate::FastHash);
+        for (module, offs, ss) in results {
+            for (offset, s) in offs.into_iter().zip(ss) {
+                syms.insert(Loc { module, offset }, s);
+            }
+        }
+        SymbolTable { syms }
+    }
+
+    pub fn get(&self, l: &Loc) -> Option<&Sym> {
+        self.syms.get(l)
+    }
+
+    /// The function name of `l`, or `module+0xoff` / a raw address when unknown.
+    pub fn function_name(&self, modules: &ModuleTable, l: &Loc) -> String {
+        match self.get(l).and_then(|s| s.function.as_deref()) {
+            Some(f) => f.to_owned(),
+            None => unknown_name(modules, l),
+        }
+    }
+}
+
+/// How an unsymbolized location is shown.
+pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
+    let m = modules.get(l.module);
+    match l.module {
+        ModuleTable::GUEST_ROOT => format!("[guest vCPU {}]", l.offset),
+        _ => match m.kind {
+            ModuleKind::Kernel | ModuleKind::Unknown => format!("{:#x}", l.offset),
+            ModuleKind::File | ModuleKind::Guest => {
+                format!("{}+{:#x}", m.short_name(), l.offset)
+            }
+        },
+    }
+}

@@ -1,0 +1,807 @@
+//! End-to-end tests of `lbrprof report`, `flamegraph` and `export` against real perf.data
+//! files and what perf itself prints for them, golden outputs, the JSON schema, and bad
+//! input.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lbrprof_collector::model::*;
+use lbrprof_collector::recording::{RecordingWriter, Summary};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return None;
+    };
+    Some(dir.join(name))
+}
+
+fn xz(path: &Path) -> String {
+    let out = Command::new("xz")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .expect("xz is needed to read the expected outputs");
+    assert!(out.status.success(), "xz -dc {} failed", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ok_stdout(args: &[&str]) -> String {
+    let out = common::run(args);
+    assert!(
+        out.status.success(),
+        "lbrprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    serde_json::from_str(&ok_stdout(&a)).expect("valid JSON")
+}
+
+/// Compares `actual` with `tests/golden/NAME`; `LBRPROF_BLESS=1` rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("LBRPROF_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {} (run with LBRPROF_BLESS=1)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let diff_at = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{name} differs from the golden file at line {}:\n  expected: {:?}\n  actual:   {:?}\n(bless with LBRPROF_BLESS=1)",
+            diff_at + 1,
+            expected.lines().nth(diff_at),
+            actual.lines().nth(diff_at)
+        );
+    }
+}
+
+/// Machine-independent output: the fixture directory becomes `$FIXTURES`.
+fn normalize(s: &str) -> String {
+    let dir = common::perfdata_fixtures().unwrap();
+    s.replace(&dir.display().to_string(), "$FIXTURES")
+}
+
+// ---------------------------------------------------------------------------------------
+// The fixtures are read completely: sample and branch entry counts equal perf script's.
+
+/// (perf.data file, expected-output prefix)
+const BRANCH_FIXTURES: &[(&str, &str)] = &[
+    ("perf.data.branch-4.14", "quipper_perf.data.branch-4.14"),
+    (
+        "perf.data.branch_stack_hw_index",
+        "quipper_perf.data.branch_stack_hw_index",
+    ),
+    (
+        "perf.data.callgraph_and_branch-3.8",
+        "quipper_perf.data.callgraph_and_branch-3.8",
+    ),
+    (
+        "propeller_sample.perfdata",
+        "autofdo_propeller_sample.perfdata",
+    ),
+];
+
+#[test]
+fn fixtures_sample_and_branch_counts_match_perf_script() {
+    for (file, expected) in BRANCH_FIXTURES {
+        let Some(path) = fixture(file) else { return };
+        let script = xz(&fixture(&format!("expected/{expected}.script-brstack.txt.xz")).unwrap());
+        // One header line per sample (call-chain lines start with a tab, a branch stack
+        // printed on its own line with `0x`); each branch entry
+        // is one `from/to/M|P/X/A/cycles/` token.
+        let samples = script
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !l.starts_with('\t') && !t.is_empty() && !t.starts_with("0x")
+            })
+            .count() as u64;
+        let entries = script
+            .split_whitespace()
+            .filter(|t| t.ends_with('/') && t.matches('/').count() >= 6)
+            .count() as u64;
+        let v = json(&[
+            "report",
+            "-i",
+            path.to_str().unwrap(),
+            "--no-symbols",
+            "--limit",
+            "1",
+        ]);
+        assert_eq!(v["meta"]["samples"], samples, "{file}: samples");
+        assert_eq!(
+            v["meta"]["branch_entries"], entries,
+            "{file}: branch entries"
+        );
+    }
+}
+
+/// A perf symbol column (`main`, `0x00000000001a5c2`, `0000000000000000`) or one of our
+/// places as a comparable key: the name, or the address/offset as a number.
+fn perf_key(sym: &str) -> String {
+    let hex = sym.trim_start_matches("0x");
+    if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) && sym.len() >= 16 {
+        return format!("@{:x}", u64::from_str_radix(hex, 16).unwrap());
+    }
+    sym.to_owned()
+}
+
+fn place_key(p: &Value) -> String {
+    match p["function"].as_str() {
+        Some(f) => f.to_owned(),
+        None => format!("@{:x}", p["offset"].as_u64().unwrap()),
+    }
+}
+
+#[test]
+fn fixture_top_edges_match_perf_report_branch() {
+    for (file, expected) in BRANCH_FIXTURES {
+        let Some(path) = fixture(file) else { return };
+        let dir = path.parent().unwrap().to_str().unwrap().to_owned();
+        let v = json(&[
+            "report",
+            "-i",
+            path.to_str().unwrap(),
+            "--symfs",
+            &dir,
+            "--limit",
+            "0",
+        ]);
+        // perf groups by (source symbol, target symbol); so do we, here.
+        let mut ours: HashMap<(String, String), f64> = HashMap::new();
+        for b in v["branches"].as_array().unwrap() {
+            let k = (place_key(&b["from"]), place_key(&b["to"]));
+            *ours.entry(k).or_default() += b["pct"].as_f64().unwrap();
+        }
+        let text = xz(&fixture(&format!("expected/{expected}.report-branch.txt.xz")).unwrap());
+        let mut checked = 0;
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            // "  54.52%  80937  propeller_sample.bin  [.] main  [.] main"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 7 {
+                continue;
+            }
+            let pct: f64 = f[0].trim_end_matches('%').parse().unwrap();
+            let (from, to) = (perf_key(f[4]), perf_key(f[6]));
+            let got = ours
+                .get(&(from.clone(), to.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            assert!(
+                (got - pct).abs() <= 0.5,
+                "{file}: edge {from} -> {to}: perf {pct}%, lbrprof {got}%"
+            );
+            checked += 1;
+            if checked == 20 {
+                break;
+            }
+        }
+        assert!(checked > 0, "{file}: no rows in the expected output");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Agreement with perf report on a cpu-clock recording made here.
+
+fn tool_works(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Parses `perf report --stdio -g none --sort sym` rows: (symbol key, percentages).
+fn perf_rows(text: &str, columns: usize) -> Vec<(String, Vec<f64>)> {
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = t.split_whitespace().collect();
+        if f.len() < columns + 2 || !f[0].ends_with('%') {
+            continue;
+        }
+        let pcts: Vec<f64> = f[..columns]
+            .iter()
+            .map(|p| p.trim_end_matches('%').parse().unwrap())
+            .collect();
+        // f[columns] is "[.]" / "[k]"; the symbol may contain spaces.
+        let sym = f[columns + 1..].join(" ");
+        rows.push((perf_key(&sym), pcts));
+    }
+    rows
+}
+
+fn our_key(name: &str) -> String {
+    // Unknown locations render as `module+0xoff` or a bare address.
+    if let Some((_, off)) = name.rsplit_once("+0x")
+        && u64::from_str_radix(off, 16).is_ok()
+        && !name.contains('(')
+    {
+        return format!("@{:x}", u64::from_str_radix(off, 16).unwrap());
+    }
+    if let Some(h) = name.strip_prefix("0x") {
+        return format!("@{:x}", u64::from_str_radix(h, 16).unwrap_or(0));
+    }
+    name.to_owned()
+}
+
+const WORKLOAD_C: &str = r#"
+#include <stdint.h>
+volatile uint64_t sink;
+__attribute__((noinline)) uint64_t leaf_a(uint64_t n) { uint64_t s = 0; for (uint64_t i = 0; i < n; i++) s += i * i; return s; }
+__attribute__((noinline)) uint64_t leaf_b(uint64_t n) { uint64_t s = 1; for (uint64_t i = 0; i < n; i++) s ^= s * 31 + i; return s; }
+__attribute__((noinline)) uint64_t mid(uint64_t n) { return leaf_a(n) + leaf_b(n / 2); }
+__attribute__((noinline)) uint64_t other(uint64_t n) { return leaf_b(n) + leaf_a(n / 4); }
+int main(void) {
+    for (int r = 0; r < 120; r++) { sink += mid(1000000); sink += other(600000); }
+    return 0;
+}
+"#;
+
+#[test]
+fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
+    if !common::perf_available() {
+        return;
+    }
+    if !tool_works("perf", "--version") || !tool_works("gcc", "--version") {
+        eprintln!("skipped: needs perf and gcc");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("w.c");
+    let exe = dir.path().join("w");
+    let data = dir.path().join("perf.data");
+    std::fs::write(&src, WORKLOAD_C).unwrap();
+    let cc = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success(), "gcc failed");
+    let rec = Command::new("perf")
+        .args(["record", "-q", "-g", "-e", "cpu-clock", "-F", "2000", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    if !rec.status.success() {
+        eprintln!(
+            "skipped: perf record cannot record here: {}",
+            String::from_utf8_lossy(&rec.stderr).trim()
+        );
+        return;
+    }
+    let perf_report = |children: &str| {
+        let out = Command::new("perf")
+            .args([
+                "report", "--stdio", children, "--sort", "sym", "-g", "none", "-i",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "perf report failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let self_rows = perf_rows(&perf_report("--no-children"), 1);
+    let children_rows = perf_rows(&perf_report("--children"), 2);
+    assert!(!self_rows.is_empty(), "perf report printed no rows");
+
+    let v = json(&["report", "-i", data.to_str().unwrap(), "--limit", "0"]);
+    let mut ours: HashMap<String, (f64, f64)> = HashMap::new();
+    for f in v["functions"].as_array().unwrap() {
+        let e = ours
+            .entry(our_key(f["function"].as_str().unwrap()))
+            .or_default();
+        e.0 += f["self_pct"].as_f64().unwrap();
+        e.1 += f["total_pct"].as_f64().unwrap();
+    }
+    for (sym, p) in self_rows.iter().take(20) {
+        let got = ours.get(sym).map_or(0.0, |x| x.0);
+        assert!(
+            (got - p[0]).abs() <= 0.5,
+            "self of {sym}: perf {}%, lbrprof {got}%",
+            p[0]
+        );
+    }
+    for (sym, p) in children_rows.iter().take(20) {
+        let got = ours.get(sym).map_or(0.0, |x| x.1);
+        assert!(
+            (got - p[0]).abs() <= 0.5,
+            "children of {sym}: perf {}%, lbrprof {got}%",
+            p[0]
+        );
+    }
+    // The workload's own functions are there and named.
+    assert!(ours.contains_key("leaf_a") && ours.contains_key("main"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Golden outputs.
+
+#[test]
+fn golden_reports_of_the_fixtures() {
+    let Some(prop) = fixture("propeller_sample.perfdata") else {
+        return;
+    };
+    let dir = prop.parent().unwrap().to_str().unwrap().to_owned();
+    let p = prop.to_str().unwrap();
+    let b414 = fixture("perf.data.branch-4.14").unwrap();
+    let hw = fixture("perf.data.branch_stack_hw_index").unwrap();
+    let cg = fixture("perf.data.callgraph_and_branch-3.8").unwrap();
+    let kall = ["--kallsyms", "/dev/null"];
+
+    let mut a = vec!["report", "-i", p, "--symfs", &dir, "--limit", "12"];
+    a.extend(kall);
+    golden("propeller.report.txt", &normalize(&ok_stdout(&a)));
+
+    let mut a = vec![
+        "report",
+        "-i",
+        b414.to_str().unwrap(),
+        "--limit",
+        "10",
+        "--format",
+        "markdown",
+    ];
+    a.extend(kall);
+    golden("branch-4.14.report.md", &normalize(&ok_stdout(&a)));
+
+    let mut a = vec![
+        "report",
+        "-i",
+        hw.to_str().unwrap(),
+        "--limit",
+        "5",
+        "--format",
+        "json",
+    ];
+    a.extend(kall);
+    golden("hw_index.report.json", &normalize(&ok_stdout(&a)));
+
+    let a = [
+        "report",
+        "-i",
+        cg.to_str().unwrap(),
+        "--no-symbols",
+        "--format",
+        "folded",
+    ];
+    golden("callgraph_and_branch.folded", &normalize(&ok_stdout(&a)));
+
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let o = out.path().to_str().unwrap();
+    let mut a = vec!["export", "--bolt", "-i", p, "--symfs", &dir, "-o", o];
+    a.extend(kall);
+    ok_stdout(&a);
+    golden(
+        "propeller.fdata",
+        &std::fs::read_to_string(out.path()).unwrap(),
+    );
+}
+
+#[test]
+fn bolt_export_has_branch_and_fallthrough_lines_and_no_lbr_form() {
+    let Some(prop) = fixture("propeller_sample.perfdata") else {
+        return;
+    };
+    let dir = prop.parent().unwrap().to_str().unwrap().to_owned();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let o = out.path().to_str().unwrap();
+    ok_stdout(&[
+        "export",
+        "--bolt",
+        "-i",
+        prop.to_str().unwrap(),
+        "--symfs",
+        &dir,
+        "-o",
+        o,
+    ]);
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    // The call main -> compute_flag: 23039 taken, as perf report -b counts it.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("1 main 40 1 compute_flag 0 ") && l.ends_with(" 23039")),
+        "{text}"
+    );
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 8, "bad fdata line {l:?}");
+        assert!(f[6].parse::<u64>().is_ok() && f[7].parse::<u64>().is_ok());
+    }
+    // Fall-through lines (mispredicts 0, from a conditional to the next instruction).
+    assert!(text.lines().filter(|l| l.contains(" 0 ")).count() > 1);
+
+    let Some(sleep) = fixture("sleep.data") else {
+        return;
+    };
+    ok_stdout(&["export", "--bolt", "-i", sleep.to_str().unwrap(), "-o", o]);
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    assert!(text.starts_with("no_lbr "), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON schema.
+
+fn validate(schema: &Value, root: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return validate(&root["$defs"][name], root, v, at, errs);
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        if !ok {
+            errs.push(format!("{at}: {v} is not of type {t}"));
+            return;
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        errs.push(format!("{at}: {v} not in {e:?}"));
+    }
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64())
+        && x < min
+    {
+        errs.push(format!("{at}: {x} < {min}"));
+    }
+    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(Value::as_f64), v.as_f64())
+        && x > max + 1e-9
+    {
+        errs.push(format!("{at}: {x} > {max}"));
+    }
+    if let Some(obj) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            if !obj.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{at}: missing {r}"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, x) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => validate(s, root, x, &format!("{at}.{k}"), errs),
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    errs.push(format!("{at}: unexpected field {k}"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in arr.iter().enumerate() {
+            validate(items, root, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+#[test]
+fn json_output_follows_the_published_schema() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/schema/report-v1.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut docs = vec![json(&[
+        "report",
+        "-i",
+        synthetic_recording().0.to_str().unwrap(),
+    ])];
+    if let Some(p) = fixture("propeller_sample.perfdata") {
+        let dir = p.parent().unwrap().to_str().unwrap().to_owned();
+        docs.push(json(&[
+            "report",
+            "-i",
+            p.to_str().unwrap(),
+            "--symfs",
+            &dir,
+        ]));
+    }
+    for doc in docs {
+        assert_eq!(doc["schema"], "lbrprof-report");
+        assert_eq!(doc["version"], 1);
+        let mut errs = Vec::new();
+        validate(&schema, &schema, &doc, "$", &mut errs);
+        assert!(errs.is_empty(), "schema violations: {errs:#?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// lbrprof.data input, guest snapshots, flame graphs.
+
+/// A small recording written through the real writer: one mapping, samples with call
+/// chains and branch stacks in pid 7, and guest snapshots. Returns (path, tempdir guard).
+fn synthetic_recording() -> (PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lbrprof.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig {
+            event: "cpu-clock".into(),
+            period: 1000,
+            branch_stacks: true,
+            ..SamplingConfig::default()
+        },
+        target: Target::Command {
+            argv: vec!["w".into()],
+        },
+    };
+    let w = RecordingWriter::create(&path, &header).unwrap();
+    let sink = w.sink();
+    sink.send(Event::Mapping(Mapping {
+        time_ns: 0,
+        space: AddressSpace::HostUser,
+        pid: 7,
+        start: 0x400000,
+        len: 0x1000,
+        pgoff: 0,
+        path: "/nonexistent/w".into(),
+        build_id: None,
+    }));
+    sink.send(Event::Task(TaskEvent::Comm {
+        time_ns: 0,
+        pid: 7,
+        tid: 7,
+        comm: "w".into(),
+    }));
+    let br = |from, to, mispred| Branch {
+        from,
+        to,
+        flags: BranchFlags {
+            mispred,
+            predicted: !mispred,
+            cycles: 3,
+            kind: BranchKind::Cond,
+            ..BranchFlags::default()
+        },
+    };
+    for i in 0..100u64 {
+        sink.send(Event::Sample(HostSample {
+            time_ns: 1_000 + i,
+            pid: 7,
+            tid: 7,
+            cpu: 0,
+            period: 1000,
+            ip: 0x400100 + (i % 2) * 0x100,
+            mode: CpuMode::User,
+            callchain: vec![
+                Frame {
+                    addr: 0x400100 + (i % 2) * 0x100,
+                    mode: CpuMode::User,
+                },
+                Frame {
+                    addr: 0x400050,
+                    mode: CpuMode::User,
+                },
+            ],
+            branches: vec![
+                br(0x400120, 0x400100, i % 4 == 0),
+                br(0x400080, 0x400110, false),
+            ],
+            branch_hw_index: None,
+        }));
+    }
+    for i in 0..10u64 {
+        sink.send(Event::Snapshot(LbrSnapshot {
+            vcpu: 0,
+            host_time_ns: 2_000 + i,
+            guest_tsc: i,
+            reason: SnapshotReason::Pmi { counter: 0 },
+            tos: 0,
+            entries: vec![LbrEntry {
+                from: 0x1000,
+                to: 0x2000,
+                info: 1 << 63 | 9,
+            }],
+            guest_ip: 0x2004,
+            guest_sp: 0,
+            guest_fp: 0,
+            cr3: 0,
+            guest_stack: vec![0x1004],
+            frozen_events: 1,
+        }));
+    }
+    drop(sink);
+    w.finish(&Summary {
+        samples: 100,
+        snapshots: 10,
+        ..Summary::default()
+    })
+    .unwrap();
+    (path, dir)
+}
+
+#[test]
+fn lbrprof_data_with_guest_snapshots_reports_host_and_guest_branches() {
+    let (path, _dir) = synthetic_recording();
+    let v = json(&["report", "-i", path.to_str().unwrap(), "--limit", "0"]);
+    assert_eq!(v["meta"]["source"], "lbrprof.data");
+    assert_eq!(v["meta"]["samples"], 100);
+    assert_eq!(v["meta"]["snapshots"], 10);
+    assert_eq!(v["meta"]["branch_entries"], 210);
+    assert_eq!(v["meta"]["frozen"], 10);
+    let b = v["branches"].as_array().unwrap();
+    let top = b.iter().find(|e| e["from"]["offset"] == 0x120).unwrap();
+    assert_eq!(top["count"], 100);
+    assert_eq!(top["mispredicts"], 25);
+    assert_eq!(top["kind"], "Cond");
+    // The guest edge, fully mispredicted, with its LBR_INFO cycle count.
+    let guest = b.iter().find(|e| e["from"]["offset"] == 0x1000).unwrap();
+    assert_eq!(guest["count"], 10);
+    assert_eq!(guest["mispredict_pct"], 100.0);
+    assert_eq!(guest["avg_cycles"], 9.0);
+    // The fall-through range between the two entries: [0x110, 0x120].
+    let r = &v["ranges"][0];
+    assert_eq!(
+        (r["start"]["offset"].as_u64(), r["end"]["offset"].as_u64()),
+        (Some(0x110), Some(0x120))
+    );
+    assert_eq!(r["estimated"], true);
+    // Filters.
+    let none = json(&["report", "-i", path.to_str().unwrap(), "--pid", "8"]);
+    assert_eq!(none["meta"]["samples"], 0);
+    let by_comm = json(&["report", "-i", path.to_str().unwrap(), "--comm", "w"]);
+    assert_eq!(by_comm["meta"]["samples"], 100);
+    // Folded stacks: the guest root frame is there.
+    let folded = ok_stdout(&["report", "-i", path.to_str().unwrap(), "--format", "folded"]);
+    assert!(
+        folded.lines().any(|l| l.starts_with("[guest vCPU 0];")),
+        "{folded}"
+    );
+    assert!(folded.lines().any(|l| l == "w+0x50;w+0x100 50"), "{folded}");
+}
+
+#[test]
+fn flamegraph_is_well_formed_deterministic_svg() {
+    let (path, dir) = synthetic_recording();
+    let a = dir.path().join("a.svg");
+    let b = dir.path().join("b.svg");
+    for out in [&a, &b] {
+        ok_stdout(&[
+            "flamegraph",
+            "-i",
+            path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+    }
+    let svg = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(
+        svg,
+        std::fs::read_to_string(&b).unwrap(),
+        "not deterministic"
+    );
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("w+0x100") && svg.contains("[guest vCPU 0]"));
+    // Guest frames are coloured apart.
+    assert!(svg.contains("rgb(80,140,230)"), "guest colour missing");
+    // --branches with no LBR call-stack data in host samples still draws guest stacks.
+    ok_stdout(&[
+        "flamegraph",
+        "-i",
+        path.to_str().unwrap(),
+        "--branches",
+        "-o",
+        a.to_str().unwrap(),
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input.
+
+#[test]
+fn bad_input_is_a_one_line_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"hello, this is not a profile").unwrap();
+    for args in [
+        vec!["report", "-i", junk.to_str().unwrap()],
+        vec!["report", "-i", "/nonexistent/lbrprof.data"],
+        vec![
+            "flamegraph",
+            "-i",
+            junk.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+        ],
+    ] {
+        let out = common::run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("lbrprof: error: "), "{err}");
+    }
+    // perf.data magic with garbage behind it.
+    let bad = dir.path().join("bad.data");
+    let mut bytes = b"PERFILE2".to_vec();
+    bytes.extend([0xffu8; 200]);
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = common::run(&["report", "-i", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn truncated_perf_data_gives_a_warning_and_a_partial_report() {
+    let Some(p) = fixture("perf.data.callgraph_and_branch-3.8") else {
+        return;
+    };
+    let full = std::fs::read(&p).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.data");
+    std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
+    let out = common::run(&[
+        "report",
+        "-i",
+        cut.to_str().unwrap(),
+        "--format",
+        "json",
+        "--no-symbols",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = v["meta"]["samples"].as_u64().unwrap();
+    assert!(samples > 100 && samples < 1856, "{samples}");
+    let warnings = v["meta"]["warnings"].to_string();
+    assert!(warnings.contains("truncated"), "{warnings}");
+}
+
+#[test]
+fn compressed_perf_data_is_read() {
+    let Some(p) = fixture("sleep.compressed.data") else {
+        return;
+    };
+    let v = json(&["report", "-i", p.to_str().unwrap(), "--no-symbols"]);
+    assert!(v["meta"]["samples"].as_u64().unwrap() > 0);
+}
