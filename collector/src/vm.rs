@@ -16,6 +16,9 @@
 //! at the end (the shim's accounting merged with the guest LBR's); and a header whose
 //! target is [`Target::Vm`].
 //!
+//! SIGINT and SIGTERM stop the guest (the run ends as stopped, exit status 130) and the
+//! recording is finalized as usual.
+//!
 //! The guest LBR itself (hardware passthrough or emulation, exact or sampled) is not this
 //! module's business: it comes in as a [`GuestLbr`], which makes the per-vCPU hooks and
 //! reports their counters.
@@ -217,17 +220,35 @@ pub fn record_vm(
     let (snap_sink, snap_rx) = SnapshotSink::bounded(SNAPSHOT_CHANNEL_CAPACITY);
     let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
     vm_config.vcpu_threads = Some(thread_tx);
+    let stop = vm_config.stop_handle();
 
-    let result = run_sampled(
-        vm_config,
-        &image.bytes,
-        lbr,
-        &snap_sink,
-        &config,
-        &sink,
-        &snap_rx,
-        &thread_rx,
-    );
+    let result = sys::SignalPipe::install()
+        .map_err(|source| RecordError::System {
+            what: "install signal handlers",
+            source,
+        })
+        .and_then(|signals| {
+            run_sampled(
+                vm_config,
+                &image.bytes,
+                lbr,
+                &snap_sink,
+                &config,
+                &sink,
+                &snap_rx,
+                &thread_rx,
+                &|| {
+                    if signals
+                        .take()
+                        .iter()
+                        .any(|&s| s == libc::SIGINT || s == libc::SIGTERM)
+                    {
+                        stop.stop();
+                    }
+                },
+                signals.fd(),
+            )
+        });
     let (report, sampler_stats, mut run) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -292,6 +313,7 @@ pub fn record_vm(
             "guest stopped after the {:.3} s timeout",
             t.as_secs_f64()
         )),
+        Outcome::Stopped => notes.push("stopped by a signal to lbrprof".into()),
         Outcome::Exited(_) | Outcome::PowerOff => {}
     }
     let summary = Summary {
@@ -330,6 +352,8 @@ fn run_sampled(
     sink: &EventSink,
     snap_rx: &Receiver<LbrSnapshot>,
     thread_rx: &Receiver<VcpuThreadInfo>,
+    on_signal: &dyn Fn(),
+    signal_fd: std::os::fd::RawFd,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
     let hooks = |vcpu: u32| lbr.hook(vcpu, snap_sink);
     std::thread::scope(|scope| {
@@ -398,10 +422,12 @@ fn run_sampled(
                 sink.send(Event::Snapshot(s));
             }
         };
-        let fds = sampler.poll_fds();
+        let mut fds = sampler.poll_fds();
+        fds.push(signal_fd);
         while !vm_thread.is_finished() {
             // Errors of poll only shorten the wait; draining on the timer still works.
             let _ = sys::poll_readable(&fds, DRAIN_INTERVAL_MS);
+            on_signal();
             pass(&mut sampler, &mut facts);
         }
         let disabled = sampler.disable();

@@ -109,6 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let code = outcome.outcome.exit_code();
     match outcome.outcome {
         Outcome::Exited(_) | Outcome::PowerOff => Ok(ExitCode::from(code)),
+        Outcome::Stopped => Err(with_exit(
+            anyhow!("guest '{spec}' stopped by a signal; the recording is kept"),
+            code,
+        )),
         Outcome::TimedOut(_) => Err(with_exit(
             anyhow!("guest '{spec}' timed out; the recording is kept"),
             code,
