@@ -7,14 +7,18 @@
 //! mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired instructions in
 //! exact mode (`10,000,000 / F`).
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::Context;
 use lbrprof_collector::vm::{GuestLbr, LbrCounters};
+use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::caps;
 use lbrprof_vmm::pmu::backend::{self, Decision, HostLbrFacts, LbrMode, LbrRequest};
-use lbrprof_vmm::pmu::emulated::SnapshotSink;
+use lbrprof_vmm::pmu::emulated::{EmulatedConfig, Sampling, SnapshotSink};
+use lbrprof_vmm::pmu::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink};
+use lbrprof_vmm::pmu::tracer::TraceMode;
 use lbrprof_vmm::pmu::vpmu::PmuConfig;
 use lbrprof_vmm::snapshot::LbrBackend;
-use lbrprof_vmm::{NoopHook, VcpuHook};
 
 use crate::cmd::record::{LbrChoice, LbrModeChoice};
 
@@ -40,6 +44,7 @@ pub struct ShimLbr {
     pmu: PmuConfig,
     period: u64,
     host_has_lbr: bool,
+    stats: LbrStatsSink,
 }
 
 /// The counter period that gives `frequency` snapshots per second in `mode`.
@@ -84,6 +89,7 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
         pmu,
         period: snapshot_period(mode, req.frequency),
         host_has_lbr: facts.host_lbr_nr != 0,
+        stats: Arc::new(Mutex::new(Vec::new())),
     }))
 }
 
@@ -96,6 +102,11 @@ impl ShimLbr {
             self.decision,
             self.pmu.lbr_depth.slots()
         )
+    }
+
+    fn run_stats(&self, vcpu: u32) -> Option<LbrRunStats> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.iter().find(|s| s.vcpu == vcpu).copied()
     }
 }
 
@@ -114,13 +125,43 @@ impl GuestLbr for ShimLbr {
         }
     }
 
-    fn hook(&self, _vcpu: u32, _sink: &SnapshotSink) -> Box<dyn VcpuHook> {
-        let _ = (self.host_has_lbr, self.period);
-        Box::new(NoopHook)
+    fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook> {
+        match self.decision.backend {
+            backend::LbrBackend::Hardware => Box::new(HardwarePmuHook {
+                host_has_lbr: self.host_has_lbr,
+            }),
+            backend::LbrBackend::Emulated => {
+                let mode = match self.mode {
+                    LbrMode::Exact => TraceMode::Exact,
+                    LbrMode::Sampled => TraceMode::Sampled {
+                        window_branches: self.pmu.lbr_depth.slots(),
+                    },
+                };
+                let mut cfg = EmulatedConfig::new(vcpu, self.pmu, mode);
+                cfg.sampling = Sampling::Shim {
+                    period: self.period,
+                };
+                cfg.cycles_per_sec = GUEST_CYCLES_PER_SEC;
+                Box::new(
+                    EmulatedPmuHook::new(cfg, Some(sink.clone()))
+                        .with_stats(Arc::clone(&self.stats)),
+                )
+            }
+        }
     }
 
-    fn counters(&self, _vcpu: u32) -> LbrCounters {
-        LbrCounters::default()
+    fn counters(&self, vcpu: u32) -> LbrCounters {
+        let Some(s) = self.run_stats(vcpu) else {
+            return LbrCounters::default();
+        };
+        let exact = self.mode == LbrMode::Exact;
+        LbrCounters {
+            trace_ns: 0,
+            snapshot_ns: 0,
+            instructions: exact.then_some(s.tracer.instructions),
+            branches: exact.then_some(s.tracer.branches),
+            frozen_events: s.pmu.frozen_branches,
+        }
     }
 }
 

@@ -278,7 +278,12 @@ pub fn record_vm(
             vcpu: v.vcpu,
             exits: v.exits.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
             run_ns: v.run_ns,
-            trace_ns: c.trace_ns,
+            // Time in the vCPU hook is the LBR's: tracing, and the snapshots within it.
+            trace_ns: if c.trace_ns > 0 {
+                c.trace_ns
+            } else {
+                v.hook_ns
+            },
             snapshot_ns: c.snapshot_ns,
             instructions: c.instructions,
             branches: c.branches,

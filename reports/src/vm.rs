@@ -10,8 +10,9 @@
 //!   [`lbrprof_collector::pairing::pair`] (the rules are documented there and in
 //!   `lbrprof report --help`). *In KVM_RUN* is decided from the sample: its cpumode is a
 //!   guest mode (the host interrupted the running guest), or one of its kernel frames is
-//!   KVM's vCPU ioctl (`kvm_vcpu_ioctl`, `kvm_arch_vcpu_ioctl_run`: the host kernel is
-//!   entering the guest or handling an exit in the kernel);
+//!   `kvm_arch_vcpu_ioctl_run` (the host kernel is entering the guest or handling an exit
+//!   in the kernel). The default window is one guest sampling period as the host saw it:
+//!   the median time between consecutive snapshots of a vCPU ([`default_window`]);
 //! * **host activity**: where the vCPU threads and the rest of the shim spent their
 //!   samples (guest running, KVM in the host kernel, the shim's exit handling by kind,
 //!   other), each with its hottest host stacks, next to the shim's own accounting (exits
@@ -36,8 +37,9 @@ use crate::aggregate::FastMap;
 use crate::loc::{Loc, ModuleKind, ModuleTable};
 use crate::symbols::SymbolTable;
 
-/// Kernel functions that mean "this thread is inside the KVM_RUN ioctl".
-pub const KVM_RUN_FRAMES: [&str; 2] = ["kvm_arch_vcpu_ioctl_run", "kvm_vcpu_ioctl"];
+/// Kernel functions that mean "this thread is inside the KVM_RUN ioctl" (`kvm_vcpu_ioctl`
+/// alone is not enough: the shim's KVM_GET_REGS and friends go through it too).
+pub const KVM_RUN_FRAMES: [&str; 1] = ["kvm_arch_vcpu_ioctl_run"];
 
 /// One host sample, as pairing and the unified stacks need it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +117,9 @@ impl Activity {
             Activity::ShimPmu => "shim: PMU/LBR MSR emulation and snapshots",
             Activity::ShimDevices => "shim: device I/O emulation",
             Activity::ShimOther => "shim: other exit handling",
-            Activity::VcpuKernelOther => "vCPU thread in the kernel outside KVM_RUN",
+            Activity::VcpuKernelOther => {
+                "vCPU thread in the kernel outside KVM_RUN (register ioctls, faults)"
+            }
             Activity::OtherThreads => "other threads (VM set-up, tear-down)",
         }
     }
@@ -237,6 +241,24 @@ fn shim_activity(leaf: &str) -> Activity {
     } else {
         Activity::ShimOther
     }
+}
+
+/// The default pairing window: the median interval between consecutive snapshots of the
+/// same vCPU (one guest sampling period in host time, tracing included), and at least
+/// `host_period_ns` (one host sampling period).
+pub fn default_window(trace: &VmTrace, host_period_ns: u64) -> u64 {
+    let mut by_vcpu: HashMap<u32, Vec<u64>> = HashMap::new();
+    for s in &trace.snapshots {
+        by_vcpu.entry(s.vcpu).or_default().push(s.time_ns);
+    }
+    let mut gaps: Vec<u64> = Vec::new();
+    for times in by_vcpu.values_mut() {
+        times.sort_unstable();
+        gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
+    }
+    gaps.sort_unstable();
+    let median = gaps.get(gaps.len() / 2).copied().unwrap_or(0);
+    median.max(host_period_ns)
 }
 
 /// Pairs, classifies and builds the unified stacks. `window_ns` is the pairing window.
@@ -676,6 +698,22 @@ mod tests {
         text(&a.report, &mut text_out).unwrap();
         let t = String::from_utf8(text_out).unwrap();
         assert!(t.contains("2 of 3 samples in KVM_RUN paired"), "{t}");
+    }
+
+    #[test]
+    fn default_window_is_the_median_snapshot_interval_or_the_host_period() {
+        let mut t = VmTrace::default();
+        assert_eq!(default_window(&t, 1_000), 1_000);
+        for (time_ns, vcpu) in [(0, 0), (10_000, 0), (30_000, 0), (5, 1), (12_005, 1)] {
+            t.snapshots.push(VmSnapshot {
+                time_ns,
+                vcpu,
+                stack: 0,
+            });
+        }
+        // Gaps 10000, 20000 (vCPU 0) and 12000 (vCPU 1): median 12000.
+        assert_eq!(default_window(&t, 1_000), 12_000);
+        assert_eq!(default_window(&t, 50_000), 50_000);
     }
 
     #[test]

@@ -124,9 +124,10 @@ pairing statistics.
 Pairing rules: host samples and guest snapshots share CLOCK_MONOTONIC. A host sample is \
 paired only if it was taken on a vCPU thread while that thread was inside KVM_RUN: its \
 cpumode is a guest mode (the guest was running), or one of its kernel frames is \
-kvm_vcpu_ioctl or kvm_arch_vcpu_ioctl_run. It pairs with the snapshot of the same vCPU \
-nearest in time, if that is at most --pair-window away (inclusive; default one host \
-sample period, 1/F); of two equally near snapshots the earlier wins. A snapshot may pair \
+kvm_arch_vcpu_ioctl_run. It pairs with the snapshot of the same vCPU nearest in time, if \
+that is at most --pair-window away (inclusive; default: one guest sampling period as the \
+host saw it, the median time between consecutive snapshots of a vCPU, and at least one \
+host sample period 1/F); of two equally near snapshots the earlier wins. A snapshot may pair \
 with several samples. Unpaired samples are counted by reason: not on a vCPU thread, \
 outside KVM_RUN, no snapshot in the window. Pairing happens at report time, so a \
 different window needs no new recording.";
@@ -135,7 +136,8 @@ different window needs no new recording.";
 #[derive(Debug, Clone, clap::Args)]
 pub struct PairArgs {
     /// Largest time distance, in nanoseconds, between a host sample and the guest
-    /// snapshot it is paired with (record --vm recordings; default: one sample period).
+    /// snapshot it is paired with (record --vm recordings; default: one guest sampling
+    /// period, the median time between a vCPU's consecutive snapshots, at least 1/F).
     #[arg(long, value_name = "NS")]
     pub pair_window: Option<u64>,
 }
@@ -153,9 +155,10 @@ pub fn vm_analysis(loaded: &Loaded, pairing: &PairArgs) -> Option<vm::VmAnalysis
     };
     let trace = loaded.profile.vm.as_ref()?;
     let freq = loaded.header.sampling.frequency;
+    let host_period = 1_000_000_000u64.checked_div(freq).unwrap_or(1_000_000);
     let window = pairing
         .pair_window
-        .unwrap_or_else(|| 1_000_000_000u64.checked_div(freq).unwrap_or(1_000_000));
+        .unwrap_or_else(|| vm::default_window(trace, host_period));
     let target = vm::VmTarget {
         image: image.clone(),
         vcpus: *vcpus,
