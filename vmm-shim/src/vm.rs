@@ -309,7 +309,14 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
 
         let mut vcpu_hooks: Vec<Box<dyn VcpuHook>> = (0..config.vcpus).map(hooks).collect();
-        let ranges: Vec<MsrRange> = vcpu_hooks.iter().flat_map(|h| h.msr_ranges()).collect();
+        // The filter is per VM: the union of the vCPUs' ranges, each range once (every
+        // vCPU's PMU hook asks for the same ones).
+        let mut ranges: Vec<MsrRange> = Vec::new();
+        for r in vcpu_hooks.iter().flat_map(|h| h.msr_ranges()) {
+            if !ranges.contains(&r) {
+                ranges.push(r);
+            }
+        }
         install_msr_filter(&vm, &ranges)?;
 
         parsed.load(&mem)?;
