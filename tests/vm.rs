@@ -158,6 +158,36 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
 }
 
 #[test]
+fn demo_without_kvm_records_the_host_workload() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("d");
+    let out = common::lbrprof()
+        .args(["demo", "-o", out_dir.to_str().unwrap()])
+        .env("LBRPROF_DEMO_NO_KVM", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("LBRPROF_DEMO_NO_KVM is set"), "{stderr}");
+    assert!(stderr.contains("host workload"), "{stderr}");
+    let svg = std::fs::read(out_dir.join("flamegraph.svg")).unwrap();
+    let titles = svg_titles(&svg);
+    assert!(
+        titles
+            .iter()
+            .any(|t| t.contains("demo_hot_loop") || t.contains("demo_branchy")),
+        "the host workload's functions are not in the flame graph"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
+    assert!(report["vm"].is_null());
+    assert!(report["meta"]["samples"].as_u64().unwrap() > 100);
+}
+
+#[test]
 fn record_vm_keeps_the_guest_exit_status_and_image() {
     if !common::kvm_available() || !common::perf_available() {
         return;

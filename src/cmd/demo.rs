@@ -50,14 +50,18 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
         .ok_or_else(|| anyhow!("{} is not valid UTF-8", p.display()))
 }
 
-/// Whether /dev/kvm can be used, and if not, why.
+/// Whether KVM can be used, and if not, why. `LBRPROF_DEMO_NO_KVM=1` pretends it cannot
+/// (to try, and test, the host-only demo on a machine with KVM).
 fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))
+    if std::env::var_os("LBRPROF_DEMO_NO_KVM").is_some() {
+        return Err("LBRPROF_DEMO_NO_KVM is set".into());
+    }
+    let caps = lbrprof_vmm::caps::probe();
+    match (caps.open_error, caps.api_version) {
+        (Some(e), _) => Err(e),
+        (None, Some(12)) => Ok(()),
+        (None, v) => Err(format!("/dev/kvm does not speak the KVM API 12 ({v:?})")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
