@@ -102,7 +102,9 @@ pub enum Activity {
     ShimDevices,
     /// ... anything else in the vCPU loop.
     ShimOther,
-    /// A vCPU thread in the host kernel outside KVM_RUN (page faults, signals, ...).
+    /// A vCPU thread in KVM's other vCPU ioctls (the shim reading or writing registers).
+    KvmStateIoctls,
+    /// A vCPU thread in the host kernel outside KVM's vCPU ioctls (page faults, ...).
     VcpuKernelOther,
     /// Threads that are not vCPU threads (VM set-up and tear-down, ...).
     OtherThreads,
@@ -117,9 +119,8 @@ impl Activity {
             Activity::ShimPmu => "shim: PMU/LBR MSR emulation and snapshots",
             Activity::ShimDevices => "shim: device I/O emulation",
             Activity::ShimOther => "shim: other exit handling",
-            Activity::VcpuKernelOther => {
-                "vCPU thread in the kernel outside KVM_RUN (register ioctls, faults)"
-            }
+            Activity::KvmStateIoctls => "KVM register and state ioctls of the shim (GET_REGS, ...)",
+            Activity::VcpuKernelOther => "vCPU thread in the kernel, not in KVM (faults, ...)",
             Activity::OtherThreads => "other threads (VM set-up, tear-down)",
         }
     }
@@ -227,16 +228,12 @@ fn frame_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
 
 /// Classifies the shim's user-space exit handling by the leaf function's name.
 fn shim_activity(leaf: &str) -> Activity {
-    let l = leaf;
-    if l.contains("tracer")
-        || l.contains("on_debug")
-        || l.contains("iced_x86")
-        || l.contains("branch::")
-    {
+    let has = |parts: &[&str]| parts.iter().any(|p| leaf.contains(p));
+    if has(&["pmu::tracer", "pmu::branch", "pmu::kvm_hook", "iced_x86"]) {
         Activity::ShimTracing
-    } else if l.contains("pmu::") || l.contains("snapshot") || l.contains("crossbeam") {
+    } else if has(&["pmu::", "snapshot", "crossbeam"]) {
         Activity::ShimPmu
-    } else if l.contains("devices::") || l.contains("serial") || l.contains("write") {
+    } else if has(&["devices::", "serial"]) {
         Activity::ShimDevices
     } else {
         Activity::ShimOther
@@ -280,6 +277,12 @@ pub fn analyze(
         locs.iter()
             .zip(&names[stack as usize])
             .any(|(l, n)| is_kernel(l) && KVM_RUN_FRAMES.iter().any(|k| n == k))
+    };
+    let in_vcpu_ioctl = |stack: u32| -> bool {
+        let locs = &trace.stacks[stack as usize];
+        locs.iter()
+            .zip(&names[stack as usize])
+            .any(|(l, n)| is_kernel(l) && n == "kvm_vcpu_ioctl")
     };
     let vcpu_of: HashMap<u32, u32> = trace.vcpus.iter().map(|v| (v.tid, v.vcpu)).collect();
 
@@ -359,6 +362,7 @@ pub fn analyze(
             (None, _) => Activity::OtherThreads,
             (Some(_), m) if m.is_guest() => Activity::GuestRunning,
             (Some(_), _) if in_kvm_run_kernel(s.stack) => Activity::KvmKernel,
+            (Some(_), m) if m.is_kernel() && in_vcpu_ioctl(s.stack) => Activity::KvmStateIoctls,
             (Some(_), m) if m.is_kernel() => Activity::VcpuKernelOther,
             (Some(_), _) => shim_activity(n.first().map_or("", String::as_str)),
         };
@@ -505,7 +509,7 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
         let total: u64 = s.exits.values().sum();
         writeln!(
             w,
-            "  vcpu{} (tid {}): {} in KVM_RUN, {} exits ({}), tracing {}, snapshots {} ({} lost, {}), {} branches frozen{}",
+            "  vcpu{} (tid {}): {} in KVM_RUN, {} exits ({}), {} in the LBR hook (tracing{}), {} snapshots ({} lost), {} branches frozen{}",
             s.vcpu,
             s.tid.map_or_else(|| "-".to_owned(), |t| t.to_string()),
             ms(s.run_ns),
@@ -516,9 +520,13 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
                 exits.join(", ")
             },
             ms(s.trace_ns),
+            if s.snapshot_ns > 0 {
+                format!(", snapshots {}", ms(s.snapshot_ns))
+            } else {
+                " and snapshots".to_owned()
+            },
             s.snapshots,
             s.lost_snapshots,
-            ms(s.snapshot_ns),
             s.frozen_events,
             match (s.instructions, s.branches) {
                 (Some(i), Some(b)) => format!(", {i} instructions, {b} branches retired"),
@@ -714,6 +722,23 @@ mod tests {
         // Gaps 10000, 20000 (vCPU 0) and 12000 (vCPU 1): median 12000.
         assert_eq!(default_window(&t, 1_000), 12_000);
         assert_eq!(default_window(&t, 50_000), 50_000);
+    }
+
+    #[test]
+    fn shim_time_is_classified_by_the_leaf_function() {
+        assert_eq!(
+            shim_activity("lbrprof_vmm::pmu::tracer::Tracer::on_debug_exit"),
+            Activity::ShimTracing
+        );
+        assert_eq!(
+            shim_activity("lbrprof_vmm::pmu::vpmu::VirtualPmu::snapshot"),
+            Activity::ShimPmu
+        );
+        assert_eq!(
+            shim_activity("lbrprof_vmm::devices::Devices::io_out"),
+            Activity::ShimDevices
+        );
+        assert_eq!(shim_activity("__GI___ioctl"), Activity::ShimOther);
     }
 
     #[test]
