@@ -237,7 +237,23 @@ fn record_vm_rejects_bad_input_with_one_line() {
     // Guest options need --vm.
     let out = common::run(&["record", "--vcpus", "2", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
+    // What the VM would refuse is refused before anything is written.
+    for bad in [["--vcpus", "0"], ["--mem", "1K"], ["--lbr-depth", "7"]] {
+        let out = common::run(&[
+            "record",
+            "--vm",
+            "builtin:sort",
+            bad[0],
+            bad[1],
+            "-o",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
     assert!(!data.exists());
+    assert!(!dir.path().join("x.data.guest").exists());
 }
 
 /// The address of the first symbol of `elf` whose name contains `part`.

@@ -72,6 +72,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         depth: args.guest.lbr_depth,
         frequency: args.freq,
     })?;
+    // What the VM would refuse, refused before anything is written.
+    lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
+    let max = lbrprof_vmm::boot::MAX_VCPUS;
+    if args.guest.vcpus == 0 || args.guest.vcpus > max {
+        anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
+    }
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
     vm.cmdline = args.command.join(" ");
