@@ -243,6 +243,12 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
             )?;
         }
     }
+    if let Some(vm) = &r.vm {
+        writeln!(w, "\n### Host and guest\n")?;
+        writeln!(w, "```text")?;
+        crate::vm::text(vm, &mut w)?;
+        writeln!(w, "```")?;
+    }
     Ok(())
 }
 
