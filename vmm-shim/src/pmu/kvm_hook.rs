@@ -353,6 +353,9 @@ impl EmulatedPmuHook {
             return self.fail(ctx, e);
         }
         if idt {
+            // An injected PMI's handler would run in a context these traps cannot follow
+            // (it returns into the trap handler's IRETQ): let it run untraced.
+            self.core.set_follow_nmi_handler(false);
             ctx.set_single_step(false);
             for slot in 0..MAX_BREAKPOINTS {
                 let _ = ctx.set_breakpoint(slot, None);
