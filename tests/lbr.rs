@@ -197,3 +197,47 @@ fn hw_is_refused_with_the_reason_where_the_host_has_no_usable_lbr() {
         "{err}"
     );
 }
+
+#[test]
+fn two_vcpus_share_code_without_tripping_over_each_others_breakpoints() {
+    if !kvm_available() {
+        return;
+    }
+    let base = [
+        "run",
+        "--vm",
+        "builtin:branchy",
+        "--serial",
+        "stdio",
+        "--vcpus",
+        "2",
+    ];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--", "n=100"]].concat());
+    assert_eq!(code, 0, "{err}");
+    for mode in ["exact", "sampled"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                mode,
+                "--lbr-sample",
+                "100003",
+            ],
+            &["--", "n=100"],
+        ]
+        .concat();
+        let (code, traced, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "{mode}: {err}");
+        assert_eq!(checksum_line(&plain), checksum_line(&traced), "{mode}");
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.contains("instructions and"))
+                .count(),
+            2,
+            "{err}"
+        );
+    }
+}

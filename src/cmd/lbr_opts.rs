@@ -72,7 +72,11 @@ impl LbrSetup {
 
 impl LbrArgs {
     /// `None` for `--lbr off`; an error when the request cannot be met on this host.
-    pub fn setup(&self, sink: Option<SnapshotSink>) -> anyhow::Result<Option<LbrSetup>> {
+    pub fn setup(
+        &self,
+        sink: Option<SnapshotSink>,
+        vcpus: u32,
+    ) -> anyhow::Result<Option<LbrSetup>> {
         let request = match self.lbr {
             LbrFlag::Off => return Ok(None),
             LbrFlag::Auto => LbrRequest::Auto,
@@ -108,7 +112,11 @@ impl LbrArgs {
                 Box::new(move |vcpu| {
                     let mut cfg = EmulatedConfig::new(vcpu, pmu, mode);
                     cfg.sampling = sampling;
-                    Box::new(EmulatedPmuHook::new(cfg, sink.clone()).with_stats(Arc::clone(&stats)))
+                    Box::new(
+                        EmulatedPmuHook::new(cfg, sink.clone())
+                            .with_vcpus(vcpus)
+                            .with_stats(Arc::clone(&stats)),
+                    )
                 })
             }
         };
@@ -125,8 +133,9 @@ pub fn print_stats(setup: &LbrSetup) {
     eprintln!("lbrprof: lbr: backend {}", setup.decision);
     let stats = setup.stats.lock().unwrap_or_else(|e| e.into_inner());
     for s in stats.iter() {
+        let stops = s.tracer.exits + s.stepping_stops;
         let per_branch = if s.tracer.taken > 0 {
-            s.tracer.exits as f64 / s.tracer.taken as f64
+            stops as f64 / s.tracer.taken as f64
         } else {
             0.0
         };
@@ -138,7 +147,7 @@ pub fn print_stats(setup: &LbrSetup) {
             s.tracer.instructions,
             s.tracer.branches,
             s.tracer.taken,
-            s.tracer.exits,
+            stops,
             s.pmu.pmis,
             s.snapshots,
             s.pmu.frozen_branches,

@@ -129,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.cmdline = args.guest_args.join(" ");
     config.timeout = args.timeout;
     config.serial = serial_sink(&args.serial)?;
-    let lbr = args.lbr.setup(None)?;
+    let lbr = args.lbr.setup(None, args.vcpus)?;
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
             Some(setup) => setup.hook(index),

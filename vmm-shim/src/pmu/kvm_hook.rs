@@ -26,7 +26,7 @@
 //! guest makes no exits of its own: the hook arms the vCPU's exit timer
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,8 @@ pub struct LbrRunStats {
     pub tracer: TracerStats,
     pub pmu: PmuStats,
     pub snapshots: u64,
+    /// Extra stops: single-steps towards breakpoints (several vCPUs, IDT traps).
+    pub stepping_stops: u64,
 }
 
 /// Where the hooks of a VM put their [`LbrRunStats`].
@@ -105,6 +107,12 @@ pub struct EmulatedPmuHook {
     failed: bool,
     /// KVM guest debug is on (its single-step owns RFLAGS.TF while it is).
     kvm_debug: bool,
+    /// vCPUs in the VM. With more than one, code is shared, so breakpoints are not `int3`
+    /// patches (another vCPU would trap on them) but single-steps until an address comes up.
+    vcpus: u32,
+    /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
+    pending_bps: Vec<u64>,
+    stepping_stops: u64,
 }
 
 /// A stop through one of the patched handlers: the interrupted context's trap frame.
@@ -131,13 +139,25 @@ impl Trap {
 /// The IDT-trap machinery: patched handlers and `int3` breakpoints.
 #[derive(Default)]
 struct IdtTraps {
-    /// (vector, handler address, original bytes) once installed.
-    handlers: Vec<(u8, u64, [u8; 4])>,
+    /// (vector, handler address) once installed; the original bytes are in
+    /// [`HANDLER_ORIGINALS`], shared by the VM's vCPUs.
+    handlers: Vec<(u8, u64)>,
     /// `int3` breakpoints: address → original byte.
     patches: HashMap<u64, u8>,
     /// TF was set by the shim for the current run, so a #DB is the shim's.
     stepping: bool,
+    /// Host address of the VM's guest memory (tells VMs apart in [`HANDLER_ORIGINALS`]).
+    mem_base: u64,
 }
+
+/// The original first bytes of patched handlers, per (guest memory, handler address), with
+/// the number of vCPUs using the patch: the last one to stop puts the bytes back.
+static HANDLER_ORIGINALS: Mutex<BTreeMap<HandlerKey, HandlerPatch>> = Mutex::new(BTreeMap::new());
+
+/// (host address of the guest memory, handler address).
+type HandlerKey = (u64, u64);
+/// (original bytes, vCPUs using the patch).
+type HandlerPatch = ([u8; 4], u32);
 
 impl IdtTraps {
     fn installed(&self) -> bool {
@@ -150,6 +170,7 @@ impl IdtTraps {
         if self.installed() {
             return true;
         }
+        self.mem_base = ctx.memory().host_base();
         if sregs.cs.l == 0 || u64::from(sregs.idt.limit) < u64::from(VECTOR_BP) * 16 + 15 {
             return false;
         }
@@ -176,19 +197,31 @@ impl IdtTraps {
         if found[0].1 == found[1].1 {
             return false; // one shared handler: cannot tell the vectors apart
         }
+        let base = ctx.memory().host_base();
+        let mut shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         for (vector, handler) in found {
+            let key = (base, handler);
+            if let Some((_, users)) = shared.get_mut(&key) {
+                // Another vCPU of this VM patched it already.
+                *users += 1;
+                self.handlers.push((vector, handler));
+                continue;
+            }
             let mut orig = [0u8; 4];
             let Ok(pa) = ctx.memory().translate(sregs.cr3, GuestVirtAddr(handler)) else {
+                drop(shared);
                 self.uninstall(ctx, sregs.cr3);
                 return false;
             };
             if ctx.memory().read(pa, &mut orig).is_err()
                 || ctx.memory().write(pa, &HANDLER_PATCH).is_err()
             {
+                drop(shared);
                 self.uninstall(ctx, sregs.cr3);
                 return false;
             }
-            self.handlers.push((vector, handler, orig));
+            shared.insert(key, (orig, 1));
+            self.handlers.push((vector, handler));
         }
         true
     }
@@ -197,8 +230,8 @@ impl IdtTraps {
     fn trap_vector(&self, rip: u64) -> Option<u8> {
         self.handlers
             .iter()
-            .find(|(_, h, _)| h.wrapping_add(2) == rip)
-            .map(|(v, _, _)| *v)
+            .find(|(_, h)| h.wrapping_add(2) == rip)
+            .map(|(v, _)| *v)
     }
 
     /// Makes the `int3` set exactly `want`.
@@ -215,10 +248,7 @@ impl IdtTraps {
         }
         for &addr in want {
             if self.patches.contains_key(&addr)
-                || self
-                    .handlers
-                    .iter()
-                    .any(|(_, h, _)| addr.wrapping_sub(*h) < 4)
+                || self.handlers.iter().any(|(_, h)| addr.wrapping_sub(*h) < 4)
             {
                 continue;
             }
@@ -234,9 +264,20 @@ impl IdtTraps {
         for (addr, orig) in std::mem::take(&mut self.patches) {
             let _ = write_byte(ctx, cr3, addr, orig);
         }
-        for (_, handler, orig) in std::mem::take(&mut self.handlers) {
-            if let Ok(pa) = ctx.memory().translate(cr3, GuestVirtAddr(handler)) {
-                let _ = ctx.memory().write(pa, &orig);
+        let base = ctx.memory().host_base();
+        let mut shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, handler) in std::mem::take(&mut self.handlers) {
+            let key = (base, handler);
+            let Some((orig, users)) = shared.get_mut(&key) else {
+                continue;
+            };
+            *users -= 1;
+            if *users == 0 {
+                let orig = *orig;
+                shared.remove(&key);
+                if let Ok(pa) = ctx.memory().translate(cr3, GuestVirtAddr(handler)) {
+                    let _ = ctx.memory().write(pa, &orig);
+                }
             }
         }
     }
@@ -250,7 +291,14 @@ impl IdtTraps {
                 buf[(addr - gva) as usize] = orig;
             }
         }
-        for (_, handler, orig) in &self.handlers {
+        if self.handlers.is_empty() {
+            return;
+        }
+        let shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, handler) in &self.handlers {
+            let Some((orig, _)) = shared.get(&(self.mem_base, *handler)) else {
+                continue;
+            };
             for (i, &b) in orig.iter().enumerate() {
                 let a = handler.wrapping_add(i as u64);
                 if inside(a) {
@@ -305,7 +353,16 @@ impl EmulatedPmuHook {
             armed: false,
             failed: false,
             kvm_debug: false,
+            vcpus: 1,
+            pending_bps: Vec::new(),
+            stepping_stops: 0,
         }
+    }
+
+    /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
+    pub fn with_vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus.max(1);
+        self
     }
 
     /// Also report this vCPU's statistics into `sink` when it stops.
@@ -348,11 +405,27 @@ impl EmulatedPmuHook {
         // TF can be set directly unless KVM's single-step, which owns it, is being turned off.
         let can_tf = trap.is_some() || !self.kvm_debug;
         let idt = ring3 && (!tf || can_tf) && self.traps.install(ctx, &sregs);
-        let patches: &[u64] = if idt { &r.breakpoints } else { &[] };
+        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`).
+        // (Only where TF can be set; otherwise this one stop uses an `int3`.)
+        let by_steps = idt && self.vcpus > 1 && !tf && !r.breakpoints.is_empty() && can_tf;
+        let tf = tf || by_steps;
+        let patches: &[u64] = if idt && !by_steps {
+            &r.breakpoints
+        } else {
+            &[]
+        };
         if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, patches) {
             return self.fail(ctx, e);
         }
+        self.pending_bps = if by_steps {
+            r.breakpoints.clone()
+        } else {
+            Vec::new()
+        };
         if idt {
+            // An injected PMI's handler would run in a context these traps cannot follow
+            // (it returns into the trap handler's IRETQ): let it run untraced.
+            self.core.set_follow_nmi_handler(false);
             ctx.set_single_step(false);
             for slot in 0..MAX_BREAKPOINTS {
                 let _ = ctx.set_breakpoint(slot, None);
@@ -492,6 +565,22 @@ impl VcpuHook for EmulatedPmuHook {
                 VECTOR_BP => self.traps.patches.contains_key(&trap.rip()),
                 _ => self.traps.stepping,
             };
+            if ours
+                && trap.vector == VECTOR_DB
+                && !self.pending_bps.is_empty()
+                && !self.pending_bps.contains(&trap.rip())
+            {
+                // Still stepping towards a breakpoint address.
+                self.stepping_stops += 1;
+                if let Err(e) = ctx
+                    .sregs()
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| write_frame(ctx, s.cr3, &trap, true))
+                {
+                    self.fail(ctx, e);
+                }
+                return;
+            }
             if ours {
                 let r = self
                     .core
@@ -530,6 +619,7 @@ impl VcpuHook for EmulatedPmuHook {
                     tracer: self.core.tracer_stats(),
                     pmu: self.core.pmu_stats(),
                     snapshots: self.core.snapshots(),
+                    stepping_stops: self.stepping_stops,
                 });
         }
     }
