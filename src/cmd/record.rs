@@ -85,6 +85,11 @@ pub struct VmArgs {
     /// 10,000,000 / F instructions).
     #[arg(long, value_enum, default_value_t = LbrModeChoice::Sampled, requires = "vm")]
     pub lbr_mode: LbrModeChoice,
+    /// Guest snapshots per second (default: -F). With the emulated LBR each snapshot
+    /// costs the tracing of its last branches (a few hundred VM exits), so a rate below
+    /// the host's sampling rate keeps the guest closer to full speed.
+    #[arg(long, value_name = "HZ", requires = "vm")]
+    pub lbr_freq: Option<u64>,
     /// LBR entries per snapshot (8, 16 or 32).
     #[arg(long, default_value_t = 32, value_name = "N", requires = "vm")]
     pub lbr_depth: u32,

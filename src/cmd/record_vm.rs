@@ -63,14 +63,14 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.guest.vm.clone().unwrap_or_default();
-    if args.freq == 0 {
-        anyhow::bail!("-F must be at least 1 Hz");
+    if args.freq == 0 || args.guest.lbr_freq == Some(0) {
+        anyhow::bail!("-F and --lbr-freq must be at least 1 Hz");
     }
     let lbr = guest_lbr::setup(&LbrRequestArgs {
         lbr: args.guest.lbr,
         mode: args.guest.lbr_mode,
         depth: args.guest.lbr_depth,
-        frequency: args.freq,
+        frequency: args.guest.lbr_freq.unwrap_or(args.freq),
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
