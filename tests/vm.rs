@@ -101,6 +101,11 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     let titles = svg_titles(&svg);
     let has = |name: &str| titles.iter().any(|t| t.starts_with(name));
     assert!(has("[vcpu0 thread]"), "no vCPU thread frame");
+    // The shim's run loop (lbrprof is built with frame pointers, .cargo/config.toml).
+    assert!(
+        has("lbrprof_vmm::vm::VcpuRunner::run_loop"),
+        "no frame of the shim's vCPU run loop"
+    );
     // KVM_RUN as the kernel names it, or as `[KVM_RUN]` when no sample caught the host
     // kernel inside the ioctl (guest-mode samples carry no host stack of their own).
     assert!(
@@ -123,8 +128,12 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
                 .or_else(|| l.find("[KVM_RUN]"));
             let guest = l.find("[guest vcpu0]");
             let part = l.find("sort::partition");
+            let run_loop = l.find("VcpuRunner::run_loop");
             l.starts_with("[vcpu0 thread]")
-                && matches!((run, guest, part), (Some(r), Some(g), Some(p)) if r < g && g < p)
+                && matches!(
+                    (run_loop, run, guest, part),
+                    (Some(rl), Some(r), Some(g), Some(p)) if rl < r && r < g && g < p
+                )
         }),
         "no unified stack vCPU loop > KVM_RUN > [guest vcpu0] > partition:\n{folded}"
     );
