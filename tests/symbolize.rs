@@ -873,3 +873,56 @@ fn agrees_with_binutils_addr2line_on_libc_from_its_debug_package() {
         assert!((identical + explained) * 100 >= n * 99);
     }
 }
+
+/// The host's own /proc/kallsyms (readable with addresses as root).
+#[test]
+fn kernel_addresses_through_proc_kallsyms() {
+    let Ok(kallsyms) = std::fs::read_to_string("/proc/kallsyms") else {
+        eprintln!("skipped: cannot read /proc/kallsyms");
+        return;
+    };
+    // A global text symbol of the core kernel whose address is shown, and the next one up.
+    let mut syms: Vec<(u64, &str)> = kallsyms
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            let addr = u64::from_str_radix(p.next()?, 16).ok()?;
+            let kind = p.next()?;
+            let name = p.next()?;
+            (p.next().is_none() && matches!(kind, "t" | "T" | "w" | "W") && addr != 0)
+                .then_some((addr, name))
+        })
+        .collect();
+    syms.sort_unstable();
+    syms.dedup_by_key(|s| s.0);
+    let Some(w) = syms
+        .windows(2)
+        .find(|w| w[1].0 - w[0].0 > 8 && w[0].1 == "do_syscall_64")
+        .or_else(|| syms.windows(2).find(|w| w[1].0 - w[0].0 > 8))
+    else {
+        eprintln!("skipped: /proc/kallsyms shows no addresses (kptr_restrict)");
+        return;
+    };
+    let (addr, name) = w[0];
+    let out = symbolize(&["--kernel", &format!("{:x}", addr + 4)]);
+    let text = stdout(&out);
+    let first = text.lines().next().unwrap();
+    // Aliases at one address are possible; any symbol at that address is right.
+    let at_addr: Vec<&str> = text_syms_at(&kallsyms, addr);
+    assert!(
+        first == name || at_addr.contains(&first),
+        "{first} is not {name}"
+    );
+}
+
+fn text_syms_at(text: &str, addr: u64) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            let a = u64::from_str_radix(p.next()?, 16).ok()?;
+            p.next()?;
+            let name = p.next()?;
+            (a == addr).then_some(name)
+        })
+        .collect()
+}
