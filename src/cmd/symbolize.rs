@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_symbolizer::{FileOffset, ModuleKey, Svma, Symbolized, Symbolizer, SymbolizerOptions};
+use lbrprof_symbolizer::{
+    FileOffset, FrameRef, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer, SymbolizerOptions,
+};
 
 /// Symbolize addresses of an ELF file, in the style of `addr2line -f -i -C`.
 ///
@@ -170,32 +172,42 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Symbolizes and prints one batch; returns the results so the last batch's can be
-    /// left to process exit instead of being freed string by string.
+    /// Symbolizes and prints one batch; returns the results (kernel only) so the last
+    /// batch's can be left to process exit instead of being freed string by string.
     fn batch(&mut self, addrs: &[u64], out: &mut impl Write) -> anyhow::Result<Vec<Symbolized>> {
         if addrs.is_empty() {
             return Ok(Vec::new());
         }
-        let results = match self.target {
+        let print_address = self.print_address;
+        let mut next = addrs.iter();
+        let mut write_one = |frames: &[FrameRef<'_>]| -> std::io::Result<()> {
+            if print_address && let Some(addr) = next.next() {
+                write_address(out, *addr)?;
+            }
+            write_addr2line(out, frames)
+        };
+        let mut kept = Vec::new();
+        match self.target {
             Target::Svma(key) => {
                 let svmas: Vec<Svma> = addrs.iter().map(|a| Svma(*a)).collect();
-                self.symbolizer.symbolize_svma(key, &svmas)
+                self.symbolizer.visit_svma(key, &svmas, &mut write_one)?;
             }
             Target::FileOffset(key) => {
                 let offsets: Vec<FileOffset> = addrs.iter().map(|a| FileOffset(*a)).collect();
-                self.symbolizer.symbolize(key, &offsets)
+                self.symbolizer
+                    .visit_offsets(key, &offsets, &mut write_one)?;
             }
-            Target::Kernel => self.symbolizer.symbolize_kernel(addrs),
-        };
-        // Warnings go out before the first results, so they are seen next to the cause.
-        self.print_warnings();
-        for (addr, sym) in addrs.iter().zip(&results) {
-            if self.print_address {
-                write_address(out, *addr)?;
+            Target::Kernel => {
+                kept = self.symbolizer.symbolize_kernel(addrs);
+                for sym in &kept {
+                    let frames: Vec<FrameRef<'_>> = sym.frames.iter().map(frame_ref).collect();
+                    write_one(&frames)?;
+                }
             }
-            write_addr2line(out, sym)?;
         }
-        Ok(results)
+        // Warnings (e.g. a module without debug info) follow the batch they concern.
+        self.print_warnings();
+        Ok(kept)
     }
 
     fn print_warnings(&mut self) {
@@ -216,15 +228,24 @@ fn write_address(out: &mut impl Write, addr: u64) -> std::io::Result<()> {
     out.write_all(&buf)
 }
 
-/// Writes one result in `addr2line -f -i` form.
-fn write_addr2line(out: &mut impl Write, sym: &Symbolized) -> std::io::Result<()> {
-    if sym.frames.is_empty() {
+fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
+    FrameRef {
+        function: f.function.as_deref(),
+        function_offset: f.function_offset,
+        file: f.file.as_deref(),
+        line: f.line,
+    }
+}
+
+/// Writes one address's frames in `addr2line -f -i` form.
+fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Result<()> {
+    if frames.is_empty() {
         return out.write_all(b"??\n??:0\n");
     }
-    for frame in &sym.frames {
-        out.write_all(frame.function.as_deref().unwrap_or("??").as_bytes())?;
+    for frame in frames {
+        out.write_all(frame.function.unwrap_or("??").as_bytes())?;
         out.write_all(b"\n")?;
-        out.write_all(frame.file.as_deref().unwrap_or("??").as_bytes())?;
+        out.write_all(frame.file.unwrap_or("??").as_bytes())?;
         match frame.line {
             Some(line) => {
                 // ":" + up to 10 digits + "\n", filled from the end.
@@ -253,7 +274,6 @@ fn write_addr2line(out: &mut impl Write, sym: &Symbolized) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_symbolizer::SymFrame;
 
     #[test]
     fn addresses_parse_like_addr2line() {
@@ -267,21 +287,25 @@ mod tests {
     #[test]
     fn unknown_parts_print_like_addr2line() {
         let mut out = Vec::new();
-        write_addr2line(&mut out, &Symbolized::unknown()).unwrap();
+        let write = |out: &mut Vec<u8>, s: &Symbolized| {
+            let frames: Vec<FrameRef<'_>> = s.frames.iter().map(frame_ref).collect();
+            write_addr2line(out, &frames).unwrap();
+        };
+        write(&mut out, &Symbolized::unknown());
         let only_function = Symbolized {
             frames: vec![SymFrame {
                 function: Some("f".into()),
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &only_function).unwrap();
+        write(&mut out, &only_function);
         let no_line = Symbolized {
             frames: vec![SymFrame {
                 file: Some("crtstuff.c".into()),
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &no_line).unwrap();
+        write(&mut out, &no_line);
         let with_line = Symbolized {
             frames: vec![SymFrame {
                 function: Some("g".into()),
@@ -290,7 +314,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &with_line).unwrap();
+        write(&mut out, &with_line);
         write_address(&mut out, 0x1234_abcd).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),

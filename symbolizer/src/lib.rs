@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use error::{KallsymsError, ModuleError};
 pub use maps::ProcessMaps;
-pub use module::{Module, Opened};
+pub use module::{FrameRef, Module, Opened};
 pub use types::{Avma, FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
 
 use kallsyms::Kallsyms;
@@ -108,6 +108,35 @@ impl Symbolizer {
         self.with_module(module, addrs.len(), |m| {
             in_address_order(addrs, |a| m.symbolize(*a))
         })
+    }
+
+    /// Calls `visit` with the frames of each SVMA of `module`, in the order of `addrs`,
+    /// borrowing the strings instead of copying them: for bulk output such as
+    /// `lbrprof symbolize`. Unknown addresses (and all, for a module that cannot be used)
+    /// are visited with no frames. Stops at the first error `visit` returns.
+    pub fn visit_svma<E>(
+        &self,
+        module: &ModuleKey,
+        addrs: &[Svma],
+        mut visit: impl FnMut(&[FrameRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self.module(module) {
+            Some(m) => lock(&m).visit(addrs, |_, a| Some(a), visit),
+            None => addrs.iter().try_for_each(|_| visit(&[])),
+        }
+    }
+
+    /// Like [`Symbolizer::visit_svma`], for file offsets.
+    pub fn visit_offsets<E>(
+        &self,
+        module: &ModuleKey,
+        addrs: &[FileOffset],
+        mut visit: impl FnMut(&[FrameRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self.module(module) {
+            Some(m) => lock(&m).visit(addrs, |m, a| m.svma_of(a), visit),
+            None => addrs.iter().try_for_each(|_| visit(&[])),
+        }
     }
 
     /// Host kernel addresses through /proc/kallsyms (or `opts.kallsyms`).

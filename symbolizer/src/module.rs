@@ -39,12 +39,68 @@ struct Sym {
     file: Option<&'static str>,
 }
 
-/// What a cached rendering in [`Module::rendered`] is of.
+/// What an interned string was rendered from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Rendered {
     DwarfName,
     SymbolName,
     Path,
+    Raw,
+}
+
+/// Rendered strings, each stored once, found by the address and length of the raw bytes
+/// they were rendered from (bytes that live as long as the module).
+#[derive(Default)]
+struct Interner {
+    index: HashMap<(usize, usize, Rendered), u32>,
+    strings: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn get(&self, id: Option<u32>) -> Option<&str> {
+        id.and_then(|id| self.strings.get(id as usize))
+            .map(|s| &**s)
+    }
+
+    fn frame(&self, f: &RawFrame) -> FrameRef<'_> {
+        FrameRef {
+            function: self.get(f.function),
+            function_offset: f.function_offset,
+            file: self.get(f.file),
+            line: f.line,
+        }
+    }
+}
+
+/// A looked-up frame whose strings are interner indices.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawFrame {
+    function: Option<u32>,
+    function_offset: Option<u64>,
+    file: Option<u32>,
+    line: Option<u32>,
+}
+
+/// A frame borrowing the module's strings (see [`Module::visit`]); the fields mean what
+/// [`SymFrame`]'s do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FrameRef<'a> {
+    pub function: Option<&'a str>,
+    pub function_offset: Option<u64>,
+    pub file: Option<&'a str>,
+    pub line: Option<u32>,
+}
+
+impl FrameRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> SymFrame {
+        SymFrame {
+            function: self.function.map(str::to_owned),
+            function_offset: self.function_offset,
+            file: self.file.map(str::to_owned),
+            line: self.line,
+        }
+    }
 }
 
 /// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
@@ -69,9 +125,8 @@ pub struct Module {
     symbols: Vec<Sym>,
     /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
     symbol_addrs: Vec<u64>,
-    /// Names and paths already rendered (demangling dominates lookups otherwise), keyed by
-    /// the address and length of the raw bytes, which live as long as the module.
-    rendered: RefCell<HashMap<(usize, usize, Rendered), String>>,
+    /// Names and paths already rendered (demangling dominates lookups otherwise).
+    interner: RefCell<Interner>,
     segments: Vec<Segment>,
     /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
     dir: PathBuf,
@@ -229,7 +284,7 @@ impl Module {
                 dwp,
                 symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
-                rendered: RefCell::default(),
+                interner: RefCell::default(),
                 segments,
                 dir,
                 path: path.to_owned(),
@@ -271,32 +326,82 @@ impl Module {
 
     /// Symbolizes one SVMA.
     pub fn symbolize(&self, svma: Svma) -> Symbolized {
-        let sym = self.symbol_at(svma.0);
-        let mut frames = match self.dwarf_frames(svma.0) {
-            Ok(frames) => frames,
-            Err(e) => {
-                self.report_dwarf_error(e);
-                Vec::new()
-            }
-        };
-        if frames.is_empty() {
-            if let Some(sym) = sym {
-                frames.push(SymFrame {
-                    function: Some(self.name(sym.name)),
-                    file: sym.file.map(str::to_owned),
-                    ..SymFrame::default()
-                });
-            }
-        } else if let Some(last) = frames.last_mut()
-            && last.function.is_none()
-            && let Some(sym) = sym
-        {
-            last.function = Some(self.name(sym.name));
+        let mut raw = Vec::new();
+        self.lookup(svma, &mut raw);
+        let strings = self.interner.borrow();
+        Symbolized {
+            frames: raw.iter().map(|f| strings.frame(f).to_owned()).collect(),
         }
-        if let (Some(last), Some(sym)) = (frames.last_mut(), sym) {
+    }
+
+    /// Looks `addrs` up and calls `visit` with each one's frames, in the order of `addrs`,
+    /// without copying any string: for bulk output. Lookups run in address order, each
+    /// distinct address once (see [`crate::Symbolizer::symbolize`]); an address `to_svma`
+    /// cannot map is visited with no frames.
+    pub fn visit<A: Copy + Ord, E>(
+        &self,
+        addrs: &[A],
+        to_svma: impl Fn(&Self, A) -> Option<Svma>,
+        mut visit: impl FnMut(&[FrameRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut order: Vec<usize> = (0..addrs.len()).collect();
+        order.sort_unstable_by_key(|i| addrs[*i]);
+        let mut frames = Vec::new();
+        let mut spans = vec![(0usize, 0usize); addrs.len()];
+        let mut previous: Option<usize> = None;
+        for i in order {
+            spans[i] = match previous {
+                Some(p) if addrs[p] == addrs[i] => spans[p],
+                _ => {
+                    let start = frames.len();
+                    if let Some(svma) = to_svma(self, addrs[i]) {
+                        self.lookup(svma, &mut frames);
+                    }
+                    (start, frames.len())
+                }
+            };
+            previous = Some(i);
+        }
+        let strings = self.interner.borrow();
+        let mut refs = Vec::new();
+        for (start, end) in spans {
+            refs.clear();
+            refs.extend(frames[start..end].iter().map(|f| strings.frame(f)));
+            visit(&refs)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the frames of `svma` to `out`: DWARF frames completed by the symbol table
+    /// (name of the containing function, offset in it), or the symbol alone.
+    fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>) {
+        let start = out.len();
+        let sym = self.symbol_at(svma.0);
+        if let Err(e) = self.dwarf_frames(svma.0, out) {
+            out.truncate(start);
+            self.report_dwarf_error(e);
+        }
+        let Some(sym) = sym else {
+            return;
+        };
+        let name = self.symbol_name(sym.name);
+        if out.len() == start {
+            let file = sym.file.and_then(|f| {
+                self.intern(Rendered::Raw, f.as_bytes(), || Ok(f.to_owned()))
+                    .ok()
+            });
+            out.push(RawFrame {
+                function: name,
+                file,
+                ..RawFrame::default()
+            });
+        }
+        if let Some(last) = out.last_mut() {
+            if last.function.is_none() {
+                last.function = name;
+            }
             last.function_offset = Some(svma.0 - sym.addr);
         }
-        Symbolized { frames }
     }
 
     /// Warnings raised by lookups since the last call.
@@ -348,31 +453,36 @@ impl Module {
         file.to_owned()
     }
 
-    /// `render(raw)`, computed once per distinct `raw` slice of the module's data.
-    fn rendered(
+    /// The index of `render(raw)` in the interner, rendered once per distinct `raw`
+    /// slice of the module's data.
+    fn intern(
         &self,
         kind: Rendered,
         raw: &[u8],
         render: impl FnOnce() -> Result<String, gimli::Error>,
-    ) -> Result<String, gimli::Error> {
+    ) -> Result<u32, gimli::Error> {
         let key = (raw.as_ptr() as usize, raw.len(), kind);
-        if let Some(s) = self.rendered.borrow().get(&key) {
-            return Ok(s.clone());
+        if let Some(id) = self.interner.borrow().index.get(&key) {
+            return Ok(*id);
         }
         let s = render()?;
-        self.rendered.borrow_mut().insert(key, s.clone());
-        Ok(s)
+        let mut interner = self.interner.borrow_mut();
+        let id = u32::try_from(interner.strings.len()).unwrap_or(u32::MAX);
+        interner.strings.push(s.into_boxed_str());
+        interner.index.insert(key, id);
+        Ok(id)
     }
 
     /// A symbol-table name, demangled unless asked not to.
-    fn name(&self, raw: &str) -> String {
-        if !self.demangle {
-            return raw.to_owned();
-        }
-        let rendered = self.rendered(Rendered::SymbolName, raw.as_bytes(), || {
-            Ok(addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned())
-        });
-        rendered.unwrap_or_else(|_| raw.to_owned())
+    fn symbol_name(&self, raw: &'static str) -> Option<u32> {
+        self.intern(Rendered::SymbolName, raw.as_bytes(), || {
+            Ok(if self.demangle {
+                addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
+            } else {
+                raw.to_owned()
+            })
+        })
+        .ok()
     }
 
     fn symbol_at(&self, addr: u64) -> Option<Sym> {
@@ -381,9 +491,10 @@ impl Module {
         (addr < sym.end).then_some(sym)
     }
 
-    fn dwarf_frames(&self, probe: u64) -> Result<Vec<SymFrame>, gimli::Error> {
+    /// Appends the DWARF frames of `probe`, innermost first.
+    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
         let Some(ctx) = &self.ctx else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut lookup = ctx.find_frames(probe);
         let mut iter = loop {
@@ -394,46 +505,44 @@ impl Module {
                 }
             }
         };
-        let mut frames = Vec::new();
         while let Some(frame) = iter.next()? {
             let function = match &frame.function {
-                Some(name) => {
-                    let raw = name.name.slice();
-                    Some(self.rendered(Rendered::DwarfName, raw, || {
-                        Ok(if self.demangle {
-                            name.demangle()?.into_owned()
-                        } else {
-                            name.raw_name()?.into_owned()
-                        })
-                    })?)
-                }
+                Some(name) => Some(self.intern(Rendered::DwarfName, name.name.slice(), || {
+                    Ok(if self.demangle {
+                        name.demangle()?.into_owned()
+                    } else {
+                        name.raw_name()?.into_owned()
+                    })
+                })?),
                 None => None,
             };
-            let (file, line) = match &frame.location {
-                Some(loc) => (
-                    match loc.file {
-                        Some(f) => Some(self.rendered(Rendered::Path, f.as_bytes(), || {
-                            Ok(self.binutils_path(f))
-                        })?),
-                        None => None,
-                    },
-                    loc.line.filter(|l| *l != 0),
-                ),
-                None => (None, None),
-            };
-            frames.push(SymFrame {
+            let (file, line) =
+                match &frame.location {
+                    Some(loc) => (
+                        match loc.file {
+                            Some(f) => Some(self.intern(Rendered::Path, f.as_bytes(), || {
+                                Ok(self.binutils_path(f))
+                            })?),
+                            None => None,
+                        },
+                        loc.line.filter(|l| *l != 0),
+                    ),
+                    None => (None, None),
+                };
+            out.push(RawFrame {
                 function,
                 function_offset: None,
                 file,
                 line,
             });
+            if !self.inlines {
+                // As `addr2line -f` without `-i`: the innermost function at the
+                // instruction's line. The containing function stays reachable through the
+                // symbol offset.
+                break;
+            }
         }
-        if !self.inlines && frames.len() > 1 {
-            // As `addr2line -f` without `-i`: the innermost function at the instruction's
-            // line. The containing function stays reachable through the symbol offset.
-            frames.truncate(1);
-        }
-        Ok(frames)
+        Ok(())
     }
 
     /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
