@@ -790,11 +790,26 @@ fn agrees_with_binutils_addr2line_on_the_lbrprof_binary() {
         return;
     }
     let exe = Path::new(env!("CARGO_BIN_EXE_lbrprof"));
-    let (n, identical, _, _) = compare_with_addr2line(exe);
+    let (n, identical, _, ours) = compare_with_addr2line(exe);
     assert!(
         identical * 100 >= n * 99,
         "only {identical}/{n} identical to addr2line"
     );
+    // Without inlined frames, against addr2line without -i, on a sample of the addresses.
+    let sample: Vec<u64> = ours.keys().copied().step_by(20).collect();
+    let exe_s = exe.to_str().unwrap();
+    let theirs = blocks("addr2line", &["-a", "-f", "-C", "-e", exe_s], &sample);
+    let flat = blocks(
+        env!("CARGO_BIN_EXE_lbrprof"),
+        &["symbolize", "--no-inlines", "-a", "-e", exe_s],
+        &sample,
+    );
+    let same = sample.iter().filter(|a| theirs[a] == flat[a]).count();
+    eprintln!(
+        "--no-inlines: {same}/{} identical to addr2line -f -C",
+        sample.len()
+    );
+    assert!(same * 100 >= sample.len() * 99);
 }
 
 /// libc.so.6 with its debug info from Debian's libc6-dbg (found by build-id).
