@@ -20,6 +20,21 @@
 //! * Host kernel symbols from `/proc/kallsyms` or a saved copy.
 //! * Demangling of Rust (legacy and v0) and C++ names.
 //!
+//! # Compatibility with binutils
+//! Results are meant to be diffable with `addr2line -f -i -C`: the same function names
+//! (DWARF names completed from the symbol table; aliases at one address chosen as binutils
+//! chooses), the same paths (including its doubling of relative DWARF 5 comp dirs), the
+//! `STT_FILE` name as the file of line-less local functions, and alignment padding
+//! attributed to the preceding function. Known differences: no `(discriminator N)`
+//! suffixes, and where binutils 2.40 mis-resolves DWARF 5 lines from included files we
+//! print the included file (as llvm-symbolizer does).
+//!
+//! # Performance
+//! A batch is looked up in address order, each distinct address once, so units, functions
+//! and line tables are walked in order; rendered names and paths are interned per module.
+//! [`Symbolizer::visit_svma`] lends frames without copying strings, for bulk output.
+//! `bench/symbolize` compares with addr2line and llvm-symbolizer.
+//!
 //! # Failure model
 //! Symbolization never fails as a whole: a missing, stripped, truncated or corrupt file
 //! gives unknown frames (callers print `module+0xoff`) and one warning per module and
