@@ -24,17 +24,28 @@ use lbrprof_symbolizer::{
 /// and adding pgoff). With no ADDR, addresses are read from standard input, whitespace
 /// separated; output is flushed whenever the input pauses, so it works as a coprocess.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["exe", "kernel"])))]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .required(true)
+        .multiple(true)
+        .args(["exe", "kernel", "kallsyms"])
+))]
 pub struct Args {
     /// The ELF file (executable, shared library, guest image, debug file) to symbolize.
-    #[arg(short = 'e', long = "exe", value_name = "FILE")]
+    #[arg(
+        short = 'e',
+        long = "exe",
+        value_name = "FILE",
+        conflicts_with_all = ["kernel", "kallsyms"]
+    )]
     pub exe: Option<PathBuf>,
 
     /// Symbolize host kernel addresses through /proc/kallsyms (or --kallsyms).
     #[arg(short = 'k', long)]
     pub kernel: bool,
 
-    /// Kernel symbol table to use instead of /proc/kallsyms (implies --kernel's source).
+    /// Symbolize host kernel addresses through FILE (a saved /proc/kallsyms) instead of
+    /// /proc/kallsyms; implies --kernel.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
 
@@ -53,7 +64,7 @@ pub struct Args {
 
     /// The addresses are offsets in FILE, not SVMAs; they are mapped through its program
     /// headers.
-    #[arg(long, conflicts_with = "kernel")]
+    #[arg(long, conflicts_with_all = ["kernel", "kallsyms"])]
     pub file_offsets: bool,
 
     /// Print each address (0x%016x) before its frames, like addr2line -a.
@@ -274,6 +285,38 @@ fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("symbolize").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn target_arguments_parse() {
+        let a = parse(&["-e", "x", "10", "0x20"]).unwrap();
+        assert_eq!(a.exe.as_deref(), Some(std::path::Path::new("x")));
+        assert_eq!(a.addrs, ["10", "0x20"]);
+        assert!(parse(&["--kallsyms", "k", "ffff"]).unwrap().exe.is_none());
+        assert!(parse(&["--kernel", "--kallsyms", "k"]).is_ok());
+        assert!(
+            parse(&["--debug-dir", "a", "--debug-dir", "b", "-e", "x"])
+                .unwrap()
+                .debug_dirs
+                .len()
+                == 2
+        );
+        assert!(parse(&["10"]).is_err(), "a target is required");
+        assert!(parse(&["-e", "x", "--kernel"]).is_err());
+        assert!(parse(&["-e", "x", "--kallsyms", "k"]).is_err());
+        assert!(parse(&["--kernel", "--file-offsets"]).is_err());
+    }
 
     #[test]
     fn addresses_parse_like_addr2line() {
