@@ -22,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = opened.module.symbolize(Svma(p & 0xffff));
             let _ = opened.module.symbolize_offset(FileOffset(p & 0xffff));
         }
+        let svmas: Vec<Svma> = probes.iter().map(|p| Svma(*p)).collect();
+        let _ = opened
+            .module
+            .visit(&svmas, |_, a| Some(a), |_| Ok::<(), ()>(()));
         let _ = opened.module.take_warnings();
     }
 });
