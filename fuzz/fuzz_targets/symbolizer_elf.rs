@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         .chain([0, 0x1000, 0x401000])
         .collect();
     if let Ok(opened) = Module::from_bytes(Path::new("fuzz"), data.to_vec(), &opts) {
-        for p in probes {
+        for &p in &probes {
             let _ = opened.module.symbolize(Svma(p));
             let _ = opened.module.symbolize(Svma(p & 0xffff));
             let _ = opened.module.symbolize_offset(FileOffset(p & 0xffff));
