@@ -568,6 +568,38 @@ fn recorded_build_id_mismatch_is_reported_not_misattributed() {
         s.symbolize_svma(&fresh, &[Svma(outer)])[0].function(),
         Some("outer")
     );
+
+    // Rebuilt since, or gone: the recorded build is found in a build-id cache directory
+    // (`DIR/.build-id/xx/rest`, as perf's buildid-cache keeps it) and used instead.
+    let id = hex(&build_id(&exe));
+    let cache = dir.path().join("cache");
+    let slot = cache.join(".build-id").join(&id[..2]);
+    std::fs::create_dir_all(&slot).unwrap();
+    std::fs::copy(&exe, slot.join(&id[2..])).unwrap();
+    let rebuilt = build_c(
+        dir.path(),
+        "prog",
+        "inline.c",
+        &["-g", "-O0", "-Wl,--build-id"],
+    );
+    assert_ne!(hex(&build_id(&rebuilt)), id);
+    let gone = ModuleKey {
+        path: dir.path().join("no-longer-here"),
+        build_id: fresh.build_id.clone(),
+    };
+    let s = Symbolizer::new(SymbolizerOptions {
+        debug_dirs: vec![cache],
+        ..Default::default()
+    });
+    let (start, size) = functions(&slot.join(&id[2..]))["outer"];
+    let addrs: Vec<Svma> = (start..start + size).map(Svma).collect();
+    for key in [&fresh, &gone] {
+        let got = s.symbolize_svma(key, &addrs);
+        // The -O2 build's frames (helper inlined), not the -O0 rebuild's.
+        assert!(got.iter().all(|g| g.function() == Some("outer")), "{key:?}");
+        assert!(got.iter().any(|g| g.frames.len() == 2), "{key:?}");
+    }
+    assert!(s.take_warnings().is_empty());
 }
 
 #[test]

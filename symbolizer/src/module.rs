@@ -162,17 +162,43 @@ fn has_dwarf(obj: &object::File<'_>) -> bool {
 
 impl Module {
     /// Opens the module `key` names, finds its debug info, checks its build-id.
+    ///
+    /// When the file is missing or is another build than the recorded one, a copy with the
+    /// recorded build-id is looked for in the build-id caches (see
+    /// [`debuginfo::binaries_by_build_id`]), as perf does for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
+        let first = Self::open_path(&key.path, key, opts);
+        let Some(build_id) = &key.build_id else {
+            return first;
+        };
+        if !matches!(
+            first,
+            Err(ModuleError::Open { .. } | ModuleError::BuildIdMismatch { .. })
+        ) {
+            return first;
+        }
+        debuginfo::binaries_by_build_id(build_id, &opts.debug_dirs)
+            .iter()
+            .filter(|candidate| candidate.is_file())
+            .find_map(|candidate| Self::open_path(candidate, key, opts).ok())
+            .map_or(first, Ok)
+    }
+
+    fn open_path(
+        path: &Path,
+        key: &ModuleKey,
+        opts: &SymbolizerOptions,
+    ) -> Result<Opened, ModuleError> {
         let arena = Arena::default();
         let open_err = |source| ModuleError::Open {
-            path: key.path.clone(),
+            path: path.to_owned(),
             source,
         };
-        let file = File::open(&key.path).map_err(open_err)?;
+        let file = File::open(path).map_err(open_err)?;
         // SAFETY: every slice taken from `data` ends up in the returned `Module`, which owns
         // `arena` and drops it last (field order).
         let data = unsafe { arena.map(&file) }.map_err(open_err)?;
-        Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts)
+        Self::from_data(path, key.build_id.as_deref(), data, arena, opts)
     }
 
     /// Builds a module from the bytes of an ELF file (tests, fuzzing, images in memory).
