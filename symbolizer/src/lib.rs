@@ -17,7 +17,11 @@
 //!   split DWARF (`.dwo` files and `.dwp` packages).
 //! * Build-id checks: a module whose file no longer has the recorded build-id is reported
 //!   (`build-id mismatch for /usr/bin/foo`) and gives unknown frames instead of wrong ones.
-//! * Host kernel symbols from `/proc/kallsyms` or a saved copy.
+//! * Host kernel symbols from `/proc/kallsyms` or a saved copy; the `[vdso]` image (this
+//!   process's copy, build-id checked); other pseudo-mappings (`[heap]`, `//anon`) are
+//!   unknown without a warning.
+//! * Modules rebuilt or deleted since recording: the recorded build is looked for by
+//!   build-id in `--debug-dir`s, perf's `~/.debug` and debuginfod's cache.
 //! * Demangling of Rust (legacy and v0) and C++ names.
 //!
 //! # Compatibility with binutils
@@ -50,6 +54,7 @@ mod kallsyms;
 mod maps;
 mod module;
 mod types;
+mod vdso;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -245,6 +250,9 @@ impl Symbolizer {
     }
 
     fn module(&self, key: &ModuleKey) -> Option<Arc<Mutex<Module>>> {
+        if vdso::is_pseudo(&key.path) {
+            return None;
+        }
         let slot = lock(&self.modules).entry(key.clone()).or_default().clone();
         slot.get_or_init(|| match Module::open(key, &self.opts) {
             Ok(opened) => {
@@ -333,6 +341,31 @@ mod tests {
             "{w:?}"
         );
         assert!(s.take_warnings().is_empty());
+    }
+
+    #[test]
+    fn vdso_is_symbolized_and_pseudo_mappings_are_silent() {
+        let s = Symbolizer::default();
+        let heap = s.symbolize(&ModuleKey::new("[heap]"), &[FileOffset(0x10)]);
+        assert!(heap[0].is_unknown());
+        assert!(s.take_warnings().is_empty());
+        let Ok(image) = vdso::read_own() else {
+            eprintln!("skipped: cannot read the vDSO");
+            return;
+        };
+        let obj = object::File::parse(&*image).unwrap();
+        use object::{Object, ObjectSymbol};
+        let Some(sym) = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("__vdso_clock_gettime"))
+        else {
+            eprintln!("skipped: no __vdso_clock_gettime in this vDSO");
+            return;
+        };
+        // The vDSO's file offsets equal its addresses (one PT_LOAD at offset 0).
+        let out = s.symbolize(&ModuleKey::new("[vdso]"), &[FileOffset(sym.address())]);
+        let f = out[0].function().unwrap();
+        assert!(f.contains("clock_gettime"), "{f}");
     }
 
     #[test]

@@ -167,6 +167,16 @@ impl Module {
     /// recorded build-id is looked for in the build-id caches (see
     /// [`debuginfo::binaries_by_build_id`]), as perf does for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
+        if key.path == Path::new(crate::vdso::VDSO) {
+            let bytes = crate::vdso::read_own().map_err(|source| ModuleError::Open {
+                path: key.path.clone(),
+                source,
+            })?;
+            let arena = Arena::default();
+            // SAFETY: as in `open_path`, the slice only lives inside the module owning `arena`.
+            let data = unsafe { arena.keep(bytes) };
+            return Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts);
+        }
         let first = Self::open_path(&key.path, key, opts);
         let Some(build_id) = &key.build_id else {
             return first;
