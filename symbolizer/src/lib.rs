@@ -133,7 +133,8 @@ impl Symbolizer {
     /// Calls `visit` with the frames of each SVMA of `module`, in the order of `addrs`,
     /// borrowing the strings instead of copying them: for bulk output such as
     /// `lbrprof symbolize`. Unknown addresses (and all, for a module that cannot be used)
-    /// are visited with no frames. Stops at the first error `visit` returns.
+    /// are visited with no frames. Stops at the first error `visit` returns. The module is
+    /// locked meanwhile: `visit` must not call back into this symbolizer for it.
     pub fn visit_svma<E>(
         &self,
         module: &ModuleKey,
