@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use libfuzzer_sys::fuzz_target;
 use lbrprof_symbolizer::{FileOffset, Module, Svma, SymbolizerOptions};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let opts = SymbolizerOptions::default();
