@@ -3,7 +3,8 @@
 //!
 //! Output, per address: for each frame (innermost inlined frame first, containing
 //! function last) a function line (`??` when unknown) and a `FILE:LINE` line (`??` for an
-//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known).
+//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known), with
+//! ` (discriminator N)` after the line when the line row has one, as binutils prints it.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -245,6 +246,7 @@ fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
         function_offset: f.function_offset,
         file: f.file.as_deref(),
         line: f.line,
+        discriminator: None,
     }
 }
 
@@ -274,7 +276,13 @@ fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Re
                 }
                 i -= 1;
                 buf[i] = b':';
-                out.write_all(&buf[i..])?;
+                match frame.discriminator {
+                    Some(d) => {
+                        out.write_all(&buf[i..buf.len() - 1])?;
+                        writeln!(out, " (discriminator {d})")?;
+                    }
+                    None => out.write_all(&buf[i..])?,
+                }
             }
             None => out.write_all(b":?\n")?,
         }

@@ -29,9 +29,9 @@
 //! (DWARF names completed from the symbol table; aliases at one address chosen as binutils
 //! chooses), the same paths (including its doubling of relative DWARF 5 comp dirs), the
 //! `STT_FILE` name as the file of line-less local functions, and alignment padding
-//! attributed to the preceding function. Known differences: no `(discriminator N)`
-//! suffixes, and where binutils 2.40 mis-resolves DWARF 5 lines from included files we
-//! print the included file (as llvm-symbolizer does).
+//! attributed to the preceding function, line discriminators (through
+//! [`Symbolizer::visit_svma`]). Known difference: where binutils 2.40 mis-resolves DWARF 5
+//! lines from included files we print the included file (as llvm-symbolizer does).
 //!
 //! # Performance
 //! A batch is looked up in address order, each distinct address once, so units, functions

@@ -68,6 +68,7 @@ impl Interner {
             function_offset: f.function_offset,
             file: self.get(f.file),
             line: f.line,
+            discriminator: f.discriminator,
         }
     }
 }
@@ -79,16 +80,20 @@ struct RawFrame {
     function_offset: Option<u64>,
     file: Option<u32>,
     line: Option<u32>,
+    discriminator: Option<u32>,
 }
 
 /// A frame borrowing the module's strings (see [`Module::visit`]); the fields mean what
 /// [`SymFrame`]'s do.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct FrameRef<'a> {
     pub function: Option<&'a str>,
     pub function_offset: Option<u64>,
     pub file: Option<&'a str>,
     pub line: Option<u32>,
+    /// The DWARF discriminator of the address's line row, when not 0. Like binutils, it is
+    /// given on every frame with a line (it belongs to the instruction, not the frame).
+    pub discriminator: Option<u32>,
 }
 
 impl FrameRef<'_> {
@@ -127,6 +132,10 @@ pub struct Module {
     symbol_addrs: Vec<u64>,
     /// Names and paths already rendered (demangling dominates lookups otherwise).
     interner: RefCell<Interner>,
+    /// Per compilation unit (by `.debug_info` offset), its line rows' (address,
+    /// discriminator), sorted; empty when the unit has no discriminators. Built on first
+    /// need, for [`Module::visit`] only.
+    discriminators: RefCell<HashMap<usize, Vec<(u64, u32)>>>,
     segments: Vec<Segment>,
     /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
     dir: PathBuf,
@@ -321,6 +330,7 @@ impl Module {
                 symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
                 interner: RefCell::default(),
+                discriminators: RefCell::default(),
                 segments,
                 dir,
                 path: path.to_owned(),
@@ -363,7 +373,7 @@ impl Module {
     /// Symbolizes one SVMA.
     pub fn symbolize(&self, svma: Svma) -> Symbolized {
         let mut raw = Vec::new();
-        self.lookup(svma, &mut raw);
+        self.lookup(svma, &mut raw, false);
         let strings = self.interner.borrow();
         Symbolized {
             frames: raw.iter().map(|f| strings.frame(f).to_owned()).collect(),
@@ -391,7 +401,7 @@ impl Module {
                 _ => {
                     let start = frames.len();
                     if let Some(svma) = to_svma(self, addrs[i]) {
-                        self.lookup(svma, &mut frames);
+                        self.lookup(svma, &mut frames, true);
                     }
                     (start, frames.len())
                 }
@@ -409,13 +419,22 @@ impl Module {
     }
 
     /// Appends the frames of `svma` to `out`: DWARF frames completed by the symbol table
-    /// (name of the containing function, offset in it), or the symbol alone.
-    fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>) {
+    /// (name of the containing function, offset in it), or the symbol alone; with the line
+    /// row's discriminator if asked.
+    fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>, discriminator: bool) {
         let start = out.len();
         let sym = self.symbol_at(svma.0);
         if let Err(e) = self.dwarf_frames(svma.0, out) {
             out.truncate(start);
             self.report_dwarf_error(e);
+        }
+        if discriminator
+            && out.get(start).is_some_and(|f| f.line.is_some())
+            && let Some(d) = self.discriminator(svma.0)
+        {
+            for f in out[start..].iter_mut().filter(|f| f.line.is_some()) {
+                f.discriminator = Some(d);
+            }
         }
         let Some(sym) = sym else {
             return;
@@ -527,6 +546,53 @@ impl Module {
         (addr < sym.end).then_some(sym)
     }
 
+    /// The non-zero discriminator of the line row covering `probe` (the row addr2line's
+    /// line lookup uses: the last one at the greatest address not above `probe`).
+    fn discriminator(&self, probe: u64) -> Option<u32> {
+        let ctx = self.ctx.as_ref()?;
+        let mut lookup = ctx.find_dwarf_and_unit(probe);
+        let unit = loop {
+            match lookup {
+                LookupResult::Output(unit) => break unit?,
+                LookupResult::Load { load, continuation } => {
+                    lookup = continuation.resume(self.load_dwo(load));
+                }
+            }
+        };
+        // Split units' line tables stay in the skeleton; their offsets are another file's.
+        if unit.dwo_id.is_some() {
+            return None;
+        }
+        let offset = unit.header.offset().0;
+        let mut cache = self.discriminators.borrow_mut();
+        let rows = cache.entry(offset).or_insert_with(|| {
+            let Some(program) = unit.line_program.clone() else {
+                return Vec::new();
+            };
+            let mut rows = program.rows();
+            let mut out = Vec::new();
+            let mut any = false;
+            while let Ok(Some((_, row))) = rows.next_row() {
+                let d = if row.end_sequence() {
+                    0
+                } else {
+                    u32::try_from(row.discriminator()).unwrap_or(0)
+                };
+                any |= d != 0;
+                out.push((row.address(), d));
+            }
+            if !any {
+                return Vec::new();
+            }
+            // Stable: of rows at one address the last stays last, as addr2line keeps it.
+            out.sort_by_key(|r| r.0);
+            out
+        });
+        let i = rows.partition_point(|r| r.0 <= probe);
+        let d = rows.get(i.checked_sub(1)?)?.1;
+        (d != 0).then_some(d)
+    }
+
     /// Appends the DWARF frames of `probe`, innermost first.
     fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
         let Some(ctx) = &self.ctx else {
@@ -570,6 +636,7 @@ impl Module {
                 function_offset: None,
                 file,
                 line,
+                discriminator: None,
             });
             if !self.inlines {
                 // As `addr2line -f` without `-i`: the innermost function at the
