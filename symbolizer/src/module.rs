@@ -173,8 +173,9 @@ impl Module {
     /// Opens the module `key` names, finds its debug info, checks its build-id.
     ///
     /// When the file is missing or is another build than the recorded one, a copy with the
-    /// recorded build-id is looked for in the build-id caches (see
-    /// [`debuginfo::binaries_by_build_id`]), as perf does for reports made elsewhere.
+    /// recorded build-id is looked for in build-id caches (`DIR/.build-id/xx/rest[/elf]`
+    /// under each `--debug-dir` and `~/.debug`, debuginfod's client cache), as perf does
+    /// for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
         if key.path == Path::new(crate::vdso::VDSO) {
             let bytes = crate::vdso::read_own().map_err(|source| ModuleError::Open {
