@@ -214,6 +214,13 @@ impl Module {
             path: path.to_owned(),
             source,
         };
+        // Checked first: opening a FIFO would block, and devices or /proc files cannot be
+        // mapped.
+        if !std::fs::metadata(path).map_err(open_err)?.is_file() {
+            return Err(ModuleError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
         let file = File::open(path).map_err(open_err)?;
         // SAFETY: every slice taken from `data` ends up in the returned `Module`, which owns
         // `arena` and drops it last (field order).
@@ -667,6 +674,9 @@ impl Module {
             candidates.push(self.dir.join(file_name));
         }
         candidates.into_iter().find_map(|path| {
+            if !path.is_file() {
+                return None;
+            }
             let file = File::open(&path).ok()?;
             // SAFETY: the slice lives in this module's arena and only inside this module.
             let data = unsafe { self.arena.map(&file) }.ok()?;
@@ -774,6 +784,9 @@ fn relative_comp_dirs(dwarf: &gimli::Dwarf<R>) -> Vec<String> {
 }
 
 fn map_object(path: &Path, arena: &Arena) -> Option<object::File<'static>> {
+    if !path.is_file() {
+        return None;
+    }
     let file = File::open(path).ok()?;
     // SAFETY: the slice lives in the module's arena and only inside that module.
     let data = unsafe { arena.map(&file) }.ok()?;
