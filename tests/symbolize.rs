@@ -157,6 +157,7 @@ fn inlined_helper_gives_the_exact_frame_chain() {
         ("dwarf5", &["-gdwarf-5"]),
         ("compressed", &["-gz=zlib"]),
         ("split", &["-gsplit-dwarf"]),
+        ("split4", &["-gsplit-dwarf", "-gdwarf-4"]),
         ("nopie", &["-no-pie", "-fno-pie"]),
         ("pie", &["-pie", "-fPIE"]),
     ];
@@ -1006,4 +1007,41 @@ fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
     for a in &addrs {
         assert_eq!(ours[a], theirs[a], "at {a:#x}");
     }
+}
+
+/// Split DWARF packaged with `dwp` into `prog.dwp` (the .dwo files removed) still gives the
+/// inlined frame chain. DWARF 4: binutils 2.40's `dwp` crashes on DWARF 5 split units.
+#[test]
+fn split_dwarf_from_a_dwp_package() {
+    if !have("gcc") || !have("dwp") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = build_c(
+        d,
+        "prog",
+        "inline.c",
+        &["-g", "-O2", "-gsplit-dwarf", "-gdwarf-4"],
+    );
+    sh(d, "timeout", &["60", "dwp", "-e", "prog", "-o", "prog.dwp"]);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(d).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "dwo") {
+            std::fs::remove_file(path).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(
+        removed > 0,
+        "gcc -gsplit-dwarf should have written .dwo files"
+    );
+    let (start, size) = functions(&exe)["outer"];
+    let got = frames_of(&exe, &[], &(start..start + size).collect::<Vec<_>>());
+    let chain = vec![
+        pair("helper", at("inline.c", "helper_body")),
+        pair("outer", at("inline.c", "call_helper")),
+    ];
+    assert!(got.iter().any(|(_, f)| *f == chain), "{got:#?}");
 }
