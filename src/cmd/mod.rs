@@ -6,6 +6,7 @@ pub mod export;
 pub mod flamegraph;
 pub mod generate;
 pub mod info;
+pub mod lbr_opts;
 pub mod record;
 pub mod report;
 pub mod run;

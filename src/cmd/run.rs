@@ -59,6 +59,9 @@ pub struct Args {
     #[arg(long)]
     pub stats: bool,
 
+    #[command(flatten)]
+    pub lbr: crate::cmd::lbr_opts::LbrArgs,
+
     /// The guest's command line (after `--`), e.g. `n=1000 exit=3`.
     #[arg(last = true, value_name = "GUEST ARGS")]
     pub guest_args: Vec<String>,
@@ -126,7 +129,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.cmdline = args.guest_args.join(" ");
     config.timeout = args.timeout;
     config.serial = serial_sink(&args.serial)?;
-    let hooks = |_index: u32| -> Box<dyn VcpuHook> { Box::new(NoopHook) };
+    let lbr = args.lbr.setup(None, args.vcpus)?;
+    let hooks = |index: u32| -> Box<dyn VcpuHook> {
+        match &lbr {
+            Some(setup) => setup.hook(index),
+            None => Box::new(NoopHook),
+        }
+    };
     let report = Vm::run(config, &image, &hooks)
         .with_context(|| format!("cannot boot guest '{}'", args.vm))?;
     let _ = std::io::stdout().flush();
@@ -146,6 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 v.total_exits(),
                 exits.join(", ")
             );
+        }
+        if let Some(setup) = &lbr {
+            crate::cmd::lbr_opts::print_stats(setup);
         }
         for (port, n) in &report.unknown.ports {
             eprintln!("lbrprof: vm: unknown I/O port {port:#x}: {n} accesses");

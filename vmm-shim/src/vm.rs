@@ -309,7 +309,10 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
 
         let mut vcpu_hooks: Vec<Box<dyn VcpuHook>> = (0..config.vcpus).map(hooks).collect();
-        let ranges: Vec<MsrRange> = vcpu_hooks.iter().flat_map(|h| h.msr_ranges()).collect();
+        let mut ranges: Vec<MsrRange> = vcpu_hooks.iter().flat_map(|h| h.msr_ranges()).collect();
+        // Every vCPU's hook usually asks for the same ranges: filter each once.
+        ranges.sort_by_key(|r| (r.base, r.count));
+        ranges.dedup();
         install_msr_filter(&vm, &ranges)?;
 
         parsed.load(&mem)?;

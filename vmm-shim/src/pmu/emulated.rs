@@ -170,6 +170,11 @@ impl EmulatedVcpu {
         self.cfg.mode
     }
 
+    /// See [`Tracer::set_follow_nmi_handler`].
+    pub fn set_follow_nmi_handler(&mut self, follow: bool) {
+        self.tracer.set_follow_nmi_handler(follow);
+    }
+
     pub fn pmu(&self) -> &VirtualPmu {
         &self.pmu
     }

@@ -62,8 +62,25 @@ impl Fake {
         if r.inject_nmi {
             self.nmis_at.push(self.pos);
             let handler = self.nmi_path.clone();
+            let len = handler.len();
             self.path.splice(self.pos..self.pos, handler);
             if r.breakpoints.contains(&self.path[self.pos].0) {
+                self.debug_exits += 1;
+                return Ran::Debug;
+            }
+            // Not stopped at its entry: the handler runs with TF clear (interrupt delivery
+            // clears it, IRET restores it) and returns to the interrupted instruction.
+            self.pos += len;
+            if !r.is_free() && !r.single_step && r.breakpoints.contains(&self.path[self.pos].0) {
+                self.debug_exits += 1;
+                return Ran::Debug;
+            }
+            if r.single_step {
+                // The step applies to the interrupted instruction, as after the IRET.
+                self.pos += 1;
+                if self.pos >= self.path.len() {
+                    return Ran::End;
+                }
                 self.debug_exits += 1;
                 return Ran::Debug;
             }

@@ -1,9 +1,9 @@
 //! The virtual PMU and LBR: one architectural model (CPUID leaf 0xA, the PMU and LBR MSRs,
 //! freeze-on-PMI) with two backends, hardware passthrough and emulation.
 //!
-//! This module is pure logic: nothing here touches KVM, so every rule is unit-tested without
-//! /dev/kvm. The VMM plugs it into its per-vCPU hook (CPUID set-up, MSR exits, debug exits,
-//! NMI injection).
+//! Everything but [`kvm_hook`] is pure logic that never touches KVM, so every rule is
+//! unit-tested without /dev/kvm; [`kvm_hook`] plugs it into the VMM's per-vCPU hook (CPUID
+//! set-up, MSR exits, debug exits, NMI injection).
 //!
 //! * [`msr`]: raw MSR indices, bit positions and CPUID bits with their SDM names.
 //! * [`cpuid`]: shapes the guest's CPUID so it advertises exactly this PMU and LBR.
@@ -13,6 +13,9 @@
 //! * [`tracer`]: the state machine that observes guest branches through breakpoints and
 //!   single-steps (≤ 2 exits per branch) and feeds them to the model, exact or sampled.
 //! * [`backend`]: hardware passthrough or emulation, decided from plain host facts.
+//! * [`emulated`]: model + tracer + snapshot channel for one vCPU, KVM-free.
+//! * [`kvm_hook`]: the VMM hook that drives [`emulated`] from KVM exits (KVM guest debug in
+//!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook.
 
 pub mod backend;
 pub mod branch;
@@ -20,6 +23,7 @@ pub mod cpuid;
 pub mod emulated;
 #[cfg(test)]
 mod fake_guest;
+pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;
 pub mod tracer;

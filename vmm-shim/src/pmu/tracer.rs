@@ -239,6 +239,8 @@ pub struct Tracer {
     window_done: bool,
     /// Whether PMIs are delivered to the guest as NMIs (else the caller consumes them).
     inject_pmis: bool,
+    /// Whether the guest's NMI handler is traced after an injected PMI.
+    follow_nmi: bool,
     last: Resume,
     stats: TracerStats,
 }
@@ -253,6 +255,7 @@ impl Tracer {
             window_left: 0,
             window_done: false,
             inject_pmis: true,
+            follow_nmi: true,
             last: Resume::default(),
             stats: TracerStats::default(),
         }
@@ -267,6 +270,14 @@ impl Tracer {
     /// no PMI handler).
     pub fn set_inject_pmis(&mut self, inject: bool) {
         self.inject_pmis = inject;
+    }
+
+    /// Whether to trace the guest's NMI handler after injecting a PMI (the default): the
+    /// interrupt is recorded as a far branch and the handler's instructions are counted.
+    /// When off, the handler runs untraced and tracing picks up again in the interrupted
+    /// code (for VMMs that cannot stop the guest inside the handler's context reliably).
+    pub fn set_follow_nmi_handler(&mut self, follow: bool) {
+        self.follow_nmi = follow;
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -570,35 +581,33 @@ impl Tracer {
             return Ok(r);
         }
         self.stats.nmis += 1;
-        let handler = idt_handler(g, cpu, 2);
-        match (follow, handler) {
-            (true, Some(handler)) => {
-                self.state = State::AwaitingNmi {
-                    from: cpu.rip,
-                    handler,
-                    cpl: cpu.cpl,
-                };
-                Ok(Resume {
-                    breakpoints: vec![handler],
-                    pmi: true,
-                    inject_nmi: true,
-                    stop_cpl: 0,
-                    ..Resume::default()
-                })
-            }
-            _ => {
-                let mut r = self.free(pmu, cpu.cpl);
-                if self.counting() {
-                    // Exact mode without a readable IDT: keep stepping from wherever the
-                    // NMI lands.
-                    self.stats.unexpected += 1;
-                    r.single_step = true;
-                }
-                r.pmi = true;
-                r.inject_nmi = true;
-                Ok(r)
-            }
+        if follow
+            && self.follow_nmi
+            && let Some(handler) = idt_handler(g, cpu, 2)
+        {
+            self.state = State::AwaitingNmi {
+                from: cpu.rip,
+                handler,
+                cpl: cpu.cpl,
+            };
+            return Ok(Resume {
+                breakpoints: vec![handler],
+                pmi: true,
+                inject_nmi: true,
+                stop_cpl: 0,
+                ..Resume::default()
+            });
         }
+        // Not following the handler: it runs untraced, and tracing resumes in the
+        // interrupted code once the handler returns to it.
+        let mut r = if follow {
+            self.plan_at(g, pmu, cpu)?
+        } else {
+            self.free(pmu, cpu.cpl)
+        };
+        r.pmi = true;
+        r.inject_nmi = true;
+        Ok(r)
     }
 
     /// Plans from the current RIP, starting a block there.

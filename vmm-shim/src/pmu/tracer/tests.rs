@@ -341,3 +341,21 @@ fn a_branch_that_may_raise_a_pmi_is_stepped_not_predicted() {
     // The NMI came right after the je retired: 2 instructions in.
     assert_eq!(g.nmis_at, vec![2]);
 }
+
+#[test]
+fn without_following_the_nmi_handler_tracing_continues_in_the_interrupted_code() {
+    let mut g = program_a(10, 2);
+    let mut pmu = counting_pmu(4, 8);
+    pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0)
+        .unwrap();
+    pmu.wrmsr(IA32_A_PMC0, (1 << 48) - 10).unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    t.set_follow_nmi_handler(false);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(g.nmis_at, vec![10]);
+    // Every user instruction still counted (the handler's are not: it runs in ring 0
+    // untraced), and no unexpected stop.
+    let user_len = g.path.iter().filter(|p| p.1 == 3).count() as u64;
+    assert_eq!(t.stats().instructions, user_len - 1);
+    assert_eq!(t.stats().unexpected, 0);
+}

@@ -1,0 +1,243 @@
+//! End-to-end tests of the guest PMU/LBR (`lbrprof run --lbr ...`): the guest checks the
+//! architecture through `builtin:msrprobe`, and exact mode traces real ring-3 workloads.
+
+mod common;
+
+use common::{kvm_available, run};
+
+fn stdout_stderr(args: &[&str]) -> (i32, String, String) {
+    let out = run(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `msrprobe` output lines for the given probe words, with the PMU configured by `flags`.
+fn probe(flags: &[&str], words: &[&str]) -> String {
+    let mut args = vec!["run", "--vm", "builtin:msrprobe", "--serial", "stdio"];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(words);
+    let (code, out, err) = stdout_stderr(&args);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+#[test]
+fn guest_reads_the_advertised_pmu_and_gets_gp_where_the_sdm_says() {
+    if !kvm_available() {
+        return;
+    }
+    let out = probe(
+        &[
+            "--lbr",
+            "emulated",
+            "--pmu-version",
+            "4",
+            "--lbr-depth",
+            "16",
+        ],
+        &[
+            "rd=0x345",        // PERF_CAPABILITIES: LBR format 5, full-width writes
+            "wr=0x345:0",      // read-only
+            "wr=0x1d9:0x1801", // DEBUGCTL: LBR | FREEZE_LBRS_ON_PMI | FREEZE_PERFMON_ON_PMI
+            "rd=0x1d9",
+            "wr=0x1d9:0x80",               // BTS: not supported
+            "rd=0x68f",                    // FROM_IP 15: within depth 16
+            "rd=0x690",                    // FROM_IP 16: beyond
+            "wr=0xdc0:0x1000000000000000", // LBR_INFO reserved bit 60
+            "wr=0x1c8:0x400",              // LBR_SELECT reserved bit 10
+            "wr=0x391:0x400000000000000",  // STATUS_SET LBR_FRZ (v4)
+            "rd=0x38e",
+            "wr=0x390:0x400000000000000", // STATUS_RESET
+            "rd=0x38e",
+        ],
+    );
+    for want in [
+        "rdmsr 0x345 = 0x2005",
+        "wrmsr 0x345 = 0x0: #GP",
+        "wrmsr 0x1d9 = 0x1801: ok",
+        "rdmsr 0x1d9 = 0x1801",
+        "wrmsr 0x1d9 = 0x80: #GP",
+        "rdmsr 0x68f = 0x0",
+        "rdmsr 0x690 = #GP",
+        "wrmsr 0xdc0 = 0x1000000000000000: #GP",
+        "wrmsr 0x1c8 = 0x400: #GP",
+        "wrmsr 0x391 = 0x400000000000000: ok",
+        "rdmsr 0x38e = 0x400000000000000",
+        "wrmsr 0x390 = 0x400000000000000: ok",
+        "rdmsr 0x38e = 0x0",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+}
+
+#[test]
+fn pmu_version_2_has_no_status_set_and_depth_8_stops_at_slot_7() {
+    if !kvm_available() {
+        return;
+    }
+    let out = probe(
+        &[
+            "--lbr",
+            "emulated",
+            "--pmu-version",
+            "2",
+            "--lbr-depth",
+            "8",
+        ],
+        &["rd=0x687", "rd=0x688", "rd=0xdc8", "wr=0x391:1", "rd=0x38f"],
+    );
+    for want in [
+        "rdmsr 0x687 = 0x0",
+        "rdmsr 0x688 = #GP",
+        "rdmsr 0xdc8 = #GP",
+        "wrmsr 0x391 = 0x1: #GP",
+        "rdmsr 0x38f = 0xf", // GLOBAL_CTRL resets with the GP enables set
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+}
+
+fn checksum_line(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("branchy:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn exact_mode_traces_the_workload_without_changing_it() {
+    if !kvm_available() {
+        return;
+    }
+    let base = ["run", "--vm", "builtin:branchy", "--serial", "stdio"];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--", "n=200"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let traced_args = [
+        &base[..],
+        &[
+            "--stats",
+            "--lbr",
+            "emulated",
+            "--lbr-mode",
+            "exact",
+            "--lbr-sample",
+            "1009",
+            "--",
+            "n=200",
+        ],
+    ]
+    .concat();
+    let (code, traced, err) = stdout_stderr(&traced_args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(checksum_line(&plain), checksum_line(&traced));
+    assert!(!checksum_line(&plain).is_empty(), "{plain}");
+    // "vCPU 0: I instructions and B branches (T taken) traced, S debug stops (R per taken
+    // branch), P PMIs, N snapshots"
+    let line = err
+        .lines()
+        .find(|l| l.contains("instructions and"))
+        .unwrap_or_else(|| panic!("no LBR statistics in:\n{err}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    // [vcpu, instructions, branches, taken, stops, ratio-int, ratio-frac, pmis, snapshots, lost]
+    let (instructions, branches, taken, stops, pmis) =
+        (nums[1], nums[2], nums[3], nums[4], nums[7]);
+    assert!(instructions > 5_000 && branches > 1_000, "{line}");
+    assert!(
+        stops <= 2 * taken,
+        "more than 2 stops per recorded branch: {line}"
+    );
+    assert_eq!(
+        pmis,
+        instructions / 1009,
+        "one PMI per 1009 instructions: {line}"
+    );
+    // Deterministic: a second run traces exactly as much.
+    let (_, _, err2) = stdout_stderr(&traced_args);
+    let line2 = err2
+        .lines()
+        .find(|l| l.contains("instructions and"))
+        .unwrap();
+    assert_eq!(line, line2);
+}
+
+#[test]
+fn bad_pmu_shapes_are_one_line_errors() {
+    for (flags, want) in [
+        (["--lbr-depth", "12"], "LBR depth 12 is not supported"),
+        (["--pmu-version", "3"], "PMU version 3 is not supported"),
+    ] {
+        let mut args = vec!["run", "--vm", "builtin:branchy", "--lbr", "emulated"];
+        args.extend_from_slice(&flags);
+        let (code, _, err) = stdout_stderr(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn hw_is_refused_with_the_reason_where_the_host_has_no_usable_lbr() {
+    let facts = lbrprof_vmm::pmu::backend::probe_host();
+    if facts.host_lbr_nr != 0 && !facts.arch_lbr {
+        eprintln!("skipped: this host has an LBR; the refusal cannot be shown here");
+        return;
+    }
+    let (code, _, err) = stdout_stderr(&["run", "--vm", "builtin:branchy", "--lbr", "hw"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hardware LBR passthrough is not possible") || err.contains("/dev/kvm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_vcpus_share_code_without_tripping_over_each_others_breakpoints() {
+    if !kvm_available() {
+        return;
+    }
+    let base = [
+        "run",
+        "--vm",
+        "builtin:branchy",
+        "--serial",
+        "stdio",
+        "--vcpus",
+        "2",
+    ];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--", "n=100"]].concat());
+    assert_eq!(code, 0, "{err}");
+    for mode in ["exact", "sampled"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                mode,
+                "--lbr-sample",
+                "100003",
+            ],
+            &["--", "n=100"],
+        ]
+        .concat();
+        let (code, traced, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "{mode}: {err}");
+        assert_eq!(checksum_line(&plain), checksum_line(&traced), "{mode}");
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.contains("instructions and"))
+                .count(),
+            2,
+            "{err}"
+        );
+    }
+}

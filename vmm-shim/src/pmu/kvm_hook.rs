@@ -1,0 +1,931 @@
+//! The emulated PMU/LBR as the VMM's per-vCPU hook ([`VcpuHook`]).
+//!
+//! A translation layer: KVM state in (registers, guest memory through the guest page
+//! tables, guest MSRs) as a [`GuestAccess`], each [`Resume`] out as a way to stop the guest
+//! again. All policy lives in [`EmulatedVcpu`]; see its docs for the call order.
+//!
+//! ## Two ways to stop the guest
+//! * **KVM guest debug** (KVM_SET_GUEST_DEBUG single-step and hardware breakpoints), used
+//!   until the guest has an IDT.
+//! * **Traps through the guest's own IDT**, used from then on. The shim rewrites the first
+//!   bytes of the guest's #DB (vector 1) and #BP (vector 3) handlers to
+//!   `out TRAP_PORT, al; iretq`: a breakpoint is an `int3` written over the first byte of
+//!   the instruction (the original is shown to the tracer and put back when the breakpoint
+//!   goes), a single-step is RFLAGS.TF in the trap frame. Each trap reaches the shim as an
+//!   I/O exit at the handler; the shim reads the interrupted context from the trap frame,
+//!   lets the tracer decide, edits the frame (RIP, TF) and lets the handler's `iretq` return.
+//!
+//! The second way exists because under nested virtualization KVM's own #DB/#BP intercepts
+//! may never fire for guest code that runs natively (ring 3 here: single-steps and
+//! breakpoints are silently lost), while exceptions delivered to the guest always work.
+//! It also costs the same: one exit per stop. Its price: the guest's own #DB/#BP handlers
+//! are replaced for the run (restored at the end), and `TRAP_PORT` (0x80, the legacy POST
+//! port) is taken.
+//!
+//! Sampled mode needs the vCPU to leave KVM_RUN when the next sample is due even if the
+//! guest makes no exits of its own: the hook arms the vCPU's exit timer
+//! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
+
+use super::backend::{self, HostLbrFacts};
+use super::branch::CodeSize;
+use super::cpuid::{self, CpuidEntry};
+use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
+use super::tracer::{
+    GuestAccess, GuestAccessError, GuestCpu, MAX_BREAKPOINTS, Resume, TraceError, TracerStats,
+};
+use super::vpmu::PmuStats;
+use crate::caps::KvmCaps;
+use crate::hook::{DebugExit, ExitKind, GpFault, MsrRange, VcpuCtx, VcpuHook};
+use crate::memory::GuestVirtAddr;
+use crate::vm::monotonic_ns;
+
+/// The I/O port the patched #DB/#BP handlers write to.
+pub const TRAP_PORT: u8 = 0x80;
+/// `out TRAP_PORT, al; iretq`.
+const HANDLER_PATCH: [u8; 4] = [0xE6, TRAP_PORT, 0x48, 0xCF];
+const INT3: u8 = 0xCC;
+const RFLAGS_TF: u64 = 1 << 8;
+const VECTOR_DB: u8 = 1;
+const VECTOR_BP: u8 = 3;
+
+/// The backend decision's facts: the host CPU (CPUID, perf's LBR count) and what KVM offers.
+pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
+    let mut f = backend::probe_host();
+    f.kvm = caps.open_error.is_none();
+    f.kvm_enable_pmu = caps.enable_pmu;
+    f.kvm_user_space_msr = caps.user_space_msr;
+    f.kvm_msr_filter = caps.msr_filter;
+    f.kvm_guest_debug = caps.guest_debug;
+    f
+}
+
+/// The hardware backend: KVM passes the host's LBR MSRs through; the shim only makes sure
+/// CPUID never promises an LBR the host does not have.
+#[derive(Clone, Copy, Debug)]
+pub struct HardwarePmuHook {
+    pub host_has_lbr: bool,
+}
+
+impl VcpuHook for HardwarePmuHook {
+    fn adjust_cpuid(&mut self, _vcpu: u32, entries: &mut Vec<kvm_cpuid_entry2>) {
+        let mut plain: Vec<CpuidEntry> = entries.iter().map(to_plain).collect();
+        cpuid::shape_for_hardware(&mut plain, self.host_has_lbr);
+        for (e, p) in entries.iter_mut().zip(plain) {
+            e.ecx = p.ecx;
+            e.edx = p.edx;
+        }
+    }
+}
+
+/// What one vCPU's emulated LBR did, reported when it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbrRunStats {
+    pub vcpu: u32,
+    pub tracer: TracerStats,
+    pub pmu: PmuStats,
+    pub snapshots: u64,
+    /// Extra stops: single-steps towards breakpoints (several vCPUs, IDT traps).
+    pub stepping_stops: u64,
+}
+
+/// Where the hooks of a VM put their [`LbrRunStats`].
+pub type LbrStatsSink = Arc<Mutex<Vec<LbrRunStats>>>;
+
+/// The emulated backend of one vCPU, as a VMM hook.
+pub struct EmulatedPmuHook {
+    core: EmulatedVcpu,
+    stats: Option<LbrStatsSink>,
+    traps: IdtTraps,
+    /// The exit timer is armed.
+    armed: bool,
+    failed: bool,
+    /// KVM guest debug is on (its single-step owns RFLAGS.TF while it is).
+    kvm_debug: bool,
+    /// vCPUs in the VM. With more than one, code is shared, so breakpoints are not `int3`
+    /// patches (another vCPU would trap on them) but single-steps until an address comes up.
+    vcpus: u32,
+    /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
+    pending_bps: Vec<u64>,
+    stepping_stops: u64,
+}
+
+/// A stop through one of the patched handlers: the interrupted context's trap frame.
+#[derive(Clone, Copy, Debug)]
+struct Trap {
+    vector: u8,
+    /// Guest-virtual address of the frame (RSP at the handler).
+    frame_addr: u64,
+    /// RIP, CS, RFLAGS, RSP, SS as pushed by the CPU.
+    frame: [u64; 5],
+}
+
+impl Trap {
+    /// Where the interrupted code stands: an `int3` trap reports the byte after it.
+    fn rip(&self) -> u64 {
+        if self.vector == VECTOR_BP {
+            self.frame[0].wrapping_sub(1)
+        } else {
+            self.frame[0]
+        }
+    }
+}
+
+/// The IDT-trap machinery: patched handlers and `int3` breakpoints.
+#[derive(Default)]
+struct IdtTraps {
+    /// (vector, handler address) once installed; the original bytes are in
+    /// [`HANDLER_ORIGINALS`], shared by the VM's vCPUs.
+    handlers: Vec<(u8, u64)>,
+    /// `int3` breakpoints: address → original byte.
+    patches: HashMap<u64, u8>,
+    /// TF was set by the shim for the current run, so a #DB is the shim's.
+    stepping: bool,
+    /// Host address of the VM's guest memory (tells VMs apart in [`HANDLER_ORIGINALS`]).
+    mem_base: u64,
+}
+
+/// The original first bytes of patched handlers, per (guest memory, handler address), with
+/// the number of vCPUs using the patch: the last one to stop puts the bytes back.
+static HANDLER_ORIGINALS: Mutex<BTreeMap<HandlerKey, HandlerPatch>> = Mutex::new(BTreeMap::new());
+
+/// (host address of the guest memory, handler address).
+type HandlerKey = (u64, u64);
+/// (original bytes, vCPUs using the patch).
+type HandlerPatch = ([u8; 4], u32);
+
+impl IdtTraps {
+    fn installed(&self) -> bool {
+        !self.handlers.is_empty()
+    }
+
+    /// Installs the handler patches if the guest has an IDT with present 64-bit gates for
+    /// #DB and #BP; `true` when the traps are usable.
+    fn install(&mut self, ctx: &VcpuCtx<'_>, sregs: &kvm_sregs) -> bool {
+        if self.installed() {
+            return true;
+        }
+        self.mem_base = ctx.memory().host_base();
+        if sregs.cs.l == 0 || u64::from(sregs.idt.limit) < u64::from(VECTOR_BP) * 16 + 15 {
+            return false;
+        }
+        let mut found = Vec::new();
+        for vector in [VECTOR_DB, VECTOR_BP] {
+            let mut gate = [0u8; 16];
+            if ctx
+                .memory()
+                .read_virt(
+                    sregs.cr3,
+                    GuestVirtAddr(sregs.idt.base + u64::from(vector) * 16),
+                    &mut gate,
+                )
+                .is_err()
+                || gate[5] & 0x80 == 0
+            {
+                return false;
+            }
+            let handler = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
+                | u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16
+                | u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32;
+            found.push((vector, handler));
+        }
+        if found[0].1 == found[1].1 {
+            return false; // one shared handler: cannot tell the vectors apart
+        }
+        let base = ctx.memory().host_base();
+        let mut shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for (vector, handler) in found {
+            let key = (base, handler);
+            if let Some((_, users)) = shared.get_mut(&key) {
+                // Another vCPU of this VM patched it already.
+                *users += 1;
+                self.handlers.push((vector, handler));
+                continue;
+            }
+            let mut orig = [0u8; 4];
+            let Ok(pa) = ctx.memory().translate(sregs.cr3, GuestVirtAddr(handler)) else {
+                drop(shared);
+                self.uninstall(ctx, sregs.cr3);
+                return false;
+            };
+            if ctx.memory().read(pa, &mut orig).is_err()
+                || ctx.memory().write(pa, &HANDLER_PATCH).is_err()
+            {
+                drop(shared);
+                self.uninstall(ctx, sregs.cr3);
+                return false;
+            }
+            shared.insert(key, (orig, 1));
+            self.handlers.push((vector, handler));
+        }
+        true
+    }
+
+    /// The vector whose patched handler `rip` stands in, just after its `out`.
+    fn trap_vector(&self, rip: u64) -> Option<u8> {
+        self.handlers
+            .iter()
+            .find(|(_, h)| h.wrapping_add(2) == rip)
+            .map(|(v, _)| *v)
+    }
+
+    /// Makes the `int3` set exactly `want`.
+    fn set_patches(&mut self, ctx: &VcpuCtx<'_>, cr3: u64, want: &[u64]) -> Result<(), String> {
+        let stale: Vec<u64> = self
+            .patches
+            .keys()
+            .copied()
+            .filter(|a| !want.contains(a))
+            .collect();
+        for addr in stale {
+            let orig = self.patches.remove(&addr).unwrap_or(INT3);
+            write_byte(ctx, cr3, addr, orig)?;
+        }
+        for &addr in want {
+            if self.patches.contains_key(&addr)
+                || self.handlers.iter().any(|(_, h)| addr.wrapping_sub(*h) < 4)
+            {
+                continue;
+            }
+            let orig = read_byte(ctx, cr3, addr)?;
+            write_byte(ctx, cr3, addr, INT3)?;
+            self.patches.insert(addr, orig);
+        }
+        Ok(())
+    }
+
+    /// Puts every original byte back.
+    fn uninstall(&mut self, ctx: &VcpuCtx<'_>, cr3: u64) {
+        for (addr, orig) in std::mem::take(&mut self.patches) {
+            let _ = write_byte(ctx, cr3, addr, orig);
+        }
+        let base = ctx.memory().host_base();
+        let mut shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, handler) in std::mem::take(&mut self.handlers) {
+            let key = (base, handler);
+            let Some((orig, users)) = shared.get_mut(&key) else {
+                continue;
+            };
+            *users -= 1;
+            if *users == 0 {
+                let orig = *orig;
+                shared.remove(&key);
+                if let Ok(pa) = ctx.memory().translate(cr3, GuestVirtAddr(handler)) {
+                    let _ = ctx.memory().write(pa, &orig);
+                }
+            }
+        }
+    }
+
+    /// Replaces patched bytes in `buf` (read at `gva`) by the guest's originals.
+    fn unpatch(&self, gva: u64, buf: &mut [u8]) {
+        let end = gva.wrapping_add(buf.len() as u64);
+        let inside = |a: u64| a >= gva && a < end;
+        for (&addr, &orig) in &self.patches {
+            if inside(addr) {
+                buf[(addr - gva) as usize] = orig;
+            }
+        }
+        if self.handlers.is_empty() {
+            return;
+        }
+        let shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, handler) in &self.handlers {
+            let Some((orig, _)) = shared.get(&(self.mem_base, *handler)) else {
+                continue;
+            };
+            for (i, &b) in orig.iter().enumerate() {
+                let a = handler.wrapping_add(i as u64);
+                if inside(a) {
+                    buf[(a - gva) as usize] = b;
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites the trap frame so the handler's IRETQ resumes the interrupted code at the
+/// instruction that trapped (after an `int3`, the breakpointed one), with TF as wanted.
+fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), String> {
+    let rflags = (t.frame[2] & !RFLAGS_TF) | if tf { RFLAGS_TF } else { 0 };
+    let mut bytes = [0u8; 24];
+    bytes[0..8].copy_from_slice(&t.rip().to_le_bytes());
+    bytes[8..16].copy_from_slice(&t.frame[1].to_le_bytes());
+    bytes[16..24].copy_from_slice(&rflags.to_le_bytes());
+    let pa = ctx
+        .memory()
+        .translate(cr3, GuestVirtAddr(t.frame_addr))
+        .map_err(|e| format!("cannot write the trap frame: {e}"))?;
+    ctx.memory()
+        .write(pa, &bytes)
+        .map_err(|e| format!("cannot write the trap frame: {e}"))
+}
+
+fn read_byte(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> Result<u8, String> {
+    let mut b = [0u8];
+    ctx.memory()
+        .read_virt(cr3, GuestVirtAddr(addr), &mut b)
+        .map_err(|e| format!("cannot read guest code at {addr:#x}: {e}"))?;
+    Ok(b[0])
+}
+
+fn write_byte(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64, b: u8) -> Result<(), String> {
+    let pa = ctx
+        .memory()
+        .translate(cr3, GuestVirtAddr(addr))
+        .map_err(|e| format!("cannot patch guest code at {addr:#x}: {e}"))?;
+    ctx.memory()
+        .write(pa, &[b])
+        .map_err(|e| format!("cannot patch guest code at {addr:#x}: {e}"))
+}
+
+impl EmulatedPmuHook {
+    pub fn new(cfg: EmulatedConfig, sink: Option<SnapshotSink>) -> EmulatedPmuHook {
+        EmulatedPmuHook {
+            core: EmulatedVcpu::new(cfg, sink),
+            stats: None,
+            traps: IdtTraps::default(),
+            armed: false,
+            failed: false,
+            kvm_debug: false,
+            vcpus: 1,
+            pending_bps: Vec::new(),
+            stepping_stops: 0,
+        }
+    }
+
+    /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
+    pub fn with_vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus.max(1);
+        self
+    }
+
+    /// Also report this vCPU's statistics into `sink` when it stops.
+    pub fn with_stats(mut self, sink: LbrStatsSink) -> Self {
+        self.stats = Some(sink);
+        self
+    }
+
+    /// The model and tracer behind the hook (statistics, final state).
+    pub fn core(&self) -> &EmulatedVcpu {
+        &self.core
+    }
+
+    fn fail(&mut self, ctx: &mut VcpuCtx<'_>, why: String) {
+        if !self.failed {
+            self.failed = true;
+            ctx.request_stop(format!("LBR emulation: {why}"));
+        }
+    }
+
+    /// Programs the next stop.
+    /// `state` is the vCPU's registers as read at the start of this callback (nothing
+    /// in between changes them).
+    fn apply(
+        &mut self,
+        ctx: &mut VcpuCtx<'_>,
+        r: Result<Resume, TraceError>,
+        trap: Option<Trap>,
+        state: Option<(kvm_regs, kvm_sregs)>,
+    ) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(ctx, e.to_string());
+                Resume::default()
+            }
+        };
+        let Some((regs, sregs)) = state.or_else(|| cpu_state(ctx)) else {
+            return self.fail(ctx, "cannot read the vCPU registers".into());
+        };
+        // Ring-3 stops go through the guest's IDT once it has one; ring-0 code (which KVM
+        // may be emulating, where `int3` is not supported) is stopped with KVM guest debug.
+        // A step over a far branch comes with breakpoints on its targets: through the IDT,
+        // or when leaving a trap, those alone are the reliable stop.
+        let tf = r.single_step && r.breakpoints.is_empty();
+        let ring3 = r.stop_cpl != 0 && !r.is_free();
+        // TF can be set directly unless KVM's single-step, which owns it, is being turned off.
+        let can_tf = trap.is_some() || !self.kvm_debug;
+        let idt = ring3 && (!tf || can_tf) && self.traps.install(ctx, &sregs);
+        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`).
+        // (Only where TF can be set; otherwise this one stop uses an `int3`.)
+        let by_steps = idt && self.vcpus > 1 && !tf && !r.breakpoints.is_empty() && can_tf;
+        let tf = tf || by_steps;
+        let patches: &[u64] = if idt && !by_steps {
+            &r.breakpoints
+        } else {
+            &[]
+        };
+        if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, patches) {
+            return self.fail(ctx, e);
+        }
+        self.pending_bps = if by_steps {
+            r.breakpoints.clone()
+        } else {
+            Vec::new()
+        };
+        if idt {
+            // An injected PMI's handler would run in a context these traps cannot follow
+            // (it returns into the trap handler's IRETQ): let it run untraced.
+            self.core.set_follow_nmi_handler(false);
+            ctx.set_single_step(false);
+            for slot in 0..MAX_BREAKPOINTS {
+                let _ = ctx.set_breakpoint(slot, None);
+            }
+            self.kvm_debug = false;
+            self.traps.stepping = tf;
+            match trap {
+                Some(t) => {
+                    if let Err(e) = write_frame(ctx, sregs.cr3, &t, tf) {
+                        return self.fail(ctx, e);
+                    }
+                }
+                None => {
+                    let want_tf = if tf { RFLAGS_TF } else { 0 };
+                    if regs.rflags & RFLAGS_TF != want_tf {
+                        let mut regs = regs;
+                        regs.rflags = (regs.rflags & !RFLAGS_TF) | want_tf;
+                        if ctx.set_regs(&regs).is_err() {
+                            return self.fail(ctx, "cannot set RFLAGS.TF".into());
+                        }
+                    }
+                }
+            }
+        } else {
+            // Leaving a trap, a single-step would stop in the handler's IRETQ: rely on the
+            // breakpoints when there are any.
+            let step = r.single_step && (trap.is_none() || r.breakpoints.is_empty());
+            if let Some(t) = trap
+                && let Err(e) = write_frame(ctx, sregs.cr3, &t, false)
+            {
+                return self.fail(ctx, e);
+            }
+            self.traps.stepping = false;
+            ctx.set_single_step(step);
+            for slot in 0..MAX_BREAKPOINTS {
+                let addr = r.breakpoints.get(slot).copied().map(GuestVirtAddr);
+                if let Err(e) = ctx.set_breakpoint(slot, addr) {
+                    return self.fail(ctx, e.to_string());
+                }
+            }
+            self.kvm_debug = step || !r.breakpoints.is_empty();
+        }
+        if r.inject_nmi {
+            ctx.inject_nmi();
+        }
+        let after = self.core.deadline_ns(&r).map(Duration::from_nanos);
+        if after.is_some() || self.armed {
+            ctx.set_exit_timer(after);
+            self.armed = after.is_some();
+        }
+    }
+
+    /// A stop through a patched handler, if this exit is one.
+    fn trap(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        exit: &ExitKind,
+        (regs, sregs): &(kvm_regs, kvm_sregs),
+    ) -> Option<Trap> {
+        let ExitKind::IoOut { port, .. } = exit else {
+            return None;
+        };
+        if *port != u16::from(TRAP_PORT) || !self.traps.installed() {
+            return None;
+        }
+        let vector = self.traps.trap_vector(regs.rip)?;
+        let mut raw = [0u8; 40];
+        ctx.memory()
+            .read_virt(sregs.cr3, GuestVirtAddr(regs.rsp), &mut raw)
+            .ok()?;
+        let mut frame = [0u64; 5];
+        for (i, f) in frame.iter_mut().enumerate() {
+            *f = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().ok()?);
+        }
+        Some(Trap {
+            vector,
+            frame_addr: regs.rsp,
+            frame,
+        })
+    }
+}
+
+impl VcpuHook for EmulatedPmuHook {
+    fn msr_ranges(&self) -> Vec<MsrRange> {
+        self.core
+            .msr_ranges()
+            .into_iter()
+            .map(|(lo, hi)| MsrRange {
+                base: lo,
+                count: hi - lo + 1,
+            })
+            .collect()
+    }
+
+    fn adjust_cpuid(&mut self, _vcpu: u32, entries: &mut Vec<kvm_cpuid_entry2>) {
+        let mut plain: Vec<CpuidEntry> = entries.iter().map(to_plain).collect();
+        self.core.adjust_cpuid(&mut plain);
+        let old = std::mem::take(entries);
+        for p in plain {
+            let flags = old
+                .iter()
+                .find(|e| e.function == p.function && e.index == p.index)
+                .map_or(0, |e| e.flags);
+            entries.push(kvm_cpuid_entry2 {
+                function: p.function,
+                index: p.index,
+                flags,
+                eax: p.eax,
+                ebx: p.ebx,
+                ecx: p.ecx,
+                edx: p.edx,
+                ..Default::default()
+            });
+        }
+    }
+
+    fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
+        let state = cpu_state(ctx);
+        let r = self.core.on_start(
+            &mut CtxGuest::new(ctx, &self.traps, None, state),
+            monotonic_ns(),
+        );
+        self.apply(ctx, r, None, state);
+    }
+
+    fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, msr: u32) -> Result<u64, GpFault> {
+        self.core
+            .rdmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr)
+            .map_err(|_| GpFault)
+    }
+
+    fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, msr: u32, value: u64) -> Result<(), GpFault> {
+        self.core
+            .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr, value)
+            .map_err(|_| GpFault)
+    }
+
+    fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, exit: &ExitKind) {
+        if matches!(exit, ExitKind::Debug(_)) || self.failed {
+            return;
+        }
+        let now = monotonic_ns();
+        let state = cpu_state(ctx);
+        if let Some(st) = &state
+            && let Some(trap) = self.trap(ctx, exit, st)
+        {
+            let ours = match trap.vector {
+                VECTOR_BP => self.traps.patches.contains_key(&trap.rip()),
+                _ => self.traps.stepping,
+            };
+            if ours
+                && trap.vector == VECTOR_DB
+                && !self.pending_bps.is_empty()
+                && !self.pending_bps.contains(&trap.rip())
+            {
+                // Still stepping towards a breakpoint address.
+                self.stepping_stops += 1;
+                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
+                    self.fail(ctx, e);
+                }
+                return;
+            }
+            if ours {
+                let r = self
+                    .core
+                    .on_debug(&mut CtxGuest::new(ctx, &self.traps, Some(trap), state), now);
+                return self.apply(ctx, r, Some(trap), state);
+            }
+            // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
+        }
+        let r = self
+            .core
+            .on_exit(&mut CtxGuest::new(ctx, &self.traps, None, state), now);
+        self.apply(ctx, r, None, state);
+    }
+
+    fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {
+        if self.failed {
+            return;
+        }
+        let state = cpu_state(ctx);
+        let r = self.core.on_debug(
+            &mut CtxGuest::new(ctx, &self.traps, None, state),
+            monotonic_ns(),
+        );
+        self.apply(ctx, r, None, state);
+    }
+
+    fn on_stop(&mut self, ctx: &mut VcpuCtx<'_>) {
+        self.core.on_stop(
+            &mut CtxGuest::new(ctx, &self.traps, None, None),
+            monotonic_ns(),
+        );
+        if let Ok(sregs) = ctx.sregs() {
+            self.traps.uninstall(ctx, sregs.cr3);
+        }
+        if let Some(sink) = &self.stats {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(LbrRunStats {
+                    vcpu: ctx.index(),
+                    tracer: self.core.tracer_stats(),
+                    pmu: self.core.pmu_stats(),
+                    snapshots: self.core.snapshots(),
+                    stepping_stops: self.stepping_stops,
+                });
+        }
+    }
+}
+
+/// The vCPU's registers and segment registers, read once per callback.
+fn cpu_state(ctx: &VcpuCtx<'_>) -> Option<(kvm_regs, kvm_sregs)> {
+    Some((ctx.regs().ok()?, ctx.sregs().ok()?))
+}
+
+fn to_plain(e: &kvm_cpuid_entry2) -> CpuidEntry {
+    CpuidEntry {
+        function: e.function,
+        index: e.index,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+    }
+}
+
+/// The vCPU as the tracer sees it; registers are read once per callback. At a trap, the
+/// interrupted context (from the trap frame) stands in for the handler's.
+struct CtxGuest<'c, 'v> {
+    ctx: &'c VcpuCtx<'v>,
+    traps: &'c IdtTraps,
+    trap: Option<Trap>,
+    state: Option<(kvm_regs, kvm_sregs)>,
+}
+
+impl<'c, 'v> CtxGuest<'c, 'v> {
+    fn new(
+        ctx: &'c VcpuCtx<'v>,
+        traps: &'c IdtTraps,
+        trap: Option<Trap>,
+        state: Option<(kvm_regs, kvm_sregs)>,
+    ) -> Self {
+        CtxGuest {
+            ctx,
+            traps,
+            trap,
+            state,
+        }
+    }
+
+    fn state(&mut self) -> Result<(kvm_regs, kvm_sregs), GuestAccessError> {
+        if let Some(s) = self.state {
+            return Ok(s);
+        }
+        let regs = self
+            .ctx
+            .regs()
+            .map_err(|_| GuestAccessError::Unavailable { what: "registers" })?;
+        let sregs = self
+            .ctx
+            .sregs()
+            .map_err(|_| GuestAccessError::Unavailable {
+                what: "segment registers",
+            })?;
+        self.state = Some((regs, sregs));
+        Ok((regs, sregs))
+    }
+}
+
+impl GuestAccess for CtxGuest<'_, '_> {
+    fn cpu(&mut self) -> Result<GuestCpu, GuestAccessError> {
+        let (regs, sregs) = self.state()?;
+        let code_size = if sregs.cs.l != 0 {
+            CodeSize::Bits64
+        } else if sregs.cs.db != 0 {
+            CodeSize::Bits32
+        } else {
+            CodeSize::Bits16
+        };
+        let mut cpu = GuestCpu {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rbp: regs.rbp,
+            rflags: Some(regs.rflags),
+            rcx: regs.rcx,
+            cpl: sregs.cs.dpl,
+            code_size,
+            idt_base: sregs.idt.base,
+            idt_limit: sregs.idt.limit,
+            cr3: sregs.cr3,
+        };
+        if let Some(t) = self.trap {
+            cpu.rip = t.rip();
+            cpu.rsp = t.frame[3];
+            cpu.rflags = Some(t.frame[2]);
+            cpu.cpl = (t.frame[1] & 3) as u8;
+        }
+        Ok(cpu)
+    }
+
+    fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
+        let cr3 = self.state()?.1.cr3;
+        self.ctx
+            .memory()
+            .read_virt(cr3, GuestVirtAddr(gva), buf)
+            .map_err(|_| GuestAccessError::Unmapped { gva })?;
+        self.traps.unpatch(gva, buf);
+        Ok(())
+    }
+
+    fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError> {
+        let unavailable = GuestAccessError::Unavailable { what: "MSR" };
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| unavailable.clone())?;
+        match self.ctx.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => Ok(msrs.as_slice()[0].data),
+            _ => Err(unavailable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::builtin;
+    use crate::pmu::emulated::Sampling;
+    use crate::pmu::tracer::TraceMode;
+    use crate::pmu::vpmu::PmuConfig;
+    use crate::snapshot::{LbrSnapshot, SnapshotReason};
+    use crate::vm::{Vm, VmConfig};
+
+    #[derive(Clone, Default)]
+    struct Console(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Console {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn kvm() -> bool {
+        let ok = std::path::Path::new("/dev/kvm").exists();
+        if !ok {
+            eprintln!("skipped: /dev/kvm is not available");
+        }
+        ok
+    }
+
+    /// Runs a built-in guest with the emulated PMU; returns (exit code, console).
+    fn run(
+        name: &str,
+        args: &str,
+        cfg: EmulatedConfig,
+        sink: Option<SnapshotSink>,
+    ) -> (u8, String) {
+        let console = Console::default();
+        let mut config = VmConfig::new(64 << 20, 1);
+        config.cmdline = args.into();
+        config.serial = Box::new(console.clone());
+        config.timeout = Some(Duration::from_secs(120));
+        config.warn = Box::new(|_| {});
+        let image = builtin::image(name).unwrap();
+        let hooks = move |i: u32| -> Box<dyn VcpuHook> {
+            let mut c = cfg;
+            c.vcpu = i;
+            Box::new(EmulatedPmuHook::new(c, sink.clone()))
+        };
+        let report = Vm::run(config, image, &hooks).unwrap();
+        let out = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+        (report.outcome.exit_code(), out)
+    }
+
+    #[test]
+    fn guest_sees_the_virtual_pmu_msrs() {
+        if !kvm() {
+            return;
+        }
+        let cfg = EmulatedConfig::new(
+            0,
+            PmuConfig::new(4, 16).unwrap(),
+            TraceMode::Sampled {
+                window_branches: 16,
+            },
+        );
+        let (code, out) = run(
+            "msrprobe",
+            "rd=0x345 wr=0x1d9:0x1801 rd=0x1d9 wr=0x1d9:0x40 rd=0x68f rd=0x690 wr=0x6c0:0x1234 rd=0x6c0 wr=0x345:0",
+            cfg,
+            None,
+        );
+        eprintln!("{out}");
+        assert_eq!(code, 0);
+        assert!(out.contains("rdmsr 0x345 = 0x2005"), "{out}");
+        assert!(out.contains("wrmsr 0x1d9 = 0x1801: ok"), "{out}");
+        assert!(out.contains("rdmsr 0x1d9 = 0x1801"), "{out}");
+        assert!(out.contains("wrmsr 0x1d9 = 0x40: #GP"), "{out}");
+        assert!(out.contains("rdmsr 0x68f = 0x0"), "{out}");
+        assert!(out.contains("rdmsr 0x690 = #GP"), "{out}");
+        assert!(out.contains("rdmsr 0x6c0 = 0x1234"), "{out}");
+        assert!(out.contains("wrmsr 0x345 = 0x0: #GP"), "{out}");
+    }
+
+    /// Where the image's code lives (its ELF load range).
+    const GUEST_CODE: std::ops::Range<u64> = 0x20_0000..0x40_0000;
+
+    fn exact_shim(period: u64) -> EmulatedConfig {
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 32).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period };
+        cfg
+    }
+
+    #[test]
+    fn exact_mode_traces_ring3_workloads_deterministically() {
+        if !kvm() {
+            return;
+        }
+        let once = || {
+            let (sink, rx) = SnapshotSink::bounded(1024);
+            let (code, out) = run("branchy", "n=300", exact_shim(2003), Some(sink));
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("branchy: n=300"), "{out}");
+            rx.try_iter().collect::<Vec<LbrSnapshot>>()
+        };
+        let a = once();
+        assert!(a.len() >= 3, "{} snapshots", a.len());
+        assert_eq!(a.last().unwrap().reason, SnapshotReason::Final);
+        for s in &a[..a.len() - 1] {
+            assert_eq!(s.reason, SnapshotReason::Pmi { counter: 32 });
+            assert_eq!(s.entries.len(), 32);
+            // Only guest code addresses, never the host's.
+            for e in s.newest_first() {
+                assert!(GUEST_CODE.contains(&e.from), "from {:#x}", e.from);
+                assert!(GUEST_CODE.contains(&e.to), "to {:#x}", e.to);
+            }
+            assert_eq!(s.newest_first().count(), 32, "the LBR is full by then");
+        }
+        let b = once();
+        let key = |v: &[LbrSnapshot]| {
+            v.iter()
+                .map(|s| {
+                    (
+                        s.reason,
+                        s.tos,
+                        s.entries.clone(),
+                        s.guest_ip,
+                        s.guest_tsc != 0,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&a), key(&b), "two exact runs give identical snapshots");
+    }
+
+    #[test]
+    fn sampled_mode_records_windows_before_each_overflow() {
+        if !kvm() {
+            return;
+        }
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut cfg = EmulatedConfig::new(
+            0,
+            PmuConfig::new(2, 16).unwrap(),
+            TraceMode::Sampled {
+                window_branches: 16,
+            },
+        );
+        // One sample per 5 ms of guest time.
+        cfg.sampling = Sampling::Shim {
+            period: cfg.cycles_per_sec / 200,
+        };
+        let (code, out) = run("branchy", "n=3000000", cfg, Some(sink));
+        assert_eq!(code, 0, "{out}");
+        let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+        let pmis: Vec<&LbrSnapshot> = snaps
+            .iter()
+            .filter(|s| matches!(s.reason, SnapshotReason::Pmi { .. }))
+            .collect();
+        assert!(!pmis.is_empty(), "no samples in {} snapshots", snaps.len());
+        for s in pmis {
+            assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
+            assert_eq!(s.newest_first().count(), 16);
+            for e in s.newest_first() {
+                assert!(GUEST_CODE.contains(&e.from) && GUEST_CODE.contains(&e.to));
+            }
+        }
+    }
+}
