@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod guest_lbr;
 
 use std::process::ExitCode;
 

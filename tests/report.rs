@@ -692,7 +692,7 @@ fn lbrprof_data_with_guest_snapshots_reports_host_and_guest_branches() {
     // Folded stacks: the guest root frame is there.
     let folded = ok_stdout(&["report", "-i", path.to_str().unwrap(), "--format", "folded"]);
     assert!(
-        folded.lines().any(|l| l.starts_with("[guest vCPU 0];")),
+        folded.lines().any(|l| l.starts_with("[guest vcpu0];")),
         "{folded}"
     );
     assert!(folded.lines().any(|l| l == "w+0x50;w+0x100 50"), "{folded}");
@@ -719,7 +719,7 @@ fn flamegraph_is_well_formed_deterministic_svg() {
         "not deterministic"
     );
     assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains("w+0x100") && svg.contains("[guest vCPU 0]"));
+    assert!(svg.contains("w+0x100") && svg.contains("[guest vcpu0]"));
     // Guest frames are coloured apart.
     assert!(svg.contains("rgb(80,140,230)"), "guest colour missing");
     // --branches with no LBR call-stack data in host samples still draws guest stacks.

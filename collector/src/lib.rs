@@ -20,3 +20,4 @@ pub mod perfdata;
 pub mod record;
 pub mod recording;
 pub mod sampler;
+pub mod vm;

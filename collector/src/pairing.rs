@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::VcpuThread;
 
@@ -61,7 +61,7 @@ pub enum Outcome {
 }
 
 /// Totals of a pairing, for the report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairingStats {
     pub samples: u64,
     pub vcpu_samples: u64,

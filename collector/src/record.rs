@@ -9,7 +9,7 @@
 //! the recording's writer thread until the target ends, the duration passes or
 //! SIGINT/SIGTERM arrives, and finalizes the file with a [`Summary`].
 
-mod sys;
+pub(crate) mod sys;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -89,6 +89,8 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    #[error("cannot run the guest")]
+    Vm(#[source] lbrprof_vmm::vm::VmError),
     #[error("cannot {what}")]
     System {
         what: &'static str,

@@ -116,6 +116,8 @@ pub struct Profile {
     /// Per sampled IP (the `no_lbr` BOLT profile and `--dso` checks).
     pub ips: FastMap<Loc, Count>,
     pub comms: HashMap<u32, String>,
+    /// The per-sample trace of a `record --vm` recording (with [`AggregateOptions::vm`]).
+    pub vm: Option<crate::vm::VmTrace>,
 }
 
 /// How the aggregator treats the stream.
@@ -127,6 +129,9 @@ pub struct AggregateOptions {
     pub lbr_call_stack: bool,
     /// Weight of one guest snapshot in the stack tables (the sampling period).
     pub snapshot_weight: u64,
+    /// A `record --vm` recording: keep the trace pairing needs ([`crate::vm`]) and
+    /// resolve guest-mode host samples in the recorded VM's address space.
+    pub vm: bool,
 }
 
 /// Longest fall-through range we believe (longer ones cross a missing entry).
@@ -140,9 +145,13 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
+        let profile = Profile {
+            vm: opts.vm.then(crate::vm::VmTrace::default),
+            ..Profile::default()
+        };
         Aggregator {
             opts,
-            profile: Profile::default(),
+            profile,
             stack_buf: Vec::new(),
         }
     }
@@ -173,7 +182,17 @@ impl Aggregator {
             }
             // vCPU threads and shim accounting feed pairing and the host-cost tables of
             // `record --vm` reports, not the histograms built here.
-            Event::Task(TaskEvent::Exit { .. }) | Event::Vcpu(_) | Event::VcpuStats(_) => {}
+            Event::Task(TaskEvent::Exit { .. }) => {}
+            Event::Vcpu(v) => {
+                if let Some(vm) = &mut self.profile.vm {
+                    vm.vcpus.push(*v);
+                }
+            }
+            Event::VcpuStats(v) => {
+                if let Some(vm) = &mut self.profile.vm {
+                    vm.stats.push(v.clone());
+                }
+            }
             Event::Sample(s) => self.add_sample(s),
             Event::Snapshot(snap) => self.add_snapshot(snap),
             Event::Loss(l) => {
@@ -223,8 +242,14 @@ impl Aggregator {
     }
 
     pub fn add_sample(&mut self, s: &HostSample) {
+        // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
+        let space_pid = if self.opts.vm && s.mode.is_guest() {
+            lbrprof_collector::vm::VM_INDEX
+        } else {
+            s.pid
+        };
         let spaces = &mut self.profile.spaces;
-        let ip = spaces.resolve(s.pid, s.ip, s.mode);
+        let ip = spaces.resolve(space_pid, s.ip, s.mode);
         if !self.keep(s, ip) {
             self.profile.totals.filtered_out += 1;
             return;
@@ -248,10 +273,20 @@ impl Aggregator {
             stack.extend(
                 s.callchain
                     .iter()
-                    .map(|f| spaces.resolve(s.pid, f.addr, f.mode)),
+                    .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
             );
         }
         bump(&mut self.profile.stacks, &stack, weight);
+        if let Some(vm) = &mut self.profile.vm {
+            let id = vm.intern(&stack);
+            vm.samples.push(crate::vm::VmSample {
+                time_ns: s.time_ns,
+                tid: s.tid,
+                mode: s.mode,
+                weight,
+                stack: id,
+            });
+        }
 
         if !s.branches.is_empty() {
             let mode = branch_mode(s.mode);
@@ -285,6 +320,14 @@ impl Aggregator {
         stack.clear();
         stack.push(spaces.resolve_guest(0, snap.guest_ip));
         stack.extend(snap.guest_stack.iter().map(|&a| spaces.resolve_guest(0, a)));
+        if let Some(vm) = &mut self.profile.vm {
+            let id = vm.intern(&stack);
+            vm.snapshots.push(crate::vm::VmSnapshot {
+                time_ns: snap.host_time_ns,
+                vcpu: snap.vcpu,
+                stack: id,
+            });
+        }
         stack.push(Loc {
             module: ModuleTable::GUEST_ROOT,
             offset: u64::from(snap.vcpu),

@@ -73,9 +73,23 @@ pub fn write_svg(
             guest.insert(syms.function_name(modules, l).replace([';', '\n'], ":"));
         }
     }
+    write_svg_lines(&lines, &guest, opts, w)
+}
+
+/// Writes the SVG for ready-made folded `lines` (`root;...;leaf count`), colouring the
+/// frames named in `guest` apart (the unified host+guest stacks of [`crate::vm`]).
+pub fn write_svg_lines<S: AsRef<str>>(
+    lines: &[String],
+    guest: impl IntoIterator<Item = S>,
+    opts: &FlameOptions,
+    w: impl Write,
+) -> Result<(), FlameError> {
+    if lines.is_empty() {
+        return Err(FlameError::Empty(""));
+    }
     let mut palette = PaletteMap::default();
-    for g in &guest {
-        palette.insert(g, GUEST_COLOR);
+    for g in guest {
+        palette.insert(g.as_ref(), GUEST_COLOR);
     }
     let mut o = Options::default();
     o.title = opts.title.clone();
@@ -162,7 +176,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(assert_well_formed(&a) > 10);
         let text = String::from_utf8(a).unwrap();
-        assert!(text.contains("[guest vCPU 0]"));
+        assert!(text.contains("[guest vcpu0]"));
         assert!(text.contains("rgb(80,140,230)"));
     }
 

@@ -52,7 +52,22 @@
 //!                    "avg_cycles": f64|null, "in_tx": u64, "aborts": u64 } ],
 //!   "ranges":    [ { "start": Place, "end": Place, "count": u64, "pct": f64,
 //!                    "bytes": u64, "instructions": f64, "estimated": bool,
-//!                    "executed": f64 } ]
+//!                    "executed": f64 } ],
+//!   "vm": null | { "image": str, "vcpus": u32, "backend": str, "mode": str,
+//!                  "pairing": { "samples", "vcpu_samples", "in_kvm_run", "paired",
+//!                               "not_vcpu_thread", "outside_kvm_run",
+//!                               "no_snapshot_in_window", "window_ns", "distance_p50_ns",
+//!                               "distance_p90_ns", "distance_p99_ns",
+//!                               "distance_max_ns": u64 },
+//!                  "paired_pct": f64, "check": { "cross_vcpu": u64 },
+//!                  "activities": [ { "activity": str, "description": str,
+//!                                    "samples": u64, "pct": f64,
+//!                                    "top_stacks": [[str, u64]] } ],
+//!                  "shim": [ { "vcpu": u32, "tid": u32|null, "exits": {str: u64},
+//!                              "run_ns", "trace_ns", "snapshot_ns": u64,
+//!                              "instructions", "branches": u64|null, "snapshots",
+//!                              "lost_snapshots", "frozen_events", "samples",
+//!                              "paired": u64 } ] }
 //! }
 //! Place = { "module": str, "offset": u64, "function": str|null,
 //!           "function_offset": u64|null, "file": str|null, "line": u32|null }
@@ -73,6 +88,7 @@ pub mod loc;
 pub mod render;
 pub mod report;
 pub mod symbols;
+pub mod vm;
 
 pub use aggregate::{AggregateOptions, Aggregator, Filter, Profile, aggregate_events};
 pub use report::{Report, SortKey};

@@ -167,6 +167,9 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
             )?;
         }
     }
+    if let Some(vm) = &r.vm {
+        crate::vm::text(vm, &mut w)?;
+    }
     Ok(())
 }
 
@@ -239,6 +242,12 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
                 md_escape(&x.end.to_string())
             )?;
         }
+    }
+    if let Some(vm) = &r.vm {
+        writeln!(w, "\n### Host and guest\n")?;
+        writeln!(w, "```text")?;
+        crate::vm::text(vm, &mut w)?;
+        writeln!(w, "```")?;
     }
     Ok(())
 }

@@ -144,6 +144,9 @@ pub struct Report {
     pub functions: Vec<FunctionRow>,
     pub branches: Vec<BranchRow>,
     pub ranges: Vec<RangeRow>,
+    /// Host and guest of a `record --vm` recording ([`crate::vm`]); `null` otherwise.
+    #[serde(default)]
+    pub vm: Option<crate::vm::VmReport>,
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -327,6 +330,7 @@ pub fn build(
         functions,
         branches,
         ranges,
+        vm: None,
     };
     report.sort(SortKey::default());
     report

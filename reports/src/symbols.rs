@@ -162,7 +162,7 @@ impl SymbolTable {
 pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
     let m = modules.get(l.module);
     match l.module {
-        ModuleTable::GUEST_ROOT => format!("[guest vCPU {}]", l.offset),
+        ModuleTable::GUEST_ROOT => format!("[guest vcpu{}]", l.offset),
         _ => match m.kind {
             ModuleKind::Kernel | ModuleKind::Unknown => format!("{:#x}", l.offset),
             ModuleKind::File | ModuleKind::Guest => {

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod info;
 pub mod lbr_opts;
 pub mod record;
+pub mod record_vm;
 pub mod report;
 pub mod run;
 pub mod symbolize;

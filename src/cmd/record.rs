@@ -1,4 +1,5 @@
-//! `lbrprof record`: record a host command, a running process/thread, or a guest.
+//! `lbrprof record`: record a host command, a running process/thread, or a guest
+//! (`--vm`, in `record_vm`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Record
 use crate::cmd::with_exit;
 
 /// Record a host command (`-- CMD ARGS`, with all its threads and children), a process
-/// (`-p`, all its threads) or a thread (`-t`).
+/// (`-p`, all its threads), a thread (`-t`), or a guest in lbrprof's VMM shim (`--vm`).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Sampling: `--event auto` uses hardware cycles (with LBR branch stacks where the PMU has \
@@ -18,8 +19,16 @@ them) and falls back to the cpu-clock software event where there is no hardware 
 choice and its reason are printed once and stored in the recording. Ctrl-C or SIGTERM \
 stops the recording cleanly and finalizes the file.
 
+With --vm IMAGE the guest runs in this process while every thread of the shim (the vCPU \
+threads included, followed from their start) is sampled; the recording also holds the \
+guest's LBR snapshots, its image (path and build-id; built-in images are written next to \
+the recording as FILE.guest/NAME), and the shim's accounting (exits by reason, time in \
+KVM_RUN, time tracing and snapshotting). Guest snapshots are taken by the shim at -F \
+(sampled mode: every 2e9/F guest cycles of a time-based counter).
+
 Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
-when the command is not found, 126 when it cannot be executed; 2 for other errors.")]
+when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \
+`lbrprof run`: 4 for a guest crash); 2 for other errors.")]
 pub struct Args {
     /// Output file.
     #[arg(short, long, default_value = "lbrprof.data")]
@@ -37,10 +46,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = CallGraph::Fp)]
     pub call_graph: CallGraph,
     /// Attach to a running process.
-    #[arg(short, long, conflicts_with_all = ["tid", "command"])]
+    #[arg(short, long, conflicts_with_all = ["tid", "command", "vm"])]
     pub pid: Option<u32>,
     /// Attach to a running thread.
-    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
+    #[arg(short, long, conflicts_with_all = ["pid", "command", "vm"])]
     pub tid: Option<u32>,
     /// Ring buffer size per CPU in pages (a power of two), as perf's --mmap-pages.
     #[arg(short = 'm', long, value_name = "PAGES", default_value_t = 128)]
@@ -49,9 +58,64 @@ pub struct Args {
     /// until the target exits or Ctrl-C.
     #[arg(long)]
     pub duration: Option<f64>,
-    /// The command to run and record.
+    #[command(flatten)]
+    pub guest: VmArgs,
+    /// The command to run and record (with --vm: the guest's arguments).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `record --vm`: the guest and its LBR.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Guest (record --vm)")]
+pub struct VmArgs {
+    /// Record a guest in lbrprof's VMM shim instead of a host command: an ELF64 or
+    /// multiboot image file, or `builtin:NAME` (branchy, calls, sort, interp, ...). The
+    /// arguments after `--` are the guest's. Exit status: the guest's (see `lbrprof run`).
+    #[arg(long, value_name = "IMAGE|builtin:NAME")]
+    pub vm: Option<String>,
+    /// The guest's LBR: `emulated` (the shim implements the LBR MSRs and traces the
+    /// guest's branches), `hw` (KVM passes the host's LBR through), `auto` (hardware
+    /// where the host has it, else emulated).
+    #[arg(long, value_enum, default_value_t = LbrChoice::Auto, requires = "vm")]
+    pub lbr: LbrChoice,
+    /// How the emulated LBR observes branches: `sampled` lets the guest run free and
+    /// traces only the branches before each snapshot (snapshots follow -F in guest
+    /// cycles); `exact` traces every instruction (exact counts, one snapshot every
+    /// 10,000,000 / F instructions).
+    #[arg(long, value_enum, default_value_t = LbrModeChoice::Sampled, requires = "vm")]
+    pub lbr_mode: LbrModeChoice,
+    /// LBR entries per snapshot (8, 16 or 32).
+    #[arg(long, default_value_t = 32, value_name = "N", requires = "vm")]
+    pub lbr_depth: u32,
+    /// Number of vCPUs (one host thread each).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "vm")]
+    pub vcpus: u32,
+    /// Guest RAM, with an optional K, M or G suffix (4M to 3G).
+    #[arg(long, default_value = "256M", value_name = "SIZE",
+          value_parser = crate::cmd::run::parse_size, requires = "vm")]
+    pub mem: u64,
+    /// Where the guest's serial console goes: `stderr` (default), `stdout`, or a file.
+    #[arg(
+        long,
+        default_value = "stderr",
+        value_name = "FILE|stdout",
+        requires = "vm"
+    )]
+    pub serial: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbrChoice {
+    Auto,
+    Hw,
+    Emulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbrModeChoice {
+    Sampled,
+    Exact,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,8 +139,29 @@ pub enum CallGraph {
 }
 
 impl Args {
+    /// The host sampling request.
+    pub fn sampling_request(&self) -> SamplingRequest {
+        SamplingRequest {
+            event: match self.event {
+                EventChoice::Auto => EventRequest::Auto,
+                EventChoice::Cycles => EventRequest::Cycles,
+                EventChoice::CpuClock => EventRequest::CpuClock,
+            },
+            branches: match self.branches {
+                Toggle::Auto => BranchRequest::Auto,
+                Toggle::On => BranchRequest::On,
+                Toggle::Off => BranchRequest::Off,
+            },
+            call_graph: match self.call_graph {
+                CallGraph::Fp => host::CallGraph::Fp,
+                CallGraph::Lbr => host::CallGraph::Lbr,
+            },
+        }
+    }
+
     /// The plain options the collector takes.
     fn into_options(self) -> anyhow::Result<RecordOptions> {
+        let request = self.sampling_request();
         let target = match (self.pid, self.tid) {
             (Some(pid), _) => RecordTarget::Pid(pid),
             (_, Some(tid)) => RecordTarget::Tid(tid),
@@ -97,22 +182,7 @@ impl Args {
         Ok(RecordOptions {
             output: self.output,
             frequency: self.freq,
-            request: SamplingRequest {
-                event: match self.event {
-                    EventChoice::Auto => EventRequest::Auto,
-                    EventChoice::Cycles => EventRequest::Cycles,
-                    EventChoice::CpuClock => EventRequest::CpuClock,
-                },
-                branches: match self.branches {
-                    Toggle::Auto => BranchRequest::Auto,
-                    Toggle::On => BranchRequest::On,
-                    Toggle::Off => BranchRequest::Off,
-                },
-                call_graph: match self.call_graph {
-                    CallGraph::Fp => host::CallGraph::Fp,
-                    CallGraph::Lbr => host::CallGraph::Lbr,
-                },
-            },
+            request,
             target,
             duration,
             mmap_pages: self.mmap_pages,
@@ -123,6 +193,9 @@ impl Args {
 /// Record; exit with the command's status (128 + signal when it was killed), 0 for
 /// `-p`/`-t`, 127/126 when the command cannot be run, 2 for other errors.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.guest.vm.is_some() {
+        return crate::cmd::record_vm::run(args);
+    }
     let opts = args.into_options()?;
     let output = opts.output.clone();
     let facts = HostFacts::probe();
@@ -152,7 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn record_error(err: RecordError) -> anyhow::Error {
+pub fn record_error(err: RecordError) -> anyhow::Error {
     match err.exit_code() {
         Some(code) => with_exit(err.into(), code),
         None => err.into(),

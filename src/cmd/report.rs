@@ -11,11 +11,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_collector::input::{InputFormat, open_any};
-use lbrprof_collector::model::Header;
+use lbrprof_collector::model::{Header, Target};
 use lbrprof_reports::decode::CodeReader;
 use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
 use lbrprof_reports::symbols::SymbolizerSource;
+use lbrprof_reports::vm;
 use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
 use lbrprof_symbolizer::SymbolizerOptions;
 
@@ -88,10 +89,14 @@ impl From<Sort> for SortKey {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = PAIRING_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Output format (json: schema "lbrprof-report" version 1; folded: inferno/FlameGraph input).
+    #[command(flatten)]
+    pub pairing: PairArgs,
+    /// Output format (json: schema "lbrprof-report" version 1; folded: inferno/FlameGraph
+    /// input, the unified host+guest stacks for record --vm recordings).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
     /// Row order.
@@ -106,6 +111,67 @@ pub struct Args {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// How `record --vm` recordings are read (pairing rules in the man page).
+pub const PAIRING_HELP: &str = "\
+Recordings of `record --vm` also show the guest (branch histogram, hot functions and \
+fall-through ranges from its LBR snapshots, symbolized from the guest image), where the \
+host spent its time (guest running, KVM in the kernel, the shim's exit handling by kind, \
+with the hottest host stacks; the shim's exits by reason and time in KVM_RUN), and \
+pairing statistics.
+
+Pairing rules: host samples and guest snapshots share CLOCK_MONOTONIC. A host sample is \
+paired only if it was taken on a vCPU thread while that thread was inside KVM_RUN: its \
+cpumode is a guest mode (the guest was running), or one of its kernel frames is \
+kvm_arch_vcpu_ioctl_run. It pairs with the snapshot of the same vCPU nearest in time, if \
+that is at most --pair-window away (inclusive; default: one guest sampling period as the \
+host saw it, the median time between consecutive snapshots of a vCPU, and at least one \
+host sample period 1/F); of two equally near snapshots the earlier wins. A snapshot may pair \
+with several samples. Unpaired samples are counted by reason: not on a vCPU thread, \
+outside KVM_RUN, no snapshot in the window. Pairing happens at report time, so a \
+different window needs no new recording.";
+
+/// `--pair-window`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PairArgs {
+    /// Largest time distance, in nanoseconds, between a host sample and the guest
+    /// snapshot it is paired with (record --vm recordings; default: one guest sampling
+    /// period, the median time between a vCPU's consecutive snapshots, at least 1/F).
+    #[arg(long, value_name = "NS")]
+    pub pair_window: Option<u64>,
+}
+
+/// The host+guest analysis of a `record --vm` recording (`None` for other recordings).
+pub fn vm_analysis(loaded: &Loaded, pairing: &PairArgs) -> Option<vm::VmAnalysis> {
+    let Target::Vm {
+        image,
+        vcpus,
+        backend,
+        mode,
+    } = &loaded.header.target
+    else {
+        return None;
+    };
+    let trace = loaded.profile.vm.as_ref()?;
+    let freq = loaded.header.sampling.frequency;
+    let host_period = 1_000_000_000u64.checked_div(freq).unwrap_or(1_000_000);
+    let window = pairing
+        .pair_window
+        .unwrap_or_else(|| vm::default_window(trace, host_period));
+    let target = vm::VmTarget {
+        image: image.clone(),
+        vcpus: *vcpus,
+        backend: format!("{backend:?}").to_lowercase(),
+        mode: mode.clone(),
+    };
+    Some(vm::analyze(
+        trace,
+        &loaded.profile.spaces.modules,
+        &loaded.syms,
+        &target,
+        window,
+    ))
 }
 
 /// A recording, aggregated and symbolized.
@@ -173,6 +239,7 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         },
         lbr_call_stack: header.sampling.call_graph == "lbr",
         snapshot_weight: header.sampling.period.max(1),
+        vm: matches!(header.target, Target::Vm { .. }),
     };
     let mut input = input;
     let progress = progress_bar(path);
@@ -251,12 +318,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.input, Naming::Demangled)?;
     let mut out = output(args.output.as_deref())?;
     if args.format == Format::Folded {
-        render::folded(
-            &loaded.profile,
-            &loaded.syms,
-            StackSource::CallChains,
-            &mut out,
-        )?;
+        // A guest recording folds its unified host+guest stacks, as the flame graph.
+        match vm_analysis(&loaded, &args.pairing) {
+            Some(vm) => {
+                for line in vm.folded(vm::View::Unified) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            None => render::folded(
+                &loaded.profile,
+                &loaded.syms,
+                StackSource::CallChains,
+                &mut out,
+            )?,
+        }
         for w in &loaded.warnings {
             eprintln!("lbrprof: warning: {w}");
         }
@@ -277,6 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     rep.sort(args.sort.into());
     rep.truncate(args.limit, args.percent_limit);
+    rep.vm = vm_analysis(&loaded, &args.pairing).map(|a| a.report);
     match args.format {
         Format::Text => render::text(&rep, &mut out)?,
         Format::Markdown => render::markdown(&rep, &mut out)?,

@@ -1,0 +1,491 @@
+//! `record --vm`: run a guest in the VMM shim, in this process, while the host sampler
+//! samples the shim's threads, and store both sides in one recording.
+//!
+//! Threads and their roles:
+//! * the **VM thread** (`lbrprof-vm`) calls [`Vm::run`], which starts one thread per vCPU;
+//! * the **calling thread** opens the perf events on the VM thread with `inherit` *before*
+//!   it starts the VM (so every vCPU thread is followed from its first instruction), then
+//!   drains the perf ring buffers, the guest snapshot channel and the vCPU thread
+//!   notifications into the recording until the VM thread ends. It is not itself sampled,
+//!   so the recorder's own work never shows up in the profile.
+//!
+//! What the recording holds, besides the host samples and side band: a guest
+//! [`Mapping`] (space `Guest { vm: 0 }`) per executable segment of the image, with the
+//! image's path and build-id; every [`LbrSnapshot`](crate::model::LbrSnapshot) the vCPUs
+//! sent; an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU
+//! at the end (the shim's accounting merged with the guest LBR's); and a header whose
+//! target is [`Target::Vm`].
+//!
+//! SIGINT and SIGTERM stop the guest (the run ends as stopped, exit status 130) and the
+//! recording is finalized as usual.
+//!
+//! The guest LBR itself (hardware passthrough or emulation, exact or sampled) is not this
+//! module's business: it comes in as a [`GuestLbr`], which makes the per-vCPU hooks and
+//! reports their counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use lbrprof_vmm::VcpuHook;
+use lbrprof_vmm::pmu::emulated::SnapshotSink;
+use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot};
+use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
+
+use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
+use crate::model::{
+    AddressSpace, Event, Header, Loss, LossKind, Mapping, SamplingConfig, Target, VcpuStats,
+    VcpuThread,
+};
+use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
+use crate::recording::{EventSink, RecordingWriter, Summary};
+use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
+
+/// The VM index of the (single) VM a recording holds.
+pub const VM_INDEX: u32 = 0;
+
+/// How often the rings and the snapshot channel are drained when nothing wakes us earlier.
+const DRAIN_INTERVAL_MS: i32 = 20;
+
+/// Snapshots the channel holds before the vCPUs count losses (a few seconds at 1 kHz).
+pub const SNAPSHOT_CHANNEL_CAPACITY: usize = 1 << 14;
+
+/// What a guest LBR backend counted for one vCPU over the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbrCounters {
+    /// Host time spent handling exits caused by branch tracing.
+    pub trace_ns: u64,
+    /// Host time spent taking snapshots.
+    pub snapshot_ns: u64,
+    /// Guest instructions and branches retired, when counted exactly.
+    pub instructions: Option<u64>,
+    pub branches: Option<u64>,
+    /// Branches that retired while the LBR was frozen.
+    pub frozen_events: u64,
+}
+
+/// The guest's LBR, as `record --vm` needs it: per-vCPU hooks that send snapshots into a
+/// sink, and their counters afterwards.
+pub trait GuestLbr: Sync {
+    /// Which backend provides the LBR.
+    fn backend(&self) -> LbrBackend;
+    /// `"exact"` or `"sampled"`.
+    fn mode(&self) -> &str;
+    /// The hook for vCPU `vcpu`, sending snapshots into `sink`.
+    fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook>;
+    /// What vCPU `vcpu`'s hook counted (after the run).
+    fn counters(&self, vcpu: u32) -> LbrCounters;
+}
+
+/// The guest to run.
+pub struct GuestImage {
+    /// As the user gave it (`builtin:sort`, a path), for the header.
+    pub spec: String,
+    pub bytes: Vec<u8>,
+    /// A file with the same bytes, recorded in the guest mapping for symbolization.
+    pub path: PathBuf,
+}
+
+/// Everything `record --vm` needs, as plain data.
+pub struct VmRecordOptions {
+    pub output: PathBuf,
+    pub frequency: u64,
+    pub request: SamplingRequest,
+    pub mmap_pages: u32,
+    pub image: GuestImage,
+    /// RAM, vCPUs, command line, console, timeout. `vcpu_threads` is set here.
+    pub vm: VmConfig,
+}
+
+/// The result of a finished `record --vm`.
+#[derive(Debug)]
+pub struct VmRecordOutcome {
+    pub summary: Summary,
+    pub choice: SamplingChoice,
+    /// How the guest ended.
+    pub outcome: Outcome,
+    pub run: VmRunFacts,
+    pub output: PathBuf,
+}
+
+/// A summary of the VM side, for the closing message.
+#[derive(Clone, Debug, Default)]
+pub struct VmRunFacts {
+    pub elapsed: Duration,
+    pub snapshots: u64,
+    /// Snapshots per vCPU index.
+    pub vcpu_snapshots: std::collections::BTreeMap<u32, u64>,
+    pub lost_snapshots: u64,
+    pub vcpu_threads: Vec<VcpuThread>,
+}
+
+/// The guest mappings of an ELF image: one per executable `PT_LOAD` segment, at its
+/// virtual address. A non-ELF image (multiboot) gets one mapping of the whole file at the
+/// address its first loadable segment asks for, when that can be found; else none.
+pub fn guest_mappings(image: &[u8], path: &Path, time_ns: u64) -> Vec<Mapping> {
+    use object::{Object, ObjectSegment, SegmentFlags};
+    let build_id = lbrprof_vmm::builtin::build_id(image);
+    let Ok(file) = object::File::parse(image) else {
+        return Vec::new();
+    };
+    file.segments()
+        .filter(|s| match s.flags() {
+            SegmentFlags::Elf { p_flags, .. } => p_flags.0 & object::elf::PF_X.0 != 0,
+            _ => true,
+        })
+        .filter(|s| s.size() > 0)
+        .map(|s| Mapping {
+            time_ns,
+            space: AddressSpace::Guest { vm: VM_INDEX },
+            pid: VM_INDEX,
+            start: s.address(),
+            len: s.size(),
+            pgoff: s.file_range().0,
+            path: path.display().to_string(),
+            build_id: build_id.clone(),
+        })
+        .collect()
+}
+
+/// Records a guest run; see the module docs.
+pub fn record_vm(
+    opts: VmRecordOptions,
+    facts: &HostFacts,
+    lbr: &dyn GuestLbr,
+) -> Result<VmRecordOutcome, RecordError> {
+    if opts.frequency == 0 || opts.frequency > MAX_FREQUENCY {
+        return Err(RecordError::BadFrequency {
+            given: opts.frequency,
+            max: MAX_FREQUENCY,
+        });
+    }
+    if !opts.mmap_pages.is_power_of_two() || opts.mmap_pages > MAX_MMAP_PAGES {
+        return Err(RecordError::BadMmapPages {
+            given: opts.mmap_pages,
+            max: MAX_MMAP_PAGES,
+        });
+    }
+    let choice = decide(facts, opts.request)?;
+    let VmRecordOptions {
+        output,
+        frequency,
+        request: _,
+        mmap_pages,
+        image,
+        vm: mut vm_config,
+    } = opts;
+    let vcpus = vm_config.vcpus;
+    let start_monotonic_ns = sys::monotonic_ns();
+    let header = Header {
+        writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
+        start_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        start_monotonic_ns,
+        host: facts.host_info(&choice),
+        sampling: SamplingConfig {
+            event: choice.event.name().to_owned(),
+            event_reason: choice.reason.clone(),
+            frequency,
+            period: 0,
+            branch_stacks: choice.branch_stacks,
+            call_graph: choice.call_graph.name().to_owned(),
+        },
+        target: Target::Vm {
+            image: image.spec.clone(),
+            vcpus,
+            backend: lbr.backend(),
+            mode: lbr.mode().to_owned(),
+        },
+    };
+    let writer =
+        RecordingWriter::create(&output, &header).map_err(|source| RecordError::Output {
+            path: output.clone(),
+            source,
+        })?;
+    let sink = writer.sink();
+    for m in guest_mappings(&image.bytes, &image.path, start_monotonic_ns) {
+        sink.send(Event::Mapping(m));
+    }
+
+    let config = SamplerConfig {
+        event: choice.event,
+        frequency,
+        branch_stacks: choice.branch_stacks,
+        call_graph: choice.call_graph,
+        kernel: choice.kernel,
+        ring_pages_exp: mmap_pages.trailing_zeros() as u8,
+    };
+    let (snap_sink, snap_rx) = SnapshotSink::bounded(SNAPSHOT_CHANNEL_CAPACITY);
+    let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
+    vm_config.vcpu_threads = Some(thread_tx);
+    let stop = vm_config.stop_handle();
+
+    let result = sys::SignalPipe::install()
+        .map_err(|source| RecordError::System {
+            what: "install signal handlers",
+            source,
+        })
+        .and_then(|signals| {
+            run_sampled(
+                vm_config,
+                &image.bytes,
+                lbr,
+                &snap_sink,
+                &config,
+                &sink,
+                &snap_rx,
+                &thread_rx,
+                &|| {
+                    if signals
+                        .take()
+                        .iter()
+                        .any(|&s| s == libc::SIGINT || s == libc::SIGTERM)
+                    {
+                        stop.stop();
+                    }
+                },
+                signals.fd(),
+            )
+        });
+    let (report, sampler_stats, mut run) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing useful was recorded: leave no file behind.
+            let _ = writer.finish(&Summary::default());
+            let _ = std::fs::remove_file(&output);
+            return Err(e);
+        }
+    };
+    let lost_snapshots = snap_sink.lost();
+    run.lost_snapshots = lost_snapshots;
+    let now = sys::monotonic_ns();
+    if lost_snapshots > 0 {
+        sink.send(Event::Loss(Loss {
+            time_ns: now,
+            kind: LossKind::ChannelFull,
+            count: lost_snapshots,
+            tid: None,
+        }));
+    }
+    let mut frozen = 0;
+    for v in &report.vcpus {
+        let c = lbr.counters(v.vcpu);
+        frozen += c.frozen_events;
+        sink.send(Event::VcpuStats(VcpuStats {
+            vm: VM_INDEX,
+            vcpu: v.vcpu,
+            exits: v.exits.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            run_ns: v.run_ns,
+            // Time in the vCPU hook is the LBR's: tracing, and the snapshots within it.
+            trace_ns: if c.trace_ns > 0 {
+                c.trace_ns
+            } else {
+                v.hook_ns
+            },
+            snapshot_ns: c.snapshot_ns,
+            instructions: c.instructions,
+            branches: c.branches,
+            snapshots: run.vcpu_snapshots.get(&v.vcpu).copied().unwrap_or(0),
+            // Losses are counted for the channel as a whole, charged to vCPU 0.
+            lost_snapshots: if v.vcpu == 0 { lost_snapshots } else { 0 },
+            frozen_events: c.frozen_events,
+        }));
+    }
+    let mut notes = vec![format!("sampling: {}", choice.reason)];
+    if sampler_stats.lost > 0 {
+        notes.push(format!(
+            "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
+            sampler_stats.lost
+        ));
+    }
+    if lost_snapshots > 0 {
+        notes.push(format!(
+            "{lost_snapshots} guest snapshots lost: the snapshot channel was full"
+        ));
+    }
+    if frozen > 0 {
+        notes.push(format!(
+            "{frozen} guest branches retired while the LBR was frozen"
+        ));
+    }
+    match &report.outcome {
+        Outcome::Crashed(c) => {
+            notes.push(format!("guest crashed on vCPU {}: {}", c.vcpu, c.reason))
+        }
+        Outcome::TimedOut(t) => notes.push(format!(
+            "guest stopped after the {:.3} s timeout",
+            t.as_secs_f64()
+        )),
+        Outcome::Stopped => notes.push("stopped by a signal to lbrprof".into()),
+        Outcome::Exited(_) | Outcome::PowerOff => {}
+    }
+    let summary = Summary {
+        duration_ns: now.saturating_sub(start_monotonic_ns),
+        samples: sampler_stats.samples,
+        snapshots: run.snapshots,
+        lost: sampler_stats.lost,
+        throttled: sampler_stats.throttled,
+        exit_status: Some(i32::from(report.outcome.exit_code())),
+        notes,
+    };
+    writer
+        .finish(&summary)
+        .map_err(|source| RecordError::Finish {
+            path: output.clone(),
+            source,
+        })?;
+    run.elapsed = report.elapsed;
+    Ok(VmRecordOutcome {
+        summary,
+        choice,
+        outcome: report.outcome,
+        run,
+        output,
+    })
+}
+
+/// Starts the VM thread, opens the events on it, runs the VM and drains until it ends.
+#[allow(clippy::too_many_arguments)]
+fn run_sampled(
+    vm_config: VmConfig,
+    image: &[u8],
+    lbr: &dyn GuestLbr,
+    snap_sink: &SnapshotSink,
+    config: &SamplerConfig,
+    sink: &EventSink,
+    snap_rx: &Receiver<LbrSnapshot>,
+    thread_rx: &Receiver<VcpuThreadInfo>,
+    on_signal: &dyn Fn(),
+    signal_fd: std::os::fd::RawFd,
+) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
+    let hooks = |vcpu: u32| lbr.hook(vcpu, snap_sink);
+    std::thread::scope(|scope| {
+        let (tid_tx, tid_rx) = mpsc::channel::<u32>();
+        let (go_tx, go_rx) = mpsc::channel::<bool>();
+        let vm_thread = std::thread::Builder::new()
+            .name("lbrprof-vm".into())
+            .spawn_scoped(scope, move || -> Option<Result<RunReport, VmError>> {
+                let _ = tid_tx.send(gettid());
+                if !go_rx.recv().unwrap_or(false) {
+                    return None;
+                }
+                Some(Vm::run(vm_config, image, &hooks))
+            })
+            .map_err(|source| RecordError::System {
+                what: "start the VM thread",
+                source,
+            })?;
+        let tid = tid_rx.recv().map_err(|_| RecordError::System {
+            what: "start the VM thread",
+            source: std::io::Error::other("the VM thread ended before it started"),
+        })?;
+        let target = SampleTarget::Threads {
+            tids: vec![tid],
+            inherit: true,
+        };
+        let mut sampler = match HostSampler::open(config, &target) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = go_tx.send(false);
+                return Err(e.into());
+            }
+        };
+        // The mappings of this process (the shim is lbrprof itself): no MMAP records
+        // come for what was mapped before the events were opened.
+        let pid = std::process::id();
+        if let Ok(events) =
+            procfs::synthesize(pid, &[tid], sys::monotonic_ns(), sampler.converter())
+        {
+            events.into_iter().for_each(|e| sink.send(e));
+        }
+        if let Err(e) = sampler.enable() {
+            let _ = go_tx.send(false);
+            return Err(e.into());
+        }
+        let _ = go_tx.send(true);
+
+        let mut facts = VmRunFacts::default();
+        let mut send = |e: Event| sink.send(e);
+        let mut pass = |sampler: &mut HostSampler, facts: &mut VmRunFacts| {
+            sampler.drain(&mut send);
+            for t in thread_rx.try_iter() {
+                let v = VcpuThread {
+                    time_ns: t.time_ns,
+                    vm: VM_INDEX,
+                    vcpu: t.vcpu,
+                    pid: t.pid,
+                    tid: t.tid,
+                };
+                facts.vcpu_threads.push(v);
+                sink.send(Event::Vcpu(v));
+            }
+            for s in snap_rx.try_iter() {
+                facts.snapshots += 1;
+                *facts.vcpu_snapshots.entry(s.vcpu).or_default() += 1;
+                sink.send(Event::Snapshot(s));
+            }
+        };
+        let mut fds = sampler.poll_fds();
+        fds.push(signal_fd);
+        while !vm_thread.is_finished() {
+            // Errors of poll only shorten the wait; draining on the timer still works.
+            let _ = sys::poll_readable(&fds, DRAIN_INTERVAL_MS);
+            on_signal();
+            pass(&mut sampler, &mut facts);
+        }
+        let disabled = sampler.disable();
+        let joined = vm_thread.join();
+        pass(&mut sampler, &mut facts);
+        let report = match joined {
+            Ok(Some(Ok(report))) => report,
+            Ok(Some(Err(e))) => return Err(RecordError::Vm(e)),
+            Ok(None) | Err(_) => {
+                return Err(RecordError::System {
+                    what: "run the VM",
+                    source: std::io::Error::other("the VM thread panicked"),
+                });
+            }
+        };
+        disabled?;
+        Ok((report, sampler.stats(), facts))
+    })
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_images_get_one_executable_guest_mapping_with_build_id() {
+        let img = lbrprof_vmm::builtin::image("sort").unwrap();
+        let maps = guest_mappings(img, Path::new("/tmp/sort.elf"), 5);
+        assert!(!maps.is_empty());
+        for m in &maps {
+            assert_eq!(m.space, AddressSpace::Guest { vm: 0 });
+            assert_eq!(m.path, "/tmp/sort.elf");
+            assert_eq!(m.build_id.as_ref().map(Vec::len), Some(20));
+            assert!(m.len > 0 && m.start > 0);
+        }
+        // The entry point is inside one of them.
+        let entry = object::File::parse(img)
+            .map(|f| object::Object::entry(&f))
+            .unwrap();
+        assert!(
+            maps.iter()
+                .any(|m| (m.start..m.start + m.len).contains(&entry))
+        );
+    }
+
+    #[test]
+    fn garbage_has_no_mappings() {
+        assert!(guest_mappings(b"not an elf", Path::new("x"), 0).is_empty());
+        assert!(guest_mappings(&[], Path::new("x"), 0).is_empty());
+    }
+}

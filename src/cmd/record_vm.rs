@@ -1,0 +1,157 @@
+//! `lbrprof record --vm IMAGE`: the guest in the VMM shim, sampled from the host, with its
+//! LBR snapshots (the collector's `vm` module does the recording; this is the wiring:
+//! flags → image, VM configuration and guest LBR).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use lbrprof_collector::host::{self, HostFacts};
+use lbrprof_collector::vm::{GuestImage, VmRecordOptions, record_vm};
+use lbrprof_vmm::builtin;
+use lbrprof_vmm::vm::{Outcome, VmConfig};
+
+use crate::cmd::record::{Args, record_error};
+use crate::cmd::with_exit;
+use crate::guest_lbr::{self, LbrRequestArgs};
+
+/// Where a built-in image is written for the recording: `FILE.guest/NAME` beside it.
+pub fn image_dir(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".guest");
+    output.with_file_name(name)
+}
+
+/// The image bytes and the file that holds them (for symbolization).
+fn guest_image(spec: &str, output: &Path) -> anyhow::Result<GuestImage> {
+    if let Some(name) = spec.strip_prefix("builtin:") {
+        let bytes = builtin::image(name).ok_or_else(|| {
+            anyhow!(
+                "no built-in guest image '{name}' (available: {})",
+                builtin::names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let dir = image_dir(output);
+        let path = builtin::write_image(name, &dir)
+            .with_context(|| format!("cannot write the guest image to {}", dir.display()))?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        return Ok(GuestImage {
+            spec: spec.to_owned(),
+            bytes: bytes.to_vec(),
+            path,
+        });
+    }
+    let bytes = std::fs::read(spec).with_context(|| format!("cannot read guest image '{spec}'"))?;
+    let path = std::fs::canonicalize(spec).unwrap_or_else(|_| PathBuf::from(spec));
+    Ok(GuestImage {
+        spec: spec.to_owned(),
+        bytes,
+        path,
+    })
+}
+
+fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match spec {
+        "stderr" => Box::new(std::io::stderr()),
+        "stdio" | "stdout" | "-" => Box::new(std::io::stdout()),
+        path => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create serial output file '{path}'"))?,
+        ),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let spec = args.guest.vm.clone().unwrap_or_default();
+    if args.freq == 0 {
+        anyhow::bail!("-F must be at least 1 Hz");
+    }
+    let lbr = guest_lbr::setup(&LbrRequestArgs {
+        lbr: args.guest.lbr,
+        mode: args.guest.lbr_mode,
+        depth: args.guest.lbr_depth,
+        frequency: args.freq,
+    })?;
+    // What the VM would refuse, refused before anything is written.
+    lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
+    let max = lbrprof_vmm::boot::MAX_VCPUS;
+    if args.guest.vcpus == 0 || args.guest.vcpus > max {
+        anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
+    }
+    let image = guest_image(&spec, &args.output)?;
+    let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
+    vm.cmdline = args.command.join(" ");
+    vm.serial = serial_sink(&args.guest.serial)?;
+    let opts = VmRecordOptions {
+        output: args.output.clone(),
+        frequency: args.freq,
+        request: args.sampling_request(),
+        mmap_pages: args.mmap_pages,
+        image,
+        vm,
+    };
+    let facts = HostFacts::probe();
+    eprintln!("lbrprof: guest LBR: {}", lbr.describe());
+    let outcome = record_vm(opts, &facts, lbr.as_ref())
+        .map_err(record_error)
+        .with_context(|| format!("cannot record guest '{spec}'"))?;
+    let s = &outcome.summary;
+    let event = outcome.choice.event.name();
+    let why = if outcome.choice.event == host::EventKind::CpuClock && !facts.pmu_present() {
+        " (no hardware PMU)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "lbrprof: {} host samples ({event}{why}), {} guest snapshots ({} lost), {} vCPU \
+         threads, {:.2} s, written to {}",
+        s.samples,
+        outcome.run.snapshots,
+        outcome.run.lost_snapshots,
+        outcome.run.vcpu_threads.len(),
+        outcome.run.elapsed.as_secs_f64(),
+        outcome.output.display()
+    );
+    let code = outcome.outcome.exit_code();
+    match outcome.outcome {
+        Outcome::Exited(_) | Outcome::PowerOff => Ok(ExitCode::from(code)),
+        Outcome::Stopped => Err(with_exit(
+            anyhow!("guest '{spec}' stopped by a signal; the recording is kept"),
+            code,
+        )),
+        Outcome::TimedOut(_) => Err(with_exit(
+            anyhow!("guest '{spec}' timed out; the recording is kept"),
+            code,
+        )),
+        Outcome::Crashed(c) => {
+            if !c.registers.is_empty() {
+                eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);
+            }
+            Err(with_exit(
+                anyhow!(
+                    "guest '{spec}' crashed on vCPU {}: {} (the recording is kept)",
+                    c.vcpu,
+                    c.reason
+                ),
+                code,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_images_go_beside_the_recording() {
+        assert_eq!(
+            image_dir(Path::new("out/x.data")),
+            PathBuf::from("out/x.data.guest")
+        );
+        assert_eq!(
+            image_dir(Path::new("lbrprof.data")),
+            PathBuf::from("lbrprof.data.guest")
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The guest LBR of `record --vm` and `demo`: the backend decision (hardware passthrough
+//! or emulation, from the host's facts) and the per-vCPU hooks that send snapshots into
+//! the recorder's channel, as a [`GuestLbr`] the collector drives.
+//!
+//! Snapshots are shim-driven (no guest agent needed): the shim arms a fixed counter that
+//! overflows every `period` events — guest core cycles of a time-based counter in sampled
+//! mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired instructions in
+//! exact mode (`10,000,000 / F`).
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use lbrprof_collector::vm::{GuestLbr, LbrCounters};
+use lbrprof_vmm::VcpuHook;
+use lbrprof_vmm::caps;
+use lbrprof_vmm::pmu::backend::{self, Decision, HostLbrFacts, LbrMode, LbrRequest};
+use lbrprof_vmm::pmu::emulated::{EmulatedConfig, Sampling, SnapshotSink};
+use lbrprof_vmm::pmu::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink};
+use lbrprof_vmm::pmu::tracer::TraceMode;
+use lbrprof_vmm::pmu::vpmu::PmuConfig;
+use lbrprof_vmm::snapshot::LbrBackend;
+
+use crate::cmd::record::{LbrChoice, LbrModeChoice};
+
+/// Guest cycles per second the emulated PMU's time-based counters assume.
+pub const GUEST_CYCLES_PER_SEC: u64 = 2_000_000_000;
+/// Exact mode: guest instructions per second of the snapshot rate (`-F`).
+pub const EXACT_INSTRUCTIONS_PER_SEC: u64 = 10_000_000;
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct LbrRequestArgs {
+    pub lbr: LbrChoice,
+    pub mode: LbrModeChoice,
+    pub depth: u32,
+    /// Snapshots per second (`-F`).
+    pub frequency: u64,
+}
+
+/// The shim's guest LBR for one recording.
+pub struct ShimLbr {
+    decision: Decision,
+    mode: LbrMode,
+    pmu: PmuConfig,
+    period: u64,
+    host_has_lbr: bool,
+    stats: LbrStatsSink,
+}
+
+/// The counter period that gives `frequency` snapshots per second in `mode`.
+pub fn snapshot_period(mode: LbrMode, frequency: u64) -> u64 {
+    let per_sec = match mode {
+        LbrMode::Sampled => GUEST_CYCLES_PER_SEC,
+        LbrMode::Exact => EXACT_INSTRUCTIONS_PER_SEC,
+    };
+    (per_sec / frequency.max(1)).max(1)
+}
+
+/// The host facts the backend decision needs (CPU, perf's LBR, KVM capabilities).
+fn host_facts() -> HostLbrFacts {
+    let caps = caps::probe();
+    let mut f = backend::probe_host();
+    f.kvm = caps.open_error.is_none();
+    f.kvm_enable_pmu = caps.enable_pmu;
+    f.kvm_user_space_msr = caps.user_space_msr;
+    f.kvm_msr_filter = caps.msr_filter;
+    f.kvm_guest_debug = caps.guest_debug;
+    f
+}
+
+/// Decides the backend; an error when the request cannot be met on this host.
+pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
+    let request = match req.lbr {
+        LbrChoice::Auto => LbrRequest::Auto,
+        LbrChoice::Hw => LbrRequest::Hw,
+        LbrChoice::Emulated => LbrRequest::Emulated,
+    };
+    let mode = match req.mode {
+        LbrModeChoice::Exact => LbrMode::Exact,
+        LbrModeChoice::Sampled => LbrMode::Sampled,
+    };
+    let pmu = PmuConfig::new(4, req.depth).context("bad --lbr-depth")?;
+    let facts = host_facts();
+    let decision =
+        backend::decide(&facts, request, mode).context("cannot give the guest an LBR")?;
+    Ok(Box::new(ShimLbr {
+        decision,
+        mode,
+        pmu,
+        period: snapshot_period(mode, req.frequency),
+        host_has_lbr: facts.host_lbr_nr != 0,
+        stats: Arc::new(Mutex::new(Vec::new())),
+    }))
+}
+
+impl ShimLbr {
+    /// The decision in words, for the user.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} mode, {}, {} entries",
+            self.mode(),
+            self.decision,
+            self.pmu.lbr_depth.slots()
+        )
+    }
+
+    fn run_stats(&self, vcpu: u32) -> Option<LbrRunStats> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.iter().find(|s| s.vcpu == vcpu).copied()
+    }
+}
+
+impl GuestLbr for ShimLbr {
+    fn backend(&self) -> LbrBackend {
+        match self.decision.backend {
+            backend::LbrBackend::Hardware => LbrBackend::Hardware,
+            backend::LbrBackend::Emulated => LbrBackend::Emulated,
+        }
+    }
+
+    fn mode(&self) -> &str {
+        match self.mode {
+            LbrMode::Exact => "exact",
+            LbrMode::Sampled => "sampled",
+        }
+    }
+
+    fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook> {
+        match self.decision.backend {
+            backend::LbrBackend::Hardware => Box::new(HardwarePmuHook {
+                host_has_lbr: self.host_has_lbr,
+            }),
+            backend::LbrBackend::Emulated => {
+                let mode = match self.mode {
+                    LbrMode::Exact => TraceMode::Exact,
+                    LbrMode::Sampled => TraceMode::Sampled {
+                        window_branches: self.pmu.lbr_depth.slots(),
+                    },
+                };
+                let mut cfg = EmulatedConfig::new(vcpu, self.pmu, mode);
+                cfg.sampling = Sampling::Shim {
+                    period: self.period,
+                };
+                cfg.cycles_per_sec = GUEST_CYCLES_PER_SEC;
+                Box::new(
+                    EmulatedPmuHook::new(cfg, Some(sink.clone()))
+                        .with_stats(Arc::clone(&self.stats)),
+                )
+            }
+        }
+    }
+
+    fn counters(&self, vcpu: u32) -> LbrCounters {
+        let Some(s) = self.run_stats(vcpu) else {
+            return LbrCounters::default();
+        };
+        let exact = self.mode == LbrMode::Exact;
+        LbrCounters {
+            trace_ns: 0,
+            snapshot_ns: 0,
+            instructions: exact.then_some(s.tracer.instructions),
+            branches: exact.then_some(s.tracer.branches),
+            frozen_events: s.pmu.frozen_branches,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_follow_the_frequency() {
+        assert_eq!(snapshot_period(LbrMode::Sampled, 1000), 2_000_000);
+        assert_eq!(snapshot_period(LbrMode::Exact, 1000), 10_000);
+        assert_eq!(snapshot_period(LbrMode::Exact, 100_000_000), 1);
+        assert_eq!(snapshot_period(LbrMode::Sampled, 0), GUEST_CYCLES_PER_SEC);
+    }
+}

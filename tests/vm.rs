@@ -1,0 +1,502 @@
+//! End-to-end tests of the host+guest picture: `record --vm`, pairing in `report`,
+//! unified flame graphs and `lbrprof demo`. The tests that run a guest need /dev/kvm and
+//! perf_event_open; the pairing rules are also checked on a synthetic recording, so they
+//! run everywhere.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use lbrprof_collector::model::*;
+use lbrprof_collector::recording::{RecordingWriter, Summary};
+use serde_json::Value;
+
+fn ok(args: &[&str]) -> String {
+    let out = common::run(args);
+    assert!(
+        out.status.success(),
+        "lbrprof {args:?} failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&ok(args)).expect("valid JSON")
+}
+
+/// Parses an SVG with an XML parser; returns the text of every `<title>`.
+fn svg_titles(svg: &[u8]) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_reader(svg);
+    let mut buf = Vec::new();
+    let mut titles = Vec::new();
+    let mut in_title = false;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(e)) => in_title = e.name().as_ref() == b"title",
+            Ok(quick_xml::events::Event::Text(t)) if in_title => {
+                titles.push(String::from_utf8_lossy(&t.into_inner()).into_owned());
+            }
+            Ok(quick_xml::events::Event::End(_)) => in_title = false,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "SVG is not well-formed at {}: {e}",
+                reader.buffer_position()
+            ),
+        }
+        buf.clear();
+    }
+    titles
+}
+
+/// The guest edges of a JSON report must add up: every row's share is its count over
+/// `meta.branch_entries`, and with `--limit 0` the rows sum to it.
+fn check_edge_counts(report: &Value) -> u64 {
+    let meta = &report["meta"];
+    let entries = meta["branch_entries"].as_u64().unwrap();
+    let branches = report["branches"].as_array().unwrap();
+    let sum: u64 = branches.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        sum, entries,
+        "edge counts do not add up to the histogram's entries"
+    );
+    for b in branches {
+        let pct = b["pct"].as_f64().unwrap();
+        let want = b["count"].as_u64().unwrap() as f64 * 100.0 / entries as f64;
+        assert!((pct - want).abs() < 1e-6, "{b}");
+    }
+    let snapshots = meta["snapshots"].as_u64().unwrap();
+    let depth = meta["branch_depth"].as_u64().unwrap();
+    assert!(
+        entries <= snapshots * depth,
+        "{entries} > {snapshots} x {depth}"
+    );
+    entries
+}
+
+#[test]
+fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("lbrprof-demo");
+    let stdout = ok(&["demo", "-o", out_dir.to_str().unwrap()]);
+    for f in [
+        "lbrprof.data",
+        "report.txt",
+        "branches.json",
+        "flamegraph.svg",
+    ] {
+        let p = out_dir.join(f);
+        assert!(p.is_file(), "{} missing", p.display());
+        assert!(stdout.contains(&p.display().to_string()), "{stdout}");
+    }
+
+    // The flame graph parses and shows host frames of the vCPU loop's KVM_RUN, the
+    // [guest vcpu0] frame and the sort's own functions.
+    let svg = std::fs::read(out_dir.join("flamegraph.svg")).unwrap();
+    let titles = svg_titles(&svg);
+    let has = |name: &str| titles.iter().any(|t| t.starts_with(name));
+    assert!(has("[vcpu0 thread]"), "no vCPU thread frame");
+    // KVM_RUN as the kernel names it, or as `[KVM_RUN]` when no sample caught the host
+    // kernel inside the ioctl (guest-mode samples carry no host stack of their own).
+    assert!(
+        has("kvm_arch_vcpu_ioctl_run") || has("[KVM_RUN]"),
+        "no KVM_RUN host frame"
+    );
+    assert!(has("[guest vcpu0]"), "no guest frame");
+    assert!(
+        has("lbrprof_guest::workloads::sort::partition"),
+        "no frame of the guest's partition function"
+    );
+
+    // Ancestry: the partition frames sit under [guest vcpu0] under the KVM_RUN ioctl.
+    let data = out_dir.join("lbrprof.data");
+    let folded = ok(&["report", "-i", data.to_str().unwrap(), "--format", "folded"]);
+    assert!(
+        folded.lines().any(|l| {
+            let run = l
+                .find("kvm_arch_vcpu_ioctl_run")
+                .or_else(|| l.find("[KVM_RUN]"));
+            let guest = l.find("[guest vcpu0]");
+            let part = l.find("sort::partition");
+            l.starts_with("[vcpu0 thread]")
+                && matches!((run, guest, part), (Some(r), Some(g), Some(p)) if r < g && g < p)
+        }),
+        "no unified stack vCPU loop > KVM_RUN > [guest vcpu0] > partition:\n{folded}"
+    );
+
+    // Pairing: at least 90% of the host samples taken in KVM_RUN got a guest snapshot.
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
+    let vm = &report["vm"];
+    let pairing = &vm["pairing"];
+    let in_run = pairing["in_kvm_run"].as_u64().unwrap();
+    let paired = pairing["paired"].as_u64().unwrap();
+    assert!(in_run > 0, "no host sample in KVM_RUN: {pairing}");
+    assert!(
+        paired as f64 >= 0.9 * in_run as f64,
+        "only {paired} of {in_run} samples in KVM_RUN were paired: {pairing}"
+    );
+    assert_eq!(vm["check"]["cross_vcpu"], 0);
+
+    // The guest branch histogram adds up, and it is the guest's (symbolized from the image).
+    assert!(check_edge_counts(&report) > 0);
+    let guest_edges = report["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["from"]["module"] == "sort")
+        .count();
+    assert!(guest_edges > 0, "no guest edge in {}", report["branches"]);
+    let text = std::fs::read_to_string(out_dir.join("report.txt")).unwrap();
+    assert!(text.contains("# Pairing"), "{text}");
+    assert!(text.contains("guest running"), "{text}");
+}
+
+#[test]
+fn demo_without_kvm_records_the_host_workload() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("d");
+    let out = common::lbrprof()
+        .args(["demo", "-o", out_dir.to_str().unwrap()])
+        .env("LBRPROF_DEMO_NO_KVM", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("LBRPROF_DEMO_NO_KVM is set"), "{stderr}");
+    assert!(stderr.contains("host workload"), "{stderr}");
+    let svg = std::fs::read(out_dir.join("flamegraph.svg")).unwrap();
+    let titles = svg_titles(&svg);
+    assert!(
+        titles
+            .iter()
+            .any(|t| t.contains("demo_hot_loop") || t.contains("demo_branchy")),
+        "the host workload's functions are not in the flame graph"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
+    assert!(report["vm"].is_null());
+    assert!(report["meta"]["samples"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn record_vm_keeps_the_guest_exit_status_and_image() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("g.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:sort",
+        "-o",
+        data.to_str().unwrap(),
+        "--serial",
+        dir.path().join("console").to_str().unwrap(),
+        "--",
+        "n=2000",
+        "exit=3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "guest exit=3 gives (3 << 1) | 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("g.data.guest/sort").is_file());
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(info.contains("builtin:sort"), "{info}");
+    assert!(info.contains("vcpu0"), "{info}");
+}
+
+#[test]
+fn record_vm_rejects_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:nope",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no built-in guest image 'nope'"), "{err}");
+    let out = common::run(&["record", "--vm", "/nonexistent/image", "-o", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Guest options need --vm.
+    let out = common::run(&["record", "--vcpus", "2", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    // What the VM would refuse is refused before anything is written.
+    for bad in [["--vcpus", "0"], ["--mem", "1K"], ["--lbr-depth", "7"]] {
+        let out = common::run(&[
+            "record",
+            "--vm",
+            "builtin:sort",
+            bad[0],
+            bad[1],
+            "-o",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
+    assert!(!data.exists());
+    assert!(!dir.path().join("x.data.guest").exists());
+}
+
+/// The address of the first symbol of `elf` whose name contains `part`.
+fn symbol(elf: &[u8], part: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(elf).unwrap();
+    file.symbols()
+        .find(|s| s.name().is_ok_and(|n| n.contains(part)))
+        .unwrap_or_else(|| panic!("no symbol {part}"))
+        .address()
+}
+
+fn snapshot(vcpu: u32, time_ns: u64, ip: u64) -> LbrSnapshot {
+    LbrSnapshot {
+        vcpu,
+        host_time_ns: time_ns,
+        guest_tsc: 0,
+        reason: SnapshotReason::Pmi { counter: 32 },
+        tos: 0,
+        entries: vec![LbrEntry {
+            from: ip + 4,
+            to: ip,
+            info: 0,
+        }],
+        guest_ip: ip,
+        guest_sp: 0,
+        guest_fp: 0,
+        cr3: 0,
+        guest_stack: vec![],
+        frozen_events: 0,
+    }
+}
+
+/// Two vCPUs running different code (vCPU 0 in `partition`, vCPU 1 in
+/// `insertion_sort`), their snapshots interleaved in time so that the nearest snapshot of
+/// *any* vCPU is often the other one's: every sample must pair with its own vCPU's.
+fn two_vcpu_recording(path: &Path, image_path: &Path) -> (u64, u64) {
+    let image = lbrprof_vmm::builtin::image("sort").unwrap();
+    std::fs::write(image_path, image).unwrap();
+    let part = symbol(image, "9partition");
+    let ins = symbol(image, "14insertion_sort");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig {
+            event: "cpu-clock".into(),
+            frequency: 1000,
+            call_graph: "fp".into(),
+            ..SamplingConfig::default()
+        },
+        target: Target::Vm {
+            image: "builtin:sort".into(),
+            vcpus: 2,
+            backend: LbrBackend::Emulated,
+            mode: "sampled".into(),
+        },
+    };
+    let w = RecordingWriter::create(path, &header).unwrap();
+    let sink = w.sink();
+    for m in lbrprof_collector::vm::guest_mappings(image, image_path, 0) {
+        sink.send(Event::Mapping(m));
+    }
+    for (vcpu, tid) in [(0, 101), (1, 102)] {
+        sink.send(Event::Vcpu(VcpuThread {
+            time_ns: 0,
+            vm: 0,
+            vcpu,
+            pid: 100,
+            tid,
+        }));
+    }
+    let ms = 1_000_000u64;
+    for k in 1..=100u64 {
+        // vCPU 0 snapshots at k ms, vCPU 1 at k ms + 0.5 ms.
+        sink.send(Event::Snapshot(snapshot(0, k * ms, part)));
+        sink.send(Event::Snapshot(snapshot(1, k * ms + ms / 2, ins)));
+        // Samples 0.4 ms after each vCPU's snapshot: the other vCPU's is 0.1 ms away.
+        for (tid, at, ip) in [(101, k * ms + 400_000, part), (102, k * ms + 900_000, ins)] {
+            sink.send(Event::Sample(HostSample {
+                time_ns: at,
+                pid: 100,
+                tid,
+                cpu: 0,
+                period: ms,
+                ip,
+                mode: CpuMode::GuestUser,
+                ..HostSample::default()
+            }));
+        }
+    }
+    // One sample of the shim's main thread: never paired.
+    sink.send(Event::Sample(HostSample {
+        time_ns: 5 * ms,
+        pid: 100,
+        tid: 100,
+        period: ms,
+        ip: 0x1000,
+        mode: CpuMode::User,
+        ..HostSample::default()
+    }));
+    w.finish(&Summary::default()).unwrap();
+    (part, ins)
+}
+
+#[test]
+fn each_vcpus_snapshots_pair_only_with_its_own_threads_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("two.data");
+    two_vcpu_recording(&data, &dir.path().join("sort"));
+    let input = data.to_str().unwrap();
+
+    let report = json(&["report", "-i", input, "--format", "json", "--limit", "0"]);
+    let p = &report["vm"]["pairing"];
+    assert_eq!(p["in_kvm_run"], 200, "{p}");
+    assert_eq!(p["paired"], 200, "{p}");
+    assert_eq!(p["not_vcpu_thread"], 1, "{p}");
+    // Each sample is 0.4 ms after its own vCPU's snapshot, 0.1 ms before the other's.
+    assert_eq!(p["distance_max_ns"], 400_000, "{p}");
+    assert_eq!(report["vm"]["check"]["cross_vcpu"], 0);
+    check_edge_counts(&report);
+
+    let folded = ok(&["report", "-i", input, "--format", "folded"]);
+    let count = |needle: &[&str]| -> u64 {
+        folded
+            .lines()
+            .filter(|l| needle.iter().all(|n| l.contains(n)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        count(&["[vcpu0 thread]", "[guest vcpu0]", "partition"]),
+        100,
+        "{folded}"
+    );
+    assert_eq!(
+        count(&["[vcpu1 thread]", "[guest vcpu1]", "insertion_sort"]),
+        100,
+        "{folded}"
+    );
+    assert_eq!(count(&["[vcpu0 thread]", "[guest vcpu1]"]), 0, "{folded}");
+    assert_eq!(count(&["[vcpu1 thread]", "[guest vcpu0]"]), 0, "{folded}");
+
+    // A window below the 0.4 ms distance pairs nothing; the reasons are counted.
+    let narrow = json(&[
+        "report",
+        "-i",
+        input,
+        "--format",
+        "json",
+        "--pair-window",
+        "399999",
+    ]);
+    let p = &narrow["vm"]["pairing"];
+    assert_eq!(p["paired"], 0, "{p}");
+    assert_eq!(p["no_snapshot_in_window"], 200, "{p}");
+    // Boundary inclusive.
+    let exact = json(&[
+        "report",
+        "-i",
+        input,
+        "--format",
+        "json",
+        "--pair-window",
+        "400000",
+    ]);
+    assert_eq!(exact["vm"]["pairing"]["paired"], 200);
+}
+
+#[test]
+fn flame_graph_views_of_a_guest_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("two.data");
+    two_vcpu_recording(&data, &dir.path().join("sort"));
+    let input = data.to_str().unwrap();
+    let draw = |extra: &[&str]| -> Vec<String> {
+        let svg = dir.path().join("f.svg");
+        let mut args = vec!["flamegraph", "-i", input, "-o", svg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        ok(&args);
+        svg_titles(&std::fs::read(&svg).unwrap())
+    };
+    let unified = draw(&[]);
+    let any = |t: &[String], s: &str| t.iter().any(|x| x.starts_with(s));
+    assert!(any(&unified, "[vcpu0 thread]") && any(&unified, "[guest vcpu1]"));
+    let guest = draw(&["--guest-only"]);
+    assert!(any(&guest, "[guest vcpu0]") && !any(&guest, "[vcpu0 thread]"));
+    let host = draw(&["--host-only"]);
+    assert!(any(&host, "[vcpu0 thread]") && !any(&host, "[guest vcpu0]"));
+    // Guest frames are drawn in their own colour.
+    let svg = std::fs::read_to_string(dir.path().join("f.svg")).unwrap();
+    assert!(!svg.is_empty());
+    let guest_svg = {
+        draw(&["--guest-only"]);
+        std::fs::read_to_string(dir.path().join("f.svg")).unwrap()
+    };
+    assert!(guest_svg.contains("rgb(80,140,230)"));
+    // The views need a guest recording.
+    let out = common::run(&[
+        "flamegraph",
+        "-i",
+        "/nonexistent.data",
+        "--guest-only",
+        "-o",
+        dir.path().join("g.svg").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn two_vcpus_in_the_shim_never_pair_across_vcpus() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("2.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:sort",
+        "--vcpus",
+        "2",
+        "--lbr",
+        "emulated",
+        "-o",
+        data.to_str().unwrap(),
+        "--serial",
+        dir.path().join("console").to_str().unwrap(),
+        "--",
+        "n=100000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    let vm = &report["vm"];
+    assert_eq!(vm["vcpus"], 2);
+    assert_eq!(vm["check"]["cross_vcpu"], 0);
+    let shim = vm["shim"].as_array().unwrap();
+    assert_eq!(shim.len(), 2, "{vm}");
+    let tids: Vec<&Value> = shim.iter().map(|s| &s["tid"]).collect();
+    assert_ne!(tids[0], tids[1]);
+}
