@@ -163,7 +163,8 @@ pub struct ImportStats {
 }
 
 /// A `Read + Seek` wrapper that publishes its position, so an error deep inside the
-/// parser can still name the file offset where reading stopped. It can also present a
+/// parser can still name the file offset where reading stopped (to within the read
+/// buffer it sits under). It can also present a
 /// patched copy of the file header (`head`) in place of the first bytes of the file.
 struct Tracked<R> {
     inner: R,
@@ -195,7 +196,7 @@ impl<R: Seek> Seek for Tracked<R> {
     }
 }
 
-type FileIter = PerfRecordIter<Tracked<BufReader<File>>>;
+type FileIter = PerfRecordIter<BufReader<Tracked<File>>>;
 
 /// Streams a perf.data file as model events (records in time order, as perf sorts them).
 pub struct PerfDataReader {
@@ -294,11 +295,14 @@ impl PerfDataReader {
             file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         }
         let pos = Arc::new(AtomicU64::new(0));
-        let tracked = Tracked {
-            inner: BufReader::with_capacity(1 << 20, file),
-            pos: Arc::clone(&pos),
-            head: head_patch.unwrap_or_default(),
-        };
+        let tracked = BufReader::with_capacity(
+            1 << 20,
+            Tracked {
+                inner: file,
+                pos: Arc::clone(&pos),
+                head: head_patch.unwrap_or_default(),
+            },
+        );
         let PerfFileReader {
             perf_file,
             record_iter,
@@ -827,7 +831,8 @@ pub fn branch_flags(word: u64) -> BranchFlags {
 pub fn callchain_frames(raw: impl IntoIterator<Item = u64>, sample_mode: CpuMode) -> Vec<Frame> {
     let mut mode = sample_mode;
     let mut guest = sample_mode.is_guest();
-    let mut frames = Vec::new();
+    let raw = raw.into_iter();
+    let mut frames = Vec::with_capacity(raw.size_hint().0);
     for v in raw {
         if v >= abi::PERF_CONTEXT_MAX {
             mode = match v {
@@ -868,10 +873,8 @@ pub fn decode_sample(
 ) -> Result<HostSample, &'static str> {
     use abi::*;
     let st = layout.sample_type;
-    let mut c = Cursor {
-        buf: body,
-        le: endian == Endianness::LittleEndian,
-    };
+    let le = endian == Endianness::LittleEndian;
+    let mut c = Cursor { buf: body, le };
     let mut s = HostSample {
         mode,
         period: 1,
@@ -933,9 +936,8 @@ pub fn decode_sample(
         }
         let (chain, rest) = c.buf.split_at(n);
         c.buf = rest;
-        let le = c.le;
         let raw = chain.chunks_exact(8).map(|w| {
-            let a: [u8; 8] = w.try_into().unwrap_or_default();
+            let a = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
             if le {
                 u64::from_le_bytes(a)
             } else {

@@ -224,7 +224,9 @@ fn progress_bar(path: &Path) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} reading {msg}: {pos} events") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} reading {msg}: {pos} events")
+    {
         bar.set_style(style);
     }
     bar.set_message(path.display().to_string());
