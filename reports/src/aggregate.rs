@@ -375,9 +375,15 @@ where
                     Ok(ev) => {
                         batch.push(ev);
                         if batch.len() == BATCH {
-                            let next = back_rx
-                                .try_recv()
-                                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                            // Reuse a returned batch; dropping its events here keeps the
+                            // frees off the aggregating thread.
+                            let next = match back_rx.try_recv() {
+                                Ok(mut b) => {
+                                    b.clear();
+                                    b
+                                }
+                                Err(_) => Vec::with_capacity(BATCH),
+                            };
                             if tx.send(std::mem::replace(&mut batch, next)).is_err() {
                                 return None;
                             }
@@ -392,11 +398,10 @@ where
             let _ = tx.send(batch);
             None
         });
-        for mut batch in rx {
+        for batch in rx {
             for ev in &batch {
                 agg.add(ev);
             }
-            batch.clear();
             let _ = back_tx.send(batch);
         }
         producer.join().unwrap_or(None)
