@@ -12,7 +12,11 @@
 //! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
+pub mod host;
 pub mod input;
 pub mod model;
+pub mod pairing;
 pub mod perfdata;
+pub mod record;
 pub mod recording;
+pub mod sampler;

@@ -187,6 +187,38 @@ pub struct Loss {
     pub tid: Option<u32>,
 }
 
+/// A vCPU of a VM run by the shim, and the host thread that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuThread {
+    pub time_ns: u64,
+    pub vm: u32,
+    pub vcpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// The shim's accounting for one vCPU over a run: where the host spent its time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuStats {
+    pub vm: u32,
+    pub vcpu: u32,
+    /// VM exits by reason ("msr", "io", "debug", "hlt", …), sorted by reason.
+    pub exits: Vec<(String, u64)>,
+    /// Wall time spent inside KVM_RUN.
+    pub run_ns: u64,
+    /// Wall time spent in the shim handling exits caused by branch tracing.
+    pub trace_ns: u64,
+    /// Wall time spent taking snapshots.
+    pub snapshot_ns: u64,
+    /// Guest instructions and branches retired, when counted (exact mode).
+    pub instructions: Option<u64>,
+    pub branches: Option<u64>,
+    pub snapshots: u64,
+    pub lost_snapshots: u64,
+    /// Branches that retired while the LBR was frozen.
+    pub frozen_events: u64,
+}
+
 /// One record of a recording's stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -195,6 +227,8 @@ pub enum Event {
     Sample(HostSample),
     Snapshot(LbrSnapshot),
     Loss(Loss),
+    Vcpu(VcpuThread),
+    VcpuStats(VcpuStats),
 }
 
 /// Facts about the machine a recording was made on.

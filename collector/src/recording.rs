@@ -23,12 +23,14 @@
 //!      4  Vec<model::LbrSnapshot>
 //!      5  Vec<model::Loss>
 //!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
-//!   7..  reserved for later minor versions; a reader skips kinds it does not
+//!      7  Vec<model::VcpuThread>
+//!      8  Vec<model::VcpuStats>
+//!   9..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
 //! The writer runs on its own thread fed over a crossbeam channel and flushes at least
-//! every 250 ms, side-band chunks (mappings, tasks, losses) of an interval before its
+//! every 250 ms, side-band chunks (mappings, tasks, losses, vCPUs) of an interval before its
 //! samples and snapshots, so that a reader meets every mapping before the samples that
 //! need it. A `record` killed with SIGKILL therefore loses at most the last interval,
 //! and the file stays readable: the reader accepts a truncated last chunk (a warning
@@ -44,7 +46,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Event, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent};
+use crate::model::{
+    Event, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
+};
 
 /// The first eight bytes of every `lbrprof.data` file.
 pub const MAGIC: [u8; 8] = *b"LBRPROF\0";
@@ -73,6 +77,8 @@ pub enum ChunkKind {
     Snapshots = 4,
     Losses = 5,
     Summary = 6,
+    Vcpus = 7,
+    VcpuStats = 8,
 }
 
 impl ChunkKind {
@@ -84,6 +90,8 @@ impl ChunkKind {
             4 => ChunkKind::Snapshots,
             5 => ChunkKind::Losses,
             6 => ChunkKind::Summary,
+            7 => ChunkKind::Vcpus,
+            8 => ChunkKind::VcpuStats,
             _ => return None,
         })
     }
@@ -209,6 +217,8 @@ struct Batches {
     mappings: Vec<Mapping>,
     tasks: Vec<TaskEvent>,
     losses: Vec<Loss>,
+    vcpus: Vec<VcpuThread>,
+    vcpu_stats: Vec<VcpuStats>,
     snapshots: Vec<LbrSnapshot>,
     samples: Vec<HostSample>,
     /// Rough encoded size of what is queued, to cap chunk sizes.
@@ -222,6 +232,8 @@ impl Batches {
             Event::Mapping(m) => self.mappings.push(m),
             Event::Task(t) => self.tasks.push(t),
             Event::Loss(l) => self.losses.push(l),
+            Event::Vcpu(v) => self.vcpus.push(v),
+            Event::VcpuStats(v) => self.vcpu_stats.push(v),
             Event::Snapshot(s) => self.snapshots.push(s),
             Event::Sample(s) => self.samples.push(s),
         }
@@ -231,6 +243,8 @@ impl Batches {
         self.mappings.is_empty()
             && self.tasks.is_empty()
             && self.losses.is_empty()
+            && self.vcpus.is_empty()
+            && self.vcpu_stats.is_empty()
             && self.snapshots.is_empty()
             && self.samples.is_empty()
     }
@@ -241,7 +255,8 @@ fn approx_size(event: &Event) -> usize {
         Event::Sample(s) => 48 + s.callchain.len() * 9 + s.branches.len() * 24,
         Event::Snapshot(s) => 96 + s.entries.len() * 24 + s.guest_stack.len() * 8,
         Event::Mapping(m) => 64 + m.path.len(),
-        Event::Task(_) | Event::Loss(_) => 32,
+        Event::VcpuStats(v) => 96 + v.exits.len() * 16,
+        Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
     }
 }
 
@@ -295,6 +310,8 @@ impl<W: Write> ChunkOut<W> {
         self.write_items(ChunkKind::Mappings, &mut b.mappings)?;
         self.write_items(ChunkKind::Tasks, &mut b.tasks)?;
         self.write_items(ChunkKind::Losses, &mut b.losses)?;
+        self.write_items(ChunkKind::Vcpus, &mut b.vcpus)?;
+        self.write_items(ChunkKind::VcpuStats, &mut b.vcpu_stats)?;
         self.write_items(ChunkKind::Snapshots, &mut b.snapshots)?;
         self.write_items(ChunkKind::Samples, &mut b.samples)?;
         b.approx_bytes = 0;
@@ -569,6 +586,8 @@ pub fn decode_chunk(chunk: &RawChunk) -> Result<Vec<Event>, FormatError> {
         Some(ChunkKind::Samples) => items(chunk, Event::Sample),
         Some(ChunkKind::Snapshots) => items(chunk, Event::Snapshot),
         Some(ChunkKind::Losses) => items(chunk, Event::Loss),
+        Some(ChunkKind::Vcpus) => items(chunk, Event::Vcpu),
+        Some(ChunkKind::VcpuStats) => items(chunk, Event::VcpuStats),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }
@@ -715,9 +734,22 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_every_event_and_the_summary() {
-        let events: Vec<Event> = (0..5000)
+        let mut events: Vec<Event> = (0..5000)
             .map(|i| if i % 100 == 0 { mapping(i) } else { sample(i) })
             .collect();
+        events.push(Event::Vcpu(VcpuThread {
+            time_ns: 1,
+            vm: 0,
+            vcpu: 1,
+            pid: 10,
+            tid: 12,
+        }));
+        events.push(Event::VcpuStats(VcpuStats {
+            vcpu: 1,
+            exits: vec![("msr".into(), 3)],
+            run_ns: 5,
+            ..VcpuStats::default()
+        }));
         let summary = Summary {
             samples: 4950,
             exit_status: Some(3),
@@ -726,7 +758,7 @@ mod tests {
         };
         let (bytes, stats) = write(&events, &summary);
         assert_eq!(stats.bytes, bytes.len() as u64);
-        assert_eq!(stats.events, 5000);
+        assert_eq!(stats.events, 5002);
         let (read, reader) = read_bytes(&bytes);
         let read = read.unwrap();
         assert_eq!(reader.header(), &header());
@@ -740,7 +772,12 @@ mod tests {
                 .collect()
         };
         assert_eq!(kinds(&read, true), kinds(&events, true));
-        assert_eq!(kinds(&read, false), kinds(&events, false));
+        let mut rest_read = kinds(&read, false);
+        let mut rest_sent = kinds(&events, false);
+        let key = |e: &Event| format!("{e:?}");
+        rest_read.sort_by_key(key);
+        rest_sent.sort_by_key(key);
+        assert_eq!(rest_read, rest_sent);
     }
 
     #[test]

@@ -171,7 +171,9 @@ impl Aggregator {
                     self.profile.comms.entry(*tid).or_insert(c);
                 }
             }
-            Event::Task(TaskEvent::Exit { .. }) => {}
+            // vCPU threads and shim accounting feed pairing and the host-cost tables of
+            // `record --vm` reports, not the histograms built here.
+            Event::Task(TaskEvent::Exit { .. }) | Event::Vcpu(_) | Event::VcpuStats(_) => {}
             Event::Sample(s) => self.add_sample(s),
             Event::Snapshot(snap) => self.add_snapshot(snap),
             Event::Loss(l) => {

@@ -23,8 +23,118 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io;
 
 use serde::Serialize;
+
+use crate::report::Report;
+
+/// What `lbrprof diff` compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Samples whose leaf frame is in the function.
+    SelfSamples,
+    /// Samples with the function anywhere on the stack.
+    Total,
+    /// Taken branches between two functions (`from → to`, by function name so that the
+    /// rows survive a rebuild that moves code).
+    Edges,
+    /// Instructions executed in the function, from LBR fall-through ranges.
+    Instructions,
+    /// Taken branches whose source is in the function.
+    Branches,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::SelfSamples => "self",
+            Metric::Total => "total",
+            Metric::Edges => "edges",
+            Metric::Instructions => "instructions",
+            Metric::Branches => "branches",
+        }
+    }
+}
+
+/// The rows of `metric` in a report (which must not have been truncated). Rows are keyed by
+/// function name alone, so a function keeps its row when its binary is rebuilt or renamed.
+pub fn counts(report: &Report, metric: Metric, exact: bool) -> Counts {
+    let mut rows: BTreeMap<String, u64> = BTreeMap::new();
+    let fname = |p: &crate::report::Place| {
+        p.function
+            .clone()
+            .unwrap_or_else(|| format!("{}+{:#x}", p.module, p.offset))
+    };
+    let total = match metric {
+        Metric::SelfSamples | Metric::Total => {
+            for f in &report.functions {
+                let n = if metric == Metric::SelfSamples {
+                    f.self_samples
+                } else {
+                    f.total_samples
+                };
+                if n > 0 {
+                    *rows.entry(f.function.clone()).or_default() += n;
+                }
+            }
+            report.meta.samples
+        }
+        Metric::Edges => {
+            for b in &report.branches {
+                let key = format!("{} → {}", fname(&b.from), fname(&b.to));
+                *rows.entry(key).or_default() += b.count;
+            }
+            report.branches.iter().map(|b| b.count).sum()
+        }
+        Metric::Branches => {
+            for b in &report.branches {
+                *rows.entry(fname(&b.from)).or_default() += b.count;
+            }
+            report.branches.iter().map(|b| b.count).sum()
+        }
+        Metric::Instructions => {
+            for r in &report.ranges {
+                *rows.entry(fname(&r.start)).or_default() += r.executed.round() as u64;
+            }
+            rows.values().sum()
+        }
+    };
+    Counts { total, rows, exact }
+}
+
+/// Writes a differential flame graph (inferno's differential mode): the shape is `new`'s
+/// stacks, red where a frame grew since `base`, blue where it shrank. Both inputs are
+/// folded stack lines (`a;b;c count`).
+pub fn write_differential_svg(
+    base: &[String],
+    new: &[String],
+    title: &str,
+    w: impl io::Write,
+) -> io::Result<()> {
+    let join = |lines: &[String]| {
+        let mut s = lines.join("\n");
+        s.push('\n');
+        s
+    };
+    let (base, new) = (join(base), join(new));
+    let mut folded = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options {
+            normalize: true,
+            ..Default::default()
+        },
+        base.as_bytes(),
+        new.as_bytes(),
+        &mut folded,
+    )?;
+    let mut o = inferno::flamegraph::Options::default();
+    o.title = title.to_string();
+    o.count_name = "samples".to_string();
+    o.deterministic = true;
+    inferno::flamegraph::from_reader(&mut o, folded.as_slice(), w)
+}
 
 /// One side of a comparison.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,10 +1,215 @@
-//! `lbrprof run`.
+//! `lbrprof run`: boot a guest image in the VMM shim and run it to completion, without
+//! profiling. The exit status is the guest's: `(v << 1) | 1` for a write of v to the
+//! isa-debug-exit port 0xf4, 0 for a clean power-off; 4 when the guest crashed (triple
+//! fault, KVM internal error; the registers are printed), 124 when `--timeout` expired,
+//! 2 for lbrprof's own errors (bad image, bad flags, no KVM).
 
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use lbrprof_vmm::vm::{Outcome, Vm, VmConfig};
+use lbrprof_vmm::{NoopHook, VcpuHook, builtin};
+
+use crate::cmd::with_exit;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+Exit status: the guest's own. A write of v to the isa-debug-exit port 0xf4 gives (v << 1) | 1;
+a clean power-off (16-bit write of 0x2000 to port 0x604) gives 0; a guest crash (triple fault,
+KVM internal error) gives 4 after printing the vCPU registers; --timeout gives 124; errors of
+lbrprof itself (bad image, bad flags, no /dev/kvm) give 2.
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run: this build does not support it yet")
+Built-in guests take key=value arguments after --, e.g. `lbrprof run --vm builtin:sort -- n=1000
+seed=2 timing`; every built-in accepts exit=N, rt.cpus (report the vCPUs that came up) and
+rt.stats (report the cost of the guest's ring-0 boot and of a system call).")]
+pub struct Args {
+    /// The guest: an ELF64 or multiboot v1 image file, or `builtin:NAME` for an image
+    /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe).
+    #[arg(long, value_name = "IMAGE|builtin:NAME")]
+    pub vm: String,
+
+    /// Guest RAM, with an optional K, M or G suffix (4M to 3G).
+    #[arg(long, default_value = "256M", value_name = "SIZE", value_parser = parse_size)]
+    pub mem: u64,
+
+    /// Number of vCPUs, one host thread each. lbrprof's runtime starts every vCPU at
+    /// the entry point with its index in RDI; multiboot images start the others with
+    /// INIT/SIPI.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub vcpus: u32,
+
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Where the guest's serial console goes: `stderr` (default), `stdio`/`stdout`, or a
+    /// file.
+    #[arg(long, default_value = "stderr", value_name = "FILE|stdio")]
+    pub serial: String,
+
+    /// Also write the built-in image to DIR/NAME (for symbolizers, e.g. addr2line).
+    #[arg(long, value_name = "DIR")]
+    pub write_image: Option<PathBuf>,
+
+    /// Print VM statistics (set-up time, run time, exits, unknown I/O) to stderr.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// The guest's command line (after `--`), e.g. `n=1000 exit=3`.
+    #[arg(last = true, value_name = "GUEST ARGS")]
+    pub guest_args: Vec<String>,
+}
+
+/// Parse `256M`, `1G`, `4096K` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 10),
+        Some(b'm' | b'M') => (&t[..t.len() - 1], 20),
+        Some(b'g' | b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 256M, 1G or 4096K"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("'{s}' must be a positive number of seconds"))
+    }
+}
+
+/// The image bytes and a name for messages.
+fn load_image(
+    spec: &str,
+) -> anyhow::Result<(std::borrow::Cow<'static, [u8]>, Option<&'static str>)> {
+    if let Some(name) = spec.strip_prefix("builtin:") {
+        let names: Vec<_> = builtin::names().collect();
+        let bytes = builtin::image(name).ok_or_else(|| {
+            anyhow!(
+                "no built-in guest image '{name}' (available: {})",
+                names.join(", ")
+            )
+        })?;
+        let name = names.into_iter().find(|n| *n == name);
+        return Ok((bytes.into(), name));
+    }
+    let bytes = std::fs::read(spec).with_context(|| format!("cannot read guest image '{spec}'"))?;
+    Ok((bytes.into(), None))
+}
+
+fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match spec {
+        "stderr" => Box::new(std::io::stderr()),
+        "stdio" | "stdout" | "-" => Box::new(std::io::stdout()),
+        path => Box::new(
+            File::create(Path::new(path))
+                .with_context(|| format!("cannot create serial output file '{path}'"))?,
+        ),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (image, builtin_name) = load_image(&args.vm)?;
+    if let Some(dir) = &args.write_image {
+        let name =
+            builtin_name.ok_or_else(|| anyhow!("--write-image needs a builtin:NAME image"))?;
+        let path = builtin::write_image(name, dir)
+            .with_context(|| format!("cannot write the guest image to '{}'", dir.display()))?;
+        eprintln!("lbrprof: wrote guest image {}", path.display());
+    }
+    let mut config = VmConfig::new(args.mem, args.vcpus);
+    config.cmdline = args.guest_args.join(" ");
+    config.timeout = args.timeout;
+    config.serial = serial_sink(&args.serial)?;
+    let hooks = |_index: u32| -> Box<dyn VcpuHook> { Box::new(NoopHook) };
+    let report = Vm::run(config, &image, &hooks)
+        .with_context(|| format!("cannot boot guest '{}'", args.vm))?;
+    let _ = std::io::stdout().flush();
+    if args.stats {
+        eprintln!(
+            "lbrprof: vm: {:?} image, set-up {:.2} ms, total {:.2} ms",
+            report.kind,
+            report.setup.as_secs_f64() * 1e3,
+            report.elapsed.as_secs_f64() * 1e3,
+        );
+        for v in &report.vcpus {
+            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            eprintln!(
+                "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
+                v.vcpu,
+                v.run_ns as f64 / 1e6,
+                v.total_exits(),
+                exits.join(", ")
+            );
+        }
+        for (port, n) in &report.unknown.ports {
+            eprintln!("lbrprof: vm: unknown I/O port {port:#x}: {n} accesses");
+        }
+        for (page, n) in &report.unknown.mmio_pages {
+            eprintln!("lbrprof: vm: unknown MMIO page {page:#x}: {n} accesses");
+        }
+    }
+    let code = report.outcome.exit_code();
+    match report.outcome {
+        Outcome::Exited(_) | Outcome::PowerOff => Ok(ExitCode::from(code)),
+        Outcome::TimedOut(t) => Err(with_exit(
+            anyhow!(
+                "guest '{}' did not finish within {:.3} s (--timeout); stopped",
+                args.vm,
+                t.as_secs_f64()
+            ),
+            code,
+        )),
+        Outcome::Crashed(c) => {
+            if !c.registers.is_empty() {
+                eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);
+            }
+            Err(with_exit(
+                anyhow!(
+                    "guest '{}' crashed on vCPU {}: {}",
+                    args.vm,
+                    c.vcpu,
+                    c.reason
+                ),
+                code,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096K"), Ok(4 << 20));
+        assert_eq!(parse_size("12345"), Ok(12345));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-1").is_err());
+        assert!(parse_timeout("nan").is_err());
+    }
 }

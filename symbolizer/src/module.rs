@@ -7,6 +7,8 @@
 //! broken DWARF met during lookups falls back to the symbol table with a warning.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,14 @@ struct Sym {
     file: Option<&'static str>,
 }
 
+/// What a cached rendering in [`Module::rendered`] is of.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Rendered {
+    DwarfName,
+    SymbolName,
+    Path,
+}
+
 /// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
@@ -51,8 +61,17 @@ pub struct Module {
     // first so that they are dropped before it, and no `'static` reference ever leaves
     // this type (lookups return owned strings).
     ctx: Option<addr2line::Context<R>>,
+    dwarf: Option<Arc<gimli::Dwarf<R>>>,
+    /// Relative `DW_AT_comp_dir`s of DWARF 5 units, built on first need (see
+    /// [`Module::binutils_path`]).
+    relative_comp_dirs: std::sync::OnceLock<Vec<String>>,
     dwp: Option<gimli::DwarfPackage<R>>,
     symbols: Vec<Sym>,
+    /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
+    symbol_addrs: Vec<u64>,
+    /// Names and paths already rendered (demangling dominates lookups otherwise), keyed by
+    /// the address and length of the raw bytes, which live as long as the module.
+    rendered: RefCell<HashMap<(usize, usize, Rendered), String>>,
     segments: Vec<Segment>,
     /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
     dir: PathBuf,
@@ -148,25 +167,28 @@ impl Module {
         }
         let dwarf_obj = debug_obj.as_ref().unwrap_or(&obj);
 
-        let ctx = if has_dwarf(dwarf_obj) {
+        let (ctx, dwarf) = if has_dwarf(dwarf_obj) {
             match load_dwarf(dwarf_obj, &arena, path, opts, &mut warnings) {
-                Ok(ctx) => Some(ctx),
+                Ok((ctx, dwarf)) => (Some(ctx), Some(dwarf)),
                 Err(e) => {
                     warnings.push(crate::warning_text(&e));
-                    None
+                    (None, None)
                 }
             }
         } else {
-            None
+            (None, None)
         };
 
+        // Full symbol table first (the file's own, or the debug file's when the file is
+        // stripped), then the dynamic one: the order decides between aliases.
         let mut symbols = Vec::new();
-        collect_symbols(&obj, &mut symbols);
-        if obj.section_by_name(".symtab").is_none()
-            && let Some(d) = &debug_obj
-        {
-            collect_symbols(d, &mut symbols);
+        match &debug_obj {
+            Some(d) if obj.section_by_name(".symtab").is_none() => {
+                collect_from(d, d.symbols(), &mut symbols)
+            }
+            _ => collect_from(&obj, obj.symbols(), &mut symbols),
         }
+        collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
         let symbols = sort_symbols(symbols);
 
         if ctx.is_none() {
@@ -202,8 +224,12 @@ impl Module {
         Ok(Opened {
             module: Module {
                 ctx,
+                dwarf,
+                relative_comp_dirs: Default::default(),
                 dwp,
+                symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
+                rendered: RefCell::default(),
                 segments,
                 dir,
                 path: path.to_owned(),
@@ -295,16 +321,62 @@ impl Module {
         }
     }
 
-    fn name(&self, raw: &str) -> String {
-        if self.demangle {
-            addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
-        } else {
-            raw.to_owned()
+    /// A source path as binutils and LLVM print it. In DWARF 5, directory 0 of a line
+    /// table *is* the compilation directory; both tools still join it to `DW_AT_comp_dir`,
+    /// so with a relative comp_dir (`./stdio-common`) a file in directory 0 prints as
+    /// `./stdio-common/./stdio-common/printf_fp.c`. gimli's rendering joins it once; redo
+    /// the doubling so our output matches theirs (and perf's) line for line.
+    fn binutils_path(&self, file: &str) -> String {
+        if file.starts_with('/') {
+            return file.to_owned();
         }
+        let Some(dwarf) = &self.dwarf else {
+            return file.to_owned();
+        };
+        let dirs = self
+            .relative_comp_dirs
+            .get_or_init(|| relative_comp_dirs(dwarf));
+        for dir in dirs {
+            if let Some(name) = file
+                .strip_prefix(dir.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                && !name.contains('/')
+            {
+                return format!("{dir}/{dir}/{name}");
+            }
+        }
+        file.to_owned()
+    }
+
+    /// `render(raw)`, computed once per distinct `raw` slice of the module's data.
+    fn rendered(
+        &self,
+        kind: Rendered,
+        raw: &[u8],
+        render: impl FnOnce() -> Result<String, gimli::Error>,
+    ) -> Result<String, gimli::Error> {
+        let key = (raw.as_ptr() as usize, raw.len(), kind);
+        if let Some(s) = self.rendered.borrow().get(&key) {
+            return Ok(s.clone());
+        }
+        let s = render()?;
+        self.rendered.borrow_mut().insert(key, s.clone());
+        Ok(s)
+    }
+
+    /// A symbol-table name, demangled unless asked not to.
+    fn name(&self, raw: &str) -> String {
+        if !self.demangle {
+            return raw.to_owned();
+        }
+        let rendered = self.rendered(Rendered::SymbolName, raw.as_bytes(), || {
+            Ok(addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned())
+        });
+        rendered.unwrap_or_else(|_| raw.to_owned())
     }
 
     fn symbol_at(&self, addr: u64) -> Option<Sym> {
-        let i = self.symbols.partition_point(|s| s.addr <= addr);
+        let i = self.symbol_addrs.partition_point(|a| *a <= addr);
         let sym = *self.symbols.get(i.checked_sub(1)?)?;
         (addr < sym.end).then_some(sym)
     }
@@ -325,12 +397,28 @@ impl Module {
         let mut frames = Vec::new();
         while let Some(frame) = iter.next()? {
             let function = match &frame.function {
-                Some(name) if self.demangle => Some(name.demangle()?.into_owned()),
-                Some(name) => Some(name.raw_name()?.into_owned()),
+                Some(name) => {
+                    let raw = name.name.slice();
+                    Some(self.rendered(Rendered::DwarfName, raw, || {
+                        Ok(if self.demangle {
+                            name.demangle()?.into_owned()
+                        } else {
+                            name.raw_name()?.into_owned()
+                        })
+                    })?)
+                }
                 None => None,
             };
             let (file, line) = match &frame.location {
-                Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|l| *l != 0)),
+                Some(loc) => (
+                    match loc.file {
+                        Some(f) => Some(self.rendered(Rendered::Path, f.as_bytes(), || {
+                            Ok(self.binutils_path(f))
+                        })?),
+                        None => None,
+                    },
+                    loc.line.filter(|l| *l != 0),
+                ),
                 None => (None, None),
             };
             frames.push(SymFrame {
@@ -416,7 +504,7 @@ fn load_dwarf(
     path: &Path,
     opts: &SymbolizerOptions,
     warnings: &mut Vec<String>,
-) -> Result<addr2line::Context<R>, ModuleError> {
+) -> Result<(addr2line::Context<R>, Arc<gimli::Dwarf<R>>), ModuleError> {
     let endian = endianness(obj);
     let dwarf_err = |source| ModuleError::Dwarf {
         path: path.to_owned(),
@@ -441,7 +529,35 @@ fn load_dwarf(
         }
     }
     dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
-    addr2line::Context::from_dwarf(dwarf).map_err(dwarf_err)
+    let dwarf = Arc::new(dwarf);
+    let ctx = addr2line::Context::from_arc_dwarf(dwarf.clone()).map_err(dwarf_err)?;
+    Ok((ctx, dwarf))
+}
+
+/// Relative compilation directories of DWARF 5 units (Debian builds with
+/// `-ffile-prefix-map=...=.`, giving `DW_AT_comp_dir` values like `./stdio-common`).
+fn relative_comp_dirs(dwarf: &gimli::Dwarf<R>) -> Vec<String> {
+    let mut dirs = Vec::new();
+    let mut headers = dwarf.units();
+    while let Ok(Some(header)) = headers.next() {
+        if header.version() < 5 {
+            continue;
+        }
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        if let Some(dir) = unit.comp_dir
+            && !dir.starts_with(b"/")
+            && !dir.is_empty()
+        {
+            dirs.push(dir.to_string_lossy().into_owned());
+        }
+    }
+    dirs.sort_unstable();
+    dirs.dedup();
+    // Longest first, so `./a/b` is tried before `./a`.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    dirs
 }
 
 fn map_object(path: &Path, arena: &Arena) -> Option<object::File<'static>> {
@@ -563,13 +679,9 @@ fn load_dwp(
     }
 }
 
-/// Function symbols of `.symtab` and `.dynsym`. A local function also gets the name of the
-/// `STT_FILE` symbol before it, as binutils reports that file when there are no lines.
-fn collect_symbols(obj: &object::File<'static>, out: &mut Vec<Sym>) {
-    collect_from(obj, obj.symbols(), out);
-    collect_from(obj, obj.dynamic_symbols(), out);
-}
-
+/// Function symbols of one symbol table, in table order. A local function also gets the
+/// name of the `STT_FILE` symbol before it, as binutils reports that file when there are no
+/// lines.
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
@@ -582,7 +694,8 @@ fn collect_from<'a>(
     let mut file_after_symbol = false;
     for s in symbols {
         if s.kind() == SymbolKind::File {
-            file = s.name().ok().filter(|n| !n.is_empty());
+            // An empty name (assembly objects) is kept: binutils prints it as `:?`.
+            file = s.name().ok();
             file_after_symbol |= symbol_seen;
             continue;
         }
@@ -615,17 +728,12 @@ fn collect_from<'a>(
     }
 }
 
-/// Sorts by address and keeps one symbol per address, preferring larger ones and names that
-/// do not start with `_` (so `memcpy` wins over `__memcpy_alias` at the same address, as in
-/// binutils).
+/// Sorts by address and keeps one symbol per address: the largest, and among equal sizes
+/// the first in symbol-table order (`.symtab` before `.dynsym`), as binutils chooses (so a
+/// local alias such as `__GI_chroot` wins over `chroot`, like in `addr2line`).
 fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
-    syms.sort_by(|a, b| {
-        a.addr
-            .cmp(&b.addr)
-            .then(b.size.cmp(&a.size))
-            .then(a.name.starts_with('_').cmp(&b.name.starts_with('_')))
-            .then(a.name.cmp(b.name))
-    });
+    // Stable: equal keys keep collection order.
+    syms.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
     syms.dedup_by_key(|s| s.addr);
     let next_starts: Vec<u64> = syms.iter().skip(1).map(|s| s.addr).collect();
     for (sym, next) in syms.iter_mut().zip(next_starts) {

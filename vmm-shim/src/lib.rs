@@ -1,13 +1,33 @@
 //! `lbrprof-vmm`: lbrprof's own small KVM virtual machine monitor (the "VMM shim").
 //!
-//! It owns everything that touches KVM: guest memory, vCPU threads, the image loaders
-//! (static ELF64 and multiboot v1), the few devices a guest needs (serial console, exit
-//! port), the virtual PMU and LBR (emulated, or passed through from hardware), and the
-//! channel over which guest LBR snapshots leave the vCPU threads.
+//! It owns everything that touches KVM: guest memory ([`memory`]), the image loaders
+//! ([`loader`]: static ELF64 and multiboot v1), the boot state ([`boot`]), the few devices
+//! a guest needs ([`devices`]: serial console, exit ports, fw_cfg), the vCPU threads
+//! ([`vm`]), the per-vCPU extension point the virtual PMU plugs into ([`hook`]), the
+//! virtual PMU and LBR ([`pmu`]), KVM capability facts ([`caps`]), the embedded guest
+//! images ([`builtin`]) and the channel over which guest LBR snapshots leave the vCPU
+//! threads ([`snapshot`]).
 //!
 //! Non-goals: it knows nothing about files or recordings (the collector stores what it
 //! produces), and it is not a general-purpose VMM: no block or network devices, no
 //! firmware, just enough machine for a small guest kernel and ring-3 workloads.
 
+/// The boot/system-call ABI shared with the guest runtime (same source file).
+#[path = "../guest/src/abi.rs"]
+pub mod abi;
+pub mod arch;
+pub mod boot;
+pub mod builtin;
+pub mod caps;
+pub mod devices;
+pub mod hook;
+pub mod loader;
+pub mod memory;
 pub mod pmu;
 pub mod snapshot;
+mod timer;
+pub mod vm;
+
+pub use hook::{NoopHook, VcpuCtx, VcpuHook};
+pub use memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+pub use vm::{Outcome, RunReport, Vm, VmConfig, VmError};

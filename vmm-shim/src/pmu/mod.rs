@@ -1,2 +1,33 @@
 //! The virtual PMU and LBR: one architectural model (CPUID leaf 0xA, the PMU and LBR MSRs,
 //! freeze-on-PMI) with two backends, hardware passthrough and emulation.
+//!
+//! This module is pure logic: nothing here touches KVM, so every rule is unit-tested without
+//! /dev/kvm. The VMM plugs it into its per-vCPU hook (CPUID set-up, MSR exits, debug exits,
+//! NMI injection).
+//!
+//! * [`msr`]: raw MSR indices, bit positions and CPUID bits with their SDM names.
+//! * [`cpuid`]: shapes the guest's CPUID so it advertises exactly this PMU and LBR.
+//! * [`lbr`]: the FROM/TO/INFO ring with TOS, MSR_LBR_SELECT filtering, call-stack mode.
+//! * [`vpmu`]: the per-vCPU model behind RDMSR/WRMSR: counters, overflow → PMI, freeze.
+//! * [`branch`]: decoding and classifying guest instructions (iced-x86).
+//! * [`tracer`]: the state machine that observes guest branches through breakpoints and
+//!   single-steps (≤ 2 exits per branch) and feeds them to the model, exact or sampled.
+//! * [`backend`]: hardware passthrough or emulation, decided from plain host facts.
+
+pub mod backend;
+pub mod branch;
+pub mod cpuid;
+pub mod emulated;
+#[cfg(test)]
+mod fake_guest;
+pub mod lbr;
+pub mod msr;
+pub mod tracer;
+pub mod vpmu;
+
+pub use backend::{HostLbrFacts, LbrMode, LbrRequest, Refusal, decide};
+pub use branch::BranchKind;
+pub use lbr::LbrDepth;
+pub use tracer::{GuestAccess, GuestCpu, Resume, TraceMode, Tracer};
+
+pub use vpmu::{Gp, PmuConfig, PmuVersion, RetiredBranch, VirtualPmu};

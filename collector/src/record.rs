@@ -1,0 +1,548 @@
+//! `record`: host recording, start to finish.
+//!
+//! [`Recorder::prepare`] does everything that can fail before the workload runs: decide
+//! the sampling (from [`HostFacts`]), find the command, create the output file with its
+//! header (so an unwritable `-o` fails first and the file is valid from the start).
+//! [`Recorder::run`] then starts the command the way `perf record` does — fork, the child
+//! waits on a pipe, the events are opened on it with `inherit` + `enable_on_exec`, the
+//! child execs — or attaches to the threads of `-p`/`-t`, drains the ring buffers into
+//! the recording's writer thread until the target ends, the duration passes or
+//! SIGINT/SIGTERM arrives, and finalizes the file with a [`Summary`].
+
+mod sys;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::host::{DecisionError, HostFacts, SamplingChoice, SamplingRequest, decide};
+use crate::model::{Event, Header, SamplingConfig, Target};
+use crate::recording::{FormatError, RecordingWriter, Summary};
+use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
+
+pub use sys::ChildExit;
+
+/// How often the ring buffers are drained when nothing wakes us earlier.
+const DRAIN_INTERVAL_MS: i32 = 100;
+
+/// What to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordTarget {
+    /// Run this command (argv\[0\] searched in `PATH`) and record it and its descendants.
+    Command(Vec<String>),
+    /// Attach to all threads of a running process (and what they start later).
+    Pid(u32),
+    /// Attach to one running thread.
+    Tid(u32),
+}
+
+/// Everything `record` needs, as plain data (the CLI builds it from its flags).
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub output: PathBuf,
+    pub frequency: u64,
+    pub request: SamplingRequest,
+    pub target: RecordTarget,
+    /// Stop after this long (the command is then sent SIGTERM).
+    pub duration: Option<Duration>,
+    /// Ring buffer pages per CPU (a power of two).
+    pub mmap_pages: u32,
+}
+
+/// Why a recording could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error("cannot run '{command}': {reason}")]
+    CannotRun {
+        command: String,
+        reason: String,
+        errno: i32,
+    },
+    #[error("no command given (use `record -- CMD ARGS`, `-p PID` or `-t TID`)")]
+    NoCommand,
+    #[error("argument {0:?} contains a NUL byte")]
+    NulInArgument(String),
+    #[error("sampling frequency must be between 1 and {max} Hz, not {given}")]
+    BadFrequency { given: u64, max: u64 },
+    #[error("--mmap-pages must be a power of two between 1 and {max}, not {given}")]
+    BadMmapPages { given: u32, max: u32 },
+    #[error("no such process {0}")]
+    NoSuchProcess(u32),
+    #[error("no such thread {0}")]
+    NoSuchThread(u32),
+    #[error("cannot create the recording {}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("cannot finish the recording {}", path.display())]
+    Finish {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("cannot {what}")]
+    System {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RecordError {
+    /// The process exit code a shell would use: 127 for a command that does not exist,
+    /// 126 for one that cannot be executed, `None` for other errors.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self {
+            RecordError::CannotRun { errno, .. } if *errno == libc::ENOENT => Some(127),
+            RecordError::CannotRun { .. } => Some(126),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a finished recording.
+#[derive(Clone, Debug)]
+pub struct RecordOutcome {
+    pub summary: Summary,
+    pub choice: SamplingChoice,
+    /// How the recorded command ended (`None` for `-p`/`-t`).
+    pub exit: Option<ChildExit>,
+    /// Stopped by SIGINT/SIGTERM.
+    pub interrupted: bool,
+    pub output: PathBuf,
+}
+
+/// A recording ready to start: decision made, output created, command found.
+pub struct Recorder {
+    opts: RecordOptions,
+    choice: SamplingChoice,
+    writer: RecordingWriter,
+    /// For a command: the resolved executable and argv.
+    exec: Option<(CString, Vec<CString>)>,
+    start_monotonic_ns: u64,
+    warnings: Vec<String>,
+}
+
+/// Largest ring buffer accepted, in pages per CPU (256 MiB with 4 KiB pages).
+pub const MAX_MMAP_PAGES: u32 = 1 << 16;
+
+/// Highest `-F` accepted (perf's default `perf_event_max_sample_rate` is 100000).
+pub const MAX_FREQUENCY: u64 = 100_000;
+
+impl Recorder {
+    /// Decide, validate the target and create the output (header written). Nothing runs
+    /// yet, so every error here leaves no workload behind.
+    pub fn prepare(opts: RecordOptions, facts: &HostFacts) -> Result<Recorder, RecordError> {
+        if opts.frequency == 0 || opts.frequency > MAX_FREQUENCY {
+            return Err(RecordError::BadFrequency {
+                given: opts.frequency,
+                max: MAX_FREQUENCY,
+            });
+        }
+        if !opts.mmap_pages.is_power_of_two() || opts.mmap_pages > MAX_MMAP_PAGES {
+            return Err(RecordError::BadMmapPages {
+                given: opts.mmap_pages,
+                max: MAX_MMAP_PAGES,
+            });
+        }
+        let mut opts = opts;
+        let mut warnings = Vec::new();
+        // Like perf: above the kernel's limit, sample at the limit rather than fail.
+        if let Some(max) = max_sample_rate().filter(|&max| max > 0 && opts.frequency > max) {
+            warnings.push(format!(
+                "-F {} is above kernel.perf_event_max_sample_rate; sampling at {max} Hz",
+                opts.frequency
+            ));
+            opts.frequency = max;
+        }
+        let choice = decide(facts, opts.request)?;
+        let exec = match &opts.target {
+            RecordTarget::Command(argv) => Some(resolve_command(argv)?),
+            RecordTarget::Pid(pid) => {
+                if !Path::new(&format!("/proc/{pid}")).is_dir() || *pid == 0 {
+                    return Err(RecordError::NoSuchProcess(*pid));
+                }
+                None
+            }
+            RecordTarget::Tid(tid) => {
+                if procfs::tgid_of(*tid).is_err() || *tid == 0 {
+                    return Err(RecordError::NoSuchThread(*tid));
+                }
+                None
+            }
+        };
+        let start_monotonic_ns = sys::monotonic_ns();
+        let header = Header {
+            writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
+            start_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            start_monotonic_ns,
+            host: facts.host_info(&choice),
+            sampling: SamplingConfig {
+                event: choice.event.name().to_owned(),
+                event_reason: choice.reason.clone(),
+                frequency: opts.frequency,
+                period: 0,
+                branch_stacks: choice.branch_stacks,
+                call_graph: choice.call_graph.name().to_owned(),
+            },
+            target: match &opts.target {
+                RecordTarget::Command(argv) => Target::Command { argv: argv.clone() },
+                RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
+                RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
+            },
+        };
+        let writer = RecordingWriter::create(&opts.output, &header).map_err(|source| {
+            RecordError::Output {
+                path: opts.output.clone(),
+                source,
+            }
+        })?;
+        Ok(Recorder {
+            opts,
+            choice,
+            writer,
+            exec,
+            start_monotonic_ns,
+            warnings,
+        })
+    }
+
+    /// The sampling decision (to tell the user before the run starts).
+    pub fn choice(&self) -> &SamplingChoice {
+        &self.choice
+    }
+
+    /// Adjustments made to the request (e.g. a frequency above the kernel's limit).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Run the recording to its end and finalize the file.
+    pub fn run(self) -> Result<RecordOutcome, RecordError> {
+        let Recorder {
+            opts,
+            choice,
+            writer,
+            exec,
+            start_monotonic_ns,
+            warnings,
+        } = self;
+        let sink = writer.sink();
+        let config = SamplerConfig {
+            event: choice.event,
+            frequency: opts.frequency,
+            branch_stacks: choice.branch_stacks,
+            call_graph: choice.call_graph,
+            kernel: choice.kernel,
+            ring_pages_exp: opts.mmap_pages.trailing_zeros() as u8,
+        };
+        let signals = sys::SignalPipe::install().map_err(|source| RecordError::System {
+            what: "install signal handlers",
+            source,
+        })?;
+        let started = Instant::now();
+
+        // Start the target.
+        let (mut sampler, child, attached_pid) = match (&opts.target, exec) {
+            (RecordTarget::Command(argv), Some((path, cargv))) => {
+                let blocked =
+                    sys::spawn_blocked(&path, &cargv).map_err(|source| RecordError::System {
+                        what: "fork",
+                        source,
+                    })?;
+                let target = SampleTarget::Process {
+                    pid: blocked.pid,
+                    enable_on_exec: true,
+                };
+                let sampler = match HostSampler::open(&config, &target) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        blocked.abort();
+                        let _ = std::fs::remove_file(&opts.output);
+                        return Err(e.into());
+                    }
+                };
+                match blocked.release() {
+                    Ok(pid) => (sampler, Some(pid), None),
+                    Err(errno) => {
+                        // Nothing ran: leave no recording behind.
+                        drop(sampler);
+                        let _ = writer.finish(&Summary::default());
+                        let _ = std::fs::remove_file(&opts.output);
+                        return Err(RecordError::CannotRun {
+                            command: argv.first().cloned().unwrap_or_default(),
+                            reason: strerror(errno),
+                            errno,
+                        });
+                    }
+                }
+            }
+            (RecordTarget::Pid(pid), _) => {
+                let tids =
+                    procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
+                let sampler = HostSampler::open(
+                    &config,
+                    &SampleTarget::Threads {
+                        tids: tids.clone(),
+                        inherit: true,
+                    },
+                )
+                .map_err(|e| match e {
+                    SamplerError::NoSuchTask(_) => RecordError::NoSuchProcess(*pid),
+                    e => e.into(),
+                })?;
+                (sampler, None, Some((*pid, tids)))
+            }
+            (RecordTarget::Tid(tid), _) => {
+                let pid = procfs::tgid_of(*tid).map_err(|_| RecordError::NoSuchThread(*tid))?;
+                let sampler = HostSampler::open(
+                    &config,
+                    &SampleTarget::Threads {
+                        tids: vec![*tid],
+                        inherit: false,
+                    },
+                )
+                .map_err(|e| match e {
+                    SamplerError::NoSuchTask(_) => RecordError::NoSuchThread(*tid),
+                    e => e.into(),
+                })?;
+                (sampler, None, Some((pid, vec![*tid])))
+            }
+            (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
+        };
+        if let Some((pid, tids)) = &attached_pid {
+            // What existed before we attached, then start sampling.
+            let now = sys::monotonic_ns();
+            if let Ok(events) = procfs::synthesize(*pid, tids, now, sampler.converter()) {
+                events.into_iter().for_each(|e| sink.send(e));
+            }
+            sampler.enable()?;
+        }
+
+        // Drain until the end.
+        let mut fds = sampler.poll_fds();
+        fds.push(signals.fd());
+        let mut exit = None;
+        let mut interrupted = false;
+        let mut stop_sent = false;
+        let mut send = |e: Event| sink.send(e);
+        loop {
+            let hung_up = sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| {
+                RecordError::System {
+                    what: "poll the perf ring buffers",
+                    source,
+                }
+            })?;
+            // Rings whose owning task exited are drained on the timer from now on.
+            fds.retain(|fd| *fd == signals.fd() || !hung_up.contains(fd));
+            sampler.drain(&mut send);
+            let stop_signals: Vec<i32> = signals
+                .take()
+                .into_iter()
+                .filter(|&s| s == libc::SIGINT || s == libc::SIGTERM)
+                .collect();
+            let timed_out = opts.duration.is_some_and(|d| started.elapsed() >= d);
+            if let Some(pid) = child {
+                if let Some(e) = sys::try_wait(pid).map_err(|source| RecordError::System {
+                    what: "wait for the command",
+                    source,
+                })? {
+                    exit = Some(e);
+                    break;
+                }
+                // Ctrl-C reaches the child through the terminal too; a second request (or
+                // a SIGTERM sent to us alone) makes sure it ends.
+                if let Some(&sig) = stop_signals.first() {
+                    interrupted = true;
+                    sys::kill(pid, if stop_sent { libc::SIGKILL } else { sig });
+                    stop_sent = true;
+                } else if timed_out && !stop_sent {
+                    sys::kill(pid, libc::SIGTERM);
+                    stop_sent = true;
+                }
+            } else {
+                if !stop_signals.is_empty() {
+                    interrupted = true;
+                    break;
+                }
+                if timed_out {
+                    break;
+                }
+                let gone = match (&opts.target, &attached_pid) {
+                    (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
+                    (_, Some((pid, _))) => !procfs::alive(*pid),
+                    _ => false,
+                };
+                if gone {
+                    break;
+                }
+            }
+        }
+        sampler.disable()?;
+        sampler.drain(&mut send);
+        drop(signals);
+
+        let stats = sampler.stats();
+        let mut notes = vec![format!("sampling: {}", choice.reason)];
+        notes.extend(warnings);
+        if stats.lost > 0 {
+            notes.push(format!(
+                "{} records lost: the ring buffers overflowed (lower -F)",
+                stats.lost
+            ));
+        }
+        if stats.throttled > 0 {
+            notes.push(format!(
+                "sampling throttled {} times by the kernel (perf_event_max_sample_rate)",
+                stats.throttled
+            ));
+        }
+        if let Some(ChildExit::Signal(sig)) = exit {
+            notes.push(format!("the command was killed by signal {sig}"));
+        }
+        if interrupted {
+            notes.push("stopped by a signal to lbrprof".into());
+        }
+        let summary = Summary {
+            duration_ns: sys::monotonic_ns().saturating_sub(start_monotonic_ns),
+            samples: stats.samples,
+            snapshots: 0,
+            lost: stats.lost,
+            throttled: stats.throttled,
+            exit_status: exit.map(ChildExit::shell_code),
+            notes,
+        };
+        writer
+            .finish(&summary)
+            .map_err(|source| RecordError::Finish {
+                path: opts.output.clone(),
+                source,
+            })?;
+        Ok(RecordOutcome {
+            summary,
+            choice,
+            exit,
+            interrupted,
+            output: opts.output,
+        })
+    }
+}
+
+/// `/proc/sys/kernel/perf_event_max_sample_rate` (the kernel lowers it by itself when
+/// sampling interrupts take too long).
+fn max_sample_rate() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Find argv\[0\] like `execvp` would (a name with a `/` is used as is) and build the
+/// C strings the child needs before it forks.
+fn resolve_command(argv: &[String]) -> Result<(CString, Vec<CString>), RecordError> {
+    let Some(name) = argv.first() else {
+        return Err(RecordError::NoCommand);
+    };
+    let cannot_run = |errno: i32| RecordError::CannotRun {
+        command: name.clone(),
+        reason: strerror(errno),
+        errno,
+    };
+    let path: PathBuf = if name.contains('/') {
+        PathBuf::from(name)
+    } else if name.is_empty() {
+        return Err(cannot_run(libc::ENOENT));
+    } else {
+        let search =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut found = None;
+        let mut denied = false;
+        for dir in std::env::split_paths(&search) {
+            let candidate = dir.join(name);
+            match std::fs::metadata(&candidate) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                    found = Some(candidate);
+                    break;
+                }
+                Ok(m) if m.is_file() => denied = true,
+                _ => {}
+            }
+        }
+        match found {
+            Some(p) => p,
+            None if denied => return Err(cannot_run(libc::EACCES)),
+            None => return Err(cannot_run(libc::ENOENT)),
+        }
+    };
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RecordError::NulInArgument(name.clone()))?;
+    let cargv = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| RecordError::NulInArgument(a.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cpath, cargv))
+}
+
+/// The C library's message for an errno, without std's " (os error N)" suffix.
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_resolve_through_path() {
+        let (path, argv) = resolve_command(&["sh".into(), "-c".into(), "true".into()]).unwrap();
+        assert!(path.to_str().unwrap().ends_with("/sh"), "{path:?}");
+        assert_eq!(argv.len(), 3);
+        let err = resolve_command(&["lbrprof-no-such-command".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot run 'lbrprof-no-such-command': No such file or directory"
+        );
+        assert_eq!(err.exit_code(), Some(127));
+        // A path is used as is; exec reports whether it works.
+        assert!(resolve_command(&["./x".into()]).is_ok());
+        assert!(matches!(resolve_command(&[]), Err(RecordError::NoCommand)));
+        assert!(matches!(
+            resolve_command(&["./a\0b".into()]),
+            Err(RecordError::NulInArgument(_))
+        ));
+    }
+
+    #[test]
+    fn strerror_has_no_suffix() {
+        assert_eq!(strerror(libc::ENOENT), "No such file or directory");
+        assert_eq!(strerror(libc::EACCES), "Permission denied");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        let e = |errno| RecordError::CannotRun {
+            command: "x".into(),
+            reason: String::new(),
+            errno,
+        };
+        assert_eq!(e(libc::ENOENT).exit_code(), Some(127));
+        assert_eq!(e(libc::EACCES).exit_code(), Some(126));
+        assert_eq!(RecordError::NoSuchProcess(1).exit_code(), None);
+    }
+}

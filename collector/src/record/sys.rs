@@ -1,0 +1,348 @@
+//! The POSIX process and signal plumbing `record` needs, behind safe types: a child that
+//! waits on a pipe before it execs (so its events can be opened first, as `perf record`
+//! does), exec failures reported back through a close-on-exec pipe, `waitpid`, `poll`,
+//! CLOCK_MONOTONIC, and a self-pipe for SIGINT/SIGTERM/SIGCHLD.
+//!
+//! The self-pipe is hand-written (a signal handler that `write(2)`s the signal number)
+//! rather than pulled from `signal-hook`: it is twenty lines, and `record` needs exactly
+//! one pipe that `poll(2)` watches next to the perf ring buffers.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock the perf events are told to use).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ChildExit {
+    /// The shell's convention: the exit code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ChildExit::Code(c) => c,
+            ChildExit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// A forked child blocked before `execv`, waiting for [`BlockedChild::release`].
+pub struct BlockedChild {
+    pub pid: u32,
+    go: Option<File>,
+    exec_error: File,
+}
+
+/// Fork a child that waits for a byte on a pipe and then `execv`s `path` with `argv`
+/// (environment inherited). Nothing that could allocate or lock runs in the child.
+pub fn spawn_blocked(path: &CStr, argv: &[CString]) -> io::Result<BlockedChild> {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let (go_read, go_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    // SAFETY: fork has no memory-safety preconditions. In the child (pid 0) only
+    // async-signal-safe functions run (read, write, execv, _exit) on memory prepared
+    // before the fork, so the other threads' locks (allocator, stdio) are never touched.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above: only async-signal-safe calls on pre-built buffers. `argv_ptrs`
+        // is NULL-terminated and points at live CStrings; the go pipe's read end and the
+        // error pipe's write end are open in this process (the other ends are close-on-exec
+        // and irrelevant here). `_exit` never returns.
+        unsafe {
+            let mut byte = 0u8;
+            let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+            if n != 1 {
+                // The recorder gave up (or died) before releasing us.
+                libc::_exit(127);
+            }
+            libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err_write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+    drop(go_read);
+    drop(err_write);
+    Ok(BlockedChild {
+        pid: pid as u32,
+        go: Some(go_write),
+        exec_error: err_read,
+    })
+}
+
+impl BlockedChild {
+    /// Let the child exec. `Ok` once the exec succeeded; `Err(errno)` if it failed (the
+    /// child has then exited and been reaped).
+    pub fn release(mut self) -> Result<u32, i32> {
+        if let Some(mut go) = self.go.take() {
+            let _ = go.write_all(&[1]);
+        }
+        let mut buf = [0u8; 4];
+        match self.exec_error.read_exact(&mut buf) {
+            // EOF: the close-on-exec write end closed, i.e. exec succeeded.
+            Err(_) => Ok(self.pid),
+            Ok(()) => {
+                let _ = wait_blocking(self.pid);
+                Err(i32::from_ne_bytes(buf))
+            }
+        }
+    }
+
+    /// Kill and reap a child that will not be released.
+    pub fn abort(mut self) {
+        self.go = None;
+        kill(self.pid, libc::SIGKILL);
+        let _ = wait_blocking(self.pid);
+    }
+}
+
+fn decode(status: libc::c_int) -> ChildExit {
+    if libc::WIFSIGNALED(status) {
+        ChildExit::Signal(libc::WTERMSIG(status))
+    } else {
+        ChildExit::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: `Some` once the child has exited (and is reaped).
+pub fn try_wait(pid: u32) -> io::Result<Option<ChildExit>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; pid is our own child.
+    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        _ if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) => Ok(Some(decode(status))),
+        _ => Ok(None),
+    }
+}
+
+fn wait_blocking(pid: u32) -> io::Result<ChildExit> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer; pid is our own child.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Ok(decode(status));
+        }
+    }
+}
+
+/// Send `sig` to `pid`; errors (the task is gone) are ignored.
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Wait until one of `fds` is readable or hung up, or `timeout_ms` passes, and return
+/// the descriptors that hung up (a perf event whose task exited stays hung up: callers
+/// stop polling it so the loop does not spin). EINTR is not an error (a signal arrived:
+/// the self-pipe says which).
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<RawFd>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+        return Ok(Vec::new());
+    }
+    Ok(pfds
+        .iter()
+        .filter(|p| p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .map(|p| p.fd)
+        .collect())
+}
+
+/// The write end of the self-pipe, for the signal handler (-1 when none is installed).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `byte` lives for the call; the pipe is
+        // non-blocking, so a full pipe drops the byte instead of deadlocking (one pending
+        // byte per signal kind is enough). errno is saved and restored around it.
+        unsafe {
+            let saved = *libc::__errno_location();
+            libc::write(fd, (&raw const byte).cast(), 1);
+            *libc::__errno_location() = saved;
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGCHLD delivered as bytes on a pipe; the previous dispositions are
+/// restored on drop. One at a time per process.
+pub struct SignalPipe {
+    read: OwnedFd,
+    /// Owned so the handler's descriptor stays open while installed.
+    _write: OwnedFd,
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+const WATCHED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
+
+impl SignalPipe {
+    pub fn install() -> io::Result<SignalPipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded; both descriptors are ours alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        if SIGNAL_PIPE
+            .compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(io::Error::other("a signal pipe is already installed"));
+        }
+        let mut pipe = SignalPipe {
+            read,
+            _write: write,
+            previous: Vec::new(),
+        };
+        for sig in WATCHED {
+            // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" value.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            // SAFETY: an all-zero sigaction is valid; it receives the old disposition.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are valid sigaction structs; the handler only does
+            // async-signal-safe work.
+            if unsafe { libc::sigaction(sig, &action, &mut old) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            pipe.previous.push((sig, old));
+        }
+        Ok(pipe)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The signals delivered since the last call.
+    pub fn take(&self) -> Vec<i32> {
+        let mut buf = [0u8; 64];
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: `buf` is writable for its length; the fd is our non-blocking read end.
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            out.extend(buf[..n as usize].iter().map(|&b| i32::from(b)));
+        }
+    }
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            // SAFETY: restoring a disposition previously returned by sigaction.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+        // The handler stops writing before `write` is closed (after this function).
+        SIGNAL_PIPE.store(-1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cstr(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn child_runs_after_release_and_reports_status() {
+        let child =
+            spawn_blocked(&cstr("/bin/sh"), &[cstr("sh"), cstr("-c"), cstr("exit 7")]).unwrap();
+        // Not yet released: still running (blocked).
+        assert_eq!(try_wait(child.pid).unwrap(), None);
+        let pid = child.release().unwrap();
+        let exit = loop {
+            if let Some(e) = try_wait(pid).unwrap() {
+                break e;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(exit, ChildExit::Code(7));
+        assert_eq!(ChildExit::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn exec_failure_comes_back_as_errno() {
+        let child = spawn_blocked(&cstr("/nonexistent/prog"), &[cstr("prog")]).unwrap();
+        assert_eq!(child.release(), Err(libc::ENOENT));
+    }
+
+    #[test]
+    fn aborted_child_is_reaped() {
+        let child = spawn_blocked(&cstr("/bin/true"), &[cstr("true")]).unwrap();
+        let pid = child.pid;
+        child.abort();
+        assert!(try_wait(pid).is_err(), "already reaped");
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
+    }
+}

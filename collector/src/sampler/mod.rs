@@ -1,0 +1,523 @@
+//! Host sampling with `perf_event_open`, through the `perf-event-open` crate.
+//!
+//! [`HostSampler`] opens one sampling event per online CPU for the target (a process
+//! followed through `inherit`, or a list of threads), each CPU with one mmapped ring
+//! buffer (the events of further threads on that CPU are redirected into it with
+//! `PERF_EVENT_IOC_SET_OUTPUT`, as `perf record` does), and converts what the kernel
+//! writes there into the recording model's [`Event`]s:
+//!
+//! * samples: IP, PID/TID, CPU, CLOCK_MONOTONIC time, period, user+kernel call chain
+//!   (context markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the
+//!   branch stack when LBR sampling was chosen;
+//! * MMAP2 (executable only) with the kernel's build-id, or the file's when the kernel
+//!   gave none; COMM, FORK, EXIT;
+//! * LOST and THROTTLE, counted in [`RingStats`] and kept as [`crate::model::Loss`].
+//!
+//! Tasks that existed before we attached (`-p`/`-t`) get their mappings and names from
+//! procfs ([`procfs`]), since the kernel only reports new ones.
+//!
+//! Policy (which event, branch stacks or not) is decided elsewhere
+//! ([`crate::host::decide`]); this module only carries it out.
+
+mod abi;
+pub mod convert;
+pub mod procfs;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use perf_event_open::config::{
+    CallChain, Cpu, EntryFormat, ExtraRecord, Inherit, Lbr, Mmap, OnExecve, Opts, Priv, Proc,
+    RecordIdFormat, SampleFormat, SampleOn, TargetPriv, UseBuildId, WakeUp, WakeUpOn,
+};
+use perf_event_open::count::Counter;
+use perf_event_open::event::hw::Hardware;
+use perf_event_open::event::sw::Software;
+use perf_event_open::sample::Sampler;
+
+use crate::host::{CallGraph, EventKind};
+use crate::model::{Event, LossKind};
+use convert::{Converted, Converter};
+
+/// How to sample (already decided; see [`crate::host::decide`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplerConfig {
+    pub event: EventKind,
+    /// Samples per second per thread.
+    pub frequency: u64,
+    pub branch_stacks: bool,
+    pub call_graph: CallGraph,
+    /// Include kernel IPs and kernel call chains.
+    pub kernel: bool,
+    /// Ring buffer size per CPU: 2^`ring_pages_exp` pages.
+    pub ring_pages_exp: u8,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            event: EventKind::CpuClock,
+            frequency: 999,
+            branch_stacks: false,
+            call_graph: CallGraph::Fp,
+            kernel: true,
+            ring_pages_exp: 7,
+        }
+    }
+}
+
+/// Whom to sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SampleTarget {
+    /// A process and everything it starts (threads and children, through `inherit`).
+    /// With `enable_on_exec` the events start at its next `execve` (the `record -- CMD`
+    /// case: the child is opened while it waits to exec).
+    Process { pid: u32, enable_on_exec: bool },
+    /// Existing threads (`-p` gives all threads of a process, `-t` one). With `inherit`
+    /// the threads and processes they create later are followed too.
+    Threads { tids: Vec<u32>, inherit: bool },
+}
+
+/// Why sampling could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SamplerError {
+    #[error(
+        "no permission to sample {target} with perf_event_open (perf_event_paranoid is {paranoid}); \
+         run as root or with CAP_PERFMON, or lower it with `sysctl kernel.perf_event_paranoid=1` \
+         (`lbrprof info` shows what this host allows)"
+    )]
+    Permission {
+        target: String,
+        paranoid: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no such process or thread {0}")]
+    NoSuchTask(u32),
+    #[error("the {event} event is not supported on this host")]
+    EventUnsupported {
+        event: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the {event} event on CPU {cpu} for {target}")]
+    Open {
+        event: &'static str,
+        cpu: u32,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot map the perf ring buffer (try fewer CPUs or a smaller buffer)")]
+    Mmap(#[source] io::Error),
+    #[error("cannot {what} the sampling events")]
+    Control {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the online CPU list")]
+    Cpus(#[source] io::Error),
+}
+
+/// Counts of what the ring buffers delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    pub samples: u64,
+    /// Records the kernel dropped because a ring buffer was full.
+    pub lost: u64,
+    /// PERF_RECORD_THROTTLE records.
+    pub throttled: u64,
+    /// MMAP2/COMM/FORK/EXIT records.
+    pub side_band: u64,
+}
+
+/// One CPU's ring buffer and the events feeding it.
+struct CpuRing {
+    /// Keeps the redirected events open; the first one owns `sampler`.
+    counters: Vec<Counter>,
+    sampler: Sampler,
+}
+
+/// Open sampling events and their ring buffers.
+pub struct HostSampler {
+    rings: Vec<CpuRing>,
+    converter: Converter,
+    stats: RingStats,
+    event_name: &'static str,
+    /// Reused between drains.
+    side_band_buf: Vec<Event>,
+    sample_buf: Vec<Event>,
+}
+
+impl HostSampler {
+    /// Open the events (disabled unless `enable_on_exec`, which enables them at exec).
+    pub fn open(config: &SamplerConfig, target: &SampleTarget) -> Result<Self, SamplerError> {
+        let cpus = online_cpus().map_err(SamplerError::Cpus)?;
+        let (tasks, inherit, on_exec): (Vec<u32>, bool, bool) = match target {
+            SampleTarget::Process {
+                pid,
+                enable_on_exec,
+            } => (vec![*pid], true, *enable_on_exec),
+            SampleTarget::Threads { tids, inherit } => (tids.clone(), *inherit, false),
+        };
+        let event_name = config.event.name();
+        let mut rings = Vec::with_capacity(cpus.len());
+        for &cpu in &cpus {
+            // The first task that opens owns the CPU's ring buffer; it must be mmapped
+            // before other events can be redirected into it.
+            let mut ring: Option<CpuRing> = None;
+            for &task in &tasks {
+                let counter = match open_one(config, task, cpu, inherit, on_exec) {
+                    Ok(c) => c,
+                    // A thread of a `-p` process may exit while we attach; the others
+                    // still count. When every task is gone, that is an error below.
+                    Err(SamplerError::NoSuchTask(_)) if tasks.len() > 1 => continue,
+                    Err(e) => return Err(e),
+                };
+                match &mut ring {
+                    None => {
+                        let sampler = counter
+                            .sampler(config.ring_pages_exp)
+                            .map_err(SamplerError::Mmap)?;
+                        ring = Some(CpuRing {
+                            counters: vec![counter],
+                            sampler,
+                        });
+                    }
+                    Some(ring) => {
+                        abi::set_output(counter.file(), ring.counters[0].file()).map_err(
+                            |source| SamplerError::Control {
+                                what: "redirect",
+                                source,
+                            },
+                        )?;
+                        ring.counters.push(counter);
+                    }
+                }
+            }
+            match ring {
+                Some(ring) => rings.push(ring),
+                None => {
+                    return Err(SamplerError::NoSuchTask(
+                        tasks.first().copied().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        Ok(HostSampler {
+            rings,
+            converter: Converter::new(),
+            stats: RingStats::default(),
+            event_name,
+            side_band_buf: Vec::new(),
+            sample_buf: Vec::new(),
+        })
+    }
+
+    /// The perf name of the sampled event.
+    pub fn event_name(&self) -> &'static str {
+        self.event_name
+    }
+
+    /// Start sampling now (for attached threads; a command's events start at exec).
+    pub fn enable(&self) -> Result<(), SamplerError> {
+        self.control("enable", Counter::enable)
+    }
+
+    /// Stop sampling; what is in the ring buffers can still be drained.
+    pub fn disable(&self) -> Result<(), SamplerError> {
+        self.control("disable", Counter::disable)
+    }
+
+    fn control(
+        &self,
+        what: &'static str,
+        f: impl Fn(&Counter) -> io::Result<()>,
+    ) -> Result<(), SamplerError> {
+        for counter in self.rings.iter().flat_map(|r| &r.counters) {
+            match f(counter) {
+                Ok(()) => {}
+                // The task is gone; its events are dead anyway.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => return Err(SamplerError::Control { what, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ring buffers' file descriptors, for `poll(2)` (readable when a wake-up
+    /// watermark is reached; hung up when every task of the event has exited).
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        self.rings
+            .iter()
+            .filter_map(|r| r.counters.first())
+            .map(|c| c.file().as_raw_fd())
+            .collect()
+    }
+
+    /// Move everything the kernel has written so far into `out`: first the side band
+    /// (mappings, tasks, losses), then the samples, each in time order across the CPUs'
+    /// rings, so a consumer never meets a sample before the mapping it needs, even when
+    /// the writer closes a chunk between two calls of `out`.
+    pub fn drain(&mut self, out: &mut dyn FnMut(Event)) {
+        let mut side_band = std::mem::take(&mut self.side_band_buf);
+        let mut samples = std::mem::take(&mut self.sample_buf);
+        for ring in &self.rings {
+            let Some(iter) = ring.sampler.iter() else {
+                continue;
+            };
+            for (mode, record) in iter {
+                let Converted::Event(event) = self.converter.convert(mode, record) else {
+                    continue;
+                };
+                match &event {
+                    Event::Sample(_) => self.stats.samples += 1,
+                    Event::Loss(l) if l.kind == LossKind::Throttled => {
+                        self.stats.throttled += l.count
+                    }
+                    Event::Loss(l) => self.stats.lost += l.count,
+                    _ => self.stats.side_band += 1,
+                }
+                match event {
+                    Event::Sample(_) => samples.push(event),
+                    _ => side_band.push(event),
+                }
+            }
+        }
+        side_band.sort_by_key(event_time);
+        samples.sort_by_key(event_time);
+        side_band.drain(..).chain(samples.drain(..)).for_each(out);
+        self.side_band_buf = side_band;
+        self.sample_buf = samples;
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.stats
+    }
+
+    /// Build-ids, read once per file (shared with procfs synthesis).
+    pub fn converter(&mut self) -> &mut Converter {
+        &mut self.converter
+    }
+}
+
+/// The time of an event as the sampler produces them (0 for kinds it does not make).
+fn event_time(event: &Event) -> u64 {
+    use crate::model::TaskEvent;
+    match event {
+        Event::Sample(s) => s.time_ns,
+        Event::Mapping(m) => m.time_ns,
+        Event::Task(TaskEvent::Comm { time_ns, .. })
+        | Event::Task(TaskEvent::Fork { time_ns, .. })
+        | Event::Task(TaskEvent::Exit { time_ns, .. }) => *time_ns,
+        Event::Loss(l) => l.time_ns,
+        _ => 0,
+    }
+}
+
+fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
+    let page = page_size();
+    let ring_bytes = (1usize << config.ring_pages_exp) * page;
+    Opts {
+        exclude: Priv {
+            kernel: !config.kernel,
+            hv: true,
+            ..Priv::default()
+        },
+        inherit: inherit.then_some(Inherit::NewChild),
+        on_execve: on_exec.then_some(OnExecve::Enable),
+        enable: false,
+        sample_on: SampleOn::Freq(config.frequency),
+        sample_format: SampleFormat {
+            period: true,
+            code_addr: true,
+            call_chain: Some(CallChain {
+                exclude_user: false,
+                exclude_kernel: !config.kernel,
+                defer_user: false,
+                max_stack_frames: 127,
+            }),
+            lbr: config.branch_stacks.then(|| Lbr {
+                // LBR call-stack mode works for user space only (perf sets
+                // PERF_SAMPLE_BRANCH_USER with it); otherwise follow exclude_kernel.
+                target_priv: (config.call_graph == CallGraph::Lbr).then_some(TargetPriv {
+                    user: true,
+                    kernel: false,
+                    hv: false,
+                }),
+                branch_type: perf_event_open::config::BranchType {
+                    any: config.call_graph == CallGraph::Fp,
+                    call_stack: config.call_graph == CallGraph::Lbr,
+                    ..Default::default()
+                },
+                hw_index: true,
+                entry_format: EntryFormat {
+                    flags: true,
+                    cycles: true,
+                    branch_type: true,
+                    ..EntryFormat::default()
+                },
+            }),
+            ..SampleFormat::default()
+        },
+        record_id_all: true,
+        record_id_format: RecordIdFormat {
+            task: true,
+            time: true,
+            cpu: true,
+            ..RecordIdFormat::default()
+        },
+        extra_record: ExtraRecord {
+            task: true,
+            comm: true,
+            mmap: Mmap {
+                code: true,
+                data: false,
+                ext: Some(UseBuildId(true)),
+            },
+            ..ExtraRecord::default()
+        },
+        // Wake a poller when a quarter of the buffer is used; the recorder also drains on a
+        // timer, so a slow workload still reaches the file within a flush interval.
+        wake_up: WakeUp {
+            on: WakeUpOn::Bytes((ring_bytes / 4) as u32),
+            on_aux_bytes: 0,
+        },
+        timer: Some(perf_event_open::config::Clock::Monotonic),
+        ..Opts::default()
+    }
+}
+
+fn open_one(
+    config: &SamplerConfig,
+    task: u32,
+    cpu: u32,
+    inherit: bool,
+    on_exec: bool,
+) -> Result<Counter, SamplerError> {
+    let event_name = config.event.name();
+    let mut opts = perf_opts(config, inherit, on_exec);
+    let open = |opts: &Opts| match config.event {
+        EventKind::Cycles => Counter::new(Hardware::CpuCycle, (Proc(task), Cpu(cpu)), opts),
+        EventKind::CpuClock => Counter::new(Software::CpuClock, (Proc(task), Cpu(cpu)), opts),
+    };
+    let mut result = open(&opts);
+    // Kernels before 5.12 do not know `build_id` in MMAP2; fall back to reading the files.
+    if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+        opts.extra_record.mmap.ext = Some(UseBuildId(false));
+        result = open(&opts);
+    }
+    result.map_err(|source| match source.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => SamplerError::Permission {
+            target: format!("task {task}"),
+            paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            source,
+        },
+        Some(libc::ESRCH) => SamplerError::NoSuchTask(task),
+        Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
+            SamplerError::EventUnsupported {
+                event: event_name,
+                source,
+            }
+        }
+        _ => SamplerError::Open {
+            event: event_name,
+            cpu,
+            target: format!("task {task}"),
+            source,
+        },
+    })
+}
+
+/// Whether a hardware `cycles` sampling event opens on this process (a PMU is present
+/// and usable). Used by [`crate::host::HostFacts::probe`].
+pub fn cycles_event_opens() -> bool {
+    let mut opts = Opts::default();
+    opts.exclude.kernel = true;
+    opts.exclude.hv = true;
+    opts.sample_on = SampleOn::Freq(1000);
+    Counter::new(Hardware::CpuCycle, (Proc::CURRENT, Cpu::ALL), opts).is_ok()
+}
+
+/// `/sys/devices/system/cpu/online`, e.g. `0-3,6`.
+fn online_cpus() -> io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    parse_cpu_list(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad CPU list {text:?}")))
+}
+
+/// Parse a kernel CPU list (`0-3,6`).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 65536 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6\n"), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn options_follow_the_config() {
+        let cfg = SamplerConfig {
+            kernel: false,
+            branch_stacks: true,
+            call_graph: CallGraph::Lbr,
+            ..SamplerConfig::default()
+        };
+        let opts = perf_opts(&cfg, true, true);
+        assert!(opts.exclude.kernel);
+        assert_eq!(opts.inherit, Some(Inherit::NewChild));
+        assert_eq!(opts.on_execve, Some(OnExecve::Enable));
+        assert!(!opts.enable);
+        let chain = opts.sample_format.call_chain.as_ref().unwrap();
+        assert!(chain.exclude_kernel && !chain.exclude_user);
+        let lbr = opts.sample_format.lbr.as_ref().unwrap();
+        assert!(lbr.branch_type.call_stack && !lbr.branch_type.any);
+        assert_eq!(
+            lbr.target_priv.as_ref().map(|p| (p.user, p.kernel)),
+            Some((true, false))
+        );
+        assert_eq!(opts.timer, Some(perf_event_open::config::Clock::Monotonic));
+        assert!(opts.record_id_all && opts.record_id_format.time);
+
+        let opts = perf_opts(&SamplerConfig::default(), false, false);
+        assert!(!opts.exclude.kernel);
+        assert!(opts.sample_format.lbr.is_none());
+        assert_eq!(opts.inherit, None);
+        assert_eq!(opts.on_execve, None);
+    }
+}

@@ -1,0 +1,762 @@
+//! End-to-end tests of `lbrprof record` and `lbrprof info`: real workloads (C sources in
+//! `tests/workloads/`, compiled here with gcc) recorded with perf_event_open, checked
+//! against their ELF symbol tables.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lbrprof_collector::model::{AddressSpace, Event, HostSample, Mapping, TaskEvent};
+use lbrprof_collector::recording::RecordingReader;
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// Compile `tests/workloads/NAME.c` into `dir`, as the brief says: -O1 -g, frame pointers.
+fn build(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the test workloads");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    exe
+}
+
+/// All events of a recording, and whether it had a summary.
+fn read_all(path: &Path) -> (Vec<Event>, RecordingReader) {
+    let mut reader = RecordingReader::open(path).expect("recording opens");
+    let mut events = Vec::new();
+    for event in reader.by_ref() {
+        events.push(event.expect("event decodes"));
+    }
+    (events, reader)
+}
+
+fn samples(events: &[Event]) -> impl Iterator<Item = &HostSample> {
+    events.iter().filter_map(|e| match e {
+        Event::Sample(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The run-time address range of `symbol` of `exe` in process `pid`, from the ELF
+/// symbol table and the recorded MMAP2 of the executable (PIE or not).
+fn runtime_range(events: &[Event], exe: &Path, symbol: &str, pid: u32) -> (u64, u64) {
+    let data = std::fs::read(exe).unwrap();
+    let elf = object::File::parse(&*data).unwrap();
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok(symbol))
+        .unwrap_or_else(|| panic!("{symbol} not in {}", exe.display()));
+    let (addr, size) = (sym.address(), sym.size().max(1));
+    // Symbol address -> file offset through the segment that holds it.
+    let seg = elf
+        .segments()
+        .find(|s| s.address() <= addr && addr < s.address() + s.size())
+        .expect("symbol inside a segment");
+    let file_off = addr - seg.address() + seg.file_range().0;
+    let exe_path = exe.canonicalize().unwrap();
+    let map: &Mapping = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Mapping(m) => Some(m),
+            _ => None,
+        })
+        .find(|m| {
+            m.pid == pid
+                && m.space == AddressSpace::HostUser
+                && Path::new(&m.path) == exe_path
+                && m.pgoff <= file_off
+                && file_off < m.pgoff + m.len
+        })
+        .unwrap_or_else(|| panic!("no executable mapping of {} for pid {pid}", exe.display()));
+    let start = map.start + (file_off - map.pgoff);
+    (start, start + size)
+}
+
+fn in_range(s: &HostSample, (lo, hi): (u64, u64)) -> bool {
+    (lo..hi).contains(&s.ip) || s.callchain.iter().any(|f| (lo..hi).contains(&f.addr))
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn hot_function_dominates_the_recording() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    let data = dir.path().join("hot.data");
+    let out = common::lbrprof()
+        .args(["record", "-F", "999", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["300000000", "3"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit status passes through: {err}"
+    );
+    assert!(err.contains("samples, 0 lost"), "{err}");
+    assert!(
+        err.contains(&format!("written to {}", data.display())),
+        "{err}"
+    );
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid ")?.parse().ok())
+        .expect("workload prints its pid");
+
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().expect("finished recording has a summary");
+    assert_eq!(summary.exit_status, Some(3));
+    let all: Vec<&HostSample> = samples(&events).filter(|s| s.pid == pid).collect();
+    assert_eq!(summary.samples as usize, samples(&events).count());
+    let range = runtime_range(&events, &exe, "hot_loop", pid);
+    let hot = all.iter().filter(|s| in_range(s, range)).count();
+    assert!(
+        hot > 100 && hot * 10 > all.len() * 8,
+        "{hot} of {} samples in hot_loop {range:x?}",
+        all.len()
+    );
+    // Call chains: the hot samples were called from main, in user mode, markers gone.
+    let main = runtime_range(&events, &exe, "main", pid);
+    let with_caller = all
+        .iter()
+        .filter(|s| {
+            s.callchain
+                .iter()
+                .any(|f| (main.0..main.1).contains(&f.addr))
+        })
+        .count();
+    assert!(
+        with_caller * 2 > all.len(),
+        "{with_caller} of {} samples have main in their chain",
+        all.len()
+    );
+    assert!(
+        all.iter()
+            .all(|s| s.callchain.iter().all(|f| f.addr < u64::MAX - 4096))
+    );
+    // Side band: the exec's COMM, times on CLOCK_MONOTONIC after the header's start.
+    assert!(events.iter().any(|e| matches!(e, Event::Task(TaskEvent::Comm { pid: p, comm, .. }) if *p == pid && comm == "hot")));
+    let start = reader.header().start_monotonic_ns;
+    assert!(all.iter().all(|s| s.time_ns >= start && s.period > 0));
+    // The executable's mapping carries its build-id (gcc links with --build-id on Debian).
+    let exe_path = exe.canonicalize().unwrap();
+    let exe_map = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Mapping(m) if Path::new(&m.path) == exe_path => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    // ...and it comes before the first sample that needs it, in stream order.
+    let map_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Mapping(m) if Path::new(&m.path) == exe_path))
+        .unwrap();
+    let first_hot = events
+        .iter()
+        .position(|e| matches!(e, Event::Sample(s) if in_range(s, range)))
+        .unwrap();
+    assert!(
+        map_at < first_hot,
+        "mapping at {map_at}, first hot sample at {first_hot}"
+    );
+    let elf_data = std::fs::read(&exe).unwrap();
+    let elf = object::File::parse(&*elf_data).unwrap();
+    assert_eq!(exe_map.build_id.as_deref(), elf.build_id().unwrap());
+
+    // `info FILE` shows the totals.
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{}", stderr_of(&info));
+    assert!(
+        text.contains(&format!("samples:       {}", samples(&events).count())),
+        "{text}"
+    );
+    assert!(text.contains("exit status 3"), "{text}");
+}
+
+#[test]
+fn every_thread_is_sampled() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("threads.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["3", "150000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let tids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("tid ")?.parse().ok())
+        .collect();
+    assert_eq!(tids.len(), 3);
+    let (events, _) = read_all(&data);
+    for tid in &tids {
+        let n = samples(&events).filter(|s| s.tid == *tid).count();
+        assert!(n > 10, "thread {tid}: only {n} samples");
+        let pid = samples(&events).find(|s| s.tid == *tid).unwrap().pid;
+        let range = runtime_range(&events, &exe, "thread_work", pid);
+        let hot = samples(&events)
+            .filter(|s| s.tid == *tid && in_range(s, range))
+            .count();
+        assert!(
+            hot * 10 > n * 7,
+            "thread {tid}: {hot} of {n} in thread_work"
+        );
+    }
+    // Thread creation is on record.
+    let forks = events
+        .iter()
+        .filter(|e| matches!(e, Event::Task(TaskEvent::Fork { tid, .. }) if tids.contains(tid)))
+        .count();
+    assert_eq!(forks, 3);
+}
+
+#[test]
+fn forked_children_are_sampled() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "forking");
+    let data = dir.path().join("forking.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["2", "150000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let children: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("child ")?.parse().ok())
+        .collect();
+    assert_eq!(children.len(), 2);
+    let (events, _) = read_all(&data);
+    for child in &children {
+        let n = samples(&events).filter(|s| s.pid == *child).count();
+        assert!(n > 10, "child {child}: only {n} samples");
+        // The child inherited its parent's mappings; they are findable by the parent's
+        // pid, and the FORK record links them.
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Task(TaskEvent::Fork { pid, .. }) if pid == child))
+        );
+    }
+}
+
+#[test]
+fn unknown_command_exits_127() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--", "lbrprof-no-such-command-xyz", "arg"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(
+        stderr_of(&out).trim_end(),
+        "lbrprof: error: cannot run 'lbrprof-no-such-command-xyz': No such file or directory"
+    );
+    assert!(!data.exists(), "no recording is left behind");
+
+    // A path that does not exist fails in exec, reported back the same way.
+    if common::perf_available() {
+        let out = common::lbrprof()
+            .args(["record", "-o"])
+            .arg(&data)
+            .args(["--", "/nonexistent/prog"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(127), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("cannot run '/nonexistent/prog': No such file or directory")
+        );
+        assert!(!data.exists());
+    }
+}
+
+#[test]
+fn unwritable_output_fails_before_the_workload_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let out = common::lbrprof()
+        .args(["record", "-o", "/nonexistent-dir/x.data", "--", "sh", "-c"])
+        .arg(format!("touch {}", marker.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("lbrprof: error: cannot create the recording /nonexistent-dir/x.data"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!marker.exists(), "the workload must not have run");
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let out = common::run(&["record", "-F", "0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("sampling frequency must be between 1"));
+    let out = common::run(&["record"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("nothing to record"));
+    let out = common::run(&["record", "-p", "4194303", "--duration", "0.1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out).trim_end(),
+        "lbrprof: error: no such process 4194303"
+    );
+    let out = common::run(&["record", "-t", "4194303"]);
+    assert_eq!(
+        stderr_of(&out).trim_end(),
+        "lbrprof: error: no such thread 4194303"
+    );
+    let out = common::run(&["record", "-p", "1", "--duration=-3"]);
+    assert!(stderr_of(&out).contains("--duration must be a positive number"));
+}
+
+/// Start `lbrprof record` on a long-running `hot` and return it with the workload's pid.
+fn start_long_recording(exe: &Path, data: &Path) -> (std::process::Child, u32) {
+    let mut child = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(data)
+        .arg("--")
+        .arg(exe)
+        .arg("100000000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = line
+        .trim()
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("workload did not start: {line:?}"));
+    (child, pid)
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("lbrprof record did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigint_finalizes_the_recording() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    let data = dir.path().join("int.data");
+    let (mut record, pid) = start_long_recording(&exe, &data);
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(record.id() as i32, libc::SIGINT) };
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    // The workload got the SIGINT forwarded and died of it: 128 + 2.
+    assert_eq!(status.code(), Some(130));
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().expect("summary written after SIGINT");
+    assert_eq!(summary.exit_status, Some(130));
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("stopped by a signal"))
+    );
+    assert!(samples(&events).filter(|s| s.pid == pid).count() > 10);
+}
+
+#[test]
+fn sigkill_leaves_a_readable_recording() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    let data = dir.path().join("killed.data");
+    let (mut record, pid) = start_long_recording(&exe, &data);
+    // Several flush intervals (250 ms) of samples.
+    std::thread::sleep(Duration::from_millis(1500));
+    record.kill().unwrap();
+    record.wait().unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the workload was orphaned by the
+    // SIGKILL of its parent and is ours to clean up.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let (events, reader) = read_all(&data);
+    assert!(reader.summary().is_none(), "killed: no summary");
+    let n = samples(&events).filter(|s| s.pid == pid).count();
+    assert!(n > 50, "only {n} samples survived the SIGKILL");
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    assert!(info.status.success(), "{}", stderr_of(&info));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("did not finish"));
+}
+
+#[test]
+fn attach_to_a_running_process() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("attach.data");
+    let mut target = Command::new(&exe)
+        .args(["2", "100000000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    let tids: Vec<u32> = (0..2)
+        .map(|_| {
+            lines.next().unwrap().unwrap()["tid ".len()..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let out = common::lbrprof()
+        .args(["record", "--duration", "1", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, reader) = read_all(&data);
+    assert!(reader.summary().is_some());
+    for tid in &tids {
+        let n = samples(&events).filter(|s| s.tid == *tid).count();
+        assert!(n > 10, "thread {tid}: {n} samples");
+    }
+    // Mappings that existed before the attach were synthesized from /proc/PID/maps, so
+    // the samples can be placed in thread_work.
+    let range = runtime_range(&events, &exe, "thread_work", pid);
+    let hot = samples(&events).filter(|s| in_range(s, range)).count();
+    assert!(hot > 20, "{hot} samples in thread_work");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Task(TaskEvent::Comm { tid, .. }) if *tid == tids[0]))
+    );
+}
+
+#[test]
+fn info_describes_the_host() {
+    let out = common::run(&["info"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "hardware PMU:",
+        "LBR depth:",
+        "perf_event_paranoid:",
+        "kernel call chains:",
+        "/dev/kvm:",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}
+
+#[test]
+fn info_rejects_a_file_that_is_not_a_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.data");
+    std::fs::write(&bogus, b"definitely not a recording").unwrap();
+    let out = common::run(&["info", bogus.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("lbrprof: error: cannot read the recording"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = common::run(&["info", "/nonexistent/file.data"]);
+    assert_eq!(out.status.code(), Some(2));
+    let perf_data = dir.path().join("perf.data");
+    std::fs::write(&perf_data, b"PERFILE2 and then some").unwrap();
+    let out = common::run(&["info", perf_data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("it is a perf.data file"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn ring_buffer_losses_are_counted_and_reported() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    let data = dir.path().join("lossy.data");
+    // One page per CPU, and the recorder stopped (SIGSTOP) for 600 ms while the workload
+    // keeps running: the kernel must drop records, whatever the machine's speed.
+    let mut record = common::lbrprof()
+        .args(["record", "-m", "1", "-F", "2000", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(record.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("pid "), "{line:?}");
+    let id = record.id() as i32;
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill has no memory-safety preconditions; `id` is our child.
+    unsafe { libc::kill(id, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(id, libc::SIGCONT);
+        libc::kill(id, libc::SIGINT);
+    }
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut record.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().unwrap();
+    let lost_events: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Loss(l) if l.kind == lbrprof_collector::model::LossKind::RingBuffer => {
+                Some(l.count)
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(
+        summary.lost > 0,
+        "a stopped recorder with a one-page ring loses records"
+    );
+    assert_eq!(
+        summary.lost, lost_events,
+        "the summary counts every Loss event"
+    );
+    assert!(err.contains(&format!("{} lost", summary.lost)), "{err}");
+    assert!(
+        summary.notes.iter().any(|n| n.contains("records lost")),
+        "{:?}",
+        summary.notes
+    );
+    assert_eq!(summary.samples as usize, samples(&events).count());
+}
+
+#[test]
+fn unprivileged_users_get_user_space_sampling() {
+    if !common::perf_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2);
+    if !root || paranoid != 2 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root (to drop to nobody), setpriv and perf_event_paranoid=2");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let data = dir.path().join("user.data");
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lbrprof"))
+        .args(["record", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    if err.contains("Permission denied") && !data.exists() {
+        eprintln!("skipped: nobody cannot reach the binary or temp dir here: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("user space only"), "{err}");
+    let (events, _) = read_all(&data);
+    let all: Vec<&HostSample> = samples(&events).collect();
+    assert!(all.len() > 20, "{} samples", all.len());
+    assert!(
+        all.iter().all(|s| s
+            .callchain
+            .iter()
+            .all(|f| f.mode != lbrprof_collector::model::CpuMode::Kernel)),
+        "no kernel frames at paranoid 2"
+    );
+}
+
+#[test]
+fn kernel_call_chains_when_permitted() {
+    if !common::perf_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: kernel call chains need root or perf_event_paranoid <= 1");
+        return;
+    }
+    use lbrprof_collector::model::CpuMode;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sys.data");
+    // One-byte reads and writes: most of the time is spent in the kernel.
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args([
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=1",
+            "count=400000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let kernel: Vec<&HostSample> = samples(&events)
+        .filter(|s| s.mode == CpuMode::Kernel)
+        .collect();
+    assert!(kernel.len() > 10, "{} kernel-mode samples", kernel.len());
+    // Kernel frames first (kernel addresses), then the user part that made the syscall.
+    let stitched = kernel
+        .iter()
+        .filter(|s| {
+            let first_user = s.callchain.iter().position(|f| f.mode == CpuMode::User);
+            s.callchain
+                .first()
+                .is_some_and(|f| f.mode == CpuMode::Kernel)
+                && first_user.is_some_and(|i| {
+                    s.callchain[..i]
+                        .iter()
+                        .all(|f| f.mode == CpuMode::Kernel && f.addr >= 0xffff_8000_0000_0000)
+                })
+        })
+        .count();
+    assert!(
+        stitched * 2 > kernel.len(),
+        "{stitched} of {} kernel samples have kernel then user frames",
+        kernel.len()
+    );
+}
+
+#[test]
+fn requests_the_host_cannot_serve_are_refused() {
+    if std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
+        eprintln!("skipped: this host has a hardware PMU");
+        return;
+    }
+    let out = common::run(&["record", "--event", "cycles", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("--event cycles needs a hardware PMU"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = common::run(&["record", "--branches", "on", "--", "true"]);
+    assert!(stderr_of(&out).contains("--branches on needs a hardware PMU with LBR"));
+    let out = common::run(&["record", "--call-graph", "lbr", "--", "true"]);
+    assert!(stderr_of(&out).contains("--call-graph lbr needs LBR"));
+}
+
+#[test]
+fn attach_to_one_thread() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("tid.data");
+    let mut target = Command::new(&exe)
+        .args(["2", "100000000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    let tids: Vec<u32> = (0..2)
+        .map(|_| {
+            lines.next().unwrap().unwrap()["tid ".len()..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let out = common::lbrprof()
+        .args(["record", "--duration", "0.7", "-t"])
+        .arg(tids[1].to_string())
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let n = samples(&events).count();
+    assert!(n > 10, "{n} samples");
+    assert!(
+        samples(&events).all(|s| s.tid == tids[1]),
+        "only the attached thread"
+    );
+}

@@ -1,0 +1,69 @@
+//! The boot and system-call ABI between the VMM shim and lbrprof's guest runtime.
+//!
+//! This file is shared verbatim by both sides: the guest includes it as a module and the
+//! host crate (`lbrprof-vmm`) includes it with `#[path]`, so the two can never disagree.
+//! It must stay `no_std`-clean: plain constants and `#[repr(C)]` structs only.
+//!
+//! # Boot protocol (ELF64 images)
+//!
+//! Every vCPU starts at the image's entry point in 64-bit long mode, ring 0, with
+//! interrupts disabled and paging on: the shim identity-maps all guest RAM with 2 MiB
+//! pages (user-accessible, writable), loads a flat GDT (code 0x08, data 0x10, a TSS at
+//! 0x18) and sets CR0.MP/NE, CR4.OSFXSR/OSXMMEXCPT so SSE works. Registers:
+//!
+//! * `RDI` = the vCPU index (0 for the bootstrap processor, 1.. for the others),
+//! * `RSI` = guest-physical address of a `BootInfo`,
+//! * `RSP` = top of a small (4 KiB) per-vCPU boot stack in low memory.
+//!
+//! # System calls
+//!
+//! Ring 3 calls the kernel's trap stub `rt_syscall_trap` (a `ud2` at a known address;
+//! the #UD handler runs the call and resumes after it). `RAX` = number, arguments in
+//! `RDI`, `RSI`, `RDX`; the result comes back in `RAX` (and `RDX` where noted). Neither
+//! SYSCALL nor `int 0x80` is relied on: on nested hosts that emulate guest ring 0, KVM's
+//! instruction emulator cannot deliver `int n` in protected mode (#UD), and SYSCALL was
+//! seen to leave the CPL at 3; a hardware exception is delivered correctly everywhere.
+//! (`int 0x80` is still accepted where it works.)
+//!
+//! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are
+//! open to ring 3 through the TSS I/O bitmap, so printing and exiting need no system call.
+
+/// `BootInfo::magic`: "LBRPBOOT" in little-endian.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"LBRPBOOT");
+/// `BootInfo::version` of this layout.
+pub const BOOT_VERSION: u32 = 1;
+
+/// What the shim tells the guest at boot. Lives at [`BootInfo`]'s address in `RSI`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub version: u32,
+    /// Number of vCPUs started.
+    pub ncpus: u32,
+    /// Bytes of guest RAM, starting at guest-physical 0.
+    pub mem_bytes: u64,
+    /// The guest TSC frequency in kHz (0 when KVM could not say).
+    pub tsc_khz: u64,
+    /// Guest-physical address and length of the command line (`-- GUEST ARGS`, joined by
+    /// single spaces; not NUL-terminated).
+    pub cmdline_addr: u64,
+    pub cmdline_len: u64,
+}
+
+/// Write `RSI` bytes at `RDI` to the console. Returns the byte count.
+pub const SYS_WRITE: u64 = 0;
+/// Stop the machine with the exit code in `RDI`: 0 is a clean power-off, anything else
+/// leaves through the isa-debug-exit port (lbrprof then exits with `(code << 1) | 1`).
+pub const SYS_EXIT: u64 = 1;
+/// Nanoseconds since boot, from the TSC and `BootInfo::tsc_khz`.
+pub const SYS_TIME_NS: u64 = 2;
+/// Read the MSR in `RDI` in ring 0. Returns its value and sets `RDX` to 0, or sets `RDX`
+/// to 1 when the read raised #GP. (For the PMU agent and for tests of the MSR plumbing.)
+pub const SYS_RDMSR: u64 = 3;
+/// Write `RSI` to the MSR in `RDI` in ring 0. Returns 0, or -1 when the write raised #GP.
+pub const SYS_WRMSR: u64 = 4;
+/// NMIs the kernel has taken so far (the PMI path).
+pub const SYS_NMI_COUNT: u64 = 5;
+/// Numbers from here on are reserved for the PMU/LBR agent.
+pub const SYS_PMU_BASE: u64 = 16;

@@ -1,0 +1,298 @@
+//! Ring 3: the workload's side of the runtime — system calls, console output, arguments,
+//! time, and the panic handler.
+
+use core::arch::asm;
+use core::fmt::{self, Write};
+use core::sync::atomic::Ordering;
+
+use crate::abi::{self, BootInfo};
+use crate::kernel::{self, COM1, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
+
+/// Raw system call: a call to the kernel's trap stub (see `abi`).
+#[inline(always)]
+fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> (u64, u64) {
+    let ret: u64;
+    let rdx: u64;
+    // SAFETY: the trap stub raises #UD, which the kernel turns into the system call; it
+    // preserves every register except RAX and RDX (results) and reads memory only
+    // through the ranges passed in. The call pushes a return address (no `nostack`).
+    unsafe {
+        asm!("call {trap}", trap = sym crate::kernel::rt_syscall_trap,
+             inlateout("rax") nr => ret, in("rdi") a0, in("rsi") a1, inlateout("rdx") a2 => rdx);
+    }
+    (ret, rdx)
+}
+
+/// Write bytes to the console: straight to the UART from ring 3 (the TSS I/O bitmap
+/// allows it), one VM exit per call.
+pub fn write(bytes: &[u8]) {
+    // SAFETY: rep outsb reads exactly bytes.len() bytes from a valid slice.
+    unsafe {
+        asm!("rep outsb", in("dx") COM1, inout("rsi") bytes.as_ptr() => _,
+             inout("rcx") bytes.len() => _, options(nostack, readonly, preserves_flags));
+    }
+}
+
+/// Stop the machine with `code` (0 = clean power-off, others through isa-debug-exit,
+/// which makes lbrprof exit with `(code << 1) | 1`).
+pub fn exit(code: u32) -> ! {
+    // SAFETY: port writes the shim turns into the end of the run.
+    unsafe {
+        if code == 0 {
+            asm!("out dx, ax", in("dx") POWEROFF_PORT, in("ax") POWEROFF_VALUE, options(nomem, nostack));
+        } else {
+            asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") code, options(nomem, nostack));
+        }
+    }
+    // Not reached: fall back to the system call, then spin.
+    syscall3(abi::SYS_EXIT, u64::from(code), 0, 0);
+    unreachable_loop()
+}
+
+fn unreachable_loop() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Nanoseconds since boot, from the TSC (a system call; see [`tsc`] for the cheap clock).
+pub fn time_ns() -> u64 {
+    syscall3(abi::SYS_TIME_NS, 0, 0, 0).0
+}
+
+/// The time-stamp counter, read directly in ring 3.
+#[inline(always)]
+pub fn tsc() -> u64 {
+    let lo: u32;
+    let hi: u32;
+    // SAFETY: rdtsc only reads the counter; CR4.TSD is clear so ring 3 may use it.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Read an MSR through the kernel; `None` when it raised #GP.
+pub fn rdmsr(msr: u32) -> Option<u64> {
+    let (v, faulted) = syscall3(abi::SYS_RDMSR, u64::from(msr), 0, 0);
+    (faulted == 0).then_some(v)
+}
+
+/// Write an MSR through the kernel; `false` when it raised #GP.
+pub fn wrmsr(msr: u32, value: u64) -> bool {
+    syscall3(abi::SYS_WRMSR, u64::from(msr), value, 0).0 == 0
+}
+
+/// NMIs taken by the kernel so far.
+pub fn nmi_count() -> u64 {
+    syscall3(abi::SYS_NMI_COUNT, 0, 0, 0).0
+}
+
+/// A line-buffered console writer: one system call per line (or per 256 bytes).
+pub struct Console {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Console {
+    pub const fn new() -> Self {
+        Console {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+    pub fn flush(&mut self) {
+        if self.len > 0 {
+            write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+            if b == b'\n' {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[doc(hidden)]
+pub fn print_fmt(args: fmt::Arguments<'_>) {
+    let mut c = Console::new();
+    let _ = c.write_fmt(args);
+}
+
+/// `print!` for guests.
+#[macro_export]
+macro_rules! print {
+    ($($t:tt)*) => { $crate::user::print_fmt(format_args!($($t)*)) };
+}
+
+/// `println!` for guests.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::user::write(b"\n") };
+    ($($t:tt)*) => { $crate::user::print_fmt(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// The guest command line (`lbrprof run --vm IMAGE -- key=value ...`) and boot facts.
+pub struct Args {
+    cmdline: &'static str,
+    ncpus: u32,
+    tsc_khz: u64,
+}
+
+impl Args {
+    fn from_boot(info: Option<&'static BootInfo>) -> Args {
+        let Some(info) = info else {
+            return Args {
+                cmdline: "",
+                ncpus: 1,
+                tsc_khz: 0,
+            };
+        };
+        // SAFETY: the shim placed cmdline_len bytes at cmdline_addr inside guest RAM,
+        // identity-mapped and never written again.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(info.cmdline_addr as *const u8, info.cmdline_len as usize)
+        };
+        Args {
+            cmdline: core::str::from_utf8(bytes).unwrap_or(""),
+            ncpus: info.ncpus,
+            tsc_khz: info.tsc_khz,
+        }
+    }
+
+    /// The whole command line.
+    pub fn cmdline(&self) -> &'static str {
+        self.cmdline
+    }
+
+    /// Words of the command line.
+    pub fn words(&self) -> impl Iterator<Item = &'static str> {
+        self.cmdline.split_ascii_whitespace()
+    }
+
+    /// The value of the last `key=value` word for `key`.
+    pub fn get(&self, key: &str) -> Option<&'static str> {
+        self.words()
+            .filter_map(|w| w.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
+    }
+
+    /// `key=N` (decimal or 0x hex), or `default` when absent or malformed.
+    pub fn u64(&self, key: &str, default: u64) -> u64 {
+        self.get(key).and_then(parse_u64).unwrap_or(default)
+    }
+
+    /// Whether the bare word `flag` is present.
+    pub fn flag(&self, flag: &str) -> bool {
+        self.words().any(|w| w == flag)
+    }
+
+    /// vCPUs the shim started.
+    pub fn ncpus(&self) -> u32 {
+        self.ncpus
+    }
+
+    /// TSC frequency in kHz (0 = unknown).
+    pub fn tsc_khz(&self) -> u64 {
+        self.tsc_khz
+    }
+
+    /// Convert a TSC delta to nanoseconds (0 when the frequency is unknown).
+    pub fn tsc_to_ns(&self, ticks: u64) -> u64 {
+        if self.tsc_khz == 0 {
+            0
+        } else {
+            (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz)) as u64
+        }
+    }
+}
+
+/// Parse a decimal or `0x` hexadecimal number.
+pub fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+unsafe extern "Rust" {
+    /// Defined by each workload binary through [`crate::workload!`].
+    fn lbrprof_workload_main(args: &Args) -> i32;
+}
+
+/// First ring-3 code on vCPU 0.
+pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
+    let p = kernel::BOOT_INFO.load(Ordering::Acquire);
+    // SAFETY: as in kernel::boot_info: a BootInfo the shim wrote, checked by magic.
+    let info = unsafe { (p as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
+    let args = Args::from_boot(info);
+    if args.flag("rt.cpus") {
+        // Wait (bounded, ~2 s at 2 GHz worth of TSC) for the other vCPUs to check in.
+        let start = tsc();
+        while kernel::CPUS_ONLINE.load(Ordering::Acquire) < args.ncpus()
+            && tsc().wrapping_sub(start) < 4_000_000_000
+        {
+            core::hint::spin_loop();
+        }
+        println!(
+            "lbrprof-guest: {} of {} vCPUs online",
+            kernel::CPUS_ONLINE.load(Ordering::Acquire),
+            args.ncpus()
+        );
+    }
+    if args.flag("rt.stats") {
+        // The cost of ring 0 here: the boot (entry to first ring-3 instruction) and a
+        // system-call round trip (trap into ring 0 and back).
+        let boot = tsc().wrapping_sub(kernel::BOOT_TSC.load(Ordering::Relaxed));
+        const CALLS: u64 = 100;
+        let t0 = tsc();
+        for _ in 0..CALLS {
+            nmi_count();
+        }
+        let per_call = tsc().wrapping_sub(t0) / CALLS;
+        println!(
+            "lbrprof-guest: ring-0 boot {} ns, system call {} ns",
+            args.tsc_to_ns(boot),
+            args.tsc_to_ns(per_call)
+        );
+    }
+    // SAFETY: every workload binary defines this symbol with this signature (workload!).
+    let code = unsafe { lbrprof_workload_main(&args) };
+    let code = args
+        .get("exit")
+        .and_then(parse_u64)
+        .map_or(code as u32, |c| c as u32);
+    exit(code)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut c = Console::new();
+    let _ = writeln!(c, "lbrprof-guest: panic: {info}");
+    c.flush();
+    exit(0x7f)
+}

@@ -1,0 +1,264 @@
+//! What this host's KVM can do for lbrprof, as plain facts ([`KvmCaps`]) so that every
+//! decision made from them can be unit-tested without KVM (see [`KvmCaps::pmu_backends`]).
+
+use std::fmt;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, Kvm};
+
+/// The architectural PMU leaf (CPUID 0xA) as KVM reports it supports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PmuLeaf {
+    pub version: u8,
+    pub gp_counters: u8,
+    pub gp_width: u8,
+    pub fixed_counters: u8,
+    pub fixed_width: u8,
+}
+
+impl PmuLeaf {
+    /// Decode CPUID.0AH EAX/EDX (SDM Vol. 2A, CPUID leaf 0AH).
+    pub fn from_cpuid(eax: u32, edx: u32) -> PmuLeaf {
+        PmuLeaf {
+            version: eax as u8,
+            gp_counters: (eax >> 8) as u8,
+            gp_width: (eax >> 16) as u8,
+            fixed_counters: (edx & 0x1f) as u8,
+            fixed_width: (edx >> 5) as u8,
+        }
+    }
+}
+
+/// KVM facts for `lbrprof info` and for choosing a PMU backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvmCaps {
+    /// Why /dev/kvm could not be opened (None = it could).
+    pub open_error: Option<String>,
+    pub api_version: Option<i32>,
+    pub user_space_msr: bool,
+    pub msr_filter: bool,
+    pub guest_debug: bool,
+    pub irqchip: bool,
+    pub pit2: bool,
+    pub immediate_exit: bool,
+    pub max_vcpus: u32,
+    /// /sys/module/kvm/parameters/enable_pmu (None = not readable).
+    pub enable_pmu: Option<bool>,
+    /// CPUID leaf 0xA from KVM_GET_SUPPORTED_CPUID (None = absent or version 0).
+    pub pmu_leaf: Option<PmuLeaf>,
+    /// CPU vendor string from KVM's CPUID leaf 0.
+    pub vendor: Option<String>,
+}
+
+/// The PMU backends this host can offer guests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PmuBackends {
+    /// KVM can pass the host PMU through (vPMU enabled and a PMU leaf is advertised).
+    pub hardware: bool,
+    /// The shim can emulate the PMU/LBR (user-space MSR exits, MSR filter, single-step).
+    pub emulated: bool,
+}
+
+impl KvmCaps {
+    /// Which PMU backends are possible given these facts.
+    pub fn pmu_backends(&self) -> PmuBackends {
+        let usable = self.open_error.is_none();
+        PmuBackends {
+            hardware: usable
+                && self.enable_pmu == Some(true)
+                && self.pmu_leaf.is_some_and(|l| l.version >= 2),
+            emulated: usable
+                && self.user_space_msr
+                && self.msr_filter
+                && self.guest_debug
+                && self.irqchip,
+        }
+    }
+}
+
+/// Probe /dev/kvm and sysfs.
+pub fn probe() -> KvmCaps {
+    let enable_pmu = std::fs::read_to_string("/sys/module/kvm/parameters/enable_pmu")
+        .ok()
+        .and_then(|s| parse_bool_param(&s));
+    let kvm = match Kvm::new() {
+        Ok(k) => k,
+        Err(e) => {
+            return KvmCaps {
+                open_error: Some(format!("cannot open /dev/kvm: {e}")),
+                enable_pmu,
+                ..Default::default()
+            };
+        }
+    };
+    let mut caps = KvmCaps {
+        open_error: None,
+        api_version: Some(kvm.get_api_version()),
+        user_space_msr: kvm.check_extension(Cap::X86UserSpaceMsr),
+        msr_filter: kvm.check_extension(Cap::X86MsrFilter),
+        guest_debug: kvm.check_extension(Cap::SetGuestDebug),
+        irqchip: kvm.check_extension(Cap::Irqchip),
+        pit2: kvm.check_extension(Cap::Pit2),
+        immediate_exit: kvm.check_extension(Cap::ImmediateExit),
+        max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(0),
+        enable_pmu,
+        pmu_leaf: None,
+        vendor: None,
+    };
+    if let Ok(cpuid) = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES) {
+        for e in cpuid.as_slice() {
+            match e.function {
+                0 => {
+                    let mut v = Vec::with_capacity(12);
+                    for r in [e.ebx, e.edx, e.ecx] {
+                        v.extend(r.to_le_bytes());
+                    }
+                    caps.vendor = Some(String::from_utf8_lossy(&v).into_owned());
+                }
+                0xa => {
+                    let leaf = PmuLeaf::from_cpuid(e.eax, e.edx);
+                    caps.pmu_leaf = (leaf.version > 0).then_some(leaf);
+                }
+                _ => {}
+            }
+        }
+    }
+    caps
+}
+
+fn parse_bool_param(s: &str) -> Option<bool> {
+    match s.trim() {
+        "Y" | "y" | "1" => Some(true),
+        "N" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+impl fmt::Display for KvmCaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(e) = &self.open_error {
+            writeln!(f, "kvm: unavailable ({e})")?;
+        } else {
+            writeln!(
+                f,
+                "kvm: /dev/kvm ok, API version {}",
+                self.api_version.unwrap_or(0)
+            )?;
+            if let Some(v) = &self.vendor {
+                writeln!(f, "kvm: CPU vendor {v}, up to {} vCPUs", self.max_vcpus)?;
+            }
+            writeln!(f, "kvm: user-space MSR exits: {}", yes(self.user_space_msr))?;
+            writeln!(f, "kvm: MSR filter: {}", yes(self.msr_filter))?;
+            writeln!(
+                f,
+                "kvm: guest debug (single-step, DR0-DR3 breakpoints): {}",
+                yes(self.guest_debug)
+            )?;
+            writeln!(
+                f,
+                "kvm: in-kernel irqchip: {}, PIT: {}, immediate exit: {}",
+                yes(self.irqchip),
+                yes(self.pit2),
+                yes(self.immediate_exit)
+            )?;
+        }
+        match self.enable_pmu {
+            Some(b) => writeln!(f, "kvm: enable_pmu: {}", yes(b))?,
+            None => writeln!(
+                f,
+                "kvm: enable_pmu: unknown (no /sys/module/kvm/parameters/enable_pmu)"
+            )?,
+        }
+        match self.pmu_leaf {
+            Some(l) => writeln!(
+                f,
+                "kvm: guest PMU leaf 0xA: version {}, {} GP counters ({} bits), {} fixed ({} bits)",
+                l.version, l.gp_counters, l.gp_width, l.fixed_counters, l.fixed_width
+            )?,
+            None => writeln!(f, "kvm: guest PMU leaf 0xA: none")?,
+        }
+        let b = self.pmu_backends();
+        write!(
+            f,
+            "kvm: guest LBR backends: hardware {}, emulated {}",
+            yes(b.hardware),
+            yes(b.emulated)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> KvmCaps {
+        KvmCaps {
+            api_version: Some(12),
+            user_space_msr: true,
+            msr_filter: true,
+            guest_debug: true,
+            irqchip: true,
+            enable_pmu: Some(true),
+            pmu_leaf: Some(PmuLeaf::from_cpuid(0x0830_0804, 0x0603)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pmu_leaf_decodes() {
+        let l = PmuLeaf::from_cpuid(0x0830_0804, 0x0603);
+        assert_eq!(
+            (
+                l.version,
+                l.gp_counters,
+                l.gp_width,
+                l.fixed_counters,
+                l.fixed_width
+            ),
+            (4, 8, 48, 3, 48)
+        );
+    }
+
+    #[test]
+    fn backends_follow_the_facts() {
+        assert_eq!(
+            full().pmu_backends(),
+            PmuBackends {
+                hardware: true,
+                emulated: true
+            }
+        );
+        let no_pmu = KvmCaps {
+            enable_pmu: Some(false),
+            ..full()
+        };
+        assert!(!no_pmu.pmu_backends().hardware && no_pmu.pmu_backends().emulated);
+        let no_leaf = KvmCaps {
+            pmu_leaf: None,
+            ..full()
+        };
+        assert!(!no_leaf.pmu_backends().hardware);
+        let no_filter = KvmCaps {
+            msr_filter: false,
+            ..full()
+        };
+        assert!(!no_filter.pmu_backends().emulated);
+        let closed = KvmCaps {
+            open_error: Some("EACCES".into()),
+            ..full()
+        };
+        assert_eq!(closed.pmu_backends(), PmuBackends::default());
+        assert!(closed.to_string().contains("unavailable"));
+    }
+
+    #[test]
+    fn sysfs_bool() {
+        assert_eq!(parse_bool_param("Y\n"), Some(true));
+        assert_eq!(parse_bool_param("0"), Some(false));
+        assert_eq!(parse_bool_param("maybe"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! The per-vCPU hook: where the virtual PMU (or any other per-vCPU extension) plugs into
+//! the vCPU loop. One [`VcpuHook`] object per vCPU, created by the factory given to
+//! [`crate::vm::Vm::run`], lives on that vCPU's thread.
+//!
+//! What a hook can do, in the order the vCPU loop calls it:
+//!
+//! 1. [`VcpuHook::msr_ranges`]: MSRs it wants to implement. The VM enables
+//!    `KVM_CAP_X86_USER_SPACE_MSR` (reason `KVM_MSR_EXIT_REASON_FILTER`) and installs a
+//!    `KVM_X86_SET_MSR_FILTER` that denies the union of all vCPUs' ranges, so every guest
+//!    `rdmsr`/`wrmsr` of them exits to user space and reaches [`VcpuHook::rdmsr`] /
+//!    [`VcpuHook::wrmsr`]. Returning `Err(GpFault)` injects #GP into the guest.
+//! 2. [`VcpuHook::adjust_cpuid`]: edit the CPUID table (from `KVM_GET_SUPPORTED_CPUID`,
+//!    already given this vCPU's APIC id) before `KVM_SET_CPUID2`; leaves may be added.
+//! 3. [`VcpuHook::on_start`]: once, before the first `KVM_RUN`.
+//! 4. [`VcpuHook::on_exit`]: after every exit (the shim has handled device I/O already).
+//! 5. [`VcpuHook::on_debug`]: at `KVM_EXIT_DEBUG` (single-step or hardware breakpoint).
+//! 6. [`VcpuHook::on_stop`]: once, when the vCPU stops for any reason.
+//!
+//! Every callback gets a [`VcpuCtx`]: guest registers, guest memory by physical or virtual
+//! address (page walk from CR3), and requests applied before the vCPU re-enters the guest:
+//! single-stepping, up to four hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`),
+//! NMI injection (`KVM_NMI`, how a PMI reaches the guest), or stopping the VM.
+
+use std::time::Duration;
+
+use kvm_bindings::{
+    Msrs, kvm_cpuid_entry2, kvm_debug_exit_arch, kvm_msr_entry, kvm_regs, kvm_sregs,
+};
+use kvm_ioctls::VcpuFd;
+
+use crate::arch::DR6_BS;
+use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+use crate::vm::VmError;
+
+/// MSRs `base..base + count` are routed to the hook (reads and writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrRange {
+    pub base: u32,
+    pub count: u32,
+}
+
+/// Tells the shim to inject #GP(0) for the guest's MSR access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpFault;
+
+/// A `KVM_EXIT_DEBUG`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugExit {
+    /// The exception vector (1 = #DB, 3 = #BP).
+    pub exception: u32,
+    /// Guest RIP of the instruction about to execute.
+    pub pc: u64,
+    pub dr6: u64,
+    pub dr7: u64,
+}
+
+impl DebugExit {
+    pub(crate) fn from_arch(a: &kvm_debug_exit_arch) -> DebugExit {
+        DebugExit {
+            exception: a.exception,
+            pc: a.pc,
+            dr6: a.dr6,
+            dr7: a.dr7,
+        }
+    }
+
+    /// The exit is a completed single step (DR6.BS).
+    pub fn is_single_step(&self) -> bool {
+        self.dr6 & DR6_BS != 0
+    }
+
+    /// The hardware breakpoint slot (0-3) that fired, if any (DR6.B0-B3).
+    pub fn breakpoint(&self) -> Option<usize> {
+        (0..4).find(|i| self.dr6 & (1 << i) != 0)
+    }
+}
+
+/// Why the vCPU left the guest, as passed to [`VcpuHook::on_exit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitKind {
+    IoIn {
+        port: u16,
+        len: usize,
+    },
+    IoOut {
+        port: u16,
+        len: usize,
+    },
+    MmioRead {
+        addr: u64,
+        len: usize,
+    },
+    MmioWrite {
+        addr: u64,
+        len: usize,
+    },
+    Rdmsr {
+        msr: u32,
+    },
+    Wrmsr {
+        msr: u32,
+        value: u64,
+    },
+    Debug(DebugExit),
+    Hlt,
+    /// KVM_RUN returned early (signal / immediate_exit).
+    Interrupted,
+    /// Triple fault.
+    Shutdown,
+    InternalError {
+        suberror: u32,
+    },
+    FailEntry {
+        reason: u64,
+    },
+    SystemEvent {
+        kind: u32,
+    },
+    /// Any other exit reason (raw `KVM_EXIT_*`).
+    Other(u32),
+}
+
+impl ExitKind {
+    /// A short name for statistics ("io", "mmio", "msr", "debug", ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExitKind::IoIn { .. } | ExitKind::IoOut { .. } => "io",
+            ExitKind::MmioRead { .. } | ExitKind::MmioWrite { .. } => "mmio",
+            ExitKind::Rdmsr { .. } | ExitKind::Wrmsr { .. } => "msr",
+            ExitKind::Debug(_) => "debug",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Interrupted => "intr",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::InternalError { .. } => "internal_error",
+            ExitKind::FailEntry { .. } => "fail_entry",
+            ExitKind::SystemEvent { .. } => "system_event",
+            ExitKind::Other(_) => "other",
+        }
+    }
+}
+
+/// The per-vCPU extension point. All methods have no-op defaults; see the module doc.
+pub trait VcpuHook: Send {
+    /// MSRs this hook implements (routed to [`rdmsr`](Self::rdmsr)/[`wrmsr`](Self::wrmsr)).
+    fn msr_ranges(&self) -> Vec<MsrRange> {
+        Vec::new()
+    }
+    /// Edit this vCPU's CPUID table before it is set.
+    fn adjust_cpuid(&mut self, _vcpu: u32, _entries: &mut Vec<kvm_cpuid_entry2>) {}
+    /// Before the first entry into the guest.
+    fn on_start(&mut self, _ctx: &mut VcpuCtx<'_>) {}
+    /// After every exit.
+    fn on_exit(&mut self, _ctx: &mut VcpuCtx<'_>, _exit: &ExitKind) {}
+    /// A guest `rdmsr` of a routed MSR: the value, or #GP.
+    fn rdmsr(&mut self, _ctx: &mut VcpuCtx<'_>, _msr: u32) -> Result<u64, GpFault> {
+        Err(GpFault)
+    }
+    /// A guest `wrmsr` of a routed MSR: accept, or #GP.
+    fn wrmsr(&mut self, _ctx: &mut VcpuCtx<'_>, _msr: u32, _value: u64) -> Result<(), GpFault> {
+        Err(GpFault)
+    }
+    /// A single-step or breakpoint exit.
+    fn on_debug(&mut self, _ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {}
+    /// The vCPU stopped (end of run, fault, timeout); last chance to emit data.
+    fn on_stop(&mut self, _ctx: &mut VcpuCtx<'_>) {}
+}
+
+/// The hook that does nothing: a plain VM.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopHook;
+
+impl VcpuHook for NoopHook {}
+
+/// Requests a hook made during a callback, applied before the next `KVM_RUN`.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    pub single_step: bool,
+    pub breakpoints: [Option<GuestVirtAddr>; 4],
+    pub debug_dirty: bool,
+    pub nmi: bool,
+    pub stop: Option<String>,
+    /// Some(new setting) when the hook changed the exit timer.
+    pub exit_timer: Option<Option<Duration>>,
+}
+
+/// A hook's view of its vCPU during a callback.
+pub struct VcpuCtx<'a> {
+    pub(crate) index: u32,
+    pub(crate) vcpu: &'a VcpuFd,
+    pub(crate) mem: &'a GuestMemory,
+    pub(crate) requests: &'a mut Requests,
+}
+
+impl VcpuCtx<'_> {
+    /// This vCPU's index (0 = bootstrap processor). Callbacks run on the vCPU's own
+    /// thread, so `gettid()` there is the thread a host profiler should watch.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn regs(&self) -> Result<kvm_regs, VmError> {
+        self.vcpu.get_regs().map_err(|source| VmError::Kvm {
+            op: "KVM_GET_REGS",
+            source,
+        })
+    }
+
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VmError> {
+        self.vcpu.set_regs(regs).map_err(|source| VmError::Kvm {
+            op: "KVM_SET_REGS",
+            source,
+        })
+    }
+
+    pub fn sregs(&self) -> Result<kvm_sregs, VmError> {
+        self.vcpu.get_sregs().map_err(|source| VmError::Kvm {
+            op: "KVM_GET_SREGS",
+            source,
+        })
+    }
+
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VmError> {
+        self.vcpu.set_sregs(sregs).map_err(|source| VmError::Kvm {
+            op: "KVM_SET_SREGS",
+            source,
+        })
+    }
+
+    /// Guest RAM (guest-physical addressing).
+    pub fn memory(&self) -> &GuestMemory {
+        self.mem
+    }
+
+    /// Translate a guest-virtual address with the vCPU's current CR3.
+    pub fn translate(&self, addr: GuestVirtAddr) -> Result<GuestPhysAddr, VmError> {
+        let cr3 = self.sregs()?.cr3;
+        self.mem.translate(cr3, addr).map_err(VmError::Memory)
+    }
+
+    /// Read guest memory at a guest-virtual address (current CR3).
+    pub fn read_virt(&self, addr: GuestVirtAddr, buf: &mut [u8]) -> Result<(), VmError> {
+        let cr3 = self.sregs()?.cr3;
+        self.mem.read_virt(cr3, addr, buf).map_err(VmError::Memory)
+    }
+
+    /// Read a little-endian u64 at a guest-virtual address (current CR3).
+    pub fn read_virt_u64(&self, addr: GuestVirtAddr) -> Result<u64, VmError> {
+        let mut b = [0u8; 8];
+        self.read_virt(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Single-step the guest from the next entry on (a [`DebugExit`] after each
+    /// instruction), or stop doing so.
+    pub fn set_single_step(&mut self, on: bool) {
+        if self.requests.single_step != on {
+            self.requests.single_step = on;
+            self.requests.debug_dirty = true;
+        }
+    }
+
+    pub fn single_step(&self) -> bool {
+        self.requests.single_step
+    }
+
+    /// Set (Some) or clear (None) hardware execution breakpoint `slot` (0-3).
+    pub fn set_breakpoint(
+        &mut self,
+        slot: usize,
+        addr: Option<GuestVirtAddr>,
+    ) -> Result<(), VmError> {
+        let b = self
+            .requests
+            .breakpoints
+            .get_mut(slot)
+            .ok_or(VmError::BreakpointSlot { slot })?;
+        if *b != addr {
+            *b = addr;
+            self.requests.debug_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Set the hardware execution breakpoints to exactly `addrs` (at most four, slots in
+    /// order; the other slots are cleared).
+    pub fn set_breakpoints(&mut self, addrs: &[GuestVirtAddr]) -> Result<(), VmError> {
+        if addrs.len() > 4 {
+            return Err(VmError::BreakpointSlot {
+                slot: addrs.len() - 1,
+            });
+        }
+        for slot in 0..4 {
+            self.set_breakpoint(slot, addrs.get(slot).copied())?;
+        }
+        Ok(())
+    }
+
+    /// Read a guest MSR as KVM holds it (KVM_GET_MSRS), e.g. IA32_LSTAR.
+    pub fn read_msr(&self, index: u32) -> Result<u64, VmError> {
+        let op = "KVM_GET_MSRS";
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| VmError::Kvm {
+            op,
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let n = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(|source| VmError::Kvm { op, source })?;
+        match msrs.as_slice().first() {
+            Some(e) if n == 1 => Ok(e.data),
+            _ => Err(VmError::Kvm {
+                op,
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            }),
+        }
+    }
+
+    /// Force an exit ([`ExitKind::Interrupted`]) after `after` of host time, e.g. to end
+    /// a free-running stretch in sampled mode; `None` disarms. One timer per vCPU.
+    pub fn set_exit_timer(&mut self, after: Option<Duration>) {
+        self.requests.exit_timer = Some(after);
+    }
+
+    /// Inject an NMI before the next entry (KVM_NMI through the in-kernel LAPIC).
+    pub fn inject_nmi(&mut self) {
+        self.requests.nmi = true;
+    }
+
+    /// Stop the whole VM; the run ends as a crash with this reason.
+    pub fn request_stop(&mut self, reason: impl Into<String>) {
+        self.requests.stop = Some(reason.into());
+    }
+}

@@ -1,0 +1,328 @@
+//! Guest RAM and guest addresses.
+//!
+//! [`GuestMemory`] owns one anonymous mapping that backs guest-physical `0..size`; it is
+//! unmapped on drop. [`GuestPhysAddr`] and [`GuestVirtAddr`] are distinct types, so a
+//! virtual address can reach memory only through [`GuestMemory::translate`] (a 4-level
+//! page walk from a CR3 value, 4 KiB / 2 MiB / 1 GiB pages).
+//!
+//! Mixing the two does not compile:
+//!
+//! ```compile_fail
+//! use lbrprof_vmm::{GuestMemory, GuestVirtAddr};
+//! let mem = GuestMemory::new(1 << 20).unwrap();
+//! let mut buf = [0u8; 4];
+//! mem.read(GuestVirtAddr(0x1000), &mut buf).unwrap(); // expects a GuestPhysAddr
+//! ```
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_PS};
+
+/// A guest-physical address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct GuestPhysAddr(pub u64);
+
+/// A guest-virtual (linear) address, meaningful only with a CR3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct GuestVirtAddr(pub u64);
+
+impl fmt::Display for GuestPhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gpa {:#x}", self.0)
+    }
+}
+
+impl fmt::Display for GuestVirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gva {:#x}", self.0)
+    }
+}
+
+impl GuestPhysAddr {
+    /// `self + off`, or `None` on overflow.
+    pub fn checked_add(self, off: u64) -> Option<GuestPhysAddr> {
+        self.0.checked_add(off).map(GuestPhysAddr)
+    }
+}
+
+/// Errors of guest-memory access.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    #[error("cannot map {size} bytes of guest memory")]
+    Map {
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{len} bytes at {addr} are outside guest RAM ({size} bytes)")]
+    OutOfRange {
+        addr: GuestPhysAddr,
+        len: u64,
+        size: u64,
+    },
+    #[error("{addr} is not mapped by the guest page tables (CR3 {cr3:#x})")]
+    NotMapped { addr: GuestVirtAddr, cr3: u64 },
+}
+
+/// Transparent huge page size on x86-64.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The host page size, from sysconf.
+pub fn host_page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
+}
+
+/// Guest RAM: an owning anonymous mmap, guest-physical 0 at its start.
+pub struct GuestMemory {
+    ptr: NonNull<u8>,
+    size: u64,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; concurrent access from vCPU
+// threads goes through raw copies (like the guest's own concurrent accesses), never
+// through Rust references that would assert exclusivity.
+unsafe impl Send for GuestMemory {}
+// SAFETY: as above; all accessors copy bytes with ptr::copy, never hand out &mut.
+unsafe impl Sync for GuestMemory {}
+
+impl fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestMemory")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl GuestMemory {
+    /// Map `size` bytes (rounded up to the host page size), zero-filled, lazily backed.
+    pub fn new(size: u64) -> Result<GuestMemory, MemoryError> {
+        let page = host_page_size();
+        let size = size.div_ceil(page) * page;
+        let len = usize::try_from(size).map_err(|_| MemoryError::Map {
+            size,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        if len == 0 {
+            return Err(MemoryError::Map {
+                size,
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        // Over-map by one huge page so the start can be 2 MiB aligned: the guest maps
+        // its RAM with 2 MiB pages, and huge host pages behind them (MADV_HUGEPAGE)
+        // spare nested paging most of its TLB misses.
+        let slack = HUGE_PAGE.max(page as usize);
+        let total = len.checked_add(slack).ok_or(MemoryError::Map {
+            size,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = p as usize;
+        let start = base.next_multiple_of(HUGE_PAGE);
+        let head = start - base;
+        let tail = total - head - len;
+        // SAFETY: the head and tail lie inside the mapping just created and are not used;
+        // unmapping them leaves exactly [start, start + len) mapped. madvise is advisory.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        let ptr = NonNull::new(start as *mut u8).ok_or(MemoryError::Map {
+            size,
+            source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        })?;
+        Ok(GuestMemory { ptr, size })
+    }
+
+    /// Bytes of guest RAM.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of guest-physical 0 (for KVM_SET_USER_MEMORY_REGION).
+    pub fn host_base(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn check(&self, addr: GuestPhysAddr, len: usize) -> Result<usize, MemoryError> {
+        let len64 = len as u64;
+        match addr.0.checked_add(len64) {
+            Some(end) if end <= self.size => Ok(addr.0 as usize),
+            _ => Err(MemoryError::OutOfRange {
+                addr,
+                len: len64,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Copy `data` into guest memory at `addr`.
+    pub fn write(&self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), MemoryError> {
+        let off = self.check(addr, data.len())?;
+        // SAFETY: off + data.len() <= size (checked), the mapping is live while self is,
+        // and `data` cannot overlap guest RAM (it is a host-side slice we were given).
+        unsafe { std::ptr::copy(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) };
+        Ok(())
+    }
+
+    /// Zero `len` bytes at `addr`.
+    pub fn zero(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
+        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
+            addr,
+            len,
+            size: self.size,
+        })?;
+        let off = self.check(addr, l)?;
+        // SAFETY: the range is inside the live mapping (checked).
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, l) };
+        Ok(())
+    }
+
+    /// Copy guest memory at `addr` into `buf`.
+    pub fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let off = self.check(addr, buf.len())?;
+        // SAFETY: the range is inside the live mapping (checked); buf is host memory.
+        unsafe { std::ptr::copy(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    pub fn read_u64(&self, addr: GuestPhysAddr) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write_u64(&self, addr: GuestPhysAddr, v: u64) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    pub fn write_u32(&self, addr: GuestPhysAddr, v: u32) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    /// Translate `addr` through the 4-level page tables rooted at `cr3` (long mode).
+    pub fn translate(&self, cr3: u64, addr: GuestVirtAddr) -> Result<GuestPhysAddr, MemoryError> {
+        let not_mapped = MemoryError::NotMapped { addr, cr3 };
+        let va = addr.0;
+        let mut table = cr3 & PTE_ADDR_MASK;
+        // Levels: PML4 (bits 47:39), PDPT (38:30), PD (29:21), PT (20:12).
+        for (level, shift) in [39u32, 30, 21, 12].into_iter().enumerate() {
+            let index = (va >> shift) & 0x1ff;
+            let entry = self
+                .read_u64(GuestPhysAddr(table + index * 8))
+                .map_err(|_| MemoryError::NotMapped { addr, cr3 })?;
+            if entry & PTE_P == 0 {
+                return Err(not_mapped);
+            }
+            let large = (level == 1 || level == 2) && entry & PTE_PS != 0;
+            if large || level == 3 {
+                let page_mask = (1u64 << shift) - 1;
+                let base = entry & PTE_ADDR_MASK & !page_mask;
+                return Ok(GuestPhysAddr(base | (va & page_mask)));
+            }
+            table = entry & PTE_ADDR_MASK;
+        }
+        Err(not_mapped)
+    }
+
+    /// Read guest memory by virtual address, page by page.
+    pub fn read_virt(
+        &self,
+        cr3: u64,
+        addr: GuestVirtAddr,
+        buf: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = GuestVirtAddr(addr.0.wrapping_add(done as u64));
+            let pa = self.translate(cr3, va)?;
+            let in_page = (4096 - (va.0 & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            self.read(pa, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/size describe the mapping created in new(), unmapped exactly once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::{PTE_RW, PTE_US};
+
+    #[test]
+    fn bounds_are_checked() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        assert!(m.write(GuestPhysAddr(0), b"abc").is_ok());
+        assert!(m.write(GuestPhysAddr((1 << 20) - 2), b"abc").is_err());
+        assert!(m.write(GuestPhysAddr(u64::MAX), b"a").is_err());
+        assert_eq!(m.host_base() % (2 << 20), 0, "2 MiB aligned");
+        assert!(GuestMemory::new(0).is_err());
+        let mut b = [0u8; 3];
+        m.read(GuestPhysAddr(0), &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn page_walk_handles_4k_2m_and_unmapped() {
+        let m = GuestMemory::new(8 << 20).unwrap();
+        let (pml4, pdpt, pd, pt) = (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64);
+        let f = PTE_P | PTE_RW | PTE_US;
+        m.write_u64(GuestPhysAddr(pml4), pdpt | f).unwrap();
+        m.write_u64(GuestPhysAddr(pdpt), pd | f).unwrap();
+        // 0..2M through a 4K page table; 2M..4M as one 2 MiB page mapped at 4M.
+        m.write_u64(GuestPhysAddr(pd), pt | f).unwrap();
+        m.write_u64(GuestPhysAddr(pd + 8), (4 << 20) | f | PTE_PS)
+            .unwrap();
+        m.write_u64(GuestPhysAddr(pt + 5 * 8), 0x7000 | f).unwrap();
+        assert_eq!(
+            m.translate(pml4, GuestVirtAddr(0x5123)).unwrap(),
+            GuestPhysAddr(0x7123)
+        );
+        assert_eq!(
+            m.translate(pml4, GuestVirtAddr((2 << 20) + 0x42)).unwrap(),
+            GuestPhysAddr((4 << 20) + 0x42)
+        );
+        assert!(matches!(
+            m.translate(pml4, GuestVirtAddr(0x6000)),
+            Err(MemoryError::NotMapped { .. })
+        ));
+        m.write(GuestPhysAddr(0x7ffe), b"xy").unwrap();
+        m.write(GuestPhysAddr((4 << 20) + 0x10), b"z").unwrap();
+        let mut b = [0u8; 2];
+        m.read_virt(pml4, GuestVirtAddr(0x5ffe), &mut b).unwrap();
+        assert_eq!(&b, b"xy");
+    }
+}

@@ -1,0 +1,326 @@
+//! The emulated backend for one vCPU, without KVM: the [`VirtualPmu`], the [`Tracer`] and
+//! the snapshot channel wired together the way the VMM's per-vCPU hook calls them. The hook
+//! itself only translates between KVM and this type (guest access in, [`Resume`] out).
+//!
+//! Call order per exit, as the vCPU loop makes it:
+//! * MSR exit: [`EmulatedVcpu::rdmsr`] / [`EmulatedVcpu::wrmsr`] (they first account the
+//!   instructions up to the RDMSR/WRMSR, so counters read exactly), then
+//!   [`EmulatedVcpu::on_exit`].
+//! * Debug exit: [`EmulatedVcpu::on_debug`] only.
+//! * Any other exit: [`EmulatedVcpu::on_exit`].
+//!
+//! Each returns the [`Resume`] to apply before re-entry. When it asks for an NMI (a PMI), the
+//! shim-driven snapshot path (if enabled) has already sent the frozen LBR over the channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::cpuid::{self, CpuidEntry};
+use super::msr::*;
+use super::tracer::{
+    GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
+};
+use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
+use crate::snapshot::{LbrSnapshot, SnapshotReason};
+
+/// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
+/// closed channel counts a loss.
+#[derive(Clone, Debug)]
+pub struct SnapshotSink {
+    tx: Sender<LbrSnapshot>,
+    lost: Arc<AtomicU64>,
+}
+
+impl SnapshotSink {
+    /// A bounded channel of `capacity` snapshots.
+    pub fn bounded(capacity: usize) -> (SnapshotSink, Receiver<LbrSnapshot>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        (
+            SnapshotSink {
+                tx,
+                lost: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    pub fn send(&self, s: LbrSnapshot) {
+        match self.tx.try_send(s) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Snapshots dropped because the channel was full (or its reader gone).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Who programs the virtual PMU and handles its PMIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// The guest does (its PMU driver or lbrprof's LBR agent): PMIs are injected as NMIs.
+    Guest,
+    /// The shim does, for guests without an agent: it enables the LBR with
+    /// FREEZE_LBRS_ON_PMI and arms a fixed counter (instructions in exact mode, core cycles
+    /// in sampled mode) to overflow every `period` events. Each PMI snapshots the frozen LBR
+    /// and re-arms, as a PMI handler would; the guest never sees an NMI.
+    Shim { period: u64 },
+}
+
+/// How one vCPU's emulated LBR runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmulatedConfig {
+    pub vcpu: u32,
+    pub pmu: PmuConfig,
+    pub mode: TraceMode,
+    pub sampling: Sampling,
+    /// With [`Sampling::Guest`]: also snapshot the model at every PMI the guest gets.
+    pub shim_snapshots: bool,
+    /// Guest core cycles per second of host time (sampled mode's time-based counters).
+    pub cycles_per_sec: u64,
+    /// Frames of guest stack to walk for a shim-driven snapshot.
+    pub max_stack_frames: usize,
+}
+
+impl EmulatedConfig {
+    pub fn new(vcpu: u32, pmu: PmuConfig, mode: TraceMode) -> EmulatedConfig {
+        EmulatedConfig {
+            vcpu,
+            pmu,
+            mode,
+            sampling: Sampling::Guest,
+            shim_snapshots: false,
+            cycles_per_sec: 2_000_000_000,
+            max_stack_frames: 64,
+        }
+    }
+}
+
+/// The emulated PMU/LBR of one vCPU.
+#[derive(Debug)]
+pub struct EmulatedVcpu {
+    cfg: EmulatedConfig,
+    pmu: VirtualPmu,
+    tracer: Tracer,
+    sink: Option<SnapshotSink>,
+    last_ns: Option<u64>,
+    snapshots: u64,
+}
+
+impl EmulatedVcpu {
+    pub fn new(cfg: EmulatedConfig, sink: Option<SnapshotSink>) -> EmulatedVcpu {
+        let mut tracer = Tracer::new(cfg.mode);
+        tracer.set_inject_pmis(cfg.sampling == Sampling::Guest);
+        let mut v = EmulatedVcpu {
+            cfg,
+            pmu: VirtualPmu::new(cfg.pmu),
+            tracer,
+            sink,
+            last_ns: None,
+            snapshots: 0,
+        };
+        if let Sampling::Shim { period } = cfg.sampling {
+            v.arm_shim(period, true);
+        }
+        v
+    }
+
+    /// The fixed counter shim-driven sampling uses: INST_RETIRED.ANY in exact mode (so
+    /// samples are deterministic), CPU_CLK_UNHALTED.THREAD in sampled mode (time).
+    fn shim_fixed(&self) -> u32 {
+        match self.cfg.mode {
+            TraceMode::Exact => 0,
+            TraceMode::Sampled { .. } => 1,
+        }
+    }
+
+    /// Programs (or, after a PMI, re-arms) the virtual PMU the way a guest PMI handler
+    /// would. These writes are valid by construction.
+    fn arm_shim(&mut self, period: u64, first: bool) {
+        let fixed = self.shim_fixed();
+        let period = period.clamp(1, (1 << COUNTER_WIDTH) - 1);
+        let status = self.pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap_or(0);
+        let writes = [
+            (IA32_PERF_GLOBAL_OVF_CTRL, status),
+            (IA32_FIXED_CTR0 + fixed, (1 << COUNTER_WIDTH) - period),
+            (
+                IA32_FIXED_CTR_CTRL,
+                (FIXED_CTRL_OS | FIXED_CTRL_USR | FIXED_CTRL_PMI)
+                    << (fixed * FIXED_CTRL_FIELD_BITS),
+            ),
+            (IA32_PERF_GLOBAL_CTRL, 1 << (GLOBAL_FIXED0_BIT + fixed)),
+            (IA32_DEBUGCTL, DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI),
+        ];
+        for (msr, value) in writes {
+            if first && msr == IA32_PERF_GLOBAL_OVF_CTRL {
+                continue;
+            }
+            let ok = self.pmu.wrmsr(msr, value);
+            debug_assert!(ok.is_ok(), "shim PMU write {msr:#x} = {value:#x}: {ok:?}");
+        }
+    }
+
+    pub fn mode(&self) -> TraceMode {
+        self.cfg.mode
+    }
+
+    pub fn pmu(&self) -> &VirtualPmu {
+        &self.pmu
+    }
+
+    pub fn pmu_stats(&self) -> PmuStats {
+        self.pmu.stats()
+    }
+
+    pub fn tracer_stats(&self) -> TracerStats {
+        self.tracer.stats()
+    }
+
+    /// Snapshots sent (or lost) so far.
+    pub fn snapshots(&self) -> u64 {
+        self.snapshots
+    }
+
+    /// The MSR ranges to route to user space (inclusive).
+    pub fn msr_ranges(&self) -> Vec<(u32, u32)> {
+        VirtualPmu::msr_ranges()
+    }
+
+    pub fn adjust_cpuid(&self, entries: &mut Vec<CpuidEntry>) {
+        cpuid::shape_for_emulation(entries, &self.cfg.pmu);
+    }
+
+    /// Before the first KVM_RUN.
+    pub fn on_start(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
+        self.last_ns = Some(now_ns);
+        let r = self.tracer.start(g, &mut self.pmu)?;
+        self.after(g, r, now_ns)
+    }
+
+    /// A guest RDMSR of one of the routed MSRs.
+    pub fn rdmsr(&mut self, g: &mut dyn GuestAccess, msr: u32) -> Result<u64, Gp> {
+        // Best effort: if the registers cannot be read, the value is one block stale.
+        let _ = self.tracer.sync(g, &mut self.pmu);
+        self.pmu.rdmsr(msr)
+    }
+
+    /// A guest WRMSR of one of the routed MSRs.
+    pub fn wrmsr(&mut self, g: &mut dyn GuestAccess, msr: u32, value: u64) -> Result<(), Gp> {
+        let _ = self.tracer.sync(g, &mut self.pmu);
+        self.pmu.wrmsr(msr, value)
+    }
+
+    /// Any exit but a debug exit, after the shim served it.
+    pub fn on_exit(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
+        let r = if self.tracer.tracing() || self.cfg.mode == TraceMode::Exact {
+            self.tracer.sync(g, &mut self.pmu)?;
+            self.tracer.replan(g, &mut self.pmu)?
+        } else {
+            let cycles = self.elapsed_cycles(now_ns);
+            let cpl = g.cpu()?.cpl;
+            let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
+            if r.is_free() && !r.inject_nmi {
+                // A PMI queued by a WRMSR or by the time just charged.
+                self.tracer.replan(g, &mut self.pmu)?
+            } else {
+                r
+            }
+        };
+        self.last_ns = Some(now_ns);
+        self.after(g, r, now_ns)
+    }
+
+    /// A single-step or breakpoint exit.
+    pub fn on_debug(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
+        let r = self.tracer.on_debug_exit(g, &mut self.pmu)?;
+        if !self.tracer.tracing() {
+            // Back to free running: time spent tracing is not guest time.
+            self.last_ns = Some(now_ns);
+        }
+        self.after(g, r, now_ns)
+    }
+
+    /// The vCPU stopped: a final snapshot so the tail of the run is not lost.
+    pub fn on_stop(&mut self, g: &mut dyn GuestAccess, now_ns: u64) {
+        let _ = self.tracer.sync(g, &mut self.pmu);
+        if self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }) {
+            self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
+        }
+    }
+
+    fn elapsed_cycles(&self, now_ns: u64) -> u64 {
+        let ns = now_ns.saturating_sub(self.last_ns.unwrap_or(now_ns));
+        ((u128::from(ns) * u128::from(self.cfg.cycles_per_sec)) / 1_000_000_000) as u64
+    }
+
+    /// Handles a PMI the tracer reported: snapshot, and with shim-driven sampling, re-arm
+    /// and re-plan (the counters changed).
+    fn after(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        r: Resume,
+        now_ns: u64,
+    ) -> Result<Resume, TraceError> {
+        if !r.pmi {
+            return Ok(r);
+        }
+        match self.cfg.sampling {
+            Sampling::Guest => {
+                if self.cfg.shim_snapshots {
+                    self.send_snapshot(g, now_ns, None);
+                }
+                Ok(r)
+            }
+            Sampling::Shim { period } => {
+                self.send_snapshot(g, now_ns, None);
+                self.arm_shim(period, false);
+                let mut r = self.tracer.replan(g, &mut self.pmu)?;
+                r.pmi = true;
+                Ok(r)
+            }
+        }
+    }
+
+    fn send_snapshot(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        now_ns: u64,
+        reason: Option<SnapshotReason>,
+    ) {
+        let mut ctx = SnapshotContext {
+            vcpu: self.cfg.vcpu,
+            host_time_ns: now_ns,
+            reason,
+            ..SnapshotContext::default()
+        };
+        if let Ok(cpu) = g.cpu() {
+            ctx.guest_ip = cpu.rip;
+            ctx.guest_sp = cpu.rsp;
+            ctx.guest_fp = cpu.rbp;
+            ctx.cr3 = cpu.cr3;
+            ctx.guest_stack = walk_frame_pointers(g, cpu.rbp, self.cfg.max_stack_frames);
+        }
+        ctx.guest_tsc = g.read_msr(IA32_TSC).unwrap_or(0);
+        let snap = self.pmu.snapshot(ctx);
+        self.snapshots += 1;
+        if let Some(sink) = &self.sink {
+            sink.send(snap);
+        }
+    }
+
+    /// Converts a free-run deadline in cycles to host nanoseconds (for the VMM's timer).
+    pub fn deadline_ns(&self, r: &Resume) -> Option<u64> {
+        r.deadline_cycles.map(|c| {
+            ((u128::from(c) * 1_000_000_000) / u128::from(self.cfg.cycles_per_sec.max(1))) as u64
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

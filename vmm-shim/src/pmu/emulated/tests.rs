@@ -1,0 +1,213 @@
+use super::*;
+use crate::pmu::fake_guest::*;
+use crate::pmu::tracer::TraceMode;
+use crate::pmu::vpmu::PmuConfig;
+
+fn vcpu(mode: TraceMode, sink: Option<SnapshotSink>) -> EmulatedVcpu {
+    let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), mode);
+    cfg.shim_snapshots = true;
+    EmulatedVcpu::new(cfg, sink)
+}
+
+/// Runs the fake guest under `v` like the vCPU loop would, with `now` advancing 1 ns per
+/// free-run instruction.
+fn run(v: &mut EmulatedVcpu, g: &mut Fake) {
+    let mut now = 0;
+    let mut r = v.on_start(g, now).unwrap();
+    for _ in 0..100_000 {
+        match g.run(&r) {
+            Ran::End => break,
+            Ran::Debug => r = v.on_debug(g, now).unwrap(),
+            Ran::Free => {
+                let ran = g.free_run(r.deadline_cycles.unwrap_or(u64::MAX));
+                if ran == 0 {
+                    break;
+                }
+                now += ran;
+                // The VMM's timer kicks the vCPU out: an "interrupted" exit.
+                r = v.on_exit(g, now).unwrap();
+            }
+        }
+    }
+    v.on_stop(g, now);
+}
+
+/// What a guest PMU driver does first: LBR with freeze, PMC0 counting user instructions
+/// with a PMI every `period`.
+fn program(v: &mut EmulatedVcpu, g: &mut Fake, period: u64) {
+    let w = |v: &mut EmulatedVcpu, g: &mut Fake, msr, val| v.wrmsr(g, msr, val).unwrap();
+    w(
+        v,
+        g,
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI,
+    );
+    w(
+        v,
+        g,
+        IA32_PERFEVTSEL0,
+        EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0,
+    );
+    w(v, g, IA32_A_PMC0, (1 << 48) - period);
+}
+
+#[test]
+fn msr_reads_see_exact_counts_and_gp_passes_through() {
+    let mut g = program_a(10, 2);
+    let mut v = vcpu(TraceMode::Exact, None);
+    program(&mut v, &mut g, 1000);
+    let r = v.on_start(&mut g, 0).unwrap();
+    assert_eq!(r.breakpoints, vec![0x100b]);
+    g.pos = 3; // an RDMSR exit at 0x1009
+    assert_eq!(v.rdmsr(&mut g, IA32_A_PMC0).unwrap(), (1 << 48) - 1000 + 3);
+    assert!(v.rdmsr(&mut g, MSR_LASTBRANCH_0_FROM_IP + 8).is_err());
+    assert!(v.wrmsr(&mut g, IA32_DEBUGCTL, 1 << 6).is_err());
+    let r = v.on_exit(&mut g, 0).unwrap();
+    assert_eq!(r.breakpoints, vec![0x100b], "the same plan after the exit");
+    let mut cpuid = vec![];
+    v.adjust_cpuid(&mut cpuid);
+    assert!(cpuid.iter().any(|e| e.function == 0xA));
+    assert!(
+        v.msr_ranges()
+            .iter()
+            .any(|&(lo, hi)| lo <= IA32_DEBUGCTL && IA32_DEBUGCTL <= hi)
+    );
+}
+
+#[test]
+fn exact_mode_sends_a_frozen_snapshot_per_pmi_and_a_final_one() {
+    let (sink, rx) = SnapshotSink::bounded(16);
+    let mut g = program_a(10, 2);
+    let mut v = vcpu(TraceMode::Exact, Some(sink.clone()));
+    program(&mut v, &mut g, 11);
+    run(&mut v, &mut g);
+    let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(snaps[0].reason, SnapshotReason::Pmi { counter: 0 });
+    assert_eq!(
+        snaps[0].guest_ip, 0x1007,
+        "at the 12th instruction, after 11 retired"
+    );
+    assert_eq!(snaps[0].guest_tsc, 11);
+    // Instructions 5 and 8 and 11 are the taken jnz's before the overflow.
+    assert_eq!(snaps[0].newest_first().count(), 3);
+    assert_eq!(snaps[1].reason, SnapshotReason::Final);
+    // Everything after the PMI was frozen: the final snapshot holds the same LBR and
+    // counts what was lost.
+    assert_eq!(snaps[1].entries, snaps[0].entries);
+    assert!(snaps[1].frozen_events > 0);
+    assert_eq!(sink.lost(), 0);
+    assert_eq!(v.snapshots(), 2);
+}
+
+#[test]
+fn a_full_channel_counts_losses() {
+    let (sink, rx) = SnapshotSink::bounded(1);
+    let mut g = program_a(10, 2);
+    let mut v = vcpu(TraceMode::Exact, Some(sink.clone()));
+    program(&mut v, &mut g, 11);
+    run(&mut v, &mut g);
+    assert_eq!(rx.try_iter().count(), 1);
+    assert_eq!(sink.lost(), 1);
+    drop(rx);
+    sink.send(v.pmu.clone().snapshot(SnapshotContext::default()));
+    assert_eq!(sink.lost(), 2, "a closed channel is a loss, not a panic");
+}
+
+#[test]
+fn sampled_mode_with_time_based_counter() {
+    let (sink, rx) = SnapshotSink::bounded(16);
+    let mut g = program_a(400, 2);
+    let mut cfg = EmulatedConfig::new(
+        0,
+        PmuConfig::new(2, 8).unwrap(),
+        TraceMode::Sampled { window_branches: 8 },
+    );
+    cfg.cycles_per_sec = 1_000_000_000; // 1 cycle per ns: one per fake instruction
+    cfg.shim_snapshots = true;
+    let mut v = EmulatedVcpu::new(cfg, Some(sink));
+    let w = |v: &mut EmulatedVcpu, g: &mut Fake, msr, val| v.wrmsr(g, msr, val).unwrap();
+    w(
+        &mut v,
+        &mut g,
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI,
+    );
+    w(
+        &mut v,
+        &mut g,
+        IA32_FIXED_CTR_CTRL,
+        (FIXED_CTRL_USR | FIXED_CTRL_PMI) << 4,
+    );
+    w(&mut v, &mut g, IA32_PERF_GLOBAL_CTRL, 1 << 33);
+    w(&mut v, &mut g, IA32_FIXED_CTR0 + 1, (1 << 48) - 500);
+    let r = v.on_start(&mut g, 0).unwrap();
+    assert_eq!(v.deadline_ns(&r), Some(500));
+    run(&mut v, &mut g);
+    let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+    assert_eq!(snaps[0].reason, SnapshotReason::Pmi { counter: 33 });
+    let lbr: Vec<(u64, u64)> = snaps[0].newest_first().map(|e| (e.from, e.to)).collect();
+    assert_eq!(lbr, vec![(0x100b, 0x1007); 8]);
+    assert_eq!(
+        v.tracer_stats().windows,
+        1,
+        "v2 froze the LBR; the counter is not re-armed"
+    );
+    assert!(v.tracer_stats().exits <= 20);
+}
+
+#[test]
+fn shim_driven_sampling_in_exact_mode_is_periodic_deterministic_and_invisible() {
+    let go = || {
+        let (sink, rx) = SnapshotSink::bounded(64);
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 7 };
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        let mut g = program_a(10, 3);
+        let len = g.path.len();
+        run(&mut v, &mut g);
+        assert!(g.nmis_at.is_empty(), "the guest never sees the shim's PMIs");
+        let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+        // A PMI after every 7 retired instructions, then the final snapshot.
+        assert_eq!(snaps.len(), (len - 1) / 7 + 1);
+        for (i, s) in snaps[..snaps.len() - 1].iter().enumerate() {
+            assert_eq!(s.reason, SnapshotReason::Pmi { counter: 32 });
+            assert_eq!(s.guest_tsc as usize, 7 * (i + 1), "snapshot {i} position");
+        }
+        assert_eq!(snaps.last().unwrap().reason, SnapshotReason::Final);
+        // The LBR kept recording between PMIs (re-armed each time): the second snapshot
+        // (14 instructions) holds the jnz's at instructions 5, 8, 11 and 14.
+        assert_eq!(snaps[1].newest_first().count(), 4);
+        snaps
+            .into_iter()
+            .map(|s| (s.tos, s.entries, s.guest_ip))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(go(), go());
+}
+
+#[test]
+fn shim_driven_sampling_in_sampled_mode_follows_time() {
+    let (sink, rx) = SnapshotSink::bounded(64);
+    let mut cfg = EmulatedConfig::new(
+        0,
+        PmuConfig::new(2, 8).unwrap(),
+        TraceMode::Sampled { window_branches: 8 },
+    );
+    cfg.cycles_per_sec = 1_000_000_000;
+    cfg.sampling = Sampling::Shim { period: 300 };
+    let mut v = EmulatedVcpu::new(cfg, Some(sink));
+    let mut g = program_a(1000, 2);
+    run(&mut v, &mut g);
+    assert!(g.nmis_at.is_empty());
+    let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+    let pmis = snaps.len() - 1;
+    // ~3000 instructions at 1 cycle each: one sample per 300 cycles (plus window time).
+    assert!((8..=10).contains(&pmis), "{pmis} samples");
+    for s in &snaps[..pmis] {
+        assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
+        let lbr: Vec<(u64, u64)> = s.newest_first().map(|e| (e.from, e.to)).collect();
+        assert_eq!(lbr, vec![(0x100b, 0x1007); 8]);
+    }
+    assert_eq!(v.tracer_stats().windows as usize, pmis);
+}

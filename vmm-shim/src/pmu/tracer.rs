@@ -1,0 +1,780 @@
+//! The branch tracer: observes a vCPU's branches through breakpoints and single-steps and
+//! feeds them to the [`VirtualPmu`].
+//!
+//! It is a state machine driven by the VMM's per-vCPU hook. After every stop it answers with
+//! a [`Resume`]: what to program before the next KVM_RUN (single-step, hardware execute
+//! breakpoints, an NMI to inject, or free running with a deadline). Guest state comes through
+//! the small [`GuestAccess`] trait, so the whole machine is tested against a fake guest.
+//!
+//! ## How a branch is observed (≤ 2 exits per branch)
+//! From the current RIP the tracer decodes straight-line code up to the next control
+//! transfer (a *block*, cached per CR3 and address), puts one hardware breakpoint on that
+//! branch and lets the guest run: one exit. Then it single-steps the branch: one exit, and
+//! the RIP after the step says whether it was taken and where it went. When the next branch
+//! starts right at the landing address, the breakpoint is skipped (one exit per branch).
+//! Instructions between branches are counted from the decoded block, so INST_RETIRED and
+//! BR_INST_RETIRED are exact.
+//!
+//! Far transfers that clear TF on the way (SYSCALL, SYSENTER, INT n/INT3) would not trap
+//! after one step, so the tracer also puts a breakpoint on their target (IA32_LSTAR,
+//! IA32_SYSENTER_EIP, the IDT gate); IRET and SYSRET get one on the return address they
+//! will load.
+//!
+//! ## Modes
+//! * [`TraceMode::Exact`]: every instruction is traced. Counters count one core and one
+//!   reference cycle per instruction (a CPI-1 clock), so runs are deterministic and a PMI
+//!   lands on the exact instruction whose retirement overflows a counter: the tracer stops
+//!   the guest there (a breakpoint mid-block) and asks for the NMI.
+//! * [`TraceMode::Sampled`]: the guest runs free while the VMM feeds elapsed guest time as
+//!   cycles ([`Tracer::on_free_run`]; instructions advance at a nominal IPC of 1). When
+//!   the next overflow is due, the tracer traces a window of `window_branches` taken
+//!   branches into the LBR without counting them, then charges the remaining cycles so the
+//!   counter overflows right after the window: the PMI finds the last N branches before it.
+//!   BR_INST_RETIRED only advances in exact mode.
+//!
+//! ## Limitations (documented simplifications)
+//! * Asynchronous interrupts other than the shim's own NMI are seen only if they arrive
+//!   during a single-step (the step lands somewhere unexpected: recorded as an interrupt);
+//!   one taken and returned from while running to a breakpoint goes unseen. The shim's guests
+//!   run with interrupts off in exact mode.
+//! * Self-modifying code is not detected (decoded blocks are cached).
+//! * A Jcc whose target is its own fall-through counts as not taken.
+
+use std::collections::HashMap;
+
+use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
+use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
+use super::vpmu::{RetiredBranch, VirtualPmu};
+
+/// What the tracer needs to know about the vCPU at a stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestCpu {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// RCX: where SYSRET returns to.
+    pub rcx: u64,
+    /// CS.DPL of the current code segment (the CPL).
+    pub cpl: u8,
+    pub code_size: CodeSize,
+    /// IDTR.
+    pub idt_base: u64,
+    pub idt_limit: u16,
+    pub cr3: u64,
+}
+
+/// The guest could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestAccessError {
+    #[error("guest-virtual address {gva:#x} is not mapped")]
+    Unmapped { gva: u64 },
+    #[error("cannot read the vCPU's {what}")]
+    Unavailable { what: &'static str },
+}
+
+/// Access to one vCPU's guest state, as the VMM provides it at an exit.
+pub trait GuestAccess {
+    fn cpu(&mut self) -> Result<GuestCpu, GuestAccessError>;
+    /// Reads `buf.len()` bytes at guest-virtual (linear) address `gva`, translating through
+    /// the guest's page tables; fails if any byte is unmapped.
+    fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError>;
+    /// Reads a guest MSR as KVM holds it (IA32_LSTAR, IA32_SYSENTER_EIP).
+    fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError>;
+}
+
+/// A tracing failure: the guest's registers could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    #[error("cannot trace the guest")]
+    Guest(#[source] GuestAccessError),
+}
+
+impl From<GuestAccessError> for TraceError {
+    fn from(e: GuestAccessError) -> Self {
+        TraceError::Guest(e)
+    }
+}
+
+/// The most hardware breakpoints (DR0–DR3) a [`Resume`] asks for.
+pub const MAX_BREAKPOINTS: usize = 4;
+
+/// What the VMM programs before re-entering the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Single-step (KVM_GUESTDBG_SINGLESTEP).
+    pub single_step: bool,
+    /// Hardware execute breakpoints at guest-virtual addresses (KVM_GUESTDBG_USE_HW_BP).
+    pub breakpoints: Vec<u64>,
+    /// A PMI fired at this stop (the model is frozen as the guest's DEBUGCTL asked).
+    pub pmi: bool,
+    /// Inject an NMI (KVM_NMI): the PMI, when PMIs go to the guest.
+    pub inject_nmi: bool,
+    /// Sampled mode, running free: call [`Tracer::on_free_run`] once this many cycles of
+    /// guest time have passed (the VMM arms a timer). `None`: no deadline.
+    pub deadline_cycles: Option<u64>,
+}
+
+impl Resume {
+    /// No guest debugging: the vCPU runs at full speed.
+    pub fn is_free(&self) -> bool {
+        !self.single_step && self.breakpoints.is_empty()
+    }
+}
+
+/// How the tracer observes the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceMode {
+    Exact,
+    Sampled { window_branches: u32 },
+}
+
+/// Counts for reports and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracerStats {
+    /// Debug exits handled.
+    pub exits: u64,
+    /// Instructions accounted for (including branches).
+    pub instructions: u64,
+    /// Branch instructions retired (taken or not).
+    pub branches: u64,
+    /// Taken branches and interrupts/exceptions offered to the LBR.
+    pub taken: u64,
+    /// Blocks decoded (cache misses).
+    pub blocks_decoded: u64,
+    /// Stops at an address the tracer did not expect (untracked control flow).
+    pub unexpected: u64,
+    /// PMIs delivered as NMIs.
+    pub nmis: u64,
+    /// PMIs left to the caller (not injected).
+    pub pmis_consumed: u64,
+    /// Sampled mode: tracing windows run.
+    pub windows: u64,
+    /// Sampled mode: cycles of guest time dropped because a window started late.
+    pub late_cycles: u64,
+}
+
+/// A straight-line run of instructions ending at a control transfer (or a scan limit).
+#[derive(Clone, Debug)]
+struct Block {
+    /// Addresses of the sequential instructions before the stop.
+    insns: Vec<u64>,
+    stop: Stop,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// A branch or trap instruction to single-step.
+    Insn(DecodedInsn),
+    /// Decoding stopped (length limit or unreadable bytes) before this address; a new
+    /// block starts there.
+    Limit(u64),
+}
+
+impl Block {
+    fn stop_addr(&self) -> u64 {
+        match self.stop {
+            Stop::Insn(i) => i.ip,
+            Stop::Limit(a) => a,
+        }
+    }
+
+    /// The address of position `idx` (0..=insns.len(); the last is the stop).
+    fn addr(&self, idx: usize) -> u64 {
+        self.insns
+            .get(idx)
+            .copied()
+            .unwrap_or_else(|| self.stop_addr())
+    }
+
+    fn index_of(&self, rip: u64, from: usize) -> Option<usize> {
+        (from..=self.insns.len()).find(|&i| self.addr(i) == rip)
+    }
+}
+
+/// Longest block decoded in one go.
+const MAX_BLOCK_INSNS: usize = 512;
+/// Cached blocks before the cache is flushed.
+const MAX_CACHED_BLOCKS: usize = 1 << 16;
+const GUEST_PAGE: u64 = 4096;
+
+#[derive(Clone, Debug)]
+enum State {
+    /// Not tracing: sampled mode between windows (or before `start`).
+    Free,
+    /// Running to a breakpoint at position `target` of `block`; positions before `done`
+    /// have been accounted for.
+    Running {
+        block: usize,
+        done: usize,
+        target: usize,
+        cpl: u8,
+    },
+    /// Single-stepping over `insn`.
+    Stepping { insn: DecodedInsn, cpl: u8 },
+    /// An NMI was injected at `from`; a breakpoint waits at `handler`.
+    AwaitingNmi { from: u64, handler: u64, cpl: u8 },
+}
+
+/// The per-vCPU branch tracer.
+#[derive(Debug)]
+pub struct Tracer {
+    mode: TraceMode,
+    state: State,
+    blocks: Vec<Block>,
+    index: HashMap<(u64, u64, CodeSize), usize>,
+    /// Sampled mode: taken branches still to record in the current window (0 = no window).
+    window_left: u32,
+    /// Sampled mode: the window just recorded its last branch.
+    window_done: bool,
+    /// Whether PMIs are delivered to the guest as NMIs (else the caller consumes them).
+    inject_pmis: bool,
+    last: Resume,
+    stats: TracerStats,
+}
+
+impl Tracer {
+    pub fn new(mode: TraceMode) -> Tracer {
+        Tracer {
+            mode,
+            state: State::Free,
+            blocks: Vec::new(),
+            index: HashMap::new(),
+            window_left: 0,
+            window_done: false,
+            inject_pmis: true,
+            last: Resume::default(),
+            stats: TracerStats::default(),
+        }
+    }
+
+    pub fn mode(&self) -> TraceMode {
+        self.mode
+    }
+
+    /// Whether a PMI becomes an NMI in the guest (the default) or is only reported in
+    /// [`Resume::pmi`] for the caller to consume (shim-driven sampling, where the guest has
+    /// no PMI handler).
+    pub fn set_inject_pmis(&mut self, inject: bool) {
+        self.inject_pmis = inject;
+    }
+
+    pub fn stats(&self) -> TracerStats {
+        self.stats
+    }
+
+    /// Whether the tracer is following the guest instruction by instruction right now.
+    pub fn tracing(&self) -> bool {
+        !matches!(self.state, State::Free)
+    }
+
+    /// Before the vCPU first runs.
+    pub fn start(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<Resume, TraceError> {
+        let cpu = g.cpu()?;
+        let r = match self.mode {
+            TraceMode::Exact => self.plan_at(g, pmu, &cpu)?,
+            TraceMode::Sampled { .. } => self.free(pmu, cpu.cpl),
+        };
+        Ok(self.remember(r))
+    }
+
+    fn remember(&mut self, r: Resume) -> Resume {
+        self.last = r.clone();
+        r
+    }
+
+    fn free(&mut self, pmu: &VirtualPmu, cpl: u8) -> Resume {
+        self.state = State::Free;
+        Resume {
+            deadline_cycles: pmu.instructions_until_pmi(cpl),
+            ..Resume::default()
+        }
+    }
+
+    /// Sampled mode, running free: `cycles` of guest time passed at `cpl` since the last
+    /// call. Counts them (and as many instructions, IPC 1); when the deadline is reached,
+    /// opens a tracing window instead.
+    pub fn on_free_run(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cycles: u64,
+        cpl: u8,
+    ) -> Result<Resume, TraceError> {
+        let TraceMode::Sampled { window_branches } = self.mode else {
+            return Ok(self.last.clone());
+        };
+        if self.tracing() {
+            return Ok(self.last.clone());
+        }
+        let due = pmu.instructions_until_pmi(cpl);
+        let r = match due {
+            Some(due) if cycles + 1 >= due => {
+                // Leave the counter one short of overflowing; the window's end tips it.
+                let feed = due - 1;
+                pmu.on_instructions(feed, cpl);
+                pmu.on_cycles(feed, cpl);
+                self.stats.late_cycles += cycles - feed;
+                self.stats.windows += 1;
+                self.window_left = window_branches.max(1);
+                let cpu = g.cpu()?;
+                self.plan_at(g, pmu, &cpu)?
+            }
+            _ => {
+                pmu.on_instructions(cycles, cpl);
+                pmu.on_cycles(cycles, cpl);
+                self.free(pmu, cpl)
+            }
+        };
+        Ok(self.remember(r))
+    }
+
+    /// Any non-debug exit while tracing (MSR, I/O, HLT, ...), before the exit is served:
+    /// accounts the instructions up to the current RIP so counters read exactly.
+    pub fn sync(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<(), TraceError> {
+        let State::Running {
+            block,
+            done,
+            target,
+            cpl,
+        } = self.state
+        else {
+            return Ok(());
+        };
+        let rip = g.cpu()?.rip;
+        match self.blocks[block].index_of(rip, done) {
+            Some(i) if i <= target => {
+                self.retire(pmu, (i - done) as u64, cpl);
+                self.state = State::Running {
+                    block,
+                    done: i,
+                    target,
+                    cpl,
+                };
+            }
+            _ => self.stats.unexpected += 1,
+        }
+        Ok(())
+    }
+
+    /// After a non-debug exit was served (e.g. a WRMSR that reprogrammed a counter): the
+    /// debug set-up for the next KVM_RUN, re-planned for the PMU's new state.
+    pub fn replan(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<Resume, TraceError> {
+        let r = match self.state {
+            State::Running {
+                block, done, cpl, ..
+            } => {
+                let cpu = g.cpu()?;
+                if pmu.take_pmi() {
+                    self.deliver_pmi(g, pmu, &cpu)?
+                } else if self.blocks[block].index_of(cpu.rip, done) == Some(done) {
+                    self.plan_in(pmu, block, done, cpl)
+                } else {
+                    // Not where `sync` left it (an event moved the guest): start afresh.
+                    self.plan_at(g, pmu, &cpu)?
+                }
+            }
+            State::Free => {
+                let cpu = g.cpu()?;
+                if pmu.take_pmi() {
+                    self.deliver_pmi(g, pmu, &cpu)?
+                } else if self.mode == TraceMode::Exact {
+                    self.plan_at(g, pmu, &cpu)?
+                } else {
+                    self.free(pmu, cpu.cpl)
+                }
+            }
+            State::Stepping { .. } | State::AwaitingNmi { .. } => Resume {
+                // The same debug set-up; an NMI asked for earlier is not asked for again.
+                pmi: false,
+                inject_nmi: false,
+                ..self.last.clone()
+            },
+        };
+        Ok(self.remember(r))
+    }
+
+    /// A debug exit (breakpoint or single-step) of the traced vCPU.
+    pub fn on_debug_exit(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<Resume, TraceError> {
+        self.stats.exits += 1;
+        let cpu = g.cpu()?;
+        match std::mem::replace(&mut self.state, State::Free) {
+            State::Free => {}
+            State::Running {
+                block,
+                done,
+                target,
+                cpl,
+            } => match self.blocks[block].index_of(cpu.rip, done) {
+                Some(i) if i <= target => self.retire(pmu, (i - done) as u64, cpl),
+                _ => self.stats.unexpected += 1,
+            },
+            State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
+            State::AwaitingNmi { from, handler, cpl } => {
+                if cpu.rip == handler {
+                    self.branch(
+                        pmu,
+                        RetiredBranch {
+                            from,
+                            to: handler,
+                            fallthrough: from,
+                            kind: BranchKind::Interrupt,
+                            taken: true,
+                            cpl_before: cpl,
+                            cpl_after: cpu.cpl,
+                        },
+                    );
+                } else {
+                    self.stats.unexpected += 1;
+                }
+            }
+        }
+        let closing = std::mem::take(&mut self.window_done);
+        if closing && let Some(due) = pmu.instructions_until_pmi(cpu.cpl) {
+            // The window recorded its branches: the time it stood for tips the counter.
+            pmu.on_instructions(due, cpu.cpl);
+            pmu.on_cycles(due, cpu.cpl);
+        }
+        let sampled = matches!(self.mode, TraceMode::Sampled { .. });
+        let r = if pmu.take_pmi() {
+            self.deliver_pmi(g, pmu, &cpu)?
+        } else if sampled && self.window_left == 0 {
+            self.free(pmu, cpu.cpl)
+        } else {
+            self.plan_at(g, pmu, &cpu)?
+        };
+        Ok(self.remember(r))
+    }
+
+    fn counting(&self) -> bool {
+        self.mode == TraceMode::Exact
+    }
+
+    /// `n` sequential instructions retired at `cpl`.
+    fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8) {
+        self.stats.instructions += n;
+        if self.counting() {
+            pmu.on_instructions(n, cpl);
+            pmu.on_cycles(n, cpl);
+        } else {
+            pmu.on_lbr_cycles(n);
+        }
+    }
+
+    fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
+        if b.kind.is_instruction() {
+            self.stats.instructions += 1;
+            self.stats.branches += 1;
+        }
+        if b.taken {
+            self.stats.taken += 1;
+        }
+        if self.counting() {
+            if b.kind.is_instruction() {
+                pmu.on_cycles(1, b.cpl_before);
+            }
+            pmu.on_branch(b);
+        } else {
+            pmu.on_lbr_cycles(1);
+            pmu.on_branch_lbr_only(b);
+            if b.taken && self.window_left > 0 {
+                self.window_left -= 1;
+                self.window_done = self.window_left == 0;
+            }
+        }
+    }
+
+    fn complete_step(&mut self, pmu: &mut VirtualPmu, insn: DecodedInsn, cpl: u8, cpu: &GuestCpu) {
+        let fallthrough = insn.fallthrough();
+        let to = cpu.rip;
+        let mut b = RetiredBranch {
+            from: insn.ip,
+            to,
+            fallthrough,
+            kind: BranchKind::Exception,
+            taken: true,
+            cpl_before: cpl,
+            cpl_after: cpu.cpl,
+        };
+        match insn.flow {
+            Flow::Sequential | Flow::Trap if to == fallthrough => {
+                self.retire(pmu, 1, cpl);
+                return;
+            }
+            Flow::Sequential | Flow::Trap => {
+                // The instruction faulted: an exception, from the faulting instruction.
+            }
+            Flow::Branch { kind, target } => {
+                b.kind = kind;
+                b.taken = match kind {
+                    BranchKind::Jcc | BranchKind::SoftInt => to != fallthrough,
+                    _ => true,
+                };
+                if let Some(t) = target
+                    && to != t
+                    && to != fallthrough
+                {
+                    // Neither path of a direct branch: an event intervened.
+                    self.stats.unexpected += 1;
+                    b.kind = BranchKind::Exception;
+                    b.taken = true;
+                }
+            }
+        }
+        self.branch(pmu, b);
+    }
+
+    /// Queues the NMI for a PMI and waits for the guest at the NMI handler (exact mode and
+    /// inside a window) or lets it run free (sampled mode after the window).
+    fn deliver_pmi(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cpu: &GuestCpu,
+    ) -> Result<Resume, TraceError> {
+        let follow = self.counting() || self.window_left > 0;
+        if !self.inject_pmis {
+            self.stats.pmis_consumed += 1;
+            let mut r = if follow {
+                self.plan_at(g, pmu, cpu)?
+            } else {
+                self.free(pmu, cpu.cpl)
+            };
+            r.pmi = true;
+            return Ok(r);
+        }
+        self.stats.nmis += 1;
+        let handler = idt_handler(g, cpu, 2);
+        match (follow, handler) {
+            (true, Some(handler)) => {
+                self.state = State::AwaitingNmi {
+                    from: cpu.rip,
+                    handler,
+                    cpl: cpu.cpl,
+                };
+                Ok(Resume {
+                    breakpoints: vec![handler],
+                    pmi: true,
+                    inject_nmi: true,
+                    ..Resume::default()
+                })
+            }
+            _ => {
+                let mut r = self.free(pmu, cpu.cpl);
+                if self.counting() {
+                    // Exact mode without a readable IDT: keep stepping from wherever the
+                    // NMI lands.
+                    self.stats.unexpected += 1;
+                    r.single_step = true;
+                }
+                r.pmi = true;
+                r.inject_nmi = true;
+                Ok(r)
+            }
+        }
+    }
+
+    /// Plans from the current RIP, starting a block there.
+    fn plan_at(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cpu: &GuestCpu,
+    ) -> Result<Resume, TraceError> {
+        let block = self.block_at(g, cpu);
+        if self.blocks[block].insns.is_empty()
+            && let Stop::Insn(insn) = self.blocks[block].stop
+        {
+            return Ok(self.step_over(g, insn, cpu));
+        }
+        Ok(self.plan_in(pmu, block, 0, cpu.cpl))
+    }
+
+    /// Plans inside a known block, positions before `done` already accounted.
+    fn plan_in(&mut self, pmu: &VirtualPmu, block: usize, done: usize, cpl: u8) -> Resume {
+        let b = &self.blocks[block];
+        let n = b.insns.len();
+        let mut target = n;
+        if let Some(k) = pmu.instructions_until_pmi(cpl)
+            && self.counting()
+            && k <= (n - done) as u64
+        {
+            target = done + k as usize;
+        }
+        if target == done {
+            // At the stop already: only reachable for a Limit stop at the block start,
+            // which `plan_at` turns into a new block. Be safe and step.
+            self.state = State::Free;
+            return Resume {
+                single_step: true,
+                ..Resume::default()
+            };
+        }
+        let addr = b.addr(target);
+        self.state = State::Running {
+            block,
+            done,
+            target,
+            cpl,
+        };
+        Resume {
+            breakpoints: vec![addr],
+            ..Resume::default()
+        }
+    }
+
+    /// Single-steps the branch (or trap) at the current RIP, with breakpoints on far
+    /// targets that a step would not stop at.
+    fn step_over(&mut self, g: &mut dyn GuestAccess, insn: DecodedInsn, cpu: &GuestCpu) -> Resume {
+        self.state = State::Stepping { insn, cpl: cpu.cpl };
+        let mut breakpoints = Vec::new();
+        if let Flow::Branch { kind, .. } = insn.flow {
+            let target = match kind {
+                BranchKind::Syscall => g.read_msr(IA32_LSTAR).ok(),
+                BranchKind::Sysenter => g.read_msr(IA32_SYSENTER_EIP).ok(),
+                BranchKind::Sysret => Some(cpu.rcx),
+                BranchKind::Iret if cpu.code_size == CodeSize::Bits64 => read_u64(g, cpu.rsp),
+                BranchKind::SoftInt => {
+                    let mut bytes = [0u8; MAX_INSN_LEN];
+                    let n = fetch(g, insn.ip, &mut bytes);
+                    branch::soft_int_vector(&bytes[..n], insn.ip, cpu.code_size)
+                        .and_then(|v| idt_handler(g, cpu, v))
+                }
+                _ => None,
+            };
+            breakpoints.extend(target);
+        }
+        Resume {
+            single_step: true,
+            breakpoints,
+            ..Resume::default()
+        }
+    }
+
+    /// The cached block starting at the current RIP, decoding it on a miss.
+    fn block_at(&mut self, g: &mut dyn GuestAccess, cpu: &GuestCpu) -> usize {
+        let key = (cpu.cr3, cpu.rip, cpu.code_size);
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        if self.blocks.len() >= MAX_CACHED_BLOCKS {
+            self.blocks.clear();
+            self.index.clear();
+        }
+        self.stats.blocks_decoded += 1;
+        let block = decode_block(g, cpu.rip, cpu.code_size);
+        self.blocks.push(block);
+        let i = self.blocks.len() - 1;
+        self.index.insert(key, i);
+        i
+    }
+}
+
+/// Return addresses found by walking the guest's frame pointers from `fp` (innermost
+/// first): each frame holds the caller's frame pointer at `[fp]` and the return address at
+/// `[fp + 8]`. Stops after `max` frames, at a null or unreadable frame, or when the chain
+/// does not move strictly up the stack (so a corrupt chain cannot loop).
+pub fn walk_frame_pointers(g: &mut dyn GuestAccess, fp: u64, max: usize) -> Vec<u64> {
+    let mut frames = Vec::new();
+    let mut fp = fp;
+    while frames.len() < max && fp != 0 && fp.is_multiple_of(8) {
+        let (Some(next), Some(ret)) = (read_u64(g, fp), read_u64(g, fp.wrapping_add(8))) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        frames.push(ret);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    frames
+}
+
+/// Reads up to 15 bytes at `gva`, stopping at the first unreadable page; returns the count.
+fn fetch(g: &mut dyn GuestAccess, gva: u64, buf: &mut [u8; MAX_INSN_LEN]) -> usize {
+    if g.read_virt(gva, buf).is_ok() {
+        return buf.len();
+    }
+    let to_page_end = (GUEST_PAGE - gva % GUEST_PAGE) as usize;
+    if to_page_end < buf.len() && g.read_virt(gva, &mut buf[..to_page_end]).is_ok() {
+        return to_page_end;
+    }
+    0
+}
+
+fn read_u64(g: &mut dyn GuestAccess, gva: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    g.read_virt(gva, &mut b).ok().map(|_| u64::from_le_bytes(b))
+}
+
+/// The handler address of `vector` from a 64-bit IDT gate (offset 15:0 at +0, 31:16 at +6,
+/// 63:32 at +8), or `None` outside 64-bit mode or beyond the IDT limit.
+fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u64> {
+    if cpu.code_size != CodeSize::Bits64 {
+        return None;
+    }
+    let off = u64::from(vector) * 16;
+    if off + 15 > u64::from(cpu.idt_limit) {
+        return None;
+    }
+    let mut gate = [0u8; 16];
+    g.read_virt(cpu.idt_base + off, &mut gate).ok()?;
+    let lo = u64::from(u16::from_le_bytes([gate[0], gate[1]]));
+    let mid = u64::from(u16::from_le_bytes([gate[6], gate[7]]));
+    let hi = u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]]));
+    Some(lo | mid << 16 | hi << 32)
+}
+
+fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize) -> Block {
+    let mut insns = Vec::new();
+    let mut ip = start;
+    let mut bytes = [0u8; MAX_INSN_LEN];
+    let stop = loop {
+        if insns.len() >= MAX_BLOCK_INSNS {
+            break Stop::Limit(ip);
+        }
+        let n = fetch(g, ip, &mut bytes);
+        let insn = match branch::decode(&bytes[..n], ip, size) {
+            Ok(insn) => insn,
+            // Cut off by an unmapped page: executing it faults; step it and see.
+            Err(_) => {
+                break Stop::Insn(DecodedInsn {
+                    ip,
+                    len: 1,
+                    flow: Flow::Trap,
+                });
+            }
+        };
+        match insn.flow {
+            Flow::Sequential => {
+                insns.push(ip);
+                ip = insn.fallthrough();
+            }
+            Flow::Branch { .. } | Flow::Trap => break Stop::Insn(insn),
+        }
+    };
+    Block { insns, stop }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! The tracer against a fake guest: code bytes in memory plus the path the "CPU" takes
+//! through them. Running to a breakpoint advances along the path until a breakpoint
+//! address comes up; a single-step advances one instruction; an injected NMI splices the
+//! handler's path in. That is all the hardware behaviour the tracer relies on.
+
+use super::*;
+use crate::pmu::fake_guest::*;
+use crate::pmu::msr::*;
+use crate::pmu::vpmu::{PmuConfig, SnapshotContext};
+use crate::snapshot::{LbrEntry, SnapshotReason};
+
+fn counting_pmu(version: u32, depth: u32) -> VirtualPmu {
+    let mut p = VirtualPmu::new(PmuConfig::new(version, depth).unwrap());
+    p.wrmsr(IA32_DEBUGCTL, DEBUGCTL_LBR).unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | 0xC0)
+        .unwrap();
+    p.wrmsr(IA32_PERFEVTSEL0 + 1, EVTSEL_EN | EVTSEL_USR | 0xC4)
+        .unwrap();
+    p
+}
+
+fn lbr(p: &VirtualPmu) -> Vec<(u64, u64)> {
+    p.lbr_newest_first()
+        .into_iter()
+        .filter(|e| *e != LbrEntry::default())
+        .map(|e| (e.from, e.to))
+        .collect()
+}
+
+#[test]
+fn exact_mode_counts_every_instruction_and_branch() {
+    let (iters, spins) = (5, 3);
+    let mut g = program_a(iters, spins);
+    let len = g.path.len() as u64;
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    // The last stop is on the final jmp; everything before it retired.
+    let branches = u64::from(iters) + 2 + (spins as u64 - 1);
+    assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), len - 1);
+    assert_eq!(pmu.rdmsr(IA32_PMC0 + 1).unwrap(), branches);
+    assert_eq!(t.stats().instructions, len - 1);
+    assert_eq!(t.stats().branches, branches);
+    assert_eq!(t.stats().unexpected, 0);
+    assert!(
+        t.stats().exits <= 2 * branches,
+        "{} exits for {branches} branches",
+        t.stats().exits
+    );
+    let mut want = vec![(0x1013, 0x1013); spins - 1];
+    want.push((0x1021, 0x1012));
+    want.push((0x100d, 0x1020));
+    want.extend(std::iter::repeat_n((0x100b, 0x1007), iters as usize - 1));
+    want.truncate(8);
+    assert_eq!(lbr(&pmu), want);
+}
+
+#[test]
+fn exact_mode_is_deterministic() {
+    let run = || {
+        let mut g = program_a(40, 4);
+        let mut pmu = counting_pmu(4, 32);
+        let mut t = Tracer::new(TraceMode::Exact);
+        drive(&mut t, &mut g, &mut pmu);
+        pmu.snapshot(SnapshotContext::default())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn exact_mode_pmi_lands_on_the_overflowing_instruction() {
+    for period in [1u64, 2, 7, 10, 16, 17] {
+        let mut g = program_a(10, 2);
+        let mut pmu = counting_pmu(4, 8);
+        pmu.wrmsr(
+            IA32_DEBUGCTL,
+            DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI,
+        )
+        .unwrap();
+        pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0)
+            .unwrap();
+        pmu.wrmsr(IA32_A_PMC0, (1 << 48) - period).unwrap();
+        let mut t = Tracer::new(TraceMode::Exact);
+        drive(&mut t, &mut g, &mut pmu);
+        assert_eq!(g.nmis_at, vec![period as usize], "period {period}");
+        let status = pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap();
+        assert_eq!(status, 1 | GLOBAL_STATUS_LBR_FRZ | GLOBAL_STATUS_CTR_FRZ);
+        // The frozen LBR holds the taken branches among the first `period` instructions:
+        // the loop's jnz is instruction 5, 8, 11, ...
+        let taken_before = (period.saturating_sub(2) / 3) as usize;
+        assert_eq!(lbr(&pmu).len(), taken_before.min(8), "period {period}");
+        // The NMI, the handler's IRETQ and every later taken branch were lost to the
+        // freeze, and counted.
+        let taken_total = (10 - 1) + 2 + (2 - 1);
+        assert_eq!(
+            pmu.stats().frozen_branches,
+            2 + taken_total - taken_before as u64,
+            "period {period}"
+        );
+        assert_eq!(
+            pmu.snapshot(SnapshotContext::default()).reason,
+            SnapshotReason::Pmi { counter: 0 }
+        );
+    }
+}
+
+#[test]
+fn sampled_mode_records_the_last_branches_before_the_overflow() {
+    let mut g = program_a(200, 2);
+    let mut pmu = VirtualPmu::new(PmuConfig::new(4, 8).unwrap());
+    pmu.wrmsr(
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI,
+    )
+    .unwrap();
+    // Core cycles in user mode with a PMI, 300 cycles from overflow.
+    pmu.wrmsr(IA32_FIXED_CTR_CTRL, (FIXED_CTRL_USR | FIXED_CTRL_PMI) << 4)
+        .unwrap();
+    pmu.wrmsr(IA32_PERF_GLOBAL_CTRL, 1 << 33).unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR0 + 1, (1 << 48) - 300).unwrap();
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 8 });
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert!(r.is_free());
+    assert_eq!(r.deadline_cycles, Some(300));
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(t.stats().windows, 1);
+    assert_eq!(g.nmis_at.len(), 1);
+    // The guest ran free for 299 instructions, then the window traced 8 taken jnz.
+    let at = g.nmis_at[0];
+    assert!(at > 299 && at <= 299 + 8 * 3 + 3, "NMI at {at}");
+    assert_eq!(lbr(&pmu), vec![(0x100b, 0x1007); 8]);
+    let status = pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap();
+    assert_eq!(
+        status,
+        (1 << 33) | GLOBAL_STATUS_LBR_FRZ | GLOBAL_STATUS_CTR_FRZ
+    );
+    assert_eq!(pmu.rdmsr(IA32_FIXED_CTR0 + 1).unwrap(), 0);
+    // Few exits: only the window was traced.
+    assert!(t.stats().exits <= 2 * 8 + 2, "{} exits", t.stats().exits);
+}
+
+#[test]
+fn sampled_mode_without_an_armed_counter_runs_free() {
+    let mut g = program_a(50, 2);
+    let mut pmu = VirtualPmu::new(PmuConfig::default());
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 8 });
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert_eq!(r, Resume::default());
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(t.stats().exits, 0);
+}
+
+#[test]
+fn sync_accounts_up_to_an_msr_exit_and_replan_follows_new_counters() {
+    let mut g = program_a(3, 2);
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert_eq!(
+        r.breakpoints,
+        vec![0x100b],
+        "breakpoint on the first branch"
+    );
+    // The guest stops for an MSR access at 0x1007 (2 instructions retired).
+    g.pos = 2;
+    t.sync(&mut g, &mut pmu).unwrap();
+    assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), 2);
+    // It programs PMC0 to overflow on the next instruction, with a PMI.
+    pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0)
+        .unwrap();
+    pmu.wrmsr(IA32_A_PMC0, (1 << 48) - 1).unwrap();
+    let r = t.replan(&mut g, &mut pmu).unwrap();
+    assert_eq!(
+        r.breakpoints,
+        vec![0x1009],
+        "stop right after the overflowing add"
+    );
+    assert!(matches!(g.run(&r), Ran::Debug));
+    let r = t.on_debug_exit(&mut g, &mut pmu).unwrap();
+    assert!(r.inject_nmi);
+    assert_eq!(r.breakpoints, vec![NMI_HANDLER]);
+    assert_eq!(pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap(), 1);
+}
+
+#[test]
+fn syscall_and_sysret_are_far_branches_with_target_breakpoints() {
+    // 1000: syscall; 1002: jmp 1002 (user).  5000: sysretq (kernel).
+    let code = vec![
+        (0x1000, vec![0x0f, 0x05, 0xeb, 0xfe]),
+        (LSTAR, vec![0x48, 0x0f, 0x07]),
+    ];
+    let path = vec![(0x1000, 3), (LSTAR, 0), (0x1002, 3), (0x1002, 3)];
+    let mut g = Fake::new(code, path);
+    g.rcx = 0x1002;
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert!(r.single_step);
+    assert_eq!(r.breakpoints, vec![LSTAR]);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(
+        lbr(&pmu),
+        vec![(0x1002, 0x1002), (LSTAR, 0x1002), (0x1000, LSTAR)]
+    );
+    // With CPL_EQ_0 (user-only), the SYSCALL, which ends in ring 0, is filtered.
+    let mut g = Fake::new(
+        vec![
+            (0x1000, vec![0x0f, 0x05, 0xeb, 0xfe]),
+            (LSTAR, vec![0x48, 0x0f, 0x07]),
+        ],
+        vec![(0x1000, 3), (LSTAR, 0), (0x1002, 3), (0x1002, 3)],
+    );
+    g.rcx = 0x1002;
+    let mut pmu = counting_pmu(4, 8);
+    pmu.wrmsr(MSR_LBR_SELECT, LBR_SELECT_CPL_EQ_0).unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(lbr(&pmu), vec![(0x1002, 0x1002), (LSTAR, 0x1002)]);
+    assert_eq!(
+        pmu.rdmsr(IA32_PMC0 + 1).unwrap(),
+        2,
+        "SYSCALL and JMP retire in ring 3; SYSRET (ring 0) is not counted with USR only"
+    );
+}
+
+#[test]
+fn a_fault_is_recorded_as_an_exception() {
+    // 1000: ud2 → #UD handler at 0x6000 (ring 0): jmp 6000.
+    let code = vec![(0x1000, vec![0x0f, 0x0b]), (0x6000, vec![0xeb, 0xfe])];
+    let path = vec![(0x1000, 3), (0x6000, 0), (0x6000, 0)];
+    let mut g = Fake::new(code, path);
+    let mut pmu = counting_pmu(4, 8);
+    pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | 0xC0)
+        .unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(lbr(&pmu), vec![(0x6000, 0x6000), (0x1000, 0x6000)]);
+    assert_eq!(
+        pmu.rdmsr(IA32_PMC0).unwrap(),
+        1,
+        "the faulting ud2 does not retire"
+    );
+}
+
+#[test]
+fn long_straight_line_code_is_split_into_blocks() {
+    // 1200 nops then jmp self: more than one block's worth of instructions.
+    let mut code = vec![0x90u8; 1200];
+    code.extend_from_slice(&[0xeb, 0xfe]);
+    let mut path: Vec<(u64, u8)> = (0..1200).map(|i| (0x1000 + i, 3)).collect();
+    path.push((0x1000 + 1200, 3));
+    path.push((0x1000 + 1200, 3));
+    let mut g = Fake::new(vec![(0x1000, code)], path);
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), 1201);
+    assert_eq!(t.stats().blocks_decoded, 4);
+    assert_eq!(t.stats().unexpected, 0);
+}
+
+#[test]
+fn frame_pointer_walk_follows_the_chain_and_stops_safely() {
+    // Frames at 0x8000 -> 0x8040 -> 0x8080 -> 0 (end), return addresses 0x1111, 0x2222, 0x3333.
+    let mut stack = vec![0u8; 0xC0];
+    let mut put = |off: usize, v: u64| stack[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0x00, 0x8040);
+    put(0x08, 0x1111);
+    put(0x40, 0x8080);
+    put(0x48, 0x2222);
+    put(0x80, 0);
+    put(0x88, 0x3333);
+    let mut g = Fake::new(vec![(0x8000, stack.clone())], vec![(0x1000, 3)]);
+    assert_eq!(
+        walk_frame_pointers(&mut g, 0x8000, 16),
+        vec![0x1111, 0x2222, 0x3333]
+    );
+    assert_eq!(walk_frame_pointers(&mut g, 0x8000, 2), vec![0x1111, 0x2222]);
+    assert_eq!(walk_frame_pointers(&mut g, 0, 16), Vec::<u64>::new());
+    assert_eq!(walk_frame_pointers(&mut g, 0x9_0000, 16), Vec::<u64>::new());
+    // A loop in the chain (frame pointing at itself) ends the walk.
+    let mut looped = stack;
+    looped[0..8].copy_from_slice(&0x8000u64.to_le_bytes());
+    let mut g = Fake::new(vec![(0x8000, looped)], vec![(0x1000, 3)]);
+    assert_eq!(walk_frame_pointers(&mut g, 0x8000, 16), vec![0x1111]);
+}

@@ -1,0 +1,880 @@
+//! One VM: create it, load an image, run one thread per vCPU until the guest exits, a
+//! vCPU crashes, or the timeout expires.
+//!
+//! Threads: each vCPU runs `KVM_RUN` in its own thread and reports how it ended over a
+//! channel. The first decisive end (exit port, power-off, crash, hook stop) or the
+//! deadline ends the run: the VM sets a stop flag and kicks every vCPU thread out of
+//! `KVM_RUN` with a signal whose handler sets `kvm_run.immediate_exit` (re-sent every
+//! 10 ms until the thread is out, so no race can lose the kick).
+//!
+//! Start-up per image kind (see [`crate::boot`]):
+//! * ELF64: every vCPU enters long mode at the entry with its index in RDI (APs are made
+//!   runnable directly, no INIT/SIPI).
+//! * multiboot: vCPU 0 enters 32-bit protected mode at the entry; the other vCPUs wait in
+//!   the in-kernel LAPIC for INIT/SIPI from the guest, as on a PC.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use kvm_bindings::{
+    CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_PIT_SPEAKER_DUMMY, kvm_enable_cap, kvm_guest_debug, kvm_mp_state, kvm_pit_config, kvm_regs,
+    kvm_sregs, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuExit, VcpuFd, VmFd,
+};
+
+use crate::arch::DR7_L0;
+use crate::boot;
+use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
+use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
+use crate::loader::{self, ImageKind, LoaderError, RamLayout};
+use crate::memory::{GuestMemory, MemoryError};
+use crate::timer::ExitTimer;
+
+/// Smallest and largest guest RAM (below the 3 GiB PCI/LAPIC hole, so no split is needed).
+pub const MIN_MEM: u64 = 4 << 20;
+pub const MAX_MEM: u64 = 3 << 30;
+/// Where KVM puts its real-mode TSS on Intel (three pages below the BIOS area).
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+
+/// What went wrong setting up or running a VM (guest crashes are an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmError {
+    #[error("cannot open /dev/kvm")]
+    KvmUnavailable(#[source] kvm_ioctls::Error),
+    #[error("KVM {op} failed")]
+    Kvm {
+        op: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(
+        "guest RAM of {bytes} bytes is out of range (must be {min} to {max} bytes, i.e. 4M to 3G)"
+    )]
+    MemSize { bytes: u64, min: u64, max: u64 },
+    #[error("{n} vCPUs requested; must be 1 to {max}")]
+    VcpuCount { n: u32, max: u32 },
+    #[error("guest command line is {len} bytes; at most {max} fit")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("hooks ask for {n} MSR ranges; KVM filters at most 16")]
+    TooManyMsrRanges { n: usize },
+    #[error("hardware breakpoint slot {slot} does not exist (0-3)")]
+    BreakpointSlot { slot: usize },
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("cannot start a vCPU thread")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot arm the vCPU exit timer")]
+    Timer(#[source] std::io::Error),
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+/// Everything about a VM except the image and the hooks.
+pub struct VmConfig {
+    pub mem_bytes: u64,
+    pub vcpus: u32,
+    /// The guest command line (`-- GUEST ARGS` joined by spaces).
+    pub cmdline: String,
+    pub timeout: Option<Duration>,
+    /// Where the guest console goes.
+    pub serial: SerialSink,
+    /// One-time warnings (unknown ports and MMIO).
+    pub warn: WarnFn,
+    /// Told about each vCPU thread as it starts.
+    pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+}
+
+impl VmConfig {
+    /// A configuration with `mem_bytes` of RAM and `vcpus` vCPUs, an empty command line,
+    /// no timeout, the console on stderr, warnings on stderr, no thread notifications.
+    pub fn new(mem_bytes: u64, vcpus: u32) -> VmConfig {
+        VmConfig {
+            mem_bytes,
+            vcpus,
+            cmdline: String::new(),
+            timeout: None,
+            serial: Box::new(std::io::stderr()),
+            warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
+            vcpu_threads: None,
+        }
+    }
+}
+
+/// Sent on [`VmConfig::vcpu_threads`] as each vCPU thread starts, before its first
+/// `KVM_RUN`, so a profiler can attach to the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuThreadInfo {
+    pub vcpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC, nanoseconds.
+    pub time_ns: u64,
+}
+
+/// Where one vCPU's host time went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VcpuRunStats {
+    pub vcpu: u32,
+    pub tid: u32,
+    /// VM exits by reason ("io", "mmio", "msr", "debug", "hlt", "intr", ...).
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Wall time inside KVM_RUN.
+    pub run_ns: u64,
+    /// Wall time inside the vCPU hook's callbacks.
+    pub hook_ns: u64,
+}
+
+impl VcpuRunStats {
+    /// All exits.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.values().sum()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the timebase host samples and snapshots share).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Validate a `--mem` value.
+pub fn check_mem_size(bytes: u64) -> Result<(), VmError> {
+    if (MIN_MEM..=MAX_MEM).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(VmError::MemSize {
+            bytes,
+            min: MIN_MEM,
+            max: MAX_MEM,
+        })
+    }
+}
+
+/// A guest crash: which vCPU, why, and its registers.
+#[derive(Clone, Debug)]
+pub struct CrashReport {
+    pub vcpu: u32,
+    pub reason: String,
+    /// A multi-line register dump (empty when the registers could not be read).
+    pub registers: String,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The guest wrote to the isa-debug-exit port; the process exit status.
+    Exited(u8),
+    /// The guest powered off cleanly.
+    PowerOff,
+    /// `timeout` expired.
+    TimedOut(Duration),
+    /// Triple fault, KVM internal error, failed entry, or a hook stopped the VM.
+    Crashed(CrashReport),
+}
+
+/// The result of [`Vm::run`].
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub kind: ImageKind,
+    /// From VM creation to the end of the run.
+    pub elapsed: Duration,
+    /// From VM creation until the vCPU threads were started.
+    pub setup: Duration,
+    /// Per-vCPU exit counts and time accounting, by vCPU index.
+    pub vcpus: Vec<VcpuRunStats>,
+    pub unknown: UnknownAccesses,
+}
+
+/// Creates a vCPU's hook from its index.
+pub type HookFactory<'a> = &'a dyn Fn(u32) -> Box<dyn VcpuHook>;
+
+/// How one vCPU thread ended.
+enum VcpuEnd {
+    Exit(u8),
+    PowerOff,
+    Crash(CrashReport),
+    /// Stopped by the VM (another vCPU ended the run, or the timeout).
+    Stopped,
+    Error(VmError),
+}
+
+/// The namespace for running VMs.
+pub struct Vm;
+
+impl Vm {
+    /// Boot `image` and run it to the end. Hooks come from `hooks(index)`, one per vCPU.
+    pub fn run(
+        config: VmConfig,
+        image: &[u8],
+        hooks: HookFactory<'_>,
+    ) -> Result<RunReport, VmError> {
+        let started = Instant::now();
+        check_mem_size(config.mem_bytes)?;
+        if config.vcpus == 0 || config.vcpus > boot::MAX_VCPUS {
+            return Err(VmError::VcpuCount {
+                n: config.vcpus,
+                max: boot::MAX_VCPUS,
+            });
+        }
+        if config.cmdline.len() >= boot::CMDLINE_MAX {
+            return Err(VmError::CmdlineTooLong {
+                len: config.cmdline.len(),
+                max: boot::CMDLINE_MAX - 1,
+            });
+        }
+        let parsed = loader::parse(image, RamLayout::for_ram(config.mem_bytes))?;
+
+        let kvm = Kvm::new().map_err(VmError::KvmUnavailable)?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let mem = Arc::new(GuestMemory::new(config.mem_bytes)?);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.size(),
+            userspace_addr: mem.host_base(),
+        };
+        // SAFETY: the region describes `mem`, a live mapping that outlives the VM: the
+        // vCPU threads hold an Arc to it and are joined before this function returns.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+
+        let mut vcpu_hooks: Vec<Box<dyn VcpuHook>> = (0..config.vcpus).map(hooks).collect();
+        let ranges: Vec<MsrRange> = vcpu_hooks.iter().flat_map(|h| h.msr_ranges()).collect();
+        install_msr_filter(&vm, &ranges)?;
+
+        parsed.load(&mem)?;
+        boot::write_tables(&mem)?;
+        if parsed.kind.is_multiboot() {
+            boot::write_multiboot_info(&mem, &config.cmdline)?;
+        }
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::new();
+        for (index, hook) in (0..config.vcpus).zip(vcpu_hooks.iter_mut()) {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut entries = supported.as_slice().to_vec();
+            set_apic_id(&mut entries, index);
+            hook.adjust_cpuid(index, &mut entries);
+            let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::Kvm {
+                op: "KVM_SET_CPUID2",
+                source: kvm_ioctls::Error::new(libc::E2BIG),
+            })?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            setup_registers(&vcpu, parsed.kind, parsed.entry, index)?;
+            vcpus.push(vcpu);
+        }
+        let tsc_khz = vcpus[0].get_tsc_khz().map_or(0, u64::from);
+        if !parsed.kind.is_multiboot() {
+            boot::write_boot_info(&mem, config.vcpus, tsc_khz, &config.cmdline)?;
+        }
+
+        let devices = Arc::new(Devices::new(
+            config.serial,
+            mem.size(),
+            config.vcpus,
+            &config.cmdline,
+            config.warn,
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        install_kick_handler();
+        let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, VcpuRunStats)>();
+        let setup = started.elapsed();
+        let mut threads = Vec::new();
+        for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
+            let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
+            let notify = config.vcpu_threads.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let mut runner = VcpuRunner {
+                        index,
+                        vcpu,
+                        hook,
+                        mem,
+                        devices,
+                        stop,
+                        stats: VcpuRunStats {
+                            vcpu: index,
+                            tid: gettid(),
+                            ..Default::default()
+                        },
+                        timer: None,
+                    };
+                    if let Some(n) = notify {
+                        let _ = n.send(VcpuThreadInfo {
+                            vcpu: index,
+                            pid: std::process::id(),
+                            tid: runner.stats.tid,
+                            time_ns: monotonic_ns(),
+                        });
+                    }
+                    let end = runner.run();
+                    let _ = tx.send((index, end, runner.stats));
+                })
+                .map_err(VmError::Thread)?;
+            threads.push(t);
+        }
+        drop(tx);
+
+        let deadline = config.timeout.map(|t| Instant::now() + t);
+        let mut stats: Vec<VcpuRunStats> = (0..config.vcpus)
+            .map(|vcpu| VcpuRunStats {
+                vcpu,
+                ..Default::default()
+            })
+            .collect();
+        let mut running = threads.len();
+        let mut decisive: Option<Result<Outcome, VmError>> = None;
+        while running > 0 && decisive.is_none() {
+            let msg = match deadline {
+                Some(d) => rx.recv_deadline(d),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok((index, end, n)) => {
+                    running -= 1;
+                    stats[index as usize] = n;
+                    decisive = end_to_outcome(end);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    decisive = Some(Ok(Outcome::TimedOut(config.timeout.unwrap_or_default())));
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Stop and collect every other vCPU thread.
+        stop.store(true, Ordering::SeqCst);
+        while running > 0 {
+            for t in &threads {
+                if !t.is_finished() {
+                    // SAFETY: the pthread_t comes from a live (not yet joined) JoinHandle;
+                    // the signal's handler only sets immediate_exit (see kick_handler).
+                    unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok((index, end, n)) => {
+                    running -= 1;
+                    stats[index as usize] = n;
+                    if decisive.is_none() {
+                        decisive = end_to_outcome(end);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let outcome = match decisive {
+            Some(r) => r?,
+            None => Outcome::Crashed(CrashReport {
+                vcpu: 0,
+                reason: "every vCPU stopped without an exit".into(),
+                registers: String::new(),
+            }),
+        };
+        Ok(RunReport {
+            outcome,
+            kind: parsed.kind,
+            elapsed: started.elapsed(),
+            setup,
+            vcpus: stats,
+            unknown: devices.unknown_accesses(),
+        })
+    }
+}
+
+fn end_to_outcome(end: VcpuEnd) -> Option<Result<Outcome, VmError>> {
+    match end {
+        VcpuEnd::Exit(code) => Some(Ok(Outcome::Exited(code))),
+        VcpuEnd::PowerOff => Some(Ok(Outcome::PowerOff)),
+        VcpuEnd::Crash(c) => Some(Ok(Outcome::Crashed(c))),
+        VcpuEnd::Error(e) => Some(Err(e)),
+        VcpuEnd::Stopped => None,
+    }
+}
+
+/// Route the hooks' MSR ranges to user space (deny them in a filter, exit on denial).
+fn install_msr_filter(vm: &VmFd, ranges: &[MsrRange]) -> Result<(), VmError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    if ranges.len() > 16 {
+        return Err(VmError::TooManyMsrRanges { n: ranges.len() });
+    }
+    let cap = kvm_enable_cap {
+        cap: Cap::X86UserSpaceMsr as u32,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
+        .map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))?;
+    // A cleared bit denies the access; denied accesses exit with KVM_MSR_EXIT_REASON_FILTER.
+    let bitmaps: Vec<Vec<u8>> = ranges
+        .iter()
+        .map(|r| vec![0u8; r.count.div_ceil(8) as usize])
+        .collect();
+    let filter: Vec<MsrFilterRange<'_>> = ranges
+        .iter()
+        .zip(&bitmaps)
+        .map(|(r, bitmap)| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: r.base,
+            msr_count: r.count,
+            bitmap,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
+        .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
+}
+
+/// CPUID leaf 1 EBX[31:24] and leaves 0xB/0x1F EDX carry the (x2)APIC id.
+fn set_apic_id(entries: &mut [kvm_bindings::kvm_cpuid_entry2], index: u32) {
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24),
+            0xb | 0x1f => e.edx = index,
+            _ => {}
+        }
+    }
+}
+
+fn setup_registers(vcpu: &VcpuFd, kind: ImageKind, entry: u64, index: u32) -> Result<(), VmError> {
+    let mut fpu = vcpu.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
+    fpu.fcw = 0x37f;
+    fpu.mxcsr = 0x1f80;
+    vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
+    if kind.is_multiboot() && index != 0 {
+        // Application processors wait for INIT/SIPI in the in-kernel LAPIC.
+        return Ok(());
+    }
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let regs = if kind.is_multiboot() {
+        boot::protected_mode_sregs(&mut sregs);
+        boot::multiboot_regs(entry)
+    } else {
+        boot::long_mode_sregs(&mut sregs);
+        boot::elf64_regs(entry, index)
+    };
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    if index != 0 {
+        let runnable = kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        };
+        vcpu.set_mp_state(runnable)
+            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    }
+    Ok(())
+}
+
+// The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
+
+thread_local! {
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn kick_handler(_sig: libc::c_int) {
+    let p = IMMEDIATE_EXIT.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run.immediate_exit, set while its
+        // VcpuFd (and so the kvm_run mapping) is alive and cleared before it is dropped.
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs an async-signal-safe handler (one volatile byte store) for a
+        // real-time signal lbrprof uses for nothing else; no SA_RESTART so KVM_RUN returns.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = kick_handler as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+struct VcpuRunner {
+    index: u32,
+    vcpu: VcpuFd,
+    hook: Box<dyn VcpuHook>,
+    mem: Arc<GuestMemory>,
+    devices: Arc<Devices>,
+    stop: Arc<AtomicBool>,
+    stats: VcpuRunStats,
+    timer: Option<ExitTimer>,
+}
+
+impl VcpuRunner {
+    fn run(&mut self) -> VcpuEnd {
+        let run = self.vcpu.get_kvm_run();
+        IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
+        let mut requests = Requests::default();
+        let mut ctx = VcpuCtx {
+            index: self.index,
+            vcpu: &self.vcpu,
+            mem: &self.mem,
+            requests: &mut requests,
+        };
+        self.hook.on_start(&mut ctx);
+        let end = self.run_loop(&mut requests);
+        let mut ctx = VcpuCtx {
+            index: self.index,
+            vcpu: &self.vcpu,
+            mem: &self.mem,
+            requests: &mut requests,
+        };
+        self.hook.on_stop(&mut ctx);
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+        end
+    }
+
+    fn crash(&self, reason: String) -> VcpuEnd {
+        VcpuEnd::Crash(CrashReport {
+            vcpu: self.index,
+            reason,
+            registers: self.register_dump(),
+        })
+    }
+
+    fn register_dump(&self) -> String {
+        match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+            (Ok(r), Ok(s)) => format_registers(&r, &s),
+            _ => String::new(),
+        }
+    }
+
+    fn apply_requests(&mut self, req: &mut Requests) -> Result<(), VmError> {
+        if req.debug_dirty {
+            let mut dbg = kvm_guest_debug::default();
+            let mut dr7 = 0;
+            for (i, bp) in req.breakpoints.iter().enumerate() {
+                if let Some(addr) = bp {
+                    dbg.arch.debugreg[i] = addr.0;
+                    dr7 |= DR7_L0 << (2 * i);
+                }
+            }
+            dbg.arch.debugreg[7] = dr7;
+            if req.single_step || dr7 != 0 {
+                dbg.control = KVM_GUESTDBG_ENABLE;
+                if req.single_step {
+                    dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+                }
+                if dr7 != 0 {
+                    dbg.control |= KVM_GUESTDBG_USE_HW_BP;
+                }
+            }
+            self.vcpu
+                .set_guest_debug(&dbg)
+                .map_err(kvm_err("KVM_SET_GUEST_DEBUG"))?;
+            req.debug_dirty = false;
+        }
+        if req.nmi {
+            self.vcpu.nmi().map_err(kvm_err("KVM_NMI"))?;
+            req.nmi = false;
+        }
+        if let Some(after) = req.exit_timer.take() {
+            if self.timer.is_none() {
+                self.timer =
+                    Some(ExitTimer::for_current_thread(kick_signal()).map_err(VmError::Timer)?);
+            }
+            if let Some(t) = &self.timer {
+                t.arm(after).map_err(VmError::Timer)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_loop(&mut self, req: &mut Requests) -> VcpuEnd {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return VcpuEnd::Stopped;
+            }
+            if let Some(reason) = req.stop.take() {
+                return self.crash(format!("stopped by the vCPU hook: {reason}"));
+            }
+            if let Err(e) = self.apply_requests(req) {
+                return VcpuEnd::Error(e);
+            }
+            let mut action = IoAction::Continue;
+            let entered = Instant::now();
+            let result = self.vcpu.run();
+            self.stats.run_ns += entered.elapsed().as_nanos() as u64;
+            let kind = match result {
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.vcpu.set_kvm_immediate_exit(0);
+                    ExitKind::Interrupted
+                }
+                Err(e) => {
+                    return VcpuEnd::Error(VmError::Kvm {
+                        op: "KVM_RUN",
+                        source: e,
+                    });
+                }
+                Ok(exit) => match exit {
+                    VcpuExit::IoOut(port, data) => {
+                        action = self.devices.io_out(port, data);
+                        ExitKind::IoOut {
+                            port,
+                            len: data.len(),
+                        }
+                    }
+                    VcpuExit::IoIn(port, data) => {
+                        self.devices.io_in(port, data);
+                        ExitKind::IoIn {
+                            port,
+                            len: data.len(),
+                        }
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        let len = data.len();
+                        self.devices.mmio(addr, Some(data));
+                        ExitKind::MmioRead { addr, len }
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        self.devices.mmio(addr, None);
+                        ExitKind::MmioWrite {
+                            addr,
+                            len: data.len(),
+                        }
+                    }
+                    VcpuExit::X86Rdmsr(m) => ExitKind::Rdmsr { msr: m.index },
+                    VcpuExit::X86Wrmsr(m) => ExitKind::Wrmsr {
+                        msr: m.index,
+                        value: m.data,
+                    },
+                    VcpuExit::Debug(d) => ExitKind::Debug(DebugExit::from_arch(&d)),
+                    VcpuExit::Hlt => ExitKind::Hlt,
+                    VcpuExit::Intr => ExitKind::Interrupted,
+                    VcpuExit::Shutdown => ExitKind::Shutdown,
+                    VcpuExit::InternalError => ExitKind::InternalError { suberror: 0 },
+                    VcpuExit::FailEntry(reason, _cpu) => ExitKind::FailEntry { reason },
+                    VcpuExit::SystemEvent(kind, _) => ExitKind::SystemEvent { kind },
+                    VcpuExit::Unsupported(r) => ExitKind::Other(r),
+                    _ => ExitKind::Other(u32::MAX),
+                },
+            };
+            let kind = match kind {
+                ExitKind::InternalError { .. } => {
+                    let run = self.vcpu.get_kvm_run();
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                    // active member of the exit union.
+                    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                    ExitKind::InternalError { suberror }
+                }
+                k => k,
+            };
+            *self.stats.exits.entry(kind.name()).or_insert(0) += 1;
+            let hook_started = Instant::now();
+            let mut ctx = VcpuCtx {
+                index: self.index,
+                vcpu: &self.vcpu,
+                mem: &self.mem,
+                requests: req,
+            };
+            match kind {
+                ExitKind::Rdmsr { msr } => {
+                    let result = self.hook.rdmsr(&mut ctx, msr);
+                    self.hook.on_exit(&mut ctx, &kind);
+                    let run = self.vcpu.get_kvm_run();
+                    // SAFETY: the exit was KVM_EXIT_X86_RDMSR, so `msr` is the active union
+                    // member; KVM reads data/error from it on the next KVM_RUN.
+                    unsafe {
+                        let m = &mut run.__bindgen_anon_1.msr;
+                        m.error = u8::from(result.is_err());
+                        m.data = result.unwrap_or(0);
+                    }
+                }
+                ExitKind::Wrmsr { msr, value } => {
+                    let result = self.hook.wrmsr(&mut ctx, msr, value);
+                    self.hook.on_exit(&mut ctx, &kind);
+                    let run = self.vcpu.get_kvm_run();
+                    // The exit was KVM_EXIT_X86_WRMSR, so `msr` is the active union member.
+                    run.__bindgen_anon_1.msr.error = u8::from(result.is_err());
+                }
+                ExitKind::Debug(d) => {
+                    self.hook.on_debug(&mut ctx, &d);
+                    self.hook.on_exit(&mut ctx, &kind);
+                }
+                _ => self.hook.on_exit(&mut ctx, &kind),
+            }
+            self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
+            match (kind, action) {
+                (_, IoAction::Exit(code)) => return VcpuEnd::Exit(code),
+                (_, IoAction::PowerOff) => return VcpuEnd::PowerOff,
+                (ExitKind::Shutdown, _) => {
+                    return self.crash("triple fault (KVM_EXIT_SHUTDOWN)".into());
+                }
+                (ExitKind::InternalError { suberror }, _) => {
+                    return self.crash(format!(
+                        "KVM internal error, suberror {suberror} (KVM_EXIT_INTERNAL_ERROR)"
+                    ));
+                }
+                (ExitKind::FailEntry { reason }, _) => {
+                    return self.crash(format!(
+                        "VM entry failed, hardware reason {reason:#x} (KVM_EXIT_FAIL_ENTRY)"
+                    ));
+                }
+                (ExitKind::SystemEvent { kind: 1 }, _) => return VcpuEnd::PowerOff,
+                (ExitKind::SystemEvent { kind }, _) => {
+                    return self.crash(format!("system event {kind} (KVM_EXIT_SYSTEM_EVENT)"));
+                }
+                (ExitKind::Hlt, _) => return VcpuEnd::PowerOff,
+                (ExitKind::Other(r), _) => {
+                    return self.crash(format!("unexpected exit reason {r}"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A register dump in the style of a kernel oops.
+pub fn format_registers(r: &kvm_regs, s: &kvm_sregs) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "  rip {:016x}  rsp {:016x}  rflags {:016x}",
+        r.rip, r.rsp, r.rflags
+    );
+    let _ = writeln!(
+        o,
+        "  rax {:016x}  rbx {:016x}  rcx {:016x}  rdx {:016x}",
+        r.rax, r.rbx, r.rcx, r.rdx
+    );
+    let _ = writeln!(
+        o,
+        "  rsi {:016x}  rdi {:016x}  rbp {:016x}  r8  {:016x}",
+        r.rsi, r.rdi, r.rbp, r.r8
+    );
+    let _ = writeln!(
+        o,
+        "  r9  {:016x}  r10 {:016x}  r11 {:016x}  r12 {:016x}",
+        r.r9, r.r10, r.r11, r.r12
+    );
+    let _ = writeln!(
+        o,
+        "  r13 {:016x}  r14 {:016x}  r15 {:016x}",
+        r.r13, r.r14, r.r15
+    );
+    let _ = writeln!(
+        o,
+        "  cr0 {:016x}  cr2 {:016x}  cr3 {:016x}  cr4 {:016x}",
+        s.cr0, s.cr2, s.cr3, s.cr4
+    );
+    let _ = writeln!(
+        o,
+        "  efer {:016x}  cs {:04x} (dpl {} l {})  ss {:04x}",
+        s.efer, s.cs.selector, s.cs.dpl, s.cs.l, s.ss.selector
+    );
+    let _ = write!(
+        o,
+        "  gdt {:x}/{:x}  idt {:x}/{:x}  tr {:04x}",
+        s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit, s.tr.selector
+    );
+    o
+}
+
+impl Outcome {
+    /// The process exit status lbrprof uses for this outcome: the guest's own for the
+    /// exit port, 0 for power-off, 124 for a timeout, 4 for a crash (the exit port only
+    /// produces odd values, so 4 and 124 cannot be confused with a guest's status).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Exited(c) => *c,
+            Outcome::PowerOff => 0,
+            Outcome::TimedOut(_) => 124,
+            Outcome::Crashed(_) => 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_size_limits() {
+        assert!(check_mem_size(256 << 20).is_ok());
+        assert!(matches!(
+            check_mem_size(1 << 20),
+            Err(VmError::MemSize { .. })
+        ));
+        assert!(matches!(
+            check_mem_size(1 << 40),
+            Err(VmError::MemSize { .. })
+        ));
+    }
+
+    #[test]
+    fn apic_ids_go_into_cpuid() {
+        let mut e = vec![
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0x0012_3456,
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0xb,
+                edx: 0,
+                ..Default::default()
+            },
+        ];
+        set_apic_id(&mut e, 3);
+        assert_eq!(e[0].ebx, 0x0312_3456);
+        assert_eq!(e[1].edx, 3);
+    }
+}
