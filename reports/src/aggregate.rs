@@ -529,6 +529,31 @@ mod tests {
     }
 
     #[test]
+    fn lbr_call_stack_mode_rebuilds_stacks_from_call_sites() {
+        let mut a = Aggregator::new(AggregateOptions {
+            lbr_call_stack: true,
+            ..AggregateOptions::default()
+        });
+        a.add(&mapping());
+        // Call-stack LBR: newest entry is the innermost call (caller site -> callee).
+        a.add(&Event::Sample(HostSample {
+            pid: 1,
+            period: 1,
+            ip: 0x400300,
+            mode: CpuMode::User,
+            branches: vec![br(0x400210, 0x400300), br(0x400110, 0x400200)],
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        let l = |o| Loc {
+            module: crate::loc::ModuleId(4),
+            offset: o,
+        };
+        let stack: Vec<Loc> = p.lbr_stacks.keys().next().unwrap().clone();
+        assert_eq!(stack, vec![l(0x300), l(0x210), l(0x110)]);
+    }
+
+    #[test]
     fn filters_drop_samples() {
         let mut a = Aggregator::new(AggregateOptions {
             filter: Filter {
