@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Profile;
 use crate::decode::{AVG_INSN_BYTES, CodeReader};
 use crate::loc::{Loc, ModuleTable};
-use crate::symbols::{SymbolTable, unknown_name};
+use crate::symbols::SymbolTable;
 
 /// How rows are ordered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,13 +405,5 @@ impl Report {
             self.branches.truncate(limit);
             self.ranges.truncate(limit);
         }
-    }
-}
-
-/// Name of an unsymbolized location (re-exported for renderers).
-pub fn loc_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
-    match syms.get(l).and_then(|s| s.function.clone()) {
-        Some(f) => f,
-        None => unknown_name(modules, l),
     }
 }
