@@ -242,9 +242,12 @@ impl Aggregator {
         let spaces = &mut self.profile.spaces;
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
-        if s.callchain.is_empty() {
+        // The leaf is the sampled IP; a call chain normally starts with it, but not when
+        // its kernel part was excluded.
+        if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
-        } else {
+        }
+        {
             stack.extend(
                 s.callchain
                     .iter()
