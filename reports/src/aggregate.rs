@@ -247,13 +247,11 @@ impl Aggregator {
         if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
         }
-        {
-            stack.extend(
-                s.callchain
-                    .iter()
-                    .map(|f| spaces.resolve(s.pid, f.addr, f.mode)),
-            );
-        }
+        stack.extend(
+            s.callchain
+                .iter()
+                .map(|f| spaces.resolve(s.pid, f.addr, f.mode)),
+        );
         bump(&mut self.profile.stacks, &stack, weight);
 
         if !s.branches.is_empty() {
