@@ -227,6 +227,16 @@ fn every_thread_is_sampled() {
             "thread {tid}: {hot} of {n} in thread_work"
         );
     }
+    // `info FILE` lists the threads with their names.
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    for tid in &tids {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("tid {tid} ")) && l.ends_with("threads")),
+            "{tid} not listed:\n{text}"
+        );
+    }
     // Thread creation is on record.
     let forks = events
         .iter()
@@ -496,7 +506,8 @@ fn info_describes_the_host() {
         "LBR depth:",
         "perf_event_paranoid:",
         "kernel call chains:",
-        "/dev/kvm:",
+        "enable_pmu:",
+        "guest LBR (sampled mode):",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
@@ -638,6 +649,26 @@ fn unprivileged_users_get_user_space_sampling() {
     let (events, _) = read_all(&data);
     let all: Vec<&HostSample> = samples(&events).collect();
     assert!(all.len() > 20, "{} samples", all.len());
+    // Someone else's process is out of reach: a one-line explanation, no file.
+    let denied = dir.path().join("denied.data");
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lbrprof"))
+        .args(["record", "-p", "1", "--duration", "0.1", "-o"])
+        .arg(&denied)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lbrprof: error: no permission to sample task 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("CAP_PERFMON") && err.contains("perf_event_paranoid"),
+        "{err}"
+    );
+    assert!(!denied.exists());
     assert!(
         all.iter().all(|s| s
             .callchain
@@ -759,4 +790,145 @@ fn attach_to_one_thread() {
         samples(&events).all(|s| s.tid == tids[1]),
         "only the attached thread"
     );
+}
+
+#[test]
+fn duration_and_sigterm_end_recordings_cleanly() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "hot");
+
+    // --duration with a command: the command is sent SIGTERM, its status passed on.
+    let data = dir.path().join("duration.data");
+    let started = Instant::now();
+    let out = common::lbrprof()
+        .args(["record", "--duration", "0.5", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000000")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr_of(&out)
+    );
+    let (_, reader) = read_all(&data);
+    assert_eq!(
+        reader.summary().unwrap().exit_status,
+        Some(128 + libc::SIGTERM)
+    );
+
+    // SIGTERM to an attached recording: it detaches, finalizes and exits 0.
+    let mut target = Command::new(&exe)
+        .arg("100000000000")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = dir.path().join("term.data");
+    let mut record = common::lbrprof()
+        .args(["record", "-p"])
+        .arg(target.id().to_string())
+        .arg("-o")
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: kill has no memory-safety preconditions; `record` is our child.
+    unsafe { libc::kill(record.id() as i32, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let (events, reader) = read_all(&data);
+    let summary = reader.summary().expect("finalized after SIGTERM");
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("stopped by a signal"))
+    );
+    assert!(samples(&events).count() > 10);
+}
+
+#[test]
+fn attach_follows_threads_created_later() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("later.data");
+    // The process waits 1.5 s before it creates its threads; we attach during the wait.
+    let mut target = Command::new(&exe)
+        .args(["2", "150000000", "1500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let out = common::lbrprof()
+        .args(["record", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    // The recording ends by itself when the process exits.
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let tids: Vec<u32> = lines
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("tid ")?.parse().ok())
+        .collect();
+    target.wait().unwrap();
+    assert_eq!(tids.len(), 2);
+    let (events, _) = read_all(&data);
+    for tid in &tids {
+        let n = samples(&events).filter(|s| s.tid == *tid).count();
+        assert!(n > 10, "thread {tid} created after the attach: {n} samples");
+    }
+}
+
+#[test]
+fn attach_to_many_threads_beyond_the_soft_open_file_limit() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "threads");
+    let data = dir.path().join("many.data");
+    let mut target = Command::new(&exe)
+        .args(["40", "100000000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    for _ in 0..40 {
+        lines.next().unwrap().unwrap();
+    }
+    // 41 threads x every CPU events do not fit in 40 descriptors: record raises the soft
+    // limit to the hard one itself.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 40 && exec {} record -p {} --duration 0.5 -o {}",
+            env!("CARGO_BIN_EXE_lbrprof"),
+            target.id(),
+            data.display()
+        ))
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (events, _) = read_all(&data);
+    let tids: std::collections::BTreeSet<u32> = samples(&events).map(|s| s.tid).collect();
+    assert!(tids.len() > 10, "samples from {} threads", tids.len());
 }

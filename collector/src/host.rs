@@ -11,16 +11,23 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// `/sys/bus/event_source/devices/cpu`: the core PMU's sysfs directory (x86 `cpu`).
-const CPU_PMU_SYSFS: &str = "/sys/bus/event_source/devices/cpu";
-/// The LBR depth the kernel's PMU driver exports (`x86_pmu.lbr_nr`).
-const LBR_DEPTH_SYSFS: &str = "/sys/bus/event_source/devices/cpu/caps/branches";
-/// `IA32_PERF_CAPABILITIES` (SDM vol. 4, MSR 0x345); bits 5:0 are the LBR format.
-const MSR_IA32_PERF_CAPABILITIES: u64 = 0x345;
-const PERF_CAP_LBR_FMT_MASK: u64 = 0x3f;
-/// `CAP_SYS_ADMIN` and `CAP_PERFMON` bit numbers (linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
+/// Where the kernel and the CPU expose the facts, under their header/SDM names.
+mod abi {
+    /// The core PMU's sysfs directory (x86 `cpu`).
+    pub const CPU_PMU_SYSFS: &str = "/sys/bus/event_source/devices/cpu";
+    /// The LBR depth the kernel's PMU driver exports (`x86_pmu.lbr_nr`).
+    pub const LBR_DEPTH_SYSFS: &str = "/sys/bus/event_source/devices/cpu/caps/branches";
+    /// `IA32_PERF_CAPABILITIES` (SDM vol. 4, MSR 0x345), read through the msr driver.
+    pub const MSR_IA32_PERF_CAPABILITIES: u64 = 0x345;
+    /// `IA32_PERF_CAPABILITIES[5:0]`: LBR format.
+    pub const PERF_CAP_LBR_FMT_MASK: u64 = 0x3f;
+    /// `CAP_SYS_ADMIN` (linux/capability.h).
+    pub const CAP_SYS_ADMIN: u32 = 21;
+    /// `CAP_PERFMON` (linux/capability.h).
+    pub const CAP_PERFMON: u32 = 38;
+}
+
+use abi::*;
 
 /// What this host offers for sampling. Plain data: fill it by hand in tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,7 +43,7 @@ pub struct HostFacts {
     pub cycles_opens: bool,
     /// LBR depth from `caps/branches`, 0 when absent.
     pub lbr_depth: u32,
-    /// LBR format from IA32_PERF_CAPABILITIES[5:0], when `/dev/cpu/0/msr` was readable.
+    /// LBR format from `IA32_PERF_CAPABILITIES[5:0]`, when `/dev/cpu/0/msr` was readable.
     pub lbr_format: Option<u8>,
     /// `/proc/sys/kernel/perf_event_paranoid`.
     pub perf_event_paranoid: Option<i32>,

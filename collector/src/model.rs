@@ -241,7 +241,7 @@ pub struct HostInfo {
     /// Name of the PMU used for host sampling ("cpu" for a hardware PMU, "software").
     pub pmu: String,
     pub lbr_depth: u32,
-    /// LBR format from IA32_PERF_CAPABILITIES[5:0], when known.
+    /// LBR format from IA32_PERF_CAPABILITIES bits 5:0, when known.
     pub lbr_format: Option<u8>,
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{DecisionError, HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{Event, Header, SamplingConfig, Target};
-use crate::recording::{FormatError, RecordingWriter, Summary};
+use crate::recording::{EventSink, FormatError, RecordingWriter, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
 
 pub use sys::ChildExit;
@@ -247,158 +247,39 @@ impl Recorder {
             kernel: choice.kernel,
             ring_pages_exp: opts.mmap_pages.trailing_zeros() as u8,
         };
-        let signals = sys::SignalPipe::install().map_err(|source| RecordError::System {
-            what: "install signal handlers",
-            source,
-        })?;
-        let started = Instant::now();
-
-        // Start the target.
-        let (mut sampler, child, attached_pid) = match (&opts.target, exec) {
-            (RecordTarget::Command(argv), Some((path, cargv))) => {
-                let blocked =
-                    sys::spawn_blocked(&path, &cargv).map_err(|source| RecordError::System {
-                        what: "fork",
-                        source,
-                    })?;
-                let target = SampleTarget::Process {
-                    pid: blocked.pid,
-                    enable_on_exec: true,
-                };
-                let sampler = match HostSampler::open(&config, &target) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        blocked.abort();
-                        let _ = std::fs::remove_file(&opts.output);
-                        return Err(e.into());
-                    }
-                };
-                match blocked.release() {
-                    Ok(pid) => (sampler, Some(pid), None),
-                    Err(errno) => {
-                        // Nothing ran: leave no recording behind.
-                        drop(sampler);
-                        let _ = writer.finish(&Summary::default());
-                        let _ = std::fs::remove_file(&opts.output);
-                        return Err(RecordError::CannotRun {
-                            command: argv.first().cloned().unwrap_or_default(),
-                            reason: strerror(errno),
-                            errno,
-                        });
-                    }
-                }
+        let started = sys::SignalPipe::install()
+            .map_err(|source| RecordError::System {
+                what: "install signal handlers",
+                source,
+            })
+            .and_then(|signals| Ok((start(&opts, &config, exec, &sink)?, signals)));
+        let (mut running, signals) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Nothing was recorded: leave no file behind.
+                let _ = writer.finish(&Summary::default());
+                let _ = std::fs::remove_file(&opts.output);
+                return Err(e);
             }
-            (RecordTarget::Pid(pid), _) => {
-                let tids =
-                    procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
-                let sampler = HostSampler::open(
-                    &config,
-                    &SampleTarget::Threads {
-                        tids: tids.clone(),
-                        inherit: true,
-                    },
-                )
-                .map_err(|e| match e {
-                    SamplerError::NoSuchTask(_) => RecordError::NoSuchProcess(*pid),
-                    e => e.into(),
-                })?;
-                (sampler, None, Some((*pid, tids)))
-            }
-            (RecordTarget::Tid(tid), _) => {
-                let pid = procfs::tgid_of(*tid).map_err(|_| RecordError::NoSuchThread(*tid))?;
-                let sampler = HostSampler::open(
-                    &config,
-                    &SampleTarget::Threads {
-                        tids: vec![*tid],
-                        inherit: false,
-                    },
-                )
-                .map_err(|e| match e {
-                    SamplerError::NoSuchTask(_) => RecordError::NoSuchThread(*tid),
-                    e => e.into(),
-                })?;
-                (sampler, None, Some((pid, vec![*tid])))
-            }
-            (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
         };
-        if let Some((pid, tids)) = &attached_pid {
-            // What existed before we attached, then start sampling.
-            let now = sys::monotonic_ns();
-            if let Ok(events) = procfs::synthesize(*pid, tids, now, sampler.converter()) {
-                events.into_iter().for_each(|e| sink.send(e));
-            }
-            sampler.enable()?;
-        }
 
-        // Drain until the end.
-        let mut fds = sampler.poll_fds();
-        fds.push(signals.fd());
-        let mut exit = None;
-        let mut interrupted = false;
-        let mut stop_sent = false;
         let mut send = |e: Event| sink.send(e);
-        loop {
-            let hung_up = sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| {
-                RecordError::System {
-                    what: "poll the perf ring buffers",
-                    source,
-                }
-            })?;
-            // Rings whose owning task exited are drained on the timer from now on.
-            fds.retain(|fd| *fd == signals.fd() || !hung_up.contains(fd));
-            sampler.drain(&mut send);
-            let stop_signals: Vec<i32> = signals
-                .take()
-                .into_iter()
-                .filter(|&s| s == libc::SIGINT || s == libc::SIGTERM)
-                .collect();
-            let timed_out = opts.duration.is_some_and(|d| started.elapsed() >= d);
-            if let Some(pid) = child {
-                if let Some(e) = sys::try_wait(pid).map_err(|source| RecordError::System {
-                    what: "wait for the command",
-                    source,
-                })? {
-                    exit = Some(e);
-                    break;
-                }
-                // Ctrl-C reaches the child through the terminal too; a second request (or
-                // a SIGTERM sent to us alone) makes sure it ends.
-                if let Some(&sig) = stop_signals.first() {
-                    interrupted = true;
-                    sys::kill(pid, if stop_sent { libc::SIGKILL } else { sig });
-                    stop_sent = true;
-                } else if timed_out && !stop_sent {
-                    sys::kill(pid, libc::SIGTERM);
-                    stop_sent = true;
-                }
-            } else {
-                if !stop_signals.is_empty() {
-                    interrupted = true;
-                    break;
-                }
-                if timed_out {
-                    break;
-                }
-                let gone = match (&opts.target, &attached_pid) {
-                    (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
-                    (_, Some((pid, _))) => !procfs::alive(*pid),
-                    _ => false,
-                };
-                if gone {
-                    break;
-                }
-            }
-        }
-        sampler.disable()?;
-        sampler.drain(&mut send);
+        let ended = drain_until_done(&opts, &mut running, &signals, &mut send);
         drop(signals);
+        // Whatever ended the loop, keep what the kernel still holds and finalize the file.
+        let disabled = running.sampler.disable();
+        running.sampler.drain(&mut send);
+        let (exit, interrupted, loop_error) = match ended {
+            Ok((exit, interrupted)) => (exit, interrupted, None),
+            Err(e) => (None, false, Some(e)),
+        };
 
-        let stats = sampler.stats();
+        let stats = running.sampler.stats();
         let mut notes = vec![format!("sampling: {}", choice.reason)];
         notes.extend(warnings);
         if stats.lost > 0 {
             notes.push(format!(
-                "{} records lost: the ring buffers overflowed (lower -F)",
+                "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
                 stats.lost
             ));
         }
@@ -413,6 +294,12 @@ impl Recorder {
         }
         if interrupted {
             notes.push("stopped by a signal to lbrprof".into());
+        }
+        if let Err(e) = &disabled {
+            notes.push(format!("could not disable the events at the end: {e}"));
+        }
+        if let Some(e) = &loop_error {
+            notes.push(format!("recording ended early: {e}"));
         }
         let summary = Summary {
             duration_ns: sys::monotonic_ns().saturating_sub(start_monotonic_ns),
@@ -429,6 +316,9 @@ impl Recorder {
                 path: opts.output.clone(),
                 source,
             })?;
+        if let Some(e) = loop_error {
+            return Err(e);
+        }
         Ok(RecordOutcome {
             summary,
             choice,
@@ -436,6 +326,161 @@ impl Recorder {
             interrupted,
             output: opts.output,
         })
+    }
+}
+
+/// A started target and its open events.
+struct Running {
+    sampler: HostSampler,
+    /// The recorded command, once it has exec'ed.
+    child: Option<u32>,
+    /// For `-p`/`-t`: the process and the threads attached to.
+    attached: Option<(u32, Vec<u32>)>,
+}
+
+/// Start the command (events opened on it before it execs) or attach to the threads.
+fn start(
+    opts: &RecordOptions,
+    config: &SamplerConfig,
+    exec: Option<(CString, Vec<CString>)>,
+    sink: &EventSink,
+) -> Result<Running, RecordError> {
+    let running = match (&opts.target, exec) {
+        (RecordTarget::Command(argv), Some((path, cargv))) => {
+            let blocked =
+                sys::spawn_blocked(&path, &cargv).map_err(|source| RecordError::System {
+                    what: "fork",
+                    source,
+                })?;
+            let target = SampleTarget::Process {
+                pid: blocked.pid,
+                enable_on_exec: true,
+            };
+            let sampler = match HostSampler::open(config, &target) {
+                Ok(s) => s,
+                Err(e) => {
+                    blocked.abort();
+                    return Err(e.into());
+                }
+            };
+            let pid = blocked.release().map_err(|errno| RecordError::CannotRun {
+                command: argv.first().cloned().unwrap_or_default(),
+                reason: strerror(errno),
+                errno,
+            })?;
+            Running {
+                sampler,
+                child: Some(pid),
+                attached: None,
+            }
+        }
+        (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
+        (RecordTarget::Pid(pid), _) => {
+            let tids = procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
+            // One event per thread and CPU. (Not for commands: the child would inherit it.)
+            sys::raise_open_file_limit();
+            let target = SampleTarget::Threads {
+                tids: tids.clone(),
+                inherit: true,
+            };
+            let sampler = HostSampler::open(config, &target).map_err(|e| match e {
+                SamplerError::NoSuchTask(_) => RecordError::NoSuchProcess(*pid),
+                e => e.into(),
+            })?;
+            Running {
+                sampler,
+                child: None,
+                attached: Some((*pid, tids)),
+            }
+        }
+        (RecordTarget::Tid(tid), _) => {
+            let pid = procfs::tgid_of(*tid).map_err(|_| RecordError::NoSuchThread(*tid))?;
+            let target = SampleTarget::Threads {
+                tids: vec![*tid],
+                inherit: false,
+            };
+            let sampler = HostSampler::open(config, &target).map_err(|e| match e {
+                SamplerError::NoSuchTask(_) => RecordError::NoSuchThread(*tid),
+                e => e.into(),
+            })?;
+            Running {
+                sampler,
+                child: None,
+                attached: Some((pid, vec![*tid])),
+            }
+        }
+    };
+    let mut running = running;
+    if let Some((pid, tids)) = &running.attached {
+        // What existed before we attached, then start sampling.
+        let now = sys::monotonic_ns();
+        if let Ok(events) = procfs::synthesize(*pid, tids, now, running.sampler.converter()) {
+            events.into_iter().for_each(|e| sink.send(e));
+        }
+        running.sampler.enable()?;
+    }
+    Ok(running)
+}
+
+/// Drain the rings until the command exits, the attached task is gone, the duration
+/// passes or SIGINT/SIGTERM arrives. Returns how the command ended and whether we were
+/// interrupted.
+fn drain_until_done(
+    opts: &RecordOptions,
+    running: &mut Running,
+    signals: &sys::SignalPipe,
+    send: &mut dyn FnMut(Event),
+) -> Result<(Option<ChildExit>, bool), RecordError> {
+    let started = Instant::now();
+    let mut fds = running.sampler.poll_fds();
+    fds.push(signals.fd());
+    let mut interrupted = false;
+    let mut stop_sent = false;
+    loop {
+        let hung_up =
+            sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| RecordError::System {
+                what: "poll the perf ring buffers",
+                source,
+            })?;
+        // Rings whose owning task exited are drained on the timer from now on.
+        fds.retain(|fd| *fd == signals.fd() || !hung_up.contains(fd));
+        running.sampler.drain(send);
+        let stop_signal = signals
+            .take()
+            .into_iter()
+            .find(|&s| s == libc::SIGINT || s == libc::SIGTERM);
+        let timed_out = opts.duration.is_some_and(|d| started.elapsed() >= d);
+        if let Some(pid) = running.child {
+            let exit = sys::try_wait(pid).map_err(|source| RecordError::System {
+                what: "wait for the command",
+                source,
+            })?;
+            if let Some(exit) = exit {
+                return Ok((Some(exit), interrupted));
+            }
+            // Ctrl-C reaches the child through the terminal too; a second request (or a
+            // SIGTERM sent to us alone) makes sure it ends.
+            if let Some(sig) = stop_signal {
+                interrupted = true;
+                sys::kill(pid, if stop_sent { libc::SIGKILL } else { sig });
+                stop_sent = true;
+            } else if timed_out && !stop_sent {
+                sys::kill(pid, libc::SIGTERM);
+                stop_sent = true;
+            }
+            continue;
+        }
+        if stop_signal.is_some() {
+            return Ok((None, true));
+        }
+        let gone = match (&opts.target, &running.attached) {
+            (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
+            (_, Some((pid, _))) => !procfs::alive(*pid),
+            _ => true,
+        };
+        if timed_out || gone {
+            return Ok((None, false));
+        }
     }
 }
 

@@ -36,20 +36,30 @@ fn host(out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(out, "  {line}")?;
     }
     writeln!(out, "kvm")?;
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
-    match kvm {
-        Ok(_) => writeln!(out, "  /dev/kvm:               read-write")?,
-        Err(e) => writeln!(out, "  /dev/kvm:               not usable ({e})")?,
+    let caps = lbrprof_vmm::caps::probe();
+    for line in caps.to_string().lines() {
+        writeln!(out, "  {}", line.strip_prefix("kvm: ").unwrap_or(line))?;
     }
-    let enable_pmu = std::fs::read_to_string("/sys/module/kvm/parameters/enable_pmu")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    writeln!(out, "  kvm.enable_pmu:         {enable_pmu}")?;
+    // What `record --vm` would pick by default, and why.
+    use lbrprof_vmm::pmu::backend::{self, LbrMode, LbrRequest};
+    let facts = backend::HostLbrFacts {
+        kvm: caps.open_error.is_none(),
+        kvm_user_space_msr: caps.user_space_msr,
+        kvm_msr_filter: caps.msr_filter,
+        kvm_guest_debug: caps.guest_debug,
+        ..backend::probe_host()
+    };
+    for (mode, name) in [(LbrMode::Sampled, "sampled"), (LbrMode::Exact, "exact")] {
+        match backend::decide(&facts, LbrRequest::Auto, mode) {
+            Ok(decision) => writeln!(out, "  guest LBR ({name} mode): {decision}")?,
+            Err(refusal) => writeln!(out, "  guest LBR ({name} mode): none ({refusal})")?,
+        }
+    }
     Ok(())
 }
+
+/// How many threads `info FILE` lists.
+const TOP_THREADS: usize = 10;
 
 /// Totals gathered while streaming a recording.
 #[derive(Default)]
@@ -67,7 +77,10 @@ struct Totals {
     vcpu_exits: u64,
     losses: BTreeMap<&'static str, u64>,
     pids: BTreeSet<u32>,
-    tids: BTreeSet<u32>,
+    /// Samples per (pid, tid).
+    per_thread: BTreeMap<(u32, u32), u64>,
+    /// The last name each thread had.
+    names: BTreeMap<u32, String>,
     first_ns: Option<u64>,
     last_ns: Option<u64>,
 }
@@ -81,14 +94,23 @@ impl Totals {
                 self.samples_with_branches += u64::from(!s.branches.is_empty());
                 self.branches += s.branches.len() as u64;
                 self.pids.insert(s.pid);
-                self.tids.insert(s.tid);
+                *self.per_thread.entry((s.pid, s.tid)).or_default() += 1;
                 self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
                 self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
             }
             Event::Snapshot(_) => self.snapshots += 1,
             Event::Mapping(_) => self.mappings += 1,
-            Event::Task(TaskEvent::Comm { .. }) => self.comms += 1,
-            Event::Task(TaskEvent::Fork { .. }) => self.forks += 1,
+            Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
+                self.comms += 1;
+                self.names.insert(*tid, comm.clone());
+            }
+            Event::Task(TaskEvent::Fork { tid, ptid, .. }) => {
+                self.forks += 1;
+                // A new thread or process starts with its parent's name.
+                if let Some(name) = self.names.get(ptid).cloned() {
+                    self.names.entry(*tid).or_insert(name);
+                }
+            }
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
             Event::Vcpu(_) => self.vcpus += 1,
             Event::VcpuStats(v) => self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>(),
@@ -207,8 +229,22 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
         out,
         "tasks:         {} processes, {} threads sampled",
         t.pids.len(),
-        t.tids.len()
+        t.per_thread.len()
     )?;
+    // The busiest threads, most samples first (ties by pid, tid for a stable order).
+    let mut threads: Vec<(&(u32, u32), &u64)> = t.per_thread.iter().collect();
+    threads.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for ((pid, tid), n) in threads.iter().take(TOP_THREADS) {
+        let name = t
+            .names
+            .get(tid)
+            .or_else(|| t.names.get(pid))
+            .map_or("?", String::as_str);
+        writeln!(out, "  {n:>9} samples  pid {pid:<7} tid {tid:<7} {name}")?;
+    }
+    if threads.len() > TOP_THREADS {
+        writeln!(out, "  ... {} more threads", threads.len() - TOP_THREADS)?;
+    }
     writeln!(out, "snapshots:     {}", t.snapshots)?;
     if t.vcpus > 0 {
         writeln!(

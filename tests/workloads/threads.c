@@ -1,7 +1,9 @@
 /* A multi-threaded workload: THREADS threads (default 3) each spin in thread_work() for
- * ITERATIONS iterations, and print their thread ids ("tid N") before they start.
+ * ITERATIONS iterations, and print their thread ids ("tid N") before they start. With
+ * DELAY_MS the main thread first prints "ready", then sleeps that long before it creates
+ * the threads (so a profiler can attach before they exist).
  *
- *   threads [THREADS [ITERATIONS]]
+ *   threads [THREADS [ITERATIONS [DELAY_MS]]]
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -38,6 +40,11 @@ int main(int argc, char **argv)
         iterations = strtoul(argv[2], NULL, 0);
     if (threads < 1 || threads > 64)
         return 2;
+    if (argc > 3) {
+        printf("ready\n");
+        fflush(stdout);
+        usleep((useconds_t)atoi(argv[3]) * 1000);
+    }
     pthread_t t[64];
     for (int i = 0; i < threads; i++)
         if (pthread_create(&t[i], NULL, run, NULL) != 0)

@@ -26,6 +26,24 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// Raise the soft limit on open files to the hard limit: `-p` of a process with many
+/// threads needs one perf event per thread and CPU (perf does the same).
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit struct; raising the soft limit up to the hard
+        // limit needs no privilege, and failure leaves the old limit in place.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> io::Result<(File, File)> {
     let mut fds = [0 as RawFd; 2];
@@ -81,6 +99,10 @@ pub fn spawn_blocked(path: &CStr, argv: &[CString]) -> io::Result<BlockedChild> 
         // error pipe's write end are open in this process (the other ends are close-on-exec
         // and irrelevant here). `_exit` never returns.
         unsafe {
+            // Our copies of the parent's ends: without this the child itself would keep
+            // the go pipe open and never see EOF if the recorder died before releasing it.
+            libc::close(go_write.as_raw_fd());
+            libc::close(err_read.as_raw_fd());
             let mut byte = 0u8;
             let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
             if n != 1 {
@@ -337,6 +359,14 @@ mod tests {
         let pid = child.pid;
         child.abort();
         assert!(try_wait(pid).is_err(), "already reaped");
+    }
+
+    #[test]
+    fn a_child_never_released_exits_127() {
+        let child = spawn_blocked(&cstr("/bin/true"), &[cstr("true")]).unwrap();
+        let pid = child.pid;
+        drop(child);
+        assert_eq!(wait_blocking(pid).unwrap(), ChildExit::Code(127));
     }
 
     #[test]

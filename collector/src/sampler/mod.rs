@@ -83,9 +83,10 @@ pub enum SampleTarget {
 #[non_exhaustive]
 pub enum SamplerError {
     #[error(
-        "no permission to sample {target} with perf_event_open (perf_event_paranoid is {paranoid}); \
-         run as root or with CAP_PERFMON, or lower it with `sysctl kernel.perf_event_paranoid=1` \
-         (`lbrprof info` shows what this host allows)"
+        "no permission to sample {target} with perf_event_open: it belongs to another user, \
+         or perf_event_paranoid ({paranoid}) forbids it; run as root or with CAP_PERFMON, or \
+         lower it with `sysctl kernel.perf_event_paranoid=1` (your own commands, `record -- \
+         CMD`, may still work; `lbrprof info` shows what this host allows)"
     )]
     Permission {
         target: String,
@@ -93,6 +94,8 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
+    #[error("too many open files: one perf event per thread and CPU is needed (raise `ulimit -n`)")]
+    TooManyFiles(#[source] io::Error),
     #[error("no such process or thread {0}")]
     NoSuchTask(u32),
     #[error("the {event} event is not supported on this host")]
@@ -109,7 +112,9 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot map the perf ring buffer (try fewer CPUs or a smaller buffer)")]
+    #[error(
+        "cannot map the perf ring buffer (use a smaller -m, or raise kernel.perf_event_mlock_kb)"
+    )]
     Mmap(#[source] io::Error),
     #[error("cannot {what} the sampling events")]
     Control {
@@ -418,6 +423,7 @@ fn open_one(
             source,
         },
         Some(libc::ESRCH) => SamplerError::NoSuchTask(task),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => SamplerError::TooManyFiles(source),
         Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
             SamplerError::EventUnsupported {
                 event: event_name,
