@@ -327,6 +327,21 @@ impl PerfDataReader {
                 ),
             );
         }
+        let names: Vec<String> = perf_file
+            .event_attributes()
+            .iter()
+            .map(|a| {
+                a.name()
+                    .map_or_else(|| event_type_name(&a.attr.type_), str::to_owned)
+            })
+            .collect();
+        if names.len() > 1 {
+            warnings.push(format!(
+                "the file has {} events ({}); their samples are counted together",
+                names.len(),
+                names.join(", ")
+            ));
+        }
         let header = header_of(&perf_file, path);
         Ok(Self {
             header,
