@@ -160,6 +160,8 @@ pub struct ImportStats {
     pub mappings: u64,
     /// Record types the model has no place for (e.g. `SWITCH`, `AUX`, user records).
     pub skipped_records: u64,
+    /// Samples per event attribute, in file order.
+    pub samples_per_event: Vec<u64>,
 }
 
 /// A `Read + Seek` wrapper that publishes its position, so an error deep inside the
@@ -208,6 +210,8 @@ pub struct PerfDataReader {
     data_end: u64,
     file_len: u64,
     build_ids: HashMap<Vec<u8>, Vec<u8>>,
+    /// perf's name of each event attribute, in file order.
+    event_names: Vec<String>,
     stats: ImportStats,
     warnings: Vec<String>,
     done: bool,
@@ -327,7 +331,7 @@ impl PerfDataReader {
                 ),
             );
         }
-        let names: Vec<String> = perf_file
+        let event_names: Vec<String> = perf_file
             .event_attributes()
             .iter()
             .map(|a| {
@@ -335,13 +339,6 @@ impl PerfDataReader {
                     .map_or_else(|| event_type_name(&a.attr.type_), str::to_owned)
             })
             .collect();
-        if names.len() > 1 {
-            warnings.push(format!(
-                "the file has {} events ({}); their samples are counted together",
-                names.len(),
-                names.join(", ")
-            ));
-        }
         let header = header_of(&perf_file, path);
         Ok(Self {
             header,
@@ -351,7 +348,11 @@ impl PerfDataReader {
             data_end,
             file_len,
             build_ids,
-            stats: ImportStats::default(),
+            stats: ImportStats {
+                samples_per_event: vec![0; event_names.len()],
+                ..ImportStats::default()
+            },
+            event_names,
             warnings,
             done: false,
         })
@@ -369,6 +370,17 @@ impl PerfDataReader {
 
     pub fn stats(&self) -> &ImportStats {
         &self.stats
+    }
+
+    /// The names of the events that have samples (known once the stream has ended); the
+    /// header names the first attribute, which in some files is an AUX or dummy event.
+    pub fn sampled_events(&self) -> Vec<&str> {
+        self.event_names
+            .iter()
+            .zip(&self.stats.samples_per_event)
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// The next batch of events (one record gives zero or one event).
@@ -391,7 +403,14 @@ impl PerfDataReader {
             };
             self.stats.records += 1;
             let raw = match record {
-                PerfFileRecord::EventRecord { record, .. } => record,
+                PerfFileRecord::EventRecord { record, attr_index } => {
+                    if record.record_type == RecordType::SAMPLE
+                        && let Some(n) = self.stats.samples_per_event.get_mut(attr_index)
+                    {
+                        *n += 1;
+                    }
+                    record
+                }
                 PerfFileRecord::UserRecord(_) => {
                     self.stats.skipped_records += 1;
                     continue;

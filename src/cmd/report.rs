@@ -198,6 +198,10 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
     if let Some(dir) = &args.symfs {
         profile.spaces.modules.relocate(dir);
     }
+    let mut header = header;
+    if let Some(event) = input.sampled_event() {
+        header.sampling.event = event;
+    }
     let mut warnings = input.warnings();
     warnings.extend(input.recorded_notes());
     let naming = if args.no_symbols {
