@@ -34,6 +34,9 @@ pub trait SymbolSource: Sync {
     fn take_warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Loads what every lookup needs (e.g. the kernel symbol table) ahead of time, so it
+    /// can overlap with reading the recording.
+    fn prewarm(&self) {}
 }
 
 /// Names nothing: every location is shown as `module+0xoffset`.
@@ -51,6 +54,8 @@ pub struct SymbolizerSource {
     /// Whether kernel addresses may be looked up (off when the recording was made on a
     /// different kernel and no matching kallsyms file was given).
     pub kernel: bool,
+    /// Whether [`SymbolSource::prewarm`] loads the kernel symbol table.
+    pub prewarm_kernel: bool,
 }
 
 impl SymbolizerSource {
@@ -58,6 +63,7 @@ impl SymbolizerSource {
         SymbolizerSource {
             symbolizer: lbrprof_symbolizer::Symbolizer::new(opts),
             kernel: true,
+            prewarm_kernel: true,
         }
     }
 }
@@ -97,6 +103,11 @@ impl SymbolSource for SymbolizerSource {
     }
     fn take_warnings(&self) -> Vec<String> {
         self.symbolizer.take_warnings()
+    }
+    fn prewarm(&self) {
+        if self.kernel && self.prewarm_kernel {
+            self.symbolizer.symbolize_kernel(&[]);
+        }
     }
 }
 
