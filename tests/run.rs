@@ -321,6 +321,50 @@ fn multiboot_aout_kludge_flat_binary_boots() {
 }
 
 #[test]
+fn unknown_ports_and_mmio_are_ignored_counted_and_reported_once() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = multiboot_kernel(dir.path());
+    let out = run(&[
+        "--vm",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "16M",
+        "--serial",
+        "stdio",
+        "--stats",
+        "--",
+        "probe",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("probe: mmio=0x00000000ffffffff\n"),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("unknown I/O port 0x80 ignored (reported once)")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("unknown MMIO address 0xd0000000 ignored")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("unknown I/O port 0x80: 3 accesses"), "{err}");
+    assert!(
+        err.contains("unknown MMIO page 0xd0000000: 1 accesses"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_triple_fault_stops_with_registers_and_status_4() {
     if !kvm_available() {
         return;

@@ -91,20 +91,12 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The image bytes and a name for messages.
+/// The image bytes, and the built-in's name when it is one.
 fn load_image(
     spec: &str,
 ) -> anyhow::Result<(std::borrow::Cow<'static, [u8]>, Option<&'static str>)> {
-    if let Some(name) = spec.strip_prefix("builtin:") {
-        let names: Vec<_> = builtin::names().collect();
-        let bytes = builtin::image(name).ok_or_else(|| {
-            anyhow!(
-                "no built-in guest image '{name}' (available: {})",
-                names.join(", ")
-            )
-        })?;
-        let name = names.into_iter().find(|n| *n == name);
-        return Ok((bytes.into(), name));
+    if let Some((name, bytes)) = builtin::resolve(spec)? {
+        return Ok((bytes.into(), Some(name)));
     }
     let bytes = std::fs::read(spec).with_context(|| format!("cannot read guest image '{spec}'"))?;
     Ok((bytes.into(), None))
@@ -173,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             code,
         )),
+        Outcome::Stopped => Err(with_exit(anyhow!("guest '{}' stopped", args.vm), code)),
         Outcome::Crashed(c) => {
             if !c.registers.is_empty() {
                 eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);

@@ -13,6 +13,33 @@ pub fn image(name: &str) -> Option<&'static [u8]> {
         .map(|(_, b)| *b)
 }
 
+/// The `builtin:NAME` prefix on the command line.
+pub const PREFIX: &str = "builtin:";
+
+/// No embedded image has this name.
+#[derive(Debug, thiserror::Error)]
+#[error("no built-in guest image '{name}' (available: {available})")]
+pub struct UnknownBuiltin {
+    pub name: String,
+    pub available: String,
+}
+
+/// Resolve a `builtin:NAME` spec: `Ok(None)` when `spec` is not a builtin (a file path),
+/// `Ok(Some((name, bytes)))` for a known image, an error naming the choices otherwise.
+pub fn resolve(spec: &str) -> Result<Option<(&'static str, &'static [u8])>, UnknownBuiltin> {
+    let Some(name) = spec.strip_prefix(PREFIX) else {
+        return Ok(None);
+    };
+    BUILTIN_IMAGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, b)| Some((*n, *b)))
+        .ok_or_else(|| UnknownBuiltin {
+            name: name.to_string(),
+            available: names().collect::<Vec<_>>().join(", "),
+        })
+}
+
 /// Names of all embedded images.
 pub fn names() -> impl Iterator<Item = &'static str> {
     BUILTIN_IMAGES.iter().map(|(n, _)| *n)
@@ -77,6 +104,18 @@ mod tests {
             );
         }
         assert!(image("nope").is_none());
+    }
+
+    #[test]
+    fn resolve_specs() {
+        assert!(resolve("/boot/kernel").unwrap().is_none());
+        let (name, bytes) = resolve("builtin:calls").unwrap().unwrap();
+        assert_eq!((name, bytes), ("calls", image("calls").unwrap()));
+        let err = resolve("builtin:nope").unwrap_err().to_string();
+        assert!(
+            err.contains("'nope'") && err.contains("available: branchy, calls"),
+            "{err}"
+        );
     }
 
     #[test]

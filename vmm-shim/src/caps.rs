@@ -3,8 +3,16 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm};
+
+use crate::builtin;
+use crate::hook::{DebugExit, ExitKind, VcpuCtx, VcpuHook};
+use crate::vm::{Vm, VmConfig, VmError};
 
 /// The architectural PMU leaf (CPUID 0xA) as KVM reports it supports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +56,11 @@ pub struct KvmCaps {
     pub pmu_leaf: Option<PmuLeaf>,
     /// CPU vendor string from KVM's CPUID leaf 0.
     pub vendor: Option<String>,
+    /// Whether single-stepping reaches natively executed ring-3 guest code (measured by
+    /// booting a guest, see [`probe_ring3_guest_debug`]; None = not measured). Some nested
+    /// hosts honour guest debugging only in (emulated) ring 0, which leaves the emulated
+    /// LBR blind to ring-3 workloads.
+    pub ring3_guest_debug: Option<bool>,
 }
 
 /// The PMU backends this host can offer guests.
@@ -71,7 +84,8 @@ impl KvmCaps {
                 && self.user_space_msr
                 && self.msr_filter
                 && self.guest_debug
-                && self.irqchip,
+                && self.irqchip
+                && self.ring3_guest_debug != Some(false),
         }
     }
 }
@@ -104,6 +118,7 @@ pub fn probe() -> KvmCaps {
         enable_pmu,
         pmu_leaf: None,
         vendor: None,
+        ring3_guest_debug: None,
     };
     if let Ok(cpuid) = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES) {
         for e in cpuid.as_slice() {
@@ -123,7 +138,58 @@ pub fn probe() -> KvmCaps {
             }
         }
     }
+    if caps.guest_debug && caps.irqchip {
+        caps.ring3_guest_debug = probe_ring3_guest_debug().ok();
+    }
     caps
+}
+
+/// Boot the built-in `calls` guest, single-step it from its first ring-3 exit on, and
+/// tell whether debug exits arrive for ring-3 instructions (at least three: the first
+/// step after an I/O exit can come from KVM's own instruction emulation). Takes one short
+/// VM run (~20 ms).
+pub fn probe_ring3_guest_debug() -> Result<bool, VmError> {
+    struct Probe {
+        ring3_steps: Arc<AtomicU32>,
+        armed: bool,
+    }
+    fn in_ring3(ctx: &VcpuCtx<'_>) -> bool {
+        ctx.sregs().is_ok_and(|s| s.cs.dpl == 3)
+    }
+    impl VcpuHook for Probe {
+        fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, exit: &ExitKind) {
+            if !self.armed && matches!(exit, ExitKind::IoOut { .. }) && in_ring3(ctx) {
+                self.armed = true;
+                ctx.set_single_step(true);
+            }
+        }
+        fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, debug: &DebugExit) {
+            if debug.is_single_step() && in_ring3(ctx) {
+                let n = self.ring3_steps.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= RING3_STEPS {
+                    ctx.set_single_step(false);
+                }
+            }
+        }
+    }
+    const RING3_STEPS: u32 = 3;
+    let image =
+        builtin::image("calls").ok_or(VmError::Loader(crate::loader::LoaderError::NotAnImage))?;
+    let steps = Arc::new(AtomicU32::new(0));
+    let mut config = VmConfig::new(16 << 20, 1);
+    config.cmdline = "n=0 depth=0".into();
+    config.timeout = Some(Duration::from_secs(10));
+    config.serial = Box::new(std::io::sink());
+    config.warn = Box::new(|_| {});
+    let s = steps.clone();
+    let hooks = move |_: u32| -> Box<dyn VcpuHook> {
+        Box::new(Probe {
+            ring3_steps: s.clone(),
+            armed: false,
+        })
+    };
+    Vm::run(config, image, &hooks)?;
+    Ok(steps.load(Ordering::Relaxed) >= RING3_STEPS)
 }
 
 fn parse_bool_param(s: &str) -> Option<bool> {
@@ -158,6 +224,14 @@ impl fmt::Display for KvmCaps {
                 "kvm: guest debug (single-step, DR0-DR3 breakpoints): {}",
                 yes(self.guest_debug)
             )?;
+            match self.ring3_guest_debug {
+                Some(true) => writeln!(f, "kvm: guest debug reaches ring-3 code: yes")?,
+                Some(false) => writeln!(
+                    f,
+                    "kvm: guest debug reaches ring-3 code: no (this host honours single-step only in guest ring 0; the emulated LBR cannot see ring-3 branches)"
+                )?,
+                None => writeln!(f, "kvm: guest debug reaches ring-3 code: not measured")?,
+            }
             writeln!(
                 f,
                 "kvm: in-kernel irqchip: {}, PIT: {}, immediate exit: {}",
@@ -247,6 +321,21 @@ mod tests {
             ..full()
         };
         assert!(!no_filter.pmu_backends().emulated);
+        let ring0_only = KvmCaps {
+            ring3_guest_debug: Some(false),
+            ..full()
+        };
+        assert!(!ring0_only.pmu_backends().emulated);
+        assert!(
+            ring0_only
+                .to_string()
+                .contains("cannot see ring-3 branches")
+        );
+        let unmeasured = KvmCaps {
+            ring3_guest_debug: None,
+            ..full()
+        };
+        assert!(unmeasured.pmu_backends().emulated);
         let closed = KvmCaps {
             open_error: Some("EACCES".into()),
             ..full()

@@ -16,10 +16,16 @@
 //! 5. [`VcpuHook::on_debug`]: at `KVM_EXIT_DEBUG` (single-step or hardware breakpoint).
 //! 6. [`VcpuHook::on_stop`]: once, when the vCPU stops for any reason.
 //!
-//! Every callback gets a [`VcpuCtx`]: guest registers, guest memory by physical or virtual
-//! address (page walk from CR3), and requests applied before the vCPU re-enters the guest:
-//! single-stepping, up to four hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`),
-//! NMI injection (`KVM_NMI`, how a PMI reaches the guest), or stopping the VM.
+//! Every callback runs on the vCPU's own thread and gets a [`VcpuCtx`]: guest registers
+//! and MSRs, guest memory by physical or virtual address (page walk from CR3), and
+//! requests applied before the vCPU re-enters the guest: single-stepping, up to four
+//! hardware execution breakpoints (`KVM_SET_GUEST_DEBUG`), NMI injection (`KVM_NMI`, how a
+//! PMI reaches the guest), a one-shot exit timer, or stopping the VM.
+//!
+//! Guest-specific facts for hooks: lbrprof's runtime can take NMIs once it runs in ring 3
+//! (an NMI injected before its IDT is loaded triple-faults the guest, as on hardware); its
+//! console output and exits are ring-3 port I/O (`IoOut` on 0x3f8, 0xf4, 0x604), and its
+//! system calls are a `ud2` in `rt_syscall_trap` taken as #UD into ring 0.
 
 use std::time::Duration;
 
@@ -29,7 +35,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::DR6_BS;
-use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr, PagingMode};
 use crate::vm::VmError;
 
 /// MSRs `base..base + count` are routed to the hook (reads and writes).
@@ -232,16 +238,27 @@ impl VcpuCtx<'_> {
         self.mem
     }
 
-    /// Translate a guest-virtual address with the vCPU's current CR3.
-    pub fn translate(&self, addr: GuestVirtAddr) -> Result<GuestPhysAddr, VmError> {
-        let cr3 = self.sregs()?.cr3;
-        self.mem.translate(cr3, addr).map_err(VmError::Memory)
+    /// The vCPU's current paging mode and CR3.
+    pub fn paging(&self) -> Result<(PagingMode, u64), VmError> {
+        let s = self.sregs()?;
+        Ok((PagingMode::from_regs(s.cr0, s.cr4, s.efer), s.cr3))
     }
 
-    /// Read guest memory at a guest-virtual address (current CR3).
+    /// Translate a guest-virtual address the way the vCPU currently does (its paging
+    /// mode and CR3; identity with paging off).
+    pub fn translate(&self, addr: GuestVirtAddr) -> Result<GuestPhysAddr, VmError> {
+        let (mode, cr3) = self.paging()?;
+        self.mem
+            .translate_in(mode, cr3, addr)
+            .map_err(VmError::Memory)
+    }
+
+    /// Read guest memory at a guest-virtual address, translated as the vCPU would.
     pub fn read_virt(&self, addr: GuestVirtAddr, buf: &mut [u8]) -> Result<(), VmError> {
-        let cr3 = self.sregs()?.cr3;
-        self.mem.read_virt(cr3, addr, buf).map_err(VmError::Memory)
+        let (mode, cr3) = self.paging()?;
+        self.mem
+            .read_virt_in(mode, cr3, addr, buf)
+            .map_err(VmError::Memory)
     }
 
     /// Read a little-endian u64 at a guest-virtual address (current CR3).

@@ -2,8 +2,9 @@
 //!
 //! [`GuestMemory`] owns one anonymous mapping that backs guest-physical `0..size`; it is
 //! unmapped on drop. [`GuestPhysAddr`] and [`GuestVirtAddr`] are distinct types, so a
-//! virtual address can reach memory only through [`GuestMemory::translate`] (a 4-level
-//! page walk from a CR3 value, 4 KiB / 2 MiB / 1 GiB pages).
+//! virtual address can reach memory only through a page walk: [`GuestMemory::translate`]
+//! (4-level long-mode paging from a CR3 value, 4 KiB / 2 MiB / 1 GiB pages) or
+//! [`GuestMemory::translate_in`] for any [`PagingMode`] (none, 32-bit, PAE, 4-level).
 //!
 //! Mixing the two does not compile:
 //!
@@ -17,7 +18,35 @@
 use std::fmt;
 use std::ptr::NonNull;
 
-use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_PS};
+use crate::arch::{CR0_PG, CR4_PAE, EFER_LMA, PTE_ADDR_MASK, PTE_P, PTE_PS};
+
+/// How the guest translates virtual addresses (from CR0.PG, CR4.PAE, EFER.LMA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagingMode {
+    /// Paging off: virtual = physical (e.g. a multiboot kernel at entry).
+    None,
+    /// 32-bit paging: two levels of 4-byte entries, 4 KiB / 4 MiB pages.
+    Bits32,
+    /// PAE paging: PDPT, PD, PT of 8-byte entries, 4 KiB / 2 MiB pages.
+    Pae,
+    /// 4-level long-mode paging.
+    Long4,
+}
+
+impl PagingMode {
+    /// The mode a vCPU with these control registers is in.
+    pub fn from_regs(cr0: u64, cr4: u64, efer: u64) -> PagingMode {
+        if cr0 & CR0_PG == 0 {
+            PagingMode::None
+        } else if efer & EFER_LMA != 0 {
+            PagingMode::Long4
+        } else if cr4 & CR4_PAE != 0 {
+            PagingMode::Pae
+        } else {
+            PagingMode::Bits32
+        }
+    }
+}
 
 /// A guest-physical address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -250,7 +279,86 @@ impl GuestMemory {
         Err(not_mapped)
     }
 
-    /// Read guest memory by virtual address, page by page.
+    /// Translate `addr` in any paging mode.
+    pub fn translate_in(
+        &self,
+        mode: PagingMode,
+        cr3: u64,
+        addr: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, MemoryError> {
+        let not_mapped = || MemoryError::NotMapped { addr, cr3 };
+        let va = addr.0;
+        match mode {
+            PagingMode::None => Ok(GuestPhysAddr(va & 0xffff_ffff)),
+            PagingMode::Long4 => self.translate(cr3, addr),
+            PagingMode::Bits32 => {
+                let va = va & 0xffff_ffff;
+                let mut e = [0u8; 4];
+                let pde_addr = (cr3 & 0xffff_f000) + ((va >> 22) << 2);
+                self.read(GuestPhysAddr(pde_addr), &mut e)
+                    .map_err(|_| not_mapped())?;
+                let pde = u64::from(u32::from_le_bytes(e));
+                if pde & PTE_P == 0 {
+                    return Err(not_mapped());
+                }
+                if pde & PTE_PS != 0 {
+                    return Ok(GuestPhysAddr((pde & 0xffc0_0000) | (va & 0x3f_ffff)));
+                }
+                let pte_addr = (pde & 0xffff_f000) + (((va >> 12) & 0x3ff) << 2);
+                self.read(GuestPhysAddr(pte_addr), &mut e)
+                    .map_err(|_| not_mapped())?;
+                let pte = u64::from(u32::from_le_bytes(e));
+                if pte & PTE_P == 0 {
+                    return Err(not_mapped());
+                }
+                Ok(GuestPhysAddr((pte & 0xffff_f000) | (va & 0xfff)))
+            }
+            PagingMode::Pae => {
+                let va = va & 0xffff_ffff;
+                let entry = |table: u64, index: u64| {
+                    self.read_u64(GuestPhysAddr(table + (index << 3)))
+                        .map_err(|_| not_mapped())
+                        .and_then(|e| {
+                            if e & PTE_P == 0 {
+                                Err(not_mapped())
+                            } else {
+                                Ok(e)
+                            }
+                        })
+                };
+                let pdpte = entry(cr3 & 0xffff_ffe0, va >> 30)?;
+                let pde = entry(pdpte & PTE_ADDR_MASK, (va >> 21) & 0x1ff)?;
+                if pde & PTE_PS != 0 {
+                    let base = pde & PTE_ADDR_MASK & !0x1f_ffff;
+                    return Ok(GuestPhysAddr(base | (va & 0x1f_ffff)));
+                }
+                let pte = entry(pde & PTE_ADDR_MASK, (va >> 12) & 0x1ff)?;
+                Ok(GuestPhysAddr((pte & PTE_ADDR_MASK) | (va & 0xfff)))
+            }
+        }
+    }
+
+    /// Read guest memory by virtual address in any paging mode, page by page.
+    pub fn read_virt_in(
+        &self,
+        mode: PagingMode,
+        cr3: u64,
+        addr: GuestVirtAddr,
+        buf: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = GuestVirtAddr(addr.0.wrapping_add(done as u64));
+            let pa = self.translate_in(mode, cr3, va)?;
+            let in_page = (4096 - (va.0 & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            self.read(pa, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Read guest memory by virtual address (long-mode paging), page by page.
     pub fn read_virt(
         &self,
         cr3: u64,
@@ -293,6 +401,60 @@ mod tests {
         let mut b = [0u8; 3];
         m.read(GuestPhysAddr(0), &mut b).unwrap();
         assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn paging_modes_from_control_registers() {
+        use crate::arch::{CR0_PE, CR4_PAE, EFER_LMA, EFER_LME};
+        assert_eq!(PagingMode::from_regs(CR0_PE, 0, 0), PagingMode::None);
+        assert_eq!(
+            PagingMode::from_regs(CR0_PE | CR0_PG, 0, 0),
+            PagingMode::Bits32
+        );
+        assert_eq!(
+            PagingMode::from_regs(CR0_PE | CR0_PG, CR4_PAE, 0),
+            PagingMode::Pae
+        );
+        assert_eq!(
+            PagingMode::from_regs(CR0_PE | CR0_PG, CR4_PAE, EFER_LME | EFER_LMA),
+            PagingMode::Long4
+        );
+    }
+
+    #[test]
+    fn page_walk_32bit_pae_and_none() {
+        let m = GuestMemory::new(16 << 20).unwrap();
+        let f = PTE_P | PTE_RW;
+        // 32-bit: PD at 0x1000; 0x0040_0000.. is a 4 MiB page at 8 MiB; 0x5000 via a PT.
+        m.write_u32(GuestPhysAddr(0x1000 + 4), ((8 << 20) | f | PTE_PS) as u32)
+            .unwrap();
+        m.write_u32(GuestPhysAddr(0x1000), (0x2000 | f) as u32)
+            .unwrap();
+        m.write_u32(GuestPhysAddr(0x2000 + 5 * 4), (0x9000 | f) as u32)
+            .unwrap();
+        let t = |mode, cr3, va| m.translate_in(mode, cr3, GuestVirtAddr(va));
+        assert_eq!(
+            t(PagingMode::Bits32, 0x1000, 0x40_0123).unwrap(),
+            GuestPhysAddr((8 << 20) + 0x123)
+        );
+        assert_eq!(
+            t(PagingMode::Bits32, 0x1000, 0x5042).unwrap(),
+            GuestPhysAddr(0x9042)
+        );
+        assert!(t(PagingMode::Bits32, 0x1000, 0x6000).is_err());
+        // PAE: PDPT at 0x3000 -> PD at 0x4000 -> a 2 MiB page at 4 MiB for 0..2M.
+        m.write_u64(GuestPhysAddr(0x3000), 0x4000 | PTE_P).unwrap();
+        m.write_u64(GuestPhysAddr(0x4000), (4 << 20) | f | PTE_PS)
+            .unwrap();
+        assert_eq!(
+            t(PagingMode::Pae, 0x3000, 0x1_2345).unwrap(),
+            GuestPhysAddr((4 << 20) + 0x1_2345)
+        );
+        assert!(t(PagingMode::Pae, 0x3000, 0x4000_0000).is_err());
+        assert_eq!(
+            t(PagingMode::None, 0, 0x1234).unwrap(),
+            GuestPhysAddr(0x1234)
+        );
     }
 
     #[test]

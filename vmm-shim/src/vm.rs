@@ -7,6 +7,10 @@
 //! `KVM_RUN` with a signal whose handler sets `kvm_run.immediate_exit` (re-sent every
 //! 10 ms until the thread is out, so no race can lose the kick).
 //!
+//! Callers build a [`VmConfig`] with [`VmConfig::new`], may ask for a [`StopHandle`] and
+//! for [`VcpuThreadInfo`] notifications (to attach perf events to vCPU threads), and get a
+//! [`RunReport`]: the [`Outcome`] plus per-vCPU accounting ([`VcpuRunStats`]).
+//!
 //! Start-up per image kind (see [`crate::boot`]):
 //! * ELF64: every vCPU enters long mode at the entry with its index in RDI (APs are made
 //!   runnable directly, no INIT/SIPI).
@@ -17,6 +21,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -76,6 +81,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error("vCPU {vcpu} thread panicked (a bug in lbrprof or its vCPU hook): {message}")]
+    VcpuPanicked { vcpu: u32, message: String },
     #[error("cannot arm the vCPU exit timer")]
     Timer(#[source] std::io::Error),
 }
@@ -97,6 +104,8 @@ pub struct VmConfig {
     pub warn: WarnFn,
     /// Told about each vCPU thread as it starts.
     pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+    /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
+    stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
 
 impl VmConfig {
@@ -111,7 +120,15 @@ impl VmConfig {
             serial: Box::new(std::io::stderr()),
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
+            stop_requests: None,
         }
+    }
+
+    /// A handle that stops the VM this configuration will run.
+    pub fn stop_handle(&mut self) -> StopHandle {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.stop_requests = Some(rx);
+        StopHandle(tx)
     }
 }
 
@@ -197,6 +214,20 @@ pub enum Outcome {
     TimedOut(Duration),
     /// Triple fault, KVM internal error, failed entry, or a hook stopped the VM.
     Crashed(CrashReport),
+    /// The caller stopped the VM through a [`StopHandle`] (e.g. on Ctrl-C).
+    Stopped,
+}
+
+/// Stops a running VM from another thread ([`VmConfig::stop_handle`]).
+#[derive(Clone, Debug)]
+pub struct StopHandle(crossbeam_channel::Sender<()>);
+
+impl StopHandle {
+    /// Ask the VM to stop: every vCPU is kicked out of the guest and the run ends with
+    /// [`Outcome::Stopped`]. Harmless after the run ended.
+    pub fn stop(&self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 /// The result of [`Vm::run`].
@@ -323,13 +354,15 @@ impl Vm {
         let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, VcpuRunStats)>();
         let setup = started.elapsed();
         let mut threads = Vec::new();
+        let mut spawn_error = None;
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
             let notify = config.vcpu_threads.clone();
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let mut runner = VcpuRunner {
+                    let tid = gettid();
+                    let runner = VcpuRunner {
                         index,
                         vcpu,
                         hook,
@@ -338,7 +371,7 @@ impl Vm {
                         stop,
                         stats: VcpuRunStats {
                             vcpu: index,
-                            tid: gettid(),
+                            tid,
                             ..Default::default()
                         },
                         timer: None,
@@ -347,15 +380,45 @@ impl Vm {
                         let _ = n.send(VcpuThreadInfo {
                             vcpu: index,
                             pid: std::process::id(),
-                            tid: runner.stats.tid,
+                            tid,
                             time_ns: monotonic_ns(),
                         });
                     }
-                    let end = runner.run();
-                    let _ = tx.send((index, end, runner.stats));
-                })
-                .map_err(VmError::Thread)?;
-            threads.push(t);
+                    // A panic (a bug in the shim or a hook) must not leave the VM waiting
+                    // for this vCPU forever: report it like any other end.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                        let mut runner = runner;
+                        let end = runner.run();
+                        (end, runner.stats)
+                    }));
+                    let (end, stats) = result.unwrap_or_else(|payload| {
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        let end = VcpuEnd::Error(VmError::VcpuPanicked {
+                            vcpu: index,
+                            message,
+                        });
+                        (
+                            end,
+                            VcpuRunStats {
+                                vcpu: index,
+                                tid,
+                                ..Default::default()
+                            },
+                        )
+                    });
+                    let _ = tx.send((index, end, stats));
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(VmError::Thread(e));
+                    break;
+                }
+            }
         }
         drop(tx);
 
@@ -367,11 +430,20 @@ impl Vm {
             })
             .collect();
         let mut running = threads.len();
-        let mut decisive: Option<Result<Outcome, VmError>> = None;
+        let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
         while running > 0 && decisive.is_none() {
-            let msg = match deadline {
-                Some(d) => rx.recv_deadline(d),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+            let stop_rx = config
+                .stop_requests
+                .clone()
+                .unwrap_or_else(crossbeam_channel::never);
+            let msg = crossbeam_channel::select! {
+                recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(stop_rx) -> _ => {
+                    decisive = Some(Ok(Outcome::Stopped));
+                    break;
+                }
+                recv(timeout) -> _ => Err(RecvTimeoutError::Timeout),
             };
             match msg {
                 Ok((index, end, n)) => {
@@ -519,6 +591,15 @@ thread_local! {
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// Clears this thread's IMMEDIATE_EXIT pointer on drop.
+struct ClearImmediateExit;
+
+impl Drop for ClearImmediateExit {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
 }
@@ -562,6 +643,8 @@ impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
         let run = self.vcpu.get_kvm_run();
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
+        // Cleared when run() returns or unwinds, before the VcpuFd can be dropped.
+        let _clear = ClearImmediateExit;
         let mut requests = Requests::default();
         let mut ctx = VcpuCtx {
             index: self.index,
@@ -578,7 +661,6 @@ impl VcpuRunner {
             requests: &mut requests,
         };
         self.hook.on_stop(&mut ctx);
-        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
         end
     }
 
@@ -830,12 +912,14 @@ pub fn format_registers(r: &kvm_regs, s: &kvm_sregs) -> String {
 
 impl Outcome {
     /// The process exit status lbrprof uses for this outcome: the guest's own for the
-    /// exit port, 0 for power-off, 124 for a timeout, 4 for a crash (the exit port only
-    /// produces odd values, so 4 and 124 cannot be confused with a guest's status).
+    /// exit port, 0 for power-off, 124 for a timeout, 4 for a crash, 130 when stopped by
+    /// the caller (the exit port only produces odd values, so these even codes cannot be
+    /// confused with a guest's status).
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited(c) => *c,
             Outcome::PowerOff => 0,
+            Outcome::Stopped => 130,
             Outcome::TimedOut(_) => 124,
             Outcome::Crashed(_) => 4,
         }
@@ -857,6 +941,43 @@ mod tests {
             check_mem_size(1 << 40),
             Err(VmError::MemSize { .. })
         ));
+    }
+
+    #[test]
+    fn exit_codes_of_outcomes_never_collide_with_the_exit_port() {
+        let crash = Outcome::Crashed(CrashReport {
+            vcpu: 0,
+            reason: String::new(),
+            registers: String::new(),
+        });
+        let ours = [
+            Outcome::PowerOff.exit_code(),
+            Outcome::TimedOut(Duration::from_secs(1)).exit_code(),
+            crash.exit_code(),
+            Outcome::Stopped.exit_code(),
+        ];
+        assert_eq!(ours, [0, 124, 4, 130]);
+        assert!(
+            ours.iter().all(|c| c % 2 == 0),
+            "the exit port only makes odd codes"
+        );
+        assert_eq!(Outcome::Exited(7).exit_code(), 7);
+    }
+
+    #[test]
+    fn register_dump_names_every_register() {
+        let r = kvm_regs {
+            rip: 0x1234,
+            rsp: 0x8000,
+            ..Default::default()
+        };
+        let dump = format_registers(&r, &kvm_sregs::default());
+        for name in [
+            "rip", "rsp", "rflags", "rax", "r15", "cr0", "cr3", "efer", "gdt", "idt",
+        ] {
+            assert!(dump.contains(name), "{name} missing from {dump}");
+        }
+        assert!(dump.contains("0000000000001234"));
     }
 
     #[test]

@@ -152,15 +152,11 @@ fn hook_routes_msrs_debug_exits_and_nmis() {
         "rd={VALUE_MSR:#x} wr={VALUE_MSR:#x}:0x1234 rd={VALUE_MSR:#x} rd={GP_MSR:#x} wr={GP_MSR:#x}:1 nmis"
     );
     let (threads_tx, threads_rx) = crossbeam_channel::unbounded();
-    let config = VmConfig {
-        mem_bytes: 64 << 20,
-        vcpus: 1,
-        cmdline,
-        timeout: Some(std::time::Duration::from_secs(60)),
-        serial: Box::new(console.clone()),
-        warn: Box::new(|m| eprintln!("warning: {m}")),
-        vcpu_threads: Some(threads_tx),
-    };
+    let mut config = VmConfig::new(64 << 20, 1);
+    config.cmdline = cmdline;
+    config.timeout = Some(std::time::Duration::from_secs(60));
+    config.serial = Box::new(console.clone());
+    config.vcpu_threads = Some(threads_tx);
     let s = seen.clone();
     let hooks = move |_i: u32| -> Box<dyn VcpuHook> {
         Box::new(TestHook {
@@ -216,15 +212,11 @@ fn default_hook_gives_gp_for_nothing_routed() {
         return;
     }
     let console = Console::default();
-    let config = VmConfig {
-        mem_bytes: 16 << 20,
-        vcpus: 1,
-        cmdline: "rd=0x10 rd=0x4c425201".into(),
-        timeout: Some(std::time::Duration::from_secs(60)),
-        serial: Box::new(console.clone()),
-        warn: Box::new(|_| {}),
-        vcpu_threads: None,
-    };
+    let mut config = VmConfig::new(16 << 20, 1);
+    config.cmdline = "rd=0x10 rd=0x4c425201".into();
+    config.timeout = Some(std::time::Duration::from_secs(60));
+    config.serial = Box::new(console.clone());
+    config.warn = Box::new(|_| {});
     let hooks = |_i: u32| -> Box<dyn VcpuHook> { Box::new(lbrprof_vmm::NoopHook) };
     let report = Vm::run(config, builtin::image("msrprobe").unwrap(), &hooks).unwrap();
     assert!(matches!(report.outcome, Outcome::PowerOff));
@@ -289,4 +281,67 @@ fn exit_timer_interrupts_a_busy_guest_and_msrs_are_readable() {
     );
     let efer = efer.lock().unwrap().expect("EFER read");
     assert_eq!(efer & 0x500, 0x500, "long mode active: {efer:#x}");
+}
+
+#[test]
+fn a_panicking_hook_ends_the_run_with_an_error_not_a_hang() {
+    if !kvm_available() {
+        return;
+    }
+    // vCPU 1 of the runtime halts in ring 0 and never exits on its own; vCPU 0's hook
+    // panics at its first exit. The run must end with an error, vCPU 1 kicked out.
+    struct P0;
+    impl VcpuHook for P0 {
+        fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, _exit: &ExitKind) {
+            assert_ne!(ctx.index(), 0, "hook bug on vCPU 0");
+        }
+    }
+    let mut config = VmConfig::new(16 << 20, 2);
+    config.serial = Box::new(std::io::sink());
+    config.timeout = Some(std::time::Duration::from_secs(60));
+    let hooks = |_: u32| -> Box<dyn VcpuHook> { Box::new(P0) };
+    let started = std::time::Instant::now();
+    let err = Vm::run(config, builtin::image("calls").unwrap(), &hooks).unwrap_err();
+    assert!(err.to_string().contains("vCPU 0 thread panicked"), "{err}");
+    assert!(err.to_string().contains("hook bug on vCPU 0"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_stop_handle_ends_a_busy_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let mut config = VmConfig::new(16 << 20, 2);
+    config.cmdline = "n=100000000".into();
+    config.serial = Box::new(std::io::sink());
+    let stop = config.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stop.stop();
+    });
+    let hooks = |_: u32| -> Box<dyn VcpuHook> { Box::new(lbrprof_vmm::NoopHook) };
+    let started = std::time::Instant::now();
+    let report = Vm::run(config, builtin::image("interp").unwrap(), &hooks).unwrap();
+    stopper.join().unwrap();
+    assert!(
+        matches!(report.outcome, Outcome::Stopped),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.outcome.exit_code(), 130);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn ring3_guest_debug_probe_gives_an_answer() {
+    if !kvm_available() {
+        return;
+    }
+    // The answer depends on the host (no on some nested hosts); it must not error.
+    let works = lbrprof_vmm::caps::probe_ring3_guest_debug().unwrap();
+    eprintln!("guest debug reaches ring 3 on this host: {works}");
+    let caps = lbrprof_vmm::caps::probe();
+    assert_eq!(caps.ring3_guest_debug, Some(works));
+    assert!(caps.to_string().contains("guest debug reaches ring-3 code"));
 }

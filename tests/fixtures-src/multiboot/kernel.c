@@ -3,7 +3,8 @@
  * exits through the isa-debug-exit port with the code given on its command line.
  *
  * Command line words: exit=N (exit status N, default 0 = power off), smp (start APs),
- * triple (triple-fault on purpose), hang (spin forever, for --timeout). */
+ * triple (triple-fault on purpose), hang (spin forever, for --timeout), probe (touch an
+ * I/O port and an MMIO address no device claims). */
 #include <stdint.h>
 
 static inline void outb(uint16_t p, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(p)); }
@@ -124,6 +125,11 @@ uint32_t kmain(uint32_t magic, struct mb_info *mbi) {
     puts("fw_cfg: signature="); puts(sig); puts(" cpus="); putu(cpus); puts(" ram="); putx(ram); puts("\n");
     if (word(cmd, "smp", 0) && cpus > 1) {
         puts("smp: "); putu(start_aps(cpus)); puts(" APs started\n");
+    }
+    if (word(cmd, "probe", 0)) {
+        for (int i = 0; i < 3; i++) outb(0x80, (uint8_t)i); /* POST code port */
+        uint32_t v = *(volatile uint32_t *)0xd0000000u;      /* nothing there */
+        puts("probe: mmio="); putx(v); puts("\n");
     }
     if (word(cmd, "triple", 0)) {
         puts("triple: faulting now\n");

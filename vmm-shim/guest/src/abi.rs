@@ -66,4 +66,8 @@ pub const SYS_WRMSR: u64 = 4;
 /// NMIs the kernel has taken so far (the PMI path).
 pub const SYS_NMI_COUNT: u64 = 5;
 /// Numbers from here on are reserved for the PMU/LBR agent.
+///
+/// Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the
+/// workload's exit code, `rt.cpus` reports the vCPUs that came up, `rt.stats` the cost of
+/// ring 0.
 pub const SYS_PMU_BASE: u64 = 16;

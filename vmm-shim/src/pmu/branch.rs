@@ -9,7 +9,7 @@
 //! SYSCALL/SYSRET, SYSENTER/SYSEXIT, INT n/INT3/INTO/INT1, interrupts and exceptions) as far
 //! branches.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use iced_x86::{ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
 /// What kind of control transfer a retired branch was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,12 +101,89 @@ pub enum Flow {
     Trap,
 }
 
+/// The condition of a Jcc, evaluated on RFLAGS (SDM Vol. 1, "Jcc" condition table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    O,
+    No,
+    B,
+    Ae,
+    E,
+    Ne,
+    Be,
+    A,
+    S,
+    Ns,
+    P,
+    Np,
+    L,
+    Ge,
+    Le,
+    G,
+}
+
+const CF: u64 = 1 << 0;
+const PF: u64 = 1 << 2;
+const ZF: u64 = 1 << 6;
+const SF: u64 = 1 << 7;
+const OF: u64 = 1 << 11;
+
+impl Cond {
+    fn from_iced(c: ConditionCode) -> Option<Cond> {
+        Some(match c {
+            ConditionCode::o => Cond::O,
+            ConditionCode::no => Cond::No,
+            ConditionCode::b => Cond::B,
+            ConditionCode::ae => Cond::Ae,
+            ConditionCode::e => Cond::E,
+            ConditionCode::ne => Cond::Ne,
+            ConditionCode::be => Cond::Be,
+            ConditionCode::a => Cond::A,
+            ConditionCode::s => Cond::S,
+            ConditionCode::ns => Cond::Ns,
+            ConditionCode::p => Cond::P,
+            ConditionCode::np => Cond::Np,
+            ConditionCode::l => Cond::L,
+            ConditionCode::ge => Cond::Ge,
+            ConditionCode::le => Cond::Le,
+            ConditionCode::g => Cond::G,
+            _ => return None,
+        })
+    }
+
+    /// Whether the branch is taken with these flags.
+    pub fn holds(self, rflags: u64) -> bool {
+        let f = |bit: u64| rflags & bit != 0;
+        let lt = f(SF) != f(OF);
+        match self {
+            Cond::O => f(OF),
+            Cond::No => !f(OF),
+            Cond::B => f(CF),
+            Cond::Ae => !f(CF),
+            Cond::E => f(ZF),
+            Cond::Ne => !f(ZF),
+            Cond::Be => f(CF) || f(ZF),
+            Cond::A => !f(CF) && !f(ZF),
+            Cond::S => f(SF),
+            Cond::Ns => !f(SF),
+            Cond::P => f(PF),
+            Cond::Np => !f(PF),
+            Cond::L => lt,
+            Cond::Ge => !lt,
+            Cond::Le => lt || f(ZF),
+            Cond::G => !lt && !f(ZF),
+        }
+    }
+}
+
 /// One decoded instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodedInsn {
     pub ip: u64,
     pub len: u8,
     pub flow: Flow,
+    /// For a plain Jcc (not LOOP/JCXZ): its condition.
+    pub cond: Option<Cond>,
 }
 
 impl DecodedInsn {
@@ -164,12 +241,19 @@ pub fn decode(bytes: &[u8], ip: u64, size: CodeSize) -> Result<DecodedInsn, Deco
             ip,
             len: insn.len().max(1) as u8,
             flow: Flow::Trap,
+            cond: None,
         });
     }
+    let cond = if insn.is_jcc_short_or_near() {
+        Cond::from_iced(insn.condition_code())
+    } else {
+        None
+    };
     Ok(DecodedInsn {
         ip,
         len: insn.len() as u8,
         flow: classify(&insn),
+        cond,
     })
 }
 
@@ -317,6 +401,35 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn jcc_conditions_follow_the_flags() {
+        let cond = |b: &[u8]| decode(b, IP, CodeSize::Bits64).unwrap().cond.unwrap();
+        assert_eq!(cond(&[0x74, 0x00]), Cond::E);
+        assert!(cond(&[0x74, 0x00]).holds(ZF));
+        assert!(!cond(&[0x75, 0x00]).holds(ZF)); // jne
+        // jl: SF != OF; jg: ZF = 0 and SF = OF.
+        assert!(cond(&[0x7c, 0x00]).holds(SF));
+        assert!(!cond(&[0x7c, 0x00]).holds(SF | OF));
+        assert!(cond(&[0x7f, 0x00]).holds(SF | OF));
+        assert!(!cond(&[0x7f, 0x00]).holds(SF | OF | ZF));
+        assert!(cond(&[0x0f, 0x87, 0, 0, 0, 0]).holds(0)); // ja
+        assert!(!cond(&[0x0f, 0x87, 0, 0, 0, 0]).holds(CF));
+        assert!(cond(&[0x7a, 0x00]).holds(PF)); // jp
+        // LOOP and JRCXZ depend on RCX, not on a flag condition.
+        assert_eq!(
+            decode(&[0xe2, 0xfe], IP, CodeSize::Bits64).unwrap().cond,
+            None
+        );
+        assert_eq!(
+            decode(&[0xe3, 0x00], IP, CodeSize::Bits64).unwrap().cond,
+            None
+        );
+        assert_eq!(
+            decode(&[0xeb, 0x00], IP, CodeSize::Bits64).unwrap().cond,
+            None
+        );
     }
 
     #[test]

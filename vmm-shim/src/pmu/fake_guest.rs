@@ -20,6 +20,8 @@ pub struct Fake {
     /// Path positions at which NMIs were injected (= instructions executed before).
     pub nmis_at: Vec<usize>,
     pub rcx: u64,
+    /// RFLAGS reported at every stop (`None`: unknown, the tracer steps every Jcc).
+    pub rflags: Option<u64>,
     pub debug_exits: u64,
 }
 
@@ -50,6 +52,7 @@ impl Fake {
             nmi_path: vec![(NMI_HANDLER, 0)],
             nmis_at: vec![],
             rcx: 0,
+            rflags: None,
             debug_exits: 0,
         }
     }
@@ -96,6 +99,7 @@ impl GuestAccess for Fake {
             rip,
             rsp: 0,
             rbp: 0,
+            rflags: self.rflags,
             rcx: self.rcx,
             cpl,
             code_size: CodeSize::Bits64,

@@ -11,9 +11,11 @@
 //! transfer (a *block*, cached per CR3 and address), puts one hardware breakpoint on that
 //! branch and lets the guest run: one exit. Then it single-steps the branch: one exit, and
 //! the RIP after the step says whether it was taken and where it went. When the next branch
-//! starts right at the landing address, the breakpoint is skipped (one exit per branch).
-//! Instructions between branches are counted from the decoded block, so INST_RETIRED and
-//! BR_INST_RETIRED are exact.
+//! starts right at the landing address, the breakpoint is skipped. Better still, a near
+//! branch whose outcome the registers already decide at the breakpoint (a Jcc from RFLAGS, a
+//! direct JMP/CALL, a RET from the stack) is accounted right there and the guest runs on to
+//! the next branch after its target: one exit for that branch. Instructions between branches
+//! are counted from the decoded block, so INST_RETIRED and BR_INST_RETIRED are exact.
 //!
 //! Far transfers that clear TF on the way (SYSCALL, SYSENTER, INT n/INT3) would not trap
 //! after one step, so the tracer also puts a breakpoint on their target (IA32_LSTAR,
@@ -52,6 +54,8 @@ pub struct GuestCpu {
     pub rip: u64,
     pub rsp: u64,
     pub rbp: u64,
+    /// RFLAGS, when known (lets the tracer predict a Jcc instead of stepping it).
+    pub rflags: Option<u64>,
     /// RCX: where SYSRET returns to.
     pub rcx: u64,
     /// CS.DPL of the current code segment (the CPL).
@@ -111,6 +115,9 @@ pub struct Resume {
     pub pmi: bool,
     /// Inject an NMI (KVM_NMI): the PMI, when PMIs go to the guest.
     pub inject_nmi: bool,
+    /// The privilege level the guest will be at when it next stops (how the VMM may have to
+    /// stop it differs between rings on some hosts).
+    pub stop_cpl: u8,
     /// Sampled mode, running free: call [`Tracer::on_free_run`] once this many cycles of
     /// guest time have passed (the VMM arms a timer). `None`: no deadline.
     pub deadline_cycles: Option<u64>,
@@ -143,6 +150,8 @@ pub struct TracerStats {
     pub taken: u64,
     /// Blocks decoded (cache misses).
     pub blocks_decoded: u64,
+    /// Branches whose outcome was computed at the stop before them (no step needed).
+    pub predicted: u64,
     /// Stops at an address the tracer did not expect (untracked control flow).
     pub unexpected: u64,
     /// PMIs delivered as NMIs.
@@ -573,6 +582,7 @@ impl Tracer {
                     breakpoints: vec![handler],
                     pmi: true,
                     inject_nmi: true,
+                    stop_cpl: 0,
                     ..Resume::default()
                 })
             }
@@ -602,9 +612,79 @@ impl Tracer {
         if self.blocks[block].insns.is_empty()
             && let Stop::Insn(insn) = self.blocks[block].stop
         {
+            if let Some(r) = self.predict_over(g, pmu, insn, cpu) {
+                return Ok(r);
+            }
             return Ok(self.step_over(g, insn, cpu));
         }
         Ok(self.plan_in(pmu, block, 0, cpu.cpl))
+    }
+
+    /// At a near branch whose outcome the registers already decide (Jcc from RFLAGS,
+    /// direct JMP/CALL, RET from the stack), accounts it now and runs straight to the next
+    /// stop after its target: one exit for this branch instead of two. Declined when the
+    /// branch itself could raise a PMI (that must stop right after it), when the next stop
+    /// would be the branch itself (a one-block loop), and for a sampled window's last branch.
+    fn predict_over(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        insn: DecodedInsn,
+        cpu: &GuestCpu,
+    ) -> Option<Resume> {
+        let Flow::Branch { kind, target } = insn.flow else {
+            return None;
+        };
+        let fallthrough = insn.fallthrough();
+        let to = match kind {
+            BranchKind::Jcc => {
+                let taken = insn.cond?.holds(cpu.rflags?);
+                if taken { target? } else { fallthrough }
+            }
+            BranchKind::JmpRel | BranchKind::CallRel => target?,
+            BranchKind::Ret if cpu.code_size == CodeSize::Bits64 => read_u64(g, cpu.rsp)?,
+            _ => return None,
+        };
+        if pmu.next_branch_may_pmi(cpu.cpl)
+            || (!self.counting() && self.window_left <= 1)
+            || to == insn.ip
+        {
+            return None;
+        }
+        let at_target = GuestCpu { rip: to, ..*cpu };
+        let next = self.block_at(g, &at_target);
+        if self.blocks[next].addr(self.blocks[next].insns.len()) == insn.ip {
+            return None;
+        }
+        let taken = kind != BranchKind::Jcc || to != fallthrough || target == Some(fallthrough);
+        self.stats.predicted += 1;
+        self.branch(
+            pmu,
+            RetiredBranch {
+                from: insn.ip,
+                to,
+                fallthrough,
+                kind,
+                taken,
+                cpl_before: cpu.cpl,
+                cpl_after: cpu.cpl,
+            },
+        );
+        if self.blocks[next].insns.is_empty() {
+            // The target is itself a branch: stop there.
+            self.state = State::Running {
+                block: next,
+                done: 0,
+                target: 0,
+                cpl: cpu.cpl,
+            };
+            return Some(Resume {
+                breakpoints: vec![to],
+                stop_cpl: cpu.cpl,
+                ..Resume::default()
+            });
+        }
+        Some(self.plan_in(pmu, next, 0, cpu.cpl))
     }
 
     /// Plans inside a known block, positions before `done` already accounted.
@@ -624,6 +704,7 @@ impl Tracer {
             self.state = State::Free;
             return Resume {
                 single_step: true,
+                stop_cpl: cpl,
                 ..Resume::default()
             };
         }
@@ -636,6 +717,7 @@ impl Tracer {
         };
         Resume {
             breakpoints: vec![addr],
+            stop_cpl: cpl,
             ..Resume::default()
         }
     }
@@ -645,7 +727,16 @@ impl Tracer {
     fn step_over(&mut self, g: &mut dyn GuestAccess, insn: DecodedInsn, cpu: &GuestCpu) -> Resume {
         self.state = State::Stepping { insn, cpl: cpu.cpl };
         let mut breakpoints = Vec::new();
+        let mut stop_cpl = cpu.cpl;
         if let Flow::Branch { kind, .. } = insn.flow {
+            stop_cpl = match kind {
+                BranchKind::Syscall | BranchKind::Sysenter | BranchKind::SoftInt => 0,
+                BranchKind::Sysret | BranchKind::Sysexit => 3,
+                BranchKind::Iret if cpu.code_size == CodeSize::Bits64 => {
+                    read_u64(g, cpu.rsp.wrapping_add(8)).map_or(cpu.cpl, |cs| (cs & 3) as u8)
+                }
+                _ => cpu.cpl,
+            };
             let target = match kind {
                 BranchKind::Syscall => g.read_msr(IA32_LSTAR).ok(),
                 BranchKind::Sysenter => g.read_msr(IA32_SYSENTER_EIP).ok(),
@@ -664,6 +755,7 @@ impl Tracer {
         Resume {
             single_step: true,
             breakpoints,
+            stop_cpl,
             ..Resume::default()
         }
     }
@@ -762,6 +854,7 @@ fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize) -> Block {
                     ip,
                     len: 1,
                     flow: Flow::Trap,
+                    cond: None,
                 });
             }
         };

@@ -707,6 +707,21 @@ impl VirtualPmu {
         )
     }
 
+    /// Whether retiring one more branch instruction at `cpl` could raise a PMI (through an
+    /// instruction, cycle, branch or branch-miss counter one event from overflowing).
+    pub fn next_branch_may_pmi(&self, cpl: u8) -> bool {
+        self.until_pmi(
+            &[
+                Event::Instructions,
+                Event::CoreCycles,
+                Event::RefCycles,
+                Event::Branches,
+                Event::BranchMisses,
+            ],
+            cpl,
+        ) == Some(1)
+    }
+
     /// How many more core cycles at `cpl` until a cycle counter with PMI enabled overflows.
     pub fn cycles_until_pmi(&self, cpl: u8) -> Option<u64> {
         self.until_pmi(&[Event::CoreCycles, Event::RefCycles], cpl)

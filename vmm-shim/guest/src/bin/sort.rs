@@ -11,7 +11,7 @@ fn main(args: &Args) -> i32 {
     let n = args.u64("n", 100_000).min(MAX_N as u64) as usize;
     let seed = args.u64("seed", 1);
     // SAFETY: only vCPU 0 runs the workload, and only here; BUF is never aliased.
-    let buf = unsafe { &mut (&mut *(&raw mut BUF))[..n] };
+    let buf = unsafe { core::slice::from_raw_parts_mut((&raw mut BUF).cast::<u64>(), n) };
     if args.flag("warm") {
         // Run once untimed first (page faults, caches), as bench/guest-speed does natively.
         core::hint::black_box(sort::run(buf, seed));

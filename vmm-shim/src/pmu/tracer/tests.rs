@@ -42,6 +42,7 @@ fn exact_mode_counts_every_instruction_and_branch() {
     assert_eq!(t.stats().instructions, len - 1);
     assert_eq!(t.stats().branches, branches);
     assert_eq!(t.stats().unexpected, 0);
+    assert_eq!(t.stats().predicted, 1, "the direct call needs no step");
     assert!(
         t.stats().exits <= 2 * branches,
         "{} exits for {branches} branches",
@@ -197,6 +198,7 @@ fn syscall_and_sysret_are_far_branches_with_target_breakpoints() {
     let r = t.start(&mut g, &mut pmu).unwrap();
     assert!(r.single_step);
     assert_eq!(r.breakpoints, vec![LSTAR]);
+    assert_eq!(r.stop_cpl, 0, "SYSCALL stops next in ring 0");
     drive(&mut t, &mut g, &mut pmu);
     assert_eq!(
         lbr(&pmu),
@@ -283,4 +285,59 @@ fn frame_pointer_walk_follows_the_chain_and_stops_safely() {
     looped[0..8].copy_from_slice(&0x8000u64.to_le_bytes());
     let mut g = Fake::new(vec![(0x8000, looped)], vec![(0x1000, 3)]);
     assert_eq!(walk_frame_pointers(&mut g, 0x8000, 16), vec![0x1111]);
+}
+
+#[test]
+fn jcc_outcomes_are_predicted_from_rflags() {
+    // 1000: xor eax,eax; 1002: je 1010; 1004: nop ... 1010: nop; 1011: jmp 1011.
+    let mut code = vec![0x31, 0xc0, 0x74, 0x0c];
+    code.resize(0x10, 0x90);
+    code.extend_from_slice(&[0x90, 0xeb, 0xfe]);
+    let path = vec![
+        (0x1000, 3),
+        (0x1002, 3),
+        (0x1010, 3),
+        (0x1011, 3),
+        (0x1011, 3),
+    ];
+    let mut g = Fake::new(vec![(0x1000, code)], path);
+    g.rflags = Some(1 << 6); // ZF: the je is taken
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(t.stats().predicted, 1);
+    assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), 4);
+    assert_eq!(pmu.rdmsr(IA32_PMC0 + 1).unwrap(), 2);
+    assert_eq!(lbr(&pmu), vec![(0x1011, 0x1011), (0x1002, 0x1010)]);
+    // bp at the je, bp at the jmp (after the predicted je), one step of the jmp.
+    assert_eq!(t.stats().exits, 3);
+}
+
+#[test]
+fn a_branch_that_may_raise_a_pmi_is_stepped_not_predicted() {
+    let mut code = vec![0x31, 0xc0, 0x74, 0x0c];
+    code.resize(0x10, 0x90);
+    code.extend_from_slice(&[0x90, 0xeb, 0xfe]);
+    let path = vec![
+        (0x1000, 3),
+        (0x1002, 3),
+        (0x1010, 3),
+        (0x1011, 3),
+        (0x1011, 3),
+    ];
+    let mut g = Fake::new(vec![(0x1000, code)], path);
+    g.rflags = Some(1 << 6);
+    let mut pmu = counting_pmu(4, 8);
+    // BR_INST_RETIRED overflows on the first branch, with a PMI.
+    pmu.wrmsr(
+        IA32_PERFEVTSEL0 + 1,
+        EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC4,
+    )
+    .unwrap();
+    pmu.wrmsr(IA32_A_PMC0 + 1, (1 << 48) - 1).unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(t.stats().predicted, 0);
+    // The NMI came right after the je retired: 2 instructions in.
+    assert_eq!(g.nmis_at, vec![2]);
 }
