@@ -555,6 +555,34 @@ mod tests {
     }
 
     #[test]
+    fn perf_guest_samples_resolve_in_the_guest_address_space() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        // perf kvm: guest mappings and samples carry the VM's (host) pid.
+        a.add(&Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::Guest { vm: 42 },
+            pid: 42,
+            start: 0xffff_ffff_8100_0000,
+            len: 0x10000,
+            pgoff: 0x200,
+            path: "guest-vmlinux".into(),
+            build_id: None,
+        }));
+        a.add(&Event::Sample(HostSample {
+            pid: 42,
+            period: 1,
+            ip: 0xffff_ffff_8100_0010,
+            mode: CpuMode::GuestKernel,
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        assert_eq!(p.totals.guest_samples, 1);
+        let (l, _) = p.ips.iter().next().unwrap();
+        assert_eq!(p.spaces.modules.get(l.module).path, "guest-vmlinux");
+        assert_eq!(l.offset, 0x210);
+    }
+
+    #[test]
     fn filters_drop_samples() {
         let mut a = Aggregator::new(AggregateOptions {
             filter: Filter {
