@@ -132,14 +132,12 @@ pub enum PerfDataError {
     },
     #[error("not a perf.data file (magic {magic:02x?})")]
     BadMagic { magic: Vec<u8> },
-    #[error("malformed perf.data header")]
-    Header(#[source] linux_perf_data::Error),
-    #[error("malformed perf.data record near file offset {offset:#x}")]
-    Record {
-        offset: u64,
-        #[source]
-        source: linux_perf_data::Error,
-    },
+    // linux-perf-data's errors print their own cause too (`I/O error: X` with X as
+    // source), so they are kept as text here to print each cause once.
+    #[error("malformed perf.data header: {reason}")]
+    Header { reason: String },
+    #[error("malformed perf.data record near file offset {offset:#x}: {reason}")]
+    Record { offset: u64, reason: String },
     #[error("malformed {kind} record #{index} (its body does not match its event attribute)")]
     RecordBody {
         kind: &'static str,
@@ -233,84 +231,42 @@ impl PerfDataReader {
                 magic: head[..got.min(8)].to_vec(),
             });
         }
+        let le = head[..8] == abi::PERF_MAGIC;
+        let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
         let data_end = if got == head.len() {
-            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
-            let le = head[..8] == abi::PERF_MAGIC;
-            let rd = |b: &[u8]| {
-                let a: [u8; 8] = b.try_into().unwrap_or_default();
-                if le {
-                    u64::from_le_bytes(a)
-                } else {
-                    u64::from_be_bytes(a)
-                }
-            };
-            rd(&head[o..o + 8]).saturating_add(rd(&head[o + 8..o + 16]))
+            header_word(&head[o..o + 8], le).saturating_add(header_word(&head[o + 8..o + 16], le))
         } else {
             u64::MAX
         };
-        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let truncated = data_end != u64::MAX && data_end > file_len;
         let mut warnings = Vec::new();
-        let mut head_patch = None;
-        if truncated {
-            // The feature sections live after the data section, so they are gone too:
-            // read the file as if it had none, with the data section ending at EOF.
-            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
-            let le = head[..8] == abi::PERF_MAGIC;
-            let word = |b: &[u8]| {
-                let a: [u8; 8] = b.try_into().unwrap_or_default();
-                if le {
-                    u64::from_le_bytes(a)
-                } else {
-                    u64::from_be_bytes(a)
-                }
-            };
-            let data_off = word(&head[o..o + 8]);
-            let usable =
-                complete_records_end(&mut file, data_off, file_len, le).map_err(open_err)?;
+        let head_patch = if truncated {
             warnings.push(format!(
-                "stopped at file offset {usable:#x}: the record there is incomplete; \
-                 the report covers the records before it"
+                "the file is truncated: its data section should end at offset {data_end:#x} \
+                 but the file has only {file_len:#x} bytes; reading what is there"
             ));
-            let size = usable.saturating_sub(data_off);
-            let mut patched = head.to_vec();
-            patched[o + 8..o + 16].copy_from_slice(&if le {
-                size.to_le_bytes()
-            } else {
-                size.to_be_bytes()
-            });
-            let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
-            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
-            let n = read_up_to(&mut file, &mut full).map_err(open_err)?;
-            full.truncate(n);
-            full[..patched.len().min(n)].copy_from_slice(&patched[..patched.len().min(n)]);
-            let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
-            if full.len() >= features + 32 {
-                full[features..features + 32].fill(0);
-                // Old files describe events in the event_types section; the attrs
-                // section alone is what every perf version writes.
-                full[o + 16..o + 32].fill(0);
-            }
-            warnings.push(
-                "the file's feature sections (event names, build-ids, host facts) are lost with its end"
-                    .to_owned(),
-            );
-            head_patch = Some(full);
-            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
-        }
+            let data_off = header_word(&head[o..o + 8], le);
+            truncated_file_header(&mut file, data_off, file_len, le, &mut warnings)
+                .map_err(open_err)?
+        } else {
+            Vec::new()
+        };
+        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let pos = Arc::new(AtomicU64::new(0));
         let tracked = BufReader::with_capacity(
             1 << 20,
             Tracked {
                 inner: file,
                 pos: Arc::clone(&pos),
-                head: head_patch.unwrap_or_default(),
+                head: head_patch,
             },
         );
         let PerfFileReader {
             perf_file,
             record_iter,
-        } = PerfFileReader::parse_file(tracked).map_err(PerfDataError::Header)?;
+        } = PerfFileReader::parse_file(tracked).map_err(|e| PerfDataError::Header {
+            reason: e.to_string(),
+        })?;
 
         let build_ids = match perf_file.build_ids() {
             Ok(map) => map
@@ -322,15 +278,6 @@ impl PerfDataReader {
                 HashMap::new()
             }
         };
-        if truncated {
-            warnings.insert(
-                0,
-                format!(
-                    "the file is truncated: its data section should end at offset {data_end:#x} \
-                 but the file has only {file_len:#x} bytes; reading what is there"
-                ),
-            );
-        }
         let event_names: Vec<String> = perf_file
             .event_attributes()
             .iter()
@@ -398,7 +345,10 @@ impl PerfDataReader {
                         ));
                         return Ok(None);
                     }
-                    return Err(PerfDataError::Record { offset, source });
+                    return Err(PerfDataError::Record {
+                        offset,
+                        reason: source.to_string(),
+                    });
                 }
             };
             self.stats.records += 1;
@@ -443,6 +393,55 @@ impl Iterator for PerfDataReader {
             }
         }
     }
+}
+
+/// A `u64` of the file header in the file's byte order.
+fn header_word(b: &[u8], le: bool) -> u64 {
+    let a: [u8; 8] = b.try_into().unwrap_or_default();
+    if le {
+        u64::from_le_bytes(a)
+    } else {
+        u64::from_be_bytes(a)
+    }
+}
+
+/// The file header to read a truncated file with: its data section ends at the last
+/// complete record, and it has no feature sections (they lived after the data section,
+/// so they are gone too). Old files describe events in the event_types section; it is
+/// dropped as well, as the attrs section alone is what every perf version writes.
+fn truncated_file_header(
+    file: &mut File,
+    data_off: u64,
+    file_len: u64,
+    le: bool,
+    warnings: &mut Vec<String>,
+) -> std::io::Result<Vec<u8>> {
+    let usable = complete_records_end(file, data_off, file_len, le)?;
+    warnings.push(format!(
+        "stopped at file offset {usable:#x}: the record there is incomplete; \
+         the report covers the records before it"
+    ));
+    warnings.push(
+        "the file's feature sections (event names, build-ids, host facts) are lost with its end"
+            .to_owned(),
+    );
+    let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut full)?;
+    full.truncate(n);
+    let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
+    let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+    if full.len() >= features + 32 {
+        let size = usable.saturating_sub(data_off);
+        full[o + 8..o + 16].copy_from_slice(&if le {
+            size.to_le_bytes()
+        } else {
+            size.to_be_bytes()
+        });
+        full[o + 16..o + 32].fill(0);
+        full[features..features + 32].fill(0);
+    }
+    Ok(full)
 }
 
 /// The end of the last complete record of a data section starting at `data_off`, walking
