@@ -205,6 +205,43 @@ fn fixture_top_edges_match_perf_report_branch() {
     }
 }
 
+#[test]
+fn fixture_top_functions_match_perf_report_sym() {
+    for (file, expected) in BRANCH_FIXTURES {
+        let Some(path) = fixture(file) else { return };
+        let dir = path.parent().unwrap().to_str().unwrap().to_owned();
+        // Kernel addresses stay addresses (recorded elsewhere), as in perf's output.
+        let v = json(&[
+            "report",
+            "-i",
+            path.to_str().unwrap(),
+            "--symfs",
+            &dir,
+            "--kallsyms",
+            "/dev/null",
+            "--limit",
+            "0",
+        ]);
+        let mut ours: HashMap<String, f64> = HashMap::new();
+        for f in v["functions"].as_array().unwrap() {
+            *ours
+                .entry(our_key(f["function"].as_str().unwrap()))
+                .or_default() += f["self_pct"].as_f64().unwrap();
+        }
+        let text = xz(&fixture(&format!("expected/{expected}.report-sym.txt.xz")).unwrap());
+        let rows = perf_rows(&text, 1);
+        assert!(!rows.is_empty(), "{file}: no rows in the expected output");
+        for (sym, p) in rows.iter().take(20) {
+            let got = ours.get(sym).copied().unwrap_or(0.0);
+            assert!(
+                (got - p[0]).abs() <= 0.5,
+                "{file}: self of {sym}: perf {}%, lbrprof {got}%",
+                p[0]
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Agreement with perf report on a cpu-clock recording made here.
 
@@ -215,7 +252,7 @@ fn tool_works(cmd: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Parses `perf report --stdio -g none --sort sym` rows: (symbol key, percentages).
+/// Parses `perf report --stdio` rows sorted by symbol: (symbol key, percentages).
 fn perf_rows(text: &str, columns: usize) -> Vec<(String, Vec<f64>)> {
     let mut rows = Vec::new();
     for line in text.lines() {
@@ -231,8 +268,15 @@ fn perf_rows(text: &str, columns: usize) -> Vec<(String, Vec<f64>)> {
             .iter()
             .map(|p| p.trim_end_matches('%').parse().unwrap())
             .collect();
-        // f[columns] is "[.]" / "[k]"; the symbol may contain spaces.
-        let sym = f[columns + 1..].join(" ");
+        // After the percentages (and a shared-object column, when sorted by it) comes the
+        // "[.]" / "[k]" marker; the symbol after it may contain spaces.
+        let Some(mark) = f[columns..]
+            .iter()
+            .position(|t| t.len() == 3 && t.starts_with('[') && t.ends_with(']'))
+        else {
+            continue;
+        };
+        let sym = f[columns + mark + 1..].join(" ");
         rows.push((perf_key(&sym), pcts));
     }
     rows

@@ -117,6 +117,18 @@ impl Input {
         }
     }
 
+    /// The name of the sampled event(s), known once the stream has ended: for perf.data
+    /// the events that really have samples (the header names the first one in the file).
+    pub fn sampled_event(&self) -> Option<String> {
+        match &self.source {
+            Source::Lbrprof(_) => None,
+            Source::Perf(r) => {
+                let names = r.sampled_events();
+                (!names.is_empty()).then(|| names.join(", "))
+            }
+        }
+    }
+
     /// Notes about the recording for the report header: the recorder's own notes, or
     /// what the import skipped. Complete only once the stream has ended.
     pub fn recorded_notes(&self) -> Vec<String> {
@@ -133,14 +145,22 @@ impl Input {
             }
             Source::Perf(r) => {
                 let s = r.stats();
+                let mut notes = Vec::new();
+                let sampled = r.sampled_events();
+                if sampled.len() > 1 {
+                    notes.push(format!(
+                        "samples of {} events ({}) are counted together",
+                        sampled.len(),
+                        sampled.join(", ")
+                    ));
+                }
                 if s.skipped_records > 0 {
-                    vec![format!(
+                    notes.push(format!(
                         "{} perf records of types lbrprof does not use were skipped",
                         s.skipped_records
-                    )]
-                } else {
-                    Vec::new()
+                    ));
                 }
+                notes
             }
         }
     }

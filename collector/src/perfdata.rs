@@ -132,14 +132,12 @@ pub enum PerfDataError {
     },
     #[error("not a perf.data file (magic {magic:02x?})")]
     BadMagic { magic: Vec<u8> },
-    #[error("malformed perf.data header")]
-    Header(#[source] linux_perf_data::Error),
-    #[error("malformed perf.data record near file offset {offset:#x}")]
-    Record {
-        offset: u64,
-        #[source]
-        source: linux_perf_data::Error,
-    },
+    // linux-perf-data's errors print their own cause too (`I/O error: X` with X as
+    // source), so they are kept as text here to print each cause once.
+    #[error("malformed perf.data header: {reason}")]
+    Header { reason: String },
+    #[error("malformed perf.data record near file offset {offset:#x}: {reason}")]
+    Record { offset: u64, reason: String },
     #[error("malformed {kind} record #{index} (its body does not match its event attribute)")]
     RecordBody {
         kind: &'static str,
@@ -160,10 +158,13 @@ pub struct ImportStats {
     pub mappings: u64,
     /// Record types the model has no place for (e.g. `SWITCH`, `AUX`, user records).
     pub skipped_records: u64,
+    /// Samples per event attribute, in file order.
+    pub samples_per_event: Vec<u64>,
 }
 
 /// A `Read + Seek` wrapper that publishes its position, so an error deep inside the
-/// parser can still name the file offset where reading stopped. It can also present a
+/// parser can still name the file offset where reading stopped (to within the read
+/// buffer it sits under). It can also present a
 /// patched copy of the file header (`head`) in place of the first bytes of the file.
 struct Tracked<R> {
     inner: R,
@@ -195,7 +196,7 @@ impl<R: Seek> Seek for Tracked<R> {
     }
 }
 
-type FileIter = PerfRecordIter<Tracked<BufReader<File>>>;
+type FileIter = PerfRecordIter<BufReader<Tracked<File>>>;
 
 /// Streams a perf.data file as model events (records in time order, as perf sorts them).
 pub struct PerfDataReader {
@@ -207,6 +208,8 @@ pub struct PerfDataReader {
     data_end: u64,
     file_len: u64,
     build_ids: HashMap<Vec<u8>, Vec<u8>>,
+    /// perf's name of each event attribute, in file order.
+    event_names: Vec<String>,
     stats: ImportStats,
     warnings: Vec<String>,
     done: bool,
@@ -228,81 +231,42 @@ impl PerfDataReader {
                 magic: head[..got.min(8)].to_vec(),
             });
         }
+        let le = head[..8] == abi::PERF_MAGIC;
+        let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
         let data_end = if got == head.len() {
-            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
-            let le = head[..8] == abi::PERF_MAGIC;
-            let rd = |b: &[u8]| {
-                let a: [u8; 8] = b.try_into().unwrap_or_default();
-                if le {
-                    u64::from_le_bytes(a)
-                } else {
-                    u64::from_be_bytes(a)
-                }
-            };
-            rd(&head[o..o + 8]).saturating_add(rd(&head[o + 8..o + 16]))
+            header_word(&head[o..o + 8], le).saturating_add(header_word(&head[o + 8..o + 16], le))
         } else {
             u64::MAX
         };
-        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let truncated = data_end != u64::MAX && data_end > file_len;
         let mut warnings = Vec::new();
-        let mut head_patch = None;
-        if truncated {
-            // The feature sections live after the data section, so they are gone too:
-            // read the file as if it had none, with the data section ending at EOF.
-            let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
-            let le = head[..8] == abi::PERF_MAGIC;
-            let word = |b: &[u8]| {
-                let a: [u8; 8] = b.try_into().unwrap_or_default();
-                if le {
-                    u64::from_le_bytes(a)
-                } else {
-                    u64::from_be_bytes(a)
-                }
-            };
-            let data_off = word(&head[o..o + 8]);
-            let usable =
-                complete_records_end(&mut file, data_off, file_len, le).map_err(open_err)?;
+        let head_patch = if truncated {
             warnings.push(format!(
-                "stopped at file offset {usable:#x}: the record there is incomplete; \
-                 the report covers the records before it"
+                "the file is truncated: its data section should end at offset {data_end:#x} \
+                 but the file has only {file_len:#x} bytes; reading what is there"
             ));
-            let size = usable.saturating_sub(data_off);
-            let mut patched = head.to_vec();
-            patched[o + 8..o + 16].copy_from_slice(&if le {
-                size.to_le_bytes()
-            } else {
-                size.to_be_bytes()
-            });
-            let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
-            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
-            let n = read_up_to(&mut file, &mut full).map_err(open_err)?;
-            full.truncate(n);
-            full[..patched.len().min(n)].copy_from_slice(&patched[..patched.len().min(n)]);
-            let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
-            if full.len() >= features + 32 {
-                full[features..features + 32].fill(0);
-                // Old files describe events in the event_types section; the attrs
-                // section alone is what every perf version writes.
-                full[o + 16..o + 32].fill(0);
-            }
-            warnings.push(
-                "the file's feature sections (event names, build-ids, host facts) are lost with its end"
-                    .to_owned(),
-            );
-            head_patch = Some(full);
-            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
-        }
-        let pos = Arc::new(AtomicU64::new(0));
-        let tracked = Tracked {
-            inner: BufReader::with_capacity(1 << 20, file),
-            pos: Arc::clone(&pos),
-            head: head_patch.unwrap_or_default(),
+            let data_off = header_word(&head[o..o + 8], le);
+            truncated_file_header(&mut file, data_off, file_len, le, &mut warnings)
+                .map_err(open_err)?
+        } else {
+            Vec::new()
         };
+        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        let pos = Arc::new(AtomicU64::new(0));
+        let tracked = BufReader::with_capacity(
+            1 << 20,
+            Tracked {
+                inner: file,
+                pos: Arc::clone(&pos),
+                head: head_patch,
+            },
+        );
         let PerfFileReader {
             perf_file,
             record_iter,
-        } = PerfFileReader::parse_file(tracked).map_err(PerfDataError::Header)?;
+        } = PerfFileReader::parse_file(tracked).map_err(|e| PerfDataError::Header {
+            reason: e.to_string(),
+        })?;
 
         let build_ids = match perf_file.build_ids() {
             Ok(map) => map
@@ -314,15 +278,14 @@ impl PerfDataReader {
                 HashMap::new()
             }
         };
-        if truncated {
-            warnings.insert(
-                0,
-                format!(
-                    "the file is truncated: its data section should end at offset {data_end:#x} \
-                 but the file has only {file_len:#x} bytes; reading what is there"
-                ),
-            );
-        }
+        let event_names: Vec<String> = perf_file
+            .event_attributes()
+            .iter()
+            .map(|a| {
+                a.name()
+                    .map_or_else(|| event_type_name(&a.attr.type_), str::to_owned)
+            })
+            .collect();
         let header = header_of(&perf_file, path);
         Ok(Self {
             header,
@@ -332,7 +295,11 @@ impl PerfDataReader {
             data_end,
             file_len,
             build_ids,
-            stats: ImportStats::default(),
+            stats: ImportStats {
+                samples_per_event: vec![0; event_names.len()],
+                ..ImportStats::default()
+            },
+            event_names,
             warnings,
             done: false,
         })
@@ -352,6 +319,17 @@ impl PerfDataReader {
         &self.stats
     }
 
+    /// The names of the events that have samples (known once the stream has ended); the
+    /// header names the first attribute, which in some files is an AUX or dummy event.
+    pub fn sampled_events(&self) -> Vec<&str> {
+        self.event_names
+            .iter()
+            .zip(&self.stats.samples_per_event)
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     /// The next batch of events (one record gives zero or one event).
     fn next_event(&mut self) -> Result<Option<Event>, PerfDataError> {
         loop {
@@ -367,12 +345,22 @@ impl PerfDataReader {
                         ));
                         return Ok(None);
                     }
-                    return Err(PerfDataError::Record { offset, source });
+                    return Err(PerfDataError::Record {
+                        offset,
+                        reason: source.to_string(),
+                    });
                 }
             };
             self.stats.records += 1;
             let raw = match record {
-                PerfFileRecord::EventRecord { record, .. } => record,
+                PerfFileRecord::EventRecord { record, attr_index } => {
+                    if record.record_type == RecordType::SAMPLE
+                        && let Some(n) = self.stats.samples_per_event.get_mut(attr_index)
+                    {
+                        *n += 1;
+                    }
+                    record
+                }
                 PerfFileRecord::UserRecord(_) => {
                     self.stats.skipped_records += 1;
                     continue;
@@ -405,6 +393,55 @@ impl Iterator for PerfDataReader {
             }
         }
     }
+}
+
+/// A `u64` of the file header in the file's byte order.
+fn header_word(b: &[u8], le: bool) -> u64 {
+    let a: [u8; 8] = b.try_into().unwrap_or_default();
+    if le {
+        u64::from_le_bytes(a)
+    } else {
+        u64::from_be_bytes(a)
+    }
+}
+
+/// The file header to read a truncated file with: its data section ends at the last
+/// complete record, and it has no feature sections (they lived after the data section,
+/// so they are gone too). Old files describe events in the event_types section; it is
+/// dropped as well, as the attrs section alone is what every perf version writes.
+fn truncated_file_header(
+    file: &mut File,
+    data_off: u64,
+    file_len: u64,
+    le: bool,
+    warnings: &mut Vec<String>,
+) -> std::io::Result<Vec<u8>> {
+    let usable = complete_records_end(file, data_off, file_len, le)?;
+    warnings.push(format!(
+        "stopped at file offset {usable:#x}: the record there is incomplete; \
+         the report covers the records before it"
+    ));
+    warnings.push(
+        "the file's feature sections (event names, build-ids, host facts) are lost with its end"
+            .to_owned(),
+    );
+    let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut full)?;
+    full.truncate(n);
+    let o = abi::PERF_FILE_HEADER_DATA_OFFSET;
+    let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+    if full.len() >= features + 32 {
+        let size = usable.saturating_sub(data_off);
+        full[o + 8..o + 16].copy_from_slice(&if le {
+            size.to_le_bytes()
+        } else {
+            size.to_be_bytes()
+        });
+        full[o + 16..o + 32].fill(0);
+        full[features..features + 32].fill(0);
+    }
+    Ok(full)
 }
 
 /// The end of the last complete record of a data section starting at `data_off`, walking
@@ -827,7 +864,8 @@ pub fn branch_flags(word: u64) -> BranchFlags {
 pub fn callchain_frames(raw: impl IntoIterator<Item = u64>, sample_mode: CpuMode) -> Vec<Frame> {
     let mut mode = sample_mode;
     let mut guest = sample_mode.is_guest();
-    let mut frames = Vec::new();
+    let raw = raw.into_iter();
+    let mut frames = Vec::with_capacity(raw.size_hint().0);
     for v in raw {
         if v >= abi::PERF_CONTEXT_MAX {
             mode = match v {
@@ -868,10 +906,8 @@ pub fn decode_sample(
 ) -> Result<HostSample, &'static str> {
     use abi::*;
     let st = layout.sample_type;
-    let mut c = Cursor {
-        buf: body,
-        le: endian == Endianness::LittleEndian,
-    };
+    let le = endian == Endianness::LittleEndian;
+    let mut c = Cursor { buf: body, le };
     let mut s = HostSample {
         mode,
         period: 1,
@@ -933,9 +969,8 @@ pub fn decode_sample(
         }
         let (chain, rest) = c.buf.split_at(n);
         c.buf = rest;
-        let le = c.le;
         let raw = chain.chunks_exact(8).map(|w| {
-            let a: [u8; 8] = w.try_into().unwrap_or_default();
+            let a = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
             if le {
                 u64::from_le_bytes(a)
             } else {

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use libfuzzer_sys::fuzz_target;
 use lbrprof_symbolizer::{FileOffset, Module, Svma, SymbolizerOptions};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let opts = SymbolizerOptions::default();
@@ -17,11 +17,15 @@ fuzz_target!(|data: &[u8]| {
         .chain([0, 0x1000, 0x401000])
         .collect();
     if let Ok(opened) = Module::from_bytes(Path::new("fuzz"), data.to_vec(), &opts) {
-        for p in probes {
+        for &p in &probes {
             let _ = opened.module.symbolize(Svma(p));
             let _ = opened.module.symbolize(Svma(p & 0xffff));
             let _ = opened.module.symbolize_offset(FileOffset(p & 0xffff));
         }
+        let svmas: Vec<Svma> = probes.iter().map(|p| Svma(*p)).collect();
+        let _ = opened
+            .module
+            .visit(&svmas, |_, a| Some(a), |_| Ok::<(), ()>(()));
         let _ = opened.module.take_warnings();
     }
 });

@@ -267,15 +267,16 @@ impl Aggregator {
         let spaces = &mut self.profile.spaces;
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
-        if s.callchain.is_empty() {
+        // The leaf is the sampled IP; a call chain normally starts with it, but not when
+        // its kernel part was excluded.
+        if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
-        } else {
-            stack.extend(
-                s.callchain
-                    .iter()
-                    .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
-            );
         }
+        stack.extend(
+            s.callchain
+                .iter()
+                .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
+        );
         bump(&mut self.profile.stacks, &stack, weight);
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
@@ -420,9 +421,15 @@ where
                     Ok(ev) => {
                         batch.push(ev);
                         if batch.len() == BATCH {
-                            let next = back_rx
-                                .try_recv()
-                                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                            // Reuse a returned batch; dropping its events here keeps the
+                            // frees off the aggregating thread.
+                            let next = match back_rx.try_recv() {
+                                Ok(mut b) => {
+                                    b.clear();
+                                    b
+                                }
+                                Err(_) => Vec::with_capacity(BATCH),
+                            };
                             if tx.send(std::mem::replace(&mut batch, next)).is_err() {
                                 return None;
                             }
@@ -437,11 +444,10 @@ where
             let _ = tx.send(batch);
             None
         });
-        for mut batch in rx {
+        for batch in rx {
             for ev in &batch {
                 agg.add(ev);
             }
-            batch.clear();
             let _ = back_tx.send(batch);
         }
         producer.join().unwrap_or(None)
@@ -564,6 +570,59 @@ mod tests {
         // The guest stack ends in the vCPU root frame.
         let stack = p.stacks.keys().next().unwrap();
         assert_eq!(stack.last().unwrap().module, ModuleTable::GUEST_ROOT);
+    }
+
+    #[test]
+    fn lbr_call_stack_mode_rebuilds_stacks_from_call_sites() {
+        let mut a = Aggregator::new(AggregateOptions {
+            lbr_call_stack: true,
+            ..AggregateOptions::default()
+        });
+        a.add(&mapping());
+        // Call-stack LBR: newest entry is the innermost call (caller site -> callee).
+        a.add(&Event::Sample(HostSample {
+            pid: 1,
+            period: 1,
+            ip: 0x400300,
+            mode: CpuMode::User,
+            branches: vec![br(0x400210, 0x400300), br(0x400110, 0x400200)],
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        let l = |o| Loc {
+            module: crate::loc::ModuleId(4),
+            offset: o,
+        };
+        let stack: Vec<Loc> = p.lbr_stacks.keys().next().unwrap().clone();
+        assert_eq!(stack, vec![l(0x300), l(0x210), l(0x110)]);
+    }
+
+    #[test]
+    fn perf_guest_samples_resolve_in_the_guest_address_space() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        // perf kvm: guest mappings and samples carry the VM's (host) pid.
+        a.add(&Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::Guest { vm: 42 },
+            pid: 42,
+            start: 0xffff_ffff_8100_0000,
+            len: 0x10000,
+            pgoff: 0x200,
+            path: "guest-vmlinux".into(),
+            build_id: None,
+        }));
+        a.add(&Event::Sample(HostSample {
+            pid: 42,
+            period: 1,
+            ip: 0xffff_ffff_8100_0010,
+            mode: CpuMode::GuestKernel,
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        assert_eq!(p.totals.guest_samples, 1);
+        let (l, _) = p.ips.iter().next().unwrap();
+        assert_eq!(p.spaces.modules.get(l.module).path, "guest-vmlinux");
+        assert_eq!(l.offset, 0x210);
     }
 
     #[test]

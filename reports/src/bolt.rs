@@ -57,15 +57,28 @@ fn fmt_side(s: &Option<(String, u64)>) -> String {
 }
 
 /// Writes the fdata profile of `profile`.
+///
+/// `binaries`: when not empty, only locations in modules with these paths or file names
+/// count as known (BOLT optimizes one binary; other modules' code is `[unknown]` to it).
 pub fn write_fdata(
     profile: &Profile,
     syms: &SymbolTable,
     code: &mut CodeReader,
     event: &str,
+    binaries: &[String],
     mut w: impl Write,
 ) -> io::Result<BoltStats> {
     let modules = &profile.spaces.modules;
     let mut stats = BoltStats::default();
+    let side = |syms: &SymbolTable, l: &Loc| {
+        if !binaries.is_empty() {
+            let m = modules.get(l.module);
+            if !binaries.iter().any(|b| *b == m.path || b == m.short_name()) {
+                return None;
+            }
+        }
+        side(syms, l)
+    };
     if profile.edges.is_empty() {
         stats.no_lbr = true;
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
@@ -191,12 +204,32 @@ mod tests {
         let p = agg(true);
         let syms = SymbolTable::build(&p, &TwoFunctions);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "cycles", &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "cycles",
+            &[],
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, "1 f 20 1 g 0 1 3\n1 g 80 1 f 10 0 3\n");
         assert_eq!(stats.branch_lines, 2);
         // The range [f+0x10, f+0x20] is in unreadable code: counted, skipped.
         assert_eq!(stats.skipped_ranges, 1);
+        // Restricted to another binary, nothing is known.
+        let mut out = Vec::new();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "c",
+            &["other".into()],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((stats.branch_lines, stats.skipped_edges), (0, 2));
     }
 
     #[test]
@@ -204,8 +237,15 @@ mod tests {
         let p = agg(false);
         let syms = SymbolTable::build(&p, &TwoFunctions);
         let mut out = Vec::new();
-        let stats =
-            write_fdata(&p, &syms, &mut CodeReader::default(), "cpu clock", &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "cpu clock",
+            &[],
+            &mut out,
+        )
+        .unwrap();
         assert!(stats.no_lbr);
         assert_eq!(
             String::from_utf8(out).unwrap(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Profile;
 use crate::decode::{AVG_INSN_BYTES, CodeReader};
 use crate::loc::{Loc, ModuleTable};
-use crate::symbols::{SymbolTable, unknown_name};
+use crate::symbols::SymbolTable;
 
 /// How rows are ordered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,15 +157,19 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// The short module name shown in tables.
+fn module_name(modules: &ModuleTable, id: crate::loc::ModuleId) -> String {
+    if id == ModuleTable::GUEST_ROOT {
+        "[guest]".to_owned()
+    } else {
+        modules.get(id).short_name().to_owned()
+    }
+}
+
 pub(crate) fn place(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> Place {
-    let m = modules.get(l.module);
     let s = syms.get(l);
     Place {
-        module: if l.module == ModuleTable::GUEST_ROOT {
-            "[guest]".to_owned()
-        } else {
-            m.short_name().to_owned()
-        },
+        module: module_name(modules, l.module),
         offset: l.offset,
         function: s.and_then(|s| s.function.clone()),
         function_offset: s.and_then(|s| s.function_offset),
@@ -215,15 +219,7 @@ pub fn build(
     let functions = funcs
         .into_iter()
         .map(|((m, name), [ss, sw, ts, tw])| FunctionRow {
-            module: place(
-                modules,
-                syms,
-                &Loc {
-                    module: crate::loc::ModuleId(m),
-                    offset: 0,
-                },
-            )
-            .module,
+            module: module_name(modules, crate::loc::ModuleId(m)),
             function: name,
             self_samples: ss,
             self_weight: sw,
@@ -409,13 +405,5 @@ impl Report {
             self.branches.truncate(limit);
             self.ranges.truncate(limit);
         }
-    }
-}
-
-/// Name of an unsymbolized location (re-exported for renderers).
-pub fn loc_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
-    match syms.get(l).and_then(|s| s.function.clone()) {
-        Some(f) => f,
-        None => unknown_name(modules, l),
     }
 }

@@ -34,6 +34,9 @@ pub trait SymbolSource: Sync {
     fn take_warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Loads what every lookup needs (e.g. the kernel symbol table) ahead of time, so it
+    /// can overlap with reading the recording.
+    fn prewarm(&self) {}
 }
 
 /// Names nothing: every location is shown as `module+0xoffset`.
@@ -51,6 +54,8 @@ pub struct SymbolizerSource {
     /// Whether kernel addresses may be looked up (off when the recording was made on a
     /// different kernel and no matching kallsyms file was given).
     pub kernel: bool,
+    /// Whether [`SymbolSource::prewarm`] loads the kernel symbol table.
+    pub prewarm_kernel: bool,
 }
 
 impl SymbolizerSource {
@@ -58,6 +63,7 @@ impl SymbolizerSource {
         SymbolizerSource {
             symbolizer: lbrprof_symbolizer::Symbolizer::new(opts),
             kernel: true,
+            prewarm_kernel: true,
         }
     }
 }
@@ -98,6 +104,11 @@ impl SymbolSource for SymbolizerSource {
     fn take_warnings(&self) -> Vec<String> {
         self.symbolizer.take_warnings()
     }
+    fn prewarm(&self) {
+        if self.kernel && self.prewarm_kernel {
+            self.symbolizer.symbolize_kernel(&[]);
+        }
+    }
 }
 
 /// The names of every location of a profile.
@@ -109,22 +120,27 @@ pub struct SymbolTable {
 impl SymbolTable {
     /// Symbolizes every location that appears in `profile` (stacks, edges, ranges, IPs).
     pub fn build(profile: &Profile, source: &dyn SymbolSource) -> Self {
-        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
-        let mut add = |l: &Loc| per_module.entry(l.module).or_default().push(l.offset);
-        profile.stacks.keys().flatten().for_each(&mut add);
-        profile.lbr_stacks.keys().flatten().for_each(&mut add);
+        // Unique locations first (stacks repeat the same frames over and over).
+        let mut unique: std::collections::HashSet<Loc, crate::aggregate::FastHash> =
+            std::collections::HashSet::with_hasher(crate::aggregate::FastHash);
+        unique.extend(profile.stacks.keys().flatten().copied());
+        unique.extend(profile.lbr_stacks.keys().flatten().copied());
         for (a, b) in profile.edges.keys().chain(profile.ranges.keys()) {
-            add(a);
-            add(b);
+            unique.insert(*a);
+            unique.insert(*b);
         }
-        profile.ips.keys().for_each(&mut add);
+        unique.extend(profile.ips.keys().copied());
         let modules = &profile.spaces.modules;
+        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
+        for l in unique {
+            if modules.get(l.module).kind != ModuleKind::Unknown {
+                per_module.entry(l.module).or_default().push(l.offset);
+            }
+        }
         let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
             .into_iter()
-            .filter(|(m, _)| modules.get(*m).kind != ModuleKind::Unknown)
             .map(|(m, mut offs)| {
                 offs.sort_unstable();
-                offs.dedup();
                 (m, offs)
             })
             .collect();

@@ -14,8 +14,8 @@ use super::report::{InputArgs, Naming, load, output};
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Write a BOLT profile (the .fdata text `llvm-bolt -data=FILE` reads). Use --dso to
-    /// keep the samples of the binary being optimized.
+    /// Write a BOLT profile (the .fdata text `llvm-bolt -data=FILE` reads). With --dso,
+    /// only the named binary's code counts as known (other code is `[unknown]`).
     #[arg(long, required = true)]
     pub bolt: bool,
     /// Where to write the profile.
@@ -35,6 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &loaded.syms,
         &mut code,
         &loaded.header.sampling.event,
+        &args.input.dso,
         &mut out,
     )
     .and_then(|s| out.flush().map(|()| s))

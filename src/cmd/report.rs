@@ -191,6 +191,21 @@ pub enum Naming {
     Mangled,
 }
 
+/// Whether /proc/kallsyms shows real addresses to us (`kernel.kptr_restrict` 0, or 1 as
+/// root).
+fn kallsyms_readable() -> bool {
+    let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    matches!(restrict, Some(0)) || (restrict == Some(1) && root)
+}
+
 /// Whether this machine's /proc/kallsyms describes the kernel `header` was recorded on.
 fn same_kernel(header: &Header) -> bool {
     let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -221,6 +236,9 @@ fn symbol_source(
             header.host.kernel
         ));
     }
+    // Loading /proc/kallsyms ahead of time is only worth it where it is readable;
+    // elsewhere it would warn about a table that user-space-only recordings never need.
+    source.prewarm_kernel = args.kallsyms.is_some() || kallsyms_readable();
     Box::new(source)
 }
 
@@ -242,6 +260,13 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         vm: matches!(header.target, Target::Vm { .. }),
     };
     let mut input = input;
+    let naming = if args.no_symbols {
+        Naming::None
+    } else {
+        naming
+    };
+    let mut source_notes = Vec::new();
+    let source = symbol_source(args, naming, &header, &mut source_notes);
     let progress = progress_bar(path);
     let ticker = progress.clone();
     let mut n = 0u64;
@@ -251,7 +276,11 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
             ticker.set_position(n);
         }
     });
-    let (mut profile, err) = lbrprof_reports::aggregate_events(events, opts);
+    // Load the kernel's symbols while the events are read (the work does not depend on them).
+    let (mut profile, err) = std::thread::scope(|scope| {
+        scope.spawn(|| source.prewarm());
+        lbrprof_reports::aggregate_events(events, opts)
+    });
     progress.finish_and_clear();
     if let Some(e) = err {
         return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
@@ -265,16 +294,18 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
     if let Some(dir) = &args.symfs {
         profile.spaces.modules.relocate(dir);
     }
+    let mut header = header;
+    if let Some(event) = input.sampled_event() {
+        header.sampling.event = event;
+    }
     let mut warnings = input.warnings();
     warnings.extend(input.recorded_notes());
-    let naming = if args.no_symbols {
-        Naming::None
-    } else {
-        naming
-    };
-    let source = symbol_source(args, naming, &header, &mut warnings);
+    warnings.extend(source_notes);
     let syms = SymbolTable::build(&profile, source.as_ref());
-    warnings.extend(source.take_warnings());
+    // Modules are symbolized in parallel: sort their warnings for a stable order.
+    let mut symbol_warnings = source.take_warnings();
+    symbol_warnings.sort();
+    warnings.extend(symbol_warnings);
     Ok(Loaded {
         profile,
         syms,

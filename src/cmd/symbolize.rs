@@ -3,7 +3,8 @@
 //!
 //! Output, per address: for each frame (innermost inlined frame first, containing
 //! function last) a function line (`??` when unknown) and a `FILE:LINE` line (`??` for an
-//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known).
+//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known), with
+//! ` (discriminator N)` after the line when the line row has one, as binutils prints it.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -11,7 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_symbolizer::{FileOffset, ModuleKey, Svma, Symbolized, Symbolizer, SymbolizerOptions};
+use lbrprof_symbolizer::{
+    FileOffset, FrameRef, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer, SymbolizerOptions,
+};
 
 /// Symbolize addresses of an ELF file, in the style of `addr2line -f -i -C`.
 ///
@@ -22,17 +25,28 @@ use lbrprof_symbolizer::{FileOffset, ModuleKey, Svma, Symbolized, Symbolizer, Sy
 /// and adding pgoff). With no ADDR, addresses are read from standard input, whitespace
 /// separated; output is flushed whenever the input pauses, so it works as a coprocess.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["exe", "kernel"])))]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .required(true)
+        .multiple(true)
+        .args(["exe", "kernel", "kallsyms"])
+))]
 pub struct Args {
     /// The ELF file (executable, shared library, guest image, debug file) to symbolize.
-    #[arg(short = 'e', long = "exe", value_name = "FILE")]
+    #[arg(
+        short = 'e',
+        long = "exe",
+        value_name = "FILE",
+        conflicts_with_all = ["kernel", "kallsyms"]
+    )]
     pub exe: Option<PathBuf>,
 
     /// Symbolize host kernel addresses through /proc/kallsyms (or --kallsyms).
     #[arg(short = 'k', long)]
     pub kernel: bool,
 
-    /// Kernel symbol table to use instead of /proc/kallsyms (implies --kernel's source).
+    /// Symbolize host kernel addresses through FILE (a saved /proc/kallsyms) instead of
+    /// /proc/kallsyms; implies --kernel.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
 
@@ -51,7 +65,7 @@ pub struct Args {
 
     /// The addresses are offsets in FILE, not SVMAs; they are mapped through its program
     /// headers.
-    #[arg(long, conflicts_with = "kernel")]
+    #[arg(long, conflicts_with_all = ["kernel", "kallsyms"])]
     pub file_offsets: bool,
 
     /// Print each address (0x%016x) before its frames, like addr2line -a.
@@ -170,32 +184,42 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Symbolizes and prints one batch; returns the results so the last batch's can be
-    /// left to process exit instead of being freed string by string.
+    /// Symbolizes and prints one batch; returns the results (kernel only) so the last
+    /// batch's can be left to process exit instead of being freed string by string.
     fn batch(&mut self, addrs: &[u64], out: &mut impl Write) -> anyhow::Result<Vec<Symbolized>> {
         if addrs.is_empty() {
             return Ok(Vec::new());
         }
-        let results = match self.target {
+        let print_address = self.print_address;
+        let mut next = addrs.iter();
+        let mut write_one = |frames: &[FrameRef<'_>]| -> std::io::Result<()> {
+            if print_address && let Some(addr) = next.next() {
+                write_address(out, *addr)?;
+            }
+            write_addr2line(out, frames)
+        };
+        let mut kept = Vec::new();
+        match self.target {
             Target::Svma(key) => {
                 let svmas: Vec<Svma> = addrs.iter().map(|a| Svma(*a)).collect();
-                self.symbolizer.symbolize_svma(key, &svmas)
+                self.symbolizer.visit_svma(key, &svmas, &mut write_one)?;
             }
             Target::FileOffset(key) => {
                 let offsets: Vec<FileOffset> = addrs.iter().map(|a| FileOffset(*a)).collect();
-                self.symbolizer.symbolize(key, &offsets)
+                self.symbolizer
+                    .visit_offsets(key, &offsets, &mut write_one)?;
             }
-            Target::Kernel => self.symbolizer.symbolize_kernel(addrs),
-        };
-        // Warnings go out before the first results, so they are seen next to the cause.
-        self.print_warnings();
-        for (addr, sym) in addrs.iter().zip(&results) {
-            if self.print_address {
-                write_address(out, *addr)?;
+            Target::Kernel => {
+                kept = self.symbolizer.symbolize_kernel(addrs);
+                for sym in &kept {
+                    let frames: Vec<FrameRef<'_>> = sym.frames.iter().map(frame_ref).collect();
+                    write_one(&frames)?;
+                }
             }
-            write_addr2line(out, sym)?;
         }
-        Ok(results)
+        // Warnings (e.g. a module without debug info) follow the batch they concern.
+        self.print_warnings();
+        Ok(kept)
     }
 
     fn print_warnings(&mut self) {
@@ -216,15 +240,25 @@ fn write_address(out: &mut impl Write, addr: u64) -> std::io::Result<()> {
     out.write_all(&buf)
 }
 
-/// Writes one result in `addr2line -f -i` form.
-fn write_addr2line(out: &mut impl Write, sym: &Symbolized) -> std::io::Result<()> {
-    if sym.frames.is_empty() {
+fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
+    FrameRef {
+        function: f.function.as_deref(),
+        function_offset: f.function_offset,
+        file: f.file.as_deref(),
+        line: f.line,
+        discriminator: None,
+    }
+}
+
+/// Writes one address's frames in `addr2line -f -i` form.
+fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Result<()> {
+    if frames.is_empty() {
         return out.write_all(b"??\n??:0\n");
     }
-    for frame in &sym.frames {
-        out.write_all(frame.function.as_deref().unwrap_or("??").as_bytes())?;
+    for frame in frames {
+        out.write_all(frame.function.unwrap_or("??").as_bytes())?;
         out.write_all(b"\n")?;
-        out.write_all(frame.file.as_deref().unwrap_or("??").as_bytes())?;
+        out.write_all(frame.file.unwrap_or("??").as_bytes())?;
         match frame.line {
             Some(line) => {
                 // ":" + up to 10 digits + "\n", filled from the end.
@@ -242,7 +276,13 @@ fn write_addr2line(out: &mut impl Write, sym: &Symbolized) -> std::io::Result<()
                 }
                 i -= 1;
                 buf[i] = b':';
-                out.write_all(&buf[i..])?;
+                match frame.discriminator {
+                    Some(d) => {
+                        out.write_all(&buf[i..buf.len() - 1])?;
+                        writeln!(out, " (discriminator {d})")?;
+                    }
+                    None => out.write_all(&buf[i..])?,
+                }
             }
             None => out.write_all(b":?\n")?,
         }
@@ -253,7 +293,38 @@ fn write_addr2line(out: &mut impl Write, sym: &Symbolized) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_symbolizer::SymFrame;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("symbolize").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn target_arguments_parse() {
+        let a = parse(&["-e", "x", "10", "0x20"]).unwrap();
+        assert_eq!(a.exe.as_deref(), Some(std::path::Path::new("x")));
+        assert_eq!(a.addrs, ["10", "0x20"]);
+        assert!(parse(&["--kallsyms", "k", "ffff"]).unwrap().exe.is_none());
+        assert!(parse(&["--kernel", "--kallsyms", "k"]).is_ok());
+        assert!(
+            parse(&["--debug-dir", "a", "--debug-dir", "b", "-e", "x"])
+                .unwrap()
+                .debug_dirs
+                .len()
+                == 2
+        );
+        assert!(parse(&["10"]).is_err(), "a target is required");
+        assert!(parse(&["-e", "x", "--kernel"]).is_err());
+        assert!(parse(&["-e", "x", "--kallsyms", "k"]).is_err());
+        assert!(parse(&["--kernel", "--file-offsets"]).is_err());
+    }
 
     #[test]
     fn addresses_parse_like_addr2line() {
@@ -267,21 +338,25 @@ mod tests {
     #[test]
     fn unknown_parts_print_like_addr2line() {
         let mut out = Vec::new();
-        write_addr2line(&mut out, &Symbolized::unknown()).unwrap();
+        let write = |out: &mut Vec<u8>, s: &Symbolized| {
+            let frames: Vec<FrameRef<'_>> = s.frames.iter().map(frame_ref).collect();
+            write_addr2line(out, &frames).unwrap();
+        };
+        write(&mut out, &Symbolized::unknown());
         let only_function = Symbolized {
             frames: vec![SymFrame {
                 function: Some("f".into()),
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &only_function).unwrap();
+        write(&mut out, &only_function);
         let no_line = Symbolized {
             frames: vec![SymFrame {
                 file: Some("crtstuff.c".into()),
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &no_line).unwrap();
+        write(&mut out, &no_line);
         let with_line = Symbolized {
             frames: vec![SymFrame {
                 function: Some("g".into()),
@@ -290,7 +365,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        write_addr2line(&mut out, &with_line).unwrap();
+        write(&mut out, &with_line);
         write_address(&mut out, 0x1234_abcd).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),

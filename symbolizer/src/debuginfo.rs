@@ -36,6 +36,36 @@ pub(crate) fn by_build_id(build_id: &[u8], debug_dirs: &[PathBuf], suffix: &str)
         .collect()
 }
 
+/// Copies of a *binary* (not its debug file: a debug file's program headers no longer
+/// describe the loaded file) with this build-id, for a module whose recorded file is gone
+/// or was rebuilt: `DIR/.build-id/xx/rest` and perf's `DIR/.build-id/xx/rest/elf` for each
+/// `--debug-dir` DIR, perf's build-id cache `~/.debug`, and debuginfod's client cache
+/// `~/.cache/debuginfod_client/ID/executable`.
+pub(crate) fn binaries_by_build_id(build_id: &[u8], debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    if build_id.len() < 2 {
+        return Vec::new();
+    }
+    let hex = crate::error::hex(build_id);
+    let (head, rest) = hex.split_at(2);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut dirs: Vec<PathBuf> = debug_dirs.to_vec();
+    dirs.extend(home.iter().map(|h| h.join(".debug")));
+    let mut out = Vec::new();
+    for dir in dirs {
+        let base = dir.join(".build-id").join(head).join(rest);
+        out.push(base.join("elf"));
+        out.push(base);
+    }
+    if let Some(h) = home {
+        out.push(
+            h.join(".cache/debuginfod_client")
+                .join(&hex)
+                .join("executable"),
+        );
+    }
+    out
+}
+
 /// Candidates for a `.gnu_debuglink` name of the binary at `binary`.
 pub(crate) fn by_debuglink(binary: &Path, link: &Path, debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
     // A debuglink is a plain file name; refuse anything that would escape the directories.
@@ -76,6 +106,14 @@ mod tests {
             ]
         );
         assert!(by_build_id(&[1], &[], ".debug").is_empty());
+    }
+
+    #[test]
+    fn binary_paths_by_build_id() {
+        let c = binaries_by_build_id(&[0xab, 0xcd], &[PathBuf::from("/d")]);
+        assert_eq!(c[0], PathBuf::from("/d/.build-id/ab/cd/elf"));
+        assert_eq!(c[1], PathBuf::from("/d/.build-id/ab/cd"));
+        assert!(binaries_by_build_id(&[], &[]).is_empty());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub enum ModuleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     #[error("{} is not a valid ELF file", path.display())]
     Parse {
         path: PathBuf,

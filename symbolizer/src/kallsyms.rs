@@ -31,9 +31,10 @@ impl Kallsyms {
     }
 
     /// Parses kallsyms text, keeping text symbols (types t/T/w/W) with non-zero addresses.
-    /// Malformed lines are skipped.
+    /// Malformed lines are skipped. Of several symbols at one address the one perf would
+    /// show is kept (see [`preference`]).
     pub(crate) fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, String)> = text
+        let mut syms: Vec<(u64, (u8, usize, usize), String)> = text
             .lines()
             .filter_map(|line| {
                 let mut parts = line.split_whitespace();
@@ -44,14 +45,18 @@ impl Kallsyms {
                 if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
                     return None;
                 }
+                let rank = preference(kind, name);
                 Some(match module {
-                    Some(m) => (addr, format!("{name} {m}")),
-                    None => (addr, name.to_owned()),
+                    Some(m) => (addr, rank, format!("{name} {m}")),
+                    None => (addr, rank, name.to_owned()),
                 })
             })
             .collect();
-        syms.sort_by_key(|(addr, _)| *addr);
-        Kallsyms { syms }
+        syms.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        syms.dedup_by_key(|s| s.0);
+        Kallsyms {
+            syms: syms.into_iter().map(|(a, _, n)| (a, n)).collect(),
+        }
     }
 
     pub(crate) fn lookup(&self, addr: u64) -> Symbolized {
@@ -69,6 +74,19 @@ impl Kallsyms {
             }],
         }
     }
+}
+
+/// Sort key among aliases, smallest preferred, as perf's `choose_best_symbol`: global
+/// (`T`) before weak (`W`/`w`) before local (`t`), then fewer leading underscores, then the
+/// longer name.
+fn preference(kind: &str, name: &str) -> (u8, usize, usize) {
+    let binding = match kind {
+        "T" => 0,
+        "W" | "w" => 1,
+        _ => 2,
+    };
+    let underscores = name.bytes().take_while(|b| *b == b'_').count();
+    (binding, underscores, usize::MAX - name.len())
 }
 
 #[cfg(test)]
@@ -95,6 +113,17 @@ ffffffffc0000000 t mod_fn\t[kvm]
             Some("mod_fn [kvm]")
         );
         assert!(k.lookup(0x1000).is_unknown());
+    }
+
+    #[test]
+    fn aliases_resolve_like_perf() {
+        let k = Kallsyms::parse(
+            "ffffffff81000000 T __pi__text\nffffffff81000000 T _stext\n\
+             ffffffff81000000 t local_name\nffffffff81000000 T _text\n\
+             ffffffff81000100 W weak_fn\nffffffff81000100 T __strong_fn\n",
+        );
+        assert_eq!(k.lookup(0xffffffff81000000).function(), Some("_stext"));
+        assert_eq!(k.lookup(0xffffffff81000100).function(), Some("__strong_fn"));
     }
 
     #[test]

@@ -39,12 +39,73 @@ struct Sym {
     file: Option<&'static str>,
 }
 
-/// What a cached rendering in [`Module::rendered`] is of.
+/// What an interned string was rendered from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Rendered {
     DwarfName,
     SymbolName,
     Path,
+    Raw,
+}
+
+/// Rendered strings, each stored once, found by the address and length of the raw bytes
+/// they were rendered from (bytes that live as long as the module).
+#[derive(Default)]
+struct Interner {
+    index: HashMap<(usize, usize, Rendered), u32>,
+    strings: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn get(&self, id: Option<u32>) -> Option<&str> {
+        id.and_then(|id| self.strings.get(id as usize))
+            .map(|s| &**s)
+    }
+
+    fn frame(&self, f: &RawFrame) -> FrameRef<'_> {
+        FrameRef {
+            function: self.get(f.function),
+            function_offset: f.function_offset,
+            file: self.get(f.file),
+            line: f.line,
+            discriminator: f.discriminator,
+        }
+    }
+}
+
+/// A looked-up frame whose strings are interner indices.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawFrame {
+    function: Option<u32>,
+    function_offset: Option<u64>,
+    file: Option<u32>,
+    line: Option<u32>,
+    discriminator: Option<u32>,
+}
+
+/// A frame borrowing the module's strings (see [`Module::visit`]); the fields mean what
+/// [`SymFrame`]'s do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FrameRef<'a> {
+    pub function: Option<&'a str>,
+    pub function_offset: Option<u64>,
+    pub file: Option<&'a str>,
+    pub line: Option<u32>,
+    /// The DWARF discriminator of the address's line row, when not 0. Like binutils, it is
+    /// given on every frame with a line (it belongs to the instruction, not the frame).
+    pub discriminator: Option<u32>,
+}
+
+impl FrameRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> SymFrame {
+        SymFrame {
+            function: self.function.map(str::to_owned),
+            function_offset: self.function_offset,
+            file: self.file.map(str::to_owned),
+            line: self.line,
+        }
+    }
 }
 
 /// A `PT_LOAD` segment: file bytes `offset..offset+filesz` appear at SVMA `vaddr`.
@@ -69,9 +130,12 @@ pub struct Module {
     symbols: Vec<Sym>,
     /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
     symbol_addrs: Vec<u64>,
-    /// Names and paths already rendered (demangling dominates lookups otherwise), keyed by
-    /// the address and length of the raw bytes, which live as long as the module.
-    rendered: RefCell<HashMap<(usize, usize, Rendered), String>>,
+    /// Names and paths already rendered (demangling dominates lookups otherwise).
+    interner: RefCell<Interner>,
+    /// Per compilation unit (by `.debug_info` offset), its line rows' (address,
+    /// discriminator), sorted; empty when the unit has no discriminators. Built on first
+    /// need, for [`Module::visit`] only.
+    discriminators: RefCell<HashMap<usize, Vec<(u64, u32)>>>,
     segments: Vec<Segment>,
     /// Where split-DWARF `.dwo` files are looked for when their recorded path fails.
     dir: PathBuf,
@@ -107,17 +171,61 @@ fn has_dwarf(obj: &object::File<'_>) -> bool {
 
 impl Module {
     /// Opens the module `key` names, finds its debug info, checks its build-id.
+    ///
+    /// When the file is missing or is another build than the recorded one, a copy with the
+    /// recorded build-id is looked for in build-id caches (`DIR/.build-id/xx/rest[/elf]`
+    /// under each `--debug-dir` and `~/.debug`, debuginfod's client cache), as perf does
+    /// for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
+        if key.path == Path::new(crate::vdso::VDSO) {
+            let bytes = crate::vdso::read_own().map_err(|source| ModuleError::Open {
+                path: key.path.clone(),
+                source,
+            })?;
+            let arena = Arena::default();
+            // SAFETY: as in `open_path`, the slice only lives inside the module owning `arena`.
+            let data = unsafe { arena.keep(bytes) };
+            return Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts);
+        }
+        let first = Self::open_path(&key.path, key, opts);
+        let Some(build_id) = &key.build_id else {
+            return first;
+        };
+        if !matches!(
+            first,
+            Err(ModuleError::Open { .. } | ModuleError::BuildIdMismatch { .. })
+        ) {
+            return first;
+        }
+        debuginfo::binaries_by_build_id(build_id, &opts.debug_dirs)
+            .iter()
+            .filter(|candidate| candidate.is_file())
+            .find_map(|candidate| Self::open_path(candidate, key, opts).ok())
+            .map_or(first, Ok)
+    }
+
+    fn open_path(
+        path: &Path,
+        key: &ModuleKey,
+        opts: &SymbolizerOptions,
+    ) -> Result<Opened, ModuleError> {
         let arena = Arena::default();
         let open_err = |source| ModuleError::Open {
-            path: key.path.clone(),
+            path: path.to_owned(),
             source,
         };
-        let file = File::open(&key.path).map_err(open_err)?;
+        // Checked first: opening a FIFO would block, and devices or /proc files cannot be
+        // mapped.
+        if !std::fs::metadata(path).map_err(open_err)?.is_file() {
+            return Err(ModuleError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        let file = File::open(path).map_err(open_err)?;
         // SAFETY: every slice taken from `data` ends up in the returned `Module`, which owns
         // `arena` and drops it last (field order).
         let data = unsafe { arena.map(&file) }.map_err(open_err)?;
-        Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts)
+        Self::from_data(path, key.build_id.as_deref(), data, arena, opts)
     }
 
     /// Builds a module from the bytes of an ELF file (tests, fuzzing, images in memory).
@@ -229,7 +337,8 @@ impl Module {
                 dwp,
                 symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
-                rendered: RefCell::default(),
+                interner: RefCell::default(),
+                discriminators: RefCell::default(),
                 segments,
                 dir,
                 path: path.to_owned(),
@@ -271,32 +380,91 @@ impl Module {
 
     /// Symbolizes one SVMA.
     pub fn symbolize(&self, svma: Svma) -> Symbolized {
-        let sym = self.symbol_at(svma.0);
-        let mut frames = match self.dwarf_frames(svma.0) {
-            Ok(frames) => frames,
-            Err(e) => {
-                self.report_dwarf_error(e);
-                Vec::new()
-            }
-        };
-        if frames.is_empty() {
-            if let Some(sym) = sym {
-                frames.push(SymFrame {
-                    function: Some(self.name(sym.name)),
-                    file: sym.file.map(str::to_owned),
-                    ..SymFrame::default()
-                });
-            }
-        } else if let Some(last) = frames.last_mut()
-            && last.function.is_none()
-            && let Some(sym) = sym
-        {
-            last.function = Some(self.name(sym.name));
+        let mut raw = Vec::new();
+        self.lookup(svma, &mut raw, false);
+        let strings = self.interner.borrow();
+        Symbolized {
+            frames: raw.iter().map(|f| strings.frame(f).to_owned()).collect(),
         }
-        if let (Some(last), Some(sym)) = (frames.last_mut(), sym) {
+    }
+
+    /// Looks `addrs` up and calls `visit` with each one's frames, in the order of `addrs`,
+    /// without copying any string: for bulk output. Lookups run in address order, each
+    /// distinct address once (see [`crate::Symbolizer::symbolize`]); an address `to_svma`
+    /// cannot map is visited with no frames.
+    pub fn visit<A: Copy + Ord, E>(
+        &self,
+        addrs: &[A],
+        to_svma: impl Fn(&Self, A) -> Option<Svma>,
+        mut visit: impl FnMut(&[FrameRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut order: Vec<usize> = (0..addrs.len()).collect();
+        order.sort_unstable_by_key(|i| addrs[*i]);
+        let mut frames = Vec::new();
+        let mut spans = vec![(0usize, 0usize); addrs.len()];
+        let mut previous: Option<usize> = None;
+        for i in order {
+            spans[i] = match previous {
+                Some(p) if addrs[p] == addrs[i] => spans[p],
+                _ => {
+                    let start = frames.len();
+                    if let Some(svma) = to_svma(self, addrs[i]) {
+                        self.lookup(svma, &mut frames, true);
+                    }
+                    (start, frames.len())
+                }
+            };
+            previous = Some(i);
+        }
+        let strings = self.interner.borrow();
+        let mut refs = Vec::new();
+        for (start, end) in spans {
+            refs.clear();
+            refs.extend(frames[start..end].iter().map(|f| strings.frame(f)));
+            visit(&refs)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the frames of `svma` to `out`: DWARF frames completed by the symbol table
+    /// (name of the containing function, offset in it), or the symbol alone; with the line
+    /// row's discriminator if asked.
+    fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>, discriminator: bool) {
+        let start = out.len();
+        let sym = self.symbol_at(svma.0);
+        if let Err(e) = self.dwarf_frames(svma.0, out) {
+            out.truncate(start);
+            self.report_dwarf_error(e);
+        }
+        if discriminator
+            && out.get(start).is_some_and(|f| f.line.is_some())
+            && let Some(d) = self.discriminator(svma.0)
+        {
+            for f in out[start..].iter_mut().filter(|f| f.line.is_some()) {
+                f.discriminator = Some(d);
+            }
+        }
+        let Some(sym) = sym else {
+            return;
+        };
+        let name = self.symbol_name(sym.name);
+        if out.len() == start {
+            let file = sym.file.and_then(|f| {
+                self.intern(Rendered::Raw, f.as_bytes(), || Ok(f.to_owned()))
+                    .ok()
+            });
+            out.push(RawFrame {
+                function: name,
+                file,
+                ..RawFrame::default()
+            });
+        }
+        if let Some(last) = out.last_mut() {
+            if last.function.is_none() {
+                last.function = name;
+            }
             last.function_offset = Some(svma.0 - sym.addr);
         }
-        Symbolized { frames }
     }
 
     /// Warnings raised by lookups since the last call.
@@ -348,31 +516,36 @@ impl Module {
         file.to_owned()
     }
 
-    /// `render(raw)`, computed once per distinct `raw` slice of the module's data.
-    fn rendered(
+    /// The index of `render(raw)` in the interner, rendered once per distinct `raw`
+    /// slice of the module's data.
+    fn intern(
         &self,
         kind: Rendered,
         raw: &[u8],
         render: impl FnOnce() -> Result<String, gimli::Error>,
-    ) -> Result<String, gimli::Error> {
+    ) -> Result<u32, gimli::Error> {
         let key = (raw.as_ptr() as usize, raw.len(), kind);
-        if let Some(s) = self.rendered.borrow().get(&key) {
-            return Ok(s.clone());
+        if let Some(id) = self.interner.borrow().index.get(&key) {
+            return Ok(*id);
         }
         let s = render()?;
-        self.rendered.borrow_mut().insert(key, s.clone());
-        Ok(s)
+        let mut interner = self.interner.borrow_mut();
+        let id = u32::try_from(interner.strings.len()).unwrap_or(u32::MAX);
+        interner.strings.push(s.into_boxed_str());
+        interner.index.insert(key, id);
+        Ok(id)
     }
 
     /// A symbol-table name, demangled unless asked not to.
-    fn name(&self, raw: &str) -> String {
-        if !self.demangle {
-            return raw.to_owned();
-        }
-        let rendered = self.rendered(Rendered::SymbolName, raw.as_bytes(), || {
-            Ok(addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned())
-        });
-        rendered.unwrap_or_else(|_| raw.to_owned())
+    fn symbol_name(&self, raw: &'static str) -> Option<u32> {
+        self.intern(Rendered::SymbolName, raw.as_bytes(), || {
+            Ok(if self.demangle {
+                addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
+            } else {
+                raw.to_owned()
+            })
+        })
+        .ok()
     }
 
     fn symbol_at(&self, addr: u64) -> Option<Sym> {
@@ -381,9 +554,57 @@ impl Module {
         (addr < sym.end).then_some(sym)
     }
 
-    fn dwarf_frames(&self, probe: u64) -> Result<Vec<SymFrame>, gimli::Error> {
+    /// The non-zero discriminator of the line row covering `probe` (the row addr2line's
+    /// line lookup uses: the last one at the greatest address not above `probe`).
+    fn discriminator(&self, probe: u64) -> Option<u32> {
+        let ctx = self.ctx.as_ref()?;
+        let mut lookup = ctx.find_dwarf_and_unit(probe);
+        let unit = loop {
+            match lookup {
+                LookupResult::Output(unit) => break unit?,
+                LookupResult::Load { load, continuation } => {
+                    lookup = continuation.resume(self.load_dwo(load));
+                }
+            }
+        };
+        // Split units' line tables stay in the skeleton; their offsets are another file's.
+        if unit.dwo_id.is_some() {
+            return None;
+        }
+        let offset = unit.header.offset().0;
+        let mut cache = self.discriminators.borrow_mut();
+        let rows = cache.entry(offset).or_insert_with(|| {
+            let Some(program) = unit.line_program.clone() else {
+                return Vec::new();
+            };
+            let mut rows = program.rows();
+            let mut out = Vec::new();
+            let mut any = false;
+            while let Ok(Some((_, row))) = rows.next_row() {
+                let d = if row.end_sequence() {
+                    0
+                } else {
+                    u32::try_from(row.discriminator()).unwrap_or(0)
+                };
+                any |= d != 0;
+                out.push((row.address(), d));
+            }
+            if !any {
+                return Vec::new();
+            }
+            // Stable: of rows at one address the last stays last, as addr2line keeps it.
+            out.sort_by_key(|r| r.0);
+            out
+        });
+        let i = rows.partition_point(|r| r.0 <= probe);
+        let d = rows.get(i.checked_sub(1)?)?.1;
+        (d != 0).then_some(d)
+    }
+
+    /// Appends the DWARF frames of `probe`, innermost first.
+    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
         let Some(ctx) = &self.ctx else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut lookup = ctx.find_frames(probe);
         let mut iter = loop {
@@ -394,46 +615,45 @@ impl Module {
                 }
             }
         };
-        let mut frames = Vec::new();
         while let Some(frame) = iter.next()? {
             let function = match &frame.function {
-                Some(name) => {
-                    let raw = name.name.slice();
-                    Some(self.rendered(Rendered::DwarfName, raw, || {
-                        Ok(if self.demangle {
-                            name.demangle()?.into_owned()
-                        } else {
-                            name.raw_name()?.into_owned()
-                        })
-                    })?)
-                }
+                Some(name) => Some(self.intern(Rendered::DwarfName, name.name.slice(), || {
+                    Ok(if self.demangle {
+                        name.demangle()?.into_owned()
+                    } else {
+                        name.raw_name()?.into_owned()
+                    })
+                })?),
                 None => None,
             };
-            let (file, line) = match &frame.location {
-                Some(loc) => (
-                    match loc.file {
-                        Some(f) => Some(self.rendered(Rendered::Path, f.as_bytes(), || {
-                            Ok(self.binutils_path(f))
-                        })?),
-                        None => None,
-                    },
-                    loc.line.filter(|l| *l != 0),
-                ),
-                None => (None, None),
-            };
-            frames.push(SymFrame {
+            let (file, line) =
+                match &frame.location {
+                    Some(loc) => (
+                        match loc.file {
+                            Some(f) => Some(self.intern(Rendered::Path, f.as_bytes(), || {
+                                Ok(self.binutils_path(f))
+                            })?),
+                            None => None,
+                        },
+                        loc.line.filter(|l| *l != 0),
+                    ),
+                    None => (None, None),
+                };
+            out.push(RawFrame {
                 function,
                 function_offset: None,
                 file,
                 line,
+                discriminator: None,
             });
+            if !self.inlines {
+                // As `addr2line -f` without `-i`: the innermost function at the
+                // instruction's line. The containing function stays reachable through the
+                // symbol offset.
+                break;
+            }
         }
-        if !self.inlines && frames.len() > 1 {
-            // As `addr2line -f` without `-i`: the innermost function at the instruction's
-            // line. The containing function stays reachable through the symbol offset.
-            frames.truncate(1);
-        }
-        Ok(frames)
+        Ok(())
     }
 
     /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
@@ -454,6 +674,9 @@ impl Module {
             candidates.push(self.dir.join(file_name));
         }
         candidates.into_iter().find_map(|path| {
+            if !path.is_file() {
+                return None;
+            }
             let file = File::open(&path).ok()?;
             // SAFETY: the slice lives in this module's arena and only inside this module.
             let data = unsafe { self.arena.map(&file) }.ok()?;
@@ -561,6 +784,9 @@ fn relative_comp_dirs(dwarf: &gimli::Dwarf<R>) -> Vec<String> {
 }
 
 fn map_object(path: &Path, arena: &Arena) -> Option<object::File<'static>> {
+    if !path.is_file() {
+        return None;
+    }
     let file = File::open(path).ok()?;
     // SAFETY: the slice lives in the module's arena and only inside that module.
     let data = unsafe { arena.map(&file) }.ok()?;

@@ -384,7 +384,15 @@ impl EmulatedPmuHook {
     }
 
     /// Programs the next stop.
-    fn apply(&mut self, ctx: &mut VcpuCtx<'_>, r: Result<Resume, TraceError>, trap: Option<Trap>) {
+    /// `state` is the vCPU's registers as read at the start of this callback (nothing
+    /// in between changes them).
+    fn apply(
+        &mut self,
+        ctx: &mut VcpuCtx<'_>,
+        r: Result<Resume, TraceError>,
+        trap: Option<Trap>,
+        state: Option<(kvm_regs, kvm_sregs)>,
+    ) {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -392,9 +400,8 @@ impl EmulatedPmuHook {
                 Resume::default()
             }
         };
-        let (regs, sregs) = match (ctx.regs(), ctx.sregs()) {
-            (Ok(r), Ok(s)) => (r, s),
-            _ => return self.fail(ctx, "cannot read the vCPU registers".into()),
+        let Some((regs, sregs)) = state.or_else(|| cpu_state(ctx)) else {
+            return self.fail(ctx, "cannot read the vCPU registers".into());
         };
         // Ring-3 stops go through the guest's IDT once it has one; ring-0 code (which KVM
         // may be emulating, where `int3` is not supported) is stopped with KVM guest debug.
@@ -479,17 +486,23 @@ impl EmulatedPmuHook {
     }
 
     /// A stop through a patched handler, if this exit is one.
-    fn trap(&self, ctx: &VcpuCtx<'_>, exit: &ExitKind) -> Option<Trap> {
+    fn trap(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        exit: &ExitKind,
+        (regs, sregs): &(kvm_regs, kvm_sregs),
+    ) -> Option<Trap> {
         let ExitKind::IoOut { port, .. } = exit else {
             return None;
         };
         if *port != u16::from(TRAP_PORT) || !self.traps.installed() {
             return None;
         }
-        let regs = ctx.regs().ok()?;
         let vector = self.traps.trap_vector(regs.rip)?;
         let mut raw = [0u8; 40];
-        ctx.read_virt(GuestVirtAddr(regs.rsp), &mut raw).ok()?;
+        ctx.memory()
+            .read_virt(sregs.cr3, GuestVirtAddr(regs.rsp), &mut raw)
+            .ok()?;
         let mut frame = [0u64; 5];
         for (i, f) in frame.iter_mut().enumerate() {
             *f = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().ok()?);
@@ -537,21 +550,23 @@ impl VcpuHook for EmulatedPmuHook {
     }
 
     fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
-        let r = self
-            .core
-            .on_start(&mut CtxGuest::new(ctx, &self.traps, None), monotonic_ns());
-        self.apply(ctx, r, None);
+        let state = cpu_state(ctx);
+        let r = self.core.on_start(
+            &mut CtxGuest::new(ctx, &self.traps, None, state),
+            monotonic_ns(),
+        );
+        self.apply(ctx, r, None, state);
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, msr: u32) -> Result<u64, GpFault> {
         self.core
-            .rdmsr(&mut CtxGuest::new(ctx, &self.traps, None), msr)
+            .rdmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr)
             .map_err(|_| GpFault)
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, msr: u32, value: u64) -> Result<(), GpFault> {
         self.core
-            .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None), msr, value)
+            .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr, value)
             .map_err(|_| GpFault)
     }
 
@@ -560,7 +575,10 @@ impl VcpuHook for EmulatedPmuHook {
             return;
         }
         let now = monotonic_ns();
-        if let Some(trap) = self.trap(ctx, exit) {
+        let state = cpu_state(ctx);
+        if let Some(st) = &state
+            && let Some(trap) = self.trap(ctx, exit, st)
+        {
             let ours = match trap.vector {
                 VECTOR_BP => self.traps.patches.contains_key(&trap.rip()),
                 _ => self.traps.stepping,
@@ -572,11 +590,7 @@ impl VcpuHook for EmulatedPmuHook {
             {
                 // Still stepping towards a breakpoint address.
                 self.stepping_stops += 1;
-                if let Err(e) = ctx
-                    .sregs()
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| write_frame(ctx, s.cr3, &trap, true))
-                {
+                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
                     self.fail(ctx, e);
                 }
                 return;
@@ -584,30 +598,34 @@ impl VcpuHook for EmulatedPmuHook {
             if ours {
                 let r = self
                     .core
-                    .on_debug(&mut CtxGuest::new(ctx, &self.traps, Some(trap)), now);
-                return self.apply(ctx, r, Some(trap));
+                    .on_debug(&mut CtxGuest::new(ctx, &self.traps, Some(trap), state), now);
+                return self.apply(ctx, r, Some(trap), state);
             }
             // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
         }
         let r = self
             .core
-            .on_exit(&mut CtxGuest::new(ctx, &self.traps, None), now);
-        self.apply(ctx, r, None);
+            .on_exit(&mut CtxGuest::new(ctx, &self.traps, None, state), now);
+        self.apply(ctx, r, None, state);
     }
 
     fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {
         if self.failed {
             return;
         }
-        let r = self
-            .core
-            .on_debug(&mut CtxGuest::new(ctx, &self.traps, None), monotonic_ns());
-        self.apply(ctx, r, None);
+        let state = cpu_state(ctx);
+        let r = self.core.on_debug(
+            &mut CtxGuest::new(ctx, &self.traps, None, state),
+            monotonic_ns(),
+        );
+        self.apply(ctx, r, None, state);
     }
 
     fn on_stop(&mut self, ctx: &mut VcpuCtx<'_>) {
-        self.core
-            .on_stop(&mut CtxGuest::new(ctx, &self.traps, None), monotonic_ns());
+        self.core.on_stop(
+            &mut CtxGuest::new(ctx, &self.traps, None, None),
+            monotonic_ns(),
+        );
         if let Ok(sregs) = ctx.sregs() {
             self.traps.uninstall(ctx, sregs.cr3);
         }
@@ -623,6 +641,11 @@ impl VcpuHook for EmulatedPmuHook {
                 });
         }
     }
+}
+
+/// The vCPU's registers and segment registers, read once per callback.
+fn cpu_state(ctx: &VcpuCtx<'_>) -> Option<(kvm_regs, kvm_sregs)> {
+    Some((ctx.regs().ok()?, ctx.sregs().ok()?))
 }
 
 fn to_plain(e: &kvm_cpuid_entry2) -> CpuidEntry {
@@ -646,12 +669,17 @@ struct CtxGuest<'c, 'v> {
 }
 
 impl<'c, 'v> CtxGuest<'c, 'v> {
-    fn new(ctx: &'c VcpuCtx<'v>, traps: &'c IdtTraps, trap: Option<Trap>) -> Self {
+    fn new(
+        ctx: &'c VcpuCtx<'v>,
+        traps: &'c IdtTraps,
+        trap: Option<Trap>,
+        state: Option<(kvm_regs, kvm_sregs)>,
+    ) -> Self {
         CtxGuest {
             ctx,
             traps,
             trap,
-            state: None,
+            state,
         }
     }
 
