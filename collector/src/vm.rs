@@ -11,7 +11,7 @@
 //!
 //! What the recording holds, besides the host samples and side band: a guest
 //! [`Mapping`] (space `Guest { vm: 0 }`) per executable segment of the image, with the
-//! image's path and build-id; every [`LbrSnapshot`](crate::model::LbrSnapshot) the vCPUs
+//! image's path and build-id; every [`LbrSnapshot`] the vCPUs
 //! sent; an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU
 //! at the end (the shim's accounting merged with the guest LBR's); and a header whose
 //! target is [`Target::Vm`].

@@ -47,7 +47,6 @@ pub struct VmSample {
     pub time_ns: u64,
     pub tid: u32,
     pub mode: CpuMode,
-    pub weight: u64,
     /// Index into [`VmTrace::stacks`] (innermost first).
     pub stack: u32,
 }
