@@ -483,6 +483,59 @@ mod tests {
         );
     }
 
+    struct NoLbr;
+
+    impl GuestLbr for NoLbr {
+        fn backend(&self) -> LbrBackend {
+            LbrBackend::Emulated
+        }
+        fn mode(&self) -> &str {
+            "sampled"
+        }
+        fn hook(&self, _vcpu: u32, _sink: &SnapshotSink) -> Box<dyn VcpuHook> {
+            Box::new(lbrprof_vmm::NoopHook)
+        }
+        fn counters(&self, _vcpu: u32) -> LbrCounters {
+            LbrCounters::default()
+        }
+    }
+
+    fn options(dir: &Path, frequency: u64, mmap_pages: u32) -> VmRecordOptions {
+        VmRecordOptions {
+            output: dir.join("out.data"),
+            frequency,
+            request: SamplingRequest {
+                event: crate::host::EventRequest::Auto,
+                branches: crate::host::BranchRequest::Auto,
+                call_graph: crate::host::CallGraph::Fp,
+            },
+            mmap_pages,
+            image: GuestImage {
+                spec: "builtin:sort".into(),
+                bytes: Vec::new(),
+                path: dir.join("sort"),
+            },
+            vm: VmConfig::new(64 << 20, 1),
+        }
+    }
+
+    #[test]
+    fn bad_options_fail_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = HostFacts::default();
+        let err = record_vm(options(dir.path(), 0, 8), &facts, &NoLbr).unwrap_err();
+        assert!(
+            matches!(err, RecordError::BadFrequency { given: 0, .. }),
+            "{err}"
+        );
+        let err = record_vm(options(dir.path(), 99, 3), &facts, &NoLbr).unwrap_err();
+        assert!(
+            matches!(err, RecordError::BadMmapPages { given: 3, .. }),
+            "{err}"
+        );
+        assert!(!dir.path().join("out.data").exists());
+    }
+
     #[test]
     fn garbage_has_no_mappings() {
         assert!(guest_mappings(b"not an elf", Path::new("x"), 0).is_empty());
