@@ -81,6 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
     vm.cmdline = args.command.join(" ");
+    vm.timeout = match args.duration {
+        None => None,
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Some(std::time::Duration::from_secs_f64(secs))
+        }
+        Some(secs) => anyhow::bail!("--duration must be a positive number of seconds, not {secs}"),
+    };
     vm.serial = serial_sink(&args.guest.serial)?;
     let opts = VmRecordOptions {
         output: args.output.clone(),
@@ -119,8 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow!("guest '{spec}' stopped by a signal; the recording is kept"),
             code,
         )),
-        Outcome::TimedOut(_) => Err(with_exit(
-            anyhow!("guest '{spec}' timed out; the recording is kept"),
+        Outcome::TimedOut(t) => Err(with_exit(
+            anyhow!(
+                "guest '{spec}' stopped after --duration {:.3} s; the recording is kept",
+                t.as_secs_f64()
+            ),
             code,
         )),
         Outcome::Crashed(c) => {
