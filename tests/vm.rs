@@ -509,3 +509,63 @@ fn two_vcpus_in_the_shim_never_pair_across_vcpus() {
     let tids: Vec<&Value> = shim.iter().map(|s| &s["tid"]).collect();
     assert_ne!(tids[0], tids[1]);
 }
+
+#[test]
+fn duration_and_ctrl_c_stop_the_guest_and_keep_the_recording() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let endless = ["--", "n=1000000000000"];
+    let record = |data: &Path| {
+        let mut c = common::lbrprof();
+        c.args([
+            "record",
+            "--vm",
+            "builtin:branchy",
+            "--lbr-freq",
+            "50",
+            "-o",
+        ])
+        .arg(data)
+        .args(["--serial", "stdout"]);
+        c
+    };
+    // --duration: the guest is stopped, exit status 124, the recording is complete.
+    let data = dir.path().join("dur.data");
+    let out = record(&data)
+        .args(["--duration", "0.3"])
+        .args(endless)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(info.contains("exit status 124"), "{info}");
+
+    // SIGINT: the same, with 130.
+    let data = dir.path().join("int.data");
+    let child = record(&data)
+        .args(endless)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    assert!(report["meta"]["samples"].as_u64().unwrap() > 0);
+    assert!(report["vm"]["shim"][0]["run_ns"].as_u64().unwrap() > 0);
+}
