@@ -570,17 +570,28 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The last frames of a long folded stack, for the text table.
+/// A long folded stack shortened for the text table: its root, the innermost Rust frame
+/// (the shim code that made a system call, say) and the last three frames.
 fn shorten(stack: &str) -> String {
     let frames: Vec<&str> = stack.split(';').collect();
     if frames.len() <= 6 {
         return frames.join(" > ");
     }
-    format!(
-        "{} > ... > {}",
-        frames[0],
-        frames[frames.len() - 4..].join(" > ")
-    )
+    let tail = frames.len() - 3;
+    let mut out = vec![frames[0]];
+    if let Some(i) = (1..tail).rev().find(|&i| frames[i].contains("::")) {
+        if i > 1 {
+            out.push("...");
+        }
+        out.push(frames[i]);
+        if i + 1 < tail {
+            out.push("...");
+        }
+    } else {
+        out.push("...");
+    }
+    out.extend(&frames[tail..]);
+    out.join(" > ")
 }
 
 #[cfg(test)]
@@ -766,6 +777,16 @@ mod tests {
             ])),
             Activity::ShimOther
         );
+    }
+
+    #[test]
+    fn long_stacks_keep_root_innermost_rust_frame_and_leaf() {
+        assert_eq!(shorten("a;b;c"), "a > b > c");
+        assert_eq!(
+            shorten("[vcpu0 thread];start;x::run_loop;y::regs;ioctl;entry;sys;kvm_get_regs;load"),
+            "[vcpu0 thread] > ... > y::regs > ... > sys > kvm_get_regs > load"
+        );
+        assert_eq!(shorten("r;a;b;c;d;e;f;g"), "r > ... > e > f > g");
     }
 
     #[test]
