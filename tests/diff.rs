@@ -145,3 +145,55 @@ fn diff_of_empty_recordings_exits_2() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("has no samples to compare"), "{err}");
 }
+
+#[test]
+fn exact_mode_guest_recordings_compare_without_noise() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = common::lbrprof()
+            .args([
+                "record",
+                "--vm",
+                "builtin:branchy",
+                "--lbr-mode",
+                "exact",
+                "-o",
+            ])
+            .arg(&out)
+            .args(["--", "n=2000"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let a = rec("a.data", &[]);
+    let b = rec("b.data", &[]);
+    let slow = rec("slow.data", &["pct=60"]);
+    let diff = |x: &Path, y: &Path| {
+        common::lbrprof()
+            .args(["diff", "--metric", "instructions"])
+            .arg(x)
+            .arg(y)
+            .output()
+            .unwrap()
+    };
+    let first = diff(&a, &b);
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert_eq!(first.status.code(), Some(0), "{text}");
+    assert!(text.contains("exact counts"), "{text}");
+    for row in text.lines().filter(|l| l.starts_with("unchanged")) {
+        assert!(row.contains("+0.0%"), "A/A row moved: {row}");
+    }
+    // Identical inputs give identical output, byte for byte.
+    assert_eq!(diff(&a, &b).stdout, first.stdout);
+    let o = diff(&a, &slow);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    let top = text.lines().find(|l| l.starts_with("regressed")).unwrap();
+    assert!(top.ends_with("branchy::on_taken"), "{text}");
+}

@@ -212,7 +212,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let base = load_side(&args.base, "base")?;
     let new = load_side(&args.new, "new")?;
     let metric: Metric = args.metric.into();
-    let exact = is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
+    // Exact-mode recordings count guest branches and instructions exactly; their host
+    // samples are as noisy as any other.
+    let guest_metric = matches!(
+        metric,
+        Metric::Edges | Metric::Branches | Metric::Instructions
+    );
+    let exact = guest_metric && is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
     let b = counts(&base, metric, exact)?;
     let n = counts(&new, metric, exact)?;
     if !b.rows.keys().any(|k| n.rows.contains_key(k)) {
