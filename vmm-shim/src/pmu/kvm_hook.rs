@@ -516,6 +516,10 @@ impl EmulatedPmuHook {
 }
 
 impl VcpuHook for EmulatedPmuHook {
+    fn io_ports(&self) -> Vec<u16> {
+        vec![u16::from(TRAP_PORT)]
+    }
+
     fn msr_ranges(&self) -> Vec<MsrRange> {
         self.core
             .msr_ranges()
