@@ -152,6 +152,11 @@ pub trait VcpuHook: Send {
     fn msr_ranges(&self) -> Vec<MsrRange> {
         Vec::new()
     }
+    /// I/O ports this hook handles itself (in [`on_exit`](Self::on_exit)): the VMM's devices
+    /// do not see them, so they are neither emulated nor reported as unknown.
+    fn io_ports(&self) -> Vec<u16> {
+        Vec::new()
+    }
     /// Edit this vCPU's CPUID table before it is set.
     fn adjust_cpuid(&mut self, _vcpu: u32, _entries: &mut Vec<kvm_cpuid_entry2>) {}
     /// Before the first entry into the guest.

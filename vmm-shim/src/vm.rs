@@ -368,6 +368,7 @@ impl Vm {
                     let runner = VcpuRunner {
                         index,
                         vcpu,
+                        hook_ports: hook.io_ports(),
                         hook,
                         mem,
                         devices,
@@ -635,6 +636,8 @@ struct VcpuRunner {
     index: u32,
     vcpu: VcpuFd,
     hook: Box<dyn VcpuHook>,
+    /// Ports the hook handles itself; the devices never see them.
+    hook_ports: Vec<u16>,
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
@@ -751,7 +754,9 @@ impl VcpuRunner {
                 }
                 Ok(exit) => match exit {
                     VcpuExit::IoOut(port, data) => {
-                        action = self.devices.io_out(port, data);
+                        if !self.hook_ports.contains(&port) {
+                            action = self.devices.io_out(port, data);
+                        }
                         ExitKind::IoOut {
                             port,
                             len: data.len(),

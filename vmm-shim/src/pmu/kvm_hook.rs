@@ -42,7 +42,7 @@ use super::tracer::{
 use super::vpmu::PmuStats;
 use crate::caps::KvmCaps;
 use crate::hook::{DebugExit, ExitKind, GpFault, MsrRange, VcpuCtx, VcpuHook};
-use crate::memory::GuestVirtAddr;
+use crate::memory::{GuestPhysAddr, GuestVirtAddr};
 use crate::vm::monotonic_ns;
 
 /// The I/O port the patched #DB/#BP handlers write to.
@@ -516,6 +516,10 @@ impl EmulatedPmuHook {
 }
 
 impl VcpuHook for EmulatedPmuHook {
+    fn io_ports(&self) -> Vec<u16> {
+        vec![u16::from(TRAP_PORT)]
+    }
+
     fn msr_ranges(&self) -> Vec<MsrRange> {
         self.core
             .msr_ranges()
@@ -551,6 +555,9 @@ impl VcpuHook for EmulatedPmuHook {
 
     fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
         let state = cpu_state(ctx);
+        if let Some((regs, _)) = &state {
+            self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
+        }
         let r = self.core.on_start(
             &mut CtxGuest::new(ctx, &self.traps, None, state),
             monotonic_ns(),
@@ -641,6 +648,19 @@ impl VcpuHook for EmulatedPmuHook {
                 });
         }
     }
+}
+
+/// The vCPU count lbrprof's guest runtime is told at boot (RSI points at its
+/// [`crate::abi::BootInfo`]), or 1 for other images: hooks made without
+/// [`EmulatedPmuHook::with_vcpus`] still learn that code is shared.
+fn boot_info_vcpus(ctx: &VcpuCtx<'_>, rsi: u64) -> u32 {
+    let mut head = [0u8; 16];
+    if ctx.memory().read(GuestPhysAddr(rsi), &mut head).is_err()
+        || u64::from_le_bytes(head[0..8].try_into().unwrap_or_default()) != crate::abi::BOOT_MAGIC
+    {
+        return 1;
+    }
+    u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()).max(1)
 }
 
 /// The vCPU's registers and segment registers, read once per callback.
@@ -797,8 +817,18 @@ mod tests {
         cfg: EmulatedConfig,
         sink: Option<SnapshotSink>,
     ) -> (u8, String) {
+        run_on(1, name, args, cfg, sink)
+    }
+
+    fn run_on(
+        vcpus: u32,
+        name: &str,
+        args: &str,
+        cfg: EmulatedConfig,
+        sink: Option<SnapshotSink>,
+    ) -> (u8, String) {
         let console = Console::default();
-        let mut config = VmConfig::new(64 << 20, 1);
+        let mut config = VmConfig::new(64 << 20, vcpus);
         config.cmdline = args.into();
         config.serial = Box::new(console.clone());
         config.timeout = Some(Duration::from_secs(120));
@@ -927,5 +957,22 @@ mod tests {
                 assert!(GUEST_CODE.contains(&e.from) && GUEST_CODE.contains(&e.to));
             }
         }
+    }
+
+    #[test]
+    fn hooks_learn_the_vcpu_count_from_the_boot_info() {
+        if !kvm() {
+            return;
+        }
+        // No with_vcpus: the hooks must still avoid int3 in code both vCPUs run.
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let (code, out) = run_on(2, "branchy", "n=100", exact_shim(2003), Some(sink));
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("branchy: n=100"), "{out}");
+        let finals = rx
+            .try_iter()
+            .filter(|s| s.reason == SnapshotReason::Final)
+            .count();
+        assert_eq!(finals, 2);
     }
 }

@@ -654,10 +654,13 @@ impl Tracer {
             BranchKind::Ret if cpu.code_size == CodeSize::Bits64 => read_u64(g, cpu.rsp)?,
             _ => return None,
         };
-        if pmu.next_branch_may_pmi(cpu.cpl)
-            || (!self.counting() && self.window_left <= 1)
-            || to == insn.ip
-        {
+        // (In a sampled window nothing counts traced branches: no PMI can come from one.)
+        let pmi_possible = if self.counting() {
+            pmu.next_branch_may_pmi(cpu.cpl)
+        } else {
+            self.window_left <= 1
+        };
+        if pmi_possible || to == insn.ip {
             return None;
         }
         let at_target = GuestCpu { rip: to, ..*cpu };
