@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: args.guest.lbr_mode,
         depth: args.guest.lbr_depth,
         frequency: args.guest.lbr_freq.unwrap_or(args.freq),
+        vcpus: args.guest.vcpus,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
