@@ -25,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use lbrprof_vmm::VcpuHook;
@@ -34,10 +34,7 @@ use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{
-    AddressSpace, Event, Header, Loss, LossKind, Mapping, SamplingConfig, Target, VcpuStats,
-    VcpuThread,
-};
+use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread};
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
@@ -177,28 +174,13 @@ pub fn record_vm(
     } = opts;
     let vcpus = vm_config.vcpus;
     let start_monotonic_ns = sys::monotonic_ns();
-    let header = Header {
-        writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
-        start_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        start_monotonic_ns,
-        host: facts.host_info(&choice),
-        sampling: SamplingConfig {
-            event: choice.event.name().to_owned(),
-            event_reason: choice.reason.clone(),
-            frequency,
-            period: 0,
-            branch_stacks: choice.branch_stacks,
-            call_graph: choice.call_graph.name().to_owned(),
-        },
-        target: Target::Vm {
-            image: image.spec.clone(),
-            vcpus,
-            backend: lbr.backend(),
-            mode: lbr.mode().to_owned(),
-        },
+    let target = Target::Vm {
+        image: image.spec.clone(),
+        vcpus,
+        backend: lbr.backend(),
+        mode: lbr.mode().to_owned(),
     };
+    let header = crate::record::header(facts, &choice, frequency, start_monotonic_ns, target);
     let writer =
         RecordingWriter::create(&output, &header).map_err(|source| RecordError::Output {
             path: output.clone(),
