@@ -9,10 +9,9 @@ use anyhow::{Context, anyhow};
 use lbrprof_collector::host::{self, HostFacts};
 use lbrprof_collector::vm::{GuestImage, VmRecordOptions, record_vm};
 use lbrprof_vmm::builtin;
-use lbrprof_vmm::vm::{Outcome, VmConfig};
+use lbrprof_vmm::vm::VmConfig;
 
 use crate::cmd::record::{Args, record_error};
-use crate::cmd::with_exit;
 use crate::guest_lbr::{self, LbrRequestArgs};
 
 /// Where a built-in image is written for the recording: `FILE.guest/NAME` beside it.
@@ -120,34 +119,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         outcome.run.elapsed.as_secs_f64(),
         outcome.output.display()
     );
-    let code = outcome.outcome.exit_code();
-    match outcome.outcome {
-        Outcome::Exited(_) | Outcome::PowerOff => Ok(ExitCode::from(code)),
-        Outcome::Stopped => Err(with_exit(
-            anyhow!("guest '{spec}' stopped by a signal; the recording is kept"),
-            code,
-        )),
-        Outcome::TimedOut(t) => Err(with_exit(
-            anyhow!(
-                "guest '{spec}' stopped after --duration {:.3} s; the recording is kept",
-                t.as_secs_f64()
-            ),
-            code,
-        )),
-        Outcome::Crashed(c) => {
-            if !c.registers.is_empty() {
-                eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);
-            }
-            Err(with_exit(
-                anyhow!(
-                    "guest '{spec}' crashed on vCPU {}: {} (the recording is kept)",
-                    c.vcpu,
-                    c.reason
-                ),
-                code,
-            ))
-        }
-    }
+    crate::cmd::run::guest_exit(
+        &spec,
+        &outcome.outcome,
+        "--duration",
+        "; the recording is kept",
+    )
 }
 
 #[cfg(test)]

@@ -166,33 +166,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("lbrprof: vm: unknown MMIO page {page:#x}: {n} accesses");
         }
     }
-    let code = report.outcome.exit_code();
-    match report.outcome {
-        Outcome::Exited(_) | Outcome::PowerOff => Ok(ExitCode::from(code)),
-        Outcome::TimedOut(t) => Err(with_exit(
-            anyhow!(
-                "guest '{}' did not finish within {:.3} s (--timeout); stopped",
-                args.vm,
-                t.as_secs_f64()
-            ),
-            code,
-        )),
-        Outcome::Stopped => Err(with_exit(anyhow!("guest '{}' stopped", args.vm), code)),
+    guest_exit(&args.vm, &report.outcome, "--timeout", "")
+}
+
+/// The process exit for a guest's outcome, shared by `run` and `record --vm`: the guest's
+/// own status when it exited, else an error naming the guest (the registers printed first
+/// for a crash) with that status attached. `limit` names the flag that bounds the run;
+/// `suffix` is appended to error messages (e.g. "; the recording is kept").
+pub fn guest_exit(
+    spec: &str,
+    outcome: &Outcome,
+    limit: &str,
+    suffix: &str,
+) -> anyhow::Result<ExitCode> {
+    let code = outcome.exit_code();
+    let message = match outcome {
+        Outcome::Exited(_) | Outcome::PowerOff => return Ok(ExitCode::from(code)),
+        Outcome::TimedOut(t) => format!(
+            "guest '{spec}' did not finish within {:.3} s ({limit}); stopped{suffix}",
+            t.as_secs_f64()
+        ),
+        Outcome::Stopped => format!("guest '{spec}' stopped by a signal{suffix}"),
         Outcome::Crashed(c) => {
             if !c.registers.is_empty() {
                 eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);
             }
-            Err(with_exit(
-                anyhow!(
-                    "guest '{}' crashed on vCPU {}: {}",
-                    args.vm,
-                    c.vcpu,
-                    c.reason
-                ),
-                code,
-            ))
+            format!(
+                "guest '{spec}' crashed on vCPU {}: {}{suffix}",
+                c.vcpu, c.reason
+            )
         }
-    }
+    };
+    Err(with_exit(anyhow!(message), code))
 }
 
 #[cfg(test)]
