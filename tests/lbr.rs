@@ -241,3 +241,119 @@ fn two_vcpus_share_code_without_tripping_over_each_others_breakpoints() {
         );
     }
 }
+
+/// `name=value` from a guest output line such as `branchy: branches=9380 instructions=66803`.
+fn field(out: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+/// Runs `builtin:NAME pmc ARGS` in exact mode; the guest's own ring-3 (branches,
+/// instructions) around the workload kernel, and its output.
+fn exact_pmc(name: &str, words: &[&str]) -> (u64, u64, String) {
+    let mut args = vec![
+        "run",
+        "--vm",
+        name,
+        "--serial",
+        "stdio",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "exact",
+        "--",
+        "pmc",
+    ];
+    args.extend_from_slice(words);
+    let (code, out, err) = stdout_stderr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    (field(&out, "branches"), field(&out, "instructions"), out)
+}
+
+/// Exact mode counts every ring-3 branch of `branchy` (BR_INST_RETIRED, USR, read by the
+/// guest itself around `branchy::run`), and the count follows from the inputs alone.
+///
+/// The relation, from the workload's compiled loop (vmm-shim/guest, opt-level 2): per
+/// iteration the data-dependent `ja`, a `call` of `on_taken`/`on_not_taken` and its `ret`,
+/// and the loop's `dec; je`; the not-taken arm also jumps back (`jmp`) to the shared tail.
+/// So each iteration retires 5 branches, one fewer when the branch is taken:
+/// `branches = c + 5·n − taken`, with `taken` the count the guest prints; instructions
+/// likewise `ci + 34·n − 2·taken` (the taken arm skips the `jmp` and its callee is one
+/// instruction shorter). `c`/`ci` (the loop's entry and exit and the counter-reading
+/// glue) are measured once with n=1, pct=0 and must then hold for every other input.
+/// A compiler change that reshapes the loop fails this test with both numbers shown;
+/// re-derive the constants from `objdump -d` of the branchy image.
+#[test]
+fn exact_branch_counts_of_branchy_follow_from_n_and_taken() {
+    if !kvm_available() {
+        return;
+    }
+    let (b1, i1, out) = exact_pmc("builtin:branchy", &["n=1", "pct=0", "seed=1"]);
+    assert_eq!(field(&out, "taken"), 0);
+    let (c, ci) = (b1 - 5, i1 - 34);
+    for (n, pct, seed) in [(2000, 30, 9), (357, 70, 42), (100, 100, 7), (64, 0, 3)] {
+        let words = [
+            format!("n={n}"),
+            format!("pct={pct}"),
+            format!("seed={seed}"),
+        ];
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (b, i, out) = exact_pmc("builtin:branchy", &words);
+        let taken = field(&out, "taken");
+        assert_eq!(
+            b,
+            c + 5 * n - taken,
+            "branches, n={n} taken={taken}:\n{out}"
+        );
+        assert_eq!(
+            i,
+            ci + 34 * n - 2 * taken,
+            "instructions, n={n} taken={taken}:\n{out}"
+        );
+    }
+}
+
+/// Ring-3 branches of `calls::fib(k)` as compiled: `k < 2` is a taken `jb` and the `ret`;
+/// otherwise the compiler turned the second recursive call into a loop, so `fib(k)` runs
+/// `⌊k/2⌋` iterations of (`call fib(k−1−2j)`, `ja`) plus its `jb` and `ret`. This solves
+/// to `4·fib(k+1) − 2` (checked below).
+fn fib_branches(k: u64) -> u64 {
+    if k < 2 {
+        2
+    } else {
+        2 + 2 * (k / 2) + (0..k / 2).map(|j| fib_branches(k - 1 - 2 * j)).sum::<u64>()
+    }
+}
+
+fn fib(k: u64) -> u64 {
+    if k < 2 { k } else { fib(k - 1) + fib(k - 2) }
+}
+
+/// Exact mode counts every ring-3 branch of `calls`: the `fib(depth)` recursion (see
+/// [`fib_branches`]) plus 4 per round (`call *ops[i % 4]`, the op's tail `jmp mix`, `mix`'s
+/// `ret`, the loop's `jne`): `branches = c + 4·n + fib_branches(depth)`.
+#[test]
+fn exact_branch_counts_of_calls_follow_from_n_and_depth() {
+    if !kvm_available() {
+        return;
+    }
+    for k in 0..20 {
+        assert_eq!(fib_branches(k), 4 * fib(k + 1) - 2, "k={k}");
+    }
+    let (b1, _, _) = exact_pmc("builtin:calls", &["n=1", "depth=0"]);
+    let c = b1 - 4 - fib_branches(0);
+    for (n, depth) in [(500, 12), (7, 5), (33, 1), (1, 15)] {
+        let words = [format!("n={n}"), format!("depth={depth}")];
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (b, _, out) = exact_pmc("builtin:calls", &words);
+        assert_eq!(field(&out, "fib"), fib(depth), "{out}");
+        assert_eq!(
+            b,
+            c + 4 * n + fib_branches(depth),
+            "branches, n={n} depth={depth}:\n{out}"
+        );
+    }
+}
