@@ -357,3 +357,74 @@ fn exact_branch_counts_of_calls_follow_from_n_and_depth() {
         );
     }
 }
+
+/// `builtin:lbrcheck` under `--pmu-version V --lbr-depth D`, told `version=V depth=D`
+/// (plus `extra` guest words): exit code and output.
+fn lbrcheck(version: u32, depth: u32, told_depth: u32, extra: &[&str]) -> (i32, String, String) {
+    let (v, d, td) = (
+        version.to_string(),
+        depth.to_string(),
+        told_depth.to_string(),
+    );
+    let (gv, gd) = (format!("version={v}"), format!("depth={td}"));
+    let mut args = vec![
+        "run",
+        "--vm",
+        "builtin:lbrcheck",
+        "--serial",
+        "stdio",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "exact",
+        "--pmu-version",
+        &v,
+        "--lbr-depth",
+        &d,
+        "--",
+        &gv,
+        &gd,
+    ];
+    args.extend_from_slice(extra);
+    stdout_stderr(&args)
+}
+
+/// The guest checks the architecture itself (vmm-shim/guest/src/bin/lbrcheck.rs): CPUID
+/// and PERF_CAPABILITIES, #GP boundaries, every LBR_SELECT type and CPL filter against the
+/// exact FROM/TO addresses of its own branches, TOS wrap-around, call-stack mode,
+/// GLOBAL_STATUS set/reset and the v2/v4 freeze-on-PMI behaviour, for every supported shape.
+#[test]
+fn lbrcheck_passes_for_pmu_versions_2_and_4_and_depths_8_16_32() {
+    if !kvm_available() {
+        return;
+    }
+    for version in [2, 4] {
+        for depth in [8, 16, 32] {
+            let (code, out, err) = lbrcheck(version, depth, depth, &[]);
+            assert_eq!(code, 0, "v{version} depth {depth}:\n{out}\n{err}");
+            let want =
+                format!("lbrcheck: 8 checks passed (PMU version {version}, LBR depth {depth})");
+            assert!(out.contains(&want), "v{version} depth {depth}:\n{out}");
+        }
+    }
+}
+
+/// lbrcheck can fail: told a depth the machine does not have, it names the check that
+/// notices (the #GP boundary) and the run exits non-zero.
+#[test]
+fn lbrcheck_names_the_first_failed_check() {
+    if !kvm_available() {
+        return;
+    }
+    let (code, out, _) = lbrcheck(4, 16, 8, &[]);
+    assert_eq!(code, 3, "guest exit 1 → lbrprof exit (1 << 1) | 1:\n{out}");
+    assert!(
+        out.contains("lbrcheck: FAIL gp: LBR MSR 0x688 (slot 8, depth 8) did not raise #GP"),
+        "{out}"
+    );
+    assert!(out.contains("lbrcheck: first failed check: gp"), "{out}");
+    // And a version mismatch is the CPUID check's.
+    let (code, out, _) = lbrcheck(2, 8, 8, &["version=4"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("first failed check: caps"), "{out}");
+}

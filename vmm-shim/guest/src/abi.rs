@@ -65,6 +65,10 @@ pub const SYS_RDMSR: u64 = 3;
 pub const SYS_WRMSR: u64 = 4;
 /// NMIs the kernel has taken so far (the PMI path).
 pub const SYS_NMI_COUNT: u64 = 5;
+/// CPUID leaf `RDI`, subleaf `RSI`, executed in ring 0: `RAX` = EAX | EBX << 32,
+/// `RDX` = ECX | EDX << 32. (On the development host ring-3 CPUID is answered without the
+/// shim's table — see `lbrcheck` — so guests that need the advertised CPUID ask ring 0.)
+pub const SYS_CPUID: u64 = 6;
 /// Numbers from here on are reserved for the PMU/LBR agent.
 ///
 /// Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the

@@ -258,6 +258,9 @@ rt_trap_common:
     pop rbx
     pop rax
     add rsp, 16
+    /* Named so guest tests can find this far branch's FROM address in the LBR. */
+    .global rt_trap_iretq
+rt_trap_iretq:
     iretq
 
     .section .rodata
@@ -666,6 +669,19 @@ fn syscall(f: &mut TrapFrame) {
         // SAFETY: rt_wrmsr recovers from #GP through the fixup in rt_trap.
         abi::SYS_WRMSR => (unsafe { rt_wrmsr(f.rdi as u32, f.rsi) }) as u64,
         abi::SYS_NMI_COUNT => NMIS.load(Ordering::Relaxed),
+        abi::SYS_CPUID => {
+            let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+            // SAFETY: CPUID has no side effects; RBX is saved and restored around it
+            // because LLVM reserves it.
+            unsafe {
+                asm!("mov {b:r}, rbx", "cpuid", "xchg {b:r}, rbx",
+                     b = out(reg) ebx, inout("eax") f.rdi as u32 => eax,
+                     inout("ecx") f.rsi as u32 => ecx, out("edx") edx,
+                     options(nomem, nostack, preserves_flags));
+            }
+            f.rdx = u64::from(ecx) | u64::from(edx) << 32;
+            u64::from(eax) | u64::from(ebx) << 32
+        }
         _ => u64::MAX,
     };
 }

@@ -63,8 +63,14 @@ impl UserCounts {
     /// Program and zero PMC0/PMC1 and enable them; `None` when the PMU is not there (#GP).
     pub fn start() -> Option<UserCounts> {
         let ok = user::wrmsr(IA32_PERF_GLOBAL_CTRL, 0)
-            && user::wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVENT_BR_INST_RETIRED)
-            && user::wrmsr(IA32_PERFEVTSEL0 + 1, EVTSEL_EN | EVTSEL_USR | EVENT_INST_RETIRED)
+            && user::wrmsr(
+                IA32_PERFEVTSEL0,
+                EVTSEL_EN | EVTSEL_USR | EVENT_BR_INST_RETIRED,
+            )
+            && user::wrmsr(
+                IA32_PERFEVTSEL0 + 1,
+                EVTSEL_EN | EVTSEL_USR | EVENT_INST_RETIRED,
+            )
             && user::wrmsr(IA32_PMC0, 0)
             && user::wrmsr(IA32_PMC0 + 1, 0)
             && user::wrmsr(IA32_PERF_GLOBAL_CTRL, 0b11);

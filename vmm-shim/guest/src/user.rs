@@ -88,6 +88,12 @@ pub fn wrmsr(msr: u32, value: u64) -> bool {
     syscall3(abi::SYS_WRMSR, u64::from(msr), value, 0).0 == 0
 }
 
+/// CPUID `(eax, ebx, ecx, edx)` for `leaf`/`subleaf` as ring 0 sees it.
+pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    let (a, d) = syscall3(abi::SYS_CPUID, u64::from(leaf), u64::from(subleaf), 0);
+    (a as u32, (a >> 32) as u32, d as u32, (d >> 32) as u32)
+}
+
 /// NMIs taken by the kernel so far.
 pub fn nmi_count() -> u64 {
     syscall3(abi::SYS_NMI_COUNT, 0, 0, 0).0

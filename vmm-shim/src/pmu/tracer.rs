@@ -764,6 +764,16 @@ impl Tracer {
             };
             breakpoints.extend(target);
         }
+        if insn.flow == Flow::Trap
+            && let Some(handler) = idt_handler(g, cpu, VECTOR_UD)
+        {
+            // A trap instruction (UD2 and friends) raises #UD: the exception clears TF on
+            // its way into the handler, so without a breakpoint there the step would only
+            // end after the handler's IRET and the instruction after it, folding the
+            // exception, the handler's branches and the IRET into one bogus branch.
+            breakpoints.push(handler);
+            stop_cpl = 0;
+        }
         Resume {
             single_step: true,
             breakpoints,
@@ -833,6 +843,9 @@ fn read_u64(g: &mut dyn GuestAccess, gva: u64) -> Option<u64> {
 
 /// The handler address of `vector` from a 64-bit IDT gate (offset 15:0 at +0, 31:16 at +6,
 /// 63:32 at +8), or `None` outside 64-bit mode or beyond the IDT limit.
+/// #UD, the exception a [`Flow::Trap`] instruction raises.
+const VECTOR_UD: u8 = 6;
+
 fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u64> {
     if cpu.code_size != CodeSize::Bits64 {
         return None;
