@@ -17,7 +17,8 @@
 //! (the CPL filters look at the branch target), `callstack` (EN_CALLSTACK leaves exactly
 //! the live call chain), `status` (GLOBAL_STATUS_SET/RESET, v4), `freeze` (a counter
 //! overflow's PMI freezes LBR and counters the way the version says, and software
-//! resumes them).
+//! resumes them). Every LBR entry read along the way must lie in the guest's own code
+//! (`rt_text_start..rt_text_end`): host branches never leak into the guest's LBR.
 #![no_std]
 #![no_main]
 
@@ -174,6 +175,9 @@ unsafe extern "C" {
     static rt_trap_iretq: u8;
     static rt_vec6: u8;
     static rt_wrmsr: u8;
+    // The image's code (link.ld).
+    static rt_text_start: u8;
+    static rt_text_end: u8;
 }
 
 macro_rules! addr {
@@ -376,6 +380,17 @@ impl Ctx {
                 to: rd(name, MSR_LASTBRANCH_0_TO_IP + slot)?,
                 info: rd(name, MSR_LBR_INFO_0 + slot)?,
             };
+            // Only guest code ever appears: no host addresses, no shim trampolines.
+            let code = addr!(rt_text_start)..addr!(rt_text_end);
+            ensure!(
+                name,
+                *e == Entry::default() || (code.contains(&e.from) && code.contains(&e.to)),
+                "slot {slot}: {:#x} -> {:#x} is not guest code ({:#x}..{:#x})",
+                e.from,
+                e.to,
+                code.start,
+                code.end
+            );
         }
         Ok((tos, out))
     }

@@ -244,6 +244,34 @@ fn a_fault_is_recorded_as_an_exception() {
     );
 }
 
+/// An interrupt gate for `handler` (ring 0, present, 64-bit interrupt gate).
+fn gate(handler: u64) -> Vec<u8> {
+    let mut g = vec![0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2] = 0x08;
+    g[5] = 0x8e;
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g
+}
+
+#[test]
+fn stepping_a_ud2_also_breaks_at_the_ud_handler() {
+    // The #UD clears TF on its way into the handler, so a plain step would only stop after
+    // the handler's IRET (found by builtin:lbrcheck): the step must carry a breakpoint on
+    // the IDT's #UD gate and expect to stop in ring 0.
+    let code = vec![(0x1000, vec![0x0f, 0x0b]), (0x6000, vec![0xeb, 0xfe])];
+    let mut g = Fake::new(code, vec![(0x1000, 3), (0x6000, 0), (0x6000, 0)]);
+    g.mem.push((IDT + 6 * 16, gate(0x6000)));
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert!(r.single_step);
+    assert_eq!(r.breakpoints, vec![0x6000]);
+    assert_eq!(r.stop_cpl, 0, "the #UD handler runs in ring 0");
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(lbr(&pmu), vec![(0x6000, 0x6000), (0x1000, 0x6000)]);
+}
+
 #[test]
 fn long_straight_line_code_is_split_into_blocks() {
     // 1200 nops then jmp self: more than one block's worth of instructions.
