@@ -300,8 +300,20 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
             args.tsc_to_ns(per_call)
         );
     }
+    let agent = args.get("rt.agent").and_then(parse_u64);
+    if let Some(period) = agent {
+        let (r, _) = syscall3(abi::SYS_AGENT_START, period, 0, 0);
+        if r != 0 {
+            println!("lbrprof-guest: rt.agent: no PMU/LBR to sample (or period 0)");
+            exit(2);
+        }
+    }
     // SAFETY: every workload binary defines this symbol with this signature (workload!).
     let code = unsafe { lbrprof_workload_main(&args) };
+    if agent.is_some() {
+        let (written, dropped) = syscall3(abi::SYS_AGENT_STOP, 0, 0, 0);
+        println!("lbrprof-guest: agent: {written} snapshots, {dropped} dropped");
+    }
     let code = args
         .get("exit")
         .and_then(parse_u64)

@@ -224,6 +224,9 @@ enum State {
     Stepping { insn: DecodedInsn, cpl: u8 },
     /// An NMI was injected at `from`; a breakpoint waits at `handler`.
     AwaitingNmi { from: u64, handler: u64, cpl: u8 },
+    /// Exact mode, not following the NMI handler: an NMI was injected at `rip` and the
+    /// handler runs untraced; a breakpoint at `rip` resumes tracing when it returns.
+    AwaitingReturn { rip: u64 },
 }
 
 /// The per-vCPU branch tracer.
@@ -417,12 +420,15 @@ impl Tracer {
                     self.free(pmu, cpu.cpl)
                 }
             }
-            State::Stepping { .. } | State::AwaitingNmi { .. } => Resume {
-                // The same debug set-up; an NMI asked for earlier is not asked for again.
-                pmi: false,
-                inject_nmi: false,
-                ..self.last.clone()
-            },
+            State::Stepping { .. } | State::AwaitingNmi { .. } | State::AwaitingReturn { .. } => {
+                Resume {
+                    // The same debug set-up; an NMI asked for earlier is not asked for again.
+                    // (A PMI raised meanwhile stays pending until the guest is back.)
+                    pmi: false,
+                    inject_nmi: false,
+                    ..self.last.clone()
+                }
+            }
         };
         Ok(self.remember(r))
     }
@@ -447,6 +453,11 @@ impl Tracer {
                 _ => self.stats.unexpected += 1,
             },
             State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
+            State::AwaitingReturn { rip } => {
+                if cpu.rip != rip {
+                    self.stats.unexpected += 1;
+                }
+            }
             State::AwaitingNmi { from, handler, cpl } => {
                 if cpu.rip == handler {
                     self.branch(
@@ -599,7 +610,21 @@ impl Tracer {
             });
         }
         // Not following the handler: it runs untraced, and tracing resumes in the
-        // interrupted code once the handler returns to it.
+        // interrupted code once the handler returns to it. In exact mode a breakpoint at
+        // the interrupted instruction makes sure of that: running free would lose the rest
+        // of the run (the guest may make no exit until it ends), and a replan at one of
+        // the handler's own MSR exits would start tracing a context that cannot be
+        // followed (see `set_follow_nmi_handler`).
+        if self.counting() {
+            self.state = State::AwaitingReturn { rip: cpu.rip };
+            return Ok(Resume {
+                breakpoints: vec![cpu.rip],
+                pmi: true,
+                inject_nmi: true,
+                stop_cpl: cpu.cpl,
+                ..Resume::default()
+            });
+        }
         let mut r = if follow {
             self.plan_at(g, pmu, cpu)?
         } else {
