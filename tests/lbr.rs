@@ -428,3 +428,78 @@ fn lbrcheck_names_the_first_failed_check() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("first failed check: caps"), "{out}");
 }
+
+/// The `--stats` LBR line's numbers: [vcpu, instructions, branches, taken, stops,
+/// ratio-int, ratio-frac, pmis, snapshots, lost].
+fn lbr_stats(err: &str) -> Vec<u64> {
+    let line = err
+        .lines()
+        .find(|l| l.contains("instructions and"))
+        .unwrap_or_else(|| panic!("no LBR statistics in:\n{err}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Guest-driven snapshots: with `rt.agent=PERIOD` the guest runtime's PMI handler writes
+/// each frozen LBR into the shared ring and acks the freeze; the shim drains the ring.
+/// Every PMI gives exactly one snapshot on both sides, the workload's result is unchanged,
+/// and (exact mode) two runs agree to the instruction.
+#[test]
+fn the_guest_agent_writes_one_snapshot_per_pmi_and_the_shim_receives_them() {
+    if !kvm_available() {
+        return;
+    }
+    let base = ["run", "--vm", "builtin:branchy", "--serial", "stdio"];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--", "n=2000"]].concat());
+    assert_eq!(code, 0, "{err}");
+    for version in ["2", "4"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                "exact",
+                "--pmu-version",
+                version,
+                "--",
+                "n=2000",
+                "rt.agent=5000",
+            ],
+        ]
+        .concat();
+        let (code, out, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "v{version}: {out}\n{err}");
+        assert_eq!(checksum_line(&plain), checksum_line(&out), "v{version}");
+        let nums = lbr_stats(&err);
+        let (instructions, pmis, snapshots) = (nums[1], nums[7], nums[8]);
+        // "lbrprof-guest: agent: N snapshots, D dropped"
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("lbrprof-guest: agent:"))
+            .unwrap_or_else(|| panic!("no agent line in:\n{out}"));
+        assert!(line.ends_with(", 0 dropped"), "{line}");
+        let written: u64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(
+            written, snapshots,
+            "guest wrote vs shim received:\n{out}\n{err}"
+        );
+        assert_eq!(pmis, snapshots, "one snapshot per PMI:\n{err}");
+        // Every ring-3 instruction of the run is traced (the PMI handler, ring 0, runs
+        // untraced): n=2000 is ~70k of them, so at least 13 periods of 5000.
+        assert!(instructions > 65_000 && pmis >= 13, "v{version}: {err}");
+        let (_, _, err2) = stdout_stderr(&args);
+        assert_eq!(
+            lbr_stats(&err2),
+            nums,
+            "v{version}: exact mode is deterministic"
+        );
+    }
+}

@@ -313,8 +313,14 @@ impl Tracer {
 
     fn free(&mut self, pmu: &VirtualPmu, cpl: u8) -> Resume {
         self.state = State::Free;
+        // The deadline at the current privilege level, else at the other one: a PMI
+        // handler (ring 0) re-arming a user-only counter must still get a deadline, or
+        // the guest, back in ring 3 and making no exits, would never be sampled again.
+        let other = if cpl == 0 { 3 } else { 0 };
         Resume {
-            deadline_cycles: pmu.instructions_until_pmi(cpl),
+            deadline_cycles: pmu
+                .instructions_until_pmi(cpl)
+                .or_else(|| pmu.instructions_until_pmi(other)),
             ..Resume::default()
         }
     }
