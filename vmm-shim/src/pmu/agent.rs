@@ -18,6 +18,17 @@ use crate::abi::{
 use crate::memory::{GuestMemory, GuestPhysAddr, MemoryError};
 use crate::snapshot::{LbrEntry, LbrSnapshot, SnapshotReason};
 
+// The ring lies in low RAM the shim's boot layout leaves free: above the boot stacks,
+// below conventional memory's end.
+const _: () = {
+    use crate::boot::{BOOT_STACK_SIZE, BOOT_STACKS_ADDR, LOW_MEM_END, MAX_VCPUS};
+    assert!(AGENT_RING_ADDR >= BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE);
+    assert!(
+        agent_record_addr(AGENT_RING_SLOTS - 1) + std::mem::size_of::<AgentRecord>() as u64
+            <= LOW_MEM_END
+    );
+};
+
 const MAGIC_OFF: u64 = 0;
 const HEAD_OFF: u64 = 8;
 const TAIL_OFF: u64 = 16;
