@@ -35,6 +35,8 @@ pub struct LbrRequestArgs {
     pub depth: u32,
     /// Snapshots per second (`-F`).
     pub frequency: u64,
+    /// vCPUs of the VM (the hooks must know when code is shared between vCPUs).
+    pub vcpus: u32,
 }
 
 /// The shim's guest LBR for one recording.
@@ -44,6 +46,7 @@ pub struct ShimLbr {
     pmu: PmuConfig,
     period: u64,
     host_has_lbr: bool,
+    vcpus: u32,
     stats: LbrStatsSink,
 }
 
@@ -89,6 +92,7 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
         pmu,
         period: snapshot_period(mode, req.frequency),
         host_has_lbr: facts.host_lbr_nr != 0,
+        vcpus: req.vcpus,
         stats: Arc::new(Mutex::new(Vec::new())),
     }))
 }
@@ -144,6 +148,7 @@ impl GuestLbr for ShimLbr {
                 cfg.cycles_per_sec = GUEST_CYCLES_PER_SEC;
                 Box::new(
                     EmulatedPmuHook::new(cfg, Some(sink.clone()))
+                        .with_vcpus(self.vcpus)
                         .with_stats(Arc::clone(&self.stats)),
                 )
             }

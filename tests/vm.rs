@@ -101,6 +101,11 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     let titles = svg_titles(&svg);
     let has = |name: &str| titles.iter().any(|t| t.starts_with(name));
     assert!(has("[vcpu0 thread]"), "no vCPU thread frame");
+    // The shim's run loop (lbrprof is built with frame pointers, .cargo/config.toml).
+    assert!(
+        has("lbrprof_vmm::vm::VcpuRunner::run_loop"),
+        "no frame of the shim's vCPU run loop"
+    );
     // KVM_RUN as the kernel names it, or as `[KVM_RUN]` when no sample caught the host
     // kernel inside the ioctl (guest-mode samples carry no host stack of their own).
     assert!(
@@ -123,8 +128,12 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
                 .or_else(|| l.find("[KVM_RUN]"));
             let guest = l.find("[guest vcpu0]");
             let part = l.find("sort::partition");
+            let run_loop = l.find("VcpuRunner::run_loop");
             l.starts_with("[vcpu0 thread]")
-                && matches!((run, guest, part), (Some(r), Some(g), Some(p)) if r < g && g < p)
+                && matches!(
+                    (run_loop, run, guest, part),
+                    (Some(rl), Some(r), Some(g), Some(p)) if rl < r && r < g && g < p
+                )
         }),
         "no unified stack vCPU loop > KVM_RUN > [guest vcpu0] > partition:\n{folded}"
     );
@@ -499,4 +508,64 @@ fn two_vcpus_in_the_shim_never_pair_across_vcpus() {
     assert_eq!(shim.len(), 2, "{vm}");
     let tids: Vec<&Value> = shim.iter().map(|s| &s["tid"]).collect();
     assert_ne!(tids[0], tids[1]);
+}
+
+#[test]
+fn duration_and_ctrl_c_stop_the_guest_and_keep_the_recording() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let endless = ["--", "n=1000000000000"];
+    let record = |data: &Path| {
+        let mut c = common::lbrprof();
+        c.args([
+            "record",
+            "--vm",
+            "builtin:branchy",
+            "--lbr-freq",
+            "50",
+            "-o",
+        ])
+        .arg(data)
+        .args(["--serial", "stdout"]);
+        c
+    };
+    // --duration: the guest is stopped, exit status 124, the recording is complete.
+    let data = dir.path().join("dur.data");
+    let out = record(&data)
+        .args(["--duration", "0.3"])
+        .args(endless)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(info.contains("exit status 124"), "{info}");
+
+    // SIGINT: the same, with 130.
+    let data = dir.path().join("int.data");
+    let child = record(&data)
+        .args(endless)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    assert!(report["meta"]["samples"].as_u64().unwrap() > 0);
+    assert!(report["vm"]["shim"][0]["run_ns"].as_u64().unwrap() > 0);
 }

@@ -1,7 +1,7 @@
 //! `lbrprof-collector`: everything between the machine and a recording.
 //!
 //! It owns host sampling with `perf_event_open` (per thread of a profiled command or of the
-//! VMM shim), driving the shim for `record --vm`, pairing host samples with guest LBR
+//! VMM shim), driving the shim for `record --vm` ([`vm`]), pairing host samples with guest LBR
 //! snapshots, the `lbrprof.data` recording format (writer and streaming reader), and the
 //! import of `perf.data` files into the same [`model::Event`] stream.
 //!

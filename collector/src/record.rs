@@ -183,27 +183,12 @@ impl Recorder {
             }
         };
         let start_monotonic_ns = sys::monotonic_ns();
-        let header = Header {
-            writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
-            start_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            start_monotonic_ns,
-            host: facts.host_info(&choice),
-            sampling: SamplingConfig {
-                event: choice.event.name().to_owned(),
-                event_reason: choice.reason.clone(),
-                frequency: opts.frequency,
-                period: 0,
-                branch_stacks: choice.branch_stacks,
-                call_graph: choice.call_graph.name().to_owned(),
-            },
-            target: match &opts.target {
-                RecordTarget::Command(argv) => Target::Command { argv: argv.clone() },
-                RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
-                RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
-            },
+        let target = match &opts.target {
+            RecordTarget::Command(argv) => Target::Command { argv: argv.clone() },
+            RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
+            RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
         };
+        let header = header(facts, &choice, opts.frequency, start_monotonic_ns, target);
         let writer = RecordingWriter::create(&opts.output, &header).map_err(|source| {
             RecordError::Output {
                 path: opts.output.clone(),
@@ -551,6 +536,32 @@ fn strerror(errno: i32) -> String {
     }
 }
 
+/// The header of a recording made on this host, sampled as `choice` decided.
+pub(crate) fn header(
+    facts: &HostFacts,
+    choice: &SamplingChoice,
+    frequency: u64,
+    start_monotonic_ns: u64,
+    target: Target,
+) -> Header {
+    Header {
+        writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
+        start_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        start_monotonic_ns,
+        host: facts.host_info(choice),
+        sampling: SamplingConfig {
+            event: choice.event.name().to_owned(),
+            event_reason: choice.reason.clone(),
+            frequency,
+            period: 0,
+            branch_stacks: choice.branch_stacks,
+            call_graph: choice.call_graph.name().to_owned(),
+        },
+        target,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

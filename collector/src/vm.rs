@@ -11,7 +11,7 @@
 //!
 //! What the recording holds, besides the host samples and side band: a guest
 //! [`Mapping`] (space `Guest { vm: 0 }`) per executable segment of the image, with the
-//! image's path and build-id; every [`LbrSnapshot`](crate::model::LbrSnapshot) the vCPUs
+//! image's path and build-id; every [`LbrSnapshot`] the vCPUs
 //! sent; an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU
 //! at the end (the shim's accounting merged with the guest LBR's); and a header whose
 //! target is [`Target::Vm`].
@@ -25,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use lbrprof_vmm::VcpuHook;
@@ -34,10 +34,7 @@ use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{
-    AddressSpace, Event, Header, Loss, LossKind, Mapping, SamplingConfig, Target, VcpuStats,
-    VcpuThread,
-};
+use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread};
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
@@ -177,28 +174,13 @@ pub fn record_vm(
     } = opts;
     let vcpus = vm_config.vcpus;
     let start_monotonic_ns = sys::monotonic_ns();
-    let header = Header {
-        writer: format!("lbrprof {}", env!("CARGO_PKG_VERSION")),
-        start_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        start_monotonic_ns,
-        host: facts.host_info(&choice),
-        sampling: SamplingConfig {
-            event: choice.event.name().to_owned(),
-            event_reason: choice.reason.clone(),
-            frequency,
-            period: 0,
-            branch_stacks: choice.branch_stacks,
-            call_graph: choice.call_graph.name().to_owned(),
-        },
-        target: Target::Vm {
-            image: image.spec.clone(),
-            vcpus,
-            backend: lbr.backend(),
-            mode: lbr.mode().to_owned(),
-        },
+    let target = Target::Vm {
+        image: image.spec.clone(),
+        vcpus,
+        backend: lbr.backend(),
+        mode: lbr.mode().to_owned(),
     };
+    let header = crate::record::header(facts, &choice, frequency, start_monotonic_ns, target);
     let writer =
         RecordingWriter::create(&output, &header).map_err(|source| RecordError::Output {
             path: output.clone(),
@@ -481,6 +463,59 @@ mod tests {
             maps.iter()
                 .any(|m| (m.start..m.start + m.len).contains(&entry))
         );
+    }
+
+    struct NoLbr;
+
+    impl GuestLbr for NoLbr {
+        fn backend(&self) -> LbrBackend {
+            LbrBackend::Emulated
+        }
+        fn mode(&self) -> &str {
+            "sampled"
+        }
+        fn hook(&self, _vcpu: u32, _sink: &SnapshotSink) -> Box<dyn VcpuHook> {
+            Box::new(lbrprof_vmm::NoopHook)
+        }
+        fn counters(&self, _vcpu: u32) -> LbrCounters {
+            LbrCounters::default()
+        }
+    }
+
+    fn options(dir: &Path, frequency: u64, mmap_pages: u32) -> VmRecordOptions {
+        VmRecordOptions {
+            output: dir.join("out.data"),
+            frequency,
+            request: SamplingRequest {
+                event: crate::host::EventRequest::Auto,
+                branches: crate::host::BranchRequest::Auto,
+                call_graph: crate::host::CallGraph::Fp,
+            },
+            mmap_pages,
+            image: GuestImage {
+                spec: "builtin:sort".into(),
+                bytes: Vec::new(),
+                path: dir.join("sort"),
+            },
+            vm: VmConfig::new(64 << 20, 1),
+        }
+    }
+
+    #[test]
+    fn bad_options_fail_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = HostFacts::default();
+        let err = record_vm(options(dir.path(), 0, 8), &facts, &NoLbr).unwrap_err();
+        assert!(
+            matches!(err, RecordError::BadFrequency { given: 0, .. }),
+            "{err}"
+        );
+        let err = record_vm(options(dir.path(), 99, 3), &facts, &NoLbr).unwrap_err();
+        assert!(
+            matches!(err, RecordError::BadMmapPages { given: 3, .. }),
+            "{err}"
+        );
+        assert!(!dir.path().join("out.data").exists());
     }
 
     #[test]

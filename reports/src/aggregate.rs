@@ -284,7 +284,6 @@ impl Aggregator {
                 time_ns: s.time_ns,
                 tid: s.tid,
                 mode: s.mode,
-                weight,
                 stack: id,
             });
         }

@@ -19,6 +19,9 @@
 //!    is readable ([`decode`]), else estimated as `bytes / 4` (and marked so).
 //! 4. Rendering: [`render`] (text, Markdown, JSON, folded), [`flame`] (SVG via inferno),
 //!    [`bolt`] (BOLT `.fdata`).
+//! 5. For `record --vm` recordings, [`vm`]: host samples paired with guest snapshots
+//!    (after symbolization, which decides "in KVM_RUN"), where the host spent its time,
+//!    and the unified host → `[guest vcpuN]` → guest stacks of the flame graph.
 //!
 //! # Branch semantics
 //!

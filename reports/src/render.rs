@@ -96,6 +96,9 @@ fn header_lines(r: &Report) -> Vec<String> {
             m.frozen
         ));
     }
+    for n in &m.notes {
+        v.push(format!("note:     {n}"));
+    }
     for w in &m.warnings {
         v.push(format!("warning:  {w}"));
     }

@@ -134,6 +134,9 @@ pub struct Meta {
     pub branch_entries: u64,
     /// How fall-through instruction counts were obtained.
     pub range_method: String,
+    /// What the recorder noted about the recording (e.g. which event it chose and why).
+    pub notes: Vec<String>,
+    /// Problems found while reading or symbolizing.
     pub warnings: Vec<String>,
 }
 
@@ -183,6 +186,7 @@ pub struct Source<'a> {
     pub format: &'a str,
     pub path: &'a str,
     pub header: &'a Header,
+    pub notes: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -303,7 +307,7 @@ pub fn build(
         Target::PerfData { path } => path.clone(),
         _ => source.path.to_owned(),
     };
-    let warnings = source.warnings;
+    let (notes, warnings) = (source.notes, source.warnings);
     let mut report = Report {
         meta: Meta {
             source: source.format.to_owned(),
@@ -321,6 +325,7 @@ pub fn build(
             branch_depth: t.max_branch_depth,
             branch_entries: t.branch_entries,
             range_method: range_method.to_owned(),
+            notes,
             warnings,
         },
         functions,

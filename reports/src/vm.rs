@@ -47,7 +47,6 @@ pub struct VmSample {
     pub time_ns: u64,
     pub tid: u32,
     pub mode: CpuMode,
-    pub weight: u64,
     /// Index into [`VmTrace::stacks`] (innermost first).
     pub stack: u32,
 }
@@ -118,7 +117,7 @@ impl Activity {
             Activity::ShimTracing => "shim: tracing guest branches (debug exits)",
             Activity::ShimPmu => "shim: PMU/LBR MSR emulation and snapshots",
             Activity::ShimDevices => "shim: device I/O emulation",
-            Activity::ShimOther => "shim: other exit handling",
+            Activity::ShimOther => "shim: vCPU loop (KVM_RUN entry and return, exit dispatch)",
             Activity::KvmStateIoctls => "KVM register and state ioctls of the shim (GET_REGS, ...)",
             Activity::VcpuKernelOther => "vCPU thread in the kernel, not in KVM (faults, ...)",
             Activity::OtherThreads => "other threads (VM set-up, tear-down)",
@@ -226,18 +225,28 @@ fn frame_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
     syms.function_name(modules, l).replace([';', '\n'], ":")
 }
 
-/// Classifies the shim's user-space exit handling by the leaf function's name.
-fn shim_activity(leaf: &str) -> Activity {
-    let has = |parts: &[&str]| parts.iter().any(|p| leaf.contains(p));
-    if has(&["pmu::tracer", "pmu::branch", "pmu::kvm_hook", "iced_x86"]) {
-        Activity::ShimTracing
-    } else if has(&["pmu::", "snapshot", "crossbeam"]) {
-        Activity::ShimPmu
-    } else if has(&["devices::", "serial"]) {
-        Activity::ShimDevices
-    } else {
-        Activity::ShimOther
+/// Classifies the shim's user-space exit handling by its stack (innermost first): the
+/// innermost frame of the LBR tracer, the PMU model or the devices decides.
+fn shim_activity(stack: &[String]) -> Activity {
+    for frame in stack {
+        let has = |parts: &[&str]| parts.iter().any(|p| frame.contains(p));
+        if has(&[
+            "pmu::tracer",
+            "pmu::branch",
+            "pmu::kvm_hook",
+            "iced_x86",
+            "hook::VcpuCtx",
+        ]) {
+            return Activity::ShimTracing;
+        }
+        if has(&["pmu::", "snapshot", "crossbeam"]) {
+            return Activity::ShimPmu;
+        }
+        if has(&["devices::"]) {
+            return Activity::ShimDevices;
+        }
     }
+    Activity::ShimOther
 }
 
 /// The default pairing window: the median interval between consecutive snapshots of the
@@ -364,7 +373,7 @@ pub fn analyze(
             (Some(_), _) if in_kvm_run_kernel(s.stack) => Activity::KvmKernel,
             (Some(_), m) if m.is_kernel() && in_vcpu_ioctl(s.stack) => Activity::KvmStateIoctls,
             (Some(_), m) if m.is_kernel() => Activity::VcpuKernelOther,
-            (Some(_), _) => shim_activity(n.first().map_or("", String::as_str)),
+            (Some(_), _) => shim_activity(n),
         };
         *by_activity
             .entry(activity)
@@ -561,17 +570,28 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The last frames of a long folded stack, for the text table.
+/// A long folded stack shortened for the text table: its root, the innermost Rust frame
+/// (the shim code that made a system call, say) and the last three frames.
 fn shorten(stack: &str) -> String {
     let frames: Vec<&str> = stack.split(';').collect();
     if frames.len() <= 6 {
         return frames.join(" > ");
     }
-    format!(
-        "{} > ... > {}",
-        frames[0],
-        frames[frames.len() - 4..].join(" > ")
-    )
+    let tail = frames.len() - 3;
+    let mut out = vec![frames[0]];
+    if let Some(i) = (1..tail).rev().find(|&i| frames[i].contains("::")) {
+        if i > 1 {
+            out.push("...");
+        }
+        out.push(frames[i]);
+        if i + 1 < tail {
+            out.push("...");
+        }
+    } else {
+        out.push("...");
+    }
+    out.extend(&frames[tail..]);
+    out.join(" > ")
 }
 
 #[cfg(test)]
@@ -726,19 +746,47 @@ mod tests {
 
     #[test]
     fn shim_time_is_classified_by_the_leaf_function() {
+        let s = |frames: &[&str]| -> Vec<String> { frames.iter().map(|f| f.to_string()).collect() };
+        // Innermost first: the register read of the tracer is tracing.
         assert_eq!(
-            shim_activity("lbrprof_vmm::pmu::tracer::Tracer::on_debug_exit"),
+            shim_activity(&s(&[
+                "__GI___ioctl",
+                "kvm_ioctls::ioctls::vcpu::VcpuFd::get_regs",
+                "lbrprof_vmm::hook::VcpuCtx::regs",
+                "lbrprof_vmm::pmu::tracer::Tracer::on_debug_exit",
+                "lbrprof_vmm::vm::VcpuRunner::run_loop",
+            ])),
             Activity::ShimTracing
         );
         assert_eq!(
-            shim_activity("lbrprof_vmm::pmu::vpmu::VirtualPmu::snapshot"),
+            shim_activity(&s(&[
+                "lbrprof_vmm::pmu::vpmu::VirtualPmu::snapshot",
+                "lbrprof_vmm::pmu::emulated::EmulatedVcpu::on_exit",
+            ])),
             Activity::ShimPmu
         );
         assert_eq!(
-            shim_activity("lbrprof_vmm::devices::Devices::io_out"),
+            shim_activity(&s(&["memcpy", "lbrprof_vmm::devices::Devices::io_out"])),
             Activity::ShimDevices
         );
-        assert_eq!(shim_activity("__GI___ioctl"), Activity::ShimOther);
+        assert_eq!(
+            shim_activity(&s(&[
+                "__GI___ioctl",
+                "kvm_ioctls::ioctls::vcpu::VcpuFd::run",
+                "lbrprof_vmm::vm::VcpuRunner::run_loop",
+            ])),
+            Activity::ShimOther
+        );
+    }
+
+    #[test]
+    fn long_stacks_keep_root_innermost_rust_frame_and_leaf() {
+        assert_eq!(shorten("a;b;c"), "a > b > c");
+        assert_eq!(
+            shorten("[vcpu0 thread];start;x::run_loop;y::regs;ioctl;entry;sys;kvm_get_regs;load"),
+            "[vcpu0 thread] > ... > y::regs > ... > sys > kvm_get_regs > load"
+        );
+        assert_eq!(shorten("r;a;b;c;d;e;f;g"), "r > ... > e > f > g");
     }
 
     #[test]

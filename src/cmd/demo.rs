@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(short = 'F', long, default_value_t = 999)]
     pub freq: u64,
     /// Elements the guest sorts.
-    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub n: u64,
     /// Run the built-in host workload (what the demo records without /dev/kvm).
     #[arg(long, hide = true)]
@@ -147,6 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         started.elapsed().as_secs_f64()
     );
+    if let Some(line) = summary_line(&json) {
+        println!("  {line}");
+    }
     println!("  recording    {}", data.display());
     println!("  report       {}", report.display());
     println!("  branches     {}", json.display());
@@ -156,6 +159,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("next: lbrprof report -i {}", data.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line about what was recorded, from the JSON report.
+fn summary_line(json: &Path) -> Option<String> {
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json).ok()?).ok()?;
+    let meta = &report["meta"];
+    let mut line = format!(
+        "{} host samples, {} guest snapshots, {} branch records",
+        meta["samples"].as_u64()?,
+        meta["snapshots"].as_u64()?,
+        meta["branch_entries"].as_u64()?
+    );
+    let p = &report["vm"]["pairing"];
+    if let (Some(paired), Some(in_run)) = (p["paired"].as_u64(), p["in_kvm_run"].as_u64()) {
+        line.push_str(&format!(
+            "; {paired} of {in_run} host samples in KVM_RUN paired with a guest stack"
+        ));
+    }
+    Some(line)
 }
 
 /// Burns CPU for `duration` in three functions a profile should show by name.

@@ -146,6 +146,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
             format: loaded.format.name(),
             path: &path.display().to_string(),
             header: &loaded.header,
+            notes: loaded.notes.clone(),
             warnings: loaded.warnings.clone(),
         },
         &mut code,

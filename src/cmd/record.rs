@@ -23,12 +23,12 @@ With --vm IMAGE the guest runs in this process while every thread of the shim (t
 threads included, followed from their start) is sampled; the recording also holds the \
 guest's LBR snapshots, its image (path and build-id; built-in images are written next to \
 the recording as FILE.guest/NAME), and the shim's accounting (exits by reason, time in \
-KVM_RUN, time tracing and snapshotting). Guest snapshots are taken by the shim at -F \
-(sampled mode: every 2e9/F guest cycles of a time-based counter).
+KVM_RUN, time tracing and snapshotting). Guest snapshots are taken by the shim at \
+--lbr-freq (default -F). --duration stops the guest (exit status 124; the recording is kept).
 
 Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
 when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \
-`lbrprof run`: 4 for a guest crash); 2 for other errors.")]
+`lbrprof run`: 4 for a guest crash, 130 when stopped by Ctrl-C); 2 for other errors.")]
 pub struct Args {
     /// Output file.
     #[arg(short, long, default_value = "lbrprof.data")]
@@ -80,11 +80,16 @@ pub struct VmArgs {
     #[arg(long, value_enum, default_value_t = LbrChoice::Auto, requires = "vm")]
     pub lbr: LbrChoice,
     /// How the emulated LBR observes branches: `sampled` lets the guest run free and
-    /// traces only the branches before each snapshot (snapshots follow -F in guest
+    /// traces only the branches before each snapshot (one every 2e9 / --lbr-freq guest
     /// cycles); `exact` traces every instruction (exact counts, one snapshot every
-    /// 10,000,000 / F instructions).
+    /// 10,000,000 / --lbr-freq instructions).
     #[arg(long, value_enum, default_value_t = LbrModeChoice::Sampled, requires = "vm")]
     pub lbr_mode: LbrModeChoice,
+    /// Guest snapshots per second (default: -F). With the emulated LBR each snapshot
+    /// costs the tracing of its last branches (a few hundred VM exits), so a rate below
+    /// the host's sampling rate keeps the guest closer to full speed.
+    #[arg(long, value_name = "HZ", requires = "vm")]
+    pub lbr_freq: Option<u64>,
     /// LBR entries per snapshot (8, 16 or 32).
     #[arg(long, default_value_t = 32, value_name = "N", requires = "vm")]
     pub lbr_depth: u32,

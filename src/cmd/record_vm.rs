@@ -63,14 +63,15 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.guest.vm.clone().unwrap_or_default();
-    if args.freq == 0 {
-        anyhow::bail!("-F must be at least 1 Hz");
+    if args.freq == 0 || args.guest.lbr_freq == Some(0) {
+        anyhow::bail!("-F and --lbr-freq must be at least 1 Hz");
     }
     let lbr = guest_lbr::setup(&LbrRequestArgs {
         lbr: args.guest.lbr,
         mode: args.guest.lbr_mode,
         depth: args.guest.lbr_depth,
-        frequency: args.freq,
+        frequency: args.guest.lbr_freq.unwrap_or(args.freq),
+        vcpus: args.guest.vcpus,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
@@ -81,6 +82,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
     vm.cmdline = args.command.join(" ");
+    vm.timeout = match args.duration {
+        None => None,
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Some(std::time::Duration::from_secs_f64(secs))
+        }
+        Some(secs) => anyhow::bail!("--duration must be a positive number of seconds, not {secs}"),
+    };
     vm.serial = serial_sink(&args.guest.serial)?;
     let opts = VmRecordOptions {
         output: args.output.clone(),
@@ -119,8 +127,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow!("guest '{spec}' stopped by a signal; the recording is kept"),
             code,
         )),
-        Outcome::TimedOut(_) => Err(with_exit(
-            anyhow!("guest '{spec}' timed out; the recording is kept"),
+        Outcome::TimedOut(t) => Err(with_exit(
+            anyhow!(
+                "guest '{spec}' stopped after --duration {:.3} s; the recording is kept",
+                t.as_secs_f64()
+            ),
             code,
         )),
         Outcome::Crashed(c) => {

@@ -180,6 +180,8 @@ pub struct Loaded {
     pub syms: SymbolTable,
     pub header: Header,
     pub format: InputFormat,
+    /// What the recorder noted (shown in reports, not printed as warnings).
+    pub notes: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -299,7 +301,7 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         header.sampling.event = event;
     }
     let mut warnings = input.warnings();
-    warnings.extend(input.recorded_notes());
+    let notes = input.recorded_notes();
     warnings.extend(source_notes);
     let syms = SymbolTable::build(&profile, source.as_ref());
     // Modules are symbolized in parallel: sort their warnings for a stable order.
@@ -311,6 +313,7 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         syms,
         header,
         format,
+        notes,
         warnings,
     })
 }
@@ -377,6 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             format: loaded.format.name(),
             path: &args.input.input.display().to_string(),
             header: &loaded.header,
+            notes: loaded.notes.clone(),
             warnings: loaded.warnings.clone(),
         },
         &mut code,

@@ -305,7 +305,8 @@ impl Module {
                     "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
                     path.display()
                 ));
-            } else if debug_obj.is_none() {
+            } else if debug_obj.is_none() && path != Path::new(crate::vdso::VDSO) {
+                // (The vDSO has its symbols and never has line tables: nothing to warn.)
                 warnings.push(format!(
                     "no debug info for {} (install its debug package or pass --debug-dir): functions only, no lines",
                     path.display()
