@@ -1,8 +1,10 @@
-//! `builtin:lbrcheck depth=N version=V`: the guest checks the virtual PMU and LBR against
+//! `builtin:lbrcheck depth=N version=V [only=CHECK]`: the guest checks the virtual PMU and LBR against
 //! the architecture (Intel SDM Vol. 3B "Last Branch, Interrupt, and Exception Recording",
 //! "Performance Monitoring" v2/v4) and exits 1 naming the first failed check, 0 when all
 //! pass. `depth` and `version` are what the host was told (`--lbr-depth`, `--pmu-version`);
-//! the guest checks that the machine it finds matches them.
+//! the guest checks that the machine it finds matches them. Run it with `--lbr emulated
+//! --lbr-mode exact`: the counter, freeze and LBR_INFO checks rely on exact counting
+//! (sampled mode counts no branches and its clock follows host time).
 //!
 //! The branches under test are hand-written ring-3 assembly (`lbrcheck_seq`,
 //! `lbrcheck_cs`) whose labels are global symbols, so every expected FROM/TO is an address
@@ -625,6 +627,18 @@ fn check_wrap(c: &Ctx) -> Check {
     let d = u64::from(c.depth);
     for loops in [d - 1, d, 2 * d + 3] {
         c.expect_seq(NAME, select, loops, &want[..1 + loops as usize])?;
+    }
+    // LBR_INFO of the last run's loop jumps: never mispredicted (direct), and CYC_CNT is
+    // the 3 instructions since the previous one (jnz, dec, jmp; exact mode's clock is one
+    // cycle per instruction).
+    let (_, got) = c.read_lbr(NAME)?;
+    for (i, e) in got.iter().take(c.depth as usize).enumerate() {
+        ensure!(
+            NAME,
+            e.info == 3,
+            "entry {i} LBR_INFO {:#x}: want CYC_CNT 3 and no MISPRED",
+            e.info
+        );
     }
     Ok(())
 }
