@@ -503,3 +503,33 @@ fn the_guest_agent_writes_one_snapshot_per_pmi_and_the_shim_receives_them() {
         );
     }
 }
+
+/// Sampled mode: the agent's handler re-arms a user-only counter from ring 0, and the
+/// guest keeps being sampled after it (the free-run deadline is not lost to the ring).
+#[test]
+fn the_guest_agent_keeps_sampling_in_sampled_mode() {
+    if !kvm_available() {
+        return;
+    }
+    let (code, out, err) = stdout_stderr(&[
+        "run",
+        "--vm",
+        "builtin:calls",
+        "--serial",
+        "stdio",
+        "--stats",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "sampled",
+        "--",
+        "n=20000000",
+        "rt.agent=10000000",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let nums = lbr_stats(&err);
+    let (pmis, snapshots) = (nums[7], nums[8]);
+    let written = format!("lbrprof-guest: agent: {snapshots} snapshots, 0 dropped");
+    assert!(out.contains(&written), "{out}\n{err}");
+    assert!(pmis >= 2 && pmis == snapshots, "{err}");
+}

@@ -387,3 +387,32 @@ fn without_following_the_nmi_handler_tracing_continues_in_the_interrupted_code()
     assert_eq!(t.stats().instructions, user_len - 1);
     assert_eq!(t.stats().unexpected, 0);
 }
+
+#[test]
+fn exact_mode_not_following_the_handler_waits_at_the_interrupted_instruction() {
+    // Running free after the NMI would leave the rest of the run untraced whenever the
+    // guest makes no exits of its own; the tracer must break where the handler returns,
+    // and the handler's own MSR exits must not re-plan into it.
+    let mut g = program_a(10, 2);
+    let mut pmu = counting_pmu(4, 8);
+    pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0)
+        .unwrap();
+    pmu.wrmsr(IA32_A_PMC0, (1 << 48) - 10).unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    t.set_follow_nmi_handler(false);
+    let mut r = t.start(&mut g, &mut pmu).unwrap();
+    while !r.inject_nmi {
+        assert!(matches!(g.run(&r), Ran::Debug), "no PMI before the end");
+        r = t.on_debug_exit(&mut g, &mut pmu).unwrap();
+    }
+    let at = g.cpu().unwrap().rip;
+    assert!(!r.is_free(), "{r:?}");
+    assert_eq!(r.breakpoints, vec![at]);
+    assert_eq!(r.stop_cpl, 3);
+    // An MSR exit inside the handler keeps waiting (no new NMI, same breakpoint).
+    let again = t.replan(&mut g, &mut pmu).unwrap();
+    assert_eq!(
+        (again.breakpoints.clone(), again.inject_nmi),
+        (vec![at], false)
+    );
+}
