@@ -533,3 +533,52 @@ fn the_guest_agent_keeps_sampling_in_sampled_mode() {
     assert!(out.contains(&written), "{out}\n{err}");
     assert!(pmis >= 2 && pmis == snapshots, "{err}");
 }
+
+/// The guest snapshots of an exact-mode `record --vm`, without the fields that follow
+/// host time (host_time_ns, guest_tsc).
+fn exact_snapshots(dir: &std::path::Path, name: &str) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
+    let out = dir.join(name);
+    let o = common::lbrprof()
+        .args([
+            "record",
+            "--vm",
+            "builtin:calls",
+            "--lbr-mode",
+            "exact",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--", "n=3000", "depth=12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lbrprof_collector::recording::RecordingReader::open(&out)
+        .unwrap()
+        .filter_map(|e| match e.unwrap() {
+            lbrprof_collector::model::Event::Snapshot(mut s) => {
+                s.host_time_ns = 0;
+                s.guest_tsc = 0;
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Determinism: two exact-mode recordings of a deterministic workload hold identical
+/// guest snapshot streams (LBR contents, TOS, guest IP/SP/FP, stacks, frozen counts).
+#[test]
+fn two_exact_recordings_give_identical_snapshot_streams() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = exact_snapshots(dir.path(), "a.data");
+    let b = exact_snapshots(dir.path(), "b.data");
+    assert!(a.len() >= 2, "{} snapshots", a.len());
+    assert!(a.iter().any(|s| s.newest_first().count() > 0));
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "snapshot {i} differs");
+    }
+}
