@@ -241,3 +241,344 @@ fn two_vcpus_share_code_without_tripping_over_each_others_breakpoints() {
         );
     }
 }
+
+/// `name=value` from a guest output line such as `branchy: branches=9380 instructions=66803`.
+fn field(out: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+/// Runs `builtin:NAME pmc ARGS` in exact mode; the guest's own ring-3 (branches,
+/// instructions) around the workload kernel, and its output.
+fn exact_pmc(name: &str, words: &[&str]) -> (u64, u64, String) {
+    let mut args = vec![
+        "run",
+        "--vm",
+        name,
+        "--serial",
+        "stdio",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "exact",
+        "--",
+        "pmc",
+    ];
+    args.extend_from_slice(words);
+    let (code, out, err) = stdout_stderr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    (field(&out, "branches"), field(&out, "instructions"), out)
+}
+
+/// Exact mode counts every ring-3 branch of `branchy` (BR_INST_RETIRED, USR, read by the
+/// guest itself around `branchy::run`), and the count follows from the inputs alone.
+///
+/// The relation, from the workload's compiled loop (vmm-shim/guest, opt-level 2): per
+/// iteration the data-dependent `ja`, a `call` of `on_taken`/`on_not_taken` and its `ret`,
+/// and the loop's `dec; je`; the not-taken arm also jumps back (`jmp`) to the shared tail.
+/// So each iteration retires 5 branches, one fewer when the branch is taken:
+/// `branches = c + 5·n − taken`, with `taken` the count the guest prints; instructions
+/// likewise `ci + 34·n − 2·taken` (the taken arm skips the `jmp` and its callee is one
+/// instruction shorter). `c`/`ci` (the loop's entry and exit and the counter-reading
+/// glue) are measured once with n=1, pct=0 and must then hold for every other input.
+/// A compiler change that reshapes the loop fails this test with both numbers shown;
+/// re-derive the constants from `objdump -d` of the branchy image.
+#[test]
+fn exact_branch_counts_of_branchy_follow_from_n_and_taken() {
+    if !kvm_available() {
+        return;
+    }
+    let (b1, i1, out) = exact_pmc("builtin:branchy", &["n=1", "pct=0", "seed=1"]);
+    assert_eq!(field(&out, "taken"), 0);
+    let (c, ci) = (b1 - 5, i1 - 34);
+    for (n, pct, seed) in [(2000, 30, 9), (357, 70, 42), (100, 100, 7), (64, 0, 3)] {
+        let words = [
+            format!("n={n}"),
+            format!("pct={pct}"),
+            format!("seed={seed}"),
+        ];
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (b, i, out) = exact_pmc("builtin:branchy", &words);
+        let taken = field(&out, "taken");
+        assert_eq!(
+            b,
+            c + 5 * n - taken,
+            "branches, n={n} taken={taken}:\n{out}"
+        );
+        assert_eq!(
+            i,
+            ci + 34 * n - 2 * taken,
+            "instructions, n={n} taken={taken}:\n{out}"
+        );
+    }
+}
+
+/// Ring-3 branches of `calls::fib(k)` as compiled: `k < 2` is a taken `jb` and the `ret`;
+/// otherwise the compiler turned the second recursive call into a loop, so `fib(k)` runs
+/// `⌊k/2⌋` iterations of (`call fib(k−1−2j)`, `ja`) plus its `jb` and `ret`. This solves
+/// to `4·fib(k+1) − 2` (checked below).
+fn fib_branches(k: u64) -> u64 {
+    if k < 2 {
+        2
+    } else {
+        2 + 2 * (k / 2) + (0..k / 2).map(|j| fib_branches(k - 1 - 2 * j)).sum::<u64>()
+    }
+}
+
+fn fib(k: u64) -> u64 {
+    if k < 2 { k } else { fib(k - 1) + fib(k - 2) }
+}
+
+/// Exact mode counts every ring-3 branch of `calls`: the `fib(depth)` recursion (see
+/// [`fib_branches`]) plus 4 per round (`call *ops[i % 4]`, the op's tail `jmp mix`, `mix`'s
+/// `ret`, the loop's `jne`): `branches = c + 4·n + fib_branches(depth)`.
+#[test]
+fn exact_branch_counts_of_calls_follow_from_n_and_depth() {
+    if !kvm_available() {
+        return;
+    }
+    for k in 0..20 {
+        assert_eq!(fib_branches(k), 4 * fib(k + 1) - 2, "k={k}");
+    }
+    let (b1, _, _) = exact_pmc("builtin:calls", &["n=1", "depth=0"]);
+    let c = b1 - 4 - fib_branches(0);
+    for (n, depth) in [(500, 12), (7, 5), (33, 1), (1, 15)] {
+        let words = [format!("n={n}"), format!("depth={depth}")];
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (b, _, out) = exact_pmc("builtin:calls", &words);
+        assert_eq!(field(&out, "fib"), fib(depth), "{out}");
+        assert_eq!(
+            b,
+            c + 4 * n + fib_branches(depth),
+            "branches, n={n} depth={depth}:\n{out}"
+        );
+    }
+}
+
+/// `builtin:lbrcheck` under `--pmu-version V --lbr-depth D`, told `version=V depth=D`
+/// (plus `extra` guest words): exit code and output.
+fn lbrcheck(version: u32, depth: u32, told_depth: u32, extra: &[&str]) -> (i32, String, String) {
+    let (v, d, td) = (
+        version.to_string(),
+        depth.to_string(),
+        told_depth.to_string(),
+    );
+    let (gv, gd) = (format!("version={v}"), format!("depth={td}"));
+    let mut args = vec![
+        "run",
+        "--vm",
+        "builtin:lbrcheck",
+        "--serial",
+        "stdio",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "exact",
+        "--pmu-version",
+        &v,
+        "--lbr-depth",
+        &d,
+        "--",
+        &gv,
+        &gd,
+    ];
+    args.extend_from_slice(extra);
+    stdout_stderr(&args)
+}
+
+/// The guest checks the architecture itself (vmm-shim/guest/src/bin/lbrcheck.rs): CPUID
+/// and PERF_CAPABILITIES, #GP boundaries, every LBR_SELECT type and CPL filter against the
+/// exact FROM/TO addresses of its own branches, TOS wrap-around, call-stack mode,
+/// GLOBAL_STATUS set/reset and the v2/v4 freeze-on-PMI behaviour, for every supported shape.
+#[test]
+fn lbrcheck_passes_for_pmu_versions_2_and_4_and_depths_8_16_32() {
+    if !kvm_available() {
+        return;
+    }
+    for version in [2, 4] {
+        for depth in [8, 16, 32] {
+            let (code, out, err) = lbrcheck(version, depth, depth, &[]);
+            assert_eq!(code, 0, "v{version} depth {depth}:\n{out}\n{err}");
+            let want =
+                format!("lbrcheck: 8 checks passed (PMU version {version}, LBR depth {depth})");
+            assert!(out.contains(&want), "v{version} depth {depth}:\n{out}");
+        }
+    }
+}
+
+/// lbrcheck can fail: told a depth the machine does not have, it names the check that
+/// notices (the #GP boundary) and the run exits non-zero.
+#[test]
+fn lbrcheck_names_the_first_failed_check() {
+    if !kvm_available() {
+        return;
+    }
+    let (code, out, _) = lbrcheck(4, 16, 8, &[]);
+    assert_eq!(code, 3, "guest exit 1 → lbrprof exit (1 << 1) | 1:\n{out}");
+    assert!(
+        out.contains("lbrcheck: FAIL gp: LBR MSR 0x688 (slot 8, depth 8) did not raise #GP"),
+        "{out}"
+    );
+    assert!(out.contains("lbrcheck: first failed check: gp"), "{out}");
+    // And a version mismatch is the CPUID check's.
+    let (code, out, _) = lbrcheck(2, 8, 8, &["version=4"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("first failed check: caps"), "{out}");
+}
+
+/// The `--stats` LBR line's numbers: [vcpu, instructions, branches, taken, stops,
+/// ratio-int, ratio-frac, pmis, snapshots, lost].
+fn lbr_stats(err: &str) -> Vec<u64> {
+    let line = err
+        .lines()
+        .find(|l| l.contains("instructions and"))
+        .unwrap_or_else(|| panic!("no LBR statistics in:\n{err}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Guest-driven snapshots: with `rt.agent=PERIOD` the guest runtime's PMI handler writes
+/// each frozen LBR into the shared ring and acks the freeze; the shim drains the ring.
+/// Every PMI gives exactly one snapshot on both sides, the workload's result is unchanged,
+/// and (exact mode) two runs agree to the instruction.
+#[test]
+fn the_guest_agent_writes_one_snapshot_per_pmi_and_the_shim_receives_them() {
+    if !kvm_available() {
+        return;
+    }
+    let base = ["run", "--vm", "builtin:branchy", "--serial", "stdio"];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--", "n=2000"]].concat());
+    assert_eq!(code, 0, "{err}");
+    for version in ["2", "4"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                "exact",
+                "--pmu-version",
+                version,
+                "--",
+                "n=2000",
+                "rt.agent=5000",
+            ],
+        ]
+        .concat();
+        let (code, out, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "v{version}: {out}\n{err}");
+        assert_eq!(checksum_line(&plain), checksum_line(&out), "v{version}");
+        let nums = lbr_stats(&err);
+        let (instructions, pmis, snapshots) = (nums[1], nums[7], nums[8]);
+        // "lbrprof-guest: agent: N snapshots, D dropped"
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("lbrprof-guest: agent:"))
+            .unwrap_or_else(|| panic!("no agent line in:\n{out}"));
+        assert!(line.ends_with(", 0 dropped"), "{line}");
+        let written: u64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(
+            written, snapshots,
+            "guest wrote vs shim received:\n{out}\n{err}"
+        );
+        assert_eq!(pmis, snapshots, "one snapshot per PMI:\n{err}");
+        // Every ring-3 instruction of the run is traced (the PMI handler, ring 0, runs
+        // untraced): n=2000 is ~70k of them, so at least 13 periods of 5000.
+        assert!(instructions > 65_000 && pmis >= 13, "v{version}: {err}");
+        let (_, _, err2) = stdout_stderr(&args);
+        assert_eq!(
+            lbr_stats(&err2),
+            nums,
+            "v{version}: exact mode is deterministic"
+        );
+    }
+}
+
+/// Sampled mode: the agent's handler re-arms a user-only counter from ring 0, and the
+/// guest keeps being sampled after it (the free-run deadline is not lost to the ring).
+#[test]
+fn the_guest_agent_keeps_sampling_in_sampled_mode() {
+    if !kvm_available() {
+        return;
+    }
+    let (code, out, err) = stdout_stderr(&[
+        "run",
+        "--vm",
+        "builtin:calls",
+        "--serial",
+        "stdio",
+        "--stats",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "sampled",
+        "--",
+        "n=20000000",
+        "rt.agent=10000000",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let nums = lbr_stats(&err);
+    let (pmis, snapshots) = (nums[7], nums[8]);
+    let written = format!("lbrprof-guest: agent: {snapshots} snapshots, 0 dropped");
+    assert!(out.contains(&written), "{out}\n{err}");
+    assert!(pmis >= 2 && pmis == snapshots, "{err}");
+}
+
+/// The guest snapshots of an exact-mode `record --vm`, without the fields that follow
+/// host time (host_time_ns, guest_tsc).
+fn exact_snapshots(dir: &std::path::Path, name: &str) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
+    let out = dir.join(name);
+    let o = common::lbrprof()
+        .args([
+            "record",
+            "--vm",
+            "builtin:calls",
+            "--lbr-mode",
+            "exact",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--", "n=3000", "depth=12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lbrprof_collector::recording::RecordingReader::open(&out)
+        .unwrap()
+        .filter_map(|e| match e.unwrap() {
+            lbrprof_collector::model::Event::Snapshot(mut s) => {
+                s.host_time_ns = 0;
+                s.guest_tsc = 0;
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Determinism: two exact-mode recordings of a deterministic workload hold identical
+/// guest snapshot streams (LBR contents, TOS, guest IP/SP/FP, stacks, frozen counts).
+#[test]
+fn two_exact_recordings_give_identical_snapshot_streams() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = exact_snapshots(dir.path(), "a.data");
+    let b = exact_snapshots(dir.path(), "b.data");
+    assert!(a.len() >= 2, "{} snapshots", a.len());
+    assert!(a.iter().any(|s| s.newest_first().count() > 0));
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "snapshot {i} differs");
+    }
+}

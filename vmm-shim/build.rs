@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The guest binaries, in the order `lbrprof run --vm builtin:NAME` lists them.
-const WORKLOADS: &[&str] = &["branchy", "calls", "sort", "interp", "msrprobe"];
+const WORKLOADS: &[&str] = &["branchy", "calls", "sort", "interp", "msrprobe", "lbrcheck"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

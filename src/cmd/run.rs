@@ -28,7 +28,7 @@ seed=2 timing`; every built-in accepts exit=N, rt.cpus (report the vCPUs that ca
 rt.stats (report the cost of the guest's ring-0 boot and of a system call).")]
 pub struct Args {
     /// The guest: an ELF64 or multiboot v1 image file, or `builtin:NAME` for an image
-    /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe).
+    /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe, lbrcheck).
     #[arg(long, value_name = "IMAGE|builtin:NAME")]
     pub vm: String,
 

@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn every_builtin_is_a_loadable_elf64_with_a_build_id() {
         let names: Vec<_> = names().collect();
-        for expected in ["branchy", "calls", "sort", "interp"] {
+        for expected in ["branchy", "calls", "sort", "interp", "msrprobe", "lbrcheck"] {
             assert!(
                 names.contains(&expected),
                 "{expected} missing from {names:?}"

@@ -25,6 +25,11 @@
 //! seen to leave the CPL at 3; a hardware exception is delivered correctly everywhere.
 //! (`int 0x80` is still accepted where it works.)
 //!
+//! Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the
+//! workload's exit code, `rt.cpus` reports the vCPUs that came up, `rt.stats` the cost of
+//! ring 0, `rt.agent=PERIOD` runs the workload under the LBR agent ([`SYS_AGENT_START`])
+//! and reports its snapshot count at the end.
+//!
 //! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are
 //! open to ring 3 through the TSS I/O bitmap, so printing and exiting need no system call.
 
@@ -65,9 +70,76 @@ pub const SYS_RDMSR: u64 = 3;
 pub const SYS_WRMSR: u64 = 4;
 /// NMIs the kernel has taken so far (the PMI path).
 pub const SYS_NMI_COUNT: u64 = 5;
+/// CPUID leaf `RDI`, subleaf `RSI`, executed in ring 0: `RAX` = EAX | EBX << 32,
+/// `RDX` = ECX | EDX << 32. (On the development host ring-3 CPUID is answered without the
+/// shim's table — see `lbrcheck` — so guests that need the advertised CPUID ask ring 0.)
+pub const SYS_CPUID: u64 = 6;
 /// Numbers from here on are reserved for the PMU/LBR agent.
-///
-/// Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the
-/// workload's exit code, `rt.cpus` reports the vCPUs that came up, `rt.stats` the cost of
-/// ring 0.
 pub const SYS_PMU_BASE: u64 = 16;
+/// Start the LBR agent on this vCPU (vCPU 0 only): sample the LBR every `RDI` ring-3
+/// instructions (fixed counter 0, PMI, freeze on PMI; LBR_SELECT = user branches). The
+/// runtime's NMI handler then writes each frozen LBR into the [`AgentRing`] at
+/// [`AGENT_RING_ADDR`] and acks the freeze (v4: STATUS_RESET of the overflow and freeze
+/// bits; v2: OVF_CTRL, then DEBUGCTL.LBR and GLOBAL_CTRL again), re-armed. Returns 0, or
+/// `u64::MAX` when there is no PMU/LBR (#GP) or `RDI` is 0.
+pub const SYS_AGENT_START: u64 = SYS_PMU_BASE;
+/// Stop the agent. Returns the snapshots written; `RDX` = those dropped (ring full).
+pub const SYS_AGENT_STOP: u64 = SYS_PMU_BASE + 1;
+
+/// # The agent's snapshot ring (guest-driven snapshots)
+///
+/// One single-producer ring in low guest memory, exported by the shim's memory layout
+/// (free RAM below 640 KiB the shim never uses): the guest's PMI handler produces
+/// (`head`), the shim consumes (`tail`) whenever the guest acks a freeze (its write of
+/// IA32_PERF_GLOBAL_STATUS_RESET / OVF_CTRL) and when the vCPU stops. `magic` is written
+/// last at start, so the shim never reads a ring the guest has not set up.
+pub const AGENT_RING_ADDR: u64 = 0x6_0000;
+/// `AgentRing::magic`: "LBRPRING".
+pub const AGENT_RING_MAGIC: u64 = u64::from_le_bytes(*b"LBRPRING");
+/// Records in the ring.
+pub const AGENT_RING_SLOTS: u64 = 16;
+/// Most LBR slots a record holds.
+pub const AGENT_MAX_DEPTH: usize = 32;
+
+/// The ring's header at [`AGENT_RING_ADDR`]; [`AGENT_RING_SLOTS`] [`AgentRecord`]s follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentRing {
+    pub magic: u64,
+    /// Records written so far (the guest increments it after writing one).
+    pub head: u64,
+    /// Records consumed so far (the shim's).
+    pub tail: u64,
+    /// Records the guest dropped because the ring was full.
+    pub dropped: u64,
+    pub _reserved: [u64; 4],
+}
+
+/// One frozen LBR as the guest's PMI handler read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AgentRecord {
+    /// `head` at the time of writing (the record's sequence number).
+    pub seq: u64,
+    /// The guest TSC in the handler.
+    pub tsc: u64,
+    /// IA32_PERF_GLOBAL_STATUS in the handler (which counter overflowed; freeze bits).
+    pub status: u64,
+    /// MSR_LBR_TOS.
+    pub tos: u64,
+    /// LBR slots read (the depth the guest found: FROM_IP slots up to the first #GP).
+    pub depth: u64,
+    /// The interrupted context (NMI frame) and its frame pointer.
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// `[from, to, info]` per slot, in MSR index order.
+    pub entries: [[u64; 3]; AGENT_MAX_DEPTH],
+}
+
+/// Guest-physical address of record `seq`.
+pub const fn agent_record_addr(seq: u64) -> u64 {
+    AGENT_RING_ADDR
+        + core::mem::size_of::<AgentRing>() as u64
+        + (seq % AGENT_RING_SLOTS) * core::mem::size_of::<AgentRecord>() as u64
+}

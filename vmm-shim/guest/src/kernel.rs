@@ -136,6 +136,10 @@ pub(crate) static CPUS_ONLINE: AtomicU32 = AtomicU32::new(0);
 pub(crate) static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// NMIs taken (the PMU agent will hang its PMI handler here).
 pub(crate) static NMIS: AtomicU64 = AtomicU64::new(0);
+/// The LBR agent's sampling period (0: the agent is off).
+static AGENT_PERIOD: AtomicU64 = AtomicU64::new(0);
+static AGENT_DEPTH: AtomicU64 = AtomicU64::new(0);
+static AGENT_V4: AtomicU64 = AtomicU64::new(0);
 
 global_asm!(
     r#"
@@ -258,6 +262,9 @@ rt_trap_common:
     pop rbx
     pop rax
     add rsp, 16
+    /* Named so guest tests can find this far branch's FROM address in the LBR. */
+    .global rt_trap_iretq
+rt_trap_iretq:
     iretq
 
     .section .rodata
@@ -622,6 +629,9 @@ extern "C" fn rt_trap(frame: &mut TrapFrame) {
         }
         VEC_NMI => {
             NMIS.fetch_add(1, Ordering::Relaxed);
+            if AGENT_PERIOD.load(Ordering::Relaxed) != 0 {
+                agent::on_pmi(frame.rip, frame.rsp, frame.rbp);
+            }
         }
         VEC_GP if frame.rip == (&raw const rt_rdmsr_insn) as u64 => {
             frame.rip = (&raw const rt_rdmsr_fault) as u64;
@@ -666,6 +676,193 @@ fn syscall(f: &mut TrapFrame) {
         // SAFETY: rt_wrmsr recovers from #GP through the fixup in rt_trap.
         abi::SYS_WRMSR => (unsafe { rt_wrmsr(f.rdi as u32, f.rsi) }) as u64,
         abi::SYS_NMI_COUNT => NMIS.load(Ordering::Relaxed),
+        abi::SYS_AGENT_START => agent::start(f.rdi),
+        abi::SYS_AGENT_STOP => {
+            let (written, dropped) = agent::stop();
+            f.rdx = dropped;
+            written
+        }
+        abi::SYS_CPUID => {
+            let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+            // SAFETY: CPUID has no side effects; RBX is saved and restored around it
+            // because LLVM reserves it.
+            unsafe {
+                asm!("mov {b:r}, rbx", "cpuid", "xchg {b:r}, rbx",
+                     b = out(reg) ebx, inout("eax") f.rdi as u32 => eax,
+                     inout("ecx") f.rsi as u32 => ecx, out("edx") edx,
+                     options(nomem, nostack, preserves_flags));
+            }
+            f.rdx = u64::from(ecx) | u64::from(edx) << 32;
+            u64::from(eax) | u64::from(ebx) << 32
+        }
         _ => u64::MAX,
     };
+}
+
+/// The LBR agent (guest-driven snapshots, see `abi::SYS_AGENT_START`): ring 0 only, integer
+/// only, MSR access through the #GP-safe helpers.
+mod agent {
+    use super::*;
+    use crate::abi::{AGENT_MAX_DEPTH, AGENT_RING_ADDR, AGENT_RING_MAGIC, AgentRing};
+
+    const _: () =
+        assert!(core::mem::size_of::<crate::abi::AgentRecord>() == (8 + 3 * AGENT_MAX_DEPTH) * 8);
+
+    const IA32_FIXED_CTR0: u32 = 0x309;
+    const IA32_FIXED_CTR_CTRL: u32 = 0x38D;
+    const IA32_PERF_GLOBAL_STATUS: u32 = 0x38E;
+    const IA32_PERF_GLOBAL_CTRL: u32 = 0x38F;
+    const IA32_PERF_GLOBAL_STATUS_RESET: u32 = 0x390;
+    const IA32_DEBUGCTL: u32 = 0x1D9;
+    const MSR_LBR_SELECT: u32 = 0x1C8;
+    const MSR_LBR_TOS: u32 = 0x1C9;
+    const MSR_LASTBRANCH_0_FROM_IP: u32 = 0x680;
+    const MSR_LASTBRANCH_0_TO_IP: u32 = 0x6C0;
+    const MSR_LBR_INFO_0: u32 = 0xDC0;
+    /// LBR | FREEZE_LBRS_ON_PMI | FREEZE_PERFMON_ON_PMI.
+    const DEBUGCTL_AGENT: u64 = 1 | (1 << 11) | (1 << 12);
+    /// LBR_SELECT CPL_EQ_0: user branches only (the handler's own are not wanted).
+    const LBR_SELECT_USER: u64 = 1;
+    /// Fixed counter 0 (INST_RETIRED.ANY): USR (bit 1) and PMI (bit 3).
+    const FIXED0_USR_PMI: u64 = 0b1010;
+    const GLOBAL_FIXED0: u64 = 1 << 32;
+    const OVERFLOW_BITS: u64 = 0xF | (0x7 << 32);
+    const FREEZE_BITS: u64 = (1 << 58) | (1 << 59);
+    const COUNTER_SPAN: u64 = 1 << 48;
+
+    fn rd(msr: u32) -> Option<u64> {
+        // SAFETY: rt_rdmsr recovers from #GP through the fixup in rt_trap.
+        let r = unsafe { rt_rdmsr(msr) };
+        (r.faulted == 0).then_some(r.value)
+    }
+
+    fn wr(msr: u32, value: u64) -> bool {
+        // SAFETY: rt_wrmsr recovers from #GP through the fixup in rt_trap.
+        (unsafe { rt_wrmsr(msr, value) }) == 0
+    }
+
+    fn ring() -> *mut AgentRing {
+        AGENT_RING_ADDR as *mut AgentRing
+    }
+
+    pub(super) fn start(period: u64) -> u64 {
+        if period == 0 || period >= COUNTER_SPAN {
+            return u64::MAX;
+        }
+        let mut depth = 0;
+        while depth < AGENT_MAX_DEPTH as u32 && rd(MSR_LASTBRANCH_0_FROM_IP + depth).is_some() {
+            depth += 1;
+        }
+        if depth == 0 {
+            return u64::MAX;
+        }
+        let (eax, _, _, _) = cpuid(0xA);
+        let r = ring();
+        // The ring lies in guest RAM below 640 KiB, identity-mapped, which nothing else in
+        // the guest uses (see abi); only this vCPU writes it, the shim reads it.
+        // Word by word: ring-0 code must not use SSE (see the module doc).
+        let words = r.cast::<u64>();
+        for i in 0..core::mem::size_of::<AgentRing>() / 8 {
+            // SAFETY: as above, inside the header.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+        AGENT_DEPTH.store(u64::from(depth), Ordering::Relaxed);
+        AGENT_V4.store(u64::from(eax & 0xff >= 4), Ordering::Relaxed);
+        let ok = wr(IA32_PERF_GLOBAL_CTRL, 0)
+            && wr(MSR_LBR_SELECT, LBR_SELECT_USER)
+            && wr(IA32_FIXED_CTR_CTRL, FIXED0_USR_PMI)
+            && wr(IA32_FIXED_CTR0, COUNTER_SPAN - period)
+            && wr(IA32_DEBUGCTL, DEBUGCTL_AGENT);
+        if !ok {
+            return u64::MAX;
+        }
+        AGENT_PERIOD.store(period, Ordering::Release);
+        // SAFETY: as above; the magic goes last so the shim only reads a ring set up.
+        unsafe { core::ptr::write_volatile(&raw mut (*r).magic, AGENT_RING_MAGIC) };
+        if wr(IA32_PERF_GLOBAL_CTRL, GLOBAL_FIXED0) {
+            0
+        } else {
+            u64::MAX
+        }
+    }
+
+    pub(super) fn stop() -> (u64, u64) {
+        wr(IA32_PERF_GLOBAL_CTRL, 0);
+        wr(IA32_DEBUGCTL, 0);
+        wr(IA32_FIXED_CTR_CTRL, 0);
+        AGENT_PERIOD.store(0, Ordering::Release);
+        let r = ring();
+        // SAFETY: see start.
+        unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*r).head),
+                core::ptr::read_volatile(&raw const (*r).dropped),
+            )
+        }
+    }
+
+    fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
+        let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+        // SAFETY: CPUID has no side effects; RBX (reserved by LLVM) is saved around it.
+        unsafe {
+            asm!("mov {b:r}, rbx", "cpuid", "xchg {b:r}, rbx",
+                 b = out(reg) ebx, inout("eax") leaf => eax, inout("ecx") 0u32 => ecx,
+                 out("edx") edx, options(nomem, nostack, preserves_flags));
+        }
+        (eax, ebx, ecx, edx)
+    }
+
+    /// The PMI: snapshot the frozen LBR into the ring, re-arm, ack the freeze.
+    pub(super) fn on_pmi(rip: u64, rsp: u64, rbp: u64) {
+        let Some(status) = rd(IA32_PERF_GLOBAL_STATUS) else {
+            return;
+        };
+        let ovf = status & OVERFLOW_BITS;
+        if ovf == 0 {
+            return;
+        }
+        let depth = AGENT_DEPTH.load(Ordering::Relaxed) as u32;
+        let r = ring();
+        // SAFETY: see start; the record slot lies inside the ring (seq % SLOTS).
+        unsafe {
+            let head = core::ptr::read_volatile(&raw const (*r).head);
+            let tail = core::ptr::read_volatile(&raw const (*r).tail);
+            if head.wrapping_sub(tail) >= crate::abi::AGENT_RING_SLOTS {
+                let d = core::ptr::read_volatile(&raw const (*r).dropped);
+                core::ptr::write_volatile(&raw mut (*r).dropped, d + 1);
+            } else {
+                let words = crate::abi::agent_record_addr(head) as *mut u64;
+                // Word by word, no arrays: ring-0 code must not use SSE.
+                core::ptr::write_volatile(words, head);
+                core::ptr::write_volatile(words.add(1), rdtsc());
+                core::ptr::write_volatile(words.add(2), status);
+                core::ptr::write_volatile(words.add(3), rd(MSR_LBR_TOS).unwrap_or(0));
+                core::ptr::write_volatile(words.add(4), u64::from(depth));
+                core::ptr::write_volatile(words.add(5), rip);
+                core::ptr::write_volatile(words.add(6), rsp);
+                core::ptr::write_volatile(words.add(7), rbp);
+                for i in 0..depth {
+                    let w = words.add(8 + 3 * i as usize);
+                    core::ptr::write_volatile(w, rd(MSR_LASTBRANCH_0_FROM_IP + i).unwrap_or(0));
+                    core::ptr::write_volatile(
+                        w.add(1),
+                        rd(MSR_LASTBRANCH_0_TO_IP + i).unwrap_or(0),
+                    );
+                    core::ptr::write_volatile(w.add(2), rd(MSR_LBR_INFO_0 + i).unwrap_or(0));
+                }
+                core::sync::atomic::fence(Ordering::Release);
+                core::ptr::write_volatile(&raw mut (*r).head, head + 1);
+            }
+        }
+        // Re-arm, then ack: the shim drains the ring on the STATUS_RESET write.
+        let period = AGENT_PERIOD.load(Ordering::Relaxed);
+        wr(IA32_FIXED_CTR0, COUNTER_SPAN - period);
+        if AGENT_V4.load(Ordering::Relaxed) != 0 {
+            wr(IA32_PERF_GLOBAL_STATUS_RESET, ovf | (status & FREEZE_BITS));
+        } else {
+            wr(IA32_PERF_GLOBAL_STATUS_RESET, ovf);
+            wr(IA32_DEBUGCTL, DEBUGCTL_AGENT);
+            wr(IA32_PERF_GLOBAL_CTRL, GLOBAL_FIXED0);
+        }
+    }
 }

@@ -18,6 +18,7 @@
 pub mod abi;
 mod kernel;
 mod mem;
+pub mod pmu;
 pub mod user;
 pub mod workloads;
 

@@ -88,6 +88,12 @@ pub fn wrmsr(msr: u32, value: u64) -> bool {
     syscall3(abi::SYS_WRMSR, u64::from(msr), value, 0).0 == 0
 }
 
+/// CPUID `(eax, ebx, ecx, edx)` for `leaf`/`subleaf` as ring 0 sees it.
+pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    let (a, d) = syscall3(abi::SYS_CPUID, u64::from(leaf), u64::from(subleaf), 0);
+    (a as u32, (a >> 32) as u32, d as u32, (d >> 32) as u32)
+}
+
 /// NMIs taken by the kernel so far.
 pub fn nmi_count() -> u64 {
     syscall3(abi::SYS_NMI_COUNT, 0, 0, 0).0
@@ -294,8 +300,20 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
             args.tsc_to_ns(per_call)
         );
     }
+    let agent = args.get("rt.agent").and_then(parse_u64);
+    if let Some(period) = agent {
+        let (r, _) = syscall3(abi::SYS_AGENT_START, period, 0, 0);
+        if r != 0 {
+            println!("lbrprof-guest: rt.agent: no PMU/LBR to sample (or period 0)");
+            exit(2);
+        }
+    }
     // SAFETY: every workload binary defines this symbol with this signature (workload!).
     let code = unsafe { lbrprof_workload_main(&args) };
+    if agent.is_some() {
+        let (written, dropped) = syscall3(abi::SYS_AGENT_STOP, 0, 0, 0);
+        println!("lbrprof-guest: agent: {written} snapshots, {dropped} dropped");
+    }
     let code = args
         .get("exit")
         .and_then(parse_u64)

@@ -319,6 +319,15 @@ impl EmulatedVcpu {
         }
     }
 
+    /// A snapshot the guest's own agent took (guest-driven path, see [`super::agent`]):
+    /// counted with the shim's own and sent down the same channel.
+    pub fn agent_snapshot(&mut self, snap: LbrSnapshot) {
+        self.snapshots += 1;
+        if let Some(sink) = &self.sink {
+            sink.send(snap);
+        }
+    }
+
     /// Converts a free-run deadline in cycles to host nanoseconds (for the VMM's timer).
     pub fn deadline_ns(&self, r: &Resume) -> Option<u64> {
         r.deadline_cycles.map(|c| {

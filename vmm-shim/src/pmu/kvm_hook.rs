@@ -32,12 +32,15 @@ use std::time::Duration;
 
 use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
 
+use super::agent;
 use super::backend::{self, HostLbrFacts};
 use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
 use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
+use super::msr::IA32_PERF_GLOBAL_STATUS_RESET;
 use super::tracer::{
     GuestAccess, GuestAccessError, GuestCpu, MAX_BREAKPOINTS, Resume, TraceError, TracerStats,
+    walk_frame_pointers,
 };
 use super::vpmu::PmuStats;
 use crate::caps::KvmCaps;
@@ -53,6 +56,8 @@ const INT3: u8 = 0xCC;
 const RFLAGS_TF: u64 = 1 << 8;
 const VECTOR_DB: u8 = 1;
 const VECTOR_BP: u8 = 3;
+/// Frames of guest stack walked for an agent snapshot.
+const AGENT_STACK_FRAMES: usize = 64;
 
 /// The backend decision's facts: the host CPU (CPUID, perf's LBR count) and what KVM offers.
 pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
@@ -376,6 +381,30 @@ impl EmulatedPmuHook {
         &self.core
     }
 
+    /// Guest-driven snapshots: take what the guest agent wrote into its ring (vCPU 0's,
+    /// the only one the runtime's agent runs on), with the guest stack walked from the
+    /// interrupted frame pointer.
+    fn drain_agent(&mut self, ctx: &mut VcpuCtx<'_>) {
+        if ctx.index() != 0 {
+            return;
+        }
+        match agent::drain(ctx.memory(), ctx.index(), monotonic_ns()) {
+            Ok(d) => {
+                let cr3 = ctx.sregs().map_or(0, |s| s.cr3);
+                for mut snap in d.snapshots {
+                    snap.cr3 = cr3;
+                    snap.guest_stack = walk_frame_pointers(
+                        &mut CtxGuest::new(ctx, &self.traps, None, None),
+                        snap.guest_fp,
+                        AGENT_STACK_FRAMES,
+                    );
+                    self.core.agent_snapshot(snap);
+                }
+            }
+            Err(e) => self.fail(ctx, e.to_string()),
+        }
+    }
+
     fn fail(&mut self, ctx: &mut VcpuCtx<'_>, why: String) {
         if !self.failed {
             self.failed = true;
@@ -574,7 +603,12 @@ impl VcpuHook for EmulatedPmuHook {
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, msr: u32, value: u64) -> Result<(), GpFault> {
         self.core
             .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr, value)
-            .map_err(|_| GpFault)
+            .map_err(|_| GpFault)?;
+        if msr == IA32_PERF_GLOBAL_STATUS_RESET {
+            // A PMI handler acks a freeze: a guest agent has just written its snapshot.
+            self.drain_agent(ctx);
+        }
+        Ok(())
     }
 
     fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, exit: &ExitKind) {
@@ -629,6 +663,7 @@ impl VcpuHook for EmulatedPmuHook {
     }
 
     fn on_stop(&mut self, ctx: &mut VcpuCtx<'_>) {
+        self.drain_agent(ctx);
         self.core.on_stop(
             &mut CtxGuest::new(ctx, &self.traps, None, None),
             monotonic_ns(),

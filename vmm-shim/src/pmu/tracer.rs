@@ -224,6 +224,9 @@ enum State {
     Stepping { insn: DecodedInsn, cpl: u8 },
     /// An NMI was injected at `from`; a breakpoint waits at `handler`.
     AwaitingNmi { from: u64, handler: u64, cpl: u8 },
+    /// Exact mode, not following the NMI handler: an NMI was injected at `rip` and the
+    /// handler runs untraced; a breakpoint at `rip` resumes tracing when it returns.
+    AwaitingReturn { rip: u64 },
 }
 
 /// The per-vCPU branch tracer.
@@ -310,8 +313,14 @@ impl Tracer {
 
     fn free(&mut self, pmu: &VirtualPmu, cpl: u8) -> Resume {
         self.state = State::Free;
+        // The deadline at the current privilege level, else at the other one: a PMI
+        // handler (ring 0) re-arming a user-only counter must still get a deadline, or
+        // the guest, back in ring 3 and making no exits, would never be sampled again.
+        let other = if cpl == 0 { 3 } else { 0 };
         Resume {
-            deadline_cycles: pmu.instructions_until_pmi(cpl),
+            deadline_cycles: pmu
+                .instructions_until_pmi(cpl)
+                .or_else(|| pmu.instructions_until_pmi(other)),
             ..Resume::default()
         }
     }
@@ -417,12 +426,15 @@ impl Tracer {
                     self.free(pmu, cpu.cpl)
                 }
             }
-            State::Stepping { .. } | State::AwaitingNmi { .. } => Resume {
-                // The same debug set-up; an NMI asked for earlier is not asked for again.
-                pmi: false,
-                inject_nmi: false,
-                ..self.last.clone()
-            },
+            State::Stepping { .. } | State::AwaitingNmi { .. } | State::AwaitingReturn { .. } => {
+                Resume {
+                    // The same debug set-up; an NMI asked for earlier is not asked for again.
+                    // (A PMI raised meanwhile stays pending until the guest is back.)
+                    pmi: false,
+                    inject_nmi: false,
+                    ..self.last.clone()
+                }
+            }
         };
         Ok(self.remember(r))
     }
@@ -447,6 +459,11 @@ impl Tracer {
                 _ => self.stats.unexpected += 1,
             },
             State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
+            State::AwaitingReturn { rip } => {
+                if cpu.rip != rip {
+                    self.stats.unexpected += 1;
+                }
+            }
             State::AwaitingNmi { from, handler, cpl } => {
                 if cpu.rip == handler {
                     self.branch(
@@ -599,7 +616,21 @@ impl Tracer {
             });
         }
         // Not following the handler: it runs untraced, and tracing resumes in the
-        // interrupted code once the handler returns to it.
+        // interrupted code once the handler returns to it. In exact mode a breakpoint at
+        // the interrupted instruction makes sure of that: running free would lose the rest
+        // of the run (the guest may make no exit until it ends), and a replan at one of
+        // the handler's own MSR exits would start tracing a context that cannot be
+        // followed (see `set_follow_nmi_handler`).
+        if self.counting() {
+            self.state = State::AwaitingReturn { rip: cpu.rip };
+            return Ok(Resume {
+                breakpoints: vec![cpu.rip],
+                pmi: true,
+                inject_nmi: true,
+                stop_cpl: cpu.cpl,
+                ..Resume::default()
+            });
+        }
         let mut r = if follow {
             self.plan_at(g, pmu, cpu)?
         } else {
@@ -764,6 +795,16 @@ impl Tracer {
             };
             breakpoints.extend(target);
         }
+        if insn.flow == Flow::Trap
+            && let Some(handler) = idt_handler(g, cpu, VECTOR_UD)
+        {
+            // A trap instruction (UD2 and friends) raises #UD: the exception clears TF on
+            // its way into the handler, so without a breakpoint there the step would only
+            // end after the handler's IRET and the instruction after it, folding the
+            // exception, the handler's branches and the IRET into one bogus branch.
+            breakpoints.push(handler);
+            stop_cpl = 0;
+        }
         Resume {
             single_step: true,
             breakpoints,
@@ -833,6 +874,9 @@ fn read_u64(g: &mut dyn GuestAccess, gva: u64) -> Option<u64> {
 
 /// The handler address of `vector` from a 64-bit IDT gate (offset 15:0 at +0, 31:16 at +6,
 /// 63:32 at +8), or `None` outside 64-bit mode or beyond the IDT limit.
+/// #UD, the exception a [`Flow::Trap`] instruction raises.
+const VECTOR_UD: u8 = 6;
+
 fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u64> {
     if cpu.code_size != CodeSize::Bits64 {
         return None;

@@ -244,6 +244,34 @@ fn a_fault_is_recorded_as_an_exception() {
     );
 }
 
+/// An interrupt gate for `handler` (ring 0, present, 64-bit interrupt gate).
+fn gate(handler: u64) -> Vec<u8> {
+    let mut g = vec![0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2] = 0x08;
+    g[5] = 0x8e;
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g
+}
+
+#[test]
+fn stepping_a_ud2_also_breaks_at_the_ud_handler() {
+    // The #UD clears TF on its way into the handler, so a plain step would only stop after
+    // the handler's IRET (found by builtin:lbrcheck): the step must carry a breakpoint on
+    // the IDT's #UD gate and expect to stop in ring 0.
+    let code = vec![(0x1000, vec![0x0f, 0x0b]), (0x6000, vec![0xeb, 0xfe])];
+    let mut g = Fake::new(code, vec![(0x1000, 3), (0x6000, 0), (0x6000, 0)]);
+    g.mem.push((IDT + 6 * 16, gate(0x6000)));
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert!(r.single_step);
+    assert_eq!(r.breakpoints, vec![0x6000]);
+    assert_eq!(r.stop_cpl, 0, "the #UD handler runs in ring 0");
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(lbr(&pmu), vec![(0x6000, 0x6000), (0x1000, 0x6000)]);
+}
+
 #[test]
 fn long_straight_line_code_is_split_into_blocks() {
     // 1200 nops then jmp self: more than one block's worth of instructions.
@@ -358,4 +386,33 @@ fn without_following_the_nmi_handler_tracing_continues_in_the_interrupted_code()
     let user_len = g.path.iter().filter(|p| p.1 == 3).count() as u64;
     assert_eq!(t.stats().instructions, user_len - 1);
     assert_eq!(t.stats().unexpected, 0);
+}
+
+#[test]
+fn exact_mode_not_following_the_handler_waits_at_the_interrupted_instruction() {
+    // Running free after the NMI would leave the rest of the run untraced whenever the
+    // guest makes no exits of its own; the tracer must break where the handler returns,
+    // and the handler's own MSR exits must not re-plan into it.
+    let mut g = program_a(10, 2);
+    let mut pmu = counting_pmu(4, 8);
+    pmu.wrmsr(IA32_PERFEVTSEL0, EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | 0xC0)
+        .unwrap();
+    pmu.wrmsr(IA32_A_PMC0, (1 << 48) - 10).unwrap();
+    let mut t = Tracer::new(TraceMode::Exact);
+    t.set_follow_nmi_handler(false);
+    let mut r = t.start(&mut g, &mut pmu).unwrap();
+    while !r.inject_nmi {
+        assert!(matches!(g.run(&r), Ran::Debug), "no PMI before the end");
+        r = t.on_debug_exit(&mut g, &mut pmu).unwrap();
+    }
+    let at = g.cpu().unwrap().rip;
+    assert!(!r.is_free(), "{r:?}");
+    assert_eq!(r.breakpoints, vec![at]);
+    assert_eq!(r.stop_cpl, 3);
+    // An MSR exit inside the handler keeps waiting (no new NMI, same breakpoint).
+    let again = t.replan(&mut g, &mut pmu).unwrap();
+    assert_eq!(
+        (again.breakpoints.clone(), again.inject_nmi),
+        (vec![at], false)
+    );
 }
