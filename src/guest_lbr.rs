@@ -5,12 +5,14 @@
 //! Snapshots are shim-driven (no guest agent needed): the shim arms a fixed counter that
 //! overflows every `period` events — guest core cycles of a time-based counter in sampled
 //! mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired instructions in
-//! exact mode (`10,000,000 / F`).
+//! exact mode (`10,000,000 / F`). In sampled mode an overhead budget (`--lbr-overhead`,
+//! see [`lbrprof_vmm::pmu::throttle`]) stretches the interval after a snapshot whose tracing
+//! window took too long, so the emulation's share of wall time stays within the budget.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use lbrprof_collector::vm::{GuestLbr, LbrCounters};
+use lbrprof_collector::vm::{GuestLbr, LbrCounters, SnapshotBudget};
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::caps;
 use lbrprof_vmm::pmu::backend::{self, Decision, HostLbrFacts, LbrMode, LbrRequest};
@@ -37,6 +39,8 @@ pub struct LbrRequestArgs {
     pub frequency: u64,
     /// vCPUs of the VM (the hooks must know when code is shared between vCPUs).
     pub vcpus: u32,
+    /// Percent of wall time the emulated LBR may take in sampled mode (0 or 100: no limit).
+    pub overhead_percent: u32,
 }
 
 /// The shim's guest LBR for one recording.
@@ -45,6 +49,8 @@ pub struct ShimLbr {
     mode: LbrMode,
     pmu: PmuConfig,
     period: u64,
+    frequency: u64,
+    overhead_percent: u32,
     host_has_lbr: bool,
     vcpus: u32,
     stats: LbrStatsSink,
@@ -91,6 +97,8 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
         mode,
         pmu,
         period: snapshot_period(mode, req.frequency),
+        frequency: req.frequency,
+        overhead_percent: req.overhead_percent,
         host_has_lbr: facts.host_lbr_nr != 0,
         vcpus: req.vcpus,
         stats: Arc::new(Mutex::new(Vec::new())),
@@ -146,6 +154,7 @@ impl GuestLbr for ShimLbr {
                     period: self.period,
                 };
                 cfg.cycles_per_sec = GUEST_CYCLES_PER_SEC;
+                cfg.overhead_percent = self.overhead_percent;
                 Box::new(
                     EmulatedPmuHook::new(cfg, Some(sink.clone()))
                         .with_vcpus(self.vcpus)
@@ -166,7 +175,19 @@ impl GuestLbr for ShimLbr {
             instructions: exact.then_some(s.tracer.instructions),
             branches: exact.then_some(s.tracer.branches),
             frozen_events: s.pmu.frozen_branches,
+            stretched_intervals: s.throttle.stretched,
         }
+    }
+
+    fn snapshot_budget(&self) -> Option<SnapshotBudget> {
+        if self.decision.backend != backend::LbrBackend::Emulated {
+            return None;
+        }
+        let throttled = self.mode == LbrMode::Sampled && (1..100).contains(&self.overhead_percent);
+        Some(SnapshotBudget {
+            requested_hz: self.frequency,
+            overhead_percent: throttled.then_some(self.overhead_percent),
+        })
     }
 }
 

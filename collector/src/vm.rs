@@ -60,6 +60,17 @@ pub struct LbrCounters {
     pub branches: Option<u64>,
     /// Branches that retired while the LBR was frozen.
     pub frozen_events: u64,
+    /// Snapshot intervals the overhead budget made longer than requested.
+    pub stretched_intervals: u64,
+}
+
+/// The snapshot rate a guest LBR was asked for, and the overhead budget that may lower it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotBudget {
+    /// Snapshots per second of guest time asked for (per vCPU).
+    pub requested_hz: u64,
+    /// Percent of wall time tracing may take (`--lbr-overhead`); `None`: not throttled.
+    pub overhead_percent: Option<u32>,
 }
 
 /// The guest's LBR, as `record --vm` needs it: per-vCPU hooks that send snapshots into a
@@ -73,6 +84,11 @@ pub trait GuestLbr: Sync {
     fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook>;
     /// What vCPU `vcpu`'s hook counted (after the run).
     fn counters(&self, vcpu: u32) -> LbrCounters;
+    /// The requested snapshot rate and its overhead budget, when the backend drives
+    /// snapshots at a rate (the emulated LBR).
+    fn snapshot_budget(&self) -> Option<SnapshotBudget> {
+        None
+    }
 }
 
 /// The guest to run.
@@ -115,6 +131,39 @@ pub struct VmRunFacts {
     pub vcpu_snapshots: std::collections::BTreeMap<u32, u64>,
     pub lost_snapshots: u64,
     pub vcpu_threads: Vec<VcpuThread>,
+    /// The snapshot rate asked for and obtained, when the backend has one.
+    pub rate: Option<SnapshotRate>,
+}
+
+/// Requested and effective guest snapshot rates (per vCPU, over the run's wall time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SnapshotRate {
+    pub budget: SnapshotBudget,
+    /// Snapshots per second per vCPU, over the wall time of the run.
+    pub effective_hz: f64,
+    /// Intervals stretched by the overhead budget, all vCPUs.
+    pub stretched_intervals: u64,
+}
+
+impl SnapshotRate {
+    /// One line for the user and the recording's notes.
+    pub fn describe(&self) -> String {
+        let b = &self.budget;
+        let mut s = format!(
+            "guest snapshots: {} Hz requested, {:.1} Hz effective per vCPU",
+            b.requested_hz, self.effective_hz
+        );
+        match b.overhead_percent {
+            Some(p) if self.stretched_intervals > 0 => s.push_str(&format!(
+                " ({} intervals stretched to keep the LBR emulation within {p}% of the \
+                 time; --lbr-overhead)",
+                self.stretched_intervals
+            )),
+            Some(p) => s.push_str(&format!(" (within the {p}% overhead budget)")),
+            None => s.push_str(" (not throttled)"),
+        }
+        s
+    }
 }
 
 /// The guest mappings of an ELF image: one per executable `PT_LOAD` segment, at its
@@ -252,9 +301,11 @@ pub fn record_vm(
         }));
     }
     let mut frozen = 0;
+    let mut stretched = 0;
     for v in &report.vcpus {
         let c = lbr.counters(v.vcpu);
         frozen += c.frozen_events;
+        stretched += c.stretched_intervals;
         sink.send(Event::VcpuStats(VcpuStats {
             vm: VM_INDEX,
             vcpu: v.vcpu,
@@ -276,6 +327,22 @@ pub fn record_vm(
         }));
     }
     let mut notes = vec![format!("sampling: {}", choice.reason)];
+    run.rate = lbr.snapshot_budget().map(|budget| {
+        let secs = report.elapsed.as_secs_f64();
+        let vcpus = report.vcpus.len().max(1) as f64;
+        SnapshotRate {
+            budget,
+            effective_hz: if secs > 0.0 {
+                run.snapshots as f64 / vcpus / secs
+            } else {
+                0.0
+            },
+            stretched_intervals: stretched,
+        }
+    });
+    if let Some(rate) = &run.rate {
+        notes.push(rate.describe());
+    }
     if sampler_stats.lost > 0 {
         notes.push(format!(
             "{} records lost: the ring buffers overflowed (lower -F or raise -m)",

@@ -39,6 +39,13 @@ pub struct LbrArgs {
     /// the PMU to the guest.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lbr_sample: u64,
+
+    /// With --lbr-sample in sampled mode: the percent of wall time the emulated LBR's
+    /// tracing and snapshots may take; past it the interval to the next snapshot is
+    /// stretched. 0 or 100 disables the budget; exact mode is never throttled.
+    #[arg(long, default_value_t = 10, value_name = "PCT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub lbr_overhead: u32,
 }
 
 /// `--lbr`.
@@ -109,9 +116,11 @@ impl LbrArgs {
                     period => Sampling::Shim { period },
                 };
                 let stats = Arc::clone(&stats);
+                let overhead_percent = self.lbr_overhead;
                 Box::new(move |vcpu| {
                     let mut cfg = EmulatedConfig::new(vcpu, pmu, mode);
                     cfg.sampling = sampling;
+                    cfg.overhead_percent = overhead_percent;
                     Box::new(
                         EmulatedPmuHook::new(cfg, sink.clone())
                             .with_vcpus(vcpus)
@@ -152,5 +161,15 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.throttle.episodes > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \
+                 stretched by the overhead budget",
+                s.vcpu,
+                s.throttle.episodes,
+                s.throttle.episode_ns as f64 / 1e9,
+                s.throttle.stretched,
+            );
+        }
     }
 }

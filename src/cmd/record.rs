@@ -90,6 +90,14 @@ pub struct VmArgs {
     /// the host's sampling rate keeps the guest closer to full speed.
     #[arg(long, value_name = "HZ", requires = "vm")]
     pub lbr_freq: Option<u64>,
+    /// The emulated LBR's overhead budget in sampled mode: the percent of wall time its
+    /// tracing and snapshots may take. When a snapshot's tracing window costs more, the
+    /// interval to the next one is stretched (as perf throttles sampling), so the effective
+    /// snapshot rate may fall below --lbr-freq; both are reported. 0 or 100 disables the
+    /// budget; exact mode is never throttled.
+    #[arg(long, default_value_t = 10, value_name = "PCT",
+          value_parser = clap::value_parser!(u32).range(0..=100), requires = "vm")]
+    pub lbr_overhead: u32,
     /// LBR entries per snapshot (8, 16 or 32).
     #[arg(long, default_value_t = 32, value_name = "N", requires = "vm")]
     pub lbr_depth: u32,

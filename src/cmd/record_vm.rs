@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         depth: args.guest.lbr_depth,
         frequency: args.guest.lbr_freq.unwrap_or(args.freq),
         vcpus: args.guest.vcpus,
+        overhead_percent: args.guest.lbr_overhead,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
@@ -119,6 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         outcome.run.elapsed.as_secs_f64(),
         outcome.output.display()
     );
+    if let Some(rate) = &outcome.run.rate {
+        eprintln!("lbrprof: {}", rate.describe());
+    }
     crate::cmd::run::guest_exit(
         &spec,
         &outcome.outcome,

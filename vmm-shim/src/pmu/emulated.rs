@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cpuid::{self, CpuidEntry};
 use super::msr::*;
+use super::throttle::{Throttle, ThrottleStats};
 use super::tracer::{
     GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
 };
@@ -86,6 +87,10 @@ pub struct EmulatedConfig {
     pub cycles_per_sec: u64,
     /// Frames of guest stack to walk for a shim-driven snapshot.
     pub max_stack_frames: usize,
+    /// Shim-driven sampling in sampled mode: the percent of wall time tracing and
+    /// snapshotting may take before the interval to the next snapshot is stretched (see
+    /// [`Throttle`]); 0 (the default here) or 100 never throttle. Exact mode ignores it.
+    pub overhead_percent: u32,
 }
 
 impl EmulatedConfig {
@@ -98,6 +103,7 @@ impl EmulatedConfig {
             shim_snapshots: false,
             cycles_per_sec: 2_000_000_000,
             max_stack_frames: 64,
+            overhead_percent: 0,
         }
     }
 }
@@ -111,6 +117,9 @@ pub struct EmulatedVcpu {
     sink: Option<SnapshotSink>,
     last_ns: Option<u64>,
     snapshots: u64,
+    throttle: Throttle,
+    /// When the current sampling window started tracing (sampled mode), host ns.
+    window_started_ns: Option<u64>,
 }
 
 impl EmulatedVcpu {
@@ -124,6 +133,14 @@ impl EmulatedVcpu {
             sink,
             last_ns: None,
             snapshots: 0,
+            throttle: match (cfg.mode, cfg.sampling) {
+                (TraceMode::Sampled { .. }, Sampling::Shim { .. }) => {
+                    Throttle::new(cfg.overhead_percent)
+                }
+                // Exact mode's point is completeness; the guest drives its own PMU.
+                _ => Throttle::disabled(),
+            },
+            window_started_ns: None,
         };
         if let Sampling::Shim { period } = cfg.sampling {
             v.arm_shim(period, true);
@@ -187,6 +204,11 @@ impl EmulatedVcpu {
         self.tracer.stats()
     }
 
+    /// What the overhead budget measured and did.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.throttle.stats()
+    }
+
     /// Snapshots sent (or lost) so far.
     pub fn snapshots(&self) -> u64 {
         self.snapshots
@@ -230,6 +252,9 @@ impl EmulatedVcpu {
             let cycles = self.elapsed_cycles(now_ns);
             let cpl = g.cpu()?.cpl;
             let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
+            if self.tracer.tracing() {
+                self.window_started_ns = Some(now_ns);
+            }
             if r.is_free() && !r.inject_nmi {
                 // A PMI queued by a WRMSR or by the time just charged.
                 self.tracer.replan(g, &mut self.pmu)?
@@ -284,12 +309,31 @@ impl EmulatedVcpu {
             }
             Sampling::Shim { period } => {
                 self.send_snapshot(g, now_ns, None);
+                let period = self.throttled_period(period, now_ns);
                 self.arm_shim(period, false);
                 let mut r = self.tracer.replan(g, &mut self.pmu)?;
                 r.pmi = true;
                 Ok(r)
             }
         }
+    }
+
+    /// The period to the next shim-driven snapshot: `period`, or longer when the window
+    /// that just ended pushes the time spent tracing over the overhead budget.
+    fn throttled_period(&mut self, period: u64, now_ns: u64) -> u64 {
+        let Some(start) = self.window_started_ns.take() else {
+            return period;
+        };
+        let cps = u128::from(self.cfg.cycles_per_sec.max(1));
+        let requested_ns = (u128::from(period) * 1_000_000_000 / cps).min(u128::from(u64::MAX));
+        let requested_ns = requested_ns as u64;
+        let ns = self
+            .throttle
+            .next_interval_ns(now_ns.saturating_sub(start), requested_ns);
+        if ns == requested_ns {
+            return period;
+        }
+        (u128::from(ns) * cps / 1_000_000_000).min(u128::from(u64::MAX)) as u64
     }
 
     fn send_snapshot(

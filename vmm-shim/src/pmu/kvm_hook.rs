@@ -38,6 +38,7 @@ use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
 use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
 use super::msr::IA32_PERF_GLOBAL_STATUS_RESET;
+use super::throttle::ThrottleStats;
 use super::tracer::{
     GuestAccess, GuestAccessError, GuestCpu, MAX_BREAKPOINTS, Resume, TraceError, TracerStats,
     walk_frame_pointers,
@@ -97,6 +98,8 @@ pub struct LbrRunStats {
     pub snapshots: u64,
     /// Extra stops: single-steps towards breakpoints (several vCPUs, IDT traps).
     pub stepping_stops: u64,
+    /// The overhead budget of shim-driven sampling (sampled mode).
+    pub throttle: ThrottleStats,
 }
 
 /// Where the hooks of a VM put their [`LbrRunStats`].
@@ -680,6 +683,7 @@ impl VcpuHook for EmulatedPmuHook {
                     pmu: self.core.pmu_stats(),
                     snapshots: self.core.snapshots(),
                     stepping_stops: self.stepping_stops,
+                    throttle: self.core.throttle_stats(),
                 });
         }
     }

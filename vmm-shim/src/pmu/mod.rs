@@ -28,6 +28,7 @@ mod fake_guest;
 pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;
+pub mod throttle;
 pub mod tracer;
 pub mod vpmu;
 
