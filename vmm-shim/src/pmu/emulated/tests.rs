@@ -211,3 +211,90 @@ fn shim_driven_sampling_in_sampled_mode_follows_time() {
     }
     assert_eq!(v.tracer_stats().windows as usize, pmis);
 }
+
+/// Like [`run`], but each debug stop (tracing) costs `stop_ns` of host time; returns the
+/// host time at the end.
+fn run_with_costly_stops(v: &mut EmulatedVcpu, g: &mut Fake, stop_ns: u64) -> u64 {
+    let mut now = 0;
+    let mut r = v.on_start(g, now).unwrap();
+    for _ in 0..1_000_000 {
+        match g.run(&r) {
+            Ran::End => break,
+            Ran::Debug => {
+                now += stop_ns;
+                r = v.on_debug(g, now).unwrap();
+            }
+            Ran::Free => {
+                let ran = g.free_run(r.deadline_cycles.unwrap_or(u64::MAX));
+                if ran == 0 {
+                    break;
+                }
+                now += ran;
+                r = v.on_exit(g, now).unwrap();
+            }
+        }
+    }
+    v.on_stop(g, now);
+    now
+}
+
+fn sampled_shim(overhead_percent: u32, period: u64) -> EmulatedConfig {
+    let mut cfg = EmulatedConfig::new(
+        0,
+        PmuConfig::new(2, 8).unwrap(),
+        TraceMode::Sampled { window_branches: 8 },
+    );
+    cfg.cycles_per_sec = 1_000_000_000;
+    cfg.sampling = Sampling::Shim { period };
+    cfg.overhead_percent = overhead_percent;
+    cfg
+}
+
+#[test]
+fn the_overhead_budget_stretches_sampled_mode_intervals() {
+    // ~60,000 instructions (1 ns each) sampled every 300 cycles; each tracing stop costs
+    // 100 ns, so a window of 8 branches costs far more than 10% of 300 ns.
+    let go = |pct: u32| {
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut v = EmulatedVcpu::new(sampled_shim(pct, 300), Some(sink));
+        let mut g = program_a(20_000, 2);
+        let end = run_with_costly_stops(&mut v, &mut g, 100);
+        let pmis = rx
+            .try_iter()
+            .filter(|s| matches!(s.reason, SnapshotReason::Pmi { .. }))
+            .count() as u64;
+        (pmis, v.throttle_stats(), end)
+    };
+    let (free_pmis, free, free_end) = go(0);
+    assert_eq!(free.stretched, 0);
+    assert_eq!(free.episodes, free_pmis);
+    let free_share = free.episode_ns as f64 / free_end as f64;
+    assert!(free_share > 0.5, "unthrottled share {free_share}");
+
+    let (pmis, t, end) = go(10);
+    assert!(t.stretched > 0 && t.episodes == pmis, "{t:?}");
+    assert!(pmis * 4 < free_pmis, "{pmis} vs {free_pmis} snapshots");
+    assert!(pmis >= 5, "starved: {pmis} snapshots");
+    let share = t.episode_ns as f64 / end as f64;
+    assert!(share <= 0.12, "throttled share {share}");
+
+    // 100% is no budget at all.
+    assert_eq!(go(100).0, free_pmis);
+}
+
+#[test]
+fn exact_mode_is_never_throttled() {
+    let (sink, rx) = SnapshotSink::bounded(1024);
+    let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), TraceMode::Exact);
+    cfg.sampling = Sampling::Shim { period: 7 };
+    cfg.overhead_percent = 1;
+    let mut v = EmulatedVcpu::new(cfg, Some(sink));
+    let mut g = program_a(100, 2);
+    run_with_costly_stops(&mut v, &mut g, 1_000);
+    let pmis = rx
+        .try_iter()
+        .filter(|s| matches!(s.reason, SnapshotReason::Pmi { .. }))
+        .count();
+    assert!(pmis >= 40, "{pmis} snapshots");
+    assert_eq!(v.throttle_stats(), ThrottleStats::default());
+}
