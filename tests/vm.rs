@@ -228,6 +228,46 @@ fn record_vm_keeps_the_guest_exit_status_and_image() {
 }
 
 #[test]
+fn record_vm_reports_requested_and_effective_snapshot_rates() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("g.data");
+    let rec = |overhead: &str| {
+        let out = common::run(&[
+            "record",
+            "--vm",
+            "builtin:sort",
+            "--lbr",
+            "emulated",
+            "--lbr-overhead",
+            overhead,
+            "-o",
+            data.to_str().unwrap(),
+            "--serial",
+            dir.path().join("console").to_str().unwrap(),
+            "--",
+            "n=100000",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("lbrprof: guest snapshots: 999 Hz requested, "))
+            .unwrap_or_else(|| panic!("no snapshot rate line: {err}"))
+            .to_owned();
+        assert!(line.contains("Hz effective per vCPU"), "{line}");
+        let info = ok(&["info", data.to_str().unwrap()]);
+        assert!(info.contains(&line["lbrprof: ".len()..]), "{info}");
+        line
+    };
+    assert!(rec("0").ends_with("(not throttled)"));
+    let budget = rec("5");
+    assert!(budget.contains("5%"), "{budget}");
+}
+
+#[test]
 fn record_vm_rejects_bad_input_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("x.data");
@@ -247,7 +287,12 @@ fn record_vm_rejects_bad_input_with_one_line() {
     let out = common::run(&["record", "--vcpus", "2", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     // What the VM would refuse is refused before anything is written.
-    for bad in [["--vcpus", "0"], ["--mem", "1K"], ["--lbr-depth", "7"]] {
+    for bad in [
+        ["--vcpus", "0"],
+        ["--mem", "1K"],
+        ["--lbr-depth", "7"],
+        ["--lbr-overhead", "101"],
+    ] {
         let out = common::run(&[
             "record",
             "--vm",

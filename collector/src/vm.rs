@@ -512,6 +512,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn snapshot_rates_say_whether_the_budget_lowered_them() {
+        let rate = |overhead_percent, stretched_intervals| SnapshotRate {
+            budget: SnapshotBudget {
+                requested_hz: 999,
+                overhead_percent,
+            },
+            effective_hz: 31.25,
+            stretched_intervals,
+        };
+        assert_eq!(
+            rate(Some(10), 7).describe(),
+            "guest snapshots: 999 Hz requested, 31.2 Hz effective per vCPU (7 intervals \
+             stretched to keep the LBR emulation within 10% of the time; --lbr-overhead)"
+        );
+        assert!(
+            rate(Some(10), 0)
+                .describe()
+                .ends_with("(within the 10% overhead budget)")
+        );
+        assert!(rate(None, 0).describe().ends_with("(not throttled)"));
+    }
+
+    #[test]
     fn builtin_images_get_one_executable_guest_mapping_with_build_id() {
         let img = lbrprof_vmm::builtin::image("sort").unwrap();
         let maps = guest_mappings(img, Path::new("/tmp/sort.elf"), 5);
