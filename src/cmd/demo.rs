@@ -88,6 +88,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "builtin:sort",
                 "--lbr",
                 "emulated",
+                // The guest runs for a fraction of a second: within the default 10%
+                // overhead budget a host where guest traps are slow (nested
+                // virtualization: ~10 ms per snapshot window) would give it two or three
+                // snapshots. The demo is there to show the picture, so it takes them all.
+                "--lbr-overhead",
+                "0",
                 "-F",
                 &freq,
                 "-o",
