@@ -594,10 +594,16 @@ fn ring_buffer_losses_are_counted_and_reported() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: as above.
-    unsafe {
-        libc::kill(id, libc::SIGCONT);
-        libc::kill(id, libc::SIGINT);
+    unsafe { libc::kill(id, libc::SIGCONT) };
+    // The kernel writes PERF_RECORD_LOST only with the next record that fits once the
+    // recorder has drained: let the workload run on (0.1 s of CPU) before stopping.
+    let resumed = cpu_ticks(workload);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cpu_ticks(workload) < resumed + 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(id, libc::SIGINT) };
     let status = wait_with_timeout(&mut record, Duration::from_secs(20));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut record.stderr.take().unwrap(), &mut err).unwrap();
