@@ -539,6 +539,22 @@ fn info_rejects_a_file_that_is_not_a_recording() {
     );
 }
 
+/// utime + stime of a process, in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (state), so fields 14 and 15 are at indices 11 and 12.
+    field(11) + field(12)
+}
+
 #[test]
 fn ring_buffer_losses_are_counted_and_reported() {
     if !common::perf_available() {
@@ -564,16 +580,30 @@ fn ring_buffer_losses_are_counted_and_reported() {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("pid "), "{line:?}");
+    let workload: u32 = line[4..].trim().parse().unwrap();
     let id = record.id() as i32;
     std::thread::sleep(Duration::from_millis(200));
     // SAFETY: kill has no memory-safety preconditions; `id` is our child.
     unsafe { libc::kill(id, libc::SIGSTOP) };
-    std::thread::sleep(Duration::from_millis(600));
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(id, libc::SIGCONT);
-        libc::kill(id, libc::SIGINT);
+    // Keep the recorder stopped until the workload has run for 0.3 s of CPU time (not wall
+    // time: on a loaded machine it may barely run): at 2000 Hz that is ~600 samples, far
+    // more than a one-page ring holds.
+    let start = cpu_ticks(workload);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cpu_ticks(workload) < start + 30 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(id, libc::SIGCONT) };
+    // The kernel writes PERF_RECORD_LOST only with the next record that fits once the
+    // recorder has drained: let the workload run on (0.1 s of CPU) before stopping.
+    let resumed = cpu_ticks(workload);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cpu_ticks(workload) < resumed + 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(id, libc::SIGINT) };
     let status = wait_with_timeout(&mut record, Duration::from_secs(20));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut record.stderr.take().unwrap(), &mut err).unwrap();

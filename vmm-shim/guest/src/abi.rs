@@ -27,7 +27,7 @@
 //!
 //! Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the
 //! workload's exit code, `rt.cpus` reports the vCPUs that came up, `rt.stats` the cost of
-//! ring 0, `rt.agent=PERIOD` runs the workload under the LBR agent ([`SYS_AGENT_START`])
+//! ring 0, `rt.agent=PERIOD` runs the workload under the LBR agent (`SYS_AGENT_START`)
 //! and reports its snapshot count at the end.
 //!
 //! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are

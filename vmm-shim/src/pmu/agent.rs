@@ -2,7 +2,7 @@
 //!
 //! lbrprof's guest runtime, started with `rt.agent=PERIOD`, samples its own LBR: its PMI
 //! handler reads TOS and FROM/TO/INFO while the LBR is frozen, writes them as an
-//! [`AgentRecord`] into the [`AgentRing`] at [`AGENT_RING_ADDR`] (layout and protocol in
+//! [`AgentRecord`] into the agent ring at [`AGENT_RING_ADDR`] (layout and protocol in
 //! `guest/src/abi.rs`) and acks the freeze. [`drain`] turns the records written since the
 //! last call into [`LbrSnapshot`]s (reason [`SnapshotReason::Agent`]) and advances the
 //! ring's tail; the VMM hook calls it when the guest acks (its write of

@@ -45,7 +45,7 @@ pub struct HostLbrFacts {
     /// LBR entries the host kernel's perf exposes (`caps/branches` of the `cpu` PMU);
     /// 0 when it has none (no PMU, nested virtualization, AMD without LBR).
     pub host_lbr_nr: u32,
-    /// CPUID.(7,0):EDX[19], architectural LBR.
+    /// CPUID.(7,0):EDX bit 19, architectural LBR.
     pub arch_lbr: bool,
     /// /dev/kvm can be opened.
     pub kvm: bool,
