@@ -5,7 +5,7 @@
 //!  ------  ----  ---------------------------------------------------------------
 //!       0     8  magic  b"LBRPROF\0"
 //!       8     2  major version (u16 LE)   readers reject a major they do not know
-//!      10     2  minor version (u16 LE)   additions only: new chunk kinds, new fields
+//!      10     2  minor version (u16 LE)   additions only (see "Compatibility" below)
 //!      12     4  header length H (u32 LE), at most 1 MiB
 //!      16     4  CRC-32 (IEEE) of the header bytes
 //!      20     H  header: model::Header as JSON
@@ -28,6 +28,11 @@
 //!   9..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
+//!
+//! Compatibility: postcard payloads are positional, so a chunk kind's item type never
+//! changes within a major version; a later minor version adds new chunk kinds (older
+//! readers skip them) or new fields in the JSON header and summary (readers default
+//! them). Anything else is a new major version.
 //!
 //! The writer runs on its own thread fed over a crossbeam channel and flushes at least
 //! every 250 ms, side-band chunks (mappings, tasks, losses, vCPUs) of an interval before its
