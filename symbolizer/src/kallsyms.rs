@@ -25,7 +25,7 @@ pub(crate) struct Kallsyms {
 
 impl Kallsyms {
     pub(crate) fn load(path: &Path) -> Result<Self, KallsymsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
+        let text = read_text(path).map_err(|source| KallsymsError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -93,6 +93,25 @@ impl Kallsyms {
             }],
         }
     }
+}
+
+/// The file as text, like `std::fs::read_to_string`, but with room for a typical
+/// `/proc/kallsyms` (several MiB, reported as size 0) reserved up front: growing the buffer
+/// from nothing copies it a dozen times and faults in twice the pages. Only the pages
+/// written are ever touched.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    const TYPICAL: usize = 8 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).max(TYPICAL));
+    file.read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 /// Sort key among aliases at one address, smallest preferred (see [`preference`]).
