@@ -764,7 +764,10 @@ fn load_dwarf(
             )),
         }
     }
-    dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
+    // Every unit is parsed twice (addr2line's unit index, then the relative comp dirs of
+    // [`Module::binutils_path`]), and addr2line keeps each unit's abbreviations alive
+    // anyway: cache them all, so each table is parsed once.
+    dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::All);
     let dwarf = Arc::new(dwarf);
     let ctx = addr2line::Context::from_arc_dwarf(dwarf.clone()).map_err(dwarf_err)?;
     Ok((ctx, dwarf))
