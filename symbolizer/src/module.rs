@@ -722,6 +722,18 @@ fn load_section(
     Ok(gimli::EndianSlice::new(data, endian))
 }
 
+/// The name of a DWARF section lookups read, or `None` for sections they never read:
+/// location lists (variable locations) and macro information. Leaving those out matters
+/// because compressed sections are inflated whole when loaded, and in Debian's libc debug
+/// file `.debug_loclists` is about a sixth of the compressed DWARF.
+fn used_name(id: gimli::SectionId) -> Option<&'static str> {
+    use gimli::SectionId::*;
+    match id {
+        DebugLoc | DebugLocLists | DebugMacinfo | DebugMacro => None,
+        _ => Some(id.name()),
+    }
+}
+
 fn load_dwarf(
     obj: &object::File<'static>,
     arena: &Arena,
@@ -734,7 +746,7 @@ fn load_dwarf(
         path: path.to_owned(),
         source,
     };
-    let mut dwarf = gimli::Dwarf::load(|id| load_section(obj, Some(id.name()), endian, arena))
+    let mut dwarf = gimli::Dwarf::load(|id| load_section(obj, used_name(id), endian, arena))
         .map_err(dwarf_err)?;
     // dwz-compressed debug info (Debian's dbgsym packages) refers to a supplementary file.
     if let Ok(Some((alt_path, alt_build_id))) = obj.gnu_debugaltlink() {
@@ -742,7 +754,7 @@ fn load_dwarf(
             Some(sup) => {
                 let sup_endian = endianness(&sup);
                 dwarf
-                    .load_sup(|id| load_section(&sup, Some(id.name()), sup_endian, arena))
+                    .load_sup(|id| load_section(&sup, used_name(id), sup_endian, arena))
                     .map_err(dwarf_err)?;
             }
             None => warnings.push(format!(
@@ -752,7 +764,10 @@ fn load_dwarf(
             )),
         }
     }
-    dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
+    // Every unit is parsed twice (addr2line's unit index, then the relative comp dirs of
+    // [`Module::binutils_path`]), and addr2line keeps each unit's abbreviations alive
+    // anyway: cache them all, so each table is parsed once.
+    dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::All);
     let dwarf = Arc::new(dwarf);
     let ctx = addr2line::Context::from_arc_dwarf(dwarf.clone()).map_err(dwarf_err)?;
     Ok((ctx, dwarf))
