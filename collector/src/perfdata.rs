@@ -114,6 +114,12 @@ pub mod abi {
     /// `struct perf_file_header`: magic, size, attr_size, then three `perf_file_section`s
     /// (attrs, data, event_types), each `{ u64 offset; u64 size; }`.
     pub const PERF_FILE_HEADER_DATA_OFFSET: usize = 40;
+    /// Offset of the attrs `perf_file_section` in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_ATTRS_OFFSET: usize = 24;
+    /// Offset of the event_types `perf_file_section` in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_EVENT_TYPES_OFFSET: usize = 56;
+    /// Size of one `struct perf_file_section` (`{ u64 offset; u64 size; }`).
+    pub const PERF_FILE_SECTION_LEN: usize = 16;
     /// Offset of the `adds_features` bitmap (256 bits) in `struct perf_file_header`.
     pub const PERF_FILE_HEADER_FEATURES_OFFSET: usize = 72;
     /// Size of `struct perf_file_header`.
@@ -251,6 +257,10 @@ impl PerfDataReader {
         } else {
             Vec::new()
         };
+        check_sections(&mut file, file_len, le, !truncated).map_err(|e| match e {
+            SectionCheck::Io(source) => open_err(source),
+            SectionCheck::Bad(reason) => PerfDataError::Header { reason },
+        })?;
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let pos = Arc::new(AtomicU64::new(0));
         let tracked = BufReader::with_capacity(
@@ -409,6 +419,62 @@ fn header_word(b: &[u8], le: bool) -> u64 {
 /// complete record, and it has no feature sections (they lived after the data section,
 /// so they are gone too). Old files describe events in the event_types section; it is
 /// dropped as well, as the attrs section alone is what every perf version writes.
+enum SectionCheck {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+/// Checks that the header's attrs and event_types sections and (with `features`) every
+/// feature section lie inside the file, before linux-perf-data reads them: it allocates
+/// each feature section at the size the file states, so a corrupt size would otherwise
+/// abort the process with an allocation failure.
+fn check_sections(
+    file: &mut File,
+    file_len: u64,
+    le: bool,
+    features: bool,
+) -> Result<(), SectionCheck> {
+    let mut head = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+    file.seek(SeekFrom::Start(0)).map_err(SectionCheck::Io)?;
+    let n = read_up_to(file, &mut head).map_err(SectionCheck::Io)?;
+    if n < head.len() {
+        // linux-perf-data reports the short header itself.
+        return Ok(());
+    }
+    let section = |b: &[u8]| (header_word(&b[..8], le), header_word(&b[8..16], le));
+    let inside = |what: &str, (offset, size): (u64, u64)| match offset.checked_add(size) {
+        Some(end) if end <= file_len => Ok(()),
+        _ => Err(SectionCheck::Bad(format!(
+            "the {what} section (offset {offset:#x}, size {size:#x}) lies beyond the end of \
+             the file ({file_len:#x} bytes)"
+        ))),
+    };
+    let a = abi::PERF_FILE_HEADER_ATTRS_OFFSET;
+    let t = abi::PERF_FILE_HEADER_EVENT_TYPES_OFFSET;
+    let l = abi::PERF_FILE_SECTION_LEN;
+    inside("attrs", section(&head[a..a + l]))?;
+    inside("event_types", section(&head[t..t + l]))?;
+    if !features {
+        return Ok(());
+    }
+    let d = abi::PERF_FILE_HEADER_DATA_OFFSET;
+    let (data_off, data_size) = section(&head[d..d + l]);
+    let f = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+    let count: usize = head[f..f + 32]
+        .iter()
+        .map(|b| b.count_ones() as usize)
+        .sum();
+    let mut table = vec![0u8; count * l];
+    file.seek(SeekFrom::Start(data_off.saturating_add(data_size)))
+        .map_err(SectionCheck::Io)?;
+    let got = read_up_to(file, &mut table).map_err(SectionCheck::Io)?;
+    // A short table is linux-perf-data's to report; check the entries that are there.
+    for (i, entry) in table[..got - got % l].chunks_exact(l).enumerate() {
+        inside(&format!("feature #{i}"), section(entry))?;
+    }
+    Ok(())
+}
+
 fn truncated_file_header(
     file: &mut File,
     data_off: u64,
@@ -1010,6 +1076,40 @@ mod tests {
 
     fn words(ws: &[u64]) -> Vec<u8> {
         ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// Found by the perfdata_import fuzz target: a feature section claiming 2^54 bytes made
+    /// linux-perf-data allocate that much and abort the process; now a header error.
+    #[test]
+    fn feature_section_beyond_the_file_is_a_header_error() {
+        let mut file = b"PERFILE2".to_vec();
+        file.extend(words(&[
+            104, // header size
+            136, // attr_size
+            104,
+            0, // attrs
+            104,
+            0, // data
+            0,
+            0,      // event_types
+            1 << 2, // features: HEADER_BUILD_ID
+            0,
+            0,
+            0,
+            500,     // feature section offset
+            1 << 54, // and size
+        ]));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("perf.data");
+        std::fs::write(&path, &file).unwrap();
+        let err = PerfDataReader::open(&path).err().expect("must not open");
+        let msg = err.to_string();
+        assert!(matches!(err, PerfDataError::Header { .. }), "{msg}");
+        assert!(msg.contains("feature #0 section"), "{msg}");
+        assert!(
+            msg.contains("beyond the end of the file (0x78 bytes)"),
+            "{msg}"
+        );
     }
 
     #[test]
