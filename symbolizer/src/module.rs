@@ -709,6 +709,10 @@ fn load_section(
     arena: &Arena,
 ) -> Result<R, gimli::Error> {
     let data: &'static [u8] = match name.and_then(|n| obj.section_by_name(n)) {
+        // A compressed section whose header claims more than its bytes can expand to
+        // would have object reserve that size up front (found by the symbolizer_elf
+        // fuzz target: 44 GB for a few bytes); it reads as undecompressible.
+        Some(section) if !plausible_compression(section.compressed_data()) => &[],
         Some(section) => match section.uncompressed_data() {
             Ok(Cow::Borrowed(b)) => b,
             // SAFETY: the slice lives in the module's arena and only inside that module.
@@ -720,6 +724,26 @@ fn load_section(
         None => &[],
     };
     Ok(gimli::EndianSlice::new(data, endian))
+}
+
+/// Most bytes one compressed byte can stand for: deflate's limit is 1032:1; zstd's RLE
+/// blocks go further (a 128 KiB block in a few bytes), so its bound is looser.
+const MAX_ZLIB_RATIO: u64 = 1032;
+const MAX_ZSTD_RATIO: u64 = 1 << 16;
+
+/// Whether a section's stated uncompressed size is one its compressed bytes could
+/// produce (uncompressed and unreadable sections pass: they allocate nothing).
+fn plausible_compression(data: object::Result<object::CompressedData<'_>>) -> bool {
+    let Ok(c) = data else { return true };
+    let ratio = match c.format {
+        object::CompressionFormat::Zlib => MAX_ZLIB_RATIO,
+        object::CompressionFormat::Zstandard => MAX_ZSTD_RATIO,
+        _ => return true,
+    };
+    c.uncompressed_size
+        <= (c.data.len() as u64)
+            .saturating_mul(ratio)
+            .saturating_add(4096)
 }
 
 fn load_dwarf(
@@ -967,4 +991,47 @@ fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
         sym.end = sym.end.min(next);
     }
     syms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{CompressedData, CompressionFormat};
+
+    fn compressed(format: CompressionFormat, len: usize, uncompressed_size: u64) -> bool {
+        let data = vec![0u8; len];
+        plausible_compression(Ok(CompressedData {
+            format,
+            data: &data,
+            uncompressed_size,
+        }))
+    }
+
+    /// Found by the symbolizer_elf fuzz target: a 0x40-byte zlib section claiming 44 GB
+    /// made object reserve 44 GB before decompressing.
+    #[test]
+    fn implausible_uncompressed_sizes_are_refused() {
+        assert!(!compressed(CompressionFormat::Zlib, 0x40, 0xb_0000_0000));
+        assert!(!compressed(
+            CompressionFormat::Zstandard,
+            0x40,
+            0xb_0000_0000
+        ));
+        assert!(!compressed(
+            CompressionFormat::Zlib,
+            1000,
+            1000 * 1032 + 4097
+        ));
+        assert!(compressed(CompressionFormat::Zlib, 1000, 1000 * 1032));
+        assert!(compressed(
+            CompressionFormat::Zstandard,
+            1000,
+            1000 * 1032 * 10
+        ));
+        // Real sections: libc's .debug_info expands about 4x.
+        assert!(compressed(CompressionFormat::Zlib, 1 << 20, 4 << 20));
+        // Uncompressed and unknown formats allocate nothing up front.
+        assert!(compressed(CompressionFormat::None, 0, u64::MAX));
+        assert!(compressed(CompressionFormat::Unknown, 0, u64::MAX));
+    }
 }
