@@ -558,7 +558,8 @@ impl Module {
     /// The non-zero discriminator of the line row covering `probe` (the row addr2line's
     /// line lookup uses: the last one at the greatest address not above `probe`).
     fn discriminator(&self, probe: u64) -> Option<u32> {
-        let ctx = self.ctx.as_ref()?;
+        // `probe + 1` overflows in addr2line at the top address (see dwarf_frames).
+        let ctx = self.ctx.as_ref().filter(|_| probe != u64::MAX)?;
         let mut lookup = ctx.find_dwarf_and_unit(probe);
         let unit = loop {
             match lookup {
@@ -604,7 +605,9 @@ impl Module {
 
     /// Appends the DWARF frames of `probe`, innermost first.
     fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
-        let Some(ctx) = &self.ctx else {
+        // addr2line probes `[probe, probe + 1)`, which overflows at the top address (found
+        // by the symbolizer_elf fuzz target); no unit can cover it anyway.
+        let Some(ctx) = self.ctx.as_ref().filter(|_| probe != u64::MAX) else {
             return Ok(());
         };
         let mut lookup = ctx.find_frames(probe);
@@ -1005,6 +1008,31 @@ mod tests {
             data: &data,
             uncompressed_size,
         }))
+    }
+
+    /// Found by the symbolizer_elf fuzz target: looking up the top address of a module
+    /// with DWARF overflowed inside addr2line (`probe + 1`), a panic in debug builds.
+    #[test]
+    fn top_address_lookup_does_not_overflow() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let opened = Module::from_bytes(&exe, bytes, &SymbolizerOptions::default()).unwrap();
+        assert!(opened.module.ctx.is_some(), "the test binary has DWARF");
+        assert!(opened.module.symbolize(Svma(u64::MAX)).frames.is_empty());
+        let mut visited = 0;
+        opened
+            .module
+            .visit(
+                &[Svma(u64::MAX)],
+                |_, a| Some(a),
+                |frames| {
+                    visited += 1;
+                    assert!(frames.is_empty());
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+        assert_eq!(visited, 1);
     }
 
     /// Found by the symbolizer_elf fuzz target: a 0x40-byte zlib section claiming 44 GB
