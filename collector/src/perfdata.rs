@@ -128,6 +128,8 @@ pub mod abi {
     // HEADER_* feature bits (tools/perf/util/header.h) whose sections are checked before
     // linux-perf-data parses them.
     pub const HEADER_HOSTNAME: u32 = 3;
+    /// The first published `struct perf_event_attr` size.
+    pub const PERF_ATTR_SIZE_VER0: u64 = 64;
     pub const HEADER_OSRELEASE: u32 = 4;
     pub const HEADER_VERSION: u32 = 5;
     pub const HEADER_ARCH: u32 = 6;
@@ -462,8 +464,40 @@ fn check_sections(
     let a = abi::PERF_FILE_HEADER_ATTRS_OFFSET;
     let t = abi::PERF_FILE_HEADER_EVENT_TYPES_OFFSET;
     let l = abi::PERF_FILE_SECTION_LEN;
-    inside("attrs", section(&head[a..a + l]))?;
-    inside("event_types", section(&head[t..t + l]))?;
+    let attrs = section(&head[a..a + l]);
+    let event_types = section(&head[t..t + l]);
+    inside("attrs", attrs)?;
+    inside("event_types", event_types)?;
+    // linux-perf-data divides the attrs section by attr_size, and sizes each attr's id
+    // list from the `perf_file_section` that ends each attrs entry (event_types entries
+    // have it after the attr) before reading it.
+    let attr_size = header_word(&head[16..24], le);
+    if attr_size < abi::PERF_ATTR_SIZE_VER0 {
+        return Err(SectionCheck::Bad(format!(
+            "attr_size {attr_size} is below the smallest perf_event_attr ({})",
+            abi::PERF_ATTR_SIZE_VER0
+        )));
+    }
+    for (what, (offset, size), entry) in [
+        ("attrs", attrs, attr_size),
+        (
+            "event_types",
+            event_types,
+            attr_size.saturating_add(l as u64),
+        ),
+    ] {
+        // Inside the file, so bounded by its length.
+        let mut body = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(offset))
+            .map_err(SectionCheck::Io)?;
+        file.read_exact(&mut body).map_err(SectionCheck::Io)?;
+        for (i, e) in body.chunks_exact(entry as usize).enumerate() {
+            inside(
+                &format!("{what} entry #{i}'s ids"),
+                section(&e[e.len() - l..]),
+            )?;
+        }
+    }
     if !features {
         return Ok(());
     }
@@ -1163,6 +1197,35 @@ mod tests {
 
     fn words(ws: &[u64]) -> Vec<u8> {
         ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// Found by the perfdata_import fuzz target: attr_size 0 divided by zero in
+    /// linux-perf-data, and an attr's id section claiming 2^60 bytes was reserved up front.
+    #[test]
+    fn attr_size_and_attr_id_sections_are_checked() {
+        let open = |attr_size: u64, ids: (u64, u64)| {
+            let mut file = b"PERFILE2".to_vec();
+            // attrs: one 80-byte entry at 104 (a 64-byte attr, then its ids section).
+            file.extend(words(&[104, attr_size, 104, 80, 184, 0, 0, 0, 0, 0, 0, 0]));
+            file.extend(words(&[0, 64, 0, 0, 0, 0, 0, 0, ids.0, ids.1]));
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("perf.data");
+            std::fs::write(&path, &file).unwrap();
+            match PerfDataReader::open(&path) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let msg = open(0, (0, 0));
+        assert!(
+            msg.contains("attr_size 0 is below the smallest perf_event_attr"),
+            "{msg}"
+        );
+        let msg = open(80, (184, 1 << 60));
+        assert!(msg.contains("attrs entry #0's ids section"), "{msg}");
+        assert!(msg.contains("beyond the end of the file"), "{msg}");
+        let msg = open(80, (184, 0));
+        assert!(!msg.contains("beyond the end"), "{msg}");
     }
 
     /// Found by the perfdata_import fuzz target: an EVENT_DESC section claiming 2^32
