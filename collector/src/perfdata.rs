@@ -114,10 +114,28 @@ pub mod abi {
     /// `struct perf_file_header`: magic, size, attr_size, then three `perf_file_section`s
     /// (attrs, data, event_types), each `{ u64 offset; u64 size; }`.
     pub const PERF_FILE_HEADER_DATA_OFFSET: usize = 40;
+    /// Offset of the attrs `perf_file_section` in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_ATTRS_OFFSET: usize = 24;
+    /// Offset of the event_types `perf_file_section` in `struct perf_file_header`.
+    pub const PERF_FILE_HEADER_EVENT_TYPES_OFFSET: usize = 56;
+    /// Size of one `struct perf_file_section` (`{ u64 offset; u64 size; }`).
+    pub const PERF_FILE_SECTION_LEN: usize = 16;
     /// Offset of the `adds_features` bitmap (256 bits) in `struct perf_file_header`.
     pub const PERF_FILE_HEADER_FEATURES_OFFSET: usize = 72;
     /// Size of `struct perf_file_header`.
     pub const PERF_FILE_HEADER_LEN: usize = 104;
+
+    // HEADER_* feature bits (tools/perf/util/header.h) whose sections are checked before
+    // linux-perf-data parses them.
+    pub const HEADER_HOSTNAME: u32 = 3;
+    /// The first published `struct perf_event_attr` size.
+    pub const PERF_ATTR_SIZE_VER0: u64 = 64;
+    pub const HEADER_OSRELEASE: u32 = 4;
+    pub const HEADER_VERSION: u32 = 5;
+    pub const HEADER_ARCH: u32 = 6;
+    pub const HEADER_CPUDESC: u32 = 8;
+    pub const HEADER_CPUID: u32 = 9;
+    pub const HEADER_EVENT_DESC: u32 = 12;
 }
 
 /// Why a perf.data file could not be imported.
@@ -251,6 +269,10 @@ impl PerfDataReader {
         } else {
             Vec::new()
         };
+        check_sections(&mut file, file_len, le, !truncated).map_err(|e| match e {
+            SectionCheck::Io(source) => open_err(source),
+            SectionCheck::Bad(reason) => PerfDataError::Header { reason },
+        })?;
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let pos = Arc::new(AtomicU64::new(0));
         let tracked = BufReader::with_capacity(
@@ -409,6 +431,171 @@ fn header_word(b: &[u8], le: bool) -> u64 {
 /// complete record, and it has no feature sections (they lived after the data section,
 /// so they are gone too). Old files describe events in the event_types section; it is
 /// dropped as well, as the attrs section alone is what every perf version writes.
+enum SectionCheck {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+/// Checks that the header's attrs and event_types sections and (with `features`) every
+/// feature section lie inside the file, before linux-perf-data reads them: it allocates
+/// each feature section at the size the file states, so a corrupt size would otherwise
+/// abort the process with an allocation failure.
+fn check_sections(
+    file: &mut File,
+    file_len: u64,
+    le: bool,
+    features: bool,
+) -> Result<(), SectionCheck> {
+    let mut head = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+    file.seek(SeekFrom::Start(0)).map_err(SectionCheck::Io)?;
+    let n = read_up_to(file, &mut head).map_err(SectionCheck::Io)?;
+    if n < head.len() {
+        // linux-perf-data reports the short header itself.
+        return Ok(());
+    }
+    let section = |b: &[u8]| (header_word(&b[..8], le), header_word(&b[8..16], le));
+    let inside = |what: &str, (offset, size): (u64, u64)| match offset.checked_add(size) {
+        Some(end) if end <= file_len => Ok(()),
+        _ => Err(SectionCheck::Bad(format!(
+            "the {what} section (offset {offset:#x}, size {size:#x}) lies beyond the end of \
+             the file ({file_len:#x} bytes)"
+        ))),
+    };
+    let a = abi::PERF_FILE_HEADER_ATTRS_OFFSET;
+    let t = abi::PERF_FILE_HEADER_EVENT_TYPES_OFFSET;
+    let l = abi::PERF_FILE_SECTION_LEN;
+    let attrs = section(&head[a..a + l]);
+    let event_types = section(&head[t..t + l]);
+    inside("attrs", attrs)?;
+    inside("event_types", event_types)?;
+    // linux-perf-data divides the attrs section by attr_size, and sizes each attr's id
+    // list from the `perf_file_section` that ends each attrs entry (event_types entries
+    // have it after the attr) before reading it.
+    let attr_size = header_word(&head[16..24], le);
+    if attr_size < abi::PERF_ATTR_SIZE_VER0 {
+        return Err(SectionCheck::Bad(format!(
+            "attr_size {attr_size} is below the smallest perf_event_attr ({})",
+            abi::PERF_ATTR_SIZE_VER0
+        )));
+    }
+    for (what, (offset, size), entry) in [
+        ("attrs", attrs, attr_size),
+        (
+            "event_types",
+            event_types,
+            attr_size.saturating_add(l as u64),
+        ),
+    ] {
+        // Inside the file, so bounded by its length.
+        let mut body = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(offset))
+            .map_err(SectionCheck::Io)?;
+        file.read_exact(&mut body).map_err(SectionCheck::Io)?;
+        for (i, e) in body.chunks_exact(entry as usize).enumerate() {
+            inside(
+                &format!("{what} entry #{i}'s ids"),
+                section(&e[e.len() - l..]),
+            )?;
+        }
+    }
+    if !features {
+        return Ok(());
+    }
+    let d = abi::PERF_FILE_HEADER_DATA_OFFSET;
+    let (data_off, data_size) = section(&head[d..d + l]);
+    let f = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+    // The feature sections' table lists the set bits of the bitmap (four u64 words in the
+    // file's byte order) in increasing order.
+    let ids: Vec<u32> = (0..4u32)
+        .flat_map(|w| {
+            let at = f + 8 * w as usize;
+            let word = header_word(&head[at..at + 8], le);
+            (0..64u32)
+                .filter(move |b| word >> b & 1 == 1)
+                .map(move |b| 64 * w + b)
+        })
+        .collect();
+    let mut table = vec![0u8; ids.len() * l];
+    file.seek(SeekFrom::Start(data_off.saturating_add(data_size)))
+        .map_err(SectionCheck::Io)?;
+    let got = read_up_to(file, &mut table).map_err(SectionCheck::Io)?;
+    // A short table is linux-perf-data's to report; check the entries that are there.
+    for (entry, id) in table[..got - got % l].chunks_exact(l).zip(ids) {
+        let (offset, size) = section(entry);
+        inside(&format!("feature #{id}"), (offset, size))?;
+        // linux-perf-data sizes its buffers from counts and lengths in these sections
+        // before reading them; check each against the bytes that are there.
+        let string = matches!(
+            id,
+            abi::HEADER_HOSTNAME
+                | abi::HEADER_OSRELEASE
+                | abi::HEADER_VERSION
+                | abi::HEADER_ARCH
+                | abi::HEADER_CPUDESC
+                | abi::HEADER_CPUID
+        );
+        if !string && id != abi::HEADER_EVENT_DESC {
+            continue;
+        }
+        // Inside the file, so bounded by its length.
+        let mut body = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(offset))
+            .map_err(SectionCheck::Io)?;
+        file.read_exact(&mut body).map_err(SectionCheck::Io)?;
+        let checked = if string {
+            header_string_end(&body, 0, le).map(|_| ())
+        } else {
+            check_event_desc(&body, le)
+        };
+        checked.map_err(|what| SectionCheck::Bad(format!("feature #{id} section: {what}")))?;
+    }
+    Ok(())
+}
+
+fn section_u32(body: &[u8], at: usize, le: bool) -> Option<u32> {
+    let b: [u8; 4] = body.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(if le {
+        u32::from_le_bytes(b)
+    } else {
+        u32::from_be_bytes(b)
+    })
+}
+
+/// The end of the `struct perf_header_string { u32 len; char buf[len]; }` at `at`.
+fn header_string_end(body: &[u8], at: usize, le: bool) -> Result<usize, String> {
+    let len = section_u32(body, at, le).ok_or("a string's length lies past its end")?;
+    let end = at + 4 + len as usize;
+    if end > body.len() {
+        return Err(format!(
+            "a {len}-byte string at offset {at:#x} overruns the section ({:#x} bytes)",
+            body.len()
+        ));
+    }
+    Ok(end)
+}
+
+/// Walks HEADER_EVENT_DESC: `u32 nr, attr_size`, then per event the attr, `u32 nr_ids`,
+/// a header string and `u64 ids[nr_ids]`, each inside the section.
+fn check_event_desc(body: &[u8], le: bool) -> Result<(), String> {
+    let short = || format!("its {} bytes end inside an event", body.len());
+    let nr = section_u32(body, 0, le).ok_or_else(short)?;
+    let attr_size = section_u32(body, 4, le).ok_or_else(short)? as usize;
+    let mut at = 8usize;
+    for _ in 0..nr {
+        at = at.checked_add(attr_size).ok_or_else(short)?;
+        let nr_ids = section_u32(body, at, le).ok_or_else(short)? as usize;
+        at = header_string_end(body, at + 4, le)?;
+        at = at.checked_add(nr_ids * 8).ok_or_else(short)?;
+        if at > body.len() {
+            return Err(format!(
+                "{nr} events with {nr_ids} ids overrun its {} bytes",
+                body.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn truncated_file_header(
     file: &mut File,
     data_off: u64,
@@ -1010,6 +1197,125 @@ mod tests {
 
     fn words(ws: &[u64]) -> Vec<u8> {
         ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// Found by the perfdata_import fuzz target: attr_size 0 divided by zero in
+    /// linux-perf-data, and an attr's id section claiming 2^60 bytes was reserved up front.
+    #[test]
+    fn attr_size_and_attr_id_sections_are_checked() {
+        let open = |attr_size: u64, ids: (u64, u64)| {
+            let mut file = b"PERFILE2".to_vec();
+            // attrs: one 80-byte entry at 104 (a 64-byte attr, then its ids section).
+            file.extend(words(&[104, attr_size, 104, 80, 184, 0, 0, 0, 0, 0, 0, 0]));
+            file.extend(words(&[0, 64, 0, 0, 0, 0, 0, 0, ids.0, ids.1]));
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("perf.data");
+            std::fs::write(&path, &file).unwrap();
+            match PerfDataReader::open(&path) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let msg = open(0, (0, 0));
+        assert!(
+            msg.contains("attr_size 0 is below the smallest perf_event_attr"),
+            "{msg}"
+        );
+        let msg = open(80, (184, 1 << 60));
+        assert!(msg.contains("attrs entry #0's ids section"), "{msg}");
+        assert!(msg.contains("beyond the end of the file"), "{msg}");
+        let msg = open(80, (184, 0));
+        assert!(!msg.contains("beyond the end"), "{msg}");
+    }
+
+    /// Found by the perfdata_import fuzz target: an EVENT_DESC section claiming 2^32
+    /// events (or ids, or a 4 GB name) made linux-perf-data reserve that much up front.
+    #[test]
+    fn event_desc_and_string_counts_must_fit_their_section() {
+        let le = |ws: &[u32]| -> Vec<u8> { ws.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        // One event: an 8-byte attr, 1 id, the name "ab".
+        let mut good = le(&[1, 8, 0, 0, 1, 2]);
+        good.extend(b"ab");
+        good.extend(7u64.to_le_bytes());
+        assert_eq!(check_event_desc(&good, true), Ok(()));
+        assert_eq!(check_event_desc(&le(&[0, 136]), true), Ok(()));
+        for bad in [
+            le(&[u32::MAX, 136]),
+            le(&[1, u32::MAX]),
+            le(&[1, 0, u32::MAX, 0]),
+            le(&[1, 0, 1, u32::MAX]),
+            good[..good.len() - 1].to_vec(),
+            Vec::new(),
+        ] {
+            assert!(check_event_desc(&bad, true).is_err(), "{bad:02x?}");
+        }
+        assert_eq!(header_string_end(&le(&[2, 0]), 0, true), Ok(6));
+        assert!(header_string_end(&le(&[u32::MAX, 0]), 0, true).is_err());
+        assert!(header_string_end(&[0, 0, 0], 0, true).is_err());
+        // The same through open(): a file whose EVENT_DESC section claims 2^32 - 1 events.
+        let mut file = b"PERFILE2".to_vec();
+        file.extend(words(&[
+            104,
+            136,
+            104,
+            0,
+            104,
+            0,
+            0,
+            0,
+            1 << 12,
+            0,
+            0,
+            0,
+            120,
+            8,
+        ]));
+        file.extend(le(&[u32::MAX, 136]));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("perf.data");
+        std::fs::write(&path, &file).unwrap();
+        let msg = PerfDataReader::open(&path)
+            .err()
+            .expect("must not open")
+            .to_string();
+        assert!(
+            msg.contains("feature #12 section: its 8 bytes end inside an event"),
+            "{msg}"
+        );
+    }
+
+    /// Found by the perfdata_import fuzz target: a feature section claiming 2^54 bytes made
+    /// linux-perf-data allocate that much and abort the process; now a header error.
+    #[test]
+    fn feature_section_beyond_the_file_is_a_header_error() {
+        let mut file = b"PERFILE2".to_vec();
+        file.extend(words(&[
+            104, // header size
+            136, // attr_size
+            104,
+            0, // attrs
+            104,
+            0, // data
+            0,
+            0,      // event_types
+            1 << 2, // features: HEADER_BUILD_ID
+            0,
+            0,
+            0,
+            500,     // feature section offset
+            1 << 54, // and size
+        ]));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("perf.data");
+        std::fs::write(&path, &file).unwrap();
+        let err = PerfDataReader::open(&path).err().expect("must not open");
+        let msg = err.to_string();
+        assert!(matches!(err, PerfDataError::Header { .. }), "{msg}");
+        assert!(msg.contains("feature #2 section"), "{msg}");
+        assert!(
+            msg.contains("beyond the end of the file (0x78 bytes)"),
+            "{msg}"
+        );
     }
 
     #[test]

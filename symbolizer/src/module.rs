@@ -558,7 +558,8 @@ impl Module {
     /// The non-zero discriminator of the line row covering `probe` (the row addr2line's
     /// line lookup uses: the last one at the greatest address not above `probe`).
     fn discriminator(&self, probe: u64) -> Option<u32> {
-        let ctx = self.ctx.as_ref()?;
+        // `probe + 1` overflows in addr2line at the top address (see dwarf_frames).
+        let ctx = self.ctx.as_ref().filter(|_| probe != u64::MAX)?;
         let mut lookup = ctx.find_dwarf_and_unit(probe);
         let unit = loop {
             match lookup {
@@ -604,7 +605,9 @@ impl Module {
 
     /// Appends the DWARF frames of `probe`, innermost first.
     fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
-        let Some(ctx) = &self.ctx else {
+        // addr2line probes `[probe, probe + 1)`, which overflows at the top address (found
+        // by the symbolizer_elf fuzz target); no unit can cover it anyway.
+        let Some(ctx) = self.ctx.as_ref().filter(|_| probe != u64::MAX) else {
             return Ok(());
         };
         let mut lookup = ctx.find_frames(probe);
@@ -709,6 +712,10 @@ fn load_section(
     arena: &Arena,
 ) -> Result<R, gimli::Error> {
     let data: &'static [u8] = match name.and_then(|n| obj.section_by_name(n)) {
+        // A compressed section whose header claims more than its bytes can expand to
+        // would have object reserve that size up front (found by the symbolizer_elf
+        // fuzz target: 44 GB for a few bytes); it reads as undecompressible.
+        Some(section) if !plausible_compression(section.compressed_data()) => &[],
         Some(section) => match section.uncompressed_data() {
             Ok(Cow::Borrowed(b)) => b,
             // SAFETY: the slice lives in the module's arena and only inside that module.
@@ -732,6 +739,26 @@ fn used_name(id: gimli::SectionId) -> Option<&'static str> {
         DebugLoc | DebugLocLists | DebugMacinfo | DebugMacro => None,
         _ => Some(id.name()),
     }
+}
+
+/// Most bytes one compressed byte can stand for: deflate's limit is 1032:1; zstd's RLE
+/// blocks go further (a 128 KiB block in a few bytes), so its bound is looser.
+const MAX_ZLIB_RATIO: u64 = 1032;
+const MAX_ZSTD_RATIO: u64 = 1 << 16;
+
+/// Whether a section's stated uncompressed size is one its compressed bytes could
+/// produce (uncompressed and unreadable sections pass: they allocate nothing).
+fn plausible_compression(data: object::Result<object::CompressedData<'_>>) -> bool {
+    let Ok(c) = data else { return true };
+    let ratio = match c.format {
+        object::CompressionFormat::Zlib => MAX_ZLIB_RATIO,
+        object::CompressionFormat::Zstandard => MAX_ZSTD_RATIO,
+        _ => return true,
+    };
+    c.uncompressed_size
+        <= (c.data.len() as u64)
+            .saturating_mul(ratio)
+            .saturating_add(4096)
 }
 
 fn load_dwarf(
@@ -982,4 +1009,72 @@ fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
         sym.end = sym.end.min(next);
     }
     syms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{CompressedData, CompressionFormat};
+
+    fn compressed(format: CompressionFormat, len: usize, uncompressed_size: u64) -> bool {
+        let data = vec![0u8; len];
+        plausible_compression(Ok(CompressedData {
+            format,
+            data: &data,
+            uncompressed_size,
+        }))
+    }
+
+    /// Found by the symbolizer_elf fuzz target: looking up the top address of a module
+    /// with DWARF overflowed inside addr2line (`probe + 1`), a panic in debug builds.
+    #[test]
+    fn top_address_lookup_does_not_overflow() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let opened = Module::from_bytes(&exe, bytes, &SymbolizerOptions::default()).unwrap();
+        assert!(opened.module.ctx.is_some(), "the test binary has DWARF");
+        assert!(opened.module.symbolize(Svma(u64::MAX)).frames.is_empty());
+        let mut visited = 0;
+        opened
+            .module
+            .visit(
+                &[Svma(u64::MAX)],
+                |_, a| Some(a),
+                |frames| {
+                    visited += 1;
+                    assert!(frames.is_empty());
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+        assert_eq!(visited, 1);
+    }
+
+    /// Found by the symbolizer_elf fuzz target: a 0x40-byte zlib section claiming 44 GB
+    /// made object reserve 44 GB before decompressing.
+    #[test]
+    fn implausible_uncompressed_sizes_are_refused() {
+        assert!(!compressed(CompressionFormat::Zlib, 0x40, 0xb_0000_0000));
+        assert!(!compressed(
+            CompressionFormat::Zstandard,
+            0x40,
+            0xb_0000_0000
+        ));
+        assert!(!compressed(
+            CompressionFormat::Zlib,
+            1000,
+            1000 * 1032 + 4097
+        ));
+        assert!(compressed(CompressionFormat::Zlib, 1000, 1000 * 1032));
+        assert!(compressed(
+            CompressionFormat::Zstandard,
+            1000,
+            1000 * 1032 * 10
+        ));
+        // Real sections: libc's .debug_info expands about 4x.
+        assert!(compressed(CompressionFormat::Zlib, 1 << 20, 4 << 20));
+        // Uncompressed and unknown formats allocate nothing up front.
+        assert!(compressed(CompressionFormat::None, 0, u64::MAX));
+        assert!(compressed(CompressionFormat::Unknown, 0, u64::MAX));
+    }
 }
