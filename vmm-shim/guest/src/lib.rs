@@ -16,6 +16,9 @@
 #![no_std]
 
 pub mod abi;
+/// The architectural PMU/LBR MSR numbers and bits: the shim's table, shared.
+#[path = "../../src/pmu/msr.rs"]
+pub mod msr;
 mod kernel;
 mod mem;
 pub mod pmu;

@@ -7,51 +7,9 @@
 
 use crate::user;
 
-pub const IA32_PMC0: u32 = 0xC1;
-pub const IA32_PERFEVTSEL0: u32 = 0x186;
-pub const MSR_LBR_SELECT: u32 = 0x1C8;
-pub const MSR_LBR_TOS: u32 = 0x1C9;
-pub const IA32_DEBUGCTL: u32 = 0x1D9;
-pub const IA32_PERF_CAPABILITIES: u32 = 0x345;
-pub const IA32_FIXED_CTR_CTRL: u32 = 0x38D;
-pub const IA32_PERF_GLOBAL_STATUS: u32 = 0x38E;
-pub const IA32_PERF_GLOBAL_CTRL: u32 = 0x38F;
-pub const IA32_PERF_GLOBAL_STATUS_RESET: u32 = 0x390;
-pub const IA32_PERF_GLOBAL_STATUS_SET: u32 = 0x391;
-pub const IA32_A_PMC0: u32 = 0x4C1;
-pub const MSR_LASTBRANCH_0_FROM_IP: u32 = 0x680;
-pub const MSR_LASTBRANCH_0_TO_IP: u32 = 0x6C0;
-pub const MSR_LBR_INFO_0: u32 = 0xDC0;
-
-pub const DEBUGCTL_LBR: u64 = 1 << 0;
-pub const DEBUGCTL_BTF: u64 = 1 << 1;
-pub const DEBUGCTL_TR: u64 = 1 << 6;
-pub const DEBUGCTL_BTS: u64 = 1 << 7;
-pub const DEBUGCTL_FREEZE_LBRS_ON_PMI: u64 = 1 << 11;
-pub const DEBUGCTL_FREEZE_PERFMON_ON_PMI: u64 = 1 << 12;
-
-pub const LBR_SELECT_CPL_EQ_0: u64 = 1 << 0;
-pub const LBR_SELECT_CPL_NEQ_0: u64 = 1 << 1;
-pub const LBR_SELECT_JCC: u64 = 1 << 2;
-pub const LBR_SELECT_NEAR_REL_CALL: u64 = 1 << 3;
-pub const LBR_SELECT_NEAR_IND_CALL: u64 = 1 << 4;
-pub const LBR_SELECT_NEAR_RET: u64 = 1 << 5;
-pub const LBR_SELECT_NEAR_IND_JMP: u64 = 1 << 6;
-pub const LBR_SELECT_NEAR_REL_JMP: u64 = 1 << 7;
-pub const LBR_SELECT_FAR_BRANCH: u64 = 1 << 8;
-pub const LBR_SELECT_EN_CALLSTACK: u64 = 1 << 9;
-/// Every branch-type filter bit (2..=8).
-pub const LBR_SELECT_ALL_TYPES: u64 = 0x1FC;
-
-pub const EVTSEL_USR: u64 = 1 << 16;
-pub const EVTSEL_OS: u64 = 1 << 17;
-pub const EVTSEL_INT: u64 = 1 << 20;
-pub const EVTSEL_EN: u64 = 1 << 22;
-pub const EVENT_INST_RETIRED: u64 = 0xC0;
-pub const EVENT_BR_INST_RETIRED: u64 = 0xC4;
-
-pub const GLOBAL_STATUS_LBR_FRZ: u64 = 1 << 58;
-pub const GLOBAL_STATUS_CTR_FRZ: u64 = 1 << 59;
+// The MSR numbers and bits are the shim's own table (`vmm-shim/src/pmu/msr.rs`, included
+// by the guest crate as `crate::msr`), so the guest tests and the model cannot disagree.
+pub use crate::msr::*;
 
 /// Ring-3 BR_INST_RETIRED.ALL_BRANCHES and INST_RETIRED.ANY on PMC0/PMC1 (USR only, so
 /// the system calls' ring-0 halves do not count).
@@ -65,11 +23,11 @@ impl UserCounts {
         let ok = user::wrmsr(IA32_PERF_GLOBAL_CTRL, 0)
             && user::wrmsr(
                 IA32_PERFEVTSEL0,
-                EVTSEL_EN | EVTSEL_USR | EVENT_BR_INST_RETIRED,
+                EVTSEL_EN | EVTSEL_USR | u64::from(EVENT_BR_INST_RETIRED),
             )
             && user::wrmsr(
                 IA32_PERFEVTSEL0 + 1,
-                EVTSEL_EN | EVTSEL_USR | EVENT_INST_RETIRED,
+                EVTSEL_EN | EVTSEL_USR | u64::from(EVENT_INST_RETIRED),
             )
             && user::wrmsr(IA32_PMC0, 0)
             && user::wrmsr(IA32_PMC0 + 1, 0)

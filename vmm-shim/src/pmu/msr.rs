@@ -91,6 +91,8 @@ pub const LBR_SELECT_NEAR_REL_JMP: u64 = 1 << 7;
 pub const LBR_SELECT_FAR_BRANCH: u64 = 1 << 8;
 /// EN_CALLSTACK: LIFO call-stack mode (calls push, returns pop).
 pub const LBR_SELECT_EN_CALLSTACK: u64 = 1 << 9;
+/// Every branch-type filter bit (JCC through FAR_BRANCH, bits 8:2).
+pub const LBR_SELECT_ALL_TYPES: u64 = 0x1FC;
 /// All defined LBR_SELECT bits; bits 63:10 are reserved.
 pub const LBR_SELECT_VALID: u64 = (1 << 10) - 1;
 

@@ -773,7 +773,7 @@ fn check_freeze(c: &Ctx) -> Check {
     wr(
         NAME,
         IA32_PERFEVTSEL0,
-        EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | EVENT_BR_INST_RETIRED,
+        EVTSEL_EN | EVTSEL_USR | EVTSEL_INT | u64::from(EVENT_BR_INST_RETIRED),
     )?;
     wr(NAME, IA32_A_PMC0, (1 << 48) - PRESET)?;
     wr(NAME, MSR_LBR_SELECT, rel_jmp_only)?;
