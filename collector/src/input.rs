@@ -101,6 +101,23 @@ impl Input {
         }
     }
 
+    /// The fast path of a perf.data file (see [`crate::perfdata::mapped`]); `None` for
+    /// lbrprof.data files and for perf.data files that need the event stream. When it
+    /// gives a scan, the event stream is empty.
+    pub fn perf_scan(&mut self) -> Option<crate::perfdata::mapped::Scan> {
+        match &mut self.source {
+            Source::Perf(r) => r.mapped_scan(),
+            Source::Lbrprof(_) => None,
+        }
+    }
+
+    /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
+    pub fn note_branch_entries(&mut self, n: u64) {
+        if let Source::Perf(r) = &mut self.source {
+            r.note_branch_entries(n);
+        }
+    }
+
     /// Problems that did not stop reading; complete only once the stream has ended.
     pub fn warnings(&self) -> Vec<String> {
         match &self.source {

@@ -23,9 +23,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod mapped;
 
 pub use linux_perf_data::linux_perf_event_reader::Endianness;
 use linux_perf_data::linux_perf_event_reader::{
@@ -107,6 +109,14 @@ pub mod abi {
     pub const PERF_BR_IRQ: u64 = 12;
     pub const PERF_BR_SERROR: u64 = 13;
     pub const PERF_BR_NO_TX: u64 = 14;
+
+    // enum perf_event_type, and perf's own (user) record types (tools/perf/util/event.h)
+    pub const PERF_RECORD_SAMPLE: u32 = 9;
+    pub const PERF_RECORD_USER_TYPE_START: u32 = 64;
+    pub const PERF_RECORD_FINISHED_ROUND: u32 = 68;
+    pub const PERF_RECORD_AUXTRACE: u32 = 71;
+    pub const PERF_RECORD_COMPRESSED: u32 = 81;
+    pub const PERF_RECORD_COMPRESSED2: u32 = 83;
 
     // PERF_RECORD_MISC_* (header.misc)
     pub const PERF_RECORD_MISC_MMAP_BUILD_ID: u16 = 1 << 14;
@@ -222,8 +232,13 @@ pub struct PerfDataReader {
     perf_file: linux_perf_data::PerfFile,
     records: FileIter,
     pos: Arc<AtomicU64>,
-    /// `(start, end)` of the data section as the file header states it.
+    /// The end of the data section as the file header states it.
     data_end: u64,
+    /// The readable part of the data section (complete records only, for a truncated
+    /// file), for [`PerfDataReader::mapped_scan`].
+    data_range: (u64, u64),
+    path: PathBuf,
+    little_endian: bool,
     file_len: u64,
     build_ids: HashMap<Vec<u8>, Vec<u8>>,
     /// perf's name of each event attribute, in file order.
@@ -257,15 +272,24 @@ impl PerfDataReader {
             u64::MAX
         };
         let truncated = data_end != u64::MAX && data_end > file_len;
+        let data_off = if got == head.len() {
+            header_word(&head[o..o + 8], le)
+        } else {
+            0
+        };
+        let mut data_range = (data_off, data_end);
         let mut warnings = Vec::new();
         let head_patch = if truncated {
             warnings.push(format!(
                 "the file is truncated: its data section should end at offset {data_end:#x} \
                  but the file has only {file_len:#x} bytes; reading what is there"
             ));
-            let data_off = header_word(&head[o..o + 8], le);
-            truncated_file_header(&mut file, data_off, file_len, le, &mut warnings)
-                .map_err(open_err)?
+            let patched = truncated_file_header(&mut file, data_off, file_len, le, &mut warnings)
+                .map_err(open_err)?;
+            if let Some(size) = patched.get(o + 8..o + 16) {
+                data_range.1 = data_off.saturating_add(header_word(size, le));
+            }
+            patched
         } else {
             Vec::new()
         };
@@ -315,6 +339,9 @@ impl PerfDataReader {
             records: record_iter,
             pos,
             data_end,
+            data_range,
+            path: path.to_owned(),
+            little_endian: le,
             file_len,
             build_ids,
             stats: ImportStats {
@@ -350,6 +377,91 @@ impl PerfDataReader {
             .filter(|(_, n)| **n > 0)
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// The fast path for reports ([`mapped`]): maps the file and walks its records in
+    /// place instead of streaming them as events. `None` when the file needs the event
+    /// stream (see [`mapped`] for which), or when the stream has been started; the
+    /// stream is then still there to read. On success the stream is consumed: [`stats`]
+    /// counts the records walked (add the branch entries with
+    /// [`PerfDataReader::note_branch_entries`]).
+    ///
+    /// [`stats`]: PerfDataReader::stats
+    pub fn mapped_scan(&mut self) -> Option<mapped::Scan> {
+        use linux_perf_data::Feature;
+        use reader::{AttrFlags, RecordParseInfo};
+        if !self.little_endian
+            || self.done
+            || self.stats.records > 0
+            || self
+                .perf_file
+                .features()
+                .has_feature(Feature::SIMPLEPERF_META_INFO)
+        {
+            return None;
+        }
+        let attrs = self.perf_file.event_attributes();
+        let parse_infos: Vec<RecordParseInfo> = attrs
+            .iter()
+            .map(|a| RecordParseInfo::new(&a.attr, Endianness::LittleEndian))
+            .collect();
+        let first = parse_infos.first()?;
+        let id_info = if parse_infos.len() == 1 {
+            mapped::IdInfo::OnlyOne
+        } else if parse_infos
+            .iter()
+            .all(|p| p.id_parse_info == first.id_parse_info)
+        {
+            mapped::IdInfo::Same(first.id_parse_info)
+        } else {
+            mapped::IdInfo::PerAttribute {
+                sample_id_all: attrs[0].attr.flags.contains(AttrFlags::SAMPLE_ID_ALL),
+            }
+        };
+        let mut id_to_attr = HashMap::new();
+        for (i, a) in attrs.iter().enumerate() {
+            for id in &a.event_ids {
+                id_to_attr.insert(*id, i);
+            }
+        }
+        let layouts = mapped::Layouts {
+            layouts: attrs
+                .iter()
+                .map(|a| SampleLayout {
+                    sample_type: a.attr.sample_format.bits(),
+                    read_format: a.attr.read_format.bits(),
+                    branch_sample_type: a.attr.branch_sample_format.bits(),
+                })
+                .collect(),
+            parse_infos,
+            id_info,
+            id_to_attr,
+        };
+        let file = File::open(&self.path).ok()?;
+        // SAFETY: the mapping is read-only and private; its bytes are only read through
+        // bounds-checked slices. perf.data files are not modified while they are reported
+        // on (as for perf itself, a file truncated meanwhile would fault).
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let (start, end) = self.data_range;
+        let start = usize::try_from(start).ok()?;
+        let end = usize::try_from(end).ok()?.min(map.len());
+        if start > end {
+            return None;
+        }
+        let build_ids = &self.build_ids;
+        let (scan, stats) = mapped::walk(map, start..end, layouts, |raw, stats| {
+            convert(raw, 0, build_ids, stats).map_err(|_| ())
+        })?;
+        self.stats = stats;
+        self.done = true;
+        Some(scan)
+    }
+
+    /// Adds the branch entries of the samples a [`mapped::Scan`] decoded to [`stats`].
+    ///
+    /// [`stats`]: PerfDataReader::stats
+    pub fn note_branch_entries(&mut self, n: u64) {
+        self.stats.branch_entries += n;
     }
 
     /// The next batch of events (one record gives zero or one event).
@@ -1082,6 +1194,54 @@ pub fn callchain_frames(raw: impl IntoIterator<Item = u64>, sample_mode: CpuMode
     frames
 }
 
+/// A `PERF_RECORD_SAMPLE` body decoded up to and including its branch stack, borrowing
+/// the variable-length parts (the fast path aggregates them without copying).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawSample<'a> {
+    pub time_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub period: u64,
+    pub ip: u64,
+    /// The call chain's `u64` words (context markers included), in the file's byte order.
+    pub callchain: &'a [u8],
+    /// The branch stack's `perf_branch_entry`s (`from`, `to`, flags: 24 bytes each).
+    pub branches: &'a [u8],
+    pub branch_hw_index: Option<u64>,
+}
+
+/// Size of one `struct perf_branch_entry`.
+pub const BRANCH_ENTRY_LEN: usize = 24;
+
+impl RawSample<'_> {
+    /// The call chain's words.
+    pub fn callchain_words(&self, le: bool) -> impl Iterator<Item = u64> + '_ {
+        self.callchain.chunks_exact(8).map(move |w| word(w, le))
+    }
+
+    /// The branch stack entries, newest first.
+    pub fn branch_entries(&self, le: bool) -> impl Iterator<Item = Branch> + '_ {
+        self.branches
+            .chunks_exact(BRANCH_ENTRY_LEN)
+            .map(move |e| Branch {
+                from: word(&e[0..8], le),
+                to: word(&e[8..16], le),
+                flags: branch_flags(word(&e[16..24], le)),
+            })
+    }
+}
+
+/// A `u64` from 8 bytes in the given byte order.
+fn word(w: &[u8], le: bool) -> u64 {
+    let a = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+    if le {
+        u64::from_le_bytes(a)
+    } else {
+        u64::from_be_bytes(a)
+    }
+}
+
 /// Decodes a `PERF_RECORD_SAMPLE` body up to and including its branch stack (the
 /// fields after it are not used by the model). Never panics; a body shorter than its
 /// layout says gives an error naming the missing field.
@@ -1091,14 +1251,38 @@ pub fn decode_sample(
     layout: SampleLayout,
     mode: CpuMode,
 ) -> Result<HostSample, &'static str> {
+    let le = endian == Endianness::LittleEndian;
+    let r = decode_sample_raw(body, le, layout)?;
+    Ok(HostSample {
+        time_ns: r.time_ns,
+        pid: r.pid,
+        tid: r.tid,
+        cpu: r.cpu,
+        period: r.period,
+        ip: r.ip,
+        mode,
+        callchain: if layout.sample_type & abi::PERF_SAMPLE_CALLCHAIN != 0 {
+            callchain_frames(r.callchain_words(le), mode)
+        } else {
+            Vec::new()
+        },
+        branches: r.branch_entries(le).collect(),
+        branch_hw_index: r.branch_hw_index,
+    })
+}
+
+/// [`decode_sample`] without copies: the call chain and branch stack stay raw bytes.
+pub fn decode_sample_raw(
+    body: &[u8],
+    le: bool,
+    layout: SampleLayout,
+) -> Result<RawSample<'_>, &'static str> {
     use abi::*;
     let st = layout.sample_type;
-    let le = endian == Endianness::LittleEndian;
     let mut c = Cursor { buf: body, le };
-    let mut s = HostSample {
-        mode,
+    let mut s = RawSample {
         period: 1,
-        ..HostSample::default()
+        ..RawSample::default()
     };
     if st & PERF_SAMPLE_IDENTIFIER != 0 {
         c.u64("sample id truncated")?;
@@ -1156,15 +1340,7 @@ pub fn decode_sample(
         }
         let (chain, rest) = c.buf.split_at(n);
         c.buf = rest;
-        let raw = chain.chunks_exact(8).map(|w| {
-            let a = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
-            if le {
-                u64::from_le_bytes(a)
-            } else {
-                u64::from_be_bytes(a)
-            }
-        });
-        s.callchain = callchain_frames(raw, mode);
+        s.callchain = chain;
     }
     if st & PERF_SAMPLE_RAW != 0 {
         // `u32 size; char data[size];` — the u32 pair read takes the size and the
@@ -1177,16 +1353,11 @@ pub fn decode_sample(
         if layout.branch_sample_type & PERF_SAMPLE_BRANCH_HW_INDEX != 0 {
             s.branch_hw_index = Some(c.u64("branch hw_index truncated")?);
         }
-        if nr.checked_mul(24).is_none_or(|b| b > c.buf.len() as u64) {
-            return Err("branch stack truncated");
-        }
-        s.branches.reserve(nr as usize);
-        for _ in 0..nr {
-            let from = c.u64("branch truncated")?;
-            let to = c.u64("branch truncated")?;
-            let flags = branch_flags(c.u64("branch truncated")?);
-            s.branches.push(Branch { from, to, flags });
-        }
+        let bytes = nr
+            .checked_mul(BRANCH_ENTRY_LEN as u64)
+            .filter(|b| *b <= c.buf.len() as u64)
+            .ok_or("branch stack truncated")? as usize;
+        s.branches = &c.buf[..bytes];
     }
     Ok(s)
 }
@@ -1443,6 +1614,17 @@ mod tests {
                     if ev.is_err() {
                         break;
                     }
+                }
+            }
+            // The mapped fast path walks the same bytes.
+            if let Ok(mut r) = PerfDataReader::open(&path)
+                && let Some(scan) = r.mapped_scan()
+            {
+                for c in 0..scan.chunks() {
+                    let _ = scan.for_each_sample(c, |s| {
+                        let _ = s.raw.callchain_words(true).count();
+                        let _ = s.raw.branch_entries(true).count();
+                    });
                 }
             }
         }

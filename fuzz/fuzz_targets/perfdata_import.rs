@@ -32,5 +32,16 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        // The mapped fast path of reports walks the same bytes in place.
+        if let Ok(mut reader) = PerfDataReader::open(&path) {
+            if let Some(scan) = reader.mapped_scan() {
+                for chunk in 0..scan.chunks() {
+                    let _ = scan.for_each_sample(chunk, |s| {
+                        let _ = s.raw.callchain_words(true).count();
+                        let _ = s.raw.branch_entries(true).count();
+                    });
+                }
+            }
+        }
     }
 });

@@ -61,8 +61,8 @@ pub struct Count {
 }
 
 impl Count {
-    fn add(&mut self, weight: u64) {
-        self.samples += 1;
+    fn add_n(&mut self, samples: u64, weight: u64) {
+        self.samples += samples;
         self.weight += weight;
     }
 }
@@ -134,8 +134,18 @@ pub struct AggregateOptions {
     pub vm: bool,
 }
 
+/// How many samples [`Aggregator::add_counted`] adds, and their time span.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleCounts {
+    pub samples: u64,
+    /// Sum of their periods.
+    pub weight: u64,
+    pub first_time_ns: u64,
+    pub last_time_ns: u64,
+}
+
 /// Longest fall-through range we believe (longer ones cross a missing entry).
-const MAX_RANGE_BYTES: u64 = 1 << 16;
+pub(crate) const MAX_RANGE_BYTES: u64 = 1 << 16;
 
 pub struct Aggregator {
     opts: AggregateOptions,
@@ -242,52 +252,18 @@ impl Aggregator {
     }
 
     pub fn add_sample(&mut self, s: &HostSample) {
-        // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
-        let space_pid = if self.opts.vm && s.mode.is_guest() {
-            lbrprof_collector::vm::VM_INDEX
-        } else {
-            s.pid
+        let counts = SampleCounts {
+            samples: 1,
+            weight: s.period,
+            first_time_ns: s.time_ns,
+            last_time_ns: s.time_ns,
+        };
+        let Some(ip) = self.add_counted(s, counts) else {
+            return;
         };
         let spaces = &mut self.profile.spaces;
-        let ip = spaces.resolve(space_pid, s.ip, s.mode);
-        if !self.keep(s, ip) {
-            self.profile.totals.filtered_out += 1;
-            return;
-        }
-        self.note_time(s.time_ns);
-        let weight = s.period;
-        let t = &mut self.profile.totals;
-        t.samples += 1;
-        t.weight += weight;
-        if s.mode.is_guest() {
-            t.guest_samples += 1;
-        }
-        self.profile.ips.entry(ip).or_default().add(weight);
-
-        let spaces = &mut self.profile.spaces;
         let mut stack = std::mem::take(&mut self.stack_buf);
-        stack.clear();
-        // The leaf is the sampled IP; a call chain normally starts with it, but not when
-        // its kernel part was excluded.
-        if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
-            stack.push(ip);
-        }
-        stack.extend(
-            s.callchain
-                .iter()
-                .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
-        );
-        bump(&mut self.profile.stacks, &stack, weight);
-        if let Some(vm) = &mut self.profile.vm {
-            let id = vm.intern(&stack);
-            vm.samples.push(crate::vm::VmSample {
-                time_ns: s.time_ns,
-                tid: s.tid,
-                mode: s.mode,
-                stack: id,
-            });
-        }
-
+        let weight = s.period;
         if !s.branches.is_empty() {
             let mode = branch_mode(s.mode);
             if self.opts.lbr_call_stack {
@@ -304,6 +280,134 @@ impl Aggregator {
             self.add_branches(&s.branches, |sp, a| sp.resolve(pid, a, mode));
         }
         self.stack_buf = stack;
+    }
+
+    /// Adds `counts.samples` samples that share `s`'s process, thread, mode, IP and
+    /// call chain (not its branches): totals, IPs and the stack table. Returns the
+    /// sampled IP's location, or `None` when the filter drops them.
+    pub fn add_counted(&mut self, s: &HostSample, counts: SampleCounts) -> Option<Loc> {
+        // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
+        let space_pid = if self.opts.vm && s.mode.is_guest() {
+            lbrprof_collector::vm::VM_INDEX
+        } else {
+            s.pid
+        };
+        let spaces = &mut self.profile.spaces;
+        let ip = spaces.resolve(space_pid, s.ip, s.mode);
+        if !self.keep(s, ip) {
+            self.profile.totals.filtered_out += counts.samples;
+            return None;
+        }
+        self.note_time(counts.first_time_ns);
+        self.note_time(counts.last_time_ns);
+        let t = &mut self.profile.totals;
+        t.samples += counts.samples;
+        t.weight += counts.weight;
+        if s.mode.is_guest() {
+            t.guest_samples += counts.samples;
+        }
+        self.profile
+            .ips
+            .entry(ip)
+            .or_default()
+            .add_n(counts.samples, counts.weight);
+
+        let spaces = &mut self.profile.spaces;
+        let mut stack = std::mem::take(&mut self.stack_buf);
+        stack.clear();
+        // The leaf is the sampled IP; a call chain normally starts with it, but not when
+        // its kernel part was excluded.
+        if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
+            stack.push(ip);
+        }
+        stack.extend(
+            s.callchain
+                .iter()
+                .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
+        );
+        bump_n(
+            &mut self.profile.stacks,
+            &stack,
+            counts.samples,
+            counts.weight,
+        );
+        if let Some(vm) = &mut self.profile.vm {
+            let id = vm.intern(&stack);
+            vm.samples.push(crate::vm::VmSample {
+                time_ns: s.time_ns,
+                tid: s.tid,
+                mode: s.mode,
+                stack: id,
+            });
+        }
+        self.stack_buf = stack;
+        Some(ip)
+    }
+
+    /// Adds `samples` samples (of total `weight`) with one LBR call stack: the sampled
+    /// `ip` (resolved in `mode`) and the branch sources `froms` (resolved in `branch_mode`),
+    /// as [`Aggregator::add_sample`] does for `lbr_call_stack` recordings.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_lbr_stack(
+        &mut self,
+        pid: u32,
+        mode: CpuMode,
+        ip: u64,
+        branch_mode: CpuMode,
+        froms: &[u64],
+        samples: u64,
+        weight: u64,
+    ) {
+        let spaces = &mut self.profile.spaces;
+        let mut stack = std::mem::take(&mut self.stack_buf);
+        stack.clear();
+        stack.push(spaces.resolve(pid, ip, mode));
+        stack.extend(froms.iter().map(|&a| spaces.resolve(pid, a, branch_mode)));
+        bump_n(&mut self.profile.lbr_stacks, &stack, samples, weight);
+        self.stack_buf = stack;
+    }
+
+    /// Adds the summed counts of the branch `from → to` of process `pid`.
+    pub(crate) fn add_edge_counts(
+        &mut self,
+        pid: u32,
+        mode: CpuMode,
+        from: u64,
+        to: u64,
+        c: &EdgeCounts,
+    ) {
+        let p = &mut self.profile;
+        let from = p.spaces.resolve(pid, from, mode);
+        let to = p.spaces.resolve(pid, to, mode);
+        let e = p.edges.entry((from, to)).or_default();
+        e.count += c.count;
+        e.mispred += c.mispred;
+        e.predicted += c.predicted;
+        e.in_tx += c.in_tx;
+        e.abort += c.abort;
+        e.cycles_sum += c.cycles_sum;
+        e.cycles_n += c.cycles_n;
+        if e.kind == BranchKind::Unknown {
+            e.kind = c.kind;
+        }
+    }
+
+    /// Adds `n` passes through the fall-through range `[start, end]` of process `pid`
+    /// (dropped, as by [`Aggregator::add_branches`], when it crosses modules).
+    pub(crate) fn add_range_count(
+        &mut self,
+        pid: u32,
+        mode: CpuMode,
+        start: u64,
+        end: u64,
+        n: u64,
+    ) {
+        let p = &mut self.profile;
+        let to = p.spaces.resolve(pid, start, mode);
+        let nf = p.spaces.resolve(pid, end, mode);
+        if nf.module == to.module {
+            *p.ranges.entry((to, nf)).or_default() += n;
+        }
     }
 
     pub fn add_snapshot(&mut self, snap: &lbrprof_collector::model::LbrSnapshot) {
@@ -382,11 +486,15 @@ impl Aggregator {
 }
 
 fn bump(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], weight: u64) {
+    bump_n(map, key, 1, weight);
+}
+
+fn bump_n(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], samples: u64, weight: u64) {
     if let Some(c) = map.get_mut(key) {
-        c.add(weight);
+        c.add_n(samples, weight);
     } else {
         let mut c = Count::default();
-        c.add(weight);
+        c.add_n(samples, weight);
         map.insert(key.to_vec(), c);
     }
 }

@@ -88,6 +88,7 @@ pub mod diff;
 pub mod flame;
 pub mod lbr;
 pub mod loc;
+pub mod perfscan;
 pub mod render;
 pub mod report;
 pub mod symbols;

@@ -16,8 +16,8 @@ use lbrprof_reports::decode::CodeReader;
 use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
 use lbrprof_reports::symbols::SymbolizerSource;
-use lbrprof_reports::vm;
 use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
+use lbrprof_reports::{perfscan, vm};
 use lbrprof_symbolizer::SymbolizerOptions;
 
 /// Options shared by every command that reads a recording.
@@ -269,24 +269,51 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
     };
     let mut source_notes = Vec::new();
     let source = symbol_source(args, naming, &header, &mut source_notes);
-    let progress = progress_bar(path);
-    let ticker = progress.clone();
-    let mut n = 0u64;
-    let events = input.by_ref().inspect(move |_| {
-        n += 1;
-        if n.is_multiple_of(1 << 14) {
-            ticker.set_position(n);
+    // perf.data: aggregate straight from the mapped file when the options allow it.
+    let mut profile = None;
+    if let Some(scan) = input.perf_scan() {
+        if perfscan::supports(&scan, &opts) {
+            let result = std::thread::scope(|scope| {
+                scope.spawn(|| source.prewarm());
+                perfscan::aggregate_scan(&scan, opts.clone())
+            });
+            if let Ok((p, branch_entries)) = result {
+                input.note_branch_entries(branch_entries);
+                profile = Some(p);
+            }
         }
-    });
-    // Load the kernel's symbols while the events are read (the work does not depend on them).
-    let (mut profile, err) = std::thread::scope(|scope| {
-        scope.spawn(|| source.prewarm());
-        lbrprof_reports::aggregate_events(events, opts)
-    });
-    progress.finish_and_clear();
-    if let Some(e) = err {
-        return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+        if profile.is_none() {
+            // The event stream reports what the fast path could not handle.
+            input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
+        }
     }
+    let mut profile = match profile {
+        Some(p) => p,
+        None => {
+            let progress = progress_bar(path);
+            let ticker = progress.clone();
+            let mut n = 0u64;
+            let events = input.by_ref().inspect(move |_| {
+                n += 1;
+                if n.is_multiple_of(1 << 14) {
+                    ticker.set_position(n);
+                }
+            });
+            // Load the kernel's symbols while the events are read (the work does not
+            // depend on them).
+            let (profile, err) = std::thread::scope(|scope| {
+                scope.spawn(|| source.prewarm());
+                lbrprof_reports::aggregate_events(events, opts)
+            });
+            progress.finish_and_clear();
+            if let Some(e) = err {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
+                );
+            }
+            profile
+        }
+    };
     if let Some(summary) = input.summary() {
         // The recorder's own totals cover losses it never turned into events.
         let t = &mut profile.totals;

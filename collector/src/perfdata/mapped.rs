@@ -1,0 +1,319 @@
+//! The fast path through a perf.data file: the data section mmapped and walked in place.
+//!
+//! [`super::PerfDataReader`] yields one owned [`Event`] per record, in perf's time order
+//! (linux-perf-data buffers, copies and sorts every record). A report does not need that:
+//! samples only have to be resolved against the mappings and tasks that precede them in
+//! time. [`super::PerfDataReader::mapped_scan`] walks the record headers once, keeps the few
+//! side-band records (mappings, tasks, losses) as events sorted as perf sorts them, and
+//! cuts the data section into record-aligned chunks. Samples are then decoded in place,
+//! chunk by chunk (chunks may be handled on different threads), each tagged with its
+//! *epoch*: how many state-changing side-band events precede it in perf's order.
+//! A consumer that aggregates samples per epoch and replays the side-band events in
+//! order (applying the samples of epoch `e` just before state-changing event `e`) sees
+//! exactly what the event stream would have shown it.
+//!
+//! The walk declines (returns `None`, and the caller reads the event stream instead)
+//! whatever it does not handle exactly as the stream does: big-endian and simpleperf
+//! files, compressed or AUX-trace records, records out of the order perf's
+//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors.
+//! A sample body that does not match its attribute is reported as
+//! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use linux_perf_data::linux_perf_event_reader::{
+    self as reader, RawData, RawEventRecord, RecordIdParseInfo, RecordParseInfo, RecordType,
+};
+use memmap2::Mmap;
+
+use super::{ImportStats, SampleLayout, abi, cpu_mode, decode_sample_raw};
+use crate::model::{CpuMode, Event, TaskEvent};
+
+pub use super::RawSample;
+
+/// How the attribute of a record is found (as linux-perf-data decides it).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum IdInfo {
+    OnlyOne,
+    Same(RecordIdParseInfo),
+    PerAttribute { sample_id_all: bool },
+}
+
+/// perf's sort key of a record: its timestamp (none sorts first), then its position.
+pub(super) type SortKey = (Option<u64>, u64);
+
+/// Everything the walk needs to know about the file besides its bytes.
+pub(super) struct Layouts {
+    pub(super) parse_infos: Vec<RecordParseInfo>,
+    pub(super) layouts: Vec<SampleLayout>,
+    pub(super) id_info: IdInfo,
+    pub(super) id_to_attr: HashMap<u64, usize>,
+}
+
+impl Layouts {
+    /// The attribute of a record, found by its id as linux-perf-data finds it
+    /// (`get_record_id` / `get_record_identifier`); 0 when unknown.
+    fn attr_index(&self, sample: bool, body: &[u8]) -> usize {
+        let id = match self.id_info {
+            IdInfo::OnlyOne => return 0,
+            IdInfo::Same(info) if sample => info
+                .sample_record_id_offset_from_start
+                .and_then(|o| le_word_at(body, usize::from(o))),
+            IdInfo::Same(info) => info
+                .nonsample_record_id_offset_from_end
+                .and_then(|o| le_word_from_end(body, usize::from(o))),
+            IdInfo::PerAttribute { .. } if sample => le_word_at(body, 0),
+            IdInfo::PerAttribute { sample_id_all } => {
+                sample_id_all.then(|| le_word_from_end(body, 8)).flatten()
+            }
+        };
+        id.and_then(|id| self.id_to_attr.get(&id).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// The timestamp of a record, where its attribute puts one (`get_record_timestamp`).
+fn timestamp(sample: bool, body: &[u8], info: &RecordParseInfo) -> Option<u64> {
+    if sample {
+        info.sample_record_time_offset_from_start
+            .and_then(|o| le_word_at(body, usize::from(o)))
+    } else {
+        info.nonsample_record_time_offset_from_end
+            .and_then(|o| le_word_from_end(body, usize::from(o)))
+    }
+}
+
+fn le_word_at(body: &[u8], at: usize) -> Option<u64> {
+    let w: [u8; 8] = body.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(w))
+}
+
+fn le_word_from_end(body: &[u8], from_end: usize) -> Option<u64> {
+    le_word_at(body, body.len().checked_sub(from_end)?)
+}
+
+/// Why a chunk could not be decoded (the caller falls back to the event stream).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScanError {
+    #[error("sample at data offset {offset:#x}: {what}")]
+    Sample { offset: usize, what: &'static str },
+}
+
+/// One sample, decoded in place.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRef<'a> {
+    /// How many state-changing side-band events (see [`changes_state`]) precede it.
+    pub epoch: u32,
+    /// The sample's cpumode (`PERF_RECORD_MISC_*`).
+    pub mode: CpuMode,
+    pub raw: RawSample<'a>,
+}
+
+/// Whether a side-band event changes how later samples resolve or are filtered
+/// (mappings, and the process/thread names and address-space copies of tasks).
+pub fn changes_state(ev: &Event) -> bool {
+    matches!(
+        ev,
+        Event::Mapping(_) | Event::Task(TaskEvent::Comm { .. } | TaskEvent::Fork { .. })
+    )
+}
+
+/// The result of the header walk: side-band events in perf's order and the chunks of
+/// the data section that hold the samples.
+pub struct Scan {
+    pub(super) map: Mmap,
+    /// Data section bytes `data.start..data.end` of `map`.
+    pub(super) data: Range<usize>,
+    pub(super) layouts: Layouts,
+    /// Side-band events, in perf's order.
+    pub(super) sideband: Vec<Event>,
+    /// Sort keys of the state-changing side-band events, ascending.
+    pub(super) epoch_keys: Vec<SortKey>,
+    /// Record-aligned byte ranges of `map` (within `data`).
+    pub(super) chunks: Vec<Range<usize>>,
+    pub(super) samples: u64,
+}
+
+impl Scan {
+    /// Side-band events (mappings, tasks, losses), sorted as perf sorts records.
+    pub fn sideband(&self) -> &[Event] {
+        &self.sideband
+    }
+
+    /// How many chunks [`Scan::for_each_sample`] takes.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The number of sample records.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Whether the file is little-endian (the only byte order scanned).
+    pub fn little_endian(&self) -> bool {
+        true
+    }
+
+    /// Whether any event attribute samples branch stacks.
+    pub fn has_branch_stacks(&self) -> bool {
+        self.layouts
+            .layouts
+            .iter()
+            .any(|l| l.sample_type & abi::PERF_SAMPLE_BRANCH_STACK != 0)
+    }
+
+    /// Calls `f` with every sample of chunk `chunk`, in file order.
+    pub fn for_each_sample(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(SampleRef<'_>),
+    ) -> Result<(), ScanError> {
+        let Some(range) = self.chunks.get(chunk) else {
+            return Ok(());
+        };
+        let bytes = &self.map[..];
+        let mut at = range.start;
+        while at < range.end {
+            // Framing was checked by the walk.
+            let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
+            let body = &bytes[at + 8..at + size];
+            if rtype == abi::PERF_RECORD_SAMPLE {
+                let attr = self.layouts.attr_index(true, body);
+                let raw =
+                    decode_sample_raw(body, true, self.layouts.layouts[attr]).map_err(|what| {
+                        ScanError::Sample {
+                            offset: at - self.data.start,
+                            what,
+                        }
+                    })?;
+                let has_time = self.layouts.layouts[attr].sample_type & abi::PERF_SAMPLE_TIME != 0;
+                let key = (
+                    has_time.then_some(raw.time_ns),
+                    (at - self.data.start) as u64,
+                );
+                let epoch = self.epoch_keys.partition_point(|k| *k < key) as u32;
+                f(SampleRef {
+                    epoch,
+                    mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+                    raw,
+                });
+            }
+            at += size;
+        }
+        Ok(())
+    }
+}
+
+/// `struct perf_event_header { u32 type; u16 misc; u16 size; }`, little-endian.
+fn record_header(h: &[u8]) -> (u32, u16, usize) {
+    (
+        u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+        u16::from_le_bytes([h[4], h[5]]),
+        usize::from(u16::from_le_bytes([h[6], h[7]])),
+    )
+}
+
+/// Walks the record headers of `map[data]`. `convert` turns a side-band record into an
+/// event (or `None` for records the model skips, `Err` for a malformed one); `None` overall
+/// means the fast path does not apply.
+pub(super) fn walk(
+    map: Mmap,
+    data: Range<usize>,
+    layouts: Layouts,
+    mut convert: impl FnMut(&RawEventRecord<'_>, &mut ImportStats) -> Result<Option<Event>, ()>,
+) -> Option<(Scan, ImportStats)> {
+    const CHUNK: usize = 4 << 20;
+    let bytes = map.get(data.clone())?;
+    let mut stats = ImportStats {
+        samples_per_event: vec![0; layouts.layouts.len()],
+        ..ImportStats::default()
+    };
+    let mut side: Vec<(SortKey, Event)> = Vec::new();
+    let mut chunks = Vec::new();
+    let mut chunk_start = 0usize;
+    // The rounds of linux-perf-data's sorter: a record whose key is below what a finished
+    // round already released would come out late there; such files take the slow path.
+    let mut released_below: Option<SortKey> = None;
+    let mut prev_max: SortKey = (None, 0);
+    let mut cur_max: SortKey = (None, 0);
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let h = bytes.get(at..at + 8)?;
+        let (rtype, misc, size) = record_header(h);
+        if size < 8 || at + size > bytes.len() {
+            return None;
+        }
+        let body = &bytes[at + 8..at + size];
+        let offset = at as u64;
+        if rtype >= abi::PERF_RECORD_USER_TYPE_START {
+            match rtype {
+                abi::PERF_RECORD_FINISHED_ROUND => {
+                    released_below = Some(prev_max);
+                    prev_max = cur_max;
+                }
+                abi::PERF_RECORD_COMPRESSED
+                | abi::PERF_RECORD_COMPRESSED2
+                | abi::PERF_RECORD_AUXTRACE => return None,
+                _ => {
+                    stats.records += 1;
+                    stats.skipped_records += 1;
+                }
+            }
+        } else {
+            stats.records += 1;
+            let record_type = RecordType(rtype);
+            let sample = rtype == abi::PERF_RECORD_SAMPLE;
+            let attr = layouts.attr_index(sample, body);
+            let info = *layouts.parse_infos.get(attr)?;
+            let time = timestamp(sample, body, &info);
+            let key = (time, offset);
+            if released_below.is_some_and(|r| key <= r) && released_below != Some((None, 0)) {
+                return None;
+            }
+            if key > cur_max {
+                cur_max = key;
+            }
+            if sample {
+                stats.samples += 1;
+                if let Some(n) = stats.samples_per_event.get_mut(attr) {
+                    *n += 1;
+                }
+            } else {
+                let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
+                if let Some(ev) = convert(&raw, &mut stats).ok()? {
+                    side.push((key, ev));
+                }
+            }
+        }
+        at += size;
+        if at - chunk_start >= CHUNK {
+            chunks.push(data.start + chunk_start..data.start + at);
+            chunk_start = at;
+        }
+    }
+    if chunk_start < at {
+        chunks.push(data.start + chunk_start..data.start + at);
+    }
+    side.sort_by_key(|(k, _)| *k);
+    let epoch_keys = side
+        .iter()
+        .filter(|(_, ev)| changes_state(ev))
+        .map(|(k, _)| *k)
+        .collect();
+    let samples = stats.samples;
+    Some((
+        Scan {
+            map,
+            data,
+            layouts,
+            sideband: side.into_iter().map(|(_, ev)| ev).collect(),
+            epoch_keys,
+            chunks,
+            samples,
+        },
+        stats,
+    ))
+}

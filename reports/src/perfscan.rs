@@ -1,0 +1,573 @@
+//! Stage one for perf.data, the fast way: aggregation straight from the mmapped file
+//! ([`lbrprof_collector::perfdata::mapped::Scan`]), on every core, without an event or a
+//! `Vec` per sample.
+//!
+//! Each chunk of the data section is folded on its own thread into tables keyed by the
+//! *raw* sample: its epoch (the side-band state it was taken in), process, mode, IP and
+//! the call chain's words as recorded. Branch stacks go into raw edge, fall-through and
+//! LBR-call-stack tables the same way. The chunk tables are merged in file order, then
+//! the side-band events are replayed through an [`Aggregator`] in perf's order, and each
+//! epoch's raw entries are resolved and added just before the state changes: the
+//! [`Profile`] is the one [`crate::aggregate_events`] builds from the event stream, at a
+//! fraction of the cost, since only unique raw stacks are ever resolved.
+//!
+//! Not handled here (the caller reads the event stream instead): `record --vm`
+//! recordings, and filters on files with branch stacks (the raw branch tables do not
+//! keep the thread and IP a filter needs).
+
+use std::hash::BuildHasher;
+
+use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
+use lbrprof_collector::perfdata::callchain_frames;
+use lbrprof_collector::perfdata::mapped::{Scan, ScanError, changes_state};
+use rayon::prelude::*;
+
+use crate::aggregate::{
+    AggregateOptions, Aggregator, EdgeCounts, FastHash, FastMap, MAX_RANGE_BYTES, Profile,
+    SampleCounts,
+};
+
+/// Samples with one raw key, summed.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    samples: u64,
+    weight: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Group {
+    fn new(weight: u64, time: u64) -> Self {
+        Group {
+            samples: 1,
+            weight,
+            first: time,
+            last: time,
+        }
+    }
+    fn add(&mut self, weight: u64, time: u64) {
+        self.samples += 1;
+        self.weight += weight;
+        self.first = self.first.min(time);
+        self.last = self.last.max(time);
+    }
+    fn merge(&mut self, o: &Group) {
+        self.samples += o.samples;
+        self.weight += o.weight;
+        self.first = self.first.min(o.first);
+        self.last = self.last.max(o.last);
+    }
+}
+
+/// Raw keys are `u64` words: `[epoch, pid | tid << 32, mode, ip, words...]`.
+const HEAD: usize = 4;
+
+/// A table keyed by word slices (open addressing, linear probing): `std`'s `HashMap`
+/// would hash each new key twice (lookup by slice, then insert by box), and merging
+/// would hash every key again.
+struct WordMap<V> {
+    /// Indices into `entries`, `EMPTY` where free; a power of two long.
+    slots: Vec<u32>,
+    /// `(hash, key, value)`, in insertion order.
+    entries: Vec<(u64, Box<[u64]>, V)>,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl<V> WordMap<V> {
+    fn new() -> Self {
+        WordMap {
+            slots: vec![EMPTY; 1024],
+            entries: Vec::new(),
+        }
+    }
+
+    fn hash(key: &[u64]) -> u64 {
+        FastHash.hash_one(key)
+    }
+
+    /// The value of `key`, inserted with `init` when missing; `true` when inserted.
+    fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+        self.entry_hashed(Self::hash(key), key, init)
+    }
+
+    fn entry_hashed(&mut self, h: u64, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+        if (self.entries.len() + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == EMPTY {
+                break;
+            }
+            let e = &self.entries[slot as usize];
+            if e.0 == h && *e.1 == *key {
+                return (&mut self.entries[slot as usize].2, false);
+            }
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = self.entries.len() as u32;
+        self.entries.push((h, key.into(), init()));
+        let last = self.entries.len() - 1;
+        (&mut self.entries[last].2, true)
+    }
+
+    fn grow(&mut self) {
+        let n = self.slots.len() * 2;
+        self.slots = vec![EMPTY; n];
+        let mask = n - 1;
+        for (k, e) in self.entries.iter().enumerate() {
+            let mut i = e.0 as usize & mask;
+            while self.slots[i] != EMPTY {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = k as u32;
+        }
+    }
+
+    fn into_entries(self) -> Vec<(u64, Box<[u64]>, V)> {
+        self.entries
+    }
+}
+
+/// What one chunk (or, merged, the whole file) folds into.
+struct Raw {
+    stacks: WordMap<Group>,
+    /// `[epoch, pid, mode, ip, from...]` of LBR call stacks.
+    lbr_stacks: WordMap<Group>,
+    /// `[epoch, pid, mode, from, to]`.
+    edges: FastMap<[u64; 5], EdgeCounts>,
+    /// `[epoch, pid, mode, start, end]`.
+    ranges: FastMap<[u64; 5], u64>,
+    branch_entries: u64,
+    samples_with_branches: u64,
+    max_branch_depth: u64,
+}
+
+fn mode_code(m: CpuMode) -> u64 {
+    match m {
+        CpuMode::Unknown => 0,
+        CpuMode::Kernel => 1,
+        CpuMode::User => 2,
+        CpuMode::Hypervisor => 3,
+        CpuMode::GuestKernel => 4,
+        CpuMode::GuestUser => 5,
+    }
+}
+
+fn mode_of(code: u64) -> CpuMode {
+    match code {
+        1 => CpuMode::Kernel,
+        2 => CpuMode::User,
+        3 => CpuMode::Hypervisor,
+        4 => CpuMode::GuestKernel,
+        5 => CpuMode::GuestUser,
+        _ => CpuMode::Unknown,
+    }
+}
+
+/// The mode branch addresses resolve in (as [`Aggregator::add_sample`] does it).
+fn branch_mode(sample_mode: CpuMode) -> CpuMode {
+    if sample_mode.is_guest() {
+        CpuMode::GuestUser
+    } else {
+        CpuMode::Unknown
+    }
+}
+
+fn fold_chunk(
+    scan: &Scan,
+    chunk: usize,
+    keep_tid: bool,
+    lbr_call_stack: bool,
+) -> Result<Raw, ScanError> {
+    let le = scan.little_endian();
+    let mut raw = Raw {
+        stacks: WordMap::new(),
+        lbr_stacks: WordMap::new(),
+        edges: FastMap::default(),
+        ranges: FastMap::default(),
+        branch_entries: 0,
+        samples_with_branches: 0,
+        max_branch_depth: 0,
+    };
+    let mut key: Vec<u64> = Vec::with_capacity(256);
+    scan.for_each_sample(chunk, |s| {
+        let r = &s.raw;
+        let tid = if keep_tid { u64::from(r.tid) << 32 } else { 0 };
+        let mode = mode_code(s.mode);
+        key.clear();
+        key.extend([u64::from(s.epoch), u64::from(r.pid) | tid, mode, r.ip]);
+        key.extend(r.callchain_words(le));
+        let (g, new) = raw.stacks.entry(&key, || Group::new(r.period, r.time_ns));
+        if !new {
+            g.add(r.period, r.time_ns);
+        }
+        if r.branches.is_empty() {
+            return;
+        }
+        let n = r.branches.len() / lbrprof_collector::perfdata::BRANCH_ENTRY_LEN;
+        raw.branch_entries += n as u64;
+        raw.samples_with_branches += 1;
+        raw.max_branch_depth = raw.max_branch_depth.max(n as u64);
+        let (epoch, pid) = (u64::from(s.epoch), u64::from(r.pid));
+        if lbr_call_stack {
+            key.clear();
+            key.extend([epoch, pid, mode, r.ip]);
+            key.extend(r.branch_entries(le).map(|b| b.from));
+            let (g, new) = raw
+                .lbr_stacks
+                .entry(&key, || Group::new(r.period, r.time_ns));
+            if !new {
+                g.add(r.period, r.time_ns);
+            }
+        }
+        let mut newer_from: Option<u64> = None;
+        for b in r.branch_entries(le) {
+            let e = raw
+                .edges
+                .entry([epoch, pid, mode, b.from, b.to])
+                .or_default();
+            e.count += 1;
+            e.mispred += u64::from(b.flags.mispred);
+            e.predicted += u64::from(b.flags.predicted);
+            e.in_tx += u64::from(b.flags.in_tx);
+            e.abort += u64::from(b.flags.abort);
+            if b.flags.cycles != 0 {
+                e.cycles_sum += u64::from(b.flags.cycles);
+                e.cycles_n += 1;
+            }
+            if e.kind == BranchKind::Unknown {
+                e.kind = b.flags.kind;
+            }
+            if let Some(nf) = newer_from
+                && b.to != 0
+                && b.to <= nf
+                && nf - b.to < MAX_RANGE_BYTES
+            {
+                *raw.ranges.entry([epoch, pid, mode, b.to, nf]).or_default() += 1;
+            }
+            newer_from = (b.from != 0).then_some(b.from);
+        }
+    })?;
+    Ok(raw)
+}
+
+/// Merges `b` into `a` (`a` holds the earlier part of the file).
+fn merge(mut a: Raw, b: Raw) -> Raw {
+    for (h, k, g) in b.stacks.into_entries() {
+        let (v, new) = a.stacks.entry_hashed(h, &k, || g);
+        if !new {
+            v.merge(&g);
+        }
+    }
+    for (h, k, g) in b.lbr_stacks.into_entries() {
+        let (v, new) = a.lbr_stacks.entry_hashed(h, &k, || g);
+        if !new {
+            v.merge(&g);
+        }
+    }
+    for (k, e) in b.edges {
+        let v = a.edges.entry(k).or_default();
+        add_edge(v, &e);
+    }
+    for (k, n) in b.ranges {
+        *a.ranges.entry(k).or_default() += n;
+    }
+    a.branch_entries += b.branch_entries;
+    a.samples_with_branches += b.samples_with_branches;
+    a.max_branch_depth = a.max_branch_depth.max(b.max_branch_depth);
+    a
+}
+
+fn add_edge(v: &mut EdgeCounts, e: &EdgeCounts) {
+    v.count += e.count;
+    v.mispred += e.mispred;
+    v.predicted += e.predicted;
+    v.in_tx += e.in_tx;
+    v.abort += e.abort;
+    v.cycles_sum += e.cycles_sum;
+    v.cycles_n += e.cycles_n;
+    if v.kind == BranchKind::Unknown {
+        v.kind = e.kind;
+    }
+}
+
+/// Whether [`aggregate_scan`] can build the profile for these options and this file.
+pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
+    !opts.vm && (opts.filter.is_empty() || !scan.has_branch_stacks())
+}
+
+/// Builds the profile of a scanned perf.data file (see the module docs); also returns
+/// the number of branch entries decoded. Check [`supports`] first.
+pub fn aggregate_scan(scan: &Scan, opts: AggregateOptions) -> Result<(Profile, u64), ScanError> {
+    let keep_tid = !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty();
+    let lbr_call_stack = opts.lbr_call_stack;
+    let parts: Vec<Raw> = (0..scan.chunks())
+        .into_par_iter()
+        .map(|c| fold_chunk(scan, c, keep_tid, lbr_call_stack))
+        .collect::<Result<_, _>>()?;
+    let raw = parts.into_iter().reduce(merge).unwrap_or_else(fold_empty);
+    Ok(resolve(scan, raw, opts))
+}
+
+fn fold_empty() -> Raw {
+    Raw {
+        stacks: WordMap::new(),
+        lbr_stacks: WordMap::new(),
+        edges: FastMap::default(),
+        ranges: FastMap::default(),
+        branch_entries: 0,
+        samples_with_branches: 0,
+        max_branch_depth: 0,
+    }
+}
+
+/// Per epoch, the raw entries to add before the side-band state changes again.
+#[derive(Default)]
+struct Epoch {
+    stacks: Vec<(Box<[u64]>, Group)>,
+    lbr_stacks: Vec<(Box<[u64]>, Group)>,
+    edges: Vec<([u64; 5], EdgeCounts)>,
+    ranges: Vec<([u64; 5], u64)>,
+}
+
+fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
+    let nepochs = scan.sideband().iter().filter(|e| changes_state(e)).count() + 1;
+    let mut epochs: Vec<Epoch> = (0..nepochs).map(|_| Epoch::default()).collect();
+    let at = |e: u64| (e as usize).min(nepochs - 1);
+    for (_, k, g) in raw.stacks.into_entries() {
+        epochs[at(k[0])].stacks.push((k, g));
+    }
+    for (_, k, g) in raw.lbr_stacks.into_entries() {
+        epochs[at(k[0])].lbr_stacks.push((k, g));
+    }
+    let mut edges: Vec<_> = raw.edges.into_iter().collect();
+    // File order decides an edge's kind when raw edges disagree; keep it stable.
+    edges.sort_unstable_by_key(|(k, _)| *k);
+    for (k, e) in edges {
+        epochs[at(k[0])].edges.push((k, e));
+    }
+    for (k, n) in raw.ranges {
+        epochs[at(k[0])].ranges.push((k, n));
+    }
+    let mut agg = Aggregator::new(opts);
+    let mut pending = epochs.into_iter();
+    for ev in scan.sideband() {
+        if changes_state(ev)
+            && let Some(e) = pending.next()
+        {
+            apply_epoch(&mut agg, e);
+        }
+        agg.add(ev);
+    }
+    for e in pending {
+        apply_epoch(&mut agg, e);
+    }
+    let mut profile = agg.finish();
+    let t = &mut profile.totals;
+    t.branch_entries += raw.branch_entries;
+    t.samples_with_branches += raw.samples_with_branches;
+    t.max_branch_depth = t.max_branch_depth.max(raw.max_branch_depth);
+    (profile, raw.branch_entries)
+}
+
+fn apply_epoch(agg: &mut Aggregator, e: Epoch) {
+    let mut sample = HostSample::default();
+    for (k, g) in e.stacks {
+        let mode = mode_of(k[2]);
+        sample.pid = k[1] as u32;
+        sample.tid = (k[1] >> 32) as u32;
+        sample.mode = mode;
+        sample.ip = k[3];
+        sample.time_ns = g.first;
+        sample.callchain = if k.len() > HEAD {
+            callchain_frames(k[HEAD..].iter().copied(), mode)
+        } else {
+            Vec::<Frame>::new()
+        };
+        agg.add_counted(
+            &sample,
+            SampleCounts {
+                samples: g.samples,
+                weight: g.weight,
+                first_time_ns: g.first,
+                last_time_ns: g.last,
+            },
+        );
+    }
+    for (k, g) in e.lbr_stacks {
+        let (pid, mode) = (k[1] as u32, mode_of(k[2]));
+        agg.add_lbr_stack(
+            pid,
+            mode,
+            k[3],
+            branch_mode(mode),
+            &k[HEAD..],
+            g.samples,
+            g.weight,
+        );
+    }
+    for (k, c) in e.edges {
+        let (pid, mode) = (k[1] as u32, branch_mode(mode_of(k[2])));
+        agg.add_edge_counts(pid, mode, k[3], k[4], &c);
+    }
+    for (k, n) in e.ranges {
+        let (pid, mode) = (k[1] as u32, branch_mode(mode_of(k[2])));
+        agg.add_range_count(pid, mode, k[3], k[4], n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Filter;
+    use lbrprof_collector::perfdata::PerfDataReader;
+    use std::path::PathBuf;
+
+    fn fixtures() -> Vec<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/perfdata");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("skipped: no fixtures at {}", dir.display());
+            return Vec::new();
+        };
+        let mut v: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && std::fs::read(p).is_ok_and(|b| b.starts_with(b"PERFILE2")))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Everything a report reads from a profile, in a comparable form.
+    fn summary(p: &Profile) -> String {
+        let mut stacks: Vec<_> = p
+            .stacks
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .collect();
+        stacks.sort();
+        let mut lbr: Vec<_> = p
+            .lbr_stacks
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .collect();
+        lbr.sort();
+        let mut edges: Vec<_> = p
+            .edges
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .collect();
+        edges.sort();
+        let mut ranges: Vec<_> = p
+            .ranges
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .collect();
+        ranges.sort();
+        let mut ips: Vec<_> = p.ips.iter().map(|(k, v)| format!("{k:?} {v:?}")).collect();
+        ips.sort();
+        let modules: Vec<_> = p.spaces.modules.iter().map(|m| format!("{m:?}")).collect();
+        let mut comms: Vec<_> = p.comms.iter().collect();
+        comms.sort();
+        format!(
+            "{:?}\n{modules:?}\n{comms:?}\n{stacks:#?}\n{lbr:#?}\n{edges:#?}\n{ranges:#?}\n{ips:#?}",
+            p.totals
+        )
+    }
+
+    fn both(path: &std::path::Path, opts: AggregateOptions) -> Option<(String, String)> {
+        let mut r = PerfDataReader::open(path).ok()?;
+        let scan = r.mapped_scan()?;
+        assert!(supports(&scan, &opts));
+        let (fast, _) = aggregate_scan(&scan, opts.clone()).expect("fast path");
+        let slow_reader = PerfDataReader::open(path).unwrap();
+        let (slow, err) = crate::aggregate_events(slow_reader, opts);
+        assert!(err.is_none(), "{err:?}");
+        Some((summary(&fast), summary(&slow)))
+    }
+
+    #[test]
+    fn fast_path_builds_the_profile_the_event_stream_builds() {
+        let mut scanned = 0;
+        for path in fixtures() {
+            for lbr_call_stack in [false, true] {
+                let opts = AggregateOptions {
+                    lbr_call_stack,
+                    ..AggregateOptions::default()
+                };
+                let Some((fast, slow)) = both(&path, opts) else {
+                    eprintln!("{}: not scanned (event stream)", path.display());
+                    continue;
+                };
+                scanned += 1;
+                assert!(fast == slow, "{}: profiles differ", path.display());
+            }
+        }
+        if !fixtures().is_empty() {
+            assert!(scanned > 0, "no fixture took the fast path");
+        }
+    }
+
+    #[test]
+    fn fast_path_reads_truncated_files_as_far_as_the_event_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        for path in fixtures() {
+            let bytes = std::fs::read(&path).unwrap();
+            let cut = tmp.path().join("cut.data");
+            std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+            if let Some((fast, slow)) = both(&cut, AggregateOptions::default()) {
+                assert!(
+                    fast == slow,
+                    "{}: truncated profiles differ",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_filters_like_the_event_stream() {
+        for path in fixtures() {
+            let mut r = PerfDataReader::open(&path).unwrap();
+            let Some(scan) = r.mapped_scan() else {
+                continue;
+            };
+            if scan.has_branch_stacks() {
+                continue;
+            }
+            let pid = {
+                let slow = PerfDataReader::open(&path).unwrap();
+                let (p, _) = crate::aggregate_events(slow, AggregateOptions::default());
+                p.comms.keys().next().copied().unwrap_or(1)
+            };
+            for filter in [
+                Filter {
+                    pids: vec![pid],
+                    ..Filter::default()
+                },
+                Filter {
+                    tids: vec![pid],
+                    ..Filter::default()
+                },
+                Filter {
+                    comms: vec!["sleep".into()],
+                    ..Filter::default()
+                },
+                Filter {
+                    dsos: vec!["libc.so.6".into()],
+                    ..Filter::default()
+                },
+            ] {
+                let opts = AggregateOptions {
+                    filter,
+                    ..AggregateOptions::default()
+                };
+                let (fast, slow) = both(&path, opts).unwrap();
+                assert!(fast == slow, "{}: filtered profiles differ", path.display());
+            }
+        }
+    }
+}
