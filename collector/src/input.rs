@@ -111,6 +111,15 @@ impl Input {
         }
     }
 
+    /// The build-id of the kernel the recording was made on, when the file names it
+    /// (perf.data's build-id section).
+    pub fn kernel_build_id(&self) -> Option<Vec<u8>> {
+        match &self.source {
+            Source::Perf(r) => r.kernel_build_id().map(<[u8]>::to_vec),
+            Source::Lbrprof(_) => None,
+        }
+    }
+
     /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
     pub fn note_branch_entries(&mut self, n: u64) {
         if let Source::Perf(r) = &mut self.source {

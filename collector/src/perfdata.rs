@@ -379,6 +379,14 @@ impl PerfDataReader {
             .collect()
     }
 
+    /// The build-id of the recorded kernel (`[kernel.kallsyms]` in the build-id section).
+    pub fn kernel_build_id(&self) -> Option<&[u8]> {
+        self.build_ids
+            .get(b"[kernel.kallsyms]".as_slice())
+            .map(Vec::as_slice)
+            .filter(|id| !id.is_empty())
+    }
+
     /// The fast path for reports ([`mapped`]): maps the file and walks its records in
     /// place instead of streaming them as events. `None` when the file needs the event
     /// stream (see [`mapped`] for which), or when the stream has been started; the

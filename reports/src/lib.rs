@@ -11,9 +11,13 @@
 //!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
 //!    and fall-through range. Memory grows with the variety of the data, not its length.
-//!    Reading/decoding and aggregating run on two threads.
+//!    Reading/decoding and aggregating run on two threads. perf.data files take a
+//!    faster road when they can ([`perfscan`]): the mmapped file is aggregated in place,
+//!    chunks on every core, by raw stack, and only unique stacks are resolved.
 //! 2. [`symbols`]: each unique location is symbolized once, batched per module, modules
-//!    in parallel (rayon).
+//!    in parallel (rayon). Reports and flame graphs name functions from symbol tables
+//!    only ([`SymbolTable::build_functions`]); file:line (DWARF, loaded lazily per
+//!    module) is looked up afterwards for the places the branch and range tables show.
 //! 3. [`report`]: named, sorted tables ([`report::Report`]); instruction counts of
 //!    fall-through ranges are decoded from the module's code with iced-x86 when the file
 //!    is readable ([`decode`]), else estimated as `bytes / 4` (and marked so).

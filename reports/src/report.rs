@@ -337,7 +337,60 @@ pub fn build(
     report
 }
 
+/// The locations of `profile`'s edges and ranges, by the module name and offset their
+/// [`Place`]s show.
+fn places_by_name(profile: &Profile) -> HashMap<(String, u64), Loc> {
+    let modules = &profile.spaces.modules;
+    let mut by_name = HashMap::new();
+    for (a, b) in profile.edges.keys().chain(profile.ranges.keys()) {
+        for l in [a, b] {
+            by_name
+                .entry((module_name(modules, l.module), l.offset))
+                .and_modify(|k: &mut Loc| *k = (*k).min(*l))
+                .or_insert(*l);
+        }
+    }
+    by_name
+}
+
 impl Report {
+    /// The locations shown in the branch and range tables (after [`Report::truncate`]):
+    /// what needs file and line (see [`SymbolTable::add_lines`]).
+    pub fn shown_locs(&self, profile: &Profile) -> Vec<Loc> {
+        let by_name = places_by_name(profile);
+        self.shown_places()
+            .filter_map(|p| by_name.get(&(p.module.clone(), p.offset)).copied())
+            .collect()
+    }
+
+    /// Renders the places of the branch and range tables again from `syms` (after
+    /// [`SymbolTable::add_lines`]).
+    pub fn refresh_places(&mut self, profile: &Profile, syms: &SymbolTable) {
+        let by_name = places_by_name(profile);
+        let modules = &profile.spaces.modules;
+        let rows = self
+            .branches
+            .iter_mut()
+            .flat_map(|b| [&mut b.from, &mut b.to])
+            .chain(
+                self.ranges
+                    .iter_mut()
+                    .flat_map(|r| [&mut r.start, &mut r.end]),
+            );
+        for p in rows {
+            if let Some(l) = by_name.get(&(p.module.clone(), p.offset)) {
+                *p = place(modules, syms, l);
+            }
+        }
+    }
+
+    fn shown_places(&self) -> impl Iterator<Item = &Place> {
+        self.branches
+            .iter()
+            .flat_map(|b| [&b.from, &b.to])
+            .chain(self.ranges.iter().flat_map(|r| [&r.start, &r.end]))
+    }
+
     /// Orders every table by `key`; ties are broken by names, so output is deterministic.
     pub fn sort(&mut self, key: SortKey) {
         let name_cmp = |a: &FunctionRow, b: &FunctionRow| {

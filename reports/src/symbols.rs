@@ -30,6 +30,11 @@ pub trait SymbolSource: Sync {
     /// One result per offset, same order. See [`crate::loc::ModuleKind`] for what the
     /// offsets mean (file offsets, or kernel addresses for the kernel module).
     fn symbolize(&self, module: &Module, offsets: &[u64]) -> Vec<Sym>;
+    /// Like [`SymbolSource::symbolize`], but only the function and the offset in it are
+    /// needed (no file or line), which may be much cheaper (no DWARF).
+    fn symbolize_functions(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
+        self.symbolize(module, offsets)
+    }
     /// Warnings collected so far (e.g. a module file that is missing), drained.
     fn take_warnings(&self) -> Vec<String> {
         Vec::new()
@@ -101,6 +106,26 @@ impl SymbolSource for SymbolizerSource {
         v.resize(offsets.len(), Sym::default());
         v
     }
+    fn symbolize_functions(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
+        let out = match module.kind {
+            ModuleKind::File | ModuleKind::Guest => {
+                let key = lbrprof_symbolizer::ModuleKey {
+                    path: PathBuf::from(&module.path),
+                    build_id: module.build_id.clone(),
+                };
+                let offs: Vec<_> = offsets
+                    .iter()
+                    .map(|&o| lbrprof_symbolizer::FileOffset(o))
+                    .collect();
+                self.symbolizer.symbolize_functions(&key, &offs)
+            }
+            // Kernel symbols have no lines anyway.
+            ModuleKind::Kernel | ModuleKind::Unknown => return self.symbolize(module, offsets),
+        };
+        let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
+        v.resize(offsets.len(), Sym::default());
+        v
+    }
     fn take_warnings(&self) -> Vec<String> {
         self.symbolizer.take_warnings()
     }
@@ -120,6 +145,60 @@ pub struct SymbolTable {
 impl SymbolTable {
     /// Symbolizes every location that appears in `profile` (stacks, edges, ranges, IPs).
     pub fn build(profile: &Profile, source: &dyn SymbolSource) -> Self {
+        Self::build_with(profile, source, false)
+    }
+
+    /// Like [`SymbolTable::build`], but names only functions (from symbol tables, no
+    /// DWARF): enough for tables of functions, folded stacks and flame graphs. Add the
+    /// lines of the locations that are shown with [`SymbolTable::add_lines`].
+    pub fn build_functions(profile: &Profile, source: &dyn SymbolSource) -> Self {
+        Self::build_with(profile, source, true)
+    }
+
+    /// Adds file and line to `locs` (the functions stay as they are, or are filled in
+    /// where they were unknown).
+    pub fn add_lines(
+        &mut self,
+        modules: &ModuleTable,
+        locs: impl IntoIterator<Item = Loc>,
+        source: &dyn SymbolSource,
+    ) {
+        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
+        for l in locs {
+            if modules.get(l.module).kind != ModuleKind::Unknown {
+                per_module.entry(l.module).or_default().push(l.offset);
+            }
+        }
+        let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
+            .into_iter()
+            .map(|(m, mut offs)| {
+                offs.sort_unstable();
+                offs.dedup();
+                (m, offs)
+            })
+            .collect();
+        work.sort_by_key(|(m, _)| *m);
+        let results: Vec<(ModuleId, Vec<u64>, Vec<Sym>)> = work
+            .into_par_iter()
+            .map(|(m, offs)| {
+                let syms = source.symbolize(modules.get(m), &offs);
+                (m, offs, syms)
+            })
+            .collect();
+        for (module, offs, ss) in results {
+            for (offset, full) in offs.into_iter().zip(ss) {
+                let s = self.syms.entry(Loc { module, offset }).or_default();
+                if s.function.is_none() {
+                    s.function = full.function;
+                    s.function_offset = full.function_offset;
+                }
+                s.file = full.file;
+                s.line = full.line;
+            }
+        }
+    }
+
+    fn build_with(profile: &Profile, source: &dyn SymbolSource, functions_only: bool) -> Self {
         // Unique locations first (stacks repeat the same frames over and over).
         let mut unique: std::collections::HashSet<Loc, crate::aggregate::FastHash> =
             std::collections::HashSet::with_hasher(crate::aggregate::FastHash);
@@ -148,7 +227,11 @@ impl SymbolTable {
         let results: Vec<(ModuleId, Vec<u64>, Vec<Sym>)> = work
             .into_par_iter()
             .map(|(m, offs)| {
-                let syms = source.symbolize(modules.get(m), &offs);
+                let syms = if functions_only {
+                    source.symbolize_functions(modules.get(m), &offs)
+                } else {
+                    source.symbolize(modules.get(m), &offs)
+                };
                 (m, offs, syms)
             })
             .collect();

@@ -12,7 +12,7 @@ use lbrprof_reports::render::StackSource;
 
 use lbrprof_reports::vm::View;
 
-use super::report::{InputArgs, Naming, PairArgs, load, output, vm_analysis};
+use super::report::{InputArgs, Naming, PairArgs, load_functions, output, vm_analysis};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,7 +44,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.input, Naming::Demangled)?;
+    let loaded = load_functions(&args.input, Naming::Demangled)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }

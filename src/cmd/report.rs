@@ -183,6 +183,27 @@ pub struct Loaded {
     /// What the recorder noted (shown in reports, not printed as warnings).
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
+    /// Where `syms` came from, to add lines later ([`Loaded::add_lines`]).
+    pub source: Box<dyn SymbolSource>,
+}
+
+impl Loaded {
+    /// Adds file and line to the places `rep` shows (for a [`load_functions`] load),
+    /// and the warnings that brings (e.g. unreadable DWARF) to its header.
+    pub fn add_lines(&mut self, rep: &mut report::Report) {
+        let locs = rep.shown_locs(&self.profile);
+        self.syms
+            .add_lines(&self.profile.spaces.modules, locs, self.source.as_ref());
+        rep.refresh_places(&self.profile, &self.syms);
+        let mut new = self.source.take_warnings();
+        new.sort();
+        for w in new {
+            if !rep.meta.warnings.contains(&w) {
+                rep.meta.warnings.push(w.clone());
+                self.warnings.push(w);
+            }
+        }
+    }
 }
 
 /// Whether locations should be named, and with which names (BOLT wants mangled ones).
@@ -218,6 +239,7 @@ fn symbol_source(
     args: &InputArgs,
     naming: Naming,
     header: &Header,
+    kernel_build_id: Option<&[u8]>,
     warnings: &mut Vec<String>,
 ) -> Box<dyn SymbolSource> {
     let demangle = match naming {
@@ -225,13 +247,20 @@ fn symbol_source(
         Naming::Demangled => true,
         Naming::Mangled => false,
     };
+    // perf's saved copy of the recorded kernel's symbols (found by build-id) describes
+    // that kernel whatever runs now, and is a plain file: reading it costs a fraction of
+    // having the kernel generate /proc/kallsyms.
+    let saved = match (&args.kallsyms, kernel_build_id) {
+        (None, Some(id)) => lbrprof_symbolizer::saved_kallsyms(id, &args.debug_dir),
+        _ => None,
+    };
     let mut source = SymbolizerSource::new(SymbolizerOptions {
         debug_dirs: args.debug_dir.clone(),
-        kallsyms: args.kallsyms.clone(),
+        kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
         inlines: true,
     });
-    if args.kallsyms.is_none() && !same_kernel(header) {
+    if args.kallsyms.is_none() && saved.is_none() && !same_kernel(header) {
         source.kernel = false;
         warnings.push(format!(
             "recorded on kernel {}, not this one: kernel addresses are not symbolized (pass --kallsyms)",
@@ -240,12 +269,22 @@ fn symbol_source(
     }
     // Loading /proc/kallsyms ahead of time is only worth it where it is readable;
     // elsewhere it would warn about a table that user-space-only recordings never need.
-    source.prewarm_kernel = args.kallsyms.is_some() || kallsyms_readable();
+    source.prewarm_kernel = args.kallsyms.is_some() || saved.is_some() || kallsyms_readable();
     Box::new(source)
 }
 
-/// Opens, aggregates and symbolizes `args.input`.
+/// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
+    load_with(args, naming, false)
+}
+
+/// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
+/// show functions, or that add lines to the few places they show ([`Loaded::add_lines`]).
+pub fn load_functions(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
+    load_with(args, naming, true)
+}
+
+fn load_with(args: &InputArgs, naming: Naming, functions_only: bool) -> anyhow::Result<Loaded> {
     let path = &args.input;
     let input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = input.header().clone();
@@ -268,7 +307,14 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         naming
     };
     let mut source_notes = Vec::new();
-    let source = symbol_source(args, naming, &header, &mut source_notes);
+    let kernel_build_id = input.kernel_build_id();
+    let source = symbol_source(
+        args,
+        naming,
+        &header,
+        kernel_build_id.as_deref(),
+        &mut source_notes,
+    );
     // perf.data: aggregate straight from the mapped file when the options allow it.
     let mut profile = None;
     if let Some(scan) = input.perf_scan() {
@@ -330,7 +376,11 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
     let mut warnings = input.warnings();
     let notes = input.recorded_notes();
     warnings.extend(source_notes);
-    let syms = SymbolTable::build(&profile, source.as_ref());
+    let syms = if functions_only {
+        SymbolTable::build_functions(&profile, source.as_ref())
+    } else {
+        SymbolTable::build(&profile, source.as_ref())
+    };
     // Modules are symbolized in parallel: sort their warnings for a stable order.
     let mut symbol_warnings = source.take_warnings();
     symbol_warnings.sort();
@@ -342,6 +392,7 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
         format,
         notes,
         warnings,
+        source,
     })
 }
 
@@ -376,7 +427,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(args.percent_limit >= 0.0 && args.percent_limit <= 100.0) {
         anyhow::bail!("--percent-limit must be between 0 and 100");
     }
-    let loaded = load(&args.input, Naming::Demangled)?;
+    let mut loaded = load_functions(&args.input, Naming::Demangled)?;
     let mut out = output(args.output.as_deref())?;
     if args.format == Format::Folded {
         // A guest recording folds its unified host+guest stacks, as the flame graph.
@@ -414,6 +465,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     rep.sort(args.sort.into());
     rep.truncate(args.limit, args.percent_limit);
+    // Lines only for the places shown.
+    loaded.add_lines(&mut rep);
     rep.vm = vm_analysis(&loaded, &args.pairing).map(|a| a.report);
     match args.format {
         Format::Text => render::text(&rep, &mut out)?,

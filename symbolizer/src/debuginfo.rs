@@ -66,6 +66,23 @@ pub(crate) fn binaries_by_build_id(build_id: &[u8], debug_dirs: &[PathBuf]) -> V
     out
 }
 
+/// perf's saved copy of the kernel symbol table of the kernel with `build_id`
+/// (`perf record` stores `/proc/kallsyms` as `[kernel.kallsyms]/ID/kallsyms` in its
+/// build-id cache): under each `--debug-dir` DIR, then `~/.debug`. Only existing files.
+pub fn saved_kallsyms(build_id: &[u8], debug_dirs: &[PathBuf]) -> Option<PathBuf> {
+    if build_id.is_empty() {
+        return None;
+    }
+    let hex = crate::error::hex(build_id);
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".debug"));
+    debug_dirs
+        .iter()
+        .cloned()
+        .chain(home)
+        .map(|d| d.join("[kernel.kallsyms]").join(&hex).join("kallsyms"))
+        .find(|p| p.is_file())
+}
+
 /// Candidates for a `.gnu_debuglink` name of the binary at `binary`.
 pub(crate) fn by_debuglink(binary: &Path, link: &Path, debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
     // A debuglink is a plain file name; refuse anything that would escape the directories.

@@ -60,6 +60,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+pub use debuginfo::saved_kallsyms;
 pub use error::{KallsymsError, ModuleError};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
@@ -120,6 +121,16 @@ impl Symbolizer {
     pub fn symbolize(&self, module: &ModuleKey, addrs: &[FileOffset]) -> Vec<Symbolized> {
         self.with_module(module, addrs.len(), |m| {
             in_address_order(addrs, |a| m.symbolize_offset(*a))
+        })
+    }
+
+    /// Like [`Symbolizer::symbolize`], but the function only, from the symbol table: one
+    /// frame per address with the symbol's name and offset, no file or line (the DWARF is
+    /// only loaded for addresses no symbol covers). For tables of functions, which need
+    /// nothing more and would otherwise pay for decompressing and indexing DWARF.
+    pub fn symbolize_functions(&self, module: &ModuleKey, addrs: &[FileOffset]) -> Vec<Symbolized> {
+        self.with_module(module, addrs.len(), |m| {
+            in_address_order(addrs, |a| m.symbolize_function_offset(*a))
         })
     }
 

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use addr2line::{LookupContinuation, LookupResult, SplitDwarfLoad};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
@@ -121,12 +121,16 @@ pub struct Module {
     // These fields borrow `'static` slices that really live in `arena`. They are declared
     // first so that they are dropped before it, and no `'static` reference ever leaves
     // this type (lookups return owned strings).
-    ctx: Option<addr2line::Context<R>>,
-    dwarf: Option<Arc<gimli::Dwarf<R>>>,
+    /// The DWARF context, loaded on the first lookup that needs lines or inlined frames
+    /// (decompressing and indexing a large library's DWARF costs more than everything
+    /// else a report does with it).
+    dwarf_state: OnceLock<DwarfState>,
+    /// The object file the DWARF is in (the module or its separate debug file); `None`
+    /// when there is none.
+    dwarf_obj: Option<object::File<'static>>,
     /// Relative `DW_AT_comp_dir`s of DWARF 5 units, built on first need (see
     /// [`Module::binutils_path`]).
-    relative_comp_dirs: std::sync::OnceLock<Vec<String>>,
-    dwp: Option<gimli::DwarfPackage<R>>,
+    relative_comp_dirs: OnceLock<Vec<String>>,
     symbols: Vec<Sym>,
     /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
     symbol_addrs: Vec<u64>,
@@ -142,10 +146,22 @@ pub struct Module {
     path: PathBuf,
     demangle: bool,
     inlines: bool,
+    /// The `--debug-dir`s, for dwz supplementary files met when the DWARF is loaded.
+    debug_dirs: Vec<PathBuf>,
+    /// Shown when the DWARF turns out to be unusable: what the module falls back to.
+    no_dwarf_warning: Option<String>,
     /// Warnings raised while looking addresses up (drained by the owner).
     pending: Mutex<Vec<String>>,
     dwarf_error_reported: std::sync::atomic::AtomicBool,
     arena: Arena,
+}
+
+/// A module's DWARF, once loaded ([`Module::dwarf`]).
+#[derive(Default)]
+struct DwarfState {
+    ctx: Option<addr2line::Context<R>>,
+    dwarf: Option<Arc<gimli::Dwarf<R>>>,
+    dwp: Option<gimli::DwarfPackage<R>>,
 }
 
 /// What opening a module produced besides the module: warnings to show once.
@@ -275,17 +291,7 @@ impl Module {
         }
         let dwarf_obj = debug_obj.as_ref().unwrap_or(&obj);
 
-        let (ctx, dwarf) = if has_dwarf(dwarf_obj) {
-            match load_dwarf(dwarf_obj, &arena, path, opts, &mut warnings) {
-                Ok((ctx, dwarf)) => (Some(ctx), Some(dwarf)),
-                Err(e) => {
-                    warnings.push(crate::warning_text(&e));
-                    (None, None)
-                }
-            }
-        } else {
-            (None, None)
-        };
+        let with_dwarf = has_dwarf(dwarf_obj);
 
         // Full symbol table first (the file's own, or the debug file's when the file is
         // stripped), then the dynamic one: the order decides between aliases.
@@ -299,19 +305,24 @@ impl Module {
         collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
         let symbols = sort_symbols(symbols);
 
-        if ctx.is_none() {
-            if symbols.is_empty() {
-                warnings.push(format!(
-                    "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
-                    path.display()
-                ));
-            } else if debug_obj.is_none() && path != Path::new(crate::vdso::VDSO) {
-                // (The vDSO has its symbols and never has line tables: nothing to warn.)
-                warnings.push(format!(
-                    "no debug info for {} (install its debug package or pass --debug-dir): functions only, no lines",
-                    path.display()
-                ));
-            }
+        // What to say when there are no usable lines: now when there is no DWARF, else if
+        // loading it fails.
+        let no_dwarf_warning = if symbols.is_empty() {
+            Some(format!(
+                "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
+                path.display()
+            ))
+        } else if debug_obj.is_none() && path != Path::new(crate::vdso::VDSO) {
+            // (The vDSO has its symbols and never has line tables: nothing to warn.)
+            Some(format!(
+                "no debug info for {} (install its debug package or pass --debug-dir): functions only, no lines",
+                path.display()
+            ))
+        } else {
+            None
+        };
+        if !with_dwarf {
+            warnings.extend(no_dwarf_warning.clone());
         }
 
         let segments = obj
@@ -326,16 +337,17 @@ impl Module {
             })
             .collect();
 
-        let dwp = ctx
-            .as_ref()
-            .and_then(|_| load_dwp(path, &arena, &mut warnings));
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dwarf_obj = if with_dwarf {
+            Some(debug_obj.unwrap_or(obj))
+        } else {
+            None
+        };
         Ok(Opened {
             module: Module {
-                ctx,
-                dwarf,
+                dwarf_state: OnceLock::new(),
+                dwarf_obj,
                 relative_comp_dirs: Default::default(),
-                dwp,
                 symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
                 interner: RefCell::default(),
@@ -345,6 +357,8 @@ impl Module {
                 path: path.to_owned(),
                 demangle: opts.demangle,
                 inlines: opts.inlines,
+                debug_dirs: opts.debug_dirs.clone(),
+                no_dwarf_warning,
                 pending: Mutex::new(Vec::new()),
                 dwarf_error_reported: Default::default(),
                 arena,
@@ -360,7 +374,40 @@ impl Module {
 
     /// True when the module has DWARF (lines and inlined frames), not only symbols.
     pub fn has_debug_info(&self) -> bool {
-        self.ctx.is_some()
+        self.dwarf().ctx.is_some()
+    }
+
+    /// The DWARF, loaded on first use; its problems become warnings.
+    fn dwarf(&self) -> &DwarfState {
+        self.dwarf_state.get_or_init(|| {
+            let Some(obj) = &self.dwarf_obj else {
+                return DwarfState::default();
+            };
+            let mut warnings = Vec::new();
+            let state = match load_dwarf(
+                obj,
+                &self.arena,
+                &self.path,
+                &self.debug_dirs,
+                &mut warnings,
+            ) {
+                Ok((ctx, dwarf)) => DwarfState {
+                    ctx: Some(ctx),
+                    dwarf: Some(dwarf),
+                    dwp: load_dwp(&self.path, &self.arena, &mut warnings),
+                },
+                Err(e) => {
+                    warnings.push(crate::warning_text(&e));
+                    warnings.extend(self.no_dwarf_warning.clone());
+                    DwarfState::default()
+                }
+            };
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(warnings);
+            state
+        })
     }
 
     /// The SVMA a file offset is loaded at, through the `PT_LOAD` program headers.
@@ -376,6 +423,38 @@ impl Module {
         match self.svma_of(offset) {
             Some(svma) => self.symbolize(svma),
             None => Symbolized::unknown(),
+        }
+    }
+
+    /// The function of one file offset from the symbol table alone (one frame: the
+    /// symbol's name and the offset in it, no lines), without loading the DWARF unless
+    /// no symbol covers the address. What a table of functions needs.
+    pub fn symbolize_function_offset(&self, offset: FileOffset) -> Symbolized {
+        let Some(svma) = self.svma_of(offset) else {
+            return Symbolized::unknown();
+        };
+        let mut raw = Vec::new();
+        if let Some(sym) = self.symbol_at(svma.0) {
+            raw.push(RawFrame {
+                function: self.symbol_name(sym.name),
+                function_offset: Some(svma.0 - sym.addr),
+                ..RawFrame::default()
+            });
+        } else if self.dwarf_obj.is_some() {
+            self.lookup(svma, &mut raw, false);
+            // Only the containing function: lines are not asked for.
+            if let Some(outer) = raw.pop() {
+                raw.clear();
+                raw.push(RawFrame {
+                    file: None,
+                    line: None,
+                    ..outer
+                });
+            }
+        }
+        let strings = self.interner.borrow();
+        Symbolized {
+            frames: raw.iter().map(|f| strings.frame(f).to_owned()).collect(),
         }
     }
 
@@ -499,7 +578,7 @@ impl Module {
         if file.starts_with('/') {
             return file.to_owned();
         }
-        let Some(dwarf) = &self.dwarf else {
+        let Some(dwarf) = &self.dwarf().dwarf else {
             return file.to_owned();
         };
         let dirs = self
@@ -559,7 +638,7 @@ impl Module {
     /// line lookup uses: the last one at the greatest address not above `probe`).
     fn discriminator(&self, probe: u64) -> Option<u32> {
         // `probe + 1` overflows in addr2line at the top address (see dwarf_frames).
-        let ctx = self.ctx.as_ref().filter(|_| probe != u64::MAX)?;
+        let ctx = self.dwarf().ctx.as_ref().filter(|_| probe != u64::MAX)?;
         let mut lookup = ctx.find_dwarf_and_unit(probe);
         let unit = loop {
             match lookup {
@@ -607,7 +686,7 @@ impl Module {
     fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
         // addr2line probes `[probe, probe + 1)`, which overflows at the top address (found
         // by the symbolizer_elf fuzz target); no unit can cover it anyway.
-        let Some(ctx) = self.ctx.as_ref().filter(|_| probe != u64::MAX) else {
+        let Some(ctx) = self.dwarf().ctx.as_ref().filter(|_| probe != u64::MAX) else {
             return Ok(());
         };
         let mut lookup = ctx.find_frames(probe);
@@ -663,7 +742,7 @@ impl Module {
     /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
     /// else the `.dwo` file at the unit's recorded path (or next to the binary).
     fn load_dwo(&self, load: SplitDwarfLoad<R>) -> Option<Arc<gimli::Dwarf<R>>> {
-        if let Some(dwp) = &self.dwp
+        if let Some(dwp) = &self.dwarf().dwp
             && let Ok(Some(cu)) = dwp.find_cu(load.dwo_id, &load.parent)
         {
             return Some(Arc::new(cu));
@@ -765,7 +844,7 @@ fn load_dwarf(
     obj: &object::File<'static>,
     arena: &Arena,
     path: &Path,
-    opts: &SymbolizerOptions,
+    debug_dirs: &[PathBuf],
     warnings: &mut Vec<String>,
 ) -> Result<(addr2line::Context<R>, Arc<gimli::Dwarf<R>>), ModuleError> {
     let endian = endianness(obj);
@@ -777,7 +856,7 @@ fn load_dwarf(
         .map_err(dwarf_err)?;
     // dwz-compressed debug info (Debian's dbgsym packages) refers to a supplementary file.
     if let Ok(Some((alt_path, alt_build_id))) = obj.gnu_debugaltlink() {
-        match find_sup(path, alt_path, alt_build_id, opts, arena) {
+        match find_sup(path, alt_path, alt_build_id, debug_dirs, arena) {
             Some(sup) => {
                 let sup_endian = endianness(&sup);
                 dwarf
@@ -840,7 +919,7 @@ fn find_sup(
     path: &Path,
     alt_path: &[u8],
     alt_build_id: &[u8],
-    opts: &SymbolizerOptions,
+    debug_dirs: &[PathBuf],
     arena: &Arena,
 ) -> Option<object::File<'static>> {
     let alt = bytes_to_path(alt_path);
@@ -850,11 +929,7 @@ fn find_sup(
     } else if let Some(dir) = path.parent() {
         candidates.push(dir.join(&alt));
     }
-    candidates.extend(debuginfo::by_build_id(
-        alt_build_id,
-        &opts.debug_dirs,
-        ".debug",
-    ));
+    candidates.extend(debuginfo::by_build_id(alt_build_id, debug_dirs, ".debug"));
     candidates.into_iter().find_map(|c| {
         let obj = map_object(&c, arena)?;
         (obj.build_id().ok().flatten() == Some(alt_build_id)).then_some(obj)
@@ -1032,7 +1107,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let bytes = std::fs::read(&exe).unwrap();
         let opened = Module::from_bytes(&exe, bytes, &SymbolizerOptions::default()).unwrap();
-        assert!(opened.module.ctx.is_some(), "the test binary has DWARF");
+        assert!(opened.module.has_debug_info(), "the test binary has DWARF");
         assert!(opened.module.symbolize(Svma(u64::MAX)).frames.is_empty());
         let mut visited = 0;
         opened
