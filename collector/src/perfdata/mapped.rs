@@ -203,8 +203,21 @@ impl Scan {
             }
             at += size;
         }
+        release(&self.map, range.clone());
         Ok(())
     }
+}
+
+/// Unmaps the pages of `range` from this process (they stay in the page cache), so
+/// that resident memory does not grow with the file: each chunk is released once it
+/// has been walked or folded.
+fn release(map: &Mmap, range: Range<usize>) {
+    // SAFETY: the mapping is private, read-only and file-backed: MADV_DONTNEED only drops
+    // this process's page-table entries for the range; the next access faults the same
+    // file bytes back in, so every slice into the mapping still reads what it read.
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+    };
 }
 
 /// `struct perf_event_header { u32 type; u16 misc; u16 size; }`, little-endian.
@@ -290,7 +303,9 @@ pub(super) fn walk(
         }
         at += size;
         if at - chunk_start >= CHUNK {
-            chunks.push(data.start + chunk_start..data.start + at);
+            let chunk = data.start + chunk_start..data.start + at;
+            release(&map, chunk.clone());
+            chunks.push(chunk);
             chunk_start = at;
         }
     }
