@@ -849,3 +849,57 @@ fn compressed_perf_data_is_read() {
     let v = json(&["report", "-i", p.to_str().unwrap(), "--no-symbols"]);
     assert!(v["meta"]["samples"].as_u64().unwrap() > 0);
 }
+
+/// `--comm-root` folds each stack under its thread's command, as perf script |
+/// stackcollapse-perf.pl does: per-command sample totals equal those of perf's own
+/// pipeline (expected/…folded-stackcollapse-perf-all.txt), and without the flag the
+/// folded output is unchanged.
+#[test]
+fn folded_comm_root_matches_perf_script_stackcollapse() {
+    let Some(cg) = fixture("perf.data.callgraph_and_branch-3.8") else {
+        return;
+    };
+    let expected_path = cg.parent().unwrap().join(
+        "expected/quipper_perf.data.callgraph_and_branch-3.8.folded-stackcollapse-perf-all.txt",
+    );
+    let expected = std::fs::read_to_string(expected_path).unwrap();
+    let per_comm = |folded: &str| {
+        let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+        for line in folded.lines() {
+            let (stack, n) = line.rsplit_once(' ').unwrap();
+            let comm = stack.split(';').next().unwrap().to_owned();
+            *m.entry(comm).or_default() += n.parse::<u64>().unwrap();
+        }
+        m
+    };
+    let p = cg.to_str().unwrap();
+    let plain = ok_stdout(&["report", "-i", p, "--no-symbols", "--format", "folded"]);
+    let rooted = ok_stdout(&[
+        "report",
+        "-i",
+        p,
+        "--no-symbols",
+        "--format",
+        "folded",
+        "--comm-root",
+    ]);
+    assert_eq!(per_comm(&rooted), per_comm(&expected));
+    // Dropping the root frame gives back the plain output.
+    let mut unrooted: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in rooted.lines() {
+        let (stack, n) = line.rsplit_once(' ').unwrap();
+        let rest = stack.split_once(';').map_or("", |(_, r)| r).to_owned();
+        *unrooted.entry(rest).or_default() += n.parse::<u64>().unwrap();
+    }
+    let plain: std::collections::BTreeMap<String, u64> = plain
+        .lines()
+        .map(|l| {
+            let (s, n) = l.rsplit_once(' ').unwrap();
+            (s.to_owned(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(unrooted, plain);
+    // Only folded output has a root frame.
+    let out = common::run(&["report", "-i", p, "--comm-root"]);
+    assert_eq!(out.status.code(), Some(2));
+}

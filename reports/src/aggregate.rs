@@ -118,6 +118,10 @@ pub struct Profile {
     pub comms: HashMap<u32, String>,
     /// The per-sample trace of a `record --vm` recording (with [`AggregateOptions::vm`]).
     pub vm: Option<crate::vm::VmTrace>,
+    /// With [`AggregateOptions::comm_root`]: the pseudo-module of the stacks' root frames,
+    /// whose `Loc::offset` indexes `root_names` (process/thread names).
+    pub comm_root_module: Option<crate::loc::ModuleId>,
+    pub root_names: Vec<String>,
 }
 
 /// How the aggregator treats the stream.
@@ -132,6 +136,9 @@ pub struct AggregateOptions {
     /// A `record --vm` recording: keep the trace pairing needs ([`crate::vm`]) and
     /// resolve guest-mode host samples in the recorded VM's address space.
     pub vm: bool,
+    /// End every sampled stack in a root frame naming the sampled thread's command
+    /// (what `perf script | inferno-collapse-perf` puts first in folded stacks).
+    pub comm_root: bool,
 }
 
 /// How many samples [`Aggregator::add_counted`] adds, and their time span.
@@ -151,6 +158,8 @@ pub struct Aggregator {
     opts: AggregateOptions,
     profile: Profile,
     stack_buf: Vec<Loc>,
+    /// Index of each name in `profile.root_names`.
+    root_index: HashMap<String, u64>,
 }
 
 impl Aggregator {
@@ -163,6 +172,7 @@ impl Aggregator {
             opts,
             profile,
             stack_buf: Vec::new(),
+            root_index: HashMap::new(),
         }
     }
 
@@ -325,6 +335,9 @@ impl Aggregator {
                 .iter()
                 .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
         );
+        if self.opts.comm_root && self.profile.vm.is_none() {
+            stack.push(self.comm_root(s.tid));
+        }
         bump_n(
             &mut self.profile.stacks,
             &stack,
@@ -342,6 +355,31 @@ impl Aggregator {
         }
         self.stack_buf = stack;
         Some(ip)
+    }
+
+    /// The root frame naming thread `tid`'s command as `perf script` prints it: its
+    /// COMM, else `swapper` for the idle task (tid 0) and `:TID` for other threads.
+    fn comm_root(&mut self, tid: u32) -> Loc {
+        let p = &mut self.profile;
+        let module = *p.comm_root_module.get_or_insert_with(|| {
+            p.spaces
+                .modules
+                .intern("[comm]", None, crate::loc::ModuleKind::Unknown)
+        });
+        let name = p.comms.get(&tid).cloned().unwrap_or_else(|| match tid {
+            0 => "swapper".to_owned(),
+            _ => format!(":{tid}"),
+        });
+        let offset = match self.root_index.get(&name) {
+            Some(&i) => i,
+            None => {
+                let i = p.root_names.len() as u64;
+                p.root_names.push(name.clone());
+                self.root_index.insert(name, i);
+                i
+            }
+        };
+        Loc { module, offset }
     }
 
     /// Adds `samples` samples (of total `weight`) with one LBR call stack: the sampled
@@ -730,6 +768,45 @@ mod tests {
         let (l, _) = p.ips.iter().next().unwrap();
         assert_eq!(p.spaces.modules.get(l.module).path, "guest-vmlinux");
         assert_eq!(l.offset, 0x210);
+    }
+
+    #[test]
+    fn comm_root_ends_stacks_in_the_command_name() {
+        let mut a = Aggregator::new(AggregateOptions {
+            comm_root: true,
+            ..AggregateOptions::default()
+        });
+        a.add(&mapping());
+        a.add(&Event::Task(TaskEvent::Comm {
+            time_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "w".into(),
+        }));
+        for tid in [1, 1, 0, 7] {
+            a.add(&Event::Sample(HostSample {
+                pid: 1,
+                tid,
+                period: 1,
+                ip: 0x400050,
+                mode: CpuMode::User,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        assert_eq!(p.root_names, ["w", "swapper", ":7"]);
+        let root = p.comm_root_module.unwrap();
+        let mut roots: Vec<(u64, u64)> = p
+            .stacks
+            .iter()
+            .map(|(s, c)| {
+                assert_eq!(s.len(), 2);
+                assert_eq!(s[1].module, root);
+                (s[1].offset, c.samples)
+            })
+            .collect();
+        roots.sort();
+        assert_eq!(roots, [(0, 2), (1, 1), (2, 1)]);
     }
 
     #[test]

@@ -303,7 +303,7 @@ pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
 /// Builds the profile of a scanned perf.data file (see the module docs); also returns
 /// the number of branch entries decoded. Check [`supports`] first.
 pub fn aggregate_scan(scan: &Scan, opts: AggregateOptions) -> Result<(Profile, u64), ScanError> {
-    let keep_tid = !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty();
+    let keep_tid = !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty() || opts.comm_root;
     let lbr_call_stack = opts.lbr_call_stack;
     let parts: Vec<Raw> = (0..scan.chunks())
         .into_par_iter()
@@ -443,10 +443,15 @@ mod tests {
 
     /// Everything a report reads from a profile, in a comparable form.
     fn summary(p: &Profile) -> String {
+        // Root frames by name: their ids follow the order samples are met in.
+        let frame = |l: &crate::loc::Loc| match p.comm_root_module {
+            Some(m) if m == l.module => p.root_names[l.offset as usize].clone(),
+            _ => format!("{l:?}"),
+        };
         let mut stacks: Vec<_> = p
             .stacks
             .iter()
-            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .map(|(k, v)| format!("{:?} {v:?}", k.iter().map(frame).collect::<Vec<_>>()))
             .collect();
         stacks.sort();
         let mut lbr: Vec<_> = p
@@ -493,9 +498,10 @@ mod tests {
     fn fast_path_builds_the_profile_the_event_stream_builds() {
         let mut scanned = 0;
         for path in fixtures() {
-            for lbr_call_stack in [false, true] {
+            for (lbr_call_stack, comm_root) in [(false, false), (true, false), (false, true)] {
                 let opts = AggregateOptions {
                     lbr_call_stack,
+                    comm_root,
                     ..AggregateOptions::default()
                 };
                 let Some((fast, slow)) = both(&path, opts) else {

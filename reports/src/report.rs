@@ -206,6 +206,11 @@ pub fn build(
     let mut seen: Vec<(u32, String)> = Vec::new();
     for (stack, c) in &profile.stacks {
         seen.clear();
+        // Command root frames are not functions.
+        let stack = match stack.last() {
+            Some(l) if Some(l.module) == profile.comm_root_module => &stack[..stack.len() - 1],
+            _ => &stack[..],
+        };
         for (i, l) in stack.iter().enumerate() {
             let key = (l.module.0, syms.function_name(modules, l));
             let e = funcs.entry(key.clone()).or_default();

@@ -241,6 +241,20 @@ impl SymbolTable {
                 syms.insert(Loc { module, offset }, s);
             }
         }
+        // Root frames named after commands ([`crate::AggregateOptions::comm_root`]).
+        if let Some(module) = profile.comm_root_module {
+            for (offset, name) in profile.root_names.iter().enumerate() {
+                let l = Loc {
+                    module,
+                    offset: offset as u64,
+                };
+                let sym = Sym {
+                    function: Some(name.clone()),
+                    ..Sym::default()
+                };
+                syms.insert(l, sym);
+            }
+        }
         SymbolTable { syms }
     }
 

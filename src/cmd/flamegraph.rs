@@ -31,6 +31,10 @@ pub struct Args {
     /// Draw an icicle graph (roots at the top).
     #[arg(long)]
     pub inverted: bool,
+    /// Root each stack in the sampled thread's command name, as the
+    /// `perf script | inferno-collapse-perf | inferno-flamegraph` pipeline draws it.
+    #[arg(long, conflicts_with_all = ["guest_only", "host_only"])]
+    pub comm_root: bool,
     /// record --vm recordings: only the guest's stacks (one per LBR snapshot, under
     /// `[guest vcpuN]`), instead of the unified host+guest stacks.
     #[arg(long, conflicts_with_all = ["host_only", "branches"])]
@@ -44,7 +48,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load_functions(&args.input, Naming::Demangled)?;
+    let loaded = load_functions(&args.input, Naming::Demangled, args.comm_root)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }

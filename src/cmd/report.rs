@@ -111,6 +111,10 @@ pub struct Args {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// With --format folded: start each stack with the sampled thread's command name, as
+    /// `perf script | inferno-collapse-perf` does.
+    #[arg(long)]
+    pub comm_root: bool,
 }
 
 /// How `record --vm` recordings are read (pairing rules in the man page).
@@ -275,16 +279,23 @@ fn symbol_source(
 
 /// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false)
+    load_with(args, naming, false, false)
 }
 
 /// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
 /// show functions, or that add lines to the few places they show ([`Loaded::add_lines`]).
-pub fn load_functions(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true)
+/// With `comm_root`, every sampled stack ends in a root frame naming the sampled
+/// thread's command (`--comm-root`).
+pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyhow::Result<Loaded> {
+    load_with(args, naming, true, comm_root)
 }
 
-fn load_with(args: &InputArgs, naming: Naming, functions_only: bool) -> anyhow::Result<Loaded> {
+fn load_with(
+    args: &InputArgs,
+    naming: Naming,
+    functions_only: bool,
+    comm_root: bool,
+) -> anyhow::Result<Loaded> {
     let path = &args.input;
     let input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = input.header().clone();
@@ -299,6 +310,7 @@ fn load_with(args: &InputArgs, naming: Naming, functions_only: bool) -> anyhow::
         lbr_call_stack: header.sampling.call_graph == "lbr",
         snapshot_weight: header.sampling.period.max(1),
         vm: matches!(header.target, Target::Vm { .. }),
+        comm_root,
     };
     let mut input = input;
     let naming = if args.no_symbols {
@@ -427,7 +439,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(args.percent_limit >= 0.0 && args.percent_limit <= 100.0) {
         anyhow::bail!("--percent-limit must be between 0 and 100");
     }
-    let mut loaded = load_functions(&args.input, Naming::Demangled)?;
+    if args.comm_root && args.format != Format::Folded {
+        anyhow::bail!("--comm-root needs --format folded");
+    }
+    let mut loaded = load_functions(&args.input, Naming::Demangled, args.comm_root)?;
     let mut out = output(args.output.as_deref())?;
     if args.format == Format::Folded {
         // A guest recording folds its unified host+guest stacks, as the flame graph.
