@@ -11,16 +11,27 @@ use crate::types::{SymFrame, Symbolized};
 /// A sorted table of kernel text symbols.
 ///
 /// Built for speed: the whole file is parsed once per report (about 120k lines on a
-/// typical kernel), so names are copied into one buffer instead of a `String` each, and
-/// sorting is unstable on a key that includes the line number (same result as a stable
-/// sort, less work).
+/// typical kernel), so names stay where they are in the file's text (spans into it), and
+/// the table is sorted with a stable sort on the address alone: the file is nearly sorted
+/// already, which such a sort exploits, and stability keeps aliases in file order.
 #[derive(Debug, Default)]
 pub(crate) struct Kallsyms {
     /// Symbol start addresses, sorted.
     addrs: Vec<u64>,
-    /// `names[spans[i].0..spans[i].1]` is the name of the symbol at `addrs[i]`.
-    spans: Vec<(usize, usize)>,
-    names: String,
+    /// `text[spans[i].0..spans[i].1]` is the name (and module) of the symbol at `addrs[i]`.
+    spans: Vec<(u32, u32)>,
+    text: String,
+}
+
+/// One text symbol of the file: its address, and where its name (`start..name_end`) and
+/// name with module (`start..end`) are in the text.
+#[derive(Clone, Copy)]
+struct Line {
+    addr: u64,
+    start: u32,
+    name_end: u32,
+    end: u32,
+    kind: u8,
 }
 
 impl Kallsyms {
@@ -29,7 +40,7 @@ impl Kallsyms {
             path: path.to_owned(),
             source,
         })?;
-        let table = Self::parse(&text);
+        let table = Self::parse(text);
         if table.addrs.is_empty() {
             return Err(KallsymsError::NoAddresses {
                 path: path.to_owned(),
@@ -41,40 +52,40 @@ impl Kallsyms {
     /// Parses kallsyms text, keeping text symbols (types t/T/w/W) with non-zero addresses.
     /// Malformed lines are skipped. Of several symbols at one address the one perf would
     /// show is kept (see [`preference`]).
-    pub(crate) fn parse(text: &str) -> Self {
-        let mut names = String::with_capacity(text.len() / 2);
-        // (address, preference, line number, name span)
-        let mut syms: Vec<(u64, Rank, usize, (usize, usize))> = Vec::new();
-        for (line_no, line) in text.lines().enumerate() {
-            let mut parts = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T" | "w" | "W") {
-                continue;
+    pub(crate) fn parse(text: impl Into<String>) -> Self {
+        let text: String = text.into();
+        // Spans are u32: a kallsyms file is a few MiB; anything beyond 4 GiB is ignored.
+        let usable = &text.as_bytes()[..text.len().min(u32::MAX as usize)];
+        let mut lines: Vec<Line> = Vec::with_capacity(usable.len() / 48);
+        let mut at = 0usize;
+        while at < usable.len() {
+            let end = usable[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(usable.len(), |n| at + n);
+            if let Some(l) = parse_line(usable, at, end) {
+                lines.push(l);
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            if addr == 0 {
-                continue;
-            }
-            let start = names.len();
-            names.push_str(name);
-            if let Some(module) = parts.next() {
-                names.push(' ');
-                names.push_str(module);
-            }
-            syms.push((addr, preference(kind, name), line_no, (start, names.len())));
+            at = end + 1;
         }
-        syms.sort_unstable_by_key(|s| (s.0, s.1, s.2));
-        syms.dedup_by_key(|s| s.0);
-        Kallsyms {
-            addrs: syms.iter().map(|s| s.0).collect(),
-            spans: syms.iter().map(|s| s.3).collect(),
-            names,
+        lines.sort_by_key(|l| l.addr);
+        let mut addrs = Vec::with_capacity(lines.len());
+        let mut spans = Vec::with_capacity(lines.len());
+        let mut i = 0;
+        while i < lines.len() {
+            let mut best = i;
+            let mut j = i + 1;
+            while j < lines.len() && lines[j].addr == lines[i].addr {
+                if rank(&text, &lines[j]) < rank(&text, &lines[best]) {
+                    best = j;
+                }
+                j += 1;
+            }
+            addrs.push(lines[best].addr);
+            spans.push((lines[best].start, lines[best].end));
+            i = j;
         }
+        Kallsyms { addrs, spans, text }
     }
 
     pub(crate) fn lookup(&self, addr: u64) -> Symbolized {
@@ -84,15 +95,72 @@ impl Kallsyms {
         }
         let start = self.addrs[i - 1];
         let (from, to) = self.spans[i - 1];
+        let raw = &self.text[from as usize..to as usize];
+        // `NAME\t[MODULE]` in the file, `NAME [MODULE]` in reports.
+        let name = if raw.contains(|c: char| c.is_whitespace()) {
+            raw.split_whitespace().collect::<Vec<_>>().join(" ")
+        } else {
+            raw.to_owned()
+        };
         Symbolized {
             frames: vec![SymFrame {
-                function: Some(self.names[from..to].to_owned()),
+                function: Some(name),
                 function_offset: Some(addr - start),
                 file: None,
                 line: None,
             }],
         }
     }
+}
+
+fn is_space(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0b
+}
+
+/// The next whitespace-separated token of `b[at..end]`: its start and end.
+fn token(b: &[u8], mut at: usize, end: usize) -> Option<(usize, usize)> {
+    while at < end && is_space(b[at]) {
+        at += 1;
+    }
+    let start = at;
+    while at < end && !is_space(b[at]) {
+        at += 1;
+    }
+    (at > start).then_some((start, at))
+}
+
+/// `ADDRESS TYPE NAME [MODULE]` of a text symbol (types t/T/w/W, non-zero address).
+fn parse_line(b: &[u8], at: usize, end: usize) -> Option<Line> {
+    let (a0, a1) = token(b, at, end)?;
+    let (k0, k1) = token(b, a1, end)?;
+    let (n0, n1) = token(b, k1, end)?;
+    let kind = match &b[k0..k1] {
+        [k @ (b't' | b'T' | b'w' | b'W')] => *k,
+        _ => return None,
+    };
+    // The tokens are ASCII-delimited slices of UTF-8 text, so they are UTF-8 too.
+    let addr = u64::from_str_radix(std::str::from_utf8(&b[a0..a1]).ok()?, 16).ok()?;
+    if addr == 0 {
+        return None;
+    }
+    let end = token(b, n1, end).map_or(n1, |(_, m1)| m1);
+    Some(Line {
+        addr,
+        start: n0 as u32,
+        name_end: n1 as u32,
+        end: end as u32,
+        kind,
+    })
+}
+
+fn rank(text: &str, l: &Line) -> Rank {
+    let kind = match l.kind {
+        b'T' => "T",
+        b'W' => "W",
+        b'w' => "w",
+        _ => "t",
+    };
+    preference(kind, &text[l.start as usize..l.name_end as usize])
 }
 
 /// The file as text, like `std::fs::read_to_string`, but with room for a typical
@@ -178,6 +246,59 @@ ffffffffc0000000 t mod_fn\t[kvm]
             k.lookup(0xffffffff81000250).frames[0].function_offset,
             Some(0x50)
         );
+    }
+
+    /// The straightforward parse (split, copy, sort by address, preference and line),
+    /// as a reference for the fast one: (address, name) of each kept symbol.
+    fn reference(text: &str) -> Vec<(u64, String)> {
+        let mut syms = Vec::new();
+        for (line_no, line) in text.lines().enumerate() {
+            let mut parts = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T" | "w" | "W") {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            if addr == 0 {
+                continue;
+            }
+            let full = match parts.next() {
+                Some(m) => format!("{name} {m}"),
+                None => name.to_owned(),
+            };
+            syms.push((addr, preference(kind, name), line_no, full));
+        }
+        syms.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        syms.dedup_by_key(|s| s.0);
+        syms.into_iter().map(|s| (s.0, s.3)).collect()
+    }
+
+    #[test]
+    fn fast_parse_agrees_with_the_reference_on_real_tables() {
+        let mut texts = vec![
+            TEXT.to_owned(),
+            "ffffffff81000000 T __pi__text\nffffffff81000000 T _stext\n \n\
+             ffffffff81000000 t local_name \t[m]  extra\nfffffffg T bad\n\
+             +ffffffff81000100 T plus\nffffffff81000100 W weak_fn\r\n"
+                .to_owned(),
+        ];
+        if let Ok(t) = std::fs::read_to_string("/proc/kallsyms") {
+            texts.push(t);
+        }
+        for text in texts {
+            let expected = reference(&text);
+            let k = Kallsyms::parse(text.as_str());
+            assert_eq!(k.addrs.len(), expected.len());
+            for (addr, name) in &expected {
+                let s = k.lookup(*addr);
+                assert_eq!(s.function(), Some(name.as_str()), "{addr:#x}");
+            }
+        }
     }
 
     #[test]
