@@ -273,7 +273,7 @@ ffffffffc0000000 t mod_fn\t[kvm]
             };
             syms.push((addr, preference(kind, name), line_no, full));
         }
-        syms.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        syms.sort_by_key(|s| (s.0, s.1, s.2));
         syms.dedup_by_key(|s| s.0);
         syms.into_iter().map(|s| (s.0, s.3)).collect()
     }
