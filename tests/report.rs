@@ -903,3 +903,41 @@ fn folded_comm_root_matches_perf_script_stackcollapse() {
     let out = common::run(&["report", "-i", p, "--comm-root"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A sample whose body does not match its attribute is an error naming the sample, as
+/// the event stream reports it, although perf.data files are read the fast way first.
+#[test]
+fn corrupt_sample_body_is_an_error_naming_the_sample() {
+    let Some(p) = fixture("perf.data.callgraph_and_branch-3.8") else {
+        return;
+    };
+    let mut bytes = std::fs::read(&p).unwrap();
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut at = word(&bytes, 40) as usize;
+    let end = at + word(&bytes, 48) as usize;
+    let mut corrupted = false;
+    while at + 8 <= end {
+        let rtype = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let size = u16::from_le_bytes(bytes[at + 6..at + 8].try_into().unwrap()) as usize;
+        if rtype == 9 {
+            // IP, TID, TIME, CPU, PERIOD, then the callchain length: make it huge.
+            let nr = at + 8 + 40;
+            bytes[nr..nr + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            corrupted = true;
+            break;
+        }
+        at += size.max(8);
+    }
+    assert!(corrupted, "no sample record found");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.data");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = common::run(&["report", "-i", bad.to_str().unwrap(), "--no-symbols"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("sample #") && err.contains("callchain"),
+        "{err}"
+    );
+}
