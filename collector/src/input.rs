@@ -120,6 +120,19 @@ impl Input {
         }
     }
 
+    /// [`Input::perf_scan`], handing out chunks while the walk goes on (see
+    /// [`crate::perfdata::PerfDataReader::mapped_scan_with`]).
+    pub fn perf_scan_with(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(crate::perfdata::mapped::Chunk),
+    ) -> Option<crate::perfdata::mapped::Scan> {
+        match &mut self.source {
+            Source::Perf(r) => r.mapped_scan_with(chunk_size, on_chunk),
+            Source::Lbrprof(_) => None,
+        }
+    }
+
     /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
     pub fn note_branch_entries(&mut self, n: u64) {
         if let Source::Perf(r) = &mut self.source {

@@ -396,6 +396,18 @@ impl PerfDataReader {
     ///
     /// [`stats`]: PerfDataReader::stats
     pub fn mapped_scan(&mut self) -> Option<mapped::Scan> {
+        self.mapped_scan_with(mapped::CHUNK_SIZE, &mut |_| {})
+    }
+
+    /// [`PerfDataReader::mapped_scan`], handing out each chunk of `chunk_size` bytes (or
+    /// a little more: chunks end at record boundaries) as soon as the walk has passed it,
+    /// so that its samples can be decoded while the walk goes on. When the walk gives up
+    /// (`None`), the chunks handed out must be dropped unused.
+    pub fn mapped_scan_with(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(mapped::Chunk),
+    ) -> Option<mapped::Scan> {
         use linux_perf_data::Feature;
         use reader::{AttrFlags, RecordParseInfo};
         if !self.little_endian
@@ -457,9 +469,14 @@ impl PerfDataReader {
             return None;
         }
         let build_ids = &self.build_ids;
-        let (scan, stats) = mapped::walk(map, start..end, layouts, |raw, stats| {
-            convert(raw, 0, build_ids, stats).map_err(|_| ())
-        })?;
+        let (scan, stats) = mapped::walk(
+            map,
+            start..end,
+            layouts,
+            chunk_size.max(1),
+            |raw, stats| convert(raw, 0, build_ids, stats).map_err(|_| ()),
+            on_chunk,
+        )?;
         self.stats = stats;
         self.done = true;
         Some(scan)

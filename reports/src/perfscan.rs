@@ -2,14 +2,20 @@
 //! ([`lbrprof_collector::perfdata::mapped::Scan`]), on every core, without an event or a
 //! `Vec` per sample.
 //!
-//! Each chunk of the data section is folded on its own thread into tables keyed by the
+//! The walk of the record headers hands out each chunk of the data section as soon as
+//! it has passed it ([`aggregate_input`]); while it goes on, the other cores fold the
+//! chunks (so the file is read once, while its pages are mapped, and walking overlaps
+//! folding). Each chunk is folded on its own into tables keyed by the
 //! *raw* sample: its epoch (the side-band state it was taken in), process, mode, IP and
 //! the call chain's words as recorded. Branch stacks go into raw edge, fall-through and
 //! LBR-call-stack tables the same way. The chunk tables are merged in file order, then
 //! the side-band events are replayed through an [`Aggregator`] in perf's order, and each
 //! epoch's raw entries are resolved and added just before the state changes: the
 //! [`Profile`] is the one [`crate::aggregate_events`] builds from the event stream, at a
-//! fraction of the cost, since only unique raw stacks are ever resolved.
+//! fraction of the cost, since only unique raw stacks are ever resolved. A chunk folded
+//! before the walk met a side-band event that sorts among its samples (perf orders
+//! records by time within rounds, so these exist) has the wrong epochs: it is folded
+//! again once the walk is over ([`lbrprof_collector::perfdata::mapped::Scan::epochs_hold`]).
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
 //! recordings, and filters on files with branch stacks (the raw branch tables do not
@@ -19,7 +25,13 @@ use std::hash::BuildHasher;
 
 use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
 use lbrprof_collector::perfdata::callchain_frames;
-use lbrprof_collector::perfdata::mapped::{Scan, ScanError, changes_state};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lbrprof_collector::input::Input;
+use lbrprof_collector::perfdata::mapped::{
+    CHUNK_SIZE, ChunkStamp, SampleRef, Scan, ScanError, changes_state,
+};
 use rayon::prelude::*;
 
 use crate::aggregate::{
@@ -177,24 +189,17 @@ fn branch_mode(sample_mode: CpuMode) -> CpuMode {
     }
 }
 
-fn fold_chunk(
-    scan: &Scan,
-    chunk: usize,
+/// Folds the samples `run` walks (a chunk's) into a [`Raw`], with what `run` returns.
+fn fold_with<T>(
+    run: impl FnOnce(&mut dyn FnMut(SampleRef<'_>)) -> Result<T, ScanError>,
     keep_tid: bool,
     lbr_call_stack: bool,
-) -> Result<Raw, ScanError> {
-    let le = scan.little_endian();
-    let mut raw = Raw {
-        stacks: WordMap::new(),
-        lbr_stacks: WordMap::new(),
-        edges: FastMap::default(),
-        ranges: FastMap::default(),
-        branch_entries: 0,
-        samples_with_branches: 0,
-        max_branch_depth: 0,
-    };
+) -> Result<(Raw, T), ScanError> {
+    // The scan only reads little-endian files.
+    let le = true;
+    let mut raw = fold_empty();
     let mut key: Vec<u64> = Vec::with_capacity(256);
-    scan.for_each_sample(chunk, |s| {
+    let out = run(&mut |s: SampleRef<'_>| {
         let r = &s.raw;
         let tid = if keep_tid { u64::from(r.tid) << 32 } else { 0 };
         let mode = mode_code(s.mode);
@@ -252,7 +257,7 @@ fn fold_chunk(
             newer_from = (b.from != 0).then_some(b.from);
         }
     })?;
-    Ok(raw)
+    Ok((raw, out))
 }
 
 /// Merges `b` into `a` (`a` holds the earlier part of the file).
@@ -303,14 +308,123 @@ pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
 /// Builds the profile of a scanned perf.data file (see the module docs); also returns
 /// the number of branch entries decoded. Check [`supports`] first.
 pub fn aggregate_scan(scan: &Scan, opts: AggregateOptions) -> Result<(Profile, u64), ScanError> {
-    let keep_tid = !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty() || opts.comm_root;
+    let keep_tid = keep_tid(&opts);
     let lbr_call_stack = opts.lbr_call_stack;
     let parts: Vec<Raw> = (0..scan.chunks())
         .into_par_iter()
-        .map(|c| fold_chunk(scan, c, keep_tid, lbr_call_stack))
+        .map(|c| {
+            fold_with(|f| scan.for_each_sample(c, f), keep_tid, lbr_call_stack).map(|(r, ())| r)
+        })
         .collect::<Result<_, _>>()?;
     let raw = parts.into_iter().reduce(merge).unwrap_or_else(fold_empty);
     Ok(resolve(scan, raw, opts))
+}
+
+/// Whether raw stacks keep the thread (for filters and root frames that need it).
+fn keep_tid(opts: &AggregateOptions) -> bool {
+    !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty() || opts.comm_root
+}
+
+/// What [`aggregate_input`] did.
+pub enum FastPath {
+    /// The profile, and the number of branch entries decoded.
+    Done(Box<Profile>, u64),
+    /// The file needs the event stream; the input is untouched.
+    NotScanned,
+    /// The file was walked but the profile could not be built that way (a malformed
+    /// sample, options the fast path does not handle): the input's stream is consumed;
+    /// open the file again and read the stream, which reports what is wrong.
+    Failed,
+}
+
+/// The fast path from an open input: the walk hands out chunks as it goes
+/// ([`lbrprof_collector::input::Input::perf_scan_with`]), which are folded on the other
+/// cores meanwhile; chunks whose epochs a later side-band event changed are folded again
+/// once the walk is done.
+pub fn aggregate_input(input: &mut Input, opts: &AggregateOptions) -> FastPath {
+    aggregate_input_chunked(input, opts, CHUNK_SIZE, false).0
+}
+
+/// [`aggregate_input`] with chunks of `chunk_size` bytes; `refold_all` treats every
+/// chunk as stale (tests). Also returns how many chunks were folded again.
+fn aggregate_input_chunked(
+    input: &mut Input,
+    opts: &AggregateOptions,
+    chunk_size: usize,
+    refold_all: bool,
+) -> (FastPath, usize) {
+    if opts.vm {
+        return (FastPath::NotScanned, 0);
+    }
+    let keep_tid = keep_tid(opts);
+    let lbr_call_stack = opts.lbr_call_stack;
+    type Folded = Vec<(usize, Result<(Raw, ChunkStamp), ScanError>)>;
+    let folded: Mutex<Folded> = Mutex::new(Vec::new());
+    // Chunks handed out but not folded yet keep their pages mapped: when the folding
+    // falls behind, the walk folds too, so resident memory stays a few chunks.
+    let in_flight = AtomicUsize::new(0);
+    let max_in_flight = rayon::current_num_threads() + 1;
+    let scan = rayon::scope(|s| {
+        input.perf_scan_with(chunk_size, &mut |chunk| {
+            let (folded, in_flight) = (&folded, &in_flight);
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            s.spawn(move |_| {
+                let r = fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack);
+                folded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((chunk.index, r));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+            while in_flight.load(Ordering::SeqCst) > max_in_flight {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::yield_now();
+                }
+            }
+        })
+    });
+    let Some(scan) = scan else {
+        return (FastPath::NotScanned, 0);
+    };
+    if !supports(&scan, opts) {
+        return (FastPath::Failed, 0);
+    }
+    let mut parts: Vec<Option<Raw>> = (0..scan.chunks()).map(|_| None).collect();
+    for (i, r) in folded.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        match r {
+            Ok((raw, stamp)) if !refold_all && scan.epochs_hold(&stamp) => {
+                if let Some(p) = parts.get_mut(i) {
+                    *p = Some(raw);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return (FastPath::Failed, 0),
+        }
+    }
+    // Chunks decoded before a side-band event that sorts among their samples was
+    // walked: again, with the final epochs.
+    let stale: Vec<usize> = (0..parts.len()).filter(|i| parts[*i].is_none()).collect();
+    let n_stale = stale.len();
+    let refolded: Result<Vec<(usize, Raw)>, ScanError> = stale
+        .into_par_iter()
+        .map(|i| {
+            fold_with(|f| scan.for_each_sample(i, f), keep_tid, lbr_call_stack)
+                .map(|(r, ())| (i, r))
+        })
+        .collect();
+    let Ok(refolded) = refolded else {
+        return (FastPath::Failed, 0);
+    };
+    for (i, r) in refolded {
+        parts[i] = Some(r);
+    }
+    let raw = parts
+        .into_iter()
+        .flatten()
+        .reduce(merge)
+        .unwrap_or_else(fold_empty);
+    let (profile, branch_entries) = resolve(&scan, raw, opts.clone());
+    (FastPath::Done(Box::new(profile), branch_entries), n_stale)
 }
 
 fn fold_empty() -> Raw {
@@ -530,6 +644,39 @@ mod tests {
                     "{}: truncated profiles differ",
                     path.display()
                 );
+            }
+        }
+    }
+
+    /// The pipelined fast path (chunks folded while the walk goes on), with chunks of
+    /// one record, of a few records and of the default size, and with every chunk
+    /// folded again, builds the event stream's profile.
+    #[test]
+    fn pipelined_fast_path_builds_the_profile_the_event_stream_builds() {
+        for path in fixtures() {
+            let opts = AggregateOptions::default();
+            let slow = {
+                let r = PerfDataReader::open(&path).unwrap();
+                let (p, err) = crate::aggregate_events(r, opts.clone());
+                assert!(err.is_none());
+                summary(&p)
+            };
+            for (chunk, refold_all) in
+                [(1, false), (4096, false), (CHUNK_SIZE, false), (4096, true)]
+            {
+                let mut input = lbrprof_collector::input::open_any(&path).unwrap();
+                let (fast, stale) = aggregate_input_chunked(&mut input, &opts, chunk, refold_all);
+                match fast {
+                    FastPath::Done(p, _) => {
+                        eprintln!(
+                            "{}: chunks of {chunk}: {stale} folded again",
+                            path.display()
+                        );
+                        assert!(summary(&p) == slow, "{}: chunks of {chunk}", path.display());
+                    }
+                    FastPath::NotScanned => {}
+                    FastPath::Failed => panic!("{}: fast path failed", path.display()),
+                }
             }
         }
     }

@@ -329,19 +329,18 @@ fn load_with(
     );
     // perf.data: aggregate straight from the mapped file when the options allow it.
     let mut profile = None;
-    if let Some(scan) = input.perf_scan() {
-        if perfscan::supports(&scan, &opts) {
-            let result = std::thread::scope(|scope| {
-                scope.spawn(|| source.prewarm());
-                perfscan::aggregate_scan(&scan, opts.clone())
-            });
-            if let Ok((p, branch_entries)) = result {
-                input.note_branch_entries(branch_entries);
-                profile = Some(p);
-            }
+    let fast = std::thread::scope(|scope| {
+        scope.spawn(|| source.prewarm());
+        perfscan::aggregate_input(&mut input, &opts)
+    });
+    match fast {
+        perfscan::FastPath::Done(p, branch_entries) => {
+            input.note_branch_entries(branch_entries);
+            profile = Some(*p);
         }
-        if profile.is_none() {
-            // The event stream reports what the fast path could not handle.
+        perfscan::FastPath::NotScanned => {}
+        // The event stream reports what the fast path could not handle.
+        perfscan::FastPath::Failed => {
             input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
         }
     }

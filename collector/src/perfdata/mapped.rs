@@ -5,8 +5,9 @@
 //! samples only have to be resolved against the mappings and tasks that precede them in
 //! time. [`super::PerfDataReader::mapped_scan`] walks the record headers once, keeps the few
 //! side-band records (mappings, tasks, losses) as events sorted as perf sorts them, and
-//! cuts the data section into record-aligned chunks. Samples are then decoded in place,
-//! chunk by chunk (chunks may be handled on different threads), each tagged with its
+//! cuts the data section into record-aligned chunks, handing each out as soon as it is
+//! walked ([`Chunk`]). Samples are then decoded in place, chunk by chunk (chunks may be
+//! handled on different threads, during the walk), each tagged with its
 //! *epoch*: how many state-changing side-band events precede it in perf's order.
 //! A consumer that aggregates samples per epoch and replays the side-band events in
 //! order (applying the samples of epoch `e` just before state-changing event `e`) sees
@@ -21,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use linux_perf_data::linux_perf_event_reader::{
     self as reader, RawData, RawEventRecord, RecordIdParseInfo, RecordParseInfo, RecordType,
@@ -39,6 +41,9 @@ pub(super) enum IdInfo {
     Same(RecordIdParseInfo),
     PerAttribute { sample_id_all: bool },
 }
+
+/// The default size of the chunks the data section is cut into.
+pub const CHUNK_SIZE: usize = 4 << 20;
 
 /// perf's sort key of a record: its timestamp (none sorts first), then its position.
 pub(super) type SortKey = (Option<u64>, u64);
@@ -123,10 +128,10 @@ pub fn changes_state(ev: &Event) -> bool {
 /// The result of the header walk: side-band events in perf's order and the chunks of
 /// the data section that hold the samples.
 pub struct Scan {
-    pub(super) map: Mmap,
+    pub(super) map: Arc<Mmap>,
     /// Data section bytes `data.start..data.end` of `map`.
     pub(super) data: Range<usize>,
-    pub(super) layouts: Layouts,
+    pub(super) layouts: Arc<Layouts>,
     /// Side-band events, in perf's order.
     pub(super) sideband: Vec<Event>,
     /// Sort keys of the state-changing side-band events, ascending.
@@ -134,6 +139,49 @@ pub struct Scan {
     /// Record-aligned byte ranges of `map` (within `data`).
     pub(super) chunks: Vec<Range<usize>>,
     pub(super) samples: u64,
+}
+
+/// A chunk of the data section handed out while the walk goes on (see
+/// [`super::PerfDataReader::mapped_scan_with`]): its samples can be decoded at once,
+/// with epochs counted among the side-band events walked so far. They are the final
+/// epochs unless a side-band event found later sorts before one of its samples, which
+/// [`Scan::epochs_hold`] tells once the walk is over.
+pub struct Chunk {
+    map: Arc<Mmap>,
+    layouts: Arc<Layouts>,
+    data_start: usize,
+    range: Range<usize>,
+    /// Sort keys of the state-changing side-band events walked so far, ascending.
+    keys: Arc<Vec<SortKey>>,
+    /// Position among [`Scan::chunks`].
+    pub index: usize,
+}
+
+/// What folding a chunk needs to keep to check its epochs ([`Scan::epochs_hold`]): the
+/// largest sort key of its samples, and how many of the side-band keys it was decoded
+/// with sort before that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkStamp {
+    max_key: Option<SortKey>,
+    below: usize,
+}
+
+impl Chunk {
+    /// Calls `f` with every sample of the chunk, in file order.
+    pub fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<ChunkStamp, ScanError> {
+        let max_key = samples_in(
+            &self.map,
+            &self.layouts,
+            self.data_start,
+            self.range.clone(),
+            &self.keys,
+            f,
+        )?;
+        Ok(ChunkStamp {
+            max_key,
+            below: max_key.map_or(0, |m| self.keys.partition_point(|k| *k < m)),
+        })
+    }
 }
 
 impl Scan {
@@ -165,47 +213,75 @@ impl Scan {
             .any(|l| l.sample_type & abi::PERF_SAMPLE_BRANCH_STACK != 0)
     }
 
-    /// Calls `f` with every sample of chunk `chunk`, in file order.
+    /// Whether the epochs a [`Chunk`] was decoded with are final: no state-changing
+    /// side-band event walked after it was handed out sorts before its last sample.
+    pub fn epochs_hold(&self, stamp: &ChunkStamp) -> bool {
+        // The keys the chunk was decoded with are a subset of the final ones: its epochs
+        // hold iff no key added since sorts before its last sample.
+        stamp
+            .max_key
+            .is_none_or(|max| self.epoch_keys.partition_point(|k| *k < max) == stamp.below)
+    }
+
+    /// Calls `f` with every sample of chunk `chunk`, in file order, with final epochs.
     pub fn for_each_sample(
         &self,
         chunk: usize,
-        mut f: impl FnMut(SampleRef<'_>),
+        f: impl FnMut(SampleRef<'_>),
     ) -> Result<(), ScanError> {
         let Some(range) = self.chunks.get(chunk) else {
             return Ok(());
         };
-        let bytes = &self.map[..];
-        let mut at = range.start;
-        while at < range.end {
-            // Framing was checked by the walk.
-            let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
-            let body = &bytes[at + 8..at + size];
-            if rtype == abi::PERF_RECORD_SAMPLE {
-                let attr = self.layouts.attr_index(true, body);
-                let raw =
-                    decode_sample_raw(body, true, self.layouts.layouts[attr]).map_err(|what| {
-                        ScanError::Sample {
-                            offset: at - self.data.start,
-                            what,
-                        }
-                    })?;
-                let has_time = self.layouts.layouts[attr].sample_type & abi::PERF_SAMPLE_TIME != 0;
-                let key = (
-                    has_time.then_some(raw.time_ns),
-                    (at - self.data.start) as u64,
-                );
-                let epoch = self.epoch_keys.partition_point(|k| *k < key) as u32;
-                f(SampleRef {
-                    epoch,
-                    mode: cpu_mode(reader::CpuMode::from_misc(misc)),
-                    raw,
-                });
-            }
-            at += size;
-        }
-        release(&self.map, range.clone());
+        samples_in(
+            &self.map,
+            &self.layouts,
+            self.data.start,
+            range.clone(),
+            &self.epoch_keys,
+            f,
+        )?;
         Ok(())
     }
+}
+
+/// Decodes the samples of `range`, numbering epochs among `keys`; returns the largest
+/// sort key of its samples. Releases the range's pages afterwards.
+fn samples_in(
+    map: &Mmap,
+    layouts: &Layouts,
+    data_start: usize,
+    range: Range<usize>,
+    keys: &[SortKey],
+    mut f: impl FnMut(SampleRef<'_>),
+) -> Result<Option<SortKey>, ScanError> {
+    let bytes = &map[..];
+    let mut max_key = None;
+    let mut at = range.start;
+    while at < range.end {
+        // Framing was checked by the walk.
+        let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
+        let body = &bytes[at + 8..at + size];
+        if rtype == abi::PERF_RECORD_SAMPLE {
+            let attr = layouts.attr_index(true, body);
+            let layout = layouts.layouts[attr];
+            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+                offset: at - data_start,
+                what,
+            })?;
+            let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
+            let key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
+            max_key = max_key.max(Some(key));
+            let epoch = keys.partition_point(|k| *k < key) as u32;
+            f(SampleRef {
+                epoch,
+                mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+                raw,
+            });
+        }
+        at += size;
+    }
+    release(map, range);
+    Ok(max_key)
 }
 
 /// Unmaps the pages of `range` from this process (they stay in the page cache), so
@@ -236,17 +312,38 @@ pub(super) fn walk(
     map: Mmap,
     data: Range<usize>,
     layouts: Layouts,
+    chunk_size: usize,
     mut convert: impl FnMut(&RawEventRecord<'_>, &mut ImportStats) -> Result<Option<Event>, ()>,
+    on_chunk: &mut dyn FnMut(Chunk),
 ) -> Option<(Scan, ImportStats)> {
-    const CHUNK: usize = 4 << 20;
+    let map = Arc::new(map);
+    let layouts = Arc::new(layouts);
     let bytes = map.get(data.clone())?;
     let mut stats = ImportStats {
         samples_per_event: vec![0; layouts.layouts.len()],
         ..ImportStats::default()
     };
     let mut side: Vec<(SortKey, Event)> = Vec::new();
+    // The state-changing side-band keys walked so far, sorted, as handed out with chunks.
+    let mut keys: Vec<SortKey> = Vec::new();
+    let mut keys_out: Arc<Vec<SortKey>> = Arc::new(Vec::new());
     let mut chunks = Vec::new();
     let mut chunk_start = 0usize;
+    let mut hand_out =
+        |chunks: &mut Vec<Range<usize>>, range: Range<usize>, keys: &Vec<SortKey>| {
+            if keys_out.len() != keys.len() {
+                keys_out = Arc::new(keys.clone());
+            }
+            on_chunk(Chunk {
+                map: Arc::clone(&map),
+                layouts: Arc::clone(&layouts),
+                data_start: data.start,
+                range: range.clone(),
+                keys: Arc::clone(&keys_out),
+                index: chunks.len(),
+            });
+            chunks.push(range);
+        };
     // The rounds of linux-perf-data's sorter: a record whose key is below what a finished
     // round already released would come out late there; such files take the slow path.
     let mut released_below: Option<SortKey> = None;
@@ -297,20 +394,30 @@ pub(super) fn walk(
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
                 if let Some(ev) = convert(&raw, &mut stats).ok()? {
+                    if changes_state(&ev) {
+                        let at = keys.partition_point(|k| *k < key);
+                        keys.insert(at, key);
+                    }
                     side.push((key, ev));
                 }
             }
         }
         at += size;
-        if at - chunk_start >= CHUNK {
-            let chunk = data.start + chunk_start..data.start + at;
-            release(&map, chunk.clone());
-            chunks.push(chunk);
+        if at - chunk_start >= chunk_size {
+            hand_out(
+                &mut chunks,
+                data.start + chunk_start..data.start + at,
+                &keys,
+            );
             chunk_start = at;
         }
     }
     if chunk_start < at {
-        chunks.push(data.start + chunk_start..data.start + at);
+        hand_out(
+            &mut chunks,
+            data.start + chunk_start..data.start + at,
+            &keys,
+        );
     }
     side.sort_by_key(|(k, _)| *k);
     let epoch_keys = side
