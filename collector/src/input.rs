@@ -111,6 +111,15 @@ impl Input {
         }
     }
 
+    /// Whether samples may hold host kernel addresses (false for perf.data files whose
+    /// events all exclude the kernel).
+    pub fn may_sample_kernel(&self) -> bool {
+        match &self.source {
+            Source::Perf(r) => r.may_sample_kernel(),
+            Source::Lbrprof(_) => true,
+        }
+    }
+
     /// The build-id of the kernel the recording was made on, when the file names it
     /// (perf.data's build-id section).
     pub fn kernel_build_id(&self) -> Option<Vec<u8>> {

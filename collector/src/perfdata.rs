@@ -379,6 +379,19 @@ impl PerfDataReader {
             .collect()
     }
 
+    /// Whether samples may hold kernel addresses: false when every event attribute
+    /// excludes the kernel (`perf record -e EVENT:u`, `--all-user`).
+    pub fn may_sample_kernel(&self) -> bool {
+        use reader::AttrFlags;
+        // Such events only sample user mode: their IPs, call chains (walked from the
+        // user registers) and branch filters (which follow the event's privilege) stay
+        // in user space.
+        self.perf_file
+            .event_attributes()
+            .iter()
+            .any(|a| !a.attr.flags.contains(AttrFlags::EXCLUDE_KERNEL))
+    }
+
     /// The build-id of the recorded kernel (`[kernel.kallsyms]` in the build-id section).
     pub fn kernel_build_id(&self) -> Option<&[u8]> {
         self.build_ids

@@ -244,6 +244,7 @@ fn symbol_source(
     naming: Naming,
     header: &Header,
     kernel_build_id: Option<&[u8]>,
+    may_sample_kernel: bool,
     warnings: &mut Vec<String>,
 ) -> Box<dyn SymbolSource> {
     let demangle = match naming {
@@ -271,9 +272,12 @@ fn symbol_source(
             header.host.kernel
         ));
     }
-    // Loading /proc/kallsyms ahead of time is only worth it where it is readable;
-    // elsewhere it would warn about a table that user-space-only recordings never need.
-    source.prewarm_kernel = args.kallsyms.is_some() || saved.is_some() || kallsyms_readable();
+    // Loading /proc/kallsyms ahead of time is only worth it where it is readable, and
+    // for recordings that may have kernel samples: elsewhere it would cost ~45 ms (or
+    // warn) for a table that user-space-only recordings never need. (Kernel addresses
+    // that show up anyway are still symbolized, the table is then loaded on demand.)
+    source.prewarm_kernel =
+        may_sample_kernel && (args.kallsyms.is_some() || saved.is_some() || kallsyms_readable());
     Box::new(source)
 }
 
@@ -325,6 +329,7 @@ fn load_with(
         naming,
         &header,
         kernel_build_id.as_deref(),
+        input.may_sample_kernel(),
         &mut source_notes,
     );
     // perf.data: aggregate straight from the mapped file when the options allow it.
