@@ -1,6 +1,12 @@
 //! Stage two: naming locations. Every unique [`Loc`] of a [`Profile`] is symbolized once,
 //! batched per module, modules in parallel — never per sample.
 //!
+//! Two depths: [`SymbolTable::build`] looks everything up fully (function, file, line);
+//! [`SymbolTable::build_functions`] names functions only, from symbol tables (no DWARF
+//! is loaded, which for a large library costs more than the rest of a report), and
+//! [`SymbolTable::add_lines`] then adds file and line to the few locations a report
+//! shows. Function names are then the symbol table's, as perf shows them.
+//!
 //! The lookup itself is behind [`SymbolSource`], so reports can be produced (and tested)
 //! without debug info: [`NoSymbols`] names everything `module+0xoffset`, and
 //! [`SymbolizerSource`] uses `lbrprof-symbolizer` (ELF symbols, DWARF lines, inlining,
