@@ -290,3 +290,140 @@ pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregateOptions, Aggregator};
+    use crate::decode::CodeReader;
+    use crate::report::{self, Source};
+    use lbrprof_collector::model::{
+        AddressSpace, Branch, BranchFlags, CpuMode, Event, Frame, Header, HostInfo, HostSample,
+        Mapping, SamplingConfig, Target,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Functions from "symbols" (`sym_N`), full lookups from "DWARF" (`dwarf_N`, with a
+    /// file and a line), counting the full lookups.
+    #[derive(Default)]
+    struct Layered {
+        full: AtomicUsize,
+    }
+
+    impl SymbolSource for Layered {
+        fn symbolize(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+            self.full.fetch_add(offs.len(), Ordering::SeqCst);
+            offs.iter()
+                .map(|&o| Sym {
+                    function: Some(format!("dwarf_{}", o / 0x100)),
+                    function_offset: Some(o % 0x100),
+                    file: Some("/src/a.c".into()),
+                    line: Some(o as u32),
+                })
+                .collect()
+        }
+        fn symbolize_functions(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+            offs.iter()
+                .map(|&o| Sym {
+                    function: Some(format!("sym_{}", o / 0x100)),
+                    function_offset: Some(o % 0x100),
+                    ..Sym::default()
+                })
+                .collect()
+        }
+    }
+
+    fn profile() -> crate::aggregate::Profile {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid: 1,
+            start: 0x10000,
+            len: 0x10000,
+            pgoff: 0,
+            path: "/bin/w".into(),
+            build_id: None,
+        }));
+        let br = |from, to| Branch {
+            from,
+            to,
+            flags: BranchFlags::default(),
+        };
+        for (n, edge) in [(5, (0x10110, 0x10200)), (1, (0x10310, 0x10400))] {
+            for _ in 0..n {
+                a.add(&Event::Sample(HostSample {
+                    pid: 1,
+                    period: 1,
+                    ip: 0x10010,
+                    mode: CpuMode::User,
+                    callchain: vec![Frame {
+                        addr: 0x10010,
+                        mode: CpuMode::User,
+                    }],
+                    branches: vec![br(edge.0, edge.1)],
+                    ..HostSample::default()
+                }));
+            }
+        }
+        a.finish()
+    }
+
+    /// Reports name functions from symbols and look lines up only for the places the
+    /// truncated tables show.
+    #[test]
+    fn lines_only_for_the_places_shown() {
+        let p = profile();
+        let source = Layered::default();
+        let mut syms = SymbolTable::build_functions(&p, &source);
+        assert_eq!(source.full.load(Ordering::SeqCst), 0);
+        let header = Header {
+            writer: String::new(),
+            start_unix: 0,
+            start_monotonic_ns: 0,
+            host: HostInfo::default(),
+            sampling: SamplingConfig::default(),
+            target: Target::Command { argv: Vec::new() },
+        };
+        let src = || Source {
+            format: "lbrprof.data",
+            path: "x",
+            header: &header,
+            notes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut rep = report::build(&p, &syms, src(), &mut CodeReader::default());
+        rep.truncate(1, 0.0);
+        assert_eq!(rep.functions[0].function, "sym_0");
+        assert_eq!(rep.branches.len(), 1);
+        assert_eq!(rep.branches[0].from.file, None);
+        let locs = rep.shown_locs(&p);
+        assert_eq!(locs.len(), 2, "{locs:?}");
+        syms.add_lines(&p.spaces.modules, locs, &source);
+        assert_eq!(source.full.load(Ordering::SeqCst), 2);
+        rep.refresh_places(&p, &syms);
+        let from = &rep.branches[0].from;
+        // The hot edge 0x110 -> 0x200: symbol names stay, lines come from the full lookup.
+        assert_eq!(
+            (from.offset, from.function.as_deref(), from.line),
+            (0x110, Some("sym_1"), Some(0x110))
+        );
+        assert_eq!(from.file.as_deref(), Some("/src/a.c"));
+        assert_eq!(rep.branches[0].to.line, Some(0x200));
+        // Untouched: the function table and unshown locations.
+        let cold = Loc {
+            module: rep_module(&p),
+            offset: 0x310,
+        };
+        assert_eq!(syms.get(&cold).and_then(|s| s.line), None);
+    }
+
+    fn rep_module(p: &crate::aggregate::Profile) -> ModuleId {
+        p.spaces
+            .modules
+            .iter()
+            .find(|(_, m)| m.path == "/bin/w")
+            .unwrap()
+            .0
+    }
+}
