@@ -1125,6 +1125,44 @@ mod tests {
         assert_eq!(visited, 1);
     }
 
+    /// Function-only lookups name the symbol and its offset without loading the DWARF;
+    /// full lookups load it on first use and agree on the containing symbol's offset.
+    #[test]
+    fn function_lookups_use_the_symbol_table_and_leave_dwarf_unloaded() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let opened = Module::from_bytes(&exe, bytes, &SymbolizerOptions::default()).unwrap();
+        let m = opened.module;
+        let sym = *m
+            .symbols
+            .iter()
+            .find(|s| s.name.contains("top_address_lookup_does_not_overflow"))
+            .expect("this test's own symbol");
+        let seg = m
+            .segments
+            .iter()
+            .find(|g| sym.addr >= g.vaddr && sym.addr - g.vaddr < g.filesz)
+            .copied()
+            .unwrap();
+        let offset = FileOffset(sym.addr - seg.vaddr + seg.offset + 4);
+        let f = m.symbolize_function_offset(offset);
+        assert_eq!(f.frames.len(), 1);
+        let frame = &f.frames[0];
+        assert!(
+            frame
+                .function
+                .as_deref()
+                .is_some_and(|n| n.contains("top_address_lookup_does_not_overflow")),
+            "{frame:?}"
+        );
+        assert_eq!((frame.function_offset, frame.line), (Some(4), None));
+        assert!(m.dwarf_state.get().is_none(), "DWARF was loaded");
+        let full = m.symbolize_offset(offset);
+        assert!(m.dwarf_state.get().is_some());
+        assert_eq!(full.frames.last().unwrap().function_offset, Some(4));
+        assert!(full.frames[0].line.is_some(), "{full:?}");
+    }
+
     /// Found by the symbolizer_elf fuzz target: a 0x40-byte zlib section claiming 44 GB
     /// made object reserve 44 GB before decompressing.
     #[test]
