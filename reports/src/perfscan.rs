@@ -3,19 +3,17 @@
 //! `Vec` per sample.
 //!
 //! The walk of the record headers hands out each chunk of the data section as soon as
-//! it has passed it ([`aggregate_input`]); while it goes on, the other cores fold the
-//! chunks (so the file is read once, while its pages are mapped, and walking overlaps
-//! folding). Each chunk is folded on its own into tables keyed by the
+//! the epochs of its samples are known ([`aggregate_input`]); while it goes on, the
+//! other cores fold the chunks (so the file is read once, while its pages are mapped,
+//! and walking overlaps folding) into tables keyed by the
 //! *raw* sample: its epoch (the side-band state it was taken in), process, mode, IP and
 //! the call chain's words as recorded. Branch stacks go into raw edge, fall-through and
-//! LBR-call-stack tables the same way. The chunk tables are merged in file order, then
+//! LBR-call-stack tables the same way. Each chunk's tables are merged into the file's
+//! as soon as they are folded, then
 //! the side-band events are replayed through an [`Aggregator`] in perf's order, and each
 //! epoch's raw entries are resolved and added just before the state changes: the
 //! [`Profile`] is the one [`crate::aggregate_events`] builds from the event stream, at a
-//! fraction of the cost, since only unique raw stacks are ever resolved. A chunk folded
-//! before the walk met a side-band event that sorts among its samples (perf orders
-//! records by time within rounds, so these exist) has the wrong epochs: it is folded
-//! again once the walk is over ([`lbrprof_collector::perfdata::mapped::Scan::epochs_hold`]).
+//! fraction of the cost, since only unique raw stacks are ever resolved.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
 //! recordings, and filters on files with branch stacks (the raw branch tables do not
@@ -26,12 +24,10 @@ use std::hash::BuildHasher;
 use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
 use lbrprof_collector::perfdata::callchain_frames;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lbrprof_collector::input::Input;
-use lbrprof_collector::perfdata::mapped::{
-    CHUNK_SIZE, ChunkStamp, SampleRef, Scan, ScanError, changes_state,
-};
+use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError, changes_state};
 use rayon::prelude::*;
 
 use crate::aggregate::{
@@ -338,42 +334,46 @@ pub enum FastPath {
 }
 
 /// The fast path from an open input: the walk hands out chunks as it goes
-/// ([`lbrprof_collector::input::Input::perf_scan_with`]), which are folded on the other
-/// cores meanwhile; chunks whose epochs a later side-band event changed are folded again
-/// once the walk is done.
+/// ([`lbrprof_collector::input::Input::perf_scan_with`]), which the other cores fold
+/// meanwhile, each merged into the file's tables as soon as it is folded.
 pub fn aggregate_input(input: &mut Input, opts: &AggregateOptions) -> FastPath {
-    aggregate_input_chunked(input, opts, CHUNK_SIZE, false).0
+    aggregate_input_chunked(input, opts, CHUNK_SIZE)
 }
 
-/// [`aggregate_input`] with chunks of `chunk_size` bytes; `refold_all` treats every
-/// chunk as stale (tests). Also returns how many chunks were folded again.
+/// [`aggregate_input`] with chunks of `chunk_size` bytes.
 fn aggregate_input_chunked(
     input: &mut Input,
     opts: &AggregateOptions,
     chunk_size: usize,
-    refold_all: bool,
-) -> (FastPath, usize) {
+) -> FastPath {
     if opts.vm {
-        return (FastPath::NotScanned, 0);
+        return FastPath::NotScanned;
     }
     let keep_tid = keep_tid(opts);
     let lbr_call_stack = opts.lbr_call_stack;
-    type Folded = Vec<(usize, Result<(Raw, ChunkStamp), ScanError>)>;
-    let folded: Mutex<Folded> = Mutex::new(Vec::new());
+    // The tables of the chunks folded so far (so memory follows the variety of the
+    // samples, not their number), and whether a chunk could not be decoded.
+    let merged: Mutex<Option<Raw>> = Mutex::new(None);
+    let failed = AtomicBool::new(false);
     // Chunks handed out but not folded yet keep their pages mapped: when the folding
     // falls behind, the walk folds too, so resident memory stays a few chunks.
     let in_flight = AtomicUsize::new(0);
     let max_in_flight = rayon::current_num_threads() + 1;
     let scan = rayon::scope(|s| {
         input.perf_scan_with(chunk_size, &mut |chunk| {
-            let (folded, in_flight) = (&folded, &in_flight);
+            let (merged, failed, in_flight) = (&merged, &failed, &in_flight);
             in_flight.fetch_add(1, Ordering::SeqCst);
             s.spawn(move |_| {
-                let r = fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack);
-                folded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((chunk.index, r));
+                match fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack) {
+                    Ok((raw, ())) => {
+                        let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
+                        *m = Some(match m.take() {
+                            Some(acc) => merge(acc, raw),
+                            None => raw,
+                        });
+                    }
+                    Err(_) => failed.store(true, Ordering::SeqCst),
+                }
                 in_flight.fetch_sub(1, Ordering::SeqCst);
             });
             while in_flight.load(Ordering::SeqCst) > max_in_flight {
@@ -384,47 +384,17 @@ fn aggregate_input_chunked(
         })
     });
     let Some(scan) = scan else {
-        return (FastPath::NotScanned, 0);
+        return FastPath::NotScanned;
     };
-    if !supports(&scan, opts) {
-        return (FastPath::Failed, 0);
+    if failed.load(Ordering::SeqCst) || !supports(&scan, opts) {
+        return FastPath::Failed;
     }
-    let mut parts: Vec<Option<Raw>> = (0..scan.chunks()).map(|_| None).collect();
-    for (i, r) in folded.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        match r {
-            Ok((raw, stamp)) if !refold_all && scan.epochs_hold(&stamp) => {
-                if let Some(p) = parts.get_mut(i) {
-                    *p = Some(raw);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return (FastPath::Failed, 0),
-        }
-    }
-    // Chunks decoded before a side-band event that sorts among their samples was
-    // walked: again, with the final epochs.
-    let stale: Vec<usize> = (0..parts.len()).filter(|i| parts[*i].is_none()).collect();
-    let n_stale = stale.len();
-    let refolded: Result<Vec<(usize, Raw)>, ScanError> = stale
-        .into_par_iter()
-        .map(|i| {
-            fold_with(|f| scan.for_each_sample(i, f), keep_tid, lbr_call_stack)
-                .map(|(r, ())| (i, r))
-        })
-        .collect();
-    let Ok(refolded) = refolded else {
-        return (FastPath::Failed, 0);
-    };
-    for (i, r) in refolded {
-        parts[i] = Some(r);
-    }
-    let raw = parts
-        .into_iter()
-        .flatten()
-        .reduce(merge)
+    let raw = merged
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
         .unwrap_or_else(fold_empty);
     let (profile, branch_entries) = resolve(&scan, raw, opts.clone());
-    (FastPath::Done(Box::new(profile), branch_entries), n_stale)
+    FastPath::Done(Box::new(profile), branch_entries)
 }
 
 fn fold_empty() -> Raw {
@@ -649,33 +619,31 @@ mod tests {
     }
 
     /// The pipelined fast path (chunks folded while the walk goes on), with chunks of
-    /// one record, of a few records and of the default size, and with every chunk
-    /// folded again, builds the event stream's profile.
+    /// one record, of a few records and of the default size, builds the event stream's
+    /// profile.
     #[test]
     fn pipelined_fast_path_builds_the_profile_the_event_stream_builds() {
         for path in fixtures() {
-            let opts = AggregateOptions::default();
-            let slow = {
-                let r = PerfDataReader::open(&path).unwrap();
-                let (p, err) = crate::aggregate_events(r, opts.clone());
-                assert!(err.is_none());
-                summary(&p)
-            };
-            for (chunk, refold_all) in
-                [(1, false), (4096, false), (CHUNK_SIZE, false), (4096, true)]
-            {
-                let mut input = lbrprof_collector::input::open_any(&path).unwrap();
-                let (fast, stale) = aggregate_input_chunked(&mut input, &opts, chunk, refold_all);
-                match fast {
-                    FastPath::Done(p, _) => {
-                        eprintln!(
-                            "{}: chunks of {chunk}: {stale} folded again",
-                            path.display()
-                        );
-                        assert!(summary(&p) == slow, "{}: chunks of {chunk}", path.display());
+            for comm_root in [false, true] {
+                let opts = AggregateOptions {
+                    comm_root,
+                    ..AggregateOptions::default()
+                };
+                let slow = {
+                    let r = PerfDataReader::open(&path).unwrap();
+                    let (p, err) = crate::aggregate_events(r, opts.clone());
+                    assert!(err.is_none());
+                    summary(&p)
+                };
+                for chunk in [1, 4096, CHUNK_SIZE] {
+                    let mut input = lbrprof_collector::input::open_any(&path).unwrap();
+                    match aggregate_input_chunked(&mut input, &opts, chunk) {
+                        FastPath::Done(p, _) => {
+                            assert!(summary(&p) == slow, "{}: chunks of {chunk}", path.display())
+                        }
+                        FastPath::NotScanned => {}
+                        FastPath::Failed => panic!("{}: fast path failed", path.display()),
                     }
-                    FastPath::NotScanned => {}
-                    FastPath::Failed => panic!("{}: fast path failed", path.display()),
                 }
             }
         }

@@ -276,8 +276,9 @@ fn symbol_source(
     // for recordings that may have kernel samples: elsewhere it would cost ~45 ms (or
     // warn) for a table that user-space-only recordings never need. (Kernel addresses
     // that show up anyway are still symbolized, the table is then loaded on demand.)
+    // A --kallsyms file is always read (and a bad one reported), as asked.
     source.prewarm_kernel =
-        may_sample_kernel && (args.kallsyms.is_some() || saved.is_some() || kallsyms_readable());
+        args.kallsyms.is_some() || (may_sample_kernel && (saved.is_some() || kallsyms_readable()));
     Box::new(source)
 }
 

@@ -5,8 +5,8 @@
 //! samples only have to be resolved against the mappings and tasks that precede them in
 //! time. [`super::PerfDataReader::mapped_scan`] walks the record headers once, keeps the few
 //! side-band records (mappings, tasks, losses) as events sorted as perf sorts them, and
-//! cuts the data section into record-aligned chunks, handing each out as soon as it is
-//! walked ([`Chunk`]). Samples are then decoded in place, chunk by chunk (chunks may be
+//! cuts the data section into record-aligned chunks, handing each out as soon as its
+//! epochs are known ([`Chunk`]). Samples are then decoded in place, chunk by chunk (chunks may be
 //! handled on different threads, during the walk), each tagged with its
 //! *epoch*: how many state-changing side-band events precede it in perf's order.
 //! A consumer that aggregates samples per epoch and replays the side-band events in
@@ -143,9 +143,10 @@ pub struct Scan {
 
 /// A chunk of the data section handed out while the walk goes on (see
 /// [`super::PerfDataReader::mapped_scan_with`]): its samples can be decoded at once,
-/// with epochs counted among the side-band events walked so far. They are the final
-/// epochs unless a side-band event found later sorts before one of its samples, which
-/// [`Scan::epochs_hold`] tells once the walk is over.
+/// with their final epochs. A chunk is handed out once no record still to come can sort
+/// before its last one (perf's `FINISHED_ROUND` rounds tell when: a round never
+/// overlaps the one two rounds before it), with every side-band event walked so far;
+/// chunks that the end of the walk leaves are handed out then.
 pub struct Chunk {
     map: Arc<Mmap>,
     layouts: Arc<Layouts>,
@@ -157,30 +158,17 @@ pub struct Chunk {
     pub index: usize,
 }
 
-/// What folding a chunk needs to keep to check its epochs ([`Scan::epochs_hold`]): the
-/// largest sort key of its samples, and how many of the side-band keys it was decoded
-/// with sort before that.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChunkStamp {
-    max_key: Option<SortKey>,
-    below: usize,
-}
-
 impl Chunk {
     /// Calls `f` with every sample of the chunk, in file order.
-    pub fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<ChunkStamp, ScanError> {
-        let max_key = samples_in(
+    pub fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), ScanError> {
+        samples_in(
             &self.map,
             &self.layouts,
             self.data_start,
             self.range.clone(),
             &self.keys,
             f,
-        )?;
-        Ok(ChunkStamp {
-            max_key,
-            below: max_key.map_or(0, |m| self.keys.partition_point(|k| *k < m)),
-        })
+        )
     }
 }
 
@@ -213,16 +201,6 @@ impl Scan {
             .any(|l| l.sample_type & abi::PERF_SAMPLE_BRANCH_STACK != 0)
     }
 
-    /// Whether the epochs a [`Chunk`] was decoded with are final: no state-changing
-    /// side-band event walked after it was handed out sorts before its last sample.
-    pub fn epochs_hold(&self, stamp: &ChunkStamp) -> bool {
-        // The keys the chunk was decoded with are a subset of the final ones: its epochs
-        // hold iff no key added since sorts before its last sample.
-        stamp
-            .max_key
-            .is_none_or(|max| self.epoch_keys.partition_point(|k| *k < max) == stamp.below)
-    }
-
     /// Calls `f` with every sample of chunk `chunk`, in file order, with final epochs.
     pub fn for_each_sample(
         &self,
@@ -239,13 +217,12 @@ impl Scan {
             range.clone(),
             &self.epoch_keys,
             f,
-        )?;
-        Ok(())
+        )
     }
 }
 
-/// Decodes the samples of `range`, numbering epochs among `keys`; returns the largest
-/// sort key of its samples. Releases the range's pages afterwards.
+/// Decodes the samples of `range`, numbering epochs among `keys`. Releases the range's
+/// pages afterwards.
 fn samples_in(
     map: &Mmap,
     layouts: &Layouts,
@@ -253,9 +230,8 @@ fn samples_in(
     range: Range<usize>,
     keys: &[SortKey],
     mut f: impl FnMut(SampleRef<'_>),
-) -> Result<Option<SortKey>, ScanError> {
+) -> Result<(), ScanError> {
     let bytes = &map[..];
-    let mut max_key = None;
     let mut at = range.start;
     while at < range.end {
         // Framing was checked by the walk.
@@ -270,7 +246,6 @@ fn samples_in(
             })?;
             let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
             let key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
-            max_key = max_key.max(Some(key));
             let epoch = keys.partition_point(|k| *k < key) as u32;
             f(SampleRef {
                 epoch,
@@ -281,7 +256,7 @@ fn samples_in(
         at += size;
     }
     release(map, range);
-    Ok(max_key)
+    Ok(())
 }
 
 /// Unmaps the pages of `range` from this process (they stay in the page cache), so
@@ -327,23 +302,26 @@ pub(super) fn walk(
     // The state-changing side-band keys walked so far, sorted, as handed out with chunks.
     let mut keys: Vec<SortKey> = Vec::new();
     let mut keys_out: Arc<Vec<SortKey>> = Arc::new(Vec::new());
-    let mut chunks = Vec::new();
+    let mut chunks: Vec<Range<usize>> = Vec::new();
     let mut chunk_start = 0usize;
-    let mut hand_out =
-        |chunks: &mut Vec<Range<usize>>, range: Range<usize>, keys: &Vec<SortKey>| {
-            if keys_out.len() != keys.len() {
-                keys_out = Arc::new(keys.clone());
-            }
-            on_chunk(Chunk {
-                map: Arc::clone(&map),
-                layouts: Arc::clone(&layouts),
-                data_start: data.start,
-                range: range.clone(),
-                keys: Arc::clone(&keys_out),
-                index: chunks.len(),
-            });
-            chunks.push(range);
-        };
+    // The largest sort key of the chunk being walked.
+    let mut chunk_max: Option<SortKey> = None;
+    // Walked chunks whose samples may still gain an earlier side-band event: a chunk is
+    // handed out once no record still to come can sort before its last one.
+    let mut pending: Vec<(usize, Option<SortKey>)> = Vec::new();
+    let mut hand_out = |index: usize, range: Range<usize>, keys: &Vec<SortKey>| {
+        if keys_out.len() != keys.len() {
+            keys_out = Arc::new(keys.clone());
+        }
+        on_chunk(Chunk {
+            map: Arc::clone(&map),
+            layouts: Arc::clone(&layouts),
+            data_start: data.start,
+            range,
+            keys: Arc::clone(&keys_out),
+            index,
+        });
+    };
     // The rounds of linux-perf-data's sorter: a record whose key is below what a finished
     // round already released would come out late there; such files take the slow path.
     let mut released_below: Option<SortKey> = None;
@@ -363,6 +341,16 @@ pub(super) fn walk(
                 abi::PERF_RECORD_FINISHED_ROUND => {
                     released_below = Some(prev_max);
                     prev_max = cur_max;
+                    // Records to come sort after `released_below` (or the walk gives
+                    // up): chunks that end below it have all their side-band events.
+                    let released = released_below.filter(|r| *r != (None, 0));
+                    pending.retain(|&(i, max)| {
+                        let done = max.is_none_or(|m| released.is_some_and(|r| m <= r));
+                        if done {
+                            hand_out(i, chunks[i].clone(), &keys);
+                        }
+                        !done
+                    });
                 }
                 abi::PERF_RECORD_COMPRESSED
                 | abi::PERF_RECORD_COMPRESSED2
@@ -386,6 +374,7 @@ pub(super) fn walk(
             if key > cur_max {
                 cur_max = key;
             }
+            chunk_max = chunk_max.max(Some(key));
             if sample {
                 stats.samples += 1;
                 if let Some(n) = stats.samples_per_event.get_mut(attr) {
@@ -403,21 +392,15 @@ pub(super) fn walk(
             }
         }
         at += size;
-        if at - chunk_start >= chunk_size {
-            hand_out(
-                &mut chunks,
-                data.start + chunk_start..data.start + at,
-                &keys,
-            );
+        if at - chunk_start >= chunk_size || at == bytes.len() {
+            pending.push((chunks.len(), chunk_max.take()));
+            chunks.push(data.start + chunk_start..data.start + at);
             chunk_start = at;
         }
     }
-    if chunk_start < at {
-        hand_out(
-            &mut chunks,
-            data.start + chunk_start..data.start + at,
-            &keys,
-        );
+    // Every side-band event is known now.
+    for (i, _) in pending {
+        hand_out(i, chunks[i].clone(), &keys);
     }
     side.sort_by_key(|(k, _)| *k);
     let epoch_keys = side
