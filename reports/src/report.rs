@@ -94,6 +94,9 @@ pub struct BranchRow {
     pub avg_cycles: Option<f64>,
     pub in_tx: u64,
     pub aborts: u64,
+    /// The locations of `from` and `to` (for [`Report::refresh_places`]; not serialized).
+    #[serde(skip)]
+    pub locs: Option<(Loc, Loc)>,
 }
 
 /// One fall-through range (straight-line code between two taken branches).
@@ -111,6 +114,9 @@ pub struct RangeRow {
     pub estimated: bool,
     /// `count * instructions`.
     pub executed: f64,
+    /// The locations of `start` and `end` (for [`Report::refresh_places`]; not serialized).
+    #[serde(skip)]
+    pub locs: Option<(Loc, Loc)>,
 }
 
 /// The report header.
@@ -260,6 +266,7 @@ pub fn build(
                 avg_cycles: (e.cycles_n > 0).then(|| e.cycles_sum as f64 / e.cycles_n as f64),
                 in_tx: e.in_tx,
                 aborts: e.abort,
+                locs: Some((*from, *to)),
             }
         })
         .collect();
@@ -291,6 +298,7 @@ pub fn build(
                 instructions,
                 estimated: est,
                 executed: instructions * count as f64,
+                locs: Some((*start, *end)),
             }
         })
         .collect();
@@ -342,58 +350,34 @@ pub fn build(
     report
 }
 
-/// The locations of `profile`'s edges and ranges, by the module name and offset their
-/// [`Place`]s show.
-fn places_by_name(profile: &Profile) -> HashMap<(String, u64), Loc> {
-    let modules = &profile.spaces.modules;
-    let mut by_name = HashMap::new();
-    for (a, b) in profile.edges.keys().chain(profile.ranges.keys()) {
-        for l in [a, b] {
-            by_name
-                .entry((module_name(modules, l.module), l.offset))
-                .and_modify(|k: &mut Loc| *k = (*k).min(*l))
-                .or_insert(*l);
-        }
-    }
-    by_name
-}
-
 impl Report {
     /// The locations shown in the branch and range tables (after [`Report::truncate`]):
     /// what needs file and line (see [`SymbolTable::add_lines`]).
-    pub fn shown_locs(&self, profile: &Profile) -> Vec<Loc> {
-        let by_name = places_by_name(profile);
-        self.shown_places()
-            .filter_map(|p| by_name.get(&(p.module.clone(), p.offset)).copied())
+    pub fn shown_locs(&self) -> Vec<Loc> {
+        self.branches
+            .iter()
+            .filter_map(|b| b.locs)
+            .chain(self.ranges.iter().filter_map(|r| r.locs))
+            .flat_map(|(a, b)| [a, b])
             .collect()
     }
 
     /// Renders the places of the branch and range tables again from `syms` (after
     /// [`SymbolTable::add_lines`]).
     pub fn refresh_places(&mut self, profile: &Profile, syms: &SymbolTable) {
-        let by_name = places_by_name(profile);
         let modules = &profile.spaces.modules;
-        let rows = self
-            .branches
-            .iter_mut()
-            .flat_map(|b| [&mut b.from, &mut b.to])
-            .chain(
-                self.ranges
-                    .iter_mut()
-                    .flat_map(|r| [&mut r.start, &mut r.end]),
-            );
-        for p in rows {
-            if let Some(l) = by_name.get(&(p.module.clone(), p.offset)) {
-                *p = place(modules, syms, l);
+        for b in &mut self.branches {
+            if let Some((from, to)) = b.locs {
+                b.from = place(modules, syms, &from);
+                b.to = place(modules, syms, &to);
             }
         }
-    }
-
-    fn shown_places(&self) -> impl Iterator<Item = &Place> {
-        self.branches
-            .iter()
-            .flat_map(|b| [&b.from, &b.to])
-            .chain(self.ranges.iter().flat_map(|r| [&r.start, &r.end]))
+        for r in &mut self.ranges {
+            if let Some((start, end)) = r.locs {
+                r.start = place(modules, syms, &start);
+                r.end = place(modules, syms, &end);
+            }
+        }
     }
 
     /// Orders every table by `key`; ties are broken by names, so output is deterministic.

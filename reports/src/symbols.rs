@@ -311,13 +311,13 @@ mod tests {
     }
 
     impl SymbolSource for Layered {
-        fn symbolize(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+        fn symbolize(&self, m: &Module, offs: &[u64]) -> Vec<Sym> {
             self.full.fetch_add(offs.len(), Ordering::SeqCst);
             offs.iter()
                 .map(|&o| Sym {
                     function: Some(format!("dwarf_{}", o / 0x100)),
                     function_offset: Some(o % 0x100),
-                    file: Some("/src/a.c".into()),
+                    file: Some(format!("{}.c", m.path)),
                     line: Some(o as u32),
                 })
                 .collect()
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(rep.functions[0].function, "sym_0");
         assert_eq!(rep.branches.len(), 1);
         assert_eq!(rep.branches[0].from.file, None);
-        let locs = rep.shown_locs(&p);
+        let locs = rep.shown_locs();
         assert_eq!(locs.len(), 2, "{locs:?}");
         syms.add_lines(&p.spaces.modules, locs, &source);
         assert_eq!(source.full.load(Ordering::SeqCst), 2);
@@ -408,7 +408,7 @@ mod tests {
             (from.offset, from.function.as_deref(), from.line),
             (0x110, Some("sym_1"), Some(0x110))
         );
-        assert_eq!(from.file.as_deref(), Some("/src/a.c"));
+        assert_eq!(from.file.as_deref(), Some("/bin/w.c"));
         assert_eq!(rep.branches[0].to.line, Some(0x200));
         // Untouched: the function table and unshown locations.
         let cold = Loc {
@@ -416,6 +416,64 @@ mod tests {
             offset: 0x310,
         };
         assert_eq!(syms.get(&cold).and_then(|s| s.line), None);
+    }
+
+    /// Two modules with one file name: each shown place gets its own module's lines.
+    #[test]
+    fn lines_follow_the_module_not_its_name() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        for (pid, path) in [(1, "/a/libx.so"), (2, "/b/libx.so")] {
+            a.add(&Event::Mapping(Mapping {
+                time_ns: 0,
+                space: AddressSpace::HostUser,
+                pid,
+                start: 0x10000,
+                len: 0x10000,
+                pgoff: 0,
+                path: path.into(),
+                build_id: None,
+            }));
+            a.add(&Event::Sample(HostSample {
+                pid,
+                period: 1,
+                ip: 0x10010,
+                mode: CpuMode::User,
+                branches: vec![Branch {
+                    from: 0x10110,
+                    to: 0x10200,
+                    flags: BranchFlags::default(),
+                }],
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        let source = Layered::default();
+        let mut syms = SymbolTable::build_functions(&p, &source);
+        let header = Header {
+            writer: String::new(),
+            start_unix: 0,
+            start_monotonic_ns: 0,
+            host: HostInfo::default(),
+            sampling: SamplingConfig::default(),
+            target: Target::Command { argv: Vec::new() },
+        };
+        let src = Source {
+            format: "lbrprof.data",
+            path: "x",
+            header: &header,
+            notes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut rep = report::build(&p, &syms, src, &mut CodeReader::default());
+        syms.add_lines(&p.spaces.modules, rep.shown_locs(), &source);
+        rep.refresh_places(&p, &syms);
+        let mut files: Vec<_> = rep
+            .branches
+            .iter()
+            .map(|b| b.from.file.clone().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["/a/libx.so.c", "/b/libx.so.c"]);
     }
 
     fn rep_module(p: &crate::aggregate::Profile) -> ModuleId {

@@ -195,7 +195,7 @@ impl Loaded {
     /// Adds file and line to the places `rep` shows (for a [`load_functions`] load),
     /// and the warnings that brings (e.g. unreadable DWARF) to its header.
     pub fn add_lines(&mut self, rep: &mut report::Report) {
-        let locs = rep.shown_locs(&self.profile);
+        let locs = rep.shown_locs();
         self.syms
             .add_lines(&self.profile.spaces.modules, locs, self.source.as_ref());
         rep.refresh_places(&self.profile, &self.syms);
