@@ -32,14 +32,18 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        // The mapped fast path of reports walks the same bytes in place.
+        // The mapped fast path of reports walks the same bytes in place, handing out
+        // small chunks as it goes (decoded at once, as reports do on other threads).
         if let Ok(mut reader) = PerfDataReader::open(&path) {
-            if let Some(scan) = reader.mapped_scan() {
+            let visit = |s: lbrprof_collector::perfdata::mapped::SampleRef<'_>| {
+                let _ = s.raw.callchain_words(true).count();
+                let _ = s.raw.branch_entries(true).count();
+            };
+            if let Some(scan) = reader.mapped_scan_with(256, &mut |chunk| {
+                let _ = chunk.for_each_sample(visit);
+            }) {
                 for chunk in 0..scan.chunks() {
-                    let _ = scan.for_each_sample(chunk, |s| {
-                        let _ = s.raw.callchain_words(true).count();
-                        let _ = s.raw.branch_entries(true).count();
-                    });
+                    let _ = scan.for_each_sample(chunk, visit);
                 }
             }
         }
