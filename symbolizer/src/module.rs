@@ -148,6 +148,8 @@ pub struct Module {
     inlines: bool,
     /// The `--debug-dir`s, for dwz supplementary files met when the DWARF is loaded.
     debug_dirs: Vec<PathBuf>,
+    /// Whether `symbols` has a full symbol table's functions, not only dynamic ones.
+    full_symtab: bool,
     /// Shown when the DWARF turns out to be unusable: what the module falls back to.
     no_dwarf_warning: Option<String>,
     /// Warnings raised while looking addresses up (drained by the owner).
@@ -302,6 +304,7 @@ impl Module {
             }
             _ => collect_from(&obj, obj.symbols(), &mut symbols),
         }
+        let full_symtab = !symbols.is_empty();
         collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
         let symbols = sort_symbols(symbols);
 
@@ -358,6 +361,7 @@ impl Module {
                 demangle: opts.demangle,
                 inlines: opts.inlines,
                 debug_dirs: opts.debug_dirs.clone(),
+                full_symtab,
                 no_dwarf_warning,
                 pending: Mutex::new(Vec::new()),
                 dwarf_error_reported: Default::default(),
@@ -440,7 +444,10 @@ impl Module {
                 function_offset: Some(svma.0 - sym.addr),
                 ..RawFrame::default()
             });
-        } else if self.dwarf_obj.is_some() {
+        } else if self.dwarf_obj.is_some() && !self.full_symtab {
+            // Only the dynamic symbols (a stripped file whose DWARF is elsewhere but has
+            // no symbol table there either): the DWARF may know the function. With a full
+            // symbol table an uncovered address is padding or a stub, unknown either way.
             self.lookup(svma, &mut raw, false);
             // Only the containing function: lines are not asked for.
             if let Some(outer) = raw.pop() {
