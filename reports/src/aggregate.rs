@@ -164,10 +164,18 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
-        let profile = Profile {
+        let mut profile = Profile {
             vm: opts.vm.then(crate::vm::VmTrace::default),
             ..Profile::default()
         };
+        if opts.comm_root {
+            // Interned first, so module ids do not depend on when the first sample comes.
+            profile.comm_root_module = Some(profile.spaces.modules.intern(
+                "[comm]",
+                None,
+                crate::loc::ModuleKind::Unknown,
+            ));
+        }
         Aggregator {
             opts,
             profile,

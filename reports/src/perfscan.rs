@@ -23,11 +23,12 @@ use std::hash::BuildHasher;
 
 use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
 use lbrprof_collector::perfdata::callchain_frames;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lbrprof_collector::input::Input;
-use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError, changes_state};
+use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
 use rayon::prelude::*;
 
 use crate::aggregate::{
@@ -200,7 +201,7 @@ fn fold_with<T>(
         let tid = if keep_tid { u64::from(r.tid) << 32 } else { 0 };
         let mode = mode_code(s.mode);
         key.clear();
-        key.extend([u64::from(s.epoch), u64::from(r.pid) | tid, mode, r.ip]);
+        key.extend([s.epoch, u64::from(r.pid) | tid, mode, r.ip]);
         key.extend(r.callchain_words(le));
         let (g, new) = raw.stacks.entry(&key, || Group::new(r.period, r.time_ns));
         if !new {
@@ -213,7 +214,7 @@ fn fold_with<T>(
         raw.branch_entries += n as u64;
         raw.samples_with_branches += 1;
         raw.max_branch_depth = raw.max_branch_depth.max(n as u64);
-        let (epoch, pid) = (u64::from(s.epoch), u64::from(r.pid));
+        let (epoch, pid) = (s.epoch, u64::from(r.pid));
         if lbr_call_stack {
             key.clear();
             key.extend([epoch, pid, mode, r.ip]);
@@ -419,35 +420,38 @@ struct Epoch {
 }
 
 fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
-    let nepochs = scan.sideband().iter().filter(|e| changes_state(e)).count() + 1;
-    let mut epochs: Vec<Epoch> = (0..nepochs).map(|_| Epoch::default()).collect();
-    let at = |e: u64| (e as usize).min(nepochs - 1);
+    let mut epochs: HashMap<u64, Epoch> = HashMap::new();
     for (_, k, g) in raw.stacks.into_entries() {
-        epochs[at(k[0])].stacks.push((k, g));
+        epochs.entry(k[0]).or_default().stacks.push((k, g));
     }
     for (_, k, g) in raw.lbr_stacks.into_entries() {
-        epochs[at(k[0])].lbr_stacks.push((k, g));
+        epochs.entry(k[0]).or_default().lbr_stacks.push((k, g));
     }
     let mut edges: Vec<_> = raw.edges.into_iter().collect();
     // File order decides an edge's kind when raw edges disagree; keep it stable.
     edges.sort_unstable_by_key(|(k, _)| *k);
     for (k, e) in edges {
-        epochs[at(k[0])].edges.push((k, e));
+        epochs.entry(k[0]).or_default().edges.push((k, e));
     }
     for (k, n) in raw.ranges {
-        epochs[at(k[0])].ranges.push((k, n));
+        epochs.entry(k[0]).or_default().ranges.push((k, n));
     }
     let mut agg = Aggregator::new(opts);
-    let mut pending = epochs.into_iter();
-    for ev in scan.sideband() {
-        if changes_state(ev)
-            && let Some(e) = pending.next()
-        {
+    // Samples before any event of their process, then each epoch right after the event
+    // that starts it.
+    if let Some(e) = epochs.remove(&0) {
+        apply_epoch(&mut agg, e);
+    }
+    for (ev, starts) in scan.sideband_epochs() {
+        agg.add(ev);
+        if let Some(e) = starts.and_then(|id| epochs.remove(&id)) {
             apply_epoch(&mut agg, e);
         }
-        agg.add(ev);
     }
-    for e in pending {
+    // (Every epoch starts at an event; nothing is left unless the scan is inconsistent.)
+    let mut rest: Vec<_> = epochs.into_iter().collect();
+    rest.sort_unstable_by_key(|(id, _)| *id);
+    for (_, e) in rest {
         apply_epoch(&mut agg, e);
     }
     let mut profile = agg.finish();

@@ -6,12 +6,14 @@
 //! time. [`super::PerfDataReader::mapped_scan`] walks the record headers once, keeps the few
 //! side-band records (mappings, tasks, losses) as events sorted as perf sorts them, and
 //! cuts the data section into record-aligned chunks, handing each out as soon as its
-//! epochs are known ([`Chunk`]). Samples are then decoded in place, chunk by chunk (chunks may be
-//! handled on different threads, during the walk), each tagged with its
-//! *epoch*: how many state-changing side-band events precede it in perf's order.
-//! A consumer that aggregates samples per epoch and replays the side-band events in
-//! order (applying the samples of epoch `e` just before state-changing event `e`) sees
-//! exactly what the event stream would have shown it.
+//! epochs are known ([`Chunk`]). Samples are then decoded in place, chunk by chunk
+//! (chunks may be handled on different threads, during the walk), each tagged with its
+//! *epoch*: the last state-changing side-band event of its own process that precedes it
+//! in perf's order (a process's samples resolve against its own mappings and names
+//! only, so other processes' events do not split its epochs). A consumer that
+//! aggregates samples per epoch and replays the side-band events in order, applying the
+//! samples of each epoch right after its event ([`Scan::sideband_epochs`]), sees exactly
+//! what the event stream would have shown it.
 //!
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
@@ -22,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use linux_perf_data::linux_perf_event_reader::{
     self as reader, RawData, RawEventRecord, RecordIdParseInfo, RecordParseInfo, RecordType,
@@ -47,6 +49,11 @@ pub const CHUNK_SIZE: usize = 4 << 20;
 
 /// perf's sort key of a record: its timestamp (none sorts first), then its position.
 pub(super) type SortKey = (Option<u64>, u64);
+
+/// Per process, the sort keys of its state-changing side-band events, ascending. The
+/// walk adds to it while chunks handed out earlier read it: a key added after a chunk
+/// was handed out sorts after all its samples, so they never see a difference.
+type PidKeys = RwLock<HashMap<u32, Vec<SortKey>>>;
 
 /// Everything the walk needs to know about the file besides its bytes.
 pub(super) struct Layouts {
@@ -109,8 +116,9 @@ pub enum ScanError {
 /// One sample, decoded in place.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleRef<'a> {
-    /// How many state-changing side-band events (see [`changes_state`]) precede it.
-    pub epoch: u32,
+    /// Its epoch: 0 when no state-changing side-band event (see [`changes_state`]) of its
+    /// process precedes it, else the epoch [`Scan::sideband_epochs`] gives the last one.
+    pub epoch: u64,
     /// The sample's cpumode (`PERF_RECORD_MISC_*`).
     pub mode: CpuMode,
     pub raw: RawSample<'a>,
@@ -119,10 +127,17 @@ pub struct SampleRef<'a> {
 /// Whether a side-band event changes how later samples resolve or are filtered
 /// (mappings, and the process/thread names and address-space copies of tasks).
 pub fn changes_state(ev: &Event) -> bool {
-    matches!(
-        ev,
-        Event::Mapping(_) | Event::Task(TaskEvent::Comm { .. } | TaskEvent::Fork { .. })
-    )
+    state_pid(ev).is_some()
+}
+
+/// The process whose samples a state-changing side-band event concerns (a fork's is
+/// the child).
+fn state_pid(ev: &Event) -> Option<u32> {
+    match ev {
+        Event::Mapping(m) => Some(m.pid),
+        Event::Task(TaskEvent::Comm { pid, .. } | TaskEvent::Fork { pid, .. }) => Some(*pid),
+        _ => None,
+    }
 }
 
 /// The result of the header walk: side-band events in perf's order and the chunks of
@@ -132,10 +147,9 @@ pub struct Scan {
     /// Data section bytes `data.start..data.end` of `map`.
     pub(super) data: Range<usize>,
     pub(super) layouts: Arc<Layouts>,
-    /// Side-band events, in perf's order.
-    pub(super) sideband: Vec<Event>,
-    /// Sort keys of the state-changing side-band events, ascending.
-    pub(super) epoch_keys: Vec<SortKey>,
+    /// Side-band events, in perf's order, with their sort keys.
+    pub(super) sideband: Vec<(SortKey, Event)>,
+    pub(super) pid_keys: Arc<PidKeys>,
     /// Record-aligned byte ranges of `map` (within `data`).
     pub(super) chunks: Vec<Range<usize>>,
     pub(super) samples: u64,
@@ -152,8 +166,7 @@ pub struct Chunk {
     layouts: Arc<Layouts>,
     data_start: usize,
     range: Range<usize>,
-    /// Sort keys of the state-changing side-band events walked so far, ascending.
-    keys: Arc<Vec<SortKey>>,
+    pid_keys: Arc<PidKeys>,
     /// Position among [`Scan::chunks`].
     pub index: usize,
 }
@@ -166,7 +179,7 @@ impl Chunk {
             &self.layouts,
             self.data_start,
             self.range.clone(),
-            &self.keys,
+            &self.pid_keys,
             f,
         )
     }
@@ -174,8 +187,16 @@ impl Chunk {
 
 impl Scan {
     /// Side-band events (mappings, tasks, losses), sorted as perf sorts records.
-    pub fn sideband(&self) -> &[Event] {
-        &self.sideband
+    pub fn sideband(&self) -> impl Iterator<Item = &Event> {
+        self.sideband.iter().map(|(_, ev)| ev)
+    }
+
+    /// [`Scan::sideband`], with the epoch that starts after each state-changing event
+    /// (see [`SampleRef::epoch`]).
+    pub fn sideband_epochs(&self) -> impl Iterator<Item = (&Event, Option<u64>)> {
+        self.sideband
+            .iter()
+            .map(|(key, ev)| (ev, changes_state(ev).then_some(epoch_of(key))))
     }
 
     /// How many chunks [`Scan::for_each_sample`] takes.
@@ -215,23 +236,32 @@ impl Scan {
             &self.layouts,
             self.data.start,
             range.clone(),
-            &self.epoch_keys,
+            &self.pid_keys,
             f,
         )
     }
 }
 
-/// Decodes the samples of `range`, numbering epochs among `keys`. Releases the range's
+/// The epoch a state-changing side-band event starts: its position, plus one.
+fn epoch_of(key: &SortKey) -> u64 {
+    key.1 + 1
+}
+
+/// Decodes the samples of `range`, with epochs from `pid_keys`. Releases the range's
 /// pages afterwards.
 fn samples_in(
     map: &Mmap,
     layouts: &Layouts,
     data_start: usize,
     range: Range<usize>,
-    keys: &[SortKey],
+    pid_keys: &PidKeys,
     mut f: impl FnMut(SampleRef<'_>),
 ) -> Result<(), ScanError> {
     let bytes = &map[..];
+    // The keys of the processes met in this chunk, copied once.
+    let mut cache: HashMap<u32, Vec<SortKey>> = HashMap::new();
+    // Samples come in runs of one process: the last one's keys, without a lookup.
+    let mut last: Option<(u32, Vec<SortKey>)> = None;
     let mut at = range.start;
     while at < range.end {
         // Framing was checked by the walk.
@@ -246,7 +276,19 @@ fn samples_in(
             })?;
             let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
             let key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
-            let epoch = keys.partition_point(|k| *k < key) as u32;
+            if last.as_ref().is_none_or(|(pid, _)| *pid != raw.pid) {
+                if let Some((pid, keys)) = last.take() {
+                    cache.insert(pid, keys);
+                }
+                let keys = cache.remove(&raw.pid).unwrap_or_else(|| {
+                    let all = pid_keys.read().unwrap_or_else(|e| e.into_inner());
+                    all.get(&raw.pid).cloned().unwrap_or_default()
+                });
+                last = Some((raw.pid, keys));
+            }
+            let keys = last.as_ref().map_or(&[][..], |(_, k)| &k[..]);
+            let before = keys.partition_point(|k| *k < key);
+            let epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
             f(SampleRef {
                 epoch,
                 mode: cpu_mode(reader::CpuMode::from_misc(misc)),
@@ -299,9 +341,8 @@ pub(super) fn walk(
         ..ImportStats::default()
     };
     let mut side: Vec<(SortKey, Event)> = Vec::new();
-    // The state-changing side-band keys walked so far, sorted, as handed out with chunks.
-    let mut keys: Vec<SortKey> = Vec::new();
-    let mut keys_out: Arc<Vec<SortKey>> = Arc::new(Vec::new());
+    // The state-changing side-band keys walked so far, per process.
+    let pid_keys: Arc<PidKeys> = Arc::new(RwLock::new(HashMap::new()));
     let mut chunks: Vec<Range<usize>> = Vec::new();
     let mut chunk_start = 0usize;
     // The largest sort key of the chunk being walked.
@@ -309,16 +350,13 @@ pub(super) fn walk(
     // Walked chunks whose samples may still gain an earlier side-band event: a chunk is
     // handed out once no record still to come can sort before its last one.
     let mut pending: Vec<(usize, Option<SortKey>)> = Vec::new();
-    let mut hand_out = |index: usize, range: Range<usize>, keys: &Vec<SortKey>| {
-        if keys_out.len() != keys.len() {
-            keys_out = Arc::new(keys.clone());
-        }
+    let mut hand_out = |index: usize, range: Range<usize>| {
         on_chunk(Chunk {
             map: Arc::clone(&map),
             layouts: Arc::clone(&layouts),
             data_start: data.start,
             range,
-            keys: Arc::clone(&keys_out),
+            pid_keys: Arc::clone(&pid_keys),
             index,
         });
     };
@@ -347,7 +385,7 @@ pub(super) fn walk(
                     pending.retain(|&(i, max)| {
                         let done = max.is_none_or(|m| released.is_some_and(|r| m <= r));
                         if done {
-                            hand_out(i, chunks[i].clone(), &keys);
+                            hand_out(i, chunks[i].clone());
                         }
                         !done
                     });
@@ -383,7 +421,9 @@ pub(super) fn walk(
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
                 if let Some(ev) = convert(&raw, &mut stats).ok()? {
-                    if changes_state(&ev) {
+                    if let Some(pid) = state_pid(&ev) {
+                        let mut all = pid_keys.write().unwrap_or_else(|e| e.into_inner());
+                        let keys = all.entry(pid).or_default();
                         let at = keys.partition_point(|k| *k < key);
                         keys.insert(at, key);
                     }
@@ -400,22 +440,17 @@ pub(super) fn walk(
     }
     // Every side-band event is known now.
     for (i, _) in pending {
-        hand_out(i, chunks[i].clone(), &keys);
+        hand_out(i, chunks[i].clone());
     }
     side.sort_by_key(|(k, _)| *k);
-    let epoch_keys = side
-        .iter()
-        .filter(|(_, ev)| changes_state(ev))
-        .map(|(k, _)| *k)
-        .collect();
     let samples = stats.samples;
     Some((
         Scan {
             map,
             data,
             layouts,
-            sideband: side.into_iter().map(|(_, ev)| ev).collect(),
-            epoch_keys,
+            sideband: side,
+            pid_keys,
             chunks,
             samples,
         },
