@@ -161,6 +161,18 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.tracer.interp_runs > 0 {
+            let share = if s.tracer.instructions > 0 {
+                100.0 * s.tracer.interpreted as f64 / s.tracer.instructions as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} instructions interpreted ({share:.1}% of traced) in \
+                 {} stretches, {} handed back to breakpoints",
+                s.vcpu, s.tracer.interpreted, s.tracer.interp_runs, s.tracer.interp_halts,
+            );
+        }
         if s.throttle.episodes > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \

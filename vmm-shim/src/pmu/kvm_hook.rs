@@ -37,6 +37,7 @@ use super::backend::{self, HostLbrFacts};
 use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
 use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
+use super::interp::InterpState;
 use super::msr::IA32_PERF_GLOBAL_STATUS_RESET;
 use super::throttle::ThrottleStats;
 use super::tracer::{
@@ -141,6 +142,15 @@ impl Trap {
         } else {
             self.frame[0]
         }
+    }
+
+    /// Moves the interrupted code to `rip` (the inverse of [`Trap::rip`]).
+    fn set_rip(&mut self, rip: u64) {
+        self.frame[0] = if self.vector == VECTOR_BP {
+            rip.wrapping_add(1)
+        } else {
+            rip
+        };
     }
 }
 
@@ -318,13 +328,15 @@ impl IdtTraps {
 }
 
 /// Rewrites the trap frame so the handler's IRETQ resumes the interrupted code at the
-/// instruction that trapped (after an `int3`, the breakpointed one), with TF as wanted.
+/// instruction that trapped (after an `int3`, the breakpointed one), with TF as wanted
+/// (and RSP as the interpreter may have moved it).
 fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), String> {
     let rflags = (t.frame[2] & !RFLAGS_TF) | if tf { RFLAGS_TF } else { 0 };
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; 32];
     bytes[0..8].copy_from_slice(&t.rip().to_le_bytes());
     bytes[8..16].copy_from_slice(&t.frame[1].to_le_bytes());
     bytes[16..24].copy_from_slice(&rflags.to_le_bytes());
+    bytes[24..32].copy_from_slice(&t.frame[3].to_le_bytes());
     let pa = ctx
         .memory()
         .translate(cr3, GuestVirtAddr(t.frame_addr))
@@ -590,10 +602,9 @@ impl VcpuHook for EmulatedPmuHook {
         if let Some((regs, _)) = &state {
             self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
         }
-        let r = self.core.on_start(
-            &mut CtxGuest::new(ctx, &self.traps, None, state),
-            monotonic_ns(),
-        );
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_start(&mut g, monotonic_ns());
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -640,16 +651,20 @@ impl VcpuHook for EmulatedPmuHook {
                 return;
             }
             if ours {
-                let r = self
-                    .core
-                    .on_debug(&mut CtxGuest::new(ctx, &self.traps, Some(trap), state), now);
-                return self.apply(ctx, r, Some(trap), state);
+                // A trap is a clean stop: the interrupted context is whole in the frame.
+                let mut g = CtxGuest::new(ctx, &self.traps, Some(trap), state).interpretable(true);
+                let r = self.core.on_debug(&mut g, now);
+                let (trap, state) = (g.trap, g.state);
+                return self.apply(ctx, r, trap, state);
             }
             // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
         }
-        let r = self
-            .core
-            .on_exit(&mut CtxGuest::new(ctx, &self.traps, None, state), now);
+        // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
+        // I/O or MSR exit's instruction is finished by the next KVM_RUN).
+        let clean = matches!(exit, ExitKind::Interrupted);
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(clean);
+        let r = self.core.on_exit(&mut g, now);
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -658,10 +673,9 @@ impl VcpuHook for EmulatedPmuHook {
             return;
         }
         let state = cpu_state(ctx);
-        let r = self.core.on_debug(
-            &mut CtxGuest::new(ctx, &self.traps, None, state),
-            monotonic_ns(),
-        );
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_debug(&mut g, monotonic_ns());
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -719,12 +733,15 @@ fn to_plain(e: &kvm_cpuid_entry2) -> CpuidEntry {
 }
 
 /// The vCPU as the tracer sees it; registers are read once per callback. At a trap, the
-/// interrupted context (from the trap frame) stands in for the handler's.
+/// interrupted context (from the trap frame) stands in for the handler's. The interpreter's
+/// register writes land in `state` (and KVM) and `trap` (the frame to write back).
 struct CtxGuest<'c, 'v> {
     ctx: &'c VcpuCtx<'v>,
     traps: &'c IdtTraps,
     trap: Option<Trap>,
     state: Option<(kvm_regs, kvm_sregs)>,
+    /// This stop allows interpreting (see [`GuestAccess::interp_state`]).
+    interp_ok: bool,
 }
 
 impl<'c, 'v> CtxGuest<'c, 'v> {
@@ -739,7 +756,13 @@ impl<'c, 'v> CtxGuest<'c, 'v> {
             traps,
             trap,
             state,
+            interp_ok: false,
         }
+    }
+
+    fn interpretable(mut self, ok: bool) -> Self {
+        self.interp_ok = ok;
+        self
     }
 
     fn state(&mut self) -> Result<(kvm_regs, kvm_sregs), GuestAccessError> {
@@ -800,6 +823,77 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::Unmapped { gva })?;
         self.traps.unpatch(gva, buf);
         Ok(())
+    }
+
+    fn interp_state(&mut self) -> Option<InterpState> {
+        if !self.interp_ok {
+            return None;
+        }
+        let (r, sregs) = self.state().ok()?;
+        let mut s = InterpState {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            rflags: r.rflags,
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cpl: sregs.cs.dpl,
+            long_mode: sregs.cs.l != 0,
+        };
+        if let Some(t) = self.trap {
+            // TF in the frame is the shim's stepping, not the guest's.
+            s.rip = t.rip();
+            s.gpr[4] = t.frame[3];
+            s.rflags = t.frame[2] & !RFLAGS_TF;
+            s.cpl = (t.frame[1] & 3) as u8;
+        }
+        Some(s)
+    }
+
+    fn set_interp_state(&mut self, s: &InterpState) -> Result<(), GuestAccessError> {
+        let (mut r, sregs) = self.state()?;
+        let g = &s.gpr;
+        (r.rax, r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        match &mut self.trap {
+            Some(t) => {
+                // The handler's own RIP/RSP/RFLAGS stay; the interrupted context's are in
+                // the frame its IRETQ pops (written back by `apply`).
+                t.set_rip(s.rip);
+                t.frame[2] = s.rflags;
+                t.frame[3] = g[4];
+            }
+            None => {
+                r.rip = s.rip;
+                r.rsp = g[4];
+                r.rflags = s.rflags;
+            }
+        }
+        self.ctx
+            .set_regs(&r)
+            .map_err(|_| GuestAccessError::Unavailable { what: "registers" })?;
+        self.state = Some((r, sregs));
+        Ok(())
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .read(GuestPhysAddr(gpa), buf)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .write(GuestPhysAddr(gpa), data)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 
     fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError> {

@@ -25,6 +25,7 @@ pub mod cpuid;
 pub mod emulated;
 #[cfg(test)]
 mod fake_guest;
+pub mod interp;
 pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;
