@@ -75,7 +75,7 @@ const PAGE: u64 = 4096;
 /// Index of RSP in [`InterpState::gpr`].
 const RSP: usize = 4;
 /// Instructions the flag-liveness search may look at.
-const LOOKAHEAD_BUDGET: usize = 96;
+const LOOKAHEAD_BUDGET: usize = 256;
 /// Decoded instructions cached before the cache is flushed.
 const MAX_CACHED_INSNS: usize = 1 << 16;
 
@@ -475,6 +475,9 @@ impl Session<'_> {
             wrote: bool,
         }
         let mut budget = LOOKAHEAD_BUDGET;
+        // Points already searched with the same flags pending and the same stack: a path
+        // that comes back to one has read nothing on its way round (loops are proven).
+        let mut seen: HashSet<(u64, u64, i64, Vec<u64>)> = HashSet::new();
         let mut work = vec![Path {
             ip: after.rip,
             mask,
@@ -484,6 +487,9 @@ impl Session<'_> {
         }];
         while let Some(mut p) = work.pop() {
             loop {
+                if !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
+                    break;
+                }
                 if budget == 0 {
                     return false;
                 }
