@@ -40,6 +40,7 @@
 pub mod alu;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
@@ -78,6 +79,38 @@ const RSP: usize = 4;
 const LOOKAHEAD_BUDGET: usize = 256;
 /// Decoded instructions cached before the cache is flushed.
 const MAX_CACHED_INSNS: usize = 1 << 16;
+
+/// A fast hasher for the interpreter's maps (keys are addresses the guest cannot choose
+/// to collide with any benefit: a collision only costs time), FxHash's multiply-rotate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<AddrHasher>>;
 
 /// The guest state the interpreter runs on: the register file plus the control state that
 /// decides how memory is accessed.
@@ -163,10 +196,13 @@ pub struct Step {
 /// hold code.
 #[derive(Debug, Default)]
 pub struct Interp {
-    cache: HashMap<(u64, u64), Instruction>,
+    cache: FastMap<(u64, u64), Instruction>,
     /// (CR3, guest-virtual page) of every page code was decoded from, by the interpreter
     /// or the tracer ([`Interp::note_code`]).
-    code_pages: HashSet<(u64, u64)>,
+    code_pages: FastSet<(u64, u64)>,
+    /// Liveness verdicts that depend on the code alone: (CR3, address after the
+    /// instruction, undefined flags) → dead.
+    dead: FastMap<(u64, u64, u64), bool>,
 }
 
 impl Interp {
@@ -192,7 +228,7 @@ impl Interp {
             interp: self,
             g,
             state,
-            tlb: HashMap::new(),
+            tlb: FastMap::default(),
             pt_pages: Vec::new(),
         }
     }
@@ -220,6 +256,7 @@ impl Interp {
         }
         if self.cache.len() >= MAX_CACHED_INSNS {
             self.cache.clear();
+            self.dead.clear();
         }
         self.cache.insert((cr3, rip), insn);
         self.note_code(cr3, rip, insn.next_ip());
@@ -252,7 +289,7 @@ pub struct Session<'a> {
     interp: &'a mut Interp,
     g: &'a mut dyn GuestAccess,
     state: InterpState,
-    tlb: HashMap<u64, Tlb>,
+    tlb: FastMap<u64, Tlb>,
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
 }
@@ -290,8 +327,21 @@ impl Session<'_> {
         };
         let effect = exec.run(&mut n)?;
         let (write, undefined) = (exec.write, exec.undefined);
-        if undefined != 0 && !self.flags_dead(undefined, &n) {
-            return Err(Halt::FlagsLive);
+        if undefined != 0 {
+            let key = (n.cr3, n.rip, undefined);
+            let dead = match self.interp.dead.get(&key) {
+                Some(&d) => d,
+                None => {
+                    let (dead, code_only) = self.flags_dead(undefined, &n);
+                    if code_only {
+                        self.interp.dead.insert(key, dead);
+                    }
+                    dead
+                }
+            };
+            if !dead {
+                return Err(Halt::FlagsLive);
+            }
         }
         if let Some(w) = write {
             self.write_mem(w)?;
@@ -462,8 +512,15 @@ impl Session<'_> {
 
     /// Whether the status flags in `mask`, left undefined by the instruction that led to
     /// `after`, are written with defined values on every path before any instruction reads
-    /// them.
-    fn flags_dead(&mut self, mask: u64, after: &InterpState) -> bool {
+    /// them; and whether that verdict follows from the code alone (no return address was
+    /// read from the stack), so it may be cached.
+    fn flags_dead(&mut self, mask: u64, after: &InterpState) -> (bool, bool) {
+        let mut code_only = true;
+        let dead = self.search_flags(mask, after, &mut code_only);
+        (dead, code_only)
+    }
+
+    fn search_flags(&mut self, mask: u64, after: &InterpState, code_only: &mut bool) -> bool {
         struct Path {
             ip: u64,
             mask: u64,
@@ -477,7 +534,8 @@ impl Session<'_> {
         let mut budget = LOOKAHEAD_BUDGET;
         // Points already searched with the same flags pending and the same stack: a path
         // that comes back to one has read nothing on its way round (loops are proven).
-        let mut seen: HashSet<(u64, u64, i64, Vec<u64>)> = HashSet::new();
+        let mut seen: FastSet<(u64, u64, i64, Vec<u64>)> = FastSet::default();
+        let mut forked = false;
         let mut work = vec![Path {
             ip: after.rip,
             mask,
@@ -487,7 +545,8 @@ impl Session<'_> {
         }];
         while let Some(mut p) = work.pop() {
             loop {
-                if !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
+                // (Straight-line search cannot come back to a point; only forks can.)
+                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
                     break;
                 }
                 if budget == 0 {
@@ -519,6 +578,7 @@ impl Session<'_> {
                         p.ip = insn.near_branch_target();
                     }
                     FlowControl::ConditionalBranch if insn.is_jcc_short_or_near() => {
+                        forked = true;
                         work.push(Path {
                             ip: insn.near_branch_target(),
                             mask: p.mask,
@@ -537,6 +597,7 @@ impl Session<'_> {
                         if let Some(r) = p.shadow.pop() {
                             p.ip = r;
                         } else if !p.wrote && p.rsp >= 0 {
+                            *code_only = false;
                             let slot = after.gpr[RSP].wrapping_add(p.rsp as u64);
                             let mut b = [0u8; 8];
                             if self.g.read_virt(slot, &mut b).is_err() {
