@@ -707,7 +707,7 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         return;
     }
     for (name, words) in [
-        ("branchy", &["n=3000000"][..]),
+        ("branchy", &["n=10000000"][..]),
         ("calls", &["n=20000", "depth=12"][..]),
         ("sort", &["n=20000"][..]),
         ("interp", &[][..]),
@@ -725,7 +725,7 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
                 "--lbr-mode",
                 "sampled",
                 "--lbr-sample",
-                "200000",
+                "2000000",
                 "--lbr-overhead",
                 "0",
                 "--",
@@ -741,9 +741,9 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         if name == "branchy" {
             let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
             assert!(interp[2] >= 99, "{err}");
-            // Only the windows that reach the final printing (formatting code with
-            // indirect calls) fall back to breakpoints.
-            assert!(stats[4] * 2 < stats[7], "debug stops in branchy's windows:\n{err}");
+            // Only windows that reach the argument parsing and printing around the loop
+            // (formatting code with indirect calls) hand back to the breakpoints.
+            assert!(interp[5] * 4 <= stats[7], "{err}");
         }
     }
 }
