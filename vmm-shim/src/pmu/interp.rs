@@ -19,7 +19,7 @@
 //! state is exactly that of the boundary before it, and the tracer's breakpoint machinery
 //! takes over from there (so correctness never depends on coverage).
 //!
-//! * **Flags**: [`alu`] computes every flag the SDM defines exactly (differentially tested
+//! * **Flags**: [`mod@alu`] computes every flag the SDM defines exactly (differentially tested
 //!   against the host CPU). A flag the SDM leaves *undefined* (OF after a multi-bit shift,
 //!   SF/ZF/AF/PF after IMUL, AF after logic ops, ...) may only get the interpreter's value
 //!   if it is provably dead: [`Session`] follows the code after the instruction (straight

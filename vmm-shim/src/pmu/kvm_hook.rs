@@ -22,6 +22,12 @@
 //! are replaced for the run (restored at the end), and `TRAP_PORT` (0x80, the legacy POST
 //! port) is taken.
 //!
+//! The tracer's interpreter may run the guest inside a callback: the hook offers it the
+//! register file only at clean stops (an interrupted KVM_RUN, a trap, a KVM debug exit,
+//! before the first entry), never at an I/O or MSR exit whose instruction KVM completes on
+//! the next entry, and writes what the interpreter leaves back with KVM_SET_REGS (at a
+//! trap: the general-purpose registers, and RIP/RSP/RFLAGS into the trap frame).
+//!
 //! Sampled mode needs the vCPU to leave KVM_RUN when the next sample is due even if the
 //! guest makes no exits of its own: the hook arms the vCPU's exit timer
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.

@@ -12,6 +12,9 @@
 //! * [`branch`]: decoding and classifying guest instructions (iced-x86).
 //! * [`tracer`]: the state machine that observes guest branches through breakpoints and
 //!   single-steps (≤ 2 exits per branch) and feeds them to the model, exact or sampled.
+//! * [`interp`]: runs ring-3 guest code inside the shim (integer subset, exact flags,
+//!   page-table checked memory) so the tracer can record a window without stopping the
+//!   guest; anything it does not implement exactly is left to the breakpoints.
 //! * [`backend`]: hardware passthrough or emulation, decided from plain host facts.
 //! * [`emulated`]: model + tracer + snapshot channel for one vCPU, KVM-free.
 //! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot ring.

@@ -17,6 +17,17 @@
 //! the next branch after its target: one exit for that branch. Instructions between branches
 //! are counted from the decoded block, so INST_RETIRED and BR_INST_RETIRED are exact.
 //!
+//! ## Or without stopping at all: the interpreter
+//! At a *clean* stop (the VMM says so through [`GuestAccess::interp_state`]: the vCPU is at
+//! an instruction boundary with nothing left for KVM to complete), ring-3 code is not
+//! stopped branch by branch but run in the shim by [`super::interp`], which reports each
+//! instruction and branch exactly as the breakpoints would have (same counters, same LBR
+//! records, same PMI points) and writes the registers back. A sampled window that starts
+//! at the free-run deadline is usually interpreted whole: no debug stop at all. The first
+//! instruction the interpreter leaves to the CPU ([`super::interp::Halt`]) is where the
+//! breakpoints below take over; the next clean stop interprets again. After a PMI the
+//! tracer never interprets before the caller has seen the guest where it fired.
+//!
 //! Far transfers that clear TF on the way (SYSCALL, SYSENTER, INT n/INT3) would not trap
 //! after one step, so the tracer also puts a breakpoint on their target (IA32_LSTAR,
 //! IA32_SYSENTER_EIP, the IDT gate); IRET and SYSRET get one on the return address they
