@@ -687,6 +687,45 @@ fn the_interpreter_changes_nothing_exact_mode_can_see() {
     assert!(interp[2] >= 90, "under 90% interpreted:\n{on_err}");
     assert!(interp_stats(&off_err).is_none(), "{off_err}");
 
+    // The other workloads: SSE the interpreter hands back (sort), indirect jumps through
+    // a table (interp), deep calls (calls).
+    for (name, words) in [
+        ("sort", &["n=500"][..]),
+        ("interp", &["n=40"][..]),
+        ("calls", &["n=300", "depth=10"][..]),
+    ] {
+        let image = format!("builtin:{name}");
+        let args = [
+            &[
+                "run",
+                "--vm",
+                &image,
+                "--serial",
+                "stdio",
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                "exact",
+                "--lbr-sample",
+                "997",
+                "--",
+            ][..],
+            words,
+        ]
+        .concat();
+        let (code, on_out, on_err) = with_interpreter(true, &args);
+        assert_eq!(code, 0, "{name}: {on_err}");
+        let (code, off_out, off_err) = with_interpreter(false, &args);
+        assert_eq!(code, 0, "{name}: {off_err}");
+        assert_eq!(on_out, off_out, "{name}");
+        let (on, off) = (lbr_stats(&on_err), lbr_stats(&off_err));
+        for i in [1, 2, 3, 7, 8, 9] {
+            assert_eq!(on[i], off[i], "{name} field {i}:\n{on_err}\n{off_err}");
+        }
+        assert!(on[4] < off[4], "{name}:\n{on_err}\n{off_err}");
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let a = exact_snapshots_interp(dir.path(), true);
     let b = exact_snapshots_interp(dir.path(), false);
