@@ -190,6 +190,8 @@ pub struct Step {
     /// The address after it.
     pub next: u64,
     pub effect: Effect,
+    /// Status flags it left undefined (proven dead before anything reads them).
+    pub undefined: u64,
 }
 
 /// The interpreter's long-lived state (per vCPU): decoded instructions and the pages that
@@ -352,6 +354,7 @@ impl Session<'_> {
             ip,
             next: insn.next_ip(),
             effect,
+            undefined,
         })
     }
 
@@ -1158,3 +1161,7 @@ fn branch(kind: BranchKind, taken: bool, to: u64) -> Effect {
 #[cfg(test)]
 #[path = "interp/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "interp/native_tests.rs"]
+mod native_tests;

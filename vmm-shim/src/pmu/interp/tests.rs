@@ -6,17 +6,17 @@
 use super::*;
 use crate::pmu::tracer::{GuestAccessError, GuestCpu};
 
-const CODE: u64 = 0x20_0000;
+pub(super) const CODE: u64 = 0x20_0000;
 const DATA: u64 = 0x40_0000;
 const RO: u64 = 0x60_0000;
 const PD: u64 = 0x3000;
 
-struct Machine {
+pub(super) struct Machine {
     mem: Vec<u8>,
 }
 
 impl Machine {
-    fn new(code: &[u8]) -> Machine {
+    pub(super) fn new(code: &[u8]) -> Machine {
         let mut mem = vec![0u8; 8 << 20];
         let mut put = |at: u64, v: u64| {
             mem[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
@@ -71,7 +71,7 @@ impl GuestAccess for Machine {
     }
 }
 
-fn state() -> InterpState {
+pub(super) fn state() -> InterpState {
     let mut s = InterpState {
         rip: CODE,
         rflags: 2,
