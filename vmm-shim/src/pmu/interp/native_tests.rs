@@ -291,3 +291,149 @@ fn every_register_form_matches_the_cpu() {
         }
     }
 }
+
+/// Memory-operand forms (encodings made with GNU as), natively against a buffer mapped at
+/// the fake machine's data address and in the interpreter against the same bytes there.
+const MEMORY_FORMS: &[(&str, &[u8])] = &[
+    ("mov (%rbx),%rax", &[0x48, 0x8b, 0x03]),
+    ("mov 0x8(%rbx,%rcx,8),%edx", &[0x8b, 0x54, 0xcb, 0x08]),
+    ("mov %r9,(%rbx)", &[0x4c, 0x89, 0x0b]),
+    ("mov %si,0x3(%rbx)", &[0x66, 0x89, 0x73, 0x03]),
+    ("mov %ah,0x7(%rbx)", &[0x88, 0x63, 0x07]),
+    (
+        "movq $-2,0x10(%rbx)",
+        &[0x48, 0xc7, 0x43, 0x10, 0xfe, 0xff, 0xff, 0xff],
+    ),
+    (
+        "movl $0x12345678,0x4(%rbx)",
+        &[0xc7, 0x43, 0x04, 0x78, 0x56, 0x34, 0x12],
+    ),
+    ("movb $0x80,0x5(%rbx)", &[0xc6, 0x43, 0x05, 0x80]),
+    ("movzbl 0x1(%rbx),%eax", &[0x0f, 0xb6, 0x43, 0x01]),
+    ("movzwq 0x2(%rbx),%r8", &[0x4c, 0x0f, 0xb7, 0x43, 0x02]),
+    ("movsbq 0x3(%rbx),%rdx", &[0x48, 0x0f, 0xbe, 0x53, 0x03]),
+    ("movslq 0x4(%rbx),%r10", &[0x4c, 0x63, 0x53, 0x04]),
+    ("add (%rbx),%rax", &[0x48, 0x03, 0x03]),
+    ("add %rcx,0x8(%rbx)", &[0x48, 0x01, 0x4b, 0x08]),
+    ("add $0x7f,0x10(%rbx)", &[0x83, 0x43, 0x10, 0x7f]),
+    ("addl $-1,0xc(%rbx)", &[0x83, 0x43, 0x0c, 0xff]),
+    ("adc 0x18(%rbx),%r11d", &[0x44, 0x13, 0x5b, 0x18]),
+    ("sub %dl,0x9(%rbx)", &[0x28, 0x53, 0x09]),
+    ("sbb $0x3,0x6(%rbx)", &[0x83, 0x5b, 0x06, 0x03]),
+    ("and 0x20(%rbx),%rsi", &[0x48, 0x23, 0x73, 0x20]),
+    ("or %edi,0x24(%rbx)", &[0x09, 0x7b, 0x24]),
+    ("xor $0x55,0x1(%rbx)", &[0x83, 0x73, 0x01, 0x55]),
+    ("cmp (%rbx),%rcx", &[0x48, 0x3b, 0x0b]),
+    ("cmpq $0x10,0x8(%rbx)", &[0x48, 0x83, 0x7b, 0x08, 0x10]),
+    ("cmpb $0x0,0x7(%rbx)", &[0x80, 0x7b, 0x07, 0x00]),
+    ("test %eax,0x4(%rbx)", &[0x85, 0x43, 0x04]),
+    ("testb $0x1,0x3(%rbx)", &[0xf6, 0x43, 0x03, 0x01]),
+    ("incq 0x10(%rbx)", &[0x48, 0xff, 0x43, 0x10]),
+    ("decl 0x14(%rbx)", &[0xff, 0x4b, 0x14]),
+    ("negw 0x2(%rbx)", &[0x66, 0xf7, 0x5b, 0x02]),
+    ("notq 0x8(%rbx)", &[0x48, 0xf7, 0x53, 0x08]),
+    ("shlq $0x3,(%rbx)", &[0x48, 0xc1, 0x23, 0x03]),
+    ("shrl %cl,0x4(%rbx)", &[0xd3, 0x6b, 0x04]),
+    ("sarw 0x6(%rbx)", &[0x66, 0xd1, 0x7b, 0x06]),
+    ("rolb $0x5,0x1(%rbx)", &[0xc0, 0x43, 0x01, 0x05]),
+    ("rorq %cl,0x18(%rbx)", &[0x48, 0xd3, 0x4b, 0x18]),
+    ("imul 0x8(%rbx),%rax", &[0x48, 0x0f, 0xaf, 0x43, 0x08]),
+    ("imul $0x11,0x4(%rbx),%edx", &[0x6b, 0x53, 0x04, 0x11]),
+    ("cmove 0x8(%rbx),%rcx", &[0x48, 0x0f, 0x44, 0x4b, 0x08]),
+    ("cmovne 0x4(%rbx),%esi", &[0x0f, 0x45, 0x73, 0x04]),
+    ("setb 0x3(%rbx)", &[0x0f, 0x92, 0x43, 0x03]),
+    ("sete 0xf(%rbx)", &[0x0f, 0x94, 0x43, 0x0f]),
+    ("mov 0x3(%rbx),%rax", &[0x48, 0x8b, 0x43, 0x03]),
+    (
+        "add %rax,0x3ffd(%rbx)",
+        &[0x48, 0x01, 0x83, 0xfd, 0x3f, 0x00, 0x00],
+    ),
+];
+
+/// Bytes of data both sides see at `tests::DATA`.
+const DATA_LEN: usize = 0x1_0000;
+
+#[test]
+fn every_memory_form_matches_the_cpu() {
+    // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
+    // replaced) if anything is mapped there already.
+    let p = unsafe {
+        libc::mmap(
+            tests::DATA as *mut libc::c_void,
+            DATA_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        p as u64,
+        tests::DATA,
+        "cannot map the data buffer at {:#x}",
+        tests::DATA
+    );
+    let page = CodePage::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut data = vec![0u8; DATA_LEN];
+    for (text, code) in MEMORY_FORMS {
+        for _ in 0..50 {
+            for b in data.iter_mut() {
+                *b = next() as u8;
+            }
+            let mut regs = [0u64; 16];
+            for r in regs.iter_mut() {
+                *r = next();
+            }
+            regs[3] = tests::DATA + 0x1000; // the base
+            regs[1] = next() % 16; // the index, and shift counts
+            let flags_in = (next() & STATUS) | 2;
+
+            // SAFETY: the buffer mapped above is DATA_LEN bytes long.
+            let native_mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), DATA_LEN) };
+            native_mem.copy_from_slice(&data);
+            let mut native_regs = regs;
+            let mut native_flags = flags_in;
+            page.run(code, &mut native_regs, &mut native_flags);
+
+            let mut bytes = code.to_vec();
+            bytes.extend([0x39, 0xc0, 0xf4]); // cmp %eax,%eax ; hlt
+            let mut m = Machine::new(&bytes);
+            let at = tests::DATA as usize;
+            m.mem[at..at + DATA_LEN].copy_from_slice(&data);
+            let mut s = tests::state();
+            let sp = s.gpr[RSP];
+            s.gpr = regs;
+            s.gpr[RSP] = sp;
+            s.rflags = flags_in;
+            let mut interp = Interp::default();
+            let mut session = interp.session(&mut m, s);
+            let step = session
+                .step()
+                .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
+            let after = *session.state();
+            drop(session);
+            for i in (0..16).filter(|&i| i != RSP) {
+                assert_eq!(after.gpr[i], native_regs[i], "{text}: register {i}");
+            }
+            let defined = STATUS & !step.undefined;
+            assert_eq!(
+                after.rflags & defined,
+                native_flags & defined,
+                "{text}: flags, from {flags_in:#x}"
+            );
+            assert!(
+                m.mem[at..at + DATA_LEN] == native_mem[..],
+                "{text}: memory differs"
+            );
+        }
+    }
+    // SAFETY: unmapping the buffer mapped above, no longer referenced.
+    unsafe { libc::munmap(p, DATA_LEN) };
+}

@@ -7,12 +7,12 @@ use super::*;
 use crate::pmu::tracer::{GuestAccessError, GuestCpu};
 
 pub(super) const CODE: u64 = 0x20_0000;
-const DATA: u64 = 0x40_0000;
+pub(super) const DATA: u64 = 0x40_0000;
 const RO: u64 = 0x60_0000;
 const PD: u64 = 0x3000;
 
 pub(super) struct Machine {
-    mem: Vec<u8>,
+    pub(super) mem: Vec<u8>,
 }
 
 impl Machine {
