@@ -835,6 +835,21 @@ impl GuestAccess for CtxGuest<'_, '_> {
         if !self.interp_ok {
             return None;
         }
+        if self.trap.is_none() {
+            // An event KVM has yet to deliver (an exception re-queued across the exit, an
+            // interrupt or NMI being injected) belongs at this RIP, not at the
+            // interpreter's. (At a trap such an event belongs to the handler's context,
+            // which the interpreter leaves alone.)
+            let ev = self.ctx.vcpu.get_vcpu_events().ok()?;
+            if ev.exception.injected != 0
+                || ev.exception.pending != 0
+                || ev.interrupt.injected != 0
+                || ev.nmi.injected != 0
+                || ev.nmi.pending != 0
+            {
+                return None;
+            }
+        }
         let (r, sregs) = self.state().ok()?;
         let mut s = InterpState {
             gpr: [
