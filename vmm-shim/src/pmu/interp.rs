@@ -334,7 +334,7 @@ impl Session<'_> {
             let dead = match self.interp.dead.get(&key) {
                 Some(&d) => d,
                 None => {
-                    let (dead, code_only) = self.flags_dead(undefined, &n);
+                    let (dead, code_only) = self.flags_dead(undefined, &n, write.is_some());
                     if code_only {
                         self.interp.dead.insert(key, dead);
                     }
@@ -517,13 +517,21 @@ impl Session<'_> {
     /// `after`, are written with defined values on every path before any instruction reads
     /// them; and whether that verdict follows from the code alone (no return address was
     /// read from the stack), so it may be cached.
-    fn flags_dead(&mut self, mask: u64, after: &InterpState) -> (bool, bool) {
+    /// `wrote`: the instruction itself writes memory (not yet done), so the stack as it is
+    /// now may not be what a return will read.
+    fn flags_dead(&mut self, mask: u64, after: &InterpState, wrote: bool) -> (bool, bool) {
         let mut code_only = true;
-        let dead = self.search_flags(mask, after, &mut code_only);
+        let dead = self.search_flags(mask, after, wrote, &mut code_only);
         (dead, code_only)
     }
 
-    fn search_flags(&mut self, mask: u64, after: &InterpState, code_only: &mut bool) -> bool {
+    fn search_flags(
+        &mut self,
+        mask: u64,
+        after: &InterpState,
+        wrote: bool,
+        code_only: &mut bool,
+    ) -> bool {
         struct Path {
             ip: u64,
             mask: u64,
@@ -544,7 +552,7 @@ impl Session<'_> {
             mask,
             rsp: 0,
             shadow: Vec::new(),
-            wrote: false,
+            wrote,
         }];
         while let Some(mut p) = work.pop() {
             loop {

@@ -340,3 +340,27 @@ fn random_code_never_panics_the_interpreter() {
         }
     }
 }
+
+/// An instruction that leaves a flag undefined and rewrites the return address a later RET
+/// takes: the search must not follow the stale stack.
+#[test]
+fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
+    // 0x200000: xor %rdi,(%rsp)   (AF undefined; the return address becomes 0x200020)
+    //           ret
+    // 0x200010: add %rax,%rbx     (the stale return address: would prove AF dead)
+    // 0x200020: pushfq            (reads AF)
+    let mut code = vec![0x48, 0x31, 0x3c, 0x24, 0xc3];
+    code.resize(0x10, 0xcc);
+    code.extend([0x48, 0x01, 0xc3, 0xf4]);
+    code.resize(0x20, 0xcc);
+    code.extend([0x9c, 0xf4]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    let sp = s.gpr[RSP];
+    m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
+    s.gpr[7] = 0x30; // 0x200010 ^ 0x30 = 0x200020
+    let (steps, halt, end) = run(&mut m, s);
+    assert!(steps.is_empty());
+    assert_eq!(halt, Halt::FlagsLive);
+    assert_eq!(end, s);
+}
