@@ -95,6 +95,10 @@ pub struct EmulatedConfig {
     /// [`super::interp`]) instead of stopping it at every branch. On by default;
     /// `LBRPROF_LBR_INTERP=0` in the environment turns it off (for comparisons).
     pub interpret: bool,
+    /// Benchmarking only: sampled-mode windows record no branches, so what remains is the
+    /// cost of stopping the guest for a sample (`LBRPROF_LBR_EMPTY_WINDOWS=1`; used by
+    /// `bench/lbr-emulation` to measure the host's floor).
+    pub empty_windows: bool,
 }
 
 impl EmulatedConfig {
@@ -109,6 +113,8 @@ impl EmulatedConfig {
             max_stack_frames: 64,
             overhead_percent: 0,
             interpret: interpreter_default(),
+            empty_windows: std::env::var("LBRPROF_LBR_EMPTY_WINDOWS")
+                .is_ok_and(|v| v.trim() == "1"),
         }
     }
 }
@@ -137,6 +143,7 @@ impl EmulatedVcpu {
         let mut tracer = Tracer::new(cfg.mode);
         tracer.set_inject_pmis(cfg.sampling == Sampling::Guest);
         tracer.set_interpreter(cfg.interpret);
+        tracer.set_empty_windows(cfg.empty_windows);
         let mut v = EmulatedVcpu {
             cfg,
             pmu: VirtualPmu::new(cfg.pmu),

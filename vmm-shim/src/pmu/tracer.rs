@@ -307,6 +307,8 @@ pub struct Tracer {
     /// Whether clean stops run the guest in the shim's interpreter.
     interpret: bool,
     interp: Interp,
+    /// Sampled mode: end each window before its first branch (benchmarking only).
+    empty_windows: bool,
     last: Resume,
     stats: TracerStats,
 }
@@ -324,6 +326,7 @@ impl Tracer {
             follow_nmi: true,
             interpret: false,
             interp: Interp::default(),
+            empty_windows: false,
             last: Resume::default(),
             stats: TracerStats::default(),
         }
@@ -353,6 +356,12 @@ impl Tracer {
     /// (default off here; the emulated backend turns it on).
     pub fn set_interpreter(&mut self, on: bool) {
         self.interpret = on;
+    }
+
+    /// Sampled mode, for measuring what a sample costs beyond its window: each window ends
+    /// before its first branch (the PMI fires at once; snapshots hold no new branches).
+    pub fn set_empty_windows(&mut self, on: bool) {
+        self.empty_windows = on;
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -424,7 +433,14 @@ impl Tracer {
                 self.stats.windows += 1;
                 self.window_left = window_branches.max(1);
                 let cpu = g.cpu()?;
-                self.plan_at(g, pmu, &cpu)?
+                if self.empty_windows {
+                    // The sample's stop without its window (see `set_empty_windows`).
+                    self.window_left = 0;
+                    self.window_done = true;
+                    self.after_stop(g, pmu, &cpu)?
+                } else {
+                    self.plan_at(g, pmu, &cpu)?
+                }
             }
             _ => {
                 pmu.on_instructions(cycles, cpl);
