@@ -30,7 +30,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::pmu::emulated::SnapshotSink;
-use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot};
+use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
@@ -62,6 +62,22 @@ pub struct LbrCounters {
     pub frozen_events: u64,
     /// Snapshot intervals the overhead budget made longer than requested.
     pub stretched_intervals: u64,
+    /// Snapshots the guest's agent dropped because its ring was full (exact).
+    pub agent_lost: u64,
+}
+
+/// Who takes a guest's LBR snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// The shim, from its emulated LBR model (any guest).
+    #[default]
+    Shim,
+    /// The guest's own LBR agent (lbrprof's runtime with `rt.agent=PERIOD`): its PMI
+    /// handler writes a ring per vCPU that the vCPU's hook drains.
+    Agent {
+        /// Ring-3 instructions between snapshots.
+        period: u64,
+    },
 }
 
 /// The snapshot rate a guest LBR was asked for, and the overhead budget that may lower it.
@@ -84,6 +100,10 @@ pub trait GuestLbr: Sync {
     fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook>;
     /// What vCPU `vcpu`'s hook counted (after the run).
     fn counters(&self, vcpu: u32) -> LbrCounters;
+    /// Who takes the snapshots.
+    fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource::Shim
+    }
     /// The requested snapshot rate and its overhead budget, when the backend drives
     /// snapshots at a rate (the emulated LBR).
     fn snapshot_budget(&self) -> Option<SnapshotBudget> {
@@ -129,7 +149,12 @@ pub struct VmRunFacts {
     pub snapshots: u64,
     /// Snapshots per vCPU index.
     pub vcpu_snapshots: std::collections::BTreeMap<u32, u64>,
+    /// Snapshots taken by the guest's agent, per vCPU index.
+    pub agent_snapshots: std::collections::BTreeMap<u32, u64>,
+    /// Snapshots lost to a full snapshot channel.
     pub lost_snapshots: u64,
+    /// Snapshots the guest's agent dropped (its ring was full), per vCPU index.
+    pub agent_lost: std::collections::BTreeMap<u32, u64>,
     pub vcpu_threads: Vec<VcpuThread>,
     /// The snapshot rate asked for and obtained, when the backend has one.
     pub rate: Option<SnapshotRate>,
@@ -306,6 +331,16 @@ pub fn record_vm(
         let c = lbr.counters(v.vcpu);
         frozen += c.frozen_events;
         stretched += c.stretched_intervals;
+        if c.agent_lost > 0 {
+            run.agent_lost.insert(v.vcpu, c.agent_lost);
+            // The agent's ring is that vCPU's snapshot channel.
+            sink.send(Event::Loss(Loss {
+                time_ns: now,
+                kind: LossKind::ChannelFull,
+                count: c.agent_lost,
+                tid: Some(v.vcpu),
+            }));
+        }
         sink.send(Event::VcpuStats(VcpuStats {
             vm: VM_INDEX,
             vcpu: v.vcpu,
@@ -321,8 +356,9 @@ pub fn record_vm(
             instructions: c.instructions,
             branches: c.branches,
             snapshots: run.vcpu_snapshots.get(&v.vcpu).copied().unwrap_or(0),
-            // Losses are counted for the channel as a whole, charged to vCPU 0.
-            lost_snapshots: if v.vcpu == 0 { lost_snapshots } else { 0 },
+            // The agent's losses are the vCPU's; the shim's channel's, shared by all,
+            // are charged to vCPU 0.
+            lost_snapshots: c.agent_lost + if v.vcpu == 0 { lost_snapshots } else { 0 },
             frozen_events: c.frozen_events,
         }));
     }
@@ -343,6 +379,7 @@ pub fn record_vm(
     if let Some(rate) = &run.rate {
         notes.push(rate.describe());
     }
+    notes.extend(source_notes(lbr.snapshot_source(), &run));
     if sampler_stats.lost > 0 {
         notes.push(format!(
             "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
@@ -393,6 +430,41 @@ pub fn record_vm(
         run,
         output,
     })
+}
+
+/// What the recording's notes say about where its snapshots came from, and what the
+/// guest's agent lost.
+fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> Vec<String> {
+    let per_vcpu = |m: &std::collections::BTreeMap<u32, u64>| {
+        m.iter()
+            .map(|(v, n)| format!("vCPU {v}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut notes = Vec::new();
+    let agent: u64 = run.agent_snapshots.values().sum();
+    match source {
+        SnapshotSource::Shim => {}
+        SnapshotSource::Agent { period } if agent == 0 => notes.push(format!(
+            "guest snapshots: no snapshot came from the guest's LBR agent (rt.agent={period}): \
+             the guest does not run one, or ran too briefly (lbrprof's guest runtime starts it \
+             on every vCPU that runs ring-3 code)"
+        )),
+        SnapshotSource::Agent { period } => notes.push(format!(
+            "guest snapshots: {agent} by the guest's LBR agent, every {period} ring-3 \
+             instructions ({})",
+            per_vcpu(&run.agent_snapshots)
+        )),
+    }
+    let lost: u64 = run.agent_lost.values().sum();
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} guest snapshots lost: the guest agent's ring was full before the shim \
+             drained it ({})",
+            per_vcpu(&run.agent_lost)
+        ));
+    }
+    notes
 }
 
 /// Starts the VM thread, opens the events on it, runs the VM and drains until it ends.
@@ -473,6 +545,9 @@ fn run_sampled(
             for s in snap_rx.try_iter() {
                 facts.snapshots += 1;
                 *facts.vcpu_snapshots.entry(s.vcpu).or_default() += 1;
+                if s.reason == SnapshotReason::Agent {
+                    *facts.agent_snapshots.entry(s.vcpu).or_default() += 1;
+                }
                 sink.send(Event::Snapshot(s));
             }
         };
@@ -532,6 +607,31 @@ mod tests {
                 .ends_with("(within the 10% overhead budget)")
         );
         assert!(rate(None, 0).describe().ends_with("(not throttled)"));
+    }
+
+    #[test]
+    fn notes_name_the_agent_and_its_losses_per_vcpu() {
+        let mut run = VmRunFacts::default();
+        assert!(source_notes(SnapshotSource::Shim, &run).is_empty());
+        let agent = SnapshotSource::Agent { period: 500 };
+        let notes = source_notes(agent, &run);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("no snapshot came from the guest's LBR agent (rt.agent=500)"),
+            "{notes:?}"
+        );
+        run.agent_snapshots.insert(0, 7);
+        run.agent_snapshots.insert(1, 5);
+        run.agent_lost.insert(1, 3);
+        assert_eq!(
+            source_notes(agent, &run),
+            [
+                "guest snapshots: 12 by the guest's LBR agent, every 500 ring-3 instructions \
+                 (vCPU 0: 7, vCPU 1: 5)",
+                "3 guest snapshots lost: the guest agent's ring was full before the shim \
+                 drained it (vCPU 1: 3)"
+            ]
+        );
     }
 
     #[test]

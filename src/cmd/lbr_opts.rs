@@ -102,7 +102,14 @@ impl LbrArgs {
         let make: Box<dyn Fn(u32) -> Box<dyn VcpuHook>> = match decision.backend {
             LbrBackend::Hardware => {
                 let host_has_lbr = facts.host_lbr_nr != 0;
-                Box::new(move |_| Box::new(HardwarePmuHook { host_has_lbr }))
+                let stats = Arc::clone(&stats);
+                Box::new(move |_| {
+                    let hook = HardwarePmuHook::new(host_has_lbr).with_stats(Arc::clone(&stats));
+                    Box::new(match &sink {
+                        Some(sink) => hook.with_agent(sink.clone()),
+                        None => hook,
+                    })
+                })
             }
             LbrBackend::Emulated => {
                 let mode = match lbr_mode {
@@ -161,6 +168,13 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.agent_snapshots > 0 || s.agent_lost > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} snapshots from the guest agent's ring, {} lost to \
+                 a full ring",
+                s.vcpu, s.agent_snapshots, s.agent_lost,
+            );
+        }
         if s.throttle.episodes > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \

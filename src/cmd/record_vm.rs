@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use lbrprof_collector::host::{self, HostFacts};
-use lbrprof_collector::vm::{GuestImage, VmRecordOptions, record_vm};
+use lbrprof_collector::vm::{GuestImage, GuestLbr, SnapshotSource, VmRecordOptions, record_vm};
 use lbrprof_vmm::builtin;
 use lbrprof_vmm::vm::VmConfig;
 
@@ -60,6 +60,18 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
     })
 }
 
+/// The guest's command line: its arguments, plus `rt.agent=PERIOD` when the guest's agent
+/// takes the snapshots (unless the arguments already start it with a period of their own).
+fn guest_cmdline(args: &[String], source: SnapshotSource) -> String {
+    let mut words = args.to_vec();
+    if let SnapshotSource::Agent { period } = source
+        && !args.iter().any(|a| a.starts_with("rt.agent="))
+    {
+        words.push(format!("rt.agent={period}"));
+    }
+    words.join(" ")
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.guest.vm.clone().unwrap_or_default();
     if args.freq == 0 || args.guest.lbr_freq == Some(0) {
@@ -72,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         frequency: args.guest.lbr_freq.unwrap_or(args.freq),
         vcpus: args.guest.vcpus,
         overhead_percent: args.guest.lbr_overhead,
+        snapshots: args.guest.lbr_snapshots,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
@@ -81,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
-    vm.cmdline = args.command.join(" ");
+    vm.cmdline = guest_cmdline(&args.command, lbr.snapshot_source());
     vm.timeout = match args.duration {
         None => None,
         Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
@@ -123,6 +136,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(rate) = &outcome.run.rate {
         eprintln!("lbrprof: {}", rate.describe());
     }
+    let agent_lost: u64 = outcome.run.agent_lost.values().sum();
+    if agent_lost > 0 {
+        eprintln!(
+            "lbrprof: warning: {agent_lost} guest snapshots lost: the guest agent's ring was \
+             full before the shim drained it"
+        );
+    }
     crate::cmd::run::guest_exit(
         &spec,
         &outcome.outcome,
@@ -134,6 +154,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_is_started_through_the_guest_arguments() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let agent = SnapshotSource::Agent { period: 2000 };
+        assert_eq!(
+            guest_cmdline(&args(&["n=5", "rt.smp"]), agent),
+            "n=5 rt.smp rt.agent=2000"
+        );
+        assert_eq!(guest_cmdline(&args(&[]), agent), "rt.agent=2000");
+        // The user's own period wins.
+        assert_eq!(guest_cmdline(&args(&["rt.agent=7"]), agent), "rt.agent=7");
+        assert_eq!(guest_cmdline(&args(&["n=5"]), SnapshotSource::Shim), "n=5");
+    }
 
     #[test]
     fn builtin_images_go_beside_the_recording() {
