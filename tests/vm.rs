@@ -722,6 +722,25 @@ fn record_vm_takes_agent_snapshots_on_every_vcpu() {
         snaps.iter().all(|s| s.reason == SnapshotReason::Agent),
         "the shim takes none of its own"
     );
+    // Each snapshot stands where the guest's ring-3 code was, never in the #DB/#BP
+    // handlers the emulated LBR stops the guest through (where its PMI arrives).
+    let elf = std::fs::read(dir.path().join("agent.data.guest/branchy")).unwrap();
+    let exact = |name: &str| {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(&*elf).unwrap();
+        file.symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol {name}"))
+            .address()
+    };
+    let handlers = [exact("rt_vec1"), exact("rt_vec3")];
+    for s in &snaps {
+        assert!(
+            handlers.iter().all(|h| s.guest_ip.wrapping_sub(*h) >= 8),
+            "snapshot in a trap handler: {:#x}",
+            s.guest_ip
+        );
+    }
     for vcpu in [0, 1] {
         let (written, dropped) = agent_line(&console, vcpu);
         let got = snaps.iter().filter(|s| s.vcpu == vcpu).count() as u64;
@@ -773,12 +792,20 @@ fn record_vm_takes_agent_snapshots_on_every_vcpu() {
     assert!(hot.contains("branchy"), "{hot}");
     let vm = &report["vm"];
     assert_eq!(vm["check"]["cross_vcpu"], 0);
-    for row in vm["shim"].as_array().unwrap() {
+    for (row, written) in vm["shim"].as_array().unwrap().iter().zip([w0, w1]) {
         assert!(
             row["paired"].as_u64().unwrap() > 0,
             "every vCPU pairs: {row}"
         );
+        assert_eq!(row["agent_snapshots"], written, "{row}");
+        assert_eq!(row["snapshots"], written, "{row}");
+        assert_eq!(row["lost_snapshots"], 0, "{row}");
     }
+    let text = ok(&["report", "-i", data.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("{w1} snapshots ({w1} by the guest agent, 0 lost)")),
+        "{text}"
+    );
     let svg = dir.path().join("f.svg");
     ok(&[
         "flamegraph",

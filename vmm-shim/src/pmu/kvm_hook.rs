@@ -583,11 +583,40 @@ impl EmulatedPmuHook {
             self.agent
                 .drain(ctx.memory(), &clock, cr3, &mut walk, &mut |s| got.push(s))
         };
-        for snap in got {
+        for mut snap in got {
+            self.at_trapped_code(ctx, cr3, &mut snap);
             self.core.agent_snapshot(snap);
         }
         if let Err(e) = r {
             self.fail(ctx, e.to_string());
+        }
+    }
+
+    /// An agent snapshot taken while its vCPU sat in one of the patched trap handlers
+    /// (where the PMI the tracer injects at a stop is delivered) describes the shim's
+    /// trap, not the guest: its context becomes the trap frame's, the code the handler
+    /// returns to, as the shim's own snapshots see it. The frame pointer is the
+    /// interrupted code's already (the patched handler does not touch it).
+    fn at_trapped_code(&self, ctx: &VcpuCtx<'_>, cr3: u64, snap: &mut LbrSnapshot) {
+        let in_handler = self
+            .traps
+            .handlers
+            .iter()
+            .any(|(_, h)| snap.guest_ip.wrapping_sub(*h) < HANDLER_PATCH.len() as u64);
+        if !in_handler {
+            return;
+        }
+        // The handler's stack holds the CPU's frame: RIP, CS, RFLAGS, RSP, SS.
+        let mut raw = [0u8; 32];
+        if ctx
+            .memory()
+            .read_virt(cr3, GuestVirtAddr(snap.guest_sp), &mut raw)
+            .is_ok()
+        {
+            let word =
+                |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            snap.guest_ip = word(0);
+            snap.guest_sp = word(3);
         }
     }
 
