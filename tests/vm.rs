@@ -837,3 +837,82 @@ fn record_vm_refuses_a_bad_snapshot_source() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("possible values: auto, shim, agent"), "{err}");
 }
+
+/// What a guest agent lost (its ring full before the shim drained it) reaches `info` and
+/// `report` per vCPU, next to the snapshots each source took. (A synthetic recording as
+/// `record --vm` writes it: the emulated LBR drains at every ack, so a real run on this
+/// host never fills a ring; the counting itself is unit-tested in `pmu::agent`.)
+#[test]
+fn agent_losses_and_sources_show_per_vcpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lost.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Vm {
+            image: "builtin:branchy".into(),
+            vcpus: 2,
+            backend: LbrBackend::Hardware,
+            mode: "sampled".into(),
+        },
+    };
+    let w = RecordingWriter::create(&data, &header).unwrap();
+    let sink = w.sink();
+    for (vcpu, tid) in [(0, 101), (1, 102)] {
+        sink.send(Event::Vcpu(VcpuThread {
+            time_ns: 0,
+            vm: 0,
+            vcpu,
+            pid: 100,
+            tid,
+        }));
+    }
+    for (vcpu, n) in [(0, 3), (1, 5)] {
+        for k in 0..n {
+            let mut s = snapshot(vcpu, 1_000 * (k + 1), 0x1000);
+            s.reason = SnapshotReason::Agent;
+            sink.send(Event::Snapshot(s));
+        }
+    }
+    sink.send(Event::Snapshot(snapshot(0, 9_000, 0x1000)));
+    sink.send(Event::Loss(Loss {
+        time_ns: 10_000,
+        kind: LossKind::ChannelFull,
+        count: 4,
+        tid: Some(1),
+    }));
+    for (vcpu, snapshots, lost) in [(0, 4, 0), (1, 5, 4)] {
+        sink.send(Event::VcpuStats(VcpuStats {
+            vcpu,
+            snapshots,
+            lost_snapshots: lost,
+            ..VcpuStats::default()
+        }));
+    }
+    w.finish(&Summary::default()).unwrap();
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(
+        info.contains("vCPU 0:      3 by the guest agent, 1 by the shim\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("vCPU 1:      5 by the guest agent\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("losses:        4 guest snapshots (vCPU 1's agent ring full)"),
+        "{info}"
+    );
+    let text = ok(&["report", "-i", data.to_str().unwrap()]);
+    assert!(
+        text.contains("5 snapshots (5 by the guest agent, 4 lost)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 snapshots (3 by the guest agent, 0 lost)"),
+        "{text}"
+    );
+}
