@@ -11,10 +11,14 @@
 //!
 //! What the recording holds, besides the host samples and side band: a guest
 //! [`Mapping`] (space `Guest { vm: 0 }`) per executable segment of the image, with the
-//! image's path and build-id; every [`LbrSnapshot`] the vCPUs
-//! sent; an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU
-//! at the end (the shim's accounting merged with the guest LBR's); and a header whose
-//! target is [`Target::Vm`].
+//! image's path and build-id; every [`LbrSnapshot`] the vCPUs sent (taken by the shim, or
+//! by the guest's own LBR agent: reason [`SnapshotReason::Agent`], see [`SnapshotSource`]);
+//! an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU at the
+//! end (the shim's accounting merged with the guest LBR's, its `lost_snapshots` including
+//! what that vCPU's agent dropped); a [`LossKind::ChannelFull`] loss for a full snapshot
+//! channel (`tid` none) and per vCPU whose agent ring overflowed (`tid` = the vCPU); notes
+//! that say who took the snapshots and what was lost; and a header whose target is
+//! [`Target::Vm`].
 //!
 //! SIGINT and SIGTERM stop the guest (the run ends as stopped, exit status 130) and the
 //! recording is finalized as usual.
