@@ -159,6 +159,9 @@ pub struct VmRunFacts {
     pub lost_snapshots: u64,
     /// Snapshots the guest's agent dropped (its ring was full), per vCPU index.
     pub agent_lost: std::collections::BTreeMap<u32, u64>,
+    /// Notes of the recording that deserve a warning (the guest agent lost snapshots, or
+    /// never sent any).
+    pub warnings: Vec<String>,
     pub vcpu_threads: Vec<VcpuThread>,
     /// The snapshot rate asked for and obtained, when the backend has one.
     pub rate: Option<SnapshotRate>,
@@ -383,7 +386,10 @@ pub fn record_vm(
     if let Some(rate) = &run.rate {
         notes.push(rate.describe());
     }
-    notes.extend(source_notes(lbr.snapshot_source(), &run));
+    let (source, warnings) = source_notes(lbr.snapshot_source(), &run);
+    notes.extend(source);
+    notes.extend(warnings.iter().cloned());
+    run.warnings = warnings;
     if sampler_stats.lost > 0 {
         notes.push(format!(
             "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
@@ -436,20 +442,20 @@ pub fn record_vm(
     })
 }
 
-/// What the recording's notes say about where its snapshots came from, and what the
-/// guest's agent lost.
-fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> Vec<String> {
+/// What the recording's notes say about where its snapshots came from, and (as warnings)
+/// what the guest's agent lost or failed to send.
+fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> (Vec<String>, Vec<String>) {
     let per_vcpu = |m: &std::collections::BTreeMap<u32, u64>| {
         m.iter()
             .map(|(v, n)| format!("vCPU {v}: {n}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut notes = Vec::new();
+    let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let agent: u64 = run.agent_snapshots.values().sum();
     match source {
         SnapshotSource::Shim => {}
-        SnapshotSource::Agent { period } if agent == 0 => notes.push(format!(
+        SnapshotSource::Agent { period } if agent == 0 => warnings.push(format!(
             "guest snapshots: no snapshot came from the guest's LBR agent (rt.agent={period}): \
              the guest does not run one, or ran too briefly (lbrprof's guest runtime starts it \
              on every vCPU that runs ring-3 code)"
@@ -462,13 +468,13 @@ fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> Vec<String> {
     }
     let lost: u64 = run.agent_lost.values().sum();
     if lost > 0 {
-        notes.push(format!(
+        warnings.push(format!(
             "{lost} guest snapshots lost: the guest agent's ring was full before the shim \
              drained it ({})",
             per_vcpu(&run.agent_lost)
         ));
     }
-    notes
+    (notes, warnings)
 }
 
 /// Starts the VM thread, opens the events on it, runs the VM and drains until it ends.
@@ -616,24 +622,32 @@ mod tests {
     #[test]
     fn notes_name_the_agent_and_its_losses_per_vcpu() {
         let mut run = VmRunFacts::default();
-        assert!(source_notes(SnapshotSource::Shim, &run).is_empty());
+        let none: (Vec<String>, Vec<String>) = Default::default();
+        assert_eq!(source_notes(SnapshotSource::Shim, &run), none);
         let agent = SnapshotSource::Agent { period: 500 };
-        let notes = source_notes(agent, &run);
-        assert_eq!(notes.len(), 1);
+        let (notes, warnings) = source_notes(agent, &run);
+        assert!(notes.is_empty());
+        assert_eq!(warnings.len(), 1);
         assert!(
-            notes[0].contains("no snapshot came from the guest's LBR agent (rt.agent=500)"),
-            "{notes:?}"
+            warnings[0].contains("no snapshot came from the guest's LBR agent (rt.agent=500)"),
+            "{warnings:?}"
         );
         run.agent_snapshots.insert(0, 7);
         run.agent_snapshots.insert(1, 5);
         run.agent_lost.insert(1, 3);
+        let (notes, warnings) = source_notes(agent, &run);
         assert_eq!(
-            source_notes(agent, &run),
+            notes,
             [
                 "guest snapshots: 12 by the guest's LBR agent, every 500 ring-3 instructions \
-                 (vCPU 0: 7, vCPU 1: 5)",
+              (vCPU 0: 7, vCPU 1: 5)"
+            ]
+        );
+        assert_eq!(
+            warnings,
+            [
                 "3 guest snapshots lost: the guest agent's ring was full before the shim \
-                 drained it (vCPU 1: 3)"
+              drained it (vCPU 1: 3)"
             ]
         );
     }

@@ -123,12 +123,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ""
     };
+    let agent_lost: u64 = outcome.run.agent_lost.values().sum();
     eprintln!(
         "lbrprof: {} host samples ({event}{why}), {} guest snapshots ({} lost), {} vCPU \
          threads, {:.2} s, written to {}",
         s.samples,
         outcome.run.snapshots,
-        outcome.run.lost_snapshots,
+        outcome.run.lost_snapshots + agent_lost,
         outcome.run.vcpu_threads.len(),
         outcome.run.elapsed.as_secs_f64(),
         outcome.output.display()
@@ -136,12 +137,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(rate) = &outcome.run.rate {
         eprintln!("lbrprof: {}", rate.describe());
     }
-    let agent_lost: u64 = outcome.run.agent_lost.values().sum();
-    if agent_lost > 0 {
-        eprintln!(
-            "lbrprof: warning: {agent_lost} guest snapshots lost: the guest agent's ring was \
-             full before the shim drained it"
-        );
+    for warning in &outcome.run.warnings {
+        eprintln!("lbrprof: warning: {warning}");
     }
     crate::cmd::run::guest_exit(
         &spec,
