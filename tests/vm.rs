@@ -836,6 +836,43 @@ fn record_vm_refuses_a_bad_snapshot_source() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("possible values: auto, shim, agent"), "{err}");
+    if !common::kvm_available() {
+        return;
+    }
+    // A guest that starts its agent while the shim drives the PMU would never see a PMI:
+    // refused before anything is written, by record and run alike.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:branchy",
+        "--lbr",
+        "emulated",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        "rt.agent=5000",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --lbr-snapshots agent"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let out = common::run(&[
+        "run",
+        "--vm",
+        "builtin:branchy",
+        "--lbr",
+        "emulated",
+        "--lbr-sample",
+        "1000",
+        "--",
+        "rt.agent=5000",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drop --lbr-sample"), "{err}");
 }
 
 /// What a guest agent lost (its ring full before the shim drained it) reaches `info` and

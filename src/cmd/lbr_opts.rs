@@ -144,6 +144,23 @@ impl LbrArgs {
     }
 }
 
+impl LbrArgs {
+    /// Refuses guest arguments that start lbrprof's LBR agent (`rt.agent=`) while the shim
+    /// drives the PMU (`--lbr-sample`): the shim would take the agent's PMIs for its own.
+    pub fn check_guest_args(&self, guest_args: &[String]) -> anyhow::Result<()> {
+        if self.lbr != LbrFlag::Off
+            && self.lbr_sample != 0
+            && guest_args.iter().any(|a| a.starts_with("rt.agent="))
+        {
+            anyhow::bail!(
+                "the guest arguments start the guest's LBR agent (rt.agent=), which needs the \
+                 PMU to itself: drop --lbr-sample (the shim's own sampling)"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Prints the per-vCPU LBR statistics (for `--stats`).
 pub fn print_stats(setup: &LbrSetup) {
     eprintln!("lbrprof: lbr: backend {}", setup.decision);

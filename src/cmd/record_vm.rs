@@ -62,14 +62,22 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 
 /// The guest's command line: its arguments, plus `rt.agent=PERIOD` when the guest's agent
 /// takes the snapshots (unless the arguments already start it with a period of their own).
-fn guest_cmdline(args: &[String], source: SnapshotSource) -> String {
+/// Arguments that start the agent while the shim drives the PMU are refused: the shim
+/// would take the agent's PMIs for its own and the agent would never see one.
+fn guest_cmdline(args: &[String], source: SnapshotSource) -> anyhow::Result<String> {
+    if source == SnapshotSource::Shim && args.iter().any(|a| a.starts_with("rt.agent=")) {
+        anyhow::bail!(
+            "the guest arguments start the guest's LBR agent (rt.agent=) but the shim takes \
+             the snapshots; use --lbr-snapshots agent"
+        );
+    }
     let mut words = args.to_vec();
     if let SnapshotSource::Agent { period } = source
         && !args.iter().any(|a| a.starts_with("rt.agent="))
     {
         words.push(format!("rt.agent={period}"));
     }
-    words.join(" ")
+    Ok(words.join(" "))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -92,9 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.guest.vcpus == 0 || args.guest.vcpus > max {
         anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
     }
+    let cmdline = guest_cmdline(&args.command, lbr.snapshot_source())?;
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
-    vm.cmdline = guest_cmdline(&args.command, lbr.snapshot_source());
+    vm.cmdline = cmdline;
     vm.timeout = match args.duration {
         None => None,
         Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
@@ -156,14 +165,17 @@ mod tests {
     fn the_agent_is_started_through_the_guest_arguments() {
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let agent = SnapshotSource::Agent { period: 2000 };
+        let line = |v: &[&str], source| guest_cmdline(&args(v), source).map_err(|e| e.to_string());
         assert_eq!(
-            guest_cmdline(&args(&["n=5", "rt.smp"]), agent),
-            "n=5 rt.smp rt.agent=2000"
+            line(&["n=5", "rt.smp"], agent),
+            Ok("n=5 rt.smp rt.agent=2000".into())
         );
-        assert_eq!(guest_cmdline(&args(&[]), agent), "rt.agent=2000");
+        assert_eq!(line(&[], agent), Ok("rt.agent=2000".into()));
         // The user's own period wins.
-        assert_eq!(guest_cmdline(&args(&["rt.agent=7"]), agent), "rt.agent=7");
-        assert_eq!(guest_cmdline(&args(&["n=5"]), SnapshotSource::Shim), "n=5");
+        assert_eq!(line(&["rt.agent=7"], agent), Ok("rt.agent=7".into()));
+        assert_eq!(line(&["n=5"], SnapshotSource::Shim), Ok("n=5".into()));
+        let err = line(&["rt.agent=7"], SnapshotSource::Shim).unwrap_err();
+        assert!(err.contains("use --lbr-snapshots agent"), "{err}");
     }
 
     #[test]
