@@ -165,7 +165,17 @@ impl LbrArgs {
 pub fn print_stats(setup: &LbrSetup) {
     eprintln!("lbrprof: lbr: backend {}", setup.decision);
     let stats = setup.stats.lock().unwrap_or_else(|e| e.into_inner());
+    // The hardware LBR traces nothing in the shim: only the agent's counts are its own.
+    let traced = setup.decision.backend == LbrBackend::Emulated;
     for s in stats.iter() {
+        if !traced {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} snapshots from the guest agent's ring, {} lost to \
+                 a full ring",
+                s.vcpu, s.agent_snapshots, s.agent_lost,
+            );
+            continue;
+        }
         let stops = s.tracer.exits + s.stepping_stops;
         let per_branch = if s.tracer.taken > 0 {
             stops as f64 / s.tracer.taken as f64
