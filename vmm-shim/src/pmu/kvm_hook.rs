@@ -307,6 +307,9 @@ pub struct EmulatedPmuHook {
     stepping_stops: u64,
     /// This vCPU's guest agent ring (guest-driven snapshots).
     agent: AgentDrain,
+    /// Drain the ring when the guest acks a freeze (else only when the vCPU stops, as
+    /// the tests of the guest's overflow path want).
+    drain_on_ack: bool,
 }
 
 /// A stop through one of the patched handlers: the interrupted context's trap frame.
@@ -551,6 +554,7 @@ impl EmulatedPmuHook {
             pending_bps: Vec::new(),
             stepping_stops: 0,
             agent: AgentDrain::new(),
+            drain_on_ack: true,
         }
     }
 
@@ -563,6 +567,14 @@ impl EmulatedPmuHook {
     /// Also report this vCPU's statistics into `sink` when it stops.
     pub fn with_stats(mut self, sink: LbrStatsSink) -> Self {
         self.stats = Some(sink);
+        self
+    }
+
+    /// Drain the guest agent's ring only when the vCPU stops, so the guest fills it (the
+    /// tests of its overflow path).
+    #[cfg(test)]
+    fn drain_only_at_stop(mut self) -> Self {
+        self.drain_on_ack = false;
         self
     }
 
@@ -820,7 +832,7 @@ impl VcpuHook for EmulatedPmuHook {
         self.core
             .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr, value)
             .map_err(|_| GpFault)?;
-        if msr == IA32_PERF_GLOBAL_STATUS_RESET {
+        if msr == IA32_PERF_GLOBAL_STATUS_RESET && self.drain_on_ack {
             // A PMI handler acks a freeze: a guest agent has just written its snapshot.
             self.drain_agent(ctx);
         }
@@ -1303,6 +1315,77 @@ mod tests {
             for e in s.newest_first() {
                 assert!(GUEST_CODE.contains(&e.from) && GUEST_CODE.contains(&e.to));
             }
+        }
+    }
+
+    /// The real guest agent's overflow path, end to end: with its ring drained only at the
+    /// end, each vCPU's agent fills its 32 slots and drops the rest; the shim receives
+    /// exactly the 32 and counts exactly what the guest says it dropped, per vCPU.
+    #[test]
+    fn a_full_agent_ring_loses_exactly_what_the_guest_dropped() {
+        if !kvm() {
+            return;
+        }
+        let console = Console::default();
+        let mut config = VmConfig::new(64 << 20, 2);
+        config.cmdline = "n=200000 rt.smp rt.agent=150000".into();
+        config.serial = Box::new(console.clone());
+        config.timeout = Some(Duration::from_secs(120));
+        config.warn = Box::new(|_| {});
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let stats: LbrStatsSink = Arc::new(Mutex::new(Vec::new()));
+        let cfg = EmulatedConfig::new(
+            0,
+            PmuConfig::new(4, 16).unwrap(),
+            TraceMode::Sampled {
+                window_branches: 16,
+            },
+        );
+        let hooks = |i: u32| -> Box<dyn VcpuHook> {
+            let mut c = cfg;
+            c.vcpu = i;
+            Box::new(
+                EmulatedPmuHook::new(c, Some(sink.clone()))
+                    .with_stats(Arc::clone(&stats))
+                    .drain_only_at_stop(),
+            )
+        };
+        let report = Vm::run(config, builtin::image("branchy").unwrap(), &hooks).unwrap();
+        let out = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+        assert_eq!(report.outcome.exit_code(), 0, "{out}");
+        let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+        let stats = stats.lock().unwrap().clone();
+        for vcpu in 0..2u32 {
+            let prefix = format!("lbrprof-guest: agent on vCPU {vcpu}: ");
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("{out}"));
+            let nums: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let (written, dropped) = (nums[0], nums[1]);
+            assert_eq!(written, crate::abi::AGENT_RING_SLOTS, "{out}");
+            assert!(dropped > 0, "the ring overflowed: {out}");
+            let got = snaps
+                .iter()
+                .filter(|s| s.vcpu == vcpu && s.reason == SnapshotReason::Agent)
+                .count() as u64;
+            assert_eq!(got, written, "vCPU {vcpu}");
+            let s = stats.iter().find(|s| s.vcpu == vcpu).unwrap();
+            assert_eq!(
+                (s.agent_snapshots, s.agent_lost),
+                (written, dropped),
+                "{out}"
+            );
+            // Oldest first: the first 32 PMIs, in order.
+            let tscs: Vec<u64> = snaps
+                .iter()
+                .filter(|s| s.vcpu == vcpu)
+                .map(|s| s.guest_tsc)
+                .collect();
+            assert!(tscs.windows(2).all(|w| w[0] <= w[1]), "{tscs:?}");
         }
     }
 
