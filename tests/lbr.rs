@@ -534,6 +534,70 @@ fn the_guest_agent_keeps_sampling_in_sampled_mode() {
     assert!(pmis >= 2 && pmis == snapshots, "{err}");
 }
 
+/// The agent on every vCPU: under `rt.smp` both vCPUs run the workload and each starts
+/// its own agent (its own PMU, its own ring); each vCPU's hook drains its own ring, so
+/// what each vCPU's guest agent says it wrote is exactly what that vCPU's hook received,
+/// for PMU versions 2 (OVF_CTRL and re-enable) and 4 (STATUS_RESET), and the workload's
+/// output is unchanged.
+#[test]
+fn the_guest_agent_runs_on_every_vcpu_and_each_ring_is_drained_by_its_own_hook() {
+    if !kvm_available() {
+        return;
+    }
+    let base = [
+        "run",
+        "--vm",
+        "builtin:calls",
+        "--vcpus",
+        "2",
+        "--serial",
+        "stdio",
+    ];
+    let guest = ["n=3000000", "rt.smp"];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--"], &guest[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let sorted = |out: &str| {
+        let mut l: Vec<&str> = out.lines().filter(|l| l.starts_with("calls:")).collect();
+        l.sort_unstable();
+        l.join("\n")
+    };
+    assert_eq!(sorted(&plain).lines().count(), 2, "{plain}");
+    for version in ["2", "4"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--pmu-version",
+                version,
+                "--",
+                "rt.agent=1000000",
+            ],
+            &guest[..],
+        ]
+        .concat();
+        let (code, out, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "v{version}: {out}\n{err}");
+        assert_eq!(sorted(&out), sorted(&plain), "v{version}");
+        for vcpu in 0..2 {
+            let guest_line = format!("lbrprof-guest: agent on vCPU {vcpu}: ");
+            let written = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&guest_line))
+                .unwrap_or_else(|| panic!("v{version}: no agent line for vCPU {vcpu}:\n{out}"));
+            let (n, dropped) = written.split_once(" snapshots, ").unwrap();
+            assert_eq!(dropped, "0 dropped", "v{version}");
+            let n: u64 = n.parse().unwrap();
+            assert!(n >= 1, "v{version} vCPU {vcpu}: {out}");
+            let shim_line = format!(
+                "lbrprof: lbr: vCPU {vcpu}: {n} snapshots from the guest agent's ring, 0 lost"
+            );
+            assert!(err.contains(&shim_line), "v{version}: {shim_line}\n{err}");
+        }
+    }
+}
+
 /// The guest snapshots of an exact-mode `record --vm`, without the fields that follow
 /// host time (host_time_ns, guest_tsc).
 fn exact_snapshots(dir: &std::path::Path, name: &str) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {

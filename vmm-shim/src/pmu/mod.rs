@@ -17,9 +17,11 @@
 //!   guest; anything it does not implement exactly is left to the breakpoints.
 //! * [`backend`]: hardware passthrough or emulation, decided from plain host facts.
 //! * [`emulated`]: model + tracer + snapshot channel for one vCPU, KVM-free.
-//! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot ring.
+//! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot rings (one per
+//!   vCPU), with exact loss counts.
 //! * [`kvm_hook`]: the VMM hook that drives [`emulated`] from KVM exits (KVM guest debug in
-//!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook.
+//!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook
+//!   (CPUID, and a timer that drains the guest agent's ring).
 
 pub mod agent;
 pub mod backend;
