@@ -413,6 +413,11 @@ impl Session<'_> {
             let leaf = level == 3 || ((level == 1 || level == 2) && entry & PTE_PS != 0);
             if leaf {
                 let page_mask = (1u64 << shift) - 1;
+                // A large page's address bits below its size (above the PAT bit, 12) are
+                // reserved: the CPU faults on them.
+                if shift > 12 && entry & PTE_ADDR_MASK & page_mask & !(1u64 << 12) != 0 {
+                    return Err(Halt::Memory);
+                }
                 let base = entry & PTE_ADDR_MASK & !page_mask;
                 let phys = base | (vpage & page_mask);
                 let allowed = user

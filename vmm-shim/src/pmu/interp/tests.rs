@@ -364,3 +364,17 @@ fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
     assert_eq!(halt, Halt::FlagsLive);
     assert_eq!(end, s);
 }
+
+/// A 2 MiB page whose entry sets a reserved address bit faults on the CPU: left to it.
+#[test]
+fn reserved_bits_in_a_large_page_entry_are_left_to_the_cpu() {
+    let code = [0x48, 0x8b, 0x07, 0xf4]; // mov (%rdi),%rax ; hlt
+    let mut m = Machine::new(&code);
+    let e = m.u64_at(PD + 16) | 1 << 13;
+    m.mem[PD as usize + 16..PD as usize + 24].copy_from_slice(&e.to_le_bytes());
+    let mut s = state();
+    s.gpr[7] = DATA + 8;
+    let (steps, halt, _) = run(&mut m, s);
+    assert!(steps.is_empty());
+    assert_eq!(halt, Halt::Memory);
+}
