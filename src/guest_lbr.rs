@@ -1,18 +1,27 @@
 //! The guest LBR of `record --vm` and `demo`: the backend decision (hardware passthrough
-//! or emulation, from the host's facts) and the per-vCPU hooks that send snapshots into
-//! the recorder's channel, as a [`GuestLbr`] the collector drives.
+//! or emulation, from the host's facts), who takes the snapshots, and the per-vCPU hooks
+//! that send them into the recorder's channel, as a [`GuestLbr`] the collector drives.
 //!
-//! Snapshots are shim-driven (no guest agent needed): the shim arms a fixed counter that
-//! overflows every `period` events — guest core cycles of a time-based counter in sampled
-//! mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired instructions in
-//! exact mode (`10,000,000 / F`). In sampled mode an overhead budget (`--lbr-overhead`,
-//! see [`lbrprof_vmm::pmu::throttle`]) stretches the interval after a snapshot whose tracing
-//! window took too long, so the emulation's share of wall time stays within the budget.
+//! Snapshots come at `-F` (`--lbr-freq`) per vCPU from one of two sources
+//! (`--lbr-snapshots`):
+//! * **shim-driven** (emulated LBR only; any guest): the shim arms a fixed counter that
+//!   overflows every `period` events — guest core cycles of a time-based counter in
+//!   sampled mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired
+//!   instructions in exact mode (`10,000,000 / F`). In sampled mode an overhead budget
+//!   (`--lbr-overhead`, see [`lbrprof_vmm::pmu::throttle`]) stretches the interval after a
+//!   snapshot whose tracing window took too long, so the emulation's share of wall time
+//!   stays within the budget.
+//! * **guest-driven** (either backend; the only one with the hardware LBR): lbrprof's
+//!   guest runtime is booted with `rt.agent=PERIOD` (ring-3 instructions, the same
+//!   `period` as above: in sampled mode the emulated instruction counter follows guest
+//!   cycles) and its PMI handler writes each frozen LBR into its vCPU's ring, which that
+//!   vCPU's hook drains ([`lbrprof_vmm::pmu::agent`]). The guest sets its own rate, so
+//!   the overhead budget does not apply.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use lbrprof_collector::vm::{GuestLbr, LbrCounters, SnapshotBudget};
+use lbrprof_collector::vm::{GuestLbr, LbrCounters, SnapshotBudget, SnapshotSource};
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::caps;
 use lbrprof_vmm::pmu::backend::{self, Decision, HostLbrFacts, LbrMode, LbrRequest};
@@ -22,7 +31,7 @@ use lbrprof_vmm::pmu::tracer::TraceMode;
 use lbrprof_vmm::pmu::vpmu::PmuConfig;
 use lbrprof_vmm::snapshot::LbrBackend;
 
-use crate::cmd::record::{LbrChoice, LbrModeChoice};
+use crate::cmd::record::{LbrChoice, LbrModeChoice, SnapshotChoice};
 
 /// Guest cycles per second the emulated PMU's time-based counters assume.
 pub const GUEST_CYCLES_PER_SEC: u64 = 2_000_000_000;
@@ -41,6 +50,8 @@ pub struct LbrRequestArgs {
     pub vcpus: u32,
     /// Percent of wall time the emulated LBR may take in sampled mode (0 or 100: no limit).
     pub overhead_percent: u32,
+    /// Who takes the snapshots.
+    pub snapshots: SnapshotChoice,
 }
 
 /// The shim's guest LBR for one recording.
@@ -53,6 +64,7 @@ pub struct ShimLbr {
     overhead_percent: u32,
     host_has_lbr: bool,
     vcpus: u32,
+    source: SnapshotSource,
     stats: LbrStatsSink,
 }
 
@@ -92,11 +104,14 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
     let facts = host_facts();
     let decision =
         backend::decide(&facts, request, mode).context("cannot give the guest an LBR")?;
+    let period = snapshot_period(mode, req.frequency);
+    let source = snapshot_source(req.snapshots, decision.backend, period)?;
     Ok(Box::new(ShimLbr {
         decision,
         mode,
         pmu,
-        period: snapshot_period(mode, req.frequency),
+        source,
+        period,
         frequency: req.frequency,
         overhead_percent: req.overhead_percent,
         host_has_lbr: facts.host_lbr_nr != 0,
@@ -105,11 +120,38 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
     }))
 }
 
+/// Who takes the snapshots, given the backend: `auto` is the agent with the hardware LBR
+/// (the shim cannot see it) and the shim with the emulated one (any guest).
+pub fn snapshot_source(
+    choice: SnapshotChoice,
+    backend: backend::LbrBackend,
+    period: u64,
+) -> anyhow::Result<SnapshotSource> {
+    let hardware = backend == backend::LbrBackend::Hardware;
+    Ok(match choice {
+        SnapshotChoice::Agent => SnapshotSource::Agent { period },
+        SnapshotChoice::Auto if hardware => SnapshotSource::Agent { period },
+        SnapshotChoice::Auto => SnapshotSource::Shim,
+        SnapshotChoice::Shim if hardware => anyhow::bail!(
+            "--lbr-snapshots shim needs the emulated LBR (the shim cannot read the hardware \
+             LBR); use --lbr-snapshots agent with a guest that runs lbrprof's LBR agent, or \
+             --lbr emulated"
+        ),
+        SnapshotChoice::Shim => SnapshotSource::Shim,
+    })
+}
+
 impl ShimLbr {
     /// The decision in words, for the user.
     pub fn describe(&self) -> String {
+        let source = match self.source {
+            SnapshotSource::Shim => "snapshots by the shim".to_owned(),
+            SnapshotSource::Agent { period } => {
+                format!("snapshots by the guest's agent (rt.agent={period})")
+            }
+        };
         format!(
-            "{} mode, {}, {} entries",
+            "{} mode, {}, {} entries, {source}",
             self.mode(),
             self.decision,
             self.pmu.lbr_depth.slots()
@@ -137,11 +179,17 @@ impl GuestLbr for ShimLbr {
         }
     }
 
+    fn snapshot_source(&self) -> SnapshotSource {
+        self.source
+    }
+
     fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook> {
         match self.decision.backend {
-            backend::LbrBackend::Hardware => Box::new(HardwarePmuHook {
-                host_has_lbr: self.host_has_lbr,
-            }),
+            backend::LbrBackend::Hardware => Box::new(
+                HardwarePmuHook::new(self.host_has_lbr)
+                    .with_agent(sink.clone())
+                    .with_stats(Arc::clone(&self.stats)),
+            ),
             backend::LbrBackend::Emulated => {
                 let mode = match self.mode {
                     LbrMode::Exact => TraceMode::Exact,
@@ -150,8 +198,12 @@ impl GuestLbr for ShimLbr {
                     },
                 };
                 let mut cfg = EmulatedConfig::new(vcpu, self.pmu, mode);
-                cfg.sampling = Sampling::Shim {
-                    period: self.period,
+                cfg.sampling = match self.source {
+                    SnapshotSource::Shim => Sampling::Shim {
+                        period: self.period,
+                    },
+                    // The guest programs the PMU; its PMIs are injected as NMIs.
+                    SnapshotSource::Agent { .. } => Sampling::Guest,
                 };
                 cfg.cycles_per_sec = GUEST_CYCLES_PER_SEC;
                 cfg.overhead_percent = self.overhead_percent;
@@ -176,14 +228,18 @@ impl GuestLbr for ShimLbr {
             branches: exact.then_some(s.tracer.branches),
             frozen_events: s.pmu.frozen_branches,
             stretched_intervals: s.throttle.stretched,
+            agent_lost: s.agent_lost,
         }
     }
 
     fn snapshot_budget(&self) -> Option<SnapshotBudget> {
-        if self.decision.backend != backend::LbrBackend::Emulated {
+        let agent = matches!(self.source, SnapshotSource::Agent { .. });
+        if self.decision.backend != backend::LbrBackend::Emulated && !agent {
             return None;
         }
-        let throttled = self.mode == LbrMode::Sampled && (1..100).contains(&self.overhead_percent);
+        // The agent sets its own rate: nothing to throttle.
+        let throttled =
+            !agent && self.mode == LbrMode::Sampled && (1..100).contains(&self.overhead_percent);
         Some(SnapshotBudget {
             requested_hz: self.frequency,
             overhead_percent: throttled.then_some(self.overhead_percent),
@@ -201,5 +257,32 @@ mod tests {
         assert_eq!(snapshot_period(LbrMode::Exact, 1000), 10_000);
         assert_eq!(snapshot_period(LbrMode::Exact, 100_000_000), 1);
         assert_eq!(snapshot_period(LbrMode::Sampled, 0), GUEST_CYCLES_PER_SEC);
+    }
+
+    #[test]
+    fn snapshot_sources_follow_the_backend() {
+        use backend::LbrBackend::{Emulated, Hardware};
+        let pick = |c, b| snapshot_source(c, b, 7).map_err(|e| e.to_string());
+        assert_eq!(
+            pick(SnapshotChoice::Auto, Emulated),
+            Ok(SnapshotSource::Shim)
+        );
+        assert_eq!(
+            pick(SnapshotChoice::Auto, Hardware),
+            Ok(SnapshotSource::Agent { period: 7 })
+        );
+        assert_eq!(
+            pick(SnapshotChoice::Agent, Emulated),
+            Ok(SnapshotSource::Agent { period: 7 })
+        );
+        assert_eq!(
+            pick(SnapshotChoice::Shim, Emulated),
+            Ok(SnapshotSource::Shim)
+        );
+        let err = pick(SnapshotChoice::Shim, Hardware).unwrap_err();
+        assert!(
+            err.contains("--lbr-snapshots shim needs the emulated LBR"),
+            "{err}"
+        );
     }
 }

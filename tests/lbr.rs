@@ -534,6 +534,70 @@ fn the_guest_agent_keeps_sampling_in_sampled_mode() {
     assert!(pmis >= 2 && pmis == snapshots, "{err}");
 }
 
+/// The agent on every vCPU: under `rt.smp` both vCPUs run the workload and each starts
+/// its own agent (its own PMU, its own ring); each vCPU's hook drains its own ring, so
+/// what each vCPU's guest agent says it wrote is exactly what that vCPU's hook received,
+/// for PMU versions 2 (OVF_CTRL and re-enable) and 4 (STATUS_RESET), and the workload's
+/// output is unchanged.
+#[test]
+fn the_guest_agent_runs_on_every_vcpu_and_each_ring_is_drained_by_its_own_hook() {
+    if !kvm_available() {
+        return;
+    }
+    let base = [
+        "run",
+        "--vm",
+        "builtin:calls",
+        "--vcpus",
+        "2",
+        "--serial",
+        "stdio",
+    ];
+    let guest = ["n=3000000", "rt.smp"];
+    let (code, plain, err) = stdout_stderr(&[&base[..], &["--"], &guest[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let sorted = |out: &str| {
+        let mut l: Vec<&str> = out.lines().filter(|l| l.starts_with("calls:")).collect();
+        l.sort_unstable();
+        l.join("\n")
+    };
+    assert_eq!(sorted(&plain).lines().count(), 2, "{plain}");
+    for version in ["2", "4"] {
+        let args = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--pmu-version",
+                version,
+                "--",
+                "rt.agent=1000000",
+            ],
+            &guest[..],
+        ]
+        .concat();
+        let (code, out, err) = stdout_stderr(&args);
+        assert_eq!(code, 0, "v{version}: {out}\n{err}");
+        assert_eq!(sorted(&out), sorted(&plain), "v{version}");
+        for vcpu in 0..2 {
+            let guest_line = format!("lbrprof-guest: agent on vCPU {vcpu}: ");
+            let written = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&guest_line))
+                .unwrap_or_else(|| panic!("v{version}: no agent line for vCPU {vcpu}:\n{out}"));
+            let (n, dropped) = written.split_once(" snapshots, ").unwrap();
+            assert_eq!(dropped, "0 dropped", "v{version}");
+            let n: u64 = n.parse().unwrap();
+            assert!(n >= 1, "v{version} vCPU {vcpu}: {out}");
+            let shim_line = format!(
+                "lbrprof: lbr: vCPU {vcpu}: {n} snapshots from the guest agent's ring, 0 lost"
+            );
+            assert!(err.contains(&shim_line), "v{version}: {shim_line}\n{err}");
+        }
+    }
+}
+
 /// The guest snapshots of an exact-mode `record --vm`, without the fields that follow
 /// host time (host_time_ns, guest_tsc).
 fn exact_snapshots(dir: &std::path::Path, name: &str) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
@@ -580,5 +644,244 @@ fn two_exact_recordings_give_identical_snapshot_streams() {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "snapshot {i} differs");
+    }
+}
+
+/// `lbrprof ARGS` with the shim's interpreter on (the default) or off
+/// (`LBRPROF_LBR_INTERP=0`): exit code, stdout, stderr.
+fn with_interpreter(on: bool, args: &[&str]) -> (i32, String, String) {
+    let out = common::lbrprof()
+        .env("LBRPROF_LBR_INTERP", if on { "1" } else { "0" })
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `--stats` interpreter line's numbers: [vcpu, interpreted, share-int, share-frac,
+/// stretches, handed back], if there is one.
+fn interp_stats(err: &str) -> Option<Vec<u64>> {
+    let line = err
+        .lines()
+        .find(|l| l.contains("instructions interpreted"))?;
+    Some(
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+    )
+}
+
+/// The exact-mode snapshot stream of `record --vm builtin:calls`, interpreter on or off.
+fn exact_snapshots_interp(
+    dir: &std::path::Path,
+    on: bool,
+) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
+    let out = dir.join(if on { "on.data" } else { "off.data" });
+    let o = common::lbrprof()
+        .env("LBRPROF_LBR_INTERP", if on { "1" } else { "0" })
+        .args([
+            "record",
+            "--vm",
+            "builtin:calls",
+            "--lbr-mode",
+            "exact",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--", "n=3000", "depth=12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lbrprof_collector::recording::RecordingReader::open(&out)
+        .unwrap()
+        .filter_map(|e| match e.unwrap() {
+            lbrprof_collector::model::Event::Snapshot(mut s) => {
+                s.host_time_ns = 0;
+                s.guest_tsc = 0;
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Exact mode with the shim's interpreter (vmm-shim/src/pmu/interp.rs) is the same
+/// machine as with breakpoints alone: identical snapshot streams (every LBR entry, TOS,
+/// guest IP/SP/FP and stack at every PMI), identical counts and workload results — only
+/// far fewer stops.
+#[test]
+fn the_interpreter_changes_nothing_exact_mode_can_see() {
+    if !kvm_available() {
+        return;
+    }
+    let args = [
+        "run",
+        "--vm",
+        "builtin:branchy",
+        "--serial",
+        "stdio",
+        "--stats",
+        "--lbr",
+        "emulated",
+        "--lbr-mode",
+        "exact",
+        "--lbr-sample",
+        "1009",
+        "--",
+        "n=500",
+    ];
+    let (code, on_out, on_err) = with_interpreter(true, &args);
+    assert_eq!(code, 0, "{on_err}");
+    let (code, off_out, off_err) = with_interpreter(false, &args);
+    assert_eq!(code, 0, "{off_err}");
+    assert_eq!(checksum_line(&on_out), checksum_line(&off_out));
+    assert!(!checksum_line(&on_out).is_empty(), "{on_out}");
+    let (on, off) = (lbr_stats(&on_err), lbr_stats(&off_err));
+    // [vcpu, instructions, branches, taken, stops, ratio, ratio, pmis, snapshots, lost]
+    for i in [1, 2, 3, 7, 8, 9] {
+        assert_eq!(on[i], off[i], "field {i}:\n{on_err}\n{off_err}");
+    }
+    assert!(on[4] * 5 < off[4], "not fewer stops:\n{on_err}\n{off_err}");
+    let interp = interp_stats(&on_err).unwrap_or_else(|| panic!("{on_err}"));
+    assert!(interp[2] >= 90, "under 90% interpreted:\n{on_err}");
+    assert!(interp_stats(&off_err).is_none(), "{off_err}");
+
+    // The other workloads: SSE the interpreter hands back (sort), indirect jumps through
+    // a table (interp), deep calls (calls).
+    for (name, words) in [
+        ("sort", &["n=500"][..]),
+        ("interp", &["n=40"][..]),
+        ("calls", &["n=300", "depth=10"][..]),
+    ] {
+        let image = format!("builtin:{name}");
+        let args = [
+            &[
+                "run",
+                "--vm",
+                &image,
+                "--serial",
+                "stdio",
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                "exact",
+                "--lbr-sample",
+                "997",
+                "--",
+            ][..],
+            words,
+        ]
+        .concat();
+        let (code, on_out, on_err) = with_interpreter(true, &args);
+        assert_eq!(code, 0, "{name}: {on_err}");
+        let (code, off_out, off_err) = with_interpreter(false, &args);
+        assert_eq!(code, 0, "{name}: {off_err}");
+        assert_eq!(on_out, off_out, "{name}");
+        let (on, off) = (lbr_stats(&on_err), lbr_stats(&off_err));
+        for i in [1, 2, 3, 7, 8, 9] {
+            assert_eq!(on[i], off[i], "{name} field {i}:\n{on_err}\n{off_err}");
+        }
+        assert!(on[4] < off[4], "{name}:\n{on_err}\n{off_err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = exact_snapshots_interp(dir.path(), true);
+    let b = exact_snapshots_interp(dir.path(), false);
+    assert!(a.len() >= 2, "{} snapshots", a.len());
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "snapshot {i} differs");
+    }
+}
+
+/// Sampled mode with the interpreter: the guest computes exactly what it computes
+/// untraced, for every workload (integer loops, calls, a sort with SSE the interpreter
+/// hands back to the CPU, a bytecode interpreter with indirect jumps), and branchy's
+/// windows are interpreted whole, without debug stops.
+#[test]
+fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
+    if !kvm_available() {
+        return;
+    }
+    for (name, words) in [
+        ("branchy", &["n=10000000"][..]),
+        ("calls", &["n=20000", "depth=12"][..]),
+        ("sort", &["n=20000"][..]),
+        ("interp", &[][..]),
+    ] {
+        let image = format!("builtin:{name}");
+        let base = ["run", "--vm", &image, "--serial", "stdio"];
+        let (code, plain, err) = stdout_stderr(&[&base[..], &["--"], words].concat());
+        assert_eq!(code, 0, "{name}: {err}");
+        let sampled = [
+            &base[..],
+            &[
+                "--stats",
+                "--lbr",
+                "emulated",
+                "--lbr-mode",
+                "sampled",
+                "--lbr-sample",
+                "2000000",
+                "--lbr-overhead",
+                "0",
+                "--",
+            ],
+            words,
+        ]
+        .concat();
+        let (code, traced, err) = with_interpreter(true, &sampled);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(plain, traced, "{name}: {err}");
+        let stats = lbr_stats(&err);
+        assert!(stats[7] >= 1, "{name}: no samples\n{err}");
+        if name == "branchy" {
+            let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
+            assert!(interp[2] >= 99, "{err}");
+            // Only windows that reach the argument parsing and printing around the loop
+            // (formatting code with indirect calls) hand back to the breakpoints.
+            assert!(interp[5] * 4 <= stats[7], "{err}");
+        }
+    }
+}
+
+/// The guest's architecture checks pass with the interpreter off as well as on (the
+/// default, in `lbrcheck_passes_for_pmu_versions_2_and_4_and_depths_8_16_32`).
+#[test]
+fn lbrcheck_passes_with_the_interpreter_off() {
+    if !kvm_available() {
+        return;
+    }
+    for (version, depth) in [(2, 8), (4, 32)] {
+        let (v, d) = (version.to_string(), depth.to_string());
+        let (gv, gd) = (format!("version={v}"), format!("depth={d}"));
+        let args = [
+            "run",
+            "--vm",
+            "builtin:lbrcheck",
+            "--serial",
+            "stdio",
+            "--lbr",
+            "emulated",
+            "--lbr-mode",
+            "exact",
+            "--pmu-version",
+            &v,
+            "--lbr-depth",
+            &d,
+            "--",
+            &gv,
+            &gd,
+        ];
+        let (code, out, err) = with_interpreter(false, &args);
+        assert_eq!(code, 0, "v{version} depth {depth}:\n{out}\n{err}");
+        let want = format!("lbrcheck: 8 checks passed (PMU version {version}, LBR depth {depth})");
+        assert!(out.contains(&want), "{out}");
     }
 }

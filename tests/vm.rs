@@ -614,3 +614,342 @@ fn duration_and_ctrl_c_stop_the_guest_and_keep_the_recording() {
     assert!(report["meta"]["samples"].as_u64().unwrap() > 0);
     assert!(report["vm"]["shim"][0]["run_ns"].as_u64().unwrap() > 0);
 }
+
+/// The guest's console lines without the runtime's agent report, sorted (`rt.smp` vCPUs
+/// print in any order).
+fn workload_lines(console: &str) -> Vec<String> {
+    let mut lines: Vec<String> = console
+        .lines()
+        .filter(|l| !l.starts_with("lbrprof-guest: agent"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// `lbrprof-guest: agent on vCPU N: S snapshots, D dropped` → (S, D) for vCPU `vcpu`.
+fn agent_line(console: &str, vcpu: u32) -> (u64, u64) {
+    let prefix = format!("lbrprof-guest: agent on vCPU {vcpu}: ");
+    let line = console
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no agent line for vCPU {vcpu}:\n{console}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// Guest-driven snapshots in `record --vm`: with `--lbr-snapshots agent` the guest
+/// runtime's LBR agent runs on both vCPUs of an `rt.smp` guest; each vCPU's snapshots
+/// land in the recording (reason Agent, exactly as many as the guest says it wrote, none
+/// dropped), pair only with their own vCPU thread's samples, and show in `info`, `report`
+/// and the flame graph; the guest's own output is what it is without the agent.
+#[test]
+fn record_vm_takes_agent_snapshots_on_every_vcpu() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent.data");
+    let console = dir.path().join("console");
+    let guest = ["n=3000000", "rt.smp"];
+    let plain = common::run(
+        &[
+            &[
+                "run",
+                "--vm",
+                "builtin:branchy",
+                "--vcpus",
+                "2",
+                "--serial",
+                "stdio",
+                "--",
+            ][..],
+            &guest,
+        ]
+        .concat(),
+    );
+    assert!(plain.status.success());
+    let plain = String::from_utf8(plain.stdout).unwrap();
+    assert_eq!(
+        plain.lines().filter(|l| l.contains("checksum=")).count(),
+        2,
+        "both vCPUs ran the workload:\n{plain}"
+    );
+    let out = common::run(
+        &[
+            &[
+                "record",
+                "--vm",
+                "builtin:branchy",
+                "--vcpus",
+                "2",
+                "--lbr",
+                "emulated",
+                "--lbr-snapshots",
+                "agent",
+                "--lbr-freq",
+                "200",
+                "-o",
+                data.to_str().unwrap(),
+                "--serial",
+                console.to_str().unwrap(),
+                "--",
+            ][..],
+            &guest,
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("snapshots by the guest's agent (rt.agent=10000000)"),
+        "2e9 guest cycles / 200 Hz: {err}"
+    );
+    let console = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(workload_lines(&console), workload_lines(&plain));
+
+    let snaps: Vec<LbrSnapshot> = lbrprof_collector::recording::RecordingReader::open(&data)
+        .unwrap()
+        .filter_map(|e| match e.unwrap() {
+            Event::Snapshot(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        snaps.iter().all(|s| s.reason == SnapshotReason::Agent),
+        "the shim takes none of its own"
+    );
+    // Each snapshot stands where the guest's ring-3 code was, never in the #DB/#BP
+    // handlers the emulated LBR stops the guest through (where its PMI arrives).
+    let elf = std::fs::read(dir.path().join("agent.data.guest/branchy")).unwrap();
+    let exact = |name: &str| {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(&*elf).unwrap();
+        file.symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol {name}"))
+            .address()
+    };
+    let handlers = [exact("rt_vec1"), exact("rt_vec3")];
+    for s in &snaps {
+        assert!(
+            handlers.iter().all(|h| s.guest_ip.wrapping_sub(*h) >= 8),
+            "snapshot in a trap handler: {:#x}",
+            s.guest_ip
+        );
+    }
+    for vcpu in [0, 1] {
+        let (written, dropped) = agent_line(&console, vcpu);
+        let got = snaps.iter().filter(|s| s.vcpu == vcpu).count() as u64;
+        assert!(written >= 2, "vCPU {vcpu}: {written} snapshots\n{console}");
+        assert_eq!(
+            got, written,
+            "vCPU {vcpu}: recorded vs written by the guest"
+        );
+        assert_eq!(dropped, 0);
+        // Real LBR contents of the workload, with the interrupted context's stack.
+        let s = snaps.iter().find(|s| s.vcpu == vcpu).unwrap();
+        assert_eq!(s.entries.len(), 32);
+        assert!(s.newest_first().count() > 0);
+        assert!(!s.guest_stack.is_empty(), "{s:?}");
+    }
+
+    let info = ok(&["info", data.to_str().unwrap()]);
+    let (w0, _) = agent_line(&console, 0);
+    let (w1, _) = agent_line(&console, 1);
+    assert!(
+        info.contains(&format!("vCPU 0:      {w0} by the guest agent")),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("vCPU 1:      {w1} by the guest agent")),
+        "{info}"
+    );
+    assert!(info.contains("losses:        none"), "{info}");
+    assert!(
+        info.contains(&format!(
+            "by the guest's LBR agent, every 10000000 ring-3 instructions (vCPU 0: {w0}, \
+             vCPU 1: {w1})"
+        )),
+        "{info}"
+    );
+
+    let report = json(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
+    check_edge_counts(&report);
+    assert_eq!(report["meta"]["snapshots"], w0 + w1);
+    let hot = report["branches"][0]["from"].to_string();
+    assert!(hot.contains("branchy"), "{hot}");
+    let vm = &report["vm"];
+    assert_eq!(vm["check"]["cross_vcpu"], 0);
+    for (row, written) in vm["shim"].as_array().unwrap().iter().zip([w0, w1]) {
+        assert!(
+            row["paired"].as_u64().unwrap() > 0,
+            "every vCPU pairs: {row}"
+        );
+        assert_eq!(row["agent_snapshots"], written, "{row}");
+        assert_eq!(row["snapshots"], written, "{row}");
+        assert_eq!(row["lost_snapshots"], 0, "{row}");
+    }
+    let text = ok(&["report", "-i", data.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("{w1} snapshots ({w1} by the guest agent, 0 lost)")),
+        "{text}"
+    );
+    let svg = dir.path().join("f.svg");
+    ok(&[
+        "flamegraph",
+        "-i",
+        data.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    let titles = svg_titles(&std::fs::read(&svg).unwrap());
+    for vcpu in ["[guest vcpu0]", "[guest vcpu1]"] {
+        assert!(titles.iter().any(|t| t.starts_with(vcpu)), "{vcpu}");
+    }
+    assert!(titles.iter().any(|t| t.contains("branchy::run")));
+}
+
+/// An unknown snapshot source is refused with the choices. (`shim` with the hardware LBR
+/// is refused too, with the reason; that decision is unit-tested in `guest_lbr`, as this
+/// host has no hardware LBR to ask for.)
+#[test]
+fn record_vm_refuses_a_bad_snapshot_source() {
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:branchy",
+        "--lbr-snapshots",
+        "guest",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("possible values: auto, shim, agent"), "{err}");
+    if !common::kvm_available() {
+        return;
+    }
+    // A guest that starts its agent while the shim drives the PMU would never see a PMI:
+    // refused before anything is written, by record and run alike.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "builtin:branchy",
+        "--lbr",
+        "emulated",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        "rt.agent=5000",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --lbr-snapshots agent"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let out = common::run(&[
+        "run",
+        "--vm",
+        "builtin:branchy",
+        "--lbr",
+        "emulated",
+        "--lbr-sample",
+        "1000",
+        "--",
+        "rt.agent=5000",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drop --lbr-sample"), "{err}");
+}
+
+/// What a guest agent lost (its ring full before the shim drained it) reaches `info` and
+/// `report` per vCPU, next to the snapshots each source took. (A synthetic recording as
+/// `record --vm` writes it: the emulated LBR drains at every ack, so a real run on this
+/// host never fills a ring; the counting itself is unit-tested in `pmu::agent`.)
+#[test]
+fn agent_losses_and_sources_show_per_vcpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lost.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Vm {
+            image: "builtin:branchy".into(),
+            vcpus: 2,
+            backend: LbrBackend::Hardware,
+            mode: "sampled".into(),
+        },
+    };
+    let w = RecordingWriter::create(&data, &header).unwrap();
+    let sink = w.sink();
+    for (vcpu, tid) in [(0, 101), (1, 102)] {
+        sink.send(Event::Vcpu(VcpuThread {
+            time_ns: 0,
+            vm: 0,
+            vcpu,
+            pid: 100,
+            tid,
+        }));
+    }
+    for (vcpu, n) in [(0, 3), (1, 5)] {
+        for k in 0..n {
+            let mut s = snapshot(vcpu, 1_000 * (k + 1), 0x1000);
+            s.reason = SnapshotReason::Agent;
+            sink.send(Event::Snapshot(s));
+        }
+    }
+    sink.send(Event::Snapshot(snapshot(0, 9_000, 0x1000)));
+    sink.send(Event::Loss(Loss {
+        time_ns: 10_000,
+        kind: LossKind::ChannelFull,
+        count: 4,
+        tid: Some(1),
+    }));
+    for (vcpu, snapshots, lost) in [(0, 4, 0), (1, 5, 4)] {
+        sink.send(Event::VcpuStats(VcpuStats {
+            vcpu,
+            snapshots,
+            lost_snapshots: lost,
+            ..VcpuStats::default()
+        }));
+    }
+    w.finish(&Summary::default()).unwrap();
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(
+        info.contains("vCPU 0:      3 by the guest agent, 1 by the shim\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("vCPU 1:      5 by the guest agent\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("losses:        4 guest snapshots (vCPU 1's agent ring full)"),
+        "{info}"
+    );
+    let text = ok(&["report", "-i", data.to_str().unwrap()]);
+    assert!(
+        text.contains("5 snapshots (5 by the guest agent, 4 lost)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 snapshots (3 by the guest agent, 0 lost)"),
+        "{text}"
+    );
+}

@@ -11,10 +11,14 @@
 //!
 //! What the recording holds, besides the host samples and side band: a guest
 //! [`Mapping`] (space `Guest { vm: 0 }`) per executable segment of the image, with the
-//! image's path and build-id; every [`LbrSnapshot`] the vCPUs
-//! sent; an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU
-//! at the end (the shim's accounting merged with the guest LBR's); and a header whose
-//! target is [`Target::Vm`].
+//! image's path and build-id; every [`LbrSnapshot`] the vCPUs sent (taken by the shim, or
+//! by the guest's own LBR agent: reason [`SnapshotReason::Agent`], see [`SnapshotSource`]);
+//! an [`Event::Vcpu`] per vCPU thread as it starts; an [`Event::VcpuStats`] per vCPU at the
+//! end (the shim's accounting merged with the guest LBR's, its `lost_snapshots` including
+//! what that vCPU's agent dropped); a [`LossKind::ChannelFull`] loss for a full snapshot
+//! channel (`tid` none) and per vCPU whose agent ring overflowed (`tid` = the vCPU); notes
+//! that say who took the snapshots and what was lost; and a header whose target is
+//! [`Target::Vm`].
 //!
 //! SIGINT and SIGTERM stop the guest (the run ends as stopped, exit status 130) and the
 //! recording is finalized as usual.
@@ -30,7 +34,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::pmu::emulated::SnapshotSink;
-use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot};
+use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
@@ -62,6 +66,22 @@ pub struct LbrCounters {
     pub frozen_events: u64,
     /// Snapshot intervals the overhead budget made longer than requested.
     pub stretched_intervals: u64,
+    /// Snapshots the guest's agent dropped because its ring was full (exact).
+    pub agent_lost: u64,
+}
+
+/// Who takes a guest's LBR snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// The shim, from its emulated LBR model (any guest).
+    #[default]
+    Shim,
+    /// The guest's own LBR agent (lbrprof's runtime with `rt.agent=PERIOD`): its PMI
+    /// handler writes a ring per vCPU that the vCPU's hook drains.
+    Agent {
+        /// Ring-3 instructions between snapshots.
+        period: u64,
+    },
 }
 
 /// The snapshot rate a guest LBR was asked for, and the overhead budget that may lower it.
@@ -84,6 +104,10 @@ pub trait GuestLbr: Sync {
     fn hook(&self, vcpu: u32, sink: &SnapshotSink) -> Box<dyn VcpuHook>;
     /// What vCPU `vcpu`'s hook counted (after the run).
     fn counters(&self, vcpu: u32) -> LbrCounters;
+    /// Who takes the snapshots.
+    fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource::Shim
+    }
     /// The requested snapshot rate and its overhead budget, when the backend drives
     /// snapshots at a rate (the emulated LBR).
     fn snapshot_budget(&self) -> Option<SnapshotBudget> {
@@ -129,7 +153,15 @@ pub struct VmRunFacts {
     pub snapshots: u64,
     /// Snapshots per vCPU index.
     pub vcpu_snapshots: std::collections::BTreeMap<u32, u64>,
+    /// Snapshots taken by the guest's agent, per vCPU index.
+    pub agent_snapshots: std::collections::BTreeMap<u32, u64>,
+    /// Snapshots lost to a full snapshot channel.
     pub lost_snapshots: u64,
+    /// Snapshots the guest's agent dropped (its ring was full), per vCPU index.
+    pub agent_lost: std::collections::BTreeMap<u32, u64>,
+    /// Notes of the recording that deserve a warning (the guest agent lost snapshots, or
+    /// never sent any).
+    pub warnings: Vec<String>,
     pub vcpu_threads: Vec<VcpuThread>,
     /// The snapshot rate asked for and obtained, when the backend has one.
     pub rate: Option<SnapshotRate>,
@@ -306,6 +338,16 @@ pub fn record_vm(
         let c = lbr.counters(v.vcpu);
         frozen += c.frozen_events;
         stretched += c.stretched_intervals;
+        if c.agent_lost > 0 {
+            run.agent_lost.insert(v.vcpu, c.agent_lost);
+            // The agent's ring is that vCPU's snapshot channel.
+            sink.send(Event::Loss(Loss {
+                time_ns: now,
+                kind: LossKind::ChannelFull,
+                count: c.agent_lost,
+                tid: Some(v.vcpu),
+            }));
+        }
         sink.send(Event::VcpuStats(VcpuStats {
             vm: VM_INDEX,
             vcpu: v.vcpu,
@@ -321,8 +363,9 @@ pub fn record_vm(
             instructions: c.instructions,
             branches: c.branches,
             snapshots: run.vcpu_snapshots.get(&v.vcpu).copied().unwrap_or(0),
-            // Losses are counted for the channel as a whole, charged to vCPU 0.
-            lost_snapshots: if v.vcpu == 0 { lost_snapshots } else { 0 },
+            // The agent's losses are the vCPU's; the shim's channel's, shared by all,
+            // are charged to vCPU 0.
+            lost_snapshots: c.agent_lost + if v.vcpu == 0 { lost_snapshots } else { 0 },
             frozen_events: c.frozen_events,
         }));
     }
@@ -343,6 +386,10 @@ pub fn record_vm(
     if let Some(rate) = &run.rate {
         notes.push(rate.describe());
     }
+    let (source, warnings) = source_notes(lbr.snapshot_source(), &run);
+    notes.extend(source);
+    notes.extend(warnings.iter().cloned());
+    run.warnings = warnings;
     if sampler_stats.lost > 0 {
         notes.push(format!(
             "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
@@ -393,6 +440,41 @@ pub fn record_vm(
         run,
         output,
     })
+}
+
+/// What the recording's notes say about where its snapshots came from, and (as warnings)
+/// what the guest's agent lost or failed to send.
+fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> (Vec<String>, Vec<String>) {
+    let per_vcpu = |m: &std::collections::BTreeMap<u32, u64>| {
+        m.iter()
+            .map(|(v, n)| format!("vCPU {v}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (mut notes, mut warnings) = (Vec::new(), Vec::new());
+    let agent: u64 = run.agent_snapshots.values().sum();
+    match source {
+        SnapshotSource::Shim => {}
+        SnapshotSource::Agent { period } if agent == 0 => warnings.push(format!(
+            "guest snapshots: no snapshot came from the guest's LBR agent (rt.agent={period}): \
+             the guest does not run one, or ran too briefly (lbrprof's guest runtime starts it \
+             on every vCPU that runs ring-3 code)"
+        )),
+        SnapshotSource::Agent { period } => notes.push(format!(
+            "guest snapshots: {agent} by the guest's LBR agent, every {period} ring-3 \
+             instructions ({})",
+            per_vcpu(&run.agent_snapshots)
+        )),
+    }
+    let lost: u64 = run.agent_lost.values().sum();
+    if lost > 0 {
+        warnings.push(format!(
+            "{lost} guest snapshots lost: the guest agent's ring was full before the shim \
+             drained it ({})",
+            per_vcpu(&run.agent_lost)
+        ));
+    }
+    (notes, warnings)
 }
 
 /// Starts the VM thread, opens the events on it, runs the VM and drains until it ends.
@@ -473,6 +555,9 @@ fn run_sampled(
             for s in snap_rx.try_iter() {
                 facts.snapshots += 1;
                 *facts.vcpu_snapshots.entry(s.vcpu).or_default() += 1;
+                if s.reason == SnapshotReason::Agent {
+                    *facts.agent_snapshots.entry(s.vcpu).or_default() += 1;
+                }
                 sink.send(Event::Snapshot(s));
             }
         };
@@ -532,6 +617,39 @@ mod tests {
                 .ends_with("(within the 10% overhead budget)")
         );
         assert!(rate(None, 0).describe().ends_with("(not throttled)"));
+    }
+
+    #[test]
+    fn notes_name_the_agent_and_its_losses_per_vcpu() {
+        let mut run = VmRunFacts::default();
+        let none: (Vec<String>, Vec<String>) = Default::default();
+        assert_eq!(source_notes(SnapshotSource::Shim, &run), none);
+        let agent = SnapshotSource::Agent { period: 500 };
+        let (notes, warnings) = source_notes(agent, &run);
+        assert!(notes.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("no snapshot came from the guest's LBR agent (rt.agent=500)"),
+            "{warnings:?}"
+        );
+        run.agent_snapshots.insert(0, 7);
+        run.agent_snapshots.insert(1, 5);
+        run.agent_lost.insert(1, 3);
+        let (notes, warnings) = source_notes(agent, &run);
+        assert_eq!(
+            notes,
+            [
+                "guest snapshots: 12 by the guest's LBR agent, every 500 ring-3 instructions \
+              (vCPU 0: 7, vCPU 1: 5)"
+            ]
+        );
+        assert_eq!(
+            warnings,
+            [
+                "3 guest snapshots lost: the guest agent's ring was full before the shim \
+              drained it (vCPU 1: 3)"
+            ]
+        );
     }
 
     #[test]

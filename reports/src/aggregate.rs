@@ -476,6 +476,7 @@ impl Aggregator {
                 time_ns: snap.host_time_ns,
                 vcpu: snap.vcpu,
                 stack: id,
+                agent: snap.reason == lbrprof_collector::model::SnapshotReason::Agent,
             });
         }
         stack.push(Loc {

@@ -73,7 +73,7 @@
 //!                  "shim": [ { "vcpu": u32, "tid": u32|null, "exits": {str: u64},
 //!                              "run_ns", "trace_ns", "snapshot_ns": u64,
 //!                              "instructions", "branches": u64|null, "snapshots",
-//!                              "lost_snapshots", "frozen_events", "samples",
+//!                              "agent_snapshots", "lost_snapshots", "frozen_events", "samples",
 //!                              "paired": u64 } ] }
 //! }
 //! Place = { "module": str, "offset": u64, "function": str|null,

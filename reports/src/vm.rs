@@ -58,6 +58,8 @@ pub struct VmSnapshot {
     pub vcpu: u32,
     /// Index into [`VmTrace::stacks`]: guest IP, then the frame-pointer walk.
     pub stack: u32,
+    /// Taken by the guest's LBR agent (guest-driven), not by the shim.
+    pub agent: bool,
 }
 
 /// What the aggregator keeps of a VM recording.
@@ -149,6 +151,9 @@ pub struct ShimRow {
     pub instructions: Option<u64>,
     pub branches: Option<u64>,
     pub snapshots: u64,
+    /// Snapshots in the recording taken by the guest's LBR agent (the rest are the shim's).
+    #[serde(default)]
+    pub agent_snapshots: u64,
     pub lost_snapshots: u64,
     pub frozen_events: u64,
     /// Host samples on this vCPU's thread, and how many of them were paired.
@@ -445,6 +450,11 @@ pub fn analyze(
                 instructions: v.instructions,
                 branches: v.branches,
                 snapshots: v.snapshots,
+                agent_snapshots: trace
+                    .snapshots
+                    .iter()
+                    .filter(|s| s.vcpu == v.vcpu && s.agent)
+                    .count() as u64,
                 lost_snapshots: v.lost_snapshots,
                 frozen_events: v.frozen_events,
                 samples,
@@ -518,7 +528,7 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
         let total: u64 = s.exits.values().sum();
         writeln!(
             w,
-            "  vcpu{} (tid {}): {} in KVM_RUN, {} exits ({}), {} in the LBR hook (tracing{}), {} snapshots ({} lost), {} branches frozen{}",
+            "  vcpu{} (tid {}): {} in KVM_RUN, {} exits ({}), {} in the LBR hook (tracing{}), {} snapshots ({}{} lost), {} branches frozen{}",
             s.vcpu,
             s.tid.map_or_else(|| "-".to_owned(), |t| t.to_string()),
             ms(s.run_ns),
@@ -535,6 +545,11 @@ pub fn text(r: &VmReport, mut w: impl Write) -> io::Result<()> {
                 " and snapshots".to_owned()
             },
             s.snapshots,
+            if s.agent_snapshots > 0 {
+                format!("{} by the guest agent, ", s.agent_snapshots)
+            } else {
+                String::new()
+            },
             s.lost_snapshots,
             s.frozen_events,
             match (s.instructions, s.branches) {
@@ -729,6 +744,49 @@ mod tests {
     }
 
     #[test]
+    fn the_shim_table_counts_agent_snapshots_per_vcpu() {
+        let agent = |time_ns, vcpu| {
+            let Event::Snapshot(mut s) = snap(time_ns, vcpu, 0xa00) else {
+                unreachable!()
+            };
+            s.reason = lbrprof_collector::model::SnapshotReason::Agent;
+            Event::Snapshot(s)
+        };
+        let stats = |vcpu, snapshots| {
+            Event::VcpuStats(VcpuStats {
+                vcpu,
+                snapshots,
+                ..VcpuStats::default()
+            })
+        };
+        let events = [
+            vcpu(0, 10),
+            vcpu(1, 11),
+            agent(1_000, 0),
+            agent(2_000, 0),
+            snap(3_000, 0, 0xa00),
+            agent(1_500, 1),
+            stats(0, 3),
+            stats(1, 1),
+        ];
+        let a = analyzed(&events, 100);
+        let rows: Vec<(u32, u64, u64)> = a
+            .report
+            .shim
+            .iter()
+            .map(|r| (r.vcpu, r.snapshots, r.agent_snapshots))
+            .collect();
+        assert_eq!(rows, [(0, 3, 2), (1, 1, 1)]);
+        let mut out = Vec::new();
+        text(&a.report, &mut out).unwrap();
+        let t = String::from_utf8(out).unwrap();
+        assert!(
+            t.contains("3 snapshots (2 by the guest agent, 0 lost)"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn default_window_is_the_median_snapshot_interval_or_the_host_period() {
         let mut t = VmTrace::default();
         assert_eq!(default_window(&t, 1_000), 1_000);
@@ -737,6 +795,7 @@ mod tests {
                 time_ns,
                 vcpu,
                 stack: 0,
+                agent: false,
             });
         }
         // Gaps 10000, 20000 (vCPU 0) and 12000 (vCPU 1): median 12000.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_collector::host::HostFacts;
-use lbrprof_collector::model::{Event, Header, LossKind, Target, TaskEvent};
+use lbrprof_collector::model::{Event, Header, LossKind, SnapshotReason, Target, TaskEvent};
 use lbrprof_collector::recording::RecordingReader;
 
 /// Print this host's profiling capabilities (PMU, LBR, perf_event_paranoid, KVM), or a
@@ -69,13 +69,15 @@ struct Totals {
     samples_with_branches: u64,
     branches: u64,
     snapshots: u64,
+    /// Snapshots per (vCPU, source).
+    snapshot_sources: BTreeMap<(u32, &'static str), u64>,
     mappings: u64,
     comms: u64,
     forks: u64,
     exits: u64,
     vcpus: u64,
     vcpu_exits: u64,
-    losses: BTreeMap<&'static str, u64>,
+    losses: BTreeMap<String, u64>,
     pids: BTreeSet<u32>,
     /// Samples per (pid, tid).
     per_thread: BTreeMap<(u32, u32), u64>,
@@ -98,7 +100,15 @@ impl Totals {
                 self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
                 self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
             }
-            Event::Snapshot(_) => self.snapshots += 1,
+            Event::Snapshot(s) => {
+                self.snapshots += 1;
+                let source = match s.reason {
+                    SnapshotReason::Agent => "by the guest agent",
+                    SnapshotReason::Pmi { .. } => "by the shim",
+                    SnapshotReason::Final => "by the shim at the end",
+                };
+                *self.snapshot_sources.entry((s.vcpu, source)).or_default() += 1;
+            }
             Event::Mapping(_) => self.mappings += 1,
             Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
                 self.comms += 1;
@@ -115,11 +125,15 @@ impl Totals {
             Event::Vcpu(_) => self.vcpus += 1,
             Event::VcpuStats(v) => self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>(),
             Event::Loss(l) => {
-                let kind = match l.kind {
-                    LossKind::RingBuffer => "ring buffer",
-                    LossKind::Throttled => "throttled",
-                    LossKind::ChannelFull => "channel full",
-                    LossKind::Frozen => "while frozen",
+                let kind = match (l.kind, l.tid) {
+                    (LossKind::RingBuffer, _) => "ring buffer".to_owned(),
+                    (LossKind::Throttled, _) => "throttled".to_owned(),
+                    // A guest snapshot channel of one vCPU: its agent's ring.
+                    (LossKind::ChannelFull, Some(vcpu)) => {
+                        format!("guest snapshots (vCPU {vcpu}'s agent ring full)")
+                    }
+                    (LossKind::ChannelFull, _) => "channel full".to_owned(),
+                    (LossKind::Frozen, _) => "while frozen".to_owned(),
                 };
                 *self.losses.entry(kind).or_default() += l.count;
             }
@@ -246,6 +260,16 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
         writeln!(out, "  ... {} more threads", threads.len() - TOP_THREADS)?;
     }
     writeln!(out, "snapshots:     {}", t.snapshots)?;
+    let mut by_vcpu: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for ((vcpu, source), n) in &t.snapshot_sources {
+        by_vcpu
+            .entry(*vcpu)
+            .or_default()
+            .push(format!("{n} {source}"));
+    }
+    for (vcpu, sources) in by_vcpu {
+        writeln!(out, "  vCPU {vcpu}:      {}", sources.join(", "))?;
+    }
     if t.vcpus > 0 {
         writeln!(
             out,

@@ -102,7 +102,14 @@ impl LbrArgs {
         let make: Box<dyn Fn(u32) -> Box<dyn VcpuHook>> = match decision.backend {
             LbrBackend::Hardware => {
                 let host_has_lbr = facts.host_lbr_nr != 0;
-                Box::new(move |_| Box::new(HardwarePmuHook { host_has_lbr }))
+                let stats = Arc::clone(&stats);
+                Box::new(move |_| {
+                    let hook = HardwarePmuHook::new(host_has_lbr).with_stats(Arc::clone(&stats));
+                    Box::new(match &sink {
+                        Some(sink) => hook.with_agent(sink.clone()),
+                        None => hook,
+                    })
+                })
             }
             LbrBackend::Emulated => {
                 let mode = match lbr_mode {
@@ -137,11 +144,38 @@ impl LbrArgs {
     }
 }
 
+impl LbrArgs {
+    /// Refuses guest arguments that start lbrprof's LBR agent (`rt.agent=`) while the shim
+    /// drives the PMU (`--lbr-sample`): the shim would take the agent's PMIs for its own.
+    pub fn check_guest_args(&self, guest_args: &[String]) -> anyhow::Result<()> {
+        if self.lbr != LbrFlag::Off
+            && self.lbr_sample != 0
+            && guest_args.iter().any(|a| a.starts_with("rt.agent="))
+        {
+            anyhow::bail!(
+                "the guest arguments start the guest's LBR agent (rt.agent=), which needs the \
+                 PMU to itself: drop --lbr-sample (the shim's own sampling)"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Prints the per-vCPU LBR statistics (for `--stats`).
 pub fn print_stats(setup: &LbrSetup) {
     eprintln!("lbrprof: lbr: backend {}", setup.decision);
     let stats = setup.stats.lock().unwrap_or_else(|e| e.into_inner());
+    // The hardware LBR traces nothing in the shim: only the agent's counts are its own.
+    let traced = setup.decision.backend == LbrBackend::Emulated;
     for s in stats.iter() {
+        if !traced {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} snapshots from the guest agent's ring, {} lost to \
+                 a full ring",
+                s.vcpu, s.agent_snapshots, s.agent_lost,
+            );
+            continue;
+        }
         let stops = s.tracer.exits + s.stepping_stops;
         let per_branch = if s.tracer.taken > 0 {
             stops as f64 / s.tracer.taken as f64
@@ -161,6 +195,25 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.tracer.interp_runs > 0 {
+            let share = if s.tracer.instructions > 0 {
+                100.0 * s.tracer.interpreted as f64 / s.tracer.instructions as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} instructions interpreted ({share:.1}% of traced) in \
+                 {} stretches, {} handed back to breakpoints",
+                s.vcpu, s.tracer.interpreted, s.tracer.interp_runs, s.tracer.interp_halts,
+            );
+        }
+        if s.agent_snapshots > 0 || s.agent_lost > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} snapshots from the guest agent's ring, {} lost to \
+                 a full ring",
+                s.vcpu, s.agent_snapshots, s.agent_lost,
+            );
+        }
         if s.throttle.episodes > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \

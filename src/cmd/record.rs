@@ -23,8 +23,10 @@ With --vm IMAGE the guest runs in this process while every thread of the shim (t
 threads included, followed from their start) is sampled; the recording also holds the \
 guest's LBR snapshots, its image (path and build-id; built-in images are written next to \
 the recording as FILE.guest/NAME), and the shim's accounting (exits by reason, time in \
-KVM_RUN, time tracing and snapshotting). Guest snapshots are taken by the shim at \
---lbr-freq (default -F). --duration stops the guest (exit status 124; the recording is kept).
+KVM_RUN, time tracing and snapshotting). Guest snapshots are taken at --lbr-freq (default \
+-F) per vCPU, by the shim or by the guest's LBR agent (--lbr-snapshots; `info` and `report` \
+count them by source, and agent snapshots the guest had to drop as losses). --duration \
+stops the guest (exit status 124; the recording is kept).
 
 Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
 when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \
@@ -85,6 +87,13 @@ pub struct VmArgs {
     /// 10,000,000 / --lbr-freq instructions).
     #[arg(long, value_enum, default_value_t = LbrModeChoice::Sampled, requires = "vm")]
     pub lbr_mode: LbrModeChoice,
+    /// Who takes the guest's LBR snapshots: `shim` (the emulated LBR's shim freezes and
+    /// reads its own model; any guest), `agent` (the guest's own PMI handler reads its
+    /// frozen LBR into a shared-memory ring per vCPU that the shim drains: lbrprof's guest
+    /// runtime, booted with `rt.agent=PERIOD` added to the guest arguments; the only way
+    /// with the hardware LBR), or `auto` (agent with the hardware LBR, else shim).
+    #[arg(long, value_enum, default_value_t = SnapshotChoice::Auto, requires = "vm")]
+    pub lbr_snapshots: SnapshotChoice,
     /// Guest snapshots per second (default: -F). With the emulated LBR each snapshot
     /// costs the tracing of its last branches (a few hundred VM exits), so a rate below
     /// the host's sampling rate keeps the guest closer to full speed.
@@ -123,6 +132,13 @@ pub enum LbrChoice {
     Auto,
     Hw,
     Emulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotChoice {
+    Auto,
+    Shim,
+    Agent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

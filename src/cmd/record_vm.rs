@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use lbrprof_collector::host::{self, HostFacts};
-use lbrprof_collector::vm::{GuestImage, VmRecordOptions, record_vm};
+use lbrprof_collector::vm::{GuestImage, GuestLbr, SnapshotSource, VmRecordOptions, record_vm};
 use lbrprof_vmm::builtin;
 use lbrprof_vmm::vm::VmConfig;
 
@@ -60,6 +60,26 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
     })
 }
 
+/// The guest's command line: its arguments, plus `rt.agent=PERIOD` when the guest's agent
+/// takes the snapshots (unless the arguments already start it with a period of their own).
+/// Arguments that start the agent while the shim drives the PMU are refused: the shim
+/// would take the agent's PMIs for its own and the agent would never see one.
+fn guest_cmdline(args: &[String], source: SnapshotSource) -> anyhow::Result<String> {
+    if source == SnapshotSource::Shim && args.iter().any(|a| a.starts_with("rt.agent=")) {
+        anyhow::bail!(
+            "the guest arguments start the guest's LBR agent (rt.agent=) but the shim takes \
+             the snapshots; use --lbr-snapshots agent"
+        );
+    }
+    let mut words = args.to_vec();
+    if let SnapshotSource::Agent { period } = source
+        && !args.iter().any(|a| a.starts_with("rt.agent="))
+    {
+        words.push(format!("rt.agent={period}"));
+    }
+    Ok(words.join(" "))
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.guest.vm.clone().unwrap_or_default();
     if args.freq == 0 || args.guest.lbr_freq == Some(0) {
@@ -72,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         frequency: args.guest.lbr_freq.unwrap_or(args.freq),
         vcpus: args.guest.vcpus,
         overhead_percent: args.guest.lbr_overhead,
+        snapshots: args.guest.lbr_snapshots,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
@@ -79,9 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.guest.vcpus == 0 || args.guest.vcpus > max {
         anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
     }
+    let cmdline = guest_cmdline(&args.command, lbr.snapshot_source())?;
     let image = guest_image(&spec, &args.output)?;
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
-    vm.cmdline = args.command.join(" ");
+    vm.cmdline = cmdline;
     vm.timeout = match args.duration {
         None => None,
         Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
@@ -110,18 +132,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ""
     };
+    let agent_lost: u64 = outcome.run.agent_lost.values().sum();
     eprintln!(
         "lbrprof: {} host samples ({event}{why}), {} guest snapshots ({} lost), {} vCPU \
          threads, {:.2} s, written to {}",
         s.samples,
         outcome.run.snapshots,
-        outcome.run.lost_snapshots,
+        outcome.run.lost_snapshots + agent_lost,
         outcome.run.vcpu_threads.len(),
         outcome.run.elapsed.as_secs_f64(),
         outcome.output.display()
     );
     if let Some(rate) = &outcome.run.rate {
         eprintln!("lbrprof: {}", rate.describe());
+    }
+    for warning in &outcome.run.warnings {
+        eprintln!("lbrprof: warning: {warning}");
     }
     crate::cmd::run::guest_exit(
         &spec,
@@ -134,6 +160,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_is_started_through_the_guest_arguments() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let agent = SnapshotSource::Agent { period: 2000 };
+        let line = |v: &[&str], source| guest_cmdline(&args(v), source).map_err(|e| e.to_string());
+        assert_eq!(
+            line(&["n=5", "rt.smp"], agent),
+            Ok("n=5 rt.smp rt.agent=2000".into())
+        );
+        assert_eq!(line(&[], agent), Ok("rt.agent=2000".into()));
+        // The user's own period wins.
+        assert_eq!(line(&["rt.agent=7"], agent), Ok("rt.agent=7".into()));
+        assert_eq!(line(&["n=5"], SnapshotSource::Shim), Ok("n=5".into()));
+        let err = line(&["rt.agent=7"], SnapshotSource::Shim).unwrap_err();
+        assert!(err.contains("use --lbr-snapshots agent"), "{err}");
+    }
 
     #[test]
     fn builtin_images_go_beside_the_recording() {

@@ -129,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.cmdline = args.guest_args.join(" ");
     config.timeout = args.timeout;
     config.serial = serial_sink(&args.serial)?;
+    args.lbr.check_guest_args(&args.guest_args)?;
     let lbr = args.lbr.setup(None, args.vcpus)?;
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {

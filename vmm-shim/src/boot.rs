@@ -10,7 +10,8 @@
 //! 0x3000  multiboot info; 0x3100 memory map; 0x3200 boot-loader name
 //! 0x8000  PML4, 0x9000 PDPT, 0xA000-0xDFFF four page directories (identity, 2 MiB pages)
 //! 0x10000 per-vCPU 4 KiB boot stacks (RSP at entry), up to MAX_VCPUS
-//! 0x60000 the guest agent's snapshot ring (abi::AGENT_RING_ADDR; written by the guest)
+//! 0x60000 the guest agent's snapshot rings, one per vCPU (abi::agent_ring_addr; written by
+//!         the guest)
 //! ```
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};

@@ -27,8 +27,10 @@
 //!
 //! Guest arguments the runtime itself understands (all built-ins): `exit=N` overrides the
 //! workload's exit code, `rt.cpus` reports the vCPUs that came up, `rt.stats` the cost of
-//! ring 0, `rt.agent=PERIOD` runs the workload under the LBR agent (`SYS_AGENT_START`)
-//! and reports its snapshot count at the end.
+//! ring 0, `rt.agent=PERIOD` runs the workload under the LBR agent (`SYS_AGENT_START`, on
+//! every vCPU that runs ring-3 code) and reports its snapshot counts at the end, `rt.smp`
+//! runs the workload on every vCPU at once, with the same arguments (vCPU 0 waits for the
+//! others; the run's exit code is vCPU 0's, or else the first non-zero one).
 //!
 //! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are
 //! open to ring 3 through the TSS I/O bitmap, so printing and exiting need no system call.
@@ -76,32 +78,52 @@ pub const SYS_NMI_COUNT: u64 = 5;
 pub const SYS_CPUID: u64 = 6;
 /// Numbers from here on are reserved for the PMU/LBR agent.
 pub const SYS_PMU_BASE: u64 = 16;
-/// Start the LBR agent on this vCPU (vCPU 0 only): sample the LBR every `RDI` ring-3
+/// Start the LBR agent on the calling vCPU: sample the LBR every `RDI` ring-3
 /// instructions (fixed counter 0, PMI, freeze on PMI; LBR_SELECT = user branches). The
-/// runtime's NMI handler then writes each frozen LBR into the [`AgentRing`] at
-/// [`AGENT_RING_ADDR`] and acks the freeze (v4: STATUS_RESET of the overflow and freeze
+/// runtime's NMI handler then writes each frozen LBR into this vCPU's [`AgentRing`] (at
+/// [`agent_ring_addr`]) and acks the freeze (v4: STATUS_RESET of the overflow and freeze
 /// bits; v2: OVF_CTRL, then DEBUGCTL.LBR and GLOBAL_CTRL again), re-armed. Returns 0, or
-/// `u64::MAX` when there is no PMU/LBR (#GP) or `RDI` is 0.
+/// `u64::MAX` when there is no PMU/LBR (#GP), `RDI` is 0, or the vCPU has no ring.
 pub const SYS_AGENT_START: u64 = SYS_PMU_BASE;
-/// Stop the agent. Returns the snapshots written; `RDX` = those dropped (ring full).
+/// Stop the agent on the calling vCPU. Returns the snapshots written; `RDX` = those
+/// dropped (ring full).
 pub const SYS_AGENT_STOP: u64 = SYS_PMU_BASE + 1;
+/// Park the calling vCPU for good (halt in ring 0): what a vCPU does when it has no
+/// more ring-3 work (`rt.smp` workers when they finish). Does not return.
+pub const SYS_PARK: u64 = 7;
 
-/// # The agent's snapshot ring (guest-driven snapshots)
+/// # The agent's snapshot rings (guest-driven snapshots)
 ///
-/// One single-producer ring in low guest memory, exported by the shim's memory layout
-/// (free RAM below 640 KiB the shim never uses): the guest's PMI handler produces
-/// (`head`), the shim consumes (`tail`) whenever the guest acks a freeze (its write of
-/// IA32_PERF_GLOBAL_STATUS_RESET / OVF_CTRL) and when the vCPU stops. `magic` is written
-/// last at start, so the shim never reads a ring the guest has not set up.
+/// One single-producer ring per vCPU in low guest memory, exported by the shim's memory
+/// layout (free RAM below 640 KiB the shim never uses): vCPU `n`'s ring is at
+/// [`agent_ring_addr`]`(n)`, for the first [`AGENT_MAX_RINGS`] vCPUs. The vCPU's PMI
+/// handler produces (`head`), the shim's hook of the same vCPU consumes (`tail`): the
+/// emulated backend whenever the guest acks a freeze (its write of
+/// IA32_PERF_GLOBAL_STATUS_RESET / OVF_CTRL), the hardware backend (whose MSRs never exit)
+/// on a timer; both when the vCPU stops. Producer and consumer never run at the same time
+/// (the consumer runs while its vCPU is out of KVM_RUN).
+///
+/// `magic` is written last at start, so the shim never reads a ring the guest has not
+/// set up; `epoch` counts the agent's starts on this vCPU (a restart zeroes the ring).
+///
+/// Losses are counted exactly with sequence numbers: every PMI the handler takes gets the
+/// next `pmi` number, whether its record fits or not. A full ring (`head - tail ==`
+/// [`AGENT_RING_SLOTS`]) drops the record and counts it in `dropped`; the consumer sees
+/// the gap in the `pmi` numbers of the records it reads, and `pmis - ` (records read) at
+/// the end.
 pub const AGENT_RING_ADDR: u64 = 0x6_0000;
 /// `AgentRing::magic`: "LBRPRING".
 pub const AGENT_RING_MAGIC: u64 = u64::from_le_bytes(*b"LBRPRING");
-/// Records in the ring.
-pub const AGENT_RING_SLOTS: u64 = 16;
+/// Records in each ring.
+pub const AGENT_RING_SLOTS: u64 = 32;
 /// Most LBR slots a record holds.
 pub const AGENT_MAX_DEPTH: usize = 32;
+/// vCPUs that have a ring (lbrprof's runtime sets up at most this many).
+pub const AGENT_MAX_RINGS: u32 = 8;
+/// Bytes from one vCPU's ring to the next.
+pub const AGENT_RING_STRIDE: u64 = 0x7000;
 
-/// The ring's header at [`AGENT_RING_ADDR`]; [`AGENT_RING_SLOTS`] [`AgentRecord`]s follow.
+/// A ring's header at [`agent_ring_addr`]; [`AGENT_RING_SLOTS`] [`AgentRecord`]s follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AgentRing {
@@ -112,15 +134,21 @@ pub struct AgentRing {
     pub tail: u64,
     /// Records the guest dropped because the ring was full.
     pub dropped: u64,
-    pub _reserved: [u64; 4],
+    /// PMIs the handler took since the agent started (records written + dropped).
+    pub pmis: u64,
+    /// The agent's starts on this vCPU (1 for the first).
+    pub epoch: u64,
+    pub _reserved: [u64; 2],
 }
 
 /// One frozen LBR as the guest's PMI handler read it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AgentRecord {
-    /// `head` at the time of writing (the record's sequence number).
+    /// `head` at the time of writing (the record's place in the ring).
     pub seq: u64,
+    /// The PMI's sequence number (0 for the agent's first PMI), dropped ones included.
+    pub pmi: u64,
     /// The guest TSC in the handler.
     pub tsc: u64,
     /// IA32_PERF_GLOBAL_STATUS in the handler (which counter overflowed; freeze bits).
@@ -137,9 +165,29 @@ pub struct AgentRecord {
     pub entries: [[u64; 3]; AGENT_MAX_DEPTH],
 }
 
-/// Guest-physical address of record `seq`.
-pub const fn agent_record_addr(seq: u64) -> u64 {
-    AGENT_RING_ADDR
+/// Words of an [`AgentRecord`] before its entries.
+pub const AGENT_RECORD_HEADER_WORDS: usize = 9;
+
+/// Guest-physical address of vCPU `vcpu`'s ring (meaningful for `vcpu <` [`AGENT_MAX_RINGS`]).
+pub const fn agent_ring_addr(vcpu: u32) -> u64 {
+    AGENT_RING_ADDR + vcpu as u64 * AGENT_RING_STRIDE
+}
+
+/// Guest-physical address of record `seq` in vCPU `vcpu`'s ring.
+pub const fn agent_record_addr(vcpu: u32, seq: u64) -> u64 {
+    agent_ring_addr(vcpu)
         + core::mem::size_of::<AgentRing>() as u64
         + (seq % AGENT_RING_SLOTS) * core::mem::size_of::<AgentRecord>() as u64
 }
+
+const _: () = {
+    assert!(
+        core::mem::size_of::<AgentRecord>()
+            == (AGENT_RECORD_HEADER_WORDS + 3 * AGENT_MAX_DEPTH) * 8
+    );
+    assert!(
+        core::mem::size_of::<AgentRing>() as u64
+            + AGENT_RING_SLOTS * core::mem::size_of::<AgentRecord>() as u64
+            <= AGENT_RING_STRIDE
+    );
+};

@@ -134,12 +134,27 @@ pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
 pub(crate) static CPUS_ONLINE: AtomicU32 = AtomicU32::new(0);
 /// TSC when vCPU 0 entered rt_kmain (for `rt.stats`: the cost of the ring-0 boot).
 pub(crate) static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
-/// NMIs taken (the PMU agent will hang its PMI handler here).
+/// NMIs taken, all vCPUs (the LBR agent's PMI handler hangs here).
 pub(crate) static NMIS: AtomicU64 = AtomicU64::new(0);
-/// The LBR agent's sampling period (0: the agent is off).
-static AGENT_PERIOD: AtomicU64 = AtomicU64::new(0);
-static AGENT_DEPTH: AtomicU64 = AtomicU64::new(0);
-static AGENT_V4: AtomicU64 = AtomicU64::new(0);
+
+/// The LBR agent's state on one vCPU (each vCPU has its own PMU and ring).
+struct AgentCpu {
+    /// The sampling period (0: the agent is off).
+    period: AtomicU64,
+    depth: AtomicU64,
+    v4: AtomicU64,
+    /// Starts so far (the ring's `epoch`).
+    starts: AtomicU64,
+}
+
+static AGENT: [AgentCpu; MAX_CPUS] = [const {
+    AgentCpu {
+        period: AtomicU64::new(0),
+        depth: AtomicU64::new(0),
+        v4: AtomicU64::new(0),
+        starts: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
 
 global_asm!(
     r#"
@@ -505,24 +520,77 @@ extern "C" fn rt_kmain(cpu: u64, boot: u64) -> ! {
     }
 
     CPUS_ONLINE.fetch_add(1, Ordering::Release);
-    if cpu != 0 {
-        loop {
-            // SAFETY: halting with interrupts off parks this vCPU; the host stops it.
-            unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
-        }
-    }
-    BOOT_INFO.store(boot, Ordering::Release);
+    let entry = if cpu == 0 {
+        // (`rt.smp` workers may run before vCPU 0 gets here; they read `boot` directly.)
+        BOOT_INFO.store(boot, Ordering::Release);
+        crate::user::rt_user_entry as *const () as u64
+    } else if cmdline_has_word(boot, b"rt.smp") {
+        // An `rt.smp` worker: the workload runs here too.
+        crate::user::rt_user_entry_ap as *const () as u64
+    } else {
+        park()
+    };
     let rsp = stack_top(&raw mut USER_STACKS, cpu) - 8;
-    // SAFETY: crate::user::rt_user_entry is a ring-3-safe extern "C" function; the user
-    // stack is this vCPU's and mapped user-accessible by the shim.
-    unsafe {
-        rt_enter_user(
-            crate::user::rt_user_entry as *const () as u64,
-            rsp,
-            cpu as u64,
-            boot,
-        )
+    // SAFETY: both entries are ring-3-safe extern "C" functions; the user stack is this
+    // vCPU's and mapped user-accessible by the shim.
+    unsafe { rt_enter_user(entry, rsp, cpu as u64, boot) }
+}
+
+/// Halts this vCPU for good (interrupts off: only the host ends it).
+fn park() -> ! {
+    loop {
+        // SAFETY: halting with interrupts off parks this vCPU; the host stops it.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
+}
+
+/// Whether the boot command line holds `word` as a whole word. Byte by byte with volatile
+/// reads (ring 0 must not be vectorized, see the module doc); before `BOOT_INFO` is set.
+fn cmdline_has_word(boot: u64, word: &[u8]) -> bool {
+    // SAFETY: the shim wrote a BootInfo at this guest-physical (= virtual) address; the
+    // magic check guards against a foreign loader.
+    let Some(info) = (unsafe { (boot as *const BootInfo).as_ref() }) else {
+        return false;
+    };
+    if info.magic != abi::BOOT_MAGIC {
+        return false;
+    }
+    let (base, len) = (info.cmdline_addr as *const u8, info.cmdline_len as usize);
+    // SAFETY: the command line lies in guest RAM at cmdline_addr (written by the shim,
+    // never written again); every index is below cmdline_len.
+    let at = |i: usize| unsafe { core::ptr::read_volatile(base.add(i)) };
+    let mut start = 0;
+    while start < len {
+        let mut end = start;
+        while end < len && at(end) != b' ' {
+            end += 1;
+        }
+        if end - start == word.len() {
+            let mut same = true;
+            let mut i = 0;
+            while i < word.len() {
+                same &= at(start + i) == word[i];
+                i += 1;
+            }
+            if same {
+                return true;
+            }
+        }
+        start = end + 1;
+    }
+    false
+}
+
+/// The index of the vCPU running this (ring-0) code: each vCPU has its own IDT.
+fn this_cpu() -> usize {
+    let mut idtr = DescriptorPointer { limit: 0, base: 0 };
+    // SAFETY: SIDT stores 10 bytes into the local descriptor pointer.
+    unsafe { asm!("sidt [{}]", in(reg) &raw mut idtr, options(nostack, preserves_flags)) };
+    let first = (&raw const PERCPU).cast::<PerCpu>() as u64;
+    let idt_offset = core::mem::offset_of!(PerCpu, idt) as u64;
+    let cpu = (idtr.base.wrapping_sub(first + idt_offset) / core::mem::size_of::<PerCpu>() as u64)
+        as usize;
+    cpu.min(MAX_CPUS - 1)
 }
 
 fn rdtsc() -> u64 {
@@ -629,8 +697,9 @@ extern "C" fn rt_trap(frame: &mut TrapFrame) {
         }
         VEC_NMI => {
             NMIS.fetch_add(1, Ordering::Relaxed);
-            if AGENT_PERIOD.load(Ordering::Relaxed) != 0 {
-                agent::on_pmi(frame.rip, frame.rsp, frame.rbp);
+            let cpu = this_cpu();
+            if AGENT[cpu].period.load(Ordering::Relaxed) != 0 {
+                agent::on_pmi(cpu, frame.rip, frame.rsp, frame.rbp);
             }
         }
         VEC_GP if frame.rip == (&raw const rt_rdmsr_insn) as u64 => {
@@ -676,12 +745,13 @@ fn syscall(f: &mut TrapFrame) {
         // SAFETY: rt_wrmsr recovers from #GP through the fixup in rt_trap.
         abi::SYS_WRMSR => (unsafe { rt_wrmsr(f.rdi as u32, f.rsi) }) as u64,
         abi::SYS_NMI_COUNT => NMIS.load(Ordering::Relaxed),
-        abi::SYS_AGENT_START => agent::start(f.rdi),
+        abi::SYS_AGENT_START => agent::start(this_cpu(), f.rdi),
         abi::SYS_AGENT_STOP => {
-            let (written, dropped) = agent::stop();
+            let (written, dropped) = agent::stop(this_cpu());
             f.rdx = dropped;
             written
         }
+        abi::SYS_PARK => park(),
         abi::SYS_CPUID => {
             let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
             // SAFETY: CPUID has no side effects; RBX is saved and restored around it
@@ -700,27 +770,25 @@ fn syscall(f: &mut TrapFrame) {
 }
 
 /// The LBR agent (guest-driven snapshots, see `abi::SYS_AGENT_START`): ring 0 only, integer
-/// only, MSR access through the #GP-safe helpers.
+/// only, MSR access through the #GP-safe helpers. Per vCPU: its own PMU, its own ring.
 mod agent {
     use super::*;
-    use crate::abi::{AGENT_MAX_DEPTH, AGENT_RING_ADDR, AGENT_RING_MAGIC, AgentRing};
+    use crate::abi::{
+        AGENT_MAX_DEPTH, AGENT_MAX_RINGS, AGENT_RING_MAGIC, AGENT_RING_SLOTS, AgentRing,
+        agent_record_addr, agent_ring_addr,
+    };
+    use crate::msr::{
+        DEBUGCTL_FREEZE_LBRS_ON_PMI, DEBUGCTL_FREEZE_PERFMON_ON_PMI, DEBUGCTL_LBR, IA32_DEBUGCTL,
+        IA32_FIXED_CTR_CTRL, IA32_FIXED_CTR0, IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_STATUS,
+        IA32_PERF_GLOBAL_STATUS_RESET, MSR_LASTBRANCH_0_FROM_IP, MSR_LASTBRANCH_0_TO_IP,
+        MSR_LBR_INFO_0, MSR_LBR_SELECT, MSR_LBR_TOS,
+    };
 
-    const _: () =
-        assert!(core::mem::size_of::<crate::abi::AgentRecord>() == (8 + 3 * AGENT_MAX_DEPTH) * 8);
+    const _: () = assert!(AGENT_MAX_RINGS as usize >= MAX_CPUS);
 
-    const IA32_FIXED_CTR0: u32 = 0x309;
-    const IA32_FIXED_CTR_CTRL: u32 = 0x38D;
-    const IA32_PERF_GLOBAL_STATUS: u32 = 0x38E;
-    const IA32_PERF_GLOBAL_CTRL: u32 = 0x38F;
-    const IA32_PERF_GLOBAL_STATUS_RESET: u32 = 0x390;
-    const IA32_DEBUGCTL: u32 = 0x1D9;
-    const MSR_LBR_SELECT: u32 = 0x1C8;
-    const MSR_LBR_TOS: u32 = 0x1C9;
-    const MSR_LASTBRANCH_0_FROM_IP: u32 = 0x680;
-    const MSR_LASTBRANCH_0_TO_IP: u32 = 0x6C0;
-    const MSR_LBR_INFO_0: u32 = 0xDC0;
     /// LBR | FREEZE_LBRS_ON_PMI | FREEZE_PERFMON_ON_PMI.
-    const DEBUGCTL_AGENT: u64 = 1 | (1 << 11) | (1 << 12);
+    const DEBUGCTL_AGENT: u64 =
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI;
     /// LBR_SELECT CPL_EQ_0: user branches only (the handler's own are not wanted).
     const LBR_SELECT_USER: u64 = 1;
     /// Fixed counter 0 (INST_RETIRED.ANY): USR (bit 1) and PMI (bit 3).
@@ -741,11 +809,11 @@ mod agent {
         (unsafe { rt_wrmsr(msr, value) }) == 0
     }
 
-    fn ring() -> *mut AgentRing {
-        AGENT_RING_ADDR as *mut AgentRing
+    fn ring(cpu: usize) -> *mut AgentRing {
+        agent_ring_addr(cpu as u32) as *mut AgentRing
     }
 
-    pub(super) fn start(period: u64) -> u64 {
+    pub(super) fn start(cpu: usize, period: u64) -> u64 {
         if period == 0 || period >= COUNTER_SPAN {
             return u64::MAX;
         }
@@ -757,17 +825,22 @@ mod agent {
             return u64::MAX;
         }
         let (eax, _, _, _) = cpuid(0xA);
-        let r = ring();
-        // The ring lies in guest RAM below 640 KiB, identity-mapped, which nothing else in
-        // the guest uses (see abi); only this vCPU writes it, the shim reads it.
+        let a = &AGENT[cpu];
+        let r = ring(cpu);
+        // The rings lie in guest RAM below 640 KiB, identity-mapped, which nothing else in
+        // the guest uses (see abi); only this vCPU writes its ring, the shim reads it.
         // Word by word: ring-0 code must not use SSE (see the module doc).
         let words = r.cast::<u64>();
         for i in 0..core::mem::size_of::<AgentRing>() / 8 {
             // SAFETY: as above, inside the header.
             unsafe { core::ptr::write_volatile(words.add(i), 0) };
         }
-        AGENT_DEPTH.store(u64::from(depth), Ordering::Relaxed);
-        AGENT_V4.store(u64::from(eax & 0xff >= 4), Ordering::Relaxed);
+        let epoch = a.starts.load(Ordering::Relaxed) + 1;
+        a.starts.store(epoch, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&raw mut (*r).epoch, epoch) };
+        a.depth.store(u64::from(depth), Ordering::Relaxed);
+        a.v4.store(u64::from(eax & 0xff >= 4), Ordering::Relaxed);
         let ok = wr(IA32_PERF_GLOBAL_CTRL, 0)
             && wr(MSR_LBR_SELECT, LBR_SELECT_USER)
             && wr(IA32_FIXED_CTR_CTRL, FIXED0_USR_PMI)
@@ -776,7 +849,7 @@ mod agent {
         if !ok {
             return u64::MAX;
         }
-        AGENT_PERIOD.store(period, Ordering::Release);
+        a.period.store(period, Ordering::Release);
         // SAFETY: as above; the magic goes last so the shim only reads a ring set up.
         unsafe { core::ptr::write_volatile(&raw mut (*r).magic, AGENT_RING_MAGIC) };
         if wr(IA32_PERF_GLOBAL_CTRL, GLOBAL_FIXED0) {
@@ -786,12 +859,12 @@ mod agent {
         }
     }
 
-    pub(super) fn stop() -> (u64, u64) {
+    pub(super) fn stop(cpu: usize) -> (u64, u64) {
         wr(IA32_PERF_GLOBAL_CTRL, 0);
         wr(IA32_DEBUGCTL, 0);
         wr(IA32_FIXED_CTR_CTRL, 0);
-        AGENT_PERIOD.store(0, Ordering::Release);
-        let r = ring();
+        AGENT[cpu].period.store(0, Ordering::Release);
+        let r = ring(cpu);
         // SAFETY: see start.
         unsafe {
             (
@@ -812,8 +885,9 @@ mod agent {
         (eax, ebx, ecx, edx)
     }
 
-    /// The PMI: snapshot the frozen LBR into the ring, re-arm, ack the freeze.
-    pub(super) fn on_pmi(rip: u64, rsp: u64, rbp: u64) {
+    /// The PMI on vCPU `cpu`: snapshot the frozen LBR into its ring (or count the drop
+    /// when the ring is full), re-arm, ack the freeze.
+    pub(super) fn on_pmi(cpu: usize, rip: u64, rsp: u64, rbp: u64) {
         let Some(status) = rd(IA32_PERF_GLOBAL_STATUS) else {
             return;
         };
@@ -821,28 +895,32 @@ mod agent {
         if ovf == 0 {
             return;
         }
-        let depth = AGENT_DEPTH.load(Ordering::Relaxed) as u32;
-        let r = ring();
-        // SAFETY: see start; the record slot lies inside the ring (seq % SLOTS).
+        let a = &AGENT[cpu];
+        let depth = a.depth.load(Ordering::Relaxed) as u32;
+        let r = ring(cpu);
+        // SAFETY: see start; the record slot lies inside this vCPU's ring (seq % SLOTS).
         unsafe {
             let head = core::ptr::read_volatile(&raw const (*r).head);
             let tail = core::ptr::read_volatile(&raw const (*r).tail);
-            if head.wrapping_sub(tail) >= crate::abi::AGENT_RING_SLOTS {
+            let pmi = core::ptr::read_volatile(&raw const (*r).pmis);
+            if head.wrapping_sub(tail) >= AGENT_RING_SLOTS {
                 let d = core::ptr::read_volatile(&raw const (*r).dropped);
                 core::ptr::write_volatile(&raw mut (*r).dropped, d + 1);
             } else {
-                let words = crate::abi::agent_record_addr(head) as *mut u64;
+                let words = agent_record_addr(cpu as u32, head) as *mut u64;
                 // Word by word, no arrays: ring-0 code must not use SSE.
                 core::ptr::write_volatile(words, head);
-                core::ptr::write_volatile(words.add(1), rdtsc());
-                core::ptr::write_volatile(words.add(2), status);
-                core::ptr::write_volatile(words.add(3), rd(MSR_LBR_TOS).unwrap_or(0));
-                core::ptr::write_volatile(words.add(4), u64::from(depth));
-                core::ptr::write_volatile(words.add(5), rip);
-                core::ptr::write_volatile(words.add(6), rsp);
-                core::ptr::write_volatile(words.add(7), rbp);
+                core::ptr::write_volatile(words.add(1), pmi);
+                core::ptr::write_volatile(words.add(2), rdtsc());
+                core::ptr::write_volatile(words.add(3), status);
+                core::ptr::write_volatile(words.add(4), rd(MSR_LBR_TOS).unwrap_or(0));
+                core::ptr::write_volatile(words.add(5), u64::from(depth));
+                core::ptr::write_volatile(words.add(6), rip);
+                core::ptr::write_volatile(words.add(7), rsp);
+                core::ptr::write_volatile(words.add(8), rbp);
+                let entries = words.add(crate::abi::AGENT_RECORD_HEADER_WORDS);
                 for i in 0..depth {
-                    let w = words.add(8 + 3 * i as usize);
+                    let w = entries.add(3 * i as usize);
                     core::ptr::write_volatile(w, rd(MSR_LASTBRANCH_0_FROM_IP + i).unwrap_or(0));
                     core::ptr::write_volatile(
                         w.add(1),
@@ -851,13 +929,14 @@ mod agent {
                     core::ptr::write_volatile(w.add(2), rd(MSR_LBR_INFO_0 + i).unwrap_or(0));
                 }
                 core::sync::atomic::fence(Ordering::Release);
-                core::ptr::write_volatile(&raw mut (*r).head, head + 1);
+                core::ptr::write_volatile(&raw mut (*r).head, head.wrapping_add(1));
             }
+            core::ptr::write_volatile(&raw mut (*r).pmis, pmi + 1);
         }
         // Re-arm, then ack: the shim drains the ring on the STATUS_RESET write.
-        let period = AGENT_PERIOD.load(Ordering::Relaxed);
+        let period = a.period.load(Ordering::Relaxed);
         wr(IA32_FIXED_CTR0, COUNTER_SPAN - period);
-        if AGENT_V4.load(Ordering::Relaxed) != 0 {
+        if a.v4.load(Ordering::Relaxed) != 0 {
             wr(IA32_PERF_GLOBAL_STATUS_RESET, ovf | (status & FREEZE_BITS));
         } else {
             wr(IA32_PERF_GLOBAL_STATUS_RESET, ovf);

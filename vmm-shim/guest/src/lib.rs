@@ -9,18 +9,20 @@
 //! switched on by the entry code before any Rust runs.
 //!
 //! vCPU 0 runs the workload; the other vCPUs check in (so the workload can see how many
-//! came up) and halt in ring 0, which costs nothing.
+//! came up) and halt in ring 0, which costs nothing; with `rt.smp` they run the workload
+//! too, each in ring 3 on its own stack (see [`abi`]). `rt.agent=PERIOD` starts the LBR
+//! agent on every vCPU that runs the workload, each writing its own snapshot ring.
 //!
 //! Non-goals: isolation between ring 0 and ring 3 (the workload could scribble over the
 //! kernel), interrupts (IF stays 0 in ring 3; only NMIs arrive), memory allocation.
 #![no_std]
 
 pub mod abi;
+mod kernel;
+mod mem;
 /// The architectural PMU/LBR MSR numbers and bits: the shim's table, shared.
 #[path = "../../src/pmu/msr.rs"]
 pub mod msr;
-mod kernel;
-mod mem;
 pub mod pmu;
 pub mod user;
 pub mod workloads;

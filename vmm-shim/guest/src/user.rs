@@ -3,7 +3,7 @@
 
 use core::arch::asm;
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::abi::{self, BootInfo};
 use crate::kernel::{self, COM1, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
@@ -23,14 +23,21 @@ fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> (u64, u64) {
     (ret, rdx)
 }
 
+/// Held while a vCPU writes to the console, so `rt.smp` workers' lines do not mix.
+static CONSOLE_LOCK: AtomicBool = AtomicBool::new(false);
+
 /// Write bytes to the console: straight to the UART from ring 3 (the TSS I/O bitmap
 /// allows it), one VM exit per call.
 pub fn write(bytes: &[u8]) {
+    while CONSOLE_LOCK.swap(true, Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
     // SAFETY: rep outsb reads exactly bytes.len() bytes from a valid slice.
     unsafe {
         asm!("rep outsb", in("dx") COM1, inout("rsi") bytes.as_ptr() => _,
              inout("rcx") bytes.len() => _, options(nostack, readonly, preserves_flags));
     }
+    CONSOLE_LOCK.store(false, Ordering::Release);
 }
 
 /// Stop the machine with `code` (0 = clean power-off, others through isa-debug-exit,
@@ -172,15 +179,17 @@ pub struct Args {
     cmdline: &'static str,
     ncpus: u32,
     tsc_khz: u64,
+    cpu: u32,
 }
 
 impl Args {
-    fn from_boot(info: Option<&'static BootInfo>) -> Args {
+    fn from_boot(info: Option<&'static BootInfo>, cpu: u32) -> Args {
         let Some(info) = info else {
             return Args {
                 cmdline: "",
                 ncpus: 1,
                 tsc_khz: 0,
+                cpu,
             };
         };
         // SAFETY: the shim placed cmdline_len bytes at cmdline_addr inside guest RAM,
@@ -192,6 +201,21 @@ impl Args {
             cmdline: core::str::from_utf8(bytes).unwrap_or(""),
             ncpus: info.ncpus,
             tsc_khz: info.tsc_khz,
+            cpu,
+        }
+    }
+
+    /// The vCPU running this copy of the workload (0 unless `rt.smp`).
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// vCPUs running the workload at once: those that came up under `rt.smp`, else 1.
+    pub fn workers(&self) -> u32 {
+        if self.flag("rt.smp") {
+            self.ncpus.clamp(1, crate::MAX_CPUS as u32)
+        } else {
+            1
         }
     }
 
@@ -257,25 +281,82 @@ unsafe extern "Rust" {
     fn lbrprof_workload_main(args: &Args) -> i32;
 }
 
-/// First ring-3 code on vCPU 0.
-pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
-    let p = kernel::BOOT_INFO.load(Ordering::Acquire);
+/// `rt.smp` workers (vCPUs 1..) that finished, their exit codes, and their agents'
+/// (written, dropped) counts.
+static SMP_DONE: AtomicU32 = AtomicU32::new(0);
+static SMP_CODES: [AtomicU32; crate::MAX_CPUS] = [const { AtomicU32::new(0) }; crate::MAX_CPUS];
+static SMP_AGENT: [[AtomicU64; 2]; crate::MAX_CPUS] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; crate::MAX_CPUS];
+
+fn boot_args(boot: u64, cpu: u32) -> Args {
     // SAFETY: as in kernel::boot_info: a BootInfo the shim wrote, checked by magic.
-    let info = unsafe { (p as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
-    let args = Args::from_boot(info);
-    if args.flag("rt.cpus") {
-        // Wait (bounded, ~2 s at 2 GHz worth of TSC) for the other vCPUs to check in;
-        // vCPUs past MAX_CPUS halt at once and never do.
-        let expected = args.ncpus().min(crate::MAX_CPUS as u32);
-        let start = tsc();
-        while kernel::CPUS_ONLINE.load(Ordering::Acquire) < expected
-            && tsc().wrapping_sub(start) < 4_000_000_000
-        {
-            core::hint::spin_loop();
-        }
+    let info = unsafe { (boot as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
+    Args::from_boot(info, cpu)
+}
+
+/// Starts the LBR agent on this vCPU when `rt.agent=PERIOD` asks for it; the period.
+fn agent_start(args: &Args) -> Option<u64> {
+    let period = args.get("rt.agent").and_then(parse_u64)?;
+    let (r, _) = syscall3(abi::SYS_AGENT_START, period, 0, 0);
+    if r != 0 {
         println!(
-            "lbrprof-guest: {} of {} vCPUs online{}",
-            kernel::CPUS_ONLINE.load(Ordering::Acquire),
+            "lbrprof-guest: rt.agent: no PMU/LBR to sample on vCPU {} (or period 0)",
+            args.cpu()
+        );
+        exit(2);
+    }
+    Some(period)
+}
+
+/// Stops this vCPU's agent: (snapshots written, dropped).
+fn agent_stop() -> (u64, u64) {
+    syscall3(abi::SYS_AGENT_STOP, 0, 0, 0)
+}
+
+/// Waits (bounded, ~2 s at 2 GHz worth of TSC) for the other vCPUs to check in; how many
+/// are online then.
+fn wait_online(expected: u32) -> u32 {
+    let start = tsc();
+    while kernel::CPUS_ONLINE.load(Ordering::Acquire) < expected
+        && tsc().wrapping_sub(start) < 4_000_000_000
+    {
+        core::hint::spin_loop();
+    }
+    kernel::CPUS_ONLINE.load(Ordering::Acquire)
+}
+
+/// First ring-3 code of an `rt.smp` worker (vCPUs 1..): the workload, under the agent if
+/// asked, then park.
+pub(crate) extern "C" fn rt_user_entry_ap(cpu: u64, boot: u64) -> ! {
+    let cpu = (cpu as usize).min(crate::MAX_CPUS - 1);
+    let args = boot_args(boot, cpu as u32);
+    let agent = agent_start(&args);
+    // SAFETY: every workload binary defines this symbol with this signature (workload!).
+    let code = unsafe { lbrprof_workload_main(&args) };
+    if agent.is_some() {
+        let (written, dropped) = agent_stop();
+        SMP_AGENT[cpu][0].store(written, Ordering::Relaxed);
+        SMP_AGENT[cpu][1].store(dropped, Ordering::Relaxed);
+    }
+    SMP_CODES[cpu].store(code as u32, Ordering::Relaxed);
+    SMP_DONE.fetch_add(1, Ordering::Release);
+    syscall3(abi::SYS_PARK, 0, 0, 0);
+    unreachable_loop()
+}
+
+/// First ring-3 code on vCPU 0.
+pub(crate) extern "C" fn rt_user_entry(_cpu: u64, boot: u64) -> ! {
+    let args = boot_args(boot, 0);
+    let smp = args.flag("rt.smp");
+    let expected = args.ncpus().min(crate::MAX_CPUS as u32);
+    let online = if args.flag("rt.cpus") || smp {
+        wait_online(expected)
+    } else {
+        1
+    };
+    if args.flag("rt.cpus") {
+        println!(
+            "lbrprof-guest: {online} of {} vCPUs online{}",
             args.ncpus(),
             if args.ncpus() > expected {
                 " (the runtime sets up at most 8)"
@@ -300,24 +381,54 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, _boot: u64) -> ! {
             args.tsc_to_ns(per_call)
         );
     }
-    let agent = args.get("rt.agent").and_then(parse_u64);
-    if let Some(period) = agent {
-        let (r, _) = syscall3(abi::SYS_AGENT_START, period, 0, 0);
-        if r != 0 {
-            println!("lbrprof-guest: rt.agent: no PMU/LBR to sample (or period 0)");
-            exit(2);
+    let agent = agent_start(&args);
+    // SAFETY: every workload binary defines this symbol with this signature (workload!).
+    let mut code = unsafe { lbrprof_workload_main(&args) } as u32;
+    let own = if agent.is_some() {
+        agent_stop()
+    } else {
+        (0, 0)
+    };
+    let workers = if smp { online.max(1) - 1 } else { 0 };
+    if workers > 0 {
+        while SMP_DONE.load(Ordering::Acquire) < workers {
+            core::hint::spin_loop();
+        }
+        if code == 0 {
+            code = (1..=workers as usize)
+                .map(|c| SMP_CODES[c].load(Ordering::Relaxed))
+                .find(|&c| c != 0)
+                .unwrap_or(0);
         }
     }
-    // SAFETY: every workload binary defines this symbol with this signature (workload!).
-    let code = unsafe { lbrprof_workload_main(&args) };
     if agent.is_some() {
-        let (written, dropped) = syscall3(abi::SYS_AGENT_STOP, 0, 0, 0);
+        let counts = |c: usize| {
+            if c == 0 {
+                own
+            } else {
+                (
+                    SMP_AGENT[c][0].load(Ordering::Relaxed),
+                    SMP_AGENT[c][1].load(Ordering::Relaxed),
+                )
+            }
+        };
+        let cpus = 0..=workers as usize;
+        let (written, dropped) = cpus
+            .clone()
+            .map(counts)
+            .fold((0, 0), |(w, d), (a, b)| (w + a, d + b));
         println!("lbrprof-guest: agent: {written} snapshots, {dropped} dropped");
+        if workers > 0 {
+            for c in cpus {
+                let (w, d) = counts(c);
+                println!("lbrprof-guest: agent on vCPU {c}: {w} snapshots, {d} dropped");
+            }
+        }
     }
     let code = args
         .get("exit")
         .and_then(parse_u64)
-        .map_or(code as u32, |c| c as u32);
+        .map_or(code, |c| c as u32);
     exit(code)
 }
 

@@ -91,6 +91,14 @@ pub struct EmulatedConfig {
     /// snapshotting may take before the interval to the next snapshot is stretched (see
     /// [`Throttle`]); 0 (the default here) or 100 never throttle. Exact mode ignores it.
     pub overhead_percent: u32,
+    /// Run the guest in the shim's interpreter where the tracer can (see
+    /// [`super::interp`]) instead of stopping it at every branch. On by default;
+    /// `LBRPROF_LBR_INTERP=0` in the environment turns it off (for comparisons).
+    pub interpret: bool,
+    /// Benchmarking only: sampled-mode windows record no branches, so what remains is the
+    /// cost of stopping the guest for a sample (`LBRPROF_LBR_EMPTY_WINDOWS=1`; used by
+    /// `bench/lbr-emulation` to measure the host's floor).
+    pub empty_windows: bool,
 }
 
 impl EmulatedConfig {
@@ -104,8 +112,16 @@ impl EmulatedConfig {
             cycles_per_sec: 2_000_000_000,
             max_stack_frames: 64,
             overhead_percent: 0,
+            interpret: interpreter_default(),
+            empty_windows: std::env::var("LBRPROF_LBR_EMPTY_WINDOWS")
+                .is_ok_and(|v| v.trim() == "1"),
         }
     }
+}
+
+/// The interpreter is on unless the environment says `LBRPROF_LBR_INTERP=0`.
+fn interpreter_default() -> bool {
+    std::env::var("LBRPROF_LBR_INTERP").map_or(true, |v| v.trim() != "0")
 }
 
 /// The emulated PMU/LBR of one vCPU.
@@ -126,6 +142,8 @@ impl EmulatedVcpu {
     pub fn new(cfg: EmulatedConfig, sink: Option<SnapshotSink>) -> EmulatedVcpu {
         let mut tracer = Tracer::new(cfg.mode);
         tracer.set_inject_pmis(cfg.sampling == Sampling::Guest);
+        tracer.set_interpreter(cfg.interpret);
+        tracer.set_empty_windows(cfg.empty_windows);
         let mut v = EmulatedVcpu {
             cfg,
             pmu: VirtualPmu::new(cfg.pmu),
@@ -251,11 +269,18 @@ impl EmulatedVcpu {
         } else {
             let cycles = self.elapsed_cycles(now_ns);
             let cpl = g.cpu()?.cpl;
+            let windows = self.tracer.stats().windows;
+            let started = std::time::Instant::now();
             let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
             if self.tracer.tracing() {
                 self.window_started_ns = Some(now_ns);
+            } else if self.tracer.stats().windows != windows {
+                // The interpreter ran the whole window within this call: charge the
+                // budget what it took.
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.window_started_ns = Some(now_ns.saturating_sub(took));
             }
-            if r.is_free() && !r.inject_nmi {
+            if r.is_free() && !r.inject_nmi && !r.pmi {
                 // A PMI queued by a WRMSR or by the time just charged.
                 self.tracer.replan(g, &mut self.pmu)?
             } else {

@@ -22,6 +22,12 @@
 //! are replaced for the run (restored at the end), and `TRAP_PORT` (0x80, the legacy POST
 //! port) is taken.
 //!
+//! The tracer's interpreter may run the guest inside a callback: the hook offers it the
+//! register file only at clean stops (an interrupted KVM_RUN, a trap, a KVM debug exit,
+//! before the first entry), never at an I/O or MSR exit whose instruction KVM completes on
+//! the next entry, and writes what the interpreter leaves back with KVM_SET_REGS (at a
+//! trap: the general-purpose registers, and RIP/RSP/RFLAGS into the trap frame).
+//!
 //! Sampled mode needs the vCPU to leave KVM_RUN when the next sample is due even if the
 //! guest makes no exits of its own: the hook arms the vCPU's exit timer
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
@@ -32,12 +38,13 @@ use std::time::Duration;
 
 use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
 
-use super::agent;
+use super::agent::{AgentRingError, AgentRingReader, DrainClock};
 use super::backend::{self, HostLbrFacts};
 use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
 use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
-use super::msr::IA32_PERF_GLOBAL_STATUS_RESET;
+use super::interp::InterpState;
+use super::msr::{IA32_PERF_GLOBAL_STATUS_RESET, IA32_TSC};
 use super::throttle::ThrottleStats;
 use super::tracer::{
     GuestAccess, GuestAccessError, GuestCpu, MAX_BREAKPOINTS, Resume, TraceError, TracerStats,
@@ -46,7 +53,8 @@ use super::tracer::{
 use super::vpmu::PmuStats;
 use crate::caps::KvmCaps;
 use crate::hook::{DebugExit, ExitKind, GpFault, MsrRange, VcpuCtx, VcpuHook};
-use crate::memory::{GuestPhysAddr, GuestVirtAddr};
+use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+use crate::snapshot::LbrSnapshot;
 use crate::vm::monotonic_ns;
 
 /// The I/O port the patched #DB/#BP handlers write to.
@@ -71,11 +79,151 @@ pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
     f
 }
 
-/// The hardware backend: KVM passes the host's LBR MSRs through; the shim only makes sure
-/// CPUID never promises an LBR the host does not have.
-#[derive(Clone, Copy, Debug)]
+/// How often the hardware backend's hook drains the guest agent's ring: with passthrough
+/// LBR MSRs the agent's acks never exit, so a timer makes the vCPU leave KVM_RUN. At the
+/// agent's ring size (`abi::AGENT_RING_SLOTS`) this keeps up with 3,200 snapshots/s per vCPU.
+pub const AGENT_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The guest agent's ring of one vCPU, as that vCPU's hook drains it (both backends):
+/// each record becomes a snapshot with the vCPU's CR3 and the guest stack walked from the
+/// record's frame pointer, sent down the snapshot channel.
+#[derive(Debug)]
+struct AgentDrain {
+    reader: AgentRingReader,
+    /// The guest TSC frequency (KVM_GET_TSC_KHZ), 0 until known.
+    tsc_khz: u64,
+}
+
+impl AgentDrain {
+    fn new() -> AgentDrain {
+        AgentDrain {
+            reader: AgentRingReader::new(0),
+            tsc_khz: 0,
+        }
+    }
+
+    /// At the vCPU's start: whose ring, and its TSC rate.
+    fn start(&mut self, ctx: &VcpuCtx<'_>) {
+        self.reader = AgentRingReader::new(ctx.index());
+        self.tsc_khz = ctx.vcpu.get_tsc_khz().map_or(0, u64::from);
+    }
+
+    /// The clock a drain dates records with: now, and the vCPU's TSC now.
+    fn clock(&self, ctx: &VcpuCtx<'_>) -> DrainClock {
+        DrainClock {
+            now_ns: monotonic_ns(),
+            guest_tsc: ctx.read_msr(IA32_TSC).ok(),
+            tsc_khz: self.tsc_khz,
+        }
+    }
+
+    /// Drains the ring in `mem`; `walk` walks the guest stack from a frame pointer.
+    fn drain(
+        &mut self,
+        mem: &GuestMemory,
+        clock: &DrainClock,
+        cr3: u64,
+        walk: &mut dyn FnMut(u64) -> Vec<u64>,
+        send: &mut dyn FnMut(LbrSnapshot),
+    ) -> Result<(), AgentRingError> {
+        let d = self.reader.drain(mem, clock)?;
+        for mut snap in d.snapshots {
+            snap.cr3 = cr3;
+            snap.guest_stack = walk(snap.guest_fp);
+            send(snap);
+        }
+        Ok(())
+    }
+
+    /// What the ring gave and lost over the run.
+    fn counts(&self) -> (u64, u64) {
+        (self.reader.snapshots(), self.reader.lost())
+    }
+}
+
+/// The hardware backend: KVM passes the host's LBR MSRs through; the shim makes sure
+/// CPUID never promises an LBR the host does not have, and (with a snapshot sink) drains
+/// the guest agent's ring, the only snapshot source there: every
+/// [`AGENT_DRAIN_INTERVAL`], at any other exit once that much time has passed, and when the
+/// vCPU stops.
+#[derive(Debug)]
 pub struct HardwarePmuHook {
     pub host_has_lbr: bool,
+    sink: Option<SnapshotSink>,
+    stats: Option<LbrStatsSink>,
+    agent: AgentDrain,
+    /// Host time of the next drain.
+    due_ns: u64,
+    failed: bool,
+}
+
+impl HardwarePmuHook {
+    pub fn new(host_has_lbr: bool) -> HardwarePmuHook {
+        HardwarePmuHook {
+            host_has_lbr,
+            sink: None,
+            stats: None,
+            agent: AgentDrain::new(),
+            due_ns: 0,
+            failed: false,
+        }
+    }
+
+    /// Drain the guest agent's ring into `sink`.
+    pub fn with_agent(mut self, sink: SnapshotSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Also report this vCPU's agent counts into `sink` when it stops.
+    pub fn with_stats(mut self, sink: LbrStatsSink) -> Self {
+        self.stats = Some(sink);
+        self
+    }
+
+    /// Whether an exit at `now_ns` drains (and re-arms the timer): when the timer fired,
+    /// or the interval has passed anyway.
+    fn drain_due(&mut self, now_ns: u64, timer_fired: bool) -> bool {
+        if !timer_fired && now_ns < self.due_ns {
+            return false;
+        }
+        self.due_ns = now_ns.saturating_add(AGENT_DRAIN_INTERVAL.as_nanos() as u64);
+        true
+    }
+
+    /// One drain of the ring in `mem` (the hook's work, apart from KVM).
+    fn drain_from(
+        &mut self,
+        mem: &GuestMemory,
+        clock: &DrainClock,
+        cr3: u64,
+        walk: &mut dyn FnMut(u64) -> Vec<u64>,
+    ) -> Result<(), AgentRingError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        self.agent
+            .drain(mem, clock, cr3, walk, &mut |s| sink.send(s))
+    }
+
+    fn drain_ctx(&mut self, ctx: &mut VcpuCtx<'_>) {
+        if self.sink.is_none() || self.failed {
+            return;
+        }
+        let clock = self.agent.clock(ctx);
+        let cr3 = ctx.sregs().map_or(0, |s| s.cr3);
+        let traps = IdtTraps::default();
+        let r = {
+            let mut g = CtxGuest::new(ctx, &traps, None, None);
+            let mut walk = |fp| walk_frame_pointers(&mut g, fp, AGENT_STACK_FRAMES);
+            let mem = ctx.memory();
+            self.drain_from(mem, &clock, cr3, &mut walk)
+        };
+        if let Err(e) = r {
+            self.failed = true;
+            ctx.request_stop(format!("LBR agent: {e}"));
+        }
+    }
 }
 
 impl VcpuHook for HardwarePmuHook {
@@ -85,6 +233,44 @@ impl VcpuHook for HardwarePmuHook {
         for (e, p) in entries.iter_mut().zip(plain) {
             e.ecx = p.ecx;
             e.edx = p.edx;
+        }
+    }
+
+    fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
+        if self.sink.is_none() {
+            return;
+        }
+        self.agent.start(ctx);
+        self.drain_due(monotonic_ns(), true);
+        ctx.set_exit_timer(Some(AGENT_DRAIN_INTERVAL));
+    }
+
+    fn on_exit(&mut self, ctx: &mut VcpuCtx<'_>, exit: &ExitKind) {
+        if self.sink.is_none()
+            || !self.drain_due(monotonic_ns(), matches!(exit, ExitKind::Interrupted))
+        {
+            return;
+        }
+        self.drain_ctx(ctx);
+        ctx.set_exit_timer(Some(AGENT_DRAIN_INTERVAL));
+    }
+
+    fn on_stop(&mut self, ctx: &mut VcpuCtx<'_>) {
+        self.drain_ctx(ctx);
+        if let Some(sink) = &self.stats {
+            let (agent_snapshots, agent_lost) = self.agent.counts();
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(LbrRunStats {
+                    vcpu: ctx.index(),
+                    tracer: TracerStats::default(),
+                    pmu: PmuStats::default(),
+                    snapshots: agent_snapshots,
+                    stepping_stops: 0,
+                    throttle: ThrottleStats::default(),
+                    agent_snapshots,
+                    agent_lost,
+                });
         }
     }
 }
@@ -100,6 +286,11 @@ pub struct LbrRunStats {
     pub stepping_stops: u64,
     /// The overhead budget of shim-driven sampling (sampled mode).
     pub throttle: ThrottleStats,
+    /// Snapshots taken from the guest agent's ring (included in `snapshots`).
+    pub agent_snapshots: u64,
+    /// Snapshots the guest agent dropped because its ring was full (exact, from the
+    /// ring's sequence numbers).
+    pub agent_lost: u64,
 }
 
 /// Where the hooks of a VM put their [`LbrRunStats`].
@@ -121,6 +312,11 @@ pub struct EmulatedPmuHook {
     /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
     pending_bps: Vec<u64>,
     stepping_stops: u64,
+    /// This vCPU's guest agent ring (guest-driven snapshots).
+    agent: AgentDrain,
+    /// Drain the ring when the guest acks a freeze (else only when the vCPU stops, as
+    /// the tests of the guest's overflow path want).
+    drain_on_ack: bool,
 }
 
 /// A stop through one of the patched handlers: the interrupted context's trap frame.
@@ -141,6 +337,15 @@ impl Trap {
         } else {
             self.frame[0]
         }
+    }
+
+    /// Moves the interrupted code to `rip` (the inverse of [`Trap::rip`]).
+    fn set_rip(&mut self, rip: u64) {
+        self.frame[0] = if self.vector == VECTOR_BP {
+            rip.wrapping_add(1)
+        } else {
+            rip
+        };
     }
 }
 
@@ -318,13 +523,15 @@ impl IdtTraps {
 }
 
 /// Rewrites the trap frame so the handler's IRETQ resumes the interrupted code at the
-/// instruction that trapped (after an `int3`, the breakpointed one), with TF as wanted.
+/// instruction that trapped (after an `int3`, the breakpointed one), with TF as wanted
+/// (and RSP as the interpreter may have moved it).
 fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), String> {
     let rflags = (t.frame[2] & !RFLAGS_TF) | if tf { RFLAGS_TF } else { 0 };
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; 32];
     bytes[0..8].copy_from_slice(&t.rip().to_le_bytes());
     bytes[8..16].copy_from_slice(&t.frame[1].to_le_bytes());
     bytes[16..24].copy_from_slice(&rflags.to_le_bytes());
+    bytes[24..32].copy_from_slice(&t.frame[3].to_le_bytes());
     let pa = ctx
         .memory()
         .translate(cr3, GuestVirtAddr(t.frame_addr))
@@ -364,6 +571,8 @@ impl EmulatedPmuHook {
             vcpus: 1,
             pending_bps: Vec::new(),
             stepping_stops: 0,
+            agent: AgentDrain::new(),
+            drain_on_ack: true,
         }
     }
 
@@ -379,32 +588,65 @@ impl EmulatedPmuHook {
         self
     }
 
+    /// Drain the guest agent's ring only when the vCPU stops, so the guest fills it (the
+    /// tests of its overflow path).
+    #[cfg(test)]
+    fn drain_only_at_stop(mut self) -> Self {
+        self.drain_on_ack = false;
+        self
+    }
+
     /// The model and tracer behind the hook (statistics, final state).
     pub fn core(&self) -> &EmulatedVcpu {
         &self.core
     }
 
-    /// Guest-driven snapshots: take what the guest agent wrote into its ring (vCPU 0's,
-    /// the only one the runtime's agent runs on), with the guest stack walked from the
-    /// interrupted frame pointer.
+    /// Guest-driven snapshots: take what this vCPU's guest agent wrote into its ring,
+    /// with the guest stack walked from the interrupted frame pointer.
     fn drain_agent(&mut self, ctx: &mut VcpuCtx<'_>) {
-        if ctx.index() != 0 {
+        let clock = self.agent.clock(ctx);
+        let cr3 = ctx.sregs().map_or(0, |s| s.cr3);
+        let mut got = Vec::new();
+        let r = {
+            let mut g = CtxGuest::new(ctx, &self.traps, None, None);
+            let mut walk = |fp| walk_frame_pointers(&mut g, fp, AGENT_STACK_FRAMES);
+            self.agent
+                .drain(ctx.memory(), &clock, cr3, &mut walk, &mut |s| got.push(s))
+        };
+        for mut snap in got {
+            self.at_trapped_code(ctx, cr3, &mut snap);
+            self.core.agent_snapshot(snap);
+        }
+        if let Err(e) = r {
+            self.fail(ctx, e.to_string());
+        }
+    }
+
+    /// An agent snapshot taken while its vCPU sat in one of the patched trap handlers
+    /// (where the PMI the tracer injects at a stop is delivered) describes the shim's
+    /// trap, not the guest: its context becomes the trap frame's, the code the handler
+    /// returns to, as the shim's own snapshots see it. The frame pointer is the
+    /// interrupted code's already (the patched handler does not touch it).
+    fn at_trapped_code(&self, ctx: &VcpuCtx<'_>, cr3: u64, snap: &mut LbrSnapshot) {
+        let in_handler = self
+            .traps
+            .handlers
+            .iter()
+            .any(|(_, h)| snap.guest_ip.wrapping_sub(*h) < HANDLER_PATCH.len() as u64);
+        if !in_handler {
             return;
         }
-        match agent::drain(ctx.memory(), ctx.index(), monotonic_ns()) {
-            Ok(d) => {
-                let cr3 = ctx.sregs().map_or(0, |s| s.cr3);
-                for mut snap in d.snapshots {
-                    snap.cr3 = cr3;
-                    snap.guest_stack = walk_frame_pointers(
-                        &mut CtxGuest::new(ctx, &self.traps, None, None),
-                        snap.guest_fp,
-                        AGENT_STACK_FRAMES,
-                    );
-                    self.core.agent_snapshot(snap);
-                }
-            }
-            Err(e) => self.fail(ctx, e.to_string()),
+        // The handler's stack holds the CPU's frame: RIP, CS, RFLAGS, RSP, SS.
+        let mut raw = [0u8; 32];
+        if ctx
+            .memory()
+            .read_virt(cr3, GuestVirtAddr(snap.guest_sp), &mut raw)
+            .is_ok()
+        {
+            let word =
+                |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            snap.guest_ip = word(0);
+            snap.guest_sp = word(3);
         }
     }
 
@@ -586,14 +828,14 @@ impl VcpuHook for EmulatedPmuHook {
     }
 
     fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
+        self.agent.start(ctx);
         let state = cpu_state(ctx);
         if let Some((regs, _)) = &state {
             self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
         }
-        let r = self.core.on_start(
-            &mut CtxGuest::new(ctx, &self.traps, None, state),
-            monotonic_ns(),
-        );
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_start(&mut g, monotonic_ns());
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -607,7 +849,7 @@ impl VcpuHook for EmulatedPmuHook {
         self.core
             .wrmsr(&mut CtxGuest::new(ctx, &self.traps, None, None), msr, value)
             .map_err(|_| GpFault)?;
-        if msr == IA32_PERF_GLOBAL_STATUS_RESET {
+        if msr == IA32_PERF_GLOBAL_STATUS_RESET && self.drain_on_ack {
             // A PMI handler acks a freeze: a guest agent has just written its snapshot.
             self.drain_agent(ctx);
         }
@@ -640,16 +882,20 @@ impl VcpuHook for EmulatedPmuHook {
                 return;
             }
             if ours {
-                let r = self
-                    .core
-                    .on_debug(&mut CtxGuest::new(ctx, &self.traps, Some(trap), state), now);
-                return self.apply(ctx, r, Some(trap), state);
+                // A trap is a clean stop: the interrupted context is whole in the frame.
+                let mut g = CtxGuest::new(ctx, &self.traps, Some(trap), state).interpretable(true);
+                let r = self.core.on_debug(&mut g, now);
+                let (trap, state) = (g.trap, g.state);
+                return self.apply(ctx, r, trap, state);
             }
             // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
         }
-        let r = self
-            .core
-            .on_exit(&mut CtxGuest::new(ctx, &self.traps, None, state), now);
+        // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
+        // I/O or MSR exit's instruction is finished by the next KVM_RUN).
+        let clean = matches!(exit, ExitKind::Interrupted);
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(clean);
+        let r = self.core.on_exit(&mut g, now);
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -658,10 +904,9 @@ impl VcpuHook for EmulatedPmuHook {
             return;
         }
         let state = cpu_state(ctx);
-        let r = self.core.on_debug(
-            &mut CtxGuest::new(ctx, &self.traps, None, state),
-            monotonic_ns(),
-        );
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_debug(&mut g, monotonic_ns());
+        let state = g.state;
         self.apply(ctx, r, None, state);
     }
 
@@ -684,6 +929,8 @@ impl VcpuHook for EmulatedPmuHook {
                     snapshots: self.core.snapshots(),
                     stepping_stops: self.stepping_stops,
                     throttle: self.core.throttle_stats(),
+                    agent_snapshots: self.agent.counts().0,
+                    agent_lost: self.agent.counts().1,
                 });
         }
     }
@@ -719,12 +966,15 @@ fn to_plain(e: &kvm_cpuid_entry2) -> CpuidEntry {
 }
 
 /// The vCPU as the tracer sees it; registers are read once per callback. At a trap, the
-/// interrupted context (from the trap frame) stands in for the handler's.
+/// interrupted context (from the trap frame) stands in for the handler's. The interpreter's
+/// register writes land in `state` (and KVM) and `trap` (the frame to write back).
 struct CtxGuest<'c, 'v> {
     ctx: &'c VcpuCtx<'v>,
     traps: &'c IdtTraps,
     trap: Option<Trap>,
     state: Option<(kvm_regs, kvm_sregs)>,
+    /// This stop allows interpreting (see [`GuestAccess::interp_state`]).
+    interp_ok: bool,
 }
 
 impl<'c, 'v> CtxGuest<'c, 'v> {
@@ -739,7 +989,13 @@ impl<'c, 'v> CtxGuest<'c, 'v> {
             traps,
             trap,
             state,
+            interp_ok: false,
         }
+    }
+
+    fn interpretable(mut self, ok: bool) -> Self {
+        self.interp_ok = ok;
+        self
     }
 
     fn state(&mut self) -> Result<(kvm_regs, kvm_sregs), GuestAccessError> {
@@ -800,6 +1056,92 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::Unmapped { gva })?;
         self.traps.unpatch(gva, buf);
         Ok(())
+    }
+
+    fn interp_state(&mut self) -> Option<InterpState> {
+        if !self.interp_ok {
+            return None;
+        }
+        if self.trap.is_none() {
+            // An event KVM has yet to deliver (an exception re-queued across the exit, an
+            // interrupt or NMI being injected) belongs at this RIP, not at the
+            // interpreter's. (At a trap such an event belongs to the handler's context,
+            // which the interpreter leaves alone.)
+            let ev = self.ctx.vcpu.get_vcpu_events().ok()?;
+            if ev.exception.injected != 0
+                || ev.exception.pending != 0
+                || ev.interrupt.injected != 0
+                || ev.nmi.injected != 0
+                || ev.nmi.pending != 0
+            {
+                return None;
+            }
+        }
+        let (r, sregs) = self.state().ok()?;
+        let mut s = InterpState {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            rflags: r.rflags,
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cpl: sregs.cs.dpl,
+            long_mode: sregs.cs.l != 0,
+        };
+        if let Some(t) = self.trap {
+            // TF in the frame is the shim's stepping, not the guest's.
+            s.rip = t.rip();
+            s.gpr[4] = t.frame[3];
+            s.rflags = t.frame[2] & !RFLAGS_TF;
+            s.cpl = (t.frame[1] & 3) as u8;
+        }
+        Some(s)
+    }
+
+    fn set_interp_state(&mut self, s: &InterpState) -> Result<(), GuestAccessError> {
+        let (mut r, sregs) = self.state()?;
+        let g = &s.gpr;
+        (r.rax, r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        match &mut self.trap {
+            Some(t) => {
+                // The handler's own RIP/RSP/RFLAGS stay; the interrupted context's are in
+                // the frame its IRETQ pops (written back by `apply`).
+                t.set_rip(s.rip);
+                t.frame[2] = s.rflags;
+                t.frame[3] = g[4];
+            }
+            None => {
+                r.rip = s.rip;
+                r.rsp = g[4];
+                r.rflags = s.rflags;
+            }
+        }
+        self.ctx
+            .set_regs(&r)
+            .map_err(|_| GuestAccessError::Unavailable { what: "registers" })?;
+        self.state = Some((r, sregs));
+        Ok(())
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .read(GuestPhysAddr(gpa), buf)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .write(GuestPhysAddr(gpa), data)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 
     fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError> {
@@ -881,6 +1223,99 @@ mod tests {
         let report = Vm::run(config, image, &hooks).unwrap();
         let out = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
         (report.outcome.exit_code(), out)
+    }
+
+    /// A guest agent's PMI as the runtime writes it (`guest/src/kernel.rs`): record `pmi`
+    /// into the ring of `vcpu` unless full, with an 8-deep LBR, TOS 2, interrupted at
+    /// `rip` with frame pointer `fp`.
+    fn agent_pmi(mem: &GuestMemory, vcpu: u32, rip: u64, fp: u64, tsc: u64) {
+        use crate::abi::{AGENT_RING_MAGIC, AGENT_RING_SLOTS, agent_record_addr, agent_ring_addr};
+        let ring = agent_ring_addr(vcpu);
+        let r = |o: u64| mem.read_u64(GuestPhysAddr(ring + o)).unwrap();
+        let w = |a: u64, v: u64| mem.write_u64(GuestPhysAddr(a), v).unwrap();
+        if r(0) != AGENT_RING_MAGIC {
+            w(ring + 40, 1);
+            w(ring, AGENT_RING_MAGIC);
+        }
+        let (head, tail, pmi) = (r(8), r(16), r(32));
+        w(ring + 32, pmi + 1);
+        if head - tail >= AGENT_RING_SLOTS {
+            w(ring + 24, r(24) + 1);
+            return;
+        }
+        let base = agent_record_addr(vcpu, head);
+        for (i, v) in [head, pmi, tsc, 1, 2, 8, rip, 0x9000, fp]
+            .into_iter()
+            .enumerate()
+        {
+            w(base + 8 * i as u64, v);
+        }
+        w(ring + 8, head + 1);
+    }
+
+    /// The hardware backend's drain (untestable end to end on a host without LBR): what
+    /// the guest agent wrote reaches the snapshot channel with its stack, losses are
+    /// counted exactly, and only this vCPU's ring is read.
+    #[test]
+    fn the_hardware_hook_drains_its_vcpus_agent_ring() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut hook = HardwarePmuHook::new(true).with_agent(sink);
+        hook.agent.reader = AgentRingReader::new(1);
+        let clock = DrainClock {
+            now_ns: 1_000_000,
+            guest_tsc: Some(2_000_000),
+            tsc_khz: 2_000_000,
+        };
+        let mut walk = |fp: u64| vec![fp + 1, fp + 2];
+        // Nothing set up yet: nothing drained, no error.
+        hook.drain_from(&mem, &clock, 0x1000, &mut walk).unwrap();
+        assert!(rx.try_recv().is_err());
+        agent_pmi(&mem, 0, 0xdead, 0, 0); // vCPU 0's ring: not this hook's
+        for i in 0..40 {
+            agent_pmi(&mem, 1, 0x40_0000 + i, 0x8000, 1_000_000 + i);
+        }
+        hook.drain_from(&mem, &clock, 0x1000, &mut walk).unwrap();
+        let got: Vec<LbrSnapshot> = rx.try_iter().collect();
+        assert_eq!(got.len(), 32, "the ring holds 32");
+        let s = &got[3];
+        assert_eq!(
+            (s.vcpu, s.reason),
+            (1, crate::snapshot::SnapshotReason::Agent)
+        );
+        assert_eq!((s.guest_ip, s.cr3), (0x40_0003, 0x1000));
+        assert_eq!(s.guest_stack, [0x8001, 0x8002]);
+        // 2 GHz guest TSC: 999,997 ticks before the drain's TSC is 499,998 ns (rounded
+        // down) before the drain.
+        assert_eq!(s.host_time_ns, 1_000_000 - 499_998);
+        assert_eq!(hook.agent.counts(), (32, 8));
+        for i in 0..3 {
+            agent_pmi(&mem, 1, 0x50_0000 + i, 0, 1_999_000);
+        }
+        hook.drain_from(&mem, &clock, 0x1000, &mut walk).unwrap();
+        assert_eq!(rx.try_iter().count(), 3);
+        assert_eq!(hook.agent.counts(), (35, 8));
+        // A malformed ring is an error (the hook then stops the VM, naming it).
+        mem.write_u64(GuestPhysAddr(crate::abi::agent_ring_addr(1) + 8), 1000)
+            .unwrap();
+        let err = hook
+            .drain_from(&mem, &clock, 0x1000, &mut walk)
+            .unwrap_err();
+        assert!(err.to_string().contains("vCPU 1"), "{err}");
+    }
+
+    #[test]
+    fn the_hardware_hook_drains_on_its_timer_or_when_an_exit_comes_late() {
+        let mut hook = HardwarePmuHook::new(false);
+        let interval = AGENT_DRAIN_INTERVAL.as_nanos() as u64;
+        assert!(hook.drain_due(100, true), "the first");
+        assert!(!hook.drain_due(101, false), "an exit soon after: not yet");
+        assert!(hook.drain_due(102, true), "the timer fired");
+        assert!(!hook.drain_due(102 + interval - 1, false));
+        assert!(
+            hook.drain_due(102 + interval, false),
+            "an exit after the interval"
+        );
     }
 
     #[test]
@@ -995,6 +1430,77 @@ mod tests {
             for e in s.newest_first() {
                 assert!(GUEST_CODE.contains(&e.from) && GUEST_CODE.contains(&e.to));
             }
+        }
+    }
+
+    /// The real guest agent's overflow path, end to end: with its ring drained only at the
+    /// end, each vCPU's agent fills its 32 slots and drops the rest; the shim receives
+    /// exactly the 32 and counts exactly what the guest says it dropped, per vCPU.
+    #[test]
+    fn a_full_agent_ring_loses_exactly_what_the_guest_dropped() {
+        if !kvm() {
+            return;
+        }
+        let console = Console::default();
+        let mut config = VmConfig::new(64 << 20, 2);
+        config.cmdline = "n=200000 rt.smp rt.agent=150000".into();
+        config.serial = Box::new(console.clone());
+        config.timeout = Some(Duration::from_secs(120));
+        config.warn = Box::new(|_| {});
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let stats: LbrStatsSink = Arc::new(Mutex::new(Vec::new()));
+        let cfg = EmulatedConfig::new(
+            0,
+            PmuConfig::new(4, 16).unwrap(),
+            TraceMode::Sampled {
+                window_branches: 16,
+            },
+        );
+        let hooks = |i: u32| -> Box<dyn VcpuHook> {
+            let mut c = cfg;
+            c.vcpu = i;
+            Box::new(
+                EmulatedPmuHook::new(c, Some(sink.clone()))
+                    .with_stats(Arc::clone(&stats))
+                    .drain_only_at_stop(),
+            )
+        };
+        let report = Vm::run(config, builtin::image("branchy").unwrap(), &hooks).unwrap();
+        let out = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+        assert_eq!(report.outcome.exit_code(), 0, "{out}");
+        let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
+        let stats = stats.lock().unwrap().clone();
+        for vcpu in 0..2u32 {
+            let prefix = format!("lbrprof-guest: agent on vCPU {vcpu}: ");
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("{out}"));
+            let nums: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let (written, dropped) = (nums[0], nums[1]);
+            assert_eq!(written, crate::abi::AGENT_RING_SLOTS, "{out}");
+            assert!(dropped > 0, "the ring overflowed: {out}");
+            let got = snaps
+                .iter()
+                .filter(|s| s.vcpu == vcpu && s.reason == SnapshotReason::Agent)
+                .count() as u64;
+            assert_eq!(got, written, "vCPU {vcpu}");
+            let s = stats.iter().find(|s| s.vcpu == vcpu).unwrap();
+            assert_eq!(
+                (s.agent_snapshots, s.agent_lost),
+                (written, dropped),
+                "{out}"
+            );
+            // Oldest first: the first 32 PMIs, in order.
+            let tscs: Vec<u64> = snaps
+                .iter()
+                .filter(|s| s.vcpu == vcpu)
+                .map(|s| s.guest_tsc)
+                .collect();
+            assert!(tscs.windows(2).all(|w| w[0] <= w[1]), "{tscs:?}");
         }
     }
 

@@ -12,11 +12,16 @@
 //! * [`branch`]: decoding and classifying guest instructions (iced-x86).
 //! * [`tracer`]: the state machine that observes guest branches through breakpoints and
 //!   single-steps (≤ 2 exits per branch) and feeds them to the model, exact or sampled.
+//! * [`interp`]: runs ring-3 guest code inside the shim (integer subset, exact flags,
+//!   page-table checked memory) so the tracer can record a window without stopping the
+//!   guest; anything it does not implement exactly is left to the breakpoints.
 //! * [`backend`]: hardware passthrough or emulation, decided from plain host facts.
 //! * [`emulated`]: model + tracer + snapshot channel for one vCPU, KVM-free.
-//! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot ring.
+//! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot rings (one per
+//!   vCPU), with exact loss counts.
 //! * [`kvm_hook`]: the VMM hook that drives [`emulated`] from KVM exits (KVM guest debug in
-//!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook.
+//!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook
+//!   (CPUID, and a timer that drains the guest agent's ring).
 
 pub mod agent;
 pub mod backend;
@@ -25,6 +30,7 @@ pub mod cpuid;
 pub mod emulated;
 #[cfg(test)]
 mod fake_guest;
+pub mod interp;
 pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;

@@ -17,6 +17,17 @@
 //! the next branch after its target: one exit for that branch. Instructions between branches
 //! are counted from the decoded block, so INST_RETIRED and BR_INST_RETIRED are exact.
 //!
+//! ## Or without stopping at all: the interpreter
+//! At a *clean* stop (the VMM says so through [`GuestAccess::interp_state`]: the vCPU is at
+//! an instruction boundary with nothing left for KVM to complete), ring-3 code is not
+//! stopped branch by branch but run in the shim by [`super::interp`], which reports each
+//! instruction and branch exactly as the breakpoints would have (same counters, same LBR
+//! records, same PMI points) and writes the registers back. A sampled window that starts
+//! at the free-run deadline is usually interpreted whole: no debug stop at all. The first
+//! instruction the interpreter leaves to the CPU ([`super::interp::Halt`]) is where the
+//! breakpoints below take over; the next clean stop interprets again. After a PMI the
+//! tracer never interprets before the caller has seen the guest where it fired.
+//!
 //! Far transfers that clear TF on the way (SYSCALL, SYSENTER, INT n/INT3) would not trap
 //! after one step, so the tracer also puts a breakpoint on their target (IA32_LSTAR,
 //! IA32_SYSENTER_EIP, the IDT gate); IRET and SYSRET get one on the return address they
@@ -45,6 +56,7 @@
 use std::collections::HashMap;
 
 use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
+use super::interp::{Effect, Halt, Interp, InterpState};
 use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
 use super::vpmu::{RetiredBranch, VirtualPmu};
 
@@ -75,6 +87,8 @@ pub enum GuestAccessError {
     Unmapped { gva: u64 },
     #[error("cannot read the vCPU's {what}")]
     Unavailable { what: &'static str },
+    #[error("guest-physical address {gpa:#x} is not guest RAM")]
+    NotRam { gpa: u64 },
 }
 
 /// Access to one vCPU's guest state, as the VMM provides it at an exit.
@@ -85,6 +99,29 @@ pub trait GuestAccess {
     fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError>;
     /// Reads a guest MSR as KVM holds it (IA32_LSTAR, IA32_SYSENTER_EIP).
     fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError>;
+
+    /// The full register file for the [interpreter](super::interp), or `None` when this
+    /// stop does not allow interpreting: the vCPU must be at an instruction boundary with
+    /// nothing left for KVM to complete on the next entry (an I/O or MSR exit's result).
+    fn interp_state(&mut self) -> Option<InterpState> {
+        None
+    }
+
+    /// Writes the interpreter's registers back (RIP, RSP, RFLAGS and the other
+    /// general-purpose registers) before the vCPU runs again.
+    fn set_interp_state(&mut self, _state: &InterpState) -> Result<(), GuestAccessError> {
+        Err(GuestAccessError::Unavailable { what: "registers" })
+    }
+
+    /// Reads guest-physical memory (guest RAM only).
+    fn read_phys(&mut self, gpa: u64, _buf: &mut [u8]) -> Result<(), GuestAccessError> {
+        Err(GuestAccessError::NotRam { gpa })
+    }
+
+    /// Writes guest-physical memory (guest RAM only).
+    fn write_phys(&mut self, gpa: u64, _data: &[u8]) -> Result<(), GuestAccessError> {
+        Err(GuestAccessError::NotRam { gpa })
+    }
 }
 
 /// A tracing failure: the guest's registers could not be read.
@@ -162,6 +199,13 @@ pub struct TracerStats {
     pub windows: u64,
     /// Sampled mode: cycles of guest time dropped because a window started late.
     pub late_cycles: u64,
+    /// Instructions the shim's interpreter executed (included in `instructions`).
+    pub interpreted: u64,
+    /// Interpreting stretches started.
+    pub interp_runs: u64,
+    /// Stretches that ended at an instruction the interpreter left to the CPU (the
+    /// breakpoint machinery took over there).
+    pub interp_halts: u64,
 }
 
 /// A straight-line run of instructions ending at a control transfer (or a scan limit).
@@ -199,6 +243,22 @@ impl Block {
 
     fn index_of(&self, rip: u64, from: usize) -> Option<usize> {
         (from..=self.insns.len()).find(|&i| self.addr(i) == rip)
+    }
+}
+
+/// Instructions one interpreting stretch may run in exact mode before the vCPU runs again
+/// (so the VMM still gets to check for stop requests and timeouts).
+const INTERP_EXACT_BUDGET: u64 = 1 << 20;
+/// Instructions a sampled window may take in the interpreter (a window whose branches do
+/// not come within this falls back to breakpoints).
+const INTERP_WINDOW_BUDGET: u64 = 1 << 16;
+
+/// With `LBRPROF_LBR_INTERP_DEBUG` set, each interpreter halt is printed (for finding the
+/// instructions worth implementing next).
+fn log_halt(rip: u64, h: Halt) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("LBRPROF_LBR_INTERP_DEBUG").is_some()) {
+        eprintln!("lbrprof: lbr: interpreter halted at {rip:#x}: {h:?}");
     }
 }
 
@@ -244,6 +304,11 @@ pub struct Tracer {
     inject_pmis: bool,
     /// Whether the guest's NMI handler is traced after an injected PMI.
     follow_nmi: bool,
+    /// Whether clean stops run the guest in the shim's interpreter.
+    interpret: bool,
+    interp: Interp,
+    /// Sampled mode: end each window before its first branch (benchmarking only).
+    empty_windows: bool,
     last: Resume,
     stats: TracerStats,
 }
@@ -259,6 +324,9 @@ impl Tracer {
             window_done: false,
             inject_pmis: true,
             follow_nmi: true,
+            interpret: false,
+            interp: Interp::default(),
+            empty_windows: false,
             last: Resume::default(),
             stats: TracerStats::default(),
         }
@@ -281,6 +349,19 @@ impl Tracer {
     /// code (for VMMs that cannot stop the guest inside the handler's context reliably).
     pub fn set_follow_nmi_handler(&mut self, follow: bool) {
         self.follow_nmi = follow;
+    }
+
+    /// Whether to run the guest in the shim's [interpreter](super::interp) at stops that
+    /// allow it ([`GuestAccess::interp_state`]) instead of stopping it at every branch
+    /// (default off here; the emulated backend turns it on).
+    pub fn set_interpreter(&mut self, on: bool) {
+        self.interpret = on;
+    }
+
+    /// Sampled mode, for measuring what a sample costs beyond its window: each window ends
+    /// before its first branch (the PMI fires at once; snapshots hold no new branches).
+    pub fn set_empty_windows(&mut self, on: bool) {
+        self.empty_windows = on;
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -352,7 +433,14 @@ impl Tracer {
                 self.stats.windows += 1;
                 self.window_left = window_branches.max(1);
                 let cpu = g.cpu()?;
-                self.plan_at(g, pmu, &cpu)?
+                if self.empty_windows {
+                    // The sample's stop without its window (see `set_empty_windows`).
+                    self.window_left = 0;
+                    self.window_done = true;
+                    self.after_stop(g, pmu, &cpu)?
+                } else {
+                    self.plan_at(g, pmu, &cpu)?
+                }
             }
             _ => {
                 pmu.on_instructions(cycles, cpl);
@@ -413,7 +501,7 @@ impl Tracer {
                     self.plan_in(pmu, block, done, cpl)
                 } else {
                     // Not where `sync` left it (an event moved the guest): start afresh.
-                    self.plan_at(g, pmu, &cpu)?
+                    self.plan_native(g, pmu, &cpu)?
                 }
             }
             State::Free => {
@@ -421,7 +509,7 @@ impl Tracer {
                 if pmu.take_pmi() {
                     self.deliver_pmi(g, pmu, &cpu)?
                 } else if self.mode == TraceMode::Exact {
-                    self.plan_at(g, pmu, &cpu)?
+                    self.plan_native(g, pmu, &cpu)?
                 } else {
                     self.free(pmu, cpu.cpl)
                 }
@@ -483,6 +571,18 @@ impl Tracer {
                 }
             }
         }
+        let r = self.after_stop(g, pmu, &cpu)?;
+        Ok(self.remember(r))
+    }
+
+    /// What follows a stop whose instructions and branches are accounted: the end of a
+    /// sampled window, a PMI, or tracing on from `cpu`.
+    fn after_stop(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cpu: &GuestCpu,
+    ) -> Result<Resume, TraceError> {
         let closing = std::mem::take(&mut self.window_done);
         if closing && let Some(due) = pmu.instructions_until_pmi(cpu.cpl) {
             // The window recorded its branches: the time it stood for tips the counter.
@@ -490,14 +590,95 @@ impl Tracer {
             pmu.on_cycles(due, cpu.cpl);
         }
         let sampled = matches!(self.mode, TraceMode::Sampled { .. });
-        let r = if pmu.take_pmi() {
-            self.deliver_pmi(g, pmu, &cpu)?
+        if pmu.take_pmi() {
+            self.deliver_pmi(g, pmu, cpu)
         } else if sampled && self.window_left == 0 {
-            self.free(pmu, cpu.cpl)
+            Ok(self.free(pmu, cpu.cpl))
         } else {
-            self.plan_at(g, pmu, &cpu)?
+            self.plan_at(g, pmu, cpu)
+        }
+    }
+
+    /// Runs the guest in the interpreter from a clean stop, accounting every instruction
+    /// and branch as the breakpoints would. Returns the plan when the stretch ended the
+    /// window or raised a PMI; otherwise `None` with `cpu` moved to where the interpreter
+    /// stopped (an instruction it leaves to the CPU), for the breakpoints to go on from.
+    fn interpret(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cpu: &mut GuestCpu,
+    ) -> Result<Option<Resume>, TraceError> {
+        if !self.interpret || cpu.cpl != 3 || (!self.counting() && self.window_left == 0) {
+            return Ok(None);
+        }
+        let Some(state) = g.interp_state() else {
+            return Ok(None);
         };
-        Ok(self.remember(r))
+        if state.refusal().is_some() || state.rip != cpu.rip {
+            return Ok(None);
+        }
+        let budget = if self.counting() {
+            INTERP_EXACT_BUDGET
+        } else {
+            INTERP_WINDOW_BUDGET
+        };
+        let mut interp = std::mem::take(&mut self.interp);
+        let mut session = interp.session(g, state);
+        let mut ran = 0u64;
+        let mut ended = false;
+        let mut halt = None;
+        while ran < budget {
+            let step = match session.step() {
+                Ok(step) => step,
+                Err(h) => {
+                    halt = Some(h);
+                    break;
+                }
+            };
+            ran += 1;
+            match step.effect {
+                Effect::Next => self.retire(pmu, 1, state.cpl),
+                Effect::Branch { kind, taken, to } => self.branch(
+                    pmu,
+                    RetiredBranch {
+                        from: step.ip,
+                        to,
+                        fallthrough: step.next,
+                        kind,
+                        taken,
+                        cpl_before: state.cpl,
+                        cpl_after: state.cpl,
+                    },
+                ),
+            }
+            if self.window_done || pmu.pmi_pending() {
+                ended = true;
+                break;
+            }
+        }
+        let after = *session.state();
+        drop(session);
+        self.interp = interp;
+        self.stats.interp_runs += 1;
+        self.stats.interpreted += ran;
+        if let Some(h) = halt {
+            self.stats.interp_halts += 1;
+            log_halt(after.rip, h);
+        }
+        if ran == 0 {
+            return Ok(None);
+        }
+        g.set_interp_state(&after)?;
+        cpu.rip = after.rip;
+        cpu.rsp = after.gpr[4];
+        cpu.rbp = after.gpr[5];
+        cpu.rcx = after.gpr[1];
+        cpu.rflags = Some(after.rflags);
+        if ended {
+            return self.after_stop(g, pmu, cpu).map(Some);
+        }
+        Ok(None)
     }
 
     fn counting(&self) -> bool {
@@ -590,7 +771,7 @@ impl Tracer {
         if !self.inject_pmis {
             self.stats.pmis_consumed += 1;
             let mut r = if follow {
-                self.plan_at(g, pmu, cpu)?
+                self.plan_native(g, pmu, cpu)?
             } else {
                 self.free(pmu, cpu.cpl)
             };
@@ -632,7 +813,7 @@ impl Tracer {
             });
         }
         let mut r = if follow {
-            self.plan_at(g, pmu, cpu)?
+            self.plan_native(g, pmu, cpu)?
         } else {
             self.free(pmu, cpu.cpl)
         };
@@ -641,8 +822,24 @@ impl Tracer {
         Ok(r)
     }
 
-    /// Plans from the current RIP, starting a block there.
+    /// Plans from the current RIP: interprets from there when the stop allows it, then
+    /// plans the breakpoints from wherever that leaves the guest.
     fn plan_at(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+        cpu: &GuestCpu,
+    ) -> Result<Resume, TraceError> {
+        let mut cpu = *cpu;
+        if let Some(r) = self.interpret(g, pmu, &mut cpu)? {
+            return Ok(r);
+        }
+        self.plan_native(g, pmu, &cpu)
+    }
+
+    /// Plans breakpoints from the current RIP, starting a block there (no interpreting:
+    /// after a PMI the caller must see the guest exactly where it fired).
+    fn plan_native(
         &mut self,
         g: &mut dyn GuestAccess,
         pmu: &mut VirtualPmu,
@@ -825,6 +1022,8 @@ impl Tracer {
         }
         self.stats.blocks_decoded += 1;
         let block = decode_block(g, cpu.rip, cpu.code_size);
+        let end = block.stop_addr().saturating_add(MAX_INSN_LEN as u64);
+        self.interp.note_code(cpu.cr3, cpu.rip, end);
         self.blocks.push(block);
         let i = self.blocks.len() - 1;
         self.index.insert(key, i);

@@ -1,4 +1,5 @@
-//! `builtin:sort [n=100000] [seed=1] [timing] [warm]` (n at most 1048576)
+//! `builtin:sort [n=100000] [seed=1] [timing] [warm]` (n at most 1048576, divided by the
+//! vCPUs under `rt.smp`: each sorts its own part of the buffer)
 #![no_std]
 #![no_main]
 
@@ -8,10 +9,15 @@ const MAX_N: usize = 1 << 20;
 static mut BUF: [u64; MAX_N] = [0; MAX_N];
 
 fn main(args: &Args) -> i32 {
-    let n = args.u64("n", 100_000).min(MAX_N as u64) as usize;
+    let share = MAX_N / args.workers() as usize;
+    let n = args.u64("n", 100_000).min(share as u64) as usize;
     let seed = args.u64("seed", 1);
-    // SAFETY: only vCPU 0 runs the workload, and only here; BUF is never aliased.
-    let buf = unsafe { core::slice::from_raw_parts_mut((&raw mut BUF).cast::<u64>(), n) };
+    let first = args.cpu() as usize * share;
+    // SAFETY: each vCPU running the workload (vCPU 0, and under rt.smp the others, each
+    // with a distinct cpu() < workers()) takes its own `share` of BUF, only here: the
+    // slices never overlap.
+    let buf =
+        unsafe { core::slice::from_raw_parts_mut((&raw mut BUF).cast::<u64>().add(first), n) };
     if args.flag("warm") {
         // Run once untimed first (page faults, caches), as bench/guest-speed does natively.
         core::hint::black_box(sort::run(buf, seed));

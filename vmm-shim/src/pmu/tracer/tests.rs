@@ -140,6 +140,32 @@ fn sampled_mode_records_the_last_branches_before_the_overflow() {
     assert!(t.stats().exits <= 2 * 8 + 2, "{} exits", t.stats().exits);
 }
 
+/// Empty windows (benchmarking): the overflow fires at the deadline without a single
+/// debug stop, and the LBR gets nothing.
+#[test]
+fn empty_windows_fire_the_overflow_without_tracing() {
+    let mut g = program_a(200, 2);
+    let mut pmu = VirtualPmu::new(PmuConfig::new(4, 8).unwrap());
+    pmu.wrmsr(
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI,
+    )
+    .unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR_CTRL, (FIXED_CTRL_USR | FIXED_CTRL_PMI) << 4)
+        .unwrap();
+    pmu.wrmsr(IA32_PERF_GLOBAL_CTRL, 1 << 33).unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR0 + 1, (1 << 48) - 300).unwrap();
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 8 });
+    t.set_empty_windows(true);
+    t.start(&mut g, &mut pmu).unwrap();
+    drive(&mut t, &mut g, &mut pmu);
+    assert_eq!(t.stats().windows, 1);
+    assert_eq!(g.nmis_at.len(), 1);
+    assert_eq!(t.stats().exits, 0);
+    assert!(lbr(&pmu).is_empty());
+    assert_eq!(pmu.rdmsr(IA32_FIXED_CTR0 + 1).unwrap(), 0);
+}
+
 #[test]
 fn sampled_mode_without_an_armed_counter_runs_free() {
     let mut g = program_a(50, 2);

@@ -1,0 +1,1180 @@
+//! The window interpreter: runs ring-3 guest instructions inside the shim, so a sampled
+//! window (or exact-mode tracing) records its branches without stopping the guest.
+//!
+//! Stopping ring-3 code costs 35–100 µs per stop on the hosts lbrprof targets (a trap into
+//! the emulated ring-0 handler, an I/O exit, an IRETQ); interpreting an instruction costs
+//! well under a microsecond. So when the tracer starts a window at a *clean* stop (the vCPU
+//! is at an instruction boundary with nothing left for KVM to complete), it takes the full
+//! register file, runs the guest's instructions here through guest memory, reports every
+//! instruction and branch to the tracer, and writes the registers back.
+//!
+//! ## Exactness, not coverage
+//! Only what is implemented exactly runs here: the integer subset compilers emit in hot
+//! code (MOV/MOVZX/MOVSX/MOVSXD/LEA, the ALU group, INC/DEC/NEG/NOT, shifts and rotates,
+//! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
+//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT)
+//! in 64-bit mode at CPL 3. Anything else — another instruction or form, a LOCK prefix, an
+//! FS/GS access, a page fault, an address outside RAM, a data access to a page that holds
+//! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
+//! state is exactly that of the boundary before it, and the tracer's breakpoint machinery
+//! takes over from there (so correctness never depends on coverage).
+//!
+//! * **Flags**: [`mod@alu`] computes every flag the SDM defines exactly (differentially tested
+//!   against the host CPU). A flag the SDM leaves *undefined* (OF after a multi-bit shift,
+//!   SF/ZF/AF/PF after IMUL, AF after logic ops, ...) may only get the interpreter's value
+//!   if it is provably dead: [`Session`] follows the code after the instruction (straight
+//!   lines, direct jumps and calls, returns through a shadow stack or the untouched real
+//!   stack, both arms of a Jcc) until every such flag is written with a defined value
+//!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
+//! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
+//!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
+//!   dirty bits are set as the CPU would. Accesses may cross pages.
+//! * **Instructions are transactional**: all reads and checks happen first, then at most one
+//!   memory write, then the register file is committed.
+//!
+//! Not modelled (documented simplifications): interrupts arriving during an interpreted
+//! stretch are taken after it (as if they came a little later); a memory write by an
+//! interpreted instruction is not atomic with respect to other vCPUs beyond what the
+//! host's copy gives (LOCKed instructions and XCHG with memory are never interpreted).
+
+pub mod alu;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use iced_x86::{
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
+    Register, RflagsBits,
+};
+
+use self::alu::{Op, STATUS, alu, mask, sext};
+use super::branch::{BranchKind, MAX_INSN_LEN};
+use super::tracer::GuestAccess;
+
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.RF (cleared when an instruction completes).
+const RFLAGS_RF: u64 = 1 << 16;
+/// RFLAGS.AC.
+const RFLAGS_AC: u64 = 1 << 18;
+/// CR0.AM.
+const CR0_AM: u64 = 1 << 18;
+/// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
+const CR4_PKE: u64 = 1 << 22;
+/// IA32_EFER.NXE.
+const EFER_NXE: u64 = 1 << 11;
+/// Page-table entry bits (SDM Vol. 3, "Paging").
+const PTE_P: u64 = 1 << 0;
+const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_XD: u64 = 1 << 63;
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+const PAGE: u64 = 4096;
+/// Index of RSP in [`InterpState::gpr`].
+const RSP: usize = 4;
+/// Instructions the flag-liveness search may look at.
+const LOOKAHEAD_BUDGET: usize = 256;
+/// Decoded instructions cached before the cache is flushed.
+const MAX_CACHED_INSNS: usize = 1 << 16;
+
+/// A fast hasher for the interpreter's maps (keys are addresses the guest cannot choose
+/// to collide with any benefit: a collision only costs time), FxHash's multiply-rotate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<AddrHasher>>;
+
+/// The guest state the interpreter runs on: the register file plus the control state that
+/// decides how memory is accessed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterpState {
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15 (the encoding order).
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    /// CS.DPL.
+    pub cpl: u8,
+    /// CS.L: 64-bit code.
+    pub long_mode: bool,
+}
+
+impl InterpState {
+    /// Why this state cannot be interpreted at all, if it cannot.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.cpl != 3 {
+            Some("not ring 3")
+        } else if !self.long_mode {
+            Some("not 64-bit code")
+        } else if self.rflags & RFLAGS_TF != 0 {
+            Some("the guest single-steps itself")
+        } else if self.rflags & RFLAGS_AC != 0 && self.cr0 & CR0_AM != 0 {
+            Some("alignment checking is on")
+        } else if self.cr4 & CR4_PKE != 0 {
+            Some("protection keys are on")
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the interpreter stopped before an instruction (which it did not execute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Halt {
+    /// An instruction or form the interpreter does not implement.
+    Unsupported(Mnemonic),
+    /// The access would fault (not present, protection, non-canonical), or the address is
+    /// not guest RAM: the CPU must raise it (or exit to the VMM for MMIO).
+    Memory,
+    /// A data access to a page that holds code the tracer has decoded (its cached decodes
+    /// and `int3` patches must not be bypassed).
+    CodePage,
+    /// A write to a page-table page the interpreter walked.
+    PageTable,
+    /// The instruction leaves flags undefined that may be read before they are rewritten.
+    FlagsLive,
+    /// The instruction bytes cannot be fetched (not user-executable or unmapped).
+    Fetch,
+}
+
+/// What one interpreted instruction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Not a branch: execution goes on at the next instruction.
+    Next,
+    /// A near branch retired.
+    Branch {
+        kind: BranchKind,
+        taken: bool,
+        to: u64,
+    },
+}
+
+/// One executed instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Its address.
+    pub ip: u64,
+    /// The address after it.
+    pub next: u64,
+    pub effect: Effect,
+    /// Status flags it left undefined (proven dead before anything reads them).
+    pub undefined: u64,
+}
+
+/// The interpreter's long-lived state (per vCPU): decoded instructions and the pages that
+/// hold code.
+#[derive(Debug, Default)]
+pub struct Interp {
+    cache: FastMap<(u64, u64), Instruction>,
+    /// (CR3, guest-virtual page) of every page code was decoded from, by the interpreter
+    /// or the tracer ([`Interp::note_code`]).
+    code_pages: FastSet<(u64, u64)>,
+    /// Liveness verdicts that depend on the code alone: (CR3, address after the
+    /// instruction, undefined flags) → dead.
+    dead: FastMap<(u64, u64, u64), bool>,
+}
+
+impl Interp {
+    /// Code at `[start, end)` in address space `cr3` was decoded (by the tracer).
+    pub fn note_code(&mut self, cr3: u64, start: u64, end: u64) {
+        let mut page = start & !(PAGE - 1);
+        while page < end {
+            self.code_pages.insert((cr3, page));
+            page = match page.checked_add(PAGE) {
+                Some(p) => p,
+                None => break,
+            };
+        }
+    }
+
+    /// An interpreting session over `g` from `state` (see [`InterpState::refusal`]).
+    pub fn session<'a>(
+        &'a mut self,
+        g: &'a mut dyn GuestAccess,
+        state: InterpState,
+    ) -> Session<'a> {
+        Session {
+            interp: self,
+            g,
+            state,
+            tlb: FastMap::default(),
+            pt_pages: Vec::new(),
+        }
+    }
+
+    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached).
+    fn decode(&mut self, g: &mut dyn GuestAccess, cr3: u64, rip: u64) -> Option<Instruction> {
+        if let Some(i) = self.cache.get(&(cr3, rip)) {
+            return Some(*i);
+        }
+        let mut bytes = [0u8; MAX_INSN_LEN];
+        let n = if g.read_virt(rip, &mut bytes).is_ok() {
+            MAX_INSN_LEN
+        } else {
+            let to_end = (PAGE - rip % PAGE) as usize;
+            if to_end < MAX_INSN_LEN && g.read_virt(rip, &mut bytes[..to_end]).is_ok() {
+                to_end
+            } else {
+                return None;
+            }
+        };
+        let mut d = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
+        let insn = d.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        if self.cache.len() >= MAX_CACHED_INSNS {
+            self.cache.clear();
+            self.dead.clear();
+        }
+        self.cache.insert((cr3, rip), insn);
+        self.note_code(cr3, rip, insn.next_ip());
+        Some(insn)
+    }
+}
+
+/// A translation the session has made (its own TLB, dropped with the session).
+#[derive(Clone, Copy, Debug)]
+struct Tlb {
+    /// Guest-physical address of the page (4 KiB granularity).
+    phys: u64,
+    user: bool,
+    writable: bool,
+    executable: bool,
+    /// The leaf's dirty bit is known to be set.
+    dirty: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    Fetch,
+}
+
+/// One interpreting stretch over a vCPU: [`Session::step`] until it halts, then
+/// [`Session::state`] is what to write back.
+pub struct Session<'a> {
+    interp: &'a mut Interp,
+    g: &'a mut dyn GuestAccess,
+    state: InterpState,
+    tlb: FastMap<u64, Tlb>,
+    /// Guest-physical pages of the page tables walked.
+    pt_pages: Vec<u64>,
+}
+
+/// A memory write an instruction makes once everything else has succeeded.
+#[derive(Clone, Copy, Debug)]
+struct PendingWrite {
+    addr: u64,
+    bytes: usize,
+    value: u64,
+}
+
+impl Session<'_> {
+    /// The state after the last executed instruction.
+    pub fn state(&self) -> &InterpState {
+        &self.state
+    }
+
+    /// Executes the instruction at RIP, or halts before it (state untouched).
+    pub fn step(&mut self) -> Result<Step, Halt> {
+        let s = self.state;
+        let ip = s.rip;
+        self.check_fetch(ip)?;
+        let insn = self.interp.decode(self.g, s.cr3, ip).ok_or(Halt::Fetch)?;
+        if insn.next_ip() / PAGE != ip / PAGE {
+            self.check_fetch(insn.next_ip() - 1)?;
+        }
+        let mut n = s;
+        n.rip = insn.next_ip();
+        let mut exec = Exec {
+            session: self,
+            insn: &insn,
+            write: None,
+            undefined: 0,
+        };
+        let effect = exec.run(&mut n)?;
+        let (write, undefined) = (exec.write, exec.undefined);
+        if undefined != 0 {
+            let key = (n.cr3, n.rip, undefined);
+            let dead = match self.interp.dead.get(&key) {
+                Some(&d) => d,
+                None => {
+                    let (dead, code_only) = self.flags_dead(undefined, &n, write.is_some());
+                    if code_only {
+                        self.interp.dead.insert(key, dead);
+                    }
+                    dead
+                }
+            };
+            if !dead {
+                return Err(Halt::FlagsLive);
+            }
+        }
+        if let Some(w) = write {
+            self.write_mem(w)?;
+        }
+        n.rflags &= !RFLAGS_RF;
+        self.state = n;
+        Ok(Step {
+            ip,
+            next: insn.next_ip(),
+            effect,
+            undefined,
+        })
+    }
+
+    fn check_fetch(&mut self, addr: u64) -> Result<(), Halt> {
+        self.translate(addr, Access::Fetch)
+            .map(|_| ())
+            .map_err(|_| Halt::Fetch)
+    }
+
+    /// Translates `gva` for a ring-3 access of `kind`, walking the page tables on a miss.
+    fn translate(&mut self, gva: u64, kind: Access) -> Result<u64, Halt> {
+        if sext(gva, 48) as u64 != gva {
+            return Err(Halt::Memory);
+        }
+        let vpage = gva & !(PAGE - 1);
+        let hit = self.tlb.get(&vpage).copied();
+        let t = match hit {
+            Some(t) if kind != Access::Write || t.dirty => t,
+            _ => self.walk(vpage, kind)?,
+        };
+        let allowed = t.user
+            && match kind {
+                Access::Read => true,
+                Access::Write => t.writable,
+                Access::Fetch => t.executable,
+            };
+        if !allowed {
+            return Err(Halt::Memory);
+        }
+        Ok(t.phys | (gva & (PAGE - 1)))
+    }
+
+    /// The 4-level walk (SDM Vol. 3, "4-Level Paging"), setting accessed bits on the way
+    /// and the dirty bit of the leaf for a write, as the CPU does for an allowed access.
+    fn walk(&mut self, vpage: u64, kind: Access) -> Result<Tlb, Halt> {
+        let nxe = self.state.efer & EFER_NXE != 0;
+        let mut table = self.state.cr3 & PTE_ADDR_MASK;
+        let (mut user, mut writable, mut executable) = (true, true, true);
+        let mut path: Vec<(u64, u64)> = Vec::with_capacity(4);
+        for (level, shift) in [39u32, 30, 21, 12].into_iter().enumerate() {
+            let at = table + ((vpage >> shift) & 0x1ff) * 8;
+            let entry = self.read_phys_u64(at)?;
+            if entry & PTE_P == 0 || (!nxe && entry & PTE_XD != 0) {
+                return Err(Halt::Memory);
+            }
+            if level == 0 && entry & PTE_PS != 0 {
+                return Err(Halt::Memory); // reserved in a PML4E
+            }
+            if !self.pt_pages.contains(&(at & !(PAGE - 1))) {
+                self.pt_pages.push(at & !(PAGE - 1));
+            }
+            user &= entry & PTE_US != 0;
+            writable &= entry & PTE_RW != 0;
+            executable &= !(nxe && entry & PTE_XD != 0);
+            path.push((at, entry));
+            let leaf = level == 3 || ((level == 1 || level == 2) && entry & PTE_PS != 0);
+            if leaf {
+                let page_mask = (1u64 << shift) - 1;
+                // A large page's address bits below its size (above the PAT bit, 12) are
+                // reserved: the CPU faults on them.
+                if shift > 12 && entry & PTE_ADDR_MASK & page_mask & !(1u64 << 12) != 0 {
+                    return Err(Halt::Memory);
+                }
+                let base = entry & PTE_ADDR_MASK & !page_mask;
+                let phys = base | (vpage & page_mask);
+                let allowed = user
+                    && match kind {
+                        Access::Read => true,
+                        Access::Write => writable,
+                        Access::Fetch => executable,
+                    };
+                if !allowed {
+                    return Err(Halt::Memory);
+                }
+                // Accessed bits on every level, dirty on the leaf for a write.
+                let last = path.len() - 1;
+                for (i, &(at, e)) in path.iter().enumerate() {
+                    let mut want = e | PTE_A;
+                    if i == last && kind == Access::Write {
+                        want |= PTE_D;
+                    }
+                    if want != e {
+                        self.g
+                            .write_phys(at, &want.to_le_bytes())
+                            .map_err(|_| Halt::Memory)?;
+                    }
+                }
+                let t = Tlb {
+                    phys,
+                    user,
+                    writable,
+                    executable,
+                    dirty: kind == Access::Write || entry & PTE_D != 0,
+                };
+                self.tlb.insert(vpage, t);
+                return Ok(t);
+            }
+            table = entry & PTE_ADDR_MASK;
+        }
+        Err(Halt::Memory)
+    }
+
+    fn read_phys_u64(&mut self, gpa: u64) -> Result<u64, Halt> {
+        let mut b = [0u8; 8];
+        self.g.read_phys(gpa, &mut b).map_err(|_| Halt::Memory)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// The pages `[addr, addr + len)` spans, as (guest-virtual address, length) pieces.
+    fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, usize)> {
+        let first = ((PAGE - addr % PAGE) as usize).min(len);
+        let second = len - first;
+        std::iter::once((addr, first))
+            .chain((second > 0).then(|| (addr.wrapping_add(first as u64), second)))
+    }
+
+    fn is_code(&self, gva: u64) -> bool {
+        self.interp
+            .code_pages
+            .contains(&(self.state.cr3, gva & !(PAGE - 1)))
+    }
+
+    fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
+        let mut buf = [0u8; 8];
+        let mut done = 0;
+        for (va, len) in Self::pieces(addr, bytes) {
+            if self.is_code(va) {
+                return Err(Halt::CodePage);
+            }
+            let pa = self.translate(va, Access::Read)?;
+            self.g
+                .read_phys(pa, &mut buf[done..done + len])
+                .map_err(|_| Halt::Memory)?;
+            done += len;
+        }
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    fn write_mem(&mut self, w: PendingWrite) -> Result<(), Halt> {
+        let mut targets = [(0u64, 0usize); 2];
+        let mut count = 0;
+        for (va, len) in Self::pieces(w.addr, w.bytes) {
+            if self.is_code(va) {
+                return Err(Halt::CodePage);
+            }
+            let pa = self.translate(va, Access::Write)?;
+            if self.pt_pages.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::PageTable);
+            }
+            targets[count] = (pa, len);
+            count += 1;
+        }
+        let bytes = w.value.to_le_bytes();
+        let mut done = 0;
+        for &(pa, len) in &targets[..count] {
+            self.g
+                .write_phys(pa, &bytes[done..done + len])
+                .map_err(|_| Halt::Memory)?;
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Whether the status flags in `mask`, left undefined by the instruction that led to
+    /// `after`, are written with defined values on every path before any instruction reads
+    /// them; and whether that verdict follows from the code alone (no return address was
+    /// read from the stack), so it may be cached.
+    /// `wrote`: the instruction itself writes memory (not yet done), so the stack as it is
+    /// now may not be what a return will read.
+    fn flags_dead(&mut self, mask: u64, after: &InterpState, wrote: bool) -> (bool, bool) {
+        let mut code_only = true;
+        let dead = self.search_flags(mask, after, wrote, &mut code_only);
+        (dead, code_only)
+    }
+
+    fn search_flags(
+        &mut self,
+        mask: u64,
+        after: &InterpState,
+        wrote: bool,
+        code_only: &mut bool,
+    ) -> bool {
+        struct Path {
+            ip: u64,
+            mask: u64,
+            /// RSP relative to `after`'s.
+            rsp: i64,
+            /// Return addresses pushed by calls followed on this path.
+            shadow: Vec<u64>,
+            /// A memory write (other than a push) happened: the real stack may differ.
+            wrote: bool,
+        }
+        let mut budget = LOOKAHEAD_BUDGET;
+        // Points already searched with the same flags pending and the same stack: a path
+        // that comes back to one has read nothing on its way round (loops are proven).
+        let mut seen: FastSet<(u64, u64, i64, Vec<u64>)> = FastSet::default();
+        let mut forked = false;
+        let mut work = vec![Path {
+            ip: after.rip,
+            mask,
+            rsp: 0,
+            shadow: Vec::new(),
+            wrote,
+        }];
+        while let Some(mut p) = work.pop() {
+            loop {
+                // (Straight-line search cannot come back to a point; only forks can.)
+                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
+                    break;
+                }
+                if budget == 0 {
+                    return false;
+                }
+                budget -= 1;
+                let Some(insn) = self.interp.decode(self.g, after.cr3, p.ip) else {
+                    return false;
+                };
+                if arch_flags(insn.rflags_read()) & p.mask != 0 {
+                    return false;
+                }
+                p.mask &= !defined_writes(&insn);
+                if p.mask == 0 {
+                    break;
+                }
+                if writes_memory(&insn) {
+                    p.wrote = true;
+                }
+                match insn.flow_control() {
+                    FlowControl::Next => {
+                        match stack_effect(&insn) {
+                            Some(d) => p.rsp += d,
+                            None => return false,
+                        }
+                        p.ip = insn.next_ip();
+                    }
+                    FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => {
+                        p.ip = insn.near_branch_target();
+                    }
+                    FlowControl::ConditionalBranch if insn.is_jcc_short_or_near() => {
+                        forked = true;
+                        work.push(Path {
+                            ip: insn.near_branch_target(),
+                            mask: p.mask,
+                            rsp: p.rsp,
+                            shadow: p.shadow.clone(),
+                            wrote: p.wrote,
+                        });
+                        p.ip = insn.next_ip();
+                    }
+                    FlowControl::Call if insn.is_call_near() => {
+                        p.shadow.push(insn.next_ip());
+                        p.rsp -= 8;
+                        p.ip = insn.near_branch_target();
+                    }
+                    FlowControl::Return if insn.code() == Code::Retnq => {
+                        if let Some(r) = p.shadow.pop() {
+                            p.ip = r;
+                        } else if !p.wrote && p.rsp >= 0 {
+                            *code_only = false;
+                            let slot = after.gpr[RSP].wrapping_add(p.rsp as u64);
+                            let mut b = [0u8; 8];
+                            if self.g.read_virt(slot, &mut b).is_err() {
+                                return false;
+                            }
+                            p.ip = u64::from_le_bytes(b);
+                        } else {
+                            return false;
+                        }
+                        p.rsp += 8;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+}
+
+/// iced's RFLAGS bit set as architectural status-flag bits.
+fn arch_flags(iced: u32) -> u64 {
+    let map = [
+        (RflagsBits::OF, alu::OF),
+        (RflagsBits::SF, alu::SF),
+        (RflagsBits::ZF, alu::ZF),
+        (RflagsBits::AF, alu::AF),
+        (RflagsBits::CF, alu::CF),
+        (RflagsBits::PF, alu::PF),
+    ];
+    map.iter()
+        .filter(|(b, _)| iced & b != 0)
+        .fold(0, |acc, (_, f)| acc | f)
+}
+
+/// Status flags an instruction always writes with a defined value. Shifts and rotates
+/// write none when their count may be zero (CL) or is zero, and not CF when the count may
+/// reach the operand size.
+fn defined_writes(insn: &Instruction) -> u64 {
+    let all = arch_flags(insn.rflags_written() | insn.rflags_cleared() | insn.rflags_set());
+    let count_op = match insn.mnemonic() {
+        Mnemonic::Shl
+        | Mnemonic::Sal
+        | Mnemonic::Shr
+        | Mnemonic::Sar
+        | Mnemonic::Rol
+        | Mnemonic::Ror
+        | Mnemonic::Rcl
+        | Mnemonic::Rcr => 1,
+        Mnemonic::Shld | Mnemonic::Shrd => 2,
+        _ => return all,
+    };
+    if insn.op_kind(count_op) != OpKind::Immediate8 {
+        return 0;
+    }
+    let bits = operand_bits(insn, 0).unwrap_or(64);
+    let count = u32::from(insn.immediate8()) & if bits == 64 { 63 } else { 31 };
+    if count == 0 {
+        return 0;
+    }
+    let mut w = all & !(alu::OF | alu::AF);
+    if count >= bits {
+        w &= !alu::CF;
+    }
+    w
+}
+
+/// Whether an instruction may write memory other than by pushing.
+fn writes_memory(insn: &Instruction) -> bool {
+    if matches!(
+        insn.mnemonic(),
+        Mnemonic::Push | Mnemonic::Call | Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
+    ) {
+        return false;
+    }
+    matches!(
+        insn.op0_kind(),
+        OpKind::Memory | OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI
+    ) || matches!(
+        insn.mnemonic(),
+        Mnemonic::Xchg | Mnemonic::Xadd | Mnemonic::Cmpxchg | Mnemonic::Cmpxchg16b
+    )
+}
+
+/// How a sequential instruction moves RSP (for the liveness search), `None` when it is
+/// not known statically.
+fn stack_effect(insn: &Instruction) -> Option<i64> {
+    match insn.mnemonic() {
+        Mnemonic::Push => return Some(i64::from(insn.stack_pointer_increment())),
+        Mnemonic::Pop => {
+            if insn.op0_kind() == OpKind::Register
+                && insn.op0_register().full_register() == Register::RSP
+            {
+                return None;
+            }
+            return Some(i64::from(insn.stack_pointer_increment()));
+        }
+        _ => {}
+    }
+    let writes_rsp = insn.op_count() > 0
+        && insn.op0_kind() == OpKind::Register
+        && insn.op0_register().full_register() == Register::RSP
+        && !matches!(
+            insn.mnemonic(),
+            Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
+        );
+    if !writes_rsp {
+        return if insn.stack_pointer_increment() == 0 {
+            Some(0)
+        } else {
+            None
+        };
+    }
+    let imm = || {
+        (insn.op_count() == 2 && is_immediate(insn.op1_kind())).then(|| insn.immediate(1) as i64)
+    };
+    match (insn.mnemonic(), insn.op0_register()) {
+        (Mnemonic::Add, Register::RSP) => imm(),
+        (Mnemonic::Sub, Register::RSP) => imm().map(|v| -v),
+        (Mnemonic::Lea, Register::RSP)
+            if insn.memory_base() == Register::RSP && insn.memory_index() == Register::None =>
+        {
+            Some(insn.memory_displacement64() as i64)
+        }
+        _ => None,
+    }
+}
+
+fn is_immediate(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
+/// The size in bits of operand `i` (register or memory), if it has one.
+fn operand_bits(insn: &Instruction, i: u32) -> Option<u32> {
+    match insn.op_kind(i) {
+        OpKind::Register => Some(insn.op_register(i).size() as u32 * 8),
+        OpKind::Memory => Some(insn.memory_size().size() as u32 * 8),
+        _ => None,
+    }
+    .filter(|b| matches!(b, 8 | 16 | 32 | 64))
+}
+
+/// Whether RFLAGS satisfy condition `cc` (SDM Vol. 1, "Jcc").
+fn cond_holds(cc: ConditionCode, f: u64) -> Option<bool> {
+    let bit = |b: u64| f & b != 0;
+    let lt = bit(alu::SF) != bit(alu::OF);
+    Some(match cc {
+        ConditionCode::o => bit(alu::OF),
+        ConditionCode::no => !bit(alu::OF),
+        ConditionCode::b => bit(alu::CF),
+        ConditionCode::ae => !bit(alu::CF),
+        ConditionCode::e => bit(alu::ZF),
+        ConditionCode::ne => !bit(alu::ZF),
+        ConditionCode::be => bit(alu::CF) || bit(alu::ZF),
+        ConditionCode::a => !bit(alu::CF) && !bit(alu::ZF),
+        ConditionCode::s => bit(alu::SF),
+        ConditionCode::ns => !bit(alu::SF),
+        ConditionCode::p => bit(alu::PF),
+        ConditionCode::np => !bit(alu::PF),
+        ConditionCode::l => lt,
+        ConditionCode::ge => !lt,
+        ConditionCode::le => lt || bit(alu::ZF),
+        ConditionCode::g => !lt && !bit(alu::ZF),
+        _ => return None,
+    })
+}
+
+/// Index of a general-purpose register in [`InterpState::gpr`], and whether it is one of
+/// AH/CH/DH/BH.
+fn gpr_index(reg: Register) -> Option<(usize, bool)> {
+    if !reg.is_gpr() {
+        return None;
+    }
+    let full = reg.full_register();
+    let idx = (full as usize).checked_sub(Register::RAX as usize)?;
+    let high = matches!(
+        reg,
+        Register::AH | Register::CH | Register::DH | Register::BH
+    );
+    (idx < 16).then_some((idx, high))
+}
+
+fn get_reg(s: &InterpState, reg: Register) -> Option<u64> {
+    let (i, high) = gpr_index(reg)?;
+    let v = s.gpr[i];
+    Some(match reg.size() {
+        8 => v,
+        4 => v & 0xffff_ffff,
+        2 => v & 0xffff,
+        _ if high => (v >> 8) & 0xff,
+        _ => v & 0xff,
+    })
+}
+
+fn set_reg(s: &mut InterpState, reg: Register, v: u64) -> Option<()> {
+    let (i, high) = gpr_index(reg)?;
+    let old = s.gpr[i];
+    s.gpr[i] = match reg.size() {
+        8 => v,
+        4 => v & 0xffff_ffff,
+        2 => (old & !0xffff) | (v & 0xffff),
+        _ if high => (old & !0xff00) | ((v & 0xff) << 8),
+        _ => (old & !0xff) | (v & 0xff),
+    };
+    Some(())
+}
+
+/// One instruction being executed against a copy of the state.
+struct Exec<'s, 'a, 'i> {
+    session: &'s mut Session<'a>,
+    insn: &'i Instruction,
+    write: Option<PendingWrite>,
+    /// Status flags the instruction leaves undefined.
+    undefined: u64,
+}
+
+impl Exec<'_, '_, '_> {
+    fn unsupported(&self) -> Halt {
+        Halt::Unsupported(self.insn.mnemonic())
+    }
+
+    /// The effective address of memory operand `i` (no segment base: ES/CS/SS/DS are flat
+    /// in 64-bit mode; FS/GS are refused).
+    fn address(&self, s: &InterpState, i: u32) -> Result<u64, Halt> {
+        if matches!(self.insn.memory_segment(), Register::FS | Register::GS) {
+            return Err(self.unsupported());
+        }
+        self.insn
+            .virtual_address(i, 0, |reg, _, _| match reg {
+                Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+                r => get_reg(s, r),
+            })
+            .ok_or_else(|| self.unsupported())
+    }
+
+    fn read(&mut self, s: &InterpState, i: u32, bits: u32) -> Result<u64, Halt> {
+        match self.insn.op_kind(i) {
+            OpKind::Register => {
+                get_reg(s, self.insn.op_register(i)).ok_or_else(|| self.unsupported())
+            }
+            OpKind::Memory => {
+                let addr = self.address(s, i)?;
+                let v = self.session.read_mem(addr, (bits / 8) as usize)?;
+                Ok(v & mask(bits))
+            }
+            k if is_immediate(k) => Ok(self.insn.immediate(i) & mask(bits)),
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    fn write_op(&mut self, s: &mut InterpState, i: u32, bits: u32, v: u64) -> Result<(), Halt> {
+        match self.insn.op_kind(i) {
+            OpKind::Register => {
+                let reg = self.insn.op_register(i);
+                if reg.size() as u32 * 8 != bits {
+                    return Err(self.unsupported());
+                }
+                set_reg(s, reg, v).ok_or_else(|| self.unsupported())
+            }
+            OpKind::Memory => {
+                let addr = self.address(s, i)?;
+                self.pend_write(addr, bits, v)
+            }
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    fn pend_write(&mut self, addr: u64, bits: u32, v: u64) -> Result<(), Halt> {
+        if self.write.is_some() {
+            return Err(self.unsupported());
+        }
+        self.write = Some(PendingWrite {
+            addr,
+            bytes: (bits / 8) as usize,
+            value: v & mask(bits),
+        });
+        Ok(())
+    }
+
+    fn bits(&self, i: u32) -> Result<u32, Halt> {
+        operand_bits(self.insn, i).ok_or_else(|| self.unsupported())
+    }
+
+    fn push(&mut self, s: &mut InterpState, v: u64) -> Result<(), Halt> {
+        let sp = s.gpr[RSP].wrapping_sub(8);
+        self.pend_write(sp, 64, v)?;
+        s.gpr[RSP] = sp;
+        Ok(())
+    }
+
+    fn pop(&mut self, s: &mut InterpState) -> Result<u64, Halt> {
+        let v = self.session.read_mem(s.gpr[RSP], 8)?;
+        s.gpr[RSP] = s.gpr[RSP].wrapping_add(8);
+        Ok(v)
+    }
+
+    fn apply_alu(&mut self, s: &mut InterpState, op: Op, bits: u32, a: u64, b: u64) -> u64 {
+        let out = alu(op, bits, a, b, s.rflags);
+        s.rflags = (s.rflags & !STATUS) | (out.rflags & STATUS);
+        self.undefined |= out.undefined;
+        out.value
+    }
+
+    /// Executes the instruction on `s` (a copy): RIP already points after it.
+    fn run(&mut self, s: &mut InterpState) -> Result<Effect, Halt> {
+        let insn = self.insn;
+        if insn.has_lock_prefix() || insn.has_xacquire_prefix() || insn.has_xrelease_prefix() {
+            return Err(self.unsupported());
+        }
+        let alu_op = match insn.mnemonic() {
+            Mnemonic::Add => Some(Op::Add),
+            Mnemonic::Adc => Some(Op::Adc),
+            Mnemonic::Sub | Mnemonic::Cmp => Some(Op::Sub),
+            Mnemonic::Sbb => Some(Op::Sbb),
+            Mnemonic::And | Mnemonic::Test => Some(Op::And),
+            Mnemonic::Or => Some(Op::Or),
+            Mnemonic::Xor => Some(Op::Xor),
+            Mnemonic::Shl | Mnemonic::Sal => Some(Op::Shl),
+            Mnemonic::Shr => Some(Op::Shr),
+            Mnemonic::Sar => Some(Op::Sar),
+            Mnemonic::Rol => Some(Op::Rol),
+            Mnemonic::Ror => Some(Op::Ror),
+            _ => None,
+        };
+        if let Some(op) = alu_op {
+            if insn.op_count() != 2 {
+                return Err(self.unsupported());
+            }
+            let bits = self.bits(0)?;
+            let a = self.read(s, 0, bits)?;
+            let b = self.read(s, 1, bits)?;
+            let v = self.apply_alu(s, op, bits, a, b);
+            if !matches!(insn.mnemonic(), Mnemonic::Cmp | Mnemonic::Test) {
+                self.write_op(s, 0, bits, v)?;
+            }
+            return Ok(Effect::Next);
+        }
+        match insn.mnemonic() {
+            Mnemonic::Mov => {
+                let bits = self.bits(0)?;
+                let v = self.read(s, 1, bits)?;
+                self.write_op(s, 0, bits, v)?;
+            }
+            Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd => {
+                let (dst, src) = (self.bits(0)?, self.bits(1)?);
+                let v = self.read(s, 1, src)?;
+                let v = if insn.mnemonic() == Mnemonic::Movzx {
+                    v
+                } else {
+                    sext(v, src) as u64
+                };
+                self.write_op(s, 0, dst, v & mask(dst))?;
+            }
+            Mnemonic::Lea => {
+                let bits = self.bits(0)?;
+                let addr = self.address(s, 1)?;
+                self.write_op(s, 0, bits, addr & mask(bits))?;
+            }
+            Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Neg | Mnemonic::Not => {
+                let op = match insn.mnemonic() {
+                    Mnemonic::Inc => Op::Inc,
+                    Mnemonic::Dec => Op::Dec,
+                    Mnemonic::Neg => Op::Neg,
+                    _ => Op::Not,
+                };
+                let bits = self.bits(0)?;
+                let a = self.read(s, 0, bits)?;
+                let v = self.apply_alu(s, op, bits, a, 0);
+                self.write_op(s, 0, bits, v)?;
+            }
+            Mnemonic::Imul if insn.op_count() >= 2 => {
+                let bits = self.bits(0)?;
+                let (a, b) = if insn.op_count() == 2 {
+                    (self.read(s, 0, bits)?, self.read(s, 1, bits)?)
+                } else {
+                    (self.read(s, 1, bits)?, self.read(s, 2, bits)?)
+                };
+                let v = self.apply_alu(s, Op::Imul, bits, a, b);
+                self.write_op(s, 0, bits, v)?;
+            }
+            Mnemonic::Bt if insn.op0_kind() == OpKind::Register => {
+                let bits = self.bits(0)?;
+                let a = self.read(s, 0, bits)?;
+                let b = self.read(s, 1, bits)?;
+                self.apply_alu(s, Op::Bt, bits, a, b);
+            }
+            Mnemonic::Push if insn.stack_pointer_increment() == -8 => {
+                let v = self.read(s, 0, 64)?;
+                self.push(s, v)?;
+            }
+            Mnemonic::Pop
+                if insn.stack_pointer_increment() == 8
+                    && insn.op0_kind() == OpKind::Register
+                    && insn.op0_register() != Register::RSP =>
+            {
+                let v = self.pop(s)?;
+                self.write_op(s, 0, 64, v)?;
+            }
+            Mnemonic::Leave if insn.code() == Code::Leaveq => {
+                s.gpr[RSP] = s.gpr[5];
+                let v = self.pop(s)?;
+                s.gpr[5] = v;
+            }
+            Mnemonic::Call if insn.is_call_near() => {
+                let to = insn.near_branch_target();
+                self.push(s, s.rip)?;
+                s.rip = to;
+                return Ok(branch(BranchKind::CallRel, true, to));
+            }
+            Mnemonic::Call if insn.code() == Code::Call_rm64 => {
+                let to = self.read(s, 0, 64)?;
+                self.push(s, s.rip)?;
+                s.rip = to;
+                return Ok(branch(BranchKind::CallInd, true, to));
+            }
+            Mnemonic::Ret if matches!(insn.code(), Code::Retnq | Code::Retnq_imm16) => {
+                let to = self.pop(s)?;
+                if insn.code() == Code::Retnq_imm16 {
+                    s.gpr[RSP] = s.gpr[RSP].wrapping_add(u64::from(insn.immediate16()));
+                }
+                s.rip = to;
+                return Ok(branch(BranchKind::Ret, true, to));
+            }
+            Mnemonic::Jmp if insn.is_jmp_short_or_near() => {
+                let to = insn.near_branch_target();
+                s.rip = to;
+                return Ok(branch(BranchKind::JmpRel, true, to));
+            }
+            Mnemonic::Jmp if insn.code() == Code::Jmp_rm64 => {
+                let to = self.read(s, 0, 64)?;
+                s.rip = to;
+                return Ok(branch(BranchKind::JmpInd, true, to));
+            }
+            _ if insn.is_jcc_short_or_near() => {
+                let taken = cond_holds(insn.condition_code(), s.rflags)
+                    .ok_or_else(|| self.unsupported())?;
+                if taken {
+                    s.rip = insn.near_branch_target();
+                }
+                return Ok(branch(BranchKind::Jcc, taken, s.rip));
+            }
+            _ if is_cmovcc(insn.mnemonic()) => {
+                let bits = self.bits(0)?;
+                let taken = cond_holds(insn.condition_code(), s.rflags)
+                    .ok_or_else(|| self.unsupported())?;
+                // The source is read (and may fault) whatever the condition; a 32-bit
+                // destination is zero-extended even when nothing moves.
+                let v = self.read(s, 1, bits)?;
+                let old = self.read(s, 0, bits)?;
+                self.write_op(s, 0, bits, if taken { v } else { old })?;
+            }
+            _ if is_setcc(insn.mnemonic()) => {
+                let taken = cond_holds(insn.condition_code(), s.rflags)
+                    .ok_or_else(|| self.unsupported())?;
+                self.write_op(s, 0, 8, u64::from(taken))?;
+            }
+            Mnemonic::Xchg
+                if insn.op0_kind() == OpKind::Register && insn.op1_kind() == OpKind::Register =>
+            {
+                let bits = self.bits(0)?;
+                let a = self.read(s, 0, bits)?;
+                let b = self.read(s, 1, bits)?;
+                self.write_op(s, 0, bits, b)?;
+                self.write_op(s, 1, bits, a)?;
+            }
+            Mnemonic::Nop | Mnemonic::Endbr64 | Mnemonic::Pause => {}
+            Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe => {
+                let bits = match insn.mnemonic() {
+                    Mnemonic::Cbw => 8,
+                    Mnemonic::Cwde => 16,
+                    _ => 32,
+                };
+                let v = sext(s.gpr[0] & mask(bits), bits) as u64;
+                let dst = match bits {
+                    8 => Register::AX,
+                    16 => Register::EAX,
+                    _ => Register::RAX,
+                };
+                set_reg(s, dst, v).ok_or_else(|| self.unsupported())?;
+            }
+            Mnemonic::Cwd | Mnemonic::Cdq | Mnemonic::Cqo => {
+                let (bits, dst) = match insn.mnemonic() {
+                    Mnemonic::Cwd => (16, Register::DX),
+                    Mnemonic::Cdq => (32, Register::EDX),
+                    _ => (64, Register::RDX),
+                };
+                let fill = if s.gpr[0] & (1 << (bits - 1)) != 0 {
+                    u64::MAX
+                } else {
+                    0
+                };
+                set_reg(s, dst, fill).ok_or_else(|| self.unsupported())?;
+            }
+            _ => return Err(self.unsupported()),
+        }
+        Ok(Effect::Next)
+    }
+}
+
+fn is_cmovcc(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(
+        m,
+        Cmovo
+            | Cmovno
+            | Cmovb
+            | Cmovae
+            | Cmove
+            | Cmovne
+            | Cmovbe
+            | Cmova
+            | Cmovs
+            | Cmovns
+            | Cmovp
+            | Cmovnp
+            | Cmovl
+            | Cmovge
+            | Cmovle
+            | Cmovg
+    )
+}
+
+fn is_setcc(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(
+        m,
+        Seto | Setno
+            | Setb
+            | Setae
+            | Sete
+            | Setne
+            | Setbe
+            | Seta
+            | Sets
+            | Setns
+            | Setp
+            | Setnp
+            | Setl
+            | Setge
+            | Setle
+            | Setg
+    )
+}
+
+fn branch(kind: BranchKind, taken: bool, to: u64) -> Effect {
+    Effect::Branch { kind, taken, to }
+}
+
+#[cfg(test)]
+#[path = "interp/tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "interp/native_tests.rs"]
+mod native_tests;

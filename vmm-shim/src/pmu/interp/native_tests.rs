@@ -1,0 +1,439 @@
+//! Instruction-level differential tests: each instruction form the interpreter implements
+//! (register operands; encodings made with GNU as, the AT&T text beside each) runs on the
+//! host CPU from random registers and flags, and in the interpreter from the same state;
+//! every general-purpose register and every flag the instruction defines must agree.
+
+use std::arch::asm;
+
+use super::tests::Machine;
+use super::*;
+
+/// An executable page holding one instruction and a `ret`.
+struct CodePage(*mut u8);
+
+impl CodePage {
+    fn new() -> CodePage {
+        // SAFETY: a fresh private anonymous mapping; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap of an executable page");
+        CodePage(p.cast())
+    }
+
+    /// Runs `code` (one instruction, which must not touch RSP or memory) with the
+    /// general-purpose registers and RFLAGS given; returns them afterwards.
+    fn run(&self, code: &[u8], regs: &mut [u64; 16], flags: &mut u64) {
+        assert!(code.len() < 4000);
+        // SAFETY: the page is ours, writable and 4096 bytes long.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.0, code.len());
+            *self.0.add(code.len()) = 0xc3; // ret
+        }
+        let regs_ptr = regs.as_mut_ptr();
+        let flags_ptr: *mut u64 = flags;
+        // SAFETY: the callee-saved registers are pushed and popped around the call; the
+        // called code is one register-only instruction and a RET, so it only changes the
+        // registers saved here and the status flags; the stack is balanced on return.
+        unsafe {
+            asm!(
+                "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+                "push rdx",
+                "push rdi",
+                "push rsi",
+                "push qword ptr [rdx]",
+                "mov rax, [rdi]",
+                "mov rcx, [rdi + 8]",
+                "mov rdx, [rdi + 16]",
+                "mov rbx, [rdi + 24]",
+                "mov rbp, [rdi + 40]",
+                "mov rsi, [rdi + 48]",
+                "mov r8, [rdi + 64]",
+                "mov r9, [rdi + 72]",
+                "mov r10, [rdi + 80]",
+                "mov r11, [rdi + 88]",
+                "mov r12, [rdi + 96]",
+                "mov r13, [rdi + 104]",
+                "mov r14, [rdi + 112]",
+                "mov r15, [rdi + 120]",
+                "mov rdi, [rdi + 56]",
+                "popfq",
+                "call qword ptr [rsp]",
+                "pushfq",
+                "push rdi",
+                "mov rdi, [rsp + 24]",
+                "mov [rdi], rax",
+                "mov [rdi + 8], rcx",
+                "mov [rdi + 16], rdx",
+                "mov [rdi + 24], rbx",
+                "mov [rdi + 40], rbp",
+                "mov [rdi + 48], rsi",
+                "mov [rdi + 64], r8",
+                "mov [rdi + 72], r9",
+                "mov [rdi + 80], r10",
+                "mov [rdi + 88], r11",
+                "mov [rdi + 96], r12",
+                "mov [rdi + 104], r13",
+                "mov [rdi + 112], r14",
+                "mov [rdi + 120], r15",
+                "pop rax",
+                "mov [rdi + 56], rax",
+                "pop rax",
+                "mov rdx, [rsp + 16]",
+                "mov [rdx], rax",
+                "add rsp, 24",
+                "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+                in("rdi") regs_ptr,
+                in("rsi") self.0,
+                in("rdx") flags_ptr,
+                clobber_abi("C"),
+            );
+        }
+    }
+}
+
+impl Drop for CodePage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(), unmapped once.
+        unsafe { libc::munmap(self.0.cast(), 4096) };
+    }
+}
+
+const FORMS: &[(&str, &[u8])] = &[
+    ("mov %rcx,%rax", &[0x48, 0x89, 0xc8]),
+    ("mov %r9d,%ebx", &[0x44, 0x89, 0xcb]),
+    ("mov %si,%r10w", &[0x66, 0x41, 0x89, 0xf2]),
+    ("mov %dl,%r11b", &[0x41, 0x88, 0xd3]),
+    ("mov %bh,%al", &[0x88, 0xf8]),
+    ("mov %ah,%ch", &[0x88, 0xe5]),
+    ("mov $0x89abcdef,%edx", &[0xba, 0xef, 0xcd, 0xab, 0x89]),
+    (
+        "movabs $0x123456789abcdef0,%r12",
+        &[0x49, 0xbc, 0xf0, 0xde, 0xbc, 0x9a, 0x78, 0x56, 0x34, 0x12],
+    ),
+    ("movq $-5,%rsi", &[0x48, 0xc7, 0xc6, 0xfb, 0xff, 0xff, 0xff]),
+    ("mov $0x7f,%dil", &[0x40, 0xb7, 0x7f]),
+    ("mov $0xfe,%ah", &[0xb4, 0xfe]),
+    ("mov $0x8001,%r13w", &[0x66, 0x41, 0xbd, 0x01, 0x80]),
+    ("movzbl %cl,%eax", &[0x0f, 0xb6, 0xc1]),
+    ("movzbl %ah,%edx", &[0x0f, 0xb6, 0xd4]),
+    ("movzwq %r14w,%rdx", &[0x49, 0x0f, 0xb7, 0xd6]),
+    ("movsbq %sil,%rax", &[0x48, 0x0f, 0xbe, 0xc6]),
+    ("movswl %dx,%r15d", &[0x44, 0x0f, 0xbf, 0xfa]),
+    ("movsbw %bl,%cx", &[0x66, 0x0f, 0xbe, 0xcb]),
+    ("movslq %r10d,%r11", &[0x4d, 0x63, 0xda]),
+    (
+        "lea 0x12(%rax,%rcx,8),%rdx",
+        &[0x48, 0x8d, 0x54, 0xc8, 0x12],
+    ),
+    (
+        "lea -0x80(%rbx,%rsi,2),%r9d",
+        &[0x44, 0x8d, 0x4c, 0x73, 0x80],
+    ),
+    ("lea (%r12,%r13,1),%r14", &[0x4f, 0x8d, 0x34, 0x2c]),
+    (
+        "lea 0x7fff(%rdi),%si",
+        &[0x66, 0x8d, 0xb7, 0xff, 0x7f, 0x00, 0x00],
+    ),
+    ("add %rcx,%rax", &[0x48, 0x01, 0xc8]),
+    ("add $0x7f,%ebx", &[0x83, 0xc3, 0x7f]),
+    ("add $-3,%r8b", &[0x41, 0x80, 0xc0, 0xfd]),
+    ("add $0x1234,%ax", &[0x66, 0x05, 0x34, 0x12]),
+    ("add $0x12345678,%eax", &[0x05, 0x78, 0x56, 0x34, 0x12]),
+    ("adc %r9,%r10", &[0x4d, 0x11, 0xca]),
+    ("adc $0x7,%cl", &[0x80, 0xd1, 0x07]),
+    ("sbb %esi,%edi", &[0x19, 0xf7]),
+    ("sbb $-1,%r11", &[0x49, 0x83, 0xdb, 0xff]),
+    ("sub %dx,%bx", &[0x66, 0x29, 0xd3]),
+    ("sub $0x40,%r15", &[0x49, 0x83, 0xef, 0x40]),
+    ("sub %ah,%bl", &[0x28, 0xe3]),
+    ("and %r13,%r12", &[0x4d, 0x21, 0xec]),
+    ("and $0xf0,%al", &[0x24, 0xf0]),
+    ("and $-0x10,%rcx", &[0x48, 0x83, 0xe1, 0xf0]),
+    ("or %ebx,%edx", &[0x09, 0xda]),
+    ("or $0x1,%bh", &[0x80, 0xcf, 0x01]),
+    ("xor %r15,%r14", &[0x4d, 0x31, 0xfe]),
+    ("xor %eax,%eax", &[0x31, 0xc0]),
+    ("xor $0x5a,%sil", &[0x40, 0x80, 0xf6, 0x5a]),
+    ("cmp %rcx,%rdx", &[0x48, 0x39, 0xca]),
+    ("cmp $0x20,%r10", &[0x49, 0x83, 0xfa, 0x20]),
+    ("cmp $0x80,%al", &[0x3c, 0x80]),
+    ("test %rax,%rax", &[0x48, 0x85, 0xc0]),
+    ("test $0x1,%cl", &[0xf6, 0xc1, 0x01]),
+    ("test $0x100,%edi", &[0xf7, 0xc7, 0x00, 0x01, 0x00, 0x00]),
+    ("test %ah,%dh", &[0x84, 0xe6]),
+    ("inc %r8", &[0x49, 0xff, 0xc0]),
+    ("inc %ecx", &[0xff, 0xc1]),
+    ("dec %dx", &[0x66, 0xff, 0xca]),
+    ("dec %bl", &[0xfe, 0xcb]),
+    ("neg %rax", &[0x48, 0xf7, 0xd8]),
+    ("neg %r9d", &[0x41, 0xf7, 0xd9]),
+    ("not %si", &[0x66, 0xf7, 0xd6]),
+    ("not %r12", &[0x49, 0xf7, 0xd4]),
+    ("shl $0x4,%rax", &[0x48, 0xc1, 0xe0, 0x04]),
+    ("shl %cl,%ebx", &[0xd3, 0xe3]),
+    ("shl %r8w", &[0x66, 0x41, 0xd1, 0xe0]),
+    ("shr $0x1b,%rcx", &[0x48, 0xc1, 0xe9, 0x1b]),
+    ("shr %cl,%dl", &[0xd2, 0xea]),
+    ("shr %rdi", &[0x48, 0xd1, 0xef]),
+    ("sar $0x3f,%r11", &[0x49, 0xc1, 0xfb, 0x3f]),
+    ("sar %cl,%ax", &[0x66, 0xd3, 0xf8]),
+    ("sar $0x9,%bh", &[0xc0, 0xff, 0x09]),
+    ("rol $0x7,%rax", &[0x48, 0xc1, 0xc0, 0x07]),
+    ("rol %cl,%r9d", &[0x41, 0xd3, 0xc1]),
+    ("ror $0x11,%r13w", &[0x66, 0x41, 0xc1, 0xcd, 0x11]),
+    ("ror %cl,%sil", &[0x40, 0xd2, 0xce]),
+    ("ror %r14", &[0x49, 0xd1, 0xce]),
+    ("imul %rcx,%rax", &[0x48, 0x0f, 0xaf, 0xc1]),
+    ("imul %r8d,%ebx", &[0x41, 0x0f, 0xaf, 0xd8]),
+    (
+        "imul $0x51eb851f,%rax,%rcx",
+        &[0x48, 0x69, 0xc8, 0x1f, 0x85, 0xeb, 0x51],
+    ),
+    ("imul $0x64,%ecx,%ecx", &[0x6b, 0xc9, 0x64]),
+    ("imul $-7,%dx,%si", &[0x66, 0x6b, 0xf2, 0xf9]),
+    ("cmove %rcx,%rax", &[0x48, 0x0f, 0x44, 0xc1]),
+    ("cmovne %r9d,%ebx", &[0x41, 0x0f, 0x45, 0xd9]),
+    ("cmovb %si,%di", &[0x66, 0x0f, 0x42, 0xfe]),
+    ("cmova %r10,%r11", &[0x4d, 0x0f, 0x47, 0xda]),
+    ("cmovl %eax,%edx", &[0x0f, 0x4c, 0xd0]),
+    ("cmovge %r12,%r13", &[0x4d, 0x0f, 0x4d, 0xec]),
+    ("cmovs %ecx,%r14d", &[0x44, 0x0f, 0x48, 0xf1]),
+    ("cmovp %rbx,%rax", &[0x48, 0x0f, 0x4a, 0xc3]),
+    ("sete %al", &[0x0f, 0x94, 0xc0]),
+    ("setne %bh", &[0x0f, 0x95, 0xc7]),
+    ("setb %r8b", &[0x41, 0x0f, 0x92, 0xc0]),
+    ("setg %dil", &[0x40, 0x0f, 0x9f, 0xc7]),
+    ("seto %cl", &[0x0f, 0x90, 0xc1]),
+    ("xchg %rcx,%rdx", &[0x48, 0x87, 0xca]),
+    ("xchg %eax,%r9d", &[0x41, 0x91]),
+    ("xchg %bl,%ah", &[0x86, 0xdc]),
+    ("xchg %ax,%ax", &[0x66, 0x90]),
+    ("bt %rcx,%rax", &[0x48, 0x0f, 0xa3, 0xc8]),
+    ("bt $0x21,%rdx", &[0x48, 0x0f, 0xba, 0xe2, 0x21]),
+    ("bt %esi,%edi", &[0x0f, 0xa3, 0xf7]),
+    ("bt $0x3,%bx", &[0x66, 0x0f, 0xba, 0xe3, 0x03]),
+    ("cbtw", &[0x66, 0x98]),
+    ("cwtl", &[0x98]),
+    ("cltq", &[0x48, 0x98]),
+    ("cwtd", &[0x66, 0x99]),
+    ("cltd", &[0x99]),
+    ("cqto", &[0x48, 0x99]),
+    ("nop", &[0x90]),
+    ("nopw 0x0(%rax,%rax,1)", &[0x66, 0x0f, 0x1f, 0x04, 0x00]),
+    ("endbr64", &[0xf3, 0x0f, 0x1e, 0xfa]),
+];
+
+#[test]
+fn every_register_form_matches_the_cpu() {
+    let page = CodePage::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    for (text, code) in FORMS {
+        for round in 0..200 {
+            let mut regs = [0u64; 16];
+            for r in regs.iter_mut() {
+                *r = match next() % 4 {
+                    0 => next() & 0xff,
+                    1 => next() | (1 << 63),
+                    _ => next(),
+                };
+            }
+            if round % 5 == 0 {
+                regs[1] = next() % 70; // CL: small and edge shift counts
+            }
+            let flags_in = (next() & STATUS) | 2;
+            let mut native_regs = regs;
+            let mut native_flags = flags_in;
+            page.run(code, &mut native_regs, &mut native_flags);
+
+            // The interpreter: the same instruction, then `cmp %eax,%eax` so that flags
+            // it leaves undefined are provably dead.
+            let mut bytes = code.to_vec();
+            bytes.extend([0x39, 0xc0, 0xf4]);
+            let mut m = Machine::new(&bytes);
+            let mut s = tests::state();
+            let sp = s.gpr[RSP];
+            s.gpr = regs;
+            s.gpr[RSP] = sp;
+            s.rflags = flags_in;
+            let mut interp = Interp::default();
+            let mut session = interp.session(&mut m, s);
+            let step = session
+                .step()
+                .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
+            let after = *session.state();
+            assert_eq!(step.next, tests::CODE + code.len() as u64, "{text}");
+            for i in (0..16).filter(|&i| i != RSP) {
+                assert_eq!(
+                    after.gpr[i], native_regs[i],
+                    "{text}: register {i} from {regs:x?}, flags {flags_in:#x}"
+                );
+            }
+            let defined = STATUS & !step.undefined;
+            assert_eq!(
+                after.rflags & defined,
+                native_flags & defined,
+                "{text}: flags from {regs:x?}, flags {flags_in:#x}"
+            );
+        }
+    }
+}
+
+/// Memory-operand forms (encodings made with GNU as), natively against a buffer mapped at
+/// the fake machine's data address and in the interpreter against the same bytes there.
+const MEMORY_FORMS: &[(&str, &[u8])] = &[
+    ("mov (%rbx),%rax", &[0x48, 0x8b, 0x03]),
+    ("mov 0x8(%rbx,%rcx,8),%edx", &[0x8b, 0x54, 0xcb, 0x08]),
+    ("mov %r9,(%rbx)", &[0x4c, 0x89, 0x0b]),
+    ("mov %si,0x3(%rbx)", &[0x66, 0x89, 0x73, 0x03]),
+    ("mov %ah,0x7(%rbx)", &[0x88, 0x63, 0x07]),
+    (
+        "movq $-2,0x10(%rbx)",
+        &[0x48, 0xc7, 0x43, 0x10, 0xfe, 0xff, 0xff, 0xff],
+    ),
+    (
+        "movl $0x12345678,0x4(%rbx)",
+        &[0xc7, 0x43, 0x04, 0x78, 0x56, 0x34, 0x12],
+    ),
+    ("movb $0x80,0x5(%rbx)", &[0xc6, 0x43, 0x05, 0x80]),
+    ("movzbl 0x1(%rbx),%eax", &[0x0f, 0xb6, 0x43, 0x01]),
+    ("movzwq 0x2(%rbx),%r8", &[0x4c, 0x0f, 0xb7, 0x43, 0x02]),
+    ("movsbq 0x3(%rbx),%rdx", &[0x48, 0x0f, 0xbe, 0x53, 0x03]),
+    ("movslq 0x4(%rbx),%r10", &[0x4c, 0x63, 0x53, 0x04]),
+    ("add (%rbx),%rax", &[0x48, 0x03, 0x03]),
+    ("add %rcx,0x8(%rbx)", &[0x48, 0x01, 0x4b, 0x08]),
+    ("add $0x7f,0x10(%rbx)", &[0x83, 0x43, 0x10, 0x7f]),
+    ("addl $-1,0xc(%rbx)", &[0x83, 0x43, 0x0c, 0xff]),
+    ("adc 0x18(%rbx),%r11d", &[0x44, 0x13, 0x5b, 0x18]),
+    ("sub %dl,0x9(%rbx)", &[0x28, 0x53, 0x09]),
+    ("sbb $0x3,0x6(%rbx)", &[0x83, 0x5b, 0x06, 0x03]),
+    ("and 0x20(%rbx),%rsi", &[0x48, 0x23, 0x73, 0x20]),
+    ("or %edi,0x24(%rbx)", &[0x09, 0x7b, 0x24]),
+    ("xor $0x55,0x1(%rbx)", &[0x83, 0x73, 0x01, 0x55]),
+    ("cmp (%rbx),%rcx", &[0x48, 0x3b, 0x0b]),
+    ("cmpq $0x10,0x8(%rbx)", &[0x48, 0x83, 0x7b, 0x08, 0x10]),
+    ("cmpb $0x0,0x7(%rbx)", &[0x80, 0x7b, 0x07, 0x00]),
+    ("test %eax,0x4(%rbx)", &[0x85, 0x43, 0x04]),
+    ("testb $0x1,0x3(%rbx)", &[0xf6, 0x43, 0x03, 0x01]),
+    ("incq 0x10(%rbx)", &[0x48, 0xff, 0x43, 0x10]),
+    ("decl 0x14(%rbx)", &[0xff, 0x4b, 0x14]),
+    ("negw 0x2(%rbx)", &[0x66, 0xf7, 0x5b, 0x02]),
+    ("notq 0x8(%rbx)", &[0x48, 0xf7, 0x53, 0x08]),
+    ("shlq $0x3,(%rbx)", &[0x48, 0xc1, 0x23, 0x03]),
+    ("shrl %cl,0x4(%rbx)", &[0xd3, 0x6b, 0x04]),
+    ("sarw 0x6(%rbx)", &[0x66, 0xd1, 0x7b, 0x06]),
+    ("rolb $0x5,0x1(%rbx)", &[0xc0, 0x43, 0x01, 0x05]),
+    ("rorq %cl,0x18(%rbx)", &[0x48, 0xd3, 0x4b, 0x18]),
+    ("imul 0x8(%rbx),%rax", &[0x48, 0x0f, 0xaf, 0x43, 0x08]),
+    ("imul $0x11,0x4(%rbx),%edx", &[0x6b, 0x53, 0x04, 0x11]),
+    ("cmove 0x8(%rbx),%rcx", &[0x48, 0x0f, 0x44, 0x4b, 0x08]),
+    ("cmovne 0x4(%rbx),%esi", &[0x0f, 0x45, 0x73, 0x04]),
+    ("setb 0x3(%rbx)", &[0x0f, 0x92, 0x43, 0x03]),
+    ("sete 0xf(%rbx)", &[0x0f, 0x94, 0x43, 0x0f]),
+    ("mov 0x3(%rbx),%rax", &[0x48, 0x8b, 0x43, 0x03]),
+    (
+        "add %rax,0x3ffd(%rbx)",
+        &[0x48, 0x01, 0x83, 0xfd, 0x3f, 0x00, 0x00],
+    ),
+];
+
+/// Bytes of data both sides see at `tests::DATA`.
+const DATA_LEN: usize = 0x1_0000;
+
+#[test]
+fn every_memory_form_matches_the_cpu() {
+    // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
+    // replaced) if anything is mapped there already.
+    let p = unsafe {
+        libc::mmap(
+            tests::DATA as *mut libc::c_void,
+            DATA_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        p as u64,
+        tests::DATA,
+        "cannot map the data buffer at {:#x}",
+        tests::DATA
+    );
+    let page = CodePage::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut data = vec![0u8; DATA_LEN];
+    for (text, code) in MEMORY_FORMS {
+        for _ in 0..50 {
+            for b in data.iter_mut() {
+                *b = next() as u8;
+            }
+            let mut regs = [0u64; 16];
+            for r in regs.iter_mut() {
+                *r = next();
+            }
+            regs[3] = tests::DATA + 0x1000; // the base
+            regs[1] = next() % 16; // the index, and shift counts
+            let flags_in = (next() & STATUS) | 2;
+
+            // SAFETY: the buffer mapped above is DATA_LEN bytes long.
+            let native_mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), DATA_LEN) };
+            native_mem.copy_from_slice(&data);
+            let mut native_regs = regs;
+            let mut native_flags = flags_in;
+            page.run(code, &mut native_regs, &mut native_flags);
+
+            let mut bytes = code.to_vec();
+            bytes.extend([0x39, 0xc0, 0xf4]); // cmp %eax,%eax ; hlt
+            let mut m = Machine::new(&bytes);
+            let at = tests::DATA as usize;
+            m.mem[at..at + DATA_LEN].copy_from_slice(&data);
+            let mut s = tests::state();
+            let sp = s.gpr[RSP];
+            s.gpr = regs;
+            s.gpr[RSP] = sp;
+            s.rflags = flags_in;
+            let mut interp = Interp::default();
+            let mut session = interp.session(&mut m, s);
+            let step = session
+                .step()
+                .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
+            let after = *session.state();
+            drop(session);
+            for i in (0..16).filter(|&i| i != RSP) {
+                assert_eq!(after.gpr[i], native_regs[i], "{text}: register {i}");
+            }
+            let defined = STATUS & !step.undefined;
+            assert_eq!(
+                after.rflags & defined,
+                native_flags & defined,
+                "{text}: flags, from {flags_in:#x}"
+            );
+            assert!(
+                m.mem[at..at + DATA_LEN] == native_mem[..],
+                "{text}: memory differs"
+            );
+        }
+    }
+    // SAFETY: unmapping the buffer mapped above, no longer referenced.
+    unsafe { libc::munmap(p, DATA_LEN) };
+}
