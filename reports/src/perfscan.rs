@@ -5,29 +5,28 @@
 //! The walk of the record headers hands out each chunk of the data section as soon as
 //! the epochs of its samples are known ([`aggregate_input`]); while it goes on, the
 //! other cores fold the chunks (so the file is read once, while its pages are mapped,
-//! and walking overlaps folding) into tables keyed by the
-//! *raw* sample: its epoch (the side-band state it was taken in), process, mode, IP and
-//! the call chain's words as recorded. Branch stacks go into raw edge, fall-through and
-//! LBR-call-stack tables the same way. Each chunk's tables are merged into the file's
-//! as soon as they are folded, then
-//! the side-band events are replayed through an [`Aggregator`] in perf's order, and each
-//! epoch's raw entries are resolved and added just before the state changes: the
-//! [`Profile`] is the one [`crate::aggregate_events`] builds from the event stream, at a
-//! fraction of the cost, since only unique raw stacks are ever resolved.
+//! and walking overlaps folding) into tables keyed by the *raw* sample: its epoch (the
+//! side-band state of its process it was taken in), process, mode, IP and the call
+//! chain's words as recorded. Branch stacks go into raw edge, fall-through and
+//! LBR-call-stack tables the same way. Each chunk's tables are merged into the file's as
+//! soon as they are folded; then the side-band events are replayed through an
+//! [`Aggregator`] in perf's order, each epoch's raw entries resolved and added right
+//! after the event that starts it: the [`Profile`] is the one
+//! [`crate::aggregate_events`] builds from the event stream, at a fraction of the cost,
+//! since only unique raw stacks are ever resolved.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
 //! recordings, and filters on files with branch stacks (the raw branch tables do not
 //! keep the thread and IP a filter needs).
 
-use std::hash::BuildHasher;
-
-use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
-use lbrprof_collector::perfdata::callchain_frames;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lbrprof_collector::input::Input;
+use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
+use lbrprof_collector::perfdata::callchain_frames;
 use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
 use rayon::prelude::*;
 
