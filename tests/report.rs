@@ -302,9 +302,10 @@ volatile uint64_t sink;
 __attribute__((noinline)) uint64_t leaf_a(uint64_t n) { uint64_t s = 0; for (uint64_t i = 0; i < n; i++) s += i * i; return s; }
 __attribute__((noinline)) uint64_t leaf_b(uint64_t n) { uint64_t s = 1; for (uint64_t i = 0; i < n; i++) s ^= s * 31 + i; return s; }
 __attribute__((noinline)) uint64_t mid(uint64_t n) { return leaf_a(n) + leaf_b(n / 2); }
-__attribute__((noinline)) uint64_t other(uint64_t n) { return leaf_b(n) + leaf_a(n / 4); }
+/* A one-letter C name that is also a C++ type code ("b" = bool): must stay "b". */
+__attribute__((noinline)) uint64_t b(uint64_t n) { return leaf_b(n) + leaf_a(n / 4); }
 int main(void) {
-    for (int r = 0; r < 120; r++) { sink += mid(1000000); sink += other(600000); }
+    for (int r = 0; r < 120; r++) { sink += mid(1000000); sink += b(600000); }
     return 0;
 }
 "#;
@@ -384,8 +385,13 @@ fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
             p[0]
         );
     }
-    // The workload's own functions are there and named.
+    // The workload's own functions are there and named as in the symbol table.
     assert!(ours.contains_key("leaf_a") && ours.contains_key("main"));
+    assert!(
+        ours.contains_key("b"),
+        "the C function `b` lost its name: {:?}",
+        ours.keys()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

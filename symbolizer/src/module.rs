@@ -627,7 +627,7 @@ impl Module {
     fn symbol_name(&self, raw: &'static str) -> Option<u32> {
         self.intern(Rendered::SymbolName, raw.as_bytes(), || {
             Ok(if self.demangle {
-                addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
+                demangle_symbol(raw)
             } else {
                 raw.to_owned()
             })
@@ -1033,6 +1033,19 @@ fn load_dwp(
 /// Function symbols of one symbol table, in table order. A local function also gets the
 /// name of the `STT_FILE` symbol before it, as binutils reports that file when there are no
 /// lines.
+/// A symbol-table name demangled the way binutils' `-C` does it: only names carrying a
+/// mangling prefix (`_Z` Itanium C++ and legacy Rust, `_R` Rust v0) are touched. The
+/// symbol table does not say the language, and without a prefix a short C name is also a
+/// valid C++ *type* encoding (`a` is `signed char`, `b` is `bool`), which a demangler
+/// asked blindly would happily "decode".
+fn demangle_symbol(raw: &str) -> String {
+    if raw.starts_with("_Z") || raw.starts_with("_R") {
+        addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
+    } else {
+        raw.to_owned()
+    }
+}
+
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
@@ -1105,6 +1118,21 @@ mod tests {
             data: &data,
             uncompressed_size,
         }))
+    }
+
+    /// C functions named like C++ type encodings stay as they are; mangled names are
+    /// demangled as `addr2line -C` does.
+    #[test]
+    fn symbol_names_are_demangled_only_when_mangled() {
+        for plain in ["a", "b", "i", "main", "Sv", "St"] {
+            assert_eq!(demangle_symbol(plain), plain);
+        }
+        assert_eq!(demangle_symbol("_Z3fooi"), "foo(int)");
+        assert_eq!(
+            demangle_symbol("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(demangle_symbol("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
     }
 
     /// Found by the symbolizer_elf fuzz target: looking up the top address of a module
