@@ -394,6 +394,131 @@ fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
     );
 }
 
+/// `perf report --stdio` of a file with several events prints one section per event
+/// ("# Samples: N of event 'NAME'"): its rows, by event name.
+fn perf_sections(text: &str) -> HashMap<String, Vec<(String, Vec<f64>)>> {
+    let mut out = HashMap::new();
+    let mut name: Option<String> = None;
+    let mut body = String::new();
+    for line in text
+        .lines()
+        .chain(std::iter::once("# Samples: 0 of event 'end'"))
+    {
+        if let Some((_, rest)) = line.split_once(" of event '") {
+            if let Some(n) = name.take() {
+                out.insert(n, perf_rows(&body, 1));
+            }
+            name = Some(rest.trim_end_matches('\'').to_owned());
+            body.clear();
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+/// A perf.data with two events is reported one event at a time, as perf report's
+/// sections are: the first event by default, another with `--event`, all together with
+/// `--event all`; an unknown name is a one-line error. Both readers (the mapped fast path,
+/// and the event stream that compressed files take) agree with perf.
+#[test]
+fn perf_data_with_two_events_is_reported_per_event() {
+    if !common::perf_available() {
+        return;
+    }
+    if !tool_works("perf", "--version") || !tool_works("gcc", "--version") {
+        eprintln!("skipped: needs perf and gcc");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("w.c");
+    let exe = dir.path().join("w");
+    std::fs::write(&src, WORKLOAD_C).unwrap();
+    let cc = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success(), "gcc failed");
+    for compress in [false, true] {
+        let data = dir.path().join(if compress { "z.data" } else { "p.data" });
+        let rec = Command::new("perf")
+            .args(["record", "-q", "-g", "-e", "cpu-clock", "-e", "task-clock"])
+            .args(["-F", "1000"])
+            .args(if compress { &["-z"][..] } else { &[][..] })
+            .arg("-o")
+            .arg(&data)
+            .arg("--")
+            .arg(&exe)
+            .output()
+            .unwrap();
+        if !rec.status.success() {
+            eprintln!(
+                "skipped: perf record cannot record here: {}",
+                String::from_utf8_lossy(&rec.stderr).trim()
+            );
+            return;
+        }
+        let perf = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "sym",
+                "-g",
+                "none",
+            ])
+            .arg("-i")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(perf.status.success(), "perf report failed");
+        let sections = perf_sections(&String::from_utf8_lossy(&perf.stdout));
+        let file = data.to_str().unwrap();
+        let mut total = 0;
+        for (event, flag) in [("cpu-clock", None), ("task-clock", Some("task-clock"))] {
+            let mut args = vec!["report", "-i", file, "--limit", "0"];
+            if let Some(f) = flag {
+                args.extend(["--event", f]);
+            }
+            let v = json(&args);
+            assert_eq!(v["meta"]["event"], event, "compress {compress}");
+            total += v["meta"]["samples"].as_u64().unwrap();
+            let mut ours: HashMap<String, f64> = HashMap::new();
+            for f in v["functions"].as_array().unwrap() {
+                *ours
+                    .entry(our_key(f["function"].as_str().unwrap()))
+                    .or_default() += f["self_pct"].as_f64().unwrap();
+            }
+            let rows = &sections[event];
+            assert!(!rows.is_empty(), "perf printed no {event} rows");
+            for (sym, p) in rows.iter().take(20) {
+                let got = ours.get(sym).copied().unwrap_or(0.0);
+                assert!(
+                    (got - p[0]).abs() <= 0.5,
+                    "{event} (compress {compress}): self of {sym}: perf {}%, lbrprof {got}%",
+                    p[0]
+                );
+            }
+        }
+        let all = json(&["report", "-i", file, "--event", "all"]);
+        assert_eq!(all["meta"]["samples"].as_u64().unwrap(), total);
+        assert_eq!(all["meta"]["event"], "cpu-clock, task-clock");
+
+        let bad = common::run(&["report", "-i", file, "--event", "cycles"]);
+        assert_eq!(bad.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("no event named \"cycles\"") && err.contains("task-clock"),
+            "{err}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Golden outputs.
 

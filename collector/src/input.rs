@@ -40,6 +40,8 @@ pub enum InputError {
     },
     #[error("neither an lbrprof.data nor a perf.data file (it starts with {magic:02x?})")]
     UnknownFormat { path: String, magic: Vec<u8> },
+    #[error("the recording has no event named {name:?} (it holds: {choices})")]
+    NoSuchEvent { name: String, choices: String },
     #[error(transparent)]
     PerfData(#[from] PerfDataError),
     #[error(transparent)]
@@ -165,12 +167,45 @@ impl Input {
         }
     }
 
+    /// Chooses the event whose samples are read, before anything is read (`--event`):
+    /// `Some("all")` reads every event's samples together, `Some(NAME)` only those of
+    /// event NAME, and `None` the file's first event when it holds several (perf
+    /// report's first section); a note then says so. lbrprof.data holds one event.
+    pub fn select_event(&mut self, choice: Option<&str>) -> Result<(), InputError> {
+        if choice == Some("all") {
+            return Ok(());
+        }
+        let choices: Vec<String> = match &self.source {
+            Source::Perf(r) => r.event_choices().into_iter().map(str::to_owned).collect(),
+            Source::Lbrprof(r) => vec![r.header().sampling.event.clone()],
+        };
+        let name = match choice {
+            Some(name) => name,
+            None if choices.len() > 1 => &choices[0],
+            None => return Ok(()),
+        };
+        let found = match &mut self.source {
+            Source::Perf(r) => r.select_event(name),
+            Source::Lbrprof(_) => choices.iter().any(|c| c == name),
+        };
+        if found {
+            return Ok(());
+        }
+        Err(InputError::NoSuchEvent {
+            name: name.to_owned(),
+            choices: choices.join(", "),
+        })
+    }
+
     /// The name of the sampled event(s), known once the stream has ended: for perf.data
     /// the events that really have samples (the header names the first one in the file).
     pub fn sampled_event(&self) -> Option<String> {
         match &self.source {
             Source::Lbrprof(_) => None,
             Source::Perf(r) => {
+                if let Some(name) = r.selected_event() {
+                    return Some(name.to_owned());
+                }
                 let names = r.sampled_events();
                 (!names.is_empty()).then(|| names.join(", "))
             }
@@ -195,7 +230,16 @@ impl Input {
                 let s = r.stats();
                 let mut notes = Vec::new();
                 let sampled = r.sampled_events();
-                if sampled.len() > 1 {
+                if let Some(name) = r.selected_event() {
+                    if sampled.len() > 1 {
+                        notes.push(format!(
+                            "the file holds samples of {} events ({}); this shows {name} \
+                             (choose with --event NAME, or --event all)",
+                            sampled.len(),
+                            sampled.join(", ")
+                        ));
+                    }
+                } else if sampled.len() > 1 {
                     notes.push(format!(
                         "samples of {} events ({}) are counted together",
                         sampled.len(),

@@ -243,6 +243,9 @@ pub struct PerfDataReader {
     build_ids: HashMap<Vec<u8>, Vec<u8>>,
     /// perf's name of each event attribute, in file order.
     event_names: Vec<String>,
+    /// The attributes whose samples are read ([`PerfDataReader::select_event`]); `None`:
+    /// all of them.
+    selected: Option<Vec<bool>>,
     stats: ImportStats,
     warnings: Vec<String>,
     done: bool,
@@ -349,6 +352,7 @@ impl PerfDataReader {
                 ..ImportStats::default()
             },
             event_names,
+            selected: None,
             warnings,
             done: false,
         })
@@ -377,6 +381,39 @@ impl PerfDataReader {
             .filter(|(_, n)| **n > 0)
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// The events a report can choose between (`--event`): perf's names of the event
+    /// attributes, in file order, each once, without perf's side-band `dummy` event
+    /// (which never samples).
+    pub fn event_choices(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for name in &self.event_names {
+            let base = name.split(':').next().unwrap_or(name);
+            if base != "dummy" && !out.contains(&name.as_str()) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// From now on only samples of the event(s) named `name` are read; the other events'
+    /// samples are skipped (still counted in [`ImportStats::samples_per_event`]). `false`
+    /// when no attribute has that name.
+    pub fn select_event(&mut self, name: &str) -> bool {
+        let mask: Vec<bool> = self.event_names.iter().map(|n| n == name).collect();
+        if !mask.contains(&true) {
+            return false;
+        }
+        self.selected = Some(mask);
+        true
+    }
+
+    /// The event selected with [`PerfDataReader::select_event`].
+    pub fn selected_event(&self) -> Option<&str> {
+        let mask = self.selected.as_ref()?;
+        let i = mask.iter().position(|s| *s)?;
+        self.event_names.get(i).map(String::as_str)
     }
 
     /// Whether samples may hold kernel addresses: false when every event attribute
@@ -469,6 +506,7 @@ impl PerfDataReader {
             parse_infos,
             id_info,
             id_to_attr,
+            selected: self.selected.clone(),
         };
         let file = File::open(&self.path).ok()?;
         // SAFETY: the mapping is read-only and private; its bytes are only read through
@@ -526,10 +564,13 @@ impl PerfDataReader {
             self.stats.records += 1;
             let raw = match record {
                 PerfFileRecord::EventRecord { record, attr_index } => {
-                    if record.record_type == RecordType::SAMPLE
-                        && let Some(n) = self.stats.samples_per_event.get_mut(attr_index)
-                    {
-                        *n += 1;
+                    if record.record_type == RecordType::SAMPLE {
+                        if let Some(n) = self.stats.samples_per_event.get_mut(attr_index) {
+                            *n += 1;
+                        }
+                        if !selected(self.selected.as_deref(), attr_index) {
+                            continue;
+                        }
                     }
                     record
                 }
@@ -1182,6 +1223,11 @@ pub fn branch_kind(perf_br: u64) -> BranchKind {
         abi::PERF_BR_UNKNOWN | abi::PERF_BR_NO_TX => BranchKind::Unknown,
         _ => BranchKind::Unknown,
     }
+}
+
+/// Whether samples of attribute `attr` are read under the `--event` mask `mask`.
+fn selected(mask: Option<&[bool]>, attr: usize) -> bool {
+    mask.is_none_or(|m| m.get(attr).copied().unwrap_or(false))
 }
 
 /// Decodes a `perf_branch_entry.flags` word (little-endian bit-field layout).

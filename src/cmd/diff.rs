@@ -136,6 +136,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         debug_dir: vec![],
         symfs: None,
         kallsyms: None,
+        event: None,
     };
     let loaded = load(&args, Naming::Demangled).with_context(|| format!("{what} recording"))?;
     let mut code = CodeReader::default();

@@ -51,6 +51,11 @@ pub struct InputArgs {
     /// Kernel symbols from this kallsyms file instead of /proc/kallsyms.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
+    /// Only samples of this event, for a perf.data file that holds several (as perf
+    /// report's sections); `all` counts every event's samples together. Default: the
+    /// file's first event.
+    #[arg(long, value_name = "NAME|all")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -302,7 +307,15 @@ fn load_with(
     comm_root: bool,
 ) -> anyhow::Result<Loaded> {
     let path = &args.input;
-    let input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let open = || -> anyhow::Result<_> {
+        let mut input =
+            open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
+        input
+            .select_event(args.event.as_deref())
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(input)
+    };
+    let input = open()?;
     let header = input.header().clone();
     let format = input.format();
     let opts = AggregateOptions {
@@ -347,7 +360,7 @@ fn load_with(
         perfscan::FastPath::NotScanned => {}
         // The event stream reports what the fast path could not handle.
         perfscan::FastPath::Failed => {
-            input = open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
+            input = open()?;
         }
     }
     let mut profile = match profile {

@@ -61,9 +61,18 @@ pub(super) struct Layouts {
     pub(super) layouts: Vec<SampleLayout>,
     pub(super) id_info: IdInfo,
     pub(super) id_to_attr: HashMap<u64, usize>,
+    /// The attributes whose samples are read (`--event`); `None`: all of them.
+    pub(super) selected: Option<Vec<bool>>,
 }
 
 impl Layouts {
+    /// Whether samples of attribute `attr` are read (see [`Layouts::selected`]).
+    fn is_selected(&self, attr: usize) -> bool {
+        self.selected
+            .as_ref()
+            .is_none_or(|s| s.get(attr).copied().unwrap_or(false))
+    }
+
     /// The attribute of a record, found by its id as linux-perf-data finds it
     /// (`get_record_id` / `get_record_identifier`); 0 when unknown.
     fn attr_index(&self, sample: bool, body: &[u8]) -> usize {
@@ -269,6 +278,10 @@ fn samples_in(
         let body = &bytes[at + 8..at + size];
         if rtype == abi::PERF_RECORD_SAMPLE {
             let attr = layouts.attr_index(true, body);
+            if !layouts.is_selected(attr) {
+                at += size;
+                continue;
+            }
             let layout = layouts.layouts[attr];
             let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
                 offset: at - data_start,
