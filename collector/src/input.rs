@@ -168,21 +168,16 @@ impl Input {
     }
 
     /// Chooses the event whose samples are read, before anything is read (`--event`):
-    /// `Some("all")` reads every event's samples together, `Some(NAME)` only those of
-    /// event NAME, and `None` the file's first event when it holds several (perf
-    /// report's first section); a note then says so. lbrprof.data holds one event.
+    /// `Some(NAME)` only those of event NAME; `Some("all")` and `None` read every
+    /// event's samples (see [`Input::first_of_several_events`] for what `None` should
+    /// become). lbrprof.data holds one event.
     pub fn select_event(&mut self, choice: Option<&str>) -> Result<(), InputError> {
-        if choice == Some("all") {
+        let Some(name) = choice.filter(|c| *c != "all") else {
             return Ok(());
-        }
+        };
         let choices: Vec<String> = match &self.source {
             Source::Perf(r) => r.event_choices().into_iter().map(str::to_owned).collect(),
             Source::Lbrprof(r) => vec![r.header().sampling.event.clone()],
-        };
-        let name = match choice {
-            Some(name) => name,
-            None if choices.len() > 1 => &choices[0],
-            None => return Ok(()),
         };
         let found = match &mut self.source {
             Source::Perf(r) => r.select_event(name),
@@ -195,6 +190,19 @@ impl Input {
             name: name.to_owned(),
             choices: choices.join(", "),
         })
+    }
+
+    /// Once the stream has ended, without an event selected: the first of the events
+    /// that have samples, when more than one has. A report of such a file shows one event
+    /// at a time, as perf report's sections do, so it reads the file again for this one.
+    pub fn first_of_several_events(&self) -> Option<String> {
+        match &self.source {
+            Source::Perf(r) if r.selected_event().is_none() => {
+                let sampled = r.sampled_events();
+                (sampled.len() > 1).then(|| sampled[0].to_owned())
+            }
+            _ => None,
+        }
     }
 
     /// The name of the sampled event(s), known once the stream has ended: for perf.data

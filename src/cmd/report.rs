@@ -390,6 +390,15 @@ fn load_with(
             profile
         }
     };
+    if args.event.is_none()
+        && let Some(first) = input.first_of_several_events()
+    {
+        // Several events have samples: report the first, as perf report's first section
+        // (read again, the other events' samples skipped; only such files pay for it).
+        let mut args = args.clone();
+        args.event = Some(first);
+        return load_with(&args, naming, functions_only, comm_root);
+    }
     if let Some(summary) = input.summary() {
         // The recorder's own totals cover losses it never turned into events.
         let t = &mut profile.totals;
