@@ -144,6 +144,26 @@ impl Input {
         }
     }
 
+    /// The chunks of an lbrprof.data file, mapped, for a caller that checks and decodes
+    /// them itself (see [`RecordingReader::mapped_chunks`]); `None` for perf.data files
+    /// and when the file cannot be mapped. When it gives the chunks, the event stream is
+    /// empty and the caller hands the summary chunk to [`Input::read_summary`].
+    pub fn lbrprof_chunks(&mut self) -> Option<recording::MappedChunks> {
+        match &mut self.source {
+            Source::Lbrprof(r) => r.mapped_chunks(),
+            Source::Perf(_) => None,
+        }
+    }
+
+    /// Takes the checked payload of an lbrprof.data summary chunk met through
+    /// [`Input::lbrprof_chunks`] (see [`RecordingReader::read_summary`]).
+    pub fn read_summary(&mut self, offset: u64, payload: &[u8]) -> Result<(), InputError> {
+        match &mut self.source {
+            Source::Lbrprof(r) => Ok(r.read_summary(offset, payload)?),
+            Source::Perf(_) => Ok(()),
+        }
+    }
+
     /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
     pub fn note_branch_entries(&mut self, n: u64) {
         if let Source::Perf(r) = &mut self.source {

@@ -597,6 +597,352 @@ pub fn decode_chunk(chunk: &RawChunk) -> Result<Vec<Event>, FormatError> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Reading, the fast way: the chunks of a mapped file, checked and decoded in parallel
+
+/// One chunk of a [`MappedChunks`]: where it starts, its kind byte, and where its payload
+/// lies in the mapping. Its checksum is checked by [`MappedChunks::payload`].
+#[derive(Clone, Debug)]
+pub struct ChunkRef {
+    pub offset: u64,
+    pub kind: u8,
+    start: usize,
+    len: usize,
+    crc: u32,
+}
+
+impl ChunkRef {
+    /// Whether this chunk holds host samples (kind 3).
+    pub fn is_samples(&self) -> bool {
+        self.kind == ChunkKind::Samples as u8
+    }
+
+    /// Whether this is the end-of-recording summary (kind 6).
+    pub fn is_summary(&self) -> bool {
+        self.kind == ChunkKind::Summary as u8
+    }
+}
+
+/// The rest of a recording, mapped, and the chunks its headers delimit (see
+/// [`RecordingReader::mapped_chunks`]). Payloads are checked on demand, so several threads
+/// can check and decode different chunks at once.
+pub struct MappedChunks {
+    map: memmap2::Mmap,
+    chunks: Vec<ChunkRef>,
+    /// The error that ended the walk of the chunk headers (a chunk length over the
+    /// limit): the stream reports it after everything in `chunks`.
+    tail_error: Option<FormatError>,
+}
+
+impl MappedChunks {
+    /// The complete chunks, in file order (a truncated last chunk is left out, as the
+    /// stream leaves it out).
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// The payload of `chunk`, once its checksum is verified (the stream's error when not).
+    pub fn payload(&self, chunk: &ChunkRef) -> Result<&[u8], FormatError> {
+        let corrupt = || FormatError::CorruptChunk {
+            offset: chunk.offset,
+            reason: "checksum mismatch".into(),
+        };
+        let payload = self
+            .map
+            .get(chunk.start..chunk.start + chunk.len)
+            .ok_or_else(corrupt)?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&(chunk.len as u32).to_le_bytes());
+        hasher.update(&[chunk.kind]);
+        hasher.update(payload);
+        if hasher.finalize() != chunk.crc {
+            return Err(corrupt());
+        }
+        Ok(payload)
+    }
+
+    /// The error the stream meets after the last of [`Self::chunks`], if any.
+    pub fn take_tail_error(&mut self) -> Option<FormatError> {
+        self.tail_error.take()
+    }
+}
+
+impl RecordingReader {
+    /// Maps the rest of the file and walks its chunk headers, for a caller that checks
+    /// and decodes the chunks itself, in parallel ([`MappedChunks::payload`],
+    /// [`decode_payload`], [`for_each_sample`]); afterwards this reader's stream is
+    /// empty. Warnings are those of the stream: unknown chunk kinds (in file order; the
+    /// chunks stay in the list so their checksums are still checked) and a truncated last
+    /// chunk. The caller hands the summary chunk's payload to [`Self::read_summary`].
+    /// `None` when the file cannot be mapped (read the stream instead).
+    pub fn mapped_chunks(&mut self) -> Option<MappedChunks> {
+        if self.done || !self.pending.as_slice().is_empty() {
+            return None;
+        }
+        // SAFETY: the mapping is read-only and private; its bytes are only read through
+        // bounds-checked slices. Recordings are not modified while they are reported on
+        // (a file truncated meanwhile would fault, as for perf.data).
+        let map = unsafe { memmap2::Mmap::map(self.input.get_ref()) }.ok()?;
+        let end = map.len() as u64;
+        let mut offset = self.offset;
+        let mut chunks = Vec::new();
+        let mut tail_error = None;
+        while offset < end {
+            let start = offset as usize;
+            let remaining = (end - offset) as usize;
+            if remaining < CHUNK_HEADER_LEN {
+                self.truncated(offset, CHUNK_HEADER_LEN - remaining);
+                break;
+            }
+            let head = &map[start..start + CHUNK_HEADER_LEN];
+            let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default());
+            let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+            let kind = head[8];
+            if len > MAX_CHUNK_LEN {
+                tail_error = Some(FormatError::CorruptChunk {
+                    offset,
+                    reason: format!("length {len} exceeds the {MAX_CHUNK_LEN}-byte limit"),
+                });
+                break;
+            }
+            let body = (remaining - CHUNK_HEADER_LEN) as u64;
+            if u64::from(len) > body {
+                self.truncated(offset, (u64::from(len) - body) as usize);
+                break;
+            }
+            if ChunkKind::from_u8(kind).is_none() {
+                self.warnings.push(format!(
+                    "skipped a chunk of unknown kind {kind} at byte offset {offset} \
+                     (written by a newer lbrprof?)"
+                ));
+            }
+            chunks.push(ChunkRef {
+                offset,
+                kind,
+                start: start + CHUNK_HEADER_LEN,
+                len: len as usize,
+                crc,
+            });
+            offset += (CHUNK_HEADER_LEN as u64) + u64::from(len);
+        }
+        self.offset = offset;
+        self.done = true;
+        Some(MappedChunks {
+            map,
+            chunks,
+            tail_error,
+        })
+    }
+
+    /// Takes the (checked) payload of a summary chunk met by a [`MappedChunks`] caller,
+    /// as the stream takes it; the stream's error when it does not decode.
+    pub fn read_summary(&mut self, offset: u64, payload: &[u8]) -> Result<(), FormatError> {
+        self.summary = Some(decode_summary(offset, payload)?);
+        Ok(())
+    }
+}
+
+/// Decodes a checked summary chunk payload (kind 6); the stream's error when it does not.
+pub fn decode_summary(offset: u64, payload: &[u8]) -> Result<Summary, FormatError> {
+    serde_json::from_slice(payload).map_err(|e| FormatError::CorruptChunk {
+        offset,
+        reason: format!("summary: {e}"),
+    })
+}
+
+/// Decodes the events of a checked chunk payload (as [`decode_chunk`]; summary chunks and
+/// unknown kinds give no events).
+pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event>, FormatError> {
+    fn items<'a, T: Deserialize<'a>>(
+        offset: u64,
+        payload: &'a [u8],
+        wrap: fn(T) -> Event,
+    ) -> Result<Vec<Event>, FormatError> {
+        let decoded: Vec<T> =
+            postcard::from_bytes(payload).map_err(|e| FormatError::CorruptChunk {
+                offset,
+                reason: format!("cannot decode: {e}"),
+            })?;
+        Ok(decoded.into_iter().map(wrap).collect())
+    }
+    match ChunkKind::from_u8(kind) {
+        Some(ChunkKind::Mappings) => items(offset, payload, Event::Mapping),
+        Some(ChunkKind::Tasks) => items(offset, payload, Event::Task),
+        Some(ChunkKind::Samples) => items(offset, payload, Event::Sample),
+        Some(ChunkKind::Snapshots) => items(offset, payload, Event::Snapshot),
+        Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
+        Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
+        Some(ChunkKind::VcpuStats) => items(offset, payload, Event::VcpuStats),
+        Some(ChunkKind::Summary) | None => Ok(Vec::new()),
+    }
+}
+
+/// Calls `f` with each host sample of a checked samples payload (kind 3), in order,
+/// decoding into one reused [`HostSample`]: no allocation per sample once its call chain
+/// and branch stack have grown to the longest seen. The samples and the error (naming
+/// `offset`) are exactly those of [`decode_payload`]; on an error `f` may already have
+/// seen some of the chunk's samples.
+pub fn for_each_sample(
+    offset: u64,
+    payload: &[u8],
+    mut f: impl FnMut(&HostSample),
+) -> Result<(), FormatError> {
+    let mut sample = HostSample::default();
+    let mut seen = 0usize;
+    let fast = (|| -> Option<()> {
+        let mut d = postcard_lite::Decoder::new(payload);
+        let n = d.len()?;
+        for _ in 0..n {
+            d.host_sample(&mut sample)?;
+            f(&sample);
+            seen += 1;
+        }
+        Some(())
+    })();
+    if fast.is_some() {
+        return Ok(());
+    }
+    // The hand-written decoder gave up: postcard's own decoder names the problem (and
+    // decodes what the hand-written one cannot, should they ever disagree).
+    let decoded: Vec<HostSample> =
+        postcard::from_bytes(payload).map_err(|e| FormatError::CorruptChunk {
+            offset,
+            reason: format!("cannot decode: {e}"),
+        })?;
+    for s in decoded.iter().skip(seen) {
+        f(s);
+    }
+    Ok(())
+}
+
+/// A decoder of postcard's wire format for [`HostSample`]s only (varints, zigzag-free
+/// since every field is unsigned, enums as varint variant indices, `Option` as a 0/1
+/// tag, bools as 0/1 bytes), decoding into reused buffers. It accepts exactly what
+/// postcard accepts or gives up (`None`); enum variants are mapped through postcard
+/// itself, so it follows the model's enums.
+mod postcard_lite {
+    use crate::model::{Branch, BranchFlags, BranchKind, CpuMode, Frame, HostSample};
+
+    pub(super) struct Decoder<'a> {
+        buf: &'a [u8],
+    }
+
+    impl<'a> Decoder<'a> {
+        pub(super) fn new(buf: &'a [u8]) -> Self {
+            Decoder { buf }
+        }
+
+        fn byte(&mut self) -> Option<u8> {
+            let (&b, rest) = self.buf.split_first()?;
+            self.buf = rest;
+            Some(b)
+        }
+
+        /// A varint of at most `max_bytes` bytes whose value fits in `bits` bits.
+        fn varint(&mut self, bits: u32) -> Option<u64> {
+            let max_bytes = bits.div_ceil(7) as usize;
+            let mut out = 0u64;
+            for i in 0..max_bytes {
+                let b = self.byte()?;
+                out |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    if i == max_bytes - 1 && (b >> (bits - 7 * i as u32).min(7)) != 0 {
+                        return None;
+                    }
+                    return Some(out);
+                }
+            }
+            None
+        }
+
+        fn u64(&mut self) -> Option<u64> {
+            self.varint(64)
+        }
+
+        fn u32(&mut self) -> Option<u32> {
+            self.varint(32).map(|v| v as u32)
+        }
+
+        pub(super) fn len(&mut self) -> Option<usize> {
+            usize::try_from(self.varint(usize::BITS)?).ok()
+        }
+
+        fn bool(&mut self) -> Option<bool> {
+            match self.byte()? {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            }
+        }
+
+        fn mode(&mut self) -> Option<CpuMode> {
+            let v = self.u32()?;
+            *MODES.get(v as usize)?
+        }
+
+        fn kind(&mut self) -> Option<BranchKind> {
+            let v = self.u32()?;
+            *KINDS.get(v as usize)?
+        }
+
+        pub(super) fn host_sample(&mut self, s: &mut HostSample) -> Option<()> {
+            s.time_ns = self.u64()?;
+            s.pid = self.u32()?;
+            s.tid = self.u32()?;
+            s.cpu = self.u32()?;
+            s.period = self.u64()?;
+            s.ip = self.u64()?;
+            s.mode = self.mode()?;
+            let n = self.len()?;
+            s.callchain.clear();
+            // Each frame takes at least two bytes: a corrupt length fails here, not in
+            // an allocation.
+            if n > self.buf.len() / 2 {
+                return None;
+            }
+            for _ in 0..n {
+                let addr = self.u64()?;
+                let mode = self.mode()?;
+                s.callchain.push(Frame { addr, mode });
+            }
+            let n = self.len()?;
+            s.branches.clear();
+            if n > self.buf.len() / 8 {
+                return None;
+            }
+            for _ in 0..n {
+                let from = self.u64()?;
+                let to = self.u64()?;
+                let flags = BranchFlags {
+                    mispred: self.bool()?,
+                    predicted: self.bool()?,
+                    in_tx: self.bool()?,
+                    abort: self.bool()?,
+                    cycles: self.varint(16)? as u16,
+                    kind: self.kind()?,
+                };
+                s.branches.push(Branch { from, to, flags });
+            }
+            s.branch_hw_index = match self.byte()? {
+                0 => None,
+                1 => Some(self.u64()?),
+                _ => return None,
+            };
+            Some(())
+        }
+    }
+
+    /// Variant index → value, as postcard decodes it (`None` past the last variant).
+    fn variants<T: serde::de::DeserializeOwned + Copy, const N: usize>() -> [Option<T>; N] {
+        std::array::from_fn(|i| postcard::from_bytes(&[i as u8]).ok())
+    }
+
+    static MODES: std::sync::LazyLock<[Option<CpuMode>; 64]> =
+        std::sync::LazyLock::new(variants::<CpuMode, 64>);
+    static KINDS: std::sync::LazyLock<[Option<BranchKind>; 64]> =
+        std::sync::LazyLock::new(variants::<BranchKind, 64>);
+}
+
 impl Iterator for RecordingReader {
     type Item = Result<Event, FormatError>;
 

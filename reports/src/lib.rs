@@ -93,6 +93,7 @@ pub mod flame;
 pub mod lbr;
 pub mod loc;
 pub mod perfscan;
+pub mod recscan;
 pub mod render;
 pub mod report;
 pub mod symbols;

@@ -37,7 +37,7 @@ use crate::aggregate::{
 
 /// Samples with one raw key, summed.
 #[derive(Clone, Copy, Debug)]
-struct Group {
+pub(crate) struct Group {
     samples: u64,
     weight: u64,
     first: u64,
@@ -45,7 +45,7 @@ struct Group {
 }
 
 impl Group {
-    fn new(weight: u64, time: u64) -> Self {
+    pub(crate) fn new(weight: u64, time: u64) -> Self {
         Group {
             samples: 1,
             weight,
@@ -53,7 +53,7 @@ impl Group {
             last: time,
         }
     }
-    fn add(&mut self, weight: u64, time: u64) {
+    pub(crate) fn add(&mut self, weight: u64, time: u64) {
         self.samples += 1;
         self.weight += weight;
         self.first = self.first.min(time);
@@ -68,12 +68,12 @@ impl Group {
 }
 
 /// Raw keys are `u64` words: `[epoch, pid | tid << 32, mode, ip, words...]`.
-const HEAD: usize = 4;
+pub(crate) const HEAD: usize = 4;
 
 /// A table keyed by word slices (open addressing, linear probing): `std`'s `HashMap`
 /// would hash each new key twice (lookup by slice, then insert by box), and merging
 /// would hash every key again.
-struct WordMap<V> {
+pub(crate) struct WordMap<V> {
     /// Indices into `entries`, `EMPTY` where free; a power of two long.
     slots: Vec<u32>,
     /// `(hash, key, value)`, in insertion order.
@@ -95,7 +95,7 @@ impl<V> WordMap<V> {
     }
 
     /// The value of `key`, inserted with `init` when missing; `true` when inserted.
-    fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+    pub(crate) fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
         self.entry_hashed(Self::hash(key), key, init)
     }
 
@@ -141,20 +141,20 @@ impl<V> WordMap<V> {
 }
 
 /// What one chunk (or, merged, the whole file) folds into.
-struct Raw {
-    stacks: WordMap<Group>,
+pub(crate) struct Raw {
+    pub(crate) stacks: WordMap<Group>,
     /// `[epoch, pid, mode, ip, from...]` of LBR call stacks.
-    lbr_stacks: WordMap<Group>,
+    pub(crate) lbr_stacks: WordMap<Group>,
     /// `[epoch, pid, mode, from, to]`.
-    edges: FastMap<[u64; 5], EdgeCounts>,
+    pub(crate) edges: FastMap<[u64; 5], EdgeCounts>,
     /// `[epoch, pid, mode, start, end]`.
-    ranges: FastMap<[u64; 5], u64>,
-    branch_entries: u64,
-    samples_with_branches: u64,
-    max_branch_depth: u64,
+    pub(crate) ranges: FastMap<[u64; 5], u64>,
+    pub(crate) branch_entries: u64,
+    pub(crate) samples_with_branches: u64,
+    pub(crate) max_branch_depth: u64,
 }
 
-fn mode_code(m: CpuMode) -> u64 {
+pub(crate) fn mode_code(m: CpuMode) -> u64 {
     match m {
         CpuMode::Unknown => 0,
         CpuMode::Kernel => 1,
@@ -165,7 +165,7 @@ fn mode_code(m: CpuMode) -> u64 {
     }
 }
 
-fn mode_of(code: u64) -> CpuMode {
+pub(crate) fn mode_of(code: u64) -> CpuMode {
     match code {
         1 => CpuMode::Kernel,
         2 => CpuMode::User,
@@ -257,7 +257,7 @@ fn fold_with<T>(
 }
 
 /// Merges `b` into `a` (`a` holds the earlier part of the file).
-fn merge(mut a: Raw, b: Raw) -> Raw {
+pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     for (h, k, g) in b.stacks.into_entries() {
         let (v, new) = a.stacks.entry_hashed(h, &k, || g);
         if !new {
@@ -397,7 +397,7 @@ fn aggregate_input_chunked(
     FastPath::Done(Box::new(profile), branch_entries)
 }
 
-fn fold_empty() -> Raw {
+pub(crate) fn fold_empty() -> Raw {
     Raw {
         stacks: WordMap::new(),
         lbr_stacks: WordMap::new(),
@@ -411,14 +411,21 @@ fn fold_empty() -> Raw {
 
 /// Per epoch, the raw entries to add before the side-band state changes again.
 #[derive(Default)]
-struct Epoch {
+pub(crate) struct Epoch {
     stacks: Vec<(Box<[u64]>, Group)>,
     lbr_stacks: Vec<(Box<[u64]>, Group)>,
     edges: Vec<([u64; 5], EdgeCounts)>,
     ranges: Vec<([u64; 5], u64)>,
 }
 
-fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
+/// The raw entries of `raw` by epoch (edges in key order, so that file order decides an
+/// edge's kind only through the merge), and the totals that need no resolving.
+pub(crate) fn group_epochs(raw: Raw) -> (HashMap<u64, Epoch>, [u64; 3]) {
+    let totals = [
+        raw.branch_entries,
+        raw.samples_with_branches,
+        raw.max_branch_depth,
+    ];
     let mut epochs: HashMap<u64, Epoch> = HashMap::new();
     for (_, k, g) in raw.stacks.into_entries() {
         epochs.entry(k[0]).or_default().stacks.push((k, g));
@@ -435,33 +442,55 @@ fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
     for (k, n) in raw.ranges {
         epochs.entry(k[0]).or_default().ranges.push((k, n));
     }
+    (epochs, totals)
+}
+
+/// Adds the totals of [`group_epochs`] to a finished profile.
+pub(crate) fn add_branch_totals(profile: &mut Profile, totals: [u64; 3]) {
+    let t = &mut profile.totals;
+    t.branch_entries += totals[0];
+    t.samples_with_branches += totals[1];
+    t.max_branch_depth = t.max_branch_depth.max(totals[2]);
+}
+
+fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
+    let branch_entries = raw.branch_entries;
+    let (mut epochs, totals) = group_epochs(raw);
     let mut agg = Aggregator::new(opts);
     // Samples before any event of their process, then each epoch right after the event
     // that starts it.
     if let Some(e) = epochs.remove(&0) {
-        apply_epoch(&mut agg, e);
+        apply_epoch(&mut agg, e, perf_frames);
     }
     for (ev, starts) in scan.sideband_epochs() {
         agg.add(ev);
         if let Some(e) = starts.and_then(|id| epochs.remove(&id)) {
-            apply_epoch(&mut agg, e);
+            apply_epoch(&mut agg, e, perf_frames);
         }
     }
     // (Every epoch starts at an event; nothing is left unless the scan is inconsistent.)
     let mut rest: Vec<_> = epochs.into_iter().collect();
     rest.sort_unstable_by_key(|(id, _)| *id);
     for (_, e) in rest {
-        apply_epoch(&mut agg, e);
+        apply_epoch(&mut agg, e, perf_frames);
     }
     let mut profile = agg.finish();
-    let t = &mut profile.totals;
-    t.branch_entries += raw.branch_entries;
-    t.samples_with_branches += raw.samples_with_branches;
-    t.max_branch_depth = t.max_branch_depth.max(raw.max_branch_depth);
-    (profile, raw.branch_entries)
+    add_branch_totals(&mut profile, totals);
+    (profile, branch_entries)
 }
 
-fn apply_epoch(agg: &mut Aggregator, e: Epoch) {
+/// A perf.data raw stack's call chain (perf's words, with context markers).
+fn perf_frames(words: &[u64], mode: CpuMode) -> Vec<Frame> {
+    callchain_frames(words.iter().copied(), mode)
+}
+
+/// Adds an epoch's raw entries; `frames` turns a raw stack's words after [`HEAD`] into
+/// its call chain.
+pub(crate) fn apply_epoch(
+    agg: &mut Aggregator,
+    e: Epoch,
+    frames: fn(&[u64], CpuMode) -> Vec<Frame>,
+) {
     let mut sample = HostSample::default();
     for (k, g) in e.stacks {
         let mode = mode_of(k[2]);
@@ -471,7 +500,7 @@ fn apply_epoch(agg: &mut Aggregator, e: Epoch) {
         sample.ip = k[3];
         sample.time_ns = g.first;
         sample.callchain = if k.len() > HEAD {
-            callchain_frames(k[HEAD..].iter().copied(), mode)
+            frames(&k[HEAD..], mode)
         } else {
             Vec::<Frame>::new()
         };

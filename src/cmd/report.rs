@@ -17,7 +17,7 @@ use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
 use lbrprof_reports::symbols::SymbolizerSource;
 use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
-use lbrprof_reports::{perfscan, vm};
+use lbrprof_reports::{perfscan, recscan, vm};
 use lbrprof_symbolizer::SymbolizerOptions;
 
 /// Options shared by every command that reads a recording.
@@ -346,12 +346,32 @@ fn load_with(
         input.may_sample_kernel(),
         &mut source_notes,
     );
-    // perf.data: aggregate straight from the mapped file when the options allow it.
+    // lbrprof.data: check, decode and fold the mapped chunks on every core when the
+    // options allow it (LBRPROF_STREAM=1 reads the event stream instead, to compare).
     let mut profile = None;
-    let fast = std::thread::scope(|scope| {
-        scope.spawn(|| source.prewarm());
-        perfscan::aggregate_input(&mut input, &opts)
-    });
+    if format == InputFormat::Lbrprof && std::env::var_os("LBRPROF_STREAM").is_none() {
+        let fast = std::thread::scope(|scope| {
+            scope.spawn(|| source.prewarm());
+            recscan::aggregate_recording(&mut input, &opts)
+        });
+        match fast {
+            Ok(p) => profile = p,
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
+                );
+            }
+        }
+    }
+    // perf.data: aggregate straight from the mapped file when the options allow it.
+    let fast = if profile.is_some() {
+        perfscan::FastPath::NotScanned
+    } else {
+        std::thread::scope(|scope| {
+            scope.spawn(|| source.prewarm());
+            perfscan::aggregate_input(&mut input, &opts)
+        })
+    };
     match fast {
         perfscan::FastPath::Done(p, branch_entries) => {
             input.note_branch_entries(branch_entries);
