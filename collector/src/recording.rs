@@ -1297,4 +1297,136 @@ mod tests {
             .expect("must fail");
         assert!(matches!(err, FormatError::Io(_)));
     }
+
+    /// The hand-written decoder gives postcard's samples, extreme values included.
+    #[test]
+    fn for_each_sample_decodes_what_postcard_decodes() {
+        let kinds = [
+            BranchKind::Unknown,
+            BranchKind::Cond,
+            BranchKind::Uncond,
+            BranchKind::IndJump,
+            BranchKind::Call,
+            BranchKind::IndCall,
+            BranchKind::Ret,
+            BranchKind::Syscall,
+            BranchKind::Sysret,
+        ];
+        let modes = [
+            CpuMode::Unknown,
+            CpuMode::Kernel,
+            CpuMode::User,
+            CpuMode::Hypervisor,
+            CpuMode::GuestKernel,
+            CpuMode::GuestUser,
+        ];
+        let mut samples: Vec<HostSample> = (0..200u64)
+            .map(|i| HostSample {
+                time_ns: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                pid: (i * 77_777) as u32,
+                tid: u32::MAX - i as u32,
+                cpu: (i % 300) as u32,
+                period: 1 << (i % 64),
+                ip: u64::MAX - i,
+                mode: modes[i as usize % modes.len()],
+                callchain: (0..i % 9)
+                    .map(|j| Frame {
+                        addr: j << (i % 60),
+                        mode: modes[(i + j) as usize % modes.len()],
+                    })
+                    .collect(),
+                branches: (0..i % 33)
+                    .map(|j| Branch {
+                        from: u64::MAX >> j,
+                        to: j,
+                        flags: BranchFlags {
+                            mispred: j % 2 == 0,
+                            predicted: j % 3 == 0,
+                            in_tx: j % 5 == 0,
+                            abort: j % 7 == 0,
+                            cycles: (j * 2000 + i) as u16,
+                            kind: kinds[(i + j) as usize % kinds.len()],
+                        },
+                    })
+                    .collect(),
+                branch_hw_index: (i % 2 == 0).then_some(i << 50),
+            })
+            .collect();
+        samples.push(HostSample::default());
+        let payload = postcard::to_allocvec(&samples).unwrap();
+        let mut got = Vec::new();
+        for_each_sample(7, &payload, |s| got.push(s.clone())).unwrap();
+        assert_eq!(got, samples);
+        // Every prefix and a damaged byte anywhere: the same samples or postcard's error.
+        for cut in (0..payload.len()).step_by(97) {
+            let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&payload[..cut])
+                .map_err(|e| format!("corrupt chunk at byte offset 7: cannot decode: {e}"));
+            let mut got = Vec::new();
+            let res = for_each_sample(7, &payload[..cut], |s| got.push(s.clone()));
+            assert_eq!(
+                res.map(|()| got).map_err(|e| e.to_string()),
+                want,
+                "cut {cut}"
+            );
+        }
+        for pos in (0..payload.len()).step_by(13) {
+            let mut bad = payload.clone();
+            bad[pos] = 0xff;
+            let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&bad)
+                .map_err(|e| format!("corrupt chunk at byte offset 7: cannot decode: {e}"));
+            let mut got = Vec::new();
+            let res = for_each_sample(7, &bad, |s| got.push(s.clone()));
+            assert_eq!(
+                res.map(|()| got).map_err(|e| e.to_string()),
+                want,
+                "0xff at {pos}"
+            );
+        }
+    }
+
+    /// The mapped walk leaves the warnings, summary and chunks the stream does.
+    #[test]
+    fn mapped_chunks_list_what_the_stream_reads() {
+        let events: Vec<Event> = (0..40_000).map(sample).collect();
+        let (bytes, _) = write(&events, &Summary::default());
+        let offsets = chunk_offsets(&bytes);
+        for cut in [bytes.len(), offsets[2], offsets[2] + 5, offsets[3] - 1] {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(&bytes[..cut]).unwrap();
+            file.seek(SeekFrom::Start(0)).unwrap();
+            let mut reader = RecordingReader::from_file(file).unwrap();
+            let mut mapped = reader.mapped_chunks().expect("mappable");
+            assert!(mapped.take_tail_error().is_none());
+            let mut n = 0;
+            for c in mapped.chunks() {
+                let payload = mapped.payload(c).unwrap();
+                if c.is_summary() {
+                    reader.read_summary(c.offset, payload).unwrap();
+                } else {
+                    n += decode_payload(c.offset, c.kind, payload).unwrap().len();
+                }
+            }
+            assert_eq!(reader.next().map(|r| r.is_ok()), None, "stream consumed");
+            let (stream, stream_reader) = read_bytes(&bytes[..cut]);
+            assert_eq!(n, stream.unwrap().len(), "cut {cut}");
+            assert_eq!(reader.warnings(), stream_reader.warnings(), "cut {cut}");
+            assert_eq!(reader.summary(), stream_reader.summary(), "cut {cut}");
+        }
+        // A length over the limit ends the walk with the stream's error.
+        let mut huge = bytes.clone();
+        huge[offsets[1]..offsets[1] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&huge).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut mapped = RecordingReader::from_file(file)
+            .unwrap()
+            .mapped_chunks()
+            .unwrap();
+        assert_eq!(mapped.chunks().len(), 1);
+        let (stream, _) = read_bytes(&huge);
+        assert_eq!(
+            mapped.take_tail_error().map(|e| e.to_string()),
+            stream.err().map(|e| e.to_string())
+        );
+    }
 }

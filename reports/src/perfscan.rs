@@ -283,7 +283,7 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     a
 }
 
-fn add_edge(v: &mut EdgeCounts, e: &EdgeCounts) {
+pub(crate) fn add_edge(v: &mut EdgeCounts, e: &EdgeCounts) {
     v.count += e.count;
     v.mispred += e.mispred;
     v.predicted += e.predicted;
@@ -537,7 +537,7 @@ pub(crate) fn apply_epoch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::aggregate::Filter;
     use lbrprof_collector::perfdata::PerfDataReader;
@@ -558,7 +558,7 @@ mod tests {
     }
 
     /// Everything a report reads from a profile, in a comparable form.
-    fn summary(p: &Profile) -> String {
+    pub(crate) fn summary(p: &Profile) -> String {
         // Root frames by name: their ids follow the order samples are met in.
         let frame = |l: &crate::loc::Loc| match p.comm_root_module {
             Some(m) if m == l.module => p.root_names[l.offset as usize].clone(),

@@ -22,6 +22,7 @@
 //! recordings (pairing needs every sample in order) and filters (the raw branch tables
 //! do not keep what a filter needs).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lbrprof_collector::input::{Input, InputError};
@@ -29,10 +30,32 @@ use lbrprof_collector::model::{BranchKind, CpuMode, Event, Frame, HostSample};
 use lbrprof_collector::recording::{self, FormatError, MappedChunks};
 use rayon::prelude::*;
 
-use crate::aggregate::{AggregateOptions, Aggregator, MAX_RANGE_BYTES, Profile};
-use crate::perfscan::{
-    Group, Raw, add_branch_totals, apply_epoch, fold_empty, group_epochs, merge, mode_code, mode_of,
+use crate::aggregate::{
+    AggregateOptions, Aggregator, EdgeCounts, FastMap, MAX_RANGE_BYTES, Profile,
 };
+use crate::perfscan::{
+    Epoch, Group, Raw, add_branch_totals, add_edge, apply_epoch, fold_empty, group_epochs, merge,
+    mode_code, mode_of,
+};
+
+/// Raw edges, `[epoch, pid, mode, from, to]`, with the file position (chunk index << 40
+/// | entry number) of the first entry that gave their kind: where raw edges resolve to
+/// one edge, the earliest decides its kind, as in the stream.
+type RawEdges = FastMap<[u64; 5], (EdgeCounts, u64)>;
+
+/// No entry gave a kind yet.
+const NO_KIND: u64 = u64::MAX;
+
+/// Merges `later` into `edges`.
+fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
+    for (k, (e, at)) in later {
+        let (v, v_at) = edges.entry(k).or_insert((EdgeCounts::default(), NO_KIND));
+        if v.kind == BranchKind::Unknown && e.kind != BranchKind::Unknown {
+            *v_at = at;
+        }
+        add_edge(v, &e);
+    }
+}
 
 /// Whether [`aggregate_recording`] can build the profile for these options.
 pub fn supports(opts: &AggregateOptions) -> bool {
@@ -42,6 +65,7 @@ pub fn supports(opts: &AggregateOptions) -> bool {
 /// What the chunks folded so far (a contiguous run of them, in file order) gave.
 struct Acc {
     raw: Raw,
+    edges: RawEdges,
     /// The events of every non-samples chunk, by chunk index (empty for summaries and
     /// unknown kinds), in file order.
     sideband: Vec<(usize, Vec<Event>)>,
@@ -53,6 +77,7 @@ impl Acc {
     fn new() -> Self {
         Acc {
             raw: fold_empty(),
+            edges: RawEdges::default(),
             sideband: Vec::new(),
             error: None,
         }
@@ -64,6 +89,7 @@ impl Acc {
             return self;
         }
         self.raw = merge(self.raw, later.raw);
+        merge_edges(&mut self.edges, later.edges);
         self.sideband.extend(later.sideband);
         self.error = later.error;
         self
@@ -112,6 +138,7 @@ pub fn aggregate_recording(
         .reduce(Acc::new, Acc::then);
     let Acc {
         raw,
+        edges,
         sideband,
         error,
     } = acc;
@@ -132,7 +159,7 @@ pub fn aggregate_recording(
     if let Some(e) = mapped.take_tail_error() {
         return Err(e.into());
     }
-    Ok(Some(resolve(raw, sideband, &epochs, opts.clone())))
+    Ok(Some(resolve(raw, edges, sideband, &epochs, opts.clone())))
 }
 
 /// Checks chunk `i` and folds it into `acc`: samples into the raw tables, anything else
@@ -159,12 +186,16 @@ fn fold_chunk(
     }
     // Fold into a fresh table, so a chunk that fails to decode adds nothing.
     let mut raw = fold_empty();
+    let mut edges = RawEdges::default();
     let mut key: Vec<u64> = Vec::with_capacity(256);
+    let mut at = (i as u64) << 40;
     recording::for_each_sample(c.offset, payload, |s| {
         fold_sample(&mut raw, &mut key, epoch, keep_tid, lbr_call_stack, s);
+        fold_branches(&mut raw, &mut edges, &mut at, epoch, s);
     })?;
     let acc_raw = std::mem::replace(&mut acc.raw, fold_empty());
     acc.raw = merge(acc_raw, raw);
+    merge_edges(&mut acc.edges, edges);
     Ok(())
 }
 
@@ -206,12 +237,18 @@ fn fold_sample(
             g.add(s.period, s.time_ns);
         }
     }
+}
+
+/// Folds the branch stack of `s` into the raw edge and fall-through tables; `at` numbers
+/// the entries.
+fn fold_branches(raw: &mut Raw, edges: &mut RawEdges, at: &mut u64, epoch: u64, s: &HostSample) {
+    let (pid, mode) = (u64::from(s.pid), mode_code(s.mode));
     let mut newer_from: Option<u64> = None;
     for b in &s.branches {
-        let e = raw
-            .edges
+        *at += 1;
+        let (e, kind_at) = edges
             .entry([epoch, pid, mode, b.from, b.to])
-            .or_default();
+            .or_insert((EdgeCounts::default(), NO_KIND));
         e.count += 1;
         e.mispred += u64::from(b.flags.mispred);
         e.predicted += u64::from(b.flags.predicted);
@@ -221,8 +258,9 @@ fn fold_sample(
             e.cycles_sum += u64::from(b.flags.cycles);
             e.cycles_n += 1;
         }
-        if e.kind == BranchKind::Unknown {
+        if e.kind == BranchKind::Unknown && b.flags.kind != BranchKind::Unknown {
             e.kind = b.flags.kind;
+            *kind_at = *at;
         }
         if let Some(nf) = newer_from
             && b.to != 0
@@ -232,6 +270,34 @@ fn fold_sample(
             *raw.ranges.entry([epoch, pid, mode, b.to, nf]).or_default() += 1;
         }
         newer_from = (b.from != 0).then_some(b.from);
+    }
+}
+
+/// Adds one epoch's raw entries.
+fn apply_raw(
+    agg: &mut Aggregator,
+    entries: Option<Epoch>,
+    edges: Option<Vec<(u64, [u64; 5], EdgeCounts)>>,
+) {
+    if let Some(e) = entries {
+        apply_epoch(agg, e, frames);
+    }
+    if let Some(mut edges) = edges {
+        // File order, so the earliest entry decides a shared edge's kind.
+        edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
+        for (_, k, c) in edges {
+            let (pid, mode) = (k[1] as u32, branch_mode(mode_of(k[2])));
+            agg.add_edge_counts(pid, mode, k[3], k[4], &c);
+        }
+    }
+}
+
+/// The mode branch addresses resolve in (as [`Aggregator::add_sample`] does it).
+fn branch_mode(sample_mode: CpuMode) -> CpuMode {
+    if sample_mode.is_guest() {
+        CpuMode::GuestUser
+    } else {
+        CpuMode::Unknown
     }
 }
 
@@ -250,31 +316,442 @@ fn frames(words: &[u64], _mode: CpuMode) -> Vec<Frame> {
 /// chunk that starts it.
 fn resolve(
     raw: Raw,
+    edges: RawEdges,
     sideband: Vec<(usize, Vec<Event>)>,
     epochs: &[u64],
     opts: AggregateOptions,
 ) -> Profile {
     let (mut by_epoch, totals) = group_epochs(raw);
-    let mut agg = Aggregator::new(opts);
-    if let Some(e) = by_epoch.remove(&0) {
-        apply_epoch(&mut agg, e, frames);
+    let mut edges_by_epoch: HashMap<u64, Vec<_>> = HashMap::new();
+    for (k, (e, at)) in edges {
+        edges_by_epoch.entry(k[0]).or_default().push((at, k, e));
     }
+    let mut agg = Aggregator::new(opts);
+    let mut apply = |agg: &mut Aggregator, epoch: u64| {
+        apply_raw(agg, by_epoch.remove(&epoch), edges_by_epoch.remove(&epoch));
+    };
+    apply(&mut agg, 0);
     for (i, events) in sideband {
         for ev in &events {
             agg.add(ev);
         }
         // The chunk after this one starts epoch epochs[i] + 1.
-        if let Some(e) = by_epoch.remove(&(epochs[i] + 1)) {
-            apply_epoch(&mut agg, e, frames);
-        }
+        apply(&mut agg, epochs[i] + 1);
     }
     // (Every epoch starts after a chunk; nothing is left.)
-    let mut rest: Vec<_> = by_epoch.into_iter().collect();
-    rest.sort_unstable_by_key(|(id, _)| *id);
-    for (_, e) in rest {
-        apply_epoch(&mut agg, e, frames);
+    let mut rest: Vec<u64> = by_epoch
+        .keys()
+        .chain(edges_by_epoch.keys())
+        .copied()
+        .collect();
+    rest.sort_unstable();
+    rest.dedup();
+    for epoch in rest {
+        apply_raw(
+            &mut agg,
+            by_epoch.remove(&epoch),
+            edges_by_epoch.remove(&epoch),
+        );
     }
     let mut profile = agg.finish();
     add_branch_totals(&mut profile, totals);
     profile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perfscan::tests::summary;
+    use lbrprof_collector::input::open_any;
+    use lbrprof_collector::model::*;
+    use lbrprof_collector::recording::{RecordingWriter, Summary};
+    use std::path::{Path, PathBuf};
+
+    fn header() -> Header {
+        Header {
+            writer: "test".into(),
+            start_unix: 1,
+            start_monotonic_ns: 2,
+            host: HostInfo::default(),
+            sampling: SamplingConfig {
+                event: "cycles".into(),
+                period: 1000,
+                ..SamplingConfig::default()
+            },
+            target: Target::Command {
+                argv: vec!["w".into()],
+            },
+        }
+    }
+
+    fn mapping(pid: u32, start: u64, path: &str) -> Event {
+        Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid,
+            start,
+            len: 0x10000,
+            pgoff: 0x1000,
+            path: path.into(),
+            build_id: None,
+        })
+    }
+
+    fn comm(tid: u32, name: &str) -> Event {
+        Event::Task(TaskEvent::Comm {
+            time_ns: 0,
+            pid: 1,
+            tid,
+            comm: name.into(),
+        })
+    }
+
+    /// A sample drawn from a small pool (so raw stacks repeat), with addresses in
+    /// 0x400000.. (mapped first) and 0x500000.. (mapped only later), kernel frames and
+    /// a 32-entry branch stack of mixed kinds and flags.
+    fn sample(i: u64) -> Event {
+        let k = i % 37;
+        let base = if k.is_multiple_of(3) {
+            0x50_0000
+        } else {
+            0x40_0000
+        };
+        let mode = if k.is_multiple_of(11) {
+            CpuMode::Kernel
+        } else {
+            CpuMode::User
+        };
+        let ip = if mode == CpuMode::Kernel {
+            0xffff_ffff_8100_0000 + k * 16
+        } else {
+            base + k * 16
+        };
+        let mut callchain = vec![Frame { addr: ip, mode }];
+        callchain.extend((0..k % 5).map(|j| Frame {
+            addr: 0x40_0000 + j * 0x100 + k,
+            mode: CpuMode::User,
+        }));
+        let kinds = [
+            BranchKind::Cond,
+            BranchKind::Call,
+            BranchKind::Ret,
+            BranchKind::Unknown,
+        ];
+        let branches = (0..(if k.is_multiple_of(7) { 0 } else { 32 }))
+            .map(|j: u64| Branch {
+                from: base + ((k + j) % 13) * 0x40 + 0x30,
+                to: base + ((k + j + 1) % 13) * 0x40,
+                flags: BranchFlags {
+                    mispred: j.is_multiple_of(5),
+                    predicted: !j.is_multiple_of(5),
+                    in_tx: j == 3,
+                    abort: j == 4,
+                    cycles: (j * 7 % 300) as u16,
+                    kind: kinds[((k + j) % 4) as usize],
+                },
+            })
+            .collect();
+        Event::Sample(HostSample {
+            time_ns: 1_000 + i,
+            pid: 1 + (k % 2) as u32,
+            tid: 1 + (k % 4) as u32,
+            cpu: (k % 2) as u32,
+            period: 1000 + k,
+            ip,
+            mode,
+            callchain,
+            branches,
+            branch_hw_index: k.is_multiple_of(2).then_some(k),
+        })
+    }
+
+    /// Samples enough to pass the writer's chunk size, so the events sent next land in
+    /// later chunks (a later epoch).
+    fn burst(from: u64) -> Vec<Event> {
+        (from..from + 1500).map(sample).collect()
+    }
+
+    /// A recording whose side-band state changes between bursts of samples: a module
+    /// mapped late, a renamed thread, a fork, losses.
+    fn recording(dir: &Path) -> PathBuf {
+        let path = dir.join("r.data");
+        let w = RecordingWriter::create(&path, &header()).unwrap();
+        let sink = w.sink();
+        let mut events = vec![mapping(1, 0x40_0000, "/bin/a"), comm(1, "first")];
+        events.extend(burst(0));
+        events.push(mapping(1, 0x50_0000, "/lib/late.so"));
+        events.push(comm(1, "second"));
+        events.push(Event::Loss(Loss {
+            time_ns: 5,
+            kind: LossKind::RingBuffer,
+            count: 3,
+            tid: None,
+        }));
+        events.extend(burst(1500));
+        events.push(Event::Task(TaskEvent::Fork {
+            time_ns: 6,
+            pid: 2,
+            tid: 2,
+            ppid: 1,
+            ptid: 1,
+        }));
+        events.extend(burst(3000));
+        for e in events {
+            sink.send(e);
+        }
+        w.finish(&Summary {
+            samples: 4500,
+            lost: 7,
+            notes: vec!["n".into()],
+            ..Summary::default()
+        })
+        .unwrap();
+        path
+    }
+
+    type Outcome = Result<(String, Vec<String>, String), String>;
+
+    /// Where two outcomes first differ (a profile is too long to print whole).
+    fn first_difference(a: &Outcome, b: &Outcome) -> String {
+        let text = |o: &Outcome| match o {
+            Ok((p, w, s)) => format!("{p}\nwarnings {w:?}\nsummary {s}"),
+            Err(e) => format!("error {e}"),
+        };
+        let (a, b) = (text(a), text(b));
+        a.lines()
+            .zip(b.lines())
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!("stream: {x}\n  fast: {y}"))
+            .unwrap_or_else(|| "one is a prefix of the other".into())
+    }
+
+    /// The stream's profile, warnings and summary, or its error.
+    fn stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        let mut input = open_any(path).map_err(|e| e.to_string())?;
+        let (p, err) = crate::aggregate_events(input.by_ref(), opts.clone());
+        if let Some(e) = err {
+            return Err(e.to_string());
+        }
+        Ok((
+            summary(&p),
+            input.warnings(),
+            format!("{:?}", input.summary()),
+        ))
+    }
+
+    /// The fast path's, as [`stream`].
+    fn fast(path: &Path, opts: &AggregateOptions) -> Outcome {
+        let mut input = open_any(path).map_err(|e| e.to_string())?;
+        let p = aggregate_recording(&mut input, opts)
+            .map_err(|e| e.to_string())?
+            .expect("the fast path handles this recording");
+        assert_eq!(input.by_ref().count(), 0, "the stream is consumed");
+        Ok((
+            summary(&p),
+            input.warnings(),
+            format!("{:?}", input.summary()),
+        ))
+    }
+
+    fn option_sets() -> Vec<AggregateOptions> {
+        vec![
+            AggregateOptions::default(),
+            AggregateOptions {
+                lbr_call_stack: true,
+                ..AggregateOptions::default()
+            },
+            AggregateOptions {
+                comm_root: true,
+                snapshot_weight: 7,
+                ..AggregateOptions::default()
+            },
+        ]
+    }
+
+    fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
+        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let mut off = 20 + header_len;
+        let mut offsets = Vec::new();
+        while off < bytes.len() {
+            offsets.push(off);
+            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            off += 9 + len;
+        }
+        offsets
+    }
+
+    #[test]
+    fn fast_path_builds_the_profile_the_event_stream_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = recording(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(chunk_offsets(&bytes).len() >= 8, "want several epochs");
+        for opts in option_sets() {
+            let slow = stream(&path, &opts);
+            let quick = fast(&path, &opts);
+            assert!(
+                slow == quick,
+                "{opts:?}: {}",
+                first_difference(&slow, &quick)
+            );
+            assert!(slow.unwrap().0.contains("late.so"));
+        }
+    }
+
+    #[test]
+    fn truncated_recordings_read_as_far_as_the_event_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(recording(dir.path())).unwrap();
+        let offsets = chunk_offsets(&bytes);
+        let cut_path = dir.path().join("cut.data");
+        let mut cuts = vec![bytes.len()];
+        for (i, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(bytes.len());
+            cuts.extend([start, start + 3, start + 9, (start + end) / 2, end - 1]);
+        }
+        for cut in cuts {
+            std::fs::write(&cut_path, &bytes[..cut]).unwrap();
+            let opts = AggregateOptions::default();
+            let slow = stream(&cut_path, &opts);
+            let quick = fast(&cut_path, &opts);
+            assert!(
+                slow == quick,
+                "cut at {cut}: {}",
+                first_difference(&slow, &quick)
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_chunks_give_the_event_streams_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(recording(dir.path())).unwrap();
+        let offsets = chunk_offsets(&bytes);
+        let bad = dir.path().join("bad.data");
+        let mut checked = 0;
+        for (i, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(bytes.len());
+            for pos in [
+                start + 1,
+                start + 3,
+                start + 5,
+                start + 8,
+                start + 9,
+                end - 1,
+            ] {
+                let mut damaged = bytes.clone();
+                damaged[pos] ^= 0x40;
+                std::fs::write(&bad, &damaged).unwrap();
+                let opts = AggregateOptions::default();
+                let slow = stream(&bad, &opts);
+                let quick = fast(&bad, &opts);
+                assert!(
+                    slow == quick,
+                    "flip at {pos}: {}",
+                    first_difference(&slow, &quick)
+                );
+                checked += usize::from(slow.is_err());
+            }
+        }
+        assert!(checked > offsets.len() * 3, "flips must mostly be errors");
+        // Two damaged chunks: the first in file order is the error.
+        let mut damaged = bytes.clone();
+        damaged[offsets[2] + 20] ^= 1;
+        damaged[offsets[5] + 20] ^= 1;
+        std::fs::write(&bad, &damaged).unwrap();
+        let err = fast(&bad, &AggregateOptions::default()).unwrap_err();
+        assert!(err.contains(&format!("offset {}", offsets[2])), "{err}");
+        assert_eq!(Err(err), stream(&bad, &AggregateOptions::default()));
+    }
+
+    /// A payload postcard cannot decode but with a valid checksum: the hand-written
+    /// decoder gives up and postcard's error, naming the chunk, is the stream's.
+    #[test]
+    fn undecodable_payloads_give_the_event_streams_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(recording(dir.path())).unwrap();
+        let offsets = chunk_offsets(&bytes);
+        let bad = dir.path().join("bad.data");
+        let mut errors = 0;
+        for &start in &offsets {
+            let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+            for at in [0, 1, len / 2, len - 1] {
+                let mut damaged = bytes.clone();
+                let p = start + 9 + at;
+                damaged[p] = 0xff;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&damaged[start..start + 4]);
+                crc.update(&damaged[start + 8..start + 9 + len]);
+                damaged[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+                std::fs::write(&bad, &damaged).unwrap();
+                let opts = AggregateOptions::default();
+                let slow = stream(&bad, &opts);
+                let quick = fast(&bad, &opts);
+                assert!(
+                    slow == quick,
+                    "0xff at {p}: {}",
+                    first_difference(&slow, &quick)
+                );
+                errors += usize::from(slow.is_err());
+            }
+        }
+        assert!(errors > 0);
+    }
+
+    #[test]
+    fn unknown_chunk_kinds_are_skipped_as_the_stream_skips_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = std::fs::read(recording(dir.path())).unwrap();
+        let offsets = chunk_offsets(&bytes);
+        for (at, kind) in [(offsets[3], 42u8), (offsets[1], 200)] {
+            let payload = b"future";
+            let len = payload.len() as u32;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&len.to_le_bytes());
+            crc.update(&[kind]);
+            crc.update(payload);
+            let mut extra = len.to_le_bytes().to_vec();
+            extra.extend_from_slice(&crc.finalize().to_le_bytes());
+            extra.push(kind);
+            extra.extend_from_slice(payload);
+            bytes.splice(at..at, extra);
+        }
+        let path = dir.path().join("future.data");
+        std::fs::write(&path, &bytes).unwrap();
+        for opts in option_sets() {
+            let slow = stream(&path, &opts);
+            assert_eq!(
+                slow.as_ref().unwrap().1.len(),
+                2,
+                "{:?}",
+                slow.as_ref().unwrap().1
+            );
+            let quick = fast(&path, &opts);
+            assert!(slow == quick, "{}", first_difference(&slow, &quick));
+        }
+    }
+
+    #[test]
+    fn vm_recordings_and_filters_are_left_to_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = recording(dir.path());
+        for opts in [
+            AggregateOptions {
+                vm: true,
+                ..AggregateOptions::default()
+            },
+            AggregateOptions {
+                filter: crate::Filter {
+                    pids: vec![1],
+                    ..crate::Filter::default()
+                },
+                ..AggregateOptions::default()
+            },
+        ] {
+            let mut input = open_any(&path).unwrap();
+            assert!(aggregate_recording(&mut input, &opts).unwrap().is_none());
+            // The stream is untouched.
+            assert!(input.by_ref().count() > 4000);
+        }
+    }
 }
