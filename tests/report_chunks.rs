@@ -154,7 +154,7 @@ fn synthetic(dir: &Path) -> PathBuf {
     };
     let sample = |i: u64| {
         let k = i % 41;
-        let pid = if k % 2 == 0 { 1000 } else { 1001 };
+        let pid = if k.is_multiple_of(2) { 1000 } else { 1001 };
         let at = |x: u64| base + (x * 0x1234) % 0x40_0000;
         Event::Sample(HostSample {
             time_ns: i,
