@@ -661,6 +661,22 @@ impl MappedChunks {
         Ok(payload)
     }
 
+    /// Unmaps the pages of `chunk` from this process (they stay in the page cache), so
+    /// that resident memory does not grow with the file: call it once a chunk is folded.
+    /// Its bytes stay readable (they are faulted back in from the file).
+    pub fn release(&self, chunk: &ChunkRef) {
+        let start = chunk.start - CHUNK_HEADER_LEN;
+        let len = (CHUNK_HEADER_LEN + chunk.len).min(self.map.len().saturating_sub(start));
+        // SAFETY: the mapping is private, read-only and file-backed: MADV_DONTNEED only
+        // drops this process's page-table entries for the range; the next access faults
+        // the same file bytes back in, so every slice into the mapping still reads what
+        // it read (a neighbouring chunk being decoded on another thread included).
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+        };
+    }
+
     /// The error the stream meets after the last of [`Self::chunks`], if any.
     pub fn take_tail_error(&mut self) -> Option<FormatError> {
         self.tail_error.take()
@@ -832,15 +848,45 @@ mod postcard_lite {
             Decoder { buf }
         }
 
+        #[inline]
         fn byte(&mut self) -> Option<u8> {
             let (&b, rest) = self.buf.split_first()?;
             self.buf = rest;
             Some(b)
         }
 
-        /// A varint of at most `max_bytes` bytes whose value fits in `bits` bits.
+        /// A varint of at most `ceil(bits / 7)` bytes whose value fits in `bits` bits.
+        #[inline]
         fn varint(&mut self, bits: u32) -> Option<u64> {
             let max_bytes = bits.div_ceil(7) as usize;
+            if let Some(&b) = self.buf.first()
+                && b < 0x80
+            {
+                self.buf = &self.buf[1..];
+                return Some(u64::from(b));
+            }
+            // Up to 8 bytes at once: the first byte without the continuation bit ends it.
+            if let Some(head) = self.buf.first_chunk::<8>() {
+                let word = u64::from_le_bytes(*head);
+                let stops = !word & 0x8080_8080_8080_8080;
+                let n = (stops.trailing_zeros() / 8 + 1) as usize;
+                // Shorter than the longest encoding: the value cannot overflow `bits`.
+                if stops != 0 && n < max_bytes {
+                    // The payload bits of the first n bytes, squeezed together: 7-bit
+                    // groups into 14-bit, 28-bit, then 56-bit ones.
+                    let keep = u64::MAX >> (64 - 8 * n);
+                    let mut x = word & keep & 0x7f7f_7f7f_7f7f_7f7f;
+                    x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                    x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                    x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                    self.buf = &self.buf[n..];
+                    return Some(x);
+                }
+            }
+            self.varint_slow(bits, max_bytes)
+        }
+
+        fn varint_slow(&mut self, bits: u32, max_bytes: usize) -> Option<u64> {
             let mut out = 0u64;
             for i in 0..max_bytes {
                 let b = self.byte()?;
@@ -855,10 +901,12 @@ mod postcard_lite {
             None
         }
 
+        #[inline]
         fn u64(&mut self) -> Option<u64> {
             self.varint(64)
         }
 
+        #[inline]
         fn u32(&mut self) -> Option<u32> {
             self.varint(32).map(|v| v as u32)
         }
@@ -867,6 +915,7 @@ mod postcard_lite {
             usize::try_from(self.varint(usize::BITS)?).ok()
         }
 
+        #[inline]
         fn bool(&mut self) -> Option<bool> {
             match self.byte()? {
                 0 => Some(false),
@@ -875,11 +924,13 @@ mod postcard_lite {
             }
         }
 
+        #[inline]
         fn mode(&mut self) -> Option<CpuMode> {
             let v = self.u32()?;
             *MODES.get(v as usize)?
         }
 
+        #[inline]
         fn kind(&mut self) -> Option<BranchKind> {
             let v = self.u32()?;
             *KINDS.get(v as usize)?
@@ -1358,7 +1409,7 @@ mod tests {
         for_each_sample(7, &payload, |s| got.push(s.clone())).unwrap();
         assert_eq!(got, samples);
         // Every prefix and a damaged byte anywhere: the same samples or postcard's error.
-        for cut in (0..payload.len()).step_by(97) {
+        for cut in (0..payload.len()).step_by(211) {
             let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&payload[..cut])
                 .map_err(|e| format!("corrupt chunk at byte offset 7: cannot decode: {e}"));
             let mut got = Vec::new();
@@ -1369,7 +1420,7 @@ mod tests {
                 "cut {cut}"
             );
         }
-        for pos in (0..payload.len()).step_by(13) {
+        for pos in (0..payload.len()).step_by(101) {
             let mut bad = payload.clone();
             bad[pos] = 0xff;
             let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&bad)
@@ -1382,6 +1433,43 @@ mod tests {
                 "0xff at {pos}"
             );
         }
+    }
+
+    /// Varints of every length, at the edges of each 7-bit group.
+    #[test]
+    fn for_each_sample_decodes_varints_of_every_length() {
+        let values: Vec<u64> = (0..64)
+            .flat_map(|k| [(1u64 << k) - 1, 1 << k, (1 << k) + 1, u64::MAX >> k])
+            .collect();
+        let samples: Vec<HostSample> = values
+            .iter()
+            .map(|&v| HostSample {
+                time_ns: v,
+                pid: v as u32,
+                tid: (v >> 32) as u32,
+                cpu: v.rotate_left(17) as u32,
+                period: v.rotate_left(7),
+                ip: !v,
+                callchain: vec![Frame {
+                    addr: v,
+                    mode: CpuMode::User,
+                }],
+                branches: vec![Branch {
+                    from: v,
+                    to: v.swap_bytes(),
+                    flags: BranchFlags {
+                        cycles: v as u16,
+                        ..BranchFlags::default()
+                    },
+                }],
+                branch_hw_index: Some(v),
+                ..HostSample::default()
+            })
+            .collect();
+        let payload = postcard::to_allocvec(&samples).unwrap();
+        let mut got = Vec::new();
+        for_each_sample(0, &payload, |s| got.push(s.clone())).unwrap();
+        assert_eq!(got, samples);
     }
 
     /// The mapped walk leaves the warnings, summary and chunks the stream does.

@@ -30,9 +30,7 @@ use lbrprof_collector::model::{BranchKind, CpuMode, Event, Frame, HostSample};
 use lbrprof_collector::recording::{self, FormatError, MappedChunks};
 use rayon::prelude::*;
 
-use crate::aggregate::{
-    AggregateOptions, Aggregator, EdgeCounts, FastMap, MAX_RANGE_BYTES, Profile,
-};
+use crate::aggregate::{AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile};
 use crate::perfscan::{
     Epoch, Group, Raw, add_branch_totals, add_edge, apply_epoch, fold_empty, group_epochs, merge,
     mode_code, mode_of,
@@ -41,10 +39,71 @@ use crate::perfscan::{
 /// Raw edges, `[epoch, pid, mode, from, to]`, with the file position (chunk index << 40
 /// | entry number) of the first entry that gave their kind: where raw edges resolve to
 /// one edge, the earliest decides its kind, as in the stream.
-type RawEdges = FastMap<[u64; 5], (EdgeCounts, u64)>;
+type RawEdges = PairMap<(EdgeCounts, u64)>;
+
+/// Raw fall-through ranges `[start, end]` and how often they were run.
+type RawRanges = PairMap<u64>;
+
+/// The key of a raw edge (`a → b`) or range (`[a, b]`): 32 million of them are looked
+/// up per million 32-entry samples, so it is compared field by field and hashed with a
+/// multiply-rotate hash rather than as a slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PairKey {
+    epoch: u64,
+    /// `pid | mode_code << 32` of the sample.
+    ctx: u64,
+    a: u64,
+    b: u64,
+}
+
+impl PairKey {
+    fn pid(&self) -> u32 {
+        self.ctx as u32
+    }
+    /// The mode the addresses resolve in.
+    fn mode(&self) -> CpuMode {
+        branch_mode(mode_of(self.ctx >> 32))
+    }
+}
+
+type PairMap<V> = HashMap<PairKey, V, PairHash>;
+
+/// FxHash's mixing (deterministic, a multiply and a rotate per word).
+#[derive(Clone, Copy, Default)]
+struct PairHash;
+
+impl std::hash::BuildHasher for PairHash {
+    type Hasher = PairHasher;
+    fn build_hasher(&self) -> PairHasher {
+        PairHasher(0)
+    }
+}
+
+struct PairHasher(u64);
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
 
 /// No entry gave a kind yet.
 const NO_KIND: u64 = u64::MAX;
+
+/// Merges `later` into `ranges`.
+fn merge_ranges(ranges: &mut RawRanges, later: RawRanges) {
+    for (k, n) in later {
+        *ranges.entry(k).or_default() += n;
+    }
+}
 
 /// Merges `later` into `edges`.
 fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
@@ -66,6 +125,7 @@ pub fn supports(opts: &AggregateOptions) -> bool {
 struct Acc {
     raw: Raw,
     edges: RawEdges,
+    ranges: RawRanges,
     /// The events of every non-samples chunk, by chunk index (empty for summaries and
     /// unknown kinds), in file order.
     sideband: Vec<(usize, Vec<Event>)>,
@@ -78,6 +138,7 @@ impl Acc {
         Acc {
             raw: fold_empty(),
             edges: RawEdges::default(),
+            ranges: RawRanges::default(),
             sideband: Vec::new(),
             error: None,
         }
@@ -90,6 +151,7 @@ impl Acc {
         }
         self.raw = merge(self.raw, later.raw);
         merge_edges(&mut self.edges, later.edges);
+        merge_ranges(&mut self.ranges, later.ranges);
         self.sideband.extend(later.sideband);
         self.error = later.error;
         self
@@ -129,7 +191,10 @@ pub fn aggregate_recording(
             if acc.error.is_some() || i > first_bad.load(Ordering::Relaxed) {
                 return acc;
             }
-            if let Err(e) = fold_chunk(&mapped, i, epochs[i], keep_tid, lbr_call_stack, &mut acc) {
+            let folded = fold_chunk(&mapped, i, epochs[i], keep_tid, lbr_call_stack, &mut acc);
+            // Resident memory follows the chunks being folded, not the file.
+            mapped.release(&mapped.chunks()[i]);
+            if let Err(e) = folded {
                 first_bad.fetch_min(i, Ordering::Relaxed);
                 acc.error = Some((i, e));
             }
@@ -139,6 +204,7 @@ pub fn aggregate_recording(
     let Acc {
         raw,
         edges,
+        ranges,
         sideband,
         error,
     } = acc;
@@ -159,7 +225,14 @@ pub fn aggregate_recording(
     if let Some(e) = mapped.take_tail_error() {
         return Err(e.into());
     }
-    Ok(Some(resolve(raw, edges, sideband, &epochs, opts.clone())))
+    Ok(Some(resolve(
+        raw,
+        edges,
+        ranges,
+        sideband,
+        &epochs,
+        opts.clone(),
+    )))
 }
 
 /// Checks chunk `i` and folds it into `acc`: samples into the raw tables, anything else
@@ -186,16 +259,18 @@ fn fold_chunk(
     }
     // Fold into a fresh table, so a chunk that fails to decode adds nothing.
     let mut raw = fold_empty();
-    let mut edges = RawEdges::default();
+    let mut edges = RawEdges::with_capacity_and_hasher(1 << 12, PairHash);
+    let mut ranges = RawRanges::with_capacity_and_hasher(1 << 12, PairHash);
     let mut key: Vec<u64> = Vec::with_capacity(256);
     let mut at = (i as u64) << 40;
     recording::for_each_sample(c.offset, payload, |s| {
         fold_sample(&mut raw, &mut key, epoch, keep_tid, lbr_call_stack, s);
-        fold_branches(&mut raw, &mut edges, &mut at, epoch, s);
+        fold_branches(&mut edges, &mut ranges, &mut at, epoch, s);
     })?;
     let acc_raw = std::mem::replace(&mut acc.raw, fold_empty());
     acc.raw = merge(acc_raw, raw);
     merge_edges(&mut acc.edges, edges);
+    merge_ranges(&mut acc.ranges, ranges);
     Ok(())
 }
 
@@ -241,13 +316,20 @@ fn fold_sample(
 
 /// Folds the branch stack of `s` into the raw edge and fall-through tables; `at` numbers
 /// the entries.
-fn fold_branches(raw: &mut Raw, edges: &mut RawEdges, at: &mut u64, epoch: u64, s: &HostSample) {
-    let (pid, mode) = (u64::from(s.pid), mode_code(s.mode));
+fn fold_branches(
+    edges: &mut RawEdges,
+    ranges: &mut RawRanges,
+    at: &mut u64,
+    epoch: u64,
+    s: &HostSample,
+) {
+    let ctx = u64::from(s.pid) | mode_code(s.mode) << 32;
+    let key = |a, b| PairKey { epoch, ctx, a, b };
     let mut newer_from: Option<u64> = None;
     for b in &s.branches {
         *at += 1;
         let (e, kind_at) = edges
-            .entry([epoch, pid, mode, b.from, b.to])
+            .entry(key(b.from, b.to))
             .or_insert((EdgeCounts::default(), NO_KIND));
         e.count += 1;
         e.mispred += u64::from(b.flags.mispred);
@@ -267,27 +349,32 @@ fn fold_branches(raw: &mut Raw, edges: &mut RawEdges, at: &mut u64, epoch: u64, 
             && b.to <= nf
             && nf - b.to < MAX_RANGE_BYTES
         {
-            *raw.ranges.entry([epoch, pid, mode, b.to, nf]).or_default() += 1;
+            *ranges.entry(key(b.to, nf)).or_default() += 1;
         }
         newer_from = (b.from != 0).then_some(b.from);
     }
 }
 
+/// One epoch's raw edges (with the file position that gave their kind) and ranges.
+#[derive(Default)]
+struct EpochBranches {
+    edges: Vec<(u64, PairKey, EdgeCounts)>,
+    ranges: Vec<(PairKey, u64)>,
+}
+
 /// Adds one epoch's raw entries.
-fn apply_raw(
-    agg: &mut Aggregator,
-    entries: Option<Epoch>,
-    edges: Option<Vec<(u64, [u64; 5], EdgeCounts)>>,
-) {
+fn apply_raw(agg: &mut Aggregator, entries: Option<Epoch>, branches: Option<EpochBranches>) {
     if let Some(e) = entries {
         apply_epoch(agg, e, frames);
     }
-    if let Some(mut edges) = edges {
+    if let Some(mut b) = branches {
         // File order, so the earliest entry decides a shared edge's kind.
-        edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
-        for (_, k, c) in edges {
-            let (pid, mode) = (k[1] as u32, branch_mode(mode_of(k[2])));
-            agg.add_edge_counts(pid, mode, k[3], k[4], &c);
+        b.edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
+        for (_, k, c) in b.edges {
+            agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, &c);
+        }
+        for (k, n) in b.ranges {
+            agg.add_range_count(k.pid(), k.mode(), k.a, k.b, n);
         }
     }
 }
@@ -317,14 +404,26 @@ fn frames(words: &[u64], _mode: CpuMode) -> Vec<Frame> {
 fn resolve(
     raw: Raw,
     edges: RawEdges,
+    ranges: RawRanges,
     sideband: Vec<(usize, Vec<Event>)>,
     epochs: &[u64],
     opts: AggregateOptions,
 ) -> Profile {
     let (mut by_epoch, totals) = group_epochs(raw);
-    let mut edges_by_epoch: HashMap<u64, Vec<_>> = HashMap::new();
+    let mut edges_by_epoch: HashMap<u64, EpochBranches> = HashMap::new();
     for (k, (e, at)) in edges {
-        edges_by_epoch.entry(k[0]).or_default().push((at, k, e));
+        edges_by_epoch
+            .entry(k.epoch)
+            .or_default()
+            .edges
+            .push((at, k, e));
+    }
+    for (k, n) in ranges {
+        edges_by_epoch
+            .entry(k.epoch)
+            .or_default()
+            .ranges
+            .push((k, n));
     }
     let mut agg = Aggregator::new(opts);
     let mut apply = |agg: &mut Aggregator, epoch: u64| {
