@@ -856,7 +856,7 @@ mod postcard_lite {
         }
 
         /// A varint of at most `ceil(bits / 7)` bytes whose value fits in `bits` bits.
-        #[inline]
+        #[inline(always)]
         fn varint(&mut self, bits: u32) -> Option<u64> {
             let max_bytes = bits.div_ceil(7) as usize;
             if let Some(&b) = self.buf.first()
@@ -886,6 +886,9 @@ mod postcard_lite {
             self.varint_slow(bits, max_bytes)
         }
 
+        /// Longest encodings, and the last bytes of the payload.
+        #[cold]
+        #[inline(never)]
         fn varint_slow(&mut self, bits: u32, max_bytes: usize) -> Option<u64> {
             let mut out = 0u64;
             for i in 0..max_bytes {
