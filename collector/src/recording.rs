@@ -41,6 +41,12 @@
 //! and the file stays readable: the reader accepts a truncated last chunk (a warning
 //! naming its offset, everything before it kept), reports a checksum or decoding failure
 //! as an error naming the chunk's offset, and never loads more than one chunk at a time.
+//!
+//! Reports read the chunks another way, with the same outcome: [`RecordingReader::mapped_chunks`]
+//! maps the file and walks the chunk headers only ([`MappedChunks`]), so callers check
+//! ([`MappedChunks::payload`]) and decode ([`decode_payload`], [`for_each_sample`], an
+//! allocation-free decoder of sample chunks) many chunks at once, in any order
+//! (`lbrprof_reports::recscan`).
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -540,13 +546,7 @@ impl RecordingReader {
             self.offset += (CHUNK_HEADER_LEN + payload.len()) as u64;
             match ChunkKind::from_u8(kind) {
                 Some(ChunkKind::Summary) => {
-                    let summary = serde_json::from_slice(&payload).map_err(|e| {
-                        FormatError::CorruptChunk {
-                            offset,
-                            reason: format!("summary: {e}"),
-                        }
-                    })?;
-                    self.summary = Some(summary);
+                    self.summary = Some(decode_summary(offset, &payload)?);
                 }
                 Some(_) => {
                     return Ok(Some(RawChunk {
@@ -574,27 +574,7 @@ impl RecordingReader {
 
 /// Decodes the events of one chunk returned by [`RecordingReader::next_chunk`].
 pub fn decode_chunk(chunk: &RawChunk) -> Result<Vec<Event>, FormatError> {
-    fn items<'a, T: Deserialize<'a>>(
-        chunk: &'a RawChunk,
-        wrap: fn(T) -> Event,
-    ) -> Result<Vec<Event>, FormatError> {
-        let decoded: Vec<T> =
-            postcard::from_bytes(&chunk.payload).map_err(|e| FormatError::CorruptChunk {
-                offset: chunk.offset,
-                reason: format!("cannot decode: {e}"),
-            })?;
-        Ok(decoded.into_iter().map(wrap).collect())
-    }
-    match ChunkKind::from_u8(chunk.kind) {
-        Some(ChunkKind::Mappings) => items(chunk, Event::Mapping),
-        Some(ChunkKind::Tasks) => items(chunk, Event::Task),
-        Some(ChunkKind::Samples) => items(chunk, Event::Sample),
-        Some(ChunkKind::Snapshots) => items(chunk, Event::Snapshot),
-        Some(ChunkKind::Losses) => items(chunk, Event::Loss),
-        Some(ChunkKind::Vcpus) => items(chunk, Event::Vcpu),
-        Some(ChunkKind::VcpuStats) => items(chunk, Event::VcpuStats),
-        Some(ChunkKind::Summary) | None => Ok(Vec::new()),
-    }
+    decode_payload(chunk.offset, chunk.kind, &chunk.payload)
 }
 
 // ---------------------------------------------------------------------------------------
