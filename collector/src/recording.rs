@@ -50,6 +50,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -690,7 +691,17 @@ impl RecordingReader {
                 self.truncated(offset, CHUNK_HEADER_LEN - remaining);
                 break;
             }
-            let head = &map[start..start + CHUNK_HEADER_LEN];
+            // Headers are read, not touched through the mapping: a page fault per chunk
+            // on this (sequential) walk would cost more than the read.
+            let mut head = [0u8; CHUNK_HEADER_LEN];
+            if self
+                .input
+                .get_ref()
+                .read_exact_at(&mut head, offset)
+                .is_err()
+            {
+                head.copy_from_slice(&map[start..start + CHUNK_HEADER_LEN]);
+            }
             let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default());
             let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
             let kind = head[8];
