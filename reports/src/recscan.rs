@@ -257,20 +257,17 @@ fn fold_chunk(
         acc.sideband.push((i, events));
         return Ok(());
     }
-    // Fold into a fresh table, so a chunk that fails to decode adds nothing.
-    let mut raw = fold_empty();
-    let mut edges = RawEdges::with_capacity_and_hasher(1 << 12, PairHash);
-    let mut ranges = RawRanges::with_capacity_and_hasher(1 << 12, PairHash);
+    // Straight into the run's tables: a chunk that fails to decode makes the whole
+    // read an error, so what it added before failing is never used.
     let mut key: Vec<u64> = Vec::with_capacity(256);
     let mut at = (i as u64) << 40;
+    let Acc {
+        raw, edges, ranges, ..
+    } = acc;
     recording::for_each_sample(c.offset, payload, |s| {
-        fold_sample(&mut raw, &mut key, epoch, keep_tid, lbr_call_stack, s);
-        fold_branches(&mut edges, &mut ranges, &mut at, epoch, s);
+        fold_sample(raw, &mut key, epoch, keep_tid, lbr_call_stack, s);
+        fold_branches(edges, ranges, &mut at, epoch, s);
     })?;
-    let acc_raw = std::mem::replace(&mut acc.raw, fold_empty());
-    acc.raw = merge(acc_raw, raw);
-    merge_edges(&mut acc.edges, edges);
-    merge_ranges(&mut acc.ranges, ranges);
     Ok(())
 }
 
