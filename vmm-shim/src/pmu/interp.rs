@@ -28,9 +28,15 @@
 //!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
 //! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
 //!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
-//!   dirty bits are set as the CPU would. Accesses may cross pages.
-//! * **Instructions are transactional**: all reads and checks happen first, then at most one
-//!   memory write, then the register file is committed.
+//!   dirty bits are set as the CPU would — only once the instruction completes (a halt
+//!   leaves them as they were). Accesses may cross pages.
+//! * **Instructions are transactional**: all reads and checks happen first, then the
+//!   accessed/dirty bits, then at most one memory write, then the register file.
+//! * **Code may change under the cache**: a cached decode is compared with guest memory
+//!   once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
+//!   and a liveness verdict is reused only while every instruction it looked at is
+//!   unchanged. Near branches with an operand-size prefix (ignored by Intel, honoured by
+//!   AMD) are left to the CPU.
 //!
 //! Not modelled (documented simplifications): interrupts arriving during an interpreted
 //! stretch are taken after it (as if they came a little later); a memory write by an
@@ -61,6 +67,8 @@ const RFLAGS_AC: u64 = 1 << 18;
 const CR0_AM: u64 = 1 << 18;
 /// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
 const CR4_PKE: u64 = 1 << 22;
+/// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
+const CR4_LA57: u64 = 1 << 12;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
 /// Page-table entry bits (SDM Vol. 3, "Paging").
@@ -143,6 +151,8 @@ impl InterpState {
             Some("alignment checking is on")
         } else if self.cr4 & CR4_PKE != 0 {
             Some("protection keys are on")
+        } else if self.cr4 & CR4_LA57 != 0 {
+            Some("5-level paging is on")
         } else {
             None
         }
@@ -198,13 +208,42 @@ pub struct Step {
 /// hold code.
 #[derive(Debug, Default)]
 pub struct Interp {
-    cache: FastMap<(u64, u64), Instruction>,
+    /// (CR3, address) → the instruction there and the bytes it was decoded from (checked
+    /// again once per session: the guest may rewrite code while it runs on the CPU).
+    cache: FastMap<(u64, u64), Decoded>,
     /// (CR3, guest-virtual page) of every page code was decoded from, by the interpreter
     /// or the tracer ([`Interp::note_code`]).
     code_pages: FastSet<(u64, u64)>,
     /// Liveness verdicts that depend on the code alone: (CR3, address after the
-    /// instruction, undefined flags) → dead.
-    dead: FastMap<(u64, u64, u64), bool>,
+    /// instruction, undefined flags) → (dead, the instructions the search looked at; the
+    /// verdict holds while they are unchanged).
+    dead: FastMap<VerdictKey, (bool, std::sync::Arc<[u64]>)>,
+}
+
+/// (CR3, address after the instruction, undefined flags).
+type VerdictKey = (u64, u64, u64);
+
+/// A cached decode.
+#[derive(Clone, Copy, Debug)]
+struct Decoded {
+    insn: Instruction,
+    /// The instruction's bytes (the first `insn.len()`).
+    bytes: [u8; MAX_INSN_LEN],
+    /// A near branch with an operand-size prefix: Intel ignores it in 64-bit mode, AMD
+    /// truncates the target to 16 bits; never interpreted.
+    osize_branch: bool,
+}
+
+/// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
+fn has_osize_prefix(bytes: &[u8]) -> bool {
+    for &b in bytes {
+        match b {
+            0x66 => return true,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 impl Interp {
@@ -232,13 +271,36 @@ impl Interp {
             state,
             tlb: FastMap::default(),
             pt_pages: Vec::new(),
+            pending_ad: Vec::new(),
+            pending_tlb: Vec::new(),
+            checked: FastSet::default(),
+            verdicts_checked: FastSet::default(),
         }
     }
 
-    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached).
-    fn decode(&mut self, g: &mut dyn GuestAccess, cr3: u64, rip: u64) -> Option<Instruction> {
-        if let Some(i) = self.cache.get(&(cr3, rip)) {
-            return Some(*i);
+    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached). `checked`:
+    /// the cached addresses whose bytes were compared with guest memory in this session;
+    /// a cached decode whose bytes changed is dropped with every liveness verdict.
+    fn decode(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        cr3: u64,
+        rip: u64,
+        checked: &mut FastSet<u64>,
+    ) -> Option<Decoded> {
+        if let Some(d) = self.cache.get(&(cr3, rip)).copied() {
+            if checked.contains(&rip) {
+                return Some(d);
+            }
+            let len = d.insn.len();
+            let mut now = [0u8; MAX_INSN_LEN];
+            if g.read_virt(rip, &mut now[..len]).is_ok() && now[..len] == d.bytes[..len] {
+                checked.insert(rip);
+                return Some(d);
+            }
+            // Rewritten (or unmapped) since it was decoded.
+            self.cache.remove(&(cr3, rip));
+            self.dead.clear();
         }
         let mut bytes = [0u8; MAX_INSN_LEN];
         let n = if g.read_virt(rip, &mut bytes).is_ok() {
@@ -260,9 +322,20 @@ impl Interp {
             self.cache.clear();
             self.dead.clear();
         }
-        self.cache.insert((cr3, rip), insn);
+        let near_branch = insn.is_jcc_short_or_near()
+            || insn.is_jmp_short_or_near()
+            || insn.is_call_near()
+            || matches!(insn.flow_control(), FlowControl::Return)
+            || matches!(insn.code(), Code::Jmp_rm64 | Code::Call_rm64);
+        let d = Decoded {
+            insn,
+            bytes,
+            osize_branch: near_branch && has_osize_prefix(&bytes[..insn.len()]),
+        };
+        self.cache.insert((cr3, rip), d);
+        checked.insert(rip);
         self.note_code(cr3, rip, insn.next_ip());
-        Some(insn)
+        Some(d)
     }
 }
 
@@ -294,6 +367,16 @@ pub struct Session<'a> {
     tlb: FastMap<u64, Tlb>,
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
+    /// Accessed/dirty bits the current instruction's walks want set: (entry address, the
+    /// entry as read, bits to set). Written only when the instruction completes, so a halt
+    /// leaves the page tables as they were.
+    pending_ad: Vec<(u64, u64, u64)>,
+    /// Translations the current instruction made, entered in the TLB when it completes.
+    pending_tlb: Vec<(u64, Tlb)>,
+    /// Cached decodes checked against guest memory in this session.
+    checked: FastSet<u64>,
+    /// Cached liveness verdicts whose instructions were checked in this session.
+    verdicts_checked: FastSet<VerdictKey>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -310,12 +393,44 @@ impl Session<'_> {
         &self.state
     }
 
-    /// Executes the instruction at RIP, or halts before it (state untouched).
+    /// Executes the instruction at RIP, or halts before it (state and memory untouched,
+    /// accessed and dirty bits included).
     pub fn step(&mut self) -> Result<Step, Halt> {
+        let r = self.try_step();
+        if r.is_err() {
+            self.pending_ad.clear();
+            self.pending_tlb.clear();
+        }
+        r
+    }
+
+    fn decode(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
+        self.interp.decode(self.g, cr3, rip, &mut self.checked)
+    }
+
+    /// The cached liveness verdict for `key`, if every instruction it rests on is unchanged.
+    fn cached_verdict(&mut self, key: VerdictKey) -> Option<bool> {
+        let (dead, visited) = self.interp.dead.get(&key).cloned()?;
+        if !self.verdicts_checked.contains(&key) {
+            for &ip in visited.iter() {
+                self.decode(key.0, ip)?;
+            }
+            // A changed instruction clears every verdict.
+            self.interp.dead.get(&key)?;
+            self.verdicts_checked.insert(key);
+        }
+        Some(dead)
+    }
+
+    fn try_step(&mut self) -> Result<Step, Halt> {
         let s = self.state;
         let ip = s.rip;
         self.check_fetch(ip)?;
-        let insn = self.interp.decode(self.g, s.cr3, ip).ok_or(Halt::Fetch)?;
+        let decoded = self.decode(s.cr3, ip).ok_or(Halt::Fetch)?;
+        let insn = decoded.insn;
+        if decoded.osize_branch {
+            return Err(Halt::Unsupported(insn.mnemonic()));
+        }
         if insn.next_ip() / PAGE != ip / PAGE {
             self.check_fetch(insn.next_ip() - 1)?;
         }
@@ -331,12 +446,14 @@ impl Session<'_> {
         let (write, undefined) = (exec.write, exec.undefined);
         if undefined != 0 {
             let key = (n.cr3, n.rip, undefined);
-            let dead = match self.interp.dead.get(&key) {
-                Some(&d) => d,
+            let dead = match self.cached_verdict(key) {
+                Some(d) => d,
                 None => {
-                    let (dead, code_only) = self.flags_dead(undefined, &n, write.is_some());
+                    let (dead, code_only, visited) =
+                        self.flags_dead(undefined, &n, write.is_some());
                     if code_only {
-                        self.interp.dead.insert(key, dead);
+                        self.interp.dead.insert(key, (dead, visited.into()));
+                        self.verdicts_checked.insert(key);
                     }
                     dead
                 }
@@ -345,8 +462,14 @@ impl Session<'_> {
                 return Err(Halt::FlagsLive);
             }
         }
-        if let Some(w) = write {
-            self.write_mem(w)?;
+        let targets = match write {
+            Some(w) => Some(self.write_targets(w)?),
+            None => None,
+        };
+        // Every check passed: from here on the instruction happens.
+        self.commit_walks()?;
+        if let (Some(w), Some(targets)) = (write, targets) {
+            self.write_mem(w, targets)?;
         }
         n.rflags &= !RFLAGS_RF;
         self.state = n;
@@ -429,17 +552,20 @@ impl Session<'_> {
                 if !allowed {
                     return Err(Halt::Memory);
                 }
-                // Accessed bits on every level, dirty on the leaf for a write.
+                // Accessed bits on every level, dirty on the leaf for a write, once the
+                // instruction completes.
                 let last = path.len() - 1;
                 for (i, &(at, e)) in path.iter().enumerate() {
-                    let mut want = e | PTE_A;
+                    let mut bits = PTE_A;
                     if i == last && kind == Access::Write {
-                        want |= PTE_D;
+                        bits |= PTE_D;
                     }
-                    if want != e {
-                        self.g
-                            .write_phys(at, &want.to_le_bytes())
-                            .map_err(|_| Halt::Memory)?;
+                    if e & bits == bits {
+                        continue;
+                    }
+                    match self.pending_ad.iter_mut().find(|p| p.0 == at) {
+                        Some(p) => p.2 |= bits,
+                        None => self.pending_ad.push((at, e, bits)),
                     }
                 }
                 let t = Tlb {
@@ -449,7 +575,7 @@ impl Session<'_> {
                     executable,
                     dirty: kind == Access::Write || entry & PTE_D != 0,
                 };
-                self.tlb.insert(vpage, t);
+                self.pending_tlb.push((vpage, t));
                 return Ok(t);
             }
             table = entry & PTE_ADDR_MASK;
@@ -493,7 +619,22 @@ impl Session<'_> {
         Ok(u64::from_le_bytes(buf))
     }
 
-    fn write_mem(&mut self, w: PendingWrite) -> Result<(), Halt> {
+    /// Sets the accessed and dirty bits the instruction's walks asked for and keeps their
+    /// translations.
+    fn commit_walks(&mut self) -> Result<(), Halt> {
+        for (at, e, bits) in std::mem::take(&mut self.pending_ad) {
+            self.g
+                .write_phys(at, &(e | bits).to_le_bytes())
+                .map_err(|_| Halt::Memory)?;
+        }
+        for (vpage, t) in std::mem::take(&mut self.pending_tlb) {
+            self.tlb.insert(vpage, t);
+        }
+        Ok(())
+    }
+
+    /// Translates and checks every page a write touches (nothing written yet).
+    fn write_targets(&mut self, w: PendingWrite) -> Result<([(u64, usize); 2], usize), Halt> {
         let mut targets = [(0u64, 0usize); 2];
         let mut count = 0;
         for (va, len) in Self::pieces(w.addr, w.bytes) {
@@ -504,9 +645,22 @@ impl Session<'_> {
             if self.pt_pages.contains(&(pa & !(PAGE - 1))) {
                 return Err(Halt::PageTable);
             }
+            // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed.
+            let mut probe = [0u8; 8];
+            self.g
+                .read_phys(pa, &mut probe[..len])
+                .map_err(|_| Halt::Memory)?;
             targets[count] = (pa, len);
             count += 1;
         }
+        Ok((targets, count))
+    }
+
+    fn write_mem(
+        &mut self,
+        w: PendingWrite,
+        (targets, count): ([(u64, usize); 2], usize),
+    ) -> Result<(), Halt> {
         let bytes = w.value.to_le_bytes();
         let mut done = 0;
         for &(pa, len) in &targets[..count] {
@@ -524,10 +678,17 @@ impl Session<'_> {
     /// read from the stack), so it may be cached.
     /// `wrote`: the instruction itself writes memory (not yet done), so the stack as it is
     /// now may not be what a return will read.
-    fn flags_dead(&mut self, mask: u64, after: &InterpState, wrote: bool) -> (bool, bool) {
+    /// Also returns the addresses of the instructions the search looked at.
+    fn flags_dead(
+        &mut self,
+        mask: u64,
+        after: &InterpState,
+        wrote: bool,
+    ) -> (bool, bool, Vec<u64>) {
         let mut code_only = true;
-        let dead = self.search_flags(mask, after, wrote, &mut code_only);
-        (dead, code_only)
+        let mut visited = Vec::new();
+        let dead = self.search_flags(mask, after, wrote, &mut code_only, &mut visited);
+        (dead, code_only, visited)
     }
 
     fn search_flags(
@@ -536,6 +697,7 @@ impl Session<'_> {
         after: &InterpState,
         wrote: bool,
         code_only: &mut bool,
+        visited: &mut Vec<u64>,
     ) -> bool {
         struct Path {
             ip: u64,
@@ -550,7 +712,9 @@ impl Session<'_> {
         let mut budget = LOOKAHEAD_BUDGET;
         // Points already searched with the same flags pending and the same stack: a path
         // that comes back to one has read nothing on its way round (loops are proven).
-        let mut seen: FastSet<(u64, u64, i64, Vec<u64>)> = FastSet::default();
+        // `wrote` is part of the point: a path that may have rewritten the stack must not be
+        // cut short by one that read the untouched stack from there.
+        let mut seen: FastSet<(u64, u64, i64, Vec<u64>, bool)> = FastSet::default();
         let mut forked = false;
         let mut work = vec![Path {
             ip: after.rip,
@@ -562,16 +726,21 @@ impl Session<'_> {
         while let Some(mut p) = work.pop() {
             loop {
                 // (Straight-line search cannot come back to a point; only forks can.)
-                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
+                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone(), p.wrote)) {
                     break;
                 }
                 if budget == 0 {
                     return false;
                 }
                 budget -= 1;
-                let Some(insn) = self.interp.decode(self.g, after.cr3, p.ip) else {
+                let Some(decoded) = self.decode(after.cr3, p.ip) else {
                     return false;
                 };
+                visited.push(p.ip);
+                if decoded.osize_branch {
+                    return false;
+                }
+                let insn = decoded.insn;
                 if arch_flags(insn.rflags_read()) & p.mask != 0 {
                     return false;
                 }
@@ -585,7 +754,14 @@ impl Session<'_> {
                 match insn.flow_control() {
                     FlowControl::Next => {
                         match stack_effect(&insn) {
-                            Some(d) => p.rsp += d,
+                            Some(d) => {
+                                p.rsp += d;
+                                // A push at or above the starting RSP (after pops) rewrites
+                                // a slot a later RET would read from the real stack.
+                                if d < 0 && insn.mnemonic() == Mnemonic::Push && p.rsp >= 0 {
+                                    p.wrote = true;
+                                }
+                            }
                             None => return false,
                         }
                         p.ip = insn.next_ip();
@@ -607,6 +783,9 @@ impl Session<'_> {
                     FlowControl::Call if insn.is_call_near() => {
                         p.shadow.push(insn.next_ip());
                         p.rsp -= 8;
+                        if p.rsp >= 0 {
+                            p.wrote = true;
+                        }
                         p.ip = insn.near_branch_target();
                     }
                     FlowControl::Return if insn.code() == Code::Retnq => {
@@ -671,6 +850,11 @@ fn defined_writes(insn: &Instruction) -> u64 {
     let bits = operand_bits(insn, 0).unwrap_or(64);
     let count = u32::from(insn.immediate8()) & if bits == 64 { 63 } else { 31 };
     if count == 0 {
+        return 0;
+    }
+    if count_op == 2 && count > bits {
+        // SHLD/SHRD past the operand size (16-bit, count 17..31): result and every flag
+        // undefined.
         return 0;
     }
     let mut w = all & !(alu::OF | alu::AF);
@@ -1178,3 +1362,7 @@ mod tests;
 #[cfg(test)]
 #[path = "interp/native_tests.rs"]
 mod native_tests;
+
+#[cfg(test)]
+#[path = "interp/review_tests.rs"]
+mod review_tests;

@@ -1,0 +1,217 @@
+//! Regression tests from the adversarial review of the interpreter (issue 6): each pins a
+//! way the interpreter could once diverge from the CPU, on the fake machine of `tests.rs`
+//! (bytes checked with objdump; the disassembly is beside each snippet).
+
+use super::tests::{CODE, DATA, Machine, state};
+use super::*;
+
+/// Steps until a halt; returns the steps, the halt and the final state.
+fn run_with(interp: &mut Interp, m: &mut Machine, s: InterpState) -> (usize, Halt, InterpState) {
+    let mut session = interp.session(m, s);
+    let mut steps = 0;
+    loop {
+        match session.step() {
+            Ok(_) => steps += 1,
+            Err(h) => return (steps, h, *session.state()),
+        }
+        assert!(steps < 10_000, "runaway");
+    }
+}
+
+fn run(m: &mut Machine, s: InterpState) -> (usize, Halt, InterpState) {
+    run_with(&mut Interp::default(), m, s)
+}
+
+fn put(m: &mut Machine, at: u64, v: u64) {
+    m.mem[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// `code` at CODE, then `add %rax,%rbx ; hlt` at CODE+0x10 (defines every flag) and
+/// `pushfq ; hlt` at CODE+0x20 (reads every flag).
+fn with_targets(code: &[u8]) -> Vec<u8> {
+    let mut c = code.to_vec();
+    c.resize(0x10, 0xcc);
+    c.extend([0x48, 0x01, 0xc3, 0xf4]);
+    c.resize(0x20, 0xcc);
+    c.extend([0x9c, 0xf4]);
+    c
+}
+
+/// A POP then a PUSH rewrite the slot at the original stack pointer: a later RET goes
+/// where the PUSH said, not where the stack said before the instruction.
+#[test]
+fn a_push_after_a_pop_rewrites_the_return_slot_the_search_reads() {
+    // shl $2,%rax (OF, AF undefined) ; pop %rcx ; push %rdx ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x59, 0x52, 0xc3]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    put(&mut m, s.gpr[RSP], CODE + 0x10);
+    s.gpr[2] = CODE + 0x20;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
+
+/// Two paths meeting at a RET, one of which rewrote memory: the second to arrive must not
+/// be taken as proven because the first (with the untouched stack) was.
+#[test]
+fn a_path_that_wrote_memory_is_not_merged_with_one_that_did_not() {
+    // 0x200000: shl $2,%rax        (OF, AF undefined; ZF from the result)
+    // 0x200004: je 0x200007
+    // 0x200006: ret
+    // 0x200007: mov %rbx,(%rsp)
+    // 0x20000b: jmp 0x200006
+    let code = with_targets(&[
+        0x48, 0xc1, 0xe0, 0x02, 0x74, 0x01, 0xc3, 0x48, 0x89, 0x1c, 0x24, 0xeb, 0xf9,
+    ]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    put(&mut m, s.gpr[RSP], CODE + 0x10);
+    s.gpr[0] = 0; // ZF set: the path through the store is the one taken
+    s.gpr[3] = CODE + 0x20;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
+
+/// `xchg %rdx,%rsp` writes RSP through its second operand.
+#[test]
+fn an_xchg_into_rsp_is_not_a_static_stack_move() {
+    // shl $2,%rax ; xchg %rsp,%rdx ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x48, 0x87, 0xe2, 0xc3]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    put(&mut m, s.gpr[RSP], CODE + 0x10);
+    s.gpr[2] = DATA + 0x2000;
+    put(&mut m, DATA + 0x2000, CODE + 0x20);
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
+
+/// SHLD/SHRD with a count above the operand size leave every flag undefined.
+#[test]
+fn a_double_shift_past_the_operand_size_defines_no_flag() {
+    // shld $20,%bx,%cx (66 0f a4 d9 14): 16-bit, count 20 > 16
+    let mut d = Decoder::with_ip(64, &[0x66, 0x0f, 0xa4, 0xd9, 0x14], 0, DecoderOptions::NONE);
+    let insn = d.decode();
+    assert_eq!(insn.mnemonic(), Mnemonic::Shld);
+    assert_eq!(defined_writes(&insn), 0);
+    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; shld $20,%bx,%cx ; pushfq
+    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0x66, 0x0f, 0xa4, 0xd9, 0x14, 0x9c]);
+    let mut m = Machine::new(&code);
+    let (steps, halt, _) = run(&mut m, state());
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+}
+
+/// Flags read by instructions the search must treat as readers.
+#[test]
+fn pushfq_lahf_and_flag_consumers_count_as_reads() {
+    for (bytes, want) in [
+        (&[0x9cu8][..], alu::STATUS),                           // pushfq
+        (&[0x9f][..], alu::STATUS & !alu::OF),                  // lahf
+        (&[0x48, 0x11, 0xc8][..], alu::CF),                     // adc %rcx,%rax
+        (&[0x0f, 0x4f, 0xc1][..], alu::ZF | alu::SF | alu::OF), // cmovg
+    ] {
+        let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+        let insn = d.decode();
+        assert_eq!(arch_flags(insn.rflags_read()) & want, want, "{insn}");
+    }
+    // SYSCALL saves RFLAGS in R11: never a plain fall-through for the search.
+    let mut d = Decoder::with_ip(64, &[0x0f, 0x05], 0, DecoderOptions::NONE);
+    assert_ne!(d.decode().flow_control(), FlowControl::Next);
+}
+
+/// A write across a page boundary that faults on its second page, or an instruction left to
+/// the CPU for its flags after it read memory, changes nothing: no accessed or dirty bit.
+#[test]
+fn a_halted_instruction_sets_no_accessed_or_dirty_bit() {
+    // mov %rax,(%rsi) across the RW/RO boundary
+    let mut m = Machine::new(&[0x48, 0x89, 0x06, 0xf4]);
+    let before = m.mem.clone();
+    let mut s = state();
+    s.gpr[6] = 0x60_0000 - 2;
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::Memory));
+    assert!(m.mem == before, "the page tables changed");
+    // imul (%rbx),%rax (ZF undefined) ; je
+    let mut m = Machine::new(&[0x48, 0x0f, 0xaf, 0x03, 0x74, 0x00, 0xf4]);
+    let before = m.mem.clone();
+    let mut s = state();
+    s.gpr[3] = DATA + 0x100;
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert!(m.mem == before, "the page tables changed");
+}
+
+/// Code the guest rewrote between two stretches (JIT, loader) is decoded again.
+#[test]
+fn code_rewritten_between_stretches_is_decoded_again() {
+    // add %rcx,%rax ; hlt   then   sub %rcx,%rax ; hlt
+    let mut m = Machine::new(&[0x48, 0x01, 0xc8, 0xf4]);
+    let mut interp = Interp::default();
+    let mut s = state();
+    s.gpr[0] = 10;
+    s.gpr[1] = 3;
+    let (_, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!(end.gpr[0], 13);
+    m.mem[CODE as usize + 1] = 0x29;
+    let (_, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!(end.gpr[0], 7, "the stale decode ran");
+}
+
+/// A liveness verdict cached from code that changed since is not reused.
+#[test]
+fn a_cached_liveness_verdict_follows_rewritten_code() {
+    // shl $2,%rax ; add %rax,%rbx ; hlt   then the ADD becomes pushfq ; nop ; nop
+    let mut m = Machine::new(&[0x48, 0xc1, 0xe0, 0x02, 0x48, 0x01, 0xc3, 0xf4]);
+    let mut interp = Interp::default();
+    let s = state();
+    let (steps, _, _) = run_with(&mut interp, &mut m, s);
+    assert_eq!(steps, 2);
+    m.mem[CODE as usize + 4..CODE as usize + 7].copy_from_slice(&[0x9c, 0x90, 0x90]);
+    let (steps, halt, _) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+}
+
+/// A near branch with an operand-size prefix: Intel ignores it in 64-bit mode, AMD
+/// truncates the target to 16 bits. Which one runs the guest is not ours to guess.
+#[test]
+fn near_branches_with_an_operand_size_prefix_are_left_to_the_cpu() {
+    for code in [
+        &[0x66u8, 0xeb, 0x00, 0xf4][..],     // jmpw .+2
+        &[0x66, 0xe8, 0x00, 0x00, 0xf4][..], // callw .+3 (rel16)
+        &[0x66, 0x74, 0x00, 0xf4][..],       // jew .+2
+        &[0x66, 0x48, 0xeb, 0x00, 0xf4][..], // REX after 0x66
+    ] {
+        let mut m = Machine::new(code);
+        let (steps, halt, end) = run(&mut m, state());
+        assert_eq!(steps, 0, "{code:x?}");
+        assert!(matches!(halt, Halt::Unsupported(_)), "{code:x?}: {halt:?}");
+        assert_eq!(end, state());
+    }
+}
+
+/// 5-level paging (CR4.LA57) walks five levels; the interpreter knows four.
+#[test]
+fn five_level_paging_is_refused() {
+    let mut s = state();
+    s.cr4 |= 1 << 12;
+    assert!(s.refusal().is_some());
+}
+
+/// 32-bit addressing (0x67) truncates the effective address, for memory and for LEA.
+#[test]
+fn address_size_prefix_truncates_effective_addresses() {
+    // mov (%ebx),%eax ; lea 0x10(%ecx,%ebx),%rdx ; hlt
+    let code = [0x67, 0x8b, 0x03, 0x67, 0x48, 0x8d, 0x54, 0x19, 0x10, 0xf4];
+    let mut m = Machine::new(&code);
+    put(&mut m, DATA + 0x40, 0x1122_3344_5566_7788);
+    let mut s = state();
+    s.gpr[3] = 0xdead_beef_0000_0000 | (DATA + 0x40);
+    s.gpr[1] = 0xffff_ffff_ffff_fff0;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (2, Halt::Unsupported(Mnemonic::Hlt)));
+    assert_eq!(end.gpr[0], 0x5566_7788);
+    assert_eq!(end.gpr[2], DATA + 0x40);
+}
