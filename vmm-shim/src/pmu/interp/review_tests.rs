@@ -215,3 +215,41 @@ fn address_size_prefix_truncates_effective_addresses() {
     assert_eq!(end.gpr[0], 0x5566_7788);
     assert_eq!(end.gpr[2], DATA + 0x40);
 }
+
+/// Stack forms: `push %rsp` pushes the old value, `push 8(%rsp)` addresses before the
+/// decrement, `ret $16` pops then releases, `leave` restores RBP; 16-bit push/pop and
+/// `pop %rsp` are left to the CPU.
+#[test]
+fn stack_forms_with_rsp_as_an_operand() {
+    // push %rsp ; push 0x8(%rsp) ; pop %rax ; pop %rcx ; hlt
+    let code = [0x54, 0xff, 0x74, 0x24, 0x08, 0x58, 0x59, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    let sp = s.gpr[RSP];
+    put(&mut m, sp, 0xabcd);
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (4, Halt::Unsupported(Mnemonic::Hlt)));
+    assert_eq!(end.gpr[0], 0xabcd, "push 8(%rsp) read above the pushed RSP");
+    assert_eq!(end.gpr[1], sp, "push %rsp pushed the old value");
+    assert_eq!(end.gpr[RSP], sp);
+
+    // call 0x200008 ; hlt ... 0x200008: push %rbp ; mov %rsp,%rbp ; leave ; ret $0x10
+    let mut code = vec![0xe8, 0x03, 0, 0, 0, 0xf4];
+    code.resize(8, 0xcc);
+    code.extend([0x55, 0x48, 0x89, 0xe5, 0xc9, 0xc2, 0x10, 0x00]);
+    let mut m = Machine::new(&code);
+    s.gpr[5] = 0x5555;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (5, Halt::Unsupported(Mnemonic::Hlt)));
+    assert_eq!(end.rip, CODE + 5);
+    assert_eq!(end.gpr[5], 0x5555);
+    assert_eq!(end.gpr[RSP], sp + 0x10);
+
+    // pushw %ax ; popw %ax ; pop %rsp ; pop (%rsp)
+    for code in [&[0x66u8, 0x50][..], &[0x66, 0x58], &[0x5c], &[0x8f, 0x04, 0x24]] {
+        let mut m = Machine::new(code);
+        let (steps, halt, _) = run(&mut m, s);
+        assert_eq!(steps, 0, "{code:x?}");
+        assert!(matches!(halt, Halt::Unsupported(_)), "{code:x?}: {halt:?}");
+    }
+}
