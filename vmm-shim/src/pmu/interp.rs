@@ -168,8 +168,8 @@ pub enum Halt {
     /// The access would fault (not present, protection, non-canonical), or the address is
     /// not guest RAM: the CPU must raise it (or exit to the VMM for MMIO).
     Memory,
-    /// A data access to a page that holds code the tracer has decoded (its cached decodes
-    /// and `int3` patches must not be bypassed).
+    /// A data access to a page that holds code the tracer or the interpreter has decoded,
+    /// through any mapping of it (cached decodes and `int3` patches must not be bypassed).
     CodePage,
     /// A write to a page-table page the interpreter walked.
     PageTable,
@@ -214,6 +214,13 @@ pub struct Interp {
     /// (CR3, guest-virtual page) of every page code was decoded from, by the interpreter
     /// or the tracer ([`Interp::note_code`]).
     code_pages: FastSet<(u64, u64)>,
+    /// Guest-physical pages that hold code: a data access through another mapping of the
+    /// same page (a JIT's writable alias) must not bypass the cache or the tracer's
+    /// `int3` patches either.
+    code_phys: FastSet<u64>,
+    /// Pages the tracer noted ([`Interp::note_code`]) not yet translated to `code_phys`
+    /// (the next session in their address space does it).
+    noted: Vec<(u64, u64)>,
     /// Liveness verdicts that depend on the code alone: (CR3, address after the
     /// instruction, undefined flags) → (dead, the instructions the search looked at; the
     /// verdict holds while they are unchanged).
@@ -251,7 +258,9 @@ impl Interp {
     pub fn note_code(&mut self, cr3: u64, start: u64, end: u64) {
         let mut page = start & !(PAGE - 1);
         while page < end {
-            self.code_pages.insert((cr3, page));
+            if self.code_pages.insert((cr3, page)) {
+                self.noted.push((cr3, page));
+            }
             page = match page.checked_add(PAGE) {
                 Some(p) => p,
                 None => break,
@@ -265,7 +274,7 @@ impl Interp {
         g: &'a mut dyn GuestAccess,
         state: InterpState,
     ) -> Session<'a> {
-        Session {
+        let mut s = Session {
             interp: self,
             g,
             state,
@@ -275,7 +284,9 @@ impl Interp {
             pending_tlb: Vec::new(),
             checked: FastSet::default(),
             verdicts_checked: FastSet::default(),
-        }
+        };
+        s.translate_noted();
+        s
     }
 
     /// The instruction at `rip` in `cr3`, decoded from guest memory (cached). `checked`:
@@ -404,6 +415,28 @@ impl Session<'_> {
         r
     }
 
+    /// Enters the physical pages of code the tracer noted in this address space into
+    /// `code_phys` (a walk without side effects: nothing is committed).
+    fn translate_noted(&mut self) {
+        if self.interp.noted.is_empty() {
+            return;
+        }
+        let cr3 = self.state.cr3;
+        let mut noted = std::mem::take(&mut self.interp.noted);
+        noted.retain(|&(c, page)| {
+            if c != cr3 {
+                return true;
+            }
+            if let Ok(t) = self.walk(page, Access::Read) {
+                self.interp.code_phys.insert(t.phys);
+            }
+            false
+        });
+        self.interp.noted = noted;
+        self.pending_ad.clear();
+        self.pending_tlb.clear();
+    }
+
     fn decode(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
         self.interp.decode(self.g, cr3, rip, &mut self.checked)
     }
@@ -425,14 +458,16 @@ impl Session<'_> {
     fn try_step(&mut self) -> Result<Step, Halt> {
         let s = self.state;
         let ip = s.rip;
-        self.check_fetch(ip)?;
+        let pa = self.check_fetch(ip)?;
+        self.interp.code_phys.insert(pa & !(PAGE - 1));
         let decoded = self.decode(s.cr3, ip).ok_or(Halt::Fetch)?;
         let insn = decoded.insn;
         if decoded.osize_branch {
             return Err(Halt::Unsupported(insn.mnemonic()));
         }
         if insn.next_ip() / PAGE != ip / PAGE {
-            self.check_fetch(insn.next_ip() - 1)?;
+            let pa = self.check_fetch(insn.next_ip() - 1)?;
+            self.interp.code_phys.insert(pa & !(PAGE - 1));
         }
         let mut n = s;
         n.rip = insn.next_ip();
@@ -481,10 +516,9 @@ impl Session<'_> {
         })
     }
 
-    fn check_fetch(&mut self, addr: u64) -> Result<(), Halt> {
-        self.translate(addr, Access::Fetch)
-            .map(|_| ())
-            .map_err(|_| Halt::Fetch)
+    /// The guest-physical address of an instruction byte at `addr`.
+    fn check_fetch(&mut self, addr: u64) -> Result<u64, Halt> {
+        self.translate(addr, Access::Fetch).map_err(|_| Halt::Fetch)
     }
 
     /// Translates `gva` for a ring-3 access of `kind`, walking the page tables on a miss.
@@ -611,6 +645,9 @@ impl Session<'_> {
                 return Err(Halt::CodePage);
             }
             let pa = self.translate(va, Access::Read)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
             self.g
                 .read_phys(pa, &mut buf[done..done + len])
                 .map_err(|_| Halt::Memory)?;
@@ -642,6 +679,9 @@ impl Session<'_> {
                 return Err(Halt::CodePage);
             }
             let pa = self.translate(va, Access::Write)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
             if self.pt_pages.contains(&(pa & !(PAGE - 1))) {
                 return Err(Halt::PageTable);
             }

@@ -246,10 +246,46 @@ fn stack_forms_with_rsp_as_an_operand() {
     assert_eq!(end.gpr[RSP], sp + 0x10);
 
     // pushw %ax ; popw %ax ; pop %rsp ; pop (%rsp)
-    for code in [&[0x66u8, 0x50][..], &[0x66, 0x58], &[0x5c], &[0x8f, 0x04, 0x24]] {
+    for code in [
+        &[0x66u8, 0x50][..],
+        &[0x66, 0x58],
+        &[0x5c],
+        &[0x8f, 0x04, 0x24],
+    ] {
         let mut m = Machine::new(code);
         let (steps, halt, _) = run(&mut m, s);
         assert_eq!(steps, 0, "{code:x?}");
         assert!(matches!(halt, Halt::Unsupported(_)), "{code:x?}: {halt:?}");
     }
+}
+
+/// Code reached through a second, writable mapping of its physical page (JITs with dual
+/// mappings): a data access through the alias must not bypass the decode cache or read the
+/// tracer's `int3` patches.
+#[test]
+fn data_accesses_to_code_through_an_alias_are_left_to_the_cpu() {
+    const ALIAS: u64 = 0x80_0000;
+    // mov %rax,0x10(%rbx) ; mov (%rbx),%rcx ; hlt
+    for code in [
+        &[0x48u8, 0x89, 0x43, 0x10, 0xf4][..],
+        &[0x48, 0x8b, 0x0b, 0xf4],
+    ] {
+        let mut m = Machine::new(code);
+        put(&mut m, 0x3000 + 32, CODE | PTE_P | PTE_RW | PTE_US | PTE_PS);
+        let before = m.mem.clone();
+        let mut s = state();
+        s.gpr[3] = ALIAS;
+        let (steps, halt, _) = run(&mut m, s);
+        assert_eq!((steps, halt), (0, Halt::CodePage), "{code:x?}");
+        assert!(m.mem == before);
+    }
+    // Code the tracer decoded (not the interpreter) counts too.
+    let mut m = Machine::new(&[0x48, 0x8b, 0x0b, 0xf4]);
+    put(&mut m, 0x3000 + 32, CODE | PTE_P | PTE_RW | PTE_US | PTE_PS);
+    let mut interp = Interp::default();
+    interp.note_code(state().cr3, CODE + 0x10_0000, CODE + 0x10_0010);
+    let mut s = state();
+    s.gpr[3] = ALIAS + 0x10_0000;
+    let (steps, halt, _) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, halt), (0, Halt::CodePage));
 }
