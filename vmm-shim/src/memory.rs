@@ -246,6 +246,39 @@ impl GuestMemory {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Atomically replaces the naturally aligned 8-byte word at `addr` by `new` if it holds
+    /// `old` (as a locked CMPXCHG in the guest would); whether it did. An unaligned `addr`
+    /// is out of range.
+    pub fn compare_exchange_u64(
+        &self,
+        addr: GuestPhysAddr,
+        old: u64,
+        new: u64,
+    ) -> Result<bool, MemoryError> {
+        let off = self.check(addr, 8)?;
+        if off % 8 != 0 {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len: 8,
+                size: self.size,
+            });
+        }
+        // SAFETY: [off, off + 8) is inside the live mapping (checked) and 8-byte aligned
+        // (the mapping starts on a huge-page boundary); guest RAM is shared with the
+        // guest's vCPUs, which is what the atomic access is for.
+        let word = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast::<u64>())
+        };
+        Ok(word
+            .compare_exchange(
+                old.to_le(),
+                new.to_le(),
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_ok())
+    }
+
     pub fn write_u64(&self, addr: GuestPhysAddr, v: u64) -> Result<(), MemoryError> {
         self.write(addr, &v.to_le_bytes())
     }
@@ -401,6 +434,27 @@ mod tests {
         let mut b = [0u8; 3];
         m.read(GuestPhysAddr(0), &mut b).unwrap();
         assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn compare_exchange_replaces_only_the_expected_aligned_word() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        m.write_u64(GuestPhysAddr(0x1000), 0x27).unwrap();
+        assert!(
+            !m.compare_exchange_u64(GuestPhysAddr(0x1000), 0x7, 0x67)
+                .unwrap()
+        );
+        assert_eq!(m.read_u64(GuestPhysAddr(0x1000)).unwrap(), 0x27);
+        assert!(
+            m.compare_exchange_u64(GuestPhysAddr(0x1000), 0x27, 0x67)
+                .unwrap()
+        );
+        assert_eq!(m.read_u64(GuestPhysAddr(0x1000)).unwrap(), 0x67);
+        assert!(m.compare_exchange_u64(GuestPhysAddr(0x1004), 0, 1).is_err());
+        assert!(
+            m.compare_exchange_u64(GuestPhysAddr(1 << 20), 0, 1)
+                .is_err()
+        );
     }
 
     #[test]

@@ -659,10 +659,17 @@ impl Session<'_> {
     /// Sets the accessed and dirty bits the instruction's walks asked for and keeps their
     /// translations.
     fn commit_walks(&mut self) -> Result<(), Halt> {
+        // Atomically, as the CPU does: another vCPU may be changing the entry (clearing it
+        // to unmap the page, clearing A for page aging). If it did, the instruction is
+        // left to the CPU, which walks the tables as they are now.
         for (at, e, bits) in std::mem::take(&mut self.pending_ad) {
-            self.g
-                .write_phys(at, &(e | bits).to_le_bytes())
-                .map_err(|_| Halt::Memory)?;
+            match self.g.cmpxchg_phys_u64(at, e, e | bits) {
+                Ok(true) => {}
+                _ => {
+                    self.pending_tlb.clear();
+                    return Err(Halt::Memory);
+                }
+            }
         }
         for (vpage, t) in std::mem::take(&mut self.pending_tlb) {
             self.tlb.insert(vpage, t);

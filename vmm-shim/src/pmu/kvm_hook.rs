@@ -1144,6 +1144,13 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 
+    fn cmpxchg_phys_u64(&mut self, gpa: u64, old: u64, new: u64) -> Result<bool, GuestAccessError> {
+        self.ctx
+            .memory()
+            .compare_exchange_u64(GuestPhysAddr(gpa), old, new)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
     fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError> {
         let unavailable = GuestAccessError::Unavailable { what: "MSR" };
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {

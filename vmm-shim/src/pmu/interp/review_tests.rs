@@ -289,3 +289,74 @@ fn data_accesses_to_code_through_an_alias_are_left_to_the_cpu() {
     let (steps, halt, _) = run_with(&mut interp, &mut m, s);
     assert_eq!((steps, halt), (0, Halt::CodePage));
 }
+
+/// The fake machine, with another vCPU that unmaps the data page (clears its PDE) just as
+/// the interpreter sets accessed/dirty bits.
+struct Racy<'m>(&'m mut Machine);
+
+impl GuestAccess for Racy<'_> {
+    fn cpu(
+        &mut self,
+    ) -> Result<crate::pmu::tracer::GuestCpu, crate::pmu::tracer::GuestAccessError> {
+        self.0.cpu()
+    }
+    fn read_virt(
+        &mut self,
+        gva: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.0.read_virt(gva, buf)
+    }
+    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+        self.0.read_msr(index)
+    }
+    fn read_phys(
+        &mut self,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.0.read_phys(gpa, buf)
+    }
+    fn write_phys(
+        &mut self,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.0.write_phys(gpa, data)
+    }
+    fn cmpxchg_phys_u64(
+        &mut self,
+        gpa: u64,
+        old: u64,
+        new: u64,
+    ) -> Result<bool, crate::pmu::tracer::GuestAccessError> {
+        put(self.0, 0x3000 + 16, 0);
+        self.0.cmpxchg_phys_u64(gpa, old, new)
+    }
+}
+
+/// Accessed/dirty bits are set with a compare-and-exchange: a page-table entry another
+/// vCPU cleared meanwhile is not resurrected, and the instruction is left to the CPU.
+#[test]
+fn accessed_and_dirty_bits_do_not_resurrect_an_entry_cleared_meanwhile() {
+    // mov %rax,(%rbx) ; hlt
+    let mut m = Machine::new(&[0x48, 0x89, 0x03, 0xf4]);
+    let mut s = state();
+    s.gpr[0] = 0x1234_5678;
+    s.gpr[3] = DATA + 0x100;
+    let mut interp = Interp::default();
+    let mut racy = Racy(&mut m);
+    let mut session = interp.session(&mut racy, s);
+    assert_eq!(session.step(), Err(Halt::Memory));
+    assert_eq!(*session.state(), s);
+    drop(session);
+    assert_eq!(
+        m.mem[0x3000 + 16..0x3000 + 24],
+        [0u8; 8],
+        "the entry came back"
+    );
+    assert_eq!(
+        m.mem[(DATA + 0x100) as usize..(DATA + 0x108) as usize],
+        [0u8; 8]
+    );
+}
