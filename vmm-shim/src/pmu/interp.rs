@@ -479,6 +479,12 @@ impl Session<'_> {
         };
         let effect = exec.run(&mut n)?;
         let (write, undefined) = (exec.write, exec.undefined);
+        if let Effect::Branch { to, .. } = effect
+            && sext(to, 48) as u64 != to
+        {
+            // A near branch to a non-canonical address raises #GP on the branch itself.
+            return Err(Halt::Memory);
+        }
         if undefined != 0 {
             let key = (n.cr3, n.rip, undefined);
             let dead = match self.cached_verdict(key) {

@@ -360,3 +360,21 @@ fn accessed_and_dirty_bits_do_not_resurrect_an_entry_cleared_meanwhile() {
         [0u8; 8]
     );
 }
+
+/// A near branch to a non-canonical address faults on the branch (#GP, nothing pushed or
+/// popped): left to the CPU, not executed into a RIP no VM entry accepts.
+#[test]
+fn a_branch_to_a_non_canonical_address_is_left_to_the_cpu() {
+    // jmp *%rax ; call *%rax ; ret
+    for code in [&[0xffu8, 0xe0][..], &[0xff, 0xd0], &[0xc3]] {
+        let mut m = Machine::new(code);
+        let mut s = state();
+        s.gpr[0] = 0x8000_0000_0000;
+        put(&mut m, s.gpr[RSP], 0x0000_9000_0000_0000);
+        let before = m.mem.clone();
+        let (steps, halt, end) = run(&mut m, s);
+        assert_eq!((steps, halt), (0, Halt::Memory), "{code:x?}");
+        assert_eq!(end, s);
+        assert!(m.mem == before);
+    }
+}
