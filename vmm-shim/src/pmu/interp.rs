@@ -69,6 +69,8 @@ const CR0_AM: u64 = 1 << 18;
 const CR4_PKE: u64 = 1 << 22;
 /// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
 const CR4_LA57: u64 = 1 << 12;
+/// DR7.L0–L3/G0–G3: a hardware breakpoint or watchpoint is armed.
+const DR7_ENABLES: u64 = 0xff;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
 /// Page-table entry bits (SDM Vol. 3, "Paging").
@@ -136,6 +138,8 @@ pub struct InterpState {
     pub cpl: u8,
     /// CS.L: 64-bit code.
     pub long_mode: bool,
+    /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
+    pub dr7: u64,
 }
 
 impl InterpState {
@@ -153,6 +157,8 @@ impl InterpState {
             Some("protection keys are on")
         } else if self.cr4 & CR4_LA57 != 0 {
             Some("5-level paging is on")
+        } else if self.dr7 & DR7_ENABLES != 0 {
+            Some("the guest has hardware breakpoints armed")
         } else {
             None
         }

@@ -1091,6 +1091,8 @@ impl GuestAccess for CtxGuest<'_, '_> {
             efer: sregs.efer,
             cpl: sregs.cs.dpl,
             long_mode: sregs.cs.l != 0,
+            // The guest's own breakpoints (KVM keeps the shim's guest-debug ones apart).
+            dr7: self.ctx.vcpu.get_debug_regs().ok()?.dr7,
         };
         if let Some(t) = self.trap {
             // TF in the frame is the shim's stepping, not the guest's.

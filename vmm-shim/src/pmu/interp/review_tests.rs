@@ -378,3 +378,16 @@ fn a_branch_to_a_non_canonical_address_is_left_to_the_cpu() {
         assert!(m.mem == before);
     }
 }
+
+/// A guest debugging itself with hardware breakpoints or watchpoints (DR7 enables): an
+/// interpreted instruction would not raise its #DB.
+#[test]
+fn armed_guest_breakpoints_are_refused() {
+    let mut s = state();
+    s.dr7 = 0x400;
+    assert_eq!(s.refusal(), None);
+    for enable in 0..8 {
+        s.dr7 = 0x400 | 1 << enable;
+        assert!(s.refusal().is_some(), "DR7 bit {enable}");
+    }
+}
