@@ -49,8 +49,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use iced_x86::{
-    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
-    Register, RflagsBits,
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
+    Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
 
 use self::alu::{Op, STATUS, alu, mask, sext};
@@ -923,21 +923,31 @@ fn defined_writes(insn: &Instruction) -> u64 {
     w
 }
 
+fn is_write(a: OpAccess) -> bool {
+    matches!(
+        a,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+}
+
+/// What an instruction writes that the liveness search must know of: (memory other than
+/// by a push or call, RSP as a register). From iced's instruction info, so implicit
+/// operands count (MASKMOVDQU's store at [RDI], XCHG's second operand, ...).
+fn writes(insn: &Instruction) -> (bool, bool) {
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(insn);
+    let memory = !matches!(insn.mnemonic(), Mnemonic::Push | Mnemonic::Call)
+        && info.used_memory().iter().any(|m| is_write(m.access()));
+    let rsp = info
+        .used_registers()
+        .iter()
+        .any(|r| r.register().full_register() == Register::RSP && is_write(r.access()));
+    (memory, rsp)
+}
+
 /// Whether an instruction may write memory other than by pushing.
 fn writes_memory(insn: &Instruction) -> bool {
-    if matches!(
-        insn.mnemonic(),
-        Mnemonic::Push | Mnemonic::Call | Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
-    ) {
-        return false;
-    }
-    matches!(
-        insn.op0_kind(),
-        OpKind::Memory | OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI
-    ) || matches!(
-        insn.mnemonic(),
-        Mnemonic::Xchg | Mnemonic::Xadd | Mnemonic::Cmpxchg | Mnemonic::Cmpxchg16b
-    )
+    writes(insn).0
 }
 
 /// How a sequential instruction moves RSP (for the liveness search), `None` when it is
@@ -955,13 +965,7 @@ fn stack_effect(insn: &Instruction) -> Option<i64> {
         }
         _ => {}
     }
-    let writes_rsp = insn.op_count() > 0
-        && insn.op0_kind() == OpKind::Register
-        && insn.op0_register().full_register() == Register::RSP
-        && !matches!(
-            insn.mnemonic(),
-            Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
-        );
+    let writes_rsp = writes(insn).1;
     if !writes_rsp {
         return if insn.stack_pointer_increment() == 0 {
             Some(0)

@@ -391,3 +391,37 @@ fn armed_guest_breakpoints_are_refused() {
         assert!(s.refusal().is_some(), "DR7 bit {enable}");
     }
 }
+
+/// Inside a call the search follows, `xchg %rdx,%rsp` moves the stack: the RET returns
+/// through the new stack, not to the call's shadow return address.
+#[test]
+fn a_stack_switch_inside_a_followed_call_is_not_a_shadow_return() {
+    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200030: xchg %rsp,%rdx ; ret
+    let mut code = with_targets(&[
+        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+    ]);
+    code.resize(0x30, 0xcc);
+    code.extend([0x48, 0x87, 0xe2, 0xc3]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[2] = DATA + 0x2000;
+    put(&mut m, DATA + 0x2000, CODE + 0x20);
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
+
+/// Stores the search must see although their first operand is a register: MASKMOVDQU
+/// writes at [RDI] (here the return address).
+#[test]
+fn implicit_stores_count_as_memory_writes() {
+    // shl $2,%rax ; maskmovdqu %xmm1,%xmm0 ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x66, 0x0f, 0xf7, 0xc1, 0xc3]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[7] = s.gpr[RSP];
+    put(&mut m, s.gpr[RSP], CODE + 0x10);
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+}
