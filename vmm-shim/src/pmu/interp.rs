@@ -236,6 +236,9 @@ pub struct Interp {
 /// (CR3, address after the instruction, undefined flags).
 type VerdictKey = (u64, u64, u64);
 
+/// A point of the liveness search: (address, pending flags, RSP, shadow stack, wrote).
+type SeenPoint = (u64, u64, i64, Vec<(u64, i64, u32)>, bool);
+
 /// A cached decode.
 #[derive(Clone, Copy, Debug)]
 struct Decoded {
@@ -763,17 +766,21 @@ impl Session<'_> {
             mask: u64,
             /// RSP relative to `after`'s.
             rsp: i64,
-            /// Return addresses pushed by calls followed on this path.
-            shadow: Vec<u64>,
+            /// Calls followed on this path: (return address, RSP after the push, `stores`
+            /// then). A RET returns there only if RSP is back at that slot and nothing was
+            /// stored since (the slot could have been rewritten).
+            shadow: Vec<(u64, i64, u32)>,
             /// A memory write (other than a push) happened: the real stack may differ.
             wrote: bool,
+            /// Memory writes (other than pushes) on this path.
+            stores: u32,
         }
         let mut budget = LOOKAHEAD_BUDGET;
         // Points already searched with the same flags pending and the same stack: a path
         // that comes back to one has read nothing on its way round (loops are proven).
         // `wrote` is part of the point: a path that may have rewritten the stack must not be
         // cut short by one that read the untouched stack from there.
-        let mut seen: FastSet<(u64, u64, i64, Vec<u64>, bool)> = FastSet::default();
+        let mut seen: FastSet<SeenPoint> = FastSet::default();
         let mut forked = false;
         let mut work = vec![Path {
             ip: after.rip,
@@ -781,6 +788,7 @@ impl Session<'_> {
             rsp: 0,
             shadow: Vec::new(),
             wrote,
+            stores: 0,
         }];
         while let Some(mut p) = work.pop() {
             loop {
@@ -809,6 +817,7 @@ impl Session<'_> {
                 }
                 if writes_memory(&insn) {
                     p.wrote = true;
+                    p.stores = p.stores.saturating_add(1);
                 }
                 match insn.flow_control() {
                     FlowControl::Next => {
@@ -836,19 +845,23 @@ impl Session<'_> {
                             rsp: p.rsp,
                             shadow: p.shadow.clone(),
                             wrote: p.wrote,
+                            stores: p.stores,
                         });
                         p.ip = insn.next_ip();
                     }
                     FlowControl::Call if insn.is_call_near() => {
-                        p.shadow.push(insn.next_ip());
                         p.rsp -= 8;
+                        p.shadow.push((insn.next_ip(), p.rsp, p.stores));
                         if p.rsp >= 0 {
                             p.wrote = true;
                         }
                         p.ip = insn.near_branch_target();
                     }
                     FlowControl::Return if insn.code() == Code::Retnq => {
-                        if let Some(r) = p.shadow.pop() {
+                        if let Some((r, rsp, stores)) = p.shadow.pop() {
+                            if p.rsp != rsp || p.stores != stores {
+                                return false;
+                            }
                             p.ip = r;
                         } else if !p.wrote && p.rsp >= 0 {
                             *code_only = false;

@@ -425,3 +425,41 @@ fn implicit_stores_count_as_memory_writes() {
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
 }
+
+/// A callee that drops its own return address before returning (`lea 8(%rsp),%rsp ; ret`)
+/// returns through the caller's stack, not to the call's shadow return address.
+#[test]
+fn an_unbalanced_callee_does_not_return_to_the_shadow_address() {
+    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200030: lea 0x8(%rsp),%rsp ; ret
+    let mut code = with_targets(&[
+        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+    ]);
+    code.resize(0x30, 0xcc);
+    code.extend([0x48, 0x8d, 0x64, 0x24, 0x08, 0xc3]);
+    let mut m = Machine::new(&code);
+    let s = state();
+    put(&mut m, s.gpr[RSP], CODE + 0x20);
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
+
+/// A callee that rewrites its own return address (`mov %rdx,(%rsp) ; ret`) returns there,
+/// not to the call's shadow return address.
+#[test]
+fn a_callee_that_rewrites_its_return_address_does_not_return_to_the_shadow_address() {
+    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200030: mov %rdx,(%rsp) ; ret
+    let mut code = with_targets(&[
+        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+    ]);
+    code.resize(0x30, 0xcc);
+    code.extend([0x48, 0x89, 0x14, 0x24, 0xc3]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[2] = CODE + 0x20;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    assert_eq!(end, s);
+}
