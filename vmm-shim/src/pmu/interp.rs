@@ -67,6 +67,9 @@ const RFLAGS_AC: u64 = 1 << 18;
 const CR0_AM: u64 = 1 << 18;
 /// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
 const CR4_PKE: u64 = 1 << 22;
+/// CR4.CET (control-flow enforcement: user shadow stacks and indirect-branch tracking
+/// change what CALL, RET and indirect jumps do; not modelled, so never interpreted).
+const CR4_CET: u64 = 1 << 23;
 /// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
 const CR4_LA57: u64 = 1 << 12;
 /// DR7.L0–L3/G0–G3: a hardware breakpoint or watchpoint is armed.
@@ -155,6 +158,8 @@ impl InterpState {
             Some("alignment checking is on")
         } else if self.cr4 & CR4_PKE != 0 {
             Some("protection keys are on")
+        } else if self.cr4 & CR4_CET != 0 {
+            Some("control-flow enforcement (CET) is on")
         } else if self.cr4 & CR4_LA57 != 0 {
             Some("5-level paging is on")
         } else if self.dr7 & DR7_ENABLES != 0 {

@@ -463,3 +463,12 @@ fn a_callee_that_rewrites_its_return_address_does_not_return_to_the_shadow_addre
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
     assert_eq!(end, s);
 }
+
+/// With CET on, CALL/RET also push/pop the shadow stack and indirect branches must land on
+/// ENDBR64: a CALL interpreted without it would make the guest's next RET raise #CP.
+#[test]
+fn control_flow_enforcement_is_refused() {
+    let mut s = state();
+    s.cr4 |= 1 << 23;
+    assert!(s.refusal().is_some());
+}
