@@ -231,7 +231,7 @@ pub struct Interp {
     code_phys: FastSet<u64>,
     /// Pages the tracer noted ([`Interp::note_code`]) not yet translated to `code_phys`
     /// (the next session in their address space does it).
-    noted: Vec<(u64, u64)>,
+    noted: FastMap<u64, Vec<u64>>,
     /// Liveness verdicts that depend on the code alone: (CR3, address after the
     /// instruction, undefined flags) → (dead, the instructions the search looked at; the
     /// verdict holds while they are unchanged).
@@ -273,7 +273,7 @@ impl Interp {
         let mut page = start & !(PAGE - 1);
         while page < end {
             if self.code_pages.insert((cr3, page)) {
-                self.noted.push((cr3, page));
+                self.noted.entry(cr3).or_default().push(page);
             }
             page = match page.checked_add(PAGE) {
                 Some(p) => p,
@@ -432,21 +432,14 @@ impl Session<'_> {
     /// Enters the physical pages of code the tracer noted in this address space into
     /// `code_phys` (a walk without side effects: nothing is committed).
     fn translate_noted(&mut self) {
-        if self.interp.noted.is_empty() {
+        let Some(pages) = self.interp.noted.remove(&self.state.cr3) else {
             return;
-        }
-        let cr3 = self.state.cr3;
-        let mut noted = std::mem::take(&mut self.interp.noted);
-        noted.retain(|&(c, page)| {
-            if c != cr3 {
-                return true;
-            }
+        };
+        for page in pages {
             if let Ok(t) = self.walk(page, Access::Read) {
                 self.interp.code_phys.insert(t.phys);
             }
-            false
-        });
-        self.interp.noted = noted;
+        }
         self.pending_ad.clear();
         self.pending_tlb.clear();
     }
