@@ -899,8 +899,14 @@ fn arch_flags(iced: u32) -> u64 {
 
 /// Status flags an instruction always writes with a defined value. Shifts and rotates
 /// write none when their count may be zero (CL) or is zero, and not CF when the count may
-/// reach the operand size.
+/// reach the operand size; REP string instructions none (RCX may be zero).
 fn defined_writes(insn: &Instruction) -> u64 {
+    if insn.is_string_instruction()
+        && (insn.has_rep_prefix() || insn.has_repe_prefix() || insn.has_repne_prefix())
+    {
+        // With RCX = 0 a REP string instruction does nothing, flags included.
+        return 0;
+    }
     let all = arch_flags(insn.rflags_written() | insn.rflags_cleared() | insn.rflags_set());
     let count_op = match insn.mnemonic() {
         Mnemonic::Shl

@@ -472,3 +472,20 @@ fn control_flow_enforcement_is_refused() {
     s.cr4 |= 1 << 23;
     assert!(s.refusal().is_some());
 }
+
+/// A REP-prefixed CMPS/SCAS with RCX = 0 does nothing, flags included: it defines none.
+#[test]
+fn a_rep_string_compare_may_leave_the_flags_alone() {
+    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; repz cmpsb ; pushfq
+    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf3, 0xa6, 0x9c]);
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[1] = 0;
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+    // repnz scasb likewise
+    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf2, 0xae, 0x9c]);
+    let mut m = Machine::new(&code);
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps, halt), (0, Halt::FlagsLive));
+}
