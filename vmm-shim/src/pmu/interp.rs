@@ -346,6 +346,14 @@ impl Interp {
         if self.cache.len() >= MAX_CACHED_INSNS {
             self.cache.clear();
             self.dead.clear();
+            // Physical pages are recycled by the guest (a freed JIT page becomes someone's
+            // stack): start the physical set again from what executes and what the
+            // tracer noted, so stale entries do not halt data accesses forever.
+            self.code_phys.clear();
+            self.noted.clear();
+            for &(c, page) in &self.code_pages {
+                self.noted.entry(c).or_default().push(page);
+            }
         }
         let near_branch = insn.is_jcc_short_or_near()
             || insn.is_jmp_short_or_near()

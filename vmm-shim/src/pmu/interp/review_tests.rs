@@ -489,3 +489,33 @@ fn a_rep_string_compare_may_leave_the_flags_alone() {
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
 }
+
+/// The physical code-page set is rebuilt when the decode cache is flushed: a page that
+/// held code once does not stop data accesses through another mapping forever, while the
+/// pages the tracer noted are still covered.
+#[test]
+fn the_physical_code_page_set_is_rebuilt_with_the_cache() {
+    const ALIAS: u64 = 0x80_0000;
+    let mut m = Machine::new(&[0x48, 0x8b, 0x0b, 0xf4]); // mov (%rbx),%rcx ; hlt
+    put(&mut m, 0x3000 + 32, CODE | PTE_P | PTE_RW | PTE_US | PTE_PS);
+    let mut interp = Interp::default();
+    let s = state();
+    interp.note_code(s.cr3, CODE + 0x10_0000, CODE + 0x10_0010);
+    run_with(&mut interp, &mut m, s);
+    // Pretend the executed code page (CODE) was freed: flush by filling the cache.
+    interp.code_phys.insert(DATA + 0x1000);
+    for i in 0..MAX_CACHED_INSNS as u64 {
+        let insn = interp.cache[&(s.cr3, CODE)];
+        interp.cache.insert((s.cr3, 0x1_0000_0000 + i), insn);
+    }
+    let mut checked = FastSet::default();
+    interp.decode(&mut m, s.cr3, CODE + 1, &mut checked);
+    assert!(
+        !interp.code_phys.contains(&(DATA + 0x1000)),
+        "stale entry kept"
+    );
+    let mut s2 = s;
+    s2.gpr[3] = ALIAS + 0x10_0000;
+    let (steps, halt, _) = run_with(&mut interp, &mut m, s2);
+    assert_eq!((steps, halt), (0, Halt::CodePage), "the tracer's page lost");
+}
