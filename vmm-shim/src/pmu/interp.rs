@@ -235,7 +235,26 @@ pub struct Interp {
     /// Liveness verdicts that depend on the code alone: (CR3, address after the
     /// instruction, undefined flags) → (dead, the instructions the search looked at; the
     /// verdict holds while they are unchanged).
-    dead: FastMap<VerdictKey, (bool, std::sync::Arc<[u64]>)>,
+    dead: FastMap<VerdictKey, Verdict>,
+    /// iced's instruction-info factory (kept: it allocates).
+    info: Option<InstructionInfoFactory>,
+    /// The liveness search's list of visited instructions (kept: it allocates).
+    visited: Vec<u64>,
+    /// Times `code_phys` was cleared.
+    code_phys_resets: u64,
+    /// The current session's number (cache entries remember the session that last
+    /// checked them against guest memory).
+    session_no: u64,
+}
+
+/// A cached liveness verdict.
+#[derive(Clone, Debug)]
+struct Verdict {
+    dead: bool,
+    /// The instructions the search looked at: the verdict holds while they are unchanged.
+    visited: std::sync::Arc<[u64]>,
+    /// The session that last checked them.
+    checked_in: u64,
 }
 
 /// (CR3, address after the instruction, undefined flags).
@@ -253,6 +272,11 @@ struct Decoded {
     /// A near branch with an operand-size prefix: Intel ignores it in 64-bit mode, AMD
     /// truncates the target to 16 bits; never interpreted.
     osize_branch: bool,
+    /// What it writes that the liveness search must know of ([`writes`]).
+    writes_memory: bool,
+    writes_rsp: bool,
+    /// The session that last compared `bytes` with guest memory.
+    checked_in: u64,
 }
 
 /// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
@@ -288,6 +312,7 @@ impl Interp {
         g: &'a mut dyn GuestAccess,
         state: InterpState,
     ) -> Session<'a> {
+        self.session_no += 1;
         let mut s = Session {
             interp: self,
             g,
@@ -296,32 +321,26 @@ impl Interp {
             pt_pages: Vec::new(),
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
-            checked: FastSet::default(),
-            verdicts_checked: FastSet::default(),
+            last_code_page: None,
         };
         s.translate_noted();
         s
     }
 
-    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached). `checked`:
-    /// the cached addresses whose bytes were compared with guest memory in this session;
-    /// a cached decode whose bytes changed is dropped with every liveness verdict.
-    fn decode(
-        &mut self,
-        g: &mut dyn GuestAccess,
-        cr3: u64,
-        rip: u64,
-        checked: &mut FastSet<u64>,
-    ) -> Option<Decoded> {
-        if let Some(d) = self.cache.get(&(cr3, rip)).copied() {
-            if checked.contains(&rip) {
-                return Some(d);
+    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached). A cached
+    /// decode is compared with guest memory once per session; one whose bytes changed is
+    /// dropped with every liveness verdict.
+    fn decode(&mut self, g: &mut dyn GuestAccess, cr3: u64, rip: u64) -> Option<Decoded> {
+        let session = self.session_no;
+        if let Some(d) = self.cache.get_mut(&(cr3, rip)) {
+            if d.checked_in == session {
+                return Some(*d);
             }
             let len = d.insn.len();
             let mut now = [0u8; MAX_INSN_LEN];
             if g.read_virt(rip, &mut now[..len]).is_ok() && now[..len] == d.bytes[..len] {
-                checked.insert(rip);
-                return Some(d);
+                d.checked_in = session;
+                return Some(*d);
             }
             // Rewritten (or unmapped) since it was decoded.
             self.cache.remove(&(cr3, rip));
@@ -350,6 +369,7 @@ impl Interp {
             // stack): start the physical set again from what executes and what the
             // tracer noted, so stale entries do not halt data accesses forever.
             self.code_phys.clear();
+            self.code_phys_resets += 1;
             self.noted.clear();
             for &(c, page) in &self.code_pages {
                 self.noted.entry(c).or_default().push(page);
@@ -360,13 +380,19 @@ impl Interp {
             || insn.is_call_near()
             || matches!(insn.flow_control(), FlowControl::Return)
             || matches!(insn.code(), Code::Jmp_rm64 | Code::Call_rm64);
+        let (writes_memory, writes_rsp) = writes(
+            self.info.get_or_insert_with(InstructionInfoFactory::new),
+            &insn,
+        );
         let d = Decoded {
             insn,
             bytes,
             osize_branch: near_branch && has_osize_prefix(&bytes[..insn.len()]),
+            writes_memory,
+            writes_rsp,
+            checked_in: session,
         };
         self.cache.insert((cr3, rip), d);
-        checked.insert(rip);
         self.note_code(cr3, rip, insn.next_ip());
         Some(d)
     }
@@ -406,10 +432,9 @@ pub struct Session<'a> {
     pending_ad: Vec<(u64, u64, u64)>,
     /// Translations the current instruction made, entered in the TLB when it completes.
     pending_tlb: Vec<(u64, Tlb)>,
-    /// Cached decodes checked against guest memory in this session.
-    checked: FastSet<u64>,
-    /// Cached liveness verdicts whose instructions were checked in this session.
-    verdicts_checked: FastSet<VerdictKey>,
+    /// The last page code was fetched from, entered in `Interp::code_phys` (as of its
+    /// `code_phys_resets`).
+    last_code_page: Option<(u64, u64)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -452,29 +477,41 @@ impl Session<'_> {
         self.pending_tlb.clear();
     }
 
+    /// Code is fetched from guest-physical `pa`'s page.
+    fn note_code_phys(&mut self, pa: u64) {
+        let key = (pa & !(PAGE - 1), self.interp.code_phys_resets);
+        if self.last_code_page != Some(key) {
+            self.interp.code_phys.insert(key.0);
+            self.last_code_page = Some(key);
+        }
+    }
+
     fn decode(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
-        self.interp.decode(self.g, cr3, rip, &mut self.checked)
+        self.interp.decode(self.g, cr3, rip)
     }
 
     /// The cached liveness verdict for `key`, if every instruction it rests on is unchanged.
     fn cached_verdict(&mut self, key: VerdictKey) -> Option<bool> {
-        let (dead, visited) = self.interp.dead.get(&key).cloned()?;
-        if !self.verdicts_checked.contains(&key) {
-            for &ip in visited.iter() {
-                self.decode(key.0, ip)?;
-            }
-            // A changed instruction clears every verdict.
-            self.interp.dead.get(&key)?;
-            self.verdicts_checked.insert(key);
+        let session = self.interp.session_no;
+        let v = self.interp.dead.get(&key)?;
+        if v.checked_in == session {
+            return Some(v.dead);
         }
-        Some(dead)
+        let visited = v.visited.clone();
+        for &ip in visited.iter() {
+            self.decode(key.0, ip)?;
+        }
+        // A changed instruction clears every verdict.
+        let v = self.interp.dead.get_mut(&key)?;
+        v.checked_in = session;
+        Some(v.dead)
     }
 
     fn try_step(&mut self) -> Result<Step, Halt> {
         let s = self.state;
         let ip = s.rip;
         let pa = self.check_fetch(ip)?;
-        self.interp.code_phys.insert(pa & !(PAGE - 1));
+        self.note_code_phys(pa);
         let decoded = self.decode(s.cr3, ip).ok_or(Halt::Fetch)?;
         let insn = decoded.insn;
         if decoded.osize_branch {
@@ -482,7 +519,7 @@ impl Session<'_> {
         }
         if insn.next_ip() / PAGE != ip / PAGE {
             let pa = self.check_fetch(insn.next_ip() - 1)?;
-            self.interp.code_phys.insert(pa & !(PAGE - 1));
+            self.note_code_phys(pa);
         }
         let mut n = s;
         n.rip = insn.next_ip();
@@ -508,9 +545,15 @@ impl Session<'_> {
                     let (dead, code_only, visited) =
                         self.flags_dead(undefined, &n, write.is_some());
                     if code_only {
-                        self.interp.dead.insert(key, (dead, visited.into()));
-                        self.verdicts_checked.insert(key);
+                        let checked_in = self.interp.session_no;
+                        let v = Verdict {
+                            dead,
+                            visited: visited.as_slice().into(),
+                            checked_in,
+                        };
+                        self.interp.dead.insert(key, v);
                     }
+                    self.interp.visited = visited;
                     dead
                 }
             };
@@ -680,6 +723,9 @@ impl Session<'_> {
     /// Sets the accessed and dirty bits the instruction's walks asked for and keeps their
     /// translations.
     fn commit_walks(&mut self) -> Result<(), Halt> {
+        if self.pending_ad.is_empty() && self.pending_tlb.is_empty() {
+            return Ok(());
+        }
         // Atomically, as the CPU does: another vCPU may be changing the entry (clearing it
         // to unmap the page, clearing A for page aging). If it did, the instruction is
         // left to the CPU, which walks the tables as they are now.
@@ -754,7 +800,8 @@ impl Session<'_> {
         wrote: bool,
     ) -> (bool, bool, Vec<u64>) {
         let mut code_only = true;
-        let mut visited = Vec::new();
+        let mut visited = std::mem::take(&mut self.interp.visited);
+        visited.clear();
         let dead = self.search_flags(mask, after, wrote, &mut code_only, &mut visited);
         (dead, code_only, visited)
     }
@@ -821,13 +868,13 @@ impl Session<'_> {
                 if p.mask == 0 {
                     break;
                 }
-                if writes_memory(&insn) {
+                if decoded.writes_memory {
                     p.wrote = true;
                     p.stores = p.stores.saturating_add(1);
                 }
                 match insn.flow_control() {
                     FlowControl::Next => {
-                        match stack_effect(&insn) {
+                        match stack_effect(&insn, decoded.writes_rsp) {
                             Some(d) => {
                                 p.rsp += d;
                                 // A push at or above the starting RSP (after pops) rewrites
@@ -958,8 +1005,7 @@ fn is_write(a: OpAccess) -> bool {
 /// What an instruction writes that the liveness search must know of: (memory other than
 /// by a push or call, RSP as a register). From iced's instruction info, so implicit
 /// operands count (MASKMOVDQU's store at [RDI], XCHG's second operand, ...).
-fn writes(insn: &Instruction) -> (bool, bool) {
-    let mut factory = InstructionInfoFactory::new();
+fn writes(factory: &mut InstructionInfoFactory, insn: &Instruction) -> (bool, bool) {
     let info = factory.info(insn);
     let memory = !matches!(insn.mnemonic(), Mnemonic::Push | Mnemonic::Call)
         && info.used_memory().iter().any(|m| is_write(m.access()));
@@ -970,14 +1016,9 @@ fn writes(insn: &Instruction) -> (bool, bool) {
     (memory, rsp)
 }
 
-/// Whether an instruction may write memory other than by pushing.
-fn writes_memory(insn: &Instruction) -> bool {
-    writes(insn).0
-}
-
 /// How a sequential instruction moves RSP (for the liveness search), `None` when it is
-/// not known statically.
-fn stack_effect(insn: &Instruction) -> Option<i64> {
+/// not known statically. `writes_rsp`: from [`writes`].
+fn stack_effect(insn: &Instruction, writes_rsp: bool) -> Option<i64> {
     match insn.mnemonic() {
         Mnemonic::Push => return Some(i64::from(insn.stack_pointer_increment())),
         Mnemonic::Pop => {
@@ -990,7 +1031,6 @@ fn stack_effect(insn: &Instruction) -> Option<i64> {
         }
         _ => {}
     }
-    let writes_rsp = writes(insn).1;
     if !writes_rsp {
         return if insn.stack_pointer_increment() == 0 {
             Some(0)

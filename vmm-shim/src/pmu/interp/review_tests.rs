@@ -508,8 +508,7 @@ fn the_physical_code_page_set_is_rebuilt_with_the_cache() {
         let insn = interp.cache[&(s.cr3, CODE)];
         interp.cache.insert((s.cr3, 0x1_0000_0000 + i), insn);
     }
-    let mut checked = FastSet::default();
-    interp.decode(&mut m, s.cr3, CODE + 1, &mut checked);
+    interp.decode(&mut m, s.cr3, CODE + 1);
     assert!(
         !interp.code_phys.contains(&(DATA + 0x1000)),
         "stale entry kept"
