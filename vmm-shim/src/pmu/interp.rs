@@ -702,6 +702,21 @@ impl Session<'_> {
     }
 
     fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
+        if addr.is_multiple_of(bytes as u64) {
+            // Naturally aligned (so within one page): one access, single-copy atomic as
+            // the guest's own load would be.
+            if self.is_code(addr) {
+                return Err(Halt::CodePage);
+            }
+            let pa = self.translate(addr, Access::Read)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
+            return self
+                .g
+                .read_phys_aligned(pa, bytes)
+                .map_err(|_| Halt::Memory);
+        }
         let mut buf = [0u8; 8];
         let mut done = 0;
         for (va, len) in Self::pieces(addr, bytes) {
@@ -775,6 +790,13 @@ impl Session<'_> {
         w: PendingWrite,
         (targets, count): ([(u64, usize); 2], usize),
     ) -> Result<(), Halt> {
+        if count == 1 && w.addr.is_multiple_of(w.bytes as u64) {
+            // Naturally aligned: one access, single-copy atomic as the guest's store.
+            return self
+                .g
+                .write_phys_aligned(targets[0].0, w.bytes, w.value)
+                .map_err(|_| Halt::Memory);
+        }
         let bytes = w.value.to_le_bytes();
         let mut done = 0;
         for &(pa, len) in &targets[..count] {

@@ -1146,6 +1146,25 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 
+    fn read_phys_aligned(&mut self, gpa: u64, len: usize) -> Result<u64, GuestAccessError> {
+        self.ctx
+            .memory()
+            .load_aligned(GuestPhysAddr(gpa), len)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn write_phys_aligned(
+        &mut self,
+        gpa: u64,
+        len: usize,
+        value: u64,
+    ) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .store_aligned(GuestPhysAddr(gpa), len, value)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
     fn cmpxchg_phys_u64(&mut self, gpa: u64, old: u64, new: u64) -> Result<bool, GuestAccessError> {
         self.ctx
             .memory()

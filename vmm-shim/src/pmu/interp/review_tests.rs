@@ -518,3 +518,95 @@ fn the_physical_code_page_set_is_rebuilt_with_the_cache() {
     let (steps, halt, _) = run_with(&mut interp, &mut m, s2);
     assert_eq!((steps, halt), (0, Halt::CodePage), "the tracer's page lost");
 }
+
+/// The fake machine, counting single-access (aligned) reads and writes.
+struct Counting<'m> {
+    m: &'m mut Machine,
+    aligned_reads: Vec<(u64, usize)>,
+    aligned_writes: Vec<(u64, usize)>,
+}
+
+impl GuestAccess for Counting<'_> {
+    fn cpu(
+        &mut self,
+    ) -> Result<crate::pmu::tracer::GuestCpu, crate::pmu::tracer::GuestAccessError> {
+        self.m.cpu()
+    }
+    fn read_virt(
+        &mut self,
+        gva: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.m.read_virt(gva, buf)
+    }
+    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+        self.m.read_msr(index)
+    }
+    fn read_phys(
+        &mut self,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.m.read_phys(gpa, buf)
+    }
+    fn write_phys(
+        &mut self,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.m.write_phys(gpa, data)
+    }
+    fn read_phys_aligned(
+        &mut self,
+        gpa: u64,
+        len: usize,
+    ) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+        self.aligned_reads.push((gpa, len));
+        self.m.read_phys_aligned(gpa, len)
+    }
+    fn write_phys_aligned(
+        &mut self,
+        gpa: u64,
+        len: usize,
+        value: u64,
+    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+        self.aligned_writes.push((gpa, len));
+        self.m.write_phys_aligned(gpa, len, value)
+    }
+}
+
+/// Naturally aligned loads and stores are single-copy atomic for the guest: the
+/// interpreter makes them as one access, not a byte copy another vCPU could see torn.
+#[test]
+fn aligned_accesses_are_made_as_one_access() {
+    // mov (%rbx),%rax ; mov %eax,0xc(%rbx) ; mov 0x3(%rbx),%ecx ; push %rax ; hlt
+    let code = [
+        0x48, 0x8b, 0x03, 0x89, 0x43, 0x0c, 0x8b, 0x4b, 0x03, 0x50, 0xf4,
+    ];
+    let mut m = Machine::new(&code);
+    put(&mut m, DATA + 0x100, 0x1122_3344_5566_7788);
+    let mut s = state();
+    s.gpr[3] = DATA + 0x100;
+    let sp = s.gpr[RSP];
+    let mut c = Counting {
+        m: &mut m,
+        aligned_reads: Vec::new(),
+        aligned_writes: Vec::new(),
+    };
+    let mut interp = Interp::default();
+    let mut session = interp.session(&mut c, s);
+    for _ in 0..4 {
+        session.step().unwrap();
+    }
+    let end = *session.state();
+    drop(session);
+    assert_eq!(
+        c.aligned_reads,
+        vec![(DATA + 0x100, 8)],
+        "the misaligned read is not one"
+    );
+    assert_eq!(c.aligned_writes, vec![(DATA + 0x10c, 4), (sp - 8, 8)]);
+    assert_eq!(end.gpr[1], 0x2233_4455);
+    assert_eq!(m.u64_at(DATA + 0x108) >> 32, 0x5566_7788);
+    assert_eq!(m.u64_at(sp - 8), 0x1122_3344_5566_7788);
+}
