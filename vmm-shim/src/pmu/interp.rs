@@ -39,9 +39,14 @@
 //!   AMD) are left to the CPU.
 //!
 //! Not modelled (documented simplifications): interrupts arriving during an interpreted
-//! stretch are taken after it (as if they came a little later); a memory write by an
-//! interpreted instruction is not atomic with respect to other vCPUs beyond what the
-//! host's copy gives (LOCKed instructions and XCHG with memory are never interpreted).
+//! stretch are taken after it (as if they came a little later); naturally aligned accesses
+//! are single atomic accesses and accessed/dirty bits are set with a compare-and-exchange,
+//! but a misaligned access is copied (LOCKed instructions and XCHG with memory are never
+//! interpreted). An undefined flag proven dead keeps the interpreter's value, which the
+//! host CPU may not have produced: only an exception or interrupt taken before the flag
+//! is rewritten (a page fault on the way, a signal frame) can show it. The session's own
+//! TLB is filled from the page tables as they are, never from translations the guest left
+//! stale without INVLPG.
 
 pub mod alu;
 
