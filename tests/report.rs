@@ -310,19 +310,16 @@ int main(void) {
 }
 "#;
 
-#[test]
-fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
-    if !common::perf_available() {
-        return;
-    }
+/// [`WORKLOAD_C`] compiled with frame pointers into a temporary directory, or `None`
+/// (the reason printed) without perf or gcc.
+fn build_workload() -> Option<(tempfile::TempDir, PathBuf)> {
     if !tool_works("perf", "--version") || !tool_works("gcc", "--version") {
         eprintln!("skipped: needs perf and gcc");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("w.c");
     let exe = dir.path().join("w");
-    let data = dir.path().join("perf.data");
     std::fs::write(&src, WORKLOAD_C).unwrap();
     let cc = Command::new("gcc")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
@@ -331,6 +328,18 @@ fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
         .status()
         .unwrap();
     assert!(cc.success(), "gcc failed");
+    Some((dir, exe))
+}
+
+#[test]
+fn self_and_children_agree_with_perf_report_on_a_cpu_clock_recording() {
+    if !common::perf_available() {
+        return;
+    }
+    let Some((dir, exe)) = build_workload() else {
+        return;
+    };
+    let data = dir.path().join("perf.data");
     let rec = Command::new("perf")
         .args(["record", "-q", "-g", "-e", "cpu-clock", "-F", "2000", "-o"])
         .arg(&data)
@@ -427,21 +436,9 @@ fn perf_data_with_two_events_is_reported_per_event() {
     if !common::perf_available() {
         return;
     }
-    if !tool_works("perf", "--version") || !tool_works("gcc", "--version") {
-        eprintln!("skipped: needs perf and gcc");
+    let Some((dir, exe)) = build_workload() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("w.c");
-    let exe = dir.path().join("w");
-    std::fs::write(&src, WORKLOAD_C).unwrap();
-    let cc = Command::new("gcc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(cc.success(), "gcc failed");
+    };
     for compress in [false, true] {
         let data = dir.path().join(if compress { "z.data" } else { "p.data" });
         let rec = Command::new("perf")

@@ -169,28 +169,9 @@ impl SymbolTable {
         locs: impl IntoIterator<Item = Loc>,
         source: &dyn SymbolSource,
     ) {
-        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
-        for l in locs {
-            if modules.get(l.module).kind != ModuleKind::Unknown {
-                per_module.entry(l.module).or_default().push(l.offset);
-            }
-        }
-        let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
-            .into_iter()
-            .map(|(m, mut offs)| {
-                offs.sort_unstable();
-                offs.dedup();
-                (m, offs)
-            })
-            .collect();
-        work.sort_by_key(|(m, _)| *m);
-        let results: Vec<(ModuleId, Vec<u64>, Vec<Sym>)> = work
-            .into_par_iter()
-            .map(|(m, offs)| {
-                let syms = source.symbolize(modules.get(m), &offs);
-                (m, offs, syms)
-            })
-            .collect();
+        let results = per_module_parallel(modules, locs, |m, offs| {
+            source.symbolize(modules.get(m), offs)
+        });
         for (module, offs, ss) in results {
             for (offset, full) in offs.into_iter().zip(ss) {
                 let s = self.syms.entry(Loc { module, offset }).or_default();
@@ -216,31 +197,13 @@ impl SymbolTable {
         }
         unique.extend(profile.ips.keys().copied());
         let modules = &profile.spaces.modules;
-        let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
-        for l in unique {
-            if modules.get(l.module).kind != ModuleKind::Unknown {
-                per_module.entry(l.module).or_default().push(l.offset);
+        let results = per_module_parallel(modules, unique, |m, offs| {
+            if functions_only {
+                source.symbolize_functions(modules.get(m), offs)
+            } else {
+                source.symbolize(modules.get(m), offs)
             }
-        }
-        let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
-            .into_iter()
-            .map(|(m, mut offs)| {
-                offs.sort_unstable();
-                (m, offs)
-            })
-            .collect();
-        work.sort_by_key(|(m, _)| *m);
-        let results: Vec<(ModuleId, Vec<u64>, Vec<Sym>)> = work
-            .into_par_iter()
-            .map(|(m, offs)| {
-                let syms = if functions_only {
-                    source.symbolize_functions(modules.get(m), &offs)
-                } else {
-                    source.symbolize(modules.get(m), &offs)
-                };
-                (m, offs, syms)
-            })
-            .collect();
+        });
         let mut syms = HashMap::with_hasher(crate::aggregate::FastHash);
         for (module, offs, ss) in results {
             for (offset, s) in offs.into_iter().zip(ss) {
@@ -289,6 +252,37 @@ pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
             }
         },
     }
+}
+
+/// Groups the known-module locations of `locs` by module (offsets sorted, each once)
+/// and runs `lookup` on every module's offsets in parallel: (module, offsets, one `Sym`
+/// per offset), in module order.
+fn per_module_parallel(
+    modules: &ModuleTable,
+    locs: impl IntoIterator<Item = Loc>,
+    lookup: impl Fn(ModuleId, &[u64]) -> Vec<Sym> + Sync,
+) -> Vec<(ModuleId, Vec<u64>, Vec<Sym>)> {
+    let mut per_module: HashMap<ModuleId, Vec<u64>> = HashMap::new();
+    for l in locs {
+        if modules.get(l.module).kind != ModuleKind::Unknown {
+            per_module.entry(l.module).or_default().push(l.offset);
+        }
+    }
+    let mut work: Vec<(ModuleId, Vec<u64>)> = per_module
+        .into_iter()
+        .map(|(m, mut offs)| {
+            offs.sort_unstable();
+            offs.dedup();
+            (m, offs)
+        })
+        .collect();
+    work.sort_by_key(|(m, _)| *m);
+    work.into_par_iter()
+        .map(|(m, offs)| {
+            let syms = lookup(m, &offs);
+            (m, offs, syms)
+        })
+        .collect()
 }
 
 #[cfg(test)]

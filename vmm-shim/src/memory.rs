@@ -246,6 +246,99 @@ impl GuestMemory {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// The offset of a naturally aligned access of `len` (1, 2, 4 or 8) bytes at `addr`.
+    fn check_aligned(&self, addr: GuestPhysAddr, len: usize) -> Result<usize, MemoryError> {
+        let off = self.check(addr, len)?;
+        if !matches!(len, 1 | 2 | 4 | 8) || !off.is_multiple_of(len) {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len: len as u64,
+                size: self.size,
+            });
+        }
+        Ok(off)
+    }
+
+    /// Loads `len` (1, 2, 4 or 8) bytes at a `len`-aligned `addr` in one access, as the
+    /// guest's own aligned loads are (single-copy atomic with respect to its vCPUs).
+    pub fn load_aligned(&self, addr: GuestPhysAddr, len: usize) -> Result<u64, MemoryError> {
+        use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+        let off = self.check_aligned(addr, len)?;
+        // SAFETY: [off, off + len) is inside the live mapping (checked) and aligned to
+        // `len` (the mapping starts on a huge-page boundary); guest RAM is shared with the
+        // guest's vCPUs, which is what the atomic access is for.
+        let v = unsafe {
+            let p = self.ptr.as_ptr().add(off);
+            match len {
+                1 => u64::from(AtomicU8::from_ptr(p).load(Ordering::Acquire)),
+                2 => u64::from(u16::from_le(
+                    AtomicU16::from_ptr(p.cast()).load(Ordering::Acquire),
+                )),
+                4 => u64::from(u32::from_le(
+                    AtomicU32::from_ptr(p.cast()).load(Ordering::Acquire),
+                )),
+                _ => u64::from_le(AtomicU64::from_ptr(p.cast()).load(Ordering::Acquire)),
+            }
+        };
+        Ok(v)
+    }
+
+    /// Stores the low `len` (1, 2, 4 or 8) bytes of `v` at a `len`-aligned `addr` in one
+    /// access (see [`GuestMemory::load_aligned`]).
+    pub fn store_aligned(
+        &self,
+        addr: GuestPhysAddr,
+        len: usize,
+        v: u64,
+    ) -> Result<(), MemoryError> {
+        use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+        let off = self.check_aligned(addr, len)?;
+        // SAFETY: as in load_aligned.
+        unsafe {
+            let p = self.ptr.as_ptr().add(off);
+            match len {
+                1 => AtomicU8::from_ptr(p).store(v as u8, Ordering::Release),
+                2 => AtomicU16::from_ptr(p.cast()).store((v as u16).to_le(), Ordering::Release),
+                4 => AtomicU32::from_ptr(p.cast()).store((v as u32).to_le(), Ordering::Release),
+                _ => AtomicU64::from_ptr(p.cast()).store(v.to_le(), Ordering::Release),
+            }
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the naturally aligned 8-byte word at `addr` by `new` if it holds
+    /// `old` (as a locked CMPXCHG in the guest would); whether it did. An unaligned `addr`
+    /// is out of range.
+    pub fn compare_exchange_u64(
+        &self,
+        addr: GuestPhysAddr,
+        old: u64,
+        new: u64,
+    ) -> Result<bool, MemoryError> {
+        let off = self.check(addr, 8)?;
+        if off % 8 != 0 {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len: 8,
+                size: self.size,
+            });
+        }
+        // SAFETY: [off, off + 8) is inside the live mapping (checked) and 8-byte aligned
+        // (the mapping starts on a huge-page boundary); guest RAM is shared with the
+        // guest's vCPUs, which is what the atomic access is for.
+        let word = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast::<u64>())
+        };
+        Ok(word
+            .compare_exchange(
+                old.to_le(),
+                new.to_le(),
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_ok())
+    }
+
     pub fn write_u64(&self, addr: GuestPhysAddr, v: u64) -> Result<(), MemoryError> {
         self.write(addr, &v.to_le_bytes())
     }
@@ -401,6 +494,61 @@ mod tests {
         let mut b = [0u8; 3];
         m.read(GuestPhysAddr(0), &mut b).unwrap();
         assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn aligned_loads_and_stores_are_little_endian_and_checked() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        m.store_aligned(GuestPhysAddr(0x100), 8, 0x1122_3344_5566_7788)
+            .unwrap();
+        m.store_aligned(GuestPhysAddr(0x104), 2, 0xaabb).unwrap();
+        m.store_aligned(GuestPhysAddr(0x107), 1, 0xcc).unwrap();
+        assert_eq!(
+            m.read_u64(GuestPhysAddr(0x100)).unwrap(),
+            0xcc22_aabb_5566_7788
+        );
+        assert_eq!(
+            m.load_aligned(GuestPhysAddr(0x104), 4).unwrap(),
+            0xcc22_aabb
+        );
+        assert_eq!(m.load_aligned(GuestPhysAddr(0x106), 2).unwrap(), 0xcc22);
+        assert_eq!(
+            m.load_aligned(GuestPhysAddr(0x100), 8).unwrap(),
+            0xcc22_aabb_5566_7788
+        );
+        assert!(
+            m.load_aligned(GuestPhysAddr(0x102), 4).is_err(),
+            "misaligned"
+        );
+        assert!(
+            m.store_aligned(GuestPhysAddr(0x100), 3, 0).is_err(),
+            "odd size"
+        );
+        assert!(
+            m.load_aligned(GuestPhysAddr(1 << 20), 1).is_err(),
+            "outside RAM"
+        );
+    }
+
+    #[test]
+    fn compare_exchange_replaces_only_the_expected_aligned_word() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        m.write_u64(GuestPhysAddr(0x1000), 0x27).unwrap();
+        assert!(
+            !m.compare_exchange_u64(GuestPhysAddr(0x1000), 0x7, 0x67)
+                .unwrap()
+        );
+        assert_eq!(m.read_u64(GuestPhysAddr(0x1000)).unwrap(), 0x27);
+        assert!(
+            m.compare_exchange_u64(GuestPhysAddr(0x1000), 0x27, 0x67)
+                .unwrap()
+        );
+        assert_eq!(m.read_u64(GuestPhysAddr(0x1000)).unwrap(), 0x67);
+        assert!(m.compare_exchange_u64(GuestPhysAddr(0x1004), 0, 1).is_err());
+        assert!(
+            m.compare_exchange_u64(GuestPhysAddr(1 << 20), 0, 1)
+                .is_err()
+        );
     }
 
     #[test]

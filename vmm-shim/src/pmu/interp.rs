@@ -28,14 +28,25 @@
 //!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
 //! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
 //!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
-//!   dirty bits are set as the CPU would. Accesses may cross pages.
-//! * **Instructions are transactional**: all reads and checks happen first, then at most one
-//!   memory write, then the register file is committed.
+//!   dirty bits are set as the CPU would — only once the instruction completes (a halt
+//!   leaves them as they were). Accesses may cross pages.
+//! * **Instructions are transactional**: all reads and checks happen first, then the
+//!   accessed/dirty bits, then at most one memory write, then the register file.
+//! * **Code may change under the cache**: a cached decode is compared with guest memory
+//!   once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
+//!   and a liveness verdict is reused only while every instruction it looked at is
+//!   unchanged. Near branches with an operand-size prefix (ignored by Intel, honoured by
+//!   AMD) are left to the CPU.
 //!
 //! Not modelled (documented simplifications): interrupts arriving during an interpreted
-//! stretch are taken after it (as if they came a little later); a memory write by an
-//! interpreted instruction is not atomic with respect to other vCPUs beyond what the
-//! host's copy gives (LOCKed instructions and XCHG with memory are never interpreted).
+//! stretch are taken after it (as if they came a little later); naturally aligned accesses
+//! are single atomic accesses and accessed/dirty bits are set with a compare-and-exchange,
+//! but a misaligned access is copied (LOCKed instructions and XCHG with memory are never
+//! interpreted). An undefined flag proven dead keeps the interpreter's value, which the
+//! host CPU may not have produced: only an exception or interrupt taken before the flag
+//! is rewritten (a page fault on the way, a signal frame) can show it. The session's own
+//! TLB is filled from the page tables as they are, never from translations the guest left
+//! stale without INVLPG.
 
 pub mod alu;
 
@@ -43,8 +54,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use iced_x86::{
-    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
-    Register, RflagsBits,
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
+    Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
 
 use self::alu::{Op, STATUS, alu, mask, sext};
@@ -61,6 +72,13 @@ const RFLAGS_AC: u64 = 1 << 18;
 const CR0_AM: u64 = 1 << 18;
 /// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
 const CR4_PKE: u64 = 1 << 22;
+/// CR4.CET (control-flow enforcement: user shadow stacks and indirect-branch tracking
+/// change what CALL, RET and indirect jumps do; not modelled, so never interpreted).
+const CR4_CET: u64 = 1 << 23;
+/// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
+const CR4_LA57: u64 = 1 << 12;
+/// DR7.L0–L3/G0–G3: a hardware breakpoint or watchpoint is armed.
+const DR7_ENABLES: u64 = 0xff;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
 /// Page-table entry bits (SDM Vol. 3, "Paging").
@@ -128,6 +146,8 @@ pub struct InterpState {
     pub cpl: u8,
     /// CS.L: 64-bit code.
     pub long_mode: bool,
+    /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
+    pub dr7: u64,
 }
 
 impl InterpState {
@@ -143,6 +163,12 @@ impl InterpState {
             Some("alignment checking is on")
         } else if self.cr4 & CR4_PKE != 0 {
             Some("protection keys are on")
+        } else if self.cr4 & CR4_CET != 0 {
+            Some("control-flow enforcement (CET) is on")
+        } else if self.cr4 & CR4_LA57 != 0 {
+            Some("5-level paging is on")
+        } else if self.dr7 & DR7_ENABLES != 0 {
+            Some("the guest has hardware breakpoints armed")
         } else {
             None
         }
@@ -158,8 +184,8 @@ pub enum Halt {
     /// The access would fault (not present, protection, non-canonical), or the address is
     /// not guest RAM: the CPU must raise it (or exit to the VMM for MMIO).
     Memory,
-    /// A data access to a page that holds code the tracer has decoded (its cached decodes
-    /// and `int3` patches must not be bypassed).
+    /// A data access to a page that holds code the tracer or the interpreter has decoded,
+    /// through any mapping of it (cached decodes and `int3` patches must not be bypassed).
     CodePage,
     /// A write to a page-table page the interpreter walked.
     PageTable,
@@ -198,13 +224,76 @@ pub struct Step {
 /// hold code.
 #[derive(Debug, Default)]
 pub struct Interp {
-    cache: FastMap<(u64, u64), Instruction>,
+    /// (CR3, address) → the instruction there and the bytes it was decoded from (checked
+    /// again once per session: the guest may rewrite code while it runs on the CPU).
+    cache: FastMap<(u64, u64), Decoded>,
     /// (CR3, guest-virtual page) of every page code was decoded from, by the interpreter
     /// or the tracer ([`Interp::note_code`]).
     code_pages: FastSet<(u64, u64)>,
+    /// Guest-physical pages that hold code: a data access through another mapping of the
+    /// same page (a JIT's writable alias) must not bypass the cache or the tracer's
+    /// `int3` patches either.
+    code_phys: FastSet<u64>,
+    /// Pages the tracer noted ([`Interp::note_code`]) not yet translated to `code_phys`
+    /// (the next session in their address space does it).
+    noted: FastMap<u64, Vec<u64>>,
     /// Liveness verdicts that depend on the code alone: (CR3, address after the
-    /// instruction, undefined flags) → dead.
-    dead: FastMap<(u64, u64, u64), bool>,
+    /// instruction, undefined flags) → (dead, the instructions the search looked at; the
+    /// verdict holds while they are unchanged).
+    dead: FastMap<VerdictKey, Verdict>,
+    /// iced's instruction-info factory (kept: it allocates).
+    info: Option<InstructionInfoFactory>,
+    /// The liveness search's list of visited instructions (kept: it allocates).
+    visited: Vec<u64>,
+    /// Times `code_phys` was cleared.
+    code_phys_resets: u64,
+    /// The current session's number (cache entries remember the session that last
+    /// checked them against guest memory).
+    session_no: u64,
+}
+
+/// A cached liveness verdict.
+#[derive(Clone, Debug)]
+struct Verdict {
+    dead: bool,
+    /// The instructions the search looked at: the verdict holds while they are unchanged.
+    visited: std::sync::Arc<[u64]>,
+    /// The session that last checked them.
+    checked_in: u64,
+}
+
+/// (CR3, address after the instruction, undefined flags).
+type VerdictKey = (u64, u64, u64);
+
+/// A point of the liveness search: (address, pending flags, RSP, shadow stack, wrote).
+type SeenPoint = (u64, u64, i64, Vec<(u64, i64, u32)>, bool);
+
+/// A cached decode.
+#[derive(Clone, Copy, Debug)]
+struct Decoded {
+    insn: Instruction,
+    /// The instruction's bytes (the first `insn.len()`).
+    bytes: [u8; MAX_INSN_LEN],
+    /// A near branch with an operand-size prefix: Intel ignores it in 64-bit mode, AMD
+    /// truncates the target to 16 bits; never interpreted.
+    osize_branch: bool,
+    /// What it writes that the liveness search must know of ([`writes`]).
+    writes_memory: bool,
+    writes_rsp: bool,
+    /// The session that last compared `bytes` with guest memory.
+    checked_in: u64,
+}
+
+/// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
+fn has_osize_prefix(bytes: &[u8]) -> bool {
+    for &b in bytes {
+        match b {
+            0x66 => return true,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 impl Interp {
@@ -212,7 +301,9 @@ impl Interp {
     pub fn note_code(&mut self, cr3: u64, start: u64, end: u64) {
         let mut page = start & !(PAGE - 1);
         while page < end {
-            self.code_pages.insert((cr3, page));
+            if self.code_pages.insert((cr3, page)) {
+                self.noted.entry(cr3).or_default().push(page);
+            }
             page = match page.checked_add(PAGE) {
                 Some(p) => p,
                 None => break,
@@ -226,19 +317,39 @@ impl Interp {
         g: &'a mut dyn GuestAccess,
         state: InterpState,
     ) -> Session<'a> {
-        Session {
+        self.session_no += 1;
+        let mut s = Session {
             interp: self,
             g,
             state,
             tlb: FastMap::default(),
             pt_pages: Vec::new(),
-        }
+            pending_ad: Vec::new(),
+            pending_tlb: Vec::new(),
+            last_code_page: None,
+        };
+        s.translate_noted();
+        s
     }
 
-    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached).
-    fn decode(&mut self, g: &mut dyn GuestAccess, cr3: u64, rip: u64) -> Option<Instruction> {
-        if let Some(i) = self.cache.get(&(cr3, rip)) {
-            return Some(*i);
+    /// The instruction at `rip` in `cr3`, decoded from guest memory (cached). A cached
+    /// decode is compared with guest memory once per session; one whose bytes changed is
+    /// dropped with every liveness verdict.
+    fn decode(&mut self, g: &mut dyn GuestAccess, cr3: u64, rip: u64) -> Option<Decoded> {
+        let session = self.session_no;
+        if let Some(d) = self.cache.get_mut(&(cr3, rip)) {
+            if d.checked_in == session {
+                return Some(*d);
+            }
+            let len = d.insn.len();
+            let mut now = [0u8; MAX_INSN_LEN];
+            if g.read_virt(rip, &mut now[..len]).is_ok() && now[..len] == d.bytes[..len] {
+                d.checked_in = session;
+                return Some(*d);
+            }
+            // Rewritten (or unmapped) since it was decoded.
+            self.cache.remove(&(cr3, rip));
+            self.dead.clear();
         }
         let mut bytes = [0u8; MAX_INSN_LEN];
         let n = if g.read_virt(rip, &mut bytes).is_ok() {
@@ -259,10 +370,36 @@ impl Interp {
         if self.cache.len() >= MAX_CACHED_INSNS {
             self.cache.clear();
             self.dead.clear();
+            // Physical pages are recycled by the guest (a freed JIT page becomes someone's
+            // stack): start the physical set again from what executes and what the
+            // tracer noted, so stale entries do not halt data accesses forever.
+            self.code_phys.clear();
+            self.code_phys_resets += 1;
+            self.noted.clear();
+            for &(c, page) in &self.code_pages {
+                self.noted.entry(c).or_default().push(page);
+            }
         }
-        self.cache.insert((cr3, rip), insn);
+        let near_branch = insn.is_jcc_short_or_near()
+            || insn.is_jmp_short_or_near()
+            || insn.is_call_near()
+            || matches!(insn.flow_control(), FlowControl::Return)
+            || matches!(insn.code(), Code::Jmp_rm64 | Code::Call_rm64);
+        let (writes_memory, writes_rsp) = writes(
+            self.info.get_or_insert_with(InstructionInfoFactory::new),
+            &insn,
+        );
+        let d = Decoded {
+            insn,
+            bytes,
+            osize_branch: near_branch && has_osize_prefix(&bytes[..insn.len()]),
+            writes_memory,
+            writes_rsp,
+            checked_in: session,
+        };
+        self.cache.insert((cr3, rip), d);
         self.note_code(cr3, rip, insn.next_ip());
-        Some(insn)
+        Some(d)
     }
 }
 
@@ -294,6 +431,15 @@ pub struct Session<'a> {
     tlb: FastMap<u64, Tlb>,
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
+    /// Accessed/dirty bits the current instruction's walks want set: (entry address, the
+    /// entry as read, bits to set). Written only when the instruction completes, so a halt
+    /// leaves the page tables as they were.
+    pending_ad: Vec<(u64, u64, u64)>,
+    /// Translations the current instruction made, entered in the TLB when it completes.
+    pending_tlb: Vec<(u64, Tlb)>,
+    /// The last page code was fetched from, entered in `Interp::code_phys` (as of its
+    /// `code_phys_resets`).
+    last_code_page: Option<(u64, u64)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -310,14 +456,75 @@ impl Session<'_> {
         &self.state
     }
 
-    /// Executes the instruction at RIP, or halts before it (state untouched).
+    /// Executes the instruction at RIP, or halts before it (state and memory untouched,
+    /// accessed and dirty bits included).
     pub fn step(&mut self) -> Result<Step, Halt> {
+        let r = self.try_step();
+        if r.is_err() {
+            self.pending_ad.clear();
+            self.pending_tlb.clear();
+        }
+        r
+    }
+
+    /// Enters the physical pages of code the tracer noted in this address space into
+    /// `code_phys` (a walk without side effects: nothing is committed).
+    fn translate_noted(&mut self) {
+        let Some(pages) = self.interp.noted.remove(&self.state.cr3) else {
+            return;
+        };
+        for page in pages {
+            if let Ok(t) = self.walk(page, Access::Read) {
+                self.interp.code_phys.insert(t.phys);
+            }
+        }
+        self.pending_ad.clear();
+        self.pending_tlb.clear();
+    }
+
+    /// Code is fetched from guest-physical `pa`'s page.
+    fn note_code_phys(&mut self, pa: u64) {
+        let key = (pa & !(PAGE - 1), self.interp.code_phys_resets);
+        if self.last_code_page != Some(key) {
+            self.interp.code_phys.insert(key.0);
+            self.last_code_page = Some(key);
+        }
+    }
+
+    fn decode(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
+        self.interp.decode(self.g, cr3, rip)
+    }
+
+    /// The cached liveness verdict for `key`, if every instruction it rests on is unchanged.
+    fn cached_verdict(&mut self, key: VerdictKey) -> Option<bool> {
+        let session = self.interp.session_no;
+        let v = self.interp.dead.get(&key)?;
+        if v.checked_in == session {
+            return Some(v.dead);
+        }
+        let visited = v.visited.clone();
+        for &ip in visited.iter() {
+            self.decode(key.0, ip)?;
+        }
+        // A changed instruction clears every verdict.
+        let v = self.interp.dead.get_mut(&key)?;
+        v.checked_in = session;
+        Some(v.dead)
+    }
+
+    fn try_step(&mut self) -> Result<Step, Halt> {
         let s = self.state;
         let ip = s.rip;
-        self.check_fetch(ip)?;
-        let insn = self.interp.decode(self.g, s.cr3, ip).ok_or(Halt::Fetch)?;
+        let pa = self.check_fetch(ip)?;
+        self.note_code_phys(pa);
+        let decoded = self.decode(s.cr3, ip).ok_or(Halt::Fetch)?;
+        let insn = decoded.insn;
+        if decoded.osize_branch {
+            return Err(Halt::Unsupported(insn.mnemonic()));
+        }
         if insn.next_ip() / PAGE != ip / PAGE {
-            self.check_fetch(insn.next_ip() - 1)?;
+            let pa = self.check_fetch(insn.next_ip() - 1)?;
+            self.note_code_phys(pa);
         }
         let mut n = s;
         n.rip = insn.next_ip();
@@ -329,15 +536,29 @@ impl Session<'_> {
         };
         let effect = exec.run(&mut n)?;
         let (write, undefined) = (exec.write, exec.undefined);
+        if let Effect::Branch { to, .. } = effect
+            && sext(to, 48) as u64 != to
+        {
+            // A near branch to a non-canonical address raises #GP on the branch itself.
+            return Err(Halt::Memory);
+        }
         if undefined != 0 {
             let key = (n.cr3, n.rip, undefined);
-            let dead = match self.interp.dead.get(&key) {
-                Some(&d) => d,
+            let dead = match self.cached_verdict(key) {
+                Some(d) => d,
                 None => {
-                    let (dead, code_only) = self.flags_dead(undefined, &n, write.is_some());
+                    let (dead, code_only, visited) =
+                        self.flags_dead(undefined, &n, write.is_some());
                     if code_only {
-                        self.interp.dead.insert(key, dead);
+                        let checked_in = self.interp.session_no;
+                        let v = Verdict {
+                            dead,
+                            visited: visited.as_slice().into(),
+                            checked_in,
+                        };
+                        self.interp.dead.insert(key, v);
                     }
+                    self.interp.visited = visited;
                     dead
                 }
             };
@@ -345,8 +566,14 @@ impl Session<'_> {
                 return Err(Halt::FlagsLive);
             }
         }
-        if let Some(w) = write {
-            self.write_mem(w)?;
+        let targets = match write {
+            Some(w) => Some(self.write_targets(w)?),
+            None => None,
+        };
+        // Every check passed: from here on the instruction happens.
+        self.commit_walks()?;
+        if let (Some(w), Some(targets)) = (write, targets) {
+            self.write_mem(w, targets)?;
         }
         n.rflags &= !RFLAGS_RF;
         self.state = n;
@@ -358,10 +585,9 @@ impl Session<'_> {
         })
     }
 
-    fn check_fetch(&mut self, addr: u64) -> Result<(), Halt> {
-        self.translate(addr, Access::Fetch)
-            .map(|_| ())
-            .map_err(|_| Halt::Fetch)
+    /// The guest-physical address of an instruction byte at `addr`.
+    fn check_fetch(&mut self, addr: u64) -> Result<u64, Halt> {
+        self.translate(addr, Access::Fetch).map_err(|_| Halt::Fetch)
     }
 
     /// Translates `gva` for a ring-3 access of `kind`, walking the page tables on a miss.
@@ -429,17 +655,20 @@ impl Session<'_> {
                 if !allowed {
                     return Err(Halt::Memory);
                 }
-                // Accessed bits on every level, dirty on the leaf for a write.
+                // Accessed bits on every level, dirty on the leaf for a write, once the
+                // instruction completes.
                 let last = path.len() - 1;
                 for (i, &(at, e)) in path.iter().enumerate() {
-                    let mut want = e | PTE_A;
+                    let mut bits = PTE_A;
                     if i == last && kind == Access::Write {
-                        want |= PTE_D;
+                        bits |= PTE_D;
                     }
-                    if want != e {
-                        self.g
-                            .write_phys(at, &want.to_le_bytes())
-                            .map_err(|_| Halt::Memory)?;
+                    if e & bits == bits {
+                        continue;
+                    }
+                    match self.pending_ad.iter_mut().find(|p| p.0 == at) {
+                        Some(p) => p.2 |= bits,
+                        None => self.pending_ad.push((at, e, bits)),
                     }
                 }
                 let t = Tlb {
@@ -449,7 +678,7 @@ impl Session<'_> {
                     executable,
                     dirty: kind == Access::Write || entry & PTE_D != 0,
                 };
-                self.tlb.insert(vpage, t);
+                self.pending_tlb.push((vpage, t));
                 return Ok(t);
             }
             table = entry & PTE_ADDR_MASK;
@@ -478,6 +707,21 @@ impl Session<'_> {
     }
 
     fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
+        if addr.is_multiple_of(bytes as u64) {
+            // Naturally aligned (so within one page): one access, single-copy atomic as
+            // the guest's own load would be.
+            if self.is_code(addr) {
+                return Err(Halt::CodePage);
+            }
+            let pa = self.translate(addr, Access::Read)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
+            return self
+                .g
+                .read_phys_aligned(pa, bytes)
+                .map_err(|_| Halt::Memory);
+        }
         let mut buf = [0u8; 8];
         let mut done = 0;
         for (va, len) in Self::pieces(addr, bytes) {
@@ -485,6 +729,9 @@ impl Session<'_> {
                 return Err(Halt::CodePage);
             }
             let pa = self.translate(va, Access::Read)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
             self.g
                 .read_phys(pa, &mut buf[done..done + len])
                 .map_err(|_| Halt::Memory)?;
@@ -493,7 +740,32 @@ impl Session<'_> {
         Ok(u64::from_le_bytes(buf))
     }
 
-    fn write_mem(&mut self, w: PendingWrite) -> Result<(), Halt> {
+    /// Sets the accessed and dirty bits the instruction's walks asked for and keeps their
+    /// translations.
+    fn commit_walks(&mut self) -> Result<(), Halt> {
+        if self.pending_ad.is_empty() && self.pending_tlb.is_empty() {
+            return Ok(());
+        }
+        // Atomically, as the CPU does: another vCPU may be changing the entry (clearing it
+        // to unmap the page, clearing A for page aging). If it did, the instruction is
+        // left to the CPU, which walks the tables as they are now.
+        for (at, e, bits) in std::mem::take(&mut self.pending_ad) {
+            match self.g.cmpxchg_phys_u64(at, e, e | bits) {
+                Ok(true) => {}
+                _ => {
+                    self.pending_tlb.clear();
+                    return Err(Halt::Memory);
+                }
+            }
+        }
+        for (vpage, t) in std::mem::take(&mut self.pending_tlb) {
+            self.tlb.insert(vpage, t);
+        }
+        Ok(())
+    }
+
+    /// Translates and checks every page a write touches (nothing written yet).
+    fn write_targets(&mut self, w: PendingWrite) -> Result<([(u64, usize); 2], usize), Halt> {
         let mut targets = [(0u64, 0usize); 2];
         let mut count = 0;
         for (va, len) in Self::pieces(w.addr, w.bytes) {
@@ -501,11 +773,34 @@ impl Session<'_> {
                 return Err(Halt::CodePage);
             }
             let pa = self.translate(va, Access::Write)?;
+            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
+                return Err(Halt::CodePage);
+            }
             if self.pt_pages.contains(&(pa & !(PAGE - 1))) {
                 return Err(Halt::PageTable);
             }
+            // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed.
+            let mut probe = [0u8; 8];
+            self.g
+                .read_phys(pa, &mut probe[..len])
+                .map_err(|_| Halt::Memory)?;
             targets[count] = (pa, len);
             count += 1;
+        }
+        Ok((targets, count))
+    }
+
+    fn write_mem(
+        &mut self,
+        w: PendingWrite,
+        (targets, count): ([(u64, usize); 2], usize),
+    ) -> Result<(), Halt> {
+        if count == 1 && w.addr.is_multiple_of(w.bytes as u64) {
+            // Naturally aligned: one access, single-copy atomic as the guest's store.
+            return self
+                .g
+                .write_phys_aligned(targets[0].0, w.bytes, w.value)
+                .map_err(|_| Halt::Memory);
         }
         let bytes = w.value.to_le_bytes();
         let mut done = 0;
@@ -524,10 +819,18 @@ impl Session<'_> {
     /// read from the stack), so it may be cached.
     /// `wrote`: the instruction itself writes memory (not yet done), so the stack as it is
     /// now may not be what a return will read.
-    fn flags_dead(&mut self, mask: u64, after: &InterpState, wrote: bool) -> (bool, bool) {
+    /// Also returns the addresses of the instructions the search looked at.
+    fn flags_dead(
+        &mut self,
+        mask: u64,
+        after: &InterpState,
+        wrote: bool,
+    ) -> (bool, bool, Vec<u64>) {
         let mut code_only = true;
-        let dead = self.search_flags(mask, after, wrote, &mut code_only);
-        (dead, code_only)
+        let mut visited = std::mem::take(&mut self.interp.visited);
+        visited.clear();
+        let dead = self.search_flags(mask, after, wrote, &mut code_only, &mut visited);
+        (dead, code_only, visited)
     }
 
     fn search_flags(
@@ -536,21 +839,28 @@ impl Session<'_> {
         after: &InterpState,
         wrote: bool,
         code_only: &mut bool,
+        visited: &mut Vec<u64>,
     ) -> bool {
         struct Path {
             ip: u64,
             mask: u64,
             /// RSP relative to `after`'s.
             rsp: i64,
-            /// Return addresses pushed by calls followed on this path.
-            shadow: Vec<u64>,
+            /// Calls followed on this path: (return address, RSP after the push, `stores`
+            /// then). A RET returns there only if RSP is back at that slot and nothing was
+            /// stored since (the slot could have been rewritten).
+            shadow: Vec<(u64, i64, u32)>,
             /// A memory write (other than a push) happened: the real stack may differ.
             wrote: bool,
+            /// Memory writes (other than pushes) on this path.
+            stores: u32,
         }
         let mut budget = LOOKAHEAD_BUDGET;
         // Points already searched with the same flags pending and the same stack: a path
         // that comes back to one has read nothing on its way round (loops are proven).
-        let mut seen: FastSet<(u64, u64, i64, Vec<u64>)> = FastSet::default();
+        // `wrote` is part of the point: a path that may have rewritten the stack must not be
+        // cut short by one that read the untouched stack from there.
+        let mut seen: FastSet<SeenPoint> = FastSet::default();
         let mut forked = false;
         let mut work = vec![Path {
             ip: after.rip,
@@ -558,20 +868,26 @@ impl Session<'_> {
             rsp: 0,
             shadow: Vec::new(),
             wrote,
+            stores: 0,
         }];
         while let Some(mut p) = work.pop() {
             loop {
                 // (Straight-line search cannot come back to a point; only forks can.)
-                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone())) {
+                if forked && !seen.insert((p.ip, p.mask, p.rsp, p.shadow.clone(), p.wrote)) {
                     break;
                 }
                 if budget == 0 {
                     return false;
                 }
                 budget -= 1;
-                let Some(insn) = self.interp.decode(self.g, after.cr3, p.ip) else {
+                let Some(decoded) = self.decode(after.cr3, p.ip) else {
                     return false;
                 };
+                visited.push(p.ip);
+                if decoded.osize_branch {
+                    return false;
+                }
+                let insn = decoded.insn;
                 if arch_flags(insn.rflags_read()) & p.mask != 0 {
                     return false;
                 }
@@ -579,13 +895,21 @@ impl Session<'_> {
                 if p.mask == 0 {
                     break;
                 }
-                if writes_memory(&insn) {
+                if decoded.writes_memory {
                     p.wrote = true;
+                    p.stores = p.stores.saturating_add(1);
                 }
                 match insn.flow_control() {
                     FlowControl::Next => {
-                        match stack_effect(&insn) {
-                            Some(d) => p.rsp += d,
+                        match stack_effect(&insn, decoded.writes_rsp) {
+                            Some(d) => {
+                                p.rsp += d;
+                                // A push at or above the starting RSP (after pops) rewrites
+                                // a slot a later RET would read from the real stack.
+                                if d < 0 && insn.mnemonic() == Mnemonic::Push && p.rsp >= 0 {
+                                    p.wrote = true;
+                                }
+                            }
                             None => return false,
                         }
                         p.ip = insn.next_ip();
@@ -601,16 +925,23 @@ impl Session<'_> {
                             rsp: p.rsp,
                             shadow: p.shadow.clone(),
                             wrote: p.wrote,
+                            stores: p.stores,
                         });
                         p.ip = insn.next_ip();
                     }
                     FlowControl::Call if insn.is_call_near() => {
-                        p.shadow.push(insn.next_ip());
                         p.rsp -= 8;
+                        p.shadow.push((insn.next_ip(), p.rsp, p.stores));
+                        if p.rsp >= 0 {
+                            p.wrote = true;
+                        }
                         p.ip = insn.near_branch_target();
                     }
                     FlowControl::Return if insn.code() == Code::Retnq => {
-                        if let Some(r) = p.shadow.pop() {
+                        if let Some((r, rsp, stores)) = p.shadow.pop() {
+                            if p.rsp != rsp || p.stores != stores {
+                                return false;
+                            }
                             p.ip = r;
                         } else if !p.wrote && p.rsp >= 0 {
                             *code_only = false;
@@ -650,8 +981,14 @@ fn arch_flags(iced: u32) -> u64 {
 
 /// Status flags an instruction always writes with a defined value. Shifts and rotates
 /// write none when their count may be zero (CL) or is zero, and not CF when the count may
-/// reach the operand size.
+/// reach the operand size; REP string instructions none (RCX may be zero).
 fn defined_writes(insn: &Instruction) -> u64 {
+    if insn.is_string_instruction()
+        && (insn.has_rep_prefix() || insn.has_repe_prefix() || insn.has_repne_prefix())
+    {
+        // With RCX = 0 a REP string instruction does nothing, flags included.
+        return 0;
+    }
     let all = arch_flags(insn.rflags_written() | insn.rflags_cleared() | insn.rflags_set());
     let count_op = match insn.mnemonic() {
         Mnemonic::Shl
@@ -673,6 +1010,11 @@ fn defined_writes(insn: &Instruction) -> u64 {
     if count == 0 {
         return 0;
     }
+    if count_op == 2 && count > bits {
+        // SHLD/SHRD past the operand size (16-bit, count 17..31): result and every flag
+        // undefined.
+        return 0;
+    }
     let mut w = all & !(alu::OF | alu::AF);
     if count >= bits {
         w &= !alu::CF;
@@ -680,26 +1022,30 @@ fn defined_writes(insn: &Instruction) -> u64 {
     w
 }
 
-/// Whether an instruction may write memory other than by pushing.
-fn writes_memory(insn: &Instruction) -> bool {
-    if matches!(
-        insn.mnemonic(),
-        Mnemonic::Push | Mnemonic::Call | Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
-    ) {
-        return false;
-    }
+fn is_write(a: OpAccess) -> bool {
     matches!(
-        insn.op0_kind(),
-        OpKind::Memory | OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI
-    ) || matches!(
-        insn.mnemonic(),
-        Mnemonic::Xchg | Mnemonic::Xadd | Mnemonic::Cmpxchg | Mnemonic::Cmpxchg16b
+        a,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
     )
 }
 
+/// What an instruction writes that the liveness search must know of: (memory other than
+/// by a push or call, RSP as a register). From iced's instruction info, so implicit
+/// operands count (MASKMOVDQU's store at [RDI], XCHG's second operand, ...).
+fn writes(factory: &mut InstructionInfoFactory, insn: &Instruction) -> (bool, bool) {
+    let info = factory.info(insn);
+    let memory = !matches!(insn.mnemonic(), Mnemonic::Push | Mnemonic::Call)
+        && info.used_memory().iter().any(|m| is_write(m.access()));
+    let rsp = info
+        .used_registers()
+        .iter()
+        .any(|r| r.register().full_register() == Register::RSP && is_write(r.access()));
+    (memory, rsp)
+}
+
 /// How a sequential instruction moves RSP (for the liveness search), `None` when it is
-/// not known statically.
-fn stack_effect(insn: &Instruction) -> Option<i64> {
+/// not known statically. `writes_rsp`: from [`writes`].
+fn stack_effect(insn: &Instruction, writes_rsp: bool) -> Option<i64> {
     match insn.mnemonic() {
         Mnemonic::Push => return Some(i64::from(insn.stack_pointer_increment())),
         Mnemonic::Pop => {
@@ -712,13 +1058,6 @@ fn stack_effect(insn: &Instruction) -> Option<i64> {
         }
         _ => {}
     }
-    let writes_rsp = insn.op_count() > 0
-        && insn.op0_kind() == OpKind::Register
-        && insn.op0_register().full_register() == Register::RSP
-        && !matches!(
-            insn.mnemonic(),
-            Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt
-        );
     if !writes_rsp {
         return if insn.stack_pointer_increment() == 0 {
             Some(0)
@@ -1178,3 +1517,7 @@ mod tests;
 #[cfg(test)]
 #[path = "interp/native_tests.rs"]
 mod native_tests;
+
+#[cfg(test)]
+#[path = "interp/review_tests.rs"]
+mod review_tests;

@@ -1091,6 +1091,8 @@ impl GuestAccess for CtxGuest<'_, '_> {
             efer: sregs.efer,
             cpl: sregs.cs.dpl,
             long_mode: sregs.cs.l != 0,
+            // The guest's own breakpoints (KVM keeps the shim's guest-debug ones apart).
+            dr7: self.ctx.vcpu.get_debug_regs().ok()?.dr7,
         };
         if let Some(t) = self.trap {
             // TF in the frame is the shim's stepping, not the guest's.
@@ -1141,6 +1143,32 @@ impl GuestAccess for CtxGuest<'_, '_> {
         self.ctx
             .memory()
             .write(GuestPhysAddr(gpa), data)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn read_phys_aligned(&mut self, gpa: u64, len: usize) -> Result<u64, GuestAccessError> {
+        self.ctx
+            .memory()
+            .load_aligned(GuestPhysAddr(gpa), len)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn write_phys_aligned(
+        &mut self,
+        gpa: u64,
+        len: usize,
+        value: u64,
+    ) -> Result<(), GuestAccessError> {
+        self.ctx
+            .memory()
+            .store_aligned(GuestPhysAddr(gpa), len, value)
+            .map_err(|_| GuestAccessError::NotRam { gpa })
+    }
+
+    fn cmpxchg_phys_u64(&mut self, gpa: u64, old: u64, new: u64) -> Result<bool, GuestAccessError> {
+        self.ctx
+            .memory()
+            .compare_exchange_u64(GuestPhysAddr(gpa), old, new)
             .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 

@@ -122,6 +122,40 @@ pub trait GuestAccess {
     fn write_phys(&mut self, gpa: u64, _data: &[u8]) -> Result<(), GuestAccessError> {
         Err(GuestAccessError::NotRam { gpa })
     }
+
+    /// Reads `len` (1, 2, 4 or 8) bytes at a `len`-aligned `gpa` as one access: an aligned
+    /// load is single-copy atomic for the guest (SDM Vol. 3, "Guaranteed Atomic
+    /// Operations"). VMMs whose guests have several vCPUs should override this default.
+    fn read_phys_aligned(&mut self, gpa: u64, len: usize) -> Result<u64, GuestAccessError> {
+        let mut b = [0u8; 8];
+        self.read_phys(gpa, &mut b[..len.min(8)])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes the low `len` (1, 2, 4 or 8) bytes of `value` at a `len`-aligned `gpa` as one
+    /// access (see [`GuestAccess::read_phys_aligned`]).
+    fn write_phys_aligned(
+        &mut self,
+        gpa: u64,
+        len: usize,
+        value: u64,
+    ) -> Result<(), GuestAccessError> {
+        self.write_phys(gpa, &value.to_le_bytes()[..len.min(8)])
+    }
+
+    /// Replaces the 8-byte word at `gpa` by `new` if it still holds `old`; whether it did.
+    /// The interpreter sets accessed/dirty bits with it, as the CPU does with a locked
+    /// operation: another vCPU may be changing the entry. VMMs whose guests have several
+    /// vCPUs must override this default (a plain read, compare and write) atomically.
+    fn cmpxchg_phys_u64(&mut self, gpa: u64, old: u64, new: u64) -> Result<bool, GuestAccessError> {
+        let mut b = [0u8; 8];
+        self.read_phys(gpa, &mut b)?;
+        if u64::from_le_bytes(b) != old {
+            return Ok(false);
+        }
+        self.write_phys(gpa, &new.to_le_bytes())?;
+        Ok(true)
+    }
 }
 
 /// A tracing failure: the guest's registers could not be read.

@@ -31,7 +31,7 @@ impl Machine {
         Machine { mem }
     }
 
-    fn u64_at(&self, at: u64) -> u64 {
+    pub(super) fn u64_at(&self, at: u64) -> u64 {
         u64::from_le_bytes(self.mem[at as usize..at as usize + 8].try_into().unwrap())
     }
 }
