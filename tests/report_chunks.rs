@@ -51,6 +51,10 @@ fn assert_same_outputs(data: &Path, dir: &Path) -> (String, String, Option<i32>)
         vec!["flamegraph", "-i", input, "-o", "OUT"],
         vec!["flamegraph", "-i", input, "--branches", "-o", "OUT"],
         vec!["export", "--bolt", "-i", input, "-o", "OUT"],
+        // --pid/--tid are applied while folding; --comm/--dso read the stream.
+        vec!["report", "-i", input, "--pid", "1001", "--format", "json"],
+        vec!["report", "-i", input, "--tid", "1000,1002", "--no-symbols"],
+        vec!["report", "-i", input, "--comm", "after", "--no-symbols"],
     ];
     let mut first = None;
     for args in commands {

@@ -19,8 +19,9 @@
 //! chunk kinds are skipped with the stream's warning.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
-//! recordings (pairing needs every sample in order) and filters (the raw branch tables
-//! do not keep what a filter needs).
+//! recordings (pairing needs every sample in order) and `--comm`/`--dso` filters (they
+//! depend on the side-band state a sample meets; the raw branch tables do not keep the
+//! thread and IP they need). `--pid`/`--tid` filters are applied while folding.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,12 +119,14 @@ fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
 
 /// Whether [`aggregate_recording`] can build the profile for these options.
 pub fn supports(opts: &AggregateOptions) -> bool {
-    !opts.vm && opts.filter.is_empty()
+    !opts.vm && opts.filter.comms.is_empty() && opts.filter.dsos.is_empty()
 }
 
 /// What the chunks folded so far (a contiguous run of them, in file order) gave.
 struct Acc {
     raw: Raw,
+    /// Samples the `--pid`/`--tid` filter dropped.
+    filtered_out: u64,
     edges: RawEdges,
     ranges: RawRanges,
     /// The events of every non-samples chunk, by chunk index (empty for summaries and
@@ -137,6 +140,7 @@ impl Acc {
     fn new() -> Self {
         Acc {
             raw: fold_empty(),
+            filtered_out: 0,
             edges: RawEdges::default(),
             ranges: RawRanges::default(),
             sideband: Vec::new(),
@@ -150,6 +154,7 @@ impl Acc {
             return self;
         }
         self.raw = merge(self.raw, later.raw);
+        self.filtered_out += later.filtered_out;
         merge_edges(&mut self.edges, later.edges);
         merge_ranges(&mut self.ranges, later.ranges);
         self.sideband.extend(later.sideband);
@@ -181,8 +186,14 @@ pub fn aggregate_recording(
         epochs.push(n);
         n += u64::from(!c.is_samples());
     }
-    let keep_tid = opts.comm_root;
-    let lbr_call_stack = opts.lbr_call_stack;
+    let fold = FoldOpts {
+        // Raw stacks keep the thread for root frames and for the aggregator's own
+        // filter check when they are resolved.
+        keep_tid: opts.comm_root || !opts.filter.tids.is_empty(),
+        lbr_call_stack: opts.lbr_call_stack,
+        pids: &opts.filter.pids,
+        tids: &opts.filter.tids,
+    };
     // Chunks after a damaged one need no work: the stream stops there.
     let first_bad = AtomicUsize::new(usize::MAX);
     let acc = (0..chunks.len())
@@ -191,7 +202,7 @@ pub fn aggregate_recording(
             if acc.error.is_some() || i > first_bad.load(Ordering::Relaxed) {
                 return acc;
             }
-            let folded = fold_chunk(&mapped, i, epochs[i], keep_tid, lbr_call_stack, &mut acc);
+            let folded = fold_chunk(&mapped, i, epochs[i], &fold, &mut acc);
             // Resident memory follows the chunks being folded, not the file.
             mapped.release(&mapped.chunks()[i]);
             if let Err(e) = folded {
@@ -203,6 +214,7 @@ pub fn aggregate_recording(
         .reduce(Acc::new, Acc::then);
     let Acc {
         raw,
+        filtered_out,
         edges,
         ranges,
         sideband,
@@ -225,24 +237,27 @@ pub fn aggregate_recording(
     if let Some(e) = mapped.take_tail_error() {
         return Err(e.into());
     }
-    Ok(Some(resolve(
-        raw,
-        edges,
-        ranges,
-        sideband,
-        &epochs,
-        opts.clone(),
-    )))
+    let mut profile = resolve(raw, edges, ranges, sideband, &epochs, opts.clone());
+    profile.totals.filtered_out += filtered_out;
+    Ok(Some(profile))
 }
 
 /// Checks chunk `i` and folds it into `acc`: samples into the raw tables, anything else
 /// decoded into events for the replay.
+/// How samples are folded.
+struct FoldOpts<'a> {
+    keep_tid: bool,
+    lbr_call_stack: bool,
+    /// `--pid`/`--tid` (empty: all).
+    pids: &'a [u32],
+    tids: &'a [u32],
+}
+
 fn fold_chunk(
     mapped: &MappedChunks,
     i: usize,
     epoch: u64,
-    keep_tid: bool,
-    lbr_call_stack: bool,
+    fold: &FoldOpts<'_>,
     acc: &mut Acc,
 ) -> Result<(), FormatError> {
     let c = &mapped.chunks()[i];
@@ -262,10 +277,21 @@ fn fold_chunk(
     let mut key: Vec<u64> = Vec::with_capacity(256);
     let mut at = (i as u64) << 40;
     let Acc {
-        raw, edges, ranges, ..
+        raw,
+        edges,
+        ranges,
+        filtered_out,
+        ..
     } = acc;
     recording::for_each_sample(c.offset, payload, |s| {
-        fold_sample(raw, &mut key, epoch, keep_tid, lbr_call_stack, s);
+        // As the aggregator's filter: a dropped sample adds nothing but this count.
+        if (!fold.pids.is_empty() && !fold.pids.contains(&s.pid))
+            || (!fold.tids.is_empty() && !fold.tids.contains(&s.tid))
+        {
+            *filtered_out += 1;
+            return;
+        }
+        fold_sample(raw, &mut key, epoch, fold.keep_tid, fold.lbr_call_stack, s);
         fold_branches(edges, ranges, &mut at, epoch, s);
     })?;
     Ok(())
@@ -661,6 +687,23 @@ mod tests {
                 snapshot_weight: 7,
                 ..AggregateOptions::default()
             },
+            AggregateOptions {
+                filter: crate::Filter {
+                    pids: vec![2],
+                    ..crate::Filter::default()
+                },
+                lbr_call_stack: true,
+                ..AggregateOptions::default()
+            },
+            AggregateOptions {
+                filter: crate::Filter {
+                    pids: vec![1, 2],
+                    tids: vec![1, 3],
+                    ..crate::Filter::default()
+                },
+                comm_root: true,
+                ..AggregateOptions::default()
+            },
         ]
     }
 
@@ -838,7 +881,14 @@ mod tests {
             },
             AggregateOptions {
                 filter: crate::Filter {
-                    pids: vec![1],
+                    comms: vec!["first".into()],
+                    ..crate::Filter::default()
+                },
+                ..AggregateOptions::default()
+            },
+            AggregateOptions {
+                filter: crate::Filter {
+                    dsos: vec!["a".into()],
                     ..crate::Filter::default()
                 },
                 ..AggregateOptions::default()
