@@ -5,27 +5,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lbrprof_collector::model::{AddressSpace, Event, HostSample, Mapping, TaskEvent};
 use lbrprof_collector::recording::RecordingReader;
 use object::{Object, ObjectSegment, ObjectSymbol};
-
-/// Compile `tests/workloads/NAME.c` into `dir`, as the brief says: -O1 -g, frame pointers.
-fn build(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(name);
-    let status = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed to build the test workloads");
-    assert!(status.success(), "gcc failed on {}", src.display());
-    exe
-}
 
 /// All events of a recording, and whether it had a summary.
 fn read_all(path: &Path) -> (Vec<Event>, RecordingReader) {
@@ -93,7 +79,7 @@ fn hot_function_dominates_the_recording() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
     let data = dir.path().join("hot.data");
     let out = common::lbrprof()
         .args(["record", "-F", "999", "-o"])
@@ -197,7 +183,7 @@ fn every_thread_is_sampled() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = common::build_workload(dir.path(), "threads");
     let data = dir.path().join("threads.data");
     let out = common::lbrprof()
         .args(["record", "-o"])
@@ -251,7 +237,7 @@ fn forked_children_are_sampled() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "forking");
+    let exe = common::build_workload(dir.path(), "forking");
     let data = dir.path().join("forking.data");
     let out = common::lbrprof()
         .args(["record", "-o"])
@@ -400,7 +386,7 @@ fn sigint_finalizes_the_recording() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
     let data = dir.path().join("int.data");
     let (mut record, pid) = start_long_recording(&exe, &data);
     std::thread::sleep(Duration::from_millis(700));
@@ -427,7 +413,7 @@ fn sigkill_leaves_a_readable_recording() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
     let data = dir.path().join("killed.data");
     let (mut record, pid) = start_long_recording(&exe, &data);
     // Several flush intervals (250 ms) of samples.
@@ -452,7 +438,7 @@ fn attach_to_a_running_process() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = common::build_workload(dir.path(), "threads");
     let data = dir.path().join("attach.data");
     let mut target = Command::new(&exe)
         .args(["2", "100000000000"])
@@ -561,7 +547,7 @@ fn ring_buffer_losses_are_counted_and_reported() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
     let data = dir.path().join("lossy.data");
     // One page per CPU, and the recorder stopped (SIGSTOP) for 600 ms while the workload
     // keeps running: the kernel must drop records, whatever the machine's speed.
@@ -652,7 +638,7 @@ fn unprivileged_users_get_user_space_sampling() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
     std::fs::set_permissions(
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
@@ -788,7 +774,7 @@ fn attach_to_one_thread() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = common::build_workload(dir.path(), "threads");
     let data = dir.path().join("tid.data");
     let mut target = Command::new(&exe)
         .args(["2", "100000000000"])
@@ -828,7 +814,7 @@ fn duration_and_sigterm_end_recordings_cleanly() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "hot");
+    let exe = common::build_workload(dir.path(), "hot");
 
     // --duration with a command: the command is sent SIGTERM, its status passed on.
     let data = dir.path().join("duration.data");
@@ -893,7 +879,7 @@ fn attach_follows_threads_created_later() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = common::build_workload(dir.path(), "threads");
     let data = dir.path().join("later.data");
     // The process waits 1.5 s before it creates its threads; we attach during the wait.
     let mut target = Command::new(&exe)
@@ -932,7 +918,7 @@ fn attach_to_many_threads_beyond_the_soft_open_file_limit() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "threads");
+    let exe = common::build_workload(dir.path(), "threads");
     let data = dir.path().join("many.data");
     let mut target = Command::new(&exe)
         .args(["40", "100000000000"])

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lbrprof_collector::model::*;
 use lbrprof_collector::recording::{RecordingWriter, Summary};
@@ -69,26 +68,13 @@ fn assert_same_outputs(data: &Path, dir: &Path) -> (String, String, Option<i32>)
     first.unwrap()
 }
 
-fn build(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(name);
-    let status = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed to build the test workloads");
-    assert!(status.success(), "gcc failed on {}", src.display());
-    exe
-}
-
 #[test]
 fn a_real_recording_reads_the_same_by_both_paths() {
     if !common::perf_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "forking");
+    let exe = common::build_workload(dir.path(), "forking");
     let data = dir.path().join("forking.data");
     let out = common::lbrprof()
         .args(["record", "-F", "2000", "-o"])

@@ -2,7 +2,7 @@
 //! that need /dev/kvm or perf_event_open.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `lbrprof` binary under test.
@@ -69,4 +69,19 @@ pub fn perf_available() -> bool {
         )),
     };
     capability("PERF", ok)
+}
+
+/// Compiles `tests/workloads/NAME.c` into `dir` (with frame pointers and debug info) and
+/// returns the executable.
+pub fn build_workload(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the test workloads");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    exe
 }
