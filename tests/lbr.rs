@@ -598,11 +598,17 @@ fn the_guest_agent_runs_on_every_vcpu_and_each_ring_is_drained_by_its_own_hook()
     }
 }
 
-/// The guest snapshots of an exact-mode `record --vm`, without the fields that follow
-/// host time (host_time_ns, guest_tsc).
-fn exact_snapshots(dir: &std::path::Path, name: &str) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
+/// The guest snapshots of an exact-mode `record --vm builtin:calls` written to
+/// `dir/name`, without the fields that follow host time (host_time_ns, guest_tsc), with
+/// the shim's interpreter on (the default) or off (`LBRPROF_LBR_INTERP=0`).
+fn exact_snapshots(
+    dir: &std::path::Path,
+    name: &str,
+    interp: bool,
+) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
     let out = dir.join(name);
     let o = common::lbrprof()
+        .env("LBRPROF_LBR_INTERP", if interp { "1" } else { "0" })
         .args([
             "record",
             "--vm",
@@ -637,8 +643,8 @@ fn two_exact_recordings_give_identical_snapshot_streams() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let a = exact_snapshots(dir.path(), "a.data");
-    let b = exact_snapshots(dir.path(), "b.data");
+    let a = exact_snapshots(dir.path(), "a.data", true);
+    let b = exact_snapshots(dir.path(), "b.data", true);
     assert!(a.len() >= 2, "{} snapshots", a.len());
     assert!(a.iter().any(|s| s.newest_first().count() > 0));
     assert_eq!(a.len(), b.len());
@@ -674,40 +680,6 @@ fn interp_stats(err: &str) -> Option<Vec<u64>> {
             .filter_map(|s| s.parse().ok())
             .collect(),
     )
-}
-
-/// The exact-mode snapshot stream of `record --vm builtin:calls`, interpreter on or off.
-fn exact_snapshots_interp(
-    dir: &std::path::Path,
-    on: bool,
-) -> Vec<lbrprof_vmm::snapshot::LbrSnapshot> {
-    let out = dir.join(if on { "on.data" } else { "off.data" });
-    let o = common::lbrprof()
-        .env("LBRPROF_LBR_INTERP", if on { "1" } else { "0" })
-        .args([
-            "record",
-            "--vm",
-            "builtin:calls",
-            "--lbr-mode",
-            "exact",
-            "-o",
-        ])
-        .arg(&out)
-        .args(["--", "n=3000", "depth=12"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    lbrprof_collector::recording::RecordingReader::open(&out)
-        .unwrap()
-        .filter_map(|e| match e.unwrap() {
-            lbrprof_collector::model::Event::Snapshot(mut s) => {
-                s.host_time_ns = 0;
-                s.guest_tsc = 0;
-                Some(s)
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// Exact mode with the shim's interpreter (vmm-shim/src/pmu/interp.rs) is the same
@@ -791,8 +763,8 @@ fn the_interpreter_changes_nothing_exact_mode_can_see() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let a = exact_snapshots_interp(dir.path(), true);
-    let b = exact_snapshots_interp(dir.path(), false);
+    let a = exact_snapshots(dir.path(), "on.data", true);
+    let b = exact_snapshots(dir.path(), "off.data", false);
     assert!(a.len() >= 2, "{} snapshots", a.len());
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
