@@ -81,6 +81,27 @@ pub struct EdgeCounts {
     pub kind: BranchKind,
 }
 
+impl EdgeCounts {
+    /// Counts one LBR entry with these flags. The edge's kind is the first known kind
+    /// among its entries; returns whether this entry set it.
+    pub(crate) fn add_entry(&mut self, f: &lbrprof_collector::model::BranchFlags) -> bool {
+        self.count += 1;
+        self.mispred += u64::from(f.mispred);
+        self.predicted += u64::from(f.predicted);
+        self.in_tx += u64::from(f.in_tx);
+        self.abort += u64::from(f.abort);
+        if f.cycles != 0 {
+            self.cycles_sum += u64::from(f.cycles);
+            self.cycles_n += 1;
+        }
+        let first_kind = self.kind == BranchKind::Unknown && f.kind != BranchKind::Unknown;
+        if first_kind {
+            self.kind = f.kind;
+        }
+        first_kind
+    }
+}
+
 /// Totals over the whole (filtered) stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -506,19 +527,7 @@ impl Aggregator {
         for b in branches {
             let from = resolve(&mut p.spaces, b.from);
             let to = resolve(&mut p.spaces, b.to);
-            let e = p.edges.entry((from, to)).or_default();
-            e.count += 1;
-            e.mispred += u64::from(b.flags.mispred);
-            e.predicted += u64::from(b.flags.predicted);
-            e.in_tx += u64::from(b.flags.in_tx);
-            e.abort += u64::from(b.flags.abort);
-            if b.flags.cycles != 0 {
-                e.cycles_sum += u64::from(b.flags.cycles);
-                e.cycles_n += 1;
-            }
-            if e.kind == BranchKind::Unknown {
-                e.kind = b.flags.kind;
-            }
+            p.edges.entry((from, to)).or_default().add_entry(&b.flags);
             if let Some((nf, nf_addr)) = newer_from
                 && nf.module == to.module
                 && b.to != 0

@@ -227,22 +227,10 @@ fn fold_with<T>(
         }
         let mut newer_from: Option<u64> = None;
         for b in r.branch_entries(le) {
-            let e = raw
-                .edges
+            raw.edges
                 .entry([epoch, pid, mode, b.from, b.to])
-                .or_default();
-            e.count += 1;
-            e.mispred += u64::from(b.flags.mispred);
-            e.predicted += u64::from(b.flags.predicted);
-            e.in_tx += u64::from(b.flags.in_tx);
-            e.abort += u64::from(b.flags.abort);
-            if b.flags.cycles != 0 {
-                e.cycles_sum += u64::from(b.flags.cycles);
-                e.cycles_n += 1;
-            }
-            if e.kind == BranchKind::Unknown {
-                e.kind = b.flags.kind;
-            }
+                .or_default()
+                .add_entry(&b.flags);
             if let Some(nf) = newer_from
                 && b.to != 0
                 && b.to <= nf

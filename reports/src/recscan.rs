@@ -354,17 +354,7 @@ fn fold_branches(
         let (e, kind_at) = edges
             .entry(key(b.from, b.to))
             .or_insert((EdgeCounts::default(), NO_KIND));
-        e.count += 1;
-        e.mispred += u64::from(b.flags.mispred);
-        e.predicted += u64::from(b.flags.predicted);
-        e.in_tx += u64::from(b.flags.in_tx);
-        e.abort += u64::from(b.flags.abort);
-        if b.flags.cycles != 0 {
-            e.cycles_sum += u64::from(b.flags.cycles);
-            e.cycles_n += 1;
-        }
-        if e.kind == BranchKind::Unknown && b.flags.kind != BranchKind::Unknown {
-            e.kind = b.flags.kind;
+        if e.add_entry(&b.flags) {
             *kind_at = *at;
         }
         if let Some(nf) = newer_from
