@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_collector::recording::{RecordingWriter, Summary, chunk_offsets};
 
 /// Stdout, stderr and exit code of `lbrprof ARGS`, and the bytes of the file it writes
 /// (`-o OUT` in `args` is replaced by a path per run), by either path.
@@ -196,18 +196,6 @@ fn synthetic(dir: &Path) -> PathBuf {
     })
     .unwrap();
     path
-}
-
-fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
-    let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-    let mut off = 20 + header_len;
-    let mut offsets = Vec::new();
-    while off < bytes.len() {
-        offsets.push(off);
-        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-        off += 9 + len;
-    }
-    offsets
 }
 
 #[test]

@@ -77,6 +77,29 @@ pub const MAX_CHUNK_LEN: u32 = 64 << 20;
 const TARGET_CHUNK_LEN: usize = 1 << 20;
 /// The writer flushes at least this often.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The file offsets where the chunks of a recording's bytes start, from the preamble's
+/// header length and each chunk's length field alone (no CRC or kind check), up to the
+/// end of the bytes or the first length field that does not fit. For tools and tests
+/// that cut or damage recordings at chunk boundaries; readers use [`RecordingReader`].
+pub fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
+    let le_u32 = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(b)).ok()
+    };
+    let mut offsets = Vec::new();
+    let Some(mut off) = le_u32(12).and_then(|h| h.checked_add(PREAMBLE_LEN)) else {
+        return offsets;
+    };
+    while off < bytes.len() {
+        offsets.push(off);
+        match le_u32(off).and_then(|len| off.checked_add(CHUNK_HEADER_LEN + len)) {
+            Some(next) => off = next,
+            None => break,
+        }
+    }
+    offsets
+}
 const CHANNEL_CAPACITY: usize = 1 << 16;
 
 /// Chunk kinds (the `kind` byte).
@@ -1116,16 +1139,19 @@ mod tests {
         (events, reader)
     }
 
-    fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
-        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-        let mut off = PREAMBLE_LEN + header_len;
-        let mut offsets = Vec::new();
-        while off < bytes.len() {
-            offsets.push(off);
-            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-            off += CHUNK_HEADER_LEN + len;
-        }
-        offsets
+    #[test]
+    fn chunk_offsets_stop_at_bytes_that_do_not_fit() {
+        assert!(chunk_offsets(b"").is_empty());
+        assert!(chunk_offsets(&[0xff; 16]).is_empty());
+        // Preamble with an empty header, one 3-byte chunk, then a length cut short.
+        let mut bytes = vec![0u8; PREAMBLE_LEN];
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; CHUNK_HEADER_LEN - 4 + 3]);
+        bytes.extend_from_slice(&[7, 0]);
+        assert_eq!(
+            chunk_offsets(&bytes),
+            [PREAMBLE_LEN, PREAMBLE_LEN + CHUNK_HEADER_LEN + 3]
+        );
     }
 
     #[test]

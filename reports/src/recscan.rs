@@ -476,6 +476,7 @@ mod tests {
     use crate::perfscan::tests::summary;
     use lbrprof_collector::input::open_any;
     use lbrprof_collector::model::*;
+    use lbrprof_collector::recording::chunk_offsets;
     use lbrprof_collector::recording::{RecordingWriter, Summary};
     use std::path::{Path, PathBuf};
 
@@ -695,18 +696,6 @@ mod tests {
                 ..AggregateOptions::default()
             },
         ]
-    }
-
-    fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
-        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-        let mut off = 20 + header_len;
-        let mut offsets = Vec::new();
-        while off < bytes.len() {
-            offsets.push(off);
-            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-            off += 9 + len;
-        }
-        offsets
     }
 
     #[test]
