@@ -24,9 +24,11 @@ use anyhow::Context;
 use lbrprof_collector::vm::{GuestLbr, LbrCounters, SnapshotBudget, SnapshotSource};
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::caps;
-use lbrprof_vmm::pmu::backend::{self, Decision, HostLbrFacts, LbrMode, LbrRequest};
+use lbrprof_vmm::pmu::backend::{self, Decision, LbrMode, LbrRequest};
 use lbrprof_vmm::pmu::emulated::{EmulatedConfig, Sampling, SnapshotSink};
-use lbrprof_vmm::pmu::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink};
+use lbrprof_vmm::pmu::kvm_hook::{
+    self, EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink,
+};
 use lbrprof_vmm::pmu::tracer::TraceMode;
 use lbrprof_vmm::pmu::vpmu::PmuConfig;
 use lbrprof_vmm::snapshot::LbrBackend;
@@ -77,18 +79,6 @@ pub fn snapshot_period(mode: LbrMode, frequency: u64) -> u64 {
     (per_sec / frequency.max(1)).max(1)
 }
 
-/// The host facts the backend decision needs (CPU, perf's LBR, KVM capabilities).
-fn host_facts() -> HostLbrFacts {
-    let caps = caps::probe();
-    let mut f = backend::probe_host();
-    f.kvm = caps.open_error.is_none();
-    f.kvm_enable_pmu = caps.enable_pmu;
-    f.kvm_user_space_msr = caps.user_space_msr;
-    f.kvm_msr_filter = caps.msr_filter;
-    f.kvm_guest_debug = caps.guest_debug;
-    f
-}
-
 /// Decides the backend; an error when the request cannot be met on this host.
 pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
     let request = match req.lbr {
@@ -101,7 +91,7 @@ pub fn setup(req: &LbrRequestArgs) -> anyhow::Result<Box<ShimLbr>> {
         LbrModeChoice::Sampled => LbrMode::Sampled,
     };
     let pmu = PmuConfig::new(4, req.depth).context("bad --lbr-depth")?;
-    let facts = host_facts();
+    let facts = kvm_hook::host_facts(&caps::probe());
     let decision =
         backend::decide(&facts, request, mode).context("cannot give the guest an LBR")?;
     let period = snapshot_period(mode, req.frequency);
