@@ -90,20 +90,32 @@ fn to_sym(s: lbrprof_symbolizer::Symbolized) -> Sym {
     }
 }
 
+/// What the symbolizer is asked for a file module's `offsets`: its key and the offsets.
+fn file_request(
+    module: &Module,
+    offsets: &[u64],
+) -> (
+    lbrprof_symbolizer::ModuleKey,
+    Vec<lbrprof_symbolizer::FileOffset>,
+) {
+    let key = lbrprof_symbolizer::ModuleKey {
+        path: PathBuf::from(&module.path),
+        build_id: module.build_id.clone(),
+    };
+    let offs = offsets
+        .iter()
+        .map(|&o| lbrprof_symbolizer::FileOffset(o))
+        .collect();
+    (key, offs)
+}
+
 impl SymbolSource for SymbolizerSource {
     fn symbolize(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
         let out = match module.kind {
             ModuleKind::Kernel if self.kernel => self.symbolizer.symbolize_kernel(offsets),
             ModuleKind::Kernel => return vec![Sym::default(); offsets.len()],
             ModuleKind::File | ModuleKind::Guest => {
-                let key = lbrprof_symbolizer::ModuleKey {
-                    path: PathBuf::from(&module.path),
-                    build_id: module.build_id.clone(),
-                };
-                let offs: Vec<_> = offsets
-                    .iter()
-                    .map(|&o| lbrprof_symbolizer::FileOffset(o))
-                    .collect();
+                let (key, offs) = file_request(module, offsets);
                 self.symbolizer.symbolize(&key, &offs)
             }
             ModuleKind::Unknown => return vec![Sym::default(); offsets.len()],
@@ -115,14 +127,7 @@ impl SymbolSource for SymbolizerSource {
     fn symbolize_functions(&self, module: &Module, offsets: &[u64]) -> Vec<Sym> {
         let out = match module.kind {
             ModuleKind::File | ModuleKind::Guest => {
-                let key = lbrprof_symbolizer::ModuleKey {
-                    path: PathBuf::from(&module.path),
-                    build_id: module.build_id.clone(),
-                };
-                let offs: Vec<_> = offsets
-                    .iter()
-                    .map(|&o| lbrprof_symbolizer::FileOffset(o))
-                    .collect();
+                let (key, offs) = file_request(module, offsets);
                 self.symbolizer.symbolize_functions(&key, &offs)
             }
             // Kernel symbols have no lines anyway.
