@@ -100,6 +100,21 @@ impl EdgeCounts {
         }
         first_kind
     }
+
+    /// Adds the counts of `other` (an edge seen later, or in a later part of the file);
+    /// the kind stays the first known one.
+    pub(crate) fn merge(&mut self, other: &EdgeCounts) {
+        self.count += other.count;
+        self.mispred += other.mispred;
+        self.predicted += other.predicted;
+        self.in_tx += other.in_tx;
+        self.abort += other.abort;
+        self.cycles_sum += other.cycles_sum;
+        self.cycles_n += other.cycles_n;
+        if self.kind == BranchKind::Unknown {
+            self.kind = other.kind;
+        }
+    }
 }
 
 /// Totals over the whole (filtered) stream.
@@ -446,17 +461,7 @@ impl Aggregator {
         let p = &mut self.profile;
         let from = p.spaces.resolve(pid, from, mode);
         let to = p.spaces.resolve(pid, to, mode);
-        let e = p.edges.entry((from, to)).or_default();
-        e.count += c.count;
-        e.mispred += c.mispred;
-        e.predicted += c.predicted;
-        e.in_tx += c.in_tx;
-        e.abort += c.abort;
-        e.cycles_sum += c.cycles_sum;
-        e.cycles_n += c.cycles_n;
-        if e.kind == BranchKind::Unknown {
-            e.kind = c.kind;
-        }
+        p.edges.entry((from, to)).or_default().merge(c);
     }
 
     /// Adds `n` passes through the fall-through range `[start, end]` of process `pid`

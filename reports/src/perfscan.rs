@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lbrprof_collector::input::Input;
-use lbrprof_collector::model::{BranchKind, CpuMode, Frame, HostSample};
+use lbrprof_collector::model::{CpuMode, Frame, HostSample};
 use lbrprof_collector::perfdata::callchain_frames;
 use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
 use rayon::prelude::*;
@@ -260,7 +260,7 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     }
     for (k, e) in b.edges {
         let v = a.edges.entry(k).or_default();
-        add_edge(v, &e);
+        v.merge(&e);
     }
     for (k, n) in b.ranges {
         *a.ranges.entry(k).or_default() += n;
@@ -269,19 +269,6 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     a.samples_with_branches += b.samples_with_branches;
     a.max_branch_depth = a.max_branch_depth.max(b.max_branch_depth);
     a
-}
-
-pub(crate) fn add_edge(v: &mut EdgeCounts, e: &EdgeCounts) {
-    v.count += e.count;
-    v.mispred += e.mispred;
-    v.predicted += e.predicted;
-    v.in_tx += e.in_tx;
-    v.abort += e.abort;
-    v.cycles_sum += e.cycles_sum;
-    v.cycles_n += e.cycles_n;
-    if v.kind == BranchKind::Unknown {
-        v.kind = e.kind;
-    }
 }
 
 /// Whether [`aggregate_scan`] can build the profile for these options and this file.

@@ -33,8 +33,8 @@ use rayon::prelude::*;
 
 use crate::aggregate::{AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile};
 use crate::perfscan::{
-    Epoch, Group, Raw, add_branch_totals, add_edge, apply_epoch, fold_empty, group_epochs, merge,
-    mode_code, mode_of,
+    Epoch, Group, Raw, add_branch_totals, apply_epoch, fold_empty, group_epochs, merge, mode_code,
+    mode_of,
 };
 
 /// Raw edges, `[epoch, pid, mode, from, to]`, with the file position (chunk index << 40
@@ -113,7 +113,7 @@ fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
         if v.kind == BranchKind::Unknown && e.kind != BranchKind::Unknown {
             *v_at = at;
         }
-        add_edge(v, &e);
+        v.merge(&e);
     }
 }
 
