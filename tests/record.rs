@@ -493,10 +493,19 @@ fn info_describes_the_host() {
         "perf_event_paranoid:",
         "kernel call chains:",
         "enable_pmu:",
-        "guest LBR (sampled mode):",
+        "host LBR:",
+        "LBR freeze on PMI:",
+        "KVM vPMU:",
+        "hardware passthrough:",
+        "emulated LBR:",
+        "record --vm (sampled):",
+        "record --vm (exact):",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
+    assert!(text.ends_with('\n'));
+    // Never both "no backend" and a backend picked (the contradiction of old).
+    assert!(!text.contains("guest LBR backends"), "{text}");
 }
 
 #[test]

@@ -953,3 +953,67 @@ fn agent_losses_and_sources_show_per_vcpu() {
         "{text}"
     );
 }
+
+/// `info` speaks from the same decisions `record` and `record --vm` make: what it says they
+/// will use is what they then use, and the emulated LBR it calls working does work.
+#[test]
+fn info_verdicts_agree_with_what_record_does() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let info = json(&["info", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Host sampling: the event info names is the one record samples with.
+    let event = info["host"]["record"]["event"].as_str().unwrap().to_owned();
+    let host_data = dir.path().join("host.data");
+    let out = common::run(&["record", "-o", host_data.to_str().unwrap(), "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("sampling with event {event} ")),
+        "info said {event}; record said:\n{stderr}"
+    );
+
+    // Guest LBR: the backend info names for each mode is the one record --vm takes, and a
+    // backend info calls working records branches.
+    let lbr = &info["guest_lbr"];
+    for (mode, extra) in [("sampled", vec![]), ("exact", vec!["--", "n=2000"])] {
+        let expected = lbr["record_vm"][mode]["backend"].as_str().unwrap();
+        let data = dir.path().join(format!("{mode}.data"));
+        let mut args = vec![
+            "record",
+            "--vm",
+            "builtin:calls",
+            "--lbr-mode",
+            mode,
+            "-o",
+            data.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = common::run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("guest LBR: {mode} mode, {expected} (")),
+            "info said {expected} for {mode}; record --vm said:\n{stderr}"
+        );
+        if lbr[expected]["verdict"] == "works" {
+            let report = json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+            assert!(
+                report["meta"]["branch_entries"].as_u64().unwrap() > 0,
+                "info says {expected} works, but record --vm --lbr-mode {mode} got no branches"
+            );
+        }
+    }
+    // On any host with KVM the emulated LBR must have passed its trial.
+    assert_eq!(lbr["emulated"]["verdict"], "works", "{lbr:#}");
+}

@@ -1,5 +1,9 @@
 //! `lbrprof info`: this host's profiling capabilities, or (`lbrprof info FILE`) a
 //! recording's header and totals, read as a stream.
+//!
+//! The host's verdicts come from the decision code `record` and `record --vm` run
+//! (`collector::host::decide`, `vmm::pmu::backend::decide`) on the same probes, and the
+//! emulated LBR is called working only after a short trial run has shown it working.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -7,9 +11,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_collector::host::HostFacts;
+use lbrprof_collector::host::{
+    BranchRequest, CallGraph, EventRequest, HostFacts, SamplingChoice, SamplingRequest,
+};
 use lbrprof_collector::model::{Event, Header, LossKind, SnapshotReason, Target, TaskEvent};
 use lbrprof_collector::recording::RecordingReader;
+use lbrprof_vmm::caps::KvmCaps;
+use lbrprof_vmm::pmu::backend::{
+    self, Decision, HostLbrFacts, LbrBackend, LbrFlavour, LbrMode, LbrRequest, Refusal,
+};
+use lbrprof_vmm::pmu::{kvm_hook, trial};
+use serde_json::json;
 
 /// Print this host's profiling capabilities (PMU, LBR, perf_event_paranoid, KVM), or a
 /// recording's header and totals.
@@ -18,44 +30,275 @@ pub struct Args {
     /// A recording (lbrprof.data) to describe instead of the host.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+
+    /// Describe the host as JSON (for scripts): the same facts and verdicts as the text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match args.file {
-        None => host(&mut out)?,
+        None => {
+            let report = HostReport::probe();
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &report.to_json())?;
+                writeln!(out)?;
+            } else {
+                report.write_text(&mut out)?;
+            }
+        }
+        Some(path) if args.json => anyhow::bail!(
+            "--json describes the host; `lbrprof report -i {} --format json` describes a recording",
+            path.display()
+        ),
         Some(path) => recording(&mut out, &path)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn host(out: &mut impl Write) -> anyhow::Result<()> {
-    let facts = HostFacts::probe();
-    writeln!(out, "host")?;
-    for line in facts.to_string().lines() {
-        writeln!(out, "  {line}")?;
-    }
-    writeln!(out, "kvm")?;
-    let caps = lbrprof_vmm::caps::probe();
-    for line in caps.to_string().lines() {
-        writeln!(out, "  {}", line.strip_prefix("kvm: ").unwrap_or(line))?;
-    }
-    // What `record --vm` would pick by default, and why.
-    use lbrprof_vmm::pmu::backend::{self, LbrMode, LbrRequest};
-    let facts = backend::HostLbrFacts {
-        kvm: caps.open_error.is_none(),
-        kvm_user_space_msr: caps.user_space_msr,
-        kvm_msr_filter: caps.msr_filter,
-        kvm_guest_debug: caps.guest_debug,
-        ..backend::probe_host()
-    };
-    for (mode, name) in [(LbrMode::Sampled, "sampled"), (LbrMode::Exact, "exact")] {
-        match backend::decide(&facts, LbrRequest::Auto, mode) {
-            Ok(decision) => writeln!(out, "  guest LBR ({name} mode): {decision}")?,
-            Err(refusal) => writeln!(out, "  guest LBR ({name} mode): none ({refusal})")?,
+/// What is known of a guest-LBR backend on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Seen working by a trial run.
+    Works(String),
+    DoesNotWork(String),
+    /// The decision allows it but nothing here has run it.
+    Untested(String),
+}
+
+impl Verdict {
+    fn word(&self) -> &'static str {
+        match self {
+            Verdict::Works(_) => "works",
+            Verdict::DoesNotWork(_) => "does not work",
+            Verdict::Untested(_) => "untested",
         }
     }
-    Ok(())
+
+    fn reason(&self) -> &str {
+        match self {
+            Verdict::Works(r) | Verdict::DoesNotWork(r) | Verdict::Untested(r) => r,
+        }
+    }
+}
+
+/// Everything `lbrprof info` says about this host, gathered by the same probes and decided
+/// by the same code that `record` (host sampling) and `record --vm` (guest LBR) use.
+struct HostReport {
+    host: HostFacts,
+    kvm: KvmCaps,
+    lbr: HostLbrFacts,
+    /// What `record -- CMD` samples with by default.
+    sampling: Result<SamplingChoice, String>,
+    hardware: Verdict,
+    emulated: Verdict,
+    /// What `record --vm --lbr auto` picks, per mode.
+    auto: [(LbrMode, Result<Decision, Refusal>); 2],
+}
+
+impl HostReport {
+    fn probe() -> HostReport {
+        let host = HostFacts::probe();
+        let kvm = lbrprof_vmm::caps::probe();
+        let lbr = kvm_hook::host_facts(&kvm);
+        let sampling = lbrprof_collector::host::decide(
+            &host,
+            SamplingRequest {
+                event: EventRequest::Auto,
+                branches: BranchRequest::Auto,
+                call_graph: CallGraph::Fp,
+            },
+        )
+        .map_err(|e| e.to_string());
+        let hardware = match backend::decide(&lbr, LbrRequest::Hw, LbrMode::Sampled) {
+            Ok(d) => Verdict::Untested(format!(
+                "passthrough is possible ({}); info does not boot a guest with it",
+                d.reason
+            )),
+            Err(Refusal::Hardware { why }) => Verdict::DoesNotWork(why),
+            Err(other) => Verdict::DoesNotWork(other.to_string()),
+        };
+        let emulated = match backend::decide(&lbr, LbrRequest::Emulated, LbrMode::Sampled) {
+            Err(refusal) => Verdict::DoesNotWork(refusal.to_string()),
+            Ok(_) => match trial::emulated_lbr() {
+                Ok(t) if t.works() => Verdict::Works(t.to_string()),
+                Ok(t) => Verdict::DoesNotWork(t.to_string()),
+                Err(e) => Verdict::DoesNotWork(e.to_string()),
+            },
+        };
+        let auto = [LbrMode::Sampled, LbrMode::Exact]
+            .map(|mode| (mode, backend::decide(&lbr, LbrRequest::Auto, mode)));
+        HostReport {
+            host,
+            kvm,
+            lbr,
+            sampling,
+            hardware,
+            emulated,
+            auto,
+        }
+    }
+
+    fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "host")?;
+        for line in self.host.to_string().lines() {
+            writeln!(out, "  {line}")?;
+        }
+        match &self.sampling {
+            Ok(c) => writeln!(out, "  record picks:           {}", c.reason)?,
+            Err(e) => writeln!(out, "  record picks:           nothing ({e})")?,
+        }
+        writeln!(out, "kvm")?;
+        for line in self.kvm.to_string().lines() {
+            writeln!(out, "  {}", line.strip_prefix("kvm: ").unwrap_or(line))?;
+        }
+        let lbr = &self.lbr;
+        writeln!(out, "guest LBR")?;
+        match lbr.lbr_flavour() {
+            LbrFlavour::None => writeln!(
+                out,
+                "  host LBR:               none ({})",
+                if lbr.host_lbr_nr == 0 {
+                    "the host kernel's perf exposes no branch stack: caps/branches missing or 0"
+                } else {
+                    "no LBR flavour lbrprof knows in CPUID"
+                }
+            )?,
+            flavour => writeln!(out, "  host LBR:               {flavour}")?,
+        }
+        writeln!(out, "  LBR freeze on PMI:      {}", lbr.lbr_freeze().1)?;
+        writeln!(out, "  KVM vPMU:               {}", vpmu(lbr))?;
+        writeln!(out, "  virtualization:         {}", lbr.virtualization())?;
+        for (name, v) in [
+            ("hardware passthrough", &self.hardware),
+            ("emulated LBR", &self.emulated),
+        ] {
+            writeln!(
+                out,
+                "  {:<22}  {}: {}",
+                format!("{name}:"),
+                v.word(),
+                v.reason()
+            )?;
+        }
+        for (mode, decision) in &self.auto {
+            let mode = mode_name(*mode);
+            match decision {
+                Ok(d) => writeln!(
+                    out,
+                    "  record --vm ({mode}):{:<w$}{d}",
+                    "",
+                    w = 9 - mode.len()
+                )?,
+                Err(r) => writeln!(
+                    out,
+                    "  record --vm ({mode}):{:<w$}no guest LBR ({r})",
+                    "",
+                    w = 9 - mode.len()
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let h = &self.host;
+        let k = &self.kvm;
+        let lbr = &self.lbr;
+        let verdict = |v: &Verdict| json!({ "verdict": v.word(), "reason": v.reason() });
+        let (freeze, freeze_how) = lbr.lbr_freeze();
+        json!({
+            "host": {
+                "kernel": h.kernel,
+                "cpu_vendor": h.cpu_vendor,
+                "cpu_model": h.cpu_model,
+                "hardware_pmu": h.pmu_present(),
+                "lbr_depth": h.lbr_depth,
+                "lbr_format": h.lbr_format,
+                "perf_event_paranoid": h.perf_event_paranoid,
+                "privileged": h.privileged,
+                "sampling_other_tasks": h.sampling_allowed(),
+                "kernel_callchains": h.kernel_callchains_allowed(),
+                "kernel_symbols_visible": h.kernel_symbols_visible(),
+                "record": match &self.sampling {
+                    Ok(c) => json!({
+                        "event": c.event.name(),
+                        "branch_stacks": c.branch_stacks,
+                        "kernel": c.kernel,
+                        "reason": c.reason,
+                    }),
+                    Err(e) => json!({ "error": e }),
+                },
+            },
+            "kvm": {
+                "available": k.open_error.is_none(),
+                "error": k.open_error,
+                "api_version": k.api_version,
+                "vendor": k.vendor,
+                "max_vcpus": k.max_vcpus,
+                "user_space_msr": k.user_space_msr,
+                "msr_filter": k.msr_filter,
+                "guest_debug": k.guest_debug,
+                "guest_debug_reaches_ring3": k.ring3_guest_debug,
+                "irqchip": k.irqchip,
+                "enable_pmu": k.enable_pmu,
+                "enable_mediated_pmu": lbr.kvm_mediated_pmu,
+                "module": lbr.kvm_module,
+            },
+            "guest_lbr": {
+                "host_lbr": lbr.lbr_flavour().to_string(),
+                "freeze_on_pmi": freeze,
+                "freeze_on_pmi_how": freeze_how,
+                "hypervisor": lbr.cpuid.hypervisor,
+                "hardware_virtualization": lbr.cpuid.hw_virt,
+                "hardware": verdict(&self.hardware),
+                "emulated": verdict(&self.emulated),
+                "record_vm": self.auto.iter().map(|(mode, d)| {
+                    let value = match d {
+                        Ok(d) => json!({
+                            "backend": backend_name(d.backend),
+                            "reason": d.reason,
+                        }),
+                        Err(r) => json!({ "backend": null, "reason": r.to_string() }),
+                    };
+                    (mode_name(*mode).to_owned(), value)
+                }).collect::<serde_json::Map<_, _>>(),
+            },
+        })
+    }
+}
+
+fn mode_name(mode: LbrMode) -> &'static str {
+    match mode {
+        LbrMode::Sampled => "sampled",
+        LbrMode::Exact => "exact",
+    }
+}
+
+fn backend_name(b: LbrBackend) -> &'static str {
+    match b {
+        LbrBackend::Hardware => "hardware",
+        LbrBackend::Emulated => "emulated",
+    }
+}
+
+/// KVM's PMU virtualization: `enable_pmu`, and the mediated vPMU where the kernel has it.
+fn vpmu(f: &HostLbrFacts) -> String {
+    let enable = match f.kvm_enable_pmu {
+        Some(true) => "enable_pmu=Y",
+        Some(false) => "enable_pmu=N (KVM gives guests no PMU of its own)",
+        None => "enable_pmu unknown",
+    };
+    let mediated = match f.kvm_mediated_pmu {
+        Some(true) => {
+            "mediated vPMU on (the guest owns the PMU while it runs: no guest LBR from KVM, \
+             and the host cannot sample inside the guest)"
+        }
+        Some(false) => "mediated vPMU off",
+        None => "no mediated vPMU in this kernel",
+    };
+    format!("{enable}; {mediated}")
 }
 
 /// How many threads `info FILE` lists.

@@ -1,5 +1,6 @@
-//! What this host's KVM can do for lbrprof, as plain facts ([`KvmCaps`]) so that every
-//! decision made from them can be unit-tested without KVM (see [`KvmCaps::pmu_backends`]).
+//! What this host's KVM can do for lbrprof, as plain facts ([`KvmCaps`]). The guest-LBR
+//! backend is decided from these facts in one place, [`crate::pmu::backend::decide`], for
+//! `record`, `run` and `info` alike.
 
 use std::fmt;
 
@@ -56,38 +57,12 @@ pub struct KvmCaps {
     pub pmu_leaf: Option<PmuLeaf>,
     /// CPU vendor string from KVM's CPUID leaf 0.
     pub vendor: Option<String>,
-    /// Whether single-stepping reaches natively executed ring-3 guest code (measured by
+    /// Whether KVM's single-step reaches natively executed ring-3 guest code (measured by
     /// booting a guest, see [`probe_ring3_guest_debug`]; None = not measured). Some nested
-    /// hosts honour guest debugging only in (emulated) ring 0, which leaves the emulated
-    /// LBR blind to ring-3 workloads.
+    /// hosts honour KVM guest debugging only in (emulated) ring 0; the emulated LBR does
+    /// not depend on it there, since it stops ring-3 code through the guest's own trap
+    /// handlers and runs it in its interpreter.
     pub ring3_guest_debug: Option<bool>,
-}
-
-/// The PMU backends this host can offer guests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PmuBackends {
-    /// KVM can pass the host PMU through (vPMU enabled and a PMU leaf is advertised).
-    pub hardware: bool,
-    /// The shim can emulate the PMU/LBR (user-space MSR exits, MSR filter, single-step).
-    pub emulated: bool,
-}
-
-impl KvmCaps {
-    /// Which PMU backends are possible given these facts.
-    pub fn pmu_backends(&self) -> PmuBackends {
-        let usable = self.open_error.is_none();
-        PmuBackends {
-            hardware: usable
-                && self.enable_pmu == Some(true)
-                && self.pmu_leaf.is_some_and(|l| l.version >= 2),
-            emulated: usable
-                && self.user_space_msr
-                && self.msr_filter
-                && self.guest_debug
-                && self.irqchip
-                && self.ring3_guest_debug != Some(false),
-        }
-    }
 }
 
 /// Probe /dev/kvm and sysfs.
@@ -228,7 +203,7 @@ impl fmt::Display for KvmCaps {
                 Some(true) => writeln!(f, "kvm: guest debug reaches ring-3 code: yes")?,
                 Some(false) => writeln!(
                     f,
-                    "kvm: guest debug reaches ring-3 code: no (this host honours single-step only in guest ring 0; the emulated LBR cannot see ring-3 branches)"
+                    "kvm: guest debug reaches ring-3 code: no (KVM single-steps only guest ring 0 here; the emulated LBR stops ring-3 code through the guest's trap handlers instead)"
                 )?,
                 None => writeln!(f, "kvm: guest debug reaches ring-3 code: not measured")?,
             }
@@ -255,13 +230,7 @@ impl fmt::Display for KvmCaps {
             )?,
             None => writeln!(f, "kvm: guest PMU leaf 0xA: none")?,
         }
-        let b = self.pmu_backends();
-        write!(
-            f,
-            "kvm: guest LBR backends: hardware {}, emulated {}",
-            yes(b.hardware),
-            yes(b.emulated)
-        )
+        Ok(())
     }
 }
 
@@ -298,49 +267,22 @@ mod tests {
     }
 
     #[test]
-    fn backends_follow_the_facts() {
-        assert_eq!(
-            full().pmu_backends(),
-            PmuBackends {
-                hardware: true,
-                emulated: true
-            }
-        );
-        let no_pmu = KvmCaps {
-            enable_pmu: Some(false),
-            ..full()
-        };
-        assert!(!no_pmu.pmu_backends().hardware && no_pmu.pmu_backends().emulated);
-        let no_leaf = KvmCaps {
-            pmu_leaf: None,
-            ..full()
-        };
-        assert!(!no_leaf.pmu_backends().hardware);
-        let no_filter = KvmCaps {
-            msr_filter: false,
-            ..full()
-        };
-        assert!(!no_filter.pmu_backends().emulated);
+    fn facts_print_without_contradicting_the_emulated_lbr() {
         let ring0_only = KvmCaps {
             ring3_guest_debug: Some(false),
             ..full()
         };
-        assert!(!ring0_only.pmu_backends().emulated);
+        let text = ring0_only.to_string();
         assert!(
-            ring0_only
-                .to_string()
-                .contains("cannot see ring-3 branches")
+            text.contains("guest debug reaches ring-3 code: no"),
+            "{text}"
         );
-        let unmeasured = KvmCaps {
-            ring3_guest_debug: None,
-            ..full()
-        };
-        assert!(unmeasured.pmu_backends().emulated);
+        assert!(!text.contains("cannot see ring-3 branches"), "{text}");
+        assert!(text.ends_with('\n'), "{text:?}");
         let closed = KvmCaps {
             open_error: Some("EACCES".into()),
             ..full()
         };
-        assert_eq!(closed.pmu_backends(), PmuBackends::default());
         assert!(closed.to_string().contains("unavailable"));
     }
 

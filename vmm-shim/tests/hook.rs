@@ -345,3 +345,17 @@ fn ring3_guest_debug_probe_gives_an_answer() {
     assert_eq!(caps.ring3_guest_debug, Some(works));
     assert!(caps.to_string().contains("guest debug reaches ring-3 code"));
 }
+
+#[test]
+fn emulated_lbr_trial_sees_branches() {
+    if !kvm_available() {
+        return;
+    }
+    // `info` says "works" only from this run; on any host whose KVM can run the built-in
+    // guests it must see snapshots full of branches.
+    let outcome = lbrprof_vmm::pmu::trial::emulated_lbr().unwrap();
+    eprintln!("trial: {outcome}");
+    assert!(outcome.works(), "{outcome:?}");
+    assert!(outcome.snapshots >= 5, "{outcome:?}");
+    assert!(outcome.branches >= 5 * 16, "{outcome:?}");
+}

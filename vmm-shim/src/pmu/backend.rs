@@ -15,7 +15,13 @@ use std::fmt;
 use std::path::Path;
 
 use super::cpuid::family_model;
-use super::msr::CPUID_7_EDX_ARCH_LBR;
+use super::msr::{
+    AMD_BRS_DEPTH, CPUID_1_ECX_HYPERVISOR, CPUID_1_ECX_VMX, CPUID_7_EDX_ARCH_LBR,
+    CPUID_80000001_ECX_SVM, CPUID_80000008_EBX_BRS, CPUID_80000022_EAX_LBR_PMC_FREEZE,
+    CPUID_80000022_EAX_LBR_V2, CPUID_80000022_EBX_LBR_V2_DEPTH_MASK,
+    CPUID_80000022_EBX_LBR_V2_DEPTH_SHIFT, CPUID_LEAF_AMD_PERFMON_V2, CPUID_LEAF_ARCH_LBR,
+    CPUID_LEAF_PMU,
+};
 pub use crate::snapshot::LbrBackend;
 
 /// The host CPU vendor.
@@ -57,6 +63,74 @@ pub struct HostLbrFacts {
     pub kvm_msr_filter: bool,
     /// KVM_CAP_SET_GUEST_DEBUG with single-step and hardware breakpoints.
     pub kvm_guest_debug: bool,
+    /// `/sys/module/kvm/parameters/enable_mediated_pmu`; `None` when the kernel has no
+    /// mediated vPMU (the parameter is absent).
+    pub kvm_mediated_pmu: Option<bool>,
+    /// The LBR format from `IA32_PERF_CAPABILITIES[5:0]`, when `/dev/cpu/0/msr` is readable.
+    pub lbr_format: Option<u8>,
+    /// What the host CPU's CPUID says about branch records and virtualization.
+    pub cpuid: CpuidLbrFacts,
+    /// The loaded KVM vendor module (`kvm_intel`, `kvm_amd`, `kvm_pvm`), when one is.
+    pub kvm_module: Option<String>,
+}
+
+/// The CPUID bits about branch records and virtualization (SDM vol. 2A, CPUID; AMD APM
+/// vol. 3, CPUID 80000008H and 80000022H). A plain struct so each host flavour is a test.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidLbrFacts {
+    /// CPUID.01H:ECX[31]: this host is itself a guest of a hypervisor.
+    pub hypervisor: bool,
+    /// CPUID.01H:ECX[5] (VMX) or CPUID.80000001H:ECX[2] (SVM).
+    pub hw_virt: bool,
+    /// CPUID.0AH:EAX[7:0], the architectural PMU version (0: none).
+    pub pmu_version: u8,
+    /// CPUID.(1CH,0):EAX[7:0]: the Arch LBR depths (bit n: 8·(n+1) entries).
+    pub arch_lbr_depths: u8,
+    /// CPUID.80000022H:EAX[1] LbrExtV2, with EBX[9:4] its number of entries.
+    pub amd_lbr_v2_depth: Option<u32>,
+    /// CPUID.80000022H:EAX[2] LbrAndPmcFreeze.
+    pub amd_lbr_freeze: bool,
+    /// CPUID.80000008H:EBX[31] BRS (Zen 3 branch sampling).
+    pub amd_brs: bool,
+}
+
+/// The host's own branch-record facility.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbrFlavour {
+    /// Intel's model-specific LBR (MSR_LASTBRANCH_x, DEBUGCTL.LBR), `format` from
+    /// IA32_PERF_CAPABILITIES when readable.
+    Legacy { depth: u32, format: Option<u8> },
+    /// Intel architectural LBR (Sapphire Rapids and later; IA32_LBR_x, IA32_LBR_CTL).
+    Arch { depth: u32 },
+    /// AMD LbrExtV2 (Zen 4 and later).
+    AmdLbrV2 { depth: u32 },
+    /// AMD Branch Sampling (Zen 3): a one-shot buffer, not a continuous LBR.
+    AmdBrs { depth: u32 },
+    /// No branch records this host can use.
+    None,
+}
+
+impl fmt::Display for LbrFlavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LbrFlavour::Legacy { depth, format } => {
+                write!(f, "legacy LBR, {depth} entries, ")?;
+                match format {
+                    Some(fmt) => write!(f, "format {fmt} (IA32_PERF_CAPABILITIES)"),
+                    None => f.write_str("format unknown (/dev/cpu/0/msr not readable)"),
+                }
+            }
+            LbrFlavour::Arch { depth } => write!(f, "architectural LBR, {depth} entries"),
+            LbrFlavour::AmdLbrV2 { depth } => write!(f, "AMD LbrExtV2, {depth} entries"),
+            LbrFlavour::AmdBrs { depth } => {
+                write!(
+                    f,
+                    "AMD BRS (branch sampling, not a continuous LBR), {depth} entries"
+                )
+            }
+            LbrFlavour::None => f.write_str("none"),
+        }
+    }
 }
 
 /// What the user asked for (`--lbr auto|hw|emulated`).
@@ -145,6 +219,58 @@ pub enum Refusal {
 }
 
 impl HostLbrFacts {
+    /// The host's branch-record facility, from CPUID and what the host kernel's perf exposes.
+    pub fn lbr_flavour(&self) -> LbrFlavour {
+        let c = &self.cpuid;
+        match self.vendor {
+            CpuVendor::Intel if self.arch_lbr && c.arch_lbr_depths != 0 => LbrFlavour::Arch {
+                depth: 8 * (8 - c.arch_lbr_depths.leading_zeros()),
+            },
+            CpuVendor::Intel if self.host_lbr_nr != 0 => LbrFlavour::Legacy {
+                depth: self.host_lbr_nr,
+                format: self.lbr_format,
+            },
+            CpuVendor::Amd => match (c.amd_lbr_v2_depth, c.amd_brs) {
+                (Some(depth), _) => LbrFlavour::AmdLbrV2 { depth },
+                (None, true) => LbrFlavour::AmdBrs {
+                    depth: AMD_BRS_DEPTH,
+                },
+                (None, false) => LbrFlavour::None,
+            },
+            _ => LbrFlavour::None,
+        }
+    }
+
+    /// Whether the host's branch records stop on a counter overflow (freeze-on-PMI), in
+    /// words: the mechanism, or why there is none.
+    pub fn lbr_freeze(&self) -> (bool, String) {
+        match self.lbr_flavour() {
+            LbrFlavour::Legacy { .. } => (true, "yes (DEBUGCTL.FREEZE_LBRS_ON_PMI)".into()),
+            LbrFlavour::Arch { .. } if self.cpuid.pmu_version >= 4 => (
+                true,
+                "yes (PERF_GLOBAL_STATUS.LBR_FRZ, PMU version 4 or later)".into(),
+            ),
+            LbrFlavour::Arch { .. } => (
+                false,
+                format!("no (PMU version {} has no LBR_FRZ)", self.cpuid.pmu_version),
+            ),
+            LbrFlavour::AmdLbrV2 { .. } if self.cpuid.amd_lbr_freeze => {
+                (true, "yes (CPUID 0x80000022 EAX[2] LbrAndPmcFreeze)".into())
+            }
+            LbrFlavour::AmdLbrV2 { .. } => (
+                false,
+                "no (CPUID 0x80000022 EAX[2] LbrAndPmcFreeze is clear: entries recorded \
+                 between the overflow and the PMI handler push older ones out)"
+                    .into(),
+            ),
+            LbrFlavour::AmdBrs { .. } => (
+                false,
+                "no (BRS stops when its buffer fills, not on the overflow)".into(),
+            ),
+            LbrFlavour::None => (false, "not applicable (no host LBR)".into()),
+        }
+    }
+
     /// Why hardware passthrough cannot work here, or `None` if it can.
     pub fn hardware_obstacle(&self, mode: LbrMode) -> Option<String> {
         if self.vendor != CpuVendor::Intel {
@@ -171,6 +297,14 @@ impl HostLbrFacts {
             Some(true) => {}
             Some(false) => return Some("kvm.enable_pmu is N".into()),
             None => return Some("kvm.enable_pmu cannot be read".into()),
+        }
+        if self.kvm_mediated_pmu == Some(true) {
+            return Some(
+                "KVM's mediated vPMU is on (kvm.enable_mediated_pmu=Y): the guest owns the \
+                 PMU while it runs, so KVM offers guests no LBR and the host cannot sample \
+                 inside the guest"
+                    .into(),
+            );
         }
         if mode == LbrMode::Exact {
             return Some("exact mode counts every instruction, which needs the tracer".into());
@@ -259,7 +393,92 @@ pub fn probe_host() -> HostLbrFacts {
         kvm_user_space_msr: false,
         kvm_msr_filter: false,
         kvm_guest_debug: false,
+        kvm_mediated_pmu: read("/sys/module/kvm/parameters/enable_mediated_pmu")
+            .and_then(|s| parse_bool_param(&s)),
+        lbr_format: read_lbr_format(),
+        cpuid: host_cpuid_lbr(),
+        kvm_module: KVM_MODULES
+            .iter()
+            .find(|m| Path::new("/sys/module").join(m).exists())
+            .map(|m| (*m).to_owned()),
     }
+}
+
+/// KVM's vendor modules, one of which backs /dev/kvm.
+const KVM_MODULES: [&str; 3] = ["kvm_intel", "kvm_amd", "kvm_pvm"];
+
+impl HostLbrFacts {
+    /// How guests run on this host, in words: hardware virtualization or not, nested or not.
+    pub fn virtualization(&self) -> String {
+        let module = self
+            .kvm_module
+            .as_deref()
+            .unwrap_or("no KVM vendor module loaded");
+        let cpu = match (self.cpuid.hypervisor, self.cpuid.hw_virt) {
+            (true, true) => "this host is itself a guest (CPUID.1:ECX[31]) with VMX/SVM: nested",
+            (true, false) => {
+                "this host is itself a guest (CPUID.1:ECX[31]) without VMX/SVM: guest ring-0 \
+                 code may be emulated (slow), guest ring-3 code runs natively"
+            }
+            (false, true) => "bare metal with VMX/SVM",
+            (false, false) => "no VMX/SVM in CPUID",
+        };
+        format!("{module}; {cpu}")
+    }
+}
+
+/// `IA32_PERF_CAPABILITIES[5:0]` (SDM vol. 4, MSR 0x345) through the msr driver, when it is
+/// loaded and readable (root).
+fn read_lbr_format() -> Option<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open("/dev/cpu/0/msr").ok()?;
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, u64::from(super::msr::IA32_PERF_CAPABILITIES))
+        .ok()?;
+    Some((u64::from_le_bytes(buf) & super::msr::PERF_CAP_LBR_FMT_MASK) as u8)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_cpuid_lbr() -> CpuidLbrFacts {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    let max = __cpuid(0).eax;
+    let max_ext = __cpuid(0x8000_0000).eax;
+    let leaf1 = __cpuid(1);
+    let ext1_ecx = if max_ext >= 0x8000_0001 {
+        __cpuid(0x8000_0001).ecx
+    } else {
+        0
+    };
+    let mut c = CpuidLbrFacts {
+        hypervisor: leaf1.ecx & CPUID_1_ECX_HYPERVISOR != 0,
+        hw_virt: leaf1.ecx & CPUID_1_ECX_VMX != 0 || ext1_ecx & CPUID_80000001_ECX_SVM != 0,
+        ..Default::default()
+    };
+    if max >= CPUID_LEAF_PMU {
+        c.pmu_version = __cpuid(CPUID_LEAF_PMU).eax as u8;
+    }
+    if max >= CPUID_LEAF_ARCH_LBR {
+        c.arch_lbr_depths = __cpuid_count(CPUID_LEAF_ARCH_LBR, 0).eax as u8;
+    }
+    if max_ext >= 0x8000_0008 {
+        c.amd_brs = __cpuid(0x8000_0008).ebx & CPUID_80000008_EBX_BRS != 0;
+    }
+    if max_ext >= CPUID_LEAF_AMD_PERFMON_V2 {
+        let l = __cpuid(CPUID_LEAF_AMD_PERFMON_V2);
+        if l.eax & CPUID_80000022_EAX_LBR_V2 != 0 {
+            c.amd_lbr_v2_depth = Some(
+                (l.ebx >> CPUID_80000022_EBX_LBR_V2_DEPTH_SHIFT)
+                    & CPUID_80000022_EBX_LBR_V2_DEPTH_MASK,
+            );
+        }
+        c.amd_lbr_freeze = l.eax & CPUID_80000022_EAX_LBR_PMC_FREEZE != 0;
+    }
+    c
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_cpuid_lbr() -> CpuidLbrFacts {
+    CpuidLbrFacts::default()
 }
 
 /// Parses perf's `caps/branches` (a decimal count).
@@ -316,6 +535,14 @@ mod tests {
             kvm_user_space_msr: true,
             kvm_msr_filter: true,
             kvm_guest_debug: true,
+            kvm_mediated_pmu: None,
+            lbr_format: Some(5),
+            cpuid: CpuidLbrFacts {
+                pmu_version: 4,
+                hw_virt: true,
+                ..Default::default()
+            },
+            kvm_module: Some("kvm_intel".into()),
         }
     }
 
@@ -448,6 +675,116 @@ mod tests {
             d.to_string()
                 .starts_with("emulated (hardware passthrough is not possible")
         );
+    }
+
+    #[test]
+    fn host_flavours_and_their_freeze() {
+        // Intel legacy LBR (Skylake).
+        let f = skylake();
+        assert_eq!(
+            f.lbr_flavour(),
+            LbrFlavour::Legacy {
+                depth: 32,
+                format: Some(5)
+            }
+        );
+        assert!(f.lbr_freeze().0);
+        assert!(f.lbr_flavour().to_string().contains("format 5"));
+        let unreadable = HostLbrFacts {
+            lbr_format: None,
+            ..skylake()
+        };
+        assert!(
+            unreadable
+                .lbr_flavour()
+                .to_string()
+                .contains("format unknown")
+        );
+        // Intel Arch LBR (Sapphire Rapids: depths 8..32, PMU v5).
+        let spr = HostLbrFacts {
+            model: 0x8F,
+            arch_lbr: true,
+            cpuid: CpuidLbrFacts {
+                pmu_version: 5,
+                arch_lbr_depths: 0b1111,
+                ..skylake().cpuid
+            },
+            ..skylake()
+        };
+        assert_eq!(spr.lbr_flavour(), LbrFlavour::Arch { depth: 32 });
+        assert!(spr.lbr_freeze().1.contains("LBR_FRZ"));
+        // AMD Zen 3: BRS only.
+        let zen3 = HostLbrFacts {
+            vendor: CpuVendor::Amd,
+            family: 0x19,
+            model: 0x01,
+            host_lbr_nr: 16,
+            lbr_format: None,
+            cpuid: CpuidLbrFacts {
+                amd_brs: true,
+                pmu_version: 0,
+                ..skylake().cpuid
+            },
+            ..skylake()
+        };
+        assert_eq!(zen3.lbr_flavour(), LbrFlavour::AmdBrs { depth: 16 });
+        assert!(!zen3.lbr_freeze().0);
+        // AMD Zen 4: LbrExtV2, with and without the freeze bit.
+        let zen4 = HostLbrFacts {
+            model: 0x11,
+            cpuid: CpuidLbrFacts {
+                amd_lbr_v2_depth: Some(16),
+                amd_lbr_freeze: true,
+                ..zen3.cpuid
+            },
+            ..zen3.clone()
+        };
+        assert_eq!(zen4.lbr_flavour(), LbrFlavour::AmdLbrV2 { depth: 16 });
+        assert!(zen4.lbr_freeze().0);
+        assert!(zen4.lbr_freeze().1.contains("0x80000022"));
+        let zen4_no_freeze = HostLbrFacts {
+            cpuid: CpuidLbrFacts {
+                amd_lbr_freeze: false,
+                ..zen4.cpuid
+            },
+            ..zen4.clone()
+        };
+        assert!(!zen4_no_freeze.lbr_freeze().0);
+        // Every AMD flavour still emulates: KVM passes only Intel LBRs through.
+        for f in [&zen3, &zen4, &zen4_no_freeze] {
+            assert_eq!(backend(f, Auto, Sampled), Ok(Emulated));
+        }
+        // No PMU (this kind of nested host): no flavour, no freeze.
+        let none = HostLbrFacts {
+            host_lbr_nr: 0,
+            lbr_format: None,
+            kvm_enable_pmu: Some(false),
+            cpuid: CpuidLbrFacts {
+                hypervisor: true,
+                hw_virt: false,
+                ..Default::default()
+            },
+            ..skylake()
+        };
+        assert_eq!(none.lbr_flavour(), LbrFlavour::None);
+        assert!(!none.lbr_freeze().0);
+        assert_eq!(backend(&none, Auto, Sampled), Ok(Emulated));
+    }
+
+    #[test]
+    fn mediated_vpmu_blocks_hardware_and_says_why() {
+        let f = HostLbrFacts {
+            kvm_mediated_pmu: Some(true),
+            ..skylake()
+        };
+        let err = decide(&f, Hw, Sampled).unwrap_err();
+        assert!(err.to_string().contains("mediated vPMU"), "{err}");
+        assert_eq!(backend(&f, Auto, Sampled), Ok(Emulated));
+        let off = HostLbrFacts {
+            kvm_mediated_pmu: Some(false),
+            ..skylake()
+        };
+        assert_eq!(backend(&off, Auto, Sampled), Ok(Hardware));
     }
 
     #[test]

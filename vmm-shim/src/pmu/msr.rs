@@ -209,6 +209,26 @@ pub const CPUID_1_EDX_DS: u32 = 1 << 21;
 pub const CPUID_7_EDX_HYBRID: u32 = 1 << 15;
 /// CPUID.(EAX=07H,ECX=0):EDX bit 19, Arch LBR.
 pub const CPUID_7_EDX_ARCH_LBR: u32 = 1 << 19;
+/// CPUID.01H:ECX bit 5, VMX: the CPU can run hardware-accelerated guests (Intel).
+pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
+/// CPUID.01H:ECX bit 31: a hypervisor runs this (virtual) CPU.
+pub const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.80000001H:ECX bit 2, SVM: the CPU can run hardware-accelerated guests (AMD).
+pub const CPUID_80000001_ECX_SVM: u32 = 1 << 2;
+/// CPUID.80000008H:EBX bit 31, BRS: AMD Branch Sampling (Zen 3, 16 entries).
+pub const CPUID_80000008_EBX_BRS: u32 = 1 << 31;
+/// CPUID leaf 80000022H: AMD extended performance monitoring and debug.
+pub const CPUID_LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
+/// CPUID.80000022H:EAX bit 1, LbrStack: AMD LbrExtV2 (Zen 4).
+pub const CPUID_80000022_EAX_LBR_V2: u32 = 1 << 1;
+/// CPUID.80000022H:EAX bit 2, LbrAndPmcFreeze: the LBR and counters freeze on a PMI.
+pub const CPUID_80000022_EAX_LBR_PMC_FREEZE: u32 = 1 << 2;
+/// CPUID.80000022H:EBX bits 9:4, LbrV2StackSz: LbrExtV2 entries.
+pub const CPUID_80000022_EBX_LBR_V2_DEPTH_SHIFT: u32 = 4;
+/// Width of `LbrV2StackSz`.
+pub const CPUID_80000022_EBX_LBR_V2_DEPTH_MASK: u32 = 0x3F;
+/// AMD BRS depth (AMD PPR for family 19h: 16 branch records).
+pub const AMD_BRS_DEPTH: u32 = 16;
 /// CPUID leaf 0AH: architectural performance monitoring.
 pub const CPUID_LEAF_PMU: u32 = 0x0A;
 /// CPUID leaf 1CH: architectural LBR.
