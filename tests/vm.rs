@@ -478,6 +478,61 @@ fn each_vcpus_snapshots_pair_only_with_its_own_threads_samples() {
     assert_eq!(exact["vm"]["pairing"]["paired"], 200);
 }
 
+/// Host samples and guest snapshots are different measurements: each side's function
+/// table has its own denominator, stated in its header, and its shares sum to 100%.
+#[test]
+fn host_and_guest_function_tables_keep_their_own_denominators() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("two.data");
+    two_vcpu_recording(&data, &dir.path().join("sort"));
+    let input = data.to_str().unwrap();
+
+    let report = json(&["report", "-i", input, "--format", "json", "--limit", "0"]);
+    let functions = report["functions"].as_array().unwrap();
+    let side_sum = |side: &str, field: &str| -> f64 {
+        functions
+            .iter()
+            .filter(|f| f["side"] == side)
+            .map(|f| f[field].as_f64().unwrap())
+            .sum()
+    };
+    for side in ["host", "guest"] {
+        let total = side_sum(side, "self_pct");
+        assert!(
+            (total - 100.0).abs() < 0.01,
+            "{side} self shares sum to {total}"
+        );
+    }
+    assert_eq!(
+        side_sum("guest", "self_weight"),
+        report["meta"]["guest_weight"].as_f64().unwrap()
+    );
+    assert_eq!(
+        side_sum("host", "self_weight"),
+        report["meta"]["weight"].as_f64().unwrap()
+    );
+    // 100 snapshots in partition and 100 in insertion_sort: half of the guest each.
+    let guest_share = |needle: &str| {
+        functions
+            .iter()
+            .find(|f| f["side"] == "guest" && f["function"].as_str().unwrap().contains(needle))
+            .map(|f| f["self_pct"].as_f64().unwrap())
+    };
+    assert_eq!(guest_share("partition"), Some(50.0), "{functions:#?}");
+    assert_eq!(guest_share("insertion_sort"), Some(50.0), "{functions:#?}");
+
+    let text = ok(&["report", "-i", input]);
+    let host_at = text
+        .find("# Hot host functions (share of the host event count, 201 samples)")
+        .unwrap_or_else(|| panic!("{text}"));
+    let guest_at = text
+        .find("# Hot guest functions (share of 200 guest LBR snapshots")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(host_at < guest_at);
+    let markdown = ok(&["report", "-i", input, "--format", "markdown"]);
+    assert!(markdown.contains("### Hot guest functions"), "{markdown}");
+}
+
 #[test]
 fn flame_graph_views_of_a_guest_recording() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::aggregate::{Count, FastMap, Profile};
 use crate::loc::Loc;
-use crate::report::{BranchRow, Report};
+use crate::report::{BranchRow, FunctionRow, Report, Side};
 use crate::symbols::SymbolTable;
 
 /// The JSON schema identifier and version (see the crate docs for the schema).
@@ -105,25 +105,55 @@ fn header_lines(r: &Report) -> Vec<String> {
     v
 }
 
+/// The function tables with their titles: one over host samples, and where the recording
+/// has guest snapshots, one over those, each titled with its own denominator (a host
+/// sample and a guest snapshot are different measurements, so their shares never mix).
+fn function_tables(r: &Report) -> Vec<(String, Vec<&FunctionRow>)> {
+    let (host, guest): (Vec<&FunctionRow>, Vec<&FunctionRow>) =
+        r.functions.iter().partition(|f| f.side == Side::Host);
+    if guest.is_empty() && r.meta.snapshots == 0 {
+        return vec![("Hot functions (share of the event count)".to_owned(), host)];
+    }
+    vec![
+        (
+            format!(
+                "Hot host functions (share of the host event count, {} samples)",
+                r.meta.samples
+            ),
+            host,
+        ),
+        (
+            format!(
+                "Hot guest functions (share of {} guest LBR snapshots, by the guest IP and \
+                 stack at each snapshot)",
+                r.meta.snapshots
+            ),
+            guest,
+        ),
+    ]
+}
+
 /// Plain text tables, `perf report --stdio` style.
 pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     writeln!(w, "# lbrprof report")?;
     for l in header_lines(r) {
         writeln!(w, "# {l}")?;
     }
-    writeln!(w, "#")?;
-    writeln!(w, "# Hot functions (share of the event count)")?;
-    writeln!(w, "#")?;
-    writeln!(
-        w,
-        "#    Self    Total    Samples  Module                Function"
-    )?;
-    for f in &r.functions {
+    for (title, rows) in function_tables(r) {
+        writeln!(w, "#")?;
+        writeln!(w, "# {title}")?;
+        writeln!(w, "#")?;
         writeln!(
             w,
-            "  {:6.2}%  {:6.2}%  {:9}  {:<20}  {}",
-            f.self_pct, f.total_pct, f.self_samples, f.module, f.function
+            "#    Self    Total    Samples  Module                Function"
         )?;
+        for f in rows {
+            writeln!(
+                w,
+                "  {:6.2}%  {:6.2}%  {:9}  {:<20}  {}",
+                f.self_pct, f.total_pct, f.self_samples, f.module, f.function
+            )?;
+        }
     }
     if !r.branches.is_empty() {
         writeln!(w, "#")?;
@@ -199,19 +229,21 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
     for l in header_lines(r) {
         writeln!(w, "- {}", md_escape(&l))?;
     }
-    writeln!(w, "\n### Hot functions\n")?;
-    writeln!(w, "| Self | Total | Samples | Module | Function |")?;
-    writeln!(w, "|---:|---:|---:|---|---|")?;
-    for f in &r.functions {
-        writeln!(
-            w,
-            "| {:.2}% | {:.2}% | {} | {} | `{}` |",
-            f.self_pct,
-            f.total_pct,
-            f.self_samples,
-            md_escape(&f.module),
-            md_escape(&f.function)
-        )?;
+    for (title, rows) in function_tables(r) {
+        writeln!(w, "\n### {title}\n")?;
+        writeln!(w, "| Self | Total | Samples | Module | Function |")?;
+        writeln!(w, "|---:|---:|---:|---|---|")?;
+        for f in rows {
+            writeln!(
+                w,
+                "| {:.2}% | {:.2}% | {} | {} | `{}` |",
+                f.self_pct,
+                f.total_pct,
+                f.self_samples,
+                md_escape(&f.module),
+                md_escape(&f.function)
+            )?;
+        }
     }
     if !r.branches.is_empty() {
         writeln!(w, "\n### Hot branches\n")?;

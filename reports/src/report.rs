@@ -62,18 +62,37 @@ impl std::fmt::Display for Place {
     }
 }
 
+/// Which side of a `record --vm` recording a function row counts: host samples, or guest
+/// LBR snapshots. The two are different measurements (time on the host, snapshots of the
+/// guest), so each side's shares have their own denominator.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Host samples (and, in imported perf.data, guest-mode samples taken by the host):
+    /// shares of `meta.weight`.
+    #[default]
+    Host,
+    /// Guest LBR snapshots: shares of `meta.guest_weight`.
+    Guest,
+}
+
 /// Self and total (children) counts of one function.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FunctionRow {
     pub function: String,
     pub module: String,
+    /// What the counts are of; the shares are of that side's total only.
+    #[serde(default)]
+    pub side: Side,
     pub self_samples: u64,
     pub self_weight: u64,
     pub total_samples: u64,
     pub total_weight: u64,
-    /// `self_weight` as a percentage of all weight.
+    /// `self_weight` as a percentage of its side's weight.
     pub self_pct: f64,
-    /// `total_weight` as a percentage of all weight.
+    /// `total_weight` as a percentage of its side's weight.
     pub total_pct: f64,
 }
 
@@ -87,8 +106,8 @@ pub struct BranchRow {
     pub pct: f64,
     pub kind: BranchKind,
     pub mispredicts: u64,
-    /// Mispredicted share of `count` in percent; `None` when the LBR gives no
-    /// prediction information (neither flag set on any entry).
+    /// Mispredicted share, in percent, of the entries that say whether they were predicted;
+    /// `None` when none does (the LBR gives no prediction information).
     pub mispredict_pct: Option<f64>,
     /// Average cycles of the entries that carry a cycle count.
     pub avg_cycles: Option<f64>,
@@ -127,8 +146,13 @@ pub struct Meta {
     pub path: String,
     pub event: String,
     pub samples: u64,
+    /// The host samples' event count: the denominator of host function shares.
     pub weight: u64,
     pub snapshots: u64,
+    /// The guest snapshots' weight in the stack tables: the denominator of guest function
+    /// shares (0 without snapshots).
+    #[serde(default)]
+    pub guest_weight: u64,
     pub lost: u64,
     pub throttled: u64,
     pub frozen: u64,
@@ -207,9 +231,11 @@ pub fn build(
     let modules = &profile.spaces.modules;
     let t = &profile.totals;
 
-    // Functions: self from the leaf, total once per function per stack.
-    let mut funcs: HashMap<(u32, String), [u64; 4]> = HashMap::new();
-    let mut seen: Vec<(u32, String)> = Vec::new();
+    // Functions: self from the leaf, total once per function per stack; host and guest
+    // apart (a guest snapshot's stack ends in the guest root frame).
+    let mut funcs: HashMap<(Side, u32, String), [u64; 4]> = HashMap::new();
+    let mut seen: Vec<(Side, u32, String)> = Vec::new();
+    let mut guest_weight = 0;
     for (stack, c) in &profile.stacks {
         seen.clear();
         // Command root frames are not functions.
@@ -217,8 +243,15 @@ pub fn build(
             Some(l) if Some(l.module) == profile.comm_root_module => &stack[..stack.len() - 1],
             _ => &stack[..],
         };
+        let side = match stack.last() {
+            Some(l) if l.module == ModuleTable::GUEST_ROOT => {
+                guest_weight += c.weight;
+                Side::Guest
+            }
+            _ => Side::Host,
+        };
         for (i, l) in stack.iter().enumerate() {
-            let key = (l.module.0, syms.function_name(modules, l));
+            let key = (side, l.module.0, syms.function_name(modules, l));
             let e = funcs.entry(key.clone()).or_default();
             if i == 0 {
                 e[0] += c.samples;
@@ -233,15 +266,22 @@ pub fn build(
     }
     let functions = funcs
         .into_iter()
-        .map(|((m, name), [ss, sw, ts, tw])| FunctionRow {
-            module: module_name(modules, crate::loc::ModuleId(m)),
-            function: name,
-            self_samples: ss,
-            self_weight: sw,
-            total_samples: ts,
-            total_weight: tw,
-            self_pct: pct(sw, t.weight),
-            total_pct: pct(tw, t.weight),
+        .map(|((side, m, name), [ss, sw, ts, tw])| {
+            let whole = match side {
+                Side::Host => t.weight,
+                Side::Guest => guest_weight,
+            };
+            FunctionRow {
+                module: module_name(modules, crate::loc::ModuleId(m)),
+                function: name,
+                side,
+                self_samples: ss,
+                self_weight: sw,
+                total_samples: ts,
+                total_weight: tw,
+                self_pct: pct(sw, whole),
+                total_pct: pct(tw, whole),
+            }
         })
         .collect();
 
@@ -262,7 +302,8 @@ pub fn build(
                 pct: pct(e.count, t.branch_entries),
                 kind,
                 mispredicts: e.mispred,
-                mispredict_pct: (e.mispred + e.predicted > 0).then(|| pct(e.mispred, e.count)),
+                mispredict_pct: (e.mispred + e.predicted > 0)
+                    .then(|| pct(e.mispred, e.mispred + e.predicted)),
                 avg_cycles: (e.cycles_n > 0).then(|| e.cycles_sum as f64 / e.cycles_n as f64),
                 in_tx: e.in_tx,
                 aborts: e.abort,
@@ -329,6 +370,7 @@ pub fn build(
             samples: t.samples,
             weight: t.weight,
             snapshots: t.snapshots,
+            guest_weight,
             lost: t.lost,
             throttled: t.throttled,
             frozen: t.frozen,
@@ -387,17 +429,22 @@ impl Report {
                 .cmp(&b.function)
                 .then_with(|| a.module.cmp(&b.module))
         };
+        // Host rows first, then guest rows: their weights are not comparable.
         match key {
             SortKey::Total => self.functions.sort_by(|a, b| {
-                b.total_weight
-                    .cmp(&a.total_weight)
+                a.side
+                    .cmp(&b.side)
+                    .then_with(|| b.total_weight.cmp(&a.total_weight))
                     .then_with(|| b.self_weight.cmp(&a.self_weight))
                     .then_with(|| name_cmp(a, b))
             }),
-            SortKey::Name => self.functions.sort_by(name_cmp),
+            SortKey::Name => self
+                .functions
+                .sort_by(|a, b| a.side.cmp(&b.side).then_with(|| name_cmp(a, b))),
             _ => self.functions.sort_by(|a, b| {
-                b.self_weight
-                    .cmp(&a.self_weight)
+                a.side
+                    .cmp(&b.side)
+                    .then_with(|| b.self_weight.cmp(&a.self_weight))
                     .then_with(|| b.total_weight.cmp(&a.total_weight))
                     .then_with(|| name_cmp(a, b))
             }),
@@ -448,7 +495,13 @@ impl Report {
         self.branches.retain(|b| b.pct >= percent_limit);
         self.ranges.retain(|r| r.pct >= percent_limit);
         if limit > 0 {
-            self.functions.truncate(limit);
+            // `limit` rows for each side's function table.
+            let mut kept = [0usize; 2];
+            self.functions.retain(|f| {
+                let n = &mut kept[f.side as usize];
+                *n += 1;
+                *n <= limit
+            });
             self.branches.truncate(limit);
             self.ranges.truncate(limit);
         }

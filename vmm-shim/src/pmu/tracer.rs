@@ -466,6 +466,9 @@ impl Tracer {
                 self.stats.late_cycles += cycles - feed;
                 self.stats.windows += 1;
                 self.window_left = window_branches.max(1);
+                // The free run before the window was not traced: its first branch's
+                // cycles since the previous entry are unknown, not the whole free run.
+                pmu.forget_lbr_cycles();
                 let cpu = g.cpu()?;
                 if self.empty_windows {
                     // The sample's stop without its window (see `set_empty_windows`).

@@ -28,8 +28,12 @@
 //! * LBR_INFO: MISPRED from a small deterministic predictor (2-bit counters for Jcc, a
 //!   last-target table for indirect branches, a 16-entry return stack); IN_TX and
 //!   TSX_ABORT are always 0 (TSX is not advertised); CYC_CNT holds the core cycles since
-//!   the previous LBR entry, saturating at 0xFFFF. CYC_CNT_VALID (bit 60) is an
-//!   architectural-LBR field; in format 5 bits 60:16 are reserved, so it is never set.
+//!   the previous LBR entry, at least 1 and saturating at 0xFFFF. CYC_CNT_VALID (bit 60)
+//!   is an architectural-LBR field; in format 5 bits 60:16 are reserved, so it is never
+//!   set, and an entry whose cycles are unknown has CYC_CNT 0, which is how Linux perf reads
+//!   a format-5 entry without a count. The emulated LBR does not know them for the first
+//!   entry of a sampled-mode window (the guest ran untraced before it: charging that time
+//!   to one branch would make it look thousands of cycles slow).
 //! * DEBUGCTL.BTF is stored and read back but not acted upon (the shim's own tracer uses
 //!   the debug machinery; a guest wanting branch single-step gets none).
 //! * IA32_PERF_GLOBAL_CTRL resets to all general-purpose enables set, as the SDM specifies
@@ -171,6 +175,9 @@ pub struct VirtualPmu {
     pmi_pending: bool,
     last_overflow_bit: u8,
     cycles_since_lbr: u64,
+    /// `cycles_since_lbr` measures the time since the previous entry (false after
+    /// [`VirtualPmu::forget_lbr_cycles`], until the next entry).
+    lbr_cycles_known: bool,
     frozen_since_snapshot: u64,
     stats: PmuStats,
     predictor: Predictor,
@@ -226,6 +233,7 @@ impl VirtualPmu {
             pmi_pending: false,
             last_overflow_bit: 0,
             cycles_since_lbr: 0,
+            lbr_cycles_known: true,
             frozen_since_snapshot: 0,
             stats: PmuStats::default(),
             predictor: Predictor::new(),
@@ -673,6 +681,12 @@ impl VirtualPmu {
         self.cycles_since_lbr = self.cycles_since_lbr.saturating_add(n);
     }
 
+    /// The time since the previous LBR entry is not known (it ran untraced, as before a
+    /// sampled-mode window): the next entry's CYC_CNT is 0, "no count" (see the module doc).
+    pub fn forget_lbr_cycles(&mut self) {
+        self.lbr_cycles_known = false;
+    }
+
     fn record_lbr(&mut self, b: &RetiredBranch, mispred: bool) {
         if !self.lbr_recording() {
             if self.lbr_frozen() {
@@ -681,7 +695,11 @@ impl VirtualPmu {
             }
             return;
         }
-        let mut info = self.cycles_since_lbr.min(LBR_INFO_CYC_CNT);
+        let mut info = if self.lbr_cycles_known {
+            self.cycles_since_lbr.clamp(1, LBR_INFO_CYC_CNT)
+        } else {
+            0
+        };
         if mispred {
             info |= LBR_INFO_MISPRED;
         }
@@ -692,6 +710,7 @@ impl VirtualPmu {
             RecordOutcome::Pushed | RecordOutcome::Popped => {
                 self.stats.lbr_records += 1;
                 self.cycles_since_lbr = 0;
+                self.lbr_cycles_known = true;
             }
             RecordOutcome::Filtered => self.stats.lbr_filtered += 1,
         }

@@ -130,6 +130,14 @@ fn sampled_mode_records_the_last_branches_before_the_overflow() {
     let at = g.nmis_at[0];
     assert!(at > 299 && at <= 299 + 8 * 3 + 3, "NMI at {at}");
     assert_eq!(lbr(&pmu), vec![(0x100b, 0x1007); 8]);
+    // The window's first entry follows 299 untraced cycles: its count is unknown (0), not
+    // 299; the others count the loop's 3 instructions.
+    let cycles: Vec<u64> = pmu
+        .lbr_newest_first()
+        .iter()
+        .map(|e| e.info & LBR_INFO_CYC_CNT)
+        .collect();
+    assert_eq!(cycles, [3, 3, 3, 3, 3, 3, 3, 0]);
     let status = pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap();
     assert_eq!(
         status,

@@ -440,10 +440,22 @@ fn lbr_info_carries_cycles_since_previous_entry_saturating() {
     p.on_branch(jmp(0x2000, 0x3000));
     p.on_cycles(1 << 20, 3);
     p.on_branch(jmp(0x3000, 0x4000));
+    // An entry with no cycle since the previous one still counts its own.
+    p.on_branch(jmp(0x4000, 0x5000));
+    // Untraced time: the next entry's count is unknown (0), the one after it known again.
+    p.on_cycles(5000, 3);
+    p.forget_lbr_cycles();
+    p.on_branch(jmp(0x5000, 0x6000));
+    p.on_cycles(7, 3);
+    p.on_branch(jmp(0x6000, 0x7000));
     let e = p.lbr_newest_first();
-    assert_eq!(e[2].info & LBR_INFO_CYC_CNT, 12);
-    assert_eq!(e[1].info & LBR_INFO_CYC_CNT, 3);
-    assert_eq!(e[0].info & LBR_INFO_CYC_CNT, 0xFFFF);
+    assert_eq!(e[5].info & LBR_INFO_CYC_CNT, 12);
+    assert_eq!(e[4].info & LBR_INFO_CYC_CNT, 3);
+    assert_eq!(e[3].info & LBR_INFO_CYC_CNT, 0xFFFF);
+    assert_eq!(e[2].info & LBR_INFO_CYC_CNT, 1);
+    assert_eq!(e[1].info & LBR_INFO_CYC_CNT, 0);
+    assert_eq!(e[0].info & LBR_INFO_CYC_CNT, 7);
+    assert!(e.iter().all(|x| x.info & LBR_INFO_CYC_CNT_VALID == 0));
     assert!(
         e.iter()
             .all(|x| x.info & (LBR_INFO_IN_TX | LBR_INFO_TSX_ABORT) == 0)
