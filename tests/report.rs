@@ -969,6 +969,42 @@ fn truncated_perf_data_gives_a_warning_and_a_partial_report() {
     assert!(warnings.contains("truncated"), "{warnings}");
 }
 
+/// Intact samples behind damaged metadata are still read: a feature section whose size
+/// runs past the end of the file, or a file cut inside its feature sections, costs the
+/// metadata (with a warning that says so), never the samples.
+#[test]
+fn perf_data_with_damaged_feature_sections_keeps_its_samples() {
+    let Some(p) = fixture("perf.data.callgraph_and_branch-3.8") else {
+        return;
+    };
+    let full = std::fs::read(&p).unwrap();
+    let word = |at: usize| u64::from_le_bytes(full[at..at + 8].try_into().unwrap());
+    // struct perf_file_header: the data section at 40, the feature table after the data.
+    let table = (word(40) + word(48)) as usize;
+    assert!(table + 16 <= full.len());
+    let report =
+        |path: &Path| -> Value { json(&["report", "-i", path.to_str().unwrap(), "--no-symbols"]) };
+    let samples = |v: &Value| v["meta"]["samples"].as_u64().unwrap();
+    let base = samples(&report(&p));
+    assert!(base > 1000, "{base}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut huge = full.clone();
+    huge[table + 8..table + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let cut_inside = full[..table + 16 + (full.len() - table - 16) / 2].to_vec();
+    for (name, bytes) in [("huge.data", huge), ("cut.data", cut_inside)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let v = report(&path);
+        assert_eq!(samples(&v), base, "{name}: every sample is intact");
+        let warnings = v["meta"]["warnings"].to_string();
+        assert!(
+            warnings.contains("ignoring the file's feature sections"),
+            "{name}: {warnings}"
+        );
+    }
+}
+
 #[test]
 fn compressed_perf_data_is_read() {
     let Some(p) = fixture("sleep.compressed.data") else {

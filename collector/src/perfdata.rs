@@ -296,10 +296,26 @@ impl PerfDataReader {
         } else {
             Vec::new()
         };
-        check_sections(&mut file, file_len, le, !truncated).map_err(|e| match e {
+        check_sections(&mut file, file_len, le, false).map_err(|e| match e {
             SectionCheck::Io(source) => open_err(source),
             SectionCheck::Bad(reason) => PerfDataError::Header { reason },
         })?;
+        // Damaged feature sections cost the metadata they hold, not the samples: read the
+        // file as if it had none, and say what was skipped.
+        let mut head_patch = head_patch;
+        if !truncated {
+            match check_sections(&mut file, file_len, le, true) {
+                Ok(()) => {}
+                Err(SectionCheck::Io(source)) => return Err(open_err(source)),
+                Err(SectionCheck::Bad(reason)) => {
+                    warnings.push(format!(
+                        "ignoring the file's feature sections (event names, build-ids, host \
+                         facts): {reason}; the samples are read without them"
+                    ));
+                    head_patch = header_without_features(&mut file).map_err(open_err)?;
+                }
+            }
+        }
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let pos = Arc::new(AtomicU64::new(0));
         let tracked = BufReader::with_capacity(
@@ -785,6 +801,23 @@ fn check_event_desc(body: &[u8], le: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The file header with an empty feature bitmap, so that no feature section is read.
+/// The event_types section goes too, as for a truncated file: without the feature
+/// sections linux-perf-data takes the attributes from the attrs section only.
+fn header_without_features(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut full = vec![0u8; abi::PERF_FILE_HEADER_LEN];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut full)?;
+    full.truncate(n);
+    let t = abi::PERF_FILE_HEADER_EVENT_TYPES_OFFSET;
+    let features = abi::PERF_FILE_HEADER_FEATURES_OFFSET;
+    if full.len() >= features + 32 {
+        full[t..t + abi::PERF_FILE_SECTION_LEN].fill(0);
+        full[features..features + 32].fill(0);
+    }
+    Ok(full)
 }
 
 fn truncated_file_header(
@@ -1529,10 +1562,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("perf.data");
         std::fs::write(&path, &file).unwrap();
-        let msg = PerfDataReader::open(&path)
-            .err()
-            .expect("must not open")
-            .to_string();
+        // The damaged section is skipped (never allocated); what stops this file is that it
+        // has no attributes at all.
+        let err = PerfDataReader::open(&path).err().expect("no attributes");
+        assert!(
+            err.to_string().contains("no perf event attributes"),
+            "{err}"
+        );
+        let mut f = File::open(&path).unwrap();
+        let Err(SectionCheck::Bad(msg)) = check_sections(&mut f, file.len() as u64, true, true)
+        else {
+            panic!("the feature check must fail");
+        };
         assert!(
             msg.contains("feature #12 section: its 8 bytes end inside an event"),
             "{msg}"
@@ -1540,9 +1581,10 @@ mod tests {
     }
 
     /// Found by the perfdata_import fuzz target: a feature section claiming 2^54 bytes made
-    /// linux-perf-data allocate that much and abort the process; now a header error.
+    /// linux-perf-data allocate that much and abort the process. Now the feature sections
+    /// are skipped with a warning that names the bad one, and the samples stay readable.
     #[test]
-    fn feature_section_beyond_the_file_is_a_header_error() {
+    fn feature_section_beyond_the_file_is_skipped_with_a_warning() {
         let mut file = b"PERFILE2".to_vec();
         file.extend(words(&[
             104, // header size
@@ -1563,9 +1605,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("perf.data");
         std::fs::write(&path, &file).unwrap();
-        let err = PerfDataReader::open(&path).err().expect("must not open");
-        let msg = err.to_string();
-        assert!(matches!(err, PerfDataError::Header { .. }), "{msg}");
+        let err = PerfDataReader::open(&path).err().expect("no attributes");
+        assert!(
+            err.to_string().contains("no perf event attributes"),
+            "{err}"
+        );
+        let mut f = File::open(&path).unwrap();
+        let Err(SectionCheck::Bad(msg)) = check_sections(&mut f, file.len() as u64, true, true)
+        else {
+            panic!("the feature check must fail");
+        };
         assert!(msg.contains("feature #2 section"), "{msg}");
         assert!(
             msg.contains("beyond the end of the file (0x78 bytes)"),
