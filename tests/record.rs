@@ -267,6 +267,34 @@ fn forked_children_are_sampled() {
     }
 }
 
+/// Recordings and exports are private (0600), as perf makes perf.data, also when they
+/// replace a world-readable file.
+#[test]
+fn recordings_and_exports_are_created_private() {
+    if !common::perf_available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t.data");
+    std::fs::write(&data, b"old").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = common::run(&["record", "-o", data.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(mode(&data), 0o600);
+    let svg = dir.path().join("t.svg");
+    let out = common::run(&[
+        "flamegraph",
+        "-i",
+        data.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(mode(&svg), 0o600);
+}
+
 #[test]
 fn unknown_command_exits_127() {
     let dir = tempfile::tempdir().unwrap();

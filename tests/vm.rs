@@ -222,6 +222,12 @@ fn record_vm_keeps_the_guest_exit_status_and_image() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("g.data.guest/sort").is_file());
+    // Private, as perf makes perf.data: the recording and the copies beside it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o600);
+    assert_eq!(mode(&dir.path().join("g.data.guest")), 0o700);
+    assert_eq!(mode(&dir.path().join("g.data.guest/sort")), 0o600);
     let info = ok(&["info", data.to_str().unwrap()]);
     assert!(info.contains("builtin:sort"), "{info}");
     assert!(info.contains("vcpu0"), "{info}");

@@ -199,8 +199,18 @@ enum Message {
 impl RecordingWriter {
     /// Creates (or truncates) `path` and writes the header at once, so an unwritable path
     /// fails here, before anything is recorded, and the file is valid from the start.
+    /// The file is private (0600), as perf makes perf.data: a recording holds kernel
+    /// addresses and the profiled program's data.
     pub fn create(path: &Path, header: &Header) -> Result<RecordingWriter, FormatError> {
-        let file = File::create(path)?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // An existing file keeps its mode through O_TRUNC: make it private too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let header_json = serde_json::to_vec(header).map_err(|e| FormatError::CorruptHeader {
             reason: e.to_string(),

@@ -4,7 +4,6 @@
 //! Also home of the loading path shared with `flamegraph` and `export`: open by magic,
 //! aggregate on two threads, symbolize every unique location once.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -472,11 +471,19 @@ fn progress_bar(path: &Path) -> indicatif::ProgressBar {
     bar
 }
 
-/// Standard output or a file, buffered.
+/// Standard output or a file, buffered. Files are created private (0600), like the
+/// recordings they come from.
 pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    use std::os::unix::fs::OpenOptionsExt;
     Ok(match path {
         Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("cannot create {}", p.display()))?,
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     })

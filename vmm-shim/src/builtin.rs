@@ -46,7 +46,8 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 }
 
 /// Write image `name` to `dir/NAME` (for symbolizers, which need a file with the debug
-/// info). Returns the path written.
+/// info). Returns the path written. A new `dir` is private (0700) and the file 0600, as
+/// the recording it sits beside.
 pub fn write_image(name: &str, dir: &Path) -> std::io::Result<PathBuf> {
     let bytes = image(name).ok_or_else(|| {
         std::io::Error::new(
@@ -54,9 +55,20 @@ pub fn write_image(name: &str, dir: &Path) -> std::io::Result<PathBuf> {
             format!("no built-in guest image {name:?}"),
         )
     })?;
-    std::fs::create_dir_all(dir)?;
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let path = dir.join(name);
-    std::fs::write(&path, bytes)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(bytes)?;
     Ok(path)
 }
 
