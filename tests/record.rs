@@ -553,13 +553,15 @@ fn info_rejects_a_file_that_is_not_a_recording() {
     assert_eq!(out.status.code(), Some(2));
     let perf_data = dir.path().join("perf.data");
     std::fs::write(&perf_data, b"PERFILE2 and then some").unwrap();
+    // A broken perf.data is read as perf.data, and its error says so, in one line.
     let out = common::run(&["info", perf_data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
     assert!(
-        stderr_of(&out).contains("it is a perf.data file"),
-        "{}",
-        stderr_of(&out)
+        err.starts_with("lbrprof: error: cannot read the perf.data file"),
+        "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 /// utime + stime of a process, in clock ticks (`/proc/PID/stat` fields 14 and 15).

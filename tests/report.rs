@@ -138,6 +138,60 @@ fn fixtures_sample_and_branch_counts_match_perf_script() {
     }
 }
 
+/// `info` describes a perf.data file as perf does: each event with the samples perf script
+/// prints for it, and the feature sections perf's header lists (none it calls missing).
+#[test]
+fn info_of_perf_data_matches_perf_header_and_script() {
+    for (file, expected) in BRANCH_FIXTURES {
+        let Some(path) = fixture(file) else { return };
+        let script = xz(&fixture(&format!("expected/{expected}.script-brstack.txt.xz")).unwrap());
+        let samples = script
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !l.starts_with('\t') && !t.is_empty() && !t.starts_with("0x")
+            })
+            .count();
+        let header =
+            std::fs::read_to_string(fixture(&format!("expected/{expected}.header.txt")).unwrap())
+                .unwrap();
+        let info = ok_stdout(&["info", path.to_str().unwrap()]);
+        // Every event perf's header names, with its samples; together what perf script
+        // prints.
+        let mut total = 0;
+        for event in header
+            .lines()
+            .filter_map(|l| l.strip_prefix("# event : name = "))
+            .filter_map(|l| l.split(',').next())
+        {
+            let prefix = format!("event:         {event}: ");
+            let n: usize = info
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|l| l.strip_suffix(" samples"))
+                .unwrap_or_else(|| panic!("{file}: no line for {event}:\n{info}"))
+                .parse()
+                .unwrap();
+            total += n;
+        }
+        assert_eq!(total, samples, "{file}:\n{info}");
+        let features = info
+            .lines()
+            .find_map(|l| l.strip_prefix("features:"))
+            .unwrap_or_else(|| panic!("{info}"));
+        let features: Vec<&str> = features.split_whitespace().collect();
+        assert!(features.contains(&"BUILD_ID"), "{file}: {features:?}");
+        let missing = header
+            .lines()
+            .find_map(|l| l.strip_prefix("# missing features: "))
+            .unwrap_or_default();
+        for m in missing.split_whitespace() {
+            assert!(!features.contains(&m), "{file}: perf says {m} is missing");
+        }
+        assert!(info.contains("build-ids:"), "{info}");
+    }
+}
+
 /// A perf symbol column (`main`, `0x00000000001a5c2`, `0000000000000000`) or one of our
 /// places as a comparable key: the name, or the address/offset as a number.
 fn perf_key(sym: &str) -> String {

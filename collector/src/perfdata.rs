@@ -399,6 +399,36 @@ impl PerfDataReader {
             .collect()
     }
 
+    /// Every event attribute's name with its sample count so far (complete once the stream
+    /// has ended), in file order.
+    pub fn events(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.event_names
+            .iter()
+            .zip(&self.stats.samples_per_event)
+            .map(|(name, n)| (name.as_str(), *n))
+    }
+
+    /// The `HEADER_BUILD_ID` section: (file path, build-id) pairs, sorted by path.
+    pub fn build_ids(&self) -> Vec<(&[u8], &[u8])> {
+        let mut v: Vec<(&[u8], &[u8])> = self
+            .build_ids
+            .iter()
+            .map(|(p, b)| (p.as_slice(), b.as_slice()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The names of the feature sections the file has (perf's `HEADER_*` without the
+    /// prefix), in bit order.
+    pub fn features(&self) -> Vec<String> {
+        self.perf_file
+            .features()
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
+    }
+
     /// The events a report can choose between (`--event`): perf's names of the event
     /// attributes, in file order, each once, without perf's side-band `dummy` event
     /// (which never samples).

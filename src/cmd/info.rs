@@ -1,5 +1,6 @@
 //! `lbrprof info`: this host's profiling capabilities, or (`lbrprof info FILE`) a
-//! recording's header and totals, read as a stream.
+//! recording's header and totals, read as a stream; for a perf.data file also its events
+//! with their sample counts, build-ids and feature sections.
 //!
 //! The host's verdicts come from the decision code `record` and `record --vm` run
 //! (`collector::host::decide`, `vmm::pmu::backend::decide`) on the same probes, and the
@@ -15,6 +16,7 @@ use lbrprof_collector::host::{
     BranchRequest, CallGraph, EventRequest, HostFacts, SamplingChoice, SamplingRequest,
 };
 use lbrprof_collector::model::{Event, Header, LossKind, SnapshotReason, Target, TaskEvent};
+use lbrprof_collector::perfdata::PerfDataReader;
 use lbrprof_collector::recording::RecordingReader;
 use lbrprof_vmm::caps::KvmCaps;
 use lbrprof_vmm::pmu::backend::{
@@ -24,10 +26,10 @@ use lbrprof_vmm::pmu::{kvm_hook, trial};
 use serde_json::json;
 
 /// Print this host's profiling capabilities (PMU, LBR, perf_event_paranoid, KVM), or a
-/// recording's header and totals.
+/// recording's (lbrprof.data or perf.data) header and totals.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A recording (lbrprof.data) to describe instead of the host.
+    /// A recording (lbrprof.data, or perf's perf.data) to describe instead of the host.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
 
@@ -452,16 +454,11 @@ fn is_perf_data(path: &std::path::Path) -> bool {
 }
 
 fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()> {
-    let mut reader = RecordingReader::open(path).with_context(|| {
-        if is_perf_data(path) {
-            format!(
-                "cannot read the recording {} (it is a perf.data file: `lbrprof report` reads those)",
-                path.display()
-            )
-        } else {
-            format!("cannot read the recording {}", path.display())
-        }
-    })?;
+    if is_perf_data(path) {
+        return perf_data(out, path);
+    }
+    let mut reader = RecordingReader::open(path)
+        .with_context(|| format!("cannot read the recording {}", path.display()))?;
     header(out, reader.header())?;
     let mut totals = Totals::default();
     for event in reader.by_ref() {
@@ -469,7 +466,36 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
             event.with_context(|| format!("cannot read the recording {}", path.display()))?;
         totals.add(&event);
     }
-    let t = &totals;
+    write_totals(out, &totals)?;
+    match reader.summary() {
+        Some(s) => {
+            writeln!(
+                out,
+                "summary:       {:.3} s, {} samples, {} snapshots, {} lost, {} throttled{}",
+                s.duration_ns as f64 / 1e9,
+                s.samples,
+                s.snapshots,
+                s.lost,
+                s.throttled,
+                s.exit_status
+                    .map(|c| format!(", exit status {c}"))
+                    .unwrap_or_default()
+            )?;
+            for note in &s.notes {
+                writeln!(out, "note:          {note}")?;
+            }
+        }
+        None => writeln!(out, "summary:       none (the recording did not finish)")?,
+    }
+    for warning in reader.warnings() {
+        writeln!(out, "warning:       {warning}")?;
+    }
+    Ok(())
+}
+
+/// The totals both kinds of file have: samples, threads, snapshots, side band, losses.
+fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
+    let t = totals;
     writeln!(
         out,
         "samples:       {} ({} with call chains, {} with branch stacks, {} branches)",
@@ -531,26 +557,30 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
         let list: Vec<String> = t.losses.iter().map(|(k, v)| format!("{v} {k}")).collect();
         writeln!(out, "losses:        {}", list.join(", "))?;
     }
-    match reader.summary() {
-        Some(s) => {
-            writeln!(
-                out,
-                "summary:       {:.3} s, {} samples, {} snapshots, {} lost, {} throttled{}",
-                s.duration_ns as f64 / 1e9,
-                s.samples,
-                s.snapshots,
-                s.lost,
-                s.throttled,
-                s.exit_status
-                    .map(|c| format!(", exit status {c}"))
-                    .unwrap_or_default()
-            )?;
-            for note in &s.notes {
-                writeln!(out, "note:          {note}")?;
-            }
-        }
-        None => writeln!(out, "summary:       none (the recording did not finish)")?,
+    Ok(())
+}
+
+/// `info` of a perf.data file: its header, every event with its samples, the totals, the
+/// build-ids and the feature sections it carries.
+fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()> {
+    let context = || format!("cannot read the perf.data file {}", path.display());
+    let mut reader = PerfDataReader::open(path).with_context(context)?;
+    header(out, reader.header())?;
+    let mut totals = Totals::default();
+    for event in reader.by_ref() {
+        totals.add(&event.with_context(context)?);
     }
+    for (name, samples) in reader.events() {
+        writeln!(out, "event:         {name}: {samples} samples")?;
+    }
+    write_totals(out, &totals)?;
+    let build_ids = reader.build_ids();
+    writeln!(out, "build-ids:     {}", build_ids.len())?;
+    for (file, id) in build_ids {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(out, "  {hex}  {}", String::from_utf8_lossy(file))?;
+    }
+    writeln!(out, "features:      {}", reader.features().join(" "))?;
     for warning in reader.warnings() {
         writeln!(out, "warning:       {warning}")?;
     }
