@@ -280,7 +280,15 @@ fn recordings_and_exports_are_created_private() {
     let data = dir.path().join("t.data");
     std::fs::write(&data, b"old").unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = common::run(&["record", "-o", data.to_str().unwrap(), "--", "true"]);
+    let exe = common::build_workload(dir.path(), "hot");
+    let out = common::run(&[
+        "record",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        exe.to_str().unwrap(),
+        "100000000",
+    ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(mode(&data), 0o600);
     let svg = dir.path().join("t.svg");
@@ -435,6 +443,15 @@ fn sigint_finalizes_the_recording() {
     assert!(samples(&events).filter(|s| s.pid == pid).count() > 10);
 }
 
+/// Whether process `pid` still exists (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
 #[test]
 fn sigkill_leaves_a_readable_recording() {
     if !common::perf_available() {
@@ -443,21 +460,92 @@ fn sigkill_leaves_a_readable_recording() {
     let dir = tempfile::tempdir().unwrap();
     let exe = common::build_workload(dir.path(), "hot");
     let data = dir.path().join("killed.data");
+    // A previous recording at the target survives the killed one untouched.
+    std::fs::write(&data, b"the previous recording").unwrap();
     let (mut record, pid) = start_long_recording(&exe, &data);
     // Several flush intervals (250 ms) of samples.
     std::thread::sleep(Duration::from_millis(1500));
+    let partial = dir
+        .path()
+        .join(format!("killed.data.{}.partial", record.id()));
+    assert!(partial.is_file(), "recording into {}", partial.display());
     record.kill().unwrap();
     record.wait().unwrap();
-    // SAFETY: kill has no memory-safety preconditions; the workload was orphaned by the
-    // SIGKILL of its parent and is ours to clean up.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let (events, reader) = read_all(&data);
+    // The command dies with its recorder.
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let leaked = alive(pid);
+    if leaked {
+        // SAFETY: kill has no memory-safety preconditions; clean up before failing.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(!leaked, "the workload outlived the SIGKILLed record");
+    assert_eq!(std::fs::read(&data).unwrap(), b"the previous recording");
+    // The partial file holds what was flushed, and the readers take it.
+    let (events, reader) = read_all(&partial);
     assert!(reader.summary().is_none(), "killed: no summary");
     let n = samples(&events).filter(|s| s.pid == pid).count();
     assert!(n > 50, "only {n} samples survived the SIGKILL");
-    let info = common::run(&["info", data.to_str().unwrap()]);
+    let info = common::run(&["info", partial.to_str().unwrap()]);
     assert!(info.status.success(), "{}", stderr_of(&info));
     assert!(String::from_utf8_lossy(&info.stdout).contains("did not finish"));
+    // A later record leaves the partial file alone.
+    let out = common::run(&["record", "-o", data.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(partial.is_file());
+}
+
+/// A record that fails leaves the file that was there as it was; one that succeeds keeps
+/// it as NAME.old, unless --force.
+#[test]
+fn an_existing_recording_is_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("b.lbr");
+    std::fs::write(&data, b"X").unwrap();
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect()
+    };
+    let out = common::run(&[
+        "record",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        "/nonexistent/cmd",
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(&data).unwrap(), b"X");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    if common::kvm_available() {
+        let out = common::run(&[
+            "record",
+            "-o",
+            data.to_str().unwrap(),
+            "--vm",
+            "/etc/passwd",
+        ]);
+        assert_ne!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert_eq!(std::fs::read(&data).unwrap(), b"X");
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+    }
+    if !common::perf_available() {
+        return;
+    }
+    let out = common::run(&["record", "-o", data.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let old = dir.path().join("b.lbr.old");
+    assert_eq!(std::fs::read(&old).unwrap(), b"X", "kept as NAME.old");
+    let first = std::fs::read(&data).unwrap();
+    assert!(first.starts_with(b"LBRPROF"));
+    let out = common::run(&["record", "-f", "-o", data.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(&old).unwrap(), b"X", "--force keeps no .old");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
 }
 
 #[test]

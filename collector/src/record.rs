@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{DecisionError, HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{Event, Header, SamplingConfig, Target};
-use crate::recording::{EventSink, FormatError, RecordingWriter, Summary};
+use crate::recording::{EventSink, FormatError, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
 
 pub use sys::ChildExit;
@@ -49,6 +49,8 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Ring buffer pages per CPU (a power of two).
     pub mmap_pages: u32,
+    /// What happens to a recording already at `output` (kept as `NAME.old` by default).
+    pub replace: Replace,
 }
 
 /// Why a recording could not be made.
@@ -189,12 +191,12 @@ impl Recorder {
             RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
         };
         let header = header(facts, &choice, opts.frequency, start_monotonic_ns, target);
-        let writer = RecordingWriter::create(&opts.output, &header).map_err(|source| {
-            RecordError::Output {
+        let writer = RecordingWriter::create_with(&opts.output, &header, opts.replace).map_err(
+            |source| RecordError::Output {
                 path: opts.output.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(Recorder {
             opts,
             choice,
@@ -243,9 +245,8 @@ impl Recorder {
         let (mut running, signals) = match started {
             Ok(started) => started,
             Err(e) => {
-                // Nothing was recorded: leave no file behind.
-                let _ = writer.finish(&Summary::default());
-                let _ = std::fs::remove_file(&opts.output);
+                // Nothing was recorded: leave no file behind, and the target as it was.
+                writer.abandon();
                 return Err(e);
             }
         };

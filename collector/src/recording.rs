@@ -51,7 +51,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -180,9 +180,46 @@ pub enum FormatError {
 // Writing
 
 /// Writes a recording on a background thread; see the module docs for the layout.
+///
+/// The recording goes to a partial file beside the target ([`partial_path`]) and is
+/// renamed over the target only by [`RecordingWriter::finish`], so a failed or killed
+/// `record` never destroys the recording that was there: a kill leaves the partial file,
+/// which readers accept (they warn about its missing end), and which no later `record`
+/// touches. The target's previous recording is kept as `NAME.old` (perf's convention)
+/// unless the writer was made with [`Replace::Overwrite`].
 pub struct RecordingWriter {
     tx: Sender<Message>,
     thread: JoinHandle<Result<WriteStats, FormatError>>,
+    target: PathBuf,
+    /// `None` when the target is written in place (it is not a regular file: a FIFO or a
+    /// device, which must not be renamed over).
+    partial: Option<PathBuf>,
+    replace: Replace,
+}
+
+/// What [`RecordingWriter::finish`] does with a recording already at the target path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Replace {
+    /// Keep it as `NAME.old` (replacing an older `NAME.old`).
+    #[default]
+    KeepOld,
+    /// Replace it.
+    Overwrite,
+}
+
+/// Where a recording for `target` is written until it is complete: `NAME.<pid>.partial`
+/// beside it (the pid keeps concurrent or later recorders off each other's files).
+pub fn partial_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.partial", std::process::id()));
+    target.with_file_name(name)
+}
+
+/// Where [`Replace::KeepOld`] keeps the previous recording of `target`: `NAME.old`.
+pub fn old_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".old");
+    target.with_file_name(name)
 }
 
 /// A cheap, cloneable handle through which producer threads hand events to the writer.
@@ -194,23 +231,42 @@ pub struct EventSink {
 enum Message {
     Event(Box<Event>),
     Finish(Summary),
+    /// Stop at once and write nothing more (the file is about to be removed).
+    Abandon,
 }
 
 impl RecordingWriter {
-    /// Creates (or truncates) `path` and writes the header at once, so an unwritable path
-    /// fails here, before anything is recorded, and the file is valid from the start.
-    /// The file is private (0600), as perf makes perf.data: a recording holds kernel
-    /// addresses and the profiled program's data.
+    /// Starts a recording for `path` ([`Replace::KeepOld`]); see [`Self::create_with`].
     pub fn create(path: &Path, header: &Header) -> Result<RecordingWriter, FormatError> {
+        Self::create_with(path, header, Replace::KeepOld)
+    }
+
+    /// Creates the partial file for `path` and writes the header at once, so an unwritable
+    /// directory fails here, before anything is recorded, and the file is valid from the
+    /// start. Nothing happens to `path` itself until [`Self::finish`]. The file is private
+    /// (0600), as perf makes perf.data: a recording holds kernel addresses and the profiled
+    /// program's data.
+    pub fn create_with(
+        path: &Path,
+        header: &Header,
+        replace: Replace,
+    ) -> Result<RecordingWriter, FormatError> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let in_place = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        let partial = (!in_place).then(|| partial_path(path));
+        // A file to be renamed into place is synced first; a FIFO or device cannot be.
+        let sync = partial.is_some();
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(path)?;
-        // An existing file keeps its mode through O_TRUNC: make it private too.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            .open(partial.as_deref().unwrap_or(path))?;
+        if partial.is_some() {
+            // A file left by an earlier process with this pid keeps its mode through
+            // O_TRUNC: make it private too.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let header_json = serde_json::to_vec(header).map_err(|e| FormatError::CorruptHeader {
             reason: e.to_string(),
@@ -228,8 +284,20 @@ impl RecordingWriter {
         let bytes = preamble.len() as u64;
         let thread = std::thread::Builder::new()
             .name("lbrprof-writer".into())
-            .spawn(move || writer_loop(out, rx, bytes))?;
-        Ok(RecordingWriter { tx, thread })
+            .spawn(move || writer_loop(out, rx, bytes, sync))?;
+        Ok(RecordingWriter {
+            tx,
+            thread,
+            target: path.to_owned(),
+            partial,
+            replace,
+        })
+    }
+
+    /// The file being written until [`Self::finish`] (the target itself when it is not a
+    /// regular file).
+    pub fn writing_to(&self) -> &Path {
+        self.partial.as_deref().unwrap_or(&self.target)
     }
 
     pub fn sink(&self) -> EventSink {
@@ -238,13 +306,35 @@ impl RecordingWriter {
         }
     }
 
-    /// Writes everything still queued (from every sink), then the summary chunk, and
-    /// closes the file. Events sent through sinks after this call are discarded.
+    /// Writes everything still queued (from every sink), then the summary chunk, closes
+    /// the file and renames it over the target (keeping the target's previous recording as
+    /// `NAME.old` with [`Replace::KeepOld`]). Events sent through sinks after this call are
+    /// discarded. On an error the partial file stays where it is, readable.
     pub fn finish(self, summary: &Summary) -> Result<WriteStats, FormatError> {
         let sent = self.tx.send(Message::Finish(summary.clone()));
         drop(self.tx);
         let result = self.thread.join().map_err(|_| FormatError::WriterGone)?;
-        sent.map_err(|_| FormatError::WriterGone).and(result)
+        let stats = sent.map_err(|_| FormatError::WriterGone).and(result)?;
+        if let Some(partial) = &self.partial {
+            if self.replace == Replace::KeepOld && std::fs::metadata(&self.target).is_ok() {
+                std::fs::rename(&self.target, old_path(&self.target))?;
+            }
+            std::fs::rename(partial, &self.target)?;
+        }
+        Ok(stats)
+    }
+
+    /// Stops writing and removes the partial file: for a recording that never started
+    /// (its command could not be run, its image was refused), so that nothing is left
+    /// behind and the target is untouched.
+    pub fn abandon(self) {
+        // Sinks may still be alive: tell the thread to stop rather than wait for them.
+        let _ = self.tx.send(Message::Abandon);
+        drop(self.tx);
+        let _ = self.thread.join();
+        if let Some(partial) = &self.partial {
+            let _ = std::fs::remove_file(partial);
+        }
     }
 }
 
@@ -369,6 +459,7 @@ fn writer_loop(
     out: BufWriter<File>,
     rx: Receiver<Message>,
     preamble_bytes: u64,
+    sync: bool,
 ) -> Result<WriteStats, FormatError> {
     let mut w = ChunkOut {
         out,
@@ -401,8 +492,13 @@ fn writer_loop(
                 })?;
                 w.write_chunk(ChunkKind::Summary, &json)?;
                 w.out.flush()?;
+                if sync {
+                    // On disk before it is renamed into place.
+                    w.out.get_ref().sync_all()?;
+                }
                 return Ok(w.stats);
             }
+            Ok(Message::Abandon) => return Ok(w.stats),
             Err(RecvTimeoutError::Timeout) => {
                 if !batches.is_empty() {
                     w.flush_batches(&mut batches)?;
@@ -1165,6 +1261,60 @@ mod tests {
     }
 
     #[test]
+    fn the_target_changes_only_when_a_recording_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("r.data");
+        std::fs::write(&target, b"previous").unwrap();
+        let partial = partial_path(&target);
+        assert_eq!(
+            partial.file_name().unwrap().to_string_lossy(),
+            format!("r.data.{}.partial", std::process::id())
+        );
+
+        // Abandoned: the partial file goes, the target stays, even with a sink alive.
+        let w = RecordingWriter::create(&target, &header()).unwrap();
+        let sink = w.sink();
+        assert_eq!(w.writing_to(), partial);
+        assert!(partial.is_file());
+        w.abandon();
+        sink.send(Event::Loss(Loss {
+            time_ns: 0,
+            kind: LossKind::RingBuffer,
+            count: 1,
+            tid: None,
+        }));
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"previous");
+
+        // Dropped unfinished (a crash): the partial file stays and reads; the target stays.
+        let w = RecordingWriter::create(&target, &header()).unwrap();
+        drop(w);
+        assert!(RecordingReader::open(&partial).is_ok());
+        assert_eq!(std::fs::read(&target).unwrap(), b"previous");
+        std::fs::remove_file(&partial).unwrap();
+
+        // Finished: renamed into place, the previous one kept as NAME.old.
+        let w = RecordingWriter::create(&target, &header()).unwrap();
+        w.finish(&Summary::default()).unwrap();
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read(old_path(&target)).unwrap(), b"previous");
+        let reader = RecordingReader::open(&target).unwrap();
+        assert_eq!(reader.header(), &header());
+        // Overwrite: no new .old.
+        std::fs::remove_file(old_path(&target)).unwrap();
+        let w = RecordingWriter::create_with(&target, &header(), Replace::Overwrite).unwrap();
+        w.finish(&Summary::default()).unwrap();
+        assert!(!old_path(&target).exists());
+        assert!(RecordingReader::open(&target).is_ok());
+
+        // A target that is not a regular file is written in place, never renamed over.
+        let w = RecordingWriter::create(Path::new("/dev/null"), &header()).unwrap();
+        assert_eq!(w.writing_to(), Path::new("/dev/null"));
+        w.finish(&Summary::default()).unwrap();
+        assert!(!Path::new("/dev/null").is_file());
+    }
+
+    #[test]
     fn round_trip_keeps_every_event_and_the_summary() {
         let mut events: Vec<Event> = (0..5000)
             .map(|i| if i % 100 == 0 { mapping(i) } else { sample(i) })
@@ -1357,6 +1507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.data");
         let w = RecordingWriter::create(&path, &header()).unwrap();
+        let partial = w.writing_to().to_owned();
         let sink = w.sink();
         for i in 0..10 {
             sink.send(sample(i));
@@ -1365,7 +1516,9 @@ mod tests {
         drop(w);
         // The writer thread finishes in the background; give it the flush interval.
         std::thread::sleep(FLUSH_INTERVAL * 3);
-        let mut reader = RecordingReader::open(&path).unwrap();
+        // Unfinished: it stays the partial file, never renamed over the target.
+        assert!(!path.exists());
+        let mut reader = RecordingReader::open(&partial).unwrap();
         let n = reader.by_ref().count();
         assert_eq!(n, 10);
         assert!(reader.summary().is_none());

@@ -40,7 +40,7 @@ use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError}
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread};
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
-use crate::recording::{EventSink, RecordingWriter, Summary};
+use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
 
 /// The VM index of the (single) VM a recording holds.
@@ -133,6 +133,8 @@ pub struct VmRecordOptions {
     pub image: GuestImage,
     /// RAM, vCPUs, command line, console, timeout. `vcpu_threads` is set here.
     pub vm: VmConfig,
+    /// What happens to a recording already at `output` (kept as `NAME.old` by default).
+    pub replace: Replace,
 }
 
 /// The result of a finished `record --vm`.
@@ -252,6 +254,7 @@ pub fn record_vm(
         mmap_pages,
         image,
         vm: mut vm_config,
+        replace,
     } = opts;
     let vcpus = vm_config.vcpus;
     let start_monotonic_ns = sys::monotonic_ns();
@@ -262,11 +265,12 @@ pub fn record_vm(
         mode: lbr.mode().to_owned(),
     };
     let header = crate::record::header(facts, &choice, frequency, start_monotonic_ns, target);
-    let writer =
-        RecordingWriter::create(&output, &header).map_err(|source| RecordError::Output {
+    let writer = RecordingWriter::create_with(&output, &header, replace).map_err(|source| {
+        RecordError::Output {
             path: output.clone(),
             source,
-        })?;
+        }
+    })?;
     let sink = writer.sink();
     for m in guest_mappings(&image.bytes, &image.path, start_monotonic_ns) {
         sink.send(Event::Mapping(m));
@@ -315,9 +319,8 @@ pub fn record_vm(
     let (report, sampler_stats, mut run) = match result {
         Ok(r) => r,
         Err(e) => {
-            // Nothing useful was recorded: leave no file behind.
-            let _ = writer.finish(&Summary::default());
-            let _ = std::fs::remove_file(&output);
+            // Nothing useful was recorded: leave no file behind, and the target as it was.
+            writer.abandon();
             return Err(e);
         }
     };
@@ -706,6 +709,7 @@ mod tests {
                 path: dir.join("sort"),
             },
             vm: VmConfig::new(64 << 20, 1),
+            replace: Replace::KeepOld,
         }
     }
 

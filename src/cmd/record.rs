@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lbrprof_collector::host::{self, BranchRequest, EventRequest, HostFacts, SamplingRequest};
 use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Recorder};
+use lbrprof_collector::recording::Replace;
 
 use crate::cmd::with_exit;
 
@@ -32,9 +33,13 @@ Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/
 when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \
 `lbrprof run`: 4 for a guest crash, 130 when stopped by Ctrl-C); 2 for other errors.")]
 pub struct Args {
-    /// Output file.
+    /// Output file. It is written as `NAME.<pid>.partial` and renamed into place when the
+    /// recording is complete; a recording already there is kept as `NAME.old`.
     #[arg(short, long, default_value = "lbrprof.data")]
     pub output: PathBuf,
+    /// Replace an existing output file instead of keeping it as `NAME.old`.
+    #[arg(short, long)]
+    pub force: bool,
     /// Sampling frequency in Hz.
     #[arg(short = 'F', long, default_value_t = 999)]
     pub freq: u64,
@@ -168,6 +173,15 @@ pub enum CallGraph {
 }
 
 impl Args {
+    /// What happens to a recording already at the output path (`--force`).
+    pub fn replace(&self) -> Replace {
+        if self.force {
+            Replace::Overwrite
+        } else {
+            Replace::KeepOld
+        }
+    }
+
     /// The host sampling request.
     pub fn sampling_request(&self) -> SamplingRequest {
         SamplingRequest {
@@ -191,6 +205,7 @@ impl Args {
     /// The plain options the collector takes.
     fn into_options(self) -> anyhow::Result<RecordOptions> {
         let request = self.sampling_request();
+        let replace = self.replace();
         let target = match (self.pid, self.tid) {
             (Some(pid), _) => RecordTarget::Pid(pid),
             (_, Some(tid)) => RecordTarget::Tid(tid),
@@ -215,6 +230,7 @@ impl Args {
             target,
             duration,
             mmap_pages: self.mmap_pages,
+            replace,
         })
     }
 }

@@ -119,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mmap_pages: args.mmap_pages,
         image,
         vm,
+        replace: args.replace(),
     };
     let facts = HostFacts::probe();
     eprintln!("lbrprof: guest LBR: {}", lbr.describe());

@@ -80,12 +80,16 @@ pub struct BlockedChild {
 }
 
 /// Fork a child that waits for a byte on a pipe and then `execv`s `path` with `argv`
-/// (environment inherited). Nothing that could allocate or lock runs in the child.
+/// (environment inherited). Nothing that could allocate or lock runs in the child. The
+/// child is killed if the recorder dies (PR_SET_PDEATHSIG; it survives the exec), so call
+/// this from the thread that lives as long as the recording: the main thread.
 pub fn spawn_blocked(path: &CStr, argv: &[CString]) -> io::Result<BlockedChild> {
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
+    // SAFETY: getpid has no preconditions.
+    let recorder = unsafe { libc::getpid() };
     // SAFETY: fork has no memory-safety preconditions. In the child (pid 0) only
     // async-signal-safe functions run (read, write, execv, _exit) on memory prepared
     // before the fork, so the other threads' locks (allocator, stdio) are never touched.
@@ -103,6 +107,13 @@ pub fn spawn_blocked(path: &CStr, argv: &[CString]) -> io::Result<BlockedChild> 
             // the go pipe open and never see EOF if the recorder died before releasing it.
             libc::close(go_write.as_raw_fd());
             libc::close(err_read.as_raw_fd());
+            // The command dies with the recorder (a SIGKILLed `record` must not leave it
+            // running, reparented to init). If the recorder died before this took effect,
+            // the parent is already someone else: give up.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != recorder {
+                libc::_exit(127);
+            }
             let mut byte = 0u8;
             let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
             if n != 1 {
