@@ -443,6 +443,43 @@ fn sigint_finalizes_the_recording() {
     assert!(samples(&events).filter(|s| s.pid == pid).count() > 10);
 }
 
+/// SIGINT to lbrprof alone stops the recording within about a second, also when the
+/// command ignores it: it is sent SIGTERM, then SIGKILL, and the file is finished.
+#[test]
+fn sigint_stops_a_command_that_ignores_it() {
+    if !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("stubborn.data");
+    let mut record = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--", "sh", "-c", "trap '' INT TERM; while :; do :; done"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let asked = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(record.id() as i32, libc::SIGINT) };
+    let status = wait_with_timeout(&mut record, Duration::from_secs(20));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    // It ignored SIGINT and SIGTERM: SIGKILL ended it.
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL));
+    let (_, reader) = read_all(&data);
+    let summary = reader.summary().expect("the recording is finished");
+    assert_eq!(summary.exit_status, Some(128 + libc::SIGKILL));
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("stopped by a signal"))
+    );
+}
+
 /// Whether process `pid` still exists (a zombie counts as gone).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

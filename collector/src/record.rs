@@ -26,6 +26,10 @@ pub use sys::ChildExit;
 
 /// How often the ring buffers are drained when nothing wakes us earlier.
 const DRAIN_INTERVAL_MS: i32 = 100;
+/// After a stop request (Ctrl-C, SIGTERM, `--duration`) the command gets this long to end
+/// by itself, then SIGTERM, then as long again before SIGKILL: a recording stops within
+/// about a second even when the command defers or ignores the signal.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// What to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -423,7 +427,8 @@ fn drain_until_done(
     let mut fds = running.sampler.poll_fds();
     fds.push(signals.fd());
     let mut interrupted = false;
-    let mut stop_sent = false;
+    // When the command was first asked to stop, and the last signal it was sent.
+    let mut stopping: Option<(Instant, i32)> = None;
     loop {
         let hung_up =
             sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| RecordError::System {
@@ -446,15 +451,32 @@ fn drain_until_done(
             if let Some(exit) = exit {
                 return Ok((Some(exit), interrupted));
             }
-            // Ctrl-C reaches the child through the terminal too; a second request (or a
-            // SIGTERM sent to us alone) makes sure it ends.
-            if let Some(sig) = stop_signal {
-                interrupted = true;
-                sys::kill(pid, if stop_sent { libc::SIGKILL } else { sig });
-                stop_sent = true;
-            } else if timed_out && !stop_sent {
-                sys::kill(pid, libc::SIGTERM);
-                stop_sent = true;
+            // Ctrl-C reaches the child through the terminal too, but a signal sent to us
+            // alone must reach it as well; a command that defers or ignores it is sent
+            // SIGTERM after STOP_GRACE and SIGKILL after twice that (as perf ends its
+            // workload), and a second request kills it at once.
+            let next = match (stopping, stop_signal) {
+                (None, Some(sig)) => Some(sig),
+                (None, None) if timed_out => Some(libc::SIGTERM),
+                (Some(_), Some(_)) => Some(libc::SIGKILL),
+                (Some((since, last)), None) => {
+                    let waited = since.elapsed();
+                    if waited >= 2 * STOP_GRACE && last != libc::SIGKILL {
+                        Some(libc::SIGKILL)
+                    } else if waited >= STOP_GRACE && last != libc::SIGTERM && last != libc::SIGKILL
+                    {
+                        Some(libc::SIGTERM)
+                    } else {
+                        None
+                    }
+                }
+                (None, None) => None,
+            };
+            interrupted |= stop_signal.is_some();
+            if let Some(sig) = next {
+                sys::kill(pid, sig);
+                let since = stopping.map_or_else(Instant::now, |(t, _)| t);
+                stopping = Some((since, sig));
             }
             continue;
         }
