@@ -35,9 +35,11 @@
 //! them). Anything else is a new major version.
 //!
 //! The writer runs on its own thread fed over a crossbeam channel and flushes at least
-//! every 250 ms, side-band chunks (mappings, tasks, losses, vCPUs) of an interval before its
-//! samples and snapshots, so that a reader meets every mapping before the samples that
-//! need it. A `record` killed with SIGKILL therefore loses at most the last interval,
+//! every 250 ms. It keeps the order in which events arrive: each run of events of one
+//! kind becomes one chunk, so a reader replays side band (mappings, tasks, losses, vCPUs)
+//! and samples in the producer's order. The host sampler sends them in time order, so a
+//! reader meets every mapping before the samples that need it, and a process's fork
+//! before the mappings of the program it then execs. A `record` killed with SIGKILL therefore loses at most the last interval,
 //! and the file stays readable: the reader accepts a truncated last chunk (a warning
 //! naming its offset, everything before it kept), reports a checksum or decoding failure
 //! as an error naming the chunk's offset, and never loads more than one chunk at a time.
@@ -246,42 +248,53 @@ impl EventSink {
     }
 }
 
-/// Per-kind batches of one flush interval.
+/// The events of one flush interval in the order they arrived, as runs of one kind: each
+/// run becomes one chunk, so a reader replays mappings, task events and samples in the
+/// order the producer sent them (an exec's mappings after the fork that made the
+/// process, a sample after the mapping it needs), not grouped by kind.
 #[derive(Default)]
 struct Batches {
-    mappings: Vec<Mapping>,
-    tasks: Vec<TaskEvent>,
-    losses: Vec<Loss>,
-    vcpus: Vec<VcpuThread>,
-    vcpu_stats: Vec<VcpuStats>,
-    snapshots: Vec<LbrSnapshot>,
-    samples: Vec<HostSample>,
+    runs: Vec<Run>,
     /// Rough encoded size of what is queued, to cap chunk sizes.
     approx_bytes: usize,
+}
+
+/// Consecutive events of one chunk kind.
+enum Run {
+    Mappings(Vec<Mapping>),
+    Tasks(Vec<TaskEvent>),
+    Losses(Vec<Loss>),
+    Vcpus(Vec<VcpuThread>),
+    VcpuStats(Vec<VcpuStats>),
+    Snapshots(Vec<LbrSnapshot>),
+    Samples(Vec<HostSample>),
 }
 
 impl Batches {
     fn push(&mut self, event: Event) {
         self.approx_bytes += approx_size(&event);
+        // Append to the last run when it has this kind, else start a new run.
+        macro_rules! append {
+            ($variant:ident, $item:expr) => {
+                match self.runs.last_mut() {
+                    Some(Run::$variant(items)) => items.push($item),
+                    _ => self.runs.push(Run::$variant(vec![$item])),
+                }
+            };
+        }
         match event {
-            Event::Mapping(m) => self.mappings.push(m),
-            Event::Task(t) => self.tasks.push(t),
-            Event::Loss(l) => self.losses.push(l),
-            Event::Vcpu(v) => self.vcpus.push(v),
-            Event::VcpuStats(v) => self.vcpu_stats.push(v),
-            Event::Snapshot(s) => self.snapshots.push(s),
-            Event::Sample(s) => self.samples.push(s),
+            Event::Mapping(m) => append!(Mappings, m),
+            Event::Task(t) => append!(Tasks, t),
+            Event::Loss(l) => append!(Losses, l),
+            Event::Vcpu(v) => append!(Vcpus, v),
+            Event::VcpuStats(v) => append!(VcpuStats, v),
+            Event::Snapshot(s) => append!(Snapshots, s),
+            Event::Sample(s) => append!(Samples, s),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.mappings.is_empty()
-            && self.tasks.is_empty()
-            && self.losses.is_empty()
-            && self.vcpus.is_empty()
-            && self.vcpu_stats.is_empty()
-            && self.snapshots.is_empty()
-            && self.samples.is_empty()
+        self.runs.is_empty()
     }
 }
 
@@ -342,13 +355,17 @@ impl<W: Write> ChunkOut<W> {
     }
 
     fn flush_batches(&mut self, b: &mut Batches) -> Result<(), FormatError> {
-        self.write_items(ChunkKind::Mappings, &mut b.mappings)?;
-        self.write_items(ChunkKind::Tasks, &mut b.tasks)?;
-        self.write_items(ChunkKind::Losses, &mut b.losses)?;
-        self.write_items(ChunkKind::Vcpus, &mut b.vcpus)?;
-        self.write_items(ChunkKind::VcpuStats, &mut b.vcpu_stats)?;
-        self.write_items(ChunkKind::Snapshots, &mut b.snapshots)?;
-        self.write_items(ChunkKind::Samples, &mut b.samples)?;
+        for run in b.runs.drain(..) {
+            match run {
+                Run::Mappings(mut v) => self.write_items(ChunkKind::Mappings, &mut v)?,
+                Run::Tasks(mut v) => self.write_items(ChunkKind::Tasks, &mut v)?,
+                Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
+                Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
+                Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
+                Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
+                Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
+            }
+        }
         b.approx_bytes = 0;
         self.out.flush()?;
         Ok(())
@@ -1186,20 +1203,35 @@ mod tests {
         assert_eq!(reader.header(), &header());
         assert_eq!(reader.summary(), Some(&summary));
         assert!(reader.warnings().is_empty());
-        // Within one flush, mappings come before samples; each kind keeps its order.
-        let kinds = |evs: &[Event], want_mapping: bool| -> Vec<Event> {
-            evs.iter()
-                .filter(|e| matches!(e, Event::Mapping(_)) == want_mapping)
-                .cloned()
-                .collect()
-        };
-        assert_eq!(kinds(&read, true), kinds(&events, true));
-        let mut rest_read = kinds(&read, false);
-        let mut rest_sent = kinds(&events, false);
-        let key = |e: &Event| format!("{e:?}");
-        rest_read.sort_by_key(key);
-        rest_sent.sort_by_key(key);
-        assert_eq!(rest_read, rest_sent);
+        // Events come back in the order they were sent, whatever their kinds.
+        assert_eq!(read, events);
+    }
+
+    #[test]
+    fn interleaved_kinds_keep_their_order() {
+        // A fork, the mappings of the program the child execs, a sample, more task
+        // events: each run of one kind is a chunk, and the reader replays them in order.
+        let mut events = vec![Event::Task(TaskEvent::Fork {
+            time_ns: 1,
+            pid: 11,
+            tid: 11,
+            ppid: 10,
+            ptid: 10,
+        })];
+        events.extend((0..3).map(mapping));
+        events.push(sample(4));
+        events.push(Event::Task(TaskEvent::Exit {
+            time_ns: 5,
+            pid: 11,
+            tid: 11,
+        }));
+        events.push(sample(6));
+        events.push(sample(7));
+        let (bytes, stats) = write(&events, &Summary::default());
+        // fork | 3 mappings | sample | exit | 2 samples | summary
+        assert_eq!(stats.chunks, 6);
+        let (read, _) = read_bytes(&bytes);
+        assert_eq!(read.unwrap(), events);
     }
 
     #[test]
