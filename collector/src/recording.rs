@@ -25,7 +25,10 @@
 //!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
 //!      7  Vec<model::VcpuThread>
 //!      8  Vec<model::VcpuStats>
-//!   9..  reserved for later minor versions; a reader skips kinds it does not
+//!      9  Vec<(time_ns u64, pid u32, tid u32, comm String)>: execs
+//!         (model::TaskEvent::Exec), since 1.1; a 1.0 reader skips them with
+//!         its unknown-kind warning, so it misses the new program's name
+//!  10..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -68,7 +71,7 @@ use crate::model::{
 pub const MAGIC: [u8; 8] = *b"LBRPROF\0";
 /// The format version this build writes; it reads any minor version of this major.
 pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 const PREAMBLE_LEN: usize = 20;
 const CHUNK_HEADER_LEN: usize = 9;
@@ -116,6 +119,7 @@ pub enum ChunkKind {
     Summary = 6,
     Vcpus = 7,
     VcpuStats = 8,
+    Execs = 9,
 }
 
 impl ChunkKind {
@@ -129,6 +133,7 @@ impl ChunkKind {
             6 => ChunkKind::Summary,
             7 => ChunkKind::Vcpus,
             8 => ChunkKind::VcpuStats,
+            9 => ChunkKind::Execs,
             _ => return None,
         })
     }
@@ -259,10 +264,14 @@ struct Batches {
     approx_bytes: usize,
 }
 
+/// An exec as chunk kind 9 stores it: `(time_ns, pid, tid, comm)`.
+type ExecItem = (u64, u32, u32, String);
+
 /// Consecutive events of one chunk kind.
 enum Run {
     Mappings(Vec<Mapping>),
     Tasks(Vec<TaskEvent>),
+    Execs(Vec<ExecItem>),
     Losses(Vec<Loss>),
     Vcpus(Vec<VcpuThread>),
     VcpuStats(Vec<VcpuStats>),
@@ -284,6 +293,12 @@ impl Batches {
         }
         match event {
             Event::Mapping(m) => append!(Mappings, m),
+            Event::Task(TaskEvent::Exec {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            }) => append!(Execs, (time_ns, pid, tid, comm)),
             Event::Task(t) => append!(Tasks, t),
             Event::Loss(l) => append!(Losses, l),
             Event::Vcpu(v) => append!(Vcpus, v),
@@ -359,6 +374,7 @@ impl<W: Write> ChunkOut<W> {
             match run {
                 Run::Mappings(mut v) => self.write_items(ChunkKind::Mappings, &mut v)?,
                 Run::Tasks(mut v) => self.write_items(ChunkKind::Tasks, &mut v)?,
+                Run::Execs(mut v) => self.write_items(ChunkKind::Execs, &mut v)?,
                 Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
                 Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
                 Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
@@ -815,6 +831,14 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
     match ChunkKind::from_u8(kind) {
         Some(ChunkKind::Mappings) => items(offset, payload, Event::Mapping),
         Some(ChunkKind::Tasks) => items(offset, payload, Event::Task),
+        Some(ChunkKind::Execs) => items(offset, payload, |(time_ns, pid, tid, comm): ExecItem| {
+            Event::Task(TaskEvent::Exec {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            })
+        }),
         Some(ChunkKind::Samples) => items(offset, payload, Event::Sample),
         Some(ChunkKind::Snapshots) => items(offset, payload, Event::Snapshot),
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
@@ -1218,6 +1242,12 @@ mod tests {
             ppid: 10,
             ptid: 10,
         })];
+        events.push(Event::Task(TaskEvent::Exec {
+            time_ns: 2,
+            pid: 11,
+            tid: 11,
+            comm: "child".into(),
+        }));
         events.extend((0..3).map(mapping));
         events.push(sample(4));
         events.push(Event::Task(TaskEvent::Exit {
@@ -1228,8 +1258,13 @@ mod tests {
         events.push(sample(6));
         events.push(sample(7));
         let (bytes, stats) = write(&events, &Summary::default());
-        // fork | 3 mappings | sample | exit | 2 samples | summary
-        assert_eq!(stats.chunks, 6);
+        // fork | exec (kind 9) | 3 mappings | sample | exit | 2 samples | summary
+        assert_eq!(stats.chunks, 7);
+        let kinds: Vec<u8> = chunk_offsets(&bytes)
+            .iter()
+            .map(|&at| bytes[at + 8])
+            .collect();
+        assert_eq!(kinds, [2, 9, 1, 3, 2, 3, 6]);
         let (read, _) = read_bytes(&bytes);
         assert_eq!(read.unwrap(), events);
     }
@@ -1337,7 +1372,7 @@ mod tests {
         assert!(
             open(&newer)
                 .unwrap()
-                .contains("unsupported lbrprof.data version 2.0")
+                .contains("unsupported lbrprof.data version 2.1")
         );
         let mut minor = bytes.clone();
         minor[10] = 7;

@@ -230,6 +230,11 @@ impl Aggregator {
             Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
                 self.profile.comms.insert(*tid, comm.clone());
             }
+            Event::Task(TaskEvent::Exec { pid, tid, comm, .. }) => {
+                // The old program's mappings are gone; the new one's follow.
+                self.profile.spaces.exec(*pid);
+                self.profile.comms.insert(*tid, comm.clone());
+            }
             Event::Task(TaskEvent::Fork {
                 pid,
                 ppid,

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_collector::host::HostFacts;
-use lbrprof_collector::model::{Event, Header, LossKind, SnapshotReason, Target, TaskEvent};
+use lbrprof_collector::model::{
+    AddressSpace, Event, Header, LossKind, SnapshotReason, Target, TaskEvent,
+};
 use lbrprof_collector::recording::RecordingReader;
 
 /// Print this host's profiling capabilities (PMU, LBR, perf_event_paranoid, KVM), or a
@@ -61,6 +63,22 @@ fn host(out: &mut impl Write) -> anyhow::Result<()> {
 /// How many threads `info FILE` lists.
 const TOP_THREADS: usize = 10;
 
+/// One process of a recording, as its side band and samples describe it.
+#[derive(Clone, Debug, Default)]
+struct Process {
+    samples: u64,
+    /// Every thread seen (side band or samples).
+    threads: BTreeSet<u32>,
+    /// The program it runs: the first file mapped after its exec (the kernel maps the
+    /// program before its interpreter), or its parent's.
+    exe: Option<String>,
+    /// Exec'ed and the new program's file is not seen yet.
+    awaiting_exe: bool,
+    /// Forked by a process of the recording.
+    forked: bool,
+    execs: u64,
+}
+
 /// Totals gathered while streaming a recording.
 #[derive(Default)]
 struct Totals {
@@ -73,6 +91,7 @@ struct Totals {
     snapshot_sources: BTreeMap<(u32, &'static str), u64>,
     mappings: u64,
     comms: u64,
+    execs: u64,
     forks: u64,
     exits: u64,
     vcpus: u64,
@@ -83,6 +102,8 @@ struct Totals {
     per_thread: BTreeMap<(u32, u32), u64>,
     /// The last name each thread had.
     names: BTreeMap<u32, String>,
+    /// Every host process seen, in samples or side band.
+    processes: BTreeMap<u32, Process>,
     first_ns: Option<u64>,
     last_ns: Option<u64>,
 }
@@ -97,6 +118,9 @@ impl Totals {
                 self.branches += s.branches.len() as u64;
                 self.pids.insert(s.pid);
                 *self.per_thread.entry((s.pid, s.tid)).or_default() += 1;
+                let p = self.processes.entry(s.pid).or_default();
+                p.samples += 1;
+                p.threads.insert(s.tid);
                 self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
                 self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
             }
@@ -109,16 +133,51 @@ impl Totals {
                 };
                 *self.snapshot_sources.entry((s.vcpu, source)).or_default() += 1;
             }
-            Event::Mapping(_) => self.mappings += 1,
-            Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
+            Event::Mapping(m) => {
+                self.mappings += 1;
+                if m.space == AddressSpace::HostUser && m.path.starts_with('/') {
+                    let p = self.processes.entry(m.pid).or_default();
+                    if p.exe.is_none() || p.awaiting_exe {
+                        p.exe = Some(m.path.clone());
+                        p.awaiting_exe = false;
+                    }
+                }
+            }
+            Event::Task(TaskEvent::Comm { pid, tid, comm, .. }) => {
                 self.comms += 1;
                 self.names.insert(*tid, comm.clone());
+                self.processes.entry(*pid).or_default().threads.insert(*tid);
             }
-            Event::Task(TaskEvent::Fork { tid, ptid, .. }) => {
+            Event::Task(TaskEvent::Exec { pid, tid, comm, .. }) => {
+                self.execs += 1;
+                self.names.insert(*tid, comm.clone());
+                let p = self.processes.entry(*pid).or_default();
+                p.threads.insert(*tid);
+                p.exe = None;
+                p.awaiting_exe = true;
+                p.execs += 1;
+            }
+            Event::Task(TaskEvent::Fork {
+                pid,
+                tid,
+                ppid,
+                ptid,
+                ..
+            }) => {
                 self.forks += 1;
                 // A new thread or process starts with its parent's name.
                 if let Some(name) = self.names.get(ptid).cloned() {
                     self.names.entry(*tid).or_insert(name);
+                }
+                // A new process runs its parent's program until it execs.
+                let parent_exe = self.processes.get(ppid).and_then(|p| p.exe.clone());
+                let p = self.processes.entry(*pid).or_default();
+                p.threads.insert(*tid);
+                if pid != ppid {
+                    p.forked = true;
+                    if p.exe.is_none() {
+                        p.exe = parent_exe;
+                    }
                 }
             }
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
@@ -139,6 +198,41 @@ impl Totals {
             }
         }
     }
+}
+
+/// How many processes `info FILE` lists.
+const TOP_PROCESSES: usize = 10;
+
+/// Every process of the recording (sampled or not), the busiest first, with its program.
+fn processes(out: &mut impl Write, t: &Totals) -> std::io::Result<()> {
+    if t.processes.is_empty() {
+        return Ok(());
+    }
+    let threads: usize = t.processes.values().map(|p| p.threads.len()).sum();
+    let forked = t.processes.values().filter(|p| p.forked).count();
+    let exec = t.processes.values().filter(|p| p.execs > 0).count();
+    writeln!(
+        out,
+        "processes:     {} ({forked} forked, {exec} exec'ed), {threads} threads",
+        t.processes.len()
+    )?;
+    let mut list: Vec<(&u32, &Process)> = t.processes.iter().collect();
+    list.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then(a.0.cmp(b.0)));
+    for (pid, p) in list.iter().take(TOP_PROCESSES) {
+        let name = t.names.get(pid).map_or("?", String::as_str);
+        let n = p.threads.len();
+        let threads = format!("{n} thread{}", if n == 1 { "" } else { "s" });
+        writeln!(
+            out,
+            "  {:>9} samples  pid {pid:<7} {threads:<11} {name:<15} {}",
+            p.samples,
+            p.exe.as_deref().unwrap_or("?")
+        )?;
+    }
+    if list.len() > TOP_PROCESSES {
+        writeln!(out, "  ... {} more processes", list.len() - TOP_PROCESSES)?;
+    }
+    Ok(())
 }
 
 fn target(t: &Target) -> String {
@@ -259,6 +353,7 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     if threads.len() > TOP_THREADS {
         writeln!(out, "  ... {} more threads", threads.len() - TOP_THREADS)?;
     }
+    processes(out, t)?;
     writeln!(out, "snapshots:     {}", t.snapshots)?;
     let mut by_vcpu: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for ((vcpu, source), n) in &t.snapshot_sources {
@@ -279,8 +374,8 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     }
     writeln!(
         out,
-        "side-band:     {} mappings, {} comm, {} fork, {} exit",
-        t.mappings, t.comms, t.forks, t.exits
+        "side-band:     {} mappings, {} comm, {} exec, {} fork, {} exit",
+        t.mappings, t.comms, t.execs, t.forks, t.exits
     )?;
     if t.losses.is_empty() {
         writeln!(out, "losses:        none")?;

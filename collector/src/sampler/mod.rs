@@ -10,7 +10,7 @@
 //!   (context markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the
 //!   branch stack when LBR sampling was chosen;
 //! * MMAP2 (executable only) with the kernel's build-id, or the file's when the kernel
-//!   gave none; COMM, FORK, EXIT;
+//!   gave none; COMM (an exec when the kernel flags it so), FORK, EXIT;
 //! * LOST and THROTTLE, counted in [`RingStats`] and kept as [`crate::model::Loss`].
 //!
 //! Tasks that existed before we attached (`-p`/`-t`) get their mappings and names from
@@ -335,6 +335,7 @@ fn event_time(event: &Event) -> u64 {
         Event::Sample(s) => s.time_ns,
         Event::Mapping(m) => m.time_ns,
         Event::Task(TaskEvent::Comm { time_ns, .. })
+        | Event::Task(TaskEvent::Exec { time_ns, .. })
         | Event::Task(TaskEvent::Fork { time_ns, .. })
         | Event::Task(TaskEvent::Exit { time_ns, .. }) => *time_ns,
         Event::Loss(l) => l.time_ns,
