@@ -84,6 +84,37 @@ fn functions(data: &Path, filter: &[&str]) -> (BTreeMap<(String, String), u64>, 
     (map, json["meta"]["samples"].as_u64().unwrap())
 }
 
+/// The report's processes table: samples per `(pid, command)`.
+fn processes(data: &Path) -> BTreeMap<(u32, String), u64> {
+    let out = common::run(&[
+        "report",
+        "--format",
+        "json",
+        "--limit",
+        "0",
+        "-i",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "report: {}", stderr_of(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["processes"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|p| {
+                    (
+                        (
+                            p["pid"].as_u64().unwrap() as u32,
+                            p["command"].as_str().unwrap().to_owned(),
+                        ),
+                        p["samples"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Self samples of `function` of `module` (0 when absent).
 fn count(fns: &BTreeMap<(String, String), u64>, module: &str, function: &str) -> u64 {
     fns.get(&(module.to_owned(), function.to_owned()))
@@ -235,6 +266,15 @@ fn a_parent_that_forks_and_execs_a_child() {
     assert_eq!(count(&in_child, "beta", "burn_beta"), b);
     let (by_name, _) = functions(&data, &["--comm", "beta"]);
     assert_eq!(count(&by_name, "libfollow.so", "lib_spin"), lib);
+    // The processes table: the parent under its name, the child under its program's.
+    let procs = processes(&data);
+    let names: Vec<_> = procs.keys().cloned().collect();
+    assert_eq!(
+        names,
+        [(pid, "follow_exec".to_owned()), (child, "beta".to_owned())],
+        "{procs:?}"
+    );
+    assert_eq!(procs.values().sum::<u64>(), total);
 
     let text = info(&data);
     assert!(
@@ -343,6 +383,21 @@ fn an_attached_process_that_execs_and_forks_is_followed() {
             "{filter} {id}: {here} of {n} samples in {function}: {only:?}"
         );
     }
+    // The processes table has the attached process twice, once per program.
+    let procs = processes(&data);
+    let before = procs
+        .get(&(pid, "follow_attach".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    let after = procs
+        .get(&(pid, "follow_fork".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    assert!(before > 30 && after > 30, "{procs:?}");
+    assert!(
+        procs.contains_key(&(child, "follow_fork".to_owned())),
+        "{procs:?}"
+    );
     // The exec renamed the process: its old program's samples keep the old name.
     let (old, _) = functions(&data, &["--comm", "follow_attach"]);
     let (new, _) = functions(&data, &["--comm", "follow_fork"]);

@@ -77,6 +77,19 @@ pub struct FunctionRow {
     pub total_pct: f64,
 }
 
+/// The samples of one process under one name (a process that execs has a row per
+/// program).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    /// The process's command name when sampled (empty when the recording has none).
+    pub command: String,
+    pub samples: u64,
+    pub weight: u64,
+    /// `weight` as a percentage of all weight.
+    pub pct: f64,
+}
+
 /// One taken-branch edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BranchRow {
@@ -150,6 +163,9 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub meta: Meta,
+    /// Where each process spent the samples, when they come from more than one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessRow>,
     pub functions: Vec<FunctionRow>,
     pub branches: Vec<BranchRow>,
     pub ranges: Vec<RangeRow>,
@@ -244,6 +260,24 @@ pub fn build(
             total_pct: pct(tw, t.weight),
         })
         .collect();
+
+    let processes = if profile.processes.len() > 1 {
+        profile
+            .processes
+            .iter()
+            .flat_map(|(pid, names)| {
+                names.iter().map(|(command, c)| ProcessRow {
+                    pid: *pid,
+                    command: command.clone(),
+                    samples: c.samples,
+                    weight: c.weight,
+                    pct: pct(c.weight, t.weight),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let branches = profile
         .edges
@@ -341,6 +375,7 @@ pub fn build(
             notes,
             warnings,
         },
+        processes,
         functions,
         branches,
         ranges,
@@ -432,6 +467,14 @@ impl Report {
                 .cmp(&place_key(&b.start))
                 .then_with(|| place_key(&a.end).cmp(&place_key(&b.end)))
         };
+        let process_tie =
+            |a: &ProcessRow, b: &ProcessRow| (a.pid, &a.command).cmp(&(b.pid, &b.command));
+        match key {
+            SortKey::Name => self.processes.sort_by(process_tie),
+            _ => self
+                .processes
+                .sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| process_tie(a, b))),
+        }
         match key {
             SortKey::Name => self.ranges.sort_by(range_tie),
             _ => self
@@ -447,7 +490,9 @@ impl Report {
             .retain(|f| f.self_pct.max(f.total_pct) >= percent_limit);
         self.branches.retain(|b| b.pct >= percent_limit);
         self.ranges.retain(|r| r.pct >= percent_limit);
+        self.processes.retain(|p| p.pct >= percent_limit);
         if limit > 0 {
+            self.processes.truncate(limit);
             self.functions.truncate(limit);
             self.branches.truncate(limit);
             self.ranges.truncate(limit);
