@@ -620,6 +620,19 @@ fn ring_buffer_losses_are_counted_and_reported() {
         summary.notes
     );
     assert_eq!(summary.samples as usize, samples(&events).count());
+    // info and report show the same count.
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(&format!("losses:        {} ring buffer", summary.lost)),
+        "{info}"
+    );
+    let report = common::run(&["report", "-i", data.to_str().unwrap(), "--limit", "1"]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains(&format!(", lost {}, ", summary.lost)),
+        "{report}"
+    );
 }
 
 #[test]
