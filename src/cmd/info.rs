@@ -408,3 +408,89 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbrprof_collector::model::{HostSample, Mapping};
+
+    fn map(pid: u32, path: &str) -> Event {
+        Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid,
+            start: 0x1000,
+            len: 0x1000,
+            pgoff: 0,
+            path: path.into(),
+            build_id: None,
+        })
+    }
+
+    fn fork(pid: u32, tid: u32, ppid: u32) -> Event {
+        Event::Task(TaskEvent::Fork {
+            time_ns: 0,
+            pid,
+            tid,
+            ppid,
+            ptid: ppid,
+        })
+    }
+
+    #[test]
+    fn processes_get_their_program_threads_and_samples() {
+        let mut t = Totals::default();
+        let events = [
+            // The shell execs, maps its program then its interpreter.
+            Event::Task(TaskEvent::Exec {
+                time_ns: 0,
+                pid: 10,
+                tid: 10,
+                comm: "sh".into(),
+            }),
+            map(10, "/bin/sh"),
+            map(10, "/lib/ld.so"),
+            map(10, "[vdso]"),
+            // A child that only forks runs the shell; one that execs runs its program.
+            fork(11, 11, 10),
+            fork(12, 12, 10),
+            Event::Task(TaskEvent::Exec {
+                time_ns: 0,
+                pid: 12,
+                tid: 12,
+                comm: "cc".into(),
+            }),
+            map(12, "/usr/bin/cc"),
+            map(12, "/lib/ld.so"),
+            // The exec'ed child starts a thread, which is sampled.
+            fork(12, 13, 12),
+            Event::Sample(HostSample {
+                pid: 12,
+                tid: 13,
+                ..HostSample::default()
+            }),
+        ];
+        for e in &events {
+            t.add(e);
+        }
+        let exe = |pid| t.processes[&pid].exe.as_deref();
+        assert_eq!(exe(10), Some("/bin/sh"));
+        assert_eq!(exe(11), Some("/bin/sh"));
+        assert_eq!(exe(12), Some("/usr/bin/cc"));
+        assert_eq!(t.processes[&12].threads.len(), 2);
+        assert_eq!(t.processes[&12].samples, 1);
+        assert!(t.processes[&11].forked && !t.processes[&10].forked);
+        assert_eq!((t.execs, t.forks), (2, 3));
+        let mut out = Vec::new();
+        processes(&mut out, &t).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("processes:     3 (2 forked, 2 exec'ed), 4 threads\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("        1 samples  pid 12      2 threads   cc              /usr/bin/cc"),
+            "{text}"
+        );
+    }
+}
