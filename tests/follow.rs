@@ -4,7 +4,7 @@
 //! thread, and a process attached with `-p` that then execs and forks. In each, the
 //! report must name the functions of every program (no user-space sample of a binary
 //! with symbols in `[unknown]`), attribute them to the right process, thread and command
-//! name, and `info` must count the processes and threads. The shell case is also
+//! name, and `info` must count the processes and threads. The command cases are also
 //! recorded with `perf record -g` and both recordings are compared function by function.
 //!
 //! The workloads are `tests/workloads/follow_*.c`, compiled here with gcc.
@@ -202,24 +202,35 @@ fn a_shell_running_two_programs_names_both() {
     }
     assert!(text.contains(", 3 exec, 2 fork, "), "{text}");
 
-    // perf record -g of the same command, read by lbrprof: the same functions, with
-    // shares within sampling noise of ours.
-    let perf_data = dir.path().join("perf.data");
+    agrees_with_perf(
+        dir.path(),
+        &["sh", "-c", &script],
+        &[
+            ("alpha", "burn_alpha", a),
+            ("beta", "burn_beta", b),
+            ("libfollow.so", "lib_spin", lib),
+        ],
+        total,
+    );
+}
+
+/// Records `command` with `perf record -g` (same frequency), reads it with lbrprof and
+/// checks that each `(module, function, our self samples)` has a share within sampling
+/// noise of perf's (`total`: our sample count).
+fn agrees_with_perf(dir: &Path, command: &[&str], ours: &[(&str, &str, u64)], total: u64) {
+    let perf_data = dir.join("perf.data");
     let perf = Command::new("perf")
         .args(["record", "-g", "-F", "999", "-q", "-o"])
         .arg(&perf_data)
-        .args(["--", "sh", "-c", &script])
+        .arg("--")
+        .args(command)
         .output()
         .expect("perf is needed (linux-perf)");
     assert!(perf.status.success(), "perf record: {}", stderr_of(&perf));
     let (perf_fns, perf_total) = functions(&perf_data, &[]);
-    for (module, function, ours) in [
-        ("alpha", "burn_alpha", a),
-        ("beta", "burn_beta", b),
-        ("libfollow.so", "lib_spin", lib),
-    ] {
+    for &(module, function, n) in ours {
         let theirs = count(&perf_fns, module, function);
-        let (ours, theirs) = (pct(ours, total), pct(theirs, perf_total));
+        let (ours, theirs) = (pct(n, total), pct(theirs, perf_total));
         assert!(
             (ours - theirs).abs() < 8.0,
             "{function}: {ours:.1}% here, {theirs:.1}% with perf record"
@@ -236,16 +247,13 @@ fn a_parent_that_forks_and_execs_a_child() {
     let (_, beta) = burners(dir.path());
     let parent = build(dir.path(), "follow_exec", "follow_exec", &[]);
     let data = dir.path().join("exec.data");
-    let out = record(
-        &data,
-        &[
-            "--",
-            parent.to_str().unwrap(),
-            "150000000",
-            beta.to_str().unwrap(),
-            "100000000",
-        ],
-    );
+    let command = [
+        parent.to_str().unwrap(),
+        "150000000",
+        beta.to_str().unwrap(),
+        "100000000",
+    ];
+    let out = record(&data, &[&["--"], &command[..]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let pid = numbers(&stdout, "pid")[0];
     let child = numbers(&stdout, "child")[0];
@@ -275,6 +283,16 @@ fn a_parent_that_forks_and_execs_a_child() {
         "{procs:?}"
     );
     assert_eq!(procs.values().sum::<u64>(), total);
+    agrees_with_perf(
+        dir.path(),
+        &command,
+        &[
+            ("follow_exec", "parent_work", parent_work),
+            ("beta", "burn_beta", b),
+            ("libfollow.so", "lib_spin", lib),
+        ],
+        total,
+    );
 
     let text = info(&data);
     assert!(
@@ -306,8 +324,15 @@ fn fork_without_exec_and_threads_keep_their_ids() {
     );
     assert!(pid != child && tid != child);
 
-    let (fns, _) = functions(&data, &[]);
+    let (fns, total) = functions(&data, &[]);
     assert_nothing_unknown(&fns);
+    agrees_with_perf(
+        dir.path(),
+        &[exe.to_str().unwrap(), "150000000"],
+        &["parent_work", "child_work", "thread_work"]
+            .map(|f| ("follow_fork", f, count(&fns, "follow_fork", f))),
+        total,
+    );
     // Each function in the process and thread that ran it, and nowhere else.
     for (filter, id, function) in [
         ("--pid", pid, "parent_work"),
