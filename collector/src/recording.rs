@@ -42,8 +42,9 @@
 //! kind becomes one chunk, so a reader replays side band (mappings, tasks, losses, vCPUs)
 //! and samples in the producer's order. The host sampler sends them in time order, so a
 //! reader meets every mapping before the samples that need it, and a process's fork
-//! before the mappings of the program it then execs. A `record` killed with SIGKILL therefore loses at most the last interval,
-//! and the file stays readable: the reader accepts a truncated last chunk (a warning
+//! before the mappings of the program it then execs. A `record` killed with SIGKILL
+//! therefore loses at most the last interval (and what the sampler held back to order
+//! it, one drain of at most 100 ms), and the file stays readable: the reader accepts a truncated last chunk (a warning
 //! naming its offset, everything before it kept), reports a checksum or decoding failure
 //! as an error naming the chunk's offset, and never loads more than one chunk at a time.
 //!
