@@ -136,8 +136,8 @@ fn hot_function_dominates_the_recording() {
         all.iter()
             .all(|s| s.callchain.iter().all(|f| f.addr < u64::MAX - 4096))
     );
-    // Side band: the exec's COMM, times on CLOCK_MONOTONIC after the header's start.
-    assert!(events.iter().any(|e| matches!(e, Event::Task(TaskEvent::Comm { pid: p, comm, .. }) if *p == pid && comm == "hot")));
+    // Side band: the exec (COMM with the exec flag), times on CLOCK_MONOTONIC after the start.
+    assert!(events.iter().any(|e| matches!(e, Event::Task(TaskEvent::Exec { pid: p, comm, .. }) if *p == pid && comm == "hot")));
     let start = reader.header().start_monotonic_ns;
     assert!(all.iter().all(|s| s.time_ns >= start && s.period > 0));
     // The executable's mapping carries its build-id (gcc links with --build-id on Debian).
@@ -784,6 +784,19 @@ fn ring_buffer_losses_are_counted_and_reported() {
         summary.notes
     );
     assert_eq!(summary.samples as usize, samples(&events).count());
+    // info and report show the same count.
+    let info = common::run(&["info", data.to_str().unwrap()]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(&format!("losses:        {} ring buffer", summary.lost)),
+        "{info}"
+    );
+    let report = common::run(&["report", "-i", data.to_str().unwrap(), "--limit", "1"]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains(&format!(", lost {}, ", summary.lost)),
+        "{report}"
+    );
 }
 
 #[test]

@@ -158,6 +158,16 @@ pub enum TaskEvent {
         ppid: u32,
         ptid: u32,
     },
+    /// `execve`: process `pid` now runs a new program named `comm` (the kernel's COMM
+    /// record with `PERF_RECORD_MISC_COMM_EXEC`). The process's earlier mappings are gone;
+    /// the new program's, its interpreter's and its libraries' follow as mappings.
+    /// Stored in its own chunk kind (see [`crate::recording`]).
+    Exec {
+        time_ns: u64,
+        pid: u32,
+        tid: u32,
+        comm: String,
+    },
     Exit {
         time_ns: u64,
         pid: u32,

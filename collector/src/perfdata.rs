@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `SAMPLE` (IP, TID, TIME, CPU, PERIOD, CALLCHAIN, BRANCH_STACK) | [`Event::Sample`]; callchain context markers (`PERF_CONTEXT_*`) become per-frame [`CpuMode`]s |
 //! | `MMAP`, `MMAP2` (executable only) | [`Event::Mapping`], build-id from the MMAP2 record or the `HEADER_BUILD_ID` feature section |
-//! | `COMM`, `FORK`, `EXIT` | [`Event::Task`] |
+//! | `COMM`, `FORK`, `EXIT` | [`Event::Task`]; a `COMM` flagged `PERF_RECORD_MISC_COMM_EXEC` is a [`TaskEvent::Exec`] |
 //! | `LOST`, `THROTTLE` | [`Event::Loss`] |
 //! | anything else | skipped and counted in [`ImportStats::skipped_records`] |
 //!
@@ -1150,6 +1150,12 @@ fn convert(
                 build_id,
             )
         }
+        EventRecord::Comm(c) if c.is_execve => Event::Task(TaskEvent::Exec {
+            time_ns,
+            pid: c.pid as u32,
+            tid: c.tid as u32,
+            comm: String::from_utf8_lossy(&c.name.as_slice()).into_owned(),
+        }),
         EventRecord::Comm(c) => Event::Task(TaskEvent::Comm {
             time_ns,
             pid: c.pid as u32,

@@ -404,12 +404,14 @@ fn start(
     };
     let mut running = running;
     if let Some((pid, tids)) = &running.attached {
-        // What existed before we attached, then start sampling.
+        // Start sampling, then describe what existed before, dated before the start: a
+        // mapping or exec between the two is then both in /proc and in the kernel's
+        // records, which come later and win, rather than in neither.
         let now = sys::monotonic_ns();
+        running.sampler.enable()?;
         if let Ok(events) = procfs::synthesize(*pid, tids, now, running.sampler.converter()) {
             events.into_iter().for_each(|e| sink.send(e));
         }
-        running.sampler.enable()?;
     }
     Ok(running)
 }

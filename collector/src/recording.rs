@@ -25,7 +25,10 @@
 //!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
 //!      7  Vec<model::VcpuThread>
 //!      8  Vec<model::VcpuStats>
-//!   9..  reserved for later minor versions; a reader skips kinds it does not
+//!      9  Vec<(time_ns u64, pid u32, tid u32, comm String)>: execs
+//!         (model::TaskEvent::Exec), since 1.1; a 1.0 reader skips them with
+//!         its unknown-kind warning, so it misses the new program's name
+//!  10..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -35,10 +38,13 @@
 //! them). Anything else is a new major version.
 //!
 //! The writer runs on its own thread fed over a crossbeam channel and flushes at least
-//! every 250 ms, side-band chunks (mappings, tasks, losses, vCPUs) of an interval before its
-//! samples and snapshots, so that a reader meets every mapping before the samples that
-//! need it. A `record` killed with SIGKILL therefore loses at most the last interval,
-//! and the file stays readable: the reader accepts a truncated last chunk (a warning
+//! every 250 ms. It keeps the order in which events arrive: each run of events of one
+//! kind becomes one chunk, so a reader replays side band (mappings, tasks, losses, vCPUs)
+//! and samples in the producer's order. The host sampler sends them in time order, so a
+//! reader meets every mapping before the samples that need it, and a process's fork
+//! before the mappings of the program it then execs. A `record` killed with SIGKILL
+//! therefore loses at most the last interval (and what the sampler held back to order
+//! it, one drain of at most 100 ms), and the file stays readable: the reader accepts a truncated last chunk (a warning
 //! naming its offset, everything before it kept), reports a checksum or decoding failure
 //! as an error naming the chunk's offset, and never loads more than one chunk at a time.
 //!
@@ -66,7 +72,7 @@ use crate::model::{
 pub const MAGIC: [u8; 8] = *b"LBRPROF\0";
 /// The format version this build writes; it reads any minor version of this major.
 pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 const PREAMBLE_LEN: usize = 20;
 const CHUNK_HEADER_LEN: usize = 9;
@@ -114,6 +120,7 @@ pub enum ChunkKind {
     Summary = 6,
     Vcpus = 7,
     VcpuStats = 8,
+    Execs = 9,
 }
 
 impl ChunkKind {
@@ -127,6 +134,7 @@ impl ChunkKind {
             6 => ChunkKind::Summary,
             7 => ChunkKind::Vcpus,
             8 => ChunkKind::VcpuStats,
+            9 => ChunkKind::Execs,
             _ => return None,
         })
     }
@@ -346,42 +354,63 @@ impl EventSink {
     }
 }
 
-/// Per-kind batches of one flush interval.
+/// The events of one flush interval in the order they arrived, as runs of one kind: each
+/// run becomes one chunk, so a reader replays mappings, task events and samples in the
+/// order the producer sent them (an exec's mappings after the fork that made the
+/// process, a sample after the mapping it needs), not grouped by kind.
 #[derive(Default)]
 struct Batches {
-    mappings: Vec<Mapping>,
-    tasks: Vec<TaskEvent>,
-    losses: Vec<Loss>,
-    vcpus: Vec<VcpuThread>,
-    vcpu_stats: Vec<VcpuStats>,
-    snapshots: Vec<LbrSnapshot>,
-    samples: Vec<HostSample>,
+    runs: Vec<Run>,
     /// Rough encoded size of what is queued, to cap chunk sizes.
     approx_bytes: usize,
+}
+
+/// An exec as chunk kind 9 stores it: `(time_ns, pid, tid, comm)`.
+type ExecItem = (u64, u32, u32, String);
+
+/// Consecutive events of one chunk kind.
+enum Run {
+    Mappings(Vec<Mapping>),
+    Tasks(Vec<TaskEvent>),
+    Execs(Vec<ExecItem>),
+    Losses(Vec<Loss>),
+    Vcpus(Vec<VcpuThread>),
+    VcpuStats(Vec<VcpuStats>),
+    Snapshots(Vec<LbrSnapshot>),
+    Samples(Vec<HostSample>),
 }
 
 impl Batches {
     fn push(&mut self, event: Event) {
         self.approx_bytes += approx_size(&event);
+        // Append to the last run when it has this kind, else start a new run.
+        macro_rules! append {
+            ($variant:ident, $item:expr) => {
+                match self.runs.last_mut() {
+                    Some(Run::$variant(items)) => items.push($item),
+                    _ => self.runs.push(Run::$variant(vec![$item])),
+                }
+            };
+        }
         match event {
-            Event::Mapping(m) => self.mappings.push(m),
-            Event::Task(t) => self.tasks.push(t),
-            Event::Loss(l) => self.losses.push(l),
-            Event::Vcpu(v) => self.vcpus.push(v),
-            Event::VcpuStats(v) => self.vcpu_stats.push(v),
-            Event::Snapshot(s) => self.snapshots.push(s),
-            Event::Sample(s) => self.samples.push(s),
+            Event::Mapping(m) => append!(Mappings, m),
+            Event::Task(TaskEvent::Exec {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            }) => append!(Execs, (time_ns, pid, tid, comm)),
+            Event::Task(t) => append!(Tasks, t),
+            Event::Loss(l) => append!(Losses, l),
+            Event::Vcpu(v) => append!(Vcpus, v),
+            Event::VcpuStats(v) => append!(VcpuStats, v),
+            Event::Snapshot(s) => append!(Snapshots, s),
+            Event::Sample(s) => append!(Samples, s),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.mappings.is_empty()
-            && self.tasks.is_empty()
-            && self.losses.is_empty()
-            && self.vcpus.is_empty()
-            && self.vcpu_stats.is_empty()
-            && self.snapshots.is_empty()
-            && self.samples.is_empty()
+        self.runs.is_empty()
     }
 }
 
@@ -442,13 +471,18 @@ impl<W: Write> ChunkOut<W> {
     }
 
     fn flush_batches(&mut self, b: &mut Batches) -> Result<(), FormatError> {
-        self.write_items(ChunkKind::Mappings, &mut b.mappings)?;
-        self.write_items(ChunkKind::Tasks, &mut b.tasks)?;
-        self.write_items(ChunkKind::Losses, &mut b.losses)?;
-        self.write_items(ChunkKind::Vcpus, &mut b.vcpus)?;
-        self.write_items(ChunkKind::VcpuStats, &mut b.vcpu_stats)?;
-        self.write_items(ChunkKind::Snapshots, &mut b.snapshots)?;
-        self.write_items(ChunkKind::Samples, &mut b.samples)?;
+        for run in b.runs.drain(..) {
+            match run {
+                Run::Mappings(mut v) => self.write_items(ChunkKind::Mappings, &mut v)?,
+                Run::Tasks(mut v) => self.write_items(ChunkKind::Tasks, &mut v)?,
+                Run::Execs(mut v) => self.write_items(ChunkKind::Execs, &mut v)?,
+                Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
+                Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
+                Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
+                Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
+                Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
+            }
+        }
         b.approx_bytes = 0;
         self.out.flush()?;
         Ok(())
@@ -904,6 +938,14 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
     match ChunkKind::from_u8(kind) {
         Some(ChunkKind::Mappings) => items(offset, payload, Event::Mapping),
         Some(ChunkKind::Tasks) => items(offset, payload, Event::Task),
+        Some(ChunkKind::Execs) => items(offset, payload, |(time_ns, pid, tid, comm): ExecItem| {
+            Event::Task(TaskEvent::Exec {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            })
+        }),
         Some(ChunkKind::Samples) => items(offset, payload, Event::Sample),
         Some(ChunkKind::Snapshots) => items(offset, payload, Event::Snapshot),
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
@@ -1346,20 +1388,46 @@ mod tests {
         assert_eq!(reader.header(), &header());
         assert_eq!(reader.summary(), Some(&summary));
         assert!(reader.warnings().is_empty());
-        // Within one flush, mappings come before samples; each kind keeps its order.
-        let kinds = |evs: &[Event], want_mapping: bool| -> Vec<Event> {
-            evs.iter()
-                .filter(|e| matches!(e, Event::Mapping(_)) == want_mapping)
-                .cloned()
-                .collect()
-        };
-        assert_eq!(kinds(&read, true), kinds(&events, true));
-        let mut rest_read = kinds(&read, false);
-        let mut rest_sent = kinds(&events, false);
-        let key = |e: &Event| format!("{e:?}");
-        rest_read.sort_by_key(key);
-        rest_sent.sort_by_key(key);
-        assert_eq!(rest_read, rest_sent);
+        // Events come back in the order they were sent, whatever their kinds.
+        assert_eq!(read, events);
+    }
+
+    #[test]
+    fn interleaved_kinds_keep_their_order() {
+        // A fork, the mappings of the program the child execs, a sample, more task
+        // events: each run of one kind is a chunk, and the reader replays them in order.
+        let mut events = vec![Event::Task(TaskEvent::Fork {
+            time_ns: 1,
+            pid: 11,
+            tid: 11,
+            ppid: 10,
+            ptid: 10,
+        })];
+        events.push(Event::Task(TaskEvent::Exec {
+            time_ns: 2,
+            pid: 11,
+            tid: 11,
+            comm: "child".into(),
+        }));
+        events.extend((0..3).map(mapping));
+        events.push(sample(4));
+        events.push(Event::Task(TaskEvent::Exit {
+            time_ns: 5,
+            pid: 11,
+            tid: 11,
+        }));
+        events.push(sample(6));
+        events.push(sample(7));
+        let (bytes, stats) = write(&events, &Summary::default());
+        // fork | exec (kind 9) | 3 mappings | sample | exit | 2 samples | summary
+        assert_eq!(stats.chunks, 7);
+        let kinds: Vec<u8> = chunk_offsets(&bytes)
+            .iter()
+            .map(|&at| bytes[at + 8])
+            .collect();
+        assert_eq!(kinds, [2, 9, 1, 3, 2, 3, 6]);
+        let (read, _) = read_bytes(&bytes);
+        assert_eq!(read.unwrap(), events);
     }
 
     #[test]
@@ -1465,7 +1533,7 @@ mod tests {
         assert!(
             open(&newer)
                 .unwrap()
-                .contains("unsupported lbrprof.data version 2.0")
+                .contains("unsupported lbrprof.data version 2.1")
         );
         let mut minor = bytes.clone();
         minor[10] = 7;

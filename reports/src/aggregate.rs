@@ -152,6 +152,9 @@ pub struct Profile {
     /// Per sampled IP (the `no_lbr` BOLT profile and `--dso` checks).
     pub ips: FastMap<Loc, Count>,
     pub comms: HashMap<u32, String>,
+    /// Samples per process, by the name the process had when sampled (its main
+    /// thread's): a process that execs has one entry per program it ran.
+    pub processes: HashMap<u32, Vec<(String, Count)>>,
     /// The per-sample trace of a `record --vm` recording (with [`AggregateOptions::vm`]).
     pub vm: Option<crate::vm::VmTrace>,
     /// With [`AggregateOptions::comm_root`]: the pseudo-module of the stacks' root frames,
@@ -228,6 +231,11 @@ impl Aggregator {
         match event {
             Event::Mapping(m) => self.profile.spaces.add_mapping(m),
             Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
+                self.profile.comms.insert(*tid, comm.clone());
+            }
+            Event::Task(TaskEvent::Exec { pid, tid, comm, .. }) => {
+                // The old program's mappings are gone; the new one's follow.
+                self.profile.spaces.exec(*pid);
                 self.profile.comms.insert(*tid, comm.clone());
             }
             Event::Task(TaskEvent::Fork {
@@ -359,6 +367,23 @@ impl Aggregator {
         t.weight += counts.weight;
         if s.mode.is_guest() {
             t.guest_samples += counts.samples;
+        }
+        let name = self
+            .profile
+            .comms
+            .get(&s.pid)
+            .or_else(|| self.profile.comms.get(&s.tid))
+            .map_or("", String::as_str);
+        let names = self.profile.processes.entry(s.pid).or_default();
+        match names.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => c.add_n(counts.samples, counts.weight),
+            None => names.push((
+                name.to_owned(),
+                Count {
+                    samples: counts.samples,
+                    weight: counts.weight,
+                },
+            )),
         }
         self.profile
             .ips
@@ -791,6 +816,49 @@ mod tests {
         let (l, _) = p.ips.iter().next().unwrap();
         assert_eq!(p.spaces.modules.get(l.module).path, "guest-vmlinux");
         assert_eq!(l.offset, 0x210);
+    }
+
+    #[test]
+    fn an_exec_clears_the_process_and_renames_it() {
+        let mut a = Aggregator::new(AggregateOptions::default());
+        a.add(&mapping());
+        a.add(&Event::Task(TaskEvent::Comm {
+            time_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "w".into(),
+        }));
+        let sample = |ip| {
+            Event::Sample(HostSample {
+                pid: 1,
+                tid: 1,
+                period: 1,
+                ip,
+                mode: CpuMode::User,
+                ..HostSample::default()
+            })
+        };
+        a.add(&sample(0x400050));
+        a.add(&Event::Task(TaskEvent::Exec {
+            time_ns: 1,
+            pid: 1,
+            tid: 1,
+            comm: "x".into(),
+        }));
+        // Before the new program's mappings arrive, the old ones are gone.
+        a.add(&sample(0x400050));
+        a.add(&sample(0x400060));
+        let p = a.finish();
+        let modules: Vec<&str> = p
+            .ips
+            .keys()
+            .map(|l| p.spaces.modules.get(l.module).path.as_str())
+            .collect();
+        assert!(modules.contains(&"/bin/w") && modules.contains(&"[unknown]"));
+        // One process, counted under each name it had.
+        let names = &p.processes[&1];
+        let count = |n: &str| names.iter().find(|(c, _)| c == n).map(|(_, c)| c.samples);
+        assert_eq!((count("w"), count("x")), (Some(1), Some(2)));
     }
 
     #[test]

@@ -208,6 +208,14 @@ impl AddressSpaces {
         self.last = None;
     }
 
+    /// A process that execs loses its user-space mappings (the kernel sends no munmap
+    /// for them); the new program's arrive as mappings after the exec.
+    pub fn exec(&mut self, pid: u32) {
+        if self.spaces.remove(&SpaceKey::User(pid)).is_some() {
+            self.last = None;
+        }
+    }
+
     /// A forked process starts with a copy of its parent's mappings.
     pub fn fork(&mut self, parent: u32, child: u32) {
         if parent == child {
@@ -312,6 +320,30 @@ mod tests {
         assert_eq!(
             (k.module, k.offset),
             (ModuleTable::KERNEL, 0xffff_ffff_8100_0000)
+        );
+    }
+
+    #[test]
+    fn exec_drops_the_old_program() {
+        let mut a = AddressSpaces::default();
+        a.add_mapping(&map(10, 0x400000, 0x1000, 0, "/bin/sh"));
+        a.fork(10, 11);
+        a.exec(11);
+        // The child's copy of the shell is gone, the parent keeps its own.
+        assert_eq!(
+            a.resolve(11, 0x400010, CpuMode::User).module,
+            ModuleTable::UNKNOWN
+        );
+        let parent = a.resolve(10, 0x400010, CpuMode::User).module;
+        assert_eq!(a.modules.get(parent).path, "/bin/sh");
+        a.add_mapping(&map(11, 0x500000, 0x1000, 0, "/bin/child"));
+        let child = a.resolve(11, 0x500010, CpuMode::User).module;
+        assert_eq!(a.modules.get(child).path, "/bin/child");
+        // A cached hit does not survive the exec either.
+        a.exec(11);
+        assert_eq!(
+            a.resolve(11, 0x500010, CpuMode::User).module,
+            ModuleTable::UNKNOWN
         );
     }
 

@@ -139,6 +139,19 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     for l in header_lines(r) {
         writeln!(w, "# {l}")?;
     }
+    if !r.processes.is_empty() {
+        writeln!(w, "#")?;
+        writeln!(w, "# Processes (share of the event count)")?;
+        writeln!(w, "#")?;
+        writeln!(w, "#   Share    Samples  Pid      Command")?;
+        for p in &r.processes {
+            writeln!(
+                w,
+                "  {:6.2}%  {:9}  {:<7}  {}",
+                p.pct, p.samples, p.pid, p.command
+            )?;
+        }
+    }
     for (title, rows) in function_tables(r) {
         writeln!(w, "#")?;
         writeln!(w, "# {title}")?;
@@ -228,6 +241,21 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
     writeln!(w, "## lbrprof report\n")?;
     for l in header_lines(r) {
         writeln!(w, "- {}", md_escape(&l))?;
+    }
+    if !r.processes.is_empty() {
+        writeln!(w, "\n### Processes\n")?;
+        writeln!(w, "| Share | Samples | Pid | Command |")?;
+        writeln!(w, "|---:|---:|---:|---|")?;
+        for p in &r.processes {
+            writeln!(
+                w,
+                "| {:.2}% | {} | {} | `{}` |",
+                p.pct,
+                p.samples,
+                p.pid,
+                md_escape(&p.command)
+            )?;
+        }
     }
     for (title, rows) in function_tables(r) {
         writeln!(w, "\n### {title}\n")?;

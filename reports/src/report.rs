@@ -96,6 +96,19 @@ pub struct FunctionRow {
     pub total_pct: f64,
 }
 
+/// The samples of one process under one name (a process that execs has a row per
+/// program).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    /// The process's command name when sampled (empty when the recording has none).
+    pub command: String,
+    pub samples: u64,
+    pub weight: u64,
+    /// `weight` as a percentage of all weight.
+    pub pct: f64,
+}
+
 /// One taken-branch edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BranchRow {
@@ -174,6 +187,9 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub meta: Meta,
+    /// Where each process spent the samples, when they come from more than one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessRow>,
     pub functions: Vec<FunctionRow>,
     pub branches: Vec<BranchRow>,
     pub ranges: Vec<RangeRow>,
@@ -285,6 +301,24 @@ pub fn build(
         })
         .collect();
 
+    let processes = if profile.processes.len() > 1 {
+        profile
+            .processes
+            .iter()
+            .flat_map(|(pid, names)| {
+                names.iter().map(|(command, c)| ProcessRow {
+                    pid: *pid,
+                    command: command.clone(),
+                    samples: c.samples,
+                    weight: c.weight,
+                    pct: pct(c.weight, t.weight),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
     let branches = profile
         .edges
         .iter()
@@ -383,6 +417,7 @@ pub fn build(
             notes,
             warnings,
         },
+        processes,
         functions,
         branches,
         ranges,
@@ -479,6 +514,14 @@ impl Report {
                 .cmp(&place_key(&b.start))
                 .then_with(|| place_key(&a.end).cmp(&place_key(&b.end)))
         };
+        let process_tie =
+            |a: &ProcessRow, b: &ProcessRow| (a.pid, &a.command).cmp(&(b.pid, &b.command));
+        match key {
+            SortKey::Name => self.processes.sort_by(process_tie),
+            _ => self
+                .processes
+                .sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| process_tie(a, b))),
+        }
         match key {
             SortKey::Name => self.ranges.sort_by(range_tie),
             _ => self
@@ -494,7 +537,9 @@ impl Report {
             .retain(|f| f.self_pct.max(f.total_pct) >= percent_limit);
         self.branches.retain(|b| b.pct >= percent_limit);
         self.ranges.retain(|r| r.pct >= percent_limit);
+        self.processes.retain(|p| p.pct >= percent_limit);
         if limit > 0 {
+            self.processes.truncate(limit);
             // `limit` rows for each side's function table.
             let mut kept = [0usize; 2];
             self.functions.retain(|f| {

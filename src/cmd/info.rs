@@ -15,7 +15,9 @@ use anyhow::Context;
 use lbrprof_collector::host::{
     BranchRequest, CallGraph, EventRequest, HostFacts, SamplingChoice, SamplingRequest,
 };
-use lbrprof_collector::model::{Event, Header, LossKind, SnapshotReason, Target, TaskEvent};
+use lbrprof_collector::model::{
+    AddressSpace, Event, Header, LossKind, SnapshotReason, Target, TaskEvent,
+};
 use lbrprof_collector::perfdata::PerfDataReader;
 use lbrprof_collector::recording::RecordingReader;
 use lbrprof_vmm::caps::KvmCaps;
@@ -306,6 +308,22 @@ fn vpmu(f: &HostLbrFacts) -> String {
 /// How many threads `info FILE` lists.
 const TOP_THREADS: usize = 10;
 
+/// One process of a recording, as its side band and samples describe it.
+#[derive(Clone, Debug, Default)]
+struct Process {
+    samples: u64,
+    /// Every thread seen (side band or samples).
+    threads: BTreeSet<u32>,
+    /// The program it runs: the first file mapped after its exec (the kernel maps the
+    /// program before its interpreter), or its parent's.
+    exe: Option<String>,
+    /// Exec'ed and the new program's file is not seen yet.
+    awaiting_exe: bool,
+    /// Forked by a process of the recording.
+    forked: bool,
+    execs: u64,
+}
+
 /// Totals gathered while streaming a recording.
 #[derive(Default)]
 struct Totals {
@@ -318,6 +336,7 @@ struct Totals {
     snapshot_sources: BTreeMap<(u32, &'static str), u64>,
     mappings: u64,
     comms: u64,
+    execs: u64,
     forks: u64,
     exits: u64,
     vcpus: u64,
@@ -328,6 +347,8 @@ struct Totals {
     per_thread: BTreeMap<(u32, u32), u64>,
     /// The last name each thread had.
     names: BTreeMap<u32, String>,
+    /// Every host process seen, in samples or side band.
+    processes: BTreeMap<u32, Process>,
     first_ns: Option<u64>,
     last_ns: Option<u64>,
 }
@@ -342,6 +363,9 @@ impl Totals {
                 self.branches += s.branches.len() as u64;
                 self.pids.insert(s.pid);
                 *self.per_thread.entry((s.pid, s.tid)).or_default() += 1;
+                let p = self.processes.entry(s.pid).or_default();
+                p.samples += 1;
+                p.threads.insert(s.tid);
                 self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
                 self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
             }
@@ -354,16 +378,51 @@ impl Totals {
                 };
                 *self.snapshot_sources.entry((s.vcpu, source)).or_default() += 1;
             }
-            Event::Mapping(_) => self.mappings += 1,
-            Event::Task(TaskEvent::Comm { tid, comm, .. }) => {
+            Event::Mapping(m) => {
+                self.mappings += 1;
+                if m.space == AddressSpace::HostUser && m.path.starts_with('/') {
+                    let p = self.processes.entry(m.pid).or_default();
+                    if p.exe.is_none() || p.awaiting_exe {
+                        p.exe = Some(m.path.clone());
+                        p.awaiting_exe = false;
+                    }
+                }
+            }
+            Event::Task(TaskEvent::Comm { pid, tid, comm, .. }) => {
                 self.comms += 1;
                 self.names.insert(*tid, comm.clone());
+                self.processes.entry(*pid).or_default().threads.insert(*tid);
             }
-            Event::Task(TaskEvent::Fork { tid, ptid, .. }) => {
+            Event::Task(TaskEvent::Exec { pid, tid, comm, .. }) => {
+                self.execs += 1;
+                self.names.insert(*tid, comm.clone());
+                let p = self.processes.entry(*pid).or_default();
+                p.threads.insert(*tid);
+                p.exe = None;
+                p.awaiting_exe = true;
+                p.execs += 1;
+            }
+            Event::Task(TaskEvent::Fork {
+                pid,
+                tid,
+                ppid,
+                ptid,
+                ..
+            }) => {
                 self.forks += 1;
                 // A new thread or process starts with its parent's name.
                 if let Some(name) = self.names.get(ptid).cloned() {
                     self.names.entry(*tid).or_insert(name);
+                }
+                // A new process runs its parent's program until it execs.
+                let parent_exe = self.processes.get(ppid).and_then(|p| p.exe.clone());
+                let p = self.processes.entry(*pid).or_default();
+                p.threads.insert(*tid);
+                if pid != ppid {
+                    p.forked = true;
+                    if p.exe.is_none() {
+                        p.exe = parent_exe;
+                    }
                 }
             }
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
@@ -384,6 +443,41 @@ impl Totals {
             }
         }
     }
+}
+
+/// How many processes `info FILE` lists.
+const TOP_PROCESSES: usize = 10;
+
+/// Every process of the recording (sampled or not), the busiest first, with its program.
+fn processes(out: &mut impl Write, t: &Totals) -> std::io::Result<()> {
+    if t.processes.is_empty() {
+        return Ok(());
+    }
+    let threads: usize = t.processes.values().map(|p| p.threads.len()).sum();
+    let forked = t.processes.values().filter(|p| p.forked).count();
+    let exec = t.processes.values().filter(|p| p.execs > 0).count();
+    writeln!(
+        out,
+        "processes:     {} ({forked} forked, {exec} exec'ed), {threads} threads",
+        t.processes.len()
+    )?;
+    let mut list: Vec<(&u32, &Process)> = t.processes.iter().collect();
+    list.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then(a.0.cmp(b.0)));
+    for (pid, p) in list.iter().take(TOP_PROCESSES) {
+        let name = t.names.get(pid).map_or("?", String::as_str);
+        let n = p.threads.len();
+        let threads = format!("{n} thread{}", if n == 1 { "" } else { "s" });
+        writeln!(
+            out,
+            "  {:>9} samples  pid {pid:<7} {threads:<11} {name:<15} {}",
+            p.samples,
+            p.exe.as_deref().unwrap_or("?")
+        )?;
+    }
+    if list.len() > TOP_PROCESSES {
+        writeln!(out, "  ... {} more processes", list.len() - TOP_PROCESSES)?;
+    }
+    Ok(())
 }
 
 fn target(t: &Target) -> String {
@@ -528,6 +622,7 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
     if threads.len() > TOP_THREADS {
         writeln!(out, "  ... {} more threads", threads.len() - TOP_THREADS)?;
     }
+    processes(out, t)?;
     writeln!(out, "snapshots:     {}", t.snapshots)?;
     let mut by_vcpu: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for ((vcpu, source), n) in &t.snapshot_sources {
@@ -548,8 +643,8 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "side-band:     {} mappings, {} comm, {} fork, {} exit",
-        t.mappings, t.comms, t.forks, t.exits
+        "side-band:     {} mappings, {} comm, {} exec, {} fork, {} exit",
+        t.mappings, t.comms, t.execs, t.forks, t.exits
     )?;
     if t.losses.is_empty() {
         writeln!(out, "losses:        none")?;
@@ -585,4 +680,90 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
         writeln!(out, "warning:       {warning}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbrprof_collector::model::{HostSample, Mapping};
+
+    fn map(pid: u32, path: &str) -> Event {
+        Event::Mapping(Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostUser,
+            pid,
+            start: 0x1000,
+            len: 0x1000,
+            pgoff: 0,
+            path: path.into(),
+            build_id: None,
+        })
+    }
+
+    fn fork(pid: u32, tid: u32, ppid: u32) -> Event {
+        Event::Task(TaskEvent::Fork {
+            time_ns: 0,
+            pid,
+            tid,
+            ppid,
+            ptid: ppid,
+        })
+    }
+
+    #[test]
+    fn processes_get_their_program_threads_and_samples() {
+        let mut t = Totals::default();
+        let events = [
+            // The shell execs, maps its program then its interpreter.
+            Event::Task(TaskEvent::Exec {
+                time_ns: 0,
+                pid: 10,
+                tid: 10,
+                comm: "sh".into(),
+            }),
+            map(10, "/bin/sh"),
+            map(10, "/lib/ld.so"),
+            map(10, "[vdso]"),
+            // A child that only forks runs the shell; one that execs runs its program.
+            fork(11, 11, 10),
+            fork(12, 12, 10),
+            Event::Task(TaskEvent::Exec {
+                time_ns: 0,
+                pid: 12,
+                tid: 12,
+                comm: "cc".into(),
+            }),
+            map(12, "/usr/bin/cc"),
+            map(12, "/lib/ld.so"),
+            // The exec'ed child starts a thread, which is sampled.
+            fork(12, 13, 12),
+            Event::Sample(HostSample {
+                pid: 12,
+                tid: 13,
+                ..HostSample::default()
+            }),
+        ];
+        for e in &events {
+            t.add(e);
+        }
+        let exe = |pid| t.processes[&pid].exe.as_deref();
+        assert_eq!(exe(10), Some("/bin/sh"));
+        assert_eq!(exe(11), Some("/bin/sh"));
+        assert_eq!(exe(12), Some("/usr/bin/cc"));
+        assert_eq!(t.processes[&12].threads.len(), 2);
+        assert_eq!(t.processes[&12].samples, 1);
+        assert!(t.processes[&11].forked && !t.processes[&10].forked);
+        assert_eq!((t.execs, t.forks), (2, 3));
+        let mut out = Vec::new();
+        processes(&mut out, &t).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("processes:     3 (2 forked, 2 exec'ed), 4 threads\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("        1 samples  pid 12      2 threads   cc              /usr/bin/cc"),
+            "{text}"
+        );
+    }
 }

@@ -144,7 +144,9 @@ pub fn changes_state(ev: &Event) -> bool {
 fn state_pid(ev: &Event) -> Option<u32> {
     match ev {
         Event::Mapping(m) => Some(m.pid),
-        Event::Task(TaskEvent::Comm { pid, .. } | TaskEvent::Fork { pid, .. }) => Some(*pid),
+        Event::Task(
+            TaskEvent::Comm { pid, .. } | TaskEvent::Exec { pid, .. } | TaskEvent::Fork { pid, .. },
+        ) => Some(*pid),
         _ => None,
     }
 }

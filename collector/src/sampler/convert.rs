@@ -40,12 +40,26 @@ impl Converter {
             Record::Mmap(m) if m.executable => {
                 Converted::Event(Event::Mapping(self.mapping(mode, &m)))
             }
-            Record::Comm(c) => Converted::Event(Event::Task(TaskEvent::Comm {
-                time_ns: c.record_id.as_ref().and_then(|r| r.time).unwrap_or(0),
-                pid: c.task.pid,
-                tid: c.task.tid,
-                comm: c.comm.to_string_lossy().into_owned(),
-            })),
+            Record::Comm(c) => {
+                let time_ns = c.record_id.as_ref().and_then(|r| r.time).unwrap_or(0);
+                let (pid, tid) = (c.task.pid, c.task.tid);
+                let comm = c.comm.to_string_lossy().into_owned();
+                Converted::Event(Event::Task(if c.by_execve {
+                    TaskEvent::Exec {
+                        time_ns,
+                        pid,
+                        tid,
+                        comm,
+                    }
+                } else {
+                    TaskEvent::Comm {
+                        time_ns,
+                        pid,
+                        tid,
+                        comm,
+                    }
+                }))
+            }
             Record::Fork(f) => Converted::Event(Event::Task(TaskEvent::Fork {
                 time_ns: f.time,
                 pid: f.task.pid,
@@ -372,11 +386,27 @@ mod tests {
         }));
         assert_eq!(
             conv.convert(Priv::User, comm),
-            Converted::Event(Event::Task(TaskEvent::Comm {
+            Converted::Event(Event::Task(TaskEvent::Exec {
                 time_ns: 5,
                 pid: 10,
                 tid: 11,
                 comm: "hot".into()
+            }))
+        );
+        // prctl(PR_SET_NAME) and thread names: a COMM without the exec flag.
+        let rename = Record::Comm(Box::new(Comm {
+            record_id: Some(rid(6, 10, 12)),
+            by_execve: false,
+            task: Task { pid: 10, tid: 12 },
+            comm: CString::new("worker").unwrap(),
+        }));
+        assert_eq!(
+            conv.convert(Priv::User, rename),
+            Converted::Event(Event::Task(TaskEvent::Comm {
+                time_ns: 6,
+                pid: 10,
+                tid: 12,
+                comm: "worker".into()
             }))
         );
         let fork = Record::Fork(Box::new(Fork {

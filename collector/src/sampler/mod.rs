@@ -10,7 +10,7 @@
 //!   (context markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the
 //!   branch stack when LBR sampling was chosen;
 //! * MMAP2 (executable only) with the kernel's build-id, or the file's when the kernel
-//!   gave none; COMM, FORK, EXIT;
+//!   gave none; COMM (an exec when the kernel flags it so), FORK, EXIT;
 //! * LOST and THROTTLE, counted in [`RingStats`] and kept as [`crate::model::Loss`].
 //!
 //! Tasks that existed before we attached (`-p`/`-t`) get their mappings and names from
@@ -151,9 +151,12 @@ pub struct HostSampler {
     converter: Converter,
     stats: RingStats,
     event_name: &'static str,
-    /// Reused between drains.
-    side_band_buf: Vec<Event>,
-    sample_buf: Vec<Event>,
+    /// Records read but not yet passed on (see [`HostSampler::drain`]).
+    pending: Vec<Event>,
+    /// When the previous drain started (CLOCK_MONOTONIC ns, the records' clock).
+    round_start: u64,
+    /// Disabled: no more records can come.
+    stopped: bool,
 }
 
 impl HostSampler {
@@ -216,8 +219,9 @@ impl HostSampler {
             converter: Converter::new(),
             stats: RingStats::default(),
             event_name,
-            side_band_buf: Vec::new(),
-            sample_buf: Vec::new(),
+            pending: Vec::new(),
+            round_start: 0,
+            stopped: false,
         })
     }
 
@@ -231,8 +235,10 @@ impl HostSampler {
         self.control("enable", Counter::enable)
     }
 
-    /// Stop sampling; what is in the ring buffers can still be drained.
-    pub fn disable(&self) -> Result<(), SamplerError> {
+    /// Stop sampling; what is in the ring buffers can still be drained, and the next
+    /// [`HostSampler::drain`] passes on everything.
+    pub fn disable(&mut self) -> Result<(), SamplerError> {
+        self.stopped = true;
         self.control("disable", Counter::disable)
     }
 
@@ -262,13 +268,19 @@ impl HostSampler {
             .collect()
     }
 
-    /// Move everything the kernel has written so far into `out`: first the side band
-    /// (mappings, tasks, losses), then the samples, each in time order across the CPUs'
-    /// rings, so a consumer never meets a sample before the mapping it needs, even when
-    /// the writer closes a chunk between two calls of `out`.
+    /// Move what the kernel has written into `out`, in time order across the CPUs' rings:
+    /// side band (mappings, tasks, losses) and samples interleaved as they happened, so a
+    /// consumer meets a fork before the mappings of the program the child execs, and a
+    /// mapping before the samples that need it.
+    ///
+    /// Records are held back until a later drain proves nothing older can still arrive
+    /// (perf's "finished round"): one CPU's ring may be read before another CPU writes a
+    /// record older than what was already read elsewhere. Each drain passes on what is
+    /// older than the start of the previous drain; after [`HostSampler::disable`] nothing
+    /// more can come, and the next drain passes on everything.
     pub fn drain(&mut self, out: &mut dyn FnMut(Event)) {
-        let mut side_band = std::mem::take(&mut self.side_band_buf);
-        let mut samples = std::mem::take(&mut self.sample_buf);
+        let started = crate::record::sys::monotonic_ns();
+        let mut pending = std::mem::take(&mut self.pending);
         for ring in &self.rings {
             let Some(iter) = ring.sampler.iter() else {
                 continue;
@@ -285,17 +297,13 @@ impl HostSampler {
                     Event::Loss(l) => self.stats.lost += l.count,
                     _ => self.stats.side_band += 1,
                 }
-                match event {
-                    Event::Sample(_) => samples.push(event),
-                    _ => side_band.push(event),
-                }
+                pending.push(event);
             }
         }
-        side_band.sort_by_key(event_time);
-        samples.sort_by_key(event_time);
-        side_band.drain(..).chain(samples.drain(..)).for_each(out);
-        self.side_band_buf = side_band;
-        self.sample_buf = samples;
+        let ready = order_ready(&mut pending, (!self.stopped).then_some(self.round_start));
+        pending.drain(..ready).for_each(out);
+        self.pending = pending;
+        self.round_start = started;
     }
 
     pub fn stats(&self) -> RingStats {
@@ -308,6 +316,18 @@ impl HostSampler {
     }
 }
 
+/// Sort `pending` into time order and say how many of the first events may be passed on:
+/// those older than `before`, or all of them when `before` is `None`. The sort is stable
+/// (records of one ring keep their order at equal times) and puts side band before the
+/// samples of the same nanosecond.
+fn order_ready(pending: &mut [Event], before: Option<u64>) -> usize {
+    pending.sort_by_key(|e| (event_time(e), matches!(e, Event::Sample(_))));
+    match before {
+        Some(t) => pending.partition_point(|e| event_time(e) < t),
+        None => pending.len(),
+    }
+}
+
 /// The time of an event as the sampler produces them (0 for kinds it does not make).
 fn event_time(event: &Event) -> u64 {
     use crate::model::TaskEvent;
@@ -315,6 +335,7 @@ fn event_time(event: &Event) -> u64 {
         Event::Sample(s) => s.time_ns,
         Event::Mapping(m) => m.time_ns,
         Event::Task(TaskEvent::Comm { time_ns, .. })
+        | Event::Task(TaskEvent::Exec { time_ns, .. })
         | Event::Task(TaskEvent::Fork { time_ns, .. })
         | Event::Task(TaskEvent::Exit { time_ns, .. }) => *time_ns,
         Event::Loss(l) => l.time_ns,
@@ -494,6 +515,56 @@ mod tests {
         assert_eq!(parse_cpu_list(""), None);
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn events_leave_in_time_order_once_no_older_one_can_come() {
+        use crate::model::{HostSample, Mapping, TaskEvent};
+        let sample = |t| {
+            Event::Sample(HostSample {
+                time_ns: t,
+                ..HostSample::default()
+            })
+        };
+        let mapping = |t| {
+            Event::Mapping(Mapping {
+                time_ns: t,
+                space: crate::model::AddressSpace::HostUser,
+                pid: 2,
+                start: 0x1000,
+                len: 0x1000,
+                pgoff: 0,
+                path: "/bin/x".into(),
+                build_id: None,
+            })
+        };
+        let fork = Event::Task(TaskEvent::Fork {
+            time_ns: 20,
+            pid: 2,
+            tid: 2,
+            ppid: 1,
+            ptid: 1,
+        });
+        // Two rings read one after the other: CPU 0's (a sample at 40) before CPU 1's
+        // (the fork at 20 and the child's mapping at 30, and a sample at 30).
+        let mut pending = vec![
+            sample(40),
+            fork.clone(),
+            sample(30),
+            mapping(30),
+            sample(60),
+        ];
+        let ready = order_ready(&mut pending, Some(50));
+        assert_eq!(ready, 4);
+        assert_eq!(
+            pending[..ready],
+            [fork, mapping(30), sample(30), sample(40)]
+        );
+        // At the end, everything goes.
+        assert_eq!(order_ready(&mut pending[ready..], None), 1);
+        // Nothing older than the watermark: nothing leaves.
+        let mut late = vec![sample(70)];
+        assert_eq!(order_ready(&mut late, Some(70)), 0);
     }
 
     #[test]

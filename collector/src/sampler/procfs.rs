@@ -98,7 +98,13 @@ pub fn synthesize(
     converter: &mut Converter,
 ) -> io::Result<Vec<Event>> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let mut events: Vec<Event> = parse_maps(&maps)
+    let mut entries = parse_maps(&maps);
+    // The program first, as the kernel maps it first at exec: readers take the first
+    // file a process maps for its executable.
+    if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
+        entries.sort_by_key(|m| std::path::Path::new(&m.path) != exe);
+    }
+    let mut events: Vec<Event> = entries
         .into_iter()
         .map(|m| {
             Event::Mapping(Mapping {
@@ -182,8 +188,9 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0          [vsyscall]
         assert_eq!(tgid_of(me).unwrap(), me);
         let events = synthesize(me, &tids, 1, &mut Converter::new()).unwrap();
         let exe = std::env::current_exe().unwrap();
-        assert!(events.iter().any(|e| matches!(e,
-            Event::Mapping(m) if m.path == exe.to_str().unwrap() && m.build_id.is_some())));
+        // The program's own mapping comes first.
+        assert!(matches!(&events[0],
+            Event::Mapping(m) if m.path == exe.to_str().unwrap() && m.build_id.is_some()));
         assert!(
             events
                 .iter()
