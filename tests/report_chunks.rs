@@ -232,4 +232,20 @@ fn synthetic_recordings_read_the_same_by_both_paths_whole_truncated_and_damaged(
     let (_, err, code) = assert_same_outputs(&bad, dir.path());
     assert_eq!(code, Some(2));
     assert!(err.contains(&format!("offset {}", offsets[4])), "{err}");
+
+    // One bad byte in the summary (the last chunk) costs the summary only: every sample
+    // is reported, by both paths alike, with a warning naming the chunk.
+    let last = *offsets.last().unwrap();
+    let mut damaged = bytes.clone();
+    damaged[(last + bytes.len()) / 2] ^= 0x08;
+    std::fs::write(&bad, &damaged).unwrap();
+    let (text, err, code) = assert_same_outputs(&bad, dir.path());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("samples:  4500"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the summary chunk at byte offset {last} is damaged"
+        )),
+        "{text}"
+    );
 }

@@ -44,9 +44,13 @@
 //! reader meets every mapping before the samples that need it, and a process's fork
 //! before the mappings of the program it then execs. A `record` killed with SIGKILL
 //! therefore loses at most the last interval (and what the sampler held back to order
-//! it, one drain of at most 100 ms), and the file stays readable: the reader accepts a truncated last chunk (a warning
-//! naming its offset, everything before it kept), reports a checksum or decoding failure
-//! as an error naming the chunk's offset, and never loads more than one chunk at a time.
+//! it, one drain of at most 100 ms), and the file stays readable: the reader accepts a
+//! truncated last chunk (a warning naming its offset, everything before it kept), treats
+//! a last chunk that fails its checksum the same way (it is most often the summary, which
+//! reports recompute from the samples), reports any other checksum or decoding failure as
+//! an error naming the chunk's offset, and never loads more than one chunk at a time.
+//! While it is written, a recording lives in `NAME.<pid>.partial` ([`partial_path`]);
+//! [`RecordingWriter::finish`] renames it into place.
 //!
 //! Reports read the chunks another way, with the same outcome: [`RecordingReader::mapped_chunks`]
 //! maps the file and walks the chunk headers only ([`MappedChunks`]), so callers check
@@ -702,6 +706,10 @@ impl RecordingReader {
             hasher.update(&payload);
             if hasher.finalize() != crc {
                 self.done = true;
+                if offset + (CHUNK_HEADER_LEN + payload.len()) as u64 == self.file_len {
+                    self.damaged_last(offset, kind);
+                    return Ok(None);
+                }
                 return Err(FormatError::CorruptChunk {
                     offset,
                     reason: "checksum mismatch".into(),
@@ -725,6 +733,20 @@ impl RecordingReader {
                 )),
             }
         }
+    }
+
+    /// The file's last chunk fails its checksum: like a torn write, it costs that chunk
+    /// only (most often the summary, which reports recompute from the samples).
+    fn damaged_last(&mut self, offset: u64, kind: u8) {
+        let what = if kind == ChunkKind::Summary as u8 {
+            "the summary chunk"
+        } else {
+            "the last chunk"
+        };
+        self.warnings.push(format!(
+            "{what} at byte offset {offset} is damaged (checksum mismatch); kept everything \
+             before it"
+        ));
     }
 
     fn truncated(&mut self, offset: u64, missing: usize) {
@@ -767,6 +789,19 @@ impl ChunkRef {
     }
 }
 
+/// Whether `chunk`'s payload lies inside `map` and matches its checksum (over the length,
+/// the kind and the payload).
+fn chunk_crc_ok(map: &[u8], chunk: &ChunkRef) -> bool {
+    let Some(payload) = map.get(chunk.start..chunk.start + chunk.len) else {
+        return false;
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&(chunk.len as u32).to_le_bytes());
+    hasher.update(&[chunk.kind]);
+    hasher.update(payload);
+    hasher.finalize() == chunk.crc
+}
+
 /// The rest of a recording, mapped, and the chunks its headers delimit (see
 /// [`RecordingReader::mapped_chunks`]). Payloads are checked on demand, so several threads
 /// can check and decode different chunks at once.
@@ -787,22 +822,13 @@ impl MappedChunks {
 
     /// The payload of `chunk`, once its checksum is verified (the stream's error when not).
     pub fn payload(&self, chunk: &ChunkRef) -> Result<&[u8], FormatError> {
-        let corrupt = || FormatError::CorruptChunk {
-            offset: chunk.offset,
-            reason: "checksum mismatch".into(),
-        };
-        let payload = self
-            .map
-            .get(chunk.start..chunk.start + chunk.len)
-            .ok_or_else(corrupt)?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&(chunk.len as u32).to_le_bytes());
-        hasher.update(&[chunk.kind]);
-        hasher.update(payload);
-        if hasher.finalize() != chunk.crc {
-            return Err(corrupt());
+        if !chunk_crc_ok(&self.map, chunk) {
+            return Err(FormatError::CorruptChunk {
+                offset: chunk.offset,
+                reason: "checksum mismatch".into(),
+            });
         }
-        Ok(payload)
+        Ok(&self.map[chunk.start..chunk.start + chunk.len])
     }
 
     /// Unmaps the pages of `chunk` from this process (they stay in the page cache), so
@@ -880,19 +906,27 @@ impl RecordingReader {
                 self.truncated(offset, (u64::from(len) - body) as usize);
                 break;
             }
+            let chunk = ChunkRef {
+                offset,
+                kind,
+                start: start + CHUNK_HEADER_LEN,
+                len: len as usize,
+                crc,
+            };
+            // The last chunk is checked here, as the stream treats its damage like a torn
+            // write (the others are checked on demand, by the threads that decode them).
+            if u64::from(len) == body && !chunk_crc_ok(&map, &chunk) {
+                self.damaged_last(offset, kind);
+                offset = end;
+                break;
+            }
             if ChunkKind::from_u8(kind).is_none() {
                 self.warnings.push(format!(
                     "skipped a chunk of unknown kind {kind} at byte offset {offset} \
                      (written by a newer lbrprof?)"
                 ));
             }
-            chunks.push(ChunkRef {
-                offset,
-                kind,
-                start: start + CHUNK_HEADER_LEN,
-                len: len as usize,
-                crc,
-            });
+            chunks.push(chunk);
             offset += (CHUNK_HEADER_LEN as u64) + u64::from(len);
         }
         self.offset = offset;
@@ -1499,13 +1533,26 @@ mod tests {
             for pos in [start + 5, start + 8, start + 9, (start + end) / 2, end - 1] {
                 let mut damaged = bytes.clone();
                 damaged[pos] ^= 0x10;
-                let (read, _) = read_bytes(&damaged);
-                let err = read.expect_err("a flipped bit must be noticed");
-                let msg = err.to_string();
-                assert!(
-                    msg.contains(&format!("offset {start}")),
-                    "flip at {pos}: {msg}"
-                );
+                let (read, reader) = read_bytes(&damaged);
+                if end == bytes.len() {
+                    // The last chunk (the summary): like a torn write, it costs itself only.
+                    assert_eq!(read.unwrap(), events, "flip at {pos}");
+                    assert!(reader.summary().is_none());
+                    let warnings = reader.warnings().join("\n");
+                    assert!(
+                        warnings.contains(&format!(
+                            "the summary chunk at byte offset {start} is damaged"
+                        )) || warnings.contains(&format!("last chunk at byte offset {start}")),
+                        "flip at {pos}: {warnings}"
+                    );
+                } else {
+                    let err = read.expect_err("a flipped bit must be noticed");
+                    let msg = err.to_string();
+                    assert!(
+                        msg.contains(&format!("offset {start}")),
+                        "flip at {pos}: {msg}"
+                    );
+                }
                 checked += 1;
             }
         }
