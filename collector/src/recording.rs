@@ -23,11 +23,21 @@
 //!      4  Vec<model::LbrSnapshot>
 //!      5  Vec<model::Loss>
 //!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
+//!         (since 1.1 with `runs`: the runs of a `record --repeat N`, see below)
 //!      7  Vec<model::VcpuThread>
 //!      8  Vec<model::VcpuStats>
 //!   9..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
+//!
+//! Repeated runs (minor version 1): `record --repeat N -- CMD` runs the command N times,
+//! one after the other, into one recording. The runs share the chunk stream (their
+//! samples are told apart by time, as the runs never overlap); the summary's `runs` lists
+//! each run's `[start_ns, end_ns]` window on the samples' clock, its exit status and its
+//! sample count, in run order. A recording without `runs` (an older one, one run, or a
+//! recording whose summary was lost to a kill) is one run. [`read_summary`] finds the
+//! summary without decoding the rest of the file, so a reader can learn the run windows
+//! before it folds the samples.
 //!
 //! Compatibility: postcard payloads are positional, so a chunk kind's item type never
 //! changes within a major version; a later minor version adds new chunk kinds (older
@@ -66,7 +76,7 @@ use crate::model::{
 pub const MAGIC: [u8; 8] = *b"LBRPROF\0";
 /// The format version this build writes; it reads any minor version of this major.
 pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 const PREAMBLE_LEN: usize = 20;
 const CHUNK_HEADER_LEN: usize = 9;
@@ -144,6 +154,51 @@ pub struct Summary {
     /// The profiled program's exit status (128+signal for a signal death), when known.
     pub exit_status: Option<i32>,
     pub notes: Vec<String>,
+    /// The runs of a `record --repeat N` recording, in order (empty: one run). Since 1.1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunInfo>,
+}
+
+/// One run of a repeated recording: the time window its samples fall in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunInfo {
+    /// When the run's command was started and when its last samples were drained
+    /// (CLOCK_MONOTONIC ns, the samples' clock).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The command's exit status (128+signal for a signal death).
+    pub exit_status: Option<i32>,
+    /// Samples taken in this run.
+    pub samples: u64,
+}
+
+impl Summary {
+    /// The start times of the runs of a repeated recording, in order; empty for a
+    /// recording of one run. A sample at time `t` belongs to the last run started at or
+    /// before `t`.
+    pub fn run_starts(&self) -> Vec<u64> {
+        if self.runs.len() < 2 {
+            return Vec::new();
+        }
+        self.runs.iter().map(|r| r.start_ns).collect()
+    }
+}
+
+/// The summary of the recording at `path`, found by walking the chunk headers only (the
+/// payloads are neither read nor checked but the summary's): `None` for a recording that
+/// was not finished.
+pub fn read_summary(path: &Path) -> Result<Option<Summary>, FormatError> {
+    let mut reader = RecordingReader::open(path)?;
+    let Some(mapped) = reader.mapped_chunks() else {
+        // Not mappable: read the stream to its end.
+        while reader.next_chunk()?.is_some() {}
+        return Ok(reader.summary().cloned());
+    };
+    match mapped.chunks().iter().rev().find(|c| c.is_summary()) {
+        Some(c) => Ok(Some(decode_summary(c.offset, mapped.payload(c)?)?)),
+        None => Ok(None),
+    }
 }
 
 /// What the writer wrote.

@@ -158,6 +158,9 @@ pub struct Profile {
     /// whose `Loc::offset` indexes `root_names` (process/thread names).
     pub comm_root_module: Option<crate::loc::ModuleId>,
     pub root_names: Vec<String>,
+    /// With [`AggregateOptions::run_starts`]: `stacks` again, one table per run (a sample
+    /// belongs to the last run started at or before its time).
+    pub run_stacks: Vec<FastMap<Vec<Loc>, Count>>,
 }
 
 /// How the aggregator treats the stream.
@@ -175,6 +178,10 @@ pub struct AggregateOptions {
     /// End every sampled stack in a root frame naming the sampled thread's command
     /// (what `perf script | inferno-collapse-perf` puts first in folded stacks).
     pub comm_root: bool,
+    /// The start times of the runs of a `record --repeat` recording
+    /// (`Summary::run_starts`): the stack table is also kept per run
+    /// ([`Profile::run_stacks`]). Empty: one run, no per-run tables.
+    pub run_starts: Vec<u64>,
 }
 
 /// How many samples [`Aggregator::add_counted`] adds, and their time span.
@@ -202,6 +209,7 @@ impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
         let mut profile = Profile {
             vm: opts.vm.then(crate::vm::VmTrace::default),
+            run_stacks: vec![FastMap::default(); opts.run_starts.len()],
             ..Profile::default()
         };
         if opts.comm_root {
@@ -388,6 +396,19 @@ impl Aggregator {
             counts.samples,
             counts.weight,
         );
+        if !self.opts.run_starts.is_empty() {
+            let run = self
+                .opts
+                .run_starts
+                .partition_point(|&start| start <= counts.first_time_ns)
+                .saturating_sub(1);
+            bump_n(
+                &mut self.profile.run_stacks[run],
+                &stack,
+                counts.samples,
+                counts.weight,
+            );
+        }
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
             vm.samples.push(crate::vm::VmSample {

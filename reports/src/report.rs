@@ -196,21 +196,19 @@ pub struct Source<'a> {
     pub warnings: Vec<String>,
 }
 
-/// Builds every table. `code` reads module bytes for instruction counts and branch
-/// classification (pass a fresh [`CodeReader`]).
-pub fn build(
+/// Self and total counts per function (module id and name) of a stack table: `[self
+/// samples, self weight, total samples, total weight]`, self from the leaf frame, total
+/// once per function per stack. `stacks` is `profile.stacks` or one of its per-run tables
+/// (`profile.run_stacks`).
+pub fn function_counts(
     profile: &Profile,
+    stacks: &crate::aggregate::FastMap<Vec<Loc>, crate::aggregate::Count>,
     syms: &SymbolTable,
-    source: Source<'_>,
-    code: &mut CodeReader,
-) -> Report {
+) -> HashMap<(u32, String), [u64; 4]> {
     let modules = &profile.spaces.modules;
-    let t = &profile.totals;
-
-    // Functions: self from the leaf, total once per function per stack.
     let mut funcs: HashMap<(u32, String), [u64; 4]> = HashMap::new();
     let mut seen: Vec<(u32, String)> = Vec::new();
-    for (stack, c) in &profile.stacks {
+    for (stack, c) in stacks {
         seen.clear();
         // Command root frames are not functions.
         let stack = match stack.last() {
@@ -231,6 +229,21 @@ pub fn build(
             }
         }
     }
+    funcs
+}
+
+/// Builds every table. `code` reads module bytes for instruction counts and branch
+/// classification (pass a fresh [`CodeReader`]).
+pub fn build(
+    profile: &Profile,
+    syms: &SymbolTable,
+    source: Source<'_>,
+    code: &mut CodeReader,
+) -> Report {
+    let modules = &profile.spaces.modules;
+    let t = &profile.totals;
+
+    let funcs = function_counts(profile, &profile.stacks, syms);
     let functions = funcs
         .into_iter()
         .map(|((m, name), [ss, sw, ts, tw])| FunctionRow {
