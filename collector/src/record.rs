@@ -318,7 +318,10 @@ impl Recorder {
         let mut notes = vec![format!("sampling: {}", choice.reason)];
         notes.extend(warnings);
         if repeat > 1 {
-            notes.push(format!("{} runs of the command (--repeat {repeat})", runs.len()));
+            notes.push(format!(
+                "{} runs of the command (--repeat {repeat})",
+                runs.len()
+            ));
         }
         if stats.lost > 0 {
             notes.push(format!(
