@@ -33,7 +33,14 @@ impl Bench {
     fn record(&self, name: &str, repeat: u32, work: [&str; 4]) -> PathBuf {
         let out = self.dir.path().join(name);
         let o = common::lbrprof()
-            .args(["record", "-F", "1999", "--repeat", &repeat.to_string(), "-o"])
+            .args([
+                "record",
+                "-F",
+                "1999",
+                "--repeat",
+                &repeat.to_string(),
+                "-o",
+            ])
             .arg(&out)
             .arg("--")
             .arg(&self.exe)
@@ -80,7 +87,9 @@ fn repeated_runs_give_verdicts_on_costs() {
 
     // The recording keeps its runs apart.
     let o = common::lbrprof().arg("info").arg(&base).output().unwrap();
-    assert!(o.status.success());
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && info.contains("\nrun 4 "), "{info}");
+    assert!(!info.contains("\nrun 5 "), "{info}");
 
     // Identical inputs: unchanged, exit 0, every row +0.0%.
     let (code, text) = diff(&base, &base, &[]);
@@ -133,7 +142,10 @@ fn repeated_runs_give_verdicts_on_costs() {
         &["--format", "markdown", "--svg", svg.to_str().unwrap()],
     );
     assert_eq!(code, Some(1), "{md}");
-    assert!(md.starts_with("### ❌ lbrprof diff: verdict: REGRESSED"), "{md}");
+    assert!(
+        md.starts_with("### ❌ lbrprof diff: verdict: REGRESSED"),
+        "{md}"
+    );
     let regressed: Vec<&str> = md
         .lines()
         .filter(|l| l.starts_with("| regressed |") && !l.contains("`[total]`"))
@@ -156,7 +168,13 @@ fn repeated_runs_give_verdicts_on_costs() {
     assert_eq!(doc["report"]["verdict"], "regressed");
     assert_eq!(doc["report"]["method"], "welch");
     assert_eq!(doc["report"]["unit"], "ns");
-    assert_eq!(doc["report"]["total"]["base_runs"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        doc["report"]["total"]["base_runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 }
 
 #[test]
@@ -172,7 +190,10 @@ fn one_run_per_side_is_inconclusive_not_unchanged() {
     assert_eq!(code, Some(3), "{text}");
     assert!(text.starts_with("verdict: INCONCLUSIVE"), "{text}");
     assert!(text.contains("one run per side"), "{text}");
-    assert!(rows_with(&text, "inconclusive").contains(&"[total]"), "{text}");
+    assert!(
+        rows_with(&text, "inconclusive").contains(&"[total]"),
+        "{text}"
+    );
     assert!(rows_with(&text, "regressed").is_empty(), "{text}");
     // A file against itself: nothing moved.
     let (code, text) = diff(&base, &base, &[]);
@@ -207,7 +228,12 @@ fn record_repeat_stops_at_a_failing_run_and_keeps_the_rest() {
         .args(["--", "sh", "-c", "exit 7"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let summary = lbrprof_collector::recording::read_summary(&out)
         .unwrap()
         .unwrap();

@@ -1195,6 +1195,53 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_kept_in_the_summary_and_found_without_decoding() {
+        let runs = vec![
+            RunInfo {
+                start_ns: 10,
+                end_ns: 20,
+                exit_status: Some(0),
+                samples: 5,
+            },
+            RunInfo {
+                start_ns: 30,
+                end_ns: 45,
+                exit_status: Some(0),
+                samples: 6,
+            },
+        ];
+        let summary = Summary {
+            samples: 11,
+            runs: runs.clone(),
+            ..Summary::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let w = RecordingWriter::create(&path, &header()).unwrap();
+        let sink = w.sink();
+        for i in [12, 33, 40] {
+            sink.send(sample(i));
+        }
+        w.finish(&summary).unwrap();
+        let found = read_summary(&path).unwrap().unwrap();
+        assert_eq!(found.runs, runs);
+        assert_eq!(found.run_starts(), [10, 30]);
+        // One run, or none recorded: no per-run windows.
+        assert!(Summary::default().run_starts().is_empty());
+        // A summary written before runs existed (format 1.0) reads as one run, and one
+        // without runs is written as before.
+        let old: Summary =
+            serde_json::from_str(r#"{"duration_ns":1,"samples":2,"notes":[]}"#).unwrap();
+        assert!(old.runs.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("runs"));
+        // A recording whose summary was lost: none.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = chunk_offsets(&bytes).last().copied().unwrap();
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        assert_eq!(read_summary(&path).unwrap(), None);
+    }
+
+    #[test]
     fn chunk_offsets_stop_at_bytes_that_do_not_fit() {
         assert!(chunk_offsets(b"").is_empty());
         assert!(chunk_offsets(&[0xff; 16]).is_empty());

@@ -854,6 +854,36 @@ mod tests {
     }
 
     #[test]
+    fn run_windows_split_the_stack_table() {
+        let mut a = Aggregator::new(AggregateOptions {
+            run_starts: vec![100, 200, 300],
+            ..AggregateOptions::default()
+        });
+        for (t, period) in [(50, 1), (150, 2), (199, 3), (250, 4), (900, 5)] {
+            a.add(&Event::Sample(HostSample {
+                time_ns: t,
+                pid: 1,
+                period,
+                ip: 0x10,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        let weight = |m: &FastMap<Vec<Loc>, Count>| m.values().map(|c| c.weight).sum::<u64>();
+        // Before the first start counts to the first run; after the last to the last.
+        let per_run: Vec<u64> = p.run_stacks.iter().map(weight).collect();
+        assert_eq!(per_run, [1 + 2 + 3, 4, 5]);
+        assert_eq!(weight(&p.stacks), 15);
+        // Without run windows there are no per-run tables.
+        assert!(
+            Aggregator::new(AggregateOptions::default())
+                .finish()
+                .run_stacks
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn filters_drop_samples() {
         let mut a = Aggregator::new(AggregateOptions {
             filter: Filter {

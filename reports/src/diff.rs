@@ -33,7 +33,9 @@
 //!   is far wider than sampling noise, so no verdict of regression is given. When the
 //!   total cost moved by more than the threshold, or a row moved by more than the
 //!   threshold and beyond sampling noise (a Poisson test on its sample counts, Holm-
-//!   corrected), the verdict is **inconclusive**; otherwise unchanged.
+//!   corrected), the verdict is **inconclusive**; otherwise unchanged. A row that moved
+//!   by more than the threshold but within the sampling noise of its samples is
+//!   "low-data": its samples cannot tell.
 //!
 //! Rows with fewer than `min_samples` samples on both sides are "low-data" rather than
 //! guessed at (sampled data only).
@@ -278,7 +280,8 @@ pub enum Verdict {
     Inconclusive,
     Improved,
     Unchanged,
-    /// Too few samples on both sides to test.
+    /// Too few samples to tell: fewer than `min_samples` on both sides, or (one run per
+    /// side) a move beyond the threshold within the sampling noise.
     NotEnoughData,
 }
 
@@ -535,10 +538,13 @@ pub fn compare(base: &Counts, new: &Counts, opts: &DiffOptions) -> DiffReport {
                 let row = &mut rows[i];
                 row.p_value = Some(p);
                 let beyond = threshold_verdict(row.relative_change, opts.threshold);
-                row.verdict = if p < opts.alpha && beyond != Verdict::Unchanged {
+                row.verdict = if beyond == Verdict::Unchanged {
+                    Verdict::Unchanged
+                } else if p < opts.alpha {
                     Verdict::Inconclusive
                 } else {
-                    Verdict::Unchanged
+                    // Moved beyond the threshold, within the sampling noise of its samples.
+                    Verdict::NotEnoughData
                 };
             }
             if threshold_verdict(total.relative_change, opts.threshold) != Verdict::Unchanged {
