@@ -476,6 +476,15 @@ pub fn compare(base: &Counts, new: &Counts, opts: &DiffOptions) -> DiffReport {
             0
         }
         Method::Welch => {
+            // One sample's cost (the mean period): the least variance a sampled cost has.
+            let quantum = |c: &Counts| {
+                if c.total_samples == 0 {
+                    0.0
+                } else {
+                    c.total_cost() as f64 / c.total_samples as f64
+                }
+            };
+            let floor = quantum(base).max(quantum(new)).powi(2);
             if nb.min(nn) < 2 {
                 notes.push(format!(
                     "one side has a single run: its variation is taken to be the other side's \
@@ -490,7 +499,7 @@ pub fn compare(base: &Counts, new: &Counts, opts: &DiffOptions) -> DiffReport {
                     row.verdict = Verdict::NotEnoughData;
                     continue;
                 }
-                tested.push((i, welch_p(&row.base_runs, &row.new_runs)));
+                tested.push((i, welch_p(&row.base_runs, &row.new_runs, floor)));
             }
             let m = tested.len();
             holm(&mut tested);
@@ -506,7 +515,7 @@ pub fn compare(base: &Counts, new: &Counts, opts: &DiffOptions) -> DiffReport {
                 row.p_value = Some(p);
                 row.verdict = welch_verdict(row, p);
             }
-            let p = welch_p(&total.base_runs, &total.new_runs);
+            let p = welch_p(&total.base_runs, &total.new_runs, floor);
             total.p_value = Some(p);
             total.verdict = welch_verdict(&total, p);
             m + 1
@@ -637,8 +646,11 @@ fn holm(tested: &mut [(usize, f64)]) {
 }
 
 /// Two-sided p-value of Welch's t-test of the means of `a` and `b`. With one value on a
-/// side, the other side's variance stands for it; with one value on both, 1.
-pub fn welch_p(a: &[u64], b: &[u64]) -> f64 {
+/// side, the other side's variance stands for it; with one value on both, 1. Neither
+/// side's variance is taken below `floor`: sampled costs are whole samples, so runs that
+/// happen to get the same number of samples do not make a difference of one sample
+/// infinitely significant.
+pub fn welch_p(a: &[u64], b: &[u64], floor: f64) -> f64 {
     let (na, nb) = (a.len() as f64, b.len() as f64);
     if a.is_empty() || b.is_empty() || (a.len() < 2 && b.len() < 2) {
         return 1.0;
@@ -650,6 +662,7 @@ pub fn welch_p(a: &[u64], b: &[u64]) -> f64 {
         (true, false) => (variance(a), variance(a)),
         _ => (variance(b), variance(b)),
     };
+    let (va, vb) = (va.max(floor), vb.max(floor));
     let (sa, sb) = (va / na, vb / nb);
     let se2 = sa + sb;
     if se2 == 0.0 {
@@ -1150,12 +1163,15 @@ mod tests {
     fn welch_matches_a_worked_example() {
         // Means 12 and 16, variances 2.5 and 10: t = 4 / sqrt(0.5 + 2) = 2.5298,
         // df = 2.5² / (0.5²/4 + 2²/4) = 5.882.
-        let p = welch_p(&[10, 11, 12, 13, 14], &[12, 14, 16, 18, 20]);
+        let p = welch_p(&[10, 11, 12, 13, 14], &[12, 14, 16, 18, 20], 0.0);
         let want = 2.0 * student_t_upper_tail(4.0 / 2.5f64.sqrt(), 6.25 / 1.0625);
         assert!((p - want).abs() < 1e-12 && (0.04..0.05).contains(&p), "{p}");
-        assert_eq!(welch_p(&[5, 5], &[5, 5]), 1.0);
-        assert_eq!(welch_p(&[5, 5], &[6, 6]), 0.0);
-        assert_eq!(welch_p(&[5], &[6]), 1.0);
+        assert_eq!(welch_p(&[5, 5], &[5, 5], 0.0), 1.0);
+        assert_eq!(welch_p(&[5, 5], &[6, 6], 0.0), 0.0);
+        assert_eq!(welch_p(&[5], &[6], 0.0), 1.0);
+        // Whole samples of period 1000: runs that all got 6 vs 7 samples are not proof.
+        let p = welch_p(&[6000; 5], &[7000; 5], 1000.0 * 1000.0);
+        assert!(p > 0.05, "{p}");
     }
 
     /// Two sides of 5 runs with 3% run-to-run noise: identical programs rarely get any
