@@ -1407,11 +1407,14 @@ mod tests {
         assert!(
             open(&newer)
                 .unwrap()
-                .contains("unsupported lbrprof.data version 2.0")
+                .contains(&format!("unsupported lbrprof.data version 2.{VERSION_MINOR}"))
         );
         let mut minor = bytes.clone();
         minor[10] = 7;
         assert_eq!(open(&minor), None, "a newer minor version is readable");
+        let mut older = bytes.clone();
+        older[10] = 0;
+        assert_eq!(open(&older), None, "1.0 (before repeated runs) is readable");
         let mut flipped = bytes.clone();
         flipped[PREAMBLE_LEN + 3] ^= 1;
         assert!(open(&flipped).unwrap().contains("checksum"));
