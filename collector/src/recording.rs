@@ -1404,11 +1404,9 @@ mod tests {
         assert_eq!(open(b"").unwrap(), "not an lbrprof recording (bad magic)");
         let mut newer = bytes.clone();
         newer[8] = 2;
-        assert!(
-            open(&newer)
-                .unwrap()
-                .contains(&format!("unsupported lbrprof.data version 2.{VERSION_MINOR}"))
-        );
+        assert!(open(&newer).unwrap().contains(&format!(
+            "unsupported lbrprof.data version 2.{VERSION_MINOR}"
+        )));
         let mut minor = bytes.clone();
         minor[10] = 7;
         assert_eq!(open(&minor), None, "a newer minor version is readable");

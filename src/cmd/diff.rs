@@ -204,7 +204,7 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
     }
     if base.loaded.header.sampling.event != new.loaded.header.sampling.event {
         notes.push(format!(
-            "base sampled {}, new sampled {}: shares are comparable, counts are not",
+            "base sampled {}, new sampled {}: their costs are not comparable, only the shares are",
             base.loaded.header.sampling.event, new.loaded.header.sampling.event
         ));
     }
@@ -264,10 +264,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exact = guest_metric && is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
     let b = counts(&base, metric, exact)?;
     let n = counts(&new, metric, exact)?;
-    let common = |c: &Counts| -> BTreeSet<String> {
+    let keys = |c: &Counts| -> BTreeSet<String> {
         c.runs.iter().flat_map(|r| r.rows.keys().cloned()).collect()
     };
-    if common(&b).is_disjoint(&common(&n)) {
+    if keys(&b).is_disjoint(&keys(&n)) {
         bail!(
             "{} and {} have no {} rows in common: they profile different programs",
             base.path.display(),
