@@ -7,7 +7,10 @@
 //! waits on a pipe, the events are opened on it with `inherit` + `enable_on_exec`, the
 //! child execs — or attaches to the threads of `-p`/`-t`, drains the ring buffers into
 //! the recording's writer thread until the target ends, the duration passes or
-//! SIGINT/SIGTERM arrives, and finalizes the file with a [`Summary`].
+//! SIGINT/SIGTERM arrives, and finalizes the file with a [`Summary`]. With
+//! [`RecordOptions::repeat`] the command is run that many times, one after the other,
+//! each run with its own events; the summary keeps each run's time window
+//! ([`RunInfo`]), and repeating stops at the first run that fails or is interrupted.
 
 pub(crate) mod sys;
 
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{DecisionError, HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{Event, Header, SamplingConfig, Target};
-use crate::recording::{EventSink, FormatError, RecordingWriter, Replace, Summary};
+use crate::recording::{EventSink, FormatError, RecordingWriter, Replace, RunInfo, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
 
 pub use sys::ChildExit;
@@ -55,6 +58,9 @@ pub struct RecordOptions {
     pub mmap_pages: u32,
     /// What happens to a recording already at `output` (kept as `NAME.old` by default).
     pub replace: Replace,
+    /// Runs of the command (one after the other, each kept apart in the recording's
+    /// summary); 1 for one run. Ignored for `-p`/`-t`. `duration` applies to each run.
+    pub repeat: u32,
 }
 
 /// Why a recording could not be made.
@@ -240,35 +246,87 @@ impl Recorder {
             kernel: choice.kernel,
             ring_pages_exp: opts.mmap_pages.trailing_zeros() as u8,
         };
-        let started = sys::SignalPipe::install()
-            .map_err(|source| RecordError::System {
-                what: "install signal handlers",
-                source,
-            })
-            .and_then(|signals| Ok((start(&opts, &config, exec, &sink)?, signals)));
-        let (mut running, signals) = match started {
-            Ok(started) => started,
-            Err(e) => {
-                // Nothing was recorded: leave no file behind, and the target as it was.
+        let signals = match sys::SignalPipe::install() {
+            Ok(signals) => signals,
+            Err(source) => {
                 writer.abandon();
-                return Err(e);
+                return Err(RecordError::System {
+                    what: "install signal handlers",
+                    source,
+                });
             }
         };
-
-        let mut send = |e: Event| sink.send(e);
-        let ended = drain_until_done(&opts, &mut running, &signals, &mut send);
-        drop(signals);
-        // Whatever ended the loop, keep what the kernel still holds and finalize the file.
-        let disabled = running.sampler.disable();
-        running.sampler.drain(&mut send);
-        let (exit, interrupted, loop_error) = match ended {
-            Ok((exit, interrupted)) => (exit, interrupted, None),
-            Err(e) => (None, false, Some(e)),
+        // Only a command can be run again.
+        let repeat = match opts.target {
+            RecordTarget::Command(_) => opts.repeat.max(1),
+            _ => 1,
         };
+        let mut send = |e: Event| sink.send(e);
+        let mut totals = crate::sampler::RingStats::default();
+        let mut runs: Vec<RunInfo> = Vec::new();
+        let mut run_notes: Vec<String> = Vec::new();
+        let (mut exit, mut interrupted, mut loop_error) = (None, false, None);
+        for index in 0..repeat {
+            let run_start = sys::monotonic_ns();
+            let mut running = match start(&opts, &config, exec.clone(), &sink) {
+                Ok(running) => running,
+                Err(e) if index == 0 => {
+                    // Nothing was recorded: leave no file behind, and the target as it was.
+                    drop(signals);
+                    writer.abandon();
+                    return Err(e);
+                }
+                Err(e) => {
+                    // The runs already recorded are kept.
+                    loop_error = Some(e);
+                    break;
+                }
+            };
+            let ended = drain_until_done(&opts, &mut running, &signals, &mut send);
+            // Whatever ended the loop, keep what the kernel still holds.
+            let disabled = running.sampler.disable();
+            running.sampler.drain(&mut send);
+            let stats = running.sampler.stats();
+            totals.samples += stats.samples;
+            totals.lost += stats.lost;
+            totals.throttled += stats.throttled;
+            if let Err(e) = &disabled {
+                run_notes.push(format!("could not disable the events at the end: {e}"));
+            }
+            match ended {
+                Ok((e, i)) => (exit, interrupted) = (e, i),
+                Err(e) => (exit, loop_error) = (None, Some(e)),
+            }
+            if repeat > 1 {
+                runs.push(RunInfo {
+                    start_ns: run_start,
+                    end_ns: sys::monotonic_ns(),
+                    exit_status: exit.map(ChildExit::shell_code),
+                    samples: stats.samples,
+                });
+            }
+            let failed = exit.is_some_and(|e| e.shell_code() != 0);
+            if interrupted || loop_error.is_some() || failed {
+                if repeat > 1 && index + 1 < repeat {
+                    run_notes.push(format!(
+                        "stopped repeating after run {} of {repeat}",
+                        index + 1
+                    ));
+                }
+                break;
+            }
+        }
+        drop(signals);
 
-        let stats = running.sampler.stats();
+        let stats = totals;
         let mut notes = vec![format!("sampling: {}", choice.reason)];
         notes.extend(warnings);
+        if repeat > 1 {
+            notes.push(format!(
+                "{} runs of the command (--repeat {repeat})",
+                runs.len()
+            ));
+        }
         if stats.lost > 0 {
             notes.push(format!(
                 "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
@@ -287,9 +345,7 @@ impl Recorder {
         if interrupted {
             notes.push("stopped by a signal to lbrprof".into());
         }
-        if let Err(e) = &disabled {
-            notes.push(format!("could not disable the events at the end: {e}"));
-        }
+        notes.extend(run_notes);
         if let Some(e) = &loop_error {
             notes.push(format!("recording ended early: {e}"));
         }
@@ -301,6 +357,7 @@ impl Recorder {
             throttled: stats.throttled,
             exit_status: exit.map(ChildExit::shell_code),
             notes,
+            runs,
         };
         writer
             .finish(&summary)

@@ -23,6 +23,7 @@
 //!      4  Vec<model::LbrSnapshot>
 //!      5  Vec<model::Loss>
 //!      6  Summary as JSON: the end-of-recording chunk, written once by `finish`
+//!         (since 1.1 with `runs`: the runs of a `record --repeat N`, see below)
 //!      7  Vec<model::VcpuThread>
 //!      8  Vec<model::VcpuStats>
 //!      9  Vec<(time_ns u64, pid u32, tid u32, comm String)>: execs
@@ -31,6 +32,15 @@
 //!  10..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
+//!
+//! Repeated runs (minor version 1): `record --repeat N -- CMD` runs the command N times,
+//! one after the other, into one recording. The runs share the chunk stream (their
+//! samples are told apart by time, as the runs never overlap); the summary's `runs` lists
+//! each run's `[start_ns, end_ns]` window on the samples' clock, its exit status and its
+//! sample count, in run order. A recording without `runs` (an older one, one run, or a
+//! recording whose summary was lost to a kill) is one run. [`read_summary`] finds the
+//! summary without decoding the rest of the file, so a reader can learn the run windows
+//! before it folds the samples.
 //!
 //! Compatibility: postcard payloads are positional, so a chunk kind's item type never
 //! changes within a major version; a later minor version adds new chunk kinds (older
@@ -156,6 +166,51 @@ pub struct Summary {
     /// The profiled program's exit status (128+signal for a signal death), when known.
     pub exit_status: Option<i32>,
     pub notes: Vec<String>,
+    /// The runs of a `record --repeat N` recording, in order (empty: one run). Since 1.1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunInfo>,
+}
+
+/// One run of a repeated recording: the time window its samples fall in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunInfo {
+    /// When the run's command was started and when its last samples were drained
+    /// (CLOCK_MONOTONIC ns, the samples' clock).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The command's exit status (128+signal for a signal death).
+    pub exit_status: Option<i32>,
+    /// Samples taken in this run.
+    pub samples: u64,
+}
+
+impl Summary {
+    /// The start times of the runs of a repeated recording, in order; empty for a
+    /// recording of one run. A sample at time `t` belongs to the last run started at or
+    /// before `t`.
+    pub fn run_starts(&self) -> Vec<u64> {
+        if self.runs.len() < 2 {
+            return Vec::new();
+        }
+        self.runs.iter().map(|r| r.start_ns).collect()
+    }
+}
+
+/// The summary of the recording at `path`, found by walking the chunk headers only (the
+/// payloads are neither read nor checked but the summary's): `None` for a recording that
+/// was not finished.
+pub fn read_summary(path: &Path) -> Result<Option<Summary>, FormatError> {
+    let mut reader = RecordingReader::open(path)?;
+    let Some(mapped) = reader.mapped_chunks() else {
+        // Not mappable: read the stream to its end.
+        while reader.next_chunk()?.is_some() {}
+        return Ok(reader.summary().cloned());
+    };
+    match mapped.chunks().iter().rev().find(|c| c.is_summary()) {
+        Some(c) => Ok(Some(decode_summary(c.offset, mapped.payload(c)?)?)),
+        None => Ok(None),
+    }
 }
 
 /// What the writer wrote.
@@ -1322,6 +1377,53 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_kept_in_the_summary_and_found_without_decoding() {
+        let runs = vec![
+            RunInfo {
+                start_ns: 10,
+                end_ns: 20,
+                exit_status: Some(0),
+                samples: 5,
+            },
+            RunInfo {
+                start_ns: 30,
+                end_ns: 45,
+                exit_status: Some(0),
+                samples: 6,
+            },
+        ];
+        let summary = Summary {
+            samples: 11,
+            runs: runs.clone(),
+            ..Summary::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let w = RecordingWriter::create(&path, &header()).unwrap();
+        let sink = w.sink();
+        for i in [12, 33, 40] {
+            sink.send(sample(i));
+        }
+        w.finish(&summary).unwrap();
+        let found = read_summary(&path).unwrap().unwrap();
+        assert_eq!(found.runs, runs);
+        assert_eq!(found.run_starts(), [10, 30]);
+        // One run, or none recorded: no per-run windows.
+        assert!(Summary::default().run_starts().is_empty());
+        // A summary written before runs existed (format 1.0) reads as one run, and one
+        // without runs is written as before.
+        let old: Summary =
+            serde_json::from_str(r#"{"duration_ns":1,"samples":2,"notes":[]}"#).unwrap();
+        assert!(old.runs.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("runs"));
+        // A recording whose summary was lost: none.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = chunk_offsets(&bytes).last().copied().unwrap();
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        assert_eq!(read_summary(&path).unwrap(), None);
+    }
+
+    #[test]
     fn chunk_offsets_stop_at_bytes_that_do_not_fit() {
         assert!(chunk_offsets(b"").is_empty());
         assert!(chunk_offsets(&[0xff; 16]).is_empty());
@@ -1577,14 +1679,15 @@ mod tests {
         assert_eq!(open(b"").unwrap(), "not an lbrprof recording (bad magic)");
         let mut newer = bytes.clone();
         newer[8] = 2;
-        assert!(
-            open(&newer)
-                .unwrap()
-                .contains("unsupported lbrprof.data version 2.1")
-        );
+        assert!(open(&newer).unwrap().contains(&format!(
+            "unsupported lbrprof.data version 2.{VERSION_MINOR}"
+        )));
         let mut minor = bytes.clone();
         minor[10] = 7;
         assert_eq!(open(&minor), None, "a newer minor version is readable");
+        let mut older = bytes.clone();
+        older[10] = 0;
+        assert_eq!(open(&older), None, "1.0 (before repeated runs) is readable");
         let mut flipped = bytes.clone();
         flipped[PREAMBLE_LEN + 3] ^= 1;
         assert!(open(&flipped).unwrap().contains("checksum"));

@@ -428,6 +428,7 @@ pub fn record_vm(
         throttled: sampler_stats.throttled,
         exit_status: Some(i32::from(report.outcome.exit_code())),
         notes,
+        runs: Vec::new(),
     };
     writer
         .finish(&summary)

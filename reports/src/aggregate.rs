@@ -161,6 +161,9 @@ pub struct Profile {
     /// whose `Loc::offset` indexes `root_names` (process/thread names).
     pub comm_root_module: Option<crate::loc::ModuleId>,
     pub root_names: Vec<String>,
+    /// With [`AggregateOptions::run_starts`]: `stacks` again, one table per run (a sample
+    /// belongs to the last run started at or before its time).
+    pub run_stacks: Vec<FastMap<Vec<Loc>, Count>>,
 }
 
 /// How the aggregator treats the stream.
@@ -178,6 +181,10 @@ pub struct AggregateOptions {
     /// End every sampled stack in a root frame naming the sampled thread's command
     /// (what `perf script | inferno-collapse-perf` puts first in folded stacks).
     pub comm_root: bool,
+    /// The start times of the runs of a `record --repeat` recording
+    /// (`Summary::run_starts`): the stack table is also kept per run
+    /// ([`Profile::run_stacks`]). Empty: one run, no per-run tables.
+    pub run_starts: Vec<u64>,
 }
 
 /// How many samples [`Aggregator::add_counted`] adds, and their time span.
@@ -205,6 +212,7 @@ impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
         let mut profile = Profile {
             vm: opts.vm.then(crate::vm::VmTrace::default),
+            run_stacks: vec![FastMap::default(); opts.run_starts.len()],
             ..Profile::default()
         };
         if opts.comm_root {
@@ -413,6 +421,19 @@ impl Aggregator {
             counts.samples,
             counts.weight,
         );
+        if !self.opts.run_starts.is_empty() {
+            let run = self
+                .opts
+                .run_starts
+                .partition_point(|&start| start <= counts.first_time_ns)
+                .saturating_sub(1);
+            bump_n(
+                &mut self.profile.run_stacks[run],
+                &stack,
+                counts.samples,
+                counts.weight,
+            );
+        }
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
             vm.samples.push(crate::vm::VmSample {
@@ -898,6 +919,36 @@ mod tests {
             .collect();
         roots.sort();
         assert_eq!(roots, [(0, 2), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn run_windows_split_the_stack_table() {
+        let mut a = Aggregator::new(AggregateOptions {
+            run_starts: vec![100, 200, 300],
+            ..AggregateOptions::default()
+        });
+        for (t, period) in [(50, 1), (150, 2), (199, 3), (250, 4), (900, 5)] {
+            a.add(&Event::Sample(HostSample {
+                time_ns: t,
+                pid: 1,
+                period,
+                ip: 0x10,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        let weight = |m: &FastMap<Vec<Loc>, Count>| m.values().map(|c| c.weight).sum::<u64>();
+        // Before the first start counts to the first run; after the last to the last.
+        let per_run: Vec<u64> = p.run_stacks.iter().map(weight).collect();
+        assert_eq!(per_run, [1 + 2 + 3, 4, 5]);
+        assert_eq!(weight(&p.stacks), 15);
+        // Without run windows there are no per-run tables.
+        assert!(
+            Aggregator::new(AggregateOptions::default())
+                .finish()
+                .run_stacks
+                .is_empty()
+        );
     }
 
     #[test]

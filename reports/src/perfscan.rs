@@ -273,7 +273,7 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
 
 /// Whether [`aggregate_scan`] can build the profile for these options and this file.
 pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
-    !opts.vm && (opts.filter.is_empty() || !scan.has_branch_stacks())
+    !opts.vm && opts.run_starts.is_empty() && (opts.filter.is_empty() || !scan.has_branch_stacks())
 }
 
 /// Builds the profile of a scanned perf.data file (see the module docs); also returns

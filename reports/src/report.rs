@@ -236,36 +236,35 @@ pub struct Source<'a> {
     pub warnings: Vec<String>,
 }
 
-/// Builds every table. `code` reads module bytes for instruction counts and branch
-/// classification (pass a fresh [`CodeReader`]).
-pub fn build(
-    profile: &Profile,
-    syms: &SymbolTable,
-    source: Source<'_>,
-    code: &mut CodeReader,
-) -> Report {
-    let modules = &profile.spaces.modules;
-    let t = &profile.totals;
+/// Whether a stack (root last) is a guest snapshot's, rooted in the guest root frame.
+fn stack_side(stack: &[Loc]) -> Side {
+    match stack.last() {
+        Some(l) if l.module == ModuleTable::GUEST_ROOT => Side::Guest,
+        _ => Side::Host,
+    }
+}
 
-    // Functions: self from the leaf, total once per function per stack; host and guest
-    // apart (a guest snapshot's stack ends in the guest root frame).
+/// Self and total counts per function (side, module id and name) of a stack table:
+/// `[self samples, self weight, total samples, total weight]`, self from the leaf frame,
+/// total once per function per stack. `stacks` is `profile.stacks` or one of its per-run
+/// tables (`profile.run_stacks`).
+pub fn function_counts(
+    profile: &Profile,
+    stacks: &crate::aggregate::FastMap<Vec<Loc>, crate::aggregate::Count>,
+    syms: &SymbolTable,
+) -> HashMap<(Side, u32, String), [u64; 4]> {
+    let modules = &profile.spaces.modules;
+    // Host and guest apart: a guest snapshot's stack ends in the guest root frame.
     let mut funcs: HashMap<(Side, u32, String), [u64; 4]> = HashMap::new();
     let mut seen: Vec<(Side, u32, String)> = Vec::new();
-    let mut guest_weight = 0;
-    for (stack, c) in &profile.stacks {
+    for (stack, c) in stacks {
         seen.clear();
         // Command root frames are not functions.
         let stack = match stack.last() {
             Some(l) if Some(l.module) == profile.comm_root_module => &stack[..stack.len() - 1],
             _ => &stack[..],
         };
-        let side = match stack.last() {
-            Some(l) if l.module == ModuleTable::GUEST_ROOT => {
-                guest_weight += c.weight;
-                Side::Guest
-            }
-            _ => Side::Host,
-        };
+        let side = stack_side(stack);
         for (i, l) in stack.iter().enumerate() {
             let key = (side, l.module.0, syms.function_name(modules, l));
             let e = funcs.entry(key.clone()).or_default();
@@ -280,6 +279,28 @@ pub fn build(
             }
         }
     }
+    funcs
+}
+
+/// Builds every table. `code` reads module bytes for instruction counts and branch
+/// classification (pass a fresh [`CodeReader`]).
+pub fn build(
+    profile: &Profile,
+    syms: &SymbolTable,
+    source: Source<'_>,
+    code: &mut CodeReader,
+) -> Report {
+    let modules = &profile.spaces.modules;
+    let t = &profile.totals;
+
+    let funcs = function_counts(profile, &profile.stacks, syms);
+    // The guest side's denominator: the weight of the snapshots' stacks.
+    let guest_weight: u64 = profile
+        .stacks
+        .iter()
+        .filter(|(stack, _)| stack_side(stack) == Side::Guest)
+        .map(|(_, c)| c.weight)
+        .sum();
     let functions = funcs
         .into_iter()
         .map(|((side, m, name), [ss, sw, ts, tw])| {

@@ -1,7 +1,7 @@
-//! `lbrprof diff BASE NEW`: per-function (or per-edge) changes between two recordings and
-//! a regression verdict a CI pipeline can trust.
+//! `lbrprof diff BASE NEW`: per-function (or per-edge) cost changes between two
+//! recordings and a regression verdict a CI pipeline can trust.
 //!
-//! Exit status: 0 no regression, 1 regression, 2 error.
+//! Exit status: 0 no regression, 1 regression, 2 error, 3 inconclusive.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -10,24 +10,32 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lbrprof_collector::model::{Header, Target};
+use lbrprof_collector::recording::{self, RunInfo};
 use lbrprof_reports::decode::CodeReader;
-use lbrprof_reports::diff::{self, Counts, DiffOptions, Metric};
+use lbrprof_reports::diff::{self, Counts, DiffOptions, Metric, Verdict};
 use lbrprof_reports::render::{StackSource, folded_lines};
 use lbrprof_reports::report::{self, Report, Source};
 
-use super::report::{InputArgs, Loaded, Naming, load, output};
+use super::report::{InputArgs, Loaded, Naming, load_runs, output};
 
 /// Compare two recordings (lbrprof.data or perf.data) and give a verdict.
 ///
-/// Sampled data: each row's share is compared with a one-sided two-proportion z-test,
-/// Holm-corrected over the rows compared, so two runs of the same program report a
-/// regression at most --alpha of the time; a row regresses only when its increase is also
-/// above --threshold. Rows with too few samples say "not enough data". Exact-mode guest
-/// recordings (record --vm --lbr-mode exact) have no noise: any change beyond the threshold
-/// is a regression.
+/// Costs are compared, per function and in total: the event count the samples stand for
+/// (CPU time for cpu-clock, cycles for cycles), or the branch and instruction counts.
+/// Shares of the total are shown beside them.
 ///
-/// Exit status: 0 no regression, 1 regression, 2 error.
+/// Recordings made with `record --repeat N` keep their runs apart: each row's per-run
+/// costs are compared with Welch's t-test; half of --alpha goes to the total, half to
+/// the rows (Holm-corrected), so two recordings of the same program get a verdict at most
+/// --alpha of the time. A row regresses when its cost rose significantly and by more than
+/// --threshold. With one run per side, run-to-run noise is unknown: a total change beyond
+/// the threshold is INCONCLUSIVE, never a regression and never unchanged. Exact-mode
+/// guest recordings (record --vm --lbr-mode exact) have no noise: any change beyond the
+/// threshold is a verdict. Rows with too few samples are "low-data".
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: 0 no regression (unchanged or improved), 1 regression, 2 error, 3 \
+inconclusive (one run per side and the cost moved beyond the threshold).")]
 pub struct Args {
     /// The baseline recording.
     pub base: PathBuf,
@@ -36,13 +44,13 @@ pub struct Args {
     /// What to compare.
     #[arg(long, value_enum, default_value = "self")]
     pub metric: MetricArg,
-    /// Smallest relative change that counts, e.g. 5% (or 0.05).
+    /// Smallest relative change of a cost that counts, e.g. 5% (or 0.05).
     #[arg(long, default_value = "5%", value_parser = parse_fraction, value_name = "PCT")]
     pub threshold: f64,
     /// Family-wise false-alarm rate for sampled data.
     #[arg(long, default_value_t = 0.01, value_parser = parse_alpha)]
     pub alpha: f64,
-    /// Rows with fewer samples than this on both sides are "not enough data".
+    /// Rows with fewer samples than this on both sides (all runs) are "low-data".
     #[arg(long, default_value_t = 30, value_name = "N")]
     pub min_samples: u64,
     /// Output format.
@@ -51,7 +59,9 @@ pub struct Args {
     /// Rows to show (0 = all).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
-    /// Also write a differential flame graph (red: grew, blue: shrank) to FILE.
+    /// Also write the diff's flame graph to FILE: the new recording's stacks, the functions
+    /// the table flags coloured by their verdict (red regressed, blue improved, orange
+    /// inconclusive), every other frame grey.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Write the report to FILE instead of standard output.
@@ -61,10 +71,10 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MetricArg {
-    /// Samples in the function itself.
+    /// Cost of the samples in the function itself.
     #[value(name = "self")]
     SelfSamples,
-    /// Samples with the function on the stack.
+    /// Cost of the samples with the function on the stack.
     Total,
     /// Taken branches between functions.
     Edges,
@@ -123,9 +133,22 @@ struct Side {
     loaded: Loaded,
     report: Report,
     path: PathBuf,
+    /// The runs of a `record --repeat` recording (empty: one run).
+    runs: Vec<RunInfo>,
 }
 
 fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
+    // The run windows are in the summary at the end; find it before the samples are
+    // folded. (Not an lbrprof recording, or not finished: one run.)
+    let runs = match recording::read_summary(path) {
+        Ok(Some(summary)) => summary.runs,
+        _ => Vec::new(),
+    };
+    let run_starts: Vec<u64> = if runs.len() >= 2 {
+        runs.iter().map(|r| r.start_ns).collect()
+    } else {
+        Vec::new()
+    };
     let args = InputArgs {
         input: path.to_path_buf(),
         pid: vec![],
@@ -138,7 +161,8 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         kallsyms: None,
         event: None,
     };
-    let loaded = load(&args, Naming::Demangled).with_context(|| format!("{what} recording"))?;
+    let loaded = load_runs(&args, Naming::Demangled, &run_starts)
+        .with_context(|| format!("{what} recording"))?;
     let mut code = CodeReader::default();
     let report = report::build(
         &loaded.profile,
@@ -156,6 +180,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         loaded,
         report,
         path: path.to_path_buf(),
+        runs,
     })
 }
 
@@ -179,7 +204,7 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
     }
     if base.loaded.header.sampling.event != new.loaded.header.sampling.event {
         notes.push(format!(
-            "base sampled {}, new sampled {}: shares are comparable, counts are not",
+            "base sampled {}, new sampled {}: their costs are not comparable, only the shares are",
             base.loaded.header.sampling.event, new.loaded.header.sampling.event
         ));
     }
@@ -197,6 +222,19 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
             })
             .collect()
     };
+    for (what, side) in [("base", base), ("new", new)] {
+        let failed = side
+            .runs
+            .iter()
+            .filter(|r| r.exit_status.is_some_and(|s| s != 0))
+            .count();
+        if failed > 0 {
+            notes.push(format!(
+                "{what}: {failed} of {} runs exited with a failure status",
+                side.runs.len()
+            ));
+        }
+    }
     let (bb, nb) = (builds(base), builds(new));
     for (name, id) in &bb {
         if let Some((_, other)) = nb.iter().find(|(n, i)| n == name && i != id) {
@@ -211,9 +249,12 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let metric: Metric = args.metric.into();
+    if args.svg.is_some() && !metric.per_function() {
+        bail!("--svg shows functions: use it with --metric self, total, instructions or branches");
+    }
     let base = load_side(&args.base, "base")?;
     let new = load_side(&args.new, "new")?;
-    let metric: Metric = args.metric.into();
     // Exact-mode recordings count guest branches and instructions exactly; their host
     // samples are as noisy as any other.
     let guest_metric = matches!(
@@ -223,7 +264,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exact = guest_metric && is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
     let b = counts(&base, metric, exact)?;
     let n = counts(&new, metric, exact)?;
-    if !b.rows.keys().any(|k| n.rows.contains_key(k)) {
+    let keys = |c: &Counts| -> BTreeSet<String> {
+        c.runs.iter().flat_map(|r| r.rows.keys().cloned()).collect()
+    };
+    if keys(&b).is_disjoint(&keys(&n)) {
         bail!(
             "{} and {} have no {} rows in common: they profile different programs",
             base.path.display(),
@@ -236,7 +280,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         alpha: args.alpha,
         min_samples: args.min_samples,
     };
-    let report = diff::compare(&b, &n, &opts);
+    let mut report = diff::compare(&b, &n, &opts);
+    let had_runs = base.runs.len() > 1 || new.runs.len() > 1;
+    if report.method == diff::Method::SingleRun && had_runs {
+        // Branch metrics are folded over the whole recording.
+        report.notes.push(format!(
+            "--metric {} is counted over the whole recording, not per run",
+            metric.name()
+        ));
+    }
     let limit = if args.limit == 0 {
         usize::MAX
     } else {
@@ -260,10 +312,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Json => {
             let doc = serde_json::json!({
                 "schema": "lbrprof-diff",
-                "version": 1,
+                "version": 2,
                 "metric": metric.name(),
                 "base": base.path.display().to_string(),
                 "new": new.path.display().to_string(),
+                "exit_status": report.verdict.exit_code(),
                 "notes": notes,
                 "report": report,
             });
@@ -273,18 +326,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     if let Some(svg) = &args.svg {
-        write_svg(&base, &new, svg)?;
+        write_svg(&report, &base, &new, svg)?;
     }
-    Ok(if report.regressed() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match report.verdict {
+        Verdict::Regressed | Verdict::Inconclusive => ExitCode::from(report.verdict.exit_code()),
+        _ => ExitCode::SUCCESS,
     })
 }
 
+/// One side's costs: per run when the recording has runs and the metric is a sample
+/// metric, else the whole recording as one run.
 fn counts(side: &Side, metric: Metric, exact: bool) -> anyhow::Result<Counts> {
     let c = diff::counts(&side.report, metric, exact);
-    if c.total == 0 {
+    if c.total_samples == 0 {
         let what = match metric {
             Metric::SelfSamples | Metric::Total => "samples",
             Metric::Edges | Metric::Branches => "branch records",
@@ -292,18 +346,24 @@ fn counts(side: &Side, metric: Metric, exact: bool) -> anyhow::Result<Counts> {
         };
         bail!("{} has no {what} to compare", side.path.display());
     }
-    Ok(c)
+    if exact {
+        return Ok(c);
+    }
+    Ok(diff::run_counts(&side.loaded.profile, &side.loaded.syms, metric, &c).unwrap_or(c))
 }
 
-fn write_svg(base: &Side, new: &Side, path: &Path) -> anyhow::Result<()> {
-    let lines = |s: &Side| {
-        let source = if s.loaded.profile.stacks.is_empty() {
-            StackSource::Lbr
-        } else {
-            StackSource::CallChains
-        };
-        folded_lines(&s.loaded.profile, &s.loaded.syms, source)
+fn write_svg(
+    report: &diff::DiffReport,
+    base: &Side,
+    new: &Side,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let source = if new.loaded.profile.stacks.is_empty() {
+        StackSource::Lbr
+    } else {
+        StackSource::CallChains
     };
+    let lines = folded_lines(&new.loaded.profile, &new.loaded.syms, source);
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let title = format!(
@@ -311,13 +371,8 @@ fn write_svg(base: &Side, new: &Side, path: &Path) -> anyhow::Result<()> {
         base.path.display(),
         new.path.display()
     );
-    diff::write_differential_svg(
-        &lines(base),
-        &lines(new),
-        &title,
-        std::io::BufWriter::new(file),
-    )
-    .with_context(|| format!("cannot write {}", path.display()))
+    diff::write_verdict_svg(report, &lines, &title, std::io::BufWriter::new(file))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -575,6 +575,18 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
                     .map(|c| format!(", exit status {c}"))
                     .unwrap_or_default()
             )?;
+            for (i, run) in s.runs.iter().enumerate() {
+                writeln!(
+                    out,
+                    "run {:<3}        {:.3} s, {} samples{}",
+                    i + 1,
+                    run.end_ns.saturating_sub(run.start_ns) as f64 / 1e9,
+                    run.samples,
+                    run.exit_status
+                        .map(|c| format!(", exit status {c}"))
+                        .unwrap_or_default()
+                )?;
+            }
             for note in &s.notes {
                 writeln!(out, "note:          {note}")?;
             }

@@ -65,6 +65,13 @@ pub struct Args {
     /// until the target exits or Ctrl-C.
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Run the command N times, one after the other, into one recording (each run kept
+    /// apart), so that `lbrprof diff` can measure run-to-run variation. Repeating stops at
+    /// the first run that fails; --duration applies to each run.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000),
+          conflicts_with_all = ["pid", "tid"])]
+    pub repeat: u32,
     #[command(flatten)]
     pub guest: VmArgs,
     /// The command to run and record (with --vm: the guest's arguments).
@@ -231,6 +238,7 @@ impl Args {
             duration,
             mmap_pages: self.mmap_pages,
             replace,
+            repeat: self.repeat,
         })
     }
 }
@@ -239,6 +247,12 @@ impl Args {
 /// `-p`/`-t`, 127/126 when the command cannot be run, 2 for other errors.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.guest.vm.is_some() {
+        if args.repeat > 1 {
+            anyhow::bail!(
+                "--repeat is for host commands; exact-mode guest recordings \
+                 (--lbr-mode exact) need no repeats, they count the same every run"
+            );
+        }
         return crate::cmd::record_vm::run(args);
     }
     let opts = args.into_options()?;
@@ -257,8 +271,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ""
     };
+    let runs = match s.runs.len() {
+        0 | 1 => String::new(),
+        n => format!(" in {n} runs"),
+    };
     eprintln!(
-        "lbrprof: {} samples, {} lost, {} throttled, event {event}{why}, written to {}",
+        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}, written to {}",
         s.samples,
         s.lost,
         s.throttled,

@@ -288,7 +288,13 @@ fn symbol_source(
 
 /// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false)
+    load_with(args, naming, false, false, &[])
+}
+
+/// Like [`load`], and keeps the stack table per run of a `record --repeat` recording
+/// (`run_starts`: the runs' start times, from its summary).
+pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow::Result<Loaded> {
+    load_with(args, naming, false, false, run_starts)
 }
 
 /// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
@@ -296,7 +302,7 @@ pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
 /// With `comm_root`, every sampled stack ends in a root frame naming the sampled
 /// thread's command (`--comm-root`).
 pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, comm_root)
+    load_with(args, naming, true, comm_root, &[])
 }
 
 fn load_with(
@@ -304,6 +310,7 @@ fn load_with(
     naming: Naming,
     functions_only: bool,
     comm_root: bool,
+    run_starts: &[u64],
 ) -> anyhow::Result<Loaded> {
     let path = &args.input;
     let open = || -> anyhow::Result<_> {
@@ -328,6 +335,7 @@ fn load_with(
         snapshot_weight: header.sampling.period.max(1),
         vm: matches!(header.target, Target::Vm { .. }),
         comm_root,
+        run_starts: run_starts.to_vec(),
     };
     let mut input = input;
     let naming = if args.no_symbols {
@@ -416,7 +424,7 @@ fn load_with(
         // (read again, the other events' samples skipped; only such files pay for it).
         let mut args = args.clone();
         args.event = Some(first);
-        return load_with(&args, naming, functions_only, comm_root);
+        return load_with(&args, naming, functions_only, comm_root, run_starts);
     }
     if let Some(summary) = input.summary() {
         // The recorder's own totals cover losses it never turned into events.
