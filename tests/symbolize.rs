@@ -92,6 +92,14 @@ fn functions(path: &Path) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// True when no sized function symbol of `path` contains `addr`: alignment padding
+/// between functions, which binutils charges to the previous symbol and lbrprof to none.
+fn padding(path: &Path, addr: u64) -> bool {
+    functions(path)
+        .values()
+        .all(|&(start, size)| size == 0 || !(start..start + size).contains(&addr))
+}
+
 fn symbolize(args: &[&str]) -> Output {
     let mut all = vec!["symbolize"];
     all.extend(args);
@@ -891,8 +899,14 @@ fn agrees_with_binutils_addr2line_on_libc_from_its_debug_package() {
     let line_of = |s: &String| s.rsplit(':').next().unwrap_or("").to_owned();
     let mut explained = 0;
     let mut same_function_and_line = identical;
+    let mut in_padding = 0;
     for a in &differing {
         let (t, o) = (&theirs[a], &ours[a]);
+        // Padding after a function: addr2line names the previous symbol, lbrprof none.
+        if o.first().is_some_and(|f| f == "??") && padding(Path::new(&debug), *a) {
+            in_padding += 1;
+            continue;
+        }
         let file_only = t.len() == o.len()
             && t.iter()
                 .zip(o)
@@ -914,11 +928,12 @@ fn agrees_with_binutils_addr2line_on_libc_from_its_debug_package() {
     }
     eprintln!(
         "libc: {identical}/{n} identical; {same_function_and_line}/{n} same function and line; \
-         {explained} file-only differences where llvm-symbolizer agrees with lbrprof"
+         {explained} file-only differences where llvm-symbolizer agrees with lbrprof; \
+         {in_padding} in padding between functions"
     );
-    assert!(same_function_and_line * 100 >= n * 99);
+    assert!((same_function_and_line + in_padding) * 100 >= n * 99);
     if !llvm.is_empty() {
-        assert!((identical + explained) * 100 >= n * 99);
+        assert!((identical + explained + in_padding) * 100 >= n * 99);
     }
 }
 
@@ -975,8 +990,9 @@ fn text_syms_at(text: &str, addr: u64) -> Vec<&str> {
         .collect()
 }
 
-/// Every byte of the -O2 fixture's .text (inlined frames, discriminators, crt code,
-/// padding) gives exactly addr2line's output.
+/// Every byte of the -O2 fixture's .text (inlined frames, discriminators, crt code)
+/// gives exactly addr2line's output, except alignment padding between functions, which
+/// addr2line charges to the previous symbol and lbrprof to no function.
 #[test]
 fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
     if !have("gcc") || !have("addr2line") {
@@ -1004,9 +1020,20 @@ fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
         with_discriminator > 0,
         "the fixture should exercise discriminators"
     );
+    let mut padded = 0;
     for a in &addrs {
+        if ours[a] != theirs[a] && padding(&exe, *a) {
+            assert_eq!(ours[a][0], "??", "at {a:#x}");
+            padded += 1;
+            continue;
+        }
         assert_eq!(ours[a], theirs[a], "at {a:#x}");
     }
+    assert!(
+        padded < addrs.len() / 4,
+        "{padded} of {} in padding",
+        addrs.len()
+    );
 }
 
 /// Split DWARF packaged with `dwp` into `prog.dwp` (the .dwo files removed) still gives the
