@@ -1072,3 +1072,123 @@ fn split_dwarf_from_a_dwp_package() {
     ];
     assert!(got.iter().any(|(_, f)| *f == chain), "{got:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Stripped files: PLT entries, MiniDebugInfo, unwind-table extents
+
+/// objdump's `<name@plt>` labels: (address, name).
+fn objdump_plt_labels(exe: &Path) -> Vec<(u64, String)> {
+    let out = Command::new("objdump").arg("-d").arg(exe).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.split_once(" <")?;
+            let name = rest.strip_suffix(">:")?;
+            name.ends_with("@plt")
+                .then(|| Some((u64::from_str_radix(addr, 16).ok()?, name.to_owned())))?
+        })
+        .collect()
+}
+
+/// PLT entries are named `name@plt` where objdump puts its labels, stripped or not: lazy
+/// `.plt`, `-z now`, `.plt.got` (`__cxa_finalize` in a PIE), IBT's `.plt.sec`, PIE and not.
+#[test]
+fn plt_entries_are_named_like_objdump() {
+    if !have("gcc") || !have("objdump") || !have("strip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let variants: [&[&str]; 4] = [
+        &["-O2", "-pie", "-fPIE"],
+        &["-O2", "-no-pie", "-fno-pie"],
+        &["-O2", "-Wl,-z,now"],
+        &["-O2", "-fcf-protection=full", "-Wl,-z,ibtplt"],
+    ];
+    for (i, flags) in variants.iter().enumerate() {
+        let exe = build_c(d, &format!("p{i}"), "inline.c", flags);
+        let stripped = d.join(format!("p{i}.stripped"));
+        sh(
+            d,
+            "strip",
+            &["-s", "-o", stripped.to_str().unwrap(), &format!("p{i}")],
+        );
+        let labels = objdump_plt_labels(&exe);
+        // atoi (strtol once inlined) at least, beside crt's __cxa_finalize.
+        assert!(
+            labels
+                .iter()
+                .any(|(_, n)| n.starts_with("strto") || n == "atoi@plt"),
+            "{flags:?}: {labels:?}"
+        );
+        for file in [&exe, &stripped] {
+            for (addr, name) in &labels {
+                let got = frames_of(file, &[], &[*addr, addr + 5]);
+                for (a, frames) in got {
+                    assert_eq!(&frames[0].0, name, "{flags:?} {} at {a:#x}", file.display());
+                }
+            }
+        }
+    }
+}
+
+/// A stripped binary carrying MiniDebugInfo (`.gnu_debugdata`, built the way Fedora
+/// does) names its local functions from it; a corrupt one is a warning, and the
+/// functions are still one extent each from the unwind tables.
+#[test]
+fn minidebuginfo_names_the_functions_of_a_stripped_binary() {
+    if !have("gcc") || !have("xz") || !have("objcopy") || !have("strip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = build_c(d, "prog", "inline.c", &["-O2", "-g"]);
+    let funcs = functions(&exe);
+    std::fs::write(d.join("keep"), "outer\nlocal_function\nmain\n").unwrap();
+    sh(d, "objcopy", &["--only-keep-debug", "prog", "mini"]);
+    sh(
+        d,
+        "objcopy",
+        &[
+            "-S",
+            "--remove-section",
+            ".comment",
+            "--keep-symbols=keep",
+            "mini",
+        ],
+    );
+    sh(d, "strip", &["--strip-all", "-R", ".comment", "prog"]);
+    sh(d, "xz", &["mini"]);
+    std::fs::copy(&exe, d.join("corrupt")).unwrap();
+    sh(
+        d,
+        "objcopy",
+        &["--add-section", ".gnu_debugdata=mini.xz", "prog"],
+    );
+    std::fs::write(d.join("garbage"), b"\xfd7zXZ\0 not really xz").unwrap();
+    sh(
+        d,
+        "objcopy",
+        &["--add-section", ".gnu_debugdata=garbage", "corrupt"],
+    );
+    let corrupt = d.join("corrupt");
+    for name in ["outer", "local_function", "main"] {
+        let (start, size) = funcs[name];
+        let addrs = [start, start + size - 1];
+        for (_, frames) in frames_of(&exe, &[], &addrs) {
+            assert_eq!(frames[0].0, name);
+        }
+        let unnamed = format!("corrupt+{start:#x}");
+        for (_, frames) in frames_of(&corrupt, &[], &addrs) {
+            assert_eq!(frames[0].0, unnamed);
+        }
+        let after = frames_of(&corrupt, &[], &[start + size]);
+        assert_ne!(after[0].1[0].0, unnamed);
+    }
+    let out = symbolize(&["-e", corrupt.to_str().unwrap(), "0"]);
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warnings.contains("ignoring the MiniDebugInfo (.gnu_debugdata)"),
+        "{warnings}"
+    );
+}

@@ -289,19 +289,14 @@ mod tests {
         let p = agg(true);
         let syms = SymbolTable::build(&p, &Stripped);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out)
-            .unwrap();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         // 0x1020 -> 0x1100 (f+0x20 -> unnamed) and 0x1180 -> 0x1010 (unnamed -> f+0x10).
-        assert_eq!(
-            text,
-            "0 [unknown] 0 1 f 10 0 3\n1 f 20 0 [unknown] 0 1 3\n"
-        );
+        assert_eq!(text, "0 [unknown] 0 1 f 10 0 3\n1 f 20 0 [unknown] 0 1 3\n");
         assert_eq!(stats.unnamed, 6);
         let p = agg(false);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out)
-            .unwrap();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "no_lbr c\n1 f 10 3\n");
         assert_eq!(stats.unnamed, 0);
     }
