@@ -346,6 +346,22 @@ fn one_build(cc: &str, pie: bool) {
                     .any(|u| u["module"].as_str().unwrap().ends_with(LIB)),
                 "{unnamed:?}"
             );
+            let text = common::lbrprof()
+                .args(["report", "-i"])
+                .arg(&data)
+                .arg("--symfs")
+                .arg(&symfs)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&text.stdout);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("# unnamed:") && l.contains(LIB))
+                .unwrap_or_else(|| panic!("no unnamed-code line for {LIB}:\n{text}"));
+            assert!(
+                line.contains("--debug-dir DIR with DIR/.build-id/"),
+                "{line}"
+            );
             let (fdata, warning) = bolt(&data, Some(&symfs), &dir.join("s.fdata"), None);
             bolt_offsets_inside(&fdata, &tables);
             assert!(warning.contains("left out of the profile"), "{warning}");

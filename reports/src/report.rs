@@ -170,7 +170,7 @@ impl UnnamedCode {
     /// What would name the code, for the user.
     pub fn hint(&self) -> String {
         let install = match &self.package {
-            Some(p) => format!("install {p}-dbgsym (or {p}-dbg)"),
+            Some(p) => format!("install {p}-dbgsym"),
             None => "install its debug package".to_owned(),
         };
         match &self.debug_file {

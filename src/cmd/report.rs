@@ -557,6 +557,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         &mut code,
     );
+    if args.input.no_symbols {
+        // Nothing was looked up: no code is "unnamed" for want of a debug package.
+        rep.meta.unnamed.clear();
+    }
     for u in &mut rep.meta.unnamed {
         u.package = debian_package(Path::new(&u.module));
     }

@@ -1079,9 +1079,6 @@ fn load_dwp(
     }
 }
 
-/// Function symbols of one symbol table, in table order. A local function also gets the
-/// name of the `STT_FILE` symbol before it, as binutils reports that file when there are no
-/// lines.
 /// A symbol-table name demangled the way binutils' `-C` does it: only names carrying a
 /// mangling prefix (`_Z` Itanium C++ and legacy Rust, `_R` Rust v0) are touched. The
 /// symbol table does not say the language, and without a prefix a short C name is also a
@@ -1095,6 +1092,9 @@ fn demangle_symbol(raw: &str) -> String {
     }
 }
 
+/// Function symbols of one symbol table, as candidates for [`SymbolTable`]. A local
+/// function also gets the name of the `STT_FILE` symbol before it, as binutils reports
+/// that file when there are no lines.
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
@@ -1243,13 +1243,13 @@ fn collect_plt(obj: &object::File<'static>, arena: &Arena, out: &mut Vec<Candida
             16
         };
         for (i, entry) in data.chunks(stride).enumerate() {
-            let entry_addr = sec.address() + (i * stride) as u64;
+            let entry_addr = sec.address().wrapping_add((i * stride) as u64);
             let Some(at) = entry.windows(6).position(|w| w[0] == 0xff && w[1] == 0x25) else {
                 continue;
             };
             let disp =
                 i32::from_le_bytes([entry[at + 2], entry[at + 3], entry[at + 4], entry[at + 5]]);
-            let next = entry_addr + at as u64 + 6;
+            let next = entry_addr.wrapping_add(at as u64 + 6);
             let slot = next.wrapping_add_signed(i64::from(disp));
             if let Some(name) = slots.get(&slot)
                 // SAFETY: the slice lives in the module's arena and only inside that module.
@@ -1258,7 +1258,7 @@ fn collect_plt(obj: &object::File<'static>, arena: &Arena, out: &mut Vec<Candida
                 out.push(Candidate {
                     addr: entry_addr,
                     size: stride as u64,
-                    limit: entry_addr + stride as u64,
+                    limit: entry_addr.saturating_add(stride as u64),
                     name: Some(name),
                     binding: Binding::Global,
                     file: None,

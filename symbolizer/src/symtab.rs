@@ -77,7 +77,7 @@ fn internal_alias(name: &str) -> bool {
 /// better. The public name first, then global over weak over local, a symbol with a size
 /// over one without, fewer leading underscores, the shorter name, and finally the name
 /// itself so the choice never depends on table order.
-pub(crate) fn name_rank(c: &Candidate) -> impl Ord + use<> {
+pub(crate) fn name_rank(c: &Candidate) -> (bool, Binding, bool, usize, usize, &'static str) {
     let name = c.name.unwrap_or("");
     (
         internal_alias(name),
@@ -85,7 +85,7 @@ pub(crate) fn name_rank(c: &Candidate) -> impl Ord + use<> {
         c.size == 0,
         name.bytes().take_while(|b| *b == b'_').count(),
         name.len(),
-        name.to_owned(),
+        name,
     )
 }
 
