@@ -164,11 +164,17 @@ pub struct UnnamedCode {
     /// The distribution package that ships the module, if known (its debug package
     /// names the code); filled in by the caller, which may ask the package manager.
     pub package: Option<String>,
+    /// The module file is not where it was recorded (nothing could be read from it).
+    #[serde(default)]
+    pub missing: bool,
 }
 
 impl UnnamedCode {
     /// What would name the code, for the user.
     pub fn hint(&self) -> String {
+        if self.missing {
+            return "the file is not here: pass --symfs DIR with a copy of it".to_owned();
+        }
         let install = match &self.package {
             Some(p) => format!("install {p}-dbgsym"),
             None => "install its debug package".to_owned(),
@@ -213,6 +219,7 @@ fn unnamed_code(profile: &Profile, syms: &SymbolTable) -> Vec<UnnamedCode> {
                 pct: pct(samples, profile.totals.samples),
                 debug_file,
                 package: None,
+                missing: !std::path::Path::new(&m.path).is_file(),
             }
         })
         .collect();

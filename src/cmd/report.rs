@@ -561,7 +561,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Nothing was looked up: no code is "unnamed" for want of a debug package.
         rep.meta.unnamed.clear();
     }
-    for u in &mut rep.meta.unnamed {
+    for u in rep.meta.unnamed.iter_mut().filter(|u| !u.missing) {
         u.package = debian_package(Path::new(&u.module));
     }
     rep.sort(args.sort.into());
