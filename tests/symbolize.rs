@@ -92,6 +92,14 @@ fn functions(path: &Path) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// True when no sized function symbol of `path` contains `addr`: alignment padding
+/// between functions, which binutils charges to the previous symbol and lbrprof to none.
+fn padding(path: &Path, addr: u64) -> bool {
+    functions(path)
+        .values()
+        .all(|&(start, size)| size == 0 || !(start..start + size).contains(&addr))
+}
+
 fn symbolize(args: &[&str]) -> Output {
     let mut all = vec!["symbolize"];
     all.extend(args);
@@ -891,8 +899,14 @@ fn agrees_with_binutils_addr2line_on_libc_from_its_debug_package() {
     let line_of = |s: &String| s.rsplit(':').next().unwrap_or("").to_owned();
     let mut explained = 0;
     let mut same_function_and_line = identical;
+    let mut in_padding = 0;
     for a in &differing {
         let (t, o) = (&theirs[a], &ours[a]);
+        // Padding after a function: addr2line names the previous symbol, lbrprof none.
+        if o.first().is_some_and(|f| f == "??") && padding(Path::new(&debug), *a) {
+            in_padding += 1;
+            continue;
+        }
         let file_only = t.len() == o.len()
             && t.iter()
                 .zip(o)
@@ -914,11 +928,12 @@ fn agrees_with_binutils_addr2line_on_libc_from_its_debug_package() {
     }
     eprintln!(
         "libc: {identical}/{n} identical; {same_function_and_line}/{n} same function and line; \
-         {explained} file-only differences where llvm-symbolizer agrees with lbrprof"
+         {explained} file-only differences where llvm-symbolizer agrees with lbrprof; \
+         {in_padding} in padding between functions"
     );
-    assert!(same_function_and_line * 100 >= n * 99);
+    assert!((same_function_and_line + in_padding) * 100 >= n * 99);
     if !llvm.is_empty() {
-        assert!((identical + explained) * 100 >= n * 99);
+        assert!((identical + explained + in_padding) * 100 >= n * 99);
     }
 }
 
@@ -975,8 +990,9 @@ fn text_syms_at(text: &str, addr: u64) -> Vec<&str> {
         .collect()
 }
 
-/// Every byte of the -O2 fixture's .text (inlined frames, discriminators, crt code,
-/// padding) gives exactly addr2line's output.
+/// Every byte of the -O2 fixture's .text (inlined frames, discriminators, crt code)
+/// gives exactly addr2line's output, except alignment padding between functions, which
+/// addr2line charges to the previous symbol and lbrprof to no function.
 #[test]
 fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
     if !have("gcc") || !have("addr2line") {
@@ -1004,9 +1020,20 @@ fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
         with_discriminator > 0,
         "the fixture should exercise discriminators"
     );
+    let mut padded = 0;
     for a in &addrs {
+        if ours[a] != theirs[a] && padding(&exe, *a) {
+            assert_eq!(ours[a][0], "??", "at {a:#x}");
+            padded += 1;
+            continue;
+        }
         assert_eq!(ours[a], theirs[a], "at {a:#x}");
     }
+    assert!(
+        padded < addrs.len() / 4,
+        "{padded} of {} in padding",
+        addrs.len()
+    );
 }
 
 /// Split DWARF packaged with `dwp` into `prog.dwp` (the .dwo files removed) still gives the
@@ -1044,4 +1071,124 @@ fn split_dwarf_from_a_dwp_package() {
         pair("outer", at("inline.c", "call_helper")),
     ];
     assert!(got.iter().any(|(_, f)| *f == chain), "{got:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Stripped files: PLT entries, MiniDebugInfo, unwind-table extents
+
+/// objdump's `<name@plt>` labels: (address, name).
+fn objdump_plt_labels(exe: &Path) -> Vec<(u64, String)> {
+    let out = Command::new("objdump").arg("-d").arg(exe).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.split_once(" <")?;
+            let name = rest.strip_suffix(">:")?;
+            name.ends_with("@plt")
+                .then(|| Some((u64::from_str_radix(addr, 16).ok()?, name.to_owned())))?
+        })
+        .collect()
+}
+
+/// PLT entries are named `name@plt` where objdump puts its labels, stripped or not: lazy
+/// `.plt`, `-z now`, `.plt.got` (`__cxa_finalize` in a PIE), IBT's `.plt.sec`, PIE and not.
+#[test]
+fn plt_entries_are_named_like_objdump() {
+    if !have("gcc") || !have("objdump") || !have("strip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let variants: [&[&str]; 4] = [
+        &["-O2", "-pie", "-fPIE"],
+        &["-O2", "-no-pie", "-fno-pie"],
+        &["-O2", "-Wl,-z,now"],
+        &["-O2", "-fcf-protection=full", "-Wl,-z,ibtplt"],
+    ];
+    for (i, flags) in variants.iter().enumerate() {
+        let exe = build_c(d, &format!("p{i}"), "inline.c", flags);
+        let stripped = d.join(format!("p{i}.stripped"));
+        sh(
+            d,
+            "strip",
+            &["-s", "-o", stripped.to_str().unwrap(), &format!("p{i}")],
+        );
+        let labels = objdump_plt_labels(&exe);
+        // atoi (strtol once inlined) at least, beside crt's __cxa_finalize.
+        assert!(
+            labels
+                .iter()
+                .any(|(_, n)| n.starts_with("strto") || n == "atoi@plt"),
+            "{flags:?}: {labels:?}"
+        );
+        for file in [&exe, &stripped] {
+            for (addr, name) in &labels {
+                let got = frames_of(file, &[], &[*addr, addr + 5]);
+                for (a, frames) in got {
+                    assert_eq!(&frames[0].0, name, "{flags:?} {} at {a:#x}", file.display());
+                }
+            }
+        }
+    }
+}
+
+/// A stripped binary carrying MiniDebugInfo (`.gnu_debugdata`, built the way Fedora
+/// does) names its local functions from it; a corrupt one is a warning, and the
+/// functions are still one extent each from the unwind tables.
+#[test]
+fn minidebuginfo_names_the_functions_of_a_stripped_binary() {
+    if !have("gcc") || !have("xz") || !have("objcopy") || !have("strip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = build_c(d, "prog", "inline.c", &["-O2", "-g"]);
+    let funcs = functions(&exe);
+    std::fs::write(d.join("keep"), "outer\nlocal_function\nmain\n").unwrap();
+    sh(d, "objcopy", &["--only-keep-debug", "prog", "mini"]);
+    sh(
+        d,
+        "objcopy",
+        &[
+            "-S",
+            "--remove-section",
+            ".comment",
+            "--keep-symbols=keep",
+            "mini",
+        ],
+    );
+    sh(d, "strip", &["--strip-all", "-R", ".comment", "prog"]);
+    sh(d, "xz", &["mini"]);
+    std::fs::copy(&exe, d.join("corrupt")).unwrap();
+    sh(
+        d,
+        "objcopy",
+        &["--add-section", ".gnu_debugdata=mini.xz", "prog"],
+    );
+    std::fs::write(d.join("garbage"), b"\xfd7zXZ\0 not really xz").unwrap();
+    sh(
+        d,
+        "objcopy",
+        &["--add-section", ".gnu_debugdata=garbage", "corrupt"],
+    );
+    let corrupt = d.join("corrupt");
+    for name in ["outer", "local_function", "main"] {
+        let (start, size) = funcs[name];
+        let addrs = [start, start + size - 1];
+        for (_, frames) in frames_of(&exe, &[], &addrs) {
+            assert_eq!(frames[0].0, name);
+        }
+        let unnamed = format!("corrupt+{start:#x}");
+        for (_, frames) in frames_of(&corrupt, &[], &addrs) {
+            assert_eq!(frames[0].0, unnamed);
+        }
+        let after = frames_of(&corrupt, &[], &[start + size]);
+        assert_ne!(after[0].1[0].0, unnamed);
+    }
+    let out = symbolize(&["-e", corrupt.to_str().unwrap(), "0"]);
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warnings.contains("ignoring the MiniDebugInfo (.gnu_debugdata)"),
+        "{warnings}"
+    );
 }

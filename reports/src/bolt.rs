@@ -11,7 +11,10 @@
 //! aggregator turns LBR traces into profile: each conditional branch inside a fall-through
 //! range was *not* taken, which is an edge from that branch to the next instruction
 //! (needs the module's code; ranges in unreadable code are counted and skipped).
-//! A side that is in no known function is written `0 [unknown] 0`.
+//! A side that is in no named function is written `0 [unknown] 0`: code known only by
+//! its extent (`module+0x<start>`, a stripped binary) has no name BOLT could match, and an
+//! offset is only ever written inside the extent of the function it names. What is left
+//! out that way is counted ([`BoltStats`]) for a warning.
 //!
 //! Without branch stacks the `no_lbr` form is written: a `no_lbr <event>` line, then
 //! `1 <function> <offset hex> <count>` per sampled instruction.
@@ -35,18 +38,24 @@ pub struct BoltStats {
     pub fallthrough_lines: usize,
     /// Edges with neither side in a known function.
     pub skipped_edges: u64,
-    /// Fall-through ranges whose code could not be read or decoded.
+    /// Fall-through ranges whose code could not be read or decoded, or that leave the
+    /// function they start in.
     pub skipped_ranges: u64,
+    /// Branch ends (counted by branch) and, without branch stacks, samples in code with
+    /// no function name: left out (written `[unknown]`).
+    pub unnamed: u64,
 }
 
-/// `(function, offset in it)` of a location, when it is in a known function. Function names cannot contain spaces in fdata.
+/// `(function, offset in it)` of a location, when it is in a named function and the
+/// offset is inside that function's extent. Function names cannot contain spaces in fdata.
 fn side(syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
     let s = syms.get(l)?;
-    let f = s.function.as_ref()?;
-    Some((
-        f.replace(char::is_whitespace, "_"),
-        s.function_offset.unwrap_or(0),
-    ))
+    let f = s.function.as_ref().filter(|_| !s.unnamed)?;
+    let offset = s.function_offset.unwrap_or(0);
+    if s.function_size.is_some_and(|size| offset >= size) {
+        return None;
+    }
+    Some((f.replace(char::is_whitespace, "_"), offset))
 }
 
 fn fmt_side(s: &Option<(String, u64)>) -> String {
@@ -70,21 +79,21 @@ pub fn write_fdata(
 ) -> io::Result<BoltStats> {
     let modules = &profile.spaces.modules;
     let mut stats = BoltStats::default();
-    let side = |syms: &SymbolTable, l: &Loc| {
-        if !binaries.is_empty() {
-            let m = modules.get(l.module);
-            if !binaries.iter().any(|b| *b == m.path || b == m.short_name()) {
-                return None;
-            }
-        }
-        side(syms, l)
+    let wanted = |l: &Loc| {
+        let m = modules.get(l.module);
+        binaries.is_empty() || binaries.iter().any(|b| *b == m.path || b == m.short_name())
     };
+    let side = |syms: &SymbolTable, l: &Loc| if wanted(l) { side(syms, l) } else { None };
+    // In the binaries asked for, but with no name to give BOLT.
+    let unnamed = |syms: &SymbolTable, l: &Loc| wanted(l) && side(syms, l).is_none();
     if profile.edges.is_empty() {
         stats.no_lbr = true;
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
         for (l, c) in &profile.ips {
             if let Some(s) = side(syms, l) {
                 *lines.entry(format!("1 {} {:x}", s.0, s.1)).or_default() += c.samples;
+            } else if unnamed(syms, l) {
+                stats.unnamed += c.samples;
             }
         }
         writeln!(w, "no_lbr {}", event.replace(char::is_whitespace, "_"))?;
@@ -98,6 +107,11 @@ pub fn write_fdata(
     let mut lines: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for ((from, to), e) in &profile.edges {
         let (f, t) = (side(syms, from), side(syms, to));
+        for l in [from, to] {
+            if unnamed(syms, l) {
+                stats.unnamed += e.count;
+            }
+        }
         if f.is_none() && t.is_none() {
             stats.skipped_edges += 1;
             continue;
@@ -115,6 +129,11 @@ pub fn write_fdata(
             stats.skipped_ranges += 1;
             continue;
         };
+        // The range must end in the function it starts in.
+        if side(syms, end).is_none_or(|(f, off)| f != func || off < start_off) {
+            stats.skipped_ranges += 1;
+            continue;
+        }
         let Some(conds) = code.not_taken_conditionals(modules, *start, *end) else {
             stats.skipped_ranges += 1;
             continue;
@@ -230,6 +249,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!((stats.branch_lines, stats.skipped_edges), (0, 2));
+    }
+
+    /// `f` is 0x40 bytes at 0x0; the code from 0x100 on is known only by its extent.
+    struct Stripped;
+    impl SymbolSource for Stripped {
+        fn symbolize(&self, _m: &Module, offs: &[u64]) -> Vec<Sym> {
+            offs.iter()
+                .map(|&o| match o {
+                    0..0x40 => Sym {
+                        function: Some("f".into()),
+                        function_offset: Some(o),
+                        function_size: Some(0x40),
+                        ..Sym::default()
+                    },
+                    0x100.. => Sym {
+                        function: Some("w+0x100".into()),
+                        function_offset: Some(o - 0x100),
+                        function_size: Some(0x100),
+                        unnamed: true,
+                        ..Sym::default()
+                    },
+                    // Claims an offset past the function's end: never written.
+                    _ => Sym {
+                        function: Some("f".into()),
+                        function_offset: Some(o),
+                        function_size: Some(0x40),
+                        ..Sym::default()
+                    },
+                })
+                .collect()
+        }
+    }
+
+    /// Unnamed code is written `[unknown]` and counted; no offset is ever written past
+    /// the end of the function it names.
+    #[test]
+    fn unnamed_code_and_offsets_outside_the_function_are_left_out() {
+        let p = agg(true);
+        let syms = SymbolTable::build(&p, &Stripped);
+        let mut out = Vec::new();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // 0x1020 -> 0x1100 (f+0x20 -> unnamed) and 0x1180 -> 0x1010 (unnamed -> f+0x10).
+        assert_eq!(text, "0 [unknown] 0 1 f 10 0 3\n1 f 20 0 [unknown] 0 1 3\n");
+        assert_eq!(stats.unnamed, 6);
+        let p = agg(false);
+        let mut out = Vec::new();
+        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "no_lbr c\n1 f 10 3\n");
+        assert_eq!(stats.unnamed, 0);
     }
 
     #[test]

@@ -99,6 +99,15 @@ fn header_lines(r: &Report) -> Vec<String> {
     for n in &m.notes {
         v.push(format!("note:     {n}"));
     }
+    for u in &m.unnamed {
+        v.push(format!(
+            "unnamed:  {} samples ({:.1}%) in {} code with no function name: {}",
+            u.samples,
+            u.pct,
+            u.module,
+            u.hint()
+        ));
+    }
     for w in &m.warnings {
         v.push(format!("warning:  {w}"));
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Profile;
 use crate::decode::{AVG_INSN_BYTES, CodeReader};
-use crate::loc::{Loc, ModuleTable};
+use crate::loc::{Loc, ModuleKind, ModuleTable};
 use crate::symbols::SymbolTable;
 
 /// How rows are ordered.
@@ -181,6 +181,87 @@ pub struct Meta {
     pub notes: Vec<String>,
     /// Problems found while reading or symbolizing.
     pub warnings: Vec<String>,
+    /// Samples in code no symbol names (functions known only by their extent, shown as
+    /// `module+0x<start>`, and code in no known function), per module, most first.
+    #[serde(default)]
+    pub unnamed: Vec<UnnamedCode>,
+}
+
+/// Samples that fell in one module's code with no function name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnnamedCode {
+    /// The module's path.
+    pub module: String,
+    pub samples: u64,
+    /// Share of all samples.
+    pub pct: f64,
+    /// Where `--debug-dir DIR` would find the module's debug file: `.build-id/xx/rest.debug`
+    /// under DIR (from the recorded build-id).
+    pub debug_file: Option<String>,
+    /// The distribution package that ships the module, if known (its debug package
+    /// names the code); filled in by the caller, which may ask the package manager.
+    pub package: Option<String>,
+    /// The module file is not where it was recorded (nothing could be read from it).
+    #[serde(default)]
+    pub missing: bool,
+}
+
+impl UnnamedCode {
+    /// What would name the code, for the user.
+    pub fn hint(&self) -> String {
+        if self.missing {
+            return "the file is not here: pass --symfs DIR with a copy of it".to_owned();
+        }
+        let install = match &self.package {
+            Some(p) => format!("install {p}-dbgsym"),
+            None => "install its debug package".to_owned(),
+        };
+        match &self.debug_file {
+            Some(f) => format!("{install}, or pass --debug-dir DIR with DIR/{f}"),
+            None => format!("{install}, or pass --debug-dir DIR with its debug file"),
+        }
+    }
+}
+
+/// Samples whose instruction is in a function with no name, per file-backed module.
+fn unnamed_code(profile: &Profile, syms: &SymbolTable) -> Vec<UnnamedCode> {
+    let modules = &profile.spaces.modules;
+    let mut per_module: HashMap<crate::loc::ModuleId, u64> = HashMap::new();
+    for (l, c) in &profile.ips {
+        let m = modules.get(l.module);
+        if !matches!(m.kind, ModuleKind::File | ModuleKind::Guest)
+            || l.module == ModuleTable::GUEST_ROOT
+        {
+            continue;
+        }
+        let named = syms
+            .get(l)
+            .is_some_and(|s| s.function.is_some() && !s.unnamed);
+        if !named {
+            *per_module.entry(l.module).or_default() += c.samples;
+        }
+    }
+    let mut out: Vec<UnnamedCode> = per_module
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, samples)| {
+            let m = modules.get(id);
+            let debug_file = m.build_id.as_deref().filter(|id| id.len() >= 2).map(|id| {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                format!(".build-id/{}/{}.debug", &hex[..2], &hex[2..])
+            });
+            UnnamedCode {
+                module: m.path.clone(),
+                samples,
+                pct: pct(samples, profile.totals.samples),
+                debug_file,
+                package: None,
+                missing: !std::path::Path::new(&m.path).is_file(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.module.cmp(&b.module)));
+    out
 }
 
 /// The complete, named and sorted report.
@@ -437,6 +518,7 @@ pub fn build(
             range_method: range_method.to_owned(),
             notes,
             warnings,
+            unnamed: unnamed_code(profile, syms),
         },
         processes,
         functions,

@@ -27,6 +27,10 @@ pub struct Sym {
     pub function: Option<String>,
     /// Offset of the location from the start of `function`.
     pub function_offset: Option<u64>,
+    /// Size of `function`'s extent, when known (`function_offset` is always below it).
+    pub function_size: Option<u64>,
+    /// The function is known only by its extent: `function` is `<module>+0x<start>`.
+    pub unnamed: bool,
     pub file: Option<String>,
     pub line: Option<u32>,
 }
@@ -85,6 +89,8 @@ fn to_sym(s: lbrprof_symbolizer::Symbolized) -> Sym {
     Sym {
         function: outer.and_then(|f| f.function.clone()),
         function_offset: outer.and_then(|f| f.function_offset),
+        function_size: outer.and_then(|f| f.function_size),
+        unnamed: outer.is_some_and(|f| f.unnamed),
         file: inner.and_then(|f| f.file.clone()),
         line: inner.and_then(|f| f.line),
     }
@@ -183,6 +189,8 @@ impl SymbolTable {
                 if s.function.is_none() {
                     s.function = full.function;
                     s.function_offset = full.function_offset;
+                    s.function_size = full.function_size;
+                    s.unnamed = full.unnamed;
                 }
                 s.file = full.file;
                 s.line = full.line;
@@ -318,6 +326,7 @@ mod tests {
                     function_offset: Some(o % 0x100),
                     file: Some(format!("{}.c", m.path)),
                     line: Some(o as u32),
+                    ..Sym::default()
                 })
                 .collect()
         }

@@ -40,6 +40,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .and_then(|s| out.flush().map(|()| s))
     .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if stats.unnamed > 0 {
+        eprintln!(
+            "lbrprof: warning: {} {} in code with no function name (stripped, no symbols) left out of the profile as [unknown]; install the debug package or pass --debug-dir to name them",
+            stats.unnamed,
+            if stats.no_lbr {
+                "samples"
+            } else {
+                "branch ends"
+            }
+        );
+    }
     if stats.no_lbr {
         eprintln!(
             "lbrprof: wrote {} ({} no_lbr sample lines: the recording has no branch stacks)",

@@ -497,6 +497,38 @@ pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
     })
 }
 
+/// The Debian package that ships `path` (`dpkg-query -S`), tried as recorded and through
+/// symlinks and the merged-/usr aliases; `None` off Debian or for unpackaged files.
+fn debian_package(path: &Path) -> Option<String> {
+    let mut candidates = vec![path.to_path_buf()];
+    if let Ok(real) = path.canonicalize() {
+        candidates.push(real);
+    }
+    for c in candidates.clone() {
+        match c.strip_prefix("/usr") {
+            Ok(rest) => candidates.push(Path::new("/").join(rest)),
+            Err(_) => candidates.push(Path::new("/usr").join(c.strip_prefix("/").ok()?)),
+        }
+    }
+    candidates.iter().find_map(|c| {
+        let out = std::process::Command::new("dpkg-query")
+            .arg("-S")
+            .arg(c)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        // `pkg:arch: /path` (or `pkg: /path`); a diversion line has no package.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| !l.starts_with("diversion"))?;
+        let pkg = line.split(": ").next()?;
+        let pkg = pkg.split(':').next()?.split(',').next()?.trim();
+        (!pkg.is_empty()).then(|| pkg.to_owned())
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(args.percent_limit >= 0.0 && args.percent_limit <= 100.0) {
         anyhow::bail!("--percent-limit must be between 0 and 100");
@@ -540,6 +572,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         &mut code,
     );
+    if args.input.no_symbols {
+        // Nothing was looked up: no code is "unnamed" for want of a debug package.
+        rep.meta.unnamed.clear();
+    }
+    for u in rep.meta.unnamed.iter_mut().filter(|u| !u.missing) {
+        u.package = debian_package(Path::new(&u.module));
+    }
     rep.sort(args.sort.into());
     rep.truncate(args.limit, args.percent_limit);
     // Lines only for the places shown.

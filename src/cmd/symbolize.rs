@@ -244,6 +244,8 @@ fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
     FrameRef {
         function: f.function.as_deref(),
         function_offset: f.function_offset,
+        function_size: f.function_size,
+        unnamed: f.unnamed,
         file: f.file.as_deref(),
         line: f.line,
         discriminator: None,

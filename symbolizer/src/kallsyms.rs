@@ -106,8 +106,7 @@ impl Kallsyms {
             frames: vec![SymFrame {
                 function: Some(name),
                 function_offset: Some(addr - start),
-                file: None,
-                line: None,
+                ..SymFrame::default()
             }],
         }
     }

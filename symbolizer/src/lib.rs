@@ -24,15 +24,26 @@
 //!   build-id in `--debug-dir`s, perf's `~/.debug` and debuginfod's cache.
 //! * Demangling of Rust (legacy and v0) and C++ names.
 //!
+//! # Function extents
+//! A symbol covers `[start, start + size)` and nothing more: an address no function
+//! contains is unknown, never charged to the symbol before it. Code without symbols still
+//! has extents: `.eh_frame` FDEs (every x86-64 binary carries them, stripped or not) and
+//! MiniDebugInfo (`.gnu_debugdata`, an xz-compressed symbol table) give them; such a
+//! function is named `<module file name>+0x<start>` with its start as an SVMA (what
+//! `objdump --start-address` takes), flagged [`SymFrame::unnamed`]. PLT entries are named
+//! `name@plt`. Of several symbols at one address the public, global name is shown (over
+//! weak and local ones and glibc's `__GI_`/`__libc_` aliases), the same in every output.
+//!
 //! # Compatibility with binutils
 //! Results are meant to be diffable with `addr2line -f -i -C`: the same function names
-//! (DWARF names completed from the symbol table; aliases at one address chosen as binutils
-//! chooses), the same paths (including its doubling of relative DWARF 5 comp dirs), the
-//! `STT_FILE` name as the file of line-less local functions, and alignment padding
-//! attributed to the preceding function, line discriminators (through
-//! [`Symbolizer::visit_svma`]). Known difference: where binutils 2.40 mis-resolves DWARF 5
-//! lines from included files we print the included file (as llvm-symbolizer does).
-//!
+//! where DWARF names them (completed from the symbol table), the same paths (including
+//! its doubling of relative DWARF 5 comp dirs), the `STT_FILE` name as the file of
+//! line-less local functions, line discriminators (through [`Symbolizer::visit_svma`]).
+//! Known differences: where binutils 2.40 mis-resolves DWARF 5 lines from included files
+//! we print the included file (as llvm-symbolizer does); alignment padding between
+//! functions, which binutils charges to the previous symbol, is in no function here; of
+//! aliases, binutils may print an internal one (`__GI_chroot`) where we print `chroot`.
+
 //! # Performance
 //! A batch is looked up in address order, each distinct address once, so units, functions
 //! and line tables are walked in order; rendered names and paths are interned per module.
@@ -53,6 +64,7 @@ mod error;
 mod kallsyms;
 mod maps;
 mod module;
+mod symtab;
 mod types;
 mod vdso;
 

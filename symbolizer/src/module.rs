@@ -19,25 +19,11 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 use crate::arena::Arena;
 use crate::debuginfo;
 use crate::error::{ModuleError, hex};
+use crate::symtab::{Binding, Candidate, Function, SymbolTable};
 use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
 
 /// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
 type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
-
-/// A symbol-table entry (functions only), covering `addr..end` (never empty).
-///
-/// Like binutils, a symbol covers everything up to the next symbol or the end of its
-/// section, so alignment padding after a function is attributed to it; its own size only
-/// decides which of several symbols at one address is kept.
-#[derive(Clone, Copy, Debug)]
-struct Sym {
-    addr: u64,
-    end: u64,
-    size: u64,
-    name: &'static str,
-    /// The `STT_FILE` symbol that scopes a local symbol (the source or codegen unit).
-    file: Option<&'static str>,
-}
 
 /// What an interned string was rendered from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -46,6 +32,9 @@ enum Rendered {
     SymbolName,
     Path,
     Raw,
+    /// A function known only by its extent: `<module>+0x<start>` (the key's address is
+    /// the start, its length 0).
+    Extent,
 }
 
 /// Rendered strings, each stored once, found by the address and length of the raw bytes
@@ -66,6 +55,8 @@ impl Interner {
         FrameRef {
             function: self.get(f.function),
             function_offset: f.function_offset,
+            function_size: f.function_size,
+            unnamed: f.unnamed,
             file: self.get(f.file),
             line: f.line,
             discriminator: f.discriminator,
@@ -78,6 +69,8 @@ impl Interner {
 struct RawFrame {
     function: Option<u32>,
     function_offset: Option<u64>,
+    function_size: Option<u64>,
+    unnamed: bool,
     file: Option<u32>,
     line: Option<u32>,
     discriminator: Option<u32>,
@@ -89,6 +82,8 @@ struct RawFrame {
 pub struct FrameRef<'a> {
     pub function: Option<&'a str>,
     pub function_offset: Option<u64>,
+    pub function_size: Option<u64>,
+    pub unnamed: bool,
     pub file: Option<&'a str>,
     pub line: Option<u32>,
     /// The DWARF discriminator of the address's line row, when not 0. Like binutils, it is
@@ -102,6 +97,8 @@ impl FrameRef<'_> {
         SymFrame {
             function: self.function.map(str::to_owned),
             function_offset: self.function_offset,
+            function_size: self.function_size,
+            unnamed: self.unnamed,
             file: self.file.map(str::to_owned),
             line: self.line,
         }
@@ -131,9 +128,10 @@ pub struct Module {
     /// Relative `DW_AT_comp_dir`s of DWARF 5 units, built on first need (see
     /// [`Module::binutils_path`]).
     relative_comp_dirs: OnceLock<Vec<String>>,
-    symbols: Vec<Sym>,
-    /// `symbols[i].addr`, apart so the binary search touches fewer cache lines.
-    symbol_addrs: Vec<u64>,
+    /// Function extents from the symbol tables, PLT and unwind tables.
+    symbols: SymbolTable,
+    /// How functions known only by their extent are named: `<this>+0x<start>`.
+    short_name: String,
     /// Names and paths already rendered (demangling dominates lookups otherwise).
     interner: RefCell<Interner>,
     /// Per compilation unit (by `.debug_info` offset), its line rows' (address,
@@ -148,7 +146,8 @@ pub struct Module {
     inlines: bool,
     /// The `--debug-dir`s, for dwz supplementary files met when the DWARF is loaded.
     debug_dirs: Vec<PathBuf>,
-    /// Whether `symbols` has a full symbol table's functions, not only dynamic ones.
+    /// Whether `symbols` has a full symbol table's functions (`.symtab`, a debug file's
+    /// or MiniDebugInfo's), not only dynamic ones.
     full_symtab: bool,
     /// Shown when the DWARF turns out to be unusable: what the module falls back to.
     no_dwarf_warning: Option<String>,
@@ -203,7 +202,14 @@ impl Module {
             let arena = Arena::default();
             // SAFETY: as in `open_path`, the slice only lives inside the module owning `arena`.
             let data = unsafe { arena.keep(bytes) };
-            return Self::from_data(&key.path, key.build_id.as_deref(), data, arena, opts);
+            return Self::from_data(
+                &key.path,
+                &key.path,
+                key.build_id.as_deref(),
+                data,
+                arena,
+                opts,
+            );
         }
         let first = Self::open_path(&key.path, key, opts);
         let Some(build_id) = &key.build_id else {
@@ -243,7 +249,7 @@ impl Module {
         // SAFETY: every slice taken from `data` ends up in the returned `Module`, which owns
         // `arena` and drops it last (field order).
         let data = unsafe { arena.map(&file) }.map_err(open_err)?;
-        Self::from_data(path, key.build_id.as_deref(), data, arena, opts)
+        Self::from_data(path, &key.path, key.build_id.as_deref(), data, arena, opts)
     }
 
     /// Builds a module from the bytes of an ELF file (tests, fuzzing, images in memory).
@@ -255,11 +261,14 @@ impl Module {
         let arena = Arena::default();
         // SAFETY: as in `open`, the slice only lives inside the module owning `arena`.
         let data = unsafe { arena.keep(bytes) };
-        Self::from_data(name, None, data, arena, opts)
+        Self::from_data(name, name, None, data, arena, opts)
     }
 
+    /// `path` is the file read; `recorded` the module's path as recorded (it names
+    /// unnamed functions, so a copy found in a build-id cache names them the same).
     fn from_data(
         path: &Path,
+        recorded: &Path,
         recorded_build_id: Option<&[u8]>,
         data: &'static [u8],
         arena: Arena,
@@ -295,8 +304,8 @@ impl Module {
 
         let with_dwarf = has_dwarf(dwarf_obj);
 
-        // Full symbol table first (the file's own, or the debug file's when the file is
-        // stripped), then the dynamic one: the order decides between aliases.
+        // The full symbol table (the file's own, the debug file's when the file is
+        // stripped, or MiniDebugInfo's), the dynamic one, PLT entries and unwind extents.
         let mut symbols = Vec::new();
         match &debug_obj {
             Some(d) if obj.section_by_name(".symtab").is_none() => {
@@ -304,13 +313,21 @@ impl Module {
             }
             _ => collect_from(&obj, obj.symbols(), &mut symbols),
         }
+        if symbols.is_empty()
+            && let Some(mini) = mini_debuginfo(path, &obj, &arena, &mut warnings)
+        {
+            collect_from(&mini, mini.symbols(), &mut symbols);
+        }
         let full_symtab = !symbols.is_empty();
         collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
-        let symbols = sort_symbols(symbols);
+        collect_plt(&obj, &arena, &mut symbols);
+        let has_names = !symbols.is_empty();
+        collect_unwind_extents(&obj, &mut symbols);
+        let symbols = SymbolTable::new(symbols);
 
         // What to say when there are no usable lines: now when there is no DWARF, else if
         // loading it fails.
-        let no_dwarf_warning = if symbols.is_empty() {
+        let no_dwarf_warning = if !has_names {
             Some(format!(
                 "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
                 path.display()
@@ -351,8 +368,12 @@ impl Module {
                 dwarf_state: OnceLock::new(),
                 dwarf_obj,
                 relative_comp_dirs: Default::default(),
-                symbol_addrs: symbols.iter().map(|s| s.addr).collect(),
                 symbols,
+                short_name: recorded
+                    .file_name()
+                    .unwrap_or(recorded.as_os_str())
+                    .to_string_lossy()
+                    .into_owned(),
                 interner: RefCell::default(),
                 discriminators: RefCell::default(),
                 segments,
@@ -438,16 +459,12 @@ impl Module {
             return Symbolized::unknown();
         };
         let mut raw = Vec::new();
-        if let Some(sym) = self.symbol_at(svma.0) {
-            raw.push(RawFrame {
-                function: self.symbol_name(sym.name),
-                function_offset: Some(svma.0 - sym.addr),
-                ..RawFrame::default()
-            });
-        } else if self.dwarf_obj.is_some() && !self.full_symtab {
+        let func = self.symbols.lookup(svma.0).copied();
+        if self.dwarf_obj.is_some() && !self.full_symtab && func.is_none_or(|f| f.name.is_none()) {
             // Only the dynamic symbols (a stripped file whose DWARF is elsewhere but has
             // no symbol table there either): the DWARF may know the function. With a full
-            // symbol table an uncovered address is padding or a stub, unknown either way.
+            // symbol table an address no symbol names is padding or a stub, and the DWARF
+            // knows no more.
             self.lookup(svma, &mut raw, false);
             // Only the containing function: lines are not asked for.
             if let Some(outer) = raw.pop() {
@@ -458,6 +475,11 @@ impl Module {
                     ..outer
                 });
             }
+        } else if let Some(f) = func {
+            raw.push(RawFrame {
+                file: None,
+                ..self.function_frame(&f, svma.0)
+            });
         }
         let strings = self.interner.borrow();
         Symbolized {
@@ -518,7 +540,7 @@ impl Module {
     /// row's discriminator if asked.
     fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>, discriminator: bool) {
         let start = out.len();
-        let sym = self.symbol_at(svma.0);
+        let func = self.symbols.lookup(svma.0).copied();
         if let Err(e) = self.dwarf_frames(svma.0, out) {
             out.truncate(start);
             self.report_dwarf_error(e);
@@ -531,27 +553,61 @@ impl Module {
                 f.discriminator = Some(d);
             }
         }
-        let Some(sym) = sym else {
+        let Some(func) = func else {
             return;
         };
-        let name = self.symbol_name(sym.name);
-        if out.len() == start {
-            let file = sym.file.and_then(|f| {
-                self.intern(Rendered::Raw, f.as_bytes(), || Ok(f.to_owned()))
-                    .ok()
-            });
-            out.push(RawFrame {
-                function: name,
-                file,
-                ..RawFrame::default()
-            });
-        }
-        if let Some(last) = out.last_mut() {
-            if last.function.is_none() {
-                last.function = name;
+        let sym = self.function_frame(&func, svma.0);
+        match out[start..].last_mut() {
+            None => out.push(sym),
+            Some(last) => {
+                // The DWARF's name for the containing function, else the symbol's.
+                if last.function.is_none() {
+                    last.function = sym.function;
+                    last.unnamed = sym.unnamed;
+                }
+                last.function_offset = sym.function_offset;
+                last.function_size = sym.function_size;
             }
-            last.function_offset = Some(svma.0 - sym.addr);
         }
+    }
+
+    /// The frame of `addr` in `func` from the symbol table alone: its name (or
+    /// `<module>+0x<start>`), the offset in it and its size; for a local function, its
+    /// `STT_FILE` name as the file.
+    fn function_frame(&self, func: &Function, addr: u64) -> RawFrame {
+        let function = match func.name {
+            Some(name) => self.symbol_name(name),
+            None => self.extent_name(func.start),
+        };
+        let file = func.file.and_then(|f| {
+            self.intern(Rendered::Raw, f.as_bytes(), || Ok(f.to_owned()))
+                .ok()
+        });
+        RawFrame {
+            function,
+            function_offset: Some(addr - func.start),
+            function_size: Some(func.end - func.start),
+            unnamed: func.name.is_none(),
+            file,
+            ..RawFrame::default()
+        }
+    }
+
+    /// `<module>+0x<start>`: the name of a function known only by its extent (`start` is
+    /// its SVMA, so `objdump --start-address` finds it).
+    fn extent_name(&self, start: u64) -> Option<u32> {
+        // Keyed by the start as a dangling, zero-length "slice": never a real one.
+        let key = (start as usize, 0, Rendered::Extent);
+        if let Some(id) = self.interner.borrow().index.get(&key) {
+            return Some(*id);
+        }
+        let mut interner = self.interner.borrow_mut();
+        let id = u32::try_from(interner.strings.len()).ok()?;
+        interner
+            .strings
+            .push(format!("{}+{start:#x}", self.short_name).into_boxed_str());
+        interner.index.insert(key, id);
+        Some(id)
     }
 
     /// Warnings raised by lookups since the last call.
@@ -633,12 +689,6 @@ impl Module {
             })
         })
         .ok()
-    }
-
-    fn symbol_at(&self, addr: u64) -> Option<Sym> {
-        let i = self.symbol_addrs.partition_point(|a| *a <= addr);
-        let sym = *self.symbols.get(i.checked_sub(1)?)?;
-        (addr < sym.end).then_some(sym)
     }
 
     /// The non-zero discriminator of the line row covering `probe` (the row addr2line's
@@ -731,10 +781,9 @@ impl Module {
                 };
             out.push(RawFrame {
                 function,
-                function_offset: None,
                 file,
                 line,
-                discriminator: None,
+                ..RawFrame::default()
             });
             if !self.inlines {
                 // As `addr2line -f` without `-i`: the innermost function at the
@@ -1030,9 +1079,6 @@ fn load_dwp(
     }
 }
 
-/// Function symbols of one symbol table, in table order. A local function also gets the
-/// name of the `STT_FILE` symbol before it, as binutils reports that file when there are no
-/// lines.
 /// A symbol-table name demangled the way binutils' `-C` does it: only names carrying a
 /// mangling prefix (`_Z` Itanium C++ and legacy Rust, `_R` Rust v0) are touched. The
 /// symbol table does not say the language, and without a prefix a short C name is also a
@@ -1046,10 +1092,13 @@ fn demangle_symbol(raw: &str) -> String {
     }
 }
 
+/// Function symbols of one symbol table, as candidates for [`SymbolTable`]. A local
+/// function also gets the name of the `STT_FILE` symbol before it, as binutils reports
+/// that file when there are no lines.
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
-    out: &mut Vec<Sym>,
+    out: &mut Vec<Candidate>,
 ) {
     let mut file: Option<&'static str> = None;
     // binutils' rule: a global symbol only inherits the file if no STT_FILE symbol came
@@ -1071,39 +1120,216 @@ fn collect_from<'a>(
         if name.is_empty() {
             continue;
         }
-        let section_end = s
+        // How far a symbol without a size may reach: the end of its section.
+        let limit = s
             .section_index()
             .and_then(|i| obj.section_by_index(i).ok())
-            .map(|sec| sec.address().saturating_add(sec.size()));
-        let end = match section_end {
-            Some(end) => end,
-            None => s.address().saturating_add(s.size()),
+            .map_or(0, |sec| sec.address().saturating_add(sec.size()));
+        let binding = if s.is_weak() {
+            Binding::Weak
+        } else if s.is_local() {
+            Binding::Local
+        } else {
+            Binding::Global
         };
-        if end <= s.address() {
-            continue;
-        }
-        out.push(Sym {
+        out.push(Candidate {
             addr: s.address(),
-            end,
             size: s.size(),
-            name,
+            limit,
+            name: Some(name),
+            binding,
             file: file.filter(|_| s.is_local() || !file_after_symbol),
         });
     }
 }
 
-/// Sorts by address and keeps one symbol per address: the largest, and among equal sizes
-/// the first in symbol-table order (`.symtab` before `.dynsym`), as binutils chooses (so a
-/// local alias such as `__GI_chroot` wins over `chroot`, like in `addr2line`).
-fn sort_symbols(mut syms: Vec<Sym>) -> Vec<Sym> {
-    // Stable: equal keys keep collection order.
-    syms.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
-    syms.dedup_by_key(|s| s.addr);
-    let next_starts: Vec<u64> = syms.iter().skip(1).map(|s| s.addr).collect();
-    for (sym, next) in syms.iter_mut().zip(next_starts) {
-        sym.end = sym.end.min(next);
+/// Most bytes a MiniDebugInfo section may expand to, per compressed byte (xz's best
+/// ratios on symbol tables are far below) and in all.
+const MAX_XZ_RATIO: usize = 1 << 10;
+const MAX_XZ_SIZE: usize = 1 << 30;
+
+/// A `Write` that refuses to grow past a limit (bounds what a hostile xz stream makes).
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("decompressed size over the limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
     }
-    syms
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The ELF file in `.gnu_debugdata` (MiniDebugInfo: an xz-compressed symbol table of the
+/// functions `.dynsym` leaves out, as Fedora and others ship it), when there is one.
+fn mini_debuginfo(
+    path: &Path,
+    obj: &object::File<'static>,
+    arena: &Arena,
+    warnings: &mut Vec<String>,
+) -> Option<object::File<'static>> {
+    let data = obj.section_by_name(".gnu_debugdata")?.data().ok()?;
+    let mut out = Bounded {
+        out: Vec::new(),
+        limit: data
+            .len()
+            .saturating_mul(MAX_XZ_RATIO)
+            .clamp(1 << 20, MAX_XZ_SIZE),
+    };
+    let parsed = lzma_rs::xz_decompress(&mut &data[..], &mut out)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            // SAFETY: the slice lives in the module's arena and only inside that module.
+            let bytes = unsafe { arena.keep(out.out) };
+            object::File::parse(bytes).map_err(|e| e.to_string())
+        });
+    match parsed {
+        Ok(mini) => Some(mini),
+        Err(e) => {
+            warnings.push(format!(
+                "ignoring the MiniDebugInfo (.gnu_debugdata) of {}: {e}",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// `name@plt` for each PLT entry (`.plt`, `.plt.sec`, `.plt.got`) of an x86-64 file, as
+/// perf and objdump name them: each entry jumps through a GOT slot (`jmp *disp(%rip)`,
+/// optionally after `endbr64` and with a `bnd` prefix), and the dynamic relocation of that
+/// slot names the function. Decoding the stubs, rather than counting entries, also works
+/// for `-z now`, `.plt.got` and linkers that order entries differently.
+fn collect_plt(obj: &object::File<'static>, arena: &Arena, out: &mut Vec<Candidate>) {
+    use object::{ObjectSymbolTable, RelocationTarget};
+    if obj.architecture() != object::Architecture::X86_64 {
+        return;
+    }
+    let (Some(relocs), Some(dynsyms)) = (obj.dynamic_relocations(), obj.dynamic_symbol_table())
+    else {
+        return;
+    };
+    let mut slots: HashMap<u64, &'static str> = HashMap::new();
+    for (slot, reloc) in relocs {
+        if let RelocationTarget::Symbol(index) = reloc.target()
+            && let Ok(sym) = dynsyms.symbol_by_index(index)
+            && let Ok(name) = sym.name()
+            && !name.is_empty()
+        {
+            slots.insert(slot, name);
+        }
+    }
+    if slots.is_empty() {
+        return;
+    }
+    for section in [".plt", ".plt.sec", ".plt.got"] {
+        let Some(sec) = obj.section_by_name(section) else {
+            continue;
+        };
+        let Ok(data) = sec.data() else { continue };
+        // IBT entries (starting with endbr64) are 16 bytes; lazy `.plt` entries are 16
+        // bytes too; `.plt.got` entries without IBT are 8.
+        let endbr64 = data.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]);
+        let stride = if section == ".plt.got" && !endbr64 {
+            8
+        } else {
+            16
+        };
+        for (i, entry) in data.chunks(stride).enumerate() {
+            let entry_addr = sec.address().wrapping_add((i * stride) as u64);
+            let Some(at) = entry.windows(6).position(|w| w[0] == 0xff && w[1] == 0x25) else {
+                continue;
+            };
+            let disp =
+                i32::from_le_bytes([entry[at + 2], entry[at + 3], entry[at + 4], entry[at + 5]]);
+            let next = entry_addr.wrapping_add(at as u64 + 6);
+            let slot = next.wrapping_add_signed(i64::from(disp));
+            if let Some(name) = slots.get(&slot)
+                // SAFETY: the slice lives in the module's arena and only inside that module.
+                && let Ok(name) = std::str::from_utf8(unsafe { arena.keep(format!("{name}@plt").into_bytes()) })
+            {
+                out.push(Candidate {
+                    addr: entry_addr,
+                    size: stride as u64,
+                    limit: entry_addr.saturating_add(stride as u64),
+                    name: Some(name),
+                    binding: Binding::Global,
+                    file: None,
+                });
+            }
+        }
+    }
+}
+
+/// Function extents from the unwind tables (`.eh_frame` FDEs), which every x86-64 binary
+/// carries, stripped or not: where no symbol names the code, these still say where each
+/// function begins and ends. Only extents in executable segments count; a malformed table
+/// ends the walk (what was read so far is kept).
+fn collect_unwind_extents(obj: &object::File<'static>, out: &mut Vec<Candidate>) {
+    use gimli::UnwindSection;
+    let Some(sec) = obj.section_by_name(".eh_frame") else {
+        return;
+    };
+    let Ok(data) = sec.data() else { return };
+    if data.is_empty() {
+        return;
+    }
+    let exec: Vec<(u64, u64)> = obj
+        .segments()
+        .filter(|s| match s.flags() {
+            object::SegmentFlags::Elf { p_flags, .. } => p_flags.contains(object::elf::PF_X),
+            _ => false,
+        })
+        .map(|s| (s.address(), s.address().saturating_add(s.size())))
+        .collect();
+    let mut eh = gimli::EhFrame::new(data, endianness(obj));
+    eh.set_address_size(if obj.is_64() { 8 } else { 4 });
+    let addr_of = |name: &str| obj.section_by_name(name).map(|s| s.address());
+    let mut bases = gimli::BaseAddresses::default().set_eh_frame(sec.address());
+    if let Some(a) = addr_of(".text") {
+        bases = bases.set_text(a);
+    }
+    if let Some(a) = addr_of(".got") {
+        bases = bases.set_got(a);
+    }
+    if let Some(a) = addr_of(".eh_frame_hdr") {
+        bases = bases.set_eh_frame_hdr(a);
+    }
+    let mut cies = HashMap::new();
+    let mut entries = eh.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let gimli::CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial.parse(|eh, bases, offset| {
+            cies.entry(offset)
+                .or_insert_with(|| eh.cie_from_offset(bases, offset))
+                .clone()
+        });
+        let Ok(fde) = fde else { continue };
+        let (start, len) = (fde.initial_address(), fde.len());
+        let Some(end) = start.checked_add(len) else {
+            continue;
+        };
+        if start == 0 || len == 0 || !exec.iter().any(|&(lo, hi)| lo <= start && end <= hi) {
+            continue;
+        }
+        out.push(Candidate {
+            addr: start,
+            size: len,
+            limit: end,
+            name: None,
+            binding: Binding::Local,
+            file: None,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -1170,16 +1396,20 @@ mod tests {
         let m = opened.module;
         let sym = *m
             .symbols
+            .functions()
             .iter()
-            .find(|s| s.name.contains("top_address_lookup_does_not_overflow"))
+            .find(|s| {
+                s.name
+                    .is_some_and(|n| n.contains("top_address_lookup_does_not_overflow"))
+            })
             .expect("this test's own symbol");
         let seg = m
             .segments
             .iter()
-            .find(|g| sym.addr >= g.vaddr && sym.addr - g.vaddr < g.filesz)
+            .find(|g| sym.start >= g.vaddr && sym.start - g.vaddr < g.filesz)
             .copied()
             .unwrap();
-        let offset = FileOffset(sym.addr - seg.vaddr + seg.offset + 4);
+        let offset = FileOffset(sym.start - seg.vaddr + seg.offset + 4);
         let f = m.symbolize_function_offset(offset);
         assert_eq!(f.frames.len(), 1);
         let frame = &f.frames[0];

@@ -83,6 +83,12 @@ pub struct SymFrame {
     pub function: Option<String>,
     /// Address minus the function's start; set on the outermost frame only.
     pub function_offset: Option<u64>,
+    /// The size of the containing function's extent (the address is always inside it);
+    /// set on the outermost frame only, when the symbol or unwind tables know it.
+    pub function_size: Option<u64>,
+    /// True when the function is known only by its extent (no symbol names it): then
+    /// `function` is `<module file name>+0x<start>`, its start as an SVMA.
+    pub unnamed: bool,
     /// Source file (full path as recorded in DWARF).
     pub file: Option<String>,
     /// Source line; `None` when unknown (DWARF line 0).
