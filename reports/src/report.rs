@@ -655,3 +655,34 @@ impl Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the header suggests: the package when known, the build-id path for
+    /// `--debug-dir`, and `--symfs` when the file itself is missing.
+    #[test]
+    fn unnamed_code_hints_name_what_would_help() {
+        let mut u = UnnamedCode {
+            module: "/usr/lib/x86_64-linux-gnu/liblzma.so.5".into(),
+            samples: 10,
+            pct: 50.0,
+            debug_file: Some(".build-id/d5/108d.debug".into()),
+            package: Some("liblzma5".into()),
+            missing: false,
+        };
+        assert_eq!(
+            u.hint(),
+            "install liblzma5-dbgsym, or pass --debug-dir DIR with DIR/.build-id/d5/108d.debug"
+        );
+        u.package = None;
+        u.debug_file = None;
+        assert_eq!(
+            u.hint(),
+            "install its debug package, or pass --debug-dir DIR with its debug file"
+        );
+        u.missing = true;
+        assert!(u.hint().contains("--symfs"), "{}", u.hint());
+    }
+}
