@@ -106,8 +106,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inlines: !args.no_inlines,
     };
     // A path that does not exist is a typo, not a module to warn about: fail early.
+    // So is a file that is not an ELF at all (addr2line: "file format not recognized").
     if let Some(path) = &args.exe {
-        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        use std::io::Read;
+        let mut magic = Vec::with_capacity(4);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4).read_to_end(&mut magic))
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if magic != b"\x7fELF" {
+            anyhow::bail!("{} is not an ELF file", path.display());
+        }
     }
     let target = match args.exe {
         Some(path) if args.file_offsets => Target::FileOffset(ModuleKey::new(path)),
