@@ -539,6 +539,67 @@ fn host_and_guest_function_tables_keep_their_own_denominators() {
     assert!(markdown.contains("### Hot guest functions"), "{markdown}");
 }
 
+/// The pprof export keeps host and guest apart with a `side` label (and `vcpu` on guest
+/// samples), so `go tool pprof -tagfocus` shows each side as `report` does.
+#[test]
+fn pprof_export_labels_guest_snapshots_by_side_and_vcpu() {
+    let has_go = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_go {
+        eprintln!("skipped: go (Debian golang-go) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("two.data");
+    two_vcpu_recording(&data, &dir.path().join("sort"));
+    let pb = dir.path().join("two.pb.gz");
+    let out = common::run(&[
+        "export",
+        "-i",
+        data.to_str().unwrap(),
+        "--pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = |focus: &str| -> String {
+        let out = std::process::Command::new("go")
+            .args(["tool", "pprof", "-top", "-sample_index=samples"])
+            .arg(format!("-tagfocus={focus}"))
+            .arg(&pb)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let flat = |text: &str, needle: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+    };
+    // 100 snapshots per vCPU: partition on vCPU 0, insertion_sort on vCPU 1.
+    let guest = top("side=guest");
+    assert_eq!(flat(&guest, "partition"), Some(100), "{guest}");
+    assert_eq!(flat(&guest, "insertion_sort"), Some(100), "{guest}");
+    let vcpu1 = top("vcpu=1");
+    assert_eq!(flat(&vcpu1, "insertion_sort"), Some(100), "{vcpu1}");
+    assert_eq!(flat(&vcpu1, "partition"), None, "{vcpu1}");
+    // The host side: 200 guest-mode samples of the vCPU threads and one of the shim.
+    let host = top("side=host");
+    assert!(host.contains("accounting for 201, "), "{host}");
+}
+
 #[test]
 fn flame_graph_views_of_a_guest_recording() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,6 +95,7 @@ pub mod flame;
 pub mod lbr;
 pub mod loc;
 pub mod perfscan;
+pub mod pprof;
 pub mod recscan;
 pub mod render;
 pub mod report;

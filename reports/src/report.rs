@@ -318,7 +318,7 @@ pub struct Source<'a> {
 }
 
 /// Whether a stack (root last) is a guest snapshot's, rooted in the guest root frame.
-fn stack_side(stack: &[Loc]) -> Side {
+pub(crate) fn stack_side(stack: &[Loc]) -> Side {
     match stack.last() {
         Some(l) if l.module == ModuleTable::GUEST_ROOT => Side::Guest,
         _ => Side::Host,

@@ -1,4 +1,5 @@
-//! `lbrprof export`: branch profiles for optimizers (BOLT `.fdata`).
+//! `lbrprof export`: profiles for other tools: branch profiles for optimizers (BOLT
+//! `.fdata`), and pprof's profile.proto for `go tool pprof` and fleet profilers.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,19 +12,29 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, load, output};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
     /// Write a BOLT profile (the .fdata text `llvm-bolt -data=FILE` reads). With --dso,
     /// only the named binary's code counts as known (other code is `[unknown]`).
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub bolt: bool,
+    /// Write a pprof profile (gzip-compressed profile.proto, as `go tool pprof`, Parca and
+    /// Pyroscope read): host and guest stacks with functions and lines, each sample
+    /// labelled side=host|guest (and vcpu for guest snapshots); values are samples and the
+    /// event's count (nanoseconds for cpu-clock).
+    #[arg(long)]
+    pub pprof: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.pprof {
+        return pprof(args);
+    }
     let loaded = load(&args.input, Naming::Mangled)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
@@ -67,5 +78,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stats.skipped_ranges
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pprof(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = load(&args.input, Naming::Demangled)?;
+    for w in &loaded.warnings {
+        eprintln!("lbrprof: warning: {w}");
+    }
+    if loaded.profile.stacks.is_empty() {
+        anyhow::bail!(
+            "nothing to export: {} has no samples{}",
+            args.input.input.display(),
+            if loaded.profile.totals.filtered_out > 0 {
+                " that pass the filters"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut out = output(Some(&args.output))?;
+    let sampling = &loaded.header.sampling;
+    // The sampling period in the event's unit (ns between samples for a frequency).
+    let period = if sampling.period > 0 {
+        sampling.period
+    } else {
+        1_000_000_000u64
+            .checked_div(sampling.frequency)
+            .unwrap_or(0)
+    };
+    let stats = lbrprof_reports::pprof::write(
+        &loaded.profile,
+        &loaded.syms,
+        &sampling.event,
+        period,
+        &mut out,
+    )
+    .and_then(|s| out.flush().map(|()| s))
+    .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "lbrprof: wrote {} (pprof: {} stacks, {} of them guest snapshots; {} locations, {} functions, {} mappings)",
+        args.output.display(),
+        stats.samples,
+        stats.guest_samples,
+        stats.locations,
+        stats.functions,
+        stats.mappings
+    );
     Ok(ExitCode::SUCCESS)
 }

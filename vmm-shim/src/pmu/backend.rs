@@ -78,19 +78,19 @@ pub struct HostLbrFacts {
 /// vol. 3, CPUID 80000008H and 80000022H). A plain struct so each host flavour is a test.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuidLbrFacts {
-    /// CPUID.01H:ECX[31]: this host is itself a guest of a hypervisor.
+    /// `CPUID.01H:ECX[31]`: this host is itself a guest of a hypervisor.
     pub hypervisor: bool,
-    /// CPUID.01H:ECX[5] (VMX) or CPUID.80000001H:ECX[2] (SVM).
+    /// `CPUID.01H:ECX[5]` (VMX) or `CPUID.80000001H:ECX[2]` (SVM).
     pub hw_virt: bool,
-    /// CPUID.0AH:EAX[7:0], the architectural PMU version (0: none).
+    /// `CPUID.0AH:EAX[7:0]`, the architectural PMU version (0: none).
     pub pmu_version: u8,
-    /// CPUID.(1CH,0):EAX[7:0]: the Arch LBR depths (bit n: 8·(n+1) entries).
+    /// `CPUID.(1CH,0):EAX[7:0]`: the Arch LBR depths (bit n: 8·(n+1) entries).
     pub arch_lbr_depths: u8,
-    /// CPUID.80000022H:EAX[1] LbrExtV2, with EBX[9:4] its number of entries.
+    /// `CPUID.80000022H:EAX[1]` LbrExtV2, with `EBX[9:4]` its number of entries.
     pub amd_lbr_v2_depth: Option<u32>,
-    /// CPUID.80000022H:EAX[2] LbrAndPmcFreeze.
+    /// `CPUID.80000022H:EAX[2]` LbrAndPmcFreeze.
     pub amd_lbr_freeze: bool,
-    /// CPUID.80000008H:EBX[31] BRS (Zen 3 branch sampling).
+    /// `CPUID.80000008H:EBX[31]` BRS (Zen 3 branch sampling).
     pub amd_brs: bool,
 }
 
