@@ -158,20 +158,21 @@ pub enum TaskEvent {
         ppid: u32,
         ptid: u32,
     },
+    Exit {
+        time_ns: u64,
+        pid: u32,
+        tid: u32,
+    },
     /// `execve`: process `pid` now runs a new program named `comm` (the kernel's COMM
     /// record with `PERF_RECORD_MISC_COMM_EXEC`). The process's earlier mappings are gone;
     /// the new program's, its interpreter's and its libraries' follow as mappings.
-    /// Stored in its own chunk kind (see [`crate::recording`]).
+    /// Stored in its own chunk kind (see [`crate::recording`]). Last: the task chunks of
+    /// format 1.0 encode the variants above by their position.
     Exec {
         time_ns: u64,
         pid: u32,
         tid: u32,
         comm: String,
-    },
-    Exit {
-        time_ns: u64,
-        pid: u32,
-        tid: u32,
     },
 }
 

@@ -1492,6 +1492,49 @@ mod tests {
         assert!(!Path::new("/dev/null").is_file());
     }
 
+    /// Chunk payloads are positional (postcard): a variant's index is its encoding. These
+    /// are the indices format 1.0 wrote; a new variant goes last, or recordings of older
+    /// builds stop decoding (as happened once, with `Exec` before `Exit`).
+    #[test]
+    fn enum_variants_keep_their_format_1_0_positions() {
+        let index = |e: &TaskEvent| postcard::to_allocvec(e).unwrap()[0];
+        let comm = TaskEvent::Comm {
+            time_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "c".into(),
+        };
+        let fork = TaskEvent::Fork {
+            time_ns: 0,
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            ptid: 0,
+        };
+        let exit = TaskEvent::Exit {
+            time_ns: 0,
+            pid: 1,
+            tid: 1,
+        };
+        assert_eq!((index(&comm), index(&fork), index(&exit)), (0, 1, 2));
+        let kinds = [
+            LossKind::RingBuffer,
+            LossKind::Throttled,
+            LossKind::ChannelFull,
+            LossKind::Frozen,
+        ];
+        let loss = |kind| {
+            postcard::to_allocvec(&Loss {
+                time_ns: 0,
+                kind,
+                count: 0,
+                tid: None,
+            })
+            .unwrap()[1]
+        };
+        assert_eq!(kinds.map(loss), [0, 1, 2, 3]);
+    }
+
     #[test]
     fn round_trip_keeps_every_event_and_the_summary() {
         let mut events: Vec<Event> = (0..5000)
