@@ -924,6 +924,24 @@ fn lbrprof_data_with_guest_snapshots_reports_host_and_guest_branches() {
     assert!(folded.lines().any(|l| l == "w+0x50;w+0x100 50"), "{folded}");
 }
 
+/// A filter that matches nothing is an error naming it, not an empty report with exit 0.
+#[test]
+fn a_filter_that_matches_nothing_says_so() {
+    let (path, _dir) = synthetic_recording();
+    let input = path.to_str().unwrap();
+    for cmd in ["report", "flamegraph"] {
+        let out = common::run(&[cmd, "-i", input, "--comm", "swapper", "--pid", "99999"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("lbrprof: error: no sample of ")
+                && err.contains("matches --pid 99999 --comm swapper: all "),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
 #[test]
 fn flamegraph_is_well_formed_deterministic_svg() {
     let (path, dir) = synthetic_recording();

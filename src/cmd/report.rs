@@ -426,6 +426,31 @@ fn load_with(
         args.event = Some(first);
         return load_with(&args, naming, functions_only, comm_root, run_starts);
     }
+    let t = &profile.totals;
+    if t.samples == 0 && t.snapshots == 0 && t.filtered_out > 0 {
+        let mut given = Vec::new();
+        for (flag, values) in [
+            (
+                "--pid",
+                args.pid.iter().map(u32::to_string).collect::<Vec<_>>(),
+            ),
+            ("--tid", args.tid.iter().map(u32::to_string).collect()),
+            ("--comm", args.comm.clone()),
+            ("--dso", args.dso.clone()),
+        ] {
+            if !values.is_empty() {
+                given.push(format!("{flag} {}", values.join(",")));
+            }
+        }
+        anyhow::bail!(
+            "no sample of {} matches {}: all {} were filtered out (`lbrprof info {}` lists \
+             the processes and threads)",
+            path.display(),
+            given.join(" "),
+            t.filtered_out,
+            path.display()
+        );
+    }
     if let Some(summary) = input.summary() {
         // The recorder's own totals cover losses it never turned into events.
         let t = &mut profile.totals;
