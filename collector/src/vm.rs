@@ -415,6 +415,10 @@ pub fn record_vm(
             t.as_secs_f64()
         )),
         Outcome::Stopped => notes.push("stopped by a signal to lbrprof".into()),
+        Outcome::Signaled { signal, crash } => notes.push(format!(
+            "the program was killed by signal {signal}: {}",
+            crash.reason
+        )),
         Outcome::Exited(_) | Outcome::PowerOff => {}
     }
     let summary = Summary {
