@@ -63,9 +63,8 @@ pub fn target(spec: &str, args: &[String], force: Force) -> anyhow::Result<VmTar
             anyhow::bail!("--vm without an image needs a program: --vm -- PROG ARGS...");
         };
         let path_var = std::env::var_os("PATH");
-        let path = resolve_command(name, path_var.as_deref()).ok_or_else(|| {
-            with_exit(anyhow!("{name}: command not found"), 127)
-        })?;
+        let path = resolve_command(name, path_var.as_deref())
+            .ok_or_else(|| with_exit(anyhow!("{name}: command not found"), 127))?;
         return Ok(VmTarget::Program {
             path,
             argv: args.to_vec(),
@@ -153,7 +152,10 @@ mod tests {
         let path = std::ffi::OsString::from("/nonexistent:/usr/bin:/bin");
         let sh = resolve_command("sh", Some(&path)).unwrap();
         assert!(sh.ends_with("sh"));
-        assert_eq!(resolve_command("./x", Some(&path)), Some(PathBuf::from("./x")));
+        assert_eq!(
+            resolve_command("./x", Some(&path)),
+            Some(PathBuf::from("./x"))
+        );
         assert_eq!(resolve_command("no-such-command-lbr", Some(&path)), None);
         assert_eq!(resolve_command("", Some(&path)), None);
         assert_eq!(resolve_command("sh", None), None);

@@ -138,7 +138,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Force::Auto
     };
-    if let VmTarget::Program { path, argv } = linux_prog::target(&args.vm, &args.guest_args, force)? {
+    if let VmTarget::Program { path, argv } = linux_prog::target(&args.vm, &args.guest_args, force)?
+    {
         return run_program(&args, &path, &argv);
     }
     let (image, builtin_name) = load_image(&args.vm)?;

@@ -266,7 +266,10 @@ pub type HookFactory<'a> = &'a dyn Fn(u32) -> Box<dyn VcpuHook>;
 /// How one vCPU thread ended.
 enum VcpuEnd {
     Exit(u8),
-    Killed { signal: i32, crash: CrashReport },
+    Killed {
+        signal: i32,
+        crash: CrashReport,
+    },
     PowerOff,
     Crash(CrashReport),
     /// Stopped by the VM (another vCPU ended the run, or the timeout).
@@ -309,7 +312,9 @@ impl Vm {
             });
         }
         let parsed = match guest {
-            Guest::Image(image) => Some(loader::parse(image, RamLayout::for_ram(config.mem_bytes))?),
+            Guest::Image(image) => {
+                Some(loader::parse(image, RamLayout::for_ram(config.mem_bytes))?)
+            }
             Guest::Linux(_) if config.vcpus != 1 => {
                 return Err(VmError::LinuxVcpus { n: config.vcpus });
             }

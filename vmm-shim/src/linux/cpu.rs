@@ -24,8 +24,8 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
 use crate::arch::{
-    CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE,
-    EFER_LMA, EFER_LME, PTE_P, PTE_RW, PTE_US, RFLAGS_RESERVED, SEG_TYPE_CODE_XR_ACCESSED,
+    CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA,
+    EFER_LME, PTE_P, PTE_RW, PTE_US, RFLAGS_RESERVED, SEG_TYPE_CODE_XR_ACCESSED,
     SEG_TYPE_DATA_RW_ACCESSED, SEG_TYPE_TSS_BUSY,
 };
 use crate::linux::abi::*;
@@ -91,10 +91,8 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     w(gdt, u64::from(USER32_CS & !3), descriptor(0xfb, 0xc))?;
     w(gdt, u64::from(USER_DS & !3), descriptor(0xf3, 0xc))?;
     w(gdt, u64::from(USER_CS & !3), descriptor(0xfb, 0xa))?;
-    let tss_low = tss_limit
-        | ((tss_va & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((tss_va >> 24) & 0xff) << 56);
+    let tss_low =
+        tss_limit | ((tss_va & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_va >> 24) & 0xff) << 56);
     w(gdt, u64::from(TSS_SEL), tss_low)?;
     w(gdt, u64::from(TSS_SEL) + 8, tss_va >> 32)?;
     // TSS: RSP0 at offset 4; the I/O bitmap base past the limit (no port for ring 3).
@@ -285,8 +283,20 @@ mod tests {
         assert_eq!((f.error_code, f.rip, f.rsp, f.ss), (None, 1, 4, 5));
         let f = TrapFrame::parse(VEC_PF, &w);
         assert_eq!((f.error_code, f.rip, f.rsp, f.ss), (Some(1), 2, 5, 6));
-        assert!(TrapFrame { cs: u64::from(USER_CS), ..Default::default() }.from_user());
-        assert!(!TrapFrame { cs: u64::from(KERNEL_CS), ..Default::default() }.from_user());
+        assert!(
+            TrapFrame {
+                cs: u64::from(USER_CS),
+                ..Default::default()
+            }
+            .from_user()
+        );
+        assert!(
+            !TrapFrame {
+                cs: u64::from(KERNEL_CS),
+                ..Default::default()
+            }
+            .from_user()
+        );
     }
 
     #[test]
@@ -297,10 +307,15 @@ mod tests {
         let mut b = [0u8; 4];
         // Not the program's memory as far as system-call arguments go.
         assert!(mm.read(TRAP_AREA, &mut b).is_err());
-        assert!(mm.read(crate::memory::GuestVirtAddr(syscall_entry()), &mut b).is_err());
+        assert!(
+            mm.read(crate::memory::GuestVirtAddr(syscall_entry()), &mut b)
+                .is_err()
+        );
         // The #UD stub, through the CPU's page walk.
         let stub = TRAP_AREA.0 + TRAP_STUBS * PAGE + u64::from(VEC_UD) * STUB_SLOT;
-        let pa = mem.translate(mm.cr3(), crate::memory::GuestVirtAddr(stub)).unwrap();
+        let pa = mem
+            .translate(mm.cr3(), crate::memory::GuestVirtAddr(stub))
+            .unwrap();
         mem.read(pa, &mut b).unwrap();
         assert_eq!(b, [0xe6, 0xe6, 0x48, 0xcf]);
         let top = TrapArea::stack_top();

@@ -42,7 +42,10 @@ impl FdTable {
     /// stay closed, as they would be natively).
     pub fn with_stdio(stdio: [Option<OwnedFd>; 3]) -> FdTable {
         FdTable {
-            slots: stdio.into_iter().map(|f| f.map(|f| Fd::new(f, false))).collect(),
+            slots: stdio
+                .into_iter()
+                .map(|f| f.map(|f| Fd::new(f, false)))
+                .collect(),
         }
     }
 
@@ -117,7 +120,10 @@ mod tests {
         assert!(t.get(1).is_err());
         assert!(t.get(u64::MAX).is_err());
         assert_eq!(t.insert_from(10, Fd::new(devnull(), false)).unwrap(), 10);
-        assert!(t.insert_at(MAX_FDS as u64, Fd::new(devnull(), false)).is_err());
+        assert!(
+            t.insert_at(MAX_FDS as u64, Fd::new(devnull(), false))
+                .is_err()
+        );
         t.insert_at(7, Fd::new(devnull(), true)).unwrap();
         assert!(t.get(7).unwrap().cloexec);
     }

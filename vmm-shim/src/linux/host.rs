@@ -9,7 +9,11 @@ use std::os::unix::fs::FileExt;
 use crate::linux::mm::Errno;
 
 fn last() -> Errno {
-    Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 fn check(r: isize) -> Result<usize, Errno> {
@@ -59,7 +63,12 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> Result<u64, Errno> {
 
 /// `openat` relative to `dir` (None = the current directory); the new descriptor is
 /// close-on-exec on the host whatever the program asked (it is never inherited).
-pub fn openat(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32, mode: u32) -> Result<OwnedFd, Errno> {
+pub fn openat(
+    dir: Option<BorrowedFd<'_>>,
+    path: &[u8],
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: c is a NUL-terminated string that outlives the call.
@@ -95,7 +104,12 @@ pub fn fstatat(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32) -> Result<V
 }
 
 /// `statx`: `struct statx` bytes.
-pub fn statx(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32, mask: u32) -> Result<Vec<u8>, Errno> {
+pub fn statx(
+    dir: Option<BorrowedFd<'_>>,
+    path: &[u8],
+    flags: i32,
+    mask: u32,
+) -> Result<Vec<u8>, Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: zeroed statx is a valid value of this plain C struct.
@@ -108,7 +122,12 @@ pub fn statx(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32, mask: u32) ->
     Ok(raw_bytes(&st))
 }
 
-pub fn faccessat(dir: Option<BorrowedFd<'_>>, path: &[u8], mode: i32, flags: i32) -> Result<(), Errno> {
+pub fn faccessat(
+    dir: Option<BorrowedFd<'_>>,
+    path: &[u8],
+    mode: i32,
+    flags: i32,
+) -> Result<(), Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: c is NUL-terminated; faccessat2 semantics via the raw system call.
@@ -132,7 +151,12 @@ pub fn getdents64(fd: BorrowedFd<'_>, len: usize) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; len.min(1 << 20)];
     // SAFETY: buf is writable for buf.len() bytes.
     let r = unsafe {
-        libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len())
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
     };
     let n = check(r as isize)?;
     buf.truncate(n);
@@ -147,14 +171,22 @@ pub fn ioctl_read(fd: BorrowedFd<'_>, request: u64) -> Result<Vec<u8>, Errno> {
             let mut t: libc::termios = unsafe { std::mem::zeroed() };
             // SAFETY: t is a live termios.
             let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS, &mut t) };
-            if r < 0 { Err(last()) } else { Ok(raw_bytes(&t)) }
+            if r < 0 {
+                Err(last())
+            } else {
+                Ok(raw_bytes(&t))
+            }
         }
         r if r == libc::TIOCGWINSZ => {
             // SAFETY: zeroed winsize is valid; the kernel fills it.
             let mut w: libc::winsize = unsafe { std::mem::zeroed() };
             // SAFETY: w is a live winsize.
             let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut w) };
-            if r < 0 { Err(last()) } else { Ok(raw_bytes(&w)) }
+            if r < 0 {
+                Err(last())
+            } else {
+                Ok(raw_bytes(&w))
+            }
         }
         _ => Err(Errno(libc::ENOTTY)),
     }
@@ -190,7 +222,14 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
 }
 
 /// Path-based calls with one or two paths and an integer: unlinkat, mkdirat, renameat2...
-pub fn path_call(nr: i64, dfd1: RawFd, p1: &[u8], dfd2: RawFd, p2: Option<&[u8]>, arg: i64) -> Result<i64, Errno> {
+pub fn path_call(
+    nr: i64,
+    dfd1: RawFd,
+    p1: &[u8],
+    dfd2: RawFd,
+    p2: Option<&[u8]>,
+    arg: i64,
+) -> Result<i64, Errno> {
     let c1 = std::ffi::CString::new(p1).map_err(|_| Errno::EINVAL)?;
     let r = match p2 {
         None => {
@@ -208,17 +247,31 @@ pub fn path_call(nr: i64, dfd1: RawFd, p1: &[u8], dfd2: RawFd, p2: Option<&[u8]>
 }
 
 pub fn clock_gettime(clock: i32) -> Result<(i64, i64), Errno> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a live timespec.
     let r = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if r < 0 { Err(last()) } else { Ok((ts.tv_sec, ts.tv_nsec)) }
+    if r < 0 {
+        Err(last())
+    } else {
+        Ok((ts.tv_sec, ts.tv_nsec))
+    }
 }
 
 pub fn clock_getres(clock: i32) -> Result<(i64, i64), Errno> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a live timespec.
     let r = unsafe { libc::clock_getres(clock, &mut ts) };
-    if r < 0 { Err(last()) } else { Ok((ts.tv_sec, ts.tv_nsec)) }
+    if r < 0 {
+        Err(last())
+    } else {
+        Ok((ts.tv_sec, ts.tv_nsec))
+    }
 }
 
 pub fn getrandom(buf: &mut [u8], flags: u32) -> Result<usize, Errno> {
@@ -246,10 +299,17 @@ pub fn sysinfo() -> Vec<u8> {
 
 /// `prlimit64(0, resource, NULL, old)`: the current limit as `struct rlimit64` bytes.
 pub fn getrlimit(resource: u32) -> Result<Vec<u8>, Errno> {
-    let mut r = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: r is a live rlimit64; resource is range-checked by the kernel.
     let e = unsafe { libc::prlimit64(0, resource as _, std::ptr::null(), &mut r) };
-    if e < 0 { Err(last()) } else { Ok(raw_bytes(&r)) }
+    if e < 0 {
+        Err(last())
+    } else {
+        Ok(raw_bytes(&r))
+    }
 }
 
 /// `sched_getaffinity(0)` as a mask of `len` bytes.
@@ -263,7 +323,10 @@ pub fn sched_getaffinity(len: usize) -> Result<Vec<u8>, Errno> {
 }
 
 pub fn nanosleep(secs: i64, nsecs: i64) {
-    let ts = libc::timespec { tv_sec: secs, tv_nsec: nsecs };
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: nsecs,
+    };
     // SAFETY: ts is a valid timespec; the remainder is not wanted.
     unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }

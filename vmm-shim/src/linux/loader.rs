@@ -77,8 +77,8 @@ impl Elf {
                 what: "a 32-bit ELF".into(),
             });
         }
-        let header = FileHeader64::<LE>::parse(&*data)
-            .map_err(|e| bad(&format!("bad ELF header ({e})")))?;
+        let header =
+            FileHeader64::<LE>::parse(&*data).map_err(|e| bad(&format!("bad ELF header ({e})")))?;
         let machine = header.e_machine(LE);
         if machine != EM_X86_64 {
             return Err(LinuxError::WrongArch {
@@ -89,7 +89,12 @@ impl Elf {
         let is_dyn = match header.e_type(LE) {
             ET_EXEC => false,
             ET_DYN => true,
-            t => return Err(bad(&format!("ELF type {} is neither an executable nor a shared object", t.0))),
+            t => {
+                return Err(bad(&format!(
+                    "ELF type {} is neither an executable nor a shared object",
+                    t.0
+                )));
+            }
         };
         let phdrs = header
             .program_headers(LE, &*data)
@@ -112,9 +117,14 @@ impl Elf {
                         return Err(bad("a PT_LOAD segment lies outside the file (truncated?)"));
                     }
                     if s.vaddr % PAGE != s.offset % PAGE {
-                        return Err(bad("a PT_LOAD segment's address and offset differ modulo the page size"));
+                        return Err(bad(
+                            "a PT_LOAD segment's address and offset differ modulo the page size",
+                        ));
                     }
-                    if s.vaddr.checked_add(s.memsz).is_none_or(|e| e > crate::linux::abi::USER_END) {
+                    if s.vaddr
+                        .checked_add(s.memsz)
+                        .is_none_or(|e| e > crate::linux::abi::USER_END)
+                    {
                         return Err(bad("a PT_LOAD segment lies outside user space"));
                     }
                     if s.memsz > 0 {
@@ -181,9 +191,8 @@ impl Elf {
         } else {
             mm.find_free(self.span()).ok_or(LinuxError::OutOfMemory)? - self.min_vaddr()
         };
-        let file = Arc::new(
-            std::fs::File::open(&self.path).map_err(|e| LinuxError::io(&self.path, e))?,
-        );
+        let file =
+            Arc::new(std::fs::File::open(&self.path).map_err(|e| LinuxError::io(&self.path, e))?);
         let mut end = 0;
         for s in &self.segments {
             let mut prot = 0u32;
@@ -250,7 +259,10 @@ mod tests {
 
     #[test]
     fn non_elf_wrong_arch_and_truncated_files_are_refused_without_panicking() {
-        assert!(matches!(parse(b"#!/bin/sh\n"), Err(LinuxError::NotElf { .. })));
+        assert!(matches!(
+            parse(b"#!/bin/sh\n"),
+            Err(LinuxError::NotElf { .. })
+        ));
         assert!(matches!(parse(b""), Err(LinuxError::NotElf { .. })));
         let mut h = vec![0u8; 64];
         h[..4].copy_from_slice(b"\x7fELF");
@@ -263,7 +275,10 @@ mod tests {
         h[16] = 2;
         assert!(matches!(parse(&h), Err(LinuxError::WrongArch { .. })));
         h[18] = 62;
-        assert!(matches!(parse(&h), Err(LinuxError::BadElf { .. })), "no segments");
+        assert!(
+            matches!(parse(&h), Err(LinuxError::BadElf { .. })),
+            "no segments"
+        );
         // Every truncation of a real program is an error or a valid parse, never a panic.
         let real = std::fs::read("/bin/true").unwrap();
         for len in (0..real.len().min(8192)).step_by(7) {

@@ -109,10 +109,9 @@ struct Frames {
 }
 
 impl Frames {
-    fn alloc(&mut self, mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
+    fn alloc(&mut self, _mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
         if let Some(f) = self.free.pop() {
-            mem.zero(GuestPhysAddr(f), PAGE)
-                .map_err(|_| Errno::ENOMEM)?;
+            // Freed frames were discarded (zero-filled) when they were released.
             self.in_use += 1;
             return Ok(GuestPhysAddr(f));
         }
@@ -135,8 +134,11 @@ impl Frames {
 pub struct AddressSpace {
     mem: Arc<GuestMemory>,
     frames: Frames,
-    /// Guest-physical address of the PML4.
+    /// Guest-physical address of the PML4 in use.
     root: u64,
+    /// A second PML4 with the same entries: switching CR3 between the two is how the
+    /// shim flushes the vCPU's TLB (KVM resets its MMU only when CR3 changes).
+    alt_root: u64,
     vmas: BTreeMap<u64, Vma>,
     pub brk_start: u64,
     pub brk: u64,
@@ -178,10 +180,12 @@ impl AddressSpace {
             in_use: 0,
         };
         let root = frames.alloc(&mem)?.0;
+        let alt_root = frames.alloc(&mem)?.0;
         Ok(AddressSpace {
             mem,
             frames,
             root,
+            alt_root,
             vmas: BTreeMap::new(),
             brk_start: 0,
             brk: 0,
@@ -193,6 +197,12 @@ impl AddressSpace {
 
     /// The CR3 value.
     pub fn cr3(&self) -> u64 {
+        self.root
+    }
+
+    /// Switch to the twin PML4 and return the new CR3: loading it flushes the TLB.
+    pub fn flip_root(&mut self) -> u64 {
+        std::mem::swap(&mut self.root, &mut self.alt_root);
         self.root
     }
 
@@ -221,9 +231,12 @@ impl AddressSpace {
                     return Ok(None);
                 }
                 let t = self.frames.alloc(&self.mem)?;
-                self.mem
-                    .write_u64(slot, t.0 | PTE_P | PTE_RW | PTE_US)
-                    .map_err(|_| Errno::EFAULT)?;
+                let entry = t.0 | PTE_P | PTE_RW | PTE_US;
+                self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT)?;
+                if shift == 39 {
+                    let twin = GuestPhysAddr(self.alt_root + ((va >> shift) & 0x1ff) * 8);
+                    self.mem.write_u64(twin, entry).map_err(|_| Errno::EFAULT)?;
+                }
                 table = t.0;
             } else {
                 table = entry & PTE_ADDR_MASK;
@@ -260,7 +273,13 @@ impl AddressSpace {
     }
 
     /// Give page `va` a fresh frame with `prot` (no-op when already present).
-    fn populate(&mut self, va: u64, prot: Prot, file: Option<&FileBacking>, vma_start: u64) -> Result<(), Errno> {
+    fn populate(
+        &mut self,
+        va: u64,
+        prot: Prot,
+        file: Option<&FileBacking>,
+        vma_start: u64,
+    ) -> Result<(), Errno> {
         if self.pte(va) & PTE_P != 0 {
             return Ok(());
         }
@@ -288,10 +307,21 @@ impl AddressSpace {
             let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
             if e & PTE_P != 0 {
                 self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
-                self.frames.release(e & PTE_ADDR_MASK);
+                self.retire(e & PTE_ADDR_MASK)?;
                 self.flush_needed = true;
             }
         }
+        Ok(())
+    }
+
+    /// Free a frame that a translation pointed at. KVM may still hold a translation to
+    /// it (a shadow page table does not see the shim's writes to the guest's tables),
+    /// so its host page is discarded: the MMU notifier drops those translations.
+    fn retire(&mut self, frame: u64) -> Result<(), Errno> {
+        self.mem
+            .discard(GuestPhysAddr(frame), PAGE)
+            .map_err(|_| Errno::EFAULT)?;
+        self.frames.release(frame);
         Ok(())
     }
 
@@ -348,7 +378,11 @@ impl AddressSpace {
         name: &'static str,
     ) -> Result<(), Errno> {
         let end = start.checked_add(len).ok_or(Errno::ENOMEM)?;
-        if start % PAGE != 0 || len == 0 || len % PAGE != 0 || start < MMAP_MIN || end > USER_END
+        if !start.is_multiple_of(PAGE)
+            || len == 0
+            || !len.is_multiple_of(PAGE)
+            || start < MMAP_MIN
+            || end > USER_END
         {
             return Err(Errno::EINVAL);
         }
@@ -389,7 +423,7 @@ impl AddressSpace {
     /// `munmap`: drop `[start, start + len)` (page-aligned; holes are fine).
     pub fn unmap(&mut self, start: u64, len: u64) -> Result<(), Errno> {
         let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
-        if start % PAGE != 0 || end > USER_END {
+        if !start.is_multiple_of(PAGE) || end > USER_END {
             return Err(Errno::EINVAL);
         }
         let end = page_up(end).ok_or(Errno::EINVAL)?;
@@ -411,7 +445,7 @@ impl AddressSpace {
     /// `mprotect`: every page of `[start, start + len)` must be mapped (else ENOMEM).
     pub fn protect(&mut self, start: u64, len: u64, prot: Prot) -> Result<(), Errno> {
         let end = page_up(start.checked_add(len).ok_or(Errno::ENOMEM)?).ok_or(Errno::ENOMEM)?;
-        if start % PAGE != 0 {
+        if !start.is_multiple_of(PAGE) {
             return Err(Errno::EINVAL);
         }
         // Mapped without holes?
@@ -443,11 +477,21 @@ impl AddressSpace {
                     let e = self.pte(va);
                     if e & PTE_P == 0 {
                         self.populate(va, prot, v.file.as_ref(), v.start)?;
-                    } else {
+                    } else if e & !PTE_ADDR_MASK != prot.pte_flags() {
+                        // New permissions on a new frame (see retire): no translation
+                        // with the old ones can outlive the change.
                         let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+                        let old = e & PTE_ADDR_MASK;
+                        let new = self.frames.alloc(&self.mem)?;
+                        let mut page = vec![0u8; PAGE as usize];
                         self.mem
-                            .write_u64(slot, (e & PTE_ADDR_MASK) | prot.pte_flags())
+                            .read(GuestPhysAddr(old), &mut page)
                             .map_err(|_| Errno::EFAULT)?;
+                        self.mem.write(new, &page).map_err(|_| Errno::EFAULT)?;
+                        self.mem
+                            .write_u64(slot, new.0 | prot.pte_flags())
+                            .map_err(|_| Errno::EFAULT)?;
+                        self.retire(old)?;
                         self.flush_needed = true;
                     }
                 }
@@ -474,7 +518,7 @@ impl AddressSpace {
                     .is_some_and(|(_, v)| v.end > va && v.file.is_none());
                 if anon {
                     self.mem
-                        .zero(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
+                        .discard(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
                         .map_err(|_| Errno::EFAULT)?;
                 }
             }
@@ -600,6 +644,38 @@ impl AddressSpace {
         }
     }
 
+    /// The mapping holding `va`.
+    pub fn vma_at(&self, va: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.end > va)
+    }
+
+    /// Copy `len` bytes of mapped memory from `from` to `to` (both present; page tables
+    /// decide, protection does not).
+    pub fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<(), Errno> {
+        let mut done = 0;
+        let mut page = vec![0u8; PAGE as usize];
+        while done < len {
+            let n = (len - done).min(PAGE);
+            let src = self.pte(from + done);
+            let dst = self.pte(to + done);
+            if src & PTE_P == 0 || dst & PTE_P == 0 {
+                return Err(Errno::EFAULT);
+            }
+            self.mem
+                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page[..n as usize])
+                .map_err(|_| Errno::EFAULT)?;
+            self.mem
+                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page[..n as usize])
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// The mappings, in address order.
     pub fn vmas(&self) -> impl Iterator<Item = &Vma> {
         self.vmas.values()
@@ -624,7 +700,18 @@ mod tests {
         s.read(GuestVirtAddr(0x40_0ffe), &mut b).unwrap();
         assert_eq!(&b, b"hello");
         // The CPU's view (the shared page walker) agrees.
-        let pa = s.memory().translate(s.cr3(), GuestVirtAddr(0x40_1000)).unwrap();
+        let pa = s
+            .memory()
+            .translate(s.cr3(), GuestVirtAddr(0x40_1000))
+            .unwrap();
+        // The twin root translates the same way.
+        let twin = s.flip_root();
+        assert_eq!(
+            s.memory()
+                .translate(twin, GuestVirtAddr(0x40_1000))
+                .unwrap(),
+            pa
+        );
         let mut c = [0u8; 3];
         s.memory().read(pa, &mut c).unwrap();
         assert_eq!(&c, b"llo");
@@ -637,7 +724,11 @@ mod tests {
             .unwrap();
         let mut b = [0u8; 8];
         for va in [0u64, 0x3f_fff8, 0x40_0ffc, u64::MAX - 3, USER_END, 1 << 63] {
-            assert_eq!(s.read(GuestVirtAddr(va), &mut b), Err(Errno::EFAULT), "{va:#x}");
+            assert_eq!(
+                s.read(GuestVirtAddr(va), &mut b),
+                Err(Errno::EFAULT),
+                "{va:#x}"
+            );
         }
         // Read-only: reads work, writes fault and write nothing.
         assert!(s.read(GuestVirtAddr(0x40_0000), &mut b).is_ok());

@@ -133,7 +133,11 @@ fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
 impl Program {
     /// Check `path` (an executable file) and its interpreter. `argv[0]` is the program's
     /// name as given; `envp` its environment.
-    pub fn new(path: &Path, argv: Vec<OsString>, envp: Vec<OsString>) -> Result<Program, LinuxError> {
+    pub fn new(
+        path: &Path,
+        argv: Vec<OsString>,
+        envp: Vec<OsString>,
+    ) -> Result<Program, LinuxError> {
         let data = read_executable(path)?;
         let main = Elf::parse(path, data)?;
         let interp = match &main.interp {
@@ -196,7 +200,10 @@ pub enum TrapAction {
     /// exit/exit_group with this status.
     Exit(i32),
     /// The program is killed by `signal` (a fault, or an unsupported call).
-    Killed { signal: i32, reason: String },
+    Killed {
+        signal: i32,
+        reason: String,
+    },
 }
 
 /// A running program: its memory, descriptors and counters.
@@ -408,10 +415,13 @@ impl Process {
             self.report.peak_bytes = self.report.peak_bytes.max(after);
         }
         if self.fs_base != old_fs || self.mm.flush_needed {
-            // Reloading the segment and control registers sets FS.base and flushes the
-            // vCPU's TLB (KVM resets its MMU context on KVM_SET_SREGS).
+            // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
+            // the twin PML4), which makes KVM reset the vCPU's MMU context.
             let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
             s.fs.base = self.fs_base;
+            if self.mm.flush_needed {
+                s.cr3 = self.mm.flip_root();
+            }
             vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
             self.mm.flush_needed = false;
         }
@@ -437,4 +447,3 @@ impl Process {
         Ok(TrapAction::Resume)
     }
 }
-

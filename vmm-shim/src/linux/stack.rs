@@ -50,6 +50,9 @@ pub fn build(spec: &StackSpec, top: u64, limit: u64) -> Option<Stack> {
         strings.splice(0..0, spec.random.iter().copied());
         strings.len() as u64
     };
+    if strings.len() as u64 >= top {
+        return None;
+    }
     let at = |dist: u64| top - dist;
     let mut aux = spec.auxv.clone();
     aux.push((AT_RANDOM, at(random)));
@@ -97,7 +100,11 @@ mod tests {
 
     fn cstr(st: &Stack, top: u64, va: u64) -> Vec<u8> {
         let off = (va - (top - st.bytes.len() as u64)) as usize;
-        st.bytes[off..].iter().take_while(|&&b| b != 0).copied().collect()
+        st.bytes[off..]
+            .iter()
+            .take_while(|&&b| b != 0)
+            .copied()
+            .collect()
     }
 
     #[test]

@@ -9,11 +9,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use syscalls::Sysno;
 
+use crate::linux::Process;
 use crate::linux::abi::*;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::mm::{Errno, FileBacking, Prot};
-use crate::linux::Process;
 use crate::memory::GuestVirtAddr;
 
 /// What a system call does to the program.
@@ -133,9 +133,14 @@ impl Process {
                 .path(a[0])
                 .and_then(|p| host::faccessat(None, &p, a[1] as i32, 0).map(|()| 0)),
             Sysno::faccessat | Sysno::faccessat2 => {
-                let flags = if sys == Sysno::faccessat2 { a[3] as i32 } else { 0 };
-                self.path(a[1])
-                    .and_then(|p| host::faccessat(self.dir(a[0])?, &p, a[2] as i32, flags).map(|()| 0))
+                let flags = if sys == Sysno::faccessat2 {
+                    a[3] as i32
+                } else {
+                    0
+                };
+                self.path(a[1]).and_then(|p| {
+                    host::faccessat(self.dir(a[0])?, &p, a[2] as i32, flags).map(|()| 0)
+                })
             }
             Sysno::readlink => self.sys_readlink(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
             Sysno::readlinkat => self.sys_readlink(a[0], a[1], a[2], a[3]),
@@ -152,30 +157,50 @@ impl Process {
                 f.cloexec = false;
                 self.fds.insert(f)
             }),
-            Sysno::dup2 | Sysno::dup3 => self.sys_dup3(a[0], a[1], if sys == Sysno::dup3 { a[2] } else { 0 }, sys == Sysno::dup2),
+            Sysno::dup2 | Sysno::dup3 => self.sys_dup3(
+                a[0],
+                a[1],
+                if sys == Sysno::dup3 { a[2] } else { 0 },
+                sys == Sysno::dup2,
+            ),
             Sysno::fcntl => self.sys_fcntl(a[0], a[1] as i32, a[2]),
-            Sysno::pipe | Sysno::pipe2 => self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 }),
+            Sysno::pipe | Sysno::pipe2 => {
+                self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 })
+            }
             Sysno::unlink => self.path(a[0]).and_then(|p| {
-                host::path_call(libc::SYS_unlinkat, libc::AT_FDCWD, &p, 0, None, 0).map(|v| v as u64)
+                host::path_call(libc::SYS_unlinkat, libc::AT_FDCWD, &p, 0, None, 0)
+                    .map(|v| v as u64)
             }),
             Sysno::unlinkat => self.path(a[1]).and_then(|p| {
                 let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
                 host::path_call(libc::SYS_unlinkat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
             }),
             Sysno::mkdir => self.path(a[0]).and_then(|p| {
-                host::path_call(libc::SYS_mkdirat, libc::AT_FDCWD, &p, 0, None, a[1] as i64).map(|v| v as u64)
+                host::path_call(libc::SYS_mkdirat, libc::AT_FDCWD, &p, 0, None, a[1] as i64)
+                    .map(|v| v as u64)
             }),
             Sysno::rename => self.path(a[0]).and_then(|p| {
                 let q = self.path(a[1])?;
-                host::path_call(libc::SYS_renameat2, libc::AT_FDCWD, &p, libc::AT_FDCWD, Some(&q), 0)
-                    .map(|v| v as u64)
+                host::path_call(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    &p,
+                    libc::AT_FDCWD,
+                    Some(&q),
+                    0,
+                )
+                .map(|v| v as u64)
             }),
             Sysno::umask => ok(u64::from(host::umask(a[0] as u32 & 0o777))),
             Sysno::fadvise64 => self.host_fd(a[0]).map(|_| 0),
             Sysno::brk => ok(self.mm.set_brk(a[0])),
             Sysno::mmap => self.sys_mmap(a),
             Sysno::munmap => self.sys_munmap(a[0], a[1]),
-            Sysno::mprotect => self.mm.protect(a[0], a[1], Prot::from_raw(a[2])).map(|()| 0),
+            Sysno::mremap => self.sys_mremap(a[0], a[1], a[2], a[3]),
+            Sysno::mprotect => self
+                .mm
+                .protect(a[0], a[1], Prot::from_raw(a[2]))
+                .map(|()| 0),
             Sysno::madvise => {
                 if a[2] == libc::MADV_DONTNEED as u64 {
                     self.mm.discard(a[0], a[1]).map(|()| 0)
@@ -385,7 +410,10 @@ impl Process {
             libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
                 let mut f = self.fds.get(fd)?.clone();
                 f.cloexec = cmd == libc::F_DUPFD_CLOEXEC;
-                let min = usize::try_from(arg).ok().filter(|&m| m < MAX_FDS).ok_or(Errno::EINVAL)?;
+                let min = usize::try_from(arg)
+                    .ok()
+                    .filter(|&m| m < MAX_FDS)
+                    .ok_or(Errno::EINVAL)?;
                 self.fds.insert_from(min, f)
             }
             libc::F_GETFL | libc::F_SETFL | libc::F_GETPIPE_SZ => {
@@ -400,8 +428,16 @@ impl Process {
         let (r, w): (OwnedFd, OwnedFd) = host::pipe()?;
         let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
         if flags as i32 & libc::O_NONBLOCK != 0 {
-            host::fcntl_int(std::os::fd::AsFd::as_fd(&r), libc::F_SETFL, libc::O_NONBLOCK as i64)?;
-            host::fcntl_int(std::os::fd::AsFd::as_fd(&w), libc::F_SETFL, libc::O_NONBLOCK as i64)?;
+            host::fcntl_int(
+                std::os::fd::AsFd::as_fd(&r),
+                libc::F_SETFL,
+                libc::O_NONBLOCK as i64,
+            )?;
+            host::fcntl_int(
+                std::os::fd::AsFd::as_fd(&w),
+                libc::F_SETFL,
+                libc::O_NONBLOCK as i64,
+            )?;
         }
         let a = self.fds.insert(Fd::new(r, cloexec))?;
         let b = match self.fds.insert(Fd::new(w, cloexec)) {
@@ -423,7 +459,8 @@ impl Process {
     }
 
     fn sys_mmap(&mut self, a: [u64; 6]) -> Sys {
-        let (addr, len, prot, flags, fd, off) = (a[0], a[1], Prot::from_raw(a[2]), a[3] as i32, a[4], a[5]);
+        let (addr, len, prot, flags, fd, off) =
+            (a[0], a[1], Prot::from_raw(a[2]), a[3] as i32, a[4], a[5]);
         if len == 0 || off % PAGE != 0 {
             return Err(Errno::EINVAL);
         }
@@ -477,10 +514,48 @@ impl Process {
     }
 
     fn sys_munmap(&mut self, addr: u64, len: u64) -> Sys {
-        if addr % PAGE != 0 || len == 0 {
+        if !addr.is_multiple_of(PAGE) || len == 0 {
             return Err(Errno::EINVAL);
         }
         self.mm.unmap(addr, len).map(|()| 0)
+    }
+
+    /// `mremap` of private anonymous memory: shrink in place, grow in place when the
+    /// range above is free, else move (MREMAP_MAYMOVE). File mappings: EINVAL.
+    fn sys_mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
+        let round = |v: u64| v.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1));
+        let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
+            return Err(Errno::EINVAL);
+        };
+        if !old.is_multiple_of(PAGE) || new_len == 0 || flags & !(libc::MREMAP_MAYMOVE as u64) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let vma = self.mm.vma_at(old).ok_or(Errno::EFAULT)?;
+        if vma.file.is_some() || vma.end < old.saturating_add(old_len) {
+            return Err(Errno::EINVAL);
+        }
+        let prot = vma.prot;
+        if new_len <= old_len {
+            if new_len < old_len {
+                self.mm.unmap(old + new_len, old_len - new_len)?;
+            }
+            return Ok(old);
+        }
+        let end = old.saturating_add(old_len);
+        if self.mm.is_free(end, old.saturating_add(new_len)) {
+            self.mm.map(end, new_len - old_len, prot, None, "")?;
+            return Ok(old);
+        }
+        if flags & libc::MREMAP_MAYMOVE as u64 == 0 {
+            return Err(Errno::ENOMEM);
+        }
+        let to = self.mm.find_free(new_len).ok_or(Errno::ENOMEM)?;
+        self.mm.map(to, new_len, Prot::RW, None, "")?;
+        self.mm.copy_within(old, to, old_len)?;
+        self.mm.protect(to, new_len, prot)?;
+        self.mm.unmap(old, old_len)?;
+        Ok(to)
     }
 
     fn sys_arch_prctl(&mut self, code: u64, addr: u64) -> Sys {
@@ -508,7 +583,7 @@ impl Process {
         }
         if old != 0 {
             let mut b = host::getrlimit(resource)?;
-            if resource == libc::RLIMIT_NOFILE as u32 {
+            if resource == libc::RLIMIT_NOFILE {
                 b[..8].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
                 b[8..16].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
             }
@@ -569,12 +644,12 @@ impl Process {
         if sig > 64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
-        let handler = self
-            .sigactions
-            .get(&sig)
-            .map_or(0, |b| u64::from_le_bytes(b[..8].try_into().unwrap_or_default()));
+        let handler = self.sigactions.get(&sig).map_or(0, |b| {
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
+        });
         let blocked = self.sigmask & (1 << (sig - 1)) != 0;
-        let ignored_by_default = matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH);
+        let ignored_by_default =
+            matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH);
         if handler == libc::SIG_IGN as u64 || (handler == 0 && ignored_by_default) {
             return Outcome::Return(0);
         }
@@ -661,29 +736,70 @@ mod tests {
     fn bad_guest_pointers_are_efault_never_host_accesses() {
         let mut p = process();
         let efault = -(libc::EFAULT as i64);
-        let bad = [0u64, 0x3f_ffff, 0x40_4000, USER_END, TRAP_AREA.0, u64::MAX - 7];
+        let bad = [
+            0u64,
+            0x3f_ffff,
+            0x40_4000,
+            USER_END,
+            TRAP_AREA.0,
+            u64::MAX - 7,
+        ];
         let devnull: OwnedFd = std::fs::File::open("/dev/zero").unwrap().into();
         p.fds.insert_at(3, Fd::new(devnull, false)).unwrap();
         for b in bad {
-            assert_eq!(ret(p.syscall(Sysno::read as u64, [3, b, 16, 0, 0, 0])), efault, "read {b:#x}");
-            assert_eq!(ret(p.syscall(Sysno::write as u64, [3, b, 16, 0, 0, 0])), efault);
-            assert_eq!(ret(p.syscall(Sysno::openat as u64, [libc::AT_FDCWD as u64, b, 0, 0, 0, 0])), efault);
-            assert_eq!(ret(p.syscall(Sysno::uname as u64, [b, 0, 0, 0, 0, 0])), efault);
-            assert_eq!(ret(p.syscall(Sysno::clock_gettime as u64, [1, b, 0, 0, 0, 0])), efault);
-            assert_eq!(ret(p.syscall(Sysno::writev as u64, [3, b, 1, 0, 0, 0])), efault);
-            assert_eq!(ret(p.syscall(Sysno::fstat as u64, [3, b, 0, 0, 0, 0])), efault);
+            assert_eq!(
+                ret(p.syscall(Sysno::read as u64, [3, b, 16, 0, 0, 0])),
+                efault,
+                "read {b:#x}"
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::write as u64, [3, b, 16, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::openat as u64, [libc::AT_FDCWD as u64, b, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::uname as u64, [b, 0, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::clock_gettime as u64, [1, b, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::writev as u64, [3, b, 1, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::fstat as u64, [3, b, 0, 0, 0, 0])),
+                efault
+            );
         }
         // A buffer that starts mapped and runs off the end is refused whole.
-        assert_eq!(ret(p.syscall(Sysno::read as u64, [3, 0x40_3ff0, 64, 0, 0, 0])), efault);
+        assert_eq!(
+            ret(p.syscall(Sysno::read as u64, [3, 0x40_3ff0, 64, 0, 0, 0])),
+            efault
+        );
         // An iovec pointing outside.
         let mut iov = [0u8; 16];
         iov[..8].copy_from_slice(&TRAP_AREA.0.to_le_bytes());
         iov[8..].copy_from_slice(&8u64.to_le_bytes());
         p.mm.write(GuestVirtAddr(0x40_0000), &iov).unwrap();
-        assert_eq!(ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, 1, 0, 0, 0])), efault);
+        assert_eq!(
+            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, 1, 0, 0, 0])),
+            efault
+        );
         // Huge counts are clamped, not allocated.
-        assert_eq!(ret(p.syscall(Sysno::read as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])), efault);
-        assert_eq!(ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])), -(libc::EINVAL as i64));
+        assert_eq!(
+            ret(p.syscall(Sysno::read as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            efault
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            -(libc::EINVAL as i64)
+        );
     }
 
     #[test]
@@ -691,12 +807,22 @@ mod tests {
         let mut p = process();
         let ebadf = -(libc::EBADF as i64);
         for fd in [0u64, 1, 2, 5, 1 << 40, u64::MAX] {
-            assert_eq!(ret(p.syscall(Sysno::write as u64, [fd, 0x40_0000, 1, 0, 0, 0])), ebadf);
-            assert_eq!(ret(p.syscall(Sysno::close as u64, [fd, 0, 0, 0, 0, 0])), ebadf);
+            assert_eq!(
+                ret(p.syscall(Sysno::write as u64, [fd, 0x40_0000, 1, 0, 0, 0])),
+                ebadf
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::close as u64, [fd, 0, 0, 0, 0, 0])),
+                ebadf
+            );
         }
-        p.mm.write(GuestVirtAddr(0x40_0000), b"/proc/self/fd/0\0").unwrap();
+        p.mm.write(GuestVirtAddr(0x40_0000), b"/proc/self/fd/0\0")
+            .unwrap();
         assert_eq!(
-            ret(p.syscall(Sysno::openat as u64, [libc::AT_FDCWD as u64, 0x40_0000, 0, 0, 0, 0])),
+            ret(p.syscall(
+                Sysno::openat as u64,
+                [libc::AT_FDCWD as u64, 0x40_0000, 0, 0, 0, 0]
+            )),
             -(libc::ENOENT as i64)
         );
     }
@@ -710,8 +836,14 @@ mod tests {
         assert_eq!(ret(p.syscall(100_000, [0; 6])), enosys);
         assert_eq!(p.report.unimplemented["io_uring_setup"], 2);
         assert_eq!(p.report.unimplemented["#100000"], 1);
-        assert!(matches!(p.syscall(Sysno::fork as u64, [0; 6]), Outcome::Kill { .. }));
-        assert!(matches!(p.syscall(Sysno::exit_group as u64, [3, 0, 0, 0, 0, 0]), Outcome::Exit(3)));
+        assert!(matches!(
+            p.syscall(Sysno::fork as u64, [0; 6]),
+            Outcome::Kill { .. }
+        ));
+        assert!(matches!(
+            p.syscall(Sysno::exit_group as u64, [3, 0, 0, 0, 0, 0]),
+            Outcome::Exit(3)
+        ));
     }
 
     #[test]
@@ -724,17 +856,42 @@ mod tests {
         p.mm.write(GuestVirtAddr(a + 9999), b"x").unwrap();
         // MAP_FIXED_NOREPLACE over it fails; MAP_FIXED replaces.
         let nr = anon | libc::MAP_FIXED_NOREPLACE as u64;
-        assert_eq!(ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, nr, u64::MAX, 0])), -(libc::EEXIST as i64));
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, nr, u64::MAX, 0])),
+            -(libc::EEXIST as i64)
+        );
         let fx = anon | libc::MAP_FIXED as u64;
-        assert_eq!(ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, fx, u64::MAX, 0])) as u64, a);
-        assert_eq!(ret(p.syscall(Sysno::munmap as u64, [a, 3 * PAGE, 0, 0, 0, 0])), 0);
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, fx, u64::MAX, 0])) as u64,
+            a
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::munmap as u64, [a, 3 * PAGE, 0, 0, 0, 0])),
+            0
+        );
         assert!(p.mm.write(GuestVirtAddr(a), b"x").is_err());
-        assert_eq!(ret(p.syscall(Sysno::mmap as u64, [0, 0, rw, anon, u64::MAX, 0])), -(libc::EINVAL as i64));
-        assert_eq!(ret(p.syscall(Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])), -(libc::ENOMEM as i64));
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [0, 0, rw, anon, u64::MAX, 0])),
+            -(libc::EINVAL as i64)
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])),
+            -(libc::ENOMEM as i64)
+        );
         // A file mapping is recorded for symbolization.
         let f: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
         let fd = p.fds.insert(Fd::new(f, false)).unwrap();
-        let m = ret(p.syscall(Sysno::mmap as u64, [0, PAGE, libc::PROT_READ as u64, libc::MAP_PRIVATE as u64, fd, 0])) as u64;
+        let m = ret(p.syscall(
+            Sysno::mmap as u64,
+            [
+                0,
+                PAGE,
+                libc::PROT_READ as u64,
+                libc::MAP_PRIVATE as u64,
+                fd,
+                0,
+            ],
+        )) as u64;
         let mut head = [0u8; 4];
         p.mm.read(GuestVirtAddr(m), &mut head).unwrap();
         assert_eq!(&head, b"\x7fELF");
