@@ -400,6 +400,7 @@ impl Vm {
         if parsed.as_ref().is_some_and(|p| !p.kind.is_multiboot()) {
             boot::write_boot_info(&mem, config.vcpus, tsc_khz, &config.cmdline)?;
         }
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
         let process = process.map(|(p, _)| Arc::new(Mutex::new(p)));
 
         let devices = Arc::new(Devices::new(
@@ -418,6 +419,13 @@ impl Vm {
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
             let linux = process.clone();
+            let mut vcpu = vcpu;
+            if sync_regs && let Some(p) = &linux {
+                match p.lock() {
+                    Ok(mut p) => p.use_sync_regs(&mut vcpu),
+                    Err(poisoned) => poisoned.into_inner().use_sync_regs(&mut vcpu),
+                }
+            }
             let notify = config.vcpu_threads.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))

@@ -36,6 +36,10 @@ pub const TRAP_PORT_BASE: u16 = 0xe0;
 pub const TRAP_PORT_OTHER: u16 = 0xdf;
 /// The `syscall` entry stub (LSTAR): `out TRAP_PORT_SYSCALL, al; sysretq`.
 pub const TRAP_PORT_SYSCALL: u16 = 0xd0;
+/// A port whose exit the shim ignores (no register is read or written): a program that
+/// writes it measures the bare cost of leaving and re-entering the guest, the floor of
+/// the system-call path (bench/linux-programs). Natively the write is a SIGSEGV.
+pub const TRAP_PORT_NULL: u16 = 0xd1;
 /// Stub slot of the `syscall` entry (after the 33 exception/interrupt slots).
 pub const SYSCALL_SLOT: u64 = 33;
 /// Bytes per stub slot in the stub page.
@@ -72,7 +76,7 @@ pub const SYSCALL_MASK_VALUE: u64 = 0x4_4500;
 /// TSS layout: the I/O permission bitmap follows the 104-byte TSS and covers ports up to
 /// and including TRAP_PORT_SYSCALL; one all-ones byte ends it.
 pub const TSS_IOMAP_BASE: u64 = 0x68;
-pub const TSS_IOMAP_BYTES: u64 = TRAP_PORT_SYSCALL as u64 / 8 + 1;
+pub const TSS_IOMAP_BYTES: u64 = TRAP_PORT_NULL as u64 / 8 + 1;
 pub const TSS_LIMIT: u64 = TSS_IOMAP_BASE + TSS_IOMAP_BYTES;
 
 // Where things go in the program's address space (as Linux without ASLR places them).

@@ -100,8 +100,10 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     let mut t = vec![0xffu8; (TSS_LIMIT + 1) as usize];
     t[..TSS_IOMAP_BASE as usize].fill(0);
     t[4..12].copy_from_slice(&TrapArea::stack_top().to_le_bytes());
-    let port = usize::from(TRAP_PORT_SYSCALL);
-    t[TSS_IOMAP_BASE as usize + port / 8] &= !(1 << (port % 8));
+    for port in [TRAP_PORT_SYSCALL, TRAP_PORT_NULL] {
+        let port = usize::from(port);
+        t[TSS_IOMAP_BASE as usize + port / 8] &= !(1 << (port % 8));
+    }
     // IST1 (offset 0x24): every gate uses it, so a trap taken in ring 0 (the syscall
     // stub runs on the program's stack) still lands on the trap stack.
     t[0x24..0x2c].copy_from_slice(&TrapArea::stack_top().to_le_bytes());

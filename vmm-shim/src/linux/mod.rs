@@ -221,6 +221,9 @@ pub struct Process {
     pub(crate) tid: u64,
     /// How `syscall` behaves on this vCPU (learnt at the first one).
     syscall_mode: Option<cpu::SyscallMode>,
+    /// KVM copies the registers into the run page at every exit and loads them back
+    /// when marked dirty (KVM_CAP_SYNC_REGS): a system call then needs no register ioctl.
+    sync_regs: bool,
 }
 
 impl std::fmt::Debug for Process {
@@ -307,6 +310,7 @@ impl Process {
                 fs_base: 0,
                 tid: host::ids()[0],
                 syscall_mode: None,
+                sync_regs: false,
             },
             regs,
         ))
@@ -319,7 +323,15 @@ impl Process {
 
     /// Whether `port` is one of the trap stubs' exits.
     pub fn is_trap_port(port: u16) -> bool {
-        port == TRAP_PORT_SYSCALL || (TRAP_PORT_OTHER..=TRAP_PORT_BASE + 31).contains(&port)
+        port == TRAP_PORT_SYSCALL
+            || port == TRAP_PORT_NULL
+            || (TRAP_PORT_OTHER..=TRAP_PORT_BASE + 31).contains(&port)
+    }
+
+    /// Use KVM_CAP_SYNC_REGS for system calls (the caller checked KVM has it).
+    pub fn use_sync_regs(&mut self, vcpu: &mut VcpuFd) {
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        self.sync_regs = true;
     }
 
     /// MSRs to set before the first entry (the SYSCALL path).
@@ -338,12 +350,33 @@ impl Process {
     /// Handle the exit of trap stub `port`: the vCPU is in ring 0 on the stub's `out`.
     pub fn on_trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if port == TRAP_PORT_NULL {
+            // The floor: nothing to do (KVM skips the `out` at the next entry).
+            return Ok(TrapAction::Resume);
+        }
         let started = std::time::Instant::now();
-        // Let KVM finish the `out` before the registers are touched (KVM API: state is
-        // consistent only after re-entering KVM_RUN; immediate_exit returns at once).
-        vcpu.set_kvm_immediate_exit(1);
-        let _ = vcpu.run();
-        vcpu.set_kvm_immediate_exit(0);
+        // KVM finishes an `out` at the next KVM_RUN. For a system call whose path is
+        // known that is what we want: KVM skips the `out` only if RIP is still on it
+        // (complete_fast_pio_out compares the linear RIP), so the ring-3 return (RIP set
+        // to RCX) and the ring-0 `sysretq` both come out right, and RAX set here
+        // survives. Otherwise let KVM finish it first (the KVM API's rule: state is
+        // consistent after re-entering KVM_RUN; immediate_exit returns at once).
+        if port != TRAP_PORT_SYSCALL || self.syscall_mode.is_none() {
+            vcpu.set_kvm_immediate_exit(1);
+            let _ = vcpu.run();
+            vcpu.set_kvm_immediate_exit(0);
+        }
+        if port == TRAP_PORT_SYSCALL && self.sync_regs && self.syscall_mode.is_some() {
+            // The fast path: registers from and back to the run page.
+            let mut regs = vcpu.sync_regs().regs;
+            let action = self.syscall_service(vcpu, &mut regs)?;
+            if matches!(action, TrapAction::Resume) {
+                vcpu.sync_regs_mut().regs = regs;
+                vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+            }
+            self.report.trap_ns += started.elapsed().as_nanos() as u64;
+            return Ok(action);
+        }
         let mut regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
         if port == TRAP_PORT_SYSCALL {
             let action = self.syscall_trap(vcpu, &mut regs)?;
@@ -396,6 +429,22 @@ impl Process {
 
     /// Service a system call; the stub's `sysretq` returns to RCX (see cpu.rs).
     fn syscall_trap(&mut self, vcpu: &VcpuFd, regs: &mut kvm_regs) -> Result<TrapAction, VmError> {
+        let action = self.syscall_service(vcpu, regs)?;
+        if matches!(action, TrapAction::Resume) {
+            vcpu.set_regs(regs).map_err(|source| VmError::Kvm {
+                op: "KVM_SET_REGS",
+                source,
+            })?;
+        }
+        Ok(action)
+    }
+
+    /// Service the system call in `regs` and leave the return state in `regs`.
+    fn syscall_service(
+        &mut self,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+    ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let nr = regs.rax;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
@@ -443,7 +492,6 @@ impl Process {
             regs.rip = regs.rcx;
             regs.rflags = regs.r11;
         }
-        vcpu.set_regs(regs).map_err(kvm("KVM_SET_REGS"))?;
         Ok(TrapAction::Resume)
     }
 }

@@ -722,6 +722,7 @@ mod tests {
             fs_base: 0,
             tid: 1,
             syscall_mode: None,
+            sync_regs: false,
         }
     }
 
