@@ -271,3 +271,77 @@ int main(int argc, char **argv) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn record_of_a_program_names_its_and_libcs_functions() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hot.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+__attribute__((noinline)) unsigned long hot_loop(unsigned long n) {
+    unsigned long s = 0;
+    for (unsigned long i = 0; i < n; i++) s += (i % 3 == 0) ? i * 7 : i ^ (s >> 3);
+    return s;
+}
+int main(void) {
+    unsigned long t = 0;
+    for (int r = 0; r < 300; r++) {
+        char *p = malloc(1000 + r);
+        memset(p, r, 1000 + r);
+        t += hot_loop(200000) + (unsigned char)p[r];
+        free(p);
+    }
+    printf("%lu\n", t);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("hot");
+    assert!(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let data = tmp.path().join("hot.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr-freq", "200", "--lbr-overhead", "0", "--"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let native = Command::new(&exe).output().unwrap();
+    assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    let report = lbrprof()
+        .args(["report", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let branches = text.split("# Hot branches").nth(1).unwrap_or_default();
+    assert!(
+        branches.contains("hot_loop"),
+        "the program's function in the branch histogram:\n{text}"
+    );
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("guest"), "{info}");
+}

@@ -301,15 +301,35 @@ impl AddressSpace {
         self.map_page(va, frame, prot.pte_flags())
     }
 
-    /// Drop page `va`'s translation and free its frame.
-    fn unmap_page(&mut self, va: u64) -> Result<(), Errno> {
+    /// Drop page `va`'s translation; its frame goes to `freed` (see [`Self::retire_all`]).
+    fn unmap_page(&mut self, va: u64, freed: &mut Vec<u64>) -> Result<(), Errno> {
         if let Some(slot) = self.leaf(va, false)? {
             let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
             if e & PTE_P != 0 {
                 self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
-                self.retire(e & PTE_ADDR_MASK)?;
+                freed.push(e & PTE_ADDR_MASK);
                 self.flush_needed = true;
             }
+        }
+        Ok(())
+    }
+
+    /// Retire many frames, one discard per physically contiguous run.
+    fn retire_all(&mut self, mut freed: Vec<u64>) -> Result<(), Errno> {
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let mut j = i + 1;
+            while j < freed.len() && freed[j] == freed[j - 1] + PAGE {
+                j += 1;
+            }
+            self.mem
+                .discard(GuestPhysAddr(freed[i]), (j - i) as u64 * PAGE)
+                .map_err(|_| Errno::EFAULT)?;
+            i = j;
+        }
+        for f in freed {
+            self.frames.release(f);
         }
         Ok(())
     }
@@ -430,16 +450,17 @@ impl AddressSpace {
         self.split_at(start);
         self.split_at(end);
         let inside: Vec<u64> = self.vmas.range(start..end).map(|(&s, _)| s).collect();
+        let mut freed = Vec::new();
         for s in inside {
             if let Some(v) = self.vmas.remove(&s) {
                 let mut va = v.start;
                 while va < v.end {
-                    self.unmap_page(va)?;
+                    self.unmap_page(va, &mut freed)?;
                     va += PAGE;
                 }
             }
         }
-        Ok(())
+        self.retire_all(freed)
     }
 
     /// `mprotect`: every page of `[start, start + len)` must be mapped (else ENOMEM).
@@ -472,7 +493,9 @@ impl AddressSpace {
             let mut va = v.start;
             while va < v.end {
                 if prot.is_none() {
-                    self.unmap_page(va)?;
+                    let mut freed = Vec::new();
+                    self.unmap_page(va, &mut freed)?;
+                    self.retire_all(freed)?;
                 } else {
                     let e = self.pte(va);
                     if e & PTE_P == 0 {
