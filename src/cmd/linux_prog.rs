@@ -84,23 +84,13 @@ pub fn target(spec: &str, args: &[String], force: Force) -> anyhow::Result<VmTar
     if force == Force::Linux {
         return Ok(program());
     }
-    // Only the headers are needed to tell; a file that cannot be read is left to the
-    // image loader's error.
-    let head = read_head(Path::new(spec));
-    Ok(if Program::looks_like_program(&head) {
+    // A file that cannot be read is left to the image loader's error.
+    let bytes = std::fs::read(spec).unwrap_or_default();
+    Ok(if Program::looks_like_program(&bytes) {
         program()
     } else {
         VmTarget::Image
     })
-}
-
-fn read_head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(1 << 20).read_to_end(&mut buf);
-    }
-    buf
 }
 
 /// Check the program and build what the VM loads; errors exit 126/127 as a shell's do.

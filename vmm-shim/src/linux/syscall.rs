@@ -1,5 +1,5 @@
 //! The system calls. Each takes the six raw argument registers; guest pointers go through
-//! [`AddressSpace::read`]/[`AddressSpace::write`] (EFAULT for anything that is not the
+//! [`AddressSpace::read`](super::mm::AddressSpace::read)/[`write`](super::mm::AddressSpace::write) (EFAULT for anything that is not the
 //! program's memory), guest descriptors through the [`FdTable`](super::fd::FdTable).
 //! Unimplemented calls return `-ENOSYS` and are counted by name for the end-of-run
 //! report; calls that would need a second process (fork, vfork, execve, clone) end the
