@@ -316,6 +316,34 @@ impl Process {
         ))
     }
 
+    /// A process with a trap area and no program: for tests and fuzzing of the system
+    /// calls (map memory with [`Process::memory_mut`], then call [`Process::syscall`]).
+    #[doc(hidden)]
+    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
+        let mut mm = AddressSpace::new(mem, 0x1000)?;
+        let trap = cpu::build_trap_area(&mut mm)?;
+        Ok(Process {
+            mm,
+            fds: FdTable::with_stdio([None, None, None]),
+            trap,
+            path: PathBuf::from("/bare"),
+            report: LinuxReport::default(),
+            counts: BTreeMap::new(),
+            sigactions: BTreeMap::new(),
+            sigmask: 0,
+            fs_base: 0,
+            tid: 1,
+            syscall_mode: None,
+            sync_regs: false,
+        })
+    }
+
+    /// The address space (tests and fuzzing).
+    #[doc(hidden)]
+    pub fn memory_mut(&mut self) -> &mut AddressSpace {
+        &mut self.mm
+    }
+
     /// Segment and control registers for the program's first entry.
     pub fn initial_sregs(&self, sregs: &mut kvm_sregs) {
         cpu::user_sregs(sregs, self.mm.cr3());
