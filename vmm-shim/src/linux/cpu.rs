@@ -9,9 +9,10 @@
 //! shim (KVM_SET_SREGS would reset KVM's MMU context on every call), and it is the
 //! architectural path, so it works the same with hardware VMX/SVM.
 //!
-//! On the nested development host (guest ring 0 emulated), `syscall` does not raise #UD
-//! with EFER.SCE clear and does not enter ring 0 with it set: it sets RCX/R11 and jumps
-//! to LSTAR *in ring 3*. So the stub page is user-executable and the TSS I/O bitmap lets
+//! On the nested development host (guest ring 0 emulated; its KVM is the `kvm_pvm`
+//! module, PVM, which runs guests without VMX), `syscall` does not raise #UD with
+//! EFER.SCE clear and does not enter ring 0 with it set: it sets RCX/R11 and jumps to
+//! LSTAR *in ring 3*. So the stub page is user-executable and the TSS I/O bitmap lets
 //! ring 3 use port 0xd0 (only that one): the stub's `out` then exits straight from ring
 //! 3, with no guest ring-0 instruction at all, and the shim resumes the program itself
 //! (RIP = RCX, RFLAGS = R11) instead of letting `sysretq` fault in ring 3. Which of the
