@@ -119,6 +119,15 @@ fn programs_on_the_machine_run_byte_identical() {
         let (native, vm) = native_and_vm(prog, args, stdin);
         assert_identical(prog, &native, &vm);
     }
+    // A `#!` script runs through its interpreter, with the interpreter's argument.
+    let script = tmp.path().join("script");
+    std::fs::write(&script, "#!/bin/cat -n\nhello from a script\n").unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let (native, vm) = native_and_vm(script.to_str().unwrap(), &[f], None);
+    assert!(String::from_utf8_lossy(&native.stdout).contains("1\t#!/bin/cat -n"));
+    assert_identical("#! script", &native, &vm);
     // python3 (dynamic, ~600 system calls, libpython): if the machine has one.
     if Path::new("/usr/bin/python3").exists() {
         let (native, vm) = native_and_vm(

@@ -64,7 +64,7 @@ pub enum LinuxError {
     Directory { path: PathBuf },
     #[error("{}: permission denied (not executable)", path.display())]
     NotExecutable { path: PathBuf },
-    #[error("{}: cannot execute: not an ELF program", path.display())]
+    #[error("{}: cannot execute: not an ELF program or a #! script", path.display())]
     NotElf { path: PathBuf },
     #[error("{}: cannot execute: {what}", path.display())]
     WrongArch { path: PathBuf, what: String },
@@ -114,6 +114,25 @@ pub struct Program {
     interp: Option<Elf>,
 }
 
+/// The interpreter and optional argument of a `#!` line (at most 255 bytes, as Linux).
+fn shebang(data: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
+    let rest = data.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or(rest);
+    let line = &line[..line.len().min(255)];
+    let trimmed: Vec<&[u8]> = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let (interp, tail) = trimmed.split_first()?;
+    let interp = PathBuf::from(std::ffi::OsStr::from_bytes(interp));
+    // Linux passes everything after the interpreter as one argument.
+    let arg = (!tail.is_empty()).then(|| {
+        let joined = tail.join(&b' ');
+        OsString::from(std::ffi::OsStr::from_bytes(&joined))
+    });
+    Some((interp, arg))
+}
+
 fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| LinuxError::io(path, e))?;
@@ -139,7 +158,31 @@ impl Program {
         envp: Vec<OsString>,
     ) -> Result<Program, LinuxError> {
         let data = read_executable(path)?;
-        let main = Elf::parse(path, data)?;
+        if let Some((interp, arg)) = shebang(&data) {
+            // `#!INTERP [ARG]`: run INTERP [ARG] PATH ARGS... (argv[0] replaced), as
+            // binfmt_script does; the interpreter must be an ELF program itself.
+            let mut args = vec![interp.clone().into_os_string()];
+            args.extend(arg);
+            args.push(path.as_os_str().to_owned());
+            args.extend(argv.into_iter().skip(1));
+            let data = read_executable(&interp).map_err(|e| match e {
+                LinuxError::NotFound { .. } => LinuxError::InterpreterMissing {
+                    path: path.to_owned(),
+                    interp: interp.clone(),
+                },
+                e => e,
+            })?;
+            return Program::from_elf(&interp, Elf::parse(&interp, data)?, args, envp);
+        }
+        Program::from_elf(path, Elf::parse(path, data)?, argv, envp)
+    }
+
+    fn from_elf(
+        path: &Path,
+        main: Elf,
+        argv: Vec<OsString>,
+        envp: Vec<OsString>,
+    ) -> Result<Program, LinuxError> {
         let interp = match &main.interp {
             None => None,
             Some(ip) => {
@@ -167,6 +210,11 @@ impl Program {
             main,
             interp,
         })
+    }
+
+    /// The program that really runs (the interpreter of a `#!` script).
+    pub fn executable(&self) -> &Path {
+        &self.path
     }
 
     /// Whether an ELF file looks like a Linux program rather than a bootable kernel:
@@ -521,5 +569,22 @@ impl Process {
             regs.rflags = regs.r11;
         }
         Ok(TrapAction::Resume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebang_lines_are_split_like_binfmt_script() {
+        let (i, a) = shebang(b"#!/bin/sh\necho").unwrap();
+        assert_eq!((i, a), (PathBuf::from("/bin/sh"), None));
+        let (i, a) = shebang(b"#! /usr/bin/env  python3 -u\n").unwrap();
+        assert_eq!(i, PathBuf::from("/usr/bin/env"));
+        assert_eq!(a, Some(OsString::from("python3 -u")));
+        assert!(shebang(b"#!\n").is_none());
+        assert!(shebang(b"\x7fELF").is_none());
+        assert!(shebang(b"#!").is_none());
     }
 }
