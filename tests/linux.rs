@@ -300,7 +300,7 @@ __attribute__((noinline)) unsigned long hot_loop(unsigned long n) {
 }
 int main(void) {
     unsigned long t = 0;
-    for (int r = 0; r < 300; r++) {
+    for (int r = 0; r < 2000; r++) {
         char *p = malloc(1000 + r);
         memset(p, r, 1000 + r);
         t += hot_loop(200000) + (unsigned char)p[r];

@@ -99,13 +99,27 @@ pub struct MapRecord {
     pub executable: bool,
 }
 
-/// Guest-physical 4 KiB frames, handed out from `[next, end)` and a free list.
+/// Guest-physical 4 KiB frames, handed out from `[next, end)` and a free list. Page
+/// tables come from the top down, data from the bottom up: a table is written when a
+/// mapping is made, a data page only when the program touches it, and keeping tables
+/// apart keeps untouched data out of the host pages (huge pages) the tables dirty.
 #[derive(Debug)]
 struct Frames {
     next: u64,
     end: u64,
     free: Vec<u64>,
     in_use: u64,
+}
+
+impl Frames {
+    fn alloc_table(&mut self, mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
+        if self.next + PAGE > self.end {
+            return self.alloc(mem);
+        }
+        self.end -= PAGE;
+        self.in_use += 1;
+        Ok(GuestPhysAddr(self.end))
+    }
 }
 
 impl Frames {
@@ -179,8 +193,8 @@ impl AddressSpace {
             free: Vec::new(),
             in_use: 0,
         };
-        let root = frames.alloc(&mem)?.0;
-        let alt_root = frames.alloc(&mem)?.0;
+        let root = frames.alloc_table(&mem)?.0;
+        let alt_root = frames.alloc_table(&mem)?.0;
         Ok(AddressSpace {
             mem,
             frames,
@@ -230,7 +244,7 @@ impl AddressSpace {
                 if !create {
                     return Ok(None);
                 }
-                let t = self.frames.alloc(&self.mem)?;
+                let t = self.frames.alloc_table(&self.mem)?;
                 let entry = t.0 | PTE_P | PTE_RW | PTE_US;
                 self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT)?;
                 if shift == 39 {
