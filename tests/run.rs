@@ -461,7 +461,13 @@ fn bad_images_and_flags_get_one_line_errors_and_status_2() {
         ("empty file", vec!["--vm", "/dev/null"], "not a guest image"),
         ("truncated", vec!["--vm", &truncated], "truncated image"),
         ("wrong machine", vec!["--vm", &aarch64], "wrong machine"),
-        ("PIE", vec!["--vm", &pie], "not a static executable"),
+        // A position-independent ELF is taken for a Linux program unless --vm-kernel
+        // says it is a kernel (tests/linux.rs covers the program side).
+        (
+            "PIE as a kernel",
+            vec!["--vm", &pie, "--vm-kernel"],
+            "not a static executable",
+        ),
         (
             "entry outside",
             vec!["--vm", &entry_outside],

@@ -122,6 +122,9 @@ pub struct GuestImage {
     pub bytes: Vec<u8>,
     /// A file with the same bytes, recorded in the guest mapping for symbolization.
     pub path: PathBuf,
+    /// Set for a Linux program (run under the shim's Linux personality): `bytes` is
+    /// then unused and the guest mappings are the files the program mapped.
+    pub program: Option<lbrprof_vmm::linux::Program>,
 }
 
 /// Everything `record --vm` needs, as plain data.
@@ -228,6 +231,35 @@ pub fn guest_mappings(image: &[u8], path: &Path, time_ns: u64) -> Vec<Mapping> {
         .collect()
 }
 
+/// The guest mappings of a Linux program: every executable file mapping it made (the
+/// program, its interpreter, its libraries), as perf's MMAP2 records give them.
+pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64) -> Vec<Mapping> {
+    let mut build_ids: std::collections::HashMap<PathBuf, Option<Vec<u8>>> = Default::default();
+    maps.iter()
+        .filter(|m| m.executable && m.len > 0)
+        .map(|m| {
+            let build_id = build_ids
+                .entry(m.path.clone())
+                .or_insert_with(|| {
+                    std::fs::read(&m.path)
+                        .ok()
+                        .and_then(|b| lbrprof_vmm::builtin::build_id(&b))
+                })
+                .clone();
+            Mapping {
+                time_ns,
+                space: AddressSpace::Guest { vm: VM_INDEX },
+                pid: VM_INDEX,
+                start: m.start,
+                len: m.len,
+                pgoff: m.offset,
+                path: m.path.display().to_string(),
+                build_id,
+            }
+        })
+        .collect()
+}
+
 /// Records a guest run; see the module docs.
 pub fn record_vm(
     opts: VmRecordOptions,
@@ -272,9 +304,15 @@ pub fn record_vm(
         }
     })?;
     let sink = writer.sink();
-    for m in guest_mappings(&image.bytes, &image.path, start_monotonic_ns) {
-        sink.send(Event::Mapping(m));
+    if image.program.is_none() {
+        for m in guest_mappings(&image.bytes, &image.path, start_monotonic_ns) {
+            sink.send(Event::Mapping(m));
+        }
     }
+    let guest = match &image.program {
+        Some(p) => lbrprof_vmm::Guest::Linux(p),
+        None => lbrprof_vmm::Guest::Image(&image.bytes),
+    };
 
     let config = SamplerConfig {
         event: choice.event,
@@ -297,7 +335,7 @@ pub fn record_vm(
         .and_then(|signals| {
             run_sampled(
                 vm_config,
-                &image.bytes,
+                guest,
                 lbr,
                 &snap_sink,
                 &config,
@@ -324,6 +362,11 @@ pub fn record_vm(
             return Err(e);
         }
     };
+    if let Some(linux) = &report.linux {
+        for m in program_mappings(&linux.maps, start_monotonic_ns) {
+            sink.send(Event::Mapping(m));
+        }
+    }
     let lost_snapshots = snap_sink.lost();
     run.lost_snapshots = lost_snapshots;
     let now = sys::monotonic_ns();
@@ -418,6 +461,10 @@ pub fn record_vm(
             t.as_secs_f64()
         )),
         Outcome::Stopped => notes.push("stopped by a signal to lbrprof".into()),
+        Outcome::Signaled { signal, crash } => notes.push(format!(
+            "the program was killed by signal {signal}: {}",
+            crash.reason
+        )),
         Outcome::Exited(_) | Outcome::PowerOff => {}
     }
     let summary = Summary {
@@ -485,7 +532,7 @@ fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> (Vec<String>, Vec<S
 #[allow(clippy::too_many_arguments)]
 fn run_sampled(
     vm_config: VmConfig,
-    image: &[u8],
+    image: lbrprof_vmm::Guest<'_>,
     lbr: &dyn GuestLbr,
     snap_sink: &SnapshotSink,
     config: &SamplerConfig,
@@ -506,7 +553,7 @@ fn run_sampled(
                 if !go_rx.recv().unwrap_or(false) {
                     return None;
                 }
-                Some(Vm::run(vm_config, image, &hooks))
+                Some(Vm::run_guest(vm_config, image, &hooks))
             })
             .map_err(|source| RecordError::System {
                 what: "start the VM thread",
@@ -708,6 +755,7 @@ mod tests {
                 spec: "builtin:sort".into(),
                 bytes: Vec::new(),
                 path: dir.join("sort"),
+                program: None,
             },
             vm: VmConfig::new(64 << 20, 1),
             replace: Replace::KeepOld,

@@ -7,6 +7,7 @@ pub mod flamegraph;
 pub mod generate;
 pub mod info;
 pub mod lbr_opts;
+pub mod linux_prog;
 pub mod record;
 pub mod record_vm;
 pub mod report;

@@ -86,8 +86,17 @@ pub struct VmArgs {
     /// Record a guest in lbrprof's VMM shim instead of a host command: an ELF64 or
     /// multiboot image file, or `builtin:NAME` (branchy, calls, sort, interp, ...). The
     /// arguments after `--` are the guest's. Exit status: the guest's (see `lbrprof run`).
-    #[arg(long, value_name = "IMAGE|builtin:NAME")]
+    /// With no value (`--vm -- PROG ARGS`), or a FILE that is a Linux program by its ELF
+    /// (or with --vm-linux): run an x86-64 Linux program in guest ring 3 with the shim as
+    /// its kernel (see `lbrprof run`).
+    #[arg(long, value_name = "IMAGE|builtin:NAME", num_args = 0..=1, default_missing_value = "")]
     pub vm: Option<String>,
+    /// Treat the --vm file as a Linux program (its arguments follow `--`).
+    #[arg(long, requires = "vm", conflicts_with = "vm_kernel")]
+    pub vm_linux: bool,
+    /// Treat the --vm file as a bootable image (ELF64 or multiboot kernel).
+    #[arg(long, requires = "vm")]
+    pub vm_kernel: bool,
     /// The guest's LBR: `emulated` (the shim implements the LBR MSRs and traces the
     /// guest's branches), `hw` (KVM passes the host's LBR through), `auto` (hardware
     /// where the host has it, else emulated).
@@ -125,8 +134,9 @@ pub struct VmArgs {
     /// Number of vCPUs (one host thread each).
     #[arg(long, default_value_t = 1, value_name = "N", requires = "vm")]
     pub vcpus: u32,
-    /// Guest RAM, with an optional K, M or G suffix (4M to 3G).
-    #[arg(long, default_value = "256M", value_name = "SIZE",
+    /// Guest RAM, with an optional K, M or G suffix (4M to 3G); for a Linux program, the
+    /// limit of its memory.
+    #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE",
           value_parser = crate::cmd::run::parse_size, requires = "vm")]
     pub mem: u64,
     /// Where the guest's serial console goes: `stderr` (default), `stdout`, or a file.

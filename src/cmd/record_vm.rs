@@ -38,6 +38,7 @@ fn guest_image(spec: &str, output: &Path) -> anyhow::Result<GuestImage> {
             spec: spec.to_owned(),
             bytes: bytes.to_vec(),
             path,
+            program: None,
         });
     }
     let bytes = std::fs::read(spec).with_context(|| format!("cannot read guest image '{spec}'"))?;
@@ -46,6 +47,7 @@ fn guest_image(spec: &str, output: &Path) -> anyhow::Result<GuestImage> {
         spec: spec.to_owned(),
         bytes,
         path,
+        program: None,
     })
 }
 
@@ -100,8 +102,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.guest.vcpus == 0 || args.guest.vcpus > max {
         anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
     }
-    let cmdline = guest_cmdline(&args.command, lbr.snapshot_source())?;
-    let image = guest_image(&spec, &args.output)?;
+    use crate::cmd::linux_prog::{self, Force, VmTarget};
+    let force = if args.guest.vm_linux {
+        Force::Linux
+    } else if args.guest.vm_kernel {
+        Force::Kernel
+    } else {
+        Force::Auto
+    };
+    let (spec, cmdline, image) = match linux_prog::target(&spec, &args.command, force)? {
+        VmTarget::Program { path, argv } => {
+            let program = linux_prog::program(&path, &argv)?;
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            let image = GuestImage {
+                spec: path.display().to_string(),
+                bytes: Vec::new(),
+                path: canonical,
+                program: Some(program),
+            };
+            (path.display().to_string(), String::new(), image)
+        }
+        VmTarget::Image => {
+            let cmdline = guest_cmdline(&args.command, lbr.snapshot_source())?;
+            (spec.clone(), cmdline, guest_image(&spec, &args.output)?)
+        }
+    };
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
     vm.cmdline = cmdline;
     vm.timeout = match args.duration {

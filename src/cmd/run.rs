@@ -1,5 +1,5 @@
-//! `lbrprof run`: boot a guest image in the VMM shim and run it to completion, without
-//! profiling. The exit status is the guest's: `(v << 1) | 1` for a write of v to the
+//! `lbrprof run`: boot a guest image in the VMM shim, or run a Linux program under the
+//! shim's Linux personality (`--vm -- PROG ARGS`), to completion, without profiling. The exit status is the guest's: `(v << 1) | 1` for a write of v to the
 //! isa-debug-exit port 0xf4, 0 for a clean power-off; 4 when the guest crashed (triple
 //! fault, KVM internal error; the registers are printed), 124 when `--timeout` expired,
 //! 2 for lbrprof's own errors (bad image, bad flags, no KVM).
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use lbrprof_vmm::vm::{Outcome, Vm, VmConfig};
+use lbrprof_vmm::vm::{Guest, Outcome, Vm, VmConfig};
 use lbrprof_vmm::{NoopHook, VcpuHook, builtin};
 
 use crate::cmd::with_exit;
@@ -27,13 +27,26 @@ Built-in guests take key=value arguments after --, e.g. `lbrprof run --vm builti
 seed=2 timing`; every built-in accepts exit=N, rt.cpus (report the vCPUs that came up) and
 rt.stats (report the cost of the guest's ring-0 boot and of a system call).")]
 pub struct Args {
-    /// The guest: an ELF64 or multiboot v1 image file, or `builtin:NAME` for an image
-    /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe, lbrcheck).
-    #[arg(long, value_name = "IMAGE|builtin:NAME")]
+    /// The guest: an ELF64 or multiboot v1 image file, `builtin:NAME` for an image
+    /// embedded in lbrprof (branchy, calls, sort, interp, msrprobe, lbrcheck), or a
+    /// Linux x86-64 program. With no value (`--vm -- PROG ARGS`) the program after `--`
+    /// runs in guest ring 3 with the shim as its kernel; a file given as IMAGE is run
+    /// that way too when its ELF says it is a program (position-independent or with an
+    /// interpreter), or with --vm-linux.
+    #[arg(long, value_name = "IMAGE|builtin:NAME", num_args = 0..=1, default_missing_value = "")]
     pub vm: String,
 
-    /// Guest RAM, with an optional K, M or G suffix (4M to 3G).
-    #[arg(long, default_value = "256M", value_name = "SIZE", value_parser = parse_size)]
+    /// Treat the --vm file as a Linux program (its arguments follow `--`).
+    #[arg(long, conflicts_with = "vm_kernel")]
+    pub vm_linux: bool,
+
+    /// Treat the --vm file as a bootable image (ELF64 or multiboot kernel).
+    #[arg(long)]
+    pub vm_kernel: bool,
+
+    /// Guest RAM, with an optional K, M or G suffix (4M to 3G). For a Linux program it
+    /// is the limit of its memory: an allocation past it fails with ENOMEM (reported).
+    #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE", value_parser = parse_size)]
     pub mem: u64,
 
     /// Number of vCPUs, one host thread each. lbrprof's runtime starts every vCPU at
@@ -117,6 +130,18 @@ fn serial_sink(spec: &str) -> anyhow::Result<Box<dyn Write + Send>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use crate::cmd::linux_prog::{self, Force, VmTarget};
+    let force = if args.vm_linux {
+        Force::Linux
+    } else if args.vm_kernel {
+        Force::Kernel
+    } else {
+        Force::Auto
+    };
+    if let VmTarget::Program { path, argv } = linux_prog::target(&args.vm, &args.guest_args, force)?
+    {
+        return run_program(&args, &path, &argv);
+    }
     let (image, builtin_name) = load_image(&args.vm)?;
     if let Some(dir) = &args.write_image {
         let name =
@@ -170,6 +195,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     guest_exit(&args.vm, &report.outcome, "--timeout", "")
 }
 
+/// `run --vm -- PROG ARGS`: a Linux program under the shim's personality.
+fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<ExitCode> {
+    let program = crate::cmd::linux_prog::program(path, argv)?;
+    let mut config = VmConfig::new(args.mem, args.vcpus);
+    config.timeout = args.timeout;
+    let lbr = args.lbr.setup(None, args.vcpus)?;
+    let hooks = |index: u32| -> Box<dyn VcpuHook> {
+        match &lbr {
+            Some(setup) => setup.hook(index),
+            None => Box::new(NoopHook),
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let spec = path.display().to_string();
+    let report = Vm::run_guest(config, Guest::Linux(&program), &hooks)
+        .with_context(|| format!("cannot run '{spec}' in the VM"))?;
+    if let Some(linux) = &report.linux {
+        crate::cmd::linux_prog::print_report(linux, args.mem);
+        if args.stats {
+            let n = linux.syscalls.max(1);
+            eprintln!(
+                "lbrprof: vm: {} system calls, {:.2} µs each in the shim (trap service), \
+                 peak guest memory {:.1} MiB, total {:.2} ms",
+                linux.syscalls,
+                linux.trap_ns as f64 / 1e3 / n as f64,
+                linux.peak_bytes as f64 / (1 << 20) as f64,
+                report.elapsed.as_secs_f64() * 1e3,
+            );
+        }
+    }
+    if args.stats {
+        for v in &report.vcpus {
+            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            eprintln!(
+                "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
+                v.vcpu,
+                v.run_ns as f64 / 1e6,
+                v.total_exits(),
+                exits.join(", ")
+            );
+        }
+    }
+    guest_exit(&spec, &report.outcome, "--timeout", "")
+}
+
 /// The process exit for a guest's outcome, shared by `run` and `record --vm`: the guest's
 /// own status when it exited, else an error naming the guest (the registers printed first
 /// for a crash) with that status attached. `limit` names the flag that bounds the run;
@@ -188,6 +258,15 @@ pub fn guest_exit(
             t.as_secs_f64()
         ),
         Outcome::Stopped => format!("guest '{spec}' stopped by a signal{suffix}"),
+        Outcome::Signaled { signal, crash } => {
+            if !crash.registers.is_empty() {
+                eprintln!("lbrprof: guest registers:\n{}", crash.registers);
+            }
+            format!(
+                "'{spec}' was killed by signal {signal}: {}{suffix}",
+                crash.reason
+            )
+        }
         Outcome::Crashed(c) => {
             if !c.registers.is_empty() {
                 eprintln!("lbrprof: guest vCPU {} registers:\n{}", c.vcpu, c.registers);

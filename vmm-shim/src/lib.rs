@@ -21,6 +21,7 @@ pub mod builtin;
 pub mod caps;
 pub mod devices;
 pub mod hook;
+pub mod linux;
 pub mod loader;
 pub mod memory;
 pub mod pmu;
@@ -30,4 +31,4 @@ pub mod vm;
 
 pub use hook::{NoopHook, VcpuCtx, VcpuHook};
 pub use memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
-pub use vm::{Outcome, RunReport, Vm, VmConfig, VmError};
+pub use vm::{Guest, Outcome, RunReport, Vm, VmConfig, VmError};

@@ -22,11 +22,13 @@ pub enum ImageKind {
     MultibootElf32,
     /// Multiboot v1 with the a.out kludge (header fields give the load addresses).
     MultibootAout,
+    /// An x86-64 Linux program run by the shim's Linux personality ([`crate::linux`]).
+    Linux,
 }
 
 impl ImageKind {
     pub fn is_multiboot(self) -> bool {
-        !matches!(self, ImageKind::Elf64)
+        matches!(self, ImageKind::MultibootElf32 | ImageKind::MultibootAout)
     }
 }
 

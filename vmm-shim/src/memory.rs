@@ -276,6 +276,32 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Give the host pages of `[addr, addr + len)` back (MADV_DONTNEED): they read as
+    /// zero afterwards, and KVM's MMU notifier drops every guest translation to them
+    /// (shadow or nested page-table entries), which is how a VMM that rewrites the
+    /// guest's page tables makes sure no stale translation survives. `addr` and `len`
+    /// must be host-page aligned.
+    pub fn discard(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
+        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
+            addr,
+            len,
+            size: self.size,
+        })?;
+        let off = self.check(addr, l)?;
+        let page = host_page_size() as usize;
+        if off % page != 0 || l % page != 0 {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len,
+                size: self.size,
+            });
+        }
+        // SAFETY: the range is inside the live mapping (checked) and page-aligned;
+        // MADV_DONTNEED on private anonymous memory only zero-fills it.
+        unsafe { libc::madvise(self.ptr.as_ptr().add(off).cast(), l, libc::MADV_DONTNEED) };
+        Ok(())
+    }
+
     /// Copy guest memory at `addr` into `buf`.
     pub fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
         let off = self.check(addr, buf.len())?;

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
@@ -41,6 +41,7 @@ use crate::arch::DR7_L0;
 use crate::boot;
 use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
 use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
+use crate::linux::{self, LinuxError, LinuxReport, Process, TrapAction};
 use crate::loader::{self, ImageKind, LoaderError, RamLayout};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::timer::ExitTimer;
@@ -77,6 +78,10 @@ pub enum VmError {
     BreakpointSlot { slot: usize },
     #[error(transparent)]
     Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Linux(#[from] LinuxError),
+    #[error("a Linux program runs on one vCPU for now ({n} requested)")]
+    LinuxVcpus { n: u32 },
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error("cannot start a vCPU thread")]
@@ -214,6 +219,8 @@ pub enum Outcome {
     TimedOut(Duration),
     /// Triple fault, KVM internal error, failed entry, or a hook stopped the VM.
     Crashed(CrashReport),
+    /// A Linux program was killed by a signal (a fault, abort(), an unsupported call).
+    Signaled { signal: i32, crash: CrashReport },
     /// The caller stopped the VM through a [`StopHandle`] (e.g. on Ctrl-C).
     Stopped,
 }
@@ -242,6 +249,15 @@ pub struct RunReport {
     /// Per-vCPU exit counts and time accounting, by vCPU index.
     pub vcpus: Vec<VcpuRunStats>,
     pub unknown: UnknownAccesses,
+    /// What the Linux personality reports (Linux programs only).
+    pub linux: Option<LinuxReport>,
+}
+
+/// What a VM runs: a bootable image, or a Linux program under the shim's personality.
+#[derive(Clone, Copy, Debug)]
+pub enum Guest<'a> {
+    Image(&'a [u8]),
+    Linux(&'a linux::Program),
 }
 
 /// Creates a vCPU's hook from its index.
@@ -250,6 +266,10 @@ pub type HookFactory<'a> = &'a dyn Fn(u32) -> Box<dyn VcpuHook>;
 /// How one vCPU thread ended.
 enum VcpuEnd {
     Exit(u8),
+    Killed {
+        signal: i32,
+        crash: CrashReport,
+    },
     PowerOff,
     Crash(CrashReport),
     /// Stopped by the VM (another vCPU ended the run, or the timeout).
@@ -267,6 +287,16 @@ impl Vm {
         image: &[u8],
         hooks: HookFactory<'_>,
     ) -> Result<RunReport, VmError> {
+        Vm::run_guest(config, Guest::Image(image), hooks)
+    }
+
+    /// Run `guest` to the end: an image is booted, a Linux program is loaded and run
+    /// under the shim's Linux personality (one vCPU).
+    pub fn run_guest(
+        config: VmConfig,
+        guest: Guest<'_>,
+        hooks: HookFactory<'_>,
+    ) -> Result<RunReport, VmError> {
         let started = Instant::now();
         check_mem_size(config.mem_bytes)?;
         if config.vcpus == 0 || config.vcpus > boot::MAX_VCPUS {
@@ -281,7 +311,16 @@ impl Vm {
                 max: boot::CMDLINE_MAX - 1,
             });
         }
-        let parsed = loader::parse(image, RamLayout::for_ram(config.mem_bytes))?;
+        let parsed = match guest {
+            Guest::Image(image) => {
+                Some(loader::parse(image, RamLayout::for_ram(config.mem_bytes))?)
+            }
+            Guest::Linux(_) if config.vcpus != 1 => {
+                return Err(VmError::LinuxVcpus { n: config.vcpus });
+            }
+            Guest::Linux(_) => None,
+        };
+        let kind = parsed.as_ref().map_or(ImageKind::Linux, |p| p.kind);
 
         let kvm = Kvm::new().map_err(VmError::KvmUnavailable)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -315,10 +354,23 @@ impl Vm {
         ranges.dedup();
         install_msr_filter(&vm, &ranges)?;
 
-        parsed.load(&mem)?;
-        boot::write_tables(&mem)?;
-        if parsed.kind.is_multiboot() {
-            boot::write_multiboot_info(&mem, &config.cmdline)?;
+        let mut process = None;
+        match (&parsed, guest) {
+            (Some(parsed), _) => {
+                parsed.load(&mem)?;
+                boot::write_tables(&mem)?;
+                if parsed.kind.is_multiboot() {
+                    boot::write_multiboot_info(&mem, &config.cmdline)?;
+                }
+            }
+            (None, Guest::Linux(program)) => {
+                let mut random = [0u8; 16];
+                let _ = linux::host::getrandom(&mut random, 0);
+                // Guest-physical page 0 stays unused; the program's frames start above.
+                let (p, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                process = Some((p, regs));
+            }
+            (None, Guest::Image(_)) => unreachable!("images are parsed above"),
         }
 
         let supported = kvm
@@ -337,13 +389,19 @@ impl Vm {
                 source: kvm_ioctls::Error::new(libc::E2BIG),
             })?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            setup_registers(&vcpu, parsed.kind, parsed.entry, index)?;
+            match (&parsed, &process) {
+                (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
+                (None, Some((p, regs))) => setup_linux_registers(&vcpu, p, regs)?,
+                (None, None) => {}
+            }
             vcpus.push(vcpu);
         }
         let tsc_khz = vcpus[0].get_tsc_khz().map_or(0, u64::from);
-        if !parsed.kind.is_multiboot() {
+        if parsed.as_ref().is_some_and(|p| !p.kind.is_multiboot()) {
             boot::write_boot_info(&mem, config.vcpus, tsc_khz, &config.cmdline)?;
         }
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        let process = process.map(|(p, _)| Arc::new(Mutex::new(p)));
 
         let devices = Arc::new(Devices::new(
             config.serial,
@@ -360,6 +418,14 @@ impl Vm {
         let mut spawn_error = None;
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
+            let linux = process.clone();
+            let mut vcpu = vcpu;
+            if sync_regs && let Some(p) = &linux {
+                match p.lock() {
+                    Ok(mut p) => p.use_sync_regs(&mut vcpu),
+                    Err(poisoned) => poisoned.into_inner().use_sync_regs(&mut vcpu),
+                }
+            }
             let notify = config.vcpu_threads.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -370,6 +436,7 @@ impl Vm {
                         vcpu,
                         hook_ports: hook.io_ports(),
                         hook,
+                        linux,
                         mem,
                         devices,
                         stop,
@@ -494,9 +561,14 @@ impl Vm {
                 registers: String::new(),
             }),
         };
+        let linux = process.map(|p| match p.lock() {
+            Ok(mut p) => p.take_report(),
+            Err(poisoned) => poisoned.into_inner().take_report(),
+        });
         Ok(RunReport {
+            linux,
             outcome,
-            kind: parsed.kind,
+            kind,
             elapsed: started.elapsed(),
             setup,
             vcpus: stats,
@@ -508,6 +580,7 @@ impl Vm {
 fn end_to_outcome(end: VcpuEnd) -> Option<Result<Outcome, VmError>> {
     match end {
         VcpuEnd::Exit(code) => Some(Ok(Outcome::Exited(code))),
+        VcpuEnd::Killed { signal, crash } => Some(Ok(Outcome::Signaled { signal, crash })),
         VcpuEnd::PowerOff => Some(Ok(Outcome::PowerOff)),
         VcpuEnd::Crash(c) => Some(Ok(Outcome::Crashed(c))),
         VcpuEnd::Error(e) => Some(Err(e)),
@@ -589,6 +662,38 @@ fn setup_registers(vcpu: &VcpuFd, kind: ImageKind, entry: u64, index: u32) -> Re
     Ok(())
 }
 
+/// A Linux program's first state: ring 3 at the entry, SSE usable.
+fn setup_linux_registers(vcpu: &VcpuFd, process: &Process, regs: &kvm_regs) -> Result<(), VmError> {
+    let mut fpu = vcpu.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
+    fpu.fcw = 0x37f;
+    fpu.mxcsr = 0x1f80;
+    vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    process.initial_sregs(&mut sregs);
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let entries: Vec<kvm_bindings::kvm_msr_entry> = process
+        .initial_msrs()
+        .iter()
+        .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|_| VmError::Kvm {
+        op: "KVM_SET_MSRS",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if set != entries.len() {
+        return Err(VmError::Kvm {
+            op: "KVM_SET_MSRS",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        });
+    }
+    vcpu.set_regs(regs).map_err(kvm_err("KVM_SET_REGS"))
+}
+
 // The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
 
 thread_local! {
@@ -638,6 +743,8 @@ struct VcpuRunner {
     hook: Box<dyn VcpuHook>,
     /// Ports the hook handles itself; the devices never see them.
     hook_ports: Vec<u16>,
+    /// The Linux program this vCPU runs, if it runs one (its traps exit on I/O ports).
+    linux: Option<Arc<Mutex<Process>>>,
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
@@ -754,7 +861,8 @@ impl VcpuRunner {
                 }
                 Ok(exit) => match exit {
                     VcpuExit::IoOut(port, data) => {
-                        if !self.hook_ports.contains(&port) {
+                        let trap = self.linux.is_some() && Process::is_trap_port(port);
+                        if !trap && !self.hook_ports.contains(&port) {
                             action = self.devices.io_out(port, data);
                         }
                         ExitKind::IoOut {
@@ -842,6 +950,30 @@ impl VcpuRunner {
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
+            if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &self.linux)
+                && Process::is_trap_port(port)
+            {
+                let result = match linux.lock() {
+                    Ok(mut p) => p.on_trap(&mut self.vcpu, port),
+                    Err(poisoned) => poisoned.into_inner().on_trap(&mut self.vcpu, port),
+                };
+                match result {
+                    Ok(TrapAction::Resume) => {}
+                    Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
+                    Ok(TrapAction::Killed { signal, reason }) => {
+                        return VcpuEnd::Killed {
+                            signal,
+                            crash: CrashReport {
+                                vcpu: self.index,
+                                reason,
+                                registers: self.register_dump(),
+                            },
+                        };
+                    }
+                    Err(e) => return VcpuEnd::Error(e),
+                }
+                continue;
+            }
             match (kind, action) {
                 (_, IoAction::Exit(code)) => return VcpuEnd::Exit(code),
                 (_, IoAction::PowerOff) => return VcpuEnd::PowerOff,
@@ -930,6 +1062,7 @@ impl Outcome {
             Outcome::Stopped => 130,
             Outcome::TimedOut(_) => 124,
             Outcome::Crashed(_) => 4,
+            Outcome::Signaled { signal, .. } => 128u8.wrapping_add(*signal as u8),
         }
     }
 }

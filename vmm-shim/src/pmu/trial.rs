@@ -93,7 +93,7 @@ pub fn emulated_lbr() -> Result<TrialOutcome, TrialError> {
         Outcome::TimedOut(after) => {
             return Err(TrialError::Outcome(format!("timed out after {after:?}")));
         }
-        Outcome::Crashed(crash) => {
+        Outcome::Crashed(crash) | Outcome::Signaled { crash, .. } => {
             return Err(TrialError::Outcome(format!(
                 "vCPU {} crashed: {}",
                 crash.vcpu, crash.reason

@@ -1,0 +1,178 @@
+//! What `--vm` names: a bootable image or a Linux program (shared by `run` and
+//! `record`), and what to print about a Linux program's run.
+//!
+//! * `--vm -- PROG ARGS…` (no value): PROG is a Linux program, found through PATH like
+//!   a shell does when it has no `/`.
+//! * `--vm builtin:NAME`: a built-in image.
+//! * `--vm FILE`: a Linux program when `--vm-linux` is given or the file is one by its
+//!   ELF (position-independent or with an interpreter); a bootable image otherwise or
+//!   with `--vm-kernel`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use lbrprof_vmm::linux::{LinuxError, LinuxReport, Program};
+
+use crate::cmd::with_exit;
+
+/// The guest a `--vm` flag and its trailing arguments name.
+#[derive(Debug)]
+pub enum VmTarget {
+    /// `builtin:NAME` or an image file: the trailing arguments are its command line.
+    Image,
+    /// A Linux program and its argv.
+    Program { path: PathBuf, argv: Vec<String> },
+}
+
+/// How to tell a program from a kernel (`--vm-linux` / `--vm-kernel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Force {
+    #[default]
+    Auto,
+    Linux,
+    Kernel,
+}
+
+/// Find `name` as a shell would: as given when it contains a `/`, else in `path_var`.
+pub fn resolve_command(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    if name.is_empty() {
+        return None;
+    }
+    let dirs = path_var.map(std::env::split_paths)?;
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// Decide what `--vm SPEC -- ARGS` runs.
+pub fn target(spec: &str, args: &[String], force: Force) -> anyhow::Result<VmTarget> {
+    if spec.is_empty() {
+        let Some(name) = args.first() else {
+            anyhow::bail!("--vm without an image needs a program: --vm -- PROG ARGS...");
+        };
+        let path_var = std::env::var_os("PATH");
+        let path = resolve_command(name, path_var.as_deref())
+            .ok_or_else(|| with_exit(anyhow!("{name}: command not found"), 127))?;
+        return Ok(VmTarget::Program {
+            path,
+            argv: args.to_vec(),
+        });
+    }
+    if spec.starts_with("builtin:") || force == Force::Kernel {
+        return Ok(VmTarget::Image);
+    }
+    let program = || {
+        let mut argv = vec![spec.to_owned()];
+        argv.extend(args.iter().cloned());
+        VmTarget::Program {
+            path: PathBuf::from(spec),
+            argv,
+        }
+    };
+    if force == Force::Linux {
+        return Ok(program());
+    }
+    // A file that cannot be read is left to the image loader's error.
+    let bytes = std::fs::read(spec).unwrap_or_default();
+    Ok(if Program::looks_like_program(&bytes) {
+        program()
+    } else {
+        VmTarget::Image
+    })
+}
+
+/// Check the program and build what the VM loads; errors exit 126/127 as a shell's do.
+pub fn program(path: &Path, argv: &[String]) -> anyhow::Result<Program> {
+    let env: Vec<OsString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            OsString::from_vec(kv)
+        })
+        .collect();
+    let argv = argv.iter().map(OsString::from).collect();
+    Program::new(path, argv, env).map_err(|e: LinuxError| {
+        let code = e.exit_code();
+        with_exit(anyhow::Error::new(e), code)
+    })
+}
+
+/// The end-of-run lines about a program: unimplemented system calls (once each, with
+/// counts) and a refused allocation.
+pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
+    if !report.unimplemented.is_empty() {
+        let calls: Vec<String> = report
+            .unimplemented
+            .iter()
+            .map(|(name, n)| format!("{name} ({n})"))
+            .collect();
+        eprintln!(
+            "lbrprof: vm: unimplemented system calls answered with ENOSYS: {}",
+            calls.join(", ")
+        );
+    }
+    if let Some(addr) = report.out_of_memory {
+        eprintln!(
+            "lbrprof: vm: the program ran out of guest memory (--vm-mem {} MiB) mapping \
+             {addr:#x}; its allocation failed with ENOMEM. Raise --vm-mem.",
+            mem_bytes >> 20
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_found_like_a_shell_finds_them() {
+        let path = std::ffi::OsString::from("/nonexistent:/usr/bin:/bin");
+        let sh = resolve_command("sh", Some(&path)).unwrap();
+        assert!(sh.ends_with("sh"));
+        assert_eq!(
+            resolve_command("./x", Some(&path)),
+            Some(PathBuf::from("./x"))
+        );
+        assert_eq!(resolve_command("no-such-command-lbr", Some(&path)), None);
+        assert_eq!(resolve_command("", Some(&path)), None);
+        assert_eq!(resolve_command("sh", None), None);
+    }
+
+    #[test]
+    fn programs_and_images_are_told_apart() {
+        let args = vec!["a".to_string()];
+        assert!(matches!(
+            target("builtin:sort", &args, Force::Auto).unwrap(),
+            VmTarget::Image
+        ));
+        match target("/bin/true", &args, Force::Auto).unwrap() {
+            VmTarget::Program { path, argv } => {
+                assert_eq!(path, PathBuf::from("/bin/true"));
+                assert_eq!(argv, ["/bin/true", "a"]);
+            }
+            t => panic!("{t:?}"),
+        }
+        assert!(matches!(
+            target("/bin/true", &args, Force::Kernel).unwrap(),
+            VmTarget::Image
+        ));
+        match target("", &["true".into(), "x".into()], Force::Auto).unwrap() {
+            VmTarget::Program { argv, .. } => assert_eq!(argv, ["true", "x"]),
+            t => panic!("{t:?}"),
+        }
+        assert!(target("", &[], Force::Auto).is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! End-to-end tests of the Linux personality: real programs under `lbrprof run --vm --`,
+//! compared byte for byte (stdout, stderr, exit status) with their native runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{kvm_available, lbrprof};
+
+/// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`; None (with a
+/// "skipped:" line, or a panic under LBRPROF_REQUIRE_KVM) if the compiler is missing.
+fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(out);
+    let status = Command::new(cc)
+        .args(["-O2", "-g"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc} is needed for the Linux-program tests ({e})"));
+    assert!(
+        status.success(),
+        "{cc} {flags:?} failed on {}",
+        src.display()
+    );
+    exe
+}
+
+fn run_with(mut cmd: Command, stdin: Option<&Path>) -> Output {
+    cmd.env("LINUX_IO_TEST", "yes");
+    if let Some(f) = stdin {
+        cmd.stdin(Stdio::from(std::fs::File::open(f).unwrap()));
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    cmd.output().expect("cannot start the program")
+}
+
+/// Run PROG ARGS natively and under `lbrprof run --vm --`; both outputs.
+fn native_and_vm(prog: &str, args: &[&str], stdin: Option<&Path>) -> (Output, Output) {
+    let mut native = Command::new(prog);
+    native.args(args);
+    let mut vm = lbrprof();
+    vm.args(["run", "--vm", "--", prog]).args(args);
+    (run_with(native, stdin), run_with(vm, stdin))
+}
+
+fn assert_identical(what: &str, native: &Output, vm: &Output) {
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stderr),
+        String::from_utf8_lossy(&native.stderr),
+        "{what}: stderr differs"
+    );
+    assert_eq!(vm.stdout, native.stdout, "{what}: stdout differs");
+    assert_eq!(
+        vm.status.code(),
+        native.status.code(),
+        "{what}: exit status differs"
+    );
+}
+
+fn fixture_dir(tmp: &Path) -> (PathBuf, PathBuf) {
+    let file = tmp.join("input.txt");
+    let text: String = (0..5000)
+        .map(|i| format!("line {}\n", (i * 7919) % 5000))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let dir = tmp.join("dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["b", "a", "c"] {
+        std::fs::write(dir.join(n), n).unwrap();
+    }
+    (file, dir)
+}
+
+#[test]
+fn c_programs_run_byte_identical_static_musl_glibc_static_pie_and_dynamic() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, dir) = fixture_dir(tmp.path());
+    let variants: [(&str, &str, &[&str]); 4] = [
+        ("musl-static", "musl-gcc", &["-static"]),
+        ("glibc-static", "gcc", &["-static"]),
+        ("glibc-static-pie", "gcc", &["-static-pie"]),
+        ("glibc-dynamic", "gcc", &[]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_io", out, cc, flags);
+        let exe = exe.to_str().unwrap();
+        let args = [file.to_str().unwrap(), dir.to_str().unwrap(), "7"];
+        let (native, vm) = native_and_vm(exe, &args, None);
+        assert_eq!(native.status.code(), Some(7), "{out}: native run");
+        assert!(String::from_utf8_lossy(&native.stdout).contains("entry b"));
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn programs_on_the_machine_run_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, _) = fixture_dir(tmp.path());
+    let f = file.to_str().unwrap();
+    let cases: [(&str, &[&str], Option<&Path>); 5] = [
+        ("/bin/true", &[], None),
+        ("/bin/false", &[], None),
+        ("sha256sum", &[f], None),
+        ("gzip", &["-9"], Some(&file)),
+        ("sort", &["-n", f], None),
+    ];
+    for (prog, args, stdin) in cases {
+        let (native, vm) = native_and_vm(prog, args, stdin);
+        assert_identical(prog, &native, &vm);
+    }
+    // A `#!` script runs through its interpreter, with the interpreter's argument.
+    let script = tmp.path().join("script");
+    std::fs::write(&script, "#!/bin/cat -n\nhello from a script\n").unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let (native, vm) = native_and_vm(script.to_str().unwrap(), &[f], None);
+    assert!(String::from_utf8_lossy(&native.stdout).contains("1\t#!/bin/cat -n"));
+    assert_identical("#! script", &native, &vm);
+    // python3 (dynamic, ~600 system calls, libpython): if the machine has one.
+    if Path::new("/usr/bin/python3").exists() {
+        let (native, vm) = native_and_vm(
+            "/usr/bin/python3",
+            &["-c", "import sys; print(sum(range(100)), sys.argv)"],
+            None,
+        );
+        assert_identical("python3", &native, &vm);
+    }
+}
+
+#[test]
+fn bad_programs_fail_like_a_shell_with_one_line() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let not_exec = t.join("plain");
+    std::fs::write(&not_exec, "x").unwrap();
+    let script_like = t.join("data");
+    std::fs::write(&script_like, "not an elf at all").unwrap();
+    let mut perms = std::fs::metadata(&script_like).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script_like, perms.clone()).unwrap();
+    // A truncated copy of a real program.
+    let real = std::fs::read("/bin/true").unwrap();
+    let truncated = t.join("truncated");
+    std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
+    std::fs::set_permissions(&truncated, perms.clone()).unwrap();
+    // A program whose interpreter does not exist.
+    let no_interp = t.join("no-interp");
+    let mut bytes = real.clone();
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"/lib64/ld-")
+        .expect("/bin/true names its interpreter");
+    bytes[at + 1..at + 6].copy_from_slice(b"nope/");
+    std::fs::write(&no_interp, &bytes).unwrap();
+    std::fs::set_permissions(&no_interp, perms.clone()).unwrap();
+    // Another architecture: the i386 header of a 32-bit ELF.
+    let elf32 = t.join("elf32");
+    let mut h = real[..64].to_vec();
+    h[4] = 1;
+    std::fs::write(&elf32, &h).unwrap();
+    std::fs::set_permissions(&elf32, perms).unwrap();
+    let cases = [
+        (
+            t.join("missing").to_str().unwrap().to_owned(),
+            127,
+            "not found",
+        ),
+        ("no-such-command-lbrprof".to_owned(), 127, "not found"),
+        (
+            not_exec.to_str().unwrap().to_owned(),
+            126,
+            "permission denied",
+        ),
+        (t.to_str().unwrap().to_owned(), 126, "is a directory"),
+        (script_like.to_str().unwrap().to_owned(), 126, "not an ELF"),
+        (
+            truncated.to_str().unwrap().to_owned(),
+            126,
+            "cannot execute",
+        ),
+        (no_interp.to_str().unwrap().to_owned(), 127, "interpreter"),
+        (elf32.to_str().unwrap().to_owned(), 126, "32-bit"),
+    ];
+    for (prog, code, text) in cases {
+        let out = lbrprof()
+            .args(["run", "--vm", "--", &prog])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{prog}: {err}");
+        assert!(err.contains(text), "{prog}: {err}");
+        assert_eq!(err.lines().count(), 1, "{prog}: one line, got {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn memory_limit_unsupported_calls_and_faults_are_reported() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("t.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <signal.h>
+int main(int argc, char **argv) {
+    if (argv[1][0] == 'm') { char *p = malloc(64 << 20); printf("%s\n", p ? "got" : "null"); return p != 0; }
+    if (argv[1][0] == 'f') { fflush(stdout); return fork() < 0 ? 9 : 0; }
+    if (argv[1][0] == 's') { volatile int *p = 0; return *p; }
+    if (argv[1][0] == 'a') { abort(); }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("t");
+    assert!(
+        Command::new("gcc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exe = exe.to_str().unwrap();
+    let run = |extra: &[&str], arg: &str| {
+        let mut c = lbrprof();
+        c.arg("run").arg("--vm").args(extra).args(["--", exe, arg]);
+        c.output().unwrap()
+    };
+    // 64 MiB does not fit in 32 MiB: malloc returns NULL, and lbrprof says why.
+    let out = run(&["--vm-mem", "32M"], "m");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ran out of guest memory"));
+    let out = run(&["--vm-mem", "256M"], "m");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got\n");
+    // fork: one clear line, no hang.
+    let out = run(&[], "f");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("clone() is not supported"), "{err}");
+    assert_ne!(out.status.code(), Some(0));
+    // A NULL dereference ends as the shell reports SIGSEGV (128 + 11).
+    let out = run(&[], "s");
+    assert_eq!(
+        out.status.code(),
+        Some(139),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGSEGV"));
+    // abort(): SIGABRT, 134.
+    let out = run(&[], "a");
+    assert_eq!(
+        out.status.code(),
+        Some(134),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn record_of_a_program_names_its_and_libcs_functions() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hot.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+__attribute__((noinline)) unsigned long hot_loop(unsigned long n) {
+    unsigned long s = 0;
+    for (unsigned long i = 0; i < n; i++) s += (i % 3 == 0) ? i * 7 : i ^ (s >> 3);
+    return s;
+}
+int main(void) {
+    unsigned long t = 0;
+    for (int r = 0; r < 2000; r++) {
+        char *p = malloc(1000 + r);
+        memset(p, r, 1000 + r);
+        t += hot_loop(200000) + (unsigned char)p[r];
+        free(p);
+    }
+    printf("%lu\n", t);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("hot");
+    assert!(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let data = tmp.path().join("hot.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr-freq", "200", "--lbr-overhead", "0", "--"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let native = Command::new(&exe).output().unwrap();
+    assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    let report = lbrprof()
+        .args(["report", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let branches = text.split("# Hot branches").nth(1).unwrap_or_default();
+    assert!(
+        branches.contains("hot_loop"),
+        "the program's function in the branch histogram:\n{text}"
+    );
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("guest"), "{info}");
+}

@@ -1,0 +1,329 @@
+//! The machine state of a Linux program's vCPU: a supervisor-only trap area (GDT, TSS,
+//! IDT, one stub per exception vector, a ring-0 stack) and the ring-3 entry state.
+//!
+//! The system-call path keeps guest ring 0 to two instructions: `syscall` enters ring 0
+//! at LSTAR, the stub `out 0xd0, al; sysretq`. The `out` exits to the shim, which reads
+//! the call from the registers (RCX and R11 already hold the return RIP and RFLAGS, as
+//! SYSCALL left them), services it and writes RAX with KVM_SET_REGS; the `sysretq` then
+//! returns to ring 3. No guest kernel code runs, no segment state is reloaded from the
+//! shim (KVM_SET_SREGS would reset KVM's MMU context on every call), and it is the
+//! architectural path, so it works the same with hardware VMX/SVM.
+//!
+//! On the nested development host (guest ring 0 emulated; its KVM is the `kvm_pvm`
+//! module, PVM, which runs guests without VMX), `syscall` does not raise #UD with
+//! EFER.SCE clear and does not enter ring 0 with it set: it sets RCX/R11 and jumps to
+//! LSTAR *in ring 3*. So the stub page is user-executable and the TSS I/O bitmap lets
+//! ring 3 use port 0xd0 (only that one): the stub's `out` then exits straight from ring
+//! 3, with no guest ring-0 instruction at all, and the shim resumes the program itself
+//! (RIP = RCX, RFLAGS = R11) instead of letting `sysretq` fault in ring 3. Which of the
+//! two the vCPU does is read from CS at the first system call ([`SyscallMode`]).
+//! A program that executes `out 0xd0` itself only makes a system call.
+//!
+//! Exceptions go through their own stubs (`out 0xe0 + vector, al; iretq`) on the IST1
+//! stack and end the program with the signal Linux would send.
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+
+use crate::arch::{
+    CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA,
+    EFER_LME, PTE_P, PTE_RW, PTE_US, RFLAGS_RESERVED, SEG_TYPE_CODE_XR_ACCESSED,
+    SEG_TYPE_DATA_RW_ACCESSED, SEG_TYPE_TSS_BUSY,
+};
+use crate::linux::abi::*;
+use crate::linux::mm::{AddressSpace, Errno, PTE_NX};
+use crate::memory::GuestPhysAddr;
+
+/// IA32_EFER.SCE: SYSCALL/SYSRET enabled.
+pub const EFER_SCE: u64 = 1 << 0;
+/// IA32_EFER.NXE: execute-disable bits in page tables are honoured.
+pub const EFER_NXE: u64 = 1 << 11;
+/// RFLAGS.IF.
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// Where the trap area's ring-0 stack is, to read trap frames without a page walk.
+#[derive(Clone, Copy, Debug)]
+pub struct TrapArea {
+    pub stack_phys: GuestPhysAddr,
+}
+
+impl TrapArea {
+    /// Guest-virtual top of the ring-0 stack (TSS.RSP0).
+    pub fn stack_top() -> u64 {
+        TRAP_AREA.0 + TRAP_STACK * PAGE + PAGE
+    }
+
+    /// Guest-physical address of ring-0 stack address `va`, if it is on that stack.
+    pub fn stack_phys_of(&self, va: u64, len: u64) -> Option<GuestPhysAddr> {
+        let base = TRAP_AREA.0 + TRAP_STACK * PAGE;
+        let end = va.checked_add(len)?;
+        (va >= base && end <= base + PAGE).then(|| GuestPhysAddr(self.stack_phys.0 + (va - base)))
+    }
+}
+
+fn descriptor(access: u64, flags: u64) -> u64 {
+    0xffff | (0xf << 48) | (access << 40) | (flags << 52)
+}
+
+/// Build the trap area in `mm` (see the module doc).
+pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
+    let mut frames = [GuestPhysAddr(0); TRAP_PAGES as usize];
+    for (i, f) in frames.iter_mut().enumerate() {
+        *f = mm.alloc_frame()?;
+        // The stub page is user-executable (see the module doc) and read-only; its
+        // stubs' ports are denied to ring 3 except the system-call port.
+        let flags = if i as u64 == TRAP_STUBS {
+            PTE_P | PTE_US
+        } else {
+            PTE_P | PTE_RW | PTE_NX
+        };
+        mm.map_page(TRAP_AREA.0 + i as u64 * PAGE, *f, flags)?;
+    }
+    let mem = mm.memory();
+    let w = |pa: GuestPhysAddr, off: u64, v: u64| {
+        mem.write_u64(GuestPhysAddr(pa.0 + off), v)
+            .map_err(|_| Errno::EFAULT)
+    };
+    // GDT (Linux's layout, see abi).
+    let tss_va = TRAP_AREA.0 + TRAP_TSS * PAGE;
+    let tss_limit = TSS_LIMIT;
+    let gdt = frames[TRAP_GDT as usize];
+    w(gdt, u64::from(KERNEL_CS), descriptor(0x9b, 0xa))?;
+    w(gdt, u64::from(KERNEL_DS), descriptor(0x93, 0xc))?;
+    w(gdt, u64::from(USER32_CS & !3), descriptor(0xfb, 0xc))?;
+    w(gdt, u64::from(USER_DS & !3), descriptor(0xf3, 0xc))?;
+    w(gdt, u64::from(USER_CS & !3), descriptor(0xfb, 0xa))?;
+    let tss_low =
+        tss_limit | ((tss_va & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_va >> 24) & 0xff) << 56);
+    w(gdt, u64::from(TSS_SEL), tss_low)?;
+    w(gdt, u64::from(TSS_SEL) + 8, tss_va >> 32)?;
+    // TSS: RSP0 at offset 4; the I/O bitmap base past the limit (no port for ring 3).
+    let tss = frames[TRAP_TSS as usize];
+    let mut t = vec![0xffu8; (TSS_LIMIT + 1) as usize];
+    t[..TSS_IOMAP_BASE as usize].fill(0);
+    t[4..12].copy_from_slice(&TrapArea::stack_top().to_le_bytes());
+    for port in [TRAP_PORT_SYSCALL, TRAP_PORT_NULL] {
+        let port = usize::from(port);
+        t[TSS_IOMAP_BASE as usize + port / 8] &= !(1 << (port % 8));
+    }
+    // IST1 (offset 0x24): every gate uses it, so a trap taken in ring 0 (the syscall
+    // stub runs on the program's stack) still lands on the trap stack.
+    t[0x24..0x2c].copy_from_slice(&TrapArea::stack_top().to_le_bytes());
+    t[0x66..0x68].copy_from_slice(&(TSS_IOMAP_BASE as u16).to_le_bytes());
+    mem.write(tss, &t).map_err(|_| Errno::EFAULT)?;
+    // Stubs: `out imm8, al` (E6 ib) then `iretq` (48 CF), one per slot.
+    let stubs = frames[TRAP_STUBS as usize];
+    for v in 0..=32u64 {
+        let port = if v < 32 {
+            TRAP_PORT_BASE + v as u16
+        } else {
+            TRAP_PORT_OTHER
+        };
+        let code = [0xe6, port as u8, 0x48, 0xcf];
+        mem.write(GuestPhysAddr(stubs.0 + v * STUB_SLOT), &code)
+            .map_err(|_| Errno::EFAULT)?;
+    }
+    // The SYSCALL entry: `out imm8, al` then `sysretq` (48 0F 07).
+    let code = [0xe6, TRAP_PORT_SYSCALL as u8, 0x48, 0x0f, 0x07];
+    mem.write(GuestPhysAddr(stubs.0 + SYSCALL_SLOT * STUB_SLOT), &code)
+        .map_err(|_| Errno::EFAULT)?;
+    // IDT: 64-bit interrupt gates (type 0xE, DPL 0, IST1) to the stubs.
+    let idt = frames[TRAP_IDT as usize];
+    for v in 0..256u64 {
+        let target = TRAP_AREA.0 + TRAP_STUBS * PAGE + v.min(32) * STUB_SLOT;
+        let low = (target & 0xffff)
+            | (u64::from(KERNEL_CS) << 16)
+            | (1 << 32)
+            | (0x8e << 40)
+            | (((target >> 16) & 0xffff) << 48);
+        w(idt, v * 16, low)?;
+        w(idt, v * 16 + 8, target >> 32)?;
+    }
+    Ok(TrapArea {
+        stack_phys: frames[TRAP_STACK as usize],
+    })
+}
+
+fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl,
+        db: u8::from(!long),
+        s: 1,
+        l: u8::from(long),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Where `syscall` leaves the vCPU on this host (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallMode {
+    /// Ring 0 at LSTAR (the architecture): the stub's `sysretq` returns.
+    Ring0,
+    /// Ring 3 at LSTAR (nested hosts that emulate ring 0): the shim returns.
+    Ring3,
+}
+
+/// The SYSCALL entry point (LSTAR).
+pub fn syscall_entry() -> u64 {
+    TRAP_AREA.0 + TRAP_STUBS * PAGE + SYSCALL_SLOT * STUB_SLOT
+}
+
+/// The MSRs of the SYSCALL path: (index, value).
+pub fn syscall_msrs() -> [(u32, u64); 3] {
+    [
+        (MSR_STAR, STAR_VALUE),
+        (MSR_LSTAR, syscall_entry()),
+        (MSR_SYSCALL_MASK, SYSCALL_MASK_VALUE),
+    ]
+}
+
+/// Ring 3, long mode, the program's page tables, SYSCALL enabled.
+pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64) {
+    sregs.cs = segment(USER_CS, SEG_TYPE_CODE_XR_ACCESSED, 3, true);
+    let data = segment(USER_DS, SEG_TYPE_DATA_RW_ACCESSED, 3, false);
+    sregs.ss = data;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.tr = kvm_segment {
+        base: TRAP_AREA.0 + TRAP_TSS * PAGE,
+        limit: TSS_LIMIT as u32,
+        selector: TSS_SEL,
+        type_: SEG_TYPE_TSS_BUSY,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = TRAP_AREA.0 + TRAP_GDT * PAGE;
+    sregs.gdt.limit = (GDT_ENTRIES * 8 - 1) as u16;
+    sregs.idt.base = TRAP_AREA.0 + TRAP_IDT * PAGE;
+    sregs.idt.limit = 256 * 16 - 1;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr3 = cr3;
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
+}
+
+/// Registers at the program's entry: RSP at argc, RDX 0 (no atexit function), IF set.
+pub fn entry_regs(entry: u64, sp: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsp: sp,
+        rflags: RFLAGS_RESERVED | RFLAGS_IF,
+        ..Default::default()
+    }
+}
+
+/// The frame the CPU pushed on the ring-0 stack when a trap left ring 3.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapFrame {
+    pub error_code: Option<u64>,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    /// Parse the words at the stack pointer (the error code first when the vector has
+    /// one).
+    pub fn parse(vector: u8, words: &[u64; 6]) -> TrapFrame {
+        let (error_code, w) = if has_error_code(vector) {
+            (Some(words[0]), &words[1..6])
+        } else {
+            (None, &words[0..5])
+        };
+        TrapFrame {
+            error_code,
+            rip: w[0],
+            cs: w[1],
+            rflags: w[2],
+            rsp: w[3],
+            ss: w[4],
+        }
+    }
+
+    /// Whether the trap came from ring 3.
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+/// The signal Linux sends for an exception from ring 3, and its name.
+pub fn signal_for(vector: u8) -> (i32, &'static str) {
+    match vector {
+        VEC_DE | VEC_MF | VEC_XM => (libc::SIGFPE, "SIGFPE"),
+        VEC_DB | VEC_BP => (libc::SIGTRAP, "SIGTRAP"),
+        VEC_UD => (libc::SIGILL, "SIGILL"),
+        VEC_AC => (libc::SIGBUS, "SIGBUS"),
+        VEC_GP | VEC_PF => (libc::SIGSEGV, "SIGSEGV"),
+        _ => (libc::SIGSEGV, "SIGSEGV"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn trap_frames_with_and_without_error_codes() {
+        let w = [1, 2, 3, 4, 5, 6];
+        let f = TrapFrame::parse(VEC_UD, &w);
+        assert_eq!((f.error_code, f.rip, f.rsp, f.ss), (None, 1, 4, 5));
+        let f = TrapFrame::parse(VEC_PF, &w);
+        assert_eq!((f.error_code, f.rip, f.rsp, f.ss), (Some(1), 2, 5, 6));
+        assert!(
+            TrapFrame {
+                cs: u64::from(USER_CS),
+                ..Default::default()
+            }
+            .from_user()
+        );
+        assert!(
+            !TrapFrame {
+                cs: u64::from(KERNEL_CS),
+                ..Default::default()
+            }
+            .from_user()
+        );
+    }
+
+    #[test]
+    fn the_trap_area_is_supervisor_only_and_the_stubs_exit_then_return() {
+        let mem = Arc::new(crate::memory::GuestMemory::new(8 << 20).unwrap());
+        let mut mm = AddressSpace::new(mem.clone(), 1 << 20).unwrap();
+        let area = build_trap_area(&mut mm).unwrap();
+        let mut b = [0u8; 4];
+        // Not the program's memory as far as system-call arguments go.
+        assert!(mm.read(TRAP_AREA, &mut b).is_err());
+        assert!(
+            mm.read(crate::memory::GuestVirtAddr(syscall_entry()), &mut b)
+                .is_err()
+        );
+        // The #UD stub, through the CPU's page walk.
+        let stub = TRAP_AREA.0 + TRAP_STUBS * PAGE + u64::from(VEC_UD) * STUB_SLOT;
+        let pa = mem
+            .translate(mm.cr3(), crate::memory::GuestVirtAddr(stub))
+            .unwrap();
+        mem.read(pa, &mut b).unwrap();
+        assert_eq!(b, [0xe6, 0xe6, 0x48, 0xcf]);
+        let top = TrapArea::stack_top();
+        assert!(area.stack_phys_of(top - 40, 40).is_some());
+        assert!(area.stack_phys_of(top - 8, 16).is_none());
+        assert!(area.stack_phys_of(u64::MAX - 4, 8).is_none());
+    }
+}

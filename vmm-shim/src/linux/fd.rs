@@ -1,0 +1,130 @@
+//! The program's file descriptors: a virtual table from guest fd numbers to host open
+//! files. The program reaches only what is in the table: its standard streams (copies of
+//! lbrprof's 0/1/2) and what it opened itself, never lbrprof's own descriptors (the
+//! recording, KVM, perf events).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::linux::mm::Errno;
+
+/// RLIMIT_NOFILE the program sees (soft limit).
+pub const MAX_FDS: usize = 1024;
+
+/// One guest descriptor: a shared host open file and the descriptor's own flag.
+#[derive(Clone, Debug)]
+pub struct Fd {
+    pub file: Arc<OwnedFd>,
+    pub cloexec: bool,
+}
+
+impl Fd {
+    pub fn new(file: OwnedFd, cloexec: bool) -> Fd {
+        Fd {
+            file: Arc::new(file),
+            cloexec,
+        }
+    }
+
+    pub fn host(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// The table (index = guest fd).
+#[derive(Debug, Default)]
+pub struct FdTable {
+    slots: Vec<Option<Fd>>,
+}
+
+impl FdTable {
+    /// A table whose 0, 1 and 2 are copies of the given host descriptors (missing ones
+    /// stay closed, as they would be natively).
+    pub fn with_stdio(stdio: [Option<OwnedFd>; 3]) -> FdTable {
+        FdTable {
+            slots: stdio
+                .into_iter()
+                .map(|f| f.map(|f| Fd::new(f, false)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, fd: u64) -> Result<&Fd, Errno> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .and_then(Option::as_ref)
+            .ok_or(Errno::EBADF)
+    }
+
+    pub fn get_mut(&mut self, fd: u64) -> Result<&mut Fd, Errno> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .and_then(Option::as_mut)
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Put `f` in the lowest free slot at or above `min`.
+    pub fn insert_from(&mut self, min: usize, f: Fd) -> Result<u64, Errno> {
+        let free = (min..MAX_FDS).find(|&i| self.slots.get(i).is_none_or(Option::is_none));
+        let i = free.ok_or(Errno(libc::EMFILE))?;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        self.slots[i] = Some(f);
+        Ok(i as u64)
+    }
+
+    pub fn insert(&mut self, f: Fd) -> Result<u64, Errno> {
+        self.insert_from(0, f)
+    }
+
+    /// Put `f` at exactly `fd`, closing what was there.
+    pub fn insert_at(&mut self, fd: u64, f: Fd) -> Result<(), Errno> {
+        let i = usize::try_from(fd)
+            .ok()
+            .filter(|&i| i < MAX_FDS)
+            .ok_or(Errno::EBADF)?;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        self.slots[i] = Some(f);
+        Ok(())
+    }
+
+    pub fn close(&mut self, fd: u64) -> Result<(), Errno> {
+        let slot = usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .ok_or(Errno::EBADF)?;
+        slot.take().map(|_| ()).ok_or(Errno::EBADF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn lowest_free_descriptor_is_used_and_bad_ones_are_ebadf() {
+        let mut t = FdTable::with_stdio([Some(devnull()), None, Some(devnull())]);
+        assert_eq!(t.insert(Fd::new(devnull(), false)).unwrap(), 1);
+        assert_eq!(t.insert(Fd::new(devnull(), false)).unwrap(), 3);
+        t.close(1).unwrap();
+        assert_eq!(t.close(1), Err(Errno::EBADF));
+        assert!(t.get(1).is_err());
+        assert!(t.get(u64::MAX).is_err());
+        assert_eq!(t.insert_from(10, Fd::new(devnull(), false)).unwrap(), 10);
+        assert!(
+            t.insert_at(MAX_FDS as u64, Fd::new(devnull(), false))
+                .is_err()
+        );
+        t.insert_at(7, Fd::new(devnull(), true)).unwrap();
+        assert!(t.get(7).unwrap().cloexec);
+    }
+}

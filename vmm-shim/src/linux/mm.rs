@@ -1,0 +1,835 @@
+//! The program's address space: guest-physical frames, the 4-level page tables the shim
+//! builds for them, the list of mappings (VMAs) and the heap (`brk`).
+//!
+//! Pages are backed eagerly: a mapping gets its frames when it is created (or when
+//! `mprotect` makes a `PROT_NONE` page accessible), not at first touch, because on a host
+//! where guest ring 0 is emulated a page-fault round trip costs as much as a system call.
+//! Host memory is still lazy: fresh frames are untouched pages of the guest-RAM mapping
+//! (MAP_NORESERVE), so only pages the program writes cost host memory. A frame that is
+//! freed and handed out again is zeroed first.
+//!
+//! Every access the shim makes on the program's behalf goes through [`AddressSpace::read`]
+//! / [`AddressSpace::write`], which walk these page tables and require a present user page
+//! (writable for writes); anything else is `EFAULT`. Guest-physical accesses are bounds-
+//! checked again by [`GuestMemory`], so no guest value reaches outside guest RAM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_RW, PTE_US};
+use crate::linux::abi::{MMAP_MIN, MMAP_TOP, PAGE, USER_END};
+use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+
+/// Execute-disable (bit 63 of a paging entry; needs EFER.NXE).
+pub const PTE_NX: u64 = 1 << 63;
+
+/// A Linux errno value (positive), returned to the program as `-errno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const EFAULT: Errno = Errno(libc::EFAULT);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+}
+
+/// `PROT_*` bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prot(pub u32);
+
+impl Prot {
+    pub const NONE: Prot = Prot(0);
+    pub const RW: Prot = Prot((libc::PROT_READ | libc::PROT_WRITE) as u32);
+    pub fn from_raw(v: u64) -> Prot {
+        Prot((v as u32) & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u32)
+    }
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+    pub fn writable(self) -> bool {
+        self.0 & libc::PROT_WRITE as u32 != 0
+    }
+    pub fn executable(self) -> bool {
+        self.0 & libc::PROT_EXEC as u32 != 0
+    }
+    /// The leaf page-table flags for this protection (user page, NX unless executable).
+    fn pte_flags(self) -> u64 {
+        let mut f = PTE_P | PTE_US;
+        if self.writable() {
+            f |= PTE_RW;
+        }
+        if !self.executable() {
+            f |= PTE_NX;
+        }
+        f
+    }
+}
+
+/// A file a mapping's contents came from (for symbolization, like perf's MMAP2).
+#[derive(Clone, Debug)]
+pub struct FileBacking {
+    pub path: PathBuf,
+    pub file: Arc<std::fs::File>,
+    /// File offset of the mapping's first page.
+    pub offset: u64,
+}
+
+/// One mapping: `[start, end)` with one protection.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub file: Option<FileBacking>,
+    /// `[heap]`, `[stack]` or empty.
+    pub name: &'static str,
+}
+
+/// A mapping event, in the order they happened (what perf's MMAP2 records carry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapRecord {
+    pub start: u64,
+    pub len: u64,
+    pub path: PathBuf,
+    pub offset: u64,
+    pub executable: bool,
+}
+
+/// Guest-physical 4 KiB frames, handed out from `[next, end)` and a free list. Page
+/// tables come from the top down, data from the bottom up: a table is written when a
+/// mapping is made, a data page only when the program touches it, and keeping tables
+/// apart keeps untouched data out of the host pages (huge pages) the tables dirty.
+#[derive(Debug)]
+struct Frames {
+    next: u64,
+    end: u64,
+    free: Vec<u64>,
+    in_use: u64,
+}
+
+impl Frames {
+    fn alloc_table(&mut self, mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
+        if self.next + PAGE > self.end {
+            return self.alloc(mem);
+        }
+        self.end -= PAGE;
+        self.in_use += 1;
+        Ok(GuestPhysAddr(self.end))
+    }
+}
+
+impl Frames {
+    fn alloc(&mut self, _mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
+        if let Some(f) = self.free.pop() {
+            // Freed frames were discarded (zero-filled) when they were released.
+            self.in_use += 1;
+            return Ok(GuestPhysAddr(f));
+        }
+        if self.next + PAGE > self.end {
+            return Err(Errno::ENOMEM);
+        }
+        let f = self.next;
+        self.next += PAGE;
+        self.in_use += 1;
+        Ok(GuestPhysAddr(f))
+    }
+
+    fn release(&mut self, frame: u64) {
+        self.free.push(frame);
+        self.in_use -= 1;
+    }
+}
+
+/// The program's address space (see the module doc).
+pub struct AddressSpace {
+    mem: Arc<GuestMemory>,
+    frames: Frames,
+    /// Guest-physical address of the PML4 in use.
+    root: u64,
+    /// A second PML4 with the same entries: switching CR3 between the two is how the
+    /// shim flushes the vCPU's TLB (KVM resets its MMU only when CR3 changes).
+    alt_root: u64,
+    vmas: BTreeMap<u64, Vma>,
+    pub brk_start: u64,
+    pub brk: u64,
+    /// Every file mapping made, in order.
+    pub maps: Vec<MapRecord>,
+    /// Set when a request was refused because guest memory ran out.
+    pub exhausted: Option<u64>,
+    /// Set when existing translations changed (unmap, protection lowered): the vCPU's
+    /// TLB must be flushed before the program runs again.
+    pub flush_needed: bool,
+}
+
+impl std::fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("root", &self.root)
+            .field("vmas", &self.vmas.len())
+            .field("brk", &self.brk)
+            .finish()
+    }
+}
+
+fn page_down(v: u64) -> u64 {
+    v & !(PAGE - 1)
+}
+
+fn page_up(v: u64) -> Option<u64> {
+    v.checked_add(PAGE - 1).map(page_down)
+}
+
+impl AddressSpace {
+    /// An empty address space whose frames come from guest-physical `[first, RAM end)`.
+    pub fn new(mem: Arc<GuestMemory>, first: u64) -> Result<AddressSpace, Errno> {
+        let end = page_down(mem.size());
+        let mut frames = Frames {
+            next: page_up(first).ok_or(Errno::ENOMEM)?,
+            end,
+            free: Vec::new(),
+            in_use: 0,
+        };
+        let root = frames.alloc_table(&mem)?.0;
+        let alt_root = frames.alloc_table(&mem)?.0;
+        Ok(AddressSpace {
+            mem,
+            frames,
+            root,
+            alt_root,
+            vmas: BTreeMap::new(),
+            brk_start: 0,
+            brk: 0,
+            maps: Vec::new(),
+            exhausted: None,
+            flush_needed: false,
+        })
+    }
+
+    /// The CR3 value.
+    pub fn cr3(&self) -> u64 {
+        self.root
+    }
+
+    /// Switch to the twin PML4 and return the new CR3: loading it flushes the TLB.
+    pub fn flip_root(&mut self) -> u64 {
+        std::mem::swap(&mut self.root, &mut self.alt_root);
+        self.root
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// Bytes of guest RAM in use by the program (its pages and page tables).
+    pub fn resident_bytes(&self) -> u64 {
+        self.frames.in_use * PAGE
+    }
+
+    /// A free frame (zeroed).
+    pub fn alloc_frame(&mut self) -> Result<GuestPhysAddr, Errno> {
+        self.frames.alloc(&self.mem)
+    }
+
+    /// The leaf entry's address for `va`, creating the tables on the way when `create`.
+    fn leaf(&mut self, va: u64, create: bool) -> Result<Option<GuestPhysAddr>, Errno> {
+        let mut table = self.root;
+        for shift in [39u32, 30, 21] {
+            let slot = GuestPhysAddr(table + ((va >> shift) & 0x1ff) * 8);
+            let entry = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
+            if entry & PTE_P == 0 {
+                if !create {
+                    return Ok(None);
+                }
+                let t = self.frames.alloc_table(&self.mem)?;
+                let entry = t.0 | PTE_P | PTE_RW | PTE_US;
+                self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT)?;
+                if shift == 39 {
+                    let twin = GuestPhysAddr(self.alt_root + ((va >> shift) & 0x1ff) * 8);
+                    self.mem.write_u64(twin, entry).map_err(|_| Errno::EFAULT)?;
+                }
+                table = t.0;
+            } else {
+                table = entry & PTE_ADDR_MASK;
+            }
+        }
+        Ok(Some(GuestPhysAddr(table + ((va >> 12) & 0x1ff) * 8)))
+    }
+
+    /// The leaf entry of `va` (0 when not mapped).
+    fn pte(&self, va: u64) -> u64 {
+        let mut table = self.root;
+        for shift in [39u32, 30, 21, 12] {
+            let slot = GuestPhysAddr(table + ((va >> shift) & 0x1ff) * 8);
+            let Ok(entry) = self.mem.read_u64(slot) else {
+                return 0;
+            };
+            if entry & PTE_P == 0 {
+                return 0;
+            }
+            if shift == 12 {
+                return entry;
+            }
+            table = entry & PTE_ADDR_MASK;
+        }
+        0
+    }
+
+    /// Map the page at `va` to `frame` with raw leaf flags (supervisor pages included).
+    pub fn map_page(&mut self, va: u64, frame: GuestPhysAddr, flags: u64) -> Result<(), Errno> {
+        let slot = self.leaf(va, true)?.ok_or(Errno::EFAULT)?;
+        self.mem
+            .write_u64(slot, frame.0 | flags)
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    /// Give page `va` a fresh frame with `prot` (no-op when already present).
+    fn populate(
+        &mut self,
+        va: u64,
+        prot: Prot,
+        file: Option<&FileBacking>,
+        vma_start: u64,
+    ) -> Result<(), Errno> {
+        if self.pte(va) & PTE_P != 0 {
+            return Ok(());
+        }
+        let frame = match self.frames.alloc(&self.mem) {
+            Ok(f) => f,
+            Err(e) => {
+                self.exhausted.get_or_insert(va);
+                return Err(e);
+            }
+        };
+        if let Some(b) = file {
+            let mut buf = [0u8; PAGE as usize];
+            let off = b.offset + (va - vma_start);
+            let n = crate::linux::host::pread_full(&b.file, &mut buf, off);
+            self.mem
+                .write(frame, &buf[..n])
+                .map_err(|_| Errno::EFAULT)?;
+        }
+        self.map_page(va, frame, prot.pte_flags())
+    }
+
+    /// Drop page `va`'s translation; its frame goes to `freed` (see [`Self::retire_all`]).
+    fn unmap_page(&mut self, va: u64, freed: &mut Vec<u64>) -> Result<(), Errno> {
+        if let Some(slot) = self.leaf(va, false)? {
+            let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
+            if e & PTE_P != 0 {
+                self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
+                freed.push(e & PTE_ADDR_MASK);
+                self.flush_needed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Retire many frames, one discard per physically contiguous run.
+    fn retire_all(&mut self, mut freed: Vec<u64>) -> Result<(), Errno> {
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let mut j = i + 1;
+            while j < freed.len() && freed[j] == freed[j - 1] + PAGE {
+                j += 1;
+            }
+            self.mem
+                .discard(GuestPhysAddr(freed[i]), (j - i) as u64 * PAGE)
+                .map_err(|_| Errno::EFAULT)?;
+            i = j;
+        }
+        for f in freed {
+            self.frames.release(f);
+        }
+        Ok(())
+    }
+
+    /// Free a frame that a translation pointed at. KVM may still hold a translation to
+    /// it (a shadow page table does not see the shim's writes to the guest's tables),
+    /// so its host page is discarded: the MMU notifier drops those translations.
+    fn retire(&mut self, frame: u64) -> Result<(), Errno> {
+        self.mem
+            .discard(GuestPhysAddr(frame), PAGE)
+            .map_err(|_| Errno::EFAULT)?;
+        self.frames.release(frame);
+        Ok(())
+    }
+
+    /// Whether `[start, end)` overlaps no mapping.
+    pub fn is_free(&self, start: u64, end: u64) -> bool {
+        if start < MMAP_MIN || end > USER_END || start >= end {
+            return false;
+        }
+        match self.vmas.range(..end).next_back() {
+            Some((_, v)) => v.end <= start,
+            None => true,
+        }
+    }
+
+    /// The highest free range of `len` bytes below MMAP_TOP.
+    pub fn find_free(&self, len: u64) -> Option<u64> {
+        let mut top = MMAP_TOP;
+        for (_, v) in self.vmas.range(..MMAP_TOP).rev() {
+            if v.end <= top && top - v.end >= len {
+                return Some(top - len);
+            }
+            top = top.min(v.start);
+        }
+        (top >= len && top - len >= MMAP_MIN).then(|| top - len)
+    }
+
+    /// Split the VMA containing `at` (if any) so that a VMA boundary lies at `at`.
+    fn split_at(&mut self, at: u64) {
+        let Some((&start, v)) = self.vmas.range(..at).next_back() else {
+            return;
+        };
+        if v.end <= at || start == at {
+            return;
+        }
+        let mut tail = v.clone();
+        tail.start = at;
+        if let Some(f) = &mut tail.file {
+            f.offset += at - start;
+        }
+        if let Some(v) = self.vmas.get_mut(&start) {
+            v.end = at;
+        }
+        self.vmas.insert(at, tail);
+    }
+
+    /// Map `[start, start + len)` (page-aligned) with `prot`, filled from `file` or zero.
+    /// Replaces whatever was there (the caller decided that is allowed).
+    pub fn map(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: Prot,
+        file: Option<FileBacking>,
+        name: &'static str,
+    ) -> Result<(), Errno> {
+        let end = start.checked_add(len).ok_or(Errno::ENOMEM)?;
+        if !start.is_multiple_of(PAGE)
+            || len == 0
+            || !len.is_multiple_of(PAGE)
+            || start < MMAP_MIN
+            || end > USER_END
+        {
+            return Err(Errno::EINVAL);
+        }
+        self.unmap(start, len)?;
+        if let Some(b) = &file {
+            self.maps.push(MapRecord {
+                start,
+                len,
+                path: b.path.clone(),
+                offset: b.offset,
+                executable: prot.executable(),
+            });
+        }
+        if !prot.is_none() {
+            let mut va = start;
+            while va < end {
+                if let Err(e) = self.populate(va, prot, file.as_ref(), start) {
+                    // Leave nothing half-made behind.
+                    let _ = self.unmap(start, va - start);
+                    return Err(e);
+                }
+                va += PAGE;
+            }
+        }
+        self.vmas.insert(
+            start,
+            Vma {
+                start,
+                end,
+                prot,
+                file,
+                name,
+            },
+        );
+        Ok(())
+    }
+
+    /// `munmap`: drop `[start, start + len)` (page-aligned; holes are fine).
+    pub fn unmap(&mut self, start: u64, len: u64) -> Result<(), Errno> {
+        let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
+        if !start.is_multiple_of(PAGE) || end > USER_END {
+            return Err(Errno::EINVAL);
+        }
+        let end = page_up(end).ok_or(Errno::EINVAL)?;
+        self.split_at(start);
+        self.split_at(end);
+        let inside: Vec<u64> = self.vmas.range(start..end).map(|(&s, _)| s).collect();
+        let mut freed = Vec::new();
+        for s in inside {
+            if let Some(v) = self.vmas.remove(&s) {
+                let mut va = v.start;
+                while va < v.end {
+                    self.unmap_page(va, &mut freed)?;
+                    va += PAGE;
+                }
+            }
+        }
+        self.retire_all(freed)
+    }
+
+    /// `mprotect`: every page of `[start, start + len)` must be mapped (else ENOMEM).
+    pub fn protect(&mut self, start: u64, len: u64, prot: Prot) -> Result<(), Errno> {
+        let end = page_up(start.checked_add(len).ok_or(Errno::ENOMEM)?).ok_or(Errno::ENOMEM)?;
+        if !start.is_multiple_of(PAGE) {
+            return Err(Errno::EINVAL);
+        }
+        // Mapped without holes?
+        let mut at = start;
+        for (_, v) in self.vmas.range(..end) {
+            if v.end <= at {
+                continue;
+            }
+            if v.start > at {
+                return Err(Errno::ENOMEM);
+            }
+            at = v.end;
+        }
+        if at < end {
+            return Err(Errno::ENOMEM);
+        }
+        self.split_at(start);
+        self.split_at(end);
+        let inside: Vec<u64> = self.vmas.range(start..end).map(|(&s, _)| s).collect();
+        for s in inside {
+            let Some(v) = self.vmas.get(&s).cloned() else {
+                continue;
+            };
+            let mut va = v.start;
+            while va < v.end {
+                if prot.is_none() {
+                    let mut freed = Vec::new();
+                    self.unmap_page(va, &mut freed)?;
+                    self.retire_all(freed)?;
+                } else {
+                    let e = self.pte(va);
+                    if e & PTE_P == 0 {
+                        self.populate(va, prot, v.file.as_ref(), v.start)?;
+                    } else if e & !PTE_ADDR_MASK != prot.pte_flags() {
+                        // New permissions on a new frame (see retire): no translation
+                        // with the old ones can outlive the change.
+                        let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+                        let old = e & PTE_ADDR_MASK;
+                        let new = self.frames.alloc(&self.mem)?;
+                        let mut page = vec![0u8; PAGE as usize];
+                        self.mem
+                            .read(GuestPhysAddr(old), &mut page)
+                            .map_err(|_| Errno::EFAULT)?;
+                        self.mem.write(new, &page).map_err(|_| Errno::EFAULT)?;
+                        self.mem
+                            .write_u64(slot, new.0 | prot.pte_flags())
+                            .map_err(|_| Errno::EFAULT)?;
+                        self.retire(old)?;
+                        self.flush_needed = true;
+                    }
+                }
+                va += PAGE;
+            }
+            if let Some(v) = self.vmas.get_mut(&s) {
+                v.prot = prot;
+            }
+        }
+        Ok(())
+    }
+
+    /// `madvise(MADV_DONTNEED)` on private anonymous memory: the pages read as zero again.
+    pub fn discard(&mut self, start: u64, len: u64) -> Result<(), Errno> {
+        let end = page_up(start.checked_add(len).ok_or(Errno::EINVAL)?).ok_or(Errno::EINVAL)?;
+        let mut va = page_down(start);
+        while va < end {
+            let e = self.pte(va);
+            if e & PTE_P != 0 {
+                let anon = self
+                    .vmas
+                    .range(..=va)
+                    .next_back()
+                    .is_some_and(|(_, v)| v.end > va && v.file.is_none());
+                if anon {
+                    self.mem
+                        .discard(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
+                        .map_err(|_| Errno::EFAULT)?;
+                }
+            }
+            va += PAGE;
+        }
+        Ok(())
+    }
+
+    /// `brk`: move the program break; returns the (possibly unchanged) break.
+    pub fn set_brk(&mut self, want: u64) -> u64 {
+        if want < self.brk_start {
+            return self.brk;
+        }
+        let (Some(old_top), Some(new_top)) = (page_up(self.brk), page_up(want)) else {
+            return self.brk;
+        };
+        if new_top > old_top {
+            if !self.is_free(old_top, new_top)
+                || self
+                    .map(old_top, new_top - old_top, Prot::RW, None, "[heap]")
+                    .is_err()
+            {
+                return self.brk;
+            }
+        } else if new_top < old_top && self.unmap(new_top, old_top - new_top).is_err() {
+            return self.brk;
+        }
+        self.brk = want;
+        self.brk
+    }
+
+    /// The guest-physical address of user byte `va`, if a present user page (writable
+    /// when `write`) holds it.
+    fn user_phys(&self, va: u64, write: bool) -> Result<GuestPhysAddr, Errno> {
+        if va >= USER_END {
+            return Err(Errno::EFAULT);
+        }
+        let e = self.pte(va);
+        let need = PTE_P | PTE_US | if write { PTE_RW } else { 0 };
+        if e & need != need {
+            return Err(Errno::EFAULT);
+        }
+        Ok(GuestPhysAddr((e & PTE_ADDR_MASK) | (va & (PAGE - 1))))
+    }
+
+    /// Copy program memory at `va` into `buf` (EFAULT unless every byte is readable).
+    pub fn read(&self, va: GuestVirtAddr, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let a = va.0.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let pa = self.user_phys(a, false)?;
+            let n = ((PAGE - (a & (PAGE - 1))) as usize).min(buf.len() - done);
+            self.mem
+                .read(pa, &mut buf[done..done + n])
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copy `data` into program memory at `va` (EFAULT unless every byte is writable).
+    pub fn write(&self, va: GuestVirtAddr, data: &[u8]) -> Result<(), Errno> {
+        // Check the whole range first so a fault writes nothing.
+        let mut a = page_down(va.0);
+        let end = va.0.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
+        while a < end {
+            self.user_phys(a.max(va.0), true)?;
+            a += PAGE;
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = va.0 + done as u64;
+            let pa = self.user_phys(a, true)?;
+            let n = ((PAGE - (a & (PAGE - 1))) as usize).min(data.len() - done);
+            self.mem
+                .write(pa, &data[done..done + n])
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write into the program's memory ignoring page protection (the loader filling
+    /// read-only segments); the pages must still be present user pages.
+    pub fn poke(&self, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let pa = self.user_phys(a, false)?;
+            let n = ((PAGE - (a & (PAGE - 1))) as usize).min(data.len() - done);
+            self.mem
+                .write(pa, &data[done..done + n])
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn read_u64(&self, va: u64) -> Result<u64, Errno> {
+        let mut b = [0u8; 8];
+        self.read(GuestVirtAddr(va), &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A NUL-terminated string of at most `max` bytes (ENAMETOOLONG past it).
+    pub fn read_cstr(&self, va: u64, max: usize) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        let mut a = va;
+        loop {
+            let pa = self.user_phys(a, false)?;
+            let n = (PAGE - (a & (PAGE - 1))) as usize;
+            let mut chunk = vec![0u8; n];
+            self.mem.read(pa, &mut chunk).map_err(|_| Errno::EFAULT)?;
+            if let Some(z) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..z]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+            if out.len() > max {
+                return Err(Errno(libc::ENAMETOOLONG));
+            }
+            a = a.checked_add(n as u64).ok_or(Errno::EFAULT)?;
+        }
+    }
+
+    /// The mapping holding `va`.
+    pub fn vma_at(&self, va: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.end > va)
+    }
+
+    /// Copy `len` bytes of mapped memory from `from` to `to` (both present; page tables
+    /// decide, protection does not).
+    pub fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<(), Errno> {
+        let mut done = 0;
+        let mut page = vec![0u8; PAGE as usize];
+        while done < len {
+            let n = (len - done).min(PAGE);
+            let src = self.pte(from + done);
+            let dst = self.pte(to + done);
+            if src & PTE_P == 0 || dst & PTE_P == 0 {
+                return Err(Errno::EFAULT);
+            }
+            self.mem
+                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page[..n as usize])
+                .map_err(|_| Errno::EFAULT)?;
+            self.mem
+                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page[..n as usize])
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The mappings, in address order.
+    pub fn vmas(&self) -> impl Iterator<Item = &Vma> {
+        self.vmas.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> AddressSpace {
+        let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
+        AddressSpace::new(mem, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn mapped_memory_is_readable_and_writable_through_the_page_tables() {
+        let mut s = space();
+        s.map(0x40_0000, 3 * PAGE, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(0x40_0ffe), b"hello").unwrap();
+        let mut b = [0u8; 5];
+        s.read(GuestVirtAddr(0x40_0ffe), &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        // The CPU's view (the shared page walker) agrees.
+        let pa = s
+            .memory()
+            .translate(s.cr3(), GuestVirtAddr(0x40_1000))
+            .unwrap();
+        // The twin root translates the same way.
+        let twin = s.flip_root();
+        assert_eq!(
+            s.memory()
+                .translate(twin, GuestVirtAddr(0x40_1000))
+                .unwrap(),
+            pa
+        );
+        let mut c = [0u8; 3];
+        s.memory().read(pa, &mut c).unwrap();
+        assert_eq!(&c, b"llo");
+    }
+
+    #[test]
+    fn every_guest_pointer_outside_a_user_mapping_is_efault() {
+        let mut s = space();
+        s.map(0x40_0000, PAGE, Prot(libc::PROT_READ as u32), None, "")
+            .unwrap();
+        let mut b = [0u8; 8];
+        for va in [0u64, 0x3f_fff8, 0x40_0ffc, u64::MAX - 3, USER_END, 1 << 63] {
+            assert_eq!(
+                s.read(GuestVirtAddr(va), &mut b),
+                Err(Errno::EFAULT),
+                "{va:#x}"
+            );
+        }
+        // Read-only: reads work, writes fault and write nothing.
+        assert!(s.read(GuestVirtAddr(0x40_0000), &mut b).is_ok());
+        assert_eq!(s.write(GuestVirtAddr(0x40_0000), b"x"), Err(Errno::EFAULT));
+        // A string running off the end of the mapping faults.
+        s.poke(0x40_0000, &[b'a'; PAGE as usize]).unwrap();
+        assert_eq!(s.read_cstr(0x40_0000, 1 << 20), Err(Errno::EFAULT));
+        assert_eq!(s.read_cstr(0x40_0000, 16), Err(Errno(libc::ENAMETOOLONG)));
+        // Supervisor pages are not the program's.
+        let f = s.alloc_frame().unwrap();
+        s.map_page(0x50_0000, f, PTE_P | PTE_RW).unwrap();
+        assert_eq!(s.read(GuestVirtAddr(0x50_0000), &mut b), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn unmap_and_protect_split_mappings() {
+        let mut s = space();
+        s.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
+        s.unmap(0x40_1000, PAGE).unwrap();
+        assert_eq!(s.vmas().count(), 2);
+        let mut b = [0u8; 1];
+        assert!(s.read(GuestVirtAddr(0x40_1000), &mut b).is_err());
+        assert!(s.read(GuestVirtAddr(0x40_2000), &mut b).is_ok());
+        // mprotect over the hole is ENOMEM; over mapped pages it works.
+        assert_eq!(
+            s.protect(0x40_0000, 3 * PAGE, Prot::NONE),
+            Err(Errno::ENOMEM)
+        );
+        s.protect(0x40_2000, PAGE, Prot::NONE).unwrap();
+        assert!(s.read(GuestVirtAddr(0x40_2000), &mut b).is_err());
+        s.protect(0x40_2000, PAGE, Prot::RW).unwrap();
+        s.write(GuestVirtAddr(0x40_2000), b"z").unwrap();
+        assert_eq!(s.vmas().count(), 3);
+    }
+
+    #[test]
+    fn running_out_of_frames_is_enomem_and_recorded() {
+        let mut s = space();
+        let too_big = 32 << 20;
+        assert_eq!(
+            s.map(0x40_0000, too_big, Prot::RW, None, ""),
+            Err(Errno::ENOMEM)
+        );
+        assert!(s.exhausted.is_some());
+        // Nothing half-made stays behind; the memory is usable again.
+        assert_eq!(s.vmas().count(), 0);
+        s.map(0x40_0000, 8 << 20, Prot::RW, None, "").unwrap();
+    }
+
+    #[test]
+    fn brk_grows_and_shrinks_and_free_ranges_are_found() {
+        let mut s = space();
+        s.brk_start = 0x60_0000;
+        s.brk = 0x60_0000;
+        assert_eq!(s.set_brk(0x60_2100), 0x60_2100);
+        s.write(GuestVirtAddr(0x60_2000), b"q").unwrap();
+        assert_eq!(s.set_brk(0x60_0800), 0x60_0800);
+        let mut b = [0u8; 1];
+        assert!(s.read(GuestVirtAddr(0x60_2000), &mut b).is_err());
+        assert_eq!(s.set_brk(0x10), 0x60_0800, "below the start: unchanged");
+        let a = s.find_free(2 * PAGE).unwrap();
+        assert_eq!(a, MMAP_TOP - 2 * PAGE);
+        s.map(a, 2 * PAGE, Prot::RW, None, "").unwrap();
+        assert_eq!(s.find_free(PAGE).unwrap(), a - PAGE);
+        assert!(!s.is_free(a, a + PAGE));
+    }
+}

@@ -1,0 +1,590 @@
+//! The Linux personality: run an unmodified x86-64 Linux program (static, static-PIE or
+//! dynamically linked; glibc or musl) in guest ring 3, with the shim as its kernel.
+//!
+//! ```text
+//!  guest ring 3: PROG + ld.so + libc (native speed)
+//!       │ syscall → #UD → `out 0xe6; iretq` stub (cpu.rs)
+//!       ▼
+//!  vCPU thread: Process::on_trap → syscall.rs (guest pointers through mm.rs, checked)
+//!       → host calls (host.rs) on the virtual fd table (fd.rs) → RAX/RCX/R11, resume
+//! ```
+//!
+//! * [`loader`]: the program and its PT_INTERP interpreter, mapped from their files
+//!   (every mapping is recorded with path and offset, like perf's MMAP2).
+//! * [`stack`]: argv, envp and the auxiliary vector.
+//! * [`mm`]: guest page tables, mappings, brk; every guest pointer is checked there.
+//! * [`cpu`]: the trap area and the system-call path (why it costs one exit).
+//! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
+//! * [`host`]: the only `unsafe` of the personality (host system calls).
+//!
+//! Limits of this first step: one thread (clone, fork, vfork and execve end the run
+//! with an "unsupported" error), no signal delivery (a fault or a fatal signal ends
+//! the run as the shell would report it), private file mappings are copies.
+
+pub mod abi;
+pub mod cpu;
+pub mod fd;
+pub mod host;
+pub mod loader;
+pub mod mm;
+pub mod stack;
+pub mod syscall;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+
+use crate::linux::abi::*;
+use crate::linux::cpu::{TrapArea, TrapFrame};
+use crate::linux::fd::FdTable;
+use crate::linux::loader::Elf;
+use crate::linux::mm::{AddressSpace, MapRecord, Prot};
+use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
+use crate::vm::VmError;
+
+/// Why a program cannot be started. [`LinuxError::exit_code`] is what a shell would
+/// return (127 not found, 126 found but not executable).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinuxError {
+    #[error("{}: command not found", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{}: cannot execute: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is a directory", path.display())]
+    Directory { path: PathBuf },
+    #[error("{}: permission denied (not executable)", path.display())]
+    NotExecutable { path: PathBuf },
+    #[error("{}: cannot execute: not an ELF program or a #! script", path.display())]
+    NotElf { path: PathBuf },
+    #[error("{}: cannot execute: {what}", path.display())]
+    WrongArch { path: PathBuf, what: String },
+    #[error("{}: cannot execute: {why}", path.display())]
+    BadElf { path: PathBuf, why: String },
+    #[error("{}: cannot execute: its interpreter {} was not found", path.display(), interp.display())]
+    InterpreterMissing { path: PathBuf, interp: PathBuf },
+    #[error("the program does not fit in guest memory (raise --vm-mem)")]
+    OutOfMemory,
+    #[error("the initial stack (arguments and environment) is too large")]
+    ArgsTooLong,
+}
+
+impl LinuxError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> LinuxError {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => LinuxError::NotFound {
+                path: path.to_owned(),
+            },
+            std::io::ErrorKind::PermissionDenied => LinuxError::NotExecutable {
+                path: path.to_owned(),
+            },
+            _ => LinuxError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+
+    /// The shell's status for this failure: 127 when the program or its interpreter is
+    /// missing, 126 when it exists but cannot be executed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => 127,
+            _ => 126,
+        }
+    }
+}
+
+/// A checked program, ready to be loaded into a VM.
+#[derive(Debug)]
+pub struct Program {
+    pub path: PathBuf,
+    pub argv: Vec<OsString>,
+    pub envp: Vec<OsString>,
+    main: Elf,
+    interp: Option<Elf>,
+}
+
+/// The interpreter and optional argument of a `#!` line (at most 255 bytes, as Linux).
+fn shebang(data: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
+    let rest = data.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or(rest);
+    let line = &line[..line.len().min(255)];
+    let trimmed: Vec<&[u8]> = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let (interp, tail) = trimmed.split_first()?;
+    let interp = PathBuf::from(std::ffi::OsStr::from_bytes(interp));
+    // Linux passes everything after the interpreter as one argument.
+    let arg = (!tail.is_empty()).then(|| {
+        let joined = tail.join(&b' ');
+        OsString::from(std::ffi::OsStr::from_bytes(&joined))
+    });
+    Some((interp, arg))
+}
+
+fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| LinuxError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(LinuxError::Directory {
+            path: path.to_owned(),
+        });
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(LinuxError::NotExecutable {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::read(path).map_err(|e| LinuxError::io(path, e))
+}
+
+impl Program {
+    /// Check `path` (an executable file) and its interpreter. `argv[0]` is the program's
+    /// name as given; `envp` its environment.
+    pub fn new(
+        path: &Path,
+        argv: Vec<OsString>,
+        envp: Vec<OsString>,
+    ) -> Result<Program, LinuxError> {
+        let data = read_executable(path)?;
+        if let Some((interp, arg)) = shebang(&data) {
+            // `#!INTERP [ARG]`: run INTERP [ARG] PATH ARGS... (argv[0] replaced), as
+            // binfmt_script does; the interpreter must be an ELF program itself.
+            let mut args = vec![interp.clone().into_os_string()];
+            args.extend(arg);
+            args.push(path.as_os_str().to_owned());
+            args.extend(argv.into_iter().skip(1));
+            let data = read_executable(&interp).map_err(|e| match e {
+                LinuxError::NotFound { .. } => LinuxError::InterpreterMissing {
+                    path: path.to_owned(),
+                    interp: interp.clone(),
+                },
+                e => e,
+            })?;
+            return Program::from_elf(&interp, Elf::parse(&interp, data)?, args, envp);
+        }
+        Program::from_elf(path, Elf::parse(path, data)?, argv, envp)
+    }
+
+    fn from_elf(
+        path: &Path,
+        main: Elf,
+        argv: Vec<OsString>,
+        envp: Vec<OsString>,
+    ) -> Result<Program, LinuxError> {
+        let interp = match &main.interp {
+            None => None,
+            Some(ip) => {
+                let data = std::fs::read(ip).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => LinuxError::InterpreterMissing {
+                        path: path.to_owned(),
+                        interp: ip.clone(),
+                    },
+                    _ => LinuxError::io(ip, e),
+                })?;
+                let elf = Elf::parse(ip, data)?;
+                if elf.interp.is_some() {
+                    return Err(LinuxError::BadElf {
+                        path: ip.clone(),
+                        why: "the interpreter has an interpreter itself".into(),
+                    });
+                }
+                Some(elf)
+            }
+        };
+        Ok(Program {
+            path: path.to_owned(),
+            argv,
+            envp,
+            main,
+            interp,
+        })
+    }
+
+    /// The program that really runs (the interpreter of a `#!` script).
+    pub fn executable(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether an ELF file looks like a Linux program rather than a bootable kernel:
+    /// position-independent or with an interpreter.
+    pub fn looks_like_program(bytes: &[u8]) -> bool {
+        Elf::parse(Path::new(""), bytes.to_vec()).is_ok_and(|e| e.is_dyn || e.interp.is_some())
+    }
+}
+
+/// Per-run facts of the personality, for the caller to report.
+#[derive(Clone, Debug, Default)]
+pub struct LinuxReport {
+    /// System calls serviced.
+    pub syscalls: u64,
+    /// Unimplemented system calls (answered -ENOSYS): name and count.
+    pub unimplemented: BTreeMap<String, u64>,
+    /// File mappings (the program, its interpreter, libraries), in order.
+    pub maps: Vec<MapRecord>,
+    /// Some(address) when a mapping was refused because guest memory ran out.
+    pub out_of_memory: Option<u64>,
+    /// Guest RAM the program used at its peak, in bytes.
+    pub peak_bytes: u64,
+    /// Time spent servicing traps (system calls included), ns.
+    pub trap_ns: u64,
+}
+
+/// How a trap ends.
+#[derive(Debug)]
+pub enum TrapAction {
+    Resume,
+    /// exit/exit_group with this status.
+    Exit(i32),
+    /// The program is killed by `signal` (a fault, or an unsupported call).
+    Killed {
+        signal: i32,
+        reason: String,
+    },
+}
+
+/// A running program: its memory, descriptors and counters.
+pub struct Process {
+    pub(crate) mm: AddressSpace,
+    pub(crate) fds: FdTable,
+    trap: TrapArea,
+    pub(crate) path: PathBuf,
+    pub(crate) report: LinuxReport,
+    pub(crate) counts: BTreeMap<u64, u64>,
+    /// Signal dispositions the program set (handlers are recorded, not yet delivered).
+    pub(crate) sigactions: BTreeMap<u64, [u8; 32]>,
+    pub(crate) sigmask: u64,
+    pub(crate) fs_base: u64,
+    pub(crate) tid: u64,
+    /// How `syscall` behaves on this vCPU (learnt at the first one).
+    syscall_mode: Option<cpu::SyscallMode>,
+    /// KVM copies the registers into the run page at every exit and loads them back
+    /// when marked dirty (KVM_CAP_SYNC_REGS): a system call then needs no register ioctl.
+    sync_regs: bool,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process").field("path", &self.path).finish()
+    }
+}
+
+/// Copies of lbrprof's standard descriptors for the program.
+fn stdio() -> [Option<std::os::fd::OwnedFd>; 3] {
+    [0, 1, 2].map(|fd| host::dup(fd).ok())
+}
+
+impl Process {
+    /// Load `program` into `mem` (guest-physical from `first_free` up is the program's)
+    /// and return it with the registers of its first instruction.
+    pub fn load(
+        mem: Arc<GuestMemory>,
+        first_free: u64,
+        program: &Program,
+        random: [u8; 16],
+    ) -> Result<(Process, kvm_regs), LinuxError> {
+        let oom = |_| LinuxError::OutOfMemory;
+        let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
+        let trap = cpu::build_trap_area(&mut mm).map_err(oom)?;
+        let main = program.main.load(&mut mm, true)?;
+        let heap = main.end.div_ceil(PAGE) * PAGE;
+        mm.brk_start = heap;
+        mm.brk = heap;
+        let (entry, base) = match &program.interp {
+            Some(i) => {
+                let l = i.load(&mut mm, false)?;
+                (l.entry, l.bias)
+            }
+            None => (main.entry, 0),
+        };
+        // The stack: reserved fully, populated (eagerly, like every mapping).
+        let stack_lo = STACK_TOP - STACK_SIZE;
+        mm.map(stack_lo, STACK_SIZE, Prot::RW, None, "[stack]")
+            .map_err(oom)?;
+        let ids = host::ids();
+        let spec = stack::StackSpec {
+            argv: program.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            envp: program.envp.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            execfn: program.path.as_os_str().as_bytes().to_vec(),
+            random,
+            auxv: vec![
+                (AT_PHDR, main.phdr),
+                (AT_PHENT, main.phent),
+                (AT_PHNUM, main.phnum),
+                (AT_PAGESZ, PAGE),
+                (AT_BASE, base),
+                (AT_FLAGS, 0),
+                (AT_ENTRY, main.entry),
+                (AT_UID, ids[2]),
+                (AT_EUID, ids[3]),
+                (AT_GID, ids[4]),
+                (AT_EGID, ids[5]),
+                (AT_SECURE, 0),
+                (AT_CLKTCK, 100),
+                (AT_HWCAP, host::hwcap()),
+                (AT_HWCAP2, 0),
+                (AT_MINSIGSTKSZ, 2048),
+            ],
+        };
+        let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
+        mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
+            .map_err(oom)?;
+        let regs = cpu::entry_regs(entry, st.sp);
+        let report = LinuxReport {
+            maps: mm.maps.clone(),
+            ..Default::default()
+        };
+        Ok((
+            Process {
+                mm,
+                fds: FdTable::with_stdio(stdio()),
+                trap,
+                path: program.path.clone(),
+                report,
+                counts: BTreeMap::new(),
+                sigactions: BTreeMap::new(),
+                sigmask: 0,
+                fs_base: 0,
+                tid: host::ids()[0],
+                syscall_mode: None,
+                sync_regs: false,
+            },
+            regs,
+        ))
+    }
+
+    /// A process with a trap area and no program: for tests and fuzzing of the system
+    /// calls (map memory with [`Process::memory_mut`], then call [`Process::syscall`]).
+    #[doc(hidden)]
+    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
+        let mut mm = AddressSpace::new(mem, 0x1000)?;
+        let trap = cpu::build_trap_area(&mut mm)?;
+        Ok(Process {
+            mm,
+            fds: FdTable::with_stdio([None, None, None]),
+            trap,
+            path: PathBuf::from("/bare"),
+            report: LinuxReport::default(),
+            counts: BTreeMap::new(),
+            sigactions: BTreeMap::new(),
+            sigmask: 0,
+            fs_base: 0,
+            tid: 1,
+            syscall_mode: None,
+            sync_regs: false,
+        })
+    }
+
+    /// The address space (tests and fuzzing).
+    #[doc(hidden)]
+    pub fn memory_mut(&mut self) -> &mut AddressSpace {
+        &mut self.mm
+    }
+
+    /// Segment and control registers for the program's first entry.
+    pub fn initial_sregs(&self, sregs: &mut kvm_sregs) {
+        cpu::user_sregs(sregs, self.mm.cr3());
+    }
+
+    /// Whether `port` is one of the trap stubs' exits.
+    pub fn is_trap_port(port: u16) -> bool {
+        port == TRAP_PORT_SYSCALL
+            || port == TRAP_PORT_NULL
+            || (TRAP_PORT_OTHER..=TRAP_PORT_BASE + 31).contains(&port)
+    }
+
+    /// Use KVM_CAP_SYNC_REGS for system calls (the caller checked KVM has it).
+    pub fn use_sync_regs(&mut self, vcpu: &mut VcpuFd) {
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        self.sync_regs = true;
+    }
+
+    /// MSRs to set before the first entry (the SYSCALL path).
+    pub fn initial_msrs(&self) -> [(u32, u64); 3] {
+        cpu::syscall_msrs()
+    }
+
+    /// What the run reports about the program (taken once at the end).
+    pub fn take_report(&mut self) -> LinuxReport {
+        let mut r = std::mem::take(&mut self.report);
+        r.maps = std::mem::take(&mut self.mm.maps);
+        r.out_of_memory = self.mm.exhausted;
+        r
+    }
+
+    /// Handle the exit of trap stub `port`: the vCPU is in ring 0 on the stub's `out`.
+    pub fn on_trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if port == TRAP_PORT_NULL {
+            // The floor: nothing to do (KVM skips the `out` at the next entry).
+            return Ok(TrapAction::Resume);
+        }
+        let started = std::time::Instant::now();
+        // KVM finishes an `out` at the next KVM_RUN. For a system call whose path is
+        // known that is what we want: KVM skips the `out` only if RIP is still on it
+        // (complete_fast_pio_out compares the linear RIP), so the ring-3 return (RIP set
+        // to RCX) and the ring-0 `sysretq` both come out right, and RAX set here
+        // survives. Otherwise let KVM finish it first (the KVM API's rule: state is
+        // consistent after re-entering KVM_RUN; immediate_exit returns at once).
+        if port != TRAP_PORT_SYSCALL || self.syscall_mode.is_none() {
+            vcpu.set_kvm_immediate_exit(1);
+            let _ = vcpu.run();
+            vcpu.set_kvm_immediate_exit(0);
+        }
+        if port == TRAP_PORT_SYSCALL && self.sync_regs && self.syscall_mode.is_some() {
+            // The fast path: registers from and back to the run page.
+            let mut regs = vcpu.sync_regs().regs;
+            let action = self.syscall_service(vcpu, &mut regs)?;
+            if matches!(action, TrapAction::Resume) {
+                vcpu.sync_regs_mut().regs = regs;
+                vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+            }
+            self.report.trap_ns += started.elapsed().as_nanos() as u64;
+            return Ok(action);
+        }
+        let mut regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        if port == TRAP_PORT_SYSCALL {
+            let action = self.syscall_trap(vcpu, &mut regs)?;
+            self.report.trap_ns += started.elapsed().as_nanos() as u64;
+            return Ok(action);
+        }
+        let vector = if port == TRAP_PORT_OTHER {
+            32
+        } else {
+            (port - TRAP_PORT_BASE) as u8
+        };
+        let mut words = [0u64; 6];
+        let n = if has_error_code(vector) { 6 } else { 5 };
+        let Some(frame_pa) = self.trap.stack_phys_of(regs.rsp, 8 * n as u64) else {
+            return Ok(self.killed(
+                libc::SIGSEGV,
+                format!("trap {vector} with a corrupt ring-0 stack"),
+            ));
+        };
+        for (i, w) in words.iter_mut().enumerate().take(n) {
+            *w = self
+                .mm
+                .memory()
+                .read_u64(GuestPhysAddr(frame_pa.0 + 8 * i as u64))
+                .unwrap_or(0);
+        }
+        let frame = TrapFrame::parse(vector, &words);
+        let action = if vector == VEC_NMI || vector == 32 {
+            // A PMI or stray interrupt: the stub's iretq resumes the program.
+            TrapAction::Resume
+        } else {
+            let (sig, name) = cpu::signal_for(vector);
+            let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            let mut why = format!("{name} (exception {vector}) at rip {:#x}", frame.rip);
+            if vector == VEC_PF {
+                why.push_str(&format!(", address {cr2:#x}"));
+            }
+            if let Some(e) = frame.error_code {
+                why.push_str(&format!(", error code {e:#x}"));
+            }
+            self.killed(sig, why)
+        };
+        self.report.trap_ns += started.elapsed().as_nanos() as u64;
+        Ok(action)
+    }
+
+    fn killed(&self, signal: i32, reason: String) -> TrapAction {
+        TrapAction::Killed { signal, reason }
+    }
+
+    /// Service a system call; the stub's `sysretq` returns to RCX (see cpu.rs).
+    fn syscall_trap(&mut self, vcpu: &VcpuFd, regs: &mut kvm_regs) -> Result<TrapAction, VmError> {
+        let action = self.syscall_service(vcpu, regs)?;
+        if matches!(action, TrapAction::Resume) {
+            vcpu.set_regs(regs).map_err(|source| VmError::Kvm {
+                op: "KVM_SET_REGS",
+                source,
+            })?;
+        }
+        Ok(action)
+    }
+
+    /// Service the system call in `regs` and leave the return state in `regs`.
+    fn syscall_service(
+        &mut self,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+    ) -> Result<TrapAction, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let nr = regs.rax;
+        let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+        self.report.syscalls += 1;
+        *self.counts.entry(nr).or_insert(0) += 1;
+        let old_fs = self.fs_base;
+        let before = self.mm.resident_bytes();
+        let ret = match self.syscall(nr, args) {
+            syscall::Outcome::Return(v) => v,
+            syscall::Outcome::Exit(code) => return Ok(TrapAction::Exit(code)),
+            syscall::Outcome::Kill { signal, reason } => {
+                return Ok(TrapAction::Killed { signal, reason });
+            }
+        };
+        let after = self.mm.resident_bytes();
+        if after > before {
+            self.report.peak_bytes = self.report.peak_bytes.max(after);
+        }
+        if self.fs_base != old_fs || self.mm.flush_needed {
+            // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
+            // the twin PML4), which makes KVM reset the vCPU's MMU context.
+            let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            s.fs.base = self.fs_base;
+            if self.mm.flush_needed {
+                s.cr3 = self.mm.flip_root();
+            }
+            vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
+            self.mm.flush_needed = false;
+        }
+        let mode = match self.syscall_mode {
+            Some(m) => m,
+            None => {
+                let s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+                let m = if s.cs.dpl == 3 {
+                    cpu::SyscallMode::Ring3
+                } else {
+                    cpu::SyscallMode::Ring0
+                };
+                self.syscall_mode = Some(m);
+                m
+            }
+        };
+        regs.rax = ret;
+        if mode == cpu::SyscallMode::Ring3 {
+            regs.rip = regs.rcx;
+            regs.rflags = regs.r11;
+        }
+        Ok(TrapAction::Resume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebang_lines_are_split_like_binfmt_script() {
+        let (i, a) = shebang(b"#!/bin/sh\necho").unwrap();
+        assert_eq!((i, a), (PathBuf::from("/bin/sh"), None));
+        let (i, a) = shebang(b"#! /usr/bin/env  python3 -u\n").unwrap();
+        assert_eq!(i, PathBuf::from("/usr/bin/env"));
+        assert_eq!(a, Some(OsString::from("python3 -u")));
+        assert!(shebang(b"#!\n").is_none());
+        assert!(shebang(b"\x7fELF").is_none());
+        assert!(shebang(b"#!").is_none());
+    }
+}

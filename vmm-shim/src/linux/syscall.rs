@@ -1,0 +1,940 @@
+//! The system calls. Each takes the six raw argument registers; guest pointers go through
+//! [`AddressSpace::read`](super::mm::AddressSpace::read)/[`write`](super::mm::AddressSpace::write) (EFAULT for anything that is not the
+//! program's memory), guest descriptors through the [`FdTable`](super::fd::FdTable).
+//! Unimplemented calls return `-ENOSYS` and are counted by name for the end-of-run
+//! report; calls that would need a second process (fork, vfork, execve, clone) end the
+//! run with a clear "unsupported" error instead.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use syscalls::Sysno;
+
+use crate::linux::Process;
+use crate::linux::abi::*;
+use crate::linux::fd::{Fd, MAX_FDS};
+use crate::linux::host;
+use crate::linux::mm::{Errno, FileBacking, Prot};
+use crate::memory::GuestVirtAddr;
+
+/// What a system call does to the program.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Resume with this RAX.
+    Return(u64),
+    /// exit/exit_group.
+    Exit(i32),
+    /// End the program with a signal (and a one-line reason).
+    Kill { signal: i32, reason: String },
+}
+
+type Sys = Result<u64, Errno>;
+
+/// Largest single transfer (read/write and friends); programs handle short counts.
+const MAX_IO: usize = 16 << 20;
+/// Longest path accepted (PATH_MAX).
+const PATH_MAX: usize = 4096;
+
+fn ok(v: u64) -> Sys {
+    Ok(v)
+}
+
+impl Process {
+    fn path(&self, va: u64) -> Result<Vec<u8>, Errno> {
+        let p = self.mm.read_cstr(va, PATH_MAX)?;
+        // The program may not reach lbrprof's own descriptors through /proc.
+        let hidden = [&b"/proc/self/fd"[..], b"/proc/thread-self/fd", b"/dev/fd"];
+        if hidden.iter().any(|h| p.starts_with(h)) {
+            return Err(Errno(libc::ENOENT));
+        }
+        Ok(p)
+    }
+
+    fn host_fd(&self, fd: u64) -> Result<BorrowedFd<'_>, Errno> {
+        Ok(self.fds.get(fd)?.host())
+    }
+
+    /// A directory descriptor argument: AT_FDCWD or a guest descriptor.
+    fn dir(&self, dirfd: u64) -> Result<Option<BorrowedFd<'_>>, Errno> {
+        if dirfd as i32 == libc::AT_FDCWD {
+            Ok(None)
+        } else {
+            self.host_fd(dirfd).map(Some)
+        }
+    }
+
+    fn out(&self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
+        self.mm.write(GuestVirtAddr(va), bytes)
+    }
+
+    fn out_timespec(&self, va: u64, (s, ns): (i64, i64)) -> Result<(), Errno> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&s.to_le_bytes());
+        b[8..].copy_from_slice(&ns.to_le_bytes());
+        self.out(va, &b)
+    }
+
+    /// Dispatch system call `nr` with the six argument registers.
+    pub fn syscall(&mut self, nr: u64, a: [u64; 6]) -> Outcome {
+        let Some(sys) = usize::try_from(nr).ok().and_then(Sysno::new) else {
+            *self
+                .report
+                .unimplemented
+                .entry(format!("#{nr}"))
+                .or_insert(0) += 1;
+            return Outcome::Return(Errno::ENOSYS.ret());
+        };
+        let r: Sys = match sys {
+            Sysno::exit | Sysno::exit_group => return Outcome::Exit(a[0] as i32),
+            Sysno::fork | Sysno::vfork | Sysno::execve | Sysno::execveat | Sysno::clone => {
+                return Outcome::Kill {
+                    signal: libc::SIGSYS,
+                    reason: format!(
+                        "{}() is not supported yet in the VM (one process, one thread)",
+                        sys.name()
+                    ),
+                };
+            }
+            Sysno::read => self.sys_read(a[0], a[1], a[2], None),
+            Sysno::pread64 => self.sys_read(a[0], a[1], a[2], Some(a[3] as i64)),
+            Sysno::write => self.sys_write(a[0], a[1], a[2], None),
+            Sysno::pwrite64 => self.sys_write(a[0], a[1], a[2], Some(a[3] as i64)),
+            Sysno::readv => self.sys_readv(a[0], a[1], a[2]),
+            Sysno::writev => self.sys_writev(a[0], a[1], a[2]),
+            Sysno::open => self.sys_openat(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+            Sysno::openat => self.sys_openat(a[0], a[1], a[2], a[3]),
+            Sysno::close => self.fds.close(a[0]).map(|()| 0),
+            Sysno::lseek => self
+                .host_fd(a[0])
+                .and_then(|f| host::lseek(f, a[1] as i64, a[2] as i32)),
+            Sysno::fstat => self.host_fd(a[0]).and_then(|f| {
+                let st = host::fstatat(Some(f), b"", libc::AT_EMPTY_PATH)?;
+                self.out(a[1], &st).map(|()| 0)
+            }),
+            Sysno::stat | Sysno::lstat => {
+                let flags = if sys == Sysno::lstat {
+                    libc::AT_SYMLINK_NOFOLLOW
+                } else {
+                    0
+                };
+                self.path(a[0]).and_then(|p| {
+                    let st = host::fstatat(None, &p, flags)?;
+                    self.out(a[1], &st).map(|()| 0)
+                })
+            }
+            Sysno::newfstatat => self.path(a[1]).and_then(|p| {
+                let st = host::fstatat(self.dir(a[0])?, &p, a[3] as i32)?;
+                self.out(a[2], &st).map(|()| 0)
+            }),
+            Sysno::statx => self.path(a[1]).and_then(|p| {
+                let st = host::statx(self.dir(a[0])?, &p, a[2] as i32, a[3] as u32)?;
+                self.out(a[4], &st).map(|()| 0)
+            }),
+            Sysno::access => self
+                .path(a[0])
+                .and_then(|p| host::faccessat(None, &p, a[1] as i32, 0).map(|()| 0)),
+            Sysno::faccessat | Sysno::faccessat2 => {
+                let flags = if sys == Sysno::faccessat2 {
+                    a[3] as i32
+                } else {
+                    0
+                };
+                self.path(a[1]).and_then(|p| {
+                    host::faccessat(self.dir(a[0])?, &p, a[2] as i32, flags).map(|()| 0)
+                })
+            }
+            Sysno::readlink => self.sys_readlink(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+            Sysno::readlinkat => self.sys_readlink(a[0], a[1], a[2], a[3]),
+            Sysno::getdents64 => self.host_fd(a[0]).and_then(|f| {
+                let b = host::getdents64(f, a[2] as usize)?;
+                self.out(a[1], &b).map(|()| b.len() as u64)
+            }),
+            Sysno::getcwd => self.sys_getcwd(a[0], a[1]),
+            Sysno::ioctl => self.host_fd(a[0]).and_then(|f| {
+                let b = host::ioctl_read(f, a[1])?;
+                self.out(a[2], &b).map(|()| 0)
+            }),
+            Sysno::dup => self.fds.get(a[0]).cloned().and_then(|mut f| {
+                f.cloexec = false;
+                self.fds.insert(f)
+            }),
+            Sysno::dup2 | Sysno::dup3 => self.sys_dup3(
+                a[0],
+                a[1],
+                if sys == Sysno::dup3 { a[2] } else { 0 },
+                sys == Sysno::dup2,
+            ),
+            Sysno::fcntl => self.sys_fcntl(a[0], a[1] as i32, a[2]),
+            Sysno::pipe | Sysno::pipe2 => {
+                self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 })
+            }
+            Sysno::unlink => self.path(a[0]).and_then(|p| {
+                host::path_call(libc::SYS_unlinkat, libc::AT_FDCWD, &p, 0, None, 0)
+                    .map(|v| v as u64)
+            }),
+            Sysno::unlinkat => self.path(a[1]).and_then(|p| {
+                let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                host::path_call(libc::SYS_unlinkat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
+            }),
+            Sysno::mkdir => self.path(a[0]).and_then(|p| {
+                host::path_call(libc::SYS_mkdirat, libc::AT_FDCWD, &p, 0, None, a[1] as i64)
+                    .map(|v| v as u64)
+            }),
+            Sysno::rename => self.path(a[0]).and_then(|p| {
+                let q = self.path(a[1])?;
+                host::path_call(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    &p,
+                    libc::AT_FDCWD,
+                    Some(&q),
+                    0,
+                )
+                .map(|v| v as u64)
+            }),
+            Sysno::umask => ok(u64::from(host::umask(a[0] as u32 & 0o777))),
+            Sysno::fadvise64 => self.host_fd(a[0]).map(|_| 0),
+            Sysno::brk => ok(self.mm.set_brk(a[0])),
+            Sysno::mmap => self.sys_mmap(a),
+            Sysno::munmap => self.sys_munmap(a[0], a[1]),
+            Sysno::mremap => self.sys_mremap(a[0], a[1], a[2], a[3]),
+            Sysno::mprotect => self
+                .mm
+                .protect(a[0], a[1], Prot::from_raw(a[2]))
+                .map(|()| 0),
+            Sysno::madvise => {
+                if a[2] == libc::MADV_DONTNEED as u64 {
+                    self.mm.discard(a[0], a[1]).map(|()| 0)
+                } else {
+                    ok(0)
+                }
+            }
+            Sysno::arch_prctl => self.sys_arch_prctl(a[0], a[1]),
+            Sysno::set_tid_address => ok(self.tid),
+            Sysno::set_robust_list => ok(0),
+            Sysno::rseq => Err(Errno::ENOSYS),
+            Sysno::getpid | Sysno::gettid => ok(self.tid),
+            Sysno::getppid => ok(host::ids()[1]),
+            Sysno::getuid => ok(host::ids()[2]),
+            Sysno::geteuid => ok(host::ids()[3]),
+            Sysno::getgid => ok(host::ids()[4]),
+            Sysno::getegid => ok(host::ids()[5]),
+            Sysno::uname => self.out(a[0], &host::uname()).map(|()| 0),
+            Sysno::sysinfo => self.out(a[0], &host::sysinfo()).map(|()| 0),
+            Sysno::prlimit64 => self.sys_prlimit(a[0], a[1] as u32, a[2], a[3]),
+            Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
+            Sysno::sched_getaffinity => host::sched_getaffinity(a[1] as usize)
+                .and_then(|m| self.out(a[2], &m).map(|()| m.len() as u64)),
+            Sysno::sched_yield => ok(0),
+            Sysno::clock_gettime => host::clock_gettime(a[0] as i32)
+                .and_then(|t| self.out_timespec(a[1], t).map(|()| 0)),
+            Sysno::clock_getres => host::clock_getres(a[0] as i32).and_then(|t| {
+                if a[1] != 0 {
+                    self.out_timespec(a[1], t)?;
+                }
+                Ok(0)
+            }),
+            Sysno::gettimeofday => host::clock_gettime(libc::CLOCK_REALTIME).and_then(|(s, ns)| {
+                if a[0] != 0 {
+                    self.out_timespec(a[0], (s, ns / 1000))?;
+                }
+                Ok(0)
+            }),
+            Sysno::time => host::clock_gettime(libc::CLOCK_REALTIME).and_then(|(s, _)| {
+                if a[0] != 0 {
+                    self.out(a[0], &s.to_le_bytes())?;
+                }
+                Ok(s as u64)
+            }),
+            Sysno::nanosleep => self.sys_sleep(a[0]),
+            Sysno::clock_nanosleep => self.sys_sleep(a[2]),
+            Sysno::getrandom => {
+                let mut b = vec![0u8; (a[1] as usize).min(MAX_IO)];
+                host::getrandom(&mut b, a[2] as u32)
+                    .and_then(|n| self.out(a[0], &b[..n]).map(|()| n as u64))
+            }
+            Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
+            Sysno::rt_sigprocmask => self.sys_sigprocmask(a[0], a[1], a[2]),
+            Sysno::sigaltstack => {
+                if a[1] != 0 {
+                    // No alternate stack is in use: ss_sp 0, ss_flags SS_DISABLE, size 0.
+                    let mut b = [0u8; 24];
+                    b[8..12].copy_from_slice(&(libc::SS_DISABLE as u32).to_le_bytes());
+                    self.out(a[1], &b).map(|()| 0)
+                } else {
+                    ok(0)
+                }
+            }
+            Sysno::kill | Sysno::tgkill | Sysno::tkill => {
+                let sig = match sys {
+                    Sysno::tgkill => a[2],
+                    _ => a[1],
+                };
+                return self.sys_kill(sig);
+            }
+            Sysno::futex => self.sys_futex(a),
+            Sysno::clone3 => Err(Errno::ENOSYS),
+            _ => {
+                *self
+                    .report
+                    .unimplemented
+                    .entry(sys.name().to_owned())
+                    .or_insert(0) += 1;
+                Err(Errno::ENOSYS)
+            }
+        };
+        Outcome::Return(match r {
+            Ok(v) => v,
+            Err(e) => e.ret(),
+        })
+    }
+
+    fn sys_read(&mut self, fd: u64, buf: u64, count: u64, off: Option<i64>) -> Sys {
+        let f = self.host_fd(fd)?;
+        let mut b = vec![0u8; (count as usize).min(MAX_IO)];
+        let n = match off {
+            None => host::read(f, &mut b)?,
+            Some(o) => host::pread(f, &mut b, o)?,
+        };
+        self.out(buf, &b[..n])?;
+        Ok(n as u64)
+    }
+
+    fn sys_write(&mut self, fd: u64, buf: u64, count: u64, off: Option<i64>) -> Sys {
+        let f = self.host_fd(fd)?;
+        let mut b = vec![0u8; (count as usize).min(MAX_IO)];
+        self.mm.read(GuestVirtAddr(buf), &mut b)?;
+        let n = match off {
+            None => host::write(f, &b)?,
+            Some(o) => host::pwrite(f, &b, o)?,
+        };
+        Ok(n as u64)
+    }
+
+    /// The (base, len) pairs of a `struct iovec` array.
+    fn iovecs(&self, iov: u64, cnt: u64) -> Result<Vec<(u64, u64)>, Errno> {
+        if cnt > 1024 {
+            return Err(Errno::EINVAL);
+        }
+        let mut raw = vec![0u8; 16 * cnt as usize];
+        self.mm.read(GuestVirtAddr(iov), &mut raw)?;
+        Ok(raw
+            .chunks_exact(16)
+            .map(|c| {
+                let w = |i: usize| u64::from_le_bytes(c[i..i + 8].try_into().unwrap_or_default());
+                (w(0), w(8))
+            })
+            .collect())
+    }
+
+    fn sys_readv(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+        let v = self.iovecs(iov, cnt)?;
+        let total: u64 = v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add);
+        let f = self.host_fd(fd)?;
+        let mut b = vec![0u8; (total as usize).min(MAX_IO)];
+        let n = host::read(f, &mut b)?;
+        let mut done = 0usize;
+        for (base, len) in v {
+            if done >= n {
+                break;
+            }
+            let k = (len as usize).min(n - done);
+            self.out(base, &b[done..done + k])?;
+            done += k;
+        }
+        Ok(n as u64)
+    }
+
+    fn sys_writev(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+        let v = self.iovecs(iov, cnt)?;
+        let mut b = Vec::new();
+        for (base, len) in v {
+            let len = (len as usize).min(MAX_IO.saturating_sub(b.len()));
+            let start = b.len();
+            b.resize(start + len, 0);
+            self.mm.read(GuestVirtAddr(base), &mut b[start..])?;
+        }
+        let f = self.host_fd(fd)?;
+        Ok(host::write(f, &b)? as u64)
+    }
+
+    fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
+        let p = self.path(path)?;
+        let fd = host::openat(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
+        self.fds
+            .insert(Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0))
+    }
+
+    fn sys_readlink(&mut self, dirfd: u64, path: u64, buf: u64, size: u64) -> Sys {
+        let p = self.path(path)?;
+        let target = if p == b"/proc/self/exe" || p == b"/proc/thread-self/exe" {
+            use std::os::unix::ffi::OsStrExt;
+            let exe = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+            exe.as_os_str().as_bytes().to_vec()
+        } else {
+            host::readlinkat(self.dir(dirfd)?, &p, size as usize)?
+        };
+        let n = target.len().min(size as usize);
+        self.out(buf, &target[..n])?;
+        Ok(n as u64)
+    }
+
+    fn sys_getcwd(&mut self, buf: u64, size: u64) -> Sys {
+        use std::os::unix::ffi::OsStrExt;
+        let cwd = std::env::current_dir().map_err(|_| Errno(libc::ENOENT))?;
+        let mut b = cwd.as_os_str().as_bytes().to_vec();
+        b.push(0);
+        if b.len() as u64 > size {
+            return Err(Errno(libc::ERANGE));
+        }
+        self.out(buf, &b)?;
+        Ok(b.len() as u64)
+    }
+
+    fn sys_dup3(&mut self, old: u64, new: u64, flags: u64, is_dup2: bool) -> Sys {
+        let mut f = self.fds.get(old)?.clone();
+        if old == new {
+            return if is_dup2 { Ok(new) } else { Err(Errno::EINVAL) };
+        }
+        f.cloexec = flags as i32 & libc::O_CLOEXEC != 0;
+        self.fds.insert_at(new, f)?;
+        Ok(new)
+    }
+
+    fn sys_fcntl(&mut self, fd: u64, cmd: i32, arg: u64) -> Sys {
+        match cmd {
+            libc::F_GETFD => Ok(u64::from(self.fds.get(fd)?.cloexec)),
+            libc::F_SETFD => {
+                self.fds.get_mut(fd)?.cloexec = arg & libc::FD_CLOEXEC as u64 != 0;
+                Ok(0)
+            }
+            libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+                let mut f = self.fds.get(fd)?.clone();
+                f.cloexec = cmd == libc::F_DUPFD_CLOEXEC;
+                let min = usize::try_from(arg)
+                    .ok()
+                    .filter(|&m| m < MAX_FDS)
+                    .ok_or(Errno::EINVAL)?;
+                self.fds.insert_from(min, f)
+            }
+            libc::F_GETFL | libc::F_SETFL | libc::F_GETPIPE_SZ => {
+                let f = self.host_fd(fd)?;
+                host::fcntl_int(f, cmd, arg as i64).map(|v| v as u64)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn sys_pipe(&mut self, fds: u64, flags: u64) -> Sys {
+        let (r, w): (OwnedFd, OwnedFd) = host::pipe()?;
+        let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
+        if flags as i32 & libc::O_NONBLOCK != 0 {
+            host::fcntl_int(
+                std::os::fd::AsFd::as_fd(&r),
+                libc::F_SETFL,
+                libc::O_NONBLOCK as i64,
+            )?;
+            host::fcntl_int(
+                std::os::fd::AsFd::as_fd(&w),
+                libc::F_SETFL,
+                libc::O_NONBLOCK as i64,
+            )?;
+        }
+        let a = self.fds.insert(Fd::new(r, cloexec))?;
+        let b = match self.fds.insert(Fd::new(w, cloexec)) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self.fds.close(a);
+                return Err(e);
+            }
+        };
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&(a as u32).to_le_bytes());
+        out[4..].copy_from_slice(&(b as u32).to_le_bytes());
+        if let Err(e) = self.out(fds, &out) {
+            let _ = self.fds.close(a);
+            let _ = self.fds.close(b);
+            return Err(e);
+        }
+        Ok(0)
+    }
+
+    fn sys_mmap(&mut self, a: [u64; 6]) -> Sys {
+        let (addr, len, prot, flags, fd, off) =
+            (a[0], a[1], Prot::from_raw(a[2]), a[3] as i32, a[4], a[5]);
+        if len == 0 || off % PAGE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = len.checked_add(PAGE - 1).ok_or(Errno::ENOMEM)? & !(PAGE - 1);
+        let fixed = flags & libc::MAP_FIXED != 0;
+        let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
+        let anon = flags & libc::MAP_ANONYMOUS != 0;
+        let shared = flags & libc::MAP_SHARED != 0;
+        let file = if anon {
+            None
+        } else {
+            let f = self.fds.get(fd)?;
+            if shared && prot.writable() {
+                // A shared writable file mapping would need write-back: not yet.
+                return Err(Errno(libc::ENODEV));
+            }
+            let raw = f.host().as_raw_fd();
+            let dup = host::dup(raw)?;
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
+                .unwrap_or_default();
+            Some(FileBacking {
+                path,
+                file: std::sync::Arc::new(std::fs::File::from(dup)),
+                offset: off,
+            })
+        };
+        let start = if fixed || noreplace {
+            if addr % PAGE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if noreplace && !self.mm.is_free(addr, addr.saturating_add(len)) {
+                return Err(Errno::EEXIST);
+            }
+            addr
+        } else {
+            let hint = addr & !(PAGE - 1);
+            if hint >= MMAP_MIN && self.mm.is_free(hint, hint.saturating_add(len)) {
+                hint
+            } else {
+                self.mm.find_free(len).ok_or(Errno::ENOMEM)?
+            }
+        };
+        self.mm.map(start, len, prot, file, "")?;
+        if let Some(m) = self.mm.maps.last()
+            && m.start == start
+            && !anon
+        {
+            self.report.maps.push(m.clone());
+        }
+        Ok(start)
+    }
+
+    fn sys_munmap(&mut self, addr: u64, len: u64) -> Sys {
+        if !addr.is_multiple_of(PAGE) || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.mm.unmap(addr, len).map(|()| 0)
+    }
+
+    /// `mremap` of private anonymous memory: shrink in place, grow in place when the
+    /// range above is free, else move (MREMAP_MAYMOVE). File mappings: EINVAL.
+    fn sys_mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
+        let round = |v: u64| v.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1));
+        let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
+            return Err(Errno::EINVAL);
+        };
+        if !old.is_multiple_of(PAGE) || new_len == 0 || flags & !(libc::MREMAP_MAYMOVE as u64) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let vma = self.mm.vma_at(old).ok_or(Errno::EFAULT)?;
+        if vma.file.is_some() || vma.end < old.saturating_add(old_len) {
+            return Err(Errno::EINVAL);
+        }
+        let prot = vma.prot;
+        if new_len <= old_len {
+            if new_len < old_len {
+                self.mm.unmap(old + new_len, old_len - new_len)?;
+            }
+            return Ok(old);
+        }
+        let end = old.saturating_add(old_len);
+        if self.mm.is_free(end, old.saturating_add(new_len)) {
+            self.mm.map(end, new_len - old_len, prot, None, "")?;
+            return Ok(old);
+        }
+        if flags & libc::MREMAP_MAYMOVE as u64 == 0 {
+            return Err(Errno::ENOMEM);
+        }
+        let to = self.mm.find_free(new_len).ok_or(Errno::ENOMEM)?;
+        self.mm.map(to, new_len, Prot::RW, None, "")?;
+        self.mm.copy_within(old, to, old_len)?;
+        self.mm.protect(to, new_len, prot)?;
+        self.mm.unmap(old, old_len)?;
+        Ok(to)
+    }
+
+    fn sys_arch_prctl(&mut self, code: u64, addr: u64) -> Sys {
+        match code {
+            ARCH_SET_FS => {
+                if addr >= USER_END {
+                    return Err(Errno::EFAULT);
+                }
+                self.fs_base = addr;
+                Ok(0)
+            }
+            ARCH_GET_FS => self.out(addr, &self.fs_base.to_le_bytes()).map(|()| 0),
+            ARCH_SET_GS | ARCH_GET_GS => Err(Errno::EINVAL),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn sys_prlimit(&mut self, pid: u64, resource: u32, new: u64, old: u64) -> Sys {
+        if pid != 0 && pid != self.tid {
+            return Err(Errno(libc::EPERM));
+        }
+        if new != 0 {
+            // Limits are the host's; the program may not change lbrprof's.
+            return Err(Errno(libc::EPERM));
+        }
+        if old != 0 {
+            let mut b = host::getrlimit(resource)?;
+            if resource == libc::RLIMIT_NOFILE {
+                b[..8].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
+                b[8..16].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
+            }
+            self.out(old, &b)?;
+        }
+        Ok(0)
+    }
+
+    fn sys_sleep(&mut self, req: u64) -> Sys {
+        let s = self.mm.read_u64(req)? as i64;
+        let ns = self.mm.read_u64(req + 8)? as i64;
+        if s < 0 || !(0..1_000_000_000).contains(&ns) {
+            return Err(Errno::EINVAL);
+        }
+        host::nanosleep(s, ns);
+        Ok(0)
+    }
+
+    fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64) -> Sys {
+        if sig == 0 || sig > 64 || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            return Err(Errno::EINVAL);
+        }
+        let prev = self.sigactions.get(&sig).copied().unwrap_or([0; 32]);
+        if act != 0 {
+            let mut b = [0u8; 32];
+            self.mm.read(GuestVirtAddr(act), &mut b)?;
+            self.sigactions.insert(sig, b);
+        }
+        if old != 0 {
+            self.out(old, &prev)?;
+        }
+        Ok(0)
+    }
+
+    fn sys_sigprocmask(&mut self, how: u64, set: u64, old: u64) -> Sys {
+        let prev = self.sigmask;
+        if set != 0 {
+            let s = self.mm.read_u64(set)?;
+            self.sigmask = match how as i32 {
+                libc::SIG_BLOCK => prev | s,
+                libc::SIG_UNBLOCK => prev & !s,
+                libc::SIG_SETMASK => s,
+                _ => return Err(Errno::EINVAL),
+            };
+        }
+        if old != 0 {
+            self.out(old, &prev.to_le_bytes())?;
+        }
+        Ok(0)
+    }
+
+    /// kill/tgkill/tkill to itself: a signal with the default action ends the program
+    /// the way the shell reports it; an ignored one is dropped.
+    fn sys_kill(&mut self, sig: u64) -> Outcome {
+        if sig == 0 {
+            return Outcome::Return(0);
+        }
+        if sig > 64 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        let handler = self.sigactions.get(&sig).map_or(0, |b| {
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
+        });
+        let blocked = self.sigmask & (1 << (sig - 1)) != 0;
+        let ignored_by_default =
+            matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH);
+        if handler == libc::SIG_IGN as u64 || (handler == 0 && ignored_by_default) {
+            return Outcome::Return(0);
+        }
+        if blocked && sig as i32 != libc::SIGKILL {
+            // Pending until unblocked; without delivery it stays pending.
+            return Outcome::Return(0);
+        }
+        let reason = if handler == 0 {
+            format!("killed by signal {sig} it sent itself")
+        } else {
+            format!("signal {sig} has a handler, but signal delivery is not supported yet")
+        };
+        Outcome::Kill {
+            signal: sig as i32,
+            reason,
+        }
+    }
+
+    fn sys_futex(&mut self, a: [u64; 6]) -> Sys {
+        let op = a[1] as i32 & libc::FUTEX_CMD_MASK;
+        match op {
+            libc::FUTEX_WAKE => Ok(0),
+            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
+                let mut b = [0u8; 4];
+                self.mm.read(GuestVirtAddr(a[0]), &mut b)?;
+                if u32::from_le_bytes(b) != a[2] as u32 {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                // One thread: nobody can wake it. With a timeout, that is a sleep.
+                if a[3] == 0 {
+                    return Err(Errno(libc::EDEADLK));
+                }
+                Err(Errno(libc::ETIMEDOUT))
+            }
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+impl Errno {
+    /// The RAX value of a failed call (`-errno`).
+    pub fn ret(self) -> u64 {
+        (-i64::from(self.0)) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linux::fd::FdTable;
+    use crate::linux::mm::AddressSpace;
+    use crate::memory::GuestMemory;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn process() -> Process {
+        let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
+        let mut mm = AddressSpace::new(mem, 1 << 20).unwrap();
+        let trap = crate::linux::cpu::build_trap_area(&mut mm).unwrap();
+        mm.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
+        Process {
+            mm,
+            fds: FdTable::with_stdio([None, None, None]),
+            trap,
+            path: "/bin/true".into(),
+            report: Default::default(),
+            counts: BTreeMap::new(),
+            sigactions: BTreeMap::new(),
+            sigmask: 0,
+            fs_base: 0,
+            tid: 1,
+            syscall_mode: None,
+            sync_regs: false,
+        }
+    }
+
+    fn ret(o: Outcome) -> i64 {
+        match o {
+            Outcome::Return(v) => v as i64,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_guest_pointers_are_efault_never_host_accesses() {
+        let mut p = process();
+        let efault = -(libc::EFAULT as i64);
+        let bad = [
+            0u64,
+            0x3f_ffff,
+            0x40_4000,
+            USER_END,
+            TRAP_AREA.0,
+            u64::MAX - 7,
+        ];
+        let devnull: OwnedFd = std::fs::File::open("/dev/zero").unwrap().into();
+        p.fds.insert_at(3, Fd::new(devnull, false)).unwrap();
+        for b in bad {
+            assert_eq!(
+                ret(p.syscall(Sysno::read as u64, [3, b, 16, 0, 0, 0])),
+                efault,
+                "read {b:#x}"
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::write as u64, [3, b, 16, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::openat as u64, [libc::AT_FDCWD as u64, b, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::uname as u64, [b, 0, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::clock_gettime as u64, [1, b, 0, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::writev as u64, [3, b, 1, 0, 0, 0])),
+                efault
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::fstat as u64, [3, b, 0, 0, 0, 0])),
+                efault
+            );
+        }
+        // A buffer that starts mapped and runs off the end is refused whole.
+        assert_eq!(
+            ret(p.syscall(Sysno::read as u64, [3, 0x40_3ff0, 64, 0, 0, 0])),
+            efault
+        );
+        // An iovec pointing outside.
+        let mut iov = [0u8; 16];
+        iov[..8].copy_from_slice(&TRAP_AREA.0.to_le_bytes());
+        iov[8..].copy_from_slice(&8u64.to_le_bytes());
+        p.mm.write(GuestVirtAddr(0x40_0000), &iov).unwrap();
+        assert_eq!(
+            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, 1, 0, 0, 0])),
+            efault
+        );
+        // Huge counts are clamped, not allocated.
+        assert_eq!(
+            ret(p.syscall(Sysno::read as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            efault
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            -(libc::EINVAL as i64)
+        );
+    }
+
+    #[test]
+    fn random_registers_and_memory_never_panic() {
+        // The fuzz target's system-call mode (fuzz/fuzz_targets/linux_personality.rs),
+        // with a fixed pseudo-random stream, so every `cargo test` runs it.
+        const SAFE: &[u64] = &[
+            0, 1, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 25, 28, 32, 33, 39,
+            63, 72, 79, 89, 96, 97, 99, 102, 104, 107, 108, 110, 158, 186, 201, 202, 204, 217, 218,
+            228, 229, 262, 267, 269, 273, 292, 302, 318, 332, 439,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..300 {
+            let mut p = process();
+            let junk: Vec<u8> = (0..4 * PAGE).map(|_| next() as u8).collect();
+            p.mm.write(GuestVirtAddr(0x40_0000), &junk).unwrap();
+            for _ in 0..16 {
+                let nr = SAFE[(next() as usize) % SAFE.len()];
+                let mut args = [0u64; 6];
+                for a in &mut args {
+                    let v = next();
+                    *a = match v % 4 {
+                        0 => 0x40_0000 + (v >> 2) % 0x5000,
+                        1 => v >> 40,
+                        2 => (v >> 2) % 64,
+                        _ => v,
+                    };
+                }
+                let _ = p.syscall(nr, args);
+            }
+        }
+    }
+
+    #[test]
+    fn descriptors_outside_the_table_are_ebadf() {
+        let mut p = process();
+        let ebadf = -(libc::EBADF as i64);
+        for fd in [0u64, 1, 2, 5, 1 << 40, u64::MAX] {
+            assert_eq!(
+                ret(p.syscall(Sysno::write as u64, [fd, 0x40_0000, 1, 0, 0, 0])),
+                ebadf
+            );
+            assert_eq!(
+                ret(p.syscall(Sysno::close as u64, [fd, 0, 0, 0, 0, 0])),
+                ebadf
+            );
+        }
+        p.mm.write(GuestVirtAddr(0x40_0000), b"/proc/self/fd/0\0")
+            .unwrap();
+        assert_eq!(
+            ret(p.syscall(
+                Sysno::openat as u64,
+                [libc::AT_FDCWD as u64, 0x40_0000, 0, 0, 0, 0]
+            )),
+            -(libc::ENOENT as i64)
+        );
+    }
+
+    #[test]
+    fn unknown_calls_are_enosys_and_counted_by_name() {
+        let mut p = process();
+        let enosys = -(libc::ENOSYS as i64);
+        assert_eq!(ret(p.syscall(Sysno::io_uring_setup as u64, [0; 6])), enosys);
+        assert_eq!(ret(p.syscall(Sysno::io_uring_setup as u64, [0; 6])), enosys);
+        assert_eq!(ret(p.syscall(100_000, [0; 6])), enosys);
+        assert_eq!(p.report.unimplemented["io_uring_setup"], 2);
+        assert_eq!(p.report.unimplemented["#100000"], 1);
+        assert!(matches!(
+            p.syscall(Sysno::fork as u64, [0; 6]),
+            Outcome::Kill { .. }
+        ));
+        assert!(matches!(
+            p.syscall(Sysno::exit_group as u64, [3, 0, 0, 0, 0, 0]),
+            Outcome::Exit(3)
+        ));
+    }
+
+    #[test]
+    fn mmap_munmap_and_brk_follow_linux() {
+        let mut p = process();
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let a = ret(p.syscall(Sysno::mmap as u64, [0, 10000, rw, anon, u64::MAX, 0])) as u64;
+        assert_eq!(a % PAGE, 0);
+        p.mm.write(GuestVirtAddr(a + 9999), b"x").unwrap();
+        // MAP_FIXED_NOREPLACE over it fails; MAP_FIXED replaces.
+        let nr = anon | libc::MAP_FIXED_NOREPLACE as u64;
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, nr, u64::MAX, 0])),
+            -(libc::EEXIST as i64)
+        );
+        let fx = anon | libc::MAP_FIXED as u64;
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, fx, u64::MAX, 0])) as u64,
+            a
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::munmap as u64, [a, 3 * PAGE, 0, 0, 0, 0])),
+            0
+        );
+        assert!(p.mm.write(GuestVirtAddr(a), b"x").is_err());
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [0, 0, rw, anon, u64::MAX, 0])),
+            -(libc::EINVAL as i64)
+        );
+        assert_eq!(
+            ret(p.syscall(Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])),
+            -(libc::ENOMEM as i64)
+        );
+        // A file mapping is recorded for symbolization.
+        let f: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
+        let fd = p.fds.insert(Fd::new(f, false)).unwrap();
+        let m = ret(p.syscall(
+            Sysno::mmap as u64,
+            [
+                0,
+                PAGE,
+                libc::PROT_READ as u64,
+                libc::MAP_PRIVATE as u64,
+                fd,
+                0,
+            ],
+        )) as u64;
+        let mut head = [0u8; 4];
+        p.mm.read(GuestVirtAddr(m), &mut head).unwrap();
+        assert_eq!(&head, b"\x7fELF");
+        let rec = p.report.maps.last().unwrap();
+        assert_eq!(rec.start, m);
+        assert!(rec.path.to_string_lossy().ends_with("true"), "{rec:?}");
+    }
+}
