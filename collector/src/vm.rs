@@ -325,6 +325,9 @@ pub fn record_vm(
     let (snap_sink, snap_rx) = SnapshotSink::bounded(SNAPSHOT_CHANNEL_CAPACITY);
     let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
     vm_config.vcpu_threads = Some(thread_tx);
+    // A Linux program's mappings as it makes them, written in order with the snapshots.
+    let (maps_tx, maps_rx) = crossbeam_channel::unbounded();
+    vm_config.guest_maps = Some(maps_tx);
     let stop = vm_config.stop_handle();
 
     let result = sys::SignalPipe::install()
@@ -342,6 +345,7 @@ pub fn record_vm(
                 &sink,
                 &snap_rx,
                 &thread_rx,
+                &maps_rx,
                 &|| {
                     if signals
                         .take()
@@ -362,11 +366,6 @@ pub fn record_vm(
             return Err(e);
         }
     };
-    if let Some(linux) = &report.linux {
-        for m in program_mappings(&linux.maps, start_monotonic_ns) {
-            sink.send(Event::Mapping(m));
-        }
-    }
     let lost_snapshots = snap_sink.lost();
     run.lost_snapshots = lost_snapshots;
     let now = sys::monotonic_ns();
@@ -539,6 +538,7 @@ fn run_sampled(
     sink: &EventSink,
     snap_rx: &Receiver<LbrSnapshot>,
     thread_rx: &Receiver<VcpuThreadInfo>,
+    maps_rx: &Receiver<lbrprof_vmm::linux::mm::MapRecord>,
     on_signal: &dyn Fn(),
     signal_fd: std::os::fd::RawFd,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
@@ -602,6 +602,12 @@ fn run_sampled(
                 };
                 facts.vcpu_threads.push(v);
                 sink.send(Event::Vcpu(v));
+            }
+            // Mappings before the snapshots of the same pass: a snapshot can only hold
+            // addresses of code mapped before it was taken.
+            let maps: Vec<_> = maps_rx.try_iter().collect();
+            for m in program_mappings(&maps, sys::monotonic_ns()) {
+                sink.send(Event::Mapping(m));
             }
             for s in snap_rx.try_iter() {
                 facts.snapshots += 1;

@@ -109,6 +109,10 @@ pub struct VmConfig {
     pub warn: WarnFn,
     /// Told about each vCPU thread as it starts.
     pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+    /// A Linux program's file mappings, as they are made (its image and interpreter at
+    /// load, its libraries as it maps them), so a recorder can write each one before the
+    /// samples that need it.
+    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::mm::MapRecord>>,
     /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
@@ -125,6 +129,7 @@ impl VmConfig {
             serial: Box::new(std::io::stderr()),
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
+            guest_maps: None,
             stop_requests: None,
         }
     }
@@ -367,7 +372,10 @@ impl Vm {
                 let mut random = [0u8; 16];
                 let _ = linux::host::getrandom(&mut random, 0);
                 // Guest-physical page 0 stays unused; the program's frames start above.
-                let (p, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                let (mut p, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                if let Some(tx) = &config.guest_maps {
+                    p.send_maps_to(tx.clone());
+                }
                 process = Some((p, regs));
             }
             (None, Guest::Image(_)) => unreachable!("images are parsed above"),

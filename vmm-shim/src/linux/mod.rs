@@ -272,6 +272,8 @@ pub struct Process {
     /// KVM copies the registers into the run page at every exit and loads them back
     /// when marked dirty (KVM_CAP_SYNC_REGS): a system call then needs no register ioctl.
     sync_regs: bool,
+    /// Where each file mapping goes as it is made ([`crate::vm::VmConfig::guest_maps`]).
+    map_sink: Option<crossbeam_channel::Sender<MapRecord>>,
 }
 
 impl std::fmt::Debug for Process {
@@ -359,6 +361,7 @@ impl Process {
                 tid: host::ids()[0],
                 syscall_mode: None,
                 sync_regs: false,
+                map_sink: None,
             },
             regs,
         ))
@@ -383,6 +386,7 @@ impl Process {
             tid: 1,
             syscall_mode: None,
             sync_regs: false,
+            map_sink: None,
         })
     }
 
@@ -413,6 +417,23 @@ impl Process {
     /// MSRs to set before the first entry (the SYSCALL path).
     pub fn initial_msrs(&self) -> [(u32, u64); 3] {
         cpu::syscall_msrs()
+    }
+
+    /// From now on, send every file mapping to `tx` as it is made, starting with those
+    /// already made (the program and its interpreter).
+    pub fn send_maps_to(&mut self, tx: crossbeam_channel::Sender<MapRecord>) {
+        for m in &self.report.maps {
+            let _ = tx.send(m.clone());
+        }
+        self.map_sink = Some(tx);
+    }
+
+    /// Records a file mapping the program made, and sends it on (see [`Self::send_maps_to`]).
+    pub(crate) fn note_map(&mut self, m: MapRecord) {
+        if let Some(tx) = &self.map_sink {
+            let _ = tx.send(m.clone());
+        }
+        self.report.maps.push(m);
     }
 
     /// What the run reports about the program (taken once at the end).

@@ -508,7 +508,8 @@ impl Process {
             && m.start == start
             && !anon
         {
-            self.report.maps.push(m.clone());
+            let m = m.clone();
+            self.note_map(m);
         }
         Ok(start)
     }
@@ -723,6 +724,7 @@ mod tests {
             tid: 1,
             syscall_mode: None,
             sync_regs: false,
+            map_sink: None,
         }
     }
 
@@ -916,7 +918,9 @@ mod tests {
             ret(p.syscall(Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])),
             -(libc::ENOMEM as i64)
         );
-        // A file mapping is recorded for symbolization.
+        // A file mapping is recorded for symbolization, and sent to the recorder as made.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        p.send_maps_to(tx);
         let f: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
         let fd = p.fds.insert(Fd::new(f, false)).unwrap();
         let m = ret(p.syscall(
@@ -936,5 +940,6 @@ mod tests {
         let rec = p.report.maps.last().unwrap();
         assert_eq!(rec.start, m);
         assert!(rec.path.to_string_lossy().ends_with("true"), "{rec:?}");
+        assert_eq!(rx.try_iter().last().as_ref(), Some(rec));
     }
 }
