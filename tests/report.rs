@@ -911,8 +911,9 @@ fn lbrprof_data_with_guest_snapshots_reports_host_and_guest_branches() {
     );
     assert_eq!(r["estimated"], true);
     // Filters.
-    let none = json(&["report", "-i", path.to_str().unwrap(), "--pid", "8"]);
-    assert_eq!(none["meta"]["samples"], 0);
+    // A pid with no sample: an error saying so (not an empty report).
+    let none = common::run(&["report", "-i", path.to_str().unwrap(), "--pid", "8"]);
+    assert_eq!(none.status.code(), Some(2));
     let by_comm = json(&["report", "-i", path.to_str().unwrap(), "--comm", "w"]);
     assert_eq!(by_comm["meta"]["samples"], 100);
     // Folded stacks: the guest root frame is there.

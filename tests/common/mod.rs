@@ -85,3 +85,71 @@ pub fn build_workload(dir: &Path, name: &str) -> PathBuf {
     assert!(status.success(), "gcc failed on {}", src.display());
     exe
 }
+
+// ---------------------------------------------------------------------------------------
+// Output checks shared by the VM and demo tests
+
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "lbrprof {args:?} failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("valid JSON")
+}
+
+/// Parses an SVG with an XML parser; returns the text of every `<title>`.
+pub fn svg_titles(svg: &[u8]) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_reader(svg);
+    let mut buf = Vec::new();
+    let mut titles = Vec::new();
+    let mut in_title = false;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(e)) => in_title = e.name().as_ref() == b"title",
+            Ok(quick_xml::events::Event::Text(t)) if in_title => {
+                titles.push(String::from_utf8_lossy(&t.into_inner()).into_owned());
+            }
+            Ok(quick_xml::events::Event::End(_)) => in_title = false,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "SVG is not well-formed at {}: {e}",
+                reader.buffer_position()
+            ),
+        }
+        buf.clear();
+    }
+    titles
+}
+
+/// The guest edges of a JSON report must add up: every row's share is its count over
+/// `meta.branch_entries`, and with `--limit 0` the rows sum to it.
+pub fn check_edge_counts(report: &serde_json::Value) -> u64 {
+    let meta = &report["meta"];
+    let entries = meta["branch_entries"].as_u64().unwrap();
+    let branches = report["branches"].as_array().unwrap();
+    let sum: u64 = branches.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        sum, entries,
+        "edge counts do not add up to the histogram's entries"
+    );
+    for b in branches {
+        let pct = b["pct"].as_f64().unwrap();
+        let want = b["count"].as_u64().unwrap() as f64 * 100.0 / entries as f64;
+        assert!((pct - want).abs() < 1e-6, "{b}");
+    }
+    let snapshots = meta["snapshots"].as_u64().unwrap();
+    let depth = meta["branch_depth"].as_u64().unwrap();
+    assert!(
+        entries <= snapshots * depth,
+        "{entries} > {snapshots} x {depth}"
+    );
+    entries
+}
