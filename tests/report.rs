@@ -103,21 +103,25 @@ const BRANCH_FIXTURES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The samples `perf script -F brstack` printed: one header line per sample (call-chain
+/// lines start with a tab, a branch stack printed on its own line with `0x`).
+fn perf_script_samples(script: &str) -> usize {
+    script
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !l.starts_with('\t') && !t.is_empty() && !t.starts_with("0x")
+        })
+        .count()
+}
+
 #[test]
 fn fixtures_sample_and_branch_counts_match_perf_script() {
     for (file, expected) in BRANCH_FIXTURES {
         let Some(path) = fixture(file) else { return };
         let script = xz(&fixture(&format!("expected/{expected}.script-brstack.txt.xz")).unwrap());
-        // One header line per sample (call-chain lines start with a tab, a branch stack
-        // printed on its own line with `0x`); each branch entry
-        // is one `from/to/M|P/X/A/cycles/` token.
-        let samples = script
-            .lines()
-            .filter(|l| {
-                let t = l.trim_start();
-                !l.starts_with('\t') && !t.is_empty() && !t.starts_with("0x")
-            })
-            .count() as u64;
+        let samples = perf_script_samples(&script) as u64;
+        // Each branch entry is one `from/to/M|P/X/A/cycles/` token.
         let entries = script
             .split_whitespace()
             .filter(|t| t.ends_with('/') && t.matches('/').count() >= 6)
@@ -145,13 +149,7 @@ fn info_of_perf_data_matches_perf_header_and_script() {
     for (file, expected) in BRANCH_FIXTURES {
         let Some(path) = fixture(file) else { return };
         let script = xz(&fixture(&format!("expected/{expected}.script-brstack.txt.xz")).unwrap());
-        let samples = script
-            .lines()
-            .filter(|l| {
-                let t = l.trim_start();
-                !l.starts_with('\t') && !t.is_empty() && !t.starts_with("0x")
-            })
-            .count();
+        let samples = perf_script_samples(&script);
         let header =
             std::fs::read_to_string(fixture(&format!("expected/{expected}.header.txt")).unwrap())
                 .unwrap();

@@ -1519,6 +1519,15 @@ pub fn decode_sample_raw(
 mod tests {
     use super::*;
 
+    /// The error of the feature-section check of the file at `path` (`len` bytes).
+    fn feature_check_error(path: &Path, len: usize) -> String {
+        let mut f = File::open(path).unwrap();
+        match check_sections(&mut f, len as u64, true, true) {
+            Err(SectionCheck::Bad(msg)) => msg,
+            _ => panic!("the feature check must fail"),
+        }
+    }
+
     fn words(ws: &[u64]) -> Vec<u8> {
         ws.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
@@ -1605,11 +1614,7 @@ mod tests {
             err.to_string().contains("no perf event attributes"),
             "{err}"
         );
-        let mut f = File::open(&path).unwrap();
-        let Err(SectionCheck::Bad(msg)) = check_sections(&mut f, file.len() as u64, true, true)
-        else {
-            panic!("the feature check must fail");
-        };
+        let msg = feature_check_error(&path, file.len());
         assert!(
             msg.contains("feature #12 section: its 8 bytes end inside an event"),
             "{msg}"
@@ -1646,11 +1651,7 @@ mod tests {
             err.to_string().contains("no perf event attributes"),
             "{err}"
         );
-        let mut f = File::open(&path).unwrap();
-        let Err(SectionCheck::Bad(msg)) = check_sections(&mut f, file.len() as u64, true, true)
-        else {
-            panic!("the feature check must fail");
-        };
+        let msg = feature_check_error(&path, file.len());
         assert!(msg.contains("feature #2 section"), "{msg}");
         assert!(
             msg.contains("beyond the end of the file (0x78 bytes)"),
