@@ -74,7 +74,7 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     // timing measurement: with the default window (one sample period) a sample pairs only
     // when a snapshot of its vCPU fell within that period, and on this nested host the
     // effective snapshot rate (580-700 Hz for 999 requested, stretched by the overhead
-    // budget) left 75-100% of them paired over 30 runs at several commits. 70% still
+    // budget) left 76-100% of them paired over about 30 runs. 70% still
     // catches pairing that does not work (0%) or pairs only by chance.
     let report: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
