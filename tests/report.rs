@@ -1040,32 +1040,6 @@ fn truncated_perf_data_gives_a_warning_and_a_partial_report() {
     assert!(warnings.contains("truncated"), "{warnings}");
 }
 
-/// `go tool pprof -top` lines: (flat, function) for each row.
-fn pprof_top(args: &[&str]) -> Option<Vec<(u64, String)>> {
-    let out = std::process::Command::new("go")
-        .args(["tool", "pprof", "-top", "-nodecount=50"])
-        .args(args)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .ok()?;
-    assert!(
-        out.status.success(),
-        "go tool pprof failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Some(
-        text.lines()
-            .skip_while(|l| !l.trim_start().starts_with("flat"))
-            .skip(1)
-            .filter_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                Some((cols.first()?.parse().ok()?, cols.get(5..)?.join(" ")))
-            })
-            .collect(),
-    )
-}
-
 /// `export --pprof` is read by `go tool pprof`, which lists the same functions with the
 /// same sample counts and the same event-count shares as `lbrprof report`.
 #[test]
@@ -1073,8 +1047,7 @@ fn pprof_export_reads_in_go_tool_pprof_as_report_does() {
     let Some(path) = fixture("propeller_sample.perfdata") else {
         return;
     };
-    if !tool_works("go", "version") {
-        eprintln!("skipped: go (Debian golang-go) is not installed");
+    if !common::go_available() {
         return;
     }
     let symfs = path.parent().unwrap().to_str().unwrap().to_owned();
@@ -1104,7 +1077,10 @@ fn pprof_export_reads_in_go_tool_pprof_as_report_does() {
         "--limit",
         "0",
     ]);
-    let top = pprof_top(&["-sample_index=samples", pb.to_str().unwrap()]).unwrap();
+    let top = common::pprof_rows(&common::pprof_top(&[
+        "-sample_index=samples",
+        pb.to_str().unwrap(),
+    ]));
     assert!(top.len() >= 2, "{top:?}");
     for f in report["functions"].as_array().unwrap() {
         let samples = f["self_samples"].as_u64().unwrap();
@@ -1118,7 +1094,7 @@ fn pprof_export_reads_in_go_tool_pprof_as_report_does() {
         );
     }
     // The default sample type is the event count, as report's shares are.
-    let by_weight = pprof_top(&[pb.to_str().unwrap()]).unwrap();
+    let by_weight = common::pprof_rows(&common::pprof_top(&[pb.to_str().unwrap()]));
     let main = report["functions"]
         .as_array()
         .unwrap()

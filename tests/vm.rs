@@ -390,12 +390,7 @@ fn host_and_guest_function_tables_keep_their_own_denominators() {
 /// samples), so `go tool pprof -tagfocus` shows each side as `report` does.
 #[test]
 fn pprof_export_labels_guest_snapshots_by_side_and_vcpu() {
-    let has_go = std::process::Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_go {
-        eprintln!("skipped: go (Debian golang-go) is not installed");
+    if !common::go_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -416,24 +411,14 @@ fn pprof_export_labels_guest_snapshots_by_side_and_vcpu() {
         String::from_utf8_lossy(&out.stderr)
     );
     let top = |focus: &str| -> String {
-        let out = std::process::Command::new("go")
-            .args(["tool", "pprof", "-top", "-sample_index=samples"])
-            .arg(format!("-tagfocus={focus}"))
-            .arg(&pb)
-            .env("HOME", dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let focus = format!("-tagfocus={focus}");
+        common::pprof_top(&["-sample_index=samples", &focus, pb.to_str().unwrap()])
     };
     let flat = |text: &str, needle: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.contains(needle))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        common::pprof_rows(text)
+            .into_iter()
+            .find(|(_, f)| f.contains(needle))
+            .map(|(n, _)| n)
     };
     // 100 snapshots per vCPU: partition on vCPU 0, insertion_sort on vCPU 1.
     let guest = top("side=guest");

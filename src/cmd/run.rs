@@ -172,16 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.setup.as_secs_f64() * 1e3,
             report.elapsed.as_secs_f64() * 1e3,
         );
-        for v in &report.vcpus {
-            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            eprintln!(
-                "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
-                v.vcpu,
-                v.run_ns as f64 / 1e6,
-                v.total_exits(),
-                exits.join(", ")
-            );
-        }
+        print_vcpu_stats(&report);
         if let Some(setup) = &lbr {
             crate::cmd::lbr_opts::print_stats(setup);
         }
@@ -193,6 +184,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     guest_exit(&args.vm, &report.outcome, "--timeout", "")
+}
+
+/// `--stats`: each vCPU's time in KVM_RUN and its exits by reason.
+fn print_vcpu_stats(report: &lbrprof_vmm::RunReport) {
+    for v in &report.vcpus {
+        let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        eprintln!(
+            "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
+            v.vcpu,
+            v.run_ns as f64 / 1e6,
+            v.total_exits(),
+            exits.join(", ")
+        );
+    }
 }
 
 /// `run --vm -- PROG ARGS`: a Linux program under the shim's personality.
@@ -226,16 +231,7 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
         }
     }
     if args.stats {
-        for v in &report.vcpus {
-            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            eprintln!(
-                "lbrprof: vm: vCPU {}: {:.2} ms in KVM_RUN, {} exits ({})",
-                v.vcpu,
-                v.run_ns as f64 / 1e6,
-                v.total_exits(),
-                exits.join(", ")
-            );
-        }
+        print_vcpu_stats(&report);
     }
     guest_exit(&spec, &report.outcome, "--timeout", "")
 }

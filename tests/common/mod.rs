@@ -153,3 +153,46 @@ pub fn check_edge_counts(report: &serde_json::Value) -> u64 {
     );
     entries
 }
+
+// ---------------------------------------------------------------------------------------
+// go tool pprof, for the pprof export
+
+/// Whether `go` (Debian golang-go, which ships pprof) runs here; says why a test skips.
+pub fn go_available() -> bool {
+    let ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: go (Debian golang-go) is not installed");
+    }
+    ok
+}
+
+/// The text `go tool pprof -top -nodecount=50 ARGS...` prints (it must succeed).
+pub fn pprof_top(args: &[&str]) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-nodecount=50"])
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go runs");
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rows of a `go tool pprof -top` listing: (flat, function name).
+pub fn pprof_rows(top: &str) -> Vec<(u64, String)> {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.first()?.parse().ok()?, cols.get(5..)?.join(" ")))
+        })
+        .collect()
+}

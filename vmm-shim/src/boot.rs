@@ -164,14 +164,16 @@ pub fn write_multiboot_info(mem: &GuestMemory, cmdline: &str) -> Result<(), Memo
     Ok(())
 }
 
-fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
+/// A flat 4 GiB segment register (base 0, page granular) at privilege level `dpl`; `long`
+/// for a 64-bit code segment.
+pub(crate) fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
         selector,
         type_,
         present: 1,
-        dpl: 0,
+        dpl,
         db: u8::from(!long),
         s: 1,
         l: u8::from(long),
@@ -183,7 +185,7 @@ fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
 }
 
 fn common_sregs(sregs: &mut kvm_sregs) {
-    let data = segment(SEL_DATA, SEG_TYPE_DATA_RW_ACCESSED, false);
+    let data = segment(SEL_DATA, SEG_TYPE_DATA_RW_ACCESSED, 0, false);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
@@ -207,7 +209,7 @@ fn common_sregs(sregs: &mut kvm_sregs) {
 /// 64-bit long mode with the identity page tables; SSE usable.
 pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
     common_sregs(sregs);
-    sregs.cs = segment(SEL_CODE64, SEG_TYPE_CODE_XR_ACCESSED, true);
+    sregs.cs = segment(SEL_CODE64, SEG_TYPE_CODE_XR_ACCESSED, 0, true);
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
@@ -217,7 +219,7 @@ pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
 /// 32-bit protected mode, paging off, flat segments (multiboot machine state).
 pub fn protected_mode_sregs(sregs: &mut kvm_sregs) {
     common_sregs(sregs);
-    sregs.cs = segment(SEL_CODE32, SEG_TYPE_CODE_XR_ACCESSED, false);
+    sregs.cs = segment(SEL_CODE32, SEG_TYPE_CODE_XR_ACCESSED, 0, false);
     sregs.cr0 = CR0_PE | CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;

@@ -29,6 +29,7 @@ use crate::arch::{
     EFER_LME, PTE_P, PTE_RW, PTE_US, RFLAGS_RESERVED, SEG_TYPE_CODE_XR_ACCESSED,
     SEG_TYPE_DATA_RW_ACCESSED, SEG_TYPE_TSS_BUSY,
 };
+use crate::boot::segment;
 use crate::linux::abi::*;
 use crate::linux::mm::{AddressSpace, Errno, PTE_NX};
 use crate::memory::GuestPhysAddr;
@@ -141,24 +142,6 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     Ok(TrapArea {
         stack_phys: frames[TRAP_STACK as usize],
     })
-}
-
-fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db: u8::from(!long),
-        s: 1,
-        l: u8::from(long),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
 }
 
 /// Where `syscall` leaves the vCPU on this host (see the module doc).
