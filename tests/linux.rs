@@ -293,6 +293,7 @@ fn record_of_a_program_names_its_and_libcs_functions() {
         r#"#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 __attribute__((noinline)) unsigned long hot_loop(unsigned long n) {
     unsigned long s = 0;
     for (unsigned long i = 0; i < n; i++) s += (i % 3 == 0) ? i * 7 : i ^ (s >> 3);
@@ -300,11 +301,14 @@ __attribute__((noinline)) unsigned long hot_loop(unsigned long n) {
 }
 int main(void) {
     unsigned long t = 0;
-    for (int r = 0; r < 2000; r++) {
+    for (int r = 0; r < 200; r++) {
         char *p = malloc(1000 + r);
         memset(p, r, 1000 + r);
-        t += hot_loop(200000) + (unsigned char)p[r];
+        t += hot_loop(1000000) + (unsigned char)p[r];
         free(p);
+        /* System calls between the hot stretches: sampling windows open and close
+           around the shim's syscall stub. */
+        for (int k = 0; k < 20; k++) t += (unsigned long)getppid() & 1;
     }
     printf("%lu\n", t);
     return 0;
@@ -334,6 +338,17 @@ int main(void) {
     assert_eq!(out.status.code(), Some(0), "{err}");
     let native = Command::new(&exe).output().unwrap();
     assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    // Snapshots keep coming for the whole run (a window left open over a system call once
+    // stopped them after the first few): at least a fifth of the requested rate.
+    let effective = err
+        .lines()
+        .find_map(|l| l.split("requested, ").nth(1)?.split(" Hz effective").next())
+        .and_then(|hz| hz.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no effective snapshot rate in:\n{err}"));
+    assert!(
+        effective >= 40.0,
+        "{effective} Hz of 200 Hz requested:\n{err}"
+    );
     let report = lbrprof()
         .args(["report", "-i"])
         .arg(&data)

@@ -232,6 +232,9 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     }
     if args.stats {
         print_vcpu_stats(&report);
+        if let Some(setup) = &lbr {
+            crate::cmd::lbr_opts::print_stats(setup);
+        }
     }
     guest_exit(&spec, &report.outcome, "--timeout", "")
 }

@@ -403,8 +403,11 @@ impl Tracer {
     }
 
     /// Whether the tracer is following the guest instruction by instruction right now.
+    /// A sampled window stays open (`window_left`) across a stop that left the state
+    /// `Free`; it must not be taken for free running, or the next exit would open a new
+    /// window over it and the window would never close.
     pub fn tracing(&self) -> bool {
-        !matches!(self.state, State::Free)
+        !matches!(self.state, State::Free) || self.window_left > 0
     }
 
     /// Before the vCPU first runs.
@@ -534,10 +537,14 @@ impl Tracer {
                 let cpu = g.cpu()?;
                 if pmu.take_pmi() {
                     self.deliver_pmi(g, pmu, &cpu)?
-                } else if self.blocks[block].index_of(cpu.rip, done) == Some(done) {
+                } else if self.blocks[block].index_of(cpu.rip, done) == Some(done)
+                    && done < self.blocks[block].insns.len()
+                {
                     self.plan_in(pmu, block, done, cpl)
                 } else {
-                    // Not where `sync` left it (an event moved the guest): start afresh.
+                    // At the block's stop (an exit on its last instruction left the guest
+                    // there), or not where `sync` left it (an event moved the guest):
+                    // start afresh from here.
                     self.plan_native(g, pmu, &cpu)?
                 }
             }
@@ -545,7 +552,7 @@ impl Tracer {
                 let cpu = g.cpu()?;
                 if pmu.take_pmi() {
                     self.deliver_pmi(g, pmu, &cpu)?
-                } else if self.mode == TraceMode::Exact {
+                } else if self.mode == TraceMode::Exact || self.window_left > 0 {
                     self.plan_native(g, pmu, &cpu)?
                 } else {
                     self.free(pmu, cpu.cpl)

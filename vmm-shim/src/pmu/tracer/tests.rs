@@ -450,3 +450,56 @@ fn exact_mode_not_following_the_handler_waits_at_the_interrupted_instruction() {
         (vec![at], false)
     );
 }
+
+/// An exit that is not a debug stop (I/O, MSR) can leave the guest exactly on the
+/// instruction that ends the block being run to (a `syscall` stub's `out` before its
+/// `sysretq`). The window must go on from there, still open: taken for free running, the
+/// next exit opened a new window over it, and a program making system calls in a loop
+/// never finished one (no snapshot for the rest of the run).
+#[test]
+fn an_exit_on_a_blocks_last_instruction_keeps_the_window_open() {
+    let mut g = program_a(200, 2);
+    let mut pmu = VirtualPmu::new(PmuConfig::new(4, 8).unwrap());
+    pmu.wrmsr(
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI,
+    )
+    .unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR_CTRL, (FIXED_CTRL_USR | FIXED_CTRL_PMI) << 4)
+        .unwrap();
+    pmu.wrmsr(IA32_PERF_GLOBAL_CTRL, 1 << 33).unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR0 + 1, (1 << 48) - 300).unwrap();
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 8 });
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    let ran = g.free_run(r.deadline_cycles.unwrap());
+    let r = t.on_free_run(&mut g, &mut pmu, ran, 3).unwrap();
+    assert!(t.tracing(), "the window opened");
+    assert_eq!(r.breakpoints, vec![0x100b], "running to the loop's jnz");
+    // The guest exits (say, for I/O) right on the jnz, before its breakpoint fires.
+    while g.cpu().unwrap().rip != 0x100b {
+        g.pos += 1;
+    }
+    t.sync(&mut g, &mut pmu).unwrap();
+    let r = t.replan(&mut g, &mut pmu).unwrap();
+    assert!(t.tracing(), "the window is still open: {r:?}");
+    assert!(!r.is_free());
+    // A second exit at the same place does not open another window.
+    let again = t.on_free_run(&mut g, &mut pmu, 5, 3).unwrap();
+    assert_eq!(again, r);
+    assert_eq!(t.stats().windows, 1);
+    // From there the window completes as usual.
+    let mut r = r;
+    for _ in 0..1000 {
+        match g.run(&r) {
+            Ran::Debug => r = t.on_debug_exit(&mut g, &mut pmu).unwrap(),
+            _ => break,
+        }
+        if r.is_free() {
+            break;
+        }
+    }
+    assert_eq!(t.stats().windows, 1);
+    assert!(!t.tracing());
+    assert_eq!(lbr(&pmu), vec![(0x100b, 0x1007); 8]);
+    assert!(r.pmi && r.inject_nmi, "the window ended in its PMI: {r:?}");
+}
