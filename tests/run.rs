@@ -422,6 +422,49 @@ fn timeout_stops_a_runaway_guest() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
+/// A guest that halts with interrupts off can never run again: the run ends with its
+/// registers and status 4 instead of hanging. Its APs, parked the same way after SIPI,
+/// must not end a run whose BSP is still working.
+#[test]
+fn a_halt_with_interrupts_off_ends_the_run_with_status_4() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = multiboot_kernel(dir.path());
+    let kernel = kernel.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "--vm", kernel, "--mem", "16M", "--vcpus", "2", "--", "smp", "halt",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("halt: halting with interrupts off"), "{err}");
+    assert!(err.contains("  rip "), "registers:\n{err}");
+    assert!(
+        err.contains("halted with interrupts disabled and nothing pending"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // Parked APs alone do not end the run: the spinning BSP runs into its timeout.
+    let out = run(&[
+        "--vm",
+        kernel,
+        "--mem",
+        "16M",
+        "--vcpus",
+        "2",
+        "--timeout",
+        "2.5",
+        "--",
+        "smp",
+        "hang",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stdout(&out).contains("APs started") || stderr(&out).contains("APs started"));
+}
+
 /// One bad input per kind: (name, arguments, a phrase of the expected error).
 #[test]
 fn bad_images_and_flags_get_one_line_errors_and_status_2() {

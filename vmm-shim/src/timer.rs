@@ -55,6 +55,25 @@ impl ExitTimer {
     }
 }
 
+impl ExitTimer {
+    /// Fire every `period` from now on (a watchdog's tick).
+    pub(crate) fn arm_every(&self, period: Duration) -> std::io::Result<()> {
+        let ts = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos().max(u32::from(period.is_zero())) as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: `id` is a live timer owned by self; `spec` is valid for the call.
+        if unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ExitTimer {
     fn drop(&mut self) {
         // SAFETY: `id` was created by timer_create and is deleted exactly once.

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -419,6 +419,7 @@ impl Vm {
             config.warn,
         ));
         let stop = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(AtomicUsize::new(0));
         install_kick_handler();
         let (tx, rx) = crossbeam_channel::unbounded::<(u32, VcpuEnd, VcpuRunStats)>();
         let setup = started.elapsed();
@@ -426,6 +427,7 @@ impl Vm {
         let mut spawn_error = None;
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
+            let parked = parked.clone();
             let linux = process.clone();
             let mut vcpu = vcpu;
             if sync_regs && let Some(p) = &linux {
@@ -448,6 +450,8 @@ impl Vm {
                         mem,
                         devices,
                         stop,
+                        parked,
+                        is_parked: false,
                         stats: VcpuRunStats {
                             vcpu: index,
                             tid,
@@ -510,6 +514,7 @@ impl Vm {
             .collect();
         let mut running = threads.len();
         let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
+        let poll = crossbeam_channel::tick(PARKED_POLL);
         while running > 0 && decisive.is_none() {
             let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
             let stop_rx = config
@@ -523,6 +528,14 @@ impl Vm {
                     break;
                 }
                 recv(timeout) -> _ => Err(RecvTimeoutError::Timeout),
+                recv(poll) -> _ => {
+                    if parked.load(Ordering::Acquire) >= running {
+                        // Every vCPU still running is halted for good: stopping them
+                        // makes the parked ones report it (see `run_loop`).
+                        break;
+                    }
+                    continue;
+                }
             };
             match msg {
                 Ok((index, end, n)) => {
@@ -706,7 +719,18 @@ fn setup_linux_registers(vcpu: &VcpuFd, process: &Process, regs: &kvm_regs) -> R
 
 thread_local! {
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+    /// The kick signal arrived since the last interrupted KVM_RUN (the VM's stop, a hook's
+    /// exit timer).
+    static KICKED: Cell<bool> = const { Cell::new(false) };
+    /// The watchdog's tick arrived since the last interrupted KVM_RUN.
+    static WATCHDOG: Cell<bool> = const { Cell::new(false) };
 }
+
+/// How often a vCPU that makes no exits is checked for a halt it can never leave.
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often the VM looks whether every running vCPU is halted for good.
+const PARKED_POLL: Duration = Duration::from_millis(200);
 
 /// Clears this thread's IMMEDIATE_EXIT pointer on drop.
 struct ClearImmediateExit;
@@ -721,7 +745,17 @@ fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
 }
 
-extern "C" fn kick_handler(_sig: libc::c_int) {
+fn watchdog_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+extern "C" fn kick_handler(sig: libc::c_int) {
+    // Const-initialized thread locals: no allocation or lazy set-up in the handler.
+    if sig == watchdog_signal() {
+        WATCHDOG.with(|c| c.set(true));
+    } else {
+        KICKED.with(|c| c.set(true));
+    }
     let p = IMMEDIATE_EXIT.with(Cell::get);
     if !p.is_null() {
         // SAFETY: the pointer is this thread's own kvm_run.immediate_exit, set while its
@@ -741,6 +775,7 @@ fn install_kick_handler() {
             libc::sigemptyset(&mut sa.sa_mask);
             sa.sa_flags = 0;
             libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+            libc::sigaction(watchdog_signal(), &sa, std::ptr::null_mut());
         }
     });
 }
@@ -756,6 +791,11 @@ struct VcpuRunner {
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
+    /// How many vCPUs are halted with interrupts disabled and nothing pending; the VM ends
+    /// the run when that is all of them.
+    parked: Arc<AtomicUsize>,
+    /// This vCPU counts in `parked`.
+    is_parked: bool,
     stats: VcpuRunStats,
     timer: Option<ExitTimer>,
 }
@@ -774,7 +814,17 @@ impl VcpuRunner {
             requests: &mut requests,
         };
         self.hook.on_start(&mut ctx);
+        // Without it a guest that halts for good (`cli; hlt`) would hang the run: with an
+        // in-kernel LAPIC a halt never exits to user space. Best effort: no watchdog, no
+        // diagnosis, but the run itself is unaffected.
+        let watchdog = ExitTimer::for_current_thread(watchdog_signal())
+            .and_then(|t| t.arm_every(WATCHDOG_PERIOD).map(|()| t))
+            .ok();
         let end = self.run_loop(&mut requests);
+        drop(watchdog);
+        if self.is_parked {
+            self.parked.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut ctx = VcpuCtx {
             index: self.index,
             vcpu: &self.vcpu,
@@ -791,6 +841,40 @@ impl VcpuRunner {
             reason,
             registers: self.register_dump(),
         })
+    }
+
+    /// Halted with interrupts disabled and no event pending: only an NMI or INIT from
+    /// another vCPU could ever wake it.
+    fn halted_for_good(&self) -> bool {
+        const RFLAGS_IF: u64 = 1 << 9;
+        let halted = self
+            .vcpu
+            .get_mp_state()
+            .is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+        halted
+            && self
+                .vcpu
+                .get_regs()
+                .is_ok_and(|r| r.rflags & RFLAGS_IF == 0)
+            && self.vcpu.get_vcpu_events().is_ok_and(|e| {
+                e.nmi.pending == 0
+                    && e.nmi.injected == 0
+                    && e.interrupt.injected == 0
+                    && e.exception.injected == 0
+            })
+    }
+
+    /// A watchdog tick: (un)counts this vCPU as parked.
+    fn check_parked(&mut self) {
+        let parked = self.halted_for_good();
+        if parked != self.is_parked {
+            self.is_parked = parked;
+            if parked {
+                self.parked.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.parked.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     fn register_dump(&self) -> String {
@@ -844,6 +928,13 @@ impl VcpuRunner {
     fn run_loop(&mut self, req: &mut Requests) -> VcpuEnd {
         loop {
             if self.stop.load(Ordering::Acquire) {
+                if self.is_parked {
+                    return self.crash(
+                        "halted with interrupts disabled and nothing pending (as after \
+                         `cli; hlt`): no vCPU could ever run again"
+                            .into(),
+                    );
+                }
                 return VcpuEnd::Stopped;
             }
             if let Some(reason) = req.stop.take() {
@@ -859,6 +950,14 @@ impl VcpuRunner {
             let kind = match result {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.set_kvm_immediate_exit(0);
+                    let kicked = KICKED.with(|c| c.replace(false));
+                    if WATCHDOG.with(|c| c.replace(false)) {
+                        self.check_parked();
+                        if !kicked {
+                            // The watchdog's own tick: the hook never sees it.
+                            continue;
+                        }
+                    }
                     ExitKind::Interrupted
                 }
                 Err(e) => {

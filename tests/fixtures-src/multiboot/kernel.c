@@ -3,8 +3,8 @@
  * exits through the isa-debug-exit port with the code given on its command line.
  *
  * Command line words: exit=N (exit status N, default 0 = power off), smp (start APs),
- * triple (triple-fault on purpose), hang (spin forever, for --timeout), probe (touch an
- * I/O port and an MMIO address no device claims). */
+ * triple (triple-fault on purpose), hang (spin forever, for --timeout), halt (cli; hlt
+ * for good), probe (touch an I/O port and an MMIO address no device claims). */
 #include <stdint.h>
 
 static inline void outb(uint16_t p, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(p)); }
@@ -135,6 +135,10 @@ uint32_t kmain(uint32_t magic, struct mb_info *mbi) {
         puts("triple: faulting now\n");
         struct __attribute__((packed)) { uint16_t limit; uint32_t base; } idt = {0, 0};
         __asm__ volatile("lidt %0; ud2" ::"m"(idt));
+    }
+    if (word(cmd, "halt", 0)) {
+        puts("halt: halting with interrupts off\n");
+        for (;;) __asm__ volatile("cli; hlt");
     }
     if (word(cmd, "hang", 0)) {
         puts("hang: spinning\n");
