@@ -339,16 +339,16 @@ int main(void) {
     let native = Command::new(&exe).output().unwrap();
     assert_eq!(out.stdout, native.stdout, "the program's output is its own");
     // Snapshots keep coming for the whole run (a window left open over a system call once
-    // stopped them after the first few): at least a fifth of the requested rate.
-    let effective = err
+    // stopped them after the first few: 4-8 in all). The run takes over 1.5 s at 200 Hz;
+    // a loaded machine stretches it and so gives more, not fewer.
+    let snapshots = err
         .lines()
-        .find_map(|l| l.split("requested, ").nth(1)?.split(" Hz effective").next())
-        .and_then(|hz| hz.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no effective snapshot rate in:\n{err}"));
-    assert!(
-        effective >= 40.0,
-        "{effective} Hz of 200 Hz requested:\n{err}"
-    );
+        .find_map(|l| {
+            let (head, _) = l.split_once(" guest snapshots (")?;
+            head.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no snapshot count in:\n{err}"));
+    assert!(snapshots >= 50, "{snapshots} snapshots:\n{err}");
     let report = lbrprof()
         .args(["report", "-i"])
         .arg(&data)
