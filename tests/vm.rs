@@ -567,6 +567,25 @@ fn duration_and_ctrl_c_stop_the_guest_and_keep_the_recording() {
     let report = json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
     assert!(report["meta"]["samples"].as_u64().unwrap() > 0);
     assert!(report["vm"]["shim"][0]["run_ns"].as_u64().unwrap() > 0);
+
+    // SIGTERM: 143, as the host path gives, and a requested stop is no error.
+    let data = dir.path().join("term.data");
+    let child = record(&data)
+        .args(endless)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(!err.contains("error"), "{err}");
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    let info = ok(&["info", data.to_str().unwrap()]);
+    assert!(info.contains("exit status 143"), "{info}");
 }
 
 /// The guest's console lines without the runtime's agent report, sorted (`rt.smp` vCPUs

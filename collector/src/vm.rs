@@ -20,8 +20,8 @@
 //! that say who took the snapshots and what was lost; and a header whose target is
 //! [`Target::Vm`].
 //!
-//! SIGINT and SIGTERM stop the guest (the run ends as stopped, exit status 130) and the
-//! recording is finalized as usual.
+//! SIGINT and SIGTERM stop the guest (the run ends as stopped; the recorded exit status is
+//! 128 + the signal, as for a host command) and the recording is finalized as usual.
 //!
 //! The guest LBR itself (hardware passthrough or emulation, exact or sampled) is not this
 //! module's business: it comes in as a [`GuestLbr`], which makes the per-vCPU hooks and
@@ -170,6 +170,8 @@ pub struct VmRunFacts {
     pub vcpu_threads: Vec<VcpuThread>,
     /// The snapshot rate asked for and obtained, when the backend has one.
     pub rate: Option<SnapshotRate>,
+    /// The signal (SIGINT or SIGTERM) that stopped the recording, if one did.
+    pub stop_signal: Option<i32>,
 }
 
 /// Requested and effective guest snapshot rates (per vCPU, over the run's wall time).
@@ -329,6 +331,7 @@ pub fn record_vm(
     let (maps_tx, maps_rx) = crossbeam_channel::unbounded();
     vm_config.guest_maps = Some(maps_tx);
     let stop = vm_config.stop_handle();
+    let stop_signal = std::cell::Cell::new(None);
 
     let result = sys::SignalPipe::install()
         .map_err(|source| RecordError::System {
@@ -347,11 +350,12 @@ pub fn record_vm(
                 &thread_rx,
                 &maps_rx,
                 &|| {
-                    if signals
+                    if let Some(s) = signals
                         .take()
-                        .iter()
-                        .any(|&s| s == libc::SIGINT || s == libc::SIGTERM)
+                        .into_iter()
+                        .find(|&s| s == libc::SIGINT || s == libc::SIGTERM)
                     {
+                        stop_signal.set(stop_signal.get().or(Some(s)));
                         stop.stop();
                     }
                 },
@@ -368,6 +372,7 @@ pub fn record_vm(
     };
     let lost_snapshots = snap_sink.lost();
     run.lost_snapshots = lost_snapshots;
+    run.stop_signal = stop_signal.get();
     let now = sys::monotonic_ns();
     if lost_snapshots > 0 {
         sink.send(Event::Loss(Loss {
@@ -459,7 +464,11 @@ pub fn record_vm(
             "guest stopped after the {:.3} s timeout",
             t.as_secs_f64()
         )),
-        Outcome::Stopped => notes.push("stopped by a signal to lbrprof".into()),
+        Outcome::Stopped => notes.push(match run.stop_signal {
+            Some(libc::SIGTERM) => "stopped by SIGTERM to lbrprof".into(),
+            Some(libc::SIGINT) => "stopped by SIGINT (Ctrl-C) to lbrprof".into(),
+            _ => "stopped by a signal to lbrprof".into(),
+        }),
         Outcome::Signaled { signal, crash } => notes.push(format!(
             "the program was killed by signal {signal}: {}",
             crash.reason
@@ -472,7 +481,11 @@ pub fn record_vm(
         snapshots: run.snapshots,
         lost: sampler_stats.lost,
         throttled: sampler_stats.throttled,
-        exit_status: Some(i32::from(report.outcome.exit_code())),
+        exit_status: Some(match (&report.outcome, run.stop_signal) {
+            // As the host path records a stopped command: 128 + the signal.
+            (Outcome::Stopped, Some(signal)) => 128 + signal,
+            (outcome, _) => i32::from(outcome.exit_code()),
+        }),
         notes,
         runs: Vec::new(),
     };

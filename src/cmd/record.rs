@@ -31,7 +31,8 @@ stops the guest (exit status 124; the recording is kept).
 
 Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
 when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \
-`lbrprof run`: 4 for a guest crash, 130 when stopped by Ctrl-C); 2 for other errors.")]
+`lbrprof run`: 4 for a guest crash; 130 when stopped by Ctrl-C, 143 by SIGTERM); 2 for \
+other errors.")]
 pub struct Args {
     /// Output file. It is written as `NAME.<pid>.partial` and renamed into place when the
     /// recording is complete; a recording already there is kept as `NAME.old`.

@@ -175,6 +175,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for warning in &outcome.run.warnings {
         eprintln!("lbrprof: warning: {warning}");
     }
+    if matches!(outcome.outcome, lbrprof_vmm::vm::Outcome::Stopped) {
+        // A requested stop is no error: the host path's statuses (130 SIGINT, 143 SIGTERM).
+        let signal = outcome.run.stop_signal.unwrap_or(libc::SIGINT);
+        let name = if signal == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT"
+        };
+        eprintln!("lbrprof: guest stopped by {name}; the recording is kept");
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
     crate::cmd::run::guest_exit(
         &spec,
         &outcome.outcome,
