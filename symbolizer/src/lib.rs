@@ -73,6 +73,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use debuginfo::saved_kallsyms;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers that read
+/// files lbrprof does not control, reachable without a file on disk.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses kallsyms text and looks up each of `addrs` in the table.
+    pub fn kallsyms(text: &str, addrs: &[u64]) -> usize {
+        let table = crate::kallsyms::Kallsyms::parse(text);
+        addrs
+            .iter()
+            .filter(|&&a| !table.lookup(a).frames.is_empty())
+            .count()
+    }
+}
 pub use error::{KallsymsError, ModuleError};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
