@@ -19,6 +19,9 @@ pub enum Command {
     Record(cmd::record::Args),
     /// Summarize a recording (lbrprof.data or perf.data): hot functions, branches, ranges.
     Report(cmd::report::Args),
+    /// Show one function's instructions with samples, source lines and, from branch
+    /// stacks, execution and taken/not-taken counts.
+    Annotate(cmd::annotate::Args),
     /// Draw a flame graph (SVG) of a recording.
     Flamegraph(cmd::flamegraph::Args),
     /// Compare two recordings and give a regression verdict (exit 0 none, 1 regression, 2 error).

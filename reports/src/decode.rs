@@ -39,7 +39,9 @@ impl CodeReader {
             .as_ref()
     }
 
-    fn bytes(
+    /// Up to `len` bytes of `id`'s file from offset `off` (fewer at its end), when the
+    /// module is a readable file.
+    pub fn bytes(
         &mut self,
         modules: &ModuleTable,
         id: ModuleId,

@@ -1,5 +1,6 @@
 //! One module per subcommand, the way perf has one `builtin-<cmd>.c` per command.
 
+pub mod annotate;
 pub mod demo;
 pub mod diff;
 pub mod export;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record::run(args),
         Command::Report(args) => report::run(args),
+        Command::Annotate(args) => annotate::run(args),
         Command::Flamegraph(args) => flamegraph::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Export(args) => export::run(args),
