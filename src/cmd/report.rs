@@ -268,6 +268,7 @@ fn symbol_source(
         kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
         inlines: true,
+        ..SymbolizerOptions::default()
     });
     if args.kallsyms.is_none() && saved.is_none() && !same_kernel(header) {
         source.kernel = false;

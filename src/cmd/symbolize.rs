@@ -1,10 +1,12 @@
 //! `lbrprof symbolize`: addresses of one ELF file (or of the host kernel) to functions and
-//! source lines, printed like `addr2line -f -i -C` so the two can be diffed line by line.
+//! source lines, printed like `llvm-symbolizer --output-style=GNU -f -i -C` (the default)
+//! or `addr2line -f -i -C` (`--style gnu`), so either can be diffed line by line.
 //!
 //! Output, per address: for each frame (innermost inlined frame first, containing
 //! function last) a function line (`??` when unknown) and a `FILE:LINE` line (`??` for an
-//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known), with
-//! ` (discriminator N)` after the line when the line row has one, as binutils prints it.
+//! unknown file; an unknown line is `0` in LLVM style, `?` in binutils style; `??:0` when
+//! nothing at all is known), with ` (discriminator N)` after the line when the line row
+//! has one.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -13,10 +15,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_symbolizer::{
-    FileOffset, FrameRef, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer, SymbolizerOptions,
+    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, Symbolizer,
+    SymbolizerOptions,
 };
 
-/// Symbolize addresses of an ELF file, in the style of `addr2line -f -i -C`.
+/// Symbolize addresses of an ELF file, in the style of `llvm-symbolizer` or `addr2line`.
 ///
 /// ADDRs are hexadecimal (with or without `0x`) and, like addr2line's, are addresses as
 /// stated in FILE's ELF headers and DWARF (SVMAs: e.g. the addresses `nm` and `objdump -d`
@@ -72,9 +75,22 @@ pub struct Args {
     #[arg(short = 'a', long)]
     pub addresses: bool,
 
+    /// Whose conventions to follow. llvm: as llvm-symbolizer --output-style=GNU (the
+    /// containing function named by the symbol table, with LLVM's demangling; unknown
+    /// lines are 0). gnu: as binutils addr2line -f -i -C (DWARF names; unknown lines ?).
+    #[arg(long, value_enum, default_value_t = Style::Llvm)]
+    pub style: Style,
+
     /// Hexadecimal addresses (read from standard input when none are given).
     #[arg(value_name = "ADDR")]
     pub addrs: Vec<String>,
+}
+
+/// `--style`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Style {
+    Llvm,
+    Gnu,
 }
 
 /// What the addresses are and which file they belong to.
@@ -104,6 +120,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kallsyms: args.kallsyms,
         demangle: !args.no_demangle,
         inlines: !args.no_inlines,
+        style: match args.style {
+            Style::Llvm => NameStyle::Llvm,
+            Style::Gnu => NameStyle::Gnu,
+        },
     };
     // A path that does not exist is a typo, not a module to warn about: fail early.
     // So is a file that is not an ELF at all (addr2line: "file format not recognized").
@@ -129,6 +149,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         symbolizer: &symbolizer,
         target: &target,
         print_address: args.addresses,
+        unknown_line: match args.style {
+            Style::Llvm => b":0\n",
+            Style::Gnu => b":?\n",
+        },
     };
 
     let mut last = Vec::new();
@@ -189,6 +213,8 @@ struct Job<'a> {
     symbolizer: &'a Symbolizer,
     target: &'a Target,
     print_address: bool,
+    /// How a frame with a file but no line ends.
+    unknown_line: &'static [u8],
 }
 
 impl Job<'_> {
@@ -199,12 +225,13 @@ impl Job<'_> {
             return Ok(Vec::new());
         }
         let print_address = self.print_address;
+        let unknown_line = self.unknown_line;
         let mut next = addrs.iter();
         let mut write_one = |frames: &[FrameRef<'_>]| -> std::io::Result<()> {
             if print_address && let Some(addr) = next.next() {
                 write_address(out, *addr)?;
             }
-            write_addr2line(out, frames)
+            write_addr2line(out, frames, unknown_line)
         };
         let mut kept = Vec::new();
         match self.target {
@@ -260,8 +287,13 @@ fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
     }
 }
 
-/// Writes one address's frames in `addr2line -f -i` form.
-fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Result<()> {
+/// Writes one address's frames in `addr2line -f -i` form; `unknown_line` ends a frame
+/// whose line is unknown (`:?\n` for binutils, `:0\n` for LLVM).
+fn write_addr2line(
+    out: &mut impl Write,
+    frames: &[FrameRef<'_>],
+    unknown_line: &[u8],
+) -> std::io::Result<()> {
     if frames.is_empty() {
         return out.write_all(b"??\n??:0\n");
     }
@@ -294,7 +326,7 @@ fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Re
                     None => out.write_all(&buf[i..])?,
                 }
             }
-            None => out.write_all(b":?\n")?,
+            None => out.write_all(unknown_line)?,
         }
     }
     Ok(())
@@ -350,7 +382,7 @@ mod tests {
         let mut out = Vec::new();
         let write = |out: &mut Vec<u8>, s: &Symbolized| {
             let frames: Vec<FrameRef<'_>> = s.frames.iter().map(frame_ref).collect();
-            write_addr2line(out, &frames).unwrap();
+            write_addr2line(out, &frames, b":?\n").unwrap();
         };
         write(&mut out, &Symbolized::unknown());
         let only_function = Symbolized {

@@ -60,6 +60,7 @@
 
 mod arena;
 mod debuginfo;
+mod demangle;
 mod error;
 mod kallsyms;
 mod maps;
@@ -76,7 +77,9 @@ pub use debuginfo::saved_kallsyms;
 pub use error::{KallsymsError, ModuleError};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
-pub use types::{Avma, FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
+pub use types::{
+    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, SymbolizerOptions,
+};
 
 use kallsyms::Kallsyms;
 

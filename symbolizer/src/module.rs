@@ -18,6 +18,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::arena::Arena;
 use crate::debuginfo;
+use crate::demangle::{NameStyle, demangle_symbol};
 use crate::error::{ModuleError, hex};
 use crate::symtab::{Binding, Candidate, Function, SymbolTable};
 use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
@@ -143,6 +144,7 @@ pub struct Module {
     dir: PathBuf,
     path: PathBuf,
     demangle: bool,
+    style: NameStyle,
     inlines: bool,
     /// The `--debug-dir`s, for dwz supplementary files met when the DWARF is loaded.
     debug_dirs: Vec<PathBuf>,
@@ -380,6 +382,7 @@ impl Module {
                 dir,
                 path: path.to_owned(),
                 demangle: opts.demangle,
+                style: opts.style,
                 inlines: opts.inlines,
                 debug_dirs: opts.debug_dirs.clone(),
                 full_symtab,
@@ -560,8 +563,11 @@ impl Module {
         match out[start..].last_mut() {
             None => out.push(sym),
             Some(last) => {
-                // The DWARF's name for the containing function, else the symbol's.
-                if last.function.is_none() {
+                // LLVM: the symbol's name for the containing function (qualified and
+                // demangled where the DWARF may have a short name only, as with
+                // -gline-tables-only). binutils: the DWARF's name, else the symbol's.
+                if last.function.is_none() || (self.style == NameStyle::Llvm && func.name.is_some())
+                {
                     last.function = sym.function;
                     last.unnamed = sym.unnamed;
                 }
@@ -579,7 +585,11 @@ impl Module {
             Some(name) => self.symbol_name(name),
             None => self.extent_name(func.start),
         };
-        let file = func.file.and_then(|f| {
+        // LLVM takes no file from an empty `STT_FILE` name (binutils prints it as empty).
+        let file = func
+            .file
+            .filter(|f| self.style == NameStyle::Gnu || !f.is_empty());
+        let file = file.and_then(|f| {
             self.intern(Rendered::Raw, f.as_bytes(), || Ok(f.to_owned()))
                 .ok()
         });
@@ -683,7 +693,7 @@ impl Module {
     fn symbol_name(&self, raw: &'static str) -> Option<u32> {
         self.intern(Rendered::SymbolName, raw.as_bytes(), || {
             Ok(if self.demangle {
-                demangle_symbol(raw)
+                demangle_symbol(raw, self.style)
             } else {
                 raw.to_owned()
             })
@@ -758,7 +768,9 @@ impl Module {
         while let Some(frame) = iter.next()? {
             let function = match &frame.function {
                 Some(name) => Some(self.intern(Rendered::DwarfName, name.name.slice(), || {
-                    Ok(if self.demangle {
+                    Ok(if self.demangle && self.style == NameStyle::Llvm {
+                        demangle_symbol(&name.raw_name()?, NameStyle::Llvm)
+                    } else if self.demangle {
                         name.demangle()?.into_owned()
                     } else {
                         name.raw_name()?.into_owned()
@@ -1079,19 +1091,6 @@ fn load_dwp(
     }
 }
 
-/// A symbol-table name demangled the way binutils' `-C` does it: only names carrying a
-/// mangling prefix (`_Z` Itanium C++ and legacy Rust, `_R` Rust v0) are touched. The
-/// symbol table does not say the language, and without a prefix a short C name is also a
-/// valid C++ *type* encoding (`a` is `signed char`, `b` is `bool`), which a demangler
-/// asked blindly would happily "decode".
-fn demangle_symbol(raw: &str) -> String {
-    if raw.starts_with("_Z") || raw.starts_with("_R") {
-        addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned()
-    } else {
-        raw.to_owned()
-    }
-}
-
 /// Function symbols of one symbol table, as candidates for [`SymbolTable`]. A local
 /// function also gets the name of the `STT_FILE` symbol before it, as binutils reports
 /// that file when there are no lines.
@@ -1344,21 +1343,6 @@ mod tests {
             data: &data,
             uncompressed_size,
         }))
-    }
-
-    /// C functions named like C++ type encodings stay as they are; mangled names are
-    /// demangled as `addr2line -C` does.
-    #[test]
-    fn symbol_names_are_demangled_only_when_mangled() {
-        for plain in ["a", "b", "i", "main", "Sv", "St"] {
-            assert_eq!(demangle_symbol(plain), plain);
-        }
-        assert_eq!(demangle_symbol("_Z3fooi"), "foo(int)");
-        assert_eq!(
-            demangle_symbol("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
-            "core::ptr::drop_in_place"
-        );
-        assert_eq!(demangle_symbol("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
     }
 
     /// Found by the symbolizer_elf fuzz target: looking up the top address of a module

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::demangle::NameStyle;
+
 /// An address as the process (or guest) saw it at run time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Avma(pub u64);
@@ -106,6 +108,8 @@ pub struct SymbolizerOptions {
     pub kallsyms: Option<PathBuf>,
     /// Demangle Rust (legacy and v0) and C++ names.
     pub demangle: bool,
+    /// Whose naming conventions to follow: llvm-symbolizer's (the default) or binutils'.
+    pub style: NameStyle,
     /// Report the whole inlined chain. Otherwise only the innermost frame (function and
     /// line of the instruction itself), as `addr2line -f` without `-i`.
     pub inlines: bool,
@@ -117,6 +121,7 @@ impl Default for SymbolizerOptions {
             debug_dirs: Vec::new(),
             kallsyms: None,
             demangle: true,
+            style: NameStyle::default(),
             inlines: true,
         }
     }
