@@ -95,6 +95,7 @@ fn cxx_to_llvm(s: &str, mangled: &str) -> String {
     let s = s.replace(", >", ">");
     let s = typed_literals(&s);
     let s = lambdas(&s);
+    let s = generic_auto(&s);
     let s = structors(&s);
     // Abbreviated only where the mangled name used the abbreviation (`Si`, `So`, `Sd`),
     // not where it spelled the class out (a dependent name like `basic_istream<char, T_>`).
@@ -332,6 +333,26 @@ fn lambdas(s: &str) -> String {
     out
 }
 
+/// A generic lambda's parameters are `auto`, not `auto:1`.
+fn generic_auto(s: &str) -> String {
+    if !s.contains("auto:") {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("auto:") {
+        out.push_str(&rest[..i + 4]);
+        let after = &rest[i + 5..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            out.push(':');
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `'lambda'` for the first, `'lambda0'` for the second, ...
 fn numbered(what: &str, n: u32) -> String {
     match n {
@@ -435,6 +456,10 @@ mod tests {
             ("_Z1fILs3EEvv", "void f<(short)3>()"),
             ("_Z1fIN1aUt_EEvv", "void f<a::'unnamed'>()"),
             ("_Z1fIiJEEvv", "void f<int>()"),
+            (
+                "_ZZ4mainENKUlRT_RT0_E_clEv",
+                "main::'lambda'(auto&, auto&)::operator()() const",
+            ),
             (
                 "_ZNKSt8functionIFviEEclEi",
                 "std::function<void (int)>::operator()(int) const",
