@@ -448,3 +448,51 @@ fn dwz_supplementary_files_give_the_same_frames() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("supplementary debug file"), "{stderr}");
 }
+
+/// A stripped binary whose debug file is in the debuginfod client cache
+/// (`$DEBUGINFOD_CACHE_PATH/<build-id>/debuginfo`), as `debuginfod-find` leaves it.
+#[test]
+fn debug_info_from_the_debuginfod_cache() {
+    if !have("gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source("inline.c");
+    sh(d, "gcc", &["-g", "-O2", "-o", "p", src.to_str().unwrap()]);
+    sh(d, "objcopy", &["--only-keep-debug", "p", "p.debug"]);
+    sh(d, "objcopy", &["--strip-all", "p", "p.stripped"]);
+    let data = std::fs::read(d.join("p")).unwrap();
+    let id = object::File::parse(&*data)
+        .unwrap()
+        .build_id()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let cache = d.join("cache");
+    std::fs::create_dir_all(cache.join(&hex)).unwrap();
+    std::fs::rename(d.join("p.debug"), cache.join(&hex).join("debuginfo")).unwrap();
+    let addr = {
+        use object::ObjectSymbol;
+        object::File::parse(&*data)
+            .unwrap()
+            .symbols()
+            .find(|s| s.name() == Ok("outer"))
+            .expect("outer")
+            .address()
+    };
+    let run = |cache: &Path| {
+        common::lbrprof()
+            .env("DEBUGINFOD_CACHE_PATH", cache)
+            .args(["symbolize", "-e", d.join("p.stripped").to_str().unwrap()])
+            .arg(format!("{addr:x}"))
+            .output()
+            .unwrap()
+    };
+    let found = String::from_utf8(run(&cache).stdout).unwrap();
+    assert!(found.starts_with("outer\n"), "{found}");
+    assert!(found.contains("inline.c:"), "{found}");
+    let missing = String::from_utf8(run(&d.join("nothing")).stdout).unwrap();
+    assert!(!missing.contains("inline.c:"), "{missing}");
+}

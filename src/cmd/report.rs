@@ -265,6 +265,7 @@ fn symbol_source(
     };
     let mut source = SymbolizerSource::new(SymbolizerOptions {
         debug_dirs: args.debug_dir.clone(),
+        debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
         kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
         inlines: true,

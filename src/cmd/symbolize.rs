@@ -54,7 +54,9 @@ pub struct Args {
     pub kallsyms: Option<PathBuf>,
 
     /// Also search DIR for separate debug info (DIR/.build-id/xx/rest.debug and
-    /// .gnu_debuglink names), before /usr/lib/debug. Repeatable.
+    /// .gnu_debuglink names), before /usr/lib/debug. Repeatable. Without it, debug info is
+    /// still found beside the binary (.gnu_debuglink, .dwo, .dwp), in /usr/lib/debug and in
+    /// the debuginfod cache ($DEBUGINFOD_CACHE_PATH or ~/.cache/debuginfod_client).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
 
@@ -105,6 +107,20 @@ const BIG_BATCH: usize = 1 << 20;
 /// Upper bound of a batch read from a pipe, which is otherwise cut at each pause.
 const PIPE_BATCH: usize = 1 << 16;
 
+/// The debuginfod client's cache, where `debuginfod-find` and gdb leave what they
+/// downloaded: `$DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`, else
+/// `~/.cache/debuginfod_client` (libdebuginfod's order).
+pub fn debuginfod_cache() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("DEBUGINFOD_CACHE_PATH")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("debuginfod_client")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/debuginfod_client")))
+}
+
 fn parse_addr(s: &str) -> anyhow::Result<u64> {
     let digits = s
         .strip_prefix("0x")
@@ -117,6 +133,7 @@ fn parse_addr(s: &str) -> anyhow::Result<u64> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = SymbolizerOptions {
         debug_dirs: args.debug_dirs,
+        debuginfod_cache: debuginfod_cache(),
         kallsyms: args.kallsyms,
         demangle: !args.no_demangle,
         inlines: !args.no_inlines,

@@ -223,7 +223,11 @@ impl Module {
         ) {
             return first;
         }
-        debuginfo::binaries_by_build_id(build_id, &opts.debug_dirs)
+        let mut candidates = debuginfo::binaries_by_build_id(build_id, &opts.debug_dirs);
+        if let Some(cache) = &opts.debuginfod_cache {
+            candidates.push(cache.join(hex(build_id)).join("executable"));
+        }
+        candidates
             .iter()
             .filter(|candidate| candidate.is_file())
             .find_map(|candidate| Self::open_path(candidate, key, opts).ok())
@@ -1016,6 +1020,9 @@ fn find_debug_file(
     let mut candidates = Vec::new();
     if let Some(id) = build_id {
         candidates.extend(debuginfo::by_build_id(id, &opts.debug_dirs, ".debug"));
+        if let Some(cache) = &opts.debuginfod_cache {
+            candidates.push(cache.join(hex(id)).join("debuginfo"));
+        }
     }
     if let Some((name, _)) = link {
         candidates.extend(debuginfo::by_debuglink(

@@ -104,6 +104,10 @@ pub struct SymbolizerOptions {
     /// `DIR/.build-id/xx/rest.debug` and `.gnu_debuglink` names (`DIR/NAME`,
     /// `DIR/<binary's dir>/NAME`).
     pub debug_dirs: Vec<PathBuf>,
+    /// A debuginfod client cache (`$DEBUGINFOD_CACHE_PATH`, by default
+    /// `~/.cache/debuginfod_client`): debug files are looked for as `DIR/<build-id>/debuginfo`
+    /// after the build-id directories, executables as `DIR/<build-id>/executable`.
+    pub debuginfod_cache: Option<PathBuf>,
     /// A kallsyms file to use instead of /proc/kallsyms (reports made on another machine).
     pub kallsyms: Option<PathBuf>,
     /// Demangle Rust (legacy and v0) and C++ names.
@@ -119,6 +123,7 @@ impl Default for SymbolizerOptions {
     fn default() -> Self {
         SymbolizerOptions {
             debug_dirs: Vec::new(),
+            debuginfod_cache: None,
             kallsyms: None,
             demangle: true,
             style: NameStyle::default(),
