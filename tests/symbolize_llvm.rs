@@ -496,3 +496,103 @@ fn debug_info_from_the_debuginfod_cache() {
     let missing = String::from_utf8(run(&d.join("nothing")).stdout).unwrap();
     assert!(!missing.contains("inline.c:"), "{missing}");
 }
+
+/// `--explain` lists every place looked at, in order, with what was found there, then the
+/// symbol and frames of each address.
+#[test]
+fn explain_says_where_it_looked_and_what_it_found() {
+    if !have("gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source("inline.c");
+    // No build-id: the debug file is matched by the debuglink's CRC.
+    sh(
+        d,
+        "gcc",
+        &[
+            "-g",
+            "-O2",
+            "-Wl,--build-id=none",
+            "-o",
+            "p",
+            src.to_str().unwrap(),
+        ],
+    );
+    sh(d, "objcopy", &["--only-keep-debug", "p", "p.debug"]);
+    sh(
+        d,
+        "objcopy",
+        &[
+            "--strip-all",
+            "--add-gnu-debuglink=p.debug",
+            "p",
+            "p.stripped",
+        ],
+    );
+    let data = std::fs::read(d.join("p")).unwrap();
+    let outer = {
+        use object::ObjectSymbol;
+        object::File::parse(&*data)
+            .unwrap()
+            .symbols()
+            .find(|s| s.name() == Ok("outer"))
+            .expect("outer")
+            .address()
+    };
+    let explain = || {
+        let out = common::lbrprof()
+            .env("DEBUGINFOD_CACHE_PATH", d.join("no-cache"))
+            .args(["symbolize", "--explain", "-e"])
+            .arg(d.join("p.stripped"))
+            .arg(format!("{outer:x}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = explain();
+    let debug = d.join("p.debug").canonicalize().unwrap();
+    for want in [
+        "  build-id: none".to_owned(),
+        "  .symtab: no, .dynsym: yes, .debug_info: none, .gnu_debugdata: no".to_owned(),
+        format!("  {}: used (CRC matches)", debug.display()),
+        "DWARF: loaded: lines and inlined frames available".to_owned(),
+        format!("address {outer:#x}:"),
+        "  frame: outer at ".to_owned(),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
+    assert!(text.contains(".gnu_debuglink: p.debug (CRC 0x"), "{text}");
+    // Another build's debug file under the same name: refused, and said so.
+    sh(
+        d,
+        "gcc",
+        &[
+            "-g",
+            "-O0",
+            "-Wl,--build-id=none",
+            "-o",
+            "other",
+            src.to_str().unwrap(),
+        ],
+    );
+    sh(d, "objcopy", &["--only-keep-debug", "other", "p.debug"]);
+    let text = explain();
+    assert!(
+        text.contains(&format!("  {}: CRC mismatch: ignored", debug.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("DWARF: none: functions only, no lines"),
+        "{text}"
+    );
+    // A file that cannot be used: the reason.
+    let out = common::run(&["symbolize", "--explain", "-e", "/nonexistent/x"]);
+    assert!(!out.status.success());
+}

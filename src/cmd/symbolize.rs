@@ -77,6 +77,12 @@ pub struct Args {
     #[arg(short = 'a', long)]
     pub addresses: bool,
 
+    /// Instead of the frames alone, say where FILE's debug info was looked for and what was
+    /// found (separate debug files, dwz supplementary file, split DWARF), then, for each
+    /// ADDR, the symbol covering it and its frames.
+    #[arg(long, requires = "exe", conflicts_with = "file_offsets")]
+    pub explain: bool,
+
     /// Whose conventions to follow. llvm: as llvm-symbolizer --output-style=GNU (the
     /// containing function named by the symbol table, with LLVM's demangling; unknown
     /// lines are 0). gnu: as binutils addr2line -f -i -C (DWARF names; unknown lines ?).
@@ -153,6 +159,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if magic != b"\x7fELF" {
             anyhow::bail!("{} is not an ELF file", path.display());
         }
+    }
+    if args.explain {
+        let Some(path) = args.exe else {
+            anyhow::bail!("--explain needs the file: -e FILE");
+        };
+        let addrs = args
+            .addrs
+            .iter()
+            .map(|a| parse_addr(a).map(Svma))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let symbolizer = Symbolizer::new(opts);
+        let mut out = std::io::stdout().lock();
+        for line in symbolizer.explain(&ModuleKey::new(path), &addrs) {
+            writeln!(out, "{line}").context("cannot write to standard output")?;
+        }
+        for w in symbolizer.take_warnings() {
+            eprintln!("lbrprof: warning: {w}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let target = match args.exe {
         Some(path) if args.file_offsets => Target::FileOffset(ModuleKey::new(path)),

@@ -264,6 +264,20 @@ impl Symbolizer {
         std::mem::take(&mut *lock(&self.warnings))
     }
 
+    /// Where the debug info of `module` was looked for and what was found, then the symbol
+    /// and frames of each SVMA in `addrs`, as lines of text (`lbrprof symbolize --explain`).
+    /// A module that cannot be opened gives the reason.
+    pub fn explain(&self, module: &ModuleKey, addrs: &[Svma]) -> Vec<String> {
+        match self.module(module) {
+            Some(m) => lock(&m).explain(addrs),
+            None => {
+                let mut out = vec![format!("file {}: cannot be used", module.path.display())];
+                out.extend(self.take_warnings().into_iter().map(|w| format!("  {w}")));
+                out
+            }
+        }
+    }
+
     /// True when `module` could be opened and has DWARF (opens it if needed).
     pub fn has_debug_info(&self, module: &ModuleKey) -> bool {
         self.module(module)
