@@ -264,7 +264,19 @@ fn symbol_source(
         _ => None,
     };
     let mut source = SymbolizerSource::new(SymbolizerOptions {
-        debug_dirs: args.debug_dir.clone(),
+        // After the --debug-dirs: the input's own directory, where `perf archive` output
+        // (`.build-id/xx/rest[/elf]`) or debug files named by a debuglink may be unpacked.
+        debug_dirs: args
+            .debug_dir
+            .iter()
+            .cloned()
+            .chain(
+                args.input
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf)),
+            )
+            .collect(),
         debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
         kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
