@@ -264,6 +264,8 @@ fn stripped_copy(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
 fn function_at(file: &Path, addr: u64) -> String {
     let out = common::run(&[
         "symbolize",
+        "--style",
+        "gnu",
         "-e",
         file.to_str().unwrap(),
         &format!("{addr:x}"),

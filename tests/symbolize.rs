@@ -101,7 +101,9 @@ fn padding(path: &Path, addr: u64) -> bool {
 }
 
 fn symbolize(args: &[&str]) -> Output {
-    let mut all = vec!["symbolize"];
+    // These tests were written against binutils' conventions (tests of the LLVM ones
+    // compare with llvm-symbolizer below).
+    let mut all = vec!["symbolize", "--style", "gnu"];
     all.extend(args);
     common::run(&all)
 }
@@ -244,7 +246,7 @@ fn non_inlined_functions_start_at_their_lines() {
         &format!("{start:x}"),
     ]));
     let mut child = common::lbrprof()
-        .args(["symbolize", "-e", exe.to_str().unwrap()])
+        .args(["symbolize", "--style", "gnu", "-e", exe.to_str().unwrap()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -797,7 +799,7 @@ fn compare_with_addr2line(exe: &Path) -> (usize, usize, Vec<u64>, BTreeMap<u64, 
     let theirs = blocks("addr2line", &["-a", "-f", "-i", "-C", "-e", exe_s], &addrs);
     let ours = blocks(
         env!("CARGO_BIN_EXE_lbrprof"),
-        &["symbolize", "-a", "-e", exe_s],
+        &["symbolize", "--style", "gnu", "-a", "-e", exe_s],
         &addrs,
     );
     assert_eq!(
@@ -845,7 +847,15 @@ fn agrees_with_binutils_addr2line_on_the_lbrprof_binary() {
     let theirs = blocks("addr2line", &["-a", "-f", "-C", "-e", exe_s], &sample);
     let flat = blocks(
         env!("CARGO_BIN_EXE_lbrprof"),
-        &["symbolize", "--no-inlines", "-a", "-e", exe_s],
+        &[
+            "symbolize",
+            "--style",
+            "gnu",
+            "--no-inlines",
+            "-a",
+            "-e",
+            exe_s,
+        ],
         &sample,
     );
     let same = sample.iter().filter(|a| theirs[a] == flat[a]).count();
@@ -1014,7 +1024,7 @@ fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
     let theirs = blocks("addr2line", &["-a", "-f", "-i", "-C", "-e", exe_s], &addrs);
     let ours = blocks(
         env!("CARGO_BIN_EXE_lbrprof"),
-        &["symbolize", "-a", "-e", exe_s],
+        &["symbolize", "--style", "gnu", "-a", "-e", exe_s],
         &addrs,
     );
     assert_eq!(theirs.len(), addrs.len());

@@ -264,10 +264,24 @@ fn symbol_source(
         _ => None,
     };
     let mut source = SymbolizerSource::new(SymbolizerOptions {
-        debug_dirs: args.debug_dir.clone(),
+        // After the --debug-dirs: the input's own directory, where `perf archive` output
+        // (`.build-id/xx/rest[/elf]`) or debug files named by a debuglink may be unpacked.
+        debug_dirs: args
+            .debug_dir
+            .iter()
+            .cloned()
+            .chain(
+                args.input
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf)),
+            )
+            .collect(),
+        debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
         kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
         inlines: true,
+        ..SymbolizerOptions::default()
     });
     if args.kallsyms.is_none() && saved.is_none() && !same_kernel(header) {
         source.kernel = false;

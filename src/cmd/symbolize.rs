@@ -1,10 +1,12 @@
 //! `lbrprof symbolize`: addresses of one ELF file (or of the host kernel) to functions and
-//! source lines, printed like `addr2line -f -i -C` so the two can be diffed line by line.
+//! source lines, printed like `llvm-symbolizer --output-style=GNU -f -i -C` (the default)
+//! or `addr2line -f -i -C` (`--style gnu`), so either can be diffed line by line.
 //!
 //! Output, per address: for each frame (innermost inlined frame first, containing
 //! function last) a function line (`??` when unknown) and a `FILE:LINE` line (`??` for an
-//! unknown file, `?` for an unknown line; `??:0` when nothing at all is known), with
-//! ` (discriminator N)` after the line when the line row has one, as binutils prints it.
+//! unknown file; an unknown line is `0` in LLVM style, `?` in binutils style; `??:0` when
+//! nothing at all is known), with ` (discriminator N)` after the line when the line row
+//! has one.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -13,10 +15,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_symbolizer::{
-    FileOffset, FrameRef, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer, SymbolizerOptions,
+    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, Symbolizer,
+    SymbolizerOptions,
 };
 
-/// Symbolize addresses of an ELF file, in the style of `addr2line -f -i -C`.
+/// Symbolize addresses of an ELF file, in the style of `llvm-symbolizer` or `addr2line`.
 ///
 /// ADDRs are hexadecimal (with or without `0x`) and, like addr2line's, are addresses as
 /// stated in FILE's ELF headers and DWARF (SVMAs: e.g. the addresses `nm` and `objdump -d`
@@ -51,7 +54,9 @@ pub struct Args {
     pub kallsyms: Option<PathBuf>,
 
     /// Also search DIR for separate debug info (DIR/.build-id/xx/rest.debug and
-    /// .gnu_debuglink names), before /usr/lib/debug. Repeatable.
+    /// .gnu_debuglink names), before /usr/lib/debug. Repeatable. Without it, debug info is
+    /// still found beside the binary (.gnu_debuglink, .dwo, .dwp), in /usr/lib/debug and in
+    /// the debuginfod cache ($DEBUGINFOD_CACHE_PATH or ~/.cache/debuginfod_client).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
 
@@ -72,9 +77,28 @@ pub struct Args {
     #[arg(short = 'a', long)]
     pub addresses: bool,
 
+    /// Instead of the frames alone, say where FILE's debug info was looked for and what was
+    /// found (separate debug files, dwz supplementary file, split DWARF), then, for each
+    /// ADDR, the symbol covering it and its frames.
+    #[arg(long, requires = "exe", conflicts_with = "file_offsets")]
+    pub explain: bool,
+
+    /// Whose conventions to follow. llvm: as llvm-symbolizer --output-style=GNU (the
+    /// containing function named by the symbol table, with LLVM's demangling; unknown
+    /// lines are 0). gnu: as binutils addr2line -f -i -C (DWARF names; unknown lines ?).
+    #[arg(long, value_enum, default_value_t = Style::Llvm)]
+    pub style: Style,
+
     /// Hexadecimal addresses (read from standard input when none are given).
     #[arg(value_name = "ADDR")]
     pub addrs: Vec<String>,
+}
+
+/// `--style`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Style {
+    Llvm,
+    Gnu,
 }
 
 /// What the addresses are and which file they belong to.
@@ -89,6 +113,20 @@ const BIG_BATCH: usize = 1 << 20;
 /// Upper bound of a batch read from a pipe, which is otherwise cut at each pause.
 const PIPE_BATCH: usize = 1 << 16;
 
+/// The debuginfod client's cache, where `debuginfod-find` and gdb leave what they
+/// downloaded: `$DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`, else
+/// `~/.cache/debuginfod_client` (libdebuginfod's order).
+pub fn debuginfod_cache() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("DEBUGINFOD_CACHE_PATH")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("debuginfod_client")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/debuginfod_client")))
+}
+
 fn parse_addr(s: &str) -> anyhow::Result<u64> {
     let digits = s
         .strip_prefix("0x")
@@ -101,9 +139,14 @@ fn parse_addr(s: &str) -> anyhow::Result<u64> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = SymbolizerOptions {
         debug_dirs: args.debug_dirs,
+        debuginfod_cache: debuginfod_cache(),
         kallsyms: args.kallsyms,
         demangle: !args.no_demangle,
         inlines: !args.no_inlines,
+        style: match args.style {
+            Style::Llvm => NameStyle::Llvm,
+            Style::Gnu => NameStyle::Gnu,
+        },
     };
     // A path that does not exist is a typo, not a module to warn about: fail early.
     // So is a file that is not an ELF at all (addr2line: "file format not recognized").
@@ -117,6 +160,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} is not an ELF file", path.display());
         }
     }
+    if args.explain {
+        let Some(path) = args.exe else {
+            anyhow::bail!("--explain needs the file: -e FILE");
+        };
+        let addrs = args
+            .addrs
+            .iter()
+            .map(|a| parse_addr(a).map(Svma))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let symbolizer = Symbolizer::new(opts);
+        let mut out = std::io::stdout().lock();
+        for line in symbolizer.explain(&ModuleKey::new(path), &addrs) {
+            writeln!(out, "{line}").context("cannot write to standard output")?;
+        }
+        for w in symbolizer.take_warnings() {
+            eprintln!("lbrprof: warning: {w}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let target = match args.exe {
         Some(path) if args.file_offsets => Target::FileOffset(ModuleKey::new(path)),
         Some(path) => Target::Svma(ModuleKey::new(path)),
@@ -129,6 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         symbolizer: &symbolizer,
         target: &target,
         print_address: args.addresses,
+        unknown_line: match args.style {
+            Style::Llvm => b":0\n",
+            Style::Gnu => b":?\n",
+        },
     };
 
     let mut last = Vec::new();
@@ -189,6 +255,8 @@ struct Job<'a> {
     symbolizer: &'a Symbolizer,
     target: &'a Target,
     print_address: bool,
+    /// How a frame with a file but no line ends.
+    unknown_line: &'static [u8],
 }
 
 impl Job<'_> {
@@ -199,12 +267,13 @@ impl Job<'_> {
             return Ok(Vec::new());
         }
         let print_address = self.print_address;
+        let unknown_line = self.unknown_line;
         let mut next = addrs.iter();
         let mut write_one = |frames: &[FrameRef<'_>]| -> std::io::Result<()> {
             if print_address && let Some(addr) = next.next() {
                 write_address(out, *addr)?;
             }
-            write_addr2line(out, frames)
+            write_addr2line(out, frames, unknown_line)
         };
         let mut kept = Vec::new();
         match self.target {
@@ -260,8 +329,13 @@ fn frame_ref(f: &SymFrame) -> FrameRef<'_> {
     }
 }
 
-/// Writes one address's frames in `addr2line -f -i` form.
-fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Result<()> {
+/// Writes one address's frames in `addr2line -f -i` form; `unknown_line` ends a frame
+/// whose line is unknown (`:?\n` for binutils, `:0\n` for LLVM).
+fn write_addr2line(
+    out: &mut impl Write,
+    frames: &[FrameRef<'_>],
+    unknown_line: &[u8],
+) -> std::io::Result<()> {
     if frames.is_empty() {
         return out.write_all(b"??\n??:0\n");
     }
@@ -294,7 +368,7 @@ fn write_addr2line(out: &mut impl Write, frames: &[FrameRef<'_>]) -> std::io::Re
                     None => out.write_all(&buf[i..])?,
                 }
             }
-            None => out.write_all(b":?\n")?,
+            None => out.write_all(unknown_line)?,
         }
     }
     Ok(())
@@ -350,7 +424,7 @@ mod tests {
         let mut out = Vec::new();
         let write = |out: &mut Vec<u8>, s: &Symbolized| {
             let frames: Vec<FrameRef<'_>> = s.frames.iter().map(frame_ref).collect();
-            write_addr2line(out, &frames).unwrap();
+            write_addr2line(out, &frames, b":?\n").unwrap();
         };
         write(&mut out, &Symbolized::unknown());
         let only_function = Symbolized {

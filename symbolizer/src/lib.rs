@@ -12,8 +12,8 @@
 //! * [`Symbolizer`]: a thread-safe cache of opened modules. Each module file is mmapped
 //!   (never read into memory) and its DWARF is parsed lazily, unit by unit, once per
 //!   symbolizer. [`Symbolizer::symbolize_many`] looks modules up in parallel.
-//! * Separate debug info: by build-id (`/usr/lib/debug/.build-id/xx/rest.debug` and
-//!   `--debug-dir`s), by `.gnu_debuglink`, dwz supplementary files (`.gnu_debugaltlink`),
+//! * Separate debug info: by build-id (`/usr/lib/debug/.build-id/xx/rest.debug`,
+//!   `--debug-dir`s and the debuginfod client cache), by `.gnu_debuglink`, dwz supplementary files (`.gnu_debugaltlink`),
 //!   split DWARF (`.dwo` files and `.dwp` packages).
 //! * Build-id checks: a module whose file no longer has the recorded build-id is reported
 //!   (`build-id mismatch for /usr/bin/foo`) and gives unknown frames instead of wrong ones.
@@ -34,9 +34,13 @@
 //! `name@plt`. Of several symbols at one address the public, global name is shown (over
 //! weak and local ones and glibc's `__GI_`/`__libc_` aliases), the same in every output.
 //!
-//! # Compatibility with binutils
-//! Results are meant to be diffable with `addr2line -f -i -C`: the same function names
-//! where DWARF names them (completed from the symbol table), the same paths (including
+//! # Compatibility with llvm-symbolizer and binutils
+//! [`NameStyle::Llvm`] (the default) names the containing function as `llvm-symbolizer`
+//! does: by the symbol table whenever a symbol covers the address, demangled in LLVM's
+//! dialect (see `demangle.rs`), so line-tables-only DWARF, which has short names only,
+//! still gives qualified names; inlined frames keep their DWARF names.
+//! [`NameStyle::Gnu`] is meant to be diffable with `addr2line -f -i -C`: the same function
+//! names where DWARF names them (completed from the symbol table), the same paths (including
 //! its doubling of relative DWARF 5 comp dirs), the `STT_FILE` name as the file of
 //! line-less local functions, line discriminators (through [`Symbolizer::visit_svma`]).
 //! Known differences: where binutils 2.40 mis-resolves DWARF 5 lines from included files
@@ -60,6 +64,7 @@
 
 mod arena;
 mod debuginfo;
+mod demangle;
 mod error;
 mod kallsyms;
 mod maps;
@@ -90,7 +95,9 @@ pub mod fuzzing {
 pub use error::{KallsymsError, ModuleError};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
-pub use types::{Avma, FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
+pub use types::{
+    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, SymbolizerOptions,
+};
 
 use kallsyms::Kallsyms;
 
@@ -273,6 +280,20 @@ impl Symbolizer {
             }
         }
         std::mem::take(&mut *lock(&self.warnings))
+    }
+
+    /// Where the debug info of `module` was looked for and what was found, then the symbol
+    /// and frames of each SVMA in `addrs`, as lines of text (`lbrprof symbolize --explain`).
+    /// A module that cannot be opened gives the reason.
+    pub fn explain(&self, module: &ModuleKey, addrs: &[Svma]) -> Vec<String> {
+        match self.module(module) {
+            Some(m) => lock(&m).explain(addrs),
+            None => {
+                let mut out = vec![format!("file {}: cannot be used", module.path.display())];
+                out.extend(self.take_warnings().into_iter().map(|w| format!("  {w}")));
+                out
+            }
+        }
     }
 
     /// True when `module` could be opened and has DWARF (opens it if needed).

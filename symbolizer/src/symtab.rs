@@ -182,7 +182,6 @@ impl SymbolTable {
     }
 
     /// Every function, named ones first.
-    #[cfg(test)]
     pub fn functions(&self) -> &[Function] {
         &self.functions
     }

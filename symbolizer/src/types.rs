@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::demangle::NameStyle;
+
 /// An address as the process (or guest) saw it at run time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Avma(pub u64);
@@ -102,10 +104,16 @@ pub struct SymbolizerOptions {
     /// `DIR/.build-id/xx/rest.debug` and `.gnu_debuglink` names (`DIR/NAME`,
     /// `DIR/<binary's dir>/NAME`).
     pub debug_dirs: Vec<PathBuf>,
+    /// A debuginfod client cache (`$DEBUGINFOD_CACHE_PATH`, by default
+    /// `~/.cache/debuginfod_client`): debug files are looked for as `DIR/<build-id>/debuginfo`
+    /// after the build-id directories, executables as `DIR/<build-id>/executable`.
+    pub debuginfod_cache: Option<PathBuf>,
     /// A kallsyms file to use instead of /proc/kallsyms (reports made on another machine).
     pub kallsyms: Option<PathBuf>,
     /// Demangle Rust (legacy and v0) and C++ names.
     pub demangle: bool,
+    /// Whose naming conventions to follow: llvm-symbolizer's (the default) or binutils'.
+    pub style: NameStyle,
     /// Report the whole inlined chain. Otherwise only the innermost frame (function and
     /// line of the instruction itself), as `addr2line -f` without `-i`.
     pub inlines: bool,
@@ -115,8 +123,10 @@ impl Default for SymbolizerOptions {
     fn default() -> Self {
         SymbolizerOptions {
             debug_dirs: Vec::new(),
+            debuginfod_cache: None,
             kallsyms: None,
             demangle: true,
+            style: NameStyle::default(),
             inlines: true,
         }
     }
