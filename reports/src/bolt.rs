@@ -8,9 +8,12 @@
 //! ```
 //!
 //! Taken branches come from the LBR edges. Fall-throughs are written the way BOLT's own
-//! aggregator turns LBR traces into profile: each conditional branch inside a fall-through
-//! range was *not* taken, which is an edge from that branch to the next instruction
-//! (needs the module's code; ranges in unreadable code are counted and skipped).
+//! aggregator (`DataAggregator::getFallthroughsInTrace`) turns LBR traces into profile:
+//! the function is cut into BOLT's basic blocks ([`crate::cfg`]) and every block boundary
+//! a fall-through range crosses is an edge from the block's last instruction to the next
+//! block (needs the module's code; ranges in unreadable code, or that cannot have run in
+//! it, are counted and skipped, as perf2bolt counts "traces mismatching disassembled
+//! function contents").
 //! A side that is in no named function is written `0 [unknown] 0`: code known only by
 //! its extent (`module+0x<start>`, a stripped binary) has no name BOLT could match, and an
 //! offset is only ever written inside the extent of the function it names. What is left
@@ -22,12 +25,15 @@
 //! Function names are whatever the symbol source gives; for BOLT use mangled names
 //! (a symbolizer with demangling off).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
+use lbrprof_collector::model::BranchKind;
+
 use crate::aggregate::Profile;
+use crate::cfg::Blocks;
 use crate::decode::CodeReader;
-use crate::loc::Loc;
+use crate::loc::{Loc, ModuleId};
 use crate::symbols::SymbolTable;
 
 /// What an export wrote, for the user.
@@ -124,24 +130,55 @@ pub fn write_fdata(
     }
     stats.branch_lines = lines.len();
     let mut ft: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Jump-table targets seen in the profile: block starts BOLT finds in the tables.
+    let mut leaders: HashMap<(ModuleId, u64), Vec<u64>> = HashMap::new();
+    for ((from, to), e) in &profile.edges {
+        if e.kind == BranchKind::IndJump
+            && from.module == to.module
+            && let (Some((f, fo)), Some((t, to_off))) = (side(syms, from), side(syms, to))
+            && f == t
+        {
+            let start = from.offset - fo;
+            leaders
+                .entry((from.module, start))
+                .or_default()
+                .push(to_off);
+        }
+    }
+    let mut cfgs: HashMap<(ModuleId, u64), Option<Blocks>> = HashMap::new();
     for ((start, end), &count) in &profile.ranges {
         let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
         };
         // The range must end in the function it starts in.
-        if side(syms, end).is_none_or(|(f, off)| f != func || off < start_off) {
-            stats.skipped_ranges += 1;
-            continue;
-        }
-        let Some(conds) = code.not_taken_conditionals(modules, *start, *end) else {
+        let end_off = match side(syms, end) {
+            Some((f, off)) if f == func && off >= start_off => off,
+            _ => {
+                stats.skipped_ranges += 1;
+                continue;
+            }
+        };
+        let Some(size) = syms.get(start).and_then(|s| s.function_size) else {
             stats.skipped_ranges += 1;
             continue;
         };
-        for (at, next) in conds {
-            // Offsets relative to the function: the range lies in one function.
-            let a = start_off + (at - start.offset);
-            let n = start_off + (next - start.offset);
+        let key = (start.module, start.offset - start_off);
+        let blocks = cfgs.entry(key).or_insert_with(|| {
+            let bytes = code.read(modules, key.0, key.1, size)?;
+            let lead = leaders.get(&key).map_or(&[][..], Vec::as_slice);
+            (bytes.len() as u64 == size)
+                .then(|| Blocks::build(&bytes, lead))
+                .flatten()
+        });
+        let Some(edges) = blocks
+            .as_ref()
+            .and_then(|b| b.fallthroughs(start_off, end_off).ok())
+        else {
+            stats.skipped_ranges += 1;
+            continue;
+        };
+        for (a, n) in edges {
             ft.entry(format!("1 {func} {a:x} 1 {func} {n:x}"))
                 .or_default()
                 .1 += count;

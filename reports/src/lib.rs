@@ -89,6 +89,7 @@
 
 pub mod aggregate;
 pub mod bolt;
+pub mod cfg;
 pub mod decode;
 pub mod diff;
 pub mod flame;
