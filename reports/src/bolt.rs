@@ -24,6 +24,19 @@
 //!
 //! Function names are whatever the symbol source gives; for BOLT use mangled names
 //! (a symbolizer with demangling off).
+//!
+//! [`write_preagg`] writes perf2bolt's *pre-aggregated* input instead (`perf2bolt -pa -p
+//! FILE BINARY`), for one binary, by address, leaving the cutting of fall-throughs into
+//! blocks to BOLT:
+//!
+//! ```text
+//! B <from> <to> <count> <mispredicts>     a taken branch
+//! F <start> <end> <count>                 a fall-through range entered from its function
+//! f <start> <end> <count>                 one entered from elsewhere (a return)
+//! ```
+//!
+//! Addresses are the binary's virtual addresses (as in its ELF headers) in hex; a side
+//! outside the binary is `X:0` (BOLT's "unknown object").
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -146,7 +159,7 @@ pub fn write_fdata(
         }
     }
     let mut cfgs: HashMap<(ModuleId, u64), Option<Blocks>> = HashMap::new();
-    for ((start, end), &count) in &profile.ranges {
+    for ([origin, start, end], &count) in &profile.range_origins {
         let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
@@ -164,6 +177,9 @@ pub fn write_fdata(
             continue;
         };
         let key = (start.module, start.offset - start_off);
+        // Entered from another function (a return), as perf2bolt tells them apart.
+        let external =
+            origin.module != start.module || side(syms, origin).is_none_or(|(f, _)| f != func);
         let blocks = cfgs.entry(key).or_insert_with(|| {
             let bytes = code.read(modules, key.0, key.1, size)?;
             let lead = leaders.get(&key).map_or(&[][..], Vec::as_slice);
@@ -173,7 +189,7 @@ pub fn write_fdata(
         });
         let Some(edges) = blocks
             .as_ref()
-            .and_then(|b| b.fallthroughs(start_off, end_off).ok())
+            .and_then(|b| b.fallthroughs(start_off, end_off, external).ok())
         else {
             stats.skipped_ranges += 1;
             continue;
@@ -339,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn preagg_has_branches_by_address_and_ranges_by_origin() {
+        let p = agg(true);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let m = p.edges.keys().next().unwrap().0.module;
+        let mut out = Vec::new();
+        let stats = write_preagg(&p, &syms, m, &|o| Some(0x40_0000 + o), &mut out).unwrap();
+        // Offsets 0x20 -> 0x100 and 0x180 -> 0x10 of the mapping at 0x1000 (pgoff 0);
+        // the range [0x10, 0x20] of f entered from g: external.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "B 400020 400100 3 1\nB 400180 400010 3 0\nf 400010 400020 3\n"
+        );
+        assert_eq!((stats.branch_lines, stats.external_lines), (2, 1));
+        // Another module: nothing of it.
+        let mut out = Vec::new();
+        let other = crate::loc::ModuleTable::UNKNOWN;
+        write_preagg(&p, &syms, other, &|o| Some(o), &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn no_branch_stacks_give_the_no_lbr_form() {
         let p = agg(false);
         let syms = SymbolTable::build(&p, &TwoFunctions);
@@ -358,4 +395,77 @@ mod tests {
             "no_lbr cpu_clock\n1 f 10 3\n"
         );
     }
+}
+
+/// What [`write_preagg`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PreaggStats {
+    pub branch_lines: usize,
+    pub fallthrough_lines: usize,
+    /// Fall-through ranges entered from another function (`f` lines).
+    pub external_lines: usize,
+    /// Branch and range counts in the binary whose file offset maps to no address.
+    pub unmapped: u64,
+}
+
+/// Writes perf2bolt's pre-aggregated profile of the code of `module` in `profile`.
+/// `svma` maps a file offset of the module to its virtual address (`None` outside its
+/// loaded segments). Fall-through ranges are `f` when the branch that started them is
+/// not in the function they run in (by `syms`).
+pub fn write_preagg(
+    profile: &Profile,
+    syms: &SymbolTable,
+    module: ModuleId,
+    svma: &dyn Fn(u64) -> Option<u64>,
+    mut w: impl Write,
+) -> io::Result<PreaggStats> {
+    let mut stats = PreaggStats::default();
+    let addr = |l: &Loc| (l.module == module).then(|| svma(l.offset)).flatten();
+    let fmt = |a: Option<u64>| a.map_or_else(|| "X:0".to_owned(), |a| format!("{a:x}"));
+    // (kind, from, to) -> (count, mispredicts); BTreeMap for a stable order.
+    let mut lines: BTreeMap<(char, Option<u64>, Option<u64>), (u64, u64)> = BTreeMap::new();
+    for ((from, to), e) in &profile.edges {
+        if from.module != module && to.module != module {
+            continue;
+        }
+        let (f, t) = (addr(from), addr(to));
+        if f.is_none() && t.is_none() {
+            stats.unmapped += e.count;
+            continue;
+        }
+        let v = lines.entry(('B', f, t)).or_default();
+        v.0 += e.count;
+        v.1 += e.mispred;
+    }
+    for ([origin, start, end], &n) in &profile.range_origins {
+        if start.module != module {
+            continue;
+        }
+        let (Some(a), Some(z)) = (addr(start), addr(end)) else {
+            stats.unmapped += n;
+            continue;
+        };
+        let func = |l: &Loc| side(syms, l).map(|(f, off)| (l.module, f, l.offset - off));
+        let internal = origin.module == start.module
+            && func(start).is_some_and(|s| func(origin).is_some_and(|o| o == s));
+        let kind = if internal { 'F' } else { 'f' };
+        lines.entry((kind, Some(a), Some(z))).or_default().0 += n;
+    }
+    for ((kind, f, t), (n, m)) in &lines {
+        match kind {
+            'B' => {
+                stats.branch_lines += 1;
+                writeln!(w, "B {} {} {n} {m}", fmt(*f), fmt(*t))?;
+            }
+            _ => {
+                if *kind == 'f' {
+                    stats.external_lines += 1;
+                } else {
+                    stats.fallthrough_lines += 1;
+                }
+                writeln!(w, "{kind} {} {} {n}", fmt(*f), fmt(*t))?;
+            }
+        }
+    }
+    Ok(stats)
 }

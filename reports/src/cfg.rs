@@ -33,6 +33,8 @@ pub struct Blocks {
     last: Vec<u64>,
     /// Whether the next block is a successor of this one.
     falls: Vec<bool>,
+    /// Whether the block's last instruction is a call.
+    calls: Vec<bool>,
 }
 
 /// Why a trace gives no fall-through edges.
@@ -87,6 +89,7 @@ impl Blocks {
             starts: Vec::new(),
             last: Vec::new(),
             falls: Vec::new(),
+            calls: Vec::new(),
         };
         // Targets of the current block's jumps (its successors by a taken branch).
         let mut targets: Vec<Vec<u64>> = Vec::new();
@@ -105,12 +108,17 @@ impl Blocks {
                 b.starts.push(ip);
                 b.last.push(ip);
                 b.falls.push(false);
+                b.calls.push(false);
                 targets.push(Vec::new());
                 indirect.push(false);
             }
             let i = b.starts.len() - 1;
             if !is_nop(insn) {
                 b.last[i] = ip;
+                b.calls[i] = matches!(
+                    insn.flow_control(),
+                    FlowControl::Call | FlowControl::IndirectCall
+                );
             }
             let flow = insn.flow_control();
             if matches!(
@@ -155,12 +163,23 @@ impl Blocks {
     }
 
     /// The fall-through edges `(from, to)` of the trace that runs from `from` to `to`
-    /// (function offsets) without a taken branch.
-    pub fn fallthroughs(&self, from: u64, to: u64) -> Result<Vec<(u64, u64)>, BadTrace> {
+    /// (function offsets) without a taken branch. `external`: the branch that started
+    /// the trace came from outside the function; when it lands on a block start right
+    /// after a call, it is that call's return, and the call's block falling through to
+    /// this one is an edge too (BOLT's rule).
+    pub fn fallthroughs(
+        &self,
+        from: u64,
+        to: u64,
+        external: bool,
+    ) -> Result<Vec<(u64, u64)>, BadTrace> {
         if from > to {
             return Err(BadTrace::Range);
         }
-        let (a, z) = (self.containing(from), self.containing(to));
+        let (mut a, z) = (self.containing(from), self.containing(to));
+        if external && a > 0 && self.starts[a] == from && self.falls[a - 1] && self.calls[a - 1] {
+            a -= 1;
+        }
         let mut out = Vec::with_capacity(z - a);
         for i in a..z {
             if !self.falls[i] {
@@ -220,14 +239,28 @@ mod tests {
         assert_eq!(b.falls, vec![true, true, true, true, false, false]);
         // From the loop head through the skipped code to the back edge.
         assert_eq!(
-            b.fallthroughs(0, 0x13),
+            b.fallthroughs(0, 0x13, false),
             Ok(vec![(3, 5), (0xa, 0xc), (0xc, 0xf), (0x11, 0x13)])
         );
         // One block: nothing.
-        assert_eq!(b.fallthroughs(5, 0xa), Ok(vec![]));
+        assert_eq!(b.fallthroughs(5, 0xa, false), Ok(vec![]));
         // The back-edge block does not fall into `ret`.
-        assert_eq!(b.fallthroughs(0xf, 0x15), Err(BadTrace::Mismatch));
-        assert_eq!(b.fallthroughs(0xa, 5), Err(BadTrace::Range));
+        assert_eq!(b.fallthroughs(0xf, 0x15, false), Err(BadTrace::Mismatch));
+        assert_eq!(b.fallthroughs(0xa, 5, false), Err(BadTrace::Range));
+    }
+
+    #[test]
+    fn a_return_onto_a_block_start_adds_the_call_blocks_fall_through() {
+        // 0: je 7; 2: call 7 (5 bytes); 7: ret (label: the je's target)
+        let code = [0x74, 0x05, 0xe8, 0x00, 0x00, 0x00, 0x00, 0xc3];
+        let b = Blocks::build(&code, &[]).unwrap();
+        assert_eq!(b.starts, vec![0, 2, 7]);
+        // Entered by the je: nothing crossed.
+        assert_eq!(b.fallthroughs(7, 7, false), Ok(vec![]));
+        // Entered by the return from the call at 2.
+        assert_eq!(b.fallthroughs(7, 7, true), Ok(vec![(2, 7)]));
+        // Not at a block start: no adjustment.
+        assert_eq!(b.fallthroughs(3, 3, true), Ok(vec![]));
     }
 
     #[test]

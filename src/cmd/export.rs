@@ -12,7 +12,7 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, load, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -26,6 +26,11 @@ pub struct Args {
     /// event's count (nanoseconds for cpu-clock).
     #[arg(long)]
     pub pprof: bool,
+    /// Write perf2bolt's pre-aggregated profile (B/F/f lines by address, for
+    /// `perf2bolt -pa -p FILE BINARY`) of one binary: the one --dso names, else the one
+    /// with the most branches. Its file must have the recorded build-id.
+    #[arg(long)]
+    pub bolt_preagg: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -34,6 +39,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.pprof {
         return pprof(args);
+    }
+    if args.bolt_preagg {
+        return super::export_pgo::preagg(args);
     }
     let loaded = load(&args.input, Naming::Mangled)?;
     for w in &loaded.warnings {
