@@ -84,16 +84,23 @@ fn fmt_side(s: &Option<(String, u64)>) -> String {
     }
 }
 
+/// The names BOLT gives functions that are not simply their symbol's, by (module, file
+/// offset of the function's start): a local (`static`) function `f` is `f/N` to BOLT,
+/// the N-th local symbol of that name in address order.
+pub type BoltNames = HashMap<(ModuleId, u64), String>;
+
 /// Writes the fdata profile of `profile`.
 ///
 /// `binaries`: when not empty, only locations in modules with these paths or file names
 /// count as known (BOLT optimizes one binary; other modules' code is `[unknown]` to it).
+/// `names` renames functions ([`BoltNames`]).
 pub fn write_fdata(
     profile: &Profile,
     syms: &SymbolTable,
     code: &mut CodeReader,
     event: &str,
     binaries: &[String],
+    names: &BoltNames,
     mut w: impl Write,
 ) -> io::Result<BoltStats> {
     let modules = &profile.spaces.modules;
@@ -102,7 +109,13 @@ pub fn write_fdata(
         let m = modules.get(l.module);
         binaries.is_empty() || binaries.iter().any(|b| *b == m.path || b == m.short_name())
     };
-    let side = |syms: &SymbolTable, l: &Loc| if wanted(l) { side(syms, l) } else { None };
+    let side = |syms: &SymbolTable, l: &Loc| {
+        let (f, off) = if wanted(l) { side(syms, l) } else { None }?;
+        match names.get(&(l.module, l.offset - off)) {
+            Some(n) => Some((n.clone(), off)),
+            None => Some((f, off)),
+        }
+    };
     // In the binaries asked for, but with no name to give BOLT.
     let unnamed = |syms: &SymbolTable, l: &Loc| wanted(l) && side(syms, l).is_none();
     if profile.edges.is_empty() {
@@ -282,6 +295,7 @@ mod tests {
             &mut CodeReader::default(),
             "cycles",
             &[],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -298,6 +312,7 @@ mod tests {
             &mut CodeReader::default(),
             "c",
             &["other".into()],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -342,14 +357,32 @@ mod tests {
         let p = agg(true);
         let syms = SymbolTable::build(&p, &Stripped);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "c",
+            &[],
+            &BoltNames::new(),
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         // 0x1020 -> 0x1100 (f+0x20 -> unnamed) and 0x1180 -> 0x1010 (unnamed -> f+0x10).
         assert_eq!(text, "0 [unknown] 0 1 f 10 0 3\n1 f 20 0 [unknown] 0 1 3\n");
         assert_eq!(stats.unnamed, 6);
         let p = agg(false);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "c",
+            &[],
+            &BoltNames::new(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "no_lbr c\n1 f 10 3\n");
         assert_eq!(stats.unnamed, 0);
     }
@@ -386,6 +419,7 @@ mod tests {
             &mut CodeReader::default(),
             "cpu clock",
             &[],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -422,8 +456,10 @@ pub fn write_preagg(
     let mut stats = PreaggStats::default();
     let addr = |l: &Loc| (l.module == module).then(|| svma(l.offset)).flatten();
     let fmt = |a: Option<u64>| a.map_or_else(|| "X:0".to_owned(), |a| format!("{a:x}"));
-    // (kind, from, to) -> (count, mispredicts); BTreeMap for a stable order.
-    let mut lines: BTreeMap<(char, Option<u64>, Option<u64>), (u64, u64)> = BTreeMap::new();
+    // (kind, from, to) -> (count, mispredicts); BTreeMap for a stable order. A side
+    // outside the binary has no address.
+    type Line = (char, Option<u64>, Option<u64>);
+    let mut lines: BTreeMap<Line, (u64, u64)> = BTreeMap::new();
     for ((from, to), e) in &profile.edges {
         if from.module != module && to.module != module {
             continue;

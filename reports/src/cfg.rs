@@ -7,9 +7,9 @@
 //! unconditional jump right after a conditional one (with no label on it) stays in the
 //! conditional's block. Calls do not end blocks. A block falls through to the next one
 //! when it does not end in a terminator or ends in a conditional branch; a block ending
-//! in a jump still has the next block as successor when the jump goes there. Nops are
-//! kept in their block but never are its "last instruction" (the offset a fall-through
-//! edge is written from).
+//! in a jump still has the next block as successor when the jump goes there. Padding nops
+//! belong to the block before them and can be its "last instruction" (the offset a
+//! fall-through edge is written from), as in BOLT 16's aggregation.
 //!
 //! A fall-through trace `[from, to]` (the code run between two taken branches) then
 //! crosses the blocks from the one holding `from` to the one holding `to`, each boundary
@@ -21,15 +21,15 @@
 //! e.g. the indirect-jump targets seen in the profile), exception landing pads, and the
 //! calls BOLT knows never return.
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
 
 /// The basic blocks of one function (offsets relative to its start).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocks {
     /// Start offset of each block, ascending; the first is 0.
     starts: Vec<u64>,
-    /// Offset of each block's last instruction that is not a nop (its start when the
-    /// block is all nops).
+    /// Offset of each block's last instruction (padding nops included, as BOLT 16 has
+    /// them when it aggregates).
     last: Vec<u64>,
     /// Whether the next block is a successor of this one.
     falls: Vec<bool>,
@@ -113,13 +113,11 @@ impl Blocks {
                 indirect.push(false);
             }
             let i = b.starts.len() - 1;
-            if !is_nop(insn) {
-                b.last[i] = ip;
-                b.calls[i] = matches!(
-                    insn.flow_control(),
-                    FlowControl::Call | FlowControl::IndirectCall
-                );
-            }
+            b.last[i] = ip;
+            b.calls[i] = matches!(
+                insn.flow_control(),
+                FlowControl::Call | FlowControl::IndirectCall
+            );
             let flow = insn.flow_control();
             if matches!(
                 flow,
@@ -191,12 +189,6 @@ impl Blocks {
     }
 }
 
-fn is_nop(insn: &iced_x86::Instruction) -> bool {
-    insn.mnemonic() == Mnemonic::Nop
-        || matches!(insn.code(), Code::Xchg_r16_AX | Code::Xchg_r32_EAX)
-            && insn.op0_register() == insn.op1_register()
-}
-
 /// What LLVM's x86 instruction descriptions call terminators: jumps, returns, traps.
 fn is_terminator(insn: &iced_x86::Instruction) -> bool {
     match insn.flow_control() {
@@ -234,13 +226,13 @@ mod tests {
     fn cuts_blocks_like_bolt() {
         let b = Blocks::build(&code(), &[]).unwrap();
         assert_eq!(b.starts, vec![0, 5, 0xc, 0xf, 0x13, 0x15]);
-        // The nop at 0xe is never a block's last instruction.
-        assert_eq!(b.last, vec![3, 0xa, 0xc, 0x11, 0x13, 0x15]);
+        // The nop at 0xe (padding before the label) is its block's last instruction.
+        assert_eq!(b.last, vec![3, 0xa, 0xe, 0x11, 0x13, 0x15]);
         assert_eq!(b.falls, vec![true, true, true, true, false, false]);
         // From the loop head through the skipped code to the back edge.
         assert_eq!(
             b.fallthroughs(0, 0x13, false),
-            Ok(vec![(3, 5), (0xa, 0xc), (0xc, 0xf), (0x11, 0x13)])
+            Ok(vec![(3, 5), (0xa, 0xc), (0xe, 0xf), (0x11, 0x13)])
         );
         // One block: nothing.
         assert_eq!(b.fallthroughs(5, 0xa, false), Ok(vec![]));

@@ -88,6 +88,7 @@
 //! A change that removes or retypes a field bumps `version`; adding fields does not.
 
 pub mod aggregate;
+pub mod autofdo;
 pub mod bolt;
 pub mod cfg;
 pub mod decode;

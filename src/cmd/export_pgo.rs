@@ -6,16 +6,42 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use lbrprof_reports::autofdo::{self, Frame};
 use lbrprof_reports::bolt;
 use lbrprof_reports::loc::{ModuleId, ModuleKind};
 use lbrprof_symbolizer::{FileOffset, Module, ModuleKey, SymbolizerOptions};
 
 use super::export::Args;
-use super::report::{Loaded, Naming, load, output};
+use super::report::{InputArgs, Loaded, Naming, load, output};
+
+/// Loads a recording for a profile of one binary: `--dso` names that binary, it does not
+/// drop samples (a sample anywhere may have branches in the binary, and guest
+/// snapshots pass no sample filter).
+pub fn load_for_binaries(input: &InputArgs) -> anyhow::Result<Loaded> {
+    let mut all = input.clone();
+    all.dso.clear();
+    load(&all, Naming::Mangled)
+}
+
+/// BOLT's names for the local functions of every binary in the profile (see
+/// [`bolt::BoltNames`]); binaries that cannot be read keep their symbols' names.
+pub fn bolt_names(loaded: &Loaded) -> bolt::BoltNames {
+    let mut names = bolt::BoltNames::new();
+    for (id, m) in loaded.profile.spaces.modules.iter() {
+        if !matches!(m.kind, ModuleKind::File | ModuleKind::Guest) {
+            continue;
+        }
+        for f in lbrprof_symbolizer::local_functions(Path::new(&m.path)) {
+            names.insert((id, f.offset.0), format!("{}/{}", f.name, f.ordinal));
+        }
+    }
+    names
+}
 
 /// The binary a one-binary profile is for: the one `--dso` names, else the file-backed
 /// module with the most branch ends. Its file must be the recorded build.
-pub fn choose_binary(loaded: &Loaded, dso: &[String]) -> anyhow::Result<(ModuleId, Module)> {
+pub fn choose_binary(loaded: &Loaded, input: &InputArgs) -> anyhow::Result<(ModuleId, Module)> {
+    let dso = &input.dso[..];
     let modules = &loaded.profile.spaces.modules;
     let code = |k: ModuleKind| matches!(k, ModuleKind::File | ModuleKind::Guest);
     let mut ends: Vec<(ModuleId, u64)> = modules
@@ -62,17 +88,24 @@ pub fn choose_binary(loaded: &Loaded, dso: &[String]) -> anyhow::Result<(ModuleI
         path: m.path.clone().into(),
         build_id: m.build_id.clone(),
     };
-    let opened = Module::open(&key, &SymbolizerOptions::default())
+    // Mangled names (what compilers and BOLT match), every inlined frame.
+    let opts = SymbolizerOptions {
+        debug_dirs: input.debug_dir.clone(),
+        demangle: false,
+        inlines: true,
+        ..SymbolizerOptions::default()
+    };
+    let opened = Module::open(&key, &opts)
         .with_context(|| format!("cannot use {} for the profile", m.path))?;
     Ok((id, opened.module))
 }
 
 pub fn preagg(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.input, Naming::Mangled)?;
+    let loaded = load_for_binaries(&args.input)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }
-    let (id, binary) = choose_binary(&loaded, &args.input.dso)?;
+    let (id, binary) = choose_binary(&loaded, &args.input)?;
     let mut out = output(Some(&args.output))?;
     let svma = |off: u64| binary.svma_of(FileOffset(off)).map(|a| a.0);
     let stats = bolt::write_preagg(&loaded.profile, &loaded.syms, id, &svma, &mut out)
@@ -96,5 +129,95 @@ pub fn preagg(args: Args) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn autofdo(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = load_for_binaries(&args.input)?;
+    for w in &loaded.warnings {
+        eprintln!("lbrprof: warning: {w}");
+    }
+    let (id, binary) = choose_binary(&loaded, &args.input)?;
+    let path = loaded.profile.spaces.modules.get(id).path.clone();
+    if !binary.has_debug_info() {
+        anyhow::bail!(
+            "{path} has no DWARF line tables: build it with -g or -gline-tables-only (or pass --debug-dir with its debug file)"
+        );
+    }
+    let decl = binary.decl_lines();
+    let mut symbolize = |offs: &[u64]| {
+        let offs: Vec<FileOffset> = offs.iter().map(|&o| FileOffset(o)).collect();
+        let mut stacks = Vec::with_capacity(offs.len());
+        let _ = binary.visit(
+            &offs,
+            |m, a| m.svma_of(a),
+            |frames| {
+                // A stack with a frame of no name is unusable; line 0 (code the
+                // compiler gave no line) is kept for the totals.
+                let stack: Option<Vec<Frame>> = frames
+                    .iter()
+                    .map(|f| {
+                        Some(Frame {
+                            function: f.function?.to_owned(),
+                            line: f.line.unwrap_or(0),
+                            discriminator: f.discriminator.unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                stacks.push(stack.unwrap_or_default());
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        stacks
+    };
+    let (funcs, stats) = autofdo::build(
+        &loaded.profile,
+        &loaded.syms,
+        id,
+        &mut symbolize,
+        &|f: &str| decl.get(f).copied(),
+    );
+    if funcs.is_empty() {
+        anyhow::bail!(
+            "no samples in {path} to write an AutoFDO profile from: it needs branch stacks (record with --lbr, or perf record -b)"
+        );
+    }
+    let mut out = output(Some(&args.output))?;
+    autofdo::write_text(&funcs, &mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let total: u64 = funcs.iter().map(|f| f.total).sum();
+    eprintln!(
+        "lbrprof: wrote {} (LLVM sample profile of {path}: {} functions, {total} samples; use with clang -fprofile-sample-use={})",
+        args.output.display(),
+        funcs.len(),
+        args.output.display(),
+    );
+    if stats.no_line > 0 || stats.ranges_outside > 0 {
+        eprintln!(
+            "lbrprof: warning: left out {} sampled addresses with no debug info and {} range counts outside named functions",
+            stats.no_line, stats.ranges_outside
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn autofdo_raw(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = load_for_binaries(&args.input)?;
+    for w in &loaded.warnings {
+        eprintln!("lbrprof: warning: {w}");
+    }
+    let (id, binary) = choose_binary(&loaded, &args.input)?;
+    let path = loaded.profile.spaces.modules.get(id).path.clone();
+    let mut out = output(Some(&args.output))?;
+    let svma = |off: u64| binary.svma_of(FileOffset(off)).map(|a| a.0);
+    let lines = autofdo::write_raw(&loaded.profile, id, &svma, &mut out)
+        .and_then(|n| out.flush().map(|()| n))
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "lbrprof: wrote {} (AutoFDO raw profile of {path}, {lines} entries; read it with `create_llvm_prof --profiler=text --profile={} --binary={path}`)",
+        args.output.display(),
+        args.output.display(),
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -62,6 +62,7 @@ mod arena;
 mod debuginfo;
 mod error;
 mod kallsyms;
+mod locals;
 mod maps;
 mod module;
 mod symtab;
@@ -74,6 +75,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use debuginfo::saved_kallsyms;
 pub use error::{KallsymsError, ModuleError};
+pub use locals::{LocalFunction, local_functions};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
 pub use types::{Avma, FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
