@@ -149,6 +149,10 @@ pub struct Profile {
     pub edges: FastMap<(Loc, Loc), EdgeCounts>,
     /// Fall-through ranges `[start, end]` (both inclusive instruction addresses).
     pub ranges: FastMap<(Loc, Loc), u64>,
+    /// `ranges` again, split by where the taken branch that started the range came
+    /// from: `[origin, start, end]`. BOLT's aggregator treats a range entered from
+    /// another function (a return) differently from one entered by a jump inside it.
+    pub range_origins: FastMap<[Loc; 3], u64>,
     /// Per sampled IP (the `no_lbr` BOLT profile and `--dso` checks).
     pub ips: FastMap<Loc, Count>,
     pub comms: HashMap<u32, String>,
@@ -510,21 +514,23 @@ impl Aggregator {
         p.edges.entry((from, to)).or_default().merge(c);
     }
 
-    /// Adds `n` passes through the fall-through range `[start, end]` of process `pid`
-    /// (dropped, as by [`Aggregator::add_branches`], when it crosses modules).
+    /// Adds `n` passes through the fall-through range `[start, end]` of process `pid`,
+    /// entered by a branch from `origin` (dropped, as by [`Aggregator::add_branches`],
+    /// when it crosses modules).
     pub(crate) fn add_range_count(
         &mut self,
         pid: u32,
         mode: CpuMode,
-        start: u64,
-        end: u64,
+        [origin, start, end]: [u64; 3],
         n: u64,
     ) {
         let p = &mut self.profile;
         let to = p.spaces.resolve(pid, start, mode);
         let nf = p.spaces.resolve(pid, end, mode);
         if nf.module == to.module {
+            let o = p.spaces.resolve(pid, origin, mode);
             *p.ranges.entry((to, nf)).or_default() += n;
+            *p.range_origins.entry([o, to, nf]).or_default() += n;
         }
     }
 
@@ -586,6 +592,7 @@ impl Aggregator {
                 && nf_addr - b.to < MAX_RANGE_BYTES
             {
                 *p.ranges.entry((to, nf)).or_default() += 1;
+                *p.range_origins.entry([from, to, nf]).or_default() += 1;
             }
             newer_from = (b.from != 0).then_some((from, b.from));
         }

@@ -8,9 +8,12 @@
 //! ```
 //!
 //! Taken branches come from the LBR edges. Fall-throughs are written the way BOLT's own
-//! aggregator turns LBR traces into profile: each conditional branch inside a fall-through
-//! range was *not* taken, which is an edge from that branch to the next instruction
-//! (needs the module's code; ranges in unreadable code are counted and skipped).
+//! aggregator (`DataAggregator::getFallthroughsInTrace`) turns LBR traces into profile:
+//! the function is cut into BOLT's basic blocks ([`crate::cfg`]) and every block boundary
+//! a fall-through range crosses is an edge from the block's last instruction to the next
+//! block (needs the module's code; ranges in unreadable code, or that cannot have run in
+//! it, are counted and skipped, as perf2bolt counts "traces mismatching disassembled
+//! function contents").
 //! A side that is in no named function is written `0 [unknown] 0`: code known only by
 //! its extent (`module+0x<start>`, a stripped binary) has no name BOLT could match, and an
 //! offset is only ever written inside the extent of the function it names. What is left
@@ -21,13 +24,29 @@
 //!
 //! Function names are whatever the symbol source gives; for BOLT use mangled names
 //! (a symbolizer with demangling off).
+//!
+//! [`write_preagg`] writes perf2bolt's *pre-aggregated* input instead (`perf2bolt -pa -p
+//! FILE BINARY`), for one binary, by address, leaving the cutting of fall-throughs into
+//! blocks to BOLT:
+//!
+//! ```text
+//! B <from> <to> <count> <mispredicts>     a taken branch
+//! F <start> <end> <count>                 a fall-through range entered from its function
+//! f <start> <end> <count>                 one entered from elsewhere (a return)
+//! ```
+//!
+//! Addresses are the binary's virtual addresses (as in its ELF headers) in hex; a side
+//! outside the binary is `X:0` (BOLT's "unknown object").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
+use lbrprof_collector::model::BranchKind;
+
 use crate::aggregate::Profile;
+use crate::cfg::Blocks;
 use crate::decode::CodeReader;
-use crate::loc::Loc;
+use crate::loc::{Loc, ModuleId};
 use crate::symbols::SymbolTable;
 
 /// What an export wrote, for the user.
@@ -65,16 +84,23 @@ fn fmt_side(s: &Option<(String, u64)>) -> String {
     }
 }
 
+/// The names BOLT gives functions that are not simply their symbol's, by (module, file
+/// offset of the function's start): a local (`static`) function `f` is `f/N` to BOLT,
+/// the N-th local symbol of that name in address order.
+pub type BoltNames = HashMap<(ModuleId, u64), String>;
+
 /// Writes the fdata profile of `profile`.
 ///
 /// `binaries`: when not empty, only locations in modules with these paths or file names
 /// count as known (BOLT optimizes one binary; other modules' code is `[unknown]` to it).
+/// `names` renames functions ([`BoltNames`]).
 pub fn write_fdata(
     profile: &Profile,
     syms: &SymbolTable,
     code: &mut CodeReader,
     event: &str,
     binaries: &[String],
+    names: &BoltNames,
     mut w: impl Write,
 ) -> io::Result<BoltStats> {
     let modules = &profile.spaces.modules;
@@ -83,7 +109,13 @@ pub fn write_fdata(
         let m = modules.get(l.module);
         binaries.is_empty() || binaries.iter().any(|b| *b == m.path || b == m.short_name())
     };
-    let side = |syms: &SymbolTable, l: &Loc| if wanted(l) { side(syms, l) } else { None };
+    let side = |syms: &SymbolTable, l: &Loc| {
+        let (f, off) = if wanted(l) { side(syms, l) } else { None }?;
+        match names.get(&(l.module, l.offset - off)) {
+            Some(n) => Some((n.clone(), off)),
+            None => Some((f, off)),
+        }
+    };
     // In the binaries asked for, but with no name to give BOLT.
     let unnamed = |syms: &SymbolTable, l: &Loc| wanted(l) && side(syms, l).is_none();
     if profile.edges.is_empty() {
@@ -124,24 +156,58 @@ pub fn write_fdata(
     }
     stats.branch_lines = lines.len();
     let mut ft: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for ((start, end), &count) in &profile.ranges {
+    // Jump-table targets seen in the profile: block starts BOLT finds in the tables.
+    let mut leaders: HashMap<(ModuleId, u64), Vec<u64>> = HashMap::new();
+    for ((from, to), e) in &profile.edges {
+        if e.kind == BranchKind::IndJump
+            && from.module == to.module
+            && let (Some((f, fo)), Some((t, to_off))) = (side(syms, from), side(syms, to))
+            && f == t
+        {
+            let start = from.offset - fo;
+            leaders
+                .entry((from.module, start))
+                .or_default()
+                .push(to_off);
+        }
+    }
+    let mut cfgs: HashMap<(ModuleId, u64), Option<Blocks>> = HashMap::new();
+    for ([origin, start, end], &count) in &profile.range_origins {
         let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
         };
         // The range must end in the function it starts in.
-        if side(syms, end).is_none_or(|(f, off)| f != func || off < start_off) {
-            stats.skipped_ranges += 1;
-            continue;
-        }
-        let Some(conds) = code.not_taken_conditionals(modules, *start, *end) else {
+        let end_off = match side(syms, end) {
+            Some((f, off)) if f == func && off >= start_off => off,
+            _ => {
+                stats.skipped_ranges += 1;
+                continue;
+            }
+        };
+        let Some(size) = syms.get(start).and_then(|s| s.function_size) else {
             stats.skipped_ranges += 1;
             continue;
         };
-        for (at, next) in conds {
-            // Offsets relative to the function: the range lies in one function.
-            let a = start_off + (at - start.offset);
-            let n = start_off + (next - start.offset);
+        let key = (start.module, start.offset - start_off);
+        // Entered from another function (a return), as perf2bolt tells them apart.
+        let external =
+            origin.module != start.module || side(syms, origin).is_none_or(|(f, _)| f != func);
+        let blocks = cfgs.entry(key).or_insert_with(|| {
+            let bytes = code.read(modules, key.0, key.1, size)?;
+            let lead = leaders.get(&key).map_or(&[][..], Vec::as_slice);
+            (bytes.len() as u64 == size)
+                .then(|| Blocks::build(&bytes, lead))
+                .flatten()
+        });
+        let Some(edges) = blocks
+            .as_ref()
+            .and_then(|b| b.fallthroughs(start_off, end_off, external).ok())
+        else {
+            stats.skipped_ranges += 1;
+            continue;
+        };
+        for (a, n) in edges {
             ft.entry(format!("1 {func} {a:x} 1 {func} {n:x}"))
                 .or_default()
                 .1 += count;
@@ -229,6 +295,7 @@ mod tests {
             &mut CodeReader::default(),
             "cycles",
             &[],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -245,6 +312,7 @@ mod tests {
             &mut CodeReader::default(),
             "c",
             &["other".into()],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -289,16 +357,55 @@ mod tests {
         let p = agg(true);
         let syms = SymbolTable::build(&p, &Stripped);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "c",
+            &[],
+            &BoltNames::new(),
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         // 0x1020 -> 0x1100 (f+0x20 -> unnamed) and 0x1180 -> 0x1010 (unnamed -> f+0x10).
         assert_eq!(text, "0 [unknown] 0 1 f 10 0 3\n1 f 20 0 [unknown] 0 1 3\n");
         assert_eq!(stats.unnamed, 6);
         let p = agg(false);
         let mut out = Vec::new();
-        let stats = write_fdata(&p, &syms, &mut CodeReader::default(), "c", &[], &mut out).unwrap();
+        let stats = write_fdata(
+            &p,
+            &syms,
+            &mut CodeReader::default(),
+            "c",
+            &[],
+            &BoltNames::new(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "no_lbr c\n1 f 10 3\n");
         assert_eq!(stats.unnamed, 0);
+    }
+
+    #[test]
+    fn preagg_has_branches_by_address_and_ranges_by_origin() {
+        let p = agg(true);
+        let syms = SymbolTable::build(&p, &TwoFunctions);
+        let m = p.edges.keys().next().unwrap().0.module;
+        let mut out = Vec::new();
+        let stats = write_preagg(&p, &syms, m, &|o| Some(0x40_0000 + o), &mut out).unwrap();
+        // Offsets 0x20 -> 0x100 and 0x180 -> 0x10 of the mapping at 0x1000 (pgoff 0);
+        // the range [0x10, 0x20] of f entered from g: external.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "B 400020 400100 3 1\nB 400180 400010 3 0\nf 400010 400020 3\n"
+        );
+        assert_eq!((stats.branch_lines, stats.external_lines), (2, 1));
+        // Another module: nothing of it.
+        let mut out = Vec::new();
+        let other = crate::loc::ModuleTable::UNKNOWN;
+        write_preagg(&p, &syms, other, &|o| Some(o), &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -312,6 +419,7 @@ mod tests {
             &mut CodeReader::default(),
             "cpu clock",
             &[],
+            &BoltNames::new(),
             &mut out,
         )
         .unwrap();
@@ -321,4 +429,79 @@ mod tests {
             "no_lbr cpu_clock\n1 f 10 3\n"
         );
     }
+}
+
+/// What [`write_preagg`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PreaggStats {
+    pub branch_lines: usize,
+    pub fallthrough_lines: usize,
+    /// Fall-through ranges entered from another function (`f` lines).
+    pub external_lines: usize,
+    /// Branch and range counts in the binary whose file offset maps to no address.
+    pub unmapped: u64,
+}
+
+/// Writes perf2bolt's pre-aggregated profile of the code of `module` in `profile`.
+/// `svma` maps a file offset of the module to its virtual address (`None` outside its
+/// loaded segments). Fall-through ranges are `f` when the branch that started them is
+/// not in the function they run in (by `syms`).
+pub fn write_preagg(
+    profile: &Profile,
+    syms: &SymbolTable,
+    module: ModuleId,
+    svma: &dyn Fn(u64) -> Option<u64>,
+    mut w: impl Write,
+) -> io::Result<PreaggStats> {
+    let mut stats = PreaggStats::default();
+    let addr = |l: &Loc| (l.module == module).then(|| svma(l.offset)).flatten();
+    let fmt = |a: Option<u64>| a.map_or_else(|| "X:0".to_owned(), |a| format!("{a:x}"));
+    // (kind, from, to) -> (count, mispredicts); BTreeMap for a stable order. A side
+    // outside the binary has no address.
+    type Line = (char, Option<u64>, Option<u64>);
+    let mut lines: BTreeMap<Line, (u64, u64)> = BTreeMap::new();
+    for ((from, to), e) in &profile.edges {
+        if from.module != module && to.module != module {
+            continue;
+        }
+        let (f, t) = (addr(from), addr(to));
+        if f.is_none() && t.is_none() {
+            stats.unmapped += e.count;
+            continue;
+        }
+        let v = lines.entry(('B', f, t)).or_default();
+        v.0 += e.count;
+        v.1 += e.mispred;
+    }
+    for ([origin, start, end], &n) in &profile.range_origins {
+        if start.module != module {
+            continue;
+        }
+        let (Some(a), Some(z)) = (addr(start), addr(end)) else {
+            stats.unmapped += n;
+            continue;
+        };
+        let func = |l: &Loc| side(syms, l).map(|(f, off)| (l.module, f, l.offset - off));
+        let internal = origin.module == start.module
+            && func(start).is_some_and(|s| func(origin).is_some_and(|o| o == s));
+        let kind = if internal { 'F' } else { 'f' };
+        lines.entry((kind, Some(a), Some(z))).or_default().0 += n;
+    }
+    for ((kind, f, t), (n, m)) in &lines {
+        match kind {
+            'B' => {
+                stats.branch_lines += 1;
+                writeln!(w, "B {} {} {n} {m}", fmt(*f), fmt(*t))?;
+            }
+            _ => {
+                if *kind == 'f' {
+                    stats.external_lines += 1;
+                } else {
+                    stats.fallthrough_lines += 1;
+                }
+                writeln!(w, "{kind} {} {} {n}", fmt(*f), fmt(*t))?;
+            }
+        }
+    }
+    Ok(stats)
 }

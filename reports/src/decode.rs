@@ -62,6 +62,18 @@ impl CodeReader {
         (!buf.is_empty()).then_some(buf)
     }
 
+    /// `len` bytes of module `id`'s code from `off` (fewer at the end of the file); `None`
+    /// when the file cannot be read.
+    pub fn read(
+        &mut self,
+        modules: &ModuleTable,
+        id: ModuleId,
+        off: u64,
+        len: u64,
+    ) -> Option<Vec<u8>> {
+        self.bytes(modules, id, off, len)
+    }
+
     /// Instructions from `start` through the one at `end` (both in one module), decoded.
     pub fn count_instructions(
         &mut self,
@@ -95,40 +107,6 @@ impl CodeReader {
         }
         // `end` was not on an instruction boundary: the bytes do not match the recording.
         None
-    }
-
-    /// Offsets of the conditional branches inside `[start, end)` and the offset of the
-    /// instruction after each (their not-taken fall-through), for BOLT's fall-through edges.
-    pub fn not_taken_conditionals(
-        &mut self,
-        modules: &ModuleTable,
-        start: Loc,
-        end: Loc,
-    ) -> Option<Vec<(u64, u64)>> {
-        if start.module != end.module
-            || end.offset < start.offset
-            || end.offset - start.offset > MAX_DECODE_BYTES
-        {
-            return None;
-        }
-        let code = self.bytes(
-            modules,
-            start.module,
-            start.offset,
-            end.offset - start.offset + 16,
-        )?;
-        let mut dec = Decoder::with_ip(64, &code, start.offset, DecoderOptions::NONE);
-        let mut out = Vec::new();
-        while dec.can_decode() && dec.ip() < end.offset {
-            let insn = dec.decode();
-            if insn.is_invalid() {
-                return None;
-            }
-            if insn.flow_control() == FlowControl::ConditionalBranch {
-                out.push((insn.ip(), insn.next_ip()));
-            }
-        }
-        Some(out)
     }
 
     /// The kind of the branch instruction at `at`, when its module's code is readable.
@@ -188,10 +166,6 @@ mod tests {
         assert_eq!(r.classify(&modules, l(6)), Some(BranchKind::Cond));
         assert_eq!(r.classify(&modules, l(8)), Some(BranchKind::Call));
         assert_eq!(r.classify(&modules, l(13)), Some(BranchKind::Ret));
-        assert_eq!(
-            r.not_taken_conditionals(&modules, l(0), l(13)),
-            Some(vec![(6, 8)])
-        );
         let missing = modules.intern("/nonexistent/x", None, ModuleKind::File);
         assert_eq!(
             r.classify(

@@ -89,7 +89,9 @@
 
 pub mod aggregate;
 pub mod annotate;
+pub mod autofdo;
 pub mod bolt;
+pub mod cfg;
 pub mod decode;
 pub mod diff;
 pub mod flame;

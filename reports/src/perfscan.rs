@@ -147,8 +147,9 @@ pub(crate) struct Raw {
     pub(crate) lbr_stacks: WordMap<Group>,
     /// `[epoch, pid, mode, from, to]`.
     pub(crate) edges: FastMap<[u64; 5], EdgeCounts>,
-    /// `[epoch, pid, mode, start, end]`.
-    pub(crate) ranges: FastMap<[u64; 5], u64>,
+    /// `[epoch, pid, mode, start, end, origin]` (origin: the `from` of the branch that
+    /// started the range).
+    pub(crate) ranges: FastMap<[u64; 6], u64>,
     pub(crate) branch_entries: u64,
     pub(crate) samples_with_branches: u64,
     pub(crate) max_branch_depth: u64,
@@ -236,7 +237,9 @@ fn fold_with<T>(
                 && b.to <= nf
                 && nf - b.to < MAX_RANGE_BYTES
             {
-                *raw.ranges.entry([epoch, pid, mode, b.to, nf]).or_default() += 1;
+                *raw.ranges
+                    .entry([epoch, pid, mode, b.to, nf, b.from])
+                    .or_default() += 1;
             }
             newer_from = (b.from != 0).then_some(b.from);
         }
@@ -390,7 +393,7 @@ pub(crate) struct Epoch {
     stacks: Vec<(Box<[u64]>, Group)>,
     lbr_stacks: Vec<(Box<[u64]>, Group)>,
     edges: Vec<([u64; 5], EdgeCounts)>,
-    ranges: Vec<([u64; 5], u64)>,
+    ranges: Vec<([u64; 6], u64)>,
 }
 
 /// The raw entries of `raw` by epoch (edges in key order, so that file order decides an
@@ -507,7 +510,7 @@ pub(crate) fn apply_epoch(
     }
     for (k, n) in e.ranges {
         let (pid, mode) = (k[1] as u32, branch_mode(mode_of(k[2])));
-        agg.add_range_count(pid, mode, k[3], k[4], n);
+        agg.add_range_count(pid, mode, [k[5], k[3], k[4]], n);
     }
 }
 
@@ -563,6 +566,8 @@ pub(crate) mod tests {
             .map(|(k, v)| format!("{k:?} {v:?}"))
             .collect();
         ranges.sort();
+        ranges.extend(p.range_origins.iter().map(|(k, v)| format!("{k:?} {v:?}")));
+        ranges[p.ranges.len()..].sort();
         let mut ips: Vec<_> = p.ips.iter().map(|(k, v)| format!("{k:?} {v:?}")).collect();
         ips.sort();
         let modules: Vec<_> = p.spaces.modules.iter().map(|m| format!("{m:?}")).collect();

@@ -42,8 +42,9 @@ use crate::perfscan::{
 /// one edge, the earliest decides its kind, as in the stream.
 type RawEdges = PairMap<(EdgeCounts, u64)>;
 
-/// Raw fall-through ranges `[start, end]` and how often they were run.
-type RawRanges = PairMap<u64>;
+/// Raw fall-through ranges `[start, end]` with the `from` of the branch that started
+/// them, and how often they were run.
+type RawRanges = HashMap<(PairKey, u64), u64, PairHash>;
 
 /// The key of a raw edge (`a → b`) or range (`[a, b]`): 32 million of them are looked
 /// up per million 32-entry samples, so it is compared field by field and hashed with a
@@ -365,7 +366,7 @@ fn fold_branches(
             && b.to <= nf
             && nf - b.to < MAX_RANGE_BYTES
         {
-            *ranges.entry(key(b.to, nf)).or_default() += 1;
+            *ranges.entry((key(b.to, nf), b.from)).or_default() += 1;
         }
         newer_from = (b.from != 0).then_some(b.from);
     }
@@ -375,7 +376,7 @@ fn fold_branches(
 #[derive(Default)]
 struct EpochBranches {
     edges: Vec<(u64, PairKey, EdgeCounts)>,
-    ranges: Vec<(PairKey, u64)>,
+    ranges: Vec<((PairKey, u64), u64)>,
 }
 
 /// Adds one epoch's raw entries.
@@ -389,8 +390,8 @@ fn apply_raw(agg: &mut Aggregator, entries: Option<Epoch>, branches: Option<Epoc
         for (_, k, c) in b.edges {
             agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, &c);
         }
-        for (k, n) in b.ranges {
-            agg.add_range_count(k.pid(), k.mode(), k.a, k.b, n);
+        for ((k, origin), n) in b.ranges {
+            agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
         }
     }
 }
@@ -436,7 +437,7 @@ fn resolve(
     }
     for (k, n) in ranges {
         edges_by_epoch
-            .entry(k.epoch)
+            .entry(k.0.epoch)
             .or_default()
             .ranges
             .push((k, n));

@@ -12,7 +12,7 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, load, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg", "autofdo", "autofdo_raw"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -26,6 +26,22 @@ pub struct Args {
     /// event's count (nanoseconds for cpu-clock).
     #[arg(long)]
     pub pprof: bool,
+    /// Write perf2bolt's pre-aggregated profile (B/F/f lines by address, for
+    /// `perf2bolt -pa -p FILE BINARY`) of one binary: the one --dso names, else the one
+    /// with the most branches. Its file must have the recorded build-id.
+    #[arg(long)]
+    pub bolt_preagg: bool,
+    /// Write an LLVM sample profile (AutoFDO text format, for clang -fprofile-sample-use
+    /// and llvm-profdata) of one binary, computed from branch stacks as AutoFDO's
+    /// create_llvm_prof does; the binary (--dso, else the one with the most branches)
+    /// needs DWARF lines (-g or -gline-tables-only).
+    #[arg(long)]
+    pub autofdo: bool,
+    /// Write AutoFDO's raw text profile (fall-through ranges, sampled addresses and
+    /// branches by address) of one binary, as `create_llvm_prof --profiler=text` and GCC's
+    /// `create_gcov --profiler=text` read it.
+    #[arg(long)]
+    pub autofdo_raw: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -35,7 +51,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.pprof {
         return pprof(args);
     }
-    let loaded = load(&args.input, Naming::Mangled)?;
+    if args.autofdo_raw {
+        return super::export_pgo::autofdo_raw(args);
+    }
+    if args.autofdo {
+        return super::export_pgo::autofdo(args);
+    }
+    if args.bolt_preagg {
+        return super::export_pgo::preagg(args);
+    }
+    let loaded = super::export_pgo::load_for_binaries(&args.input)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }
@@ -47,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &mut code,
         &loaded.header.sampling.event,
         &args.input.dso,
+        &super::export_pgo::bolt_names(&loaded),
         &mut out,
     )
     .and_then(|s| out.flush().map(|()| s))

@@ -4,6 +4,7 @@ pub mod annotate;
 pub mod demo;
 pub mod diff;
 pub mod export;
+pub mod export_pgo;
 pub mod flamegraph;
 pub mod generate;
 pub mod info;

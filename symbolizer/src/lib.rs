@@ -67,6 +67,7 @@ mod debuginfo;
 mod demangle;
 mod error;
 mod kallsyms;
+mod locals;
 mod maps;
 mod module;
 mod symtab;
@@ -93,6 +94,7 @@ pub mod fuzzing {
     }
 }
 pub use error::{KallsymsError, ModuleError};
+pub use locals::{LocalFunction, local_functions};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
 pub use types::{

@@ -433,6 +433,75 @@ impl Module {
         &self.path
     }
 
+    /// The `DW_AT_decl_line` of every function the DWARF describes, by the name its
+    /// frames carry (the linkage name when there is one, else the plain name, through
+    /// `DW_AT_specification` and `DW_AT_abstract_origin` as for frames): the line sample
+    /// profiles (AutoFDO) count a function's source lines from. Empty without DWARF;
+    /// split-DWARF units are not read.
+    pub fn decl_lines(&self) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        let Some(dwarf) = self.dwarf().dwarf.clone() else {
+            return out;
+        };
+        let string = |unit: &gimli::Unit<R>, v| {
+            dwarf
+                .attr_string(unit, v)
+                .ok()
+                .map(|s| String::from_utf8_lossy(s.slice()).into_owned())
+        };
+        let mut units = dwarf.units();
+        while let Ok(Some(header)) = units.next() {
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            // (name, decl line, referenced DIE) of each subprogram DIE.
+            type Die = (Option<String>, Option<u32>, Option<gimli::UnitOffset>);
+            let mut dies: HashMap<gimli::UnitOffset, Die> = HashMap::new();
+            let mut entries = unit.entries();
+            while let Ok(Some(e)) = entries.next_dfs() {
+                if e.tag() != gimli::DW_TAG_subprogram {
+                    continue;
+                }
+                let (mut linkage, mut name, mut line, mut reference) = (None, None, None, None);
+                for a in e.attrs() {
+                    match a.name() {
+                        gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name => {
+                            linkage = string(&unit, a.value())
+                        }
+                        gimli::DW_AT_name => name = string(&unit, a.value()),
+                        gimli::DW_AT_decl_line => {
+                            line = a.udata_value().and_then(|l| u32::try_from(l).ok())
+                        }
+                        gimli::DW_AT_specification | gimli::DW_AT_abstract_origin => {
+                            if let gimli::AttributeValue::UnitRef(o) = a.value() {
+                                reference = Some(o);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                dies.insert(e.offset(), (linkage.or(name), line, reference));
+            }
+            for (own_name, own_line, own_reference) in dies.values() {
+                let (mut name, mut line, mut reference) =
+                    (own_name.clone(), *own_line, *own_reference);
+                // A few hops: a concrete instance, its abstract origin, its declaration.
+                for _ in 0..4 {
+                    let Some(d) = reference.and_then(|o| dies.get(&o)) else {
+                        break;
+                    };
+                    name = name.or_else(|| d.0.clone());
+                    line = line.or(d.1);
+                    reference = d.2;
+                }
+                if let (Some(n), Some(l)) = (name, line) {
+                    out.entry(n).or_insert(l);
+                }
+            }
+        }
+        out
+    }
+
     /// True when the module has DWARF (lines and inlined frames), not only symbols.
     pub fn has_debug_info(&self) -> bool {
         self.dwarf().ctx.is_some()

@@ -1,0 +1,438 @@
+//! Profile-guided optimisation: the profiles `export` writes are the ones the optimisers
+//! read, checked against the optimisers themselves (llvm-bolt-16 and its perf2bolt
+//! aggregator).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn propeller() -> Option<(PathBuf, PathBuf)> {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return None;
+    };
+    Some((
+        dir.join("propeller_sample.perfdata"),
+        dir.join("propeller_sample.bin"),
+    ))
+}
+
+fn tool(name: &str) -> bool {
+    let ok = Command::new(name).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipped: {name} is not installed (Debian bolt-16)");
+    }
+    ok
+}
+
+fn export_bolt(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let mut a = vec![
+        "export",
+        "--bolt",
+        "-i",
+        data.to_str().unwrap(),
+        "--symfs",
+        dir,
+        "--kallsyms",
+        "/dev/null",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    a.extend(extra);
+    let o = common::run(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+fn sorted_lines(text: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = text.lines().collect();
+    v.sort_unstable();
+    v
+}
+
+/// What llvm-bolt-16 says about a profile: (functions with profile, stale warning line).
+fn bolt_verdict(bin: &Path, fdata: &Path, dir: &Path) -> (String, Option<String>) {
+    let out = Command::new("llvm-bolt-16")
+        .arg(bin)
+        .arg(format!("-data={}", fdata.display()))
+        .arg("-o")
+        .arg(dir.join("bolted"))
+        .arg("-reorder-blocks=ext-tsp")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "llvm-bolt-16 failed: {text}");
+    let profiled = text
+        .lines()
+        .find(|l| l.contains("have non-empty execution profile"))
+        .unwrap_or_else(|| panic!("no profile summary from llvm-bolt-16: {text}"))
+        .to_owned();
+    let stale = text
+        .lines()
+        .find(|l| l.contains("samples in the binary") && l.contains("stale"))
+        .map(str::to_owned);
+    (profiled, stale)
+}
+
+/// `export --bolt` on the propeller fixture writes exactly what perf2bolt writes for it
+/// (`llvm-bolt-16 -aggregate-only -p`, which runs `perf script` itself), line for line:
+/// the same taken branches and the same fall-through edges between BOLT's basic blocks.
+#[test]
+fn bolt_export_equals_perf2bolt_on_the_propeller_fixture() {
+    let Some((data, bin)) = propeller() else {
+        return;
+    };
+    if !tool("llvm-bolt-16") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = export_bolt(&data, &tmp.path().join("ours.fdata"), &[]);
+    let theirs_path = tmp.path().join("perf2bolt.fdata");
+    let out = Command::new("llvm-bolt-16")
+        .arg("-aggregate-only")
+        .arg("-p")
+        .arg(&data)
+        .arg(&bin)
+        .arg("-o")
+        .arg(&theirs_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "perf2bolt failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = std::fs::read_to_string(&theirs_path).unwrap();
+    // perf2bolt writes in hash order; ours is sorted.
+    assert_eq!(sorted_lines(&ours), sorted_lines(&theirs));
+    // The lines the block-based fall-throughs add over "a conditional not taken":
+    // a block falling into a join label, and a jump to the next instruction crossed by
+    // a trace (the 173 traces from the loop head to the back edge).
+    for l in [
+        "1 main 8b 1 main 90 0 6553",
+        "1 compute_flag 29 1 compute_flag 30 0 13855",
+        "1 main e4 1 main e9 0 22153",
+    ] {
+        assert!(ours.lines().any(|x| x == l), "{l} missing: {ours}");
+    }
+}
+
+/// llvm-bolt-16 reads the export and finds a valid profile for both hot functions; the
+/// same check flags a profile with one impossible fall-through as stale.
+#[test]
+fn llvm_bolt_finds_no_stale_profile_in_the_export() {
+    let Some((data, bin)) = propeller() else {
+        return;
+    };
+    if !tool("llvm-bolt-16") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fdata = tmp.path().join("ours.fdata");
+    let ours = export_bolt(&data, &fdata, &[]);
+    let (profiled, stale) = bolt_verdict(&bin, &fdata, tmp.path());
+    assert!(profiled.contains(" 2 out of "), "{profiled}");
+    assert_eq!(stale, None);
+    // compute_flag+0x1b is mid-block: no such fall-through exists.
+    let bad = tmp.path().join("bad.fdata");
+    std::fs::write(
+        &bad,
+        format!("{ours}1 compute_flag 1b 1 compute_flag 29 0 5000\n"),
+    )
+    .unwrap();
+    let (_, stale) = bolt_verdict(&bin, &bad, tmp.path());
+    assert!(stale.is_some_and(|s| s.contains("stale")));
+}
+
+// ---------------------------------------------------------------------------------------
+// A guest recording of a real program (emulated LBR in the VM).
+
+fn have(cmd: &str, why: &str) -> bool {
+    let ok = Command::new(cmd).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipped: {cmd} is not installed ({why})");
+    }
+    ok
+}
+
+/// Builds tests/workloads/pgo_interp.c as the PGO loop does (clang-16 -O2, line tables,
+/// relocations kept for BOLT; DWARF 4 for Debian's create_llvm_prof, which reads no
+/// DWARF 5 ranges) and records it in the VM with the emulated LBR.
+fn guest_recording(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pgo_interp.c");
+    let exe = dir.join("interp");
+    let st = Command::new("clang-16")
+        .args([
+            "-O2",
+            "-gline-tables-only",
+            "-gdwarf-4",
+            "-Wl,--emit-relocs",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = dir.join("interp.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--lbr-overhead", "0", "--vm", "--lbr", "emulated", "--"])
+        .arg(&exe)
+        .arg("20000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native = Command::new(&exe).arg("20000").output().unwrap();
+    assert_eq!(out.stdout, native.stdout);
+    (exe, data)
+}
+
+fn export(data: &Path, flag: &str, out: &Path, extra: &[&str]) -> String {
+    let mut a = vec![
+        "export",
+        flag,
+        "-i",
+        data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    a.extend(extra);
+    let o = common::run(&a);
+    assert!(
+        o.status.success(),
+        "{a:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// `name:total:head` and depth-1 body lines `offset[.disc]: count` of a text sample
+/// profile: (function -> (total, lines)).
+fn parse_afdo(text: &str) -> BTreeMap<String, (u64, BTreeMap<String, u64>)> {
+    let mut out = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for l in text.lines() {
+        if !l.starts_with(' ') {
+            let mut f = l.rsplitn(3, ':');
+            let (_head, total, name) = (f.next(), f.next(), f.next());
+            let name = name.unwrap().to_owned();
+            out.insert(
+                name.clone(),
+                (total.unwrap().parse().unwrap(), BTreeMap::new()),
+            );
+            cur = Some(name);
+        } else if l.starts_with(' ') && !l.starts_with("  ") {
+            let (loc, rest) = l.trim().split_once(": ").unwrap();
+            // Body lines only (a call site is `offset: callee:total`).
+            let count = rest.split(' ').next().unwrap();
+            if let (Ok(n), Some(f)) = (count.parse::<u64>(), &cur) {
+                out.get_mut(f).unwrap().1.insert(loc.to_owned(), n);
+            }
+        }
+    }
+    out
+}
+
+/// On a guest recording (the emulated LBR): the BOLT export equals what perf2bolt makes
+/// of our pre-aggregated export (block cutting, returns onto block starts, local
+/// function names all as BOLT has them), and llvm-bolt-16 finds nothing stale; the
+/// AutoFDO export agrees with create_llvm_prof run on our raw AutoFDO export (same
+/// function totals, same hot lines), llvm-profdata-16 reads it and clang-16 uses it.
+#[test]
+fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
+    if !common::kvm_available()
+        || !have("clang-16", "Debian clang-16")
+        || !have("llvm-bolt-16", "Debian bolt-16")
+        || !have("llvm-profdata-16", "Debian llvm-16")
+    {
+        return;
+    }
+    if Command::new("create_llvm_prof")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: create_llvm_prof is not installed (Debian autofdo)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (exe, data) = guest_recording(tmp.path());
+    let name = exe.file_name().unwrap().to_str().unwrap();
+
+    // BOLT.
+    let fdata = tmp.path().join("ours.fdata");
+    let ours = export(&data, "--bolt", &fdata, &["--dso", name]);
+    let preagg_path = tmp.path().join("ours.preagg");
+    let preagg = export(&data, "--bolt-preagg", &preagg_path, &[]);
+    assert!(preagg.lines().any(|l| l.starts_with("f ")), "{preagg}");
+    let theirs_path = tmp.path().join("perf2bolt.fdata");
+    let out = Command::new("llvm-bolt-16")
+        .args(["-aggregate-only", "-pa", "-p"])
+        .arg(&preagg_path)
+        .arg(&exe)
+        .arg("-o")
+        .arg(&theirs_path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("mismatching disassembled function contents: 0 "),
+        "{log}"
+    );
+    let theirs = std::fs::read_to_string(&theirs_path).unwrap();
+    assert_eq!(sorted_lines(&ours), sorted_lines(&theirs));
+    assert!(ours.contains(" slow_path/1 "), "{ours}");
+    let (profiled, stale) = bolt_verdict(&exe, &fdata, tmp.path());
+    assert!(!profiled.contains(" 0 out of "), "{profiled}");
+    assert_eq!(stale, None);
+
+    // AutoFDO.
+    let afdo_path = tmp.path().join("ours.afdo");
+    let afdo = export(&data, "--autofdo", &afdo_path, &[]);
+    let raw = tmp.path().join("raw.txt");
+    export(&data, "--autofdo-raw", &raw, &[]);
+    let cl = tmp.path().join("create_llvm_prof.afdo");
+    let st = Command::new("create_llvm_prof")
+        .args(["--profiler=text", "--format=text"])
+        .arg(format!("--profile={}", raw.display()))
+        .arg(format!("--binary={}", exe.display()))
+        .arg(format!("--out={}", cl.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Debian's create_llvm_prof 0.19 garbles inlined callees' names (not valid UTF-8).
+    let theirs = String::from_utf8_lossy(&std::fs::read(&cl).unwrap()).into_owned();
+    let (a, b) = (parse_afdo(&afdo), parse_afdo(&theirs));
+    assert!(
+        a.contains_key("main") && a.contains_key("slow_path"),
+        "{afdo}"
+    );
+    for (f, (total, lines)) in &a {
+        let (t, their_lines) = b.get(f).unwrap_or_else(|| panic!("{f} not in {theirs}"));
+        assert!(
+            total.abs_diff(*t) * 100 <= *t,
+            "{f}: {total} vs create_llvm_prof's {t}"
+        );
+        // The hot lines: each of ours with a count has that count there. (Theirs also
+        // has line-0 code at offset `0 - first line`, e.g. 65489, which names no line.)
+        for (l, n) in lines.iter().filter(|(_, n)| **n > 0) {
+            assert_eq!(their_lines.get(l), Some(n), "{f} line {l}");
+        }
+    }
+    let prof = tmp.path().join("ours.prof");
+    let out = Command::new("llvm-profdata-16")
+        .args(["merge", "--sample"])
+        .arg(&afdo_path)
+        .arg("-o")
+        .arg(&prof)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pgo_interp.c");
+    let out = Command::new("clang-16")
+        .args([
+            "-O2",
+            "-gline-tables-only",
+            "-Rpass=sample-profile-inline",
+            "-o",
+        ])
+        .arg(tmp.path().join("interp_fdo"))
+        .arg(format!("-fprofile-sample-use={}", afdo_path.display()))
+        .arg(&src)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("warning:"), "{err}");
+    // The profile steered inlining: clang matched its contexts.
+    assert!(err.contains("to match profiling context"), "{err}");
+}
+
+/// A binary profile names one binary, which must be the recorded build and, for
+/// AutoFDO, have lines: anything else is a one-line error.
+#[test]
+fn binary_profiles_refuse_the_wrong_binary() {
+    let Some((data, _)) = propeller() else {
+        return;
+    };
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tmp.path().join("x");
+    let base = [
+        "-i",
+        data.to_str().unwrap(),
+        "--symfs",
+        dir,
+        "--kallsyms",
+        "/dev/null",
+        "-o",
+        o.to_str().unwrap(),
+    ];
+    let fails = |extra: &[&str], want: &str| {
+        let mut a = vec!["export"];
+        a.extend(extra);
+        a.extend(base);
+        let out = common::run(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default().to_owned();
+        assert_eq!(out.status.code(), Some(2), "{a:?}: {err}");
+        assert!(
+            last.starts_with("lbrprof: error:") && last.contains(want),
+            "{err}"
+        );
+    };
+    fails(
+        &["--bolt-preagg", "--dso", "nosuch"],
+        "no binary named nosuch",
+    );
+    fails(&["--autofdo"], "has no DWARF line tables");
+    fails(&["--bolt-preagg", "--dso", "a,b"], "pass one --dso");
+
+    // The recorded build-id is checked: a copy with another build-id in --symfs.
+    let fake = tempfile::tempdir().unwrap();
+    let c = fake.path().join("m.c");
+    std::fs::write(&c, "int main(void) { return 0; }\n").unwrap();
+    assert!(
+        Command::new("cc")
+            .arg(&c)
+            .arg("-Wl,--build-id")
+            .arg("-o")
+            .arg(fake.path().join("propeller_sample.bin"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = common::run(&[
+        "export",
+        "--bolt-preagg",
+        "-i",
+        data.to_str().unwrap(),
+        "--symfs",
+        fake.path().to_str().unwrap(),
+        "--kallsyms",
+        "/dev/null",
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("build-id mismatch"), "{err}");
+}
