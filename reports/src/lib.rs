@@ -94,6 +94,7 @@ pub mod diff;
 pub mod flame;
 pub mod lbr;
 pub mod loc;
+pub mod perfdata_out;
 pub mod perfscan;
 pub mod pprof;
 pub mod recscan;

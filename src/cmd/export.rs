@@ -12,7 +12,7 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, load, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "perf_data"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -26,6 +26,12 @@ pub struct Args {
     /// event's count (nanoseconds for cpu-clock).
     #[arg(long)]
     pub pprof: bool,
+    /// Write a Linux perf.data file (as `perf report`, `perf script -F brstack` and
+    /// perf2bolt read): host samples with call chains and branch stacks, and guest LBR
+    /// snapshots as samples of event `guest-lbr` in a pseudo-process per VM (threads
+    /// `guest-vcpuN`), with MMAP2/COMM records and build-ids.
+    #[arg(long)]
+    pub perf_data: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -34,6 +40,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.pprof {
         return pprof(args);
+    }
+    if args.perf_data {
+        return super::export_perf::run(args);
     }
     let loaded = load(&args.input, Naming::Mangled)?;
     for w in &loaded.warnings {
