@@ -870,3 +870,276 @@ fn branch_flags(b: &Branch) -> u64 {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbrprof_collector::input::open_any;
+    use lbrprof_collector::model::{BranchFlags, LbrEntry, SnapshotReason, VcpuThread};
+
+    fn host_sample(time_ns: u64, with_branches: bool) -> HostSample {
+        HostSample {
+            time_ns,
+            pid: 42,
+            tid: 43,
+            cpu: 1,
+            period: 1000,
+            ip: 0xffff_ffff_8100_0010,
+            mode: CpuMode::Kernel,
+            callchain: vec![
+                Frame {
+                    addr: 0xffff_ffff_8100_0010,
+                    mode: CpuMode::Kernel,
+                },
+                Frame {
+                    addr: 0x40_1234,
+                    mode: CpuMode::User,
+                },
+                Frame {
+                    addr: 0x40_1000,
+                    mode: CpuMode::User,
+                },
+            ],
+            branches: if with_branches {
+                vec![Branch {
+                    from: 0x40_1010,
+                    to: 0x40_1200,
+                    flags: BranchFlags {
+                        mispred: true,
+                        cycles: 17,
+                        kind: BranchKind::Call,
+                        ..BranchFlags::default()
+                    },
+                }]
+            } else {
+                Vec::new()
+            },
+            branch_hw_index: None,
+        }
+    }
+
+    fn snapshot(vcpu: u32, time: u64) -> LbrSnapshot {
+        LbrSnapshot {
+            vcpu,
+            host_time_ns: time,
+            guest_tsc: 0,
+            reason: SnapshotReason::Pmi { counter: 0 },
+            tos: 1,
+            entries: vec![
+                LbrEntry {
+                    from: 0x1010,
+                    to: 0x1020,
+                    info: 5,
+                },
+                LbrEntry {
+                    from: 0x1030,
+                    to: 0x1040,
+                    info: crate::lbr::lbr_info::LBR_INFO_MISPRED | 9,
+                },
+            ],
+            guest_ip: 0x1044,
+            guest_sp: 0,
+            guest_fp: 0,
+            cr3: 0,
+            guest_stack: vec![0x2000],
+            frozen_events: 0,
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        vec![
+            Event::Mapping(Mapping {
+                time_ns: 0,
+                space: AddressSpace::HostUser,
+                pid: 42,
+                start: 0x40_0000,
+                len: 0x1_0000,
+                pgoff: 0,
+                path: "/bin/prog".into(),
+                build_id: Some(vec![0xab; 20]),
+            }),
+            Event::Mapping(Mapping {
+                time_ns: 0,
+                space: AddressSpace::Guest { vm: 0 },
+                pid: 0,
+                start: 0x1000,
+                len: 0x2000,
+                pgoff: 0x1000,
+                path: "/tmp/guest.elf".into(),
+                build_id: None,
+            }),
+            Event::Task(TaskEvent::Comm {
+                time_ns: 1,
+                pid: 42,
+                tid: 43,
+                comm: "prog".into(),
+            }),
+            Event::Vcpu(VcpuThread {
+                time_ns: 1,
+                vm: 0,
+                vcpu: 1,
+                pid: 42,
+                tid: 43,
+            }),
+            Event::Sample(host_sample(100, true)),
+            Event::Snapshot(snapshot(1, 150)),
+            Event::Sample(host_sample(200, false)),
+            Event::Task(TaskEvent::Exit {
+                time_ns: 300,
+                pid: 42,
+                tid: 43,
+            }),
+        ]
+    }
+
+    fn write_file(events: &[Event], dir: &std::path::Path) -> (std::path::PathBuf, WriteStats) {
+        let mut plan = Plan::default();
+        events.iter().for_each(|e| plan.observe(e));
+        let meta = Meta {
+            event: "cycles:u".into(),
+            period: 1000,
+            snapshot_period: 1,
+            hostname: "h".into(),
+            version: "test".into(),
+            ..Meta::default()
+        };
+        let path = dir.join("out.perf.data");
+        let file = std::fs::File::create(&path).unwrap();
+        let stats = write(file, &meta, &plan, events.iter().cloned().map(Ok)).unwrap();
+        (path, stats)
+    }
+
+    /// What lbrprof writes, lbrprof's own perf.data import reads back as the same
+    /// samples, mappings and task events (guest snapshots come back as user-mode samples
+    /// of the guest pseudo-process).
+    #[test]
+    fn the_import_reads_back_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = events();
+        let (path, stats) = write_file(&evs, dir.path());
+        assert_eq!(stats.host_samples, 2);
+        assert_eq!(stats.guest_samples, 1);
+        assert_eq!(stats.bytes, std::fs::metadata(&path).unwrap().len());
+        let mut input = open_any(&path).unwrap();
+        assert_eq!(input.header().sampling.event, "cycles:u");
+        let back: Vec<Event> = input.by_ref().map(Result::unwrap).collect();
+        let samples: Vec<&HostSample> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Sample(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0], &host_sample(100, true));
+        // A sample without branches in a file whose samples have branch stacks.
+        assert_eq!(samples[2], &host_sample(200, false));
+        let (gpid, gtid) = guest_ids(0, 1);
+        let g = samples[1];
+        assert_eq!(
+            (g.pid, g.tid, g.cpu, g.ip, g.mode),
+            (gpid, gtid, 1, 0x1044, CpuMode::User)
+        );
+        let addrs: Vec<u64> = g.callchain.iter().map(|f| f.addr).collect();
+        assert_eq!(addrs, vec![0x1044, 0x2000]);
+        // Newest first: TOS is slot 1.
+        assert_eq!((g.branches[0].from, g.branches[1].from), (0x1030, 0x1010));
+        assert!(g.branches[0].flags.mispred && g.branches[0].flags.cycles == 9);
+        assert!(g.branches[1].flags.predicted && g.branches[1].flags.cycles == 5);
+        let maps: Vec<&Mapping> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mapping(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(maps[0], {
+            let Event::Mapping(m) = &evs[0] else { panic!() };
+            m
+        });
+        assert_eq!((maps[1].pid, maps[1].start), (gpid, 0x1000));
+        let comms: Vec<(u32, String)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Task(TaskEvent::Comm { tid, comm, .. }) => Some((*tid, comm.clone())),
+                _ => None,
+            })
+            .collect();
+        assert!(comms.contains(&(43, "prog".to_owned())), "{comms:?}");
+        assert!(
+            comms.contains(&(gtid, "guest-vcpu1".to_owned())),
+            "{comms:?}"
+        );
+        assert!(
+            back.iter()
+                .any(|e| matches!(e, Event::Task(TaskEvent::Exit { tid: 43, .. })))
+        );
+        assert!(input.warnings().is_empty(), "{:?}", input.warnings());
+    }
+
+    #[test]
+    fn host_only_files_have_one_event_and_no_branch_stack_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = vec![Event::Sample(host_sample(5, false))];
+        let (path, _) = write_file(&evs, dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        // attrs section: one perf_file_attr.
+        let attrs_size = u64::from_le_bytes(bytes[32..40].try_into().unwrap());
+        assert_eq!(attrs_size, (ATTR_SIZE + PERF_FILE_SECTION_LEN) as u64);
+        let sample_type = u64::from_le_bytes(bytes[104 + 24..104 + 32].try_into().unwrap());
+        assert_eq!(sample_type & PERF_SAMPLE_BRANCH_STACK, 0);
+        assert_ne!(sample_type & PERF_SAMPLE_CALLCHAIN, 0);
+    }
+
+    #[test]
+    fn modifiers_become_attr_bits() {
+        let f = modifier_flags("instructions:uH");
+        assert_eq!(
+            f,
+            ATTR_FLAG_EXCLUDE_KERNEL | ATTR_FLAG_EXCLUDE_HV | ATTR_FLAG_EXCLUDE_GUEST
+        );
+        assert_eq!(
+            modifier_flags("cycles:ppp"),
+            3 << ATTR_FLAG_PRECISE_IP_SHIFT
+        );
+        assert_eq!(modifier_flags("cpu-clock"), 0);
+        // A PMU event's "/…/" config is not a modifier list.
+        assert_eq!(modifier_flags("cs_etm/autofdo/u:x"), 0);
+    }
+
+    #[test]
+    fn kernel_paths_are_told_from_user_pseudo_files() {
+        assert!(is_kernel_path("[kernel.kallsyms]"));
+        assert!(is_kernel_path("[nf_tables]"));
+        assert!(is_kernel_path("/lib/modules/6.1/kernel/net/x.ko.xz"));
+        assert!(!is_kernel_path("[vdso]"));
+        assert!(!is_kernel_path("/usr/lib/libc.so.6"));
+    }
+
+    #[test]
+    fn branch_flag_word_matches_perf_branch_entry() {
+        let b = Branch {
+            from: 1,
+            to: 2,
+            flags: BranchFlags {
+                predicted: true,
+                in_tx: true,
+                cycles: 0x1234,
+                kind: BranchKind::Ret,
+                ..BranchFlags::default()
+            },
+        };
+        let w = branch_flags(&b);
+        assert_eq!(w & PERF_BRANCH_PREDICTED, PERF_BRANCH_PREDICTED);
+        assert_eq!(w & PERF_BRANCH_IN_TX, PERF_BRANCH_IN_TX);
+        assert_eq!(w & PERF_BRANCH_MISPRED, 0);
+        assert_eq!(
+            (w >> PERF_BRANCH_CYCLES_SHIFT) & PERF_BRANCH_CYCLES_MASK,
+            0x1234
+        );
+        assert_eq!(
+            (w >> PERF_BRANCH_TYPE_SHIFT) & PERF_BRANCH_TYPE_MASK,
+            PERF_BR_RET
+        );
+    }
+}
