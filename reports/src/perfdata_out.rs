@@ -27,8 +27,10 @@
 //! |---|---|
 //! | host sample (call chain, branch stack) | `SAMPLE` of event 1 (the recorded event's name), cpumode from the sample, call chain with `PERF_CONTEXT_*` markers where the frames' modes change |
 //! | guest LBR snapshot of vCPU *n* of VM *v* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `USER`, in the pseudo-process pid `10000000 + 1000·v`, thread pid + 1 + *n* (comm `guest-vcpu`*n*): ip = guest IP, call chain = guest IP + frame-pointer return addresses, branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
+//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 in the guest pseudo-process's thread of that vCPU, cpumode `USER` (its guest IP symbolizes there; perf would hide a guest-cpumode sample outside `perf kvm`) |
 //! | guest mapping | `MMAP2` in the guest pseudo-process |
 //! | host mapping | `MMAP2` (pid −1 and cpumode `KERNEL` for the kernel), build-id in the record when known |
+//! | (lbrprof.data made on the running kernel) | `[kernel.kallsyms]_text` `MMAP2` from `/proc/kallsyms`, as perf record writes it ([`Meta::kernel_text`]) |
 //! | comm, exec, fork, exit | `COMM` (exec: `PERF_RECORD_MISC_COMM_EXEC`), `FORK`, `EXIT` |
 //! | ring-buffer loss, throttling | `LOST`, `THROTTLE` (other losses are left out and counted) |
 //!
@@ -37,7 +39,7 @@
 //! with the guest's kallsyms/modules, and would show every guest address as
 //! `[unknown]`. The pseudo pids are above the kernel's `PID_MAX_LIMIT` (4194304), so
 //! they never collide with a real process. Host samples that perf itself recorded in a
-//! guest cpumode keep it.
+//! guest cpumode keep it, unless they are vCPU threads of an lbrprof recording.
 //!
 //! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
 //! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write`] writes it.
@@ -85,13 +87,17 @@ pub struct Plan {
     pub guest_stacks: bool,
     /// vCPU → VM, from the recording's vCPU thread events.
     vcpu_vm: BTreeMap<u32, u32>,
-    /// vCPUs that took snapshots.
+    /// Host thread → (VM, vCPU), for the vCPU threads of a `record --vm` recording.
+    vcpu_threads: BTreeMap<u32, (u32, u32)>,
+    /// vCPUs that took snapshots or whose threads were sampled in the guest.
     vcpus: BTreeSet<u32>,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
     /// (path, build-id) of every mapping that has one.
     build_ids: BTreeMap<String, (Vec<u8>, bool)>,
+    /// Whether the input maps the host kernel itself.
+    pub kernel_mapped: bool,
 }
 
 impl Plan {
@@ -114,8 +120,11 @@ impl Plan {
             }
             Event::Vcpu(v) => {
                 self.vcpu_vm.insert(v.vcpu, v.vm);
+                self.vcpu_threads.insert(v.tid, (v.vm, v.vcpu));
+                self.vcpus.insert(v.vcpu);
             }
             Event::Mapping(m) => {
+                self.kernel_mapped |= m.space == AddressSpace::HostKernel;
                 if let Some(id) = &m.build_id {
                     let kernel = m.space == AddressSpace::HostKernel;
                     self.build_ids
@@ -163,6 +172,10 @@ pub struct Meta {
     pub build_ids: Vec<(String, Vec<u8>)>,
     /// Guest pseudo-process names by VM (default: `guest`).
     pub guest_names: BTreeMap<u32, String>,
+    /// The recorded kernel's text, `[_text, _etext)`, for a recording that has no kernel
+    /// mapping of its own (lbrprof.data): written as perf record's
+    /// `[kernel.kallsyms]_text` MMAP, so perf names kernel frames from kallsyms.
+    pub kernel_text: Option<(u64, u64)>,
 }
 
 /// What was written.
@@ -173,6 +186,9 @@ pub struct WriteStats {
     pub branch_entries: u64,
     pub mappings: u64,
     pub task_records: u64,
+    /// Host samples of vCPU threads taken in a guest cpumode, written in the guest
+    /// pseudo-process (see the module doc).
+    pub guest_mode_samples: u64,
     /// Call-chain frames cut to keep a record within perf's 64 KiB record size.
     pub truncated_frames: u64,
     /// Loss events of kinds perf.data has no record for (channel full, frozen LBR).
@@ -207,6 +223,18 @@ pub fn write<W: Write + Seek>(
         w.put(&id.to_le_bytes())?;
     }
     let data_offset = w.pos;
+    if let Some((start, end)) = meta.kernel_text.filter(|_| !plan.kernel_mapped) {
+        w.mapping(&Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostKernel,
+            pid: u32::MAX,
+            start,
+            len: end.saturating_sub(start),
+            pgoff: start,
+            path: "[kernel.kallsyms]_text".to_owned(),
+            build_id: None,
+        })?;
+    }
     for ev in events {
         w.event(&ev.map_err(WriteError::Input)?)?;
     }
@@ -402,11 +430,35 @@ impl<W: Write> Writer<'_, W> {
     }
 
     fn host_sample(&mut self, s: &HostSample) -> io::Result<()> {
-        self.begin(PERF_RECORD_SAMPLE, misc_of(s.mode));
+        // A vCPU thread sampled while its guest ran: the time went to the guest, so the
+        // sample goes to the guest pseudo-process, in user mode, where perf can name it.
+        let in_guest = s
+            .mode
+            .is_guest()
+            .then(|| self.plan.vcpu_threads.get(&s.tid).copied())
+            .flatten();
+        let (pid, tid, mode) = match in_guest {
+            Some((vm, vcpu)) => {
+                self.start_guest(vm, s.time_ns)?;
+                let (pid, tid) = guest_ids(vm, vcpu);
+                self.stats.guest_mode_samples += 1;
+                (pid, tid, CpuMode::User)
+            }
+            None => (s.pid, s.tid, s.mode),
+        };
+        self.begin(PERF_RECORD_SAMPLE, misc_of(mode));
         let fixed = 8 * 6 + 8 + 8 + 24 * s.branches.len();
-        self.sample_head(HOST_ID, s.ip, s.pid, s.tid, s.time_ns, s.cpu, s.period);
+        self.sample_head(HOST_ID, s.ip, pid, tid, s.time_ns, s.cpu, s.period);
         if self.plan.host_callchains {
-            self.callchain(s.callchain.iter().copied(), fixed);
+            let frames = s.callchain.iter().map(|f| Frame {
+                addr: f.addr,
+                mode: if in_guest.is_some() && f.mode.is_guest() {
+                    CpuMode::User
+                } else {
+                    f.mode
+                },
+            });
+            self.callchain(frames, fixed);
         }
         if self.plan.host_branches {
             self.branches(&s.branches);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_collector::input::{Input, open_any};
+use lbrprof_collector::input::{Input, InputFormat, open_any};
 use lbrprof_collector::model::Target;
 use lbrprof_reports::perfdata_out::{self, Meta, Plan};
 
@@ -73,6 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats.mappings,
         stats.task_records
     );
+    if stats.guest_mode_samples > 0 {
+        eprintln!(
+            "lbrprof: {} host samples of vCPU threads running the guest are in the guest's pseudo-process (pid {}), where perf names their guest code",
+            stats.guest_mode_samples,
+            perfdata_out::guest_ids(0, 0).0
+        );
+    }
     if stats.truncated_frames > 0 {
         eprintln!(
             "lbrprof: warning: {} call-chain frames cut to keep records within perf's 64 KiB record size",
@@ -100,7 +107,6 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
         let name = image.rsplit(['/', ':']).next().unwrap_or(image);
         guest_names.insert(0, format!("guest:{name}"));
     }
-    let _ = plan;
     Meta {
         event,
         frequency: h.sampling.frequency,
@@ -113,7 +119,31 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
         cmdline: std::env::args().collect(),
         build_ids: input.build_ids(),
         guest_names,
+        kernel_text: if input.format() == InputFormat::Lbrprof && !plan.kernel_mapped {
+            running_kernel_text(&h.host.kernel)
+        } else {
+            None
+        },
     }
+}
+
+/// `[_text, _etext)` of the running kernel from /proc/kallsyms, when the recording was
+/// made on this kernel release and the addresses are not hidden (kptr_restrict).
+fn running_kernel_text(recorded_release: &str) -> Option<(u64, u64)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    if release.trim() != recorded_release || recorded_release.is_empty() {
+        return None;
+    }
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let find = |name: &str| {
+        kallsyms.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            (f.next().is_some() && f.next() == Some(name)).then_some(addr)
+        })
+    };
+    let (start, end) = (find("_text")?, find("_etext")?);
+    (start != 0 && end > start).then_some((start, end))
 }
 
 fn tmp_path(out: &Path) -> PathBuf {

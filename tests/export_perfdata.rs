@@ -1,0 +1,397 @@
+//! `export --perf-data`: the files lbrprof writes are read by Linux perf (Debian
+//! linux-perf, 6.1) as the recordings they came from: perf script and perf report on an
+//! exported perf.data fixture print what they print on the original, and a recording
+//! with guest snapshots shows them as `guest-lbr` samples with symbols and branch stacks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lbrprof_collector::model::*;
+use lbrprof_collector::recording::{RecordingWriter, Summary};
+
+/// Whether `perf` runs here; says why a test skips when not.
+fn perf_tool() -> bool {
+    let works = Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!("skipped: needs the perf tool (Debian linux-perf)");
+    }
+    works
+}
+
+/// `perf ARGS` with its stdout and stderr; it must succeed.
+fn perf(args: &[&str]) -> (String, String) {
+    let out = Command::new("perf").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "perf {args:?} failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn export(input: &Path, out: &Path) -> String {
+    let o = common::run(&[
+        "export",
+        "-i",
+        input.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "export failed: {stderr}");
+    stderr
+}
+
+/// Lines as whitespace-separated tokens (perf pads its columns to the widest event name,
+/// and a file that keeps only the sampled events has narrower ones).
+fn tokens(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+const ROUND_TRIP: &[&str] = &[
+    "perf.data.branch-4.14",
+    "perf.data.branch_stack_hw_index",
+    "perf.data.callgraph_and_branch-3.8",
+    "propeller_sample.perfdata",
+];
+
+/// perf.data → lbrprof export --perf-data → perf script equals perf script on the
+/// original: samples (comm, pid/tid, time, period, event), call chains with symbols, and
+/// every branch entry with its flags and cycles.
+#[test]
+fn perf_script_on_an_exported_fixture_prints_what_it_prints_on_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let symfs = dir.to_str().unwrap();
+    for name in ROUND_TRIP {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        for fields in ["comm,pid,tid,time,period,event,ip,sym,dso", "brstack"] {
+            let script = |p: &Path| {
+                perf(&[
+                    "script",
+                    "-i",
+                    p.to_str().unwrap(),
+                    "--symfs",
+                    symfs,
+                    "-F",
+                    fields,
+                ])
+            };
+            let (want, want_err) = script(&orig);
+            let (got, got_err) = script(&ours);
+            assert!(!want.is_empty(), "{name}: perf script printed nothing");
+            assert_eq!(
+                tokens(&got),
+                tokens(&want),
+                "{name}: perf script -F {fields} differs"
+            );
+            // Only the warnings the original gets too (kernel symbols not found here).
+            assert_eq!(got_err, want_err, "{name}: perf script -F {fields} stderr");
+        }
+    }
+}
+
+/// perf report's branch view (`-b`: top edges) on the exported file is the
+/// original's, line for line.
+#[test]
+fn perf_report_branch_view_of_an_export_matches_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "perf.data.callgraph_and_branch-3.8",
+        "propeller_sample.perfdata",
+    ] {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        let report = |p: &Path| {
+            // (perf 6.1's report -b crashes on these files with --symfs or --sort.)
+            perf(&["report", "-i", p.to_str().unwrap(), "-b", "--stdio"]).0
+        };
+        let want = report(&orig);
+        let got = report(&ours);
+        assert!(tokens(&want).len() > 10, "{name}: {want}");
+        assert_eq!(tokens(&got), tokens(&want), "{name}");
+    }
+}
+
+fn symbol(elf: &[u8], part: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(elf).unwrap();
+    file.symbols()
+        .find(|s| s.name().is_ok_and(|n| n.contains(part)))
+        .unwrap_or_else(|| panic!("no symbol {part}"))
+        .address()
+}
+
+/// A recording of the builtin `sort` guest on two vCPUs: vCPU 0 is in `partition`,
+/// vCPU 1 in `insertion_sort`, each snapshot holding two taken branches (one
+/// mispredicted) and a frame-pointer return address; one host sample of the shim.
+fn guest_recording(path: &Path, image_path: &Path) -> (u64, u64) {
+    let image = lbrprof_vmm::builtin::image("sort").unwrap();
+    std::fs::write(image_path, image).unwrap();
+    let part = symbol(image, "9partition");
+    let ins = symbol(image, "14insertion_sort");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        // Made on this kernel: the export maps its text as perf record does.
+        host: HostInfo {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+                .to_owned(),
+            ..HostInfo::default()
+        },
+        sampling: SamplingConfig {
+            event: "cpu-clock".into(),
+            frequency: 1000,
+            call_graph: "fp".into(),
+            ..SamplingConfig::default()
+        },
+        target: Target::Vm {
+            image: "builtin:sort".into(),
+            vcpus: 2,
+            backend: LbrBackend::Emulated,
+            mode: "sampled".into(),
+        },
+    };
+    let w = RecordingWriter::create(path, &header).unwrap();
+    let sink = w.sink();
+    for m in lbrprof_collector::vm::guest_mappings(image, image_path, 0) {
+        sink.send(Event::Mapping(m));
+    }
+    for (vcpu, tid) in [(0, 101), (1, 102)] {
+        sink.send(Event::Vcpu(VcpuThread {
+            time_ns: 0,
+            vm: 0,
+            vcpu,
+            pid: 100,
+            tid,
+        }));
+    }
+    let ms = 1_000_000u64;
+    for k in 1..=10u64 {
+        for (vcpu, f) in [(0u32, part), (1, ins)] {
+            sink.send(Event::Snapshot(LbrSnapshot {
+                vcpu,
+                host_time_ns: k * ms + u64::from(vcpu),
+                guest_tsc: 0,
+                reason: SnapshotReason::Pmi { counter: 32 },
+                tos: 1,
+                entries: vec![
+                    LbrEntry {
+                        from: f + 0x10,
+                        to: f + 0x20,
+                        info: 3,
+                    },
+                    LbrEntry {
+                        from: f + 0x30,
+                        to: f + 0x8,
+                        info: 1 << 63 | 7,
+                    },
+                ],
+                guest_ip: f + 0xc,
+                guest_sp: 0,
+                guest_fp: 0,
+                cr3: 0,
+                guest_stack: vec![],
+                frozen_events: 0,
+            }));
+        }
+    }
+    sink.send(Event::Sample(HostSample {
+        time_ns: 5 * ms,
+        pid: 100,
+        tid: 100,
+        period: ms,
+        ip: 0x1000,
+        mode: CpuMode::User,
+        ..HostSample::default()
+    }));
+    w.finish(&Summary::default()).unwrap();
+    (part, ins)
+}
+
+/// Guest snapshots become `guest-lbr` samples of threads `guest-vcpuN`, symbolized from
+/// the guest image, with their branch stacks newest first and the LBR_INFO flags.
+#[test]
+fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    let (part, ins) = guest_recording(&data, &tmp.path().join("sort"));
+    let out = tmp.path().join("g.perf.data");
+    let said = export(&data, &out);
+    assert!(
+        said.contains("1 host samples, 20 guest snapshots"),
+        "{said}"
+    );
+    let (text, stderr) = perf(&[
+        "script",
+        "-i",
+        out.to_str().unwrap(),
+        "-F",
+        "comm,tid,event,ip,sym,brstack",
+    ]);
+    assert!(stderr.trim().is_empty(), "perf warned: {stderr}");
+    let guest: Vec<&str> = text.lines().filter(|l| l.contains("guest-lbr")).collect();
+    assert_eq!(guest.len(), 20, "{text}");
+    for (vcpu, f, name) in [(0, part, "partition"), (1, ins, "insertion_sort")] {
+        let rows: Vec<&&str> = guest
+            .iter()
+            .filter(|l| l.trim_start().starts_with(&format!("guest-vcpu{vcpu} ")))
+            .collect();
+        assert_eq!(rows.len(), 10, "vCPU {vcpu}: {text}");
+        let want_branches = format!(
+            "{:#x}/{:#x}/M/-/-/7/  {:#x}/{:#x}/P/-/-/3/",
+            f + 0x30,
+            f + 0x8,
+            f + 0x10,
+            f + 0x20
+        );
+        for row in rows {
+            assert!(row.contains(name), "vCPU {vcpu} not in {name}: {row}");
+            assert!(row.contains(&format!("{:x}", f + 0xc)), "{row}");
+            assert!(
+                row.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .contains(
+                        &want_branches
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                "branches of vCPU {vcpu}: {row}\nwant {want_branches}"
+            );
+        }
+    }
+    // perf report's branch view counts the guest edges by symbol: 20 snapshots × 2.
+    let (report, stderr) = perf(&["report", "-i", out.to_str().unwrap(), "-b", "--stdio"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    assert!(
+        report.contains("# Samples: 40  of event 'guest-lbr'"),
+        "{report}"
+    );
+}
+
+/// A real `record --vm` run: the export holds every host sample and every guest
+/// snapshot `lbrprof report` counts, and perf reads it without a warning.
+#[test]
+fn a_recorded_guest_run_exports_every_sample_and_snapshot() {
+    if !common::kvm_available() || !common::perf_available() || !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("vm.data");
+    common::ok(&[
+        "record",
+        "--vm",
+        "builtin:sort",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    let report = common::json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    let samples = report["meta"]["samples"].as_u64().unwrap();
+    let snapshots = report["meta"]["snapshots"].as_u64().unwrap();
+    let entries = report["meta"]["branch_entries"].as_u64().unwrap();
+    assert!(snapshots > 0, "{report}");
+    let out = tmp.path().join("vm.perf.data");
+    export(&data, &out);
+    let (text, _) = perf(&["script", "-i", out.to_str().unwrap(), "-F", "event,brstack"]);
+    let count = |ev: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(ev))
+            .count() as u64
+    };
+    assert_eq!(count("cpu-clock"), samples, "{text}");
+    assert_eq!(count("guest-lbr"), snapshots, "{text}");
+    let exported_entries = text
+        .split_whitespace()
+        .filter(|t| t.ends_with('/') && t.matches('/').count() >= 6)
+        .count() as u64;
+    assert_eq!(exported_entries, entries);
+    let (_, stderr) = perf(&["report", "-i", out.to_str().unwrap(), "--stdio"]);
+    assert!(
+        !stderr.to_lowercase().contains("warning") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+/// Bad input is a one-line error, and nothing is left behind or overwritten.
+#[test]
+fn bad_input_is_an_error_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.data");
+    std::fs::write(&junk, b"not a recording at all").unwrap();
+    let out = tmp.path().join("o.perf.data");
+    std::fs::write(&out, b"keep me").unwrap();
+    let o = common::run(&[
+        "export",
+        "-i",
+        junk.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // A recording with nothing sampled.
+    let empty = tmp.path().join("empty.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Pid { pid: 1 },
+    };
+    RecordingWriter::create(&empty, &header)
+        .unwrap()
+        .finish(&Summary::default())
+        .unwrap();
+    let o = common::run(&[
+        "export",
+        "-i",
+        empty.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing to export"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    let left: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+}
