@@ -395,3 +395,50 @@ fn bad_input_is_an_error_and_leaves_no_file() {
         .collect();
     assert_eq!(left.len(), 3, "{left:?}");
 }
+
+/// perf2bolt (llvm-bolt's perf.data aggregator, which reads the file through
+/// `perf script`) makes the same BOLT profile from the exported fixture as from the
+/// original.
+#[test]
+fn perf2bolt_aggregates_an_export_as_it_does_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let bolt_works = Command::new("llvm-bolt-16")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !perf_tool() {
+        return;
+    }
+    if !bolt_works {
+        eprintln!("skipped: needs llvm-bolt-16 (Debian bolt-16)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = dir.join("propeller_sample.perfdata");
+    let ours = tmp.path().join("p.perf.data");
+    export(&orig, &ours);
+    let fdata = |p: &Path, name: &str| -> String {
+        let out = tmp.path().join(name);
+        let o = Command::new("llvm-bolt-16")
+            .arg(dir.join("propeller_sample.bin"))
+            .arg("-p")
+            .arg(p)
+            .arg("-aggregate-only")
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let want = fdata(&orig, "orig.fdata");
+    assert!(want.lines().count() > 5, "{want}");
+    assert_eq!(fdata(&ours, "ours.fdata"), want);
+}
