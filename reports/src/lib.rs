@@ -91,6 +91,7 @@ pub mod aggregate;
 pub mod bolt;
 pub mod decode;
 pub mod diff;
+pub mod firefox;
 pub mod flame;
 pub mod lbr;
 pub mod loc;

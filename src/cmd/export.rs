@@ -12,7 +12,7 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, load, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "perf_data"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "perf_data", "firefox"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -32,6 +32,12 @@ pub struct Args {
     /// `guest-vcpuN`), with MMAP2/COMM records and build-ids.
     #[arg(long)]
     pub perf_data: bool,
+    /// Write a Firefox Profiler profile (processed-profile JSON, as samply writes it;
+    /// gzip-compressed when FILE ends in .gz): one track per sampled host thread and per
+    /// guest vCPU, every sample at its time with its stack, guest LBR snapshots also as
+    /// markers. Open it at profiler.firefox.com.
+    #[arg(long)]
+    pub firefox: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -43,6 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.perf_data {
         return super::export_perf::run(args);
+    }
+    if args.firefox {
+        return super::export_firefox::run(args);
     }
     let loaded = load(&args.input, Naming::Mangled)?;
     for w in &loaded.warnings {

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod diff;
 pub mod export;
+pub mod export_firefox;
 pub mod export_perf;
 pub mod flamegraph;
 pub mod generate;

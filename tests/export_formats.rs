@@ -1,7 +1,13 @@
+//! Exports for other tools' formats.
+//!
 //! `export --perf-data`: the files lbrprof writes are read by Linux perf (Debian
 //! linux-perf, 6.1) as the recordings they came from: perf script and perf report on an
 //! exported perf.data fixture print what they print on the original, and a recording
 //! with guest snapshots shows them as `guest-lbr` samples with symbols and branch stacks.
+//!
+//! `export --firefox`: the Firefox Profiler's processed-profile JSON, checked against the
+//! format's structure (tables, columns, indexes) and for its content (tracks, samples,
+//! stacks, markers).
 
 mod common;
 
@@ -431,14 +437,249 @@ fn perf2bolt_aggregates_an_export_as_it_does_the_original() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::read_to_string(&out).unwrap()
     };
     let want = fdata(&orig, "orig.fdata");
     assert!(want.lines().count() > 5, "{want}");
     assert_eq!(fdata(&ours, "ours.fdata"), want);
+}
+
+// ---------------------------------------------------------------------------------------
+// export --firefox
+
+fn export_firefox(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "export",
+        "-i",
+        input.to_str().unwrap(),
+        "--firefox",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = common::run(&args);
+    assert!(
+        o.status.success(),
+        "export --firefox failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bytes = std::fs::read(out).unwrap();
+    let text = if out.extension().is_some_and(|e| e == "gz") {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut s)
+            .expect("gzip");
+        s
+    } else {
+        String::from_utf8(bytes).unwrap()
+    };
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// The processed-profile structure the Firefox Profiler reads (src/types/profile.js of
+/// firefox-devtools/profiler): the meta fields it requires, and per thread the sample,
+/// stack, frame, func and marker tables as columns of one length whose indexes point
+/// into the tables they name. Returns, per thread name, its samples' stacks as function
+/// names (root first).
+fn check_processed_profile(p: &serde_json::Value) -> Vec<(String, Vec<Vec<String>>)> {
+    let meta = &p["meta"];
+    for key in [
+        "interval",
+        "startTime",
+        "version",
+        "preprocessedProfileVersion",
+    ] {
+        assert!(meta[key].is_number(), "meta.{key} missing: {meta}");
+    }
+    assert!(meta["interval"].as_f64().unwrap() > 0.0);
+    assert!(meta["product"].is_string());
+    let categories = meta["categories"].as_array().expect("meta.categories");
+    for c in categories {
+        assert!(c["name"].is_string() && c["color"].is_string());
+        assert!(!c["subcategories"].as_array().unwrap().is_empty());
+    }
+    assert!(meta["markerSchema"].is_array());
+    assert!(p["libs"].is_array());
+    let threads = p["threads"].as_array().expect("threads");
+    let mut out = Vec::new();
+    for t in threads {
+        for key in ["name", "processName", "processType"] {
+            assert!(t[key].is_string(), "thread.{key}: {t}");
+        }
+        assert!(t["pid"].is_string() || t["pid"].is_number());
+        assert!(t["tid"].is_string() || t["tid"].is_number());
+        let strings = t["stringArray"].as_array().expect("stringArray");
+        let table = |name: &str, columns: &[&str]| -> usize {
+            let tab = &t[name];
+            let len = tab["length"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}.length")) as usize;
+            for c in columns {
+                let col = tab[*c]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}.{c} is not a column"));
+                assert_eq!(col.len(), len, "{name}.{c}");
+            }
+            len
+        };
+        let n_samples = table("samples", &["stack", "weight"]);
+        assert!(
+            t["samples"]["time"].is_array() || t["samples"]["timeDeltas"].is_array(),
+            "samples need time or timeDeltas"
+        );
+        let n_stacks = table("stackTable", &["prefix", "frame"]);
+        let n_frames = table(
+            "frameTable",
+            &["func", "category", "subcategory", "address", "line"],
+        );
+        let n_funcs = table("funcTable", &["name", "resource", "isJS", "relevantForJS"]);
+        table(
+            "markers",
+            &["name", "startTime", "endTime", "phase", "category", "data"],
+        );
+        let col = |tab: &str, c: &str, i: usize| t[tab][c][i].as_u64();
+        let func_name = |f: usize| -> String {
+            let s = col("funcTable", "name", f).unwrap() as usize;
+            strings[s].as_str().unwrap().to_owned()
+        };
+        for i in 0..n_stacks {
+            if let Some(prefix) = col("stackTable", "prefix", i) {
+                assert!(
+                    (prefix as usize) < i,
+                    "stack {i}: prefix {prefix} is not older"
+                );
+            }
+            assert!((col("stackTable", "frame", i).unwrap() as usize) < n_frames);
+        }
+        for i in 0..n_frames {
+            assert!((col("frameTable", "func", i).unwrap() as usize) < n_funcs);
+            assert!((col("frameTable", "category", i).unwrap() as usize) < categories.len());
+        }
+        for i in 0..n_funcs {
+            assert!((col("funcTable", "name", i).unwrap() as usize) < strings.len());
+        }
+        let mut stacks = Vec::with_capacity(n_samples);
+        for i in 0..n_samples {
+            let mut frames = Vec::new();
+            let mut s = col("samples", "stack", i).map(|s| s as usize);
+            while let Some(si) = s {
+                let frame = col("stackTable", "frame", si).unwrap() as usize;
+                frames.push(func_name(col("frameTable", "func", frame).unwrap() as usize));
+                s = col("stackTable", "prefix", si).map(|s| s as usize);
+            }
+            frames.reverse();
+            stacks.push(frames);
+        }
+        out.push((t["name"].as_str().unwrap().to_owned(), stacks));
+    }
+    out
+}
+
+/// A guest recording in the Firefox Profiler: a track per host thread and per vCPU, the
+/// guest snapshots as samples with their symbolized stacks and as markers.
+#[test]
+fn firefox_export_has_a_track_per_thread_and_vcpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    let threads = check_processed_profile(&p);
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (vcpu, leaf) in [(0, "partition"), (1, "insertion_sort")] {
+        let (_, stacks) = threads
+            .iter()
+            .find(|(n, _)| *n == format!("guest vcpu{vcpu}"))
+            .unwrap_or_else(|| panic!("no track guest vcpu{vcpu}: {names:?}"));
+        assert_eq!(stacks.len(), 10);
+        for s in stacks {
+            assert!(s.last().unwrap().contains(leaf), "vCPU {vcpu}: {s:?}");
+        }
+    }
+    // The guest tracks carry one LBR snapshot marker per snapshot.
+    let guest0 = p["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "guest vcpu0")
+        .unwrap();
+    assert_eq!(guest0["markers"]["length"], 10);
+    assert_eq!(guest0["markers"]["data"][0]["branches"].as_f64(), Some(2.0));
+    assert_eq!(guest0["markers"]["data"][0]["type"], "LbrSnapshot");
+    // The shim's own sample is on its main thread's track.
+    let host: usize = threads
+        .iter()
+        .filter(|(n, _)| !n.starts_with("guest"))
+        .map(|(_, s)| s.len())
+        .sum();
+    assert_eq!(host, 1);
+}
+
+/// A perf.data fixture, gzip-compressed: per-thread sample counts and leaf functions
+/// are those of lbrprof report.
+#[test]
+fn firefox_export_of_a_perf_fixture_matches_the_report() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = dir.join("propeller_sample.perfdata");
+    let symfs = dir.to_str().unwrap();
+    let p = export_firefox(&input, &tmp.path().join("p.json.gz"), &["--symfs", symfs]);
+    let threads = check_processed_profile(&p);
+    let report = common::json(&[
+        "report",
+        "-i",
+        input.to_str().unwrap(),
+        "--symfs",
+        symfs,
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
+    let total: usize = threads.iter().map(|(_, s)| s.len()).sum();
+    assert_eq!(total as u64, report["meta"]["samples"].as_u64().unwrap());
+    for f in report["functions"].as_array().unwrap() {
+        let name = f["function"].as_str().unwrap();
+        let leaves = threads
+            .iter()
+            .flat_map(|(_, s)| s)
+            .filter(|s| s.last().is_some_and(|l| l == name))
+            .count() as u64;
+        assert_eq!(leaves, f["self_samples"].as_u64().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn firefox_export_of_nothing_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Pid { pid: 1 },
+    };
+    RecordingWriter::create(&empty, &header)
+        .unwrap()
+        .finish(&Summary::default())
+        .unwrap();
+    let out = tmp.path().join("e.json");
+    let o = common::run(&[
+        "export",
+        "-i",
+        empty.to_str().unwrap(),
+        "--firefox",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to export"));
+    assert!(!out.exists());
 }
