@@ -1,5 +1,7 @@
 //! `lbrprof export`: profiles for other tools: branch profiles for optimizers (BOLT
 //! `.fdata`), and pprof's profile.proto for `go tool pprof` and fleet profilers.
+//! perf.data (`export_perf`) and the Firefox Profiler (`export_firefox`) have modules
+//! of their own.
 
 use std::io::Write;
 use std::path::PathBuf;
