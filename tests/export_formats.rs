@@ -196,6 +196,12 @@ fn guest_recording(path: &Path, image_path: &Path) -> (u64, u64) {
             pid: 100,
             tid,
         }));
+        sink.send(Event::Task(TaskEvent::Comm {
+            time_ns: 0,
+            pid: 100,
+            tid,
+            comm: format!("vcpu{vcpu}"),
+        }));
     }
     let ms = 1_000_000u64;
     for k in 1..=10u64 {
@@ -682,4 +688,97 @@ fn firefox_export_of_nothing_is_an_error() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to export"));
     assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// export --pprof: labels and inlined frames
+
+fn go_pprof(args: &[&str]) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every sample is labelled with its process, thread and command (a guest snapshot with
+/// its vCPU thread's), and code inlined into a function is a line of its own.
+#[test]
+fn pprof_export_labels_threads_and_keeps_inlined_frames() {
+    if !common::go_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let pb = tmp.path().join("g.pb.gz");
+    let o = common::run(&[
+        "export",
+        "-i",
+        data.to_str().unwrap(),
+        "--pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pb = pb.to_str().unwrap();
+    let tags = go_pprof(&["-tags", "-sample_index=samples", pb]);
+    // "-tags" prints " KEY: Total N" then "  COUNT (PCT): VALUE" rows.
+    let mut counts: Vec<(String, String, f64)> = Vec::new();
+    let mut key = String::new();
+    for line in tags.lines() {
+        let t = line.trim();
+        if let Some((k, _)) = t.split_once(": Total") {
+            key = k.to_owned();
+        } else if let Some((count, value)) = t.split_once("): ") {
+            let n: f64 = count.split_whitespace().next().unwrap().parse().unwrap();
+            counts.push((key.clone(), value.to_owned(), n));
+        }
+    }
+    // 10 snapshots per vCPU, on that vCPU's thread; the shim's sample on its main thread.
+    for (k, v, n) in [
+        ("comm", "vcpu0", 10.0),
+        ("comm", "vcpu1", 10.0),
+        ("tid", "101", 10.0),
+        ("tid", "102", 10.0),
+        ("tid", "100", 1.0),
+        ("pid", "100", 21.0),
+        ("vcpu", "0", 10.0),
+        ("vcpu", "1", 10.0),
+    ] {
+        assert!(
+            counts.contains(&(k.to_owned(), v.to_owned(), n)),
+            "no {k}={v} with {n} samples in {tags}"
+        );
+    }
+    let vcpu1 = go_pprof(&[
+        "-top",
+        "-sample_index=samples",
+        "-noinlines",
+        "-tagfocus=comm=vcpu1",
+        pb,
+    ]);
+    assert!(
+        common::pprof_rows(&vcpu1)
+            .iter()
+            .any(|(n, f)| *n == 10 && f.contains("insertion_sort")),
+        "{vcpu1}"
+    );
+    // The snapshot IPs sit in code inlined into partition and insertion_sort: with
+    // inlined frames, pprof shows the inlined function as the leaf, and its caller as
+    // the function it was inlined into.
+    let raw = go_pprof(&["-raw", pb]);
+    let inlined = raw
+        .lines()
+        .filter(|l| l.contains("partition") || l.contains("insertion_sort"))
+        .count();
+    assert!(inlined > 0, "{raw}");
+    let top = go_pprof(&["-top", "-sample_index=samples", pb]);
+    assert!(top.contains("(inline)"), "no inlined frame: {top}");
 }

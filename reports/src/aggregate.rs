@@ -61,7 +61,7 @@ pub struct Count {
 }
 
 impl Count {
-    fn add_n(&mut self, samples: u64, weight: u64) {
+    pub(crate) fn add_n(&mut self, samples: u64, weight: u64) {
         self.samples += samples;
         self.weight += weight;
     }

@@ -23,9 +23,9 @@ pub struct Args {
     #[arg(long)]
     pub bolt: bool,
     /// Write a pprof profile (gzip-compressed profile.proto, as `go tool pprof`, Parca and
-    /// Pyroscope read): host and guest stacks with functions and lines, each sample
-    /// labelled side=host|guest (and vcpu for guest snapshots); values are samples and the
-    /// event's count (nanoseconds for cpu-clock).
+    /// Pyroscope read): host and guest stacks with functions, lines and inlined frames,
+    /// each sample labelled side=host|guest, pid, tid and comm (and vcpu for guest
+    /// snapshots); values are samples and the event's count (nanoseconds for cpu-clock).
     #[arg(long)]
     pub pprof: bool,
     /// Write a Linux perf.data file (as `perf report`, `perf script -F brstack` and
@@ -102,7 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn pprof(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.input, Naming::Demangled)?;
+    // With the timeline: samples labelled by process and thread.
+    let loaded = super::report::load_timeline(&args.input, Naming::Demangled, false)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }

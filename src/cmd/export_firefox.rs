@@ -10,7 +10,7 @@ use super::export::Args;
 use super::report::{Naming, load_timeline, output};
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load_timeline(&args.input, Naming::Demangled)?;
+    let loaded = load_timeline(&args.input, Naming::Demangled, true)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }

@@ -305,10 +305,15 @@ pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyh
     load_with(args, naming, true, comm_root, &[], false)
 }
 
-/// Like [`load_functions`], and keeps every sample's time, thread and stack
-/// ([`lbrprof_reports::aggregate::Timeline`]): for exports that keep the timeline.
-pub fn load_timeline(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, false, &[], true)
+/// Like [`load`] (or [`load_functions`] with `functions_only`), and keeps every
+/// sample's time, thread and stack ([`lbrprof_reports::aggregate::Timeline`]): for
+/// exports that keep threads or time.
+pub fn load_timeline(
+    args: &InputArgs,
+    naming: Naming,
+    functions_only: bool,
+) -> anyhow::Result<Loaded> {
+    load_with(args, naming, functions_only, false, &[], true)
 }
 
 fn load_with(
