@@ -9,8 +9,9 @@
 //! 104         perf_file_attr × 2: perf_event_attr (PERF_ATTR_SIZE_VER5 = 112 bytes)
 //!             + perf_file_section of its ids
 //!             ids: u64 × 1 per attr (host event: 1, guest snapshots: 2)
-//! data        records: MMAP2, COMM, FORK, EXIT, LOST, SAMPLE, each with a sample_id
-//!             trailer (sample_id_all): pid, tid, time, cpu, identifier
+//! data        records: MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
+//!             sample_id trailer (sample_id_all): pid, tid, time, cpu, identifier;
+//!             FINISHED_ROUND (header only)
 //! after data  one perf_file_section per feature bit set, then the sections:
 //!             BUILD_ID, HOSTNAME, OSRELEASE, VERSION, ARCH, NRCPUS, CMDLINE,
 //!             EVENT_DESC (event names), BRANCH_STACK (when any sample has one),
@@ -18,8 +19,9 @@
 //! ```
 //!
 //! Everything is little-endian (this writer runs on x86-64). Records are written in
-//! the input's order; perf sorts them by time itself (there are no `FINISHED_ROUND`
-//! records, so perf reads the whole file before delivering).
+//! the input's order, with a `FINISHED_ROUND` every [`ROUND_EVENTS`] events when the
+//! input's times allow (see [`Plan::rounds`]), so perf sorts and delivers them round by
+//! round; otherwise perf holds the whole file and sorts it.
 //!
 //! # What becomes what
 //!
@@ -66,6 +68,25 @@ pub const GUEST_PID_BASE: u32 = 10_000_000;
 const MAX_RECORD: usize = u16::MAX as usize & !7;
 /// Name of the guest snapshot event.
 pub const GUEST_EVENT: &str = "guest-lbr";
+/// Input events between two `FINISHED_ROUND` records (see [`Plan::rounds`]).
+pub const ROUND_EVENTS: u64 = 4096;
+
+/// The time of an event, as perf orders the record written for it.
+fn event_time(ev: &Event) -> Option<u64> {
+    Some(match ev {
+        Event::Sample(s) => s.time_ns,
+        Event::Snapshot(s) => s.host_time_ns,
+        Event::Mapping(m) => m.time_ns,
+        Event::Task(
+            TaskEvent::Comm { time_ns, .. }
+            | TaskEvent::Exec { time_ns, .. }
+            | TaskEvent::Fork { time_ns, .. }
+            | TaskEvent::Exit { time_ns, .. },
+        ) => *time_ns,
+        Event::Loss(l) => l.time_ns,
+        Event::Vcpu(_) | Event::VcpuStats(_) => return None,
+    })
+}
 
 /// Why the perf.data file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +112,8 @@ pub struct Plan {
     vcpu_threads: BTreeMap<u32, (u32, u32)>,
     /// vCPUs that took snapshots or whose threads were sampled in the guest.
     vcpus: BTreeSet<u32>,
+    /// VMs with guest mappings.
+    guest_vms: BTreeSet<u32>,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -98,11 +121,32 @@ pub struct Plan {
     build_ids: BTreeMap<String, (Vec<u8>, bool)>,
     /// Whether the input maps the host kernel itself.
     pub kernel_mapped: bool,
+    /// Events seen, and the time bounds perf's round flushing would use (see
+    /// [`Plan::rounds`]).
+    events: u64,
+    max_time: u64,
+    max_time_at_last_round: u64,
+    flushed_below: u64,
+    rounds_out_of_order: bool,
 }
 
 impl Plan {
     /// Notes what one event needs.
     pub fn observe(&mut self, ev: &Event) {
+        if let Some(t) = event_time(ev) {
+            // perf, at a FINISHED_ROUND, delivers every queued event up to the largest
+            // time seen at the round before; a later event older than that comes out of
+            // order (and perf warns).
+            if t < self.flushed_below {
+                self.rounds_out_of_order = true;
+            }
+            self.max_time = self.max_time.max(t);
+        }
+        self.events += 1;
+        if self.events.is_multiple_of(ROUND_EVENTS) {
+            self.flushed_below = self.max_time_at_last_round;
+            self.max_time_at_last_round = self.max_time;
+        }
         match ev {
             Event::Sample(s) => {
                 self.host_samples += 1;
@@ -125,6 +169,9 @@ impl Plan {
             }
             Event::Mapping(m) => {
                 self.kernel_mapped |= m.space == AddressSpace::HostKernel;
+                if let AddressSpace::Guest { vm } = m.space {
+                    self.guest_vms.insert(vm);
+                }
                 if let Some(id) = &m.build_id {
                     let kernel = m.space == AddressSpace::HostKernel;
                     self.build_ids
@@ -143,6 +190,14 @@ impl Plan {
 
     fn vm_of(&self, vcpu: u32) -> u32 {
         self.vcpu_vm.get(&vcpu).copied().unwrap_or(0)
+    }
+
+    /// Whether the file gets a `FINISHED_ROUND` record every [`ROUND_EVENTS`] input
+    /// events, so perf delivers (and frees) events as it reads instead of holding the
+    /// whole file: only when the input's times allow it (nothing comes after a round
+    /// that perf would already have delivered past).
+    pub fn rounds(&self) -> bool {
+        !self.rounds_out_of_order
     }
 
     /// Whether there is anything to write.
@@ -235,8 +290,23 @@ pub fn write<W: Write + Seek>(
             build_id: None,
         })?;
     }
-    for ev in events {
+    // Guest pseudo-processes first (their COMMs are at time 0).
+    let vms: BTreeSet<u32> = plan
+        .vcpus
+        .iter()
+        .map(|&c| plan.vm_of(c))
+        .chain(plan.guest_vms.iter().copied())
+        .collect();
+    for vm in vms {
+        w.start_guest(vm)?;
+    }
+    let rounds = plan.rounds();
+    for (i, ev) in events.enumerate() {
         w.event(&ev.map_err(WriteError::Input)?)?;
+        if rounds && (i as u64 + 1).is_multiple_of(ROUND_EVENTS) {
+            w.begin(PERF_RECORD_FINISHED_ROUND, 0);
+            w.finish()?;
+        }
     }
     let data_size = w.pos - data_offset;
     let features = w.features(&attrs);
@@ -439,7 +509,7 @@ impl<W: Write> Writer<'_, W> {
             .flatten();
         let (pid, tid, mode) = match in_guest {
             Some((vm, vcpu)) => {
-                self.start_guest(vm, s.time_ns)?;
+                self.start_guest(vm)?;
                 let (pid, tid) = guest_ids(vm, vcpu);
                 self.stats.guest_mode_samples += 1;
                 (pid, tid, CpuMode::User)
@@ -529,7 +599,7 @@ impl<W: Write> Writer<'_, W> {
 
     fn snapshot(&mut self, s: &LbrSnapshot) -> io::Result<()> {
         let vm = self.plan.vm_of(s.vcpu);
-        self.start_guest(vm, s.host_time_ns)?;
+        self.start_guest(vm)?;
         let (pid, tid) = guest_ids(vm, s.vcpu);
         self.begin(PERF_RECORD_SAMPLE, PERF_RECORD_MISC_USER);
         let branches = snapshot_branches(s);
@@ -559,7 +629,7 @@ impl<W: Write> Writer<'_, W> {
 
     /// Announces VM `vm`'s pseudo-process and its vCPU threads (before their first sample
     /// or mapping), at time 0 so that they precede every sample once perf sorts.
-    fn start_guest(&mut self, vm: u32, _time: u64) -> io::Result<()> {
+    fn start_guest(&mut self, vm: u32) -> io::Result<()> {
         if !self.guest_started.insert(vm) {
             return Ok(());
         }
@@ -600,7 +670,7 @@ impl<W: Write> Writer<'_, W> {
             AddressSpace::HostKernel => (u32::MAX, PERF_RECORD_MISC_KERNEL),
             AddressSpace::HostUser => (m.pid, PERF_RECORD_MISC_USER),
             AddressSpace::Guest { vm } => {
-                self.start_guest(vm, m.time_ns)?;
+                self.start_guest(vm)?;
                 (guest_ids(vm, 0).0, PERF_RECORD_MISC_USER)
             }
         };
@@ -1141,6 +1211,53 @@ mod tests {
         let sample_type = u64::from_le_bytes(bytes[104 + 24..104 + 32].try_into().unwrap());
         assert_eq!(sample_type & PERF_SAMPLE_BRANCH_STACK, 0);
         assert_ne!(sample_type & PERF_SAMPLE_CALLCHAIN, 0);
+    }
+
+    fn loss(time_ns: u64) -> Event {
+        Event::Loss(Loss {
+            time_ns,
+            kind: LossKind::RingBuffer,
+            count: 1,
+            tid: None,
+        })
+    }
+
+    /// Rounds only when no event would come after perf flushed past its time: a stream
+    /// in time order gets them, one that goes back further than a round does not.
+    #[test]
+    fn rounds_only_when_the_times_allow() {
+        let n = ROUND_EVENTS * 3;
+        let mut ordered = Plan::default();
+        (0..n).for_each(|t| ordered.observe(&loss(t)));
+        assert!(ordered.rounds());
+        // Back by less than a round, after two rounds: still fine.
+        ordered.observe(&loss(n - ROUND_EVENTS / 2));
+        assert!(ordered.rounds());
+        // Back to before the round perf has flushed.
+        ordered.observe(&loss(ROUND_EVENTS / 2));
+        assert!(!ordered.rounds());
+        // The file has a FINISHED_ROUND record every ROUND_EVENTS events.
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = (0..n)
+            .map(|t| Event::Sample(host_sample(t, false)))
+            .collect();
+        let (path, _) = write_file(&evs, dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let data_offset = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+        let data_size = u64::from_le_bytes(bytes[48..56].try_into().unwrap()) as usize;
+        let (mut at, mut rounds) = (data_offset, 0);
+        while at < data_offset + data_size {
+            let kind = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            rounds += usize::from(kind == PERF_RECORD_FINISHED_ROUND);
+            at += usize::from(u16::from_le_bytes(
+                bytes[at + 6..at + 8].try_into().unwrap(),
+            ));
+        }
+        assert_eq!(rounds as u64, n / ROUND_EVENTS);
+        let back = open_any(&path)
+            .unwrap()
+            .filter(|e| matches!(e, Ok(Event::Sample(_))));
+        assert_eq!(back.count() as u64, n);
     }
 
     #[test]

@@ -62,13 +62,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     std::fs::rename(&tmp, &args.output)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let guest = if stats.guest_samples > 0 {
+        format!(
+            ", {} guest snapshots as samples of event {}",
+            stats.guest_samples,
+            perfdata_out::GUEST_EVENT
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "lbrprof: wrote {} (perf.data, {} bytes: {} host samples, {} guest snapshots as samples of event {}, {} branch entries, {} mappings, {} task records)",
+        "lbrprof: wrote {} (perf.data, {} bytes: {} host samples{guest}, {} branch entries, {} mappings, {} task records)",
         args.output.display(),
         stats.bytes,
         stats.host_samples,
-        stats.guest_samples,
-        perfdata_out::GUEST_EVENT,
         stats.branch_entries,
         stats.mappings,
         stats.task_records
