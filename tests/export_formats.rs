@@ -782,3 +782,88 @@ fn pprof_export_labels_threads_and_keeps_inlined_frames() {
     let top = go_pprof(&["-top", "-sample_index=samples", pb]);
     assert!(top.contains("(inline)"), "no inlined frame: {top}");
 }
+
+// ---------------------------------------------------------------------------------------
+// export --perf-data → lbrprof report: the same report
+
+/// The parts of a JSON report that must survive the trip through perf.data.
+fn report_tables(input: &Path, symfs: Option<&str>) -> serde_json::Value {
+    let mut args = vec![
+        "report",
+        "-i",
+        input.to_str().unwrap(),
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ];
+    if let Some(dir) = symfs {
+        args.extend_from_slice(&["--symfs", dir]);
+    }
+    let mut v = common::json(&args);
+    let meta = v["meta"].take();
+    serde_json::json!({
+        "functions": v["functions"].take(),
+        "branches": v["branches"].take(),
+        "ranges": v["ranges"].take(),
+        "samples": meta["samples"],
+        "weight": meta["weight"],
+        "branch_entries": meta["branch_entries"],
+    })
+}
+
+/// lbrprof reads back the perf.data it wrote as the report of the original: every
+/// function, branch edge and fall-through range with the same counts.
+#[test]
+fn lbrprof_reports_an_exported_perf_data_as_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let symfs = dir.to_str().unwrap();
+    for name in ROUND_TRIP {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        assert_eq!(
+            report_tables(&ours, Some(symfs)),
+            report_tables(&orig, Some(symfs)),
+            "{name}"
+        );
+    }
+}
+
+/// A host-only lbrprof recording round trips: its exported perf.data gives the same
+/// report, with the program's functions named.
+#[test]
+fn a_host_recording_round_trips_through_perf_data() {
+    if !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "hot");
+    let data = tmp.path().join("hot.data");
+    let out = common::lbrprof()
+        .args(["record", "-F", "999", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["100000000", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = tmp.path().join("hot.perf.data");
+    export(&data, &exported);
+    let want = report_tables(&data, None);
+    assert_eq!(report_tables(&exported, None), want);
+    let functions = want["functions"].as_array().unwrap();
+    assert!(
+        functions.iter().any(|f| f["function"] == "hot_loop"),
+        "{functions:?}"
+    );
+}
