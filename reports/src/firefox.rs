@@ -3,7 +3,7 @@
 //! which <https://profiler.firefox.com> opens (drop the file on the page, or load it
 //! from a URL).
 //!
-//! What goes in, from the aggregator's [`Timeline`] (every sample with its time, thread
+//! What goes in, from the aggregator's [`crate::aggregate::Timeline`] (every sample with its time, thread
 //! and stack):
 //!
 //! * One process per host process (named after its command) and one thread track per

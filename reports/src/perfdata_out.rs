@@ -44,7 +44,7 @@
 //! guest cpumode keep it, unless they are vCPU threads of an lbrprof recording.
 //!
 //! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
-//! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write`] writes it.
+//! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write()`] writes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Seek, SeekFrom, Write};
