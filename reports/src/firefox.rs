@@ -3,8 +3,8 @@
 //! which <https://profiler.firefox.com> opens (drop the file on the page, or load it
 //! from a URL).
 //!
-//! What goes in, from the aggregator's [`crate::aggregate::Timeline`] (every sample with its time, thread
-//! and stack):
+//! What goes in, from the aggregator's [`crate::aggregate::Timeline`] (every sample with
+//! its time, thread and stack):
 //!
 //! * One process per host process (named after its command) and one thread track per
 //!   sampled host thread, with every host sample at its time and its symbolized stack.

@@ -49,8 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Pass 2: write it, beside the destination, then move it in place (so that a failed
     // export, or one whose output is its input, never destroys a file).
     let tmp = tmp_path(&args.output);
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file = std::fs::File::create(&tmp)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
     let second = open()?;
     let result = perfdata_out::write(file, &meta, &plan, second);
     let stats = match result {
