@@ -26,7 +26,7 @@ pub enum Command {
     Flamegraph(cmd::flamegraph::Args),
     /// Compare two recordings and give a regression verdict (exit 0 none, 1 regression, 2 error).
     Diff(cmd::diff::Args),
-    /// Export branch profiles for optimizers (BOLT .fdata).
+    /// Export profiles for other tools: BOLT .fdata, pprof, perf.data, Firefox Profiler.
     Export(cmd::export::Args),
     /// Print this host's profiling capabilities, or a recording's header and totals.
     Info(cmd::info::Args),

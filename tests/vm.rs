@@ -410,9 +410,15 @@ fn pprof_export_labels_guest_snapshots_by_side_and_vcpu() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // -noinlines: count code inlined into a function as the function's own.
     let top = |focus: &str| -> String {
         let focus = format!("-tagfocus={focus}");
-        common::pprof_top(&["-sample_index=samples", &focus, pb.to_str().unwrap()])
+        common::pprof_top(&[
+            "-sample_index=samples",
+            "-noinlines",
+            &focus,
+            pb.to_str().unwrap(),
+        ])
     };
     let flat = |text: &str, needle: &str| -> Option<u64> {
         common::pprof_rows(text)

@@ -122,6 +122,19 @@ impl Input {
         }
     }
 
+    /// The (path, build-id) table of a perf.data file (its `HEADER_BUILD_ID` section);
+    /// empty for lbrprof.data, whose mappings carry their build-ids.
+    pub fn build_ids(&self) -> Vec<(String, Vec<u8>)> {
+        match &self.source {
+            Source::Perf(r) => r
+                .build_ids()
+                .into_iter()
+                .map(|(p, b)| (String::from_utf8_lossy(p).into_owned(), b.to_vec()))
+                .collect(),
+            Source::Lbrprof(_) => Vec::new(),
+        }
+    }
+
     /// The build-id of the kernel the recording was made on, when the file names it
     /// (perf.data's build-id section).
     pub fn kernel_build_id(&self) -> Option<Vec<u8>> {

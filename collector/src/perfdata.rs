@@ -146,6 +146,68 @@ pub mod abi {
     pub const HEADER_CPUDESC: u32 = 8;
     pub const HEADER_CPUID: u32 = 9;
     pub const HEADER_EVENT_DESC: u32 = 12;
+
+    // What the perf.data writer (lbrprof-reports `perfdata_out`) needs beyond the reader.
+    // HEADER_* feature bits (tools/perf/util/header.h).
+    pub const HEADER_BUILD_ID: u32 = 2;
+    pub const HEADER_NRCPUS: u32 = 7;
+    pub const HEADER_CMDLINE: u32 = 11;
+    pub const HEADER_BRANCH_STACK: u32 = 15;
+    pub const HEADER_SAMPLE_TIME: u32 = 21;
+    /// `NAME_ALIGN` (tools/perf/util/header.h): strings in feature sections are padded
+    /// to this many bytes.
+    pub const NAME_ALIGN: usize = 64;
+    /// `PERF_ATTR_SIZE_VER5`: the `perf_event_attr` size lbrprof writes (every field up
+    /// to `aux_sample_size`), which perf 4.x and later read.
+    pub const PERF_ATTR_SIZE_VER5: u32 = 112;
+
+    // enum perf_type_id
+    pub const PERF_TYPE_HARDWARE: u32 = 0;
+    pub const PERF_TYPE_SOFTWARE: u32 = 1;
+    // enum perf_hw_id / perf_sw_ids
+    pub const PERF_COUNT_HW_CPU_CYCLES: u64 = 0;
+    pub const PERF_COUNT_HW_INSTRUCTIONS: u64 = 1;
+    pub const PERF_COUNT_HW_BRANCH_INSTRUCTIONS: u64 = 4;
+    pub const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+    pub const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
+
+    // struct perf_event_attr flag bits (the bit field after read_format)
+    pub const ATTR_FLAG_EXCLUDE_USER: u64 = 1 << 4;
+    pub const ATTR_FLAG_EXCLUDE_KERNEL: u64 = 1 << 5;
+    pub const ATTR_FLAG_EXCLUDE_HV: u64 = 1 << 6;
+    pub const ATTR_FLAG_MMAP: u64 = 1 << 8;
+    pub const ATTR_FLAG_COMM: u64 = 1 << 9;
+    pub const ATTR_FLAG_FREQ: u64 = 1 << 10;
+    pub const ATTR_FLAG_TASK: u64 = 1 << 13;
+    /// `precise_ip`, two bits.
+    pub const ATTR_FLAG_PRECISE_IP_SHIFT: u32 = 15;
+    pub const ATTR_FLAG_SAMPLE_ID_ALL: u64 = 1 << 18;
+    pub const ATTR_FLAG_EXCLUDE_HOST: u64 = 1 << 19;
+    pub const ATTR_FLAG_EXCLUDE_GUEST: u64 = 1 << 20;
+    pub const ATTR_FLAG_MMAP2: u64 = 1 << 23;
+    pub const ATTR_FLAG_COMM_EXEC: u64 = 1 << 24;
+
+    // enum perf_branch_sample_type
+    pub const PERF_SAMPLE_BRANCH_ANY: u64 = 1 << 3;
+
+    // enum perf_event_type
+    pub const PERF_RECORD_LOST: u32 = 2;
+    pub const PERF_RECORD_COMM: u32 = 3;
+    pub const PERF_RECORD_EXIT: u32 = 4;
+    pub const PERF_RECORD_THROTTLE: u32 = 5;
+    pub const PERF_RECORD_FORK: u32 = 7;
+    pub const PERF_RECORD_MMAP2: u32 = 10;
+
+    // PERF_RECORD_MISC_* cpumodes (header.misc & PERF_RECORD_MISC_CPUMODE_MASK) and flags
+    pub const PERF_RECORD_MISC_CPUMODE_UNKNOWN: u16 = 0;
+    pub const PERF_RECORD_MISC_KERNEL: u16 = 1;
+    pub const PERF_RECORD_MISC_USER: u16 = 2;
+    pub const PERF_RECORD_MISC_HYPERVISOR: u16 = 3;
+    pub const PERF_RECORD_MISC_GUEST_KERNEL: u16 = 4;
+    pub const PERF_RECORD_MISC_GUEST_USER: u16 = 5;
+    pub const PERF_RECORD_MISC_COMM_EXEC: u16 = 1 << 13;
+    /// In a `HEADER_BUILD_ID` entry: the build-id's length is in byte 20 of its field.
+    pub const PERF_RECORD_MISC_BUILD_ID_SIZE: u16 = 1 << 15;
 }
 
 /// Why a perf.data file could not be imported.

@@ -61,7 +61,7 @@ pub struct Count {
 }
 
 impl Count {
-    fn add_n(&mut self, samples: u64, weight: u64) {
+    pub(crate) fn add_n(&mut self, samples: u64, weight: u64) {
         self.samples += samples;
         self.weight += weight;
     }
@@ -168,6 +168,50 @@ pub struct Profile {
     /// With [`AggregateOptions::run_starts`]: `stacks` again, one table per run (a sample
     /// belongs to the last run started at or before its time).
     pub run_stacks: Vec<FastMap<Vec<Loc>, Count>>,
+    /// With [`AggregateOptions::timeline`]: every sample and snapshot, in stream order.
+    pub timeline: Option<Timeline>,
+}
+
+/// Every sample and guest snapshot with its time and thread, for outputs that keep them
+/// (the Firefox Profiler export); stacks are interned.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub samples: Vec<TimedSample>,
+    /// Interned stacks, innermost first, as in [`Profile::stacks`] (guest snapshot
+    /// stacks without their `[guest vcpuN]` root).
+    pub stacks: Vec<Vec<Loc>>,
+    index: FastMap<Vec<Loc>, u32>,
+}
+
+impl Timeline {
+    fn intern(&mut self, stack: &[Loc]) -> u32 {
+        if let Some(&id) = self.index.get(stack) {
+            return id;
+        }
+        let id = self.stacks.len() as u32;
+        self.stacks.push(stack.to_vec());
+        self.index.insert(stack.to_vec(), id);
+        id
+    }
+}
+
+/// One host sample or guest snapshot of a [`Timeline`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedSample {
+    pub time_ns: u64,
+    /// Host process and thread (for a guest snapshot: those of its vCPU's thread when
+    /// the recording names it, else 0).
+    pub pid: u32,
+    pub tid: u32,
+    /// The guest vCPU, for a guest snapshot.
+    pub vcpu: Option<u32>,
+    pub mode: CpuMode,
+    /// Event count (sample period; snapshot weight for snapshots).
+    pub weight: u64,
+    /// Index into [`Timeline::stacks`].
+    pub stack: u32,
+    /// Entries of its branch stack (LBR entries of a snapshot).
+    pub branches: u16,
 }
 
 /// How the aggregator treats the stream.
@@ -189,6 +233,8 @@ pub struct AggregateOptions {
     /// (`Summary::run_starts`): the stack table is also kept per run
     /// ([`Profile::run_stacks`]). Empty: one run, no per-run tables.
     pub run_starts: Vec<u64>,
+    /// Keep every sample's time, thread and stack ([`Profile::timeline`]).
+    pub timeline: bool,
 }
 
 /// How many samples [`Aggregator::add_counted`] adds, and their time span.
@@ -210,6 +256,8 @@ pub struct Aggregator {
     stack_buf: Vec<Loc>,
     /// Index of each name in `profile.root_names`.
     root_index: HashMap<String, u64>,
+    /// vCPU → its host thread (pid, tid), from the recording's vCPU thread events.
+    vcpu_threads: HashMap<u32, (u32, u32)>,
 }
 
 impl Aggregator {
@@ -217,6 +265,7 @@ impl Aggregator {
         let mut profile = Profile {
             vm: opts.vm.then(crate::vm::VmTrace::default),
             run_stacks: vec![FastMap::default(); opts.run_starts.len()],
+            timeline: opts.timeline.then(Timeline::default),
             ..Profile::default()
         };
         if opts.comm_root {
@@ -232,6 +281,7 @@ impl Aggregator {
             profile,
             stack_buf: Vec::new(),
             root_index: HashMap::new(),
+            vcpu_threads: HashMap::new(),
         }
     }
 
@@ -268,6 +318,7 @@ impl Aggregator {
             // `record --vm` reports, not the histograms built here.
             Event::Task(TaskEvent::Exit { .. }) => {}
             Event::Vcpu(v) => {
+                self.vcpu_threads.insert(v.vcpu, (v.pid, v.tid));
                 if let Some(vm) = &mut self.profile.vm {
                     vm.vcpus.push(*v);
                 }
@@ -438,6 +489,19 @@ impl Aggregator {
                 counts.weight,
             );
         }
+        if let Some(tl) = &mut self.profile.timeline {
+            let id = tl.intern(&stack);
+            tl.samples.push(TimedSample {
+                time_ns: counts.first_time_ns,
+                pid: s.pid,
+                tid: s.tid,
+                vcpu: None,
+                mode: s.mode,
+                weight: counts.weight,
+                stack: id,
+                branches: s.branches.len().min(usize::from(u16::MAX)) as u16,
+            });
+        }
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
             vm.samples.push(crate::vm::VmSample {
@@ -555,6 +619,20 @@ impl Aggregator {
                 vcpu: snap.vcpu,
                 stack: id,
                 agent: snap.reason == lbrprof_collector::model::SnapshotReason::Agent,
+            });
+        }
+        if let Some(tl) = &mut self.profile.timeline {
+            let id = tl.intern(&stack);
+            let thread = self.vcpu_threads.get(&snap.vcpu).copied().unwrap_or((0, 0));
+            tl.samples.push(TimedSample {
+                time_ns: snap.host_time_ns,
+                pid: thread.0,
+                tid: thread.1,
+                vcpu: Some(snap.vcpu),
+                mode: CpuMode::GuestUser,
+                weight,
+                stack: id,
+                branches: snap.newest_first().count().min(usize::from(u16::MAX)) as u16,
             });
         }
         stack.push(Loc {

@@ -276,7 +276,10 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
 
 /// Whether [`aggregate_scan`] can build the profile for these options and this file.
 pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
-    !opts.vm && opts.run_starts.is_empty() && (opts.filter.is_empty() || !scan.has_branch_stacks())
+    !opts.vm
+        && !opts.timeline
+        && opts.run_starts.is_empty()
+        && (opts.filter.is_empty() || !scan.has_branch_stacks())
 }
 
 /// Builds the profile of a scanned perf.data file (see the module docs); also returns
@@ -324,7 +327,7 @@ fn aggregate_input_chunked(
     opts: &AggregateOptions,
     chunk_size: usize,
 ) -> FastPath {
-    if opts.vm {
+    if opts.vm || opts.timeline {
         return FastPath::NotScanned;
     }
     let keep_tid = keep_tid(opts);

@@ -1,23 +1,29 @@
 //! `export --pprof`: the profile as pprof's `profile.proto`, gzip-compressed, the format
 //! `go tool pprof`, Parca, Pyroscope and Google Cloud Profiler read.
 //!
-//! What goes in, from the folded stacks every other output uses:
+//! What goes in, from the stacks every other output uses (per thread when the profile has
+//! a timeline, as `lbrprof export --pprof` asks for):
 //!
 //! * Two sample values per stack: `samples/count` and the event's weight
 //!   (`cpu-clock/nanoseconds` for time events, `<event>/count` otherwise); the weight is
 //!   the default.
 //! * Host stacks and guest snapshot stacks, each sample labelled `side=host|guest`; a guest
-//!   sample also carries `vcpu` (numeric) and its root frame `[guest vcpuN]`, so the guest
-//!   stacks sit under their vCPU as in lbrprof's flame graphs. Filter with
-//!   `go tool pprof -tagfocus side=guest`.
+//!   sample also carries `vcpu` (numeric, unit `vcpu`, so that pprof keeps vCPU 0) and
+//!   its root frame `[guest vcpuN]`, so the guest stacks sit under their vCPU as in
+//!   lbrprof's flame graphs. Filter with `go tool pprof -tagfocus side=guest`.
 //! * One mapping per module (path and build-id, starting at 0: addresses are lbrprof's
 //!   module offsets, file offsets for files and the run-time address for the kernel, so
 //!   pprof never re-symbolizes them), one location per code address with
 //!   its function and, where DWARF gives it, file and line; functions unknown to the symbol
 //!   tables keep lbrprof's `<module>+0x<offset>` names.
+//! * With the aggregator's timeline ([`crate::aggregate::Timeline`]), samples are also
+//!   kept apart by thread and labelled `pid`, `tid` and `comm` (the thread's command),
+//!   so `-tagfocus comm=NAME` or `-tagroot pid` split a profile by process. These are
+//!   string labels, as fleet profilers (Pyroscope, Parca) index them (and pprof would
+//!   drop a unitless numeric label of value 0, the idle task's).
+//! * A location in inlined code has one line per function of the inline chain, innermost
+//!   first, as pprof expects (its mapping says `has_inline_frames`).
 //!
-//! Not (yet) in it: per-process and per-thread labels (the folded stacks do not keep them)
-//! and inlined frames as separate lines (the symbol table keeps the outermost function).
 //! The encoding is `prost`'s; no `.proto` file is compiled, the messages below mirror
 //! `perftools.profiles` field for field.
 
@@ -28,7 +34,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
-use crate::aggregate::Profile;
+use crate::aggregate::{Count, Profile};
 use crate::loc::{Loc, ModuleTable};
 use crate::report::{Side, stack_side};
 use crate::symbols::SymbolTable;
@@ -244,15 +250,46 @@ impl Builder {
         let mapping_id = self.mapping(modules, l);
         let sym = syms.get(l);
         let name = syms.function_name(modules, l);
-        let file = sym.and_then(|s| s.file.as_deref()).unwrap_or_default();
-        let line = sym.and_then(|s| s.line).map_or(0, i64::from);
-        let function_id = self.function(&name, file);
+        let inline = sym.map_or(&[][..], |s| s.inline.as_slice());
+        let line = if inline.is_empty() {
+            let file = sym.and_then(|s| s.file.as_deref()).unwrap_or_default();
+            let line = sym.and_then(|s| s.line).map_or(0, i64::from);
+            vec![PbLine {
+                function_id: self.function(&name, file),
+                line,
+            }]
+        } else {
+            // One line per function of the inline chain, innermost first: pprof's order
+            // ("the last entry represents the caller into which the preceding entries
+            // were inlined"). The outermost keeps the name the symbol table gives.
+            let last = inline.len() - 1;
+            inline
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let fname = match (&f.function, i == last) {
+                        (_, true) => name.clone(),
+                        (Some(n), false) => n.clone(),
+                        (None, false) => "[inlined]".to_owned(),
+                    };
+                    PbLine {
+                        function_id: self.function(&fname, f.file.as_deref().unwrap_or_default()),
+                        line: f.line.map_or(0, i64::from),
+                    }
+                })
+                .collect()
+        };
+        if line.len() > 1
+            && let Some(m) = self.mappings.get_mut(mapping_id as usize - 1)
+        {
+            m.has_inline_frames = true;
+        }
         let id = self.locations.len() as u64 + 1;
         self.locations.push(PbLocation {
             id,
             mapping_id,
             address: l.offset,
-            line: vec![PbLine { function_id, line }],
+            line,
             is_folded: false,
         });
         self.location_ids.insert(*l, id);
@@ -291,6 +328,11 @@ pub fn build(
     let host = b.string("host");
     let guest = b.string("guest");
     let vcpu_key = b.string("vcpu");
+    let pid_key = b.string("pid");
+    let tid_key = b.string("tid");
+    let comm_key = b.string("comm");
+    // A unit keeps vCPU 0's label: pprof drops a numeric label of value 0 without one.
+    let vcpu_unit = b.string("vcpu");
     let mut stats = PprofStats::default();
     // pprof takes the first mapping for the profile's main binary: make it the module with
     // the most self weight (kernel and pseudo-modules aside).
@@ -315,11 +357,10 @@ pub fn build(
         );
     }
     // Deterministic output: stacks in a stable order.
-    let mut stacks: Vec<_> = profile.stacks.iter().collect();
-    stacks.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let stacks = labelled_stacks(profile);
     let mut samples = Vec::with_capacity(stacks.len());
-    for (stack, count) in stacks {
-        let side = stack_side(stack);
+    for ((stack, thread), count) in stacks {
+        let side = stack_side(&stack);
         let location_id: Vec<u64> = stack.iter().map(|l| b.location(modules, syms, l)).collect();
         let mut label = vec![PbLabel {
             key: side_key,
@@ -332,6 +373,26 @@ pub fn build(
                 label.push(PbLabel {
                     key: vcpu_key,
                     num: root.offset as i64,
+                    num_unit: vcpu_unit,
+                    ..PbLabel::default()
+                });
+            }
+        }
+        if let Some((pid, tid)) = thread {
+            label.push(PbLabel {
+                key: pid_key,
+                str: b.string(&pid.to_string()),
+                ..PbLabel::default()
+            });
+            label.push(PbLabel {
+                key: tid_key,
+                str: b.string(&tid.to_string()),
+                ..PbLabel::default()
+            });
+            if let Some(comm) = profile.comms.get(&tid) {
+                label.push(PbLabel {
+                    key: comm_key,
+                    str: b.string(comm),
                     ..PbLabel::default()
                 });
             }
@@ -365,6 +426,45 @@ pub fn build(
         default_sample_type: weight_type.r#type,
     };
     (pb, stats)
+}
+
+/// The stacks to write, each with its host (pid, tid) when the profile has a timeline
+/// (a guest snapshot's are its vCPU thread's, when the recording names it), in a stable
+/// order. Guest stacks end in their `[guest vcpuN]` root, as in [`Profile::stacks`].
+type ThreadStack = (Vec<Loc>, Option<(u32, u32)>);
+fn labelled_stacks(profile: &Profile) -> Vec<(ThreadStack, Count)> {
+    let mut out: Vec<(ThreadStack, Count)> = match &profile.timeline {
+        None => profile
+            .stacks
+            .iter()
+            .map(|(s, c)| ((s.clone(), None), *c))
+            .collect(),
+        Some(tl) => {
+            let mut groups: HashMap<(u32, Option<u32>, u32, u32), Count> = HashMap::new();
+            for s in &tl.samples {
+                groups
+                    .entry((s.stack, s.vcpu, s.pid, s.tid))
+                    .or_default()
+                    .add_n(1, s.weight);
+            }
+            groups
+                .into_iter()
+                .map(|((stack, vcpu, pid, tid), c)| {
+                    let mut locs = tl.stacks[stack as usize].clone();
+                    if let Some(vcpu) = vcpu {
+                        locs.push(Loc {
+                            module: ModuleTable::GUEST_ROOT,
+                            offset: u64::from(vcpu),
+                        });
+                    }
+                    let thread = (pid != 0 || tid != 0).then_some((pid, tid));
+                    ((locs, thread), c)
+                })
+                .collect()
+        }
+    };
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Writes `profile`'s stacks as gzip-compressed profile.proto.

@@ -121,6 +121,7 @@ fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
 /// Whether [`aggregate_recording`] can build the profile for these options.
 pub fn supports(opts: &AggregateOptions) -> bool {
     !opts.vm
+        && !opts.timeline
         && opts.filter.comms.is_empty()
         && opts.filter.dsos.is_empty()
         && opts.run_starts.is_empty()

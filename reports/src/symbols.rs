@@ -33,6 +33,19 @@ pub struct Sym {
     pub unnamed: bool,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The inline chain, innermost first, when the location is in code inlined into
+    /// `function` (more than one frame; the last is `function` itself); empty otherwise
+    /// and when only functions were looked up.
+    pub inline: Vec<InlineFrame>,
+}
+
+/// One function of an inline chain, and the line in it: the location itself for the
+/// innermost frame, the call site of the next inner frame for the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InlineFrame {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }
 
 /// Something that names code locations.
@@ -93,6 +106,18 @@ fn to_sym(s: lbrprof_symbolizer::Symbolized) -> Sym {
         unnamed: outer.is_some_and(|f| f.unnamed),
         file: inner.and_then(|f| f.file.clone()),
         line: inner.and_then(|f| f.line),
+        inline: if s.frames.len() > 1 {
+            s.frames
+                .iter()
+                .map(|f| InlineFrame {
+                    function: f.function.clone(),
+                    file: f.file.clone(),
+                    line: f.line,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

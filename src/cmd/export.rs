@@ -1,5 +1,7 @@
 //! `lbrprof export`: profiles for other tools: branch profiles for optimizers (BOLT
 //! `.fdata`), and pprof's profile.proto for `go tool pprof` and fleet profilers.
+//! perf.data (`export_perf`) and the Firefox Profiler (`export_firefox`) have modules
+//! of their own.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,10 +11,10 @@ use anyhow::Context;
 use lbrprof_reports::bolt;
 use lbrprof_reports::decode::CodeReader;
 
-use super::report::{InputArgs, Naming, load, output};
+use super::report::{InputArgs, Naming, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg", "autofdo", "autofdo_raw"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg", "autofdo", "autofdo_raw", "perf_data", "firefox"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -21,9 +23,9 @@ pub struct Args {
     #[arg(long)]
     pub bolt: bool,
     /// Write a pprof profile (gzip-compressed profile.proto, as `go tool pprof`, Parca and
-    /// Pyroscope read): host and guest stacks with functions and lines, each sample
-    /// labelled side=host|guest (and vcpu for guest snapshots); values are samples and the
-    /// event's count (nanoseconds for cpu-clock).
+    /// Pyroscope read): host and guest stacks with functions, lines and inlined frames,
+    /// each sample labelled side=host|guest, pid, tid and comm (and vcpu for guest
+    /// snapshots); values are samples and the event's count (nanoseconds for cpu-clock).
     #[arg(long)]
     pub pprof: bool,
     /// Write perf2bolt's pre-aggregated profile (B/F/f lines by address, for
@@ -42,6 +44,18 @@ pub struct Args {
     /// `create_gcov --profiler=text` read it.
     #[arg(long)]
     pub autofdo_raw: bool,
+    /// Write a Linux perf.data file (as `perf report`, `perf script -F brstack` and
+    /// perf2bolt read): host samples with call chains and branch stacks, and guest LBR
+    /// snapshots as samples of event `guest-lbr` in a pseudo-process per VM (threads
+    /// `guest-vcpuN`), with MMAP2/COMM records and build-ids.
+    #[arg(long)]
+    pub perf_data: bool,
+    /// Write a Firefox Profiler profile (processed-profile JSON, as samply writes it;
+    /// gzip-compressed when FILE ends in .gz): one track per sampled host thread and per
+    /// guest vCPU, every sample at its time with its stack, guest LBR snapshots also as
+    /// markers. Open it at profiler.firefox.com.
+    #[arg(long)]
+    pub firefox: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -50,6 +64,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.pprof {
         return pprof(args);
+    }
+    if args.perf_data {
+        return super::export_perf::run(args);
+    }
+    if args.firefox {
+        return super::export_firefox::run(args);
     }
     if args.autofdo_raw {
         return super::export_pgo::autofdo_raw(args);
@@ -108,7 +128,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn pprof(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.input, Naming::Demangled)?;
+    // With the timeline: samples labelled by process and thread.
+    let loaded = super::report::load_timeline(&args.input, Naming::Demangled, false)?;
     for w in &loaded.warnings {
         eprintln!("lbrprof: warning: {w}");
     }

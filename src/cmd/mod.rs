@@ -5,6 +5,8 @@ pub mod demo;
 pub mod diff;
 pub mod export;
 pub mod export_pgo;
+pub mod export_firefox;
+pub mod export_perf;
 pub mod flamegraph;
 pub mod generate;
 pub mod info;

@@ -302,13 +302,13 @@ fn symbol_source(
 
 /// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, &[])
+    load_with(args, naming, false, false, &[], false)
 }
 
 /// Like [`load`], and keeps the stack table per run of a `record --repeat` recording
 /// (`run_starts`: the runs' start times, from its summary).
 pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, run_starts)
+    load_with(args, naming, false, false, run_starts, false)
 }
 
 /// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
@@ -316,7 +316,18 @@ pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow
 /// With `comm_root`, every sampled stack ends in a root frame naming the sampled
 /// thread's command (`--comm-root`).
 pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, comm_root, &[])
+    load_with(args, naming, true, comm_root, &[], false)
+}
+
+/// Like [`load`] (or [`load_functions`] with `functions_only`), and keeps every
+/// sample's time, thread and stack ([`lbrprof_reports::aggregate::Timeline`]): for
+/// exports that keep threads or time.
+pub fn load_timeline(
+    args: &InputArgs,
+    naming: Naming,
+    functions_only: bool,
+) -> anyhow::Result<Loaded> {
+    load_with(args, naming, functions_only, false, &[], true)
 }
 
 fn load_with(
@@ -325,6 +336,7 @@ fn load_with(
     functions_only: bool,
     comm_root: bool,
     run_starts: &[u64],
+    timeline: bool,
 ) -> anyhow::Result<Loaded> {
     let path = &args.input;
     let open = || -> anyhow::Result<_> {
@@ -350,6 +362,7 @@ fn load_with(
         vm: matches!(header.target, Target::Vm { .. }),
         comm_root,
         run_starts: run_starts.to_vec(),
+        timeline,
     };
     let mut input = input;
     let naming = if args.no_symbols {
@@ -438,7 +451,14 @@ fn load_with(
         // (read again, the other events' samples skipped; only such files pay for it).
         let mut args = args.clone();
         args.event = Some(first);
-        return load_with(&args, naming, functions_only, comm_root, run_starts);
+        return load_with(
+            &args,
+            naming,
+            functions_only,
+            comm_root,
+            run_starts,
+            timeline,
+        );
     }
     let t = &profile.totals;
     if t.samples == 0 && t.snapshots == 0 && t.filtered_out > 0 {

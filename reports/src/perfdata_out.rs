@@ -1,0 +1,1314 @@
+//! `export --perf-data`: a recording written as a Linux `perf.data` file, for `perf
+//! report`, `perf script`, `perf2bolt` and everything else that reads perf's format.
+//!
+//! # File layout
+//!
+//! ```text
+//! offset 0    perf_file_header (104 bytes): "PERFILE2", size 104, attr_size 128,
+//!             sections { attrs, data, event_types (empty) }, feature bitmap (256 bits)
+//! 104         perf_file_attr × 2: perf_event_attr (PERF_ATTR_SIZE_VER5 = 112 bytes)
+//!             + perf_file_section of its ids
+//!             ids: u64 × 1 per attr (host event: 1, guest snapshots: 2)
+//! data        records: MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
+//!             sample_id trailer (sample_id_all): pid, tid, time, cpu, identifier;
+//!             FINISHED_ROUND (header only)
+//! after data  one perf_file_section per feature bit set, then the sections:
+//!             BUILD_ID, HOSTNAME, OSRELEASE, VERSION, ARCH, NRCPUS, CMDLINE,
+//!             EVENT_DESC (event names), BRANCH_STACK (when any sample has one),
+//!             SAMPLE_TIME
+//! ```
+//!
+//! Everything is little-endian (this writer runs on x86-64). Records are written in
+//! the input's order, with a `FINISHED_ROUND` every [`ROUND_EVENTS`] events when the
+//! input's times allow (see [`Plan::rounds`]), so perf sorts and delivers them round by
+//! round; otherwise perf holds the whole file and sorts it.
+//!
+//! # What becomes what
+//!
+//! | lbrprof | perf.data |
+//! |---|---|
+//! | host sample (call chain, branch stack) | `SAMPLE` of event 1 (the recorded event's name), cpumode from the sample, call chain with `PERF_CONTEXT_*` markers where the frames' modes change |
+//! | guest LBR snapshot of vCPU *n* of VM *v* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `USER`, in the pseudo-process pid `10000000 + 1000·v`, thread pid + 1 + *n* (comm `guest-vcpu`*n*): ip = guest IP, call chain = guest IP + frame-pointer return addresses, branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
+//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 in the guest pseudo-process's thread of that vCPU, cpumode `USER` (its guest IP symbolizes there; perf would hide a guest-cpumode sample outside `perf kvm`) |
+//! | guest mapping | `MMAP2` in the guest pseudo-process |
+//! | host mapping | `MMAP2` (pid −1 and cpumode `KERNEL` for the kernel), build-id in the record when known |
+//! | (lbrprof.data made on the running kernel) | `[kernel.kallsyms]_text` `MMAP2` from `/proc/kallsyms`, as perf record writes it ([`Meta::kernel_text`]) |
+//! | comm, exec, fork, exit | `COMM` (exec: `PERF_RECORD_MISC_COMM_EXEC`), `FORK`, `EXIT` |
+//! | ring-buffer loss, throttling | `LOST`, `THROTTLE` (other losses are left out and counted) |
+//!
+//! Guest snapshots are written as a user-mode process of the host machine rather than
+//! with the `GUEST_*` cpumodes: perf only symbolizes guest cpumodes under `perf kvm`,
+//! with the guest's kallsyms/modules, and would show every guest address as
+//! `[unknown]`. The pseudo pids are above the kernel's `PID_MAX_LIMIT` (4194304), so
+//! they never collide with a real process. Host samples that perf itself recorded in a
+//! guest cpumode keep it, unless they are vCPU threads of an lbrprof recording.
+//!
+//! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
+//! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write()`] writes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Seek, SeekFrom, Write};
+
+use lbrprof_collector::input::InputError;
+use lbrprof_collector::model::{
+    AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, HostSample, LbrSnapshot, Loss,
+    LossKind, Mapping, TaskEvent,
+};
+use lbrprof_collector::perfdata::abi::*;
+
+use crate::lbr::snapshot_branches;
+
+/// The attribute id of host samples (and of every side-band record).
+const HOST_ID: u64 = 1;
+/// The attribute id of guest snapshot samples.
+const GUEST_ID: u64 = 2;
+/// First pseudo pid of a guest (VM `v` is `GUEST_PID_BASE + 1000 * v`).
+pub const GUEST_PID_BASE: u32 = 10_000_000;
+/// `perf_event_header.size` is a u16: records are kept below this.
+const MAX_RECORD: usize = u16::MAX as usize & !7;
+/// Name of the guest snapshot event.
+pub const GUEST_EVENT: &str = "guest-lbr";
+/// Input events between two `FINISHED_ROUND` records (see [`Plan::rounds`]).
+pub const ROUND_EVENTS: u64 = 4096;
+
+/// The time of an event, as perf orders the record written for it.
+fn event_time(ev: &Event) -> Option<u64> {
+    Some(match ev {
+        Event::Sample(s) => s.time_ns,
+        Event::Snapshot(s) => s.host_time_ns,
+        Event::Mapping(m) => m.time_ns,
+        Event::Task(
+            TaskEvent::Comm { time_ns, .. }
+            | TaskEvent::Exec { time_ns, .. }
+            | TaskEvent::Fork { time_ns, .. }
+            | TaskEvent::Exit { time_ns, .. },
+        ) => *time_ns,
+        Event::Loss(l) => l.time_ns,
+        Event::Vcpu(_) | Event::VcpuStats(_) => return None,
+    })
+}
+
+/// Why the perf.data file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("cannot read the recording")]
+    Input(#[source] InputError),
+}
+
+/// What the first pass over the events learned.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub host_samples: u64,
+    pub host_callchains: bool,
+    pub host_branches: bool,
+    pub snapshots: u64,
+    pub guest_stacks: bool,
+    /// vCPU → VM, from the recording's vCPU thread events.
+    vcpu_vm: BTreeMap<u32, u32>,
+    /// Host thread → (VM, vCPU), for the vCPU threads of a `record --vm` recording.
+    vcpu_threads: BTreeMap<u32, (u32, u32)>,
+    /// vCPUs that took snapshots or whose threads were sampled in the guest.
+    vcpus: BTreeSet<u32>,
+    /// VMs with guest mappings.
+    guest_vms: BTreeSet<u32>,
+    max_cpu: u32,
+    first_ns: Option<u64>,
+    last_ns: u64,
+    /// (path, build-id) of every mapping that has one.
+    build_ids: BTreeMap<String, (Vec<u8>, bool)>,
+    /// Whether the input maps the host kernel itself.
+    pub kernel_mapped: bool,
+    /// Events seen, and the time bounds perf's round flushing would use (see
+    /// [`Plan::rounds`]).
+    events: u64,
+    max_time: u64,
+    max_time_at_last_round: u64,
+    flushed_below: u64,
+    rounds_out_of_order: bool,
+}
+
+impl Plan {
+    /// Notes what one event needs.
+    pub fn observe(&mut self, ev: &Event) {
+        if let Some(t) = event_time(ev) {
+            // perf, at a FINISHED_ROUND, delivers every queued event up to the largest
+            // time seen at the round before; a later event older than that comes out of
+            // order (and perf warns).
+            if t < self.flushed_below {
+                self.rounds_out_of_order = true;
+            }
+            self.max_time = self.max_time.max(t);
+        }
+        self.events += 1;
+        if self.events.is_multiple_of(ROUND_EVENTS) {
+            self.flushed_below = self.max_time_at_last_round;
+            self.max_time_at_last_round = self.max_time;
+        }
+        match ev {
+            Event::Sample(s) => {
+                self.host_samples += 1;
+                self.host_callchains |= !s.callchain.is_empty();
+                self.host_branches |= !s.branches.is_empty();
+                self.max_cpu = self.max_cpu.max(s.cpu);
+                self.time(s.time_ns);
+            }
+            Event::Snapshot(s) => {
+                self.snapshots += 1;
+                self.guest_stacks |= !s.guest_stack.is_empty();
+                self.vcpus.insert(s.vcpu);
+                self.max_cpu = self.max_cpu.max(s.vcpu);
+                self.time(s.host_time_ns);
+            }
+            Event::Vcpu(v) => {
+                self.vcpu_vm.insert(v.vcpu, v.vm);
+                self.vcpu_threads.insert(v.tid, (v.vm, v.vcpu));
+                self.vcpus.insert(v.vcpu);
+            }
+            Event::Mapping(m) => {
+                self.kernel_mapped |= m.space == AddressSpace::HostKernel;
+                if let AddressSpace::Guest { vm } = m.space {
+                    self.guest_vms.insert(vm);
+                }
+                if let Some(id) = &m.build_id {
+                    let kernel = m.space == AddressSpace::HostKernel;
+                    self.build_ids
+                        .entry(m.path.clone())
+                        .or_insert_with(|| (id.clone(), kernel));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn time(&mut self, t: u64) {
+        self.first_ns = Some(self.first_ns.map_or(t, |f| f.min(t)));
+        self.last_ns = self.last_ns.max(t);
+    }
+
+    fn vm_of(&self, vcpu: u32) -> u32 {
+        self.vcpu_vm.get(&vcpu).copied().unwrap_or(0)
+    }
+
+    /// Whether the file gets a `FINISHED_ROUND` record every [`ROUND_EVENTS`] input
+    /// events, so perf delivers (and frees) events as it reads instead of holding the
+    /// whole file: only when the input's times allow it (nothing comes after a round
+    /// that perf would already have delivered past).
+    pub fn rounds(&self) -> bool {
+        !self.rounds_out_of_order
+    }
+
+    /// Whether there is anything to write.
+    pub fn is_empty(&self) -> bool {
+        self.host_samples == 0 && self.snapshots == 0
+    }
+}
+
+/// Facts for the file's header and feature sections.
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    /// The host event's name, as perf prints it ("cycles:ppp", "cpu-clock:u", …).
+    pub event: String,
+    /// Sampling frequency (Hz), or 0 when `period` is used.
+    pub frequency: u64,
+    pub period: u64,
+    /// The event count one guest snapshot stands for (written as its period).
+    pub snapshot_period: u64,
+    pub hostname: String,
+    pub os_release: String,
+    /// Who wrote the file (the VERSION feature).
+    pub version: String,
+    pub arch: String,
+    pub cmdline: Vec<String>,
+    /// Build-ids the input knows beyond its mappings' (perf.data's build-id table), by
+    /// path; kernel entries (`[kernel.kallsyms]`, modules) are recognized by name.
+    pub build_ids: Vec<(String, Vec<u8>)>,
+    /// Guest pseudo-process names by VM (default: `guest`).
+    pub guest_names: BTreeMap<u32, String>,
+    /// The recorded kernel's text, `[_text, _etext)`, for a recording that has no kernel
+    /// mapping of its own (lbrprof.data): written as perf record's
+    /// `[kernel.kallsyms]_text` MMAP, so perf names kernel frames from kallsyms.
+    pub kernel_text: Option<(u64, u64)>,
+}
+
+/// What was written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub host_samples: u64,
+    pub guest_samples: u64,
+    pub branch_entries: u64,
+    pub mappings: u64,
+    pub task_records: u64,
+    /// Host samples of vCPU threads taken in a guest cpumode, written in the guest
+    /// pseudo-process (see the module doc).
+    pub guest_mode_samples: u64,
+    /// Call-chain frames cut to keep a record within perf's 64 KiB record size.
+    pub truncated_frames: u64,
+    /// Loss events of kinds perf.data has no record for (channel full, frozen LBR).
+    pub skipped_losses: u64,
+    pub bytes: u64,
+}
+
+/// Writes the events (the same stream [`Plan`] saw) to `out` as perf.data.
+pub fn write<W: Write + Seek>(
+    out: W,
+    meta: &Meta,
+    plan: &Plan,
+    events: impl Iterator<Item = Result<Event, InputError>>,
+) -> Result<WriteStats, WriteError> {
+    let mut w = Writer {
+        out: io::BufWriter::with_capacity(1 << 20, out),
+        pos: 0,
+        plan,
+        meta,
+        stats: WriteStats::default(),
+        buf: Vec::with_capacity(4096),
+        guest_started: BTreeSet::new(),
+    };
+    let attrs = w.attrs();
+    // The header and attributes are rewritten at the end, when the data size is known.
+    w.put(&[0; PERF_FILE_HEADER_LEN])?;
+    let attrs_offset = w.pos;
+    let attrs_len = attrs.len() * (ATTR_SIZE + PERF_FILE_SECTION_LEN);
+    w.put(&vec![0; attrs_len])?;
+    let ids_offset = w.pos;
+    for (id, _, _) in &attrs {
+        w.put(&id.to_le_bytes())?;
+    }
+    let data_offset = w.pos;
+    if let Some((start, end)) = meta.kernel_text.filter(|_| !plan.kernel_mapped) {
+        w.mapping(&Mapping {
+            time_ns: 0,
+            space: AddressSpace::HostKernel,
+            pid: u32::MAX,
+            start,
+            len: end.saturating_sub(start),
+            pgoff: start,
+            path: "[kernel.kallsyms]_text".to_owned(),
+            build_id: None,
+        })?;
+    }
+    // Guest pseudo-processes first (their COMMs are at time 0).
+    let vms: BTreeSet<u32> = plan
+        .vcpus
+        .iter()
+        .map(|&c| plan.vm_of(c))
+        .chain(plan.guest_vms.iter().copied())
+        .collect();
+    for vm in vms {
+        w.start_guest(vm)?;
+    }
+    let rounds = plan.rounds();
+    for (i, ev) in events.enumerate() {
+        w.event(&ev.map_err(WriteError::Input)?)?;
+        if rounds && (i as u64 + 1).is_multiple_of(ROUND_EVENTS) {
+            w.begin(PERF_RECORD_FINISHED_ROUND, 0);
+            w.finish()?;
+        }
+    }
+    let data_size = w.pos - data_offset;
+    let features = w.features(&attrs);
+    let feat_offset = w.pos;
+    let mut section = feat_offset + (features.len() * PERF_FILE_SECTION_LEN) as u64;
+    let mut table = Vec::new();
+    for (_, body) in &features {
+        table.extend_from_slice(&section.to_le_bytes());
+        table.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        section += body.len() as u64;
+    }
+    w.put(&table)?;
+    for (_, body) in &features {
+        w.put(body)?;
+    }
+    w.stats.bytes = w.pos;
+
+    let mut head = Vec::with_capacity(PERF_FILE_HEADER_LEN + attrs_len);
+    head.extend_from_slice(&PERF_MAGIC);
+    head.extend_from_slice(&(PERF_FILE_HEADER_LEN as u64).to_le_bytes());
+    head.extend_from_slice(&((ATTR_SIZE + PERF_FILE_SECTION_LEN) as u64).to_le_bytes());
+    for (offset, size) in [
+        (attrs_offset, attrs_len as u64),
+        (data_offset, data_size),
+        (0, 0),
+    ] {
+        head.extend_from_slice(&offset.to_le_bytes());
+        head.extend_from_slice(&size.to_le_bytes());
+    }
+    let mut bitmap = [0u64; 4];
+    for (bit, _) in &features {
+        bitmap[*bit as usize / 64] |= 1 << (*bit % 64);
+    }
+    for word in bitmap {
+        head.extend_from_slice(&word.to_le_bytes());
+    }
+    debug_assert_eq!(head.len(), PERF_FILE_HEADER_LEN);
+    for (i, (_, attr, _)) in attrs.iter().enumerate() {
+        head.extend_from_slice(attr);
+        head.extend_from_slice(&(ids_offset + 8 * i as u64).to_le_bytes());
+        head.extend_from_slice(&8u64.to_le_bytes());
+    }
+    let stats = w.stats.clone();
+    let mut out = w.out.into_inner().map_err(|e| e.into_error())?;
+    out.seek(SeekFrom::Start(0))?;
+    out.write_all(&head)?;
+    out.flush()?;
+    Ok(stats)
+}
+
+/// The size of the `perf_event_attr` written.
+const ATTR_SIZE: usize = PERF_ATTR_SIZE_VER5 as usize;
+
+struct Writer<'a, W: Write> {
+    out: io::BufWriter<W>,
+    pos: u64,
+    plan: &'a Plan,
+    meta: &'a Meta,
+    stats: WriteStats,
+    buf: Vec<u8>,
+    /// VMs whose pseudo-process and vCPU threads have been announced (COMM).
+    guest_started: BTreeSet<u32>,
+}
+
+/// The sample_id fields every record carries (`sample_id_all`).
+const ID_FIELDS: u64 =
+    PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CPU;
+
+impl<W: Write> Writer<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn host_sample_type(&self) -> u64 {
+        let mut t = ID_FIELDS | PERF_SAMPLE_IP | PERF_SAMPLE_PERIOD;
+        if self.plan.host_callchains {
+            t |= PERF_SAMPLE_CALLCHAIN;
+        }
+        if self.plan.host_branches {
+            t |= PERF_SAMPLE_BRANCH_STACK;
+        }
+        t
+    }
+
+    fn guest_sample_type(&self) -> u64 {
+        let mut t = ID_FIELDS | PERF_SAMPLE_IP | PERF_SAMPLE_PERIOD | PERF_SAMPLE_BRANCH_STACK;
+        if self.plan.guest_stacks {
+            t |= PERF_SAMPLE_CALLCHAIN;
+        }
+        t
+    }
+
+    /// (id, perf_event_attr bytes, name) of each event written.
+    fn attrs(&self) -> Vec<(u64, Vec<u8>, String)> {
+        let m = self.meta;
+        let (type_, config) = event_type(&m.event);
+        let freq = m.frequency > 0;
+        let side_band = ATTR_FLAG_MMAP
+            | ATTR_FLAG_COMM
+            | ATTR_FLAG_TASK
+            | ATTR_FLAG_MMAP2
+            | ATTR_FLAG_COMM_EXEC;
+        let host = attr(
+            type_,
+            config,
+            if freq { m.frequency } else { m.period },
+            self.host_sample_type(),
+            side_band
+                | ATTR_FLAG_SAMPLE_ID_ALL
+                | modifier_flags(&m.event)
+                | if freq { ATTR_FLAG_FREQ } else { 0 },
+            if self.plan.host_branches {
+                PERF_SAMPLE_BRANCH_ANY
+            } else {
+                0
+            },
+        );
+        let mut v = vec![(HOST_ID, host, m.event.clone())];
+        if self.plan.snapshots > 0 {
+            let guest = attr(
+                PERF_TYPE_SOFTWARE,
+                PERF_COUNT_SW_CPU_CLOCK,
+                m.snapshot_period.max(1),
+                self.guest_sample_type(),
+                // Every guest sample is written in user mode.
+                ATTR_FLAG_SAMPLE_ID_ALL | ATTR_FLAG_EXCLUDE_KERNEL | ATTR_FLAG_EXCLUDE_HV,
+                PERF_SAMPLE_BRANCH_ANY,
+            );
+            v.push((GUEST_ID, guest, GUEST_EVENT.to_owned()));
+        }
+        v
+    }
+
+    /// Starts a record of `type_` in `self.buf` (header filled in by [`Self::finish`]).
+    fn begin(&mut self, type_: u32, misc: u16) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&type_.to_le_bytes());
+        self.buf.extend_from_slice(&misc.to_le_bytes());
+        self.buf.extend_from_slice(&0u16.to_le_bytes());
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A NUL-terminated string padded to 8 bytes.
+    fn string(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        // Keep records within their u16 size even for absurd names.
+        let bytes = &bytes[..bytes.len().min(4096)];
+        self.buf.extend_from_slice(bytes);
+        let padded = (bytes.len() + 1).next_multiple_of(8);
+        self.buf.resize(self.buf.len() + padded - bytes.len(), 0);
+    }
+
+    /// The sample_id trailer of a side-band record, then writes the record.
+    fn finish_side_band(&mut self, pid: u32, tid: u32, time: u64) -> io::Result<()> {
+        self.u32(pid);
+        self.u32(tid);
+        self.u64(time);
+        self.u32(0);
+        self.u32(0);
+        self.u64(HOST_ID);
+        self.finish()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let size = self.buf.len() as u16;
+        self.buf[6..8].copy_from_slice(&size.to_le_bytes());
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.put(&buf);
+        self.buf = buf;
+        r
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        match ev {
+            Event::Sample(s) => self.host_sample(s),
+            Event::Snapshot(s) => self.snapshot(s),
+            Event::Mapping(m) => self.mapping(m),
+            Event::Task(t) => self.task(t),
+            Event::Loss(l) => self.loss(l),
+            Event::Vcpu(_) | Event::VcpuStats(_) => Ok(()),
+        }
+    }
+
+    fn host_sample(&mut self, s: &HostSample) -> io::Result<()> {
+        // A vCPU thread sampled while its guest ran: the time went to the guest, so the
+        // sample goes to the guest pseudo-process, in user mode, where perf can name it.
+        let in_guest = s
+            .mode
+            .is_guest()
+            .then(|| self.plan.vcpu_threads.get(&s.tid).copied())
+            .flatten();
+        let (pid, tid, mode) = match in_guest {
+            Some((vm, vcpu)) => {
+                self.start_guest(vm)?;
+                let (pid, tid) = guest_ids(vm, vcpu);
+                self.stats.guest_mode_samples += 1;
+                (pid, tid, CpuMode::User)
+            }
+            None => (s.pid, s.tid, s.mode),
+        };
+        self.begin(PERF_RECORD_SAMPLE, misc_of(mode));
+        let fixed = 8 * 6 + 8 + 8 + 24 * s.branches.len();
+        self.sample_head(HOST_ID, s.ip, pid, tid, s.time_ns, s.cpu, s.period);
+        if self.plan.host_callchains {
+            let frames = s.callchain.iter().map(|f| Frame {
+                addr: f.addr,
+                mode: if in_guest.is_some() && f.mode.is_guest() {
+                    CpuMode::User
+                } else {
+                    f.mode
+                },
+            });
+            self.callchain(frames, fixed);
+        }
+        if self.plan.host_branches {
+            self.branches(&s.branches);
+        }
+        self.stats.host_samples += 1;
+        self.finish()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sample_head(
+        &mut self,
+        id: u64,
+        ip: u64,
+        pid: u32,
+        tid: u32,
+        time: u64,
+        cpu: u32,
+        period: u64,
+    ) {
+        // IDENTIFIER, IP, TID, TIME, CPU, PERIOD: perf_event.h's order.
+        self.u64(id);
+        self.u64(ip);
+        self.u32(pid);
+        self.u32(tid);
+        self.u64(time);
+        self.u32(cpu);
+        self.u32(0);
+        self.u64(period);
+    }
+
+    /// The call chain with a `PERF_CONTEXT_*` marker before each run of frames of one
+    /// mode, cut so that the record stays within perf's record size.
+    fn callchain(&mut self, frames: impl Iterator<Item = Frame>, fixed: usize) {
+        let at = self.buf.len();
+        self.u64(0);
+        let budget = MAX_RECORD.saturating_sub(at + fixed) / 8;
+        let mut n = 0u64;
+        let mut context = None;
+        let mut cut = 0;
+        for f in frames {
+            let marker = context_of(f.mode).filter(|&c| Some(c) != context);
+            let need = 1 + usize::from(marker.is_some());
+            if n as usize + need > budget {
+                cut += 1;
+                continue;
+            }
+            if let Some(c) = marker {
+                self.u64(c);
+                context = Some(c);
+                n += 1;
+            }
+            self.u64(f.addr);
+            n += 1;
+        }
+        self.stats.truncated_frames += cut;
+        self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
+    }
+
+    fn branches(&mut self, branches: &[Branch]) {
+        self.u64(branches.len() as u64);
+        for b in branches {
+            self.u64(b.from);
+            self.u64(b.to);
+            self.u64(branch_flags(b));
+        }
+        self.stats.branch_entries += branches.len() as u64;
+    }
+
+    fn snapshot(&mut self, s: &LbrSnapshot) -> io::Result<()> {
+        let vm = self.plan.vm_of(s.vcpu);
+        self.start_guest(vm)?;
+        let (pid, tid) = guest_ids(vm, s.vcpu);
+        self.begin(PERF_RECORD_SAMPLE, PERF_RECORD_MISC_USER);
+        let branches = snapshot_branches(s);
+        let fixed = 8 * 6 + 8 + 8 + 24 * branches.len();
+        self.sample_head(
+            GUEST_ID,
+            s.guest_ip,
+            pid,
+            tid,
+            s.host_time_ns,
+            s.vcpu,
+            self.meta.snapshot_period.max(1),
+        );
+        if self.plan.guest_stacks {
+            let frames = std::iter::once(s.guest_ip)
+                .chain(s.guest_stack.iter().copied())
+                .map(|addr| Frame {
+                    addr,
+                    mode: CpuMode::User,
+                });
+            self.callchain(frames, fixed);
+        }
+        self.branches(&branches);
+        self.stats.guest_samples += 1;
+        self.finish()
+    }
+
+    /// Announces VM `vm`'s pseudo-process and its vCPU threads (before their first sample
+    /// or mapping), at time 0 so that they precede every sample once perf sorts.
+    fn start_guest(&mut self, vm: u32) -> io::Result<()> {
+        if !self.guest_started.insert(vm) {
+            return Ok(());
+        }
+        let name = self
+            .meta
+            .guest_names
+            .get(&vm)
+            .cloned()
+            .unwrap_or_else(|| "guest".to_owned());
+        let (pid, _) = guest_ids(vm, 0);
+        self.comm(pid, pid, 0, &name, false)?;
+        let vcpus: Vec<u32> = self
+            .plan
+            .vcpus
+            .iter()
+            .copied()
+            .filter(|&c| self.plan.vm_of(c) == vm)
+            .collect();
+        for vcpu in vcpus {
+            let (_, tid) = guest_ids(vm, vcpu);
+            self.comm(pid, tid, 0, &format!("guest-vcpu{vcpu}"), false)?;
+        }
+        Ok(())
+    }
+
+    fn comm(&mut self, pid: u32, tid: u32, time: u64, comm: &str, exec: bool) -> io::Result<()> {
+        let misc = if exec { PERF_RECORD_MISC_COMM_EXEC } else { 0 };
+        self.begin(PERF_RECORD_COMM, misc);
+        self.u32(pid);
+        self.u32(tid);
+        self.string(comm);
+        self.stats.task_records += 1;
+        self.finish_side_band(pid, tid, time)
+    }
+
+    fn mapping(&mut self, m: &Mapping) -> io::Result<()> {
+        let (pid, misc) = match m.space {
+            AddressSpace::HostKernel => (u32::MAX, PERF_RECORD_MISC_KERNEL),
+            AddressSpace::HostUser => (m.pid, PERF_RECORD_MISC_USER),
+            AddressSpace::Guest { vm } => {
+                self.start_guest(vm)?;
+                (guest_ids(vm, 0).0, PERF_RECORD_MISC_USER)
+            }
+        };
+        let build_id = m.build_id.as_deref().filter(|id| id.len() <= 20);
+        let misc = misc
+            | if build_id.is_some() {
+                PERF_RECORD_MISC_MMAP_BUILD_ID
+            } else {
+                0
+            };
+        self.begin(PERF_RECORD_MMAP2, misc);
+        self.u32(pid);
+        self.u32(pid);
+        self.u64(m.start);
+        self.u64(m.len);
+        self.u64(m.pgoff);
+        match build_id {
+            Some(id) => {
+                // build_id_size, 3 reserved bytes, build_id[20], in place of
+                // maj, min, ino, ino_generation.
+                let mut field = [0u8; 24];
+                field[0] = id.len() as u8;
+                field[4..4 + id.len()].copy_from_slice(id);
+                self.buf.extend_from_slice(&field);
+            }
+            None => self.buf.extend_from_slice(&[0; 24]),
+        }
+        const PROT_READ_EXEC: u32 = 1 | 4;
+        const MAP_PRIVATE: u32 = 2;
+        self.u32(PROT_READ_EXEC);
+        self.u32(MAP_PRIVATE);
+        self.string(&m.path);
+        self.stats.mappings += 1;
+        self.finish_side_band(pid, pid, m.time_ns)
+    }
+
+    fn task(&mut self, t: &TaskEvent) -> io::Result<()> {
+        match t {
+            TaskEvent::Comm {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            } => self.comm(*pid, *tid, *time_ns, comm, false),
+            TaskEvent::Exec {
+                time_ns,
+                pid,
+                tid,
+                comm,
+            } => self.comm(*pid, *tid, *time_ns, comm, true),
+            TaskEvent::Fork {
+                time_ns,
+                pid,
+                tid,
+                ppid,
+                ptid,
+            } => self.fork_exit(PERF_RECORD_FORK, [*pid, *ppid, *tid, *ptid], *time_ns),
+            TaskEvent::Exit { time_ns, pid, tid } => {
+                self.fork_exit(PERF_RECORD_EXIT, [*pid, *pid, *tid, *tid], *time_ns)
+            }
+        }
+    }
+
+    fn fork_exit(&mut self, type_: u32, ids: [u32; 4], time: u64) -> io::Result<()> {
+        self.begin(type_, 0);
+        for id in ids {
+            self.u32(id);
+        }
+        self.u64(time);
+        self.stats.task_records += 1;
+        self.finish_side_band(ids[0], ids[2], time)
+    }
+
+    fn loss(&mut self, l: &Loss) -> io::Result<()> {
+        let tid = l.tid.unwrap_or(u32::MAX);
+        match l.kind {
+            LossKind::RingBuffer => {
+                self.begin(PERF_RECORD_LOST, 0);
+                self.u64(HOST_ID);
+                self.u64(l.count);
+            }
+            LossKind::Throttled => {
+                self.begin(PERF_RECORD_THROTTLE, 0);
+                self.u64(l.time_ns);
+                self.u64(HOST_ID);
+                self.u64(HOST_ID);
+            }
+            LossKind::ChannelFull | LossKind::Frozen => {
+                self.stats.skipped_losses += 1;
+                return Ok(());
+            }
+        }
+        self.finish_side_band(tid, tid, l.time_ns)
+    }
+
+    /// The feature sections, by feature bit (ascending, as perf reads them).
+    fn features(&self, attrs: &[(u64, Vec<u8>, String)]) -> Vec<(u32, Vec<u8>)> {
+        let m = self.meta;
+        let mut f = vec![
+            (HEADER_BUILD_ID, self.build_id_section()),
+            (HEADER_HOSTNAME, header_string(&m.hostname)),
+            (HEADER_OSRELEASE, header_string(&m.os_release)),
+            (HEADER_VERSION, header_string(&m.version)),
+            (HEADER_ARCH, header_string(&m.arch)),
+        ];
+        let nr_cpus = self.plan.max_cpu + 1;
+        let mut nrcpus = nr_cpus.to_le_bytes().to_vec();
+        nrcpus.extend_from_slice(&nr_cpus.to_le_bytes());
+        f.push((HEADER_NRCPUS, nrcpus));
+        let mut cmdline = (m.cmdline.len() as u32).to_le_bytes().to_vec();
+        for arg in &m.cmdline {
+            cmdline.extend_from_slice(&header_string(arg));
+        }
+        f.push((HEADER_CMDLINE, cmdline));
+        let mut desc = (attrs.len() as u32).to_le_bytes().to_vec();
+        desc.extend_from_slice(&(ATTR_SIZE as u32).to_le_bytes());
+        for (id, attr, name) in attrs {
+            desc.extend_from_slice(attr);
+            desc.extend_from_slice(&1u32.to_le_bytes());
+            desc.extend_from_slice(&header_string(name));
+            desc.extend_from_slice(&id.to_le_bytes());
+        }
+        f.push((HEADER_EVENT_DESC, desc));
+        if self.plan.host_branches || self.plan.snapshots > 0 {
+            f.push((HEADER_BRANCH_STACK, Vec::new()));
+        }
+        let mut times = self.plan.first_ns.unwrap_or(0).to_le_bytes().to_vec();
+        times.extend_from_slice(&self.plan.last_ns.to_le_bytes());
+        f.push((HEADER_SAMPLE_TIME, times));
+        f
+    }
+
+    /// `HEADER_BUILD_ID`: one `build_id_event` per file with a known build-id.
+    fn build_id_section(&self) -> Vec<u8> {
+        let mut all = self.plan.build_ids.clone();
+        for (path, id) in &self.meta.build_ids {
+            all.entry(path.clone())
+                .or_insert_with(|| (id.clone(), is_kernel_path(path)));
+        }
+        let mut out = Vec::new();
+        for (path, (id, kernel)) in &all {
+            if id.len() > 20 {
+                continue;
+            }
+            let kernel = *kernel || is_kernel_path(path);
+            let misc = if kernel {
+                PERF_RECORD_MISC_KERNEL
+            } else {
+                PERF_RECORD_MISC_USER
+            } | PERF_RECORD_MISC_BUILD_ID_SIZE;
+            let name = path.as_bytes();
+            let name_len = (name.len() + 1).next_multiple_of(NAME_ALIGN);
+            let size = 8 + 4 + 24 + name_len;
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&misc.to_le_bytes());
+            out.extend_from_slice(&(size as u16).to_le_bytes());
+            // pid: HOST_KERNEL_ID (-1), the host machine.
+            out.extend_from_slice(&(-1i32).to_le_bytes());
+            let mut field = [0u8; 24];
+            field[..id.len()].copy_from_slice(id);
+            field[20] = id.len() as u8;
+            out.extend_from_slice(&field);
+            out.extend_from_slice(name);
+            out.resize(out.len() + name_len - name.len(), 0);
+        }
+        out
+    }
+}
+
+/// The pseudo (pid, tid) of vCPU `vcpu` of VM `vm`.
+pub fn guest_ids(vm: u32, vcpu: u32) -> (u32, u32) {
+    let pid = GUEST_PID_BASE + 1000 * vm.min(999_000);
+    (pid, pid + 1 + vcpu.min(998))
+}
+
+/// Whether perf files `path` under the kernel's DSOs: `[kernel.kallsyms]`, modules by
+/// path (`….ko`, compressed or not) or by `[name]`; the user-space `[vdso]`-like
+/// pseudo-files are not (perf mis-handles them as kernel DSOs).
+fn is_kernel_path(path: &str) -> bool {
+    const USER_PSEUDO: [&str; 5] = ["[vdso]", "[vdso32]", "[vdsox32]", "[vsyscall]", "[vvar]"];
+    if path.starts_with('[') {
+        return !USER_PSEUDO.contains(&path);
+    }
+    let name = path.rsplit('/').next().unwrap_or(path);
+    [".ko", ".ko.xz", ".ko.gz", ".ko.zst"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// perf's `do_write_string`: u32 length, then the string NUL-padded to [`NAME_ALIGN`].
+fn header_string(s: &str) -> Vec<u8> {
+    let len = (s.len() + 1).next_multiple_of(NAME_ALIGN);
+    let mut v = (len as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v.resize(4 + len, 0);
+    v
+}
+
+fn attr(
+    type_: u32,
+    config: u64,
+    period_or_freq: u64,
+    sample_type: u64,
+    flags: u64,
+    branch_sample_type: u64,
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(ATTR_SIZE);
+    a.extend_from_slice(&type_.to_le_bytes());
+    a.extend_from_slice(&(ATTR_SIZE as u32).to_le_bytes());
+    a.extend_from_slice(&config.to_le_bytes());
+    a.extend_from_slice(&period_or_freq.to_le_bytes());
+    a.extend_from_slice(&sample_type.to_le_bytes());
+    a.extend_from_slice(&0u64.to_le_bytes()); // read_format
+    a.extend_from_slice(&flags.to_le_bytes());
+    a.resize(72, 0); // wakeup_events, bp_type, config1, config2
+    a.extend_from_slice(&branch_sample_type.to_le_bytes());
+    a.resize(ATTR_SIZE, 0);
+    a
+}
+
+/// perf_event_attr type and config for an event named as perf names it; events perf
+/// would not know by these numbers are written as cpu-clock (their name still shows).
+fn event_type(name: &str) -> (u32, u64) {
+    let base = name.split(':').next().unwrap_or_default();
+    match base {
+        "cycles" | "cpu-cycles" => (PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES),
+        "instructions" => (PERF_TYPE_HARDWARE, PERF_COUNT_HW_INSTRUCTIONS),
+        "branches" | "branch-instructions" => {
+            (PERF_TYPE_HARDWARE, PERF_COUNT_HW_BRANCH_INSTRUCTIONS)
+        }
+        "task-clock" => (PERF_TYPE_SOFTWARE, PERF_COUNT_SW_TASK_CLOCK),
+        _ => (PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK),
+    }
+}
+
+/// The attr bits perf's event modifiers stand for (`cycles:ppp`, `instructions:uH`), so
+/// perf derives the same facts from the file as from the original (e.g. that no event
+/// samples the kernel).
+fn modifier_flags(name: &str) -> u64 {
+    let Some((_, mods)) = name.split_once(':') else {
+        return 0;
+    };
+    if !mods.chars().all(|c| "ukhHGpPS".contains(c)) {
+        return 0;
+    }
+    let mut f = 0;
+    if mods.contains(['u', 'k', 'h']) {
+        for (c, bit) in [
+            ('u', ATTR_FLAG_EXCLUDE_USER),
+            ('k', ATTR_FLAG_EXCLUDE_KERNEL),
+            ('h', ATTR_FLAG_EXCLUDE_HV),
+        ] {
+            if !mods.contains(c) {
+                f |= bit;
+            }
+        }
+    }
+    if mods.contains('H') && !mods.contains('G') {
+        f |= ATTR_FLAG_EXCLUDE_GUEST;
+    }
+    if mods.contains('G') && !mods.contains('H') {
+        f |= ATTR_FLAG_EXCLUDE_HOST;
+    }
+    let precise = mods.chars().filter(|&c| c == 'p').count().min(3) as u64;
+    f | precise << ATTR_FLAG_PRECISE_IP_SHIFT
+}
+
+fn misc_of(mode: CpuMode) -> u16 {
+    match mode {
+        CpuMode::Unknown => PERF_RECORD_MISC_CPUMODE_UNKNOWN,
+        CpuMode::Kernel => PERF_RECORD_MISC_KERNEL,
+        CpuMode::User => PERF_RECORD_MISC_USER,
+        CpuMode::Hypervisor => PERF_RECORD_MISC_HYPERVISOR,
+        CpuMode::GuestKernel => PERF_RECORD_MISC_GUEST_KERNEL,
+        CpuMode::GuestUser => PERF_RECORD_MISC_GUEST_USER,
+    }
+}
+
+fn context_of(mode: CpuMode) -> Option<u64> {
+    match mode {
+        CpuMode::Unknown => None,
+        CpuMode::Kernel => Some(PERF_CONTEXT_KERNEL),
+        CpuMode::User => Some(PERF_CONTEXT_USER),
+        CpuMode::Hypervisor => Some(PERF_CONTEXT_HV),
+        CpuMode::GuestKernel => Some(PERF_CONTEXT_GUEST_KERNEL),
+        CpuMode::GuestUser => Some(PERF_CONTEXT_GUEST_USER),
+    }
+}
+
+/// `perf_branch_entry`'s flag word.
+fn branch_flags(b: &Branch) -> u64 {
+    let f = &b.flags;
+    let kind = match f.kind {
+        BranchKind::Unknown => PERF_BR_UNKNOWN,
+        BranchKind::Cond => PERF_BR_COND,
+        BranchKind::Uncond => PERF_BR_UNCOND,
+        BranchKind::IndJump => PERF_BR_IND,
+        BranchKind::Call => PERF_BR_CALL,
+        BranchKind::IndCall => PERF_BR_IND_CALL,
+        BranchKind::Ret => PERF_BR_RET,
+        BranchKind::Syscall => PERF_BR_SYSCALL,
+        BranchKind::Sysret => PERF_BR_SYSRET,
+        BranchKind::Irq => PERF_BR_IRQ,
+        BranchKind::Exception => PERF_BR_SERROR,
+        BranchKind::Eret => PERF_BR_ERET,
+        BranchKind::Far => PERF_BR_UNKNOWN,
+    };
+    let mut v = (u64::from(f.cycles) & PERF_BRANCH_CYCLES_MASK) << PERF_BRANCH_CYCLES_SHIFT
+        | (kind & PERF_BRANCH_TYPE_MASK) << PERF_BRANCH_TYPE_SHIFT;
+    for (set, bit) in [
+        (f.mispred, PERF_BRANCH_MISPRED),
+        (f.predicted, PERF_BRANCH_PREDICTED),
+        (f.in_tx, PERF_BRANCH_IN_TX),
+        (f.abort, PERF_BRANCH_ABORT),
+    ] {
+        if set {
+            v |= bit;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbrprof_collector::input::open_any;
+    use lbrprof_collector::model::{BranchFlags, LbrEntry, SnapshotReason, VcpuThread};
+
+    fn host_sample(time_ns: u64, with_branches: bool) -> HostSample {
+        HostSample {
+            time_ns,
+            pid: 42,
+            tid: 43,
+            cpu: 1,
+            period: 1000,
+            ip: 0xffff_ffff_8100_0010,
+            mode: CpuMode::Kernel,
+            callchain: vec![
+                Frame {
+                    addr: 0xffff_ffff_8100_0010,
+                    mode: CpuMode::Kernel,
+                },
+                Frame {
+                    addr: 0x40_1234,
+                    mode: CpuMode::User,
+                },
+                Frame {
+                    addr: 0x40_1000,
+                    mode: CpuMode::User,
+                },
+            ],
+            branches: if with_branches {
+                vec![Branch {
+                    from: 0x40_1010,
+                    to: 0x40_1200,
+                    flags: BranchFlags {
+                        mispred: true,
+                        cycles: 17,
+                        kind: BranchKind::Call,
+                        ..BranchFlags::default()
+                    },
+                }]
+            } else {
+                Vec::new()
+            },
+            branch_hw_index: None,
+        }
+    }
+
+    fn snapshot(vcpu: u32, time: u64) -> LbrSnapshot {
+        LbrSnapshot {
+            vcpu,
+            host_time_ns: time,
+            guest_tsc: 0,
+            reason: SnapshotReason::Pmi { counter: 0 },
+            tos: 1,
+            entries: vec![
+                LbrEntry {
+                    from: 0x1010,
+                    to: 0x1020,
+                    info: 5,
+                },
+                LbrEntry {
+                    from: 0x1030,
+                    to: 0x1040,
+                    info: crate::lbr::lbr_info::LBR_INFO_MISPRED | 9,
+                },
+            ],
+            guest_ip: 0x1044,
+            guest_sp: 0,
+            guest_fp: 0,
+            cr3: 0,
+            guest_stack: vec![0x2000],
+            frozen_events: 0,
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        vec![
+            Event::Mapping(Mapping {
+                time_ns: 0,
+                space: AddressSpace::HostUser,
+                pid: 42,
+                start: 0x40_0000,
+                len: 0x1_0000,
+                pgoff: 0,
+                path: "/bin/prog".into(),
+                build_id: Some(vec![0xab; 20]),
+            }),
+            Event::Mapping(Mapping {
+                time_ns: 0,
+                space: AddressSpace::Guest { vm: 0 },
+                pid: 0,
+                start: 0x1000,
+                len: 0x2000,
+                pgoff: 0x1000,
+                path: "/tmp/guest.elf".into(),
+                build_id: None,
+            }),
+            Event::Task(TaskEvent::Comm {
+                time_ns: 1,
+                pid: 42,
+                tid: 43,
+                comm: "prog".into(),
+            }),
+            Event::Vcpu(VcpuThread {
+                time_ns: 1,
+                vm: 0,
+                vcpu: 1,
+                pid: 42,
+                tid: 43,
+            }),
+            Event::Sample(host_sample(100, true)),
+            Event::Snapshot(snapshot(1, 150)),
+            Event::Sample(host_sample(200, false)),
+            Event::Task(TaskEvent::Exit {
+                time_ns: 300,
+                pid: 42,
+                tid: 43,
+            }),
+        ]
+    }
+
+    fn write_file(events: &[Event], dir: &std::path::Path) -> (std::path::PathBuf, WriteStats) {
+        let mut plan = Plan::default();
+        events.iter().for_each(|e| plan.observe(e));
+        let meta = Meta {
+            event: "cycles:u".into(),
+            period: 1000,
+            snapshot_period: 1,
+            hostname: "h".into(),
+            version: "test".into(),
+            ..Meta::default()
+        };
+        let path = dir.join("out.perf.data");
+        let file = std::fs::File::create(&path).unwrap();
+        let stats = write(file, &meta, &plan, events.iter().cloned().map(Ok)).unwrap();
+        (path, stats)
+    }
+
+    /// What lbrprof writes, lbrprof's own perf.data import reads back as the same
+    /// samples, mappings and task events (guest snapshots come back as user-mode samples
+    /// of the guest pseudo-process).
+    #[test]
+    fn the_import_reads_back_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = events();
+        let (path, stats) = write_file(&evs, dir.path());
+        assert_eq!(stats.host_samples, 2);
+        assert_eq!(stats.guest_samples, 1);
+        assert_eq!(stats.bytes, std::fs::metadata(&path).unwrap().len());
+        let mut input = open_any(&path).unwrap();
+        assert_eq!(input.header().sampling.event, "cycles:u");
+        let back: Vec<Event> = input.by_ref().map(Result::unwrap).collect();
+        let samples: Vec<&HostSample> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Sample(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0], &host_sample(100, true));
+        // A sample without branches in a file whose samples have branch stacks.
+        assert_eq!(samples[2], &host_sample(200, false));
+        let (gpid, gtid) = guest_ids(0, 1);
+        let g = samples[1];
+        assert_eq!(
+            (g.pid, g.tid, g.cpu, g.ip, g.mode),
+            (gpid, gtid, 1, 0x1044, CpuMode::User)
+        );
+        let addrs: Vec<u64> = g.callchain.iter().map(|f| f.addr).collect();
+        assert_eq!(addrs, vec![0x1044, 0x2000]);
+        // Newest first: TOS is slot 1.
+        assert_eq!((g.branches[0].from, g.branches[1].from), (0x1030, 0x1010));
+        assert!(g.branches[0].flags.mispred && g.branches[0].flags.cycles == 9);
+        assert!(g.branches[1].flags.predicted && g.branches[1].flags.cycles == 5);
+        let maps: Vec<&Mapping> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mapping(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(maps[0], {
+            let Event::Mapping(m) = &evs[0] else { panic!() };
+            m
+        });
+        assert_eq!((maps[1].pid, maps[1].start), (gpid, 0x1000));
+        let comms: Vec<(u32, String)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Task(TaskEvent::Comm { tid, comm, .. }) => Some((*tid, comm.clone())),
+                _ => None,
+            })
+            .collect();
+        assert!(comms.contains(&(43, "prog".to_owned())), "{comms:?}");
+        assert!(
+            comms.contains(&(gtid, "guest-vcpu1".to_owned())),
+            "{comms:?}"
+        );
+        assert!(
+            back.iter()
+                .any(|e| matches!(e, Event::Task(TaskEvent::Exit { tid: 43, .. })))
+        );
+        assert!(input.warnings().is_empty(), "{:?}", input.warnings());
+    }
+
+    #[test]
+    fn host_only_files_have_one_event_and_no_branch_stack_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = vec![Event::Sample(host_sample(5, false))];
+        let (path, _) = write_file(&evs, dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        // attrs section: one perf_file_attr.
+        let attrs_size = u64::from_le_bytes(bytes[32..40].try_into().unwrap());
+        assert_eq!(attrs_size, (ATTR_SIZE + PERF_FILE_SECTION_LEN) as u64);
+        let sample_type = u64::from_le_bytes(bytes[104 + 24..104 + 32].try_into().unwrap());
+        assert_eq!(sample_type & PERF_SAMPLE_BRANCH_STACK, 0);
+        assert_ne!(sample_type & PERF_SAMPLE_CALLCHAIN, 0);
+    }
+
+    fn loss(time_ns: u64) -> Event {
+        Event::Loss(Loss {
+            time_ns,
+            kind: LossKind::RingBuffer,
+            count: 1,
+            tid: None,
+        })
+    }
+
+    /// Rounds only when no event would come after perf flushed past its time: a stream
+    /// in time order gets them, one that goes back further than a round does not.
+    #[test]
+    fn rounds_only_when_the_times_allow() {
+        let n = ROUND_EVENTS * 3;
+        let mut ordered = Plan::default();
+        (0..n).for_each(|t| ordered.observe(&loss(t)));
+        assert!(ordered.rounds());
+        // Back by less than a round, after two rounds: still fine.
+        ordered.observe(&loss(n - ROUND_EVENTS / 2));
+        assert!(ordered.rounds());
+        // Back to before the round perf has flushed.
+        ordered.observe(&loss(ROUND_EVENTS / 2));
+        assert!(!ordered.rounds());
+        // The file has a FINISHED_ROUND record every ROUND_EVENTS events.
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = (0..n)
+            .map(|t| Event::Sample(host_sample(t, false)))
+            .collect();
+        let (path, _) = write_file(&evs, dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let data_offset = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+        let data_size = u64::from_le_bytes(bytes[48..56].try_into().unwrap()) as usize;
+        let (mut at, mut rounds) = (data_offset, 0);
+        while at < data_offset + data_size {
+            let kind = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            rounds += usize::from(kind == PERF_RECORD_FINISHED_ROUND);
+            at += usize::from(u16::from_le_bytes(
+                bytes[at + 6..at + 8].try_into().unwrap(),
+            ));
+        }
+        assert_eq!(rounds as u64, n / ROUND_EVENTS);
+        let back = open_any(&path)
+            .unwrap()
+            .filter(|e| matches!(e, Ok(Event::Sample(_))));
+        assert_eq!(back.count() as u64, n);
+    }
+
+    #[test]
+    fn modifiers_become_attr_bits() {
+        let f = modifier_flags("instructions:uH");
+        assert_eq!(
+            f,
+            ATTR_FLAG_EXCLUDE_KERNEL | ATTR_FLAG_EXCLUDE_HV | ATTR_FLAG_EXCLUDE_GUEST
+        );
+        assert_eq!(
+            modifier_flags("cycles:ppp"),
+            3 << ATTR_FLAG_PRECISE_IP_SHIFT
+        );
+        assert_eq!(modifier_flags("cpu-clock"), 0);
+        // A PMU event's "/…/" config is not a modifier list.
+        assert_eq!(modifier_flags("cs_etm/autofdo/u:x"), 0);
+    }
+
+    #[test]
+    fn kernel_paths_are_told_from_user_pseudo_files() {
+        assert!(is_kernel_path("[kernel.kallsyms]"));
+        assert!(is_kernel_path("[nf_tables]"));
+        assert!(is_kernel_path("/lib/modules/6.1/kernel/net/x.ko.xz"));
+        assert!(!is_kernel_path("[vdso]"));
+        assert!(!is_kernel_path("/usr/lib/libc.so.6"));
+    }
+
+    #[test]
+    fn branch_flag_word_matches_perf_branch_entry() {
+        let b = Branch {
+            from: 1,
+            to: 2,
+            flags: BranchFlags {
+                predicted: true,
+                in_tx: true,
+                cycles: 0x1234,
+                kind: BranchKind::Ret,
+                ..BranchFlags::default()
+            },
+        };
+        let w = branch_flags(&b);
+        assert_eq!(w & PERF_BRANCH_PREDICTED, PERF_BRANCH_PREDICTED);
+        assert_eq!(w & PERF_BRANCH_IN_TX, PERF_BRANCH_IN_TX);
+        assert_eq!(w & PERF_BRANCH_MISPRED, 0);
+        assert_eq!(
+            (w >> PERF_BRANCH_CYCLES_SHIFT) & PERF_BRANCH_CYCLES_MASK,
+            0x1234
+        );
+        assert_eq!(
+            (w >> PERF_BRANCH_TYPE_SHIFT) & PERF_BRANCH_TYPE_MASK,
+            PERF_BR_RET
+        );
+    }
+}

@@ -1,0 +1,869 @@
+//! Exports for other tools' formats.
+//!
+//! `export --perf-data`: the files lbrprof writes are read by Linux perf (Debian
+//! linux-perf, 6.1) as the recordings they came from: perf script and perf report on an
+//! exported perf.data fixture print what they print on the original, and a recording
+//! with guest snapshots shows them as `guest-lbr` samples with symbols and branch stacks.
+//!
+//! `export --firefox`: the Firefox Profiler's processed-profile JSON, checked against the
+//! format's structure (tables, columns, indexes) and for its content (tracks, samples,
+//! stacks, markers).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lbrprof_collector::model::*;
+use lbrprof_collector::recording::{RecordingWriter, Summary};
+
+/// Whether `perf` runs here; says why a test skips when not.
+fn perf_tool() -> bool {
+    let works = Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!("skipped: needs the perf tool (Debian linux-perf)");
+    }
+    works
+}
+
+/// `perf ARGS` with its stdout and stderr; it must succeed.
+fn perf(args: &[&str]) -> (String, String) {
+    let out = Command::new("perf").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "perf {args:?} failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn export(input: &Path, out: &Path) -> String {
+    let o = common::run(&[
+        "export",
+        "-i",
+        input.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "export failed: {stderr}");
+    stderr
+}
+
+/// Lines as whitespace-separated tokens (perf pads its columns to the widest event name,
+/// and a file that keeps only the sampled events has narrower ones).
+fn tokens(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+const ROUND_TRIP: &[&str] = &[
+    "perf.data.branch-4.14",
+    "perf.data.branch_stack_hw_index",
+    "perf.data.callgraph_and_branch-3.8",
+    "propeller_sample.perfdata",
+];
+
+/// perf.data → lbrprof export --perf-data → perf script equals perf script on the
+/// original: samples (comm, pid/tid, time, period, event), call chains with symbols, and
+/// every branch entry with its flags and cycles.
+#[test]
+fn perf_script_on_an_exported_fixture_prints_what_it_prints_on_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let symfs = dir.to_str().unwrap();
+    for name in ROUND_TRIP {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        for fields in ["comm,pid,tid,time,period,event,ip,sym,dso", "brstack"] {
+            let script = |p: &Path| {
+                perf(&[
+                    "script",
+                    "-i",
+                    p.to_str().unwrap(),
+                    "--symfs",
+                    symfs,
+                    "-F",
+                    fields,
+                ])
+            };
+            let (want, want_err) = script(&orig);
+            let (got, got_err) = script(&ours);
+            assert!(!want.is_empty(), "{name}: perf script printed nothing");
+            assert_eq!(
+                tokens(&got),
+                tokens(&want),
+                "{name}: perf script -F {fields} differs"
+            );
+            // Only the warnings the original gets too (kernel symbols not found here).
+            assert_eq!(got_err, want_err, "{name}: perf script -F {fields} stderr");
+        }
+    }
+}
+
+/// perf report's branch view (`-b`: top edges) on the exported file is the
+/// original's, line for line.
+#[test]
+fn perf_report_branch_view_of_an_export_matches_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "perf.data.callgraph_and_branch-3.8",
+        "propeller_sample.perfdata",
+    ] {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        let report = |p: &Path| {
+            // (perf 6.1's report -b crashes on these files with --symfs or --sort.)
+            perf(&["report", "-i", p.to_str().unwrap(), "-b", "--stdio"]).0
+        };
+        let want = report(&orig);
+        let got = report(&ours);
+        assert!(tokens(&want).len() > 10, "{name}: {want}");
+        assert_eq!(tokens(&got), tokens(&want), "{name}");
+    }
+}
+
+fn symbol(elf: &[u8], part: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(elf).unwrap();
+    file.symbols()
+        .find(|s| s.name().is_ok_and(|n| n.contains(part)))
+        .unwrap_or_else(|| panic!("no symbol {part}"))
+        .address()
+}
+
+/// A recording of the builtin `sort` guest on two vCPUs: vCPU 0 is in `partition`,
+/// vCPU 1 in `insertion_sort`, each snapshot holding two taken branches (one
+/// mispredicted) and a frame-pointer return address; one host sample of the shim.
+fn guest_recording(path: &Path, image_path: &Path) -> (u64, u64) {
+    let image = lbrprof_vmm::builtin::image("sort").unwrap();
+    std::fs::write(image_path, image).unwrap();
+    let part = symbol(image, "9partition");
+    let ins = symbol(image, "14insertion_sort");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        // Made on this kernel: the export maps its text as perf record does.
+        host: HostInfo {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+                .to_owned(),
+            ..HostInfo::default()
+        },
+        sampling: SamplingConfig {
+            event: "cpu-clock".into(),
+            frequency: 1000,
+            call_graph: "fp".into(),
+            ..SamplingConfig::default()
+        },
+        target: Target::Vm {
+            image: "builtin:sort".into(),
+            vcpus: 2,
+            backend: LbrBackend::Emulated,
+            mode: "sampled".into(),
+        },
+    };
+    let w = RecordingWriter::create(path, &header).unwrap();
+    let sink = w.sink();
+    for m in lbrprof_collector::vm::guest_mappings(image, image_path, 0) {
+        sink.send(Event::Mapping(m));
+    }
+    for (vcpu, tid) in [(0, 101), (1, 102)] {
+        sink.send(Event::Vcpu(VcpuThread {
+            time_ns: 0,
+            vm: 0,
+            vcpu,
+            pid: 100,
+            tid,
+        }));
+        sink.send(Event::Task(TaskEvent::Comm {
+            time_ns: 0,
+            pid: 100,
+            tid,
+            comm: format!("vcpu{vcpu}"),
+        }));
+    }
+    let ms = 1_000_000u64;
+    for k in 1..=10u64 {
+        for (vcpu, f) in [(0u32, part), (1, ins)] {
+            sink.send(Event::Snapshot(LbrSnapshot {
+                vcpu,
+                host_time_ns: k * ms + u64::from(vcpu),
+                guest_tsc: 0,
+                reason: SnapshotReason::Pmi { counter: 32 },
+                tos: 1,
+                entries: vec![
+                    LbrEntry {
+                        from: f + 0x10,
+                        to: f + 0x20,
+                        info: 3,
+                    },
+                    LbrEntry {
+                        from: f + 0x30,
+                        to: f + 0x8,
+                        info: 1 << 63 | 7,
+                    },
+                ],
+                guest_ip: f + 0xc,
+                guest_sp: 0,
+                guest_fp: 0,
+                cr3: 0,
+                guest_stack: vec![],
+                frozen_events: 0,
+            }));
+        }
+    }
+    sink.send(Event::Sample(HostSample {
+        time_ns: 5 * ms,
+        pid: 100,
+        tid: 100,
+        period: ms,
+        ip: 0x1000,
+        mode: CpuMode::User,
+        ..HostSample::default()
+    }));
+    w.finish(&Summary::default()).unwrap();
+    (part, ins)
+}
+
+/// Guest snapshots become `guest-lbr` samples of threads `guest-vcpuN`, symbolized from
+/// the guest image, with their branch stacks newest first and the LBR_INFO flags.
+#[test]
+fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
+    if !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    let (part, ins) = guest_recording(&data, &tmp.path().join("sort"));
+    let out = tmp.path().join("g.perf.data");
+    let said = export(&data, &out);
+    assert!(
+        said.contains("1 host samples, 20 guest snapshots"),
+        "{said}"
+    );
+    let (text, stderr) = perf(&[
+        "script",
+        "-i",
+        out.to_str().unwrap(),
+        "-F",
+        "comm,tid,event,ip,sym,brstack",
+    ]);
+    assert!(stderr.trim().is_empty(), "perf warned: {stderr}");
+    let guest: Vec<&str> = text.lines().filter(|l| l.contains("guest-lbr")).collect();
+    assert_eq!(guest.len(), 20, "{text}");
+    for (vcpu, f, name) in [(0, part, "partition"), (1, ins, "insertion_sort")] {
+        let rows: Vec<&&str> = guest
+            .iter()
+            .filter(|l| l.trim_start().starts_with(&format!("guest-vcpu{vcpu} ")))
+            .collect();
+        assert_eq!(rows.len(), 10, "vCPU {vcpu}: {text}");
+        let want_branches = format!(
+            "{:#x}/{:#x}/M/-/-/7/  {:#x}/{:#x}/P/-/-/3/",
+            f + 0x30,
+            f + 0x8,
+            f + 0x10,
+            f + 0x20
+        );
+        for row in rows {
+            assert!(row.contains(name), "vCPU {vcpu} not in {name}: {row}");
+            assert!(row.contains(&format!("{:x}", f + 0xc)), "{row}");
+            assert!(
+                row.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .contains(
+                        &want_branches
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                "branches of vCPU {vcpu}: {row}\nwant {want_branches}"
+            );
+        }
+    }
+    // perf report's branch view counts the guest edges by symbol: 20 snapshots × 2.
+    let (report, stderr) = perf(&["report", "-i", out.to_str().unwrap(), "-b", "--stdio"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    assert!(
+        report.contains("# Samples: 40  of event 'guest-lbr'"),
+        "{report}"
+    );
+}
+
+/// A real `record --vm` run: the export holds every host sample and every guest
+/// snapshot `lbrprof report` counts, and perf reads it without a warning.
+#[test]
+fn a_recorded_guest_run_exports_every_sample_and_snapshot() {
+    if !common::kvm_available() || !common::perf_available() || !perf_tool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("vm.data");
+    common::ok(&[
+        "record",
+        "--vm",
+        "builtin:sort",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    let report = common::json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    let samples = report["meta"]["samples"].as_u64().unwrap();
+    let snapshots = report["meta"]["snapshots"].as_u64().unwrap();
+    let entries = report["meta"]["branch_entries"].as_u64().unwrap();
+    assert!(snapshots > 0, "{report}");
+    let out = tmp.path().join("vm.perf.data");
+    export(&data, &out);
+    let (text, _) = perf(&["script", "-i", out.to_str().unwrap(), "-F", "event,brstack"]);
+    let count = |ev: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(ev))
+            .count() as u64
+    };
+    assert_eq!(count("cpu-clock"), samples, "{text}");
+    assert_eq!(count("guest-lbr"), snapshots, "{text}");
+    let exported_entries = text
+        .split_whitespace()
+        .filter(|t| t.ends_with('/') && t.matches('/').count() >= 6)
+        .count() as u64;
+    assert_eq!(exported_entries, entries);
+    let (_, stderr) = perf(&["report", "-i", out.to_str().unwrap(), "--stdio"]);
+    assert!(
+        !stderr.to_lowercase().contains("warning") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+/// Bad input is a one-line error, and nothing is left behind or overwritten.
+#[test]
+fn bad_input_is_an_error_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.data");
+    std::fs::write(&junk, b"not a recording at all").unwrap();
+    let out = tmp.path().join("o.perf.data");
+    std::fs::write(&out, b"keep me").unwrap();
+    let o = common::run(&[
+        "export",
+        "-i",
+        junk.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // A recording with nothing sampled.
+    let empty = tmp.path().join("empty.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Pid { pid: 1 },
+    };
+    RecordingWriter::create(&empty, &header)
+        .unwrap()
+        .finish(&Summary::default())
+        .unwrap();
+    let o = common::run(&[
+        "export",
+        "-i",
+        empty.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing to export"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    let left: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+}
+
+/// perf2bolt (llvm-bolt's perf.data aggregator, which reads the file through
+/// `perf script`) makes the same BOLT profile from the exported fixture as from the
+/// original.
+#[test]
+fn perf2bolt_aggregates_an_export_as_it_does_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let bolt_works = Command::new("llvm-bolt-16")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !perf_tool() {
+        return;
+    }
+    if !bolt_works {
+        eprintln!("skipped: needs llvm-bolt-16 (Debian bolt-16)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = dir.join("propeller_sample.perfdata");
+    let ours = tmp.path().join("p.perf.data");
+    export(&orig, &ours);
+    let fdata = |p: &Path, name: &str| -> String {
+        let out = tmp.path().join(name);
+        let o = Command::new("llvm-bolt-16")
+            .arg(dir.join("propeller_sample.bin"))
+            .arg("-p")
+            .arg(p)
+            .arg("-aggregate-only")
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let want = fdata(&orig, "orig.fdata");
+    assert!(want.lines().count() > 5, "{want}");
+    assert_eq!(fdata(&ours, "ours.fdata"), want);
+}
+
+// ---------------------------------------------------------------------------------------
+// export --firefox
+
+fn export_firefox(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "export",
+        "-i",
+        input.to_str().unwrap(),
+        "--firefox",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = common::run(&args);
+    assert!(
+        o.status.success(),
+        "export --firefox failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bytes = std::fs::read(out).unwrap();
+    let text = if out.extension().is_some_and(|e| e == "gz") {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut s)
+            .expect("gzip");
+        s
+    } else {
+        String::from_utf8(bytes).unwrap()
+    };
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// The processed-profile structure the Firefox Profiler reads (src/types/profile.js of
+/// firefox-devtools/profiler): the meta fields it requires, and per thread the sample,
+/// stack, frame, func and marker tables as columns of one length whose indexes point
+/// into the tables they name. Returns, per thread name, its samples' stacks as function
+/// names (root first).
+fn check_processed_profile(p: &serde_json::Value) -> Vec<(String, Vec<Vec<String>>)> {
+    let meta = &p["meta"];
+    for key in [
+        "interval",
+        "startTime",
+        "version",
+        "preprocessedProfileVersion",
+    ] {
+        assert!(meta[key].is_number(), "meta.{key} missing: {meta}");
+    }
+    assert!(meta["interval"].as_f64().unwrap() > 0.0);
+    assert!(meta["product"].is_string());
+    let categories = meta["categories"].as_array().expect("meta.categories");
+    for c in categories {
+        assert!(c["name"].is_string() && c["color"].is_string());
+        assert!(!c["subcategories"].as_array().unwrap().is_empty());
+    }
+    assert!(meta["markerSchema"].is_array());
+    assert!(p["libs"].is_array());
+    let threads = p["threads"].as_array().expect("threads");
+    let mut out = Vec::new();
+    for t in threads {
+        for key in ["name", "processName", "processType"] {
+            assert!(t[key].is_string(), "thread.{key}: {t}");
+        }
+        assert!(t["pid"].is_string() || t["pid"].is_number());
+        assert!(t["tid"].is_string() || t["tid"].is_number());
+        let strings = t["stringArray"].as_array().expect("stringArray");
+        let table = |name: &str, columns: &[&str]| -> usize {
+            let tab = &t[name];
+            let len = tab["length"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}.length")) as usize;
+            for c in columns {
+                let col = tab[*c]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}.{c} is not a column"));
+                assert_eq!(col.len(), len, "{name}.{c}");
+            }
+            len
+        };
+        let n_samples = table("samples", &["stack", "weight"]);
+        assert!(
+            t["samples"]["time"].is_array() || t["samples"]["timeDeltas"].is_array(),
+            "samples need time or timeDeltas"
+        );
+        let n_stacks = table("stackTable", &["prefix", "frame"]);
+        let n_frames = table(
+            "frameTable",
+            &["func", "category", "subcategory", "address", "line"],
+        );
+        let n_funcs = table("funcTable", &["name", "resource", "isJS", "relevantForJS"]);
+        table(
+            "markers",
+            &["name", "startTime", "endTime", "phase", "category", "data"],
+        );
+        let col = |tab: &str, c: &str, i: usize| t[tab][c][i].as_u64();
+        let func_name = |f: usize| -> String {
+            let s = col("funcTable", "name", f).unwrap() as usize;
+            strings[s].as_str().unwrap().to_owned()
+        };
+        for i in 0..n_stacks {
+            if let Some(prefix) = col("stackTable", "prefix", i) {
+                assert!(
+                    (prefix as usize) < i,
+                    "stack {i}: prefix {prefix} is not older"
+                );
+            }
+            assert!((col("stackTable", "frame", i).unwrap() as usize) < n_frames);
+        }
+        for i in 0..n_frames {
+            assert!((col("frameTable", "func", i).unwrap() as usize) < n_funcs);
+            assert!((col("frameTable", "category", i).unwrap() as usize) < categories.len());
+        }
+        for i in 0..n_funcs {
+            assert!((col("funcTable", "name", i).unwrap() as usize) < strings.len());
+        }
+        let mut stacks = Vec::with_capacity(n_samples);
+        for i in 0..n_samples {
+            let mut frames = Vec::new();
+            let mut s = col("samples", "stack", i).map(|s| s as usize);
+            while let Some(si) = s {
+                let frame = col("stackTable", "frame", si).unwrap() as usize;
+                frames.push(func_name(col("frameTable", "func", frame).unwrap() as usize));
+                s = col("stackTable", "prefix", si).map(|s| s as usize);
+            }
+            frames.reverse();
+            stacks.push(frames);
+        }
+        out.push((t["name"].as_str().unwrap().to_owned(), stacks));
+    }
+    out
+}
+
+/// A guest recording in the Firefox Profiler: a track per host thread and per vCPU, the
+/// guest snapshots as samples with their symbolized stacks and as markers.
+#[test]
+fn firefox_export_has_a_track_per_thread_and_vcpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    let threads = check_processed_profile(&p);
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (vcpu, leaf) in [(0, "partition"), (1, "insertion_sort")] {
+        let (_, stacks) = threads
+            .iter()
+            .find(|(n, _)| *n == format!("guest vcpu{vcpu}"))
+            .unwrap_or_else(|| panic!("no track guest vcpu{vcpu}: {names:?}"));
+        assert_eq!(stacks.len(), 10);
+        for s in stacks {
+            assert!(s.last().unwrap().contains(leaf), "vCPU {vcpu}: {s:?}");
+        }
+    }
+    // The guest tracks carry one LBR snapshot marker per snapshot.
+    let guest0 = p["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "guest vcpu0")
+        .unwrap();
+    assert_eq!(guest0["markers"]["length"], 10);
+    assert_eq!(guest0["markers"]["data"][0]["branches"].as_f64(), Some(2.0));
+    assert_eq!(guest0["markers"]["data"][0]["type"], "LbrSnapshot");
+    // The shim's own sample is on its main thread's track.
+    let host: usize = threads
+        .iter()
+        .filter(|(n, _)| !n.starts_with("guest"))
+        .map(|(_, s)| s.len())
+        .sum();
+    assert_eq!(host, 1);
+}
+
+/// A perf.data fixture, gzip-compressed: per-thread sample counts and leaf functions
+/// are those of lbrprof report.
+#[test]
+fn firefox_export_of_a_perf_fixture_matches_the_report() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = dir.join("propeller_sample.perfdata");
+    let symfs = dir.to_str().unwrap();
+    let p = export_firefox(&input, &tmp.path().join("p.json.gz"), &["--symfs", symfs]);
+    let threads = check_processed_profile(&p);
+    let report = common::json(&[
+        "report",
+        "-i",
+        input.to_str().unwrap(),
+        "--symfs",
+        symfs,
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
+    let total: usize = threads.iter().map(|(_, s)| s.len()).sum();
+    assert_eq!(total as u64, report["meta"]["samples"].as_u64().unwrap());
+    for f in report["functions"].as_array().unwrap() {
+        let name = f["function"].as_str().unwrap();
+        let leaves = threads
+            .iter()
+            .flat_map(|(_, s)| s)
+            .filter(|s| s.last().is_some_and(|l| l == name))
+            .count() as u64;
+        assert_eq!(leaves, f["self_samples"].as_u64().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn firefox_export_of_nothing_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.data");
+    let header = Header {
+        writer: "test".into(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: HostInfo::default(),
+        sampling: SamplingConfig::default(),
+        target: Target::Pid { pid: 1 },
+    };
+    RecordingWriter::create(&empty, &header)
+        .unwrap()
+        .finish(&Summary::default())
+        .unwrap();
+    let out = tmp.path().join("e.json");
+    let o = common::run(&[
+        "export",
+        "-i",
+        empty.to_str().unwrap(),
+        "--firefox",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to export"));
+    assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// export --pprof: labels and inlined frames
+
+fn go_pprof(args: &[&str]) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every sample is labelled with its process, thread and command (a guest snapshot with
+/// its vCPU thread's), and code inlined into a function is a line of its own.
+#[test]
+fn pprof_export_labels_threads_and_keeps_inlined_frames() {
+    if !common::go_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let pb = tmp.path().join("g.pb.gz");
+    let o = common::run(&[
+        "export",
+        "-i",
+        data.to_str().unwrap(),
+        "--pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pb = pb.to_str().unwrap();
+    let tags = go_pprof(&["-tags", "-sample_index=samples", pb]);
+    // "-tags" prints " KEY: Total N" then "  COUNT (PCT): VALUE" rows.
+    let mut counts: Vec<(String, String, f64)> = Vec::new();
+    let mut key = String::new();
+    for line in tags.lines() {
+        let t = line.trim();
+        if let Some((k, _)) = t.split_once(": Total") {
+            key = k.to_owned();
+        } else if let Some((count, value)) = t.split_once("): ") {
+            let n: f64 = count.split_whitespace().next().unwrap().parse().unwrap();
+            counts.push((key.clone(), value.to_owned(), n));
+        }
+    }
+    // 10 snapshots per vCPU, on that vCPU's thread; the shim's sample on its main thread.
+    for (k, v, n) in [
+        ("comm", "vcpu0", 10.0),
+        ("comm", "vcpu1", 10.0),
+        ("tid", "101", 10.0),
+        ("tid", "102", 10.0),
+        ("tid", "100", 1.0),
+        ("pid", "100", 21.0),
+        ("vcpu", "0", 10.0),
+        ("vcpu", "1", 10.0),
+    ] {
+        assert!(
+            counts.contains(&(k.to_owned(), v.to_owned(), n)),
+            "no {k}={v} with {n} samples in {tags}"
+        );
+    }
+    let vcpu1 = go_pprof(&[
+        "-top",
+        "-sample_index=samples",
+        "-noinlines",
+        "-tagfocus=comm=vcpu1",
+        pb,
+    ]);
+    assert!(
+        common::pprof_rows(&vcpu1)
+            .iter()
+            .any(|(n, f)| *n == 10 && f.contains("insertion_sort")),
+        "{vcpu1}"
+    );
+    // The snapshot IPs sit in code inlined into partition and insertion_sort: with
+    // inlined frames, pprof shows the inlined function as the leaf, and its caller as
+    // the function it was inlined into.
+    let raw = go_pprof(&["-raw", pb]);
+    let inlined = raw
+        .lines()
+        .filter(|l| l.contains("partition") || l.contains("insertion_sort"))
+        .count();
+    assert!(inlined > 0, "{raw}");
+    let top = go_pprof(&["-top", "-sample_index=samples", pb]);
+    assert!(top.contains("(inline)"), "no inlined frame: {top}");
+}
+
+// ---------------------------------------------------------------------------------------
+// export --perf-data → lbrprof report: the same report
+
+/// The parts of a JSON report that must survive the trip through perf.data.
+fn report_tables(input: &Path, symfs: Option<&str>) -> serde_json::Value {
+    let mut args = vec![
+        "report",
+        "-i",
+        input.to_str().unwrap(),
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ];
+    if let Some(dir) = symfs {
+        args.extend_from_slice(&["--symfs", dir]);
+    }
+    let mut v = common::json(&args);
+    let meta = v["meta"].take();
+    serde_json::json!({
+        "functions": v["functions"].take(),
+        "branches": v["branches"].take(),
+        "ranges": v["ranges"].take(),
+        "samples": meta["samples"],
+        "weight": meta["weight"],
+        "branch_entries": meta["branch_entries"],
+    })
+}
+
+/// lbrprof reads back the perf.data it wrote as the report of the original: every
+/// function, branch edge and fall-through range with the same counts.
+#[test]
+fn lbrprof_reports_an_exported_perf_data_as_the_original() {
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let symfs = dir.to_str().unwrap();
+    for name in ROUND_TRIP {
+        let orig = dir.join(name);
+        let ours = tmp.path().join(format!("{name}.out"));
+        export(&orig, &ours);
+        assert_eq!(
+            report_tables(&ours, Some(symfs)),
+            report_tables(&orig, Some(symfs)),
+            "{name}"
+        );
+    }
+}
+
+/// A host-only lbrprof recording round trips: its exported perf.data gives the same
+/// report, with the program's functions named.
+#[test]
+fn a_host_recording_round_trips_through_perf_data() {
+    if !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "hot");
+    let data = tmp.path().join("hot.data");
+    let out = common::lbrprof()
+        .args(["record", "-F", "999", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .args(["100000000", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = tmp.path().join("hot.perf.data");
+    export(&data, &exported);
+    let want = report_tables(&data, None);
+    assert_eq!(report_tables(&exported, None), want);
+    let functions = want["functions"].as_array().unwrap();
+    assert!(
+        functions.iter().any(|f| f["function"] == "hot_loop"),
+        "{functions:?}"
+    );
+}
