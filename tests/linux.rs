@@ -369,3 +369,107 @@ int main(void) {
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("guest"), "{info}");
 }
+
+/// A Rust program with std::thread (named threads, channels, a mutex, scoped threads),
+/// built at test time with the toolchain running the tests.
+const RUST_THREADS: &str = r#"
+use std::sync::{mpsc, Arc, Mutex};
+#[inline(never)]
+fn rust_worker(seed: u64, n: u64) -> u64 {
+    let mut s = seed;
+    for _ in 0..n {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) ^ (s >> 29);
+    }
+    s
+}
+fn main() {
+    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let total = Arc::new(Mutex::new(0u64));
+    let (tx, rx) = mpsc::channel();
+    let handles: Vec<_> = (0..5u64)
+        .map(|i| {
+            let (total, tx) = (total.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("worker{i}"))
+                .spawn(move || {
+                    let v = rust_worker(i + 1, n);
+                    *total.lock().unwrap() ^= v;
+                    tx.send((i, v, std::thread::current().name().map(str::to_owned))).unwrap();
+                })
+                .unwrap()
+        })
+        .collect();
+    drop(tx);
+    let mut got: Vec<_> = rx.iter().collect();
+    got.sort();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let scoped = std::thread::scope(|s| {
+        let a = s.spawn(|| rust_worker(100, 1000));
+        let b = s.spawn(|| rust_worker(200, 1000));
+        a.join().unwrap() ^ b.join().unwrap()
+    });
+    for (i, v, name) in got {
+        println!("{i} {name:?}: {v:016x}");
+    }
+    println!("total {:016x} scoped {scoped:016x}", *total.lock().unwrap());
+}
+"#;
+
+fn build_rust(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.rs"));
+    std::fs::write(&file, src).unwrap();
+    let exe = dir.join(name);
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = Command::new(rustc)
+        .args(["-O", "-g", "-o"])
+        .arg(&exe)
+        .arg(&file)
+        .status()
+        .expect("rustc runs the tests, so it is there");
+    assert!(status.success(), "rustc {}", file.display());
+    exe
+}
+
+#[test]
+fn threaded_programs_run_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // pthreads: mutex, condition variable (and a timed wait that times out), barrier,
+    // thread-local storage, pthread_exit, join, a detached thread; glibc and musl.
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("threads-glibc-dynamic", "gcc", &["-pthread"]),
+        ("threads-glibc-static", "gcc", &["-pthread", "-static"]),
+        ("threads-musl-static", "musl-gcc", &["-static"]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_threads", out, cc, flags);
+        let (native, vm) = native_and_vm(exe.to_str().unwrap(), &["6", "300000"], None);
+        assert!(
+            String::from_utf8_lossy(&native.stdout).contains("timedwait: timed out"),
+            "{out}: native run"
+        );
+        assert_identical(out, &native, &vm);
+    }
+    let exe = build_rust(tmp.path(), "rust_threads", RUST_THREADS);
+    let (native, vm) = native_and_vm(exe.to_str().unwrap(), &[], None);
+    assert!(String::from_utf8_lossy(&native.stdout).contains("Some(\"worker4\")"));
+    assert_identical("std::thread", &native, &vm);
+    // Multi-threaded programs on the machine.
+    let data = tmp.path().join("data.txt");
+    let text: String = (0..200_000)
+        .map(|i| format!("{} line {i}\n", (i * 7919) % 200_000))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let d = data.to_str().unwrap();
+    let (native, vm) = native_and_vm("sort", &["--parallel=2", "-n", d], None);
+    assert_identical("sort --parallel=2", &native, &vm);
+    if Path::new("/usr/bin/xz").exists() {
+        let (native, vm) = native_and_vm("xz", &["-T2", "-3", "-c"], Some(&data));
+        assert!(native.stdout.len() > 1000);
+        assert_identical("xz -T2", &native, &vm);
+    }
+}

@@ -41,7 +41,7 @@ use crate::arch::DR7_L0;
 use crate::boot;
 use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
 use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
-use crate::linux::thread::{Block, NewThread, Task};
+use crate::linux::thread::{NewThread, Task};
 use crate::linux::{self, LinuxError, LinuxReport, Process, TrapAction};
 use crate::loader::{self, ImageKind, LoaderError, RamLayout};
 use crate::memory::{GuestMemory, MemoryError};
@@ -1167,13 +1167,8 @@ impl LinuxVcpu {
             TrapAction::Block { pending, block } => {
                 // Wait with the process released: the other threads go on (and wake us).
                 drop(p);
-                let woken = match &block {
-                    Block::Futex { deadline } => self.task.waiter.wait(*deadline, stop),
-                    Block::Sleep { until } => {
-                        self.task.waiter.reset();
-                        self.task.waiter.wait(Some(*until), stop)
-                    }
-                };
+                let mut block = block;
+                let woken = block.wait(&self.task.waiter, stop);
                 let mut p = lock(&self.shared.process);
                 p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
                 Ok(TrapAction::Resume)

@@ -38,7 +38,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
 use crate::linux::abi::*;
@@ -242,6 +242,8 @@ pub struct LinuxReport {
     pub peak_bytes: u64,
     /// Time spent servicing traps (system calls included), ns.
     pub trap_ns: u64,
+    /// Threads the program started (besides its first).
+    pub threads: u64,
 }
 
 /// How a trap ends.
@@ -400,7 +402,12 @@ impl Process {
 
     /// The task of the program's first thread (its id is the process id).
     pub fn main_task(&self) -> Task {
-        Task::new(self.pid, self.mm.cr3())
+        let mut t = Task::new(self.pid, self.mm.cr3());
+        // Linux names a process after its executable's file name (15 bytes at most).
+        let name = self.path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let n = name.len().min(15);
+        t.comm[..n].copy_from_slice(&name[..n]);
+        t
     }
 
     /// The generation of page-table changes every vCPU must have flushed (see [`thread`]).
@@ -581,6 +588,7 @@ impl Process {
                 mm::Errno(libc::ETIMEDOUT).ret()
             }
             Block::Futex { .. } | Block::Sleep { .. } => 0,
+            Block::Poll(p) => self.poll_done(&p),
         };
         pending.regs.rax = ret;
         write_regs(vcpu, &pending.regs, pending.fast)
@@ -596,6 +604,7 @@ impl Process {
         started: bool,
     ) -> Result<(), VmError> {
         pending.regs.rax = if started {
+            self.report.threads += 1;
             child
         } else {
             self.threads.remove(&child);

@@ -301,6 +301,36 @@ impl Process {
                 return self.sys_kill(task, sig);
             }
             Sysno::futex => return self.sys_futex(task, a),
+            Sysno::prctl => match a[0] as i32 {
+                libc::PR_SET_NAME => self.mm.read_cstr(a[1], PATH_MAX).map(|n| {
+                    let n = &n[..n.len().min(15)];
+                    task.comm = [0; 16];
+                    task.comm[..n.len()].copy_from_slice(n);
+                    0
+                }),
+                libc::PR_GET_NAME => self.out(a[1], &task.comm).map(|()| 0),
+                _ => Err(Errno::EINVAL),
+            },
+            Sysno::poll => {
+                let timeout = a[2] as i32;
+                let deadline = (timeout >= 0).then(|| {
+                    std::time::Instant::now()
+                        + std::time::Duration::from_millis(timeout as u64)
+                });
+                return self.sys_poll(a[0], a[1], deadline);
+            }
+            Sysno::ppoll => {
+                // The signal mask argument is not applied (no signal interrupts a poll).
+                let deadline = if a[2] == 0 {
+                    None
+                } else {
+                    match self.timeout(a[2], libc::CLOCK_MONOTONIC, false) {
+                        Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
+                        Err(e) => return Outcome::Return(e.ret()),
+                    }
+                };
+                return self.sys_poll(a[0], a[1], deadline);
+            }
             Sysno::clone3 => Err(Errno::ENOSYS),
             _ => {
                 *self
@@ -820,6 +850,60 @@ impl Process {
             }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// poll/ppoll: at once when the deadline is now, else a block with the process
+    /// released.
+    fn sys_poll(&mut self, va: u64, n: u64, deadline: Option<std::time::Instant>) -> Outcome {
+        if n > MAX_FDS as u64 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        let mut raw = vec![0u8; 8 * n as usize];
+        if let Err(e) = self.mm.read(GuestVirtAddr(va), &mut raw) {
+            return Outcome::Return(e.ret());
+        }
+        let entries = raw
+            .chunks_exact(8)
+            .map(|c| {
+                let fd = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let events = i16::from_le_bytes([c[4], c[5]]);
+                if fd < 0 {
+                    return (None, events, false);
+                }
+                match self.fds.get(fd as u64) {
+                    Ok(f) => (Some(f.file.clone()), events, false),
+                    Err(_) => (None, events, true),
+                }
+            })
+            .collect();
+        let mut block = thread::PollBlock {
+            va,
+            entries,
+            deadline,
+            result: Ok(Vec::new()),
+        };
+        if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+            block.run(&std::sync::atomic::AtomicBool::new(false));
+            return Outcome::Return(self.poll_done(&block));
+        }
+        Outcome::Block(Block::Poll(block))
+    }
+
+    /// Write a finished poll's revents back; the call's result.
+    pub(crate) fn poll_done(&mut self, block: &thread::PollBlock) -> u64 {
+        let revents = match &block.result {
+            Ok(r) => r,
+            Err(e) => return e.ret(),
+        };
+        let mut ready = 0;
+        for (i, r) in revents.iter().enumerate() {
+            let at = block.va + 8 * i as u64 + 6;
+            if let Err(e) = self.out(at, &r.to_le_bytes()) {
+                return e.ret();
+            }
+            ready += u64::from(*r != 0);
+        }
+        ready
     }
 
     /// `exit` of one thread: its `clear_child_tid` is zeroed and woken (pthread_join

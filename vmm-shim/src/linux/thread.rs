@@ -21,9 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use kvm_bindings::{kvm_fpu, kvm_regs};
 
 use crate::linux::cpu::SyscallMode;
+use crate::linux::host;
+use crate::linux::mm::Errno;
 
 /// One thread of the program (the state Linux keeps per task that the shim needs).
 #[derive(Debug)]
@@ -40,6 +44,8 @@ pub struct Task {
     pub robust_list: (u64, u64),
     /// `sigaltstack`: (ss_sp, ss_size), ss_size 0 when none.
     pub altstack: (u64, u64),
+    /// The thread's name (`prctl(PR_SET_NAME)`), NUL-padded.
+    pub comm: [u8; 16],
     /// How `syscall` behaves on this vCPU (learnt at the first one).
     pub(crate) syscall_mode: Option<SyscallMode>,
     /// Registers travel in the run page (KVM_CAP_SYNC_REGS).
@@ -61,6 +67,7 @@ impl Task {
             clear_child_tid: 0,
             robust_list: (0, 0),
             altstack: (0, 0),
+            comm: [0; 16],
             syscall_mode: None,
             sync_regs: false,
             cr3,
@@ -139,6 +146,83 @@ pub enum Block {
     Futex { deadline: Option<Instant> },
     /// nanosleep/clock_nanosleep (woken only by the VM stopping).
     Sleep { until: Instant },
+    /// poll/ppoll on host descriptors.
+    Poll(PollBlock),
+}
+
+impl Block {
+    /// Block `waiter`'s thread; true when it was woken (futex) rather than timed out
+    /// or stopped.
+    pub fn wait(&mut self, waiter: &Waiter, stop: &AtomicBool) -> bool {
+        match self {
+            Block::Futex { deadline } => waiter.wait(*deadline, stop),
+            Block::Sleep { until } => {
+                waiter.reset();
+                waiter.wait(Some(*until), stop)
+            }
+            Block::Poll(p) => {
+                p.run(stop);
+                true
+            }
+        }
+    }
+}
+
+/// A poll of guest descriptors, on their host files.
+#[derive(Debug)]
+pub struct PollBlock {
+    /// Guest address of the `struct pollfd` array.
+    pub va: u64,
+    /// Per entry: the host file (None: a negative fd, skipped) and the events; entries
+    /// whose guest fd is not open are POLLNVAL.
+    pub entries: Vec<(Option<Arc<OwnedFd>>, i16, bool)>,
+    /// None: no timeout.
+    pub deadline: Option<Instant>,
+    /// revents per entry, or the error, once run.
+    pub result: Result<Vec<i16>, Errno>,
+}
+
+impl PollBlock {
+    /// Poll until something is ready, the deadline passes or the VM stops.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut fds: Vec<libc::pollfd> = self
+            .entries
+            .iter()
+            .map(|(f, events, _)| libc::pollfd {
+                fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                events: *events,
+                revents: 0,
+            })
+            .collect();
+        let nval = self.entries.iter().any(|e| e.2);
+        loop {
+            let now = Instant::now();
+            let slice = match self.deadline {
+                _ if nval => Duration::ZERO,
+                Some(d) => d.saturating_duration_since(now).min(STOP_POLL),
+                None => STOP_POLL,
+            };
+            match host::poll(&mut fds, slice.as_millis() as i32) {
+                Ok(0) => {}
+                Ok(_) => break,
+                Err(e) if e.0 == libc::EINTR => {}
+                Err(e) => {
+                    self.result = Err(e);
+                    return;
+                }
+            }
+            let over = self.deadline.is_some_and(|d| Instant::now() >= d);
+            if nval || over || stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        self.result = Ok(self
+            .entries
+            .iter()
+            .zip(&fds)
+            .map(|(e, p)| if e.2 { libc::POLLNVAL } else { p.revents })
+            .collect());
+    }
 }
 
 #[derive(Debug)]
