@@ -394,8 +394,8 @@ impl Vm {
             let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
             match (&parsed, &process) {
                 (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
-                (None, Some((p, task, regs))) => {
-                    setup_linux_registers(&vcpu, p.mm.cr3(), task.fs_base, None, regs)?
+                (None, Some((_, task, regs))) => {
+                    setup_linux_registers(&vcpu, task, None, regs)?
                 }
                 (None, None) => {}
             }
@@ -505,7 +505,7 @@ impl Vm {
                         let mut hook = hooks(index);
                         let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
                         let NewThread { task, regs, fpu } = *req.child;
-                        setup_linux_registers(&vcpu, task.cr3, task.fs_base, fpu.as_ref(), &regs)?;
+                        setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
                         start(index, vcpu, hook, Some(task)).map_err(VmError::Thread)
                     })();
                     let ok = started.is_ok();
@@ -749,12 +749,11 @@ fn create_vcpu(
     Ok(vcpu)
 }
 
-/// A Linux thread's first state: ring 3 at `regs`, page tables `cr3`, TLS `fs_base`,
-/// SSE usable (with `fpu`, the creating thread's, or the initial state).
+/// A Linux thread's first state: ring 3 at `regs`, the task's page tables, TLS and
+/// TSS, SSE usable (with `fpu`, the creating thread's, or the initial state).
 fn setup_linux_registers(
     vcpu: &VcpuFd,
-    cr3: u64,
-    fs_base: u64,
+    task: &Task,
     fpu: Option<&kvm_bindings::kvm_fpu>,
     regs: &kvm_regs,
 ) -> Result<(), VmError> {
@@ -769,8 +768,8 @@ fn setup_linux_registers(
     };
     vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    linux::cpu::user_sregs(&mut sregs, cr3);
-    sregs.fs.base = fs_base;
+    linux::cpu::user_sregs(&mut sregs, task.cr3, task.trap.tss);
+    sregs.fs.base = task.fs_base;
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
     // With the in-kernel LAPIC, vCPUs other than the first wait for INIT/SIPI: a
     // thread's vCPU is runnable at once.
@@ -1073,7 +1072,22 @@ impl VcpuRunner {
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
-                match linux.trap(&mut self.vcpu, port, &self.stop) {
+                let action = match linux.trap(&mut self.vcpu, port) {
+                    Ok(TrapAction::Block { pending, block }) => {
+                        let mut ctx = VcpuCtx {
+                            index: self.index,
+                            vcpu: &self.vcpu,
+                            mem: &self.mem,
+                            requests: req,
+                        };
+                        self.hook.on_block(&mut ctx);
+                        linux
+                            .block(&mut self.vcpu, pending, block, &self.stop)
+                            .map(|()| TrapAction::Resume)
+                    }
+                    action => action,
+                };
+                match action {
                     Ok(TrapAction::Resume) => {}
                     Ok(TrapAction::ThreadExit) => return VcpuEnd::ThreadExit,
                     Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
@@ -1088,7 +1102,7 @@ impl VcpuRunner {
                         };
                     }
                     Ok(TrapAction::Block { .. } | TrapAction::Clone { .. }) => {
-                        unreachable!("LinuxVcpu::trap finishes blocks and clones")
+                        unreachable!("blocks and clones are finished above")
                     }
                     Err(e) => return VcpuEnd::Error(e),
                 }
@@ -1154,25 +1168,11 @@ fn lock(p: &Mutex<Process>) -> std::sync::MutexGuard<'_, Process> {
 }
 
 impl LinuxVcpu {
-    /// Service a trap; blocks (futex waits, sleeps) and clones are finished here, so
-    /// the result is Resume or an end.
-    fn trap(
-        &mut self,
-        vcpu: &mut VcpuFd,
-        port: u16,
-        stop: &AtomicBool,
-    ) -> Result<TrapAction, VmError> {
+    /// Service a trap; clones are finished here, blocks (futex waits, sleeps, polls)
+    /// are left to [`Self::block`].
+    fn trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
         let mut p = lock(&self.shared.process);
         match p.on_trap(&mut self.task, vcpu, port)? {
-            TrapAction::Block { pending, block } => {
-                // Wait with the process released: the other threads go on (and wake us).
-                drop(p);
-                let mut block = block;
-                let woken = block.wait(&self.task.waiter, stop);
-                let mut p = lock(&self.shared.process);
-                p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
-                Ok(TrapAction::Resume)
-            }
             TrapAction::Clone { pending, child } => {
                 let tid = child.task.tid;
                 let (reply, answer) = crossbeam_channel::bounded(1);
@@ -1183,6 +1183,19 @@ impl LinuxVcpu {
             }
             action => Ok(action),
         }
+    }
+
+    /// Wait with the process released (the other threads go on, and wake this one),
+    /// then resume the program with the call's result.
+    fn block(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        pending: linux::Pending,
+        mut block: linux::thread::Block,
+        stop: &AtomicBool,
+    ) -> Result<(), VmError> {
+        let woken = block.wait(&self.task.waiter, stop);
+        lock(&self.shared.process).finish_block(&mut self.task, vcpu, pending, block, woken)
     }
 }
 

@@ -292,6 +292,8 @@ pub struct Process {
     pub(crate) pid: u64,
     /// The next thread id to hand out.
     next_tid: u64,
+    /// Thread TSS/stack slots handed out ([`cpu::build_thread_trap`]).
+    trap_slots: u64,
     /// Threads alive, and the host threads running them (to kick them out of the guest).
     /// (None until the thread's vCPU starts.)
     pub(crate) threads: BTreeMap<u64, Option<libc::pthread_t>>,
@@ -393,6 +395,7 @@ impl Process {
             sigactions: BTreeMap::new(),
             pid,
             next_tid: pid + 1,
+            trap_slots: 0,
             threads: BTreeMap::new(),
             futexes: Futexes::default(),
             tlb_generation: Arc::default(),
@@ -402,7 +405,7 @@ impl Process {
 
     /// The task of the program's first thread (its id is the process id).
     pub fn main_task(&self) -> Task {
-        let mut t = Task::new(self.pid, self.mm.cr3());
+        let mut t = Task::new(self.pid, self.mm.cr3(), self.trap);
         // Linux names a process after its executable's file name (15 bytes at most).
         let name = self.path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
         let n = name.len().min(15);
@@ -535,7 +538,7 @@ impl Process {
         };
         let mut words = [0u64; 6];
         let n = if has_error_code(vector) { 6 } else { 5 };
-        let Some(frame_pa) = self.trap.stack_phys_of(regs.rsp, 8 * n as u64) else {
+        let Some(frame_pa) = task.trap.stack_phys_of(regs.rsp, 8 * n as u64) else {
             return Ok(self.killed(
                 libc::SIGSEGV,
                 format!("trap {vector} with a corrupt ring-0 stack"),
@@ -661,13 +664,23 @@ impl Process {
                 if c.stack != 0 {
                     child.rsp = c.stack;
                 }
+                // Its own TSS and ring-0 stack (vCPUs trap at the same time).
+                self.trap_slots += 1;
+                let trap = match cpu::build_thread_trap(&mut self.mm, self.trap_slots) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.threads.remove(&c.tid);
+                        regs.rax = e.ret();
+                        return self.resume_ret(task, vcpu, regs, mode, old_fs);
+                    }
+                };
                 let task = Task {
                     fs_base: c.tls.unwrap_or(task.fs_base),
                     sigmask: task.sigmask,
                     clear_child_tid: c.clear_tid,
                     syscall_mode: task.syscall_mode,
                     tlb_seen: self.tlb_generation.load(std::sync::atomic::Ordering::Acquire),
-                    ..Task::new(c.tid, self.mm.cr3())
+                    ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {
                     task,
@@ -680,6 +693,21 @@ impl Process {
         if after > before {
             self.report.peak_bytes = self.report.peak_bytes.max(after);
         }
+        self.resume_ret(task, vcpu, regs, mode, old_fs)?;
+        Ok(served)
+    }
+
+    /// What every system call's return needs: TLB and FS base brought up to date,
+    /// and the ring-3 return address when `syscall` stayed in ring 3.
+    fn resume_ret(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+        mode: cpu::SyscallMode,
+        old_fs: u64,
+    ) -> Result<Serviced, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         if self.mm.flush_needed {
             self.mm.flush_needed = false;
             self.tlb_generation
@@ -709,7 +737,7 @@ impl Process {
             regs.rip = regs.rcx;
             regs.rflags = regs.r11;
         }
-        Ok(served)
+        Ok(Serviced::Resume)
     }
 }
 

@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use kvm_bindings::{kvm_fpu, kvm_regs};
 
-use crate::linux::cpu::SyscallMode;
+use crate::linux::cpu::{SyscallMode, TrapArea};
 use crate::linux::host;
 use crate::linux::mm::Errno;
 
@@ -55,10 +55,12 @@ pub struct Task {
     pub(crate) cr3: u64,
     pub(crate) tlb_seen: u64,
     pub(crate) waiter: Arc<Waiter>,
+    /// This vCPU's TSS and ring-0 stack.
+    pub trap: TrapArea,
 }
 
 impl Task {
-    pub(crate) fn new(tid: u64, cr3: u64) -> Task {
+    pub(crate) fn new(tid: u64, cr3: u64, trap: TrapArea) -> Task {
         Task {
             tid,
             fs_base: 0,
@@ -73,6 +75,7 @@ impl Task {
             cr3,
             tlb_seen: 0,
             waiter: Arc::new(Waiter::default()),
+            trap,
         }
     }
 
