@@ -473,3 +473,47 @@ fn threaded_programs_run_byte_identical() {
         assert_identical("xz -T2", &native, &vm);
     }
 }
+
+#[test]
+fn record_of_a_threaded_program_has_snapshots_of_every_thread() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_threads", "threads", "gcc", &["-pthread"]);
+    let data = tmp.path().join("threads.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr", "emulated", "--"])
+        .arg(&exe)
+        .args(["4", "20000000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let native = Command::new(&exe).args(["4", "20000000"]).output().unwrap();
+    assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    // The four workers' vCPUs (1-4) each took snapshots.
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    for vcpu in 1..=4 {
+        let line = info
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("vCPU {vcpu}:")))
+            .unwrap_or_else(|| panic!("no snapshots of vCPU {vcpu}:\n{info}"));
+        let shim: u64 = line
+            .split(':')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(shim >= 1, "vCPU {vcpu} took no snapshot of its own:\n{info}");
+    }
+    let report = lbrprof().args(["report", "-i"]).arg(&data).output().unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    let guest = text.split("# Hot guest functions").nth(1).unwrap_or_default();
+    assert!(guest.contains("worker_sum"), "{text}");
+    let branches = text.split("# Hot branches").nth(1).unwrap_or_default();
+    assert!(branches.contains("worker_sum"), "{text}");
+}
