@@ -508,12 +508,55 @@ fn record_of_a_threaded_program_has_snapshots_of_every_thread() {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        assert!(shim >= 1, "vCPU {vcpu} took no snapshot of its own:\n{info}");
+        assert!(
+            shim >= 1,
+            "vCPU {vcpu} took no snapshot of its own:\n{info}"
+        );
     }
-    let report = lbrprof().args(["report", "-i"]).arg(&data).output().unwrap();
+    let report = lbrprof()
+        .args(["report", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&report.stdout);
-    let guest = text.split("# Hot guest functions").nth(1).unwrap_or_default();
+    let guest = text
+        .split("# Hot guest functions")
+        .nth(1)
+        .unwrap_or_default();
     assert!(guest.contains("worker_sum"), "{text}");
     let branches = text.split("# Hot branches").nth(1).unwrap_or_default();
     assert!(branches.contains("worker_sum"), "{text}");
+}
+
+#[test]
+fn signals_reach_the_programs_handlers() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Fault handlers that recover (siglongjmp), raise with SA_SIGINFO, a blocked signal
+    // delivered at unblock, SIG_IGN, sigaltstack, tgkill to a thread, FP state kept;
+    // then abort() with a SIGABRT handler that returns: 134, as natively.
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("signals-glibc-dynamic", "gcc", &["-pthread"]),
+        ("signals-glibc-static", "gcc", &["-pthread", "-static"]),
+        ("signals-musl-static", "musl-gcc", &["-static"]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_signals", out, cc, flags);
+        let exe = exe.to_str().unwrap();
+        let (native, vm) = native_and_vm(exe, &[], None);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("round 2: recovered from signal 11"),
+            "{out}: {text}"
+        );
+        assert!(text.contains("on it 1"), "{out}: {text}");
+        assert_identical(out, &native, &vm);
+        let mut vm = lbrprof();
+        vm.args(["run", "--vm", "--", exe, "abort"]);
+        let vm = run_with(vm, None);
+        assert_eq!(vm.status.code(), Some(134), "{out}");
+        assert!(String::from_utf8_lossy(&vm.stdout).ends_with("SIGABRT handler ran (6)\n"));
+    }
 }

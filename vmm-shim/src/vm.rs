@@ -81,9 +81,7 @@ pub enum VmError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Linux(#[from] LinuxError),
-    #[error(
-        "a Linux program starts on one vCPU and gets one more per thread ({n} requested)"
-    )]
+    #[error("a Linux program starts on one vCPU and gets one more per thread ({n} requested)")]
     LinuxVcpus { n: u32 },
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -394,9 +392,7 @@ impl Vm {
             let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
             match (&parsed, &process) {
                 (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
-                (None, Some((_, task, regs))) => {
-                    setup_linux_registers(&vcpu, task, None, regs)?
-                }
+                (None, Some((_, task, regs))) => setup_linux_registers(&vcpu, task, None, regs)?,
                 (None, None) => {}
             }
             vcpus.push(vcpu);

@@ -18,6 +18,7 @@
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //!
 //! * [`thread`]: threads (one vCPU each) and futexes.
+//! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
 //!
 //! Limits: one process (fork, vfork and execve end the run with an "unsupported"
 //! error), private file mappings are copies.
@@ -28,6 +29,7 @@ pub mod fd;
 pub mod host;
 pub mod loader;
 pub mod mm;
+pub mod signal;
 pub mod stack;
 pub mod syscall;
 pub mod thread;
@@ -261,7 +263,10 @@ pub enum TrapAction {
     ThreadExit,
     /// The thread blocks (futex wait, sleep): the caller releases the process, waits,
     /// then calls [`Process::finish_block`].
-    Block { pending: Pending, block: Block },
+    Block {
+        pending: Pending,
+        block: Block,
+    },
     /// `clone` made a thread: the caller starts it on a new vCPU, then calls
     /// [`Process::finish_clone`].
     Clone {
@@ -297,6 +302,8 @@ pub struct Process {
     /// Threads alive, and the host threads running them (to kick them out of the guest).
     /// (None until the thread's vCPU starts.)
     pub(crate) threads: BTreeMap<u64, Option<libc::pthread_t>>,
+    /// Signals sent to other threads (tgkill), taken at their next system call.
+    pub(crate) signals_for: BTreeMap<u64, u64>,
     pub(crate) futexes: Futexes,
     /// Bumped whenever page-table entries were removed or restricted: every vCPU must
     /// reload CR3 before it runs the program again (see [`thread`]).
@@ -397,6 +404,7 @@ impl Process {
             next_tid: pid + 1,
             trap_slots: 0,
             threads: BTreeMap::new(),
+            signals_for: BTreeMap::new(),
             futexes: Futexes::default(),
             tlb_generation: Arc::default(),
             map_sink: None,
@@ -407,7 +415,11 @@ impl Process {
     pub fn main_task(&self) -> Task {
         let mut t = Task::new(self.pid, self.mm.cr3(), self.trap);
         // Linux names a process after its executable's file name (15 bytes at most).
-        let name = self.path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.as_bytes())
+            .unwrap_or_default();
         let n = name.len().min(15);
         t.comm[..n].copy_from_slice(&name[..n]);
         t
@@ -421,7 +433,8 @@ impl Process {
     /// Thread `task` runs on the calling host thread from now on.
     pub fn register_thread(&mut self, task: &Task) {
         // SAFETY: pthread_self has no preconditions.
-        self.threads.insert(task.tid, Some(unsafe { libc::pthread_self() }));
+        self.threads
+            .insert(task.tid, Some(unsafe { libc::pthread_self() }));
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -558,6 +571,12 @@ impl Process {
         } else {
             let (sig, name) = cpu::signal_for(vector);
             let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            if frame.from_user()
+                && self.deliver_fault(task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2)?
+            {
+                self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                return Ok(TrapAction::Resume);
+            }
             let mut why = format!("{name} (exception {vector}) at rip {:#x}", frame.rip);
             if vector == VEC_PF {
                 why.push_str(&format!(", address {cr2:#x}"));
@@ -643,10 +662,28 @@ impl Process {
                 m
             }
         };
-        let served = self.syscall(task, nr, args);
-        let served = match served {
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if nr == syscalls::Sysno::rt_sigreturn as u64 {
+            if self.sigreturn(task, regs).is_err() {
+                return Ok(Serviced::End(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: "rt_sigreturn with a bad signal frame".into(),
+                }));
+            }
+            if let Some(f) = task.fpu_saved.pop() {
+                vcpu.set_fpu(&f).map_err(kvm("KVM_SET_FPU"))?;
+            }
+            self.resume_ret(task, vcpu, regs, mode, old_fs, true)?;
+            return Ok(Serviced::Resume);
+        }
+        let served = match self.syscall(task, nr, args) {
             syscall::Outcome::Return(v) => {
                 regs.rax = v;
+                if let Some(end) = self.deliver_pending(task, vcpu, regs)? {
+                    return Ok(Serviced::End(end));
+                }
                 Serviced::Resume
             }
             syscall::Outcome::Exit(code) => return Ok(Serviced::End(TrapAction::Exit(code))),
@@ -671,7 +708,7 @@ impl Process {
                     Err(e) => {
                         self.threads.remove(&c.tid);
                         regs.rax = e.ret();
-                        return self.resume_ret(task, vcpu, regs, mode, old_fs);
+                        return self.resume_ret(task, vcpu, regs, mode, old_fs, false);
                     }
                 };
                 let task = Task {
@@ -679,7 +716,9 @@ impl Process {
                     sigmask: task.sigmask,
                     clear_child_tid: c.clear_tid,
                     syscall_mode: task.syscall_mode,
-                    tlb_seen: self.tlb_generation.load(std::sync::atomic::Ordering::Acquire),
+                    tlb_seen: self
+                        .tlb_generation
+                        .load(std::sync::atomic::Ordering::Acquire),
                     ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {
@@ -693,8 +732,130 @@ impl Process {
         if after > before {
             self.report.peak_bytes = self.report.peak_bytes.max(after);
         }
-        self.resume_ret(task, vcpu, regs, mode, old_fs)?;
+        self.resume_ret(task, vcpu, regs, mode, old_fs, false)?;
         Ok(served)
+    }
+
+    /// Deliver the first deliverable pending signal of `task` as its system call
+    /// returns (RCX/R11 hold where and with which flags the program goes on). Some
+    /// action when the signal ends the program.
+    fn deliver_pending(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+    ) -> Result<Option<TrapAction>, VmError> {
+        while let Some(sig) = self.next_signal(task) {
+            let act = self.action(sig);
+            match act.handler {
+                1 => continue, // SIG_IGN
+                0 if !signal::default_terminates(sig) => continue,
+                0 => {
+                    return Ok(Some(TrapAction::Killed {
+                        signal: sig as i32,
+                        reason: format!("killed by signal {sig} it sent itself"),
+                    }));
+                }
+                _ => {}
+            }
+            let mut r = *regs;
+            r.rip = regs.rcx;
+            r.rflags = regs.r11;
+            let info = signal::SigInfo {
+                signo: sig as i32,
+                code: signal::SI_TKILL,
+                word: self.pid | (host::ids()[2] << 32),
+                ..Default::default()
+            };
+            let fpu = vcpu.get_fpu().map_err(|source| VmError::Kvm {
+                op: "KVM_GET_FPU",
+                source,
+            })?;
+            if self.setup_frame(task, &mut r, act, info).is_err() {
+                return Ok(Some(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: format!("cannot write the frame of signal {sig} on the stack"),
+                }));
+            }
+            task.fpu_saved.push(fpu);
+            *regs = r;
+            // Both returns go to RCX with R11's flags: the ring-3 one set by the shim,
+            // the ring-0 one by the stub's SYSRETQ.
+            regs.rcx = r.rip;
+            regs.r11 = r.rflags;
+            break;
+        }
+        Ok(None)
+    }
+
+    /// A fault from ring 3: if the program handles `sig` (and does not block it), its
+    /// handler runs; the stub's IRETQ goes there. False: the default action (the caller
+    /// ends the program), as Linux forces for a blocked or ignored synchronous signal.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_fault(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &kvm_regs,
+        frame: &TrapFrame,
+        frame_pa: GuestPhysAddr,
+        vector: u8,
+        sig: i32,
+        cr2: u64,
+    ) -> Result<bool, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let sig = sig as u64;
+        let act = self.action(sig);
+        if act.handler <= 1 || task.sigmask & (1 << (sig - 1)) != 0 {
+            return Ok(false);
+        }
+        let err = frame.error_code.unwrap_or(0);
+        let (code, addr) = match vector {
+            VEC_PF => (if err & 1 != 0 { 2 } else { 1 }, cr2), // SEGV_ACCERR / MAPERR
+            VEC_GP => (signal::SI_KERNEL, 0),
+            VEC_DE => (1, frame.rip),          // FPE_INTDIV
+            VEC_UD => (2, frame.rip),          // ILL_ILLOPN
+            VEC_BP | VEC_DB => (1, frame.rip), // TRAP_BRKPT
+            _ => (signal::SI_KERNEL, frame.rip),
+        };
+        let info = signal::SigInfo {
+            signo: sig as i32,
+            code,
+            word: addr,
+            trapno: u64::from(vector),
+            err,
+            cr2: if vector == VEC_PF { cr2 } else { 0 },
+        };
+        let mut r = *regs;
+        r.rip = frame.rip;
+        r.rsp = frame.rsp;
+        r.rflags = frame.rflags;
+        let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
+        if self.setup_frame(task, &mut r, act, info).is_err() {
+            return Ok(false);
+        }
+        task.fpu_saved.push(fpu);
+        // The stub's IRETQ returns to the handler: rewrite the frame it pops (past the
+        // error code) and set the handler's argument registers.
+        let skip = if frame.error_code.is_some() { 8 } else { 0 };
+        let words = [r.rip, frame.cs, r.rflags, r.rsp, frame.ss];
+        for (i, w) in words.iter().enumerate() {
+            self.mm
+                .memory()
+                .write_u64(GuestPhysAddr(frame_pa.0 + skip + 8 * i as u64), *w)
+                .map_err(|_| VmError::Kvm {
+                    op: "signal frame",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+        }
+        let mut k = *regs;
+        k.rdi = r.rdi;
+        k.rsi = r.rsi;
+        k.rdx = r.rdx;
+        k.rax = 0;
+        k.rsp += skip;
+        vcpu.set_regs(&k).map_err(kvm("KVM_SET_REGS"))?;
+        Ok(true)
     }
 
     /// What every system call's return needs: TLB and FS base brought up to date,
@@ -706,6 +867,7 @@ impl Process {
         regs: &mut kvm_regs,
         mode: cpu::SyscallMode,
         old_fs: u64,
+        full: bool,
     ) -> Result<Serviced, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         if self.mm.flush_needed {
@@ -720,7 +882,9 @@ impl Process {
                 }
             }
         }
-        let generation = self.tlb_generation.load(std::sync::atomic::Ordering::Acquire);
+        let generation = self
+            .tlb_generation
+            .load(std::sync::atomic::Ordering::Acquire);
         if task.fs_base != old_fs || task.tlb_stale(generation) {
             // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
             // the twin PML4), which makes KVM reset the vCPU's MMU context.
@@ -733,7 +897,14 @@ impl Process {
             }
             vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
         }
-        if mode == cpu::SyscallMode::Ring3 {
+        if full && mode == cpu::SyscallMode::Ring0 {
+            // Every register comes from `regs` (rt_sigreturn): not through SYSRETQ,
+            // which would load RIP and RFLAGS from RCX and R11, but straight to ring 3.
+            let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            cpu::user_sregs(&mut s, task.cr3, task.trap.tss);
+            s.fs.base = task.fs_base;
+            vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
+        } else if !full && mode == cpu::SyscallMode::Ring3 {
             regs.rip = regs.rcx;
             regs.rflags = regs.r11;
         }

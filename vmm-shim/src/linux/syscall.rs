@@ -283,23 +283,17 @@ impl Process {
             }
             Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
             Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
-            Sysno::sigaltstack => {
-                if a[1] != 0 {
-                    // No alternate stack is in use: ss_sp 0, ss_flags SS_DISABLE, size 0.
-                    let mut b = [0u8; 24];
-                    b[8..12].copy_from_slice(&(libc::SS_DISABLE as u32).to_le_bytes());
-                    self.out(a[1], &b).map(|()| 0)
-                } else {
-                    ok(0)
+            Sysno::sigaltstack => self.sys_sigaltstack(task, a[0], a[1]),
+            Sysno::kill => {
+                // The process itself (any of its threads takes it: this one).
+                if a[0] as i64 == 0 || a[0] == self.pid {
+                    return self.sys_kill(task, task.tid, a[1]);
                 }
+                Err(Errno(libc::ESRCH))
             }
-            Sysno::kill | Sysno::tgkill | Sysno::tkill => {
-                let sig = match sys {
-                    Sysno::tgkill => a[2],
-                    _ => a[1],
-                };
-                return self.sys_kill(task, sig);
-            }
+            Sysno::tgkill if a[0] != self.pid => Err(Errno(libc::ESRCH)),
+            Sysno::tgkill => return self.sys_kill(task, a[1], a[2]),
+            Sysno::tkill => return self.sys_kill(task, a[0], a[1]),
             Sysno::futex => return self.sys_futex(task, a),
             Sysno::prctl => match a[0] as i32 {
                 libc::PR_SET_NAME => self.mm.read_cstr(a[1], PATH_MAX).map(|n| {
@@ -314,8 +308,7 @@ impl Process {
             Sysno::poll => {
                 let timeout = a[2] as i32;
                 let deadline = (timeout >= 0).then(|| {
-                    std::time::Instant::now()
-                        + std::time::Duration::from_millis(timeout as u64)
+                    std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
                 });
                 return self.sys_poll(a[0], a[1], deadline);
             }
@@ -679,7 +672,8 @@ impl Process {
         let mut want = std::time::Duration::new(s as u64, ns as u32);
         if absolute {
             let (ns_s, ns_ns) = host::clock_gettime(clock)?;
-            let now = std::time::Duration::new(ns_s.max(0) as u64, ns_ns.clamp(0, 999_999_999) as u32);
+            let now =
+                std::time::Duration::new(ns_s.max(0) as u64, ns_ns.clamp(0, 999_999_999) as u32);
             match want.checked_sub(now) {
                 Some(d) if !d.is_zero() => want = d,
                 _ => return Ok(None),
@@ -689,7 +683,9 @@ impl Process {
         Ok(Some(
             std::time::Instant::now()
                 .checked_add(want.min(std::time::Duration::from_secs(1 << 32)))
-                .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(1 << 30)),
+                .unwrap_or_else(|| {
+                    std::time::Instant::now() + std::time::Duration::from_secs(1 << 30)
+                }),
         ))
     }
 
@@ -726,37 +722,65 @@ impl Process {
         Ok(0)
     }
 
-    /// kill/tgkill/tkill to itself: a signal with the default action ends the program
-    /// the way the shell reports it; an ignored one is dropped.
-    fn sys_kill(&mut self, task: &mut Task, sig: u64) -> Outcome {
-        if sig == 0 {
-            return Outcome::Return(0);
+    /// `sigaltstack(ss, old_ss)`: `stack_t` is { ss_sp, ss_flags (int), ss_size }.
+    fn sys_sigaltstack(&mut self, task: &mut Task, new: u64, old: u64) -> Sys {
+        let mut set = None;
+        if new != 0 {
+            let sp = self.mm.read_u64(new)?;
+            let flags = self.mm.read_u64(new + 8)? as i32;
+            let size = self.mm.read_u64(new + 16)?;
+            set = Some(if flags & libc::SS_DISABLE != 0 {
+                (0, 0)
+            } else if flags & !SS_AUTODISARM != 0 {
+                return Err(Errno::EINVAL);
+            } else if size < 2048 {
+                return Err(Errno::ENOMEM);
+            } else {
+                (sp, size)
+            });
         }
+        if old != 0 {
+            let (sp, size) = task.altstack;
+            let mut b = [0u8; 24];
+            b[..8].copy_from_slice(&sp.to_le_bytes());
+            let flags = if size == 0 { libc::SS_DISABLE } else { 0 };
+            b[8..12].copy_from_slice(&(flags as u32).to_le_bytes());
+            b[16..24].copy_from_slice(&size.to_le_bytes());
+            self.out(old, &b)?;
+        }
+        if let Some(s) = set {
+            task.altstack = s;
+        }
+        Ok(0)
+    }
+
+    /// kill/tgkill/tkill within the program: the signal is pending on thread `tid`
+    /// and delivered when that thread next returns from a system call (this one, when
+    /// it sends to itself); SIGKILL ends the program at once.
+    fn sys_kill(&mut self, task: &mut Task, tid: u64, sig: u64) -> Outcome {
         if sig > 64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
-        let handler = self.sigactions.get(&sig).map_or(0, |b| {
-            u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
-        });
-        let blocked = task.sigmask & (1 << (sig - 1)) != 0;
-        let ignored_by_default =
-            matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH);
-        if handler == libc::SIG_IGN as u64 || (handler == 0 && ignored_by_default) {
+        let me = tid == task.tid;
+        if !me && !self.threads.contains_key(&tid) {
+            return Outcome::Return(Errno(libc::ESRCH).ret());
+        }
+        if sig == 0 {
             return Outcome::Return(0);
         }
-        if blocked && sig as i32 != libc::SIGKILL {
-            // Pending until unblocked; without delivery it stays pending.
-            return Outcome::Return(0);
+        if sig == libc::SIGKILL as u64 {
+            return Outcome::Kill {
+                signal: libc::SIGKILL,
+                reason: "killed by SIGKILL it sent itself".into(),
+            };
         }
-        let reason = if handler == 0 {
-            format!("killed by signal {sig} it sent itself")
+        let bit = 1u64 << (sig - 1);
+        if me {
+            task.pending |= bit;
         } else {
-            format!("signal {sig} has a handler, but signal delivery is not supported yet")
-        };
-        Outcome::Kill {
-            signal: sig as i32,
-            reason,
+            *self.signals_for.entry(tid).or_insert(0) |= bit;
         }
+        Outcome::Return(0)
     }
 
     /// futex: WAIT/WAIT_BITSET (with timeouts), WAKE/WAKE_BITSET, REQUEUE/CMP_REQUEUE,
@@ -770,7 +794,7 @@ impl Process {
         let (addr, op, val) = (a[0], a[1] as i32, a[2]);
         let cmd = op & libc::FUTEX_CMD_MASK;
         let word = |p: &Process, va: u64| -> Result<u32, Errno> {
-            if va % 4 != 0 {
+            if !va.is_multiple_of(4) {
                 return Err(Errno::EINVAL);
             }
             let mut b = [0u8; 4];
@@ -819,17 +843,24 @@ impl Process {
                 if bitset == 0 {
                     return Err(Errno::EINVAL);
                 }
-                Ok(Outcome::Return(self.futexes.wake(addr, val.min(i32::MAX as u64), bitset)))
+                Ok(Outcome::Return(self.futexes.wake(
+                    addr,
+                    val.min(i32::MAX as u64),
+                    bitset,
+                )))
             }
             libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
-                if cmd == libc::FUTEX_CMP_REQUEUE
-                    && word(self, addr)? != a[5] as u32
-                {
+                if cmd == libc::FUTEX_CMP_REQUEUE && word(self, addr)? != a[5] as u32 {
                     return Err(Errno(libc::EAGAIN));
                 }
                 // The fourth argument is the count to requeue (the timeout slot).
                 let nmove = a[3].min(i32::MAX as u64);
-                Ok(Outcome::Return(self.futexes.requeue(addr, a[4], val.min(i32::MAX as u64), nmove)))
+                Ok(Outcome::Return(self.futexes.requeue(
+                    addr,
+                    a[4],
+                    val.min(i32::MAX as u64),
+                    nmove,
+                )))
             }
             libc::FUTEX_WAKE_OP => {
                 let addr2 = a[4];
@@ -839,12 +870,12 @@ impl Process {
                 };
                 // The guest cannot race this store: it would need a system call, and
                 // those hold the process (other threads' plain stores are its own race).
-                self.mm
-                    .write(GuestVirtAddr(addr2), &new.to_le_bytes())
-                    ?;
+                self.mm.write(GuestVirtAddr(addr2), &new.to_le_bytes())?;
                 let mut n = self.futexes.wake(addr, val.min(i32::MAX as u64), u32::MAX);
                 if wake2 {
-                    n += self.futexes.wake(addr2, a[3].min(i32::MAX as u64), u32::MAX);
+                    n += self
+                        .futexes
+                        .wake(addr2, a[3].min(i32::MAX as u64), u32::MAX);
                 }
                 Ok(Outcome::Return(n))
             }
@@ -911,7 +942,11 @@ impl Process {
     fn sys_exit(&mut self, task: &mut Task, code: i32) -> Outcome {
         if task.clear_child_tid != 0 {
             let at = task.clear_child_tid;
-            if self.mm.write(GuestVirtAddr(at), &0u32.to_le_bytes()).is_ok() {
+            if self
+                .mm
+                .write(GuestVirtAddr(at), &0u32.to_le_bytes())
+                .is_ok()
+            {
                 self.futexes.wake(at, 1, u32::MAX);
             }
         }
@@ -984,6 +1019,10 @@ impl Process {
     }
 }
 
+/// `sigaltstack` flag: disarm the stack while a handler runs on it (uapi/linux/signal.h;
+/// accepted and not acted on).
+const SS_AUTODISARM: i32 = 1 << 31;
+
 /// Most threads a program may have at once (each is a vCPU; clone answers EAGAIN past
 /// this, as Linux does at RLIMIT_NPROC).
 pub const MAX_THREADS: usize = 256;
@@ -1054,7 +1093,11 @@ mod tests {
                 efault
             );
             assert_eq!(
-                ret(p.syscall(&mut p.main_task(), Sysno::openat as u64, [libc::AT_FDCWD as u64, b, 0, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::openat as u64,
+                    [libc::AT_FDCWD as u64, b, 0, 0, 0, 0]
+                )),
                 efault
             );
             assert_eq!(
@@ -1062,7 +1105,11 @@ mod tests {
                 efault
             );
             assert_eq!(
-                ret(p.syscall(&mut p.main_task(), Sysno::clock_gettime as u64, [1, b, 0, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::clock_gettime as u64,
+                    [1, b, 0, 0, 0, 0]
+                )),
                 efault
             );
             assert_eq!(
@@ -1076,7 +1123,11 @@ mod tests {
         }
         // A buffer that starts mapped and runs off the end is refused whole.
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::read as u64, [3, 0x40_3ff0, 64, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::read as u64,
+                [3, 0x40_3ff0, 64, 0, 0, 0]
+            )),
             efault
         );
         // An iovec pointing outside.
@@ -1085,16 +1136,28 @@ mod tests {
         iov[8..].copy_from_slice(&8u64.to_le_bytes());
         p.mm.write(GuestVirtAddr(0x40_0000), &iov).unwrap();
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::readv as u64, [3, 0x40_0000, 1, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::readv as u64,
+                [3, 0x40_0000, 1, 0, 0, 0]
+            )),
             efault
         );
         // Huge counts are clamped, not allocated.
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::read as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::read as u64,
+                [3, 0x40_0000, u64::MAX, 0, 0, 0]
+            )),
             efault
         );
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::readv as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::readv as u64,
+                [3, 0x40_0000, u64::MAX, 0, 0, 0]
+            )),
             -(libc::EINVAL as i64)
         );
     }
@@ -1142,7 +1205,11 @@ mod tests {
         let ebadf = -(libc::EBADF as i64);
         for fd in [0u64, 1, 2, 5, 1 << 40, u64::MAX] {
             assert_eq!(
-                ret(p.syscall(&mut p.main_task(), Sysno::write as u64, [fd, 0x40_0000, 1, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::write as u64,
+                    [fd, 0x40_0000, 1, 0, 0, 0]
+                )),
                 ebadf
             );
             assert_eq!(
@@ -1153,7 +1220,8 @@ mod tests {
         p.mm.write(GuestVirtAddr(0x40_0000), b"/proc/self/fd/0\0")
             .unwrap();
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), 
+            ret(p.syscall(
+                &mut p.main_task(),
                 Sysno::openat as u64,
                 [libc::AT_FDCWD as u64, 0x40_0000, 0, 0, 0, 0]
             )),
@@ -1165,8 +1233,14 @@ mod tests {
     fn unknown_calls_are_enosys_and_counted_by_name() {
         let mut p = process();
         let enosys = -(libc::ENOSYS as i64);
-        assert_eq!(ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])), enosys);
-        assert_eq!(ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])), enosys);
+        assert_eq!(
+            ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])),
+            enosys
+        );
+        assert_eq!(
+            ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])),
+            enosys
+        );
         assert_eq!(ret(p.syscall(&mut p.main_task(), 100_000, [0; 6])), enosys);
         assert_eq!(p.report.unimplemented["io_uring_setup"], 2);
         assert_eq!(p.report.unimplemented["#100000"], 1);
@@ -1175,7 +1249,11 @@ mod tests {
             Outcome::Kill { .. }
         ));
         assert!(matches!(
-            p.syscall(&mut p.main_task(), Sysno::exit_group as u64, [3, 0, 0, 0, 0, 0]),
+            p.syscall(
+                &mut p.main_task(),
+                Sysno::exit_group as u64,
+                [3, 0, 0, 0, 0, 0]
+            ),
             Outcome::Exit(3)
         ));
     }
@@ -1185,31 +1263,55 @@ mod tests {
         let mut p = process();
         let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let a = ret(p.syscall(&mut p.main_task(), Sysno::mmap as u64, [0, 10000, rw, anon, u64::MAX, 0])) as u64;
+        let a = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mmap as u64,
+            [0, 10000, rw, anon, u64::MAX, 0],
+        )) as u64;
         assert_eq!(a % PAGE, 0);
         p.mm.write(GuestVirtAddr(a + 9999), b"x").unwrap();
         // MAP_FIXED_NOREPLACE over it fails; MAP_FIXED replaces.
         let nr = anon | libc::MAP_FIXED_NOREPLACE as u64;
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::mmap as u64, [a, PAGE, rw, nr, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [a, PAGE, rw, nr, u64::MAX, 0]
+            )),
             -(libc::EEXIST as i64)
         );
         let fx = anon | libc::MAP_FIXED as u64;
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::mmap as u64, [a, PAGE, rw, fx, u64::MAX, 0])) as u64,
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [a, PAGE, rw, fx, u64::MAX, 0]
+            )) as u64,
             a
         );
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::munmap as u64, [a, 3 * PAGE, 0, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::munmap as u64,
+                [a, 3 * PAGE, 0, 0, 0, 0]
+            )),
             0
         );
         assert!(p.mm.write(GuestVirtAddr(a), b"x").is_err());
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::mmap as u64, [0, 0, rw, anon, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [0, 0, rw, anon, u64::MAX, 0]
+            )),
             -(libc::EINVAL as i64)
         );
         assert_eq!(
-            ret(p.syscall(&mut p.main_task(), Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [0, u64::MAX, rw, anon, u64::MAX, 0]
+            )),
             -(libc::ENOMEM as i64)
         );
         // A file mapping is recorded for symbolization, and sent to the recorder as made.
@@ -1217,7 +1319,8 @@ mod tests {
         p.send_maps_to(tx);
         let f: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
         let fd = p.fds.insert(Fd::new(f, false)).unwrap();
-        let m = ret(p.syscall(&mut p.main_task(), 
+        let m = ret(p.syscall(
+            &mut p.main_task(),
             Sysno::mmap as u64,
             [
                 0,

@@ -57,6 +57,8 @@ pub struct Task {
     pub(crate) waiter: Arc<Waiter>,
     /// This vCPU's TSS and ring-0 stack.
     pub trap: TrapArea,
+    /// x87/SSE states saved at signal deliveries, restored by rt_sigreturn.
+    pub(crate) fpu_saved: Vec<kvm_fpu>,
 }
 
 impl Task {
@@ -76,6 +78,7 @@ impl Task {
             tlb_seen: 0,
             waiter: Arc::new(Waiter::default()),
             trap,
+            fpu_saved: Vec::new(),
         }
     }
 
@@ -344,11 +347,11 @@ pub fn wake_op(encoded: u32, old: u32) -> Option<(u32, bool)> {
     }
     let oparg = oparg as u32;
     let new = match op {
-        0 => oparg,            // FUTEX_OP_SET
+        0 => oparg,                   // FUTEX_OP_SET
         1 => old.wrapping_add(oparg), // FUTEX_OP_ADD
-        2 => old | oparg,      // FUTEX_OP_OR
-        3 => old & !oparg,     // FUTEX_OP_ANDN
-        4 => old ^ oparg,      // FUTEX_OP_XOR
+        2 => old | oparg,             // FUTEX_OP_OR
+        3 => old & !oparg,            // FUTEX_OP_ANDN
+        4 => old ^ oparg,             // FUTEX_OP_XOR
         _ => return None,
     };
     let o = old as i32;

@@ -965,10 +965,10 @@ impl VcpuHook for EmulatedPmuHook {
     fn on_block(&mut self, ctx: &mut VcpuCtx<'_>) {
         // The other vCPUs must not wait on this one's breakpoints while it is blocked:
         // the window loses the branches until its next stop.
-        if let Ok(sregs) = ctx.sregs() {
-            if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, &[]) {
-                self.fail(ctx, e);
-            }
+        if let Ok(sregs) = ctx.sregs()
+            && let Err(e) = self.traps.set_patches(ctx, sregs.cr3, &[])
+        {
+            self.fail(ctx, e);
         }
         self.pending_bps.clear();
     }
