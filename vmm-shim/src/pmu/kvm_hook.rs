@@ -535,8 +535,9 @@ impl IdtTraps {
         }
     }
 
-    /// Replaces patched bytes in `buf` (read at `gva`) by the guest's originals.
-    fn unpatch(&self, gva: u64, buf: &mut [u8]) {
+    /// Replaces patched bytes in `buf` (read at `gva` while `int3`, the VM-wide table,
+    /// was held, so no vCPU patched or restored a byte in between) by the originals.
+    fn unpatch(&self, int3: &BTreeMap<HandlerKey, (u8, u32)>, gva: u64, buf: &mut [u8]) {
         let end = gva.wrapping_add(buf.len() as u64);
         let inside = |a: u64| a >= gva && a < end;
         for (&addr, &orig) in &self.patches {
@@ -546,7 +547,6 @@ impl IdtTraps {
         }
         // Other vCPUs' breakpoints too (shared code).
         if end > gva {
-            let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
             for (&(_, addr), &(orig, _)) in int3.range((self.mem_base, gva)..(self.mem_base, end)) {
                 buf[(addr - gva) as usize] = orig;
             }
@@ -588,12 +588,13 @@ fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), St
         .map_err(|e| format!("cannot write the trap frame: {e}"))
 }
 
-/// Whether `addr` holds a breakpoint of some vCPU of this VM.
-fn foreign_int3(ctx: &VcpuCtx<'_>, addr: u64) -> bool {
-    INT3_ORIGINALS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&(ctx.memory().host_base(), addr))
+/// Whether the `int3` that trapped at `addr` was a breakpoint of some vCPU of this VM:
+/// it still is one, or the byte is no longer `int3` (its owner took it out meanwhile).
+/// Only an `int3` of the program's own is still there and in nobody's table.
+fn foreign_int3(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> bool {
+    let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+    int3.contains_key(&(ctx.memory().host_base(), addr))
+        || read_byte(ctx, cr3, addr).is_ok_and(|b| b != INT3)
 }
 
 fn read_byte(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> Result<u8, String> {
@@ -936,9 +937,10 @@ impl VcpuHook for EmulatedPmuHook {
                 }
                 return;
             }
-            if !ours && trap.vector == VECTOR_BP && foreign_int3(ctx, trap.rip()) {
-                // Another vCPU's breakpoint: run the instruction again (it is gone once
-                // that vCPU stops there or moves on).
+            if !ours && trap.vector == VECTOR_BP && foreign_int3(ctx, st.1.cr3, trap.rip()) {
+                // Another vCPU's breakpoint (or one that was there when this vCPU hit it):
+                // run the instruction again (it is gone once that vCPU stops there or
+                // moves on).
                 if let Err(e) = write_frame(ctx, st.1.cr3, &trap, self.traps.stepping) {
                     self.fail(ctx, e);
                 }
@@ -1124,11 +1126,12 @@ impl GuestAccess for CtxGuest<'_, '_> {
 
     fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
         let cr3 = self.state()?.1.cr3;
+        let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         self.ctx
             .memory()
             .read_virt(cr3, GuestVirtAddr(gva), buf)
             .map_err(|_| GuestAccessError::Unmapped { gva })?;
-        self.traps.unpatch(gva, buf);
+        self.traps.unpatch(&int3, gva, buf);
         Ok(())
     }
 
