@@ -369,3 +369,194 @@ int main(void) {
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("guest"), "{info}");
 }
+
+/// A Rust program with std::thread (named threads, channels, a mutex, scoped threads),
+/// built at test time with the toolchain running the tests.
+const RUST_THREADS: &str = r#"
+use std::sync::{mpsc, Arc, Mutex};
+#[inline(never)]
+fn rust_worker(seed: u64, n: u64) -> u64 {
+    let mut s = seed;
+    for _ in 0..n {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) ^ (s >> 29);
+    }
+    s
+}
+fn main() {
+    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let total = Arc::new(Mutex::new(0u64));
+    let (tx, rx) = mpsc::channel();
+    let handles: Vec<_> = (0..5u64)
+        .map(|i| {
+            let (total, tx) = (total.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("worker{i}"))
+                .spawn(move || {
+                    let v = rust_worker(i + 1, n);
+                    *total.lock().unwrap() ^= v;
+                    tx.send((i, v, std::thread::current().name().map(str::to_owned))).unwrap();
+                })
+                .unwrap()
+        })
+        .collect();
+    drop(tx);
+    let mut got: Vec<_> = rx.iter().collect();
+    got.sort();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let scoped = std::thread::scope(|s| {
+        let a = s.spawn(|| rust_worker(100, 1000));
+        let b = s.spawn(|| rust_worker(200, 1000));
+        a.join().unwrap() ^ b.join().unwrap()
+    });
+    for (i, v, name) in got {
+        println!("{i} {name:?}: {v:016x}");
+    }
+    println!("total {:016x} scoped {scoped:016x}", *total.lock().unwrap());
+}
+"#;
+
+fn build_rust(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.rs"));
+    std::fs::write(&file, src).unwrap();
+    let exe = dir.join(name);
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = Command::new(rustc)
+        .args(["-O", "-g", "-o"])
+        .arg(&exe)
+        .arg(&file)
+        .status()
+        .expect("rustc runs the tests, so it is there");
+    assert!(status.success(), "rustc {}", file.display());
+    exe
+}
+
+#[test]
+fn threaded_programs_run_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // pthreads: mutex, condition variable (and a timed wait that times out), barrier,
+    // thread-local storage, pthread_exit, join, a detached thread; glibc and musl.
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("threads-glibc-dynamic", "gcc", &["-pthread"]),
+        ("threads-glibc-static", "gcc", &["-pthread", "-static"]),
+        ("threads-musl-static", "musl-gcc", &["-static"]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_threads", out, cc, flags);
+        let (native, vm) = native_and_vm(exe.to_str().unwrap(), &["6", "300000"], None);
+        assert!(
+            String::from_utf8_lossy(&native.stdout).contains("timedwait: timed out"),
+            "{out}: native run"
+        );
+        assert_identical(out, &native, &vm);
+    }
+    let exe = build_rust(tmp.path(), "rust_threads", RUST_THREADS);
+    let (native, vm) = native_and_vm(exe.to_str().unwrap(), &[], None);
+    assert!(String::from_utf8_lossy(&native.stdout).contains("Some(\"worker4\")"));
+    assert_identical("std::thread", &native, &vm);
+    // Multi-threaded programs on the machine.
+    let data = tmp.path().join("data.txt");
+    let text: String = (0..200_000)
+        .map(|i| format!("{} line {i}\n", (i * 7919) % 200_000))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let d = data.to_str().unwrap();
+    let (native, vm) = native_and_vm("sort", &["--parallel=2", "-n", d], None);
+    assert_identical("sort --parallel=2", &native, &vm);
+    if Path::new("/usr/bin/xz").exists() {
+        let (native, vm) = native_and_vm("xz", &["-T2", "-3", "-c"], Some(&data));
+        assert!(native.stdout.len() > 1000);
+        assert_identical("xz -T2", &native, &vm);
+    }
+}
+
+#[test]
+fn record_of_a_threaded_program_has_snapshots_of_every_thread() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_threads", "threads", "gcc", &["-pthread"]);
+    let data = tmp.path().join("threads.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr", "emulated", "--"])
+        .arg(&exe)
+        .args(["4", "20000000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let native = Command::new(&exe).args(["4", "20000000"]).output().unwrap();
+    assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    // The four workers' vCPUs (1-4) each took snapshots.
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    for vcpu in 1..=4 {
+        let line = info
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("vCPU {vcpu}:")))
+            .unwrap_or_else(|| panic!("no snapshots of vCPU {vcpu}:\n{info}"));
+        let shim: u64 = line
+            .split(':')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            shim >= 1,
+            "vCPU {vcpu} took no snapshot of its own:\n{info}"
+        );
+    }
+    let report = lbrprof()
+        .args(["report", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    let guest = text
+        .split("# Hot guest functions")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(guest.contains("worker_sum"), "{text}");
+    let branches = text.split("# Hot branches").nth(1).unwrap_or_default();
+    assert!(branches.contains("worker_sum"), "{text}");
+}
+
+#[test]
+fn signals_reach_the_programs_handlers() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Fault handlers that recover (siglongjmp), raise with SA_SIGINFO, a blocked signal
+    // delivered at unblock, SIG_IGN, sigaltstack, tgkill to a thread, FP state kept;
+    // then abort() with a SIGABRT handler that returns: 134, as natively.
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("signals-glibc-dynamic", "gcc", &["-pthread"]),
+        ("signals-glibc-static", "gcc", &["-pthread", "-static"]),
+        ("signals-musl-static", "musl-gcc", &["-static"]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_signals", out, cc, flags);
+        let exe = exe.to_str().unwrap();
+        let (native, vm) = native_and_vm(exe, &[], None);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("round 2: recovered from signal 11"),
+            "{out}: {text}"
+        );
+        assert!(text.contains("on it 1"), "{out}: {text}");
+        assert_identical(out, &native, &vm);
+        let mut vm = lbrprof();
+        vm.args(["run", "--vm", "--", exe, "abort"]);
+        let vm = run_with(vm, None);
+        assert_eq!(vm.status.code(), Some(134), "{out}");
+        assert!(String::from_utf8_lossy(&vm.stdout).ends_with("SIGABRT handler ran (6)\n"));
+    }
+}

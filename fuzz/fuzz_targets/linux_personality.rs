@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 .memory_mut()
                 .write(GuestVirtAddr(base), &data[..data.len().min(0x4000)]);
             let mut w = words(data);
+            let mut task = p.main_task();
             for _ in 0..16 {
                 let Some(sel) = w.next() else { break };
                 let nr = SAFE[(sel as usize) % SAFE.len()];
@@ -80,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
                     let v = w.next().unwrap_or(0);
                     *a = if v & 1 == 0 { base + (v >> 1) % 0x5000 } else { v };
                 }
-                let _ = p.syscall(nr, args);
+                let _ = p.syscall(&mut task, nr, args);
             }
         }
     }

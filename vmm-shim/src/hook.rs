@@ -173,6 +173,10 @@ pub trait VcpuHook: Send {
     }
     /// A single-step or breakpoint exit.
     fn on_debug(&mut self, _ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {}
+    /// The vCPU's thread is about to block outside the guest for an unknown time (a
+    /// Linux program's futex wait, sleep or poll) while other vCPUs run the same code:
+    /// take out anything they could trip over (code patches).
+    fn on_block(&mut self, _ctx: &mut VcpuCtx<'_>) {}
     /// The vCPU stopped (end of run, fault, timeout); last chance to emit data.
     fn on_stop(&mut self, _ctx: &mut VcpuCtx<'_>) {}
 }

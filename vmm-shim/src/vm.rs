@@ -41,6 +41,7 @@ use crate::arch::DR7_L0;
 use crate::boot;
 use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
 use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
+use crate::linux::thread::{NewThread, Task};
 use crate::linux::{self, LinuxError, LinuxReport, Process, TrapAction};
 use crate::loader::{self, ImageKind, LoaderError, RamLayout};
 use crate::memory::{GuestMemory, MemoryError};
@@ -80,7 +81,7 @@ pub enum VmError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Linux(#[from] LinuxError),
-    #[error("a Linux program runs on one vCPU for now ({n} requested)")]
+    #[error("a Linux program starts on one vCPU and gets one more per thread ({n} requested)")]
     LinuxVcpus { n: u32 },
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -270,6 +271,8 @@ pub type HookFactory<'a> = &'a dyn Fn(u32) -> Box<dyn VcpuHook>;
 
 /// How one vCPU thread ended.
 enum VcpuEnd {
+    /// A Linux program's thread ended; the program goes on.
+    ThreadExit,
     Exit(u8),
     Killed {
         signal: i32,
@@ -372,11 +375,11 @@ impl Vm {
                 let mut random = [0u8; 16];
                 let _ = linux::host::getrandom(&mut random, 0);
                 // Guest-physical page 0 stays unused; the program's frames start above.
-                let (mut p, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                let (mut p, task, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
                 if let Some(tx) = &config.guest_maps {
                     p.send_maps_to(tx.clone());
                 }
-                process = Some((p, regs));
+                process = Some((p, task, regs));
             }
             (None, Guest::Image(_)) => unreachable!("images are parsed above"),
         }
@@ -386,20 +389,10 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::new();
         for (index, hook) in (0..config.vcpus).zip(vcpu_hooks.iter_mut()) {
-            let vcpu = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut entries = supported.as_slice().to_vec();
-            set_apic_id(&mut entries, index);
-            hook.adjust_cpuid(index, &mut entries);
-            let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::Kvm {
-                op: "KVM_SET_CPUID2",
-                source: kvm_ioctls::Error::new(libc::E2BIG),
-            })?;
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
             match (&parsed, &process) {
                 (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
-                (None, Some((p, regs))) => setup_linux_registers(&vcpu, p, regs)?,
+                (None, Some((_, task, regs))) => setup_linux_registers(&vcpu, task, None, regs)?,
                 (None, None) => {}
             }
             vcpus.push(vcpu);
@@ -409,7 +402,17 @@ impl Vm {
             boot::write_boot_info(&mem, config.vcpus, tsc_khz, &config.cmdline)?;
         }
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
-        let process = process.map(|(p, _)| Arc::new(Mutex::new(p)));
+        let mut main_task = None;
+        let process = process.map(|(p, task, _)| {
+            main_task = Some(task);
+            LinuxShared {
+                tlb: p.tlb_generation(),
+                roots: p.mm.roots(),
+                process: Arc::new(Mutex::new(p)),
+            }
+        });
+        // Threads of a Linux program ask the loop below for their vCPUs.
+        let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnRequest>();
 
         let devices = Arc::new(Devices::new(
             config.serial,
@@ -425,77 +428,50 @@ impl Vm {
         let setup = started.elapsed();
         let mut threads = Vec::new();
         let mut spawn_error = None;
-        for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
-            let (mem, devices, stop, tx) = (mem.clone(), devices.clone(), stop.clone(), tx.clone());
-            let parked = parked.clone();
-            let linux = process.clone();
+        let start = |index: u32,
+                     vcpu: VcpuFd,
+                     hook: Box<dyn VcpuHook>,
+                     task: Option<Task>|
+         -> std::io::Result<std::thread::JoinHandle<()>> {
             let mut vcpu = vcpu;
-            if sync_regs && let Some(p) = &linux {
-                match p.lock() {
-                    Ok(mut p) => p.use_sync_regs(&mut vcpu),
-                    Err(poisoned) => poisoned.into_inner().use_sync_regs(&mut vcpu),
-                }
-            }
-            let notify = config.vcpu_threads.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || {
-                    let tid = gettid();
-                    let runner = VcpuRunner {
-                        index,
-                        vcpu,
-                        hook_ports: hook.io_ports(),
-                        hook,
-                        linux,
-                        mem,
-                        devices,
-                        stop,
-                        parked,
-                        is_parked: false,
-                        stats: VcpuRunStats {
-                            vcpu: index,
-                            tid,
-                            ..Default::default()
-                        },
-                        timer: None,
-                    };
-                    if let Some(n) = notify {
-                        let _ = n.send(VcpuThreadInfo {
-                            vcpu: index,
-                            pid: std::process::id(),
-                            tid,
-                            time_ns: monotonic_ns(),
-                        });
+            let linux = match (&process, task) {
+                (Some(shared), Some(mut task)) => {
+                    if sync_regs {
+                        Process::use_sync_regs(&mut task, &mut vcpu);
                     }
-                    // A panic (a bug in the shim or a hook) must not leave the VM waiting
-                    // for this vCPU forever: report it like any other end.
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
-                        let mut runner = runner;
-                        let end = runner.run();
-                        (end, runner.stats)
-                    }));
-                    let (end, stats) = result.unwrap_or_else(|payload| {
-                        let message = payload
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_string())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        let end = VcpuEnd::Error(VmError::VcpuPanicked {
-                            vcpu: index,
-                            message,
-                        });
-                        (
-                            end,
-                            VcpuRunStats {
-                                vcpu: index,
-                                tid,
-                                ..Default::default()
-                            },
-                        )
-                    });
-                    let _ = tx.send((index, end, stats));
-                });
-            match spawned {
+                    Some(LinuxVcpu {
+                        shared: shared.clone(),
+                        task,
+                        spawn: spawn_tx.clone(),
+                    })
+                }
+                _ => None,
+            };
+            let (mem, devices, stop) = (mem.clone(), devices.clone(), stop.clone());
+            let parked = parked.clone();
+            // Built on its thread (the exit timer belongs to the thread).
+            let runner = move || VcpuRunner {
+                index,
+                vcpu,
+                hook_ports: hook.io_ports(),
+                hook,
+                linux,
+                mem,
+                devices,
+                stop,
+                parked,
+                is_parked: false,
+                stats: VcpuRunStats {
+                    vcpu: index,
+                    ..Default::default()
+                },
+                timer: None,
+            };
+            spawn_vcpu_thread(index, runner, tx.clone(), config.vcpu_threads.clone())
+        };
+        for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
+            let task = if index == 0 { main_task.take() } else { None };
+            match start(index, vcpu, hook, task) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_error = Some(VmError::Thread(e));
@@ -503,7 +479,6 @@ impl Vm {
                 }
             }
         }
-        drop(tx);
 
         let deadline = config.timeout.map(|t| Instant::now() + t);
         let mut stats: Vec<VcpuRunStats> = (0..config.vcpus)
@@ -523,6 +498,29 @@ impl Vm {
                 .unwrap_or_else(crossbeam_channel::never);
             let msg = crossbeam_channel::select! {
                 recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(spawn_rx) -> req => {
+                    // A Linux program's thread: a new vCPU with its own hook.
+                    let Ok(req) = req else { continue };
+                    let index = stats.len() as u32;
+                    let started = (|| {
+                        let mut hook = hooks(index);
+                        let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
+                        let NewThread { task, regs, fpu } = *req.child;
+                        setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
+                        start(index, vcpu, hook, Some(task)).map_err(VmError::Thread)
+                    })();
+                    let ok = started.is_ok();
+                    if let Ok(t) = started {
+                        threads.push(t);
+                        running += 1;
+                        stats.push(VcpuRunStats {
+                            vcpu: index,
+                            ..Default::default()
+                        });
+                    }
+                    let _ = req.reply.send(ok);
+                    continue;
+                }
                 recv(stop_rx) -> _ => {
                     decisive = Some(Ok(Outcome::Stopped));
                     break;
@@ -552,6 +550,10 @@ impl Vm {
         // Stop and collect every other vCPU thread.
         stop.store(true, Ordering::SeqCst);
         while running > 0 {
+            // A thread being created now is not: its parent gets EAGAIN and stops.
+            for req in spawn_rx.try_iter() {
+                let _ = req.reply.send(false);
+            }
             for t in &threads {
                 if !t.is_finished() {
                     // SAFETY: the pthread_t comes from a live (not yet joined) JoinHandle;
@@ -582,7 +584,7 @@ impl Vm {
                 registers: String::new(),
             }),
         };
-        let linux = process.map(|p| match p.lock() {
+        let linux = process.map(|l| match l.process.lock() {
             Ok(mut p) => p.take_report(),
             Err(poisoned) => poisoned.into_inner().take_report(),
         });
@@ -600,6 +602,7 @@ impl Vm {
 
 fn end_to_outcome(end: VcpuEnd) -> Option<Result<Outcome, VmError>> {
     match end {
+        VcpuEnd::ThreadExit => None,
         VcpuEnd::Exit(code) => Some(Ok(Outcome::Exited(code))),
         VcpuEnd::Killed { signal, crash } => Some(Ok(Outcome::Signaled { signal, crash })),
         VcpuEnd::PowerOff => Some(Ok(Outcome::PowerOff)),
@@ -607,6 +610,57 @@ fn end_to_outcome(end: VcpuEnd) -> Option<Result<Outcome, VmError>> {
         VcpuEnd::Error(e) => Some(Err(e)),
         VcpuEnd::Stopped => None,
     }
+}
+
+/// Start vCPU `index`'s host thread, which runs the runner `make` builds; it reports
+/// its end on `tx`.
+fn spawn_vcpu_thread(
+    index: u32,
+    make: impl FnOnce() -> VcpuRunner + Send + 'static,
+    tx: crossbeam_channel::Sender<(u32, VcpuEnd, VcpuRunStats)>,
+    notify: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || {
+            let tid = gettid();
+            let mut runner = make();
+            runner.stats.tid = tid;
+            if let Some(n) = notify {
+                let _ = n.send(VcpuThreadInfo {
+                    vcpu: index,
+                    pid: std::process::id(),
+                    tid,
+                    time_ns: monotonic_ns(),
+                });
+            }
+            // A panic (a bug in the shim or a hook) must not leave the VM waiting
+            // for this vCPU forever: report it like any other end.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                let end = runner.run();
+                (end, runner.stats)
+            }));
+            let (end, stats) = result.unwrap_or_else(|payload| {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let end = VcpuEnd::Error(VmError::VcpuPanicked {
+                    vcpu: index,
+                    message,
+                });
+                (
+                    end,
+                    VcpuRunStats {
+                        vcpu: index,
+                        tid,
+                        ..Default::default()
+                    },
+                )
+            });
+            let _ = tx.send((index, end, stats));
+        })
 }
 
 /// Route the hooks' MSR ranges to user space (deny them in a filter, exit on denial).
@@ -683,17 +737,57 @@ fn setup_registers(vcpu: &VcpuFd, kind: ImageKind, entry: u64, index: u32) -> Re
     Ok(())
 }
 
-/// A Linux program's first state: ring 3 at the entry, SSE usable.
-fn setup_linux_registers(vcpu: &VcpuFd, process: &Process, regs: &kvm_regs) -> Result<(), VmError> {
-    let mut fpu = vcpu.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
-    fpu.fcw = 0x37f;
-    fpu.mxcsr = 0x1f80;
+/// Create vCPU `index` with the host's CPUID as `hook` adjusts it.
+fn create_vcpu(
+    vm: &VmFd,
+    supported: &CpuId,
+    index: u32,
+    hook: &mut dyn VcpuHook,
+) -> Result<VcpuFd, VmError> {
+    let vcpu = vm
+        .create_vcpu(u64::from(index))
+        .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    let mut entries = supported.as_slice().to_vec();
+    set_apic_id(&mut entries, index);
+    hook.adjust_cpuid(index, &mut entries);
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::Kvm {
+        op: "KVM_SET_CPUID2",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    Ok(vcpu)
+}
+
+/// A Linux thread's first state: ring 3 at `regs`, the task's page tables, TLS and
+/// TSS, SSE usable (with `fpu`, the creating thread's, or the initial state).
+fn setup_linux_registers(
+    vcpu: &VcpuFd,
+    task: &Task,
+    fpu: Option<&kvm_bindings::kvm_fpu>,
+    regs: &kvm_regs,
+) -> Result<(), VmError> {
+    let fpu = match fpu {
+        Some(f) => *f,
+        None => {
+            let mut fpu = vcpu.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
+            fpu.fcw = 0x37f;
+            fpu.mxcsr = 0x1f80;
+            fpu
+        }
+    };
     vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    process.initial_sregs(&mut sregs);
+    linux::cpu::user_sregs(&mut sregs, task.cr3, task.trap.tss);
+    sregs.fs.base = task.fs_base;
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let entries: Vec<kvm_bindings::kvm_msr_entry> = process
-        .initial_msrs()
+    // With the in-kernel LAPIC, vCPUs other than the first wait for INIT/SIPI: a
+    // thread's vCPU is runnable at once.
+    let runnable = kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    };
+    vcpu.set_mp_state(runnable)
+        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    let entries: Vec<kvm_bindings::kvm_msr_entry> = linux::cpu::syscall_msrs()
         .iter()
         .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
             index,
@@ -786,8 +880,9 @@ struct VcpuRunner {
     hook: Box<dyn VcpuHook>,
     /// Ports the hook handles itself; the devices never see them.
     hook_ports: Vec<u16>,
-    /// The Linux program this vCPU runs, if it runs one (its traps exit on I/O ports).
-    linux: Option<Arc<Mutex<Process>>>,
+    /// The Linux program's thread this vCPU runs, if it runs one (its traps exit on
+    /// I/O ports).
+    linux: Option<LinuxVcpu>,
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
@@ -802,6 +897,9 @@ struct VcpuRunner {
 
 impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
+        if let Some(l) = &self.linux {
+            lock(&l.shared.process).register_thread(&l.task);
+        }
         let run = self.vcpu.get_kvm_run();
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
         // Cleared when run() returns or unwinds, before the VcpuFd can be dropped.
@@ -943,6 +1041,15 @@ impl VcpuRunner {
             if let Err(e) = self.apply_requests(req) {
                 return VcpuEnd::Error(e);
             }
+            if let Some(l) = &mut self.linux {
+                // Another thread changed the page tables (and kicked this one out).
+                let generation = l.shared.tlb.load(Ordering::Acquire);
+                if let Err(e) =
+                    linux::catch_up_tlb(&mut l.task, &self.vcpu, generation, l.shared.roots)
+                {
+                    return VcpuEnd::Error(e);
+                }
+            }
             let mut action = IoAction::Continue;
             let entered = Instant::now();
             let result = self.vcpu.run();
@@ -1057,15 +1164,27 @@ impl VcpuRunner {
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
-            if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &self.linux)
+            if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
-                let result = match linux.lock() {
-                    Ok(mut p) => p.on_trap(&mut self.vcpu, port),
-                    Err(poisoned) => poisoned.into_inner().on_trap(&mut self.vcpu, port),
+                let action = match linux.trap(&mut self.vcpu, port) {
+                    Ok(TrapAction::Block { pending, block }) => {
+                        let mut ctx = VcpuCtx {
+                            index: self.index,
+                            vcpu: &self.vcpu,
+                            mem: &self.mem,
+                            requests: req,
+                        };
+                        self.hook.on_block(&mut ctx);
+                        linux
+                            .block(&mut self.vcpu, pending, block, &self.stop)
+                            .map(|()| TrapAction::Resume)
+                    }
+                    action => action,
                 };
-                match result {
+                match action {
                     Ok(TrapAction::Resume) => {}
+                    Ok(TrapAction::ThreadExit) => return VcpuEnd::ThreadExit,
                     Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
                     Ok(TrapAction::Killed { signal, reason }) => {
                         return VcpuEnd::Killed {
@@ -1076,6 +1195,9 @@ impl VcpuRunner {
                                 registers: self.register_dump(),
                             },
                         };
+                    }
+                    Ok(TrapAction::Block { .. } | TrapAction::Clone { .. }) => {
+                        unreachable!("blocks and clones are finished above")
                     }
                     Err(e) => return VcpuEnd::Error(e),
                 }
@@ -1109,6 +1231,75 @@ impl VcpuRunner {
             }
         }
     }
+}
+
+/// What the vCPUs of one Linux program share.
+#[derive(Clone)]
+struct LinuxShared {
+    process: Arc<Mutex<Process>>,
+    /// [`Process::tlb_generation`], readable without the lock.
+    tlb: Arc<std::sync::atomic::AtomicU64>,
+    /// The twin PML4s ([`crate::linux::mm::AddressSpace::roots`]).
+    roots: [u64; 2],
+}
+
+/// A new thread's vCPU, asked of the VM's loop, which answers whether it started.
+struct SpawnRequest {
+    child: Box<NewThread>,
+    reply: crossbeam_channel::Sender<bool>,
+}
+
+/// One thread of a Linux program on this vCPU.
+struct LinuxVcpu {
+    shared: LinuxShared,
+    task: Task,
+    spawn: crossbeam_channel::Sender<SpawnRequest>,
+}
+
+/// The process, even if a thread panicked holding it (its state is still consistent
+/// enough to report on and stop).
+fn lock(p: &Mutex<Process>) -> std::sync::MutexGuard<'_, Process> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LinuxVcpu {
+    /// Service a trap; clones are finished here, blocks (futex waits, sleeps, polls)
+    /// are left to [`Self::block`].
+    fn trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
+        let mut p = lock(&self.shared.process);
+        match p.on_trap(&mut self.task, vcpu, port)? {
+            TrapAction::Clone { pending, child } => {
+                let tid = child.task.tid;
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                let asked = self.spawn.send(SpawnRequest { child, reply }).is_ok();
+                let started = asked && answer.recv().unwrap_or(false);
+                p.finish_clone(vcpu, pending, tid, started)?;
+                Ok(TrapAction::Resume)
+            }
+            action => Ok(action),
+        }
+    }
+
+    /// Wait with the process released (the other threads go on, and wake this one),
+    /// then resume the program with the call's result.
+    fn block(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        pending: linux::Pending,
+        mut block: linux::thread::Block,
+        stop: &AtomicBool,
+    ) -> Result<(), VmError> {
+        let woken = block.wait(&self.task.waiter, stop);
+        lock(&self.shared.process).finish_block(&mut self.task, vcpu, pending, block, woken)
+    }
+}
+
+/// Kick `thread` (a vCPU thread) out of `KVM_RUN`, as the VM's stop does.
+pub(crate) fn kick_thread(thread: libc::pthread_t) {
+    // SAFETY: callers pass the pthread_t of a vCPU thread that is still running (a
+    // Linux program's thread is unregistered under the process lock before it ends);
+    // the handler only sets immediate_exit (see kick_handler).
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }
 
 /// A register dump in the style of a kernel oops.

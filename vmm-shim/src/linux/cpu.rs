@@ -41,24 +41,65 @@ pub const EFER_NXE: u64 = 1 << 11;
 /// RFLAGS.IF.
 pub const RFLAGS_IF: u64 = 1 << 9;
 
-/// Where the trap area's ring-0 stack is, to read trap frames without a page walk.
+/// One vCPU's TSS and ring-0 stack (each vCPU has its own: traps on two vCPUs at once
+/// must not push their frames onto one stack), to read trap frames without a page walk.
 #[derive(Clone, Copy, Debug)]
 pub struct TrapArea {
     pub stack_phys: GuestPhysAddr,
+    /// Guest-virtual address of the ring-0 stack's page.
+    pub stack: u64,
+    /// Guest-virtual address of the TSS (TR.base).
+    pub tss: u64,
 }
 
 impl TrapArea {
-    /// Guest-virtual top of the ring-0 stack (TSS.RSP0).
-    pub fn stack_top() -> u64 {
-        TRAP_AREA.0 + TRAP_STACK * PAGE + PAGE
+    /// Guest-virtual top of the ring-0 stack (TSS.RSP0 and IST1).
+    pub fn stack_top(&self) -> u64 {
+        self.stack + PAGE
     }
 
     /// Guest-physical address of ring-0 stack address `va`, if it is on that stack.
     pub fn stack_phys_of(&self, va: u64, len: u64) -> Option<GuestPhysAddr> {
-        let base = TRAP_AREA.0 + TRAP_STACK * PAGE;
+        let base = self.stack;
         let end = va.checked_add(len)?;
         (va >= base && end <= base + PAGE).then(|| GuestPhysAddr(self.stack_phys.0 + (va - base)))
     }
+}
+
+/// The TSS: RSP0 and IST1 at `stack_top`, the I/O bitmap letting ring 3 reach only the
+/// system-call ports.
+fn tss_bytes(stack_top: u64) -> Vec<u8> {
+    let mut t = vec![0xffu8; (TSS_LIMIT + 1) as usize];
+    t[..TSS_IOMAP_BASE as usize].fill(0);
+    t[4..12].copy_from_slice(&stack_top.to_le_bytes());
+    for port in [TRAP_PORT_SYSCALL, TRAP_PORT_NULL] {
+        let port = usize::from(port);
+        t[TSS_IOMAP_BASE as usize + port / 8] &= !(1 << (port % 8));
+    }
+    // IST1 (offset 0x24): every gate uses it, so a trap taken in ring 0 (the syscall
+    // stub runs on the program's stack) still lands on the trap stack.
+    t[0x24..0x2c].copy_from_slice(&stack_top.to_le_bytes());
+    t[0x66..0x68].copy_from_slice(&(TSS_IOMAP_BASE as u16).to_le_bytes());
+    t
+}
+
+/// A TSS and ring-0 stack for the vCPU of thread number `slot` (1 and up; the first
+/// thread's are in the trap area), supervisor-only, past the trap area's pages.
+pub fn build_thread_trap(mm: &mut AddressSpace, slot: u64) -> Result<TrapArea, Errno> {
+    let tss = TRAP_AREA.0 + (TRAP_PAGES + 2 * slot) * PAGE;
+    let stack = tss + PAGE;
+    let tss_frame = mm.alloc_frame()?;
+    let stack_frame = mm.alloc_frame()?;
+    mm.map_page(tss, tss_frame, PTE_P | PTE_RW | PTE_NX)?;
+    mm.map_page(stack, stack_frame, PTE_P | PTE_RW | PTE_NX)?;
+    mm.memory()
+        .write(tss_frame, &tss_bytes(stack + PAGE))
+        .map_err(|_| Errno::EFAULT)?;
+    Ok(TrapArea {
+        stack_phys: stack_frame,
+        stack,
+        tss,
+    })
 }
 
 fn descriptor(access: u64, flags: u64) -> u64 {
@@ -97,20 +138,14 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
         tss_limit | ((tss_va & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_va >> 24) & 0xff) << 56);
     w(gdt, u64::from(TSS_SEL), tss_low)?;
     w(gdt, u64::from(TSS_SEL) + 8, tss_va >> 32)?;
-    // TSS: RSP0 at offset 4; the I/O bitmap base past the limit (no port for ring 3).
+    let area = TrapArea {
+        stack_phys: frames[TRAP_STACK as usize],
+        stack: TRAP_AREA.0 + TRAP_STACK * PAGE,
+        tss: tss_va,
+    };
     let tss = frames[TRAP_TSS as usize];
-    let mut t = vec![0xffu8; (TSS_LIMIT + 1) as usize];
-    t[..TSS_IOMAP_BASE as usize].fill(0);
-    t[4..12].copy_from_slice(&TrapArea::stack_top().to_le_bytes());
-    for port in [TRAP_PORT_SYSCALL, TRAP_PORT_NULL] {
-        let port = usize::from(port);
-        t[TSS_IOMAP_BASE as usize + port / 8] &= !(1 << (port % 8));
-    }
-    // IST1 (offset 0x24): every gate uses it, so a trap taken in ring 0 (the syscall
-    // stub runs on the program's stack) still lands on the trap stack.
-    t[0x24..0x2c].copy_from_slice(&TrapArea::stack_top().to_le_bytes());
-    t[0x66..0x68].copy_from_slice(&(TSS_IOMAP_BASE as u16).to_le_bytes());
-    mem.write(tss, &t).map_err(|_| Errno::EFAULT)?;
+    mem.write(tss, &tss_bytes(area.stack_top()))
+        .map_err(|_| Errno::EFAULT)?;
     // Stubs: `out imm8, al` (E6 ib) then `iretq` (48 CF), one per slot.
     let stubs = frames[TRAP_STUBS as usize];
     for v in 0..=32u64 {
@@ -139,9 +174,7 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
         w(idt, v * 16, low)?;
         w(idt, v * 16 + 8, target >> 32)?;
     }
-    Ok(TrapArea {
-        stack_phys: frames[TRAP_STACK as usize],
-    })
+    Ok(area)
 }
 
 /// Where `syscall` leaves the vCPU on this host (see the module doc).
@@ -167,8 +200,8 @@ pub fn syscall_msrs() -> [(u32, u64); 3] {
     ]
 }
 
-/// Ring 3, long mode, the program's page tables, SYSCALL enabled.
-pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64) {
+/// Ring 3, long mode, the program's page tables, SYSCALL enabled, the TSS at `tss`.
+pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64, tss: u64) {
     sregs.cs = segment(USER_CS, SEG_TYPE_CODE_XR_ACCESSED, 3, true);
     let data = segment(USER_DS, SEG_TYPE_DATA_RW_ACCESSED, 3, false);
     sregs.ss = data;
@@ -177,7 +210,7 @@ pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64) {
     sregs.fs = data;
     sregs.gs = data;
     sregs.tr = kvm_segment {
-        base: TRAP_AREA.0 + TRAP_TSS * PAGE,
+        base: tss,
         limit: TSS_LIMIT as u32,
         selector: TSS_SEL,
         type_: SEG_TYPE_TSS_BUSY,
@@ -304,7 +337,7 @@ mod tests {
             .unwrap();
         mem.read(pa, &mut b).unwrap();
         assert_eq!(b, [0xe6, 0xe6, 0x48, 0xcf]);
-        let top = TrapArea::stack_top();
+        let top = area.stack_top();
         assert!(area.stack_phys_of(top - 40, 40).is_some());
         assert!(area.stack_phys_of(top - 8, 16).is_none());
         assert!(area.stack_phys_of(u64::MAX - 4, 8).is_none());

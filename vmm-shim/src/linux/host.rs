@@ -322,13 +322,11 @@ pub fn sched_getaffinity(len: usize) -> Result<Vec<u8>, Errno> {
     Ok(buf)
 }
 
-pub fn nanosleep(secs: i64, nsecs: i64) {
-    let ts = libc::timespec {
-        tv_sec: secs,
-        tv_nsec: nsecs,
-    };
-    // SAFETY: ts is a valid timespec; the remainder is not wanted.
-    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+/// poll(2) on host descriptors (negative ones are skipped, as the kernel does).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
+    // SAFETY: fds is a live, writable array of fds.len() pollfd structures.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    check(r as isize)
 }
 
 pub fn ids() -> [u64; 6] {

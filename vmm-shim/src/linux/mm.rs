@@ -160,7 +160,7 @@ pub struct AddressSpace {
     pub maps: Vec<MapRecord>,
     /// Set when a request was refused because guest memory ran out.
     pub exhausted: Option<u64>,
-    /// Set when existing translations changed (unmap, protection lowered): the vCPU's
+    /// Set when existing translations changed (unmap, protection lowered): every vCPU's
     /// TLB must be flushed before the program runs again.
     pub flush_needed: bool,
 }
@@ -214,10 +214,18 @@ impl AddressSpace {
         self.root
     }
 
-    /// Switch to the twin PML4 and return the new CR3: loading it flushes the TLB.
-    pub fn flip_root(&mut self) -> u64 {
-        std::mem::swap(&mut self.root, &mut self.alt_root);
-        self.root
+    /// The twin of PML4 `cr3` (one of the two): loading it flushes the vCPU's TLB.
+    pub fn twin(&self, cr3: u64) -> u64 {
+        if cr3 == self.root {
+            self.alt_root
+        } else {
+            self.root
+        }
+    }
+
+    /// Both PML4s (see [`Self::twin`]).
+    pub fn roots(&self) -> [u64; 2] {
+        [self.root, self.alt_root]
     }
 
     pub fn memory(&self) -> &GuestMemory {
@@ -742,7 +750,7 @@ mod tests {
             .translate(s.cr3(), GuestVirtAddr(0x40_1000))
             .unwrap();
         // The twin root translates the same way.
-        let twin = s.flip_root();
+        let twin = s.twin(s.cr3());
         assert_eq!(
             s.memory()
                 .translate(twin, GuestVirtAddr(0x40_1000))

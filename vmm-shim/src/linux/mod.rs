@@ -17,9 +17,11 @@
 //! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //!
-//! Limits of this first step: one thread (clone, fork, vfork and execve end the run
-//! with an "unsupported" error), no signal delivery (a fault or a fatal signal ends
-//! the run as the shell would report it), private file mappings are copies.
+//! * [`thread`]: threads (one vCPU each) and futexes.
+//! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//!
+//! Limits: one process (fork, vfork and execve end the run with an "unsupported"
+//! error), private file mappings are copies.
 
 pub mod abi;
 pub mod cpu;
@@ -27,8 +29,10 @@ pub mod fd;
 pub mod host;
 pub mod loader;
 pub mod mm;
+pub mod signal;
 pub mod stack;
 pub mod syscall;
+pub mod thread;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -36,7 +40,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
 use crate::linux::abi::*;
@@ -44,6 +48,7 @@ use crate::linux::cpu::{TrapArea, TrapFrame};
 use crate::linux::fd::FdTable;
 use crate::linux::loader::Elf;
 use crate::linux::mm::{AddressSpace, MapRecord, Prot};
+use crate::linux::thread::{Block, Futexes, NewThread, Task};
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 use crate::vm::VmError;
 
@@ -239,19 +244,43 @@ pub struct LinuxReport {
     pub peak_bytes: u64,
     /// Time spent servicing traps (system calls included), ns.
     pub trap_ns: u64,
+    /// Threads the program started (besides its first).
+    pub threads: u64,
 }
 
 /// How a trap ends.
 #[derive(Debug)]
 pub enum TrapAction {
     Resume,
-    /// exit/exit_group with this status.
+    /// exit_group (or the last thread's exit) with this status.
     Exit(i32),
     /// The program is killed by `signal` (a fault, or an unsupported call).
     Killed {
         signal: i32,
         reason: String,
     },
+    /// This thread ended (`exit`); others still run.
+    ThreadExit,
+    /// The thread blocks (futex wait, sleep): the caller releases the process, waits,
+    /// then calls [`Process::finish_block`].
+    Block {
+        pending: Pending,
+        block: Block,
+    },
+    /// `clone` made a thread: the caller starts it on a new vCPU, then calls
+    /// [`Process::finish_clone`].
+    Clone {
+        pending: Pending,
+        child: Box<NewThread>,
+    },
+}
+
+/// A system call whose result is not known yet: the registers to resume with.
+#[derive(Debug)]
+pub struct Pending {
+    regs: kvm_regs,
+    /// The registers go back through the run page (KVM_CAP_SYNC_REGS).
+    fast: bool,
 }
 
 /// A running program: its memory, descriptors and counters.
@@ -262,16 +291,23 @@ pub struct Process {
     pub(crate) path: PathBuf,
     pub(crate) report: LinuxReport,
     pub(crate) counts: BTreeMap<u64, u64>,
-    /// Signal dispositions the program set (handlers are recorded, not yet delivered).
+    /// Signal dispositions the program set (`struct sigaction` as the kernel takes it).
     pub(crate) sigactions: BTreeMap<u64, [u8; 32]>,
-    pub(crate) sigmask: u64,
-    pub(crate) fs_base: u64,
-    pub(crate) tid: u64,
-    /// How `syscall` behaves on this vCPU (learnt at the first one).
-    syscall_mode: Option<cpu::SyscallMode>,
-    /// KVM copies the registers into the run page at every exit and loads them back
-    /// when marked dirty (KVM_CAP_SYNC_REGS): a system call then needs no register ioctl.
-    sync_regs: bool,
+    /// The process id (the main thread's id).
+    pub(crate) pid: u64,
+    /// The next thread id to hand out.
+    next_tid: u64,
+    /// Thread TSS/stack slots handed out ([`cpu::build_thread_trap`]).
+    trap_slots: u64,
+    /// Threads alive, and the host threads running them (to kick them out of the guest).
+    /// (None until the thread's vCPU starts.)
+    pub(crate) threads: BTreeMap<u64, Option<libc::pthread_t>>,
+    /// Signals sent to other threads (tgkill), taken at their next system call.
+    pub(crate) signals_for: BTreeMap<u64, u64>,
+    pub(crate) futexes: Futexes,
+    /// Bumped whenever page-table entries were removed or restricted: every vCPU must
+    /// reload CR3 before it runs the program again (see [`thread`]).
+    tlb_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Where each file mapping goes as it is made ([`crate::vm::VmConfig::guest_maps`]).
     map_sink: Option<crossbeam_channel::Sender<MapRecord>>,
 }
@@ -295,7 +331,7 @@ impl Process {
         first_free: u64,
         program: &Program,
         random: [u8; 16],
-    ) -> Result<(Process, kvm_regs), LinuxError> {
+    ) -> Result<(Process, Task, kvm_regs), LinuxError> {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
         let trap = cpu::build_trap_area(&mut mm).map_err(oom)?;
@@ -347,24 +383,58 @@ impl Process {
             maps: mm.maps.clone(),
             ..Default::default()
         };
-        Ok((
-            Process {
-                mm,
-                fds: FdTable::with_stdio(stdio()),
-                trap,
-                path: program.path.clone(),
-                report,
-                counts: BTreeMap::new(),
-                sigactions: BTreeMap::new(),
-                sigmask: 0,
-                fs_base: 0,
-                tid: host::ids()[0],
-                syscall_mode: None,
-                sync_regs: false,
-                map_sink: None,
-            },
-            regs,
-        ))
+        let pid = host::ids()[0];
+        let mut p = Process::with(mm, FdTable::with_stdio(stdio()), trap, pid);
+        p.path = program.path.clone();
+        p.report = report;
+        let task = p.main_task();
+        Ok((p, task, regs))
+    }
+
+    fn with(mm: AddressSpace, fds: FdTable, trap: TrapArea, pid: u64) -> Process {
+        Process {
+            mm,
+            fds,
+            trap,
+            path: PathBuf::new(),
+            report: LinuxReport::default(),
+            counts: BTreeMap::new(),
+            sigactions: BTreeMap::new(),
+            pid,
+            next_tid: pid + 1,
+            trap_slots: 0,
+            threads: BTreeMap::new(),
+            signals_for: BTreeMap::new(),
+            futexes: Futexes::default(),
+            tlb_generation: Arc::default(),
+            map_sink: None,
+        }
+    }
+
+    /// The task of the program's first thread (its id is the process id).
+    pub fn main_task(&self) -> Task {
+        let mut t = Task::new(self.pid, self.mm.cr3(), self.trap);
+        // Linux names a process after its executable's file name (15 bytes at most).
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.as_bytes())
+            .unwrap_or_default();
+        let n = name.len().min(15);
+        t.comm[..n].copy_from_slice(&name[..n]);
+        t
+    }
+
+    /// The generation of page-table changes every vCPU must have flushed (see [`thread`]).
+    pub fn tlb_generation(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.tlb_generation.clone()
+    }
+
+    /// Thread `task` runs on the calling host thread from now on.
+    pub fn register_thread(&mut self, task: &Task) {
+        // SAFETY: pthread_self has no preconditions.
+        self.threads
+            .insert(task.tid, Some(unsafe { libc::pthread_self() }));
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -373,32 +443,15 @@ impl Process {
     pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
         let mut mm = AddressSpace::new(mem, 0x1000)?;
         let trap = cpu::build_trap_area(&mut mm)?;
-        Ok(Process {
-            mm,
-            fds: FdTable::with_stdio([None, None, None]),
-            trap,
-            path: PathBuf::from("/bare"),
-            report: LinuxReport::default(),
-            counts: BTreeMap::new(),
-            sigactions: BTreeMap::new(),
-            sigmask: 0,
-            fs_base: 0,
-            tid: 1,
-            syscall_mode: None,
-            sync_regs: false,
-            map_sink: None,
-        })
+        let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
+        p.path = PathBuf::from("/bare");
+        Ok(p)
     }
 
     /// The address space (tests and fuzzing).
     #[doc(hidden)]
     pub fn memory_mut(&mut self) -> &mut AddressSpace {
         &mut self.mm
-    }
-
-    /// Segment and control registers for the program's first entry.
-    pub fn initial_sregs(&self, sregs: &mut kvm_sregs) {
-        cpu::user_sregs(sregs, self.mm.cr3());
     }
 
     /// Whether `port` is one of the trap stubs' exits.
@@ -408,15 +461,10 @@ impl Process {
             || (TRAP_PORT_OTHER..=TRAP_PORT_BASE + 31).contains(&port)
     }
 
-    /// Use KVM_CAP_SYNC_REGS for system calls (the caller checked KVM has it).
-    pub fn use_sync_regs(&mut self, vcpu: &mut VcpuFd) {
+    /// Use KVM_CAP_SYNC_REGS for `task`'s system calls (the caller checked KVM has it).
+    pub fn use_sync_regs(task: &mut Task, vcpu: &mut VcpuFd) {
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-        self.sync_regs = true;
-    }
-
-    /// MSRs to set before the first entry (the SYSCALL path).
-    pub fn initial_msrs(&self) -> [(u32, u64); 3] {
-        cpu::syscall_msrs()
+        task.sync_regs = true;
     }
 
     /// From now on, send every file mapping to `tx` as it is made, starting with those
@@ -444,8 +492,14 @@ impl Process {
         r
     }
 
-    /// Handle the exit of trap stub `port`: the vCPU is in ring 0 on the stub's `out`.
-    pub fn on_trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
+    /// Handle the exit of trap stub `port` on `task`'s vCPU: the vCPU is on the stub's
+    /// `out` (in ring 0, or in ring 3 for a system call on hosts that take SYSCALL there).
+    pub fn on_trap(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+        port: u16,
+    ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         if port == TRAP_PORT_NULL {
             // The floor: nothing to do (KVM skips the `out` at the next entry).
@@ -458,28 +512,38 @@ impl Process {
         // to RCX) and the ring-0 `sysretq` both come out right, and RAX set here
         // survives. Otherwise let KVM finish it first (the KVM API's rule: state is
         // consistent after re-entering KVM_RUN; immediate_exit returns at once).
-        if port != TRAP_PORT_SYSCALL || self.syscall_mode.is_none() {
+        if port != TRAP_PORT_SYSCALL || task.syscall_mode.is_none() {
             vcpu.set_kvm_immediate_exit(1);
             let _ = vcpu.run();
             vcpu.set_kvm_immediate_exit(0);
         }
-        if port == TRAP_PORT_SYSCALL && self.sync_regs && self.syscall_mode.is_some() {
-            // The fast path: registers from and back to the run page.
-            let mut regs = vcpu.sync_regs().regs;
-            let action = self.syscall_service(vcpu, &mut regs)?;
-            if matches!(action, TrapAction::Resume) {
-                vcpu.sync_regs_mut().regs = regs;
-                vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
-            }
-            self.report.trap_ns += started.elapsed().as_nanos() as u64;
-            return Ok(action);
-        }
-        let mut regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
         if port == TRAP_PORT_SYSCALL {
-            let action = self.syscall_trap(vcpu, &mut regs)?;
+            // The fast path: registers from and back to the run page.
+            let fast = task.sync_regs && task.syscall_mode.is_some();
+            let mut regs = if fast {
+                vcpu.sync_regs().regs
+            } else {
+                vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?
+            };
+            let action = match self.syscall_service(task, vcpu, &mut regs)? {
+                Serviced::Resume => {
+                    write_regs(vcpu, &regs, fast)?;
+                    TrapAction::Resume
+                }
+                Serviced::Block(block) => TrapAction::Block {
+                    pending: Pending { regs, fast },
+                    block,
+                },
+                Serviced::Clone(child) => TrapAction::Clone {
+                    pending: Pending { regs, fast },
+                    child,
+                },
+                Serviced::End(action) => action,
+            };
             self.report.trap_ns += started.elapsed().as_nanos() as u64;
             return Ok(action);
         }
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
         let vector = if port == TRAP_PORT_OTHER {
             32
         } else {
@@ -487,7 +551,7 @@ impl Process {
         };
         let mut words = [0u64; 6];
         let n = if has_error_code(vector) { 6 } else { 5 };
-        let Some(frame_pa) = self.trap.stack_phys_of(regs.rsp, 8 * n as u64) else {
+        let Some(frame_pa) = task.trap.stack_phys_of(regs.rsp, 8 * n as u64) else {
             return Ok(self.killed(
                 libc::SIGSEGV,
                 format!("trap {vector} with a corrupt ring-0 stack"),
@@ -507,6 +571,12 @@ impl Process {
         } else {
             let (sig, name) = cpu::signal_for(vector);
             let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            if frame.from_user()
+                && self.deliver_fault(task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2)?
+            {
+                self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                return Ok(TrapAction::Resume);
+            }
             let mut why = format!("{name} (exception {vector}) at rip {:#x}", frame.rip);
             if vector == VEC_PF {
                 why.push_str(&format!(", address {cr2:#x}"));
@@ -524,54 +594,62 @@ impl Process {
         TrapAction::Killed { signal, reason }
     }
 
-    /// Service a system call; the stub's `sysretq` returns to RCX (see cpu.rs).
-    fn syscall_trap(&mut self, vcpu: &VcpuFd, regs: &mut kvm_regs) -> Result<TrapAction, VmError> {
-        let action = self.syscall_service(vcpu, regs)?;
-        if matches!(action, TrapAction::Resume) {
-            vcpu.set_regs(regs).map_err(|source| VmError::Kvm {
-                op: "KVM_SET_REGS",
-                source,
-            })?;
-        }
-        Ok(action)
+    /// End a [`TrapAction::Block`]: `woken` says whether the waiter was woken (rather
+    /// than timed out or stopped). Resumes the program with the call's result.
+    pub fn finish_block(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+        mut pending: Pending,
+        block: Block,
+        woken: bool,
+    ) -> Result<(), VmError> {
+        let ret = match block {
+            // Timed out, unless a wake came in between the timeout and this lock.
+            Block::Futex { .. } if !woken && self.futexes.remove(task.tid) => {
+                mm::Errno(libc::ETIMEDOUT).ret()
+            }
+            Block::Futex { .. } | Block::Sleep { .. } => 0,
+            Block::Poll(p) => self.poll_done(&p),
+        };
+        pending.regs.rax = ret;
+        write_regs(vcpu, &pending.regs, pending.fast)
+    }
+
+    /// End a [`TrapAction::Clone`]: `started` says whether the new thread runs.
+    /// Resumes the parent with the child's id, or `-EAGAIN`.
+    pub fn finish_clone(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        mut pending: Pending,
+        child: u64,
+        started: bool,
+    ) -> Result<(), VmError> {
+        pending.regs.rax = if started {
+            self.report.threads += 1;
+            child
+        } else {
+            self.threads.remove(&child);
+            mm::Errno(libc::EAGAIN).ret()
+        };
+        write_regs(vcpu, &pending.regs, pending.fast)
     }
 
     /// Service the system call in `regs` and leave the return state in `regs`.
     fn syscall_service(
         &mut self,
+        task: &mut Task,
         vcpu: &VcpuFd,
         regs: &mut kvm_regs,
-    ) -> Result<TrapAction, VmError> {
+    ) -> Result<Serviced, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let nr = regs.rax;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
         self.report.syscalls += 1;
         *self.counts.entry(nr).or_insert(0) += 1;
-        let old_fs = self.fs_base;
+        let old_fs = task.fs_base;
         let before = self.mm.resident_bytes();
-        let ret = match self.syscall(nr, args) {
-            syscall::Outcome::Return(v) => v,
-            syscall::Outcome::Exit(code) => return Ok(TrapAction::Exit(code)),
-            syscall::Outcome::Kill { signal, reason } => {
-                return Ok(TrapAction::Killed { signal, reason });
-            }
-        };
-        let after = self.mm.resident_bytes();
-        if after > before {
-            self.report.peak_bytes = self.report.peak_bytes.max(after);
-        }
-        if self.fs_base != old_fs || self.mm.flush_needed {
-            // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
-            // the twin PML4), which makes KVM reset the vCPU's MMU context.
-            let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-            s.fs.base = self.fs_base;
-            if self.mm.flush_needed {
-                s.cr3 = self.mm.flip_root();
-            }
-            vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
-            self.mm.flush_needed = false;
-        }
-        let mode = match self.syscall_mode {
+        let mode = match task.syscall_mode {
             Some(m) => m,
             None => {
                 let s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
@@ -580,17 +658,303 @@ impl Process {
                 } else {
                     cpu::SyscallMode::Ring0
                 };
-                self.syscall_mode = Some(m);
+                task.syscall_mode = Some(m);
                 m
             }
         };
-        regs.rax = ret;
-        if mode == cpu::SyscallMode::Ring3 {
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if nr == syscalls::Sysno::rt_sigreturn as u64 {
+            if self.sigreturn(task, regs).is_err() {
+                return Ok(Serviced::End(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: "rt_sigreturn with a bad signal frame".into(),
+                }));
+            }
+            if let Some(f) = task.fpu_saved.pop() {
+                vcpu.set_fpu(&f).map_err(kvm("KVM_SET_FPU"))?;
+            }
+            self.resume_ret(task, vcpu, regs, mode, old_fs, true)?;
+            return Ok(Serviced::Resume);
+        }
+        let served = match self.syscall(task, nr, args) {
+            syscall::Outcome::Return(v) => {
+                regs.rax = v;
+                if let Some(end) = self.deliver_pending(task, vcpu, regs)? {
+                    return Ok(Serviced::End(end));
+                }
+                Serviced::Resume
+            }
+            syscall::Outcome::Exit(code) => return Ok(Serviced::End(TrapAction::Exit(code))),
+            syscall::Outcome::ThreadExit => return Ok(Serviced::End(TrapAction::ThreadExit)),
+            syscall::Outcome::Kill { signal, reason } => {
+                return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
+            }
+            syscall::Outcome::Block(b) => Serviced::Block(b),
+            syscall::Outcome::Clone(c) => {
+                // The child returns 0 from the call, in ring 3, on its own stack.
+                let mut child = *regs;
+                child.rax = 0;
+                child.rip = regs.rcx;
+                child.rflags = regs.r11;
+                if c.stack != 0 {
+                    child.rsp = c.stack;
+                }
+                // Its own TSS and ring-0 stack (vCPUs trap at the same time).
+                self.trap_slots += 1;
+                let trap = match cpu::build_thread_trap(&mut self.mm, self.trap_slots) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.threads.remove(&c.tid);
+                        regs.rax = e.ret();
+                        return self.resume_ret(task, vcpu, regs, mode, old_fs, false);
+                    }
+                };
+                let task = Task {
+                    fs_base: c.tls.unwrap_or(task.fs_base),
+                    sigmask: task.sigmask,
+                    clear_child_tid: c.clear_tid,
+                    syscall_mode: task.syscall_mode,
+                    tlb_seen: self
+                        .tlb_generation
+                        .load(std::sync::atomic::Ordering::Acquire),
+                    ..Task::new(c.tid, self.mm.cr3(), trap)
+                };
+                Serviced::Clone(Box::new(NewThread {
+                    task,
+                    regs: child,
+                    fpu: vcpu.get_fpu().ok(),
+                }))
+            }
+        };
+        let after = self.mm.resident_bytes();
+        if after > before {
+            self.report.peak_bytes = self.report.peak_bytes.max(after);
+        }
+        self.resume_ret(task, vcpu, regs, mode, old_fs, false)?;
+        Ok(served)
+    }
+
+    /// Deliver the first deliverable pending signal of `task` as its system call
+    /// returns (RCX/R11 hold where and with which flags the program goes on). Some
+    /// action when the signal ends the program.
+    fn deliver_pending(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+    ) -> Result<Option<TrapAction>, VmError> {
+        while let Some(sig) = self.next_signal(task) {
+            let act = self.action(sig);
+            match act.handler {
+                1 => continue, // SIG_IGN
+                0 if !signal::default_terminates(sig) => continue,
+                0 => {
+                    return Ok(Some(TrapAction::Killed {
+                        signal: sig as i32,
+                        reason: format!("killed by signal {sig} it sent itself"),
+                    }));
+                }
+                _ => {}
+            }
+            let mut r = *regs;
+            r.rip = regs.rcx;
+            r.rflags = regs.r11;
+            let info = signal::SigInfo {
+                signo: sig as i32,
+                code: signal::SI_TKILL,
+                word: self.pid | (host::ids()[2] << 32),
+                ..Default::default()
+            };
+            let fpu = vcpu.get_fpu().map_err(|source| VmError::Kvm {
+                op: "KVM_GET_FPU",
+                source,
+            })?;
+            if self.setup_frame(task, &mut r, act, info).is_err() {
+                return Ok(Some(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: format!("cannot write the frame of signal {sig} on the stack"),
+                }));
+            }
+            task.fpu_saved.push(fpu);
+            *regs = r;
+            // Both returns go to RCX with R11's flags: the ring-3 one set by the shim,
+            // the ring-0 one by the stub's SYSRETQ.
+            regs.rcx = r.rip;
+            regs.r11 = r.rflags;
+            break;
+        }
+        Ok(None)
+    }
+
+    /// A fault from ring 3: if the program handles `sig` (and does not block it), its
+    /// handler runs; the stub's IRETQ goes there. False: the default action (the caller
+    /// ends the program), as Linux forces for a blocked or ignored synchronous signal.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_fault(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &kvm_regs,
+        frame: &TrapFrame,
+        frame_pa: GuestPhysAddr,
+        vector: u8,
+        sig: i32,
+        cr2: u64,
+    ) -> Result<bool, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let sig = sig as u64;
+        let act = self.action(sig);
+        if act.handler <= 1 || task.sigmask & (1 << (sig - 1)) != 0 {
+            return Ok(false);
+        }
+        let err = frame.error_code.unwrap_or(0);
+        let (code, addr) = match vector {
+            VEC_PF => (if err & 1 != 0 { 2 } else { 1 }, cr2), // SEGV_ACCERR / MAPERR
+            VEC_GP => (signal::SI_KERNEL, 0),
+            VEC_DE => (1, frame.rip),          // FPE_INTDIV
+            VEC_UD => (2, frame.rip),          // ILL_ILLOPN
+            VEC_BP | VEC_DB => (1, frame.rip), // TRAP_BRKPT
+            _ => (signal::SI_KERNEL, frame.rip),
+        };
+        let info = signal::SigInfo {
+            signo: sig as i32,
+            code,
+            word: addr,
+            trapno: u64::from(vector),
+            err,
+            cr2: if vector == VEC_PF { cr2 } else { 0 },
+        };
+        let mut r = *regs;
+        r.rip = frame.rip;
+        r.rsp = frame.rsp;
+        r.rflags = frame.rflags;
+        let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
+        if self.setup_frame(task, &mut r, act, info).is_err() {
+            return Ok(false);
+        }
+        task.fpu_saved.push(fpu);
+        // The stub's IRETQ returns to the handler: rewrite the frame it pops (past the
+        // error code) and set the handler's argument registers.
+        let skip = if frame.error_code.is_some() { 8 } else { 0 };
+        let words = [r.rip, frame.cs, r.rflags, r.rsp, frame.ss];
+        for (i, w) in words.iter().enumerate() {
+            self.mm
+                .memory()
+                .write_u64(GuestPhysAddr(frame_pa.0 + skip + 8 * i as u64), *w)
+                .map_err(|_| VmError::Kvm {
+                    op: "signal frame",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+        }
+        let mut k = *regs;
+        k.rdi = r.rdi;
+        k.rsi = r.rsi;
+        k.rdx = r.rdx;
+        k.rax = 0;
+        k.rsp += skip;
+        vcpu.set_regs(&k).map_err(kvm("KVM_SET_REGS"))?;
+        Ok(true)
+    }
+
+    /// What every system call's return needs: TLB and FS base brought up to date,
+    /// and the ring-3 return address when `syscall` stayed in ring 3.
+    fn resume_ret(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+        mode: cpu::SyscallMode,
+        old_fs: u64,
+        full: bool,
+    ) -> Result<Serviced, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if self.mm.flush_needed {
+            self.mm.flush_needed = false;
+            self.tlb_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            for (&tid, t) in &self.threads {
+                if tid != task.tid
+                    && let Some(t) = t
+                {
+                    crate::vm::kick_thread(*t);
+                }
+            }
+        }
+        let generation = self
+            .tlb_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if task.fs_base != old_fs || task.tlb_stale(generation) {
+            // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
+            // the twin PML4), which makes KVM reset the vCPU's MMU context.
+            let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            s.fs.base = task.fs_base;
+            if task.tlb_stale(generation) {
+                task.cr3 = self.mm.twin(task.cr3);
+                task.tlb_seen = generation;
+                s.cr3 = task.cr3;
+            }
+            vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
+        }
+        if full && mode == cpu::SyscallMode::Ring0 {
+            // Every register comes from `regs` (rt_sigreturn): not through SYSRETQ,
+            // which would load RIP and RFLAGS from RCX and R11, but straight to ring 3.
+            let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            cpu::user_sregs(&mut s, task.cr3, task.trap.tss);
+            s.fs.base = task.fs_base;
+            vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))?;
+        } else if !full && mode == cpu::SyscallMode::Ring3 {
             regs.rip = regs.rcx;
             regs.rflags = regs.r11;
         }
-        Ok(TrapAction::Resume)
+        Ok(Serviced::Resume)
     }
+}
+
+/// What servicing a system call left to do.
+enum Serviced {
+    Resume,
+    Block(Block),
+    Clone(Box<NewThread>),
+    End(TrapAction),
+}
+
+/// Write the registers of a resumed system call back (through the run page when `fast`).
+fn write_regs(vcpu: &mut VcpuFd, regs: &kvm_regs, fast: bool) -> Result<(), VmError> {
+    if fast {
+        vcpu.sync_regs_mut().regs = *regs;
+        vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+        Ok(())
+    } else {
+        vcpu.set_regs(regs).map_err(|source| VmError::Kvm {
+            op: "KVM_SET_REGS",
+            source,
+        })
+    }
+}
+
+/// Reload CR3 on `task`'s vCPU if another thread changed the page tables since it last
+/// did (it was kicked out of the guest for this). `roots` are the twin PML4s.
+pub fn catch_up_tlb(
+    task: &mut Task,
+    vcpu: &VcpuFd,
+    generation: u64,
+    roots: [u64; 2],
+) -> Result<(), VmError> {
+    if !task.tlb_stale(generation) {
+        return Ok(());
+    }
+    let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+    let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    task.cr3 = if task.cr3 == roots[0] {
+        roots[1]
+    } else {
+        roots[0]
+    };
+    task.tlb_seen = generation;
+    s.cr3 = task.cr3;
+    vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! [`AddressSpace::read`](super::mm::AddressSpace::read)/[`write`](super::mm::AddressSpace::write) (EFAULT for anything that is not the
 //! program's memory), guest descriptors through the [`FdTable`](super::fd::FdTable).
 //! Unimplemented calls return `-ENOSYS` and are counted by name for the end-of-run
-//! report; calls that would need a second process (fork, vfork, execve, clone) end the
-//! run with a clear "unsupported" error instead.
+//! report; calls that would need a second process (fork, vfork, execve, a `clone`
+//! that is not a thread) end the run with a clear "unsupported" error instead.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -14,6 +14,7 @@ use crate::linux::abi::*;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::mm::{Errno, FileBacking, Prot};
+use crate::linux::thread::{self, Block, Task};
 use crate::memory::GuestVirtAddr;
 
 /// What a system call does to the program.
@@ -25,6 +26,24 @@ pub enum Outcome {
     Exit(i32),
     /// End the program with a signal (and a one-line reason).
     Kill { signal: i32, reason: String },
+    /// `exit` of a thread while others run.
+    ThreadExit,
+    /// Block (with the process released); the result comes when it ends.
+    Block(Block),
+    /// Start a thread (the caller has the registers to give it).
+    Clone(Box<CloneArgs>),
+}
+
+/// A thread `clone` asked for.
+#[derive(Debug)]
+pub struct CloneArgs {
+    pub tid: u64,
+    /// The child's stack pointer (0: the parent's).
+    pub stack: u64,
+    /// CLONE_SETTLS: the child's FS base.
+    pub tls: Option<u64>,
+    /// CLONE_CHILD_CLEARTID: where its id is cleared (and woken) when it exits.
+    pub clear_tid: u64,
 }
 
 type Sys = Result<u64, Errno>;
@@ -73,8 +92,8 @@ impl Process {
         self.out(va, &b)
     }
 
-    /// Dispatch system call `nr` with the six argument registers.
-    pub fn syscall(&mut self, nr: u64, a: [u64; 6]) -> Outcome {
+    /// Dispatch system call `nr` of thread `task` with the six argument registers.
+    pub fn syscall(&mut self, task: &mut Task, nr: u64, a: [u64; 6]) -> Outcome {
         let Some(sys) = usize::try_from(nr).ok().and_then(Sysno::new) else {
             *self
                 .report
@@ -84,15 +103,11 @@ impl Process {
             return Outcome::Return(Errno::ENOSYS.ret());
         };
         let r: Sys = match sys {
-            Sysno::exit | Sysno::exit_group => return Outcome::Exit(a[0] as i32),
-            Sysno::fork | Sysno::vfork | Sysno::execve | Sysno::execveat | Sysno::clone => {
-                return Outcome::Kill {
-                    signal: libc::SIGSYS,
-                    reason: format!(
-                        "{}() is not supported yet in the VM (one process, one thread)",
-                        sys.name()
-                    ),
-                };
+            Sysno::exit_group => return Outcome::Exit(a[0] as i32),
+            Sysno::exit => return self.sys_exit(task, a[0] as i32),
+            Sysno::clone => return self.sys_clone(task, a),
+            Sysno::fork | Sysno::vfork | Sysno::execve | Sysno::execveat => {
+                return unsupported(sys.name());
             }
             Sysno::read => self.sys_read(a[0], a[1], a[2], None),
             Sysno::pread64 => self.sys_read(a[0], a[1], a[2], Some(a[3] as i64)),
@@ -208,11 +223,22 @@ impl Process {
                     ok(0)
                 }
             }
-            Sysno::arch_prctl => self.sys_arch_prctl(a[0], a[1]),
-            Sysno::set_tid_address => ok(self.tid),
-            Sysno::set_robust_list => ok(0),
+            Sysno::arch_prctl => self.sys_arch_prctl(task, a[0], a[1]),
+            Sysno::set_tid_address => {
+                task.clear_child_tid = a[0];
+                ok(task.tid)
+            }
+            Sysno::set_robust_list => {
+                if a[1] != 24 {
+                    Err(Errno::EINVAL)
+                } else {
+                    task.robust_list = (a[0], a[1]);
+                    ok(0)
+                }
+            }
             Sysno::rseq => Err(Errno::ENOSYS),
-            Sysno::getpid | Sysno::gettid => ok(self.tid),
+            Sysno::getpid => ok(self.pid),
+            Sysno::gettid => ok(task.tid),
             Sysno::getppid => ok(host::ids()[1]),
             Sysno::getuid => ok(host::ids()[2]),
             Sysno::geteuid => ok(host::ids()[3]),
@@ -224,7 +250,10 @@ impl Process {
             Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
             Sysno::sched_getaffinity => host::sched_getaffinity(a[1] as usize)
                 .and_then(|m| self.out(a[2], &m).map(|()| m.len() as u64)),
-            Sysno::sched_yield => ok(0),
+            Sysno::sched_yield => {
+                std::thread::yield_now();
+                ok(0)
+            }
             Sysno::clock_gettime => host::clock_gettime(a[0] as i32)
                 .and_then(|t| self.out_timespec(a[1], t).map(|()| 0)),
             Sysno::clock_getres => host::clock_getres(a[0] as i32).and_then(|t| {
@@ -245,33 +274,56 @@ impl Process {
                 }
                 Ok(s as u64)
             }),
-            Sysno::nanosleep => self.sys_sleep(a[0]),
-            Sysno::clock_nanosleep => self.sys_sleep(a[2]),
+            Sysno::nanosleep => return self.sys_sleep(libc::CLOCK_MONOTONIC, 0, a[0]),
+            Sysno::clock_nanosleep => return self.sys_sleep(a[0] as i32, a[1] as i32, a[2]),
             Sysno::getrandom => {
                 let mut b = vec![0u8; (a[1] as usize).min(MAX_IO)];
                 host::getrandom(&mut b, a[2] as u32)
                     .and_then(|n| self.out(a[0], &b[..n]).map(|()| n as u64))
             }
             Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
-            Sysno::rt_sigprocmask => self.sys_sigprocmask(a[0], a[1], a[2]),
-            Sysno::sigaltstack => {
-                if a[1] != 0 {
-                    // No alternate stack is in use: ss_sp 0, ss_flags SS_DISABLE, size 0.
-                    let mut b = [0u8; 24];
-                    b[8..12].copy_from_slice(&(libc::SS_DISABLE as u32).to_le_bytes());
-                    self.out(a[1], &b).map(|()| 0)
-                } else {
-                    ok(0)
+            Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
+            Sysno::sigaltstack => self.sys_sigaltstack(task, a[0], a[1]),
+            Sysno::kill => {
+                // The process itself (any of its threads takes it: this one).
+                if a[0] as i64 == 0 || a[0] == self.pid {
+                    return self.sys_kill(task, task.tid, a[1]);
                 }
+                Err(Errno(libc::ESRCH))
             }
-            Sysno::kill | Sysno::tgkill | Sysno::tkill => {
-                let sig = match sys {
-                    Sysno::tgkill => a[2],
-                    _ => a[1],
+            Sysno::tgkill if a[0] != self.pid => Err(Errno(libc::ESRCH)),
+            Sysno::tgkill => return self.sys_kill(task, a[1], a[2]),
+            Sysno::tkill => return self.sys_kill(task, a[0], a[1]),
+            Sysno::futex => return self.sys_futex(task, a),
+            Sysno::prctl => match a[0] as i32 {
+                libc::PR_SET_NAME => self.mm.read_cstr(a[1], PATH_MAX).map(|n| {
+                    let n = &n[..n.len().min(15)];
+                    task.comm = [0; 16];
+                    task.comm[..n.len()].copy_from_slice(n);
+                    0
+                }),
+                libc::PR_GET_NAME => self.out(a[1], &task.comm).map(|()| 0),
+                _ => Err(Errno::EINVAL),
+            },
+            Sysno::poll => {
+                let timeout = a[2] as i32;
+                let deadline = (timeout >= 0).then(|| {
+                    std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
+                });
+                return self.sys_poll(a[0], a[1], deadline);
+            }
+            Sysno::ppoll => {
+                // The signal mask argument is not applied (no signal interrupts a poll).
+                let deadline = if a[2] == 0 {
+                    None
+                } else {
+                    match self.timeout(a[2], libc::CLOCK_MONOTONIC, false) {
+                        Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
+                        Err(e) => return Outcome::Return(e.ret()),
+                    }
                 };
-                return self.sys_kill(sig);
+                return self.sys_poll(a[0], a[1], deadline);
             }
-            Sysno::futex => self.sys_futex(a),
             Sysno::clone3 => Err(Errno::ENOSYS),
             _ => {
                 *self
@@ -559,23 +611,23 @@ impl Process {
         Ok(to)
     }
 
-    fn sys_arch_prctl(&mut self, code: u64, addr: u64) -> Sys {
+    fn sys_arch_prctl(&mut self, task: &mut Task, code: u64, addr: u64) -> Sys {
         match code {
             ARCH_SET_FS => {
                 if addr >= USER_END {
                     return Err(Errno::EFAULT);
                 }
-                self.fs_base = addr;
+                task.fs_base = addr;
                 Ok(0)
             }
-            ARCH_GET_FS => self.out(addr, &self.fs_base.to_le_bytes()).map(|()| 0),
+            ARCH_GET_FS => self.out(addr, &task.fs_base.to_le_bytes()).map(|()| 0),
             ARCH_SET_GS | ARCH_GET_GS => Err(Errno::EINVAL),
             _ => Err(Errno::EINVAL),
         }
     }
 
     fn sys_prlimit(&mut self, pid: u64, resource: u32, new: u64, old: u64) -> Sys {
-        if pid != 0 && pid != self.tid {
+        if pid != 0 && pid != self.pid && !self.threads.contains_key(&pid) {
             return Err(Errno(libc::EPERM));
         }
         if new != 0 {
@@ -593,14 +645,48 @@ impl Process {
         Ok(0)
     }
 
-    fn sys_sleep(&mut self, req: u64) -> Sys {
-        let s = self.mm.read_u64(req)? as i64;
-        let ns = self.mm.read_u64(req + 8)? as i64;
+    /// nanosleep/clock_nanosleep: a block until the time (relative, or absolute on
+    /// `clock` with TIMER_ABSTIME), so other threads' calls go on meanwhile.
+    fn sys_sleep(&mut self, clock: i32, flags: i32, req: u64) -> Outcome {
+        let until = self.timeout(req, clock, flags & libc::TIMER_ABSTIME != 0);
+        match until {
+            Ok(Some(until)) => Outcome::Block(Block::Sleep { until }),
+            Ok(None) => Outcome::Return(0),
+            Err(e) => Outcome::Return(e.ret()),
+        }
+    }
+
+    /// The host instant of guest `struct timespec` at `va`: relative, or absolute on
+    /// `clock`. None when it is already past.
+    fn timeout(
+        &self,
+        va: u64,
+        clock: i32,
+        absolute: bool,
+    ) -> Result<Option<std::time::Instant>, Errno> {
+        let s = self.mm.read_u64(va)? as i64;
+        let ns = self.mm.read_u64(va.checked_add(8).ok_or(Errno::EFAULT)?)? as i64;
         if s < 0 || !(0..1_000_000_000).contains(&ns) {
             return Err(Errno::EINVAL);
         }
-        host::nanosleep(s, ns);
-        Ok(0)
+        let mut want = std::time::Duration::new(s as u64, ns as u32);
+        if absolute {
+            let (ns_s, ns_ns) = host::clock_gettime(clock)?;
+            let now =
+                std::time::Duration::new(ns_s.max(0) as u64, ns_ns.clamp(0, 999_999_999) as u32);
+            match want.checked_sub(now) {
+                Some(d) if !d.is_zero() => want = d,
+                _ => return Ok(None),
+            }
+        }
+        // Far futures are "forever" (an Instant cannot hold them).
+        Ok(Some(
+            std::time::Instant::now()
+                .checked_add(want.min(std::time::Duration::from_secs(1 << 32)))
+                .unwrap_or_else(|| {
+                    std::time::Instant::now() + std::time::Duration::from_secs(1 << 30)
+                }),
+        ))
     }
 
     fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64) -> Sys {
@@ -619,11 +705,11 @@ impl Process {
         Ok(0)
     }
 
-    fn sys_sigprocmask(&mut self, how: u64, set: u64, old: u64) -> Sys {
-        let prev = self.sigmask;
+    fn sys_sigprocmask(&mut self, task: &mut Task, how: u64, set: u64, old: u64) -> Sys {
+        let prev = task.sigmask;
         if set != 0 {
             let s = self.mm.read_u64(set)?;
-            self.sigmask = match how as i32 {
+            task.sigmask = match how as i32 {
                 libc::SIG_BLOCK => prev | s,
                 libc::SIG_UNBLOCK => prev & !s,
                 libc::SIG_SETMASK => s,
@@ -636,57 +722,317 @@ impl Process {
         Ok(0)
     }
 
-    /// kill/tgkill/tkill to itself: a signal with the default action ends the program
-    /// the way the shell reports it; an ignored one is dropped.
-    fn sys_kill(&mut self, sig: u64) -> Outcome {
-        if sig == 0 {
-            return Outcome::Return(0);
+    /// `sigaltstack(ss, old_ss)`: `stack_t` is { ss_sp, ss_flags (int), ss_size }.
+    fn sys_sigaltstack(&mut self, task: &mut Task, new: u64, old: u64) -> Sys {
+        let mut set = None;
+        if new != 0 {
+            let sp = self.mm.read_u64(new)?;
+            let flags = self.mm.read_u64(new + 8)? as i32;
+            let size = self.mm.read_u64(new + 16)?;
+            set = Some(if flags & libc::SS_DISABLE != 0 {
+                (0, 0)
+            } else if flags & !SS_AUTODISARM != 0 {
+                return Err(Errno::EINVAL);
+            } else if size < 2048 {
+                return Err(Errno::ENOMEM);
+            } else {
+                (sp, size)
+            });
         }
+        if old != 0 {
+            let (sp, size) = task.altstack;
+            let mut b = [0u8; 24];
+            b[..8].copy_from_slice(&sp.to_le_bytes());
+            let flags = if size == 0 { libc::SS_DISABLE } else { 0 };
+            b[8..12].copy_from_slice(&(flags as u32).to_le_bytes());
+            b[16..24].copy_from_slice(&size.to_le_bytes());
+            self.out(old, &b)?;
+        }
+        if let Some(s) = set {
+            task.altstack = s;
+        }
+        Ok(0)
+    }
+
+    /// kill/tgkill/tkill within the program: the signal is pending on thread `tid`
+    /// and delivered when that thread next returns from a system call (this one, when
+    /// it sends to itself); SIGKILL ends the program at once.
+    fn sys_kill(&mut self, task: &mut Task, tid: u64, sig: u64) -> Outcome {
         if sig > 64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
-        let handler = self.sigactions.get(&sig).map_or(0, |b| {
-            u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
-        });
-        let blocked = self.sigmask & (1 << (sig - 1)) != 0;
-        let ignored_by_default =
-            matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH);
-        if handler == libc::SIG_IGN as u64 || (handler == 0 && ignored_by_default) {
+        let me = tid == task.tid;
+        if !me && !self.threads.contains_key(&tid) {
+            return Outcome::Return(Errno(libc::ESRCH).ret());
+        }
+        if sig == 0 {
             return Outcome::Return(0);
         }
-        if blocked && sig as i32 != libc::SIGKILL {
-            // Pending until unblocked; without delivery it stays pending.
-            return Outcome::Return(0);
+        if sig == libc::SIGKILL as u64 {
+            return Outcome::Kill {
+                signal: libc::SIGKILL,
+                reason: "killed by SIGKILL it sent itself".into(),
+            };
         }
-        let reason = if handler == 0 {
-            format!("killed by signal {sig} it sent itself")
+        let bit = 1u64 << (sig - 1);
+        if me {
+            task.pending |= bit;
         } else {
-            format!("signal {sig} has a handler, but signal delivery is not supported yet")
-        };
-        Outcome::Kill {
-            signal: sig as i32,
-            reason,
+            *self.signals_for.entry(tid).or_insert(0) |= bit;
         }
+        Outcome::Return(0)
     }
 
-    fn sys_futex(&mut self, a: [u64; 6]) -> Sys {
-        let op = a[1] as i32 & libc::FUTEX_CMD_MASK;
-        match op {
-            libc::FUTEX_WAKE => Ok(0),
+    /// futex: WAIT/WAIT_BITSET (with timeouts), WAKE/WAKE_BITSET, REQUEUE/CMP_REQUEUE,
+    /// WAKE_OP; PRIVATE or not (one address space). PI futexes: ENOSYS.
+    fn sys_futex(&mut self, task: &mut Task, a: [u64; 6]) -> Outcome {
+        self.futex(task, a)
+            .unwrap_or_else(|e| Outcome::Return(e.ret()))
+    }
+
+    fn futex(&mut self, task: &mut Task, a: [u64; 6]) -> Result<Outcome, Errno> {
+        let (addr, op, val) = (a[0], a[1] as i32, a[2]);
+        let cmd = op & libc::FUTEX_CMD_MASK;
+        let word = |p: &Process, va: u64| -> Result<u32, Errno> {
+            if !va.is_multiple_of(4) {
+                return Err(Errno::EINVAL);
+            }
+            let mut b = [0u8; 4];
+            p.mm.read(GuestVirtAddr(va), &mut b)?;
+            Ok(u32::from_le_bytes(b))
+        };
+        match cmd {
             libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
-                let mut b = [0u8; 4];
-                self.mm.read(GuestVirtAddr(a[0]), &mut b)?;
-                if u32::from_le_bytes(b) != a[2] as u32 {
+                let bitset = if cmd == libc::FUTEX_WAIT {
+                    u32::MAX
+                } else {
+                    a[5] as u32
+                };
+                if bitset == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                if word(self, addr)? != val as u32 {
                     return Err(Errno(libc::EAGAIN));
                 }
-                // One thread: nobody can wake it. With a timeout, that is a sleep.
-                if a[3] == 0 {
-                    return Err(Errno(libc::EDEADLK));
+                // FUTEX_WAIT's timeout is relative (monotonic); WAIT_BITSET's absolute,
+                // on CLOCK_REALTIME with FUTEX_CLOCK_REALTIME.
+                let deadline = if a[3] == 0 {
+                    None
+                } else {
+                    let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
+                        libc::CLOCK_REALTIME
+                    } else {
+                        libc::CLOCK_MONOTONIC
+                    };
+                    match self.timeout(a[3], clock, cmd == libc::FUTEX_WAIT_BITSET) {
+                        Ok(Some(d)) => Some(d),
+                        Ok(None) => return Err(Errno(libc::ETIMEDOUT)),
+                        Err(e) => return Err(e),
+                    }
+                };
+                self.futexes
+                    .enqueue(addr, task.tid, bitset, task.waiter.clone());
+                Ok(Outcome::Block(Block::Futex { deadline }))
+            }
+            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
+                let bitset = if cmd == libc::FUTEX_WAKE {
+                    u32::MAX
+                } else {
+                    a[5] as u32
+                };
+                if bitset == 0 {
+                    return Err(Errno::EINVAL);
                 }
-                Err(Errno(libc::ETIMEDOUT))
+                Ok(Outcome::Return(self.futexes.wake(
+                    addr,
+                    val.min(i32::MAX as u64),
+                    bitset,
+                )))
+            }
+            libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
+                if cmd == libc::FUTEX_CMP_REQUEUE && word(self, addr)? != a[5] as u32 {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                // The fourth argument is the count to requeue (the timeout slot).
+                let nmove = a[3].min(i32::MAX as u64);
+                Ok(Outcome::Return(self.futexes.requeue(
+                    addr,
+                    a[4],
+                    val.min(i32::MAX as u64),
+                    nmove,
+                )))
+            }
+            libc::FUTEX_WAKE_OP => {
+                let addr2 = a[4];
+                let old = word(self, addr2)?;
+                let Some((new, wake2)) = thread::wake_op(a[5] as u32, old) else {
+                    return Err(Errno(libc::ENOSYS));
+                };
+                // The guest cannot race this store: it would need a system call, and
+                // those hold the process (other threads' plain stores are its own race).
+                self.mm.write(GuestVirtAddr(addr2), &new.to_le_bytes())?;
+                let mut n = self.futexes.wake(addr, val.min(i32::MAX as u64), u32::MAX);
+                if wake2 {
+                    n += self
+                        .futexes
+                        .wake(addr2, a[3].min(i32::MAX as u64), u32::MAX);
+                }
+                Ok(Outcome::Return(n))
             }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// poll/ppoll: at once when the deadline is now, else a block with the process
+    /// released.
+    fn sys_poll(&mut self, va: u64, n: u64, deadline: Option<std::time::Instant>) -> Outcome {
+        if n > MAX_FDS as u64 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        let mut raw = vec![0u8; 8 * n as usize];
+        if let Err(e) = self.mm.read(GuestVirtAddr(va), &mut raw) {
+            return Outcome::Return(e.ret());
+        }
+        let entries = raw
+            .chunks_exact(8)
+            .map(|c| {
+                let fd = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let events = i16::from_le_bytes([c[4], c[5]]);
+                if fd < 0 {
+                    return (None, events, false);
+                }
+                match self.fds.get(fd as u64) {
+                    Ok(f) => (Some(f.file.clone()), events, false),
+                    Err(_) => (None, events, true),
+                }
+            })
+            .collect();
+        let mut block = thread::PollBlock {
+            va,
+            entries,
+            deadline,
+            result: Ok(Vec::new()),
+        };
+        if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+            block.run(&std::sync::atomic::AtomicBool::new(false));
+            return Outcome::Return(self.poll_done(&block));
+        }
+        Outcome::Block(Block::Poll(block))
+    }
+
+    /// Write a finished poll's revents back; the call's result.
+    pub(crate) fn poll_done(&mut self, block: &thread::PollBlock) -> u64 {
+        let revents = match &block.result {
+            Ok(r) => r,
+            Err(e) => return e.ret(),
+        };
+        let mut ready = 0;
+        for (i, r) in revents.iter().enumerate() {
+            let at = block.va + 8 * i as u64 + 6;
+            if let Err(e) = self.out(at, &r.to_le_bytes()) {
+                return e.ret();
+            }
+            ready += u64::from(*r != 0);
+        }
+        ready
+    }
+
+    /// `exit` of one thread: its `clear_child_tid` is zeroed and woken (pthread_join
+    /// waits on it); the last thread's exit ends the program with its status.
+    fn sys_exit(&mut self, task: &mut Task, code: i32) -> Outcome {
+        if task.clear_child_tid != 0 {
+            let at = task.clear_child_tid;
+            if self
+                .mm
+                .write(GuestVirtAddr(at), &0u32.to_le_bytes())
+                .is_ok()
+            {
+                self.futexes.wake(at, 1, u32::MAX);
+            }
+        }
+        self.threads.remove(&task.tid);
+        if self.threads.is_empty() {
+            Outcome::Exit(code)
+        } else {
+            Outcome::ThreadExit
+        }
+    }
+
+    /// `clone`: threads only (CLONE_VM | CLONE_THREAD and the sharing they imply, as
+    /// glibc's and musl's pthread_create ask); anything that would make a second
+    /// process is unsupported.
+    fn sys_clone(&mut self, task: &mut Task, a: [u64; 6]) -> Outcome {
+        let flags = a[0];
+        let thread = (libc::CLONE_VM
+            | libc::CLONE_THREAD
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_FILES
+            | libc::CLONE_FS) as u64;
+        if flags & thread != thread {
+            return unsupported("clone");
+        }
+        let known = thread
+            | (libc::CLONE_SYSVSEM
+                | libc::CLONE_SETTLS
+                | libc::CLONE_PARENT_SETTID
+                | libc::CLONE_CHILD_SETTID
+                | libc::CLONE_CHILD_CLEARTID
+                | libc::CLONE_DETACHED) as u64
+            | 0xff; // the exit signal (ignored for threads)
+        if flags & !known != 0 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        if self.threads.len() >= MAX_THREADS {
+            return Outcome::Return(Errno(libc::EAGAIN).ret());
+        }
+        let tid = self.next_tid;
+        let (stack, ptid, ctid, tls) = (a[1], a[2], a[3], a[4]);
+        let id = (tid as u32).to_le_bytes();
+        if flags & libc::CLONE_PARENT_SETTID as u64 != 0
+            && let Err(e) = self.out(ptid, &id)
+        {
+            return Outcome::Return(e.ret());
+        }
+        if flags & libc::CLONE_CHILD_SETTID as u64 != 0
+            && let Err(e) = self.out(ctid, &id)
+        {
+            return Outcome::Return(e.ret());
+        }
+        if flags & libc::CLONE_SETTLS as u64 != 0 && tls >= USER_END {
+            return Outcome::Return(Errno(libc::EPERM).ret());
+        }
+        self.next_tid += 1;
+        // Alive from now on (so an exit of the parent does not end the program), with
+        // its host thread once its vCPU starts.
+        self.threads.insert(tid, None);
+        let _ = task;
+        Outcome::Clone(Box::new(CloneArgs {
+            tid,
+            stack,
+            tls: (flags & libc::CLONE_SETTLS as u64 != 0).then_some(tls),
+            clear_tid: if flags & libc::CLONE_CHILD_CLEARTID as u64 != 0 {
+                ctid
+            } else {
+                0
+            },
+        }))
+    }
+}
+
+/// `sigaltstack` flag: disarm the stack while a handler runs on it (uapi/linux/signal.h;
+/// accepted and not acted on).
+const SS_AUTODISARM: i32 = 1 << 31;
+
+/// Most threads a program may have at once (each is a vCPU; clone answers EAGAIN past
+/// this, as Linux does at RLIMIT_NPROC).
+pub const MAX_THREADS: usize = 256;
+
+fn unsupported(what: &str) -> Outcome {
+    Outcome::Kill {
+        signal: libc::SIGSYS,
+        reason: format!(
+            "{what}() is not supported in the VM: it makes a new process (threads are supported)"
+        ),
     }
 }
 
@@ -703,7 +1049,6 @@ mod tests {
     use crate::linux::fd::FdTable;
     use crate::linux::mm::AddressSpace;
     use crate::memory::GuestMemory;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn process() -> Process {
@@ -711,21 +1056,9 @@ mod tests {
         let mut mm = AddressSpace::new(mem, 1 << 20).unwrap();
         let trap = crate::linux::cpu::build_trap_area(&mut mm).unwrap();
         mm.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
-        Process {
-            mm,
-            fds: FdTable::with_stdio([None, None, None]),
-            trap,
-            path: "/bin/true".into(),
-            report: Default::default(),
-            counts: BTreeMap::new(),
-            sigactions: BTreeMap::new(),
-            sigmask: 0,
-            fs_base: 0,
-            tid: 1,
-            syscall_mode: None,
-            sync_regs: false,
-            map_sink: None,
-        }
+        let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
+        p.path = "/bin/true".into();
+        p
     }
 
     fn ret(o: Outcome) -> i64 {
@@ -751,38 +1084,50 @@ mod tests {
         p.fds.insert_at(3, Fd::new(devnull, false)).unwrap();
         for b in bad {
             assert_eq!(
-                ret(p.syscall(Sysno::read as u64, [3, b, 16, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::read as u64, [3, b, 16, 0, 0, 0])),
                 efault,
                 "read {b:#x}"
             );
             assert_eq!(
-                ret(p.syscall(Sysno::write as u64, [3, b, 16, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::write as u64, [3, b, 16, 0, 0, 0])),
                 efault
             );
             assert_eq!(
-                ret(p.syscall(Sysno::openat as u64, [libc::AT_FDCWD as u64, b, 0, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::openat as u64,
+                    [libc::AT_FDCWD as u64, b, 0, 0, 0, 0]
+                )),
                 efault
             );
             assert_eq!(
-                ret(p.syscall(Sysno::uname as u64, [b, 0, 0, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::uname as u64, [b, 0, 0, 0, 0, 0])),
                 efault
             );
             assert_eq!(
-                ret(p.syscall(Sysno::clock_gettime as u64, [1, b, 0, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::clock_gettime as u64,
+                    [1, b, 0, 0, 0, 0]
+                )),
                 efault
             );
             assert_eq!(
-                ret(p.syscall(Sysno::writev as u64, [3, b, 1, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::writev as u64, [3, b, 1, 0, 0, 0])),
                 efault
             );
             assert_eq!(
-                ret(p.syscall(Sysno::fstat as u64, [3, b, 0, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::fstat as u64, [3, b, 0, 0, 0, 0])),
                 efault
             );
         }
         // A buffer that starts mapped and runs off the end is refused whole.
         assert_eq!(
-            ret(p.syscall(Sysno::read as u64, [3, 0x40_3ff0, 64, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::read as u64,
+                [3, 0x40_3ff0, 64, 0, 0, 0]
+            )),
             efault
         );
         // An iovec pointing outside.
@@ -791,16 +1136,28 @@ mod tests {
         iov[8..].copy_from_slice(&8u64.to_le_bytes());
         p.mm.write(GuestVirtAddr(0x40_0000), &iov).unwrap();
         assert_eq!(
-            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, 1, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::readv as u64,
+                [3, 0x40_0000, 1, 0, 0, 0]
+            )),
             efault
         );
         // Huge counts are clamped, not allocated.
         assert_eq!(
-            ret(p.syscall(Sysno::read as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::read as u64,
+                [3, 0x40_0000, u64::MAX, 0, 0, 0]
+            )),
             efault
         );
         assert_eq!(
-            ret(p.syscall(Sysno::readv as u64, [3, 0x40_0000, u64::MAX, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::readv as u64,
+                [3, 0x40_0000, u64::MAX, 0, 0, 0]
+            )),
             -(libc::EINVAL as i64)
         );
     }
@@ -837,7 +1194,7 @@ mod tests {
                         _ => v,
                     };
                 }
-                let _ = p.syscall(nr, args);
+                let _ = p.syscall(&mut p.main_task(), nr, args);
             }
         }
     }
@@ -848,11 +1205,15 @@ mod tests {
         let ebadf = -(libc::EBADF as i64);
         for fd in [0u64, 1, 2, 5, 1 << 40, u64::MAX] {
             assert_eq!(
-                ret(p.syscall(Sysno::write as u64, [fd, 0x40_0000, 1, 0, 0, 0])),
+                ret(p.syscall(
+                    &mut p.main_task(),
+                    Sysno::write as u64,
+                    [fd, 0x40_0000, 1, 0, 0, 0]
+                )),
                 ebadf
             );
             assert_eq!(
-                ret(p.syscall(Sysno::close as u64, [fd, 0, 0, 0, 0, 0])),
+                ret(p.syscall(&mut p.main_task(), Sysno::close as u64, [fd, 0, 0, 0, 0, 0])),
                 ebadf
             );
         }
@@ -860,6 +1221,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             ret(p.syscall(
+                &mut p.main_task(),
                 Sysno::openat as u64,
                 [libc::AT_FDCWD as u64, 0x40_0000, 0, 0, 0, 0]
             )),
@@ -871,17 +1233,27 @@ mod tests {
     fn unknown_calls_are_enosys_and_counted_by_name() {
         let mut p = process();
         let enosys = -(libc::ENOSYS as i64);
-        assert_eq!(ret(p.syscall(Sysno::io_uring_setup as u64, [0; 6])), enosys);
-        assert_eq!(ret(p.syscall(Sysno::io_uring_setup as u64, [0; 6])), enosys);
-        assert_eq!(ret(p.syscall(100_000, [0; 6])), enosys);
+        assert_eq!(
+            ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])),
+            enosys
+        );
+        assert_eq!(
+            ret(p.syscall(&mut p.main_task(), Sysno::io_uring_setup as u64, [0; 6])),
+            enosys
+        );
+        assert_eq!(ret(p.syscall(&mut p.main_task(), 100_000, [0; 6])), enosys);
         assert_eq!(p.report.unimplemented["io_uring_setup"], 2);
         assert_eq!(p.report.unimplemented["#100000"], 1);
         assert!(matches!(
-            p.syscall(Sysno::fork as u64, [0; 6]),
+            p.syscall(&mut p.main_task(), Sysno::fork as u64, [0; 6]),
             Outcome::Kill { .. }
         ));
         assert!(matches!(
-            p.syscall(Sysno::exit_group as u64, [3, 0, 0, 0, 0, 0]),
+            p.syscall(
+                &mut p.main_task(),
+                Sysno::exit_group as u64,
+                [3, 0, 0, 0, 0, 0]
+            ),
             Outcome::Exit(3)
         ));
     }
@@ -891,31 +1263,55 @@ mod tests {
         let mut p = process();
         let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let a = ret(p.syscall(Sysno::mmap as u64, [0, 10000, rw, anon, u64::MAX, 0])) as u64;
+        let a = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mmap as u64,
+            [0, 10000, rw, anon, u64::MAX, 0],
+        )) as u64;
         assert_eq!(a % PAGE, 0);
         p.mm.write(GuestVirtAddr(a + 9999), b"x").unwrap();
         // MAP_FIXED_NOREPLACE over it fails; MAP_FIXED replaces.
         let nr = anon | libc::MAP_FIXED_NOREPLACE as u64;
         assert_eq!(
-            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, nr, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [a, PAGE, rw, nr, u64::MAX, 0]
+            )),
             -(libc::EEXIST as i64)
         );
         let fx = anon | libc::MAP_FIXED as u64;
         assert_eq!(
-            ret(p.syscall(Sysno::mmap as u64, [a, PAGE, rw, fx, u64::MAX, 0])) as u64,
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [a, PAGE, rw, fx, u64::MAX, 0]
+            )) as u64,
             a
         );
         assert_eq!(
-            ret(p.syscall(Sysno::munmap as u64, [a, 3 * PAGE, 0, 0, 0, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::munmap as u64,
+                [a, 3 * PAGE, 0, 0, 0, 0]
+            )),
             0
         );
         assert!(p.mm.write(GuestVirtAddr(a), b"x").is_err());
         assert_eq!(
-            ret(p.syscall(Sysno::mmap as u64, [0, 0, rw, anon, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [0, 0, rw, anon, u64::MAX, 0]
+            )),
             -(libc::EINVAL as i64)
         );
         assert_eq!(
-            ret(p.syscall(Sysno::mmap as u64, [0, u64::MAX, rw, anon, u64::MAX, 0])),
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::mmap as u64,
+                [0, u64::MAX, rw, anon, u64::MAX, 0]
+            )),
             -(libc::ENOMEM as i64)
         );
         // A file mapping is recorded for symbolization, and sent to the recorder as made.
@@ -924,6 +1320,7 @@ mod tests {
         let f: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
         let fd = p.fds.insert(Fd::new(f, false)).unwrap();
         let m = ret(p.syscall(
+            &mut p.main_task(),
             Sysno::mmap as u64,
             [
                 0,

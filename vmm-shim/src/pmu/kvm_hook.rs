@@ -369,6 +369,32 @@ static HANDLER_ORIGINALS: Mutex<BTreeMap<HandlerKey, HandlerPatch>> = Mutex::new
 
 /// (host address of the guest memory, handler address).
 type HandlerKey = (u64, u64);
+
+/// The original bytes under every `int3` the VM's hooks placed, per (guest memory,
+/// address), with the number of vCPUs that want the breakpoint: vCPUs share code (a
+/// Linux program's threads), so one vCPU's breakpoint is in every vCPU's way. A vCPU
+/// that hits another's breakpoint runs the instruction again (once it is gone), and
+/// every vCPU's tracer reads code through this table.
+static INT3_ORIGINALS: Mutex<BTreeMap<HandlerKey, (u8, u32)>> = Mutex::new(BTreeMap::new());
+
+/// Drops one user of the breakpoint at `addr`; the last puts the original byte back.
+fn release_int3(
+    shared: &mut BTreeMap<HandlerKey, (u8, u32)>,
+    ctx: &VcpuCtx<'_>,
+    cr3: u64,
+    addr: u64,
+) -> Result<(), String> {
+    let key = (ctx.memory().host_base(), addr);
+    if let Some((orig, users)) = shared.get_mut(&key) {
+        *users -= 1;
+        if *users == 0 {
+            let orig = *orig;
+            shared.remove(&key);
+            write_byte(ctx, cr3, addr, orig)?;
+        }
+    }
+    Ok(())
+}
 /// (original bytes, vCPUs using the patch).
 type HandlerPatch = ([u8; 4], u32);
 
@@ -455,18 +481,30 @@ impl IdtTraps {
             .copied()
             .filter(|a| !want.contains(a))
             .collect();
+        let mut shared = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         for addr in stale {
-            let orig = self.patches.remove(&addr).unwrap_or(INT3);
-            write_byte(ctx, cr3, addr, orig)?;
+            self.patches.remove(&addr);
+            release_int3(&mut shared, ctx, cr3, addr)?;
         }
+        let base = ctx.memory().host_base();
         for &addr in want {
             if self.patches.contains_key(&addr)
                 || self.handlers.iter().any(|(_, h)| addr.wrapping_sub(*h) < 4)
             {
                 continue;
             }
-            let orig = read_byte(ctx, cr3, addr)?;
-            write_byte(ctx, cr3, addr, INT3)?;
+            let orig = match shared.get_mut(&(base, addr)) {
+                Some((orig, users)) => {
+                    *users += 1;
+                    *orig
+                }
+                None => {
+                    let orig = read_byte(ctx, cr3, addr)?;
+                    write_byte(ctx, cr3, addr, INT3)?;
+                    shared.insert((base, addr), (orig, 1));
+                    orig
+                }
+            };
             self.patches.insert(addr, orig);
         }
         Ok(())
@@ -474,9 +512,11 @@ impl IdtTraps {
 
     /// Puts every original byte back.
     fn uninstall(&mut self, ctx: &VcpuCtx<'_>, cr3: u64) {
-        for (addr, orig) in std::mem::take(&mut self.patches) {
-            let _ = write_byte(ctx, cr3, addr, orig);
+        let mut int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+        for addr in std::mem::take(&mut self.patches).into_keys() {
+            let _ = release_int3(&mut int3, ctx, cr3, addr);
         }
+        drop(int3);
         let base = ctx.memory().host_base();
         let mut shared = HANDLER_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         for (_, handler) in std::mem::take(&mut self.handlers) {
@@ -495,12 +535,19 @@ impl IdtTraps {
         }
     }
 
-    /// Replaces patched bytes in `buf` (read at `gva`) by the guest's originals.
-    fn unpatch(&self, gva: u64, buf: &mut [u8]) {
+    /// Replaces patched bytes in `buf` (read at `gva` while `int3`, the VM-wide table,
+    /// was held, so no vCPU patched or restored a byte in between) by the originals.
+    fn unpatch(&self, int3: &BTreeMap<HandlerKey, (u8, u32)>, gva: u64, buf: &mut [u8]) {
         let end = gva.wrapping_add(buf.len() as u64);
         let inside = |a: u64| a >= gva && a < end;
         for (&addr, &orig) in &self.patches {
             if inside(addr) {
+                buf[(addr - gva) as usize] = orig;
+            }
+        }
+        // Other vCPUs' breakpoints too (shared code).
+        if end > gva {
+            for (&(_, addr), &(orig, _)) in int3.range((self.mem_base, gva)..(self.mem_base, end)) {
                 buf[(addr - gva) as usize] = orig;
             }
         }
@@ -539,6 +586,15 @@ fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), St
     ctx.memory()
         .write(pa, &bytes)
         .map_err(|e| format!("cannot write the trap frame: {e}"))
+}
+
+/// Whether the `int3` that trapped at `addr` was a breakpoint of some vCPU of this VM:
+/// it still is one, or the byte is no longer `int3` (its owner took it out meanwhile).
+/// Only an `int3` of the program's own is still there and in nobody's table.
+fn foreign_int3(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> bool {
+    let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+    int3.contains_key(&(ctx.memory().host_base(), addr))
+        || read_byte(ctx, cr3, addr).is_ok_and(|b| b != INT3)
 }
 
 fn read_byte(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> Result<u8, String> {
@@ -881,6 +937,15 @@ impl VcpuHook for EmulatedPmuHook {
                 }
                 return;
             }
+            if !ours && trap.vector == VECTOR_BP && foreign_int3(ctx, st.1.cr3, trap.rip()) {
+                // Another vCPU's breakpoint (or one that was there when this vCPU hit it):
+                // run the instruction again (it is gone once that vCPU stops there or
+                // moves on).
+                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, self.traps.stepping) {
+                    self.fail(ctx, e);
+                }
+                return;
+            }
             if ours {
                 // A trap is a clean stop: the interrupted context is whole in the frame.
                 let mut g = CtxGuest::new(ctx, &self.traps, Some(trap), state).interpretable(true);
@@ -897,6 +962,17 @@ impl VcpuHook for EmulatedPmuHook {
         let r = self.core.on_exit(&mut g, now);
         let state = g.state;
         self.apply(ctx, r, None, state);
+    }
+
+    fn on_block(&mut self, ctx: &mut VcpuCtx<'_>) {
+        // The other vCPUs must not wait on this one's breakpoints while it is blocked:
+        // the window loses the branches until its next stop.
+        if let Ok(sregs) = ctx.sregs()
+            && let Err(e) = self.traps.set_patches(ctx, sregs.cr3, &[])
+        {
+            self.fail(ctx, e);
+        }
+        self.pending_bps.clear();
     }
 
     fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {
@@ -1050,11 +1126,12 @@ impl GuestAccess for CtxGuest<'_, '_> {
 
     fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
         let cr3 = self.state()?.1.cr3;
+        let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         self.ctx
             .memory()
             .read_virt(cr3, GuestVirtAddr(gva), buf)
             .map_err(|_| GuestAccessError::Unmapped { gva })?;
-        self.traps.unpatch(gva, buf);
+        self.traps.unpatch(&int3, gva, buf);
         Ok(())
     }
 
