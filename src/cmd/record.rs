@@ -53,6 +53,10 @@ pub struct Args {
     /// How call chains are collected.
     #[arg(long, value_enum, default_value_t = CallGraph::Fp)]
     pub call_graph: CallGraph,
+    /// Collect call chains by frame pointers: perf's -g, the same as --call-graph fp
+    /// (lbrprof collects them by default).
+    #[arg(short = 'g', conflicts_with = "call_graph")]
+    pub frame_pointer_graph: bool,
     /// Attach to a running process.
     #[arg(short, long, conflicts_with_all = ["tid", "command", "vm"])]
     pub pid: Option<u32>,
