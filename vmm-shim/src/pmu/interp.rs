@@ -26,6 +26,10 @@
 //!   lines, direct jumps and calls, returns through a shadow stack or the untouched real
 //!   stack, both arms of a Jcc) until every such flag is written with a defined value
 //!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
+//!   Forms the host can run the same way ([`host_form`]: the logic group, shifts and
+//!   rotates by CL, two-operand IMUL, BT with a register) take their undefined flags from
+//!   the host CPU running the operation ([`mod@host_flags`]): the guest's ring 3 runs on
+//!   that CPU, so that is what the guest would have seen; no proof is needed.
 //! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
 //!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
 //!   dirty bits are set as the CPU would — only once the instruction completes (a halt
@@ -49,6 +53,7 @@
 //! stale without INVLPG.
 
 pub mod alu;
+pub mod host_flags;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -1260,8 +1265,18 @@ impl Exec<'_, '_, '_> {
 
     fn apply_alu(&mut self, s: &mut InterpState, op: Op, bits: u32, a: u64, b: u64) -> u64 {
         let out = alu(op, bits, a, b, s.rflags);
-        s.rflags = (s.rflags & !STATUS) | (out.rflags & STATUS);
-        self.undefined |= out.undefined;
+        let mut status = out.rflags & STATUS;
+        if out.undefined != 0 {
+            // What the CPU leaves in them is what the guest, running on it, would see.
+            let host = host_form(self.insn)
+                .then(|| host_flags::status_after(op, bits, a, b, s.rflags))
+                .flatten();
+            match host {
+                Some(host) => status = (status & !out.undefined) | (host & out.undefined),
+                None => self.undefined |= out.undefined,
+            }
+        }
+        s.rflags = (s.rflags & !STATUS) | status;
         out.value
     }
 
@@ -1458,6 +1473,35 @@ impl Exec<'_, '_, '_> {
             _ => return Err(self.unsupported()),
         }
         Ok(Effect::Next)
+    }
+}
+
+/// Whether the host runs `insn` the way [`host_flags`] does, so that its undefined flags
+/// can be taken from there: undefined flags depend on the encoding as well as the
+/// operation (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently), so only
+/// the forms it executes qualify: the logic group (AF), shifts and rotates by CL,
+/// two-operand IMUL and BT with a register offset. Other forms keep the liveness proof.
+fn host_form(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Test => true,
+        Mnemonic::Shl
+        | Mnemonic::Sal
+        | Mnemonic::Shr
+        | Mnemonic::Sar
+        | Mnemonic::Rol
+        | Mnemonic::Ror => insn.op_count() == 2 && insn.op1_register() == Register::CL,
+        Mnemonic::Imul => {
+            insn.op_count() == 2
+                && matches!(
+                    insn.code(),
+                    Code::Imul_r16_rm16 | Code::Imul_r32_rm32 | Code::Imul_r64_rm64
+                )
+        }
+        Mnemonic::Bt => matches!(
+            insn.code(),
+            Code::Bt_rm16_r16 | Code::Bt_rm32_r32 | Code::Bt_rm64_r64
+        ),
+        _ => false,
     }
 }
 

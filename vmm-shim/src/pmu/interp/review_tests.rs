@@ -97,8 +97,8 @@ fn a_double_shift_past_the_operand_size_defines_no_flag() {
     let insn = d.decode();
     assert_eq!(insn.mnemonic(), Mnemonic::Shld);
     assert_eq!(defined_writes(&insn), 0);
-    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; shld $20,%bx,%cx ; pushfq
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0x66, 0x0f, 0xa4, 0xd9, 0x14, 0x9c]);
+    // imul $3,%rcx,%rax (SF/ZF/AF/PF undefined) ; shld $20,%bx,%cx ; pushfq
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0x66, 0x0f, 0xa4, 0xd9, 0x14, 0x9c]);
     let mut m = Machine::new(&code);
     let (steps, halt, _) = run(&mut m, state());
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
@@ -134,8 +134,8 @@ fn a_halted_instruction_sets_no_accessed_or_dirty_bit() {
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::Memory));
     assert!(m.mem == before, "the page tables changed");
-    // imul (%rbx),%rax (ZF undefined) ; je
-    let mut m = Machine::new(&[0x48, 0x0f, 0xaf, 0x03, 0x74, 0x00, 0xf4]);
+    // imul $3,(%rbx),%rax (ZF undefined) ; je
+    let mut m = Machine::new(&[0x48, 0x6b, 0x03, 0x03, 0x74, 0x00, 0xf4]);
     let before = m.mem.clone();
     let mut s = state();
     s.gpr[3] = DATA + 0x100;
@@ -476,15 +476,15 @@ fn control_flow_enforcement_is_refused() {
 /// A REP-prefixed CMPS/SCAS with RCX = 0 does nothing, flags included: it defines none.
 #[test]
 fn a_rep_string_compare_may_leave_the_flags_alone() {
-    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; repz cmpsb ; pushfq
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf3, 0xa6, 0x9c]);
+    // imul $3,%rcx,%rax (SF/ZF/AF/PF undefined) ; repz cmpsb ; pushfq
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0xf3, 0xa6, 0x9c]);
     let mut m = Machine::new(&code);
     let mut s = state();
     s.gpr[1] = 0;
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
     // repnz scasb likewise
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf2, 0xae, 0x9c]);
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0xf2, 0xae, 0x9c]);
     let mut m = Machine::new(&code);
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));

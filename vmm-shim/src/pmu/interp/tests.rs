@@ -163,7 +163,7 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
 #[test]
 fn undefined_flags_that_are_read_stop_the_interpreter_before_the_instruction() {
     let code = [
-        0x48, 0x0f, 0xaf, 0xc1, // imul   %rcx,%rax   (ZF undefined)
+        0x48, 0x6b, 0xc1, 0x03, // imul   $3,%rcx,%rax (ZF undefined)
         0x74, 0x00, //             je     0x200006    (reads ZF)
         0xf4,
     ];
@@ -271,10 +271,10 @@ fn lock_prefixes_and_fs_accesses_are_not_interpreted() {
 #[test]
 fn the_liveness_search_follows_returns_through_the_real_stack() {
     // 0x200000: rol $7,%rax      (OF undefined)
-    //           xor %rdi,%rax    (OF defined, AF undefined)
+    //           imul $3,%rdi,%rax (OF defined, AF undefined)
     //           ret              -> 0x200010 (from the stack)
     // 0x200010: add %rax,%rbx    (defines everything)
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x31, 0xf8, 0xc3];
+    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x48, 0x01, 0xc3, 0xf4]);
     let mut m = Machine::new(&code);
@@ -285,8 +285,8 @@ fn the_liveness_search_follows_returns_through_the_real_stack() {
     assert_eq!((steps.len(), halt), (4, Halt::Unsupported(Mnemonic::Hlt)));
     assert_eq!(end.rip, CODE + 0x13);
     // A return to code that reads AF first: the rotate may run (OF is rewritten by the
-    // XOR), the XOR may not.
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x31, 0xf8, 0xc3];
+    // IMUL), the IMUL may not.
+    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x9c, 0xf4]); // pushfq
     let mut m = Machine::new(&code);
@@ -345,11 +345,11 @@ fn random_code_never_panics_the_interpreter() {
 /// takes: the search must not follow the stale stack.
 #[test]
 fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
-    // 0x200000: xor %rdi,(%rsp)   (AF undefined; the return address becomes 0x200020)
+    // 0x200000: shlq $1,(%rsp)    (AF undefined; the return address becomes 0x400020,
+    //                             where nothing proves AF dead)
     //           ret
     // 0x200010: add %rax,%rbx     (the stale return address: would prove AF dead)
-    // 0x200020: pushfq            (reads AF)
-    let mut code = vec![0x48, 0x31, 0x3c, 0x24, 0xc3];
+    let mut code = vec![0x48, 0xd1, 0x24, 0x24, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x48, 0x01, 0xc3, 0xf4]);
     code.resize(0x20, 0xcc);
@@ -358,7 +358,6 @@ fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
     let mut s = state();
     let sp = s.gpr[RSP];
     m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
-    s.gpr[7] = 0x30; // 0x200010 ^ 0x30 = 0x200020
     let (steps, halt, end) = run(&mut m, s);
     assert!(steps.is_empty());
     assert_eq!(halt, Halt::FlagsLive);
