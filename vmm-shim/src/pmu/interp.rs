@@ -1357,6 +1357,27 @@ impl Exec<'_, '_, '_> {
                 let v = self.apply_alu(s, Op::Imul, bits, a, b);
                 self.write_op(s, 0, bits, v)?;
             }
+            Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv
+                if insn.op_count() == 1 =>
+            {
+                let op = match insn.mnemonic() {
+                    Mnemonic::Mul => host_flags::Wide::Mul,
+                    Mnemonic::Imul => host_flags::Wide::Imul,
+                    Mnemonic::Div => host_flags::Wide::Div,
+                    _ => host_flags::Wide::Idiv,
+                };
+                let bits = self.bits(0)?;
+                let src = self.read(s, 0, bits)?;
+                // The host runs the same instruction: its values, and the flags the SDM
+                // leaves undefined (all of them for DIV/IDIV), are the guest's. A divide
+                // that would raise #DE is left to the CPU.
+                let (rax, rdx, status) =
+                    host_flags::wide(op, bits, s.gpr[0], s.gpr[2], src, s.rflags)
+                        .ok_or_else(|| self.unsupported())?;
+                s.gpr[0] = rax;
+                s.gpr[2] = rdx;
+                s.rflags = (s.rflags & !STATUS) | status;
+            }
             Mnemonic::Bt if insn.op0_kind() == OpKind::Register => {
                 let bits = self.bits(0)?;
                 let a = self.read(s, 0, bits)?;

@@ -377,3 +377,41 @@ fn reserved_bits_in_a_large_page_entry_are_left_to_the_cpu() {
     assert!(steps.is_empty());
     assert_eq!(halt, Halt::Memory);
 }
+
+/// DIV/IDIV run as the host runs them; one that would raise #DE is left to the CPU, with
+/// nothing changed.
+#[test]
+fn divides_run_unless_they_would_fault() {
+    // div %rcx ; hlt
+    let code = [0x48, 0xf7, 0xf1, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[0] = 100;
+    s.gpr[2] = 0;
+    s.gpr[1] = 7;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps.len(), halt), (1, Halt::Unsupported(Mnemonic::Hlt)));
+    assert_eq!((end.gpr[0], end.gpr[2]), (14, 2));
+    for (rdx, rcx) in [(0, 0), (7, 7)] {
+        s.gpr[2] = rdx;
+        s.gpr[1] = rcx;
+        let (steps, halt, end) = run(&mut m, s);
+        assert!(steps.is_empty());
+        assert_eq!(halt, Halt::Unsupported(Mnemonic::Div));
+        assert_eq!(end, s, "nothing executed");
+    }
+    // idivl 0x10(%rbx) ; hlt   (-7 / 2 = -3 rem -1, EDX:EAX zero-extended)
+    let code = [0xf7, 0x7b, 0x10, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[3] = DATA;
+    m.mem[DATA as usize + 0x10..DATA as usize + 0x14].copy_from_slice(&2u32.to_le_bytes());
+    s.gpr[0] = (-7i32) as u32 as u64 | 0xffff_0000_0000_0000;
+    s.gpr[2] = u64::MAX;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        (end.gpr[0], end.gpr[2]),
+        ((-3i32) as u32 as u64, (-1i32) as u32 as u64)
+    );
+}
