@@ -355,7 +355,7 @@ fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
     code.resize(0x20, 0xcc);
     code.extend([0x9c, 0xf4]);
     let mut m = Machine::new(&code);
-    let mut s = state();
+    let s = state();
     let sp = s.gpr[RSP];
     m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
     let (steps, halt, end) = run(&mut m, s);
