@@ -54,6 +54,7 @@
 
 pub mod alu;
 pub mod host_flags;
+mod sse;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -200,6 +201,19 @@ pub enum Halt {
     Fetch,
 }
 
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halt::Unsupported(m) => write!(f, "{}", format!("{m:?}").to_lowercase()),
+            Halt::Memory => f.write_str("(fault or MMIO)"),
+            Halt::CodePage => f.write_str("(data access to a code page)"),
+            Halt::PageTable => f.write_str("(page-table write)"),
+            Halt::FlagsLive => f.write_str("(undefined flags read)"),
+            Halt::Fetch => f.write_str("(fetch)"),
+        }
+    }
+}
+
 /// What one interpreted instruction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -332,6 +346,8 @@ impl Interp {
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
             last_code_page: None,
+            xmm: None,
+            xmm_dirty: false,
         };
         s.translate_noted();
         s
@@ -445,6 +461,10 @@ pub struct Session<'a> {
     /// The last page code was fetched from, entered in `Interp::code_phys` (as of its
     /// `code_phys_resets`).
     last_code_page: Option<(u64, u64)>,
+    /// XMM0–XMM15, fetched from the vCPU at the first SSE instruction.
+    xmm: Option<[u128; 16]>,
+    /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
+    xmm_dirty: bool,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -452,13 +472,26 @@ pub struct Session<'a> {
 struct PendingWrite {
     addr: u64,
     bytes: usize,
-    value: u64,
+    value: u128,
 }
 
 impl Session<'_> {
     /// The state after the last executed instruction.
     pub fn state(&self) -> &InterpState {
         &self.state
+    }
+
+    /// XMM0–XMM15 after the last executed instruction, when an instruction changed them
+    /// (the caller writes them back with [`GuestAccess::set_xmm`]).
+    pub fn xmm_to_write_back(&self) -> Option<&[u128; 16]> {
+        self.xmm.as_ref().filter(|_| self.xmm_dirty)
+    }
+
+    /// A 16-byte load (two 8-byte halves: as on the CPU, not single-copy atomic).
+    fn read_mem128(&mut self, addr: u64) -> Result<u128, Halt> {
+        let lo = self.read_mem(addr, 8)?;
+        let hi = self.read_mem(addr.wrapping_add(8), 8)?;
+        Ok(u128::from(lo) | (u128::from(hi) << 64))
     }
 
     /// Executes the instruction at RIP, or halts before it (state and memory untouched,
@@ -537,10 +570,11 @@ impl Session<'_> {
             session: self,
             insn: &insn,
             write: None,
+            xmm_write: None,
             undefined: 0,
         };
         let effect = exec.run(&mut n)?;
-        let (write, undefined) = (exec.write, exec.undefined);
+        let (write, undefined, xmm_write) = (exec.write, exec.undefined, exec.xmm_write);
         if let Effect::Branch { to, .. } = effect
             && sext(to, 48) as u64 != to
         {
@@ -579,6 +613,10 @@ impl Session<'_> {
         self.commit_walks()?;
         if let (Some(w), Some(targets)) = (write, targets) {
             self.write_mem(w, targets)?;
+        }
+        if let (Some((i, v)), Some(x)) = (xmm_write, self.xmm.as_mut()) {
+            x[i] = v;
+            self.xmm_dirty = true;
         }
         n.rflags &= !RFLAGS_RF;
         self.state = n;
@@ -785,7 +823,7 @@ impl Session<'_> {
                 return Err(Halt::PageTable);
             }
             // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed.
-            let mut probe = [0u8; 8];
+            let mut probe = [0u8; 16];
             self.g
                 .read_phys(pa, &mut probe[..len])
                 .map_err(|_| Halt::Memory)?;
@@ -800,13 +838,14 @@ impl Session<'_> {
         w: PendingWrite,
         (targets, count): ([(u64, usize); 2], usize),
     ) -> Result<(), Halt> {
-        if count == 1 && w.addr.is_multiple_of(w.bytes as u64) {
+        if count == 1 && w.bytes <= 8 && w.addr.is_multiple_of(w.bytes as u64) {
             // Naturally aligned: one access, single-copy atomic as the guest's store.
             return self
                 .g
-                .write_phys_aligned(targets[0].0, w.bytes, w.value)
+                .write_phys_aligned(targets[0].0, w.bytes, w.value as u64)
                 .map_err(|_| Halt::Memory);
         }
+        // (A 16-byte SSE store is not single-copy atomic on the CPU either.)
         let bytes = w.value.to_le_bytes();
         let mut done = 0;
         for &(pa, len) in &targets[..count] {
@@ -1179,6 +1218,8 @@ struct Exec<'s, 'a, 'i> {
     session: &'s mut Session<'a>,
     insn: &'i Instruction,
     write: Option<PendingWrite>,
+    /// An XMM register the instruction writes, committed with the rest.
+    xmm_write: Option<(usize, u128)>,
     /// Status flags the instruction leaves undefined.
     undefined: u64,
 }
@@ -1241,7 +1282,7 @@ impl Exec<'_, '_, '_> {
         self.write = Some(PendingWrite {
             addr,
             bytes: (bits / 8) as usize,
-            value: v & mask(bits),
+            value: u128::from(v & mask(bits)),
         });
         Ok(())
     }
@@ -1285,6 +1326,9 @@ impl Exec<'_, '_, '_> {
         let insn = self.insn;
         if insn.has_lock_prefix() || insn.has_xacquire_prefix() || insn.has_xrelease_prefix() {
             return Err(self.unsupported());
+        }
+        if let Some(r) = self.run_sse(s) {
+            return r;
         }
         let alu_op = match insn.mnemonic() {
             Mnemonic::Add => Some(Op::Add),
