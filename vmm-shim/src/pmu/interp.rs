@@ -342,6 +342,7 @@ impl Interp {
             g,
             state,
             tlb: FastMap::default(),
+            tlb_fast: [(u64::MAX, Tlb::default()); TLB_FAST],
             pt_pages: Vec::new(),
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
@@ -424,8 +425,15 @@ impl Interp {
     }
 }
 
+/// Entries of [`Session`]'s direct-mapped TLB front.
+const TLB_FAST: usize = 64;
+
+fn tlb_slot(vpage: u64) -> usize {
+    ((vpage / PAGE) as usize) % TLB_FAST
+}
+
 /// A translation the session has made (its own TLB, dropped with the session).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Tlb {
     /// Guest-physical address of the page (4 KiB granularity).
     phys: u64,
@@ -450,6 +458,9 @@ pub struct Session<'a> {
     g: &'a mut dyn GuestAccess,
     state: InterpState,
     tlb: FastMap<u64, Tlb>,
+    /// A direct-mapped copy of recent `tlb` entries (page number → entry), looked up
+    /// first: every instruction fetch and data access translates.
+    tlb_fast: [(u64, Tlb); TLB_FAST],
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
     /// Accessed/dirty bits the current instruction's walks want set: (entry address, the
@@ -639,7 +650,12 @@ impl Session<'_> {
             return Err(Halt::Memory);
         }
         let vpage = gva & !(PAGE - 1);
-        let hit = self.tlb.get(&vpage).copied();
+        let fast = self.tlb_fast[tlb_slot(vpage)];
+        let hit = if fast.0 == vpage {
+            Some(fast.1)
+        } else {
+            self.tlb.get(&vpage).copied()
+        };
         let t = match hit {
             Some(t) if kind != Access::Write || t.dirty => t,
             _ => self.walk(vpage, kind)?,
@@ -803,6 +819,7 @@ impl Session<'_> {
         }
         for (vpage, t) in std::mem::take(&mut self.pending_tlb) {
             self.tlb.insert(vpage, t);
+            self.tlb_fast[tlb_slot(vpage)] = (vpage, t);
         }
         Ok(())
     }
@@ -1309,9 +1326,15 @@ impl Exec<'_, '_, '_> {
         let mut status = out.rflags & STATUS;
         if out.undefined != 0 {
             // What the CPU leaves in them is what the guest, running on it, would see.
-            let host = host_form(self.insn)
-                .then(|| host_flags::status_after(op, bits, a, b, s.rflags))
-                .flatten();
+            // Only with a register destination: on Intel, `rolb $5,(%rbx)` and `rol $5,%al`
+            // leave OF differently.
+            let reg_dst = self.insn.op0_kind() == OpKind::Register;
+            let host = match imm_form(self.insn).filter(|_| reg_dst) {
+                Some(form) => host_flags::status_after_imm(form, bits, a, s.rflags),
+                None => (reg_dst && host_form(self.insn))
+                    .then(|| host_flags::status_after(op, bits, a, b, s.rflags))
+                    .flatten(),
+            };
             match host {
                 Some(host) => status = (status & !out.undefined) | (host & out.undefined),
                 None => self.undefined |= out.undefined,
@@ -1543,9 +1566,11 @@ impl Exec<'_, '_, '_> {
 
 /// Whether the host runs `insn` the way [`host_flags`] does, so that its undefined flags
 /// can be taken from there: undefined flags depend on the encoding as well as the
-/// operation (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently), so only
-/// the forms it executes qualify: the logic group (AF), shifts and rotates by CL,
-/// two-operand IMUL and BT with a register offset. Other forms keep the liveness proof.
+/// operation (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently, and so do
+/// register and memory destinations), so only the forms it executes qualify, with a
+/// register destination: the logic group (AF), shifts and rotates by CL, two-operand IMUL
+/// and BT with a register offset, and [`imm_form`]'s stubs. Other forms keep the liveness
+/// proof.
 fn host_form(insn: &Instruction) -> bool {
     match insn.mnemonic() {
         Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Test => true,
@@ -1567,6 +1592,79 @@ fn host_form(insn: &Instruction) -> bool {
             Code::Bt_rm16_r16 | Code::Bt_rm32_r32 | Code::Bt_rm64_r64
         ),
         _ => false,
+    }
+}
+
+/// The host stub that runs `insn`'s encoding ([`host_flags::ImmForm`]): shifts and
+/// rotates by an immediate or by one, BT with an immediate.
+fn imm_form(insn: &Instruction) -> Option<host_flags::ImmForm> {
+    use host_flags::ImmForm;
+    let digit = match insn.mnemonic() {
+        Mnemonic::Rol => 0,
+        Mnemonic::Ror => 1,
+        Mnemonic::Shl | Mnemonic::Sal => 4,
+        Mnemonic::Shr => 5,
+        Mnemonic::Sar => 7,
+        Mnemonic::Bt => {
+            return matches!(
+                insn.code(),
+                Code::Bt_rm16_imm8 | Code::Bt_rm32_imm8 | Code::Bt_rm64_imm8
+            )
+            .then(|| ImmForm::BtImm {
+                offset: insn.immediate8(),
+            });
+        }
+        _ => return None,
+    };
+    // SAL (/6) is SHL's alias encoding: the stub is built with /4, so leave /6 alone.
+    if insn.mnemonic() == Mnemonic::Sal {
+        return None;
+    }
+    match insn.code() {
+        Code::Rol_rm8_1
+        | Code::Rol_rm16_1
+        | Code::Rol_rm32_1
+        | Code::Rol_rm64_1
+        | Code::Ror_rm8_1
+        | Code::Ror_rm16_1
+        | Code::Ror_rm32_1
+        | Code::Ror_rm64_1
+        | Code::Shl_rm8_1
+        | Code::Shl_rm16_1
+        | Code::Shl_rm32_1
+        | Code::Shl_rm64_1
+        | Code::Shr_rm8_1
+        | Code::Shr_rm16_1
+        | Code::Shr_rm32_1
+        | Code::Shr_rm64_1
+        | Code::Sar_rm8_1
+        | Code::Sar_rm16_1
+        | Code::Sar_rm32_1
+        | Code::Sar_rm64_1 => Some(ImmForm::ShiftOne { digit }),
+        Code::Rol_rm8_imm8
+        | Code::Rol_rm16_imm8
+        | Code::Rol_rm32_imm8
+        | Code::Rol_rm64_imm8
+        | Code::Ror_rm8_imm8
+        | Code::Ror_rm16_imm8
+        | Code::Ror_rm32_imm8
+        | Code::Ror_rm64_imm8
+        | Code::Shl_rm8_imm8
+        | Code::Shl_rm16_imm8
+        | Code::Shl_rm32_imm8
+        | Code::Shl_rm64_imm8
+        | Code::Shr_rm8_imm8
+        | Code::Shr_rm16_imm8
+        | Code::Shr_rm32_imm8
+        | Code::Shr_rm64_imm8
+        | Code::Sar_rm8_imm8
+        | Code::Sar_rm16_imm8
+        | Code::Sar_rm32_imm8
+        | Code::Sar_rm64_imm8 => Some(ImmForm::ShiftImm {
+            digit,
+            count: insn.immediate8(),
+        }),
+        _ => None,
     }
 }
 

@@ -105,6 +105,169 @@ pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u6
     Some(out & STATUS)
 }
 
+/// Shifts, rotates and BT by an immediate count, run on the host in the *same encoding*
+/// as the guest's instruction (C0/C1 ib, D0/D1, 0F BA /4 ib), with the operand in
+/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (see [`super::host_form`]).
+/// The instructions are built here, one stub per (operation, size, count), never copied
+/// from the guest: [`ImmForm`] names what may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImmForm {
+    /// A shift or rotate by an immediate (C0/C1): /digit of the group-2 opcode.
+    ShiftImm { digit: u8, count: u8 },
+    /// A shift or rotate by one (D0/D1).
+    ShiftOne { digit: u8 },
+    /// BT r/m, imm8 (0F BA /4).
+    BtImm { offset: u8 },
+}
+
+/// Bytes per stub: at most 5 instruction bytes and a RET.
+const STUB: usize = 8;
+/// Group-2 /digits this module builds: ROL, ROR, SHL, SHR, SAR.
+const DIGITS: [u8; 5] = [0, 1, 4, 5, 7];
+const SIZES: [u32; 4] = [8, 16, 32, 64];
+
+fn size_index(bits: u32) -> Option<usize> {
+    SIZES.iter().position(|&b| b == bits)
+}
+
+/// The stub's index in the table.
+fn stub_index(form: ImmForm, bits: u32) -> Option<usize> {
+    let size = size_index(bits)?;
+    Some(match form {
+        ImmForm::ShiftImm { digit, count } => {
+            let d = DIGITS.iter().position(|&x| x == digit)?;
+            (d * 4 + size) * 256 + usize::from(count)
+        }
+        ImmForm::ShiftOne { digit } => {
+            let d = DIGITS.iter().position(|&x| x == digit)?;
+            5 * 4 * 256 + d * 4 + size
+        }
+        ImmForm::BtImm { offset } => {
+            if bits == 8 {
+                return None;
+            }
+            5 * 4 * 256 + 5 * 4 + (size - 1) * 256 + usize::from(offset)
+        }
+    })
+}
+
+const STUBS: usize = 5 * 4 * 256 + 5 * 4 + 3 * 256;
+
+/// The instruction bytes of a stub (operand: AL/AX/EAX/RAX, ModRM 11 digit 000) and RET.
+fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(STUB);
+    match bits {
+        16 => b.push(0x66),
+        64 => b.push(0x48),
+        _ => {}
+    }
+    match form {
+        ImmForm::ShiftImm { digit, count } => {
+            b.extend([
+                if bits == 8 { 0xc0 } else { 0xc1 },
+                0xc0 | (digit << 3),
+                count,
+            ]);
+        }
+        ImmForm::ShiftOne { digit } => {
+            b.extend([if bits == 8 { 0xd0 } else { 0xd1 }, 0xc0 | (digit << 3)])
+        }
+        ImmForm::BtImm { offset } => b.extend([0x0f, 0xba, 0xc0 | (4 << 3), offset]),
+    }
+    b.push(0xc3);
+    b
+}
+
+/// The stub table: a private mapping written once, then made read+execute.
+struct Stubs(*const u8);
+
+// SAFETY: the mapping is immutable (read+execute) once built and never unmapped.
+unsafe impl Send for Stubs {}
+// SAFETY: as above.
+unsafe impl Sync for Stubs {}
+
+fn stubs() -> Option<&'static Stubs> {
+    static STUB_TABLE: std::sync::OnceLock<Option<Stubs>> = std::sync::OnceLock::new();
+    STUB_TABLE
+        .get_or_init(|| {
+            let len = STUBS * STUB;
+            // SAFETY: a fresh private anonymous mapping; nothing else is affected.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            let base = p.cast::<u8>();
+            let put = |form: ImmForm, bits: u32| {
+                if let Some(i) = stub_index(form, bits) {
+                    let bytes = stub_bytes(form, bits);
+                    // SAFETY: i < STUBS and a stub is at most STUB bytes: within the mapping.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            base.add(i * STUB),
+                            bytes.len(),
+                        )
+                    };
+                }
+            };
+            for bits in SIZES {
+                for digit in DIGITS {
+                    put(ImmForm::ShiftOne { digit }, bits);
+                    for count in 0..=255u8 {
+                        put(ImmForm::ShiftImm { digit, count }, bits);
+                    }
+                }
+                for offset in 0..=255u8 {
+                    put(ImmForm::BtImm { offset }, bits);
+                }
+            }
+            // SAFETY: the mapping made above, now complete.
+            if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+                return None;
+            }
+            Some(Stubs(base))
+        })
+        .as_ref()
+}
+
+/// RFLAGS' status flags after the host CPU runs `form` at `bits` on `a` with the status
+/// flags of `rflags` coming in; `None` if the form has no stub (or the table could not be
+/// mapped).
+pub fn status_after_imm(form: ImmForm, bits: u32, a: u64, rflags: u64) -> Option<u64> {
+    let i = stub_index(form, bits)?;
+    let table = stubs()?;
+    // SAFETY: i < STUBS: a stub within the table.
+    let stub = unsafe { table.0.add(i * STUB) };
+    let mut rax = a;
+    let mut fl = (rflags & STATUS) | 2;
+    // SAFETY: the stub is one register-only instruction on RAX built by stub_bytes and a
+    // RET; the call's return address uses the stack, which asm! may (no `nostack`). Flags
+    // as in rr!.
+    unsafe {
+        asm!(
+            "push {fl}",
+            "popfq",
+            "call {stub}",
+            "pushfq",
+            "pop {fl}",
+            stub = in(reg) stub,
+            fl = inout(reg) fl,
+            inout("rax") rax,
+        );
+    }
+    let _ = rax;
+    Some(fl & STATUS)
+}
+
 /// The one-operand multiplies and divides (RDX:RAX or AX against a source operand).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wide {
@@ -296,5 +459,30 @@ mod tests {
             let p = u128::from(rax) * u128::from(src);
             assert_eq!((u128::from(hi) << 64) | u128::from(lo), p);
         }
+    }
+
+    /// Every stub has its own slot in the table, and its bytes fit the slot.
+    #[test]
+    fn stubs_have_distinct_slots() {
+        let mut seen = vec![false; STUBS];
+        for bits in SIZES {
+            let mut forms = vec![];
+            for digit in DIGITS {
+                forms.push(ImmForm::ShiftOne { digit });
+                forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
+            }
+            forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { offset }));
+            for f in forms {
+                let Some(i) = stub_index(f, bits) else {
+                    assert!(matches!(f, ImmForm::BtImm { .. }) && bits == 8);
+                    continue;
+                };
+                assert!(!seen[i], "{f:?}/{bits}");
+                seen[i] = true;
+                assert!(stub_bytes(f, bits).len() <= STUB);
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+        assert_eq!(stub_index(ImmForm::ShiftOne { digit: 6 }, 32), None);
     }
 }

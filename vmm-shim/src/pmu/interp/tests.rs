@@ -281,15 +281,16 @@ fn lock_prefixes_and_fs_accesses_are_not_interpreted() {
 
 #[test]
 fn the_liveness_search_follows_returns_through_the_real_stack() {
-    // 0x200000: rol $7,%rax      (OF undefined)
+    // 0x200000: rolq $7,(%rbx)   (OF undefined; a memory destination: no host stub)
     //           imul $3,%rdi,%rax (OF defined, AF undefined)
     //           ret              -> 0x200010 (from the stack)
     // 0x200010: add %rax,%rbx    (defines everything)
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
+    let mut code = vec![0x48, 0xc1, 0x03, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x48, 0x01, 0xc3, 0xf4]);
     let mut m = Machine::new(&code);
-    let s = state();
+    let mut s = state();
+    s.gpr[3] = DATA;
     let sp = s.gpr[RSP];
     m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
     let (steps, halt, end) = run(&mut m, s);
@@ -297,7 +298,7 @@ fn the_liveness_search_follows_returns_through_the_real_stack() {
     assert_eq!(end.rip, CODE + 0x13);
     // A return to code that reads AF first: the rotate may run (OF is rewritten by the
     // IMUL), the IMUL may not.
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
+    let mut code = vec![0x48, 0xc1, 0x03, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x9c, 0xf4]); // pushfq
     let mut m = Machine::new(&code);
