@@ -12,9 +12,10 @@
 //! Only what is implemented exactly runs here: the integer subset compilers emit in hot
 //! code (MOV/MOVZX/MOVSX/MOVSXD/LEA, the ALU group, INC/DEC/NEG/NOT, shifts and rotates,
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
-//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT)
-//! in 64-bit mode at CPL 3. Anything else — another instruction or form, a LOCK prefix, an
-//! FS/GS access, a page fault, an address outside RAM, a data access to a page that holds
+//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
+//! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations ([`mod@sse`]),
+//! `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
+//! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
 //! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
 //! state is exactly that of the boundary before it, and the tracer's breakpoint machinery
 //! takes over from there (so correctness never depends on coverage).
@@ -154,6 +155,8 @@ pub struct InterpState {
     pub long_mode: bool,
     /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
     pub dr7: u64,
+    /// FS.base (thread-local storage on x86-64 Linux: `%fs:` accesses add it).
+    pub fs_base: u64,
 }
 
 impl InterpState {
@@ -1246,15 +1249,16 @@ impl Exec<'_, '_, '_> {
         Halt::Unsupported(self.insn.mnemonic())
     }
 
-    /// The effective address of memory operand `i` (no segment base: ES/CS/SS/DS are flat
-    /// in 64-bit mode; FS/GS are refused).
+    /// The effective address of memory operand `i` (ES/CS/SS/DS are flat in 64-bit mode;
+    /// FS adds FS.base; GS is refused).
     fn address(&self, s: &InterpState, i: u32) -> Result<u64, Halt> {
-        if matches!(self.insn.memory_segment(), Register::FS | Register::GS) {
+        if self.insn.memory_segment() == Register::GS {
             return Err(self.unsupported());
         }
         self.insn
             .virtual_address(i, 0, |reg, _, _| match reg {
                 Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+                Register::FS => Some(s.fs_base),
                 r => get_reg(s, r),
             })
             .ok_or_else(|| self.unsupported())
@@ -1423,6 +1427,31 @@ impl Exec<'_, '_, '_> {
                 };
                 let v = self.apply_alu(s, Op::Imul, bits, a, b);
                 self.write_op(s, 0, bits, v)?;
+            }
+            Mnemonic::Bsf
+            | Mnemonic::Bsr
+            | Mnemonic::Tzcnt
+            | Mnemonic::Lzcnt
+            | Mnemonic::Popcnt
+                if insn.op0_kind() == OpKind::Register =>
+            {
+                use host_flags::BitScan;
+                let op = match insn.mnemonic() {
+                    Mnemonic::Bsf => BitScan::Bsf,
+                    Mnemonic::Bsr => BitScan::Bsr,
+                    Mnemonic::Tzcnt => BitScan::Tzcnt,
+                    Mnemonic::Lzcnt => BitScan::Lzcnt,
+                    _ => BitScan::Popcnt,
+                };
+                let bits = self.bits(0)?;
+                let src = self.read(s, 1, bits)?;
+                // The whole register: what a zero source leaves in it is the CPU's.
+                let full = insn.op0_register().full_register();
+                let dst = get_reg(s, full).ok_or_else(|| self.unsupported())?;
+                let (v, status) = host_flags::bit_scan(op, bits, dst, src, s.rflags)
+                    .ok_or_else(|| self.unsupported())?;
+                set_reg(s, full, v).ok_or_else(|| self.unsupported())?;
+                s.rflags = (s.rflags & !STATUS) | status;
             }
             Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv
                 if insn.op_count() == 1 =>

@@ -1093,6 +1093,8 @@ impl GuestAccess for CtxGuest<'_, '_> {
             long_mode: sregs.cs.l != 0,
             // The guest's own breakpoints (KVM keeps the shim's guest-debug ones apart).
             dr7: self.ctx.vcpu.get_debug_regs().ok()?.dr7,
+            // At a trap too: the patched handler (`out`, `iretq`) does not touch FS.
+            fs_base: sregs.fs.base,
         };
         if let Some(t) = self.trap {
             // TF in the frame is the shim's stepping, not the guest's.

@@ -268,6 +268,64 @@ pub fn status_after_imm(form: ImmForm, bits: u32, a: u64, rflags: u64) -> Option
     Some(fl & STATUS)
 }
 
+/// The bit scans and counts (`dst ← f(src)`, register destination).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitScan {
+    Bsf,
+    Bsr,
+    Tzcnt,
+    Lzcnt,
+    Popcnt,
+}
+
+/// `INSN dst, src` on two registers; returns (dst, RFLAGS).
+macro_rules! rrv {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut r: u64 = $a;
+        let mut fl: u64 = $f;
+        // SAFETY: as in rr!.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, {b:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                r = inout(reg) r,
+                b = in(reg) $b,
+                fl = inout(reg) fl,
+            );
+        }
+        (r, fl)
+    }};
+}
+
+/// The host CPU's destination register (all 64 bits: a BSF/BSR with a zero source leaves
+/// it as the CPU does) and status flags after `op` at `bits` (16, 32 or 64) with the
+/// guest's full destination register `dst`, source `src` and status flags. (A host without
+/// TZCNT/LZCNT runs them as BSF/BSR, as the guest on it would.)
+pub fn bit_scan(op: BitScan, bits: u32, dst: u64, src: u64, rflags: u64) -> Option<(u64, u64)> {
+    let f = (rflags & STATUS) | 2;
+    macro_rules! by_size {
+        ($insn:literal) => {
+            match bits {
+                16 => rrv!($insn, "x", dst, src, f),
+                32 => rrv!($insn, "e", dst, src, f),
+                64 => rrv!($insn, "r", dst, src, f),
+                _ => return None,
+            }
+        };
+    }
+    let (v, fl) = match op {
+        BitScan::Bsf => by_size!("bsf"),
+        BitScan::Bsr => by_size!("bsr"),
+        BitScan::Tzcnt => by_size!("tzcnt"),
+        BitScan::Lzcnt => by_size!("lzcnt"),
+        BitScan::Popcnt => by_size!("popcnt"),
+    };
+    Some((v, fl & STATUS))
+}
+
 /// The one-operand multiplies and divides (RDX:RAX or AX against a source operand).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wide {

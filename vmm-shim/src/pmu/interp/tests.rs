@@ -264,11 +264,11 @@ fn data_accesses_to_code_pages_are_left_to_the_cpu() {
 }
 
 #[test]
-fn lock_prefixes_and_fs_accesses_are_not_interpreted() {
-    // lock add %eax,(%rbx) ; mov %fs:0,%rax
+fn lock_prefixes_and_gs_accesses_are_not_interpreted() {
+    // lock add %eax,(%rbx) ; mov %gs:0,%rax
     for code in [
         &[0xf0u8, 0x01, 0x03][..],
-        &[0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0][..],
+        &[0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0][..],
     ] {
         let mut m = Machine::new(code);
         let mut s = state();
@@ -462,4 +462,37 @@ fn sse_alignment_vex_and_write_back() {
     let mut session = interp.session(&mut m, state());
     session.step().unwrap();
     assert!(session.xmm_to_write_back().is_none());
+}
+
+/// `%fs:` operands add FS.base (thread-local storage); `%gs:` ones are left to the CPU.
+#[test]
+fn fs_accesses_add_the_fs_base() {
+    // mov %fs:0x28,%rax ; hlt
+    let mut m = Machine::new(&[0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0xf4]);
+    m.mem[DATA as usize + 0x128..DATA as usize + 0x130].copy_from_slice(&0xfeed_u64.to_le_bytes());
+    let mut s = state();
+    s.fs_base = DATA + 0x100;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!((steps.len(), end.gpr[0]), (1, 0xfeed));
+    // mov %gs:0x28,%rax
+    let mut m = Machine::new(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0xf4]);
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps.len(), halt), (0, Halt::Unsupported(Mnemonic::Mov)));
+}
+
+/// BSF with a zero source: ZF set and the destination as the CPU leaves it (the host ran
+/// the same instruction on the same register).
+#[test]
+fn a_bit_scan_of_zero_sets_zf() {
+    // bsf %rcx,%rax ; hlt
+    let mut m = Machine::new(&[0x48, 0x0f, 0xbc, 0xc1, 0xf4]);
+    let mut s = state();
+    s.gpr[0] = 0x1234;
+    s.gpr[1] = 0;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!(steps.len(), 1);
+    assert_ne!(end.rflags & alu::ZF, 0);
+    s.gpr[1] = 0x80;
+    let (_, _, end) = run(&mut m, s);
+    assert_eq!((end.gpr[0], end.rflags & alu::ZF), (7, 0));
 }
