@@ -1331,11 +1331,16 @@ impl Exec<'_, '_, '_> {
         if out.undefined != 0 {
             // What the CPU leaves in them is what the guest, running on it, would see.
             // Only with a register destination: on Intel, `rolb $5,(%rbx)` and `rol $5,%al`
-            // leave OF differently.
+            // leave OF differently. The logic group's AF is the same for every form (the
+            // memory forms are in the differential tests).
+            let logic = matches!(
+                self.insn.mnemonic(),
+                Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Test
+            );
             let reg_dst = self.insn.op0_kind() == OpKind::Register;
             let host = match imm_form(self.insn).filter(|_| reg_dst) {
                 Some(form) => host_flags::status_after_imm(form, bits, a, s.rflags),
-                None => (reg_dst && host_form(self.insn))
+                None => ((reg_dst || logic) && host_form(self.insn))
                     .then(|| host_flags::status_after(op, bits, a, b, s.rflags))
                     .flatten(),
             };

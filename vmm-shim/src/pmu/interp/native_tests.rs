@@ -526,6 +526,15 @@ const MEMORY_FORMS: &[(&str, &[u8])] = &[
     ("mov 0x3(%rbx),%rax", &[0x48, 0x8b, 0x43, 0x03]),
     ("mulq 0x8(%rbx)", &[0x48, 0xf7, 0x63, 0x08]),
     ("bsr 0x8(%rbx),%rax", &[0x48, 0x0f, 0xbd, 0x43, 0x08]),
+    // The logic group with a memory destination: AF from the host (compared here).
+    ("testb $0x2,0x9(%rbx)", &[0xf6, 0x43, 0x09, 0x02]),
+    ("test %rax,0x10(%rbx)", &[0x48, 0x85, 0x43, 0x10]),
+    ("and %eax,0x4(%rbx)", &[0x21, 0x43, 0x04]),
+    (
+        "orw $0x101,0x6(%rbx)",
+        &[0x66, 0x81, 0x4b, 0x06, 0x01, 0x01],
+    ),
+    ("xor %cl,0x3(%rbx)", &[0x30, 0x4b, 0x03]),
     // SSE/SSE2 (issue 14): aligned, unaligned and page-crossing loads and stores.
     ("movups 0x3(%rbx),%xmm1", &[0x0f, 0x10, 0x4b, 0x03]),
     ("movups %xmm2,0x5(%rbx)", &[0x0f, 0x11, 0x53, 0x05]),
@@ -632,6 +641,12 @@ fn every_memory_form_matches_the_cpu() {
             let after = *session.state();
             let after_xmm = session.xmm_to_write_back().copied().unwrap_or(xmm_in);
             drop(session);
+            if ["test", "and", "or", "xor"]
+                .iter()
+                .any(|m| text.starts_with(m))
+            {
+                assert_eq!(step.undefined, 0, "{text}: undefined flags left");
+            }
             assert_eq!(after_xmm, native_xmm, "{text}: XMM registers");
             for i in (0..16).filter(|&i| i != RSP) {
                 assert_eq!(after.gpr[i], native_regs[i], "{text}: register {i}");
