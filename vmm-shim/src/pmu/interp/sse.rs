@@ -2,7 +2,7 @@
 //! VEX/EVEX forms are left to the CPU), the forms compiled hot loops and libc's string
 //! and memory functions use: MOVUPS/MOVAPS/MOVDQU/MOVDQA (and the PD forms), MOVD/MOVQ,
 //! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB,
-//! PMOVMSKB, PUNPCKL*, PSHUFD. None of them touches RFLAGS or raises SIMD floating-point
+//! PMOVMSKB, PUNPCKL*, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate. None of them touches RFLAGS or raises SIMD floating-point
 //! exceptions. A legacy SSE instruction whose 16-byte memory operand is not 16-byte
 //! aligned (other than the unaligned moves) raises #GP on the CPU: left to it.
 //!
@@ -213,6 +213,41 @@ impl Exec<'_, '_, '_> {
                     let sel = (imm >> (2 * i)) & 3;
                     out |= ((v >> (32 * sel)) & 0xffff_ffff) << (32 * i);
                 }
+                self.write_x(s, 0, 16, out, false)
+            }),
+            Code::Psllw_xmm_imm8
+            | Code::Pslld_xmm_imm8
+            | Code::Psllq_xmm_imm8
+            | Code::Psrlw_xmm_imm8
+            | Code::Psrld_xmm_imm8
+            | Code::Psrlq_xmm_imm8
+            | Code::Pslldq_xmm_imm8
+            | Code::Psrldq_xmm_imm8 => self.read_x(s, 0, 16, false).and_then(|v| {
+                let n = u32::from(insn.immediate8());
+                let out = match insn.code() {
+                    Code::Pslldq_xmm_imm8 => v.checked_shl(8 * n).unwrap_or(0),
+                    Code::Psrldq_xmm_imm8 => v.checked_shr(8 * n).unwrap_or(0),
+                    code => {
+                        let (width, left) = match code {
+                            Code::Psllw_xmm_imm8 => (2, true),
+                            Code::Pslld_xmm_imm8 => (4, true),
+                            Code::Psllq_xmm_imm8 => (8, true),
+                            Code::Psrlw_xmm_imm8 => (2, false),
+                            Code::Psrld_xmm_imm8 => (4, false),
+                            _ => (8, false),
+                        };
+                        // A count at or past the lane width clears the lane.
+                        lanes(v, 0, width, |x, _| {
+                            if n >= width * 8 {
+                                0
+                            } else if left {
+                                x << n
+                            } else {
+                                x >> n
+                            }
+                        })
+                    }
+                };
                 self.write_x(s, 0, 16, out, false)
             }),
             _ => match self.binary_op() {
