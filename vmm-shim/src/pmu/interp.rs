@@ -13,7 +13,7 @@
 //! code (MOV/MOVZX/MOVSX/MOVSXD/LEA, the ALU group, INC/DEC/NEG/NOT, shifts and rotates,
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
 //! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
-//! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations ([`mod@sse`]),
+//! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
 //! `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
 //! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
 //! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
