@@ -27,10 +27,11 @@
 //!   lines, direct jumps and calls, returns through a shadow stack or the untouched real
 //!   stack, both arms of a Jcc) until every such flag is written with a defined value
 //!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
-//!   Forms the host can run the same way ([`host_form`]: the logic group, shifts and
-//!   rotates by CL, two-operand IMUL, BT with a register) take their undefined flags from
-//!   the host CPU running the operation ([`mod@host_flags`]): the guest's ring 3 runs on
-//!   that CPU, so that is what the guest would have seen; no proof is needed.
+//!   Forms the host can run in the same encoding (with a register destination: the logic
+//!   group, shifts and rotates by CL, by one or by an immediate, two-operand IMUL, BT;
+//!   the logic group with a memory destination too) take their undefined flags from the
+//!   host CPU running the operation ([`mod@host_flags`]): the guest's ring 3 runs on that
+//!   CPU, so that is what the guest would have seen; no proof is needed.
 //! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
 //!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
 //!   dirty bits are set as the CPU would — only once the instruction completes (a halt
