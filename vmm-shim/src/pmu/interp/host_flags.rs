@@ -107,7 +107,7 @@ pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u6
 
 /// Shifts, rotates and BT by an immediate count, run on the host in the *same encoding*
 /// as the guest's instruction (C0/C1 ib, D0/D1, 0F BA /4 ib), with the operand in
-/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (see [`super::host_form`]).
+/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently).
 /// The instructions are built here, one stub per (operation, size, count), never copied
 /// from the guest: [`ImmForm`] names what may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
