@@ -5,7 +5,7 @@
 //! what the guest would have seen had it run the instruction itself. The interpreter runs
 //! the same operation on the same operands here (between POPFQ and PUSHFQ) and takes the
 //! undefined flags from the result, instead of halting or proving them dead. The defined
-//! flags still come from [`super::alu`] (differentially tested against the CPU).
+//! flags still come from [`mod@super::alu`] (differentially tested against the CPU).
 
 use std::arch::asm;
 
@@ -107,7 +107,8 @@ pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u6
 
 /// Shifts, rotates and BT by an immediate count, run on the host in the *same encoding*
 /// as the guest's instruction (C0/C1 ib, D0/D1, 0F BA /4 ib), with the operand in
-/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently).
+/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (on Intel, `rol $7` and
+/// `rol %cl` with CL = 7 leave OF differently).
 /// The instructions are built here, one stub per (operation, size, count), never copied
 /// from the guest: [`ImmForm`] names what may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
