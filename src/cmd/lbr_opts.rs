@@ -206,6 +206,15 @@ pub fn print_stats(setup: &LbrSetup) {
                  {} stretches, {} handed back to breakpoints",
                 s.vcpu, s.tracer.interpreted, s.tracer.interp_runs, s.tracer.interp_halts,
             );
+            let top = s.tracer.halt_reasons.top(8);
+            if !top.is_empty() {
+                let list: Vec<String> = top.iter().map(|(h, n)| format!("{h} {n}")).collect();
+                eprintln!(
+                    "lbrprof: lbr: vCPU {}: top fall-backs to breakpoints: {}",
+                    s.vcpu,
+                    list.join(", ")
+                );
+            }
         }
         if s.agent_snapshots > 0 || s.agent_lost > 0 {
             eprintln!(

@@ -12,9 +12,10 @@
 //! Only what is implemented exactly runs here: the integer subset compilers emit in hot
 //! code (MOV/MOVZX/MOVSX/MOVSXD/LEA, the ALU group, INC/DEC/NEG/NOT, shifts and rotates,
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
-//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT)
-//! in 64-bit mode at CPL 3. Anything else — another instruction or form, a LOCK prefix, an
-//! FS/GS access, a page fault, an address outside RAM, a data access to a page that holds
+//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
+//! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
+//! `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
+//! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
 //! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
 //! state is exactly that of the boundary before it, and the tracer's breakpoint machinery
 //! takes over from there (so correctness never depends on coverage).
@@ -26,6 +27,11 @@
 //!   lines, direct jumps and calls, returns through a shadow stack or the untouched real
 //!   stack, both arms of a Jcc) until every such flag is written with a defined value
 //!   before anything reads it. Otherwise it halts before the instruction and the CPU runs it.
+//!   Forms the host can run in the same encoding (with a register destination: the logic
+//!   group, shifts and rotates by CL, by one or by an immediate, two-operand IMUL, BT;
+//!   the logic group with a memory destination too) take their undefined flags from the
+//!   host CPU running the operation ([`mod@host_flags`]): the guest's ring 3 runs on that
+//!   CPU, so that is what the guest would have seen; no proof is needed.
 //! * **Memory**: guest-virtual addresses are translated through the guest's 4-level page
 //!   tables with the P, R/W, U/S and XD checks a ring-3 access gets, and the accessed and
 //!   dirty bits are set as the CPU would — only once the instruction completes (a halt
@@ -49,6 +55,8 @@
 //! stale without INVLPG.
 
 pub mod alu;
+pub mod host_flags;
+mod sse;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -148,6 +156,8 @@ pub struct InterpState {
     pub long_mode: bool,
     /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
     pub dr7: u64,
+    /// FS.base (thread-local storage on x86-64 Linux: `%fs:` accesses add it).
+    pub fs_base: u64,
 }
 
 impl InterpState {
@@ -193,6 +203,19 @@ pub enum Halt {
     FlagsLive,
     /// The instruction bytes cannot be fetched (not user-executable or unmapped).
     Fetch,
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halt::Unsupported(m) => write!(f, "{}", format!("{m:?}").to_lowercase()),
+            Halt::Memory => f.write_str("(fault or MMIO)"),
+            Halt::CodePage => f.write_str("(data access to a code page)"),
+            Halt::PageTable => f.write_str("(page-table write)"),
+            Halt::FlagsLive => f.write_str("(undefined flags read)"),
+            Halt::Fetch => f.write_str("(fetch)"),
+        }
+    }
 }
 
 /// What one interpreted instruction did.
@@ -323,10 +346,13 @@ impl Interp {
             g,
             state,
             tlb: FastMap::default(),
+            tlb_fast: [(u64::MAX, Tlb::default()); TLB_FAST],
             pt_pages: Vec::new(),
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
             last_code_page: None,
+            xmm: None,
+            xmm_dirty: false,
         };
         s.translate_noted();
         s
@@ -403,8 +429,15 @@ impl Interp {
     }
 }
 
+/// Entries of [`Session`]'s direct-mapped TLB front.
+const TLB_FAST: usize = 64;
+
+fn tlb_slot(vpage: u64) -> usize {
+    ((vpage / PAGE) as usize) % TLB_FAST
+}
+
 /// A translation the session has made (its own TLB, dropped with the session).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Tlb {
     /// Guest-physical address of the page (4 KiB granularity).
     phys: u64,
@@ -429,6 +462,9 @@ pub struct Session<'a> {
     g: &'a mut dyn GuestAccess,
     state: InterpState,
     tlb: FastMap<u64, Tlb>,
+    /// A direct-mapped copy of recent `tlb` entries (page number → entry), looked up
+    /// first: every instruction fetch and data access translates.
+    tlb_fast: [(u64, Tlb); TLB_FAST],
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
     /// Accessed/dirty bits the current instruction's walks want set: (entry address, the
@@ -440,6 +476,10 @@ pub struct Session<'a> {
     /// The last page code was fetched from, entered in `Interp::code_phys` (as of its
     /// `code_phys_resets`).
     last_code_page: Option<(u64, u64)>,
+    /// XMM0–XMM15, fetched from the vCPU at the first SSE instruction.
+    xmm: Option<[u128; 16]>,
+    /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
+    xmm_dirty: bool,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -447,13 +487,26 @@ pub struct Session<'a> {
 struct PendingWrite {
     addr: u64,
     bytes: usize,
-    value: u64,
+    value: u128,
 }
 
 impl Session<'_> {
     /// The state after the last executed instruction.
     pub fn state(&self) -> &InterpState {
         &self.state
+    }
+
+    /// XMM0–XMM15 after the last executed instruction, when an instruction changed them
+    /// (the caller writes them back with [`GuestAccess::set_xmm`]).
+    pub fn xmm_to_write_back(&self) -> Option<&[u128; 16]> {
+        self.xmm.as_ref().filter(|_| self.xmm_dirty)
+    }
+
+    /// A 16-byte load (two 8-byte halves: as on the CPU, not single-copy atomic).
+    fn read_mem128(&mut self, addr: u64) -> Result<u128, Halt> {
+        let lo = self.read_mem(addr, 8)?;
+        let hi = self.read_mem(addr.wrapping_add(8), 8)?;
+        Ok(u128::from(lo) | (u128::from(hi) << 64))
     }
 
     /// Executes the instruction at RIP, or halts before it (state and memory untouched,
@@ -532,10 +585,11 @@ impl Session<'_> {
             session: self,
             insn: &insn,
             write: None,
+            xmm_write: None,
             undefined: 0,
         };
         let effect = exec.run(&mut n)?;
-        let (write, undefined) = (exec.write, exec.undefined);
+        let (write, undefined, xmm_write) = (exec.write, exec.undefined, exec.xmm_write);
         if let Effect::Branch { to, .. } = effect
             && sext(to, 48) as u64 != to
         {
@@ -575,6 +629,10 @@ impl Session<'_> {
         if let (Some(w), Some(targets)) = (write, targets) {
             self.write_mem(w, targets)?;
         }
+        if let (Some((i, v)), Some(x)) = (xmm_write, self.xmm.as_mut()) {
+            x[i] = v;
+            self.xmm_dirty = true;
+        }
         n.rflags &= !RFLAGS_RF;
         self.state = n;
         Ok(Step {
@@ -596,7 +654,12 @@ impl Session<'_> {
             return Err(Halt::Memory);
         }
         let vpage = gva & !(PAGE - 1);
-        let hit = self.tlb.get(&vpage).copied();
+        let fast = self.tlb_fast[tlb_slot(vpage)];
+        let hit = if fast.0 == vpage {
+            Some(fast.1)
+        } else {
+            self.tlb.get(&vpage).copied()
+        };
         let t = match hit {
             Some(t) if kind != Access::Write || t.dirty => t,
             _ => self.walk(vpage, kind)?,
@@ -760,6 +823,7 @@ impl Session<'_> {
         }
         for (vpage, t) in std::mem::take(&mut self.pending_tlb) {
             self.tlb.insert(vpage, t);
+            self.tlb_fast[tlb_slot(vpage)] = (vpage, t);
         }
         Ok(())
     }
@@ -780,7 +844,7 @@ impl Session<'_> {
                 return Err(Halt::PageTable);
             }
             // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed.
-            let mut probe = [0u8; 8];
+            let mut probe = [0u8; 16];
             self.g
                 .read_phys(pa, &mut probe[..len])
                 .map_err(|_| Halt::Memory)?;
@@ -795,13 +859,14 @@ impl Session<'_> {
         w: PendingWrite,
         (targets, count): ([(u64, usize); 2], usize),
     ) -> Result<(), Halt> {
-        if count == 1 && w.addr.is_multiple_of(w.bytes as u64) {
+        if count == 1 && w.bytes <= 8 && w.addr.is_multiple_of(w.bytes as u64) {
             // Naturally aligned: one access, single-copy atomic as the guest's store.
             return self
                 .g
-                .write_phys_aligned(targets[0].0, w.bytes, w.value)
+                .write_phys_aligned(targets[0].0, w.bytes, w.value as u64)
                 .map_err(|_| Halt::Memory);
         }
+        // (A 16-byte SSE store is not single-copy atomic on the CPU either.)
         let bytes = w.value.to_le_bytes();
         let mut done = 0;
         for &(pa, len) in &targets[..count] {
@@ -1174,6 +1239,8 @@ struct Exec<'s, 'a, 'i> {
     session: &'s mut Session<'a>,
     insn: &'i Instruction,
     write: Option<PendingWrite>,
+    /// An XMM register the instruction writes, committed with the rest.
+    xmm_write: Option<(usize, u128)>,
     /// Status flags the instruction leaves undefined.
     undefined: u64,
 }
@@ -1183,15 +1250,16 @@ impl Exec<'_, '_, '_> {
         Halt::Unsupported(self.insn.mnemonic())
     }
 
-    /// The effective address of memory operand `i` (no segment base: ES/CS/SS/DS are flat
-    /// in 64-bit mode; FS/GS are refused).
+    /// The effective address of memory operand `i` (ES/CS/SS/DS are flat in 64-bit mode;
+    /// FS adds FS.base; GS is refused).
     fn address(&self, s: &InterpState, i: u32) -> Result<u64, Halt> {
-        if matches!(self.insn.memory_segment(), Register::FS | Register::GS) {
+        if self.insn.memory_segment() == Register::GS {
             return Err(self.unsupported());
         }
         self.insn
             .virtual_address(i, 0, |reg, _, _| match reg {
                 Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+                Register::FS => Some(s.fs_base),
                 r => get_reg(s, r),
             })
             .ok_or_else(|| self.unsupported())
@@ -1236,7 +1304,7 @@ impl Exec<'_, '_, '_> {
         self.write = Some(PendingWrite {
             addr,
             bytes: (bits / 8) as usize,
-            value: v & mask(bits),
+            value: u128::from(v & mask(bits)),
         });
         Ok(())
     }
@@ -1260,8 +1328,29 @@ impl Exec<'_, '_, '_> {
 
     fn apply_alu(&mut self, s: &mut InterpState, op: Op, bits: u32, a: u64, b: u64) -> u64 {
         let out = alu(op, bits, a, b, s.rflags);
-        s.rflags = (s.rflags & !STATUS) | (out.rflags & STATUS);
-        self.undefined |= out.undefined;
+        let mut status = out.rflags & STATUS;
+        if out.undefined != 0 {
+            // What the CPU leaves in them is what the guest, running on it, would see.
+            // Only with a register destination: on Intel, `rolb $5,(%rbx)` and `rol $5,%al`
+            // leave OF differently. The logic group's AF is the same for every form (the
+            // memory forms are in the differential tests).
+            let logic = matches!(
+                self.insn.mnemonic(),
+                Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Test
+            );
+            let reg_dst = self.insn.op0_kind() == OpKind::Register;
+            let host = match imm_form(self.insn).filter(|_| reg_dst) {
+                Some(form) => host_flags::status_after_imm(form, bits, a, s.rflags),
+                None => ((reg_dst || logic) && host_form(self.insn))
+                    .then(|| host_flags::status_after(op, bits, a, b, s.rflags))
+                    .flatten(),
+            };
+            match host {
+                Some(host) => status = (status & !out.undefined) | (host & out.undefined),
+                None => self.undefined |= out.undefined,
+            }
+        }
+        s.rflags = (s.rflags & !STATUS) | status;
         out.value
     }
 
@@ -1270,6 +1359,9 @@ impl Exec<'_, '_, '_> {
         let insn = self.insn;
         if insn.has_lock_prefix() || insn.has_xacquire_prefix() || insn.has_xrelease_prefix() {
             return Err(self.unsupported());
+        }
+        if let Some(r) = self.run_sse(s) {
+            return r;
         }
         let alu_op = match insn.mnemonic() {
             Mnemonic::Add => Some(Op::Add),
@@ -1341,6 +1433,52 @@ impl Exec<'_, '_, '_> {
                 };
                 let v = self.apply_alu(s, Op::Imul, bits, a, b);
                 self.write_op(s, 0, bits, v)?;
+            }
+            Mnemonic::Bsf
+            | Mnemonic::Bsr
+            | Mnemonic::Tzcnt
+            | Mnemonic::Lzcnt
+            | Mnemonic::Popcnt
+                if insn.op0_kind() == OpKind::Register =>
+            {
+                use host_flags::BitScan;
+                let op = match insn.mnemonic() {
+                    Mnemonic::Bsf => BitScan::Bsf,
+                    Mnemonic::Bsr => BitScan::Bsr,
+                    Mnemonic::Tzcnt => BitScan::Tzcnt,
+                    Mnemonic::Lzcnt => BitScan::Lzcnt,
+                    _ => BitScan::Popcnt,
+                };
+                let bits = self.bits(0)?;
+                let src = self.read(s, 1, bits)?;
+                // The whole register: what a zero source leaves in it is the CPU's.
+                let full = insn.op0_register().full_register();
+                let dst = get_reg(s, full).ok_or_else(|| self.unsupported())?;
+                let (v, status) = host_flags::bit_scan(op, bits, dst, src, s.rflags)
+                    .ok_or_else(|| self.unsupported())?;
+                set_reg(s, full, v).ok_or_else(|| self.unsupported())?;
+                s.rflags = (s.rflags & !STATUS) | status;
+            }
+            Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv
+                if insn.op_count() == 1 =>
+            {
+                let op = match insn.mnemonic() {
+                    Mnemonic::Mul => host_flags::Wide::Mul,
+                    Mnemonic::Imul => host_flags::Wide::Imul,
+                    Mnemonic::Div => host_flags::Wide::Div,
+                    _ => host_flags::Wide::Idiv,
+                };
+                let bits = self.bits(0)?;
+                let src = self.read(s, 0, bits)?;
+                // The host runs the same instruction: its values, and the flags the SDM
+                // leaves undefined (all of them for DIV/IDIV), are the guest's. A divide
+                // that would raise #DE is left to the CPU.
+                let (rax, rdx, status) =
+                    host_flags::wide(op, bits, s.gpr[0], s.gpr[2], src, s.rflags)
+                        .ok_or_else(|| self.unsupported())?;
+                s.gpr[0] = rax;
+                s.gpr[2] = rdx;
+                s.rflags = (s.rflags & !STATUS) | status;
             }
             Mnemonic::Bt if insn.op0_kind() == OpKind::Register => {
                 let bits = self.bits(0)?;
@@ -1458,6 +1596,110 @@ impl Exec<'_, '_, '_> {
             _ => return Err(self.unsupported()),
         }
         Ok(Effect::Next)
+    }
+}
+
+/// Whether the host runs `insn` the way [`host_flags`] does, so that its undefined flags
+/// can be taken from there: undefined flags depend on the encoding as well as the
+/// operation (on Intel, `rol $7` and `rol %cl` with CL = 7 leave OF differently, and so do
+/// register and memory destinations), so only the forms it executes qualify, with a
+/// register destination: the logic group (AF), shifts and rotates by CL, two-operand IMUL
+/// and BT with a register offset, and [`imm_form`]'s stubs. Other forms keep the liveness
+/// proof.
+fn host_form(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Test => true,
+        Mnemonic::Shl
+        | Mnemonic::Sal
+        | Mnemonic::Shr
+        | Mnemonic::Sar
+        | Mnemonic::Rol
+        | Mnemonic::Ror => insn.op_count() == 2 && insn.op1_register() == Register::CL,
+        Mnemonic::Imul => {
+            insn.op_count() == 2
+                && matches!(
+                    insn.code(),
+                    Code::Imul_r16_rm16 | Code::Imul_r32_rm32 | Code::Imul_r64_rm64
+                )
+        }
+        Mnemonic::Bt => matches!(
+            insn.code(),
+            Code::Bt_rm16_r16 | Code::Bt_rm32_r32 | Code::Bt_rm64_r64
+        ),
+        _ => false,
+    }
+}
+
+/// The host stub that runs `insn`'s encoding ([`host_flags::ImmForm`]): shifts and
+/// rotates by an immediate or by one, BT with an immediate.
+fn imm_form(insn: &Instruction) -> Option<host_flags::ImmForm> {
+    use host_flags::ImmForm;
+    let digit = match insn.mnemonic() {
+        Mnemonic::Rol => 0,
+        Mnemonic::Ror => 1,
+        Mnemonic::Shl | Mnemonic::Sal => 4,
+        Mnemonic::Shr => 5,
+        Mnemonic::Sar => 7,
+        Mnemonic::Bt => {
+            return matches!(
+                insn.code(),
+                Code::Bt_rm16_imm8 | Code::Bt_rm32_imm8 | Code::Bt_rm64_imm8
+            )
+            .then(|| ImmForm::BtImm {
+                offset: insn.immediate8(),
+            });
+        }
+        _ => return None,
+    };
+    // SAL (/6) is SHL's alias encoding: the stub is built with /4, so leave /6 alone.
+    if insn.mnemonic() == Mnemonic::Sal {
+        return None;
+    }
+    match insn.code() {
+        Code::Rol_rm8_1
+        | Code::Rol_rm16_1
+        | Code::Rol_rm32_1
+        | Code::Rol_rm64_1
+        | Code::Ror_rm8_1
+        | Code::Ror_rm16_1
+        | Code::Ror_rm32_1
+        | Code::Ror_rm64_1
+        | Code::Shl_rm8_1
+        | Code::Shl_rm16_1
+        | Code::Shl_rm32_1
+        | Code::Shl_rm64_1
+        | Code::Shr_rm8_1
+        | Code::Shr_rm16_1
+        | Code::Shr_rm32_1
+        | Code::Shr_rm64_1
+        | Code::Sar_rm8_1
+        | Code::Sar_rm16_1
+        | Code::Sar_rm32_1
+        | Code::Sar_rm64_1 => Some(ImmForm::ShiftOne { digit }),
+        Code::Rol_rm8_imm8
+        | Code::Rol_rm16_imm8
+        | Code::Rol_rm32_imm8
+        | Code::Rol_rm64_imm8
+        | Code::Ror_rm8_imm8
+        | Code::Ror_rm16_imm8
+        | Code::Ror_rm32_imm8
+        | Code::Ror_rm64_imm8
+        | Code::Shl_rm8_imm8
+        | Code::Shl_rm16_imm8
+        | Code::Shl_rm32_imm8
+        | Code::Shl_rm64_imm8
+        | Code::Shr_rm8_imm8
+        | Code::Shr_rm16_imm8
+        | Code::Shr_rm32_imm8
+        | Code::Shr_rm64_imm8
+        | Code::Sar_rm8_imm8
+        | Code::Sar_rm16_imm8
+        | Code::Sar_rm32_imm8
+        | Code::Sar_rm64_imm8 => Some(ImmForm::ShiftImm {
+            digit,
+            count: insn.immediate8(),
+        }),
+        _ => None,
     }
 }
 

@@ -1170,6 +1170,8 @@ impl GuestAccess for CtxGuest<'_, '_> {
             long_mode: sregs.cs.l != 0,
             // The guest's own breakpoints (KVM keeps the shim's guest-debug ones apart).
             dr7: self.ctx.vcpu.get_debug_regs().ok()?.dr7,
+            // At a trap too: the patched handler (`out`, `iretq`) does not touch FS.
+            fs_base: sregs.fs.base,
         };
         if let Some(t) = self.trap {
             // TF in the frame is the shim's stepping, not the guest's.
@@ -1207,6 +1209,22 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::Unavailable { what: "registers" })?;
         self.state = Some((r, sregs));
         Ok(())
+    }
+
+    fn xmm(&mut self) -> Option<[u128; 16]> {
+        // At a trap the shim's patched handler has not run a single SSE instruction, so the
+        // registers are still the interrupted context's.
+        let fpu = self.ctx.vcpu.get_fpu().ok()?;
+        Some(fpu.xmm.map(u128::from_le_bytes))
+    }
+
+    fn set_xmm(&mut self, xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+        let unavailable = GuestAccessError::Unavailable {
+            what: "XMM registers",
+        };
+        let mut fpu = self.ctx.vcpu.get_fpu().map_err(|_| unavailable.clone())?;
+        fpu.xmm = xmm.map(u128::to_le_bytes);
+        self.ctx.vcpu.set_fpu(&fpu).map_err(|_| unavailable)
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {

@@ -113,6 +113,19 @@ pub trait GuestAccess {
         Err(GuestAccessError::Unavailable { what: "registers" })
     }
 
+    /// XMM0–XMM15 as the vCPU holds them (for the interpreter's SSE instructions), or
+    /// `None` when they cannot be read here.
+    fn xmm(&mut self) -> Option<[u128; 16]> {
+        None
+    }
+
+    /// Writes XMM0–XMM15 back before the vCPU runs again.
+    fn set_xmm(&mut self, _xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+        Err(GuestAccessError::Unavailable {
+            what: "XMM registers",
+        })
+    }
+
     /// Reads guest-physical memory (guest RAM only).
     fn read_phys(&mut self, gpa: u64, _buf: &mut [u8]) -> Result<(), GuestAccessError> {
         Err(GuestAccessError::NotRam { gpa })
@@ -240,6 +253,51 @@ pub struct TracerStats {
     /// Stretches that ended at an instruction the interpreter left to the CPU (the
     /// breakpoint machinery took over there).
     pub interp_halts: u64,
+    /// Why those stretches ended (the instructions worth interpreting next).
+    pub halt_reasons: HaltCounts,
+}
+
+/// Counts per [`Halt`] reason, for the first [`HaltCounts::SLOTS`] distinct reasons seen
+/// (later ones are counted together): fixed size, so the statistics stay `Copy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HaltCounts {
+    slots: [Option<(Halt, u64)>; HaltCounts::SLOTS],
+    /// Halts whose reason found no free slot.
+    pub other: u64,
+}
+
+impl HaltCounts {
+    /// Distinct reasons counted apart.
+    pub const SLOTS: usize = 32;
+
+    pub fn add(&mut self, h: Halt) {
+        for slot in self.slots.iter_mut() {
+            match slot {
+                Some((k, n)) if *k == h => {
+                    *n += 1;
+                    return;
+                }
+                None => {
+                    *slot = Some((h, 1));
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        self.other += 1;
+    }
+
+    /// The `n` most frequent reasons, most frequent first (ties by name, so the order is
+    /// deterministic).
+    pub fn top(&self, n: usize) -> Vec<(Halt, u64)> {
+        let mut v: Vec<(Halt, u64)> = self.slots.iter().flatten().copied().collect();
+        v.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        v.truncate(n);
+        v
+    }
 }
 
 /// A straight-line run of instructions ending at a control transfer (or a scan limit).
@@ -702,16 +760,21 @@ impl Tracer {
             }
         }
         let after = *session.state();
+        let xmm = session.xmm_to_write_back().copied();
         drop(session);
         self.interp = interp;
         self.stats.interp_runs += 1;
         self.stats.interpreted += ran;
         if let Some(h) = halt {
             self.stats.interp_halts += 1;
+            self.stats.halt_reasons.add(h);
             log_halt(after.rip, h);
         }
         if ran == 0 {
             return Ok(None);
+        }
+        if let Some(x) = xmm {
+            g.set_xmm(&x)?;
         }
         g.set_interp_state(&after)?;
         cpu.rip = after.rip;

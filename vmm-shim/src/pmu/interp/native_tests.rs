@@ -99,6 +99,55 @@ impl CodePage {
     }
 }
 
+/// Where [`CodePage::run_xmm`] keeps XMM0–XMM15 on the page.
+const XMM_AREA: usize = 0x800;
+
+impl CodePage {
+    /// [`CodePage::run`] with XMM0–XMM15 loaded before the instruction and stored after it
+    /// (RIP-relative MOVDQU to an area on the page: no register or flag is touched).
+    fn run_xmm(&self, code: &[u8], regs: &mut [u64; 16], flags: &mut u64, xmm: &mut [u128; 16]) {
+        let mut seq = Vec::new();
+        let movdqu = |seq: &mut Vec<u8>, n: usize, store: bool| {
+            seq.push(0xf3);
+            if n >= 8 {
+                seq.push(0x44);
+            }
+            seq.extend([
+                0x0f,
+                if store { 0x7f } else { 0x6f },
+                (((n & 7) as u8) << 3) | 0b101,
+            ]);
+            let next = seq.len() + 4;
+            let disp = (XMM_AREA + 16 * n) as i64 - next as i64;
+            seq.extend((disp as i32).to_le_bytes());
+        };
+        for n in 0..16 {
+            movdqu(&mut seq, n, false);
+        }
+        seq.extend_from_slice(code);
+        for n in 0..16 {
+            movdqu(&mut seq, n, true);
+        }
+        assert!(seq.len() < XMM_AREA);
+        // SAFETY: the page is ours, writable and 4096 bytes long; the area is within it.
+        unsafe {
+            for (n, v) in xmm.iter().enumerate() {
+                let p = self.0.add(XMM_AREA + 16 * n);
+                std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), p, 16);
+            }
+        }
+        self.run(&seq, regs, flags);
+        for (n, v) in xmm.iter_mut().enumerate() {
+            let mut b = [0u8; 16];
+            // SAFETY: as above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.0.add(XMM_AREA + 16 * n), b.as_mut_ptr(), 16)
+            };
+            *v = u128::from_le_bytes(b);
+        }
+    }
+}
+
 impl Drop for CodePage {
     fn drop(&mut self) {
         // SAFETY: the mapping made in new(), unmapped once.
@@ -192,6 +241,70 @@ const FORMS: &[(&str, &[u8])] = &[
     ("ror %cl,%sil", &[0x40, 0xd2, 0xce]),
     ("ror %r14", &[0x49, 0xd1, 0xce]),
     ("imul %rcx,%rax", &[0x48, 0x0f, 0xaf, 0xc1]),
+    // SSE/SSE2 (issue 14): moves, logic, compares, lane arithmetic, shuffles.
+    ("movups %xmm1,%xmm2", &[0x0f, 0x10, 0xd1]),
+    ("movaps %xmm9,%xmm3", &[0x41, 0x0f, 0x28, 0xd9]),
+    ("movdqa %xmm4,%xmm12", &[0x66, 0x44, 0x0f, 0x6f, 0xe4]),
+    ("movdqu %xmm15,%xmm0", &[0xf3, 0x41, 0x0f, 0x6f, 0xc7]),
+    ("movapd %xmm5,%xmm6", &[0x66, 0x0f, 0x28, 0xf5]),
+    ("movd %eax,%xmm3", &[0x66, 0x0f, 0x6e, 0xd8]),
+    ("movd %r9d,%xmm10", &[0x66, 0x45, 0x0f, 0x6e, 0xd1]),
+    ("movq %rcx,%xmm5", &[0x66, 0x48, 0x0f, 0x6e, 0xe9]),
+    ("movd %xmm7,%edx", &[0x66, 0x0f, 0x7e, 0xfa]),
+    ("movq %xmm11,%r8", &[0x66, 0x4d, 0x0f, 0x7e, 0xd8]),
+    ("movq %xmm2,%xmm9", &[0xf3, 0x44, 0x0f, 0x7e, 0xca]),
+    ("pxor %xmm1,%xmm1", &[0x66, 0x0f, 0xef, 0xc9]),
+    ("pxor %xmm3,%xmm4", &[0x66, 0x0f, 0xef, 0xe3]),
+    ("por %xmm8,%xmm2", &[0x66, 0x41, 0x0f, 0xeb, 0xd0]),
+    ("pand %xmm5,%xmm6", &[0x66, 0x0f, 0xdb, 0xf5]),
+    ("pandn %xmm7,%xmm1", &[0x66, 0x0f, 0xdf, 0xcf]),
+    ("xorps %xmm2,%xmm3", &[0x0f, 0x57, 0xda]),
+    ("andpd %xmm4,%xmm5", &[0x66, 0x0f, 0x54, 0xec]),
+    ("pcmpeqb %xmm1,%xmm2", &[0x66, 0x0f, 0x74, 0xd1]),
+    ("pcmpeqw %xmm3,%xmm4", &[0x66, 0x0f, 0x75, 0xe3]),
+    ("pcmpeqd %xmm5,%xmm14", &[0x66, 0x44, 0x0f, 0x76, 0xf5]),
+    ("pcmpgtb %xmm6,%xmm7", &[0x66, 0x0f, 0x64, 0xfe]),
+    ("pcmpgtd %xmm8,%xmm9", &[0x66, 0x45, 0x0f, 0x66, 0xc8]),
+    ("pminub %xmm10,%xmm11", &[0x66, 0x45, 0x0f, 0xda, 0xda]),
+    ("pmaxub %xmm12,%xmm13", &[0x66, 0x45, 0x0f, 0xde, 0xec]),
+    ("paddb %xmm1,%xmm2", &[0x66, 0x0f, 0xfc, 0xd1]),
+    ("paddq %xmm3,%xmm4", &[0x66, 0x0f, 0xd4, 0xe3]),
+    ("psubw %xmm5,%xmm6", &[0x66, 0x0f, 0xf9, 0xf5]),
+    ("psubd %xmm7,%xmm8", &[0x66, 0x44, 0x0f, 0xfa, 0xc7]),
+    ("pmovmskb %xmm3,%eax", &[0x66, 0x0f, 0xd7, 0xc3]),
+    ("pmovmskb %xmm12,%r10d", &[0x66, 0x45, 0x0f, 0xd7, 0xd4]),
+    ("punpcklbw %xmm1,%xmm2", &[0x66, 0x0f, 0x60, 0xd1]),
+    ("punpcklwd %xmm3,%xmm4", &[0x66, 0x0f, 0x61, 0xe3]),
+    ("punpckldq %xmm5,%xmm6", &[0x66, 0x0f, 0x62, 0xf5]),
+    ("punpcklqdq %xmm7,%xmm8", &[0x66, 0x44, 0x0f, 0x6c, 0xc7]),
+    ("pshufd $0x1b,%xmm1,%xmm2", &[0x66, 0x0f, 0x70, 0xd1, 0x1b]),
+    (
+        "pshufd $0x0,%xmm9,%xmm3",
+        &[0x66, 0x41, 0x0f, 0x70, 0xd9, 0x00],
+    ),
+    ("psrlq $0x7,%xmm1", &[0x66, 0x0f, 0x73, 0xd1, 0x07]),
+    ("psrlq $0x40,%xmm2", &[0x66, 0x0f, 0x73, 0xd2, 0x40]),
+    ("psllq $0x21,%xmm3", &[0x66, 0x0f, 0x73, 0xf3, 0x21]),
+    ("psrld $0x5,%xmm9", &[0x66, 0x41, 0x0f, 0x72, 0xd1, 0x05]),
+    ("pslld $0x1f,%xmm4", &[0x66, 0x0f, 0x72, 0xf4, 0x1f]),
+    ("psrlw $0x3,%xmm5", &[0x66, 0x0f, 0x71, 0xd5, 0x03]),
+    ("psllw $0x11,%xmm6", &[0x66, 0x0f, 0x71, 0xf6, 0x11]),
+    ("pslldq $0x3,%xmm7", &[0x66, 0x0f, 0x73, 0xff, 0x03]),
+    ("psrldq $0x9,%xmm12", &[0x66, 0x41, 0x0f, 0x73, 0xdc, 0x09]),
+    ("psrldq $0x10,%xmm0", &[0x66, 0x0f, 0x73, 0xd8, 0x10]),
+    // Bit scans and counts (issue 14), run as the host runs them.
+    ("bsf %rcx,%rax", &[0x48, 0x0f, 0xbc, 0xc1]),
+    ("bsr %edx,%ebx", &[0x0f, 0xbd, 0xda]),
+    ("tzcnt %r9,%r10", &[0xf3, 0x4d, 0x0f, 0xbc, 0xd1]),
+    ("lzcnt %esi,%edi", &[0xf3, 0x0f, 0xbd, 0xfe]),
+    ("popcnt %rax,%rcx", &[0xf3, 0x48, 0x0f, 0xb8, 0xc8]),
+    ("bsf %cx,%dx", &[0x66, 0x0f, 0xbc, 0xd1]),
+    // One-operand multiplies (issue 14): RDX:RAX, EDX:EAX, DX:AX and AX.
+    ("mul %rcx", &[0x48, 0xf7, 0xe1]),
+    ("imul %ebx", &[0xf7, 0xeb]),
+    ("mul %cl", &[0xf6, 0xe1]),
+    ("imul %si", &[0x66, 0xf7, 0xee]),
+    ("imul %r9", &[0x49, 0xf7, 0xe9]),
     ("imul %r8d,%ebx", &[0x41, 0x0f, 0xaf, 0xd8]),
     (
         "imul $0x51eb851f,%rax,%rcx",
@@ -311,13 +424,24 @@ fn every_register_form_matches_the_cpu() {
             let flags_in = (next() & STATUS) | 2;
             let mut native_regs = regs;
             let mut native_flags = flags_in;
-            page.run(code, &mut native_regs, &mut native_flags);
+            let xmm_in: [u128; 16] = std::array::from_fn(|i| {
+                // Equal lanes now and then, so compares see both outcomes.
+                let v = u128::from(next()) | (u128::from(next()) << 64);
+                if i % 3 == 0 {
+                    v & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff
+                } else {
+                    v
+                }
+            });
+            let mut native_xmm = xmm_in;
+            page.run_xmm(code, &mut native_regs, &mut native_flags, &mut native_xmm);
 
             // The interpreter: the same instruction, then `cmp %eax,%eax` so that flags
             // it leaves undefined are provably dead.
             let mut bytes = code.to_vec();
             bytes.extend([0x39, 0xc0, 0xf4]);
             let mut m = Machine::new(&bytes);
+            m.xmm = xmm_in;
             let mut s = tests::state();
             let sp = s.gpr[RSP];
             s.gpr = regs;
@@ -329,7 +453,19 @@ fn every_register_form_matches_the_cpu() {
                 .step()
                 .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
             let after = *session.state();
+            let after_xmm = session.xmm_to_write_back().copied().unwrap_or(xmm_in);
+            assert_eq!(
+                after_xmm, native_xmm,
+                "{text}: XMM registers from {xmm_in:x?}"
+            );
             assert_eq!(step.next, tests::CODE + code.len() as u64, "{text}");
+            // Forms whose undefined flags come from the host leave none undefined: every
+            // flag is compared below.
+            let insn = Decoder::with_ip(64, code, 0, DecoderOptions::NONE).decode();
+            let reg_dst = insn.op0_kind() == OpKind::Register;
+            if reg_dst && (host_form(&insn) || imm_form(&insn).is_some()) {
+                assert_eq!(step.undefined, 0, "{text}: undefined flags left");
+            }
             for i in (0..16).filter(|&i| i != RSP) {
                 assert_eq!(
                     after.gpr[i], native_regs[i],
@@ -398,6 +534,43 @@ const MEMORY_FORMS: &[(&str, &[u8])] = &[
     ("setb 0x3(%rbx)", &[0x0f, 0x92, 0x43, 0x03]),
     ("sete 0xf(%rbx)", &[0x0f, 0x94, 0x43, 0x0f]),
     ("mov 0x3(%rbx),%rax", &[0x48, 0x8b, 0x43, 0x03]),
+    ("mulq 0x8(%rbx)", &[0x48, 0xf7, 0x63, 0x08]),
+    ("bsr 0x8(%rbx),%rax", &[0x48, 0x0f, 0xbd, 0x43, 0x08]),
+    // The logic group with a memory destination: AF from the host (compared here).
+    ("testb $0x2,0x9(%rbx)", &[0xf6, 0x43, 0x09, 0x02]),
+    ("test %rax,0x10(%rbx)", &[0x48, 0x85, 0x43, 0x10]),
+    ("and %eax,0x4(%rbx)", &[0x21, 0x43, 0x04]),
+    (
+        "orw $0x101,0x6(%rbx)",
+        &[0x66, 0x81, 0x4b, 0x06, 0x01, 0x01],
+    ),
+    ("xor %cl,0x3(%rbx)", &[0x30, 0x4b, 0x03]),
+    // SSE/SSE2 (issue 14): aligned, unaligned and page-crossing loads and stores.
+    ("movups 0x3(%rbx),%xmm1", &[0x0f, 0x10, 0x4b, 0x03]),
+    ("movups %xmm2,0x5(%rbx)", &[0x0f, 0x11, 0x53, 0x05]),
+    ("movaps 0x20(%rbx),%xmm3", &[0x0f, 0x28, 0x5b, 0x20]),
+    ("movdqa %xmm4,0x30(%rbx)", &[0x66, 0x0f, 0x7f, 0x63, 0x30]),
+    (
+        "movdqu 0xff9(%rbx),%xmm5",
+        &[0xf3, 0x0f, 0x6f, 0xab, 0xf9, 0x0f, 0x00, 0x00],
+    ),
+    ("movq 0x8(%rbx),%xmm6", &[0xf3, 0x0f, 0x7e, 0x73, 0x08]),
+    ("movq %xmm7,0x18(%rbx)", &[0x66, 0x0f, 0xd6, 0x7b, 0x18]),
+    (
+        "movd 0x4(%rbx),%xmm8",
+        &[0x66, 0x44, 0x0f, 0x6e, 0x43, 0x04],
+    ),
+    (
+        "movd %xmm9,0xc(%rbx)",
+        &[0x66, 0x44, 0x0f, 0x7e, 0x4b, 0x0c],
+    ),
+    ("movlpd 0x10(%rbx),%xmm1", &[0x66, 0x0f, 0x12, 0x4b, 0x10]),
+    ("movhpd 0x18(%rbx),%xmm2", &[0x66, 0x0f, 0x16, 0x53, 0x18]),
+    ("movlps %xmm3,0x28(%rbx)", &[0x0f, 0x13, 0x5b, 0x28]),
+    ("movhps %xmm4,0x38(%rbx)", &[0x0f, 0x17, 0x63, 0x38]),
+    ("pcmpeqb 0x40(%rbx),%xmm0", &[0x66, 0x0f, 0x74, 0x43, 0x40]),
+    ("pxor 0x50(%rbx),%xmm1", &[0x66, 0x0f, 0xef, 0x4b, 0x50]),
+    ("pminub 0x60(%rbx),%xmm2", &[0x66, 0x0f, 0xda, 0x53, 0x60]),
     (
         "add %rax,0x3ffd(%rbx)",
         &[0x48, 0x01, 0x83, 0xfd, 0x3f, 0x00, 0x00],
@@ -454,11 +627,15 @@ fn every_memory_form_matches_the_cpu() {
             native_mem.copy_from_slice(&data);
             let mut native_regs = regs;
             let mut native_flags = flags_in;
-            page.run(code, &mut native_regs, &mut native_flags);
+            let xmm_in: [u128; 16] =
+                std::array::from_fn(|_| u128::from(next()) | (u128::from(next()) << 64));
+            let mut native_xmm = xmm_in;
+            page.run_xmm(code, &mut native_regs, &mut native_flags, &mut native_xmm);
 
             let mut bytes = code.to_vec();
             bytes.extend([0x39, 0xc0, 0xf4]); // cmp %eax,%eax ; hlt
             let mut m = Machine::new(&bytes);
+            m.xmm = xmm_in;
             let at = tests::DATA as usize;
             m.mem[at..at + DATA_LEN].copy_from_slice(&data);
             let mut s = tests::state();
@@ -472,7 +649,15 @@ fn every_memory_form_matches_the_cpu() {
                 .step()
                 .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
             let after = *session.state();
+            let after_xmm = session.xmm_to_write_back().copied().unwrap_or(xmm_in);
             drop(session);
+            if ["test", "and", "or", "xor"]
+                .iter()
+                .any(|m| text.starts_with(m))
+            {
+                assert_eq!(step.undefined, 0, "{text}: undefined flags left");
+            }
+            assert_eq!(after_xmm, native_xmm, "{text}: XMM registers");
             for i in (0..16).filter(|&i| i != RSP) {
                 assert_eq!(after.gpr[i], native_regs[i], "{text}: register {i}");
             }

@@ -41,8 +41,8 @@ fn with_targets(code: &[u8]) -> Vec<u8> {
 /// where the PUSH said, not where the stack said before the instruction.
 #[test]
 fn a_push_after_a_pop_rewrites_the_return_slot_the_search_reads() {
-    // shl $2,%rax (OF, AF undefined) ; pop %rcx ; push %rdx ; ret
-    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x59, 0x52, 0xc3]);
+    // sal $2,%rax (C1 /6) (OF, AF undefined) ; pop %rcx ; push %rdx ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xf0, 0x02, 0x59, 0x52, 0xc3]);
     let mut m = Machine::new(&code);
     let mut s = state();
     put(&mut m, s.gpr[RSP], CODE + 0x10);
@@ -56,13 +56,13 @@ fn a_push_after_a_pop_rewrites_the_return_slot_the_search_reads() {
 /// be taken as proven because the first (with the untouched stack) was.
 #[test]
 fn a_path_that_wrote_memory_is_not_merged_with_one_that_did_not() {
-    // 0x200000: shl $2,%rax        (OF, AF undefined; ZF from the result)
+    // 0x200000: sal $2,%rax (C1 /6)        (OF, AF undefined; ZF from the result)
     // 0x200004: je 0x200007
     // 0x200006: ret
     // 0x200007: mov %rbx,(%rsp)
     // 0x20000b: jmp 0x200006
     let code = with_targets(&[
-        0x48, 0xc1, 0xe0, 0x02, 0x74, 0x01, 0xc3, 0x48, 0x89, 0x1c, 0x24, 0xeb, 0xf9,
+        0x48, 0xc1, 0xf0, 0x02, 0x74, 0x01, 0xc3, 0x48, 0x89, 0x1c, 0x24, 0xeb, 0xf9,
     ]);
     let mut m = Machine::new(&code);
     let mut s = state();
@@ -77,8 +77,8 @@ fn a_path_that_wrote_memory_is_not_merged_with_one_that_did_not() {
 /// `xchg %rdx,%rsp` writes RSP through its second operand.
 #[test]
 fn an_xchg_into_rsp_is_not_a_static_stack_move() {
-    // shl $2,%rax ; xchg %rsp,%rdx ; ret
-    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x48, 0x87, 0xe2, 0xc3]);
+    // sal $2,%rax (C1 /6) ; xchg %rsp,%rdx ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xf0, 0x02, 0x48, 0x87, 0xe2, 0xc3]);
     let mut m = Machine::new(&code);
     let mut s = state();
     put(&mut m, s.gpr[RSP], CODE + 0x10);
@@ -97,8 +97,8 @@ fn a_double_shift_past_the_operand_size_defines_no_flag() {
     let insn = d.decode();
     assert_eq!(insn.mnemonic(), Mnemonic::Shld);
     assert_eq!(defined_writes(&insn), 0);
-    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; shld $20,%bx,%cx ; pushfq
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0x66, 0x0f, 0xa4, 0xd9, 0x14, 0x9c]);
+    // imul $3,%rcx,%rax (SF/ZF/AF/PF undefined) ; shld $20,%bx,%cx ; pushfq
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0x66, 0x0f, 0xa4, 0xd9, 0x14, 0x9c]);
     let mut m = Machine::new(&code);
     let (steps, halt, _) = run(&mut m, state());
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
@@ -134,8 +134,8 @@ fn a_halted_instruction_sets_no_accessed_or_dirty_bit() {
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::Memory));
     assert!(m.mem == before, "the page tables changed");
-    // imul (%rbx),%rax (ZF undefined) ; je
-    let mut m = Machine::new(&[0x48, 0x0f, 0xaf, 0x03, 0x74, 0x00, 0xf4]);
+    // imul $3,(%rbx),%rax (ZF undefined) ; je
+    let mut m = Machine::new(&[0x48, 0x6b, 0x03, 0x03, 0x74, 0x00, 0xf4]);
     let before = m.mem.clone();
     let mut s = state();
     s.gpr[3] = DATA + 0x100;
@@ -163,8 +163,8 @@ fn code_rewritten_between_stretches_is_decoded_again() {
 /// A liveness verdict cached from code that changed since is not reused.
 #[test]
 fn a_cached_liveness_verdict_follows_rewritten_code() {
-    // shl $2,%rax ; add %rax,%rbx ; hlt   then the ADD becomes pushfq ; nop ; nop
-    let mut m = Machine::new(&[0x48, 0xc1, 0xe0, 0x02, 0x48, 0x01, 0xc3, 0xf4]);
+    // sal $2,%rax (C1 /6) ; add %rax,%rbx ; hlt   then the ADD becomes pushfq ; nop ; nop
+    let mut m = Machine::new(&[0x48, 0xc1, 0xf0, 0x02, 0x48, 0x01, 0xc3, 0xf4]);
     let mut interp = Interp::default();
     let s = state();
     let (steps, _, _) = run_with(&mut interp, &mut m, s);
@@ -396,10 +396,10 @@ fn armed_guest_breakpoints_are_refused() {
 /// through the new stack, not to the call's shadow return address.
 #[test]
 fn a_stack_switch_inside_a_followed_call_is_not_a_shadow_return() {
-    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200000: sal $2,%rax (C1 /6) ; call 0x200030 ; add %rax,%rbx ; hlt
     // 0x200030: xchg %rsp,%rdx ; ret
     let mut code = with_targets(&[
-        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+        0x48, 0xc1, 0xf0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
     ]);
     code.resize(0x30, 0xcc);
     code.extend([0x48, 0x87, 0xe2, 0xc3]);
@@ -416,8 +416,8 @@ fn a_stack_switch_inside_a_followed_call_is_not_a_shadow_return() {
 /// writes at [RDI] (here the return address).
 #[test]
 fn implicit_stores_count_as_memory_writes() {
-    // shl $2,%rax ; maskmovdqu %xmm1,%xmm0 ; ret
-    let code = with_targets(&[0x48, 0xc1, 0xe0, 0x02, 0x66, 0x0f, 0xf7, 0xc1, 0xc3]);
+    // sal $2,%rax (C1 /6) ; maskmovdqu %xmm1,%xmm0 ; ret
+    let code = with_targets(&[0x48, 0xc1, 0xf0, 0x02, 0x66, 0x0f, 0xf7, 0xc1, 0xc3]);
     let mut m = Machine::new(&code);
     let mut s = state();
     s.gpr[7] = s.gpr[RSP];
@@ -430,10 +430,10 @@ fn implicit_stores_count_as_memory_writes() {
 /// returns through the caller's stack, not to the call's shadow return address.
 #[test]
 fn an_unbalanced_callee_does_not_return_to_the_shadow_address() {
-    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200000: sal $2,%rax (C1 /6) ; call 0x200030 ; add %rax,%rbx ; hlt
     // 0x200030: lea 0x8(%rsp),%rsp ; ret
     let mut code = with_targets(&[
-        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+        0x48, 0xc1, 0xf0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
     ]);
     code.resize(0x30, 0xcc);
     code.extend([0x48, 0x8d, 0x64, 0x24, 0x08, 0xc3]);
@@ -449,10 +449,10 @@ fn an_unbalanced_callee_does_not_return_to_the_shadow_address() {
 /// not to the call's shadow return address.
 #[test]
 fn a_callee_that_rewrites_its_return_address_does_not_return_to_the_shadow_address() {
-    // 0x200000: shl $2,%rax ; call 0x200030 ; add %rax,%rbx ; hlt
+    // 0x200000: sal $2,%rax (C1 /6) ; call 0x200030 ; add %rax,%rbx ; hlt
     // 0x200030: mov %rdx,(%rsp) ; ret
     let mut code = with_targets(&[
-        0x48, 0xc1, 0xe0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
+        0x48, 0xc1, 0xf0, 0x02, 0xe8, 0x27, 0, 0, 0, 0x48, 0x01, 0xc3, 0xf4,
     ]);
     code.resize(0x30, 0xcc);
     code.extend([0x48, 0x89, 0x14, 0x24, 0xc3]);
@@ -476,15 +476,15 @@ fn control_flow_enforcement_is_refused() {
 /// A REP-prefixed CMPS/SCAS with RCX = 0 does nothing, flags included: it defines none.
 #[test]
 fn a_rep_string_compare_may_leave_the_flags_alone() {
-    // imul %rcx,%rax (SF/ZF/AF/PF undefined) ; repz cmpsb ; pushfq
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf3, 0xa6, 0x9c]);
+    // imul $3,%rcx,%rax (SF/ZF/AF/PF undefined) ; repz cmpsb ; pushfq
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0xf3, 0xa6, 0x9c]);
     let mut m = Machine::new(&code);
     let mut s = state();
     s.gpr[1] = 0;
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));
     // repnz scasb likewise
-    let code = with_targets(&[0x48, 0x0f, 0xaf, 0xc1, 0xf2, 0xae, 0x9c]);
+    let code = with_targets(&[0x48, 0x6b, 0xc1, 0x03, 0xf2, 0xae, 0x9c]);
     let mut m = Machine::new(&code);
     let (steps, halt, _) = run(&mut m, s);
     assert_eq!((steps, halt), (0, Halt::FlagsLive));

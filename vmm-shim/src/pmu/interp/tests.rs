@@ -13,6 +13,8 @@ const PD: u64 = 0x3000;
 
 pub(super) struct Machine {
     pub(super) mem: Vec<u8>,
+    /// XMM0–XMM15.
+    pub(super) xmm: [u128; 16],
 }
 
 impl Machine {
@@ -28,7 +30,7 @@ impl Machine {
         put(PD + 16, DATA | PTE_P | PTE_RW | PTE_US | PTE_PS);
         put(PD + 24, RO | PTE_P | PTE_US | PTE_PS);
         mem[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
-        Machine { mem }
+        Machine { mem, xmm: [0; 16] }
     }
 
     pub(super) fn u64_at(&self, at: u64) -> u64 {
@@ -49,6 +51,15 @@ impl GuestAccess for Machine {
 
     fn read_msr(&mut self, _index: u32) -> Result<u64, GuestAccessError> {
         Err(GuestAccessError::Unavailable { what: "MSR" })
+    }
+
+    fn xmm(&mut self) -> Option<[u128; 16]> {
+        Some(self.xmm)
+    }
+
+    fn set_xmm(&mut self, xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+        self.xmm = *xmm;
+        Ok(())
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {
@@ -163,7 +174,7 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
 #[test]
 fn undefined_flags_that_are_read_stop_the_interpreter_before_the_instruction() {
     let code = [
-        0x48, 0x0f, 0xaf, 0xc1, // imul   %rcx,%rax   (ZF undefined)
+        0x48, 0x6b, 0xc1, 0x03, // imul   $3,%rcx,%rax (ZF undefined)
         0x74, 0x00, //             je     0x200006    (reads ZF)
         0xf4,
     ];
@@ -253,11 +264,11 @@ fn data_accesses_to_code_pages_are_left_to_the_cpu() {
 }
 
 #[test]
-fn lock_prefixes_and_fs_accesses_are_not_interpreted() {
-    // lock add %eax,(%rbx) ; mov %fs:0,%rax
+fn lock_prefixes_and_gs_accesses_are_not_interpreted() {
+    // lock add %eax,(%rbx) ; mov %gs:0,%rax
     for code in [
         &[0xf0u8, 0x01, 0x03][..],
-        &[0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0][..],
+        &[0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0][..],
     ] {
         let mut m = Machine::new(code);
         let mut s = state();
@@ -270,23 +281,24 @@ fn lock_prefixes_and_fs_accesses_are_not_interpreted() {
 
 #[test]
 fn the_liveness_search_follows_returns_through_the_real_stack() {
-    // 0x200000: rol $7,%rax      (OF undefined)
-    //           xor %rdi,%rax    (OF defined, AF undefined)
+    // 0x200000: rolq $7,(%rbx)   (OF undefined; a memory destination: no host stub)
+    //           imul $3,%rdi,%rax (OF defined, AF undefined)
     //           ret              -> 0x200010 (from the stack)
     // 0x200010: add %rax,%rbx    (defines everything)
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x31, 0xf8, 0xc3];
+    let mut code = vec![0x48, 0xc1, 0x03, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x48, 0x01, 0xc3, 0xf4]);
     let mut m = Machine::new(&code);
-    let s = state();
+    let mut s = state();
+    s.gpr[3] = DATA;
     let sp = s.gpr[RSP];
     m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
     let (steps, halt, end) = run(&mut m, s);
     assert_eq!((steps.len(), halt), (4, Halt::Unsupported(Mnemonic::Hlt)));
     assert_eq!(end.rip, CODE + 0x13);
     // A return to code that reads AF first: the rotate may run (OF is rewritten by the
-    // XOR), the XOR may not.
-    let mut code = vec![0x48, 0xc1, 0xc0, 0x07, 0x48, 0x31, 0xf8, 0xc3];
+    // IMUL), the IMUL may not.
+    let mut code = vec![0x48, 0xc1, 0x03, 0x07, 0x48, 0x6b, 0xc7, 0x03, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x9c, 0xf4]); // pushfq
     let mut m = Machine::new(&code);
@@ -345,20 +357,19 @@ fn random_code_never_panics_the_interpreter() {
 /// takes: the search must not follow the stale stack.
 #[test]
 fn the_liveness_search_does_not_trust_a_stack_the_instruction_rewrites() {
-    // 0x200000: xor %rdi,(%rsp)   (AF undefined; the return address becomes 0x200020)
+    // 0x200000: shlq $1,(%rsp)    (AF undefined; the return address becomes 0x400020,
+    //                             where nothing proves AF dead)
     //           ret
     // 0x200010: add %rax,%rbx     (the stale return address: would prove AF dead)
-    // 0x200020: pushfq            (reads AF)
-    let mut code = vec![0x48, 0x31, 0x3c, 0x24, 0xc3];
+    let mut code = vec![0x48, 0xd1, 0x24, 0x24, 0xc3];
     code.resize(0x10, 0xcc);
     code.extend([0x48, 0x01, 0xc3, 0xf4]);
     code.resize(0x20, 0xcc);
     code.extend([0x9c, 0xf4]);
     let mut m = Machine::new(&code);
-    let mut s = state();
+    let s = state();
     let sp = s.gpr[RSP];
     m.mem[sp as usize..sp as usize + 8].copy_from_slice(&(CODE + 0x10).to_le_bytes());
-    s.gpr[7] = 0x30; // 0x200010 ^ 0x30 = 0x200020
     let (steps, halt, end) = run(&mut m, s);
     assert!(steps.is_empty());
     assert_eq!(halt, Halt::FlagsLive);
@@ -377,4 +388,111 @@ fn reserved_bits_in_a_large_page_entry_are_left_to_the_cpu() {
     let (steps, halt, _) = run(&mut m, s);
     assert!(steps.is_empty());
     assert_eq!(halt, Halt::Memory);
+}
+
+/// DIV/IDIV run as the host runs them; one that would raise #DE is left to the CPU, with
+/// nothing changed.
+#[test]
+fn divides_run_unless_they_would_fault() {
+    // div %rcx ; hlt
+    let code = [0x48, 0xf7, 0xf1, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[0] = 100;
+    s.gpr[2] = 0;
+    s.gpr[1] = 7;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps.len(), halt), (1, Halt::Unsupported(Mnemonic::Hlt)));
+    assert_eq!((end.gpr[0], end.gpr[2]), (14, 2));
+    for (rdx, rcx) in [(0, 0), (7, 7)] {
+        s.gpr[2] = rdx;
+        s.gpr[1] = rcx;
+        let (steps, halt, end) = run(&mut m, s);
+        assert!(steps.is_empty());
+        assert_eq!(halt, Halt::Unsupported(Mnemonic::Div));
+        assert_eq!(end, s, "nothing executed");
+    }
+    // idivl 0x10(%rbx) ; hlt   (-7 / 2 = -3 rem -1, EDX:EAX zero-extended)
+    let code = [0xf7, 0x7b, 0x10, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut s = state();
+    s.gpr[3] = DATA;
+    m.mem[DATA as usize + 0x10..DATA as usize + 0x14].copy_from_slice(&2u32.to_le_bytes());
+    s.gpr[0] = (-7i32) as u32 as u64 | 0xffff_0000_0000_0000;
+    s.gpr[2] = u64::MAX;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        (end.gpr[0], end.gpr[2]),
+        ((-3i32) as u32 as u64, (-1i32) as u32 as u64)
+    );
+}
+
+/// A legacy SSE instruction with a misaligned 16-byte operand raises #GP on the CPU: left
+/// to it. VEX forms are not interpreted. XMM registers are written back only when changed.
+#[test]
+fn sse_alignment_vex_and_write_back() {
+    // movaps 0x8(%rbx),%xmm3 (misaligned) ; hlt
+    let mut m = Machine::new(&[0x0f, 0x28, 0x5b, 0x08, 0xf4]);
+    let mut s = state();
+    s.gpr[3] = DATA;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!((steps.len(), halt, end), (0, Halt::Memory, s));
+    // vpxor %xmm1,%xmm2,%xmm3 (c5 e9 ef d9)
+    let mut m = Machine::new(&[0xc5, 0xe9, 0xef, 0xd9, 0xf4]);
+    let (steps, halt, _) = run(&mut m, state());
+    assert_eq!((steps.len(), halt), (0, Halt::Unsupported(Mnemonic::Vpxor)));
+    // movdqu (%rbx),%xmm1 ; pcmpeqb %xmm0,%xmm1 ; pmovmskb %xmm1,%eax ; hlt
+    let code = [
+        0xf3, 0x0f, 0x6f, 0x0b, 0x66, 0x0f, 0x74, 0xc8, 0x66, 0x0f, 0xd7, 0xc1, 0xf4,
+    ];
+    let mut m = Machine::new(&code);
+    m.mem[DATA as usize..DATA as usize + 6].copy_from_slice(b"hello\0");
+    let mut interp = Interp::default();
+    let mut session = interp.session(&mut m, s);
+    for _ in 0..3 {
+        session.step().unwrap();
+    }
+    // The NUL is byte 5 and zero bytes 6..16 match too.
+    assert_eq!(session.state().gpr[0], 0xffe0);
+    let x = *session.xmm_to_write_back().unwrap();
+    assert_eq!(x[1] & 0xff_ffff_ffff, 0);
+    // Without SSE, nothing to write back.
+    let mut m = Machine::new(&[0x48, 0x01, 0xc3, 0xf4]);
+    let mut session = interp.session(&mut m, state());
+    session.step().unwrap();
+    assert!(session.xmm_to_write_back().is_none());
+}
+
+/// `%fs:` operands add FS.base (thread-local storage); `%gs:` ones are left to the CPU.
+#[test]
+fn fs_accesses_add_the_fs_base() {
+    // mov %fs:0x28,%rax ; hlt
+    let mut m = Machine::new(&[0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0xf4]);
+    m.mem[DATA as usize + 0x128..DATA as usize + 0x130].copy_from_slice(&0xfeed_u64.to_le_bytes());
+    let mut s = state();
+    s.fs_base = DATA + 0x100;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!((steps.len(), end.gpr[0]), (1, 0xfeed));
+    // mov %gs:0x28,%rax
+    let mut m = Machine::new(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0xf4]);
+    let (steps, halt, _) = run(&mut m, s);
+    assert_eq!((steps.len(), halt), (0, Halt::Unsupported(Mnemonic::Mov)));
+}
+
+/// BSF with a zero source: ZF set and the destination as the CPU leaves it (the host ran
+/// the same instruction on the same register).
+#[test]
+fn a_bit_scan_of_zero_sets_zf() {
+    // bsf %rcx,%rax ; hlt
+    let mut m = Machine::new(&[0x48, 0x0f, 0xbc, 0xc1, 0xf4]);
+    let mut s = state();
+    s.gpr[0] = 0x1234;
+    s.gpr[1] = 0;
+    let (steps, _, end) = run(&mut m, s);
+    assert_eq!(steps.len(), 1);
+    assert_ne!(end.rflags & alu::ZF, 0);
+    s.gpr[1] = 0x80;
+    let (_, _, end) = run(&mut m, s);
+    assert_eq!((end.gpr[0], end.rflags & alu::ZF), (7, 0));
 }

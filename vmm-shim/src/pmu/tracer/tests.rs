@@ -503,3 +503,31 @@ fn an_exit_on_a_blocks_last_instruction_keeps_the_window_open() {
     assert_eq!(lbr(&pmu), vec![(0x100b, 0x1007); 8]);
     assert!(r.pmi && r.inject_nmi, "the window ended in its PMI: {r:?}");
 }
+
+/// Fall-back reasons are counted per reason, most frequent first, with overflow counted.
+#[test]
+fn halt_reasons_are_counted_and_ranked() {
+    use super::super::interp::Halt;
+    use iced_x86::Mnemonic;
+    let mut c = HaltCounts::default();
+    for _ in 0..3 {
+        c.add(Halt::Unsupported(Mnemonic::Movups));
+    }
+    c.add(Halt::Memory);
+    c.add(Halt::Unsupported(Mnemonic::Idiv));
+    c.add(Halt::Unsupported(Mnemonic::Idiv));
+    let top = c.top(2);
+    assert_eq!(
+        top,
+        vec![
+            (Halt::Unsupported(Mnemonic::Movups), 3),
+            (Halt::Unsupported(Mnemonic::Idiv), 2)
+        ]
+    );
+    assert_eq!(top[0].0.to_string(), "movups");
+    let mut c = HaltCounts::default();
+    for m in Mnemonic::values().take(HaltCounts::SLOTS + 5) {
+        c.add(Halt::Unsupported(m));
+    }
+    assert_eq!(c.other, 5);
+}

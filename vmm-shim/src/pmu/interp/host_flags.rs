@@ -1,0 +1,547 @@
+//! Flags the SDM leaves *undefined*, taken from the host CPU itself.
+//!
+//! Guest ring-3 code runs natively on the host's CPU, so what that CPU leaves in an
+//! undefined flag (AF after TEST, OF after a multi-bit shift, SF/ZF/PF after IMUL, ...) is
+//! what the guest would have seen had it run the instruction itself. The interpreter runs
+//! the same operation on the same operands here (between POPFQ and PUSHFQ) and takes the
+//! undefined flags from the result, instead of halting or proving them dead. The defined
+//! flags still come from [`mod@super::alu`] (differentially tested against the CPU).
+
+use std::arch::asm;
+
+use super::alu::{Op, STATUS};
+
+/// `INSN dst, src` on two registers; returns RFLAGS afterwards.
+macro_rules! rr {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut r: u64 = $a;
+        let mut fl: u64 = $f;
+        // SAFETY: pure register arithmetic; the flags round-trip through the stack, which
+        // asm! may use (no `nostack`). POPFQ only loads status flags and the reserved bit 1
+        // (the caller masks the rest), so DF stays clear as Rust requires.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, {b:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                r = inout(reg) r,
+                b = in(reg) $b,
+                fl = inout(reg) fl,
+            );
+        }
+        let _ = r;
+        fl
+    }};
+}
+
+/// `INSN dst, cl`; returns RFLAGS afterwards.
+macro_rules! rcl {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut r: u64 = $a;
+        let mut fl: u64 = $f;
+        // SAFETY: as in rr!.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, cl"),
+                "pushfq",
+                "pop {fl}",
+                r = inout(reg) r,
+                in("cl") $b as u8,
+                fl = inout(reg) fl,
+            );
+        }
+        let _ = r;
+        fl
+    }};
+}
+
+/// One instruction at each operand size.
+macro_rules! sized {
+    ($kind:ident, $insn:literal, $bits:expr, $a:expr, $b:expr, $f:expr) => {
+        match $bits {
+            8 => $kind!($insn, "l", $a, $b, $f),
+            16 => $kind!($insn, "x", $a, $b, $f),
+            32 => $kind!($insn, "e", $a, $b, $f),
+            _ => $kind!($insn, "r", $a, $b, $f),
+        }
+    };
+}
+
+/// RFLAGS' status flags after the host CPU runs `op` at `bits` on `a` and `b` (for shifts
+/// and rotates `b` is the count; for BT the bit offset) with the status flags of `rflags`
+/// coming in. `None` for an operation or size with no register form here.
+pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u64> {
+    let f = (rflags & STATUS) | 2;
+    let out = match op {
+        Op::Add => sized!(rr, "add", bits, a, b, f),
+        Op::Adc => sized!(rr, "adc", bits, a, b, f),
+        Op::Sub => sized!(rr, "sub", bits, a, b, f),
+        Op::Sbb => sized!(rr, "sbb", bits, a, b, f),
+        Op::And => sized!(rr, "and", bits, a, b, f),
+        Op::Or => sized!(rr, "or", bits, a, b, f),
+        Op::Xor => sized!(rr, "xor", bits, a, b, f),
+        Op::Shl => sized!(rcl, "shl", bits, a, b, f),
+        Op::Shr => sized!(rcl, "shr", bits, a, b, f),
+        Op::Sar => sized!(rcl, "sar", bits, a, b, f),
+        Op::Rol => sized!(rcl, "rol", bits, a, b, f),
+        Op::Ror => sized!(rcl, "ror", bits, a, b, f),
+        // No 8-bit register forms.
+        Op::Imul if bits >= 16 => match bits {
+            16 => rr!("imul", "x", a, b, f),
+            32 => rr!("imul", "e", a, b, f),
+            _ => rr!("imul", "r", a, b, f),
+        },
+        Op::Bt if bits >= 16 => match bits {
+            16 => rr!("bt", "x", a, b, f),
+            32 => rr!("bt", "e", a, b, f),
+            _ => rr!("bt", "r", a, b, f),
+        },
+        _ => return None,
+    };
+    Some(out & STATUS)
+}
+
+/// Shifts, rotates and BT by an immediate count, run on the host in the *same encoding*
+/// as the guest's instruction (C0/C1 ib, D0/D1, 0F BA /4 ib), with the operand in
+/// AL/AX/EAX/RAX: undefined flags may depend on the encoding (on Intel, `rol $7` and
+/// `rol %cl` with CL = 7 leave OF differently).
+/// The instructions are built here, one stub per (operation, size, count), never copied
+/// from the guest: [`ImmForm`] names what may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImmForm {
+    /// A shift or rotate by an immediate (C0/C1): /digit of the group-2 opcode.
+    ShiftImm { digit: u8, count: u8 },
+    /// A shift or rotate by one (D0/D1).
+    ShiftOne { digit: u8 },
+    /// BT r/m, imm8 (0F BA /4).
+    BtImm { offset: u8 },
+}
+
+/// Bytes per stub: at most 5 instruction bytes and a RET.
+const STUB: usize = 8;
+/// Group-2 /digits this module builds: ROL, ROR, SHL, SHR, SAR.
+const DIGITS: [u8; 5] = [0, 1, 4, 5, 7];
+const SIZES: [u32; 4] = [8, 16, 32, 64];
+
+fn size_index(bits: u32) -> Option<usize> {
+    SIZES.iter().position(|&b| b == bits)
+}
+
+/// The stub's index in the table.
+fn stub_index(form: ImmForm, bits: u32) -> Option<usize> {
+    let size = size_index(bits)?;
+    Some(match form {
+        ImmForm::ShiftImm { digit, count } => {
+            let d = DIGITS.iter().position(|&x| x == digit)?;
+            (d * 4 + size) * 256 + usize::from(count)
+        }
+        ImmForm::ShiftOne { digit } => {
+            let d = DIGITS.iter().position(|&x| x == digit)?;
+            5 * 4 * 256 + d * 4 + size
+        }
+        ImmForm::BtImm { offset } => {
+            if bits == 8 {
+                return None;
+            }
+            5 * 4 * 256 + 5 * 4 + (size - 1) * 256 + usize::from(offset)
+        }
+    })
+}
+
+const STUBS: usize = 5 * 4 * 256 + 5 * 4 + 3 * 256;
+
+/// The instruction bytes of a stub (operand: AL/AX/EAX/RAX, ModRM 11 digit 000) and RET.
+fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(STUB);
+    match bits {
+        16 => b.push(0x66),
+        64 => b.push(0x48),
+        _ => {}
+    }
+    match form {
+        ImmForm::ShiftImm { digit, count } => {
+            b.extend([
+                if bits == 8 { 0xc0 } else { 0xc1 },
+                0xc0 | (digit << 3),
+                count,
+            ]);
+        }
+        ImmForm::ShiftOne { digit } => {
+            b.extend([if bits == 8 { 0xd0 } else { 0xd1 }, 0xc0 | (digit << 3)])
+        }
+        ImmForm::BtImm { offset } => b.extend([0x0f, 0xba, 0xc0 | (4 << 3), offset]),
+    }
+    b.push(0xc3);
+    b
+}
+
+/// The stub table: a private mapping written once, then made read+execute.
+struct Stubs(*const u8);
+
+// SAFETY: the mapping is immutable (read+execute) once built and never unmapped.
+unsafe impl Send for Stubs {}
+// SAFETY: as above.
+unsafe impl Sync for Stubs {}
+
+fn stubs() -> Option<&'static Stubs> {
+    static STUB_TABLE: std::sync::OnceLock<Option<Stubs>> = std::sync::OnceLock::new();
+    STUB_TABLE
+        .get_or_init(|| {
+            let len = STUBS * STUB;
+            // SAFETY: a fresh private anonymous mapping; nothing else is affected.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            let base = p.cast::<u8>();
+            let put = |form: ImmForm, bits: u32| {
+                if let Some(i) = stub_index(form, bits) {
+                    let bytes = stub_bytes(form, bits);
+                    // SAFETY: i < STUBS and a stub is at most STUB bytes: within the mapping.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            base.add(i * STUB),
+                            bytes.len(),
+                        )
+                    };
+                }
+            };
+            for bits in SIZES {
+                for digit in DIGITS {
+                    put(ImmForm::ShiftOne { digit }, bits);
+                    for count in 0..=255u8 {
+                        put(ImmForm::ShiftImm { digit, count }, bits);
+                    }
+                }
+                for offset in 0..=255u8 {
+                    put(ImmForm::BtImm { offset }, bits);
+                }
+            }
+            // SAFETY: the mapping made above, now complete.
+            if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+                return None;
+            }
+            Some(Stubs(base))
+        })
+        .as_ref()
+}
+
+/// RFLAGS' status flags after the host CPU runs `form` at `bits` on `a` with the status
+/// flags of `rflags` coming in; `None` if the form has no stub (or the table could not be
+/// mapped).
+pub fn status_after_imm(form: ImmForm, bits: u32, a: u64, rflags: u64) -> Option<u64> {
+    let i = stub_index(form, bits)?;
+    let table = stubs()?;
+    // SAFETY: i < STUBS: a stub within the table.
+    let stub = unsafe { table.0.add(i * STUB) };
+    let mut rax = a;
+    let mut fl = (rflags & STATUS) | 2;
+    // SAFETY: the stub is one register-only instruction on RAX built by stub_bytes and a
+    // RET; the call's return address uses the stack, which asm! may (no `nostack`). Flags
+    // as in rr!.
+    unsafe {
+        asm!(
+            "push {fl}",
+            "popfq",
+            "call {stub}",
+            "pushfq",
+            "pop {fl}",
+            stub = in(reg) stub,
+            fl = inout(reg) fl,
+            inout("rax") rax,
+        );
+    }
+    let _ = rax;
+    Some(fl & STATUS)
+}
+
+/// The bit scans and counts (`dst ← f(src)`, register destination).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitScan {
+    Bsf,
+    Bsr,
+    Tzcnt,
+    Lzcnt,
+    Popcnt,
+}
+
+/// `INSN dst, src` on two registers; returns (dst, RFLAGS).
+macro_rules! rrv {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut r: u64 = $a;
+        let mut fl: u64 = $f;
+        // SAFETY: as in rr!.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, {b:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                r = inout(reg) r,
+                b = in(reg) $b,
+                fl = inout(reg) fl,
+            );
+        }
+        (r, fl)
+    }};
+}
+
+/// The host CPU's destination register (all 64 bits: a BSF/BSR with a zero source leaves
+/// it as the CPU does) and status flags after `op` at `bits` (16, 32 or 64) with the
+/// guest's full destination register `dst`, source `src` and status flags. (A host without
+/// TZCNT/LZCNT runs them as BSF/BSR, as the guest on it would.)
+pub fn bit_scan(op: BitScan, bits: u32, dst: u64, src: u64, rflags: u64) -> Option<(u64, u64)> {
+    let f = (rflags & STATUS) | 2;
+    macro_rules! by_size {
+        ($insn:literal) => {
+            match bits {
+                16 => rrv!($insn, "x", dst, src, f),
+                32 => rrv!($insn, "e", dst, src, f),
+                64 => rrv!($insn, "r", dst, src, f),
+                _ => return None,
+            }
+        };
+    }
+    let (v, fl) = match op {
+        BitScan::Bsf => by_size!("bsf"),
+        BitScan::Bsr => by_size!("bsr"),
+        BitScan::Tzcnt => by_size!("tzcnt"),
+        BitScan::Lzcnt => by_size!("lzcnt"),
+        BitScan::Popcnt => by_size!("popcnt"),
+    };
+    Some((v, fl & STATUS))
+}
+
+/// The one-operand multiplies and divides (RDX:RAX or AX against a source operand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wide {
+    Mul,
+    Imul,
+    Div,
+    Idiv,
+}
+
+/// `INSN src` with RAX and RDX in and out; returns (RAX, RDX, RFLAGS).
+macro_rules! wide {
+    ($insn:literal, $m:literal, $rax:expr, $rdx:expr, $src:expr, $f:expr) => {{
+        let mut rax: u64 = $rax;
+        let mut rdx: u64 = $rdx;
+        let mut fl: u64 = $f;
+        // SAFETY: register arithmetic on RAX/RDX and the source; the caller has checked
+        // that a divide neither divides by zero nor overflows (no #DE). Flags as in rr!.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {s:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                s = in(reg) $src,
+                fl = inout(reg) fl,
+                inout("rax") rax,
+                inout("rdx") rdx,
+            );
+        }
+        (rax, rdx, fl)
+    }};
+}
+
+/// Whether a divide of the guest's RDX:RAX (AX at 8 bits) by `src` raises #DE (a zero
+/// divisor, or a quotient that does not fit the operand size).
+fn divide_faults(op: Wide, bits: u32, rax: u64, rdx: u64, src: u64) -> bool {
+    let m = super::alu::mask(bits);
+    let src = src & m;
+    if src == 0 {
+        return true;
+    }
+    let dividend: u128 = if bits == 8 {
+        u128::from(rax & 0xffff)
+    } else {
+        (u128::from(rdx & m) << bits) | u128::from(rax & m)
+    };
+    if op == Wide::Div {
+        return dividend / u128::from(src) > u128::from(m);
+    }
+    // Signed: the dividend is 2×bits wide, sign-extended to 128 bits.
+    let shift = 128 - 2 * bits;
+    let n = ((dividend << shift) as i128) >> shift;
+    let d = i128::from(super::alu::sext(src, bits));
+    match n.checked_div(d) {
+        Some(q) => {
+            let lim = 1i128 << (bits - 1);
+            q < -lim || q >= lim
+        }
+        None => true,
+    }
+}
+
+/// The host CPU's RAX, RDX and status flags after the one-operand `op` at `bits` with the
+/// guest's RAX, RDX, source operand and status flags; `None` when the divide would raise
+/// #DE (the guest's CPU must raise it).
+pub fn wide(
+    op: Wide,
+    bits: u32,
+    rax: u64,
+    rdx: u64,
+    src: u64,
+    rflags: u64,
+) -> Option<(u64, u64, u64)> {
+    if matches!(op, Wide::Div | Wide::Idiv) && divide_faults(op, bits, rax, rdx, src) {
+        return None;
+    }
+    let f = (rflags & STATUS) | 2;
+    let (a, d, fl) = match (op, bits) {
+        (Wide::Mul, 8) => wide!("mul", "l", rax, rdx, src, f),
+        (Wide::Mul, 16) => wide!("mul", "x", rax, rdx, src, f),
+        (Wide::Mul, 32) => wide!("mul", "e", rax, rdx, src, f),
+        (Wide::Mul, _) => wide!("mul", "r", rax, rdx, src, f),
+        (Wide::Imul, 8) => wide!("imul", "l", rax, rdx, src, f),
+        (Wide::Imul, 16) => wide!("imul", "x", rax, rdx, src, f),
+        (Wide::Imul, 32) => wide!("imul", "e", rax, rdx, src, f),
+        (Wide::Imul, _) => wide!("imul", "r", rax, rdx, src, f),
+        (Wide::Div, 8) => wide!("div", "l", rax, rdx, src, f),
+        (Wide::Div, 16) => wide!("div", "x", rax, rdx, src, f),
+        (Wide::Div, 32) => wide!("div", "e", rax, rdx, src, f),
+        (Wide::Div, _) => wide!("div", "r", rax, rdx, src, f),
+        (Wide::Idiv, 8) => wide!("idiv", "l", rax, rdx, src, f),
+        (Wide::Idiv, 16) => wide!("idiv", "x", rax, rdx, src, f),
+        (Wide::Idiv, 32) => wide!("idiv", "e", rax, rdx, src, f),
+        (Wide::Idiv, _) => wide!("idiv", "r", rax, rdx, src, f),
+    };
+    Some((a, d, fl & STATUS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::alu::alu;
+    use super::*;
+
+    /// Where the SDM defines a flag, the host agrees with the ALU model (so taking the
+    /// undefined ones from the host never changes a defined one).
+    #[test]
+    fn defined_flags_agree_with_the_model() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let ops = [
+            Op::Add,
+            Op::Adc,
+            Op::Sub,
+            Op::Sbb,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Shl,
+            Op::Shr,
+            Op::Sar,
+            Op::Rol,
+            Op::Ror,
+            Op::Imul,
+            Op::Bt,
+        ];
+        for op in ops {
+            for bits in [8, 16, 32, 64] {
+                for _ in 0..500 {
+                    let a = next();
+                    let b = if matches!(op, Op::Shl | Op::Shr | Op::Sar | Op::Rol | Op::Ror) {
+                        next() % 70
+                    } else {
+                        next()
+                    };
+                    let f = next() & STATUS;
+                    let Some(host) = status_after(op, bits, a, b, f) else {
+                        assert!(matches!(op, Op::Imul | Op::Bt) && bits == 8);
+                        continue;
+                    };
+                    let m = alu(op, bits, a, b, f | 2);
+                    let defined = STATUS & !m.undefined;
+                    assert_eq!(
+                        host & defined,
+                        m.rflags & defined,
+                        "{op:?}/{bits} {a:#x} {b:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Divides that would raise #DE are refused before the host runs them (a #DE here
+    /// would kill the VMM); the rest agree with 128-bit arithmetic.
+    #[test]
+    fn divides_check_for_faults_first() {
+        assert_eq!(wide(Wide::Div, 64, 5, 0, 0, 0), None);
+        assert_eq!(wide(Wide::Div, 64, 0, 1, 1, 0), None); // quotient 2^64
+        assert_eq!(wide(Wide::Idiv, 64, 0, 1 << 63, u64::MAX, 0), None); // -2^127 / -1
+        assert_eq!(wide(Wide::Idiv, 32, 0x8000_0000, 0, 1, 0), None); // 2^31 / 1
+        assert_eq!(wide(Wide::Div, 8, 0x1000, 0, 0x10, 0), None); // quotient 256
+        let (a, d, _) = wide(Wide::Div, 64, 100, 0, 7, 0).unwrap();
+        assert_eq!((a, d), (14, 2));
+        let (a, d, _) = wide(Wide::Idiv, 64, (-100i64) as u64, u64::MAX, 7, 0).unwrap();
+        assert_eq!((a as i64, d as i64), (-14, -2));
+        // 8 bits: AX / src -> AL quotient, AH remainder; the rest of RAX and RDX stay.
+        let (a, d, _) = wide(Wide::Div, 8, 0xdead_0000_0000_0107, 9, 0x10, 0).unwrap();
+        assert_eq!((a, d), (0xdead_0000_0000_0710, 9));
+        // 32 bits zero-extends both halves.
+        let (a, d, _) = wide(Wide::Mul, 32, u64::MAX, 0x1234 << 48, 2, 0).unwrap();
+        assert_eq!((a, d), (0xffff_fffe, 1));
+        let mut x = 99u64;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (rax, src, rdx) = (x, (x >> 17) | 1, x >> 40);
+            if let Some((q, r, _)) = wide(Wide::Div, 64, rax, rdx, src, 0) {
+                let n = (u128::from(rdx) << 64) | u128::from(rax);
+                let want = (n / u128::from(src), n % u128::from(src));
+                assert_eq!((u128::from(q), u128::from(r)), want);
+            }
+            let (lo, hi, _) = wide(Wide::Mul, 64, rax, rdx, src, 0).unwrap();
+            let p = u128::from(rax) * u128::from(src);
+            assert_eq!((u128::from(hi) << 64) | u128::from(lo), p);
+        }
+    }
+
+    /// Every stub has its own slot in the table, and its bytes fit the slot.
+    #[test]
+    fn stubs_have_distinct_slots() {
+        let mut seen = vec![false; STUBS];
+        for bits in SIZES {
+            let mut forms = vec![];
+            for digit in DIGITS {
+                forms.push(ImmForm::ShiftOne { digit });
+                forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
+            }
+            forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { offset }));
+            for f in forms {
+                let Some(i) = stub_index(f, bits) else {
+                    assert!(matches!(f, ImmForm::BtImm { .. }) && bits == 8);
+                    continue;
+                };
+                assert!(!seen[i], "{f:?}/{bits}");
+                seen[i] = true;
+                assert!(stub_bytes(f, bits).len() <= STUB);
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+        assert_eq!(stub_index(ImmForm::ShiftOne { digit: 6 }, 32), None);
+    }
+}
