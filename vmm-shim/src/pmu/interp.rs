@@ -1752,6 +1752,11 @@ fn branch(kind: BranchKind, taken: bool, to: u64) -> Effect {
     Effect::Branch { kind, taken, to }
 }
 
+/// Shared by the tests below and the `interp_differential` fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+#[path = "interp/harness.rs"]
+pub mod harness;
+
 #[cfg(test)]
 #[path = "interp/tests.rs"]
 mod tests;

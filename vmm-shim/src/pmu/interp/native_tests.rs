@@ -3,157 +3,9 @@
 //! host CPU from random registers and flags, and in the interpreter from the same state;
 //! every general-purpose register and every flag the instruction defines must agree.
 
-use std::arch::asm;
-
+use super::harness::CodePage;
 use super::tests::Machine;
 use super::*;
-
-/// An executable page holding one instruction and a `ret`.
-struct CodePage(*mut u8);
-
-impl CodePage {
-    fn new() -> CodePage {
-        // SAFETY: a fresh private anonymous mapping; nothing else is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap of an executable page");
-        CodePage(p.cast())
-    }
-
-    /// Runs `code` (one instruction, which must not touch RSP or memory) with the
-    /// general-purpose registers and RFLAGS given; returns them afterwards.
-    fn run(&self, code: &[u8], regs: &mut [u64; 16], flags: &mut u64) {
-        assert!(code.len() < 4000);
-        // SAFETY: the page is ours, writable and 4096 bytes long.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.0, code.len());
-            *self.0.add(code.len()) = 0xc3; // ret
-        }
-        let regs_ptr = regs.as_mut_ptr();
-        let flags_ptr: *mut u64 = flags;
-        // SAFETY: the callee-saved registers are pushed and popped around the call; the
-        // called code is one register-only instruction and a RET, so it only changes the
-        // registers saved here and the status flags; the stack is balanced on return.
-        unsafe {
-            asm!(
-                "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
-                "push rdx",
-                "push rdi",
-                "push rsi",
-                "push qword ptr [rdx]",
-                "mov rax, [rdi]",
-                "mov rcx, [rdi + 8]",
-                "mov rdx, [rdi + 16]",
-                "mov rbx, [rdi + 24]",
-                "mov rbp, [rdi + 40]",
-                "mov rsi, [rdi + 48]",
-                "mov r8, [rdi + 64]",
-                "mov r9, [rdi + 72]",
-                "mov r10, [rdi + 80]",
-                "mov r11, [rdi + 88]",
-                "mov r12, [rdi + 96]",
-                "mov r13, [rdi + 104]",
-                "mov r14, [rdi + 112]",
-                "mov r15, [rdi + 120]",
-                "mov rdi, [rdi + 56]",
-                "popfq",
-                "call qword ptr [rsp]",
-                "pushfq",
-                "push rdi",
-                "mov rdi, [rsp + 24]",
-                "mov [rdi], rax",
-                "mov [rdi + 8], rcx",
-                "mov [rdi + 16], rdx",
-                "mov [rdi + 24], rbx",
-                "mov [rdi + 40], rbp",
-                "mov [rdi + 48], rsi",
-                "mov [rdi + 64], r8",
-                "mov [rdi + 72], r9",
-                "mov [rdi + 80], r10",
-                "mov [rdi + 88], r11",
-                "mov [rdi + 96], r12",
-                "mov [rdi + 104], r13",
-                "mov [rdi + 112], r14",
-                "mov [rdi + 120], r15",
-                "pop rax",
-                "mov [rdi + 56], rax",
-                "pop rax",
-                "mov rdx, [rsp + 16]",
-                "mov [rdx], rax",
-                "add rsp, 24",
-                "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
-                in("rdi") regs_ptr,
-                in("rsi") self.0,
-                in("rdx") flags_ptr,
-                clobber_abi("C"),
-            );
-        }
-    }
-}
-
-/// Where [`CodePage::run_xmm`] keeps XMM0–XMM15 on the page.
-const XMM_AREA: usize = 0x800;
-
-impl CodePage {
-    /// [`CodePage::run`] with XMM0–XMM15 loaded before the instruction and stored after it
-    /// (RIP-relative MOVDQU to an area on the page: no register or flag is touched).
-    fn run_xmm(&self, code: &[u8], regs: &mut [u64; 16], flags: &mut u64, xmm: &mut [u128; 16]) {
-        let mut seq = Vec::new();
-        let movdqu = |seq: &mut Vec<u8>, n: usize, store: bool| {
-            seq.push(0xf3);
-            if n >= 8 {
-                seq.push(0x44);
-            }
-            seq.extend([
-                0x0f,
-                if store { 0x7f } else { 0x6f },
-                (((n & 7) as u8) << 3) | 0b101,
-            ]);
-            let next = seq.len() + 4;
-            let disp = (XMM_AREA + 16 * n) as i64 - next as i64;
-            seq.extend((disp as i32).to_le_bytes());
-        };
-        for n in 0..16 {
-            movdqu(&mut seq, n, false);
-        }
-        seq.extend_from_slice(code);
-        for n in 0..16 {
-            movdqu(&mut seq, n, true);
-        }
-        assert!(seq.len() < XMM_AREA);
-        // SAFETY: the page is ours, writable and 4096 bytes long; the area is within it.
-        unsafe {
-            for (n, v) in xmm.iter().enumerate() {
-                let p = self.0.add(XMM_AREA + 16 * n);
-                std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), p, 16);
-            }
-        }
-        self.run(&seq, regs, flags);
-        for (n, v) in xmm.iter_mut().enumerate() {
-            let mut b = [0u8; 16];
-            // SAFETY: as above.
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.0.add(XMM_AREA + 16 * n), b.as_mut_ptr(), 16)
-            };
-            *v = u128::from_le_bytes(b);
-        }
-    }
-}
-
-impl Drop for CodePage {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new(), unmapped once.
-        unsafe { libc::munmap(self.0.cast(), 4096) };
-    }
-}
 
 const FORMS: &[(&str, &[u8])] = &[
     ("mov %rcx,%rax", &[0x48, 0x89, 0xc8]),
@@ -675,4 +527,40 @@ fn every_memory_form_matches_the_cpu() {
     }
     // SAFETY: unmapping the buffer mapped above, no longer referenced.
     unsafe { libc::munmap(p, DATA_LEN) };
+}
+
+/// The fuzz target's entry point agrees on every form above, refuses what the interpreter
+/// leaves to the CPU, and skips what it must not run on the host.
+#[test]
+fn the_differential_entry_point_agrees_refuses_and_skips() {
+    use super::harness::{Verdict, differential};
+    let regs: [u64; 16] =
+        std::array::from_fn(|i| 0x0123_4567_89ab_cdef_u64.rotate_left(i as u32 * 5));
+    let xmm: [u128; 16] = std::array::from_fn(|i| u128::from(regs[i]) << 64 | u128::from(!regs[i]));
+    for (text, code) in FORMS {
+        assert_eq!(
+            differential(code, regs, 0x202, xmm),
+            Ok(Verdict::Agreed),
+            "{text}"
+        );
+    }
+    // cpuid: registers only, but the interpreter leaves it to the CPU.
+    assert_eq!(
+        differential(&[0x0f, 0xa2], regs, 2, xmm),
+        Ok(Verdict::Refused)
+    );
+    // A store, a push, a branch, a segment register, nothing decodable: not tried.
+    for code in [
+        &[0x48, 0x89, 0x03][..],
+        &[0x50],
+        &[0xeb, 0xfe],
+        &[0x8c, 0xd8],
+        &[0x0f, 0xff],
+    ] {
+        assert_eq!(
+            differential(code, regs, 2, xmm),
+            Ok(Verdict::Skipped),
+            "{code:02x?}"
+        );
+    }
 }
