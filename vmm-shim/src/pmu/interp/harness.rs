@@ -107,7 +107,10 @@ pub fn state() -> InterpState {
 pub struct CodePage(*mut u8);
 
 impl CodePage {
-    #[allow(clippy::new_without_default, reason = "a mapping per call, not a value")]
+    #[allow(
+        clippy::new_without_default,
+        reason = "a mapping per call, not a value"
+    )]
     pub fn new() -> CodePage {
         // SAFETY: a fresh private anonymous mapping; nothing else is affected.
         let p = unsafe {
