@@ -867,3 +867,69 @@ fn a_host_recording_round_trips_through_perf_data() {
         "{functions:?}"
     );
 }
+
+/// Branch-stack entries ride along as a third value (`branches`): their total is the
+/// report's branch entries, each edge labelled with its kind, and the sample values are
+/// untouched by them.
+#[test]
+fn pprof_export_carries_branch_edges_as_their_own_value() {
+    if !common::go_available() {
+        return;
+    }
+    let Some(dir) = common::perfdata_fixtures() else {
+        eprintln!("skipped: ../shared/fixtures/perfdata is not there");
+        return;
+    };
+    let data = dir.join("propeller_sample.perfdata");
+    let (d, p) = (dir.to_str().unwrap(), data.to_str().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let pb = tmp.path().join("b.pb.gz");
+    let o = common::run(&[
+        "export",
+        "-i",
+        p,
+        "--symfs",
+        d,
+        "--pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pb = pb.to_str().unwrap();
+    let report = common::json(&[
+        "report", "-i", p, "--symfs", d, "--format", "json", "--limit", "0",
+    ]);
+    let entries = report["meta"]["branch_entries"].as_u64().unwrap();
+    let calls: u64 = report["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "Call")
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert!(calls > 0);
+    // "Showing nodes accounting for N, P% of T total".
+    let shown = |out: &str| -> (u64, u64) {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Showing nodes accounting for"))
+            .unwrap_or_else(|| panic!("{out}"));
+        let n = |s: &str| s.trim_end_matches(',').parse::<u64>().unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (n(words[4]), n(words[words.len() - 2]))
+    };
+    let all = go_pprof(&["-top", "-sample_index=branches", "-nodefraction=0", pb]);
+    assert_eq!(shown(&all), (entries, entries), "{all}");
+    let call = go_pprof(&[
+        "-top",
+        "-sample_index=branches",
+        "-tagfocus=branch=call",
+        pb,
+    ]);
+    assert_eq!(shown(&call).0, calls, "{call}");
+    let samples = go_pprof(&["-top", "-sample_index=samples", "-nodefraction=0", pb]);
+    assert_eq!(
+        shown(&samples).1,
+        report["meta"]["samples"].as_u64().unwrap()
+    );
+}

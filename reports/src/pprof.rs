@@ -34,6 +34,8 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
+use lbrprof_collector::model::BranchKind;
+
 use crate::aggregate::{Count, Profile};
 use crate::loc::{Loc, ModuleTable};
 use crate::report::{Side, stack_side};
@@ -167,6 +169,8 @@ pub struct PprofStats {
     pub functions: usize,
     pub mappings: usize,
     pub guest_samples: usize,
+    /// Branch edges written as samples of the `branches` value.
+    pub branch_edges: usize,
 }
 
 /// The interning tables a profile.proto is made of.
@@ -324,6 +328,14 @@ pub fn build(
         r#type: b.string(wt),
         unit: b.string(wu),
     };
+    // Branch-stack entries, as a third value: a sample per edge with the target as its
+    // leaf and the source as its caller (see `--pprof`'s help).
+    let branches_type = PbValueType {
+        r#type: b.string("branches"),
+        unit: b.string("count"),
+    };
+    let branch_kind_key = b.string("branch");
+    let mispredicts_key = b.string("mispredicts");
     let side_key = b.string("side");
     let host = b.string("host");
     let guest = b.string("guest");
@@ -399,7 +411,54 @@ pub fn build(
         }
         samples.push(PbSample {
             location_id,
-            value: vec![count.samples as i64, count.weight as i64],
+            value: vec![count.samples as i64, count.weight as i64, 0],
+            label,
+        });
+    }
+    let mut edges: Vec<_> = profile.edges.iter().collect();
+    edges.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Kinds the branch stacks did not record come from the code, as in the report.
+    let mut code = crate::decode::CodeReader::default();
+    for ((from, to), e) in edges {
+        let location_id = vec![
+            b.location(modules, syms, to),
+            b.location(modules, syms, from),
+        ];
+        let kind = match e.kind {
+            BranchKind::Unknown => code.classify(modules, *from).unwrap_or(BranchKind::Unknown),
+            k => k,
+        };
+        let kind = b.string(crate::render::kind_name(kind));
+        let mut label = vec![
+            PbLabel {
+                key: side_key,
+                str: if from.module == ModuleTable::GUEST_UNKNOWN
+                    || modules.get(from.module).kind == crate::loc::ModuleKind::Guest
+                {
+                    guest
+                } else {
+                    host
+                },
+                ..PbLabel::default()
+            },
+            PbLabel {
+                key: branch_kind_key,
+                str: kind,
+                ..PbLabel::default()
+            },
+        ];
+        if e.mispred > 0 {
+            label.push(PbLabel {
+                key: mispredicts_key,
+                num: e.mispred as i64,
+                num_unit: mispredicts_key,
+                ..PbLabel::default()
+            });
+        }
+        stats.branch_edges += 1;
+        samples.push(PbSample {
+            location_id,
+            value: vec![0, 0, e.count as i64],
             label,
         });
     }
@@ -412,7 +471,7 @@ pub fn build(
         .first_time_ns
         .map_or(0, |f| t.last_time_ns.saturating_sub(f)) as i64;
     let pb = PbProfile {
-        sample_type: vec![samples_type, weight_type.clone()],
+        sample_type: vec![samples_type, weight_type.clone(), branches_type],
         sample: samples,
         mapping: b.mappings,
         location: b.locations,

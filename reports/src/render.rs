@@ -39,7 +39,8 @@ fn duration(ns: u64) -> String {
     format!("{:.3} s", ns as f64 / 1e9)
 }
 
-fn kind_name(k: lbrprof_collector::model::BranchKind) -> &'static str {
+/// The short name of a branch kind, as the text report's Type column prints it.
+pub fn kind_name(k: lbrprof_collector::model::BranchKind) -> &'static str {
     use lbrprof_collector::model::BranchKind::*;
     match k {
         Unknown => "-",

@@ -26,6 +26,9 @@ pub struct Args {
     /// Pyroscope read): host and guest stacks with functions, lines and inlined frames,
     /// each sample labelled side=host|guest, pid, tid and comm (and vcpu for guest
     /// snapshots); values are samples and the event's count (nanoseconds for cpu-clock).
+    /// Branch-stack entries are a third value, `branches`: one sample per edge whose leaf
+    /// is the branch target and caller the source, labelled with the branch kind and
+    /// mispredicts (`go tool pprof -sample_index=branches -traces`).
     #[arg(long)]
     pub pprof: bool,
     /// Write perf2bolt's pre-aggregated profile (B/F/f lines by address, for
@@ -164,10 +167,11 @@ fn pprof(args: Args) -> anyhow::Result<ExitCode> {
     .and_then(|s| out.flush().map(|()| s))
     .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(
-        "lbrprof: wrote {} (pprof: {} stacks, {} of them guest snapshots; {} locations, {} functions, {} mappings)",
+        "lbrprof: wrote {} (pprof: {} stacks, {} of them guest snapshots; {} branch edges; {} locations, {} functions, {} mappings)",
         args.output.display(),
-        stats.samples,
+        stats.samples - stats.branch_edges,
         stats.guest_samples,
+        stats.branch_edges,
         stats.locations,
         stats.functions,
         stats.mappings
