@@ -116,6 +116,11 @@ impl LbrStack {
         self.entries.get_mut(n as usize)
     }
 
+    /// Empties every slot (TOS stays where it is).
+    pub fn clear(&mut self) {
+        self.entries.fill(LbrEntry::default());
+    }
+
     /// Sets TOS; `false` (and no change) when `tos` is not below the depth.
     pub fn set_tos(&mut self, tos: u64) -> bool {
         if tos >= u64::from(self.depth()) {

@@ -530,6 +530,7 @@ impl Tracer {
                 // The free run before the window was not traced: its first branch's
                 // cycles since the previous entry are unknown, not the whole free run.
                 pmu.forget_lbr_cycles();
+                pmu.clear_lbr();
                 let cpu = g.cpu()?;
                 if self.empty_windows {
                     // The sample's stop without its window (see `set_empty_windows`).

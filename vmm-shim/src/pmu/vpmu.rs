@@ -687,6 +687,16 @@ impl VirtualPmu {
         self.lbr_cycles_known = false;
     }
 
+    /// Sampled mode, a window opens: the entries still in the LBR are an earlier
+    /// window's, separated from the new ones by untraced code. Paired with them, the
+    /// window's oldest entry would make a fall-through "range" across code nobody saw
+    /// run (a snapshot taken before the window is full, such as the last one of a run,
+    /// showed it to BOLT as traces that do not match the code). Empty slots (all zero)
+    /// make no range.
+    pub fn clear_lbr(&mut self) {
+        self.lbr.clear();
+    }
+
     fn record_lbr(&mut self, b: &RetiredBranch, mispred: bool) {
         if !self.lbr_recording() {
             if self.lbr_frozen() {
