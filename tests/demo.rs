@@ -33,9 +33,10 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     let titles = svg_titles(&svg);
     let has = |name: &str| titles.iter().any(|t| t.starts_with(name));
     assert!(has("[vcpu0 thread]"), "no vCPU thread frame");
-    // The shim's run loop (lbrprof is built with frame pointers, .cargo/config.toml).
+    // The shim's run loop (lbrprof is built with frame pointers, .cargo/config.toml;
+    // an optimized build may inline run_loop into run).
     assert!(
-        has("lbrprof_vmm::vm::VcpuRunner::run_loop"),
+        has("lbrprof_vmm::vm::VcpuRunner::run"),
         "no frame of the shim's vCPU run loop"
     );
     // KVM_RUN as the kernel names it, or as `[KVM_RUN]` when no sample caught the host
@@ -60,7 +61,7 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
                 .or_else(|| l.find("[KVM_RUN]"));
             let guest = l.find("[guest vcpu0]");
             let part = l.find("sort::partition");
-            let run_loop = l.find("VcpuRunner::run_loop");
+            let run_loop = l.find("VcpuRunner::run");
             l.starts_with("[vcpu0 thread]")
                 && matches!(
                     (run_loop, run, guest, part),
