@@ -304,7 +304,12 @@ impl EmulatedVcpu {
     /// The vCPU stopped: a final snapshot so the tail of the run is not lost.
     pub fn on_stop(&mut self, g: &mut dyn GuestAccess, now_ns: u64) {
         let _ = self.tracer.sync(g, &mut self.pmu);
-        if self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }) {
+        // A sampled window still open holds only its first branches (the LBR was emptied
+        // when it opened): not a snapshot worth its empty slots.
+        let partial = matches!(self.cfg.mode, TraceMode::Sampled { .. }) && self.tracer.tracing();
+        if !partial
+            && (self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }))
+        {
             self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
         }
     }
