@@ -252,9 +252,11 @@ pub fn build(
             .entry(callee.clone())
             .or_default() += n;
     }
+    // Only functions the DWARF describes, as create_llvm_prof writes them: code without a
+    // subprogram (crti's `_init`, say) has no first line to count offsets from.
     let mut v: Vec<FunctionSamples> = out
         .into_values()
-        .filter(|f| f.total > 0)
+        .filter(|f| f.total > 0 && decl_line(&f.name).is_some())
         .map(|mut f| {
             f.head = heads.get(&f.name).copied().unwrap_or(0);
             f
