@@ -53,6 +53,8 @@ pub struct Annotation {
     pub total_samples: u64,
     /// Instructions counted in the branch stacks' fall-through ranges, over the function.
     pub executions: u64,
+    /// Branch-stack entries in the whole recording (0: no branch stacks, no Exec column).
+    pub branch_entries: u64,
     /// Other modules with a function of that name, and their samples.
     pub others: Vec<(String, u64)>,
     pub instructions: Vec<AnnotatedInsn>,
@@ -308,6 +310,7 @@ pub fn annotate(
         weight,
         total_samples: profile.totals.samples,
         executions,
+        branch_entries: profile.totals.branch_entries,
         others,
         instructions: out,
     })
@@ -379,14 +382,20 @@ pub fn render_text(a: &Annotation) -> String {
             ""
         }
     );
+    let branches = if a.branch_entries == 0 {
+        "no branch stacks in the recording: no Exec, Taken or Not taken".to_owned()
+    } else {
+        format!(
+            "branch stacks: {} executions of its instructions in fall-through ranges",
+            a.executions
+        )
+    };
     let _ = writeln!(
         o,
-        "# samples: {} ({:.2}% of {}); branch stacks: {} executions of its instructions in \
-         fall-through ranges",
+        "# samples: {} ({:.2}% of {}); {branches}",
         a.samples,
         pct(a.samples, a.total_samples),
         a.total_samples,
-        a.executions
     );
     for (path, n) in &a.others {
         let _ = writeln!(o, "# also in {path}: {n} samples (--dso to choose)");
