@@ -919,6 +919,17 @@ impl VcpuHook for EmulatedPmuHook {
         let now = monotonic_ns();
         let state = cpu_state(ctx);
         if let Some(st) = &state
+            && matches!(exit, ExitKind::IoOut { port, .. } if *port == u16::from(TRAP_PORT))
+            && !self.traps.installed()
+        {
+            // Another vCPU patched the VM's shared #DB/#BP handlers and this one, which
+            // has not stopped through them yet, ran into them (most often another
+            // vCPU's `int3` in shared code). Join the patch so the trap is recognised:
+            // left alone, the handler's IRETQ would resume after the `int3`, in the middle
+            // of the instruction under it.
+            self.traps.install(ctx, &st.1);
+        }
+        if let Some(st) = &state
             && let Some(trap) = self.trap(ctx, exit, st)
         {
             let ours = match trap.vector {
