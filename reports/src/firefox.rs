@@ -216,7 +216,7 @@ pub fn build(
                         guest
                     } else {
                         match modules.get(l.module).kind {
-                            ModuleKind::File => user,
+                            ModuleKind::File | ModuleKind::PerfMap => user,
                             ModuleKind::Kernel => kernel,
                             ModuleKind::Guest => guest,
                             ModuleKind::Unknown => other,

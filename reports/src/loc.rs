@@ -27,6 +27,10 @@ pub enum ModuleKind {
     Guest,
     /// No mapping covered the address; `Loc::offset` is the run-time address.
     Unknown,
+    /// Anonymous executable memory of one host process (JIT code), named by perf's map of
+    /// that process (`/tmp/perf-PID.map`, the module's path); `Loc::offset` is the
+    /// run-time address.
+    PerfMap,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -153,6 +157,15 @@ pub struct AddressSpaces {
     last: Option<(SpaceKey, MapEntry)>,
 }
 
+/// Mapping names perf gives anonymous memory (perf's `is_anon_memory`), and named
+/// anonymous memory (`[anon:NAME]`, prctl PR_SET_VMA_ANON_NAME).
+fn is_anonymous(path: &str) -> bool {
+    path == "//anon"
+        || path.starts_with("/dev/zero")
+        || path.starts_with("/anon_hugepage")
+        || path.starts_with("[anon:")
+}
+
 /// Addresses at or above this are kernel addresses on x86-64 (canonical upper half).
 const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
 
@@ -167,12 +180,23 @@ impl AddressSpaces {
         let Some(end) = m.start.checked_add(m.len) else {
             return;
         };
-        let module = self.modules.intern(&m.path, m.build_id.clone(), kind);
-        let entry = MapEntry {
-            start: m.start,
-            end,
-            pgoff: m.pgoff,
-            module,
+        let entry = if kind == ModuleKind::File && is_anonymous(&m.path) {
+            // JIT code: named by the process's perf map, by run-time address (as perf
+            // does for anonymous memory).
+            let path = format!("/tmp/perf-{}.map", m.pid);
+            MapEntry {
+                start: m.start,
+                end,
+                pgoff: m.start,
+                module: self.modules.intern(&path, None, ModuleKind::PerfMap),
+            }
+        } else {
+            MapEntry {
+                start: m.start,
+                end,
+                pgoff: m.pgoff,
+                module: self.modules.intern(&m.path, m.build_id.clone(), kind),
+            }
         };
         let list = self.spaces.entry(key).or_default();
         // A new mapping replaces the part of any older one it overlaps (mmap over an old
@@ -321,6 +345,30 @@ mod tests {
             (k.module, k.offset),
             (ModuleTable::KERNEL, 0xffff_ffff_8100_0000)
         );
+    }
+
+    #[test]
+    fn anonymous_code_is_each_processs_perf_map_by_address() {
+        let mut a = AddressSpaces::default();
+        // perf gives anonymous memory its start address as page offset; do not rely on it.
+        a.add_mapping(&map(10, 0x7f00_0000_0000, 0x10000, 0, "//anon"));
+        a.add_mapping(&map(11, 0x7f00_0000_0000, 0x10000, 0, "//anon"));
+        a.add_mapping(&map(11, 0x7e00_0000_0000, 0x1000, 0, "[anon:v8]"));
+        let l10 = a.resolve(10, 0x7f00_0000_1234, CpuMode::User);
+        let l11 = a.resolve(11, 0x7f00_0000_1234, CpuMode::User);
+        let named = a.resolve(11, 0x7e00_0000_0010, CpuMode::User);
+        assert_eq!(l10.offset, 0x7f00_0000_1234);
+        assert_ne!(l10.module, l11.module, "one map per process");
+        assert_eq!(named.module, l11.module);
+        let m = a.modules.get(l11.module);
+        assert_eq!(
+            (m.path.as_str(), m.kind),
+            ("/tmp/perf-11.map", ModuleKind::PerfMap)
+        );
+        // Files stay files.
+        a.add_mapping(&map(10, 0x400000, 0x1000, 0, "/bin/anon"));
+        let f = a.resolve(10, 0x400010, CpuMode::User);
+        assert_eq!(a.modules.get(f.module).kind, ModuleKind::File);
     }
 
     #[test]

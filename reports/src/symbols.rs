@@ -149,6 +149,9 @@ impl SymbolSource for SymbolizerSource {
                 let (key, offs) = file_request(module, offsets);
                 self.symbolizer.symbolize(&key, &offs)
             }
+            ModuleKind::PerfMap => self
+                .symbolizer
+                .symbolize_perf_map(std::path::Path::new(&module.path), offsets),
             ModuleKind::Unknown => return vec![Sym::default(); offsets.len()],
         };
         let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
@@ -162,7 +165,9 @@ impl SymbolSource for SymbolizerSource {
                 self.symbolizer.symbolize_functions(&key, &offs)
             }
             // Kernel symbols have no lines anyway.
-            ModuleKind::Kernel | ModuleKind::Unknown => return self.symbolize(module, offsets),
+            ModuleKind::Kernel | ModuleKind::Unknown | ModuleKind::PerfMap => {
+                return self.symbolize(module, offsets);
+            }
         };
         let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
         v.resize(offsets.len(), Sym::default());
@@ -284,7 +289,9 @@ pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
     match l.module {
         ModuleTable::GUEST_ROOT => format!("[guest vcpu{}]", l.offset),
         _ => match m.kind {
-            ModuleKind::Kernel | ModuleKind::Unknown => format!("{:#x}", l.offset),
+            ModuleKind::Kernel | ModuleKind::Unknown | ModuleKind::PerfMap => {
+                format!("{:#x}", l.offset)
+            }
             ModuleKind::File | ModuleKind::Guest => {
                 format!("{}+{:#x}", m.short_name(), l.offset)
             }

@@ -22,6 +22,8 @@
 //!   unknown without a warning.
 //! * Modules rebuilt or deleted since recording: the recorded build is looked for by
 //!   build-id in `--debug-dir`s, perf's `~/.debug` and debuginfod's cache.
+//! * JIT code through perf's maps (`/tmp/perf-PID.map`, as `node --perf-basic-prof`,
+//!   `python3 -X perf` or a JVM agent write them): [`Symbolizer::symbolize_perf_map`].
 //! * Demangling of Rust (legacy and v0) and C++ names.
 //!
 //! # Function extents
@@ -70,6 +72,7 @@ mod kallsyms;
 mod locals;
 mod maps;
 mod module;
+mod perfmap;
 mod symtab;
 mod types;
 mod vdso;
@@ -92,6 +95,24 @@ pub mod fuzzing {
             .filter(|&&a| !table.lookup(a).frames.is_empty())
             .count()
     }
+
+    /// Parses a perf JIT map (`/tmp/perf-PID.map`) and looks up each of `addrs`; checks
+    /// that every hit contains its address.
+    pub fn perf_map(text: &str, addrs: &[u64]) -> usize {
+        let map = crate::perfmap::PerfMap::parse(text);
+        addrs
+            .iter()
+            .filter(|&&a| {
+                map.lookup(a).is_some_and(|h| {
+                    assert!(
+                        h.start <= a && a - h.start < h.size,
+                        "a hit contains its address"
+                    );
+                    true
+                })
+            })
+            .count()
+    }
 }
 pub use error::{KallsymsError, ModuleError};
 pub use locals::{LocalFunction, local_functions};
@@ -102,6 +123,7 @@ pub use types::{
 };
 
 use kallsyms::Kallsyms;
+use perfmap::PerfMap;
 
 /// The default kernel symbol table.
 pub const PROC_KALLSYMS: &str = "/proc/kallsyms";
@@ -126,6 +148,8 @@ pub struct Symbolizer {
     opts: SymbolizerOptions,
     modules: Mutex<HashMap<ModuleKey, Slot>>,
     kallsyms: OnceLock<Option<Kallsyms>>,
+    /// perf JIT maps by recorded path, read once (`None`: not found or unreadable).
+    perf_maps: Mutex<HashMap<PathBuf, Option<Arc<PerfMap>>>>,
     warnings: Mutex<Vec<String>>,
     warned: Mutex<HashSet<String>>,
 }
@@ -141,6 +165,7 @@ impl Symbolizer {
             opts,
             modules: Mutex::new(HashMap::new()),
             kallsyms: OnceLock::new(),
+            perf_maps: Mutex::new(HashMap::new()),
             warnings: Mutex::new(Vec::new()),
             warned: Mutex::new(HashSet::new()),
         }
@@ -225,6 +250,72 @@ impl Symbolizer {
         match table {
             Some(k) => addrs.iter().map(|a| k.lookup(*a)).collect(),
             None => vec![Symbolized::unknown(); addrs.len()],
+        }
+    }
+
+    /// JIT code through perf's map of its process (`/tmp/perf-PID.map`, named by `map`):
+    /// run-time addresses in, the map's names out. The map is looked for by its file name
+    /// in the debug directories first (a copy kept beside the recording), then at `map`.
+    /// A missing map gives unknown frames and one warning.
+    pub fn symbolize_perf_map(&self, map: &Path, addrs: &[u64]) -> Vec<Symbolized> {
+        let table = {
+            let mut maps = lock(&self.perf_maps);
+            maps.entry(map.to_path_buf())
+                .or_insert_with(|| self.load_perf_map(map))
+                .clone()
+        };
+        let Some(table) = table else {
+            return vec![Symbolized::unknown(); addrs.len()];
+        };
+        addrs
+            .iter()
+            .map(|&a| match table.lookup(a) {
+                Some(hit) => Symbolized {
+                    frames: vec![SymFrame {
+                        function: Some(hit.name.to_owned()),
+                        function_offset: Some(a - hit.start),
+                        function_size: Some(hit.size),
+                        ..SymFrame::default()
+                    }],
+                },
+                None => Symbolized::unknown(),
+            })
+            .collect()
+    }
+
+    fn load_perf_map(&self, map: &Path) -> Option<Arc<PerfMap>> {
+        let name = map.file_name()?;
+        let candidates: Vec<PathBuf> = self
+            .opts
+            .debug_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .chain(std::iter::once(map.to_path_buf()))
+            .collect();
+        let Some(found) = candidates.iter().find(|p| p.is_file()) else {
+            self.warn(format!(
+                "no {} (nor in the debug directories): its process's JIT code is unnamed; \
+                 the JIT writes it when asked (node --perf-basic-prof, python3 -X perf, \
+                 a JVM perf-map agent)",
+                map.display()
+            ));
+            return None;
+        };
+        match PerfMap::read(found) {
+            Ok(m) => {
+                if m.bad_lines > 0 {
+                    self.warn(format!(
+                        "{}: {} lines are not `START SIZE NAME` and were skipped",
+                        found.display(),
+                        m.bad_lines
+                    ));
+                }
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                self.warn(format!("cannot read {}: {e}", found.display()));
+                None
+            }
         }
     }
 

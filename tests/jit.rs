@@ -1,0 +1,128 @@
+//! JIT code named from perf's maps (`/tmp/perf-PID.map`), as perf names it: a real JIT
+//! (node's V8) recorded by lbrprof and by perf.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{lbrprof, perf_available};
+
+fn workload() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/jit_fib.js")
+}
+
+/// The pid of the recorded node process, from the module name `perf-PID.map`.
+fn map_module(report: &serde_json::Value) -> (String, f64) {
+    let f = &report["functions"][0];
+    let module = f["module"].as_str().unwrap_or_default().to_owned();
+    let function = f["function"].as_str().unwrap_or_default();
+    assert!(
+        module.starts_with("perf-") && module.ends_with(".map"),
+        "the hottest function is not JIT code: {f}"
+    );
+    assert!(
+        function.starts_with("JS:") && function.contains("fib") && function.contains("jit_fib.js"),
+        "JIT code is not named from the perf map: {f}"
+    );
+    (module, f["self_pct"].as_f64().unwrap_or(0.0))
+}
+
+fn report_json(data: &Path) -> (serde_json::Value, String) {
+    let out = lbrprof()
+        .args(["report", "--format", "json", "-i"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        serde_json::from_slice(&out.stdout).expect("valid JSON"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `perf report`'s share of the hottest symbol whose name contains `needle`.
+fn perf_share(data: &Path, needle: &str) -> f64 {
+    let out = Command::new("perf")
+        .args(["report", "--stdio", "--sort", "sym", "-i"])
+        .arg(data)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(needle))
+        .find_map(|l| l.trim().split('%').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("perf report has no {needle}"))
+}
+
+#[test]
+fn jit_code_is_named_from_perf_maps_as_perf_names_it() {
+    if !perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Recorded by lbrprof.
+    let data = tmp.path().join("node.data");
+    let out = lbrprof()
+        .args(["record", "-F", "999", "-o"])
+        .arg(&data)
+        .args(["--", "node", "--perf-basic-prof"])
+        .arg(workload())
+        .output()
+        .expect("node is needed for the JIT tests (Debian package nodejs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (report, _) = report_json(&data);
+    let (module, share) = map_module(&report);
+    assert!(share > 30.0, "fib is the hot code: {share}%");
+    let _ = std::fs::remove_file(Path::new("/tmp").join(&module));
+
+    // Recorded by perf: the same names and shares as perf's own report of it.
+    let data = tmp.path().join("perf.data");
+    let status = Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-o"])
+        .arg(&data)
+        .args(["--", "node", "--perf-basic-prof"])
+        .arg(workload())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (report, _) = report_json(&data);
+    let (module, share) = map_module(&report);
+    let perf = perf_share(&data, "JS:*fib");
+    assert!(
+        (share - perf).abs() < 0.5,
+        "lbrprof {share}% vs perf {perf}% for the optimized fib"
+    );
+
+    // A map kept beside the recording (the process's /tmp is gone) still names it.
+    let map = Path::new("/tmp").join(&module);
+    std::fs::rename(&map, tmp.path().join(&module))
+        .or_else(|_| std::fs::copy(&map, tmp.path().join(&module)).map(drop))
+        .unwrap();
+    let _ = std::fs::remove_file(&map);
+    let (report, _) = report_json(&data);
+    assert_eq!(map_module(&report).0, module);
+
+    // Without any map: unnamed, and the warning says what would name it.
+    std::fs::remove_file(tmp.path().join(&module)).unwrap();
+    let (report, stderr) = report_json(&data);
+    let f = &report["functions"][0];
+    assert_eq!(f["module"].as_str(), Some(module.as_str()), "{f}");
+    assert!(
+        f["function"].as_str().unwrap_or_default().starts_with("0x"),
+        "{f}"
+    );
+    assert!(
+        stderr.contains(&module) && stderr.contains("--perf-basic-prof"),
+        "{stderr}"
+    );
+}
