@@ -67,7 +67,9 @@ fn jit_code_is_named_from_perf_maps_as_perf_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     // Recorded by lbrprof.
     let data = tmp.path().join("node.data");
+    // V8 leaves an isolate-*.log in its working directory.
     let out = lbrprof()
+        .current_dir(tmp.path())
         .args(["record", "-F", "999", "-o"])
         .arg(&data)
         .args(["--", "node", "--perf-basic-prof"])
@@ -87,6 +89,7 @@ fn jit_code_is_named_from_perf_maps_as_perf_names_it() {
     // Recorded by perf: the same names and shares as perf's own report of it.
     let data = tmp.path().join("perf.data");
     let status = Command::new("perf")
+        .current_dir(tmp.path())
         .args(["record", "-q", "-F", "999", "-o"])
         .arg(&data)
         .args(["--", "node", "--perf-basic-prof"])
