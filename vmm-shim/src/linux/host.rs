@@ -192,6 +192,18 @@ pub fn ioctl_read(fd: BorrowedFd<'_>, request: u64) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// FIONBIO (set or clear O_NONBLOCK through an int) and FIONREAD (bytes ready, an int
+/// out): `value` in, the int the kernel left out.
+pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Errno> {
+    if request != libc::FIONBIO && request != libc::FIONREAD {
+        return Err(Errno(libc::ENOTTY));
+    }
+    let mut v = value;
+    // SAFETY: both requests take a pointer to a live int.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut v) };
+    if r < 0 { Err(last()) } else { Ok(v) }
+}
+
 /// fcntl commands with an integer argument and result (F_GETFL, F_SETFL, ...).
 pub fn fcntl_int(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> Result<i64, Errno> {
     // SAFETY: only called for commands whose argument is an integer.
@@ -353,4 +365,126 @@ pub fn hwcap() -> u64 {
     // SAFETY: cpuid leaf 1 exists on every x86-64 CPU.
     #[allow(unused_unsafe)]
     u64::from(unsafe { std::arch::x86_64::__cpuid(1) }.edx)
+}
+
+/// Takes ownership of a descriptor a system call just returned (`r`, or the error).
+fn owned(r: i32) -> Result<OwnedFd, Errno> {
+    if r < 0 {
+        return Err(last());
+    }
+    // SAFETY: r is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// A host epoll instance (close-on-exec on the host whatever the program asked).
+pub fn epoll_create() -> Result<OwnedFd, Errno> {
+    // SAFETY: plain integer argument.
+    owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+}
+
+/// epoll_ctl with the program's `struct epoll_event` (events, opaque data): the host
+/// keeps the data and hands it back from [`epoll_wait`], so it needs no translation.
+pub fn epoll_ctl(
+    epfd: BorrowedFd<'_>,
+    op: i32,
+    fd: BorrowedFd<'_>,
+    event: Option<(u32, u64)>,
+) -> Result<(), Errno> {
+    let mut ev = event.map(|(events, u64)| libc::epoll_event { events, u64 });
+    let p = ev
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |e| e as *mut libc::epoll_event);
+    // SAFETY: p is null (EPOLL_CTL_DEL) or points at a live epoll_event.
+    let r = unsafe { libc::epoll_ctl(epfd.as_raw_fd(), op, fd.as_raw_fd(), p) };
+    if r < 0 { Err(last()) } else { Ok(()) }
+}
+
+/// Up to `max` ready events as (events, data), waiting at most `timeout_ms`.
+pub fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    max: usize,
+    timeout_ms: i32,
+) -> Result<Vec<(u32, u64)>, Errno> {
+    let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)];
+    // SAFETY: evs is a live, writable array of evs.len() epoll_event structures.
+    let r = unsafe {
+        libc::epoll_wait(
+            epfd.as_raw_fd(),
+            evs.as_mut_ptr(),
+            evs.len() as i32,
+            timeout_ms,
+        )
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    evs.truncate(r as usize);
+    Ok(evs.iter().map(|e| (e.events, e.u64)).collect())
+}
+
+/// A host eventfd; `flags` are the program's (EFD_NONBLOCK, EFD_SEMAPHORE).
+pub fn eventfd(initval: u32, flags: i32) -> Result<OwnedFd, Errno> {
+    let flags = (flags & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)) | libc::EFD_CLOEXEC;
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::eventfd(initval, flags) })
+}
+
+/// A host timerfd on `clock`; `flags` are the program's (TFD_NONBLOCK).
+pub fn timerfd_create(clock: i32, flags: i32) -> Result<OwnedFd, Errno> {
+    let flags = (flags & libc::TFD_NONBLOCK) | libc::TFD_CLOEXEC;
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::timerfd_create(clock, flags) })
+}
+
+/// The 32 bytes of a `struct itimerspec` (interval, value) as four integers.
+pub type Itimerspec = [i64; 4];
+
+fn to_itimerspec(t: &Itimerspec) -> libc::itimerspec {
+    libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: t[0],
+            tv_nsec: t[1],
+        },
+        it_value: libc::timespec {
+            tv_sec: t[2],
+            tv_nsec: t[3],
+        },
+    }
+}
+
+fn from_itimerspec(t: &libc::itimerspec) -> Itimerspec {
+    [
+        t.it_interval.tv_sec,
+        t.it_interval.tv_nsec,
+        t.it_value.tv_sec,
+        t.it_value.tv_nsec,
+    ]
+}
+
+/// timerfd_settime: arms (or disarms) the timer, returns the old setting.
+pub fn timerfd_settime(
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    new: &Itimerspec,
+) -> Result<Itimerspec, Errno> {
+    let new = to_itimerspec(new);
+    // SAFETY: an all-zero itimerspec is a valid value.
+    let mut old: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live itimerspec structures.
+    let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &new, &mut old) };
+    if r < 0 {
+        return Err(last());
+    }
+    Ok(from_itimerspec(&old))
+}
+
+pub fn timerfd_gettime(fd: BorrowedFd<'_>) -> Result<Itimerspec, Errno> {
+    // SAFETY: an all-zero itimerspec is a valid value.
+    let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: cur is a live itimerspec.
+    let r = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut cur) };
+    if r < 0 {
+        return Err(last());
+    }
+    Ok(from_itimerspec(&cur))
 }

@@ -17,6 +17,7 @@
 //! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //!
+//! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`thread`]: threads (one vCPU each) and futexes.
 //! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
 //!
@@ -25,6 +26,7 @@
 
 pub mod abi;
 pub mod cpu;
+pub mod events;
 pub mod fd;
 pub mod host;
 pub mod loader;
@@ -611,6 +613,7 @@ impl Process {
             }
             Block::Futex { .. } | Block::Sleep { .. } => 0,
             Block::Poll(p) => self.poll_done(&p),
+            Block::Epoll(e) => self.epoll_done(&e),
         };
         pending.regs.rax = ret;
         write_regs(vcpu, &pending.regs, pending.fast)

@@ -164,10 +164,7 @@ impl Process {
                 self.out(a[1], &b).map(|()| b.len() as u64)
             }),
             Sysno::getcwd => self.sys_getcwd(a[0], a[1]),
-            Sysno::ioctl => self.host_fd(a[0]).and_then(|f| {
-                let b = host::ioctl_read(f, a[1])?;
-                self.out(a[2], &b).map(|()| 0)
-            }),
+            Sysno::ioctl => self.sys_ioctl(a[0], a[1], a[2]),
             Sysno::dup => self.fds.get(a[0]).cloned().and_then(|mut f| {
                 f.cloexec = false;
                 self.fds.insert(f)
@@ -324,6 +321,33 @@ impl Process {
                 };
                 return self.sys_poll(a[0], a[1], deadline);
             }
+            // Event descriptors (events.rs).
+            Sysno::epoll_create1 => self.sys_epoll_create(a[0], None),
+            Sysno::epoll_create => self.sys_epoll_create(0, Some(a[0])),
+            Sysno::epoll_ctl => self.sys_epoll_ctl(a[0], a[1], a[2], a[3]),
+            Sysno::epoll_wait | Sysno::epoll_pwait => {
+                let timeout = a[3] as i32;
+                let deadline = (timeout >= 0).then(|| {
+                    std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
+                });
+                return self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+            }
+            Sysno::epoll_pwait2 => {
+                let deadline = if a[3] == 0 {
+                    None
+                } else {
+                    match self.timeout(a[3], libc::CLOCK_MONOTONIC, false) {
+                        Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
+                        Err(e) => return Outcome::Return(e.ret()),
+                    }
+                };
+                return self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+            }
+            Sysno::eventfd2 => self.sys_eventfd(a[0], a[1]),
+            Sysno::eventfd => self.sys_eventfd(a[0], 0),
+            Sysno::timerfd_create => self.sys_timerfd_create(a[0], a[1]),
+            Sysno::timerfd_settime => self.sys_timerfd_settime(a[0], a[1], a[2], a[3]),
+            Sysno::timerfd_gettime => self.sys_timerfd_gettime(a[0], a[1]),
             Sysno::clone3 => Err(Errno::ENOSYS),
             _ => {
                 *self

@@ -106,7 +106,7 @@ pub struct Waiter {
 }
 
 /// How often a blocked thread looks at the VM's stop flag.
-const STOP_POLL: Duration = Duration::from_millis(20);
+pub(crate) const STOP_POLL: Duration = Duration::from_millis(20);
 
 impl Waiter {
     pub fn wake(&self) {
@@ -154,6 +154,8 @@ pub enum Block {
     Sleep { until: Instant },
     /// poll/ppoll on host descriptors.
     Poll(PollBlock),
+    /// epoll_wait and its variants, on a host epoll instance.
+    Epoll(crate::linux::events::EpollBlock),
 }
 
 impl Block {
@@ -168,6 +170,10 @@ impl Block {
             }
             Block::Poll(p) => {
                 p.run(stop);
+                true
+            }
+            Block::Epoll(e) => {
+                e.run(stop);
                 true
             }
         }

@@ -1,0 +1,254 @@
+//! Event descriptors: epoll, eventfd and timerfd, on host instances of the same kind.
+//!
+//! Guest descriptors are host open files (see [`super::fd`]), so an epoll set of the
+//! program is a host epoll instance watching the host files behind the program's
+//! descriptors. The kernel keeps each registration's `data` and returns it unchanged, so
+//! the program's own cookies (often its fd numbers or pointers) come back as it stored
+//! them, with no translation. A wait blocks like `poll` (the process released, the VM's
+//! stop flag looked at every few milliseconds); as with `poll`, a signal does not
+//! interrupt it and `epoll_pwait`'s signal mask is not applied.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::linux::Process;
+use crate::linux::fd::Fd;
+use crate::linux::host;
+use crate::linux::mm::Errno;
+use crate::linux::syscall::Outcome;
+use crate::linux::thread::{Block, STOP_POLL};
+use crate::memory::GuestVirtAddr;
+
+/// Bytes of a `struct epoll_event` on x86-64 (packed: u32 events, u64 data).
+const EPOLL_EVENT: usize = 12;
+/// Most events one wait returns (the kernel's limit is INT_MAX / 12; programs ask for
+/// a few hundred at most and get the rest on the next wait).
+const MAX_EVENTS: u64 = 4096;
+
+/// An `epoll_wait` with the process released.
+#[derive(Debug)]
+pub struct EpollBlock {
+    epoll: Arc<OwnedFd>,
+    /// Guest address of the events array.
+    va: u64,
+    max: usize,
+    /// None: no timeout.
+    deadline: Option<Instant>,
+    /// The ready events once run, or the error.
+    result: Result<Vec<(u32, u64)>, Errno>,
+}
+
+impl EpollBlock {
+    /// Wait until an event is ready, the deadline passes or the VM stops.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        loop {
+            let now = Instant::now();
+            let slice = match self.deadline {
+                Some(d) => d.saturating_duration_since(now).min(STOP_POLL),
+                None => STOP_POLL,
+            };
+            match host::epoll_wait(self.epoll.as_fd(), self.max, slice.as_millis() as i32) {
+                Ok(evs) if !evs.is_empty() => {
+                    self.result = Ok(evs);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.0 == libc::EINTR => {}
+                Err(e) => {
+                    self.result = Err(e);
+                    return;
+                }
+            }
+            let over = self.deadline.is_some_and(|d| Instant::now() >= d);
+            if over || stop.load(Ordering::Acquire) {
+                self.result = Ok(Vec::new());
+                return;
+            }
+        }
+    }
+}
+
+impl Process {
+    /// epoll_create1 (`size` is epoll_create's, which must be positive).
+    pub(crate) fn sys_epoll_create(&mut self, flags: u64, size: Option<u64>) -> Result<u64, Errno> {
+        if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 || size.is_some_and(|s| s as i32 <= 0) {
+            return Err(Errno::EINVAL);
+        }
+        let ep = host::epoll_create()?;
+        self.fds.insert(Fd::new(ep, flags != 0))
+    }
+
+    pub(crate) fn sys_epoll_ctl(
+        &mut self,
+        epfd: u64,
+        op: u64,
+        fd: u64,
+        event: u64,
+    ) -> Result<u64, Errno> {
+        let ep = self.fds.get(epfd)?.file.clone();
+        let target = self.fds.get(fd)?.file.clone();
+        let ev = if op as i32 == libc::EPOLL_CTL_DEL {
+            None
+        } else {
+            let mut b = [0u8; EPOLL_EVENT];
+            self.mm.read(GuestVirtAddr(event), &mut b)?;
+            let events = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let data = u64::from_le_bytes(b[4..12].try_into().unwrap_or_default());
+            Some((events, data))
+        };
+        host::epoll_ctl(ep.as_fd(), op as i32, target.as_fd(), ev).map(|()| 0)
+    }
+
+    /// epoll_wait/epoll_pwait/epoll_pwait2: at once when something is ready or the
+    /// deadline is now, else a block with the process released.
+    pub(crate) fn sys_epoll_wait(
+        &mut self,
+        epfd: u64,
+        va: u64,
+        max: u64,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let ep = match self.fds.get(epfd) {
+            Ok(f) => f.file.clone(),
+            Err(e) => return Outcome::Return(e.ret()),
+        };
+        if max as i32 <= 0 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        let max = max.min(MAX_EVENTS) as usize;
+        // The array must be the program's writable memory before anything is consumed
+        // (an edge-triggered event taken here would be lost with EFAULT).
+        if let Err(e) = self
+            .mm
+            .write(GuestVirtAddr(va), &vec![0; max * EPOLL_EVENT])
+        {
+            return Outcome::Return(e.ret());
+        }
+        let mut block = EpollBlock {
+            epoll: ep,
+            va,
+            max,
+            deadline,
+            result: Ok(Vec::new()),
+        };
+        match host::epoll_wait(block.epoll.as_fd(), max, 0) {
+            Ok(evs) if !evs.is_empty() => {
+                block.result = Ok(evs);
+                return Outcome::Return(self.epoll_done(&block));
+            }
+            Ok(_) if deadline.is_some_and(|d| d <= Instant::now()) => {
+                return Outcome::Return(0);
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Return(e.ret()),
+        }
+        Outcome::Block(Block::Epoll(block))
+    }
+
+    /// Write a finished wait's events to the program; the call's result.
+    pub(crate) fn epoll_done(&mut self, block: &EpollBlock) -> u64 {
+        let evs = match &block.result {
+            Ok(evs) => evs,
+            Err(e) => return e.ret(),
+        };
+        let mut out = Vec::with_capacity(evs.len() * EPOLL_EVENT);
+        for (events, data) in evs {
+            out.extend_from_slice(&events.to_le_bytes());
+            out.extend_from_slice(&data.to_le_bytes());
+        }
+        match self.mm.write(GuestVirtAddr(block.va), &out) {
+            Ok(()) => evs.len() as u64,
+            Err(e) => e.ret(),
+        }
+    }
+
+    /// The ioctls programs make on any descriptor: the terminal queries, FIONBIO and
+    /// FIONREAD (event loops such as libuv's), FIOCLEX/FIONCLEX (the descriptor flag,
+    /// which is the program's own here).
+    pub(crate) fn sys_ioctl(&mut self, fd: u64, request: u64, arg: u64) -> Result<u64, Errno> {
+        match request {
+            libc::FIOCLEX | libc::FIONCLEX => {
+                self.fds.get_mut(fd)?.cloexec = request == libc::FIOCLEX;
+                Ok(0)
+            }
+            libc::FIONBIO => {
+                let mut on = [0u8; 4];
+                self.mm.read(GuestVirtAddr(arg), &mut on)?;
+                let on = i32::from_le_bytes(on);
+                host::ioctl_int(self.fds.get(fd)?.host(), request, on).map(|_| 0)
+            }
+            libc::FIONREAD => {
+                let n = host::ioctl_int(self.fds.get(fd)?.host(), request, 0)?;
+                self.mm.write(GuestVirtAddr(arg), &n.to_le_bytes())?;
+                Ok(0)
+            }
+            _ => {
+                let b = host::ioctl_read(self.fds.get(fd)?.host(), request)?;
+                self.mm.write(GuestVirtAddr(arg), &b)?;
+                Ok(0)
+            }
+        }
+    }
+
+    pub(crate) fn sys_eventfd(&mut self, initval: u64, flags: u64) -> Result<u64, Errno> {
+        let known = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE;
+        let flags = flags as i32;
+        if flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let f = host::eventfd(initval as u32, flags)?;
+        self.fds.insert(Fd::new(f, flags & libc::EFD_CLOEXEC != 0))
+    }
+
+    pub(crate) fn sys_timerfd_create(&mut self, clock: u64, flags: u64) -> Result<u64, Errno> {
+        let flags = flags as i32;
+        if flags & !(libc::TFD_CLOEXEC | libc::TFD_NONBLOCK) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let f = host::timerfd_create(clock as i32, flags)?;
+        self.fds.insert(Fd::new(f, flags & libc::TFD_CLOEXEC != 0))
+    }
+
+    fn read_itimerspec(&self, va: u64) -> Result<host::Itimerspec, Errno> {
+        let mut b = [0u8; 32];
+        self.mm.read(GuestVirtAddr(va), &mut b)?;
+        let mut t = [0i64; 4];
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        }
+        Ok(t)
+    }
+
+    fn write_itimerspec(&self, va: u64, t: &host::Itimerspec) -> Result<(), Errno> {
+        let mut b = [0u8; 32];
+        for (i, v) in t.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        self.mm.write(GuestVirtAddr(va), &b)
+    }
+
+    pub(crate) fn sys_timerfd_settime(
+        &mut self,
+        fd: u64,
+        flags: u64,
+        new: u64,
+        old: u64,
+    ) -> Result<u64, Errno> {
+        let f = self.fds.get(fd)?.file.clone();
+        let want = self.read_itimerspec(new)?;
+        let was = host::timerfd_settime(f.as_fd(), flags as i32, &want)?;
+        if old != 0 {
+            self.write_itimerspec(old, &was)?;
+        }
+        Ok(0)
+    }
+
+    pub(crate) fn sys_timerfd_gettime(&mut self, fd: u64, cur: u64) -> Result<u64, Errno> {
+        let f = self.fds.get(fd)?.file.clone();
+        let t = host::timerfd_gettime(f.as_fd())?;
+        self.write_itimerspec(cur, &t)?;
+        Ok(0)
+    }
+}
