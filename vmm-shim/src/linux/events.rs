@@ -8,7 +8,7 @@
 //! stop flag looked at every few milliseconds); as with `poll`, a signal does not
 //! interrupt it and `epoll_pwait`'s signal mask is not applied.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -18,8 +18,9 @@ use crate::linux::fd::Fd;
 use crate::linux::host;
 use crate::linux::mm::Errno;
 use crate::linux::syscall::Outcome;
-use crate::linux::thread::{Block, STOP_POLL};
+use crate::linux::thread::{Block, PollBlock, STOP_POLL};
 use crate::memory::GuestVirtAddr;
+use syscalls::Sysno;
 
 /// Bytes of a `struct epoll_event` on x86-64 (packed: u32 events, u64 data).
 const EPOLL_EVENT: usize = 12;
@@ -71,6 +72,48 @@ impl EpollBlock {
 }
 
 impl Process {
+    /// With several threads, a read that would block (read, readv, recvfrom, recvmsg,
+    /// accept on a blocking pipe, socket or terminal with nothing to take) must not
+    /// hold the process: the thread that would make it ready could never run. It waits
+    /// for readiness with the process released, then the call starts again (as Linux
+    /// restarts a system call). None: go on with the call now.
+    pub(crate) fn wait_readable(&mut self, sys: Sysno, a: [u64; 6]) -> Option<Outcome> {
+        if self.threads.len() < 2 {
+            return None;
+        }
+        let dontwait = |flags: u64| flags as i32 & libc::MSG_DONTWAIT != 0;
+        let fd = match sys {
+            Sysno::read | Sysno::readv | Sysno::accept | Sysno::accept4 => a[0],
+            Sysno::recvfrom if !dontwait(a[3]) => a[0],
+            Sysno::recvmsg if !dontwait(a[2]) => a[0],
+            _ => return None,
+        };
+        let file = self.fds.get(fd).ok()?.file.clone();
+        let fl = host::fcntl_int(file.as_fd(), libc::F_GETFL, 0).ok()?;
+        if fl & i64::from(libc::O_NONBLOCK) != 0 {
+            return None;
+        }
+        let mut probe = [libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        match host::poll(&mut probe, 0) {
+            Ok(0) => {}
+            _ => return None, // ready, hung up or in error: the call says which
+        }
+        let poll = PollBlock {
+            va: 0,
+            entries: vec![(Some(file), libc::POLLIN, false)],
+            deadline: None,
+            result: Ok(Vec::new()),
+        };
+        Some(Outcome::Block(Block::Restart {
+            poll,
+            nr: sys as u64,
+        }))
+    }
+
     /// epoll_create1 (`size` is epoll_create's, which must be positive).
     pub(crate) fn sys_epoll_create(&mut self, flags: u64, size: Option<u64>) -> Result<u64, Errno> {
         if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 || size.is_some_and(|s| s as i32 <= 0) {

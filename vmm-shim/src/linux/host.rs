@@ -488,3 +488,198 @@ pub fn timerfd_gettime(fd: BorrowedFd<'_>) -> Result<Itimerspec, Errno> {
     }
     Ok(from_itimerspec(&cur))
 }
+
+/// A host socket (close-on-exec on the host whatever the program asked).
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })
+}
+
+pub fn socketpair(domain: i32, ty: i32, protocol: i32) -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a live array of two ints.
+    let r =
+        unsafe { libc::socketpair(domain, ty | libc::SOCK_CLOEXEC, protocol, fds.as_mut_ptr()) };
+    if r < 0 {
+        return Err(last());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// bind (`connect` false) or connect with the program's socket address bytes.
+pub fn bind_or_connect(fd: BorrowedFd<'_>, addr: &[u8], connect: bool) -> Result<(), Errno> {
+    let p = addr.as_ptr().cast::<libc::sockaddr>();
+    let len = addr.len() as libc::socklen_t;
+    // SAFETY: p points at addr.len() live bytes; the kernel reads at most len of them.
+    let r = unsafe {
+        if connect {
+            libc::connect(fd.as_raw_fd(), p, len)
+        } else {
+            libc::bind(fd.as_raw_fd(), p, len)
+        }
+    };
+    if r < 0 { Err(last()) } else { Ok(()) }
+}
+
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::listen(fd.as_raw_fd(), backlog) };
+    if r < 0 { Err(last()) } else { Ok(()) }
+}
+
+/// Bytes of a `struct sockaddr_storage`: the largest address a call returns.
+const SOCKADDR_MAX: usize = std::mem::size_of::<libc::sockaddr_storage>();
+
+/// accept4 with the program's SOCK_NONBLOCK; the new socket and its peer's address
+/// (as many bytes as the kernel's address length says).
+pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> Result<(OwnedFd, Vec<u8>, usize), Errno> {
+    let mut addr = vec![0u8; SOCKADDR_MAX];
+    let mut len = SOCKADDR_MAX as libc::socklen_t;
+    let flags = (flags & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC;
+    // SAFETY: addr is a live, writable buffer of len bytes.
+    let r = unsafe { libc::accept4(fd.as_raw_fd(), addr.as_mut_ptr().cast(), &mut len, flags) };
+    let s = owned(r)?;
+    Ok((s, addr, len as usize))
+}
+
+/// getsockname (`peer` false) or getpeername: the address and its full length.
+pub fn sockname(fd: BorrowedFd<'_>, peer: bool) -> Result<(Vec<u8>, usize), Errno> {
+    let mut addr = vec![0u8; SOCKADDR_MAX];
+    let mut len = SOCKADDR_MAX as libc::socklen_t;
+    let p = addr.as_mut_ptr().cast::<libc::sockaddr>();
+    // SAFETY: addr is a live, writable buffer of len bytes.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        }
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    Ok((addr, len as usize))
+}
+
+pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> Result<(), Errno> {
+    // SAFETY: value is a live buffer of value.len() bytes.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if r < 0 { Err(last()) } else { Ok(()) }
+}
+
+/// getsockopt into a buffer of `max` bytes: the value (the kernel's length).
+pub fn getsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, max: usize) -> Result<Vec<u8>, Errno> {
+    let mut v = vec![0u8; max];
+    let mut len = max as libc::socklen_t;
+    // SAFETY: v is a live, writable buffer of len bytes.
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, v.as_mut_ptr().cast(), &mut len) };
+    if r < 0 {
+        return Err(last());
+    }
+    v.truncate((len as usize).min(max));
+    Ok(v)
+}
+
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+    if r < 0 { Err(last()) } else { Ok(()) }
+}
+
+/// sendmsg of one gathered buffer, with an optional destination and control data
+/// (already translated to host descriptors).
+pub fn sendmsg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: Option<&[u8]>,
+    control: &[u8],
+    flags: i32,
+) -> Result<usize, Errno> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(to) = to {
+        msg.msg_name = to.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len() as libc::socklen_t;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len();
+    }
+    // SAFETY: every pointer in msg is to a live buffer of the stated length, only read.
+    check(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) })
+}
+
+/// What [`recvmsg`] received.
+pub struct Received {
+    pub len: usize,
+    pub from: Vec<u8>,
+    /// The sender address's full length (may exceed `from`).
+    pub from_len: usize,
+    pub control: Vec<u8>,
+    pub flags: i32,
+}
+
+/// recvmsg into one buffer of `len` bytes, with room for an address and `control` bytes
+/// of control data (descriptors arrive close-on-exec).
+pub fn recvmsg(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    control: usize,
+    flags: i32,
+) -> Result<(Vec<u8>, Received), Errno> {
+    let mut data = vec![0u8; len];
+    let mut from = vec![0u8; SOCKADDR_MAX];
+    let mut ctl = vec![0u8; control];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = from.as_mut_ptr().cast();
+    msg.msg_namelen = SOCKADDR_MAX as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if control > 0 {
+        msg.msg_control = ctl.as_mut_ptr().cast();
+        msg.msg_controllen = control;
+    }
+    // SAFETY: every pointer in msg is to a live, writable buffer of the stated length.
+    let n =
+        check(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) })?;
+    ctl.truncate(msg.msg_controllen.min(control));
+    let from_len = msg.msg_namelen as usize;
+    Ok((
+        data,
+        Received {
+            len: n,
+            from,
+            from_len,
+            control: ctl,
+            flags: msg.msg_flags,
+        },
+    ))
+}
+
+/// Takes ownership of a descriptor that arrived in an SCM_RIGHTS message.
+pub fn adopt_received(raw: RawFd) -> Option<OwnedFd> {
+    // SAFETY: the kernel just installed raw in this process for this message; nobody
+    // else owns it.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+}

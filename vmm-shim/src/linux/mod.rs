@@ -18,6 +18,7 @@
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
+//! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
 //! * [`thread`]: threads (one vCPU each) and futexes.
 //! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
 //!
@@ -31,6 +32,7 @@ pub mod fd;
 pub mod host;
 pub mod loader;
 pub mod mm;
+pub mod net;
 pub mod signal;
 pub mod stack;
 pub mod syscall;
@@ -614,6 +616,17 @@ impl Process {
             Block::Futex { .. } | Block::Sleep { .. } => 0,
             Block::Poll(p) => self.poll_done(&p),
             Block::Epoll(e) => self.epoll_done(&e),
+            Block::Restart { nr, .. } => {
+                // Back onto the `syscall` instruction (RCX is the address after it) with
+                // the call's number: in ring 3 the program resumes at RIP (already RCX),
+                // through the ring-0 stub SYSRETQ returns to RCX.
+                let back = pending.regs.rcx.wrapping_sub(2);
+                if pending.regs.rip == pending.regs.rcx {
+                    pending.regs.rip = back;
+                }
+                pending.regs.rcx = back;
+                nr
+            }
         };
         pending.regs.rax = ret;
         write_regs(vcpu, &pending.regs, pending.fast)

@@ -49,7 +49,7 @@ pub struct CloneArgs {
 type Sys = Result<u64, Errno>;
 
 /// Largest single transfer (read/write and friends); programs handle short counts.
-const MAX_IO: usize = 16 << 20;
+pub(crate) const MAX_IO: usize = 16 << 20;
 /// Longest path accepted (PATH_MAX).
 const PATH_MAX: usize = 4096;
 
@@ -102,6 +102,9 @@ impl Process {
                 .or_insert(0) += 1;
             return Outcome::Return(Errno::ENOSYS.ret());
         };
+        if let Some(wait) = self.wait_readable(sys, a) {
+            return wait;
+        }
         let r: Sys = match sys {
             Sysno::exit_group => return Outcome::Exit(a[0] as i32),
             Sysno::exit => return self.sys_exit(task, a[0] as i32),
@@ -348,6 +351,23 @@ impl Process {
             Sysno::timerfd_create => self.sys_timerfd_create(a[0], a[1]),
             Sysno::timerfd_settime => self.sys_timerfd_settime(a[0], a[1], a[2], a[3]),
             Sysno::timerfd_gettime => self.sys_timerfd_gettime(a[0], a[1]),
+            // Sockets (net.rs).
+            Sysno::socket => self.sys_socket(a[0], a[1], a[2]),
+            Sysno::socketpair => self.sys_socketpair(a[0], a[1], a[2], a[3]),
+            Sysno::bind => self.sys_bind_connect(a[0], a[1], a[2], false),
+            Sysno::connect => self.sys_bind_connect(a[0], a[1], a[2], true),
+            Sysno::listen => self.sys_listen(a[0], a[1]),
+            Sysno::accept => self.sys_accept(a[0], a[1], a[2], 0),
+            Sysno::accept4 => self.sys_accept(a[0], a[1], a[2], a[3]),
+            Sysno::getsockname => self.sys_sockname(a[0], a[1], a[2], false),
+            Sysno::getpeername => self.sys_sockname(a[0], a[1], a[2], true),
+            Sysno::setsockopt => self.sys_setsockopt(a[0], a[1], a[2], a[3], a[4]),
+            Sysno::getsockopt => self.sys_getsockopt(a[0], a[1], a[2], a[3], a[4]),
+            Sysno::shutdown => self.sys_shutdown(a[0], a[1]),
+            Sysno::sendto => self.sys_sendto(a[0], a[1], a[2], a[3], a[4], a[5]),
+            Sysno::recvfrom => self.sys_recvfrom(a[0], a[1], a[2], a[3], a[4], a[5]),
+            Sysno::sendmsg => self.sys_sendmsg(a[0], a[1], a[2]),
+            Sysno::recvmsg => self.sys_recvmsg(a[0], a[1], a[2]),
             Sysno::clone3 => Err(Errno::ENOSYS),
             _ => {
                 *self
@@ -387,7 +407,7 @@ impl Process {
     }
 
     /// The (base, len) pairs of a `struct iovec` array.
-    fn iovecs(&self, iov: u64, cnt: u64) -> Result<Vec<(u64, u64)>, Errno> {
+    pub(crate) fn iovecs(&self, iov: u64, cnt: u64) -> Result<Vec<(u64, u64)>, Errno> {
         if cnt > 1024 {
             return Err(Errno::EINVAL);
         }

@@ -156,6 +156,9 @@ pub enum Block {
     Poll(PollBlock),
     /// epoll_wait and its variants, on a host epoll instance.
     Epoll(crate::linux::events::EpollBlock),
+    /// A read that would block: wait until the descriptor is readable, then system
+    /// call `nr` starts again ([`crate::linux::Process::wait_readable`]).
+    Restart { poll: PollBlock, nr: u64 },
 }
 
 impl Block {
@@ -174,6 +177,10 @@ impl Block {
             }
             Block::Epoll(e) => {
                 e.run(stop);
+                true
+            }
+            Block::Restart { poll, .. } => {
+                poll.run(stop);
                 true
             }
         }
