@@ -258,6 +258,8 @@ pub struct Aggregator {
     root_index: HashMap<String, u64>,
     /// vCPU → its host thread (pid, tid), from the recording's vCPU thread events.
     vcpu_threads: HashMap<u32, (u32, u32)>,
+    /// Guest page-table roots → the address space (guest process) they belong to.
+    guest_spaces: HashMap<u64, u32>,
 }
 
 impl Aggregator {
@@ -282,6 +284,7 @@ impl Aggregator {
             stack_buf: Vec::new(),
             root_index: HashMap::new(),
             vcpu_threads: HashMap::new(),
+            guest_spaces: HashMap::new(),
         }
     }
 
@@ -326,6 +329,11 @@ impl Aggregator {
             Event::VcpuStats(v) => {
                 if let Some(vm) = &mut self.profile.vm {
                     vm.stats.push(v.clone());
+                }
+            }
+            Event::GuestProcess(p) => {
+                for &r in &p.roots {
+                    self.guest_spaces.insert(r, p.space);
                 }
             }
             Event::Sample(s) => self.add_sample(s),
@@ -608,10 +616,16 @@ impl Aggregator {
         self.profile.totals.snapshots += 1;
         self.profile.totals.frozen += snap.frozen_events;
         let spaces = &mut self.profile.spaces;
+        // The guest process (address space) the snapshot was taken in, by its CR3.
+        let space = self.guest_spaces.get(&snap.cr3).copied().unwrap_or(0);
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
-        stack.push(spaces.resolve_guest(0, snap.guest_ip));
-        stack.extend(snap.guest_stack.iter().map(|&a| spaces.resolve_guest(0, a)));
+        stack.push(spaces.resolve_guest_in(0, space, snap.guest_ip));
+        stack.extend(
+            snap.guest_stack
+                .iter()
+                .map(|&a| spaces.resolve_guest_in(0, space, a)),
+        );
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
             vm.snapshots.push(crate::vm::VmSnapshot {
@@ -643,7 +657,7 @@ impl Aggregator {
         bump(&mut self.profile.lbr_stacks, &stack, weight);
         self.stack_buf = stack;
         let branches = snapshot_branches(snap);
-        self.add_branches(&branches, |sp, a| sp.resolve_guest(0, a));
+        self.add_branches(&branches, |sp, a| sp.resolve_guest_in(0, space, a));
     }
 
     /// Adds one branch stack (newest first): its edges, and the fall-through ranges

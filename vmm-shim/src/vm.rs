@@ -113,7 +113,7 @@ pub struct VmConfig {
     /// A Linux program's file mappings, as they are made (its image and interpreter at
     /// load, its libraries as it maps them), so a recorder can write each one before the
     /// samples that need it.
-    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::mm::MapRecord>>,
+    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::GuestEvent>>,
     /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
@@ -405,12 +405,10 @@ impl Vm {
         let mut main_task = None;
         let process = process.map(|(p, task, _)| {
             main_task = Some(task);
-            LinuxShared {
-                tlb: p.tlb_generation(),
-                roots: p.mm.roots(),
-                process: Arc::new(Mutex::new(p)),
-            }
+            LinuxShared::new(p)
         });
+        // vCPUs whose Linux thread ended, waiting for the next one.
+        let idle: IdleVcpus = Arc::default();
         // Threads of a Linux program ask the loop below for their vCPUs.
         let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnRequest>();
 
@@ -431,22 +429,23 @@ impl Vm {
         let start = |index: u32,
                      vcpu: VcpuFd,
                      hook: Box<dyn VcpuHook>,
-                     task: Option<Task>|
+                     task: Option<(LinuxShared, Task)>|
          -> std::io::Result<std::thread::JoinHandle<()>> {
             let mut vcpu = vcpu;
-            let linux = match (&process, task) {
-                (Some(shared), Some(mut task)) => {
+            let linux = match task {
+                Some((shared, mut task)) => {
                     if sync_regs {
                         Process::use_sync_regs(&mut task, &mut vcpu);
                     }
                     Some(LinuxVcpu {
-                        shared: shared.clone(),
+                        shared,
                         task,
                         spawn: spawn_tx.clone(),
                     })
                 }
-                _ => None,
+                None => None,
             };
+            let (idle, spawn_tx) = (idle.clone(), spawn_tx.clone());
             let (mem, devices, stop) = (mem.clone(), devices.clone(), stop.clone());
             let parked = parked.clone();
             // Built on its thread (the exit timer belongs to the thread).
@@ -456,6 +455,9 @@ impl Vm {
                 hook_ports: hook.io_ports(),
                 hook,
                 linux,
+                idle,
+                spawn: spawn_tx,
+                sync_regs,
                 mem,
                 devices,
                 stop,
@@ -470,7 +472,10 @@ impl Vm {
             spawn_vcpu_thread(index, runner, tx.clone(), config.vcpu_threads.clone())
         };
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
-            let task = if index == 0 { main_task.take() } else { None };
+            let task = match (index, &process) {
+                (0, Some(shared)) => main_task.take().map(|t| (shared.clone(), t)),
+                _ => None,
+            };
             match start(index, vcpu, hook, task) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -499,15 +504,32 @@ impl Vm {
             let msg = crossbeam_channel::select! {
                 recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
                 recv(spawn_rx) -> req => {
-                    // A Linux program's thread: a new vCPU with its own hook.
+                    // A Linux program's thread or process: an idle vCPU, or a new one
+                    // with its own hook.
                     let Ok(req) = req else { continue };
+                    let SpawnRequest { child, shared, reply } = req;
+                    let mut assignment = Some((shared, child));
+                    while let Some(a) = assignment.take() {
+                        let Some(tx) = lock_idle(&idle).pop() else {
+                            assignment = Some(a);
+                            break;
+                        };
+                        // A vCPU that stopped waiting gives the assignment back.
+                        if let Err(e) = tx.send(a) {
+                            assignment = Some(e.into_inner());
+                        }
+                    }
+                    let Some((shared, child)) = assignment else {
+                        let _ = reply.send(true);
+                        continue;
+                    };
                     let index = stats.len() as u32;
                     let started = (|| {
                         let mut hook = hooks(index);
                         let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
-                        let NewThread { task, regs, fpu } = *req.child;
+                        let NewThread { task, regs, fpu } = *child;
                         setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
-                        start(index, vcpu, hook, Some(task)).map_err(VmError::Thread)
+                        start(index, vcpu, hook, Some((shared, task))).map_err(VmError::Thread)
                     })();
                     let ok = started.is_ok();
                     if let Ok(t) = started {
@@ -518,7 +540,7 @@ impl Vm {
                             ..Default::default()
                         });
                     }
-                    let _ = req.reply.send(ok);
+                    let _ = reply.send(ok);
                     continue;
                 }
                 recv(stop_rx) -> _ => {
@@ -883,6 +905,12 @@ struct VcpuRunner {
     /// The Linux program's thread this vCPU runs, if it runs one (its traps exit on
     /// I/O ports).
     linux: Option<LinuxVcpu>,
+    /// Where this vCPU waits for the next Linux thread when its own ends.
+    idle: IdleVcpus,
+    /// For the threads it runs next.
+    spawn: crossbeam_channel::Sender<SpawnRequest>,
+    /// KVM_CAP_SYNC_REGS is there.
+    sync_regs: bool,
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
@@ -918,7 +946,17 @@ impl VcpuRunner {
         let watchdog = ExitTimer::for_current_thread(watchdog_signal())
             .and_then(|t| t.arm_every(WATCHDOG_PERIOD).map(|()| t))
             .ok();
-        let end = self.run_loop(&mut requests);
+        let end = loop {
+            let end = self.run_loop(&mut requests);
+            // A Linux thread ended, its program goes on: wait for the next thread.
+            if matches!(end, VcpuEnd::ThreadExit) && self.linux.is_some() {
+                self.linux = None;
+                if self.next_thread() {
+                    continue;
+                }
+            }
+            break end;
+        };
         drop(watchdog);
         if self.is_parked {
             self.parked.fetch_sub(1, Ordering::AcqRel);
@@ -931,6 +969,43 @@ impl VcpuRunner {
         };
         self.hook.on_stop(&mut ctx);
         end
+    }
+
+    /// Offer this vCPU for the next Linux thread or process and wait for one (true) or
+    /// for the VM to stop (false).
+    fn next_thread(&mut self) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded::<Assignment>(1);
+        lock_idle(&self.idle).push(tx);
+        let (shared, child) = loop {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(a) => break a,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        };
+        let NewThread {
+            mut task,
+            regs,
+            fpu,
+        } = *child;
+        if setup_linux_registers(&self.vcpu, &task, fpu.as_ref(), &regs).is_err() {
+            // The parent was told the child runs: it ends at once instead.
+            lock(&shared.process).end(task.tid, linux::proc::killed(libc::SIGKILL));
+            return self.next_thread();
+        }
+        if self.sync_regs {
+            Process::use_sync_regs(&mut task, &mut self.vcpu);
+        }
+        lock(&shared.process).register_thread(&task);
+        self.linux = Some(LinuxVcpu {
+            shared,
+            task,
+            spawn: self.spawn.clone(),
+        });
+        true
     }
 
     fn crash(&self, reason: String) -> VcpuEnd {
@@ -1042,6 +1117,10 @@ impl VcpuRunner {
                 return VcpuEnd::Error(e);
             }
             if let Some(l) = &mut self.linux {
+                // Its process ended (another thread's exit_group, a fatal signal).
+                if l.shared.proc_shared.dead.load(Ordering::Acquire) {
+                    return VcpuEnd::ThreadExit;
+                }
                 // Another thread changed the page tables (and kicked this one out).
                 let generation = l.shared.tlb.load(Ordering::Acquire);
                 if let Err(e) =
@@ -1196,8 +1275,13 @@ impl VcpuRunner {
                             },
                         };
                     }
-                    Ok(TrapAction::Block { .. } | TrapAction::Clone { .. }) => {
-                        unreachable!("blocks and clones are finished above")
+                    Ok(
+                        TrapAction::Block { .. }
+                        | TrapAction::Clone { .. }
+                        | TrapAction::Fork { .. }
+                        | TrapAction::Exec { .. },
+                    ) => {
+                        unreachable!("blocks, clones, forks and execs are finished above")
                     }
                     Err(e) => return VcpuEnd::Error(e),
                 }
@@ -1233,7 +1317,7 @@ impl VcpuRunner {
     }
 }
 
-/// What the vCPUs of one Linux program share.
+/// What the vCPUs of one Linux process share.
 #[derive(Clone)]
 struct LinuxShared {
     process: Arc<Mutex<Process>>,
@@ -1241,12 +1325,41 @@ struct LinuxShared {
     tlb: Arc<std::sync::atomic::AtomicU64>,
     /// The twin PML4s ([`crate::linux::mm::AddressSpace::roots`]).
     roots: [u64; 2],
+    /// What other processes change without the lock (its `dead` flag ends the
+    /// process's other threads).
+    proc_shared: Arc<linux::proc::Shared>,
 }
 
-/// A new thread's vCPU, asked of the VM's loop, which answers whether it started.
+impl LinuxShared {
+    fn new(p: Process) -> LinuxShared {
+        LinuxShared {
+            tlb: p.tlb_generation(),
+            roots: p.mm.roots(),
+            proc_shared: p.shared(),
+            process: Arc::new(Mutex::new(p)),
+        }
+    }
+}
+
+/// A new thread's or process's vCPU, asked of the VM's loop, which answers whether it
+/// started.
 struct SpawnRequest {
     child: Box<NewThread>,
+    /// The process it belongs to.
+    shared: LinuxShared,
     reply: crossbeam_channel::Sender<bool>,
+}
+
+/// A thread for an idle vCPU to run.
+type Assignment = (LinuxShared, Box<NewThread>);
+
+/// vCPUs whose Linux thread ended, each waiting on its channel for the next thread.
+type IdleVcpus = Arc<Mutex<Vec<crossbeam_channel::Sender<Assignment>>>>;
+
+fn lock_idle(
+    idle: &Mutex<Vec<crossbeam_channel::Sender<Assignment>>>,
+) -> std::sync::MutexGuard<'_, Vec<crossbeam_channel::Sender<Assignment>>> {
+    idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One thread of a Linux program on this vCPU.
@@ -1271,10 +1384,62 @@ impl LinuxVcpu {
             TrapAction::Clone { pending, child } => {
                 let tid = child.task.tid;
                 let (reply, answer) = crossbeam_channel::bounded(1);
-                let asked = self.spawn.send(SpawnRequest { child, reply }).is_ok();
+                let shared = self.shared.clone();
+                let asked = self
+                    .spawn
+                    .send(SpawnRequest {
+                        child,
+                        shared,
+                        reply,
+                    })
+                    .is_ok();
                 let started = asked && answer.recv().unwrap_or(false);
                 p.finish_clone(vcpu, pending, tid, started)?;
                 Ok(TrapAction::Resume)
+            }
+            TrapAction::Fork { pending, child } => {
+                let linux::NewProcess {
+                    process,
+                    thread,
+                    vfork,
+                } = *child;
+                let pid = process.pid();
+                let shared = LinuxShared::new(process);
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                let request = SpawnRequest {
+                    child: Box::new(thread),
+                    shared,
+                    reply,
+                };
+                let asked = self.spawn.send(request).is_ok();
+                let started = asked && answer.recv().unwrap_or(false);
+                if !started {
+                    p.forget_child(pid);
+                }
+                match p.finish_fork(vcpu, pending, pid, vfork, started)? {
+                    None => Ok(TrapAction::Resume),
+                    Some((pending, block)) => Ok(TrapAction::Block { pending, block }),
+                }
+            }
+            TrapAction::Exec { roots } => {
+                self.shared.roots = roots;
+                Ok(TrapAction::Resume)
+            }
+            TrapAction::Exit(code) => {
+                p.end(self.task.tid, linux::proc::exited(code));
+                Ok(if p.is_initial() {
+                    TrapAction::Exit(code)
+                } else {
+                    TrapAction::ThreadExit
+                })
+            }
+            TrapAction::Killed { signal, reason } => {
+                p.end(self.task.tid, linux::proc::killed(signal));
+                Ok(if p.is_initial() {
+                    TrapAction::Killed { signal, reason }
+                } else {
+                    TrapAction::ThreadExit
+                })
             }
             action => Ok(action),
         }

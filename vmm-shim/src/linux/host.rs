@@ -222,6 +222,14 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
 }
 
 /// Path-based calls with one or two paths and an integer: unlinkat, mkdirat, renameat2...
+/// A system call on one host descriptor with one integer argument (ftruncate, fsync,
+/// fdatasync, fchmod).
+pub fn fd_call(nr: i64, fd: BorrowedFd<'_>, arg: i64) -> Result<i64, Errno> {
+    // SAFETY: the calls this is used for take (fd, integer) and touch no memory.
+    let r = unsafe { libc::syscall(nr, fd.as_raw_fd(), arg) };
+    if r < 0 { Err(last()) } else { Ok(r) }
+}
+
 pub fn path_call(
     nr: i64,
     dfd1: RawFd,
