@@ -260,6 +260,10 @@ pub struct Aggregator {
     vcpu_threads: HashMap<u32, (u32, u32)>,
     /// Guest page-table roots → the address space (guest process) they belong to.
     guest_spaces: HashMap<u64, u32>,
+    /// vCPU → the guest address space its latest snapshot was taken in, and vCPU
+    /// thread id → vCPU: where a guest-mode host sample of that thread resolves.
+    vcpu_space: HashMap<u32, u32>,
+    tid_vcpu: HashMap<u32, u32>,
 }
 
 impl Aggregator {
@@ -285,6 +289,8 @@ impl Aggregator {
             root_index: HashMap::new(),
             vcpu_threads: HashMap::new(),
             guest_spaces: HashMap::new(),
+            vcpu_space: HashMap::new(),
+            tid_vcpu: HashMap::new(),
         }
     }
 
@@ -322,6 +328,7 @@ impl Aggregator {
             Event::Task(TaskEvent::Exit { .. }) => {}
             Event::Vcpu(v) => {
                 self.vcpu_threads.insert(v.vcpu, (v.pid, v.tid));
+                self.tid_vcpu.insert(v.tid, v.vcpu);
                 if let Some(vm) = &mut self.profile.vm {
                     vm.vcpus.push(*v);
                 }
@@ -425,8 +432,22 @@ impl Aggregator {
         } else {
             s.pid
         };
+        // A Linux program's processes: the address space the vCPU ran last (as its
+        // snapshots tell).
+        let guest_space = (self.opts.vm && s.mode.is_guest()).then(|| {
+            self.tid_vcpu
+                .get(&s.tid)
+                .and_then(|v| self.vcpu_space.get(v))
+                .copied()
+                .unwrap_or(0)
+        });
+        let resolve = move |spaces: &mut AddressSpaces, addr: u64, mode: CpuMode| match guest_space
+        {
+            Some(g) if mode.is_guest() => spaces.resolve_guest_in(space_pid, g, addr),
+            _ => spaces.resolve(space_pid, addr, mode),
+        };
         let spaces = &mut self.profile.spaces;
-        let ip = spaces.resolve(space_pid, s.ip, s.mode);
+        let ip = resolve(spaces, s.ip, s.mode);
         if !self.keep(s, ip) {
             self.profile.totals.filtered_out += counts.samples;
             return None;
@@ -470,11 +491,7 @@ impl Aggregator {
         if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
         }
-        stack.extend(
-            s.callchain
-                .iter()
-                .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
-        );
+        stack.extend(s.callchain.iter().map(|f| resolve(spaces, f.addr, f.mode)));
         if self.opts.comm_root && self.profile.vm.is_none() {
             stack.push(self.comm_root(s.tid));
         }
@@ -618,6 +635,7 @@ impl Aggregator {
         let spaces = &mut self.profile.spaces;
         // The guest process (address space) the snapshot was taken in, by its CR3.
         let space = self.guest_spaces.get(&snap.cr3).copied().unwrap_or(0);
+        self.vcpu_space.insert(snap.vcpu, space);
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
         stack.push(spaces.resolve_guest_in(0, space, snap.guest_ip));

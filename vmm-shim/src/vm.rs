@@ -441,6 +441,7 @@ impl Vm {
                         shared,
                         task,
                         spawn: spawn_tx.clone(),
+                        execed: false,
                     })
                 }
                 None => None,
@@ -834,12 +835,24 @@ fn setup_linux_registers(
 // The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
 
 thread_local! {
+    /// The VM's stop flag, on a vCPU thread (see [`stopping`]).
+    static STOP: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
     /// The kick signal arrived since the last interrupted KVM_RUN (the VM's stop, a hook's
     /// exit timer).
     static KICKED: Cell<bool> = const { Cell::new(false) };
     /// The watchdog's tick arrived since the last interrupted KVM_RUN.
     static WATCHDOG: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the VM this vCPU thread runs is stopping (false off vCPU threads): a host
+/// call the kick interrupted is then not restarted.
+pub(crate) fn stopping() -> bool {
+    STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Acquire))
+    })
 }
 
 /// How often a vCPU that makes no exits is checked for a halt it can never leave.
@@ -925,6 +938,7 @@ struct VcpuRunner {
 
 impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
+        STOP.with(|s| *s.borrow_mut() = Some(self.stop.clone()));
         if let Some(l) = &self.linux {
             lock(&l.shared.process).register_thread(&l.task);
         }
@@ -950,8 +964,24 @@ impl VcpuRunner {
             let end = self.run_loop(&mut requests);
             // A Linux thread ended, its program goes on: wait for the next thread.
             if matches!(end, VcpuEnd::ThreadExit) && self.linux.is_some() {
+                // The emulated LBR's breakpoints leave the thread's address space (it
+                // may be gone soon, and the next thread's is another).
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.vcpu,
+                    mem: &self.mem,
+                    requests: &mut requests,
+                };
+                self.hook.on_block(&mut ctx);
                 self.linux = None;
                 if self.next_thread() {
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: &mut requests,
+                    };
+                    self.hook.on_new_program(&mut ctx);
                     continue;
                 }
             }
@@ -1004,6 +1034,7 @@ impl VcpuRunner {
             shared,
             task,
             spawn: self.spawn.clone(),
+            execed: false,
         });
         true
     }
@@ -1246,7 +1277,31 @@ impl VcpuRunner {
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
-                let action = match linux.trap(&mut self.vcpu, port) {
+                let mut action = linux.trap(&mut self.vcpu, port);
+                if let Ok(TrapAction::ProcessOp { .. }) = action {
+                    // The emulated LBR's breakpoints leave the address space first: a
+                    // fork would copy them, an exec replaces the space under them.
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: req,
+                    };
+                    self.hook.on_block(&mut ctx);
+                    if let Ok(TrapAction::ProcessOp { pending, op }) = action {
+                        action = linux.process_op(&mut self.vcpu, pending, op);
+                    }
+                    if matches!(action, Ok(TrapAction::Resume)) && linux.execed() {
+                        let mut ctx = VcpuCtx {
+                            index: self.index,
+                            vcpu: &self.vcpu,
+                            mem: &self.mem,
+                            requests: req,
+                        };
+                        self.hook.on_new_program(&mut ctx);
+                    }
+                }
+                let action = match action {
                     Ok(TrapAction::Block { pending, block }) => {
                         let mut ctx = VcpuCtx {
                             index: self.index,
@@ -1279,7 +1334,8 @@ impl VcpuRunner {
                         TrapAction::Block { .. }
                         | TrapAction::Clone { .. }
                         | TrapAction::Fork { .. }
-                        | TrapAction::Exec { .. },
+                        | TrapAction::Exec { .. }
+                        | TrapAction::ProcessOp { .. },
                     ) => {
                         unreachable!("blocks, clones, forks and execs are finished above")
                     }
@@ -1367,6 +1423,8 @@ struct LinuxVcpu {
     shared: LinuxShared,
     task: Task,
     spawn: crossbeam_channel::Sender<SpawnRequest>,
+    /// An execve replaced the program since [`Self::execed`] last looked.
+    execed: bool,
 }
 
 /// The process, even if a thread panicked holding it (its state is still consistent
@@ -1376,11 +1434,42 @@ fn lock(p: &Mutex<Process>) -> std::sync::MutexGuard<'_, Process> {
 }
 
 impl LinuxVcpu {
+    /// Whether an execve replaced the program since the last call.
+    fn execed(&mut self) -> bool {
+        std::mem::take(&mut self.execed)
+    }
+
     /// Service a trap; clones are finished here, blocks (futex waits, sleeps, polls)
     /// are left to [`Self::block`].
     fn trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
-        let mut p = lock(&self.shared.process);
-        match p.on_trap(&mut self.task, vcpu, port)? {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.on_trap(&mut self.task, vcpu, port)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
+    /// Finish a fork or exec ([`TrapAction::ProcessOp`]).
+    fn process_op(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        pending: linux::Pending,
+        op: linux::ProcessOp,
+    ) -> Result<TrapAction, VmError> {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.finish_process_op(&mut self.task, vcpu, pending, op)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
+    /// What is left of `action` for the run loop: clones and forks started, execs and
+    /// ends of processes taken into account.
+    fn settle(
+        &mut self,
+        p: &mut Process,
+        vcpu: &mut VcpuFd,
+        action: TrapAction,
+    ) -> Result<TrapAction, VmError> {
+        match action {
             TrapAction::Clone { pending, child } => {
                 let tid = child.task.tid;
                 let (reply, answer) = crossbeam_channel::bounded(1);
@@ -1423,6 +1512,7 @@ impl LinuxVcpu {
             }
             TrapAction::Exec { roots } => {
                 self.shared.roots = roots;
+                self.execed = true;
                 Ok(TrapAction::Resume)
             }
             TrapAction::Exit(code) => {

@@ -35,14 +35,30 @@ pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> usize {
     done
 }
 
+/// Run `call` again when a signal of the shim's own interrupted it (a vCPU kick or its
+/// exit timer: the program did not ask for the interruption, as with SA_RESTART),
+/// unless the VM is stopping (then the program sees EINTR and the run ends).
+fn restart<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match call() {
+            Err(Errno(libc::EINTR)) if !crate::vm::stopping() => {}
+            r => return r,
+        }
+    }
+}
+
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
-    // SAFETY: buf is a live, writable buffer of buf.len() bytes.
-    check(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    restart(|| {
+        // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+        check(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    })
 }
 
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
-    // SAFETY: buf is a live buffer of buf.len() bytes.
-    check(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    restart(|| {
+        // SAFETY: buf is a live buffer of buf.len() bytes.
+        check(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    })
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: i64) -> Result<usize, Errno> {
@@ -71,11 +87,11 @@ pub fn openat(
 ) -> Result<OwnedFd, Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: c is a NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(last());
-    }
+    let fd = restart(|| {
+        // SAFETY: c is a NUL-terminated string that outlives the call.
+        let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        if fd < 0 { Err(last()) } else { Ok(fd) }
+    })?;
     // SAFETY: fd was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

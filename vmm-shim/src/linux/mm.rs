@@ -179,6 +179,9 @@ pub struct AddressSpace {
     pub exhausted: Option<u64>,
     /// This space's id among the VM's (0: the first process's first one).
     pub space: u32,
+    /// The trap stub page every process maps ([`crate::linux::cpu::build_trap_area`]):
+    /// not this space's to free.
+    stubs: Option<u64>,
     /// Set when existing translations changed (unmap, protection lowered): every vCPU's
     /// TLB must be flushed before the program runs again.
     pub flush_needed: bool,
@@ -240,6 +243,7 @@ impl AddressSpace {
             maps: Vec::new(),
             exhausted: None,
             space: 0,
+            stubs: None,
             flush_needed: false,
         })
     }
@@ -286,6 +290,16 @@ impl AddressSpace {
             }
         }
         Ok(child)
+    }
+
+    /// Frame `f` is the VM's trap stub page: mapped here, freed by nobody.
+    pub fn share_stubs(&mut self, f: GuestPhysAddr) {
+        self.stubs = Some(f.0);
+    }
+
+    /// The trap stub page's frame, once the trap area is built.
+    pub fn trap_stubs(&self) -> Option<GuestPhysAddr> {
+        self.stubs.map(GuestPhysAddr)
     }
 
     /// The CR3 value.
@@ -824,6 +838,7 @@ impl Drop for AddressSpace {
     fn drop(&mut self) {
         let mut freed = Vec::new();
         collect_frames(&self.mem, self.root, 4, &mut freed);
+        freed.retain(|&f| Some(f) != self.stubs);
         freed.push(self.root);
         freed.push(self.alt_root);
         let _ = self.retire_all(freed);

@@ -175,9 +175,10 @@ fn build_image(
     mm: &mut AddressSpace,
     program: &Program,
     random: [u8; 16],
+    stubs: Option<GuestPhysAddr>,
 ) -> Result<(TrapArea, kvm_regs), LinuxError> {
     let oom = |_| LinuxError::OutOfMemory;
-    let trap = cpu::build_trap_area(mm).map_err(oom)?;
+    let trap = cpu::build_trap_area(mm, stubs).map_err(oom)?;
     let main = program.main.load(mm, true)?;
     let heap = main.end.div_ceil(PAGE) * PAGE;
     mm.brk_start = heap;
@@ -381,6 +382,11 @@ pub enum TrapAction {
     Exec {
         roots: [u64; 2],
     },
+    /// fork or execve, to finish with [`Process::finish_process_op`].
+    ProcessOp {
+        pending: Pending,
+        op: ProcessOp,
+    },
 }
 
 /// A process `fork` made, and its first thread.
@@ -469,7 +475,7 @@ impl Process {
     ) -> Result<(Process, Task, kvm_regs), LinuxError> {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
-        let (trap, regs) = build_image(&mut mm, program, random)?;
+        let (trap, regs) = build_image(&mut mm, program, random, None)?;
         let report = LinuxReport {
             maps: mm.maps.clone(),
             processes: 1,
@@ -546,7 +552,7 @@ impl Process {
     #[doc(hidden)]
     pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
         let mut mm = AddressSpace::new(mem, 0x1000)?;
-        let trap = cpu::build_trap_area(&mut mm)?;
+        let trap = cpu::build_trap_area(&mut mm, None)?;
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
         p.path = PathBuf::from("/bare");
         Ok(p)
@@ -717,9 +723,9 @@ impl Process {
                     pending: Pending { regs, fast },
                     child,
                 },
-                Serviced::Fork(child) => TrapAction::Fork {
+                Serviced::Op(op) => TrapAction::ProcessOp {
                     pending: Pending { regs, fast },
-                    child,
+                    op,
                 },
                 Serviced::End(action) => action,
             };
@@ -820,6 +826,39 @@ impl Process {
         write_regs(vcpu, &pending.regs, pending.fast)
     }
 
+    /// Carry out a [`TrapAction::ProcessOp`]: a fork gives [`TrapAction::Fork`] (or the
+    /// error, resumed), an exec [`TrapAction::Exec`] (or the error, resumed).
+    pub fn finish_process_op(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+        mut pending: Pending,
+        op: ProcessOp,
+    ) -> Result<TrapAction, VmError> {
+        let started = std::time::Instant::now();
+        let err = match op {
+            ProcessOp::Fork(f) => match self.fork(task, vcpu, &pending.regs, &f) {
+                Ok(child) => {
+                    self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                    return Ok(TrapAction::Fork { pending, child });
+                }
+                Err(e) => e,
+            },
+            ProcessOp::Exec(program) => match self.exec(task, vcpu, &program) {
+                Ok(roots) => {
+                    let after = self.mm.resident_bytes();
+                    self.report.peak_bytes = self.report.peak_bytes.max(after);
+                    self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                    return Ok(TrapAction::Exec { roots });
+                }
+                Err(e) => mm::Errno(e.errno()),
+            },
+        };
+        pending.regs.rax = err.ret();
+        write_regs(vcpu, &pending.regs, pending.fast)?;
+        Ok(TrapAction::Resume)
+    }
+
     /// End a [`TrapAction::Fork`]: `started` says whether the child runs. Resumes the
     /// parent with the child's id (or `-EAGAIN`), except that a vfork parent first
     /// waits (the returned block) until the child execs or exits.
@@ -857,7 +896,7 @@ impl Process {
         for m in &mut child_mm.maps {
             m.space = child_mm.space;
         }
-        let trap = cpu::build_trap_area(&mut child_mm)?;
+        let trap = cpu::build_trap_area(&mut child_mm, Some(self.trap.stubs))?;
         let pid = self.kernel.new_id();
         let id = (pid as u32).to_le_bytes();
         let flag = |c: i32| f.flags & c as u64 != 0;
@@ -956,7 +995,7 @@ impl Process {
         mm.space = self.kernel.new_space();
         let mut random = [0u8; 16];
         let _ = host::getrandom(&mut random, 0);
-        let (trap, regs) = build_image(&mut mm, program, random)?;
+        let (trap, regs) = build_image(&mut mm, program, random, Some(self.trap.stubs))?;
         // Past this point nothing fails for the program's reasons.
         let vm_err = |e: VmError| LinuxError::Io {
             path: program.path.clone(),
@@ -1086,24 +1125,8 @@ impl Process {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
             syscall::Outcome::Block(b) => Serviced::Block(b),
-            syscall::Outcome::Exec(program) => match self.exec(task, vcpu, &program) {
-                Ok(roots) => {
-                    let after = self.mm.resident_bytes();
-                    self.report.peak_bytes = self.report.peak_bytes.max(after);
-                    return Ok(Serviced::End(TrapAction::Exec { roots }));
-                }
-                Err(e) => {
-                    regs.rax = mm::Errno(e.errno()).ret();
-                    Serviced::Resume
-                }
-            },
-            syscall::Outcome::Fork(f) => match self.fork(task, vcpu, regs, &f) {
-                Ok(child) => Serviced::Fork(child),
-                Err(e) => {
-                    regs.rax = e.ret();
-                    Serviced::Resume
-                }
-            },
+            syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
+            syscall::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
             syscall::Outcome::Clone(c) => {
                 // The child returns 0 from the call, in ring 3, on its own stack.
                 let mut child = *regs;
@@ -1329,8 +1352,18 @@ enum Serviced {
     Resume,
     Block(Block),
     Clone(Box<NewThread>),
-    Fork(Box<NewProcess>),
+    Op(ProcessOp),
     End(TrapAction),
+}
+
+/// A system call that makes or replaces an address space, done in a second step
+/// ([`Process::finish_process_op`]) so the caller can first take what it placed in the
+/// old one out (the emulated LBR's breakpoints: a fork would copy them, an exec would
+/// leave them to be "restored" into the new program).
+#[derive(Debug)]
+pub enum ProcessOp {
+    Fork(Box<syscall::ForkArgs>),
+    Exec(Box<Program>),
 }
 
 /// Write the registers of a resumed system call back (through the run page when `fast`).

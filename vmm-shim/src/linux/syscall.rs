@@ -1609,7 +1609,7 @@ mod tests {
     fn process() -> Process {
         let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
         let mut mm = AddressSpace::new(mem, 1 << 20).unwrap();
-        let trap = crate::linux::cpu::build_trap_area(&mut mm).unwrap();
+        let trap = crate::linux::cpu::build_trap_area(&mut mm, None).unwrap();
         mm.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
         p.path = "/bin/true".into();
