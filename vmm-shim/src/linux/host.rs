@@ -119,6 +119,52 @@ pub fn fstatat(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32) -> Result<V
     Ok(raw_bytes(&st))
 }
 
+/// `statfs` (of `path`) or `fstatfs` (of `fd`): `struct statfs` bytes.
+pub fn statfs(
+    path: Option<&std::path::Path>,
+    fd: Option<BorrowedFd<'_>>,
+) -> Result<Vec<u8>, Errno> {
+    // SAFETY: zeroed statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = match (path, fd) {
+        (Some(p), _) => {
+            use std::os::unix::ffi::OsStrExt;
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: c is NUL-terminated, st is a live statfs buffer.
+            unsafe { libc::statfs(c.as_ptr(), &mut st) }
+        }
+        // SAFETY: st is a live statfs buffer; fd is open.
+        (None, Some(fd)) => unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) },
+        (None, None) => return Err(Errno::EINVAL),
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    Ok(raw_bytes(&st))
+}
+
+/// `getpeername` (`getsockname` when `own`): the address bytes.
+pub fn sockname(fd: BorrowedFd<'_>, own: bool) -> Result<Vec<u8>, Errno> {
+    // SAFETY: zeroed sockaddr_storage is a valid value of this plain C struct.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&raw mut ss).cast::<libc::sockaddr>();
+    // SAFETY: p and len describe the live sockaddr_storage above.
+    let r = unsafe {
+        if own {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        }
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    let mut b = raw_bytes(&ss);
+    b.truncate(len as usize);
+    Ok(b)
+}
+
 /// `statx`: `struct statx` bytes.
 pub fn statx(
     dir: Option<BorrowedFd<'_>>,

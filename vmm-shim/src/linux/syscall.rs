@@ -335,6 +335,23 @@ impl Process {
                 )
                 .map(|v| v as u64)
             }),
+            Sysno::getpeername | Sysno::getsockname => self.host_fd(a[0]).and_then(|f| {
+                let addr = host::sockname(f, sys == Sysno::getsockname)?;
+                let mut len = [0u8; 4];
+                self.mm.read(GuestVirtAddr(a[2]), &mut len)?;
+                let room = u32::from_le_bytes(len) as usize;
+                self.out(a[1], &addr[..addr.len().min(room)])?;
+                self.out(a[2], &(addr.len() as u32).to_le_bytes())?;
+                Ok(0)
+            }),
+            Sysno::statfs => self.path(a[0]).and_then(|p| {
+                let st = host::statfs(Some(&self.host_path(&p)), None)?;
+                self.out(a[1], &st).map(|()| 0)
+            }),
+            Sysno::fstatfs => self.host_fd(a[0]).and_then(|f| {
+                let st = host::statfs(None, Some(f))?;
+                self.out(a[1], &st).map(|()| 0)
+            }),
             Sysno::chmod => self.path(a[0]).and_then(|p| {
                 host::path_call(libc::SYS_fchmodat, self.cwd_raw(), &p, 0, None, a[1] as i64)
                     .map(|v| v as u64)
@@ -571,6 +588,13 @@ impl Process {
                 Err(Errno::ENOSYS)
             }
         };
+        // A write to a pipe nobody reads: SIGPIPE, as the kernel sends it (its default
+        // action ends the program; a program that ignores it sees EPIPE).
+        if r == Err(Errno(libc::EPIPE))
+            && matches!(sys, Sysno::write | Sysno::writev | Sysno::pwrite64)
+        {
+            task.pending |= 1 << (libc::SIGPIPE - 1);
+        }
         Outcome::Return(match r {
             Ok(v) => v,
             Err(e) => e.ret(),
@@ -1210,7 +1234,9 @@ impl Process {
         // CLONE_VM without CLONE_THREAD shares memory between two processes: only the
         // vfork form is known here, and it runs the child on a copy (the parent waits).
         if vm && !vfork {
-            return unsupported("clone(CLONE_VM without CLONE_THREAD or CLONE_VFORK)");
+            return unsupported(
+                "clone(CLONE_VM) without CLONE_THREAD or CLONE_VFORK (two processes sharing memory)",
+            );
         }
         let known = (libc::CLONE_VM
             | libc::CLONE_VFORK
@@ -1515,7 +1541,9 @@ impl Process {
             return self.sys_fork(flags, a);
         }
         if flags & thread != thread {
-            return unsupported("clone");
+            return unsupported(
+                "clone(CLONE_THREAD) without all of CLONE_VM, CLONE_SIGHAND, CLONE_FILES and CLONE_FS",
+            );
         }
         let known = thread
             | (libc::CLONE_SYSVSEM
@@ -1585,9 +1613,7 @@ pub const MAX_THREADS: usize = 256;
 fn unsupported(what: &str) -> Outcome {
     Outcome::Kill {
         signal: libc::SIGSYS,
-        reason: format!(
-            "{what}() is not supported in the VM: it makes a new process (threads are supported)"
-        ),
+        reason: format!("{what} is not supported in the VM"),
     }
 }
 
