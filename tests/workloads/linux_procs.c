@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,15 @@ int main(int argc, char **argv) {
     }
     waitpid(c, &st, 0);
     show("vfork sh", st);
+    /* posix_spawn (vfork with CLONE_VM: the child shares the parent's memory until it
+     * execs, and reports a failed exec through it). */
+    extern char **environ;
+    char *sargs[] = {"echo", "spawned", NULL};
+    printf("spawn missing: %d\n", posix_spawn(&c, "/nonexistent/prog", NULL, NULL, sargs, environ));
+    int sr = posix_spawnp(&c, "echo", NULL, NULL, sargs, environ);
+    waitpid(c, &st, 0);
+    printf("spawnp echo: %d\n", sr);
+    show("spawned echo", st);
     /* waitid with WEXITED. */
     if ((c = fork()) == 0) _exit(9);
     siginfo_t si;

@@ -1491,6 +1491,7 @@ impl LinuxVcpu {
                     process,
                     thread,
                     vfork,
+                    lent,
                 } = *child;
                 let pid = process.pid();
                 let shared = LinuxShared::new(process);
@@ -1505,7 +1506,7 @@ impl LinuxVcpu {
                 if !started {
                     p.forget_child(pid);
                 }
-                match p.finish_fork(vcpu, pending, pid, vfork, started)? {
+                match p.finish_fork(vcpu, pending, pid, vfork, lent, started)? {
                     None => Ok(TrapAction::Resume),
                     Some((pending, block)) => Ok(TrapAction::Block { pending, block }),
                 }

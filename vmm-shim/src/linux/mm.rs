@@ -248,6 +248,25 @@ impl AddressSpace {
         })
     }
 
+    /// A stand-in with no page tables (a vfork parent's while its child borrows its
+    /// space): every access is EFAULT, and dropping it frees nothing.
+    pub fn hollow(mem: Arc<GuestMemory>, frames: FramePool) -> AddressSpace {
+        AddressSpace {
+            mem,
+            frames,
+            root: HOLLOW,
+            alt_root: HOLLOW,
+            vmas: BTreeMap::new(),
+            brk_start: 0,
+            brk: 0,
+            maps: Vec::new(),
+            exhausted: None,
+            space: 0,
+            stubs: None,
+            flush_needed: false,
+        }
+    }
+
     /// The frame pool this space draws from.
     pub fn pool(&self) -> FramePool {
         self.frames.clone()
@@ -832,10 +851,16 @@ impl AddressSpace {
     }
 }
 
+/// The root of a [hollow](AddressSpace::hollow) space: no guest-physical address.
+const HOLLOW: u64 = !(PAGE - 1);
+
 impl Drop for AddressSpace {
     /// Every frame of the space (pages, page tables, both roots) goes back to the pool,
     /// discarded first so no stale translation or content outlives the process.
     fn drop(&mut self) {
+        if self.root == HOLLOW {
+            return;
+        }
         let mut freed = Vec::new();
         collect_frames(&self.mem, self.root, 4, &mut freed);
         freed.retain(|&f| Some(f) != self.stubs);

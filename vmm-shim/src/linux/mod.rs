@@ -19,9 +19,21 @@
 //!
 //! * [`thread`]: threads (one vCPU each) and futexes.
 //! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
+//!   them), and the process model.
 //!
-//! Limits: one process (fork, vfork and execve end the run with an "unsupported"
-//! error), private file mappings are copies.
+//! The process model (see [`proc`]): a guest process is a [`Process`] with its own
+//! address space (own page tables, from the VM's one frame pool), descriptor table,
+//! signal dispositions and working directory; each of its threads is a vCPU. `fork`,
+//! `vfork` and a `clone` without `CLONE_VM` copy the address space and start the child
+//! on a vCPU of its own (a vfork parent lends the child its address space and waits
+//! until the child execs or exits); `execve`
+//! builds a new address space in place, on the same vCPU. A vCPU whose thread ended
+//! waits for the next thread or process. The run ends when the first process ends.
+//!
+//! Limits: no copy-on-write (a fork copies the pages that are not all zero); a `clone`
+//! that shares memory between two processes without vfork ends the program with an
+//! "unsupported" error; private file mappings are copies.
 
 pub mod abi;
 pub mod cpu;
@@ -389,8 +401,14 @@ pub enum TrapAction {
     },
 }
 
+/// An address space a vfork parent lent its child ([`Process::fork`]): the child puts
+/// it back here when it execs or ends.
+pub type LentSpace = Arc<std::sync::Mutex<Option<AddressSpace>>>;
+
 /// A process `fork` made, and its first thread.
 pub struct NewProcess {
+    /// The parent's address space, lent to the child (vfork with CLONE_VM).
+    pub lent: Option<LentSpace>,
     pub process: Process,
     pub thread: NewThread,
     /// The parent waits for it to exec or exit (vfork).
@@ -450,6 +468,16 @@ pub struct Process {
     pub(crate) cwd: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
     /// A vfork parent waiting for this process to exec or exit.
     pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
+    /// Where this process's address space goes back to its vfork parent.
+    pub(crate) lent: Option<LentSpace>,
+}
+
+impl Drop for Process {
+    /// A vfork child that never ran (or was stopped) still gives its parent's address
+    /// space back.
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 impl std::fmt::Debug for Process {
@@ -518,6 +546,7 @@ impl Process {
             initial: false,
             cwd: None,
             vfork_parent: None,
+            lent: None,
         }
     }
 
@@ -617,6 +646,25 @@ impl Process {
         self.pid
     }
 
+    /// A vfork parent takes its address space back from its child; every vCPU of the
+    /// process reloads CR3 (the child may have changed mappings).
+    fn take_back(&mut self, slot: &LentSpace) {
+        if let Some(mm) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.mm = mm;
+            self.tlb_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// A vfork child gives the address space it borrowed back to its parent.
+    fn give_back(&mut self) {
+        if let Some(slot) = self.lent.take() {
+            let hollow = AddressSpace::hollow(self.mm.memory_arc(), self.mm.pool());
+            let mm = std::mem::replace(&mut self.mm, hollow);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(mm);
+        }
+    }
+
     /// A child that never started: as if it had ended and been waited for.
     pub fn forget_child(&mut self, pid: u64) {
         self.kernel.exit(pid, proc::killed(libc::SIGKILL));
@@ -638,6 +686,7 @@ impl Process {
     /// The process ended with wait status `status`: its parent may reap it, its other
     /// threads stop, a vfork parent goes on, and what it reported joins the run's.
     pub fn end(&mut self, tid: u64, status: i32) {
+        self.give_back();
         if let Some(w) = self.vfork_parent.take() {
             w.wake();
         }
@@ -801,7 +850,12 @@ impl Process {
             Block::Futex { .. } | Block::Sleep { .. } => 0,
             Block::Poll(p) => self.poll_done(&p),
             Block::Wait(w) => self.wait_done(&w),
-            Block::Vfork { child } => child,
+            Block::Vfork { child, lent } => {
+                if let Some(slot) = lent {
+                    self.take_back(&slot);
+                }
+                child
+            }
         };
         pending.regs.rax = ret;
         write_regs(vcpu, &pending.regs, pending.fast)
@@ -868,10 +922,14 @@ impl Process {
         mut pending: Pending,
         child: u64,
         vfork: bool,
+        lent: Option<LentSpace>,
         started: bool,
     ) -> Result<Option<(Pending, Block)>, VmError> {
         if started && vfork {
-            return Ok(Some((pending, Block::Vfork { child })));
+            return Ok(Some((pending, Block::Vfork { child, lent })));
+        }
+        if let Some(slot) = lent {
+            self.take_back(&slot);
         }
         pending.regs.rax = if started {
             child
@@ -891,17 +949,31 @@ impl Process {
         regs: &kvm_regs,
         f: &syscall::ForkArgs,
     ) -> Result<Box<NewProcess>, mm::Errno> {
-        let mut child_mm = self.mm.fork()?;
-        child_mm.space = self.kernel.new_space();
-        for m in &mut child_mm.maps {
-            m.space = child_mm.space;
-        }
-        let trap = cpu::build_trap_area(&mut child_mm, Some(self.trap.stubs))?;
+        let flag = |c: i32| f.flags & c as u64 != 0;
+        // vfork with CLONE_VM (vfork(), posix_spawn): the parent lends the child its
+        // address space until the child execs or ends (it waits meanwhile), so what the
+        // child writes is the parent's, as on Linux. A parent with other threads (they
+        // go on running in it) gives its child a copy instead.
+        let share = f.vfork && flag(libc::CLONE_VM) && self.threads.len() <= 1;
+        let (child_mm, trap, lent) = if share {
+            let hollow = AddressSpace::hollow(self.mm.memory_arc(), self.mm.pool());
+            let mm = std::mem::replace(&mut self.mm, hollow);
+            (mm, self.trap, Some(LentSpace::default()))
+        } else {
+            let mut mm = self.mm.fork()?;
+            mm.space = self.kernel.new_space();
+            for m in &mut mm.maps {
+                m.space = mm.space;
+            }
+            let trap = cpu::build_trap_area(&mut mm, Some(self.trap.stubs))?;
+            (mm, trap, None)
+        };
         let pid = self.kernel.new_id();
         let id = (pid as u32).to_le_bytes();
-        let flag = |c: i32| f.flags & c as u64 != 0;
         if flag(libc::CLONE_PARENT_SETTID) {
-            self.mm.write(GuestVirtAddr(f.ptid), &id)?;
+            if !share {
+                self.mm.write(GuestVirtAddr(f.ptid), &id)?;
+            }
             child_mm.write(GuestVirtAddr(f.ptid), &id)?;
         }
         if flag(libc::CLONE_CHILD_SETTID) {
@@ -931,6 +1003,7 @@ impl Process {
             initial: false,
             cwd: self.cwd.clone(),
             vfork_parent: f.vfork.then(|| task.waiter.clone()),
+            lent: lent.clone(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -964,12 +1037,15 @@ impl Process {
         };
         if let Some(tx) = &child.map_sink {
             let _ = tx.send(GuestEvent::Process(child.record()));
-            for m in &child.mm.maps {
+            for m in child.mm.maps.iter().filter(|_| !share) {
                 let _ = tx.send(GuestEvent::Map(m.clone()));
             }
         }
-        child.report.maps = child.mm.maps.clone();
+        if !share {
+            child.report.maps = child.mm.maps.clone();
+        }
         Ok(Box::new(NewProcess {
+            lent,
             process: child,
             thread: NewThread {
                 task: t,
@@ -1020,9 +1096,15 @@ impl Process {
             .map_err(kvm("KVM_SET_REGS"))
             .map_err(vm_err)?;
         let old = std::mem::replace(&mut self.mm, mm);
-        self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
-        self.report.maps.extend(old.maps.iter().cloned());
-        drop(old);
+        match self.lent.take() {
+            // A vfork child gives the parent its address space back.
+            Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
+            None => {
+                self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
+                self.report.maps.extend(old.maps.iter().cloned());
+                drop(old);
+            }
+        }
         self.trap = trap;
         self.trap_slots = 0;
         self.path = program.path.clone();

@@ -6,10 +6,12 @@
 //!   tables, twin roots, trap area) drawn from the VM's one [`FramePool`], its own
 //!   descriptor table, signal dispositions, working directory;
 //! * each thread of a process is a vCPU on a host thread (see [`super::thread`]); a
-//!   `fork` (or `vfork`, or a `clone` without `CLONE_VM`) copies the address space
+//!   `fork` (or a `clone` without `CLONE_VM`) copies the address space
 //!   ([`AddressSpace::fork`](super::mm::AddressSpace::fork)) and starts the child's
-//!   thread on a vCPU of its own; `execve` replaces the calling process's address space
-//!   and keeps its vCPU, pid and descriptors (those without close-on-exec);
+//!   thread on a vCPU of its own; a `vfork` (`CLONE_VM | CLONE_VFORK`) lends the child
+//!   the parent's address space until the child execs or ends, the parent waiting;
+//!   `execve` replaces the calling process's address space and keeps its vCPU, pid and
+//!   descriptors (those without close-on-exec);
 //! * vCPUs whose thread ended wait for the next thread or process to run, so a shell
 //!   script that starts a thousand commands does not need a thousand vCPUs;
 //! * this [`Kernel`] holds what crosses processes: process ids, parents, exit statuses

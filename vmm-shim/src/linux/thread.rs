@@ -7,8 +7,8 @@
 //! [`Futexes`] under the process lock (the lock every system call holds), so a
 //! `FUTEX_WAKE`, also under that lock, cannot slip between the check and the queueing;
 //! then it blocks on its own [`Waiter`] with the lock released. Keys are guest-virtual
-//! addresses: the program has one address space, so private and shared futexes are
-//! the same thing here.
+//! addresses of the process's one address space, so private and shared futexes are the
+//! same thing here (memory is never shared between processes: a fork copies it).
 //!
 //! TLB: the shim changes page tables from outside the guest, so after an unmap or a
 //! lowered protection every vCPU must reload CR3 (switch to the twin PML4, see
@@ -158,8 +158,12 @@ pub enum Block {
     Poll(PollBlock),
     /// wait4/waitid for a child to end.
     Wait(WaitBlock),
-    /// A vfork parent until its child execs or exits; the child's id.
-    Vfork { child: u64 },
+    /// A vfork parent until its child execs or exits; the child's id, and where the
+    /// child gives back the address space it borrowed.
+    Vfork {
+        child: u64,
+        lent: Option<crate::linux::LentSpace>,
+    },
 }
 
 /// A wait for a child process (wait4, waitid).
