@@ -1563,6 +1563,16 @@ mod tests {
             run_ns: 5,
             ..VcpuStats::default()
         }));
+        events.push(Event::GuestProcess(GuestProcess {
+            time_ns: 2,
+            vm: 0,
+            space: 3,
+            pid: 101,
+            ppid: 100,
+            comm: "sort".into(),
+            exe: "/usr/bin/sort".into(),
+            roots: vec![0x1000, 0x2000],
+        }));
         let summary = Summary {
             samples: 4950,
             exit_status: Some(3),
@@ -1571,7 +1581,7 @@ mod tests {
         };
         let (bytes, stats) = write(&events, &summary);
         assert_eq!(stats.bytes, bytes.len() as u64);
-        assert_eq!(stats.events, 5002);
+        assert_eq!(stats.events, 5003);
         let (read, reader) = read_bytes(&bytes);
         let read = read.unwrap();
         assert_eq!(reader.header(), &header());

@@ -783,6 +783,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn guest_processes_come_before_their_mappings_which_carry_the_space_id() {
+        use lbrprof_vmm::linux::mm::MapRecord;
+        use lbrprof_vmm::linux::{GuestEvent, ProcessRecord};
+        let map = |space, exec| {
+            GuestEvent::Map(MapRecord {
+                space,
+                start: 0x40_0000,
+                len: 0x1000,
+                path: "/bin/true".into(),
+                offset: 0,
+                executable: exec,
+            })
+        };
+        let events = [
+            GuestEvent::Process(ProcessRecord {
+                space: 2,
+                pid: 7,
+                ppid: 6,
+                comm: "true".into(),
+                exe: "/bin/true".into(),
+                roots: [0x1000, 0x2000],
+            }),
+            map(2, true),
+            map(2, false),
+        ];
+        let out = program_events(&events, 9);
+        assert_eq!(out.len(), 2, "the data mapping is not an executable one");
+        let Event::GuestProcess(p) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (p.space, p.pid, p.ppid, p.roots.clone()),
+            (2, 7, 6, vec![0x1000, 0x2000])
+        );
+        let Event::Mapping(m) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((m.pid, m.space), (2, AddressSpace::Guest { vm: 0 }));
+    }
+
     struct NoLbr;
 
     impl GuestLbr for NoLbr {

@@ -860,6 +860,64 @@ mod tests {
     }
 
     #[test]
+    fn guest_snapshots_resolve_in_the_process_their_cr3_names() {
+        // Two guest processes with different programs at the same address: a
+        // snapshot is symbolized in the one whose page-table root it was taken with.
+        let mut a = Aggregator::new(AggregateOptions::default());
+        for (space, path, roots) in [
+            (0, "sh", [0x10_000, 0x11_000]),
+            (1, "sort", [0x20_000, 0x21_000]),
+        ] {
+            a.add(&Event::GuestProcess(
+                lbrprof_collector::model::GuestProcess {
+                    time_ns: 0,
+                    vm: 0,
+                    space,
+                    pid: 100 + space,
+                    ppid: 99,
+                    comm: path.into(),
+                    exe: format!("/bin/{path}"),
+                    roots: roots.to_vec(),
+                },
+            ));
+            a.add(&Event::Mapping(Mapping {
+                space: AddressSpace::Guest { vm: 0 },
+                pid: space,
+                path: format!("/bin/{path}"),
+                ..match mapping() {
+                    Event::Mapping(m) => m,
+                    _ => unreachable!(),
+                }
+            }));
+        }
+        let mut snap = snapshot(0, &[(0x400020, 0x400200, 0)]);
+        snap.cr3 = 0x21_000;
+        a.add(&Event::Snapshot(snap.clone()));
+        snap.cr3 = 0x10_000;
+        a.add(&Event::Snapshot(snap.clone()));
+        // An unknown root: the first process's space (recordings without processes).
+        snap.cr3 = 0x99_000;
+        a.add(&Event::Snapshot(snap));
+        let p = a.finish();
+        let module = |path: &str| {
+            p.spaces
+                .modules
+                .iter()
+                .find(|(_, m)| m.path == path)
+                .unwrap()
+                .0
+        };
+        let edge = |path| {
+            let l = |o| Loc {
+                module: module(path),
+                offset: o,
+            };
+            p.edges.get(&(l(0x20), l(0x200))).map_or(0, |e| e.count)
+        };
+        assert_eq!((edge("/bin/sort"), edge("/bin/sh")), (1, 2));
+    }
+
+    #[test]
     fn guest_snapshots_feed_the_same_edge_and_range_tables() {
         let mut a = Aggregator::new(AggregateOptions::default());
         a.add(&Event::Mapping(Mapping {
