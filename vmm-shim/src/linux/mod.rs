@@ -401,7 +401,7 @@ pub enum TrapAction {
     },
 }
 
-/// An address space a vfork parent lent its child ([`Process::fork`]): the child puts
+/// An address space a vfork parent lent its child (see [`proc`]): the child puts
 /// it back here when it execs or ends.
 pub type LentSpace = Arc<std::sync::Mutex<Option<AddressSpace>>>;
 
