@@ -240,6 +240,25 @@ pub enum Event {
     Loss(Loss),
     Vcpu(VcpuThread),
     VcpuStats(VcpuStats),
+    GuestProcess(GuestProcess),
+}
+
+/// A process of a Linux program run in the VM, in one of its address spaces: sent when
+/// the process starts (the first one, or a fork) and again when it execs. Guest
+/// [`Mapping`]s whose `pid` is `space` belong to it, and so do the snapshots whose `cr3`
+/// is one of `roots`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    pub time_ns: u64,
+    pub vm: u32,
+    /// The address space's id (0: the first process's first program).
+    pub space: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: String,
+    /// The CR3 values its vCPUs run with.
+    pub roots: Vec<u64>,
 }
 
 /// Facts about the machine a recording was made on.

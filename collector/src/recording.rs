@@ -79,7 +79,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
+    Event, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats,
+    VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -135,6 +136,7 @@ pub enum ChunkKind {
     Vcpus = 7,
     VcpuStats = 8,
     Execs = 9,
+    GuestProcesses = 10,
 }
 
 impl ChunkKind {
@@ -149,6 +151,7 @@ impl ChunkKind {
             7 => ChunkKind::Vcpus,
             8 => ChunkKind::VcpuStats,
             9 => ChunkKind::Execs,
+            10 => ChunkKind::GuestProcesses,
             _ => return None,
         })
     }
@@ -435,6 +438,7 @@ enum Run {
     Losses(Vec<Loss>),
     Vcpus(Vec<VcpuThread>),
     VcpuStats(Vec<VcpuStats>),
+    GuestProcesses(Vec<GuestProcess>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
 }
@@ -463,6 +467,7 @@ impl Batches {
             Event::Loss(l) => append!(Losses, l),
             Event::Vcpu(v) => append!(Vcpus, v),
             Event::VcpuStats(v) => append!(VcpuStats, v),
+            Event::GuestProcess(p) => append!(GuestProcesses, p),
             Event::Snapshot(s) => append!(Snapshots, s),
             Event::Sample(s) => append!(Samples, s),
         }
@@ -479,6 +484,7 @@ fn approx_size(event: &Event) -> usize {
         Event::Snapshot(s) => 96 + s.entries.len() * 24 + s.guest_stack.len() * 8,
         Event::Mapping(m) => 64 + m.path.len(),
         Event::VcpuStats(v) => 96 + v.exits.len() * 16,
+        Event::GuestProcess(p) => 64 + p.exe.len() + p.comm.len(),
         Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
     }
 }
@@ -538,6 +544,9 @@ impl<W: Write> ChunkOut<W> {
                 Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
                 Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
                 Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
+                Run::GuestProcesses(mut v) => {
+                    self.write_items(ChunkKind::GuestProcesses, &mut v)?
+                }
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
             }
@@ -1040,6 +1049,7 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
         Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
         Some(ChunkKind::VcpuStats) => items(offset, payload, Event::VcpuStats),
+        Some(ChunkKind::GuestProcesses) => items(offset, payload, Event::GuestProcess),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }
@@ -1553,6 +1563,16 @@ mod tests {
             run_ns: 5,
             ..VcpuStats::default()
         }));
+        events.push(Event::GuestProcess(GuestProcess {
+            time_ns: 2,
+            vm: 0,
+            space: 3,
+            pid: 101,
+            ppid: 100,
+            comm: "sort".into(),
+            exe: "/usr/bin/sort".into(),
+            roots: vec![0x1000, 0x2000],
+        }));
         let summary = Summary {
             samples: 4950,
             exit_status: Some(3),
@@ -1561,7 +1581,7 @@ mod tests {
         };
         let (bytes, stats) = write(&events, &summary);
         assert_eq!(stats.bytes, bytes.len() as u64);
-        assert_eq!(stats.events, 5002);
+        assert_eq!(stats.events, 5003);
         let (read, reader) = read_bytes(&bytes);
         let read = read.unwrap();
         assert_eq!(reader.header(), &header());

@@ -38,7 +38,9 @@ use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread};
+use crate::model::{
+    AddressSpace, Event, GuestProcess, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread,
+};
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
@@ -233,6 +235,44 @@ pub fn guest_mappings(image: &[u8], path: &Path, time_ns: u64) -> Vec<Mapping> {
         .collect()
 }
 
+/// What a Linux program's processes tell the recorder, as events: each process (with
+/// its address space's id and page-table roots) and every executable file mapping it
+/// made (the program, its interpreter, its libraries), as perf's MMAP2 records give
+/// them, with the address space's id as their `pid`.
+pub fn program_events(events: &[lbrprof_vmm::linux::GuestEvent], time_ns: u64) -> Vec<Event> {
+    use lbrprof_vmm::linux::GuestEvent;
+    let mut out = Vec::new();
+    let mut maps = Vec::new();
+    let flush = |maps: &mut Vec<lbrprof_vmm::linux::mm::MapRecord>, out: &mut Vec<Event>| {
+        out.extend(
+            program_mappings(maps, time_ns)
+                .into_iter()
+                .map(Event::Mapping),
+        );
+        maps.clear();
+    };
+    for e in events {
+        match e {
+            GuestEvent::Map(m) => maps.push(m.clone()),
+            GuestEvent::Process(p) => {
+                flush(&mut maps, &mut out);
+                out.push(Event::GuestProcess(GuestProcess {
+                    time_ns,
+                    vm: VM_INDEX,
+                    space: p.space,
+                    pid: p.pid as u32,
+                    ppid: p.ppid as u32,
+                    comm: p.comm.clone(),
+                    exe: p.exe.display().to_string(),
+                    roots: p.roots.to_vec(),
+                }));
+            }
+        }
+    }
+    flush(&mut maps, &mut out);
+    out
+}
+
 /// The guest mappings of a Linux program: every executable file mapping it made (the
 /// program, its interpreter, its libraries), as perf's MMAP2 records give them.
 pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64) -> Vec<Mapping> {
@@ -251,7 +291,7 @@ pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64
             Mapping {
                 time_ns,
                 space: AddressSpace::Guest { vm: VM_INDEX },
-                pid: VM_INDEX,
+                pid: m.space,
                 start: m.start,
                 len: m.len,
                 pgoff: m.offset,
@@ -551,7 +591,7 @@ fn run_sampled(
     sink: &EventSink,
     snap_rx: &Receiver<LbrSnapshot>,
     thread_rx: &Receiver<VcpuThreadInfo>,
-    maps_rx: &Receiver<lbrprof_vmm::linux::mm::MapRecord>,
+    maps_rx: &Receiver<lbrprof_vmm::linux::GuestEvent>,
     on_signal: &dyn Fn(),
     signal_fd: std::os::fd::RawFd,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
@@ -619,8 +659,8 @@ fn run_sampled(
             // Mappings before the snapshots of the same pass: a snapshot can only hold
             // addresses of code mapped before it was taken.
             let maps: Vec<_> = maps_rx.try_iter().collect();
-            for m in program_mappings(&maps, sys::monotonic_ns()) {
-                sink.send(Event::Mapping(m));
+            for e in program_events(&maps, sys::monotonic_ns()) {
+                sink.send(e);
             }
             for s in snap_rx.try_iter() {
                 facts.snapshots += 1;
@@ -741,6 +781,47 @@ mod tests {
             maps.iter()
                 .any(|m| (m.start..m.start + m.len).contains(&entry))
         );
+    }
+
+    #[test]
+    fn guest_processes_come_before_their_mappings_which_carry_the_space_id() {
+        use lbrprof_vmm::linux::mm::MapRecord;
+        use lbrprof_vmm::linux::{GuestEvent, ProcessRecord};
+        let map = |space, exec| {
+            GuestEvent::Map(MapRecord {
+                space,
+                start: 0x40_0000,
+                len: 0x1000,
+                path: "/bin/true".into(),
+                offset: 0,
+                executable: exec,
+            })
+        };
+        let events = [
+            GuestEvent::Process(ProcessRecord {
+                space: 2,
+                pid: 7,
+                ppid: 6,
+                comm: "true".into(),
+                exe: "/bin/true".into(),
+                roots: [0x1000, 0x2000],
+            }),
+            map(2, true),
+            map(2, false),
+        ];
+        let out = program_events(&events, 9);
+        assert_eq!(out.len(), 2, "the data mapping is not an executable one");
+        let Event::GuestProcess(p) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (p.space, p.pid, p.ppid, p.roots.clone()),
+            (2, 7, 6, vec![0x1000, 0x2000])
+        );
+        let Event::Mapping(m) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((m.pid, m.space), (2, AddressSpace::Guest { vm: 0 }));
     }
 
     struct NoLbr;

@@ -258,6 +258,12 @@ pub struct Aggregator {
     root_index: HashMap<String, u64>,
     /// vCPU → its host thread (pid, tid), from the recording's vCPU thread events.
     vcpu_threads: HashMap<u32, (u32, u32)>,
+    /// Guest page-table roots → the address space (guest process) they belong to.
+    guest_spaces: HashMap<u64, u32>,
+    /// vCPU → the guest address space its latest snapshot was taken in, and vCPU
+    /// thread id → vCPU: where a guest-mode host sample of that thread resolves.
+    vcpu_space: HashMap<u32, u32>,
+    tid_vcpu: HashMap<u32, u32>,
 }
 
 impl Aggregator {
@@ -282,6 +288,9 @@ impl Aggregator {
             stack_buf: Vec::new(),
             root_index: HashMap::new(),
             vcpu_threads: HashMap::new(),
+            guest_spaces: HashMap::new(),
+            vcpu_space: HashMap::new(),
+            tid_vcpu: HashMap::new(),
         }
     }
 
@@ -319,6 +328,7 @@ impl Aggregator {
             Event::Task(TaskEvent::Exit { .. }) => {}
             Event::Vcpu(v) => {
                 self.vcpu_threads.insert(v.vcpu, (v.pid, v.tid));
+                self.tid_vcpu.insert(v.tid, v.vcpu);
                 if let Some(vm) = &mut self.profile.vm {
                     vm.vcpus.push(*v);
                 }
@@ -326,6 +336,11 @@ impl Aggregator {
             Event::VcpuStats(v) => {
                 if let Some(vm) = &mut self.profile.vm {
                     vm.stats.push(v.clone());
+                }
+            }
+            Event::GuestProcess(p) => {
+                for &r in &p.roots {
+                    self.guest_spaces.insert(r, p.space);
                 }
             }
             Event::Sample(s) => self.add_sample(s),
@@ -417,8 +432,22 @@ impl Aggregator {
         } else {
             s.pid
         };
+        // A Linux program's processes: the address space the vCPU ran last (as its
+        // snapshots tell).
+        let guest_space = (self.opts.vm && s.mode.is_guest()).then(|| {
+            self.tid_vcpu
+                .get(&s.tid)
+                .and_then(|v| self.vcpu_space.get(v))
+                .copied()
+                .unwrap_or(0)
+        });
+        let resolve = move |spaces: &mut AddressSpaces, addr: u64, mode: CpuMode| match guest_space
+        {
+            Some(g) if mode.is_guest() => spaces.resolve_guest_in(space_pid, g, addr),
+            _ => spaces.resolve(space_pid, addr, mode),
+        };
         let spaces = &mut self.profile.spaces;
-        let ip = spaces.resolve(space_pid, s.ip, s.mode);
+        let ip = resolve(spaces, s.ip, s.mode);
         if !self.keep(s, ip) {
             self.profile.totals.filtered_out += counts.samples;
             return None;
@@ -462,11 +491,7 @@ impl Aggregator {
         if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
         }
-        stack.extend(
-            s.callchain
-                .iter()
-                .map(|f| spaces.resolve(space_pid, f.addr, f.mode)),
-        );
+        stack.extend(s.callchain.iter().map(|f| resolve(spaces, f.addr, f.mode)));
         if self.opts.comm_root && self.profile.vm.is_none() {
             stack.push(self.comm_root(s.tid));
         }
@@ -608,10 +633,17 @@ impl Aggregator {
         self.profile.totals.snapshots += 1;
         self.profile.totals.frozen += snap.frozen_events;
         let spaces = &mut self.profile.spaces;
+        // The guest process (address space) the snapshot was taken in, by its CR3.
+        let space = self.guest_spaces.get(&snap.cr3).copied().unwrap_or(0);
+        self.vcpu_space.insert(snap.vcpu, space);
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
-        stack.push(spaces.resolve_guest(0, snap.guest_ip));
-        stack.extend(snap.guest_stack.iter().map(|&a| spaces.resolve_guest(0, a)));
+        stack.push(spaces.resolve_guest_in(0, space, snap.guest_ip));
+        stack.extend(
+            snap.guest_stack
+                .iter()
+                .map(|&a| spaces.resolve_guest_in(0, space, a)),
+        );
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
             vm.snapshots.push(crate::vm::VmSnapshot {
@@ -643,7 +675,7 @@ impl Aggregator {
         bump(&mut self.profile.lbr_stacks, &stack, weight);
         self.stack_buf = stack;
         let branches = snapshot_branches(snap);
-        self.add_branches(&branches, |sp, a| sp.resolve_guest(0, a));
+        self.add_branches(&branches, |sp, a| sp.resolve_guest_in(0, space, a));
     }
 
     /// Adds one branch stack (newest first): its edges, and the fall-through ranges
@@ -825,6 +857,64 @@ mod tests {
         // Range from the older entry's target (0x80) to the newer entry's source (0x100).
         assert_eq!(p.ranges[&(l(0x80), l(0x100))], 2);
         assert_eq!(p.ranges.len(), 1);
+    }
+
+    #[test]
+    fn guest_snapshots_resolve_in_the_process_their_cr3_names() {
+        // Two guest processes with different programs at the same address: a
+        // snapshot is symbolized in the one whose page-table root it was taken with.
+        let mut a = Aggregator::new(AggregateOptions::default());
+        for (space, path, roots) in [
+            (0, "sh", [0x10_000, 0x11_000]),
+            (1, "sort", [0x20_000, 0x21_000]),
+        ] {
+            a.add(&Event::GuestProcess(
+                lbrprof_collector::model::GuestProcess {
+                    time_ns: 0,
+                    vm: 0,
+                    space,
+                    pid: 100 + space,
+                    ppid: 99,
+                    comm: path.into(),
+                    exe: format!("/bin/{path}"),
+                    roots: roots.to_vec(),
+                },
+            ));
+            a.add(&Event::Mapping(Mapping {
+                space: AddressSpace::Guest { vm: 0 },
+                pid: space,
+                path: format!("/bin/{path}"),
+                ..match mapping() {
+                    Event::Mapping(m) => m,
+                    _ => unreachable!(),
+                }
+            }));
+        }
+        let mut snap = snapshot(0, &[(0x400020, 0x400200, 0)]);
+        snap.cr3 = 0x21_000;
+        a.add(&Event::Snapshot(snap.clone()));
+        snap.cr3 = 0x10_000;
+        a.add(&Event::Snapshot(snap.clone()));
+        // An unknown root: the first process's space (recordings without processes).
+        snap.cr3 = 0x99_000;
+        a.add(&Event::Snapshot(snap));
+        let p = a.finish();
+        let module = |path: &str| {
+            p.spaces
+                .modules
+                .iter()
+                .find(|(_, m)| m.path == path)
+                .unwrap()
+                .0
+        };
+        let edge = |path| {
+            let l = |o| Loc {
+                module: module(path),
+                offset: o,
+            };
+            p.edges.get(&(l(0x20), l(0x200))).map_or(0, |e| e.count)
+        };
+        assert_eq!((edge("/bin/sort"), edge("/bin/sh")), (1, 2));
     }
 
     #[test]

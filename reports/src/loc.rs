@@ -145,7 +145,9 @@ struct MapEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum SpaceKey {
     User(u32),
-    Guest(u32),
+    /// A VM and an address space in it (a Linux program's process, see
+    /// `GuestProcess`; 0 for a single-image guest).
+    Guest(u32, u32),
 }
 
 /// The executable mappings of every address space seen so far.
@@ -175,7 +177,7 @@ impl AddressSpaces {
             // Kernel addresses resolve to the kernel module by address; no map needed.
             AddressSpace::HostKernel => return,
             AddressSpace::HostUser => (SpaceKey::User(m.pid), ModuleKind::File),
-            AddressSpace::Guest { vm } => (SpaceKey::Guest(vm), ModuleKind::Guest),
+            AddressSpace::Guest { vm } => (SpaceKey::Guest(vm, m.pid), ModuleKind::Guest),
         };
         let Some(end) = m.start.checked_add(m.len) else {
             return;
@@ -260,7 +262,7 @@ impl AddressSpaces {
                     offset: addr,
                 };
             }
-            CpuMode::GuestKernel | CpuMode::GuestUser => SpaceKey::Guest(pid),
+            CpuMode::GuestKernel | CpuMode::GuestUser => SpaceKey::Guest(pid, pid),
             CpuMode::User => SpaceKey::User(pid),
             CpuMode::Unknown if addr >= KERNEL_SPACE_START => {
                 return Loc {
@@ -273,9 +275,14 @@ impl AddressSpaces {
         self.resolve_in(key, addr)
     }
 
-    /// Where a guest virtual address of VM `vm` points.
+    /// Where a guest virtual address of VM `vm` points (in its first address space).
     pub fn resolve_guest(&mut self, vm: u32, addr: u64) -> Loc {
-        self.resolve_in(SpaceKey::Guest(vm), addr)
+        self.resolve_in(SpaceKey::Guest(vm, 0), addr)
+    }
+
+    /// Where a guest virtual address of address space `space` of VM `vm` points.
+    pub fn resolve_guest_in(&mut self, vm: u32, space: u32, addr: u64) -> Loc {
+        self.resolve_in(SpaceKey::Guest(vm, space), addr)
     }
 
     fn resolve_in(&mut self, key: SpaceKey, addr: u64) -> Loc {
@@ -299,7 +306,7 @@ impl AddressSpaces {
             }
         }
         let unknown = match key {
-            SpaceKey::Guest(_) => ModuleTable::GUEST_UNKNOWN,
+            SpaceKey::Guest(..) => ModuleTable::GUEST_UNKNOWN,
             SpaceKey::User(_) if addr >= KERNEL_SPACE_START => ModuleTable::KERNEL,
             SpaceKey::User(_) => ModuleTable::UNKNOWN,
         };

@@ -341,6 +341,10 @@ struct Totals {
     exits: u64,
     vcpus: u64,
     vcpu_exits: u64,
+    /// The vCPUs that ran (their indices, from their threads and accounting).
+    vcpus_ran: BTreeSet<u32>,
+    /// Guest processes of a Linux program: pid → the programs it ran, in order.
+    guest_processes: BTreeMap<u32, Vec<String>>,
     losses: BTreeMap<String, u64>,
     pids: BTreeSet<u32>,
     /// Samples per (pid, tid).
@@ -426,8 +430,21 @@ impl Totals {
                 }
             }
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
-            Event::Vcpu(_) => self.vcpus += 1,
-            Event::VcpuStats(v) => self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>(),
+            Event::Vcpu(v) => {
+                self.vcpus += 1;
+                self.vcpus_ran.insert(v.vcpu);
+            }
+            Event::VcpuStats(v) => {
+                self.vcpus_ran.insert(v.vcpu);
+                self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>();
+            }
+            Event::GuestProcess(p) => {
+                let progs = self.guest_processes.entry(p.pid).or_default();
+                // A fork announces the parent's program again: one entry per program.
+                if progs.last() != Some(&p.comm) || progs.is_empty() {
+                    progs.push(p.comm.clone());
+                }
+            }
             Event::Loss(l) => {
                 let kind = match (l.kind, l.tid) {
                     (LossKind::RingBuffer, _) => "ring buffer".to_owned(),
@@ -480,8 +497,17 @@ fn processes(out: &mut impl Write, t: &Totals) -> std::io::Result<()> {
     Ok(())
 }
 
-fn target(t: &Target) -> String {
+fn target(t: &Target, vcpus_ran: usize) -> String {
     match t {
+        Target::Vm {
+            image,
+            vcpus,
+            backend,
+            mode,
+        } if vcpus_ran > *vcpus as usize => format!(
+            "guest {image} ({vcpus_ran} vCPUs ran, {vcpus} at start, {backend:?} backend, \
+             {mode} mode)"
+        ),
         Target::Command { argv } => format!("command {}", argv.join(" ")),
         Target::Pid { pid } => format!("process {pid}"),
         Target::Tid { tid } => format!("thread {tid}"),
@@ -495,10 +521,10 @@ fn target(t: &Target) -> String {
     }
 }
 
-fn header(out: &mut impl Write, h: &Header) -> std::io::Result<()> {
+fn header(out: &mut impl Write, h: &Header, vcpus_ran: usize) -> std::io::Result<()> {
     writeln!(out, "writer:        {}", h.writer)?;
     writeln!(out, "started:       {} (unix seconds)", h.start_unix)?;
-    writeln!(out, "target:        {}", target(&h.target))?;
+    writeln!(out, "target:        {}", target(&h.target, vcpus_ran))?;
     writeln!(
         out,
         "host:          {} ({})",
@@ -553,13 +579,15 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     }
     let mut reader = RecordingReader::open(path)
         .with_context(|| format!("cannot read the recording {}", path.display()))?;
-    header(out, reader.header())?;
     let mut totals = Totals::default();
     for event in reader.by_ref() {
         let event =
             event.with_context(|| format!("cannot read the recording {}", path.display()))?;
         totals.add(&event);
     }
+    // The header's vCPU count is the VM's at start: a Linux program gets one more per
+    // thread and process it starts.
+    header(out, reader.header(), totals.vcpus_ran.len())?;
     write_totals(out, &totals)?;
     match reader.summary() {
         Some(s) => {
@@ -649,8 +677,23 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
     if t.vcpus > 0 {
         writeln!(
             out,
-            "vcpus:         {} threads, {} VM exits",
-            t.vcpus, t.vcpu_exits
+            "vcpus:         {} ran, {} threads, {} VM exits",
+            t.vcpus_ran.len(),
+            t.vcpus,
+            t.vcpu_exits
+        )?;
+    }
+    if !t.guest_processes.is_empty() {
+        let list: Vec<String> = t
+            .guest_processes
+            .iter()
+            .map(|(pid, progs)| format!("{pid} {}", progs.join(" → ")))
+            .collect();
+        writeln!(
+            out,
+            "guest procs:   {} ({})",
+            t.guest_processes.len(),
+            list.join(", ")
         )?;
     }
     writeln!(
@@ -672,7 +715,7 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
 fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()> {
     let context = || format!("cannot read the perf.data file {}", path.display());
     let mut reader = PerfDataReader::open(path).with_context(context)?;
-    header(out, reader.header())?;
+    header(out, reader.header(), 0)?;
     let mut totals = Totals::default();
     for event in reader.by_ref() {
         totals.add(&event.with_context(context)?);

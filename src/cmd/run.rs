@@ -222,10 +222,13 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
             let n = linux.syscalls.max(1);
             eprintln!(
                 "lbrprof: vm: {} system calls, {:.2} µs each in the shim (trap service), \
-                 {} threads started, peak guest memory {:.1} MiB, total {:.2} ms",
+                 {} threads started, {} processes ({} execs), peak guest memory {:.1} MiB, \
+                 total {:.2} ms",
                 linux.syscalls,
                 linux.trap_ns as f64 / 1e3 / n as f64,
                 linux.threads,
+                linux.processes,
+                linux.execs,
                 linux.peak_bytes as f64 / (1 << 20) as f64,
                 report.elapsed.as_secs_f64() * 1e3,
             );

@@ -177,6 +177,11 @@ pub trait VcpuHook: Send {
     /// Linux program's futex wait, sleep or poll) while other vCPUs run the same code:
     /// take out anything they could trip over (code patches).
     fn on_block(&mut self, _ctx: &mut VcpuCtx<'_>) {}
+    /// The vCPU runs another program from now on (a Linux program's execve, or the
+    /// thread of another process on a vCPU whose thread ended): what was planned for
+    /// the old address space (stops at code addresses) does not apply. Called after
+    /// [`on_block`](Self::on_block) took the patches out of the old one.
+    fn on_new_program(&mut self, _ctx: &mut VcpuCtx<'_>) {}
     /// The vCPU stopped (end of run, fault, timeout); last chance to emit data.
     fn on_stop(&mut self, _ctx: &mut VcpuCtx<'_>) {}
 }

@@ -113,7 +113,7 @@ pub struct VmConfig {
     /// A Linux program's file mappings, as they are made (its image and interpreter at
     /// load, its libraries as it maps them), so a recorder can write each one before the
     /// samples that need it.
-    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::mm::MapRecord>>,
+    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::GuestEvent>>,
     /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
@@ -405,12 +405,10 @@ impl Vm {
         let mut main_task = None;
         let process = process.map(|(p, task, _)| {
             main_task = Some(task);
-            LinuxShared {
-                tlb: p.tlb_generation(),
-                roots: p.mm.roots(),
-                process: Arc::new(Mutex::new(p)),
-            }
+            LinuxShared::new(p)
         });
+        // vCPUs whose Linux thread ended, waiting for the next one.
+        let idle: IdleVcpus = Arc::default();
         // Threads of a Linux program ask the loop below for their vCPUs.
         let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnRequest>();
 
@@ -431,22 +429,24 @@ impl Vm {
         let start = |index: u32,
                      vcpu: VcpuFd,
                      hook: Box<dyn VcpuHook>,
-                     task: Option<Task>|
+                     task: Option<(LinuxShared, Task)>|
          -> std::io::Result<std::thread::JoinHandle<()>> {
             let mut vcpu = vcpu;
-            let linux = match (&process, task) {
-                (Some(shared), Some(mut task)) => {
+            let linux = match task {
+                Some((shared, mut task)) => {
                     if sync_regs {
                         Process::use_sync_regs(&mut task, &mut vcpu);
                     }
                     Some(LinuxVcpu {
-                        shared: shared.clone(),
+                        shared,
                         task,
                         spawn: spawn_tx.clone(),
+                        execed: false,
                     })
                 }
-                _ => None,
+                None => None,
             };
+            let (idle, spawn_tx) = (idle.clone(), spawn_tx.clone());
             let (mem, devices, stop) = (mem.clone(), devices.clone(), stop.clone());
             let parked = parked.clone();
             // Built on its thread (the exit timer belongs to the thread).
@@ -456,6 +456,9 @@ impl Vm {
                 hook_ports: hook.io_ports(),
                 hook,
                 linux,
+                idle,
+                spawn: spawn_tx,
+                sync_regs,
                 mem,
                 devices,
                 stop,
@@ -470,7 +473,10 @@ impl Vm {
             spawn_vcpu_thread(index, runner, tx.clone(), config.vcpu_threads.clone())
         };
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
-            let task = if index == 0 { main_task.take() } else { None };
+            let task = match (index, &process) {
+                (0, Some(shared)) => main_task.take().map(|t| (shared.clone(), t)),
+                _ => None,
+            };
             match start(index, vcpu, hook, task) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -499,15 +505,32 @@ impl Vm {
             let msg = crossbeam_channel::select! {
                 recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
                 recv(spawn_rx) -> req => {
-                    // A Linux program's thread: a new vCPU with its own hook.
+                    // A Linux program's thread or process: an idle vCPU, or a new one
+                    // with its own hook.
                     let Ok(req) = req else { continue };
+                    let SpawnRequest { child, shared, reply } = req;
+                    let mut assignment = Some((shared, child));
+                    while let Some(a) = assignment.take() {
+                        let Some(tx) = lock_idle(&idle).pop() else {
+                            assignment = Some(a);
+                            break;
+                        };
+                        // A vCPU that stopped waiting gives the assignment back.
+                        if let Err(e) = tx.send(a) {
+                            assignment = Some(e.into_inner());
+                        }
+                    }
+                    let Some((shared, child)) = assignment else {
+                        let _ = reply.send(true);
+                        continue;
+                    };
                     let index = stats.len() as u32;
                     let started = (|| {
                         let mut hook = hooks(index);
                         let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
-                        let NewThread { task, regs, fpu } = *req.child;
+                        let NewThread { task, regs, fpu } = *child;
                         setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
-                        start(index, vcpu, hook, Some(task)).map_err(VmError::Thread)
+                        start(index, vcpu, hook, Some((shared, task))).map_err(VmError::Thread)
                     })();
                     let ok = started.is_ok();
                     if let Ok(t) = started {
@@ -518,7 +541,7 @@ impl Vm {
                             ..Default::default()
                         });
                     }
-                    let _ = req.reply.send(ok);
+                    let _ = reply.send(ok);
                     continue;
                 }
                 recv(stop_rx) -> _ => {
@@ -812,12 +835,24 @@ fn setup_linux_registers(
 // The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
 
 thread_local! {
+    /// The VM's stop flag, on a vCPU thread (see [`stopping`]).
+    static STOP: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
     /// The kick signal arrived since the last interrupted KVM_RUN (the VM's stop, a hook's
     /// exit timer).
     static KICKED: Cell<bool> = const { Cell::new(false) };
     /// The watchdog's tick arrived since the last interrupted KVM_RUN.
     static WATCHDOG: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the VM this vCPU thread runs is stopping (false off vCPU threads): a host
+/// call the kick interrupted is then not restarted.
+pub(crate) fn stopping() -> bool {
+    STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Acquire))
+    })
 }
 
 /// How often a vCPU that makes no exits is checked for a halt it can never leave.
@@ -883,6 +918,12 @@ struct VcpuRunner {
     /// The Linux program's thread this vCPU runs, if it runs one (its traps exit on
     /// I/O ports).
     linux: Option<LinuxVcpu>,
+    /// Where this vCPU waits for the next Linux thread when its own ends.
+    idle: IdleVcpus,
+    /// For the threads it runs next.
+    spawn: crossbeam_channel::Sender<SpawnRequest>,
+    /// KVM_CAP_SYNC_REGS is there.
+    sync_regs: bool,
     mem: Arc<GuestMemory>,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
@@ -897,6 +938,7 @@ struct VcpuRunner {
 
 impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
+        STOP.with(|s| *s.borrow_mut() = Some(self.stop.clone()));
         if let Some(l) = &self.linux {
             lock(&l.shared.process).register_thread(&l.task);
         }
@@ -918,7 +960,33 @@ impl VcpuRunner {
         let watchdog = ExitTimer::for_current_thread(watchdog_signal())
             .and_then(|t| t.arm_every(WATCHDOG_PERIOD).map(|()| t))
             .ok();
-        let end = self.run_loop(&mut requests);
+        let end = loop {
+            let end = self.run_loop(&mut requests);
+            // A Linux thread ended, its program goes on: wait for the next thread.
+            if matches!(end, VcpuEnd::ThreadExit) && self.linux.is_some() {
+                // The emulated LBR's breakpoints leave the thread's address space (it
+                // may be gone soon, and the next thread's is another).
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.vcpu,
+                    mem: &self.mem,
+                    requests: &mut requests,
+                };
+                self.hook.on_block(&mut ctx);
+                self.linux = None;
+                if self.next_thread() {
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: &mut requests,
+                    };
+                    self.hook.on_new_program(&mut ctx);
+                    continue;
+                }
+            }
+            break end;
+        };
         drop(watchdog);
         if self.is_parked {
             self.parked.fetch_sub(1, Ordering::AcqRel);
@@ -931,6 +999,44 @@ impl VcpuRunner {
         };
         self.hook.on_stop(&mut ctx);
         end
+    }
+
+    /// Offer this vCPU for the next Linux thread or process and wait for one (true) or
+    /// for the VM to stop (false).
+    fn next_thread(&mut self) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded::<Assignment>(1);
+        lock_idle(&self.idle).push(tx);
+        let (shared, child) = loop {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(a) => break a,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        };
+        let NewThread {
+            mut task,
+            regs,
+            fpu,
+        } = *child;
+        if setup_linux_registers(&self.vcpu, &task, fpu.as_ref(), &regs).is_err() {
+            // The parent was told the child runs: it ends at once instead.
+            lock(&shared.process).end(task.tid, linux::proc::killed(libc::SIGKILL));
+            return self.next_thread();
+        }
+        if self.sync_regs {
+            Process::use_sync_regs(&mut task, &mut self.vcpu);
+        }
+        lock(&shared.process).register_thread(&task);
+        self.linux = Some(LinuxVcpu {
+            shared,
+            task,
+            spawn: self.spawn.clone(),
+            execed: false,
+        });
+        true
     }
 
     fn crash(&self, reason: String) -> VcpuEnd {
@@ -1042,6 +1148,10 @@ impl VcpuRunner {
                 return VcpuEnd::Error(e);
             }
             if let Some(l) = &mut self.linux {
+                // Its process ended (another thread's exit_group, a fatal signal).
+                if l.shared.proc_shared.dead.load(Ordering::Acquire) {
+                    return VcpuEnd::ThreadExit;
+                }
                 // Another thread changed the page tables (and kicked this one out).
                 let generation = l.shared.tlb.load(Ordering::Acquire);
                 if let Err(e) =
@@ -1167,7 +1277,31 @@ impl VcpuRunner {
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
-                let action = match linux.trap(&mut self.vcpu, port) {
+                let mut action = linux.trap(&mut self.vcpu, port);
+                if let Ok(TrapAction::ProcessOp { .. }) = action {
+                    // The emulated LBR's breakpoints leave the address space first: a
+                    // fork would copy them, an exec replaces the space under them.
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: req,
+                    };
+                    self.hook.on_block(&mut ctx);
+                    if let Ok(TrapAction::ProcessOp { pending, op }) = action {
+                        action = linux.process_op(&mut self.vcpu, pending, op);
+                    }
+                    if matches!(action, Ok(TrapAction::Resume)) && linux.execed() {
+                        let mut ctx = VcpuCtx {
+                            index: self.index,
+                            vcpu: &self.vcpu,
+                            mem: &self.mem,
+                            requests: req,
+                        };
+                        self.hook.on_new_program(&mut ctx);
+                    }
+                }
+                let action = match action {
                     Ok(TrapAction::Block { pending, block }) => {
                         let mut ctx = VcpuCtx {
                             index: self.index,
@@ -1196,8 +1330,14 @@ impl VcpuRunner {
                             },
                         };
                     }
-                    Ok(TrapAction::Block { .. } | TrapAction::Clone { .. }) => {
-                        unreachable!("blocks and clones are finished above")
+                    Ok(
+                        TrapAction::Block { .. }
+                        | TrapAction::Clone { .. }
+                        | TrapAction::Fork { .. }
+                        | TrapAction::Exec { .. }
+                        | TrapAction::ProcessOp { .. },
+                    ) => {
+                        unreachable!("blocks, clones, forks and execs are finished above")
                     }
                     Err(e) => return VcpuEnd::Error(e),
                 }
@@ -1233,7 +1373,7 @@ impl VcpuRunner {
     }
 }
 
-/// What the vCPUs of one Linux program share.
+/// What the vCPUs of one Linux process share.
 #[derive(Clone)]
 struct LinuxShared {
     process: Arc<Mutex<Process>>,
@@ -1241,12 +1381,41 @@ struct LinuxShared {
     tlb: Arc<std::sync::atomic::AtomicU64>,
     /// The twin PML4s ([`crate::linux::mm::AddressSpace::roots`]).
     roots: [u64; 2],
+    /// What other processes change without the lock (its `dead` flag ends the
+    /// process's other threads).
+    proc_shared: Arc<linux::proc::Shared>,
 }
 
-/// A new thread's vCPU, asked of the VM's loop, which answers whether it started.
+impl LinuxShared {
+    fn new(p: Process) -> LinuxShared {
+        LinuxShared {
+            tlb: p.tlb_generation(),
+            roots: p.mm.roots(),
+            proc_shared: p.shared(),
+            process: Arc::new(Mutex::new(p)),
+        }
+    }
+}
+
+/// A new thread's or process's vCPU, asked of the VM's loop, which answers whether it
+/// started.
 struct SpawnRequest {
     child: Box<NewThread>,
+    /// The process it belongs to.
+    shared: LinuxShared,
     reply: crossbeam_channel::Sender<bool>,
+}
+
+/// A thread for an idle vCPU to run.
+type Assignment = (LinuxShared, Box<NewThread>);
+
+/// vCPUs whose Linux thread ended, each waiting on its channel for the next thread.
+type IdleVcpus = Arc<Mutex<Vec<crossbeam_channel::Sender<Assignment>>>>;
+
+fn lock_idle(
+    idle: &Mutex<Vec<crossbeam_channel::Sender<Assignment>>>,
+) -> std::sync::MutexGuard<'_, Vec<crossbeam_channel::Sender<Assignment>>> {
+    idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One thread of a Linux program on this vCPU.
@@ -1254,6 +1423,8 @@ struct LinuxVcpu {
     shared: LinuxShared,
     task: Task,
     spawn: crossbeam_channel::Sender<SpawnRequest>,
+    /// An execve replaced the program since [`Self::execed`] last looked.
+    execed: bool,
 }
 
 /// The process, even if a thread panicked holding it (its state is still consistent
@@ -1263,18 +1434,103 @@ fn lock(p: &Mutex<Process>) -> std::sync::MutexGuard<'_, Process> {
 }
 
 impl LinuxVcpu {
+    /// Whether an execve replaced the program since the last call.
+    fn execed(&mut self) -> bool {
+        std::mem::take(&mut self.execed)
+    }
+
     /// Service a trap; clones are finished here, blocks (futex waits, sleeps, polls)
     /// are left to [`Self::block`].
     fn trap(&mut self, vcpu: &mut VcpuFd, port: u16) -> Result<TrapAction, VmError> {
-        let mut p = lock(&self.shared.process);
-        match p.on_trap(&mut self.task, vcpu, port)? {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.on_trap(&mut self.task, vcpu, port)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
+    /// Finish a fork or exec ([`TrapAction::ProcessOp`]).
+    fn process_op(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        pending: linux::Pending,
+        op: linux::ProcessOp,
+    ) -> Result<TrapAction, VmError> {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.finish_process_op(&mut self.task, vcpu, pending, op)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
+    /// What is left of `action` for the run loop: clones and forks started, execs and
+    /// ends of processes taken into account.
+    fn settle(
+        &mut self,
+        p: &mut Process,
+        vcpu: &mut VcpuFd,
+        action: TrapAction,
+    ) -> Result<TrapAction, VmError> {
+        match action {
             TrapAction::Clone { pending, child } => {
                 let tid = child.task.tid;
                 let (reply, answer) = crossbeam_channel::bounded(1);
-                let asked = self.spawn.send(SpawnRequest { child, reply }).is_ok();
+                let shared = self.shared.clone();
+                let asked = self
+                    .spawn
+                    .send(SpawnRequest {
+                        child,
+                        shared,
+                        reply,
+                    })
+                    .is_ok();
                 let started = asked && answer.recv().unwrap_or(false);
                 p.finish_clone(vcpu, pending, tid, started)?;
                 Ok(TrapAction::Resume)
+            }
+            TrapAction::Fork { pending, child } => {
+                let linux::NewProcess {
+                    process,
+                    thread,
+                    vfork,
+                    lent,
+                } = *child;
+                let pid = process.pid();
+                let shared = LinuxShared::new(process);
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                let request = SpawnRequest {
+                    child: Box::new(thread),
+                    shared,
+                    reply,
+                };
+                let asked = self.spawn.send(request).is_ok();
+                let started = asked && answer.recv().unwrap_or(false);
+                if !started {
+                    p.forget_child(pid);
+                }
+                match p.finish_fork(vcpu, pending, pid, vfork, lent, started)? {
+                    None => Ok(TrapAction::Resume),
+                    Some((pending, block)) => Ok(TrapAction::Block { pending, block }),
+                }
+            }
+            TrapAction::Exec { roots } => {
+                self.shared.roots = roots;
+                self.execed = true;
+                Ok(TrapAction::Resume)
+            }
+            TrapAction::Exit(code) => {
+                p.end(self.task.tid, linux::proc::exited(code));
+                Ok(if p.is_initial() {
+                    TrapAction::Exit(code)
+                } else {
+                    TrapAction::ThreadExit
+                })
+            }
+            TrapAction::Killed { signal, reason } => {
+                p.end(self.task.tid, linux::proc::killed(signal));
+                Ok(if p.is_initial() {
+                    TrapAction::Killed { signal, reason }
+                } else {
+                    TrapAction::ThreadExit
+                })
             }
             action => Ok(action),
         }

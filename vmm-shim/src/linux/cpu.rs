@@ -46,6 +46,8 @@ pub const RFLAGS_IF: u64 = 1 << 9;
 #[derive(Clone, Copy, Debug)]
 pub struct TrapArea {
     pub stack_phys: GuestPhysAddr,
+    /// The stub page's frame: one for every process of the VM (see [`build_trap_area`]).
+    pub stubs: GuestPhysAddr,
     /// Guest-virtual address of the ring-0 stack's page.
     pub stack: u64,
     /// Guest-virtual address of the TSS (TR.base).
@@ -97,6 +99,7 @@ pub fn build_thread_trap(mm: &mut AddressSpace, slot: u64) -> Result<TrapArea, E
         .map_err(|_| Errno::EFAULT)?;
     Ok(TrapArea {
         stack_phys: stack_frame,
+        stubs: mm.trap_stubs().unwrap_or(GuestPhysAddr(0)),
         stack,
         tss,
     })
@@ -106,11 +109,20 @@ fn descriptor(access: u64, flags: u64) -> u64 {
     0xffff | (0xf << 48) | (access << 40) | (flags << 52)
 }
 
-/// Build the trap area in `mm` (see the module doc).
-pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
+/// Build the trap area in `mm` (see the module doc). `stubs`: the stub page of the VM's
+/// other processes, mapped here too (None: the first process's, made here). Every
+/// process shares the one stub page, so a patch made to a handler there (the emulated
+/// LBR's #DB/#BP traps, see `pmu::kvm_hook`) holds in every process.
+pub fn build_trap_area(
+    mm: &mut AddressSpace,
+    stubs: Option<GuestPhysAddr>,
+) -> Result<TrapArea, Errno> {
     let mut frames = [GuestPhysAddr(0); TRAP_PAGES as usize];
     for (i, f) in frames.iter_mut().enumerate() {
-        *f = mm.alloc_frame()?;
+        *f = match stubs {
+            Some(s) if i as u64 == TRAP_STUBS => s,
+            _ => mm.alloc_frame()?,
+        };
         // The stub page is user-executable (see the module doc) and read-only; its
         // stubs' ports are denied to ring 3 except the system-call port.
         let flags = if i as u64 == TRAP_STUBS {
@@ -140,6 +152,7 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     w(gdt, u64::from(TSS_SEL) + 8, tss_va >> 32)?;
     let area = TrapArea {
         stack_phys: frames[TRAP_STACK as usize],
+        stubs: frames[TRAP_STUBS as usize],
         stack: TRAP_AREA.0 + TRAP_STACK * PAGE,
         tss: tss_va,
     };
@@ -147,8 +160,9 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     mem.write(tss, &tss_bytes(area.stack_top()))
         .map_err(|_| Errno::EFAULT)?;
     // Stubs: `out imm8, al` (E6 ib) then `iretq` (48 CF), one per slot.
+    let shared = stubs.is_some();
     let stubs = frames[TRAP_STUBS as usize];
-    for v in 0..=32u64 {
+    for v in (0..=32u64).filter(|_| !shared) {
         let port = if v < 32 {
             TRAP_PORT_BASE + v as u16
         } else {
@@ -160,8 +174,10 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
     }
     // The SYSCALL entry: `out imm8, al` then `sysretq` (48 0F 07).
     let code = [0xe6, TRAP_PORT_SYSCALL as u8, 0x48, 0x0f, 0x07];
-    mem.write(GuestPhysAddr(stubs.0 + SYSCALL_SLOT * STUB_SLOT), &code)
-        .map_err(|_| Errno::EFAULT)?;
+    if !shared {
+        mem.write(GuestPhysAddr(stubs.0 + SYSCALL_SLOT * STUB_SLOT), &code)
+            .map_err(|_| Errno::EFAULT)?;
+    }
     // IDT: 64-bit interrupt gates (type 0xE, DPL 0, IST1) to the stubs.
     let idt = frames[TRAP_IDT as usize];
     for v in 0..256u64 {
@@ -174,6 +190,8 @@ pub fn build_trap_area(mm: &mut AddressSpace) -> Result<TrapArea, Errno> {
         w(idt, v * 16, low)?;
         w(idt, v * 16 + 8, target >> 32)?;
     }
+    // The stub page lives as long as the VM: no address space frees it.
+    mm.share_stubs(stubs);
     Ok(area)
 }
 
@@ -322,7 +340,7 @@ mod tests {
     fn the_trap_area_is_supervisor_only_and_the_stubs_exit_then_return() {
         let mem = Arc::new(crate::memory::GuestMemory::new(8 << 20).unwrap());
         let mut mm = AddressSpace::new(mem.clone(), 1 << 20).unwrap();
-        let area = build_trap_area(&mut mm).unwrap();
+        let area = build_trap_area(&mut mm, None).unwrap();
         let mut b = [0u8; 4];
         // Not the program's memory as far as system-call arguments go.
         assert!(mm.read(TRAP_AREA, &mut b).is_err());

@@ -107,6 +107,7 @@ impl Process {
             entries: vec![(Some(file), libc::POLLIN, false)],
             deadline: None,
             result: Ok(Vec::new()),
+            select: None,
         };
         Some(Outcome::Block(Block::Restart {
             poll,

@@ -31,8 +31,9 @@ impl Fd {
     }
 }
 
-/// The table (index = guest fd).
-#[derive(Debug, Default)]
+/// The table (index = guest fd). A clone is a forked child's table: the same open
+/// files (a host file is closed when no process holds it any more).
+#[derive(Clone, Debug, Default)]
 pub struct FdTable {
     slots: Vec<Option<Fd>>,
 }
@@ -91,6 +92,15 @@ impl FdTable {
         }
         self.slots[i] = Some(f);
         Ok(())
+    }
+
+    /// Close every close-on-exec descriptor (execve).
+    pub fn close_on_exec(&mut self) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|f| f.cloexec) {
+                *slot = None;
+            }
+        }
     }
 
     pub fn close(&mut self, fd: u64) -> Result<(), Errno> {

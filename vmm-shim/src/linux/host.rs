@@ -35,14 +35,30 @@ pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> usize {
     done
 }
 
+/// Run `call` again when a signal of the shim's own interrupted it (a vCPU kick or its
+/// exit timer: the program did not ask for the interruption, as with SA_RESTART),
+/// unless the VM is stopping (then the program sees EINTR and the run ends).
+fn restart<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match call() {
+            Err(Errno(libc::EINTR)) if !crate::vm::stopping() => {}
+            r => return r,
+        }
+    }
+}
+
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
-    // SAFETY: buf is a live, writable buffer of buf.len() bytes.
-    check(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    restart(|| {
+        // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+        check(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    })
 }
 
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
-    // SAFETY: buf is a live buffer of buf.len() bytes.
-    check(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    restart(|| {
+        // SAFETY: buf is a live buffer of buf.len() bytes.
+        check(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    })
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: i64) -> Result<usize, Errno> {
@@ -71,11 +87,11 @@ pub fn openat(
 ) -> Result<OwnedFd, Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: c is a NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(last());
-    }
+    let fd = restart(|| {
+        // SAFETY: c is a NUL-terminated string that outlives the call.
+        let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        if fd < 0 { Err(last()) } else { Ok(fd) }
+    })?;
     // SAFETY: fd was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -101,6 +117,52 @@ pub fn fstatat(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: i32) -> Result<V
         return Err(last());
     }
     Ok(raw_bytes(&st))
+}
+
+/// `statfs` (of `path`) or `fstatfs` (of `fd`): `struct statfs` bytes.
+pub fn statfs(
+    path: Option<&std::path::Path>,
+    fd: Option<BorrowedFd<'_>>,
+) -> Result<Vec<u8>, Errno> {
+    // SAFETY: zeroed statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = match (path, fd) {
+        (Some(p), _) => {
+            use std::os::unix::ffi::OsStrExt;
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: c is NUL-terminated, st is a live statfs buffer.
+            unsafe { libc::statfs(c.as_ptr(), &mut st) }
+        }
+        // SAFETY: st is a live statfs buffer; fd is open.
+        (None, Some(fd)) => unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) },
+        (None, None) => return Err(Errno::EINVAL),
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    Ok(raw_bytes(&st))
+}
+
+/// `getpeername` (`getsockname` when `own`): the address bytes.
+pub fn sockname(fd: BorrowedFd<'_>, own: bool) -> Result<Vec<u8>, Errno> {
+    // SAFETY: zeroed sockaddr_storage is a valid value of this plain C struct.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&raw mut ss).cast::<libc::sockaddr>();
+    // SAFETY: p and len describe the live sockaddr_storage above.
+    let r = unsafe {
+        if own {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        }
+    };
+    if r < 0 {
+        return Err(last());
+    }
+    let mut b = raw_bytes(&ss);
+    b.truncate(len as usize);
+    Ok(b)
 }
 
 /// `statx`: `struct statx` bytes.
@@ -234,6 +296,14 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
 }
 
 /// Path-based calls with one or two paths and an integer: unlinkat, mkdirat, renameat2...
+/// A system call on one host descriptor with one integer argument (ftruncate, fsync,
+/// fdatasync, fchmod).
+pub fn fd_call(nr: i64, fd: BorrowedFd<'_>, arg: i64) -> Result<i64, Errno> {
+    // SAFETY: the calls this is used for take (fd, integer) and touch no memory.
+    let r = unsafe { libc::syscall(nr, fd.as_raw_fd(), arg) };
+    if r < 0 { Err(last()) } else { Ok(r) }
+}
+
 pub fn path_call(
     nr: i64,
     dfd1: RawFd,
@@ -541,25 +611,6 @@ pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> Result<(OwnedFd, Vec<u8>, usiz
     let r = unsafe { libc::accept4(fd.as_raw_fd(), addr.as_mut_ptr().cast(), &mut len, flags) };
     let s = owned(r)?;
     Ok((s, addr, len as usize))
-}
-
-/// getsockname (`peer` false) or getpeername: the address and its full length.
-pub fn sockname(fd: BorrowedFd<'_>, peer: bool) -> Result<(Vec<u8>, usize), Errno> {
-    let mut addr = vec![0u8; SOCKADDR_MAX];
-    let mut len = SOCKADDR_MAX as libc::socklen_t;
-    let p = addr.as_mut_ptr().cast::<libc::sockaddr>();
-    // SAFETY: addr is a live, writable buffer of len bytes.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(fd.as_raw_fd(), p, &mut len)
-        } else {
-            libc::getsockname(fd.as_raw_fd(), p, &mut len)
-        }
-    };
-    if r < 0 {
-        return Err(last());
-    }
-    Ok((addr, len as usize))
 }
 
 pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> Result<(), Errno> {

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_RW, PTE_US};
 use crate::linux::abi::{MMAP_MIN, MMAP_TOP, PAGE, USER_END};
@@ -92,6 +92,8 @@ pub struct Vma {
 /// A mapping event, in the order they happened (what perf's MMAP2 records carry).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapRecord {
+    /// The address space it was made in ([`AddressSpace::space`]).
+    pub space: u32,
     pub start: u64,
     pub len: u64,
     pub path: PathBuf,
@@ -104,7 +106,7 @@ pub struct MapRecord {
 /// mapping is made, a data page only when the program touches it, and keeping tables
 /// apart keeps untouched data out of the host pages (huge pages) the tables dirty.
 #[derive(Debug)]
-struct Frames {
+pub struct Frames {
     next: u64,
     end: u64,
     free: Vec<u64>,
@@ -123,6 +125,17 @@ impl Frames {
 }
 
 impl Frames {
+    /// A pool with no frames (tests).
+    #[cfg(test)]
+    pub fn empty() -> Frames {
+        Frames {
+            next: 0,
+            end: 0,
+            free: Vec::new(),
+            in_use: 0,
+        }
+    }
+
     fn alloc(&mut self, _mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
         if let Some(f) = self.free.pop() {
             // Freed frames were discarded (zero-filled) when they were released.
@@ -144,10 +157,14 @@ impl Frames {
     }
 }
 
+/// The guest-physical frames every address space of a VM draws from (each guest
+/// process has its own page tables; the frames are one pool).
+pub type FramePool = Arc<Mutex<Frames>>;
+
 /// The program's address space (see the module doc).
 pub struct AddressSpace {
     mem: Arc<GuestMemory>,
-    frames: Frames,
+    frames: FramePool,
     /// Guest-physical address of the PML4 in use.
     root: u64,
     /// A second PML4 with the same entries: switching CR3 between the two is how the
@@ -160,6 +177,11 @@ pub struct AddressSpace {
     pub maps: Vec<MapRecord>,
     /// Set when a request was refused because guest memory ran out.
     pub exhausted: Option<u64>,
+    /// This space's id among the VM's (0: the first process's first one).
+    pub space: u32,
+    /// The trap stub page every process maps ([`crate::linux::cpu::build_trap_area`]):
+    /// not this space's to free.
+    stubs: Option<u64>,
     /// Set when existing translations changed (unmap, protection lowered): every vCPU's
     /// TLB must be flushed before the program runs again.
     pub flush_needed: bool,
@@ -187,14 +209,29 @@ impl AddressSpace {
     /// An empty address space whose frames come from guest-physical `[first, RAM end)`.
     pub fn new(mem: Arc<GuestMemory>, first: u64) -> Result<AddressSpace, Errno> {
         let end = page_down(mem.size());
-        let mut frames = Frames {
+        let frames = Frames {
             next: page_up(first).ok_or(Errno::ENOMEM)?,
             end,
             free: Vec::new(),
             in_use: 0,
         };
-        let root = frames.alloc_table(&mem)?.0;
-        let alt_root = frames.alloc_table(&mem)?.0;
+        AddressSpace::with_pool(mem, Arc::new(Mutex::new(frames)))
+    }
+
+    /// An empty address space whose frames come from `frames` (shared with the other
+    /// processes of the VM).
+    pub fn with_pool(mem: Arc<GuestMemory>, frames: FramePool) -> Result<AddressSpace, Errno> {
+        let (root, alt_root) = {
+            let mut f = frames.lock().unwrap_or_else(|e| e.into_inner());
+            let root = f.alloc_table(&mem)?.0;
+            match f.alloc_table(&mem) {
+                Ok(alt) => (root, alt.0),
+                Err(e) => {
+                    f.release(root);
+                    return Err(e);
+                }
+            }
+        };
         Ok(AddressSpace {
             mem,
             frames,
@@ -205,8 +242,83 @@ impl AddressSpace {
             brk: 0,
             maps: Vec::new(),
             exhausted: None,
+            space: 0,
+            stubs: None,
             flush_needed: false,
         })
+    }
+
+    /// A stand-in with no page tables (a vfork parent's while its child borrows its
+    /// space): every access is EFAULT, and dropping it frees nothing.
+    pub fn hollow(mem: Arc<GuestMemory>, frames: FramePool) -> AddressSpace {
+        AddressSpace {
+            mem,
+            frames,
+            root: HOLLOW,
+            alt_root: HOLLOW,
+            vmas: BTreeMap::new(),
+            brk_start: 0,
+            brk: 0,
+            maps: Vec::new(),
+            exhausted: None,
+            space: 0,
+            stubs: None,
+            flush_needed: false,
+        }
+    }
+
+    /// The frame pool this space draws from.
+    pub fn pool(&self) -> FramePool {
+        self.frames.clone()
+    }
+
+    fn frames(&self) -> MutexGuard<'_, Frames> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of this address space for a forked child: the same mappings, each present
+    /// page copied to a frame of its own (no copy-on-write: a page fault costs as much
+    /// as a system call on hosts that emulate guest ring 0). Pages that are all zero are
+    /// left as fresh frames, so untouched memory stays untouched on the host too. The
+    /// trap area is not copied (the child builds its own).
+    pub fn fork(&self) -> Result<AddressSpace, Errno> {
+        let mut child = AddressSpace::with_pool(self.mem.clone(), self.frames.clone())?;
+        child.vmas = self.vmas.clone();
+        child.brk_start = self.brk_start;
+        child.brk = self.brk;
+        child.maps = self.maps.clone();
+        let mut page = vec![0u8; PAGE as usize];
+        for v in self.vmas.values() {
+            let mut va = v.start;
+            while va < v.end {
+                let e = self.pte(va);
+                if e & PTE_P != 0 {
+                    let f = child.frames().alloc(&self.mem);
+                    let f = f.inspect_err(|_| {
+                        child.exhausted.get_or_insert(va);
+                    })?;
+                    self.mem
+                        .read(GuestPhysAddr(e & PTE_ADDR_MASK), &mut page)
+                        .map_err(|_| Errno::EFAULT)?;
+                    if page.iter().any(|&b| b != 0) {
+                        self.mem.write(f, &page).map_err(|_| Errno::EFAULT)?;
+                    }
+                    child.map_page(va, f, e & !PTE_ADDR_MASK)?;
+                }
+                va += PAGE;
+            }
+        }
+        Ok(child)
+    }
+
+    /// Frame `f` is the VM's trap stub page: mapped here, freed by nobody.
+    pub fn share_stubs(&mut self, f: GuestPhysAddr) {
+        self.stubs = Some(f.0);
+    }
+
+    /// The trap stub page's frame, once the trap area is built.
+    pub fn trap_stubs(&self) -> Option<GuestPhysAddr> {
+        self.stubs.map(GuestPhysAddr)
     }
 
     /// The CR3 value.
@@ -228,18 +340,24 @@ impl AddressSpace {
         [self.root, self.alt_root]
     }
 
+    /// The guest memory, shared.
+    pub fn memory_arc(&self) -> Arc<GuestMemory> {
+        self.mem.clone()
+    }
+
     pub fn memory(&self) -> &GuestMemory {
         &self.mem
     }
 
     /// Bytes of guest RAM in use by the program (its pages and page tables).
     pub fn resident_bytes(&self) -> u64 {
-        self.frames.in_use * PAGE
+        self.frames().in_use * PAGE
     }
 
     /// A free frame (zeroed).
     pub fn alloc_frame(&mut self) -> Result<GuestPhysAddr, Errno> {
-        self.frames.alloc(&self.mem)
+        let mem = self.mem.clone();
+        self.frames().alloc(&mem)
     }
 
     /// The leaf entry's address for `va`, creating the tables on the way when `create`.
@@ -252,7 +370,8 @@ impl AddressSpace {
                 if !create {
                     return Ok(None);
                 }
-                let t = self.frames.alloc_table(&self.mem)?;
+                let mem = self.mem.clone();
+                let t = self.frames().alloc_table(&mem)?;
                 let entry = t.0 | PTE_P | PTE_RW | PTE_US;
                 self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT)?;
                 if shift == 39 {
@@ -305,7 +424,9 @@ impl AddressSpace {
         if self.pte(va) & PTE_P != 0 {
             return Ok(());
         }
-        let frame = match self.frames.alloc(&self.mem) {
+        let mem = self.mem.clone();
+        let frame = self.frames().alloc(&mem);
+        let frame = match frame {
             Ok(f) => f,
             Err(e) => {
                 self.exhausted.get_or_insert(va);
@@ -350,8 +471,9 @@ impl AddressSpace {
                 .map_err(|_| Errno::EFAULT)?;
             i = j;
         }
+        let mut pool = self.frames();
         for f in freed {
-            self.frames.release(f);
+            pool.release(f);
         }
         Ok(())
     }
@@ -363,7 +485,7 @@ impl AddressSpace {
         self.mem
             .discard(GuestPhysAddr(frame), PAGE)
             .map_err(|_| Errno::EFAULT)?;
-        self.frames.release(frame);
+        self.frames().release(frame);
         Ok(())
     }
 
@@ -431,6 +553,7 @@ impl AddressSpace {
         self.unmap(start, len)?;
         if let Some(b) = &file {
             self.maps.push(MapRecord {
+                space: self.space,
                 start,
                 len,
                 path: b.path.clone(),
@@ -527,7 +650,8 @@ impl AddressSpace {
                         // with the old ones can outlive the change.
                         let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
                         let old = e & PTE_ADDR_MASK;
-                        let new = self.frames.alloc(&self.mem)?;
+                        let mem = self.mem.clone();
+                        let new = self.frames().alloc(&mem)?;
                         let mut page = vec![0u8; PAGE as usize];
                         self.mem
                             .read(GuestPhysAddr(old), &mut page)
@@ -727,6 +851,42 @@ impl AddressSpace {
     }
 }
 
+/// The root of a [hollow](AddressSpace::hollow) space: no guest-physical address.
+const HOLLOW: u64 = !(PAGE - 1);
+
+impl Drop for AddressSpace {
+    /// Every frame of the space (pages, page tables, both roots) goes back to the pool,
+    /// discarded first so no stale translation or content outlives the process.
+    fn drop(&mut self) {
+        if self.root == HOLLOW {
+            return;
+        }
+        let mut freed = Vec::new();
+        collect_frames(&self.mem, self.root, 4, &mut freed);
+        freed.retain(|&f| Some(f) != self.stubs);
+        freed.push(self.root);
+        freed.push(self.alt_root);
+        let _ = self.retire_all(freed);
+    }
+}
+
+/// The frames under page table `table` (`level` 4 = PML4): tables and leaves.
+fn collect_frames(mem: &GuestMemory, table: u64, level: u32, out: &mut Vec<u64>) {
+    for i in 0..512u64 {
+        let Ok(e) = mem.read_u64(GuestPhysAddr(table + 8 * i)) else {
+            continue;
+        };
+        if e & PTE_P == 0 {
+            continue;
+        }
+        let f = e & PTE_ADDR_MASK;
+        if level > 1 {
+            collect_frames(mem, f, level - 1, out);
+        }
+        out.push(f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,6 +981,30 @@ mod tests {
         // Nothing half-made stays behind; the memory is usable again.
         assert_eq!(s.vmas().count(), 0);
         s.map(0x40_0000, 8 << 20, Prot::RW, None, "").unwrap();
+    }
+
+    #[test]
+    fn a_forked_space_is_a_copy_and_its_frames_come_back_when_it_is_dropped() {
+        let mut s = space();
+        s.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(0x40_1000), b"parent").unwrap();
+        let before = s.resident_bytes();
+        let child = s.fork().unwrap();
+        assert_ne!(child.cr3(), s.cr3());
+        let mut b = [0u8; 6];
+        child.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"parent");
+        // Private copies: a write in one is not seen in the other.
+        child.write(GuestVirtAddr(0x40_1000), b"child!").unwrap();
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"parent");
+        assert!(s.resident_bytes() > before, "the pool is shared");
+        drop(child);
+        assert_eq!(
+            s.resident_bytes(),
+            before,
+            "every frame of the child came back"
+        );
     }
 
     #[test]

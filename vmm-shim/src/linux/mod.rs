@@ -21,9 +21,21 @@
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
 //! * [`thread`]: threads (one vCPU each) and futexes.
 //! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
+//!   them), and the process model.
 //!
-//! Limits: one process (fork, vfork and execve end the run with an "unsupported"
-//! error), private file mappings are copies.
+//! The process model (see [`proc`]): a guest process is a [`Process`] with its own
+//! address space (own page tables, from the VM's one frame pool), descriptor table,
+//! signal dispositions and working directory; each of its threads is a vCPU. `fork`,
+//! `vfork` and a `clone` without `CLONE_VM` copy the address space and start the child
+//! on a vCPU of its own (a vfork parent lends the child its address space and waits
+//! until the child execs or exits); `execve`
+//! builds a new address space in place, on the same vCPU. A vCPU whose thread ended
+//! waits for the next thread or process. The run ends when the first process ends.
+//!
+//! Limits: no copy-on-write (a fork copies the pages that are not all zero); a `clone`
+//! that shares memory between two processes without vfork ends the program with an
+//! "unsupported" error; private file mappings are copies.
 
 pub mod abi;
 pub mod cpu;
@@ -33,6 +45,7 @@ pub mod host;
 pub mod loader;
 pub mod mm;
 pub mod net;
+pub mod proc;
 pub mod signal;
 pub mod stack;
 pub mod syscall;
@@ -103,6 +116,20 @@ impl LinuxError {
         }
     }
 
+    /// The errno an execve that fails this way returns.
+    pub fn errno(&self) -> i32 {
+        match self {
+            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => libc::ENOENT,
+            LinuxError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            LinuxError::Directory { .. } | LinuxError::NotExecutable { .. } => libc::EACCES,
+            LinuxError::NotElf { .. }
+            | LinuxError::WrongArch { .. }
+            | LinuxError::BadElf { .. } => libc::ENOEXEC,
+            LinuxError::OutOfMemory => libc::ENOMEM,
+            LinuxError::ArgsTooLong => libc::E2BIG,
+        }
+    }
+
     /// The shell's status for this failure: 127 when the program or its interpreter is
     /// missing, 126 when it exists but cannot be executed.
     pub fn exit_code(&self) -> u8 {
@@ -156,6 +183,62 @@ fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
         });
     }
     std::fs::read(path).map_err(|e| LinuxError::io(path, e))
+}
+
+/// Map `program` (and its interpreter), its stack with argv, envp and auxv, and a trap
+/// area into the empty `mm`: the trap area and the registers of its first instruction.
+fn build_image(
+    mm: &mut AddressSpace,
+    program: &Program,
+    random: [u8; 16],
+    stubs: Option<GuestPhysAddr>,
+) -> Result<(TrapArea, kvm_regs), LinuxError> {
+    let oom = |_| LinuxError::OutOfMemory;
+    let trap = cpu::build_trap_area(mm, stubs).map_err(oom)?;
+    let main = program.main.load(mm, true)?;
+    let heap = main.end.div_ceil(PAGE) * PAGE;
+    mm.brk_start = heap;
+    mm.brk = heap;
+    let (entry, base) = match &program.interp {
+        Some(i) => {
+            let l = i.load(mm, false)?;
+            (l.entry, l.bias)
+        }
+        None => (main.entry, 0),
+    };
+    // The stack: reserved fully, populated (eagerly, like every mapping).
+    let stack_lo = STACK_TOP - STACK_SIZE;
+    mm.map(stack_lo, STACK_SIZE, Prot::RW, None, "[stack]")
+        .map_err(oom)?;
+    let ids = host::ids();
+    let spec = stack::StackSpec {
+        argv: program.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        envp: program.envp.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        execfn: program.path.as_os_str().as_bytes().to_vec(),
+        random,
+        auxv: vec![
+            (AT_PHDR, main.phdr),
+            (AT_PHENT, main.phent),
+            (AT_PHNUM, main.phnum),
+            (AT_PAGESZ, PAGE),
+            (AT_BASE, base),
+            (AT_FLAGS, 0),
+            (AT_ENTRY, main.entry),
+            (AT_UID, ids[2]),
+            (AT_EUID, ids[3]),
+            (AT_GID, ids[4]),
+            (AT_EGID, ids[5]),
+            (AT_SECURE, 0),
+            (AT_CLKTCK, 100),
+            (AT_HWCAP, host::hwcap()),
+            (AT_HWCAP2, 0),
+            (AT_MINSIGSTKSZ, 2048),
+        ],
+    };
+    let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
+    mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
+        .map_err(oom)?;
+    Ok((trap, cpu::entry_regs(entry, st.sp)))
 }
 
 impl Program {
@@ -250,6 +333,34 @@ pub struct LinuxReport {
     pub trap_ns: u64,
     /// Threads the program started (besides its first).
     pub threads: u64,
+    /// Processes that ran (the first one included).
+    pub processes: u64,
+    /// Programs started with execve.
+    pub execs: u64,
+}
+
+/// A guest process as a recorder needs it to place snapshots: sent when a process
+/// starts (the first, or a fork) and when it execs, each time with a new address space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// The address space's id (0: the first process's first one); the mappings made in
+    /// it carry the same id ([`MapRecord::space`]).
+    pub space: u32,
+    pub pid: u64,
+    pub ppid: u64,
+    /// The name Linux gives it (the executable's file name, at most 15 bytes).
+    pub comm: String,
+    pub exe: PathBuf,
+    /// The CR3 values its vCPUs run with (the twin roots): a snapshot's `cr3` names
+    /// the address space it was taken in.
+    pub roots: [u64; 2],
+}
+
+/// What a Linux guest tells a recorder as it runs ([`crate::vm::VmConfig::guest_maps`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEvent {
+    Map(MapRecord),
+    Process(ProcessRecord),
 }
 
 /// How a trap ends.
@@ -277,6 +388,44 @@ pub enum TrapAction {
         pending: Pending,
         child: Box<NewThread>,
     },
+    /// fork/vfork/clone made a process: the caller starts its thread on a vCPU, then
+    /// calls [`Process::finish_fork`].
+    Fork {
+        pending: Pending,
+        child: Box<NewProcess>,
+    },
+    /// execve replaced the program: the vCPU runs on these page-table roots now.
+    Exec {
+        roots: [u64; 2],
+    },
+    /// fork or execve, to finish with [`Process::finish_process_op`].
+    ProcessOp {
+        pending: Pending,
+        op: ProcessOp,
+    },
+}
+
+/// An address space a vfork parent lent its child (see [`proc`]): the child puts
+/// it back here when it execs or ends.
+pub type LentSpace = Arc<std::sync::Mutex<Option<AddressSpace>>>;
+
+/// A process `fork` made, and its first thread.
+pub struct NewProcess {
+    /// The parent's address space, lent to the child (vfork with CLONE_VM).
+    pub lent: Option<LentSpace>,
+    pub process: Process,
+    pub thread: NewThread,
+    /// The parent waits for it to exec or exit (vfork).
+    pub vfork: bool,
+}
+
+impl std::fmt::Debug for NewProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewProcess")
+            .field("pid", &self.process.pid)
+            .field("vfork", &self.vfork)
+            .finish()
+    }
 }
 
 /// A system call whose result is not known yet: the registers to resume with.
@@ -299,8 +448,6 @@ pub struct Process {
     pub(crate) sigactions: BTreeMap<u64, [u8; 32]>,
     /// The process id (the main thread's id).
     pub(crate) pid: u64,
-    /// The next thread id to hand out.
-    next_tid: u64,
     /// Thread TSS/stack slots handed out ([`cpu::build_thread_trap`]).
     trap_slots: u64,
     /// Threads alive, and the host threads running them (to kick them out of the guest).
@@ -313,7 +460,28 @@ pub struct Process {
     /// reload CR3 before it runs the program again (see [`thread`]).
     tlb_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Where each file mapping goes as it is made ([`crate::vm::VmConfig::guest_maps`]).
-    map_sink: Option<crossbeam_channel::Sender<MapRecord>>,
+    map_sink: Option<crossbeam_channel::Sender<GuestEvent>>,
+    /// What the VM's processes share (ids, zombies, waits, signals between them).
+    pub(crate) kernel: Arc<proc::Kernel>,
+    /// What other processes may change here without the lock.
+    pub(crate) shared: Arc<proc::Shared>,
+    /// The VM's first process (its end is the run's end).
+    pub(crate) initial: bool,
+    /// The working directory when the program changed it (chdir/fchdir): its path and
+    /// an `O_PATH` descriptor; None: lbrprof's own.
+    pub(crate) cwd: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
+    /// A vfork parent waiting for this process to exec or exit.
+    pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
+    /// Where this process's address space goes back to its vfork parent.
+    pub(crate) lent: Option<LentSpace>,
+}
+
+impl Drop for Process {
+    /// A vfork child that never ran (or was stopped) still gives its parent's address
+    /// space back.
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 impl std::fmt::Debug for Process {
@@ -329,7 +497,8 @@ fn stdio() -> [Option<std::os::fd::OwnedFd>; 3] {
 
 impl Process {
     /// Load `program` into `mem` (guest-physical from `first_free` up is the program's)
-    /// and return it with the registers of its first instruction.
+    /// and return it with the registers of its first instruction. It is the VM's first
+    /// process: its exit ends the run.
     pub fn load(
         mem: Arc<GuestMemory>,
         first_free: u64,
@@ -338,57 +507,20 @@ impl Process {
     ) -> Result<(Process, Task, kvm_regs), LinuxError> {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
-        let trap = cpu::build_trap_area(&mut mm).map_err(oom)?;
-        let main = program.main.load(&mut mm, true)?;
-        let heap = main.end.div_ceil(PAGE) * PAGE;
-        mm.brk_start = heap;
-        mm.brk = heap;
-        let (entry, base) = match &program.interp {
-            Some(i) => {
-                let l = i.load(&mut mm, false)?;
-                (l.entry, l.bias)
-            }
-            None => (main.entry, 0),
-        };
-        // The stack: reserved fully, populated (eagerly, like every mapping).
-        let stack_lo = STACK_TOP - STACK_SIZE;
-        mm.map(stack_lo, STACK_SIZE, Prot::RW, None, "[stack]")
-            .map_err(oom)?;
-        let ids = host::ids();
-        let spec = stack::StackSpec {
-            argv: program.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            envp: program.envp.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            execfn: program.path.as_os_str().as_bytes().to_vec(),
-            random,
-            auxv: vec![
-                (AT_PHDR, main.phdr),
-                (AT_PHENT, main.phent),
-                (AT_PHNUM, main.phnum),
-                (AT_PAGESZ, PAGE),
-                (AT_BASE, base),
-                (AT_FLAGS, 0),
-                (AT_ENTRY, main.entry),
-                (AT_UID, ids[2]),
-                (AT_EUID, ids[3]),
-                (AT_GID, ids[4]),
-                (AT_EGID, ids[5]),
-                (AT_SECURE, 0),
-                (AT_CLKTCK, 100),
-                (AT_HWCAP, host::hwcap()),
-                (AT_HWCAP2, 0),
-                (AT_MINSIGSTKSZ, 2048),
-            ],
-        };
-        let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
-        mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
-            .map_err(oom)?;
-        let regs = cpu::entry_regs(entry, st.sp);
+        let (trap, regs) = build_image(&mut mm, program, random, None)?;
         let report = LinuxReport {
             maps: mm.maps.clone(),
+            processes: 1,
             ..Default::default()
         };
-        let pid = host::ids()[0];
+        let ids = host::ids();
+        let pid = ids[0];
+        let shared: Arc<proc::Shared> = Arc::default();
+        let kernel = Arc::new(proc::Kernel::new(mm.pool(), pid, ids[1], shared.clone()));
         let mut p = Process::with(mm, FdTable::with_stdio(stdio()), trap, pid);
+        p.kernel = kernel;
+        p.shared = shared;
+        p.initial = true;
         p.path = program.path.clone();
         p.report = report;
         let task = p.main_task();
@@ -396,6 +528,8 @@ impl Process {
     }
 
     fn with(mm: AddressSpace, fds: FdTable, trap: TrapArea, pid: u64) -> Process {
+        let pool = mm.pool();
+        let shared: Arc<proc::Shared> = Arc::default();
         Process {
             mm,
             fds,
@@ -405,13 +539,18 @@ impl Process {
             counts: BTreeMap::new(),
             sigactions: BTreeMap::new(),
             pid,
-            next_tid: pid + 1,
             trap_slots: 0,
             threads: BTreeMap::new(),
             signals_for: BTreeMap::new(),
             futexes: Futexes::default(),
             tlb_generation: Arc::default(),
             map_sink: None,
+            kernel: Arc::new(proc::Kernel::new(pool, pid, 0, shared.clone())),
+            shared,
+            initial: false,
+            cwd: None,
+            vfork_parent: None,
+            lent: None,
         }
     }
 
@@ -446,7 +585,7 @@ impl Process {
     #[doc(hidden)]
     pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
         let mut mm = AddressSpace::new(mem, 0x1000)?;
-        let trap = cpu::build_trap_area(&mut mm)?;
+        let trap = cpu::build_trap_area(&mut mm, None)?;
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
         p.path = PathBuf::from("/bare");
         Ok(p)
@@ -471,28 +610,123 @@ impl Process {
         task.sync_regs = true;
     }
 
-    /// From now on, send every file mapping to `tx` as it is made, starting with those
-    /// already made (the program and its interpreter).
-    pub fn send_maps_to(&mut self, tx: crossbeam_channel::Sender<MapRecord>) {
+    /// From now on, send every file mapping to `tx` as it is made, starting with the
+    /// process itself and the mappings already made (the program and its interpreter).
+    pub fn send_maps_to(&mut self, tx: crossbeam_channel::Sender<GuestEvent>) {
+        let _ = tx.send(GuestEvent::Process(self.record()));
         for m in &self.report.maps {
-            let _ = tx.send(m.clone());
+            let _ = tx.send(GuestEvent::Map(m.clone()));
         }
         self.map_sink = Some(tx);
+    }
+
+    /// This process as a recorder sees it.
+    pub fn record(&self) -> ProcessRecord {
+        let comm = self
+            .path
+            .file_name()
+            .map(|n| String::from_utf8_lossy(&n.as_bytes()[..n.len().min(15)]).into_owned())
+            .unwrap_or_default();
+        ProcessRecord {
+            space: self.mm.space,
+            pid: self.pid,
+            ppid: self.kernel.parent(self.pid).unwrap_or(0),
+            comm,
+            exe: self.path.clone(),
+            roots: self.mm.roots(),
+        }
     }
 
     /// Records a file mapping the program made, and sends it on (see [`Self::send_maps_to`]).
     pub(crate) fn note_map(&mut self, m: MapRecord) {
         if let Some(tx) = &self.map_sink {
-            let _ = tx.send(m.clone());
+            let _ = tx.send(GuestEvent::Map(m.clone()));
         }
         self.report.maps.push(m);
     }
 
-    /// What the run reports about the program (taken once at the end).
+    /// The process's id.
+    pub fn pid(&self) -> u64 {
+        self.pid
+    }
+
+    /// A vfork parent takes its address space back from its child; every vCPU of the
+    /// process reloads CR3 (the child may have changed mappings).
+    fn take_back(&mut self, slot: &LentSpace) {
+        if let Some(mm) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.mm = mm;
+            self.tlb_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// A vfork child gives the address space it borrowed back to its parent.
+    fn give_back(&mut self) {
+        if let Some(slot) = self.lent.take() {
+            let hollow = AddressSpace::hollow(self.mm.memory_arc(), self.mm.pool());
+            let mm = std::mem::replace(&mut self.mm, hollow);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(mm);
+        }
+    }
+
+    /// A child that never started: as if it had ended and been waited for.
+    pub fn forget_child(&mut self, pid: u64) {
+        self.kernel.exit(pid, proc::killed(libc::SIGKILL));
+        let _ = self
+            .kernel
+            .reap(self.pid, proc::WaitFor::Pid(pid), false, None);
+    }
+
+    /// Whether this is the VM's first process.
+    pub fn is_initial(&self) -> bool {
+        self.initial
+    }
+
+    /// What other processes may change here without the lock (and whether it ended).
+    pub fn shared(&self) -> Arc<proc::Shared> {
+        self.shared.clone()
+    }
+
+    /// The process ended with wait status `status`: its parent may reap it, its other
+    /// threads stop, a vfork parent goes on, and what it reported joins the run's.
+    pub fn end(&mut self, tid: u64, status: i32) {
+        self.give_back();
+        if let Some(w) = self.vfork_parent.take() {
+            w.wake();
+        }
+        self.kernel.exit(self.pid, status);
+        for (_, t) in self.threads.iter().filter(|(t, _)| **t != tid) {
+            if let Some(t) = t {
+                crate::vm::kick_thread(*t);
+            }
+        }
+        self.threads.clear();
+        if !self.initial {
+            let r = self.take_report();
+            self.kernel.absorb(r);
+        }
+    }
+
+    /// What the run reports about the program (taken once at the end); for the first
+    /// process, merged with what every other process of the run reported.
     pub fn take_report(&mut self) -> LinuxReport {
         let mut r = std::mem::take(&mut self.report);
         r.maps = std::mem::take(&mut self.mm.maps);
         r.out_of_memory = self.mm.exhausted;
+        if self.initial {
+            let k = self.kernel.finished();
+            r.syscalls += k.syscalls;
+            for (n, c) in k.unimplemented {
+                *r.unimplemented.entry(n).or_insert(0) += c;
+            }
+            r.maps.extend(k.maps);
+            r.out_of_memory = r.out_of_memory.or(k.out_of_memory);
+            r.peak_bytes = r.peak_bytes.max(k.peak_bytes);
+            r.trap_ns += k.trap_ns;
+            r.threads += k.threads;
+            r.processes += k.processes;
+            r.execs += k.execs;
+        }
         r
     }
 
@@ -541,6 +775,10 @@ impl Process {
                 Serviced::Clone(child) => TrapAction::Clone {
                     pending: Pending { regs, fast },
                     child,
+                },
+                Serviced::Op(op) => TrapAction::ProcessOp {
+                    pending: Pending { regs, fast },
+                    op,
                 },
                 Serviced::End(action) => action,
             };
@@ -627,6 +865,13 @@ impl Process {
                 pending.regs.rcx = back;
                 nr
             }
+            Block::Wait(w) => self.wait_done(&w),
+            Block::Vfork { child, lent } => {
+                if let Some(slot) = lent {
+                    self.take_back(&slot);
+                }
+                child
+            }
         };
         pending.regs.rax = ret;
         write_regs(vcpu, &pending.regs, pending.fast)
@@ -649,6 +894,265 @@ impl Process {
             mm::Errno(libc::EAGAIN).ret()
         };
         write_regs(vcpu, &pending.regs, pending.fast)
+    }
+
+    /// Carry out a [`TrapAction::ProcessOp`]: a fork gives [`TrapAction::Fork`] (or the
+    /// error, resumed), an exec [`TrapAction::Exec`] (or the error, resumed).
+    pub fn finish_process_op(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+        mut pending: Pending,
+        op: ProcessOp,
+    ) -> Result<TrapAction, VmError> {
+        let started = std::time::Instant::now();
+        let err = match op {
+            ProcessOp::Fork(f) => match self.fork(task, vcpu, &pending.regs, &f) {
+                Ok(child) => {
+                    self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                    return Ok(TrapAction::Fork { pending, child });
+                }
+                Err(e) => e,
+            },
+            ProcessOp::Exec(program) => match self.exec(task, vcpu, &program) {
+                Ok(roots) => {
+                    let after = self.mm.resident_bytes();
+                    self.report.peak_bytes = self.report.peak_bytes.max(after);
+                    self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                    return Ok(TrapAction::Exec { roots });
+                }
+                Err(e) => mm::Errno(e.errno()),
+            },
+        };
+        pending.regs.rax = err.ret();
+        write_regs(vcpu, &pending.regs, pending.fast)?;
+        Ok(TrapAction::Resume)
+    }
+
+    /// End a [`TrapAction::Fork`]: `started` says whether the child runs. Resumes the
+    /// parent with the child's id (or `-EAGAIN`), except that a vfork parent first
+    /// waits (the returned block) until the child execs or exits.
+    pub fn finish_fork(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        mut pending: Pending,
+        child: u64,
+        vfork: bool,
+        lent: Option<LentSpace>,
+        started: bool,
+    ) -> Result<Option<(Pending, Block)>, VmError> {
+        if started && vfork {
+            return Ok(Some((pending, Block::Vfork { child, lent })));
+        }
+        if let Some(slot) = lent {
+            self.take_back(&slot);
+        }
+        pending.regs.rax = if started {
+            child
+        } else {
+            mm::Errno(libc::EAGAIN).ret()
+        };
+        write_regs(vcpu, &pending.regs, pending.fast)?;
+        Ok(None)
+    }
+
+    /// Make the child of a fork: a copy of this process's memory and descriptors,
+    /// its first thread resuming from the call with RAX 0.
+    fn fork(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &kvm_regs,
+        f: &syscall::ForkArgs,
+    ) -> Result<Box<NewProcess>, mm::Errno> {
+        let flag = |c: i32| f.flags & c as u64 != 0;
+        // vfork with CLONE_VM (vfork(), posix_spawn): the parent lends the child its
+        // address space until the child execs or ends (it waits meanwhile), so what the
+        // child writes is the parent's, as on Linux. A parent with other threads (they
+        // go on running in it) gives its child a copy instead.
+        let share = f.vfork && flag(libc::CLONE_VM) && self.threads.len() <= 1;
+        let (child_mm, trap, lent) = if share {
+            let hollow = AddressSpace::hollow(self.mm.memory_arc(), self.mm.pool());
+            let mm = std::mem::replace(&mut self.mm, hollow);
+            (mm, self.trap, Some(LentSpace::default()))
+        } else {
+            let mut mm = self.mm.fork()?;
+            mm.space = self.kernel.new_space();
+            for m in &mut mm.maps {
+                m.space = mm.space;
+            }
+            let trap = cpu::build_trap_area(&mut mm, Some(self.trap.stubs))?;
+            (mm, trap, None)
+        };
+        let pid = self.kernel.new_id();
+        let id = (pid as u32).to_le_bytes();
+        if flag(libc::CLONE_PARENT_SETTID) {
+            if !share {
+                self.mm.write(GuestVirtAddr(f.ptid), &id)?;
+            }
+            child_mm.write(GuestVirtAddr(f.ptid), &id)?;
+        }
+        if flag(libc::CLONE_CHILD_SETTID) {
+            child_mm.write(GuestVirtAddr(f.ctid), &id)?;
+        }
+        let shared: Arc<proc::Shared> = Arc::default();
+        let pgid = self.kernel.pgid(self.pid).unwrap_or(self.pid);
+        let mut child = Process {
+            fds: self.fds.clone(),
+            trap,
+            path: self.path.clone(),
+            report: LinuxReport {
+                processes: 1,
+                ..Default::default()
+            },
+            counts: BTreeMap::new(),
+            sigactions: self.sigactions.clone(),
+            pid,
+            trap_slots: 0,
+            threads: BTreeMap::from([(pid, None)]),
+            signals_for: BTreeMap::new(),
+            futexes: Futexes::default(),
+            tlb_generation: Arc::default(),
+            map_sink: self.map_sink.clone(),
+            kernel: self.kernel.clone(),
+            shared: shared.clone(),
+            initial: false,
+            cwd: self.cwd.clone(),
+            vfork_parent: f.vfork.then(|| task.waiter.clone()),
+            lent: lent.clone(),
+            mm: child_mm,
+        };
+        self.kernel.add(pid, self.pid, pgid, shared);
+        if f.vfork {
+            // Woken when the child execs or exits (reset now: that may come first).
+            task.waiter.reset();
+        }
+        let mut regs = *regs;
+        regs.rax = 0;
+        regs.rip = regs.rcx;
+        regs.rflags = regs.r11;
+        if f.stack != 0 {
+            regs.rsp = f.stack;
+        }
+        let t = Task {
+            fs_base: if flag(libc::CLONE_SETTLS) {
+                f.tls
+            } else {
+                task.fs_base
+            },
+            sigmask: task.sigmask,
+            clear_child_tid: if flag(libc::CLONE_CHILD_CLEARTID) {
+                f.ctid
+            } else {
+                0
+            },
+            altstack: task.altstack,
+            comm: task.comm,
+            syscall_mode: task.syscall_mode,
+            ..Task::new(pid, child.mm.cr3(), trap)
+        };
+        if let Some(tx) = &child.map_sink {
+            let _ = tx.send(GuestEvent::Process(child.record()));
+            for m in child.mm.maps.iter().filter(|_| !share) {
+                let _ = tx.send(GuestEvent::Map(m.clone()));
+            }
+        }
+        if !share {
+            child.report.maps = child.mm.maps.clone();
+        }
+        Ok(Box::new(NewProcess {
+            lent,
+            process: child,
+            thread: NewThread {
+                task: t,
+                regs,
+                fpu: vcpu.get_fpu().ok(),
+            },
+            vfork: f.vfork,
+        }))
+    }
+
+    /// Replace this process's program by `program` (execve): a new address space, the
+    /// close-on-exec descriptors closed, handled signals back to their defaults; the
+    /// vCPU starts at the new program's entry. On an error the old program goes on.
+    fn exec(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        program: &Program,
+    ) -> Result<[u64; 2], LinuxError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let oom = |_| LinuxError::OutOfMemory;
+        let mut mm = AddressSpace::with_pool(self.mm.memory_arc(), self.mm.pool()).map_err(oom)?;
+        mm.space = self.kernel.new_space();
+        let mut random = [0u8; 16];
+        let _ = host::getrandom(&mut random, 0);
+        let (trap, regs) = build_image(&mut mm, program, random, Some(self.trap.stubs))?;
+        // Past this point nothing fails for the program's reasons.
+        let vm_err = |e: VmError| LinuxError::Io {
+            path: program.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut s = vcpu
+            .get_sregs()
+            .map_err(kvm("KVM_GET_SREGS"))
+            .map_err(vm_err)?;
+        cpu::user_sregs(&mut s, mm.cr3(), trap.tss);
+        s.fs.base = 0;
+        let mut fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU")).map_err(vm_err)?;
+        fpu.fcw = 0x37f;
+        fpu.mxcsr = 0x1f80;
+        vcpu.set_fpu(&fpu)
+            .map_err(kvm("KVM_SET_FPU"))
+            .map_err(vm_err)?;
+        vcpu.set_sregs(&s)
+            .map_err(kvm("KVM_SET_SREGS"))
+            .map_err(vm_err)?;
+        vcpu.set_regs(&regs)
+            .map_err(kvm("KVM_SET_REGS"))
+            .map_err(vm_err)?;
+        let old = std::mem::replace(&mut self.mm, mm);
+        match self.lent.take() {
+            // A vfork child gives the parent its address space back.
+            Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
+            None => {
+                self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
+                self.report.maps.extend(old.maps.iter().cloned());
+                drop(old);
+            }
+        }
+        self.trap = trap;
+        self.trap_slots = 0;
+        self.path = program.path.clone();
+        self.fds.close_on_exec();
+        // Handlers do not survive the old program; ignored signals stay ignored.
+        self.sigactions
+            .retain(|_, a| u64::from_le_bytes(a[..8].try_into().unwrap_or_default()) == 1);
+        self.futexes = Futexes::default();
+        self.report.execs += 1;
+        let generation = self
+            .tlb_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let fresh = self.main_task();
+        task.trap = trap;
+        task.cr3 = self.mm.cr3();
+        task.tlb_seen = generation;
+        task.fs_base = 0;
+        task.clear_child_tid = 0;
+        task.robust_list = (0, 0);
+        task.altstack = (0, 0);
+        task.comm = fresh.comm;
+        task.fpu_saved.clear();
+        if let Some(tx) = &self.map_sink {
+            let _ = tx.send(GuestEvent::Process(self.record()));
+            for m in &self.mm.maps {
+                let _ = tx.send(GuestEvent::Map(m.clone()));
+            }
+        }
+        if let Some(w) = self.vfork_parent.take() {
+            w.wake();
+        }
+        Ok(self.mm.roots())
     }
 
     /// Service the system call in `regs` and leave the return state in `regs`.
@@ -681,6 +1185,17 @@ impl Process {
         if let Some(sigs) = self.signals_for.remove(&task.tid) {
             task.pending |= sigs;
         }
+        if self
+            .shared
+            .signals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            task.pending |= self
+                .shared
+                .signals
+                .swap(0, std::sync::atomic::Ordering::AcqRel);
+        }
         if nr == syscalls::Sysno::rt_sigreturn as u64 {
             if self.sigreturn(task, regs).is_err() {
                 return Ok(Serviced::End(TrapAction::Killed {
@@ -708,6 +1223,8 @@ impl Process {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
             syscall::Outcome::Block(b) => Serviced::Block(b),
+            syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
+            syscall::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
             syscall::Outcome::Clone(c) => {
                 // The child returns 0 from the call, in ring 3, on its own stack.
                 let mut child = *regs;
@@ -933,7 +1450,18 @@ enum Serviced {
     Resume,
     Block(Block),
     Clone(Box<NewThread>),
+    Op(ProcessOp),
     End(TrapAction),
+}
+
+/// A system call that makes or replaces an address space, done in a second step
+/// ([`Process::finish_process_op`]) so the caller can first take what it placed in the
+/// old one out (the emulated LBR's breakpoints: a fork would copy them, an exec would
+/// leave them to be "restored" into the new program).
+#[derive(Debug)]
+pub enum ProcessOp {
+    Fork(Box<syscall::ForkArgs>),
+    Exec(Box<Program>),
 }
 
 /// Write the registers of a resumed system call back (through the run page when `fast`).

@@ -156,20 +156,6 @@ impl Process {
         self.fds.insert(Fd::new(c, flags & libc::SOCK_CLOEXEC != 0))
     }
 
-    pub(crate) fn sys_sockname(
-        &mut self,
-        fd: u64,
-        addr: u64,
-        len: u64,
-        peer: bool,
-    ) -> Result<u64, Errno> {
-        let (a, full) = host::sockname(self.fds.get(fd)?.host(), peer)?;
-        if addr == 0 || len == 0 {
-            return Err(Errno::EFAULT);
-        }
-        self.out_addr(addr, len, &a, full).map(|()| 0)
-    }
-
     pub(crate) fn sys_setsockopt(
         &mut self,
         fd: u64,

@@ -2,10 +2,13 @@
 //! [`AddressSpace::read`](super::mm::AddressSpace::read)/[`write`](super::mm::AddressSpace::write) (EFAULT for anything that is not the
 //! program's memory), guest descriptors through the [`FdTable`](super::fd::FdTable).
 //! Unimplemented calls return `-ENOSYS` and are counted by name for the end-of-run
-//! report; calls that would need a second process (fork, vfork, execve, a `clone`
-//! that is not a thread) end the run with a clear "unsupported" error instead.
+//! report. fork, vfork, execve and wait are checked here and carried out by the trap
+//! path (see [`super::proc`] for the process model); a `clone` that shares memory
+//! between two processes without vfork ends the program with a clear "unsupported"
+//! error.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use syscalls::Sysno;
 
@@ -14,6 +17,7 @@ use crate::linux::abi::*;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::mm::{Errno, FileBacking, Prot};
+use crate::linux::proc::WaitFor;
 use crate::linux::thread::{self, Block, Task};
 use crate::memory::GuestVirtAddr;
 
@@ -32,6 +36,23 @@ pub enum Outcome {
     Block(Block),
     /// Start a thread (the caller has the registers to give it).
     Clone(Box<CloneArgs>),
+    /// Start a process: fork, vfork, or a clone without CLONE_VM.
+    Fork(Box<ForkArgs>),
+    /// Replace the program (execve): the checked program to load.
+    Exec(Box<crate::linux::Program>),
+}
+
+/// A new process `fork`, `vfork` or `clone` asked for.
+#[derive(Debug)]
+pub struct ForkArgs {
+    pub flags: u64,
+    /// The child's stack pointer (0: the parent's).
+    pub stack: u64,
+    pub ptid: u64,
+    pub ctid: u64,
+    pub tls: u64,
+    /// The parent waits until the child execs or exits (CLONE_VFORK).
+    pub vfork: bool,
 }
 
 /// A thread `clone` asked for.
@@ -52,6 +73,19 @@ type Sys = Result<u64, Errno>;
 pub(crate) const MAX_IO: usize = 16 << 20;
 /// Longest path accepted (PATH_MAX).
 const PATH_MAX: usize = 4096;
+/// Most bytes of arguments and environment an execve takes (ARG_MAX as Linux computes
+/// it for an 8 MiB stack).
+const ARG_MAX: usize = 2 << 20;
+/// `si_code` values of SIGCHLD (uapi/asm-generic/siginfo.h).
+const CLD_EXITED: i32 = 1;
+const CLD_KILLED: i32 = 2;
+
+/// Where a wait's results go.
+#[derive(Clone, Copy, Debug)]
+pub enum WaitOut {
+    Wait4 { status: u64, rusage: u64 },
+    Waitid { info: u64 },
+}
 
 fn ok(v: u64) -> Sys {
     Ok(v)
@@ -72,13 +106,57 @@ impl Process {
         Ok(self.fds.get(fd)?.host())
     }
 
-    /// A directory descriptor argument: AT_FDCWD or a guest descriptor.
+    /// A directory descriptor argument: AT_FDCWD (the program's working directory) or
+    /// a guest descriptor.
     fn dir(&self, dirfd: u64) -> Result<Option<BorrowedFd<'_>>, Errno> {
         if dirfd as i32 == libc::AT_FDCWD {
-            Ok(None)
+            Ok(self
+                .cwd
+                .as_ref()
+                .map(|(_, d)| std::os::fd::AsFd::as_fd(&**d)))
         } else {
             self.host_fd(dirfd).map(Some)
         }
+    }
+
+    /// The working directory as a raw `dirfd` for host calls.
+    fn cwd_raw(&self) -> i32 {
+        self.cwd
+            .as_ref()
+            .map_or(libc::AT_FDCWD, |(_, d)| d.as_raw_fd())
+    }
+
+    /// `path` (a guest path) as the host sees it: relative to the working directory.
+    pub(crate) fn host_path(&self, path: &[u8]) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        match &self.cwd {
+            Some((cwd, _)) if p.is_relative() => cwd.join(p),
+            _ => p.to_owned(),
+        }
+    }
+
+    /// chdir (`dir` None: `path` from the working directory) or fchdir (`dir`).
+    fn chdir(&mut self, dir: Option<&std::sync::Arc<OwnedFd>>, path: &[u8]) -> Sys {
+        use std::os::fd::AsFd;
+        let base = match dir {
+            Some(d) => Some(d.as_fd()),
+            None => self.dir(libc::AT_FDCWD as u64)?,
+        };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let fd = if path.is_empty() {
+            let d = base.ok_or(Errno(libc::ENOENT))?;
+            host::openat(Some(d), b".", flags, 0)?
+        } else {
+            host::openat(base, path, flags, 0)?
+        };
+        // The new directory's path, as the kernel would print it for getcwd.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|_| Errno(libc::ENOENT))?;
+        // Search permission, as chdir checks it.
+        host::faccessat(Some(fd.as_fd()), b".", libc::X_OK, 0)?;
+        self.cwd = Some((link, std::sync::Arc::new(fd)));
+        Ok(0)
     }
 
     fn out(&self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
@@ -109,8 +187,59 @@ impl Process {
             Sysno::exit_group => return Outcome::Exit(a[0] as i32),
             Sysno::exit => return self.sys_exit(task, a[0] as i32),
             Sysno::clone => return self.sys_clone(task, a),
-            Sysno::fork | Sysno::vfork | Sysno::execve | Sysno::execveat => {
-                return unsupported(sys.name());
+            Sysno::fork => return self.sys_fork(libc::SIGCHLD as u64, [0; 6]),
+            Sysno::vfork => {
+                let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64;
+                return self.sys_fork(flags, [0; 6]);
+            }
+            Sysno::execve => return self.sys_execve(libc::AT_FDCWD as u64, a[0], a[1], a[2], 0),
+            Sysno::execveat => return self.sys_execve(a[0], a[1], a[2], a[3], a[4]),
+            Sysno::wait4 => return self.sys_wait4(task, i64::from(a[0] as i32), a[1], a[2], a[3]),
+            Sysno::waitid => {
+                return self.sys_waitid(task, a[0], u64::from(a[1] as u32), a[2], a[3]);
+            }
+            Sysno::chdir => self.path(a[0]).and_then(|p| self.chdir(None, &p)),
+            Sysno::fchdir => self.fds.get(a[0]).cloned().and_then(|f| {
+                let fd = f.file.clone();
+                self.chdir(Some(&fd), b"")
+            }),
+            Sysno::getpgid if a[0] as u32 == 0 || u64::from(a[0] as u32) == self.pid => {
+                ok(self.kernel.pgid(self.pid).unwrap_or(self.pid))
+            }
+            Sysno::getpgid => self
+                .kernel
+                .pgid(u64::from(a[0] as u32))
+                .ok_or(Errno(libc::ESRCH)),
+            Sysno::getpgrp => ok(self.kernel.pgid(self.pid).unwrap_or(self.pid)),
+            Sysno::setpgid => {
+                let (pid, pgid) = (u64::from(a[0] as u32), u64::from(a[1] as u32));
+                let pid = if pid == 0 { self.pid } else { pid };
+                let pgid = if pgid == 0 { pid } else { pgid };
+                self.kernel.set_pgid(self.pid, pid, pgid).map(|()| 0)
+            }
+            Sysno::setsid => self
+                .kernel
+                .set_pgid(self.pid, self.pid, self.pid)
+                .map(|()| self.pid),
+            Sysno::getsid => ok(self.kernel.pgid(self.pid).unwrap_or(self.pid)),
+            Sysno::select => {
+                let deadline = match self.timeval(a[4]) {
+                    Ok(d) => d,
+                    Err(e) => return Outcome::Return(e.ret()),
+                };
+                return self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
+            }
+            Sysno::pselect6 => {
+                // The signal mask argument is not applied (no signal interrupts a wait).
+                let deadline = if a[4] == 0 {
+                    None
+                } else {
+                    match self.timeout(a[4], libc::CLOCK_MONOTONIC, false) {
+                        Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
+                        Err(e) => return Outcome::Return(e.ret()),
+                    }
+                };
+                return self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
             }
             Sysno::read => self.sys_read(a[0], a[1], a[2], None),
             Sysno::pread64 => self.sys_read(a[0], a[1], a[2], Some(a[3] as i64)),
@@ -135,7 +264,7 @@ impl Process {
                     0
                 };
                 self.path(a[0]).and_then(|p| {
-                    let st = host::fstatat(None, &p, flags)?;
+                    let st = host::fstatat(self.dir(libc::AT_FDCWD as u64)?, &p, flags)?;
                     self.out(a[1], &st).map(|()| 0)
                 })
             }
@@ -147,9 +276,9 @@ impl Process {
                 let st = host::statx(self.dir(a[0])?, &p, a[2] as i32, a[3] as u32)?;
                 self.out(a[4], &st).map(|()| 0)
             }),
-            Sysno::access => self
-                .path(a[0])
-                .and_then(|p| host::faccessat(None, &p, a[1] as i32, 0).map(|()| 0)),
+            Sysno::access => self.path(a[0]).and_then(|p| {
+                host::faccessat(self.dir(libc::AT_FDCWD as u64)?, &p, a[1] as i32, 0).map(|()| 0)
+            }),
             Sysno::faccessat | Sysno::faccessat2 => {
                 let flags = if sys == Sysno::faccessat2 {
                     a[3] as i32
@@ -183,7 +312,7 @@ impl Process {
                 self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 })
             }
             Sysno::unlink => self.path(a[0]).and_then(|p| {
-                host::path_call(libc::SYS_unlinkat, libc::AT_FDCWD, &p, 0, None, 0)
+                host::path_call(libc::SYS_unlinkat, self.cwd_raw(), &p, 0, None, 0)
                     .map(|v| v as u64)
             }),
             Sysno::unlinkat => self.path(a[1]).and_then(|p| {
@@ -191,20 +320,90 @@ impl Process {
                 host::path_call(libc::SYS_unlinkat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
             }),
             Sysno::mkdir => self.path(a[0]).and_then(|p| {
-                host::path_call(libc::SYS_mkdirat, libc::AT_FDCWD, &p, 0, None, a[1] as i64)
+                host::path_call(libc::SYS_mkdirat, self.cwd_raw(), &p, 0, None, a[1] as i64)
                     .map(|v| v as u64)
             }),
             Sysno::rename => self.path(a[0]).and_then(|p| {
                 let q = self.path(a[1])?;
                 host::path_call(
                     libc::SYS_renameat2,
-                    libc::AT_FDCWD,
+                    self.cwd_raw(),
                     &p,
-                    libc::AT_FDCWD,
+                    self.cwd_raw(),
                     Some(&q),
                     0,
                 )
                 .map(|v| v as u64)
+            }),
+            Sysno::getpeername | Sysno::getsockname => self.host_fd(a[0]).and_then(|f| {
+                let addr = host::sockname(f, sys == Sysno::getsockname)?;
+                let mut len = [0u8; 4];
+                self.mm.read(GuestVirtAddr(a[2]), &mut len)?;
+                let room = u32::from_le_bytes(len) as usize;
+                self.out(a[1], &addr[..addr.len().min(room)])?;
+                self.out(a[2], &(addr.len() as u32).to_le_bytes())?;
+                Ok(0)
+            }),
+            Sysno::statfs => self.path(a[0]).and_then(|p| {
+                let st = host::statfs(Some(&self.host_path(&p)), None)?;
+                self.out(a[1], &st).map(|()| 0)
+            }),
+            Sysno::fstatfs => self.host_fd(a[0]).and_then(|f| {
+                let st = host::statfs(None, Some(f))?;
+                self.out(a[1], &st).map(|()| 0)
+            }),
+            Sysno::chmod => self.path(a[0]).and_then(|p| {
+                host::path_call(libc::SYS_fchmodat, self.cwd_raw(), &p, 0, None, a[1] as i64)
+                    .map(|v| v as u64)
+            }),
+            Sysno::fchmodat => self.path(a[1]).and_then(|p| {
+                let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                host::path_call(libc::SYS_fchmodat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
+            }),
+            Sysno::fchmod => self
+                .host_fd(a[0])
+                .and_then(|f| host::fd_call(libc::SYS_fchmod, f, a[1] as i64).map(|v| v as u64)),
+            Sysno::ftruncate => self
+                .host_fd(a[0])
+                .and_then(|f| host::fd_call(libc::SYS_ftruncate, f, a[1] as i64).map(|v| v as u64)),
+            Sysno::fsync | Sysno::fdatasync => self.host_fd(a[0]).and_then(|f| {
+                let nr = if sys == Sysno::fsync {
+                    libc::SYS_fsync
+                } else {
+                    libc::SYS_fdatasync
+                };
+                host::fd_call(nr, f, 0).map(|v| v as u64)
+            }),
+            Sysno::rmdir => self.path(a[0]).and_then(|p| {
+                host::path_call(
+                    libc::SYS_unlinkat,
+                    self.cwd_raw(),
+                    &p,
+                    0,
+                    None,
+                    libc::AT_REMOVEDIR as i64,
+                )
+                .map(|v| v as u64)
+            }),
+            Sysno::mkdirat => self.path(a[1]).and_then(|p| {
+                let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                host::path_call(libc::SYS_mkdirat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
+            }),
+            Sysno::renameat | Sysno::renameat2 | Sysno::linkat => self.path(a[1]).and_then(|p| {
+                let q = self.path(a[3])?;
+                let d1 = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                let d2 = self.dir(a[2])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                let (nr, flags) = match sys {
+                    Sysno::renameat => (libc::SYS_renameat2, 0),
+                    Sysno::renameat2 => (libc::SYS_renameat2, a[4] as i64),
+                    _ => (libc::SYS_linkat, a[4] as i64),
+                };
+                host::path_call(nr, d1, &p, d2, Some(&q), flags).map(|v| v as u64)
+            }),
+            Sysno::link => self.path(a[0]).and_then(|p| {
+                let q = self.path(a[1])?;
+                let d = self.cwd_raw();
+                host::path_call(libc::SYS_linkat, d, &p, d, Some(&q), 0).map(|v| v as u64)
             }),
             Sysno::umask => ok(u64::from(host::umask(a[0] as u32 & 0o777))),
             Sysno::fadvise64 => self.host_fd(a[0]).map(|_| 0),
@@ -239,8 +438,35 @@ impl Process {
             Sysno::rseq => Err(Errno::ENOSYS),
             Sysno::getpid => ok(self.pid),
             Sysno::gettid => ok(task.tid),
-            Sysno::getppid => ok(host::ids()[1]),
+            Sysno::getppid => ok(self.kernel.parent(self.pid).unwrap_or(host::ids()[1])),
             Sysno::getuid => ok(host::ids()[2]),
+            // The program has the invoking user's identity and no other: setting an id
+            // to the value it has already succeeds, anything else is EPERM.
+            Sysno::setuid | Sysno::setgid => {
+                let i = if sys == Sysno::setuid { 2 } else { 4 };
+                same_ids(&[a[0]], &host::ids()[i..i + 2])
+            }
+            Sysno::setreuid | Sysno::setregid => {
+                let i = if sys == Sysno::setreuid { 2 } else { 4 };
+                same_ids(&[a[0], a[1]], &host::ids()[i..i + 2])
+            }
+            Sysno::setresuid | Sysno::setresgid => {
+                let i = if sys == Sysno::setresuid { 2 } else { 4 };
+                same_ids(&[a[0], a[1], a[2]], &host::ids()[i..i + 2])
+            }
+            Sysno::getresuid | Sysno::getresgid => {
+                let i = if sys == Sysno::getresuid { 2 } else { 4 };
+                let ids = host::ids();
+                // (real, effective, saved): saved is the effective one.
+                [(a[0], ids[i]), (a[1], ids[i + 1]), (a[2], ids[i + 1])]
+                    .iter()
+                    .try_for_each(|&(va, id)| self.out(va, &(id as u32).to_le_bytes()))
+                    .map(|()| 0)
+            }
+            Sysno::getgroups if a[0] == 0 => ok(0),
+            Sysno::getgroups => ok(0),
+            // Resource use is not tracked per guest process: all zero.
+            Sysno::getrusage => self.out(a[1], &[0u8; 144]).map(|()| 0),
             Sysno::geteuid => ok(host::ids()[3]),
             Sysno::getgid => ok(host::ids()[4]),
             Sysno::getegid => ok(host::ids()[5]),
@@ -285,11 +511,39 @@ impl Process {
             Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
             Sysno::sigaltstack => self.sys_sigaltstack(task, a[0], a[1]),
             Sysno::kill => {
+                let pid = i64::from(a[0] as i32);
                 // The process itself (any of its threads takes it: this one).
-                if a[0] as i64 == 0 || a[0] == self.pid {
+                if pid as u64 == self.pid {
                     return self.sys_kill(task, task.tid, a[1]);
                 }
-                Err(Errno(libc::ESRCH))
+                if a[1] > 64 {
+                    return Outcome::Return(Errno::EINVAL.ret());
+                }
+                if pid > 0 {
+                    // Another process takes it at its next system call.
+                    if self.kernel.signal(pid as u64, a[1]) {
+                        Ok(0)
+                    } else {
+                        Err(Errno(libc::ESRCH))
+                    }
+                } else {
+                    let group = match pid {
+                        0 | -1 => self.kernel.pgid(self.pid).unwrap_or(self.pid),
+                        _ => pid.unsigned_abs(),
+                    };
+                    let members = self.kernel.group(group);
+                    for &m in members.iter().filter(|&&m| m != self.pid) {
+                        self.kernel.signal(m, a[1]);
+                    }
+                    if members.contains(&self.pid) {
+                        return self.sys_kill(task, task.tid, a[1]);
+                    }
+                    if members.is_empty() {
+                        Err(Errno(libc::ESRCH))
+                    } else {
+                        Ok(0)
+                    }
+                }
             }
             Sysno::tgkill if a[0] != self.pid => Err(Errno(libc::ESRCH)),
             Sysno::tgkill => return self.sys_kill(task, a[1], a[2]),
@@ -359,8 +613,6 @@ impl Process {
             Sysno::listen => self.sys_listen(a[0], a[1]),
             Sysno::accept => self.sys_accept(a[0], a[1], a[2], 0),
             Sysno::accept4 => self.sys_accept(a[0], a[1], a[2], a[3]),
-            Sysno::getsockname => self.sys_sockname(a[0], a[1], a[2], false),
-            Sysno::getpeername => self.sys_sockname(a[0], a[1], a[2], true),
             Sysno::setsockopt => self.sys_setsockopt(a[0], a[1], a[2], a[3], a[4]),
             Sysno::getsockopt => self.sys_getsockopt(a[0], a[1], a[2], a[3], a[4]),
             Sysno::shutdown => self.sys_shutdown(a[0], a[1]),
@@ -378,6 +630,13 @@ impl Process {
                 Err(Errno::ENOSYS)
             }
         };
+        // A write to a pipe nobody reads: SIGPIPE, as the kernel sends it (its default
+        // action ends the program; a program that ignores it sees EPIPE).
+        if r == Err(Errno(libc::EPIPE))
+            && matches!(sys, Sysno::write | Sysno::writev | Sysno::pwrite64)
+        {
+            task.pending |= 1 << (libc::SIGPIPE - 1);
+        }
         Outcome::Return(match r {
             Ok(v) => v,
             Err(e) => e.ret(),
@@ -476,7 +735,10 @@ impl Process {
 
     fn sys_getcwd(&mut self, buf: u64, size: u64) -> Sys {
         use std::os::unix::ffi::OsStrExt;
-        let cwd = std::env::current_dir().map_err(|_| Errno(libc::ENOENT))?;
+        let cwd = match &self.cwd {
+            Some((p, _)) => p.clone(),
+            None => std::env::current_dir().map_err(|_| Errno(libc::ENOENT))?,
+        };
         let mut b = cwd.as_os_str().as_bytes().to_vec();
         b.push(0);
         if b.len() as u64 > size {
@@ -956,6 +1218,7 @@ impl Process {
             entries,
             deadline,
             result: Ok(Vec::new()),
+            select: None,
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
             block.run(&std::sync::atomic::AtomicBool::new(false));
@@ -970,6 +1233,9 @@ impl Process {
             Ok(r) => r,
             Err(e) => return e.ret(),
         };
+        if let Some(s) = &block.select {
+            return self.select_done(s, revents);
+        }
         let mut ready = 0;
         for (i, r) in revents.iter().enumerate() {
             let at = block.va + 8 * i as u64 + 6;
@@ -1002,6 +1268,307 @@ impl Process {
         }
     }
 
+    /// fork, vfork, or a `clone` without CLONE_VM (a new process): the flags are
+    /// checked here, the child is made by the caller ([`Process`]'s trap path).
+    fn sys_fork(&mut self, flags: u64, a: [u64; 6]) -> Outcome {
+        let vm = flags & libc::CLONE_VM as u64 != 0;
+        let vfork = flags & libc::CLONE_VFORK as u64 != 0;
+        // CLONE_VM without CLONE_THREAD shares memory between two processes: only the
+        // vfork form is known here, and it runs the child on a copy (the parent waits).
+        if vm && !vfork {
+            return unsupported(
+                "clone(CLONE_VM) without CLONE_THREAD or CLONE_VFORK (two processes sharing memory)",
+            );
+        }
+        let known = (libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_SETTID
+            | libc::CLONE_CHILD_CLEARTID
+            | libc::CLONE_SYSVSEM) as u64
+            | 0xff;
+        if flags & !known != 0 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        if flags & libc::CLONE_SETTLS as u64 != 0 && a[4] >= USER_END {
+            return Outcome::Return(Errno(libc::EPERM).ret());
+        }
+        Outcome::Fork(Box::new(ForkArgs {
+            flags,
+            stack: a[1],
+            ptid: a[2],
+            ctid: a[3],
+            tls: a[4],
+            vfork,
+        }))
+    }
+
+    /// The NULL-terminated array of strings at `va` (argv, envp), within ARG_MAX.
+    fn strings(&self, va: u64, total: &mut usize) -> Result<Vec<std::ffi::OsString>, Errno> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut out = Vec::new();
+        if va == 0 {
+            return Ok(out);
+        }
+        for i in 0u64.. {
+            let p = self
+                .mm
+                .read_u64(va.checked_add(8 * i).ok_or(Errno::EFAULT)?)?;
+            if p == 0 {
+                break;
+            }
+            let s = self.mm.read_cstr(p, ARG_MAX)?;
+            *total += s.len() + 9;
+            if *total > ARG_MAX {
+                return Err(Errno(libc::E2BIG));
+            }
+            out.push(std::ffi::OsString::from_vec(s));
+        }
+        Ok(out)
+    }
+
+    /// execve/execveat: the program is checked here (a bad one is an error the caller
+    /// sees, as on Linux); the caller replaces the process's image.
+    fn sys_execve(&mut self, dirfd: u64, path: u64, argv: u64, envp: u64, flags: u64) -> Outcome {
+        let r = (|| {
+            let p = self.mm.read_cstr(path, PATH_MAX)?;
+            let mut total = 0;
+            let argv = self.strings(argv, &mut total)?;
+            let envp = self.strings(envp, &mut total)?;
+            let host = if flags as i32 & libc::AT_EMPTY_PATH != 0 && p.is_empty() {
+                let f = self.fds.get(dirfd)?;
+                std::fs::read_link(format!("/proc/self/fd/{}", f.host().as_raw_fd()))
+                    .map_err(|_| Errno(libc::ENOENT))?
+            } else if dirfd as i32 != libc::AT_FDCWD && !p.starts_with(b"/") {
+                let f = self.fds.get(dirfd)?;
+                let dir = std::fs::read_link(format!("/proc/self/fd/{}", f.host().as_raw_fd()))
+                    .map_err(|_| Errno(libc::ENOENT))?;
+                dir.join(std::ffi::OsStr::from_bytes(&p))
+            } else {
+                if p.is_empty() {
+                    return Err(Errno(libc::ENOENT));
+                }
+                self.host_path(&p)
+            };
+            if self.threads.len() > 1 {
+                // Linux ends the other threads first; the shim does not (yet).
+                return Err(Errno(libc::EAGAIN));
+            }
+            crate::linux::Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
+        })();
+        match r {
+            Ok(p) => Outcome::Exec(Box::new(p)),
+            Err(e) => Outcome::Return(e.ret()),
+        }
+    }
+
+    /// wait4(pid, status, options, rusage).
+    fn sys_wait4(
+        &mut self,
+        task: &Task,
+        pid: i64,
+        status: u64,
+        options: u64,
+        rusage: u64,
+    ) -> Outcome {
+        let which = match pid {
+            -1 => WaitFor::Any,
+            0 => WaitFor::Group(0),
+            p if p < 0 => WaitFor::Group(p.unsigned_abs()),
+            p => WaitFor::Pid(p as u64),
+        };
+        self.wait(
+            task,
+            which,
+            options as i32,
+            WaitOut::Wait4 { status, rusage },
+        )
+    }
+
+    /// waitid(idtype, id, infop, options).
+    fn sys_waitid(
+        &mut self,
+        task: &Task,
+        idtype: u64,
+        id: u64,
+        info: u64,
+        options: u64,
+    ) -> Outcome {
+        let which = match idtype as u32 {
+            libc::P_ALL => WaitFor::Any,
+            libc::P_PID => WaitFor::Pid(id),
+            libc::P_PGID => WaitFor::Group(id),
+            _ => return Outcome::Return(Errno::EINVAL.ret()),
+        };
+        if options as i32 & libc::WEXITED == 0 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        self.wait(task, which, options as i32, WaitOut::Waitid { info })
+    }
+
+    fn wait(&mut self, task: &Task, which: WaitFor, options: i32, out: WaitOut) -> Outcome {
+        let keep = options & libc::WNOWAIT != 0;
+        let mut block = thread::WaitBlock {
+            kernel: self.kernel.clone(),
+            parent: self.pid,
+            which,
+            keep,
+            out,
+            result: Ok(None),
+        };
+        if options & libc::WNOHANG != 0 {
+            block.result = self.kernel.reap(self.pid, which, keep, None);
+            return Outcome::Return(self.wait_done(&block));
+        }
+        match self.kernel.reap(self.pid, which, keep, Some(&task.waiter)) {
+            Ok(None) => Outcome::Block(Block::Wait(block)),
+            r => {
+                block.result = r;
+                Outcome::Return(self.wait_done(&block))
+            }
+        }
+    }
+
+    /// Write a finished wait's results; the call's result.
+    pub(crate) fn wait_done(&mut self, block: &thread::WaitBlock) -> u64 {
+        let (pid, status) = match block.result {
+            Err(e) => return e.ret(),
+            Ok(Some(r)) => r,
+            Ok(None) => (0, 0),
+        };
+        let written = match block.out {
+            WaitOut::Wait4 { status: va, rusage } => (|| {
+                if va != 0 && pid != 0 {
+                    self.out(va, &(status as u32).to_le_bytes())?;
+                }
+                if rusage != 0 {
+                    self.out(rusage, &[0u8; 144])?;
+                }
+                Ok(())
+            })(),
+            WaitOut::Waitid { info } if info != 0 => {
+                let mut b = [0u8; 128];
+                if pid != 0 {
+                    let (code, st) = if status & 0x7f == 0 {
+                        (CLD_EXITED, (status >> 8) & 0xff)
+                    } else {
+                        (CLD_KILLED, status & 0x7f)
+                    };
+                    b[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+                    b[8..12].copy_from_slice(&code.to_le_bytes());
+                    b[16..20].copy_from_slice(&(pid as u32).to_le_bytes());
+                    b[20..24].copy_from_slice(&(host::ids()[2] as u32).to_le_bytes());
+                    b[24..28].copy_from_slice(&st.to_le_bytes());
+                }
+                self.out(info, &b)
+            }
+            WaitOut::Waitid { .. } => Ok(()),
+        };
+        match (written, block.out) {
+            (Err(e), _) => e.ret(),
+            (Ok(()), WaitOut::Waitid { .. }) => 0,
+            (Ok(()), WaitOut::Wait4 { .. }) => pid,
+        }
+    }
+
+    /// A `struct timeval` timeout (select): None for a null pointer (no timeout).
+    fn timeval(&self, va: u64) -> Result<Option<std::time::Instant>, Errno> {
+        if va == 0 {
+            return Ok(None);
+        }
+        let s = self.mm.read_u64(va)? as i64;
+        let us = self.mm.read_u64(va.checked_add(8).ok_or(Errno::EFAULT)?)? as i64;
+        if s < 0 || !(0..1_000_000).contains(&us) {
+            return Err(Errno::EINVAL);
+        }
+        let d = std::time::Duration::new(s as u64, us as u32 * 1000)
+            .min(std::time::Duration::from_secs(1 << 32));
+        Ok(Some(std::time::Instant::now() + d))
+    }
+
+    /// select/pselect6: the three `fd_set`s become a poll of their descriptors.
+    fn sys_select(
+        &mut self,
+        nfds: u64,
+        sets: [u64; 3],
+        deadline: Option<std::time::Instant>,
+    ) -> Outcome {
+        if nfds > MAX_FDS as u64 {
+            return Outcome::Return(Errno::EINVAL.ret());
+        }
+        let bytes = (nfds as usize).div_ceil(64) * 8;
+        let mut bits = [vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]];
+        for (b, &va) in bits.iter_mut().zip(&sets) {
+            if va != 0
+                && let Err(e) = self.mm.read(GuestVirtAddr(va), b)
+            {
+                return Outcome::Return(e.ret());
+            }
+        }
+        let events = [libc::POLLIN, libc::POLLOUT, libc::POLLPRI];
+        let mut fds = Vec::new();
+        let mut entries = Vec::new();
+        for fd in 0..nfds as usize {
+            let mut ev = 0;
+            for (b, e) in bits.iter().zip(events) {
+                if b[fd / 8] & (1 << (fd % 8)) != 0 {
+                    ev |= e;
+                }
+            }
+            if ev == 0 {
+                continue;
+            }
+            match self.fds.get(fd as u64) {
+                Ok(f) => entries.push((Some(f.file.clone()), ev, false)),
+                Err(e) => return Outcome::Return(e.ret()),
+            }
+            fds.push(fd as u32);
+        }
+        let mut block = thread::PollBlock {
+            va: 0,
+            entries,
+            deadline,
+            result: Ok(Vec::new()),
+            select: Some(thread::SelectSets { sets, nfds, fds }),
+        };
+        if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+            block.run(&std::sync::atomic::AtomicBool::new(false));
+            return Outcome::Return(self.poll_done(&block));
+        }
+        Outcome::Block(Block::Poll(block))
+    }
+
+    /// Write a finished select's sets back; the number of bits set.
+    fn select_done(&mut self, s: &thread::SelectSets, revents: &[i16]) -> u64 {
+        let bytes = (s.nfds as usize).div_ceil(64) * 8;
+        let mut bits = [vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]];
+        let mut n = 0;
+        let ready = [
+            libc::POLLIN | libc::POLLHUP | libc::POLLERR,
+            libc::POLLOUT | libc::POLLERR,
+            libc::POLLPRI,
+        ];
+        for (&fd, &r) in s.fds.iter().zip(revents) {
+            let fd = fd as usize;
+            for (i, b) in bits.iter_mut().enumerate() {
+                let asked = s.sets[i] != 0;
+                if asked && r & ready[i] != 0 {
+                    b[fd / 8] |= 1 << (fd % 8);
+                    n += 1;
+                }
+            }
+        }
+        for (b, &va) in bits.iter().zip(&s.sets) {
+            if va != 0
+                && let Err(e) = self.out(va, b)
+            {
+                return e.ret();
+            }
+        }
+        n
+    }
+
     /// `clone`: threads only (CLONE_VM | CLONE_THREAD and the sharing they imply, as
     /// glibc's and musl's pthread_create ask); anything that would make a second
     /// process is unsupported.
@@ -1012,8 +1579,13 @@ impl Process {
             | libc::CLONE_SIGHAND
             | libc::CLONE_FILES
             | libc::CLONE_FS) as u64;
+        if flags & libc::CLONE_THREAD as u64 == 0 {
+            return self.sys_fork(flags, a);
+        }
         if flags & thread != thread {
-            return unsupported("clone");
+            return unsupported(
+                "clone(CLONE_THREAD) without all of CLONE_VM, CLONE_SIGHAND, CLONE_FILES and CLONE_FS",
+            );
         }
         let known = thread
             | (libc::CLONE_SYSVSEM
@@ -1029,7 +1601,7 @@ impl Process {
         if self.threads.len() >= MAX_THREADS {
             return Outcome::Return(Errno(libc::EAGAIN).ret());
         }
-        let tid = self.next_tid;
+        let tid = self.kernel.new_id();
         let (stack, ptid, ctid, tls) = (a[1], a[2], a[3], a[4]);
         let id = (tid as u32).to_le_bytes();
         if flags & libc::CLONE_PARENT_SETTID as u64 != 0
@@ -1045,7 +1617,6 @@ impl Process {
         if flags & libc::CLONE_SETTLS as u64 != 0 && tls >= USER_END {
             return Outcome::Return(Errno(libc::EPERM).ret());
         }
-        self.next_tid += 1;
         // Alive from now on (so an exit of the parent does not end the program), with
         // its host thread once its vCPU starts.
         self.threads.insert(tid, None);
@@ -1063,6 +1634,16 @@ impl Process {
     }
 }
 
+/// Whether every id in `want` (u32, -1 meaning "unchanged") is one of `have` (the
+/// real and effective ids): 0, else EPERM.
+fn same_ids(want: &[u64], have: &[u64]) -> Sys {
+    let ok = want
+        .iter()
+        .map(|&w| w as u32)
+        .all(|w| w == u32::MAX || have.iter().any(|&h| h as u32 == w));
+    if ok { Ok(0) } else { Err(Errno(libc::EPERM)) }
+}
+
 /// `sigaltstack` flag: disarm the stack while a handler runs on it (uapi/linux/signal.h;
 /// accepted and not acted on).
 const SS_AUTODISARM: i32 = 1 << 31;
@@ -1074,9 +1655,7 @@ pub const MAX_THREADS: usize = 256;
 fn unsupported(what: &str) -> Outcome {
     Outcome::Kill {
         signal: libc::SIGSYS,
-        reason: format!(
-            "{what}() is not supported in the VM: it makes a new process (threads are supported)"
-        ),
+        reason: format!("{what} is not supported in the VM"),
     }
 }
 
@@ -1098,7 +1677,7 @@ mod tests {
     fn process() -> Process {
         let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
         let mut mm = AddressSpace::new(mem, 1 << 20).unwrap();
-        let trap = crate::linux::cpu::build_trap_area(&mut mm).unwrap();
+        let trap = crate::linux::cpu::build_trap_area(&mut mm, None).unwrap();
         mm.map(0x40_0000, 4 * PAGE, Prot::RW, None, "").unwrap();
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
         p.path = "/bin/true".into();
@@ -1288,10 +1867,51 @@ mod tests {
         assert_eq!(ret(p.syscall(&mut p.main_task(), 100_000, [0; 6])), enosys);
         assert_eq!(p.report.unimplemented["io_uring_setup"], 2);
         assert_eq!(p.report.unimplemented["#100000"], 1);
+        // A process: made by the trap path; memory shared between two processes
+        // without vfork: unsupported; waiting without children: ECHILD.
         assert!(matches!(
             p.syscall(&mut p.main_task(), Sysno::fork as u64, [0; 6]),
+            Outcome::Fork(f) if !f.vfork
+        ));
+        let shared_vm = libc::CLONE_VM as u64 | libc::SIGCHLD as u64;
+        assert!(matches!(
+            p.syscall(
+                &mut p.main_task(),
+                Sysno::clone as u64,
+                [shared_vm, 0, 0, 0, 0, 0]
+            ),
             Outcome::Kill { .. }
         ));
+        assert_eq!(
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::wait4 as u64,
+                [u64::MAX, 0, 0, 0, 0, 0]
+            )),
+            -(libc::ECHILD as i64)
+        );
+        // execve of something that is not a program is the error Linux gives.
+        p.mm.write(GuestVirtAddr(0x40_0000), b"/nonexistent/prog\0")
+            .unwrap();
+        assert_eq!(
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::execve as u64,
+                [0x40_0000, 0, 0, 0, 0, 0]
+            )),
+            -(libc::ENOENT as i64)
+        );
+        p.mm.write(GuestVirtAddr(0x40_0000), b"/etc/passwd\0")
+            .unwrap();
+        let e = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::execve as u64,
+            [0x40_0000, 0, 0, 0, 0, 0],
+        ));
+        assert!(
+            e == -(libc::EACCES as i64) || e == -(libc::ENOEXEC as i64),
+            "{e}"
+        );
         assert!(matches!(
             p.syscall(
                 &mut p.main_task(),
@@ -1381,6 +2001,9 @@ mod tests {
         let rec = p.report.maps.last().unwrap();
         assert_eq!(rec.start, m);
         assert!(rec.path.to_string_lossy().ends_with("true"), "{rec:?}");
-        assert_eq!(rx.try_iter().last().as_ref(), Some(rec));
+        assert_eq!(
+            rx.try_iter().last(),
+            Some(crate::linux::GuestEvent::Map(rec.clone()))
+        );
     }
 }

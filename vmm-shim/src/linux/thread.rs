@@ -7,8 +7,8 @@
 //! [`Futexes`] under the process lock (the lock every system call holds), so a
 //! `FUTEX_WAKE`, also under that lock, cannot slip between the check and the queueing;
 //! then it blocks on its own [`Waiter`] with the lock released. Keys are guest-virtual
-//! addresses: the program has one address space, so private and shared futexes are
-//! the same thing here.
+//! addresses of the process's one address space, so private and shared futexes are the
+//! same thing here (memory is never shared between processes: a fork copies it).
 //!
 //! TLB: the shim changes page tables from outside the guest, so after an unmap or a
 //! lowered protection every vCPU must reload CR3 (switch to the twin PML4, see
@@ -28,6 +28,8 @@ use kvm_bindings::{kvm_fpu, kvm_regs};
 use crate::linux::cpu::{SyscallMode, TrapArea};
 use crate::linux::host;
 use crate::linux::mm::Errno;
+use crate::linux::proc::{Kernel, WaitFor};
+use crate::linux::syscall::WaitOut;
 
 /// One thread of the program (the state Linux keeps per task that the shim needs).
 #[derive(Debug)]
@@ -152,21 +154,81 @@ pub enum Block {
     Futex { deadline: Option<Instant> },
     /// nanosleep/clock_nanosleep (woken only by the VM stopping).
     Sleep { until: Instant },
-    /// poll/ppoll on host descriptors.
+    /// poll/ppoll/select on host descriptors.
     Poll(PollBlock),
     /// epoll_wait and its variants, on a host epoll instance.
     Epoll(crate::linux::events::EpollBlock),
     /// A read that would block: wait until the descriptor is readable, then system
     /// call `nr` starts again ([`crate::linux::Process::wait_readable`]).
     Restart { poll: PollBlock, nr: u64 },
+    /// wait4/waitid for a child to end.
+    Wait(WaitBlock),
+    /// A vfork parent until its child execs or exits; the child's id, and where the
+    /// child gives back the address space it borrowed.
+    Vfork {
+        child: u64,
+        lent: Option<crate::linux::LentSpace>,
+    },
+}
+
+/// A wait for a child process (wait4, waitid).
+#[derive(Debug)]
+pub struct WaitBlock {
+    pub kernel: Arc<Kernel>,
+    pub parent: u64,
+    pub which: WaitFor,
+    /// WNOWAIT: leave the child to be waited for again.
+    pub keep: bool,
+    pub out: WaitOut,
+    /// The child and its wait status once one ended; None with WNOHANG and no child
+    /// ended.
+    pub result: Result<Option<(u64, i32)>, Errno>,
+}
+
+impl WaitBlock {
+    /// Wait until a selected child ends (or the VM stops: EINTR).
+    pub fn run(&mut self, waiter: &Arc<Waiter>, stop: &AtomicBool) {
+        loop {
+            match self
+                .kernel
+                .reap(self.parent, self.which, self.keep, Some(waiter))
+            {
+                Ok(None) => {
+                    if !waiter.wait(None, stop) {
+                        self.result = Err(Errno(libc::EINTR));
+                        return;
+                    }
+                }
+                r => {
+                    self.result = r;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The `fd_set`s of a select, to write back when the poll ends.
+#[derive(Debug)]
+pub struct SelectSets {
+    /// Guest addresses of the read, write and except sets (0: none).
+    pub sets: [u64; 3],
+    pub nfds: u64,
+    /// The descriptor of each poll entry.
+    pub fds: Vec<u32>,
 }
 
 impl Block {
     /// Block `waiter`'s thread; true when it was woken (futex) rather than timed out
     /// or stopped.
-    pub fn wait(&mut self, waiter: &Waiter, stop: &AtomicBool) -> bool {
+    pub fn wait(&mut self, waiter: &Arc<Waiter>, stop: &AtomicBool) -> bool {
         match self {
             Block::Futex { deadline } => waiter.wait(*deadline, stop),
+            Block::Wait(w) => {
+                w.run(waiter, stop);
+                true
+            }
+            Block::Vfork { .. } => waiter.wait(None, stop),
             Block::Sleep { until } => {
                 waiter.reset();
                 waiter.wait(Some(*until), stop)
@@ -199,6 +261,8 @@ pub struct PollBlock {
     pub deadline: Option<Instant>,
     /// revents per entry, or the error, once run.
     pub result: Result<Vec<i16>, Errno>,
+    /// Set for a select (the sets to write back instead of `struct pollfd`s).
+    pub select: Option<SelectSets>,
 }
 
 impl PollBlock {

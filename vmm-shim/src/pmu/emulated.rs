@@ -248,6 +248,14 @@ impl EmulatedVcpu {
         self.after(g, r, now_ns)
     }
 
+    /// The vCPU runs another program (see [`crate::VcpuHook::on_new_program`]): the
+    /// tracer forgets the old one's code and plans, the LBR its branches.
+    pub fn forget_program(&mut self) {
+        self.tracer.forget_program();
+        self.pmu.clear_lbr();
+        self.window_started_ns = None;
+    }
+
     /// A guest RDMSR of one of the routed MSRs.
     pub fn rdmsr(&mut self, g: &mut dyn GuestAccess, msr: u32) -> Result<u64, Gp> {
         // Best effort: if the registers cannot be read, the value is one block stale.

@@ -986,6 +986,19 @@ impl VcpuHook for EmulatedPmuHook {
         self.pending_bps.clear();
     }
 
+    fn on_new_program(&mut self, ctx: &mut VcpuCtx<'_>) {
+        if self.failed {
+            return;
+        }
+        self.pending_bps.clear();
+        self.core.forget_program();
+        let state = cpu_state(ctx);
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_start(&mut g, monotonic_ns());
+        let state = g.state;
+        self.apply(ctx, r, None, state);
+    }
+
     fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {
         if self.failed {
             return;

@@ -468,6 +468,18 @@ impl Tracer {
         !matches!(self.state, State::Free) || self.window_left > 0
     }
 
+    /// The vCPU runs another program: no stop planned in the old one's code holds, and
+    /// its decoded blocks may name code that is gone (a new address space may even reuse
+    /// a page-table root). Free running until [`Self::start`] plans again.
+    pub fn forget_program(&mut self) {
+        self.state = State::Free;
+        self.window_left = 0;
+        self.window_done = false;
+        self.blocks.clear();
+        self.index.clear();
+        self.last = Resume::default();
+    }
+
     /// Before the vCPU first runs.
     pub fn start(
         &mut self,

@@ -1,0 +1,306 @@
+//! End-to-end tests of processes under the Linux personality (fork, vfork, execve,
+//! wait, pipes between processes, chdir, select): programs compiled at test time and
+//! programs on the machine (sh, sort, make, gcc) under `lbrprof run --vm --`, compared
+//! byte for byte with their native runs, and `record --vm` of a pipeline, whose report
+//! names the functions of each program in it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{kvm_available, lbrprof};
+
+fn output(mut cmd: Command, dir: &Path) -> Output {
+    cmd.current_dir(dir).stdin(Stdio::null());
+    cmd.output().expect("cannot start the program")
+}
+
+/// PROG ARGS natively and under `lbrprof run --vm --`, both in `dir`.
+fn native_and_vm(dir: &Path, prog: &str, args: &[&str]) -> (Output, Output) {
+    let mut native = Command::new(prog);
+    native.args(args);
+    let mut vm = lbrprof();
+    vm.args(["run", "--vm", "--timeout", "120", "--", prog])
+        .args(args);
+    (output(native, dir), output(vm, dir))
+}
+
+fn assert_identical(what: &str, native: &Output, vm: &Output) {
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stderr),
+        String::from_utf8_lossy(&native.stderr),
+        "{what}: stderr differs"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "{what}: stdout differs"
+    );
+    assert_eq!(
+        vm.status.code(),
+        native.status.code(),
+        "{what}: exit status differs"
+    );
+}
+
+fn gcc(dir: &Path, src: &Path, out: &str, flags: &[&str]) -> PathBuf {
+    let exe = dir.join(out);
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(src)
+        .status()
+        .expect("gcc is needed for the Linux-process tests");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    exe
+}
+
+fn workload(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"))
+}
+
+#[test]
+fn a_program_that_forks_execs_waits_and_pipes_runs_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = tmp.path().join("d/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for f in ["b", "a"] {
+        std::fs::write(sub.join(f), f).unwrap();
+    }
+    let sub = sub.to_str().unwrap();
+    for (name, flags) in [("dynamic", &[][..]), ("static", &["-static"][..])] {
+        let exe = gcc(tmp.path(), &workload("linux_procs"), name, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[sub]);
+        assert_eq!(native.status.code(), Some(4), "{name}: native run");
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(text.contains("killed child: killed by 15"), "{text}");
+        assert_identical(name, &native, &vm);
+    }
+}
+
+#[test]
+fn shell_pipelines_and_scripts_run_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    std::fs::write(tmp.path().join("sub/f"), "x").unwrap();
+    let script = "cd sub && pwd && ls; cd ..; \
+                  for i in 3 1 2; do echo $i; done | sort -n | tr '\\n' ' '; echo; \
+                  x=$(echo inner | tr a-z A-Z); echo $x; \
+                  false || echo 'or'; (exit 7); echo \"status $?\"; \
+                  nonexistent-command-xyz 2>/dev/null; echo \"missing $?\"; \
+                  echo to-stderr >&2; exit 3";
+    let cases: [(&str, &[&str]); 4] = [
+        ("/bin/sh", &["-c", "seq 1000 | sort -n | tail -1"]),
+        (
+            "/bin/sh",
+            &["-c", "seq 20000 | sort -rn | head -3; echo done"],
+        ),
+        ("/bin/sh", &["-c", script]),
+        ("/bin/bash", &["-c", script]),
+    ];
+    for (prog, args) in cases {
+        if !Path::new(prog).exists() {
+            continue;
+        }
+        let (native, vm) = native_and_vm(tmp.path(), prog, args);
+        assert_identical(&format!("{prog} {args:?}"), &native, &vm);
+    }
+}
+
+#[test]
+fn make_runs_the_compiler_driver_and_its_programs_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    if !Path::new("/usr/bin/make").exists() {
+        eprintln!("skipped: needs make");
+        return;
+    }
+    let build = |dir: &Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("hello.c"),
+            "#include <stdio.h>\nint main(void) { puts(\"hello from make\"); return 0; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("Makefile"),
+            "all: hello\n\t./hello\nhello: hello.o\n\tgcc -o hello hello.o\n\
+             hello.o: hello.c\n\tgcc -O2 -c hello.c\n",
+        )
+        .unwrap();
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, v) = (tmp.path().join("native"), tmp.path().join("vm"));
+    build(&n);
+    build(&v);
+    let native = output(Command::new("make"), &n);
+    let mut vm = lbrprof();
+    vm.args(["run", "--vm", "--timeout", "300", "--", "/usr/bin/make"]);
+    let vm = output(vm, &v);
+    assert_identical("make", &native, &vm);
+    assert!(String::from_utf8_lossy(&vm.stdout).contains("hello from make"));
+    // gcc ran cc1, as and collect2/ld in the VM: the object is the native one.
+    assert_eq!(
+        std::fs::read(v.join("hello.o")).unwrap(),
+        std::fs::read(n.join("hello.o")).unwrap(),
+        "gcc -c in the VM makes the same object file"
+    );
+}
+
+#[test]
+fn a_clone_sharing_memory_without_vfork_is_one_clear_error() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("c.c");
+    std::fs::write(
+        &src,
+        r#"#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+static int child(void *arg) { return 0; }
+int main(void) {
+    char *stack = malloc(65536);
+    return clone(child, stack + 65536, CLONE_VM | SIGCHLD, 0) < 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = gcc(tmp.path(), &src, "c", &[]);
+    let out = lbrprof()
+        .args(["run", "--vm", "--"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("clone(CLONE_VM) without CLONE_THREAD or CLONE_VFORK (two processes sharing memory) is not supported in the VM"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(128 + libc::SIGSYS), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn record_of_a_pipeline_names_the_functions_of_each_program() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = |name: &str, body: &str| {
+        let p = tmp.path().join(format!("{name}.c"));
+        std::fs::write(&p, body).unwrap();
+        gcc(tmp.path(), &p, name, &[])
+    };
+    let producer = src(
+        "producer",
+        r#"#include <stdio.h>
+__attribute__((noinline)) unsigned long produce_numbers(unsigned long i) {
+    unsigned long s = i;
+    for (int k = 0; k < 2000; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
+    return s;
+}
+int main(void) {
+    for (unsigned long i = 0; i < 20000; i++) printf("%lu\n", produce_numbers(i) % 1000);
+    return 0;
+}
+"#,
+    );
+    let consumer = src(
+        "consumer",
+        r#"#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) unsigned long consume_number(unsigned long v, unsigned long s) {
+    for (int k = 0; k < 2000; k++) s += (v ^ k) % 3 ? k : s >> 5;
+    return s;
+}
+int main(void) {
+    char line[64]; unsigned long s = 0;
+    while (fgets(line, sizeof line, stdin)) s = consume_number(strtoul(line, 0, 10), s);
+    printf("%lu\n", s);
+    return 0;
+}
+"#,
+    );
+    let cmd = format!("{} | {}", producer.display(), consumer.display());
+    let data = tmp.path().join("pipe.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr-freq", "200", "--lbr-overhead", "0", "--"])
+        .args(["/bin/sh", "-c", &cmd])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let native = Command::new("/bin/sh").args(["-c", &cmd]).output().unwrap();
+    assert_eq!(
+        out.stdout, native.stdout,
+        "the pipeline's output is its own"
+    );
+
+    let report = lbrprof()
+        .args(["report", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let guest = text
+        .split("# Hot guest functions")
+        .nth(1)
+        .unwrap_or_default();
+    for f in ["produce_numbers", "consume_number"] {
+        assert!(guest.contains(f), "{f} among the guest functions:\n{text}");
+    }
+    // Each program's code is named in its own binary, never as another's.
+    for line in guest.lines() {
+        if line.contains("produce_numbers") {
+            assert!(line.contains("producer"), "{line}");
+        }
+        if line.contains("consume_number") {
+            assert!(line.contains("consumer"), "{line}");
+        }
+    }
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("sh → producer") && info.contains("sh → consumer"),
+        "the guest processes and what they ran:\n{info}"
+    );
+    let ran = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vcpus:")?
+                .trim()
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no vcpus line:\n{info}"));
+    assert!(
+        ran >= 2,
+        "the pipeline's processes ran on {ran} vCPUs:\n{info}"
+    );
+    assert!(
+        info.contains("vCPUs ran, 1 at start"),
+        "the target line says what ran:\n{info}"
+    );
+}

@@ -1,0 +1,353 @@
+//! Processes of a Linux program: what the guest processes of one VM share (the shim's
+//! "kernel" state beside each [`Process`](super::Process)).
+//!
+//! The process model:
+//! * a guest process is a [`Process`](super::Process): its own address space (own page
+//!   tables, twin roots, trap area) drawn from the VM's one [`FramePool`], its own
+//!   descriptor table, signal dispositions, working directory;
+//! * each thread of a process is a vCPU on a host thread (see [`super::thread`]); a
+//!   `fork` (or a `clone` without `CLONE_VM`) copies the address space
+//!   ([`AddressSpace::fork`](super::mm::AddressSpace::fork)) and starts the child's
+//!   thread on a vCPU of its own; a `vfork` (`CLONE_VM | CLONE_VFORK`) lends the child
+//!   the parent's address space until the child execs or ends, the parent waiting;
+//!   `execve` replaces the calling process's address space and keeps its vCPU, pid and
+//!   descriptors (those without close-on-exec);
+//! * vCPUs whose thread ended wait for the next thread or process to run, so a shell
+//!   script that starts a thousand commands does not need a thousand vCPUs;
+//! * this [`Kernel`] holds what crosses processes: process ids, parents, exit statuses
+//!   of children not yet waited for (zombies), the waiters in `wait4`/`waitid`, and
+//!   signals sent from one process to another.
+//!
+//! Lock order: a process's lock, then the kernel's table. Nothing holding the table
+//! takes a process lock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::linux::LinuxReport;
+use crate::linux::mm::{Errno, FramePool};
+use crate::linux::thread::Waiter;
+
+/// What every process of a VM shares.
+#[derive(Debug)]
+pub struct Kernel {
+    pub frames: FramePool,
+    table: Mutex<Table>,
+    next_space: AtomicU32,
+    /// What ended processes reported (their system calls, mappings...), merged.
+    finished: Mutex<LinuxReport>,
+}
+
+#[derive(Debug)]
+struct Table {
+    next_id: u64,
+    procs: BTreeMap<u64, Entry>,
+}
+
+/// One process, as other processes see it.
+#[derive(Debug)]
+struct Entry {
+    ppid: u64,
+    pgid: u64,
+    /// The wait status once the process ended (a zombie until its parent waits).
+    status: Option<i32>,
+    /// Its tasks blocked in wait4/waitid.
+    waiters: Vec<Arc<Waiter>>,
+    shared: Arc<Shared>,
+}
+
+/// What other processes may change in a process without its lock.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Signals sent by other processes (bit `n - 1` for signal `n`), taken by whichever
+    /// thread makes the next system call.
+    pub signals: AtomicU64,
+    /// The process ended (exit_group, a fatal signal): its other threads stop.
+    pub dead: AtomicBool,
+}
+
+/// Which children a wait is for (`wait4`'s pid argument, `waitid`'s idtype and id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    Any,
+    Pid(u64),
+    Group(u64),
+}
+
+/// The wait status of a process that exited with `code` (what `WEXITSTATUS` reads).
+pub fn exited(code: i32) -> i32 {
+    (code & 0xff) << 8
+}
+
+/// The wait status of a process killed by `signal` (what `WTERMSIG` reads).
+pub fn killed(signal: i32) -> i32 {
+    signal & 0x7f
+}
+
+impl Kernel {
+    /// The kernel of a VM whose first process has id `pid`.
+    pub fn new(frames: FramePool, pid: u64, ppid: u64, shared: Arc<Shared>) -> Kernel {
+        let mut procs = BTreeMap::new();
+        procs.insert(
+            pid,
+            Entry {
+                ppid,
+                pgid: pid,
+                status: None,
+                waiters: Vec::new(),
+                shared,
+            },
+        );
+        Kernel {
+            frames,
+            table: Mutex::new(Table {
+                next_id: pid + 1,
+                procs,
+            }),
+            next_space: AtomicU32::new(1),
+            finished: Mutex::new(LinuxReport::default()),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh thread or process id.
+    pub fn new_id(&self) -> u64 {
+        let mut t = self.table();
+        let id = t.next_id;
+        t.next_id += 1;
+        id
+    }
+
+    /// A fresh address-space id (0 is the first process's).
+    pub fn new_space(&self) -> u32 {
+        self.next_space.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Enter process `pid` (a new child of `ppid`, in process group `pgid`).
+    pub fn add(&self, pid: u64, ppid: u64, pgid: u64, shared: Arc<Shared>) {
+        self.table().procs.insert(
+            pid,
+            Entry {
+                ppid,
+                pgid,
+                status: None,
+                waiters: Vec::new(),
+                shared,
+            },
+        );
+    }
+
+    /// The parent of `pid` (None for the first process or an unknown id).
+    pub fn parent(&self, pid: u64) -> Option<u64> {
+        let t = self.table();
+        let ppid = t.procs.get(&pid)?.ppid;
+        t.procs.contains_key(&ppid).then_some(ppid)
+    }
+
+    /// The process group of `pid`.
+    pub fn pgid(&self, pid: u64) -> Option<u64> {
+        self.table().procs.get(&pid).map(|e| e.pgid)
+    }
+
+    /// `setpgid(pid, pgid)`: `pid` must be the caller or one of its children.
+    pub fn set_pgid(&self, caller: u64, pid: u64, pgid: u64) -> Result<(), Errno> {
+        let mut t = self.table();
+        let e = t.procs.get_mut(&pid).ok_or(Errno(libc::ESRCH))?;
+        if pid != caller && e.ppid != caller {
+            return Err(Errno(libc::ESRCH));
+        }
+        e.pgid = pgid;
+        Ok(())
+    }
+
+    /// Process `pid` ended with wait status `status`: its parent can reap it (and is
+    /// woken, and sent SIGCHLD), its children lose their parent.
+    pub fn exit(&self, pid: u64, status: i32) {
+        let mut t = self.table();
+        let Some(e) = t.procs.get_mut(&pid) else {
+            return;
+        };
+        e.status = Some(status);
+        e.shared.dead.store(true, Ordering::Release);
+        let ppid = e.ppid;
+        // Orphans: nobody will wait for them; a finished one goes at once.
+        let orphans: Vec<u64> = t
+            .procs
+            .iter()
+            .filter(|(_, c)| c.ppid == pid)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in orphans {
+            if t.procs.get(&c).is_some_and(|c| c.status.is_some()) {
+                t.procs.remove(&c);
+            } else if let Some(c) = t.procs.get_mut(&c) {
+                c.ppid = 0;
+            }
+        }
+        match t.procs.get_mut(&ppid) {
+            Some(p) if p.status.is_none() => {
+                p.shared
+                    .signals
+                    .fetch_or(1 << (libc::SIGCHLD - 1), Ordering::AcqRel);
+                for w in p.waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            _ => {
+                t.procs.remove(&pid);
+            }
+        }
+    }
+
+    /// A child of `parent` that `which` selects and that has ended: its id and status,
+    /// reaped unless `keep`. None when children selected exist but none has ended
+    /// (and then `waiter` is queued to be woken when one does); ECHILD when there is
+    /// no such child.
+    pub fn reap(
+        &self,
+        parent: u64,
+        which: WaitFor,
+        keep: bool,
+        waiter: Option<&Arc<Waiter>>,
+    ) -> Result<Option<(u64, i32)>, Errno> {
+        let mut t = self.table();
+        let pgid = t.procs.get(&parent).map_or(0, |e| e.pgid);
+        let selected = |pid: u64, e: &Entry| {
+            e.ppid == parent
+                && match which {
+                    WaitFor::Any => true,
+                    WaitFor::Pid(p) => p == pid,
+                    WaitFor::Group(0) => e.pgid == pgid,
+                    WaitFor::Group(g) => e.pgid == g,
+                }
+        };
+        let mut any = false;
+        let mut done = None;
+        for (&pid, e) in &t.procs {
+            if selected(pid, e) {
+                any = true;
+                if let Some(s) = e.status {
+                    done = Some((pid, s));
+                    break;
+                }
+            }
+        }
+        if !any {
+            return Err(Errno(libc::ECHILD));
+        }
+        if let Some((pid, _)) = done {
+            if !keep {
+                t.procs.remove(&pid);
+            }
+            return Ok(done);
+        }
+        if let (Some(w), Some(p)) = (waiter, t.procs.get_mut(&parent)) {
+            w.reset();
+            p.waiters.push(w.clone());
+        }
+        Ok(None)
+    }
+
+    /// Send `sig` to process `pid` (0: only check it exists). False if there is none
+    /// (or it has ended).
+    pub fn signal(&self, pid: u64, sig: u64) -> bool {
+        let t = self.table();
+        match t.procs.get(&pid) {
+            Some(e) if e.status.is_none() => {
+                if (1..=64).contains(&sig) {
+                    e.shared.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The processes of group `pgid` still running.
+    pub fn group(&self, pgid: u64) -> Vec<u64> {
+        self.table()
+            .procs
+            .iter()
+            .filter(|(_, e)| e.pgid == pgid && e.status.is_none())
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
+    /// Merge what an ended process reports into the run's report.
+    pub fn absorb(&self, r: LinuxReport) {
+        let mut f = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        f.syscalls += r.syscalls;
+        for (k, v) in r.unimplemented {
+            *f.unimplemented.entry(k).or_insert(0) += v;
+        }
+        f.maps.extend(r.maps);
+        f.out_of_memory = f.out_of_memory.or(r.out_of_memory);
+        f.peak_bytes = f.peak_bytes.max(r.peak_bytes);
+        f.trap_ns += r.trap_ns;
+        f.threads += r.threads;
+        f.processes += r.processes;
+        f.execs += r.execs;
+    }
+
+    /// What ended processes reported, merged.
+    pub fn finished(&self) -> LinuxReport {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linux::mm::Frames;
+
+    fn kernel() -> Kernel {
+        let pool = Arc::new(Mutex::new(Frames::empty()));
+        Kernel::new(pool, 100, 1, Arc::default())
+    }
+
+    #[test]
+    fn children_are_reaped_once_and_orphans_are_forgotten() {
+        let k = kernel();
+        assert_eq!(
+            k.reap(100, WaitFor::Any, false, None),
+            Err(Errno(libc::ECHILD))
+        );
+        let a = k.new_id();
+        let b = k.new_id();
+        let sa: Arc<Shared> = Arc::default();
+        k.add(a, 100, 100, sa.clone());
+        k.add(b, 100, 100, Arc::default());
+        let w = Arc::new(Waiter::default());
+        assert_eq!(k.reap(100, WaitFor::Pid(a), false, Some(&w)), Ok(None));
+        k.exit(a, exited(3));
+        assert!(sa.dead.load(Ordering::Acquire));
+        let stop = AtomicBool::new(false);
+        assert!(
+            w.wait(Some(std::time::Instant::now()), &stop),
+            "the waiter is woken"
+        );
+        assert_eq!(k.reap(100, WaitFor::Any, true, None), Ok(Some((a, 0x300))));
+        assert_eq!(k.reap(100, WaitFor::Any, false, None), Ok(Some((a, 0x300))));
+        assert_eq!(
+            k.reap(100, WaitFor::Pid(a), false, None),
+            Err(Errno(libc::ECHILD))
+        );
+        // b's child is orphaned when b ends, and forgotten when it ends itself.
+        let c = k.new_id();
+        k.add(c, b, 100, Arc::default());
+        k.exit(b, killed(libc::SIGTERM));
+        assert_eq!(k.parent(c), None);
+        k.exit(c, exited(0));
+        assert_eq!(k.group(100), vec![100]);
+        assert_eq!(
+            k.reap(100, WaitFor::Group(0), false, None),
+            Ok(Some((b, 15)))
+        );
+        assert!(!k.signal(b, 1));
+        assert!(k.signal(100, libc::SIGCHLD as u64));
+    }
+}
