@@ -13,9 +13,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::mpsc;
 
-use lbrprof_collector::model::{
-    Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent,
-};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent};
 
 use crate::lbr::snapshot_branches;
 use crate::loc::{AddressSpaces, Loc, ModuleTable};
@@ -84,7 +82,7 @@ pub struct EdgeCounts {
 impl EdgeCounts {
     /// Counts one LBR entry with these flags. The edge's kind is the first known kind
     /// among its entries; returns whether this entry set it.
-    pub(crate) fn add_entry(&mut self, f: &lbrprof_collector::model::BranchFlags) -> bool {
+    pub(crate) fn add_entry(&mut self, f: &lbrprof_data::model::BranchFlags) -> bool {
         self.count += 1;
         self.mispred += u64::from(f.mispred);
         self.predicted += u64::from(f.predicted);
@@ -413,7 +411,7 @@ impl Aggregator {
     pub fn add_counted(&mut self, s: &HostSample, counts: SampleCounts) -> Option<Loc> {
         // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
         let space_pid = if self.opts.vm && s.mode.is_guest() {
-            lbrprof_collector::vm::VM_INDEX
+            lbrprof_data::model::VM_INDEX
         } else {
             s.pid
         };
@@ -598,7 +596,7 @@ impl Aggregator {
         }
     }
 
-    pub fn add_snapshot(&mut self, snap: &lbrprof_collector::model::LbrSnapshot) {
+    pub fn add_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot) {
         if !self.opts.filter.is_empty() {
             self.profile.totals.filtered_out += 1;
             return;
@@ -618,7 +616,7 @@ impl Aggregator {
                 time_ns: snap.host_time_ns,
                 vcpu: snap.vcpu,
                 stack: id,
-                agent: snap.reason == lbrprof_collector::model::SnapshotReason::Agent,
+                agent: snap.reason == lbrprof_data::model::SnapshotReason::Agent,
             });
         }
         if let Some(tl) = &mut self.profile.timeline {
@@ -758,7 +756,7 @@ where
 mod tests {
     use super::*;
     use crate::lbr::tests::snapshot;
-    use lbrprof_collector::model::{AddressSpace, BranchFlags, Frame, Mapping};
+    use lbrprof_data::model::{AddressSpace, BranchFlags, Frame, Mapping};
 
     fn mapping() -> Event {
         Event::Mapping(Mapping {

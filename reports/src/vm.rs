@@ -7,7 +7,7 @@
 //!
 //! * **pairing**: each host sample taken on a vCPU thread while it was inside KVM_RUN is
 //!   paired with that vCPU's nearest snapshot within a window, by
-//!   [`lbrprof_collector::pairing::pair`] (the rules are documented there and in
+//!   [`lbrprof_data::pairing::pair`] (the rules are documented there and in
 //!   `lbrprof report --help`). *In KVM_RUN* is decided from the sample: its cpumode is a
 //!   guest mode (the host interrupted the running guest), or one of its kernel frames is
 //!   `kvm_arch_vcpu_ioctl_run` (the host kernel is entering the guest or handling an exit
@@ -29,8 +29,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
-use lbrprof_collector::model::{CpuMode, VcpuStats, VcpuThread};
-use lbrprof_collector::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
+use lbrprof_data::model::{CpuMode, VcpuStats, VcpuThread};
+use lbrprof_data::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::FastMap;
@@ -615,7 +615,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::lbr::tests::snapshot;
     use crate::symbols::NoSymbols;
-    use lbrprof_collector::model::{Event, Frame, HostSample};
+    use lbrprof_data::model::{Event, Frame, HostSample};
 
     fn vcpu(vcpu: u32, tid: u32) -> Event {
         Event::Vcpu(VcpuThread {
@@ -749,7 +749,7 @@ mod tests {
             let Event::Snapshot(mut s) = snap(time_ns, vcpu, 0xa00) else {
                 unreachable!()
             };
-            s.reason = lbrprof_collector::model::SnapshotReason::Agent;
+            s.reason = lbrprof_data::model::SnapshotReason::Agent;
             Event::Snapshot(s)
         };
         let stats = |vcpu, snapshots| {
