@@ -1,7 +1,10 @@
-//! The clap definition of the whole command line. Each subcommand's arguments are defined
-//! next to its implementation in `cmd/<name>.rs`.
+//! The clap definition of the whole command line and its dispatch. Each subcommand's
+//! arguments are defined next to its implementation in `cmd/<name>.rs`; the command
+//! modules know nothing of this file.
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
 
@@ -40,13 +43,47 @@ pub enum Command {
     Generate(cmd::generate::Args),
 }
 
+impl Cli {
+    /// Run the parsed command line; the `ExitCode` is the command's own (e.g. the profiled
+    /// program's status for `record`, the verdict for `diff`).
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Record(args) => cmd::record::run(args),
+            Command::Report(args) => cmd::report::run(args),
+            Command::Annotate(args) => cmd::annotate::run(args),
+            Command::Flamegraph(args) => cmd::flamegraph::run(args),
+            Command::Diff(args) => cmd::diff::run(args),
+            Command::Export(args) => cmd::export::run(args),
+            Command::Info(args) => cmd::info::run(args),
+            Command::Demo(args) => cmd::demo::run(args),
+            Command::Run(args) => cmd::run::run(args),
+            Command::Symbolize(args) => cmd::symbolize::run(args),
+            Command::Generate(args) => cmd::generate::run(args, Cli::command()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The committed `man/` pages must match the CLI; regenerate with
+    /// `cargo run -- generate man`.
+    #[test]
+    fn committed_man_pages_are_current() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+        for (name, contents) in cmd::generate::man_pages(&Cli::command()).unwrap() {
+            let committed = std::fs::read(dir.join(&name)).unwrap_or_default();
+            assert!(
+                committed == contents,
+                "man/{name} is stale: run `cargo run -- generate man`"
+            );
+        }
     }
 }

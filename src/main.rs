@@ -12,7 +12,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cmd::run(cli) {
+    match cli.run() {
         Ok(code) => code,
         Err(err) => {
             if cmd::is_broken_pipe(&err) {

@@ -10,26 +10,14 @@
 //! aggregation on another, so both cores work on a large file.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::mpsc;
 
 use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent};
 
+pub use crate::hash::{FastHash, FastMap};
 use crate::lbr::snapshot_branches;
 use crate::loc::{AddressSpaces, Loc, ModuleTable};
-
-/// A deterministic fast hasher for the aggregation maps (keys are our own integers).
-#[derive(Clone, Default)]
-pub struct FastHash;
-
-impl BuildHasher for FastHash {
-    type Hasher = ahash::AHasher;
-    fn build_hasher(&self) -> ahash::AHasher {
-        ahash::RandomState::with_seeds(0x6c62, 0x7270, 0x726f, 0x6621).build_hasher()
-    }
-}
-
-pub type FastMap<K, V> = HashMap<K, V, FastHash>;
+use crate::vmtrace::{VmSample, VmSnapshot, VmTrace};
 
 /// Which samples to keep (`perf report --pid/--tid/--comms/--dsos`). Empty = keep all.
 #[derive(Clone, Debug, Default)]
@@ -158,7 +146,7 @@ pub struct Profile {
     /// thread's): a process that execs has one entry per program it ran.
     pub processes: HashMap<u32, Vec<(String, Count)>>,
     /// The per-sample trace of a `record --vm` recording (with [`AggregateOptions::vm`]).
-    pub vm: Option<crate::vm::VmTrace>,
+    pub vm: Option<VmTrace>,
     /// With [`AggregateOptions::comm_root`]: the pseudo-module of the stacks' root frames,
     /// whose `Loc::offset` indexes `root_names` (process/thread names).
     pub comm_root_module: Option<crate::loc::ModuleId>,
@@ -261,7 +249,7 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
         let mut profile = Profile {
-            vm: opts.vm.then(crate::vm::VmTrace::default),
+            vm: opts.vm.then(VmTrace::default),
             run_stacks: vec![FastMap::default(); opts.run_starts.len()],
             timeline: opts.timeline.then(Timeline::default),
             ..Profile::default()
@@ -502,7 +490,7 @@ impl Aggregator {
         }
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
-            vm.samples.push(crate::vm::VmSample {
+            vm.samples.push(VmSample {
                 time_ns: s.time_ns,
                 tid: s.tid,
                 mode: s.mode,
@@ -612,7 +600,7 @@ impl Aggregator {
         stack.extend(snap.guest_stack.iter().map(|&a| spaces.resolve_guest(0, a)));
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
-            vm.snapshots.push(crate::vm::VmSnapshot {
+            vm.snapshots.push(VmSnapshot {
                 time_ns: snap.host_time_ns,
                 vcpu: snap.vcpu,
                 stack: id,

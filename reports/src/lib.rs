@@ -96,6 +96,7 @@ pub mod decode;
 pub mod diff;
 pub mod firefox;
 pub mod flame;
+pub mod hash;
 pub mod lbr;
 pub mod loc;
 pub mod perfdata_out;
@@ -106,6 +107,7 @@ pub mod render;
 pub mod report;
 pub mod symbols;
 pub mod vm;
+pub mod vmtrace;
 
 pub use aggregate::{AggregateOptions, Aggregator, Filter, Profile, aggregate_events};
 pub use report::{Report, SortKey};
