@@ -48,6 +48,7 @@ impl Cli {
     /// program's status for `record`, the verdict for `diff`).
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Record(args) if args.guest.vm.is_some() => cmd::record_vm::run(args),
             Command::Record(args) => cmd::record::run(args),
             Command::Report(args) => cmd::report::run(args),
             Command::Annotate(args) => cmd::annotate::run(args),
@@ -71,6 +72,48 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The hidden guest-LBR switches (environment fallbacks `LBRPROF_LBR_*`) take the
+    /// usual boolean spellings, on `run` and on `record --vm`, which has its own dispatch.
+    #[test]
+    fn lbr_tuning_switches_parse_on_run_and_record() {
+        let cli = Cli::try_parse_from([
+            "lbrprof",
+            "run",
+            "--vm",
+            "builtin:calls",
+            "--lbr",
+            "emulated",
+            "--lbr-interp",
+            "0",
+            "--lbr-empty-windows",
+            "on",
+            "--lbr-interp-debug",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let t = args.lbr.tuning;
+        assert!(!t.lbr_interp && t.lbr_empty_windows && t.lbr_interp_debug);
+        let cli = Cli::try_parse_from([
+            "lbrprof",
+            "record",
+            "--vm",
+            "builtin:calls",
+            "--lbr-interp",
+            "off",
+        ])
+        .unwrap();
+        let Command::Record(args) = cli.command else {
+            panic!("not record")
+        };
+        assert!(!args.guest.tuning.lbr_interp);
+        assert!(args.guest.vm.is_some());
+        let bad = Cli::try_parse_from(["lbrprof", "run", "--vm", "x", "--lbr-interp", "maybe"]);
+        assert!(bad.is_err());
     }
 
     /// The committed `man/` pages must match the CLI; regenerate with

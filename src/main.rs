@@ -4,7 +4,6 @@
 
 mod cli;
 mod cmd;
-mod guest_lbr;
 
 use std::process::ExitCode;
 

@@ -81,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(()) => {
             let n = format!("n={}", args.n);
             eprintln!("lbrprof: demo: recording the built-in guest `sort` with the emulated LBR");
-            let code = crate::cmd::record::run(parse_args(
+            let code = crate::cmd::record_vm::run(parse_args(
                 "record",
                 &[
                     "--vm",
