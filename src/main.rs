@@ -4,7 +4,6 @@
 
 mod cli;
 mod cmd;
-mod guest_lbr;
 
 use std::process::ExitCode;
 
@@ -12,7 +11,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cmd::run(cli) {
+    match cli.run() {
         Ok(code) => code,
         Err(err) => {
             if cmd::is_broken_pipe(&err) {

@@ -801,7 +801,7 @@ fn record_vm_takes_agent_snapshots_on_every_vcpu() {
 }
 
 /// An unknown snapshot source is refused with the choices. (`shim` with the hardware LBR
-/// is refused too, with the reason; that decision is unit-tested in `guest_lbr`, as this
+/// is refused too, with the reason; that decision is unit-tested in `cmd::lbr_opts`, as this
 /// host has no hardware LBR to ask for.)
 #[test]
 fn record_vm_refuses_a_bad_snapshot_source() {

@@ -65,7 +65,7 @@ impl HostFacts {
             cpu_vendor,
             cpu_model,
             pmu_sysfs,
-            cycles_opens: pmu_sysfs && crate::sampler::cycles_event_opens(),
+            cycles_opens: pmu_sysfs && cycles_event_opens(),
             lbr_depth: read(LBR_DEPTH_SYSFS)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
@@ -349,6 +349,20 @@ fn cpuinfo() -> (String, String) {
             .unwrap_or_default()
     };
     (field("vendor_id"), field("model name"))
+}
+
+/// Whether a hardware `cycles` sampling event opens on this process (a PMU is present
+/// and usable).
+fn cycles_event_opens() -> bool {
+    use perf_event_open::config::{Cpu, Opts, Proc, SampleOn};
+    use perf_event_open::count::Counter;
+    use perf_event_open::event::hw::Hardware;
+
+    let mut opts = Opts::default();
+    opts.exclude.kernel = true;
+    opts.exclude.hv = true;
+    opts.sample_on = SampleOn::Freq(1000);
+    Counter::new(Hardware::CpuCycle, (Proc::CURRENT, Cpu::ALL), opts).is_ok()
 }
 
 /// IA32_PERF_CAPABILITIES through the msr driver, when loaded and readable (root).

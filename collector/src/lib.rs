@@ -1,23 +1,23 @@
-//! `lbrprof-collector`: everything between the machine and a recording.
+//! `lbrprof-collector`: the capture side, everything between the machine and a recording.
 //!
 //! It owns host sampling with `perf_event_open` (per thread of a profiled command or of the
-//! VMM shim), driving the shim for `record --vm` ([`vm`]), pairing host samples with guest LBR
-//! snapshots, the `lbrprof.data` recording format (writer and streaming reader), and the
-//! import of `perf.data` files into the same [`model::Event`] stream.
+//! VMM shim, [`sampler`], with the event choice in [`host`]), recording a host command
+//! ([`record`]) and driving the shim for `record --vm` ([`vm`]). What it captures it writes
+//! into the data layer, `lbrprof-data`: the [`model`] events and the `lbrprof.data`
+//! [`recording`] writer. Data flow: capture (here and `lbrprof-vmm`) → data → symbolize →
+//! aggregate → render.
 //!
-//! Everything downstream (symbolization, reports) sees recordings only through
-//! [`model`]: a [`model::Header`] and a stream of [`model::Event`]s, whatever file they
-//! came from.
+//! The data layer's modules ([`model`], [`recording`], [`perfdata`], [`input`],
+//! [`pairing`]) are re-exported here under their old paths; readers of recordings should
+//! depend on `lbrprof-data` directly, which builds without KVM or `perf_event_open`.
 //!
-//! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
-//! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
+//! Non-goals: the data model and file formats (`lbrprof-data`), symbolizing or aggregating
+//! (`lbrprof-symbolizer` and `lbrprof-reports`), and running guests (`lbrprof-vmm`).
 
 pub mod host;
-pub mod input;
-pub mod model;
-pub mod pairing;
-pub mod perfdata;
 pub mod record;
-pub mod recording;
 pub mod sampler;
 pub mod vm;
+
+// The data layer, re-exported under its old paths so that callers keep their imports.
+pub use lbrprof_data::{input, model, pairing, perfdata, recording};

@@ -32,9 +32,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use lbrprof_data::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::VcpuHook;
 use lbrprof_vmm::pmu::emulated::SnapshotSink;
-use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
@@ -45,8 +45,7 @@ use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
 
-/// The VM index of the (single) VM a recording holds.
-pub const VM_INDEX: u32 = 0;
+pub use crate::model::VM_INDEX;
 
 /// How often the rings and the snapshot channel are drained when nothing wakes us earlier.
 const DRAIN_INTERVAL_MS: i32 = 20;

@@ -4,9 +4,9 @@
 //! through `decode_sample` with the attribute layout taken from the input's first bytes.
 
 use libfuzzer_sys::fuzz_target;
-use lbrprof_collector::model::CpuMode;
-use lbrprof_collector::perfdata::{decode_sample, PerfDataReader, SampleLayout};
-use lbrprof_collector::perfdata::Endianness;
+use lbrprof_data::model::CpuMode;
+use lbrprof_data::perfdata::{decode_sample, PerfDataReader, SampleLayout};
+use lbrprof_data::perfdata::Endianness;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= 25 {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         // The mapped fast path of reports walks the same bytes in place, handing out
         // small chunks as it goes (decoded at once, as reports do on other threads).
         if let Ok(mut reader) = PerfDataReader::open(&path) {
-            let visit = |s: lbrprof_collector::perfdata::mapped::SampleRef<'_>| {
+            let visit = |s: lbrprof_data::perfdata::mapped::SampleRef<'_>| {
                 let _ = s.raw.callchain_words(true).count();
                 let _ = s.raw.branch_entries(true).count();
             };

@@ -5,8 +5,8 @@
 //! errors, and the hand-written sample decoder the same samples as postcard's.
 
 use libfuzzer_sys::fuzz_target;
-use lbrprof_collector::model::{Event, HostSample};
-use lbrprof_collector::recording::{self, RecordingReader};
+use lbrprof_data::model::{Event, HostSample};
+use lbrprof_data::recording::{self, RecordingReader};
 
 fuzz_target!(|data: &[u8]| {
     // The reader takes a path (it streams from the file), so give it one.

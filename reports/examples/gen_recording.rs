@@ -8,8 +8,8 @@
 
 use std::path::PathBuf;
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary};
 
 /// xorshift64*: deterministic and dependency-free.
 struct Rng(u64);

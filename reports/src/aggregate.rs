@@ -10,28 +10,14 @@
 //! aggregation on another, so both cores work on a large file.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::mpsc;
 
-use lbrprof_collector::model::{
-    Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent,
-};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent};
 
+pub use crate::hash::{FastHash, FastMap};
 use crate::lbr::snapshot_branches;
 use crate::loc::{AddressSpaces, Loc, ModuleTable};
-
-/// A deterministic fast hasher for the aggregation maps (keys are our own integers).
-#[derive(Clone, Default)]
-pub struct FastHash;
-
-impl BuildHasher for FastHash {
-    type Hasher = ahash::AHasher;
-    fn build_hasher(&self) -> ahash::AHasher {
-        ahash::RandomState::with_seeds(0x6c62, 0x7270, 0x726f, 0x6621).build_hasher()
-    }
-}
-
-pub type FastMap<K, V> = HashMap<K, V, FastHash>;
+use crate::vmtrace::{VmSample, VmSnapshot, VmTrace};
 
 /// Which samples to keep (`perf report --pid/--tid/--comms/--dsos`). Empty = keep all.
 #[derive(Clone, Debug, Default)]
@@ -84,7 +70,7 @@ pub struct EdgeCounts {
 impl EdgeCounts {
     /// Counts one LBR entry with these flags. The edge's kind is the first known kind
     /// among its entries; returns whether this entry set it.
-    pub(crate) fn add_entry(&mut self, f: &lbrprof_collector::model::BranchFlags) -> bool {
+    pub(crate) fn add_entry(&mut self, f: &lbrprof_data::model::BranchFlags) -> bool {
         self.count += 1;
         self.mispred += u64::from(f.mispred);
         self.predicted += u64::from(f.predicted);
@@ -160,7 +146,7 @@ pub struct Profile {
     /// thread's): a process that execs has one entry per program it ran.
     pub processes: HashMap<u32, Vec<(String, Count)>>,
     /// The per-sample trace of a `record --vm` recording (with [`AggregateOptions::vm`]).
-    pub vm: Option<crate::vm::VmTrace>,
+    pub vm: Option<VmTrace>,
     /// With [`AggregateOptions::comm_root`]: the pseudo-module of the stacks' root frames,
     /// whose `Loc::offset` indexes `root_names` (process/thread names).
     pub comm_root_module: Option<crate::loc::ModuleId>,
@@ -269,7 +255,7 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(opts: AggregateOptions) -> Self {
         let mut profile = Profile {
-            vm: opts.vm.then(crate::vm::VmTrace::default),
+            vm: opts.vm.then(VmTrace::default),
             run_stacks: vec![FastMap::default(); opts.run_starts.len()],
             timeline: opts.timeline.then(Timeline::default),
             ..Profile::default()
@@ -428,7 +414,7 @@ impl Aggregator {
     pub fn add_counted(&mut self, s: &HostSample, counts: SampleCounts) -> Option<Loc> {
         // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
         let space_pid = if self.opts.vm && s.mode.is_guest() {
-            lbrprof_collector::vm::VM_INDEX
+            lbrprof_data::model::VM_INDEX
         } else {
             s.pid
         };
@@ -529,7 +515,7 @@ impl Aggregator {
         }
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
-            vm.samples.push(crate::vm::VmSample {
+            vm.samples.push(VmSample {
                 time_ns: s.time_ns,
                 tid: s.tid,
                 mode: s.mode,
@@ -623,7 +609,7 @@ impl Aggregator {
         }
     }
 
-    pub fn add_snapshot(&mut self, snap: &lbrprof_collector::model::LbrSnapshot) {
+    pub fn add_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot) {
         if !self.opts.filter.is_empty() {
             self.profile.totals.filtered_out += 1;
             return;
@@ -646,11 +632,11 @@ impl Aggregator {
         );
         if let Some(vm) = &mut self.profile.vm {
             let id = vm.intern(&stack);
-            vm.snapshots.push(crate::vm::VmSnapshot {
+            vm.snapshots.push(VmSnapshot {
                 time_ns: snap.host_time_ns,
                 vcpu: snap.vcpu,
                 stack: id,
-                agent: snap.reason == lbrprof_collector::model::SnapshotReason::Agent,
+                agent: snap.reason == lbrprof_data::model::SnapshotReason::Agent,
             });
         }
         if let Some(tl) = &mut self.profile.timeline {
@@ -790,7 +776,7 @@ where
 mod tests {
     use super::*;
     use crate::lbr::tests::snapshot;
-    use lbrprof_collector::model::{AddressSpace, BranchFlags, Frame, Mapping};
+    use lbrprof_data::model::{AddressSpace, BranchFlags, Frame, Mapping};
 
     fn mapping() -> Event {
         Event::Mapping(Mapping {

@@ -361,7 +361,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::loc::Module;
     use crate::symbols::{Sym, SymbolSource};
-    use lbrprof_collector::model::{AddressSpace, Branch, Event, HostSample, Mapping};
+    use lbrprof_data::model::{AddressSpace, Branch, Event, HostSample, Mapping};
 
     /// `main` at 0x0..0x20 calls `work` at 0x20..0x30.
     struct Two;

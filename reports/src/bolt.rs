@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
-use lbrprof_collector::model::BranchKind;
+use lbrprof_data::model::BranchKind;
 
 use crate::aggregate::Profile;
 use crate::cfg::Blocks;
@@ -229,7 +229,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::loc::Module;
     use crate::symbols::{Sym, SymbolSource};
-    use lbrprof_collector::model::{
+    use lbrprof_data::model::{
         AddressSpace, Branch, BranchFlags, CpuMode, Event, HostSample, Mapping,
     };
 

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
-use lbrprof_collector::model::BranchKind;
+use lbrprof_data::model::BranchKind;
 
 use crate::loc::{Loc, ModuleId, ModuleKind, ModuleTable};
 

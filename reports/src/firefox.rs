@@ -281,7 +281,7 @@ pub fn write(
 mod tests {
     use super::*;
     use crate::aggregate::{AggregateOptions, Aggregator};
-    use lbrprof_collector::model::{CpuMode, Event, HostSample, TaskEvent};
+    use lbrprof_data::model::{CpuMode, Event, HostSample, TaskEvent};
 
     fn sample(tid: u32, time_ns: u64) -> Event {
         Event::Sample(HostSample {

@@ -110,7 +110,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::lbr::tests::snapshot;
     use crate::symbols::{NoSymbols, SymbolTable};
-    use lbrprof_collector::model::{CpuMode, Event, Frame, HostSample};
+    use lbrprof_data::model::{CpuMode, Event, Frame, HostSample};
 
     fn profile() -> Profile {
         let mut a = Aggregator::new(AggregateOptions::default());

@@ -1,7 +1,7 @@
 //! Decoding guest LBR snapshots into the same [`Branch`] form perf gives for host branch
 //! stacks, so both feed one branch/range aggregation.
 
-use lbrprof_collector::model::{Branch, BranchFlags, LbrSnapshot};
+use lbrprof_data::model::{Branch, BranchFlags, LbrSnapshot};
 
 /// `MSR_LBR_INFO_x` bits, as the Intel SDM (vol. 3B, "LBR stack") names them.
 pub mod lbr_info {
@@ -39,7 +39,7 @@ pub fn snapshot_branches(s: &LbrSnapshot) -> Vec<Branch> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use lbrprof_collector::model::{LbrEntry, SnapshotReason};
+    use lbrprof_data::model::{LbrEntry, SnapshotReason};
 
     /// A snapshot whose slots hold `(from, to, info)` in MSR index order.
     pub fn snapshot(tos: u32, slots: &[(u64, u64, u64)]) -> LbrSnapshot {

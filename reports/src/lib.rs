@@ -2,7 +2,13 @@
 //! ranges, hot functions and stacks, and their rendering as text, JSON, Markdown, folded
 //! stacks and SVG flame graphs; `diff` verdicts and BOLT `.fdata` export.
 //!
-//! Non-goals: capture (the collector) and address lookup (the symbolizer, reached through
+//! In the data flow capture → data → symbolize → aggregate → render, this crate is the
+//! last two steps: it reads recordings and perf.data files only through the data layer,
+//! `lbrprof-data` (never the collector or the VMM, so it builds without KVM or
+//! `perf_event_open`), and names locations through the symbolizer.
+//!
+//! Non-goals: capture (`lbrprof-collector`, `lbrprof-vmm`), file formats and the sample
+//! model (`lbrprof-data`) and address lookup (the symbolizer, reached through
 //! [`symbols::SymbolSource`]); it never parses CLI flags.
 //!
 //! # Pipeline
@@ -96,6 +102,7 @@ pub mod decode;
 pub mod diff;
 pub mod firefox;
 pub mod flame;
+pub mod hash;
 pub mod lbr;
 pub mod loc;
 pub mod perfdata_out;
@@ -106,6 +113,7 @@ pub mod render;
 pub mod report;
 pub mod symbols;
 pub mod vm;
+pub mod vmtrace;
 
 pub use aggregate::{AggregateOptions, Aggregator, Filter, Profile, aggregate_events};
 pub use report::{Report, SortKey};

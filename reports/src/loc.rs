@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use lbrprof_collector::model::{AddressSpace, CpuMode, Mapping};
+use lbrprof_data::model::{AddressSpace, CpuMode, Mapping};
 
 /// Index into a [`ModuleTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

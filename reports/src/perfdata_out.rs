@@ -49,12 +49,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Seek, SeekFrom, Write};
 
-use lbrprof_collector::input::InputError;
-use lbrprof_collector::model::{
+use lbrprof_data::input::InputError;
+use lbrprof_data::model::{
     AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, HostSample, LbrSnapshot, Loss,
     LossKind, Mapping, TaskEvent,
 };
-use lbrprof_collector::perfdata::abi::*;
+use lbrprof_data::perfdata::abi::*;
 
 use crate::lbr::snapshot_branches;
 
@@ -996,8 +996,8 @@ fn branch_flags(b: &Branch) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_collector::input::open_any;
-    use lbrprof_collector::model::{BranchFlags, LbrEntry, SnapshotReason, VcpuThread};
+    use lbrprof_data::input::open_any;
+    use lbrprof_data::model::{BranchFlags, LbrEntry, SnapshotReason, VcpuThread};
 
     fn host_sample(time_ns: u64, with_branches: bool) -> HostSample {
         HostSample {

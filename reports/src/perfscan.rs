@@ -1,5 +1,5 @@
 //! Stage one for perf.data, the fast way: aggregation straight from the mmapped file
-//! ([`lbrprof_collector::perfdata::mapped::Scan`]), on every core, without an event or a
+//! ([`lbrprof_data::perfdata::mapped::Scan`]), on every core, without an event or a
 //! `Vec` per sample.
 //!
 //! The walk of the record headers hands out each chunk of the data section as soon as
@@ -24,10 +24,10 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use lbrprof_collector::input::Input;
-use lbrprof_collector::model::{CpuMode, Frame, HostSample};
-use lbrprof_collector::perfdata::callchain_frames;
-use lbrprof_collector::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
+use lbrprof_data::input::Input;
+use lbrprof_data::model::{CpuMode, Frame, HostSample};
+use lbrprof_data::perfdata::callchain_frames;
+use lbrprof_data::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
 use rayon::prelude::*;
 
 use crate::aggregate::{
@@ -210,7 +210,7 @@ fn fold_with<T>(
         if r.branches.is_empty() {
             return;
         }
-        let n = r.branches.len() / lbrprof_collector::perfdata::BRANCH_ENTRY_LEN;
+        let n = r.branches.len() / lbrprof_data::perfdata::BRANCH_ENTRY_LEN;
         raw.branch_entries += n as u64;
         raw.samples_with_branches += 1;
         raw.max_branch_depth = raw.max_branch_depth.max(n as u64);
@@ -315,7 +315,7 @@ pub enum FastPath {
 }
 
 /// The fast path from an open input: the walk hands out chunks as it goes
-/// ([`lbrprof_collector::input::Input::perf_scan_with`]), which the other cores fold
+/// ([`lbrprof_data::input::Input::perf_scan_with`]), which the other cores fold
 /// meanwhile, each merged into the file's tables as soon as it is folded.
 pub fn aggregate_input(input: &mut Input, opts: &AggregateOptions) -> FastPath {
     aggregate_input_chunked(input, opts, CHUNK_SIZE)
@@ -521,7 +521,7 @@ pub(crate) fn apply_epoch(
 pub(crate) mod tests {
     use super::*;
     use crate::aggregate::Filter;
-    use lbrprof_collector::perfdata::PerfDataReader;
+    use lbrprof_data::perfdata::PerfDataReader;
     use std::path::PathBuf;
 
     fn fixtures() -> Vec<PathBuf> {
@@ -651,7 +651,7 @@ pub(crate) mod tests {
                     summary(&p)
                 };
                 for chunk in [1, 4096, CHUNK_SIZE] {
-                    let mut input = lbrprof_collector::input::open_any(&path).unwrap();
+                    let mut input = lbrprof_data::input::open_any(&path).unwrap();
                     match aggregate_input_chunked(&mut input, &opts, chunk) {
                         FastPath::Done(p, _) => {
                             assert!(summary(&p) == slow, "{}: chunks of {chunk}", path.display())

@@ -34,7 +34,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
-use lbrprof_collector::model::BranchKind;
+use lbrprof_data::model::BranchKind;
 
 use crate::aggregate::{Count, Profile};
 use crate::loc::{Loc, ModuleTable};

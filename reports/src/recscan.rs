@@ -2,7 +2,7 @@
 //! decoded on every core, their samples folded straight into raw tables without an
 //! [`Event`] or a `Vec` per sample; then merged and resolved once per unique raw stack.
 //!
-//! Chunks are self-delimiting and CRC-checked ([`lbrprof_collector::recording`]), so the
+//! Chunks are self-delimiting and CRC-checked ([`lbrprof_data::recording`]), so the
 //! walk of their headers ([`Input::lbrprof_chunks`]) is cheap and the chunks can be
 //! checked and decoded in any order. The order that matters is kept through *epochs*,
 //! as [`crate::perfscan`] does for perf.data: a samples chunk's epoch is the number of
@@ -26,9 +26,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lbrprof_collector::input::{Input, InputError};
-use lbrprof_collector::model::{BranchKind, CpuMode, Event, Frame, HostSample};
-use lbrprof_collector::recording::{self, FormatError, MappedChunks};
+use lbrprof_data::input::{Input, InputError};
+use lbrprof_data::model::{BranchKind, CpuMode, Event, Frame, HostSample};
+use lbrprof_data::recording::{self, FormatError, MappedChunks};
 use rayon::prelude::*;
 
 use crate::aggregate::{AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile};
@@ -479,10 +479,10 @@ fn resolve(
 mod tests {
     use super::*;
     use crate::perfscan::tests::summary;
-    use lbrprof_collector::input::open_any;
-    use lbrprof_collector::model::*;
-    use lbrprof_collector::recording::chunk_offsets;
-    use lbrprof_collector::recording::{RecordingWriter, Summary};
+    use lbrprof_data::input::open_any;
+    use lbrprof_data::model::*;
+    use lbrprof_data::recording::chunk_offsets;
+    use lbrprof_data::recording::{RecordingWriter, Summary};
     use std::path::{Path, PathBuf};
 
     fn header() -> Header {

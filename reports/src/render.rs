@@ -40,8 +40,8 @@ fn duration(ns: u64) -> String {
 }
 
 /// The short name of a branch kind, as the text report's Type column prints it.
-pub fn kind_name(k: lbrprof_collector::model::BranchKind) -> &'static str {
-    use lbrprof_collector::model::BranchKind::*;
+pub fn kind_name(k: lbrprof_data::model::BranchKind) -> &'static str {
+    use lbrprof_data::model::BranchKind::*;
     match k {
         Unknown => "-",
         Cond => "cond",

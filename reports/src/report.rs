@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use lbrprof_collector::model::{BranchKind, Header, Target};
+use lbrprof_data::model::{BranchKind, Header, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Profile;

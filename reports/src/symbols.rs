@@ -336,7 +336,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::decode::CodeReader;
     use crate::report::{self, Source};
-    use lbrprof_collector::model::{
+    use lbrprof_data::model::{
         AddressSpace, Branch, BranchFlags, CpuMode, Event, Frame, Header, HostInfo, HostSample,
         Mapping, SamplingConfig, Target,
     };

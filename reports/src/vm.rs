@@ -7,7 +7,7 @@
 //!
 //! * **pairing**: each host sample taken on a vCPU thread while it was inside KVM_RUN is
 //!   paired with that vCPU's nearest snapshot within a window, by
-//!   [`lbrprof_collector::pairing::pair`] (the rules are documented there and in
+//!   [`lbrprof_data::pairing::pair`] (the rules are documented there and in
 //!   `lbrprof report --help`). *In KVM_RUN* is decided from the sample: its cpumode is a
 //!   guest mode (the host interrupted the running guest), or one of its kernel frames is
 //!   `kvm_arch_vcpu_ioctl_run` (the host kernel is entering the guest or handling an exit
@@ -29,62 +29,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
-use lbrprof_collector::model::{CpuMode, VcpuStats, VcpuThread};
-use lbrprof_collector::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
+use lbrprof_data::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::FastMap;
 use crate::loc::{Loc, ModuleKind, ModuleTable};
 use crate::symbols::SymbolTable;
+pub use crate::vmtrace::{VmSample, VmSnapshot, VmTrace};
 
 /// Kernel functions that mean "this thread is inside the KVM_RUN ioctl" (`kvm_vcpu_ioctl`
 /// alone is not enough: the shim's KVM_GET_REGS and friends go through it too).
 pub const KVM_RUN_FRAMES: [&str; 1] = ["kvm_arch_vcpu_ioctl_run"];
-
-/// One host sample, as pairing and the unified stacks need it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VmSample {
-    pub time_ns: u64,
-    pub tid: u32,
-    pub mode: CpuMode,
-    /// Index into [`VmTrace::stacks`] (innermost first).
-    pub stack: u32,
-}
-
-/// One guest snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VmSnapshot {
-    pub time_ns: u64,
-    pub vcpu: u32,
-    /// Index into [`VmTrace::stacks`]: guest IP, then the frame-pointer walk.
-    pub stack: u32,
-    /// Taken by the guest's LBR agent (guest-driven), not by the shim.
-    pub agent: bool,
-}
-
-/// What the aggregator keeps of a VM recording.
-#[derive(Debug, Default)]
-pub struct VmTrace {
-    pub samples: Vec<VmSample>,
-    pub snapshots: Vec<VmSnapshot>,
-    pub stacks: Vec<Vec<Loc>>,
-    index: FastMap<Vec<Loc>, u32>,
-    pub vcpus: Vec<VcpuThread>,
-    pub stats: Vec<VcpuStats>,
-}
-
-impl VmTrace {
-    /// The id of `stack`, adding it when new.
-    pub fn intern(&mut self, stack: &[Loc]) -> u32 {
-        if let Some(&id) = self.index.get(stack) {
-            return id;
-        }
-        let id = self.stacks.len() as u32;
-        self.stacks.push(stack.to_vec());
-        self.index.insert(stack.to_vec(), id);
-        id
-    }
-}
 
 /// Where host samples went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -615,7 +569,7 @@ mod tests {
     use crate::aggregate::{AggregateOptions, Aggregator};
     use crate::lbr::tests::snapshot;
     use crate::symbols::NoSymbols;
-    use lbrprof_collector::model::{Event, Frame, HostSample};
+    use lbrprof_data::model::{CpuMode, Event, Frame, HostSample, VcpuStats, VcpuThread};
 
     fn vcpu(vcpu: u32, tid: u32) -> Event {
         Event::Vcpu(VcpuThread {
@@ -749,7 +703,7 @@ mod tests {
             let Event::Snapshot(mut s) = snap(time_ns, vcpu, 0xa00) else {
                 unreachable!()
             };
-            s.reason = lbrprof_collector::model::SnapshotReason::Agent;
+            s.reason = lbrprof_data::model::SnapshotReason::Agent;
             Event::Snapshot(s)
         };
         let stats = |vcpu, snapshots| {

@@ -13,9 +13,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::Parser;
-
-use crate::cli::Cli;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -38,11 +35,13 @@ pub struct Args {
     pub host_workload: bool,
 }
 
-/// Runs `lbrprof ARGS` in this process, as if typed.
-fn lbrprof(args: &[&str]) -> anyhow::Result<ExitCode> {
-    let argv = std::iter::once("lbrprof").chain(args.iter().copied());
-    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow!("{e}"))?;
-    crate::cmd::run(cli)
+/// The arguments of `lbrprof NAME ARGS…`, parsed by that subcommand's own clap definition
+/// as if typed: the demo runs what a user would, flag for flag.
+fn parse_args<A: clap::Args>(name: &'static str, args: &[&str]) -> anyhow::Result<A> {
+    let matches = A::augment_args(clap::Command::new(name))
+        .try_get_matches_from(std::iter::once(name).chain(args.iter().copied()))
+        .map_err(|e| anyhow!("{e}"))?;
+    A::from_arg_matches(&matches).map_err(|e| anyhow!("{e}"))
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
@@ -82,27 +81,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(()) => {
             let n = format!("n={}", args.n);
             eprintln!("lbrprof: demo: recording the built-in guest `sort` with the emulated LBR");
-            let code = lbrprof(&[
+            let code = crate::cmd::record_vm::run(parse_args(
                 "record",
-                "--vm",
-                "builtin:sort",
-                "--lbr",
-                "emulated",
-                // The guest runs for a fraction of a second: within the default 10%
-                // overhead budget a host where guest traps are slow (nested
-                // virtualization: ~10 ms per snapshot window) would give it two or three
-                // snapshots. The demo is there to show the picture, so it takes them all.
-                "--lbr-overhead",
-                "0",
-                "-F",
-                &freq,
-                "-o",
-                path_str(&data)?,
-                "--serial",
-                path_str(&console)?,
-                "--",
-                &n,
-            ])
+                &[
+                    "--vm",
+                    "builtin:sort",
+                    "--lbr",
+                    "emulated",
+                    // The guest runs for a fraction of a second: within the default 10%
+                    // overhead budget a host where guest traps are slow (nested
+                    // virtualization: ~10 ms per snapshot window) would give it two or three
+                    // snapshots. The demo is there to show the picture, so it takes them all.
+                    "--lbr-overhead",
+                    "0",
+                    "-F",
+                    &freq,
+                    "-o",
+                    path_str(&data)?,
+                    "--serial",
+                    path_str(&console)?,
+                    "--",
+                    &n,
+                ],
+            )?)
             .context("demo: recording the guest failed")?;
             if code != ExitCode::SUCCESS {
                 anyhow::bail!("demo: the guest did not exit cleanly ({code:?})");
@@ -112,38 +113,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(why) => {
             eprintln!("lbrprof: demo: {why}: no guest; recording a built-in host workload instead");
             let exe = std::env::current_exe().context("cannot find the lbrprof executable")?;
-            lbrprof(&[
+            crate::cmd::record::run(parse_args(
                 "record",
-                "-F",
-                &freq,
-                "-o",
-                path_str(&data)?,
-                "--",
-                path_str(&exe)?,
-                "demo",
-                "--host-workload",
-            ])
+                &[
+                    "-F",
+                    &freq,
+                    "-o",
+                    path_str(&data)?,
+                    "--",
+                    path_str(&exe)?,
+                    "demo",
+                    "--host-workload",
+                ],
+            )?)
             .context("demo: recording the host workload failed")?;
             false
         }
     };
     let input = path_str(&data)?;
-    lbrprof(&["report", "-i", input, "-o", path_str(&report)?])
-        .context("demo: writing the report failed")?;
-    lbrprof(&[
+    crate::cmd::report::run(parse_args(
         "report",
-        "-i",
-        input,
-        "--format",
-        "json",
-        "--limit",
-        "0",
-        "-o",
-        path_str(&json)?,
-    ])
+        &["-i", input, "-o", path_str(&report)?],
+    )?)
+    .context("demo: writing the report failed")?;
+    crate::cmd::report::run(parse_args(
+        "report",
+        &[
+            "-i",
+            input,
+            "--format",
+            "json",
+            "--limit",
+            "0",
+            "-o",
+            path_str(&json)?,
+        ],
+    )?)
     .context("demo: writing the JSON report failed")?;
-    lbrprof(&["flamegraph", "-i", input, "-o", path_str(&svg)?])
-        .context("demo: drawing the flame graph failed")?;
+    crate::cmd::flamegraph::run(parse_args(
+        "flamegraph",
+        &["-i", input, "-o", path_str(&svg)?],
+    )?)
+    .context("demo: drawing the flame graph failed")?;
     println!(
         "lbrprof demo ({}, {:.1} s):",
         if guest {

@@ -19,27 +19,6 @@ pub mod run;
 pub mod symbolize;
 
 use std::fmt;
-use std::process::ExitCode;
-
-use crate::cli::{Cli, Command};
-
-/// Run the parsed command line; the `ExitCode` is the command's own (e.g. the profiled
-/// program's status for `record`, the verdict for `diff`).
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Record(args) => record::run(args),
-        Command::Report(args) => report::run(args),
-        Command::Annotate(args) => annotate::run(args),
-        Command::Flamegraph(args) => flamegraph::run(args),
-        Command::Diff(args) => diff::run(args),
-        Command::Export(args) => export::run(args),
-        Command::Info(args) => info::run(args),
-        Command::Demo(args) => demo::run(args),
-        Command::Run(args) => run::run(args),
-        Command::Symbolize(args) => symbolize::run(args),
-        Command::Generate(args) => generate::run(args),
-    }
-}
 
 /// An error that asks for a specific process exit code (errors default to 2). Its message
 /// is the wrapped error's full chain, so nothing is printed twice.

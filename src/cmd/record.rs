@@ -1,5 +1,5 @@
 //! `lbrprof record`: record a host command, a running process/thread, or a guest
-//! (`--vm`, in `record_vm`).
+//! (`--vm`, in `record_vm`, which the command line dispatches to).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use lbrprof_collector::host::{self, BranchRequest, EventRequest, HostFacts, Samp
 use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Recorder};
 use lbrprof_collector::recording::Replace;
 
+use crate::cmd::lbr_opts::{LbrChoice, LbrModeChoice, SnapshotChoice, TuningArgs};
 use crate::cmd::with_exit;
 
 /// Record a host command (`-- CMD ARGS`, with all its threads and children), a process
@@ -152,26 +153,8 @@ pub struct VmArgs {
         requires = "vm"
     )]
     pub serial: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LbrChoice {
-    Auto,
-    Hw,
-    Emulated,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SnapshotChoice {
-    Auto,
-    Shim,
-    Agent,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LbrModeChoice {
-    Sampled,
-    Exact,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -260,16 +243,12 @@ impl Args {
 
 /// Record; exit with the command's status (128 + signal when it was killed), 0 for
 /// `-p`/`-t`, 127/126 when the command cannot be run, 2 for other errors.
+/// (With `--vm`, the command line dispatches to `record_vm` instead.)
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.guest.vm.is_some() {
-        if args.repeat > 1 {
-            anyhow::bail!(
-                "--repeat is for host commands; exact-mode guest recordings \
-                 (--lbr-mode exact) need no repeats, they count the same every run"
-            );
-        }
-        return crate::cmd::record_vm::run(args);
-    }
+    debug_assert!(
+        args.guest.vm.is_none(),
+        "record --vm goes to record_vm::run"
+    );
     let opts = args.into_options()?;
     let output = opts.output.clone();
     let facts = HostFacts::probe();

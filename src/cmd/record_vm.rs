@@ -11,8 +11,8 @@ use lbrprof_collector::vm::{GuestImage, GuestLbr, SnapshotSource, VmRecordOption
 use lbrprof_vmm::builtin;
 use lbrprof_vmm::vm::VmConfig;
 
+use crate::cmd::lbr_opts::{self, LbrRequestArgs};
 use crate::cmd::record::{Args, record_error};
-use crate::guest_lbr::{self, LbrRequestArgs};
 
 /// Where a built-in image is written for the recording: `FILE.guest/NAME` beside it.
 pub fn image_dir(output: &Path) -> PathBuf {
@@ -82,12 +82,19 @@ fn guest_cmdline(args: &[String], source: SnapshotSource) -> anyhow::Result<Stri
     Ok(words.join(" "))
 }
 
+/// `record` with `--vm`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.repeat > 1 {
+        anyhow::bail!(
+            "--repeat is for host commands; exact-mode guest recordings \
+             (--lbr-mode exact) need no repeats, they count the same every run"
+        );
+    }
     let spec = args.guest.vm.clone().unwrap_or_default();
     if args.freq == 0 || args.guest.lbr_freq == Some(0) {
         anyhow::bail!("-F and --lbr-freq must be at least 1 Hz");
     }
-    let lbr = guest_lbr::setup(&LbrRequestArgs {
+    let lbr = lbr_opts::record_setup(&LbrRequestArgs {
         lbr: args.guest.lbr,
         mode: args.guest.lbr_mode,
         depth: args.guest.lbr_depth,
@@ -95,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vcpus: args.guest.vcpus,
         overhead_percent: args.guest.lbr_overhead,
         snapshots: args.guest.lbr_snapshots,
+        tuning: args.guest.tuning,
     })?;
     // What the VM would refuse, refused before anything is written.
     lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;

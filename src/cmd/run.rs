@@ -155,10 +155,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.timeout = args.timeout;
     config.serial = serial_sink(&args.serial)?;
     args.lbr.check_guest_args(&args.guest_args)?;
-    let lbr = args.lbr.setup(None, args.vcpus)?;
+    let lbr = args.lbr.setup(args.vcpus)?;
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
-            Some(setup) => setup.hook(index),
+            Some(setup) => setup.hook(index, None),
             None => Box::new(NoopHook),
         }
     };
@@ -205,10 +205,10 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     let program = crate::cmd::linux_prog::program(path, argv)?;
     let mut config = VmConfig::new(args.mem, args.vcpus);
     config.timeout = args.timeout;
-    let lbr = args.lbr.setup(None, args.vcpus)?;
+    let lbr = args.lbr.setup(args.vcpus)?;
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
-            Some(setup) => setup.hook(index),
+            Some(setup) => setup.hook(index, None),
             None => Box::new(NoopHook),
         }
     };

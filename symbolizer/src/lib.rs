@@ -1,6 +1,9 @@
 //! `lbrprof-symbolizer`: turns addresses from host processes, the host kernel and guest
 //! images into frames (function, offset, file:line, inlined frames), from ELF and DWARF.
 //!
+//! In the data flow capture → data → symbolize → aggregate → render it is the symbolize
+//! step, and it depends on no other lbrprof crate: callers hand it modules and addresses.
+//!
 //! # Address spaces
 //! Three newtypes keep addresses apart: an [`Avma`] is what a process saw at run time; a
 //! [`ProcessMaps`] (built from recorded MMAP2 records or a guest image's load address)

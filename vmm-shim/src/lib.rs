@@ -6,7 +6,8 @@
 //! ([`vm`]), the per-vCPU extension point the virtual PMU plugs into ([`hook`]), the
 //! virtual PMU and LBR ([`pmu`]), KVM capability facts ([`caps`]), the embedded guest
 //! images ([`builtin`]) and the channel over which guest LBR snapshots leave the vCPU
-//! threads ([`snapshot`]).
+//! threads. The snapshots themselves ([`snapshot::LbrSnapshot`]) are defined by the data
+//! layer, `lbrprof-data`, which the shim depends on (never the other way round).
 //!
 //! Non-goals: it knows nothing about files or recordings (the collector stores what it
 //! produces), and it is not a general-purpose VMM: no block or network devices, no
@@ -25,9 +26,11 @@ pub mod linux;
 pub mod loader;
 pub mod memory;
 pub mod pmu;
-pub mod snapshot;
 mod timer;
 pub mod vm;
+
+/// The snapshot model lives in the data layer (`lbrprof-data`); the shim produces it.
+pub use lbrprof_data::snapshot;
 
 pub use hook::{NoopHook, VcpuCtx, VcpuHook};
 pub use memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};

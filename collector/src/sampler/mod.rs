@@ -460,16 +460,6 @@ fn open_one(
     })
 }
 
-/// Whether a hardware `cycles` sampling event opens on this process (a PMU is present
-/// and usable). Used by [`crate::host::HostFacts::probe`].
-pub fn cycles_event_opens() -> bool {
-    let mut opts = Opts::default();
-    opts.exclude.kernel = true;
-    opts.exclude.hv = true;
-    opts.sample_on = SampleOn::Freq(1000);
-    Counter::new(Hardware::CpuCycle, (Proc::CURRENT, Cpu::ALL), opts).is_ok()
-}
-
 /// `/sys/devices/system/cpu/online`, e.g. `0-3,6`.
 fn online_cpus() -> io::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;

@@ -92,13 +92,15 @@ pub struct EmulatedConfig {
     /// [`Throttle`]); 0 (the default here) or 100 never throttle. Exact mode ignores it.
     pub overhead_percent: u32,
     /// Run the guest in the shim's interpreter where the tracer can (see
-    /// [`super::interp`]) instead of stopping it at every branch. On by default;
-    /// `LBRPROF_LBR_INTERP=0` in the environment turns it off (for comparisons).
+    /// [`super::interp`]) instead of stopping it at every branch. On by default; off for
+    /// comparisons.
     pub interpret: bool,
     /// Benchmarking only: sampled-mode windows record no branches, so what remains is the
-    /// cost of stopping the guest for a sample (`LBRPROF_LBR_EMPTY_WINDOWS=1`; used by
-    /// `bench/lbr-emulation` to measure the host's floor).
+    /// cost of stopping the guest for a sample (used by `bench/lbr-emulation` to measure
+    /// the host's floor).
     pub empty_windows: bool,
+    /// Print every interpreter halt (hand-back to breakpoints) on stderr.
+    pub log_halts: bool,
 }
 
 impl EmulatedConfig {
@@ -112,16 +114,11 @@ impl EmulatedConfig {
             cycles_per_sec: 2_000_000_000,
             max_stack_frames: 64,
             overhead_percent: 0,
-            interpret: interpreter_default(),
-            empty_windows: std::env::var("LBRPROF_LBR_EMPTY_WINDOWS")
-                .is_ok_and(|v| v.trim() == "1"),
+            interpret: true,
+            empty_windows: false,
+            log_halts: false,
         }
     }
-}
-
-/// The interpreter is on unless the environment says `LBRPROF_LBR_INTERP=0`.
-fn interpreter_default() -> bool {
-    std::env::var("LBRPROF_LBR_INTERP").map_or(true, |v| v.trim() != "0")
 }
 
 /// The emulated PMU/LBR of one vCPU.
@@ -144,6 +141,7 @@ impl EmulatedVcpu {
         tracer.set_inject_pmis(cfg.sampling == Sampling::Guest);
         tracer.set_interpreter(cfg.interpret);
         tracer.set_empty_windows(cfg.empty_windows);
+        tracer.set_log_halts(cfg.log_halts);
         let mut v = EmulatedVcpu {
             cfg,
             pmu: VirtualPmu::new(cfg.pmu),

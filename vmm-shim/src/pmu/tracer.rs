@@ -345,13 +345,10 @@ const INTERP_EXACT_BUDGET: u64 = 1 << 20;
 /// not come within this falls back to breakpoints).
 const INTERP_WINDOW_BUDGET: u64 = 1 << 16;
 
-/// With `LBRPROF_LBR_INTERP_DEBUG` set, each interpreter halt is printed (for finding the
+/// Prints an interpreter halt (with [`Tracer::set_log_halts`], for finding the
 /// instructions worth implementing next).
 fn log_halt(rip: u64, h: Halt) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var_os("LBRPROF_LBR_INTERP_DEBUG").is_some()) {
-        eprintln!("lbrprof: lbr: interpreter halted at {rip:#x}: {h:?}");
-    }
+    eprintln!("lbrprof: lbr: interpreter halted at {rip:#x}: {h:?}");
 }
 
 /// Longest block decoded in one go.
@@ -401,6 +398,8 @@ pub struct Tracer {
     interp: Interp,
     /// Sampled mode: end each window before its first branch (benchmarking only).
     empty_windows: bool,
+    /// Print each interpreter halt on stderr.
+    log_halts: bool,
     last: Resume,
     stats: TracerStats,
 }
@@ -419,6 +418,7 @@ impl Tracer {
             interpret: false,
             interp: Interp::default(),
             empty_windows: false,
+            log_halts: false,
             last: Resume::default(),
             stats: TracerStats::default(),
         }
@@ -454,6 +454,11 @@ impl Tracer {
     /// before its first branch (the PMI fires at once; snapshots hold no new branches).
     pub fn set_empty_windows(&mut self, on: bool) {
         self.empty_windows = on;
+    }
+
+    /// Whether to print every interpreter halt (each hand-back to breakpoints) on stderr.
+    pub fn set_log_halts(&mut self, on: bool) {
+        self.log_halts = on;
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -781,7 +786,9 @@ impl Tracer {
         if let Some(h) = halt {
             self.stats.interp_halts += 1;
             self.stats.halt_reasons.add(h);
-            log_halt(after.rip, h);
+            if self.log_halts {
+                log_halt(after.rip, h);
+            }
         }
         if ran == 0 {
             return Ok(None);

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use lbrprof_vmm::snapshot::{LbrBackend, LbrEntry, LbrSnapshot, SnapshotReason};
+pub use crate::snapshot::{LbrBackend, LbrEntry, LbrSnapshot, SnapshotReason};
 
 /// Which privilege level and machine an address belongs to (perf's `PERF_RECORD_MISC_*`
 /// cpumodes and `PERF_CONTEXT_*` callchain markers, without the markers themselves).
@@ -127,6 +127,10 @@ pub enum AddressSpace {
     /// A guest of the VMM shim; guest virtual addresses.
     Guest { vm: u32 },
 }
+
+/// The VM index of the (single) VM a recording holds: the `vm` in [`AddressSpace::Guest`]
+/// and the `pid` of that VM's mappings.
+pub const VM_INDEX: u32 = 0;
 
 /// An executable mapping (perf's MMAP2, or a guest image's load).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
