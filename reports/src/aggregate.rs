@@ -855,7 +855,7 @@ mod tests {
             (1, "sort", [0x20_000, 0x21_000]),
         ] {
             a.add(&Event::GuestProcess(
-                lbrprof_collector::model::GuestProcess {
+                lbrprof_data::model::GuestProcess {
                     time_ns: 0,
                     vm: 0,
                     space,
