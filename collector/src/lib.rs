@@ -12,6 +12,7 @@
 //! Non-goals: symbolizing or aggregating (that is `lbrprof-symbolizer` and
 //! `lbrprof-reports`), and running guests (that is `lbrprof-vmm`).
 
+pub mod dwarf;
 pub mod host;
 pub mod input;
 pub mod model;
