@@ -15,6 +15,11 @@
 //! | `LOST`, `THROTTLE` | [`Event::Loss`] |
 //! | anything else | skipped and counted in [`ImportStats::skipped_records`] |
 //!
+//! A file recorded with `perf record --call-graph dwarf` has user registers and a stack
+//! copy in each sample (`PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER`): the reader
+//! unwinds them as it goes ([`crate::dwarf`]) and the sample's call chain gets the user
+//! frames after the kernel's, as `perf report` shows them.
+//!
 //! Damage: a file whose data section extends past its end (a `perf record` that was
 //! killed) is read up to the damage, with a warning ([`PerfDataReader::warnings`]); any
 //! other malformed record is an error naming the file offset (for framing errors) or the
@@ -36,6 +41,7 @@ use linux_perf_data::linux_perf_event_reader::{
 };
 use linux_perf_data::{PerfFileReader, PerfFileRecord, PerfRecordIter};
 
+use crate::dwarf::{EventUnwinder, StackCopy};
 use crate::model::{
     AddressSpace, Branch, BranchFlags, BranchKind, CpuMode, Event, Frame, Header, HostInfo,
     HostSample, Loss, LossKind, Mapping, SamplingConfig, Target, TaskEvent,
@@ -61,6 +67,8 @@ pub mod abi {
     pub const PERF_SAMPLE_STREAM_ID: u64 = 1 << 9;
     pub const PERF_SAMPLE_RAW: u64 = 1 << 10;
     pub const PERF_SAMPLE_BRANCH_STACK: u64 = 1 << 11;
+    pub const PERF_SAMPLE_REGS_USER: u64 = 1 << 12;
+    pub const PERF_SAMPLE_STACK_USER: u64 = 1 << 13;
     pub const PERF_SAMPLE_IDENTIFIER: u64 = 1 << 16;
 
     // enum perf_event_read_format
@@ -311,6 +319,8 @@ pub struct PerfDataReader {
     stats: ImportStats,
     warnings: Vec<String>,
     done: bool,
+    /// Files recorded with `--call-graph dwarf`: walks their samples' stack copies.
+    unwinder: Option<EventUnwinder>,
 }
 
 impl PerfDataReader {
@@ -414,6 +424,7 @@ impl PerfDataReader {
             })
             .collect();
         let header = header_of(&perf_file, path);
+        let stack_copies = has_stack_copies(&perf_file);
         Ok(Self {
             header,
             perf_file,
@@ -433,6 +444,7 @@ impl PerfDataReader {
             selected: None,
             warnings,
             done: false,
+            unwinder: stack_copies.then(EventUnwinder::new),
         })
     }
 
@@ -569,6 +581,7 @@ impl PerfDataReader {
         use linux_perf_data::Feature;
         use reader::{AttrFlags, RecordParseInfo};
         if !self.little_endian
+            || self.unwinder.is_some()
             || self.done
             || self.stats.records > 0
             || self
@@ -609,6 +622,7 @@ impl PerfDataReader {
                     sample_type: a.attr.sample_format.bits(),
                     read_format: a.attr.read_format.bits(),
                     branch_sample_type: a.attr.branch_sample_format.bits(),
+                    regs_user: a.attr.sample_regs_user,
                 })
                 .collect(),
             parse_infos,
@@ -633,12 +647,18 @@ impl PerfDataReader {
             start..end,
             layouts,
             chunk_size.max(1),
-            |raw, stats| convert(raw, 0, build_ids, stats).map_err(|_| ()),
+            |raw, stats| convert(raw, 0, build_ids, stats, None).map_err(|_| ()),
             on_chunk,
         )?;
         self.stats = stats;
         self.done = true;
         Some(scan)
+    }
+
+    /// How the walks of the samples' stack copies went, for a file recorded with
+    /// `--call-graph dwarf` (complete once the stream has ended).
+    pub fn unwind_stats(&self) -> Option<crate::dwarf::UnwindStats> {
+        self.unwinder.as_ref().map(EventUnwinder::stats)
     }
 
     /// Adds the branch entries of the samples a [`mapped::Scan`] decoded to [`stats`].
@@ -688,7 +708,11 @@ impl PerfDataReader {
                 }
             };
             let index = self.stats.records;
-            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats)? {
+            let unwinder = self.unwinder.as_mut();
+            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats, unwinder)? {
+                if let Some(u) = &mut self.unwinder {
+                    u.observe(&ev);
+                }
                 return Ok(Some(ev));
             }
         }
@@ -714,6 +738,16 @@ impl Iterator for PerfDataReader {
             }
         }
     }
+}
+
+/// Whether some event's samples carry user registers and a stack copy (`perf record
+/// --call-graph dwarf`).
+fn has_stack_copies(perf_file: &linux_perf_data::PerfFile) -> bool {
+    let both = abi::PERF_SAMPLE_REGS_USER | abi::PERF_SAMPLE_STACK_USER;
+    perf_file
+        .event_attributes()
+        .iter()
+        .any(|a| a.attr.sample_format.bits() & both == both && a.attr.sample_regs_user != 0)
 }
 
 /// A `u64` of the file header in the file's byte order.
@@ -1003,6 +1037,8 @@ fn header_of(perf_file: &linux_perf_data::PerfFile, path: &Path) -> Header {
     let branch_type = first.map_or(0, |a| a.attr.branch_sample_format.bits());
     let call_graph = if branch_type & abi::PERF_SAMPLE_BRANCH_CALL_STACK != 0 {
         "lbr"
+    } else if has_stack_copies(perf_file) {
+        "dwarf"
     } else if sample_type & abi::PERF_SAMPLE_CALLCHAIN != 0 {
         "fp"
     } else {
@@ -1118,6 +1154,7 @@ fn convert(
     index: u64,
     build_ids: &HashMap<Vec<u8>, Vec<u8>>,
     stats: &mut ImportStats,
+    unwinder: Option<&mut EventUnwinder>,
 ) -> Result<Option<Event>, PerfDataError> {
     let body_err = |source| PerfDataError::RecordBody {
         kind: record_name(raw.record_type),
@@ -1126,17 +1163,20 @@ fn convert(
     };
     if raw.record_type == RecordType::SAMPLE {
         let bytes = raw.data.as_slice();
-        let sample = decode_sample(
-            &bytes,
-            raw.parse_info.endian,
-            SampleLayout {
-                sample_type: raw.parse_info.sample_format.bits(),
-                read_format: raw.parse_info.read_format.bits(),
-                branch_sample_type: raw.parse_info.branch_sample_format.bits(),
-            },
-            cpu_mode(reader::CpuMode::from_misc(raw.misc)),
-        )
-        .map_err(|what| PerfDataError::Sample { index, what })?;
+        let layout = SampleLayout {
+            sample_type: raw.parse_info.sample_format.bits(),
+            read_format: raw.parse_info.read_format.bits(),
+            branch_sample_type: raw.parse_info.branch_sample_format.bits(),
+            regs_user: raw.parse_info.sample_regs_user,
+        };
+        let le = raw.parse_info.endian == Endianness::LittleEndian;
+        let mode = cpu_mode(reader::CpuMode::from_misc(raw.misc));
+        let r = decode_sample_raw(&bytes, le, layout)
+            .map_err(|what| PerfDataError::Sample { index, what })?;
+        let mut sample = sample_of(&r, le, layout, mode);
+        if let Some((u, copy)) = unwinder.zip(r.stack_copy(le, layout)) {
+            u.apply(&mut sample, &copy);
+        }
         stats.samples += 1;
         stats.branch_entries += sample.branches.len() as u64;
         return Ok(Some(Event::Sample(sample)));
@@ -1299,6 +1339,8 @@ pub struct SampleLayout {
     pub read_format: u64,
     /// `perf_event_attr.branch_sample_type`.
     pub branch_sample_type: u64,
+    /// `perf_event_attr.sample_regs_user`.
+    pub regs_user: u64,
 }
 
 struct Cursor<'a> {
@@ -1424,6 +1466,12 @@ pub struct RawSample<'a> {
     /// The branch stack's `perf_branch_entry`s (`from`, `to`, flags: 24 bytes each).
     pub branches: &'a [u8],
     pub branch_hw_index: Option<u64>,
+    /// `PERF_SAMPLE_REGS_USER`: the `abi` word (`PERF_SAMPLE_REGS_ABI_*`, 0: none).
+    pub user_regs_abi: u64,
+    /// The user registers' `u64` words, in `sample_regs_user` bit order.
+    pub user_regs: &'a [u8],
+    /// `PERF_SAMPLE_STACK_USER`: the stack bytes the kernel copied (`dyn_size` of them).
+    pub user_stack: &'a [u8],
 }
 
 /// Size of one `struct perf_branch_entry`.
@@ -1433,6 +1481,23 @@ impl RawSample<'_> {
     /// The call chain's words.
     pub fn callchain_words(&self, le: bool) -> impl Iterator<Item = u64> + '_ {
         self.callchain.chunks_exact(8).map(move |w| word(w, le))
+    }
+
+    /// The user registers and stack copy of a `--call-graph dwarf` sample; `None` when
+    /// the sample has none (a kernel thread, a 32-bit task, or not recorded so).
+    pub fn stack_copy(&self, le: bool, layout: SampleLayout) -> Option<StackCopy> {
+        if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
+            return None;
+        }
+        let values: Vec<u64> = self
+            .user_regs
+            .chunks_exact(8)
+            .map(|w| word(w, le))
+            .collect();
+        Some(StackCopy {
+            regs: lbrprof_unwind::Regs::from_perf(layout.regs_user, &values)?,
+            stack: self.user_stack.to_vec(),
+        })
     }
 
     /// The branch stack entries, newest first.
@@ -1468,7 +1533,12 @@ pub fn decode_sample(
 ) -> Result<HostSample, &'static str> {
     let le = endian == Endianness::LittleEndian;
     let r = decode_sample_raw(body, le, layout)?;
-    Ok(HostSample {
+    Ok(sample_of(&r, le, layout, mode))
+}
+
+/// The model's sample for a decoded body.
+fn sample_of(r: &RawSample<'_>, le: bool, layout: SampleLayout, mode: CpuMode) -> HostSample {
+    HostSample {
         time_ns: r.time_ns,
         pid: r.pid,
         tid: r.tid,
@@ -1483,7 +1553,7 @@ pub fn decode_sample(
         },
         branches: r.branch_entries(le).collect(),
         branch_hw_index: r.branch_hw_index,
-    })
+    }
 }
 
 /// [`decode_sample`] without copies: the call chain and branch stack stay raw bytes.
@@ -1573,6 +1643,26 @@ pub fn decode_sample_raw(
             .filter(|b| *b <= c.buf.len() as u64)
             .ok_or("branch stack truncated")? as usize;
         s.branches = &c.buf[..bytes];
+        c.buf = &c.buf[bytes..];
+    }
+    if st & PERF_SAMPLE_REGS_USER != 0 {
+        s.user_regs_abi = c.u64("user regs abi truncated")?;
+        if s.user_regs_abi != 0 {
+            let n = u64::from(layout.regs_user.count_ones()) * 8;
+            let regs = c.buf.get(..n as usize).ok_or("user regs truncated")?;
+            s.user_regs = regs;
+            c.skip(n, "user regs truncated")?;
+        }
+    }
+    if st & PERF_SAMPLE_STACK_USER != 0 {
+        let size = c.u64("user stack size truncated")?;
+        if size > 0 {
+            let n = usize::try_from(size).map_err(|_| "user stack too large")?;
+            let data = c.buf.get(..n).ok_or("user stack truncated")?;
+            c.skip(size, "user stack truncated")?;
+            let dyn_size = c.u64("user stack dyn_size truncated")?;
+            s.user_stack = &data[..usize::try_from(dyn_size).unwrap_or(n).min(n)];
+        }
     }
     Ok(s)
 }

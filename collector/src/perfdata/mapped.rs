@@ -18,7 +18,9 @@
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
 //! files, compressed or AUX-trace records, records out of the order perf's
-//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors.
+//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors,
+//! and samples with stack copies (`--call-graph dwarf`: unwinding them follows each
+//! process's mappings in time order, which the stream does).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
