@@ -10,11 +10,11 @@
 //! A `perf.data` recorded with `perf record --call-graph dwarf` carries the raw stack
 //! copies, so its reader unwinds them while reading, with the same code.
 
-use lbrprof_unwind::{Regs, Unwinder};
+use lbrprof_unwind::Unwinder;
 
 use crate::model::{AddressSpace, CpuMode, Event, Frame, HostSample, TaskEvent};
 
-pub use lbrprof_unwind::{Outcome, UnwindStats, abi::SAMPLE_REGS_USER};
+pub use lbrprof_unwind::{Outcome, Regs, UnwindStats, abi::SAMPLE_REGS_USER};
 
 /// A sample's user registers and the copy of its user stack (`PERF_SAMPLE_REGS_USER`,
 /// `PERF_SAMPLE_STACK_USER`).
@@ -56,11 +56,11 @@ impl EventUnwinder {
 
     /// Replace the user part of `sample`'s call chain with the walk of its stack copy;
     /// the kernel part (from the kernel) stays in front of it.
-    pub fn apply(&mut self, sample: &mut HostSample, copy: &StackCopy) -> Outcome {
+    pub fn apply(&mut self, sample: &mut HostSample, regs: Regs, stack: &[u8]) -> Outcome {
         self.scratch.clear();
         let outcome = self
             .unwinder
-            .unwind(sample.pid, copy.regs, &copy.stack, &mut self.scratch);
+            .unwind(sample.pid, regs, stack, &mut self.scratch);
         sample.callchain.retain(|f| f.mode != CpuMode::User);
         sample
             .callchain
@@ -138,7 +138,7 @@ mod tests {
             },
             stack: vec![0; 8],
         };
-        u.apply(&mut s, &copy);
+        u.apply(&mut s, copy.regs, &copy.stack);
         assert_eq!(s.callchain.len(), 2, "{:?}", s.callchain);
         assert_eq!(s.callchain[0].mode, CpuMode::Kernel);
         assert_eq!(

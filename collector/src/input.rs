@@ -293,6 +293,9 @@ impl Input {
                         s.skipped_records
                     ));
                 }
+                if let Some(u) = r.unwind_stats() {
+                    notes.push(crate::dwarf::summary(&u));
+                }
                 notes
             }
         }

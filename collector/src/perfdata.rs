@@ -41,7 +41,7 @@ use linux_perf_data::linux_perf_event_reader::{
 };
 use linux_perf_data::{PerfFileReader, PerfFileRecord, PerfRecordIter};
 
-use crate::dwarf::{EventUnwinder, StackCopy};
+use crate::dwarf::{EventUnwinder, Regs};
 use crate::model::{
     AddressSpace, Branch, BranchFlags, BranchKind, CpuMode, Event, Frame, Header, HostInfo,
     HostSample, Loss, LossKind, Mapping, SamplingConfig, Target, TaskEvent,
@@ -1174,8 +1174,8 @@ fn convert(
         let r = decode_sample_raw(&bytes, le, layout)
             .map_err(|what| PerfDataError::Sample { index, what })?;
         let mut sample = sample_of(&r, le, layout, mode);
-        if let Some((u, copy)) = unwinder.zip(r.stack_copy(le, layout)) {
-            u.apply(&mut sample, &copy);
+        if let Some((u, regs)) = unwinder.zip(r.user_regs(le, layout)) {
+            u.apply(&mut sample, regs, r.user_stack);
         }
         stats.samples += 1;
         stats.branch_entries += sample.branches.len() as u64;
@@ -1483,21 +1483,19 @@ impl RawSample<'_> {
         self.callchain.chunks_exact(8).map(move |w| word(w, le))
     }
 
-    /// The user registers and stack copy of a `--call-graph dwarf` sample; `None` when
-    /// the sample has none (a kernel thread, a 32-bit task, or not recorded so).
-    pub fn stack_copy(&self, le: bool, layout: SampleLayout) -> Option<StackCopy> {
+    /// The user registers of a `--call-graph dwarf` sample (its stack copy is
+    /// [`RawSample::user_stack`]); `None` when the sample has none (a kernel thread, a
+    /// 32-bit task, or not recorded so).
+    pub fn user_regs(&self, le: bool, layout: SampleLayout) -> Option<Regs> {
         if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
             return None;
         }
-        let values: Vec<u64> = self
-            .user_regs
-            .chunks_exact(8)
-            .map(|w| word(w, le))
-            .collect();
-        Some(StackCopy {
-            regs: lbrprof_unwind::Regs::from_perf(layout.regs_user, &values)?,
-            stack: self.user_stack.to_vec(),
-        })
+        let mut values = [0u64; 64];
+        for (v, w) in values.iter_mut().zip(self.user_regs.chunks_exact(8)) {
+            *v = word(w, le);
+        }
+        let n = (self.user_regs.len() / 8).min(64);
+        Regs::from_perf(layout.regs_user, &values[..n])
     }
 
     /// The branch stack entries, newest first.
@@ -1823,6 +1821,7 @@ mod tests {
                 | PERF_SAMPLE_BRANCH_STACK,
             read_format: 0,
             branch_sample_type: PERF_SAMPLE_BRANCH_HW_INDEX,
+            regs_user: 0,
         };
         let flags = PERF_BRANCH_MISPRED | (37 << PERF_BRANCH_CYCLES_SHIFT) | (PERF_BR_COND << 20);
         let body = words(&[
@@ -1953,11 +1952,53 @@ mod tests {
     }
 
     #[test]
+    fn user_regs_and_stack_follow_the_branch_stack() {
+        // perf's --call-graph dwarf mask: AX..R15 without segments (BP, SP, IP are the
+        // 7th, 8th and 9th values), then a 16-byte stack copy of which 12 bytes are used.
+        let mask = 0xff_0fffu64;
+        let layout = SampleLayout {
+            sample_type: abi::PERF_SAMPLE_IP
+                | abi::PERF_SAMPLE_BRANCH_STACK
+                | abi::PERF_SAMPLE_REGS_USER
+                | abi::PERF_SAMPLE_STACK_USER,
+            regs_user: mask,
+            ..SampleLayout::default()
+        };
+        let mut w = vec![0x401000, 1, 0xa, 0xb, 0x1, 2]; // ip, one branch, abi 64
+        w.extend((0..mask.count_ones() as u64).map(|i| 100 + i));
+        w.extend([16, 0x1111, 0x2222, 12]); // size, data (2 words), dyn_size
+        let body = words(&w);
+        let r = decode_sample_raw(&body, true, layout).unwrap();
+        assert_eq!(r.branches.len(), BRANCH_ENTRY_LEN);
+        assert_eq!(
+            r.user_regs(true, layout),
+            Some(Regs {
+                bp: 106,
+                sp: 107,
+                ip: 108
+            })
+        );
+        assert_eq!(r.user_stack.len(), 12);
+        assert_eq!(&r.user_stack[..8], &0x1111u64.to_le_bytes());
+        // ABI none (a kernel thread): no register words follow, no registers.
+        let body = words(&[0x401000, 0, 0, 0]);
+        let r = decode_sample_raw(&body, true, layout).unwrap();
+        assert_eq!(r.user_regs(true, layout), None);
+        assert!(r.user_stack.is_empty());
+        // Every truncation is an error, never a panic.
+        let full = words(&w);
+        for n in (0..full.len()).step_by(8) {
+            assert!(decode_sample_raw(&full[..n], true, layout).is_err(), "{n}");
+        }
+    }
+
+    #[test]
     fn read_group_is_skipped_correctly() {
         let layout = SampleLayout {
             sample_type: abi::PERF_SAMPLE_READ | abi::PERF_SAMPLE_CALLCHAIN,
             read_format: abi::PERF_FORMAT_GROUP | abi::PERF_FORMAT_ID,
             branch_sample_type: 0,
+            regs_user: 0,
         };
         // nr=2, {value,id} x2, then callchain of one frame.
         let body = words(&[2, 10, 1, 20, 2, 1, 0x1234]);

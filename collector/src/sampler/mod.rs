@@ -320,7 +320,7 @@ impl HostSampler {
             if let Some(unwinder) = &mut self.unwinder {
                 match (&mut event, stack) {
                     (Event::Sample(s), Some(copy)) => {
-                        unwinder.apply(s, &copy);
+                        unwinder.apply(s, copy.regs, &copy.stack);
                     }
                     (event, _) => unwinder.observe(event),
                 }
