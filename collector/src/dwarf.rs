@@ -14,7 +14,7 @@ use lbrprof_unwind::Unwinder;
 
 use crate::model::{AddressSpace, CpuMode, Event, Frame, HostSample, TaskEvent};
 
-pub use lbrprof_unwind::{Outcome, Regs, UnwindStats, abi::SAMPLE_REGS_USER};
+pub use lbrprof_unwind::{Cache, Outcome, Regs, UnwindStats, abi::SAMPLE_REGS_USER};
 
 /// A sample's user registers and the copy of its user stack (`PERF_SAMPLE_REGS_USER`,
 /// `PERF_SAMPLE_STACK_USER`).
@@ -73,6 +73,67 @@ impl EventUnwinder {
 
     pub fn stats(&self) -> UnwindStats {
         self.unwinder.stats()
+    }
+}
+
+/// Unwinding for the mapped fast path through a perf.data file
+/// ([`crate::perfdata::mapped`]): samples are decoded chunk by chunk, on any thread, each
+/// tagged with its epoch (the last state-changing side-band event of its process). The
+/// side-band events are replayed once, in perf's order, through an [`EventUnwinder`],
+/// and the process's mappings are kept as they were at each epoch, so a sample unwinds
+/// against exactly the mappings the event stream would have given it.
+pub struct ScanUnwinder {
+    epochs: std::collections::HashMap<u64, lbrprof_unwind::Snapshot>,
+    unusable_mappings: u64,
+}
+
+impl ScanUnwinder {
+    pub fn new(scan: &crate::perfdata::mapped::Scan) -> Self {
+        let mut u = EventUnwinder::new();
+        let mut epochs = std::collections::HashMap::new();
+        for (ev, epoch) in scan.sideband_epochs() {
+            u.observe(ev);
+            let pid = match ev {
+                Event::Mapping(m) => m.pid,
+                Event::Task(
+                    TaskEvent::Comm { pid, .. }
+                    | TaskEvent::Exec { pid, .. }
+                    | TaskEvent::Fork { pid, .. },
+                ) => *pid,
+                _ => continue,
+            };
+            if let Some(snapshot) = epoch.and_then(|_| u.unwinder.snapshot(pid)) {
+                epochs.insert(epoch.unwrap_or_default(), snapshot);
+            }
+        }
+        ScanUnwinder {
+            epochs,
+            unusable_mappings: u.stats().unusable_mappings,
+        }
+    }
+
+    /// Walk a sample's stack copy against its process's mappings at its `epoch`,
+    /// pushing the frames onto `out`.
+    pub fn unwind(
+        &self,
+        cache: &mut lbrprof_unwind::Cache,
+        epoch: u64,
+        regs: Regs,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+    ) -> Outcome {
+        match self.epochs.get(&epoch) {
+            Some(s) => s.unwind(cache, regs, stack, out),
+            None => {
+                out.push(regs.ip);
+                Outcome::UnknownProcess
+            }
+        }
+    }
+
+    /// The mapped files that could not be read for their unwind tables.
+    pub fn unusable_mappings(&self) -> u64 {
+        self.unusable_mappings
     }
 }
 

@@ -321,6 +321,9 @@ pub struct PerfDataReader {
     done: bool,
     /// Files recorded with `--call-graph dwarf`: walks their samples' stack copies.
     unwinder: Option<EventUnwinder>,
+    /// The counts of the walks made by a mapped scan's consumer
+    /// ([`PerfDataReader::note_unwind_stats`]).
+    scanned_unwind: Option<crate::dwarf::UnwindStats>,
 }
 
 impl PerfDataReader {
@@ -445,6 +448,7 @@ impl PerfDataReader {
             warnings,
             done: false,
             unwinder: stack_copies.then(EventUnwinder::new),
+            scanned_unwind: None,
         })
     }
 
@@ -578,10 +582,19 @@ impl PerfDataReader {
         chunk_size: usize,
         on_chunk: &mut dyn FnMut(mapped::Chunk),
     ) -> Option<mapped::Scan> {
+        self.scan(chunk_size, on_chunk, false)
+    }
+
+    fn scan(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(mapped::Chunk),
+        unwinding: bool,
+    ) -> Option<mapped::Scan> {
         use linux_perf_data::Feature;
         use reader::{AttrFlags, RecordParseInfo};
         if !self.little_endian
-            || self.unwinder.is_some()
+            || (self.unwinder.is_some() && !unwinding)
             || self.done
             || self.stats.records > 0
             || self
@@ -658,7 +671,27 @@ impl PerfDataReader {
     /// How the walks of the samples' stack copies went, for a file recorded with
     /// `--call-graph dwarf` (complete once the stream has ended).
     pub fn unwind_stats(&self) -> Option<crate::dwarf::UnwindStats> {
-        self.unwinder.as_ref().map(EventUnwinder::stats)
+        self.scanned_unwind
+            .or_else(|| self.unwinder.as_ref().map(EventUnwinder::stats))
+    }
+
+    /// Whether the samples carry stack copies (`perf record --call-graph dwarf`): then
+    /// [`PerfDataReader::mapped_scan`] declines, and only a consumer that unwinds them
+    /// itself ([`crate::dwarf::ScanUnwinder`]) may take
+    /// [`PerfDataReader::mapped_scan_unwinding`].
+    pub fn has_stack_copies(&self) -> bool {
+        self.unwinder.is_some()
+    }
+
+    /// [`PerfDataReader::mapped_scan`] for a consumer that unwinds the samples' stack
+    /// copies itself, and reports how with [`PerfDataReader::note_unwind_stats`].
+    pub fn mapped_scan_unwinding(&mut self) -> Option<mapped::Scan> {
+        self.scan(mapped::CHUNK_SIZE, &mut |_| {}, true)
+    }
+
+    /// The counts of the walks a mapped scan's consumer made.
+    pub fn note_unwind_stats(&mut self, stats: crate::dwarf::UnwindStats) {
+        self.scanned_unwind = Some(stats);
     }
 
     /// Adds the branch entries of the samples a [`mapped::Scan`] decoded to [`stats`].
@@ -1174,7 +1207,7 @@ fn convert(
         let r = decode_sample_raw(&bytes, le, layout)
             .map_err(|what| PerfDataError::Sample { index, what })?;
         let mut sample = sample_of(&r, le, layout, mode);
-        if let Some((u, regs)) = unwinder.zip(r.user_regs(le, layout)) {
+        if let Some((u, regs)) = unwinder.zip(r.user_regs(le, layout.regs_user)) {
             u.apply(&mut sample, regs, r.user_stack);
         }
         stats.samples += 1;
@@ -1486,7 +1519,8 @@ impl RawSample<'_> {
     /// The user registers of a `--call-graph dwarf` sample (its stack copy is
     /// [`RawSample::user_stack`]); `None` when the sample has none (a kernel thread, a
     /// 32-bit task, or not recorded so).
-    pub fn user_regs(&self, le: bool, layout: SampleLayout) -> Option<Regs> {
+    /// `regs_user` is the attribute's `sample_regs_user`.
+    pub fn user_regs(&self, le: bool, regs_user: u64) -> Option<Regs> {
         if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
             return None;
         }
@@ -1495,7 +1529,7 @@ impl RawSample<'_> {
             *v = word(w, le);
         }
         let n = (self.user_regs.len() / 8).min(64);
-        Regs::from_perf(layout.regs_user, &values[..n])
+        Regs::from_perf(regs_user, &values[..n])
     }
 
     /// The branch stack entries, newest first.
@@ -1971,7 +2005,7 @@ mod tests {
         let r = decode_sample_raw(&body, true, layout).unwrap();
         assert_eq!(r.branches.len(), BRANCH_ENTRY_LEN);
         assert_eq!(
-            r.user_regs(true, layout),
+            r.user_regs(true, mask),
             Some(Regs {
                 bp: 106,
                 sp: 107,
@@ -1983,7 +2017,7 @@ mod tests {
         // ABI none (a kernel thread): no register words follow, no registers.
         let body = words(&[0x401000, 0, 0, 0]);
         let r = decode_sample_raw(&body, true, layout).unwrap();
-        assert_eq!(r.user_regs(true, layout), None);
+        assert_eq!(r.user_regs(true, mask), None);
         assert!(r.user_stack.is_empty());
         // Every truncation is an error, never a panic.
         let full = words(&w);

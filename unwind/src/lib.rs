@@ -397,49 +397,104 @@ impl Unwinder {
     /// pushing the IP and then each return address onto `out` (innermost first, at most
     /// [`MAX_FRAMES`]).
     pub fn unwind(&mut self, pid: u32, regs: Regs, stack: &[u8], out: &mut Vec<u64>) -> Outcome {
-        self.stats.samples += 1;
         let before = out.len();
-        let outcome = match self.processes.get(&pid) {
-            None => {
-                out.push(regs.ip);
-                Outcome::UnknownProcess
-            }
-            Some(process) => {
-                let sp = regs.sp;
-                let mut read_stack = |addr: u64| {
-                    let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
-                    let word = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
-                    Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
-                };
-                let mut frames = process.unwinder.iter_frames(
-                    regs.ip,
-                    UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
-                    &mut self.cache,
-                    &mut read_stack,
-                );
-                loop {
-                    if out.len() - before >= MAX_FRAMES {
-                        break Outcome::TooDeep;
-                    }
-                    match frames.next() {
-                        Ok(Some(frame)) => out.push(frame.address()),
-                        Ok(None) => break Outcome::Complete,
-                        Err(_) => break Outcome::Truncated,
-                    }
-                }
-            }
-        };
-        self.stats.frames += (out.len() - before) as u64;
-        match outcome {
-            Outcome::Complete => self.stats.complete += 1,
-            Outcome::Truncated | Outcome::TooDeep => self.stats.truncated += 1,
-            Outcome::UnknownProcess => self.stats.unknown_process += 1,
-        }
+        let outcome = walk(self.processes.get(&pid), &mut self.cache, regs, stack, out);
+        self.stats.count(outcome, out.len() - before);
         outcome
     }
 
     pub fn stats(&self) -> UnwindStats {
         self.stats
+    }
+
+    /// Process `pid`'s mappings as they are now, to unwind its samples of this moment
+    /// later, on any thread ([`Snapshot::unwind`]).
+    pub fn snapshot(&self, pid: u32) -> Option<Snapshot> {
+        self.processes
+            .get(&pid)
+            .map(|p| Snapshot(Arc::new(p.clone())))
+    }
+}
+
+impl UnwindStats {
+    /// Count one walk that gave `frames` frames.
+    pub fn count(&mut self, outcome: Outcome, frames: usize) {
+        self.samples += 1;
+        self.frames += frames as u64;
+        match outcome {
+            Outcome::Complete => self.complete += 1,
+            Outcome::Truncated | Outcome::TooDeep => self.truncated += 1,
+            Outcome::UnknownProcess => self.unknown_process += 1,
+        }
+    }
+
+    /// Add another set of counts.
+    pub fn add(&mut self, o: &UnwindStats) {
+        self.samples += o.samples;
+        self.complete += o.complete;
+        self.truncated += o.truncated;
+        self.unknown_process += o.unknown_process;
+        self.frames += o.frames;
+        self.unusable_mappings += o.unusable_mappings;
+    }
+}
+
+/// One process's mappings at one moment ([`Unwinder::snapshot`]); cheap to clone and
+/// shareable between threads.
+#[derive(Clone)]
+pub struct Snapshot(Arc<Process>);
+
+/// framehop's cache of unwind rules by address: one per thread.
+#[derive(Default)]
+pub struct Cache(CacheX86_64);
+
+impl Snapshot {
+    /// [`Unwinder::unwind`] against this snapshot.
+    pub fn unwind(
+        &self,
+        cache: &mut Cache,
+        regs: Regs,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+    ) -> Outcome {
+        walk(Some(&self.0), &mut cache.0, regs, stack, out)
+    }
+}
+
+/// The walk itself (see [`Unwinder::unwind`]).
+fn walk(
+    process: Option<&Process>,
+    cache: &mut CacheX86_64,
+    regs: Regs,
+    stack: &[u8],
+    out: &mut Vec<u64>,
+) -> Outcome {
+    let before = out.len();
+    let Some(process) = process else {
+        out.push(regs.ip);
+        return Outcome::UnknownProcess;
+    };
+    let sp = regs.sp;
+    let mut read_stack = |addr: u64| {
+        let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+        let word = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
+        Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+    };
+    let mut frames = process.unwinder.iter_frames(
+        regs.ip,
+        UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
+        cache,
+        &mut read_stack,
+    );
+    loop {
+        if out.len() - before >= MAX_FRAMES {
+            break Outcome::TooDeep;
+        }
+        match frames.next() {
+            Ok(Some(frame)) => out.push(frame.address()),
+            Ok(None) => break Outcome::Complete,
+            Err(_) => break Outcome::Truncated,
+        }
     }
 }
 

@@ -133,6 +133,8 @@ pub struct SampleRef<'a> {
     /// The sample's cpumode (`PERF_RECORD_MISC_*`).
     pub mode: CpuMode,
     pub raw: RawSample<'a>,
+    /// Its attribute's `sample_regs_user` (which registers `raw.user_regs` holds).
+    pub regs_user: u64,
 }
 
 /// Whether a side-band event changes how later samples resolve or are filtered
@@ -310,6 +312,7 @@ fn samples_in(
                 epoch,
                 mode: cpu_mode(reader::CpuMode::from_misc(misc)),
                 raw,
+                regs_user: layout.regs_user,
             });
         }
         at += size;

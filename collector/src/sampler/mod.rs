@@ -424,7 +424,7 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
             code_addr: true,
             // With dwarf the user part comes from the stack copy (as perf does it, the
             // kernel's frame-pointer walk of user space is not asked for).
-            call_chain: (!(dwarf.is_some() && !config.kernel)).then_some(CallChain {
+            call_chain: (dwarf.is_none() || config.kernel).then_some(CallChain {
                 exclude_user: dwarf.is_some(),
                 exclude_kernel: !config.kernel,
                 defer_user: false,
