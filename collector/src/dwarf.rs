@@ -4,11 +4,14 @@
 //! Where unwinding happens: while *recording*, the sampler unwinds each sample's stack
 //! copy as it passes the sample on (in time order, after the mappings it needs), and
 //! stores only the resulting call chain. The recording format, `report`, `diff`,
-//! flame graphs and every export stay unchanged, a recording is ~60 bytes per sample
-//! smaller than with the 8 KiB stack copy it replaces, and the binaries are read on the
-//! machine and at the moment they ran (a later upgrade cannot mislead the unwinder).
-//! A `perf.data` recorded with `perf record --call-graph dwarf` carries the raw stack
-//! copies, so its reader unwinds them while reading, with the same code.
+//! flame graphs and every export stay unchanged, a recording keeps ~200 bytes per
+//! sample (the call chain) instead of the ~8.4 KB of registers and stack copy perf
+//! keeps, and the binaries are read on the machine and at the moment they ran (a later
+//! upgrade cannot mislead the unwinder). A `perf.data` recorded with `perf record
+//! --call-graph dwarf` carries the raw stack copies, so it is unwound while it is read,
+//! with the same code: by the event stream ([`EventUnwinder`], in
+//! [`crate::perfdata::PerfDataReader`]) or by the mapped fast path ([`ScanUnwinder`],
+//! one snapshot of a process's mappings per epoch).
 
 use lbrprof_unwind::Unwinder;
 
