@@ -22,8 +22,17 @@ fn have(tool: &str) -> bool {
 }
 
 fn build(dir: &Path, pie: bool) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/dwarf_deep.c");
-    let exe = dir.join(if pie { "deep_pie" } else { "deep_nopie" });
+    build_named(
+        dir,
+        "dwarf_deep",
+        if pie { "deep_pie" } else { "deep_nopie" },
+        pie,
+    )
+}
+
+fn build_named(dir: &Path, source: &str, name: &str, pie: bool) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{source}.c"));
+    let exe = dir.join(name);
     let mut cmd = Command::new("gcc");
     cmd.args(["-O2", "-fomit-frame-pointer", "-g"]);
     if !pie {
@@ -209,6 +218,63 @@ fn pie_without_frame_pointers_reaches_main_as_with_perf() {
 #[test]
 fn non_pie_without_frame_pointers_reaches_main_as_with_perf() {
     one_build(false);
+}
+
+/// Samples in the vDSO (clock_gettime) unwind with the vDSO's own CFI, read from
+/// lbrprof's own copy of it (the same kernel), as perf does with its saved copy.
+#[test]
+fn vdso_samples_reach_main_as_with_perf() {
+    if !common::perf_available() || !have("gcc") || !have("perf") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_named(dir, "dwarf_vdso", "vdso", true);
+    let exe_s = exe.to_str().unwrap();
+    let perf_data = dir.join("perf.data");
+    let status = Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf",
+        ])
+        .arg("-o")
+        .arg(&perf_data)
+        .args([exe_s, "15000000"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let perf = pct(perf_main_share(&perf_data));
+    let ours_of_perf = pct(folded_main_share(&perf_data));
+    let data = dir.join("dwarf.data");
+    let d = data.to_str().unwrap();
+    common::ok(&[
+        "record",
+        "-o",
+        d,
+        "--event",
+        "cpu-clock",
+        "--call-graph",
+        "dwarf",
+        "--",
+        exe_s,
+        "15000000",
+    ]);
+    let ours = pct(folded_main_share(&data));
+    eprintln!(
+        "vdso: main reached by perf {perf:.1}%, lbrprof on perf.data {ours_of_perf:.1}%, lbrprof {ours:.1}%"
+    );
+    assert!(
+        (ours_of_perf - perf).abs() <= 3.0,
+        "perf.data: {ours_of_perf} vs perf {perf}"
+    );
+    assert!((ours - perf).abs() <= 3.0, "record: {ours} vs perf {perf}");
 }
 
 #[test]

@@ -122,6 +122,15 @@ enum Buf {
     Owned(Arc<[u8]>),
 }
 
+impl Buf {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Mapped(m) => m,
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
 impl Default for Bytes {
     fn default() -> Self {
         Bytes {
@@ -134,11 +143,7 @@ impl Default for Bytes {
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let all: &[u8] = match &self.buf {
-            Buf::Mapped(m) => m,
-            Buf::Owned(v) => v,
-        };
-        &all[self.range.clone()]
+        &self.buf.bytes()[self.range.clone()]
     }
 }
 
@@ -163,8 +168,11 @@ struct ObjectInfo {
 
 impl ObjectInfo {
     fn load(path: &Path) -> Option<ObjectInfo> {
-        let map = map_file(path)?;
-        let obj = object::File::parse(&**map).ok()?;
+        Self::parse(Buf::Mapped(map_file(path)?))
+    }
+
+    fn parse(map: Buf) -> Option<ObjectInfo> {
+        let obj = object::File::parse(map.bytes()).ok()?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         let loads = obj
             .segments()
@@ -202,8 +210,8 @@ impl ObjectInfo {
                 .as_deref()
                 .and_then(debug_file_path)
                 .and_then(|p| {
-                    let map = map_file(&p)?;
-                    let obj = object::File::parse(&**map).ok()?;
+                    let map = Buf::Mapped(map_file(&p)?);
+                    let obj = object::File::parse(map.bytes()).ok()?;
                     let s = obj.section_by_name(".debug_frame")?;
                     section_bytes(&map, &s)
                 });
@@ -261,13 +269,13 @@ fn map_file(path: &Path) -> Option<Arc<memmap2::Mmap>> {
 }
 
 /// A section's bytes: a window of the mapping, or its decompressed copy.
-fn section_bytes(map: &Arc<memmap2::Mmap>, s: &object::Section<'_, '_>) -> Option<Bytes> {
+fn section_bytes(map: &Buf, s: &object::Section<'_, '_>) -> Option<Bytes> {
     use std::borrow::Cow;
     match s.uncompressed_data().ok()? {
         Cow::Borrowed(b) => {
-            let start = (b.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
+            let start = (b.as_ptr() as usize).checked_sub(map.bytes().as_ptr() as usize)?;
             Some(Bytes {
-                buf: Buf::Mapped(Arc::clone(map)),
+                buf: map.clone(),
                 range: start..start + b.len(),
             })
         }
@@ -358,13 +366,24 @@ impl Unwinder {
     }
 
     fn object(&mut self, path: &str, build_id: Option<&[u8]>) -> Option<Arc<ObjectInfo>> {
-        if !path.starts_with('/') {
+        let vdso = path == "[vdso]";
+        if !vdso && !path.starts_with('/') {
             return None;
         }
         let info = self
             .objects
             .entry(PathBuf::from(path))
-            .or_insert_with(|| ObjectInfo::load(Path::new(path)).map(Arc::new))
+            .or_insert_with(|| {
+                let info = if vdso {
+                    // The kernel's vDSO: this process's own copy is the same image on
+                    // the same kernel (the build-id check below tells when a perf.data
+                    // came from another one).
+                    vdso::image().and_then(|b| ObjectInfo::parse(Buf::Owned(b.into())))
+                } else {
+                    ObjectInfo::load(Path::new(path))
+                };
+                info.map(Arc::new)
+            })
             .clone()?;
         match (build_id, info.build_id.as_deref()) {
             (Some(want), Some(have)) if !want.is_empty() && want != have => None,
@@ -495,6 +514,34 @@ fn walk(
             Ok(None) => break Outcome::Complete,
             Err(_) => break Outcome::Truncated,
         }
+    }
+}
+
+mod vdso {
+    //! This process's vDSO image, read from its own memory.
+
+    /// A copy of the vDSO ELF image mapped into this process (`AT_SYSINFO_EHDR`, its
+    /// extent from `/proc/self/maps`); `None` when there is none.
+    pub fn image() -> Option<Vec<u8>> {
+        // SAFETY: getauxval only reads the auxiliary vector; 0 means absent.
+        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        if base == 0 {
+            return None;
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+        let (range, _) = line.split_once(' ')?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        if start != base || end <= start || end - start > 1 << 20 {
+            return None;
+        }
+        // SAFETY: [start, end) is this process's vDSO mapping (readable, never unmapped
+        // while the process lives), as the kernel's own maps file and auxv agree.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
+        Some(bytes.to_vec())
     }
 }
 

@@ -191,3 +191,19 @@ fn unwinds_its_own_stack_with_cfi() {
     assert_eq!(owners[..6], [3, 3, 3, 3, 2, 1], "{frames:x?}");
     assert!(frames.len() > 6, "{frames:x?}");
 }
+
+#[test]
+fn the_vdso_is_unwound_with_its_own_cfi() {
+    let Some(image) = vdso::image() else {
+        eprintln!("skipped: this process has no vDSO");
+        return;
+    };
+    let info = ObjectInfo::parse(Buf::Owned(image.into())).expect("the vDSO is an ELF image");
+    assert!(info.eh_frame.is_some(), "the vDSO has .eh_frame");
+    let mut u = Unwinder::new();
+    u.add_mapping(3, 0x7fff_0000_0000, 0x2000, 0, "[vdso]", None);
+    assert_eq!(u.processes[&3].ranges.len(), 1);
+    // Another kernel's vDSO (another build-id) is not used.
+    u.add_mapping(4, 0x7fff_0000_0000, 0x2000, 0, "[vdso]", Some(&[9; 20]));
+    assert!(u.processes[&4].ranges.is_empty());
+}
