@@ -20,7 +20,8 @@
 //! Design constraints and non-goals:
 //! * x86-64 only (the registers are perf's x86 `PERF_REG_X86_*`); framehop only recovers
 //!   what return addresses need: IP, SP and BP.
-//! * No I/O but reading the mapped binaries; no policy about when to unwind. The
+//! * No I/O but reading the mapped binaries (and this process's own vDSO, the same image
+//!   as every process's on this kernel); no policy about when to unwind. The
 //!   recorder unwinds while recording and stores the call chains; the perf.data reader
 //!   unwinds while reading.
 //! * Where no CFI covers an address, framehop falls back to the frame-pointer chain, as
