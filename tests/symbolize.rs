@@ -1148,6 +1148,29 @@ fn plt_entries_are_named_like_objdump() {
     }
 }
 
+/// libc's own PLT calls its IFUNCs (memcpy, strlen, ...) through R_X86_64_IRELATIVE
+/// slots, which name no symbol: they are `*ABS*+0xRESOLVER@plt` as objdump labels them,
+/// not code with no name (a `--call-graph dwarf` report of a qsort-heavy program
+/// otherwise sent the user to install libc6-dbgsym for them).
+#[test]
+fn irelative_plt_entries_of_libc_are_named_like_objdump() {
+    let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
+    if !have("objdump") || !libc.is_file() {
+        return;
+    }
+    let labels = objdump_plt_labels(libc);
+    let abs: Vec<_> = labels
+        .iter()
+        .filter(|(_, n)| n.starts_with("*ABS*+0x"))
+        .collect();
+    assert!(!abs.is_empty(), "{labels:?}");
+    for (addr, name) in abs {
+        for (a, frames) in frames_of(libc, &[], &[*addr, addr + 5]) {
+            assert_eq!(&frames[0].0, name, "at {a:#x}");
+        }
+    }
+}
+
 /// A stripped binary carrying MiniDebugInfo (`.gnu_debugdata`, built the way Fedora
 /// does) names its local functions from it; a corrupt one is a warning, and the
 /// functions are still one extent each from the unwind tables.

@@ -211,6 +211,10 @@ pub enum CallGraph {
     Fp,
     /// LBR call-stack mode (PERF_SAMPLE_BRANCH_CALL_STACK).
     Lbr,
+    /// User registers and a copy of the top `stack_size` bytes of the user stack
+    /// (PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER), unwound with the binaries' CFI
+    /// ([`crate::dwarf`]); kernel frames still come from the kernel.
+    Dwarf { stack_size: u32 },
 }
 
 impl CallGraph {
@@ -218,6 +222,7 @@ impl CallGraph {
         match self {
             CallGraph::Fp => "fp",
             CallGraph::Lbr => "lbr",
+            CallGraph::Dwarf { .. } => "dwarf",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! Non-goals: the data model and file formats (`lbrprof-data`), symbolizing or aggregating
 //! (`lbrprof-symbolizer` and `lbrprof-reports`), and running guests (`lbrprof-vmm`).
 
+pub use lbrprof_data::dwarf;
 pub mod host;
 pub mod record;
 pub mod sampler;

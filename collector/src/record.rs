@@ -263,6 +263,7 @@ impl Recorder {
         };
         let mut send = |e: Event| sink.send(e);
         let mut totals = crate::sampler::RingStats::default();
+        let mut unwind_totals: Option<crate::dwarf::UnwindStats> = None;
         let mut runs: Vec<RunInfo> = Vec::new();
         let mut run_notes: Vec<String> = Vec::new();
         let (mut exit, mut interrupted, mut loop_error) = (None, false, None);
@@ -287,6 +288,15 @@ impl Recorder {
             let disabled = running.sampler.disable();
             running.sampler.drain(&mut send);
             let stats = running.sampler.stats();
+            if let Some(u) = running.sampler.unwind_stats() {
+                let t = unwind_totals.get_or_insert_with(Default::default);
+                t.samples += u.samples;
+                t.complete += u.complete;
+                t.truncated += u.truncated;
+                t.frames += u.frames;
+                t.unknown_process += u.unknown_process;
+                t.unusable_mappings += u.unusable_mappings;
+            }
             totals.samples += stats.samples;
             totals.lost += stats.lost;
             totals.throttled += stats.throttled;
@@ -332,6 +342,9 @@ impl Recorder {
                 "{} records lost: the ring buffers overflowed (lower -F or raise -m)",
                 stats.lost
             ));
+        }
+        if let Some(u) = &unwind_totals {
+            notes.push(crate::dwarf::summary(u));
         }
         if stats.throttled > 0 {
             notes.push(format!(
@@ -467,7 +480,10 @@ fn start(
         let now = sys::monotonic_ns();
         running.sampler.enable()?;
         if let Ok(events) = procfs::synthesize(*pid, tids, now, running.sampler.converter()) {
-            events.into_iter().for_each(|e| sink.send(e));
+            for e in events {
+                running.sampler.observe(&e);
+                sink.send(e);
+            }
         }
     }
     Ok(running)

@@ -632,7 +632,10 @@ fn run_sampled(
         if let Ok(events) =
             procfs::synthesize(pid, &[tid], sys::monotonic_ns(), sampler.converter())
         {
-            events.into_iter().for_each(|e| sink.send(e));
+            for e in events {
+                sampler.observe(&e);
+                sink.send(e);
+            }
         }
         if let Err(e) = sampler.enable() {
             let _ = go_tx.send(false);

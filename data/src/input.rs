@@ -177,6 +177,28 @@ impl Input {
         }
     }
 
+    /// A perf.data file whose samples carry stack copies (`--call-graph dwarf`).
+    pub fn perf_has_stack_copies(&self) -> bool {
+        matches!(&self.source, Source::Perf(r) if r.has_stack_copies())
+    }
+
+    /// The fast path of a perf.data file with stack copies, for a consumer that unwinds
+    /// them ([`crate::dwarf::ScanUnwinder`]; see
+    /// [`crate::perfdata::PerfDataReader::mapped_scan_unwinding`]).
+    pub fn perf_scan_unwinding(&mut self) -> Option<crate::perfdata::mapped::Scan> {
+        match &mut self.source {
+            Source::Perf(r) => r.mapped_scan_unwinding(),
+            Source::Lbrprof(_) => None,
+        }
+    }
+
+    /// How the consumer of [`Input::perf_scan_unwinding`] unwound the samples.
+    pub fn note_unwind_stats(&mut self, stats: crate::dwarf::UnwindStats) {
+        if let Source::Perf(r) = &mut self.source {
+            r.note_unwind_stats(stats);
+        }
+    }
+
     /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
     pub fn note_branch_entries(&mut self, n: u64) {
         if let Source::Perf(r) = &mut self.source {
@@ -292,6 +314,9 @@ impl Input {
                         "{} perf records of types lbrprof does not use were skipped",
                         s.skipped_records
                     ));
+                }
+                if let Some(u) = r.unwind_stats() {
+                    notes.push(crate::dwarf::summary(&u));
                 }
                 notes
             }

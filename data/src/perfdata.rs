@@ -15,6 +15,11 @@
 //! | `LOST`, `THROTTLE` | [`Event::Loss`] |
 //! | anything else | skipped and counted in [`ImportStats::skipped_records`] |
 //!
+//! A file recorded with `perf record --call-graph dwarf` has user registers and a stack
+//! copy in each sample (`PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER`): the reader
+//! unwinds them as it goes ([`crate::dwarf`]) and the sample's call chain gets the user
+//! frames after the kernel's, as `perf report` shows them.
+//!
 //! Damage: a file whose data section extends past its end (a `perf record` that was
 //! killed) is read up to the damage, with a warning ([`PerfDataReader::warnings`]); any
 //! other malformed record is an error naming the file offset (for framing errors) or the
@@ -36,6 +41,7 @@ use linux_perf_data::linux_perf_event_reader::{
 };
 use linux_perf_data::{PerfFileReader, PerfFileRecord, PerfRecordIter};
 
+use crate::dwarf::{EventUnwinder, Regs};
 use crate::model::{
     AddressSpace, Branch, BranchFlags, BranchKind, CpuMode, Event, Frame, Header, HostInfo,
     HostSample, Loss, LossKind, Mapping, SamplingConfig, Target, TaskEvent,
@@ -61,6 +67,8 @@ pub mod abi {
     pub const PERF_SAMPLE_STREAM_ID: u64 = 1 << 9;
     pub const PERF_SAMPLE_RAW: u64 = 1 << 10;
     pub const PERF_SAMPLE_BRANCH_STACK: u64 = 1 << 11;
+    pub const PERF_SAMPLE_REGS_USER: u64 = 1 << 12;
+    pub const PERF_SAMPLE_STACK_USER: u64 = 1 << 13;
     pub const PERF_SAMPLE_IDENTIFIER: u64 = 1 << 16;
 
     // enum perf_event_read_format
@@ -311,6 +319,11 @@ pub struct PerfDataReader {
     stats: ImportStats,
     warnings: Vec<String>,
     done: bool,
+    /// Files recorded with `--call-graph dwarf`: walks their samples' stack copies.
+    unwinder: Option<EventUnwinder>,
+    /// The counts of the walks made by a mapped scan's consumer
+    /// ([`PerfDataReader::note_unwind_stats`]).
+    scanned_unwind: Option<crate::dwarf::UnwindStats>,
 }
 
 impl PerfDataReader {
@@ -414,6 +427,7 @@ impl PerfDataReader {
             })
             .collect();
         let header = header_of(&perf_file, path);
+        let stack_copies = has_stack_copies(&perf_file);
         Ok(Self {
             header,
             perf_file,
@@ -433,6 +447,8 @@ impl PerfDataReader {
             selected: None,
             warnings,
             done: false,
+            unwinder: stack_copies.then(EventUnwinder::new),
+            scanned_unwind: None,
         })
     }
 
@@ -566,9 +582,19 @@ impl PerfDataReader {
         chunk_size: usize,
         on_chunk: &mut dyn FnMut(mapped::Chunk),
     ) -> Option<mapped::Scan> {
+        self.scan(chunk_size, on_chunk, false)
+    }
+
+    fn scan(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(mapped::Chunk),
+        unwinding: bool,
+    ) -> Option<mapped::Scan> {
         use linux_perf_data::Feature;
         use reader::{AttrFlags, RecordParseInfo};
         if !self.little_endian
+            || (self.unwinder.is_some() && !unwinding)
             || self.done
             || self.stats.records > 0
             || self
@@ -609,6 +635,7 @@ impl PerfDataReader {
                     sample_type: a.attr.sample_format.bits(),
                     read_format: a.attr.read_format.bits(),
                     branch_sample_type: a.attr.branch_sample_format.bits(),
+                    regs_user: a.attr.sample_regs_user,
                 })
                 .collect(),
             parse_infos,
@@ -633,12 +660,38 @@ impl PerfDataReader {
             start..end,
             layouts,
             chunk_size.max(1),
-            |raw, stats| convert(raw, 0, build_ids, stats).map_err(|_| ()),
+            |raw, stats| convert(raw, 0, build_ids, stats, None).map_err(|_| ()),
             on_chunk,
         )?;
         self.stats = stats;
         self.done = true;
         Some(scan)
+    }
+
+    /// How the walks of the samples' stack copies went, for a file recorded with
+    /// `--call-graph dwarf` (complete once the stream has ended).
+    pub fn unwind_stats(&self) -> Option<crate::dwarf::UnwindStats> {
+        self.scanned_unwind
+            .or_else(|| self.unwinder.as_ref().map(EventUnwinder::stats))
+    }
+
+    /// Whether the samples carry stack copies (`perf record --call-graph dwarf`): then
+    /// [`PerfDataReader::mapped_scan`] declines, and only a consumer that unwinds them
+    /// itself ([`crate::dwarf::ScanUnwinder`]) may take
+    /// [`PerfDataReader::mapped_scan_unwinding`].
+    pub fn has_stack_copies(&self) -> bool {
+        self.unwinder.is_some()
+    }
+
+    /// [`PerfDataReader::mapped_scan`] for a consumer that unwinds the samples' stack
+    /// copies itself, and reports how with [`PerfDataReader::note_unwind_stats`].
+    pub fn mapped_scan_unwinding(&mut self) -> Option<mapped::Scan> {
+        self.scan(mapped::CHUNK_SIZE, &mut |_| {}, true)
+    }
+
+    /// The counts of the walks a mapped scan's consumer made.
+    pub fn note_unwind_stats(&mut self, stats: crate::dwarf::UnwindStats) {
+        self.scanned_unwind = Some(stats);
     }
 
     /// Adds the branch entries of the samples a [`mapped::Scan`] decoded to [`stats`].
@@ -688,7 +741,11 @@ impl PerfDataReader {
                 }
             };
             let index = self.stats.records;
-            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats)? {
+            let unwinder = self.unwinder.as_mut();
+            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats, unwinder)? {
+                if let Some(u) = &mut self.unwinder {
+                    u.observe(&ev);
+                }
                 return Ok(Some(ev));
             }
         }
@@ -714,6 +771,16 @@ impl Iterator for PerfDataReader {
             }
         }
     }
+}
+
+/// Whether some event's samples carry user registers and a stack copy (`perf record
+/// --call-graph dwarf`).
+fn has_stack_copies(perf_file: &linux_perf_data::PerfFile) -> bool {
+    let both = abi::PERF_SAMPLE_REGS_USER | abi::PERF_SAMPLE_STACK_USER;
+    perf_file
+        .event_attributes()
+        .iter()
+        .any(|a| a.attr.sample_format.bits() & both == both && a.attr.sample_regs_user != 0)
 }
 
 /// A `u64` of the file header in the file's byte order.
@@ -1003,6 +1070,8 @@ fn header_of(perf_file: &linux_perf_data::PerfFile, path: &Path) -> Header {
     let branch_type = first.map_or(0, |a| a.attr.branch_sample_format.bits());
     let call_graph = if branch_type & abi::PERF_SAMPLE_BRANCH_CALL_STACK != 0 {
         "lbr"
+    } else if has_stack_copies(perf_file) {
+        "dwarf"
     } else if sample_type & abi::PERF_SAMPLE_CALLCHAIN != 0 {
         "fp"
     } else {
@@ -1118,6 +1187,7 @@ fn convert(
     index: u64,
     build_ids: &HashMap<Vec<u8>, Vec<u8>>,
     stats: &mut ImportStats,
+    unwinder: Option<&mut EventUnwinder>,
 ) -> Result<Option<Event>, PerfDataError> {
     let body_err = |source| PerfDataError::RecordBody {
         kind: record_name(raw.record_type),
@@ -1126,17 +1196,20 @@ fn convert(
     };
     if raw.record_type == RecordType::SAMPLE {
         let bytes = raw.data.as_slice();
-        let sample = decode_sample(
-            &bytes,
-            raw.parse_info.endian,
-            SampleLayout {
-                sample_type: raw.parse_info.sample_format.bits(),
-                read_format: raw.parse_info.read_format.bits(),
-                branch_sample_type: raw.parse_info.branch_sample_format.bits(),
-            },
-            cpu_mode(reader::CpuMode::from_misc(raw.misc)),
-        )
-        .map_err(|what| PerfDataError::Sample { index, what })?;
+        let layout = SampleLayout {
+            sample_type: raw.parse_info.sample_format.bits(),
+            read_format: raw.parse_info.read_format.bits(),
+            branch_sample_type: raw.parse_info.branch_sample_format.bits(),
+            regs_user: raw.parse_info.sample_regs_user,
+        };
+        let le = raw.parse_info.endian == Endianness::LittleEndian;
+        let mode = cpu_mode(reader::CpuMode::from_misc(raw.misc));
+        let r = decode_sample_raw(&bytes, le, layout)
+            .map_err(|what| PerfDataError::Sample { index, what })?;
+        let mut sample = sample_of(&r, le, layout, mode);
+        if let Some((u, regs)) = unwinder.zip(r.user_regs(le, layout.regs_user)) {
+            u.apply(&mut sample, regs, r.user_stack);
+        }
         stats.samples += 1;
         stats.branch_entries += sample.branches.len() as u64;
         return Ok(Some(Event::Sample(sample)));
@@ -1299,6 +1372,8 @@ pub struct SampleLayout {
     pub read_format: u64,
     /// `perf_event_attr.branch_sample_type`.
     pub branch_sample_type: u64,
+    /// `perf_event_attr.sample_regs_user`.
+    pub regs_user: u64,
 }
 
 struct Cursor<'a> {
@@ -1424,6 +1499,12 @@ pub struct RawSample<'a> {
     /// The branch stack's `perf_branch_entry`s (`from`, `to`, flags: 24 bytes each).
     pub branches: &'a [u8],
     pub branch_hw_index: Option<u64>,
+    /// `PERF_SAMPLE_REGS_USER`: the `abi` word (`PERF_SAMPLE_REGS_ABI_*`, 0: none).
+    pub user_regs_abi: u64,
+    /// The user registers' `u64` words, in `sample_regs_user` bit order.
+    pub user_regs: &'a [u8],
+    /// `PERF_SAMPLE_STACK_USER`: the stack bytes the kernel copied (`dyn_size` of them).
+    pub user_stack: &'a [u8],
 }
 
 /// Size of one `struct perf_branch_entry`.
@@ -1433,6 +1514,22 @@ impl RawSample<'_> {
     /// The call chain's words.
     pub fn callchain_words(&self, le: bool) -> impl Iterator<Item = u64> + '_ {
         self.callchain.chunks_exact(8).map(move |w| word(w, le))
+    }
+
+    /// The user registers of a `--call-graph dwarf` sample (its stack copy is
+    /// [`RawSample::user_stack`]); `None` when the sample has none (a kernel thread, a
+    /// 32-bit task, or not recorded so).
+    /// `regs_user` is the attribute's `sample_regs_user`.
+    pub fn user_regs(&self, le: bool, regs_user: u64) -> Option<Regs> {
+        if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
+            return None;
+        }
+        let mut values = [0u64; 64];
+        for (v, w) in values.iter_mut().zip(self.user_regs.chunks_exact(8)) {
+            *v = word(w, le);
+        }
+        let n = (self.user_regs.len() / 8).min(64);
+        Regs::from_perf(regs_user, &values[..n])
     }
 
     /// The branch stack entries, newest first.
@@ -1468,7 +1565,12 @@ pub fn decode_sample(
 ) -> Result<HostSample, &'static str> {
     let le = endian == Endianness::LittleEndian;
     let r = decode_sample_raw(body, le, layout)?;
-    Ok(HostSample {
+    Ok(sample_of(&r, le, layout, mode))
+}
+
+/// The model's sample for a decoded body.
+fn sample_of(r: &RawSample<'_>, le: bool, layout: SampleLayout, mode: CpuMode) -> HostSample {
+    HostSample {
         time_ns: r.time_ns,
         pid: r.pid,
         tid: r.tid,
@@ -1483,7 +1585,7 @@ pub fn decode_sample(
         },
         branches: r.branch_entries(le).collect(),
         branch_hw_index: r.branch_hw_index,
-    })
+    }
 }
 
 /// [`decode_sample`] without copies: the call chain and branch stack stay raw bytes.
@@ -1573,6 +1675,26 @@ pub fn decode_sample_raw(
             .filter(|b| *b <= c.buf.len() as u64)
             .ok_or("branch stack truncated")? as usize;
         s.branches = &c.buf[..bytes];
+        c.buf = &c.buf[bytes..];
+    }
+    if st & PERF_SAMPLE_REGS_USER != 0 {
+        s.user_regs_abi = c.u64("user regs abi truncated")?;
+        if s.user_regs_abi != 0 {
+            let n = u64::from(layout.regs_user.count_ones()) * 8;
+            let regs = c.buf.get(..n as usize).ok_or("user regs truncated")?;
+            s.user_regs = regs;
+            c.skip(n, "user regs truncated")?;
+        }
+    }
+    if st & PERF_SAMPLE_STACK_USER != 0 {
+        let size = c.u64("user stack size truncated")?;
+        if size > 0 {
+            let n = usize::try_from(size).map_err(|_| "user stack too large")?;
+            let data = c.buf.get(..n).ok_or("user stack truncated")?;
+            c.skip(size, "user stack truncated")?;
+            let dyn_size = c.u64("user stack dyn_size truncated")?;
+            s.user_stack = &data[..usize::try_from(dyn_size).unwrap_or(n).min(n)];
+        }
     }
     Ok(s)
 }
@@ -1733,6 +1855,7 @@ mod tests {
                 | PERF_SAMPLE_BRANCH_STACK,
             read_format: 0,
             branch_sample_type: PERF_SAMPLE_BRANCH_HW_INDEX,
+            regs_user: 0,
         };
         let flags = PERF_BRANCH_MISPRED | (37 << PERF_BRANCH_CYCLES_SHIFT) | (PERF_BR_COND << 20);
         let body = words(&[
@@ -1863,11 +1986,53 @@ mod tests {
     }
 
     #[test]
+    fn user_regs_and_stack_follow_the_branch_stack() {
+        // perf's --call-graph dwarf mask: AX..R15 without segments (BP, SP, IP are the
+        // 7th, 8th and 9th values), then a 16-byte stack copy of which 12 bytes are used.
+        let mask = 0xff_0fffu64;
+        let layout = SampleLayout {
+            sample_type: abi::PERF_SAMPLE_IP
+                | abi::PERF_SAMPLE_BRANCH_STACK
+                | abi::PERF_SAMPLE_REGS_USER
+                | abi::PERF_SAMPLE_STACK_USER,
+            regs_user: mask,
+            ..SampleLayout::default()
+        };
+        let mut w = vec![0x401000, 1, 0xa, 0xb, 0x1, 2]; // ip, one branch, abi 64
+        w.extend((0..mask.count_ones() as u64).map(|i| 100 + i));
+        w.extend([16, 0x1111, 0x2222, 12]); // size, data (2 words), dyn_size
+        let body = words(&w);
+        let r = decode_sample_raw(&body, true, layout).unwrap();
+        assert_eq!(r.branches.len(), BRANCH_ENTRY_LEN);
+        assert_eq!(
+            r.user_regs(true, mask),
+            Some(Regs {
+                bp: 106,
+                sp: 107,
+                ip: 108
+            })
+        );
+        assert_eq!(r.user_stack.len(), 12);
+        assert_eq!(&r.user_stack[..8], &0x1111u64.to_le_bytes());
+        // ABI none (a kernel thread): no register words follow, no registers.
+        let body = words(&[0x401000, 0, 0, 0]);
+        let r = decode_sample_raw(&body, true, layout).unwrap();
+        assert_eq!(r.user_regs(true, mask), None);
+        assert!(r.user_stack.is_empty());
+        // Every truncation is an error, never a panic.
+        let full = words(&w);
+        for n in (0..full.len()).step_by(8) {
+            assert!(decode_sample_raw(&full[..n], true, layout).is_err(), "{n}");
+        }
+    }
+
+    #[test]
     fn read_group_is_skipped_correctly() {
         let layout = SampleLayout {
             sample_type: abi::PERF_SAMPLE_READ | abi::PERF_SAMPLE_CALLCHAIN,
             read_format: abi::PERF_FORMAT_GROUP | abi::PERF_FORMAT_ID,
             branch_sample_type: 0,
+            regs_user: 0,
         };
         // nr=2, {value,id} x2, then callchain of one frame.
         let body = words(&[2, 10, 1, 20, 2, 1, 0x1234]);

@@ -15,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
             sample_type: word(0),
             read_format: word(1),
             branch_sample_type: word(2),
+            // BP, SP, IP: the registers the user-stack decoding looks for.
+            regs_user: 0x1c0,
         };
         let endian = if data[24] & 1 == 0 {
             Endianness::LittleEndian

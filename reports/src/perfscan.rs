@@ -24,8 +24,10 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use lbrprof_data::dwarf::{Cache, ScanUnwinder, UnwindStats};
 use lbrprof_data::input::Input;
 use lbrprof_data::model::{CpuMode, Frame, HostSample};
+use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
 use lbrprof_data::perfdata::callchain_frames;
 use lbrprof_data::perfdata::mapped::{CHUNK_SIZE, SampleRef, Scan, ScanError};
 use rayon::prelude::*;
@@ -153,6 +155,8 @@ pub(crate) struct Raw {
     pub(crate) branch_entries: u64,
     pub(crate) samples_with_branches: u64,
     pub(crate) max_branch_depth: u64,
+    /// How the stack copies of `--call-graph dwarf` samples unwound.
+    pub(crate) unwind: UnwindStats,
 }
 
 pub(crate) fn mode_code(m: CpuMode) -> u64 {
@@ -187,22 +191,38 @@ fn branch_mode(sample_mode: CpuMode) -> CpuMode {
 }
 
 /// Folds the samples `run` walks (a chunk's) into a [`Raw`], with what `run` returns.
+/// With `dwarf`, samples with stack copies get their user frames from the walk of the
+/// copy, after the kernel's part of the call chain (as a `PERF_CONTEXT_USER` part).
 fn fold_with<T>(
     run: impl FnOnce(&mut dyn FnMut(SampleRef<'_>)) -> Result<T, ScanError>,
     keep_tid: bool,
     lbr_call_stack: bool,
+    dwarf: Option<&ScanUnwinder>,
 ) -> Result<(Raw, T), ScanError> {
     // The scan only reads little-endian files.
     let le = true;
     let mut raw = fold_empty();
     let mut key: Vec<u64> = Vec::with_capacity(256);
+    let mut cache = Cache::default();
     let out = run(&mut |s: SampleRef<'_>| {
         let r = &s.raw;
         let tid = if keep_tid { u64::from(r.tid) << 32 } else { 0 };
         let mode = mode_code(s.mode);
         key.clear();
         key.extend([s.epoch, u64::from(r.pid) | tid, mode, r.ip]);
-        key.extend(r.callchain_words(le));
+        match dwarf.and_then(|u| Some((u, r.user_regs(le, s.regs_user)?))) {
+            Some((u, regs)) => {
+                key.extend(
+                    r.callchain_words(le)
+                        .take_while(|&w| w != PERF_CONTEXT_USER),
+                );
+                key.push(PERF_CONTEXT_USER);
+                let before = key.len();
+                let outcome = u.unwind(&mut cache, s.epoch, regs, r.user_stack, &mut key);
+                raw.unwind.count(outcome, key.len() - before);
+            }
+            None => key.extend(r.callchain_words(le)),
+        }
         let (g, new) = raw.stacks.entry(&key, || Group::new(r.period, r.time_ns));
         if !new {
             g.add(r.period, r.time_ns);
@@ -271,6 +291,7 @@ pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     a.branch_entries += b.branch_entries;
     a.samples_with_branches += b.samples_with_branches;
     a.max_branch_depth = a.max_branch_depth.max(b.max_branch_depth);
+    a.unwind.add(&b.unwind);
     a
 }
 
@@ -290,7 +311,13 @@ pub fn aggregate_scan(scan: &Scan, opts: AggregateOptions) -> Result<(Profile, u
     let parts: Vec<Raw> = (0..scan.chunks())
         .into_par_iter()
         .map(|c| {
-            fold_with(|f| scan.for_each_sample(c, f), keep_tid, lbr_call_stack).map(|(r, ())| r)
+            fold_with(
+                |f| scan.for_each_sample(c, f),
+                keep_tid,
+                lbr_call_stack,
+                None,
+            )
+            .map(|(r, ())| r)
         })
         .collect::<Result<_, _>>()?;
     let raw = parts.into_iter().reduce(merge).unwrap_or_else(fold_empty);
@@ -330,6 +357,9 @@ fn aggregate_input_chunked(
     if opts.vm || opts.timeline {
         return FastPath::NotScanned;
     }
+    if input.perf_has_stack_copies() {
+        return aggregate_unwinding(input, opts);
+    }
     let keep_tid = keep_tid(opts);
     let lbr_call_stack = opts.lbr_call_stack;
     // The tables of the chunks folded so far (so memory follows the variety of the
@@ -345,7 +375,7 @@ fn aggregate_input_chunked(
             let (merged, failed, in_flight) = (&merged, &failed, &in_flight);
             in_flight.fetch_add(1, Ordering::SeqCst);
             s.spawn(move |_| {
-                match fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack) {
+                match fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack, None) {
                     Ok((raw, ())) => {
                         let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
                         *m = Some(match m.take() {
@@ -378,6 +408,41 @@ fn aggregate_input_chunked(
     FastPath::Done(Box::new(profile), branch_entries)
 }
 
+/// The fast path for a perf.data file with stack copies (`perf record --call-graph
+/// dwarf`): the walk first (the epochs' mappings must all be known before any sample is
+/// unwound), then the chunks folded on every core, each sample unwound against its
+/// process's mappings at its epoch ([`ScanUnwinder`]).
+fn aggregate_unwinding(input: &mut Input, opts: &AggregateOptions) -> FastPath {
+    let Some(scan) = input.perf_scan_unwinding() else {
+        return FastPath::NotScanned;
+    };
+    if !supports(&scan, opts) {
+        return FastPath::Failed;
+    }
+    let unwinder = ScanUnwinder::new(&scan);
+    let (keep_tid, lbr_call_stack) = (keep_tid(opts), opts.lbr_call_stack);
+    let parts: Result<Vec<Raw>, ScanError> = (0..scan.chunks())
+        .into_par_iter()
+        .map(|c| {
+            fold_with(
+                |f| scan.for_each_sample(c, f),
+                keep_tid,
+                lbr_call_stack,
+                Some(&unwinder),
+            )
+            .map(|(r, ())| r)
+        })
+        .collect();
+    let Ok(parts) = parts else {
+        return FastPath::Failed;
+    };
+    let mut raw = parts.into_iter().reduce(merge).unwrap_or_else(fold_empty);
+    raw.unwind.unusable_mappings = unwinder.unusable_mappings();
+    input.note_unwind_stats(raw.unwind);
+    let (profile, branch_entries) = resolve(&scan, raw, opts.clone());
+    FastPath::Done(Box::new(profile), branch_entries)
+}
+
 pub(crate) fn fold_empty() -> Raw {
     Raw {
         stacks: WordMap::new(),
@@ -387,6 +452,7 @@ pub(crate) fn fold_empty() -> Raw {
         branch_entries: 0,
         samples_with_branches: 0,
         max_branch_depth: 0,
+        unwind: UnwindStats::default(),
     }
 }
 
@@ -631,6 +697,64 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    /// A perf.data with stack copies (`perf record --call-graph dwarf` of a shell loop in
+    /// the distribution's stripped `sh`, forking `expr` children): the fast path unwinds
+    /// every sample against its process's mappings at its epoch, as the event stream does.
+    #[test]
+    fn fast_path_unwinds_stack_copies_as_the_event_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("dwarf.data");
+        let recorded = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "2000",
+                "--call-graph",
+                "dwarf",
+            ])
+            .arg("-o")
+            .arg(&data)
+            .args(["--", "sh", "-c"])
+            .arg("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; expr 1 + 1; expr 2 + 2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !recorded.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "skipped: needs `perf record --call-graph dwarf` (linux-perf, perf_event_open)"
+            );
+            return;
+        }
+        let opts = AggregateOptions::default();
+        let mut input = lbrprof_collector::input::open_any(&data).unwrap();
+        assert!(input.perf_has_stack_copies());
+        let FastPath::Done(fast, _) = aggregate_input(&mut input, &opts) else {
+            panic!("the fast path declined a dwarf perf.data");
+        };
+        let stats = match input.recorded_notes().iter().find(|n| n.contains("dwarf")) {
+            Some(n) => n.clone(),
+            None => panic!("no unwinding note in {:?}", input.recorded_notes()),
+        };
+        let (slow, err) = crate::aggregate_events(PerfDataReader::open(&data).unwrap(), opts);
+        assert!(err.is_none(), "{err:?}");
+        assert!(summary(&fast) == summary(&slow), "profiles differ");
+        // The loop's samples unwind through sh's frames, not one frame each.
+        let frames: u64 = fast
+            .stacks
+            .iter()
+            .map(|(k, v)| k.len() as u64 * v.samples)
+            .sum();
+        let samples: u64 = fast.stacks.values().map(|v| v.samples).sum();
+        assert!(samples > 100, "{samples} samples");
+        assert!(
+            frames > 3 * samples,
+            "{frames} frames in {samples} samples; {stats}"
+        );
     }
 
     /// The pipelined fast path (chunks folded while the walk goes on), with chunks of

@@ -51,8 +51,14 @@ pub struct Args {
     /// Sample branch stacks (LBR): `auto` where the host PMU supports them.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub branches: Toggle,
-    /// How call chains are collected.
-    #[arg(long, value_enum, default_value_t = CallGraph::Fp)]
+    /// How call chains are collected: `fp` (frame pointers, walked by the kernel), `lbr`
+    /// (LBR call-stack mode), or `dwarf[,SIZE]`: each sample copies the user registers and
+    /// the top SIZE bytes of the user stack (default 8192, at most 65528, a multiple of 8),
+    /// which lbrprof unwinds while recording with the binaries' CFI (.eh_frame,
+    /// .debug_frame), for programs built without frame pointers; only the call chains
+    /// are stored.
+    #[arg(long, value_name = "fp|lbr|dwarf[,SIZE]", default_value = "fp",
+          value_parser = parse_call_graph)]
     pub call_graph: CallGraph,
     /// Collect call chains by frame pointers: perf's -g, the same as --call-graph fp
     /// (lbrprof collects them by default).
@@ -171,10 +177,51 @@ pub enum Toggle {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallGraph {
     Fp,
     Lbr,
+    /// The stack copy's size in bytes.
+    Dwarf(u32),
+}
+
+/// perf's default `--call-graph dwarf` stack copy.
+pub const DEFAULT_DWARF_STACK: u32 = 8192;
+
+/// `fp`, `lbr`, `dwarf` or `dwarf,SIZE` (perf's syntax; SIZE a multiple of 8 up to the
+/// kernel's limit of 65528, with an optional K suffix).
+pub fn parse_call_graph(s: &str) -> Result<CallGraph, String> {
+    let (mode, size) = match s.split_once(',') {
+        Some((m, size)) => (m, Some(size)),
+        None => (s, None),
+    };
+    match (mode, size) {
+        ("fp", None) => Ok(CallGraph::Fp),
+        ("lbr", None) => Ok(CallGraph::Lbr),
+        ("dwarf", None) => Ok(CallGraph::Dwarf(DEFAULT_DWARF_STACK)),
+        ("dwarf", Some(size)) => {
+            let (digits, scale) = match size.strip_suffix(['k', 'K']) {
+                Some(d) => (d, 1024),
+                None => (size, 1),
+            };
+            let bytes = digits
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| n.checked_mul(scale))
+                .ok_or_else(|| format!("bad stack size {size:?}: give bytes, e.g. dwarf,16384"))?;
+            // The kernel takes a u16-sized, 8-byte aligned dump (perf_event_open(2)).
+            if bytes == 0 || bytes % 8 != 0 || bytes > 65528 {
+                return Err(format!(
+                    "the stack size must be a multiple of 8 between 8 and 65528, not {bytes}"
+                ));
+            }
+            Ok(CallGraph::Dwarf(bytes))
+        }
+        ("fp" | "lbr", Some(_)) => Err(format!("{mode} takes no size (only dwarf,SIZE does)")),
+        _ => Err(format!(
+            "unknown call graph mode {mode:?}: use fp, lbr or dwarf[,SIZE]"
+        )),
+    }
 }
 
 impl Args {
@@ -203,6 +250,7 @@ impl Args {
             call_graph: match self.call_graph {
                 CallGraph::Fp => host::CallGraph::Fp,
                 CallGraph::Lbr => host::CallGraph::Lbr,
+                CallGraph::Dwarf(stack_size) => host::CallGraph::Dwarf { stack_size },
             },
         }
     }
@@ -286,5 +334,31 @@ pub fn record_error(err: RecordError) -> anyhow::Error {
     match err.exit_code() {
         Some(code) => with_exit(err.into(), code),
         None => err.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_graph_modes_parse_as_perf_writes_them() {
+        assert_eq!(parse_call_graph("fp"), Ok(CallGraph::Fp));
+        assert_eq!(parse_call_graph("lbr"), Ok(CallGraph::Lbr));
+        assert_eq!(parse_call_graph("dwarf"), Ok(CallGraph::Dwarf(8192)));
+        assert_eq!(parse_call_graph("dwarf,16384"), Ok(CallGraph::Dwarf(16384)));
+        assert_eq!(parse_call_graph("dwarf,4k"), Ok(CallGraph::Dwarf(4096)));
+        assert_eq!(parse_call_graph("dwarf,65528"), Ok(CallGraph::Dwarf(65528)));
+        for bad in [
+            "dwarf,65536",
+            "dwarf,100",
+            "dwarf,0",
+            "dwarf,x",
+            "fp,8",
+            "frames",
+            "",
+        ] {
+            assert!(parse_call_graph(bad).is_err(), "{bad} accepted");
+        }
     }
 }

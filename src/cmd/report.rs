@@ -569,23 +569,21 @@ fn debian_package(path: &Path) -> Option<String> {
             Err(_) => candidates.push(Path::new("/usr").join(c.strip_prefix("/").ok()?)),
         }
     }
-    candidates.iter().find_map(|c| {
-        let out = std::process::Command::new("dpkg-query")
-            .arg("-S")
-            .arg(c)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        // `pkg:arch: /path` (or `pkg: /path`); a diversion line has no package.
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| !l.starts_with("diversion"))?;
-        let pkg = line.split(": ").next()?;
-        let pkg = pkg.split(':').next()?.split(',').next()?.trim();
-        (!pkg.is_empty()).then(|| pkg.to_owned())
-    })
+    // One query for all the candidates (each dpkg-query reads the whole package
+    // database: a tenth of a second); it exits non-zero when some of them are not
+    // packaged, and still prints the ones that are.
+    let out = std::process::Command::new("dpkg-query")
+        .arg("-S")
+        .args(&candidates)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    // `pkg:arch: /path` (or `pkg: /path`); a diversion line has no package.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| !l.starts_with("diversion"))?;
+    let pkg = line.split(": ").next()?;
+    let pkg = pkg.split(':').next()?.split(',').next()?.trim();
+    (!pkg.is_empty()).then(|| pkg.to_owned())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -1481,14 +1481,24 @@ fn collect_plt(obj: &object::File<'static>, arena: &Arena, out: &mut Vec<Candida
     else {
         return;
     };
-    let mut slots: HashMap<u64, &'static str> = HashMap::new();
+    let mut slots: HashMap<u64, String> = HashMap::new();
     for (slot, reloc) in relocs {
-        if let RelocationTarget::Symbol(index) = reloc.target()
-            && let Ok(sym) = dynsyms.symbol_by_index(index)
-            && let Ok(name) = sym.name()
-            && !name.is_empty()
-        {
-            slots.insert(slot, name);
+        match reloc.target() {
+            RelocationTarget::Symbol(index) => {
+                if let Ok(sym) = dynsyms.symbol_by_index(index)
+                    && let Ok(name) = sym.name()
+                    && !name.is_empty()
+                {
+                    slots.insert(slot, name.to_owned());
+                }
+            }
+            // R_X86_64_IRELATIVE (libc's calls to its own IFUNCs, e.g. memcpy): no
+            // symbol, the resolver's address as addend; objdump and perf name the entry
+            // `*ABS*+0xADDEND@plt`.
+            RelocationTarget::Absolute if reloc.addend() > 0 => {
+                slots.insert(slot, format!("*ABS*+{:#x}", reloc.addend()));
+            }
+            _ => {}
         }
     }
     if slots.is_empty() {

@@ -16,6 +16,10 @@
 //! Tasks that existed before we attached (`-p`/`-t`) get their mappings and names from
 //! procfs ([`procfs`]), since the kernel only reports new ones.
 //!
+//! With `--call-graph dwarf` each sample also carries the user registers and a copy of
+//! the user stack; [`HostSampler::drain`] unwinds it ([`crate::dwarf`]) when the sample
+//! leaves in time order, after the mappings it needs, and passes on only the call chain.
+//!
 //! Policy (which event, branch stacks or not) is decided elsewhere
 //! ([`crate::host::decide`]); this module only carries it out.
 
@@ -28,13 +32,17 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use perf_event_open::config::{
     CallChain, Cpu, EntryFormat, ExtraRecord, Inherit, Lbr, Mmap, OnExecve, Opts, Priv, Proc,
-    RecordIdFormat, SampleFormat, SampleOn, TargetPriv, UseBuildId, WakeUp, WakeUpOn,
+    RecordIdFormat, RegsMask, SampleFormat, SampleOn, Size, TargetPriv, UseBuildId, WakeUp,
+    WakeUpOn,
 };
 use perf_event_open::count::Counter;
 use perf_event_open::event::hw::Hardware;
 use perf_event_open::event::sw::Software;
 use perf_event_open::sample::Sampler;
+use perf_event_open::sample::record::Record;
+use perf_event_open::sample::record::sample::Sample;
 
+use crate::dwarf::{EventUnwinder, StackCopy, UnwindStats};
 use crate::host::{CallGraph, EventKind};
 use crate::model::{Event, LossKind};
 use convert::{Converted, Converter};
@@ -152,7 +160,9 @@ pub struct HostSampler {
     stats: RingStats,
     event_name: &'static str,
     /// Records read but not yet passed on (see [`HostSampler::drain`]).
-    pending: Vec<Event>,
+    pending: Vec<Pending>,
+    /// `--call-graph dwarf`: walks the samples' stack copies.
+    unwinder: Option<EventUnwinder>,
     /// When the previous drain started (CLOCK_MONOTONIC ns, the records' clock).
     round_start: u64,
     /// Disabled: no more records can come.
@@ -220,6 +230,7 @@ impl HostSampler {
             stats: RingStats::default(),
             event_name,
             pending: Vec::new(),
+            unwinder: matches!(config.call_graph, CallGraph::Dwarf { .. }).then(EventUnwinder::new),
             round_start: 0,
             stopped: false,
         })
@@ -285,7 +296,11 @@ impl HostSampler {
             let Some(iter) = ring.sampler.iter() else {
                 continue;
             };
-            for (mode, record) in iter {
+            for (mode, mut record) in iter {
+                let stack = match &mut record {
+                    Record::Sample(s) if self.unwinder.is_some() => stack_copy(s),
+                    _ => None,
+                };
                 let Converted::Event(event) = self.converter.convert(mode, record) else {
                     continue;
                 };
@@ -297,11 +312,21 @@ impl HostSampler {
                     Event::Loss(l) => self.stats.lost += l.count,
                     _ => self.stats.side_band += 1,
                 }
-                pending.push(event);
+                pending.push(Pending { event, stack });
             }
         }
         let ready = order_ready(&mut pending, (!self.stopped).then_some(self.round_start));
-        pending.drain(..ready).for_each(out);
+        for Pending { mut event, stack } in pending.drain(..ready) {
+            if let Some(unwinder) = &mut self.unwinder {
+                match (&mut event, stack) {
+                    (Event::Sample(s), Some(copy)) => {
+                        unwinder.apply(s, copy.regs, &copy.stack);
+                    }
+                    (event, _) => unwinder.observe(event),
+                }
+            }
+            out(event);
+        }
         self.pending = pending;
         self.round_start = started;
     }
@@ -310,20 +335,54 @@ impl HostSampler {
         self.stats
     }
 
+    /// How the `--call-graph dwarf` walks went (`None` without it).
+    pub fn unwind_stats(&self) -> Option<UnwindStats> {
+        self.unwinder.as_ref().map(EventUnwinder::stats)
+    }
+
+    /// Tell the unwinder about an event that did not come from the rings (the mappings
+    /// and tasks synthesized from procfs for `-p`/`-t`).
+    pub fn observe(&mut self, event: &Event) {
+        if let Some(unwinder) = &mut self.unwinder {
+            unwinder.observe(event);
+        }
+    }
+
     /// Build-ids, read once per file (shared with procfs synthesis).
     pub fn converter(&mut self) -> &mut Converter {
         &mut self.converter
     }
 }
 
+/// An event read from a ring, with its sample's stack copy (`--call-graph dwarf`).
+struct Pending {
+    event: Event,
+    stack: Option<Box<StackCopy>>,
+}
+
+/// The user registers and stack copy of a sample, taken out of it (`None` when the
+/// sample has none: a kernel thread, or a 32-bit task).
+fn stack_copy(s: &mut Sample) -> Option<Box<StackCopy>> {
+    use perf_event_open::sample::record::sample::Abi;
+    let (values, abi) = s.user_regs.as_ref()?;
+    if *abi != Abi::_64 {
+        return None;
+    }
+    let regs = lbrprof_unwind::Regs::from_perf(crate::dwarf::SAMPLE_REGS_USER, values)?;
+    Some(Box::new(StackCopy {
+        regs,
+        stack: s.user_stack.take().unwrap_or_default(),
+    }))
+}
+
 /// Sort `pending` into time order and say how many of the first events may be passed on:
 /// those older than `before`, or all of them when `before` is `None`. The sort is stable
 /// (records of one ring keep their order at equal times) and puts side band before the
 /// samples of the same nanosecond.
-fn order_ready(pending: &mut [Event], before: Option<u64>) -> usize {
-    pending.sort_by_key(|e| (event_time(e), matches!(e, Event::Sample(_))));
+fn order_ready(pending: &mut [Pending], before: Option<u64>) -> usize {
+    pending.sort_by_key(|p| (event_time(&p.event), matches!(p.event, Event::Sample(_))));
     match before {
-        Some(t) => pending.partition_point(|e| event_time(e) < t),
+        Some(t) => pending.partition_point(|p| event_time(&p.event) < t),
         None => pending.len(),
     }
 }
@@ -346,6 +405,10 @@ fn event_time(event: &Event) -> u64 {
 fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
     let page = page_size();
     let ring_bytes = (1usize << config.ring_pages_exp) * page;
+    let dwarf = match config.call_graph {
+        CallGraph::Dwarf { stack_size } => Some(stack_size),
+        _ => None,
+    };
     Opts {
         exclude: Priv {
             kernel: !config.kernel,
@@ -359,12 +422,16 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
         sample_format: SampleFormat {
             period: true,
             code_addr: true,
-            call_chain: Some(CallChain {
-                exclude_user: false,
+            // With dwarf the user part comes from the stack copy (as perf does it, the
+            // kernel's frame-pointer walk of user space is not asked for).
+            call_chain: (dwarf.is_none() || config.kernel).then_some(CallChain {
+                exclude_user: dwarf.is_some(),
                 exclude_kernel: !config.kernel,
                 defer_user: false,
                 max_stack_frames: 127,
             }),
+            user_regs: dwarf.map(|_| RegsMask(crate::dwarf::SAMPLE_REGS_USER)),
+            user_stack: dwarf.map(Size),
             lbr: config.branch_stacks.then(|| Lbr {
                 // LBR call-stack mode works for user space only (perf sets
                 // PERF_SAMPLE_BRANCH_USER with it); otherwise follow exclude_kernel.
@@ -374,7 +441,7 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
                     hv: false,
                 }),
                 branch_type: perf_event_open::config::BranchType {
-                    any: config.call_graph == CallGraph::Fp,
+                    any: config.call_graph != CallGraph::Lbr,
                     call_stack: config.call_graph == CallGraph::Lbr,
                     ..Default::default()
                 },
@@ -537,23 +604,27 @@ mod tests {
         });
         // Two rings read one after the other: CPU 0's (a sample at 40) before CPU 1's
         // (the fork at 20 and the child's mapping at 30, and a sample at 30).
-        let mut pending = vec![
+        let pend = |events: Vec<Event>| -> Vec<Pending> {
+            events
+                .into_iter()
+                .map(|event| Pending { event, stack: None })
+                .collect()
+        };
+        let mut pending = pend(vec![
             sample(40),
             fork.clone(),
             sample(30),
             mapping(30),
             sample(60),
-        ];
+        ]);
         let ready = order_ready(&mut pending, Some(50));
         assert_eq!(ready, 4);
-        assert_eq!(
-            pending[..ready],
-            [fork, mapping(30), sample(30), sample(40)]
-        );
+        let events: Vec<&Event> = pending[..ready].iter().map(|p| &p.event).collect();
+        assert_eq!(events, [&fork, &mapping(30), &sample(30), &sample(40)]);
         // At the end, everything goes.
         assert_eq!(order_ready(&mut pending[ready..], None), 1);
         // Nothing older than the watermark: nothing leaves.
-        let mut late = vec![sample(70)];
+        let mut late = pend(vec![sample(70)]);
         assert_eq!(order_ready(&mut late, Some(70)), 0);
     }
 

@@ -18,7 +18,9 @@
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
 //! files, compressed or AUX-trace records, records out of the order perf's
-//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors.
+//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors,
+//! and samples with stack copies (`--call-graph dwarf`: unwinding them follows each
+//! process's mappings in time order, which the stream does).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
@@ -131,6 +133,8 @@ pub struct SampleRef<'a> {
     /// The sample's cpumode (`PERF_RECORD_MISC_*`).
     pub mode: CpuMode,
     pub raw: RawSample<'a>,
+    /// Its attribute's `sample_regs_user` (which registers `raw.user_regs` holds).
+    pub regs_user: u64,
 }
 
 /// Whether a side-band event changes how later samples resolve or are filtered
@@ -308,6 +312,7 @@ fn samples_in(
                 epoch,
                 mode: cpu_mode(reader::CpuMode::from_misc(misc)),
                 raw,
+                regs_user: layout.regs_user,
             });
         }
         at += size;
