@@ -731,7 +731,7 @@ pub(crate) mod tests {
             return;
         }
         let opts = AggregateOptions::default();
-        let mut input = lbrprof_collector::input::open_any(&data).unwrap();
+        let mut input = lbrprof_data::input::open_any(&data).unwrap();
         assert!(input.perf_has_stack_copies());
         let FastPath::Done(fast, _) = aggregate_input(&mut input, &opts) else {
             panic!("the fast path declined a dwarf perf.data");
