@@ -29,7 +29,9 @@
 //!      9  Vec<(time_ns u64, pid u32, tid u32, comm String)>: execs
 //!         (model::TaskEvent::Exec), since 1.1; a 1.0 reader skips them with
 //!         its unknown-kind warning, so it misses the new program's name
-//!  10..  reserved for later minor versions; a reader skips kinds it does not
+//!     10  Vec<model::ExactProfile>: exact mode's per-vCPU instruction and call
+//!         counts, written at the end (1.1 readers before it skip it with a warning)
+//!  11..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -79,7 +81,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
+    Event, ExactProfile, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -135,6 +137,7 @@ pub enum ChunkKind {
     Vcpus = 7,
     VcpuStats = 8,
     Execs = 9,
+    ExactProfiles = 10,
 }
 
 impl ChunkKind {
@@ -149,6 +152,7 @@ impl ChunkKind {
             7 => ChunkKind::Vcpus,
             8 => ChunkKind::VcpuStats,
             9 => ChunkKind::Execs,
+            10 => ChunkKind::ExactProfiles,
             _ => return None,
         })
     }
@@ -435,6 +439,7 @@ enum Run {
     Losses(Vec<Loss>),
     Vcpus(Vec<VcpuThread>),
     VcpuStats(Vec<VcpuStats>),
+    ExactProfiles(Vec<ExactProfile>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
 }
@@ -463,6 +468,7 @@ impl Batches {
             Event::Loss(l) => append!(Losses, l),
             Event::Vcpu(v) => append!(Vcpus, v),
             Event::VcpuStats(v) => append!(VcpuStats, v),
+            Event::ExactProfile(p) => append!(ExactProfiles, p),
             Event::Snapshot(s) => append!(Snapshots, s),
             Event::Sample(s) => append!(Samples, s),
         }
@@ -479,6 +485,7 @@ fn approx_size(event: &Event) -> usize {
         Event::Snapshot(s) => 96 + s.entries.len() * 24 + s.guest_stack.len() * 8,
         Event::Mapping(m) => 64 + m.path.len(),
         Event::VcpuStats(v) => 96 + v.exits.len() * 16,
+        Event::ExactProfile(p) => 32 + p.runs.len() * 24 + p.calls.len() * 32,
         Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
     }
 }
@@ -538,6 +545,9 @@ impl<W: Write> ChunkOut<W> {
                 Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
                 Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
                 Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
+                Run::ExactProfiles(mut v) => {
+                    self.write_items(ChunkKind::ExactProfiles, &mut v)?
+                }
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
             }
@@ -1040,6 +1050,7 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
         Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
         Some(ChunkKind::VcpuStats) => items(offset, payload, Event::VcpuStats),
+        Some(ChunkKind::ExactProfiles) => items(offset, payload, Event::ExactProfile),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }

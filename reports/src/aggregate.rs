@@ -328,6 +328,8 @@ impl Aggregator {
                     vm.stats.push(v.clone());
                 }
             }
+            // Exact-mode profiles are read by the callgrind export, not folded here.
+            Event::ExactProfile(_) => {}
             Event::Sample(s) => self.add_sample(s),
             Event::Snapshot(snap) => self.add_snapshot(snap),
             Event::Loss(l) => {

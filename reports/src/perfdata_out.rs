@@ -84,7 +84,7 @@ fn event_time(ev: &Event) -> Option<u64> {
             | TaskEvent::Exit { time_ns, .. },
         ) => *time_ns,
         Event::Loss(l) => l.time_ns,
-        Event::Vcpu(_) | Event::VcpuStats(_) => return None,
+        Event::Vcpu(_) | Event::VcpuStats(_) | Event::ExactProfile(_) => return None,
     })
 }
 
@@ -495,7 +495,7 @@ impl<W: Write> Writer<'_, W> {
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),
-            Event::Vcpu(_) | Event::VcpuStats(_) => Ok(()),
+            Event::Vcpu(_) | Event::VcpuStats(_) | Event::ExactProfile(_) => Ok(()),
         }
     }
 

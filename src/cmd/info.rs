@@ -341,6 +341,8 @@ struct Totals {
     exits: u64,
     vcpus: u64,
     vcpu_exits: u64,
+    /// Exact-mode profiles: (vCPUs, ring-3 instructions counted).
+    exact_profiles: (u64, u64),
     losses: BTreeMap<String, u64>,
     pids: BTreeSet<u32>,
     /// Samples per (pid, tid).
@@ -428,6 +430,10 @@ impl Totals {
             Event::Task(TaskEvent::Exit { .. }) => self.exits += 1,
             Event::Vcpu(_) => self.vcpus += 1,
             Event::VcpuStats(v) => self.vcpu_exits += v.exits.iter().map(|(_, n)| n).sum::<u64>(),
+            Event::ExactProfile(p) => {
+                self.exact_profiles.0 += 1;
+                self.exact_profiles.1 += p.instructions;
+            }
             Event::Loss(l) => {
                 let kind = match (l.kind, l.tid) {
                     (LossKind::RingBuffer, _) => "ring buffer".to_owned(),
@@ -651,6 +657,13 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
             out,
             "vcpus:         {} threads, {} VM exits",
             t.vcpus, t.vcpu_exits
+        )?;
+    }
+    if t.exact_profiles.0 > 0 {
+        writeln!(
+            out,
+            "exact profile: {} ring-3 instructions counted on {} vCPU(s) (export --callgrind)",
+            t.exact_profiles.1, t.exact_profiles.0
         )?;
     }
     writeln!(

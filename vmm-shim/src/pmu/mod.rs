@@ -19,6 +19,7 @@
 //! * [`emulated`]: model + tracer + snapshot channel for one vCPU, KVM-free.
 //! * [`agent`]: guest-driven snapshots: draining the guest agent's snapshot rings (one per
 //!   vCPU), with exact loss counts.
+//! * [`profile`]: exact mode's per-instruction and per-call counts (callgrind's view).
 //! * [`trial`]: a short real run of the emulated LBR, for `lbrprof info`'s verdict.
 //! * [`kvm_hook`]: the VMM hook that drives [`emulated`] from KVM exits (KVM guest debug in
 //!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook
@@ -35,6 +36,7 @@ pub mod interp;
 pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;
+pub mod profile;
 pub mod throttle;
 pub mod tracer;
 pub mod trial;

@@ -58,6 +58,7 @@ use std::collections::HashMap;
 use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
 use super::interp::{Effect, Halt, Interp, InterpState};
 use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
+use super::profile::{ExactProfile, Profiler};
 use super::vpmu::{RetiredBranch, VirtualPmu};
 
 /// What the tracer needs to know about the vCPU at a stop.
@@ -403,6 +404,8 @@ pub struct Tracer {
     empty_windows: bool,
     last: Resume,
     stats: TracerStats,
+    /// Exact mode: the per-instruction and per-call profile, when asked for.
+    profile: Option<Box<Profiler>>,
 }
 
 impl Tracer {
@@ -421,6 +424,7 @@ impl Tracer {
             empty_windows: false,
             last: Resume::default(),
             stats: TracerStats::default(),
+            profile: None,
         }
     }
 
@@ -454,6 +458,17 @@ impl Tracer {
     /// before its first branch (the PMI fires at once; snapshots hold no new branches).
     pub fn set_empty_windows(&mut self, on: bool) {
         self.empty_windows = on;
+    }
+
+    /// Exact mode: also count every ring-3 instruction and call for a profile
+    /// ([`super::profile`]); [`Tracer::take_profile`] hands it over at the end.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = (on && self.counting()).then(Box::default);
+    }
+
+    /// The exact-mode profile counted so far (closing open calls), if profiling is on.
+    pub fn take_profile(&mut self, vcpu: u32) -> Option<ExactProfile> {
+        self.profile.take().map(|mut p| p.finish(vcpu))
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -569,7 +584,8 @@ impl Tracer {
         let rip = g.cpu()?.rip;
         match self.blocks[block].index_of(rip, done) {
             Some(i) if i <= target => {
-                self.retire(pmu, (i - done) as u64, cpl);
+                let at = self.blocks[block].addr(done);
+                self.retire(pmu, (i - done) as u64, cpl, at);
                 self.state = State::Running {
                     block,
                     done: i,
@@ -646,7 +662,10 @@ impl Tracer {
                 target,
                 cpl,
             } => match self.blocks[block].index_of(cpu.rip, done) {
-                Some(i) if i <= target => self.retire(pmu, (i - done) as u64, cpl),
+                Some(i) if i <= target => {
+                    let at = self.blocks[block].addr(done);
+                    self.retire(pmu, (i - done) as u64, cpl, at);
+                }
                 _ => self.stats.unexpected += 1,
             },
             State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
@@ -741,7 +760,7 @@ impl Tracer {
             };
             ran += 1;
             match step.effect {
-                Effect::Next => self.retire(pmu, 1, state.cpl),
+                Effect::Next => self.retire(pmu, 1, state.cpl, step.ip),
                 Effect::Branch { kind, taken, to } => self.branch(
                     pmu,
                     RetiredBranch {
@@ -793,9 +812,14 @@ impl Tracer {
         self.mode == TraceMode::Exact
     }
 
-    /// `n` sequential instructions retired at `cpl`.
-    fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8) {
+    /// `n` sequential instructions retired at `cpl`, the first at `at`.
+    fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
         self.stats.instructions += n;
+        if n > 0
+            && let Some(p) = &mut self.profile
+        {
+            p.retire(n, cpl, at);
+        }
         if self.counting() {
             pmu.on_instructions(n, cpl);
             pmu.on_cycles(n, cpl);
@@ -805,6 +829,9 @@ impl Tracer {
     }
 
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
+        if let Some(p) = &mut self.profile {
+            p.branch(&b);
+        }
         if b.kind.is_instruction() {
             self.stats.instructions += 1;
             self.stats.branches += 1;
@@ -841,7 +868,7 @@ impl Tracer {
         };
         match insn.flow {
             Flow::Sequential | Flow::Trap if to == fallthrough => {
-                self.retire(pmu, 1, cpl);
+                self.retire(pmu, 1, cpl, insn.ip);
                 return;
             }
             Flow::Sequential | Flow::Trap => {
@@ -877,14 +904,16 @@ impl Tracer {
     ) -> Result<Resume, TraceError> {
         let follow = self.counting() || self.window_left > 0;
         if !self.inject_pmis {
+            // The caller consumes the PMI, re-arms the counters and then re-plans
+            // ([`Tracer::replan`]) from the state left here. Planning now as well would
+            // account a branch the plan predicts (`predict_over`) twice: once here and once
+            // in the re-plan, since the guest has not moved in between.
             self.stats.pmis_consumed += 1;
-            let mut r = if follow {
-                self.plan_native(g, pmu, cpu)?
-            } else {
-                self.free(pmu, cpu.cpl)
-            };
-            r.pmi = true;
-            return Ok(r);
+            self.state = State::Free;
+            return Ok(Resume {
+                pmi: true,
+                ..Resume::default()
+            });
         }
         self.stats.nmis += 1;
         if follow
