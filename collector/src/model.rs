@@ -255,8 +255,9 @@ pub struct ExactProfile {
     pub vcpu: u32,
     /// `(start, instructions, ends_taken, count)`, sorted.
     pub runs: Vec<(u64, u32, bool, u64)>,
-    /// `(call site, target, calls, inclusive instructions)`, sorted.
-    pub calls: Vec<(u64, u64, u64, u64)>,
+    /// `(call site, target, calls, inclusive [instructions, conditional branches,
+    /// indirect branches])`, sorted.
+    pub calls: Vec<(u64, u64, u64, [u64; 3])>,
     /// Ring-3 instructions (the runs' sum).
     pub instructions: u64,
     /// Instructions retired outside ring 3 (the shim's system-call path, a guest kernel).

@@ -119,7 +119,9 @@ pub fn exact_costs(
                 .entry((site, target))
                 .or_insert_with(|| (0, vec![0; 3]));
             e.0 += calls;
-            e.1[0] += inclusive;
+            for (e, i) in e.1.iter_mut().zip(inclusive) {
+                *e += i;
+            }
         }
     }
     costs

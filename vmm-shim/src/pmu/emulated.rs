@@ -325,6 +325,7 @@ impl EmulatedVcpu {
     pub fn on_stop(&mut self, g: &mut dyn GuestAccess, now_ns: u64) {
         let _ = self.tracer.sync(g, &mut self.pmu);
         if let (Some(sink), Some(p)) = (&self.sink, self.tracer.take_profile(self.cfg.vcpu)) {
+            sink.send_profile(p);
         }
         // A sampled window still open holds only its first branches (the LBR was emptied
         // when it opened): not a snapshot worth its empty slots.

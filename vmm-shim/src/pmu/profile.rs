@@ -53,8 +53,10 @@ pub struct ProfileCall {
     /// Where it went.
     pub target: u64,
     pub count: u64,
-    /// Ring-3 instructions retired inside those calls (callee's and everything it called).
-    pub inclusive: u64,
+    /// What retired inside those calls (the callee and everything it called), ring 3:
+    /// instructions, conditional branches, indirect branches (indirect jumps and calls,
+    /// and returns).
+    pub inclusive: [u64; 3],
 }
 
 /// What one vCPU's exact-mode profiler counted, in a stable order (runs and calls sorted).
@@ -74,21 +76,24 @@ struct Frame {
     return_to: u64,
     site: u64,
     target: u64,
-    /// The user-instruction count when the callee started.
-    at: u64,
+    /// The ring-3 counts (instructions, conditional, indirect) when the callee started.
+    at: [u64; 3],
 }
 
 /// The accumulator the tracer feeds in exact mode.
 #[derive(Debug, Default)]
 pub struct Profiler {
     runs: FastMap<(u64, u32, bool), u64>,
-    calls: FastMap<(u64, u64), (u64, u64)>,
+    calls: FastMap<(u64, u64), (u64, [u64; 3])>,
     /// Start of the current run, and whether it is a ring-3 run.
     start: Option<u64>,
     user: bool,
     /// Instructions in the current run so far.
     pending: u64,
     user_instructions: u64,
+    /// Ring-3 conditional and indirect branches retired.
+    user_conditional: u64,
+    user_indirect: u64,
     other_instructions: u64,
     stack: Vec<Frame>,
 }
@@ -117,6 +122,15 @@ impl Profiler {
     pub fn branch(&mut self, b: &RetiredBranch) {
         if b.kind.is_instruction() {
             self.retire(1, b.cpl_before, b.from);
+            if b.cpl_before == 3 {
+                match b.kind {
+                    BranchKind::Jcc => self.user_conditional += 1,
+                    BranchKind::JmpInd | BranchKind::CallInd | BranchKind::Ret => {
+                        self.user_indirect += 1
+                    }
+                    _ => {}
+                }
+            }
         }
         if !b.taken && b.kind.is_instruction() {
             return;
@@ -132,7 +146,7 @@ impl Profiler {
                         return_to: b.fallthrough,
                         site: b.from,
                         target: b.to,
-                        at: self.user_instructions,
+                        at: self.counts(),
                     });
                 }
                 BranchKind::Ret => {
@@ -158,12 +172,23 @@ impl Profiler {
         self.pending = 0;
     }
 
+    fn counts(&self) -> [u64; 3] {
+        [
+            self.user_instructions,
+            self.user_conditional,
+            self.user_indirect,
+        ]
+    }
+
     /// Closes the frames from `i` up, charging each its cost so far.
     fn close_from(&mut self, i: usize) {
+        let now = self.counts();
         for f in self.stack.drain(i..) {
             let e = self.calls.entry((f.site, f.target)).or_default();
             e.0 += 1;
-            e.1 += self.user_instructions - f.at;
+            for k in 0..3 {
+                e.1[k] += now[k] - f.at[k];
+            }
         }
     }
 
@@ -249,7 +274,7 @@ mod tests {
                 site: 0x10c,
                 target: 0x200,
                 count: 1,
-                inclusive: 5
+                inclusive: [5, 1, 1]
             }]
         );
         let sum: u64 = prof
@@ -276,7 +301,7 @@ mod tests {
         let inc: Vec<_> = prof
             .calls
             .iter()
-            .map(|c| (c.site, c.inclusive))
+            .map(|c| (c.site, c.inclusive[0]))
             .collect();
         // a: b's call, c's call, 4, ret = 7; b: c's call, 4, ret = 6; c: 4 + ret = 5.
         assert_eq!(inc, vec![(0x101, 7), (0x106, 10), (0x200, 6), (0x300, 5)]);
