@@ -81,7 +81,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, ExactProfile, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats, VcpuThread,
+    Event, ExactProfile, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats,
+    VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -545,9 +546,7 @@ impl<W: Write> ChunkOut<W> {
                 Run::Losses(mut v) => self.write_items(ChunkKind::Losses, &mut v)?,
                 Run::Vcpus(mut v) => self.write_items(ChunkKind::Vcpus, &mut v)?,
                 Run::VcpuStats(mut v) => self.write_items(ChunkKind::VcpuStats, &mut v)?,
-                Run::ExactProfiles(mut v) => {
-                    self.write_items(ChunkKind::ExactProfiles, &mut v)?
-                }
+                Run::ExactProfiles(mut v) => self.write_items(ChunkKind::ExactProfiles, &mut v)?,
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
             }

@@ -38,7 +38,9 @@ use lbrprof_vmm::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{AddressSpace, Event, ExactProfile, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread};
+use crate::model::{
+    AddressSpace, Event, ExactProfile, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread,
+};
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
@@ -665,6 +667,26 @@ fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// The shim's exact-mode profile of a vCPU as the recording stores it.
+fn exact_profile(p: lbrprof_vmm::pmu::profile::ExactProfile) -> ExactProfile {
+    ExactProfile {
+        vm: VM_INDEX,
+        vcpu: p.vcpu,
+        runs: p
+            .runs
+            .iter()
+            .map(|r| (r.start, r.instructions, r.ends_taken, r.count))
+            .collect(),
+        calls: p
+            .calls
+            .iter()
+            .map(|c| (c.site, c.target, c.count, c.inclusive))
+            .collect(),
+        instructions: p.instructions,
+        other_instructions: p.other_instructions,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,25 +827,5 @@ mod tests {
     fn garbage_has_no_mappings() {
         assert!(guest_mappings(b"not an elf", Path::new("x"), 0).is_empty());
         assert!(guest_mappings(&[], Path::new("x"), 0).is_empty());
-    }
-}
-
-/// The shim's exact-mode profile of a vCPU as the recording stores it.
-fn exact_profile(p: lbrprof_vmm::pmu::profile::ExactProfile) -> ExactProfile {
-    ExactProfile {
-        vm: VM_INDEX,
-        vcpu: p.vcpu,
-        runs: p
-            .runs
-            .iter()
-            .map(|r| (r.start, r.instructions, r.ends_taken, r.count))
-            .collect(),
-        calls: p
-            .calls
-            .iter()
-            .map(|c| (c.site, c.target, c.count, c.inclusive))
-            .collect(),
-        instructions: p.instructions,
-        other_instructions: p.other_instructions,
     }
 }

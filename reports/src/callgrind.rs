@@ -397,7 +397,10 @@ mod tests {
         let main = "fl=p.c\nfn=main\n0x10 3 5\n0x14 4 5\n\
                     cob=/bin/prog\ncfi=p.c\ncfn=f\ncalls=1 0x40\n0x14 4 7\n";
         assert!(text.contains(main), "{text}");
-        assert!(text.contains("positions: instr line\nevent: Ir : Instructions executed\nevents: Ir\n"), "{text}");
+        assert!(
+            text.contains("positions: instr line\nevent: Ir : Instructions executed\nevents: Ir\n"),
+            "{text}"
+        );
         assert!(text.ends_with("totals: 17\n"), "{text}");
     }
 }

@@ -121,7 +121,9 @@ fn exact_profiles(path: &std::path::Path) -> anyhow::Result<Vec<ExactProfile>> {
             Ok(Event::ExactProfile(p)) => out.push(p),
             Ok(_) => {}
             Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
+                );
             }
         }
     }

@@ -12,8 +12,8 @@
 //! Each returns the [`Resume`] to apply before re-entry. When it asks for an NMI (a PMI), the
 //! shim-driven snapshot path (if enabled) has already sent the frozen LBR over the channel.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 

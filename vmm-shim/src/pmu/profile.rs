@@ -186,8 +186,8 @@ impl Profiler {
         for f in self.stack.drain(i..) {
             let e = self.calls.entry((f.site, f.target)).or_default();
             e.0 += 1;
-            for k in 0..3 {
-                e.1[k] += now[k] - f.at[k];
+            for ((e, now), at) in e.1.iter_mut().zip(now).zip(f.at) {
+                *e += now - at;
             }
         }
     }
@@ -266,7 +266,11 @@ mod tests {
             .collect();
         assert_eq!(
             runs,
-            vec![(0x100, 4, true, 1), (0x111, 2, false, 1), (0x200, 5, true, 1)]
+            vec![
+                (0x100, 4, true, 1),
+                (0x111, 2, false, 1),
+                (0x200, 5, true, 1)
+            ]
         );
         assert_eq!(
             prof.calls,
