@@ -750,6 +750,20 @@ impl Tracer {
         let mut ran = 0u64;
         let mut ended = false;
         let mut halt = None;
+        // Exact mode retires straight-line instructions in batches (one counter update per
+        // batch, not per instruction), each batch ending before the instruction that could
+        // overflow a counter with PMI enabled, so a PMI still fires on that very
+        // instruction. Sampled windows count nothing per instruction: no batching there.
+        let batch_limit = |pmu: &VirtualPmu, counting: bool| {
+            if counting {
+                pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
+            } else {
+                1
+            }
+        };
+        let counting = self.counting();
+        let mut limit = batch_limit(pmu, counting);
+        let (mut pending, mut pending_at) = (0u64, 0u64);
         while ran < budget {
             let step = match session.step() {
                 Ok(step) => step,
@@ -760,24 +774,45 @@ impl Tracer {
             };
             ran += 1;
             match step.effect {
-                Effect::Next => self.retire(pmu, 1, state.cpl, step.ip),
-                Effect::Branch { kind, taken, to } => self.branch(
-                    pmu,
-                    RetiredBranch {
-                        from: step.ip,
-                        to,
-                        fallthrough: step.next,
-                        kind,
-                        taken,
-                        cpl_before: state.cpl,
-                        cpl_after: state.cpl,
-                    },
-                ),
+                Effect::Next => {
+                    if pending == 0 {
+                        pending_at = step.ip;
+                    }
+                    pending += 1;
+                    if pending < limit {
+                        continue;
+                    }
+                    self.retire(pmu, pending, state.cpl, pending_at);
+                    pending = 0;
+                }
+                Effect::Branch { kind, taken, to } => {
+                    if pending > 0 {
+                        // The branch's LBR record counts the cycles before it.
+                        self.retire(pmu, pending, state.cpl, pending_at);
+                        pending = 0;
+                    }
+                    self.branch(
+                        pmu,
+                        RetiredBranch {
+                            from: step.ip,
+                            to,
+                            fallthrough: step.next,
+                            kind,
+                            taken,
+                            cpl_before: state.cpl,
+                            cpl_after: state.cpl,
+                        },
+                    )
+                }
             }
             if self.window_done || pmu.pmi_pending() {
                 ended = true;
                 break;
             }
+            limit = batch_limit(pmu, counting);
+        }
+        if pending > 0 {
+            self.retire(pmu, pending, state.cpl, pending_at);
         }
         let after = *session.state();
         let xmm = session.xmm_to_write_back().copied();
