@@ -754,15 +754,15 @@ impl Tracer {
         // batch, not per instruction), each batch ending before the instruction that could
         // overflow a counter with PMI enabled, so a PMI still fires on that very
         // instruction. Sampled windows count nothing per instruction: no batching there.
-        let batch_limit = |pmu: &VirtualPmu, counting: bool| {
-            if counting {
-                pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
-            } else {
-                1
-            }
-        };
+        // `room`: instructions that can retire before the one that overflows (room 1: the
+        // next one does). Every interpreted instruction counts one instruction and one
+        // cycle, so it shrinks by one per instruction; a PMI ends the stretch.
         let counting = self.counting();
-        let mut limit = batch_limit(pmu, counting);
+        let mut room = if counting {
+            pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
+        } else {
+            1
+        };
         let (mut pending, mut pending_at) = (0u64, 0u64);
         while ran < budget {
             let step = match session.step() {
@@ -779,18 +779,21 @@ impl Tracer {
                         pending_at = step.ip;
                     }
                     pending += 1;
-                    if pending < limit {
+                    if pending < room {
                         continue;
                     }
                     self.retire(pmu, pending, state.cpl, pending_at);
+                    room = room.saturating_sub(pending);
                     pending = 0;
                 }
                 Effect::Branch { kind, taken, to } => {
                     if pending > 0 {
                         // The branch's LBR record counts the cycles before it.
                         self.retire(pmu, pending, state.cpl, pending_at);
+                        room = room.saturating_sub(pending);
                         pending = 0;
                     }
+                    room = room.saturating_sub(1);
                     self.branch(
                         pmu,
                         RetiredBranch {
@@ -809,7 +812,13 @@ impl Tracer {
                 ended = true;
                 break;
             }
-            limit = batch_limit(pmu, counting);
+            if !counting || room == 0 {
+                room = if counting {
+                    pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
+                } else {
+                    1
+                };
+            }
         }
         if pending > 0 {
             self.retire(pmu, pending, state.cpl, pending_at);
