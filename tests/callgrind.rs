@@ -264,3 +264,82 @@ fn a_file_that_is_no_recording_is_a_one_line_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.starts_with("lbrprof: error:"), "{err}");
 }
+
+#[test]
+fn diff_of_exact_recordings_compares_every_instruction_per_function() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), &[]);
+    let rec = |n: &str, name: &str| {
+        let data = tmp.path().join(name);
+        run_ok(
+            lbrprof()
+                .args([
+                    "record",
+                    "--vm",
+                    "--lbr",
+                    "emulated",
+                    "--lbr-mode",
+                    "exact",
+                    "-o",
+                ])
+                .arg(&data)
+                .arg("--")
+                .arg(&exe)
+                .arg(n),
+        );
+        data
+    };
+    let (a, b, c) = (
+        rec("3000", "a.data"),
+        rec("3000", "b.data"),
+        rec("3100", "c.data"),
+    );
+    let diff = |x: &Path, y: &Path| {
+        let out = lbrprof()
+            .args([
+                "diff",
+                "--metric",
+                "instructions",
+                "--threshold",
+                "0",
+                "--format",
+                "json",
+            ])
+            .arg(x)
+            .arg(y)
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), doc)
+    };
+    let row = |doc: &serde_json::Value, name: &str| -> (f64, f64) {
+        let r = doc["report"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == name)
+            .unwrap_or_else(|| panic!("no row {name}"));
+        (r["base"].as_f64().unwrap(), r["new"].as_f64().unwrap())
+    };
+    // The same program and input: every count equal, no verdict even at threshold 0.
+    let (code, same) = diff(&a, &b);
+    assert_eq!(code, Some(0), "{same}");
+    assert_eq!(
+        same["report"]["total"]["base"],
+        same["report"]["total"]["new"]
+    );
+    // 100 more numbers: collatz and mix run more instructions, fib exactly as many.
+    let (code, more) = diff(&a, &c);
+    assert_eq!(code, Some(1), "{more}");
+    let (fb, fnew) = row(&more, "fib");
+    assert_eq!(fb, fnew);
+    let (mb, mnew) = row(&more, "mix");
+    // mix: 9 instructions per call (see the README's callgrind_annotate output).
+    assert_eq!((mb, mnew), (27_000.0, 27_900.0));
+    let (cb, cnew) = row(&more, "collatz");
+    assert!(cnew > cb, "{more}");
+}

@@ -13,7 +13,7 @@ use lbrprof_reports::callgrind::{self, Costs, Header};
 use lbrprof_reports::decode::CodeReader;
 
 use super::export::Args;
-use super::report::{Naming, load_functions, output};
+use super::report::{Loaded, Naming, load_functions, output};
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = &args.input.input;
@@ -106,6 +106,37 @@ fn totals_text(costs: &Costs, totals: &[u64]) -> String {
         .map(|((e, _), t)| format!("{e} {t}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Instructions retired per function (and in all) by an exact-mode recording, from its
+/// exact profiles (`None` when it has none): what `diff --metric instructions` compares.
+pub fn exact_function_counts(
+    path: &std::path::Path,
+    loaded: &mut Loaded,
+) -> anyhow::Result<Option<(u64, std::collections::BTreeMap<String, u64>)>> {
+    let profiles = exact_profiles(path)?;
+    if profiles.is_empty() {
+        return Ok(None);
+    }
+    let mut code = CodeReader::default();
+    let costs = callgrind::exact_costs(&profiles, &mut loaded.profile.spaces, &mut code);
+    let modules = &loaded.profile.spaces.modules;
+    let missing: Vec<_> = costs
+        .insns
+        .keys()
+        .filter(|l| loaded.syms.get(l).is_none())
+        .copied()
+        .collect();
+    loaded
+        .syms
+        .add_lines(modules, missing, loaded.source.as_ref());
+    let mut rows = std::collections::BTreeMap::new();
+    for (l, c) in &costs.insns {
+        *rows
+            .entry(loaded.syms.function_name(modules, l))
+            .or_default() += c[0];
+    }
+    Ok(Some((costs.totals()[0], rows)))
 }
 
 /// The exact-mode profiles of an lbrprof recording (none for other recordings and for

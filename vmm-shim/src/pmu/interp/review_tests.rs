@@ -632,7 +632,11 @@ fn a_block_rewritten_inside_between_stretches_is_decoded_again() {
     // The second becomes `jmp .+4 ; nop` to the HLT.
     m.mem[CODE as usize + 3..CODE as usize + 6].copy_from_slice(&[0xeb, 0x04, 0x90]);
     let (steps, _, end) = run_with(&mut interp, &mut m, s);
-    assert_eq!((steps, end.gpr[0], end.rip), (2, 13, CODE + 9), "the stale block ran");
+    assert_eq!(
+        (steps, end.gpr[0], end.rip),
+        (2, 13, CODE + 9),
+        "the stale block ran"
+    );
 }
 
 /// A block entered again and again in one stretch (a loop) runs from the cache with the
@@ -641,8 +645,8 @@ fn a_block_rewritten_inside_between_stretches_is_decoded_again() {
 fn a_loop_runs_from_cached_blocks_and_code_writes_still_halt() {
     // mov $5,%ecx ; 1: add %rcx,%rax ; dec %ecx ; jnz 1b ; mov %rax,(%rbx) ; hlt
     let code = [
-        0xb9, 0x05, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc8, 0xff, 0xc9, 0x75, 0xf9, 0x48, 0x89,
-        0x03, 0xf4,
+        0xb9, 0x05, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc8, 0xff, 0xc9, 0x75, 0xf9, 0x48, 0x89, 0x03,
+        0xf4,
     ];
     let mut m = Machine::new(&code);
     let mut interp = Interp::default();
