@@ -359,7 +359,8 @@ impl Interp {
         let mut s = Session {
             interp: self,
             g,
-            state,
+            state: Box::new(state),
+            scratch: None,
             tlb: FastMap::default(),
             tlb_fast: [(u64::MAX, Tlb::default()); TLB_FAST],
             pt_pages: Vec::new(),
@@ -477,7 +478,10 @@ enum Access {
 pub struct Session<'a> {
     interp: &'a mut Interp,
     g: &'a mut dyn GuestAccess,
-    state: InterpState,
+    /// Boxed, like `scratch`: an instruction runs on a copy of the state in `scratch` and
+    /// commits by swapping the two boxes (one 200-byte copy per instruction, not three).
+    state: Box<InterpState>,
+    scratch: Option<Box<InterpState>>,
     tlb: FastMap<u64, Tlb>,
     /// A direct-mapped copy of recent `tlb` entries (page number → entry), looked up
     /// first: every instruction fetch and data access translates.
@@ -668,7 +672,8 @@ impl Session<'_> {
             let pa = self.check_fetch(insn.next_ip() - 1)?;
             self.note_code_phys(pa);
         }
-        let mut n = self.state;
+        let mut n = self.scratch.take().unwrap_or_default();
+        *n = *self.state;
         n.rip = insn.next_ip();
         let mut exec = Exec {
             session: self,
@@ -723,7 +728,8 @@ impl Session<'_> {
             self.xmm_dirty = true;
         }
         n.rflags &= !RFLAGS_RF;
-        self.state = n;
+        std::mem::swap(&mut self.state, &mut n);
+        self.scratch = Some(n);
         Ok(Step {
             ip,
             next: insn.next_ip(),
