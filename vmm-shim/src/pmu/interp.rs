@@ -38,8 +38,11 @@
 //!   leaves them as they were). Accesses may cross pages.
 //! * **Instructions are transactional**: all reads and checks happen first, then the
 //!   accessed/dirty bits, then at most one memory write, then the register file.
-//! * **Code may change under the cache**: a cached decode is compared with guest memory
-//!   once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
+//! * **Decoded blocks**: instructions are decoded once per basic block (the straight line
+//!   up to the first control transfer) and run from the block, one map lookup per block;
+//!   fetch permissions are checked once per page of a block.
+//! * **Code may change under the cache**: a cached decode or block is compared with guest
+//!   memory once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
 //!   and a liveness verdict is reused only while every instruction it looked at is
 //!   unchanged. Near branches with an operand-size prefix (ignored by Intel, honoured by
 //!   AMD) are left to the CPU.
