@@ -130,7 +130,11 @@ fn exact_counts_equal_valgrind_and_callgrind_annotate_reads_the_export() {
     assert_eq!(ir, counted(&a), "{err}");
 
     // callgrind_annotate reads it, with our totals.
-    let (ann, ann_err) = run_ok(Command::new("callgrind_annotate").arg(&cg));
+    let (ann, ann_err) = run_ok(
+        Command::new("callgrind_annotate")
+            .arg("--threshold=100")
+            .arg(&cg),
+    );
     assert!(!ann_err.contains("WARNING"), "{ann_err}");
     let (total, ours) = annotate_rows(&ann);
     assert_eq!(total, ir, "{ann}");
@@ -144,9 +148,10 @@ fn exact_counts_equal_valgrind_and_callgrind_annotate_reads_the_export() {
             .arg(&exe)
             .arg("3000"),
     );
-    let (cg_ann, _) = run_ok(Command::new("cg_annotate").arg(&cgo));
+    let (cg_ann, _) = run_ok(Command::new("cg_annotate").arg("--threshold=0").arg(&cgo));
     let (cg_total, theirs) = annotate_rows(&cg_ann);
     for f in OWN {
+        assert!(ours.contains_key(f), "{f} missing:\n{ann}");
         assert_eq!(
             ours.get(f),
             theirs.get(f),
@@ -170,11 +175,13 @@ fn exact_counts_equal_valgrind_and_callgrind_annotate_reads_the_export() {
     );
     let (inc_ours, _) = run_ok(
         Command::new("callgrind_annotate")
+            .arg("--threshold=100")
             .arg("--inclusive=yes")
             .arg(&cg),
     );
     let (inc_theirs, _) = run_ok(
         Command::new("callgrind_annotate")
+            .arg("--threshold=100")
             .arg("--inclusive=yes")
             .arg(&vcg),
     );
@@ -213,7 +220,11 @@ fn a_sampled_recording_exports_its_samples() {
             .arg(&cg),
     );
     assert!(err.contains("sampled: Samples "), "{err}");
-    let (ann, _) = run_ok(Command::new("callgrind_annotate").arg(&cg));
+    let (ann, _) = run_ok(
+        Command::new("callgrind_annotate")
+            .arg("--threshold=100")
+            .arg(&cg),
+    );
     let (total, rows) = annotate_rows(&ann);
     let (info, _) = run_ok(lbrprof().arg("info").arg(&data));
     let samples: u64 = info
@@ -227,6 +238,7 @@ fn a_sampled_recording_exports_its_samples() {
     // Inclusive samples are `report`'s totals (a sample counts once per function).
     let (inc, _) = run_ok(
         Command::new("callgrind_annotate")
+            .arg("--threshold=100")
             .arg("--inclusive=yes")
             .arg(&cg),
     );

@@ -219,7 +219,6 @@ pub struct WriteStats {
 #[derive(Clone, Debug, Default)]
 pub struct Header {
     pub cmd: String,
-    pub pid: u32,
     /// `desc:` lines.
     pub desc: Vec<String>,
 }
@@ -287,9 +286,6 @@ pub fn write(
     writeln!(out, "# callgrind format")?;
     writeln!(out, "version: 1")?;
     writeln!(out, "creator: lbrprof {}", env!("CARGO_PKG_VERSION"))?;
-    if header.pid != 0 {
-        writeln!(out, "pid: {}", header.pid)?;
-    }
     writeln!(out, "cmd: {}", one_line(&header.cmd))?;
     writeln!(out, "part: 1")?;
     for d in &header.desc {

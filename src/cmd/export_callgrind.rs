@@ -50,7 +50,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Target::Tid { tid } => format!("tid {tid}"),
             Target::PerfData { path } => path.clone(),
         },
-        pid: 0,
         desc: vec![if profiles.is_empty() {
             format!(
                 "Source: lbrprof sampled recording {} (event {})",
