@@ -13,7 +13,7 @@
 //!   its self cost and every caller → callee pair of its stack gets the sample once as
 //!   inclusive cost (a recursive pair counts once per sample, as callgrind counts a cycle).
 //!
-//! The file ([`write`]) uses `positions: instr line` (the guest-virtual or file address of
+//! The file ([`write()`]) uses `positions: instr line` (the file offset in the object of
 //! each instruction, and its source line), one `ob=`/`fl=`/`fn=` block per function with
 //! `fi=` for lines of inlined code from other files, and `calls=` lines whose cost is the
 //! inclusive cost of those calls. Names are written in full (no name compression), and
@@ -206,7 +206,7 @@ pub fn sampled_costs(profile: &Profile, syms: &SymbolTable) -> Costs {
     costs
 }
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
     pub functions: usize,
