@@ -39,7 +39,8 @@ use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError}
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{
-    AddressSpace, Event, GuestProcess, Loss, LossKind, Mapping, Target, VcpuStats, VcpuThread,
+    AddressSpace, Event, ExactProfile, GuestProcess, Loss, LossKind, Mapping, Target, VcpuStats,
+    VcpuThread,
 };
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
@@ -421,6 +422,9 @@ pub fn record_vm(
             tid: None,
         }));
     }
+    for p in snap_sink.take_profiles() {
+        sink.send(Event::ExactProfile(exact_profile(p)));
+    }
     let mut frozen = 0;
     let mut stretched = 0;
     for v in &report.vcpus {
@@ -702,6 +706,26 @@ fn run_sampled(
 fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() as u32 }
+}
+
+/// The shim's exact-mode profile of a vCPU as the recording stores it.
+fn exact_profile(p: lbrprof_vmm::pmu::profile::ExactProfile) -> ExactProfile {
+    ExactProfile {
+        vm: VM_INDEX,
+        vcpu: p.vcpu,
+        runs: p
+            .runs
+            .iter()
+            .map(|r| (r.start, r.instructions, r.ends_taken, r.count))
+            .collect(),
+        calls: p
+            .calls
+            .iter()
+            .map(|c| (c.site, c.target, c.count, c.inclusive))
+            .collect(),
+        instructions: p.instructions,
+        other_instructions: p.other_instructions,
+    }
 }
 
 #[cfg(test)]

@@ -245,6 +245,8 @@ pub enum Event {
     Vcpu(VcpuThread),
     VcpuStats(VcpuStats),
     GuestProcess(GuestProcess),
+    /// Appended: exact mode's profile of one vCPU, written when it stops.
+    ExactProfile(ExactProfile),
 }
 
 /// A process of a Linux program run in the VM, in one of its address spaces: sent when
@@ -263,6 +265,26 @@ pub struct GuestProcess {
     pub exe: String,
     /// The CR3 values its vCPUs run with.
     pub roots: Vec<u64>,
+}
+
+/// Exact mode's count of every ring-3 instruction and call of one vCPU (guest-virtual
+/// addresses). A run is `instructions` sequential instructions from `start`, ending
+/// with a taken branch when `ends_taken`; a reader with the code decodes them to credit
+/// each instruction. Calls carry callgrind's inclusive cost: the ring-3 instructions
+/// retired between the call and its return.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactProfile {
+    pub vm: u32,
+    pub vcpu: u32,
+    /// `(start, instructions, ends_taken, count)`, sorted.
+    pub runs: Vec<(u64, u32, bool, u64)>,
+    /// `(call site, target, calls, inclusive [instructions, conditional branches,
+    /// indirect branches])`, sorted.
+    pub calls: Vec<(u64, u64, u64, [u64; 3])>,
+    /// Ring-3 instructions (the runs' sum).
+    pub instructions: u64,
+    /// Instructions retired outside ring 3 (the shim's system-call path, a guest kernel).
+    pub other_instructions: u64,
 }
 
 /// Facts about the machine a recording was made on.

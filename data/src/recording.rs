@@ -29,7 +29,12 @@
 //!      9  Vec<(time_ns u64, pid u32, tid u32, comm String)>: execs
 //!         (model::TaskEvent::Exec), since 1.1; a 1.0 reader skips them with
 //!         its unknown-kind warning, so it misses the new program's name
-//!  10..  reserved for later minor versions; a reader skips kinds it does not
+//!     10  Vec<model::GuestProcess>: the processes of a Linux program run in the VM
+//!         (address space, pid, parent, comm, executable, CR3 values)
+//!     11  Vec<model::ExactProfile>: exact mode's per-vCPU instruction and call
+//!         counts, written at the end
+//!         (1.1 readers before 10 and 11 skip them with a warning)
+//!  12..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -79,8 +84,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent, VcpuStats,
-    VcpuThread,
+    Event, ExactProfile, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent,
+    VcpuStats, VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -137,6 +142,7 @@ pub enum ChunkKind {
     VcpuStats = 8,
     Execs = 9,
     GuestProcesses = 10,
+    ExactProfiles = 11,
 }
 
 impl ChunkKind {
@@ -152,6 +158,7 @@ impl ChunkKind {
             8 => ChunkKind::VcpuStats,
             9 => ChunkKind::Execs,
             10 => ChunkKind::GuestProcesses,
+            11 => ChunkKind::ExactProfiles,
             _ => return None,
         })
     }
@@ -439,6 +446,7 @@ enum Run {
     Vcpus(Vec<VcpuThread>),
     VcpuStats(Vec<VcpuStats>),
     GuestProcesses(Vec<GuestProcess>),
+    ExactProfiles(Vec<ExactProfile>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
 }
@@ -468,6 +476,7 @@ impl Batches {
             Event::Vcpu(v) => append!(Vcpus, v),
             Event::VcpuStats(v) => append!(VcpuStats, v),
             Event::GuestProcess(p) => append!(GuestProcesses, p),
+            Event::ExactProfile(p) => append!(ExactProfiles, p),
             Event::Snapshot(s) => append!(Snapshots, s),
             Event::Sample(s) => append!(Samples, s),
         }
@@ -485,6 +494,7 @@ fn approx_size(event: &Event) -> usize {
         Event::Mapping(m) => 64 + m.path.len(),
         Event::VcpuStats(v) => 96 + v.exits.len() * 16,
         Event::GuestProcess(p) => 64 + p.exe.len() + p.comm.len(),
+        Event::ExactProfile(p) => 32 + p.runs.len() * 24 + p.calls.len() * 32,
         Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
     }
 }
@@ -547,6 +557,7 @@ impl<W: Write> ChunkOut<W> {
                 Run::GuestProcesses(mut v) => {
                     self.write_items(ChunkKind::GuestProcesses, &mut v)?
                 }
+                Run::ExactProfiles(mut v) => self.write_items(ChunkKind::ExactProfiles, &mut v)?,
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
             }
@@ -1050,6 +1061,7 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
         Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
         Some(ChunkKind::VcpuStats) => items(offset, payload, Event::VcpuStats),
         Some(ChunkKind::GuestProcesses) => items(offset, payload, Event::GuestProcess),
+        Some(ChunkKind::ExactProfiles) => items(offset, payload, Event::ExactProfile),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }

@@ -329,6 +329,8 @@ impl Aggregator {
                     self.guest_spaces.insert(r, p.space);
                 }
             }
+            // Exact-mode profiles are read by the callgrind export, not folded here.
+            Event::ExactProfile(_) => {}
             Event::Sample(s) => self.add_sample(s),
             Event::Snapshot(snap) => self.add_snapshot(snap),
             Event::Loss(l) => {
@@ -854,18 +856,16 @@ mod tests {
             (0, "sh", [0x10_000, 0x11_000]),
             (1, "sort", [0x20_000, 0x21_000]),
         ] {
-            a.add(&Event::GuestProcess(
-                lbrprof_data::model::GuestProcess {
-                    time_ns: 0,
-                    vm: 0,
-                    space,
-                    pid: 100 + space,
-                    ppid: 99,
-                    comm: path.into(),
-                    exe: format!("/bin/{path}"),
-                    roots: roots.to_vec(),
-                },
-            ));
+            a.add(&Event::GuestProcess(lbrprof_data::model::GuestProcess {
+                time_ns: 0,
+                vm: 0,
+                space,
+                pid: 100 + space,
+                ppid: 99,
+                comm: path.into(),
+                exe: format!("/bin/{path}"),
+                roots: roots.to_vec(),
+            }));
             a.add(&Event::Mapping(Mapping {
                 space: AddressSpace::Guest { vm: 0 },
                 pid: space,

@@ -97,6 +97,7 @@ pub mod aggregate;
 pub mod annotate;
 pub mod autofdo;
 pub mod bolt;
+pub mod callgrind;
 pub mod cfg;
 pub mod decode;
 pub mod diff;

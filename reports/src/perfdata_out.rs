@@ -84,7 +84,9 @@ fn event_time(ev: &Event) -> Option<u64> {
             | TaskEvent::Exit { time_ns, .. },
         ) => *time_ns,
         Event::Loss(l) => l.time_ns,
-        Event::Vcpu(_) | Event::VcpuStats(_) | Event::GuestProcess(_) => return None,
+        Event::Vcpu(_) | Event::VcpuStats(_) | Event::GuestProcess(_) | Event::ExactProfile(_) => {
+            return None;
+        }
     })
 }
 
@@ -495,7 +497,10 @@ impl<W: Write> Writer<'_, W> {
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),
-            Event::Vcpu(_) | Event::VcpuStats(_) | Event::GuestProcess(_) => Ok(()),
+            Event::Vcpu(_)
+            | Event::VcpuStats(_)
+            | Event::GuestProcess(_)
+            | Event::ExactProfile(_) => Ok(()),
         }
     }
 

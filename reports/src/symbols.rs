@@ -274,6 +274,11 @@ impl SymbolTable {
         self.syms.get(l)
     }
 
+    /// Names `l` (tests, and outputs that name locations themselves).
+    pub fn insert(&mut self, l: Loc, sym: Sym) {
+        self.syms.insert(l, sym);
+    }
+
     /// The function name of `l`, or `module+0xoff` / a raw address when unknown.
     pub fn function_name(&self, modules: &ModuleTable, l: &Loc) -> String {
         match self.get(l).and_then(|s| s.function.as_deref()) {

@@ -262,8 +262,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Metric::Edges | Metric::Branches | Metric::Instructions
     );
     let exact = guest_metric && is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
-    let b = counts(&base, metric, exact)?;
-    let n = counts(&new, metric, exact)?;
+    let mut base = base;
+    let mut new = new;
+    let b = counts(&mut base, metric, exact)?;
+    let n = counts(&mut new, metric, exact)?;
     let keys = |c: &Counts| -> BTreeSet<String> {
         c.runs.iter().flat_map(|r| r.rows.keys().cloned()).collect()
     };
@@ -336,7 +338,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// One side's costs: per run when the recording has runs and the metric is a sample
 /// metric, else the whole recording as one run.
-fn counts(side: &Side, metric: Metric, exact: bool) -> anyhow::Result<Counts> {
+fn counts(side: &mut Side, metric: Metric, exact: bool) -> anyhow::Result<Counts> {
+    if exact
+        && metric == Metric::Instructions
+        && let Some((total, rows)) =
+            super::export_callgrind::exact_function_counts(&side.path, &mut side.loaded)?
+    {
+        // Every instruction each function retired, not the snapshots' sample of them.
+        return Ok(Counts::single(total, rows, true, "instructions"));
+    }
     let c = diff::counts(&side.report, metric, exact);
     if c.total_samples == 0 {
         let what = match metric {

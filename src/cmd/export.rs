@@ -14,7 +14,7 @@ use lbrprof_reports::decode::CodeReader;
 use super::report::{InputArgs, Naming, output};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg", "autofdo", "autofdo_raw", "perf_data", "firefox"])))]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["bolt", "pprof", "bolt_preagg", "autofdo", "autofdo_raw", "perf_data", "firefox", "callgrind"])))]
 pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
@@ -59,6 +59,14 @@ pub struct Args {
     /// markers. Open it at profiler.firefox.com.
     #[arg(long)]
     pub firefox: bool,
+    /// Write a callgrind profile (as `callgrind_annotate`, KCachegrind and QCachegrind
+    /// read it). From an exact-mode recording (`record --vm --lbr-mode exact`): every
+    /// ring-3 instruction's executions (Ir), conditional (Bc) and indirect (Bi) branches,
+    /// per instruction and source line, and calls with inclusive costs, as callgrind
+    /// counts them. From any other recording: samples, self per line and inclusive per
+    /// call edge of the sampled stacks.
+    #[arg(long)]
+    pub callgrind: bool,
     /// Where to write the profile.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -73,6 +81,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.firefox {
         return super::export_firefox::run(args);
+    }
+    if args.callgrind {
+        return super::export_callgrind::run(args);
     }
     if args.autofdo_raw {
         return super::export_pgo::autofdo_raw(args);

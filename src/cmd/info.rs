@@ -345,6 +345,8 @@ struct Totals {
     vcpus_ran: BTreeSet<u32>,
     /// Guest processes of a Linux program: pid → the programs it ran, in order.
     guest_processes: BTreeMap<u32, Vec<String>>,
+    /// Exact-mode profiles: (vCPUs, ring-3 instructions counted).
+    exact_profiles: (u64, u64),
     losses: BTreeMap<String, u64>,
     pids: BTreeSet<u32>,
     /// Samples per (pid, tid).
@@ -444,6 +446,10 @@ impl Totals {
                 if progs.last() != Some(&p.comm) || progs.is_empty() {
                     progs.push(p.comm.clone());
                 }
+            }
+            Event::ExactProfile(p) => {
+                self.exact_profiles.0 += 1;
+                self.exact_profiles.1 += p.instructions;
             }
             Event::Loss(l) => {
                 let kind = match (l.kind, l.tid) {
@@ -694,6 +700,13 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
             "guest procs:   {} ({})",
             t.guest_processes.len(),
             list.join(", ")
+        )?;
+    }
+    if t.exact_profiles.0 > 0 {
+        writeln!(
+            out,
+            "exact profile: {} ring-3 instructions counted on {} vCPU(s) (export --callgrind)",
+            t.exact_profiles.1, t.exact_profiles.0
         )?;
     }
     writeln!(

@@ -12,13 +12,14 @@
 //! Each returns the [`Resume`] to apply before re-entry. When it asks for an NMI (a PMI), the
 //! shim-driven snapshot path (if enabled) has already sent the frozen LBR over the channel.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cpuid::{self, CpuidEntry};
 use super::msr::*;
+use super::profile::ExactProfile;
 use super::throttle::{Throttle, ThrottleStats};
 use super::tracer::{
     GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
@@ -27,11 +28,13 @@ use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, Virtu
 use crate::snapshot::{LbrSnapshot, SnapshotReason};
 
 /// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
-/// closed channel counts a loss.
+/// closed channel counts a loss. In exact mode it also collects each vCPU's
+/// [`ExactProfile`] when the vCPU stops.
 #[derive(Clone, Debug)]
 pub struct SnapshotSink {
     tx: Sender<LbrSnapshot>,
     lost: Arc<AtomicU64>,
+    profiles: Arc<Mutex<Vec<ExactProfile>>>,
 }
 
 impl SnapshotSink {
@@ -42,6 +45,7 @@ impl SnapshotSink {
             SnapshotSink {
                 tx,
                 lost: Arc::new(AtomicU64::new(0)),
+                profiles: Arc::default(),
             },
             rx,
         )
@@ -59,6 +63,21 @@ impl SnapshotSink {
     /// Snapshots dropped because the channel was full (or its reader gone).
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// The exact-mode profiles of the vCPUs that stopped so far (taken: a second call
+    /// returns only those that stopped since), in vCPU order.
+    pub fn take_profiles(&self) -> Vec<ExactProfile> {
+        let mut v = std::mem::take(&mut *self.profiles.lock().unwrap_or_else(|e| e.into_inner()));
+        v.sort_by_key(|p| p.vcpu);
+        v
+    }
+
+    fn send_profile(&self, p: ExactProfile) {
+        self.profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p);
     }
 }
 
@@ -142,6 +161,7 @@ impl EmulatedVcpu {
         tracer.set_interpreter(cfg.interpret);
         tracer.set_empty_windows(cfg.empty_windows);
         tracer.set_log_halts(cfg.log_halts);
+        tracer.set_profiling(sink.is_some());
         let mut v = EmulatedVcpu {
             cfg,
             pmu: VirtualPmu::new(cfg.pmu),
@@ -310,6 +330,9 @@ impl EmulatedVcpu {
     /// The vCPU stopped: a final snapshot so the tail of the run is not lost.
     pub fn on_stop(&mut self, g: &mut dyn GuestAccess, now_ns: u64) {
         let _ = self.tracer.sync(g, &mut self.pmu);
+        if let (Some(sink), Some(p)) = (&self.sink, self.tracer.take_profile(self.cfg.vcpu)) {
+            sink.send_profile(p);
+        }
         // A sampled window still open holds only its first branches (the LBR was emptied
         // when it opened): not a snapshot worth its empty slots.
         let partial = matches!(self.cfg.mode, TraceMode::Sampled { .. }) && self.tracer.tracing();

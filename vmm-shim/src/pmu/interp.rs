@@ -38,8 +38,11 @@
 //!   leaves them as they were). Accesses may cross pages.
 //! * **Instructions are transactional**: all reads and checks happen first, then the
 //!   accessed/dirty bits, then at most one memory write, then the register file.
-//! * **Code may change under the cache**: a cached decode is compared with guest memory
-//!   once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
+//! * **Decoded blocks**: instructions are decoded once per basic block (the straight line
+//!   up to the first control transfer) and run from the block, one map lookup per block;
+//!   fetch permissions are checked once per page of a block.
+//! * **Code may change under the cache**: a cached decode or block is compared with guest
+//!   memory once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
 //!   and a liveness verdict is reused only while every instruction it looked at is
 //!   unchanged. Near branches with an operand-size prefix (ignored by Intel, honoured by
 //!   AMD) are left to the CPU.
@@ -273,6 +276,21 @@ pub struct Interp {
     /// The current session's number (cache entries remember the session that last
     /// checked them against guest memory).
     session_no: u64,
+    /// (CR3, address) → the straight-line run of decoded instructions from there through
+    /// the first control transfer: one lookup per block, not per instruction. Checked
+    /// against guest memory once per session, like `cache`.
+    blocks: FastMap<(u64, u64), CachedBlock>,
+}
+
+/// Instructions in a cached block at most (a longer straight line is several blocks).
+const MAX_BLOCK_INSNS: usize = 64;
+
+/// A decoded basic block ([`Interp::blocks`]).
+#[derive(Clone, Debug)]
+struct CachedBlock {
+    insns: std::sync::Arc<[Decoded]>,
+    /// The session that last compared every instruction's bytes with guest memory.
+    checked_in: u64,
 }
 
 /// A cached liveness verdict.
@@ -344,7 +362,8 @@ impl Interp {
         let mut s = Session {
             interp: self,
             g,
-            state,
+            state: Box::new(state),
+            scratch: None,
             tlb: FastMap::default(),
             tlb_fast: [(u64::MAX, Tlb::default()); TLB_FAST],
             pt_pages: Vec::new(),
@@ -353,6 +372,7 @@ impl Interp {
             last_code_page: None,
             xmm: None,
             xmm_dirty: false,
+            block: None,
         };
         s.translate_noted();
         s
@@ -395,6 +415,7 @@ impl Interp {
         }
         if self.cache.len() >= MAX_CACHED_INSNS {
             self.cache.clear();
+            self.blocks.clear();
             self.dead.clear();
             // Physical pages are recycled by the guest (a freed JIT page becomes someone's
             // stack): start the physical set again from what executes and what the
@@ -460,7 +481,10 @@ enum Access {
 pub struct Session<'a> {
     interp: &'a mut Interp,
     g: &'a mut dyn GuestAccess,
-    state: InterpState,
+    /// Boxed, like `scratch`: an instruction runs on a copy of the state in `scratch` and
+    /// commits by swapping the two boxes (one 200-byte copy per instruction, not three).
+    state: Box<InterpState>,
+    scratch: Option<Box<InterpState>>,
     tlb: FastMap<u64, Tlb>,
     /// A direct-mapped copy of recent `tlb` entries (page number → entry), looked up
     /// first: every instruction fetch and data access translates.
@@ -480,6 +504,8 @@ pub struct Session<'a> {
     xmm: Option<[u128; 16]>,
     /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
     xmm_dirty: bool,
+    /// The block being executed and the index of its next instruction.
+    block: Option<(std::sync::Arc<[Decoded]>, usize)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -548,6 +574,70 @@ impl Session<'_> {
         self.interp.decode(self.g, cr3, rip)
     }
 
+    /// The next instruction of the current block, when execution went on straight to it
+    /// and it lies on the page of the previous one (whose fetch was checked this session:
+    /// the page tables cannot change under an interpreted stretch, writes to them halt).
+    fn next_in_block(&mut self, rip: u64) -> Option<Decoded> {
+        let (b, i) = self.block.as_mut()?;
+        let d = *b.get(*i)?;
+        let prev = b.get(i.checked_sub(1)?)?;
+        if d.insn.ip() != rip || prev.insn.ip() / PAGE != rip / PAGE {
+            return None;
+        }
+        *i += 1;
+        Some(d)
+    }
+
+    /// The block starting at `rip` (decoded, or cached and checked against guest memory
+    /// once per session), entered as the current block; its first instruction.
+    fn enter_block(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
+        let session = self.interp.session_no;
+        if let Some(b) = self.interp.blocks.get_mut(&(cr3, rip)) {
+            let fresh = b.checked_in == session || {
+                let g = &mut *self.g;
+                b.insns.iter().all(|d| {
+                    let len = d.insn.len();
+                    let mut now = [0u8; MAX_INSN_LEN];
+                    g.read_virt(d.insn.ip(), &mut now[..len]).is_ok()
+                        && now[..len] == d.bytes[..len]
+                })
+            };
+            if fresh {
+                b.checked_in = session;
+                let insns = b.insns.clone();
+                let first = insns[0];
+                self.block = Some((insns, 1));
+                return Some(first);
+            }
+            // Rewritten since it was decoded: decode it again (the per-instruction cache
+            // notices the change too and drops the liveness verdicts).
+            self.interp.blocks.remove(&(cr3, rip));
+        }
+        let mut insns = Vec::new();
+        let mut at = rip;
+        while insns.len() < MAX_BLOCK_INSNS {
+            let Some(d) = self.decode(cr3, at) else {
+                break;
+            };
+            insns.push(d);
+            if d.insn.flow_control() != FlowControl::Next {
+                break;
+            }
+            at = d.insn.next_ip();
+        }
+        let first = *insns.first()?;
+        let insns: std::sync::Arc<[Decoded]> = insns.into();
+        self.interp.blocks.insert(
+            (cr3, rip),
+            CachedBlock {
+                insns: insns.clone(),
+                checked_in: session,
+            },
+        );
+        self.block = Some((insns, 1));
+        Some(first)
+    }
+
     /// The cached liveness verdict for `key`, if every instruction it rests on is unchanged.
     fn cached_verdict(&mut self, key: VerdictKey) -> Option<bool> {
         let session = self.interp.session_no;
@@ -566,11 +656,17 @@ impl Session<'_> {
     }
 
     fn try_step(&mut self) -> Result<Step, Halt> {
-        let s = self.state;
-        let ip = s.rip;
-        let pa = self.check_fetch(ip)?;
-        self.note_code_phys(pa);
-        let decoded = self.decode(s.cr3, ip).ok_or(Halt::Fetch)?;
+        let ip = self.state.rip;
+        let decoded = match self.next_in_block(ip) {
+            Some(d) => d,
+            None => {
+                self.block = None;
+                let pa = self.check_fetch(ip)?;
+                self.note_code_phys(pa);
+                let cr3 = self.state.cr3;
+                self.enter_block(cr3, ip).ok_or(Halt::Fetch)?
+            }
+        };
         let insn = decoded.insn;
         if decoded.osize_branch {
             return Err(Halt::Unsupported(insn.mnemonic()));
@@ -579,7 +675,8 @@ impl Session<'_> {
             let pa = self.check_fetch(insn.next_ip() - 1)?;
             self.note_code_phys(pa);
         }
-        let mut n = s;
+        let mut n = self.scratch.take().unwrap_or_default();
+        *n = *self.state;
         n.rip = insn.next_ip();
         let mut exec = Exec {
             session: self,
@@ -634,7 +731,8 @@ impl Session<'_> {
             self.xmm_dirty = true;
         }
         n.rflags &= !RFLAGS_RF;
-        self.state = n;
+        std::mem::swap(&mut self.state, &mut n);
+        self.scratch = Some(n);
         Ok(Step {
             ip,
             next: insn.next_ip(),

@@ -21,6 +21,7 @@
 //!   vCPU), with exact loss counts.
 //! * [`setup`]: the one guest-LBR setup of every command that boots a VM: typed options
 //!   → backend decision → per-vCPU hooks and their statistics.
+//! * [`profile`]: exact mode's per-instruction and per-call counts (callgrind's view).
 //! * [`trial`]: a short real run of the emulated LBR, for `lbrprof info`'s verdict.
 //! * [`kvm_hook`]: the VMM hook that drives [`emulated`] from KVM exits (KVM guest debug in
 //!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook
@@ -37,6 +38,7 @@ pub mod interp;
 pub mod kvm_hook;
 pub mod lbr;
 pub mod msr;
+pub mod profile;
 pub mod setup;
 pub mod throttle;
 pub mod tracer;

@@ -58,6 +58,7 @@ use std::collections::HashMap;
 use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
 use super::interp::{Effect, Halt, Interp, InterpState};
 use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
+use super::profile::{ExactProfile, Profiler};
 use super::vpmu::{RetiredBranch, VirtualPmu};
 
 /// What the tracer needs to know about the vCPU at a stop.
@@ -402,6 +403,8 @@ pub struct Tracer {
     log_halts: bool,
     last: Resume,
     stats: TracerStats,
+    /// Exact mode: the per-instruction and per-call profile, when asked for.
+    profile: Option<Box<Profiler>>,
 }
 
 impl Tracer {
@@ -421,6 +424,7 @@ impl Tracer {
             log_halts: false,
             last: Resume::default(),
             stats: TracerStats::default(),
+            profile: None,
         }
     }
 
@@ -459,6 +463,17 @@ impl Tracer {
     /// Whether to print every interpreter halt (each hand-back to breakpoints) on stderr.
     pub fn set_log_halts(&mut self, on: bool) {
         self.log_halts = on;
+    }
+
+    /// Exact mode: also count every ring-3 instruction and call for a profile
+    /// ([`super::profile`]); [`Tracer::take_profile`] hands it over at the end.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = (on && self.counting()).then(Box::default);
+    }
+
+    /// The exact-mode profile counted so far (closing open calls), if profiling is on.
+    pub fn take_profile(&mut self, vcpu: u32) -> Option<ExactProfile> {
+        self.profile.take().map(|mut p| p.finish(vcpu))
     }
 
     pub fn stats(&self) -> TracerStats {
@@ -586,7 +601,8 @@ impl Tracer {
         let rip = g.cpu()?.rip;
         match self.blocks[block].index_of(rip, done) {
             Some(i) if i <= target => {
-                self.retire(pmu, (i - done) as u64, cpl);
+                let at = self.blocks[block].addr(done);
+                self.retire(pmu, (i - done) as u64, cpl, at);
                 self.state = State::Running {
                     block,
                     done: i,
@@ -663,7 +679,10 @@ impl Tracer {
                 target,
                 cpl,
             } => match self.blocks[block].index_of(cpu.rip, done) {
-                Some(i) if i <= target => self.retire(pmu, (i - done) as u64, cpl),
+                Some(i) if i <= target => {
+                    let at = self.blocks[block].addr(done);
+                    self.retire(pmu, (i - done) as u64, cpl, at);
+                }
                 _ => self.stats.unexpected += 1,
             },
             State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
@@ -748,6 +767,20 @@ impl Tracer {
         let mut ran = 0u64;
         let mut ended = false;
         let mut halt = None;
+        // Exact mode retires straight-line instructions in batches (one counter update per
+        // batch, not per instruction), each batch ending before the instruction that could
+        // overflow a counter with PMI enabled, so a PMI still fires on that very
+        // instruction. Sampled windows count nothing per instruction: no batching there.
+        // `room`: instructions that can retire before the one that overflows (room 1: the
+        // next one does). Every interpreted instruction counts one instruction and one
+        // cycle, so it shrinks by one per instruction; a PMI ends the stretch.
+        let counting = self.counting();
+        let mut room = if counting {
+            pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
+        } else {
+            1
+        };
+        let (mut pending, mut pending_at) = (0u64, 0u64);
         while ran < budget {
             let step = match session.step() {
                 Ok(step) => step,
@@ -758,24 +791,54 @@ impl Tracer {
             };
             ran += 1;
             match step.effect {
-                Effect::Next => self.retire(pmu, 1, state.cpl),
-                Effect::Branch { kind, taken, to } => self.branch(
-                    pmu,
-                    RetiredBranch {
-                        from: step.ip,
-                        to,
-                        fallthrough: step.next,
-                        kind,
-                        taken,
-                        cpl_before: state.cpl,
-                        cpl_after: state.cpl,
-                    },
-                ),
+                Effect::Next => {
+                    if pending == 0 {
+                        pending_at = step.ip;
+                    }
+                    pending += 1;
+                    if pending < room {
+                        continue;
+                    }
+                    self.retire(pmu, pending, state.cpl, pending_at);
+                    room = room.saturating_sub(pending);
+                    pending = 0;
+                }
+                Effect::Branch { kind, taken, to } => {
+                    if pending > 0 {
+                        // The branch's LBR record counts the cycles before it.
+                        self.retire(pmu, pending, state.cpl, pending_at);
+                        room = room.saturating_sub(pending);
+                        pending = 0;
+                    }
+                    room = room.saturating_sub(1);
+                    self.branch(
+                        pmu,
+                        RetiredBranch {
+                            from: step.ip,
+                            to,
+                            fallthrough: step.next,
+                            kind,
+                            taken,
+                            cpl_before: state.cpl,
+                            cpl_after: state.cpl,
+                        },
+                    )
+                }
             }
             if self.window_done || pmu.pmi_pending() {
                 ended = true;
                 break;
             }
+            if !counting || room == 0 {
+                room = if counting {
+                    pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
+                } else {
+                    1
+                };
+            }
+        }
+        if pending > 0 {
+            self.retire(pmu, pending, state.cpl, pending_at);
         }
         let after = *session.state();
         let xmm = session.xmm_to_write_back().copied();
@@ -812,9 +875,14 @@ impl Tracer {
         self.mode == TraceMode::Exact
     }
 
-    /// `n` sequential instructions retired at `cpl`.
-    fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8) {
+    /// `n` sequential instructions retired at `cpl`, the first at `at`.
+    fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
         self.stats.instructions += n;
+        if n > 0
+            && let Some(p) = &mut self.profile
+        {
+            p.retire(n, cpl, at);
+        }
         if self.counting() {
             pmu.on_instructions(n, cpl);
             pmu.on_cycles(n, cpl);
@@ -824,6 +892,9 @@ impl Tracer {
     }
 
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
+        if let Some(p) = &mut self.profile {
+            p.branch(&b);
+        }
         if b.kind.is_instruction() {
             self.stats.instructions += 1;
             self.stats.branches += 1;
@@ -860,7 +931,7 @@ impl Tracer {
         };
         match insn.flow {
             Flow::Sequential | Flow::Trap if to == fallthrough => {
-                self.retire(pmu, 1, cpl);
+                self.retire(pmu, 1, cpl, insn.ip);
                 return;
             }
             Flow::Sequential | Flow::Trap => {
@@ -896,14 +967,16 @@ impl Tracer {
     ) -> Result<Resume, TraceError> {
         let follow = self.counting() || self.window_left > 0;
         if !self.inject_pmis {
+            // The caller consumes the PMI, re-arms the counters and then re-plans
+            // ([`Tracer::replan`]) from the state left here. Planning now as well would
+            // account a branch the plan predicts (`predict_over`) twice: once here and once
+            // in the re-plan, since the guest has not moved in between.
             self.stats.pmis_consumed += 1;
-            let mut r = if follow {
-                self.plan_native(g, pmu, cpu)?
-            } else {
-                self.free(pmu, cpu.cpl)
-            };
-            r.pmi = true;
-            return Ok(r);
+            self.state = State::Free;
+            return Ok(Resume {
+                pmi: true,
+                ..Resume::default()
+            });
         }
         self.stats.nmis += 1;
         if follow

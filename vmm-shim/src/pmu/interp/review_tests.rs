@@ -610,3 +610,53 @@ fn aligned_accesses_are_made_as_one_access() {
     assert_eq!(m.u64_at(DATA + 0x108) >> 32, 0x5566_7788);
     assert_eq!(m.u64_at(sp - 8), 0x1122_3344_5566_7788);
 }
+
+/// The decoded-block cache: an instruction inside a cached block (not its first) that the
+/// guest rewrote between two stretches is decoded again, and so is a block that a rewrite
+/// ends earlier (a jump put in the middle of it).
+#[test]
+fn a_block_rewritten_inside_between_stretches_is_decoded_again() {
+    // add %rcx,%rax (three times) ; hlt
+    let code = [0x48, 0x01, 0xc8, 0x48, 0x01, 0xc8, 0x48, 0x01, 0xc8, 0xf4];
+    let mut m = Machine::new(&code);
+    let mut interp = Interp::default();
+    let mut s = state();
+    s.gpr[0] = 10;
+    s.gpr[1] = 3;
+    let (steps, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, end.gpr[0]), (3, 19));
+    // The third ADD becomes SUB.
+    m.mem[CODE as usize + 7] = 0x29;
+    let (steps, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, end.gpr[0]), (3, 13), "the stale block ran");
+    // The second becomes `jmp .+4 ; nop` to the HLT.
+    m.mem[CODE as usize + 3..CODE as usize + 6].copy_from_slice(&[0xeb, 0x04, 0x90]);
+    let (steps, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!(
+        (steps, end.gpr[0], end.rip),
+        (2, 13, CODE + 9),
+        "the stale block ran"
+    );
+}
+
+/// A block entered again and again in one stretch (a loop) runs from the cache with the
+/// right count, and a write to a page the block came from still halts.
+#[test]
+fn a_loop_runs_from_cached_blocks_and_code_writes_still_halt() {
+    // mov $5,%ecx ; 1: add %rcx,%rax ; dec %ecx ; jnz 1b ; mov %rax,(%rbx) ; hlt
+    let code = [
+        0xb9, 0x05, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc8, 0xff, 0xc9, 0x75, 0xf9, 0x48, 0x89, 0x03,
+        0xf4,
+    ];
+    let mut m = Machine::new(&code);
+    let mut interp = Interp::default();
+    let mut s = state();
+    s.gpr[3] = DATA;
+    let (steps, halt, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, end.gpr[0]), (1 + 5 * 3 + 1, 15));
+    assert!(matches!(halt, Halt::Unsupported(_)), "{halt:?}");
+    // The same loop storing into its own code page: the store halts before it happens.
+    s.gpr[3] = CODE + 0x100;
+    let (steps, halt, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, halt, end.gpr[0]), (1 + 5 * 3, Halt::CodePage, 15));
+}
