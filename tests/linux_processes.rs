@@ -209,7 +209,7 @@ fn record_of_a_pipeline_names_the_functions_of_each_program() {
         r#"#include <stdio.h>
 __attribute__((noinline)) unsigned long produce_numbers(unsigned long i) {
     unsigned long s = i;
-    for (int k = 0; k < 2000; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
+    for (int k = 0; k < 6000; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
     return s;
 }
 int main(void) {
@@ -223,7 +223,7 @@ int main(void) {
         r#"#include <stdio.h>
 #include <stdlib.h>
 __attribute__((noinline)) unsigned long consume_number(unsigned long v, unsigned long s) {
-    for (int k = 0; k < 2000; k++) s += (v ^ k) % 3 ? k : s >> 5;
+    for (int k = 0; k < 6000; k++) s += (v ^ k) % 3 ? k : s >> 5;
     return s;
 }
 int main(void) {
@@ -234,6 +234,8 @@ int main(void) {
 }
 "#,
     );
+    // Each program computes for ~0.3 s, so that even on a loaded machine (the test suite
+    // runs in parallel) both take several snapshots at 200 Hz.
     let cmd = format!("{} | {}", producer.display(), consumer.display());
     let data = tmp.path().join("pipe.data");
     let out = lbrprof()
