@@ -159,7 +159,7 @@ pub enum Block {
     /// epoll_wait and its variants, on a host epoll instance.
     Epoll(crate::linux::events::EpollBlock),
     /// A read that would block: wait until the descriptor is readable, then system
-    /// call `nr` starts again ([`crate::linux::Process::wait_readable`]).
+    /// call `nr` starts again (`Process::wait_readable` in `events.rs`).
     Restart { poll: PollBlock, nr: u64 },
     /// wait4/waitid for a child to end.
     Wait(WaitBlock),
