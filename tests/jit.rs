@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{lbrprof, perf_available};
+use common::{kvm_available, lbrprof, perf_available};
 
 fn workload() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/jit_fib.js")
@@ -128,4 +128,47 @@ fn jit_code_is_named_from_perf_maps_as_perf_names_it() {
         stderr.contains(&module) && stderr.contains("--perf-basic-prof"),
         "{stderr}"
     );
+}
+
+#[test]
+fn jit_code_in_the_vm_is_named_from_the_guest_processs_perf_map() {
+    if !kvm_available() || !perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("vm.data");
+    let out = lbrprof()
+        .current_dir(tmp.path())
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--", "node", "--perf-basic-prof"])
+        .arg(workload())
+        .output()
+        .expect("node is needed for the JIT tests (Debian package nodejs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "27820800\n");
+    let (report, _) = report_json(&data);
+    let jit: Vec<&serde_json::Value> = report["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // Guest snapshots, or host samples taken while the vCPU ran guest code (both
+        // resolve in the guest process's address space).
+        .filter(|f| {
+            f["module"].as_str().is_some_and(|m| m.starts_with("perf-"))
+                && f["function"].as_str().is_some_and(|n| n.starts_with("JS:"))
+        })
+        .collect();
+    assert!(
+        !jit.is_empty(),
+        "no guest JIT function named from the guest's perf map: {}",
+        report["functions"]
+    );
+    if let Some(m) = jit[0]["module"].as_str() {
+        let _ = std::fs::remove_file(Path::new("/tmp").join(m));
+    }
 }

@@ -328,6 +328,7 @@ impl Aggregator {
                 for &r in &p.roots {
                     self.guest_spaces.insert(r, p.space);
                 }
+                self.profile.spaces.set_guest_pid(p.vm, p.space, p.pid);
             }
             // Exact-mode profiles are read by the callgrind export, not folded here.
             Event::ExactProfile(_) => {}

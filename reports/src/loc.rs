@@ -157,6 +157,9 @@ pub struct AddressSpaces {
     spaces: HashMap<SpaceKey, Vec<MapEntry>>,
     /// One-entry cache: the last mapping hit (samples hit the same module in a row).
     last: Option<(SpaceKey, MapEntry)>,
+    /// Each guest address space's perf JIT map (its process's `/tmp/perf-PID.map`), for
+    /// user addresses no file mapping covers: code a JIT generated in the guest.
+    guest_jit: HashMap<(u32, u32), ModuleId>,
 }
 
 /// Mapping names perf gives anonymous memory (perf's `is_anon_memory`), and named
@@ -167,6 +170,9 @@ fn is_anonymous(path: &str) -> bool {
         || path.starts_with("/anon_hugepage")
         || path.starts_with("[anon:")
 }
+
+/// Addresses below this are user addresses on x86-64 (canonical lower half).
+const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
 
 /// Addresses at or above this are kernel addresses on x86-64 (canonical upper half).
 const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
@@ -275,6 +281,16 @@ impl AddressSpaces {
         self.resolve_in(key, addr)
     }
 
+    /// Address space `space` of VM `vm` is (now) guest process `pid`: its user addresses
+    /// outside every file mapping are looked up in that process's perf map, as perf does
+    /// for a host process's anonymous memory (a JIT in the guest writes the map on the
+    /// host's file system, under the pid it sees).
+    pub fn set_guest_pid(&mut self, vm: u32, space: u32, pid: u32) {
+        let path = format!("/tmp/perf-{pid}.map");
+        let module = self.modules.intern(&path, None, ModuleKind::PerfMap);
+        self.guest_jit.insert((vm, space), module);
+    }
+
     /// Where a guest virtual address of VM `vm` points (in its first address space).
     pub fn resolve_guest(&mut self, vm: u32, addr: u64) -> Loc {
         self.resolve_in(SpaceKey::Guest(vm, 0), addr)
@@ -306,6 +322,12 @@ impl AddressSpaces {
             }
         }
         let unknown = match key {
+            SpaceKey::Guest(vm, space) if addr < USER_SPACE_END => {
+                match self.guest_jit.get(&(vm, space)) {
+                    Some(&module) => module,
+                    None => ModuleTable::GUEST_UNKNOWN,
+                }
+            }
             SpaceKey::Guest(..) => ModuleTable::GUEST_UNKNOWN,
             SpaceKey::User(_) if addr >= KERNEL_SPACE_START => ModuleTable::KERNEL,
             SpaceKey::User(_) => ModuleTable::UNKNOWN,
@@ -376,6 +398,38 @@ mod tests {
         a.add_mapping(&map(10, 0x400000, 0x1000, 0, "/bin/anon"));
         let f = a.resolve(10, 0x400010, CpuMode::User);
         assert_eq!(a.modules.get(f.module).kind, ModuleKind::File);
+    }
+
+    #[test]
+    fn unmapped_guest_user_code_is_its_processs_perf_map() {
+        let mut a = AddressSpaces::default();
+        let mut lib = map(2, 0x7000_0000, 0x1000, 0, "/lib/libc.so.6");
+        lib.space = AddressSpace::Guest { vm: 0 };
+        a.add_mapping(&lib);
+        // Before the process is known: the guest's unknown.
+        assert_eq!(
+            a.resolve_guest_in(0, 2, 0x3000_0000_0010).module,
+            ModuleTable::GUEST_UNKNOWN
+        );
+        a.set_guest_pid(0, 2, 4242);
+        let jit = a.resolve_guest_in(0, 2, 0x3000_0000_0010);
+        let m = a.modules.get(jit.module);
+        assert_eq!(
+            (m.path.as_str(), m.kind),
+            ("/tmp/perf-4242.map", ModuleKind::PerfMap)
+        );
+        assert_eq!(jit.offset, 0x3000_0000_0010);
+        // File mappings win, kernel addresses and other spaces are untouched.
+        let l = a.resolve_guest_in(0, 2, 0x7000_0010);
+        assert_eq!(a.modules.get(l.module).path, "/lib/libc.so.6");
+        assert_eq!(
+            a.resolve_guest_in(0, 2, 0xffff_8000_0000_0010).module,
+            ModuleTable::GUEST_UNKNOWN
+        );
+        assert_eq!(
+            a.resolve_guest_in(0, 3, 0x3000_0000_0010).module,
+            ModuleTable::GUEST_UNKNOWN
+        );
     }
 
     #[test]
