@@ -300,6 +300,17 @@ impl AddressSpace {
                     self.mem
                         .read(GuestPhysAddr(e & PTE_ADDR_MASK), &mut page)
                         .map_err(|_| Errno::EFAULT)?;
+                    // The emulated LBR's breakpoints in the parent's code stay the
+                    // parent's: the child's copy gets the original bytes.
+                    let pa = e & PTE_ADDR_MASK;
+                    for (a, orig) in
+                        crate::pmu::kvm_hook::breakpoint_originals(self.mem.host_base(), pa, PAGE)
+                    {
+                        let i = (a - pa) as usize;
+                        if page[i] == 0xCC {
+                            page[i] = orig;
+                        }
+                    }
                     if page.iter().any(|&b| b != 0) {
                         self.mem.write(f, &page).map_err(|_| Errno::EFAULT)?;
                     }

@@ -355,8 +355,10 @@ struct IdtTraps {
     /// (vector, handler address) once installed; the original bytes are in
     /// [`HANDLER_ORIGINALS`], shared by the VM's vCPUs.
     handlers: Vec<(u8, u64)>,
-    /// `int3` breakpoints: address → original byte.
-    patches: HashMap<u64, u8>,
+    /// `int3` breakpoints: address → original byte and the byte's [`INT3_ORIGINALS`] key
+    /// (its physical address, fixed when placed: the vCPU may run another address
+    /// space by the time it takes the breakpoint out).
+    patches: HashMap<u64, (u8, HandlerKey)>,
     /// TF was set by the shim for the current run, so a #DB is the shim's.
     stepping: bool,
     /// Host address of the VM's guest memory (tells VMs apart in [`HANDLER_ORIGINALS`]).
@@ -371,26 +373,53 @@ static HANDLER_ORIGINALS: Mutex<BTreeMap<HandlerKey, HandlerPatch>> = Mutex::new
 type HandlerKey = (u64, u64);
 
 /// The original bytes under every `int3` the VM's hooks placed, per (guest memory,
-/// address), with the number of vCPUs that want the breakpoint: vCPUs share code (a
-/// Linux program's threads), so one vCPU's breakpoint is in every vCPU's way. A vCPU
+/// guest-physical address), with the number of vCPUs that want the breakpoint: vCPUs
+/// share code (a Linux program's threads), so one vCPU's breakpoint is in every vCPU's
+/// way. Keyed by physical address because the processes of a Linux program have code at
+/// the same virtual addresses in different pages (two shells): one process's breakpoint
+/// must neither stand for nor be taken for another's. A vCPU
 /// that hits another's breakpoint runs the instruction again (once it is gone), and
 /// every vCPU's tracer reads code through this table.
 static INT3_ORIGINALS: Mutex<BTreeMap<HandlerKey, (u8, u32)>> = Mutex::new(BTreeMap::new());
+
+/// The original bytes under the VM's `int3` breakpoints at guest-physical addresses in
+/// `[gpa, gpa + len)` of the VM whose guest memory starts at host address `mem_base`:
+/// a fork copies the parent's code pages with whatever breakpoints its vCPU had placed,
+/// and the child's copy must get the original bytes back (no hook owns those `int3`s,
+/// so the child would take them for its own and resume inside the instruction).
+pub(crate) fn breakpoint_originals(mem_base: u64, gpa: u64, len: u64) -> Vec<(u64, u8)> {
+    let Some(end) = gpa.checked_add(len) else {
+        return Vec::new();
+    };
+    let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+    int3.range((mem_base, gpa)..(mem_base, end))
+        .map(|(&(_, a), &(orig, _))| (a, orig))
+        .collect()
+}
+
+/// The table key of the code byte at `addr` in the address space of `cr3`.
+fn int3_key(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> Result<HandlerKey, String> {
+    let pa = ctx
+        .memory()
+        .translate(cr3, GuestVirtAddr(addr))
+        .map_err(|e| format!("cannot patch guest code at {addr:#x}: {e}"))?;
+    Ok((ctx.memory().host_base(), pa.0))
+}
 
 /// Drops one user of the breakpoint at `addr`; the last puts the original byte back.
 fn release_int3(
     shared: &mut BTreeMap<HandlerKey, (u8, u32)>,
     ctx: &VcpuCtx<'_>,
-    cr3: u64,
-    addr: u64,
+    key: HandlerKey,
 ) -> Result<(), String> {
-    let key = (ctx.memory().host_base(), addr);
     if let Some((orig, users)) = shared.get_mut(&key) {
         *users -= 1;
         if *users == 0 {
             let orig = *orig;
             shared.remove(&key);
-            write_byte(ctx, cr3, addr, orig)?;
+            ctx.memory()
+                .write(GuestPhysAddr(key.1), &[orig])
+                .map_err(|e| format!("cannot restore guest code at {:#x}: {e}", key.1))?;
         }
     }
     Ok(())
@@ -483,17 +512,18 @@ impl IdtTraps {
             .collect();
         let mut shared = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
         for addr in stale {
-            self.patches.remove(&addr);
-            release_int3(&mut shared, ctx, cr3, addr)?;
+            if let Some((_, key)) = self.patches.remove(&addr) {
+                release_int3(&mut shared, ctx, key)?;
+            }
         }
-        let base = ctx.memory().host_base();
         for &addr in want {
             if self.patches.contains_key(&addr)
                 || self.handlers.iter().any(|(_, h)| addr.wrapping_sub(*h) < 4)
             {
                 continue;
             }
-            let orig = match shared.get_mut(&(base, addr)) {
+            let key = int3_key(ctx, cr3, addr)?;
+            let orig = match shared.get_mut(&key) {
                 Some((orig, users)) => {
                     *users += 1;
                     *orig
@@ -501,11 +531,11 @@ impl IdtTraps {
                 None => {
                     let orig = read_byte(ctx, cr3, addr)?;
                     write_byte(ctx, cr3, addr, INT3)?;
-                    shared.insert((base, addr), (orig, 1));
+                    shared.insert(key, (orig, 1));
                     orig
                 }
             };
-            self.patches.insert(addr, orig);
+            self.patches.insert(addr, (orig, key));
         }
         Ok(())
     }
@@ -513,8 +543,8 @@ impl IdtTraps {
     /// Puts every original byte back.
     fn uninstall(&mut self, ctx: &VcpuCtx<'_>, cr3: u64) {
         let mut int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
-        for addr in std::mem::take(&mut self.patches).into_keys() {
-            let _ = release_int3(&mut int3, ctx, cr3, addr);
+        for (_, key) in std::mem::take(&mut self.patches).into_values() {
+            let _ = release_int3(&mut int3, ctx, key);
         }
         drop(int3);
         let base = ctx.memory().host_base();
@@ -537,19 +567,31 @@ impl IdtTraps {
 
     /// Replaces patched bytes in `buf` (read at `gva` while `int3`, the VM-wide table,
     /// was held, so no vCPU patched or restored a byte in between) by the originals.
-    fn unpatch(&self, int3: &BTreeMap<HandlerKey, (u8, u32)>, gva: u64, buf: &mut [u8]) {
+    fn unpatch(
+        &self,
+        int3: &BTreeMap<HandlerKey, (u8, u32)>,
+        translate: impl Fn(u64) -> Option<u64>,
+        gva: u64,
+        buf: &mut [u8],
+    ) {
         let end = gva.wrapping_add(buf.len() as u64);
         let inside = |a: u64| a >= gva && a < end;
-        for (&addr, &orig) in &self.patches {
+        for (&addr, &(orig, _)) in &self.patches {
             if inside(addr) {
                 buf[(addr - gva) as usize] = orig;
             }
         }
-        // Other vCPUs' breakpoints too (shared code).
-        if end > gva {
-            for (&(_, addr), &(orig, _)) in int3.range((self.mem_base, gva)..(self.mem_base, end)) {
-                buf[(addr - gva) as usize] = orig;
+        // Other vCPUs' breakpoints too (shared code), by physical address, page by page.
+        let mut a = gva;
+        while a < end {
+            let stop = (a | 0xfff).checked_add(1).map_or(end, |p| p.min(end));
+            if let Some(pa) = translate(a) {
+                let range = (self.mem_base, pa)..(self.mem_base, pa + (stop - a));
+                for (&(_, p), &(orig, _)) in int3.range(range) {
+                    buf[(a + (p - pa) - gva) as usize] = orig;
+                }
             }
+            a = stop;
         }
         if self.handlers.is_empty() {
             return;
@@ -593,7 +635,7 @@ fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), St
 /// Only an `int3` of the program's own is still there and in nobody's table.
 fn foreign_int3(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> bool {
     let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
-    int3.contains_key(&(ctx.memory().host_base(), addr))
+    int3_key(ctx, cr3, addr).is_ok_and(|k| int3.contains_key(&k))
         || read_byte(ctx, cr3, addr).is_ok_and(|b| b != INT3)
 }
 
@@ -1155,7 +1197,9 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .memory()
             .read_virt(cr3, GuestVirtAddr(gva), buf)
             .map_err(|_| GuestAccessError::Unmapped { gva })?;
-        self.traps.unpatch(&int3, gva, buf);
+        let mem = self.ctx.memory();
+        let translate = |a: u64| mem.translate(cr3, GuestVirtAddr(a)).ok().map(|p| p.0);
+        self.traps.unpatch(&int3, translate, gva, buf);
         Ok(())
     }
 
