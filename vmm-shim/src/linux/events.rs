@@ -218,9 +218,7 @@ impl Process {
                 Ok(0)
             }
             libc::FIONBIO => {
-                let mut on = [0u8; 4];
-                self.mm.read(GuestVirtAddr(arg), &mut on)?;
-                let on = i32::from_le_bytes(on);
+                let on = self.mm.read_u32(arg)? as i32;
                 host::ioctl_int(self.fds.get(fd)?.host(), request, on).map(|_| 0)
             }
             libc::FIONREAD => {

@@ -797,6 +797,12 @@ impl AddressSpace {
         Ok(())
     }
 
+    pub fn read_u32(&self, va: u64) -> Result<u32, Errno> {
+        let mut b = [0u8; 4];
+        self.read(GuestVirtAddr(va), &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
     pub fn read_u64(&self, va: u64) -> Result<u64, Errno> {
         let mut b = [0u8; 8];
         self.read(GuestVirtAddr(va), &mut b)?;

@@ -67,19 +67,13 @@ impl Process {
         Ok(b)
     }
 
-    fn read_u32_at(&self, va: u64) -> Result<u32, Errno> {
-        let mut b = [0u8; 4];
-        self.mm.read(GuestVirtAddr(va), &mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-
     /// Writes an address the kernel returned into the program's buffer at `va` (room:
     /// `*len_va`), truncated as the kernel truncates, and its full length to `len_va`.
     fn out_addr(&self, va: u64, len_va: u64, addr: &[u8], full: usize) -> Result<(), Errno> {
         if va == 0 || len_va == 0 {
             return Ok(());
         }
-        let room = self.read_u32_at(len_va)? as usize;
+        let room = self.mm.read_u32(len_va)? as usize;
         let n = room.min(full).min(addr.len());
         self.mm.write(GuestVirtAddr(va), &addr[..n])?;
         self.mm
@@ -180,7 +174,7 @@ impl Process {
         val: u64,
         len_va: u64,
     ) -> Result<u64, Errno> {
-        let room = u64::from(self.read_u32_at(len_va)?).min(MAX_OPT);
+        let room = u64::from(self.mm.read_u32(len_va)?).min(MAX_OPT);
         let v = host::getsockopt(
             self.fds.get(fd)?.host(),
             level as i32,
