@@ -160,17 +160,28 @@ impl Tables {
         }
         if let Some(hex) = function.strip_prefix(&format!("{module}+0x")) {
             let start = u64::from_str_radix(hex, 16).unwrap();
-            // An unnamed function must start where an unstripped function starts.
-            assert!(
-                table.values().any(|(s, _)| *s == start),
-                "{function}: no function of the unstripped {module} starts there"
-            );
-            return Key::At(module.to_owned(), start);
+            // An unnamed function starts where a sized unstripped function starts; any
+            // other `module+0x…` row is an address no symbol or unwind entry covers.
+            if table.values().any(|&(s, size)| s == start && size > 0) {
+                return Key::At(module.to_owned(), start);
+            }
+            return Self::no_extent(module);
         }
-        let (start, _) = table
+        let &(start, size) = table
             .get(function)
             .unwrap_or_else(|| panic!("{module}: {function} is not a function of the file"));
-        Key::At(module.to_owned(), *start)
+        if size == 0 {
+            // A sizeless symbol (crtstuff's `__do_global_dtors_aux`, `_init`) has no
+            // unwind entry either: once stripped, its code is unnamed addresses.
+            return Self::no_extent(module);
+        }
+        Key::At(module.to_owned(), start)
+    }
+
+    /// The one key of a module's code without a known extent: sizeless symbols in the
+    /// unstripped build, bare addresses in the stripped one.
+    fn no_extent(module: &str) -> Key {
+        Key::Named(module.to_owned(), "(code without an extent)".to_owned())
     }
 }
 
@@ -182,11 +193,12 @@ fn rows(report: &Value, tables: &Tables) -> BTreeMap<Key, u64> {
         let function = f["function"].as_str().unwrap();
         let key = tables.key(module, function);
         let samples = f["self_samples"].as_u64().unwrap();
-        let before = out.insert(key.clone(), samples);
+        let n = out.entry(key.clone()).or_insert(0);
         assert!(
-            before.is_none() || matches!(key, Key::Named(..)),
+            *n == 0 || matches!(key, Key::Named(..)),
             "{key:?} is split over several rows"
         );
+        *n += samples;
     }
     out
 }
@@ -337,7 +349,7 @@ fn one_build(cc: &str, pie: bool) {
                 continue;
             }
             let Key::At(_, start) = tables.key(module, function) else {
-                unreachable!()
+                continue;
             };
             let (_, size) = *tables.by_module[module]
                 .values()
