@@ -21,6 +21,7 @@
 //! aggregating (that is `lbrprof-symbolizer` and `lbrprof-reports`), and reading
 //! environment variables or command-line flags.
 
+pub mod clock;
 pub mod dwarf;
 pub mod input;
 pub mod model;

@@ -175,17 +175,7 @@ impl VcpuRunStats {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (the timebase host samples and snapshots share).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
-}
+pub use lbrprof_data::clock::monotonic_ns;
 
 fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
