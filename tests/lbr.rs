@@ -815,7 +815,9 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         assert!(stats[7] >= 1, "{name}: no samples\n{err}");
         if name == "branchy" {
             let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
-            assert!(interp[2] >= 99, "{err}");
+            // (98.5% in one CI run, 99%+ usually: which windows land in the argument
+            // parsing and printing around the loop depends on where the timer fires.)
+            assert!(interp[2] >= 97, "{err}");
             // Only windows that reach the argument parsing and printing around the loop
             // (formatting code with indirect calls) hand back to the breakpoints.
             assert!(interp[5] * 4 <= stats[7], "{err}");
