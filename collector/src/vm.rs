@@ -282,11 +282,7 @@ pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64
         .map(|m| {
             let build_id = build_ids
                 .entry(m.path.clone())
-                .or_insert_with(|| {
-                    std::fs::read(&m.path)
-                        .ok()
-                        .and_then(|b| lbrprof_vmm::builtin::build_id(&b))
-                })
+                .or_insert_with(|| crate::sampler::convert::read_build_id(&m.path))
                 .clone();
             Mapping {
                 time_ns,
@@ -731,6 +727,37 @@ fn exact_profile(p: lbrprof_vmm::pmu::profile::ExactProfile) -> ExactProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guest program mappings carry their file's build-id (read from its notes, once per
+    /// file); data mappings and unreadable files are left out or get none.
+    #[test]
+    fn program_mappings_carry_build_ids() {
+        use lbrprof_vmm::linux::mm::MapRecord;
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let want = lbrprof_vmm::builtin::build_id(&bytes);
+        assert!(want.is_some(), "the test binary has a build-id");
+        let map = |path: &std::path::Path, start, executable| MapRecord {
+            space: 7,
+            start,
+            len: 0x1000,
+            path: path.to_owned(),
+            offset: 0,
+            executable,
+        };
+        let maps = [
+            map(&exe, 0x1000, true),
+            map(&exe, 0x5000, true),
+            map(&exe, 0x9000, false),
+            map(std::path::Path::new("/nonexistent/lib.so"), 0xa000, true),
+        ];
+        let out = program_mappings(&maps, 42);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].build_id, want);
+        assert_eq!(out[1].build_id, want);
+        assert_eq!((out[1].pid, out[1].start, out[1].time_ns), (7, 0x5000, 42));
+        assert_eq!(out[2].build_id, None);
+    }
 
     #[test]
     fn snapshot_rates_say_whether_the_budget_lowered_them() {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::path::Path;
 
 use perf_event_open::sample::record::mmap::{Info, Mmap};
 use perf_event_open::sample::record::sample::{BranchType, CallChain, Lbr, Sample};
@@ -132,16 +133,18 @@ impl Converter {
     pub fn build_id_of(&mut self, path: &str) -> Option<Vec<u8>> {
         self.build_ids
             .entry(path.to_owned())
-            .or_insert_with(|| read_build_id(path))
+            .or_insert_with(|| {
+                path.starts_with('/')
+                    .then(|| read_build_id(Path::new(path)))?
+            })
             .clone()
     }
 }
 
-fn read_build_id(path: &str) -> Option<Vec<u8>> {
+/// The GNU build-id of the ELF file at `path`, reading only its headers and notes (the
+/// file is mapped, not read whole); `None` for unreadable or non-ELF files.
+pub fn read_build_id(path: &Path) -> Option<Vec<u8>> {
     use object::Object;
-    if !path.starts_with('/') {
-        return None;
-    }
     let file = File::open(path).ok()?;
     // SAFETY: the mapping is read-only and private; if another process truncates or
     // rewrites the file meanwhile we may read garbage or fault, the same risk every
