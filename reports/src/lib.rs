@@ -104,6 +104,7 @@ pub mod diff;
 pub mod firefox;
 pub mod flame;
 pub mod hash;
+pub mod hist;
 pub mod lbr;
 pub mod loc;
 pub mod perfdata_out;
@@ -113,6 +114,7 @@ pub mod recscan;
 pub mod render;
 pub mod report;
 pub mod symbols;
+pub mod tree;
 pub mod vm;
 pub mod vmtrace;
 

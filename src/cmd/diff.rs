@@ -160,6 +160,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         symfs: None,
         kallsyms: None,
         event: None,
+        time: None,
     };
     let loaded = load_runs(&args, Naming::Demangled, &run_starts)
         .with_context(|| format!("{what} recording"))?;
