@@ -50,6 +50,8 @@ pub enum RecordTarget {
 pub struct RecordOptions {
     pub output: PathBuf,
     pub frequency: u64,
+    /// Sample every this many events instead of at `frequency` (`-c`), when set.
+    pub period: Option<u64>,
     pub request: SamplingRequest,
     pub target: RecordTarget,
     /// Stop after this long (the command is then sent SIGTERM).
@@ -69,6 +71,8 @@ pub struct RecordOptions {
 pub enum RecordError {
     #[error(transparent)]
     Decision(#[from] DecisionError),
+    #[error("the sample period (-c) must be at least 1")]
+    BadPeriod,
     #[error("cannot run '{command}': {reason}")]
     CannotRun {
         command: String,
@@ -178,7 +182,10 @@ impl Recorder {
             ));
             opts.frequency = max;
         }
-        let choice = decide(facts, opts.request)?;
+        if opts.period == Some(0) {
+            return Err(RecordError::BadPeriod);
+        }
+        let choice = decide(facts, opts.request.clone())?;
         let exec = match &opts.target {
             RecordTarget::Command(argv) => Some(resolve_command(argv)?),
             RecordTarget::Pid(pid) => {
@@ -200,7 +207,14 @@ impl Recorder {
             RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
             RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
         };
-        let header = header(facts, &choice, opts.frequency, start_monotonic_ns, target);
+        let header = header(
+            facts,
+            &choice,
+            opts.frequency,
+            opts.period,
+            start_monotonic_ns,
+            target,
+        );
         let writer = RecordingWriter::create_with(&opts.output, &header, opts.replace).map_err(
             |source| RecordError::Output {
                 path: opts.output.clone(),
@@ -239,8 +253,9 @@ impl Recorder {
         } = self;
         let sink = writer.sink();
         let config = SamplerConfig {
-            event: choice.event,
+            event: choice.event.clone(),
             frequency: opts.frequency,
+            period: opts.period,
             branch_stacks: choice.branch_stacks,
             call_graph: choice.call_graph,
             kernel: choice.kernel,
@@ -639,6 +654,7 @@ pub(crate) fn header(
     facts: &HostFacts,
     choice: &SamplingChoice,
     frequency: u64,
+    period: Option<u64>,
     start_monotonic_ns: u64,
     target: Target,
 ) -> Header {
@@ -650,10 +666,11 @@ pub(crate) fn header(
         start_monotonic_ns,
         host: facts.host_info(choice),
         sampling: SamplingConfig {
-            event: choice.event.name().to_owned(),
+            event: choice.event.name(),
             event_reason: choice.reason.clone(),
-            frequency,
-            period: 0,
+            // One or the other, as perf's attr (sample_freq or sample_period).
+            frequency: if period.is_some() { 0 } else { frequency },
+            period: period.unwrap_or(0),
             branch_stacks: choice.branch_stacks,
             call_graph: choice.call_graph.name().to_owned(),
         },

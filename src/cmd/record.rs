@@ -45,9 +45,20 @@ pub struct Args {
     /// Sampling frequency in Hz.
     #[arg(short = 'F', long, default_value_t = 999)]
     pub freq: u64,
-    /// Sampling event: `auto` picks hardware cycles where the PMU has them, else cpu-clock.
-    #[arg(long, value_enum, default_value_t = EventChoice::Auto)]
+    /// Sampling event: `auto` picks hardware cycles where the PMU has them, else
+    /// cpu-clock; or one event by perf's name: a software event (cpu-clock, task-clock,
+    /// page-faults, minor-faults, major-faults, context-switches, cpu-migrations,
+    /// alignment-faults, emulation-faults), a hardware event (cycles, instructions,
+    /// branches, branch-misses, cache-references, cache-misses, bus-cycles, ref-cycles;
+    /// where there is a hardware PMU), or a tracepoint SUBSYSTEM:NAME from
+    /// /sys/kernel/tracing/events (sampled on every hit unless -c says otherwise, as perf).
+    #[arg(short = 'e', long, default_value = "auto", value_name = "EVENT",
+          value_parser = parse_event)]
     pub event: EventChoice,
+    /// Sample every PERIOD events instead of -F times a second (perf's -c).
+    #[arg(short = 'c', long = "count", value_name = "PERIOD",
+          value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "freq")]
+    pub period: Option<u64>,
     /// Sample branch stacks (LBR): `auto` where the host PMU supports them.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub branches: Toggle,
@@ -163,11 +174,31 @@ pub struct VmArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventChoice {
     Auto,
-    Cycles,
-    CpuClock,
+    Event(host::EventKind),
+}
+
+/// `auto`, or one event by perf's name ([`host::EventKind::parse`]).
+pub fn parse_event(s: &str) -> Result<EventChoice, String> {
+    if s == "auto" {
+        return Ok(EventChoice::Auto);
+    }
+    if s.contains(',') {
+        return Err(format!(
+            "one event per recording: '{s}' names several (lbrprof keeps no per-sample \
+             event id yet); record them one at a time"
+        ));
+    }
+    let roots: Vec<&std::path::Path> = host::TRACEFS_ROOTS
+        .iter()
+        .map(std::path::Path::new)
+        .collect();
+    host::EventKind::parse(s, &roots)
+        .map(EventChoice::Event)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -237,10 +268,11 @@ impl Args {
     /// The host sampling request.
     pub fn sampling_request(&self) -> SamplingRequest {
         SamplingRequest {
-            event: match self.event {
+            event: match &self.event {
                 EventChoice::Auto => EventRequest::Auto,
-                EventChoice::Cycles => EventRequest::Cycles,
-                EventChoice::CpuClock => EventRequest::CpuClock,
+                EventChoice::Event(host::EventKind::Cycles) => EventRequest::Cycles,
+                EventChoice::Event(host::EventKind::CpuClock) => EventRequest::CpuClock,
+                EventChoice::Event(e) => EventRequest::Event(e.clone()),
             },
             branches: match self.branches {
                 Toggle::Auto => BranchRequest::Auto,
@@ -276,9 +308,15 @@ impl Args {
                 anyhow::bail!("--duration must be a positive number of seconds, not {secs}")
             }
         };
+        // perf samples tracepoints on every hit unless told otherwise.
+        let period = match (&self.event, self.period) {
+            (EventChoice::Event(host::EventKind::Tracepoint { .. }), None) => Some(1),
+            (_, period) => period,
+        };
         Ok(RecordOptions {
             output: self.output,
             frequency: self.freq,
+            period,
             request,
             target,
             duration,
@@ -299,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let opts = args.into_options()?;
     let output = opts.output.clone();
+    let opts_period = opts.period;
     let facts = HostFacts::probe();
     let recorder = Recorder::prepare(opts, &facts).map_err(record_error)?;
     for warning in recorder.warnings() {
@@ -308,6 +347,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = recorder.run().map_err(record_error)?;
     let s = &outcome.summary;
     let event = outcome.choice.event.name();
+    let period = match opts_period {
+        Some(p) => format!(", one sample every {p} events"),
+        None => String::new(),
+    };
     let why = if outcome.choice.event == host::EventKind::CpuClock && !facts.pmu_present() {
         " (no hardware PMU)"
     } else {
@@ -318,7 +361,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n => format!(" in {n} runs"),
     };
     eprintln!(
-        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}, written to {}",
+        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}{period}, written to {}",
         s.samples,
         s.lost,
         s.throttled,

@@ -38,12 +38,13 @@ use perf_event_open::config::{
 use perf_event_open::count::Counter;
 use perf_event_open::event::hw::Hardware;
 use perf_event_open::event::sw::Software;
+use perf_event_open::event::tp::Tracepoint;
 use perf_event_open::sample::Sampler;
 use perf_event_open::sample::record::Record;
 use perf_event_open::sample::record::sample::Sample;
 
 use crate::dwarf::{EventUnwinder, StackCopy, UnwindStats};
-use crate::host::{CallGraph, EventKind};
+use crate::host::{CallGraph, EventKind, HardwareEvent, SoftwareEvent};
 use crate::model::{Event, LossKind};
 use convert::{Converted, Converter};
 
@@ -53,6 +54,8 @@ pub struct SamplerConfig {
     pub event: EventKind,
     /// Samples per second per thread.
     pub frequency: u64,
+    /// Sample every `period` events instead (`-c`), when set.
+    pub period: Option<u64>,
     pub branch_stacks: bool,
     pub call_graph: CallGraph,
     /// Include kernel IPs and kernel call chains.
@@ -66,6 +69,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             event: EventKind::CpuClock,
             frequency: 999,
+            period: None,
             branch_stacks: false,
             call_graph: CallGraph::Fp,
             kernel: true,
@@ -108,13 +112,13 @@ pub enum SamplerError {
     NoSuchTask(u32),
     #[error("the {event} event is not supported on this host")]
     EventUnsupported {
-        event: &'static str,
+        event: String,
         #[source]
         source: io::Error,
     },
     #[error("cannot open the {event} event on CPU {cpu} for {target}")]
     Open {
-        event: &'static str,
+        event: String,
         cpu: u32,
         target: String,
         #[source]
@@ -158,7 +162,7 @@ pub struct HostSampler {
     rings: Vec<CpuRing>,
     converter: Converter,
     stats: RingStats,
-    event_name: &'static str,
+    event_name: String,
     /// Records read but not yet passed on (see [`HostSampler::drain`]).
     pending: Vec<Pending>,
     /// `--call-graph dwarf`: walks the samples' stack copies.
@@ -226,7 +230,7 @@ impl HostSampler {
         }
         Ok(HostSampler {
             rings,
-            converter: Converter::new(),
+            converter: Converter::with_fixed_period(config.period),
             stats: RingStats::default(),
             event_name,
             pending: Vec::new(),
@@ -237,8 +241,8 @@ impl HostSampler {
     }
 
     /// The perf name of the sampled event.
-    pub fn event_name(&self) -> &'static str {
-        self.event_name
+    pub fn event_name(&self) -> &str {
+        &self.event_name
     }
 
     /// Start sampling now (for attached threads; a command's events start at exec).
@@ -418,9 +422,13 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
         inherit: inherit.then_some(Inherit::NewChild),
         on_execve: on_exec.then_some(OnExecve::Enable),
         enable: false,
-        sample_on: SampleOn::Freq(config.frequency),
+        sample_on: match config.period {
+            Some(period) => SampleOn::Count(period),
+            None => SampleOn::Freq(config.frequency),
+        },
         sample_format: SampleFormat {
-            period: true,
+            // Only in frequency mode (see `Converter::with_fixed_period`).
+            period: config.period.is_none(),
             code_addr: true,
             // With dwarf the user part comes from the stack copy (as perf does it, the
             // kernel's frame-pointer walk of user space is not asked for).
@@ -492,9 +500,13 @@ fn open_one(
 ) -> Result<Counter, SamplerError> {
     let event_name = config.event.name();
     let mut opts = perf_opts(config, inherit, on_exec);
-    let open = |opts: &Opts| match config.event {
-        EventKind::Cycles => Counter::new(Hardware::CpuCycle, (Proc(task), Cpu(cpu)), opts),
-        EventKind::CpuClock => Counter::new(Software::CpuClock, (Proc(task), Cpu(cpu)), opts),
+    let target = (Proc(task), Cpu(cpu));
+    let open = |opts: &Opts| match &config.event {
+        EventKind::Cycles => Counter::new(Hardware::CpuCycle, target, opts),
+        EventKind::CpuClock => Counter::new(Software::CpuClock, target, opts),
+        EventKind::Hardware(h) => Counter::new(hardware(*h), target, opts),
+        EventKind::Software(s) => Counter::new(software(*s), target, opts),
+        EventKind::Tracepoint { id, .. } => Counter::new(Tracepoint { id: *id }, target, opts),
     };
     let mut result = open(&opts);
     // Kernels before 5.12 do not know `build_id` in MMAP2; fall back to reading the files.
@@ -514,7 +526,7 @@ fn open_one(
         Some(libc::EMFILE) | Some(libc::ENFILE) => SamplerError::TooManyFiles(source),
         Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
             SamplerError::EventUnsupported {
-                event: event_name,
+                event: event_name.clone(),
                 source,
             }
         }
@@ -525,6 +537,33 @@ fn open_one(
             source,
         },
     })
+}
+
+/// The perf-event-open crate's name of a generic hardware event.
+fn hardware(e: HardwareEvent) -> Hardware {
+    match e {
+        HardwareEvent::Instructions => Hardware::Instr,
+        HardwareEvent::Branches => Hardware::BranchInstr,
+        HardwareEvent::BranchMisses => Hardware::BranchMiss,
+        HardwareEvent::CacheReferences => Hardware::CacheAccess,
+        HardwareEvent::CacheMisses => Hardware::CacheMiss,
+        HardwareEvent::BusCycles => Hardware::BusCycle,
+        HardwareEvent::RefCycles => Hardware::RefCpuCycle,
+    }
+}
+
+/// The perf-event-open crate's name of a software event.
+fn software(e: SoftwareEvent) -> Software {
+    match e {
+        SoftwareEvent::TaskClock => Software::TaskClock,
+        SoftwareEvent::PageFaults => Software::PageFault,
+        SoftwareEvent::MinorFaults => Software::MinorPageFault,
+        SoftwareEvent::MajorFaults => Software::MajorPageFault,
+        SoftwareEvent::ContextSwitches => Software::CtxSwitch,
+        SoftwareEvent::CpuMigrations => Software::CpuMigration,
+        SoftwareEvent::AlignmentFaults => Software::AlignFault,
+        SoftwareEvent::EmulationFaults => Software::EmuFault,
+    }
 }
 
 /// `/sys/devices/system/cpu/online`, e.g. `0-3,6`.
