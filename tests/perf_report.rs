@@ -389,3 +389,37 @@ fn bad_sort_and_time_values_are_one_line_errors() {
         assert!(err.contains("error"), "{args:?}: {err}");
     }
 }
+
+/// `info` of perf's recording: the build-ids `perf buildid-list` prints, the sample count
+/// and time span of `perf report --header-only`.
+#[test]
+fn info_matches_perf_buildid_list_and_header() {
+    let Some(data) = recording() else { return };
+    let d = data.to_str().unwrap();
+    let info = common::ok(&["info", d]);
+    let ids = perf(&["buildid-list", "-i", d]);
+    assert!(ids.lines().count() >= 3, "{ids}");
+    for line in ids.lines() {
+        let (id, path) = line.split_once(' ').unwrap();
+        assert!(
+            info.lines().any(|l| l.trim() == format!("{id}  {path}")),
+            "{id} {path} not in info:\n{info}"
+        );
+    }
+    let n = perf_times(d).len();
+    assert!(info.contains(&format!("event:         cpu-clock: {n} samples")), "{info}");
+    let header = perf(&["report", "-i", d, "--header-only"]);
+    let ms: f64 = header
+        .lines()
+        .find_map(|l| l.strip_prefix("# sample duration :"))
+        .and_then(|l| l.trim().strip_suffix(" ms"))
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{header}"));
+    let span: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("sampled span:"))
+        .and_then(|l| l.trim().strip_suffix(" s"))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("{info}"));
+    assert!((span * 1000.0 - ms).abs() < 1.0, "span {span} s, perf {ms} ms");
+}
