@@ -407,7 +407,10 @@ fn info_matches_perf_buildid_list_and_header() {
         );
     }
     let n = perf_times(d).len();
-    assert!(info.contains(&format!("event:         cpu-clock: {n} samples")), "{info}");
+    assert!(
+        info.contains(&format!("event:         cpu-clock: {n} samples")),
+        "{info}"
+    );
     let header = perf(&["report", "-i", d, "--header-only"]);
     let ms: f64 = header
         .lines()
@@ -421,5 +424,8 @@ fn info_matches_perf_buildid_list_and_header() {
         .and_then(|l| l.trim().strip_suffix(" s"))
         .and_then(|l| l.parse().ok())
         .unwrap_or_else(|| panic!("{info}"));
-    assert!((span * 1000.0 - ms).abs() < 1.0, "span {span} s, perf {ms} ms");
+    assert!(
+        (span * 1000.0 - ms).abs() < 1.0,
+        "span {span} s, perf {ms} ms"
+    );
 }

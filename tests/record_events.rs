@@ -185,3 +185,102 @@ fn unknown_and_unavailable_events_are_one_line_errors() {
         );
     }
 }
+
+/// Online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-1`).
+fn online_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    text.trim()
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn system_wide_and_per_cpu_recordings() {
+    if !common::perf_available() || !have("gcc") || !have("perf") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "sort_keys");
+    let exe = exe.to_str().unwrap();
+    // -a: every task on every CPU while the command runs.
+    let data = tmp.path().join("all.data");
+    common::ok(&[
+        "record",
+        "-a",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        exe,
+        "300000",
+    ]);
+    let info = common::ok(&["info", data.to_str().unwrap()]);
+    assert!(
+        info.contains("target:        every task on CPUs "),
+        "{info}"
+    );
+    let j = report_json(&data, &["--sort", "comm", "--limit", "0"]);
+    let comms: Vec<&str> = j["hist"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["keys"][0].as_str().unwrap())
+        .collect();
+    for c in ["sort_keys", "spinner", "child"] {
+        assert!(comms.contains(&c), "{comms:?}");
+    }
+    // cpu-clock ticks on every CPU, busy or idle (idle time is swapper's), as perf -a:
+    // about F samples a second per CPU.
+    let samples = j["meta"]["samples"].as_u64().unwrap() as f64;
+    let secs = j["meta"]["duration_ns"].as_u64().unwrap() as f64 / 1e9;
+    let rate = samples / secs / online_cpus() as f64;
+    assert!((650.0..1100.0).contains(&rate), "{rate} samples/s per CPU");
+
+    // -C: only that CPU's samples (perf script of the perf.data export says which CPU).
+    let data = tmp.path().join("cpu0.data");
+    common::ok(&[
+        "record",
+        "-C",
+        "0",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        exe,
+        "300000",
+    ]);
+    let exported = tmp.path().join("cpu0.perf");
+    common::ok(&[
+        "export",
+        "-i",
+        data.to_str().unwrap(),
+        "--perf-data",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    let out = Command::new("perf")
+        .args(["script", "-F", "cpu", "-i"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let cpus = String::from_utf8_lossy(&out.stdout);
+    assert!(cpus.lines().count() > 50, "{cpus}");
+    assert!(cpus.lines().all(|l| l.trim() == "[000]"), "{cpus}");
+
+    // Bad CPU lists and conflicting targets are one-line errors.
+    for args in [
+        &["record", "-C", "4096", "--", "true"][..],
+        &["record", "-C", "x", "--", "true"],
+        &["record", "-a", "-p", "1"],
+    ] {
+        let mut args = args.to_vec();
+        let out_path = tmp.path().join("bad.data");
+        args.splice(1..1, ["-o", out_path.to_str().unwrap()]);
+        let out = common::run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+}

@@ -43,6 +43,13 @@ pub enum RecordTarget {
     Pid(u32),
     /// Attach to one running thread.
     Tid(u32),
+    /// Every task on these CPUs (all online CPUs when `None`), system-wide like perf's
+    /// `-a`/`-C`: while `command` runs when one is given, else until stopped (signal or
+    /// `duration`).
+    System {
+        cpus: Option<Vec<u32>>,
+        command: Vec<String>,
+    },
 }
 
 /// Everything `record` needs, as plain data (the CLI builds it from its flags).
@@ -188,6 +195,10 @@ impl Recorder {
         let choice = decide(facts, opts.request.clone())?;
         let exec = match &opts.target {
             RecordTarget::Command(argv) => Some(resolve_command(argv)?),
+            RecordTarget::System { command, .. } if !command.is_empty() => {
+                Some(resolve_command(command)?)
+            }
+            RecordTarget::System { .. } => None,
             RecordTarget::Pid(pid) => {
                 if !Path::new(&format!("/proc/{pid}")).is_dir() || *pid == 0 {
                     return Err(RecordError::NoSuchProcess(*pid));
@@ -206,6 +217,13 @@ impl Recorder {
             RecordTarget::Command(argv) => Target::Command { argv: argv.clone() },
             RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
             RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
+            RecordTarget::System { cpus, command } => Target::System {
+                cpus: match cpus {
+                    Some(cpus) => cpus.clone(),
+                    None => crate::sampler::online_cpus().unwrap_or_default(),
+                },
+                argv: command.clone(),
+            },
         };
         let header = header(
             facts,
@@ -452,6 +470,52 @@ fn start(
             }
         }
         (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
+        (RecordTarget::System { cpus, command }, exec) => {
+            let cpus = match cpus {
+                Some(cpus) => cpus.clone(),
+                None => crate::sampler::online_cpus().map_err(|source| RecordError::System {
+                    what: "read the online CPUs",
+                    source,
+                })?,
+            };
+            let mut sampler = HostSampler::open(config, &SampleTarget::Cpus { cpus })?;
+            // Start, then describe every process that exists, dated before the start (as
+            // for -p: what changes between the two is also in the kernel's records).
+            let now = sys::monotonic_ns();
+            sampler.enable()?;
+            for pid in procfs::all_pids() {
+                let Ok(tids) = procfs::threads_of(pid) else {
+                    continue;
+                };
+                if let Ok(events) = procfs::synthesize(pid, &tids, now, sampler.converter()) {
+                    for e in events {
+                        sampler.observe(&e);
+                        sink.send(e);
+                    }
+                }
+            }
+            let child = match exec {
+                Some((path, cargv)) => {
+                    let blocked = sys::spawn_blocked(&path, &cargv).map_err(|source| {
+                        RecordError::System {
+                            what: "fork",
+                            source,
+                        }
+                    })?;
+                    Some(blocked.release().map_err(|errno| RecordError::CannotRun {
+                        command: command.first().cloned().unwrap_or_default(),
+                        reason: strerror(errno),
+                        errno,
+                    })?)
+                }
+                None => None,
+            };
+            return Ok(Running {
+                sampler,
+                child,
+                attached: None,
+            });
+        }
         (RecordTarget::Pid(pid), _) => {
             let tids = procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
             // One event per thread and CPU. (Not for commands: the child would inherit it.)
@@ -575,6 +639,8 @@ fn drain_until_done(
         }
         let gone = match (&opts.target, &running.attached) {
             (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
+            // System-wide without a command: until stopped.
+            (RecordTarget::System { .. }, _) => false,
             (_, Some((pid, _))) => !procfs::alive(*pid),
             _ => true,
         };

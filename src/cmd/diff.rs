@@ -198,6 +198,7 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
         Target::Pid { pid } => format!("pid {pid}"),
         Target::Tid { tid } => format!("tid {tid}"),
         Target::PerfData { path } => path.clone(),
+        Target::System { cpus, argv } => crate::cmd::info::system_target(cpus, argv),
     };
     let (tb, tn) = (target(&base.loaded.header), target(&new.loaded.header));
     if tb != tn {

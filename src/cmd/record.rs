@@ -78,6 +78,14 @@ pub struct Args {
     /// Attach to a running process.
     #[arg(short, long, conflicts_with_all = ["tid", "command", "vm"])]
     pub pid: Option<u32>,
+    /// Record every task on every CPU (system-wide, as perf's -a): while CMD runs when one
+    /// is given, else until Ctrl-C or --duration. Needs root or perf_event_paranoid <= 0.
+    #[arg(short = 'a', long = "all-cpus", conflicts_with_all = ["pid", "tid", "vm", "repeat"])]
+    pub all_cpus: bool,
+    /// Record every task on these CPUs only (system-wide, as perf's -C), e.g. `0,2-3`.
+    #[arg(short = 'C', long = "cpu", value_name = "LIST", value_parser = parse_cpus,
+          conflicts_with_all = ["pid", "tid", "vm", "repeat"])]
+    pub cpu: Option<CpuList>,
     /// Attach to a running thread.
     #[arg(short, long, conflicts_with_all = ["pid", "command", "vm"])]
     pub tid: Option<u32>,
@@ -172,6 +180,21 @@ pub struct VmArgs {
     pub serial: String,
     #[command(flatten)]
     pub tuning: TuningArgs,
+}
+
+/// `-C`: CPU numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<u32>);
+
+/// A kernel CPU list (`0,2-3`).
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    lbrprof_collector::sampler::parse_cpu_list(s)
+        .map(|mut cpus| {
+            cpus.sort_unstable();
+            cpus.dedup();
+            CpuList(cpus)
+        })
+        .ok_or_else(|| format!("'{s}' is not a CPU list (e.g. 0,2-3)"))
 }
 
 /// `--event`.
@@ -291,11 +314,18 @@ impl Args {
     fn into_options(self) -> anyhow::Result<RecordOptions> {
         let request = self.sampling_request();
         let replace = self.replace();
+        let system = self.all_cpus || self.cpu.is_some();
         let target = match (self.pid, self.tid) {
+            _ if system => RecordTarget::System {
+                cpus: self.cpu.map(|c| c.0),
+                command: self.command,
+            },
             (Some(pid), _) => RecordTarget::Pid(pid),
             (_, Some(tid)) => RecordTarget::Tid(tid),
             (None, None) if self.command.is_empty() => {
-                anyhow::bail!("nothing to record: give `-- CMD ARGS`, `-p PID` or `-t TID`")
+                anyhow::bail!(
+                    "nothing to record: give `-- CMD ARGS`, `-p PID`, `-t TID`, `-a` or `-C LIST`"
+                )
             }
             (None, None) => RecordTarget::Command(self.command),
         };

@@ -88,6 +88,8 @@ pub enum SampleTarget {
     /// Existing threads (`-p` gives all threads of a process, `-t` one). With `inherit`
     /// the threads and processes they create later are followed too.
     Threads { tids: Vec<u32>, inherit: bool },
+    /// Every task on these CPUs (system-wide, perf's `-a` / `-C`).
+    Cpus { cpus: Vec<u32> },
 }
 
 /// Why sampling could not start.
@@ -106,6 +108,8 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
+    #[error("CPU {0} is not online (see /sys/devices/system/cpu/online)")]
+    CpuOffline(u32),
     #[error("too many open files: one perf event per thread and CPU is needed (raise `ulimit -n`)")]
     TooManyFiles(#[source] io::Error),
     #[error("no such process or thread {0}")]
@@ -176,13 +180,26 @@ pub struct HostSampler {
 impl HostSampler {
     /// Open the events (disabled unless `enable_on_exec`, which enables them at exec).
     pub fn open(config: &SamplerConfig, target: &SampleTarget) -> Result<Self, SamplerError> {
-        let cpus = online_cpus().map_err(SamplerError::Cpus)?;
-        let (tasks, inherit, on_exec): (Vec<u32>, bool, bool) = match target {
+        let online = online_cpus().map_err(SamplerError::Cpus)?;
+        // `None`: every task (system-wide).
+        let (tasks, inherit, on_exec): (Vec<Option<u32>>, bool, bool) = match target {
             SampleTarget::Process {
                 pid,
                 enable_on_exec,
-            } => (vec![*pid], true, *enable_on_exec),
-            SampleTarget::Threads { tids, inherit } => (tids.clone(), *inherit, false),
+            } => (vec![Some(*pid)], true, *enable_on_exec),
+            SampleTarget::Threads { tids, inherit } => {
+                (tids.iter().copied().map(Some).collect(), *inherit, false)
+            }
+            SampleTarget::Cpus { .. } => (vec![None], false, false),
+        };
+        let cpus = match target {
+            SampleTarget::Cpus { cpus } => {
+                if let Some(&off) = cpus.iter().find(|c| !online.contains(c)) {
+                    return Err(SamplerError::CpuOffline(off));
+                }
+                cpus.clone()
+            }
+            _ => online,
         };
         let event_name = config.event.name();
         let mut rings = Vec::with_capacity(cpus.len());
@@ -223,7 +240,7 @@ impl HostSampler {
                 Some(ring) => rings.push(ring),
                 None => {
                     return Err(SamplerError::NoSuchTask(
-                        tasks.first().copied().unwrap_or(0),
+                        tasks.first().copied().flatten().unwrap_or(0),
                     ));
                 }
             }
@@ -493,20 +510,29 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
 
 fn open_one(
     config: &SamplerConfig,
-    task: u32,
+    task: Option<u32>,
     cpu: u32,
     inherit: bool,
     on_exec: bool,
 ) -> Result<Counter, SamplerError> {
     let event_name = config.event.name();
     let mut opts = perf_opts(config, inherit, on_exec);
-    let target = (Proc(task), Cpu(cpu));
+    let target: perf_event_open::config::Target = match task {
+        Some(task) => (Proc(task), Cpu(cpu)).into(),
+        None => (Proc::ALL, Cpu(cpu)).into(),
+    };
+    let who = match task {
+        Some(task) => format!("task {task}"),
+        None => format!("every task on CPU {cpu}"),
+    };
     let open = |opts: &Opts| match &config.event {
-        EventKind::Cycles => Counter::new(Hardware::CpuCycle, target, opts),
-        EventKind::CpuClock => Counter::new(Software::CpuClock, target, opts),
-        EventKind::Hardware(h) => Counter::new(hardware(*h), target, opts),
-        EventKind::Software(s) => Counter::new(software(*s), target, opts),
-        EventKind::Tracepoint { id, .. } => Counter::new(Tracepoint { id: *id }, target, opts),
+        EventKind::Cycles => Counter::new(Hardware::CpuCycle, target.clone(), opts),
+        EventKind::CpuClock => Counter::new(Software::CpuClock, target.clone(), opts),
+        EventKind::Hardware(h) => Counter::new(hardware(*h), target.clone(), opts),
+        EventKind::Software(s) => Counter::new(software(*s), target.clone(), opts),
+        EventKind::Tracepoint { id, .. } => {
+            Counter::new(Tracepoint { id: *id }, target.clone(), opts)
+        }
     };
     let mut result = open(&opts);
     // Kernels before 5.12 do not know `build_id` in MMAP2; fall back to reading the files.
@@ -516,13 +542,13 @@ fn open_one(
     }
     result.map_err(|source| match source.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => SamplerError::Permission {
-            target: format!("task {task}"),
+            target: who.clone(),
             paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".into()),
             source,
         },
-        Some(libc::ESRCH) => SamplerError::NoSuchTask(task),
+        Some(libc::ESRCH) => SamplerError::NoSuchTask(task.unwrap_or(0)),
         Some(libc::EMFILE) | Some(libc::ENFILE) => SamplerError::TooManyFiles(source),
         Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
             SamplerError::EventUnsupported {
@@ -533,7 +559,7 @@ fn open_one(
         _ => SamplerError::Open {
             event: event_name,
             cpu,
-            target: format!("task {task}"),
+            target: who,
             source,
         },
     })
@@ -567,7 +593,7 @@ fn software(e: SoftwareEvent) -> Software {
 }
 
 /// `/sys/devices/system/cpu/online`, e.g. `0-3,6`.
-fn online_cpus() -> io::Result<Vec<u32>> {
+pub(crate) fn online_cpus() -> io::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
     parse_cpu_list(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad CPU list {text:?}")))
