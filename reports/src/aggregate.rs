@@ -41,9 +41,10 @@ impl Filter {
             && self.times.is_empty()
     }
 
-    /// Whether time `t` is in one of the windows (or there are none).
+    /// Whether time `t` is in one of the windows (or there are none). A sample without
+    /// a time (0: the recording has no PERF_SAMPLE_TIME) is kept, as perf keeps it.
     pub fn keeps_time(&self, t: u64) -> bool {
-        self.times.is_empty() || self.times.iter().any(|&(a, b)| a <= t && t <= b)
+        self.times.is_empty() || t == 0 || self.times.iter().any(|&(a, b)| a <= t && t <= b)
     }
 }
 
@@ -1192,6 +1193,28 @@ mod tests {
         }));
         let p = a.finish();
         assert_eq!((p.totals.samples, p.totals.filtered_out), (0, 1));
+    }
+
+    #[test]
+    fn time_windows_keep_the_samples_inside_them() {
+        let mut a = Aggregator::new(AggregateOptions {
+            filter: Filter {
+                times: vec![(100, 200), (300, 300)],
+                ..Filter::default()
+            },
+            ..AggregateOptions::default()
+        });
+        for t in [0, 99, 100, 150, 200, 201, 300, 301] {
+            a.add(&Event::Sample(HostSample {
+                time_ns: t,
+                pid: 1,
+                period: 1,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        // 0 (no time), 100, 150, 200 and 300; both ends inclusive, as perf.
+        assert_eq!((p.totals.samples, p.totals.filtered_out), (5, 3));
     }
 
     #[test]
