@@ -165,6 +165,24 @@ fn children_are_shown_by_default_with_call_chains_and_order_rows() {
         !cut.is_empty() && cut.values().all(|v| v.1 >= 5.0),
         "{cut:?}"
     );
+    // Markdown too (for CI logs), with the tree as a nested list.
+    let md = common::ok(&[
+        "report", "-i", d, "--sort", "comm,dso", "--format", "markdown", "-g",
+    ]);
+    assert!(
+        md.contains("| Children | Self | Command | Shared Object |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("### Call tree (caller") && md.contains("  - "),
+        "{md}"
+    );
+    assert!(
+        common::run(&["report", "-i", d, "--sort", "comm", "--format", "folded"])
+            .status
+            .code()
+            == Some(2)
+    );
     // JSON carries the same table.
     let j = common::json(&["report", "-i", d, "--sort", "comm,dso", "--format", "json"]);
     assert_eq!(j["hist"]["keys"], serde_json::json!(["comm", "dso"]));

@@ -343,6 +343,63 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// perf's grouped table as a Markdown table.
+fn hist_markdown(h: &crate::hist::Hist, mut w: impl Write) -> io::Result<()> {
+    let keys: Vec<&str> = h.keys.iter().map(|k| k.heading()).collect();
+    writeln!(w)?;
+    if h.children {
+        writeln!(w, "| Children | Self | {} |", keys.join(" | "))?;
+        writeln!(w, "|---:|---:|{}", "---|".repeat(keys.len()))?;
+    } else {
+        writeln!(w, "| Overhead | {} |", keys.join(" | "))?;
+        writeln!(w, "|---:|{}", "---|".repeat(keys.len()))?;
+    }
+    for r in &h.rows {
+        let cells: Vec<String> = r
+            .keys
+            .iter()
+            .map(|k| format!("`{}`", md_escape(k)))
+            .collect();
+        if h.children {
+            writeln!(
+                w,
+                "| {:.2}% | {:.2}% | {} |",
+                r.children_pct,
+                r.self_pct,
+                cells.join(" | ")
+            )?;
+        } else {
+            writeln!(w, "| {:.2}% | {} |", r.self_pct, cells.join(" | "))?;
+        }
+    }
+    Ok(())
+}
+
+/// The call tree as a nested Markdown list.
+fn tree_markdown(t: &crate::tree::CallTree, mut w: impl Write) -> io::Result<()> {
+    fn nodes(ns: &[crate::tree::Node], depth: usize, w: &mut impl Write) -> io::Result<()> {
+        for n in ns {
+            writeln!(
+                w,
+                "{:indent$}- {:.2}% `{}` ({})",
+                "",
+                n.total_pct,
+                md_escape(&n.function),
+                md_escape(&n.module),
+                indent = depth * 2
+            )?;
+            nodes(&n.children, depth + 1, w)?;
+        }
+        Ok(())
+    }
+    let order = match t.order {
+        crate::tree::Order::Caller => "caller",
+        crate::tree::Order::Callee => "callee",
+    };
+    writeln!(w, "\n### Call tree ({order}, share of the event count)\n")?;
+    nodes(&t.roots, 0, &mut w)
+}
+
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
@@ -365,6 +422,15 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
     writeln!(w, "## lbrprof report\n")?;
     for l in header_lines(r) {
         writeln!(w, "- {}", md_escape(&l))?;
+    }
+    if r.hist.is_some() || r.call_tree.is_some() {
+        if let Some(h) = &r.hist {
+            hist_markdown(h, &mut w)?;
+        }
+        if let Some(t) = &r.call_tree {
+            tree_markdown(t, &mut w)?;
+        }
+        return Ok(());
     }
     if !r.processes.is_empty() {
         writeln!(w, "\n### Processes\n")?;

@@ -754,10 +754,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         SortSpec::Keys(keys) => Some(keys.clone()),
         SortSpec::Order(_) => None,
     };
-    if (keys.is_some() || args.call_graph.is_some())
-        && !matches!(args.format, Format::Text | Format::Json)
-    {
-        anyhow::bail!("perf sort keys and -g print with --format text or json");
+    if (keys.is_some() || args.call_graph.is_some()) && args.format == Format::Folded {
+        anyhow::bail!("perf sort keys and -g print with --format text, json or markdown");
     }
     let mut loaded = if keys.is_some() {
         load_tasks(&args.input, Naming::Demangled)?
