@@ -383,6 +383,18 @@ fn filters_that_match_nothing_say_so() {
             "flamegraph {filter:?}"
         );
     }
+    // The perf.data export keeps every sample: it refuses a window rather than ignore it.
+    let out = common::run(&[
+        "export",
+        "-i",
+        d,
+        "--perf-data",
+        "-o",
+        "/dev/null",
+        "--time",
+        "1,",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     // A filter that matches keeps only its samples.
     let text = common::ok(&["report", "-i", d, "--comm", "spinner", "--sort", "comm"]);
     let rows = table_rows(&text, true);
