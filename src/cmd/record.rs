@@ -415,6 +415,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_lists_and_event_names_parse() {
+        assert_eq!(parse_cpus("0,2-3,2"), Ok(CpuList(vec![0, 2, 3])));
+        assert!(parse_cpus("3-1").is_err() && parse_cpus("x").is_err());
+        assert_eq!(parse_event("auto"), Ok(EventChoice::Auto));
+        assert_eq!(
+            parse_event("cpu-clock"),
+            Ok(EventChoice::Event(host::EventKind::CpuClock))
+        );
+        assert!(parse_event("cpu-clock,page-faults").is_err());
+    }
+
+    #[test]
     fn call_graph_modes_parse_as_perf_writes_them() {
         assert_eq!(parse_call_graph("fp"), Ok(CallGraph::Fp));
         assert_eq!(parse_call_graph("lbr"), Ok(CallGraph::Lbr));

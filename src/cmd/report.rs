@@ -844,3 +844,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_takes_an_order_or_perf_keys() {
+        assert_eq!(parse_sort("total"), Ok(SortSpec::Order(Sort::Total)));
+        assert_eq!(parse_sort("self"), Ok(SortSpec::Order(Sort::SelfShare)));
+        assert_eq!(
+            parse_sort("comm,dso"),
+            Ok(SortSpec::Keys(vec![HistKey::Comm, HistKey::Dso]))
+        );
+        assert_eq!(
+            parse_sort("tid,symbol"),
+            Ok(SortSpec::Keys(vec![HistKey::Pid, HistKey::Sym]))
+        );
+        for bad in ["", "comm,", "comm,comm", "comm,total", "cpu", "pid,tid"] {
+            assert!(parse_sort(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
