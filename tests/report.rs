@@ -755,6 +755,27 @@ fn json_output_follows_the_published_schema() {
         "-i",
         synthetic_recording().0.to_str().unwrap(),
     ])];
+    // perf's grouped table and the call tree are optional parts of the same document.
+    let doc = json(&[
+        "report",
+        "-i",
+        synthetic_recording().0.to_str().unwrap(),
+        "--sort",
+        "comm,pid,dso,sym",
+        "-g",
+        "caller",
+    ]);
+    assert!(
+        doc["hist"]["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert!(
+        doc["call_tree"]["roots"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    docs.push(doc);
     if let Some(p) = fixture("propeller_sample.perfdata") {
         let dir = p.parent().unwrap().to_str().unwrap().to_owned();
         docs.push(json(&[

@@ -111,8 +111,9 @@ impl HostFacts {
             cpu_vendor: self.cpu_vendor.clone(),
             cpu_model: self.cpu_model.clone(),
             pmu: match choice.event {
-                EventKind::Cycles => "cpu".into(),
-                EventKind::CpuClock => "software".into(),
+                EventKind::Cycles | EventKind::Hardware(_) => "cpu".into(),
+                EventKind::CpuClock | EventKind::Software(_) => "software".into(),
+                EventKind::Tracepoint { .. } => "tracepoint".into(),
             },
             lbr_depth: self.lbr_depth,
             lbr_format: self.lbr_format,
@@ -184,18 +185,20 @@ impl fmt::Display for HostFacts {
 }
 
 /// The user's request (`--event`, `--branches`, `--call-graph`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SamplingRequest {
     pub event: EventRequest,
     pub branches: BranchRequest,
     pub call_graph: CallGraph,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventRequest {
     Auto,
     Cycles,
     CpuClock,
+    /// Any other event by name ([`EventKind::parse`]).
+    Event(EventKind),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,20 +231,192 @@ impl CallGraph {
 }
 
 /// The sampling event actually used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// PERF_COUNT_HW_CPU_CYCLES.
     Cycles,
     /// PERF_COUNT_SW_CPU_CLOCK.
     CpuClock,
+    /// Another generic hardware event (PERF_TYPE_HARDWARE).
+    Hardware(HardwareEvent),
+    /// Another software event (PERF_TYPE_SOFTWARE).
+    Software(SoftwareEvent),
+    /// A kernel tracepoint (PERF_TYPE_TRACEPOINT), by its tracefs id.
+    Tracepoint {
+        /// `SUBSYSTEM:NAME`, as perf writes it.
+        name: String,
+        id: u64,
+    },
+}
+
+/// The generic hardware events perf names (`perf list hw`), other than cycles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HardwareEvent {
+    /// PERF_COUNT_HW_INSTRUCTIONS.
+    Instructions,
+    /// PERF_COUNT_HW_BRANCH_INSTRUCTIONS.
+    Branches,
+    /// PERF_COUNT_HW_BRANCH_MISSES.
+    BranchMisses,
+    /// PERF_COUNT_HW_CACHE_REFERENCES.
+    CacheReferences,
+    /// PERF_COUNT_HW_CACHE_MISSES.
+    CacheMisses,
+    /// PERF_COUNT_HW_BUS_CYCLES.
+    BusCycles,
+    /// PERF_COUNT_HW_REF_CPU_CYCLES.
+    RefCycles,
+}
+
+/// The software events perf names (`perf list sw`), other than cpu-clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftwareEvent {
+    /// PERF_COUNT_SW_TASK_CLOCK.
+    TaskClock,
+    /// PERF_COUNT_SW_PAGE_FAULTS.
+    PageFaults,
+    /// PERF_COUNT_SW_PAGE_FAULTS_MIN.
+    MinorFaults,
+    /// PERF_COUNT_SW_PAGE_FAULTS_MAJ.
+    MajorFaults,
+    /// PERF_COUNT_SW_CONTEXT_SWITCHES.
+    ContextSwitches,
+    /// PERF_COUNT_SW_CPU_MIGRATIONS.
+    CpuMigrations,
+    /// PERF_COUNT_SW_ALIGNMENT_FAULTS.
+    AlignmentFaults,
+    /// PERF_COUNT_SW_EMULATION_FAULTS.
+    EmulationFaults,
+}
+
+/// perf's names of the generic hardware events (and their aliases).
+const HARDWARE_NAMES: &[(&str, Option<HardwareEvent>)] = &[
+    ("cycles", None),
+    ("cpu-cycles", None),
+    ("instructions", Some(HardwareEvent::Instructions)),
+    ("branches", Some(HardwareEvent::Branches)),
+    ("branch-instructions", Some(HardwareEvent::Branches)),
+    ("branch-misses", Some(HardwareEvent::BranchMisses)),
+    ("cache-references", Some(HardwareEvent::CacheReferences)),
+    ("cache-misses", Some(HardwareEvent::CacheMisses)),
+    ("bus-cycles", Some(HardwareEvent::BusCycles)),
+    ("ref-cycles", Some(HardwareEvent::RefCycles)),
+];
+
+/// perf's names of the software events (and their aliases).
+const SOFTWARE_NAMES: &[(&str, Option<SoftwareEvent>)] = &[
+    ("cpu-clock", None),
+    ("task-clock", Some(SoftwareEvent::TaskClock)),
+    ("page-faults", Some(SoftwareEvent::PageFaults)),
+    ("faults", Some(SoftwareEvent::PageFaults)),
+    ("minor-faults", Some(SoftwareEvent::MinorFaults)),
+    ("major-faults", Some(SoftwareEvent::MajorFaults)),
+    ("context-switches", Some(SoftwareEvent::ContextSwitches)),
+    ("cs", Some(SoftwareEvent::ContextSwitches)),
+    ("cpu-migrations", Some(SoftwareEvent::CpuMigrations)),
+    ("migrations", Some(SoftwareEvent::CpuMigrations)),
+    ("alignment-faults", Some(SoftwareEvent::AlignmentFaults)),
+    ("emulation-faults", Some(SoftwareEvent::EmulationFaults)),
+];
+
+/// Where tracefs is usually mounted (`/sys/kernel/tracing`, or under debugfs).
+pub const TRACEFS_ROOTS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// An event name lbrprof cannot sample.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventNameError {
+    #[error(
+        "unknown event '{0}': use a software event ({sw}), a hardware event ({hw}; needs a \
+         hardware PMU) or a tracepoint SUBSYSTEM:NAME",
+        sw = SOFTWARE_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        hw = HARDWARE_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
+    Unknown(String),
+    #[error("no tracepoint '{name}' on this kernel (no {path})")]
+    NoTracepoint { name: String, path: String },
+    #[error(
+        "tracepoint '{name}': tracefs is not mounted (mount it with `mount -t tracefs nodev \
+         /sys/kernel/tracing`, as perf does)"
+    )]
+    NoTracefs { name: String },
+    #[error("cannot read the tracepoint id of '{name}' ({path}): tracefs is not readable here")]
+    BadTracepoint { name: String, path: String },
 }
 
 impl EventKind {
     /// The name perf uses.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            EventKind::Cycles => "cycles",
-            EventKind::CpuClock => "cpu-clock",
+            EventKind::Cycles => "cycles".into(),
+            EventKind::CpuClock => "cpu-clock".into(),
+            EventKind::Hardware(h) => HARDWARE_NAMES
+                .iter()
+                .find(|(_, e)| *e == Some(*h))
+                .map_or("hardware", |(n, _)| n)
+                .into(),
+            EventKind::Software(s) => SOFTWARE_NAMES
+                .iter()
+                .find(|(_, e)| *e == Some(*s))
+                .map_or("software", |(n, _)| n)
+                .into(),
+            EventKind::Tracepoint { name, .. } => name.clone(),
+        }
+    }
+
+    /// Whether the event needs a hardware PMU.
+    pub fn is_hardware(&self) -> bool {
+        matches!(self, EventKind::Cycles | EventKind::Hardware(_))
+    }
+
+    /// The event perf calls `name`: a software or hardware event (perf's names and
+    /// aliases), or a tracepoint `SUBSYSTEM:NAME`, whose id is read from
+    /// `TRACEFS/events/SUBSYSTEM/NAME/id` under the first of `tracefs_roots` that has an
+    /// `events` directory.
+    pub fn parse(name: &str, tracefs_roots: &[&Path]) -> Result<EventKind, EventNameError> {
+        if let Some((_, e)) = SOFTWARE_NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(e.map_or(EventKind::CpuClock, EventKind::Software));
+        }
+        if let Some((_, e)) = HARDWARE_NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(e.map_or(EventKind::Cycles, EventKind::Hardware));
+        }
+        let Some((subsystem, event)) = name.split_once(':') else {
+            return Err(EventNameError::Unknown(name.into()));
+        };
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !plain(subsystem) || !plain(event) {
+            return Err(EventNameError::Unknown(name.into()));
+        }
+        let Some(root) = tracefs_roots.iter().find(|r| r.join("events").is_dir()) else {
+            return Err(EventNameError::NoTracefs { name: name.into() });
+        };
+        let path = root.join("events").join(subsystem).join(event).join("id");
+        let shown = path.display().to_string();
+        match fs::read_to_string(&path) {
+            Ok(text) => match text.trim().parse() {
+                Ok(id) => Ok(EventKind::Tracepoint {
+                    name: name.into(),
+                    id,
+                }),
+                Err(_) => Err(EventNameError::BadTracepoint {
+                    name: name.into(),
+                    path: shown,
+                }),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(EventNameError::NoTracepoint {
+                    name: name.into(),
+                    path: shown,
+                })
+            }
+            Err(_) => Err(EventNameError::BadTracepoint {
+                name: name.into(),
+                path: shown,
+            }),
         }
     }
 }
@@ -272,6 +447,12 @@ pub enum DecisionError {
         "--event cycles needs a hardware PMU, and this host has none ({0}); use --event cpu-clock"
     )]
     NoPmu(&'static str),
+    #[error(
+        "the hardware event '{event}' needs a hardware PMU, and this host has none ({why}); \
+         software events and tracepoints work here (e.g. -e cpu-clock, -e page-faults, \
+         -e sched:sched_switch)"
+    )]
+    NoPmuFor { event: String, why: &'static str },
     #[error("--branches on needs a hardware PMU with LBR: {0}")]
     NoBranches(&'static str),
     #[error("--call-graph lbr needs LBR branch stacks: {0}")]
@@ -301,6 +482,13 @@ pub fn decide(facts: &HostFacts, req: SamplingRequest) -> Result<SamplingChoice,
         EventRequest::Cycles if facts.pmu_present() => (EventKind::Cycles, "requested".into()),
         EventRequest::Cycles => return Err(DecisionError::NoPmu(no_pmu_why)),
         EventRequest::CpuClock => (EventKind::CpuClock, "requested".into()),
+        EventRequest::Event(e) if e.is_hardware() && !facts.pmu_present() => {
+            return Err(DecisionError::NoPmuFor {
+                event: e.name(),
+                why: no_pmu_why,
+            });
+        }
+        EventRequest::Event(e) => (e, "requested".into()),
     };
     let lbr_missing_why = if event != EventKind::Cycles {
         if facts.pmu_present() {
@@ -332,15 +520,16 @@ pub fn decide(facts: &HostFacts, req: SamplingRequest) -> Result<SamplingChoice,
     } else {
         "user space only (perf_event_paranoid >= 2 and not privileged)"
     };
+    let reason = format!(
+        "event {} ({event_why}); {branch_why}; {kernel_why}",
+        event.name()
+    );
     Ok(SamplingChoice {
         event,
         branch_stacks,
         call_graph: req.call_graph,
         kernel,
-        reason: format!(
-            "event {} ({event_why}); {branch_why}; {kernel_why}",
-            event.name()
-        ),
+        reason,
     })
 }
 
@@ -627,5 +816,67 @@ mod tests {
     fn probe_does_not_panic() {
         let facts = HostFacts::probe();
         assert!(!facts.to_string().is_empty());
+    }
+
+    #[test]
+    fn event_names_parse_as_perf_writes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tp = tmp.path().join("events/sched/sched_switch");
+        std::fs::create_dir_all(&tp).unwrap();
+        std::fs::write(tp.join("id"), "316\n").unwrap();
+        let roots = [Path::new("/nonexistent-tracefs"), tmp.path()];
+        let parse = |n: &str| EventKind::parse(n, &roots);
+        assert_eq!(parse("cpu-clock"), Ok(EventKind::CpuClock));
+        assert_eq!(parse("cycles"), Ok(EventKind::Cycles));
+        assert_eq!(parse("cpu-cycles"), Ok(EventKind::Cycles));
+        assert_eq!(
+            parse("cs"),
+            Ok(EventKind::Software(SoftwareEvent::ContextSwitches))
+        );
+        assert_eq!(
+            parse("instructions"),
+            Ok(EventKind::Hardware(HardwareEvent::Instructions))
+        );
+        let sw = parse("sched:sched_switch").unwrap();
+        assert_eq!(
+            sw,
+            EventKind::Tracepoint {
+                name: "sched:sched_switch".into(),
+                id: 316
+            }
+        );
+        assert_eq!(sw.name(), "sched:sched_switch");
+        assert_eq!(parse("faults").unwrap().name(), "page-faults");
+        assert!(matches!(
+            parse("sched:nope"),
+            Err(EventNameError::NoTracepoint { .. })
+        ));
+        assert!(matches!(parse("bogus"), Err(EventNameError::Unknown(_))));
+        assert!(matches!(parse("../x:y"), Err(EventNameError::Unknown(_))));
+        assert!(matches!(
+            EventKind::parse("sched:sched_switch", &[Path::new("/nonexistent-tracefs")]),
+            Err(EventNameError::NoTracefs { .. })
+        ));
+    }
+
+    #[test]
+    fn hardware_events_need_a_pmu() {
+        let req = SamplingRequest {
+            event: EventRequest::Event(EventKind::Hardware(HardwareEvent::Instructions)),
+            ..AUTO
+        };
+        let err = decide(&no_pmu(), req.clone()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'instructions' needs a hardware PMU"),
+            "{err}"
+        );
+        let sw = SamplingRequest {
+            event: EventRequest::Event(EventKind::Software(SoftwareEvent::PageFaults)),
+            ..AUTO
+        };
+        let c = decide(&no_pmu(), sw).unwrap();
+        assert_eq!(c.event.name(), "page-faults");
+        assert!(!c.branch_stacks);
     }
 }

@@ -43,6 +43,13 @@ pub enum RecordTarget {
     Pid(u32),
     /// Attach to one running thread.
     Tid(u32),
+    /// Every task on these CPUs (all online CPUs when `None`), system-wide like perf's
+    /// `-a`/`-C`: while `command` runs when one is given, else until stopped (signal or
+    /// `duration`).
+    System {
+        cpus: Option<Vec<u32>>,
+        command: Vec<String>,
+    },
 }
 
 /// Everything `record` needs, as plain data (the CLI builds it from its flags).
@@ -50,6 +57,8 @@ pub enum RecordTarget {
 pub struct RecordOptions {
     pub output: PathBuf,
     pub frequency: u64,
+    /// Sample every this many events instead of at `frequency` (`-c`), when set.
+    pub period: Option<u64>,
     pub request: SamplingRequest,
     pub target: RecordTarget,
     /// Stop after this long (the command is then sent SIGTERM).
@@ -69,6 +78,8 @@ pub struct RecordOptions {
 pub enum RecordError {
     #[error(transparent)]
     Decision(#[from] DecisionError),
+    #[error("the sample period (-c) must be at least 1")]
+    BadPeriod,
     #[error("cannot run '{command}': {reason}")]
     CannotRun {
         command: String,
@@ -178,9 +189,16 @@ impl Recorder {
             ));
             opts.frequency = max;
         }
-        let choice = decide(facts, opts.request)?;
+        if opts.period == Some(0) {
+            return Err(RecordError::BadPeriod);
+        }
+        let choice = decide(facts, opts.request.clone())?;
         let exec = match &opts.target {
             RecordTarget::Command(argv) => Some(resolve_command(argv)?),
+            RecordTarget::System { command, .. } if !command.is_empty() => {
+                Some(resolve_command(command)?)
+            }
+            RecordTarget::System { .. } => None,
             RecordTarget::Pid(pid) => {
                 if !Path::new(&format!("/proc/{pid}")).is_dir() || *pid == 0 {
                     return Err(RecordError::NoSuchProcess(*pid));
@@ -199,8 +217,22 @@ impl Recorder {
             RecordTarget::Command(argv) => Target::Command { argv: argv.clone() },
             RecordTarget::Pid(pid) => Target::Pid { pid: *pid },
             RecordTarget::Tid(tid) => Target::Tid { tid: *tid },
+            RecordTarget::System { cpus, command } => Target::System {
+                cpus: match cpus {
+                    Some(cpus) => cpus.clone(),
+                    None => crate::sampler::online_cpus().unwrap_or_default(),
+                },
+                argv: command.clone(),
+            },
         };
-        let header = header(facts, &choice, opts.frequency, start_monotonic_ns, target);
+        let header = header(
+            facts,
+            &choice,
+            opts.frequency,
+            opts.period,
+            start_monotonic_ns,
+            target,
+        );
         let writer = RecordingWriter::create_with(&opts.output, &header, opts.replace).map_err(
             |source| RecordError::Output {
                 path: opts.output.clone(),
@@ -239,8 +271,9 @@ impl Recorder {
         } = self;
         let sink = writer.sink();
         let config = SamplerConfig {
-            event: choice.event,
+            event: choice.event.clone(),
             frequency: opts.frequency,
+            period: opts.period,
             branch_stacks: choice.branch_stacks,
             call_graph: choice.call_graph,
             kernel: choice.kernel,
@@ -437,6 +470,52 @@ fn start(
             }
         }
         (RecordTarget::Command(_), None) => return Err(RecordError::NoCommand),
+        (RecordTarget::System { cpus, command }, exec) => {
+            let cpus = match cpus {
+                Some(cpus) => cpus.clone(),
+                None => crate::sampler::online_cpus().map_err(|source| RecordError::System {
+                    what: "read the online CPUs",
+                    source,
+                })?,
+            };
+            let mut sampler = HostSampler::open(config, &SampleTarget::Cpus { cpus })?;
+            // Start, then describe every process that exists, dated before the start (as
+            // for -p: what changes between the two is also in the kernel's records).
+            let now = sys::monotonic_ns();
+            sampler.enable()?;
+            for pid in procfs::all_pids() {
+                let Ok(tids) = procfs::threads_of(pid) else {
+                    continue;
+                };
+                if let Ok(events) = procfs::synthesize(pid, &tids, now, sampler.converter()) {
+                    for e in events {
+                        sampler.observe(&e);
+                        sink.send(e);
+                    }
+                }
+            }
+            let child = match exec {
+                Some((path, cargv)) => {
+                    let blocked = sys::spawn_blocked(&path, &cargv).map_err(|source| {
+                        RecordError::System {
+                            what: "fork",
+                            source,
+                        }
+                    })?;
+                    Some(blocked.release().map_err(|errno| RecordError::CannotRun {
+                        command: command.first().cloned().unwrap_or_default(),
+                        reason: strerror(errno),
+                        errno,
+                    })?)
+                }
+                None => None,
+            };
+            return Ok(Running {
+                sampler,
+                child,
+                attached: None,
+            });
+        }
         (RecordTarget::Pid(pid), _) => {
             let tids = procfs::threads_of(*pid).map_err(|_| RecordError::NoSuchProcess(*pid))?;
             // One event per thread and CPU. (Not for commands: the child would inherit it.)
@@ -560,6 +639,8 @@ fn drain_until_done(
         }
         let gone = match (&opts.target, &running.attached) {
             (RecordTarget::Tid(tid), Some((pid, _))) => !procfs::thread_alive(*pid, *tid),
+            // System-wide without a command: until stopped.
+            (RecordTarget::System { .. }, _) => false,
             (_, Some((pid, _))) => !procfs::alive(*pid),
             _ => true,
         };
@@ -639,6 +720,7 @@ pub(crate) fn header(
     facts: &HostFacts,
     choice: &SamplingChoice,
     frequency: u64,
+    period: Option<u64>,
     start_monotonic_ns: u64,
     target: Target,
 ) -> Header {
@@ -650,10 +732,11 @@ pub(crate) fn header(
         start_monotonic_ns,
         host: facts.host_info(choice),
         sampling: SamplingConfig {
-            event: choice.event.name().to_owned(),
+            event: choice.event.name(),
             event_reason: choice.reason.clone(),
-            frequency,
-            period: 0,
+            // One or the other, as perf's attr (sample_freq or sample_period).
+            frequency: if period.is_some() { 0 } else { frequency },
+            period: period.unwrap_or(0),
             branch_stacks: choice.branch_stacks,
             call_graph: choice.call_graph.name().to_owned(),
         },

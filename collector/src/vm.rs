@@ -316,7 +316,7 @@ pub fn record_vm(
             max: MAX_MMAP_PAGES,
         });
     }
-    let choice = decide(facts, opts.request)?;
+    let choice = decide(facts, opts.request.clone())?;
     let VmRecordOptions {
         output,
         frequency,
@@ -334,7 +334,7 @@ pub fn record_vm(
         backend: lbr.backend(),
         mode: lbr.mode().to_owned(),
     };
-    let header = crate::record::header(facts, &choice, frequency, start_monotonic_ns, target);
+    let header = crate::record::header(facts, &choice, frequency, None, start_monotonic_ns, target);
     let writer = RecordingWriter::create_with(&output, &header, replace).map_err(|source| {
         RecordError::Output {
             path: output.clone(),
@@ -353,8 +353,9 @@ pub fn record_vm(
     };
 
     let config = SamplerConfig {
-        event: choice.event,
+        event: choice.event.clone(),
         frequency,
+        period: None,
         branch_stacks: choice.branch_stacks,
         call_graph: choice.call_graph,
         kernel: choice.kernel,

@@ -338,6 +338,12 @@ pub enum Target {
     PerfData {
         path: String,
     },
+    /// Every task on these CPUs (`record -a` / `-C`), while `argv` ran (empty: until
+    /// stopped).
+    System {
+        cpus: Vec<u32>,
+        argv: Vec<String>,
+    },
 }
 
 /// The recording header.

@@ -27,6 +27,9 @@ pub struct Filter {
     pub comms: Vec<String>,
     /// Module paths or file names; matches the module of the sampled IP.
     pub dsos: Vec<String>,
+    /// Time windows `[start, end]` (inclusive, in the recording's sample clock, ns): a
+    /// sample is kept when its time is in one of them (`perf report --time`).
+    pub times: Vec<(u64, u64)>,
 }
 
 impl Filter {
@@ -35,7 +38,24 @@ impl Filter {
             && self.tids.is_empty()
             && self.comms.is_empty()
             && self.dsos.is_empty()
+            && self.times.is_empty()
     }
+
+    /// Whether time `t` is in one of the windows (or there are none). A sample without
+    /// a time (0: the recording has no PERF_SAMPLE_TIME) is kept, as perf keeps it.
+    pub fn keeps_time(&self, t: u64) -> bool {
+        self.times.is_empty() || t == 0 || self.times.iter().any(|&(a, b)| a <= t && t <= b)
+    }
+}
+
+/// A sampled thread under the command name it had when sampled: what perf's `comm` and
+/// `pid` sort keys group by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    /// Index into [`Profile::task_comms`].
+    pub comm: u32,
 }
 
 /// Sample and weight counts of one stack or function.
@@ -156,6 +176,12 @@ pub struct Profile {
     pub run_stacks: Vec<FastMap<Vec<Loc>, Count>>,
     /// With [`AggregateOptions::timeline`]: every sample and snapshot, in stream order.
     pub timeline: Option<Timeline>,
+    /// With [`AggregateOptions::tasks`]: the host samples' stacks again, one table per
+    /// sampled thread and command name ([`Task`]).
+    pub task_stacks: FastMap<Task, FastMap<Vec<Loc>, Count>>,
+    /// The command names [`Task::comm`] indexes: a thread's COMM when sampled, else
+    /// `swapper` for the idle task (tid 0) and `:TID` for other threads, as perf names them.
+    pub task_comms: Vec<String>,
 }
 
 /// Every sample and guest snapshot with its time and thread, for outputs that keep them
@@ -221,6 +247,8 @@ pub struct AggregateOptions {
     pub run_starts: Vec<u64>,
     /// Keep every sample's time, thread and stack ([`Profile::timeline`]).
     pub timeline: bool,
+    /// Keep the stack table per sampled thread and command ([`Profile::task_stacks`]).
+    pub tasks: bool,
 }
 
 /// How many samples [`Aggregator::add_counted`] adds, and their time span.
@@ -250,6 +278,8 @@ pub struct Aggregator {
     /// thread id → vCPU: where a guest-mode host sample of that thread resolves.
     vcpu_space: HashMap<u32, u32>,
     tid_vcpu: HashMap<u32, u32>,
+    /// Index of each name in `profile.task_comms`.
+    task_comm_index: HashMap<String, u32>,
 }
 
 impl Aggregator {
@@ -277,6 +307,7 @@ impl Aggregator {
             guest_spaces: HashMap::new(),
             vcpu_space: HashMap::new(),
             tid_vcpu: HashMap::new(),
+            task_comm_index: HashMap::new(),
         }
     }
 
@@ -369,7 +400,27 @@ impl Aggregator {
                 return false;
             }
         }
-        true
+        f.keeps_time(s.time_ns)
+    }
+
+    /// Thread `tid` of process `pid` under its current command name.
+    fn task(&mut self, pid: u32, tid: u32) -> Task {
+        let p = &mut self.profile;
+        let comm = match p.comms.get(&tid) {
+            Some(c) => self.task_comm_index.get(c.as_str()).copied(),
+            None => None,
+        };
+        let comm = comm.unwrap_or_else(|| {
+            let name = p.comms.get(&tid).cloned().unwrap_or_else(|| match tid {
+                0 => "swapper".to_owned(),
+                _ => format!(":{tid}"),
+            });
+            *self.task_comm_index.entry(name.clone()).or_insert_with(|| {
+                p.task_comms.push(name);
+                (p.task_comms.len() - 1) as u32
+            })
+        });
+        Task { pid, tid, comm }
     }
 
     fn note_time(&mut self, t: u64) {
@@ -503,6 +554,15 @@ impl Aggregator {
                 counts.weight,
             );
         }
+        if self.opts.tasks {
+            let task = self.task(s.pid, s.tid);
+            bump_n(
+                self.profile.task_stacks.entry(task).or_default(),
+                &stack,
+                counts.samples,
+                counts.weight,
+            );
+        }
         if let Some(tl) = &mut self.profile.timeline {
             let id = tl.intern(&stack);
             tl.samples.push(TimedSample {
@@ -613,7 +673,12 @@ impl Aggregator {
     }
 
     pub fn add_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot) {
-        if !self.opts.filter.is_empty() {
+        // Snapshots have no host thread or module to match: any filter but a time window
+        // drops them.
+        let f = &self.opts.filter;
+        let by_thread_or_module =
+            !(f.pids.is_empty() && f.tids.is_empty() && f.comms.is_empty() && f.dsos.is_empty());
+        if by_thread_or_module || !f.keeps_time(snap.host_time_ns) {
             self.profile.totals.filtered_out += 1;
             return;
         }
@@ -1128,6 +1193,28 @@ mod tests {
         }));
         let p = a.finish();
         assert_eq!((p.totals.samples, p.totals.filtered_out), (0, 1));
+    }
+
+    #[test]
+    fn time_windows_keep_the_samples_inside_them() {
+        let mut a = Aggregator::new(AggregateOptions {
+            filter: Filter {
+                times: vec![(100, 200), (300, 300)],
+                ..Filter::default()
+            },
+            ..AggregateOptions::default()
+        });
+        for t in [0, 99, 100, 150, 200, 201, 300, 301] {
+            a.add(&Event::Sample(HostSample {
+                time_ns: t,
+                pid: 1,
+                period: 1,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        // 0 (no time), 100, 150, 200 and 300; both ends inclusive, as perf.
+        assert_eq!((p.totals.samples, p.totals.filtered_out), (5, 3));
     }
 
     #[test]

@@ -82,8 +82,17 @@
 //!                              "run_ns", "trace_ns", "snapshot_ns": u64,
 //!                              "instructions", "branches": u64|null, "snapshots",
 //!                              "agent_snapshots", "lost_snapshots", "frozen_events", "samples",
-//!                              "paired": u64 } ] }
+//!                              "paired": u64 } ] },
+//!   // Only when asked for (`--sort comm,dso,...`, `-g caller|callee`):
+//!   "hist": { "keys": ["comm"|"pid"|"dso"|"sym"], "children": bool, "weight": u64,
+//!             "rows": [ { "keys": [str], "self_samples", "self_weight": u64,
+//!                         "self_pct": f64, "children_samples", "children_weight": u64,
+//!                         "children_pct": f64 } ] },
+//!   "call_tree": { "order": "caller"|"callee", "weight": u64, "roots": [Node] }
 //! }
+//! Node = { "function": str, "module": str, "total_samples", "total_weight": u64,
+//!          "total_pct": f64, "self_samples", "self_weight": u64, "self_pct": f64,
+//!          "children": [Node] }
 //! Place = { "module": str, "offset": u64, "function": str|null,
 //!           "function_offset": u64|null, "file": str|null, "line": u32|null }
 //! ```
@@ -104,6 +113,7 @@ pub mod diff;
 pub mod firefox;
 pub mod flame;
 pub mod hash;
+pub mod hist;
 pub mod lbr;
 pub mod loc;
 pub mod perfdata_out;
@@ -113,6 +123,7 @@ pub mod recscan;
 pub mod render;
 pub mod report;
 pub mod symbols;
+pub mod tree;
 pub mod vm;
 pub mod vmtrace;
 

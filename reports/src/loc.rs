@@ -329,7 +329,8 @@ impl AddressSpaces {
                 }
             }
             SpaceKey::Guest(..) => ModuleTable::GUEST_UNKNOWN,
-            SpaceKey::User(_) if addr >= KERNEL_SPACE_START => ModuleTable::KERNEL,
+            // A user-mode frame is never kernel code, whatever its value (a stale frame
+            // pointer walks into junk): unknown, as perf resolves it.
             SpaceKey::User(_) => ModuleTable::UNKNOWN,
         };
         Loc {

@@ -300,6 +300,8 @@ pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
     !opts.vm
         && !opts.timeline
         && opts.run_starts.is_empty()
+        // Raw stacks merge samples of different times.
+        && opts.filter.times.is_empty()
         && (opts.filter.is_empty() || !scan.has_branch_stacks())
 }
 
@@ -326,7 +328,7 @@ pub fn aggregate_scan(scan: &Scan, opts: AggregateOptions) -> Result<(Profile, u
 
 /// Whether raw stacks keep the thread (for filters and root frames that need it).
 fn keep_tid(opts: &AggregateOptions) -> bool {
-    !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty() || opts.comm_root
+    !opts.filter.tids.is_empty() || !opts.filter.comms.is_empty() || opts.comm_root || opts.tasks
 }
 
 /// What [`aggregate_input`] did.
@@ -354,7 +356,7 @@ fn aggregate_input_chunked(
     opts: &AggregateOptions,
     chunk_size: usize,
 ) -> FastPath {
-    if opts.vm || opts.timeline {
+    if opts.vm || opts.timeline || !opts.filter.times.is_empty() {
         return FastPath::NotScanned;
     }
     if input.perf_has_stack_copies() {

@@ -124,6 +124,8 @@ pub fn supports(opts: &AggregateOptions) -> bool {
         && !opts.timeline
         && opts.filter.comms.is_empty()
         && opts.filter.dsos.is_empty()
+        // Raw stacks merge samples of different times.
+        && opts.filter.times.is_empty()
         && opts.run_starts.is_empty()
 }
 
@@ -194,7 +196,7 @@ pub fn aggregate_recording(
     let fold = FoldOpts {
         // Raw stacks keep the thread for root frames and for the aggregator's own
         // filter check when they are resolved.
-        keep_tid: opts.comm_root || !opts.filter.tids.is_empty(),
+        keep_tid: opts.comm_root || opts.tasks || !opts.filter.tids.is_empty(),
         lbr_call_stack: opts.lbr_call_stack,
         pids: &opts.filter.pids,
         tids: &opts.filter.tids,

@@ -143,11 +143,125 @@ fn function_tables(r: &Report) -> Vec<(String, Vec<&FunctionRow>)> {
     ]
 }
 
+/// perf's grouped table (`--sort comm,dso,...`), with a Children column when the rows
+/// are ordered by it.
+fn hist_text(h: &crate::hist::Hist, mut w: impl Write) -> io::Result<()> {
+    let widths: Vec<usize> = h
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            h.rows
+                .iter()
+                .map(|r| r.keys[i].chars().count())
+                .chain([k.heading().len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let headings: Vec<String> = h
+        .keys
+        .iter()
+        .zip(&widths)
+        .map(|(k, &n)| format!("{:<n$}", k.heading()))
+        .collect();
+    writeln!(w, "#")?;
+    let pcts = if h.children {
+        "# Children      Self"
+    } else {
+        "# Overhead"
+    };
+    writeln!(w, "{pcts}  {}", headings.join("  ").trim_end())?;
+    writeln!(w, "#")?;
+    for r in &h.rows {
+        let cells: Vec<String> = r
+            .keys
+            .iter()
+            .zip(&widths)
+            .map(|(v, &n)| format!("{v:<n$}"))
+            .collect();
+        let cells = cells.join("  ");
+        if h.children {
+            writeln!(
+                w,
+                "  {:7.2}%  {:7.2}%  {}",
+                r.children_pct,
+                r.self_pct,
+                cells.trim_end()
+            )?;
+        } else {
+            writeln!(w, "  {:7.2}%  {}", r.self_pct, cells.trim_end())?;
+        }
+    }
+    Ok(())
+}
+
+/// The call tree, one node per line, indented by depth. Caller trees show each node's
+/// self share too; in a callee tree the roots' totals are the self shares.
+fn tree_text(t: &crate::tree::CallTree, mut w: impl Write) -> io::Result<()> {
+    fn nodes(
+        ns: &[crate::tree::Node],
+        depth: usize,
+        with_self: bool,
+        w: &mut impl Write,
+    ) -> io::Result<()> {
+        for n in ns {
+            let module = if n.module.starts_with('[') {
+                n.module.clone()
+            } else {
+                format!("[{}]", n.module)
+            };
+            let self_col = if with_self {
+                format!("{:7.2}%  ", n.self_pct)
+            } else {
+                String::new()
+            };
+            writeln!(
+                w,
+                "  {:7.2}%  {self_col}{:indent$}{} {module}",
+                n.total_pct,
+                "",
+                n.function,
+                indent = depth * 2
+            )?;
+            nodes(&n.children, depth + 1, with_self, w)?;
+        }
+        Ok(())
+    }
+    let caller = t.order == crate::tree::Order::Caller;
+    writeln!(w, "#")?;
+    if caller {
+        writeln!(
+            w,
+            "# Call tree (caller: outermost callers first, callees below; share of the event count)"
+        )?;
+        writeln!(w, "#")?;
+        writeln!(w, "#    Total      Self  Function [module]")?;
+    } else {
+        writeln!(
+            w,
+            "# Call tree (callee: sampled functions first, their callers below; share of the event count)"
+        )?;
+        writeln!(w, "#")?;
+        writeln!(w, "#    Total  Function [module]")?;
+    }
+    nodes(&t.roots, 0, caller, &mut w)
+}
+
 /// Plain text tables, `perf report --stdio` style.
 pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     writeln!(w, "# lbrprof report")?;
     for l in header_lines(r) {
         writeln!(w, "# {l}")?;
+    }
+    if r.hist.is_some() || r.call_tree.is_some() {
+        if let Some(h) = &r.hist {
+            hist_text(h, &mut w)?;
+        }
+        if let Some(t) = &r.call_tree {
+            tree_text(t, &mut w)?;
+        }
+        return Ok(());
     }
     if !r.processes.is_empty() {
         writeln!(w, "#")?;
@@ -229,6 +343,63 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// perf's grouped table as a Markdown table.
+fn hist_markdown(h: &crate::hist::Hist, mut w: impl Write) -> io::Result<()> {
+    let keys: Vec<&str> = h.keys.iter().map(|k| k.heading()).collect();
+    writeln!(w)?;
+    if h.children {
+        writeln!(w, "| Children | Self | {} |", keys.join(" | "))?;
+        writeln!(w, "|---:|---:|{}", "---|".repeat(keys.len()))?;
+    } else {
+        writeln!(w, "| Overhead | {} |", keys.join(" | "))?;
+        writeln!(w, "|---:|{}", "---|".repeat(keys.len()))?;
+    }
+    for r in &h.rows {
+        let cells: Vec<String> = r
+            .keys
+            .iter()
+            .map(|k| format!("`{}`", md_escape(k)))
+            .collect();
+        if h.children {
+            writeln!(
+                w,
+                "| {:.2}% | {:.2}% | {} |",
+                r.children_pct,
+                r.self_pct,
+                cells.join(" | ")
+            )?;
+        } else {
+            writeln!(w, "| {:.2}% | {} |", r.self_pct, cells.join(" | "))?;
+        }
+    }
+    Ok(())
+}
+
+/// The call tree as a nested Markdown list.
+fn tree_markdown(t: &crate::tree::CallTree, mut w: impl Write) -> io::Result<()> {
+    fn nodes(ns: &[crate::tree::Node], depth: usize, w: &mut impl Write) -> io::Result<()> {
+        for n in ns {
+            writeln!(
+                w,
+                "{:indent$}- {:.2}% `{}` ({})",
+                "",
+                n.total_pct,
+                md_escape(&n.function),
+                md_escape(&n.module),
+                indent = depth * 2
+            )?;
+            nodes(&n.children, depth + 1, w)?;
+        }
+        Ok(())
+    }
+    let order = match t.order {
+        crate::tree::Order::Caller => "caller",
+        crate::tree::Order::Callee => "callee",
+    };
+    writeln!(w, "\n### Call tree ({order}, share of the event count)\n")?;
+    nodes(&t.roots, 0, &mut w)
+}
+
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
@@ -251,6 +422,15 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
     writeln!(w, "## lbrprof report\n")?;
     for l in header_lines(r) {
         writeln!(w, "- {}", md_escape(&l))?;
+    }
+    if r.hist.is_some() || r.call_tree.is_some() {
+        if let Some(h) = &r.hist {
+            hist_markdown(h, &mut w)?;
+        }
+        if let Some(t) = &r.call_tree {
+            tree_markdown(t, &mut w)?;
+        }
+        return Ok(());
     }
     if !r.processes.is_empty() {
         writeln!(w, "\n### Processes\n")?;

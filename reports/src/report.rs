@@ -277,6 +277,13 @@ pub struct Report {
     /// Host and guest of a `record --vm` recording ([`crate::vm`]); `null` otherwise.
     #[serde(default)]
     pub vm: Option<crate::vm::VmReport>,
+    /// perf's grouped table (`--sort comm,dso,...`), when asked for: the text report then
+    /// shows it instead of the function, branch and range tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hist: Option<crate::hist::Hist>,
+    /// The call tree (`-g caller|callee`), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_tree: Option<crate::tree::CallTree>,
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -525,6 +532,8 @@ pub fn build(
         branches,
         ranges,
         vm: None,
+        hist: None,
+        call_tree: None,
     };
     report.sort(SortKey::default());
     report

@@ -160,6 +160,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         symfs: None,
         kallsyms: None,
         event: None,
+        time: None,
     };
     let loaded = load_runs(&args, Naming::Demangled, &run_starts)
         .with_context(|| format!("{what} recording"))?;
@@ -197,6 +198,7 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
         Target::Pid { pid } => format!("pid {pid}"),
         Target::Tid { tid } => format!("tid {tid}"),
         Target::PerfData { path } => path.clone(),
+        Target::System { cpus, argv } => crate::cmd::info::system_target(cpus, argv),
     };
     let (tb, tn) = (target(&base.loaded.header), target(&new.loaded.header));
     if tb != tn {

@@ -49,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Target::Pid { pid } => format!("pid {pid}"),
             Target::Tid { tid } => format!("tid {tid}"),
             Target::PerfData { path } => path.clone(),
+            Target::System { cpus, argv } => crate::cmd::info::system_target(cpus, argv),
         },
         desc: vec![if profiles.is_empty() {
             format!(

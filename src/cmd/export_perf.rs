@@ -13,9 +13,14 @@ use super::export::Args;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let i = &args.input;
-    if !i.pid.is_empty() || !i.tid.is_empty() || !i.comm.is_empty() || !i.dso.is_empty() {
+    if !i.pid.is_empty()
+        || !i.tid.is_empty()
+        || !i.comm.is_empty()
+        || !i.dso.is_empty()
+        || i.time.is_some()
+    {
         anyhow::bail!(
-            "--perf-data writes every sample; filter the file with perf instead (perf script/report --pid, --tid, --comms, --dsos)"
+            "--perf-data writes every sample; filter the file with perf instead (perf script/report --pid, --tid, --comms, --dsos, --time)"
         );
     }
     let path = &i.input;

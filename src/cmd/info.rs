@@ -524,6 +524,20 @@ fn target(t: &Target, vcpus_ran: usize) -> String {
             mode,
         } => format!("guest {image} ({vcpus} vCPUs, {backend:?} backend, {mode} mode)"),
         Target::PerfData { path } => format!("perf.data import of {path}"),
+        Target::System { cpus, argv } => system_target(cpus, argv),
+    }
+}
+
+/// How a system-wide recording's target reads: its CPUs, and the command it ran for.
+pub fn system_target(cpus: &[u32], argv: &[String]) -> String {
+    let cpus = cpus
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    match argv.is_empty() {
+        true => format!("every task on CPUs {cpus}"),
+        false => format!("every task on CPUs {cpus} while running {}", argv.join(" ")),
     }
 }
 

@@ -45,9 +45,20 @@ pub struct Args {
     /// Sampling frequency in Hz.
     #[arg(short = 'F', long, default_value_t = 999)]
     pub freq: u64,
-    /// Sampling event: `auto` picks hardware cycles where the PMU has them, else cpu-clock.
-    #[arg(long, value_enum, default_value_t = EventChoice::Auto)]
+    /// Sampling event: `auto` picks hardware cycles where the PMU has them, else
+    /// cpu-clock; or one event by perf's name: a software event (cpu-clock, task-clock,
+    /// page-faults, minor-faults, major-faults, context-switches, cpu-migrations,
+    /// alignment-faults, emulation-faults), a hardware event (cycles, instructions,
+    /// branches, branch-misses, cache-references, cache-misses, bus-cycles, ref-cycles;
+    /// where there is a hardware PMU), or a tracepoint SUBSYSTEM:NAME from
+    /// /sys/kernel/tracing/events (sampled on every hit unless -c says otherwise, as perf).
+    #[arg(short = 'e', long, default_value = "auto", value_name = "EVENT",
+          value_parser = parse_event)]
     pub event: EventChoice,
+    /// Sample every PERIOD events instead of -F times a second (perf's -c).
+    #[arg(short = 'c', long = "count", value_name = "PERIOD",
+          value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "freq")]
+    pub period: Option<u64>,
     /// Sample branch stacks (LBR): `auto` where the host PMU supports them.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub branches: Toggle,
@@ -67,6 +78,14 @@ pub struct Args {
     /// Attach to a running process.
     #[arg(short, long, conflicts_with_all = ["tid", "command", "vm"])]
     pub pid: Option<u32>,
+    /// Record every task on every CPU (system-wide, as perf's -a): while CMD runs when one
+    /// is given, else until Ctrl-C or --duration. Needs root or perf_event_paranoid <= 0.
+    #[arg(short = 'a', long = "all-cpus", conflicts_with_all = ["pid", "tid", "vm", "repeat"])]
+    pub all_cpus: bool,
+    /// Record every task on these CPUs only (system-wide, as perf's -C), e.g. `0,2-3`.
+    #[arg(short = 'C', long = "cpu", value_name = "LIST", value_parser = parse_cpus,
+          conflicts_with_all = ["pid", "tid", "vm", "repeat"])]
+    pub cpu: Option<CpuList>,
     /// Attach to a running thread.
     #[arg(short, long, conflicts_with_all = ["pid", "command", "vm"])]
     pub tid: Option<u32>,
@@ -163,11 +182,46 @@ pub struct VmArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `-C`: CPU numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<u32>);
+
+/// A kernel CPU list (`0,2-3`).
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    lbrprof_collector::sampler::parse_cpu_list(s)
+        .map(|mut cpus| {
+            cpus.sort_unstable();
+            cpus.dedup();
+            CpuList(cpus)
+        })
+        .ok_or_else(|| format!("'{s}' is not a CPU list (e.g. 0,2-3)"))
+}
+
+/// `--event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventChoice {
     Auto,
-    Cycles,
-    CpuClock,
+    Event(host::EventKind),
+}
+
+/// `auto`, or one event by perf's name ([`host::EventKind::parse`]).
+pub fn parse_event(s: &str) -> Result<EventChoice, String> {
+    if s == "auto" {
+        return Ok(EventChoice::Auto);
+    }
+    if s.contains(',') {
+        return Err(format!(
+            "one event per recording: '{s}' names several (lbrprof keeps no per-sample \
+             event id yet); record them one at a time"
+        ));
+    }
+    let roots: Vec<&std::path::Path> = host::TRACEFS_ROOTS
+        .iter()
+        .map(std::path::Path::new)
+        .collect();
+    host::EventKind::parse(s, &roots)
+        .map(EventChoice::Event)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -237,10 +291,11 @@ impl Args {
     /// The host sampling request.
     pub fn sampling_request(&self) -> SamplingRequest {
         SamplingRequest {
-            event: match self.event {
+            event: match &self.event {
                 EventChoice::Auto => EventRequest::Auto,
-                EventChoice::Cycles => EventRequest::Cycles,
-                EventChoice::CpuClock => EventRequest::CpuClock,
+                EventChoice::Event(host::EventKind::Cycles) => EventRequest::Cycles,
+                EventChoice::Event(host::EventKind::CpuClock) => EventRequest::CpuClock,
+                EventChoice::Event(e) => EventRequest::Event(e.clone()),
             },
             branches: match self.branches {
                 Toggle::Auto => BranchRequest::Auto,
@@ -259,11 +314,18 @@ impl Args {
     fn into_options(self) -> anyhow::Result<RecordOptions> {
         let request = self.sampling_request();
         let replace = self.replace();
+        let system = self.all_cpus || self.cpu.is_some();
         let target = match (self.pid, self.tid) {
+            _ if system => RecordTarget::System {
+                cpus: self.cpu.map(|c| c.0),
+                command: self.command,
+            },
             (Some(pid), _) => RecordTarget::Pid(pid),
             (_, Some(tid)) => RecordTarget::Tid(tid),
             (None, None) if self.command.is_empty() => {
-                anyhow::bail!("nothing to record: give `-- CMD ARGS`, `-p PID` or `-t TID`")
+                anyhow::bail!(
+                    "nothing to record: give `-- CMD ARGS`, `-p PID`, `-t TID`, `-a` or `-C LIST`"
+                )
             }
             (None, None) => RecordTarget::Command(self.command),
         };
@@ -276,9 +338,15 @@ impl Args {
                 anyhow::bail!("--duration must be a positive number of seconds, not {secs}")
             }
         };
+        // perf samples tracepoints on every hit unless told otherwise.
+        let period = match (&self.event, self.period) {
+            (EventChoice::Event(host::EventKind::Tracepoint { .. }), None) => Some(1),
+            (_, period) => period,
+        };
         Ok(RecordOptions {
             output: self.output,
             frequency: self.freq,
+            period,
             request,
             target,
             duration,
@@ -299,6 +367,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let opts = args.into_options()?;
     let output = opts.output.clone();
+    let opts_period = opts.period;
     let facts = HostFacts::probe();
     let recorder = Recorder::prepare(opts, &facts).map_err(record_error)?;
     for warning in recorder.warnings() {
@@ -308,6 +377,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = recorder.run().map_err(record_error)?;
     let s = &outcome.summary;
     let event = outcome.choice.event.name();
+    let period = match opts_period {
+        Some(p) => format!(", one sample every {p} events"),
+        None => String::new(),
+    };
     let why = if outcome.choice.event == host::EventKind::CpuClock && !facts.pmu_present() {
         " (no hardware PMU)"
     } else {
@@ -318,7 +391,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n => format!(" in {n} runs"),
     };
     eprintln!(
-        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}, written to {}",
+        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}{period}, written to {}",
         s.samples,
         s.lost,
         s.throttled,
@@ -340,6 +413,18 @@ pub fn record_error(err: RecordError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_and_event_names_parse() {
+        assert_eq!(parse_cpus("0,2-3,2"), Ok(CpuList(vec![0, 2, 3])));
+        assert!(parse_cpus("3-1").is_err() && parse_cpus("x").is_err());
+        assert_eq!(parse_event("auto"), Ok(EventChoice::Auto));
+        assert_eq!(
+            parse_event("cpu-clock"),
+            Ok(EventChoice::Event(host::EventKind::CpuClock))
+        );
+        assert!(parse_event("cpu-clock,page-faults").is_err());
+    }
 
     #[test]
     fn call_graph_modes_parse_as_perf_writes_them() {

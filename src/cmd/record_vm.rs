@@ -94,6 +94,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.freq == 0 || args.guest.lbr_freq == Some(0) {
         anyhow::bail!("-F and --lbr-freq must be at least 1 Hz");
     }
+    if args.period.is_some() {
+        anyhow::bail!("-c is not supported with --vm: its host and guest sample at -F");
+    }
     let lbr = lbr_opts::record_setup(&LbrRequestArgs {
         lbr: args.guest.lbr,
         mode: args.guest.lbr_mode,

@@ -12,12 +12,15 @@ use anyhow::Context;
 use lbrprof_collector::input::{InputFormat, open_any};
 use lbrprof_collector::model::{Header, Target};
 use lbrprof_reports::decode::CodeReader;
+use lbrprof_reports::hist::{self, HistKey};
 use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
 use lbrprof_reports::symbols::SymbolizerSource;
 use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
-use lbrprof_reports::{perfscan, recscan, vm};
+use lbrprof_reports::{perfscan, recscan, tree, vm};
 use lbrprof_symbolizer::SymbolizerOptions;
+
+use crate::cmd::report_time::{self, TimeSpec};
 
 /// Options shared by every command that reads a recording.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +58,12 @@ pub struct InputArgs {
     /// file's first event.
     #[arg(long, value_name = "NAME|all")]
     pub event: Option<String>,
+    /// Only samples in these time windows: `START,END` in perf's sample time (seconds,
+    /// as `perf script` prints them; either end may be left empty), `+START,+END` in
+    /// seconds after the first sample, or percent slices of the recording as perf's
+    /// `10%/2` (the second tenth), `0%-10%,30%-40%` or `25%` (the first quarter).
+    #[arg(long, value_name = "WINDOW", value_parser = report_time::parse)]
+    pub time: Option<TimeSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,6 +89,55 @@ pub enum Sort {
     Cycles,
 }
 
+/// `--sort`: an order of the default tables, or perf's sort keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortSpec {
+    Order(Sort),
+    /// perf's grouped table by these keys (`comm,dso`).
+    Keys(Vec<HistKey>),
+}
+
+/// Parses `--sort`: one order (`self`, `total`, `name`, `mispred`, `cycles`) or a
+/// comma-separated list of perf keys (`comm`, `pid`/`tid`, `dso`, `sym`/`symbol`).
+fn parse_sort(s: &str) -> Result<SortSpec, String> {
+    use clap::ValueEnum;
+    if let Ok(order) = Sort::from_str(s, false) {
+        return Ok(SortSpec::Order(order));
+    }
+    let mut keys = Vec::new();
+    for k in s.split(',') {
+        let key = HistKey::parse(k.trim()).ok_or_else(|| {
+            format!(
+                "unknown sort key '{k}': use one of self, total, name, mispred, cycles, or a \
+                 list of comm, pid, dso, sym"
+            )
+        })?;
+        if keys.contains(&key) {
+            return Err(format!("sort key '{k}' given twice"));
+        }
+        keys.push(key);
+    }
+    Ok(SortSpec::Keys(keys))
+}
+
+/// `-g`: which way the call tree grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TreeOrder {
+    /// Top-down: from the outermost callers to the sampled functions.
+    Caller,
+    /// Bottom-up: from the sampled functions out to their callers.
+    Callee,
+}
+
+impl From<TreeOrder> for tree::Order {
+    fn from(o: TreeOrder) -> Self {
+        match o {
+            TreeOrder::Caller => tree::Order::Caller,
+            TreeOrder::Callee => tree::Order::Callee,
+        }
+    }
+}
+
 impl From<Sort> for SortKey {
     fn from(s: Sort) -> Self {
         match s {
@@ -103,15 +161,37 @@ pub struct Args {
     /// input, the unified host+guest stacks for record --vm recordings).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Row order.
-    #[arg(long, value_enum, default_value = "self")]
-    pub sort: Sort,
+    /// Row order of the default tables: `self` (functions by self share, branches and
+    /// ranges by count), `total` (functions by total share), `name`, `mispred` (branches
+    /// by mispredictions), `cycles` (branches by average cycles). Or perf's sort keys,
+    /// one or several comma-separated: `comm` (the sampled thread's command), `pid` (the
+    /// thread, TID:COMM, as perf), `dso` (module), `sym` (function); these print perf's
+    /// grouped table instead, one row per distinct key tuple with its share.
+    #[arg(long, default_value = "self", value_name = "ORDER|KEY[,KEY...]",
+          value_parser = parse_sort)]
+    pub sort: SortSpec,
+    /// perf's Children column: with sort keys, also count each sample for every key
+    /// tuple on its call chain (once), and order rows by that share; on the default
+    /// tables, order functions by total share. Default with sort keys: on when the
+    /// recording has call chains, as perf.
+    #[arg(long, overrides_with = "no_children")]
+    pub children: bool,
+    /// Only the Self share (perf's --no-children).
+    #[arg(long, overrides_with = "children")]
+    pub no_children: bool,
+    /// Print the call tree of the host samples by function: `caller` (top-down, from the
+    /// outermost callers; the default for a bare -g) or `callee` (bottom-up, from the
+    /// sampled functions out to their callers). Nodes below --percent-limit (default
+    /// 0.5 for the tree, perf's threshold) are hidden, at most --limit children each.
+    #[arg(short = 'g', long = "call-graph", value_enum, value_name = "caller|callee",
+          num_args = 0..=1, default_missing_value = "caller")]
+    pub call_graph: Option<TreeOrder>,
     /// Rows per table (0 = all).
     #[arg(long, default_value_t = 25, value_name = "N")]
     pub limit: usize,
-    /// Hide rows below this share, in percent.
-    #[arg(long, default_value_t = 0.0, value_name = "PCT")]
-    pub percent_limit: f64,
+    /// Hide rows below this share, in percent (default 0; 0.5 for the call tree).
+    #[arg(long, value_name = "PCT")]
+    pub percent_limit: Option<f64>,
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -302,13 +382,13 @@ fn symbol_source(
 
 /// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, &[], false)
+    load_with(args, naming, false, false, &[], false, false)
 }
 
 /// Like [`load`], and keeps the stack table per run of a `record --repeat` recording
 /// (`run_starts`: the runs' start times, from its summary).
 pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, run_starts, false)
+    load_with(args, naming, false, false, run_starts, false, false)
 }
 
 /// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
@@ -316,7 +396,13 @@ pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow
 /// With `comm_root`, every sampled stack ends in a root frame naming the sampled
 /// thread's command (`--comm-root`).
 pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, comm_root, &[], false)
+    load_with(args, naming, true, comm_root, &[], false, false)
+}
+
+/// Like [`load_functions`], and keeps the stack table per sampled thread and command
+/// (`Profile::task_stacks`), for perf's sort keys.
+fn load_tasks(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
+    load_with(args, naming, true, false, &[], false, true)
 }
 
 /// Like [`load`] (or [`load_functions`] with `functions_only`), and keeps every
@@ -327,7 +413,47 @@ pub fn load_timeline(
     naming: Naming,
     functions_only: bool,
 ) -> anyhow::Result<Loaded> {
-    load_with(args, naming, functions_only, false, &[], true)
+    load_with(args, naming, functions_only, false, &[], true, false)
+}
+
+/// The times of the first and last sample (or snapshot) of the selected event, for
+/// `--time` windows relative to the recording: one pass over the samples, unfiltered.
+fn sample_span(args: &InputArgs) -> anyhow::Result<(u64, u64)> {
+    let path = &args.input;
+    let context = || format!("cannot read {}", path.display());
+    let mut input = open_any(path).with_context(context)?;
+    input
+        .select_event(args.event.as_deref())
+        .with_context(context)?;
+    let opts = AggregateOptions {
+        vm: matches!(input.header().target, Target::Vm { .. }),
+        ..AggregateOptions::default()
+    };
+    let (profile, err) = lbrprof_reports::aggregate_events(input.by_ref(), opts);
+    if let Some(e) = err {
+        return Err(anyhow::Error::new(e).context(context()));
+    }
+    let t = &profile.totals;
+    match t.first_time_ns {
+        Some(first) => Ok((first, t.last_time_ns)),
+        None => anyhow::bail!(
+            "{} has no samples: --time cannot be relative to them",
+            path.display()
+        ),
+    }
+}
+
+/// `--time` as the aggregator's windows, in seconds for messages.
+fn describe_windows(windows: &[(u64, u64)]) -> String {
+    let secs = |t: u64| format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000);
+    windows
+        .iter()
+        .map(|&(a, b)| match b {
+            u64::MAX => format!("{}-", secs(a)),
+            _ => format!("{}-{}", secs(a), secs(b)),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn load_with(
@@ -337,6 +463,7 @@ fn load_with(
     comm_root: bool,
     run_starts: &[u64],
     timeline: bool,
+    tasks: bool,
 ) -> anyhow::Result<Loaded> {
     let path = &args.input;
     let open = || -> anyhow::Result<_> {
@@ -347,6 +474,14 @@ fn load_with(
             .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(input)
     };
+    let times = match &args.time {
+        None => Vec::new(),
+        Some(spec) if spec.needs_span() => {
+            let (first, last) = sample_span(args)?;
+            spec.windows(first, last)
+        }
+        Some(spec) => spec.windows(0, 0),
+    };
     let input = open()?;
     let header = input.header().clone();
     let format = input.format();
@@ -356,6 +491,7 @@ fn load_with(
             tids: args.tid.clone(),
             comms: args.comm.clone(),
             dsos: args.dso.clone(),
+            times: times.clone(),
         },
         lbr_call_stack: header.sampling.call_graph == "lbr",
         snapshot_weight: header.sampling.period.max(1),
@@ -363,6 +499,7 @@ fn load_with(
         comm_root,
         run_starts: run_starts.to_vec(),
         timeline,
+        tasks,
     };
     let mut input = input;
     let naming = if args.no_symbols {
@@ -458,6 +595,7 @@ fn load_with(
             comm_root,
             run_starts,
             timeline,
+            tasks,
         );
     }
     let t = &profile.totals;
@@ -471,6 +609,14 @@ fn load_with(
             ("--tid", args.tid.iter().map(u32::to_string).collect()),
             ("--comm", args.comm.clone()),
             ("--dso", args.dso.clone()),
+            (
+                "--time",
+                if times.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![describe_windows(&times)]
+                },
+            ),
         ] {
             if !values.is_empty() {
                 given.push(format!("{flag} {}", values.join(",")));
@@ -586,14 +732,36 @@ fn debian_package(path: &Path) -> Option<String> {
     (!pkg.is_empty()).then(|| pkg.to_owned())
 }
 
+/// Whether any host sample has a call chain (more than its own frame): perf then shows
+/// the Children column by default.
+fn has_call_chains(loaded: &Loaded) -> bool {
+    loaded
+        .profile
+        .task_stacks
+        .values()
+        .any(|stacks| stacks.keys().any(|s| s.len() > 1))
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.percent_limit >= 0.0 && args.percent_limit <= 100.0) {
+    let percent_limit = args.percent_limit.unwrap_or(0.0);
+    if !(0.0..=100.0).contains(&percent_limit) {
         anyhow::bail!("--percent-limit must be between 0 and 100");
     }
     if args.comm_root && args.format != Format::Folded {
         anyhow::bail!("--comm-root needs --format folded");
     }
-    let mut loaded = load_functions(&args.input, Naming::Demangled, args.comm_root)?;
+    let keys = match &args.sort {
+        SortSpec::Keys(keys) => Some(keys.clone()),
+        SortSpec::Order(_) => None,
+    };
+    if (keys.is_some() || args.call_graph.is_some()) && args.format == Format::Folded {
+        anyhow::bail!("perf sort keys and -g print with --format text, json or markdown");
+    }
+    let mut loaded = if keys.is_some() {
+        load_tasks(&args.input, Naming::Demangled)?
+    } else {
+        load_functions(&args.input, Naming::Demangled, args.comm_root)?
+    };
     let mut out = output(args.output.as_deref())?;
     if args.format == Format::Folded {
         // A guest recording folds its unified host+guest stacks, as the flame graph.
@@ -636,8 +804,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for u in rep.meta.unnamed.iter_mut().filter(|u| !u.missing) {
         u.package = debian_package(Path::new(&u.module));
     }
-    rep.sort(args.sort.into());
-    rep.truncate(args.limit, args.percent_limit);
+    let order = match args.sort {
+        SortSpec::Order(Sort::SelfShare) if args.children => SortKey::Total,
+        SortSpec::Order(o) => o.into(),
+        SortSpec::Keys(_) => SortKey::default(),
+    };
+    rep.sort(order);
+    rep.truncate(args.limit, percent_limit);
+    if let Some(keys) = &keys {
+        let children = args.children || (!args.no_children && has_call_chains(&loaded));
+        let mut h = hist::build(&loaded.profile, &loaded.syms, keys, children);
+        h.truncate(args.limit, percent_limit);
+        rep.hist = Some(h);
+    }
+    if let Some(order) = args.call_graph {
+        let mut t = tree::build(
+            &loaded.profile,
+            &loaded.profile.stacks,
+            &loaded.syms,
+            order.into(),
+        );
+        t.truncate(args.limit, args.percent_limit.unwrap_or(0.5));
+        rep.call_tree = Some(t);
+    }
     // Lines only for the places shown.
     loaded.add_lines(&mut rep);
     rep.vm = vm_analysis(&loaded, &args.pairing).map(|a| a.report);
@@ -654,4 +843,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_takes_an_order_or_perf_keys() {
+        assert_eq!(parse_sort("total"), Ok(SortSpec::Order(Sort::Total)));
+        assert_eq!(parse_sort("self"), Ok(SortSpec::Order(Sort::SelfShare)));
+        assert_eq!(
+            parse_sort("comm,dso"),
+            Ok(SortSpec::Keys(vec![HistKey::Comm, HistKey::Dso]))
+        );
+        assert_eq!(
+            parse_sort("tid,symbol"),
+            Ok(SortSpec::Keys(vec![HistKey::Pid, HistKey::Sym]))
+        );
+        for bad in ["", "comm,", "comm,comm", "comm,total", "cpu", "pid,tid"] {
+            assert!(parse_sort(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

@@ -27,6 +27,8 @@ pub enum Converted {
 #[derive(Default)]
 pub struct Converter {
     build_ids: HashMap<String, Option<Vec<u8>>>,
+    /// The fixed sample period (`-c`), for samples that do not carry theirs.
+    fixed_period: Option<u64>,
 }
 
 impl Converter {
@@ -34,10 +36,29 @@ impl Converter {
         Self::default()
     }
 
+    /// A converter for events sampled every `period` events: their samples carry no
+    /// period (with PERF_SAMPLE_PERIOD and a fixed period, the kernel would sample a
+    /// software event on every hit instead, as perf knows: it asks for the period only
+    /// in frequency mode), so each stands for `period`.
+    pub fn with_fixed_period(period: Option<u64>) -> Self {
+        Converter {
+            fixed_period: period,
+            ..Self::default()
+        }
+    }
+
     /// Convert one record. `mode` is the record header's cpumode.
     pub fn convert(&mut self, mode: Priv, record: Record) -> Converted {
         match record {
-            Record::Sample(s) => Converted::Event(Event::Sample(sample(mode, &s))),
+            Record::Sample(s) => {
+                let mut h = sample(mode, &s);
+                if s.period.is_none()
+                    && let Some(p) = self.fixed_period
+                {
+                    h.period = p;
+                }
+                Converted::Event(Event::Sample(h))
+            }
             Record::Mmap(m) if m.executable => {
                 Converted::Event(Event::Mapping(self.mapping(mode, &m)))
             }

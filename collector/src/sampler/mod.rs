@@ -38,12 +38,13 @@ use perf_event_open::config::{
 use perf_event_open::count::Counter;
 use perf_event_open::event::hw::Hardware;
 use perf_event_open::event::sw::Software;
+use perf_event_open::event::tp::Tracepoint;
 use perf_event_open::sample::Sampler;
 use perf_event_open::sample::record::Record;
 use perf_event_open::sample::record::sample::Sample;
 
 use crate::dwarf::{EventUnwinder, StackCopy, UnwindStats};
-use crate::host::{CallGraph, EventKind};
+use crate::host::{CallGraph, EventKind, HardwareEvent, SoftwareEvent};
 use crate::model::{Event, LossKind};
 use convert::{Converted, Converter};
 
@@ -53,6 +54,8 @@ pub struct SamplerConfig {
     pub event: EventKind,
     /// Samples per second per thread.
     pub frequency: u64,
+    /// Sample every `period` events instead (`-c`), when set.
+    pub period: Option<u64>,
     pub branch_stacks: bool,
     pub call_graph: CallGraph,
     /// Include kernel IPs and kernel call chains.
@@ -66,6 +69,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             event: EventKind::CpuClock,
             frequency: 999,
+            period: None,
             branch_stacks: false,
             call_graph: CallGraph::Fp,
             kernel: true,
@@ -84,6 +88,8 @@ pub enum SampleTarget {
     /// Existing threads (`-p` gives all threads of a process, `-t` one). With `inherit`
     /// the threads and processes they create later are followed too.
     Threads { tids: Vec<u32>, inherit: bool },
+    /// Every task on these CPUs (system-wide, perf's `-a` / `-C`).
+    Cpus { cpus: Vec<u32> },
 }
 
 /// Why sampling could not start.
@@ -102,19 +108,21 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
+    #[error("CPU {0} is not online (see /sys/devices/system/cpu/online)")]
+    CpuOffline(u32),
     #[error("too many open files: one perf event per thread and CPU is needed (raise `ulimit -n`)")]
     TooManyFiles(#[source] io::Error),
     #[error("no such process or thread {0}")]
     NoSuchTask(u32),
     #[error("the {event} event is not supported on this host")]
     EventUnsupported {
-        event: &'static str,
+        event: String,
         #[source]
         source: io::Error,
     },
     #[error("cannot open the {event} event on CPU {cpu} for {target}")]
     Open {
-        event: &'static str,
+        event: String,
         cpu: u32,
         target: String,
         #[source]
@@ -158,7 +166,7 @@ pub struct HostSampler {
     rings: Vec<CpuRing>,
     converter: Converter,
     stats: RingStats,
-    event_name: &'static str,
+    event_name: String,
     /// Records read but not yet passed on (see [`HostSampler::drain`]).
     pending: Vec<Pending>,
     /// `--call-graph dwarf`: walks the samples' stack copies.
@@ -172,13 +180,26 @@ pub struct HostSampler {
 impl HostSampler {
     /// Open the events (disabled unless `enable_on_exec`, which enables them at exec).
     pub fn open(config: &SamplerConfig, target: &SampleTarget) -> Result<Self, SamplerError> {
-        let cpus = online_cpus().map_err(SamplerError::Cpus)?;
-        let (tasks, inherit, on_exec): (Vec<u32>, bool, bool) = match target {
+        let online = online_cpus().map_err(SamplerError::Cpus)?;
+        // `None`: every task (system-wide).
+        let (tasks, inherit, on_exec): (Vec<Option<u32>>, bool, bool) = match target {
             SampleTarget::Process {
                 pid,
                 enable_on_exec,
-            } => (vec![*pid], true, *enable_on_exec),
-            SampleTarget::Threads { tids, inherit } => (tids.clone(), *inherit, false),
+            } => (vec![Some(*pid)], true, *enable_on_exec),
+            SampleTarget::Threads { tids, inherit } => {
+                (tids.iter().copied().map(Some).collect(), *inherit, false)
+            }
+            SampleTarget::Cpus { .. } => (vec![None], false, false),
+        };
+        let cpus = match target {
+            SampleTarget::Cpus { cpus } => {
+                if let Some(&off) = cpus.iter().find(|c| !online.contains(c)) {
+                    return Err(SamplerError::CpuOffline(off));
+                }
+                cpus.clone()
+            }
+            _ => online,
         };
         let event_name = config.event.name();
         let mut rings = Vec::with_capacity(cpus.len());
@@ -219,14 +240,14 @@ impl HostSampler {
                 Some(ring) => rings.push(ring),
                 None => {
                     return Err(SamplerError::NoSuchTask(
-                        tasks.first().copied().unwrap_or(0),
+                        tasks.first().copied().flatten().unwrap_or(0),
                     ));
                 }
             }
         }
         Ok(HostSampler {
             rings,
-            converter: Converter::new(),
+            converter: Converter::with_fixed_period(config.period),
             stats: RingStats::default(),
             event_name,
             pending: Vec::new(),
@@ -237,8 +258,8 @@ impl HostSampler {
     }
 
     /// The perf name of the sampled event.
-    pub fn event_name(&self) -> &'static str {
-        self.event_name
+    pub fn event_name(&self) -> &str {
+        &self.event_name
     }
 
     /// Start sampling now (for attached threads; a command's events start at exec).
@@ -418,9 +439,13 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
         inherit: inherit.then_some(Inherit::NewChild),
         on_execve: on_exec.then_some(OnExecve::Enable),
         enable: false,
-        sample_on: SampleOn::Freq(config.frequency),
+        sample_on: match config.period {
+            Some(period) => SampleOn::Count(period),
+            None => SampleOn::Freq(config.frequency),
+        },
         sample_format: SampleFormat {
-            period: true,
+            // Only in frequency mode (see `Converter::with_fixed_period`).
+            period: config.period.is_none(),
             code_addr: true,
             // With dwarf the user part comes from the stack copy (as perf does it, the
             // kernel's frame-pointer walk of user space is not asked for).
@@ -485,16 +510,29 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
 
 fn open_one(
     config: &SamplerConfig,
-    task: u32,
+    task: Option<u32>,
     cpu: u32,
     inherit: bool,
     on_exec: bool,
 ) -> Result<Counter, SamplerError> {
     let event_name = config.event.name();
     let mut opts = perf_opts(config, inherit, on_exec);
-    let open = |opts: &Opts| match config.event {
-        EventKind::Cycles => Counter::new(Hardware::CpuCycle, (Proc(task), Cpu(cpu)), opts),
-        EventKind::CpuClock => Counter::new(Software::CpuClock, (Proc(task), Cpu(cpu)), opts),
+    let target: perf_event_open::config::Target = match task {
+        Some(task) => (Proc(task), Cpu(cpu)).into(),
+        None => (Proc::ALL, Cpu(cpu)).into(),
+    };
+    let who = match task {
+        Some(task) => format!("task {task}"),
+        None => format!("every task on CPU {cpu}"),
+    };
+    let open = |opts: &Opts| match &config.event {
+        EventKind::Cycles => Counter::new(Hardware::CpuCycle, target.clone(), opts),
+        EventKind::CpuClock => Counter::new(Software::CpuClock, target.clone(), opts),
+        EventKind::Hardware(h) => Counter::new(hardware(*h), target.clone(), opts),
+        EventKind::Software(s) => Counter::new(software(*s), target.clone(), opts),
+        EventKind::Tracepoint { id, .. } => {
+            Counter::new(Tracepoint { id: *id }, target.clone(), opts)
+        }
     };
     let mut result = open(&opts);
     // Kernels before 5.12 do not know `build_id` in MMAP2; fall back to reading the files.
@@ -504,31 +542,58 @@ fn open_one(
     }
     result.map_err(|source| match source.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => SamplerError::Permission {
-            target: format!("task {task}"),
+            target: who.clone(),
             paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".into()),
             source,
         },
-        Some(libc::ESRCH) => SamplerError::NoSuchTask(task),
+        Some(libc::ESRCH) => SamplerError::NoSuchTask(task.unwrap_or(0)),
         Some(libc::EMFILE) | Some(libc::ENFILE) => SamplerError::TooManyFiles(source),
         Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => {
             SamplerError::EventUnsupported {
-                event: event_name,
+                event: event_name.clone(),
                 source,
             }
         }
         _ => SamplerError::Open {
             event: event_name,
             cpu,
-            target: format!("task {task}"),
+            target: who,
             source,
         },
     })
 }
 
+/// The perf-event-open crate's name of a generic hardware event.
+fn hardware(e: HardwareEvent) -> Hardware {
+    match e {
+        HardwareEvent::Instructions => Hardware::Instr,
+        HardwareEvent::Branches => Hardware::BranchInstr,
+        HardwareEvent::BranchMisses => Hardware::BranchMiss,
+        HardwareEvent::CacheReferences => Hardware::CacheAccess,
+        HardwareEvent::CacheMisses => Hardware::CacheMiss,
+        HardwareEvent::BusCycles => Hardware::BusCycle,
+        HardwareEvent::RefCycles => Hardware::RefCpuCycle,
+    }
+}
+
+/// The perf-event-open crate's name of a software event.
+fn software(e: SoftwareEvent) -> Software {
+    match e {
+        SoftwareEvent::TaskClock => Software::TaskClock,
+        SoftwareEvent::PageFaults => Software::PageFault,
+        SoftwareEvent::MinorFaults => Software::MinorPageFault,
+        SoftwareEvent::MajorFaults => Software::MajorPageFault,
+        SoftwareEvent::ContextSwitches => Software::CtxSwitch,
+        SoftwareEvent::CpuMigrations => Software::CpuMigration,
+        SoftwareEvent::AlignmentFaults => Software::AlignFault,
+        SoftwareEvent::EmulationFaults => Software::EmuFault,
+    }
+}
+
 /// `/sys/devices/system/cpu/online`, e.g. `0-3,6`.
-fn online_cpus() -> io::Result<Vec<u32>> {
+pub(crate) fn online_cpus() -> io::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
     parse_cpu_list(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad CPU list {text:?}")))

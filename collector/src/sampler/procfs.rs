@@ -50,6 +50,18 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
     })
 }
 
+/// Every process in /proc, in pid order.
+pub fn all_pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
 /// The thread ids of a process (`/proc/PID/task`).
 pub fn threads_of(pid: u32) -> io::Result<Vec<u32>> {
     let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))?
