@@ -53,6 +53,11 @@ pub struct Args {
     /// `guest-vcpuN`), with MMAP2/COMM records and build-ids.
     #[arg(long)]
     pub perf_data: bool,
+    /// With --perf-data: leave call chains out of the file. perf2bolt reads `perf script
+    /// -F pid,ip,brstack`, which prints a sample's call chain over several lines, and
+    /// needs one line per sample.
+    #[arg(long, requires = "perf_data")]
+    pub no_callchains: bool,
     /// Write a Firefox Profiler profile (processed-profile JSON, as samply writes it;
     /// gzip-compressed when FILE ends in .gz): one track per sampled host thread and per
     /// guest vCPU, every sample at its time with its stack, guest LBR snapshots also as

@@ -44,6 +44,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    if args.no_callchains {
+        plan.host_callchains = false;
+        plan.guest_stacks = false;
+    }
     let meta = meta(&first, &plan);
 
     // Pass 2: write it, beside the destination, then move it in place (so that a failed
@@ -82,9 +86,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if stats.guest_mode_samples > 0 {
         eprintln!(
-            "lbrprof: {} host samples of vCPU threads running the guest are in the guest's pseudo-process (pid {}), where perf names their guest code",
+            "lbrprof: {} host samples of vCPU threads running the guest are in the guest machine (guest user mode), where perf names their guest code",
             stats.guest_mode_samples,
-            perfdata_out::guest_ids(0, 0).0
         );
     }
     if stats.truncated_frames > 0 {
@@ -112,7 +115,7 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
     let mut guest_names = std::collections::BTreeMap::new();
     if let Target::Vm { image, .. } = &h.target {
         let name = image.rsplit(['/', ':']).next().unwrap_or(image);
-        guest_names.insert(0, format!("guest:{name}"));
+        guest_names.insert(0, name.to_owned());
     }
     Meta {
         event,
