@@ -246,8 +246,9 @@ fn guest_recording(path: &Path, image_path: &Path) -> (u64, u64) {
     (part, ins)
 }
 
-/// Guest snapshots become `guest-lbr` samples of threads `guest-vcpuN`, symbolized from
-/// the guest image, with their branch stacks newest first and the LBR_INFO flags.
+/// Guest snapshots become `guest-lbr` samples of the guest machine's process (the image,
+/// pid 1) on CPU N = their vCPU, in guest user mode, symbolized from the guest image, with
+/// their branch stacks newest first and the LBR_INFO flags.
 #[test]
 fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     if !perf_tool() {
@@ -267,7 +268,7 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
         "-i",
         out.to_str().unwrap(),
         "-F",
-        "comm,tid,event,ip,sym,brstack",
+        "comm,tid,cpu,event,ip,sym,brstack",
     ]);
     assert!(stderr.trim().is_empty(), "perf warned: {stderr}");
     let guest: Vec<&str> = text.lines().filter(|l| l.contains("guest-lbr")).collect();
@@ -275,7 +276,10 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     for (vcpu, f, name) in [(0, part, "partition"), (1, ins, "insertion_sort")] {
         let rows: Vec<&&str> = guest
             .iter()
-            .filter(|l| l.trim_start().starts_with(&format!("guest-vcpu{vcpu} ")))
+            .filter(|l| {
+                l.split_whitespace().take(3).collect::<Vec<_>>()
+                    == ["sort", "1", &format!("[{vcpu:03}]")]
+            })
             .collect();
         assert_eq!(rows.len(), 10, "vCPU {vcpu}: {text}");
         let want_branches = format!(
@@ -307,6 +311,23 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
     assert!(
         report.contains("# Samples: 40  of event 'guest-lbr'"),
+        "{report}"
+    );
+    // In the sample view, perf shows guest user code at its own level, `[u]`.
+    let (report, _) = perf(&[
+        "report",
+        "-i",
+        out.to_str().unwrap(),
+        "--stdio",
+        "--no-branch-stack",
+        "--sort",
+        "comm,sym",
+    ]);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("sort")
+                && l.contains("[u] lbrprof_guest::workloads::sort::partition")),
         "{report}"
     );
 }
@@ -352,6 +373,220 @@ fn a_recorded_guest_run_exports_every_sample_and_snapshot() {
         !stderr.to_lowercase().contains("warning") && !stderr.contains("error"),
         "{stderr}"
     );
+}
+
+/// perf report -b's Samples column summed by (command, source symbol, target symbol).
+fn perf_branch_counts(report: &str) -> std::collections::BTreeMap<(String, String, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in report.lines().filter(|l| !l.starts_with('#')) {
+        // overhead samples command dso [.] source [.] target cycles; levels [.] [k] [u] [g]
+        let mut line = line.to_owned();
+        for level in ["[k] ", "[u] ", "[g] "] {
+            line = line.replace(level, "[.] ");
+        }
+        let parts: Vec<&str> = line.split("[.] ").collect();
+        if parts.len() != 3 {
+            continue;
+        }
+        let head: Vec<&str> = parts[0].split_whitespace().collect();
+        let target = parts[2]
+            .trim_end()
+            .rsplit_once(char::is_whitespace)
+            .unwrap()
+            .0;
+        let key = (
+            head[2].to_owned(),
+            parts[1].trim().to_owned(),
+            target.trim().to_owned(),
+        );
+        *counts.entry(key).or_default() += head[1].parse::<u64>().unwrap();
+    }
+    counts
+}
+
+/// A Linux pipeline in the VM (`sh -c 'producer | consumer'`, two programs forked by
+/// the shell): in the exported perf.data the guest is a guest machine (guest user
+/// cpumode) in which each guest process is a process of its own, with the pid `lbrprof
+/// info` names. perf report -b counts each program's hottest branch edges as `lbrprof
+/// report` does, and perf2bolt (llvm-bolt -aggregate-only) makes the same BOLT profile
+/// from the export as `lbrprof export --bolt`.
+#[test]
+fn a_guest_pipeline_is_one_process_per_guest_process_in_a_guest_machine() {
+    if !common::kvm_available() || !common::perf_available() || !perf_tool() {
+        return;
+    }
+    let bolt_works = Command::new("llvm-bolt-16")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !bolt_works {
+        eprintln!("skipped: needs llvm-bolt-16 (Debian bolt-16)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gcc = |name: &str, body: &str| {
+        let src = tmp.path().join(format!("{name}.c"));
+        std::fs::write(&src, body).unwrap();
+        let exe = tmp.path().join(name);
+        let ok = Command::new("gcc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .expect("gcc")
+            .success();
+        assert!(ok, "gcc {name}");
+        exe
+    };
+    let producer = gcc(
+        "producer",
+        r#"#include <stdio.h>
+__attribute__((noinline)) unsigned long produce_numbers(unsigned long i) {
+    unsigned long s = i;
+    for (int k = 0; k < 6000; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
+    return s;
+}
+int main(void) {
+    for (unsigned long i = 0; i < 20000; i++) printf("%lu\n", produce_numbers(i) % 1000);
+    return 0;
+}
+"#,
+    );
+    let consumer = gcc(
+        "consumer",
+        r#"#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) unsigned long consume_number(unsigned long v, unsigned long s) {
+    for (int k = 0; k < 6000; k++) s += (v ^ k) % 3 ? k : s >> 5;
+    return s;
+}
+int main(void) {
+    char line[64]; unsigned long s = 0;
+    while (fgets(line, sizeof line, stdin)) s = consume_number(strtoul(line, 0, 10), s);
+    printf("%lu\n", s);
+    return 0;
+}
+"#,
+    );
+    let data = tmp.path().join("pipe.data");
+    let cmd = format!("{} | {}", producer.display(), consumer.display());
+    let d = data.to_str().unwrap();
+    common::ok(&[
+        "record",
+        "-o",
+        d,
+        "--vm",
+        "--lbr-freq",
+        "200",
+        "--lbr-overhead",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
+        &cmd,
+    ]);
+    // The guest pids lbrprof names ("26097 sh → producer").
+    let info = common::ok(&["info", d]);
+    let guest_pid = |prog: &str| -> String {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("guest procs:"))
+            .unwrap();
+        let at = line.find(&format!("sh → {prog}")).unwrap();
+        line[..at].split_whitespace().last().unwrap().to_owned()
+    };
+    let (ppid, cpid) = (guest_pid("producer"), guest_pid("consumer"));
+    assert_ne!(ppid, cpid);
+
+    let out = tmp.path().join("pipe.perf.data");
+    export(&data, &out);
+    let o = out.to_str().unwrap();
+    let (text, stderr) = perf(&["script", "-i", o, "-F", "comm,pid,event"]);
+    assert!(stderr.trim().is_empty(), "perf script warned: {stderr}");
+    let guest: std::collections::BTreeSet<(String, String)> = text
+        .lines()
+        .filter(|l| l.contains("guest-lbr"))
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t[0].to_owned(), t[1].to_owned())
+        })
+        .collect();
+    for (prog, pid) in [("producer", &ppid), ("consumer", &cpid)] {
+        assert!(
+            guest.contains(&(prog.to_owned(), pid.clone())),
+            "{prog} (guest pid {pid}) among {guest:?}"
+        );
+    }
+
+    // The top edges of each program, counted by function as perf report -b does.
+    let report = common::json(&["report", "-i", d, "--format", "json", "--limit", "0"]);
+    let mut ours = std::collections::BTreeMap::<(String, String), u64>::new();
+    for b in report["branches"].as_array().unwrap() {
+        let f = |e: &serde_json::Value| e["function"].as_str().unwrap_or("").to_owned();
+        *ours.entry((f(&b["from"]), f(&b["to"]))).or_default() += b["count"].as_u64().unwrap();
+    }
+    let (perf_report, stderr) = perf(&["report", "-i", o, "-b", "--stdio", "-n"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    let theirs = perf_branch_counts(&perf_report);
+    for (prog, f) in [
+        ("producer", "produce_numbers"),
+        ("consumer", "consume_number"),
+    ] {
+        let want = ours[&(f.to_owned(), f.to_owned())];
+        assert!(want > 100, "{f}: {want} edges");
+        let key = (prog.to_owned(), f.to_owned(), f.to_owned());
+        assert_eq!(theirs.get(&key), Some(&want), "{key:?} in\n{perf_report}");
+    }
+
+    // perf2bolt on the call-chain-less export = lbrprof's own BOLT profile.
+    let nc = tmp.path().join("pipe.nc.perf.data");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--perf-data",
+        "--no-callchains",
+        "-o",
+        nc.to_str().unwrap(),
+    ]);
+    let bolt = tmp.path().join("bolt.fdata");
+    let o = Command::new("llvm-bolt-16")
+        .arg(&producer)
+        .arg("-p")
+        .arg(&nc)
+        .arg("-aggregate-only")
+        .arg("-o")
+        .arg(&bolt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lbr = tmp.path().join("lbrprof.fdata");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--bolt",
+        "--dso",
+        producer.to_str().unwrap(),
+        "-o",
+        lbr.to_str().unwrap(),
+    ]);
+    let sorted = |p: &Path| {
+        let mut l: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            // BOLT names PLT entries `printf@PLT`, lbrprof's --bolt `printf@plt`.
+            .map(|l| l.replace("@PLT", "@plt"))
+            .collect();
+        l.sort();
+        l
+    };
+    let want = sorted(&lbr);
+    assert!(
+        want.iter().any(|l| l.contains("produce_numbers")),
+        "{want:?}"
+    );
+    assert_eq!(sorted(&bolt), want);
 }
 
 /// Bad input is a one-line error, and nothing is left behind or overwritten.
