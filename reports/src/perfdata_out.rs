@@ -8,8 +8,10 @@
 //!             sections { attrs, data, event_types (empty) }, feature bitmap (256 bits)
 //! 104         perf_file_attr × 2: perf_event_attr (PERF_ATTR_SIZE_VER5 = 112 bytes)
 //!             + perf_file_section of its ids
-//!             ids: u64 × 1 per attr (host event: 1, guest snapshots: 2)
-//! data        records: MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
+//!             ids: host event: 1, then (2 << 32 | vm << 16 | vcpu) per guest vCPU;
+//!             guest snapshots (`guest-lbr`): (1 << 32 | vm << 16 | vcpu) per vCPU
+//! data        ID_INDEX (with a guest: every id's machine pid and vCPU), then records:
+//!             MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
 //!             sample_id trailer (sample_id_all): pid, tid, time, cpu, identifier;
 //!             FINISHED_ROUND (header only)
 //! after data  one perf_file_section per feature bit set, then the sections:
@@ -28,20 +30,28 @@
 //! | lbrprof | perf.data |
 //! |---|---|
 //! | host sample (call chain, branch stack) | `SAMPLE` of event 1 (the recorded event's name), cpumode from the sample, call chain with `PERF_CONTEXT_*` markers where the frames' modes change |
-//! | guest LBR snapshot of vCPU *n* of VM *v* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `USER`, in the pseudo-process pid `10000000 + 1000·v`, thread pid + 1 + *n* (comm `guest-vcpu`*n*): ip = guest IP, call chain = guest IP + frame-pointer return addresses, branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
-//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 in the guest pseudo-process's thread of that vCPU, cpumode `USER` (its guest IP symbolizes there; perf would hide a guest-cpumode sample outside `perf kvm`) |
-//! | guest mapping | `MMAP2` in the guest pseudo-process |
+//! | VM *v* | a perf guest machine whose pid is the VMM's host pid (as `perf kvm` names a guest by its QEMU's pid; `10000000 + 1000·v` when the recording has no vCPU threads), declared by `ID_INDEX` (`machine_pid` of the guest ids) |
+//! | guest process (`GuestProcess`: a Linux program's fork or exec) | a process of the guest machine with the guest's pid: `FORK` from its parent, `COMM` (an exec's with `COMM_EXEC`), cpumode `GUEST_USER`; a single-image guest is one process, pid 1, named after its image |
+//! | guest LBR snapshot of vCPU *n* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `GUEST_USER`, in the guest process its CR3 names (pid = tid), cpu = *n*: ip = guest IP, call chain = guest IP + frame-pointer return addresses (user context: perf's call-chain walk knows no guest contexts), branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
+//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 with that vCPU's guest id, cpumode `GUEST_USER`, in the guest process the vCPU's latest snapshot ran |
+//! | guest mapping | `MMAP2` of the guest machine (cpumode `GUEST_USER`) in its address space's process, dated no later than that process's first snapshot (the recorder dates mappings when it drains them, after snapshots already taken) |
 //! | host mapping | `MMAP2` (pid −1 and cpumode `KERNEL` for the kernel), build-id in the record when known |
 //! | (lbrprof.data made on the running kernel) | `[kernel.kallsyms]_text` `MMAP2` from `/proc/kallsyms`, as perf record writes it ([`Meta::kernel_text`]) |
 //! | comm, exec, fork, exit | `COMM` (exec: `PERF_RECORD_MISC_COMM_EXEC`), `FORK`, `EXIT` |
 //! | ring-buffer loss, throttling | `LOST`, `THROTTLE` (other losses are left out and counted) |
 //!
-//! Guest snapshots are written as a user-mode process of the host machine rather than
-//! with the `GUEST_*` cpumodes: perf only symbolizes guest cpumodes under `perf kvm`,
-//! with the guest's kallsyms/modules, and would show every guest address as
-//! `[unknown]`. The pseudo pids are above the kernel's `PID_MAX_LIMIT` (4194304), so
-//! they never collide with a real process. Host samples that perf itself recorded in a
-//! guest cpumode keep it, unless they are vCPU threads of an lbrprof recording.
+//! perf handles guest cpumodes only for guest machines it knows (`perf kvm`, or a file
+//! whose `ID_INDEX` gives ids a `machine_pid`, which is how `perf inject --guest-data`
+//! writes host and guest in one file, perf 6.0+). With the `ID_INDEX`, perf report,
+//! perf script and perf2bolt name guest code from the guest's mappings (perf report
+//! shows guest user code at level `[u]`, guest kernel addresses at `[g]`), and
+//! `--guest-code`-style tooling tells guest from host by the cpumode. All guest code
+//! is `GUEST_USER`: lbrprof's guests map their code (ring 0 included) as files of
+//! their process; a guest kernel's `GUEST_KERNEL` lookups would need its kallsyms.
+//! Guest threads are not told apart (the recording names no guest tids): a guest
+//! sample's tid is its process's pid and its cpu its vCPU. Host samples that perf
+//! itself recorded in a guest cpumode keep it, unless they are vCPU threads of an
+//! lbrprof recording.
 //!
 //! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
 //! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write()`] writes it.
