@@ -409,10 +409,16 @@ fn perf_branch_counts(report: &str) -> std::collections::BTreeMap<(String, Strin
 /// cpumode) in which each guest process is a process of its own, with the pid `lbrprof
 /// info` names. perf report -b counts each program's hottest branch edges as `lbrprof
 /// report` does, and perf2bolt (llvm-bolt -aggregate-only) makes the same BOLT profile
-/// from the export as `lbrprof export --bolt`.
+/// from the export as `lbrprof export --bolt`. The pprof export labels each guest
+/// snapshot with its guest process's pid and comm, and the Firefox export has a track
+/// per guest process and vCPU, with as many snapshots per process as perf counts.
 #[test]
 fn a_guest_pipeline_is_one_process_per_guest_process_in_a_guest_machine() {
-    if !common::kvm_available() || !common::perf_available() || !perf_tool() {
+    if !common::kvm_available()
+        || !common::perf_available()
+        || !perf_tool()
+        || !common::go_available()
+    {
         return;
     }
     let bolt_works = Command::new("llvm-bolt-16")
@@ -517,6 +523,76 @@ int main(void) {
             "{prog} (guest pid {pid}) among {guest:?}"
         );
     }
+    // Snapshots per guest process (pid), as perf counts them. (By pid: a snapshot taken
+    // around an exec can be dated on the other side of it, where perf names the process
+    // by its other command.)
+    let perf_snapshots = |pid: &str| {
+        text.lines()
+            .filter(|l| l.contains("guest-lbr") && l.split_whitespace().nth(1) == Some(pid))
+            .count() as u64
+    };
+    let (np, nc) = (perf_snapshots(&ppid), perf_snapshots(&cpid));
+    assert!(np > 0 && nc > 0, "{text}");
+
+    // pprof: the guest snapshots' comm and pid labels are the guest processes'.
+    let pb = tmp.path().join("pipe.pb.gz");
+    common::ok(&["export", "-i", d, "--pprof", "-o", pb.to_str().unwrap()]);
+    let tags = go_pprof(&[
+        "-tags",
+        "-sample_index=samples",
+        "-tagfocus=side=guest",
+        pb.to_str().unwrap(),
+    ]);
+    let tag = |value: &str| -> u64 {
+        let line = tags
+            .lines()
+            .find(|l| l.trim_end().ends_with(&format!(": {value}")))
+            .unwrap_or_else(|| panic!("no tag {value} in\n{tags}"));
+        line.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    assert_eq!((tag(&ppid), tag(&cpid)), (np, nc), "{tags}");
+    // Each program's snapshots are labelled with its command, all but those of its
+    // process before its exec (a few at most).
+    for (prog, n) in [("producer", np), ("consumer", nc)] {
+        assert!(
+            tag(prog) <= n && tag(prog) + 3 >= n,
+            "{prog}: {n} snapshots\n{tags}"
+        );
+    }
+
+    // Firefox: a track per guest process and vCPU.
+    let json = tmp.path().join("pipe.json");
+    let fx = export_firefox(&data, &json, &[]);
+    check_processed_profile(&fx);
+    let track_samples = |pid: &str| -> u64 {
+        fx["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                // A process's tracks: its program's, and its shell's before the exec.
+                let name = t["name"].as_str().unwrap();
+                name.starts_with("guest ") && name.contains(&format!(" [{pid}] vcpu"))
+            })
+            .map(|t| t["samples"]["length"].as_u64().unwrap())
+            .sum()
+    };
+    for (prog, pid) in [("producer", &ppid), ("consumer", &cpid)] {
+        let named = format!("guest {prog} [{pid}] vcpu");
+        assert!(
+            fx["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"].as_str().unwrap().starts_with(&named)),
+            "no track {named}*"
+        );
+    }
+    assert_eq!((track_samples(&ppid), track_samples(&cpid)), (np, nc));
 
     // The top edges of each program, counted by function as perf report -b does.
     let report = common::json(&["report", "-i", d, "--format", "json", "--limit", "0"]);

@@ -149,6 +149,8 @@ pub struct Plan {
     /// (VM, address space) → the host time of its first snapshot: its side-band records
     /// are dated no later (the recorder dates them when it drains them).
     space_first: BTreeMap<(u32, u32), u64>,
+    /// (VM, guest pid) → the address spaces it ran, in order (fork, then each exec).
+    pid_spaces: BTreeMap<(u32, u32), Vec<u32>>,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -211,6 +213,10 @@ impl Plan {
             Event::GuestProcess(p) => {
                 self.process_vms.insert(p.vm);
                 self.guest_vms.insert(p.vm);
+                let spaces = self.pid_spaces.entry((p.vm, p.pid)).or_default();
+                if spaces.last() != Some(&p.space) {
+                    spaces.push(p.space);
+                }
                 for &r in &p.roots {
                     self.cr3_space.insert((p.vm, r), p.space);
                 }
@@ -242,6 +248,32 @@ impl Plan {
 
     fn vm_of(&self, vcpu: u32) -> u32 {
         self.vcpu_vm.get(&vcpu).copied().unwrap_or(0)
+    }
+
+    /// (VM, address space) → the latest time its side-band records may have: before its
+    /// first snapshot and before the records of what its processes ran next (an exec's
+    /// records must not come before the forked process's own, which perf would take for a
+    /// newer process and a newer mapping).
+    fn space_deadlines(&self) -> BTreeMap<(u32, u32), u64> {
+        let mut out: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for (&(vm, _), spaces) in &self.pid_spaces {
+            let mut due = u64::MAX;
+            for &space in spaces.iter().rev() {
+                let first = self
+                    .space_first
+                    .get(&(vm, space))
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                due = due.min(first);
+                let e = out.entry((vm, space)).or_insert(u64::MAX);
+                *e = (*e).min(due);
+            }
+        }
+        for (&key, &first) in &self.space_first {
+            let e = out.entry(key).or_insert(u64::MAX);
+            *e = (*e).min(first);
+        }
+        out
     }
 
     /// The VMs of the recording.
@@ -366,6 +398,7 @@ pub fn write<W: Write + Seek>(
         space_pid: BTreeMap::new(),
         guest_pids: BTreeMap::new(),
         vcpu_space: BTreeMap::new(),
+        space_deadlines: plan.space_deadlines(),
     };
     let attrs = w.attrs();
     // The header and attributes are rewritten at the end, when the data size is known.
@@ -476,6 +509,8 @@ struct Writer<'a, W: Write> {
     /// vCPU → the address space of its latest snapshot (where its host samples taken
     /// in the guest ran).
     vcpu_space: BTreeMap<u32, u32>,
+    /// [`Plan::space_deadlines`].
+    space_deadlines: BTreeMap<(u32, u32), u64>,
 }
 
 /// The sample_id fields every record carries (`sample_id_all`).
@@ -681,11 +716,12 @@ impl<W: Write> Writer<'_, W> {
     }
 
     /// When the side-band records of guest address space `space` are dated: when the
-    /// recorder drained them, unless a snapshot taken in it is older (the recorder
-    /// drains mappings and snapshots in batches): then just before that.
+    /// recorder drained them, unless a snapshot that needs them is older (the recorder
+    /// drains mappings and snapshots in batches): then just before that (see
+    /// [`Plan::space_deadlines`]).
     fn guest_side_band_time(&self, vm: u32, space: u32, time: u64) -> u64 {
-        match self.plan.space_first.get(&(vm, space)) {
-            Some(&first) if first <= time => first.saturating_sub(1),
+        match self.space_deadlines.get(&(vm, space)) {
+            Some(&due) if due <= time => due.saturating_sub(1),
             _ => time,
         }
     }
