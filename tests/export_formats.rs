@@ -936,6 +936,52 @@ fn firefox_export_has_a_track_per_thread_and_vcpu() {
 
 /// A perf.data fixture, gzip-compressed: per-thread sample counts and leaf functions
 /// are those of lbrprof report.
+/// Compares `actual` with `tests/golden/NAME`; `LBRPROF_BLESS=1` rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("LBRPROF_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {} (run with LBRPROF_BLESS=1)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let at = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{name} differs from the golden file at line {}:\n  expected: {:?}\n  actual:   {:?}\n(bless with LBRPROF_BLESS=1)",
+            at + 1,
+            expected.lines().nth(at),
+            actual.lines().nth(at)
+        );
+    }
+}
+
+/// The Firefox export of a small guest recording (two vCPUs, 20 snapshots, one host
+/// sample) is the golden file's, byte for byte once pretty-printed: tracks, tables,
+/// categories, marker schema and markers.
+#[test]
+fn firefox_export_of_a_guest_recording_is_the_golden_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    check_processed_profile(&p);
+    golden(
+        "guest.firefox.json",
+        &(serde_json::to_string_pretty(&p).unwrap() + "\n"),
+    );
+}
+
 #[test]
 fn firefox_export_of_a_perf_fixture_matches_the_report() {
     let Some(dir) = common::perfdata_fixtures() else {
