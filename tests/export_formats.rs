@@ -614,6 +614,34 @@ int main(void) {
         assert_eq!(theirs.get(&key), Some(&want), "{key:?} in\n{perf_report}");
     }
 
+    // lbrprof reads the export back: its guest-lbr samples have the original's edges.
+    let back = common::json(&[
+        "report",
+        "-i",
+        o,
+        "--event",
+        "guest-lbr",
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
+    let edges = |r: &serde_json::Value| -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = r["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let at =
+                    |e: &serde_json::Value| format!("{}+{}", e["function"], e["function_offset"]);
+                (at(&b["from"]), at(&b["to"]), b["count"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(edges(&back), edges(&report));
+
     // perf2bolt on the call-chain-less export = lbrprof's own BOLT profile.
     let nc = tmp.path().join("pipe.nc.perf.data");
     common::ok(&[
