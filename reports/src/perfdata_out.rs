@@ -707,12 +707,14 @@ impl<W: Write> Writer<'_, W> {
         }
     }
 
-    /// The guest pid running address space `space` of VM `vm`.
+    /// The guest pid running address space `space` of VM `vm`: the guest process's,
+    /// else [`GUEST_IMAGE_PID`] for a single-image guest's only space (0), else the
+    /// mapping's own pid (a guest of a perf.data input, whose mappings carry pids).
     fn guest_pid(&self, vm: u32, space: u32) -> u32 {
         self.space_pid
             .get(&(vm, space))
             .copied()
-            .unwrap_or(GUEST_IMAGE_PID + space)
+            .unwrap_or(if space == 0 { GUEST_IMAGE_PID } else { space })
     }
 
     /// When the side-band records of guest address space `space` are dated: when the
