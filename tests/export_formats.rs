@@ -523,6 +523,37 @@ int main(void) {
             "{prog} (guest pid {pid}) among {guest:?}"
         );
     }
+    // perf's guest tooling sees the guest alone: `perf kvm --guest report` shows the
+    // guest's processes and nothing of the host (vcpuN, lbrprof-vm threads).
+    let (kvm, _) = perf(&[
+        "kvm",
+        "--guest",
+        "report",
+        "-i",
+        o,
+        "--stdio",
+        "--no-branch-stack",
+        "--sort",
+        "comm",
+        "-g",
+        "none",
+    ]);
+    let comms: std::collections::BTreeSet<&str> = kvm
+        .lines()
+        .filter(|l| l.contains('%') && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert!(
+        comms.contains("producer") && comms.contains("consumer"),
+        "{kvm}"
+    );
+    assert!(
+        comms
+            .iter()
+            .all(|c| ["sh", "producer", "consumer"].contains(c)),
+        "{kvm}"
+    );
+
     // Snapshots per guest process (pid), as perf counts them. (By pid: a snapshot taken
     // around an exec can be dated on the other side of it, where perf names the process
     // by its other command.)

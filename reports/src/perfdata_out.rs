@@ -146,11 +146,14 @@ pub struct Plan {
     process_vms: BTreeSet<u32>,
     /// (VM, CR3) → address space, as the events so far name them.
     cr3_space: BTreeMap<(u32, u64), u32>,
-    /// (VM, address space) → the host time of its first snapshot: its side-band records
-    /// are dated no later (the recorder dates them when it drains them).
+    /// (VM, address space) → the host time of its first snapshot (or host sample taken
+    /// in it): its side-band records are dated no later (the recorder dates them when it
+    /// drains them).
     space_first: BTreeMap<(u32, u32), u64>,
     /// (VM, guest pid) → the address spaces it ran, in order (fork, then each exec).
     pid_spaces: BTreeMap<(u32, u32), Vec<u32>>,
+    /// vCPU → the address space of its latest snapshot so far (as the writer tracks it).
+    vcpu_space: BTreeMap<u32, u32>,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -186,6 +189,15 @@ impl Plan {
         }
         match ev {
             Event::Sample(s) => {
+                // A vCPU thread's sample in the guest is written in the guest process
+                // the vCPU last ran: that process must be known by then.
+                if s.mode.is_guest()
+                    && let Some(&(vm, vcpu)) = self.vcpu_threads.get(&s.tid)
+                {
+                    let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+                    let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
+                    *first = (*first).min(s.time_ns);
+                }
                 self.host_samples += 1;
                 self.host_callchains |= !s.callchain.is_empty();
                 self.host_branches |= !s.branches.is_empty();
@@ -200,6 +212,7 @@ impl Plan {
                 let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
                 let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
                 *first = (*first).min(s.host_time_ns);
+                self.vcpu_space.insert(s.vcpu, space);
                 self.max_cpu = self.max_cpu.max(s.vcpu);
                 self.time(s.host_time_ns);
             }
