@@ -599,6 +599,7 @@ int main(void) {
     let json = tmp.path().join("pipe.json");
     let fx = export_firefox(&data, &json, &[]);
     check_processed_profile(&fx);
+    check_profile_types(&fx);
     let track_samples = |pid: &str| -> u64 {
         fx["threads"]
             .as_array()
@@ -961,6 +962,7 @@ fn firefox_export_has_a_track_per_thread_and_vcpu() {
     let data = tmp.path().join("g.data");
     guest_recording(&data, &tmp.path().join("sort"));
     let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    check_profile_types(&p);
     let threads = check_processed_profile(&p);
     let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 3, "{names:?}");
@@ -995,6 +997,68 @@ fn firefox_export_has_a_track_per_thread_and_vcpu() {
 
 /// A perf.data fixture, gzip-compressed: per-thread sample counts and leaf functions
 /// are those of lbrprof report.
+/// Checks a processed profile against the profiler's own types for its version
+/// (tests/fixtures-src/firefox/: the keys of each exact object type of
+/// `src/types/profile.js`): every required key is there, and no other key.
+fn check_profile_types(p: &serde_json::Value) {
+    let keys: serde_json::Value = serde_json::from_str(include_str!(
+        "fixtures-src/firefox/processed-profile-v55.keys.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        p["meta"]["preprocessedProfileVersion"], 55,
+        "regenerate tests/fixtures-src/firefox for this version (see its README)"
+    );
+    let check = |ty: &str, v: &serde_json::Value| {
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{ty} is not an object"));
+        let list = |k: &str| -> Vec<&str> {
+            keys[ty][k]
+                .as_array()
+                .unwrap_or_else(|| panic!("no type {ty}"))
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect()
+        };
+        let (required, optional) = (list("required"), list("optional"));
+        for k in &required {
+            assert!(obj.contains_key(*k), "{ty} lacks {k}: {v}");
+        }
+        for k in obj.keys() {
+            assert!(
+                required.contains(&k.as_str()) || optional.contains(&k.as_str()),
+                "{ty} has no key {k} in the profiler's types"
+            );
+        }
+    };
+    check("Profile", p);
+    check("ProfileMeta", &p["meta"]);
+    for c in p["meta"]["categories"].as_array().unwrap() {
+        check("Category", c);
+    }
+    check("ExtensionTable", &p["meta"]["extensions"]);
+    for l in p["libs"].as_array().unwrap() {
+        check("Lib", l);
+    }
+    let threads = p["threads"].as_array().unwrap();
+    assert!(!threads.is_empty());
+    for t in threads {
+        check("RawThread", t);
+        for (field, ty) in [
+            ("samples", "RawSamplesTable"),
+            ("stackTable", "RawStackTable"),
+            ("frameTable", "FrameTable"),
+            ("funcTable", "FuncTable"),
+            ("resourceTable", "ResourceTable"),
+            ("nativeSymbols", "NativeSymbolTable"),
+            ("markers", "RawMarkerTable"),
+        ] {
+            check(ty, &t[field]);
+        }
+    }
+}
+
 /// Compares `actual` with `tests/golden/NAME`; `LBRPROF_BLESS=1` rewrites the file.
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1035,6 +1099,7 @@ fn firefox_export_of_a_guest_recording_is_the_golden_file() {
     guest_recording(&data, &tmp.path().join("sort"));
     let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
     check_processed_profile(&p);
+    check_profile_types(&p);
     golden(
         "guest.firefox.json",
         &(serde_json::to_string_pretty(&p).unwrap() + "\n"),
@@ -1051,6 +1116,7 @@ fn firefox_export_of_a_perf_fixture_matches_the_report() {
     let input = dir.join("propeller_sample.perfdata");
     let symfs = dir.to_str().unwrap();
     let p = export_firefox(&input, &tmp.path().join("p.json.gz"), &["--symfs", symfs]);
+    check_profile_types(&p);
     let threads = check_processed_profile(&p);
     let report = common::json(&[
         "report",

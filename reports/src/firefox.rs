@@ -275,6 +275,8 @@ pub fn write(
     out: impl Write,
 ) -> Result<FirefoxStats, FirefoxError> {
     let (fx, stats) = build(profile, syms, meta)?;
+    let mut fx = serde_json::to_value(&fx)?;
+    conform_meta(&mut fx);
     if gzip {
         let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
         serde_json::to_writer(&mut gz, &fx)?;
@@ -285,6 +287,18 @@ pub fn write(
         out.flush()?;
     }
     Ok(stats)
+}
+
+/// Makes the crate's `meta` what the profiler's types for its version declare
+/// (`ProfileMeta` of `src/types/profile.js`, an exact object type): `stackwalk` is
+/// required (0: the stacks are not native stack walks the profiler could re-walk), and
+/// `pausedRanges` belongs to threads, not to `meta`.
+fn conform_meta(fx: &mut serde_json::Value) {
+    if let Some(meta) = fx.get_mut("meta").and_then(|m| m.as_object_mut()) {
+        meta.entry("stackwalk")
+            .or_insert(serde_json::Value::from(0));
+        meta.remove("pausedRanges");
+    }
 }
 
 #[cfg(test)]
