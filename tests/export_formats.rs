@@ -1106,6 +1106,87 @@ fn firefox_export_of_a_guest_recording_is_the_golden_file() {
     );
 }
 
+/// `profiler-cli ARGS` (the Firefox Profiler's command-line edition) with its sessions
+/// under `home`; it must succeed.
+fn profiler_cli(home: &Path, args: &[&str]) -> String {
+    let out = Command::new("profiler-cli")
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "profiler-cli {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Stops the profiler-cli daemons of a test's sessions, however the test ends.
+struct ProfilerSessions<'a>(&'a Path);
+
+impl Drop for ProfilerSessions<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("profiler-cli")
+            .args(["stop", "--all"])
+            .env("HOME", self.0)
+            .output();
+    }
+}
+
+/// The Firefox Profiler's own loader (its command-line edition, npm
+/// `@firefox-devtools/profiler-cli`, which upgrades and processes a profile as
+/// profiler.firefox.com does) opens the export: one track per guest vCPU with its
+/// snapshots as markers, and the functions the snapshots were taken in.
+#[test]
+fn firefox_export_opens_in_the_profilers_own_loader() {
+    let works = Command::new("profiler-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!(
+            "skipped: needs profiler-cli (npm install -g @firefox-devtools/profiler-cli@0.10.0)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let json = tmp.path().join("g.json.gz");
+    export_firefox(&data, &json, &[]);
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let _sessions = ProfilerSessions(&home);
+    profiler_cli(&home, &["load", json.to_str().unwrap()]);
+    let list = profiler_cli(&home, &["thread", "list"]);
+    // HANDLE NAME... PROCESS PID CPU MARKERS
+    let handle = |name: &str| -> (String, u64) {
+        let row = list
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no track {name}:\n{list}"));
+        let t: Vec<&str> = row
+            .trim_start_matches(['*', ' '])
+            .split_whitespace()
+            .collect();
+        (t[0].to_owned(), t.last().unwrap().parse().unwrap())
+    };
+    for (vcpu, function) in [(0, "partition"), (1, "insertion_sort")] {
+        let (h, markers) = handle(&format!("guest vcpu{vcpu}"));
+        assert_eq!(markers, 10, "{list}");
+        profiler_cli(&home, &["thread", "select", &h]);
+        let functions = profiler_cli(&home, &["thread", "functions"]);
+        assert!(
+            functions
+                .lines()
+                .any(|l| l.contains(function) && l.contains("self: 10 ")),
+            "{functions}"
+        );
+    }
+}
+
 #[test]
 fn firefox_export_of_a_perf_fixture_matches_the_report() {
     let Some(dir) = common::perfdata_fixtures() else {
