@@ -646,6 +646,38 @@ int main(void) {
         assert_eq!(theirs.get(&key), Some(&want), "{key:?} in\n{perf_report}");
     }
 
+    // For readers without guest machines: the guest as host processes, pids 10000000 +
+    // the guest's, with the same edges.
+    let host_style = tmp.path().join("pipe.host.perf.data");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--perf-data",
+        "--guest-cpumode",
+        "host",
+        "-o",
+        host_style.to_str().unwrap(),
+    ]);
+    let hs = host_style.to_str().unwrap();
+    let (hs_report, stderr) = perf(&["report", "-i", hs, "-b", "--stdio", "-n"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    let hs_counts = perf_branch_counts(&hs_report);
+    for (prog, f) in [
+        ("producer", "produce_numbers"),
+        ("consumer", "consume_number"),
+    ] {
+        let key = (prog.to_owned(), f.to_owned(), f.to_owned());
+        assert_eq!(hs_counts.get(&key), theirs.get(&key), "{key:?}");
+    }
+    let (hs_text, _) = perf(&["script", "-i", hs, "-F", "comm,pid,event"]);
+    let pseudo = (10_000_000 + ppid.parse::<u32>().unwrap()).to_string();
+    assert!(
+        hs_text.lines().any(|l| l.contains("guest-lbr")
+            && l.split_whitespace().take(2).collect::<Vec<_>>() == ["producer", pseudo.as_str()]),
+        "no producer {pseudo} among the guest-lbr samples"
+    );
+
     // lbrprof reads the export back: its guest-lbr samples have the original's edges.
     let back = common::json(&[
         "report",
@@ -744,6 +776,22 @@ fn bad_input_is_an_error_and_leaves_no_file() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // A --perf-data option with another format.
+    let o = common::run(&[
+        "export",
+        "-i",
+        junk.to_str().unwrap(),
+        "--pprof",
+        "--guest-cpumode",
+        "host",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("apply to --perf-data only"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 
     // A recording with nothing sampled.

@@ -48,6 +48,9 @@
 //! `--guest-code`-style tooling tells guest from host by the cpumode. All guest code
 //! is `GUEST_USER`: lbrprof's guests map their code (ring 0 included) as files of
 //! their process; a guest kernel's `GUEST_KERNEL` lookups would need its kallsyms.
+//! With [`Meta::guest_as_host`] (`--guest-cpumode host`) the guest is written as before
+//! perf had guest machines: user-mode processes of the host with pids
+//! [`GUEST_PID_BASE`] + the guest's, and no `ID_INDEX`.
 //! Guest threads are not told apart (the recording names no guest tids): a guest
 //! sample's tid is its process's pid and its cpu its vCPU. Host samples that perf
 //! itself recorded in a guest cpumode keep it, unless they are vCPU threads of an
@@ -372,6 +375,10 @@ pub struct Meta {
     /// mapping of its own (lbrprof.data): written as perf record's
     /// `[kernel.kallsyms]_text` MMAP, so perf names kernel frames from kallsyms.
     pub kernel_text: Option<(u64, u64)>,
+    /// Write the guest as user-mode processes of the host (pids [`GUEST_PID_BASE`] +
+    /// the guest's) instead of a guest machine: for readers that know no guest machines
+    /// (perf before 6.0, perf.data parsers other than perf's).
+    pub guest_as_host: bool,
 }
 
 /// What was written.
@@ -654,7 +661,7 @@ impl<W: Write> Writer<'_, W> {
     /// records under a guest machine whose pid is the VMM's (and turns its guest
     /// support on).
     fn id_index(&mut self, attrs: &[(Vec<u64>, Vec<u8>, String)]) -> io::Result<()> {
-        if self.plan.vms().is_empty() {
+        if self.plan.vms().is_empty() || self.meta.guest_as_host {
             return Ok(());
         }
         let ids: Vec<u64> = attrs.iter().flat_map(|(ids, _, _)| ids.clone()).collect();
@@ -724,10 +731,35 @@ impl<W: Write> Writer<'_, W> {
     /// else [`GUEST_IMAGE_PID`] for a single-image guest's only space (0), else the
     /// mapping's own pid (a guest of a perf.data input, whose mappings carry pids).
     fn guest_pid(&self, vm: u32, space: u32) -> u32 {
-        self.space_pid
+        let pid = self
+            .space_pid
             .get(&(vm, space))
             .copied()
-            .unwrap_or(if space == 0 { GUEST_IMAGE_PID } else { space })
+            .unwrap_or(if space == 0 { GUEST_IMAGE_PID } else { space });
+        self.pid_written(vm, pid)
+    }
+
+    /// The pid a guest pid is written as: itself in the guest machine, else (with
+    /// [`Meta::guest_as_host`]) a pseudo pid above the kernel's `PID_MAX_LIMIT`
+    /// (4194304), so that it never collides with a host process.
+    fn pid_written(&self, vm: u32, pid: u32) -> u32 {
+        if self.meta.guest_as_host {
+            GUEST_PID_BASE
+                .saturating_add(vm.saturating_mul(GUEST_PID_BASE))
+                .saturating_add(pid)
+        } else {
+            pid
+        }
+    }
+
+    /// The cpumode of the guest's records: guest user, or user with
+    /// [`Meta::guest_as_host`].
+    fn guest_misc(&self) -> u16 {
+        if self.meta.guest_as_host {
+            PERF_RECORD_MISC_USER
+        } else {
+            PERF_RECORD_MISC_GUEST_USER
+        }
     }
 
     /// When the side-band records of guest address space `space` are dated: when the
@@ -756,13 +788,17 @@ impl<W: Write> Writer<'_, W> {
             return Ok(());
         }
         if before.is_none() && self.guest_pids.contains_key(&(p.vm, p.ppid)) && p.ppid != p.pid {
-            self.begin(PERF_RECORD_FORK, PERF_RECORD_MISC_GUEST_USER);
-            for v in [p.pid, p.ppid, p.pid, p.ppid] {
+            let (pid, ppid) = (
+                self.pid_written(p.vm, p.pid),
+                self.pid_written(p.vm, p.ppid),
+            );
+            self.begin(PERF_RECORD_FORK, self.guest_misc());
+            for v in [pid, ppid, pid, ppid] {
                 self.u32(v);
             }
             self.u64(time);
             self.stats.task_records += 1;
-            self.finish_side_band_of(id, p.pid, p.pid, time)?;
+            self.finish_side_band_of(id, pid, pid, time)?;
         }
         let exec = before.is_some_and(|(space, _)| space != p.space);
         self.guest_pids
@@ -778,7 +814,8 @@ impl<W: Write> Writer<'_, W> {
         comm: &str,
         exec: bool,
     ) -> io::Result<()> {
-        let misc = PERF_RECORD_MISC_GUEST_USER | if exec { PERF_RECORD_MISC_COMM_EXEC } else { 0 };
+        let pid = self.pid_written(vm, pid);
+        let misc = self.guest_misc() | if exec { PERF_RECORD_MISC_COMM_EXEC } else { 0 };
         self.begin(PERF_RECORD_COMM, misc);
         self.u32(pid);
         self.u32(pid);
@@ -803,7 +840,12 @@ impl<W: Write> Writer<'_, W> {
                 let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
                 let pid = self.guest_pid(vm, space);
                 self.stats.guest_mode_samples += 1;
-                (guest_mode_id(vm, vcpu), pid, pid, CpuMode::GuestUser)
+                let mode = if self.meta.guest_as_host {
+                    CpuMode::User
+                } else {
+                    CpuMode::GuestUser
+                };
+                (guest_mode_id(vm, vcpu), pid, pid, mode)
             }
             None => (HOST_ID, s.pid, s.tid, s.mode),
         };
@@ -896,7 +938,7 @@ impl<W: Write> Writer<'_, W> {
         let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
         self.vcpu_space.insert(s.vcpu, space);
         let pid = self.guest_pid(vm, space);
-        self.begin(PERF_RECORD_SAMPLE, PERF_RECORD_MISC_GUEST_USER);
+        self.begin(PERF_RECORD_SAMPLE, self.guest_misc());
         let branches = snapshot_branches(s);
         let fixed = 8 * 6 + 8 + 8 + 24 * branches.len();
         self.sample_head(
@@ -961,7 +1003,7 @@ impl<W: Write> Writer<'_, W> {
                 self.start_guest(vm)?;
                 (
                     self.guest_pid(vm, m.pid),
-                    PERF_RECORD_MISC_GUEST_USER,
+                    self.guest_misc(),
                     self.plan.side_band_id(vm),
                     self.guest_side_band_time(vm, m.pid, m.time_ns),
                 )

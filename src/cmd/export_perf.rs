@@ -48,7 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         plan.host_callchains = false;
         plan.guest_stacks = false;
     }
-    let meta = meta(&first, &plan);
+    let mut meta = meta(&first, &plan);
+    meta.guest_as_host = args.guest_cpumode.as_deref() == Some("host");
 
     // Pass 2: write it, beside the destination, then move it in place (so that a failed
     // export, or one whose output is its input, never destroys a file).
@@ -86,8 +87,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if stats.guest_mode_samples > 0 {
         eprintln!(
-            "lbrprof: {} host samples of vCPU threads running the guest are in the guest machine (guest user mode), where perf names their guest code",
+            "lbrprof: {} host samples of vCPU threads running the guest are in the guest's processes{}, where perf names their guest code",
             stats.guest_mode_samples,
+            if meta.guest_as_host {
+                " (pids 10000000 + the guest's)"
+            } else {
+                " (guest machine, guest user mode)"
+            }
         );
     }
     if stats.truncated_frames > 0 {
@@ -134,6 +140,7 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
         } else {
             None
         },
+        guest_as_host: false,
     }
 }
 
