@@ -48,13 +48,14 @@
 //! `--guest-code`-style tooling tells guest from host by the cpumode. All guest code
 //! is `GUEST_USER`: lbrprof's guests map their code (ring 0 included) as files of
 //! their process; a guest kernel's `GUEST_KERNEL` lookups would need its kallsyms.
-//! With [`Meta::guest_as_host`] (`--guest-cpumode host`) the guest is written as before
-//! perf had guest machines: user-mode processes of the host with pids
-//! [`GUEST_PID_BASE`] + the guest's, and no `ID_INDEX`.
 //! Guest threads are not told apart (the recording names no guest tids): a guest
 //! sample's tid is its process's pid and its cpu its vCPU. Host samples that perf
 //! itself recorded in a guest cpumode keep it, unless they are vCPU threads of an
 //! lbrprof recording.
+//!
+//! With [`Meta::guest_as_host`] (`--guest-cpumode host`) the guest is written as before
+//! perf had guest machines: user-mode processes of the host with pids
+//! [`GUEST_PID_BASE`] + the guest's, and no `ID_INDEX`.
 //!
 //! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
 //! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write()`] writes it.
@@ -1452,6 +1453,14 @@ mod tests {
     }
 
     fn write_file(events: &[Event], dir: &std::path::Path) -> (std::path::PathBuf, WriteStats) {
+        write_file_with(events, dir, false)
+    }
+
+    fn write_file_with(
+        events: &[Event],
+        dir: &std::path::Path,
+        guest_as_host: bool,
+    ) -> (std::path::PathBuf, WriteStats) {
         let mut plan = Plan::default();
         events.iter().for_each(|e| plan.observe(e));
         let meta = Meta {
@@ -1460,6 +1469,7 @@ mod tests {
             snapshot_period: 1,
             hostname: "h".into(),
             version: "test".into(),
+            guest_as_host,
             ..Meta::default()
         };
         let path = dir.join("out.perf.data");
@@ -1654,6 +1664,26 @@ mod tests {
                 .any(|t| matches!(t, TaskEvent::Exec { pid: 8, comm, .. } if comm == "producer")),
             "{tasks:?}"
         );
+
+        // As host processes: pseudo pids, user mode.
+        let (path, _) = write_file_with(&evs, dir.path(), true);
+        let back: Vec<Event> = open_any(&path).unwrap().map(Result::unwrap).collect();
+        let pids: Vec<(u32, CpuMode)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Sample(s) => Some((s.pid, s.mode)),
+                _ => None,
+            })
+            .collect();
+        let pseudo = |pid| GUEST_PID_BASE + pid;
+        assert_eq!(
+            pids,
+            vec![(pseudo(8), CpuMode::User), (pseudo(7), CpuMode::User)]
+        );
+        assert!(back.iter().any(|e| matches!(
+            e,
+            Event::Task(TaskEvent::Fork { pid, ppid, .. }) if *pid == pseudo(8) && *ppid == pseudo(7)
+        )));
     }
 
     /// Rounds only when no event would come after perf flushed past its time: a stream
