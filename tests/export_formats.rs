@@ -246,8 +246,9 @@ fn guest_recording(path: &Path, image_path: &Path) -> (u64, u64) {
     (part, ins)
 }
 
-/// Guest snapshots become `guest-lbr` samples of threads `guest-vcpuN`, symbolized from
-/// the guest image, with their branch stacks newest first and the LBR_INFO flags.
+/// Guest snapshots become `guest-lbr` samples of the guest machine's process (the image,
+/// pid 1) on CPU N = their vCPU, in guest user mode, symbolized from the guest image, with
+/// their branch stacks newest first and the LBR_INFO flags.
 #[test]
 fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     if !perf_tool() {
@@ -267,7 +268,7 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
         "-i",
         out.to_str().unwrap(),
         "-F",
-        "comm,tid,event,ip,sym,brstack",
+        "comm,tid,cpu,event,ip,sym,brstack",
     ]);
     assert!(stderr.trim().is_empty(), "perf warned: {stderr}");
     let guest: Vec<&str> = text.lines().filter(|l| l.contains("guest-lbr")).collect();
@@ -275,7 +276,10 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     for (vcpu, f, name) in [(0, part, "partition"), (1, ins, "insertion_sort")] {
         let rows: Vec<&&str> = guest
             .iter()
-            .filter(|l| l.trim_start().starts_with(&format!("guest-vcpu{vcpu} ")))
+            .filter(|l| {
+                l.split_whitespace().take(3).collect::<Vec<_>>()
+                    == ["sort", "1", &format!("[{vcpu:03}]")]
+            })
             .collect();
         assert_eq!(rows.len(), 10, "vCPU {vcpu}: {text}");
         let want_branches = format!(
@@ -307,6 +311,23 @@ fn guest_snapshots_are_samples_with_symbols_and_branch_stacks() {
     assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
     assert!(
         report.contains("# Samples: 40  of event 'guest-lbr'"),
+        "{report}"
+    );
+    // In the sample view, perf shows guest user code at its own level, `[u]`.
+    let (report, _) = perf(&[
+        "report",
+        "-i",
+        out.to_str().unwrap(),
+        "--stdio",
+        "--no-branch-stack",
+        "--sort",
+        "comm,sym",
+    ]);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("sort")
+                && l.contains("[u] lbrprof_guest::workloads::sort::partition")),
         "{report}"
     );
 }
@@ -354,6 +375,388 @@ fn a_recorded_guest_run_exports_every_sample_and_snapshot() {
     );
 }
 
+/// perf report -b's Samples column summed by (command, source symbol, target symbol).
+fn perf_branch_counts(report: &str) -> std::collections::BTreeMap<(String, String, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in report.lines().filter(|l| !l.starts_with('#')) {
+        // overhead samples command dso [.] source [.] target cycles; levels [.] [k] [u] [g]
+        let mut line = line.to_owned();
+        for level in ["[k] ", "[u] ", "[g] "] {
+            line = line.replace(level, "[.] ");
+        }
+        let parts: Vec<&str> = line.split("[.] ").collect();
+        if parts.len() != 3 {
+            continue;
+        }
+        let head: Vec<&str> = parts[0].split_whitespace().collect();
+        let target = parts[2]
+            .trim_end()
+            .rsplit_once(char::is_whitespace)
+            .unwrap()
+            .0;
+        let key = (
+            head[2].to_owned(),
+            parts[1].trim().to_owned(),
+            target.trim().to_owned(),
+        );
+        *counts.entry(key).or_default() += head[1].parse::<u64>().unwrap();
+    }
+    counts
+}
+
+/// A Linux pipeline in the VM (`sh -c 'producer | consumer'`, two programs forked by
+/// the shell): in the exported perf.data the guest is a guest machine (guest user
+/// cpumode) in which each guest process is a process of its own, with the pid `lbrprof
+/// info` names. perf report -b counts each program's hottest branch edges as `lbrprof
+/// report` does, and perf2bolt (llvm-bolt -aggregate-only) makes the same BOLT profile
+/// from the export as `lbrprof export --bolt`. The pprof export labels each guest
+/// snapshot with its guest process's pid and comm, and the Firefox export has a track
+/// per guest process and vCPU, with as many snapshots per process as perf counts.
+#[test]
+fn a_guest_pipeline_is_one_process_per_guest_process_in_a_guest_machine() {
+    if !common::kvm_available()
+        || !common::perf_available()
+        || !perf_tool()
+        || !common::go_available()
+    {
+        return;
+    }
+    let bolt_works = Command::new("llvm-bolt-16")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !bolt_works {
+        eprintln!("skipped: needs llvm-bolt-16 (Debian bolt-16)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gcc = |name: &str, body: &str| {
+        let src = tmp.path().join(format!("{name}.c"));
+        std::fs::write(&src, body).unwrap();
+        let exe = tmp.path().join(name);
+        let ok = Command::new("gcc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .expect("gcc")
+            .success();
+        assert!(ok, "gcc {name}");
+        exe
+    };
+    let producer = gcc(
+        "producer",
+        r#"#include <stdio.h>
+__attribute__((noinline)) unsigned long produce_numbers(unsigned long i) {
+    unsigned long s = i;
+    for (int k = 0; k < 6000; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
+    return s;
+}
+int main(void) {
+    for (unsigned long i = 0; i < 20000; i++) printf("%lu\n", produce_numbers(i) % 1000);
+    return 0;
+}
+"#,
+    );
+    let consumer = gcc(
+        "consumer",
+        r#"#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) unsigned long consume_number(unsigned long v, unsigned long s) {
+    for (int k = 0; k < 6000; k++) s += (v ^ k) % 3 ? k : s >> 5;
+    return s;
+}
+int main(void) {
+    char line[64]; unsigned long s = 0;
+    while (fgets(line, sizeof line, stdin)) s = consume_number(strtoul(line, 0, 10), s);
+    printf("%lu\n", s);
+    return 0;
+}
+"#,
+    );
+    let data = tmp.path().join("pipe.data");
+    let cmd = format!("{} | {}", producer.display(), consumer.display());
+    let d = data.to_str().unwrap();
+    common::ok(&[
+        "record",
+        "-o",
+        d,
+        "--vm",
+        "--lbr-freq",
+        "200",
+        "--lbr-overhead",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
+        &cmd,
+    ]);
+    // The guest pids lbrprof names ("26097 sh → producer").
+    let info = common::ok(&["info", d]);
+    let guest_pid = |prog: &str| -> String {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("guest procs:"))
+            .unwrap();
+        let at = line.find(&format!("sh → {prog}")).unwrap();
+        line[..at].split_whitespace().last().unwrap().to_owned()
+    };
+    let (ppid, cpid) = (guest_pid("producer"), guest_pid("consumer"));
+    assert_ne!(ppid, cpid);
+
+    let out = tmp.path().join("pipe.perf.data");
+    export(&data, &out);
+    let o = out.to_str().unwrap();
+    let (text, stderr) = perf(&["script", "-i", o, "-F", "comm,pid,event"]);
+    assert!(stderr.trim().is_empty(), "perf script warned: {stderr}");
+    let guest: std::collections::BTreeSet<(String, String)> = text
+        .lines()
+        .filter(|l| l.contains("guest-lbr"))
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t[0].to_owned(), t[1].to_owned())
+        })
+        .collect();
+    for (prog, pid) in [("producer", &ppid), ("consumer", &cpid)] {
+        assert!(
+            guest.contains(&(prog.to_owned(), pid.clone())),
+            "{prog} (guest pid {pid}) among {guest:?}"
+        );
+    }
+    // perf's guest tooling sees the guest alone: `perf kvm --guest report` shows the
+    // guest's processes and nothing of the host (vcpuN, lbrprof-vm threads).
+    let (kvm, _) = perf(&[
+        "kvm",
+        "--guest",
+        "report",
+        "-i",
+        o,
+        "--stdio",
+        "--no-branch-stack",
+        "--sort",
+        "comm",
+        "-g",
+        "none",
+    ]);
+    let comms: std::collections::BTreeSet<&str> = kvm
+        .lines()
+        .filter(|l| l.contains('%') && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert!(
+        comms.contains("producer") && comms.contains("consumer"),
+        "{kvm}"
+    );
+    assert!(
+        comms
+            .iter()
+            .all(|c| ["sh", "producer", "consumer"].contains(c)),
+        "{kvm}"
+    );
+
+    // Snapshots per guest process (pid), as perf counts them. (By pid: a snapshot taken
+    // around an exec can be dated on the other side of it, where perf names the process
+    // by its other command.)
+    let perf_snapshots = |pid: &str| {
+        text.lines()
+            .filter(|l| l.contains("guest-lbr") && l.split_whitespace().nth(1) == Some(pid))
+            .count() as u64
+    };
+    let (np, nc) = (perf_snapshots(&ppid), perf_snapshots(&cpid));
+    assert!(np > 0 && nc > 0, "{text}");
+
+    // pprof: the guest snapshots' comm and pid labels are the guest processes'.
+    let pb = tmp.path().join("pipe.pb.gz");
+    common::ok(&["export", "-i", d, "--pprof", "-o", pb.to_str().unwrap()]);
+    let tags = go_pprof(&[
+        "-tags",
+        "-sample_index=samples",
+        "-tagfocus=side=guest",
+        pb.to_str().unwrap(),
+    ]);
+    let tag = |value: &str| -> u64 {
+        let line = tags
+            .lines()
+            .find(|l| l.trim_end().ends_with(&format!(": {value}")))
+            .unwrap_or_else(|| panic!("no tag {value} in\n{tags}"));
+        line.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    assert_eq!((tag(&ppid), tag(&cpid)), (np, nc), "{tags}");
+    // Each program's snapshots are labelled with its command, all but those of its
+    // process before its exec (a few at most).
+    for (prog, n) in [("producer", np), ("consumer", nc)] {
+        assert!(
+            tag(prog) <= n && tag(prog) + 3 >= n,
+            "{prog}: {n} snapshots\n{tags}"
+        );
+    }
+
+    // Firefox: a track per guest process and vCPU.
+    let json = tmp.path().join("pipe.json");
+    let fx = export_firefox(&data, &json, &[]);
+    check_processed_profile(&fx);
+    check_profile_types(&fx);
+    let track_samples = |pid: &str| -> u64 {
+        fx["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                // A process's tracks: its program's, and its shell's before the exec.
+                let name = t["name"].as_str().unwrap();
+                name.starts_with("guest ") && name.contains(&format!(" [{pid}] vcpu"))
+            })
+            .map(|t| t["samples"]["length"].as_u64().unwrap())
+            .sum()
+    };
+    for (prog, pid) in [("producer", &ppid), ("consumer", &cpid)] {
+        let named = format!("guest {prog} [{pid}] vcpu");
+        assert!(
+            fx["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"].as_str().unwrap().starts_with(&named)),
+            "no track {named}*"
+        );
+    }
+    assert_eq!((track_samples(&ppid), track_samples(&cpid)), (np, nc));
+
+    // The top edges of each program, counted by function as perf report -b does.
+    let report = common::json(&["report", "-i", d, "--format", "json", "--limit", "0"]);
+    let mut ours = std::collections::BTreeMap::<(String, String), u64>::new();
+    for b in report["branches"].as_array().unwrap() {
+        let f = |e: &serde_json::Value| e["function"].as_str().unwrap_or("").to_owned();
+        *ours.entry((f(&b["from"]), f(&b["to"]))).or_default() += b["count"].as_u64().unwrap();
+    }
+    let (perf_report, stderr) = perf(&["report", "-i", o, "-b", "--stdio", "-n"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    let theirs = perf_branch_counts(&perf_report);
+    for (prog, f) in [
+        ("producer", "produce_numbers"),
+        ("consumer", "consume_number"),
+    ] {
+        let want = ours[&(f.to_owned(), f.to_owned())];
+        assert!(want > 100, "{f}: {want} edges");
+        let key = (prog.to_owned(), f.to_owned(), f.to_owned());
+        assert_eq!(theirs.get(&key), Some(&want), "{key:?} in\n{perf_report}");
+    }
+
+    // For readers without guest machines: the guest as host processes, pids 10000000 +
+    // the guest's, with the same edges.
+    let host_style = tmp.path().join("pipe.host.perf.data");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--perf-data",
+        "--guest-cpumode",
+        "host",
+        "-o",
+        host_style.to_str().unwrap(),
+    ]);
+    let hs = host_style.to_str().unwrap();
+    let (hs_report, stderr) = perf(&["report", "-i", hs, "-b", "--stdio", "-n"]);
+    assert!(stderr.trim().is_empty(), "perf report warned: {stderr}");
+    let hs_counts = perf_branch_counts(&hs_report);
+    for (prog, f) in [
+        ("producer", "produce_numbers"),
+        ("consumer", "consume_number"),
+    ] {
+        let key = (prog.to_owned(), f.to_owned(), f.to_owned());
+        assert_eq!(hs_counts.get(&key), theirs.get(&key), "{key:?}");
+    }
+    let (hs_text, _) = perf(&["script", "-i", hs, "-F", "comm,pid,event"]);
+    let pseudo = (10_000_000 + ppid.parse::<u32>().unwrap()).to_string();
+    assert!(
+        hs_text.lines().any(|l| l.contains("guest-lbr")
+            && l.split_whitespace().take(2).collect::<Vec<_>>() == ["producer", pseudo.as_str()]),
+        "no producer {pseudo} among the guest-lbr samples"
+    );
+
+    // lbrprof reads the export back: its guest-lbr samples have the original's edges.
+    let back = common::json(&[
+        "report",
+        "-i",
+        o,
+        "--event",
+        "guest-lbr",
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
+    let edges = |r: &serde_json::Value| -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = r["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let at =
+                    |e: &serde_json::Value| format!("{}+{}", e["function"], e["function_offset"]);
+                (at(&b["from"]), at(&b["to"]), b["count"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(edges(&back), edges(&report));
+
+    // perf2bolt on the call-chain-less export = lbrprof's own BOLT profile.
+    let nc = tmp.path().join("pipe.nc.perf.data");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--perf-data",
+        "--no-callchains",
+        "-o",
+        nc.to_str().unwrap(),
+    ]);
+    let bolt = tmp.path().join("bolt.fdata");
+    let o = Command::new("llvm-bolt-16")
+        .arg(&producer)
+        .arg("-p")
+        .arg(&nc)
+        .arg("-aggregate-only")
+        .arg("-o")
+        .arg(&bolt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lbr = tmp.path().join("lbrprof.fdata");
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--bolt",
+        "--dso",
+        producer.to_str().unwrap(),
+        "-o",
+        lbr.to_str().unwrap(),
+    ]);
+    let sorted = |p: &Path| {
+        let mut l: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            // BOLT names PLT entries `printf@PLT`, lbrprof's --bolt `printf@plt`.
+            .map(|l| l.replace("@PLT", "@plt"))
+            .collect();
+        l.sort();
+        l
+    };
+    let want = sorted(&lbr);
+    assert!(
+        want.iter().any(|l| l.contains("produce_numbers")),
+        "{want:?}"
+    );
+    assert_eq!(sorted(&bolt), want);
+}
+
 /// Bad input is a one-line error, and nothing is left behind or overwritten.
 #[test]
 fn bad_input_is_an_error_and_leaves_no_file() {
@@ -373,6 +776,22 @@ fn bad_input_is_an_error_and_leaves_no_file() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // A --perf-data option with another format.
+    let o = common::run(&[
+        "export",
+        "-i",
+        junk.to_str().unwrap(),
+        "--pprof",
+        "--guest-cpumode",
+        "host",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("apply to --perf-data only"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 
     // A recording with nothing sampled.
@@ -591,6 +1010,7 @@ fn firefox_export_has_a_track_per_thread_and_vcpu() {
     let data = tmp.path().join("g.data");
     guest_recording(&data, &tmp.path().join("sort"));
     let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    check_profile_types(&p);
     let threads = check_processed_profile(&p);
     let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 3, "{names:?}");
@@ -625,6 +1045,196 @@ fn firefox_export_has_a_track_per_thread_and_vcpu() {
 
 /// A perf.data fixture, gzip-compressed: per-thread sample counts and leaf functions
 /// are those of lbrprof report.
+/// Checks a processed profile against the profiler's own types for its version
+/// (tests/fixtures-src/firefox/: the keys of each exact object type of
+/// `src/types/profile.js`): every required key is there, and no other key.
+fn check_profile_types(p: &serde_json::Value) {
+    let keys: serde_json::Value = serde_json::from_str(include_str!(
+        "fixtures-src/firefox/processed-profile-v55.keys.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        p["meta"]["preprocessedProfileVersion"], 55,
+        "regenerate tests/fixtures-src/firefox for this version (see its README)"
+    );
+    let check = |ty: &str, v: &serde_json::Value| {
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{ty} is not an object"));
+        let list = |k: &str| -> Vec<&str> {
+            keys[ty][k]
+                .as_array()
+                .unwrap_or_else(|| panic!("no type {ty}"))
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect()
+        };
+        let (required, optional) = (list("required"), list("optional"));
+        for k in &required {
+            assert!(obj.contains_key(*k), "{ty} lacks {k}: {v}");
+        }
+        for k in obj.keys() {
+            assert!(
+                required.contains(&k.as_str()) || optional.contains(&k.as_str()),
+                "{ty} has no key {k} in the profiler's types"
+            );
+        }
+    };
+    check("Profile", p);
+    check("ProfileMeta", &p["meta"]);
+    for c in p["meta"]["categories"].as_array().unwrap() {
+        check("Category", c);
+    }
+    check("ExtensionTable", &p["meta"]["extensions"]);
+    for l in p["libs"].as_array().unwrap() {
+        check("Lib", l);
+    }
+    let threads = p["threads"].as_array().unwrap();
+    assert!(!threads.is_empty());
+    for t in threads {
+        check("RawThread", t);
+        for (field, ty) in [
+            ("samples", "RawSamplesTable"),
+            ("stackTable", "RawStackTable"),
+            ("frameTable", "FrameTable"),
+            ("funcTable", "FuncTable"),
+            ("resourceTable", "ResourceTable"),
+            ("nativeSymbols", "NativeSymbolTable"),
+            ("markers", "RawMarkerTable"),
+        ] {
+            check(ty, &t[field]);
+        }
+    }
+}
+
+/// Compares `actual` with `tests/golden/NAME`; `LBRPROF_BLESS=1` rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("LBRPROF_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {} (run with LBRPROF_BLESS=1)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let at = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{name} differs from the golden file at line {}:\n  expected: {:?}\n  actual:   {:?}\n(bless with LBRPROF_BLESS=1)",
+            at + 1,
+            expected.lines().nth(at),
+            actual.lines().nth(at)
+        );
+    }
+}
+
+/// The Firefox export of a small guest recording (two vCPUs, 20 snapshots, one host
+/// sample) is the golden file's, byte for byte once pretty-printed: tracks, tables,
+/// categories, marker schema and markers.
+#[test]
+fn firefox_export_of_a_guest_recording_is_the_golden_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let p = export_firefox(&data, &tmp.path().join("g.json"), &[]);
+    check_processed_profile(&p);
+    check_profile_types(&p);
+    golden(
+        "guest.firefox.json",
+        &(serde_json::to_string_pretty(&p).unwrap() + "\n"),
+    );
+}
+
+/// `profiler-cli ARGS` (the Firefox Profiler's command-line edition) with its sessions
+/// under `home`; it must succeed.
+fn profiler_cli(home: &Path, args: &[&str]) -> String {
+    let out = Command::new("profiler-cli")
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "profiler-cli {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Stops the profiler-cli daemons of a test's sessions, however the test ends.
+struct ProfilerSessions<'a>(&'a Path);
+
+impl Drop for ProfilerSessions<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("profiler-cli")
+            .args(["stop", "--all"])
+            .env("HOME", self.0)
+            .output();
+    }
+}
+
+/// The Firefox Profiler's own loader (its command-line edition, npm
+/// `@firefox-devtools/profiler-cli`, which upgrades and processes a profile as
+/// profiler.firefox.com does) opens the export: one track per guest vCPU with its
+/// snapshots as markers, and the functions the snapshots were taken in.
+#[test]
+fn firefox_export_opens_in_the_profilers_own_loader() {
+    let works = Command::new("profiler-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!(
+            "skipped: needs profiler-cli (npm install -g @firefox-devtools/profiler-cli@0.10.0)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("g.data");
+    guest_recording(&data, &tmp.path().join("sort"));
+    let json = tmp.path().join("g.json.gz");
+    export_firefox(&data, &json, &[]);
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let _sessions = ProfilerSessions(&home);
+    profiler_cli(&home, &["load", json.to_str().unwrap()]);
+    let list = profiler_cli(&home, &["thread", "list"]);
+    // HANDLE NAME... PROCESS PID CPU MARKERS
+    let handle = |name: &str| -> (String, u64) {
+        let row = list
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no track {name}:\n{list}"));
+        let t: Vec<&str> = row
+            .trim_start_matches(['*', ' '])
+            .split_whitespace()
+            .collect();
+        (t[0].to_owned(), t.last().unwrap().parse().unwrap())
+    };
+    for (vcpu, function) in [(0, "partition"), (1, "insertion_sort")] {
+        let (h, markers) = handle(&format!("guest vcpu{vcpu}"));
+        assert_eq!(markers, 10, "{list}");
+        profiler_cli(&home, &["thread", "select", &h]);
+        let functions = profiler_cli(&home, &["thread", "functions"]);
+        assert!(
+            functions
+                .lines()
+                .any(|l| l.contains(function) && l.contains("self: 10 ")),
+            "{functions}"
+        );
+    }
+}
+
 #[test]
 fn firefox_export_of_a_perf_fixture_matches_the_report() {
     let Some(dir) = common::perfdata_fixtures() else {
@@ -635,6 +1245,7 @@ fn firefox_export_of_a_perf_fixture_matches_the_report() {
     let input = dir.join("propeller_sample.perfdata");
     let symfs = dir.to_str().unwrap();
     let p = export_firefox(&input, &tmp.path().join("p.json.gz"), &["--symfs", symfs]);
+    check_profile_types(&p);
     let threads = check_processed_profile(&p);
     let report = common::json(&[
         "report",

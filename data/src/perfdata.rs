@@ -122,6 +122,9 @@ pub mod abi {
     pub const PERF_RECORD_SAMPLE: u32 = 9;
     pub const PERF_RECORD_USER_TYPE_START: u32 = 64;
     pub const PERF_RECORD_FINISHED_ROUND: u32 = 68;
+    /// `struct perf_record_id_index`: `u64 nr`, `nr` × `{ id, idx, cpu, tid }`, then
+    /// (perf 6.0+) `nr` × `{ machine_pid, vcpu }` naming the guest machine of each id.
+    pub const PERF_RECORD_ID_INDEX: u32 = 69;
     pub const PERF_RECORD_AUXTRACE: u32 = 71;
     pub const PERF_RECORD_COMPRESSED: u32 = 81;
     pub const PERF_RECORD_COMPRESSED2: u32 = 83;

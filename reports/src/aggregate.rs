@@ -193,6 +193,17 @@ pub struct Timeline {
     /// stacks without their `[guest vcpuN]` root).
     pub stacks: Vec<Vec<Loc>>,
     index: FastMap<Vec<Loc>, u32>,
+    /// The guest processes snapshots were taken in (a Linux program's, named by the
+    /// recording's `GuestProcess` events): [`TimedSample::guest_process`] indexes it.
+    pub guest_processes: Vec<GuestProcessName>,
+    guest_index: HashMap<GuestProcessName, u32>,
+}
+
+/// A guest process as the exports label it: its pid in the guest and its command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuestProcessName {
+    pub pid: u32,
+    pub comm: String,
 }
 
 impl Timeline {
@@ -224,6 +235,9 @@ pub struct TimedSample {
     pub stack: u32,
     /// Entries of its branch stack (LBR entries of a snapshot).
     pub branches: u16,
+    /// For a guest snapshot taken in a named guest process: its index in
+    /// [`Timeline::guest_processes`].
+    pub guest_process: Option<u32>,
 }
 
 /// How the aggregator treats the stream.
@@ -280,6 +294,8 @@ pub struct Aggregator {
     tid_vcpu: HashMap<u32, u32>,
     /// Index of each name in `profile.task_comms`.
     task_comm_index: HashMap<String, u32>,
+    /// Guest address space → the process running it (for the timeline's labels).
+    space_process: HashMap<u32, GuestProcessName>,
 }
 
 impl Aggregator {
@@ -308,6 +324,7 @@ impl Aggregator {
             vcpu_space: HashMap::new(),
             tid_vcpu: HashMap::new(),
             task_comm_index: HashMap::new(),
+            space_process: HashMap::new(),
         }
     }
 
@@ -360,6 +377,13 @@ impl Aggregator {
                     self.guest_spaces.insert(r, p.space);
                 }
                 self.profile.spaces.set_guest_pid(p.vm, p.space, p.pid);
+                self.space_process.insert(
+                    p.space,
+                    GuestProcessName {
+                        pid: p.pid,
+                        comm: p.comm.clone(),
+                    },
+                );
             }
             // Exact-mode profiles are read by the callgrind export, not folded here.
             Event::ExactProfile(_) => {}
@@ -574,6 +598,7 @@ impl Aggregator {
                 weight: counts.weight,
                 stack: id,
                 branches: s.branches.len().min(usize::from(u16::MAX)) as u16,
+                guest_process: None,
             });
         }
         if let Some(vm) = &mut self.profile.vm {
@@ -709,6 +734,12 @@ impl Aggregator {
         }
         if let Some(tl) = &mut self.profile.timeline {
             let id = tl.intern(&stack);
+            let guest_process = self.space_process.get(&space).map(|p| {
+                *tl.guest_index.entry(p.clone()).or_insert_with(|| {
+                    tl.guest_processes.push(p.clone());
+                    tl.guest_processes.len() as u32 - 1
+                })
+            });
             let thread = self.vcpu_threads.get(&snap.vcpu).copied().unwrap_or((0, 0));
             tl.samples.push(TimedSample {
                 time_ns: snap.host_time_ns,
@@ -719,6 +750,7 @@ impl Aggregator {
                 weight,
                 stack: id,
                 branches: snap.newest_first().count().min(usize::from(u16::MAX)) as u16,
+                guest_process,
             });
         }
         stack.push(Loc {

@@ -11,7 +11,9 @@
 //! * One track per guest vCPU (`guest vcpuN`), in the process of the vCPU's host thread
 //!   when the recording names it, with every guest LBR snapshot as a sample (guest IP and
 //!   frame-pointer walk) and as an instant marker `LBR snapshot` (with its number of
-//!   branch entries) in the marker chart.
+//!   branch entries) in the marker chart. A Linux program's guest processes (named by
+//!   the recording, a snapshot's by its CR3) have a track per process and vCPU
+//!   (`guest COMM [PID] vcpuN`).
 //! * Frames are labels (function names, `module+0xoffset` where no symbol is known), in
 //!   the categories User, Kernel and Guest, so the profile needs no symbol server: it is
 //!   marked symbolicated.
@@ -112,8 +114,16 @@ impl StaticSchemaMarker for SnapshotMarker {
 /// A track: a host thread, or a guest vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Track {
-    Host { pid: u32, tid: u32 },
-    Guest { vcpu: u32 },
+    Host {
+        pid: u32,
+        tid: u32,
+    },
+    /// A vCPU, in the guest process its snapshots were taken in (an index into
+    /// [`crate::aggregate::Timeline::guest_processes`]) when the recording names it.
+    Guest {
+        vcpu: u32,
+        process: Option<u32>,
+    },
 }
 
 /// Builds the Firefox Profiler profile of `profile`'s timeline.
@@ -143,19 +153,21 @@ pub fn build(
     // Tracks in a stable order, each starting at its first sample.
     let mut first: BTreeMap<Track, u64> = BTreeMap::new();
     let mut vcpu_pid: HashMap<u32, u32> = HashMap::new();
+    let track_of = |s: &crate::aggregate::TimedSample| match s.vcpu {
+        Some(vcpu) => Track::Guest {
+            vcpu,
+            process: s.guest_process,
+        },
+        None => Track::Host {
+            pid: s.pid,
+            tid: s.tid,
+        },
+    };
     for s in &timeline.samples {
-        let track = match s.vcpu {
-            Some(vcpu) => {
-                if s.pid != 0 {
-                    vcpu_pid.insert(vcpu, s.pid);
-                }
-                Track::Guest { vcpu }
-            }
-            None => Track::Host {
-                pid: s.pid,
-                tid: s.tid,
-            },
-        };
+        if let (Some(vcpu), true) = (s.vcpu, s.pid != 0) {
+            vcpu_pid.insert(vcpu, s.pid);
+        }
+        let track = track_of(s);
         let t = first.entry(track).or_insert(s.time_ns);
         *t = (*t).min(s.time_ns);
     }
@@ -170,13 +182,18 @@ pub fn build(
                 tid,
                 comm(tid).unwrap_or_else(|| format!("thread {tid}")),
             ),
-            Track::Guest { vcpu } => {
+            Track::Guest { vcpu, process } => {
                 let (gpid, gtid) = crate::perfdata_out::guest_ids(0, vcpu);
-                (
-                    vcpu_pid.get(&vcpu).copied().unwrap_or(gpid),
-                    gtid,
-                    format!("guest vcpu{vcpu}"),
-                )
+                let pid = vcpu_pid.get(&vcpu).copied().unwrap_or(gpid);
+                match process.map(|i| (i, &timeline.guest_processes[i as usize])) {
+                    // Pseudo tids, one per (guest process, vCPU).
+                    Some((i, p)) => (
+                        pid,
+                        gtid.saturating_add(1000u32.saturating_mul(i.saturating_add(1))),
+                        format!("guest {} [{}] vcpu{vcpu}", p.comm, p.pid),
+                    ),
+                    None => (pid, gtid, format!("guest vcpu{vcpu}")),
+                }
             }
         };
         let process = *processes.entry(pid).or_insert_with(|| {
@@ -196,14 +213,7 @@ pub fn build(
     let mut stack_handles: HashMap<(ThreadHandle, u32), Option<_>> = HashMap::new();
     let mut names: HashMap<crate::loc::Loc, StringHandle> = HashMap::new();
     for s in &timeline.samples {
-        let track = match s.vcpu {
-            Some(vcpu) => Track::Guest { vcpu },
-            None => Track::Host {
-                pid: s.pid,
-                tid: s.tid,
-            },
-        };
-        let thread = threads[&track];
+        let thread = threads[&track_of(s)];
         let stack = *stack_handles.entry((thread, s.stack)).or_insert_with(|| {
             let frames: Vec<FrameInfo> = timeline.stacks[s.stack as usize]
                 .iter()
@@ -265,6 +275,8 @@ pub fn write(
     out: impl Write,
 ) -> Result<FirefoxStats, FirefoxError> {
     let (fx, stats) = build(profile, syms, meta)?;
+    let mut fx = serde_json::to_value(&fx)?;
+    conform_meta(&mut fx);
     if gzip {
         let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
         serde_json::to_writer(&mut gz, &fx)?;
@@ -275,6 +287,18 @@ pub fn write(
         out.flush()?;
     }
     Ok(stats)
+}
+
+/// Makes the crate's `meta` what the profiler's types for its version declare
+/// (`ProfileMeta` of `src/types/profile.js`, an exact object type): `stackwalk` is
+/// required (0: the stacks are not native stack walks the profiler could re-walk), and
+/// `pausedRanges` belongs to threads, not to `meta`.
+fn conform_meta(fx: &mut serde_json::Value) {
+    if let Some(meta) = fx.get_mut("meta").and_then(|m| m.as_object_mut()) {
+        meta.entry("stackwalk")
+            .or_insert(serde_json::Value::from(0));
+        meta.remove("pausedRanges");
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //!             sections { attrs, data, event_types (empty) }, feature bitmap (256 bits)
 //! 104         perf_file_attr × 2: perf_event_attr (PERF_ATTR_SIZE_VER5 = 112 bytes)
 //!             + perf_file_section of its ids
-//!             ids: u64 × 1 per attr (host event: 1, guest snapshots: 2)
-//! data        records: MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
+//!             ids: host event: 1, then (2 << 32 | vm << 16 | vcpu) per guest vCPU;
+//!             guest snapshots (`guest-lbr`): (1 << 32 | vm << 16 | vcpu) per vCPU
+//! data        ID_INDEX (with a guest: every id's machine pid and vCPU), then records:
+//!             MMAP2, COMM, FORK, EXIT, LOST, THROTTLE, SAMPLE, each with a
 //!             sample_id trailer (sample_id_all): pid, tid, time, cpu, identifier;
 //!             FINISHED_ROUND (header only)
 //! after data  one perf_file_section per feature bit set, then the sections:
@@ -28,20 +30,32 @@
 //! | lbrprof | perf.data |
 //! |---|---|
 //! | host sample (call chain, branch stack) | `SAMPLE` of event 1 (the recorded event's name), cpumode from the sample, call chain with `PERF_CONTEXT_*` markers where the frames' modes change |
-//! | guest LBR snapshot of vCPU *n* of VM *v* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `USER`, in the pseudo-process pid `10000000 + 1000·v`, thread pid + 1 + *n* (comm `guest-vcpu`*n*): ip = guest IP, call chain = guest IP + frame-pointer return addresses, branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
-//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 in the guest pseudo-process's thread of that vCPU, cpumode `USER` (its guest IP symbolizes there; perf would hide a guest-cpumode sample outside `perf kvm`) |
-//! | guest mapping | `MMAP2` in the guest pseudo-process |
+//! | VM *v* | a perf guest machine whose pid is the VMM's host pid (as `perf kvm` names a guest by its QEMU's pid; `10000000 + 1000·v` when the recording has no vCPU threads), declared by `ID_INDEX` (`machine_pid` of the guest ids) |
+//! | guest process (`GuestProcess`: a Linux program's fork or exec) | a process of the guest machine with the guest's pid: `FORK` from its parent, `COMM` (an exec's with `COMM_EXEC`), cpumode `GUEST_USER`; a single-image guest is one process, pid 1, named after its image |
+//! | guest LBR snapshot of vCPU *n* | `SAMPLE` of event 2 (`guest-lbr`), cpumode `GUEST_USER`, in the guest process its CR3 names (pid = tid), cpu = *n*: ip = guest IP, call chain = guest IP + frame-pointer return addresses (user context: perf's call-chain walk knows no guest contexts), branch stack = the LBR newest first with MISPRED/IN_TX/ABORT/cycles from `LBR_INFO` |
+//! | host sample of a vCPU thread in a guest cpumode (the guest was running) | `SAMPLE` of event 1 with that vCPU's guest id, cpumode `GUEST_USER`, in the guest process the vCPU's latest snapshot ran |
+//! | guest mapping | `MMAP2` of the guest machine (cpumode `GUEST_USER`) in its address space's process, dated no later than that process's first snapshot (the recorder dates mappings when it drains them, after snapshots already taken) |
 //! | host mapping | `MMAP2` (pid −1 and cpumode `KERNEL` for the kernel), build-id in the record when known |
 //! | (lbrprof.data made on the running kernel) | `[kernel.kallsyms]_text` `MMAP2` from `/proc/kallsyms`, as perf record writes it ([`Meta::kernel_text`]) |
 //! | comm, exec, fork, exit | `COMM` (exec: `PERF_RECORD_MISC_COMM_EXEC`), `FORK`, `EXIT` |
 //! | ring-buffer loss, throttling | `LOST`, `THROTTLE` (other losses are left out and counted) |
 //!
-//! Guest snapshots are written as a user-mode process of the host machine rather than
-//! with the `GUEST_*` cpumodes: perf only symbolizes guest cpumodes under `perf kvm`,
-//! with the guest's kallsyms/modules, and would show every guest address as
-//! `[unknown]`. The pseudo pids are above the kernel's `PID_MAX_LIMIT` (4194304), so
-//! they never collide with a real process. Host samples that perf itself recorded in a
-//! guest cpumode keep it, unless they are vCPU threads of an lbrprof recording.
+//! perf handles guest cpumodes only for guest machines it knows (`perf kvm`, or a file
+//! whose `ID_INDEX` gives ids a `machine_pid`, which is how `perf inject --guest-data`
+//! writes host and guest in one file, perf 6.0+). With the `ID_INDEX`, perf report,
+//! perf script and perf2bolt name guest code from the guest's mappings (perf report
+//! shows guest user code at level `[u]`, guest kernel addresses at `[g]`), and
+//! `--guest-code`-style tooling tells guest from host by the cpumode. All guest code
+//! is `GUEST_USER`: lbrprof's guests map their code (ring 0 included) as files of
+//! their process; a guest kernel's `GUEST_KERNEL` lookups would need its kallsyms.
+//! Guest threads are not told apart (the recording names no guest tids): a guest
+//! sample's tid is its process's pid and its cpu its vCPU. Host samples that perf
+//! itself recorded in a guest cpumode keep it, unless they are vCPU threads of an
+//! lbrprof recording.
+//!
+//! With [`Meta::guest_as_host`] (`--guest-cpumode host`) the guest is written as before
+//! perf had guest machines: user-mode processes of the host with pids
+//! [`GUEST_PID_BASE`] + the guest's, and no `ID_INDEX`.
 //!
 //! Two passes over the input: [`Plan`] learns which optional sample fields the file needs
 //! (call chains, branch stacks, guest snapshots, CPUs, time range) and [`write()`] writes it.
@@ -51,19 +65,30 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use lbrprof_data::input::InputError;
 use lbrprof_data::model::{
-    AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, HostSample, LbrSnapshot, Loss,
-    LossKind, Mapping, TaskEvent,
+    AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, GuestProcess, HostSample, LbrSnapshot,
+    Loss, LossKind, Mapping, TaskEvent,
 };
 use lbrprof_data::perfdata::abi::*;
 
 use crate::lbr::snapshot_branches;
 
-/// The attribute id of host samples (and of every side-band record).
+/// The id of host samples and of the host's side-band records.
 const HOST_ID: u64 = 1;
-/// The attribute id of guest snapshot samples.
-const GUEST_ID: u64 = 2;
-/// First pseudo pid of a guest (VM `v` is `GUEST_PID_BASE + 1000 * v`).
+/// First pseudo pid of a guest (VM `v` is `GUEST_PID_BASE + 1000 * v`): the guest
+/// machine's pid when the recording does not name its VMM process.
 pub const GUEST_PID_BASE: u32 = 10_000_000;
+/// The guest pid of an address space no guest process names (a single-image guest).
+pub const GUEST_IMAGE_PID: u32 = 1;
+
+/// The id of the guest snapshots of vCPU `vcpu` of VM `vm` (of event `guest-lbr`).
+fn snapshot_id(vm: u32, vcpu: u32) -> u64 {
+    1 << 32 | u64::from(vm.min(0xffff)) << 16 | u64::from(vcpu.min(0xffff))
+}
+
+/// The id of the host event's samples taken while vCPU `vcpu` of VM `vm` ran the guest.
+fn guest_mode_id(vm: u32, vcpu: u32) -> u64 {
+    2 << 32 | u64::from(vm.min(0xffff)) << 16 | u64::from(vcpu.min(0xffff))
+}
 /// `perf_event_header.size` is a u16: records are kept below this.
 const MAX_RECORD: usize = u16::MAX as usize & !7;
 /// Name of the guest snapshot event.
@@ -116,6 +141,23 @@ pub struct Plan {
     vcpus: BTreeSet<u32>,
     /// VMs with guest mappings.
     guest_vms: BTreeSet<u32>,
+    /// VM → the host pid of its VMM process (the guest machine's pid), from the vCPU
+    /// thread events.
+    vm_host_pid: BTreeMap<u32, u32>,
+    /// vCPU → its host thread.
+    vcpu_tid: BTreeMap<u32, u32>,
+    /// VMs whose guest processes the recording names ([`Event::GuestProcess`]).
+    process_vms: BTreeSet<u32>,
+    /// (VM, CR3) → address space, as the events so far name them.
+    cr3_space: BTreeMap<(u32, u64), u32>,
+    /// (VM, address space) → the host time of its first snapshot (or host sample taken
+    /// in it): its side-band records are dated no later (the recorder dates them when it
+    /// drains them).
+    space_first: BTreeMap<(u32, u32), u64>,
+    /// (VM, guest pid) → the address spaces it ran, in order (fork, then each exec).
+    pid_spaces: BTreeMap<(u32, u32), Vec<u32>>,
+    /// vCPU → the address space of its latest snapshot so far (as the writer tracks it).
+    vcpu_space: BTreeMap<u32, u32>,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -151,6 +193,15 @@ impl Plan {
         }
         match ev {
             Event::Sample(s) => {
+                // A vCPU thread's sample in the guest is written in the guest process
+                // the vCPU last ran: that process must be known by then.
+                if s.mode.is_guest()
+                    && let Some(&(vm, vcpu)) = self.vcpu_threads.get(&s.tid)
+                {
+                    let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+                    let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
+                    *first = (*first).min(s.time_ns);
+                }
                 self.host_samples += 1;
                 self.host_callchains |= !s.callchain.is_empty();
                 self.host_branches |= !s.branches.is_empty();
@@ -161,6 +212,11 @@ impl Plan {
                 self.snapshots += 1;
                 self.guest_stacks |= !s.guest_stack.is_empty();
                 self.vcpus.insert(s.vcpu);
+                let vm = self.vm_of(s.vcpu);
+                let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
+                let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
+                *first = (*first).min(s.host_time_ns);
+                self.vcpu_space.insert(s.vcpu, space);
                 self.max_cpu = self.max_cpu.max(s.vcpu);
                 self.time(s.host_time_ns);
             }
@@ -168,11 +224,28 @@ impl Plan {
                 self.vcpu_vm.insert(v.vcpu, v.vm);
                 self.vcpu_threads.insert(v.tid, (v.vm, v.vcpu));
                 self.vcpus.insert(v.vcpu);
+                self.vm_host_pid.entry(v.vm).or_insert(v.pid);
+                self.vcpu_tid.insert(v.vcpu, v.tid);
+            }
+            Event::GuestProcess(p) => {
+                self.process_vms.insert(p.vm);
+                self.guest_vms.insert(p.vm);
+                let spaces = self.pid_spaces.entry((p.vm, p.pid)).or_default();
+                if spaces.last() != Some(&p.space) {
+                    spaces.push(p.space);
+                }
+                for &r in &p.roots {
+                    self.cr3_space.insert((p.vm, r), p.space);
+                }
+                // Its records are dated by its snapshots: perf cannot deliver them in
+                // rounds.
+                self.rounds_out_of_order = true;
             }
             Event::Mapping(m) => {
                 self.kernel_mapped |= m.space == AddressSpace::HostKernel;
                 if let AddressSpace::Guest { vm } = m.space {
                     self.guest_vms.insert(vm);
+                    self.rounds_out_of_order = true;
                 }
                 if let Some(id) = &m.build_id {
                     let kernel = m.space == AddressSpace::HostKernel;
@@ -192,6 +265,76 @@ impl Plan {
 
     fn vm_of(&self, vcpu: u32) -> u32 {
         self.vcpu_vm.get(&vcpu).copied().unwrap_or(0)
+    }
+
+    /// (VM, address space) → the latest time its side-band records may have: before its
+    /// first snapshot and before the records of what its processes ran next (an exec's
+    /// records must not come before the forked process's own, which perf would take for a
+    /// newer process and a newer mapping).
+    fn space_deadlines(&self) -> BTreeMap<(u32, u32), u64> {
+        let mut out: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for (&(vm, _), spaces) in &self.pid_spaces {
+            let mut due = u64::MAX;
+            for &space in spaces.iter().rev() {
+                let first = self
+                    .space_first
+                    .get(&(vm, space))
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                due = due.min(first);
+                let e = out.entry((vm, space)).or_insert(u64::MAX);
+                *e = (*e).min(due);
+            }
+        }
+        for (&key, &first) in &self.space_first {
+            let e = out.entry(key).or_insert(u64::MAX);
+            *e = (*e).min(first);
+        }
+        out
+    }
+
+    /// The VMs of the recording.
+    fn vms(&self) -> BTreeSet<u32> {
+        self.vcpus
+            .iter()
+            .map(|&c| self.vm_of(c))
+            .chain(self.guest_vms.iter().copied())
+            .collect()
+    }
+
+    /// Every (VM, vCPU), with at least vCPU 0 of each VM.
+    fn guest_vcpus(&self) -> BTreeSet<(u32, u32)> {
+        let mut v: BTreeSet<(u32, u32)> = self.vcpus.iter().map(|&c| (self.vm_of(c), c)).collect();
+        for vm in self.vms() {
+            if !v.iter().any(|&(m, _)| m == vm) {
+                v.insert((vm, 0));
+            }
+        }
+        v
+    }
+
+    /// The pid of VM `vm`'s guest machine: its VMM process's host pid, as `perf kvm`
+    /// names a guest by its QEMU's pid.
+    pub fn machine_pid(&self, vm: u32) -> u32 {
+        self.vm_host_pid
+            .get(&vm)
+            .copied()
+            .unwrap_or(GUEST_PID_BASE + 1000 * vm.min(999_000))
+    }
+
+    /// The id the side-band records of VM `vm`'s guest carry (one perf maps to its
+    /// machine).
+    fn side_band_id(&self, vm: u32) -> u64 {
+        let vcpu = self
+            .guest_vcpus()
+            .into_iter()
+            .find(|&(m, _)| m == vm)
+            .map_or(0, |(_, c)| c);
+        if self.snapshots > 0 {
+            snapshot_id(vm, vcpu)
+        } else {
+            guest_mode_id(vm, vcpu)
+        }
     }
 
     /// Whether the file gets a `FINISHED_ROUND` record every [`ROUND_EVENTS`] input
@@ -233,6 +376,10 @@ pub struct Meta {
     /// mapping of its own (lbrprof.data): written as perf record's
     /// `[kernel.kallsyms]_text` MMAP, so perf names kernel frames from kallsyms.
     pub kernel_text: Option<(u64, u64)>,
+    /// Write the guest as user-mode processes of the host (pids [`GUEST_PID_BASE`] +
+    /// the guest's) instead of a guest machine: for readers that know no guest machines
+    /// (perf before 6.0, perf.data parsers other than perf's).
+    pub guest_as_host: bool,
 }
 
 /// What was written.
@@ -268,6 +415,11 @@ pub fn write<W: Write + Seek>(
         stats: WriteStats::default(),
         buf: Vec::with_capacity(4096),
         guest_started: BTreeSet::new(),
+        cr3_space: BTreeMap::new(),
+        space_pid: BTreeMap::new(),
+        guest_pids: BTreeMap::new(),
+        vcpu_space: BTreeMap::new(),
+        space_deadlines: plan.space_deadlines(),
     };
     let attrs = w.attrs();
     // The header and attributes are rewritten at the end, when the data size is known.
@@ -275,11 +427,15 @@ pub fn write<W: Write + Seek>(
     let attrs_offset = w.pos;
     let attrs_len = attrs.len() * (ATTR_SIZE + PERF_FILE_SECTION_LEN);
     w.put(&vec![0; attrs_len])?;
-    let ids_offset = w.pos;
-    for (id, _, _) in &attrs {
-        w.put(&id.to_le_bytes())?;
+    let mut ids_at = Vec::with_capacity(attrs.len());
+    for (ids, _, _) in &attrs {
+        ids_at.push((w.pos, 8 * ids.len() as u64));
+        for id in ids {
+            w.put(&id.to_le_bytes())?;
+        }
     }
     let data_offset = w.pos;
+    w.id_index(&attrs)?;
     if let Some((start, end)) = meta.kernel_text.filter(|_| !plan.kernel_mapped) {
         w.mapping(&Mapping {
             time_ns: 0,
@@ -292,14 +448,8 @@ pub fn write<W: Write + Seek>(
             build_id: None,
         })?;
     }
-    // Guest pseudo-processes first (their COMMs are at time 0).
-    let vms: BTreeSet<u32> = plan
-        .vcpus
-        .iter()
-        .map(|&c| plan.vm_of(c))
-        .chain(plan.guest_vms.iter().copied())
-        .collect();
-    for vm in vms {
+    // Single-image guests' processes first (their COMMs are at time 0).
+    for vm in plan.vms() {
         w.start_guest(vm)?;
     }
     let rounds = plan.rounds();
@@ -346,10 +496,10 @@ pub fn write<W: Write + Seek>(
         head.extend_from_slice(&word.to_le_bytes());
     }
     debug_assert_eq!(head.len(), PERF_FILE_HEADER_LEN);
-    for (i, (_, attr, _)) in attrs.iter().enumerate() {
+    for ((_, attr, _), (at, len)) in attrs.iter().zip(&ids_at) {
         head.extend_from_slice(attr);
-        head.extend_from_slice(&(ids_offset + 8 * i as u64).to_le_bytes());
-        head.extend_from_slice(&8u64.to_le_bytes());
+        head.extend_from_slice(&at.to_le_bytes());
+        head.extend_from_slice(&len.to_le_bytes());
     }
     let stats = w.stats.clone();
     let mut out = w.out.into_inner().map_err(|e| e.into_error())?;
@@ -369,8 +519,19 @@ struct Writer<'a, W: Write> {
     meta: &'a Meta,
     stats: WriteStats,
     buf: Vec<u8>,
-    /// VMs whose pseudo-process and vCPU threads have been announced (COMM).
+    /// VMs whose guest has been announced.
     guest_started: BTreeSet<u32>,
+    /// (VM, CR3) → guest address space, as the stream's guest processes name them.
+    cr3_space: BTreeMap<(u32, u64), u32>,
+    /// (VM, address space) → the guest pid running it.
+    space_pid: BTreeMap<(u32, u32), u32>,
+    /// (VM, guest pid) → its address space and name, once announced.
+    guest_pids: BTreeMap<(u32, u32), (u32, String)>,
+    /// vCPU → the address space of its latest snapshot (where its host samples taken
+    /// in the guest ran).
+    vcpu_space: BTreeMap<u32, u32>,
+    /// [`Plan::space_deadlines`].
+    space_deadlines: BTreeMap<(u32, u32), u64>,
 }
 
 /// The sample_id fields every record carries (`sample_id_all`).
@@ -403,8 +564,10 @@ impl<W: Write> Writer<'_, W> {
         t
     }
 
-    /// (id, perf_event_attr bytes, name) of each event written.
-    fn attrs(&self) -> Vec<(u64, Vec<u8>, String)> {
+    /// (ids, perf_event_attr bytes, name) of each event written: the host event's ids
+    /// are [`HOST_ID`] and one per vCPU for its samples taken in the guest; `guest-lbr`
+    /// has one per vCPU.
+    fn attrs(&self) -> Vec<(Vec<u64>, Vec<u8>, String)> {
         let m = self.meta;
         let (type_, config) = event_type(&m.event);
         let freq = m.frequency > 0;
@@ -428,18 +591,26 @@ impl<W: Write> Writer<'_, W> {
                 0
             },
         );
-        let mut v = vec![(HOST_ID, host, m.event.clone())];
+        let vcpus = self.plan.guest_vcpus();
+        let host_ids = std::iter::once(HOST_ID)
+            .chain(vcpus.iter().map(|&(vm, c)| guest_mode_id(vm, c)))
+            .collect();
+        let mut v = vec![(host_ids, host, m.event.clone())];
         if self.plan.snapshots > 0 {
             let guest = attr(
                 PERF_TYPE_SOFTWARE,
                 PERF_COUNT_SW_CPU_CLOCK,
                 m.snapshot_period.max(1),
                 self.guest_sample_type(),
-                // Every guest sample is written in user mode.
-                ATTR_FLAG_SAMPLE_ID_ALL | ATTR_FLAG_EXCLUDE_KERNEL | ATTR_FLAG_EXCLUDE_HV,
+                // The guest only (its samples are in guest user mode).
+                ATTR_FLAG_SAMPLE_ID_ALL
+                    | ATTR_FLAG_EXCLUDE_KERNEL
+                    | ATTR_FLAG_EXCLUDE_HV
+                    | ATTR_FLAG_EXCLUDE_HOST,
                 PERF_SAMPLE_BRANCH_ANY,
             );
-            v.push((GUEST_ID, guest, GUEST_EVENT.to_owned()));
+            let ids = vcpus.iter().map(|&(vm, c)| snapshot_id(vm, c)).collect();
+            v.push((ids, guest, GUEST_EVENT.to_owned()));
         }
         v
     }
@@ -472,12 +643,67 @@ impl<W: Write> Writer<'_, W> {
 
     /// The sample_id trailer of a side-band record, then writes the record.
     fn finish_side_band(&mut self, pid: u32, tid: u32, time: u64) -> io::Result<()> {
+        self.finish_side_band_of(HOST_ID, pid, tid, time)
+    }
+
+    /// The sample_id trailer with id `id` (which names the machine), then writes it.
+    fn finish_side_band_of(&mut self, id: u64, pid: u32, tid: u32, time: u64) -> io::Result<()> {
         self.u32(pid);
         self.u32(tid);
         self.u64(time);
         self.u32(0);
         self.u32(0);
-        self.u64(HOST_ID);
+        self.u64(id);
+        self.finish()
+    }
+
+    /// `PERF_RECORD_ID_INDEX` (as `perf inject --guest-data` writes it), when there is a
+    /// guest: each id's machine, so that perf files the guest's samples and side-band
+    /// records under a guest machine whose pid is the VMM's (and turns its guest
+    /// support on).
+    fn id_index(&mut self, attrs: &[(Vec<u64>, Vec<u8>, String)]) -> io::Result<()> {
+        if self.plan.vms().is_empty() || self.meta.guest_as_host {
+            return Ok(());
+        }
+        let ids: Vec<u64> = attrs.iter().flat_map(|(ids, _, _)| ids.clone()).collect();
+        let owner = |id: u64| -> Option<(u32, u32)> {
+            self.plan
+                .guest_vcpus()
+                .into_iter()
+                .find(|&(vm, c)| id == snapshot_id(vm, c) || id == guest_mode_id(vm, c))
+        };
+        let owners: Vec<Option<(u32, u32)>> = ids.iter().map(|&id| owner(id)).collect();
+        self.begin(PERF_RECORD_ID_INDEX, 0);
+        self.u64(ids.len() as u64);
+        for (&id, o) in ids.iter().zip(&owners) {
+            // id, idx, cpu (-1: any), tid: the vCPU's host thread.
+            self.u64(id);
+            self.u64(0);
+            self.u64(u64::MAX);
+            let tid = o.map_or(u64::MAX, |(vm, c)| {
+                u64::from(
+                    self.plan
+                        .vcpu_tid
+                        .get(&c)
+                        .copied()
+                        .unwrap_or(self.plan.machine_pid(vm)),
+                )
+            });
+            self.u64(tid);
+        }
+        for o in &owners {
+            // machine_pid (0: the host), vcpu.
+            match o {
+                Some((vm, c)) => {
+                    self.u64(u64::from(self.plan.machine_pid(*vm)));
+                    self.u64(u64::from(*c));
+                }
+                None => {
+                    self.u64(0);
+                    self.u64(u64::MAX);
+                }
+            }
+        }
         self.finish()
     }
 
@@ -497,36 +723,141 @@ impl<W: Write> Writer<'_, W> {
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),
-            Event::Vcpu(_)
-            | Event::VcpuStats(_)
-            | Event::GuestProcess(_)
-            | Event::ExactProfile(_) => Ok(()),
+            Event::GuestProcess(p) => self.guest_process(p),
+            Event::Vcpu(_) | Event::VcpuStats(_) | Event::ExactProfile(_) => Ok(()),
         }
+    }
+
+    /// The guest pid running address space `space` of VM `vm`: the guest process's,
+    /// else [`GUEST_IMAGE_PID`] for a single-image guest's only space (0), else the
+    /// mapping's own pid (a guest of a perf.data input, whose mappings carry pids).
+    fn guest_pid(&self, vm: u32, space: u32) -> u32 {
+        let pid = self
+            .space_pid
+            .get(&(vm, space))
+            .copied()
+            .unwrap_or(if space == 0 { GUEST_IMAGE_PID } else { space });
+        self.pid_written(vm, pid)
+    }
+
+    /// The pid a guest pid is written as: itself in the guest machine, else (with
+    /// [`Meta::guest_as_host`]) a pseudo pid above the kernel's `PID_MAX_LIMIT`
+    /// (4194304), so that it never collides with a host process.
+    fn pid_written(&self, vm: u32, pid: u32) -> u32 {
+        if self.meta.guest_as_host {
+            GUEST_PID_BASE
+                .saturating_add(vm.saturating_mul(GUEST_PID_BASE))
+                .saturating_add(pid)
+        } else {
+            pid
+        }
+    }
+
+    /// The cpumode of the guest's records: guest user, or user with
+    /// [`Meta::guest_as_host`].
+    fn guest_misc(&self) -> u16 {
+        if self.meta.guest_as_host {
+            PERF_RECORD_MISC_USER
+        } else {
+            PERF_RECORD_MISC_GUEST_USER
+        }
+    }
+
+    /// When the side-band records of guest address space `space` are dated: when the
+    /// recorder drained them, unless a snapshot that needs them is older (the recorder
+    /// drains mappings and snapshots in batches): then just before that (see
+    /// [`Plan::space_deadlines`]).
+    fn guest_side_band_time(&self, vm: u32, space: u32, time: u64) -> u64 {
+        match self.space_deadlines.get(&(vm, space)) {
+            Some(&due) if due <= time => due.saturating_sub(1),
+            _ => time,
+        }
+    }
+
+    /// A process in the guest (a Linux program's fork or exec): FORK from its parent
+    /// the first time, then COMM (an exec's with `PERF_RECORD_MISC_COMM_EXEC`), in the
+    /// guest machine.
+    fn guest_process(&mut self, p: &GuestProcess) -> io::Result<()> {
+        for &r in &p.roots {
+            self.cr3_space.insert((p.vm, r), p.space);
+        }
+        self.space_pid.insert((p.vm, p.space), p.pid);
+        let time = self.guest_side_band_time(p.vm, p.space, p.time_ns);
+        let id = self.plan.side_band_id(p.vm);
+        let before = self.guest_pids.get(&(p.vm, p.pid)).cloned();
+        if before.as_ref() == Some(&(p.space, p.comm.clone())) {
+            return Ok(());
+        }
+        if before.is_none() && self.guest_pids.contains_key(&(p.vm, p.ppid)) && p.ppid != p.pid {
+            let (pid, ppid) = (
+                self.pid_written(p.vm, p.pid),
+                self.pid_written(p.vm, p.ppid),
+            );
+            self.begin(PERF_RECORD_FORK, self.guest_misc());
+            for v in [pid, ppid, pid, ppid] {
+                self.u32(v);
+            }
+            self.u64(time);
+            self.stats.task_records += 1;
+            self.finish_side_band_of(id, pid, pid, time)?;
+        }
+        let exec = before.is_some_and(|(space, _)| space != p.space);
+        self.guest_pids
+            .insert((p.vm, p.pid), (p.space, p.comm.clone()));
+        self.guest_comm(p.vm, p.pid, time, &p.comm, exec)
+    }
+
+    fn guest_comm(
+        &mut self,
+        vm: u32,
+        pid: u32,
+        time: u64,
+        comm: &str,
+        exec: bool,
+    ) -> io::Result<()> {
+        let pid = self.pid_written(vm, pid);
+        let misc = self.guest_misc() | if exec { PERF_RECORD_MISC_COMM_EXEC } else { 0 };
+        self.begin(PERF_RECORD_COMM, misc);
+        self.u32(pid);
+        self.u32(pid);
+        self.string(comm);
+        self.stats.task_records += 1;
+        let id = self.plan.side_band_id(vm);
+        self.finish_side_band_of(id, pid, pid, time)
     }
 
     fn host_sample(&mut self, s: &HostSample) -> io::Result<()> {
         // A vCPU thread sampled while its guest ran: the time went to the guest, so the
-        // sample goes to the guest pseudo-process, in user mode, where perf can name it.
+        // sample goes to the guest machine, in the guest process the vCPU last ran, in
+        // guest user mode, where perf can name it.
         let in_guest = s
             .mode
             .is_guest()
             .then(|| self.plan.vcpu_threads.get(&s.tid).copied())
             .flatten();
-        let (pid, tid, mode) = match in_guest {
+        let (id, pid, tid, mode) = match in_guest {
             Some((vm, vcpu)) => {
                 self.start_guest(vm)?;
-                let (pid, tid) = guest_ids(vm, vcpu);
+                let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+                let pid = self.guest_pid(vm, space);
                 self.stats.guest_mode_samples += 1;
-                (pid, tid, CpuMode::User)
+                let mode = if self.meta.guest_as_host {
+                    CpuMode::User
+                } else {
+                    CpuMode::GuestUser
+                };
+                (guest_mode_id(vm, vcpu), pid, pid, mode)
             }
-            None => (s.pid, s.tid, s.mode),
+            None => (HOST_ID, s.pid, s.tid, s.mode),
         };
         self.begin(PERF_RECORD_SAMPLE, misc_of(mode));
         let fixed = 8 * 6 + 8 + 8 + 24 * s.branches.len();
-        self.sample_head(HOST_ID, s.ip, pid, tid, s.time_ns, s.cpu, s.period);
+        self.sample_head(id, s.ip, pid, tid, s.time_ns, s.cpu, s.period);
         if self.plan.host_callchains {
             let frames = s.callchain.iter().map(|f| Frame {
                 addr: f.addr,
+                // perf's call-chain walk knows no guest contexts (it drops the chain):
+                // guest frames are user frames of the guest thread.
                 mode: if in_guest.is_some() && f.mode.is_guest() {
                     CpuMode::User
                 } else {
@@ -605,15 +936,17 @@ impl<W: Write> Writer<'_, W> {
     fn snapshot(&mut self, s: &LbrSnapshot) -> io::Result<()> {
         let vm = self.plan.vm_of(s.vcpu);
         self.start_guest(vm)?;
-        let (pid, tid) = guest_ids(vm, s.vcpu);
-        self.begin(PERF_RECORD_SAMPLE, PERF_RECORD_MISC_USER);
+        let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
+        self.vcpu_space.insert(s.vcpu, space);
+        let pid = self.guest_pid(vm, space);
+        self.begin(PERF_RECORD_SAMPLE, self.guest_misc());
         let branches = snapshot_branches(s);
         let fixed = 8 * 6 + 8 + 8 + 24 * branches.len();
         self.sample_head(
-            GUEST_ID,
+            snapshot_id(vm, s.vcpu),
             s.guest_ip,
             pid,
-            tid,
+            pid,
             s.host_time_ns,
             s.vcpu,
             self.meta.snapshot_period.max(1),
@@ -621,6 +954,8 @@ impl<W: Write> Writer<'_, W> {
         if self.plan.guest_stacks {
             let frames = std::iter::once(s.guest_ip)
                 .chain(s.guest_stack.iter().copied())
+                // User frames of the guest thread: perf's call-chain walk knows no
+                // guest contexts.
                 .map(|addr| Frame {
                     addr,
                     mode: CpuMode::User,
@@ -632,10 +967,11 @@ impl<W: Write> Writer<'_, W> {
         self.finish()
     }
 
-    /// Announces VM `vm`'s pseudo-process and its vCPU threads (before their first sample
-    /// or mapping), at time 0 so that they precede every sample once perf sorts.
+    /// Announces a single-image guest's process (whose recording names no guest
+    /// processes) before its first sample or mapping, at time 0 so that it precedes
+    /// every sample once perf sorts.
     fn start_guest(&mut self, vm: u32) -> io::Result<()> {
-        if !self.guest_started.insert(vm) {
+        if self.plan.process_vms.contains(&vm) || !self.guest_started.insert(vm) {
             return Ok(());
         }
         let name = self
@@ -644,20 +980,9 @@ impl<W: Write> Writer<'_, W> {
             .get(&vm)
             .cloned()
             .unwrap_or_else(|| "guest".to_owned());
-        let (pid, _) = guest_ids(vm, 0);
-        self.comm(pid, pid, 0, &name, false)?;
-        let vcpus: Vec<u32> = self
-            .plan
-            .vcpus
-            .iter()
-            .copied()
-            .filter(|&c| self.plan.vm_of(c) == vm)
-            .collect();
-        for vcpu in vcpus {
-            let (_, tid) = guest_ids(vm, vcpu);
-            self.comm(pid, tid, 0, &format!("guest-vcpu{vcpu}"), false)?;
-        }
-        Ok(())
+        self.guest_pids
+            .insert((vm, GUEST_IMAGE_PID), (0, name.clone()));
+        self.guest_comm(vm, GUEST_IMAGE_PID, 0, &name, false)
     }
 
     fn comm(&mut self, pid: u32, tid: u32, time: u64, comm: &str, exec: bool) -> io::Result<()> {
@@ -671,12 +996,18 @@ impl<W: Write> Writer<'_, W> {
     }
 
     fn mapping(&mut self, m: &Mapping) -> io::Result<()> {
-        let (pid, misc) = match m.space {
-            AddressSpace::HostKernel => (u32::MAX, PERF_RECORD_MISC_KERNEL),
-            AddressSpace::HostUser => (m.pid, PERF_RECORD_MISC_USER),
+        // A guest mapping's pid is its address space's (see `GuestProcess`).
+        let (pid, misc, id, time) = match m.space {
+            AddressSpace::HostKernel => (u32::MAX, PERF_RECORD_MISC_KERNEL, HOST_ID, m.time_ns),
+            AddressSpace::HostUser => (m.pid, PERF_RECORD_MISC_USER, HOST_ID, m.time_ns),
             AddressSpace::Guest { vm } => {
                 self.start_guest(vm)?;
-                (guest_ids(vm, 0).0, PERF_RECORD_MISC_USER)
+                (
+                    self.guest_pid(vm, m.pid),
+                    self.guest_misc(),
+                    self.plan.side_band_id(vm),
+                    self.guest_side_band_time(vm, m.pid, m.time_ns),
+                )
             }
         };
         let build_id = m.build_id.as_deref().filter(|id| id.len() <= 20);
@@ -709,7 +1040,7 @@ impl<W: Write> Writer<'_, W> {
         self.u32(MAP_PRIVATE);
         self.string(&m.path);
         self.stats.mappings += 1;
-        self.finish_side_band(pid, pid, m.time_ns)
+        self.finish_side_band_of(id, pid, pid, time)
     }
 
     fn task(&mut self, t: &TaskEvent) -> io::Result<()> {
@@ -772,7 +1103,7 @@ impl<W: Write> Writer<'_, W> {
     }
 
     /// The feature sections, by feature bit (ascending, as perf reads them).
-    fn features(&self, attrs: &[(u64, Vec<u8>, String)]) -> Vec<(u32, Vec<u8>)> {
+    fn features(&self, attrs: &[(Vec<u64>, Vec<u8>, String)]) -> Vec<(u32, Vec<u8>)> {
         let m = self.meta;
         let mut f = vec![
             (HEADER_BUILD_ID, self.build_id_section()),
@@ -792,11 +1123,13 @@ impl<W: Write> Writer<'_, W> {
         f.push((HEADER_CMDLINE, cmdline));
         let mut desc = (attrs.len() as u32).to_le_bytes().to_vec();
         desc.extend_from_slice(&(ATTR_SIZE as u32).to_le_bytes());
-        for (id, attr, name) in attrs {
+        for (ids, attr, name) in attrs {
             desc.extend_from_slice(attr);
-            desc.extend_from_slice(&1u32.to_le_bytes());
+            desc.extend_from_slice(&(ids.len() as u32).to_le_bytes());
             desc.extend_from_slice(&header_string(name));
-            desc.extend_from_slice(&id.to_le_bytes());
+            for id in ids {
+                desc.extend_from_slice(&id.to_le_bytes());
+            }
         }
         f.push((HEADER_EVENT_DESC, desc));
         if self.plan.host_branches || self.plan.snapshots > 0 {
@@ -1120,6 +1453,14 @@ mod tests {
     }
 
     fn write_file(events: &[Event], dir: &std::path::Path) -> (std::path::PathBuf, WriteStats) {
+        write_file_with(events, dir, false)
+    }
+
+    fn write_file_with(
+        events: &[Event],
+        dir: &std::path::Path,
+        guest_as_host: bool,
+    ) -> (std::path::PathBuf, WriteStats) {
         let mut plan = Plan::default();
         events.iter().for_each(|e| plan.observe(e));
         let meta = Meta {
@@ -1128,6 +1469,7 @@ mod tests {
             snapshot_period: 1,
             hostname: "h".into(),
             version: "test".into(),
+            guest_as_host,
             ..Meta::default()
         };
         let path = dir.join("out.perf.data");
@@ -1137,8 +1479,8 @@ mod tests {
     }
 
     /// What lbrprof writes, lbrprof's own perf.data import reads back as the same
-    /// samples, mappings and task events (guest snapshots come back as user-mode samples
-    /// of the guest pseudo-process).
+    /// samples, mappings and task events (guest snapshots come back as guest-user-mode
+    /// samples of the guest's process, pid 1 for a single-image guest).
     #[test]
     fn the_import_reads_back_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -1161,11 +1503,11 @@ mod tests {
         assert_eq!(samples[0], &host_sample(100, true));
         // A sample without branches in a file whose samples have branch stacks.
         assert_eq!(samples[2], &host_sample(200, false));
-        let (gpid, gtid) = guest_ids(0, 1);
+        let (gpid, gtid) = (GUEST_IMAGE_PID, GUEST_IMAGE_PID);
         let g = samples[1];
         assert_eq!(
             (g.pid, g.tid, g.cpu, g.ip, g.mode),
-            (gpid, gtid, 1, 0x1044, CpuMode::User)
+            (gpid, gtid, 1, 0x1044, CpuMode::GuestUser)
         );
         let addrs: Vec<u64> = g.callchain.iter().map(|f| f.addr).collect();
         assert_eq!(addrs, vec![0x1044, 0x2000]);
@@ -1185,6 +1527,7 @@ mod tests {
             m
         });
         assert_eq!((maps[1].pid, maps[1].start), (gpid, 0x1000));
+        assert!(matches!(maps[1].space, AddressSpace::Guest { .. }));
         let comms: Vec<(u32, String)> = back
             .iter()
             .filter_map(|e| match e {
@@ -1193,10 +1536,7 @@ mod tests {
             })
             .collect();
         assert!(comms.contains(&(43, "prog".to_owned())), "{comms:?}");
-        assert!(
-            comms.contains(&(gtid, "guest-vcpu1".to_owned())),
-            "{comms:?}"
-        );
+        assert!(comms.contains(&(gtid, "guest".to_owned())), "{comms:?}");
         assert!(
             back.iter()
                 .any(|e| matches!(e, Event::Task(TaskEvent::Exit { tid: 43, .. })))
@@ -1225,6 +1565,125 @@ mod tests {
             count: 1,
             tid: None,
         })
+    }
+
+    /// A Linux program's guest processes (fork, exec) become processes of the guest
+    /// machine: each snapshot in the process its CR3 names, each mapping in its address
+    /// space's process, dated no later than the first snapshot that needs it.
+    #[test]
+    fn guest_processes_are_processes_of_the_guest_machine() {
+        let process = |space, pid, ppid, comm: &str, root| {
+            Event::GuestProcess(GuestProcess {
+                time_ns: 100,
+                vm: 0,
+                space,
+                pid,
+                ppid,
+                comm: comm.into(),
+                exe: format!("/bin/{comm}"),
+                roots: vec![root, root | 0x1000],
+            })
+        };
+        let map = |space, path: &str| {
+            Event::Mapping(Mapping {
+                time_ns: 100,
+                space: AddressSpace::Guest { vm: 0 },
+                pid: space,
+                start: 0x40_0000,
+                len: 0x1000,
+                pgoff: 0,
+                path: path.into(),
+                build_id: None,
+            })
+        };
+        let snap = |cr3, time| {
+            let mut s = snapshot(0, time);
+            s.cr3 = cr3;
+            Event::Snapshot(s)
+        };
+        let evs = vec![
+            Event::Vcpu(VcpuThread {
+                time_ns: 1,
+                vm: 0,
+                vcpu: 0,
+                pid: 500,
+                tid: 501,
+            }),
+            process(0, 7, 0, "sh", 0x10_0000),
+            map(0, "/bin/sh"),
+            process(1, 8, 7, "sh", 0x20_0000),
+            process(2, 8, 7, "producer", 0x30_0000),
+            map(2, "/bin/producer"),
+            // Taken before the recorder drained the exec's records.
+            snap(0x30_0000, 90),
+            snap(0x10_1000, 95),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let (path, stats) = write_file(&evs, dir.path());
+        assert_eq!(stats.guest_samples, 2);
+        let mut input = open_any(&path).unwrap();
+        let back: Vec<Event> = input.by_ref().map(Result::unwrap).collect();
+        let pids: Vec<(u32, CpuMode)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Sample(s) => Some((s.pid, s.mode)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pids, vec![(8, CpuMode::GuestUser), (7, CpuMode::GuestUser)]);
+        let maps: Vec<(u32, &str, u64)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mapping(m) => Some((m.pid, m.path.as_str(), m.time_ns)),
+                _ => None,
+            })
+            .collect();
+        // In time order.
+        assert_eq!(maps, vec![(8, "/bin/producer", 89), (7, "/bin/sh", 94)]);
+        let tasks: Vec<&TaskEvent> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Task(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            tasks.iter().any(|t| matches!(
+                t,
+                TaskEvent::Fork {
+                    pid: 8,
+                    ppid: 7,
+                    ..
+                }
+            )),
+            "{tasks:?}"
+        );
+        assert!(
+            tasks
+                .iter()
+                .any(|t| matches!(t, TaskEvent::Exec { pid: 8, comm, .. } if comm == "producer")),
+            "{tasks:?}"
+        );
+
+        // As host processes: pseudo pids, user mode.
+        let (path, _) = write_file_with(&evs, dir.path(), true);
+        let back: Vec<Event> = open_any(&path).unwrap().map(Result::unwrap).collect();
+        let pids: Vec<(u32, CpuMode)> = back
+            .iter()
+            .filter_map(|e| match e {
+                Event::Sample(s) => Some((s.pid, s.mode)),
+                _ => None,
+            })
+            .collect();
+        let pseudo = |pid| GUEST_PID_BASE + pid;
+        assert_eq!(
+            pids,
+            vec![(pseudo(8), CpuMode::User), (pseudo(7), CpuMode::User)]
+        );
+        assert!(back.iter().any(|e| matches!(
+            e,
+            Event::Task(TaskEvent::Fork { pid, ppid, .. }) if *pid == pseudo(8) && *ppid == pseudo(7)
+        )));
     }
 
     /// Rounds only when no event would come after perf flushed past its time: a stream

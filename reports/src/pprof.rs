@@ -18,7 +18,10 @@
 //!   tables keep lbrprof's `<module>+0x<offset>` names.
 //! * With the aggregator's timeline ([`crate::aggregate::Timeline`]), samples are also
 //!   kept apart by thread and labelled `pid`, `tid` and `comm` (the thread's command),
-//!   so `-tagfocus comm=NAME` or `-tagroot pid` split a profile by process. These are
+//!   so `-tagfocus comm=NAME` or `-tagroot pid` split a profile by process. A guest
+//!   snapshot taken in a guest process the recording names (a Linux program's fork or
+//!   exec, by its CR3) has that process's guest pid and command (`tid` = `pid`: guest
+//!   threads are not named), else its vCPU thread's. These are
 //!   string labels, as fleet profilers (Pyroscope, Parca) index them (and pprof would
 //!   drop a unitless numeric label of value 0, the idle task's).
 //! * A location in inlined code has one line per function of the inline chain, innermost
@@ -390,7 +393,7 @@ pub fn build(
                 });
             }
         }
-        if let Some((pid, tid)) = thread {
+        if let Some((pid, tid, comm)) = thread {
             label.push(PbLabel {
                 key: pid_key,
                 str: b.string(&pid.to_string()),
@@ -401,10 +404,10 @@ pub fn build(
                 str: b.string(&tid.to_string()),
                 ..PbLabel::default()
             });
-            if let Some(comm) = profile.comms.get(&tid) {
+            if let Some(comm) = comm {
                 label.push(PbLabel {
                     key: comm_key,
-                    str: b.string(comm),
+                    str: b.string(&comm),
                     ..PbLabel::default()
                 });
             }
@@ -487,10 +490,11 @@ pub fn build(
     (pb, stats)
 }
 
-/// The stacks to write, each with its host (pid, tid) when the profile has a timeline
-/// (a guest snapshot's are its vCPU thread's, when the recording names it), in a stable
-/// order. Guest stacks end in their `[guest vcpuN]` root, as in [`Profile::stacks`].
-type ThreadStack = (Vec<Loc>, Option<(u32, u32)>);
+/// The stacks to write, each with its (pid, tid, comm) when the profile has a timeline,
+/// in a stable order: a host sample's thread; a guest snapshot's guest process (pid =
+/// tid = its guest pid) when the recording names it, else its vCPU thread's. Guest
+/// stacks end in their `[guest vcpuN]` root, as in [`Profile::stacks`].
+type ThreadStack = (Vec<Loc>, Option<(u32, u32, Option<String>)>);
 fn labelled_stacks(profile: &Profile) -> Vec<(ThreadStack, Count)> {
     let mut out: Vec<(ThreadStack, Count)> = match &profile.timeline {
         None => profile
@@ -499,16 +503,17 @@ fn labelled_stacks(profile: &Profile) -> Vec<(ThreadStack, Count)> {
             .map(|(s, c)| ((s.clone(), None), *c))
             .collect(),
         Some(tl) => {
-            let mut groups: HashMap<(u32, Option<u32>, u32, u32), Count> = HashMap::new();
+            type Key = (u32, Option<u32>, u32, u32, Option<u32>);
+            let mut groups: HashMap<Key, Count> = HashMap::new();
             for s in &tl.samples {
                 groups
-                    .entry((s.stack, s.vcpu, s.pid, s.tid))
+                    .entry((s.stack, s.vcpu, s.pid, s.tid, s.guest_process))
                     .or_default()
                     .add_n(1, s.weight);
             }
             groups
                 .into_iter()
-                .map(|((stack, vcpu, pid, tid), c)| {
+                .map(|((stack, vcpu, pid, tid, guest), c)| {
                     let mut locs = tl.stacks[stack as usize].clone();
                     if let Some(vcpu) = vcpu {
                         locs.push(Loc {
@@ -516,7 +521,11 @@ fn labelled_stacks(profile: &Profile) -> Vec<(ThreadStack, Count)> {
                             offset: u64::from(vcpu),
                         });
                     }
-                    let thread = (pid != 0 || tid != 0).then_some((pid, tid));
+                    let thread = match guest.map(|g| &tl.guest_processes[g as usize]) {
+                        Some(p) => Some((p.pid, p.pid, Some(p.comm.clone()))),
+                        None => (pid != 0 || tid != 0)
+                            .then(|| (pid, tid, profile.comms.get(&tid).cloned())),
+                    };
                     ((locs, thread), c)
                 })
                 .collect()

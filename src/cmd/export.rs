@@ -53,6 +53,17 @@ pub struct Args {
     /// `guest-vcpuN`), with MMAP2/COMM records and build-ids.
     #[arg(long)]
     pub perf_data: bool,
+    /// With --perf-data: leave call chains out of the file. perf2bolt reads `perf script
+    /// -F pid,ip,brstack`, which prints a sample's call chain over several lines, and
+    /// needs one line per sample.
+    #[arg(long)]
+    pub no_callchains: bool,
+    /// With --perf-data: how the guest is written. `guest` (the default): a perf guest
+    /// machine (guest user cpumode, the guest's own pids), as perf 6.0 and later read
+    /// it. `host`: user-mode processes of the host with pids 10000000 + the guest's, for
+    /// readers that know no guest machines (older perf, other perf.data parsers).
+    #[arg(long, value_name = "MODE", value_parser = ["guest", "host"])]
+    pub guest_cpumode: Option<String>,
     /// Write a Firefox Profiler profile (processed-profile JSON, as samply writes it;
     /// gzip-compressed when FILE ends in .gz): one track per sampled host thread and per
     /// guest vCPU, every sample at its time with its stack, guest LBR snapshots also as
@@ -73,6 +84,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.perf_data && (args.no_callchains || args.guest_cpumode.is_some()) {
+        anyhow::bail!("--no-callchains and --guest-cpumode apply to --perf-data only");
+    }
     if args.pprof {
         return pprof(args);
     }

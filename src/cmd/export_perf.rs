@@ -49,7 +49,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let meta = meta(&first, &plan);
+    if args.no_callchains {
+        plan.host_callchains = false;
+        plan.guest_stacks = false;
+    }
+    let mut meta = meta(&first, &plan);
+    meta.guest_as_host = args.guest_cpumode.as_deref() == Some("host");
 
     // Pass 2: write it, beside the destination, then move it in place (so that a failed
     // export, or one whose output is its input, never destroys a file).
@@ -87,9 +92,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if stats.guest_mode_samples > 0 {
         eprintln!(
-            "lbrprof: {} host samples of vCPU threads running the guest are in the guest's pseudo-process (pid {}), where perf names their guest code",
+            "lbrprof: {} host samples of vCPU threads running the guest are in the guest's processes{}, where perf names their guest code",
             stats.guest_mode_samples,
-            perfdata_out::guest_ids(0, 0).0
+            if meta.guest_as_host {
+                " (pids 10000000 + the guest's)"
+            } else {
+                " (guest machine, guest user mode)"
+            }
         );
     }
     if stats.truncated_frames > 0 {
@@ -117,7 +126,7 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
     let mut guest_names = std::collections::BTreeMap::new();
     if let Target::Vm { image, .. } = &h.target {
         let name = image.rsplit(['/', ':']).next().unwrap_or(image);
-        guest_names.insert(0, format!("guest:{name}"));
+        guest_names.insert(0, name.to_owned());
     }
     Meta {
         event,
@@ -136,6 +145,7 @@ fn meta(input: &Input, plan: &Plan) -> Meta {
         } else {
             None
         },
+        guest_as_host: false,
     }
 }
 
