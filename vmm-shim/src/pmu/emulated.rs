@@ -25,6 +25,7 @@ use super::tracer::{
     GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
 };
 use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
+use crate::hook::ShimCode;
 use crate::snapshot::{LbrSnapshot, SnapshotReason};
 
 /// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
@@ -120,6 +121,29 @@ pub struct EmulatedConfig {
     pub empty_windows: bool,
     /// Print every interpreter halt (hand-back to breakpoints) on stderr.
     pub log_halts: bool,
+    /// Shim-driven sampling in sampled mode: draw each interval to the next snapshot at
+    /// random (exponentially distributed around the period, a Poisson process in time),
+    /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
+    /// period (deterministic, for tests).
+    pub random_intervals: bool,
+}
+
+/// Where an exit left the guest, for sampled mode's choice of where a sample may be taken.
+///
+/// A sample must be taken at a point in time independent of what the program does, so
+/// that the share of samples in a function approximates its share of the guest's time.
+/// Opened at the program's own exits (system calls, page faults), windows would credit
+/// code near exits with the time the VMM spent serving them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitPoint {
+    /// An asynchronous event (the exit timer's kick) found the vCPU running the guest's
+    /// own code: a fair sample point.
+    Async,
+    /// Anything else: an exit the guest made, a kick that arrived while the VMM served
+    /// an exit, a stop in the VMM's own code in the guest. A sample falling due here is
+    /// skipped and the next one drawn (thinning the Poisson process of sample times
+    /// leaves the accepted ones uniform over the guest's own running time).
+    Sync,
 }
 
 impl EmulatedConfig {
@@ -136,6 +160,7 @@ impl EmulatedConfig {
             interpret: true,
             empty_windows: false,
             log_halts: false,
+            random_intervals: false,
         }
     }
 }
@@ -152,6 +177,16 @@ pub struct EmulatedVcpu {
     throttle: Throttle,
     /// When the current sampling window started tracing (sampled mode), host ns.
     window_started_ns: Option<u64>,
+    /// Shim-driven sampling: the mean interval to the next snapshot, cycles (the period,
+    /// or longer as the overhead budget stretches it).
+    mean_period: u64,
+    /// Draws random intervals ([`EmulatedConfig::random_intervals`]).
+    rng: Option<fastrand::Rng>,
+    /// Samples that fell due at a [`ExitPoint::Sync`] exit and were skipped.
+    skipped_samples: u64,
+    /// The VMM's code in the guest: a snapshot taken there is credited to the code it
+    /// interrupted.
+    shim_code: Option<ShimCode>,
 }
 
 impl EmulatedVcpu {
@@ -177,11 +212,43 @@ impl EmulatedVcpu {
                 _ => Throttle::disabled(),
             },
             window_started_ns: None,
+            mean_period: 0,
+            rng: cfg.random_intervals.then(fastrand::Rng::new),
+            skipped_samples: 0,
+            shim_code: None,
         };
         if let Sampling::Shim { period } = cfg.sampling {
-            v.arm_shim(period, true);
+            v.mean_period = period;
+            let first = v.next_interval();
+            v.arm_shim(first, true);
         }
         v
+    }
+
+    /// The VMM's own code in the guest (see [`ShimCode`]): snapshots taken there are
+    /// credited to the code it interrupted, and no sample is taken there.
+    pub fn set_shim_code(&mut self, shim: Option<ShimCode>) {
+        self.shim_code = shim;
+    }
+
+    /// Whether `rip` is the VMM's own code in the guest.
+    pub fn in_shim_code(&self, rip: u64) -> bool {
+        self.shim_code.as_ref().is_some_and(|s| s.contains(rip))
+    }
+
+    /// Samples skipped because they fell due at a [`ExitPoint::Sync`] exit.
+    pub fn skipped_samples(&self) -> u64 {
+        self.skipped_samples
+    }
+
+    /// The interval to the next shim-driven sample, cycles: the mean period, or with
+    /// random intervals an exponential draw around it (capped at 20 means, a 2e-9 tail).
+    fn next_interval(&mut self) -> u64 {
+        let mean = self.mean_period.max(1);
+        let Some(rng) = &mut self.rng else {
+            return mean;
+        };
+        exponential(1.0 - rng.f64(), mean)
     }
 
     /// The fixed counter shim-driven sampling uses: INST_RETIRED.ANY in exact mode (so
@@ -287,10 +354,29 @@ impl EmulatedVcpu {
         self.pmu.wrmsr(msr, value)
     }
 
-    /// Any exit but a debug exit, after the shim served it.
+    /// Any exit but a debug exit, after the shim served it, taken as an
+    /// [`ExitPoint::Async`] one (see [`EmulatedVcpu::on_exit_at`]).
     pub fn on_exit(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
+        self.on_exit_at(g, now_ns, ExitPoint::Async)
+    }
+
+    /// Any exit but a debug exit, after the shim served it; `at` says whether a
+    /// shim-driven sample may be taken here.
+    pub fn on_exit_at(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        now_ns: u64,
+        at: ExitPoint,
+    ) -> Result<Resume, TraceError> {
         let r = if self.tracer.tracing() || self.cfg.mode == TraceMode::Exact {
             self.tracer.sync(g, &mut self.pmu)?;
+            self.tracer.replan(g, &mut self.pmu)?
+        } else if at == ExitPoint::Sync && self.shim_sample_due(self.elapsed_cycles(now_ns)) {
+            // Not a fair point for the sample (see `ExitPoint`): skip it, draw the next.
+            // The counter's value means nothing to a guest that does not own the PMU.
+            self.skipped_samples += 1;
+            let next = self.next_interval();
+            self.arm_shim(next, false);
             self.tracer.replan(g, &mut self.pmu)?
         } else {
             let cycles = self.elapsed_cycles(now_ns);
@@ -343,6 +429,15 @@ impl EmulatedVcpu {
         }
     }
 
+    /// Shim-driven sampling: the next sample is due after `cycles` more.
+    fn shim_sample_due(&self, cycles: u64) -> bool {
+        matches!(self.cfg.sampling, Sampling::Shim { .. })
+            && self
+                .pmu
+                .instructions_until_pmi(3)
+                .is_some_and(|due| cycles.saturating_add(1) >= due)
+    }
+
     fn elapsed_cycles(&self, now_ns: u64) -> u64 {
         let ns = now_ns.saturating_sub(self.last_ns.unwrap_or(now_ns));
         ((u128::from(ns) * u128::from(self.cfg.cycles_per_sec)) / 1_000_000_000) as u64
@@ -368,8 +463,9 @@ impl EmulatedVcpu {
             }
             Sampling::Shim { period } => {
                 self.send_snapshot(g, now_ns, None);
-                let period = self.throttled_period(period, now_ns);
-                self.arm_shim(period, false);
+                self.mean_period = self.throttled_period(period, now_ns);
+                let next = self.next_interval();
+                self.arm_shim(next, false);
                 let mut r = self.tracer.replan(g, &mut self.pmu)?;
                 r.pmi = true;
                 Ok(r)
@@ -410,6 +506,21 @@ impl EmulatedVcpu {
         if let Ok(cpu) = g.cpu() {
             ctx.guest_ip = cpu.rip;
             ctx.guest_sp = cpu.rsp;
+            // In the VMM's own code (a trap stub): the snapshot is the interrupted code's.
+            if let Some(shim) = &self.shim_code
+                && shim.contains(cpu.rip)
+            {
+                let mut read = |gva: u64| {
+                    let mut b = [0u8; 8];
+                    g.read_virt(gva, &mut b)
+                        .ok()
+                        .map(|()| u64::from_le_bytes(b))
+                };
+                if let Some((ip, sp)) = shim.interrupted(cpu.rip, cpu.rsp, cpu.rcx, &mut read) {
+                    ctx.guest_ip = ip;
+                    ctx.guest_sp = sp;
+                }
+            }
             ctx.guest_fp = cpu.rbp;
             ctx.cr3 = cpu.cr3;
             ctx.guest_stack = walk_frame_pointers(g, cpu.rbp, self.cfg.max_stack_frames);
@@ -437,6 +548,13 @@ impl EmulatedVcpu {
             ((u128::from(c) * 1_000_000_000) / u128::from(self.cfg.cycles_per_sec.max(1))) as u64
         })
     }
+}
+
+/// An exponentially distributed interval with mean `mean` from `u`, uniform in (0, 1],
+/// capped at 20 means.
+fn exponential(u: f64, mean: u64) -> u64 {
+    let x = -u.clamp(f64::MIN_POSITIVE, 1.0).ln() * mean as f64;
+    (x.min(20.0 * mean as f64) as u64).max(1)
 }
 
 #[cfg(test)]

@@ -163,6 +163,8 @@ impl LbrSetup {
         cfg.interpret = self.opts.interpret;
         cfg.empty_windows = self.opts.empty_windows;
         cfg.log_halts = self.opts.log_halts;
+        // A real vCPU's samples must not lock onto the program's rhythm.
+        cfg.random_intervals = true;
         cfg
     }
 

@@ -298,3 +298,115 @@ fn exact_mode_is_never_throttled() {
     assert!(pmis >= 40, "{pmis} snapshots");
     assert_eq!(v.throttle_stats(), ThrottleStats::default());
 }
+
+/// Like [`run`], but the program also makes an exit of its own (a system call) every
+/// `every` instructions, which the VMM takes `service_ns` to serve; the timer's exits
+/// are [`ExitPoint::Async`] and the program's are `program_exits`.
+fn run_with_exits(
+    v: &mut EmulatedVcpu,
+    g: &mut Fake,
+    every: u64,
+    service_ns: u64,
+    program_exits: ExitPoint,
+) {
+    let mut now = 0;
+    let mut r = v.on_start(g, now).unwrap();
+    let mut since_exit = 0;
+    for _ in 0..1_000_000 {
+        match g.run(&r) {
+            Ran::End => break,
+            Ran::Debug => r = v.on_debug(g, now).unwrap(),
+            Ran::Free => {
+                let deadline = r.deadline_cycles.unwrap_or(u64::MAX);
+                let ran = g.free_run(deadline.min(every - since_exit));
+                if ran == 0 {
+                    break;
+                }
+                now += ran;
+                since_exit += ran;
+                if since_exit == every {
+                    since_exit = 0;
+                    now += service_ns;
+                    r = v.on_exit_at(g, now, program_exits).unwrap();
+                } else {
+                    r = v.on_exit(g, now).unwrap();
+                }
+            }
+        }
+    }
+    v.on_stop(g, now);
+}
+
+#[test]
+fn samples_are_not_taken_at_the_programs_own_exits() {
+    // ~60,000 instructions, a sample per 3,000 ns; an exit every 100 instructions that
+    // costs the VMM 1,000 ns to serve (ten times the guest's own time).
+    let windows = |program_exits| {
+        let (sink, _rx) = SnapshotSink::bounded(1024);
+        let mut cfg = sampled_shim(0, 3_000);
+        cfg.random_intervals = true;
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        v.rng = Some(fastrand::Rng::with_seed(1));
+        let mut g = program_a(20_000, 2);
+        run_with_exits(&mut v, &mut g, 100, 1_000, program_exits);
+        (v.tracer_stats().windows, v.skipped_samples())
+    };
+    // Taken at any exit, samples follow the VMM's serving time: ~220 of them, nearly
+    // all where the program exits.
+    let (biased, _) = windows(ExitPoint::Async);
+    assert!(biased > 150, "{biased} windows");
+    // Only where the timer found the guest running: about guest time / period (20),
+    // the rest skipped. (With fixed intervals they could lock onto the program's
+    // rhythm: 3,000 ns after an exit always falls in the 1,000 ns of serving one.)
+    let (fair, skipped) = windows(ExitPoint::Sync);
+    assert!((5..=30).contains(&fair), "{fair} windows");
+    assert!(skipped > 100, "{skipped} skipped");
+}
+
+#[test]
+fn random_intervals_are_exponential_around_the_period() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let n = 20_000;
+    let draws: Vec<u64> = (0..n).map(|_| exponential(1.0 - rng.f64(), 1000)).collect();
+    let mean = draws.iter().sum::<u64>() as f64 / n as f64;
+    assert!((950.0..1050.0).contains(&mean), "mean {mean}");
+    // Memoryless: as many draws beyond 2 means as the exponential's e^-2 share.
+    let tail = draws.iter().filter(|&&d| d > 2000).count() as f64 / n as f64;
+    assert!((0.12..0.15).contains(&tail), "tail {tail}");
+    assert!(draws.iter().all(|&d| (1..=20_000).contains(&d)));
+    assert_eq!(exponential(0.0, 1000), 20_000, "capped");
+    assert_eq!(exponential(1.0, 1000), 1, "never zero");
+}
+
+#[test]
+fn a_snapshot_in_the_vmms_stub_is_the_interrupted_codes() {
+    let shim = ShimCode {
+        stubs: 0x4000..0x5000,
+        syscall: 0x5000..0x5010,
+    };
+    let snapshot_at = |rip: u64, cpl: u8| {
+        let (sink, rx) = SnapshotSink::bounded(4);
+        let mut v = EmulatedVcpu::new(sampled_shim(0, 1_000_000), Some(sink));
+        v.set_shim_code(Some(shim.clone()));
+        // The CPU's trap frame at RSP (0 in the fake): RIP, CS, RFLAGS, RSP, SS.
+        let mut frame = Vec::new();
+        for w in [0x1111u64, 0x33, 0x202, 0x7000, 0x2b] {
+            frame.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut g = Fake::new(
+            vec![(0, frame), (rip, vec![0xe6, 0xd0, 0x48, 0x0f, 0x07])],
+            vec![(rip, cpl)],
+        );
+        g.rcx = 0x2222;
+        v.on_start(&mut g, 0).unwrap();
+        v.on_stop(&mut g, 10);
+        let s = rx.try_iter().last().unwrap();
+        (s.guest_ip, s.guest_sp)
+    };
+    // The SYSCALL stub: RCX is where the caller resumes; RSP is its own.
+    assert_eq!(snapshot_at(0x5002, 3), (0x2222, 0));
+    // An exception stub: the trap frame's.
+    assert_eq!(snapshot_at(0x4010, 0), (0x1111, 0x7000));
+    // Guest code stays as it is.
+    assert_eq!(snapshot_at(0x6000, 3).0, 0x6000);
+}
