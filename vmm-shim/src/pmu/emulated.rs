@@ -187,6 +187,25 @@ pub struct EmulatedVcpu {
     /// The VMM's code in the guest: a snapshot taken there is credited to the code it
     /// interrupted.
     shim_code: Option<ShimCode>,
+    /// Shim-driven sampling in sampled mode: where the open window's sample point found
+    /// the guest (see [`Origin`]).
+    window_origin: Option<Origin>,
+    /// The VM's smoothed sampling-episode cost, ns, shared by its vCPUs (see
+    /// [`EmulatedVcpu::share_episode_costs`]).
+    shared_cost_ns: Option<Arc<AtomicU64>>,
+}
+
+/// Where a sampled-mode window started: the guest's IP, SP, FP and stack at the sample
+/// point. The snapshot is credited there, not to where the window's last branch left
+/// the guest: the sample point is uniform in the guest's time, while the window's end
+/// lies a fixed number of branches later, which would weight code by its branches
+/// (a loop with few instructions per branch would gain at the expense of long blocks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    stack: Vec<u64>,
 }
 
 impl EmulatedVcpu {
@@ -216,6 +235,8 @@ impl EmulatedVcpu {
             rng: cfg.random_intervals.then(fastrand::Rng::new),
             skipped_samples: 0,
             shim_code: None,
+            window_origin: None,
+            shared_cost_ns: None,
         };
         if let Sampling::Shim { period } = cfg.sampling {
             v.mean_period = period;
@@ -229,6 +250,29 @@ impl EmulatedVcpu {
     /// credited to the code it interrupted, and no sample is taken there.
     pub fn set_shim_code(&mut self, shim: Option<ShimCode>) {
         self.shim_code = shim;
+    }
+
+    /// Shares the overhead budget's smoothed episode cost with the VM's other vCPUs
+    /// through `cost_ns` (0 = none yet): a vCPU that starts later (a forked process, a
+    /// new thread) starts from it. Starting from nothing, each new process would be
+    /// sampled at the full rate until its first window, so the start-up of every process
+    /// would weigh more than its time.
+    pub fn share_episode_costs(&mut self, cost_ns: Arc<AtomicU64>) {
+        self.throttle.seed(cost_ns.load(Ordering::Relaxed));
+        if let Some(avg) = self.throttle.avg_cost_ns()
+            && self.throttle.enabled()
+        {
+            // Seeded: the first interval is already the budget's.
+            let cps = u128::from(self.cfg.cycles_per_sec.max(1));
+            let pct = u128::from(self.throttle.percent());
+            let needed = u128::from(avg) * (100 - pct) / pct * cps / 1_000_000_000;
+            if needed > u128::from(self.mean_period) {
+                self.mean_period = needed.min(u128::from(u64::MAX)) as u64;
+                let first = self.next_interval();
+                self.arm_shim(first, false);
+            }
+        }
+        self.shared_cost_ns = Some(cost_ns);
     }
 
     /// Whether `rip` is the VMM's own code in the guest.
@@ -339,6 +383,7 @@ impl EmulatedVcpu {
         self.tracer.forget_program();
         self.pmu.clear_lbr();
         self.window_started_ns = None;
+        self.window_origin = None;
     }
 
     /// A guest RDMSR of one of the routed MSRs.
@@ -380,7 +425,17 @@ impl EmulatedVcpu {
             self.tracer.replan(g, &mut self.pmu)?
         } else {
             let cycles = self.elapsed_cycles(now_ns);
-            let cpl = g.cpu()?.cpl;
+            let cpu = g.cpu()?;
+            let cpl = cpu.cpl;
+            if self.shim_sample_due(cycles) {
+                // The sample point: a window opens here.
+                self.window_origin = Some(Origin {
+                    ip: cpu.rip,
+                    sp: cpu.rsp,
+                    fp: cpu.rbp,
+                    stack: walk_frame_pointers(g, cpu.rbp, self.cfg.max_stack_frames),
+                });
+            }
             let windows = self.tracer.stats().windows;
             let started = std::time::Instant::now();
             let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
@@ -420,9 +475,15 @@ impl EmulatedVcpu {
             sink.send_profile(p);
         }
         // A sampled window still open holds only its first branches (the LBR was emptied
-        // when it opened): not a snapshot worth its empty slots.
-        let partial = matches!(self.cfg.mode, TraceMode::Sampled { .. }) && self.tracer.tracing();
+        // when it opened): not a snapshot worth its empty slots. With shim-driven
+        // sampling in sampled mode no final snapshot at all: the LBR holds the last
+        // window's branches, already sent, and the end of a program (`_exit`) is no
+        // sample point (each process of a pipeline would add one there).
+        let sampled = matches!(self.cfg.mode, TraceMode::Sampled { .. });
+        let partial = sampled && self.tracer.tracing();
+        let shim_sampled = sampled && matches!(self.cfg.sampling, Sampling::Shim { .. });
         if !partial
+            && !shim_sampled
             && (self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }))
         {
             self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
@@ -485,6 +546,9 @@ impl EmulatedVcpu {
         let ns = self
             .throttle
             .next_interval_ns(now_ns.saturating_sub(start), requested_ns);
+        if let (Some(shared), Some(avg)) = (&self.shared_cost_ns, self.throttle.avg_cost_ns()) {
+            shared.store(avg, Ordering::Relaxed);
+        }
         if ns == requested_ns {
             return period;
         }
@@ -503,7 +567,18 @@ impl EmulatedVcpu {
             reason,
             ..SnapshotContext::default()
         };
-        if let Ok(cpu) = g.cpu() {
+        let origin = if reason.is_none() {
+            self.window_origin.take()
+        } else {
+            None
+        };
+        if let Some(o) = origin {
+            ctx.guest_ip = o.ip;
+            ctx.guest_sp = o.sp;
+            ctx.guest_fp = o.fp;
+            ctx.guest_stack = o.stack;
+            ctx.cr3 = g.cpu().map_or(0, |c| c.cr3);
+        } else if let Ok(cpu) = g.cpu() {
             ctx.guest_ip = cpu.rip;
             ctx.guest_sp = cpu.rsp;
             // In the VMM's own code (a trap stub): the snapshot is the interrupted code's.

@@ -674,6 +674,13 @@ impl EmulatedPmuHook {
         }
     }
 
+    /// Share the overhead budget's episode cost with the VM's other vCPUs (see
+    /// [`EmulatedVcpu::share_episode_costs`]).
+    pub fn with_episode_costs(mut self, cost_ns: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.core.share_episode_costs(cost_ns);
+        self
+    }
+
     /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
     pub fn with_vcpus(mut self, vcpus: u32) -> Self {
         self.vcpus = vcpus.max(1);

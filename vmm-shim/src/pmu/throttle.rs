@@ -53,6 +53,19 @@ impl Throttle {
         (1..100).contains(&self.percent)
     }
 
+    /// The smoothed episode cost so far, nanoseconds.
+    pub fn avg_cost_ns(&self) -> Option<u64> {
+        self.avg_cost_ns
+    }
+
+    /// Starts from another budget's smoothed cost (another vCPU of the same VM, e.g. a
+    /// forked process's parent) instead of from nothing, unless this one measured its own.
+    pub fn seed(&mut self, avg_cost_ns: u64) {
+        if self.avg_cost_ns.is_none() && avg_cost_ns != 0 {
+            self.avg_cost_ns = Some(avg_cost_ns);
+        }
+    }
+
     pub fn percent(&self) -> u32 {
         self.percent
     }

@@ -201,10 +201,11 @@ fn shim_driven_sampling_in_sampled_mode_follows_time() {
     run(&mut v, &mut g);
     assert!(g.nmis_at.is_empty());
     let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
-    let pmis = snaps.len() - 1;
+    // No final snapshot: the end of the program is no sample point.
+    let pmis = snaps.len();
     // ~3000 instructions at 1 cycle each: one sample per 300 cycles (plus window time).
     assert!((8..=10).contains(&pmis), "{pmis} samples");
-    for s in &snaps[..pmis] {
+    for s in &snaps {
         assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
         let lbr: Vec<(u64, u64)> = s.newest_first().map(|e| (e.from, e.to)).collect();
         assert_eq!(lbr, vec![(0x100b, 0x1007); 8]);
@@ -385,8 +386,11 @@ fn a_snapshot_in_the_vmms_stub_is_the_interrupted_codes() {
         syscall: 0x5000..0x5010,
     };
     let snapshot_at = |rip: u64, cpl: u8| {
+        // The final snapshot of exact mode, where the program ended.
         let (sink, rx) = SnapshotSink::bounded(4);
-        let mut v = EmulatedVcpu::new(sampled_shim(0, 1_000_000), Some(sink));
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(2, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 1_000_000 };
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
         v.set_shim_code(Some(shim.clone()));
         // The CPU's trap frame at RSP (0 in the fake): RIP, CS, RFLAGS, RSP, SS.
         let mut frame = Vec::new();
@@ -409,4 +413,49 @@ fn a_snapshot_in_the_vmms_stub_is_the_interrupted_codes() {
     assert_eq!(snapshot_at(0x4010, 0), (0x1111, 0x7000));
     // Guest code stays as it is.
     assert_eq!(snapshot_at(0x6000, 3).0, 0x6000);
+}
+
+#[test]
+fn a_sampled_snapshot_is_credited_to_its_sample_point_not_the_windows_end() {
+    // Three loop iterations, a call and return, then `jmp $` forever; the first sample
+    // falls due in the loop, and its 8-branch window runs on into the `jmp $`.
+    let (sink, rx) = SnapshotSink::bounded(64);
+    let mut v = EmulatedVcpu::new(sampled_shim(0, 3), Some(sink));
+    let mut g = program_a(3, 50);
+    run(&mut v, &mut g);
+    let s = rx.try_iter().next().unwrap();
+    assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
+    let newest = s.newest_first().next().unwrap();
+    assert_eq!(
+        (newest.from, newest.to),
+        (0x1013, 0x1013),
+        "the window's end"
+    );
+    assert!(
+        (0x1007..=0x100b).contains(&s.guest_ip),
+        "sample point {:#x}",
+        s.guest_ip
+    );
+}
+
+#[test]
+fn a_new_vcpu_starts_from_the_vms_sampling_cost() {
+    // A vCPU of a VM whose windows cost 9 us each, at a 10% budget: its first interval
+    // is already 81 us, not the requested 3 us.
+    let shared = Arc::new(AtomicU64::new(9_000));
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 3_000), None);
+    v.share_episode_costs(Arc::clone(&shared));
+    assert_eq!(v.pmu().instructions_until_pmi(3), Some(81_000));
+    // Nothing measured yet: the requested rate.
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 3_000), None);
+    v.share_episode_costs(Arc::new(AtomicU64::new(0)));
+    assert_eq!(v.pmu().instructions_until_pmi(3), Some(3_000));
+    // Its own windows' costs go back to the VM.
+    let (sink, _rx) = SnapshotSink::bounded(1024);
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 300), Some(sink));
+    let cost = Arc::new(AtomicU64::new(0));
+    v.share_episode_costs(Arc::clone(&cost));
+    let mut g = program_a(20_000, 2);
+    run_with_costly_stops(&mut v, &mut g, 100);
+    assert!(cost.load(Ordering::Relaxed) > 0);
 }
