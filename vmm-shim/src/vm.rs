@@ -1144,12 +1144,12 @@ impl VcpuRunner {
         Ok(())
     }
 
-    /// The guest RIP in the run page, where KVM keeps it (KVM_CAP_SYNC_REGS, used for
-    /// Linux programs' system calls): after an exit, and as the shim's system-call
-    /// service left it for the next entry.
-    fn entry_rip(&mut self) -> Option<u64> {
+    /// The guest registers in the run page, where KVM keeps them (KVM_CAP_SYNC_REGS,
+    /// used for Linux programs' system calls): after an exit, and as the shim's
+    /// system-call service left them for the next entry.
+    fn entry_regs(&mut self) -> Option<kvm_bindings::kvm_regs> {
         let l = self.linux.as_ref()?;
-        l.task.sync_regs.then(|| self.vcpu.sync_regs().regs.rip)
+        l.task.sync_regs.then(|| self.vcpu.sync_regs().regs)
     }
 
     fn run_loop(&mut self, req: &mut Requests) -> VcpuEnd {
@@ -1189,8 +1189,9 @@ impl VcpuRunner {
             let kicked_before_entry = KICKED.with(Cell::get);
             // Nor did one that arrived on KVM_RUN's way in (on a nested host that way is
             // long): the guest did not move. Where the run page holds the registers
-            // (a Linux program's vCPU) the RIP tells.
-            let entry_rip = self.entry_rip();
+            // (a Linux program's vCPU) they tell: all of them, as the RIP alone would
+            // also stand still for a tight loop interrupted at the same instruction.
+            let entry_regs = self.entry_regs();
             let entered = Instant::now();
             let result = self.vcpu.run();
             self.stats.run_ns += entered.elapsed().as_nanos() as u64;
@@ -1200,7 +1201,7 @@ impl VcpuRunner {
                     let kicked = KICKED.with(|c| c.replace(false));
                     req.kick_in_guest = kicked
                         && !kicked_before_entry
-                        && entry_rip.is_none_or(|rip| Some(rip) != self.entry_rip());
+                        && entry_regs.is_none_or(|r| Some(r) != self.entry_regs());
                     if WATCHDOG.with(|c| c.replace(false)) {
                         self.check_parked();
                         if !kicked {
