@@ -124,7 +124,7 @@ pub struct EmulatedConfig {
     /// Shim-driven sampling in sampled mode: draw each interval to the next snapshot at
     /// random (exponentially distributed around the period, a Poisson process in time),
     /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
-    /// period (deterministic, for tests).
+    /// period (deterministic, for tests). Exact mode ignores it.
     pub random_intervals: bool,
 }
 
@@ -232,7 +232,9 @@ impl EmulatedVcpu {
             },
             window_started_ns: None,
             mean_period: 0,
-            rng: cfg.random_intervals.then(fastrand::Rng::new),
+            // Exact mode's samples are deterministic: never random.
+            rng: (cfg.random_intervals && matches!(cfg.mode, TraceMode::Sampled { .. }))
+                .then(fastrand::Rng::new),
             skipped_samples: 0,
             shim_code: None,
             window_origin: None,

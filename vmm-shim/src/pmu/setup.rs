@@ -167,7 +167,8 @@ impl LbrSetup {
         cfg.interpret = self.opts.interpret;
         cfg.empty_windows = self.opts.empty_windows;
         cfg.log_halts = self.opts.log_halts;
-        // A real vCPU's samples must not lock onto the program's rhythm.
+        // A real vCPU's samples must not lock onto the program's rhythm (sampled mode;
+        // exact mode's stay deterministic).
         cfg.random_intervals = true;
         cfg
     }

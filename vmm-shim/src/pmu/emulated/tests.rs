@@ -459,3 +459,20 @@ fn a_new_vcpu_starts_from_the_vms_sampling_cost() {
     run_with_costly_stops(&mut v, &mut g, 100);
     assert!(cost.load(Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn exact_mode_intervals_stay_deterministic_with_random_intervals_asked() {
+    let go = || {
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 7 };
+        cfg.random_intervals = true;
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        let mut g = program_a(100, 2);
+        run(&mut v, &mut g);
+        rx.try_iter().map(|s| s.guest_ip).collect::<Vec<u64>>()
+    };
+    let a = go();
+    assert!(a.len() > 10);
+    assert_eq!(a, go());
+}
