@@ -815,7 +815,9 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         assert!(stats[7] >= 1, "{name}: no samples\n{err}");
         if name == "branchy" {
             let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
-            assert!(interp[2] >= 99, "{err}");
+            // (Sample points are random in time: a window or two may land in the
+            // start-up or output code, whose string instructions go to the CPU.)
+            assert!(interp[2] >= 98, "{err}");
             // Only windows that reach the argument parsing and printing around the loop
             // (formatting code with indirect calls) hand back to the breakpoints.
             assert!(interp[5] * 4 <= stats[7], "{err}");
