@@ -159,7 +159,10 @@ fn every_process_of_a_pipeline_that_computes_gets_snapshots_none_in_stubs() {
     let all: u64 = guest.iter().map(|f| f.2).sum();
     let in_gzip: u64 = guest.iter().filter(|f| f.0 == "gzip").map(|f| f.2).sum();
     eprintln!("{in_gzip} of {all} guest snapshots in gzip");
-    assert!(in_gzip >= 20, "gzip's snapshots: {guest:?}");
+    // The budget sets the rate (tens per second of the guest's own time in a debug
+    // build, whose tracing windows cost more); before, gzip got none, or its share
+    // went to the trap stubs.
+    assert!(in_gzip >= 8, "gzip's snapshots: {guest:?}");
     assert!(
         in_gzip * 10 >= all * 8,
         "gzip did nearly all the computing, yet has {in_gzip} of {all} snapshots: {guest:?}"
