@@ -177,8 +177,8 @@ pub struct EmulatedVcpu {
     throttle: Throttle,
     /// When the current sampling window started tracing (sampled mode), host ns.
     window_started_ns: Option<u64>,
-    /// Shim-driven sampling: the mean interval to the next snapshot, cycles (the period,
-    /// or longer as the overhead budget stretches it).
+    /// Shim-driven sampling: the requested mean interval between samples, cycles. After
+    /// a window the overhead budget may add a dead time before it (in `after`); a skipped sample's redraw has none (it cost nothing).
     mean_period: u64,
     /// Draws random intervals ([`EmulatedConfig::random_intervals`]).
     rng: Option<fastrand::Rng>,
@@ -269,8 +269,9 @@ impl EmulatedVcpu {
             let pct = u128::from(self.throttle.percent());
             let needed = u128::from(avg) * (100 - pct) / pct * cps / 1_000_000_000;
             if needed > u128::from(self.mean_period) {
-                self.mean_period = needed.min(u128::from(u64::MAX)) as u64;
-                let first = self.next_interval();
+                // A random start at the VM's throttled rate (not a dead time: this vCPU
+                // has had no window to pay for).
+                let first = self.draw(needed.min(u128::from(u64::MAX)) as u64);
                 self.arm_shim(first, false);
             }
         }
@@ -290,7 +291,12 @@ impl EmulatedVcpu {
     /// The interval to the next shim-driven sample, cycles: the mean period, or with
     /// random intervals an exponential draw around it (capped at 20 means, a 2e-9 tail).
     fn next_interval(&mut self) -> u64 {
-        let mean = self.mean_period.max(1);
+        self.draw(self.mean_period)
+    }
+
+    /// An interval of mean `mean` cycles: exponential with random intervals, else `mean`.
+    fn draw(&mut self, mean: u64) -> u64 {
+        let mean = mean.max(1);
         let Some(rng) = &mut self.rng else {
             return mean;
         };
@@ -355,7 +361,10 @@ impl EmulatedVcpu {
 
     /// What the overhead budget measured and did.
     pub fn throttle_stats(&self) -> ThrottleStats {
-        self.throttle.stats()
+        ThrottleStats {
+            skipped: self.skipped_samples,
+            ..self.throttle.stats()
+        }
     }
 
     /// Snapshots sent (or lost) so far.
@@ -526,8 +535,13 @@ impl EmulatedVcpu {
             }
             Sampling::Shim { period } => {
                 self.send_snapshot(g, now_ns, None);
-                self.mean_period = self.throttled_period(period, now_ns);
-                let next = self.next_interval();
+                // The budget's stretch is a dead time after this window, then samples
+                // fall due at the requested rate again: a sample skipped later (outside
+                // the guest's code) is redrawn at that rate, or a program that spends
+                // most of its wall time in system calls would be sampled far below the
+                // budget (short processes of a pipeline not at all).
+                let dead = self.throttled_period(period, now_ns).saturating_sub(period);
+                let next = dead.saturating_add(self.next_interval());
                 self.arm_shim(next, false);
                 let mut r = self.tracer.replan(g, &mut self.pmu)?;
                 r.pmi = true;

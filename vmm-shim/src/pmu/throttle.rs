@@ -31,6 +31,10 @@ pub struct ThrottleStats {
     pub episode_ns: u64,
     /// Intervals the budget made longer than requested.
     pub stretched: u64,
+    /// Samples that fell due where none may be taken (an exit of the guest's, the VMM
+    /// serving one, its trap stubs) and were skipped (filled in by the caller; see
+    /// `super::emulated::ExitPoint`).
+    pub skipped: u64,
 }
 
 impl Throttle {
