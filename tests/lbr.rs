@@ -820,7 +820,10 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
             assert!(interp[2] >= 98, "{err}");
             // Only windows that reach the argument parsing and printing around the loop
             // (formatting code with indirect calls) hand back to the breakpoints.
-            assert!(interp[5] * 4 <= stats[7], "{err}");
+            // (Sample points are random in time, and a kick on KVM_RUN's way in to a
+            // serial-port exit of the printing code counts as a sample there: a
+            // builtin guest's run page does not hold its registers to tell.)
+            assert!(interp[5] * 3 <= stats[7], "{err}");
         }
     }
 }
