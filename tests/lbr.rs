@@ -815,12 +815,16 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         assert!(stats[7] >= 1, "{name}: no samples\n{err}");
         if name == "branchy" {
             let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
-            // (98.5% in one CI run, 99%+ usually: which windows land in the argument
-            // parsing and printing around the loop depends on where the timer fires.)
+            // (Sample points are random in time: a window or two may land in the
+            // start-up or output code, whose string instructions go to the CPU; 98.5%
+            // in one CI run.)
             assert!(interp[2] >= 97, "{err}");
             // Only windows that reach the argument parsing and printing around the loop
             // (formatting code with indirect calls) hand back to the breakpoints.
-            assert!(interp[5] * 4 <= stats[7], "{err}");
+            // (Sample points are random in time, and a kick on KVM_RUN's way in to a
+            // serial-port exit of the printing code counts as a sample there: a
+            // builtin guest's run page does not hold its registers to tell.)
+            assert!(interp[5] * 3 <= stats[7], "{err}");
         }
     }
 }

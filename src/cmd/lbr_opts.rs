@@ -419,11 +419,13 @@ pub fn print_stats(setup: &LbrSetup) {
         if s.throttle.episodes > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \
-                 stretched by the overhead budget",
+                 stretched by the overhead budget, {} samples skipped outside the guest's \
+                 own code",
                 s.vcpu,
                 s.throttle.episodes,
                 s.throttle.episode_ns as f64 / 1e9,
                 s.throttle.stretched,
+                s.throttle.skipped,
             );
         }
     }

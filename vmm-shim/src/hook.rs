@@ -202,6 +202,59 @@ pub(crate) struct Requests {
     pub stop: Option<String>,
     /// Some(new setting) when the hook changed the exit timer.
     pub exit_timer: Option<Option<Duration>>,
+    /// Facts for the hook, not requests: the VMM's own code in the guest (see
+    /// [`VcpuCtx::shim_code`]) ...
+    pub shim_code: Option<ShimCode>,
+    /// ... and whether the last `Interrupted` exit was a kick that found the vCPU running
+    /// guest code (see [`VcpuCtx::interrupted_in_guest`]).
+    pub kick_in_guest: bool,
+}
+
+/// Guest code the VMM itself placed in the guest (the Linux personality's trap stubs):
+/// time or a snapshot there belongs to the code the stub interrupted, which
+/// [`ShimCode::interrupted`] finds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShimCode {
+    /// All the stubs. Outside `syscall`, each runs on the CPU's trap frame (RIP, CS, RFLAGS,
+    /// RSP, SS at RSP, above an error code for the vectors that push one).
+    pub stubs: std::ops::Range<u64>,
+    /// The SYSCALL entry stub: RCX holds the caller's return address, RSP is the caller's.
+    pub syscall: std::ops::Range<u64>,
+}
+
+impl ShimCode {
+    pub fn contains(&self, rip: u64) -> bool {
+        self.stubs.contains(&rip) || self.syscall.contains(&rip)
+    }
+
+    /// Where the code a stub interrupted stands, as (RIP, RSP), for a vCPU at `rip` with
+    /// `rsp` and `rcx`; `read` reads a guest u64 at a guest-virtual address. `None` when
+    /// `rip` is not in a stub or its frame is unreadable or not a frame of ring-3 code.
+    pub fn interrupted(
+        &self,
+        rip: u64,
+        rsp: u64,
+        rcx: u64,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+    ) -> Option<(u64, u64)> {
+        if self.syscall.contains(&rip) {
+            return Some((rcx, rsp));
+        }
+        if !self.stubs.contains(&rip) {
+            return None;
+        }
+        // A user code selector has RPL 3 and is small; an error code below the frame
+        // moves the frame up by one word (RIP there is an address, not a selector).
+        let user_cs = |cs: u64| cs < 0x1_0000 && cs & 3 == 3;
+        [0u64, 8].into_iter().find_map(|skip| {
+            let at = rsp.checked_add(skip)?;
+            let cs = read(at.checked_add(8)?)?;
+            if !user_cs(cs) {
+                return None;
+            }
+            Some((read(at)?, read(at.checked_add(24)?)?))
+        })
+    }
 }
 
 /// A hook's view of its vCPU during a callback.
@@ -327,6 +380,20 @@ impl VcpuCtx<'_> {
         Ok(())
     }
 
+    /// The VMM's own code in this vCPU's guest, if it placed any (see [`ShimCode`]).
+    pub fn shim_code(&self) -> Option<&ShimCode> {
+        self.requests.shim_code.as_ref()
+    }
+
+    /// In [`VcpuHook::on_exit`] for an [`ExitKind::Interrupted`] exit: a kick (the exit
+    /// timer, a stop) arrived while the vCPU ran guest code, so the guest stands where
+    /// an asynchronous event found it; false when the kick arrived while the vCPU thread
+    /// was outside `KVM_RUN` (serving an exit), which leaves the guest where its last
+    /// exit did.
+    pub fn interrupted_in_guest(&self) -> bool {
+        self.requests.kick_in_guest
+    }
+
     /// Read a guest MSR as KVM holds it (KVM_GET_MSRS), e.g. IA32_LSTAR.
     pub fn read_msr(&self, index: u32) -> Result<u64, VmError> {
         let op = "KVM_GET_MSRS";
@@ -365,5 +432,57 @@ impl VcpuCtx<'_> {
     /// Stop the whole VM; the run ends as a crash with this reason.
     pub fn request_stop(&mut self, reason: impl Into<String>) {
         self.requests.stop = Some(reason.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shim() -> ShimCode {
+        ShimCode {
+            stubs: 0x4000..0x5000,
+            syscall: 0x5000..0x5010,
+        }
+    }
+
+    /// Guest memory of u64 words from `base`.
+    fn words(base: u64, w: &[u64]) -> impl FnMut(u64) -> Option<u64> + '_ {
+        move |a| {
+            let i = a.checked_sub(base)? / 8;
+            (a % 8 == 0).then_some(())?;
+            w.get(i as usize).copied()
+        }
+    }
+
+    #[test]
+    fn the_interrupted_code_of_each_stub() {
+        let s = shim();
+        let frame = [0x40_1000, 0x33, 0x202, 0x7fff_0000, 0x2b];
+        // SYSCALL: RCX and the caller's RSP, no memory read.
+        assert_eq!(
+            s.interrupted(0x5002, 0x7ff0, 0x40_2000, &mut |_| None),
+            Some((0x40_2000, 0x7ff0))
+        );
+        // An exception without an error code: the frame at RSP.
+        assert_eq!(
+            s.interrupted(0x4012, 0x9000, 0, &mut words(0x9000, &frame)),
+            Some((0x40_1000, 0x7fff_0000))
+        );
+        // With an error code (#PF), the frame is one word up.
+        let with_code = [0x6, 0x40_1000, 0x33, 0x202, 0x7fff_0000, 0x2b];
+        assert_eq!(
+            s.interrupted(0x40e2, 0x9000, 0, &mut words(0x9000, &with_code)),
+            Some((0x40_1000, 0x7fff_0000))
+        );
+        // No frame of ring-3 code, an unreadable stack, or not a stub: nothing.
+        let kernel = [0x40_1000, 0x8, 0x202, 0x7fff_0000, 0x10];
+        assert_eq!(
+            s.interrupted(0x4012, 0x9000, 0, &mut words(0x9000, &kernel)),
+            None
+        );
+        assert_eq!(s.interrupted(0x4012, 0x9000, 0, &mut |_| None), None);
+        assert_eq!(s.interrupted(0x6000, 0x9000, 7, &mut |_| Some(0x33)), None);
+        assert!(s.contains(0x4000) && s.contains(0x500f) && !s.contains(0x5010));
     }
 }

@@ -822,6 +822,17 @@ fn setup_linux_registers(
     vcpu.set_regs(regs).map_err(kvm_err("KVM_SET_REGS"))
 }
 
+/// The Linux personality's trap stubs in every process's address space.
+fn linux_shim_code() -> crate::hook::ShimCode {
+    use crate::linux::abi::{PAGE, STUB_SLOT, TRAP_AREA, TRAP_STUBS};
+    use crate::linux::cpu::syscall_entry;
+    let stubs = TRAP_AREA.0 + TRAP_STUBS * PAGE;
+    crate::hook::ShimCode {
+        stubs: stubs..stubs + PAGE,
+        syscall: syscall_entry()..syscall_entry() + STUB_SLOT,
+    }
+}
+
 // The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
 
 thread_local! {
@@ -936,7 +947,10 @@ impl VcpuRunner {
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
         // Cleared when run() returns or unwinds, before the VcpuFd can be dropped.
         let _clear = ClearImmediateExit;
-        let mut requests = Requests::default();
+        let mut requests = Requests {
+            shim_code: self.linux.as_ref().map(|_| linux_shim_code()),
+            ..Requests::default()
+        };
         let mut ctx = VcpuCtx {
             index: self.index,
             vcpu: &self.vcpu,
@@ -965,6 +979,7 @@ impl VcpuRunner {
                 self.hook.on_block(&mut ctx);
                 self.linux = None;
                 if self.next_thread() {
+                    requests.shim_code = self.linux.as_ref().map(|_| linux_shim_code());
                     let mut ctx = VcpuCtx {
                         index: self.index,
                         vcpu: &self.vcpu,
@@ -1119,6 +1134,14 @@ impl VcpuRunner {
         Ok(())
     }
 
+    /// The guest registers in the run page, where KVM keeps them (KVM_CAP_SYNC_REGS,
+    /// used for Linux programs' system calls): after an exit, and as the shim's
+    /// system-call service left them for the next entry.
+    fn entry_regs(&mut self) -> Option<kvm_bindings::kvm_regs> {
+        let l = self.linux.as_ref()?;
+        l.task.sync_regs.then(|| self.vcpu.sync_regs().regs)
+    }
+
     fn run_loop(&mut self, req: &mut Requests) -> VcpuEnd {
         loop {
             if self.stop.load(Ordering::Acquire) {
@@ -1151,6 +1174,14 @@ impl VcpuRunner {
                 }
             }
             let mut action = IoAction::Continue;
+            // A kick that arrived before this entry (while an exit was served) makes the
+            // entry return at once: it did not find the guest running.
+            let kicked_before_entry = KICKED.with(Cell::get);
+            // Nor did one that arrived on KVM_RUN's way in (on a nested host that way is
+            // long): the guest did not move. Where the run page holds the registers
+            // (a Linux program's vCPU) they tell: all of them, as the RIP alone would
+            // also stand still for a tight loop interrupted at the same instruction.
+            let entry_regs = self.entry_regs();
             let entered = Instant::now();
             let result = self.vcpu.run();
             self.stats.run_ns += entered.elapsed().as_nanos() as u64;
@@ -1158,6 +1189,9 @@ impl VcpuRunner {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.set_kvm_immediate_exit(0);
                     let kicked = KICKED.with(|c| c.replace(false));
+                    req.kick_in_guest = kicked
+                        && !kicked_before_entry
+                        && entry_regs.is_none_or(|r| Some(r) != self.entry_regs());
                     if WATCHDOG.with(|c| c.replace(false)) {
                         self.check_parked();
                         if !kicked {

@@ -25,6 +25,7 @@ use super::tracer::{
     GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
 };
 use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
+use crate::hook::ShimCode;
 use crate::snapshot::{LbrSnapshot, SnapshotReason};
 
 /// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
@@ -120,6 +121,29 @@ pub struct EmulatedConfig {
     pub empty_windows: bool,
     /// Print every interpreter halt (hand-back to breakpoints) on stderr.
     pub log_halts: bool,
+    /// Shim-driven sampling in sampled mode: draw each interval to the next snapshot at
+    /// random (exponentially distributed around the period, a Poisson process in time),
+    /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
+    /// period (deterministic, for tests). Exact mode ignores it.
+    pub random_intervals: bool,
+}
+
+/// Where an exit left the guest, for sampled mode's choice of where a sample may be taken.
+///
+/// A sample must be taken at a point in time independent of what the program does, so
+/// that the share of samples in a function approximates its share of the guest's time.
+/// Opened at the program's own exits (system calls, page faults), windows would credit
+/// code near exits with the time the VMM spent serving them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitPoint {
+    /// An asynchronous event (the exit timer's kick) found the vCPU running the guest's
+    /// own code: a fair sample point.
+    Async,
+    /// Anything else: an exit the guest made, a kick that arrived while the VMM served
+    /// an exit, a stop in the VMM's own code in the guest. A sample falling due here is
+    /// skipped and the next one drawn (thinning the Poisson process of sample times
+    /// leaves the accepted ones uniform over the guest's own running time).
+    Sync,
 }
 
 impl EmulatedConfig {
@@ -136,6 +160,7 @@ impl EmulatedConfig {
             interpret: true,
             empty_windows: false,
             log_halts: false,
+            random_intervals: false,
         }
     }
 }
@@ -152,6 +177,35 @@ pub struct EmulatedVcpu {
     throttle: Throttle,
     /// When the current sampling window started tracing (sampled mode), host ns.
     window_started_ns: Option<u64>,
+    /// Shim-driven sampling: the requested mean interval between samples, cycles. After
+    /// a window the overhead budget may add a dead time before it (in `after`); a skipped sample's redraw has none (it cost nothing).
+    mean_period: u64,
+    /// Draws random intervals ([`EmulatedConfig::random_intervals`]).
+    rng: Option<fastrand::Rng>,
+    /// Samples that fell due at a [`ExitPoint::Sync`] exit and were skipped.
+    skipped_samples: u64,
+    /// The VMM's code in the guest: a snapshot taken there is credited to the code it
+    /// interrupted.
+    shim_code: Option<ShimCode>,
+    /// Shim-driven sampling in sampled mode: where the open window's sample point found
+    /// the guest (see [`Origin`]).
+    window_origin: Option<Origin>,
+    /// The VM's smoothed sampling-episode cost, ns, shared by its vCPUs (see
+    /// [`EmulatedVcpu::share_episode_costs`]).
+    shared_cost_ns: Option<Arc<AtomicU64>>,
+}
+
+/// Where a sampled-mode window started: the guest's IP, SP, FP and stack at the sample
+/// point. The snapshot is credited there, not to where the window's last branch left
+/// the guest: the sample point is uniform in the guest's time, while the window's end
+/// lies a fixed number of branches later, which would weight code by its branches
+/// (a loop with few instructions per branch would gain at the expense of long blocks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    stack: Vec<u64>,
 }
 
 impl EmulatedVcpu {
@@ -177,11 +231,76 @@ impl EmulatedVcpu {
                 _ => Throttle::disabled(),
             },
             window_started_ns: None,
+            mean_period: 0,
+            // Exact mode's samples are deterministic: never random.
+            rng: (cfg.random_intervals && matches!(cfg.mode, TraceMode::Sampled { .. }))
+                .then(fastrand::Rng::new),
+            skipped_samples: 0,
+            shim_code: None,
+            window_origin: None,
+            shared_cost_ns: None,
         };
         if let Sampling::Shim { period } = cfg.sampling {
-            v.arm_shim(period, true);
+            v.mean_period = period;
+            let first = v.next_interval();
+            v.arm_shim(first, true);
         }
         v
+    }
+
+    /// The VMM's own code in the guest (see [`ShimCode`]): snapshots taken there are
+    /// credited to the code it interrupted, and no sample is taken there.
+    pub fn set_shim_code(&mut self, shim: Option<ShimCode>) {
+        self.shim_code = shim;
+    }
+
+    /// Shares the overhead budget's smoothed episode cost with the VM's other vCPUs
+    /// through `cost_ns` (0 = none yet): a vCPU that starts later (a forked process, a
+    /// new thread) starts from it. Starting from nothing, each new process would be
+    /// sampled at the full rate until its first window, so the start-up of every process
+    /// would weigh more than its time.
+    pub fn share_episode_costs(&mut self, cost_ns: Arc<AtomicU64>) {
+        self.throttle.seed(cost_ns.load(Ordering::Relaxed));
+        if let Some(avg) = self.throttle.avg_cost_ns()
+            && self.throttle.enabled()
+        {
+            // Seeded: the first interval is already the budget's.
+            let cps = u128::from(self.cfg.cycles_per_sec.max(1));
+            let pct = u128::from(self.throttle.percent());
+            let needed = u128::from(avg) * (100 - pct) / pct * cps / 1_000_000_000;
+            if needed > u128::from(self.mean_period) {
+                // A random start at the VM's throttled rate (not a dead time: this vCPU
+                // has had no window to pay for).
+                let first = self.draw(needed.min(u128::from(u64::MAX)) as u64);
+                self.arm_shim(first, false);
+            }
+        }
+        self.shared_cost_ns = Some(cost_ns);
+    }
+
+    /// Whether `rip` is the VMM's own code in the guest.
+    pub fn in_shim_code(&self, rip: u64) -> bool {
+        self.shim_code.as_ref().is_some_and(|s| s.contains(rip))
+    }
+
+    /// Samples skipped because they fell due at a [`ExitPoint::Sync`] exit.
+    pub fn skipped_samples(&self) -> u64 {
+        self.skipped_samples
+    }
+
+    /// The interval to the next shim-driven sample, cycles: the mean period, or with
+    /// random intervals an exponential draw around it (capped at 20 means, a 2e-9 tail).
+    fn next_interval(&mut self) -> u64 {
+        self.draw(self.mean_period)
+    }
+
+    /// An interval of mean `mean` cycles: exponential with random intervals, else `mean`.
+    fn draw(&mut self, mean: u64) -> u64 {
+        let mean = mean.max(1);
+        let Some(rng) = &mut self.rng else {
+            return mean;
+        };
+        exponential(1.0 - rng.f64(), mean)
     }
 
     /// The fixed counter shim-driven sampling uses: INST_RETIRED.ANY in exact mode (so
@@ -242,7 +361,10 @@ impl EmulatedVcpu {
 
     /// What the overhead budget measured and did.
     pub fn throttle_stats(&self) -> ThrottleStats {
-        self.throttle.stats()
+        ThrottleStats {
+            skipped: self.skipped_samples,
+            ..self.throttle.stats()
+        }
     }
 
     /// Snapshots sent (or lost) so far.
@@ -272,6 +394,7 @@ impl EmulatedVcpu {
         self.tracer.forget_program();
         self.pmu.clear_lbr();
         self.window_started_ns = None;
+        self.window_origin = None;
     }
 
     /// A guest RDMSR of one of the routed MSRs.
@@ -287,14 +410,43 @@ impl EmulatedVcpu {
         self.pmu.wrmsr(msr, value)
     }
 
-    /// Any exit but a debug exit, after the shim served it.
+    /// Any exit but a debug exit, after the shim served it, taken as an
+    /// [`ExitPoint::Async`] one (see [`EmulatedVcpu::on_exit_at`]).
     pub fn on_exit(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
+        self.on_exit_at(g, now_ns, ExitPoint::Async)
+    }
+
+    /// Any exit but a debug exit, after the shim served it; `at` says whether a
+    /// shim-driven sample may be taken here.
+    pub fn on_exit_at(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        now_ns: u64,
+        at: ExitPoint,
+    ) -> Result<Resume, TraceError> {
         let r = if self.tracer.tracing() || self.cfg.mode == TraceMode::Exact {
             self.tracer.sync(g, &mut self.pmu)?;
             self.tracer.replan(g, &mut self.pmu)?
+        } else if at == ExitPoint::Sync && self.shim_sample_due(self.elapsed_cycles(now_ns)) {
+            // Not a fair point for the sample (see `ExitPoint`): skip it, draw the next.
+            // The counter's value means nothing to a guest that does not own the PMU.
+            self.skipped_samples += 1;
+            let next = self.next_interval();
+            self.arm_shim(next, false);
+            self.tracer.replan(g, &mut self.pmu)?
         } else {
             let cycles = self.elapsed_cycles(now_ns);
-            let cpl = g.cpu()?.cpl;
+            let cpu = g.cpu()?;
+            let cpl = cpu.cpl;
+            if self.shim_sample_due(cycles) {
+                // The sample point: a window opens here.
+                self.window_origin = Some(Origin {
+                    ip: cpu.rip,
+                    sp: cpu.rsp,
+                    fp: cpu.rbp,
+                    stack: walk_frame_pointers(g, cpu.rbp, self.cfg.max_stack_frames),
+                });
+            }
             let windows = self.tracer.stats().windows;
             let started = std::time::Instant::now();
             let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
@@ -334,13 +486,28 @@ impl EmulatedVcpu {
             sink.send_profile(p);
         }
         // A sampled window still open holds only its first branches (the LBR was emptied
-        // when it opened): not a snapshot worth its empty slots.
-        let partial = matches!(self.cfg.mode, TraceMode::Sampled { .. }) && self.tracer.tracing();
+        // when it opened): not a snapshot worth its empty slots. With shim-driven
+        // sampling in sampled mode no final snapshot at all: the LBR holds the last
+        // window's branches, already sent, and the end of a program (`_exit`) is no
+        // sample point (each process of a pipeline would add one there).
+        let sampled = matches!(self.cfg.mode, TraceMode::Sampled { .. });
+        let partial = sampled && self.tracer.tracing();
+        let shim_sampled = sampled && matches!(self.cfg.sampling, Sampling::Shim { .. });
         if !partial
+            && !shim_sampled
             && (self.cfg.shim_snapshots || matches!(self.cfg.sampling, Sampling::Shim { .. }))
         {
             self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
         }
+    }
+
+    /// Shim-driven sampling: the next sample is due after `cycles` more.
+    fn shim_sample_due(&self, cycles: u64) -> bool {
+        matches!(self.cfg.sampling, Sampling::Shim { .. })
+            && self
+                .pmu
+                .instructions_until_pmi(3)
+                .is_some_and(|due| cycles.saturating_add(1) >= due)
     }
 
     fn elapsed_cycles(&self, now_ns: u64) -> u64 {
@@ -368,8 +535,14 @@ impl EmulatedVcpu {
             }
             Sampling::Shim { period } => {
                 self.send_snapshot(g, now_ns, None);
-                let period = self.throttled_period(period, now_ns);
-                self.arm_shim(period, false);
+                // The budget's stretch is a dead time after this window, then samples
+                // fall due at the requested rate again: a sample skipped later (outside
+                // the guest's code) is redrawn at that rate, or a program that spends
+                // most of its wall time in system calls would be sampled far below the
+                // budget (short processes of a pipeline not at all).
+                let dead = self.throttled_period(period, now_ns).saturating_sub(period);
+                let next = dead.saturating_add(self.next_interval());
+                self.arm_shim(next, false);
                 let mut r = self.tracer.replan(g, &mut self.pmu)?;
                 r.pmi = true;
                 Ok(r)
@@ -389,6 +562,9 @@ impl EmulatedVcpu {
         let ns = self
             .throttle
             .next_interval_ns(now_ns.saturating_sub(start), requested_ns);
+        if let (Some(shared), Some(avg)) = (&self.shared_cost_ns, self.throttle.avg_cost_ns()) {
+            shared.store(avg, Ordering::Relaxed);
+        }
         if ns == requested_ns {
             return period;
         }
@@ -407,9 +583,35 @@ impl EmulatedVcpu {
             reason,
             ..SnapshotContext::default()
         };
-        if let Ok(cpu) = g.cpu() {
+        let origin = if reason.is_none() {
+            self.window_origin.take()
+        } else {
+            None
+        };
+        if let Some(o) = origin {
+            ctx.guest_ip = o.ip;
+            ctx.guest_sp = o.sp;
+            ctx.guest_fp = o.fp;
+            ctx.guest_stack = o.stack;
+            ctx.cr3 = g.cpu().map_or(0, |c| c.cr3);
+        } else if let Ok(cpu) = g.cpu() {
             ctx.guest_ip = cpu.rip;
             ctx.guest_sp = cpu.rsp;
+            // In the VMM's own code (a trap stub): the snapshot is the interrupted code's.
+            if let Some(shim) = &self.shim_code
+                && shim.contains(cpu.rip)
+            {
+                let mut read = |gva: u64| {
+                    let mut b = [0u8; 8];
+                    g.read_virt(gva, &mut b)
+                        .ok()
+                        .map(|()| u64::from_le_bytes(b))
+                };
+                if let Some((ip, sp)) = shim.interrupted(cpu.rip, cpu.rsp, cpu.rcx, &mut read) {
+                    ctx.guest_ip = ip;
+                    ctx.guest_sp = sp;
+                }
+            }
             ctx.guest_fp = cpu.rbp;
             ctx.cr3 = cpu.cr3;
             ctx.guest_stack = walk_frame_pointers(g, cpu.rbp, self.cfg.max_stack_frames);
@@ -437,6 +639,13 @@ impl EmulatedVcpu {
             ((u128::from(c) * 1_000_000_000) / u128::from(self.cfg.cycles_per_sec.max(1))) as u64
         })
     }
+}
+
+/// An exponentially distributed interval with mean `mean` from `u`, uniform in (0, 1],
+/// capped at 20 means.
+fn exponential(u: f64, mean: u64) -> u64 {
+    let x = -u.clamp(f64::MIN_POSITIVE, 1.0).ln() * mean as f64;
+    (x.min(20.0 * mean as f64) as u64).max(1)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use super::agent::{AgentRingError, AgentRingReader, DrainClock};
 use super::backend::{self, HostLbrFacts};
 use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
-use super::emulated::{EmulatedConfig, EmulatedVcpu, SnapshotSink};
+use super::emulated::{EmulatedConfig, EmulatedVcpu, ExitPoint, SnapshotSink};
 use super::interp::InterpState;
 use super::msr::{IA32_PERF_GLOBAL_STATUS_RESET, IA32_TSC};
 use super::throttle::ThrottleStats;
@@ -674,6 +674,13 @@ impl EmulatedPmuHook {
         }
     }
 
+    /// Share the overhead budget's episode cost with the VM's other vCPUs (see
+    /// [`EmulatedVcpu::share_episode_costs`]).
+    pub fn with_episode_costs(mut self, cost_ns: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.core.share_episode_costs(cost_ns);
+        self
+    }
+
     /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
     pub fn with_vcpus(mut self, vcpus: u32) -> Self {
         self.vcpus = vcpus.max(1);
@@ -927,6 +934,7 @@ impl VcpuHook for EmulatedPmuHook {
 
     fn on_start(&mut self, ctx: &mut VcpuCtx<'_>) {
         self.agent.start(ctx);
+        self.core.set_shim_code(ctx.shim_code().cloned());
         let state = cpu_state(ctx);
         if let Some((regs, _)) = &state {
             self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
@@ -1011,8 +1019,17 @@ impl VcpuHook for EmulatedPmuHook {
         // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
         // I/O or MSR exit's instruction is finished by the next KVM_RUN).
         let clean = matches!(exit, ExitKind::Interrupted);
+        // A sample may be taken only where a kick found the guest in its own code.
+        let at = match &state {
+            Some((regs, _))
+                if clean && ctx.interrupted_in_guest() && !self.core.in_shim_code(regs.rip) =>
+            {
+                ExitPoint::Async
+            }
+            _ => ExitPoint::Sync,
+        };
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(clean);
-        let r = self.core.on_exit(&mut g, now);
+        let r = self.core.on_exit_at(&mut g, now, at);
         let state = g.state;
         self.apply(ctx, r, None, state);
     }
@@ -1034,6 +1051,7 @@ impl VcpuHook for EmulatedPmuHook {
         }
         self.pending_bps.clear();
         self.core.forget_program();
+        self.core.set_shim_code(ctx.shim_code().cloned());
         let state = cpu_state(ctx);
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());

@@ -87,6 +87,8 @@ pub struct LbrSetup {
     decision: Decision,
     host_has_lbr: bool,
     stats: LbrStatsSink,
+    /// The emulated LBR's smoothed sampling-episode cost, shared by the VM's vCPUs.
+    episode_cost_ns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LbrSetup {
@@ -102,6 +104,7 @@ impl LbrSetup {
             decision,
             host_has_lbr: facts.host_lbr_nr != 0,
             stats: Arc::new(Mutex::new(Vec::new())),
+            episode_cost_ns: Arc::default(),
         })
     }
 
@@ -143,7 +146,8 @@ impl LbrSetup {
             LbrBackend::Emulated => Box::new(
                 EmulatedPmuHook::new(self.emulated_config(vcpu), sink.cloned())
                     .with_vcpus(self.opts.vcpus)
-                    .with_stats(Arc::clone(&self.stats)),
+                    .with_stats(Arc::clone(&self.stats))
+                    .with_episode_costs(Arc::clone(&self.episode_cost_ns)),
             ),
         }
     }
@@ -163,6 +167,9 @@ impl LbrSetup {
         cfg.interpret = self.opts.interpret;
         cfg.empty_windows = self.opts.empty_windows;
         cfg.log_halts = self.opts.log_halts;
+        // A real vCPU's samples must not lock onto the program's rhythm (sampled mode;
+        // exact mode's stay deterministic).
+        cfg.random_intervals = true;
         cfg
     }
 

@@ -31,6 +31,10 @@ pub struct ThrottleStats {
     pub episode_ns: u64,
     /// Intervals the budget made longer than requested.
     pub stretched: u64,
+    /// Samples that fell due where none may be taken (an exit of the guest's, the VMM
+    /// serving one, its trap stubs) and were skipped (filled in by the caller; see
+    /// `super::emulated::ExitPoint`).
+    pub skipped: u64,
 }
 
 impl Throttle {
@@ -51,6 +55,19 @@ impl Throttle {
     /// Whether the budget can stretch an interval.
     pub fn enabled(&self) -> bool {
         (1..100).contains(&self.percent)
+    }
+
+    /// The smoothed episode cost so far, nanoseconds.
+    pub fn avg_cost_ns(&self) -> Option<u64> {
+        self.avg_cost_ns
+    }
+
+    /// Starts from another budget's smoothed cost (another vCPU of the same VM, e.g. a
+    /// forked process's parent) instead of from nothing, unless this one measured its own.
+    pub fn seed(&mut self, avg_cost_ns: u64) {
+        if self.avg_cost_ns.is_none() && avg_cost_ns != 0 {
+            self.avg_cost_ns = Some(avg_cost_ns);
+        }
     }
 
     pub fn percent(&self) -> u32 {

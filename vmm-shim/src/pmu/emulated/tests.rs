@@ -201,10 +201,11 @@ fn shim_driven_sampling_in_sampled_mode_follows_time() {
     run(&mut v, &mut g);
     assert!(g.nmis_at.is_empty());
     let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();
-    let pmis = snaps.len() - 1;
+    // No final snapshot: the end of the program is no sample point.
+    let pmis = snaps.len();
     // ~3000 instructions at 1 cycle each: one sample per 300 cycles (plus window time).
     assert!((8..=10).contains(&pmis), "{pmis} samples");
-    for s in &snaps[..pmis] {
+    for s in &snaps {
         assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
         let lbr: Vec<(u64, u64)> = s.newest_first().map(|e| (e.from, e.to)).collect();
         assert_eq!(lbr, vec![(0x100b, 0x1007); 8]);
@@ -297,4 +298,181 @@ fn exact_mode_is_never_throttled() {
         .count();
     assert!(pmis >= 40, "{pmis} snapshots");
     assert_eq!(v.throttle_stats(), ThrottleStats::default());
+}
+
+/// Like [`run`], but the program also makes an exit of its own (a system call) every
+/// `every` instructions, which the VMM takes `service_ns` to serve; the timer's exits
+/// are [`ExitPoint::Async`] and the program's are `program_exits`.
+fn run_with_exits(
+    v: &mut EmulatedVcpu,
+    g: &mut Fake,
+    every: u64,
+    service_ns: u64,
+    program_exits: ExitPoint,
+) {
+    let mut now = 0;
+    let mut r = v.on_start(g, now).unwrap();
+    let mut since_exit = 0;
+    for _ in 0..1_000_000 {
+        match g.run(&r) {
+            Ran::End => break,
+            Ran::Debug => r = v.on_debug(g, now).unwrap(),
+            Ran::Free => {
+                let deadline = r.deadline_cycles.unwrap_or(u64::MAX);
+                let ran = g.free_run(deadline.min(every - since_exit));
+                if ran == 0 {
+                    break;
+                }
+                now += ran;
+                since_exit += ran;
+                if since_exit == every {
+                    since_exit = 0;
+                    now += service_ns;
+                    r = v.on_exit_at(g, now, program_exits).unwrap();
+                } else {
+                    r = v.on_exit(g, now).unwrap();
+                }
+            }
+        }
+    }
+    v.on_stop(g, now);
+}
+
+#[test]
+fn samples_are_not_taken_at_the_programs_own_exits() {
+    // ~60,000 instructions, a sample per 3,000 ns; an exit every 100 instructions that
+    // costs the VMM 1,000 ns to serve (ten times the guest's own time).
+    let windows = |program_exits| {
+        let (sink, _rx) = SnapshotSink::bounded(1024);
+        let mut cfg = sampled_shim(0, 3_000);
+        cfg.random_intervals = true;
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        v.rng = Some(fastrand::Rng::with_seed(1));
+        let mut g = program_a(20_000, 2);
+        run_with_exits(&mut v, &mut g, 100, 1_000, program_exits);
+        (v.tracer_stats().windows, v.skipped_samples())
+    };
+    // Taken at any exit, samples follow the VMM's serving time: ~220 of them, nearly
+    // all where the program exits.
+    let (biased, _) = windows(ExitPoint::Async);
+    assert!(biased > 150, "{biased} windows");
+    // Only where the timer found the guest running: about guest time / period (20),
+    // the rest skipped. (With fixed intervals they could lock onto the program's
+    // rhythm: 3,000 ns after an exit always falls in the 1,000 ns of serving one.)
+    let (fair, skipped) = windows(ExitPoint::Sync);
+    assert!((5..=30).contains(&fair), "{fair} windows");
+    assert!(skipped > 100, "{skipped} skipped");
+}
+
+#[test]
+fn random_intervals_are_exponential_around_the_period() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let n = 20_000;
+    let draws: Vec<u64> = (0..n).map(|_| exponential(1.0 - rng.f64(), 1000)).collect();
+    let mean = draws.iter().sum::<u64>() as f64 / n as f64;
+    assert!((950.0..1050.0).contains(&mean), "mean {mean}");
+    // Memoryless: as many draws beyond 2 means as the exponential's e^-2 share.
+    let tail = draws.iter().filter(|&&d| d > 2000).count() as f64 / n as f64;
+    assert!((0.12..0.15).contains(&tail), "tail {tail}");
+    assert!(draws.iter().all(|&d| (1..=20_000).contains(&d)));
+    assert_eq!(exponential(0.0, 1000), 20_000, "capped");
+    assert_eq!(exponential(1.0, 1000), 1, "never zero");
+}
+
+#[test]
+fn a_snapshot_in_the_vmms_stub_is_the_interrupted_codes() {
+    let shim = ShimCode {
+        stubs: 0x4000..0x5000,
+        syscall: 0x5000..0x5010,
+    };
+    let snapshot_at = |rip: u64, cpl: u8| {
+        // The final snapshot of exact mode, where the program ended.
+        let (sink, rx) = SnapshotSink::bounded(4);
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(2, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 1_000_000 };
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        v.set_shim_code(Some(shim.clone()));
+        // The CPU's trap frame at RSP (0 in the fake): RIP, CS, RFLAGS, RSP, SS.
+        let mut frame = Vec::new();
+        for w in [0x1111u64, 0x33, 0x202, 0x7000, 0x2b] {
+            frame.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut g = Fake::new(
+            vec![(0, frame), (rip, vec![0xe6, 0xd0, 0x48, 0x0f, 0x07])],
+            vec![(rip, cpl)],
+        );
+        g.rcx = 0x2222;
+        v.on_start(&mut g, 0).unwrap();
+        v.on_stop(&mut g, 10);
+        let s = rx.try_iter().last().unwrap();
+        (s.guest_ip, s.guest_sp)
+    };
+    // The SYSCALL stub: RCX is where the caller resumes; RSP is its own.
+    assert_eq!(snapshot_at(0x5002, 3), (0x2222, 0));
+    // An exception stub: the trap frame's.
+    assert_eq!(snapshot_at(0x4010, 0), (0x1111, 0x7000));
+    // Guest code stays as it is.
+    assert_eq!(snapshot_at(0x6000, 3).0, 0x6000);
+}
+
+#[test]
+fn a_sampled_snapshot_is_credited_to_its_sample_point_not_the_windows_end() {
+    // Three loop iterations, a call and return, then `jmp $` forever; the first sample
+    // falls due in the loop, and its 8-branch window runs on into the `jmp $`.
+    let (sink, rx) = SnapshotSink::bounded(64);
+    let mut v = EmulatedVcpu::new(sampled_shim(0, 3), Some(sink));
+    let mut g = program_a(3, 50);
+    run(&mut v, &mut g);
+    let s = rx.try_iter().next().unwrap();
+    assert_eq!(s.reason, SnapshotReason::Pmi { counter: 33 });
+    let newest = s.newest_first().next().unwrap();
+    assert_eq!(
+        (newest.from, newest.to),
+        (0x1013, 0x1013),
+        "the window's end"
+    );
+    assert!(
+        (0x1007..=0x100b).contains(&s.guest_ip),
+        "sample point {:#x}",
+        s.guest_ip
+    );
+}
+
+#[test]
+fn a_new_vcpu_starts_from_the_vms_sampling_cost() {
+    // A vCPU of a VM whose windows cost 9 us each, at a 10% budget: its first interval
+    // is already 81 us, not the requested 3 us.
+    let shared = Arc::new(AtomicU64::new(9_000));
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 3_000), None);
+    v.share_episode_costs(Arc::clone(&shared));
+    assert_eq!(v.pmu().instructions_until_pmi(3), Some(81_000));
+    // Nothing measured yet: the requested rate.
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 3_000), None);
+    v.share_episode_costs(Arc::new(AtomicU64::new(0)));
+    assert_eq!(v.pmu().instructions_until_pmi(3), Some(3_000));
+    // Its own windows' costs go back to the VM.
+    let (sink, _rx) = SnapshotSink::bounded(1024);
+    let mut v = EmulatedVcpu::new(sampled_shim(10, 300), Some(sink));
+    let cost = Arc::new(AtomicU64::new(0));
+    v.share_episode_costs(Arc::clone(&cost));
+    let mut g = program_a(20_000, 2);
+    run_with_costly_stops(&mut v, &mut g, 100);
+    assert!(cost.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn exact_mode_intervals_stay_deterministic_with_random_intervals_asked() {
+    let go = || {
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut cfg = EmulatedConfig::new(0, PmuConfig::new(4, 8).unwrap(), TraceMode::Exact);
+        cfg.sampling = Sampling::Shim { period: 7 };
+        cfg.random_intervals = true;
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        let mut g = program_a(100, 2);
+        run(&mut v, &mut g);
+        rx.try_iter().map(|s| s.guest_ip).collect::<Vec<u64>>()
+    };
+    let a = go();
+    assert!(a.len() > 10);
+    assert_eq!(a, go());
 }
