@@ -5,13 +5,14 @@
 //!
 //! Snapshots of `record --vm` come at `-F` (`--lbr-freq`) per vCPU from one of two sources
 //! (`--lbr-snapshots`):
-//! * **shim-driven** (emulated LBR only; any guest): the shim arms a fixed counter that
-//!   overflows every `period` events — guest core cycles of a time-based counter in
-//!   sampled mode (`2e9 / F`, so `-F` snapshots per second of guest time), retired
-//!   instructions in exact mode (`10,000,000 / F`). In sampled mode an overhead budget
-//!   (`--lbr-overhead`, see [`lbrprof_vmm::pmu::throttle`]) stretches the interval after a
-//!   snapshot whose tracing window took too long, so the emulation's share of wall time
-//!   stays within the budget.
+//! * **shim-driven** (emulated LBR only; any guest): in sampled mode, sample points come
+//!   at random (exponential) intervals averaging `1 / F` of guest time; a point counts
+//!   only when a timer kick finds the guest running its own code (not at one of its
+//!   exits or in the shim's stubs), and the window of branches traced from there is one
+//!   snapshot credited to that point. In exact mode a fixed counter overflows every
+//!   `10,000,000 / F` retired instructions. In sampled mode an overhead budget
+//!   (`--lbr-overhead`, see [`lbrprof_vmm::pmu::throttle`]) adds a dead time after each
+//!   window, so the emulation's share of wall time stays within the budget.
 //! * **guest-driven** (either backend; the only one with the hardware LBR): lbrprof's
 //!   guest runtime is booted with `rt.agent=PERIOD` (ring-3 instructions, the same
 //!   `period` as above: in sampled mode the emulated instruction counter follows guest

@@ -133,9 +133,10 @@ pub struct VmArgs {
     /// where the host has it, else emulated).
     #[arg(long, value_enum, default_value_t = LbrChoice::Auto, requires = "vm")]
     pub lbr: LbrChoice,
-    /// How the emulated LBR observes branches: `sampled` lets the guest run free and
-    /// traces only the branches before each snapshot (one every 2e9 / --lbr-freq guest
-    /// cycles); `exact` traces every instruction (exact counts, one snapshot every
+    /// How the emulated LBR observes branches: `sampled` lets the guest run free and,
+    /// at random sample points (about --lbr-freq per second of the guest running its own
+    /// code), traces a window of its next branches into one snapshot credited to the
+    /// sample point; `exact` traces every instruction (exact counts, one snapshot every
     /// 10,000,000 / --lbr-freq instructions).
     #[arg(long, value_enum, default_value_t = LbrModeChoice::Sampled, requires = "vm")]
     pub lbr_mode: LbrModeChoice,
