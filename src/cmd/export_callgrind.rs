@@ -12,7 +12,7 @@ use lbrprof_collector::recording::RecordingReader;
 use lbrprof_reports::callgrind::{self, Costs, Header};
 use lbrprof_reports::decode::CodeReader;
 
-use super::export::Args;
+use super::export_args::Args;
 use super::report::{Loaded, Naming, load_functions, output};
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

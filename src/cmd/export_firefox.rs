@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use lbrprof_reports::firefox::{self, FirefoxMeta};
 
-use super::export::Args;
+use super::export_args::Args;
 use super::report::{Naming, load_timeline, output};
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

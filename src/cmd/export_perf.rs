@@ -9,7 +9,7 @@ use lbrprof_collector::input::{Input, InputFormat, open_any};
 use lbrprof_collector::model::Target;
 use lbrprof_reports::perfdata_out::{self, Meta, Plan};
 
-use super::export::Args;
+use super::export_args::Args;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let i = &args.input;

@@ -11,7 +11,7 @@ use lbrprof_reports::bolt;
 use lbrprof_reports::loc::{ModuleId, ModuleKind};
 use lbrprof_symbolizer::{FileOffset, Module, ModuleKey, SymbolizerOptions};
 
-use super::export::Args;
+use super::export_args::Args;
 use super::report::{InputArgs, Loaded, Naming, load, output};
 
 /// Loads a recording for a profile of one binary: `--dso` names that binary, it does not

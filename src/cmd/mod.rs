@@ -4,6 +4,7 @@ pub mod annotate;
 pub mod demo;
 pub mod diff;
 pub mod export;
+pub mod export_args;
 pub mod export_callgrind;
 pub mod export_firefox;
 pub mod export_perf;
