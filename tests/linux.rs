@@ -493,7 +493,9 @@ fn record_threads(tmp: &tempfile::TempDir, exe: &Path, interp: &str) {
     let out = lbrprof()
         .args(["record", "-o"])
         .arg(&data)
-        .args(["--vm", "--lbr", "emulated", "--"])
+        // A budget of half the time: each worker runs ~0.2 s, and a debug build's
+        // windows are costly (at 10% a worker may get no sample point at all).
+        .args(["--vm", "--lbr", "emulated", "--lbr-overhead", "50", "--"])
         .env("LBRPROF_LBR_INTERP", interp)
         .arg(exe)
         .args(["4", "20000000"])
