@@ -1148,8 +1148,9 @@ impl VcpuRunner {
                 return VcpuEnd::Error(e);
             }
             if let Some(l) = &mut self.linux {
-                // Its process ended (another thread's exit_group, a fatal signal).
-                if l.shared.proc_shared.dead.load(Ordering::Acquire) {
+                // Its process ended (another thread's exit_group, a fatal signal), or
+                // another thread's execve ended this one.
+                if l.shared.proc_shared.ended(&l.task) {
                     return VcpuEnd::ThreadExit;
                 }
                 // Another thread changed the page tables (and kicked this one out).

@@ -474,6 +474,11 @@ pub struct Process {
     pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
     /// Where this process's address space goes back to its vfork parent.
     pub(crate) lent: Option<LentSpace>,
+    /// The parking places of its threads (an execve wakes the others to end them).
+    pub(crate) waiters: BTreeMap<u64, Arc<thread::Waiter>>,
+    /// Address spaces an execve replaced while other threads may still run on them:
+    /// each is freed once no thread holds its token ([`Task::space_token`]).
+    retired: Vec<(std::sync::Weak<()>, AddressSpace)>,
 }
 
 impl Drop for Process {
@@ -551,6 +556,8 @@ impl Process {
             cwd: None,
             vfork_parent: None,
             lent: None,
+            waiters: BTreeMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -578,6 +585,7 @@ impl Process {
         // SAFETY: pthread_self has no preconditions.
         self.threads
             .insert(task.tid, Some(unsafe { libc::pthread_self() }));
+        self.waiters.insert(task.tid, task.waiter.clone());
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -739,6 +747,10 @@ impl Process {
         port: u16,
     ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if self.shared.superseded(task) {
+            // Another thread's execve ended this one while it waited for the lock.
+            return Ok(TrapAction::ThreadExit);
+        }
         if port == TRAP_PORT_NULL {
             // The floor: nothing to do (KVM skips the `out` at the next entry).
             return Ok(TrapAction::Resume);
@@ -846,6 +858,11 @@ impl Process {
         block: Block,
         woken: bool,
     ) -> Result<(), VmError> {
+        if self.shared.superseded(task) {
+            // Ended by another thread's execve while blocked: nothing of the call is
+            // left to finish (the run loop ends the thread before it runs again).
+            return Ok(());
+        }
         let ret = match block {
             // Timed out, unless a wake came in between the timeout and this lock.
             Block::Futex { .. } if !woken && self.futexes.remove(task.tid) => {
@@ -905,6 +922,9 @@ impl Process {
         mut pending: Pending,
         op: ProcessOp,
     ) -> Result<TrapAction, VmError> {
+        if self.shared.superseded(task) {
+            return Ok(TrapAction::ThreadExit);
+        }
         let started = std::time::Instant::now();
         let err = match op {
             ProcessOp::Fork(f) => match self.fork(task, vcpu, &pending.regs, &f) {
@@ -1020,6 +1040,8 @@ impl Process {
             cwd: self.cwd.clone(),
             vfork_parent: f.vfork.then(|| task.waiter.clone()),
             lent: lent.clone(),
+            waiters: BTreeMap::new(),
+            retired: Vec::new(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -1112,13 +1134,21 @@ impl Process {
             .map_err(kvm("KVM_SET_REGS"))
             .map_err(vm_err)?;
         let old = std::mem::replace(&mut self.mm, mm);
+        let others = self.threads.keys().any(|&t| t != task.tid);
+        if others {
+            self.end_other_threads(task);
+        }
         match self.lent.take() {
             // A vfork child gives the parent its address space back.
             Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
             None => {
                 self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
                 self.report.maps.extend(old.maps.iter().cloned());
-                drop(old);
+                // The other threads' vCPUs may still run on it until they notice.
+                let token = std::mem::replace(&mut task.space_token, Arc::new(()));
+                self.retired.push((Arc::downgrade(&token), old));
+                drop(token);
+                self.free_retired();
             }
         }
         self.trap = trap;
@@ -1155,6 +1185,38 @@ impl Process {
         Ok(self.mm.roots())
     }
 
+    /// execve from a threaded process, as Linux's de_thread: every other thread ends
+    /// (kicked out of the guest, woken from its waits; each notices at its next step,
+    /// [`proc::Shared::ended`]) and the caller goes on as the thread group leader, with
+    /// the process id as its thread id.
+    fn end_other_threads(&mut self, task: &mut Task) {
+        use std::sync::atomic::Ordering;
+        task.exec_gen = self.shared.execs.fetch_add(1, Ordering::AcqRel) + 1;
+        for (&tid, t) in &self.threads {
+            if tid != task.tid
+                && let Some(t) = t
+            {
+                crate::vm::kick_thread(*t);
+            }
+        }
+        for (&tid, w) in &self.waiters {
+            if tid != task.tid {
+                w.wake();
+            }
+        }
+        self.futexes.wake_all();
+        self.signals_for.clear();
+        self.waiters.clear();
+        self.threads.clear();
+        task.tid = self.pid;
+        self.register_thread(task);
+    }
+
+    /// Free the address spaces an execve replaced that no thread runs on any more.
+    fn free_retired(&mut self) {
+        self.retired.retain(|(token, _)| token.strong_count() > 0);
+    }
+
     /// Service the system call in `regs` and leave the return state in `regs`.
     fn syscall_service(
         &mut self,
@@ -1165,6 +1227,9 @@ impl Process {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let nr = regs.rax;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+        if !self.retired.is_empty() {
+            self.free_retired();
+        }
         self.report.syscalls += 1;
         *self.counts.entry(nr).or_insert(0) += 1;
         let old_fs = task.fs_base;
@@ -1252,6 +1317,8 @@ impl Process {
                     tlb_seen: self
                         .tlb_generation
                         .load(std::sync::atomic::Ordering::Acquire),
+                    exec_gen: task.exec_gen,
+                    space_token: task.space_token.clone(),
                     ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {

@@ -65,6 +65,21 @@ pub struct Shared {
     pub signals: AtomicU64,
     /// The process ended (exit_group, a fatal signal): its other threads stop.
     pub dead: AtomicBool,
+    /// execve calls from a threaded process: each ends every thread but the caller.
+    pub execs: AtomicU64,
+}
+
+impl Shared {
+    /// Whether `task` must stop: its process ended, or another thread of it called
+    /// execve since `task` started.
+    pub fn ended(&self, task: &crate::linux::thread::Task) -> bool {
+        self.dead.load(Ordering::Acquire) || self.superseded(task)
+    }
+
+    /// Whether another thread's execve ended `task`.
+    pub fn superseded(&self, task: &crate::linux::thread::Task) -> bool {
+        self.execs.load(Ordering::Acquire) != task.exec_gen
+    }
 }
 
 /// Which children a wait is for (`wait4`'s pid argument, `waitid`'s idtype and id).

@@ -366,6 +366,10 @@ impl Process {
             Sysno::ftruncate => self
                 .host_fd(a[0])
                 .and_then(|f| host::fd_call(libc::SYS_ftruncate, f, a[1] as i64).map(|v| v as u64)),
+            // The program's descriptors are host open files: the lock is the host's.
+            Sysno::flock => self
+                .host_fd(a[0])
+                .and_then(|f| host::fd_call(libc::SYS_flock, f, a[1] as i64).map(|v| v as u64)),
             Sysno::fsync | Sysno::fdatasync => self.host_fd(a[0]).and_then(|f| {
                 let nr = if sys == Sysno::fsync {
                     libc::SYS_fsync
@@ -471,11 +475,22 @@ impl Process {
             Sysno::getgid => ok(host::ids()[4]),
             Sysno::getegid => ok(host::ids()[5]),
             Sysno::uname => self.out(a[0], &host::uname()).map(|()| 0),
-            Sysno::sysinfo => self.out(a[0], &host::sysinfo()).map(|()| 0),
+            Sysno::sysinfo => {
+                let (total, free) = self.mm.ram();
+                self.out(a[0], &host::sysinfo(total, free)).map(|()| 0)
+            }
             Sysno::prlimit64 => self.sys_prlimit(a[0], a[1] as u32, a[2], a[3]),
             Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
             Sysno::sched_getaffinity => host::sched_getaffinity(a[1] as usize)
                 .and_then(|m| self.out(a[2], &m).map(|()| m.len() as u64)),
+            Sysno::getcpu => host::getcpu().and_then(|(cpu, node)| {
+                for (va, v) in [(a[0], cpu), (a[1], node)] {
+                    if va != 0 {
+                        self.out(va, &v.to_le_bytes())?;
+                    }
+                }
+                Ok(0)
+            }),
             Sysno::sched_yield => {
                 std::thread::yield_now();
                 ok(0)
@@ -1261,6 +1276,7 @@ impl Process {
             }
         }
         self.threads.remove(&task.tid);
+        self.waiters.remove(&task.tid);
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
@@ -1351,10 +1367,6 @@ impl Process {
                 }
                 self.host_path(&p)
             };
-            if self.threads.len() > 1 {
-                // Linux ends the other threads first; the shim does not (yet).
-                return Err(Errno(libc::EAGAIN));
-            }
             crate::linux::Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
         })();
         match r {

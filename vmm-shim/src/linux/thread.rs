@@ -61,6 +61,13 @@ pub struct Task {
     pub trap: TrapArea,
     /// x87/SSE states saved at signal deliveries, restored by rt_sigreturn.
     pub(crate) fpu_saved: Vec<kvm_fpu>,
+    /// The process's execve count when this thread started in it: an execve by
+    /// another thread ends this one ([`crate::linux::proc::Shared::ended`]).
+    pub(crate) exec_gen: u64,
+    /// Held by every thread running on the address space: an execve from a threaded
+    /// process frees the old space only once no thread holds its token (the other
+    /// vCPUs may still be in the guest on it until they notice their end).
+    pub(crate) space_token: Arc<()>,
 }
 
 impl Task {
@@ -81,6 +88,8 @@ impl Task {
             waiter: Arc::new(Waiter::default()),
             trap,
             fpu_saved: Vec::new(),
+            exec_gen: 0,
+            space_token: Arc::new(()),
         }
     }
 
@@ -322,6 +331,15 @@ pub struct Futexes {
 }
 
 impl Futexes {
+    /// Wake every waiter (their threads end: an execve by another thread).
+    pub fn wake_all(&mut self) {
+        for q in std::mem::take(&mut self.queues).into_values() {
+            for w in q {
+                w.waiter.wake();
+            }
+        }
+    }
+
     pub fn enqueue(&mut self, addr: u64, tid: u64, bitset: u32, waiter: Arc<Waiter>) {
         waiter.reset();
         self.queues.entry(addr).or_default().push_back(Queued {
