@@ -105,3 +105,24 @@ fn execve_from_a_threaded_process_ends_the_other_threads() {
         assert_identical(out, &native, &vm);
     }
 }
+
+#[test]
+fn a_writer_blocked_on_a_full_pipe_lets_its_reader_drain_it() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("glibc", "gcc", &["-pthread"][..]),
+        ("musl-static", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_pipe_full", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &["4"]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("writer thread: 4194304 bytes, 0 wrong"),
+            "{out}: {text}"
+        );
+        assert_identical(out, &native, &vm);
+    }
+}

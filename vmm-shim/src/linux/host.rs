@@ -267,6 +267,16 @@ pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Er
 }
 
 /// fcntl commands with an integer argument and result (F_GETFL, F_SETFL, ...).
+/// Whether `fd` is a regular file or a block device (writes to those never wait for
+/// another process).
+pub fn is_storage(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live stat buffer.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    r == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
+}
+
 pub fn fcntl_int(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> Result<i64, Errno> {
     // SAFETY: only called for commands whose argument is an integer.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };

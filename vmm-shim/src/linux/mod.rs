@@ -883,6 +883,16 @@ impl Process {
                 nr
             }
             Block::Wait(w) => self.wait_done(&w),
+            Block::Write(w) => match w.result {
+                Ok(n) => n as u64,
+                Err(e) => {
+                    // A write to a pipe nobody reads: SIGPIPE (see `syscall`).
+                    if e.0 == libc::EPIPE {
+                        task.pending |= 1 << (libc::SIGPIPE - 1);
+                    }
+                    e.ret()
+                }
+            },
             Block::Vfork { child, lent } => {
                 if let Some(slot) = lent {
                     self.take_back(&slot);

@@ -183,6 +183,9 @@ impl Process {
         if let Some(wait) = self.wait_readable(sys, a) {
             return wait;
         }
+        if let Some(wait) = self.wait_writable(sys, a) {
+            return wait;
+        }
         let r: Sys = match sys {
             Sysno::exit_group => return Outcome::Exit(a[0] as i32),
             Sysno::exit => return self.sys_exit(task, a[0] as i32),
@@ -714,7 +717,8 @@ impl Process {
         Ok(n as u64)
     }
 
-    fn sys_writev(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+    /// The bytes of a `struct iovec` array, in order (at most [`MAX_IO`]).
+    pub(crate) fn gather(&self, iov: u64, cnt: u64) -> Result<Vec<u8>, Errno> {
         let v = self.iovecs(iov, cnt)?;
         let mut b = Vec::new();
         for (base, len) in v {
@@ -723,6 +727,11 @@ impl Process {
             b.resize(start + len, 0);
             self.mm.read(GuestVirtAddr(base), &mut b[start..])?;
         }
+        Ok(b)
+    }
+
+    fn sys_writev(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+        let b = self.gather(iov, cnt)?;
         let f = self.host_fd(fd)?;
         Ok(host::write(f, &b)? as u64)
     }

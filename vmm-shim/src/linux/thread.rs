@@ -172,6 +172,8 @@ pub enum Block {
     Restart { poll: PollBlock, nr: u64 },
     /// wait4/waitid for a child to end.
     Wait(WaitBlock),
+    /// A write that may wait for a reader (`Process::wait_writable` in `events.rs`).
+    Write(crate::linux::events::WriteBlock),
     /// A vfork parent until its child execs or exits; the child's id, and where the
     /// child gives back the address space it borrowed.
     Vfork {
@@ -252,6 +254,10 @@ impl Block {
             }
             Block::Restart { poll, .. } => {
                 poll.run(stop);
+                true
+            }
+            Block::Write(w) => {
+                w.run();
                 true
             }
         }
