@@ -126,3 +126,56 @@ fn a_writer_blocked_on_a_full_pipe_lets_its_reader_drain_it() {
         assert_identical(out, &native, &vm);
     }
 }
+
+#[test]
+fn a_signal_to_a_busy_process_arrives_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_kill_busy", "kill_busy", "gcc", &[]);
+    let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+    let text = String::from_utf8_lossy(&native.stdout);
+    assert!(
+        text.contains("signal 15: child killed by 15, in time yes"),
+        "{text}"
+    );
+    assert_identical("kill to a busy child", &native, &vm);
+}
+
+/// The JDK, if the machine has one (CI installs it: a skip there is a failure).
+fn javac() -> Option<PathBuf> {
+    let javac = PathBuf::from("/usr/bin/javac");
+    if javac.exists() && Path::new("/usr/bin/java").exists() {
+        return Some(javac);
+    }
+    if std::env::var_os("LBRPROF_REQUIRE_KVM").is_some() {
+        panic!("LBRPROF_REQUIRE_KVM is set but there is no JDK (.ci/run installs it)");
+    }
+    eprintln!("skipped: needs a JDK (/usr/bin/javac, /usr/bin/java)");
+    None
+}
+
+#[test]
+fn the_jvm_runs_a_java_program_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(javac) = javac() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/LinuxJava.java");
+    let status = Command::new(javac)
+        .arg("-d")
+        .arg(tmp.path())
+        .arg(&src)
+        .status()
+        .expect("javac");
+    assert!(status.success(), "javac failed");
+    let cp = tmp.path().to_str().unwrap();
+    let (native, vm) = native_and_vm(tmp.path(), "/usr/bin/java", &["-cp", cp, "LinuxJava"]);
+    let text = String::from_utf8_lossy(&native.stdout);
+    assert!(text.contains("sum 59999997"), "{text}");
+    assert_identical("java", &native, &vm);
+    let (native, vm) = native_and_vm(tmp.path(), "/usr/bin/java", &["-version"]);
+    assert_identical("java -version", &native, &vm);
+}

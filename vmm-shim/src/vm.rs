@@ -1275,6 +1275,25 @@ impl VcpuRunner {
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
+            // A kick may bring a signal for the Linux program: delivered now.
+            if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
+                match linux.interrupt(&mut self.vcpu) {
+                    Ok(TrapAction::Resume) => {}
+                    Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
+                    Ok(TrapAction::Killed { signal, reason }) => {
+                        return VcpuEnd::Killed {
+                            signal,
+                            crash: CrashReport {
+                                vcpu: self.index,
+                                reason,
+                                registers: self.register_dump(),
+                            },
+                        };
+                    }
+                    Ok(_) => return VcpuEnd::ThreadExit,
+                    Err(e) => return VcpuEnd::Error(e),
+                }
+            }
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
@@ -1446,6 +1465,15 @@ impl LinuxVcpu {
         let process = self.shared.process.clone();
         let mut p = lock(&process);
         let action = p.on_trap(&mut self.task, vcpu, port)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
+    /// A kick out of the guest: deliver the signals it brought
+    /// ([`Process::deliver_async`]).
+    fn interrupt(&mut self, vcpu: &mut VcpuFd) -> Result<TrapAction, VmError> {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.deliver_async(&mut self.task, vcpu)?;
         self.settle(&mut p, vcpu, action)
     }
 

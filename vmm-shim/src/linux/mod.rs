@@ -586,6 +586,9 @@ impl Process {
         self.threads
             .insert(task.tid, Some(unsafe { libc::pthread_self() }));
         self.waiters.insert(task.tid, task.waiter.clone());
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.shared.vcpus().insert(task.tid, me);
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -709,6 +712,7 @@ impl Process {
             }
         }
         self.threads.clear();
+        self.shared.vcpus().clear();
         if !self.initial {
             let r = self.take_report();
             self.kernel.absorb(r);
@@ -1218,6 +1222,7 @@ impl Process {
         self.signals_for.clear();
         self.waiters.clear();
         self.threads.clear();
+        self.shared.vcpus().clear();
         task.tid = self.pid;
         self.register_thread(task);
     }
@@ -1396,6 +1401,73 @@ impl Process {
             break;
         }
         Ok(None)
+    }
+
+    /// A signal that came while `task`'s vCPU ran the program (it was kicked out of
+    /// the guest: [`proc::Shared::post`], or a tgkill from another thread): delivered
+    /// now, at the interrupted instruction, instead of at the next system call (a busy
+    /// program may make none). Nothing is done when no signal is deliverable or the
+    /// vCPU is not in ring 3 (then it waits for the next system call).
+    pub fn deliver_async(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+    ) -> Result<TrapAction, VmError> {
+        use std::sync::atomic::Ordering;
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if self.shared.superseded(task) {
+            return Ok(TrapAction::ThreadExit);
+        }
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if self.shared.signals.load(Ordering::Relaxed) != 0 {
+            task.pending |= self.shared.signals.swap(0, Ordering::AcqRel);
+        }
+        if task.pending & !task.sigmask == 0 {
+            return Ok(TrapAction::Resume);
+        }
+        // Let KVM finish what an exit left half done (see on_trap).
+        vcpu.set_kvm_immediate_exit(1);
+        let _ = vcpu.run();
+        vcpu.set_kvm_immediate_exit(0);
+        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        if sregs.cs.dpl != 3 {
+            return Ok(TrapAction::Resume);
+        }
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        while let Some(sig) = self.next_signal(task) {
+            let act = self.action(sig);
+            match act.handler {
+                1 => continue, // SIG_IGN
+                0 if !signal::default_terminates(sig) => continue,
+                0 => {
+                    return Ok(TrapAction::Killed {
+                        signal: sig as i32,
+                        reason: format!("killed by signal {sig}"),
+                    });
+                }
+                _ => {}
+            }
+            let info = signal::SigInfo {
+                signo: sig as i32,
+                code: signal::SI_USER,
+                word: host::ids()[2] << 32,
+                ..Default::default()
+            };
+            let mut r = regs;
+            let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
+            if self.setup_frame(task, &mut r, act, info).is_err() {
+                return Ok(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: format!("cannot write the frame of signal {sig} on the stack"),
+                });
+            }
+            task.fpu_saved.push(fpu);
+            vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
+            break;
+        }
+        Ok(TrapAction::Resume)
     }
 
     /// A fault from ring 3: if the program handles `sig` (and does not block it), its

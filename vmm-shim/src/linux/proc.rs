@@ -67,6 +67,9 @@ pub struct Shared {
     pub dead: AtomicBool,
     /// execve calls from a threaded process: each ends every thread but the caller.
     pub execs: AtomicU64,
+    /// The host threads of its vCPUs, by thread id: a signal from another process
+    /// kicks them out of the guest so that it is delivered at once.
+    pub vcpus: Mutex<BTreeMap<u64, libc::pthread_t>>,
 }
 
 impl Shared {
@@ -74,6 +77,21 @@ impl Shared {
     /// execve since `task` started.
     pub fn ended(&self, task: &crate::linux::thread::Task) -> bool {
         self.dead.load(Ordering::Acquire) || self.superseded(task)
+    }
+
+    /// Note `sig` (1..=64) as sent to the process, and kick its vCPUs out of the guest:
+    /// the first back takes it ([`crate::linux::Process::deliver_async`]).
+    pub fn post(&self, sig: u64) {
+        if (1..=64).contains(&sig) {
+            self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+        }
+        for &t in self.vcpus().values() {
+            crate::vm::kick_thread(t);
+        }
+    }
+
+    pub(crate) fn vcpus(&self) -> MutexGuard<'_, BTreeMap<u64, libc::pthread_t>> {
+        self.vcpus.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether another thread's execve ended `task`.
@@ -273,9 +291,7 @@ impl Kernel {
         let t = self.table();
         match t.procs.get(&pid) {
             Some(e) if e.status.is_none() => {
-                if (1..=64).contains(&sig) {
-                    e.shared.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
-                }
+                e.shared.post(sig);
                 true
             }
             _ => false,

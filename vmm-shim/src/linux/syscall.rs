@@ -1109,6 +1109,10 @@ impl Process {
             task.pending |= bit;
         } else {
             *self.signals_for.entry(tid).or_insert(0) |= bit;
+            // Out of the guest, to take it now (`Process::deliver_async`).
+            if let Some(Some(t)) = self.threads.get(&tid) {
+                crate::vm::kick_thread(*t);
+            }
         }
         Outcome::Return(0)
     }
@@ -1286,6 +1290,7 @@ impl Process {
         }
         self.threads.remove(&task.tid);
         self.waiters.remove(&task.tid);
+        self.shared.vcpus().remove(&task.tid);
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
