@@ -1,6 +1,9 @@
 /* Signals to a busy process (one that makes no system call): a handled SIGUSR1 and a
  * default-action SIGTERM must reach it at once, not at its next system call (it has
- * none). The parent reports whether each arrived within 2 seconds. */
+ * none); so must signals to a process asleep (nanosleep: EINTR with the time left) or
+ * blocked on a futex (pthread_cond_wait). The parent reports whether each arrived
+ * within 2 seconds. */
+#include <pthread.h>
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
@@ -19,13 +22,33 @@ static int spin(void) {
     return 99;
 }
 
+/* Sleeps 100 s at most; the handler's signal ends the sleep with EINTR. */
+static int nap(void) {
+    struct timespec t = {100, 0}, left = {0, 0};
+    int r = nanosleep(&t, &left);
+    return r == -1 && got && left.tv_sec > 50 ? 8 : 98;
+}
+
+static void exit_9(int s) { (void)s; _exit(9); }
+
+/* Waits on a condition variable nobody signals (a futex wait, which glibc resumes
+ * after a handler: this one ends the process). */
+static int block_on_futex(void) {
+    static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    if (got == 0 && signal(SIGUSR1, SIG_IGN) != SIG_DFL) signal(SIGUSR1, exit_9);
+    pthread_mutex_lock(&m);
+    while (!got) pthread_cond_wait(&c, &m);
+    return 9;
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-static void run(int sig, int handled) {
+static void run(int sig, int handled, int (*body)(void)) {
     int p[2];
     if (pipe(p) != 0) exit(1);
     fflush(stdout);
@@ -34,7 +57,7 @@ static void run(int sig, int handled) {
         if (handled) signal(SIGUSR1, on_usr1);
         close(p[0]);
         write(p[1], "r", 1); /* ready: the handler is in place */
-        _exit(spin());
+        _exit(body());
     }
     close(p[1]);
     char c;
@@ -53,7 +76,11 @@ static void run(int sig, int handled) {
 }
 
 int main(void) {
-    run(SIGUSR1, 1);
-    run(SIGTERM, 0);
+    run(SIGUSR1, 1, spin);
+    run(SIGTERM, 0, spin);
+    run(SIGUSR1, 1, nap);
+    run(SIGTERM, 0, nap);
+    run(SIGUSR1, 1, block_on_futex);
+    run(SIGTERM, 0, block_on_futex);
     return 0;
 }

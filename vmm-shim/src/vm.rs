@@ -1330,9 +1330,7 @@ impl VcpuRunner {
                             requests: req,
                         };
                         self.hook.on_block(&mut ctx);
-                        linux
-                            .block(&mut self.vcpu, pending, block, &self.stop)
-                            .map(|()| TrapAction::Resume)
+                        linux.block(&mut self.vcpu, pending, block, &self.stop)
                     }
                     action => action,
                 };
@@ -1573,9 +1571,12 @@ impl LinuxVcpu {
         pending: linux::Pending,
         mut block: linux::thread::Block,
         stop: &AtomicBool,
-    ) -> Result<(), VmError> {
+    ) -> Result<TrapAction, VmError> {
         let woken = block.wait(&self.task.waiter, stop);
-        lock(&self.shared.process).finish_block(&mut self.task, vcpu, pending, block, woken)
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
+        self.settle(&mut p, vcpu, action)
     }
 }
 

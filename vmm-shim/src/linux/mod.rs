@@ -861,18 +861,47 @@ impl Process {
         mut pending: Pending,
         block: Block,
         woken: bool,
-    ) -> Result<(), VmError> {
+    ) -> Result<TrapAction, VmError> {
+        use std::sync::atomic::Ordering;
         if self.shared.superseded(task) {
             // Ended by another thread's execve while blocked: nothing of the call is
             // left to finish (the run loop ends the thread before it runs again).
-            return Ok(());
+            return Ok(TrapAction::ThreadExit);
         }
+        self.shared.sleepers().remove(&task.tid);
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if self.shared.signals.load(Ordering::Relaxed) != 0 {
+            task.pending |= self.shared.signals.swap(0, Ordering::AcqRel);
+        }
+        let interrupted = task.pending & !task.sigmask != 0;
+        let eintr = mm::Errno(libc::EINTR).ret();
         let ret = match block {
-            // Timed out, unless a wake came in between the timeout and this lock.
-            Block::Futex { .. } if !woken && self.futexes.remove(task.tid) => {
-                mm::Errno(libc::ETIMEDOUT).ret()
+            // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
+            // (unless a wake came in between the timeout and this lock), or nothing
+            // (a spurious wake-up, which futex callers allow).
+            Block::Futex { .. } if self.futexes.remove(task.tid) => {
+                if interrupted {
+                    eintr
+                } else if !woken {
+                    mm::Errno(libc::ETIMEDOUT).ret()
+                } else {
+                    0
+                }
             }
-            Block::Futex { .. } | Block::Sleep { .. } => 0,
+            Block::Futex { .. } => 0,
+            Block::Sleep { until, rem } if woken && interrupted => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if rem != 0 {
+                    let mut b = [0u8; 16];
+                    b[..8].copy_from_slice(&left.as_secs().to_le_bytes());
+                    b[8..].copy_from_slice(&u64::from(left.subsec_nanos()).to_le_bytes());
+                    let _ = self.mm.write(GuestVirtAddr(rem), &b);
+                }
+                eintr
+            }
+            Block::Sleep { .. } => 0,
             Block::Poll(p) => self.poll_done(&p),
             Block::Epoll(e) => self.epoll_done(&e),
             Block::Restart { nr, .. } => {
@@ -905,7 +934,12 @@ impl Process {
             }
         };
         pending.regs.rax = ret;
-        write_regs(vcpu, &pending.regs, pending.fast)
+        // Signals that came meanwhile are delivered as the call returns.
+        if interrupted && let Some(end) = self.deliver_pending(task, vcpu, &mut pending.regs)? {
+            return Ok(end);
+        }
+        write_regs(vcpu, &pending.regs, pending.fast)?;
+        Ok(TrapAction::Resume)
     }
 
     /// End a [`TrapAction::Clone`]: `started` says whether the new thread runs.
@@ -1302,7 +1336,16 @@ impl Process {
             syscall::Outcome::Kill { signal, reason } => {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
-            syscall::Outcome::Block(b) => Serviced::Block(b),
+            syscall::Outcome::Block(b) => {
+                if matches!(b, Block::Sleep { .. } | Block::Futex { .. }) {
+                    // A signal interrupts it: one pending now ends it at once.
+                    self.shared.sleepers().insert(task.tid, task.waiter.clone());
+                    if task.pending & !task.sigmask != 0 {
+                        task.waiter.wake();
+                    }
+                }
+                Serviced::Block(b)
+            }
             syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
             syscall::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
             syscall::Outcome::Clone(c) => {

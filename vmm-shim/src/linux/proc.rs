@@ -70,6 +70,8 @@ pub struct Shared {
     /// The host threads of its vCPUs, by thread id: a signal from another process
     /// kicks them out of the guest so that it is delivered at once.
     pub vcpus: Mutex<BTreeMap<u64, libc::pthread_t>>,
+    /// Its threads blocked in a sleep or a futex wait, which a signal interrupts.
+    pub sleepers: Mutex<BTreeMap<u64, Arc<Waiter>>>,
 }
 
 impl Shared {
@@ -88,6 +90,13 @@ impl Shared {
         for &t in self.vcpus().values() {
             crate::vm::kick_thread(t);
         }
+        for w in self.sleepers().values() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn sleepers(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Waiter>>> {
+        self.sleepers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn vcpus(&self) -> MutexGuard<'_, BTreeMap<u64, libc::pthread_t>> {

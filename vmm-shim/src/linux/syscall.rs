@@ -518,8 +518,10 @@ impl Process {
                 }
                 Ok(s as u64)
             }),
-            Sysno::nanosleep => return self.sys_sleep(libc::CLOCK_MONOTONIC, 0, a[0]),
-            Sysno::clock_nanosleep => return self.sys_sleep(a[0] as i32, a[1] as i32, a[2]),
+            Sysno::nanosleep => return self.sys_sleep(task, libc::CLOCK_MONOTONIC, 0, a[0], a[1]),
+            Sysno::clock_nanosleep => {
+                return self.sys_sleep(task, a[0] as i32, a[1] as i32, a[2], a[3]);
+            }
             Sysno::getrandom => {
                 let mut b = vec![0u8; (a[1] as usize).min(MAX_IO)];
                 host::getrandom(&mut b, a[2] as u32)
@@ -977,10 +979,15 @@ impl Process {
 
     /// nanosleep/clock_nanosleep: a block until the time (relative, or absolute on
     /// `clock` with TIMER_ABSTIME), so other threads' calls go on meanwhile.
-    fn sys_sleep(&mut self, clock: i32, flags: i32, req: u64) -> Outcome {
-        let until = self.timeout(req, clock, flags & libc::TIMER_ABSTIME != 0);
+    fn sys_sleep(&mut self, task: &Task, clock: i32, flags: i32, req: u64, rem: u64) -> Outcome {
+        let absolute = flags & libc::TIMER_ABSTIME != 0;
+        let until = self.timeout(req, clock, absolute);
         match until {
-            Ok(Some(until)) => Outcome::Block(Block::Sleep { until }),
+            Ok(Some(until)) => {
+                task.waiter.reset();
+                let rem = if absolute { 0 } else { rem };
+                Outcome::Block(Block::Sleep { until, rem })
+            }
             Ok(None) => Outcome::Return(0),
             Err(e) => Outcome::Return(e.ret()),
         }
@@ -1109,9 +1116,12 @@ impl Process {
             task.pending |= bit;
         } else {
             *self.signals_for.entry(tid).or_insert(0) |= bit;
-            // Out of the guest, to take it now (`Process::deliver_async`).
+            // Out of the guest or its sleep, to take it now (`Process::deliver_async`).
             if let Some(Some(t)) = self.threads.get(&tid) {
                 crate::vm::kick_thread(*t);
+            }
+            if let Some(w) = self.shared.sleepers().get(&tid) {
+                w.wake();
             }
         }
         Outcome::Return(0)

@@ -161,8 +161,9 @@ impl Waiter {
 pub enum Block {
     /// A futex wait (queued in [`Futexes`] already).
     Futex { deadline: Option<Instant> },
-    /// nanosleep/clock_nanosleep (woken only by the VM stopping).
-    Sleep { until: Instant },
+    /// nanosleep/clock_nanosleep (woken early by a signal: EINTR, the time left
+    /// written to `rem` when not 0).
+    Sleep { until: Instant, rem: u64 },
     /// poll/ppoll/select on host descriptors.
     Poll(PollBlock),
     /// epoll_wait and its variants, on a host epoll instance.
@@ -240,10 +241,9 @@ impl Block {
                 true
             }
             Block::Vfork { .. } => waiter.wait(None, stop),
-            Block::Sleep { until } => {
-                waiter.reset();
-                waiter.wait(Some(*until), stop)
-            }
+            // Reset under the process lock when the sleep began (a signal's wake
+            // after that point must not be lost).
+            Block::Sleep { until, .. } => waiter.wait(Some(*until), stop),
             Block::Poll(p) => {
                 p.run(stop);
                 true
