@@ -72,7 +72,7 @@ impl EpollBlock {
 }
 
 /// A `write`/`writev` to a pipe, socket or terminal that may have to wait for a reader:
-/// done with the process released (see [`Process::wait_writable`]).
+/// done with the process released (see `Process::wait_writable`).
 #[derive(Debug)]
 pub struct WriteBlock {
     file: Arc<OwnedFd>,

@@ -30,7 +30,10 @@
 //! `vfork` and a `clone` without `CLONE_VM` copy the address space and start the child
 //! on a vCPU of its own (a vfork parent lends the child its address space and waits
 //! until the child execs or exits); `execve`
-//! builds a new address space in place, on the same vCPU. A vCPU whose thread ended
+//! builds a new address space in place, on the same vCPU (from a threaded process, the
+//! other threads end first, as Linux's de_thread; see `Process::end_other_threads`).
+//! Signals from other processes kick the receiver's vCPUs out of the guest and are
+//! delivered at once (`Process::deliver_async`). A vCPU whose thread ended
 //! waits for the next thread or process. The run ends when the first process ends.
 //!
 //! Limits: no copy-on-write (a fork copies the pages that are not all zero); a `clone`
