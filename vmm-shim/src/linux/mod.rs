@@ -876,7 +876,7 @@ impl Process {
             task.pending |= sigs;
         }
         if self.shared.signals.load(Ordering::Relaxed) != 0 {
-            task.pending |= self.shared.signals.swap(0, Ordering::AcqRel);
+            task.pending |= self.shared.take(task.sigmask);
         }
         let interrupted = task.pending & !task.sigmask != 0;
         let eintr = mm::Errno(libc::EINTR).ret();
@@ -1468,7 +1468,7 @@ impl Process {
             task.pending |= sigs;
         }
         if self.shared.signals.load(Ordering::Relaxed) != 0 {
-            task.pending |= self.shared.signals.swap(0, Ordering::AcqRel);
+            task.pending |= self.shared.take(task.sigmask);
         }
         if task.pending & !task.sigmask == 0 {
             return Ok(TrapAction::Resume);

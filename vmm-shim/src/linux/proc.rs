@@ -99,6 +99,27 @@ impl Shared {
         self.sleepers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Take the signals sent to the process that a thread with signal mask `mask`
+    /// accepts (the others stay for a thread that does not block them).
+    pub fn take(&self, mask: u64) -> u64 {
+        let mut cur = self.signals.load(Ordering::Acquire);
+        loop {
+            let want = cur & !mask;
+            if want == 0 {
+                return 0;
+            }
+            match self.signals.compare_exchange_weak(
+                cur,
+                cur & !want,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return want,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
     pub(crate) fn vcpus(&self) -> MutexGuard<'_, BTreeMap<u64, libc::pthread_t>> {
         self.vcpus.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -347,6 +368,18 @@ mod tests {
     fn kernel() -> Kernel {
         let pool = Arc::new(Mutex::new(Frames::empty()));
         Kernel::new(pool, 100, 1, Arc::default())
+    }
+
+    #[test]
+    fn a_thread_takes_only_the_process_signals_it_does_not_block() {
+        let s = Shared::default();
+        s.post(10);
+        s.post(15);
+        // A thread blocking SIGUSR1 (bit 9) takes SIGTERM only.
+        assert_eq!(s.take(1 << 9), 1 << 14);
+        assert_eq!(s.take(1 << 9), 0);
+        assert_eq!(s.take(0), 1 << 9);
+        assert_eq!(s.signals.load(Ordering::Acquire), 0);
     }
 
     #[test]
