@@ -1161,8 +1161,9 @@ impl VcpuRunner {
                 return VcpuEnd::Error(e);
             }
             if let Some(l) = &mut self.linux {
-                // Its process ended (another thread's exit_group, a fatal signal).
-                if l.shared.proc_shared.dead.load(Ordering::Acquire) {
+                // Its process ended (another thread's exit_group, a fatal signal), or
+                // another thread's execve ended this one.
+                if l.shared.proc_shared.ended(&l.task) {
                     return VcpuEnd::ThreadExit;
                 }
                 // Another thread changed the page tables (and kicked this one out).
@@ -1298,6 +1299,25 @@ impl VcpuRunner {
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
+            // A kick may bring a signal for the Linux program: delivered now.
+            if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
+                match linux.interrupt(&mut self.vcpu) {
+                    Ok(TrapAction::Resume) => {}
+                    Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
+                    Ok(TrapAction::Killed { signal, reason }) => {
+                        return VcpuEnd::Killed {
+                            signal,
+                            crash: CrashReport {
+                                vcpu: self.index,
+                                reason,
+                                registers: self.register_dump(),
+                            },
+                        };
+                    }
+                    Ok(_) => return VcpuEnd::ThreadExit,
+                    Err(e) => return VcpuEnd::Error(e),
+                }
+            }
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
@@ -1334,9 +1354,7 @@ impl VcpuRunner {
                             requests: req,
                         };
                         self.hook.on_block(&mut ctx);
-                        linux
-                            .block(&mut self.vcpu, pending, block, &self.stop)
-                            .map(|()| TrapAction::Resume)
+                        linux.block(&mut self.vcpu, pending, block, &self.stop)
                     }
                     action => action,
                 };
@@ -1472,6 +1490,15 @@ impl LinuxVcpu {
         self.settle(&mut p, vcpu, action)
     }
 
+    /// A kick out of the guest: deliver the signals it brought
+    /// ([`Process::deliver_async`]).
+    fn interrupt(&mut self, vcpu: &mut VcpuFd) -> Result<TrapAction, VmError> {
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.deliver_async(&mut self.task, vcpu)?;
+        self.settle(&mut p, vcpu, action)
+    }
+
     /// Finish a fork or exec ([`TrapAction::ProcessOp`]).
     fn process_op(
         &mut self,
@@ -1568,9 +1595,12 @@ impl LinuxVcpu {
         pending: linux::Pending,
         mut block: linux::thread::Block,
         stop: &AtomicBool,
-    ) -> Result<(), VmError> {
+    ) -> Result<TrapAction, VmError> {
         let woken = block.wait(&self.task.waiter, stop);
-        lock(&self.shared.process).finish_block(&mut self.task, vcpu, pending, block, woken)
+        let process = self.shared.process.clone();
+        let mut p = lock(&process);
+        let action = p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
+        self.settle(&mut p, vcpu, action)
     }
 }
 

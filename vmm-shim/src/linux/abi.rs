@@ -44,6 +44,9 @@ pub const TRAP_PORT_NULL: u16 = 0xd1;
 pub const SYSCALL_SLOT: u64 = 33;
 /// Bytes per stub slot in the stub page.
 pub const STUB_SLOT: u64 = 16;
+/// The legacy vsyscall page (fixed by the x86-64 ABI; older programs and the JVM call
+/// into it): `gettimeofday` at +0, `time` at +0x400, `getcpu` at +0x800.
+pub const VSYSCALL_PAGE: u64 = 0xffff_ffff_ff60_0000;
 
 // Exception vectors (SDM Vol. 3 §6.3.1).
 pub const VEC_DE: u8 = 0;

@@ -192,7 +192,29 @@ pub fn build_trap_area(
     }
     // The stub page lives as long as the VM: no address space frees it.
     mm.share_stubs(stubs);
+    map_vsyscall(mm)?;
     Ok(area)
+}
+
+/// The legacy vsyscall page at [`VSYSCALL_PAGE`], as Linux's `vsyscall=native` had it:
+/// `mov $nr, %rax; syscall; ret` for gettimeofday (+0), time (+0x400) and getcpu
+/// (+0x800), int3 everywhere else. A call into it is an ordinary system call from a
+/// user-executable, read-only page (what `vsyscall=emulate` gives a program, without
+/// the fault). The page is the address space's own (freed with it).
+fn map_vsyscall(mm: &mut AddressSpace) -> Result<(), Errno> {
+    let mut page = vec![0xccu8; PAGE as usize];
+    for (off, nr) in [
+        (0x000, libc::SYS_gettimeofday),
+        (0x400, libc::SYS_time),
+        (0x800, libc::SYS_getcpu),
+    ] {
+        let n = (nr as u32).to_le_bytes();
+        let code = [0x48, 0xc7, 0xc0, n[0], n[1], n[2], n[3], 0x0f, 0x05, 0xc3];
+        page[off..off + code.len()].copy_from_slice(&code);
+    }
+    let frame = mm.alloc_frame()?;
+    mm.memory().write(frame, &page).map_err(|_| Errno::EFAULT)?;
+    mm.map_page(VSYSCALL_PAGE, frame, PTE_P | PTE_US)
 }
 
 /// Where `syscall` leaves the vCPU on this host (see the module doc).
@@ -359,5 +381,18 @@ mod tests {
         assert!(area.stack_phys_of(top - 40, 40).is_some());
         assert!(area.stack_phys_of(top - 8, 16).is_none());
         assert!(area.stack_phys_of(u64::MAX - 4, 8).is_none());
+        // The vsyscall page: time() at +0x400 is `mov $201, %rax; syscall; ret`.
+        let pa = mem
+            .translate(
+                mm.cr3(),
+                crate::memory::GuestVirtAddr(VSYSCALL_PAGE + 0x400),
+            )
+            .unwrap();
+        let mut code = [0u8; 11];
+        mem.read(pa, &mut code).unwrap();
+        assert_eq!(
+            code,
+            [0x48, 0xc7, 0xc0, 201, 0, 0, 0, 0x0f, 0x05, 0xc3, 0xcc]
+        );
     }
 }

@@ -71,7 +71,81 @@ impl EpollBlock {
     }
 }
 
+/// A `write`/`writev` to a pipe, socket or terminal that may have to wait for a reader:
+/// done with the process released (see `Process::wait_writable`).
+#[derive(Debug)]
+pub struct WriteBlock {
+    file: Arc<OwnedFd>,
+    /// The bytes, taken from the program when the call was made.
+    data: Vec<u8>,
+    /// Bytes written, or the error, once run.
+    pub(crate) result: Result<usize, Errno>,
+}
+
+impl WriteBlock {
+    /// Write everything, waiting for room as a blocking write does (a signal of the
+    /// shim's own restarts it, unless the VM stops: then what was written counts).
+    pub fn run(&mut self) {
+        self.result = host::write(self.file.as_fd(), &self.data);
+    }
+}
+
 impl Process {
+    /// A blocking write that may wait for a reader (a pipe, socket or terminal that is
+    /// full, or a write larger than PIPE_BUF, which a pipe takes in parts) must not
+    /// hold the process: the reader may be another of its threads, and signals to it
+    /// must still get through. The bytes are taken from the program now and written
+    /// with the process released. None: write now (non-blocking descriptors, files,
+    /// small writes that fit).
+    pub(crate) fn wait_writable(&mut self, sys: Sysno, a: [u64; 6]) -> Option<Outcome> {
+        if !matches!(sys, Sysno::write | Sysno::writev) {
+            return None;
+        }
+        let file = self.fds.get(a[0]).ok()?.file.clone();
+        let fl = host::fcntl_int(file.as_fd(), libc::F_GETFL, 0).ok()?;
+        if fl & i64::from(libc::O_NONBLOCK) != 0 {
+            return None;
+        }
+        let len = match sys {
+            Sysno::write => a[2],
+            _ => {
+                let v = self.iovecs(a[1], a[2]).ok()?;
+                v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add)
+            }
+        };
+        let mut probe = [libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }];
+        match host::poll(&mut probe, 0) {
+            Ok(1) if probe[0].revents & libc::POLLOUT == 0 => return None, // error or hang-up
+            Ok(1) if len <= libc::PIPE_BUF as u64 || host::is_storage(file.as_fd()) => {
+                return None;
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let data = match sys {
+            Sysno::write => {
+                let mut b = vec![0u8; (len as usize).min(crate::linux::syscall::MAX_IO)];
+                if let Err(e) = self.mm.read(GuestVirtAddr(a[1]), &mut b) {
+                    return Some(Outcome::Return(e.ret()));
+                }
+                b
+            }
+            _ => match self.gather(a[1], a[2]) {
+                Ok(b) => b,
+                Err(e) => return Some(Outcome::Return(e.ret())),
+            },
+        };
+        Some(Outcome::Block(Block::Write(WriteBlock {
+            file,
+            data,
+            result: Ok(0),
+        })))
+    }
+
     /// With several threads, a read that would block (read, readv, recvfrom, recvmsg,
     /// accept on a blocking pipe, socket or terminal with nothing to take) must not
     /// hold the process: the thread that would make it ready could never run. It waits

@@ -267,6 +267,16 @@ pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Er
 }
 
 /// fcntl commands with an integer argument and result (F_GETFL, F_SETFL, ...).
+/// Whether `fd` is a regular file or a block device (writes to those never wait for
+/// another process).
+pub fn is_storage(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live stat buffer.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    r == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
+}
+
 pub fn fcntl_int(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> Result<i64, Errno> {
     // SAFETY: only called for commands whose argument is an integer.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };
@@ -328,6 +338,22 @@ pub fn path_call(
     if r < 0 { Err(last()) } else { Ok(r) }
 }
 
+/// The host CPU and NUMA node the calling thread runs on (the vCPU's thread, so the
+/// CPU the program's thread runs on too).
+pub fn getcpu() -> Result<(u32, u32), Errno> {
+    let (mut cpu, mut node) = (0u32, 0u32);
+    // SAFETY: both pointers are live u32s; the third argument (tcache) is unused.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getcpu,
+            &mut cpu as *mut u32,
+            &mut node as *mut u32,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    check(r as isize).map(|_| (cpu, node))
+}
+
 pub fn clock_gettime(clock: i32) -> Result<(i64, i64), Errno> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -371,11 +397,21 @@ pub fn uname() -> Vec<u8> {
 }
 
 /// `struct sysinfo` bytes.
-pub fn sysinfo() -> Vec<u8> {
+/// The host's `struct sysinfo`, with the RAM figures replaced by the guest's (`total`
+/// and `free` bytes): programs size their heaps from it (the JVM takes 1/64 of it up
+/// front), and the guest's RAM is what they have.
+pub fn sysinfo(total: u64, free: u64) -> Vec<u8> {
     // SAFETY: zeroed sysinfo is valid; sysinfo fills it.
     let mut s: libc::sysinfo = unsafe { std::mem::zeroed() };
     // SAFETY: s is a live sysinfo.
     unsafe { libc::sysinfo(&mut s) };
+    let unit = u64::from(s.mem_unit.max(1));
+    s.totalram = total / unit;
+    s.freeram = free / unit;
+    s.sharedram = 0;
+    s.bufferram = 0;
+    s.totalhigh = 0;
+    s.freehigh = 0;
     raw_bytes(&s)
 }
 

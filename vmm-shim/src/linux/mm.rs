@@ -365,6 +365,14 @@ impl AddressSpace {
         self.frames().in_use * PAGE
     }
 
+    /// Guest RAM for programs (every address space's frames) and how much of it is free,
+    /// in bytes.
+    pub fn ram(&self) -> (u64, u64) {
+        let f = self.frames();
+        let free = (f.end - f.next) + f.free.len() as u64 * PAGE;
+        (free + f.in_use * PAGE, free)
+    }
+
     /// A free frame (zeroed).
     pub fn alloc_frame(&mut self) -> Result<GuestPhysAddr, Errno> {
         let mem = self.mem.clone();

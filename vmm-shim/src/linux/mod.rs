@@ -30,7 +30,10 @@
 //! `vfork` and a `clone` without `CLONE_VM` copy the address space and start the child
 //! on a vCPU of its own (a vfork parent lends the child its address space and waits
 //! until the child execs or exits); `execve`
-//! builds a new address space in place, on the same vCPU. A vCPU whose thread ended
+//! builds a new address space in place, on the same vCPU (from a threaded process, the
+//! other threads end first, as Linux's de_thread; see `Process::end_other_threads`).
+//! Signals from other processes kick the receiver's vCPUs out of the guest and are
+//! delivered at once (`Process::deliver_async`). A vCPU whose thread ended
 //! waits for the next thread or process. The run ends when the first process ends.
 //!
 //! Limits: no copy-on-write (a fork copies the pages that are not all zero); a `clone`
@@ -474,6 +477,11 @@ pub struct Process {
     pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
     /// Where this process's address space goes back to its vfork parent.
     pub(crate) lent: Option<LentSpace>,
+    /// The parking places of its threads (an execve wakes the others to end them).
+    pub(crate) waiters: BTreeMap<u64, Arc<thread::Waiter>>,
+    /// Address spaces an execve replaced while other threads may still run on them:
+    /// each is freed once no thread holds its token ([`Task::space_token`]).
+    retired: Vec<(std::sync::Weak<()>, AddressSpace)>,
 }
 
 impl Drop for Process {
@@ -551,6 +559,8 @@ impl Process {
             cwd: None,
             vfork_parent: None,
             lent: None,
+            waiters: BTreeMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -578,6 +588,10 @@ impl Process {
         // SAFETY: pthread_self has no preconditions.
         self.threads
             .insert(task.tid, Some(unsafe { libc::pthread_self() }));
+        self.waiters.insert(task.tid, task.waiter.clone());
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.shared.vcpus().insert(task.tid, me);
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -701,6 +715,7 @@ impl Process {
             }
         }
         self.threads.clear();
+        self.shared.vcpus().clear();
         if !self.initial {
             let r = self.take_report();
             self.kernel.absorb(r);
@@ -739,6 +754,10 @@ impl Process {
         port: u16,
     ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if self.shared.superseded(task) {
+            // Another thread's execve ended this one while it waited for the lock.
+            return Ok(TrapAction::ThreadExit);
+        }
         if port == TRAP_PORT_NULL {
             // The floor: nothing to do (KVM skips the `out` at the next entry).
             return Ok(TrapAction::Resume);
@@ -845,13 +864,47 @@ impl Process {
         mut pending: Pending,
         block: Block,
         woken: bool,
-    ) -> Result<(), VmError> {
+    ) -> Result<TrapAction, VmError> {
+        use std::sync::atomic::Ordering;
+        if self.shared.superseded(task) {
+            // Ended by another thread's execve while blocked: nothing of the call is
+            // left to finish (the run loop ends the thread before it runs again).
+            return Ok(TrapAction::ThreadExit);
+        }
+        self.shared.sleepers().remove(&task.tid);
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if self.shared.signals.load(Ordering::Relaxed) != 0 {
+            task.pending |= self.shared.take(task.sigmask);
+        }
+        let interrupted = task.pending & !task.sigmask != 0;
+        let eintr = mm::Errno(libc::EINTR).ret();
         let ret = match block {
-            // Timed out, unless a wake came in between the timeout and this lock.
-            Block::Futex { .. } if !woken && self.futexes.remove(task.tid) => {
-                mm::Errno(libc::ETIMEDOUT).ret()
+            // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
+            // (unless a wake came in between the timeout and this lock), or nothing
+            // (a spurious wake-up, which futex callers allow).
+            Block::Futex { .. } if self.futexes.remove(task.tid) => {
+                if interrupted {
+                    eintr
+                } else if !woken {
+                    mm::Errno(libc::ETIMEDOUT).ret()
+                } else {
+                    0
+                }
             }
-            Block::Futex { .. } | Block::Sleep { .. } => 0,
+            Block::Futex { .. } => 0,
+            Block::Sleep { until, rem } if woken && interrupted => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if rem != 0 {
+                    let mut b = [0u8; 16];
+                    b[..8].copy_from_slice(&left.as_secs().to_le_bytes());
+                    b[8..].copy_from_slice(&u64::from(left.subsec_nanos()).to_le_bytes());
+                    let _ = self.mm.write(GuestVirtAddr(rem), &b);
+                }
+                eintr
+            }
+            Block::Sleep { .. } => 0,
             Block::Poll(p) => self.poll_done(&p),
             Block::Epoll(e) => self.epoll_done(&e),
             Block::Restart { nr, .. } => {
@@ -866,6 +919,16 @@ impl Process {
                 nr
             }
             Block::Wait(w) => self.wait_done(&w),
+            Block::Write(w) => match w.result {
+                Ok(n) => n as u64,
+                Err(e) => {
+                    // A write to a pipe nobody reads: SIGPIPE (see `syscall`).
+                    if e.0 == libc::EPIPE {
+                        task.pending |= 1 << (libc::SIGPIPE - 1);
+                    }
+                    e.ret()
+                }
+            },
             Block::Vfork { child, lent } => {
                 if let Some(slot) = lent {
                     self.take_back(&slot);
@@ -874,7 +937,12 @@ impl Process {
             }
         };
         pending.regs.rax = ret;
-        write_regs(vcpu, &pending.regs, pending.fast)
+        // Signals that came meanwhile are delivered as the call returns.
+        if interrupted && let Some(end) = self.deliver_pending(task, vcpu, &mut pending.regs)? {
+            return Ok(end);
+        }
+        write_regs(vcpu, &pending.regs, pending.fast)?;
+        Ok(TrapAction::Resume)
     }
 
     /// End a [`TrapAction::Clone`]: `started` says whether the new thread runs.
@@ -905,6 +973,9 @@ impl Process {
         mut pending: Pending,
         op: ProcessOp,
     ) -> Result<TrapAction, VmError> {
+        if self.shared.superseded(task) {
+            return Ok(TrapAction::ThreadExit);
+        }
         let started = std::time::Instant::now();
         let err = match op {
             ProcessOp::Fork(f) => match self.fork(task, vcpu, &pending.regs, &f) {
@@ -1020,6 +1091,8 @@ impl Process {
             cwd: self.cwd.clone(),
             vfork_parent: f.vfork.then(|| task.waiter.clone()),
             lent: lent.clone(),
+            waiters: BTreeMap::new(),
+            retired: Vec::new(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -1112,13 +1185,21 @@ impl Process {
             .map_err(kvm("KVM_SET_REGS"))
             .map_err(vm_err)?;
         let old = std::mem::replace(&mut self.mm, mm);
+        let others = self.threads.keys().any(|&t| t != task.tid);
+        if others {
+            self.end_other_threads(task);
+        }
         match self.lent.take() {
             // A vfork child gives the parent its address space back.
             Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
             None => {
                 self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
                 self.report.maps.extend(old.maps.iter().cloned());
-                drop(old);
+                // The other threads' vCPUs may still run on it until they notice.
+                let token = std::mem::replace(&mut task.space_token, Arc::new(()));
+                self.retired.push((Arc::downgrade(&token), old));
+                drop(token);
+                self.free_retired();
             }
         }
         self.trap = trap;
@@ -1155,6 +1236,39 @@ impl Process {
         Ok(self.mm.roots())
     }
 
+    /// execve from a threaded process, as Linux's de_thread: every other thread ends
+    /// (kicked out of the guest, woken from its waits; each notices at its next step,
+    /// [`proc::Shared::ended`]) and the caller goes on as the thread group leader, with
+    /// the process id as its thread id.
+    fn end_other_threads(&mut self, task: &mut Task) {
+        use std::sync::atomic::Ordering;
+        task.exec_gen = self.shared.execs.fetch_add(1, Ordering::AcqRel) + 1;
+        for (&tid, t) in &self.threads {
+            if tid != task.tid
+                && let Some(t) = t
+            {
+                crate::vm::kick_thread(*t);
+            }
+        }
+        for (&tid, w) in &self.waiters {
+            if tid != task.tid {
+                w.wake();
+            }
+        }
+        self.futexes.wake_all();
+        self.signals_for.clear();
+        self.waiters.clear();
+        self.threads.clear();
+        self.shared.vcpus().clear();
+        task.tid = self.pid;
+        self.register_thread(task);
+    }
+
+    /// Free the address spaces an execve replaced that no thread runs on any more.
+    fn free_retired(&mut self) {
+        self.retired.retain(|(token, _)| token.strong_count() > 0);
+    }
+
     /// Service the system call in `regs` and leave the return state in `regs`.
     fn syscall_service(
         &mut self,
@@ -1165,6 +1279,9 @@ impl Process {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let nr = regs.rax;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+        if !self.retired.is_empty() {
+            self.free_retired();
+        }
         self.report.syscalls += 1;
         *self.counts.entry(nr).or_insert(0) += 1;
         let old_fs = task.fs_base;
@@ -1222,7 +1339,16 @@ impl Process {
             syscall::Outcome::Kill { signal, reason } => {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
-            syscall::Outcome::Block(b) => Serviced::Block(b),
+            syscall::Outcome::Block(b) => {
+                if matches!(b, Block::Sleep { .. } | Block::Futex { .. }) {
+                    // A signal interrupts it: one pending now ends it at once.
+                    self.shared.sleepers().insert(task.tid, task.waiter.clone());
+                    if task.pending & !task.sigmask != 0 {
+                        task.waiter.wake();
+                    }
+                }
+                Serviced::Block(b)
+            }
             syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
             syscall::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
             syscall::Outcome::Clone(c) => {
@@ -1252,6 +1378,8 @@ impl Process {
                     tlb_seen: self
                         .tlb_generation
                         .load(std::sync::atomic::Ordering::Acquire),
+                    exec_gen: task.exec_gen,
+                    space_token: task.space_token.clone(),
                     ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {
@@ -1319,6 +1447,73 @@ impl Process {
             break;
         }
         Ok(None)
+    }
+
+    /// A signal that came while `task`'s vCPU ran the program (it was kicked out of
+    /// the guest: [`proc::Shared::post`], or a tgkill from another thread): delivered
+    /// now, at the interrupted instruction, instead of at the next system call (a busy
+    /// program may make none). Nothing is done when no signal is deliverable or the
+    /// vCPU is not in ring 3 (then it waits for the next system call).
+    pub fn deliver_async(
+        &mut self,
+        task: &mut Task,
+        vcpu: &mut VcpuFd,
+    ) -> Result<TrapAction, VmError> {
+        use std::sync::atomic::Ordering;
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if self.shared.superseded(task) {
+            return Ok(TrapAction::ThreadExit);
+        }
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            task.pending |= sigs;
+        }
+        if self.shared.signals.load(Ordering::Relaxed) != 0 {
+            task.pending |= self.shared.take(task.sigmask);
+        }
+        if task.pending & !task.sigmask == 0 {
+            return Ok(TrapAction::Resume);
+        }
+        // Let KVM finish what an exit left half done (see on_trap).
+        vcpu.set_kvm_immediate_exit(1);
+        let _ = vcpu.run();
+        vcpu.set_kvm_immediate_exit(0);
+        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        if sregs.cs.dpl != 3 {
+            return Ok(TrapAction::Resume);
+        }
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        while let Some(sig) = self.next_signal(task) {
+            let act = self.action(sig);
+            match act.handler {
+                1 => continue, // SIG_IGN
+                0 if !signal::default_terminates(sig) => continue,
+                0 => {
+                    return Ok(TrapAction::Killed {
+                        signal: sig as i32,
+                        reason: format!("killed by signal {sig}"),
+                    });
+                }
+                _ => {}
+            }
+            let info = signal::SigInfo {
+                signo: sig as i32,
+                code: signal::SI_USER,
+                word: host::ids()[2] << 32,
+                ..Default::default()
+            };
+            let mut r = regs;
+            let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
+            if self.setup_frame(task, &mut r, act, info).is_err() {
+                return Ok(TrapAction::Killed {
+                    signal: libc::SIGSEGV,
+                    reason: format!("cannot write the frame of signal {sig} on the stack"),
+                });
+            }
+            task.fpu_saved.push(fpu);
+            vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
+            break;
+        }
+        Ok(TrapAction::Resume)
     }
 
     /// A fault from ring 3: if the program handles `sig` (and does not block it), its

@@ -65,6 +65,69 @@ pub struct Shared {
     pub signals: AtomicU64,
     /// The process ended (exit_group, a fatal signal): its other threads stop.
     pub dead: AtomicBool,
+    /// execve calls from a threaded process: each ends every thread but the caller.
+    pub execs: AtomicU64,
+    /// The host threads of its vCPUs, by thread id: a signal from another process
+    /// kicks them out of the guest so that it is delivered at once.
+    pub vcpus: Mutex<BTreeMap<u64, libc::pthread_t>>,
+    /// Its threads blocked in a sleep or a futex wait, which a signal interrupts.
+    pub sleepers: Mutex<BTreeMap<u64, Arc<Waiter>>>,
+}
+
+impl Shared {
+    /// Whether `task` must stop: its process ended, or another thread of it called
+    /// execve since `task` started.
+    pub fn ended(&self, task: &crate::linux::thread::Task) -> bool {
+        self.dead.load(Ordering::Acquire) || self.superseded(task)
+    }
+
+    /// Note `sig` (1..=64) as sent to the process, and kick its vCPUs out of the guest:
+    /// the first back takes it ([`crate::linux::Process::deliver_async`]).
+    pub fn post(&self, sig: u64) {
+        if (1..=64).contains(&sig) {
+            self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+        }
+        for &t in self.vcpus().values() {
+            crate::vm::kick_thread(t);
+        }
+        for w in self.sleepers().values() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn sleepers(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Waiter>>> {
+        self.sleepers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take the signals sent to the process that a thread with signal mask `mask`
+    /// accepts (the others stay for a thread that does not block them).
+    pub fn take(&self, mask: u64) -> u64 {
+        let mut cur = self.signals.load(Ordering::Acquire);
+        loop {
+            let want = cur & !mask;
+            if want == 0 {
+                return 0;
+            }
+            match self.signals.compare_exchange_weak(
+                cur,
+                cur & !want,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return want,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    pub(crate) fn vcpus(&self) -> MutexGuard<'_, BTreeMap<u64, libc::pthread_t>> {
+        self.vcpus.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether another thread's execve ended `task`.
+    pub fn superseded(&self, task: &crate::linux::thread::Task) -> bool {
+        self.execs.load(Ordering::Acquire) != task.exec_gen
+    }
 }
 
 /// Which children a wait is for (`wait4`'s pid argument, `waitid`'s idtype and id).
@@ -258,9 +321,7 @@ impl Kernel {
         let t = self.table();
         match t.procs.get(&pid) {
             Some(e) if e.status.is_none() => {
-                if (1..=64).contains(&sig) {
-                    e.shared.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
-                }
+                e.shared.post(sig);
                 true
             }
             _ => false,
@@ -307,6 +368,18 @@ mod tests {
     fn kernel() -> Kernel {
         let pool = Arc::new(Mutex::new(Frames::empty()));
         Kernel::new(pool, 100, 1, Arc::default())
+    }
+
+    #[test]
+    fn a_thread_takes_only_the_process_signals_it_does_not_block() {
+        let s = Shared::default();
+        s.post(10);
+        s.post(15);
+        // A thread blocking SIGUSR1 (bit 9) takes SIGTERM only.
+        assert_eq!(s.take(1 << 9), 1 << 14);
+        assert_eq!(s.take(1 << 9), 0);
+        assert_eq!(s.take(0), 1 << 9);
+        assert_eq!(s.signals.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -183,6 +183,9 @@ impl Process {
         if let Some(wait) = self.wait_readable(sys, a) {
             return wait;
         }
+        if let Some(wait) = self.wait_writable(sys, a) {
+            return wait;
+        }
         let r: Sys = match sys {
             Sysno::exit_group => return Outcome::Exit(a[0] as i32),
             Sysno::exit => return self.sys_exit(task, a[0] as i32),
@@ -366,6 +369,10 @@ impl Process {
             Sysno::ftruncate => self
                 .host_fd(a[0])
                 .and_then(|f| host::fd_call(libc::SYS_ftruncate, f, a[1] as i64).map(|v| v as u64)),
+            // The program's descriptors are host open files: the lock is the host's.
+            Sysno::flock => self
+                .host_fd(a[0])
+                .and_then(|f| host::fd_call(libc::SYS_flock, f, a[1] as i64).map(|v| v as u64)),
             Sysno::fsync | Sysno::fdatasync => self.host_fd(a[0]).and_then(|f| {
                 let nr = if sys == Sysno::fsync {
                     libc::SYS_fsync
@@ -471,11 +478,22 @@ impl Process {
             Sysno::getgid => ok(host::ids()[4]),
             Sysno::getegid => ok(host::ids()[5]),
             Sysno::uname => self.out(a[0], &host::uname()).map(|()| 0),
-            Sysno::sysinfo => self.out(a[0], &host::sysinfo()).map(|()| 0),
+            Sysno::sysinfo => {
+                let (total, free) = self.mm.ram();
+                self.out(a[0], &host::sysinfo(total, free)).map(|()| 0)
+            }
             Sysno::prlimit64 => self.sys_prlimit(a[0], a[1] as u32, a[2], a[3]),
             Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
             Sysno::sched_getaffinity => host::sched_getaffinity(a[1] as usize)
                 .and_then(|m| self.out(a[2], &m).map(|()| m.len() as u64)),
+            Sysno::getcpu => host::getcpu().and_then(|(cpu, node)| {
+                for (va, v) in [(a[0], cpu), (a[1], node)] {
+                    if va != 0 {
+                        self.out(va, &v.to_le_bytes())?;
+                    }
+                }
+                Ok(0)
+            }),
             Sysno::sched_yield => {
                 std::thread::yield_now();
                 ok(0)
@@ -500,8 +518,10 @@ impl Process {
                 }
                 Ok(s as u64)
             }),
-            Sysno::nanosleep => return self.sys_sleep(libc::CLOCK_MONOTONIC, 0, a[0]),
-            Sysno::clock_nanosleep => return self.sys_sleep(a[0] as i32, a[1] as i32, a[2]),
+            Sysno::nanosleep => return self.sys_sleep(task, libc::CLOCK_MONOTONIC, 0, a[0], a[1]),
+            Sysno::clock_nanosleep => {
+                return self.sys_sleep(task, a[0] as i32, a[1] as i32, a[2], a[3]);
+            }
             Sysno::getrandom => {
                 let mut b = vec![0u8; (a[1] as usize).min(MAX_IO)];
                 host::getrandom(&mut b, a[2] as u32)
@@ -699,7 +719,8 @@ impl Process {
         Ok(n as u64)
     }
 
-    fn sys_writev(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+    /// The bytes of a `struct iovec` array, in order (at most [`MAX_IO`]).
+    pub(crate) fn gather(&self, iov: u64, cnt: u64) -> Result<Vec<u8>, Errno> {
         let v = self.iovecs(iov, cnt)?;
         let mut b = Vec::new();
         for (base, len) in v {
@@ -708,6 +729,11 @@ impl Process {
             b.resize(start + len, 0);
             self.mm.read(GuestVirtAddr(base), &mut b[start..])?;
         }
+        Ok(b)
+    }
+
+    fn sys_writev(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
+        let b = self.gather(iov, cnt)?;
         let f = self.host_fd(fd)?;
         Ok(host::write(f, &b)? as u64)
     }
@@ -953,10 +979,15 @@ impl Process {
 
     /// nanosleep/clock_nanosleep: a block until the time (relative, or absolute on
     /// `clock` with TIMER_ABSTIME), so other threads' calls go on meanwhile.
-    fn sys_sleep(&mut self, clock: i32, flags: i32, req: u64) -> Outcome {
-        let until = self.timeout(req, clock, flags & libc::TIMER_ABSTIME != 0);
+    fn sys_sleep(&mut self, task: &Task, clock: i32, flags: i32, req: u64, rem: u64) -> Outcome {
+        let absolute = flags & libc::TIMER_ABSTIME != 0;
+        let until = self.timeout(req, clock, absolute);
         match until {
-            Ok(Some(until)) => Outcome::Block(Block::Sleep { until }),
+            Ok(Some(until)) => {
+                task.waiter.reset();
+                let rem = if absolute { 0 } else { rem };
+                Outcome::Block(Block::Sleep { until, rem })
+            }
             Ok(None) => Outcome::Return(0),
             Err(e) => Outcome::Return(e.ret()),
         }
@@ -1085,6 +1116,13 @@ impl Process {
             task.pending |= bit;
         } else {
             *self.signals_for.entry(tid).or_insert(0) |= bit;
+            // Out of the guest or its sleep, to take it now (`Process::deliver_async`).
+            if let Some(Some(t)) = self.threads.get(&tid) {
+                crate::vm::kick_thread(*t);
+            }
+            if let Some(w) = self.shared.sleepers().get(&tid) {
+                w.wake();
+            }
         }
         Outcome::Return(0)
     }
@@ -1261,6 +1299,8 @@ impl Process {
             }
         }
         self.threads.remove(&task.tid);
+        self.waiters.remove(&task.tid);
+        self.shared.vcpus().remove(&task.tid);
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
@@ -1351,10 +1391,6 @@ impl Process {
                 }
                 self.host_path(&p)
             };
-            if self.threads.len() > 1 {
-                // Linux ends the other threads first; the shim does not (yet).
-                return Err(Errno(libc::EAGAIN));
-            }
             crate::linux::Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
         })();
         match r {

@@ -61,6 +61,13 @@ pub struct Task {
     pub trap: TrapArea,
     /// x87/SSE states saved at signal deliveries, restored by rt_sigreturn.
     pub(crate) fpu_saved: Vec<kvm_fpu>,
+    /// The process's execve count when this thread started in it: an execve by
+    /// another thread ends this one ([`crate::linux::proc::Shared::ended`]).
+    pub(crate) exec_gen: u64,
+    /// Held by every thread running on the address space: an execve from a threaded
+    /// process frees the old space only once no thread holds its token (the other
+    /// vCPUs may still be in the guest on it until they notice their end).
+    pub(crate) space_token: Arc<()>,
 }
 
 impl Task {
@@ -81,6 +88,8 @@ impl Task {
             waiter: Arc::new(Waiter::default()),
             trap,
             fpu_saved: Vec::new(),
+            exec_gen: 0,
+            space_token: Arc::new(()),
         }
     }
 
@@ -152,8 +161,9 @@ impl Waiter {
 pub enum Block {
     /// A futex wait (queued in [`Futexes`] already).
     Futex { deadline: Option<Instant> },
-    /// nanosleep/clock_nanosleep (woken only by the VM stopping).
-    Sleep { until: Instant },
+    /// nanosleep/clock_nanosleep (woken early by a signal: EINTR, the time left
+    /// written to `rem` when not 0).
+    Sleep { until: Instant, rem: u64 },
     /// poll/ppoll/select on host descriptors.
     Poll(PollBlock),
     /// epoll_wait and its variants, on a host epoll instance.
@@ -163,6 +173,8 @@ pub enum Block {
     Restart { poll: PollBlock, nr: u64 },
     /// wait4/waitid for a child to end.
     Wait(WaitBlock),
+    /// A write that may wait for a reader (`Process::wait_writable` in `events.rs`).
+    Write(crate::linux::events::WriteBlock),
     /// A vfork parent until its child execs or exits; the child's id, and where the
     /// child gives back the address space it borrowed.
     Vfork {
@@ -229,10 +241,9 @@ impl Block {
                 true
             }
             Block::Vfork { .. } => waiter.wait(None, stop),
-            Block::Sleep { until } => {
-                waiter.reset();
-                waiter.wait(Some(*until), stop)
-            }
+            // Reset under the process lock when the sleep began (a signal's wake
+            // after that point must not be lost).
+            Block::Sleep { until, .. } => waiter.wait(Some(*until), stop),
             Block::Poll(p) => {
                 p.run(stop);
                 true
@@ -243,6 +254,10 @@ impl Block {
             }
             Block::Restart { poll, .. } => {
                 poll.run(stop);
+                true
+            }
+            Block::Write(w) => {
+                w.run();
                 true
             }
         }
@@ -322,6 +337,15 @@ pub struct Futexes {
 }
 
 impl Futexes {
+    /// Wake every waiter (their threads end: an execve by another thread).
+    pub fn wake_all(&mut self) {
+        for q in std::mem::take(&mut self.queues).into_values() {
+            for w in q {
+                w.waiter.wake();
+            }
+        }
+    }
+
     pub fn enqueue(&mut self, addr: u64, tid: u64, bitset: u32, waiter: Arc<Waiter>) {
         waiter.reset();
         self.queues.entry(addr).or_default().push_back(Queued {

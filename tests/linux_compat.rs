@@ -1,0 +1,182 @@
+//! End-to-end tests of the Linux personality's compatibility corners: the legacy
+//! vsyscall page, execve from a threaded process, writers blocked on a full pipe,
+//! signals to a busy process, and a real JVM. Programs are compiled at test time and
+//! compared byte for byte (stdout, stderr, exit status) with their native runs under
+//! `lbrprof run --vm --`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{kvm_available, lbrprof};
+
+fn output(mut cmd: Command, dir: &Path) -> Output {
+    cmd.current_dir(dir).stdin(Stdio::null());
+    cmd.output().expect("cannot start the program")
+}
+
+/// PROG ARGS natively and under `lbrprof run --vm --`, both in `dir`.
+fn native_and_vm(dir: &Path, prog: &str, args: &[&str]) -> (Output, Output) {
+    let mut native = Command::new(prog);
+    native.args(args);
+    let mut vm = lbrprof();
+    vm.args(["run", "--vm", "--timeout", "120", "--", prog])
+        .args(args);
+    (output(native, dir), output(vm, dir))
+}
+
+fn assert_identical(what: &str, native: &Output, vm: &Output) {
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stderr),
+        String::from_utf8_lossy(&native.stderr),
+        "{what}: stderr differs"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "{what}: stdout differs"
+    );
+    assert_eq!(
+        vm.status.code(),
+        native.status.code(),
+        "{what}: exit status differs"
+    );
+}
+
+/// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`.
+fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(out);
+    let status = Command::new(cc)
+        .args(["-O2", "-g"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc} is needed for the Linux-program tests ({e})"));
+    assert!(
+        status.success(),
+        "{cc} {flags:?} failed on {}",
+        src.display()
+    );
+    exe
+}
+
+#[test]
+fn calls_into_the_vsyscall_page_answer_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("glibc", "gcc", &[][..]),
+        ("glibc-static", "gcc", &["-static"][..]),
+        ("musl-static", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_vsyscall", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("time: ok") && !text.contains("WRONG"),
+            "{out}: {text}"
+        );
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn execve_from_a_threaded_process_ends_the_other_threads() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("glibc", "gcc", &["-pthread"][..]),
+        ("glibc-static", "gcc", &["-pthread", "-static"][..]),
+        ("musl-static", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_exec_threads", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        assert_eq!(native.status.code(), Some(3), "{out}: native run");
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(text.contains("after-thread: same pid yes"), "{out}: {text}");
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn a_writer_blocked_on_a_full_pipe_lets_its_reader_drain_it() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("glibc", "gcc", &["-pthread"][..]),
+        ("musl-static", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_pipe_full", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &["4"]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("writer thread: 4194304 bytes, 0 wrong"),
+            "{out}: {text}"
+        );
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn a_signal_to_a_busy_sleeping_or_waiting_process_arrives_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_kill_busy", "kill_busy", "gcc", &[]);
+    let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+    let text = String::from_utf8_lossy(&native.stdout);
+    for body in [7, 8, 9] {
+        let line = format!("signal 10: child exited {body}, in time yes");
+        assert!(text.contains(&line), "{text}");
+    }
+    assert_eq!(text.matches("child killed by 15, in time yes").count(), 3);
+    assert_identical("kill to a busy child", &native, &vm);
+}
+
+/// The JDK, if the machine has one (CI installs it: a skip there is a failure).
+fn javac() -> Option<PathBuf> {
+    let javac = PathBuf::from("/usr/bin/javac");
+    if javac.exists() && Path::new("/usr/bin/java").exists() {
+        return Some(javac);
+    }
+    if std::env::var_os("LBRPROF_REQUIRE_KVM").is_some() {
+        panic!("LBRPROF_REQUIRE_KVM is set but there is no JDK (.ci/run installs it)");
+    }
+    eprintln!("skipped: needs a JDK (/usr/bin/javac, /usr/bin/java)");
+    None
+}
+
+#[test]
+fn the_jvm_runs_a_java_program_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(javac) = javac() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/LinuxJava.java");
+    let status = Command::new(javac)
+        .arg("-d")
+        .arg(tmp.path())
+        .arg(&src)
+        .status()
+        .expect("javac");
+    assert!(status.success(), "javac failed");
+    let cp = tmp.path().to_str().unwrap();
+    let (native, vm) = native_and_vm(tmp.path(), "/usr/bin/java", &["-cp", cp, "LinuxJava"]);
+    let text = String::from_utf8_lossy(&native.stdout);
+    assert!(text.contains("sum 59999997"), "{text}");
+    assert_identical("java", &native, &vm);
+    let (native, vm) = native_and_vm(tmp.path(), "/usr/bin/java", &["-version"]);
+    assert_identical("java -version", &native, &vm);
+}
