@@ -166,13 +166,7 @@ pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: 
             }
         }
     }
-    let pct = |w: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            w as f64 * 100.0 / total as f64
-        }
-    };
+    let pct = |w: u64| crate::share::pct(w, total);
     let mut rows: Vec<HistRow> = rows
         .into_iter()
         .map(|(keys, [ss, sw, cs, cw])| HistRow {

@@ -122,6 +122,7 @@ pub mod pprof;
 pub mod recscan;
 pub mod render;
 pub mod report;
+pub mod share;
 pub mod symbols;
 pub mod tree;
 pub mod vm;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Profile;
 use crate::decode::{AVG_INSN_BYTES, CodeReader};
 use crate::loc::{Loc, ModuleKind, ModuleTable};
+use crate::share::pct;
 use crate::symbols::SymbolTable;
 
 /// How rows are ordered.
@@ -284,14 +285,6 @@ pub struct Report {
     /// The call tree (`-g caller|callee`), when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_tree: Option<crate::tree::CallTree>,
-}
-
-fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
 }
 
 /// The short module name shown in tables.

@@ -115,13 +115,7 @@ fn module_name(modules: &ModuleTable, l: &Loc) -> String {
 }
 
 fn finish(children: HashMap<(String, String), Building>, whole: u64) -> Vec<Node> {
-    let pct = |w: u64| {
-        if whole == 0 {
-            0.0
-        } else {
-            w as f64 * 100.0 / whole as f64
-        }
-    };
+    let pct = |w: u64| crate::share::pct(w, whole);
     let mut nodes: Vec<Node> = children
         .into_iter()
         .map(|((module, function), b)| Node {

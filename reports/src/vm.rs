@@ -33,6 +33,7 @@ use lbrprof_data::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
 use serde::{Deserialize, Serialize};
 
 use crate::loc::{Loc, ModuleKind, ModuleTable};
+use crate::share::pct;
 use crate::symbols::SymbolTable;
 pub use crate::vmtrace::{VmSample, VmSnapshot, VmTrace};
 
@@ -433,14 +434,6 @@ pub fn analyze(
         host_only,
         guest_only,
         guest_frames,
-    }
-}
-
-fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
     }
 }
 
