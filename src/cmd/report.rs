@@ -4,6 +4,7 @@
 //! Also home of the loading path shared with `flamegraph` and `export`: open by magic,
 //! aggregate on two threads, symbolize every unique location once.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -702,34 +703,69 @@ pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
     })
 }
 
-/// The Debian package that ships `path` (`dpkg-query -S`), tried as recorded and through
-/// symlinks and the merged-/usr aliases; `None` off Debian or for unpackaged files.
-fn debian_package(path: &Path) -> Option<String> {
-    let mut candidates = vec![path.to_path_buf()];
-    if let Ok(real) = path.canonicalize() {
-        candidates.push(real);
-    }
-    for c in candidates.clone() {
-        match c.strip_prefix("/usr") {
-            Ok(rest) => candidates.push(Path::new("/").join(rest)),
-            Err(_) => candidates.push(Path::new("/usr").join(c.strip_prefix("/").ok()?)),
+/// The Debian packages that ship `modules` (module path → package), from one
+/// `dpkg-query -S` for all of them (each run reads the whole package database, about a
+/// tenth of a second); each path is tried as recorded, through symlinks and as its
+/// merged-/usr alias. Paths off Debian or not packaged are absent.
+fn debian_packages(modules: &[&str]) -> HashMap<String, String> {
+    let mut candidates: Vec<(PathBuf, &str)> = Vec::new();
+    for &module in modules {
+        let path = Path::new(module);
+        let mut paths = vec![path.to_path_buf()];
+        if let Ok(real) = path.canonicalize() {
+            paths.push(real);
         }
+        for c in paths.clone() {
+            match c.strip_prefix("/usr") {
+                Ok(rest) => paths.push(Path::new("/").join(rest)),
+                Err(_) => {
+                    if let Ok(rest) = c.strip_prefix("/") {
+                        paths.push(Path::new("/usr").join(rest));
+                    }
+                }
+            }
+        }
+        candidates.extend(paths.into_iter().map(|p| (p, module)));
     }
-    // One query for all the candidates (each dpkg-query reads the whole package
-    // database: a tenth of a second); it exits non-zero when some of them are not
-    // packaged, and still prints the ones that are.
-    let out = std::process::Command::new("dpkg-query")
+    if candidates.is_empty() {
+        return HashMap::new();
+    }
+    // It exits non-zero when some paths are not packaged, and still prints the others.
+    let Ok(out) = std::process::Command::new("dpkg-query")
         .arg("-S")
-        .args(&candidates)
+        .args(candidates.iter().map(|(p, _)| p))
         .stderr(std::process::Stdio::null())
         .output()
-        .ok()?;
-    // `pkg:arch: /path` (or `pkg: /path`); a diversion line has no package.
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| !l.starts_with("diversion"))?;
-    let pkg = line.split(": ").next()?;
-    let pkg = pkg.split(':').next()?.split(',').next()?.trim();
-    (!pkg.is_empty()).then(|| pkg.to_owned())
+    else {
+        return HashMap::new();
+    };
+    packages_from_dpkg_search(&String::from_utf8_lossy(&out.stdout), &candidates)
+}
+
+/// Parses `dpkg-query -S` output (`pkg:arch: /path`, `pkg1, pkg2: /path`; diversion lines
+/// name no package) into module → its first package.
+fn packages_from_dpkg_search(
+    text: &str,
+    candidates: &[(PathBuf, &str)],
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with("diversion")) {
+        let Some((packages, path)) = line.split_once(": ") else {
+            continue;
+        };
+        let first = packages.split(',').next().unwrap_or_default();
+        let package = first.split(':').next().unwrap_or_default().trim();
+        if package.is_empty() {
+            continue;
+        }
+        for (candidate, module) in candidates {
+            if candidate.as_os_str() == path.trim() {
+                out.entry((*module).to_owned())
+                    .or_insert_with(|| package.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Whether any host sample has a call chain (more than its own frame): perf then shows
@@ -801,8 +837,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Nothing was looked up: no code is "unnamed" for want of a debug package.
         rep.meta.unnamed.clear();
     }
+    let modules: Vec<&str> = rep
+        .meta
+        .unnamed
+        .iter()
+        .filter(|u| !u.missing)
+        .map(|u| u.module.as_str())
+        .collect();
+    let packages = debian_packages(&modules);
     for u in rep.meta.unnamed.iter_mut().filter(|u| !u.missing) {
-        u.package = debian_package(Path::new(&u.module));
+        u.package = packages.get(&u.module).cloned();
     }
     let order = match args.sort {
         SortSpec::Order(Sort::SelfShare) if args.children => SortKey::Total,
@@ -848,6 +892,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpkg_search_output_names_each_module_once() {
+        let candidates = [
+            (
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            ),
+            (
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            ),
+            (PathBuf::from("/usr/bin/gzip"), "/usr/bin/gzip"),
+            (PathBuf::from("/bin/gzip"), "/usr/bin/gzip"),
+            (PathBuf::from("/opt/x/own.so"), "/opt/x/own.so"),
+        ];
+        let text = "diversion by foo from: /bin/gzip\n\
+                    libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6\n\
+                    libc6:amd64: /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+                    gzip, gzip-extra: /bin/gzip\n";
+        let got = packages_from_dpkg_search(text, &candidates);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got["/usr/lib/x86_64-linux-gnu/libc.so.6"], "libc6");
+        assert_eq!(got["/usr/bin/gzip"], "gzip");
+    }
+
+    /// On Debian (this machine and CI), the system's libc is found in one query with a
+    /// path that is not packaged.
+    #[test]
+    fn debian_packages_finds_libc_in_one_query() {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        if !Path::new("/var/lib/dpkg/status").exists() || !Path::new(libc).exists() {
+            eprintln!("skipped: not a Debian system with {libc}");
+            return;
+        }
+        let got = debian_packages(&[libc, "/nonexistent/own.so"]);
+        assert_eq!(got.get(libc).map(String::as_str), Some("libc6"), "{got:?}");
+        assert!(!got.contains_key("/nonexistent/own.so"));
+        assert!(debian_packages(&[]).is_empty());
+    }
 
     #[test]
     fn sort_takes_an_order_or_perf_keys() {
