@@ -427,6 +427,11 @@ fn info_matches_perf_buildid_list_and_header() {
     let Some(data) = recording() else { return };
     let d = data.to_str().unwrap();
     let info = common::ok(&["info", d]);
+    // perf.data keeps no wall-clock start: said, not printed as 0 (1970).
+    assert!(
+        info.contains("started:       unknown (not recorded in the file)"),
+        "{info}"
+    );
     let ids = perf(&["buildid-list", "-i", d]);
     assert!(ids.lines().count() >= 3, "{ids}");
     for line in ids.lines() {

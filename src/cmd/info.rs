@@ -543,7 +543,11 @@ pub fn system_target(cpus: &[u32], argv: &[String]) -> String {
 
 fn header(out: &mut impl Write, h: &Header, vcpus_ran: usize) -> std::io::Result<()> {
     writeln!(out, "writer:        {}", h.writer)?;
-    writeln!(out, "started:       {} (unix seconds)", h.start_unix)?;
+    match h.start_unix {
+        // perf.data keeps no wall-clock start (perf's "captured on" is the file's ctime).
+        0 => writeln!(out, "started:       unknown (not recorded in the file)")?,
+        t => writeln!(out, "started:       {t} (unix seconds)")?,
+    }
     writeln!(out, "target:        {}", target(&h.target, vcpus_ran))?;
     writeln!(
         out,
