@@ -243,7 +243,16 @@ fn a_sampled_recording_exports_its_samples() {
             .arg(&cg),
     );
     let (_, inc) = annotate_rows(&inc);
-    let rep = common::json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
+    // Every row (`--limit 0`): a function with one sample must be there too.
+    let rep = common::json(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    ]);
     for f in ["main", "work", "collatz"] {
         let total = rep["functions"]
             .as_array()
