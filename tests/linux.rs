@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::linux::assert_identical;
 use common::{kvm_available, lbrprof};
 
 /// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`; None (with a
@@ -46,20 +47,6 @@ fn native_and_vm(prog: &str, args: &[&str], stdin: Option<&Path>) -> (Output, Ou
     let mut vm = lbrprof();
     vm.args(["run", "--vm", "--", prog]).args(args);
     (run_with(native, stdin), run_with(vm, stdin))
-}
-
-fn assert_identical(what: &str, native: &Output, vm: &Output) {
-    assert_eq!(
-        String::from_utf8_lossy(&vm.stderr),
-        String::from_utf8_lossy(&native.stderr),
-        "{what}: stderr differs"
-    );
-    assert_eq!(vm.stdout, native.stdout, "{what}: stdout differs");
-    assert_eq!(
-        vm.status.code(),
-        native.status.code(),
-        "{what}: exit status differs"
-    );
 }
 
 fn fixture_dir(tmp: &Path) -> (PathBuf, PathBuf) {

@@ -7,42 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use common::{kvm_available, lbrprof};
-
-fn output(mut cmd: Command, dir: &Path) -> Output {
-    cmd.current_dir(dir).stdin(Stdio::null());
-    cmd.output().expect("cannot start the program")
-}
-
-/// PROG ARGS natively and under `lbrprof run --vm --`, both in `dir`.
-fn native_and_vm(dir: &Path, prog: &str, args: &[&str]) -> (Output, Output) {
-    let mut native = Command::new(prog);
-    native.args(args);
-    let mut vm = lbrprof();
-    vm.args(["run", "--vm", "--timeout", "120", "--", prog])
-        .args(args);
-    (output(native, dir), output(vm, dir))
-}
-
-fn assert_identical(what: &str, native: &Output, vm: &Output) {
-    assert_eq!(
-        String::from_utf8_lossy(&vm.stderr),
-        String::from_utf8_lossy(&native.stderr),
-        "{what}: stderr differs"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&vm.stdout),
-        String::from_utf8_lossy(&native.stdout),
-        "{what}: stdout differs"
-    );
-    assert_eq!(
-        vm.status.code(),
-        native.status.code(),
-        "{what}: exit status differs"
-    );
-}
+use common::kvm_available;
+use common::linux::{assert_identical, native_and_vm_in as native_and_vm};
 
 /// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`.
 fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {

@@ -2,6 +2,8 @@
 //! that need /dev/kvm or perf_event_open.
 #![allow(dead_code)]
 
+pub mod linux;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
