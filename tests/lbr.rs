@@ -816,9 +816,10 @@ fn sampled_mode_with_the_interpreter_leaves_the_guest_as_it_runs_untraced() {
         if name == "branchy" {
             let interp = interp_stats(&err).unwrap_or_else(|| panic!("{err}"));
             // (Sample points are random in time: a window or two may land in the
-            // start-up or output code, whose string instructions go to the CPU; 98.5%
-            // in one CI run.)
-            assert!(interp[2] >= 97, "{err}");
+            // start-up or output code, whose string I/O (`outsb`) goes to the CPU. One
+            // such window in a CI run's 56 was 3.6% of the traced instructions: the
+            // count of hand-backs below is the sharper check.)
+            assert!(interp[2] >= 90, "{err}");
             // Only windows that reach the argument parsing and printing around the loop
             // (formatting code with indirect calls) hand back to the breakpoints.
             // (Sample points are random in time, and a kick on KVM_RUN's way in to a
