@@ -72,11 +72,11 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     );
 
     // Pairing: most host samples taken in KVM_RUN got a guest snapshot. The rate is a
-    // timing measurement: with the default window (one sample period) a sample pairs only
-    // when a snapshot of its vCPU fell within that period, and on this nested host the
-    // effective snapshot rate (580-700 Hz for 999 requested, stretched by the overhead
-    // budget) left 76-100% of them paired over about 30 runs. 70% still
-    // catches pairing that does not work (0%) or pairs only by chance.
+    // timing measurement: a sample pairs only when a snapshot of its vCPU fell within the
+    // default window (the median gap between snapshots) on either side. Sample points are
+    // random (exponential gaps, so that snapshots are fair in time): a gap-free stretch of
+    // two medians has probability e^-(2 ln 2) = 1/4, so about three quarters pair, and
+    // runs here gave 65-100%. 50% still catches pairing that does not work (0%).
     let report: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
     let vm = &report["vm"];
@@ -85,7 +85,7 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     let paired = pairing["paired"].as_u64().unwrap();
     assert!(in_run > 0, "no host sample in KVM_RUN: {pairing}");
     assert!(
-        paired as f64 >= 0.7 * in_run as f64,
+        paired as f64 >= 0.5 * in_run as f64,
         "only {paired} of {in_run} samples in KVM_RUN were paired: {pairing}"
     );
     assert_eq!(vm["check"]["cross_vcpu"], 0);
