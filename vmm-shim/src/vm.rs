@@ -1086,6 +1086,33 @@ impl VcpuRunner {
         }
     }
 
+    /// How a Linux trap's final action ends this vCPU's loop (`None`: run on). Blocks,
+    /// clones, forks and execs are finished before (`Process::block`, `settle`,
+    /// `process_op`).
+    fn trap_end(&self, action: Result<TrapAction, VmError>) -> Option<VcpuEnd> {
+        match action {
+            Ok(TrapAction::Resume) => None,
+            Ok(TrapAction::ThreadExit) => Some(VcpuEnd::ThreadExit),
+            Ok(TrapAction::Exit(code)) => Some(VcpuEnd::Exit(code as u8)),
+            Ok(TrapAction::Killed { signal, reason }) => Some(VcpuEnd::Killed {
+                signal,
+                crash: CrashReport {
+                    vcpu: self.index,
+                    reason,
+                    registers: self.register_dump(),
+                },
+            }),
+            Ok(
+                TrapAction::Block { .. }
+                | TrapAction::Clone { .. }
+                | TrapAction::Fork { .. }
+                | TrapAction::Exec { .. }
+                | TrapAction::ProcessOp { .. },
+            ) => unreachable!("blocks, clones, forks and execs are finished before"),
+            Err(e) => Some(VcpuEnd::Error(e)),
+        }
+    }
+
     fn register_dump(&self) -> String {
         match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
             (Ok(r), Ok(s)) => format_registers(&r, &s),
@@ -1301,21 +1328,9 @@ impl VcpuRunner {
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
             // A kick may bring a signal for the Linux program: delivered now.
             if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
-                match linux.interrupt(&mut self.vcpu) {
-                    Ok(TrapAction::Resume) => {}
-                    Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
-                    Ok(TrapAction::Killed { signal, reason }) => {
-                        return VcpuEnd::Killed {
-                            signal,
-                            crash: CrashReport {
-                                vcpu: self.index,
-                                reason,
-                                registers: self.register_dump(),
-                            },
-                        };
-                    }
-                    Ok(_) => return VcpuEnd::ThreadExit,
-                    Err(e) => return VcpuEnd::Error(e),
+                let action = linux.interrupt(&mut self.vcpu);
+                if let Some(end) = self.trap_end(action) {
+                    return end;
                 }
             }
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
@@ -1358,30 +1373,8 @@ impl VcpuRunner {
                     }
                     action => action,
                 };
-                match action {
-                    Ok(TrapAction::Resume) => {}
-                    Ok(TrapAction::ThreadExit) => return VcpuEnd::ThreadExit,
-                    Ok(TrapAction::Exit(code)) => return VcpuEnd::Exit(code as u8),
-                    Ok(TrapAction::Killed { signal, reason }) => {
-                        return VcpuEnd::Killed {
-                            signal,
-                            crash: CrashReport {
-                                vcpu: self.index,
-                                reason,
-                                registers: self.register_dump(),
-                            },
-                        };
-                    }
-                    Ok(
-                        TrapAction::Block { .. }
-                        | TrapAction::Clone { .. }
-                        | TrapAction::Fork { .. }
-                        | TrapAction::Exec { .. }
-                        | TrapAction::ProcessOp { .. },
-                    ) => {
-                        unreachable!("blocks, clones, forks and execs are finished above")
-                    }
-                    Err(e) => return VcpuEnd::Error(e),
+                if let Some(end) = self.trap_end(action) {
+                    return end;
                 }
                 continue;
             }
