@@ -325,8 +325,10 @@ int main(void) {
     let native = Command::new(&exe).output().unwrap();
     assert_eq!(out.stdout, native.stdout, "the program's output is its own");
     // Snapshots keep coming for the whole run (a window left open over a system call once
-    // stopped them after the first few: 4-8 in all). The run takes over 1.5 s at 200 Hz;
-    // a loaded machine stretches it and so gives more, not fewer.
+    // stopped them after the first few: 4-8 in all). The run takes about 1-1.5 s at
+    // 200 Hz requested; sample points are random and those falling due at one of the
+    // program's system calls are skipped, so an idle machine gave 42 (44 Hz effective).
+    // 20 is still far above the old 4-8.
     let snapshots = err
         .lines()
         .find_map(|l| {
@@ -334,7 +336,7 @@ int main(void) {
             head.rsplit(' ').next()?.parse::<u64>().ok()
         })
         .unwrap_or_else(|| panic!("no snapshot count in:\n{err}"));
-    assert!(snapshots >= 50, "{snapshots} snapshots:\n{err}");
+    assert!(snapshots >= 20, "{snapshots} snapshots:\n{err}");
     let report = lbrprof()
         .args(["report", "-i"])
         .arg(&data)
