@@ -73,10 +73,12 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
 
     // Pairing: most host samples taken in KVM_RUN got a guest snapshot. The rate is a
     // timing measurement: a sample pairs only when a snapshot of its vCPU fell within the
-    // default window (the median gap between snapshots) on either side. Sample points are
-    // random (exponential gaps, so that snapshots are fair in time): a gap-free stretch of
-    // two medians has probability e^-(2 ln 2) = 1/4, so about three quarters pair, and
-    // runs here gave 65-100%. 50% still catches pairing that does not work (0%).
+    // default window (twice the mean gap between snapshots) on either side. Sample points
+    // are random (exponential gaps, so that snapshots are fair in time): the nearest
+    // snapshot is farther than the window with probability about 5%; runs here paired
+    // 94-99% (78% once, with four jobs compiling beside it). 70% leaves room for a loaded
+    // machine and still catches pairing that does not work (0%); the window's formula has
+    // its own unit test.
     let report: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("branches.json")).unwrap()).unwrap();
     let vm = &report["vm"];
@@ -85,7 +87,7 @@ fn demo_writes_a_report_a_histogram_and_a_unified_flame_graph() {
     let paired = pairing["paired"].as_u64().unwrap();
     assert!(in_run > 0, "no host sample in KVM_RUN: {pairing}");
     assert!(
-        paired as f64 >= 0.5 * in_run as f64,
+        paired as f64 >= 0.7 * in_run as f64,
         "only {paired} of {in_run} samples in KVM_RUN were paired: {pairing}"
     );
     assert_eq!(vm["check"]["cross_vcpu"], 0);

@@ -214,9 +214,10 @@ Pairing rules: host samples and guest snapshots share CLOCK_MONOTONIC. A host sa
 paired only if it was taken on a vCPU thread while that thread was inside KVM_RUN: its \
 cpumode is a guest mode (the guest was running), or one of its kernel frames is \
 kvm_arch_vcpu_ioctl_run. It pairs with the snapshot of the same vCPU nearest in time, if \
-that is at most --pair-window away (inclusive; default: one guest sampling period as the \
-host saw it, the median time between consecutive snapshots of a vCPU, and at least one \
-host sample period 1/F); of two equally near snapshots the earlier wins. A snapshot may pair \
+that is at most --pair-window away (inclusive; default: twice the mean time between \
+consecutive snapshots of a vCPU, of the shorter 90% of those intervals, and at least one \
+host sample period 1/F; snapshots are taken at random times, so this pairs about 95% of \
+the samples in KVM_RUN); of two equally near snapshots the earlier wins. A snapshot may pair \
 with several samples. Unpaired samples are counted by reason: not on a vCPU thread, \
 outside KVM_RUN, no snapshot in the window. Pairing happens at report time, so a \
 different window needs no new recording.";
@@ -225,8 +226,8 @@ different window needs no new recording.";
 #[derive(Debug, Clone, clap::Args)]
 pub struct PairArgs {
     /// Largest time distance, in nanoseconds, between a host sample and the guest
-    /// snapshot it is paired with (record --vm recordings; default: one guest sampling
-    /// period, the median time between a vCPU's consecutive snapshots, at least 1/F).
+    /// snapshot it is paired with (record --vm recordings; default: twice the mean time
+    /// between a vCPU's consecutive snapshots, at least 1/F).
     #[arg(long, value_name = "NS")]
     pub pair_window: Option<u64>,
 }
