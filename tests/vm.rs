@@ -120,6 +120,68 @@ fn record_vm_reports_requested_and_effective_snapshot_rates() {
     assert!(budget.contains("5%"), "{budget}");
 }
 
+/// What the shim was doing at a host sample is a fact it marked (`lbrprof_vmm::phase`),
+/// not a guess from function names: a Linux program making one-byte reads and writes
+/// shows the shim serving its system calls, and the host kernel serving them for it;
+/// nearly every sample of the vCPU thread was placed.
+#[test]
+fn host_activity_comes_from_the_shims_phase_marks() {
+    if !common::kvm_available() || !common::perf_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dd.data");
+    let out = common::run(&[
+        "record",
+        "--vm",
+        "-F",
+        "2000",
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1",
+        "count=10000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = data.to_str().unwrap();
+    let report = json(&["report", "-i", input, "--format", "json", "--limit", "0"]);
+    let rows = report["vm"]["activities"].as_array().unwrap();
+    let samples = |activity: &str| {
+        rows.iter()
+            .find(|r| r["activity"] == activity)
+            .map_or(0, |r| r["samples"].as_u64().unwrap())
+    };
+    let total: u64 = rows.iter().map(|r| r["samples"].as_u64().unwrap()).sum();
+    let vcpu_thread = total - samples("other_threads");
+    assert!(vcpu_thread > 100, "{rows:#?}");
+    // 20000 system calls at tens of microseconds each: the shim's share is not small.
+    assert!(samples("shim_linux") > 0, "{rows:#?}");
+    assert!(
+        samples("shim_linux") + samples("linux_kernel") >= vcpu_thread / 200,
+        "{rows:#?}"
+    );
+    // Only samples taken before a vCPU thread installed its log can lack a phase.
+    assert!(samples("shim_unknown") * 100 <= vcpu_thread, "{rows:#?}");
+    let info = ok(&["info", input]);
+    let placed: u64 = info
+        .lines()
+        .find_map(|l| l.strip_suffix(" host samples placed in a shim phase"))
+        .and_then(|l| l.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no placed-samples count: {info}"));
+    assert!(
+        placed * 100 >= vcpu_thread * 99,
+        "{placed} of {vcpu_thread}: {info}"
+    );
+}
+
 #[test]
 fn record_vm_rejects_bad_input_with_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,8 +17,10 @@
 //! end (the shim's accounting merged with the guest LBR's, its `lost_snapshots` including
 //! what that vCPU's agent dropped); a [`LossKind::ChannelFull`] loss for a full snapshot
 //! channel (`tid` none) and per vCPU whose agent ring overflowed (`tid` = the vCPU); notes
-//! that say who took the snapshots and what was lost; and a header whose target is
-//! [`Target::Vm`].
+//! that say who took the snapshots and what was lost; an [`Event::SamplePhases`] per
+//! vCPU thread and drain with what the shim was doing at that thread's host samples
+//! (looked up in the shim's phase logs, [`lbrprof_vmm::phase`], as the samples are
+//! drained); and a header whose target is [`Target::Vm`].
 //!
 //! SIGINT and SIGTERM stop the guest (the run ends as stopped; the recorded exit status is
 //! 128 + the signal, as for a host command) and the recording is finalized as usual.
@@ -27,6 +29,7 @@
 //! module's business: it comes in as a [`GuestLbr`], which makes the per-vCPU hooks and
 //! reports their counters.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -34,13 +37,14 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use lbrprof_data::snapshot::{LbrBackend, LbrSnapshot, SnapshotReason};
 use lbrprof_vmm::VcpuHook;
+use lbrprof_vmm::phase::{PhaseBoard, ShimPhase};
 use lbrprof_vmm::pmu::emulated::SnapshotSink;
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{
-    AddressSpace, Event, ExactProfile, GuestProcess, Loss, LossKind, Mapping, Target, VcpuStats,
-    VcpuThread,
+    AddressSpace, Event, ExactProfile, GuestProcess, Loss, LossKind, Mapping, SamplePhases, Target,
+    VcpuStats, VcpuThread,
 };
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
@@ -367,6 +371,7 @@ pub fn record_vm(
     // A Linux program's mappings as it makes them, written in order with the snapshots.
     let (maps_tx, maps_rx) = crossbeam_channel::unbounded();
     vm_config.guest_maps = Some(maps_tx);
+    vm_config.phases = Some(std::sync::Arc::new(PhaseBoard::new()));
     let stop = vm_config.stop_handle();
     let stop_signal = std::cell::Cell::new(None);
 
@@ -596,6 +601,7 @@ fn run_sampled(
     signal_fd: std::os::fd::RawFd,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
     let hooks = |vcpu: u32| lbr.hook(vcpu, snap_sink);
+    let phases = vm_config.phases.clone();
     std::thread::scope(|scope| {
         let (tid_tx, tid_rx) = mpsc::channel::<u32>();
         let (go_tx, go_rx) = mpsc::channel::<bool>();
@@ -645,9 +651,30 @@ fn run_sampled(
         let _ = go_tx.send(true);
 
         let mut facts = VmRunFacts::default();
-        let mut send = |e: Event| sink.send(e);
+        // The shim's phase at each vCPU thread's sample, looked up while the phase logs
+        // still hold that time (they keep the last few hundred milliseconds or more).
+        let placed = std::cell::RefCell::new(HashMap::<u32, Vec<(u64, ShimPhase)>>::new());
+        let mut send = |e: Event| {
+            if let (Event::Sample(s), Some(board)) = (&e, &phases)
+                && let Some(phase) = board.log(s.tid).and_then(|l| l.phase_at(s.time_ns))
+            {
+                placed
+                    .borrow_mut()
+                    .entry(s.tid)
+                    .or_default()
+                    .push((s.time_ns, phase));
+            }
+            sink.send(e)
+        };
         let mut pass = |sampler: &mut HostSampler, facts: &mut VmRunFacts| {
             sampler.drain(&mut send);
+            for (tid, samples) in placed.borrow_mut().drain() {
+                sink.send(Event::SamplePhases(SamplePhases {
+                    vm: VM_INDEX,
+                    tid,
+                    samples,
+                }));
+            }
             for t in thread_rx.try_iter() {
                 let v = VcpuThread {
                     time_ns: t.time_ns,

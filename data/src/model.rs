@@ -247,6 +247,40 @@ pub enum Event {
     GuestProcess(GuestProcess),
     /// Appended: exact mode's profile of one vCPU, written when it stops.
     ExactProfile(ExactProfile),
+    /// Appended: what the shim was doing on a vCPU thread when host samples were taken.
+    SamplePhases(SamplePhases),
+}
+
+/// What a vCPU thread of the shim was doing, as the shim marks it (`lbrprof_vmm::phase`).
+/// Stored as one byte; new phases are appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ShimPhase {
+    /// Inside the KVM_RUN ioctl: the guest runs, or KVM handles an exit in the kernel.
+    Run,
+    /// The vCPU loop between two KVM_RUNs: exit dispatch and bookkeeping.
+    Loop,
+    /// Tracing guest branches for the emulated LBR (interpreter, single steps).
+    Tracing,
+    /// Taking and sending an LBR snapshot.
+    Snapshot,
+    /// Emulating a PMU or LBR MSR access.
+    Msr,
+    /// Emulating a device (port or MMIO I/O).
+    Devices,
+    /// Serving a Linux program's system call, exception or signal.
+    LinuxTrap,
+    /// Waiting in a blocking system call of a Linux program (sleep, futex, poll, read).
+    Blocked,
+}
+
+/// The shim's phase at host samples of one vCPU thread: `(sample time_ns, phase)` for
+/// each sample of thread `tid` the recorder could place (in time order). A reader
+/// matches them to the samples by thread and time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplePhases {
+    pub vm: u32,
+    pub tid: u32,
+    pub samples: Vec<(u64, ShimPhase)>,
 }
 
 /// A process of a Linux program run in the VM, in one of its address spaces: sent when

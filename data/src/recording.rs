@@ -34,7 +34,9 @@
 //!     11  Vec<model::ExactProfile>: exact mode's per-vCPU instruction and call
 //!         counts, written at the end
 //!         (1.1 readers before 10 and 11 skip them with a warning)
-//!  12..  reserved for later minor versions; a reader skips kinds it does not
+//!     13  Vec<model::SamplePhases>: what the shim was doing on a vCPU thread at its
+//!         host samples (`record --vm`), written as the samples are drained
+//!  12, 14..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -84,8 +86,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, ExactProfile, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping, TaskEvent,
-    VcpuStats, VcpuThread,
+    Event, ExactProfile, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping,
+    SamplePhases, TaskEvent, VcpuStats, VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -143,6 +145,7 @@ pub enum ChunkKind {
     Execs = 9,
     GuestProcesses = 10,
     ExactProfiles = 11,
+    SamplePhases = 13,
 }
 
 impl ChunkKind {
@@ -159,6 +162,7 @@ impl ChunkKind {
             9 => ChunkKind::Execs,
             10 => ChunkKind::GuestProcesses,
             11 => ChunkKind::ExactProfiles,
+            13 => ChunkKind::SamplePhases,
             _ => return None,
         })
     }
@@ -447,6 +451,7 @@ enum Run {
     VcpuStats(Vec<VcpuStats>),
     GuestProcesses(Vec<GuestProcess>),
     ExactProfiles(Vec<ExactProfile>),
+    SamplePhases(Vec<SamplePhases>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
 }
@@ -477,6 +482,7 @@ impl Batches {
             Event::VcpuStats(v) => append!(VcpuStats, v),
             Event::GuestProcess(p) => append!(GuestProcesses, p),
             Event::ExactProfile(p) => append!(ExactProfiles, p),
+            Event::SamplePhases(p) => append!(SamplePhases, p),
             Event::Snapshot(s) => append!(Snapshots, s),
             Event::Sample(s) => append!(Samples, s),
         }
@@ -495,6 +501,7 @@ fn approx_size(event: &Event) -> usize {
         Event::VcpuStats(v) => 96 + v.exits.len() * 16,
         Event::GuestProcess(p) => 64 + p.exe.len() + p.comm.len(),
         Event::ExactProfile(p) => 32 + p.runs.len() * 24 + p.calls.len() * 32,
+        Event::SamplePhases(p) => 16 + p.samples.len() * 10,
         Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
     }
 }
@@ -558,6 +565,7 @@ impl<W: Write> ChunkOut<W> {
                     self.write_items(ChunkKind::GuestProcesses, &mut v)?
                 }
                 Run::ExactProfiles(mut v) => self.write_items(ChunkKind::ExactProfiles, &mut v)?,
+                Run::SamplePhases(mut v) => self.write_items(ChunkKind::SamplePhases, &mut v)?,
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
             }
@@ -1062,6 +1070,7 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
         Some(ChunkKind::VcpuStats) => items(offset, payload, Event::VcpuStats),
         Some(ChunkKind::GuestProcesses) => items(offset, payload, Event::GuestProcess),
         Some(ChunkKind::ExactProfiles) => items(offset, payload, Event::ExactProfile),
+        Some(ChunkKind::SamplePhases) => items(offset, payload, Event::SamplePhases),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }
@@ -1585,6 +1594,11 @@ mod tests {
             exe: "/usr/bin/sort".into(),
             roots: vec![0x1000, 0x2000],
         }));
+        events.push(Event::SamplePhases(SamplePhases {
+            vm: 0,
+            tid: 7,
+            samples: vec![(10, ShimPhase::Run), (20, ShimPhase::LinuxTrap)],
+        }));
         let summary = Summary {
             samples: 4950,
             exit_status: Some(3),
@@ -1593,7 +1607,7 @@ mod tests {
         };
         let (bytes, stats) = write(&events, &summary);
         assert_eq!(stats.bytes, bytes.len() as u64);
-        assert_eq!(stats.events, 5003);
+        assert_eq!(stats.events, 5004);
         let (read, reader) = read_bytes(&bytes);
         let read = read.unwrap();
         assert_eq!(reader.header(), &header());

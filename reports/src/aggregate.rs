@@ -372,6 +372,12 @@ impl Aggregator {
                     vm.stats.push(v.clone());
                 }
             }
+            Event::SamplePhases(p) => {
+                if let Some(vm) = &mut self.profile.vm {
+                    vm.phases
+                        .extend(p.samples.iter().map(|&(t, phase)| ((p.tid, t), phase)));
+                }
+            }
             Event::GuestProcess(p) => {
                 for &r in &p.roots {
                     self.guest_spaces.insert(r, p.space);

@@ -109,7 +109,11 @@ fn event_time(ev: &Event) -> Option<u64> {
             | TaskEvent::Exit { time_ns, .. },
         ) => *time_ns,
         Event::Loss(l) => l.time_ns,
-        Event::Vcpu(_) | Event::VcpuStats(_) | Event::GuestProcess(_) | Event::ExactProfile(_) => {
+        Event::Vcpu(_)
+        | Event::VcpuStats(_)
+        | Event::GuestProcess(_)
+        | Event::ExactProfile(_)
+        | Event::SamplePhases(_) => {
             return None;
         }
     })
@@ -724,7 +728,10 @@ impl<W: Write> Writer<'_, W> {
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),
             Event::GuestProcess(p) => self.guest_process(p),
-            Event::Vcpu(_) | Event::VcpuStats(_) | Event::ExactProfile(_) => Ok(()),
+            Event::Vcpu(_)
+            | Event::VcpuStats(_)
+            | Event::ExactProfile(_)
+            | Event::SamplePhases(_) => Ok(()),
         }
     }
 

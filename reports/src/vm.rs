@@ -16,7 +16,9 @@
 //! * **host activity**: where the vCPU threads and the rest of the shim spent their
 //!   samples (guest running, KVM in the host kernel, the shim's exit handling by kind,
 //!   other), each with its hottest host stacks, next to the shim's own accounting (exits
-//!   by reason, time in KVM_RUN, tracing and snapshot time);
+//!   by reason, time in KVM_RUN, tracing and snapshot time). What the shim was doing at
+//!   a sample is a fact it recorded (its phase marks, [`ShimPhase`]), not a guess from
+//!   function names; the host kernel's frames tell KVM_RUN and KVM's other ioctls apart;
 //! * **unified stacks**: host frames (root → vCPU loop → KVM_RUN → kernel) → a
 //!   `[guest vcpuN]` frame → the paired snapshot's guest frames (frame-pointer walk) →
 //!   the guest leaf; `--host-only` and `--guest-only` views come from the same data.
@@ -29,6 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
+use lbrprof_data::model::ShimPhase;
 use lbrprof_data::pairing::{self, GuestPoint, HostPoint, Outcome, PairingStats};
 use serde::{Deserialize, Serialize};
 
@@ -56,10 +59,17 @@ pub enum Activity {
     ShimPmu,
     /// ... emulating devices (port and MMIO I/O).
     ShimDevices,
+    /// ... serving a Linux program's system calls, exceptions and signals.
+    ShimLinux,
     /// ... anything else in the vCPU loop.
     ShimOther,
+    /// ... a recording without the shim's phase marks: which of the above is not known.
+    ShimUnknown,
     /// A vCPU thread in KVM's other vCPU ioctls (the shim reading or writing registers).
     KvmStateIoctls,
+    /// A vCPU thread in the host kernel for a Linux program's system call (the shim's
+    /// own system calls on the program's behalf: file and socket I/O, memory, ...).
+    LinuxKernel,
     /// A vCPU thread in the host kernel outside KVM's vCPU ioctls (page faults, ...).
     VcpuKernelOther,
     /// Threads that are not vCPU threads (VM set-up and tear-down, ...).
@@ -74,10 +84,25 @@ impl Activity {
             Activity::ShimTracing => "shim: tracing guest branches (debug exits)",
             Activity::ShimPmu => "shim: PMU/LBR MSR emulation and snapshots",
             Activity::ShimDevices => "shim: device I/O emulation",
+            Activity::ShimLinux => "shim: the Linux program's system calls and signals",
             Activity::ShimOther => "shim: vCPU loop (KVM_RUN entry and return, exit dispatch)",
+            Activity::ShimUnknown => "shim: exit handling (phase not recorded)",
             Activity::KvmStateIoctls => "KVM register and state ioctls of the shim (GET_REGS, ...)",
+            Activity::LinuxKernel => "host kernel serving the Linux program's system calls",
             Activity::VcpuKernelOther => "vCPU thread in the kernel, not in KVM (faults, ...)",
             Activity::OtherThreads => "other threads (VM set-up, tear-down)",
+        }
+    }
+
+    /// A vCPU thread's sample in user mode, outside KVM_RUN, by the phase the shim marked.
+    fn of_shim_phase(phase: Option<ShimPhase>) -> Activity {
+        match phase {
+            Some(ShimPhase::Run | ShimPhase::Loop) => Activity::ShimOther,
+            Some(ShimPhase::Tracing) => Activity::ShimTracing,
+            Some(ShimPhase::Snapshot | ShimPhase::Msr) => Activity::ShimPmu,
+            Some(ShimPhase::Devices) => Activity::ShimDevices,
+            Some(ShimPhase::LinuxTrap | ShimPhase::Blocked) => Activity::ShimLinux,
+            None => Activity::ShimUnknown,
         }
     }
 }
@@ -183,30 +208,6 @@ pub struct VmTarget {
 
 fn frame_name(modules: &ModuleTable, syms: &SymbolTable, l: &Loc) -> String {
     syms.function_name(modules, l).replace([';', '\n'], ":")
-}
-
-/// Classifies the shim's user-space exit handling by its stack (innermost first): the
-/// innermost frame of the LBR tracer, the PMU model or the devices decides.
-fn shim_activity(stack: &[String]) -> Activity {
-    for frame in stack {
-        let has = |parts: &[&str]| parts.iter().any(|p| frame.contains(p));
-        if has(&[
-            "pmu::tracer",
-            "pmu::branch",
-            "pmu::kvm_hook",
-            "iced_x86",
-            "hook::VcpuCtx",
-        ]) {
-            return Activity::ShimTracing;
-        }
-        if has(&["pmu::", "snapshot", "crossbeam"]) {
-            return Activity::ShimPmu;
-        }
-        if has(&["devices::"]) {
-            return Activity::ShimDevices;
-        }
-    }
-    Activity::ShimOther
 }
 
 /// The default pairing window: twice the mean interval between consecutive snapshots of
@@ -339,13 +340,18 @@ pub fn analyze(
             host.insert(0, format!("[vcpu{vcpu} thread]"));
             per_vcpu.entry(vcpu).or_default().0 += 1;
         }
+        // What the shim marked for this sample; the kernel's own frames say whether a
+        // kernel-mode sample was inside KVM's ioctls.
+        let phase = trace.phases.get(&(s.tid, s.time_ns)).copied();
+        let linux_call = matches!(phase, Some(ShimPhase::LinuxTrap | ShimPhase::Blocked));
         let activity = match (vcpu_of.get(&s.tid), s.mode) {
             (None, _) => Activity::OtherThreads,
             (Some(_), m) if m.is_guest() => Activity::GuestRunning,
             (Some(_), _) if in_kvm_run_kernel(s.stack) => Activity::KvmKernel,
             (Some(_), m) if m.is_kernel() && in_vcpu_ioctl(s.stack) => Activity::KvmStateIoctls,
+            (Some(_), m) if m.is_kernel() && linux_call => Activity::LinuxKernel,
             (Some(_), m) if m.is_kernel() => Activity::VcpuKernelOther,
-            (Some(_), _) => shim_activity(n),
+            (Some(_), _) => Activity::of_shim_phase(phase),
         };
         *by_activity
             .entry(activity)
@@ -778,37 +784,69 @@ mod tests {
     }
 
     #[test]
-    fn shim_time_is_classified_by_the_leaf_function() {
-        let s = |frames: &[&str]| -> Vec<String> { frames.iter().map(|f| f.to_string()).collect() };
-        // Innermost first: the register read of the tracer is tracing.
+    fn shim_time_is_classified_by_the_phase_the_shim_marked() {
+        let kernel_sample = |time_ns: u64, tid: u32| {
+            Event::Sample(HostSample {
+                time_ns,
+                pid: 1,
+                tid,
+                period: 1,
+                ip: 0xffff_ffff_8100_0000,
+                mode: CpuMode::Kernel,
+                ..HostSample::default()
+            })
+        };
+        let phases = |tid: u32, samples: &[(u64, ShimPhase)]| {
+            Event::SamplePhases(lbrprof_data::model::SamplePhases {
+                vm: 0,
+                tid,
+                samples: samples.to_vec(),
+            })
+        };
+        let events = [
+            vcpu(0, 10),
+            user_sample(100, 10),
+            user_sample(200, 10),
+            user_sample(300, 10),
+            user_sample(400, 10),
+            user_sample(500, 10),
+            kernel_sample(600, 10),
+            kernel_sample(700, 10),
+            user_sample(800, 10),
+            phases(
+                10,
+                &[
+                    (100, ShimPhase::Tracing),
+                    (200, ShimPhase::Snapshot),
+                    (300, ShimPhase::Devices),
+                    (400, ShimPhase::LinuxTrap),
+                    (500, ShimPhase::Loop),
+                    (600, ShimPhase::LinuxTrap),
+                    (700, ShimPhase::Loop),
+                ],
+            ),
+            // Another thread's phase at the same time says nothing about thread 10.
+            phases(11, &[(800, ShimPhase::Tracing)]),
+        ];
+        let a = analyzed(&events, 100);
+        let rows: Vec<(Activity, u64)> = a
+            .report
+            .activities
+            .iter()
+            .map(|r| (r.activity, r.samples))
+            .collect();
         assert_eq!(
-            shim_activity(&s(&[
-                "__GI___ioctl",
-                "kvm_ioctls::ioctls::vcpu::VcpuFd::get_regs",
-                "lbrprof_vmm::hook::VcpuCtx::regs",
-                "lbrprof_vmm::pmu::tracer::Tracer::on_debug_exit",
-                "lbrprof_vmm::vm::VcpuRunner::run_loop",
-            ])),
-            Activity::ShimTracing
-        );
-        assert_eq!(
-            shim_activity(&s(&[
-                "lbrprof_vmm::pmu::vpmu::VirtualPmu::snapshot",
-                "lbrprof_vmm::pmu::emulated::EmulatedVcpu::on_exit",
-            ])),
-            Activity::ShimPmu
-        );
-        assert_eq!(
-            shim_activity(&s(&["memcpy", "lbrprof_vmm::devices::Devices::io_out"])),
-            Activity::ShimDevices
-        );
-        assert_eq!(
-            shim_activity(&s(&[
-                "__GI___ioctl",
-                "kvm_ioctls::ioctls::vcpu::VcpuFd::run",
-                "lbrprof_vmm::vm::VcpuRunner::run_loop",
-            ])),
-            Activity::ShimOther
+            rows,
+            [
+                (Activity::ShimTracing, 1),
+                (Activity::ShimPmu, 1),
+                (Activity::ShimDevices, 1),
+                (Activity::ShimLinux, 1),
+                (Activity::ShimOther, 1),
+                (Activity::ShimUnknown, 1),
+                (Activity::LinuxKernel, 1),
+                (Activity::VcpuKernelOther, 1),
+            ]
         );
     }
 

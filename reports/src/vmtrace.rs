@@ -1,9 +1,12 @@
 //! What the aggregator keeps of a VM recording ([`VmTrace`]): a compact trace of every
-//! host sample and guest snapshot with interned stacks, plus the vCPU threads and the
-//! shim's accounting. Stage one data: [`crate::vm::analyze`] turns it into the host+guest
-//! picture after symbolization.
+//! host sample and guest snapshot with interned stacks, plus the vCPU threads, the
+//! shim's accounting and the shim's phase at each sample of a vCPU thread. Stage one
+//! data: [`crate::vm::analyze`] turns it into the host+guest picture after
+//! symbolization.
 
-use lbrprof_data::model::{CpuMode, VcpuStats, VcpuThread};
+use std::collections::HashMap;
+
+use lbrprof_data::model::{CpuMode, ShimPhase, VcpuStats, VcpuThread};
 
 use crate::hash::FastMap;
 use crate::loc::Loc;
@@ -38,6 +41,9 @@ pub struct VmTrace {
     index: FastMap<Vec<Loc>, u32>,
     pub vcpus: Vec<VcpuThread>,
     pub stats: Vec<VcpuStats>,
+    /// What the shim was doing at host samples of its vCPU threads, by `(tid, time_ns)`
+    /// (recordings since the shim marks its phases).
+    pub phases: HashMap<(u32, u64), ShimPhase>,
 }
 
 impl VmTrace {

@@ -341,6 +341,8 @@ struct Totals {
     exits: u64,
     vcpus: u64,
     vcpu_exits: u64,
+    /// Host samples of vCPU threads the shim's phase marks placed.
+    placed_samples: u64,
     /// The vCPUs that ran (their indices, from their threads and accounting).
     vcpus_ran: BTreeSet<u32>,
     /// Guest processes of a Linux program: pid → the programs it ran, in order.
@@ -447,6 +449,7 @@ impl Totals {
                     progs.push(p.comm.clone());
                 }
             }
+            Event::SamplePhases(p) => self.placed_samples += p.samples.len() as u64,
             Event::ExactProfile(p) => {
                 self.exact_profiles.0 += 1;
                 self.exact_profiles.1 += p.instructions;
@@ -701,10 +704,11 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
     if t.vcpus > 0 {
         writeln!(
             out,
-            "vcpus:         {} ran, {} threads, {} VM exits",
+            "vcpus:         {} ran, {} threads, {} VM exits, {} host samples placed in a shim phase",
             t.vcpus_ran.len(),
             t.vcpus,
-            t.vcpu_exits
+            t.vcpu_exits,
+            t.placed_samples
         )?;
     }
     if !t.guest_processes.is_empty() {

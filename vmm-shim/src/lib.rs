@@ -25,6 +25,7 @@ pub mod hook;
 pub mod linux;
 pub mod loader;
 pub mod memory;
+pub mod phase;
 pub mod pmu;
 mod timer;
 pub mod vm;

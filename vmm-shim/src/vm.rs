@@ -45,6 +45,7 @@ use crate::linux::thread::{NewThread, Task};
 use crate::linux::{self, LinuxError, LinuxReport, Process, TrapAction};
 use crate::loader::{self, ImageKind, LoaderError, RamLayout};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::phase::{self, ShimPhase};
 use crate::timer::ExitTimer;
 
 /// Smallest and largest guest RAM (below the 3 GiB PCI/LAPIC hole, so no split is needed).
@@ -114,6 +115,9 @@ pub struct VmConfig {
     /// load, its libraries as it maps them), so a recorder can write each one before the
     /// samples that need it.
     pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::GuestEvent>>,
+    /// Where each vCPU thread logs its phases ([`crate::phase`]), for a profiler that
+    /// samples the vCPU threads.
+    pub phases: Option<Arc<crate::phase::PhaseBoard>>,
     /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
 }
@@ -131,6 +135,7 @@ impl VmConfig {
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
             guest_maps: None,
+            phases: None,
             stop_requests: None,
         }
     }
@@ -460,7 +465,8 @@ impl Vm {
                 },
                 timer: None,
             };
-            spawn_vcpu_thread(index, runner, tx.clone(), config.vcpu_threads.clone())
+            let notify = (config.vcpu_threads.clone(), config.phases.clone());
+            spawn_vcpu_thread(index, runner, tx.clone(), notify)
         };
         for ((index, vcpu), hook) in (0..config.vcpus).zip(vcpus).zip(vcpu_hooks) {
             let task = match (index, &process) {
@@ -626,20 +632,27 @@ fn end_to_outcome(end: VcpuEnd) -> Option<Result<Outcome, VmError>> {
 }
 
 /// Start vCPU `index`'s host thread, which runs the runner `make` builds; it reports
-/// its end on `tx`.
+/// its end on `tx`, and its start and phases to whoever `notify` names.
 fn spawn_vcpu_thread(
     index: u32,
     make: impl FnOnce() -> VcpuRunner + Send + 'static,
     tx: crossbeam_channel::Sender<(u32, VcpuEnd, VcpuRunStats)>,
-    notify: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+    notify: (
+        Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
+        Option<Arc<crate::phase::PhaseBoard>>,
+    ),
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
             let tid = gettid();
+            let (threads, phases) = notify;
+            if let Some(board) = phases {
+                crate::phase::install(board.register(tid), ShimPhase::Loop);
+            }
             let mut runner = make();
             runner.stats.tid = tid;
-            if let Some(n) = notify {
+            if let Some(n) = threads {
                 let _ = n.send(VcpuThreadInfo {
                     vcpu: index,
                     pid: std::process::id(),
@@ -1171,6 +1184,7 @@ impl VcpuRunner {
 
     fn run_loop(&mut self, req: &mut Requests) -> VcpuEnd {
         loop {
+            phase::enter(ShimPhase::Loop);
             if self.stop.load(Ordering::Acquire) {
                 if self.is_parked {
                     return self.crash(
@@ -1210,9 +1224,11 @@ impl VcpuRunner {
             // (a Linux program's vCPU) they tell: all of them, as the RIP alone would
             // also stand still for a tight loop interrupted at the same instruction.
             let entry_regs = self.entry_regs();
+            phase::enter(ShimPhase::Run);
             let entered = Instant::now();
             let result = self.vcpu.run();
             self.stats.run_ns += entered.elapsed().as_nanos() as u64;
+            phase::enter(ShimPhase::Loop);
             let kind = match result {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.set_kvm_immediate_exit(0);
@@ -1239,6 +1255,7 @@ impl VcpuRunner {
                     VcpuExit::IoOut(port, data) => {
                         let trap = self.linux.is_some() && Process::is_trap_port(port);
                         if !trap && !self.hook_ports.contains(&port) {
+                            phase::enter(ShimPhase::Devices);
                             action = self.devices.io_out(port, data);
                         }
                         ExitKind::IoOut {
@@ -1247,6 +1264,7 @@ impl VcpuRunner {
                         }
                     }
                     VcpuExit::IoIn(port, data) => {
+                        phase::enter(ShimPhase::Devices);
                         self.devices.io_in(port, data);
                         ExitKind::IoIn {
                             port,
@@ -1255,10 +1273,12 @@ impl VcpuRunner {
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         let len = data.len();
+                        phase::enter(ShimPhase::Devices);
                         self.devices.mmio(addr, Some(data));
                         ExitKind::MmioRead { addr, len }
                     }
                     VcpuExit::MmioWrite(addr, data) => {
+                        phase::enter(ShimPhase::Devices);
                         self.devices.mmio(addr, None);
                         ExitKind::MmioWrite {
                             addr,
@@ -1299,6 +1319,13 @@ impl VcpuRunner {
                 mem: &self.mem,
                 requests: req,
             };
+            // The hook's part: MSR emulation, branch tracing at debug exits, the rest of
+            // the loop otherwise (the LBR emulation marks its tracing and snapshots).
+            phase::enter(match kind {
+                ExitKind::Rdmsr { .. } | ExitKind::Wrmsr { .. } => ShimPhase::Msr,
+                ExitKind::Debug(_) => ShimPhase::Tracing,
+                _ => ShimPhase::Loop,
+            });
             match kind {
                 ExitKind::Rdmsr { msr } => {
                     let result = self.hook.rdmsr(&mut ctx, msr);
@@ -1326,8 +1353,10 @@ impl VcpuRunner {
                 _ => self.hook.on_exit(&mut ctx, &kind),
             }
             self.stats.hook_ns += hook_started.elapsed().as_nanos() as u64;
+            phase::enter(ShimPhase::Loop);
             // A kick may bring a signal for the Linux program: delivered now.
             if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
+                phase::enter(ShimPhase::LinuxTrap);
                 let action = linux.interrupt(&mut self.vcpu);
                 if let Some(end) = self.trap_end(action) {
                     return end;
@@ -1336,6 +1365,7 @@ impl VcpuRunner {
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
+                phase::enter(ShimPhase::LinuxTrap);
                 let mut action = linux.trap(&mut self.vcpu, port);
                 if let Ok(TrapAction::ProcessOp { .. }) = action {
                     // The emulated LBR's breakpoints leave the address space first: a
@@ -1369,6 +1399,7 @@ impl VcpuRunner {
                             requests: req,
                         };
                         self.hook.on_block(&mut ctx);
+                        let _blocked = phase::scoped(ShimPhase::Blocked);
                         linux.block(&mut self.vcpu, pending, block, &self.stop)
                     }
                     action => action,

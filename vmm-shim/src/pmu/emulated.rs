@@ -26,6 +26,7 @@ use super::tracer::{
 };
 use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
 use crate::hook::ShimCode;
+use crate::phase::{self, ShimPhase};
 use crate::snapshot::{LbrSnapshot, SnapshotReason};
 
 /// The sending end of the snapshot channel, shared by all vCPUs. Never blocks: a full or
@@ -425,6 +426,7 @@ impl EmulatedVcpu {
         at: ExitPoint,
     ) -> Result<Resume, TraceError> {
         let r = if self.tracer.tracing() || self.cfg.mode == TraceMode::Exact {
+            let _tracing = phase::scoped(ShimPhase::Tracing);
             self.tracer.sync(g, &mut self.pmu)?;
             self.tracer.replan(g, &mut self.pmu)?
         } else if at == ExitPoint::Sync && self.shim_sample_due(self.elapsed_cycles(now_ns)) {
@@ -449,7 +451,9 @@ impl EmulatedVcpu {
             }
             let windows = self.tracer.stats().windows;
             let started = std::time::Instant::now();
+            let tracing = phase::scoped(ShimPhase::Tracing);
             let r = self.tracer.on_free_run(g, &mut self.pmu, cycles, cpl)?;
+            drop(tracing);
             if self.tracer.tracing() {
                 self.window_started_ns = Some(now_ns);
             } else if self.tracer.stats().windows != windows {
@@ -577,6 +581,7 @@ impl EmulatedVcpu {
         now_ns: u64,
         reason: Option<SnapshotReason>,
     ) {
+        let _snapshot = phase::scoped(ShimPhase::Snapshot);
         let mut ctx = SnapshotContext {
             vcpu: self.cfg.vcpu,
             host_time_ns: now_ns,
