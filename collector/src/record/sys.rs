@@ -6,11 +6,15 @@
 //! The self-pipe is hand-written (a signal handler that `write(2)`s the signal number)
 //! rather than pulled from `signal-hook`: it is twenty lines, and `record` needs exactly
 //! one pipe that `poll(2)` watches next to the perf ring buffers.
+//!
+//! The plain system calls (pipes, limits, `waitpid`, `kill`, `poll`, reads) go through
+//! `rustix`'s safe wrappers; `libc` is left for what must run between `fork` and `exec`
+//! (async-signal-safe calls only), the signal handler, and `sigaction`.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock the perf events are told to use).
@@ -19,30 +23,30 @@ pub use lbrprof_data::clock::monotonic_ns;
 /// Raise the soft limit on open files to the hard limit: `-p` of a process with many
 /// threads needs one perf event per thread and CPU (perf does the same).
 pub fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited: raise a finite soft limit up to the hard one (no privilege
+    // needed; failure leaves the old limit in place).
+    let raise = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: `limit` is a valid, writable rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
-        && limit.rlim_cur < limit.rlim_max
-    {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: `limit` is a valid rlimit struct; raising the soft limit up to the hard
-        // limit needs no privilege, and failure leaves the old limit in place.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    if raise {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
     }
 }
 
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> io::Result<(File, File)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok((File::from(read), File::from(write)))
 }
 
 /// How a child ended.
@@ -152,49 +156,50 @@ impl BlockedChild {
     }
 }
 
-fn decode(status: libc::c_int) -> ChildExit {
-    if libc::WIFSIGNALED(status) {
-        ChildExit::Signal(libc::WTERMSIG(status))
-    } else {
-        ChildExit::Code(libc::WEXITSTATUS(status))
+/// How a child ended, if it did (a stop or continue is not an end).
+fn decode(status: rustix::process::WaitStatus) -> Option<ChildExit> {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => Some(ChildExit::Code(code)),
+        (None, Some(signal)) => Some(ChildExit::Signal(signal)),
+        (None, None) => None,
     }
+}
+
+fn child_pid(pid: u32) -> io::Result<rustix::process::Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ECHILD))
 }
 
 /// `waitpid(pid, WNOHANG)`: `Some` once the child has exited (and is reaped).
 pub fn try_wait(pid: u32) -> io::Result<Option<ChildExit>> {
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer; pid is our own child.
-    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-    match rc {
-        0 => Ok(None),
-        r if r < 0 => Err(io::Error::last_os_error()),
-        _ if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) => Ok(Some(decode(status))),
-        _ => Ok(None),
-    }
+    use rustix::process::{WaitOptions, waitpid};
+    let status = waitpid(Some(child_pid(pid)?), WaitOptions::NOHANG)?;
+    Ok(status.and_then(|(_, s)| decode(s)))
 }
 
 fn wait_blocking(pid: u32) -> io::Result<ChildExit> {
+    use rustix::process::{WaitOptions, waitpid};
+    let pid = child_pid(pid)?;
     loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out-pointer; pid is our own child.
-        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(status) => {
+                if let Some(exit) = status.and_then(|(_, s)| decode(s)) {
+                    return Ok(exit);
+                }
             }
-            return Err(err);
-        }
-        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return Ok(decode(status));
         }
     }
 }
 
-/// Send `sig` to `pid`; errors (the task is gone) are ignored.
+/// Send `sig` to `pid`; errors (the task is gone, an unknown signal) are ignored.
 pub fn kill(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if let (Ok(pid), Some(sig)) = (child_pid(pid), rustix::process::Signal::from_named_raw(sig)) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
 }
 
 /// Wait until one of `fds` is readable or hung up, or `timeout_ms` passes, and return
@@ -202,27 +207,33 @@ pub fn kill(pid: u32, sig: i32) {
 /// stop polling it so the loop does not spin). EINTR is not an error (a signal arrived:
 /// the self-pipe says which).
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<RawFd>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    // SAFETY: the caller's descriptors stay open for the duration of this call (they
+    // are borrowed for it only).
+    let borrowed: Vec<BorrowedFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
         .collect();
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-        return Ok(Vec::new());
+    let mut pfds: Vec<PollFd<'_>> = borrowed
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timeout = (timeout_ms >= 0).then(|| Timespec {
+        tv_sec: i64::from(timeout_ms / 1000),
+        tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+    });
+    match poll(&mut pfds, timeout.as_ref()) {
+        Ok(_) => {}
+        // A signal arrived: the self-pipe says which.
+        Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     }
+    let hung_up = PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
     Ok(pfds
         .iter()
-        .filter(|p| p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
-        .map(|p| p.fd)
+        .zip(fds)
+        .filter(|(p, _)| p.revents().intersects(hung_up))
+        .map(|(_, &fd)| fd)
         .collect())
 }
 
@@ -257,13 +268,8 @@ const WATCHED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
 
 impl SignalPipe {
     pub fn install() -> io::Result<SignalPipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded; both descriptors are ours alone.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use rustix::pipe::{PipeFlags, pipe_with};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         if SIGNAL_PIPE
             .compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
@@ -300,15 +306,11 @@ impl SignalPipe {
     pub fn take(&self) -> Vec<i32> {
         let mut buf = [0u8; 64];
         let mut out = Vec::new();
-        loop {
-            // SAFETY: `buf` is writable for its length; the fd is our non-blocking read end.
-            let n =
-                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return out;
-            }
-            out.extend(buf[..n as usize].iter().map(|&b| i32::from(b)));
+        // Until the non-blocking pipe is empty (EAGAIN) or fails.
+        while let Ok(n @ 1..) = rustix::io::read(&self.read, &mut buf) {
+            out.extend(buf[..n].iter().map(|&b| i32::from(b)));
         }
+        out
     }
 }
 
