@@ -2,7 +2,8 @@
 //! any file with the multiboot a.out kludge; entered in 32-bit protected mode).
 //!
 //! [`parse`] is pure (bytes in, a validated [`Image`] out), so it can be fuzzed and
-//! table-tested without KVM. Every header field is bounds-checked against the file and
+//! table-tested without KVM. ELF headers are read with `object`; the multiboot header is
+//! found by a scan of the first 8 KiB. Every header field is bounds-checked against the file and
 //! against the RAM the image may use ([`RamLayout`]); each way an image can be wrong has
 //! its own [`LoaderError`] variant. [`Image::load`] then copies the segments into guest
 //! memory and zeroes their bss.
@@ -10,8 +11,13 @@
 //! ELF64 images are loaded at their physical addresses (`p_paddr`) and must be identity
 //! mapped (`p_vaddr == p_paddr`), because the shim's page tables are an identity map.
 
+use object::LittleEndian;
+use object::read::elf::{FileHeader, ProgramHeader};
+
 use crate::arch::*;
 use crate::memory::{GuestMemory, GuestPhysAddr, MemoryError};
+
+const LE: LittleEndian = LittleEndian;
 
 /// The kind of image found, which decides how the vCPUs are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,19 +193,9 @@ impl Bytes<'_> {
         let end = start.checked_add(l).ok_or_else(err)?;
         self.0.get(start..end).ok_or_else(err)
     }
-    fn u16(&self, what: &'static str, off: u64) -> Result<u16, LoaderError> {
-        let b = self.slice(what, off, 2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
     fn u32(&self, what: &'static str, off: u64) -> Result<u32, LoaderError> {
         let b = self.slice(what, off, 4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&self, what: &'static str, off: u64) -> Result<u64, LoaderError> {
-        let b = self.slice(what, off, 8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
     }
 }
 
@@ -344,6 +340,7 @@ fn parse_aout<'a>(bytes: &'a [u8], h: &MultibootHeader) -> Result<Image<'a>, Loa
 }
 
 fn parse_elf(bytes: &[u8], class: u8) -> Result<Image<'_>, LoaderError> {
+    use object::elf::{FileHeader32, FileHeader64};
     let b = Bytes(bytes);
     let ident = b.slice("ELF identification", 0, 16)?;
     if ident[5] != ELFDATA2LSB {
@@ -353,8 +350,29 @@ fn parse_elf(bytes: &[u8], class: u8) -> Result<Image<'_>, LoaderError> {
     if ident[4] != if wide { ELFCLASS64 } else { ELFCLASS32 } {
         return Err(LoaderError::UnsupportedElf("unknown ELF class"));
     }
-    let e_type = b.u16("ELF header", 16)?;
-    let machine = b.u16("ELF header", 18)?;
+    if wide {
+        parse_elf_as::<FileHeader64<LittleEndian>>(bytes, class)
+    } else {
+        parse_elf_as::<FileHeader32<LittleEndian>>(bytes, class)
+    }
+}
+
+/// The ELF headers of one class, read with `object` (which bounds-checks every table
+/// against the file); what it cannot read becomes this loader's own errors.
+fn parse_elf_as<H: FileHeader<Endian = LittleEndian>>(
+    bytes: &[u8],
+    class: u8,
+) -> Result<Image<'_>, LoaderError> {
+    let wide = class == 64;
+    let truncated = |what, offset: u64, len: u64| LoaderError::Truncated {
+        what,
+        offset,
+        len,
+        file_len: bytes.len(),
+    };
+    let header = H::parse(bytes).map_err(|_| truncated("ELF header", 0, size_of::<H>() as u64))?;
+    let e_type = header.e_type(LE).0;
+    let machine = header.e_machine(LE).0;
     let expected = if wide { EM_X86_64 } else { EM_386 };
     if machine != expected {
         return Err(LoaderError::WrongMachine {
@@ -366,59 +384,27 @@ fn parse_elf(bytes: &[u8], class: u8) -> Result<Image<'_>, LoaderError> {
     if e_type != ET_EXEC {
         return Err(LoaderError::NotExecutable { e_type });
     }
-    let (entry, phoff, phentsize, phnum) = if wide {
-        (
-            b.u64("ELF header", 24)?,
-            b.u64("ELF header", 32)?,
-            b.u16("ELF header", 54)?,
-            b.u16("ELF header", 56)?,
-        )
-    } else {
-        (
-            u64::from(b.u32("ELF header", 24)?),
-            u64::from(b.u32("ELF header", 28)?),
-            b.u16("ELF header", 42)?,
-            b.u16("ELF header", 44)?,
-        )
-    };
-    let min_phentsize = if wide { 56 } else { 32 };
-    if phnum > 0 && u64::from(phentsize) < min_phentsize {
+    let entry: u64 = header.e_entry(LE).into();
+    let (phoff, phnum): (u64, u64) = (header.e_phoff(LE).into(), header.e_phnum(LE).into());
+    let phentsize = u64::from(header.e_phentsize(LE));
+    if phnum > 0 && phentsize < size_of::<H::ProgramHeader>() as u64 {
         return Err(LoaderError::UnsupportedElf(
             "program header entries are too small",
         ));
     }
-    b.slice(
-        "program header table",
-        phoff,
-        u64::from(phentsize) * u64::from(phnum),
-    )?;
+    let table = || truncated("program header table", phoff, phentsize * phnum);
+    Bytes(bytes).slice("program header table", phoff, phentsize * phnum)?;
+    let headers = header.program_headers(LE, bytes).map_err(|_| table())?;
     let mut segments = Vec::new();
-    for i in 0..u64::from(phnum) {
-        let ph = phoff + i * u64::from(phentsize);
-        let p_type = b.u32("program header", ph)?;
-        if p_type != PT_LOAD {
+    for (index, ph) in headers.iter().enumerate() {
+        if ph.p_type(LE).0 != PT_LOAD {
             continue;
         }
-        let (flags, offset, vaddr, paddr, filesz, memsz) = if wide {
-            (
-                b.u32("program header", ph + 4)?,
-                b.u64("program header", ph + 8)?,
-                b.u64("program header", ph + 16)?,
-                b.u64("program header", ph + 24)?,
-                b.u64("program header", ph + 32)?,
-                b.u64("program header", ph + 40)?,
-            )
-        } else {
-            (
-                b.u32("program header", ph + 24)?,
-                u64::from(b.u32("program header", ph + 4)?),
-                u64::from(b.u32("program header", ph + 8)?),
-                u64::from(b.u32("program header", ph + 12)?),
-                u64::from(b.u32("program header", ph + 16)?),
-                u64::from(b.u32("program header", ph + 20)?),
-            )
-        };
-        let index = i as usize;
+        let offset: u64 = ph.p_offset(LE).into();
+        let vaddr: u64 = ph.p_vaddr(LE).into();
+        let paddr: u64 = ph.p_paddr(LE).into();
+        let filesz: u64 = ph.p_filesz(LE).into();
+        let memsz: u64 = ph.p_memsz(LE).into();
         if memsz == 0 {
             continue;
         }
@@ -429,7 +415,7 @@ fn parse_elf(bytes: &[u8], class: u8) -> Result<Image<'_>, LoaderError> {
                 mem_size: memsz,
             });
         }
-        b.slice("segment", offset, filesz)?;
+        Bytes(bytes).slice("segment", offset, filesz)?;
         if wide && vaddr != paddr {
             return Err(LoaderError::NotIdentityMapped {
                 index,
@@ -442,7 +428,7 @@ fn parse_elf(bytes: &[u8], class: u8) -> Result<Image<'_>, LoaderError> {
             file_offset: offset as usize,
             file_size: filesz as usize,
             mem_size: memsz,
-            executable: flags & PF_X != 0,
+            executable: ph.p_flags(LE).0 & PF_X != 0,
         });
     }
     Ok(Image {
