@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use lbrprof_data::model::ShimPhase;
 
-use crate::vm::monotonic_ns;
+use lbrprof_data::clock::monotonic_ns;
 
 /// Transitions a vCPU's ring keeps (16 bytes each).
 pub const RING_CAPACITY: usize = 1 << 16;
