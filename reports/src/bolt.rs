@@ -22,8 +22,8 @@
 //! Without branch stacks the `no_lbr` form is written: a `no_lbr <event>` line, then
 //! `1 <function> <offset hex> <count>` per sampled instruction.
 //!
-//! Function names are whatever the symbol source gives; for BOLT use mangled names
-//! (a symbolizer with demangling off).
+//! Function names are whatever the symbol source gives, PLT entries spelled as BOLT
+//! spells them (`printf@PLT`); for BOLT use mangled names (a symbolizer with demangling off).
 //!
 //! [`write_preagg`] writes perf2bolt's *pre-aggregated* input instead (`perf2bolt -pa -p
 //! FILE BINARY`), for one binary, by address, leaving the cutting of fall-throughs into
@@ -74,7 +74,18 @@ fn side(syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
     if s.function_size.is_some_and(|size| offset >= size) {
         return None;
     }
-    Some((f.replace(char::is_whitespace, "_"), offset))
+    Some((bolt_name(f), offset))
+}
+
+/// A function's name as BOLT spells it. Function names cannot contain spaces in fdata, and
+/// BOLT names a PLT entry `printf@PLT` where the symbolizer (as objdump) says `printf@plt`:
+/// a line naming `printf@plt` would be profile for a function BOLT does not know.
+fn bolt_name(f: &str) -> String {
+    let f = f.replace(char::is_whitespace, "_");
+    match f.strip_suffix("@plt") {
+        Some(callee) => format!("{callee}@PLT"),
+        None => f,
+    }
 }
 
 fn fmt_side(s: &Option<(String, u64)>) -> String {
@@ -317,6 +328,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((stats.branch_lines, stats.skipped_edges), (0, 2));
+    }
+
+    #[test]
+    fn names_are_spelled_as_bolt_spells_them() {
+        assert_eq!(bolt_name("printf@plt"), "printf@PLT");
+        assert_eq!(bolt_name("operator new(unsigned long)"), "operator_new(unsigned_long)");
+        assert_eq!(bolt_name("helper/2"), "helper/2");
+        assert_eq!(bolt_name("plt"), "plt");
     }
 
     /// `f` is 0x40 bytes at 0x0; the code from 0x100 on is known only by its extent.
