@@ -57,8 +57,10 @@ pub struct BoltStats {
     pub fallthrough_lines: usize,
     /// Edges with neither side in a known function.
     pub skipped_edges: u64,
-    /// Fall-through ranges whose code could not be read or decoded, or that leave the
-    /// function they start in.
+    /// Distinct fall-through ranges that start in the binaries asked for.
+    pub ranges: u64,
+    /// Of those, the ones whose code could not be read or decoded, or that leave the
+    /// function they start in (or start in no named function).
     pub skipped_ranges: u64,
     /// Branch ends (counted by branch) and, without branch stacks, samples in code with
     /// no function name: left out (written `[unknown]`).
@@ -184,6 +186,11 @@ pub fn write_fdata(
     }
     let mut cfgs: HashMap<(ModuleId, u64), Option<Blocks>> = HashMap::new();
     for ([origin, start, end], &count) in &profile.range_origins {
+        if !wanted(start) {
+            // Another binary's code: no part of this profile.
+            continue;
+        }
+        stats.ranges += 1;
         let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
@@ -314,7 +321,7 @@ mod tests {
         assert_eq!(text, "1 f 20 1 g 0 1 3\n1 g 80 1 f 10 0 3\n");
         assert_eq!(stats.branch_lines, 2);
         // The range [f+0x10, f+0x20] is in unreadable code: counted, skipped.
-        assert_eq!(stats.skipped_ranges, 1);
+        assert_eq!((stats.ranges, stats.skipped_ranges), (1, 1));
         // Restricted to another binary, nothing is known.
         let mut out = Vec::new();
         let stats = write_fdata(
@@ -328,12 +335,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!((stats.branch_lines, stats.skipped_edges), (0, 2));
+        // Ranges in other binaries are no part of the profile, not skipped ones.
+        assert_eq!((stats.ranges, stats.skipped_ranges), (0, 0));
     }
 
     #[test]
     fn names_are_spelled_as_bolt_spells_them() {
         assert_eq!(bolt_name("printf@plt"), "printf@PLT");
-        assert_eq!(bolt_name("operator new(unsigned long)"), "operator_new(unsigned_long)");
+        assert_eq!(
+            bolt_name("operator new(unsigned long)"),
+            "operator_new(unsigned_long)"
+        );
         assert_eq!(bolt_name("helper/2"), "helper/2");
         assert_eq!(bolt_name("plt"), "plt");
     }
