@@ -743,8 +743,7 @@ int main(void) {
         let mut l: Vec<String> = std::fs::read_to_string(p)
             .unwrap()
             .lines()
-            // BOLT names PLT entries `printf@PLT`, lbrprof's --bolt `printf@plt`.
-            .map(|l| l.replace("@PLT", "@plt"))
+            .map(str::to_owned)
             .collect();
         l.sort();
         l

@@ -22,8 +22,8 @@
 //! Without branch stacks the `no_lbr` form is written: a `no_lbr <event>` line, then
 //! `1 <function> <offset hex> <count>` per sampled instruction.
 //!
-//! Function names are whatever the symbol source gives; for BOLT use mangled names
-//! (a symbolizer with demangling off).
+//! Function names are whatever the symbol source gives, PLT entries spelled as BOLT
+//! spells them (`printf@PLT`); for BOLT use mangled names (a symbolizer with demangling off).
 //!
 //! [`write_preagg`] writes perf2bolt's *pre-aggregated* input instead (`perf2bolt -pa -p
 //! FILE BINARY`), for one binary, by address, leaving the cutting of fall-throughs into
@@ -57,8 +57,10 @@ pub struct BoltStats {
     pub fallthrough_lines: usize,
     /// Edges with neither side in a known function.
     pub skipped_edges: u64,
-    /// Fall-through ranges whose code could not be read or decoded, or that leave the
-    /// function they start in.
+    /// Distinct fall-through ranges that start in the binaries asked for.
+    pub ranges: u64,
+    /// Of those, the ones whose code could not be read or decoded, or that leave the
+    /// function they start in (or start in no named function).
     pub skipped_ranges: u64,
     /// Branch ends (counted by branch) and, without branch stacks, samples in code with
     /// no function name: left out (written `[unknown]`).
@@ -74,7 +76,18 @@ fn side(syms: &SymbolTable, l: &Loc) -> Option<(String, u64)> {
     if s.function_size.is_some_and(|size| offset >= size) {
         return None;
     }
-    Some((f.replace(char::is_whitespace, "_"), offset))
+    Some((bolt_name(f), offset))
+}
+
+/// A function's name as BOLT spells it. Function names cannot contain spaces in fdata, and
+/// BOLT names a PLT entry `printf@PLT` where the symbolizer (as objdump) says `printf@plt`:
+/// a line naming `printf@plt` would be profile for a function BOLT does not know.
+fn bolt_name(f: &str) -> String {
+    let f = f.replace(char::is_whitespace, "_");
+    match f.strip_suffix("@plt") {
+        Some(callee) => format!("{callee}@PLT"),
+        None => f,
+    }
 }
 
 fn fmt_side(s: &Option<(String, u64)>) -> String {
@@ -173,6 +186,11 @@ pub fn write_fdata(
     }
     let mut cfgs: HashMap<(ModuleId, u64), Option<Blocks>> = HashMap::new();
     for ([origin, start, end], &count) in &profile.range_origins {
+        if !wanted(start) {
+            // Another binary's code: no part of this profile.
+            continue;
+        }
+        stats.ranges += 1;
         let Some((func, start_off)) = side(syms, start) else {
             stats.skipped_ranges += 1;
             continue;
@@ -303,7 +321,7 @@ mod tests {
         assert_eq!(text, "1 f 20 1 g 0 1 3\n1 g 80 1 f 10 0 3\n");
         assert_eq!(stats.branch_lines, 2);
         // The range [f+0x10, f+0x20] is in unreadable code: counted, skipped.
-        assert_eq!(stats.skipped_ranges, 1);
+        assert_eq!((stats.ranges, stats.skipped_ranges), (1, 1));
         // Restricted to another binary, nothing is known.
         let mut out = Vec::new();
         let stats = write_fdata(
@@ -317,6 +335,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((stats.branch_lines, stats.skipped_edges), (0, 2));
+        // Ranges in other binaries are no part of the profile, not skipped ones.
+        assert_eq!((stats.ranges, stats.skipped_ranges), (0, 0));
+    }
+
+    #[test]
+    fn names_are_spelled_as_bolt_spells_them() {
+        assert_eq!(bolt_name("printf@plt"), "printf@PLT");
+        assert_eq!(
+            bolt_name("operator new(unsigned long)"),
+            "operator_new(unsigned_long)"
+        );
+        assert_eq!(bolt_name("helper/2"), "helper/2");
+        assert_eq!(bolt_name("plt"), "plt");
     }
 
     /// `f` is 0x40 bytes at 0x0; the code from 0x100 on is known only by its extent.

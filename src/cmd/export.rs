@@ -74,12 +74,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     } else {
         eprintln!(
-            "lbrprof: wrote {} ({} branch lines, {} fall-through lines; skipped {} edges outside known functions, {} ranges in unreadable code)",
+            "lbrprof: wrote {} ({} branch lines, {} fall-through lines; skipped {} edges outside known functions; {} of {} fall-through ranges in the binary not usable: unreadable code, or leaving their function)",
             args.output.display(),
             stats.branch_lines,
             stats.fallthrough_lines,
             stats.skipped_edges,
-            stats.skipped_ranges
+            stats.skipped_ranges,
+            stats.ranges
         );
     }
     Ok(ExitCode::SUCCESS)
