@@ -1052,6 +1052,62 @@ fn agrees_with_binutils_addr2line_on_every_address_of_a_fixture() {
     );
 }
 
+/// Each distinct address is looked up and rendered once per batch and its text written for
+/// every occurrence: unordered input with repeats, from arguments, from a regular file on
+/// stdin and from a pipe, prints each address's own frames in input order, identical to
+/// symbolizing it alone.
+#[test]
+fn repeated_and_unordered_addresses_print_in_input_order() {
+    if !have("gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "prog", "inline.c", &["-g", "-O2"]);
+    let exe_s = exe.to_str().unwrap();
+    let data = std::fs::read(&exe).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let text = obj.section_by_name(".text").unwrap();
+    let lo = text.address();
+    // Backwards, with every address three times in a mixed order, plus one outside .text.
+    let mut addrs: Vec<u64> = (lo..lo + text.size()).rev().collect();
+    let n = addrs.len();
+    for i in 0..n {
+        addrs.push(addrs[(i * 7919) % n]);
+        addrs.push(addrs[n - 1 - i]);
+    }
+    addrs.push(0x10);
+    let alone: BTreeMap<u64, String> = addrs[..n]
+        .iter()
+        .chain([&0x10])
+        .map(|a| {
+            let hex = format!("{a:#x}");
+            (*a, stdout(&symbolize(&["-a", "-e", exe_s, &hex])))
+        })
+        .collect();
+    let expected: String = addrs.iter().map(|a| alone[a].as_str()).collect();
+    let hex: Vec<String> = addrs.iter().map(|a| format!("{a:#x}")).collect();
+    let mut args = vec!["-a", "-e", exe_s];
+    args.extend(hex.iter().map(String::as_str));
+    assert!(stdout(&symbolize(&args)) == expected, "from arguments");
+    let input = dir.path().join("addrs");
+    std::fs::write(&input, hex.join("\n")).unwrap();
+    let from_file = common::lbrprof()
+        .args(["symbolize", "--style", "gnu", "-a", "-e", exe_s])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    assert!(stdout(&from_file) == expected, "from a regular file");
+    let piped = blocks(
+        env!("CARGO_BIN_EXE_lbrprof"),
+        &["symbolize", "--style", "gnu", "-a", "-e", exe_s],
+        &addrs,
+    );
+    for a in &addrs {
+        let block: Vec<String> = alone[a].lines().skip(1).map(str::to_owned).collect();
+        assert_eq!(piped[a], block, "from a pipe, at {a:#x}");
+    }
+}
+
 /// Split DWARF packaged with `dwp` into `prog.dwp` (the .dwo files removed) still gives the
 /// inlined frame chain. DWARF 4: binutils 2.40's `dwp` crashes on DWARF 5 split units.
 #[test]

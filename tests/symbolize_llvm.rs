@@ -21,7 +21,9 @@
 //! inlined caller the call site's discriminator, lbrprof the line row's to every frame.
 //!
 //! dwz: llvm-symbolizer 16 cannot read `.gnu_debugaltlink` supplementary files, so the dwz
-//! layout is checked against lbrprof's own answers for the same binary before dwz.
+//! layout is checked against lbrprof's own answers for the same binary before dwz; the
+//! same for `.zdebug` sections (`--compress-debug-sections=zlib-gnu`), which LLVM 16 no
+//! longer reads.
 
 mod common;
 
@@ -447,6 +449,46 @@ fn dwz_supplementary_files_give_the_same_frames() {
     let out = common::run(&["symbolize", "-e", d.join("a").to_str().unwrap(), "0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("supplementary debug file"), "{stderr}");
+}
+
+/// Old-style GNU compression (`objcopy --compress-debug-sections=zlib-gnu`: `.zdebug_*`
+/// sections with a `ZLIB` header, still in older distribution debug files). LLVM 16
+/// no longer reads them, so the answers are checked against the same binary before
+/// compression.
+#[test]
+fn zdebug_sections_give_the_same_frames() {
+    if !have("g++") || !have("objcopy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source("shapes.cc");
+    sh(d, "g++", &["-O2", "-g", "-o", "p", src.to_str().unwrap()]);
+    sh(
+        d,
+        "objcopy",
+        &["--compress-debug-sections=zlib-gnu", "p", "p.zdebug"],
+    );
+    let data = std::fs::read(d.join("p.zdebug")).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    assert!(
+        obj.section_by_name(".zdebug_info").is_some(),
+        "objcopy made .zdebug sections"
+    );
+    let addrs = text_addresses(&d.join("p"));
+    let before = ours(&d.join("p"), &addrs);
+    let after = ours(&d.join("p.zdebug"), &addrs);
+    let differing: Vec<_> = addrs
+        .iter()
+        .filter(|a| before[a] != after[a])
+        .take(5)
+        .map(|a| format!("{a:#x}: {:?} vs {:?}", before[a], after[a]))
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+    // Not trivially equal: lines and inlined frames come from the compressed DWARF.
+    assert!(after.values().any(|f| f.len() > 1));
+    assert!(after.values().all(|f| !f.is_empty()));
+    assert!(after.values().filter(|f| f[0].1.starts_with("??")).count() < addrs.len() / 4);
 }
 
 /// A stripped binary whose debug file is in the debuginfod client cache

@@ -45,9 +45,30 @@ pub(crate) fn demangle_symbol(raw: &str, style: NameStyle) -> String {
         return raw.to_owned();
     }
     match style {
-        NameStyle::Gnu => addr2line::demangle_auto(Cow::Borrowed(raw), None).into_owned(),
+        NameStyle::Gnu => {
+            let d = addr2line::demangle_auto(Cow::Borrowed(raw), None);
+            if rustc_demangle::try_demangle(raw).is_ok() {
+                d.into_owned()
+            } else {
+                cxx_to_gnu(&d)
+            }
+        }
         NameStyle::Llvm => llvm(raw),
     }
+}
+
+/// Rewrites `cpp_demangle` output into what libiberty (`c++filt`, `addr2line -C`) prints,
+/// where the two differ only in spelling: typed integer literals (`0ul`, as LLVM prints
+/// them too) and empty template parameter packs (`f<int>`, not `f<int, >` or
+/// `f<int, , >`). Differences that are `cpp_demangle` mistakes (a pack expanded into
+/// the wrong parameters, `&&` lost in a pack, names it cannot decode) are left alone; see
+/// `tests/symbolize_gnu.rs`.
+pub(crate) fn cxx_to_gnu(s: &str) -> String {
+    let mut s = typed_literals(s);
+    while s.contains(", >") {
+        s = s.replace(", >", ">");
+    }
+    s
 }
 
 fn llvm(raw: &str) -> String {
@@ -409,6 +430,20 @@ fn abbreviations(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gnu_style_spells_literals_and_empty_packs_like_libiberty() {
+        // std::pair<int const, long>::pair<int const&, 0ul>(...): c++filt prints `0ul`.
+        let s = cxx_to_gnu("f<int const&, (unsigned long)0, , >(std::tuple<>&)");
+        assert_eq!(s, "f<int const&, 0ul>(std::tuple<>&)");
+        assert_eq!(
+            cxx_to_gnu("g<std::vector<int> >()"),
+            "g<std::vector<int> >()"
+        );
+        // Through demangle_symbol: C++ gets the rewrite, Rust legacy names do not need it.
+        let mangled = "_Z1fIJiEEvDpT_";
+        assert_eq!(demangle_symbol(mangled, NameStyle::Gnu), "void f<int>(int)");
+    }
 
     #[test]
     fn plain_names_are_left_alone() {

@@ -18,7 +18,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::arena::Arena;
 use crate::debuginfo;
-use crate::demangle::{NameStyle, demangle_symbol};
+use crate::demangle::{NameStyle, cxx_to_gnu, demangle_symbol};
 use crate::error::{ModuleError, hex};
 use crate::symtab::{Binding, Candidate, Function, SymbolTable};
 use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
@@ -942,7 +942,21 @@ impl Module {
                     Ok(if self.demangle && self.style == NameStyle::Llvm {
                         demangle_symbol(&name.raw_name()?, NameStyle::Llvm)
                     } else if self.demangle {
-                        name.demangle()?.into_owned()
+                        let cxx = matches!(
+                            name.language,
+                            Some(
+                                gimli::DW_LANG_C_plus_plus
+                                    | gimli::DW_LANG_C_plus_plus_03
+                                    | gimli::DW_LANG_C_plus_plus_11
+                                    | gimli::DW_LANG_C_plus_plus_14
+                                    | gimli::DW_LANG_C_plus_plus_17
+                                    | gimli::DW_LANG_C_plus_plus_20
+                            )
+                        );
+                        match name.demangle()? {
+                            d if cxx => cxx_to_gnu(&d),
+                            d => d.into_owned(),
+                        }
                     } else {
                         name.raw_name()?.into_owned()
                     })
