@@ -846,6 +846,12 @@ thread_local! {
     static WATCHDOG: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The stop flag of the VM this vCPU thread runs (None off vCPU threads), for helper
+/// threads of its guest (interval timers) to end with it.
+pub(crate) fn stop_flag() -> Option<Arc<AtomicBool>> {
+    STOP.with(|s| s.borrow().clone())
+}
+
 /// Whether the VM this vCPU thread runs is stopping (false off vCPU threads): a host
 /// call the kick interrupted is then not restarted.
 pub(crate) fn stopping() -> bool {
@@ -1585,15 +1591,23 @@ impl LinuxVcpu {
     fn block(
         &mut self,
         vcpu: &mut VcpuFd,
-        pending: linux::Pending,
+        mut pending: linux::Pending,
         mut block: linux::thread::Block,
         stop: &AtomicBool,
     ) -> Result<TrapAction, VmError> {
-        let woken = block.wait(&self.task.waiter, stop);
         let process = self.shared.process.clone();
-        let mut p = lock(&process);
-        let action = p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
-        self.settle(&mut p, vcpu, action)
+        loop {
+            let woken = block.wait(&self.task.waiter, stop);
+            let mut p = lock(&process);
+            match p.finish_block(&mut self.task, vcpu, pending, block, woken)? {
+                // Woken for nothing that ends the call: wait again.
+                TrapAction::Block {
+                    pending: again,
+                    block: b,
+                } => (pending, block) = (again, b),
+                action => return self.settle(&mut p, vcpu, action),
+            }
+        }
     }
 }
 
