@@ -454,6 +454,7 @@ impl Vm {
                 stop,
                 parked,
                 is_parked: false,
+                stepped: false,
                 stats: VcpuRunStats {
                     vcpu: index,
                     ..Default::default()
@@ -939,6 +940,9 @@ struct VcpuRunner {
     parked: Arc<AtomicUsize>,
     /// This vCPU counts in `parked`.
     is_parked: bool,
+    /// KVM single-stepped this vCPU at some point (the emulated LBR's tracer): a TF in
+    /// flags the guest saved (R11 at a system call, an exception frame) may be KVM's.
+    stepped: bool,
     stats: VcpuRunStats,
     timer: Option<ExitTimer>,
 }
@@ -1141,6 +1145,7 @@ impl VcpuRunner {
                 dbg.control = KVM_GUESTDBG_ENABLE;
                 if req.single_step {
                     dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+                    self.stepped = true;
                 }
                 if dr7 != 0 {
                     dbg.control |= KVM_GUESTDBG_USE_HW_BP;
@@ -1342,6 +1347,9 @@ impl VcpuRunner {
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
                 && Process::is_trap_port(port)
             {
+                // KVM's TF in saved flags is stale once its single-step is off (while it
+                // is on, KVM owns TF and the flags go back as they are).
+                linux.task.shim_stepped = self.stepped && !req.single_step;
                 let mut action = linux.trap(&mut self.vcpu, port);
                 if let Ok(TrapAction::ProcessOp { .. }) = action {
                     // The emulated LBR's breakpoints leave the address space first: a

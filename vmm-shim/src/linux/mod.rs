@@ -65,6 +65,7 @@ use std::sync::Arc;
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
+use crate::arch::RFLAGS_TF;
 use crate::linux::abi::*;
 use crate::linux::cpu::{TrapArea, TrapFrame};
 use crate::linux::fd::FdTable;
@@ -793,6 +794,11 @@ impl Process {
                 vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?
             };
             let nr = regs.rax;
+            if task.shim_stepped {
+                // The flags `syscall` saved in R11 come back through SYSRETQ or the
+                // shim's ring-3 return: without KVM's TF (see `Task::shim_stepped`).
+                regs.r11 &= !RFLAGS_TF;
+            }
             let action = match self.syscall_service(task, vcpu, &mut regs)? {
                 Serviced::Resume => {
                     write_regs(vcpu, &regs, fast)?;
@@ -835,6 +841,13 @@ impl Process {
                 .memory()
                 .read_u64(GuestPhysAddr(frame_pa.0 + 8 * i as u64))
                 .unwrap_or(0);
+        }
+        let rflags_at = if n == 6 { 3 } else { 2 };
+        if task.shim_stepped && words[rflags_at] & RFLAGS_TF != 0 {
+            // The stub's IRETQ would restore KVM's TF (see `Task::shim_stepped`).
+            words[rflags_at] &= !RFLAGS_TF;
+            let at = GuestPhysAddr(frame_pa.0 + 8 * rflags_at as u64);
+            let _ = self.mm.memory().write_u64(at, words[rflags_at]);
         }
         let frame = TrapFrame::parse(vector, &words);
         let action = if vector == VEC_NMI || vector == 32 {

@@ -46,6 +46,11 @@ pub struct Task {
     pub robust_list: (u64, u64),
     /// `sigaltstack`: (ss_sp, ss_size), ss_size 0 when none.
     pub altstack: (u64, u64),
+    /// KVM single-stepped this vCPU and no longer does (the emulated LBR's tracer sets
+    /// KVM_GUESTDBG_SINGLESTEP, which runs the guest with RFLAGS.TF): a TF the CPU saved
+    /// with the guest's flags (R11 at `syscall`, an exception or NMI frame) is KVM's, and
+    /// must not come back, or the program gets a #DB (SIGTRAP) of nobody's asking.
+    pub(crate) shim_stepped: bool,
     /// The mask to restore once a call that waits with a temporary one (rt_sigsuspend,
     /// ppoll, pselect6, epoll_pwait) returns: the signal frame of a handler run as it
     /// returns saves this one, as Linux's `set_restore_sigmask`.
@@ -85,6 +90,7 @@ impl Task {
             robust_list: (0, 0),
             altstack: (0, 0),
             saved_sigmask: None,
+            shim_stepped: false,
             comm: [0; 16],
             syscall_mode: None,
             sync_regs: false,

@@ -1015,6 +1015,15 @@ impl VcpuHook for EmulatedPmuHook {
                 return self.apply(ctx, r, trap, state);
             }
             // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
+            // A #DB of TF that is nobody's now (a step of this hook's that outlived its
+            // stepping, e.g. in flags a system call saved, or the program's own) would
+            // come back at every instruction: the frame's IRETQ resumes without it.
+            if trap.vector == VECTOR_DB
+                && trap.frame[2] & RFLAGS_TF != 0
+                && let Err(e) = write_frame(ctx, st.1.cr3, &trap, false)
+            {
+                self.fail(ctx, e);
+            }
         }
         // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
         // I/O or MSR exit's instruction is finished by the next KVM_RUN).
