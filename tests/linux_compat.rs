@@ -142,6 +142,21 @@ fn signals_interrupt_blocked_calls_like_natively() {
 }
 
 #[test]
+fn system_call_results_survive_a_storm_of_signals() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_kick_storm", "kick_storm", "gcc", &[]);
+    let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout),
+        "wrong results: 0, signals arrived\nchild exited 0 after many signals\n"
+    );
+    assert_identical("kick storm", &native, &vm);
+}
+
+#[test]
 fn coreutils_timeout_ends_a_child_blocked_in_read() {
     if !kvm_available() {
         return;

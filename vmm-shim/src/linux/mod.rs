@@ -1792,6 +1792,13 @@ fn restart(regs: &mut kvm_regs, nr: u64) -> u64 {
 }
 
 /// Write the registers of a resumed system call back (through the run page when `fast`).
+///
+/// A kick that comes while the call is serviced sets `immediate_exit`, so the next
+/// KVM_RUN returns EINTR without entering the guest; the result is not lost: x86
+/// `kvm_arch_vcpu_ioctl_run` applies the dirty run-page registers (`sync_regs`, which
+/// also clears `kvm_dirty_regs`) and completes the pending `out` before it checks
+/// `immediate_exit` (`wants_to_run` in newer kernels), and `store_regs` copies them back
+/// to the run page as it returns, where the next exit's reader finds them.
 fn write_regs(vcpu: &mut VcpuFd, regs: &kvm_regs, fast: bool) -> Result<(), VmError> {
     if fast {
         vcpu.sync_regs_mut().regs = *regs;
