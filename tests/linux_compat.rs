@@ -1,6 +1,6 @@
 //! End-to-end tests of the Linux personality's compatibility corners: the legacy
 //! vsyscall page, execve from a threaded process, writers blocked on a full pipe,
-//! signals to a busy process, and a real JVM. Programs are compiled at test time and
+//! signals to a busy process, signals interrupting blocked calls, and a real JVM. Programs are compiled at test time and
 //! compared byte for byte (stdout, stderr, exit status) with their native runs under
 //! `lbrprof run --vm --`.
 
@@ -110,6 +110,67 @@ fn a_signal_to_a_busy_sleeping_or_waiting_process_arrives_at_once() {
     }
     assert_eq!(text.matches("child killed by 15, in time yes").count(), 3);
     assert_identical("kill to a busy child", &native, &vm);
+}
+
+#[test]
+fn signals_interrupt_blocked_calls_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_signal_wait", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "read, no SA_RESTART: -1 EINTR, handled 1",
+            "read, SA_RESTART: 1 ok, handled 1",
+            "epoll_wait, SA_RESTART: -1 EINTR, handled 1",
+            "sigsuspend: -1 EINTR, handled 1, blocked after 1",
+            "waitpid again: child, status 4",
+            "poll with SIGCHLD default: 0 ok",
+        ] {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_eq!(text.matches("in time yes").count(), 8, "{out}: {text}");
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn system_call_results_survive_a_storm_of_signals() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_kick_storm", "kick_storm", "gcc", &[]);
+    let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout),
+        "wrong results: 0, signals arrived\nchild exited 0 after many signals\n"
+    );
+    assert_identical("kick storm", &native, &vm);
+}
+
+#[test]
+fn coreutils_timeout_ends_a_child_blocked_in_read() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(ok.success());
+    // `0<>fifo`: stdin open for reading and writing, so cat's read blocks (no EOF);
+    // timeout sends it SIGTERM after 0.5 s and exits 124.
+    let script = "timeout 0.5 cat 0<>fifo; echo status $?";
+    let (native, vm) = native_and_vm(tmp.path(), "/bin/sh", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&native.stdout), "status 124\n");
+    assert_identical("timeout 0.5 cat", &native, &vm);
 }
 
 /// The JDK, if the machine has one (CI installs it: a skip there is a failure).

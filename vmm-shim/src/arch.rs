@@ -18,6 +18,8 @@ pub const EFER_LMA: u64 = 1 << 10;
 
 // RFLAGS: bit 1 is reserved and always set.
 pub const RFLAGS_RESERVED: u64 = 1 << 1;
+/// RFLAGS.TF (trap flag, SDM Vol. 1 §3.4.3.3): a #DB after each instruction.
+pub const RFLAGS_TF: u64 = 1 << 8;
 
 // Paging-structure entries (SDM Vol. 3 §4.5).
 pub const PTE_P: u64 = 1 << 0;

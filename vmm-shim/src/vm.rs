@@ -459,6 +459,7 @@ impl Vm {
                 stop,
                 parked,
                 is_parked: false,
+                stepped: false,
                 stats: VcpuRunStats {
                     vcpu: index,
                     ..Default::default()
@@ -859,6 +860,12 @@ thread_local! {
     static WATCHDOG: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The stop flag of the VM this vCPU thread runs (None off vCPU threads), for helper
+/// threads of its guest (interval timers) to end with it.
+pub(crate) fn stop_flag() -> Option<Arc<AtomicBool>> {
+    STOP.with(|s| s.borrow().clone())
+}
+
 /// Whether the VM this vCPU thread runs is stopping (false off vCPU threads): a host
 /// call the kick interrupted is then not restarted.
 pub(crate) fn stopping() -> bool {
@@ -946,6 +953,9 @@ struct VcpuRunner {
     parked: Arc<AtomicUsize>,
     /// This vCPU counts in `parked`.
     is_parked: bool,
+    /// KVM single-stepped this vCPU at some point (the emulated LBR's tracer): a TF in
+    /// flags the guest saved (R11 at a system call, an exception frame) may be KVM's.
+    stepped: bool,
     stats: VcpuRunStats,
     timer: Option<ExitTimer>,
 }
@@ -1148,6 +1158,7 @@ impl VcpuRunner {
                 dbg.control = KVM_GUESTDBG_ENABLE;
                 if req.single_step {
                     dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+                    self.stepped = true;
                 }
                 if dr7 != 0 {
                     dbg.control |= KVM_GUESTDBG_USE_HW_BP;
@@ -1366,6 +1377,9 @@ impl VcpuRunner {
                 && Process::is_trap_port(port)
             {
                 phase::enter(ShimPhase::LinuxTrap);
+                // KVM's TF in saved flags is stale once its single-step is off (while it
+                // is on, KVM owns TF and the flags go back as they are).
+                linux.task.shim_stepped = self.stepped && !req.single_step;
                 let mut action = linux.trap(&mut self.vcpu, port);
                 if let Ok(TrapAction::ProcessOp { .. }) = action {
                     // The emulated LBR's breakpoints leave the address space first: a
@@ -1616,15 +1630,23 @@ impl LinuxVcpu {
     fn block(
         &mut self,
         vcpu: &mut VcpuFd,
-        pending: linux::Pending,
+        mut pending: linux::Pending,
         mut block: linux::thread::Block,
         stop: &AtomicBool,
     ) -> Result<TrapAction, VmError> {
-        let woken = block.wait(&self.task.waiter, stop);
         let process = self.shared.process.clone();
-        let mut p = lock(&process);
-        let action = p.finish_block(&mut self.task, vcpu, pending, block, woken)?;
-        self.settle(&mut p, vcpu, action)
+        loop {
+            let woken = block.wait(&self.task.waiter, stop);
+            let mut p = lock(&process);
+            match p.finish_block(&mut self.task, vcpu, pending, block, woken)? {
+                // Woken for nothing that ends the call: wait again.
+                TrapAction::Block {
+                    pending: again,
+                    block: b,
+                } => (pending, block) = (again, b),
+                action => return self.settle(&mut p, vcpu, action),
+            }
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! descriptors. The kernel keeps each registration's `data` and returns it unchanged, so
 //! the program's own cookies (often its fd numbers or pointers) come back as it stored
 //! them, with no translation. A wait blocks like `poll` (the process released, the VM's
-//! stop flag looked at every few milliseconds); as with `poll`, a signal does not
-//! interrupt it and `epoll_pwait`'s signal mask is not applied.
+//! stop flag looked at every few milliseconds); as with `poll`, a signal that runs a
+//! handler or ends the process interrupts it (EINTR), and `epoll_pwait`'s signal mask
+//! applies while it waits.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::linux::fd::Fd;
 use crate::linux::host;
 use crate::linux::mm::Errno;
 use crate::linux::syscall::Outcome;
-use crate::linux::thread::{Block, PollBlock, STOP_POLL};
+use crate::linux::thread::{Block, PollBlock, STOP_POLL, Waiter};
 use crate::memory::GuestVirtAddr;
 use syscalls::Sysno;
 
@@ -42,8 +43,9 @@ pub struct EpollBlock {
 }
 
 impl EpollBlock {
-    /// Wait until an event is ready, the deadline passes or the VM stops.
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Wait until an event is ready, the deadline passes, a signal wakes `waiter` or
+    /// the VM stops.
+    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
         loop {
             let now = Instant::now();
             let slice = match self.deadline {
@@ -63,11 +65,18 @@ impl EpollBlock {
                 }
             }
             let over = self.deadline.is_some_and(|d| Instant::now() >= d);
-            if over || stop.load(Ordering::Acquire) {
+            if over || stop.load(Ordering::Acquire) || waiter.is_woken() {
                 self.result = Ok(Vec::new());
                 return;
             }
         }
+    }
+
+    /// Whether it ended with no event before its deadline (a signal or the VM's stop
+    /// ended it).
+    pub fn cut_short(&self) -> bool {
+        self.result.as_ref().is_ok_and(|r| r.is_empty())
+            && self.deadline.is_none_or(|d| Instant::now() < d)
     }
 }
 
@@ -146,15 +155,14 @@ impl Process {
         })))
     }
 
-    /// With several threads, a read that would block (read, readv, recvfrom, recvmsg,
-    /// accept on a blocking pipe, socket or terminal with nothing to take) must not
-    /// hold the process: the thread that would make it ready could never run. It waits
-    /// for readiness with the process released, then the call starts again (as Linux
-    /// restarts a system call). None: go on with the call now.
+    /// A read that would block (read, readv, recvfrom, recvmsg, accept on a blocking
+    /// pipe, socket or terminal with nothing to take) must not hold the process: the
+    /// thread that would make it ready could never run, and a signal must interrupt
+    /// it. It waits for readiness with the process released, then the call starts
+    /// again (as Linux restarts a system call); a signal ends the wait with EINTR, or
+    /// restarts the call after the handler with SA_RESTART (`Process::finish_block`).
+    /// None: go on with the call now.
     pub(crate) fn wait_readable(&mut self, sys: Sysno, a: [u64; 6]) -> Option<Outcome> {
-        if self.threads.len() < 2 {
-            return None;
-        }
         let dontwait = |flags: u64| flags as i32 & libc::MSG_DONTWAIT != 0;
         let fd = match sys {
             Sysno::read | Sysno::readv | Sysno::accept | Sysno::accept4 => a[0],

@@ -21,6 +21,7 @@
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
 //! * [`thread`]: threads (one vCPU each) and futexes.
 //! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//! * [`itimer`]: the real-time interval timer (`alarm`, `setitimer`).
 //! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
 //!   them), and the process model.
 //!
@@ -45,6 +46,7 @@ pub mod cpu;
 pub mod events;
 pub mod fd;
 pub mod host;
+pub mod itimer;
 pub mod loader;
 pub mod mm;
 pub mod net;
@@ -63,6 +65,7 @@ use std::sync::Arc;
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
+use crate::arch::RFLAGS_TF;
 use crate::linux::abi::*;
 use crate::linux::cpu::{TrapArea, TrapFrame};
 use crate::linux::fd::FdTable;
@@ -437,6 +440,8 @@ pub struct Pending {
     regs: kvm_regs,
     /// The registers go back through the run page (KVM_CAP_SYNC_REGS).
     fast: bool,
+    /// The call's number (to start it again after a signal handler, SA_RESTART).
+    nr: u64,
 }
 
 /// A running program: its memory, descriptors and counters.
@@ -482,6 +487,10 @@ pub struct Process {
     /// Address spaces an execve replaced while other threads may still run on them:
     /// each is freed once no thread holds its token ([`Task::space_token`]).
     retired: Vec<(std::sync::Weak<()>, AddressSpace)>,
+    /// ITIMER_REAL (alarm, setitimer): SIGALRM to this process.
+    pub(crate) itimer: Arc<itimer::RealTimer>,
+    /// POSIX timers (timer_create), by id.
+    pub(crate) timers: BTreeMap<u64, Arc<itimer::RealTimer>>,
 }
 
 impl Drop for Process {
@@ -561,6 +570,8 @@ impl Process {
             lent: None,
             waiters: BTreeMap::new(),
             retired: Vec::new(),
+            itimer: Arc::new(itimer::RealTimer::new(libc::SIGALRM as u64)),
+            timers: BTreeMap::new(),
         }
     }
 
@@ -782,21 +793,27 @@ impl Process {
             } else {
                 vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?
             };
+            let nr = regs.rax;
+            if task.shim_stepped {
+                // The flags `syscall` saved in R11 come back through SYSRETQ or the
+                // shim's ring-3 return: without KVM's TF (see `Task::shim_stepped`).
+                regs.r11 &= !RFLAGS_TF;
+            }
             let action = match self.syscall_service(task, vcpu, &mut regs)? {
                 Serviced::Resume => {
                     write_regs(vcpu, &regs, fast)?;
                     TrapAction::Resume
                 }
                 Serviced::Block(block) => TrapAction::Block {
-                    pending: Pending { regs, fast },
+                    pending: Pending { regs, fast, nr },
                     block,
                 },
                 Serviced::Clone(child) => TrapAction::Clone {
-                    pending: Pending { regs, fast },
+                    pending: Pending { regs, fast, nr },
                     child,
                 },
                 Serviced::Op(op) => TrapAction::ProcessOp {
-                    pending: Pending { regs, fast },
+                    pending: Pending { regs, fast, nr },
                     op,
                 },
                 Serviced::End(action) => action,
@@ -824,6 +841,13 @@ impl Process {
                 .memory()
                 .read_u64(GuestPhysAddr(frame_pa.0 + 8 * i as u64))
                 .unwrap_or(0);
+        }
+        let rflags_at = if n == 6 { 3 } else { 2 };
+        if task.shim_stepped && words[rflags_at] & RFLAGS_TF != 0 {
+            // The stub's IRETQ would restore KVM's TF (see `Task::shim_stepped`).
+            words[rflags_at] &= !RFLAGS_TF;
+            let at = GuestPhysAddr(frame_pa.0 + 8 * rflags_at as u64);
+            let _ = self.mm.memory().write_u64(at, words[rflags_at]);
         }
         let frame = TrapFrame::parse(vector, &words);
         let action = if vector == VEC_NMI || vector == 32 {
@@ -856,7 +880,14 @@ impl Process {
     }
 
     /// End a [`TrapAction::Block`]: `woken` says whether the waiter was woken (rather
-    /// than timed out or stopped). Resumes the program with the call's result.
+    /// than timed out or stopped). Resumes the program with the call's result, or gives
+    /// the block back ([`TrapAction::Block`]) to wait again when what woke it was not
+    /// for it (a signal another thread took, or one the program ignores).
+    ///
+    /// A signal that runs a handler or ends the process interrupts the wait as
+    /// signal(7) says: a read, accept, recv or wait4/waitid starts again after the
+    /// handler when it has SA_RESTART, and returns EINTR otherwise; poll, select,
+    /// epoll_wait, the sleeps and rt_sigsuspend always return EINTR.
     pub fn finish_block(
         &mut self,
         task: &mut Task,
@@ -878,7 +909,14 @@ impl Process {
         if self.shared.signals.load(Ordering::Relaxed) != 0 {
             task.pending |= self.shared.take(task.sigmask);
         }
-        let interrupted = task.pending & !task.sigmask != 0;
+        let interrupting = self.interrupting(task);
+        let interrupted = interrupting.is_some();
+        let restarts = interrupting == Some(true);
+        // Nothing came for the call and nothing interrupts it: wait again (unless the
+        // VM or the process is ending: then the call ends with EINTR).
+        let ending =
+            crate::vm::stopping() || self.shared.dead.load(std::sync::atomic::Ordering::Acquire);
+        let again = !interrupted && !ending;
         let eintr = mm::Errno(libc::EINTR).ret();
         let ret = match block {
             // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
@@ -904,21 +942,36 @@ impl Process {
                 }
                 eintr
             }
+            Block::Sleep { until, rem } if woken && again => {
+                return Ok(self.block_again(task, pending, Block::Sleep { until, rem }));
+            }
             Block::Sleep { .. } => 0,
+            Block::Poll(p) if p.cut_short() && again => {
+                return Ok(self.block_again(task, pending, Block::Poll(p)));
+            }
+            Block::Poll(p) if p.cut_short() && interrupted => eintr,
             Block::Poll(p) => self.poll_done(&p),
+            Block::Epoll(e) if e.cut_short() && again => {
+                return Ok(self.block_again(task, pending, Block::Epoll(e)));
+            }
+            Block::Epoll(e) if e.cut_short() && interrupted => eintr,
             Block::Epoll(e) => self.epoll_done(&e),
-            Block::Restart { nr, .. } => {
-                // Back onto the `syscall` instruction (RCX is the address after it) with
-                // the call's number: in ring 3 the program resumes at RIP (already RCX),
-                // through the ring-0 stub SYSRETQ returns to RCX.
-                let back = pending.regs.rcx.wrapping_sub(2);
-                if pending.regs.rip == pending.regs.rcx {
-                    pending.regs.rip = back;
-                }
-                pending.regs.rcx = back;
-                nr
+            Block::Restart { poll, nr } if poll.cut_short() && again => {
+                return Ok(self.block_again(task, pending, Block::Restart { poll, nr }));
+            }
+            Block::Restart { poll, .. } if poll.cut_short() && interrupted && !restarts => eintr,
+            Block::Restart { nr, .. } => restart(&mut pending.regs, nr),
+            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && again => {
+                return Ok(self.block_again(task, pending, Block::Wait(w)));
+            }
+            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && restarts => {
+                restart(&mut pending.regs, pending.nr)
             }
             Block::Wait(w) => self.wait_done(&w),
+            Block::Suspend if again => {
+                return Ok(self.block_again(task, pending, Block::Suspend));
+            }
+            Block::Suspend => eintr,
             Block::Write(w) => match w.result {
                 Ok(n) => n as u64,
                 Err(e) => {
@@ -937,12 +990,81 @@ impl Process {
             }
         };
         pending.regs.rax = ret;
-        // Signals that came meanwhile are delivered as the call returns.
-        if interrupted && let Some(end) = self.deliver_pending(task, vcpu, &mut pending.regs)? {
+        if ret != eintr
+            && let Some(mask) = task.saved_sigmask.take()
+        {
+            // A call with a temporary mask that did not end by a signal restores its
+            // mask before signals are delivered (Linux's
+            // `restore_saved_sigmask_unless`): those it let in stay pending.
+            task.sigmask = mask;
+        }
+        // Signals that came meanwhile are delivered as the call returns (a handler's
+        // frame saves the mask from before a temporary one of the call).
+        if task.pending & !task.sigmask != 0
+            && let Some(end) = self.deliver_pending(task, vcpu, &mut pending.regs)?
+        {
             return Ok(end);
+        }
+        if let Some(mask) = task.saved_sigmask.take() {
+            task.sigmask = mask;
         }
         write_regs(vcpu, &pending.regs, pending.fast)?;
         Ok(TrapAction::Resume)
+    }
+
+    /// Make a blocked call interruptible: a signal sent to the process or the thread
+    /// wakes `task`'s waiter from now on (its vCPU thread is kicked too, which ends a
+    /// host poll at once), and one already pending ends the wait at once.
+    fn interruptible(&mut self, task: &mut Task, block: &Block) {
+        use std::sync::atomic::Ordering;
+        if matches!(block, Block::Vfork { .. } | Block::Write(_)) {
+            return;
+        }
+        if !matches!(
+            block,
+            Block::Sleep { .. } | Block::Futex { .. } | Block::Wait(_)
+        ) {
+            // (A sleep and a futex wait reset it before queueing; a wait4 in `reap`.)
+            task.waiter.reset();
+        }
+        self.shared.sleepers().insert(task.tid, task.waiter.clone());
+        let posted = self.shared.signals.load(Ordering::Acquire);
+        if (task.pending | posted) & !task.sigmask != 0 {
+            task.waiter.wake();
+        }
+    }
+
+    /// Wait again for `block` (see [`Self::finish_block`]).
+    fn block_again(&mut self, task: &mut Task, pending: Pending, block: Block) -> TrapAction {
+        task.waiter.reset();
+        if let Block::Wait(w) = &block {
+            // Queued again for its children's ends.
+            let _ = w.kernel.reap(w.parent, w.which, w.keep, Some(&task.waiter));
+        }
+        self.interruptible(task, &block);
+        TrapAction::Block { pending, block }
+    }
+
+    /// Whether a pending signal interrupts a blocked call of `task`: Some(restart)
+    /// when one will run a handler (restart: it has SA_RESTART) or end the process.
+    /// Pending signals the program ignores (explicitly, or by default as SIGCHLD) are
+    /// dropped on the way, as Linux discards them.
+    fn interrupting(&mut self, task: &mut Task) -> Option<bool> {
+        loop {
+            let deliverable = task.pending & !task.sigmask;
+            if deliverable == 0 {
+                return None;
+            }
+            let sig = u64::from(deliverable.trailing_zeros()) + 1;
+            let act = self.action(sig);
+            match act.handler {
+                1 => {}
+                0 if !signal::default_terminates(sig) => {}
+                0 => return Some(false),
+                _ => return Some(act.flags & signal::SA_RESTART != 0),
+            }
+            task.pending &= !(1 << (sig - 1));
+        }
     }
 
     /// End a [`TrapAction::Clone`]: `started` says whether the new thread runs.
@@ -1093,6 +1215,8 @@ impl Process {
             lent: lent.clone(),
             waiters: BTreeMap::new(),
             retired: Vec::new(),
+            itimer: Arc::new(itimer::RealTimer::new(libc::SIGALRM as u64)),
+            timers: BTreeMap::new(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -1340,13 +1464,7 @@ impl Process {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
             syscall::Outcome::Block(b) => {
-                if matches!(b, Block::Sleep { .. } | Block::Futex { .. }) {
-                    // A signal interrupts it: one pending now ends it at once.
-                    self.shared.sleepers().insert(task.tid, task.waiter.clone());
-                    if task.pending & !task.sigmask != 0 {
-                        task.waiter.wake();
-                    }
-                }
+                self.interruptible(task, &b);
                 Serviced::Block(b)
             }
             syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
@@ -1659,7 +1777,28 @@ pub enum ProcessOp {
     Exec(Box<Program>),
 }
 
+/// Set `regs` (a system call's return state) to make system call `nr` again: back
+/// onto the `syscall` instruction (RCX is the address after it) with the call's
+/// number. In ring 3 the program resumes at RIP (already RCX); through the ring-0 stub
+/// SYSRETQ returns to RCX. A signal frame set up now saves this state, so the call
+/// starts again when the handler returns. The value for RAX.
+fn restart(regs: &mut kvm_regs, nr: u64) -> u64 {
+    let back = regs.rcx.wrapping_sub(2);
+    if regs.rip == regs.rcx {
+        regs.rip = back;
+    }
+    regs.rcx = back;
+    nr
+}
+
 /// Write the registers of a resumed system call back (through the run page when `fast`).
+///
+/// A kick that comes while the call is serviced sets `immediate_exit`, so the next
+/// KVM_RUN returns EINTR without entering the guest; the result is not lost: x86
+/// `kvm_arch_vcpu_ioctl_run` applies the dirty run-page registers (`sync_regs`, which
+/// also clears `kvm_dirty_regs`) and completes the pending `out` before it checks
+/// `immediate_exit` (`wants_to_run` in newer kernels), and `store_regs` copies them back
+/// to the run page as it returns, where the next exit's reader finds them.
 fn write_regs(vcpu: &mut VcpuFd, regs: &kvm_regs, fast: bool) -> Result<(), VmError> {
     if fast {
         vcpu.sync_regs_mut().regs = *regs;

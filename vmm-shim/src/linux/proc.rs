@@ -70,7 +70,8 @@ pub struct Shared {
     /// The host threads of its vCPUs, by thread id: a signal from another process
     /// kicks them out of the guest so that it is delivered at once.
     pub vcpus: Mutex<BTreeMap<u64, libc::pthread_t>>,
-    /// Its threads blocked in a sleep or a futex wait, which a signal interrupts.
+    /// Its threads blocked in a call a signal interrupts (sleeps, futex waits, polls,
+    /// reads, waits for children, rt_sigsuspend).
     pub sleepers: Mutex<BTreeMap<u64, Arc<Waiter>>>,
 }
 
@@ -253,9 +254,8 @@ impl Kernel {
         }
         match t.procs.get_mut(&ppid) {
             Some(p) if p.status.is_none() => {
-                p.shared
-                    .signals
-                    .fetch_or(1 << (libc::SIGCHLD - 1), Ordering::AcqRel);
+                // SIGCHLD interrupts what the parent waits in when it handles it.
+                p.shared.post(libc::SIGCHLD as u64);
                 for w in p.waiters.drain(..) {
                     w.wake();
                 }

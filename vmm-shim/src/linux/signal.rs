@@ -26,6 +26,7 @@ use crate::memory::GuestVirtAddr;
 /// `struct sigaction` flags (include/uapi/asm-generic/signal-defs.h, asm/signal.h).
 pub const SA_ONSTACK: u64 = 0x0800_0000;
 pub const SA_RESTORER: u64 = 0x0400_0000;
+pub const SA_RESTART: u64 = 0x1000_0000;
 pub const SA_NODEFER: u64 = 0x4000_0000;
 pub const SA_RESETHAND: u64 = 0x8000_0000;
 pub const SA_SIGINFO: u64 = 4;
@@ -144,10 +145,13 @@ impl Process {
         };
         uc[24..28].copy_from_slice(&ss_flags.to_le_bytes());
         uc[32..40].copy_from_slice(&alt_size.to_le_bytes());
-        for (i, w) in sigcontext(regs, &info, task.sigmask).iter().enumerate() {
+        // The mask the handler's return restores: the one from before a call's
+        // temporary mask (rt_sigsuspend, ppoll…), or the current one.
+        let restore = task.saved_sigmask.take().unwrap_or(task.sigmask);
+        for (i, w) in sigcontext(regs, &info, restore).iter().enumerate() {
             uc[MCONTEXT + 8 * i..MCONTEXT + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
-        uc[296..304].copy_from_slice(&task.sigmask.to_le_bytes());
+        uc[296..304].copy_from_slice(&restore.to_le_bytes());
         let si = &mut f[8 + UCONTEXT as usize..];
         si[0..4].copy_from_slice(&info.signo.to_le_bytes());
         si[8..12].copy_from_slice(&info.code.to_le_bytes());

@@ -9,6 +9,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use syscalls::Sysno;
 
@@ -16,6 +18,7 @@ use crate::linux::Process;
 use crate::linux::abi::*;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
+use crate::linux::itimer;
 use crate::linux::mm::{Errno, FileBacking, Prot};
 use crate::linux::proc::WaitFor;
 use crate::linux::thread::{self, Block, Task};
@@ -233,7 +236,19 @@ impl Process {
                 return self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
             }
             Sysno::pselect6 => {
-                // The signal mask argument is not applied (no signal interrupts a wait).
+                // The sixth argument: { const sigset_t *ss; size_t ss_len }.
+                let mask = if a[5] == 0 {
+                    Ok(None)
+                } else {
+                    self.mm
+                        .read_u64(a[5])
+                        .and_then(|ss| Ok((ss, self.mm.read_u64(a[5] + 8)?)))
+                        .and_then(|(ss, len)| self.sigset_arg(ss, len))
+                };
+                let mask = match mask {
+                    Ok(m) => m,
+                    Err(e) => return Outcome::Return(e.ret()),
+                };
                 let deadline = if a[4] == 0 {
                     None
                 } else {
@@ -242,7 +257,8 @@ impl Process {
                         Err(e) => return Outcome::Return(e.ret()),
                     }
                 };
-                return self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
+                let out = self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
+                return self.with_mask(task, mask, out);
             }
             Sysno::read => self.sys_read(a[0], a[1], a[2], None),
             Sysno::pread64 => self.sys_read(a[0], a[1], a[2], Some(a[3] as i64)),
@@ -527,6 +543,45 @@ impl Process {
                 host::getrandom(&mut b, a[2] as u32)
                     .and_then(|n| self.out(a[0], &b[..n]).map(|()| n as u64))
             }
+            Sysno::rt_sigsuspend => {
+                if a[1] != 8 {
+                    return Outcome::Return(Errno::EINVAL.ret());
+                }
+                match self.mm.read_u64(a[0]) {
+                    Ok(mask) => {
+                        return self.with_mask(task, Some(mask), Outcome::Block(Block::Suspend));
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Sysno::pause => return Outcome::Block(Block::Suspend),
+            Sysno::alarm => {
+                let stop = crate::vm::stop_flag();
+                let secs = std::time::Duration::from_secs(u64::from(a[0] as u32));
+                let (left, _) =
+                    self.itimer
+                        .set(&self.shared, stop, secs, std::time::Duration::ZERO);
+                ok(itimer::alarm_seconds(left))
+            }
+            Sysno::setitimer => self.sys_setitimer(a[0], a[1], a[2]),
+            Sysno::timer_create => self.sys_timer_create(a[0], a[1], a[2]),
+            Sysno::timer_settime => self.sys_timer_settime(a[0], a[1], a[2], a[3]),
+            Sysno::timer_gettime => self
+                .timers
+                .get(&a[0])
+                .ok_or(Errno::EINVAL)
+                .map(|t| t.get())
+                .and_then(|v| self.out_itimerspec(a[1], v).map(|()| 0)),
+            Sysno::timer_getoverrun => self.timers.get(&a[0]).ok_or(Errno::EINVAL).map(|_| 0),
+            Sysno::timer_delete => match self.timers.remove(&a[0]) {
+                Some(t) => {
+                    let stop = crate::vm::stop_flag();
+                    t.set(&self.shared, stop, Duration::ZERO, Duration::ZERO);
+                    Ok(0)
+                }
+                None => Err(Errno::EINVAL),
+            },
+            Sysno::getitimer => self.sys_getitimer(a[0], a[1]),
             Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
             Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
             Sysno::sigaltstack => self.sys_sigaltstack(task, a[0], a[1]),
@@ -587,7 +642,10 @@ impl Process {
                 return self.sys_poll(a[0], a[1], deadline);
             }
             Sysno::ppoll => {
-                // The signal mask argument is not applied (no signal interrupts a poll).
+                let mask = match self.sigset_arg(a[3], a[4]) {
+                    Ok(m) => m,
+                    Err(e) => return Outcome::Return(e.ret()),
+                };
                 let deadline = if a[2] == 0 {
                     None
                 } else {
@@ -596,18 +654,28 @@ impl Process {
                         Err(e) => return Outcome::Return(e.ret()),
                     }
                 };
-                return self.sys_poll(a[0], a[1], deadline);
+                let out = self.sys_poll(a[0], a[1], deadline);
+                return self.with_mask(task, mask, out);
             }
             // Event descriptors (events.rs).
             Sysno::epoll_create1 => self.sys_epoll_create(a[0], None),
             Sysno::epoll_create => self.sys_epoll_create(0, Some(a[0])),
             Sysno::epoll_ctl => self.sys_epoll_ctl(a[0], a[1], a[2], a[3]),
             Sysno::epoll_wait | Sysno::epoll_pwait => {
+                let mask = match sys {
+                    Sysno::epoll_pwait => self.sigset_arg(a[4], a[5]),
+                    _ => Ok(None),
+                };
+                let mask = match mask {
+                    Ok(m) => m,
+                    Err(e) => return Outcome::Return(e.ret()),
+                };
                 let timeout = a[3] as i32;
                 let deadline = (timeout >= 0).then(|| {
                     std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
                 });
-                return self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+                let out = self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+                return self.with_mask(task, mask, out);
             }
             Sysno::epoll_pwait2 => {
                 let deadline = if a[3] == 0 {
@@ -618,7 +686,12 @@ impl Process {
                         Err(e) => return Outcome::Return(e.ret()),
                     }
                 };
-                return self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+                let mask = match self.sigset_arg(a[4], a[5]) {
+                    Ok(m) => m,
+                    Err(e) => return Outcome::Return(e.ret()),
+                };
+                let out = self.sys_epoll_wait(a[0], a[1], a[2], deadline);
+                return self.with_mask(task, mask, out);
             }
             Sysno::eventfd2 => self.sys_eventfd(a[0], a[1]),
             Sysno::eventfd => self.sys_eventfd(a[0], 0),
@@ -1059,6 +1132,163 @@ impl Process {
         Ok(0)
     }
 
+    /// The signal mask argument of ppoll/pselect6/epoll_pwait/rt_sigsuspend (address
+    /// and size): None when there is none.
+    fn sigset_arg(&self, va: u64, size: u64) -> Result<Option<u64>, Errno> {
+        if va == 0 {
+            return Ok(None);
+        }
+        if size != 8 {
+            return Err(Errno::EINVAL);
+        }
+        self.mm.read_u64(va).map(Some)
+    }
+
+    /// A call that waits with the temporary signal mask `mask` (ppoll, pselect6,
+    /// epoll_pwait, rt_sigsuspend): applied while it blocks, the old one restored as it
+    /// returns (`Process::finish_block`; a handler's frame saves the old one). A call
+    /// that returns at once does not change the mask.
+    fn with_mask(&mut self, task: &mut Task, mask: Option<u64>, out: Outcome) -> Outcome {
+        if let (Some(mask), Outcome::Block(_)) = (mask, &out) {
+            task.saved_sigmask = Some(task.sigmask);
+            task.sigmask = mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        }
+        out
+    }
+
+    /// setitimer: ITIMER_REAL only (ITIMER_VIRTUAL and ITIMER_PROF count CPU time the
+    /// shim does not account: EINVAL). `struct itimerval` is { it_interval, it_value },
+    /// two `struct timeval`s.
+    fn sys_setitimer(&mut self, which: u64, new: u64, old: u64) -> Sys {
+        if which as i32 != libc::ITIMER_REAL {
+            return Err(Errno::EINVAL);
+        }
+        let tv = |va: u64| -> Result<std::time::Duration, Errno> {
+            let s = self.mm.read_u64(va)? as i64;
+            let us = self.mm.read_u64(va + 8)? as i64;
+            if s < 0 || !(0..1_000_000).contains(&us) {
+                return Err(Errno::EINVAL);
+            }
+            Ok(std::time::Duration::new(s as u64, us as u32 * 1000))
+        };
+        let (interval, value) = if new == 0 {
+            (std::time::Duration::ZERO, std::time::Duration::ZERO)
+        } else {
+            (tv(new)?, tv(new.checked_add(16).ok_or(Errno::EFAULT)?)?)
+        };
+        let stop = crate::vm::stop_flag();
+        let prev = self.itimer.set(&self.shared, stop, value, interval);
+        if old != 0 {
+            self.out_itimerval(old, prev)?;
+        }
+        Ok(0)
+    }
+
+    /// timer_create: CLOCK_REALTIME, CLOCK_MONOTONIC or CLOCK_BOOTTIME (all measured as
+    /// elapsed time), notified by a signal (SIGEV_SIGNAL; no `sevp`: SIGALRM) or not
+    /// at all (SIGEV_NONE). SIGEV_THREAD_ID (glibc's SIGEV_THREAD helper): EINVAL.
+    fn sys_timer_create(&mut self, clock: u64, sevp: u64, id_out: u64) -> Sys {
+        if !matches!(
+            clock as i32,
+            libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        // struct sigevent: sigev_value (8), sigev_signo (int), sigev_notify (int), ...
+        let signal = if sevp == 0 {
+            libc::SIGALRM as u64
+        } else {
+            let w = self
+                .mm
+                .read_u64(sevp.checked_add(8).ok_or(Errno::EFAULT)?)?;
+            let (signo, notify) = (w as u32 as i32, (w >> 32) as u32 as i32);
+            match notify {
+                libc::SIGEV_NONE => 0,
+                libc::SIGEV_SIGNAL if (1..=64).contains(&signo) => signo as u64,
+                _ => return Err(Errno::EINVAL),
+            }
+        };
+        let id = (0..).find(|i| !self.timers.contains_key(i)).unwrap_or(0);
+        self.out(id_out, &(id as i32).to_le_bytes())?;
+        self.timers
+            .insert(id, Arc::new(itimer::RealTimer::new(signal)));
+        Ok(0)
+    }
+
+    /// timer_settime: `struct itimerspec` is { it_interval, it_value }, two
+    /// `struct timespec`s; TIMER_ABSTIME takes it_value on the timer's clock.
+    fn sys_timer_settime(&mut self, id: u64, flags: u64, new: u64, old: u64) -> Sys {
+        let timer = self.timers.get(&id).cloned().ok_or(Errno::EINVAL)?;
+        let ts = |va: u64| -> Result<Duration, Errno> {
+            let s = self.mm.read_u64(va)? as i64;
+            let ns = self.mm.read_u64(va.checked_add(8).ok_or(Errno::EFAULT)?)? as i64;
+            if s < 0 || !(0..1_000_000_000).contains(&ns) {
+                return Err(Errno::EINVAL);
+            }
+            Ok(Duration::new(s as u64, ns as u32))
+        };
+        let interval = ts(new)?;
+        let mut value = ts(new.checked_add(16).ok_or(Errno::EFAULT)?)?;
+        if flags as i32 & libc::TIMER_ABSTIME != 0 && !value.is_zero() {
+            // CLOCK_REALTIME is what programs use with TIMER_ABSTIME here.
+            let (s, ns) = host::clock_gettime(libc::CLOCK_REALTIME)?;
+            let now = Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
+            // Already past: fire at once.
+            value = value
+                .checked_sub(now)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_nanos(1));
+        }
+        let stop = crate::vm::stop_flag();
+        let prev = timer.set(&self.shared, stop, value, interval);
+        if old != 0 {
+            self.out_itimerspec(old, prev)?;
+        }
+        Ok(0)
+    }
+
+    /// Write (time left, interval) as a `struct itimerspec`.
+    fn out_itimerspec(&self, va: u64, (left, interval): (Duration, Duration)) -> Result<(), Errno> {
+        let mut b = [0u8; 32];
+        let words = [
+            interval.as_secs(),
+            u64::from(interval.subsec_nanos()),
+            left.as_secs(),
+            u64::from(left.subsec_nanos()),
+        ];
+        for (i, w) in words.into_iter().enumerate() {
+            b[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        self.out(va, &b)
+    }
+
+    fn sys_getitimer(&mut self, which: u64, cur: u64) -> Sys {
+        if which as i32 != libc::ITIMER_REAL {
+            return Err(Errno::EINVAL);
+        }
+        self.out_itimerval(cur, self.itimer.get()).map(|()| 0)
+    }
+
+    /// Write (time left, interval) as a `struct itimerval` (a running timer shows at
+    /// least 1 µs left, as Linux).
+    fn out_itimerval(
+        &self,
+        va: u64,
+        (left, interval): (std::time::Duration, std::time::Duration),
+    ) -> Result<(), Errno> {
+        let us = |d: std::time::Duration| (d.as_secs(), u64::from(d.subsec_micros()));
+        let (ls, mut lus) = us(left);
+        if !left.is_zero() && ls == 0 && lus == 0 {
+            lus = 1;
+        }
+        let (is, ius) = us(interval);
+        let mut b = [0u8; 32];
+        for (i, w) in [is, ius, ls, lus].into_iter().enumerate() {
+            b[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        self.out(va, &b)
+    }
+
     /// `sigaltstack(ss, old_ss)`: `stack_t` is { ss_sp, ss_flags (int), ss_size }.
     fn sys_sigaltstack(&mut self, task: &mut Task, new: u64, old: u64) -> Sys {
         let mut set = None;
@@ -1259,7 +1489,10 @@ impl Process {
             select: None,
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
-            block.run(&std::sync::atomic::AtomicBool::new(false));
+            block.run(
+                &thread::Waiter::default(),
+                &std::sync::atomic::AtomicBool::new(false),
+            );
             return Outcome::Return(self.poll_done(&block));
         }
         Outcome::Block(Block::Poll(block))
@@ -1569,7 +1802,10 @@ impl Process {
             select: Some(thread::SelectSets { sets, nfds, fds }),
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
-            block.run(&std::sync::atomic::AtomicBool::new(false));
+            block.run(
+                &thread::Waiter::default(),
+                &std::sync::atomic::AtomicBool::new(false),
+            );
             return Outcome::Return(self.poll_done(&block));
         }
         Outcome::Block(Block::Poll(block))

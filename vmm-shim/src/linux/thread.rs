@@ -46,6 +46,15 @@ pub struct Task {
     pub robust_list: (u64, u64),
     /// `sigaltstack`: (ss_sp, ss_size), ss_size 0 when none.
     pub altstack: (u64, u64),
+    /// KVM single-stepped this vCPU and no longer does (the emulated LBR's tracer sets
+    /// KVM_GUESTDBG_SINGLESTEP, which runs the guest with RFLAGS.TF): a TF the CPU saved
+    /// with the guest's flags (R11 at `syscall`, an exception or NMI frame) is KVM's, and
+    /// must not come back, or the program gets a #DB (SIGTRAP) of nobody's asking.
+    pub(crate) shim_stepped: bool,
+    /// The mask to restore once a call that waits with a temporary one (rt_sigsuspend,
+    /// ppoll, pselect6, epoll_pwait) returns: the signal frame of a handler run as it
+    /// returns saves this one, as Linux's `set_restore_sigmask`.
+    pub saved_sigmask: Option<u64>,
     /// The thread's name (`prctl(PR_SET_NAME)`), NUL-padded.
     pub comm: [u8; 16],
     /// How `syscall` behaves on this vCPU (learnt at the first one).
@@ -80,6 +89,8 @@ impl Task {
             clear_child_tid: 0,
             robust_list: (0, 0),
             altstack: (0, 0),
+            saved_sigmask: None,
+            shim_stepped: false,
             comm: [0; 16],
             syscall_mode: None,
             sync_regs: false,
@@ -131,6 +142,12 @@ impl Waiter {
         *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = false;
     }
 
+    /// Whether it was woken since the last [`Self::reset`] (a signal came, for the
+    /// waits that poll host descriptors).
+    pub fn is_woken(&self) -> bool {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Block until woken (true), `deadline` passes or `stop` is set (false).
     pub fn wait(&self, deadline: Option<Instant>, stop: &AtomicBool) -> bool {
         let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +190,8 @@ pub enum Block {
     Restart { poll: PollBlock, nr: u64 },
     /// wait4/waitid for a child to end.
     Wait(WaitBlock),
+    /// rt_sigsuspend and pause: until a signal runs a handler or ends the process.
+    Suspend,
     /// A write that may wait for a reader (`Process::wait_writable` in `events.rs`).
     Write(crate::linux::events::WriteBlock),
     /// A vfork parent until its child execs or exits; the child's id, and where the
@@ -198,25 +217,20 @@ pub struct WaitBlock {
 }
 
 impl WaitBlock {
-    /// Wait until a selected child ends (or the VM stops: EINTR).
+    /// Wait until a selected child ends, or a signal or the VM's stop wakes `waiter`
+    /// (then the result is EINTR, which `Process::finish_block` turns into a restart
+    /// or another wait when the signal does not interrupt it). The waiter was queued
+    /// for the children's ends when the call blocked (`Kernel::reap`), so a wake
+    /// between then and now is not lost.
     pub fn run(&mut self, waiter: &Arc<Waiter>, stop: &AtomicBool) {
-        loop {
-            match self
-                .kernel
-                .reap(self.parent, self.which, self.keep, Some(waiter))
-            {
-                Ok(None) => {
-                    if !waiter.wait(None, stop) {
-                        self.result = Err(Errno(libc::EINTR));
-                        return;
-                    }
-                }
-                r => {
-                    self.result = r;
-                    return;
-                }
-            }
+        if !waiter.wait(None, stop) {
+            self.result = Err(Errno(libc::EINTR));
+            return;
         }
+        self.result = match self.kernel.reap(self.parent, self.which, self.keep, None) {
+            Ok(None) => Err(Errno(libc::EINTR)),
+            r => r,
+        };
     }
 }
 
@@ -240,20 +254,20 @@ impl Block {
                 w.run(waiter, stop);
                 true
             }
-            Block::Vfork { .. } => waiter.wait(None, stop),
+            Block::Vfork { .. } | Block::Suspend => waiter.wait(None, stop),
             // Reset under the process lock when the sleep began (a signal's wake
             // after that point must not be lost).
             Block::Sleep { until, .. } => waiter.wait(Some(*until), stop),
             Block::Poll(p) => {
-                p.run(stop);
+                p.run(waiter, stop);
                 true
             }
             Block::Epoll(e) => {
-                e.run(stop);
+                e.run(waiter, stop);
                 true
             }
             Block::Restart { poll, .. } => {
-                poll.run(stop);
+                poll.run(waiter, stop);
                 true
             }
             Block::Write(w) => {
@@ -281,8 +295,9 @@ pub struct PollBlock {
 }
 
 impl PollBlock {
-    /// Poll until something is ready, the deadline passes or the VM stops.
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Poll until something is ready, the deadline passes, a signal wakes `waiter`
+    /// (its vCPU thread is kicked too, which ends a host poll at once) or the VM stops.
+    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
         let mut fds: Vec<libc::pollfd> = self
             .entries
             .iter()
@@ -310,7 +325,7 @@ impl PollBlock {
                 }
             }
             let over = self.deadline.is_some_and(|d| Instant::now() >= d);
-            if nval || over || stop.load(Ordering::Acquire) {
+            if nval || over || stop.load(Ordering::Acquire) || waiter.is_woken() {
                 break;
             }
         }
@@ -320,6 +335,16 @@ impl PollBlock {
             .zip(&fds)
             .map(|(e, p)| if e.2 { libc::POLLNVAL } else { p.revents })
             .collect());
+    }
+
+    /// Whether it ended with nothing ready before its deadline (a signal or the VM's
+    /// stop ended it).
+    pub fn cut_short(&self) -> bool {
+        let none = self
+            .result
+            .as_ref()
+            .is_ok_and(|r| r.iter().all(|&e| e == 0));
+        none && self.deadline.is_none_or(|d| Instant::now() < d)
     }
 }
 

@@ -406,7 +406,9 @@ fn int3_key(ctx: &VcpuCtx<'_>, cr3: u64, addr: u64) -> Result<HandlerKey, String
     Ok((ctx.memory().host_base(), pa.0))
 }
 
-/// Drops one user of the breakpoint at `addr`; the last puts the original byte back.
+/// Drops one user of the breakpoint at `addr`; the last puts the original byte back,
+/// unless the guest wrote over the `int3` meanwhile (a JIT rewriting its code): then
+/// the byte there is the guest's newer one, and the saved original is stale.
 fn release_int3(
     shared: &mut BTreeMap<HandlerKey, (u8, u32)>,
     ctx: &VcpuCtx<'_>,
@@ -417,8 +419,13 @@ fn release_int3(
         if *users == 0 {
             let orig = *orig;
             shared.remove(&key);
+            let mut now = [0u8];
+            let at = GuestPhysAddr(key.1);
+            if ctx.memory().read(at, &mut now).is_ok() && now[0] != INT3 {
+                return Ok(());
+            }
             ctx.memory()
-                .write(GuestPhysAddr(key.1), &[orig])
+                .write(at, &[orig])
                 .map_err(|e| format!("cannot restore guest code at {:#x}: {e}", key.1))?;
         }
     }
@@ -1015,6 +1022,15 @@ impl VcpuHook for EmulatedPmuHook {
                 return self.apply(ctx, r, trap, state);
             }
             // The guest's own #DB/#BP: its handler is gone for the run; skip the event.
+            // A #DB of TF that is nobody's now (a step of this hook's that outlived its
+            // stepping, e.g. in flags a system call saved, or the program's own) would
+            // come back at every instruction: the frame's IRETQ resumes without it.
+            if trap.vector == VECTOR_DB
+                && trap.frame[2] & RFLAGS_TF != 0
+                && let Err(e) = write_frame(ctx, st.1.cr3, &trap, false)
+            {
+                self.fail(ctx, e);
+            }
         }
         // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
         // I/O or MSR exit's instruction is finished by the next KVM_RUN).

@@ -1,0 +1,170 @@
+//! The real-time interval timers of a process (`alarm`, `setitimer(ITIMER_REAL)`,
+//! `getitimer`, and POSIX timers with `SIGEV_SIGNAL`/`SIGEV_NONE` notification:
+//! `timer_create` …): a signal (SIGALRM for the first) posted to the process when one
+//! expires, as any signal from outside (its vCPUs are kicked, a blocked call is
+//! interrupted).
+//!
+//! One host thread per process that ever armed the timer sleeps until the deadline
+//! (re-armed on each change through a condition variable) and ends with the process or
+//! the VM. Timers are not inherited by a fork child and survive an execve, as on Linux.
+//! Their expiry is real time: in exact mode they are not pinned like the clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::linux::proc::Shared;
+use crate::linux::thread::STOP_POLL;
+
+/// A process's ITIMER_REAL, or one of its POSIX timers.
+#[derive(Debug, Default)]
+pub struct RealTimer {
+    state: Mutex<State>,
+    cv: Condvar,
+    /// The signal it sends (0: none, SIGEV_NONE).
+    signal: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When it fires next (None: disarmed).
+    deadline: Option<Instant>,
+    /// Re-armed with this after each expiry (zero: one shot).
+    interval: Duration,
+    /// Its host thread was started.
+    running: bool,
+}
+
+impl RealTimer {
+    /// A disarmed timer that sends `signal` (0: none).
+    pub fn new(signal: u64) -> RealTimer {
+        RealTimer {
+            signal,
+            ..RealTimer::default()
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The time left until it fires (zero: disarmed) and its interval.
+    pub fn get(&self) -> (Duration, Duration) {
+        let s = self.state();
+        let left = s.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        (left, s.interval)
+    }
+
+    /// Arm it to fire in `value` and then every `interval` (a zero `value` disarms
+    /// it); SIGALRM goes to the process of `shared`. The previous setting, as
+    /// [`Self::get`] gives it.
+    pub fn set(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        stop: Option<Arc<AtomicBool>>,
+        value: Duration,
+        interval: Duration,
+    ) -> (Duration, Duration) {
+        let old = self.get();
+        let mut s = self.state();
+        s.deadline = (!value.is_zero()).then(|| {
+            Instant::now()
+                .checked_add(value.min(Duration::from_secs(1 << 32)))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32))
+        });
+        s.interval = interval;
+        if s.deadline.is_some() && !s.running {
+            s.running = true;
+            let (timer, shared) = (self.clone(), shared.clone());
+            let spawned = std::thread::Builder::new()
+                .name("lbrprof-itimer".into())
+                .spawn(move || timer.run(&shared, stop.as_deref()));
+            if spawned.is_err() {
+                s.running = false;
+            }
+        }
+        self.cv.notify_one();
+        old
+    }
+
+    /// The timer's thread: post its signal at each deadline until the process or the VM
+    /// ends.
+    fn run(&self, shared: &Shared, stop: Option<&AtomicBool>) {
+        let mut s = self.state();
+        loop {
+            let over = shared.dead.load(Ordering::Acquire)
+                || stop.is_some_and(|f| f.load(Ordering::Acquire));
+            if over {
+                s.running = false;
+                return;
+            }
+            let now = Instant::now();
+            let slice = match s.deadline {
+                Some(d) if d <= now => {
+                    if self.signal != 0 {
+                        shared.post(self.signal);
+                    }
+                    s.deadline = (!s.interval.is_zero()).then(|| d + s.interval);
+                    continue;
+                }
+                Some(d) => (d - now).min(STOP_POLL),
+                None => STOP_POLL,
+            };
+            s = self
+                .cv
+                .wait_timeout(s, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Seconds for `alarm` from the time left (rounded up as Linux does, at least 1 when
+/// armed).
+pub fn alarm_seconds(left: Duration) -> u64 {
+    let (s, us) = (left.as_secs(), left.subsec_micros());
+    if (s == 0 && us != 0) || us >= 500_000 {
+        s + 1
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_fires_sigalrm_once_and_reports_what_is_left() {
+        let shared: Arc<Shared> = Arc::default();
+        let t = Arc::new(RealTimer::new(libc::SIGALRM as u64));
+        assert_eq!(t.get(), (Duration::ZERO, Duration::ZERO));
+        let old = t.set(&shared, None, Duration::from_secs(100), Duration::ZERO);
+        assert_eq!(old, (Duration::ZERO, Duration::ZERO));
+        let (left, _) = t.get();
+        assert!(left > Duration::from_secs(99) && left <= Duration::from_secs(100));
+        let old = t.set(&shared, None, Duration::from_millis(10), Duration::ZERO);
+        assert!(old.0 > Duration::from_secs(99));
+        let bit = 1 << (libc::SIGALRM - 1);
+        let start = Instant::now();
+        while shared.signals.load(Ordering::Acquire) & bit == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "SIGALRM never came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(t.get().0, Duration::ZERO);
+        shared.dead.store(true, Ordering::Release);
+    }
+
+    #[test]
+    fn alarm_rounds_like_linux() {
+        assert_eq!(alarm_seconds(Duration::ZERO), 0);
+        assert_eq!(alarm_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(alarm_seconds(Duration::from_millis(1400)), 1);
+        assert_eq!(alarm_seconds(Duration::from_millis(1600)), 2);
+    }
+}
