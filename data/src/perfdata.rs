@@ -202,6 +202,7 @@ pub mod abi {
     pub const PERF_SAMPLE_BRANCH_ANY: u64 = 1 << 3;
 
     // enum perf_event_type
+    pub const PERF_RECORD_MMAP: u32 = 1;
     pub const PERF_RECORD_LOST: u32 = 2;
     pub const PERF_RECORD_COMM: u32 = 3;
     pub const PERF_RECORD_EXIT: u32 = 4;
