@@ -339,7 +339,8 @@ pub fn function_counts(
     let mut id_of_loc: crate::hash::FastMap<Loc, usize> = Default::default();
     let mut id_of_name: HashMap<(u32, String), usize> = HashMap::new();
     // Per function id, its key and counts per side (host, guest; `None`: not met).
-    let mut funcs: Vec<((u32, String), [Option<[u64; 4]>; 2])> = Vec::new();
+    type SideCounts = [Option<[u64; 4]>; 2];
+    let mut funcs: Vec<((u32, String), SideCounts)> = Vec::new();
     let mut seen: Vec<(usize, usize)> = Vec::new();
     for (stack, c) in stacks {
         seen.clear();
