@@ -3,7 +3,7 @@
 //! `# Samples: N of event 'X'` line and each event's own sample and event counts (a fixed
 //! period, `-c`/`period=N`, weighs each sample as perf does); `info` lists every event's
 //! samples; `--event NAME` picks one; outputs that show one profile (flame graph, JSON,
-//! folded, diff) refuse a file with several events in one line naming them. The recording is made at
+//! folded, diff, exports) refuse a file with several events in one line naming them. The recording is made at
 //! test time with `perf record -e cpu-clock/freq=999/,page-faults/period=2/ -g` of
 //! `tests/workloads/sort_keys.c` (whose forked child copies memory: page faults).
 
@@ -174,6 +174,8 @@ fn one_profile_outputs_need_an_event_chosen() {
         vec!["report", "-i", d, "--format", "json"],
         vec!["report", "-i", d, "--format", "folded"],
         vec!["diff", d, d],
+        vec!["export", "-i", d, "--perf-data", "-o", svg],
+        vec!["export", "-i", d, "--pprof", "-o", svg],
     ] {
         let out = common::run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
