@@ -21,7 +21,7 @@
 //! A record that breaks the rounds' promise (a key below what a round already released:
 //! files with lost samples have them, when a CPU's buffer was drained late) comes out
 //! in the next release, after records with larger keys. The walk gives every record its
-//! *batch*, the release that emits it ([`Rounds`]), and sorts by (batch, time, offset):
+//! *batch*, the release that emits it (`Rounds`), and sorts by (batch, time, offset):
 //! exactly the stream's order, for in-order and out-of-order files alike, with no record
 //! buffered (a file whose rounds keep their promise has batches that follow the keys).
 //!
