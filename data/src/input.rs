@@ -224,7 +224,7 @@ impl Input {
 
     /// Chooses the event whose samples are read, before anything is read (`--event`):
     /// `Some(NAME)` only those of event NAME; `Some("all")` and `None` read every
-    /// event's samples (see [`Input::first_of_several_events`] for what `None` should
+    /// event's samples (see [`Input::several_events`] for what `None` should
     /// become). lbrprof.data holds one event.
     pub fn select_event(&mut self, choice: Option<&str>) -> Result<(), InputError> {
         let Some(name) = choice.filter(|c| *c != "all") else {
@@ -247,14 +247,16 @@ impl Input {
         })
     }
 
-    /// Once the stream has ended, without an event selected: the first of the events
-    /// that have samples, when more than one has. A report of such a file shows one event
-    /// at a time, as perf report's sections do, so it reads the file again for this one.
-    pub fn first_of_several_events(&self) -> Option<String> {
+    /// Once the stream has ended, without an event selected: the events that have
+    /// samples, in file order, when more than one has. Their samples do not add up (a
+    /// cpu-clock sample and a page fault are different things), so a report of such a
+    /// file shows one event at a time, as perf report's sections do, reading the file
+    /// again for each.
+    pub fn several_events(&self) -> Option<Vec<String>> {
         match &self.source {
             Source::Perf(r) if r.selected_event().is_none() => {
                 let sampled = r.sampled_events();
-                (sampled.len() > 1).then(|| sampled[0].to_owned())
+                (sampled.len() > 1).then(|| sampled.into_iter().map(str::to_owned).collect())
             }
             _ => None,
         }

@@ -202,6 +202,7 @@ pub mod abi {
     pub const PERF_SAMPLE_BRANCH_ANY: u64 = 1 << 3;
 
     // enum perf_event_type
+    pub const PERF_RECORD_MMAP: u32 = 1;
     pub const PERF_RECORD_LOST: u32 = 2;
     pub const PERF_RECORD_COMM: u32 = 3;
     pub const PERF_RECORD_EXIT: u32 = 4;
@@ -316,6 +317,8 @@ pub struct PerfDataReader {
     build_ids: HashMap<Vec<u8>, Vec<u8>>,
     /// perf's name of each event attribute, in file order.
     event_names: Vec<String>,
+    /// Per event attribute, [`SampleLayout::fixed_period`].
+    fixed_periods: Vec<u64>,
     /// The attributes whose samples are read ([`PerfDataReader::select_event`]); `None`:
     /// all of them.
     selected: Option<Vec<bool>>,
@@ -421,6 +424,11 @@ impl PerfDataReader {
                 HashMap::new()
             }
         };
+        let fixed_periods: Vec<u64> = perf_file
+            .event_attributes()
+            .iter()
+            .map(|a| fixed_period(&a.attr))
+            .collect();
         let event_names: Vec<String> = perf_file
             .event_attributes()
             .iter()
@@ -446,6 +454,7 @@ impl PerfDataReader {
                 samples_per_event: vec![0; event_names.len()],
                 ..ImportStats::default()
             },
+            fixed_periods,
             event_names,
             selected: None,
             warnings,
@@ -639,6 +648,7 @@ impl PerfDataReader {
                     read_format: a.attr.read_format.bits(),
                     branch_sample_type: a.attr.branch_sample_format.bits(),
                     regs_user: a.attr.sample_regs_user,
+                    fixed_period: fixed_period(&a.attr),
                 })
                 .collect(),
             parse_infos,
@@ -663,7 +673,7 @@ impl PerfDataReader {
             start..end,
             layouts,
             chunk_size.max(1),
-            |raw, stats| convert(raw, 0, build_ids, stats, None).map_err(|_| ()),
+            |raw, stats| convert(raw, 0, build_ids, stats, None, 1).map_err(|_| ()),
             on_chunk,
         )?;
         self.stats = stats;
@@ -726,7 +736,7 @@ impl PerfDataReader {
                 }
             };
             self.stats.records += 1;
-            let raw = match record {
+            let (raw, attr_index) = match record {
                 PerfFileRecord::EventRecord { record, attr_index } => {
                     if record.record_type == RecordType::SAMPLE {
                         if let Some(n) = self.stats.samples_per_event.get_mut(attr_index) {
@@ -736,7 +746,7 @@ impl PerfDataReader {
                             continue;
                         }
                     }
-                    record
+                    (record, attr_index)
                 }
                 PerfFileRecord::UserRecord(_) => {
                     self.stats.skipped_records += 1;
@@ -745,7 +755,15 @@ impl PerfDataReader {
             };
             let index = self.stats.records;
             let unwinder = self.unwinder.as_mut();
-            if let Some(ev) = convert(&raw, index, &self.build_ids, &mut self.stats, unwinder)? {
+            let period = self.fixed_periods.get(attr_index).copied().unwrap_or(1);
+            if let Some(ev) = convert(
+                &raw,
+                index,
+                &self.build_ids,
+                &mut self.stats,
+                unwinder,
+                period,
+            )? {
                 if let Some(u) = &mut self.unwinder {
                     u.observe(&ev);
                 }
@@ -1191,6 +1209,7 @@ fn convert(
     build_ids: &HashMap<Vec<u8>, Vec<u8>>,
     stats: &mut ImportStats,
     unwinder: Option<&mut EventUnwinder>,
+    fixed_period: u64,
 ) -> Result<Option<Event>, PerfDataError> {
     let body_err = |source| PerfDataError::RecordBody {
         kind: record_name(raw.record_type),
@@ -1204,6 +1223,7 @@ fn convert(
             read_format: raw.parse_info.read_format.bits(),
             branch_sample_type: raw.parse_info.branch_sample_format.bits(),
             regs_user: raw.parse_info.sample_regs_user,
+            fixed_period,
         };
         let le = raw.parse_info.endian == Endianness::LittleEndian;
         let mode = cpu_mode(reader::CpuMode::from_misc(raw.misc));
@@ -1377,6 +1397,17 @@ pub struct SampleLayout {
     pub branch_sample_type: u64,
     /// `perf_event_attr.sample_regs_user`.
     pub regs_user: u64,
+    /// The weight of a sample without `PERF_SAMPLE_PERIOD`: the attribute's fixed
+    /// `sample_period` (`perf record -c N`), as perf counts it; 0 or 1 count one.
+    pub fixed_period: u64,
+}
+
+/// [`SampleLayout::fixed_period`] of an event attribute.
+fn fixed_period(attr: &reader::PerfEventAttr) -> u64 {
+    match attr.sampling_policy {
+        SamplingPolicy::Period(p) => p.get(),
+        _ => 1,
+    }
 }
 
 struct Cursor<'a> {
@@ -1601,7 +1632,7 @@ pub fn decode_sample_raw(
     let st = layout.sample_type;
     let mut c = Cursor { buf: body, le };
     let mut s = RawSample {
-        period: 1,
+        period: layout.fixed_period.max(1),
         ..RawSample::default()
     };
     if st & PERF_SAMPLE_IDENTIFIER != 0 {
@@ -1859,6 +1890,7 @@ mod tests {
             read_format: 0,
             branch_sample_type: PERF_SAMPLE_BRANCH_HW_INDEX,
             regs_user: 0,
+            fixed_period: 0,
         };
         let flags = PERF_BRANCH_MISPRED | (37 << PERF_BRANCH_CYCLES_SHIFT) | (PERF_BR_COND << 20);
         let body = words(&[
@@ -2036,6 +2068,7 @@ mod tests {
             read_format: abi::PERF_FORMAT_GROUP | abi::PERF_FORMAT_ID,
             branch_sample_type: 0,
             regs_user: 0,
+            fixed_period: 0,
         };
         // nr=2, {value,id} x2, then callchain of one frame.
         let body = words(&[2, 10, 1, 20, 2, 1, 0x1234]);

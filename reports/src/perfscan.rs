@@ -704,10 +704,9 @@ pub(crate) mod tests {
     /// A perf.data with stack copies (`perf record --call-graph dwarf` of a shell loop in
     /// the distribution's stripped `sh`, forking `expr` children): the fast path unwinds
     /// every sample against its process's mappings at its epoch, as the event stream does.
-    #[test]
-    fn fast_path_unwinds_stack_copies_as_the_event_stream() {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("dwarf.data");
+    /// Records `perf record --call-graph dwarf` of a shell loop in the distribution's
+    /// stripped `sh`, forking `expr` children, into `data`; false when perf cannot.
+    fn record_dwarf(data: &std::path::Path) -> bool {
         let recorded = std::process::Command::new("perf")
             .args([
                 "record",
@@ -720,13 +719,20 @@ pub(crate) mod tests {
                 "dwarf",
             ])
             .arg("-o")
-            .arg(&data)
+            .arg(data)
             .args(["--", "sh", "-c"])
             .arg("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; expr 1 + 1; expr 2 + 2")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        if !recorded.is_ok_and(|s| s.success()) {
+        recorded.is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn fast_path_unwinds_stack_copies_as_the_event_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("dwarf.data");
+        if !record_dwarf(&data) {
             eprintln!(
                 "skipped: needs `perf record --call-graph dwarf` (linux-perf, perf_event_open)"
             );
@@ -757,6 +763,112 @@ pub(crate) mod tests {
             frames > 3 * samples,
             "{frames} frames in {samples} samples; {stats}"
         );
+    }
+
+    /// `bytes` (a little-endian perf.data) with records moved across `FINISHED_ROUND`s
+    /// against perf's promise: the first record and the mappings of every third round
+    /// go three rounds later, where the event stream emits them late (after records with
+    /// larger times), as it does with records of a CPU buffer drained late; samples
+    /// between then resolve without those mappings. The size stays the same. `None`
+    /// when the file has fewer than four rounds.
+    fn late_records(bytes: &[u8]) -> Option<Vec<u8>> {
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let (start, len) = (word(40) as usize, word(48) as usize);
+        let end = (start + len).min(bytes.len());
+        use lbrprof_data::perfdata::abi;
+        // The records of each round (type, bytes), its closing FINISHED_ROUND last.
+        let mut rounds: Vec<Vec<(u32, std::ops::Range<usize>)>> = vec![Vec::new()];
+        let mut at = start;
+        while at + 8 <= end {
+            let rtype = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let size = usize::from(u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]));
+            if size < 8 || at + size > end {
+                break;
+            }
+            rounds.last_mut().unwrap().push((rtype, at..at + size));
+            if rtype == abi::PERF_RECORD_FINISHED_ROUND {
+                rounds.push(Vec::new());
+            }
+            at += size;
+        }
+        if rounds.len() < 4 {
+            return None;
+        }
+        for k in (0..rounds.len() - 3).step_by(3) {
+            let (moved, kept) = rounds[k].iter().cloned().enumerate().partition(|(i, r)| {
+                r.0 != abi::PERF_RECORD_FINISHED_ROUND
+                    && (*i == 0 || [abi::PERF_RECORD_MMAP, abi::PERF_RECORD_MMAP2].contains(&r.0))
+            });
+            let strip = |v: Vec<(usize, _)>| v.into_iter().map(|(_, r)| r);
+            rounds[k] = strip(kept).collect();
+            // After the first record of their new round, so that its move takes another.
+            let at = rounds[k + 3].len().min(1);
+            rounds[k + 3].splice(at..at, strip(moved));
+        }
+        let mut out = bytes[..start].to_vec();
+        for (_, r) in rounds.iter().flatten() {
+            out.extend_from_slice(&bytes[r.clone()]);
+        }
+        out.extend_from_slice(&bytes[out.len()..]);
+        Some(out)
+    }
+
+    /// Files whose records break the rounds' promise take the fast path (they used to
+    /// fall back to the event stream) and give the stream's profile: fixtures, and a
+    /// `--call-graph dwarf` recording whose samples are unwound.
+    #[test]
+    fn fast_path_orders_late_records_as_the_event_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut files = fixtures();
+        let dwarf = tmp.path().join("dwarf.data");
+        if record_dwarf(&dwarf) {
+            files.push(dwarf);
+        } else {
+            eprintln!("skipped (dwarf part): needs `perf record --call-graph dwarf`");
+        }
+        let mut late_files = 0;
+        let opts = AggregateOptions::default();
+        for path in files {
+            // Files the fast path takes as they are.
+            let mut input = lbrprof_data::input::open_any(&path).unwrap();
+            if !matches!(aggregate_input(&mut input, &opts), FastPath::Done(..)) {
+                continue;
+            }
+            let Some(bytes) = late_records(&std::fs::read(&path).unwrap()) else {
+                continue;
+            };
+            let late = tmp.path().join("late.data");
+            std::fs::write(&late, bytes).unwrap();
+            // The stream really emits samples out of time order.
+            let mut max = 0;
+            let mut out_of_order = false;
+            for ev in PerfDataReader::open(&late).unwrap().flatten() {
+                if let lbrprof_data::model::Event::Sample(s) = ev {
+                    out_of_order |= s.time_ns < max;
+                    max = max.max(s.time_ns);
+                }
+            }
+            if !out_of_order {
+                continue;
+            }
+            let (slow, err) =
+                crate::aggregate_events(PerfDataReader::open(&late).unwrap(), opts.clone());
+            assert!(err.is_none(), "{err:?}");
+            let slow = summary(&slow);
+            for chunk in [1, 4096, CHUNK_SIZE] {
+                let mut input = lbrprof_data::input::open_any(&late).unwrap();
+                let FastPath::Done(p, _) = aggregate_input_chunked(&mut input, &opts, chunk) else {
+                    panic!("{}: the fast path declined late records", path.display());
+                };
+                assert!(
+                    summary(&p) == slow,
+                    "{}: chunks of {chunk}: profiles differ",
+                    path.display()
+                );
+            }
+            late_files += 1;
+        }
+        assert!(late_files > 0, "no file had late records");
     }
 
     /// The pipelined fast path (chunks folded while the walk goes on), with chunks of

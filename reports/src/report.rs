@@ -335,9 +335,13 @@ pub fn function_counts(
     syms: &SymbolTable,
 ) -> HashMap<(Side, u32, String), [u64; 4]> {
     let modules = &profile.spaces.modules;
-    // Host and guest apart: a guest snapshot's stack ends in the guest root frame.
-    let mut funcs: HashMap<(Side, u32, String), [u64; 4]> = HashMap::new();
-    let mut seen: Vec<(Side, u32, String)> = Vec::new();
+    // Each location is named once: a function id per location, one per (module, name).
+    let mut id_of_loc: crate::hash::FastMap<Loc, usize> = Default::default();
+    let mut id_of_name: HashMap<(u32, String), usize> = HashMap::new();
+    // Per function id, its key and counts per side (host, guest; `None`: not met).
+    type SideCounts = [Option<[u64; 4]>; 2];
+    let mut funcs: Vec<((u32, String), SideCounts)> = Vec::new();
+    let mut seen: Vec<(usize, usize)> = Vec::new();
     for (stack, c) in stacks {
         seen.clear();
         // Command root frames are not functions.
@@ -345,22 +349,40 @@ pub fn function_counts(
             Some(l) if Some(l.module) == profile.comm_root_module => &stack[..stack.len() - 1],
             _ => &stack[..],
         };
-        let side = stack_side(stack);
+        // Host and guest apart: a guest snapshot's stack ends in the guest root frame.
+        let side = match stack_side(stack) {
+            Side::Host => 0,
+            Side::Guest => 1,
+        };
         for (i, l) in stack.iter().enumerate() {
-            let key = (side, l.module.0, syms.function_name(modules, l));
-            let e = funcs.entry(key.clone()).or_default();
+            let id = *id_of_loc.entry(*l).or_insert_with(|| {
+                let key = (l.module.0, syms.function_name(modules, l));
+                *id_of_name.entry(key.clone()).or_insert_with(|| {
+                    funcs.push((key, [None; 2]));
+                    funcs.len() - 1
+                })
+            });
+            let e = funcs[id].1[side].get_or_insert_default();
             if i == 0 {
                 e[0] += c.samples;
                 e[1] += c.weight;
             }
-            if !seen.contains(&key) {
+            if !seen.contains(&(id, side)) {
                 e[2] += c.samples;
                 e[3] += c.weight;
-                seen.push(key);
+                seen.push((id, side));
             }
         }
     }
-    funcs
+    let mut out = HashMap::new();
+    for ((module, name), sides) in funcs {
+        for (side, counts) in [Side::Host, Side::Guest].into_iter().zip(sides) {
+            if let Some(counts) = counts {
+                out.insert((side, module, name.clone()), counts);
+            }
+        }
+    }
+    out
 }
 
 /// Builds every table. `code` reads module bytes for instruction counts and branch

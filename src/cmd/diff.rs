@@ -67,6 +67,10 @@ pub struct Args {
     /// Write the report to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Compare the samples of this event, for perf.data files that hold several (`all`:
+    /// every event's samples together).
+    #[arg(long, value_name = "NAME|all")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +141,7 @@ struct Side {
     runs: Vec<RunInfo>,
 }
 
-fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
+fn load_side(path: &Path, what: &str, event: Option<&str>) -> anyhow::Result<Side> {
     // The run windows are in the summary at the end; find it before the samples are
     // folded. (Not an lbrprof recording, or not finished: one run.)
     let runs = match recording::read_summary(path) {
@@ -159,7 +163,7 @@ fn load_side(path: &Path, what: &str) -> anyhow::Result<Side> {
         debug_dir: vec![],
         symfs: None,
         kallsyms: None,
-        event: None,
+        event: event.map(str::to_owned),
         time: None,
     };
     let loaded = load_runs(&args, Naming::Demangled, &run_starts)
@@ -255,8 +259,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.svg.is_some() && !metric.per_function() {
         bail!("--svg shows functions: use it with --metric self, total, instructions or branches");
     }
-    let base = load_side(&args.base, "base")?;
-    let new = load_side(&args.new, "new")?;
+    let base = load_side(&args.base, "base", args.event.as_deref())?;
+    let new = load_side(&args.new, "new", args.event.as_deref())?;
     // Exact-mode recordings count guest branches and instructions exactly; their host
     // samples are as noisy as any other.
     let guest_metric = matches!(

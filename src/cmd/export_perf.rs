@@ -40,6 +40,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ev = ev.with_context(|| format!("cannot read {}", path.display()))?;
         plan.observe(&ev);
     }
+    if i.event.is_none()
+        && let Some(events) = first.several_events()
+    {
+        // One event attribute is written: the samples of several would be mixed in it.
+        return Err(anyhow::Error::new(super::report::SeveralEvents {
+            path: path.clone(),
+            events,
+        }));
+    }
     for w in first.warnings() {
         eprintln!("lbrprof: warning: {w}");
     }

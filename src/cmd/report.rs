@@ -54,9 +54,9 @@ pub struct InputArgs {
     /// Kernel symbols from this kallsyms file instead of /proc/kallsyms.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
-    /// Only samples of this event, for a perf.data file that holds several (as perf
-    /// report's sections); `all` counts every event's samples together. Default: the
-    /// file's first event.
+    /// Only samples of this event, for a perf.data file that holds several; `all` counts
+    /// every event's samples together. Default: `report` prints one section per event
+    /// (as perf report does); other commands need one chosen.
     #[arg(long, value_name = "NAME|all")]
     pub event: Option<String>,
     /// Only samples in these time windows: `START,END` in perf's sample time (seconds,
@@ -584,21 +584,14 @@ fn load_with(
         }
     };
     if args.event.is_none()
-        && let Some(first) = input.first_of_several_events()
+        && let Some(events) = input.several_events()
     {
-        // Several events have samples: report the first, as perf report's first section
-        // (read again, the other events' samples skipped; only such files pay for it).
-        let mut args = args.clone();
-        args.event = Some(first);
-        return load_with(
-            &args,
-            naming,
-            functions_only,
-            comm_root,
-            run_starts,
-            timeline,
-            tasks,
-        );
+        // Several events have samples: the caller reads the file again per event
+        // (`report`'s sections) or says which events there are.
+        return Err(anyhow::Error::new(SeveralEvents {
+            path: path.clone(),
+            events,
+        }));
     }
     let t = &profile.totals;
     if t.samples == 0 && t.snapshots == 0 && t.filtered_out > 0 {
@@ -668,6 +661,30 @@ fn load_with(
         source,
     })
 }
+
+/// What [`load`] and its kin return for a perf.data file with samples of several events
+/// when no `--event` was given: one profile would add up samples of different events.
+#[derive(Debug)]
+pub struct SeveralEvents {
+    pub path: PathBuf,
+    /// The events that have samples, in file order.
+    pub events: Vec<String>,
+}
+
+impl std::fmt::Display for SeveralEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} holds samples of {} events ({}): choose one with --event NAME (or --event \
+             all to count them together)",
+            self.path.display(),
+            self.events.len(),
+            self.events.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for SeveralEvents {}
 
 /// A spinner with an event count on stderr, only when stderr is a terminal.
 fn progress_bar(path: &Path) -> indicatif::ProgressBar {
@@ -794,12 +811,64 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if (keys.is_some() || args.call_graph.is_some()) && args.format == Format::Folded {
         anyhow::bail!("perf sort keys and -g print with --format text, json or markdown");
     }
-    let mut loaded = if keys.is_some() {
-        load_tasks(&args.input, Naming::Demangled)?
-    } else {
-        load_functions(&args.input, Naming::Demangled, args.comm_root)?
+    let load = |input: &InputArgs| {
+        if keys.is_some() {
+            load_tasks(input, Naming::Demangled)
+        } else {
+            load_functions(input, Naming::Demangled, args.comm_root)
+        }
+    };
+    let loaded = match load(&args.input) {
+        Ok(loaded) => loaded,
+        Err(e) => match e.downcast::<SeveralEvents>() {
+            // perf report's sections: one report per event, each headed by perf's line.
+            Ok(several) if matches!(args.format, Format::Text | Format::Markdown) => {
+                let mut out = output(args.output.as_deref())?;
+                for (i, event) in several.events.iter().enumerate() {
+                    let mut input = args.input.clone();
+                    input.event = Some(event.clone());
+                    let loaded = load(&input)?;
+                    if i > 0 {
+                        writeln!(out)?;
+                    }
+                    writeln!(
+                        out,
+                        "# Samples: {} of event '{event}'",
+                        loaded.profile.totals.samples
+                    )?;
+                    report_one(&args, &input, keys.as_deref(), loaded, &mut out)?;
+                }
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(several) => {
+                return Err(anyhow::Error::new(several).context(format!(
+                    "--format {} shows one event",
+                    if args.format == Format::Json {
+                        "json"
+                    } else {
+                        "folded"
+                    }
+                )));
+            }
+            Err(e) => return Err(e),
+        },
     };
     let mut out = output(args.output.as_deref())?;
+    report_one(&args, &args.input, keys.as_deref(), loaded, &mut out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the report of one loaded recording (of one event) to `out`.
+fn report_one(
+    args: &Args,
+    input: &InputArgs,
+    keys: Option<&[HistKey]>,
+    mut loaded: Loaded,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let percent_limit = args.percent_limit.unwrap_or(0.0);
     if args.format == Format::Folded {
         // A guest recording folds its unified host+guest stacks, as the flame graph.
         match vm_analysis(&loaded, &args.pairing) {
@@ -808,18 +877,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     writeln!(out, "{line}")?;
                 }
             }
-            None => render::folded(
-                &loaded.profile,
-                &loaded.syms,
-                StackSource::CallChains,
-                &mut out,
-            )?,
+            None => render::folded(&loaded.profile, &loaded.syms, StackSource::CallChains, out)?,
         }
         for w in &loaded.warnings {
             eprintln!("lbrprof: warning: {w}");
         }
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     let mut code = CodeReader::default();
     let mut rep = report::build(
@@ -827,14 +890,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &loaded.syms,
         Source {
             format: loaded.format.name(),
-            path: &args.input.input.display().to_string(),
+            path: &input.input.display().to_string(),
             header: &loaded.header,
             notes: loaded.notes.clone(),
             warnings: loaded.warnings.clone(),
         },
         &mut code,
     );
-    if args.input.no_symbols {
+    if input.no_symbols {
         // Nothing was looked up: no code is "unnamed" for want of a debug package.
         rep.meta.unnamed.clear();
     }
@@ -856,7 +919,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     rep.sort(order);
     rep.truncate(args.limit, percent_limit);
-    if let Some(keys) = &keys {
+    if let Some(keys) = keys {
         let children = args.children || (!args.no_children && has_call_chains(&loaded));
         let mut h = hist::build(&loaded.profile, &loaded.syms, keys, children);
         h.truncate(args.limit, percent_limit);
@@ -876,18 +939,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     loaded.add_lines(&mut rep);
     rep.vm = vm_analysis(&loaded, &args.pairing).map(|a| a.report);
     match args.format {
-        Format::Text => render::text(&rep, &mut out)?,
-        Format::Markdown => render::markdown(&rep, &mut out)?,
-        Format::Json => render::json(&rep, &mut out)?,
+        Format::Text => render::text(&rep, out)?,
+        Format::Markdown => render::markdown(&rep, out)?,
+        Format::Json => render::json(&rep, out)?,
         Format::Folded => unreachable!("handled above"),
     }
-    out.flush()?;
     if args.format != Format::Text && args.format != Format::Markdown {
         for w in &loaded.warnings {
             eprintln!("lbrprof: warning: {w}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 #[cfg(test)]

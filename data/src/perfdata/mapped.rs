@@ -15,12 +15,20 @@
 //! samples of each epoch right after its event ([`Scan::sideband_epochs`]), sees exactly
 //! what the event stream would have shown it.
 //!
+//! perf's order is the order in which the stream's sorter releases records: at each
+//! `FINISHED_ROUND` it releases, sorted by (time, file offset), every record buffered so
+//! far whose key is at most the largest key read before the previous `FINISHED_ROUND`.
+//! A record that breaks the rounds' promise (a key below what a round already released:
+//! files with lost samples have them, when a CPU's buffer was drained late) comes out
+//! in the next release, after records with larger keys. The walk gives every record its
+//! *batch*, the release that emits it (`Rounds`), and sorts by (batch, time, offset):
+//! exactly the stream's order, for in-order and out-of-order files alike, with no record
+//! buffered (a file whose rounds keep their promise has batches that follow the keys).
+//!
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
-//! files, compressed or AUX-trace records, records out of the order perf's
-//! `FINISHED_ROUND` rounds promise (the stream would emit them late), framing errors,
-//! and samples with stack copies (`--call-graph dwarf`: unwinding them follows each
-//! process's mappings in time order, which the stream does).
+//! files, compressed or AUX-trace records, framing errors, and samples with stack copies
+//! unless the caller unwinds them itself ([`super::PerfDataReader::mapped_scan_unwinding`]).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
@@ -49,8 +57,42 @@ pub(super) enum IdInfo {
 /// The default size of the chunks the data section is cut into.
 pub const CHUNK_SIZE: usize = 4 << 20;
 
-/// perf's sort key of a record: its timestamp (none sorts first), then its position.
-pub(super) type SortKey = (Option<u64>, u64);
+/// The sorter's key of a record: its timestamp (none sorts first), then its position.
+type TimeKey = (Option<u64>, u64);
+
+/// perf's order of a record: its batch (see [`Rounds`]), then its [`TimeKey`].
+pub(super) type SortKey = (u64, Option<u64>, u64);
+
+/// The rounds of the stream's sorter (linux-perf-data's `Sorter`, as perf's
+/// ordered-events), as far as they decide which release emits a record.
+///
+/// `bounds[r]` is the sorter's bound while round `r` is read (after `r`
+/// `FINISHED_ROUND`s): the largest key read before the previous `FINISHED_ROUND` (`None`:
+/// below every key). The next `FINISHED_ROUND` releases every buffered record at or below
+/// it; the end of the file releases the rest. So a record of round `r` comes out in
+/// release `r + 1` when its key is at most `bounds[r]` (in time, or late: below what was
+/// already released), else in release `r + 2` (the bound then has passed it), and in
+/// the last release at most.
+#[derive(Clone, Copy, Debug)]
+struct Rounds<'a> {
+    /// The round of `bounds[0]`.
+    first: usize,
+    bounds: &'a [Option<TimeKey>],
+    /// The last release (`FINISHED_ROUND`s in the file, plus one), once known.
+    last: Option<u64>,
+    /// The round of the first record walked with these bounds.
+    start: usize,
+}
+
+impl Rounds<'_> {
+    /// The release that emits a record of round `round` with key `key`.
+    fn batch(&self, round: usize, key: TimeKey) -> u64 {
+        let bound = self.bounds.get(round - self.first).copied().flatten();
+        let next = round as u64 + 1;
+        let batch = if Some(key) <= bound { next } else { next + 1 };
+        self.last.map_or(batch, |last| batch.min(last))
+    }
+}
 
 /// Per process, the sort keys of its state-changing side-band events, ascending. The
 /// walk adds to it while chunks handed out earlier read it: a key added after a chunk
@@ -165,8 +207,11 @@ pub struct Scan {
     /// Side-band events, in perf's order, with their sort keys.
     pub(super) sideband: Vec<(SortKey, Event)>,
     pub(super) pid_keys: Arc<PidKeys>,
-    /// Record-aligned byte ranges of `map` (within `data`).
-    pub(super) chunks: Vec<Range<usize>>,
+    /// Record-aligned byte ranges of `map` (within `data`), each with the round it
+    /// starts in.
+    pub(super) chunks: Vec<(Range<usize>, usize)>,
+    /// The sorter's bound per round (see [`Rounds`]).
+    bounds: Vec<Option<TimeKey>>,
     pub(super) samples: u64,
 }
 
@@ -182,6 +227,10 @@ pub struct Chunk {
     data_start: usize,
     range: Range<usize>,
     pid_keys: Arc<PidKeys>,
+    /// The round the chunk starts in, and the bounds from there on (see [`Rounds`]).
+    first_round: usize,
+    bounds: Vec<Option<TimeKey>>,
+    last_batch: Option<u64>,
     /// Position among [`Scan::chunks`].
     pub index: usize,
 }
@@ -189,12 +238,19 @@ pub struct Chunk {
 impl Chunk {
     /// Calls `f` with every sample of the chunk, in file order.
     pub fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), ScanError> {
+        let rounds = Rounds {
+            first: self.first_round,
+            bounds: &self.bounds,
+            last: self.last_batch,
+            start: self.first_round,
+        };
         samples_in(
             &self.map,
             &self.layouts,
             self.data_start,
             self.range.clone(),
             &self.pid_keys,
+            rounds,
             f,
         )
     }
@@ -243,8 +299,14 @@ impl Scan {
         chunk: usize,
         f: impl FnMut(SampleRef<'_>),
     ) -> Result<(), ScanError> {
-        let Some(range) = self.chunks.get(chunk) else {
+        let Some((range, first)) = self.chunks.get(chunk) else {
             return Ok(());
+        };
+        let rounds = Rounds {
+            first: 0,
+            bounds: &self.bounds,
+            last: Some(self.bounds.len() as u64),
+            start: *first,
         };
         samples_in(
             &self.map,
@@ -252,6 +314,7 @@ impl Scan {
             self.data.start,
             range.clone(),
             &self.pid_keys,
+            rounds,
             f,
         )
     }
@@ -259,17 +322,18 @@ impl Scan {
 
 /// The epoch a state-changing side-band event starts: its position, plus one.
 fn epoch_of(key: &SortKey) -> u64 {
-    key.1 + 1
+    key.2 + 1
 }
 
-/// Decodes the samples of `range`, with epochs from `pid_keys`. Releases the range's
-/// pages afterwards.
+/// Decodes the samples of `range` (which starts in round `rounds.start`), with epochs
+/// from `pid_keys`. Releases the range's pages afterwards.
 fn samples_in(
     map: &Mmap,
     layouts: &Layouts,
     data_start: usize,
     range: Range<usize>,
     pid_keys: &PidKeys,
+    rounds: Rounds<'_>,
     mut f: impl FnMut(SampleRef<'_>),
 ) -> Result<(), ScanError> {
     let bytes = &map[..];
@@ -277,12 +341,15 @@ fn samples_in(
     let mut cache: HashMap<u32, Vec<SortKey>> = HashMap::new();
     // Samples come in runs of one process: the last one's keys, without a lookup.
     let mut last: Option<(u32, Vec<SortKey>)> = None;
+    let mut round = rounds.start;
     let mut at = range.start;
     while at < range.end {
         // Framing was checked by the walk.
         let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
         let body = &bytes[at + 8..at + size];
-        if rtype == abi::PERF_RECORD_SAMPLE {
+        if rtype == abi::PERF_RECORD_FINISHED_ROUND {
+            round += 1;
+        } else if rtype == abi::PERF_RECORD_SAMPLE {
             let attr = layouts.attr_index(true, body);
             if !layouts.is_selected(attr) {
                 at += size;
@@ -294,7 +361,8 @@ fn samples_in(
                 what,
             })?;
             let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
-            let key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
+            let time_key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
+            let key = (rounds.batch(round, time_key), time_key.0, time_key.1);
             if last.as_ref().is_none_or(|(pid, _)| *pid != raw.pid) {
                 if let Some((pid, keys)) = last.take() {
                     cache.insert(pid, keys);
@@ -363,28 +431,37 @@ pub(super) fn walk(
     let mut side: Vec<(SortKey, Event)> = Vec::new();
     // The state-changing side-band keys walked so far, per process.
     let pid_keys: Arc<PidKeys> = Arc::new(RwLock::new(HashMap::new()));
-    let mut chunks: Vec<Range<usize>> = Vec::new();
+    // The chunks walked, each with the round it starts in.
+    let mut chunks: Vec<(Range<usize>, usize)> = Vec::new();
     let mut chunk_start = 0usize;
-    // The largest sort key of the chunk being walked.
-    let mut chunk_max: Option<SortKey> = None;
-    // Walked chunks whose samples may still gain an earlier side-band event: a chunk is
-    // handed out once no record still to come can sort before its last one.
-    let mut pending: Vec<(usize, Option<SortKey>)> = Vec::new();
-    let mut hand_out = |index: usize, range: Range<usize>| {
+    // The sorter's rounds (see `Rounds`): the bound of each round so far, and the
+    // largest key read.
+    let mut bounds: Vec<Option<TimeKey>> = vec![None];
+    let mut cur_max: Option<TimeKey> = None;
+    let mut chunk_round = 0usize;
+    // The last batch of the chunk being walked.
+    let mut chunk_batch = 0u64;
+    // Walked chunks whose samples may still gain an earlier side-band event, with their
+    // last batch: a chunk is handed out once every record still to come sorts after it.
+    let mut pending: Vec<(usize, u64)> = Vec::new();
+    let hand_out = |index: usize,
+                    chunks: &[(Range<usize>, usize)],
+                    bounds: &[Option<TimeKey>],
+                    last_batch: Option<u64>,
+                    on_chunk: &mut dyn FnMut(Chunk)| {
+        let (range, first) = chunks[index].clone();
         on_chunk(Chunk {
             map: Arc::clone(&map),
             layouts: Arc::clone(&layouts),
             data_start: data.start,
             range,
             pid_keys: Arc::clone(&pid_keys),
+            first_round: first,
+            bounds: bounds[first..].to_vec(),
+            last_batch,
             index,
         });
     };
-    // The rounds of linux-perf-data's sorter: a record whose key is below what a finished
-    // round already released would come out late there; such files take the slow path.
-    let mut released_below: Option<SortKey> = None;
-    let mut prev_max: SortKey = (None, 0);
-    let mut cur_max: SortKey = (None, 0);
     let mut at = 0usize;
     while at < bytes.len() {
         let h = bytes.get(at..at + 8)?;
@@ -394,18 +471,23 @@ pub(super) fn walk(
         }
         let body = &bytes[at + 8..at + size];
         let offset = at as u64;
+        let round = bounds.len() - 1;
+        let rounds = Rounds {
+            first: 0,
+            bounds: &bounds,
+            last: None,
+            start: round,
+        };
         if rtype >= abi::PERF_RECORD_USER_TYPE_START {
             match rtype {
                 abi::PERF_RECORD_FINISHED_ROUND => {
-                    released_below = Some(prev_max);
-                    prev_max = cur_max;
-                    // Records to come sort after `released_below` (or the walk gives
-                    // up): chunks that end below it have all their side-band events.
-                    let released = released_below.filter(|r| *r != (None, 0));
-                    pending.retain(|&(i, max)| {
-                        let done = max.is_none_or(|m| released.is_some_and(|r| m <= r));
+                    // This round's release: every record to come is in a later one.
+                    let released = bounds.len() as u64;
+                    bounds.push(cur_max);
+                    pending.retain(|&(i, batch)| {
+                        let done = batch <= released;
                         if done {
-                            hand_out(i, chunks[i].clone());
+                            hand_out(i, &chunks, &bounds, None, on_chunk);
                         }
                         !done
                     });
@@ -414,6 +496,10 @@ pub(super) fn walk(
                 | abi::PERF_RECORD_COMPRESSED2
                 | abi::PERF_RECORD_AUXTRACE => return None,
                 _ => {
+                    // The sorter keeps these too (untimed), so they move its bound.
+                    let key = (None, offset);
+                    cur_max = cur_max.max(Some(key));
+                    chunk_batch = chunk_batch.max(rounds.batch(round, key));
                     stats.records += 1;
                     stats.skipped_records += 1;
                 }
@@ -424,15 +510,10 @@ pub(super) fn walk(
             let sample = rtype == abi::PERF_RECORD_SAMPLE;
             let attr = layouts.attr_index(sample, body);
             let info = *layouts.parse_infos.get(attr)?;
-            let time = timestamp(sample, body, &info);
-            let key = (time, offset);
-            if released_below.is_some_and(|r| key <= r) && released_below != Some((None, 0)) {
-                return None;
-            }
-            if key > cur_max {
-                cur_max = key;
-            }
-            chunk_max = chunk_max.max(Some(key));
+            let time_key = (timestamp(sample, body, &info), offset);
+            cur_max = cur_max.max(Some(time_key));
+            let batch = rounds.batch(round, time_key);
+            chunk_batch = chunk_batch.max(batch);
             if sample {
                 stats.samples += 1;
                 if let Some(n) = stats.samples_per_event.get_mut(attr) {
@@ -441,6 +522,7 @@ pub(super) fn walk(
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
                 if let Some(ev) = convert(&raw, &mut stats).ok()? {
+                    let key = (batch, time_key.0, time_key.1);
                     if let Some(pid) = state_pid(&ev) {
                         let mut all = pid_keys.write().unwrap_or_else(|e| e.into_inner());
                         let keys = all.entry(pid).or_default();
@@ -453,16 +535,31 @@ pub(super) fn walk(
         }
         at += size;
         if at - chunk_start >= chunk_size || at == bytes.len() {
-            pending.push((chunks.len(), chunk_max.take()));
-            chunks.push(data.start + chunk_start..data.start + at);
+            pending.push((chunks.len(), std::mem::take(&mut chunk_batch)));
+            chunks.push((data.start + chunk_start..data.start + at, chunk_round));
             chunk_start = at;
+            chunk_round = bounds.len() - 1;
         }
     }
-    // Every side-band event is known now.
-    for (i, _) in pending {
-        hand_out(i, chunks[i].clone());
+    // Every side-band event is known now, and the last release: the records of the
+    // last round that were keyed for a release after it come out in it.
+    let last = bounds.len() as u64;
+    for (key, _) in &mut side {
+        key.0 = key.0.min(last);
     }
     side.sort_by_key(|(k, _)| *k);
+    {
+        let mut all = pid_keys.write().unwrap_or_else(|e| e.into_inner());
+        for keys in all.values_mut() {
+            for key in keys.iter_mut() {
+                key.0 = key.0.min(last);
+            }
+            keys.sort_unstable();
+        }
+    }
+    for (i, _) in pending {
+        hand_out(i, &chunks, &bounds, Some(last), on_chunk);
+    }
     let samples = stats.samples;
     Some((
         Scan {
@@ -472,6 +569,7 @@ pub(super) fn walk(
             sideband: side,
             pid_keys,
             chunks,
+            bounds,
             samples,
         },
         stats,
