@@ -433,7 +433,9 @@ fn info_matches_perf_buildid_list_and_header() {
         "{info}"
     );
     let ids = perf(&["buildid-list", "-i", d]);
-    assert!(ids.lines().count() >= 3, "{ids}");
+    // perf lists the objects its samples hit: the program at least, often the kernel and
+    // libc too (under load once only two), so the comparison below is the check.
+    assert!(!ids.trim().is_empty(), "{ids}");
     for line in ids.lines() {
         let (id, path) = line.split_once(' ').unwrap();
         assert!(
