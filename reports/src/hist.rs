@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Profile;
 use crate::loc::ModuleTable;
-use crate::report::{Side, stack_side};
+use crate::loc::{Side, stack_side};
 use crate::symbols::SymbolTable;
 
 /// One perf sort key.

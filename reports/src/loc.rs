@@ -8,6 +8,7 @@
 //! addresses outside every mapping. Aggregation keys on `Loc`, so the same code reached in
 //! two processes aggregates together and symbolization sees each module once.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use lbrprof_data::model::{AddressSpace, CpuMode, Mapping};
@@ -337,6 +338,30 @@ impl AddressSpaces {
             module: unknown,
             offset: addr,
         }
+    }
+}
+
+/// Which side of a `record --vm` recording a function row counts: host samples, or guest
+/// LBR snapshots. The two are different measurements (time on the host, snapshots of the
+/// guest), so each side's shares have their own denominator.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Host samples (and, in imported perf.data, guest-mode samples taken by the host):
+    /// shares of `meta.weight`.
+    #[default]
+    Host,
+    /// Guest LBR snapshots: shares of `meta.guest_weight`.
+    Guest,
+}
+
+/// Whether a stack (root last) is a guest snapshot's, rooted in the guest root frame.
+pub fn stack_side(stack: &[Loc]) -> Side {
+    match stack.last() {
+        Some(l) if l.module == ModuleTable::GUEST_ROOT => Side::Guest,
+        _ => Side::Host,
     }
 }
 

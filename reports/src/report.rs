@@ -63,21 +63,7 @@ impl std::fmt::Display for Place {
     }
 }
 
-/// Which side of a `record --vm` recording a function row counts: host samples, or guest
-/// LBR snapshots. The two are different measurements (time on the host, snapshots of the
-/// guest), so each side's shares have their own denominator.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// Host samples (and, in imported perf.data, guest-mode samples taken by the host):
-    /// shares of `meta.weight`.
-    #[default]
-    Host,
-    /// Guest LBR snapshots: shares of `meta.guest_weight`.
-    Guest,
-}
+pub use crate::loc::{Side, stack_side};
 
 /// Self and total (children) counts of one function.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -315,14 +301,6 @@ pub struct Source<'a> {
     pub header: &'a Header,
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
-}
-
-/// Whether a stack (root last) is a guest snapshot's, rooted in the guest root frame.
-pub(crate) fn stack_side(stack: &[Loc]) -> Side {
-    match stack.last() {
-        Some(l) if l.module == ModuleTable::GUEST_ROOT => Side::Guest,
-        _ => Side::Host,
-    }
 }
 
 /// Self and total counts per function (side, module id and name) of a stack table:

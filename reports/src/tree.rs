@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Count, FastMap, Profile};
 use crate::loc::{Loc, ModuleTable};
-use crate::report::{Side, stack_side};
+use crate::loc::{Side, stack_side};
 use crate::symbols::SymbolTable;
 
 /// Which way the tree grows.
