@@ -8,10 +8,10 @@
 //! addresses outside every mapping. Aggregation keys on `Loc`, so the same code reached in
 //! two processes aggregates together and symbolization sees each module once.
 
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use lbrprof_data::model::{AddressSpace, CpuMode, Mapping};
+use serde::{Deserialize, Serialize};
 
 /// Index into a [`ModuleTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
