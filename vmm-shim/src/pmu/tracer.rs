@@ -1233,8 +1233,10 @@ impl Tracer {
 
 /// Return addresses found by walking the guest's frame pointers from `fp` (innermost
 /// first): each frame holds the caller's frame pointer at `[fp]` and the return address at
-/// `[fp + 8]`. Stops after `max` frames, at a null or unreadable frame, or when the chain
-/// does not move strictly up the stack (so a corrupt chain cannot loop).
+/// `[fp + 8]`. Stops after `max` frames, at a null or unreadable frame, at a return
+/// address in the first page (never code: code built without frame pointers leaves small
+/// integers where the walk looks, which would otherwise show up as frames), or when the
+/// chain does not move strictly up the stack (so a corrupt chain cannot loop).
 pub fn walk_frame_pointers(g: &mut dyn GuestAccess, fp: u64, max: usize) -> Vec<u64> {
     let mut frames = Vec::new();
     let mut fp = fp;
@@ -1242,7 +1244,7 @@ pub fn walk_frame_pointers(g: &mut dyn GuestAccess, fp: u64, max: usize) -> Vec<
         let (Some(next), Some(ret)) = (read_u64(g, fp), read_u64(g, fp.wrapping_add(8))) else {
             break;
         };
-        if ret == 0 {
+        if ret < GUEST_PAGE {
             break;
         }
         frames.push(ret);

@@ -342,6 +342,12 @@ fn frame_pointer_walk_follows_the_chain_and_stops_safely() {
     assert_eq!(walk_frame_pointers(&mut g, 0x8000, 2), vec![0x1111, 0x2222]);
     assert_eq!(walk_frame_pointers(&mut g, 0, 16), Vec::<u64>::new());
     assert_eq!(walk_frame_pointers(&mut g, 0x9_0000, 16), Vec::<u64>::new());
+    // A return address in the first page is no code (a register's small integer in a
+    // function built without frame pointers): the walk ends before it.
+    let mut small = stack.clone();
+    small[0x48..0x50].copy_from_slice(&7u64.to_le_bytes());
+    let mut g = Fake::new(vec![(0x8000, small)], vec![(0x1000, 3)]);
+    assert_eq!(walk_frame_pointers(&mut g, 0x8000, 16), vec![0x1111]);
     // A loop in the chain (frame pointing at itself) ends the walk.
     let mut looped = stack;
     looped[0..8].copy_from_slice(&0x8000u64.to_le_bytes());
