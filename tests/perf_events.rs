@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::perf;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,16 +53,6 @@ fn recording() -> Option<&'static Path> {
     })
     .as_ref()
     .map(|(_, p)| p.as_path())
-}
-
-fn perf(args: &[&str]) -> String {
-    let out = Command::new("perf").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "perf {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Samples per event, from `perf script -F event` (one `NAME:` line per sample).

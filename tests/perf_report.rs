@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::perf;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,16 +48,6 @@ fn recording() -> Option<&'static Path> {
     })
     .as_ref()
     .map(|(_, p)| p.as_path())
-}
-
-fn perf(args: &[&str]) -> String {
-    let out = Command::new("perf").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "perf {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The rows of a perf or lbrprof grouped table: key tuple → (children %, self %) with

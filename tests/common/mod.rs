@@ -198,3 +198,14 @@ pub fn pprof_rows(top: &str) -> Vec<(u64, String)> {
         })
         .collect()
 }
+
+/// `perf ARGS`: its standard output; a failure fails the test with perf's message.
+pub fn perf(args: &[&str]) -> String {
+    let out = Command::new("perf").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "perf {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
