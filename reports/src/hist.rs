@@ -5,8 +5,9 @@
 //!
 //! Built from [`Profile::task_stacks`] (aggregate with [`crate::AggregateOptions::tasks`])
 //! after symbolization. Keys follow perf: `comm` is the sampled thread's command name
-//! when sampled, `pid` the thread (perf prints `TID:COMM` under `Pid:Command`), `dso` the
-//! frame's module, `sym` its function. Guest snapshots are not host threads and are left
+//! when sampled, `pid` the thread (perf prints `TID:COMM` under `Pid:Command`, one row per
+//! thread named by its last command name, so a rename or exec does not split it), `dso`
+//! the frame's module, `sym` its function. Guest snapshots are not host threads and are left
 //! out (their functions are in the report's guest table).
 
 use std::collections::HashMap;
@@ -108,6 +109,12 @@ pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: 
             .task_comms
             .get(task.comm as usize)
             .map_or("", String::as_str);
+        // perf's `pid` key is the thread, printed with the command it ended with.
+        let thread = format!(
+            "{}:{}",
+            task.tid,
+            profile.comms.get(&task.tid).map_or(comm, String::as_str)
+        );
         for (stack, c) in stacks {
             if stack_side(stack) == Side::Guest {
                 continue;
@@ -129,7 +136,7 @@ pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: 
                     .iter()
                     .map(|k| match k {
                         HistKey::Comm => comm.to_owned(),
-                        HistKey::Pid => format!("{}:{comm}", task.tid),
+                        HistKey::Pid => thread.clone(),
                         HistKey::Dso => dso_name(modules, l.module),
                         HistKey::Sym => syms.function_name(modules, l),
                     })
@@ -154,7 +161,7 @@ pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: 
                 let tuple: Vec<String> = keys
                     .iter()
                     .map(|k| match k {
-                        HistKey::Pid => format!("{}:{comm}", task.tid),
+                        HistKey::Pid => thread.clone(),
                         _ => comm.to_owned(),
                     })
                     .collect();
@@ -318,6 +325,44 @@ mod tests {
         let mut s = build(&p, &syms, &[HistKey::Comm, HistKey::Dso], false);
         s.truncate(0, 0.0);
         assert_eq!(s.rows.len(), 2);
+    }
+
+    #[test]
+    fn a_renamed_thread_is_one_pid_row_named_as_it_ended() {
+        // As perf: `comm` splits at the rename (the command when sampled), `pid` keeps
+        // the thread together under its last command name.
+        let mut a = Aggregator::new(AggregateOptions {
+            tasks: true,
+            ..AggregateOptions::default()
+        });
+        for comm in ["sk", "child"] {
+            a.add(&Event::Task(TaskEvent::Comm {
+                time_ns: 0,
+                pid: 3,
+                tid: 3,
+                comm: comm.into(),
+            }));
+            a.add(&Event::Sample(HostSample {
+                pid: 3,
+                tid: 3,
+                period: 1,
+                ip: 0x1000,
+                mode: CpuMode::User,
+                ..HostSample::default()
+            }));
+        }
+        let p = a.finish();
+        let syms = SymbolTable::build(&p, &NoSymbols);
+        let pid = build(&p, &syms, &[HistKey::Pid], false);
+        assert_eq!(rows(&pid), [("3:child".to_owned(), 100.0, 100.0)]);
+        let comm = build(&p, &syms, &[HistKey::Comm], false);
+        assert_eq!(
+            rows(&comm),
+            [
+                ("child".to_owned(), 50.0, 50.0),
+                ("sk".to_owned(), 50.0, 50.0)
+            ]
+        );
     }
 
     #[test]
