@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
             branch_sample_type: word(2),
             // BP, SP, IP: the registers the user-stack decoding looks for.
             regs_user: 0x1c0,
+            // A period-less attribute's fixed period (perf record -c N), from the input.
+            fixed_period: word(2) >> 32,
         };
         let endian = if data[24] & 1 == 0 {
             Endianness::LittleEndian
