@@ -322,47 +322,21 @@ impl Symbolizer {
         }
     }
 
-    /// Many modules at once, modules in parallel (one worker per available core).
+    /// Many modules at once, modules in parallel (rayon's pool: one worker per core; each
+    /// module its own task, so one large module does not hold up a batch of small ones).
+    /// Results are in `work`'s order.
     pub fn symbolize_many(
         &self,
         work: Vec<(ModuleKey, Vec<FileOffset>)>,
     ) -> Vec<(ModuleKey, Vec<Symbolized>)> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(work.len());
-        if threads <= 1 {
-            return work
-                .into_iter()
-                .map(|(key, addrs)| {
-                    let out = self.symbolize(&key, &addrs);
-                    (key, out)
-                })
-                .collect();
-        }
-        let n = work.len();
-        let (job_tx, job_rx) = crossbeam_channel::unbounded();
-        for job in work.into_iter().enumerate() {
-            // Cannot fail: the receiver is alive.
-            let _ = job_tx.send(job);
-        }
-        drop(job_tx);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
-                scope.spawn(move || {
-                    for (i, (key, addrs)) in job_rx.iter() {
-                        let out = self.symbolize(&key, &addrs);
-                        let _ = done_tx.send((i, key, out));
-                    }
-                });
-            }
-        });
-        drop(done_tx);
-        let mut results: Vec<_> = done_rx.iter().collect();
-        results.sort_by_key(|(i, _, _)| *i);
-        debug_assert_eq!(results.len(), n);
-        results.into_iter().map(|(_, k, v)| (k, v)).collect()
+        use rayon::prelude::*;
+        work.into_par_iter()
+            .with_max_len(1)
+            .map(|(key, addrs)| {
+                let out = self.symbolize(&key, &addrs);
+                (key, out)
+            })
+            .collect()
     }
 
     /// Warnings collected so far (one per module and problem), drained.
