@@ -13,7 +13,6 @@ use common::perf;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 const CLOCK: &str = "cpu-clock/freq=999/";
@@ -24,32 +23,10 @@ const FAULTS: &str = "page-faults/period=2/";
 fn recording() -> Option<&'static Path> {
     static DATA: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
     DATA.get_or_init(|| {
-        if !common::perf_available() {
-            return None;
-        }
-        if Command::new("perf").arg("--version").output().is_err() {
-            eprintln!("skipped: needs perf (linux-perf)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let exe = common::build_workload(dir.path(), "sort_keys");
-        let data = dir.path().join("perf.data");
-        let status = Command::new("perf")
-            .args([
-                "record",
-                "-q",
-                "-e",
-                &format!("{CLOCK},{FAULTS}"),
-                "-g",
-                "-o",
-            ])
-            .arg(&data)
-            .arg(&exe)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("cannot run perf");
-        assert!(status.success(), "perf record failed");
-        Some((dir, data))
+        common::perf_record_workload(
+            "sort_keys",
+            &["-q", "-e", &format!("{CLOCK},{FAULTS}"), "-g"],
+        )
     })
     .as_ref()
     .map(|(_, p)| p.as_path())

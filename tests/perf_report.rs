@@ -30,21 +30,10 @@ fn have(tool: &str) -> bool {
 fn recording() -> Option<&'static Path> {
     static DATA: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
     DATA.get_or_init(|| {
-        if !common::perf_available() || !have("perf") || !have("gcc") {
+        if !have("gcc") {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let exe = common::build_workload(dir.path(), "sort_keys");
-        let data = dir.path().join("perf.data");
-        let status = Command::new("perf")
-            .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
-            .arg(&data)
-            .arg(&exe)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("cannot run perf");
-        assert!(status.success(), "perf record failed");
-        Some((dir, data))
+        common::perf_record_workload("sort_keys", &["-q", "-e", "cpu-clock", "-F", "999", "-g"])
     })
     .as_ref()
     .map(|(_, p)| p.as_path())

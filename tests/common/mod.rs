@@ -209,3 +209,37 @@ pub fn perf(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `perf record PERF_ARGS -o DIR/perf.data WORKLOAD` of a test workload built into a new
+/// temporary directory, kept with the recording (`None`, having said why, where perf
+/// cannot record here).
+pub fn perf_record_workload(
+    workload: &str,
+    perf_args: &[&str],
+) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !perf_available() {
+        return None;
+    }
+    if !Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped: needs perf (linux-perf)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_workload(dir.path(), workload);
+    let data = dir.path().join("perf.data");
+    let status = Command::new("perf")
+        .arg("record")
+        .args(perf_args)
+        .arg("-o")
+        .arg(&data)
+        .arg(&exe)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("cannot run perf");
+    assert!(status.success(), "perf record failed");
+    Some((dir, data))
+}
