@@ -465,6 +465,7 @@ pub fn record_vm(
         }));
     }
     let mut notes = vec![format!("sampling: {}", choice.reason)];
+    run.elapsed = report.elapsed;
     run.rate = lbr.snapshot_budget().map(|budget| {
         let secs = report.elapsed.as_secs_f64();
         let vcpus = report.vcpus.len().max(1) as f64;
@@ -540,7 +541,6 @@ pub fn record_vm(
             path: output.clone(),
             source,
         })?;
-    run.elapsed = report.elapsed;
     Ok(VmRecordOutcome {
         summary,
         choice,
@@ -562,7 +562,16 @@ fn source_notes(source: SnapshotSource, run: &VmRunFacts) -> (Vec<String>, Vec<S
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let agent: u64 = run.agent_snapshots.values().sum();
     match source {
-        SnapshotSource::Shim => {}
+        SnapshotSource::Shim => {
+            if let (Some(rate), 0) = (&run.rate, run.snapshots) {
+                warnings.push(format!(
+                    "no guest snapshot was taken: the guest ended ({:.3} s) before the first \
+                     one was due ({} Hz asked); run a longer workload or raise --lbr-freq",
+                    run.elapsed.as_secs_f64(),
+                    rate.budget.requested_hz
+                ));
+            }
+        }
         SnapshotSource::Agent { period } if agent == 0 => warnings.push(format!(
             "guest snapshots: no snapshot came from the guest's LBR agent (rt.agent={period}): \
              the guest does not run one, or ran too briefly (lbrprof's guest runtime starts it \
@@ -815,6 +824,21 @@ mod tests {
         let mut run = VmRunFacts::default();
         let none: (Vec<String>, Vec<String>) = Default::default();
         assert_eq!(source_notes(SnapshotSource::Shim, &run), none);
+        // A sampled run that ended before its first snapshot says so.
+        run.rate = Some(SnapshotRate {
+            budget: SnapshotBudget {
+                requested_hz: 999,
+                overhead_percent: Some(10),
+            },
+            effective_hz: 0.0,
+            stretched_intervals: 0,
+        });
+        let (_, warnings) = source_notes(SnapshotSource::Shim, &run);
+        assert!(
+            warnings[0].starts_with("no guest snapshot was taken"),
+            "{warnings:?}"
+        );
+        run.rate = None;
         let agent = SnapshotSource::Agent { period: 500 };
         let (notes, warnings) = source_notes(agent, &run);
         assert!(notes.is_empty());
