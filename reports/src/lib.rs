@@ -13,6 +13,9 @@
 //!
 //! # Pipeline
 //!
+//! [`load()`] runs steps 1 and 2 for every reading subcommand (`report`, `flamegraph`,
+//! `diff`, `annotate`, `export`): the binary only turns its flags into [`LoadOptions`].
+//!
 //! 1. [`aggregate`]: the event stream (host samples with call chains and branch stacks,
 //!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
@@ -115,6 +118,7 @@ pub mod flame;
 pub mod hash;
 pub mod hist;
 pub mod lbr;
+pub mod load;
 pub mod loc;
 pub mod perfdata_out;
 pub mod perfscan;
@@ -124,10 +128,12 @@ pub mod render;
 pub mod report;
 pub mod share;
 pub mod symbols;
+pub mod time;
 pub mod tree;
 pub mod vm;
 pub mod vmtrace;
 
 pub use aggregate::{AggregateOptions, Aggregator, Filter, Profile, aggregate_events};
+pub use load::{LoadError, LoadOptions, Loaded, Naming, load};
 pub use report::{Report, SortKey};
 pub use symbols::{NoSymbols, SymbolSource, SymbolTable};

@@ -17,7 +17,6 @@ pub mod linux_prog;
 pub mod record;
 pub mod record_vm;
 pub mod report;
-pub mod report_time;
 pub mod run;
 pub mod symbolize;
 

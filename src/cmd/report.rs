@@ -1,8 +1,8 @@
 //! `lbrprof report`: hot functions, hot branches and hot fall-through ranges of a
 //! recording (lbrprof.data or perf.data), as text, JSON, folded stacks or Markdown.
 //!
-//! Also home of the loading path shared with `flamegraph` and `export`: open by magic,
-//! aggregate on two threads, symbolize every unique location once.
+//! Also home of the input flags every reading command shares, turned into the read
+//! pipeline's options ([`lbrprof_reports::load()`]).
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
@@ -10,18 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_collector::input::{InputFormat, open_any};
-use lbrprof_collector::model::{Header, Target};
 use lbrprof_reports::decode::CodeReader;
 use lbrprof_reports::hist::{self, HistKey};
+use lbrprof_reports::load::{Keep, LoadError, LoadOptions, Selection, SymbolPlaces};
+pub use lbrprof_reports::load::{Loaded, Naming, SeveralEvents};
 use lbrprof_reports::render::{self, StackSource};
 use lbrprof_reports::report::{self, SortKey, Source};
-use lbrprof_reports::symbols::SymbolizerSource;
-use lbrprof_reports::{AggregateOptions, Filter, NoSymbols, Profile, SymbolSource, SymbolTable};
-use lbrprof_reports::{perfscan, recscan, tree, vm};
-use lbrprof_symbolizer::SymbolizerOptions;
-
-use crate::cmd::report_time::{self, TimeSpec};
+use lbrprof_reports::time::{self, TimeSpec};
+use lbrprof_reports::{tree, vm};
 
 /// Options shared by every command that reads a recording.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +59,7 @@ pub struct InputArgs {
     /// as `perf script` prints them; either end may be left empty), `+START,+END` in
     /// seconds after the first sample, or percent slices of the recording as perf's
     /// `10%/2` (the second tenth), `0%-10%,30%-40%` or `25%` (the first quarter).
-    #[arg(long, value_name = "WINDOW", value_parser = report_time::parse)]
+    #[arg(long, value_name = "WINDOW", value_parser = time::parse)]
     pub time: Option<TimeSpec>,
 }
 
@@ -234,163 +230,54 @@ pub struct PairArgs {
 
 /// The host+guest analysis of a `record --vm` recording (`None` for other recordings).
 pub fn vm_analysis(loaded: &Loaded, pairing: &PairArgs) -> Option<vm::VmAnalysis> {
-    let Target::Vm {
-        image,
-        vcpus,
-        backend,
-        mode,
-    } = &loaded.header.target
-    else {
-        return None;
-    };
-    let trace = loaded.profile.vm.as_ref()?;
-    let freq = loaded.header.sampling.frequency;
-    let host_period = 1_000_000_000u64.checked_div(freq).unwrap_or(1_000_000);
-    let window = pairing
-        .pair_window
-        .unwrap_or_else(|| vm::default_window(trace, host_period));
-    let target = vm::VmTarget {
-        image: image.clone(),
-        vcpus: *vcpus,
-        backend: format!("{backend:?}").to_lowercase(),
-        mode: mode.clone(),
-    };
-    Some(vm::analyze(
-        trace,
-        &loaded.profile.spaces.modules,
-        &loaded.syms,
-        &target,
-        window,
-    ))
+    loaded.vm_analysis(pairing.pair_window)
 }
 
-/// A recording, aggregated and symbolized.
-pub struct Loaded {
-    pub profile: Profile,
-    pub syms: SymbolTable,
-    pub header: Header,
-    pub format: InputFormat,
-    /// What the recorder noted (shown in reports, not printed as warnings).
-    pub notes: Vec<String>,
-    pub warnings: Vec<String>,
-    /// Where `syms` came from, to add lines later ([`Loaded::add_lines`]).
-    pub source: Box<dyn SymbolSource>,
-}
-
-impl Loaded {
-    /// Adds file and line to the places `rep` shows (for a [`load_functions`] load),
-    /// and the warnings that brings (e.g. unreadable DWARF) to its header.
-    pub fn add_lines(&mut self, rep: &mut report::Report) {
-        let locs = rep.shown_locs();
-        self.syms
-            .add_lines(&self.profile.spaces.modules, locs, self.source.as_ref());
-        rep.refresh_places(&self.profile, &self.syms);
-        let mut new = self.source.take_warnings();
-        new.sort();
-        for w in new {
-            if !rep.meta.warnings.contains(&w) {
-                rep.meta.warnings.push(w.clone());
-                self.warnings.push(w);
-            }
+impl InputArgs {
+    /// The read pipeline's options for these flags; `keep` says what to build.
+    pub fn load_options<'a>(&self, naming: Naming, keep: Keep) -> LoadOptions<'a> {
+        LoadOptions {
+            select: Selection {
+                event: self.event.clone(),
+                pids: self.pid.clone(),
+                tids: self.tid.clone(),
+                comms: self.comm.clone(),
+                dsos: self.dso.clone(),
+                time: self.time.clone(),
+            },
+            naming: if self.no_symbols {
+                Naming::None
+            } else {
+                naming
+            },
+            symbols: SymbolPlaces {
+                debug_dirs: self.debug_dir.clone(),
+                debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
+                kallsyms: self.kallsyms.clone(),
+                symfs: self.symfs.clone(),
+            },
+            keep,
+            // LBRPROF_STREAM=1 reads the event stream instead of the mapped fast paths,
+            // to compare them.
+            event_stream_only: std::env::var_os("LBRPROF_STREAM").is_some(),
+            progress: None,
         }
     }
 }
 
-/// Whether locations should be named, and with which names (BOLT wants mangled ones).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Naming {
-    None,
-    Demangled,
-    Mangled,
-}
-
-/// Whether /proc/kallsyms shows real addresses to us (`kernel.kptr_restrict` 0, or 1 as
-/// root).
-fn kallsyms_readable() -> bool {
-    let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    });
-    matches!(restrict, Some(0)) || (restrict == Some(1) && root)
-}
-
-/// Whether this machine's /proc/kallsyms describes the kernel `header` was recorded on.
-fn same_kernel(header: &Header) -> bool {
-    let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    header.host.kernel.is_empty() || header.host.kernel.trim() == here.trim()
-}
-
-fn symbol_source(
-    args: &InputArgs,
-    naming: Naming,
-    header: &Header,
-    kernel_build_id: Option<&[u8]>,
-    may_sample_kernel: bool,
-    warnings: &mut Vec<String>,
-) -> Box<dyn SymbolSource> {
-    let demangle = match naming {
-        Naming::None => return Box::new(NoSymbols),
-        Naming::Demangled => true,
-        Naming::Mangled => false,
-    };
-    // perf's saved copy of the recorded kernel's symbols (found by build-id) describes
-    // that kernel whatever runs now, and is a plain file: reading it costs a fraction of
-    // having the kernel generate /proc/kallsyms.
-    let saved = match (&args.kallsyms, kernel_build_id) {
-        (None, Some(id)) => lbrprof_symbolizer::saved_kallsyms(id, &args.debug_dir),
-        _ => None,
-    };
-    let mut source = SymbolizerSource::new(SymbolizerOptions {
-        // After the --debug-dirs: the input's own directory, where `perf archive` output
-        // (`.build-id/xx/rest[/elf]`) or debug files named by a debuglink may be unpacked.
-        debug_dirs: args
-            .debug_dir
-            .iter()
-            .cloned()
-            .chain(
-                args.input
-                    .canonicalize()
-                    .ok()
-                    .and_then(|p| p.parent().map(Path::to_path_buf)),
-            )
-            .collect(),
-        debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
-        kallsyms: args.kallsyms.clone().or_else(|| saved.clone()),
-        demangle,
-        inlines: true,
-        ..SymbolizerOptions::default()
-    });
-    if args.kallsyms.is_none() && saved.is_none() && !same_kernel(header) {
-        source.kernel = false;
-        warnings.push(format!(
-            "recorded on kernel {}, not this one: kernel addresses are not symbolized (pass --kallsyms)",
-            header.host.kernel
-        ));
-    }
-    // Loading /proc/kallsyms ahead of time is only worth it where it is readable, and
-    // for recordings that may have kernel samples: elsewhere it would cost ~45 ms (or
-    // warn) for a table that user-space-only recordings never need. (Kernel addresses
-    // that show up anyway are still symbolized, the table is then loaded on demand.)
-    // A --kallsyms file is always read (and a bad one reported), as asked.
-    source.prewarm_kernel =
-        args.kallsyms.is_some() || (may_sample_kernel && (saved.is_some() || kallsyms_readable()));
-    Box::new(source)
-}
-
 /// Opens, aggregates and symbolizes `args.input` (functions, files and lines).
 pub fn load(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, &[], false, false)
+    load_with(args, naming, Keep::default())
 }
 
 /// Like [`load`], and keeps the stack table per run of a `record --repeat` recording
 /// (`run_starts`: the runs' start times, from its summary).
 pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow::Result<Loaded> {
-    load_with(args, naming, false, false, run_starts, false, false)
+    let keep = Keep {
+        run_starts: run_starts.to_vec(),
+        ..Keep::default()
+    };
+    load_with(args, naming, keep)
 }
 
 /// Like [`load`], but names functions only (symbol tables, no DWARF): for outputs that
@@ -398,13 +285,23 @@ pub fn load_runs(args: &InputArgs, naming: Naming, run_starts: &[u64]) -> anyhow
 /// With `comm_root`, every sampled stack ends in a root frame naming the sampled
 /// thread's command (`--comm-root`).
 pub fn load_functions(args: &InputArgs, naming: Naming, comm_root: bool) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, comm_root, &[], false, false)
+    let keep = Keep {
+        functions_only: true,
+        comm_root,
+        ..Keep::default()
+    };
+    load_with(args, naming, keep)
 }
 
 /// Like [`load_functions`], and keeps the stack table per sampled thread and command
 /// (`Profile::task_stacks`), for perf's sort keys.
 fn load_tasks(args: &InputArgs, naming: Naming) -> anyhow::Result<Loaded> {
-    load_with(args, naming, true, false, &[], false, true)
+    let keep = Keep {
+        functions_only: true,
+        tasks: true,
+        ..Keep::default()
+    };
+    load_with(args, naming, keep)
 }
 
 /// Like [`load`] (or [`load_functions`] with `functions_only`), and keeps every
@@ -415,276 +312,30 @@ pub fn load_timeline(
     naming: Naming,
     functions_only: bool,
 ) -> anyhow::Result<Loaded> {
-    load_with(args, naming, functions_only, false, &[], true, false)
+    let keep = Keep {
+        functions_only,
+        timeline: true,
+        ..Keep::default()
+    };
+    load_with(args, naming, keep)
 }
 
-/// The times of the first and last sample (or snapshot) of the selected event, for
-/// `--time` windows relative to the recording: one pass over the samples, unfiltered.
-fn sample_span(args: &InputArgs) -> anyhow::Result<(u64, u64)> {
-    let path = &args.input;
-    let context = || format!("cannot read {}", path.display());
-    let mut input = open_any(path).with_context(context)?;
-    input
-        .select_event(args.event.as_deref())
-        .with_context(context)?;
-    let opts = AggregateOptions {
-        vm: matches!(input.header().target, Target::Vm { .. }),
-        ..AggregateOptions::default()
-    };
-    let (profile, err) = lbrprof_reports::aggregate_events(input.by_ref(), opts);
-    if let Some(e) = err {
-        return Err(anyhow::Error::new(e).context(context()));
-    }
-    let t = &profile.totals;
-    match t.first_time_ns {
-        Some(first) => Ok((first, t.last_time_ns)),
-        None => anyhow::bail!(
-            "{} has no samples: --time cannot be relative to them",
-            path.display()
-        ),
-    }
-}
-
-/// `--time` as the aggregator's windows, in seconds for messages.
-fn describe_windows(windows: &[(u64, u64)]) -> String {
-    let secs = |t: u64| format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000);
-    windows
-        .iter()
-        .map(|&(a, b)| match b {
-            u64::MAX => format!("{}-", secs(a)),
-            _ => format!("{}-{}", secs(a), secs(b)),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn load_with(
-    args: &InputArgs,
-    naming: Naming,
-    functions_only: bool,
-    comm_root: bool,
-    run_starts: &[u64],
-    timeline: bool,
-    tasks: bool,
-) -> anyhow::Result<Loaded> {
-    let path = &args.input;
-    let open = || -> anyhow::Result<_> {
-        let mut input =
-            open_any(path).with_context(|| format!("cannot read {}", path.display()))?;
-        input
-            .select_event(args.event.as_deref())
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(input)
-    };
-    let times = match &args.time {
-        None => Vec::new(),
-        Some(spec) if spec.needs_span() => {
-            let (first, last) = sample_span(args)?;
-            spec.windows(first, last)
-        }
-        Some(spec) => spec.windows(0, 0),
-    };
-    let input = open()?;
-    let header = input.header().clone();
-    let format = input.format();
-    let opts = AggregateOptions {
-        filter: Filter {
-            pids: args.pid.clone(),
-            tids: args.tid.clone(),
-            comms: args.comm.clone(),
-            dsos: args.dso.clone(),
-            times: times.clone(),
-        },
-        lbr_call_stack: header.sampling.call_graph == "lbr",
-        snapshot_weight: header.sampling.period.max(1),
-        vm: matches!(header.target, Target::Vm { .. }),
-        comm_root,
-        run_starts: run_starts.to_vec(),
-        timeline,
-        tasks,
-    };
-    let mut input = input;
-    let naming = if args.no_symbols {
-        Naming::None
-    } else {
-        naming
-    };
-    let mut source_notes = Vec::new();
-    let kernel_build_id = input.kernel_build_id();
-    let source = symbol_source(
-        args,
-        naming,
-        &header,
-        kernel_build_id.as_deref(),
-        input.may_sample_kernel(),
-        &mut source_notes,
-    );
-    // lbrprof.data: check, decode and fold the mapped chunks on every core when the
-    // options allow it (LBRPROF_STREAM=1 reads the event stream instead, to compare).
-    let mut profile = None;
-    if format == InputFormat::Lbrprof && std::env::var_os("LBRPROF_STREAM").is_none() {
-        let fast = std::thread::scope(|scope| {
-            scope.spawn(|| source.prewarm());
-            recscan::aggregate_recording(&mut input, &opts)
-        });
-        match fast {
-            Ok(p) => profile = p,
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
-                );
-            }
-        }
-    }
-    // perf.data: aggregate straight from the mapped file when the options allow it.
-    let fast = if profile.is_some() {
-        perfscan::FastPath::NotScanned
-    } else {
-        std::thread::scope(|scope| {
-            scope.spawn(|| source.prewarm());
-            perfscan::aggregate_input(&mut input, &opts)
-        })
-    };
-    match fast {
-        perfscan::FastPath::Done(p, branch_entries) => {
-            input.note_branch_entries(branch_entries);
-            profile = Some(*p);
-        }
-        perfscan::FastPath::NotScanned => {}
-        // The event stream reports what the fast path could not handle.
-        perfscan::FastPath::Failed => {
-            input = open()?;
-        }
-    }
-    let mut profile = match profile {
-        Some(p) => p,
-        None => {
-            let progress = progress_bar(path);
-            let ticker = progress.clone();
-            let mut n = 0u64;
-            let events = input.by_ref().inspect(move |_| {
-                n += 1;
-                if n.is_multiple_of(1 << 14) {
-                    ticker.set_position(n);
-                }
-            });
-            // Load the kernel's symbols while the events are read (the work does not
-            // depend on them).
-            let (profile, err) = std::thread::scope(|scope| {
-                scope.spawn(|| source.prewarm());
-                lbrprof_reports::aggregate_events(events, opts)
-            });
-            progress.finish_and_clear();
-            if let Some(e) = err {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
-                );
-            }
-            profile
-        }
-    };
-    if args.event.is_none()
-        && let Some(events) = input.several_events()
-    {
-        // Several events have samples: the caller reads the file again per event
-        // (`report`'s sections) or says which events there are.
-        return Err(anyhow::Error::new(SeveralEvents {
-            path: path.clone(),
-            events,
-        }));
-    }
-    let t = &profile.totals;
-    if t.samples == 0 && t.snapshots == 0 && t.filtered_out > 0 {
-        let mut given = Vec::new();
-        for (flag, values) in [
-            (
-                "--pid",
-                args.pid.iter().map(u32::to_string).collect::<Vec<_>>(),
-            ),
-            ("--tid", args.tid.iter().map(u32::to_string).collect()),
-            ("--comm", args.comm.clone()),
-            ("--dso", args.dso.clone()),
-            (
-                "--time",
-                if times.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![describe_windows(&times)]
-                },
-            ),
-        ] {
-            if !values.is_empty() {
-                given.push(format!("{flag} {}", values.join(",")));
-            }
-        }
-        anyhow::bail!(
-            "no sample of {} matches {}: all {} were filtered out (`lbrprof info {}` lists \
-             the processes and threads)",
-            path.display(),
-            given.join(" "),
-            t.filtered_out,
-            path.display()
-        );
-    }
-    if let Some(summary) = input.summary() {
-        // The recorder's own totals cover losses it never turned into events.
-        let t = &mut profile.totals;
-        t.lost = t.lost.max(summary.lost);
-        t.throttled = t.throttled.max(summary.throttled);
-    }
-    if let Some(dir) = &args.symfs {
-        profile.spaces.modules.relocate(dir);
-    }
-    let mut header = header;
-    if let Some(event) = input.sampled_event() {
-        header.sampling.event = event;
-    }
-    let mut warnings = input.warnings();
-    let notes = input.recorded_notes();
-    warnings.extend(source_notes);
-    let syms = if functions_only {
-        SymbolTable::build_functions(&profile, source.as_ref())
-    } else {
-        SymbolTable::build(&profile, source.as_ref())
-    };
-    // Modules are symbolized in parallel: sort their warnings for a stable order.
-    let mut symbol_warnings = source.take_warnings();
-    symbol_warnings.sort();
-    warnings.extend(symbol_warnings);
-    Ok(Loaded {
-        profile,
-        syms,
-        header,
-        format,
-        notes,
-        warnings,
-        source,
+/// [`lbrprof_reports::load()`] with these flags, a progress spinner on a terminal, and the
+/// error as the user sees it.
+fn load_with(args: &InputArgs, naming: Naming, keep: Keep) -> anyhow::Result<Loaded> {
+    let progress = progress_bar(&args.input);
+    let ticker = progress.clone();
+    let mut tick = move |n: u64| ticker.set_position(n);
+    let mut opts = args.load_options(naming, keep);
+    opts.progress = Some(&mut tick);
+    let loaded = lbrprof_reports::load(&args.input, opts);
+    progress.finish_and_clear();
+    loaded.map_err(|e| match e {
+        // Kept as its own type: `report` prints one section per event.
+        LoadError::SeveralEvents(several) => anyhow::Error::new(several),
+        e => anyhow::Error::new(e),
     })
 }
-
-/// What [`load`] and its kin return for a perf.data file with samples of several events
-/// when no `--event` was given: one profile would add up samples of different events.
-#[derive(Debug)]
-pub struct SeveralEvents {
-    pub path: PathBuf,
-    /// The events that have samples, in file order.
-    pub events: Vec<String>,
-}
-
-impl std::fmt::Display for SeveralEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} holds samples of {} events ({}): choose one with --event NAME (or --event \
-             all to count them together)",
-            self.path.display(),
-            self.events.len(),
-            self.events.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for SeveralEvents {}
 
 /// A spinner with an event count on stderr, only when stderr is a terminal.
 fn progress_bar(path: &Path) -> indicatif::ProgressBar {

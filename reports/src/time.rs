@@ -1,4 +1,4 @@
-//! `--time`: the time windows of `perf report --time`, and relative ones.
+//! `--time` (every reading command): the time windows of `perf report --time`, and relative ones.
 //!
 //! * `START,END`: perf's absolute sample times, `SECONDS[.FRACTION]` (at most nine
 //!   fraction digits), either side may be empty (from the first / to the last sample);
