@@ -817,7 +817,7 @@ fn bump_n(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], samples: u64, weight:
 
 /// The mode to resolve branch addresses in: a host sample's branches may be in the
 /// kernel or in user space, whatever the sample's own mode (decided by address).
-fn branch_mode(sample_mode: CpuMode) -> CpuMode {
+pub(crate) fn branch_mode(sample_mode: CpuMode) -> CpuMode {
     if sample_mode.is_guest() {
         CpuMode::GuestUser
     } else {

@@ -34,7 +34,7 @@ use rayon::prelude::*;
 
 use crate::aggregate::{
     AggregateOptions, Aggregator, EdgeCounts, FastHash, FastMap, MAX_RANGE_BYTES, Profile,
-    SampleCounts,
+    SampleCounts, branch_mode,
 };
 
 /// Samples with one raw key, summed.
@@ -178,15 +178,6 @@ pub(crate) fn mode_of(code: u64) -> CpuMode {
         4 => CpuMode::GuestKernel,
         5 => CpuMode::GuestUser,
         _ => CpuMode::Unknown,
-    }
-}
-
-/// The mode branch addresses resolve in (as [`Aggregator::add_sample`] does it).
-fn branch_mode(sample_mode: CpuMode) -> CpuMode {
-    if sample_mode.is_guest() {
-        CpuMode::GuestUser
-    } else {
-        CpuMode::Unknown
     }
 }
 

@@ -31,7 +31,9 @@ use lbrprof_data::model::{BranchKind, CpuMode, Event, Frame, HostSample};
 use lbrprof_data::recording::{self, FormatError, MappedChunks};
 use rayon::prelude::*;
 
-use crate::aggregate::{AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile};
+use crate::aggregate::{
+    AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile, branch_mode,
+};
 use crate::perfscan::{
     Epoch, Group, Raw, add_branch_totals, apply_epoch, fold_empty, group_epochs, merge, mode_code,
     mode_of,
@@ -396,15 +398,6 @@ fn apply_raw(agg: &mut Aggregator, entries: Option<Epoch>, branches: Option<Epoc
         for ((k, origin), n) in b.ranges {
             agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
         }
-    }
-}
-
-/// The mode branch addresses resolve in (as [`Aggregator::add_sample`] does it).
-fn branch_mode(sample_mode: CpuMode) -> CpuMode {
-    if sample_mode.is_guest() {
-        CpuMode::GuestUser
-    } else {
-        CpuMode::Unknown
     }
 }
 
