@@ -16,10 +16,14 @@
 //! So ring-0 paths here are integer-only and do no formatting.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::MAX_CPUS;
-use crate::abi::{self, BootInfo};
+use crate::abi;
+use crate::handoff::{
+    BOOT_INFO, BOOT_TSC, COM1, CPUS_ONLINE, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE, boot_info,
+    boot_info_at,
+};
 
 const KSTACK: usize = 16 * 1024;
 const ISTACK: usize = 8 * 1024;
@@ -31,13 +35,6 @@ const KERNEL_DS: u16 = 0x10;
 const USER_DS: u16 = 0x18 | 3;
 const USER_CS: u16 = 0x20 | 3;
 const TSS_SEL: u16 = 0x28;
-
-/// The console (16550 transmit holding register) and the machine-control ports the shim
-/// implements.
-pub(crate) const COM1: u16 = 0x3f8;
-pub(crate) const EXIT_PORT: u16 = 0xf4;
-pub(crate) const POWEROFF_PORT: u16 = 0x604;
-pub(crate) const POWEROFF_VALUE: u16 = 0x2000;
 
 /// x86 exception vectors we treat specially.
 const VEC_UD: u64 = 6;
@@ -128,12 +125,6 @@ static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
-/// Boot facts for ring 3 (written by vCPU 0 before it leaves ring 0).
-pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
-/// vCPUs that finished their ring-0 set-up.
-pub(crate) static CPUS_ONLINE: AtomicU32 = AtomicU32::new(0);
-/// TSC when vCPU 0 entered rt_kmain (for `rt.stats`: the cost of the ring-0 boot).
-pub(crate) static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// NMIs taken, all vCPUs (the LBR agent's PMI handler hangs here).
 pub(crate) static NMIS: AtomicU64 = AtomicU64::new(0);
 
@@ -365,8 +356,6 @@ unsafe extern "C" {
     fn rt_wrmsr(msr: u32, value: u64) -> i64;
     fn rt_enter_user(rip: u64, rsp: u64, arg0: u64, arg1: u64) -> !;
     static rt_syscall_ud2: u8;
-    /// The system-call trap stub (called from ring 3).
-    pub(crate) fn rt_syscall_trap();
     static rt_rdmsr_insn: u8;
     static rt_rdmsr_fault: u8;
     static rt_wrmsr_insn: u8;
@@ -547,14 +536,9 @@ fn park() -> ! {
 /// Whether the boot command line holds `word` as a whole word. Byte by byte with volatile
 /// reads (ring 0 must not be vectorized, see the module doc); before `BOOT_INFO` is set.
 fn cmdline_has_word(boot: u64, word: &[u8]) -> bool {
-    // SAFETY: the shim wrote a BootInfo at this guest-physical (= virtual) address; the
-    // magic check guards against a foreign loader.
-    let Some(info) = (unsafe { (boot as *const BootInfo).as_ref() }) else {
+    let Some(info) = boot_info_at(boot) else {
         return false;
     };
-    if info.magic != abi::BOOT_MAGIC {
-        return false;
-    }
     let (base, len) = (info.cmdline_addr as *const u8, info.cmdline_len as usize);
     // SAFETY: the command line lies in guest RAM at cmdline_addr (written by the shim,
     // never written again); every index is below cmdline_len.
@@ -600,14 +584,6 @@ fn rdtsc() -> u64 {
         asm!("rdtsc", "shl rdx, 32", "or rax, rdx", out("rax") tsc, out("rdx") _, options(nomem, nostack));
     }
     tsc
-}
-
-fn boot_info() -> Option<&'static BootInfo> {
-    let p = BOOT_INFO.load(Ordering::Acquire);
-    // SAFETY: the shim wrote a BootInfo at this guest-physical (= virtual) address and
-    // nothing writes it afterwards; the magic check guards against a foreign loader.
-    let info = unsafe { (p as *const BootInfo).as_ref()? };
-    (info.magic == abi::BOOT_MAGIC).then_some(info)
 }
 
 fn console_write(bytes: &[u8]) {

@@ -18,6 +18,7 @@
 #![no_std]
 
 pub mod abi;
+mod handoff;
 mod kernel;
 mod mem;
 /// The architectural PMU/LBR MSR numbers and bits: the shim's table, shared.

@@ -6,7 +6,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::abi::{self, BootInfo};
-use crate::kernel::{self, COM1, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
+use crate::handoff::{self, COM1, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
 
 /// Raw system call: a call to the kernel's trap stub (see `abi`).
 #[inline(always)]
@@ -17,7 +17,7 @@ fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> (u64, u64) {
     // preserves every register except RAX and RDX (results) and reads memory only
     // through the ranges passed in. The call pushes a return address (no `nostack`).
     unsafe {
-        asm!("call {trap}", trap = sym crate::kernel::rt_syscall_trap,
+        asm!("call {trap}", trap = sym crate::handoff::rt_syscall_trap,
              inlateout("rax") nr => ret, in("rdi") a0, in("rsi") a1, inlateout("rdx") a2 => rdx);
     }
     (ret, rdx)
@@ -65,9 +65,7 @@ fn unreachable_loop() -> ! {
 /// Nanoseconds of TSC time, computed in ring 3 (no system call: those cost ~100 µs on
 /// nested hosts); 0 when the TSC frequency is unknown. `SYS_TIME_NS` gives the same.
 pub fn time_ns() -> u64 {
-    let p = kernel::BOOT_INFO.load(Ordering::Acquire);
-    // SAFETY: as in rt_user_entry: a BootInfo the shim wrote, checked by magic.
-    let info = unsafe { (p as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
+    let info = handoff::boot_info();
     match info.map_or(0, |i| i.tsc_khz) {
         0 => 0,
         khz => (u128::from(tsc()) * 1_000_000 / u128::from(khz)) as u64,
@@ -289,8 +287,7 @@ static SMP_AGENT: [[AtomicU64; 2]; crate::MAX_CPUS] =
     [const { [AtomicU64::new(0), AtomicU64::new(0)] }; crate::MAX_CPUS];
 
 fn boot_args(boot: u64, cpu: u32) -> Args {
-    // SAFETY: as in kernel::boot_info: a BootInfo the shim wrote, checked by magic.
-    let info = unsafe { (boot as *const BootInfo).as_ref() }.filter(|i| i.magic == abi::BOOT_MAGIC);
+    let info = handoff::boot_info_at(boot);
     Args::from_boot(info, cpu)
 }
 
@@ -317,12 +314,12 @@ fn agent_stop() -> (u64, u64) {
 /// are online then.
 fn wait_online(expected: u32) -> u32 {
     let start = tsc();
-    while kernel::CPUS_ONLINE.load(Ordering::Acquire) < expected
+    while handoff::CPUS_ONLINE.load(Ordering::Acquire) < expected
         && tsc().wrapping_sub(start) < 4_000_000_000
     {
         core::hint::spin_loop();
     }
-    kernel::CPUS_ONLINE.load(Ordering::Acquire)
+    handoff::CPUS_ONLINE.load(Ordering::Acquire)
 }
 
 /// First ring-3 code of an `rt.smp` worker (vCPUs 1..): the workload, under the agent if
@@ -368,7 +365,7 @@ pub(crate) extern "C" fn rt_user_entry(_cpu: u64, boot: u64) -> ! {
     if args.flag("rt.stats") {
         // The cost of ring 0 here: the boot (entry to first ring-3 instruction) and a
         // system-call round trip (trap into ring 0 and back).
-        let boot = tsc().wrapping_sub(kernel::BOOT_TSC.load(Ordering::Relaxed));
+        let boot = tsc().wrapping_sub(handoff::BOOT_TSC.load(Ordering::Relaxed));
         const CALLS: u64 = 100;
         let t0 = tsc();
         for _ in 0..CALLS {
