@@ -18,10 +18,9 @@ use std::sync::Mutex;
 
 use crate::arch::*;
 
-pub const COM1_BASE: u16 = 0x3f8;
-pub const EXIT_PORT: u16 = 0xf4;
-pub const POWEROFF_PORT: u16 = 0x604;
-pub const POWEROFF_VALUE: u16 = 0x2000;
+// The ports the guest runtime drives: one definition, shared with it (`abi`).
+pub const COM1_BASE: u16 = crate::abi::COM1;
+pub use crate::abi::{EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
 pub const FW_CFG_SELECTOR: u16 = 0x510;
 pub const FW_CFG_DATA: u16 = 0x511;
 

@@ -35,6 +35,15 @@
 //! The console (0x3f8-0x3ff), the exit ports (0xf4, 0x604) and fw_cfg (0x510-0x511) are
 //! open to ring 3 through the TSS I/O bitmap, so printing and exiting need no system call.
 
+/// The console: a 16550 UART's registers at `COM1..COM1 + 8` (output through its
+/// transmit holding register at `COM1`).
+pub const COM1: u16 = 0x3f8;
+/// isa-debug-exit: a write of `v` ends the run with exit code `(v << 1) | 1`.
+pub const EXIT_PORT: u16 = 0xf4;
+/// A 16-bit write of [`POWEROFF_VALUE`] here (QEMU's ACPI PM1a S5) ends the run with 0.
+pub const POWEROFF_PORT: u16 = 0x604;
+pub const POWEROFF_VALUE: u16 = 0x2000;
+
 /// `BootInfo::magic`: "LBRPBOOT" in little-endian.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"LBRPBOOT");
 /// `BootInfo::version` of this layout.

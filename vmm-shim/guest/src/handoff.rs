@@ -10,12 +10,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::abi::{self, BootInfo};
 
-/// The console (16550 transmit holding register) and the machine-control ports the shim
-/// implements.
-pub(crate) const COM1: u16 = 0x3f8;
-pub(crate) const EXIT_PORT: u16 = 0xf4;
-pub(crate) const POWEROFF_PORT: u16 = 0x604;
-pub(crate) const POWEROFF_VALUE: u16 = 0x2000;
+/// The console and the machine-control ports the shim implements.
+pub(crate) use crate::abi::{COM1, EXIT_PORT, POWEROFF_PORT, POWEROFF_VALUE};
 
 /// Boot facts for ring 3 (written by vCPU 0 before it leaves ring 0).
 pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
