@@ -727,6 +727,7 @@ impl Aggregator {
         stack.extend(
             snap.guest_stack
                 .iter()
+                .take_while(|&&a| plausible_return(snap.guest_ip, a))
                 .map(|&a| spaces.resolve_guest_in(0, space, a)),
         );
         if let Some(vm) = &mut self.profile.vm {
@@ -813,6 +814,20 @@ fn bump_n(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], samples: u64, weight:
         c.add_n(samples, weight);
         map.insert(key.to_vec(), c);
     }
+}
+
+/// Whether `ret`, a return address the guest's frame-pointer walk found above code at
+/// `ip`, can be one: canonical, in the same half of the address space as `ip` (user code
+/// returns to user code, kernel code to kernel code) and above the null page. Code built
+/// without frame pointers uses RBP for data, and the walk then reads text or numbers as
+/// return addresses: the first implausible one ends the stack, and what follows it is
+/// not trusted either.
+fn plausible_return(ip: u64, ret: u64) -> bool {
+    let canonical = |a: u64| {
+        let top = a >> 47;
+        top == 0 || top == 0x1_ffff
+    };
+    canonical(ret) && (ret >> 63) == (ip >> 63) && ret >= 4096
 }
 
 /// The mode to resolve branch addresses in: a host sample's branches may be in the
@@ -949,6 +964,39 @@ mod tests {
         // Range from the older entry's target (0x80) to the newer entry's source (0x100).
         assert_eq!(p.ranges[&(l(0x80), l(0x100))], 2);
         assert_eq!(p.ranges.len(), 1);
+    }
+
+    #[test]
+    fn guest_stacks_end_at_the_first_implausible_return_address() {
+        let stack_of = |ip: u64, frames: &[u64]| {
+            let mut a = Aggregator::new(AggregateOptions::default());
+            let mut snap = snapshot(0, &[(0x400020, 0x400200, 0)]);
+            snap.guest_ip = ip;
+            snap.guest_stack = frames.to_vec();
+            a.add(&Event::Snapshot(snap));
+            let p = a.finish();
+            let stack = p.stacks.keys().next().unwrap().clone();
+            // Without the guest root frame, as raw offsets (nothing is mapped).
+            stack[..stack.len() - 1]
+                .iter()
+                .map(|l| l.offset)
+                .collect::<Vec<_>>()
+        };
+        // Text read as return addresses ("1\n29206 2"): not canonical. The frame after
+        // it came from the same bad chain and goes too.
+        assert_eq!(
+            stack_of(0x401000, &[0x400100, 0x3236303239320a31, 0x400200]),
+            [0x401000, 0x400100]
+        );
+        // A user walk that lands in the kernel half, or the null page, ends there.
+        assert_eq!(
+            stack_of(0x401000, &[0xffff_ffff_8100_0000, 0x400200]),
+            [0x401000]
+        );
+        assert_eq!(stack_of(0x401000, &[0x400100, 0x10]), [0x401000, 0x400100]);
+        // A kernel guest's frames are all in the kernel half: kept.
+        let k = 0xffff_ffff_8100_0000;
+        assert_eq!(stack_of(k, &[k + 0x40, k + 0x80]), [k, k + 0x40, k + 0x80]);
     }
 
     #[test]
