@@ -248,6 +248,28 @@ int main(void) {
             assert!(line.contains("consumer"), "{line}");
         }
     }
+    // perf's sort keys group the guest snapshots by the guest's own commands.
+    let sorted = lbrprof()
+        .args(["report", "--sort", "comm,sym", "--format", "json", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(sorted.status.success());
+    let sorted: serde_json::Value = serde_json::from_slice(&sorted.stdout).unwrap();
+    let rows = sorted["guest_hist"]["rows"]
+        .as_array()
+        .expect("a guest table");
+    for (comm, f) in [
+        ("producer", "produce_numbers"),
+        ("consumer", "consume_number"),
+    ] {
+        assert!(
+            rows.iter().any(|r| r["keys"][0] == comm
+                && r["keys"][1] == f
+                && r["self_pct"].as_f64() > Some(5.0)),
+            "{comm} {f} among the guest rows: {rows:#?}"
+        );
+    }
     let info = lbrprof().arg("info").arg(&data).output().unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(

@@ -182,6 +182,12 @@ pub struct Profile {
     /// The command names [`Task::comm`] indexes: a thread's COMM when sampled, else
     /// `swapper` for the idle task (tid 0) and `:TID` for other threads, as perf names them.
     pub task_comms: Vec<String>,
+    /// With [`AggregateOptions::tasks`]: the guest snapshots' stacks (without the vCPU
+    /// root), one table per guest process (`pid` = `tid` = the guest's pid) and the
+    /// command it had at the snapshot. Guest pids are the guest's own, not host ones.
+    pub guest_task_stacks: FastMap<Task, FastMap<Vec<Loc>, Count>>,
+    /// Each guest process's last command name, by guest pid.
+    pub guest_comms: HashMap<u32, String>,
 }
 
 /// Every sample and guest snapshot with its time and thread, for outputs that keep them
@@ -434,6 +440,18 @@ impl Aggregator {
     }
 
     /// Thread `tid` of process `pid` under its current command name.
+    /// The index of command name `name` in `profile.task_comms`, added if new.
+    fn comm_index(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.task_comm_index.get(name) {
+            return i;
+        }
+        let p = &mut self.profile;
+        p.task_comms.push(name.to_owned());
+        let i = (p.task_comms.len() - 1) as u32;
+        self.task_comm_index.insert(name.to_owned(), i);
+        i
+    }
+
     fn task(&mut self, pid: u32, tid: u32) -> Task {
         let p = &mut self.profile;
         let comm = match p.comms.get(&tid) {
@@ -759,6 +777,23 @@ impl Aggregator {
                 branches: snap.newest_first().count().min(usize::from(u16::MAX)) as u16,
                 guest_process,
             });
+        }
+        if self.opts.tasks {
+            let (pid, comm) = self
+                .space_process
+                .get(&space)
+                .map_or((0, "[guest]".to_owned()), |p| (p.pid, p.comm.clone()));
+            let task = Task {
+                pid,
+                tid: pid,
+                comm: self.comm_index(&comm),
+            };
+            self.profile.guest_comms.insert(pid, comm);
+            bump(
+                self.profile.guest_task_stacks.entry(task).or_default(),
+                &stack,
+                weight,
+            );
         }
         stack.push(Loc {
             module: ModuleTable::GUEST_ROOT,

@@ -7,15 +7,16 @@
 //! after symbolization. Keys follow perf: `comm` is the sampled thread's command name
 //! when sampled, `pid` the thread (perf prints `TID:COMM` under `Pid:Command`, one row per
 //! thread named by its last command name, so a rename or exec does not split it), `dso`
-//! the frame's module, `sym` its function. Guest snapshots are not host threads and are left
-//! out (their functions are in the report's guest table).
+//! the frame's module, `sym` its function. Guest snapshots are not host threads: they get
+//! a table of their own ([`build_guest`]), keyed by the guest's processes.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::Profile;
-use crate::loc::ModuleTable;
+use crate::aggregate::{Count, Profile, Task};
+use crate::hash::FastMap;
+use crate::loc::{Loc, ModuleTable};
 use crate::loc::{Side, stack_side};
 use crate::symbols::SymbolTable;
 
@@ -97,14 +98,59 @@ pub struct Hist {
     pub rows: Vec<HistRow>,
 }
 
-/// Builds the table for `keys` (at least one) from `profile.task_stacks`, rows ordered
-/// by children (with `children`) or self weight, then by their keys.
+/// Builds the table for `keys` (at least one) from the host samples
+/// (`profile.task_stacks`), rows ordered by children (with `children`) or self weight,
+/// then by their keys.
 pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: bool) -> Hist {
+    build_from(
+        profile,
+        &profile.task_stacks,
+        &profile.comms,
+        Side::Host,
+        syms,
+        keys,
+        children,
+    )
+}
+
+/// The same table for the guest snapshots of a `record --vm` recording
+/// (`profile.guest_task_stacks`): `comm` is the guest process's command at the
+/// snapshot, `pid` the guest process (`PID:COMM`, its last command), shares are of the
+/// guest snapshots' weight. `None` without guest snapshots.
+pub fn build_guest(
+    profile: &Profile,
+    syms: &SymbolTable,
+    keys: &[HistKey],
+    children: bool,
+) -> Option<Hist> {
+    if profile.guest_task_stacks.is_empty() {
+        return None;
+    }
+    Some(build_from(
+        profile,
+        &profile.guest_task_stacks,
+        &profile.guest_comms,
+        Side::Guest,
+        syms,
+        keys,
+        children,
+    ))
+}
+
+fn build_from(
+    profile: &Profile,
+    tables: &FastMap<Task, FastMap<Vec<Loc>, Count>>,
+    last_comms: &HashMap<u32, String>,
+    side: Side,
+    syms: &SymbolTable,
+    keys: &[HistKey],
+    children: bool,
+) -> Hist {
     let modules = &profile.spaces.modules;
     let mut rows: HashMap<Vec<String>, [u64; 4]> = HashMap::new();
     let mut seen: Vec<Vec<String>> = Vec::new();
     let mut total = 0u64;
-    for (task, stacks) in &profile.task_stacks {
+    for (task, stacks) in tables {
         let comm = profile
             .task_comms
             .get(task.comm as usize)
@@ -113,10 +159,10 @@ pub fn build(profile: &Profile, syms: &SymbolTable, keys: &[HistKey], children: 
         let thread = format!(
             "{}:{}",
             task.tid,
-            profile.comms.get(&task.tid).map_or(comm, String::as_str)
+            last_comms.get(&task.tid).map_or(comm, String::as_str)
         );
         for (stack, c) in stacks {
-            if stack_side(stack) == Side::Guest {
+            if side == Side::Host && stack_side(stack) == Side::Guest {
                 continue;
             }
             // Command root frames are not code.
@@ -381,6 +427,65 @@ mod tests {
         // The caller at w+0x20 is on every stack, never sampled itself.
         let w = h.rows.iter().find(|r| r.keys[0] == "w+0x20").unwrap();
         assert_eq!((w.self_samples, w.children_samples), (0, 4));
+    }
+
+    #[test]
+    fn guest_snapshots_get_their_own_table_by_guest_process() {
+        let mut a = Aggregator::new(AggregateOptions {
+            tasks: true,
+            ..AggregateOptions::default()
+        });
+        // Guest pid 7 starts as sh and execs gzip (a new address space, same pid).
+        for (space, comm, root) in [(0, "sh", 0x1000), (1, "gzip", 0x2000), (2, "wc", 0x3000)] {
+            a.add(&Event::GuestProcess(lbrprof_data::model::GuestProcess {
+                time_ns: 0,
+                vm: 0,
+                space,
+                pid: if space == 2 { 8 } else { 7 },
+                ppid: 1,
+                comm: comm.into(),
+                exe: format!("/bin/{comm}"),
+                roots: vec![root],
+            }));
+        }
+        for (cr3, n) in [(0x1000, 1), (0x2000, 3), (0x3000, 2)] {
+            for _ in 0..n {
+                let mut snap = crate::lbr::tests::snapshot(0, &[(0x400020, 0x400200, 0)]);
+                snap.cr3 = cr3;
+                snap.guest_ip = 0x400100;
+                a.add(&Event::Snapshot(snap));
+            }
+        }
+        // A host sample with the same number as a guest pid stays on the host side.
+        a.add(&Event::Sample(HostSample {
+            pid: 7,
+            tid: 7,
+            period: 1,
+            ip: 0x1000,
+            mode: CpuMode::User,
+            ..HostSample::default()
+        }));
+        let p = a.finish();
+        let syms = SymbolTable::build(&p, &NoSymbols);
+        let g = build_guest(&p, &syms, &[HistKey::Comm], false).unwrap();
+        let pct = |x: f64| (x * 100.0).round() / 100.0;
+        let got: Vec<_> = rows(&g).into_iter().map(|(k, s, _)| (k, pct(s))).collect();
+        assert_eq!(
+            got,
+            [
+                ("gzip".to_owned(), 50.0),
+                ("wc".to_owned(), 33.33),
+                ("sh".to_owned(), 16.67)
+            ]
+        );
+        // `pid` names the guest process by its last command.
+        let g = build_guest(&p, &syms, &[HistKey::Pid], false).unwrap();
+        let keys: Vec<_> = g.rows.iter().map(|r| r.keys[0].clone()).collect();
+        assert_eq!(keys, ["7:gzip", "8:wc"]);
+        let host = build(&p, &syms, &[HistKey::Comm], false);
+        assert_eq!(host.weight, 1);
+        // No snapshots, no guest table.
+        assert!(build_guest(&profile(), &syms, &[HistKey::Comm], false).is_none());
     }
 
     #[test]

@@ -254,8 +254,17 @@ pub fn text(r: &Report, mut w: impl Write) -> io::Result<()> {
     for l in header_lines(r) {
         writeln!(w, "# {l}")?;
     }
-    if r.hist.is_some() || r.call_tree.is_some() {
+    if r.hist.is_some() || r.guest_hist.is_some() || r.call_tree.is_some() {
         if let Some(h) = &r.hist {
+            hist_text(h, &mut w)?;
+        }
+        if let Some(h) = &r.guest_hist {
+            writeln!(w, "#")?;
+            writeln!(
+                w,
+                "# Guest (share of {} guest LBR snapshots, by the guest process and the guest IP and stack at each)",
+                r.meta.snapshots
+            )?;
             hist_text(h, &mut w)?;
         }
         if let Some(t) = &r.call_tree {
@@ -423,8 +432,16 @@ pub fn markdown(r: &Report, mut w: impl Write) -> io::Result<()> {
     for l in header_lines(r) {
         writeln!(w, "- {}", md_escape(&l))?;
     }
-    if r.hist.is_some() || r.call_tree.is_some() {
+    if r.hist.is_some() || r.guest_hist.is_some() || r.call_tree.is_some() {
         if let Some(h) = &r.hist {
+            hist_markdown(h, &mut w)?;
+        }
+        if let Some(h) = &r.guest_hist {
+            writeln!(
+                w,
+                "\n### Guest (share of {} guest LBR snapshots)",
+                r.meta.snapshots
+            )?;
             hist_markdown(h, &mut w)?;
         }
         if let Some(t) = &r.call_tree {

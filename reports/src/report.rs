@@ -268,6 +268,10 @@ pub struct Report {
     /// shows it instead of the function, branch and range tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hist: Option<crate::hist::Hist>,
+    /// The same table for the guest snapshots of a `record --vm` recording, by guest
+    /// process and guest code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_hist: Option<crate::hist::Hist>,
     /// The call tree (`-g caller|callee`), when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_tree: Option<crate::tree::CallTree>,
@@ -526,6 +530,7 @@ pub fn build(
         ranges,
         vm: None,
         hist: None,
+        guest_hist: None,
         call_tree: None,
     };
     report.sort(SortKey::default());

@@ -575,6 +575,11 @@ fn report_one(
         let mut h = hist::build(&loaded.profile, &loaded.syms, keys, children);
         h.truncate(args.limit, percent_limit);
         rep.hist = Some(h);
+        rep.guest_hist =
+            hist::build_guest(&loaded.profile, &loaded.syms, keys, children).map(|mut h| {
+                h.truncate(args.limit, percent_limit);
+                h
+            });
     }
     if let Some(order) = args.call_graph {
         let mut t = tree::build(
