@@ -46,6 +46,7 @@ use std::io;
 
 use serde::Serialize;
 
+use crate::loc::{Side, stack_side};
 use crate::report::Report;
 
 /// What `lbrprof diff` compares.
@@ -153,7 +154,9 @@ pub fn counts(report: &Report, metric: Metric, exact: bool) -> Counts {
     };
     let (total, total_samples, unit) = match metric {
         Metric::SelfSamples | Metric::Total => {
-            for f in &report.functions {
+            // The host's functions: guest snapshots (record --vm) are not host samples,
+            // their weight is not the event's unit, and they are not in the total.
+            for f in report.functions.iter().filter(|f| f.side == Side::Host) {
                 let (n, w) = if metric == Metric::SelfSamples {
                     (f.self_samples, f.self_weight)
                 } else {
@@ -222,7 +225,10 @@ pub fn run_counts(
         .iter()
         .map(|stacks| {
             let mut rows: BTreeMap<String, u64> = BTreeMap::new();
-            for ((_, _, name), c) in crate::report::function_counts(profile, stacks, syms) {
+            for ((side, _, name), c) in crate::report::function_counts(profile, stacks, syms) {
+                if side != Side::Host {
+                    continue;
+                }
                 let w = if metric == Metric::SelfSamples {
                     c[1]
                 } else {
@@ -233,7 +239,11 @@ pub fn run_counts(
                 }
             }
             RunCounts {
-                total: stacks.values().map(|c| c.weight).sum(),
+                total: stacks
+                    .iter()
+                    .filter(|(stack, _)| stack_side(stack) == Side::Host)
+                    .map(|(_, c)| c.weight)
+                    .sum(),
                 rows,
             }
         })
@@ -1043,6 +1053,68 @@ mod tests {
 
     fn weights() -> Vec<f64> {
         (0..12).map(|i| 0.7f64.powi(i)).collect()
+    }
+
+    /// A record --vm recording's guest snapshots weigh 1 each, not the host event's unit:
+    /// they are neither rows nor part of the total of a host-sample diff.
+    #[test]
+    fn guest_snapshots_stay_out_of_host_sample_costs() {
+        use crate::aggregate::{AggregateOptions, Aggregator};
+        use crate::decode::CodeReader;
+        use crate::report::{self, Source};
+        use crate::symbols::{NoSymbols, SymbolTable};
+        use lbrprof_data::model::{
+            CpuMode, Event, Header, HostInfo, HostSample, SamplingConfig, Target,
+        };
+        let mut a = Aggregator::new(AggregateOptions {
+            run_starts: vec![0, 100],
+            ..AggregateOptions::default()
+        });
+        for time_ns in [10, 110] {
+            a.add(&Event::Sample(HostSample {
+                time_ns,
+                pid: 1,
+                tid: 1,
+                period: 1_000_000,
+                ip: 0x1000,
+                mode: CpuMode::User,
+                ..HostSample::default()
+            }));
+            let mut snap = crate::lbr::tests::snapshot(0, &[(0x400020, 0x400200, 0)]);
+            snap.host_time_ns = time_ns;
+            snap.guest_ip = 0x400100;
+            a.add(&Event::Snapshot(snap));
+        }
+        let p = a.finish();
+        let syms = SymbolTable::build(&p, &NoSymbols);
+        let header = Header {
+            writer: String::new(),
+            start_unix: 0,
+            start_monotonic_ns: 0,
+            host: HostInfo::default(),
+            sampling: SamplingConfig::default(),
+            target: Target::Command { argv: Vec::new() },
+        };
+        let source = Source {
+            format: "lbrprof.data",
+            path: "x",
+            header: &header,
+            notes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let rep = report::build(&p, &syms, source, &mut CodeReader::default());
+        assert!(rep.functions.iter().any(|f| f.side == Side::Guest));
+        let whole = counts(&rep, Metric::SelfSamples, false);
+        assert_eq!(whole.runs[0].total, 2_000_000);
+        assert_eq!(whole.runs[0].rows.values().sum::<u64>(), 2_000_000);
+        let runs = run_counts(&p, &syms, Metric::SelfSamples, &whole).unwrap();
+        assert_eq!(runs.runs.len(), 2);
+        for r in &runs.runs {
+            assert_eq!(
+                (r.total, r.rows.values().sum::<u64>()),
+                (1_000_000, 1_000_000)
+            );
+        }
     }
 
     #[test]
