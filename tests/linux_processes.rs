@@ -270,6 +270,27 @@ int main(void) {
             "{comm} {f} among the guest rows: {rows:#?}"
         );
     }
+    // --comm picks a guest process's snapshots (no host thread is called producer).
+    let only = lbrprof()
+        .args(["report", "--comm", "producer", "--format", "json", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        only.status.success(),
+        "{}",
+        String::from_utf8_lossy(&only.stderr)
+    );
+    let only: serde_json::Value = serde_json::from_slice(&only.stdout).unwrap();
+    let guest: Vec<&str> = only["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["side"] == "guest")
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert!(guest.contains(&"produce_numbers"), "{guest:?}");
+    assert!(!guest.contains(&"consume_number"), "{guest:?}");
     let info = lbrprof().arg("info").arg(&data).output().unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(

@@ -721,13 +721,38 @@ impl Aggregator {
         }
     }
 
-    pub fn add_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot) {
-        // Snapshots have no host thread or module to match: any filter but a time window
-        // drops them.
+    /// Whether a guest snapshot taken in address space `space` passes the filter:
+    /// `--pid` and `--comm` match the guest process (its pid and command), `--dso` the
+    /// module of the guest IP. Guest threads are not known: `--tid` drops snapshots.
+    fn keep_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot, space: u32) -> bool {
         let f = &self.opts.filter;
-        let by_thread_or_module =
-            !(f.pids.is_empty() && f.tids.is_empty() && f.comms.is_empty() && f.dsos.is_empty());
-        if by_thread_or_module || !f.keeps_time(snap.host_time_ns) {
+        if !f.keeps_time(snap.host_time_ns) || !f.tids.is_empty() {
+            return false;
+        }
+        let process = self.space_process.get(&space);
+        if !f.pids.is_empty() && !process.is_some_and(|p| f.pids.contains(&p.pid)) {
+            return false;
+        }
+        if !f.comms.is_empty() && !process.is_some_and(|p| f.comms.contains(&p.comm)) {
+            return false;
+        }
+        if !f.dsos.is_empty() {
+            let ip = self
+                .profile
+                .spaces
+                .resolve_guest_in(0, space, snap.guest_ip);
+            let m = self.profile.spaces.modules.get(ip.module);
+            if !f.dsos.iter().any(|d| *d == m.path || d == m.short_name()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn add_snapshot(&mut self, snap: &lbrprof_data::model::LbrSnapshot) {
+        // The guest process (address space) the snapshot was taken in, by its CR3.
+        let space = self.guest_spaces.get(&snap.cr3).copied().unwrap_or(0);
+        if !self.opts.filter.is_empty() && !self.keep_snapshot(snap, space) {
             self.profile.totals.filtered_out += 1;
             return;
         }
@@ -736,8 +761,6 @@ impl Aggregator {
         self.profile.totals.snapshots += 1;
         self.profile.totals.frozen += snap.frozen_events;
         let spaces = &mut self.profile.spaces;
-        // The guest process (address space) the snapshot was taken in, by its CR3.
-        let space = self.guest_spaces.get(&snap.cr3).copied().unwrap_or(0);
         self.vcpu_space.insert(snap.vcpu, space);
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
@@ -999,6 +1022,53 @@ mod tests {
         // Range from the older entry's target (0x80) to the newer entry's source (0x100).
         assert_eq!(p.ranges[&(l(0x80), l(0x100))], 2);
         assert_eq!(p.ranges.len(), 1);
+    }
+
+    #[test]
+    fn filters_pick_guest_snapshots_by_guest_process() {
+        let kept = |filter: Filter| {
+            let mut a = Aggregator::new(AggregateOptions {
+                filter,
+                ..AggregateOptions::default()
+            });
+            for (space, comm, root) in [(0, "sh", 0x1000), (1, "gzip", 0x2000)] {
+                a.add(&Event::GuestProcess(lbrprof_data::model::GuestProcess {
+                    time_ns: 0,
+                    vm: 0,
+                    space,
+                    pid: 10 + space,
+                    ppid: 1,
+                    comm: comm.into(),
+                    exe: format!("/bin/{comm}"),
+                    roots: vec![root],
+                }));
+            }
+            for cr3 in [0x1000, 0x2000, 0x2000] {
+                let mut snap = snapshot(0, &[(0x400020, 0x400200, 0)]);
+                snap.cr3 = cr3;
+                a.add(&Event::Snapshot(snap));
+            }
+            let t = a.finish().totals;
+            (t.snapshots, t.filtered_out)
+        };
+        let comms = |c: &str| Filter {
+            comms: vec![c.into()],
+            ..Filter::default()
+        };
+        assert_eq!(kept(comms("gzip")), (2, 1));
+        assert_eq!(kept(comms("sh")), (1, 2));
+        assert_eq!(kept(comms("vcpu0")), (0, 3));
+        let pids = Filter {
+            pids: vec![10],
+            ..Filter::default()
+        };
+        assert_eq!(kept(pids), (1, 2));
+        // Guest threads are unknown: a thread filter keeps no snapshot.
+        let tids = Filter {
+            tids: vec![11],
+            ..Filter::default()
+        };
+        assert_eq!(kept(tids), (0, 3));
     }
 
     #[test]

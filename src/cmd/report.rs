@@ -25,16 +25,19 @@ pub struct InputArgs {
     /// The recording to read: lbrprof.data or perf.data (detected by content).
     #[arg(short, long, value_name = "FILE", default_value = "lbrprof.data")]
     pub input: PathBuf,
-    /// Only samples of these process ids (comma-separated).
+    /// Only samples of these process ids (comma-separated). For `record --vm`
+    /// recordings also the guest snapshots of these guest processes.
     #[arg(long, value_delimiter = ',', value_name = "PID")]
     pub pid: Vec<u32>,
-    /// Only samples of these thread ids (comma-separated).
+    /// Only samples of these thread ids (comma-separated; keeps no guest snapshot).
     #[arg(long, value_delimiter = ',', value_name = "TID")]
     pub tid: Vec<u32>,
-    /// Only samples of threads with these command names (comma-separated).
+    /// Only samples of threads with these command names (comma-separated). For `record
+    /// --vm` recordings also the guest snapshots of guest processes with these names.
     #[arg(long, value_delimiter = ',', value_name = "COMM")]
     pub comm: Vec<String>,
-    /// Only samples whose instruction pointer is in these modules (file name or path).
+    /// Only samples whose instruction pointer is in these modules (file name or path);
+    /// guest snapshots by their guest IP.
     #[arg(long, value_delimiter = ',', value_name = "DSO")]
     pub dso: Vec<String>,
     /// Do not symbolize; show every location as module+offset.
