@@ -1060,12 +1060,8 @@ mod tests {
     #[test]
     fn guest_snapshots_stay_out_of_host_sample_costs() {
         use crate::aggregate::{AggregateOptions, Aggregator};
-        use crate::decode::CodeReader;
-        use crate::report::{self, Source};
         use crate::symbols::{NoSymbols, SymbolTable};
-        use lbrprof_data::model::{
-            CpuMode, Event, Header, HostInfo, HostSample, SamplingConfig, Target,
-        };
+        use lbrprof_data::model::{CpuMode, Event, HostSample};
         let mut a = Aggregator::new(AggregateOptions {
             run_starts: vec![0, 100],
             ..AggregateOptions::default()
@@ -1087,22 +1083,7 @@ mod tests {
         }
         let p = a.finish();
         let syms = SymbolTable::build(&p, &NoSymbols);
-        let header = Header {
-            writer: String::new(),
-            start_unix: 0,
-            start_monotonic_ns: 0,
-            host: HostInfo::default(),
-            sampling: SamplingConfig::default(),
-            target: Target::Command { argv: Vec::new() },
-        };
-        let source = Source {
-            format: "lbrprof.data",
-            path: "x",
-            header: &header,
-            notes: Vec::new(),
-            warnings: Vec::new(),
-        };
-        let rep = report::build(&p, &syms, source, &mut CodeReader::default());
+        let rep = crate::report::build_for_test(&p, &syms);
         assert!(rep.functions.iter().any(|f| f.side == Side::Guest));
         let whole = counts(&rep, Metric::SelfSamples, false);
         assert_eq!(whole.runs[0].total, 2_000_000);

@@ -367,6 +367,27 @@ pub fn function_counts(
     out
 }
 
+/// A report of `p` for tests: an empty `lbrprof.data` header of a command, no notes.
+#[cfg(test)]
+pub(crate) fn build_for_test(p: &Profile, syms: &SymbolTable) -> Report {
+    let header = Header {
+        writer: String::new(),
+        start_unix: 0,
+        start_monotonic_ns: 0,
+        host: lbrprof_data::model::HostInfo::default(),
+        sampling: lbrprof_data::model::SamplingConfig::default(),
+        target: Target::Command { argv: Vec::new() },
+    };
+    let source = Source {
+        format: "lbrprof.data",
+        path: "x",
+        header: &header,
+        notes: Vec::new(),
+        warnings: Vec::new(),
+    };
+    build(p, syms, source, &mut CodeReader::default())
+}
+
 /// Builds every table. `code` reads module bytes for instruction counts and branch
 /// classification (pass a fresh [`CodeReader`]).
 pub fn build(

@@ -339,11 +339,9 @@ fn per_module_parallel(
 mod tests {
     use super::*;
     use crate::aggregate::{AggregateOptions, Aggregator};
-    use crate::decode::CodeReader;
-    use crate::report::{self, Source};
+    use crate::report;
     use lbrprof_data::model::{
-        AddressSpace, Branch, BranchFlags, CpuMode, Event, Frame, Header, HostInfo, HostSample,
-        Mapping, SamplingConfig, Target,
+        AddressSpace, Branch, BranchFlags, CpuMode, Event, Frame, HostSample, Mapping,
     };
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -422,22 +420,7 @@ mod tests {
         let source = Layered::default();
         let mut syms = SymbolTable::build_functions(&p, &source);
         assert_eq!(source.full.load(Ordering::SeqCst), 0);
-        let header = Header {
-            writer: String::new(),
-            start_unix: 0,
-            start_monotonic_ns: 0,
-            host: HostInfo::default(),
-            sampling: SamplingConfig::default(),
-            target: Target::Command { argv: Vec::new() },
-        };
-        let src = || Source {
-            format: "lbrprof.data",
-            path: "x",
-            header: &header,
-            notes: Vec::new(),
-            warnings: Vec::new(),
-        };
-        let mut rep = report::build(&p, &syms, src(), &mut CodeReader::default());
+        let mut rep = report::build_for_test(&p, &syms);
         rep.truncate(1, 0.0);
         assert_eq!(rep.functions[0].function, "sym_0");
         assert_eq!(rep.branches.len(), 1);
@@ -494,22 +477,7 @@ mod tests {
         let p = a.finish();
         let source = Layered::default();
         let mut syms = SymbolTable::build_functions(&p, &source);
-        let header = Header {
-            writer: String::new(),
-            start_unix: 0,
-            start_monotonic_ns: 0,
-            host: HostInfo::default(),
-            sampling: SamplingConfig::default(),
-            target: Target::Command { argv: Vec::new() },
-        };
-        let src = Source {
-            format: "lbrprof.data",
-            path: "x",
-            header: &header,
-            notes: Vec::new(),
-            warnings: Vec::new(),
-        };
-        let mut rep = report::build(&p, &syms, src, &mut CodeReader::default());
+        let mut rep = report::build_for_test(&p, &syms);
         syms.add_lines(&p.spaces.modules, rep.shown_locs(), &source);
         rep.refresh_places(&p, &syms);
         let mut files: Vec<_> = rep
