@@ -1156,11 +1156,24 @@ fn firefox_export_of_a_guest_recording_is_the_golden_file() {
 /// `profiler-cli ARGS` (the Firefox Profiler's command-line edition) with its sessions
 /// under `home`; it must succeed.
 fn profiler_cli(home: &Path, args: &[&str]) -> String {
-    let out = Command::new("profiler-cli")
-        .args(args)
-        .env("HOME", home)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new("profiler-cli")
+            .args(args)
+            .env("HOME", home)
+            .output()
+            .unwrap()
+    };
+    let mut out = run();
+    // Its daemon gets 500 ms to start; on a loaded machine it may need longer, and the
+    // tool itself says retrying works (the daemon keeps starting meanwhile).
+    for _ in 0..5 {
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !said.contains("did not become ready") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        out = run();
+    }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
