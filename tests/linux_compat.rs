@@ -142,6 +142,32 @@ fn signals_interrupt_blocked_calls_like_natively() {
 }
 
 #[test]
+fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_write_intr", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "write to a full pipe, no SA_RESTART: -1 EINTR, handled 1",
+            "write to a full pipe, SA_RESTART: 1 ok, handled 1",
+            "large write interrupted: 65536 ok, handled 1",
+            "write with an ignored signal: 100000 ok, reader saw it all yes",
+        ] {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
 fn timer_signals_say_who_sent_them_like_natively() {
     if !kvm_available() {
         return;

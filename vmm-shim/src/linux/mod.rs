@@ -976,6 +976,12 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Suspend));
             }
             Block::Suspend => eintr,
+            Block::Write(w) if w.cut_short() && again => {
+                return Ok(self.block_again(task, pending, Block::Write(w)));
+            }
+            Block::Write(w) if w.cut_short() && w.wrote_nothing() && restarts => {
+                restart(&mut pending.regs, pending.nr)
+            }
             Block::Write(w) => match w.result {
                 Ok(n) => n as u64,
                 Err(e) => {
@@ -1021,7 +1027,7 @@ impl Process {
     /// host poll at once), and one already pending ends the wait at once.
     fn interruptible(&mut self, task: &mut Task, block: &Block) {
         use std::sync::atomic::Ordering;
-        if matches!(block, Block::Vfork { .. } | Block::Write(_)) {
+        if matches!(block, Block::Vfork { .. }) {
             return;
         }
         if !matches!(
