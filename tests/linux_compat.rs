@@ -142,6 +142,57 @@ fn signals_interrupt_blocked_calls_like_natively() {
 }
 
 #[test]
+fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_write_intr", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "write to a full pipe, no SA_RESTART: -1 EINTR, handled 1",
+            "write to a full pipe, SA_RESTART: 1 ok, handled 1",
+            "large write interrupted: 65536 ok, handled 1",
+            "write with an ignored signal: 100000 ok, reader saw it all yes",
+        ] {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
+fn timer_signals_say_who_sent_them_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_timer_info", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "setitimer: signo 14 code SI_KERNEL pid 0 uid 0",
+            "timer: signo 10 code SI_TIMER id matches yes overrun 0 value 42",
+            "blocked timer: code SI_TIMER value 7 overrun > 0 yes, timer_getoverrun agrees yes",
+        ] {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_identical(out, &native, &vm);
+    }
+}
+
+#[test]
 fn system_call_results_survive_a_storm_of_signals() {
     if !kvm_available() {
         return;

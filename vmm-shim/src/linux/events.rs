@@ -9,7 +9,7 @@
 //! handler or ends the process interrupts it (EINTR), and `epoll_pwait`'s signal mask
 //! applies while it waits.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -87,16 +87,90 @@ pub struct WriteBlock {
     file: Arc<OwnedFd>,
     /// The bytes, taken from the program when the call was made.
     data: Vec<u8>,
+    /// Bytes written so far (a wait that a signal cut short and that goes on keeps them).
+    done: usize,
     /// Bytes written, or the error, once run.
     pub(crate) result: Result<usize, Errno>,
 }
 
 impl WriteBlock {
-    /// Write everything, waiting for room as a blocking write does (a signal of the
-    /// shim's own restarts it, unless the VM stops: then what was written counts).
-    pub fn run(&mut self) {
-        self.result = host::write(self.file.as_fd(), &self.data);
+    /// Write everything, waiting for room as a blocking write does, until a signal
+    /// wakes `waiter` or the VM stops: then what was written counts, and nothing
+    /// written is EINTR (which `Process::finish_block` turns into a restart, or a wait
+    /// again when the signal does not interrupt the call), as Linux's pipe and socket
+    /// writes. The host descriptor stays blocking (its open file may be shared with
+    /// other programs), so the write never blocks on the host: it waits for POLLOUT in
+    /// slices, then writes what cannot block (a socket's send with MSG_DONTWAIT; at
+    /// most PIPE_BUF bytes to a pipe or terminal, which POLLOUT promises room for).
+    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
+        let fd = self.file.as_fd();
+        let socket = host::is_socket(fd);
+        let mut done = self.done;
+        let mut probe = [libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }];
+        let error = loop {
+            if done == self.data.len() {
+                break None;
+            }
+            if stop.load(Ordering::Acquire) || waiter.is_woken() {
+                break (done == 0).then_some(Errno(libc::EINTR));
+            }
+            match host::poll(&mut probe, STOP_POLL.as_millis() as i32) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(e) if e.0 == libc::EINTR => continue,
+                Err(e) => break Some(e),
+            }
+            let rest = &self.data[done..];
+            let wrote = if socket {
+                host::sendmsg(fd, rest, None, &[], libc::MSG_DONTWAIT)
+            } else {
+                host::write(fd, &rest[..rest.len().min(pipe_room(fd))])
+            };
+            match wrote {
+                Ok(n) => done += n,
+                Err(e) if e.0 == libc::EAGAIN || e.0 == libc::EINTR => {}
+                Err(e) => break Some(e),
+            }
+        };
+        self.done = done;
+        self.result = match error {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        };
     }
+
+    /// Whether a signal (or the VM's stop) ended it before it wrote everything.
+    pub fn cut_short(&self) -> bool {
+        match self.result {
+            Err(e) => e.0 == libc::EINTR,
+            Ok(n) => n < self.data.len(),
+        }
+    }
+
+    /// Whether it wrote nothing (an interrupted call that may be restarted).
+    pub fn wrote_nothing(&self) -> bool {
+        self.done == 0
+    }
+}
+
+/// Bytes a write to `fd` (writable: POLLOUT) takes without blocking: PIPE_BUF, or for a
+/// pipe the pages it has free past those its queued bytes may occupy (a page each, plus
+/// one partly read at the head).
+fn pipe_room(fd: BorrowedFd<'_>) -> usize {
+    const PAGE: i64 = 4096;
+    let floor = libc::PIPE_BUF;
+    let Ok(size) = host::fcntl_int(fd, libc::F_GETPIPE_SZ, 0) else {
+        return floor;
+    };
+    let Ok(queued) = host::ioctl_int(fd, libc::FIONREAD, 0) else {
+        return floor;
+    };
+    let free = size / PAGE - (i64::from(queued) + PAGE - 1) / PAGE - 1;
+    (free.max(0) * PAGE).max(floor as i64) as usize
 }
 
 impl Process {
@@ -151,6 +225,7 @@ impl Process {
         Some(Outcome::Block(Block::Write(WriteBlock {
             file,
             data,
+            done: 0,
             result: Ok(0),
         })))
     }

@@ -277,6 +277,14 @@ pub fn is_storage(fd: BorrowedFd<'_>) -> bool {
     r == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
 }
 
+pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live stat buffer.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
 pub fn fcntl_int(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> Result<i64, Errno> {
     // SAFETY: only called for commands whose argument is an integer.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };

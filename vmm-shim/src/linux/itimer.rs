@@ -4,16 +4,22 @@
 //! expires, as any signal from outside (its vCPUs are kicked, a blocked call is
 //! interrupted).
 //!
+//! The handler is told what Linux tells it: `si_code` SI_KERNEL for SIGALRM from
+//! `alarm`/`setitimer`, SI_TIMER with the timer's id, overrun count and `sigev_value` for
+//! a POSIX timer (an expiry while its signal is still pending counts as an overrun, which
+//! `timer_getoverrun` then reports).
+//!
 //! One host thread per process that ever armed the timer sleeps until the deadline
 //! (re-armed on each change through a condition variable) and ends with the process or
 //! the VM. Timers are not inherited by a fork child and survive an execve, as on Linux.
 //! Their expiry is real time: in exact mode they are not pinned like the clock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::linux::proc::Shared;
+use crate::linux::signal::{SI_KERNEL, SI_TIMER, SigInfo};
 use crate::linux::thread::STOP_POLL;
 
 /// A process's ITIMER_REAL, or one of its POSIX timers.
@@ -23,6 +29,10 @@ pub struct RealTimer {
     cv: Condvar,
     /// The signal it sends (0: none, SIGEV_NONE).
     signal: u64,
+    /// What the handler is told.
+    info: SigInfo,
+    /// The overrun count of its last delivered signal (`timer_getoverrun`).
+    overrun: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -36,12 +46,47 @@ struct State {
 }
 
 impl RealTimer {
-    /// A disarmed timer that sends `signal` (0: none).
-    pub fn new(signal: u64) -> RealTimer {
+    /// The process's ITIMER_REAL (`alarm`, `setitimer`): disarmed, sends SIGALRM from
+    /// the kernel (SI_KERNEL).
+    pub fn interval_timer() -> RealTimer {
+        let signal = libc::SIGALRM as u64;
         RealTimer {
             signal,
+            info: SigInfo {
+                signo: signal as i32,
+                code: SI_KERNEL,
+                ..SigInfo::default()
+            },
             ..RealTimer::default()
         }
+    }
+
+    /// POSIX timer `id`: disarmed, sends `signal` (0: none) with SI_TIMER and `value`
+    /// (its `sigev_value`).
+    pub fn posix(id: u64, signal: u64, value: u64) -> RealTimer {
+        RealTimer {
+            signal,
+            info: SigInfo {
+                signo: signal as i32,
+                code: SI_TIMER,
+                word: u64::from(id as u32),
+                value,
+                ..SigInfo::default()
+            },
+            ..RealTimer::default()
+        }
+    }
+
+    /// Its signal was delivered with `info`: remember the overrun for
+    /// `timer_getoverrun`.
+    pub fn delivered(&self, info: &SigInfo) {
+        self.overrun
+            .store((info.word >> 32) as u32, Ordering::Relaxed);
+    }
+
+    /// The overrun count of the last signal delivered (`timer_getoverrun`).
+    pub fn overrun(&self) -> u64 {
+        u64::from(self.overrun.load(Ordering::Relaxed))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -104,7 +149,7 @@ impl RealTimer {
             let slice = match s.deadline {
                 Some(d) if d <= now => {
                     if self.signal != 0 {
-                        shared.post(self.signal);
+                        shared.post_info(self.info);
                     }
                     s.deadline = (!s.interval.is_zero()).then(|| d + s.interval);
                     continue;
@@ -139,7 +184,7 @@ mod tests {
     #[test]
     fn it_fires_sigalrm_once_and_reports_what_is_left() {
         let shared: Arc<Shared> = Arc::default();
-        let t = Arc::new(RealTimer::new(libc::SIGALRM as u64));
+        let t = Arc::new(RealTimer::interval_timer());
         assert_eq!(t.get(), (Duration::ZERO, Duration::ZERO));
         let old = t.set(&shared, None, Duration::from_secs(100), Duration::ZERO);
         assert_eq!(old, (Duration::ZERO, Duration::ZERO));

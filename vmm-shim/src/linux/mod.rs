@@ -491,6 +491,9 @@ pub struct Process {
     pub(crate) itimer: Arc<itimer::RealTimer>,
     /// POSIX timers (timer_create), by id.
     pub(crate) timers: BTreeMap<u64, Arc<itimer::RealTimer>>,
+    /// The next POSIX timer id to try: Linux hands them out in increasing order (a
+    /// deleted timer's id is not reused at once).
+    pub(crate) next_timer: u64,
 }
 
 impl Drop for Process {
@@ -570,8 +573,9 @@ impl Process {
             lent: None,
             waiters: BTreeMap::new(),
             retired: Vec::new(),
-            itimer: Arc::new(itimer::RealTimer::new(libc::SIGALRM as u64)),
+            itimer: Arc::new(itimer::RealTimer::interval_timer()),
             timers: BTreeMap::new(),
+            next_timer: 0,
         }
     }
 
@@ -972,6 +976,12 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Suspend));
             }
             Block::Suspend => eintr,
+            Block::Write(w) if w.cut_short() && again => {
+                return Ok(self.block_again(task, pending, Block::Write(w)));
+            }
+            Block::Write(w) if w.cut_short() && w.wrote_nothing() && restarts => {
+                restart(&mut pending.regs, pending.nr)
+            }
             Block::Write(w) => match w.result {
                 Ok(n) => n as u64,
                 Err(e) => {
@@ -1017,7 +1027,7 @@ impl Process {
     /// host poll at once), and one already pending ends the wait at once.
     fn interruptible(&mut self, task: &mut Task, block: &Block) {
         use std::sync::atomic::Ordering;
-        if matches!(block, Block::Vfork { .. } | Block::Write(_)) {
+        if matches!(block, Block::Vfork { .. }) {
             return;
         }
         if !matches!(
@@ -1215,8 +1225,9 @@ impl Process {
             lent: lent.clone(),
             waiters: BTreeMap::new(),
             retired: Vec::new(),
-            itimer: Arc::new(itimer::RealTimer::new(libc::SIGALRM as u64)),
+            itimer: Arc::new(itimer::RealTimer::interval_timer()),
             timers: BTreeMap::new(),
+            next_timer: 0,
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -1540,12 +1551,12 @@ impl Process {
             let mut r = *regs;
             r.rip = regs.rcx;
             r.rflags = regs.r11;
-            let info = signal::SigInfo {
+            let info = self.sender_info(sig).unwrap_or(signal::SigInfo {
                 signo: sig as i32,
                 code: signal::SI_TKILL,
                 word: self.pid | (host::ids()[2] << 32),
                 ..Default::default()
-            };
+            });
             let fpu = vcpu.get_fpu().map_err(|source| VmError::Kvm {
                 op: "KVM_GET_FPU",
                 source,
@@ -1565,6 +1576,18 @@ impl Process {
             break;
         }
         Ok(None)
+    }
+
+    /// What the sender of `sig`, about to be delivered, said about it (a timer's
+    /// expiry: [`proc::Shared::post_info`]); a POSIX timer learns its overrun.
+    fn sender_info(&mut self, sig: u64) -> Option<signal::SigInfo> {
+        let info = self.shared.take_info(sig)?;
+        if info.code == signal::SI_TIMER
+            && let Some(t) = self.timers.get(&u64::from(info.word as u32))
+        {
+            t.delivered(&info);
+        }
+        Some(info)
     }
 
     /// A signal that came while `task`'s vCPU ran the program (it was kicked out of
@@ -1613,12 +1636,12 @@ impl Process {
                 }
                 _ => {}
             }
-            let info = signal::SigInfo {
+            let info = self.sender_info(sig).unwrap_or(signal::SigInfo {
                 signo: sig as i32,
                 code: signal::SI_USER,
                 word: host::ids()[2] << 32,
                 ..Default::default()
-            };
+            });
             let mut r = regs;
             let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
             if self.setup_frame(task, &mut r, act, info).is_err() {
@@ -1671,6 +1694,7 @@ impl Process {
             trapno: u64::from(vector),
             err,
             cr2: if vector == VEC_PF { cr2 } else { 0 },
+            value: 0,
         };
         let mut r = *regs;
         r.rip = frame.rip;

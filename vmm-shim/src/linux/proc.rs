@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::linux::LinuxReport;
 use crate::linux::mm::{Errno, FramePool};
+use crate::linux::signal::{SI_TIMER, SigInfo};
 use crate::linux::thread::Waiter;
 
 /// What every process of a VM shares.
@@ -73,6 +74,10 @@ pub struct Shared {
     /// Its threads blocked in a call a signal interrupts (sleeps, futex waits, polls,
     /// reads, waits for children, rt_sigsuspend).
     pub sleepers: Mutex<BTreeMap<u64, Arc<Waiter>>>,
+    /// What the handler is told about a signal in `signals` whose sender said more than
+    /// "a process sent it" (a timer's expiry), by signal number. A standard signal
+    /// already pending is not queued again, so the first sender's is kept, as Linux.
+    pub infos: Mutex<BTreeMap<u64, SigInfo>>,
 }
 
 impl Shared {
@@ -86,8 +91,53 @@ impl Shared {
     /// the first back takes it ([`crate::linux::Process::deliver_async`]).
     pub fn post(&self, sig: u64) {
         if (1..=64).contains(&sig) {
-            self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+            let mut infos = self.infos();
+            let old = self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+            if old & (1 << (sig - 1)) == 0 {
+                infos.remove(&sig);
+            }
         }
+        self.kick();
+    }
+
+    /// [`Self::post`] with what the handler is told. A POSIX timer that expires again
+    /// while its signal is still pending counts an overrun instead (`si_overrun`).
+    pub fn post_info(&self, info: SigInfo) {
+        let sig = info.signo as u64;
+        if !(1..=64).contains(&sig) {
+            return;
+        }
+        {
+            let mut infos = self.infos();
+            let old = self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+            if old & (1 << (sig - 1)) == 0 {
+                infos.insert(sig, info);
+            } else if let Some(i) = infos.get_mut(&sig)
+                && i.code == SI_TIMER
+                && info.code == SI_TIMER
+                && i.word as u32 == info.word as u32
+            {
+                let overrun = ((i.word >> 32) as u32)
+                    .saturating_add(1)
+                    .min(i32::MAX as u32);
+                i.word = (i.word & 0xffff_ffff) | (u64::from(overrun) << 32);
+            }
+        }
+        self.kick();
+    }
+
+    /// What the sender of pending signal `sig` said about it (taken: the signal is being
+    /// delivered), if more than that a process sent it.
+    pub fn take_info(&self, sig: u64) -> Option<SigInfo> {
+        self.infos().remove(&sig)
+    }
+
+    fn infos(&self) -> MutexGuard<'_, BTreeMap<u64, SigInfo>> {
+        self.infos.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kick the process's vCPUs out of the guest and wake its sleepers, for a signal.
+    fn kick(&self) {
         for &t in self.vcpus().values() {
             crate::vm::kick_thread(t);
         }
@@ -380,6 +430,37 @@ mod tests {
         assert_eq!(s.take(1 << 9), 0);
         assert_eq!(s.take(0), 1 << 9);
         assert_eq!(s.signals.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_timer_signal_keeps_the_first_senders_info_and_counts_overruns() {
+        let s = Shared::default();
+        let timer = |id: u64| SigInfo {
+            signo: 12,
+            code: SI_TIMER,
+            word: id,
+            value: 7,
+            ..SigInfo::default()
+        };
+        s.post_info(timer(3));
+        s.post_info(timer(3));
+        s.post_info(timer(3));
+        // Another timer with the same signal while it is pending: not its overrun.
+        s.post_info(timer(4));
+        // A plain post of a pending signal keeps the timer's info.
+        s.post(12);
+        assert_eq!(s.take(0), 1 << 11);
+        let i = s.take_info(12).unwrap();
+        assert_eq!(
+            (i.code, i.word as u32, i.word >> 32, i.value),
+            (SI_TIMER, 3, 2, 7)
+        );
+        assert!(s.take_info(12).is_none());
+        // Posted anew by a process: no stale info from before.
+        s.post_info(timer(3));
+        assert_eq!(s.take(0), 1 << 11);
+        s.post(12);
+        assert!(s.take_info(12).is_none());
     }
 
     #[test]

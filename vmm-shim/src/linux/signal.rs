@@ -43,14 +43,19 @@ const RFLAGS_DF: u64 = 1 << 10;
 pub const SI_USER: i32 = 0;
 pub const SI_TKILL: i32 = -6;
 pub const SI_KERNEL: i32 = 0x80;
+/// Sent by a POSIX timer's expiry (`timer_create`).
+pub const SI_TIMER: i32 = -2;
 
 /// What the handler is told about the signal.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SigInfo {
     pub signo: i32,
     pub code: i32,
-    /// `si_addr` for faults; for kill: (pid, uid) packed as two 32-bit words.
+    /// `si_addr` for faults; for kill: (pid, uid) packed as two 32-bit words; for a
+    /// POSIX timer: (timer id, overrun).
     pub word: u64,
+    /// The word after it: a POSIX timer's `si_value` (its `sigev_value`).
+    pub value: u64,
     /// The exception's vector and error code, CR2 (sigcontext trapno, err, cr2).
     pub trapno: u64,
     pub err: u64,
@@ -156,6 +161,7 @@ impl Process {
         si[0..4].copy_from_slice(&info.signo.to_le_bytes());
         si[8..12].copy_from_slice(&info.code.to_le_bytes());
         si[16..24].copy_from_slice(&info.word.to_le_bytes());
+        si[24..32].copy_from_slice(&info.value.to_le_bytes());
         self.mm.write(GuestVirtAddr(sp), &f)?;
         let sig = info.signo as u64;
         task.sigmask |= act.mask;

@@ -572,7 +572,11 @@ impl Process {
                 .ok_or(Errno::EINVAL)
                 .map(|t| t.get())
                 .and_then(|v| self.out_itimerspec(a[1], v).map(|()| 0)),
-            Sysno::timer_getoverrun => self.timers.get(&a[0]).ok_or(Errno::EINVAL).map(|_| 0),
+            Sysno::timer_getoverrun => self
+                .timers
+                .get(&a[0])
+                .ok_or(Errno::EINVAL)
+                .map(|t| t.overrun()),
             Sysno::timer_delete => match self.timers.remove(&a[0]) {
                 Some(t) => {
                     let stop = crate::vm::stop_flag();
@@ -1194,24 +1198,31 @@ impl Process {
         ) {
             return Err(Errno::EINVAL);
         }
+        let id = (0..=i32::MAX as u64)
+            .map(|i| (self.next_timer + i) % (i32::MAX as u64 + 1))
+            .find(|i| !self.timers.contains_key(i))
+            .ok_or(Errno(libc::EAGAIN))?;
         // struct sigevent: sigev_value (8), sigev_signo (int), sigev_notify (int), ...
-        let signal = if sevp == 0 {
-            libc::SIGALRM as u64
+        // Without one: SIGALRM with the timer's id as the value, as Linux.
+        let (signal, value) = if sevp == 0 {
+            (libc::SIGALRM as u64, id)
         } else {
+            let value = self.mm.read_u64(sevp)?;
             let w = self
                 .mm
                 .read_u64(sevp.checked_add(8).ok_or(Errno::EFAULT)?)?;
             let (signo, notify) = (w as u32 as i32, (w >> 32) as u32 as i32);
-            match notify {
+            let signal = match notify {
                 libc::SIGEV_NONE => 0,
                 libc::SIGEV_SIGNAL if (1..=64).contains(&signo) => signo as u64,
                 _ => return Err(Errno::EINVAL),
-            }
+            };
+            (signal, value)
         };
-        let id = (0..).find(|i| !self.timers.contains_key(i)).unwrap_or(0);
         self.out(id_out, &(id as i32).to_le_bytes())?;
+        self.next_timer = id + 1;
         self.timers
-            .insert(id, Arc::new(itimer::RealTimer::new(signal)));
+            .insert(id, Arc::new(itimer::RealTimer::posix(id, signal, value)));
         Ok(0)
     }
 

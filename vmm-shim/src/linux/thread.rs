@@ -271,7 +271,7 @@ impl Block {
                 true
             }
             Block::Write(w) => {
-                w.run();
+                w.run(waiter, stop);
                 true
             }
         }
