@@ -427,7 +427,9 @@ fn in_address_order<A: Copy + Ord>(
     mut f: impl FnMut(&A) -> Symbolized,
 ) -> Vec<Symbolized> {
     let mut order: Vec<usize> = (0..addrs.len()).collect();
-    order.sort_unstable_by_key(|i| addrs[*i]);
+    if !addrs.is_sorted() {
+        order.sort_unstable_by_key(|i| addrs[*i]);
+    }
     let mut out = vec![Symbolized::unknown(); addrs.len()];
     let mut previous: Option<usize> = None;
     for i in order {
