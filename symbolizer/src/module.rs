@@ -26,6 +26,10 @@ use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer
 /// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
 type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 
+/// A map hashed with aHash: the interner is probed for every frame of every lookup
+/// (SipHash was ~7% of a run).
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// What an interned string was rendered from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Rendered {
@@ -42,8 +46,7 @@ enum Rendered {
 /// they were rendered from (bytes that live as long as the module).
 #[derive(Default)]
 struct Interner {
-    /// aHash: every frame of every lookup probes this map (SipHash was ~7% of a run).
-    index: HashMap<(usize, usize, Rendered), u32, ahash::RandomState>,
+    index: FastMap<(usize, usize, Rendered), u32>,
     strings: Vec<Box<str>>,
 }
 
@@ -139,7 +142,7 @@ pub struct Module {
     /// Per compilation unit (by `.debug_info` offset), its line rows' (address,
     /// discriminator), sorted; empty when the unit has no discriminators. Built on first
     /// need, for [`Module::visit`] only.
-    discriminators: RefCell<HashMap<usize, Vec<(u64, u32)>, ahash::RandomState>>,
+    discriminators: RefCell<FastMap<usize, Vec<(u64, u32)>>>,
     /// Whether `.debug_line` may set discriminators at all (see
     /// [`may_set_discriminators`]); when not, no address's unit is looked up for one.
     any_discriminators: OnceLock<bool>,
