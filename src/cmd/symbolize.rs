@@ -139,6 +139,29 @@ fn parse_addr(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("invalid address {s:?} (expected hexadecimal)"))
 }
 
+/// [`parse_addr`] for a word of input: plain hex digits (with or without `0x`) are parsed
+/// here, anything else as [`parse_addr`] does (which gives the error).
+fn parse_addr_bytes(word: &[u8]) -> anyhow::Result<u64> {
+    let digits = match word {
+        [b'0', b'x' | b'X', rest @ ..] => rest,
+        _ => word,
+    };
+    if (1..=16).contains(&digits.len()) {
+        let mut value = 0u64;
+        for &b in digits {
+            let nibble = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return parse_addr(&String::from_utf8_lossy(word)),
+            };
+            value = value << 4 | u64::from(nibble);
+        }
+        return Ok(value);
+    }
+    parse_addr(&String::from_utf8_lossy(word))
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = SymbolizerOptions {
         debug_dirs: args.debug_dirs,
@@ -226,15 +249,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .is_some_and(|m| m.is_file());
         let batch_size = if from_file { BIG_BATCH } else { PIPE_BATCH };
         let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
-        let mut line = String::new();
+        // Bytes, not a String: no UTF-8 check of every line, and hex parsed by hand.
+        let mut line = Vec::new();
         let mut pending = Vec::new();
         loop {
             line.clear();
             let n = input
-                .read_line(&mut line)
+                .read_until(b'\n', &mut line)
                 .context("cannot read addresses from standard input")?;
-            for word in line.split_whitespace() {
-                pending.push(parse_addr(word)?);
+            for word in line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+            {
+                pending.push(parse_addr_bytes(word)?);
             }
             // Flush when the input pauses (or ends), so an interactive caller gets answers.
             let paused = !from_file && input.buffer().is_empty();
@@ -474,6 +501,31 @@ mod tests {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("symbolize").chain(argv.iter().copied()))
             .map(|c| c.args)
+    }
+
+    #[test]
+    fn input_words_parse_as_parse_addr_does() {
+        for word in [
+            "0",
+            "0x0",
+            "0X1f",
+            "ffffffffffffffff",
+            "0xFFFFffff00000001",
+            "+ff",
+            "12345678abcdefAB",
+        ] {
+            assert_eq!(
+                parse_addr_bytes(word.as_bytes()).unwrap(),
+                parse_addr(word).unwrap(),
+                "{word}"
+            );
+        }
+        for word in ["0x", "xyz", "0x10000000000000000", "-1", "0x1g"] {
+            assert!(parse_addr(word).is_err(), "{word}");
+            let e = parse_addr_bytes(word.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("invalid address"), "{word}: {e}");
+        }
+        assert!(parse_addr_bytes(b"\xff\xfe").is_err());
     }
 
     #[test]

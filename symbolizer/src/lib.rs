@@ -56,7 +56,9 @@
 //! # Performance
 //! A batch is looked up in address order, each distinct address once, so units, functions
 //! and line tables are walked in order; rendered names and paths are interned per module.
-//! [`Symbolizer::visit_svma`] lends frames without copying strings, for bulk output.
+//! [`Symbolizer::visit_svma`] lends frames without copying strings, for bulk output; its
+//! line discriminators cost a second unit lookup per address, skipped for a module whose
+//! `.debug_line` sets none (rustc's and clang's, usually).
 //! `bench/symbolize` compares with addr2line and llvm-symbolizer.
 //!
 //! # Failure model
@@ -427,7 +429,9 @@ fn in_address_order<A: Copy + Ord>(
     mut f: impl FnMut(&A) -> Symbolized,
 ) -> Vec<Symbolized> {
     let mut order: Vec<usize> = (0..addrs.len()).collect();
-    order.sort_unstable_by_key(|i| addrs[*i]);
+    if !addrs.is_sorted() {
+        order.sort_unstable_by_key(|i| addrs[*i]);
+    }
     let mut out = vec![Symbolized::unknown(); addrs.len()];
     let mut previous: Option<usize> = None;
     for i in order {
