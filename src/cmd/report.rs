@@ -54,9 +54,10 @@ pub struct InputArgs {
     /// Kernel symbols from this kallsyms file instead of /proc/kallsyms.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
-    /// Only samples of this event, for a perf.data file that holds several; `all` counts
-    /// every event's samples together. Default: `report` prints one section per event
-    /// (as perf report does); other commands need one chosen.
+    /// Only samples of this event, for a recording that holds several (perf.data, or
+    /// `lbrprof record -e A,B`); `all` counts every event's samples together. Default:
+    /// `report` prints one section per event (as perf report does); other commands need
+    /// one chosen.
     #[arg(long, value_name = "NAME|all")]
     pub event: Option<String>,
     /// Only samples in these time windows: `START,END` in perf's sample time (seconds,
