@@ -1,6 +1,7 @@
-//! `record -e EVENT` and `-c PERIOD`: software events, tracepoints (from tracefs) and a
-//! clear error for hardware events where there is no PMU, checked against perf on the
-//! same workload (`tests/workloads/sort_keys.c`).
+//! `record -e EVENT[,EVENT...]` and `-c PERIOD`: software events, tracepoints (from
+//! tracefs), several events in one recording (each sample keeps its event), and a clear
+//! error for hardware events where there is no PMU, checked against perf on the same
+//! workload (`tests/workloads/sort_keys.c`).
 
 mod common;
 
@@ -43,6 +44,11 @@ fn report_json(data: &Path, extra: &[&str]) -> serde_json::Value {
 
 /// `perf stat -e EVENT -x,` of a command: the event's count.
 fn perf_stat(event: &str, cmd: &[&str]) -> u64 {
+    perf_stat_value(event, cmd) as u64
+}
+
+/// `perf stat -e EVENT -x,` of a command: the event's value (msec for task-clock).
+fn perf_stat_value(event: &str, cmd: &[&str]) -> f64 {
     let out = Command::new("perf")
         .args(["stat", "-x", ",", "-e", event, "--"])
         .args(cmd)
@@ -151,13 +157,17 @@ fn tracepoint_samples_every_hit_with_stacks() {
 fn unknown_and_unavailable_events_are_one_line_errors() {
     for (event, says) in [
         ("bogus", "unknown event 'bogus'"),
-        ("cpu-clock,task-clock", "one event per recording"),
         ("nosuch:thing", "tracepoint"),
+        ("cpu-clock,bogus", "unknown event 'bogus'"),
+        ("cpu-clock,nosuch:thing", "no tracepoint 'nosuch:thing'"),
+        ("cpu-clock,cpu-clock", "event 'cpu-clock' is given twice"),
+        ("auto,page-faults", "-e auto cannot be combined"),
     ] {
         let out = common::run(&["record", "-e", event, "--", "true"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{event}: {err}");
         assert!(err.contains(says), "{event}: {err}");
+        assert_eq!(err.lines().count(), 1, "{event}: {err}");
     }
     if !common::perf_available() {
         return;
@@ -283,4 +293,151 @@ fn system_wide_and_per_cpu_recordings() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("error"), "{args:?}: {err}");
     }
+}
+
+/// `info`'s `event: NAME: N samples` lines.
+fn info_event_counts(info: &str) -> Vec<(String, u64)> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("event:         "))
+        .filter_map(|l| l.strip_suffix(" samples"))
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(name, n)| (name.to_owned(), n.parse().unwrap()))
+        .collect()
+}
+
+/// `report`'s section headers, `# Samples: N of event 'X'`.
+fn report_sections(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# Samples: "))
+        .filter_map(|l| l.split_once(" of event '"))
+        .map(|(n, e)| (e.trim_end_matches('\'').to_owned(), n.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn several_events_in_one_recording() {
+    if !common::perf_available() || !have("gcc") || !have("perf") || !tracefs() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "sort_keys");
+    let exe = exe.to_str().unwrap();
+    let data = tmp.path().join("three.data");
+    let d = data.to_str().unwrap();
+    // A list and a repeated -e, as perf takes them.
+    let out = common::run(&[
+        "record",
+        "-o",
+        d,
+        "-e",
+        "cpu-clock,task-clock",
+        "-e",
+        "sched:sched_switch",
+        "--",
+        exe,
+        "300000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("events cpu-clock,task-clock,sched:sched_switch ("),
+        "{err}"
+    );
+    let info = common::ok(&["info", d]);
+    let counts = info_event_counts(&info);
+    let names: Vec<&str> = counts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["cpu-clock", "task-clock", "sched:sched_switch"],
+        "{info}"
+    );
+    let count = |name: &str| counts.iter().find(|(n, _)| n == name).unwrap().1;
+    let (clock, task, switches) = (
+        count("cpu-clock"),
+        count("task-clock"),
+        count("sched:sched_switch"),
+    );
+    // Side band is recorded once, not once per event: one exec of the workload.
+    assert!(info.contains(" 1 exec,"), "{info}");
+    // Both clocks tick at -F 999 on the same threads: about 999 samples per second of
+    // the CPU time perf stat measures for the program.
+    let cpu_ms = perf_stat_value("task-clock", &[exe, "300000"]);
+    for (name, n) in [("cpu-clock", clock), ("task-clock", task)] {
+        let expect = cpu_ms * 0.999;
+        assert!(
+            (n as f64 - expect).abs() <= expect * 0.3 + 5.0,
+            "{name}: {n} samples, perf stat says {cpu_ms} ms of CPU time"
+        );
+    }
+    assert!(clock.abs_diff(task) <= clock / 5 + 3, "{counts:?}");
+    // The workload's threads block (join, wait): the tracepoint hits, each a sample.
+    assert!(switches >= 3, "{counts:?}");
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    assert!(info.contains(&format!("samples:       {total} ")), "{info}");
+
+    // report: one section per event, with the counts info gives.
+    let text = common::ok(&["report", "-i", d]);
+    assert_eq!(report_sections(&text), counts, "{text}");
+    // --event NAME: that event alone, the stream and the fast path alike.
+    for (name, n) in &counts {
+        let j = report_json(&data, &["--event", name]);
+        assert_eq!(j["meta"]["event"], name.as_str(), "{j}");
+        assert_eq!(j["meta"]["samples"].as_u64(), Some(*n), "{name}");
+        let streamed = common::lbrprof()
+            .env("LBRPROF_STREAM", "1")
+            .args(["report", "-i", d, "--format", "json", "--event", name])
+            .output()
+            .unwrap();
+        let streamed: serde_json::Value = serde_json::from_slice(&streamed.stdout).unwrap();
+        assert_eq!(streamed["meta"]["samples"].as_u64(), Some(*n), "{name}");
+    }
+    // A tracepoint sample stands for one hit.
+    let j = report_json(&data, &["--event", "sched:sched_switch"]);
+    assert_eq!(j["meta"]["weight"].as_u64(), Some(switches), "{j}");
+    let j = report_json(&data, &["--event", "all"]);
+    assert_eq!(j["meta"]["samples"].as_u64(), Some(total));
+
+    // One-profile outputs refuse to add the events up, naming them; --event picks one.
+    let svg = tmp.path().join("f.svg");
+    let s = svg.to_str().unwrap();
+    let out = common::run(&["flamegraph", "-i", d, "-o", s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cpu-clock, task-clock, sched:sched_switch") && err.lines().count() == 1,
+        "{err}"
+    );
+    common::ok(&["flamegraph", "-i", d, "-o", s, "--event", "task-clock"]);
+    let pprof = tmp.path().join("out.pb.gz");
+    let p = pprof.to_str().unwrap();
+    let out = common::run(&["export", "-i", d, "--pprof", "-o", p]);
+    assert_eq!(out.status.code(), Some(2));
+    common::ok(&[
+        "export",
+        "-i",
+        d,
+        "--pprof",
+        "-o",
+        p,
+        "--event",
+        "cpu-clock",
+    ]);
+    let folded = common::ok(&[
+        "report",
+        "-i",
+        d,
+        "--format",
+        "folded",
+        "--event",
+        "sched:sched_switch",
+    ]);
+    let weight: u64 = folded
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(weight, switches, "{folded}");
+    let out = common::run(&["report", "-i", d, "--event", "cycles"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no event named \"cycles\""), "{err}");
 }

@@ -853,6 +853,7 @@ fn synthetic_recording() -> (PathBuf, tempfile::TempDir) {
     };
     for i in 0..100u64 {
         sink.send(Event::Sample(HostSample {
+            event: 0,
             time_ns: 1_000 + i,
             pid: 7,
             tid: 7,

@@ -188,6 +188,9 @@ impl fmt::Display for HostFacts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SamplingRequest {
     pub event: EventRequest,
+    /// Further events sampled beside `event` (`-e A,B,...`), in order; each sample
+    /// records which one took it.
+    pub more_events: Vec<EventKind>,
     pub branches: BranchRequest,
     pub call_graph: CallGraph,
 }
@@ -425,12 +428,32 @@ impl EventKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SamplingChoice {
     pub event: EventKind,
+    /// Further events, sampled beside `event` on the same ring buffers.
+    pub more_events: Vec<EventKind>,
     pub branch_stacks: bool,
     pub call_graph: CallGraph,
     /// Sample kernel IPs and kernel call chains.
     pub kernel: bool,
     /// One line: why this event, branch setting and kernel setting.
     pub reason: String,
+}
+
+impl SamplingChoice {
+    /// Every sampled event, `event` first: a sample's event index is its place here.
+    pub fn events(&self) -> Vec<EventKind> {
+        std::iter::once(self.event.clone())
+            .chain(self.more_events.iter().cloned())
+            .collect()
+    }
+
+    /// The sampled events by perf's name, joined with commas.
+    pub fn event_names(&self) -> String {
+        self.events()
+            .iter()
+            .map(EventKind::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// A request this host cannot satisfy.
@@ -490,7 +513,19 @@ pub fn decide(facts: &HostFacts, req: SamplingRequest) -> Result<SamplingChoice,
         }
         EventRequest::Event(e) => (e, "requested".into()),
     };
-    let lbr_missing_why = if event != EventKind::Cycles {
+    if let Some(e) = req
+        .more_events
+        .iter()
+        .find(|e| e.is_hardware() && !facts.pmu_present())
+    {
+        return Err(DecisionError::NoPmuFor {
+            event: e.name(),
+            why: no_pmu_why,
+        });
+    }
+    let lbr_missing_why = if !req.more_events.is_empty() {
+        "branch stacks need the cycles event alone"
+    } else if event != EventKind::Cycles {
         if facts.pmu_present() {
             "branch stacks need the cycles event"
         } else {
@@ -520,12 +555,18 @@ pub fn decide(facts: &HostFacts, req: SamplingRequest) -> Result<SamplingChoice,
     } else {
         "user space only (perf_event_paranoid >= 2 and not privileged)"
     };
+    let names = std::iter::once(&event)
+        .chain(&req.more_events)
+        .map(EventKind::name)
+        .collect::<Vec<_>>();
     let reason = format!(
-        "event {} ({event_why}); {branch_why}; {kernel_why}",
-        event.name()
+        "event{} {} ({event_why}); {branch_why}; {kernel_why}",
+        if names.len() > 1 { "s" } else { "" },
+        names.join(", ")
     );
     Ok(SamplingChoice {
         event,
+        more_events: req.more_events,
         branch_stacks,
         call_graph: req.call_graph,
         kernel,
@@ -617,6 +658,7 @@ mod tests {
     fn req(event: EventRequest, branches: BranchRequest, call_graph: CallGraph) -> SamplingRequest {
         SamplingRequest {
             event,
+            more_events: Vec::new(),
             branches,
             call_graph,
         }
@@ -624,6 +666,7 @@ mod tests {
 
     const AUTO: SamplingRequest = SamplingRequest {
         event: EventRequest::Auto,
+        more_events: Vec::new(),
         branches: BranchRequest::Auto,
         call_graph: CallGraph::Fp,
     };
@@ -878,5 +921,39 @@ mod tests {
         let c = decide(&no_pmu(), sw).unwrap();
         assert_eq!(c.event.name(), "page-faults");
         assert!(!c.branch_stacks);
+    }
+
+    #[test]
+    fn several_events_are_checked_each_and_named_in_order() {
+        let two = SamplingRequest {
+            event: EventRequest::CpuClock,
+            more_events: vec![EventKind::Software(SoftwareEvent::TaskClock)],
+            ..AUTO
+        };
+        let c = decide(&no_pmu(), two.clone()).unwrap();
+        assert_eq!(c.event_names(), "cpu-clock,task-clock");
+        assert!(
+            c.reason.contains("events cpu-clock, task-clock"),
+            "{}",
+            c.reason
+        );
+        // Branch stacks come with cycles alone, even where the PMU has LBR.
+        let with_cycles = SamplingRequest {
+            event: EventRequest::Cycles,
+            ..two.clone()
+        };
+        let c = decide(&intel_with_lbr(), with_cycles).unwrap();
+        assert!(
+            !c.branch_stacks && c.reason.contains("alone"),
+            "{}",
+            c.reason
+        );
+        // A hardware event among them needs a PMU, and the error names it.
+        let hw = SamplingRequest {
+            more_events: vec![EventKind::Hardware(HardwareEvent::BranchMisses)],
+            ..two
+        };
+        let err = decide(&no_pmu(), hw).unwrap_err();
+        assert!(err.to_string().contains("'branch-misses'"), "{err}");
     }
 }

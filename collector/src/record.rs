@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::host::{DecisionError, HostFacts, SamplingChoice, SamplingRequest, decide};
+use crate::host::{DecisionError, EventKind, HostFacts, SamplingChoice, SamplingRequest, decide};
 use crate::model::{Event, Header, SamplingConfig, Target};
 use crate::recording::{EventSink, FormatError, RecordingWriter, Replace, RunInfo, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
@@ -272,6 +272,7 @@ impl Recorder {
         let sink = writer.sink();
         let config = SamplerConfig {
             event: choice.event.clone(),
+            more_events: choice.more_events.clone(),
             frequency: opts.frequency,
             period: opts.period,
             branch_stacks: choice.branch_stacks,
@@ -296,6 +297,7 @@ impl Recorder {
         };
         let mut send = |e: Event| sink.send(e);
         let mut totals = crate::sampler::RingStats::default();
+        let mut event_samples: Vec<u64> = Vec::new();
         let mut unwind_totals: Option<crate::dwarf::UnwindStats> = None;
         let mut runs: Vec<RunInfo> = Vec::new();
         let mut run_notes: Vec<String> = Vec::new();
@@ -329,6 +331,13 @@ impl Recorder {
                 t.frames += u.frames;
                 t.unknown_process += u.unknown_process;
                 t.unusable_mappings += u.unusable_mappings;
+            }
+            if !choice.more_events.is_empty() {
+                let per_event = running.sampler.samples_per_event();
+                event_samples.resize(per_event.len().max(event_samples.len()), 0);
+                for (total, n) in event_samples.iter_mut().zip(per_event) {
+                    *total += n;
+                }
             }
             totals.samples += stats.samples;
             totals.lost += stats.lost;
@@ -404,6 +413,7 @@ impl Recorder {
             exit_status: exit.map(ChildExit::shell_code),
             notes,
             runs,
+            event_samples,
         };
         writer
             .finish(&summary)
@@ -732,6 +742,10 @@ pub(crate) fn header(
         start_monotonic_ns,
         host: facts.host_info(choice),
         sampling: SamplingConfig {
+            events: match choice.more_events.is_empty() {
+                true => Vec::new(),
+                false => choice.events().iter().map(EventKind::name).collect(),
+            },
             event: choice.event.name(),
             event_reason: choice.reason.clone(),
             // One or the other, as perf's attr (sample_freq or sample_period).

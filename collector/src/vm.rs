@@ -358,6 +358,7 @@ pub fn record_vm(
 
     let config = SamplerConfig {
         event: choice.event.clone(),
+        more_events: choice.more_events.clone(),
         frequency,
         period: None,
         branch_stacks: choice.branch_stacks,
@@ -522,6 +523,7 @@ pub fn record_vm(
         Outcome::Exited(_) | Outcome::PowerOff => {}
     }
     let summary = Summary {
+        event_samples: Vec::new(),
         duration_ns: now.saturating_sub(start_monotonic_ns),
         samples: sampler_stats.samples,
         snapshots: run.snapshots,
@@ -952,6 +954,7 @@ mod tests {
             frequency,
             request: SamplingRequest {
                 event: crate::host::EventRequest::Auto,
+                more_events: Vec::new(),
                 branches: crate::host::BranchRequest::Auto,
                 call_graph: crate::host::CallGraph::Fp,
             },

@@ -225,18 +225,18 @@ impl Input {
     /// Chooses the event whose samples are read, before anything is read (`--event`):
     /// `Some(NAME)` only those of event NAME; `Some("all")` and `None` read every
     /// event's samples (see [`Input::several_events`] for what `None` should
-    /// become). lbrprof.data holds one event.
+    /// become).
     pub fn select_event(&mut self, choice: Option<&str>) -> Result<(), InputError> {
         let Some(name) = choice.filter(|c| *c != "all") else {
             return Ok(());
         };
         let choices: Vec<String> = match &self.source {
             Source::Perf(r) => r.event_choices().into_iter().map(str::to_owned).collect(),
-            Source::Lbrprof(r) => vec![r.header().sampling.event.clone()],
+            Source::Lbrprof(r) => r.event_names(),
         };
         let found = match &mut self.source {
             Source::Perf(r) => r.select_event(name),
-            Source::Lbrprof(_) => choices.iter().any(|c| c == name),
+            Source::Lbrprof(r) => r.select_event(name),
         };
         if found {
             return Ok(());
@@ -253,20 +253,27 @@ impl Input {
     /// file shows one event at a time, as perf report's sections do, reading the file
     /// again for each.
     pub fn several_events(&self) -> Option<Vec<String>> {
-        match &self.source {
+        let sampled = match &self.source {
             Source::Perf(r) if r.selected_event().is_none() => {
-                let sampled = r.sampled_events();
-                (sampled.len() > 1).then(|| sampled.into_iter().map(str::to_owned).collect())
+                r.sampled_events().into_iter().map(str::to_owned).collect()
             }
-            _ => None,
-        }
+            Source::Lbrprof(r) if r.selected_event().is_none() => lbrprof_sampled(r),
+            _ => return None,
+        };
+        (sampled.len() > 1).then_some(sampled)
     }
 
     /// The name of the sampled event(s), known once the stream has ended: for perf.data
     /// the events that really have samples (the header names the first one in the file).
     pub fn sampled_event(&self) -> Option<String> {
         match &self.source {
-            Source::Lbrprof(_) => None,
+            Source::Lbrprof(r) => {
+                if let Some(name) = r.selected_event() {
+                    return Some(name);
+                }
+                let names = r.event_names();
+                (names.len() > 1).then(|| lbrprof_sampled(r).join(", "))
+            }
             Source::Perf(r) => {
                 if let Some(name) = r.selected_event() {
                     return Some(name.to_owned());
@@ -288,6 +295,22 @@ impl Input {
                         "the recording has no end-of-recording summary (the recorder did not finish)"
                             .to_owned(),
                     );
+                }
+                let sampled = lbrprof_sampled(r);
+                if sampled.len() > 1 {
+                    notes.push(match r.selected_event() {
+                        Some(name) => format!(
+                            "the recording holds samples of {} events ({}); this shows {name} \
+                             (choose with --event NAME, or --event all)",
+                            sampled.len(),
+                            sampled.join(", ")
+                        ),
+                        None => format!(
+                            "samples of {} events ({}) are counted together",
+                            sampled.len(),
+                            sampled.join(", ")
+                        ),
+                    });
                 }
                 notes
             }
@@ -322,6 +345,36 @@ impl Input {
                 }
                 notes
             }
+        }
+    }
+}
+
+/// The events of an lbrprof.data recording that have samples, in index order: by the
+/// summary's counts or what the stream counted; every event of the header when neither
+/// knows (a recording without its summary, read the fast way).
+fn lbrprof_sampled(r: &RecordingReader) -> Vec<String> {
+    let counts = r.samples_per_event();
+    if counts.len() < 2 {
+        return Vec::new();
+    }
+    if counts.iter().all(|(_, n)| *n == 0) {
+        return counts.into_iter().map(|(name, _)| name).collect();
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+impl Input {
+    /// Each sampled event's name and sample count, for `info`: a perf.data file's every
+    /// event attribute, an lbrprof.data recording's events (counted once the stream has
+    /// ended, or from its summary).
+    pub fn samples_per_event(&self) -> Vec<(String, u64)> {
+        match &self.source {
+            Source::Perf(r) => r.events().map(|(n, c)| (n.to_owned(), c)).collect(),
+            Source::Lbrprof(r) => r.samples_per_event(),
         }
     }
 }

@@ -115,6 +115,11 @@ pub struct HostSample {
     pub branches: Vec<Branch>,
     /// PERF_SAMPLE_BRANCH_HW_INDEX, when recorded.
     pub branch_hw_index: Option<u64>,
+    /// Which event took it: an index into [`SamplingConfig::events`] (0 in a recording
+    /// of one event). Not part of the sample's own encoding: a recording of several
+    /// events stores it beside each sample (chunk kind 12, see [`crate::recording`]).
+    #[serde(skip)]
+    pub event: u32,
 }
 
 /// Where an executable mapping lives.
@@ -348,6 +353,21 @@ pub struct SamplingConfig {
     pub branch_stacks: bool,
     /// "fp" or "lbr".
     pub call_graph: String,
+    /// Every sampled event by perf's name, in the order of [`HostSample::event`], when
+    /// there are several (`record -e A,B`); empty for one (then it is `event`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+impl SamplingConfig {
+    /// The sampled events by name, in [`HostSample::event`] order (one or more).
+    pub fn event_names(&self) -> Vec<String> {
+        if self.events.is_empty() {
+            vec![self.event.clone()]
+        } else {
+            self.events.clone()
+        }
+    }
 }
 
 /// What was profiled.

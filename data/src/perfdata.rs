@@ -1141,6 +1141,7 @@ fn header_of(perf_file: &linux_perf_data::PerfFile, path: &Path) -> Header {
         start_monotonic_ns: start_ns,
         host,
         sampling: SamplingConfig {
+            events: Vec::new(),
             event,
             event_reason: "imported from perf.data".to_owned(),
             frequency,
@@ -1605,6 +1606,7 @@ pub fn decode_sample(
 /// The model's sample for a decoded body.
 fn sample_of(r: &RawSample<'_>, le: bool, layout: SampleLayout, mode: CpuMode) -> HostSample {
     HostSample {
+        event: 0,
         time_ns: r.time_ns,
         pid: r.pid,
         tid: r.tid,

@@ -34,11 +34,21 @@
 //!     11  Vec<model::ExactProfile>: exact mode's per-vCPU instruction and call
 //!         counts, written at the end
 //!         (1.1 readers before 10 and 11 skip them with a warning)
+//!     12  Vec<(event u32, model::HostSample)>: the host samples of a recording of
+//!         several events (`record -e A,B`), each with the index of its event in the
+//!         header's `sampling.events`; such a recording has no kind-3 chunks (a reader
+//!         before kind 12 skips them with a warning: it sees no samples)
 //!     13  Vec<model::SamplePhases>: what the shim was doing on a vCPU thread at its
 //!         host samples (`record --vm`), written as the samples are drained
-//!  12, 14..  reserved for later minor versions; a reader skips kinds it does not
+//!    14..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
+//!
+//! Several events (since 1.1 with kind 12): the header's `sampling.events` names them
+//! in index order (`sampling.event` is the first), and the summary's `event_samples`
+//! counts each one's samples. A reader gives every event's samples, or only one
+//! event's ([`RecordingReader::select_event`]); a sample knows its event
+//! ([`HostSample::event`]).
 //!
 //! Repeated runs (minor version 1): `record --repeat N -- CMD` runs the command N times,
 //! one after the other, into one recording. The runs share the chunk stream (their
@@ -145,6 +155,7 @@ pub enum ChunkKind {
     Execs = 9,
     GuestProcesses = 10,
     ExactProfiles = 11,
+    EventSamples = 12,
     SamplePhases = 13,
 }
 
@@ -162,6 +173,7 @@ impl ChunkKind {
             9 => ChunkKind::Execs,
             10 => ChunkKind::GuestProcesses,
             11 => ChunkKind::ExactProfiles,
+            12 => ChunkKind::EventSamples,
             13 => ChunkKind::SamplePhases,
             _ => return None,
         })
@@ -183,6 +195,10 @@ pub struct Summary {
     /// The runs of a `record --repeat N` recording, in order (empty: one run). Since 1.1.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<RunInfo>,
+    /// Samples per event, in the header's `sampling.events` order, for a recording of
+    /// several events (empty otherwise). Since 1.1 with chunk kind 12.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub event_samples: Vec<u64>,
 }
 
 /// One run of a repeated recording: the time window its samples fall in.
@@ -363,9 +379,13 @@ impl RecordingWriter {
         out.flush()?;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
         let bytes = preamble.len() as u64;
+        let batches = Batches {
+            tag_events: header.sampling.events.len() > 1,
+            ..Batches::default()
+        };
         let thread = std::thread::Builder::new()
             .name("lbrprof-writer".into())
-            .spawn(move || writer_loop(out, rx, bytes, sync))?;
+            .spawn(move || writer_loop(out, rx, bytes, sync, batches))?;
         Ok(RecordingWriter {
             tx,
             thread,
@@ -436,6 +456,8 @@ struct Batches {
     runs: Vec<Run>,
     /// Rough encoded size of what is queued, to cap chunk sizes.
     approx_bytes: usize,
+    /// The recording has several events: samples go to kind 12 with their event.
+    tag_events: bool,
 }
 
 /// An exec as chunk kind 9 stores it: `(time_ns, pid, tid, comm)`.
@@ -454,6 +476,7 @@ enum Run {
     SamplePhases(Vec<SamplePhases>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
+    EventSamples(Vec<(u32, HostSample)>),
 }
 
 impl Batches {
@@ -484,6 +507,7 @@ impl Batches {
             Event::ExactProfile(p) => append!(ExactProfiles, p),
             Event::SamplePhases(p) => append!(SamplePhases, p),
             Event::Snapshot(s) => append!(Snapshots, s),
+            Event::Sample(s) if self.tag_events => append!(EventSamples, (s.event, s)),
             Event::Sample(s) => append!(Samples, s),
         }
     }
@@ -568,6 +592,7 @@ impl<W: Write> ChunkOut<W> {
                 Run::SamplePhases(mut v) => self.write_items(ChunkKind::SamplePhases, &mut v)?,
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
+                Run::EventSamples(mut v) => self.write_items(ChunkKind::EventSamples, &mut v)?,
             }
         }
         b.approx_bytes = 0;
@@ -581,6 +606,7 @@ fn writer_loop(
     rx: Receiver<Message>,
     preamble_bytes: u64,
     sync: bool,
+    mut batches: Batches,
 ) -> Result<WriteStats, FormatError> {
     let mut w = ChunkOut {
         out,
@@ -590,7 +616,6 @@ fn writer_loop(
         },
         scratch: Vec::new(),
     };
-    let mut batches = Batches::default();
     let mut deadline = Instant::now() + FLUSH_INTERVAL;
     loop {
         let message = rx.recv_deadline(deadline);
@@ -657,6 +682,10 @@ pub struct RecordingReader {
     warnings: Vec<String>,
     pending: std::vec::IntoIter<Event>,
     done: bool,
+    /// Only this event's samples are given ([`Self::select_event`]).
+    selected: Option<u32>,
+    /// Samples read per event index (the stream only).
+    samples_per_event: Vec<u64>,
 }
 
 impl RecordingReader {
@@ -716,7 +745,49 @@ impl RecordingReader {
             warnings: Vec::new(),
             pending: Vec::new().into_iter(),
             done: false,
+            selected: None,
+            samples_per_event: Vec::new(),
         })
+    }
+
+    /// The sampled events by perf's name, in [`HostSample::event`] order.
+    pub fn event_names(&self) -> Vec<String> {
+        self.header.sampling.event_names()
+    }
+
+    /// From now on only the samples of the event named `name` are given (the others
+    /// are still counted, [`Self::samples_per_event`]); `false` when there is none.
+    pub fn select_event(&mut self, name: &str) -> bool {
+        match self.event_names().iter().position(|n| n == name) {
+            Some(i) => {
+                self.selected = u32::try_from(i).ok();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The event chosen with [`Self::select_event`].
+    pub fn selected_event(&self) -> Option<String> {
+        let i = self.selected?;
+        self.event_names().get(i as usize).cloned()
+    }
+
+    /// Each event's name and its samples: read so far by the stream, or, once the
+    /// stream has ended (or for a [`MappedChunks`] caller), the summary's counts when it
+    /// has them.
+    pub fn samples_per_event(&self) -> Vec<(String, u64)> {
+        let counted = self
+            .summary
+            .as_ref()
+            .map(|s| s.event_samples.as_slice())
+            .filter(|c| !c.is_empty() && self.samples_per_event.is_empty())
+            .unwrap_or(&self.samples_per_event);
+        self.event_names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (name, counted.get(i).copied().unwrap_or(0)))
+            .collect()
     }
 
     pub fn header(&self) -> &Header {
@@ -861,9 +932,9 @@ pub struct ChunkRef {
 }
 
 impl ChunkRef {
-    /// Whether this chunk holds host samples (kind 3).
+    /// Whether this chunk holds host samples (kind 3, or 12 with their events).
     pub fn is_samples(&self) -> bool {
-        self.kind == ChunkKind::Samples as u8
+        self.kind == ChunkKind::Samples as u8 || self.kind == ChunkKind::EventSamples as u8
     }
 
     /// Whether this is the end-of-recording summary (kind 6).
@@ -894,6 +965,8 @@ pub struct MappedChunks {
     /// The error that ended the walk of the chunk headers (a chunk length over the
     /// limit): the stream reports it after everything in `chunks`.
     tail_error: Option<FormatError>,
+    /// The reader's [`RecordingReader::select_event`].
+    selected: Option<u32>,
 }
 
 impl MappedChunks {
@@ -928,6 +1001,12 @@ impl MappedChunks {
             self.map
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
         };
+    }
+
+    /// Whether a sample is of the event the reader was told to read (any, when none was
+    /// chosen), as the stream would give it.
+    pub fn selects(&self, sample: &HostSample) -> bool {
+        self.selected.is_none_or(|e| e == sample.event)
     }
 
     /// The error the stream meets after the last of [`Self::chunks`], if any.
@@ -1018,6 +1097,7 @@ impl RecordingReader {
             map,
             chunks,
             tail_error,
+            selected: self.selected,
         })
     }
 
@@ -1064,6 +1144,9 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
             })
         }),
         Some(ChunkKind::Samples) => items(offset, payload, Event::Sample),
+        Some(ChunkKind::EventSamples) => items(offset, payload, |(event, s): (u32, HostSample)| {
+            Event::Sample(HostSample { event, ..s })
+        }),
         Some(ChunkKind::Snapshots) => items(offset, payload, Event::Snapshot),
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
         Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
@@ -1083,15 +1166,33 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
 pub fn for_each_sample(
     offset: u64,
     payload: &[u8],
+    f: impl FnMut(&HostSample),
+) -> Result<(), FormatError> {
+    for_each_sample_of(offset, ChunkKind::Samples as u8, payload, f)
+}
+
+/// [`for_each_sample`] for a checked payload of either samples kind: 3, or 12, whose
+/// samples carry their [`HostSample::event`]. Other kinds give no samples.
+pub fn for_each_sample_of(
+    offset: u64,
+    kind: u8,
+    payload: &[u8],
     mut f: impl FnMut(&HostSample),
 ) -> Result<(), FormatError> {
+    let tagged = match ChunkKind::from_u8(kind) {
+        Some(ChunkKind::Samples) => false,
+        Some(ChunkKind::EventSamples) => true,
+        _ => return Ok(()),
+    };
     let mut sample = HostSample::default();
     let mut seen = 0usize;
     let fast = (|| -> Option<()> {
         let mut d = postcard_lite::Decoder::new(payload);
         let n = d.len()?;
         for _ in 0..n {
+            let event = if tagged { d.u32()? } else { 0 };
             d.host_sample(&mut sample)?;
+            sample.event = event;
             f(&sample);
             seen += 1;
         }
@@ -1102,13 +1203,20 @@ pub fn for_each_sample(
     }
     // The hand-written decoder gave up: postcard's own decoder names the problem (and
     // decodes what the hand-written one cannot, should they ever disagree).
-    let decoded: Vec<HostSample> =
-        postcard::from_bytes(payload).map_err(|e| FormatError::CorruptChunk {
-            offset,
-            reason: format!("cannot decode: {e}"),
-        })?;
-    for s in decoded.iter().skip(seen) {
-        f(s);
+    let corrupt = |e: postcard::Error| FormatError::CorruptChunk {
+        offset,
+        reason: format!("cannot decode: {e}"),
+    };
+    if tagged {
+        let decoded: Vec<(u32, HostSample)> = postcard::from_bytes(payload).map_err(corrupt)?;
+        for (event, s) in decoded.into_iter().skip(seen) {
+            f(&HostSample { event, ..s });
+        }
+    } else {
+        let decoded: Vec<HostSample> = postcard::from_bytes(payload).map_err(corrupt)?;
+        for s in decoded.iter().skip(seen) {
+            f(s);
+        }
     }
     Ok(())
 }
@@ -1192,7 +1300,7 @@ mod postcard_lite {
         }
 
         #[inline]
-        fn u32(&mut self) -> Option<u32> {
+        pub(super) fn u32(&mut self) -> Option<u32> {
             self.varint(32).map(|v| v as u32)
         }
 
@@ -1279,6 +1387,24 @@ mod postcard_lite {
         std::sync::LazyLock::new(variants::<BranchKind, 64>);
 }
 
+impl RecordingReader {
+    /// Counts the samples of a kind-12 chunk per event and keeps the selected event's.
+    fn count_and_select(&mut self, events: &mut Vec<Event>) {
+        for e in events.iter() {
+            if let Event::Sample(s) = e {
+                let i = s.event as usize;
+                if i >= self.samples_per_event.len() {
+                    self.samples_per_event.resize(i + 1, 0);
+                }
+                self.samples_per_event[i] += 1;
+            }
+        }
+        if let Some(keep) = self.selected {
+            events.retain(|e| !matches!(e, Event::Sample(s) if s.event != keep));
+        }
+    }
+}
+
 impl Iterator for RecordingReader {
     type Item = Result<Event, FormatError>;
 
@@ -1290,7 +1416,12 @@ impl Iterator for RecordingReader {
             match self.next_chunk() {
                 Ok(None) => return None,
                 Ok(Some(chunk)) => match decode_chunk(&chunk) {
-                    Ok(events) => self.pending = events.into_iter(),
+                    Ok(mut events) => {
+                        if chunk.kind == ChunkKind::EventSamples as u8 {
+                            self.count_and_select(&mut events);
+                        }
+                        self.pending = events.into_iter();
+                    }
                     Err(e) => {
                         self.done = true;
                         return Some(Err(e));
@@ -1788,6 +1919,97 @@ mod tests {
     }
 
     #[test]
+    fn samples_of_several_events_keep_their_event_and_can_be_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let mut h = header();
+        h.sampling.events = vec!["cpu-clock".into(), "sched:sched_switch".into()];
+        let w = RecordingWriter::create(&path, &h).unwrap();
+        let sink = w.sink();
+        let tagged = |i: u64| match sample(i) {
+            Event::Sample(s) => Event::Sample(HostSample {
+                event: (i % 2) as u32,
+                ..s
+            }),
+            _ => unreachable!(),
+        };
+        let events: Vec<Event> = (0..9)
+            .map(|i| if i == 4 { mapping(4) } else { tagged(i) })
+            .collect();
+        for e in &events {
+            sink.send(e.clone());
+        }
+        let summary = Summary {
+            samples: 8,
+            event_samples: vec![4, 4],
+            ..Summary::default()
+        };
+        w.finish(&summary).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // Samples go to kind 12 with their event, not to kind 3.
+        let kinds: Vec<u8> = chunk_offsets(&bytes)
+            .iter()
+            .map(|&o| bytes[o + 8])
+            .collect();
+        assert_eq!(kinds, [12, 1, 12, 6]);
+
+        // All events, each sample with its event; counted per event by the stream.
+        let (read, reader) = read_bytes(&bytes);
+        assert_eq!(read.unwrap(), events);
+        assert_eq!(
+            reader.samples_per_event(),
+            [("cpu-clock".into(), 4), ("sched:sched_switch".into(), 4)]
+        );
+        // One event: the other's samples are left out, side band is kept.
+        let mut reader = RecordingReader::open(&path).unwrap();
+        assert!(!reader.select_event("page-faults"));
+        assert!(reader.select_event("sched:sched_switch"));
+        let chosen: Vec<Event> = reader.by_ref().map(Result::unwrap).collect();
+        let expect: Vec<Event> = events
+            .iter()
+            .filter(|e| !matches!(e, Event::Sample(s) if s.event != 1))
+            .cloned()
+            .collect();
+        assert_eq!(chosen, expect);
+        assert_eq!(
+            reader.selected_event().as_deref(),
+            Some("sched:sched_switch")
+        );
+
+        // The fast path: the same samples through the allocation-free decoder, chosen
+        // the same way, and the summary's counts.
+        let mut reader = RecordingReader::open(&path).unwrap();
+        reader.select_event("sched:sched_switch");
+        let mapped = reader.mapped_chunks().unwrap();
+        let mut fast = Vec::new();
+        for c in mapped.chunks() {
+            let payload = mapped.payload(c).unwrap();
+            if c.is_summary() {
+                reader.read_summary(c.offset, payload).unwrap();
+            }
+            for_each_sample_of(c.offset, c.kind, payload, |s| {
+                if mapped.selects(s) {
+                    fast.push(Event::Sample(s.clone()));
+                }
+            })
+            .unwrap();
+        }
+        let expect_samples: Vec<Event> = expect
+            .into_iter()
+            .filter(|e| matches!(e, Event::Sample(_)))
+            .collect();
+        assert_eq!(fast, expect_samples);
+        assert_eq!(
+            reader.samples_per_event()[1],
+            ("sched:sched_switch".into(), 4)
+        );
+
+        // A recording of one event still writes kind 3, and its samples are event 0.
+        let (bytes, _) = write(&[sample(1)], &Summary::default());
+        assert_eq!(bytes[chunk_offsets(&bytes)[0] + 8], 3);
+    }
+
+    #[test]
     fn unknown_chunk_kinds_are_skipped_with_a_warning() {
         let (mut bytes, _) = write(&[sample(1)], &Summary::default());
         let mut extra = Vec::new();
@@ -1863,6 +2085,7 @@ mod tests {
         ];
         let mut samples: Vec<HostSample> = (0..200u64)
             .map(|i| HostSample {
+                event: 0,
                 time_ns: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 pid: (i * 77_777) as u32,
                 tid: u32::MAX - i as u32,

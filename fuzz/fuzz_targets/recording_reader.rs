@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
                 if c.is_summary() {
                     reader.read_summary(c.offset, payload)
                 } else if c.is_samples() {
-                    recording::for_each_sample(c.offset, payload, |s| samples.push(s.clone()))
+                    recording::for_each_sample_of(c.offset, c.kind, payload, |s| {
+                        samples.push(s.clone())
+                    })
                 } else {
                     recording::decode_payload(c.offset, c.kind, payload).map(drop)
                 }

@@ -104,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect();
         sink.send(Event::Sample(HostSample {
+            event: 0,
             time_ns: i * 10_000,
             pid: 1000,
             tid: 1000,

@@ -1346,6 +1346,7 @@ mod tests {
 
     fn host_sample(time_ns: u64, with_branches: bool) -> HostSample {
         HostSample {
+            event: 0,
             time_ns,
             pid: 42,
             tid: 43,

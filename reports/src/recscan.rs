@@ -292,7 +292,11 @@ fn fold_chunk(
         filtered_out,
         ..
     } = acc;
-    recording::for_each_sample(c.offset, payload, |s| {
+    recording::for_each_sample_of(c.offset, c.kind, payload, |s| {
+        // Another event's sample (`--event NAME`): the stream would not give it.
+        if !mapped.selects(s) {
+            return;
+        }
         // As the aggregator's filter: a dropped sample adds nothing but this count.
         if (!fold.pids.is_empty() && !fold.pids.contains(&s.pid))
             || (!fold.tids.is_empty() && !fold.tids.contains(&s.tid))
@@ -565,6 +569,7 @@ mod tests {
             })
             .collect();
         Event::Sample(HostSample {
+            event: 0,
             time_ns: 1_000 + i,
             pid: 1 + (k % 2) as u32,
             tid: 1 + (k % 4) as u32,

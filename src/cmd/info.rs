@@ -110,6 +110,7 @@ impl HostReport {
             &host,
             SamplingRequest {
                 event: EventRequest::Auto,
+                more_events: Vec::new(),
                 branches: BranchRequest::Auto,
                 call_graph: CallGraph::Fp,
             },
@@ -576,7 +577,7 @@ fn header(out: &mut impl Write, h: &Header, vcpus_ran: usize) -> std::io::Result
     writeln!(
         out,
         "event:         {} at {}, call graph {}, branch stacks {}",
-        s.event,
+        s.event_names().join(","),
         if s.frequency > 0 {
             format!("{} Hz", s.frequency)
         } else {
@@ -615,6 +616,12 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     // The header's vCPU count is the VM's at start: a Linux program gets one more per
     // thread and process it starts.
     header(out, reader.header(), totals.vcpus_ran.len())?;
+    // Several events (`record -e A,B`): each with its samples, as for perf.data.
+    if reader.event_names().len() > 1 {
+        for (name, samples) in reader.samples_per_event() {
+            writeln!(out, "event:         {name}: {samples} samples")?;
+        }
+    }
     write_totals(out, &totals)?;
     match reader.summary() {
         Some(s) => {

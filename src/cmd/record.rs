@@ -46,15 +46,17 @@ pub struct Args {
     #[arg(short = 'F', long, default_value_t = 999)]
     pub freq: u64,
     /// Sampling event: `auto` picks hardware cycles where the PMU has them, else
-    /// cpu-clock; or one event by perf's name: a software event (cpu-clock, task-clock,
-    /// page-faults, minor-faults, major-faults, context-switches, cpu-migrations,
-    /// alignment-faults, emulation-faults), a hardware event (cycles, instructions,
-    /// branches, branch-misses, cache-references, cache-misses, bus-cycles, ref-cycles;
-    /// where there is a hardware PMU), or a tracepoint SUBSYSTEM:NAME from
-    /// /sys/kernel/tracing/events (sampled on every hit unless -c says otherwise, as perf).
-    #[arg(short = 'e', long, default_value = "auto", value_name = "EVENT",
-          value_parser = parse_event)]
-    pub event: EventChoice,
+    /// cpu-clock; or events by perf's name, comma-separated or -e repeated (each sample
+    /// keeps its event; `report` shows one section per event): a software event
+    /// (cpu-clock, task-clock, page-faults, minor-faults, major-faults,
+    /// context-switches, cpu-migrations, alignment-faults, emulation-faults), a hardware
+    /// event (cycles, instructions, branches, branch-misses, cache-references,
+    /// cache-misses, bus-cycles, ref-cycles; where there is a hardware PMU), or a
+    /// tracepoint SUBSYSTEM:NAME from /sys/kernel/tracing/events (sampled on every hit
+    /// unless -c says otherwise, as perf).
+    #[arg(short = 'e', long, default_value = "auto", value_name = "EVENT[,EVENT...]",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub event: Vec<String>,
     /// Sample every PERIOD events instead of -F times a second (perf's -c).
     #[arg(short = 'c', long = "count", value_name = "PERIOD",
           value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "freq")]
@@ -210,12 +212,6 @@ pub fn parse_event(s: &str) -> Result<EventChoice, String> {
     if s == "auto" {
         return Ok(EventChoice::Auto);
     }
-    if s.contains(',') {
-        return Err(format!(
-            "one event per recording: '{s}' names several (lbrprof keeps no per-sample \
-             event id yet); record them one at a time"
-        ));
-    }
     let roots: Vec<&std::path::Path> = host::TRACEFS_ROOTS
         .iter()
         .map(std::path::Path::new)
@@ -289,15 +285,42 @@ impl Args {
         }
     }
 
+    /// The events of `-e`, in order: `auto` only alone, each event once. Checked here
+    /// rather than by clap, so that a bad name is a one-line error naming it.
+    fn events(&self) -> anyhow::Result<Vec<EventChoice>> {
+        let mut events: Vec<EventChoice> = Vec::new();
+        for name in &self.event {
+            let choice = parse_event(name).map_err(anyhow::Error::msg)?;
+            if choice == EventChoice::Auto && self.event.len() > 1 {
+                anyhow::bail!("-e auto cannot be combined with other events");
+            }
+            if events.contains(&choice) {
+                anyhow::bail!("event '{name}' is given twice in -e");
+            }
+            events.push(choice);
+        }
+        Ok(events)
+    }
+
     /// The host sampling request.
-    pub fn sampling_request(&self) -> SamplingRequest {
-        SamplingRequest {
-            event: match &self.event {
+    pub fn sampling_request(&self) -> anyhow::Result<SamplingRequest> {
+        let events = self.events()?;
+        let more_events = events
+            .iter()
+            .skip(1)
+            .filter_map(|e| match e {
+                EventChoice::Event(kind) => Some(kind.clone()),
+                EventChoice::Auto => None,
+            })
+            .collect();
+        Ok(SamplingRequest {
+            event: match events.first().unwrap_or(&EventChoice::Auto) {
                 EventChoice::Auto => EventRequest::Auto,
                 EventChoice::Event(host::EventKind::Cycles) => EventRequest::Cycles,
                 EventChoice::Event(host::EventKind::CpuClock) => EventRequest::CpuClock,
                 EventChoice::Event(e) => EventRequest::Event(e.clone()),
             },
+            more_events,
             branches: match self.branches {
                 Toggle::Auto => BranchRequest::Auto,
                 Toggle::On => BranchRequest::On,
@@ -308,12 +331,13 @@ impl Args {
                 CallGraph::Lbr => host::CallGraph::Lbr,
                 CallGraph::Dwarf(stack_size) => host::CallGraph::Dwarf { stack_size },
             },
-        }
+        })
     }
 
     /// The plain options the collector takes.
     fn into_options(self) -> anyhow::Result<RecordOptions> {
-        let request = self.sampling_request();
+        let request = self.sampling_request()?;
+        let events = self.events()?;
         let replace = self.replace();
         let system = self.all_cpus || self.cpu.is_some();
         let target = match (self.pid, self.tid) {
@@ -339,10 +363,13 @@ impl Args {
                 anyhow::bail!("--duration must be a positive number of seconds, not {secs}")
             }
         };
-        // perf samples tracepoints on every hit unless told otherwise.
-        let period = match (&self.event, self.period) {
-            (EventChoice::Event(host::EventKind::Tracepoint { .. }), None) => Some(1),
-            (_, period) => period,
+        // perf samples tracepoints on every hit unless told otherwise (beside other
+        // events, the sampler gives the tracepoints alone a period of 1).
+        let tracepoint =
+            |e: &EventChoice| matches!(e, EventChoice::Event(host::EventKind::Tracepoint { .. }));
+        let period = match self.period {
+            None if events.iter().all(tracepoint) => Some(1),
+            period => period,
         };
         Ok(RecordOptions {
             output: self.output,
@@ -377,7 +404,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("lbrprof: sampling with {}", recorder.choice().reason);
     let outcome = recorder.run().map_err(record_error)?;
     let s = &outcome.summary;
-    let event = outcome.choice.event.name();
+    let event = outcome.choice.event_names();
     let period = match opts_period {
         Some(p) => format!(", one sample every {p} events"),
         None => String::new(),
@@ -391,8 +418,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         0 | 1 => String::new(),
         n => format!(" in {n} runs"),
     };
+    let event = match s.event_samples.as_slice() {
+        [] => format!("event {event}"),
+        counts => {
+            let each: Vec<String> = outcome
+                .choice
+                .events()
+                .iter()
+                .zip(counts)
+                .map(|(e, n)| format!("{n} {}", e.name()))
+                .collect();
+            format!("events {event} ({})", each.join(", "))
+        }
+    };
     eprintln!(
-        "lbrprof: {} samples{runs}, {} lost, {} throttled, event {event}{why}{period}, written to {}",
+        "lbrprof: {} samples{runs}, {} lost, {} throttled, {event}{why}{period}, written to {}",
         s.samples,
         s.lost,
         s.throttled,
@@ -425,6 +465,7 @@ mod tests {
             Ok(EventChoice::Event(host::EventKind::CpuClock))
         );
         assert!(parse_event("cpu-clock,page-faults").is_err());
+        assert!(parse_event("no-such-event").is_err());
     }
 
     #[test]

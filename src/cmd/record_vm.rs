@@ -90,6 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              (--lbr-mode exact) need no repeats, they count the same every run"
         );
     }
+    if args.event.len() > 1 {
+        anyhow::bail!("record --vm samples one event: give -e once");
+    }
+    let request = args.sampling_request()?;
     let spec = args.guest.vm.clone().unwrap_or_default();
     if args.freq == 0 || args.guest.lbr_freq == Some(0) {
         anyhow::bail!("-F and --lbr-freq must be at least 1 Hz");
@@ -151,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = VmRecordOptions {
         output: args.output.clone(),
         frequency: args.freq,
-        request: args.sampling_request(),
+        request,
         mmap_pages: args.mmap_pages,
         image,
         vm,

@@ -192,6 +192,7 @@ pub fn cpu_mode(mode: Priv) -> CpuMode {
 pub fn sample(mode: Priv, s: &Sample) -> HostSample {
     let task = s.record_id.task.as_ref();
     HostSample {
+        event: 0,
         time_ns: s.record_id.time.unwrap_or(0),
         pid: task.map_or(0, |t| t.pid),
         tid: task.map_or(0, |t| t.tid),

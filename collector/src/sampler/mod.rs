@@ -20,6 +20,12 @@
 //! the user stack; [`HostSampler::drain`] unwinds it ([`crate::dwarf`]) when the sample
 //! leaves in time order, after the mappings it needs, and passes on only the call chain.
 //!
+//! Several events (`record -e A,B`): each is opened for every task and CPU and sends its
+//! records to the same ring buffer of its CPU (perf does the same without a group);
+//! samples carry the event's id (PERF_SAMPLE_ID, which an inherited event reports as
+//! its parent's), and [`HostSampler::drain`] turns it into the event's index
+//! ([`crate::model::HostSample::event`]), its place in `[event, more_events...]`.
+//!
 //! Policy (which event, branch stacks or not) is decided elsewhere
 //! ([`crate::host::decide`]); this module only carries it out.
 
@@ -52,6 +58,8 @@ use convert::{Converted, Converter};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SamplerConfig {
     pub event: EventKind,
+    /// Further events sampled on the same rings (`-e A,B`), in order.
+    pub more_events: Vec<EventKind>,
     /// Samples per second per thread.
     pub frequency: u64,
     /// Sample every `period` events instead (`-c`), when set.
@@ -68,6 +76,7 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig {
             event: EventKind::CpuClock,
+            more_events: Vec::new(),
             frequency: 999,
             period: None,
             branch_stacks: false,
@@ -167,6 +176,10 @@ pub struct HostSampler {
     converter: Converter,
     stats: RingStats,
     event_name: String,
+    /// Event id (PERF_EVENT_IOC_ID) → index in `[event, more_events...]`, when several.
+    event_ids: std::collections::HashMap<u64, u32>,
+    /// Samples read per event index.
+    samples_per_event: Vec<u64>,
     /// Records read but not yet passed on (see [`HostSampler::drain`]).
     pending: Vec<Pending>,
     /// `--call-graph dwarf`: walks the samples' stack copies.
@@ -202,19 +215,36 @@ impl HostSampler {
             _ => online,
         };
         let event_name = config.event.name();
+        let events: Vec<&EventKind> = std::iter::once(&config.event)
+            .chain(&config.more_events)
+            .collect();
+        let mut event_ids = std::collections::HashMap::new();
         let mut rings = Vec::with_capacity(cpus.len());
         for &cpu in &cpus {
             // The first task that opens owns the CPU's ring buffer; it must be mmapped
             // before other events can be redirected into it.
             let mut ring: Option<CpuRing> = None;
-            for &task in &tasks {
-                let counter = match open_one(config, task, cpu, inherit, on_exec) {
+            for (&task, (index, &event)) in tasks
+                .iter()
+                .flat_map(|t| std::iter::repeat(t).zip(events.iter().enumerate()))
+            {
+                // Mappings and task events come from the first event only (perf's
+                // tracking event), so that they are not repeated per event.
+                let tracking = index == 0;
+                let counter = match open_one(config, event, tracking, task, cpu, inherit, on_exec) {
                     Ok(c) => c,
                     // A thread of a `-p` process may exit while we attach; the others
                     // still count. When every task is gone, that is an error below.
                     Err(SamplerError::NoSuchTask(_)) if tasks.len() > 1 => continue,
                     Err(e) => return Err(e),
                 };
+                if events.len() > 1 {
+                    let id = counter.id().map_err(|source| SamplerError::Control {
+                        what: "identify",
+                        source,
+                    })?;
+                    event_ids.insert(id, index as u32);
+                }
                 match &mut ring {
                     None => {
                         let sampler = counter
@@ -250,6 +280,8 @@ impl HostSampler {
             converter: Converter::with_fixed_period(config.period),
             stats: RingStats::default(),
             event_name,
+            event_ids,
+            samples_per_event: vec![0; events.len()],
             pending: Vec::new(),
             unwinder: matches!(config.call_graph, CallGraph::Dwarf { .. }).then(EventUnwinder::new),
             round_start: 0,
@@ -260,6 +292,11 @@ impl HostSampler {
     /// The perf name of the sampled event.
     pub fn event_name(&self) -> &str {
         &self.event_name
+    }
+
+    /// Samples read so far per event, in `[event, more_events...]` order.
+    pub fn samples_per_event(&self) -> &[u64] {
+        &self.samples_per_event
     }
 
     /// Start sampling now (for attached threads; a command's events start at exec).
@@ -322,11 +359,25 @@ impl HostSampler {
                     Record::Sample(s) if self.unwinder.is_some() => stack_copy(s),
                     _ => None,
                 };
-                let Converted::Event(event) = self.converter.convert(mode, record) else {
+                let id = match &record {
+                    Record::Sample(s) => s.record_id.id,
+                    _ => None,
+                };
+                let Converted::Event(mut event) = self.converter.convert(mode, record) else {
                     continue;
                 };
-                match &event {
-                    Event::Sample(_) => self.stats.samples += 1,
+                match &mut event {
+                    Event::Sample(s) => {
+                        self.stats.samples += 1;
+                        // One event: index 0, no id sampled.
+                        s.event = id
+                            .and_then(|id| self.event_ids.get(&id))
+                            .copied()
+                            .unwrap_or(0);
+                        if let Some(n) = self.samples_per_event.get_mut(s.event as usize) {
+                            *n += 1;
+                        }
+                    }
                     Event::Loss(l) if l.kind == LossKind::Throttled => {
                         self.stats.throttled += l.count
                     }
@@ -423,7 +474,7 @@ fn event_time(event: &Event) -> u64 {
     }
 }
 
-fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
+fn perf_opts(config: &SamplerConfig, event: &EventKind, inherit: bool, on_exec: bool) -> Opts {
     let page = page_size();
     let ring_bytes = (1usize << config.ring_pages_exp) * page;
     let dwarf = match config.call_graph {
@@ -439,9 +490,12 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
         inherit: inherit.then_some(Inherit::NewChild),
         on_execve: on_exec.then_some(OnExecve::Enable),
         enable: false,
-        sample_on: match config.period {
-            Some(period) => SampleOn::Count(period),
-            None => SampleOn::Freq(config.frequency),
+        sample_on: match (config.period, event) {
+            (Some(period), _) => SampleOn::Count(period),
+            // perf samples a tracepoint on every hit unless -c says otherwise (beside a
+            // timer event it keeps its period field, of 1).
+            (None, EventKind::Tracepoint { .. }) => SampleOn::Count(1),
+            (None, _) => SampleOn::Freq(config.frequency),
         },
         sample_format: SampleFormat {
             // Only in frequency mode (see `Converter::with_fixed_period`).
@@ -482,6 +536,8 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
         },
         record_id_all: true,
         record_id_format: RecordIdFormat {
+            // Which event took a sample, when several share the ring.
+            id: !config.more_events.is_empty(),
             task: true,
             time: true,
             cpu: true,
@@ -510,13 +566,18 @@ fn perf_opts(config: &SamplerConfig, inherit: bool, on_exec: bool) -> Opts {
 
 fn open_one(
     config: &SamplerConfig,
+    event: &EventKind,
+    tracking: bool,
     task: Option<u32>,
     cpu: u32,
     inherit: bool,
     on_exec: bool,
 ) -> Result<Counter, SamplerError> {
-    let event_name = config.event.name();
-    let mut opts = perf_opts(config, inherit, on_exec);
+    let event_name = event.name();
+    let mut opts = perf_opts(config, event, inherit, on_exec);
+    if !tracking {
+        opts.extra_record = ExtraRecord::default();
+    }
     let target: perf_event_open::config::Target = match task {
         Some(task) => (Proc(task), Cpu(cpu)).into(),
         None => (Proc::ALL, Cpu(cpu)).into(),
@@ -525,7 +586,7 @@ fn open_one(
         Some(task) => format!("task {task}"),
         None => format!("every task on CPU {cpu}"),
     };
-    let open = |opts: &Opts| match &config.event {
+    let open = |opts: &Opts| match event {
         EventKind::Cycles => Counter::new(Hardware::CpuCycle, target.clone(), opts),
         EventKind::CpuClock => Counter::new(Software::CpuClock, target.clone(), opts),
         EventKind::Hardware(h) => Counter::new(hardware(*h), target.clone(), opts),
@@ -701,7 +762,7 @@ mod tests {
             call_graph: CallGraph::Lbr,
             ..SamplerConfig::default()
         };
-        let opts = perf_opts(&cfg, true, true);
+        let opts = perf_opts(&cfg, &cfg.event, true, true);
         assert!(opts.exclude.kernel);
         assert_eq!(opts.inherit, Some(Inherit::NewChild));
         assert_eq!(opts.on_execve, Some(OnExecve::Enable));
@@ -717,7 +778,12 @@ mod tests {
         assert_eq!(opts.timer, Some(perf_event_open::config::Clock::Monotonic));
         assert!(opts.record_id_all && opts.record_id_format.time);
 
-        let opts = perf_opts(&SamplerConfig::default(), false, false);
+        let opts = perf_opts(
+            &SamplerConfig::default(),
+            &EventKind::CpuClock,
+            false,
+            false,
+        );
         assert!(!opts.exclude.kernel);
         assert!(opts.sample_format.lbr.is_none());
         assert_eq!(opts.inherit, None);
