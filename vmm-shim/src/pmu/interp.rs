@@ -39,8 +39,13 @@
 //! * **Instructions are transactional**: all reads and checks happen first, then the
 //!   accessed/dirty bits, then at most one memory write, then the register file.
 //! * **Decoded blocks**: instructions are decoded once per basic block (the straight line
-//!   up to the first control transfer) and run from the block, one map lookup per block;
-//!   fetch permissions are checked once per page of a block.
+//!   up to the first control transfer) and run from the block. Blocks live in an arena and
+//!   remember the blocks execution went on to (chaining): the common way from one block
+//!   to the next is a compare, not a map lookup. Fetch permissions are checked once per
+//!   page of a block (and not again while blocks follow each other on one page).
+//! * **Data pages**: a page a data access passed every check on (not code, translated,
+//!   for a write also not a page table and guest RAM) is remembered in a small
+//!   direct-mapped table until any page becomes code or a page table.
 //! * **Code may change under the cache**: a cached decode or block is compared with guest
 //!   memory once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
 //!   and a liveness verdict is reused only while every instruction it looked at is
@@ -276,21 +281,35 @@ pub struct Interp {
     /// The current session's number (cache entries remember the session that last
     /// checked them against guest memory).
     session_no: u64,
-    /// (CR3, address) → the straight-line run of decoded instructions from there through
-    /// the first control transfer: one lookup per block, not per instruction. Checked
-    /// against guest memory once per session, like `cache`.
-    blocks: FastMap<(u64, u64), CachedBlock>,
+    /// (CR3, address) → index in `arena` of the straight-line run of decoded instructions
+    /// from there through the first control transfer. Checked against guest memory once
+    /// per session, like `cache`.
+    blocks: FastMap<(u64, u64), u32>,
+    /// The decoded blocks. A block decoded again (its code changed) replaces its old slot,
+    /// so a slot always holds the block of one (CR3, address) until the caches are flushed.
+    arena: Vec<CachedBlock>,
+    /// Times `arena` was cleared (a session's current block remembers it).
+    arena_gen: u64,
+    /// Bumped whenever a page becomes code (`code_pages`, `code_phys`) or a page table
+    /// (a session's `pt_pages`): a session's [`DataPage`] entries hold while it is unchanged.
+    code_epoch: u64,
 }
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
 const MAX_BLOCK_INSNS: usize = 64;
 
-/// A decoded basic block ([`Interp::blocks`]).
+/// A decoded basic block ([`Interp::arena`]).
 #[derive(Clone, Debug)]
 struct CachedBlock {
-    insns: std::sync::Arc<[Decoded]>,
+    cr3: u64,
+    start: u64,
+    insns: Box<[Decoded]>,
     /// The session that last compared every instruction's bytes with guest memory.
     checked_in: u64,
+    /// Blocks execution went on to from this one, (address, arena index): the fall-through
+    /// or direct target and the last indirect target. Hints only: a link is followed only
+    /// to a slot that still holds the block of that address, checked this session.
+    links: [(u64, u32); 2],
 }
 
 /// A cached liveness verdict.
@@ -343,6 +362,7 @@ impl Interp {
         let mut page = start & !(PAGE - 1);
         while page < end {
             if self.code_pages.insert((cr3, page)) {
+                self.code_epoch += 1;
                 self.noted.entry(cr3).or_default().push(page);
             }
             page = match page.checked_add(PAGE) {
@@ -366,10 +386,12 @@ impl Interp {
             scratch: None,
             tlb: FastMap::default(),
             tlb_fast: [(u64::MAX, Tlb::default()); TLB_FAST],
+            data_fast: [NO_DATA_PAGE; TLB_FAST],
             pt_pages: Vec::new(),
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
             last_code_page: None,
+            last_fetch_page: None,
             xmm: None,
             xmm_dirty: false,
             block: None,
@@ -416,6 +438,8 @@ impl Interp {
         if self.cache.len() >= MAX_CACHED_INSNS {
             self.cache.clear();
             self.blocks.clear();
+            self.arena.clear();
+            self.arena_gen += 1;
             self.dead.clear();
             // Physical pages are recycled by the guest (a freed JIT page becomes someone's
             // stack): start the physical set again from what executes and what the
@@ -457,6 +481,25 @@ fn tlb_slot(vpage: u64) -> usize {
     ((vpage / PAGE) as usize) % TLB_FAST
 }
 
+/// A page a data access passed every check on ([`Session::data_pa`]).
+#[derive(Clone, Copy, Debug)]
+struct DataPage {
+    vpage: u64,
+    /// Guest-physical address of the page.
+    phys: u64,
+    /// Writes passed too (the leaf's dirty bit is set, not a page table, guest RAM).
+    writable: bool,
+    /// `Interp::code_epoch` when it passed.
+    epoch: u64,
+}
+
+const NO_DATA_PAGE: DataPage = DataPage {
+    vpage: u64::MAX,
+    phys: 0,
+    writable: false,
+    epoch: u64::MAX,
+};
+
 /// A translation the session has made (its own TLB, dropped with the session).
 #[derive(Clone, Copy, Debug, Default)]
 struct Tlb {
@@ -489,6 +532,9 @@ pub struct Session<'a> {
     /// A direct-mapped copy of recent `tlb` entries (page number → entry), looked up
     /// first: every instruction fetch and data access translates.
     tlb_fast: [(u64, Tlb); TLB_FAST],
+    /// Pages recent data accesses passed every check on ([`Session::data_pa`]),
+    /// direct-mapped like `tlb_fast`.
+    data_fast: [DataPage; TLB_FAST],
     /// Guest-physical pages of the page tables walked.
     pt_pages: Vec<u64>,
     /// Accessed/dirty bits the current instruction's walks want set: (entry address, the
@@ -504,8 +550,12 @@ pub struct Session<'a> {
     xmm: Option<[u128; 16]>,
     /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
     xmm_dirty: bool,
-    /// The block being executed and the index of its next instruction.
-    block: Option<(std::sync::Arc<[Decoded]>, usize)>,
+    /// The page the last block was entered on, whose fetch permission this session checked
+    /// (as of `Interp::code_phys_resets`).
+    last_fetch_page: Option<(u64, u64)>,
+    /// The block being executed ([`Interp::arena`] index), the index of its next
+    /// instruction, and the arena's generation ([`Interp::arena_gen`]).
+    block: Option<(u32, usize, u64)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -555,6 +605,7 @@ impl Session<'_> {
         for page in pages {
             if let Ok(t) = self.walk(page, Access::Read) {
                 self.interp.code_phys.insert(t.phys);
+                self.interp.code_epoch += 1;
             }
         }
         self.pending_ad.clear();
@@ -565,7 +616,9 @@ impl Session<'_> {
     fn note_code_phys(&mut self, pa: u64) {
         let key = (pa & !(PAGE - 1), self.interp.code_phys_resets);
         if self.last_code_page != Some(key) {
-            self.interp.code_phys.insert(key.0);
+            if self.interp.code_phys.insert(key.0) {
+                self.interp.code_epoch += 1;
+            }
             self.last_code_page = Some(key);
         }
     }
@@ -578,9 +631,13 @@ impl Session<'_> {
     /// and it lies on the page of the previous one (whose fetch was checked this session:
     /// the page tables cannot change under an interpreted stretch, writes to them halt).
     fn next_in_block(&mut self, rip: u64) -> Option<Decoded> {
-        let (b, i) = self.block.as_mut()?;
-        let d = *b.get(*i)?;
-        let prev = b.get(i.checked_sub(1)?)?;
+        let (b, i, generation) = self.block.as_mut()?;
+        if *generation != self.interp.arena_gen {
+            return None;
+        }
+        let insns = &self.interp.arena[*b as usize].insns;
+        let d = *insns.get(*i)?;
+        let prev = insns.get(i.checked_sub(1)?)?;
         if d.insn.ip() != rip || prev.insn.ip() / PAGE != rip / PAGE {
             return None;
         }
@@ -588,11 +645,44 @@ impl Session<'_> {
         Some(d)
     }
 
+    /// The block at `rip` through a link of the block `from` (no map lookup), when that
+    /// link leads to it and it was checked against guest memory this session.
+    fn follow_link(&mut self, from: Option<(u32, usize, u64)>, cr3: u64, rip: u64) -> Option<u32> {
+        let (f, _, generation) = from?;
+        if generation != self.interp.arena_gen {
+            return None;
+        }
+        let arena = &self.interp.arena;
+        let &(_, to) = arena[f as usize].links.iter().find(|l| l.0 == rip)?;
+        let b = arena.get(to as usize)?;
+        (b.start == rip && b.cr3 == cr3 && b.checked_in == self.interp.session_no).then_some(to)
+    }
+
+    /// Remembers that execution went on from block `from` to block `to` at `rip`.
+    fn link(&mut self, from: Option<(u32, usize, u64)>, rip: u64, to: u32) {
+        let Some((f, _, generation)) = from else {
+            return;
+        };
+        if generation != self.interp.arena_gen {
+            return;
+        }
+        let b = &mut self.interp.arena[f as usize];
+        // Slot 0: where the block's last instruction falls through or jumps directly
+        // (stable); slot 1: anything else (the last indirect target).
+        let direct = b.insns.last().is_some_and(|d| {
+            d.insn.next_ip() == rip
+                || (d.insn.op0_kind() == OpKind::NearBranch64 && d.insn.near_branch64() == rip)
+        });
+        b.links[usize::from(!direct || (b.links[0].0 != 0 && b.links[0].0 != rip))] = (rip, to);
+    }
+
     /// The block starting at `rip` (decoded, or cached and checked against guest memory
-    /// once per session), entered as the current block; its first instruction.
-    fn enter_block(&mut self, cr3: u64, rip: u64) -> Option<Decoded> {
+    /// once per session): its arena index.
+    fn enter_block(&mut self, cr3: u64, rip: u64) -> Option<u32> {
         let session = self.interp.session_no;
-        if let Some(b) = self.interp.blocks.get_mut(&(cr3, rip)) {
+        let mut slot = None;
+        if let Some(&idx) = self.interp.blocks.get(&(cr3, rip)) {
+            let b = &mut self.interp.arena[idx as usize];
             let fresh = b.checked_in == session || {
                 let g = &mut *self.g;
                 b.insns.iter().all(|d| {
@@ -604,15 +694,14 @@ impl Session<'_> {
             };
             if fresh {
                 b.checked_in = session;
-                let insns = b.insns.clone();
-                let first = insns[0];
-                self.block = Some((insns, 1));
-                return Some(first);
+                return Some(idx);
             }
-            // Rewritten since it was decoded: decode it again (the per-instruction cache
-            // notices the change too and drops the liveness verdicts).
-            self.interp.blocks.remove(&(cr3, rip));
+            // Rewritten since it was decoded: decode it again into the same slot (the
+            // per-instruction cache notices the change too and drops the liveness
+            // verdicts).
+            slot = Some(idx);
         }
+        let generation = self.interp.arena_gen;
         let mut insns = Vec::new();
         let mut at = rip;
         while insns.len() < MAX_BLOCK_INSNS {
@@ -625,17 +714,37 @@ impl Session<'_> {
             }
             at = d.insn.next_ip();
         }
-        let first = *insns.first()?;
-        let insns: std::sync::Arc<[Decoded]> = insns.into();
-        self.interp.blocks.insert(
-            (cr3, rip),
-            CachedBlock {
-                insns: insns.clone(),
-                checked_in: session,
-            },
-        );
-        self.block = Some((insns, 1));
-        Some(first)
+        if insns.is_empty() {
+            if let Some(idx) = slot.filter(|_| generation == self.interp.arena_gen) {
+                // Nothing decodes there any more: the slot keeps its key with no
+                // instructions, so links and the map never lead to stale code.
+                self.interp.arena[idx as usize].insns = Box::default();
+                self.interp.arena[idx as usize].checked_in = 0;
+                self.interp.blocks.remove(&(cr3, rip));
+            }
+            return None;
+        }
+        let block = CachedBlock {
+            cr3,
+            start: rip,
+            insns: insns.into(),
+            checked_in: session,
+            links: [(0, 0); 2],
+        };
+        // Decoding may have flushed the caches (and the arena with them).
+        let idx = match slot.filter(|_| generation == self.interp.arena_gen) {
+            Some(idx) => {
+                self.interp.arena[idx as usize] = block;
+                idx
+            }
+            None => {
+                let idx = u32::try_from(self.interp.arena.len()).ok()?;
+                self.interp.arena.push(block);
+                self.interp.blocks.insert((cr3, rip), idx);
+                idx
+            }
+        };
+        Some(idx)
     }
 
     /// The cached liveness verdict for `key`, if every instruction it rests on is unchanged.
@@ -660,11 +769,24 @@ impl Session<'_> {
         let decoded = match self.next_in_block(ip) {
             Some(d) => d,
             None => {
-                self.block = None;
-                let pa = self.check_fetch(ip)?;
-                self.note_code_phys(pa);
+                let from = self.block.take();
+                let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
+                if self.last_fetch_page != Some(page) {
+                    let pa = self.check_fetch(ip)?;
+                    self.note_code_phys(pa);
+                    self.last_fetch_page = Some(page);
+                }
                 let cr3 = self.state.cr3;
-                self.enter_block(cr3, ip).ok_or(Halt::Fetch)?
+                let idx = match self.follow_link(from, cr3, ip) {
+                    Some(idx) => idx,
+                    None => {
+                        let idx = self.enter_block(cr3, ip).ok_or(Halt::Fetch)?;
+                        self.link(from, ip, idx);
+                        idx
+                    }
+                };
+                self.block = Some((idx, 1, self.interp.arena_gen));
+                self.interp.arena[idx as usize].insns[0]
             }
         };
         let insn = decoded.insn;
@@ -792,6 +914,7 @@ impl Session<'_> {
             }
             if !self.pt_pages.contains(&(at & !(PAGE - 1))) {
                 self.pt_pages.push(at & !(PAGE - 1));
+                self.interp.code_epoch += 1;
             }
             user &= entry & PTE_US != 0;
             writable &= entry & PTE_RW != 0;
@@ -867,17 +990,58 @@ impl Session<'_> {
             .contains(&(self.state.cr3, gva & !(PAGE - 1)))
     }
 
+    /// The guest-physical address of a data access of `kind` at `va` (the access stays on
+    /// `va`'s page), after every check a data access gets here: not a page that holds
+    /// code (through any mapping), translated with the ring-3 permissions, and for a write
+    /// neither a page table nor outside guest RAM (MMIO). A page that passed is remembered
+    /// in `data_fast` while no page becomes code or a page table (`Interp::code_epoch`),
+    /// once its translation is committed (so a halt never skips an accessed/dirty bit).
+    fn data_pa(&mut self, va: u64, kind: Access) -> Result<u64, Halt> {
+        let vpage = va & !(PAGE - 1);
+        let slot = tlb_slot(vpage);
+        let e = self.data_fast[slot];
+        if e.vpage == vpage
+            && e.epoch == self.interp.code_epoch
+            && (kind == Access::Read || e.writable)
+        {
+            return Ok(e.phys | (va & (PAGE - 1)));
+        }
+        if self.is_code(va) {
+            return Err(Halt::CodePage);
+        }
+        let pa = self.translate(va, kind)?;
+        let ppage = pa & !(PAGE - 1);
+        if self.interp.code_phys.contains(&ppage) {
+            return Err(Halt::CodePage);
+        }
+        if kind == Access::Write {
+            if self.pt_pages.contains(&ppage) {
+                return Err(Halt::PageTable);
+            }
+            // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed:
+            // RAM comes in whole pages, so its first and last byte say it for the page.
+            let mut probe = [0u8; 1];
+            self.g
+                .read_phys(ppage, &mut probe)
+                .and_then(|()| self.g.read_phys(ppage + PAGE - 1, &mut probe))
+                .map_err(|_| Halt::Memory)?;
+        }
+        if self.pending_tlb.iter().all(|&(v, _)| v != vpage) {
+            self.data_fast[slot] = DataPage {
+                vpage,
+                phys: ppage,
+                writable: kind == Access::Write,
+                epoch: self.interp.code_epoch,
+            };
+        }
+        Ok(pa)
+    }
+
     fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
         if addr.is_multiple_of(bytes as u64) {
             // Naturally aligned (so within one page): one access, single-copy atomic as
             // the guest's own load would be.
-            if self.is_code(addr) {
-                return Err(Halt::CodePage);
-            }
-            let pa = self.translate(addr, Access::Read)?;
-            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
-                return Err(Halt::CodePage);
-            }
+            let pa = self.data_pa(addr, Access::Read)?;
             return self
                 .g
                 .read_phys_aligned(pa, bytes)
@@ -886,13 +1050,7 @@ impl Session<'_> {
         let mut buf = [0u8; 8];
         let mut done = 0;
         for (va, len) in Self::pieces(addr, bytes) {
-            if self.is_code(va) {
-                return Err(Halt::CodePage);
-            }
-            let pa = self.translate(va, Access::Read)?;
-            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
-                return Err(Halt::CodePage);
-            }
+            let pa = self.data_pa(va, Access::Read)?;
             self.g
                 .read_phys(pa, &mut buf[done..done + len])
                 .map_err(|_| Halt::Memory)?;
@@ -931,21 +1089,7 @@ impl Session<'_> {
         let mut targets = [(0u64, 0usize); 2];
         let mut count = 0;
         for (va, len) in Self::pieces(w.addr, w.bytes) {
-            if self.is_code(va) {
-                return Err(Halt::CodePage);
-            }
-            let pa = self.translate(va, Access::Write)?;
-            if self.interp.code_phys.contains(&(pa & !(PAGE - 1))) {
-                return Err(Halt::CodePage);
-            }
-            if self.pt_pages.contains(&(pa & !(PAGE - 1))) {
-                return Err(Halt::PageTable);
-            }
-            // Guest RAM (not MMIO), checked before the accessed/dirty bits are committed.
-            let mut probe = [0u8; 16];
-            self.g
-                .read_phys(pa, &mut probe[..len])
-                .map_err(|_| Halt::Memory)?;
+            let pa = self.data_pa(va, Access::Write)?;
             targets[count] = (pa, len);
             count += 1;
         }

@@ -181,7 +181,16 @@ pub struct VirtualPmu {
     frozen_since_snapshot: u64,
     stats: PmuStats,
     predictor: Predictor,
+    /// Which counters count each [`Event`] at ring 0 (`[ev][0]`) and at rings 1–3
+    /// (`[ev][1]`): bit i general-purpose counter i, bit 8 + i fixed counter i. What
+    /// [`VirtualPmu::gp_counts`] and [`VirtualPmu::fixed_counts`] say, kept current by
+    /// [`VirtualPmu::update_counting`] whenever the controls change (exact mode counts
+    /// events several times per instruction).
+    counting: [[u16; 2]; EVENTS],
 }
+
+/// Number of [`Event`] kinds.
+const EVENTS: usize = 6;
 
 /// Which architectural event a counter counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,7 +246,9 @@ impl VirtualPmu {
             frozen_since_snapshot: 0,
             stats: PmuStats::default(),
             predictor: Predictor::new(),
+            counting: [[0; 2]; EVENTS],
         }
+        .with_counting()
     }
 
     pub fn config(&self) -> PmuConfig {
@@ -470,6 +481,7 @@ impl VirtualPmu {
                     return gp("reserved PERFEVTSEL bits");
                 }
                 self.evtsel[(i - IA32_PERFEVTSEL0) as usize] = value;
+                self.update_counting();
                 Ok(())
             }
             i if (IA32_PMC0..IA32_PMC0 + GP_COUNTERS as u32).contains(&i) => {
@@ -497,6 +509,7 @@ impl VirtualPmu {
                     return gp("reserved FIXED_CTR_CTRL bits");
                 }
                 self.fixed_ctrl = value;
+                self.update_counting();
                 Ok(())
             }
             IA32_PERF_GLOBAL_STATUS => gp("IA32_PERF_GLOBAL_STATUS is read-only"),
@@ -508,6 +521,7 @@ impl VirtualPmu {
                     self.v2_ctr_frozen = false;
                 }
                 self.global_ctrl = value;
+                self.update_counting();
                 Ok(())
             }
             IA32_PERF_GLOBAL_OVF_CTRL => {
@@ -553,6 +567,39 @@ impl VirtualPmu {
             }
     }
 
+    /// Recomputes [`VirtualPmu::counting`] from the controls.
+    fn update_counting(&mut self) {
+        const ALL: [Event; EVENTS] = [
+            Event::Instructions,
+            Event::Branches,
+            Event::BranchMisses,
+            Event::CoreCycles,
+            Event::RefCycles,
+            Event::Other,
+        ];
+        for ev in ALL {
+            for (ring, cpl) in [(0, 0u8), (1, 3u8)] {
+                let mut m = 0u16;
+                for i in 0..GP_COUNTERS {
+                    if self.gp_counts(i, ev, cpl) {
+                        m |= 1 << i;
+                    }
+                }
+                for i in 0..FIXED_COUNTERS {
+                    if self.fixed_counts(i, ev, cpl) {
+                        m |= 1 << (8 + i);
+                    }
+                }
+                self.counting[ev as usize][ring] = m;
+            }
+        }
+    }
+
+    fn with_counting(mut self) -> VirtualPmu {
+        self.update_counting();
+        self
+    }
+
     /// Adds `n` occurrences of `ev` at `cpl` to every counter counting it.
     fn count(&mut self, ev: Event, n: u64, cpl: u8) {
         if n == 0 {
@@ -564,9 +611,13 @@ impl VirtualPmu {
             }
             return;
         }
+        let counting = self.counting[ev as usize][usize::from(cpl != 0)];
+        if counting == 0 {
+            return;
+        }
         let mut pmi = false;
         for i in 0..GP_COUNTERS {
-            if self.gp_counts(i, ev, cpl) {
+            if counting & (1 << i) != 0 {
                 let (v, ovf) = add48(self.pmc[i], n);
                 self.pmc[i] = v;
                 if ovf {
@@ -577,7 +628,7 @@ impl VirtualPmu {
             }
         }
         for i in 0..FIXED_COUNTERS {
-            if self.fixed_counts(i, ev, cpl) {
+            if counting & (1 << (8 + i)) != 0 {
                 let (v, ovf) = add48(self.fixed[i], n);
                 self.fixed[i] = v;
                 if ovf {
@@ -607,6 +658,7 @@ impl VirtualPmu {
                 }
                 if perfmon {
                     self.global_ctrl = 0;
+                    self.update_counting();
                     self.v2_ctr_frozen = true;
                 }
             }

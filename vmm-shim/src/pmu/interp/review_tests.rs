@@ -660,3 +660,58 @@ fn a_loop_runs_from_cached_blocks_and_code_writes_still_halt() {
     let (steps, halt, end) = run_with(&mut interp, &mut m, s);
     assert_eq!((steps, halt, end.gpr[0]), (1 + 5 * 3, Halt::CodePage, 15));
 }
+
+/// Chained blocks (a block's link to the block execution went on to, followed without a
+/// map lookup) are still checked against guest memory once per stretch: a loop whose
+/// second block the guest rewrote between two stretches runs the new code.
+#[test]
+fn a_chained_block_rewritten_between_stretches_is_decoded_again() {
+    // mov $5,%ecx ; 1: add %rcx,%rax ; jmp 2f ; 2: dec %ecx ; jnz 1b ; hlt
+    let code = [
+        0xb9, 0x05, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc8, 0xeb, 0x00, 0xff, 0xc9, 0x75, 0xf7, 0xf4,
+    ];
+    let mut m = Machine::new(&code);
+    let mut interp = Interp::default();
+    let s = state();
+    let (steps, halt, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!((steps, end.gpr[0], end.rip), (1 + 5 * 4, 15, CODE + 14));
+    assert!(matches!(halt, Halt::Unsupported(_)), "{halt:?}");
+    // `dec %ecx` becomes `shr %ecx`: 5, 2, 1.
+    m.mem[CODE as usize + 10..CODE as usize + 12].copy_from_slice(&[0xd1, 0xe9]);
+    let (steps, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!(
+        (steps, end.gpr[0]),
+        (1 + 3 * 4, 8),
+        "the stale chained block ran"
+    );
+    // And back, in the same interpreter: the slot decoded again holds the new code.
+    m.mem[CODE as usize + 10..CODE as usize + 12].copy_from_slice(&[0xff, 0xc9]);
+    let (steps, _, end) = run_with(&mut interp, &mut m, s);
+    assert_eq!(
+        (steps, end.gpr[0]),
+        (1 + 5 * 4, 15),
+        "the stale chained block ran"
+    );
+}
+
+/// A data page that passed the checks (and is remembered for the next accesses) is
+/// checked again once code runs from it: the next read halts before it happens.
+#[test]
+fn a_data_page_that_becomes_code_in_a_stretch_halts_the_next_read() {
+    // mov (%rbx),%rax (twice: the second from the remembered page) ; jmp *%rdx ;
+    // (CODE+8) mov (%rbx),%rax ; hlt
+    let code = [
+        0x48, 0x8b, 0x03, 0x48, 0x8b, 0x03, 0xff, 0xe2, 0x48, 0x8b, 0x03, 0xf4,
+    ];
+    let mut m = Machine::new(&code);
+    // At DATA+0x200, on the page just read: jmp *%rsi.
+    m.mem[DATA as usize + 0x200..DATA as usize + 0x202].copy_from_slice(&[0xff, 0xe6]);
+    put(&mut m, DATA + 0x100, 0x1234);
+    let mut s = state();
+    s.gpr[3] = DATA + 0x100;
+    s.gpr[2] = DATA + 0x200;
+    s.gpr[6] = CODE + 8;
+    let (steps, halt, end) = run(&mut m, s);
+    assert_eq!(end.gpr[0], 0x1234);
+    assert_eq!((steps, halt, end.rip), (4, Halt::CodePage, CODE + 8));
+}

@@ -1,7 +1,7 @@
 //! SSE/SSE2 moves and integer/bitwise operations on XMM registers (legacy encodings only:
 //! VEX/EVEX forms are left to the CPU), the forms compiled hot loops and libc's string
 //! and memory functions use: MOVUPS/MOVAPS/MOVDQU/MOVDQA (and the PD forms), MOVD/MOVQ,
-//! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB,
+//! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB, PMULUDQ,
 //! PMOVMSKB, PUNPCKL*, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate. None of them touches RFLAGS or raises SIMD floating-point
 //! exceptions. A legacy SSE instruction whose 16-byte memory operand is not 16-byte
 //! aligned (other than the unaligned moves) raises #GP on the CPU: left to it.
@@ -335,6 +335,10 @@ impl Exec<'_, '_, '_> {
             Code::Paddw_xmm_xmmm128 => |a, b| lanes(a, b, 2, u64::wrapping_add),
             Code::Paddd_xmm_xmmm128 => |a, b| lanes(a, b, 4, u64::wrapping_add),
             Code::Paddq_xmm_xmmm128 => |a, b| lanes(a, b, 8, u64::wrapping_add),
+            // The low unsigned doubleword of each quadword, multiplied to 64 bits.
+            Code::Pmuludq_xmm_xmmm128 => {
+                |a, b| lanes(a, b, 8, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff))
+            }
             Code::Psubb_xmm_xmmm128 => |a, b| lanes(a, b, 1, u64::wrapping_sub),
             Code::Psubw_xmm_xmmm128 => |a, b| lanes(a, b, 2, u64::wrapping_sub),
             Code::Psubd_xmm_xmmm128 => |a, b| lanes(a, b, 4, u64::wrapping_sub),

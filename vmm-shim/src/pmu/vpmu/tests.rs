@@ -522,3 +522,69 @@ fn snapshot_copies_slots_in_msr_order() {
     assert_eq!(newest[0], 0x1009);
     assert_eq!(newest[7], 0x1002);
 }
+
+/// The table `count` uses to find the counters of an event says what the per-counter
+/// rules say, after any sequence of control writes (and a v2 freeze, which clears
+/// GLOBAL_CTRL), for every event and ring.
+#[test]
+fn the_counting_table_follows_every_control_write() {
+    let events = [
+        (EVENT_INST_RETIRED, 0),
+        (EVENT_BR_INST_RETIRED, 0),
+        (EVENT_BR_MISP_RETIRED, 0),
+        (EVENT_CORE_CYCLES, 0),
+        (EVENT_CORE_CYCLES, UMASK_REF_CYCLES),
+        (0x2e, 0x41),
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for version in [2, 4] {
+        let mut p = pmu(version, 32);
+        for _ in 0..2000 {
+            let r = next();
+            let i = (r >> 8) as u32 % GP_COUNTERS as u32;
+            let _ = match r % 4 {
+                0 => {
+                    let (code, umask) = events[(r >> 16) as usize % events.len()];
+                    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
+                    p.wrmsr(
+                        IA32_PERFEVTSEL0 + i,
+                        u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits,
+                    )
+                }
+                1 => p.wrmsr(IA32_FIXED_CTR_CTRL, (r >> 20) & 0xfff),
+                2 => p.wrmsr(IA32_PERF_GLOBAL_CTRL, (r >> 30) & COUNTERS_MASK),
+                _ => {
+                    p.wrmsr(IA32_DEBUGCTL, DEBUGCTL_FREEZE_PERFMON_ON_PMI)
+                        .unwrap();
+                    p.raise_pmi();
+                    Ok(())
+                }
+            };
+            for ev in [
+                Event::Instructions,
+                Event::Branches,
+                Event::BranchMisses,
+                Event::CoreCycles,
+                Event::RefCycles,
+                Event::Other,
+            ] {
+                for cpl in [0u8, 3] {
+                    let mut want = 0u16;
+                    for c in 0..GP_COUNTERS {
+                        want |= u16::from(p.gp_counts(c, ev, cpl)) << c;
+                    }
+                    for c in 0..FIXED_COUNTERS {
+                        want |= u16::from(p.fixed_counts(c, ev, cpl)) << (8 + c);
+                    }
+                    assert_eq!(p.counting[ev as usize][usize::from(cpl != 0)], want);
+                }
+            }
+        }
+    }
+}
