@@ -1269,3 +1269,69 @@ fn corrupt_sample_body_is_an_error_naming_the_sample() {
         "{err}"
     );
 }
+
+/// A binary deleted (or rebuilt) after recording is found by its build-id in perf's
+/// build-id cache under `$HOME/.debug` (`.build-id/xx/rest/elf`, as `perf buildid-cache`
+/// keeps it): the binary passes that directory to the library, which reads no environment.
+#[test]
+fn a_deleted_binary_is_found_in_perfs_build_id_cache_under_home() {
+    use object::Object;
+    if !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "hot");
+    let data = tmp.path().join("hot.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe)
+        .arg("100000000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&exe).unwrap();
+    let id = object::File::parse(&*bytes)
+        .unwrap()
+        .build_id()
+        .unwrap()
+        .expect("gcc links with a build-id");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let home = tmp.path().join("home");
+    let cached = home
+        .join(".debug/.build-id")
+        .join(&hex[..2])
+        .join(&hex[2..]);
+    std::fs::create_dir_all(&cached).unwrap();
+    std::fs::write(cached.join("elf"), &bytes).unwrap();
+    std::fs::remove_file(&exe).unwrap();
+    let hot_loop_named = |home: &Path| {
+        let out = common::lbrprof()
+            .args(["report", "--format", "json", "--comm", "hot", "-i"])
+            .arg(&data)
+            .env("HOME", home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function"] == "hot_loop")
+    };
+    assert!(hot_loop_named(&home), "named from {}", cached.display());
+    assert!(
+        !hot_loop_named(&tmp.path().join("nowhere")),
+        "not without the cache"
+    );
+}

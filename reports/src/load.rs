@@ -44,6 +44,8 @@ pub struct SymbolPlaces {
     pub debug_dirs: Vec<PathBuf>,
     /// The debuginfod client cache, if the caller knows one.
     pub debuginfod_cache: Option<PathBuf>,
+    /// perf's build-id cache (`~/.debug`), if the caller knows one.
+    pub build_id_cache: Option<PathBuf>,
     /// Kernel symbols from this file instead of /proc/kallsyms.
     pub kallsyms: Option<PathBuf>,
     /// The recorded module files are looked for under this directory (perf's --symfs).
@@ -234,7 +236,11 @@ fn symbol_source(
     // that kernel whatever runs now, and is a plain file: reading it costs a fraction of
     // having the kernel generate /proc/kallsyms.
     let saved = match (&places.kallsyms, kernel_build_id) {
-        (None, Some(id)) => lbrprof_symbolizer::saved_kallsyms(id, &places.debug_dirs),
+        (None, Some(id)) => lbrprof_symbolizer::saved_kallsyms(
+            id,
+            &places.debug_dirs,
+            places.build_id_cache.as_deref(),
+        ),
         _ => None,
     };
     let mut source = SymbolizerSource::new(SymbolizerOptions {
@@ -251,6 +257,7 @@ fn symbol_source(
             )
             .collect(),
         debuginfod_cache: places.debuginfod_cache.clone(),
+        build_id_cache: places.build_id_cache.clone(),
         kallsyms: places.kallsyms.clone().or_else(|| saved.clone()),
         demangle,
         inlines: true,

@@ -91,6 +91,8 @@ pub fn choose_binary(loaded: &Loaded, input: &InputArgs) -> anyhow::Result<(Modu
     // Mangled names (what compilers and BOLT match), every inlined frame.
     let opts = SymbolizerOptions {
         debug_dirs: input.debug_dir.clone(),
+        debuginfod_cache: super::symbolize::debuginfod_cache(),
+        build_id_cache: super::symbolize::build_id_cache(),
         demangle: false,
         inlines: true,
         ..SymbolizerOptions::default()

@@ -257,6 +257,7 @@ impl InputArgs {
             symbols: SymbolPlaces {
                 debug_dirs: self.debug_dir.clone(),
                 debuginfod_cache: crate::cmd::symbolize::debuginfod_cache(),
+                build_id_cache: crate::cmd::symbolize::build_id_cache(),
                 kallsyms: self.kallsyms.clone(),
                 symfs: self.symfs.clone(),
             },

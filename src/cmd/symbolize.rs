@@ -119,6 +119,14 @@ const PIPE_BATCH: usize = 1 << 16;
 /// The debuginfod client's cache, where `debuginfod-find` and gdb leave what they
 /// downloaded: `$DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`, else
 /// `~/.cache/debuginfod_client` (libdebuginfod's order).
+/// perf's build-id cache, `$HOME/.debug` (where `perf record` and `perf buildid-cache`
+/// keep copies of binaries and kernel symbol tables).
+pub fn build_id_cache() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".debug"))
+}
+
 pub fn debuginfod_cache() -> Option<PathBuf> {
     let var = |name| {
         std::env::var_os(name)
@@ -166,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = SymbolizerOptions {
         debug_dirs: args.debug_dirs,
         debuginfod_cache: debuginfod_cache(),
+        build_id_cache: build_id_cache(),
         kallsyms: args.kallsyms,
         demangle: !args.no_demangle,
         inlines: !args.no_inlines,

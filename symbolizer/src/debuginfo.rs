@@ -39,46 +39,44 @@ pub(crate) fn by_build_id(build_id: &[u8], debug_dirs: &[PathBuf], suffix: &str)
 /// Copies of a *binary* (not its debug file: a debug file's program headers no longer
 /// describe the loaded file) with this build-id, for a module whose recorded file is gone
 /// or was rebuilt: `DIR/.build-id/xx/rest` and perf's `DIR/.build-id/xx/rest/elf` for each
-/// `--debug-dir` DIR, perf's build-id cache `~/.debug`, and debuginfod's client cache
-/// `~/.cache/debuginfod_client/ID/executable`.
-pub(crate) fn binaries_by_build_id(build_id: &[u8], debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// `--debug-dir` DIR, then perf's build-id cache `cache` (`~/.debug`). (The debuginfod
+/// client cache's `ID/executable` is the caller's to add.)
+pub(crate) fn binaries_by_build_id(
+    build_id: &[u8],
+    debug_dirs: &[PathBuf],
+    cache: Option<&Path>,
+) -> Vec<PathBuf> {
     if build_id.len() < 2 {
         return Vec::new();
     }
     let hex = crate::error::hex(build_id);
     let (head, rest) = hex.split_at(2);
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let mut dirs: Vec<PathBuf> = debug_dirs.to_vec();
-    dirs.extend(home.iter().map(|h| h.join(".debug")));
     let mut out = Vec::new();
-    for dir in dirs {
+    for dir in debug_dirs.iter().map(PathBuf::as_path).chain(cache) {
         let base = dir.join(".build-id").join(head).join(rest);
         out.push(base.join("elf"));
         out.push(base);
-    }
-    if let Some(h) = home {
-        out.push(
-            h.join(".cache/debuginfod_client")
-                .join(&hex)
-                .join("executable"),
-        );
     }
     out
 }
 
 /// perf's saved copy of the kernel symbol table of the kernel with `build_id`
 /// (`perf record` stores `/proc/kallsyms` as `[kernel.kallsyms]/ID/kallsyms` in its
-/// build-id cache): under each `--debug-dir` DIR, then `~/.debug`. Only existing files.
-pub fn saved_kallsyms(build_id: &[u8], debug_dirs: &[PathBuf]) -> Option<PathBuf> {
+/// build-id cache): under each `--debug-dir` DIR, then perf's build-id cache `cache`
+/// (`~/.debug`). Only existing files.
+pub fn saved_kallsyms(
+    build_id: &[u8],
+    debug_dirs: &[PathBuf],
+    cache: Option<&Path>,
+) -> Option<PathBuf> {
     if build_id.is_empty() {
         return None;
     }
     let hex = crate::error::hex(build_id);
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".debug"));
     debug_dirs
         .iter()
-        .cloned()
-        .chain(home)
+        .map(PathBuf::as_path)
+        .chain(cache)
         .map(|d| d.join("[kernel.kallsyms]").join(&hex).join("kallsyms"))
         .find(|p| p.is_file())
 }
@@ -127,10 +125,13 @@ mod tests {
 
     #[test]
     fn binary_paths_by_build_id() {
-        let c = binaries_by_build_id(&[0xab, 0xcd], &[PathBuf::from("/d")]);
+        let c = binaries_by_build_id(&[0xab, 0xcd], &[PathBuf::from("/d")], None);
         assert_eq!(c[0], PathBuf::from("/d/.build-id/ab/cd/elf"));
         assert_eq!(c[1], PathBuf::from("/d/.build-id/ab/cd"));
-        assert!(binaries_by_build_id(&[], &[]).is_empty());
+        assert_eq!(c.len(), 2);
+        let c = binaries_by_build_id(&[0xab, 0xcd], &[], Some(Path::new("/home/u/.debug")));
+        assert_eq!(c[1], PathBuf::from("/home/u/.debug/.build-id/ab/cd"));
+        assert!(binaries_by_build_id(&[], &[], None).is_empty());
     }
 
     #[test]

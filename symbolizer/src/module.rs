@@ -233,7 +233,11 @@ impl Module {
         ) {
             return first;
         }
-        let mut candidates = debuginfo::binaries_by_build_id(build_id, &opts.debug_dirs);
+        let mut candidates = debuginfo::binaries_by_build_id(
+            build_id,
+            &opts.debug_dirs,
+            opts.build_id_cache.as_deref(),
+        );
         if let Some(cache) = &opts.debuginfod_cache {
             candidates.push(cache.join(hex(build_id)).join("executable"));
         }

@@ -108,6 +108,10 @@ pub struct SymbolizerOptions {
     /// `~/.cache/debuginfod_client`): debug files are looked for as `DIR/<build-id>/debuginfo`
     /// after the build-id directories, executables as `DIR/<build-id>/executable`.
     pub debuginfod_cache: Option<PathBuf>,
+    /// perf's build-id cache (`~/.debug` for the user who recorded): copies of binaries
+    /// (`DIR/.build-id/xx/rest[/elf]`) and saved kernel symbol tables, searched after the
+    /// debug directories. The caller names it; the library reads no environment.
+    pub build_id_cache: Option<PathBuf>,
     /// A kallsyms file to use instead of /proc/kallsyms (reports made on another machine).
     pub kallsyms: Option<PathBuf>,
     /// Demangle Rust (legacy and v0) and C++ names.
@@ -124,6 +128,7 @@ impl Default for SymbolizerOptions {
         SymbolizerOptions {
             debug_dirs: Vec::new(),
             debuginfod_cache: None,
+            build_id_cache: None,
             kallsyms: None,
             demangle: true,
             style: NameStyle::default(),
