@@ -32,25 +32,37 @@ fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf
     exe
 }
 
+/// Builds `tests/workloads/NAME.c` with glibc (dynamic and static) and musl (static),
+/// runs each build natively and under `lbrprof run --vm --`, and checks that the native
+/// run prints every line of `expect` and the VM run is byte-identical to it. Returns each
+/// build's name and native output.
+fn identical_with_every_libc(name: &str, expect: &[&str]) -> Vec<(&'static str, String)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut texts = Vec::new();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), name, out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout).into_owned();
+        for line in expect {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_identical(out, &native, &vm);
+        texts.push((out, text));
+    }
+    texts
+}
+
 #[test]
 fn calls_into_the_vsyscall_page_answer_like_natively() {
     if !kvm_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    for (out, cc, flags) in [
-        ("glibc", "gcc", &[][..]),
-        ("glibc-static", "gcc", &["-static"][..]),
-        ("musl-static", "musl-gcc", &["-static"][..]),
-    ] {
-        let exe = build(tmp.path(), "linux_vsyscall", out, cc, flags);
-        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
-        let text = String::from_utf8_lossy(&native.stdout);
-        assert!(
-            text.contains("time: ok") && !text.contains("WRONG"),
-            "{out}: {text}"
-        );
-        assert_identical(out, &native, &vm);
+    for (out, text) in identical_with_every_libc("linux_vsyscall", &["time: ok"]) {
+        assert!(!text.contains("WRONG"), "{out}: {text}");
     }
 }
 
@@ -117,27 +129,19 @@ fn signals_interrupt_blocked_calls_like_natively() {
     if !kvm_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    for (out, cc, flags) in [
-        ("dynamic", "gcc", &[][..]),
-        ("static", "gcc", &["-static"][..]),
-        ("musl", "musl-gcc", &["-static"][..]),
-    ] {
-        let exe = build(tmp.path(), "linux_signal_wait", out, cc, flags);
-        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
-        let text = String::from_utf8_lossy(&native.stdout);
-        for line in [
+    let texts = identical_with_every_libc(
+        "linux_signal_wait",
+        &[
             "read, no SA_RESTART: -1 EINTR, handled 1",
             "read, SA_RESTART: 1 ok, handled 1",
             "epoll_wait, SA_RESTART: -1 EINTR, handled 1",
             "sigsuspend: -1 EINTR, handled 1, blocked after 1",
             "waitpid again: child, status 4",
             "poll with SIGCHLD default: 0 ok",
-        ] {
-            assert!(text.contains(line), "{out}: native run: {text}");
-        }
+        ],
+    );
+    for (out, text) in texts {
         assert_eq!(text.matches("in time yes").count(), 8, "{out}: {text}");
-        assert_identical(out, &native, &vm);
     }
 }
 
@@ -146,25 +150,15 @@ fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
     if !kvm_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    for (out, cc, flags) in [
-        ("dynamic", "gcc", &[][..]),
-        ("static", "gcc", &["-static"][..]),
-        ("musl", "musl-gcc", &["-static"][..]),
-    ] {
-        let exe = build(tmp.path(), "linux_write_intr", out, cc, flags);
-        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
-        let text = String::from_utf8_lossy(&native.stdout);
-        for line in [
+    identical_with_every_libc(
+        "linux_write_intr",
+        &[
             "write to a full pipe, no SA_RESTART: -1 EINTR, handled 1",
             "write to a full pipe, SA_RESTART: 1 ok, handled 1",
             "large write interrupted: 65536 ok, handled 1",
             "write with an ignored signal: 100000 ok, reader saw it all yes",
-        ] {
-            assert!(text.contains(line), "{out}: native run: {text}");
-        }
-        assert_identical(out, &native, &vm);
-    }
+        ],
+    );
 }
 
 #[test]
@@ -172,24 +166,14 @@ fn timer_signals_say_who_sent_them_like_natively() {
     if !kvm_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    for (out, cc, flags) in [
-        ("dynamic", "gcc", &[][..]),
-        ("static", "gcc", &["-static"][..]),
-        ("musl", "musl-gcc", &["-static"][..]),
-    ] {
-        let exe = build(tmp.path(), "linux_timer_info", out, cc, flags);
-        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
-        let text = String::from_utf8_lossy(&native.stdout);
-        for line in [
+    identical_with_every_libc(
+        "linux_timer_info",
+        &[
             "setitimer: signo 14 code SI_KERNEL pid 0 uid 0",
             "timer: signo 10 code SI_TIMER id matches yes overrun 0 value 42",
             "blocked timer: code SI_TIMER value 7 overrun > 0 yes, timer_getoverrun agrees yes",
-        ] {
-            assert!(text.contains(line), "{out}: native run: {text}");
-        }
-        assert_identical(out, &native, &vm);
-    }
+        ],
+    );
 }
 
 #[test]
