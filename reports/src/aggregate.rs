@@ -186,7 +186,8 @@ pub struct Profile {
     /// root), one table per guest process (`pid` = `tid` = the guest's pid) and the
     /// command it had at the snapshot. Guest pids are the guest's own, not host ones.
     pub guest_task_stacks: FastMap<Task, FastMap<Vec<Loc>, Count>>,
-    /// Each guest process's last command name, by guest pid.
+    /// With [`AggregateOptions::tasks`]: each guest process's last command name, by
+    /// guest pid.
     pub guest_comms: HashMap<u32, String>,
 }
 
@@ -389,6 +390,10 @@ impl Aggregator {
                     self.guest_spaces.insert(r, p.space);
                 }
                 self.profile.spaces.set_guest_pid(p.vm, p.space, p.pid);
+                if self.opts.tasks {
+                    // perf names a process by its last command (this one, after an exec).
+                    self.profile.guest_comms.insert(p.pid, p.comm.clone());
+                }
                 self.space_process.insert(
                     p.space,
                     GuestProcessName {
@@ -440,34 +445,21 @@ impl Aggregator {
     }
 
     /// Thread `tid` of process `pid` under its current command name.
-    /// The index of command name `name` in `profile.task_comms`, added if new.
-    fn comm_index(&mut self, name: &str) -> u32 {
-        if let Some(&i) = self.task_comm_index.get(name) {
-            return i;
-        }
-        let p = &mut self.profile;
-        p.task_comms.push(name.to_owned());
-        let i = (p.task_comms.len() - 1) as u32;
-        self.task_comm_index.insert(name.to_owned(), i);
-        i
-    }
-
     fn task(&mut self, pid: u32, tid: u32) -> Task {
-        let p = &mut self.profile;
-        let comm = match p.comms.get(&tid) {
-            Some(c) => self.task_comm_index.get(c.as_str()).copied(),
-            None => None,
+        let comm = match self.profile.comms.get(&tid) {
+            Some(c) => intern_comm(&mut self.task_comm_index, &mut self.profile.task_comms, c),
+            None => {
+                let name = match tid {
+                    0 => "swapper".to_owned(),
+                    _ => format!(":{tid}"),
+                };
+                intern_comm(
+                    &mut self.task_comm_index,
+                    &mut self.profile.task_comms,
+                    &name,
+                )
+            }
         };
-        let comm = comm.unwrap_or_else(|| {
-            let name = p.comms.get(&tid).cloned().unwrap_or_else(|| match tid {
-                0 => "swapper".to_owned(),
-                _ => format!(":{tid}"),
-            });
-            *self.task_comm_index.entry(name.clone()).or_insert_with(|| {
-                p.task_comms.push(name);
-                (p.task_comms.len() - 1) as u32
-            })
-        });
         Task { pid, tid, comm }
     }
 
@@ -802,16 +794,20 @@ impl Aggregator {
             });
         }
         if self.opts.tasks {
-            let (pid, comm) = self
+            let (pid, name) = self
                 .space_process
                 .get(&space)
-                .map_or((0, "[guest]".to_owned()), |p| (p.pid, p.comm.clone()));
+                .map_or((0, "[guest]"), |p| (p.pid, p.comm.as_str()));
+            let comm = intern_comm(
+                &mut self.task_comm_index,
+                &mut self.profile.task_comms,
+                name,
+            );
             let task = Task {
                 pid,
                 tid: pid,
-                comm: self.comm_index(&comm),
+                comm,
             };
-            self.profile.guest_comms.insert(pid, comm);
             bump(
                 self.profile.guest_task_stacks.entry(task).or_default(),
                 &stack,
@@ -872,6 +868,17 @@ fn bump_n(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], samples: u64, weight:
         c.add_n(samples, weight);
         map.insert(key.to_vec(), c);
     }
+}
+
+/// The index of command name `name` in `comms` (indexed by `index`), added if new.
+fn intern_comm(index: &mut HashMap<String, u32>, comms: &mut Vec<String>, name: &str) -> u32 {
+    if let Some(&i) = index.get(name) {
+        return i;
+    }
+    comms.push(name.to_owned());
+    let i = (comms.len() - 1) as u32;
+    index.insert(name.to_owned(), i);
+    i
 }
 
 /// Whether `ret`, a return address the guest's frame-pointer walk found above code at
