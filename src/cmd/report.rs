@@ -384,7 +384,8 @@ pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
 /// take a few milliseconds). Each path is tried as recorded, through symlinks and as its
 /// merged-/usr alias. Paths off Debian or not packaged are absent.
 fn debian_packages(modules: &[&str]) -> HashMap<String, String> {
-    let mut candidates: Vec<(PathBuf, &str)> = Vec::new();
+    // Candidate path → the module it stands for (the first module to claim it).
+    let mut candidates: HashMap<String, &str> = HashMap::new();
     for &module in modules {
         let path = Path::new(module);
         let mut paths = vec![path.to_path_buf()];
@@ -401,7 +402,11 @@ fn debian_packages(modules: &[&str]) -> HashMap<String, String> {
                 }
             }
         }
-        candidates.extend(paths.into_iter().map(|p| (p, module)));
+        for p in paths {
+            if let Some(p) = p.to_str() {
+                candidates.entry(p.to_owned()).or_insert(module);
+            }
+        }
     }
     if candidates.is_empty() {
         return HashMap::new();
@@ -433,31 +438,21 @@ fn debian_packages(modules: &[&str]) -> HashMap<String, String> {
 
 /// Adds to `out` (module → package) the modules whose candidate path is a line of the
 /// file list `text` of package `stem` (`NAME` or `NAME:ARCH`); modules already named keep
-/// their package.
+/// their package. One pass over the list, whatever the number of candidates.
 fn packages_from_list(
     stem: &str,
     text: &str,
-    candidates: &[(PathBuf, &str)],
+    candidates: &HashMap<String, &str>,
     out: &mut HashMap<String, String>,
 ) {
     let package = stem.split(':').next().unwrap_or_default();
     if package.is_empty() {
         return;
     }
-    for (candidate, module) in candidates {
-        if out.contains_key(*module) {
-            continue;
-        }
-        let Some(path) = candidate.to_str() else {
-            continue;
-        };
-        let listed = text.match_indices(path).any(|(at, _)| {
-            let before = text[..at].ends_with('\n') || at == 0;
-            let after = text[at + path.len()..].starts_with('\n') || at + path.len() == text.len();
-            before && after
-        });
-        if listed {
-            out.insert((*module).to_owned(), package.to_owned());
+    for line in text.lines() {
+        if let Some(&module) = candidates.get(line) {
+            out.entry(module.to_owned())
+                .or_insert_with(|| package.to_owned());
         }
     }
 }
@@ -652,6 +647,10 @@ mod tests {
             (PathBuf::from("/bin/gzip"), "/usr/bin/gzip"),
             (PathBuf::from("/opt/x/own.so"), "/opt/x/own.so"),
         ];
+        let candidates: HashMap<String, &str> = candidates
+            .into_iter()
+            .map(|(p, m)| (p.to_string_lossy().into_owned(), m))
+            .collect();
         let mut got = HashMap::new();
         let libc = "/.\n/lib\n/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu/libc.so.6\n";
         packages_from_list("libc6:amd64", libc, &candidates, &mut got);
