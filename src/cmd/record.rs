@@ -337,7 +337,6 @@ impl Args {
     /// The plain options the collector takes.
     fn into_options(self) -> anyhow::Result<RecordOptions> {
         let request = self.sampling_request()?;
-        let events = self.events()?;
         let replace = self.replace();
         let system = self.all_cpus || self.cpu.is_some();
         let target = match (self.pid, self.tid) {
@@ -365,10 +364,11 @@ impl Args {
         };
         // perf samples tracepoints on every hit unless told otherwise (beside other
         // events, the sampler gives the tracepoints alone a period of 1).
-        let tracepoint =
-            |e: &EventChoice| matches!(e, EventChoice::Event(host::EventKind::Tracepoint { .. }));
+        let tracepoint = |e: &host::EventKind| matches!(e, host::EventKind::Tracepoint { .. });
+        let all_tracepoints = matches!(&request.event, EventRequest::Event(e) if tracepoint(e))
+            && request.more_events.iter().all(tracepoint);
         let period = match self.period {
-            None if events.iter().all(tracepoint) => Some(1),
+            None if all_tracepoints => Some(1),
             period => period,
         };
         Ok(RecordOptions {
