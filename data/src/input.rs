@@ -367,18 +367,6 @@ fn lbrprof_sampled(r: &RecordingReader) -> Vec<String> {
         .collect()
 }
 
-impl Input {
-    /// Each sampled event's name and sample count, for `info`: a perf.data file's every
-    /// event attribute, an lbrprof.data recording's events (counted once the stream has
-    /// ended, or from its summary).
-    pub fn samples_per_event(&self) -> Vec<(String, u64)> {
-        match &self.source {
-            Source::Perf(r) => r.events().map(|(n, c)| (n.to_owned(), c)).collect(),
-            Source::Lbrprof(r) => r.samples_per_event(),
-        }
-    }
-}
-
 impl Iterator for Input {
     type Item = Result<Event, InputError>;
 

@@ -81,7 +81,7 @@
 //!
 //! Reports read the chunks another way, with the same outcome: [`RecordingReader::mapped_chunks`]
 //! maps the file and walks the chunk headers only ([`MappedChunks`]), so callers check
-//! ([`MappedChunks::payload`]) and decode ([`decode_payload`], [`for_each_sample`], an
+//! ([`MappedChunks::payload`]) and decode ([`decode_payload`], [`for_each_sample_of`], an
 //! allocation-free decoder of sample chunks) many chunks at once, in any order
 //! (`lbrprof_reports::recscan`).
 
@@ -1018,7 +1018,7 @@ impl MappedChunks {
 impl RecordingReader {
     /// Maps the rest of the file and walks its chunk headers, for a caller that checks
     /// and decodes the chunks itself, in parallel ([`MappedChunks::payload`],
-    /// [`decode_payload`], [`for_each_sample`]); afterwards this reader's stream is
+    /// [`decode_payload`], [`for_each_sample_of`]); afterwards this reader's stream is
     /// empty. Warnings are those of the stream: unknown chunk kinds (in file order; the
     /// chunks stay in the list so their checksums are still checked) and a truncated last
     /// chunk. The caller hands the summary chunk's payload to [`Self::read_summary`].
@@ -1158,21 +1158,12 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
     }
 }
 
-/// Calls `f` with each host sample of a checked samples payload (kind 3), in order,
-/// decoding into one reused [`HostSample`]: no allocation per sample once its call chain
-/// and branch stack have grown to the longest seen. The samples and the error (naming
-/// `offset`) are exactly those of [`decode_payload`]; on an error `f` may already have
-/// seen some of the chunk's samples.
-pub fn for_each_sample(
-    offset: u64,
-    payload: &[u8],
-    f: impl FnMut(&HostSample),
-) -> Result<(), FormatError> {
-    for_each_sample_of(offset, ChunkKind::Samples as u8, payload, f)
-}
-
-/// [`for_each_sample`] for a checked payload of either samples kind: 3, or 12, whose
-/// samples carry their [`HostSample::event`]. Other kinds give no samples.
+/// Calls `f` with each host sample of a checked samples payload of kind `kind` (3, or 12,
+/// whose samples carry their [`HostSample::event`]; other kinds give no samples), in
+/// order, decoding into one reused [`HostSample`]: no allocation per sample once its call
+/// chain and branch stack have grown to the longest seen. The samples and the error
+/// (naming `offset`) are exactly those of [`decode_payload`]; on an error `f` may already
+/// have seen some of the chunk's samples.
 pub fn for_each_sample_of(
     offset: u64,
     kind: u8,
@@ -2119,14 +2110,19 @@ mod tests {
         samples.push(HostSample::default());
         let payload = postcard::to_allocvec(&samples).unwrap();
         let mut got = Vec::new();
-        for_each_sample(7, &payload, |s| got.push(s.clone())).unwrap();
+        for_each_sample_of(7, ChunkKind::Samples as u8, &payload, |s| {
+            got.push(s.clone())
+        })
+        .unwrap();
         assert_eq!(got, samples);
         // Every prefix and a damaged byte anywhere: the same samples or postcard's error.
         for cut in (0..payload.len()).step_by(211) {
             let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&payload[..cut])
                 .map_err(|e| format!("corrupt chunk at byte offset 7: cannot decode: {e}"));
             let mut got = Vec::new();
-            let res = for_each_sample(7, &payload[..cut], |s| got.push(s.clone()));
+            let res = for_each_sample_of(7, ChunkKind::Samples as u8, &payload[..cut], |s| {
+                got.push(s.clone())
+            });
             assert_eq!(
                 res.map(|()| got).map_err(|e| e.to_string()),
                 want,
@@ -2139,7 +2135,8 @@ mod tests {
             let want: Result<Vec<HostSample>, String> = postcard::from_bytes(&bad)
                 .map_err(|e| format!("corrupt chunk at byte offset 7: cannot decode: {e}"));
             let mut got = Vec::new();
-            let res = for_each_sample(7, &bad, |s| got.push(s.clone()));
+            let res =
+                for_each_sample_of(7, ChunkKind::Samples as u8, &bad, |s| got.push(s.clone()));
             assert_eq!(
                 res.map(|()| got).map_err(|e| e.to_string()),
                 want,
@@ -2181,7 +2178,10 @@ mod tests {
             .collect();
         let payload = postcard::to_allocvec(&samples).unwrap();
         let mut got = Vec::new();
-        for_each_sample(0, &payload, |s| got.push(s.clone())).unwrap();
+        for_each_sample_of(0, ChunkKind::Samples as u8, &payload, |s| {
+            got.push(s.clone())
+        })
+        .unwrap();
         assert_eq!(got, samples);
     }
 
