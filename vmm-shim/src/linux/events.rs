@@ -91,6 +91,9 @@ pub struct WriteBlock {
     done: usize,
     /// Bytes written, or the error, once run.
     pub(crate) result: Result<usize, Errno>,
+    /// A signal or the VM's stop ended the last run before it wrote everything (an
+    /// error with some bytes written also ends it short, but for good).
+    cut: bool,
 }
 
 impl WriteBlock {
@@ -103,6 +106,7 @@ impl WriteBlock {
     /// slices, then writes what cannot block (a socket's send with MSG_DONTWAIT; at
     /// most PIPE_BUF bytes to a pipe or terminal, which POLLOUT promises room for).
     pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
+        self.cut = false;
         let fd = self.file.as_fd();
         let socket = host::is_socket(fd);
         let mut done = self.done;
@@ -116,6 +120,7 @@ impl WriteBlock {
                 break None;
             }
             if stop.load(Ordering::Acquire) || waiter.is_woken() {
+                self.cut = true;
                 break (done == 0).then_some(Errno(libc::EINTR));
             }
             match host::poll(&mut probe, STOP_POLL.as_millis() as i32) {
@@ -143,12 +148,11 @@ impl WriteBlock {
         };
     }
 
-    /// Whether a signal (or the VM's stop) ended it before it wrote everything.
+    /// Whether a signal (or the VM's stop) ended it before it wrote everything. A host
+    /// error after some bytes were written is not: the call returns that count, as on
+    /// Linux, instead of being waited on again (it would fail the same way forever).
     pub fn cut_short(&self) -> bool {
-        match self.result {
-            Err(e) => e.0 == libc::EINTR,
-            Ok(n) => n < self.data.len(),
-        }
+        self.cut
     }
 
     /// Whether it wrote nothing (an interrupted call that may be restarted).
@@ -227,6 +231,7 @@ impl Process {
             data,
             done: 0,
             result: Ok(0),
+            cut: false,
         })))
     }
 
