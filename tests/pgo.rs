@@ -54,13 +54,15 @@ fn sorted_lines(text: &str) -> Vec<&str> {
 }
 
 /// What llvm-bolt-16 says about a profile: (functions with profile, stale warning line).
-fn bolt_verdict(bin: &Path, fdata: &Path, dir: &Path) -> (String, Option<String>) {
+/// Runs llvm-bolt-16 with `-reorder-blocks=ext-tsp` and `extra`, writing `dir/bolted`.
+fn bolt_verdict(bin: &Path, fdata: &Path, dir: &Path, extra: &[&str]) -> (String, Option<String>) {
     let out = Command::new("llvm-bolt-16")
         .arg(bin)
         .arg(format!("-data={}", fdata.display()))
         .arg("-o")
         .arg(dir.join("bolted"))
         .arg("-reorder-blocks=ext-tsp")
+        .args(extra)
         .output()
         .unwrap();
     let text = format!(
@@ -137,7 +139,7 @@ fn llvm_bolt_finds_no_stale_profile_in_the_export() {
     let tmp = tempfile::tempdir().unwrap();
     let fdata = tmp.path().join("ours.fdata");
     let ours = export_bolt(&data, &fdata, &[]);
-    let (profiled, stale) = bolt_verdict(&bin, &fdata, tmp.path());
+    let (profiled, stale) = bolt_verdict(&bin, &fdata, tmp.path(), &[]);
     assert!(profiled.contains(" 2 out of "), "{profiled}");
     assert_eq!(stale, None);
     // compute_flag+0x1b is mid-block: no such fall-through exists.
@@ -147,7 +149,7 @@ fn llvm_bolt_finds_no_stale_profile_in_the_export() {
         format!("{ours}1 compute_flag 1b 1 compute_flag 29 0 5000\n"),
     )
     .unwrap();
-    let (_, stale) = bolt_verdict(&bin, &bad, tmp.path());
+    let (_, stale) = bolt_verdict(&bin, &bad, tmp.path(), &[]);
     assert!(stale.is_some_and(|s| s.contains("stale")));
 }
 
@@ -221,7 +223,7 @@ fn export(data: &Path, flag: &str, out: &Path, extra: &[&str]) -> String {
 
 /// `name:total:head` and depth-1 body lines `offset[.disc]: count` of a text sample
 /// profile: (function -> (total, lines)).
-fn parse_afdo(text: &str) -> BTreeMap<String, (u64, BTreeMap<String, u64>)> {
+fn parse_afdo(text: &str) -> Afdo {
     let mut out = BTreeMap::new();
     let mut cur: Option<String> = None;
     for l in text.lines() {
@@ -251,11 +253,31 @@ fn parse_afdo(text: &str) -> BTreeMap<String, (u64, BTreeMap<String, u64>)> {
     out
 }
 
+type Afdo = BTreeMap<String, (u64, BTreeMap<String, u64>)>;
+
+/// Each function of ours is in theirs with a total within 1%, and each of our lines
+/// with a count has that count there. (Theirs also has line-0 code at offset
+/// `0 - first line`, e.g. 65489, which names no line.)
+fn same_functions_and_hot_lines(ours: &Afdo, theirs: &Afdo, text: &str) {
+    for (f, (total, lines)) in ours {
+        let (t, their_lines) = theirs.get(f).unwrap_or_else(|| panic!("{f} not in {text}"));
+        assert!(
+            total.abs_diff(*t) * 100 <= *t,
+            "{f}: {total} vs create_llvm_prof's {t}"
+        );
+        for (l, n) in lines.iter().filter(|(_, n)| **n > 0) {
+            assert_eq!(their_lines.get(l), Some(n), "{f} line {l}");
+        }
+    }
+}
+
 /// On a guest recording (the emulated LBR): the BOLT export equals what perf2bolt makes
 /// of our pre-aggregated export (block cutting, returns onto block starts, local
 /// function names all as BOLT has them), and llvm-bolt-16 finds nothing stale; the
 /// AutoFDO export agrees with create_llvm_prof run on our raw AutoFDO export (same
-/// function totals, same hot lines), llvm-profdata-16 reads it and clang-16 uses it.
+/// function totals, same hot lines), and so does create_llvm_prof reading the recording
+/// exported as a perf.data with branch stacks; llvm-profdata-16 reads our profile and
+/// clang-16 uses it. The BOLTed and the clang-FDO programs print what the original prints.
 #[test]
 fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
     if !common::kvm_available()
@@ -337,9 +359,23 @@ fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
         );
     }
     assert!(ours.contains(" slow_path/1 "), "{ours}");
-    let (profiled, stale) = bolt_verdict(&exe, &fdata, tmp.path());
+    // The loop's BOLT options; the optimised program prints what the original prints.
+    let (profiled, stale) = bolt_verdict(
+        &exe,
+        &fdata,
+        tmp.path(),
+        &["-reorder-functions=hfsort+", "-split-functions"],
+    );
     assert!(!profiled.contains(" 0 out of "), "{profiled}");
     assert_eq!(stale, None);
+    let native = Command::new(&exe).arg("20000").output().unwrap();
+    assert!(native.status.success());
+    let bolted = Command::new(tmp.path().join("bolted"))
+        .arg("20000")
+        .output()
+        .unwrap();
+    assert!(bolted.status.success());
+    assert_eq!(bolted.stdout, native.stdout);
 
     // AutoFDO.
     let afdo_path = tmp.path().join("ours.afdo");
@@ -357,23 +393,12 @@ fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
     assert!(st.success());
     // Debian's create_llvm_prof 0.19 garbles inlined callees' names (not valid UTF-8).
     let theirs = String::from_utf8_lossy(&std::fs::read(&cl).unwrap()).into_owned();
-    let (a, b) = (parse_afdo(&afdo), parse_afdo(&theirs));
+    let a = parse_afdo(&afdo);
     assert!(
         a.contains_key("main") && a.contains_key("slow_path"),
         "{afdo}"
     );
-    for (f, (total, lines)) in &a {
-        let (t, their_lines) = b.get(f).unwrap_or_else(|| panic!("{f} not in {theirs}"));
-        assert!(
-            total.abs_diff(*t) * 100 <= *t,
-            "{f}: {total} vs create_llvm_prof's {t}"
-        );
-        // The hot lines: each of ours with a count has that count there. (Theirs also
-        // has line-0 code at offset `0 - first line`, e.g. 65489, which names no line.)
-        for (l, n) in lines.iter().filter(|(_, n)| **n > 0) {
-            assert_eq!(their_lines.get(l), Some(n), "{f} line {l}");
-        }
-    }
+    same_functions_and_hot_lines(&a, &parse_afdo(&theirs), &theirs);
     let prof = tmp.path().join("ours.prof");
     let out = Command::new("llvm-profdata-16")
         .args(["merge", "--sample"])
@@ -405,6 +430,44 @@ fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
     assert!(!err.contains("warning:"), "{err}");
     // The profile steered inlining: clang matched its contexts.
     assert!(err.contains("to match profiling context"), "{err}");
+    let fdo = Command::new(tmp.path().join("interp_fdo"))
+        .arg("20000")
+        .output()
+        .unwrap();
+    assert!(fdo.status.success());
+    assert_eq!(fdo.stdout, native.stdout);
+
+    // The same recording as a perf.data with branch stacks, read by create_llvm_prof's
+    // own perf reader (the guest written as host processes, as it knows no guest
+    // machines): the same function totals and hot lines as our AutoFDO export.
+    let perfdata = tmp.path().join("guest.perfdata");
+    let o = common::run(&[
+        "export",
+        "--perf-data",
+        "--guest-cpumode",
+        "host",
+        "--no-callchains",
+        "-i",
+        data.to_str().unwrap(),
+        "-o",
+        perfdata.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cl = tmp.path().join("create_llvm_prof_perf.afdo");
+    let st = Command::new("create_llvm_prof")
+        .args(["--format=text"])
+        .arg(format!("--profile={}", perfdata.display()))
+        .arg(format!("--binary={}", exe.display()))
+        .arg(format!("--out={}", cl.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let theirs = String::from_utf8_lossy(&std::fs::read(&cl).unwrap()).into_owned();
+    same_functions_and_hot_lines(&parse_afdo(&afdo), &parse_afdo(&theirs), &theirs);
 }
 
 /// A binary profile names one binary, which must be the recorded build and, for
