@@ -468,6 +468,15 @@ fn guest_recording_profiles_agree_with_perf2bolt_and_create_llvm_prof() {
     );
     let theirs = String::from_utf8_lossy(&std::fs::read(&cl).unwrap()).into_owned();
     same_functions_and_hot_lines(&parse_afdo(&afdo), &parse_afdo(&theirs), &theirs);
+    // And lbrprof reading that perf.data (host processes with branch stacks, as
+    // `perf record -b` writes them) makes the same profile as from the recording.
+    let from_perf = export(
+        &perfdata,
+        "--autofdo",
+        &tmp.path().join("from_perf.afdo"),
+        &["--dso", name, "--event", "guest-lbr"],
+    );
+    assert_eq!(from_perf, afdo);
 }
 
 /// A binary profile names one binary, which must be the recorded build and, for
