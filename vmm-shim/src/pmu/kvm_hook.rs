@@ -33,8 +33,9 @@
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
 
@@ -67,6 +68,15 @@ const VECTOR_DB: u8 = 1;
 const VECTOR_BP: u8 = 3;
 /// Frames of guest stack walked for an agent snapshot.
 const AGENT_STACK_FRAMES: usize = 64;
+/// Single-steps towards a breakpoint address (several vCPUs) after which the guest is
+/// taken to have gone another way (a signal handler that resumed elsewhere, a long
+/// `rep` string instruction) and the tracer plans again from where it stands. A planned
+/// stop is at most one block (≤ 512 instructions) and one predicted branch away.
+const MAX_STEPS_TO_BREAKPOINT: u32 = 1024;
+/// How long a vCPU that joins a running VM waits, before its first entry, for the
+/// `int3` breakpoints the VM's vCPU placed while it ran alone to be taken out (each
+/// goes at that vCPU's next stop; a vCPU blocked in a system call has none).
+const JOIN_WAIT: Duration = Duration::from_millis(500);
 
 /// The backend decision's facts: the host CPU (CPUID, perf's LBR count) and what KVM offers.
 pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
@@ -306,11 +316,16 @@ pub struct EmulatedPmuHook {
     failed: bool,
     /// KVM guest debug is on (its single-step owns RFLAGS.TF while it is).
     kvm_debug: bool,
-    /// vCPUs in the VM. With more than one, code is shared, so breakpoints are not `int3`
-    /// patches (another vCPU would trap on them) but single-steps until an address comes up.
-    vcpus: u32,
+    /// vCPUs in the VM, shared by its hooks and raised as vCPUs are added (a Linux
+    /// program's threads). With more than one, code is shared, so breakpoints are not
+    /// `int3` patches (another vCPU would trap on them, and a trap that races with the
+    /// patch's removal resumes inside an instruction) but single-steps until an address
+    /// comes up.
+    vcpus: Arc<AtomicU32>,
     /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
     pending_bps: Vec<u64>,
+    /// Single-steps taken towards `pending_bps` so far.
+    steps_to_bp: u32,
     stepping_stops: u64,
     /// This vCPU's guest agent ring (guest-driven snapshots).
     agent: AgentDrain,
@@ -637,6 +652,30 @@ fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), St
         .map_err(|e| format!("cannot write the trap frame: {e}"))
 }
 
+/// Waits up to `limit` until the VM whose guest memory starts at host address `mem_base`
+/// has no `int3` breakpoint left, and says whether it got there. A vCPU that joins a VM
+/// which ran on one vCPU so far calls it before its first entry: the vCPU that ran alone
+/// placed `int3`s in code the newcomer shares, and takes them out at its next stop (it
+/// knows of the newcomer by then, see [`EmulatedPmuHook::with_live_vcpus`]).
+fn wait_for_no_int3(mem_base: u64, limit: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let clear = {
+            let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+            int3.range((mem_base, 0)..=(mem_base, u64::MAX))
+                .next()
+                .is_none()
+        };
+        if clear {
+            return true;
+        }
+        if started.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Whether the `int3` that trapped at `addr` was a breakpoint of some vCPU of this VM:
 /// it still is one, or the byte is no longer `int3` (its owner took it out meanwhile).
 /// Only an `int3` of the program's own is still there and in nobody's table.
@@ -673,8 +712,9 @@ impl EmulatedPmuHook {
             armed: false,
             failed: false,
             kvm_debug: false,
-            vcpus: 1,
+            vcpus: Arc::new(AtomicU32::new(1)),
             pending_bps: Vec::new(),
+            steps_to_bp: 0,
             stepping_stops: 0,
             agent: AgentDrain::new(),
             drain_on_ack: true,
@@ -689,9 +729,23 @@ impl EmulatedPmuHook {
     }
 
     /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
-    pub fn with_vcpus(mut self, vcpus: u32) -> Self {
-        self.vcpus = vcpus.max(1);
+    pub fn with_vcpus(self, vcpus: u32) -> Self {
+        self.vcpus.fetch_max(vcpus.max(1), Ordering::AcqRel);
         self
+    }
+
+    /// Read the VM's vCPU count from `vcpus` at every stop, which whoever adds vCPUs
+    /// raises (see [`super::setup::LbrSetup::hook`]): the moment a second vCPU exists
+    /// this hook places no more `int3`s.
+    pub fn with_live_vcpus(mut self, vcpus: Arc<AtomicU32>) -> Self {
+        vcpus.fetch_max(self.vcpus.load(Ordering::Acquire), Ordering::AcqRel);
+        self.vcpus = vcpus;
+        self
+    }
+
+    /// Whether other vCPUs may run the code this one runs.
+    fn code_is_shared(&self) -> bool {
+        self.vcpus.load(Ordering::Acquire) > 1
     }
 
     /// Also report this vCPU's statistics into `sink` when it stops.
@@ -798,9 +852,16 @@ impl EmulatedPmuHook {
         // TF can be set directly unless KVM's single-step, which owns it, is being turned off.
         let can_tf = trap.is_some() || !self.kvm_debug;
         let idt = ring3 && (!tf || can_tf) && self.traps.install(ctx, &sregs);
-        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`).
-        // (Only where TF can be set; otherwise this one stop uses an `int3`.)
-        let by_steps = idt && self.vcpus > 1 && !tf && !r.breakpoints.is_empty() && can_tf;
+        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`). Where
+        // KVM's single-step still owns TF, it is turned off first; only if that fails does
+        // this one stop use an `int3`.
+        let mut can_tf = can_tf;
+        if idt && !tf && !can_tf && !r.breakpoints.is_empty() && self.code_is_shared() {
+            can_tf = ctx.disable_guest_debug_now().is_ok();
+            self.kvm_debug = !can_tf;
+        }
+        let by_steps =
+            idt && self.code_is_shared() && !tf && !r.breakpoints.is_empty() && can_tf;
         let tf = tf || by_steps;
         let patches: &[u64] = if idt && !by_steps {
             &r.breakpoints
@@ -815,6 +876,7 @@ impl EmulatedPmuHook {
         } else {
             Vec::new()
         };
+        self.steps_to_bp = 0;
         if idt {
             // An injected PMI's handler would run in a context these traps cannot follow
             // (it returns into the trap handler's IRETQ): let it run untraced.
@@ -944,7 +1006,11 @@ impl VcpuHook for EmulatedPmuHook {
         self.core.set_shim_code(ctx.shim_code().cloned());
         let state = cpu_state(ctx);
         if let Some((regs, _)) = &state {
-            self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
+            self.vcpus
+                .fetch_max(boot_info_vcpus(ctx, regs.rsi), Ordering::AcqRel);
+        }
+        if ctx.index() > 0 && self.code_is_shared() {
+            wait_for_no_int3(ctx.memory().host_base(), JOIN_WAIT);
         }
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());
@@ -998,12 +1064,17 @@ impl VcpuHook for EmulatedPmuHook {
                 && !self.pending_bps.is_empty()
                 && !self.pending_bps.contains(&trap.rip())
             {
-                // Still stepping towards a breakpoint address.
                 self.stepping_stops += 1;
-                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
-                    self.fail(ctx, e);
+                self.steps_to_bp += 1;
+                if self.steps_to_bp < MAX_STEPS_TO_BREAKPOINT {
+                    // Still stepping towards a breakpoint address.
+                    if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
+                        self.fail(ctx, e);
+                    }
+                    return;
                 }
-                return;
+                // The guest went another way: the tracer takes it from here (below).
+                self.pending_bps.clear();
             }
             if !ours && trap.vector == VECTOR_BP && foreign_int3(ctx, st.1.cr3, trap.rip()) {
                 // Another vCPU's breakpoint (or one that was there when this vCPU hit it):

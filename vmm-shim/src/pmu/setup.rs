@@ -7,6 +7,7 @@
 //! parses flags (the binary does both and fills in the options). The host's facts are a
 //! plain [`HostLbrFacts`], so the whole decision is testable without /dev/kvm.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::backend::{self, Decision, HostLbrFacts, LbrBackend, LbrMode, LbrRequest, Refusal};
@@ -37,7 +38,9 @@ pub struct LbrOptions {
     /// Shim-driven sampling in sampled mode: the percent of wall time the emulated LBR may
     /// take before the interval to the next snapshot is stretched; 0 or 100: no budget.
     pub overhead_percent: u32,
-    /// vCPUs of the VM (the hooks must know when code is shared between vCPUs).
+    /// vCPUs the VM starts with (the hooks must know when code is shared between vCPUs;
+    /// a VM that adds vCPUs as it runs, a Linux program's threads, tells them through
+    /// [`LbrSetup::hook`]).
     pub vcpus: u32,
     /// Run guest code in the shim's interpreter where the tracer can (the default); off
     /// for comparisons.
@@ -89,6 +92,9 @@ pub struct LbrSetup {
     stats: LbrStatsSink,
     /// The emulated LBR's smoothed sampling-episode cost, shared by the VM's vCPUs.
     episode_cost_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// vCPUs of the VM so far: raised by every hook made, read by every hook at every
+    /// stop (a Linux program starts on one vCPU and gets one per thread).
+    live_vcpus: Arc<AtomicU32>,
 }
 
 impl LbrSetup {
@@ -105,6 +111,7 @@ impl LbrSetup {
             host_has_lbr: facts.host_lbr_nr != 0,
             stats: Arc::new(Mutex::new(Vec::new())),
             episode_cost_ns: Arc::default(),
+            live_vcpus: Arc::new(AtomicU32::new(opts.vcpus.max(1))),
         })
     }
 
@@ -133,7 +140,12 @@ impl LbrSetup {
 
     /// The hook of vCPU `vcpu`. Snapshots (the emulated model's at each shim-driven PMI,
     /// or the guest agent's from its ring) go to `sink`, when there is one.
+    ///
+    /// Making the hook of vCPU `vcpu` tells the hooks of the VM's other vCPUs that there
+    /// are at least `vcpu + 1` now: from their next stop on they share code with it.
     pub fn hook(&self, vcpu: u32, sink: Option<&SnapshotSink>) -> Box<dyn VcpuHook> {
+        self.live_vcpus
+            .fetch_max(vcpu.saturating_add(1), Ordering::AcqRel);
         match self.decision.backend {
             LbrBackend::Hardware => {
                 let hook =
@@ -145,7 +157,7 @@ impl LbrSetup {
             }
             LbrBackend::Emulated => Box::new(
                 EmulatedPmuHook::new(self.emulated_config(vcpu), sink.cloned())
-                    .with_vcpus(self.opts.vcpus)
+                    .with_live_vcpus(Arc::clone(&self.live_vcpus))
                     .with_stats(Arc::clone(&self.stats))
                     .with_episode_costs(Arc::clone(&self.episode_cost_ns)),
             ),
@@ -171,6 +183,11 @@ impl LbrSetup {
         // exact mode's stay deterministic).
         cfg.random_intervals = true;
         cfg
+    }
+
+    /// vCPUs the VM has had so far (as far as hooks were made for them).
+    pub fn vcpus(&self) -> u32 {
+        self.live_vcpus.load(Ordering::Acquire)
     }
 
     /// What each vCPU's hook counted, as far as the vCPUs have ended.
