@@ -277,6 +277,7 @@ impl VcpuHook for HardwarePmuHook {
                     pmu: PmuStats::default(),
                     snapshots: agent_snapshots,
                     stepping_stops: 0,
+                    shared_int3_stops: 0,
                     throttle: ThrottleStats::default(),
                     agent_snapshots,
                     agent_lost,
@@ -294,6 +295,9 @@ pub struct LbrRunStats {
     pub snapshots: u64,
     /// Extra stops: single-steps towards breakpoints (several vCPUs, IDT traps).
     pub stepping_stops: u64,
+    /// Stops that placed `int3`s while other vCPUs could run the code (0 unless KVM's
+    /// single-step could not be turned off for one).
+    pub shared_int3_stops: u64,
     /// The overhead budget of shim-driven sampling (sampled mode).
     pub throttle: ThrottleStats,
     /// Snapshots taken from the guest agent's ring (included in `snapshots`).
@@ -326,6 +330,8 @@ pub struct EmulatedPmuHook {
     pending_bps: Vec<u64>,
     /// Single-steps taken towards `pending_bps` so far.
     steps_to_bp: u32,
+    /// See [`LbrRunStats::shared_int3_stops`].
+    shared_int3_stops: u64,
     stepping_stops: u64,
     /// This vCPU's guest agent ring (guest-driven snapshots).
     agent: AgentDrain,
@@ -715,6 +721,7 @@ impl EmulatedPmuHook {
             vcpus: Arc::new(AtomicU32::new(1)),
             pending_bps: Vec::new(),
             steps_to_bp: 0,
+            shared_int3_stops: 0,
             stepping_stops: 0,
             agent: AgentDrain::new(),
             drain_on_ack: true,
@@ -860,14 +867,16 @@ impl EmulatedPmuHook {
             can_tf = ctx.disable_guest_debug_now().is_ok();
             self.kvm_debug = !can_tf;
         }
-        let by_steps =
-            idt && self.code_is_shared() && !tf && !r.breakpoints.is_empty() && can_tf;
+        let by_steps = idt && self.code_is_shared() && !tf && !r.breakpoints.is_empty() && can_tf;
         let tf = tf || by_steps;
         let patches: &[u64] = if idt && !by_steps {
             &r.breakpoints
         } else {
             &[]
         };
+        if !patches.is_empty() && self.code_is_shared() {
+            self.shared_int3_stops += 1;
+        }
         if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, patches) {
             return self.fail(ctx, e);
         }
@@ -1175,6 +1184,7 @@ impl VcpuHook for EmulatedPmuHook {
                     pmu: self.core.pmu_stats(),
                     snapshots: self.core.snapshots(),
                     stepping_stops: self.stepping_stops,
+                    shared_int3_stops: self.shared_int3_stops,
                     throttle: self.core.throttle_stats(),
                     agent_snapshots: self.agent.counts().0,
                     agent_lost: self.agent.counts().1,
