@@ -945,18 +945,18 @@ fn record_of_threads_in_shared_code_has_snapshots_of_every_thread() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = shared_hot(tmp.path());
     let native = std::process::Command::new(&exe)
-        .args(["4", "40000"])
+        .args(["4", "80000"])
         .output()
         .unwrap();
     let data = tmp.path().join("shared.data");
     let out = common::lbrprof()
         .args(["record", "-o"])
         .arg(&data)
-        // Half the time for the LBR: each worker runs ~0.2 s native, and a debug build's
+        // Half the time for the LBR: each worker runs ~0.4 s native, and a debug build's
         // windows are costly.
         .args(["--vm", "--lbr", "emulated", "--lbr-overhead", "50", "--"])
         .arg(&exe)
-        .args(["4", "40000"])
+        .args(["4", "80000"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -69,9 +69,10 @@ const VECTOR_BP: u8 = 3;
 /// Frames of guest stack walked for an agent snapshot.
 const AGENT_STACK_FRAMES: usize = 64;
 /// Single-steps towards a breakpoint address (several vCPUs) after which the guest is
-/// taken to have gone another way (a signal handler that resumed elsewhere, a long
-/// `rep` string instruction) and the tracer plans again from where it stands. A planned
-/// stop is at most one block (≤ 512 instructions) and one predicted branch away.
+/// taken to have gone another way (a signal handler that resumed elsewhere) or to sit in
+/// a long `rep` string instruction (a step per iteration), and runs on unstepped until its
+/// next exit. A planned stop is at most one block (≤ 512 instructions) and one predicted
+/// branch away.
 const MAX_STEPS_TO_BREAKPOINT: u32 = 1024;
 /// How long a vCPU that joins a running VM waits, before its first entry, for the
 /// `int3` breakpoints the VM's vCPU placed while it ran alone to be taken out (each
@@ -1075,15 +1076,19 @@ impl VcpuHook for EmulatedPmuHook {
             {
                 self.stepping_stops += 1;
                 self.steps_to_bp += 1;
-                if self.steps_to_bp < MAX_STEPS_TO_BREAKPOINT {
-                    // Still stepping towards a breakpoint address.
-                    if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
-                        self.fail(ctx, e);
-                    }
-                    return;
+                // Still stepping towards a breakpoint address, or (past the limit) the
+                // guest went another way or sits in a long `rep` instruction: it runs on
+                // unstepped and, as after a block (`on_block`), the window loses the
+                // branches until the next stop, where the tracer plans again.
+                let more = self.steps_to_bp < MAX_STEPS_TO_BREAKPOINT;
+                if !more {
+                    self.pending_bps.clear();
+                    self.traps.stepping = false;
                 }
-                // The guest went another way: the tracer takes it from here (below).
-                self.pending_bps.clear();
+                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, more) {
+                    self.fail(ctx, e);
+                }
+                return;
             }
             if !ours && trap.vector == VECTOR_BP && foreign_int3(ctx, st.1.cr3, trap.rip()) {
                 // Another vCPU's breakpoint (or one that was there when this vCPU hit it):
