@@ -33,8 +33,7 @@
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
@@ -74,10 +73,65 @@ const AGENT_STACK_FRAMES: usize = 64;
 /// next exit. A planned stop is at most one block (≤ 512 instructions) and one predicted
 /// branch away.
 const MAX_STEPS_TO_BREAKPOINT: u32 = 1024;
-/// How long a vCPU that joins a running VM waits, before its first entry, for the
-/// `int3` breakpoints the VM's vCPU placed while it ran alone to be taken out (each
-/// goes at that vCPU's next stop; a vCPU blocked in a system call has none).
+/// How long a vCPU that joins an address space waits, before it runs there, for the
+/// `int3` breakpoints the space's other vCPUs placed while they ran alone in it to be
+/// taken out (each goes at that vCPU's next stop; a vCPU blocked in a system call has
+/// none).
 const JOIN_WAIT: Duration = Duration::from_millis(500);
+
+/// Which address space each vCPU of a VM runs in, and whether it has `int3`s placed
+/// there: vCPUs in one address space (a Linux program's threads) share its code, so
+/// while there are two none of them may patch it. Processes (fork, exec) have address
+/// spaces of their own, with code pages of their own, and keep their `int3`s.
+///
+/// One per VM, shared by its hooks ([`EmulatedPmuHook::with_spaces`]); a vCPU enters
+/// the map before it first runs, and moves at each stop to the space it stands in.
+#[derive(Clone, Debug, Default)]
+pub struct VcpuSpaces(Arc<Mutex<HashMap<u32, SpaceUse>>>);
+
+/// One vCPU in [`VcpuSpaces`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SpaceUse {
+    /// The address space (see [`address_space`]).
+    space: u64,
+    /// The vCPU has `int3`s placed in it.
+    patched: bool,
+}
+
+impl VcpuSpaces {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, SpaceUse>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a vCPU other than `vcpu` runs in `space` (`patched_only`: one with `int3`s).
+fn space_shared(
+    spaces: &HashMap<u32, SpaceUse>,
+    vcpu: u32,
+    space: u64,
+    patched_only: bool,
+) -> bool {
+    spaces
+        .iter()
+        .any(|(&v, u)| v != vcpu && u.space == space && (u.patched || !patched_only))
+}
+
+/// The address space of page-table root `cr3`: the physical address of the table that
+/// the first present PML4 entry points to. The two roots of one space (the Linux
+/// personality gives each space twin PML4s) share those tables; another process has
+/// its own. Falls back to the root itself.
+fn address_space(mem: &GuestMemory, cr3: u64) -> u64 {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let root = cr3 & ADDR;
+    let mut pml4 = [0u8; 256 * 8];
+    if mem.read(GuestPhysAddr(root), &mut pml4).is_err() {
+        return root;
+    }
+    pml4.chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+        .find(|e| e & 1 != 0)
+        .map_or(root, |e| e & ADDR)
+}
 
 /// The backend decision's facts: the host CPU (CPUID, perf's LBR count) and what KVM offers.
 pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
@@ -321,12 +375,16 @@ pub struct EmulatedPmuHook {
     failed: bool,
     /// KVM guest debug is on (its single-step owns RFLAGS.TF while it is).
     kvm_debug: bool,
-    /// vCPUs in the VM, shared by its hooks and raised as vCPUs are added (a Linux
-    /// program's threads). With more than one, code is shared, so breakpoints are not
-    /// `int3` patches (another vCPU would trap on them, and a trap that races with the
-    /// patch's removal resumes inside an instruction) but single-steps until an address
-    /// comes up.
-    vcpus: Arc<AtomicU32>,
+    /// vCPUs in the VM, as told at start (a built-in guest's boot info). With more than
+    /// one, code is shared, so breakpoints are not `int3` patches (another vCPU would
+    /// trap on them, and a trap that races with the patch's removal resumes inside an
+    /// instruction) but single-steps until an address comes up.
+    vcpus: u32,
+    /// The VM's vCPUs by address space, for VMs that add vCPUs as they run (a Linux
+    /// program's threads): code is shared where another vCPU runs in this one's space.
+    spaces: Option<VcpuSpaces>,
+    /// The address space of each page-table root seen (see [`address_space`]).
+    space_of: HashMap<u64, u64>,
     /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
     pending_bps: Vec<u64>,
     /// Single-steps taken towards `pending_bps` so far.
@@ -659,30 +717,6 @@ fn write_frame(ctx: &VcpuCtx<'_>, cr3: u64, t: &Trap, tf: bool) -> Result<(), St
         .map_err(|e| format!("cannot write the trap frame: {e}"))
 }
 
-/// Waits up to `limit` until the VM whose guest memory starts at host address `mem_base`
-/// has no `int3` breakpoint left, and says whether it got there. A vCPU that joins a VM
-/// which ran on one vCPU so far calls it before its first entry: the vCPU that ran alone
-/// placed `int3`s in code the newcomer shares, and takes them out at its next stop (it
-/// knows of the newcomer by then, see [`EmulatedPmuHook::with_live_vcpus`]).
-fn wait_for_no_int3(mem_base: u64, limit: Duration) -> bool {
-    let started = Instant::now();
-    loop {
-        let clear = {
-            let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
-            int3.range((mem_base, 0)..=(mem_base, u64::MAX))
-                .next()
-                .is_none()
-        };
-        if clear {
-            return true;
-        }
-        if started.elapsed() >= limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
 /// Whether the `int3` that trapped at `addr` was a breakpoint of some vCPU of this VM:
 /// it still is one, or the byte is no longer `int3` (its owner took it out meanwhile).
 /// Only an `int3` of the program's own is still there and in nobody's table.
@@ -719,7 +753,9 @@ impl EmulatedPmuHook {
             armed: false,
             failed: false,
             kvm_debug: false,
-            vcpus: Arc::new(AtomicU32::new(1)),
+            vcpus: 1,
+            spaces: None,
+            space_of: HashMap::new(),
             pending_bps: Vec::new(),
             steps_to_bp: 0,
             shared_int3_stops: 0,
@@ -737,23 +773,49 @@ impl EmulatedPmuHook {
     }
 
     /// The number of vCPUs in the VM (default 1); see [`EmulatedPmuHook`]'s breakpoints.
-    pub fn with_vcpus(self, vcpus: u32) -> Self {
-        self.vcpus.fetch_max(vcpus.max(1), Ordering::AcqRel);
+    pub fn with_vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus.max(1);
         self
     }
 
-    /// Read the VM's vCPU count from `vcpus` at every stop, which whoever adds vCPUs
-    /// raises (see [`super::setup::LbrSetup::hook`]): the moment a second vCPU exists
-    /// this hook places no more `int3`s.
-    pub fn with_live_vcpus(mut self, vcpus: Arc<AtomicU32>) -> Self {
-        vcpus.fetch_max(self.vcpus.load(Ordering::Acquire), Ordering::AcqRel);
-        self.vcpus = vcpus;
+    /// Learn at every stop which of the VM's vCPUs run in this one's address space
+    /// (`spaces` is the VM's, shared by all its hooks): the moment a second one does
+    /// (a thread started), no vCPU there places `int3`s any more.
+    pub fn with_spaces(mut self, spaces: VcpuSpaces) -> Self {
+        self.spaces = Some(spaces);
         self
     }
 
-    /// Whether other vCPUs may run the code this one runs.
-    fn code_is_shared(&self) -> bool {
-        self.vcpus.load(Ordering::Acquire) > 1
+    /// The address space of root `cr3`, cached.
+    fn space(&mut self, ctx: &VcpuCtx<'_>, cr3: u64) -> u64 {
+        if self.space_of.len() > 64 {
+            self.space_of.clear();
+        }
+        *self
+            .space_of
+            .entry(cr3)
+            .or_insert_with(|| address_space(ctx.memory(), cr3))
+    }
+
+    /// Enters this vCPU in the VM's space map and waits (at most [`JOIN_WAIT`]) until no
+    /// other vCPU in its address space has `int3`s placed: before the vCPU first runs
+    /// in a space (a new thread's, or the next program's).
+    fn join_space(&mut self, ctx: &VcpuCtx<'_>) {
+        let Some(spaces) = self.spaces.clone() else {
+            return;
+        };
+        let Ok(sregs) = ctx.sregs() else {
+            return;
+        };
+        self.space_of.clear();
+        let space = self.space(ctx, sregs.cr3);
+        let vcpu = ctx.index();
+        let patched = !self.traps.patches.is_empty();
+        spaces.lock().insert(vcpu, SpaceUse { space, patched });
+        let started = Instant::now();
+        while space_shared(&spaces.lock(), vcpu, space, true) && started.elapsed() < JOIN_WAIT {
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Also report this vCPU's statistics into `sink` when it stops.
@@ -860,25 +922,39 @@ impl EmulatedPmuHook {
         // TF can be set directly unless KVM's single-step, which owns it, is being turned off.
         let can_tf = trap.is_some() || !self.kvm_debug;
         let idt = ring3 && (!tf || can_tf) && self.traps.install(ctx, &sregs);
-        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`). Where
-        // KVM's single-step still owns TF, it is turned off first; only if that fails does
-        // this one stop use an `int3`.
+        // With several vCPUs in the address space, breakpoints are reached by stepping
+        // (see `vcpus`), decided and placed with the VM's space map held, so that no
+        // vCPU joins the space in between. Where KVM's single-step still owns TF, it is
+        // turned off first; only if that fails does this one stop use an `int3`.
+        let space = self.space(ctx, sregs.cr3);
+        let spaces = self.spaces.clone();
+        let mut map = spaces.as_ref().map(VcpuSpaces::lock);
+        let shared = self.vcpus > 1
+            || map
+                .as_ref()
+                .is_some_and(|m| space_shared(m, ctx.index(), space, false));
         let mut can_tf = can_tf;
-        if idt && !tf && !can_tf && !r.breakpoints.is_empty() && self.code_is_shared() {
+        if idt && !tf && !can_tf && !r.breakpoints.is_empty() && shared {
             can_tf = ctx.disable_guest_debug_now().is_ok();
             self.kvm_debug = !can_tf;
         }
-        let by_steps = idt && self.code_is_shared() && !tf && !r.breakpoints.is_empty() && can_tf;
+        let by_steps = idt && shared && !tf && !r.breakpoints.is_empty() && can_tf;
         let tf = tf || by_steps;
         let patches: &[u64] = if idt && !by_steps {
             &r.breakpoints
         } else {
             &[]
         };
-        if !patches.is_empty() && self.code_is_shared() {
+        if !patches.is_empty() && shared {
             self.shared_int3_stops += 1;
         }
-        if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, patches) {
+        let placed = self.traps.set_patches(ctx, sregs.cr3, patches);
+        if let Some(m) = map.as_mut() {
+            let patched = !self.traps.patches.is_empty();
+            m.insert(ctx.index(), SpaceUse { space, patched });
+        }
+        drop(map);
+        if let Err(e) = placed {
             return self.fail(ctx, e);
         }
         self.pending_bps = if by_steps {
@@ -1016,12 +1092,9 @@ impl VcpuHook for EmulatedPmuHook {
         self.core.set_shim_code(ctx.shim_code().cloned());
         let state = cpu_state(ctx);
         if let Some((regs, _)) = &state {
-            self.vcpus
-                .fetch_max(boot_info_vcpus(ctx, regs.rsi), Ordering::AcqRel);
+            self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
         }
-        if ctx.index() > 0 && self.code_is_shared() {
-            wait_for_no_int3(ctx.memory().host_base(), JOIN_WAIT);
-        }
+        self.join_space(ctx);
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());
         let state = g.state;
@@ -1143,6 +1216,11 @@ impl VcpuHook for EmulatedPmuHook {
         {
             self.fail(ctx, e);
         }
+        if let Some(spaces) = &self.spaces
+            && let Some(u) = spaces.lock().get_mut(&ctx.index())
+        {
+            u.patched = false;
+        }
         self.pending_bps.clear();
     }
 
@@ -1153,6 +1231,7 @@ impl VcpuHook for EmulatedPmuHook {
         self.pending_bps.clear();
         self.core.forget_program();
         self.core.set_shim_code(ctx.shim_code().cloned());
+        self.join_space(ctx);
         let state = cpu_state(ctx);
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());

@@ -7,12 +7,11 @@
 //! parses flags (the binary does both and fills in the options). The host's facts are a
 //! plain [`HostLbrFacts`], so the whole decision is testable without /dev/kvm.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::backend::{self, Decision, HostLbrFacts, LbrBackend, LbrMode, LbrRequest, Refusal};
 use super::emulated::{EmulatedConfig, Sampling, SnapshotSink};
-use super::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink};
+use super::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink, VcpuSpaces};
 use super::tracer::TraceMode;
 use super::vpmu::{ConfigError, PmuConfig};
 use crate::hook::VcpuHook;
@@ -39,8 +38,8 @@ pub struct LbrOptions {
     /// take before the interval to the next snapshot is stretched; 0 or 100: no budget.
     pub overhead_percent: u32,
     /// vCPUs the VM starts with (the hooks must know when code is shared between vCPUs;
-    /// a VM that adds vCPUs as it runs, a Linux program's threads, tells them through
-    /// [`LbrSetup::hook`]).
+    /// those a VM adds as it runs, a Linux program's threads, they learn by address
+    /// space).
     pub vcpus: u32,
     /// Run guest code in the shim's interpreter where the tracer can (the default); off
     /// for comparisons.
@@ -92,9 +91,9 @@ pub struct LbrSetup {
     stats: LbrStatsSink,
     /// The emulated LBR's smoothed sampling-episode cost, shared by the VM's vCPUs.
     episode_cost_ns: Arc<std::sync::atomic::AtomicU64>,
-    /// vCPUs of the VM so far: raised by every hook made, read by every hook at every
-    /// stop (a Linux program starts on one vCPU and gets one per thread).
-    live_vcpus: Arc<AtomicU32>,
+    /// Which address space each vCPU runs in, shared by the VM's hooks: a Linux program
+    /// starts on one vCPU and gets one per thread, after the hooks were made.
+    spaces: VcpuSpaces,
 }
 
 impl LbrSetup {
@@ -111,7 +110,7 @@ impl LbrSetup {
             host_has_lbr: facts.host_lbr_nr != 0,
             stats: Arc::new(Mutex::new(Vec::new())),
             episode_cost_ns: Arc::default(),
-            live_vcpus: Arc::new(AtomicU32::new(opts.vcpus.max(1))),
+            spaces: VcpuSpaces::default(),
         })
     }
 
@@ -140,12 +139,7 @@ impl LbrSetup {
 
     /// The hook of vCPU `vcpu`. Snapshots (the emulated model's at each shim-driven PMI,
     /// or the guest agent's from its ring) go to `sink`, when there is one.
-    ///
-    /// Making the hook of vCPU `vcpu` tells the hooks of the VM's other vCPUs that there
-    /// are at least `vcpu + 1` now: from their next stop on they share code with it.
     pub fn hook(&self, vcpu: u32, sink: Option<&SnapshotSink>) -> Box<dyn VcpuHook> {
-        self.live_vcpus
-            .fetch_max(vcpu.saturating_add(1), Ordering::AcqRel);
         match self.decision.backend {
             LbrBackend::Hardware => {
                 let hook =
@@ -157,7 +151,8 @@ impl LbrSetup {
             }
             LbrBackend::Emulated => Box::new(
                 EmulatedPmuHook::new(self.emulated_config(vcpu), sink.cloned())
-                    .with_live_vcpus(Arc::clone(&self.live_vcpus))
+                    .with_vcpus(self.opts.vcpus)
+                    .with_spaces(self.spaces.clone())
                     .with_stats(Arc::clone(&self.stats))
                     .with_episode_costs(Arc::clone(&self.episode_cost_ns)),
             ),
@@ -183,11 +178,6 @@ impl LbrSetup {
         // exact mode's stay deterministic).
         cfg.random_intervals = true;
         cfg
-    }
-
-    /// vCPUs the VM has had so far (as far as hooks were made for them).
-    pub fn vcpus(&self) -> u32 {
-        self.live_vcpus.load(Ordering::Acquire)
     }
 
     /// What each vCPU's hook counted, as far as the vCPUs have ended.
