@@ -428,12 +428,13 @@ pub fn print_stats(setup: &LbrSetup) {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \
                  stretched by the overhead budget, {} samples skipped outside the guest's \
-                 own code",
+                 own code, {} windows cut short at the episode cap",
                 s.vcpu,
                 s.throttle.episodes,
                 s.throttle.episode_ns as f64 / 1e9,
                 s.throttle.stretched,
                 s.throttle.skipped,
+                s.tracer.windows_cut,
             );
         }
     }
