@@ -172,3 +172,56 @@ fn jit_code_in_the_vm_is_named_from_the_guest_processs_perf_map() {
         let _ = std::fs::remove_file(Path::new("/tmp").join(m));
     }
 }
+
+/// The JVM (JIT, compiler and GC threads, a thread pool) recorded in the VM with the
+/// emulated LBR: its threads run the same code (libjvm's PLT among it), where a thread
+/// that hit another vCPU's `int3` breakpoint while it was being taken out resumed inside
+/// an instruction and crashed the JVM in most runs. Its output is its native one.
+#[test]
+fn the_jvm_recorded_in_the_vm_runs_like_natively() {
+    if !kvm_available() || !perf_available() {
+        return;
+    }
+    let javac = Path::new("/usr/bin/javac");
+    if !javac.exists() || !Path::new("/usr/bin/java").exists() {
+        assert!(
+            std::env::var_os("LBRPROF_REQUIRE_KVM").is_none(),
+            "the JVM test needs a JDK (/usr/bin/javac, /usr/bin/java)"
+        );
+        eprintln!("skipped: needs a JDK (/usr/bin/javac, /usr/bin/java)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/LinuxJava.java");
+    let status = Command::new(javac)
+        .arg("-d")
+        .arg(tmp.path())
+        .arg(&src)
+        .status()
+        .expect("javac");
+    assert!(status.success(), "javac failed");
+    let native = Command::new("/usr/bin/java")
+        .arg("-cp")
+        .arg(tmp.path())
+        .arg("LinuxJava")
+        .output()
+        .unwrap();
+    assert!(native.status.success());
+    let data = tmp.path().join("java.data");
+    let out = lbrprof()
+        .current_dir(tmp.path())
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr", "emulated", "--", "/usr/bin/java", "-cp"])
+        .arg(tmp.path())
+        .arg("LinuxJava")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&native.stdout)
+    );
+    assert!(err.contains(" guest snapshots ("), "{err}");
+}

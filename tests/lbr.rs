@@ -867,3 +867,113 @@ fn lbrcheck_passes_with_the_interpreter_off() {
         assert!(out.contains(&want), "{out}");
     }
 }
+
+/// `tests/workloads/shared_hot.c` built into `dir` (every thread runs the same code).
+fn shared_hot(dir: &std::path::Path) -> std::path::PathBuf {
+    common::build_workload(dir, "shared_hot")
+}
+
+/// A Linux program's threads each get a vCPU as they start, after the hooks were made:
+/// from the second thread on, no vCPU may place an `int3` in the code they all run (a
+/// thread that hits another's breakpoint while it is taken out resumes inside an
+/// instruction), so breakpoints there are reached by single-steps. With the interpreter
+/// off every window goes by breakpoints, so each worker's vCPU steps.
+#[test]
+fn threads_of_a_linux_program_step_instead_of_patching_shared_code() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = shared_hot(tmp.path());
+    let native = std::process::Command::new(&exe)
+        .args(["4", "20000"])
+        .output()
+        .unwrap();
+    assert!(native.status.success());
+    let exe = exe.to_str().unwrap();
+    let (code, out, err) = stdout_stderr(&[
+        "run",
+        "--vm",
+        "--lbr",
+        "emulated",
+        "--lbr-sample",
+        "2000000",
+        "--lbr-interp",
+        "false",
+        "--stats",
+        "--",
+        exe,
+        "4",
+        "20000",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.as_bytes(),
+        native.stdout,
+        "the program's output is its own"
+    );
+    // "vCPU N: S single-steps towards breakpoints in shared code, P stops with int3
+    // breakpoints in shared code"
+    let stepping: Vec<(u64, u64)> = err
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("lbrprof: lbr: vCPU ")?;
+            let (_, rest) = rest.split_once(": ")?;
+            let (steps, rest) = rest.split_once(" single-steps towards breakpoints")?;
+            let (_, rest) = rest.split_once(", ")?;
+            let (int3, _) = rest.split_once(" stops with int3")?;
+            Some((steps.parse().ok()?, int3.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        stepping.iter().any(|&(steps, _)| steps > 0),
+        "no vCPU stepped towards a breakpoint in the threads' shared code:\n{err}"
+    );
+    assert!(
+        stepping.iter().all(|&(_, int3)| int3 == 0),
+        "int3 breakpoints were placed in code several vCPUs run:\n{err}"
+    );
+}
+
+/// The same program recorded with the emulated LBR (interpreter on, the default): it
+/// runs as natively, and every thread's vCPU takes snapshots of its own.
+#[test]
+fn record_of_threads_in_shared_code_has_snapshots_of_every_thread() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = shared_hot(tmp.path());
+    let native = std::process::Command::new(&exe)
+        .args(["4", "80000"])
+        .output()
+        .unwrap();
+    let data = tmp.path().join("shared.data");
+    let out = common::lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        // Half the time for the LBR: each worker runs ~0.4 s native, and a debug build's
+        // windows are costly.
+        .args(["--vm", "--lbr", "emulated", "--lbr-overhead", "50", "--"])
+        .arg(&exe)
+        .args(["4", "80000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.stdout, native.stdout, "the program's output is its own");
+    let info = common::lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    for vcpu in 0..4 {
+        let shim: u64 = info
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("vCPU {vcpu}:")))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            shim >= 1,
+            "vCPU {vcpu} took no snapshot of its own:\n{info}"
+        );
+    }
+}

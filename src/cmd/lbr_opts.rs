@@ -389,6 +389,13 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.stepping_stops > 0 || s.shared_int3_stops > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} single-steps towards breakpoints in shared code, \
+                 {} stops with int3 breakpoints in shared code",
+                s.vcpu, s.stepping_stops, s.shared_int3_stops,
+            );
+        }
         if s.tracer.interp_runs > 0 {
             let share = if s.tracer.instructions > 0 {
                 100.0 * s.tracer.interpreted as f64 / s.tracer.instructions as f64
@@ -421,12 +428,13 @@ pub fn print_stats(setup: &LbrSetup) {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} sampling windows took {:.3} s, {} intervals \
                  stretched by the overhead budget, {} samples skipped outside the guest's \
-                 own code",
+                 own code, {} windows cut short at the episode cap",
                 s.vcpu,
                 s.throttle.episodes,
                 s.throttle.episode_ns as f64 / 1e9,
                 s.throttle.stretched,
                 s.throttle.skipped,
+                s.tracer.windows_cut,
             );
         }
     }

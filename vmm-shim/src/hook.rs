@@ -348,6 +348,23 @@ impl VcpuCtx<'_> {
         self.requests.single_step
     }
 
+    /// Turns KVM guest debug (single-step and hardware breakpoints) off at once, not at
+    /// the next entry: while KVM single-steps it owns RFLAGS.TF and clears it when the
+    /// step is turned off, so a hook that wants to set TF itself (a step through the
+    /// guest's own #DB) turns KVM's off first.
+    pub fn disable_guest_debug_now(&mut self) -> Result<(), VmError> {
+        self.vcpu
+            .set_guest_debug(&kvm_bindings::kvm_guest_debug::default())
+            .map_err(|source| VmError::Kvm {
+                op: "KVM_SET_GUEST_DEBUG",
+                source,
+            })?;
+        self.requests.single_step = false;
+        self.requests.breakpoints = [None; 4];
+        self.requests.debug_dirty = false;
+        Ok(())
+    }
+
     /// Set (Some) or clear (None) hardware execution breakpoint `slot` (0-3).
     pub fn set_breakpoint(
         &mut self,

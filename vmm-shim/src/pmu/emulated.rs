@@ -127,7 +127,18 @@ pub struct EmulatedConfig {
     /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
     /// period (deterministic, for tests). Exact mode ignores it.
     pub random_intervals: bool,
+    /// Shim-driven sampling in sampled mode: the wall time one sampling episode (its
+    /// window and snapshot) may take, nanoseconds; a window still open at a stop past it
+    /// is cut there ([`Tracer::cut_window`]): its snapshot holds the branches recorded
+    /// so far. Bounds what one costly window (a loop of exits, a long string copy) costs
+    /// and, through the overhead budget, how long the next interval is stretched. 0: no
+    /// cap. Exact mode ignores it.
+    pub max_episode_ns: u64,
 }
+
+/// The default [`EmulatedConfig::max_episode_ns`]: a few times what a window costs here
+/// (one to two milliseconds in a debug build on the nested host).
+pub const MAX_EPISODE_NS: u64 = 5_000_000;
 
 /// Where an exit left the guest, for sampled mode's choice of where a sample may be taken.
 ///
@@ -162,6 +173,7 @@ impl EmulatedConfig {
             empty_windows: false,
             log_halts: false,
             random_intervals: false,
+            max_episode_ns: MAX_EPISODE_NS,
         }
     }
 }
@@ -428,7 +440,10 @@ impl EmulatedVcpu {
         let r = if self.tracer.tracing() || self.cfg.mode == TraceMode::Exact {
             let _tracing = phase::scoped(ShimPhase::Tracing);
             self.tracer.sync(g, &mut self.pmu)?;
-            self.tracer.replan(g, &mut self.pmu)?
+            match self.cut_long_episode(g, now_ns)? {
+                Some(r) => r,
+                None => self.tracer.replan(g, &mut self.pmu)?,
+            }
         } else if at == ExitPoint::Sync && self.shim_sample_due(self.elapsed_cycles(now_ns)) {
             // Not a fair point for the sample (see `ExitPoint`): skip it, draw the next.
             // The counter's value means nothing to a guest that does not own the PMU.
@@ -475,7 +490,13 @@ impl EmulatedVcpu {
 
     /// A single-step or breakpoint exit.
     pub fn on_debug(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
-        let r = self.tracer.on_debug_exit(g, &mut self.pmu)?;
+        let mut r = self.tracer.on_debug_exit(g, &mut self.pmu)?;
+        if !r.pmi
+            && let Some(cut) = self.cut_long_episode(g, now_ns)?
+        {
+            // The plan just made is dropped: the guest runs free from this stop.
+            r = cut;
+        }
         if !self.tracer.tracing() {
             // Back to free running: time spent tracing is not guest time.
             self.last_ns = Some(now_ns);
@@ -503,6 +524,25 @@ impl EmulatedVcpu {
         {
             self.send_snapshot(g, now_ns, Some(SnapshotReason::Final));
         }
+    }
+
+    /// Cuts the open sampling window at this (accounted) stop if its episode has taken
+    /// longer than [`EmulatedConfig::max_episode_ns`] (shim-driven sampled mode only).
+    fn cut_long_episode(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        now_ns: u64,
+    ) -> Result<Option<Resume>, TraceError> {
+        let over = self
+            .window_started_ns
+            .is_some_and(|start| now_ns.saturating_sub(start) > self.cfg.max_episode_ns);
+        if !over
+            || self.cfg.max_episode_ns == 0
+            || !matches!(self.cfg.sampling, Sampling::Shim { .. })
+        {
+            return Ok(None);
+        }
+        self.tracer.cut_window(g, &mut self.pmu)
     }
 
     /// Shim-driven sampling: the next sample is due after `cycles` more.

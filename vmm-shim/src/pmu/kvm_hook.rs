@@ -33,8 +33,8 @@
 //! ([`VcpuCtx::set_exit_timer`]) for the free-run deadline.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_sregs};
 
@@ -67,6 +67,71 @@ const VECTOR_DB: u8 = 1;
 const VECTOR_BP: u8 = 3;
 /// Frames of guest stack walked for an agent snapshot.
 const AGENT_STACK_FRAMES: usize = 64;
+/// Single-steps towards a breakpoint address (several vCPUs) after which the guest is
+/// taken to have gone another way (a signal handler that resumed elsewhere) or to sit in
+/// a long `rep` string instruction (a step per iteration), and runs on unstepped until its
+/// next exit. A planned stop is at most one block (≤ 512 instructions) and one predicted
+/// branch away.
+const MAX_STEPS_TO_BREAKPOINT: u32 = 1024;
+/// How long a vCPU that joins an address space waits, before it runs there, for the
+/// `int3` breakpoints the space's other vCPUs placed while they ran alone in it to be
+/// taken out (each goes at that vCPU's next stop; a vCPU blocked in a system call has
+/// none).
+const JOIN_WAIT: Duration = Duration::from_millis(500);
+
+/// Which address space each vCPU of a VM runs in, and whether it has `int3`s placed
+/// there: vCPUs in one address space (a Linux program's threads) share its code, so
+/// while there are two none of them may patch it. Processes (fork, exec) have address
+/// spaces of their own, with code pages of their own, and keep their `int3`s.
+///
+/// One per VM, shared by its hooks ([`EmulatedPmuHook::with_spaces`]); a vCPU enters
+/// the map before it first runs, and moves at each stop to the space it stands in.
+#[derive(Clone, Debug, Default)]
+pub struct VcpuSpaces(Arc<Mutex<HashMap<u32, SpaceUse>>>);
+
+/// One vCPU in [`VcpuSpaces`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SpaceUse {
+    /// The address space (see [`address_space`]).
+    space: u64,
+    /// The vCPU has `int3`s placed in it.
+    patched: bool,
+}
+
+impl VcpuSpaces {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, SpaceUse>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a vCPU other than `vcpu` runs in `space` (`patched_only`: one with `int3`s).
+fn space_shared(
+    spaces: &HashMap<u32, SpaceUse>,
+    vcpu: u32,
+    space: u64,
+    patched_only: bool,
+) -> bool {
+    spaces
+        .iter()
+        .any(|(&v, u)| v != vcpu && u.space == space && (u.patched || !patched_only))
+}
+
+/// The address space of page-table root `cr3`: the physical address of the table that
+/// the first present PML4 entry points to. The two roots of one space (the Linux
+/// personality gives each space twin PML4s) share those tables; another process has
+/// its own. Falls back to the root itself.
+fn address_space(mem: &GuestMemory, cr3: u64) -> u64 {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let root = cr3 & ADDR;
+    let mut pml4 = [0u8; 256 * 8];
+    if mem.read(GuestPhysAddr(root), &mut pml4).is_err() {
+        return root;
+    }
+    pml4.chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+        .find(|e| e & 1 != 0)
+        .map_or(root, |e| e & ADDR)
+}
 
 /// The backend decision's facts: the host CPU (CPUID, perf's LBR count) and what KVM offers.
 pub fn host_facts(caps: &KvmCaps) -> HostLbrFacts {
@@ -267,6 +332,7 @@ impl VcpuHook for HardwarePmuHook {
                     pmu: PmuStats::default(),
                     snapshots: agent_snapshots,
                     stepping_stops: 0,
+                    shared_int3_stops: 0,
                     throttle: ThrottleStats::default(),
                     agent_snapshots,
                     agent_lost,
@@ -284,6 +350,9 @@ pub struct LbrRunStats {
     pub snapshots: u64,
     /// Extra stops: single-steps towards breakpoints (several vCPUs, IDT traps).
     pub stepping_stops: u64,
+    /// Stops that placed `int3`s while other vCPUs could run the code (0 unless KVM's
+    /// single-step could not be turned off for one).
+    pub shared_int3_stops: u64,
     /// The overhead budget of shim-driven sampling (sampled mode).
     pub throttle: ThrottleStats,
     /// Snapshots taken from the guest agent's ring (included in `snapshots`).
@@ -306,11 +375,22 @@ pub struct EmulatedPmuHook {
     failed: bool,
     /// KVM guest debug is on (its single-step owns RFLAGS.TF while it is).
     kvm_debug: bool,
-    /// vCPUs in the VM. With more than one, code is shared, so breakpoints are not `int3`
-    /// patches (another vCPU would trap on them) but single-steps until an address comes up.
+    /// vCPUs in the VM, as told at start (a built-in guest's boot info). With more than
+    /// one, code is shared, so breakpoints are not `int3` patches (another vCPU would
+    /// trap on them, and a trap that races with the patch's removal resumes inside an
+    /// instruction) but single-steps until an address comes up.
     vcpus: u32,
+    /// The VM's vCPUs by address space, for VMs that add vCPUs as they run (a Linux
+    /// program's threads): code is shared where another vCPU runs in this one's space.
+    spaces: Option<VcpuSpaces>,
+    /// The address space of each page-table root seen (see [`address_space`]).
+    space_of: HashMap<u64, u64>,
     /// Breakpoints being reached by single-stepping (multi-vCPU IDT mode).
     pending_bps: Vec<u64>,
+    /// Single-steps taken towards `pending_bps` so far.
+    steps_to_bp: u32,
+    /// See [`LbrRunStats::shared_int3_stops`].
+    shared_int3_stops: u64,
     stepping_stops: u64,
     /// This vCPU's guest agent ring (guest-driven snapshots).
     agent: AgentDrain,
@@ -674,7 +754,11 @@ impl EmulatedPmuHook {
             failed: false,
             kvm_debug: false,
             vcpus: 1,
+            spaces: None,
+            space_of: HashMap::new(),
             pending_bps: Vec::new(),
+            steps_to_bp: 0,
+            shared_int3_stops: 0,
             stepping_stops: 0,
             agent: AgentDrain::new(),
             drain_on_ack: true,
@@ -692,6 +776,46 @@ impl EmulatedPmuHook {
     pub fn with_vcpus(mut self, vcpus: u32) -> Self {
         self.vcpus = vcpus.max(1);
         self
+    }
+
+    /// Learn at every stop which of the VM's vCPUs run in this one's address space
+    /// (`spaces` is the VM's, shared by all its hooks): the moment a second one does
+    /// (a thread started), no vCPU there places `int3`s any more.
+    pub fn with_spaces(mut self, spaces: VcpuSpaces) -> Self {
+        self.spaces = Some(spaces);
+        self
+    }
+
+    /// The address space of root `cr3`, cached.
+    fn space(&mut self, ctx: &VcpuCtx<'_>, cr3: u64) -> u64 {
+        if self.space_of.len() > 64 {
+            self.space_of.clear();
+        }
+        *self
+            .space_of
+            .entry(cr3)
+            .or_insert_with(|| address_space(ctx.memory(), cr3))
+    }
+
+    /// Enters this vCPU in the VM's space map and waits (at most [`JOIN_WAIT`]) until no
+    /// other vCPU in its address space has `int3`s placed: before the vCPU first runs
+    /// in a space (a new thread's, or the next program's).
+    fn join_space(&mut self, ctx: &VcpuCtx<'_>) {
+        let Some(spaces) = self.spaces.clone() else {
+            return;
+        };
+        let Ok(sregs) = ctx.sregs() else {
+            return;
+        };
+        self.space_of.clear();
+        let space = self.space(ctx, sregs.cr3);
+        let vcpu = ctx.index();
+        let patched = !self.traps.patches.is_empty();
+        spaces.lock().insert(vcpu, SpaceUse { space, patched });
+        let started = Instant::now();
+        while space_shared(&spaces.lock(), vcpu, space, true) && started.elapsed() < JOIN_WAIT {
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Also report this vCPU's statistics into `sink` when it stops.
@@ -798,16 +922,39 @@ impl EmulatedPmuHook {
         // TF can be set directly unless KVM's single-step, which owns it, is being turned off.
         let can_tf = trap.is_some() || !self.kvm_debug;
         let idt = ring3 && (!tf || can_tf) && self.traps.install(ctx, &sregs);
-        // With several vCPUs, breakpoints are reached by stepping (see `vcpus`).
-        // (Only where TF can be set; otherwise this one stop uses an `int3`.)
-        let by_steps = idt && self.vcpus > 1 && !tf && !r.breakpoints.is_empty() && can_tf;
+        // With several vCPUs in the address space, breakpoints are reached by stepping
+        // (see `vcpus`), decided and placed with the VM's space map held, so that no
+        // vCPU joins the space in between. Where KVM's single-step still owns TF, it is
+        // turned off first; only if that fails does this one stop use an `int3`.
+        let space = self.space(ctx, sregs.cr3);
+        let spaces = self.spaces.clone();
+        let mut map = spaces.as_ref().map(VcpuSpaces::lock);
+        let shared = self.vcpus > 1
+            || map
+                .as_ref()
+                .is_some_and(|m| space_shared(m, ctx.index(), space, false));
+        let mut can_tf = can_tf;
+        if idt && !tf && !can_tf && !r.breakpoints.is_empty() && shared {
+            can_tf = ctx.disable_guest_debug_now().is_ok();
+            self.kvm_debug = !can_tf;
+        }
+        let by_steps = idt && shared && !tf && !r.breakpoints.is_empty() && can_tf;
         let tf = tf || by_steps;
         let patches: &[u64] = if idt && !by_steps {
             &r.breakpoints
         } else {
             &[]
         };
-        if let Err(e) = self.traps.set_patches(ctx, sregs.cr3, patches) {
+        if !patches.is_empty() && shared {
+            self.shared_int3_stops += 1;
+        }
+        let placed = self.traps.set_patches(ctx, sregs.cr3, patches);
+        if let Some(m) = map.as_mut() {
+            let patched = !self.traps.patches.is_empty();
+            m.insert(ctx.index(), SpaceUse { space, patched });
+        }
+        drop(map);
+        if let Err(e) = placed {
             return self.fail(ctx, e);
         }
         self.pending_bps = if by_steps {
@@ -815,6 +962,7 @@ impl EmulatedPmuHook {
         } else {
             Vec::new()
         };
+        self.steps_to_bp = 0;
         if idt {
             // An injected PMI's handler would run in a context these traps cannot follow
             // (it returns into the trap handler's IRETQ): let it run untraced.
@@ -946,6 +1094,7 @@ impl VcpuHook for EmulatedPmuHook {
         if let Some((regs, _)) = &state {
             self.vcpus = self.vcpus.max(boot_info_vcpus(ctx, regs.rsi));
         }
+        self.join_space(ctx);
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());
         let state = g.state;
@@ -998,9 +1147,18 @@ impl VcpuHook for EmulatedPmuHook {
                 && !self.pending_bps.is_empty()
                 && !self.pending_bps.contains(&trap.rip())
             {
-                // Still stepping towards a breakpoint address.
                 self.stepping_stops += 1;
-                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, true) {
+                self.steps_to_bp += 1;
+                // Still stepping towards a breakpoint address, or (past the limit) the
+                // guest went another way or sits in a long `rep` instruction: it runs on
+                // unstepped and, as after a block (`on_block`), the window loses the
+                // branches until the next stop, where the tracer plans again.
+                let more = self.steps_to_bp < MAX_STEPS_TO_BREAKPOINT;
+                if !more {
+                    self.pending_bps.clear();
+                    self.traps.stepping = false;
+                }
+                if let Err(e) = write_frame(ctx, st.1.cr3, &trap, more) {
                     self.fail(ctx, e);
                 }
                 return;
@@ -1058,6 +1216,11 @@ impl VcpuHook for EmulatedPmuHook {
         {
             self.fail(ctx, e);
         }
+        if let Some(spaces) = &self.spaces
+            && let Some(u) = spaces.lock().get_mut(&ctx.index())
+        {
+            u.patched = false;
+        }
         self.pending_bps.clear();
     }
 
@@ -1068,6 +1231,7 @@ impl VcpuHook for EmulatedPmuHook {
         self.pending_bps.clear();
         self.core.forget_program();
         self.core.set_shim_code(ctx.shim_code().cloned());
+        self.join_space(ctx);
         let state = cpu_state(ctx);
         let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
         let r = self.core.on_start(&mut g, monotonic_ns());
@@ -1104,6 +1268,7 @@ impl VcpuHook for EmulatedPmuHook {
                     pmu: self.core.pmu_stats(),
                     snapshots: self.core.snapshots(),
                     stepping_stops: self.stepping_stops,
+                    shared_int3_stops: self.shared_int3_stops,
                     throttle: self.core.throttle_stats(),
                     agent_snapshots: self.agent.counts().0,
                     agent_lost: self.agent.counts().1,
@@ -1641,6 +1806,9 @@ mod tests {
         cfg.sampling = Sampling::Shim {
             period: cfg.cycles_per_sec / 200,
         };
+        // Whole windows only: on a loaded host a preempted window could pass the episode
+        // cap and be cut (tested apart, in `emulated`).
+        cfg.max_episode_ns = 0;
         let (code, out) = run("branchy", "n=3000000", cfg, Some(sink));
         assert_eq!(code, 0, "{out}");
         let snaps: Vec<LbrSnapshot> = rx.try_iter().collect();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::backend::{self, Decision, HostLbrFacts, LbrBackend, LbrMode, LbrRequest, Refusal};
 use super::emulated::{EmulatedConfig, Sampling, SnapshotSink};
-use super::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink};
+use super::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink, VcpuSpaces};
 use super::tracer::TraceMode;
 use super::vpmu::{ConfigError, PmuConfig};
 use crate::hook::VcpuHook;
@@ -37,7 +37,9 @@ pub struct LbrOptions {
     /// Shim-driven sampling in sampled mode: the percent of wall time the emulated LBR may
     /// take before the interval to the next snapshot is stretched; 0 or 100: no budget.
     pub overhead_percent: u32,
-    /// vCPUs of the VM (the hooks must know when code is shared between vCPUs).
+    /// vCPUs the VM starts with (the hooks must know when code is shared between vCPUs;
+    /// those a VM adds as it runs, a Linux program's threads, they learn by address
+    /// space).
     pub vcpus: u32,
     /// Run guest code in the shim's interpreter where the tracer can (the default); off
     /// for comparisons.
@@ -89,6 +91,9 @@ pub struct LbrSetup {
     stats: LbrStatsSink,
     /// The emulated LBR's smoothed sampling-episode cost, shared by the VM's vCPUs.
     episode_cost_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Which address space each vCPU runs in, shared by the VM's hooks: a Linux program
+    /// starts on one vCPU and gets one per thread, after the hooks were made.
+    spaces: VcpuSpaces,
 }
 
 impl LbrSetup {
@@ -105,6 +110,7 @@ impl LbrSetup {
             host_has_lbr: facts.host_lbr_nr != 0,
             stats: Arc::new(Mutex::new(Vec::new())),
             episode_cost_ns: Arc::default(),
+            spaces: VcpuSpaces::default(),
         })
     }
 
@@ -146,6 +152,7 @@ impl LbrSetup {
             LbrBackend::Emulated => Box::new(
                 EmulatedPmuHook::new(self.emulated_config(vcpu), sink.cloned())
                     .with_vcpus(self.opts.vcpus)
+                    .with_spaces(self.spaces.clone())
                     .with_stats(Arc::clone(&self.stats))
                     .with_episode_costs(Arc::clone(&self.episode_cost_ns)),
             ),

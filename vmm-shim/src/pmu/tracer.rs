@@ -245,6 +245,8 @@ pub struct TracerStats {
     pub pmis_consumed: u64,
     /// Sampled mode: tracing windows run.
     pub windows: u64,
+    /// Sampled mode: windows cut before their last branch (see [`Tracer::cut_window`]).
+    pub windows_cut: u64,
     /// Sampled mode: cycles of guest time dropped because a window started late.
     pub late_cycles: u64,
     /// Instructions the shim's interpreter executed (included in `instructions`).
@@ -486,6 +488,29 @@ impl Tracer {
     /// window over it and the window would never close.
     pub fn tracing(&self) -> bool {
         !matches!(self.state, State::Free) || self.window_left > 0
+    }
+
+    /// Sampled mode, at a stop whose instructions and branches are accounted (after
+    /// [`Tracer::on_debug_exit`], or [`Tracer::sync`] at another exit): ends the open
+    /// window here with the branches it recorded so far, as if its last branch had come.
+    /// The counter overflows now and the PMI follows (its snapshot holds fewer than the
+    /// window's branches, all of them real and in order); `None` without an open window.
+    /// For a caller whose window runs too long (a loop of exits, a long string copy).
+    pub fn cut_window(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<Option<Resume>, TraceError> {
+        if !matches!(self.mode, TraceMode::Sampled { .. }) || self.window_left == 0 {
+            return Ok(None);
+        }
+        self.stats.windows_cut += 1;
+        self.window_left = 0;
+        self.window_done = true;
+        self.state = State::Free;
+        let cpu = g.cpu()?;
+        let r = self.after_stop(g, pmu, &cpu)?;
+        Ok(Some(self.remember(r)))
     }
 
     /// The vCPU runs another program: no stop planned in the old one's code holds, and

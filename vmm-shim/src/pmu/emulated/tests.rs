@@ -476,3 +476,42 @@ fn exact_mode_intervals_stay_deterministic_with_random_intervals_asked() {
     assert!(a.len() > 10);
     assert_eq!(a, go());
 }
+
+/// A window whose stops are costly is cut once its episode passes the cap: its snapshot
+/// holds the branches recorded so far, and no episode runs much past the cap (the
+/// budget's stretch after it stays bounded). Without a cap every window is whole.
+#[test]
+fn a_long_sampling_episode_is_cut_at_the_cap() {
+    let go = |cap_ns: u64| {
+        let (sink, rx) = SnapshotSink::bounded(1024);
+        let mut cfg = sampled_shim(10, 300);
+        cfg.max_episode_ns = cap_ns;
+        let mut v = EmulatedVcpu::new(cfg, Some(sink));
+        let mut g = program_a(20_000, 2);
+        // Each stop costs 1 ms: a window of 8 branches takes well over 3 ms.
+        run_with_costly_stops(&mut v, &mut g, 1_000_000);
+        let lens: Vec<usize> = rx
+            .try_iter()
+            .filter(|s| matches!(s.reason, SnapshotReason::Pmi { .. }))
+            .map(|s| s.newest_first().count())
+            .collect();
+        (lens, v.tracer_stats(), v.throttle_stats())
+    };
+    let (whole, stats, _) = go(0);
+    assert!(!whole.is_empty());
+    assert!(whole.iter().all(|&n| n == 8), "{whole:?}");
+    assert_eq!(stats.windows_cut, 0);
+
+    let (cut, stats, throttle) = go(3_000_000);
+    assert!(
+        cut.len() >= whole.len(),
+        "{} vs {} snapshots",
+        cut.len(),
+        whole.len()
+    );
+    assert!(stats.windows_cut > 0, "{stats:?}");
+    assert!(cut.iter().all(|&n| (1..8).contains(&n)), "{cut:?}");
+    // Cut at the first stop past 3 ms: at most one stop (1 ms) later.
+    let per_episode = throttle.episode_ns / throttle.episodes.max(1);
+    assert!(per_episode <= 4_000_000, "{throttle:?}");
+}

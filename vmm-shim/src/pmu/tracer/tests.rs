@@ -148,6 +148,52 @@ fn sampled_mode_records_the_last_branches_before_the_overflow() {
     assert!(t.stats().exits <= 2 * 8 + 2, "{} exits", t.stats().exits);
 }
 
+/// A window cut short (its episode ran too long): the counter overflows at once and the
+/// PMI comes with the branches recorded so far, fewer than the window's, all real.
+#[test]
+fn a_cut_window_overflows_at_once_with_the_branches_it_has() {
+    let mut g = program_a(200, 2);
+    let mut pmu = VirtualPmu::new(PmuConfig::new(4, 8).unwrap());
+    pmu.wrmsr(
+        IA32_DEBUGCTL,
+        DEBUGCTL_LBR | DEBUGCTL_FREEZE_LBRS_ON_PMI | DEBUGCTL_FREEZE_PERFMON_ON_PMI,
+    )
+    .unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR_CTRL, (FIXED_CTRL_USR | FIXED_CTRL_PMI) << 4)
+        .unwrap();
+    pmu.wrmsr(IA32_PERF_GLOBAL_CTRL, 1 << 33).unwrap();
+    pmu.wrmsr(IA32_FIXED_CTR0 + 1, (1 << 48) - 300).unwrap();
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 8 });
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert!(
+        t.cut_window(&mut g, &mut pmu).unwrap().is_none(),
+        "no window open yet: nothing to cut"
+    );
+    let ran = g.free_run(r.deadline_cycles.unwrap());
+    let cpl = g.cpu().unwrap().cpl;
+    let mut r = t.on_free_run(&mut g, &mut pmu, ran, cpl).unwrap();
+    assert!(t.tracing(), "the window opened");
+    while lbr(&pmu).len() < 3 {
+        assert!(matches!(g.run(&r), Ran::Debug));
+        r = t.on_debug_exit(&mut g, &mut pmu).unwrap();
+    }
+    let recorded = lbr(&pmu);
+    let cut = t
+        .cut_window(&mut g, &mut pmu)
+        .unwrap()
+        .expect("an open window");
+    assert!(cut.pmi && cut.inject_nmi, "{cut:?}");
+    assert!(!t.tracing());
+    assert_eq!(t.stats().windows_cut, 1);
+    assert_eq!(lbr(&pmu), recorded, "the branches so far, no more");
+    assert!(recorded.len() < 8);
+    assert!(recorded.iter().all(|&e| e == (0x100b, 0x1007)));
+    let status = pmu.rdmsr(IA32_PERF_GLOBAL_STATUS).unwrap();
+    assert_ne!(status & (1 << 33), 0, "the counter overflowed: {status:#x}");
+    assert_eq!(pmu.rdmsr(IA32_FIXED_CTR0 + 1).unwrap(), 0);
+    assert!(t.cut_window(&mut g, &mut pmu).unwrap().is_none());
+}
+
 /// Empty windows (benchmarking): the overflow fires at the deadline without a single
 /// debug stop, and the LBR gets nothing.
 #[test]
