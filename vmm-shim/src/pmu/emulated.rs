@@ -127,13 +127,32 @@ pub struct EmulatedConfig {
     /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
     /// period (deterministic, for tests). Exact mode ignores it.
     pub random_intervals: bool,
-    /// Shim-driven sampling in sampled mode: the wall time one sampling episode (its
-    /// window and snapshot) may take, nanoseconds; a window still open at a stop past it
-    /// is cut there ([`Tracer::cut_window`]): its snapshot holds the branches recorded
-    /// so far. Bounds what one costly window (a loop of exits, a long string copy) costs
-    /// and, through the overhead budget, how long the next interval is stretched. 0: no
-    /// cap. Exact mode ignores it.
+    /// Shim-driven sampling in sampled mode: the time one sampling episode (its window
+    /// and snapshot) may take, nanoseconds of [`EmulatedConfig::episode_clock`]; a window
+    /// still open at a stop past it is cut there ([`Tracer::cut_window`]): its snapshot
+    /// holds the branches recorded so far. Bounds what one costly window (a loop of
+    /// exits, a long string copy) costs and, through the overhead budget, how long the
+    /// next interval is stretched. 0: no cap. Exact mode ignores it.
     pub max_episode_ns: u64,
+    /// The clock [`EmulatedConfig::max_episode_ns`] is measured on.
+    pub episode_clock: EpisodeClock,
+}
+
+/// What an episode's cost is measured in, for the episode cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpisodeClock {
+    /// The CPU time of the calling (vCPU) thread, guest time included: what the episode
+    /// really cost. Time the host spent running other threads does not count, so a
+    /// loaded host does not cut windows that were merely preempted.
+    ThreadCpu,
+    /// The host times passed in with each exit (deterministic, for tests).
+    Host,
+}
+
+/// The calling thread's CPU time, nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// The default [`EmulatedConfig::max_episode_ns`]: a few times what a window costs here
@@ -174,6 +193,7 @@ impl EmulatedConfig {
             log_halts: false,
             random_intervals: false,
             max_episode_ns: MAX_EPISODE_NS,
+            episode_clock: EpisodeClock::ThreadCpu,
         }
     }
 }
@@ -190,6 +210,8 @@ pub struct EmulatedVcpu {
     throttle: Throttle,
     /// When the current sampling window started tracing (sampled mode), host ns.
     window_started_ns: Option<u64>,
+    /// The same moment on [`EmulatedConfig::episode_clock`], for the episode cap.
+    window_started_cost_ns: Option<u64>,
     /// Shim-driven sampling: the requested mean interval between samples, cycles. After
     /// a window the overhead budget may add a dead time before it (in `after`); a skipped sample's redraw has none (it cost nothing).
     mean_period: u64,
@@ -244,6 +266,7 @@ impl EmulatedVcpu {
                 _ => Throttle::disabled(),
             },
             window_started_ns: None,
+            window_started_cost_ns: None,
             mean_period: 0,
             // Exact mode's samples are deterministic: never random.
             rng: (cfg.random_intervals && matches!(cfg.mode, TraceMode::Sampled { .. }))
@@ -407,6 +430,7 @@ impl EmulatedVcpu {
         self.tracer.forget_program();
         self.pmu.clear_lbr();
         self.window_started_ns = None;
+        self.window_started_cost_ns = None;
         self.window_origin = None;
     }
 
@@ -471,6 +495,7 @@ impl EmulatedVcpu {
             drop(tracing);
             if self.tracer.tracing() {
                 self.window_started_ns = Some(now_ns);
+                self.window_started_cost_ns = Some(self.episode_clock_ns(now_ns));
             } else if self.tracer.stats().windows != windows {
                 // The interpreter ran the whole window within this call: charge the
                 // budget what it took.
@@ -533,16 +558,27 @@ impl EmulatedVcpu {
         g: &mut dyn GuestAccess,
         now_ns: u64,
     ) -> Result<Option<Resume>, TraceError> {
-        let over = self
-            .window_started_ns
-            .is_some_and(|start| now_ns.saturating_sub(start) > self.cfg.max_episode_ns);
-        if !over
-            || self.cfg.max_episode_ns == 0
+        if self.cfg.max_episode_ns == 0
             || !matches!(self.cfg.sampling, Sampling::Shim { .. })
+            || !self.tracer.tracing()
         {
             return Ok(None);
         }
+        let Some(start) = self.window_started_cost_ns else {
+            return Ok(None);
+        };
+        if self.episode_clock_ns(now_ns).saturating_sub(start) <= self.cfg.max_episode_ns {
+            return Ok(None);
+        }
         self.tracer.cut_window(g, &mut self.pmu)
+    }
+
+    /// Now on the episode cap's clock (`now_ns` is the host time of this exit).
+    fn episode_clock_ns(&self, now_ns: u64) -> u64 {
+        match self.cfg.episode_clock {
+            EpisodeClock::ThreadCpu => thread_cpu_ns(),
+            EpisodeClock::Host => now_ns,
+        }
     }
 
     /// Shim-driven sampling: the next sample is due after `cycles` more.
@@ -597,6 +633,7 @@ impl EmulatedVcpu {
     /// The period to the next shim-driven snapshot: `period`, or longer when the window
     /// that just ended pushes the time spent tracing over the overhead budget.
     fn throttled_period(&mut self, period: u64, now_ns: u64) -> u64 {
+        self.window_started_cost_ns = None;
         let Some(start) = self.window_started_ns.take() else {
             return period;
         };

@@ -486,6 +486,7 @@ fn a_long_sampling_episode_is_cut_at_the_cap() {
         let (sink, rx) = SnapshotSink::bounded(1024);
         let mut cfg = sampled_shim(10, 300);
         cfg.max_episode_ns = cap_ns;
+        cfg.episode_clock = EpisodeClock::Host;
         let mut v = EmulatedVcpu::new(cfg, Some(sink));
         let mut g = program_a(20_000, 2);
         // Each stop costs 1 ms: a window of 8 branches takes well over 3 ms.
