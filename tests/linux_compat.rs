@@ -189,6 +189,9 @@ fn timer_signals_say_who_sent_them_like_natively() {
             "setitimer: signo 14 code SI_KERNEL pid 0 uid 0",
             "timer: signo 10 code SI_TIMER id matches yes overrun 0 value 42",
             "blocked timer: code SI_TIMER value 7 overrun > 0 yes, timer_getoverrun agrees yes",
+            "blocked timer across system calls: value 8, overruns count the expiries yes",
+            "raise after an ignored timer signal: 1 delivery, code SI_TKILL",
+            "realtime timers: values 1, 2, 3 once each yes, overruns 0 0 and > 0 yes",
         ],
     );
 }

@@ -15,6 +15,11 @@
 //! Signals are delivered when the thread returns from a system call (kill, tgkill,
 //! tkill and raise to itself, and signals unblocked by rt_sigprocmask) and at a fault
 //! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP), never in the middle of a blocked call.
+//!
+//! Pending signals are queues ([`SigPending`]: the process's, each thread's), and every
+//! instance carries its siginfo from the moment it is sent: the sender says who sent
+//! it (SI_USER, SI_TKILL, SI_KERNEL, SI_TIMER with the timer's id and value), and the
+//! info moves with the instance from the process's queue to the thread that takes it.
 
 use kvm_bindings::kvm_regs;
 
@@ -60,6 +65,101 @@ pub struct SigInfo {
     pub trapno: u64,
     pub err: u64,
     pub cr2: u64,
+}
+
+/// The first realtime signal (SIGRTMIN as the kernel counts): from here on every
+/// send is queued, below it a pending signal is pending once.
+pub const SIGRTMIN: u64 = 32;
+
+/// Signals pending on a thread or a process, each instance with what its sender said
+/// (Linux's `struct sigpending`: a set and a queue of siginfo). A standard signal is
+/// pending once: a second send while it is pending is dropped and the first sender's
+/// info is kept. A realtime signal queues one instance per send, delivered in order.
+/// (A POSIX timer queues at most one instance of its own and counts its expiries
+/// meanwhile as overruns: [`crate::linux::itimer::RealTimer`].)
+#[derive(Clone, Debug, Default)]
+pub struct SigPending {
+    /// Bit `n - 1` for each signal `n` with an instance queued.
+    set: u64,
+    queue: Vec<SigInfo>,
+}
+
+impl SigPending {
+    /// The pending signals (bit `n - 1` for signal `n`).
+    pub fn set(&self) -> u64 {
+        self.set
+    }
+
+    /// Queue `info` (as the kernel's `__send_signal` does); false when it was dropped
+    /// (a standard signal already pending, or no signal at all).
+    pub fn push(&mut self, info: SigInfo) -> bool {
+        let sig = info.signo as u64;
+        if !(1..=64).contains(&sig) {
+            return false;
+        }
+        let bit = 1u64 << (sig - 1);
+        if sig < SIGRTMIN && self.set & bit != 0 {
+            return false;
+        }
+        self.queue.push(info);
+        self.set |= bit;
+        true
+    }
+
+    /// Take the first instance of `sig`; its bit stays while others are queued.
+    pub fn take(&mut self, sig: u64) -> Option<SigInfo> {
+        let i = self.queue.iter().position(|q| q.signo as u64 == sig)?;
+        let info = self.queue.remove(i);
+        if !self.queue.iter().any(|q| q.signo as u64 == sig) {
+            self.set &= !(1u64 << (sig - 1));
+        }
+        Some(info)
+    }
+
+    /// The lowest pending signal not in `mask` (without taking it).
+    pub fn next(&self, mask: u64) -> Option<u64> {
+        let deliverable = self.set & !mask;
+        (deliverable != 0).then(|| u64::from(deliverable.trailing_zeros()) + 1)
+    }
+
+    /// Take every instance of the signals not in `mask` (to move them to a thread).
+    pub fn take_unblocked(&mut self, mask: u64) -> SigPending {
+        let want = self.set & !mask;
+        let mut out = SigPending::default();
+        if want == 0 {
+            return out;
+        }
+        let (taken, kept) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|q| want & (1u64 << (q.signo as u64 - 1)) != 0);
+        self.queue = kept;
+        self.set &= !want;
+        out.queue = taken;
+        out.set = want;
+        out
+    }
+
+    /// Drop the queued instance of POSIX timer `id`'s signal, if any (the timer was
+    /// deleted or armed anew: Linux drops it too, since 6.13).
+    pub fn drop_timer(&mut self, id: u32) {
+        let is_it = |q: &SigInfo| q.code == SI_TIMER && q.word as u32 == id;
+        if let Some(i) = self.queue.iter().position(is_it) {
+            let sig = self.queue.remove(i).signo as u64;
+            if !self.queue.iter().any(|q| q.signo as u64 == sig) {
+                self.set &= !(1u64 << (sig - 1));
+            }
+        }
+    }
+
+    /// Queue every instance of `other` here (standard signals already pending here
+    /// coalesce as [`Self::push`] says); the instances dropped.
+    pub fn append(&mut self, other: SigPending) -> Vec<SigInfo> {
+        other
+            .queue
+            .into_iter()
+            .filter(|&info| !self.push(info))
+            .collect()
+    }
 }
 
 /// One signal's disposition, from the raw `struct sigaction` (handler, flags,
@@ -220,15 +320,11 @@ impl Process {
         Ok(())
     }
 
-    /// The lowest pending signal of `task` that is not blocked, taken off the pending set.
-    pub(crate) fn next_signal(&mut self, task: &mut Task) -> Option<u64> {
-        let deliverable = task.pending & !task.sigmask;
-        if deliverable == 0 {
-            return None;
-        }
-        let sig = u64::from(deliverable.trailing_zeros()) + 1;
-        task.pending &= !(1 << (sig - 1));
-        Some(sig)
+    /// The first instance of the lowest pending signal of `task` that is not blocked,
+    /// taken off its queue.
+    pub(crate) fn next_signal(&mut self, task: &mut Task) -> Option<SigInfo> {
+        let sig = task.pending.next(task.sigmask)?;
+        task.pending.take(sig)
     }
 
     pub(crate) fn action(&self, sig: u64) -> Action {
@@ -304,11 +400,66 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(8 << 20).unwrap());
         let mut p = Process::bare(mem).unwrap();
         let mut t = p.main_task();
-        t.pending = (1 << 9) | (1 << 1);
+        for sig in [10, 2] {
+            t.pending.push(SigInfo {
+                signo: sig,
+                ..Default::default()
+            });
+        }
         t.sigmask = 1 << 1;
-        assert_eq!(p.next_signal(&mut t), Some(10));
-        assert_eq!(p.next_signal(&mut t), None);
+        let signo = |i: Option<SigInfo>| i.map(|i| i.signo);
+        assert_eq!(signo(p.next_signal(&mut t)), Some(10));
+        assert_eq!(signo(p.next_signal(&mut t)), None);
         t.sigmask = 0;
-        assert_eq!(p.next_signal(&mut t), Some(2));
+        assert_eq!(signo(p.next_signal(&mut t)), Some(2));
+    }
+
+    fn info(signo: i32, word: u64) -> SigInfo {
+        SigInfo {
+            signo,
+            code: SI_TIMER,
+            word,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_standard_signal_is_pending_once_with_its_first_info() {
+        let mut q = SigPending::default();
+        assert!(q.push(info(10, 1)));
+        assert!(!q.push(info(10, 2)));
+        assert!(q.push(info(12, 3)));
+        assert_eq!(q.set(), (1 << 9) | (1 << 11));
+        assert_eq!(q.next(1 << 9), Some(12));
+        assert_eq!(q.take(10).map(|i| i.word), Some(1));
+        assert_eq!(q.take(10).map(|i| i.word), None);
+        assert_eq!(q.set(), 1 << 11);
+        // Pending again once taken.
+        assert!(q.push(info(10, 4)));
+    }
+
+    #[test]
+    fn realtime_signals_queue_every_send_in_order() {
+        let mut q = SigPending::default();
+        for w in [1, 2, 3] {
+            assert!(q.push(info(34, w)));
+        }
+        assert!(q.push(info(33, 9)));
+        assert_eq!(q.next(0), Some(33));
+        assert_eq!(q.take(34).map(|i| i.word), Some(1));
+        assert_eq!(q.set() & (1 << 33), 1 << 33, "two still queued");
+        // Moving them to a thread keeps every instance and its info.
+        let mut t = SigPending::default();
+        assert!(t.append(q.take_unblocked(1 << 32)).is_empty());
+        assert_eq!(q.set(), 1 << 32, "the blocked one stays");
+        assert_eq!(t.take(34).map(|i| i.word), Some(2));
+        assert_eq!(t.take(34).map(|i| i.word), Some(3));
+        assert_eq!(t.set(), 0);
+        // A standard signal moved onto one already pending is dropped (and said so).
+        assert!(t.push(info(10, 1)));
+        let mut s = SigPending::default();
+        s.push(info(10, 2));
+        let dropped = t.append(s.take_unblocked(0));
+        assert_eq!(dropped.iter().map(|i| i.word).collect::<Vec<_>>(), [2]);
     }
 }

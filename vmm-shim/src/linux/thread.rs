@@ -39,7 +39,7 @@ pub struct Task {
     /// Blocked signals (bit `n - 1` for signal `n`).
     pub sigmask: u64,
     /// Signals sent to this thread and not yet delivered (blocked when sent).
-    pub pending: u64,
+    pub pending: crate::linux::signal::SigPending,
     /// `set_tid_address`/`CLONE_CHILD_CLEARTID`: zeroed and woken when the thread exits.
     pub clear_child_tid: u64,
     /// `set_robust_list` (head, length), recorded.
@@ -85,7 +85,7 @@ impl Task {
             tid,
             fs_base: 0,
             sigmask: 0,
-            pending: 0,
+            pending: Default::default(),
             clear_child_tid: 0,
             robust_list: (0, 0),
             altstack: (0, 0),
