@@ -1,7 +1,8 @@
 //! End-to-end tests of the Linux personality's compatibility corners: the legacy
 //! vsyscall page, execve from a threaded process (and threads started after it on the
 //! ended threads' vCPUs), writers blocked on a full pipe,
-//! signals to a busy process, signals interrupting blocked calls, and a real JVM. Programs are compiled at test time and
+//! signals to a busy process, signals interrupting blocked calls, the FPU state in
+//! signal frames, and a real JVM. Programs are compiled at test time and
 //! compared byte for byte (stdout, stderr, exit status) with their native runs under
 //! `lbrprof run --vm --`.
 
@@ -192,6 +193,20 @@ fn timer_signals_say_who_sent_them_like_natively() {
             "blocked timer across system calls: value 8, overruns count the expiries yes",
             "raise after an ignored timer signal: 1 delivery, code SI_TKILL",
             "realtime timers: values 1, 2, 3 once each yes, overruns 0 0 and > 0 yes",
+        ],
+    );
+}
+
+#[test]
+fn signal_handlers_see_and_change_the_fpu_through_fpregs_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    identical_with_every_libc(
+        "linux_signal_fpregs",
+        &[
+            "fault: fpregs set yes, xmm0 1.5, st0 3.75; after return xmm1 2.5, st0 7.25",
+            "raise: fpregs mxcsr 0x3f80, the handler ran with 0x1f80, after return 0x5f80",
         ],
     );
 }

@@ -1352,7 +1352,6 @@ impl Process {
         task.robust_list = (0, 0);
         task.altstack = (0, 0);
         task.comm = fresh.comm;
-        task.fpu_saved.clear();
         if let Some(tx) = &self.map_sink {
             let _ = tx.send(GuestEvent::Process(self.record()));
             for m in &self.mm.maps {
@@ -1430,15 +1429,13 @@ impl Process {
         };
         self.take_signals(task);
         if nr == syscalls::Sysno::rt_sigreturn as u64 {
-            if self.sigreturn(task, regs).is_err() {
+            let Ok(fpu) = self.sigreturn(task, regs) else {
                 return Ok(Serviced::End(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: "rt_sigreturn with a bad signal frame".into(),
                 }));
-            }
-            if let Some(f) = task.fpu_saved.pop() {
-                vcpu.set_fpu(&f).map_err(kvm("KVM_SET_FPU"))?;
-            }
+            };
+            cpu::set_fpu_image(vcpu, &fpu).map_err(kvm("KVM_SET_XSAVE"))?;
             self.resume_ret(task, vcpu, regs, mode, old_fs, true)?;
             return Ok(Serviced::Resume);
         }
@@ -1543,17 +1540,16 @@ impl Process {
             r.rip = regs.rcx;
             r.rflags = regs.r11;
             let info = self.delivering(info);
-            let fpu = vcpu.get_fpu().map_err(|source| VmError::Kvm {
-                op: "KVM_GET_FPU",
-                source,
-            })?;
-            if self.setup_frame(task, &mut r, act, info).is_err() {
+            let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+            let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+            if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
                 return Ok(Some(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: format!("cannot write the frame of signal {sig} on the stack"),
                 }));
             }
-            task.fpu_saved.push(fpu);
+            // The handler starts with the initial FPU state (fpu__clear_user_states).
+            cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
             *regs = r;
             // Both returns go to RCX with R11's flags: the ring-3 one set by the shim,
             // the ring-0 one by the stub's SYSRETQ.
@@ -1667,14 +1663,14 @@ impl Process {
             }
             let info = self.delivering(info);
             let mut r = regs;
-            let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
-            if self.setup_frame(task, &mut r, act, info).is_err() {
+            let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+            if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
                 return Ok(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: format!("cannot write the frame of signal {sig} on the stack"),
                 });
             }
-            task.fpu_saved.push(fpu);
+            cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
             vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
             break;
         }
@@ -1724,11 +1720,11 @@ impl Process {
         r.rip = frame.rip;
         r.rsp = frame.rsp;
         r.rflags = frame.rflags;
-        let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
-        if self.setup_frame(task, &mut r, act, info).is_err() {
+        let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+        if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
             return Ok(false);
         }
-        task.fpu_saved.push(fpu);
+        cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
         // The stub's IRETQ returns to the handler: rewrite the frame it pops (past the
         // error code) and set the handler's argument registers.
         let skip = if frame.error_code.is_some() { 8 } else { 0 };

@@ -10,8 +10,12 @@
 //!  sp+312  siginfo (128)
 //! ```
 //!
-//! The x87/SSE state is kept by the shim (per thread, a stack of saved states) rather
-//! than in the frame: `sigcontext.fpstate` is 0, and AVX upper halves are not saved.
+//! Above the frame (64-byte aligned, as Linux's math frame) is the x87/SSE state in
+//! the legacy FXSAVE layout (`struct _fpstate_64`, what Linux writes on a CPU without
+//! XSAVE): `uc_mcontext.fpregs` points at it, the handler starts with the initial FPU
+//! state (`fpu__clear_user_states`), and `rt_sigreturn` restores the state from there,
+//! so what a handler changes in it takes effect. Not in it: AVX upper halves and the
+//! other XSAVE components (no FP_XSTATE_MAGIC1 in its software-reserved bytes).
 //! Signals are delivered when the thread returns from a system call (kill, tgkill,
 //! tkill and raise to itself, and signals unblocked by rt_sigprocmask) and at a fault
 //! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP), never in the middle of a blocked call.
@@ -38,6 +42,10 @@ pub const SA_SIGINFO: u64 = 4;
 
 /// Bytes of the frame (pretcode + ucontext + siginfo).
 const FRAME: u64 = 8 + UCONTEXT + 128;
+/// Bytes of the FXSAVE image above it (`struct _fpstate_64`).
+const FPSTATE: u64 = 512;
+/// MXCSR bits a program may set (`mxcsr_feature_mask` on CPUs with DAZ).
+const MXCSR_MASK: u32 = 0xffff;
 /// `struct ucontext` as the kernel writes it (sigset of 8 bytes).
 const UCONTEXT: u64 = 304;
 /// Offset of the sigcontext in the ucontext.
@@ -199,8 +207,40 @@ pub fn default_terminates(sig: u64) -> bool {
     )
 }
 
+/// An FXSAVE image (`struct _fpstate_64`: cwd, swd, ftw, fop, rip, rdp, mxcsr,
+/// mxcsr_mask, st0-7, xmm0-15, then reserved and software-reserved bytes).
+pub type FxImage = [u8; FPSTATE as usize];
+
+/// Offset of MXCSR in an FXSAVE image.
+const FX_MXCSR: usize = 24;
+
+/// The image as a frame holds it: the software-reserved bytes zero (no
+/// FP_XSTATE_MAGIC1: a legacy frame, no XSAVE extension).
+pub fn frame_image(mut image: FxImage) -> FxImage {
+    image[464..].fill(0);
+    image
+}
+
+/// The image a handler's frame gives back, ready to load: MXCSR's reserved bits
+/// cleared, as Linux does before it restores one.
+pub fn restorable(mut image: FxImage) -> FxImage {
+    let mxcsr = u32::from_le_bytes(image[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap_or_default());
+    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&(mxcsr & MXCSR_MASK).to_le_bytes());
+    image
+}
+
+/// The FPU state a program starts with, and a signal handler too (FCW 0x37f, MXCSR
+/// 0x1f80, registers empty).
+pub fn initial_image() -> FxImage {
+    let mut image = [0u8; FPSTATE as usize];
+    image[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+    image[FX_MXCSR + 4..FX_MXCSR + 8].copy_from_slice(&MXCSR_MASK.to_le_bytes());
+    image
+}
+
 /// The sigcontext's general registers, in the kernel's order.
-fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64) -> [u64; 32] {
+fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64, fpstate: u64) -> [u64; 32] {
     let mut c = [0u64; 32];
     let regs = [
         r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
@@ -213,7 +253,7 @@ fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64) -> [u64; 32] {
     c[20] = info.trapno;
     c[21] = oldmask;
     c[22] = info.cr2;
-    c[23] = 0; // fpstate: kept by the shim (see the module doc)
+    c[23] = fpstate;
     c
 }
 
@@ -226,6 +266,7 @@ impl Process {
         regs: &mut kvm_regs,
         act: Action,
         info: SigInfo,
+        fpu: &FxImage,
     ) -> Result<(), Errno> {
         let (alt_sp, alt_size) = task.altstack;
         let on_alt = alt_size != 0 && regs.rsp > alt_sp && regs.rsp <= alt_sp + alt_size;
@@ -235,7 +276,8 @@ impl Process {
             // Below the red zone.
             regs.rsp.wrapping_sub(128)
         };
-        let sp = ((top.wrapping_sub(FRAME)) & !15).wrapping_sub(8);
+        let fpstate = top.wrapping_sub(FPSTATE) & !63;
+        let sp = ((fpstate.wrapping_sub(FRAME)) & !15).wrapping_sub(8);
         let mut f = vec![0u8; FRAME as usize];
         f[..8].copy_from_slice(&act.restorer.to_le_bytes());
         let uc = &mut f[8..8 + UCONTEXT as usize];
@@ -253,7 +295,7 @@ impl Process {
         // The mask the handler's return restores: the one from before a call's
         // temporary mask (rt_sigsuspend, ppoll…), or the current one.
         let restore = task.saved_sigmask.take().unwrap_or(task.sigmask);
-        for (i, w) in sigcontext(regs, &info, restore).iter().enumerate() {
+        for (i, w) in sigcontext(regs, &info, restore, fpstate).iter().enumerate() {
             uc[MCONTEXT + 8 * i..MCONTEXT + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
         uc[296..304].copy_from_slice(&restore.to_le_bytes());
@@ -262,6 +304,7 @@ impl Process {
         si[8..12].copy_from_slice(&info.code.to_le_bytes());
         si[16..24].copy_from_slice(&info.word.to_le_bytes());
         si[24..32].copy_from_slice(&info.value.to_le_bytes());
+        self.mm.write(GuestVirtAddr(fpstate), &frame_image(*fpu))?;
         self.mm.write(GuestVirtAddr(sp), &f)?;
         let sig = info.signo as u64;
         task.sigmask |= act.mask;
@@ -283,8 +326,13 @@ impl Process {
     }
 
     /// `rt_sigreturn`: the registers and mask from the frame the handler returned
-    /// through (RSP is past its pretcode).
-    pub(crate) fn sigreturn(&mut self, task: &mut Task, regs: &mut kvm_regs) -> Result<(), Errno> {
+    /// through (RSP is past its pretcode), and the FPU state its `fpregs` points at
+    /// (none: the initial state, as Linux).
+    pub(crate) fn sigreturn(
+        &mut self,
+        task: &mut Task,
+        regs: &mut kvm_regs,
+    ) -> Result<FxImage, Errno> {
         let uc = regs.rsp;
         let mut b = vec![0u8; UCONTEXT as usize];
         self.mm.read(GuestVirtAddr(uc), &mut b)?;
@@ -317,7 +365,13 @@ impl Process {
         };
         task.sigmask = u64::from_le_bytes(b[296..304].try_into().unwrap_or_default())
             & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
-        Ok(())
+        let fpstate = w(23);
+        if fpstate == 0 {
+            return Ok(initial_image());
+        }
+        let mut image = [0u8; FPSTATE as usize];
+        self.mm.read(GuestVirtAddr(fpstate), &mut image)?;
+        Ok(restorable(image))
     }
 
     /// The first instance of the lowest pending signal of `task` that is not blocked,
@@ -380,18 +434,49 @@ mod tests {
             word: 0xdead,
             ..Default::default()
         };
-        p.setup_frame(&mut t, &mut r, act, info).unwrap();
+        let mut fpu = initial_image();
+        fpu[160 + 3 * 16..176 + 3 * 16].fill(7);
+        fpu[32..40].copy_from_slice(&1.5f64.to_bits().to_le_bytes());
+        fpu[24..28].copy_from_slice(&0x3f80u32.to_le_bytes());
+        fpu[464] = 0x53; // software-reserved: not what the frame holds
+        p.setup_frame(&mut t, &mut r, act, info, &fpu).unwrap();
         assert_eq!((r.rip, r.rdi), (0x5000, libc::SIGSEGV as u64));
         assert_eq!(r.rsp % 16, 8, "as after a call");
-        assert!(r.rsp + FRAME <= 0x40_3000 - 128, "below the red zone");
+        assert!(
+            r.rsp + FRAME + FPSTATE <= 0x40_3000 - 128,
+            "below the red zone"
+        );
+        // uc_mcontext.fpregs (sigcontext word 23) points at the FXSAVE image, above the
+        // frame and 64-byte aligned.
+        let fpregs = p.memory_mut().read_u64(r.rdx + 40 + 8 * 23).unwrap();
+        assert_eq!(fpregs % 64, 0);
+        assert!(fpregs >= r.rsp + FRAME);
+        let xmm3 = p.memory_mut().read_u64(fpregs + 160 + 3 * 16).unwrap();
+        assert_eq!(xmm3, 0x0707_0707_0707_0707);
+        assert_eq!(p.memory_mut().read_u32(fpregs + 24).unwrap(), 0x3f80);
+        // The handler changes xmm3 there: the change is what sigreturn restores.
+        p.memory_mut()
+            .write(GuestVirtAddr(fpregs + 160 + 3 * 16), &[9; 16])
+            .unwrap();
         assert_eq!(p.memory_mut().read_u64(r.rsp).unwrap(), 0x6000);
         assert_eq!(p.memory_mut().read_u64(r.rsi + 16).unwrap(), 0xdead);
         assert_eq!(t.sigmask, 0b100 | (1 << 9) | (1 << (libc::SIGSEGV - 1)));
         // The handler's `ret` pops the pretcode; the restorer's syscall comes with RSP
         // at the ucontext.
         r.rsp += 8;
-        p.sigreturn(&mut t, &mut r).unwrap();
+        assert_eq!(
+            p.memory_mut().read_u32(fpregs + 464).unwrap(),
+            0,
+            "no XSAVE magic"
+        );
+        let back = p.sigreturn(&mut t, &mut r).unwrap();
         assert_eq!(r, before);
+        assert_eq!(&back[160 + 3 * 16..176 + 3 * 16], &[9; 16]);
+        assert_eq!(
+            &back[..160],
+            &fpu[..160],
+            "x87 state and MXCSR as they were"
+        );
         assert_eq!(t.sigmask, 0b100);
     }
 
@@ -412,6 +497,16 @@ mod tests {
         assert_eq!(signo(p.next_signal(&mut t)), None);
         t.sigmask = 0;
         assert_eq!(signo(p.next_signal(&mut t)), Some(2));
+    }
+
+    #[test]
+    fn images_from_handlers_lose_reserved_mxcsr_bits() {
+        let mut image = initial_image();
+        image[24..28].copy_from_slice(&0xffff_5f80u32.to_le_bytes());
+        let r = restorable(image);
+        assert_eq!(&r[24..28], &0x5f80u32.to_le_bytes());
+        assert_eq!(&r[..24], &image[..24]);
+        assert_eq!(&initial_image()[..2], &0x37fu16.to_le_bytes());
     }
 
     fn info(signo: i32, word: u64) -> SigInfo {

@@ -68,8 +68,6 @@ pub struct Task {
     pub(crate) waiter: Arc<Waiter>,
     /// This vCPU's TSS and ring-0 stack.
     pub trap: TrapArea,
-    /// x87/SSE states saved at signal deliveries, restored by rt_sigreturn.
-    pub(crate) fpu_saved: Vec<kvm_fpu>,
     /// The process's execve count when this thread started in it: an execve by
     /// another thread ends this one ([`crate::linux::proc::Shared::ended`]).
     pub(crate) exec_gen: u64,
@@ -98,7 +96,6 @@ impl Task {
             tlb_seen: 0,
             waiter: Arc::new(Waiter::default()),
             trap,
-            fpu_saved: Vec::new(),
             exec_gen: 0,
             space_token: Arc::new(()),
         }
