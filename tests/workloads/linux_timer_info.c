@@ -157,8 +157,12 @@ int main(void)
     /* Discarded while ignored: the next SIGUSR2 (from raise) says who sent it. */
     sev.sigev_value.sival_int = 9;
     timer_t t5 = arm(&sev, 1000000, 0);
-    nanosleep(&short_nap, NULL);
-    nanosleep(&short_nap, NULL);
+    /* Until it has expired (its signal is pending then, blocked). */
+    struct itimerspec left;
+    do {
+        nanosleep(&short_nap, NULL);
+        timer_gettime(t5, &left);
+    } while (left.it_value.tv_sec != 0 || left.it_value.tv_nsec != 0);
     signal(SIGUSR2, SIG_IGN);
     block(SIGUSR2, SIG_UNBLOCK);
     getppid();

@@ -135,8 +135,16 @@ impl RealTimer {
     /// The time left until it fires (zero: disarmed) and its interval.
     pub fn get(&self) -> (Duration, Duration) {
         let s = self.state();
+        // Past its deadline but not fired yet (its thread is about to): 1 ns left, as
+        // Linux answers for an expired timer whose signal is not sent yet (0 would
+        // tell the program its signal is pending when it is not).
         let left = s.deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() && self.signal != 0 {
+                Duration::from_nanos(1)
+            } else {
+                left
+            }
         });
         (left, s.interval)
     }
