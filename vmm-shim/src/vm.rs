@@ -1049,6 +1049,17 @@ impl VcpuRunner {
             regs,
             fpu,
         } = *child;
+        // The thread that ended here may have had a call's result written to the run
+        // page (KVM_CAP_SYNC_REGS, marked dirty) for an entry that never came: KVM
+        // would load those registers over the new thread's at its first KVM_RUN, and
+        // the new thread would go on as the old one, on the new program's memory.
+        for reg in [
+            kvm_ioctls::SyncReg::Register,
+            kvm_ioctls::SyncReg::SystemRegister,
+            kvm_ioctls::SyncReg::VcpuEvents,
+        ] {
+            self.vcpu.clear_sync_dirty_reg(reg);
+        }
         if setup_linux_registers(&self.vcpu, &task, fpu.as_ref(), &regs).is_err() {
             // The parent was told the child runs: it ends at once instead.
             lock(&shared.process).end(task.tid, linux::proc::killed(libc::SIGKILL));

@@ -23,6 +23,7 @@
 //! stack and end the program with the signal Linux would send.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_ioctls::VcpuFd;
 
 use crate::arch::{
     CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA,
@@ -32,6 +33,7 @@ use crate::arch::{
 use crate::boot::segment;
 use crate::linux::abi::*;
 use crate::linux::mm::{AddressSpace, Errno, PTE_NX};
+use crate::linux::signal::FxImage;
 use crate::memory::GuestPhysAddr;
 
 /// IA32_EFER.SCE: SYSCALL/SYSRET enabled.
@@ -215,6 +217,42 @@ fn map_vsyscall(mm: &mut AddressSpace) -> Result<(), Errno> {
     let frame = mm.alloc_frame()?;
     mm.memory().write(frame, &page).map_err(|_| Errno::EFAULT)?;
     mm.map_page(VSYSCALL_PAGE, frame, PTE_P | PTE_US)
+}
+
+/// Offset of XSTATE_BV in the XSAVE area (the header follows the 512-byte legacy
+/// region), and its x87 and SSE bits.
+const XSTATE_BV: usize = 512;
+const XFEATURES_X87_SSE: u64 = 0b11;
+
+/// The vCPU's x87/SSE state as an FXSAVE image: the legacy region of its XSAVE area
+/// (KVM_GET_FPU leaves MXCSR out).
+pub fn fpu_image(vcpu: &VcpuFd) -> Result<FxImage, kvm_ioctls::Error> {
+    let x = vcpu.get_xsave()?;
+    let mut image = [0u8; 512];
+    for (chunk, word) in image.chunks_exact_mut(4).zip(x.region.iter()) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    Ok(image)
+}
+
+/// Load FXSAVE image `image` as the vCPU's x87/SSE state (KVM_SET_FPU leaves MXCSR
+/// out): the legacy region of its XSAVE area, marked in use in XSTATE_BV so that it
+/// is what the vCPU gets (AVX upper halves and the rest stay as they are).
+pub fn set_fpu_image(vcpu: &VcpuFd, image: &FxImage) -> Result<(), kvm_ioctls::Error> {
+    let mut x = vcpu.get_xsave()?;
+    // The software-reserved bytes (464..512) are not state: left as KVM has them.
+    for (word, chunk) in x.region.iter_mut().zip(image[..464].chunks_exact(4)) {
+        *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    let at = XSTATE_BV / 4;
+    let bv = (u64::from(x.region[at]) | (u64::from(x.region[at + 1]) << 32)) | XFEATURES_X87_SSE;
+    x.region[at] = bv as u32;
+    x.region[at + 1] = (bv >> 32) as u32;
+    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, changed
+    // only in its legacy region and two XSTATE_BV bits that are always supported: it
+    // fits the 4096-byte `kvm_xsave` (the VMM never enables dynamic XSAVE features such
+    // as AMX for the guest, so KVM does not read past it).
+    unsafe { vcpu.set_xsave(&x) }
 }
 
 /// Where `syscall` leaves the vCPU on this host (see the module doc).

@@ -6,8 +6,11 @@
 //!
 //! The handler is told what Linux tells it: `si_code` SI_KERNEL for SIGALRM from
 //! `alarm`/`setitimer`, SI_TIMER with the timer's id, overrun count and `sigev_value` for
-//! a POSIX timer (an expiry while its signal is still pending counts as an overrun, which
-//! `timer_getoverrun` then reports).
+//! a POSIX timer. As Linux's per-timer `sigqueue`, a POSIX timer has at most one
+//! instance of its signal queued, wherever it waits (the process's queue or a
+//! thread's); an expiry while it is queued counts as an overrun, which the instance
+//! carries when it is delivered ([`RealTimer::delivered`]) and `timer_getoverrun` then
+//! reports.
 //!
 //! One host thread per process that ever armed the timer sleeps until the deadline
 //! (re-armed on each change through a condition variable) and ends with the process or
@@ -35,6 +38,13 @@ pub struct RealTimer {
     overrun: AtomicU32,
 }
 
+/// A POSIX timer's signal instance: whether it is queued, and the expiries since.
+#[derive(Debug, Default)]
+struct Queued {
+    queued: bool,
+    overrun: u32,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// When it fires next (None: disarmed).
@@ -43,6 +53,8 @@ struct State {
     interval: Duration,
     /// Its host thread was started.
     running: bool,
+    /// Its signal instance (POSIX timers).
+    sig: Queued,
 }
 
 impl RealTimer {
@@ -77,11 +89,38 @@ impl RealTimer {
         }
     }
 
-    /// Its signal was delivered with `info`: remember the overrun for
-    /// `timer_getoverrun`.
-    pub fn delivered(&self, info: &SigInfo) {
-        self.overrun
-            .store((info.word >> 32) as u32, Ordering::Relaxed);
+    /// Its signal instance `info` is being delivered: it carries the expiries counted
+    /// while it was queued (`si_overrun`, also what `timer_getoverrun` reports from now
+    /// on), and the next expiry queues a new one.
+    pub fn delivered(&self, info: &mut SigInfo) {
+        let overrun = {
+            let mut s = self.state();
+            s.sig.queued = false;
+            std::mem::take(&mut s.sig.overrun)
+        };
+        info.word = (info.word & 0xffff_ffff) | (u64::from(overrun) << 32);
+        self.overrun.store(overrun, Ordering::Relaxed);
+    }
+
+    /// Its signal instance was discarded undelivered (the signal is ignored).
+    pub fn discarded(&self) {
+        let mut s = self.state();
+        s.sig = Queued::default();
+    }
+
+    /// Send its signal to the process of `shared` (at an expiry, `s` its state): a
+    /// POSIX timer whose instance is still queued counts an overrun instead.
+    fn fire(&self, s: &mut State, shared: &Shared) {
+        if self.signal == 0 {
+            return;
+        }
+        if self.info.code != SI_TIMER {
+            shared.post_info(self.info);
+        } else if s.sig.queued {
+            s.sig.overrun = s.sig.overrun.saturating_add(1).min(i32::MAX as u32);
+        } else {
+            s.sig.queued = shared.post_info(self.info);
+        }
     }
 
     /// The overrun count of the last signal delivered (`timer_getoverrun`).
@@ -96,8 +135,16 @@ impl RealTimer {
     /// The time left until it fires (zero: disarmed) and its interval.
     pub fn get(&self) -> (Duration, Duration) {
         let s = self.state();
+        // Past its deadline but not fired yet (its thread is about to): 1 ns left, as
+        // Linux answers for an expired timer whose signal is not sent yet (0 would
+        // tell the program its signal is pending when it is not).
         let left = s.deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() && self.signal != 0 {
+                Duration::from_nanos(1)
+            } else {
+                left
+            }
         });
         (left, s.interval)
     }
@@ -120,6 +167,11 @@ impl RealTimer {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32))
         });
         s.interval = interval;
+        // Armed anew (or disarmed): the queued instance of its signal is dropped, as
+        // Linux does since 6.13 (the caller drops one a thread already took).
+        if self.info.code == SI_TIMER && std::mem::take(&mut s.sig).queued {
+            shared.drop_timer(self.info.word as u32);
+        }
         if s.deadline.is_some() && !s.running {
             s.running = true;
             let (timer, shared) = (self.clone(), shared.clone());
@@ -148,9 +200,7 @@ impl RealTimer {
             let now = Instant::now();
             let slice = match s.deadline {
                 Some(d) if d <= now => {
-                    if self.signal != 0 {
-                        shared.post_info(self.info);
-                    }
+                    self.fire(&mut s, shared);
                     s.deadline = (!s.interval.is_zero()).then(|| d + s.interval);
                     continue;
                 }

@@ -462,7 +462,7 @@ pub struct Process {
     /// (None until the thread's vCPU starts.)
     pub(crate) threads: BTreeMap<u64, Option<libc::pthread_t>>,
     /// Signals sent to other threads (tgkill), taken at their next system call.
-    pub(crate) signals_for: BTreeMap<u64, u64>,
+    pub(crate) signals_for: BTreeMap<u64, signal::SigPending>,
     pub(crate) futexes: Futexes,
     /// Bumped whenever page-table entries were removed or restricted: every vCPU must
     /// reload CR3 before it runs the program again (see [`thread`]).
@@ -907,12 +907,7 @@ impl Process {
             return Ok(TrapAction::ThreadExit);
         }
         self.shared.sleepers().remove(&task.tid);
-        if let Some(sigs) = self.signals_for.remove(&task.tid) {
-            task.pending |= sigs;
-        }
-        if self.shared.signals.load(Ordering::Relaxed) != 0 {
-            task.pending |= self.shared.take(task.sigmask);
-        }
+        self.take_signals(task);
         let interrupting = self.interrupting(task);
         let interrupted = interrupting.is_some();
         let restarts = interrupting == Some(true);
@@ -964,6 +959,11 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Restart { poll, nr }));
             }
             Block::Restart { poll, .. } if poll.cut_short() && interrupted && !restarts => eintr,
+            // A wait that only paces retries (a connect to a full AF_UNIX backlog) is
+            // interrupted whenever a signal is there, even as its deadline passes.
+            Block::Restart { poll, .. } if poll.entries.is_empty() && interrupted && !restarts => {
+                eintr
+            }
             Block::Restart { nr, .. } => restart(&mut pending.regs, nr),
             Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && again => {
                 return Ok(self.block_again(task, pending, Block::Wait(w)));
@@ -987,7 +987,7 @@ impl Process {
                 Err(e) => {
                     // A write to a pipe nobody reads: SIGPIPE (see `syscall`).
                     if e.0 == libc::EPIPE {
-                        task.pending |= 1 << (libc::SIGPIPE - 1);
+                        self.send_self(task, libc::SIGPIPE, signal::SI_USER);
                     }
                     e.ret()
                 }
@@ -1010,7 +1010,8 @@ impl Process {
         }
         // Signals that came meanwhile are delivered as the call returns (a handler's
         // frame saves the mask from before a temporary one of the call).
-        if task.pending & !task.sigmask != 0
+        let posted = self.shared.signals.load(Ordering::Acquire);
+        if (task.pending.set() | posted) & !task.sigmask != 0
             && let Some(end) = self.deliver_pending(task, vcpu, &mut pending.regs)?
         {
             return Ok(end);
@@ -1039,7 +1040,7 @@ impl Process {
         }
         self.shared.sleepers().insert(task.tid, task.waiter.clone());
         let posted = self.shared.signals.load(Ordering::Acquire);
-        if (task.pending | posted) & !task.sigmask != 0 {
+        if (task.pending.set() | posted) & !task.sigmask != 0 {
             task.waiter.wake();
         }
     }
@@ -1061,11 +1062,7 @@ impl Process {
     /// dropped on the way, as Linux discards them.
     fn interrupting(&mut self, task: &mut Task) -> Option<bool> {
         loop {
-            let deliverable = task.pending & !task.sigmask;
-            if deliverable == 0 {
-                return None;
-            }
-            let sig = u64::from(deliverable.trailing_zeros()) + 1;
+            let sig = task.pending.next(task.sigmask)?;
             let act = self.action(sig);
             match act.handler {
                 1 => {}
@@ -1073,7 +1070,9 @@ impl Process {
                 0 => return Some(false),
                 _ => return Some(act.flags & signal::SA_RESTART != 0),
             }
-            task.pending &= !(1 << (sig - 1));
+            if let Some(info) = task.pending.take(sig) {
+                self.discarded(&info);
+            }
         }
     }
 
@@ -1358,7 +1357,6 @@ impl Process {
         task.robust_list = (0, 0);
         task.altstack = (0, 0);
         task.comm = fresh.comm;
-        task.fpu_saved.clear();
         if let Some(tx) = &self.map_sink {
             let _ = tx.send(GuestEvent::Process(self.record()));
             for m in &self.mm.maps {
@@ -1434,30 +1432,15 @@ impl Process {
                 m
             }
         };
-        if let Some(sigs) = self.signals_for.remove(&task.tid) {
-            task.pending |= sigs;
-        }
-        if self
-            .shared
-            .signals
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
-            task.pending |= self
-                .shared
-                .signals
-                .swap(0, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.take_signals(task);
         if nr == syscalls::Sysno::rt_sigreturn as u64 {
-            if self.sigreturn(task, regs).is_err() {
+            let Ok(fpu) = self.sigreturn(task, regs) else {
                 return Ok(Serviced::End(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: "rt_sigreturn with a bad signal frame".into(),
                 }));
-            }
-            if let Some(f) = task.fpu_saved.pop() {
-                vcpu.set_fpu(&f).map_err(kvm("KVM_SET_FPU"))?;
-            }
+            };
+            cpu::set_fpu_image(vcpu, &fpu).map_err(kvm("KVM_SET_XSAVE"))?;
             self.resume_ret(task, vcpu, regs, mode, old_fs, true)?;
             return Ok(Serviced::Resume);
         }
@@ -1535,11 +1518,21 @@ impl Process {
         vcpu: &VcpuFd,
         regs: &mut kvm_regs,
     ) -> Result<Option<TrapAction>, VmError> {
-        while let Some(sig) = self.next_signal(task) {
+        // Process-directed signals the mask let in since the call began.
+        self.take_signals(task);
+        while let Some(info) = self.next_signal(task) {
+            let sig = info.signo as u64;
             let act = self.action(sig);
             match act.handler {
-                1 => continue, // SIG_IGN
-                0 if !signal::default_terminates(sig) => continue,
+                1 => {
+                    // SIG_IGN
+                    self.discarded(&info);
+                    continue;
+                }
+                0 if !signal::default_terminates(sig) => {
+                    self.discarded(&info);
+                    continue;
+                }
                 0 => {
                     return Ok(Some(TrapAction::Killed {
                         signal: sig as i32,
@@ -1551,23 +1544,17 @@ impl Process {
             let mut r = *regs;
             r.rip = regs.rcx;
             r.rflags = regs.r11;
-            let info = self.sender_info(sig).unwrap_or(signal::SigInfo {
-                signo: sig as i32,
-                code: signal::SI_TKILL,
-                word: self.pid | (host::ids()[2] << 32),
-                ..Default::default()
-            });
-            let fpu = vcpu.get_fpu().map_err(|source| VmError::Kvm {
-                op: "KVM_GET_FPU",
-                source,
-            })?;
-            if self.setup_frame(task, &mut r, act, info).is_err() {
+            let info = self.delivering(info);
+            let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+            let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+            if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
                 return Ok(Some(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: format!("cannot write the frame of signal {sig} on the stack"),
                 }));
             }
-            task.fpu_saved.push(fpu);
+            // The handler starts with the initial FPU state (fpu__clear_user_states).
+            cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
             *regs = r;
             // Both returns go to RCX with R11's flags: the ring-3 one set by the shim,
             // the ring-0 one by the stub's SYSRETQ.
@@ -1578,16 +1565,57 @@ impl Process {
         Ok(None)
     }
 
-    /// What the sender of `sig`, about to be delivered, said about it (a timer's
-    /// expiry: [`proc::Shared::post_info`]); a POSIX timer learns its overrun.
-    fn sender_info(&mut self, sig: u64) -> Option<signal::SigInfo> {
-        let info = self.shared.take_info(sig)?;
+    /// Signal instance `info` is about to be delivered: a POSIX timer's carries the
+    /// overruns counted meanwhile ([`itimer::RealTimer::delivered`]).
+    fn delivering(&mut self, mut info: signal::SigInfo) -> signal::SigInfo {
         if info.code == signal::SI_TIMER
             && let Some(t) = self.timers.get(&u64::from(info.word as u32))
         {
-            t.delivered(&info);
+            t.delivered(&mut info);
         }
-        Some(info)
+        info
+    }
+
+    /// Signal instance `info` was dropped undelivered (its signal is ignored): a POSIX
+    /// timer queues its next expiry anew.
+    fn discarded(&mut self, info: &signal::SigInfo) {
+        if info.code == signal::SI_TIMER
+            && let Some(t) = self.timers.get(&u64::from(info.word as u32))
+        {
+            t.discarded();
+        }
+    }
+
+    /// The signals for `task` now: those other threads sent it, and those sent to the
+    /// process that it does not block (moved to its queue with their infos).
+    fn take_signals(&mut self, task: &mut Task) {
+        use std::sync::atomic::Ordering;
+        if let Some(sigs) = self.signals_for.remove(&task.tid) {
+            for info in task.pending.append(sigs) {
+                self.discarded(&info);
+            }
+        }
+        if self.shared.signals.load(Ordering::Relaxed) & !task.sigmask != 0 {
+            let sigs = self.shared.take(task.sigmask);
+            for info in task.pending.append(sigs) {
+                self.discarded(&info);
+            }
+        }
+    }
+
+    /// `sig` sent by the thread to itself (raise, tgkill, SIGPIPE), with `code`.
+    pub(crate) fn send_self(&mut self, task: &mut Task, sig: i32, code: i32) {
+        task.pending.push(self.info_from_self(sig, code));
+    }
+
+    /// What a signal this process sends says about its sender.
+    pub(crate) fn info_from_self(&self, sig: i32, code: i32) -> signal::SigInfo {
+        signal::SigInfo {
+            signo: sig,
+            code,
+            word: self.pid | (host::ids()[2] << 32),
+            ..Default::default()
+        }
     }
 
     /// A signal that came while `task`'s vCPU ran the program (it was kicked out of
@@ -1600,18 +1628,12 @@ impl Process {
         task: &mut Task,
         vcpu: &mut VcpuFd,
     ) -> Result<TrapAction, VmError> {
-        use std::sync::atomic::Ordering;
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         if self.shared.superseded(task) {
             return Ok(TrapAction::ThreadExit);
         }
-        if let Some(sigs) = self.signals_for.remove(&task.tid) {
-            task.pending |= sigs;
-        }
-        if self.shared.signals.load(Ordering::Relaxed) != 0 {
-            task.pending |= self.shared.take(task.sigmask);
-        }
-        if task.pending & !task.sigmask == 0 {
+        self.take_signals(task);
+        if task.pending.set() & !task.sigmask == 0 {
             return Ok(TrapAction::Resume);
         }
         // Let KVM finish what an exit left half done (see on_trap).
@@ -1623,11 +1645,19 @@ impl Process {
             return Ok(TrapAction::Resume);
         }
         let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        while let Some(sig) = self.next_signal(task) {
+        while let Some(info) = self.next_signal(task) {
+            let sig = info.signo as u64;
             let act = self.action(sig);
             match act.handler {
-                1 => continue, // SIG_IGN
-                0 if !signal::default_terminates(sig) => continue,
+                1 => {
+                    // SIG_IGN
+                    self.discarded(&info);
+                    continue;
+                }
+                0 if !signal::default_terminates(sig) => {
+                    self.discarded(&info);
+                    continue;
+                }
                 0 => {
                     return Ok(TrapAction::Killed {
                         signal: sig as i32,
@@ -1636,21 +1666,16 @@ impl Process {
                 }
                 _ => {}
             }
-            let info = self.sender_info(sig).unwrap_or(signal::SigInfo {
-                signo: sig as i32,
-                code: signal::SI_USER,
-                word: host::ids()[2] << 32,
-                ..Default::default()
-            });
+            let info = self.delivering(info);
             let mut r = regs;
-            let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
-            if self.setup_frame(task, &mut r, act, info).is_err() {
+            let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+            if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
                 return Ok(TrapAction::Killed {
                     signal: libc::SIGSEGV,
                     reason: format!("cannot write the frame of signal {sig} on the stack"),
                 });
             }
-            task.fpu_saved.push(fpu);
+            cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
             vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
             break;
         }
@@ -1700,11 +1725,11 @@ impl Process {
         r.rip = frame.rip;
         r.rsp = frame.rsp;
         r.rflags = frame.rflags;
-        let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
-        if self.setup_frame(task, &mut r, act, info).is_err() {
+        let fpu = cpu::fpu_image(vcpu).map_err(kvm("KVM_GET_XSAVE"))?;
+        if self.setup_frame(task, &mut r, act, info, &fpu).is_err() {
             return Ok(false);
         }
-        task.fpu_saved.push(fpu);
+        cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
         // The stub's IRETQ returns to the handler: rewrite the frame it pops (past the
         // error code) and set the handler's argument registers.
         let skip = if frame.error_code.is_some() { 8 } else { 0 };

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::linux::LinuxReport;
 use crate::linux::mm::{Errno, FramePool};
-use crate::linux::signal::{SI_TIMER, SigInfo};
+use crate::linux::signal::{SI_USER, SigInfo, SigPending};
 use crate::linux::thread::Waiter;
 
 /// What every process of a VM shares.
@@ -61,8 +61,8 @@ struct Entry {
 /// What other processes may change in a process without its lock.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// Signals sent by other processes (bit `n - 1` for signal `n`), taken by whichever
-    /// thread makes the next system call.
+    /// Signals sent to the process (bit `n - 1` for signal `n`): the set of `queue`,
+    /// taken by whichever thread that does not block them runs next.
     pub signals: AtomicU64,
     /// The process ended (exit_group, a fatal signal): its other threads stop.
     pub dead: AtomicBool,
@@ -74,10 +74,9 @@ pub struct Shared {
     /// Its threads blocked in a call a signal interrupts (sleeps, futex waits, polls,
     /// reads, waits for children, rt_sigsuspend).
     pub sleepers: Mutex<BTreeMap<u64, Arc<Waiter>>>,
-    /// What the handler is told about a signal in `signals` whose sender said more than
-    /// "a process sent it" (a timer's expiry), by signal number. A standard signal
-    /// already pending is not queued again, so the first sender's is kept, as Linux.
-    pub infos: Mutex<BTreeMap<u64, SigInfo>>,
+    /// The signals sent to the process, each instance with its sender's info
+    /// (`signals` is its set, kept with it under this lock, to be read without it).
+    pub queue: Mutex<SigPending>,
 }
 
 impl Shared {
@@ -87,53 +86,42 @@ impl Shared {
         self.dead.load(Ordering::Acquire) || self.superseded(task)
     }
 
-    /// Note `sig` (1..=64) as sent to the process, and kick its vCPUs out of the guest:
-    /// the first back takes it ([`crate::linux::Process::deliver_async`]).
+    /// Note `sig` (1..=64) as sent to the process by a process (SI_USER), and kick its
+    /// vCPUs out of the guest: the first back takes it
+    /// ([`crate::linux::Process::deliver_async`]).
     pub fn post(&self, sig: u64) {
         if (1..=64).contains(&sig) {
-            let mut infos = self.infos();
-            let old = self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
-            if old & (1 << (sig - 1)) == 0 {
-                infos.remove(&sig);
-            }
+            self.post_info(SigInfo {
+                signo: sig as i32,
+                code: SI_USER,
+                word: crate::linux::host::ids()[2] << 32,
+                ..SigInfo::default()
+            });
         }
+    }
+
+    /// [`Self::post`] with what the handler is told; false when the signal was not
+    /// queued (a standard signal already pending).
+    pub fn post_info(&self, info: SigInfo) -> bool {
+        let queued = {
+            let mut q = self.queue();
+            let queued = q.push(info);
+            self.signals.store(q.set(), Ordering::Release);
+            queued
+        };
         self.kick();
+        queued
     }
 
-    /// [`Self::post`] with what the handler is told. A POSIX timer that expires again
-    /// while its signal is still pending counts an overrun instead (`si_overrun`).
-    pub fn post_info(&self, info: SigInfo) {
-        let sig = info.signo as u64;
-        if !(1..=64).contains(&sig) {
-            return;
-        }
-        {
-            let mut infos = self.infos();
-            let old = self.signals.fetch_or(1 << (sig - 1), Ordering::AcqRel);
-            if old & (1 << (sig - 1)) == 0 {
-                infos.insert(sig, info);
-            } else if let Some(i) = infos.get_mut(&sig)
-                && i.code == SI_TIMER
-                && info.code == SI_TIMER
-                && i.word as u32 == info.word as u32
-            {
-                let overrun = ((i.word >> 32) as u32)
-                    .saturating_add(1)
-                    .min(i32::MAX as u32);
-                i.word = (i.word & 0xffff_ffff) | (u64::from(overrun) << 32);
-            }
-        }
-        self.kick();
+    /// Drop the queued instance of POSIX timer `id`'s signal ([`SigPending::drop_timer`]).
+    pub fn drop_timer(&self, id: u32) {
+        let mut q = self.queue();
+        q.drop_timer(id);
+        self.signals.store(q.set(), Ordering::Release);
     }
 
-    /// What the sender of pending signal `sig` said about it (taken: the signal is being
-    /// delivered), if more than that a process sent it.
-    pub fn take_info(&self, sig: u64) -> Option<SigInfo> {
-        self.infos().remove(&sig)
-    }
-
-    fn infos(&self) -> MutexGuard<'_, BTreeMap<u64, SigInfo>> {
-        self.infos.lock().unwrap_or_else(|e| e.into_inner())
+    fn queue(&self) -> MutexGuard<'_, SigPending> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Kick the process's vCPUs out of the guest and wake its sleepers, for a signal.
@@ -151,24 +139,16 @@ impl Shared {
     }
 
     /// Take the signals sent to the process that a thread with signal mask `mask`
-    /// accepts (the others stay for a thread that does not block them).
-    pub fn take(&self, mask: u64) -> u64 {
-        let mut cur = self.signals.load(Ordering::Acquire);
-        loop {
-            let want = cur & !mask;
-            if want == 0 {
-                return 0;
-            }
-            match self.signals.compare_exchange_weak(
-                cur,
-                cur & !want,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return want,
-                Err(c) => cur = c,
-            }
+    /// accepts, every instance with its info (the others stay for a thread that does
+    /// not block them).
+    pub fn take(&self, mask: u64) -> SigPending {
+        if self.signals.load(Ordering::Acquire) & !mask == 0 {
+            return SigPending::default();
         }
+        let mut q = self.queue();
+        let taken = q.take_unblocked(mask);
+        self.signals.store(q.set(), Ordering::Release);
+        taken
     }
 
     pub(crate) fn vcpus(&self) -> MutexGuard<'_, BTreeMap<u64, libc::pthread_t>> {
@@ -414,6 +394,7 @@ impl Kernel {
 mod tests {
     use super::*;
     use crate::linux::mm::Frames;
+    use crate::linux::signal::SI_TIMER;
 
     fn kernel() -> Kernel {
         let pool = Arc::new(Mutex::new(Frames::empty()));
@@ -426,41 +407,42 @@ mod tests {
         s.post(10);
         s.post(15);
         // A thread blocking SIGUSR1 (bit 9) takes SIGTERM only.
-        assert_eq!(s.take(1 << 9), 1 << 14);
-        assert_eq!(s.take(1 << 9), 0);
-        assert_eq!(s.take(0), 1 << 9);
+        assert_eq!(s.take(1 << 9).set(), 1 << 14);
+        assert_eq!(s.take(1 << 9).set(), 0);
+        assert_eq!(s.take(0).set(), 1 << 9);
         assert_eq!(s.signals.load(Ordering::Acquire), 0);
     }
 
     #[test]
-    fn a_timer_signal_keeps_the_first_senders_info_and_counts_overruns() {
+    fn a_signals_info_travels_with_it_and_realtime_ones_queue() {
         let s = Shared::default();
-        let timer = |id: u64| SigInfo {
-            signo: 12,
+        let timer = |signo: i32, id: u64| SigInfo {
+            signo,
             code: SI_TIMER,
             word: id,
             value: 7,
             ..SigInfo::default()
         };
-        s.post_info(timer(3));
-        s.post_info(timer(3));
-        s.post_info(timer(3));
-        // Another timer with the same signal while it is pending: not its overrun.
-        s.post_info(timer(4));
-        // A plain post of a pending signal keeps the timer's info.
+        assert!(s.post_info(timer(12, 3)));
+        // A plain post of a pending standard signal keeps the first sender's info.
         s.post(12);
-        assert_eq!(s.take(0), 1 << 11);
-        let i = s.take_info(12).unwrap();
-        assert_eq!(
-            (i.code, i.word as u32, i.word >> 32, i.value),
-            (SI_TIMER, 3, 2, 7)
-        );
-        assert!(s.take_info(12).is_none());
-        // Posted anew by a process: no stale info from before.
-        s.post_info(timer(3));
-        assert_eq!(s.take(0), 1 << 11);
+        assert!(!s.post_info(timer(12, 4)));
+        let mut t = s.take(0);
+        assert_eq!(t.set(), 1 << 11);
+        assert_eq!(s.signals.load(Ordering::Acquire), 0);
+        let i = t.take(12).unwrap();
+        assert_eq!((i.code, i.word, i.value), (SI_TIMER, 3, 7));
+        // Posted anew by a process: its own info, nothing stale from before.
         s.post(12);
-        assert!(s.take_info(12).is_none());
+        let i = s.take(0).take(12).unwrap();
+        assert_eq!(i.code, SI_USER);
+        // Realtime: two timers on one signal are two deliveries, each with its info.
+        assert!(s.post_info(timer(40, 1)));
+        assert!(s.post_info(timer(40, 2)));
+        let mut t = s.take(0);
+        assert_eq!(t.take(40).map(|i| i.word), Some(1));
+        assert_eq!(t.take(40).map(|i| i.word), Some(2));
+        assert_eq!(t.set(), 0);
     }
 
     #[test]

@@ -10,11 +10,20 @@
 //!  sp+312  siginfo (128)
 //! ```
 //!
-//! The x87/SSE state is kept by the shim (per thread, a stack of saved states) rather
-//! than in the frame: `sigcontext.fpstate` is 0, and AVX upper halves are not saved.
+//! Above the frame (64-byte aligned, as Linux's math frame) is the x87/SSE state in
+//! the legacy FXSAVE layout (`struct _fpstate_64`, what Linux writes on a CPU without
+//! XSAVE): `uc_mcontext.fpregs` points at it, the handler starts with the initial FPU
+//! state (`fpu__clear_user_states`), and `rt_sigreturn` restores the state from there,
+//! so what a handler changes in it takes effect. Not in it: AVX upper halves and the
+//! other XSAVE components (no FP_XSTATE_MAGIC1 in its software-reserved bytes).
 //! Signals are delivered when the thread returns from a system call (kill, tgkill,
 //! tkill and raise to itself, and signals unblocked by rt_sigprocmask) and at a fault
 //! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP), never in the middle of a blocked call.
+//!
+//! Pending signals are queues ([`SigPending`]: the process's, each thread's), and every
+//! instance carries its siginfo from the moment it is sent: the sender says who sent
+//! it (SI_USER, SI_TKILL, SI_KERNEL, SI_TIMER with the timer's id and value), and the
+//! info moves with the instance from the process's queue to the thread that takes it.
 
 use kvm_bindings::kvm_regs;
 
@@ -33,6 +42,10 @@ pub const SA_SIGINFO: u64 = 4;
 
 /// Bytes of the frame (pretcode + ucontext + siginfo).
 const FRAME: u64 = 8 + UCONTEXT + 128;
+/// Bytes of the FXSAVE image above it (`struct _fpstate_64`).
+const FPSTATE: u64 = 512;
+/// MXCSR bits a program may set (`mxcsr_feature_mask` on CPUs with DAZ).
+const MXCSR_MASK: u32 = 0xffff;
 /// `struct ucontext` as the kernel writes it (sigset of 8 bytes).
 const UCONTEXT: u64 = 304;
 /// Offset of the sigcontext in the ucontext.
@@ -60,6 +73,101 @@ pub struct SigInfo {
     pub trapno: u64,
     pub err: u64,
     pub cr2: u64,
+}
+
+/// The first realtime signal (SIGRTMIN as the kernel counts): from here on every
+/// send is queued, below it a pending signal is pending once.
+pub const SIGRTMIN: u64 = 32;
+
+/// Signals pending on a thread or a process, each instance with what its sender said
+/// (Linux's `struct sigpending`: a set and a queue of siginfo). A standard signal is
+/// pending once: a second send while it is pending is dropped and the first sender's
+/// info is kept. A realtime signal queues one instance per send, delivered in order.
+/// (A POSIX timer queues at most one instance of its own and counts its expiries
+/// meanwhile as overruns: [`crate::linux::itimer::RealTimer`].)
+#[derive(Clone, Debug, Default)]
+pub struct SigPending {
+    /// Bit `n - 1` for each signal `n` with an instance queued.
+    set: u64,
+    queue: Vec<SigInfo>,
+}
+
+impl SigPending {
+    /// The pending signals (bit `n - 1` for signal `n`).
+    pub fn set(&self) -> u64 {
+        self.set
+    }
+
+    /// Queue `info` (as the kernel's `__send_signal` does); false when it was dropped
+    /// (a standard signal already pending, or no signal at all).
+    pub fn push(&mut self, info: SigInfo) -> bool {
+        let sig = info.signo as u64;
+        if !(1..=64).contains(&sig) {
+            return false;
+        }
+        let bit = 1u64 << (sig - 1);
+        if sig < SIGRTMIN && self.set & bit != 0 {
+            return false;
+        }
+        self.queue.push(info);
+        self.set |= bit;
+        true
+    }
+
+    /// Take the first instance of `sig`; its bit stays while others are queued.
+    pub fn take(&mut self, sig: u64) -> Option<SigInfo> {
+        let i = self.queue.iter().position(|q| q.signo as u64 == sig)?;
+        let info = self.queue.remove(i);
+        if !self.queue.iter().any(|q| q.signo as u64 == sig) {
+            self.set &= !(1u64 << (sig - 1));
+        }
+        Some(info)
+    }
+
+    /// The lowest pending signal not in `mask` (without taking it).
+    pub fn next(&self, mask: u64) -> Option<u64> {
+        let deliverable = self.set & !mask;
+        (deliverable != 0).then(|| u64::from(deliverable.trailing_zeros()) + 1)
+    }
+
+    /// Take every instance of the signals not in `mask` (to move them to a thread).
+    pub fn take_unblocked(&mut self, mask: u64) -> SigPending {
+        let want = self.set & !mask;
+        let mut out = SigPending::default();
+        if want == 0 {
+            return out;
+        }
+        let (taken, kept) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|q| want & (1u64 << (q.signo as u64 - 1)) != 0);
+        self.queue = kept;
+        self.set &= !want;
+        out.queue = taken;
+        out.set = want;
+        out
+    }
+
+    /// Drop the queued instance of POSIX timer `id`'s signal, if any (the timer was
+    /// deleted or armed anew: Linux drops it too, since 6.13).
+    pub fn drop_timer(&mut self, id: u32) {
+        let is_it = |q: &SigInfo| q.code == SI_TIMER && q.word as u32 == id;
+        if let Some(i) = self.queue.iter().position(is_it) {
+            let sig = self.queue.remove(i).signo as u64;
+            if !self.queue.iter().any(|q| q.signo as u64 == sig) {
+                self.set &= !(1u64 << (sig - 1));
+            }
+        }
+    }
+
+    /// Queue every instance of `other` here (standard signals already pending here
+    /// coalesce as [`Self::push`] says); the instances dropped.
+    pub fn append(&mut self, other: SigPending) -> Vec<SigInfo> {
+        other
+            .queue
+            .into_iter()
+            .filter(|&info| !self.push(info))
+            .collect()
+    }
 }
 
 /// One signal's disposition, from the raw `struct sigaction` (handler, flags,
@@ -99,8 +207,40 @@ pub fn default_terminates(sig: u64) -> bool {
     )
 }
 
+/// An FXSAVE image (`struct _fpstate_64`: cwd, swd, ftw, fop, rip, rdp, mxcsr,
+/// mxcsr_mask, st0-7, xmm0-15, then reserved and software-reserved bytes).
+pub type FxImage = [u8; FPSTATE as usize];
+
+/// Offset of MXCSR in an FXSAVE image.
+const FX_MXCSR: usize = 24;
+
+/// The image as a frame holds it: the software-reserved bytes zero (no
+/// FP_XSTATE_MAGIC1: a legacy frame, no XSAVE extension).
+pub fn frame_image(mut image: FxImage) -> FxImage {
+    image[464..].fill(0);
+    image
+}
+
+/// The image a handler's frame gives back, ready to load: MXCSR's reserved bits
+/// cleared, as Linux does before it restores one.
+pub fn restorable(mut image: FxImage) -> FxImage {
+    let mxcsr = u32::from_le_bytes(image[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap_or_default());
+    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&(mxcsr & MXCSR_MASK).to_le_bytes());
+    image
+}
+
+/// The FPU state a program starts with, and a signal handler too (FCW 0x37f, MXCSR
+/// 0x1f80, registers empty).
+pub fn initial_image() -> FxImage {
+    let mut image = [0u8; FPSTATE as usize];
+    image[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+    image[FX_MXCSR + 4..FX_MXCSR + 8].copy_from_slice(&MXCSR_MASK.to_le_bytes());
+    image
+}
+
 /// The sigcontext's general registers, in the kernel's order.
-fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64) -> [u64; 32] {
+fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64, fpstate: u64) -> [u64; 32] {
     let mut c = [0u64; 32];
     let regs = [
         r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
@@ -113,7 +253,7 @@ fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64) -> [u64; 32] {
     c[20] = info.trapno;
     c[21] = oldmask;
     c[22] = info.cr2;
-    c[23] = 0; // fpstate: kept by the shim (see the module doc)
+    c[23] = fpstate;
     c
 }
 
@@ -126,6 +266,7 @@ impl Process {
         regs: &mut kvm_regs,
         act: Action,
         info: SigInfo,
+        fpu: &FxImage,
     ) -> Result<(), Errno> {
         let (alt_sp, alt_size) = task.altstack;
         let on_alt = alt_size != 0 && regs.rsp > alt_sp && regs.rsp <= alt_sp + alt_size;
@@ -135,7 +276,8 @@ impl Process {
             // Below the red zone.
             regs.rsp.wrapping_sub(128)
         };
-        let sp = ((top.wrapping_sub(FRAME)) & !15).wrapping_sub(8);
+        let fpstate = top.wrapping_sub(FPSTATE) & !63;
+        let sp = ((fpstate.wrapping_sub(FRAME)) & !15).wrapping_sub(8);
         let mut f = vec![0u8; FRAME as usize];
         f[..8].copy_from_slice(&act.restorer.to_le_bytes());
         let uc = &mut f[8..8 + UCONTEXT as usize];
@@ -153,7 +295,7 @@ impl Process {
         // The mask the handler's return restores: the one from before a call's
         // temporary mask (rt_sigsuspend, ppoll…), or the current one.
         let restore = task.saved_sigmask.take().unwrap_or(task.sigmask);
-        for (i, w) in sigcontext(regs, &info, restore).iter().enumerate() {
+        for (i, w) in sigcontext(regs, &info, restore, fpstate).iter().enumerate() {
             uc[MCONTEXT + 8 * i..MCONTEXT + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
         uc[296..304].copy_from_slice(&restore.to_le_bytes());
@@ -162,6 +304,7 @@ impl Process {
         si[8..12].copy_from_slice(&info.code.to_le_bytes());
         si[16..24].copy_from_slice(&info.word.to_le_bytes());
         si[24..32].copy_from_slice(&info.value.to_le_bytes());
+        self.mm.write(GuestVirtAddr(fpstate), &frame_image(*fpu))?;
         self.mm.write(GuestVirtAddr(sp), &f)?;
         let sig = info.signo as u64;
         task.sigmask |= act.mask;
@@ -183,8 +326,13 @@ impl Process {
     }
 
     /// `rt_sigreturn`: the registers and mask from the frame the handler returned
-    /// through (RSP is past its pretcode).
-    pub(crate) fn sigreturn(&mut self, task: &mut Task, regs: &mut kvm_regs) -> Result<(), Errno> {
+    /// through (RSP is past its pretcode), and the FPU state its `fpregs` points at
+    /// (none: the initial state, as Linux).
+    pub(crate) fn sigreturn(
+        &mut self,
+        task: &mut Task,
+        regs: &mut kvm_regs,
+    ) -> Result<FxImage, Errno> {
         let uc = regs.rsp;
         let mut b = vec![0u8; UCONTEXT as usize];
         self.mm.read(GuestVirtAddr(uc), &mut b)?;
@@ -217,18 +365,20 @@ impl Process {
         };
         task.sigmask = u64::from_le_bytes(b[296..304].try_into().unwrap_or_default())
             & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
-        Ok(())
+        let fpstate = w(23);
+        if fpstate == 0 {
+            return Ok(initial_image());
+        }
+        let mut image = [0u8; FPSTATE as usize];
+        self.mm.read(GuestVirtAddr(fpstate), &mut image)?;
+        Ok(restorable(image))
     }
 
-    /// The lowest pending signal of `task` that is not blocked, taken off the pending set.
-    pub(crate) fn next_signal(&mut self, task: &mut Task) -> Option<u64> {
-        let deliverable = task.pending & !task.sigmask;
-        if deliverable == 0 {
-            return None;
-        }
-        let sig = u64::from(deliverable.trailing_zeros()) + 1;
-        task.pending &= !(1 << (sig - 1));
-        Some(sig)
+    /// The first instance of the lowest pending signal of `task` that is not blocked,
+    /// taken off its queue.
+    pub(crate) fn next_signal(&mut self, task: &mut Task) -> Option<SigInfo> {
+        let sig = task.pending.next(task.sigmask)?;
+        task.pending.take(sig)
     }
 
     pub(crate) fn action(&self, sig: u64) -> Action {
@@ -284,18 +434,49 @@ mod tests {
             word: 0xdead,
             ..Default::default()
         };
-        p.setup_frame(&mut t, &mut r, act, info).unwrap();
+        let mut fpu = initial_image();
+        fpu[160 + 3 * 16..176 + 3 * 16].fill(7);
+        fpu[32..40].copy_from_slice(&1.5f64.to_bits().to_le_bytes());
+        fpu[24..28].copy_from_slice(&0x3f80u32.to_le_bytes());
+        fpu[464] = 0x53; // software-reserved: not what the frame holds
+        p.setup_frame(&mut t, &mut r, act, info, &fpu).unwrap();
         assert_eq!((r.rip, r.rdi), (0x5000, libc::SIGSEGV as u64));
         assert_eq!(r.rsp % 16, 8, "as after a call");
-        assert!(r.rsp + FRAME <= 0x40_3000 - 128, "below the red zone");
+        assert!(
+            r.rsp + FRAME + FPSTATE <= 0x40_3000 - 128,
+            "below the red zone"
+        );
+        // uc_mcontext.fpregs (sigcontext word 23) points at the FXSAVE image, above the
+        // frame and 64-byte aligned.
+        let fpregs = p.memory_mut().read_u64(r.rdx + 40 + 8 * 23).unwrap();
+        assert_eq!(fpregs % 64, 0);
+        assert!(fpregs >= r.rsp + FRAME);
+        let xmm3 = p.memory_mut().read_u64(fpregs + 160 + 3 * 16).unwrap();
+        assert_eq!(xmm3, 0x0707_0707_0707_0707);
+        assert_eq!(p.memory_mut().read_u32(fpregs + 24).unwrap(), 0x3f80);
+        // The handler changes xmm3 there: the change is what sigreturn restores.
+        p.memory_mut()
+            .write(GuestVirtAddr(fpregs + 160 + 3 * 16), &[9; 16])
+            .unwrap();
         assert_eq!(p.memory_mut().read_u64(r.rsp).unwrap(), 0x6000);
         assert_eq!(p.memory_mut().read_u64(r.rsi + 16).unwrap(), 0xdead);
         assert_eq!(t.sigmask, 0b100 | (1 << 9) | (1 << (libc::SIGSEGV - 1)));
         // The handler's `ret` pops the pretcode; the restorer's syscall comes with RSP
         // at the ucontext.
         r.rsp += 8;
-        p.sigreturn(&mut t, &mut r).unwrap();
+        assert_eq!(
+            p.memory_mut().read_u32(fpregs + 464).unwrap(),
+            0,
+            "no XSAVE magic"
+        );
+        let back = p.sigreturn(&mut t, &mut r).unwrap();
         assert_eq!(r, before);
+        assert_eq!(&back[160 + 3 * 16..176 + 3 * 16], &[9; 16]);
+        assert_eq!(
+            &back[..160],
+            &fpu[..160],
+            "x87 state and MXCSR as they were"
+        );
         assert_eq!(t.sigmask, 0b100);
     }
 
@@ -304,11 +485,76 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(8 << 20).unwrap());
         let mut p = Process::bare(mem).unwrap();
         let mut t = p.main_task();
-        t.pending = (1 << 9) | (1 << 1);
+        for sig in [10, 2] {
+            t.pending.push(SigInfo {
+                signo: sig,
+                ..Default::default()
+            });
+        }
         t.sigmask = 1 << 1;
-        assert_eq!(p.next_signal(&mut t), Some(10));
-        assert_eq!(p.next_signal(&mut t), None);
+        let signo = |i: Option<SigInfo>| i.map(|i| i.signo);
+        assert_eq!(signo(p.next_signal(&mut t)), Some(10));
+        assert_eq!(signo(p.next_signal(&mut t)), None);
         t.sigmask = 0;
-        assert_eq!(p.next_signal(&mut t), Some(2));
+        assert_eq!(signo(p.next_signal(&mut t)), Some(2));
+    }
+
+    #[test]
+    fn images_from_handlers_lose_reserved_mxcsr_bits() {
+        let mut image = initial_image();
+        image[24..28].copy_from_slice(&0xffff_5f80u32.to_le_bytes());
+        let r = restorable(image);
+        assert_eq!(&r[24..28], &0x5f80u32.to_le_bytes());
+        assert_eq!(&r[..24], &image[..24]);
+        assert_eq!(&initial_image()[..2], &0x37fu16.to_le_bytes());
+    }
+
+    fn info(signo: i32, word: u64) -> SigInfo {
+        SigInfo {
+            signo,
+            code: SI_TIMER,
+            word,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_standard_signal_is_pending_once_with_its_first_info() {
+        let mut q = SigPending::default();
+        assert!(q.push(info(10, 1)));
+        assert!(!q.push(info(10, 2)));
+        assert!(q.push(info(12, 3)));
+        assert_eq!(q.set(), (1 << 9) | (1 << 11));
+        assert_eq!(q.next(1 << 9), Some(12));
+        assert_eq!(q.take(10).map(|i| i.word), Some(1));
+        assert_eq!(q.take(10).map(|i| i.word), None);
+        assert_eq!(q.set(), 1 << 11);
+        // Pending again once taken.
+        assert!(q.push(info(10, 4)));
+    }
+
+    #[test]
+    fn realtime_signals_queue_every_send_in_order() {
+        let mut q = SigPending::default();
+        for w in [1, 2, 3] {
+            assert!(q.push(info(34, w)));
+        }
+        assert!(q.push(info(33, 9)));
+        assert_eq!(q.next(0), Some(33));
+        assert_eq!(q.take(34).map(|i| i.word), Some(1));
+        assert_eq!(q.set() & (1 << 33), 1 << 33, "two still queued");
+        // Moving them to a thread keeps every instance and its info.
+        let mut t = SigPending::default();
+        assert!(t.append(q.take_unblocked(1 << 32)).is_empty());
+        assert_eq!(q.set(), 1 << 32, "the blocked one stays");
+        assert_eq!(t.take(34).map(|i| i.word), Some(2));
+        assert_eq!(t.take(34).map(|i| i.word), Some(3));
+        assert_eq!(t.set(), 0);
+        // A standard signal moved onto one already pending is dropped (and said so).
+        assert!(t.push(info(10, 1)));
+        let mut s = SigPending::default();
+        s.push(info(10, 2));
+        let dropped = t.append(s.take_unblocked(0));
+        assert_eq!(dropped.iter().map(|i| i.word).collect::<Vec<_>>(), [2]);
     }
 }

@@ -21,6 +21,7 @@ use crate::linux::host;
 use crate::linux::itimer;
 use crate::linux::mm::{Errno, FileBacking, Prot};
 use crate::linux::proc::WaitFor;
+use crate::linux::signal;
 use crate::linux::thread::{self, Block, Task};
 use crate::memory::GuestVirtAddr;
 
@@ -565,7 +566,7 @@ impl Process {
             }
             Sysno::setitimer => self.sys_setitimer(a[0], a[1], a[2]),
             Sysno::timer_create => self.sys_timer_create(a[0], a[1], a[2]),
-            Sysno::timer_settime => self.sys_timer_settime(a[0], a[1], a[2], a[3]),
+            Sysno::timer_settime => self.sys_timer_settime(task, a[0], a[1], a[2], a[3]),
             Sysno::timer_gettime => self
                 .timers
                 .get(&a[0])
@@ -581,6 +582,7 @@ impl Process {
                 Some(t) => {
                     let stop = crate::vm::stop_flag();
                     t.set(&self.shared, stop, Duration::ZERO, Duration::ZERO);
+                    self.drop_timer_signal(task, a[0]);
                     Ok(0)
                 }
                 None => Err(Errno::EINVAL),
@@ -593,7 +595,7 @@ impl Process {
                 let pid = i64::from(a[0] as i32);
                 // The process itself (any of its threads takes it: this one).
                 if pid as u64 == self.pid {
-                    return self.sys_kill(task, task.tid, a[1]);
+                    return self.sys_kill(task, task.tid, a[1], signal::SI_USER);
                 }
                 if a[1] > 64 {
                     return Outcome::Return(Errno::EINVAL.ret());
@@ -615,7 +617,7 @@ impl Process {
                         self.kernel.signal(m, a[1]);
                     }
                     if members.contains(&self.pid) {
-                        return self.sys_kill(task, task.tid, a[1]);
+                        return self.sys_kill(task, task.tid, a[1], signal::SI_USER);
                     }
                     if members.is_empty() {
                         Err(Errno(libc::ESRCH))
@@ -625,8 +627,8 @@ impl Process {
                 }
             }
             Sysno::tgkill if a[0] != self.pid => Err(Errno(libc::ESRCH)),
-            Sysno::tgkill => return self.sys_kill(task, a[1], a[2]),
-            Sysno::tkill => return self.sys_kill(task, a[0], a[1]),
+            Sysno::tgkill => return self.sys_kill(task, a[1], a[2], signal::SI_TKILL),
+            Sysno::tkill => return self.sys_kill(task, a[0], a[1], signal::SI_TKILL),
             Sysno::futex => return self.sys_futex(task, a),
             Sysno::prctl => match a[0] as i32 {
                 libc::PR_SET_NAME => self.mm.read_cstr(a[1], PATH_MAX).map(|n| {
@@ -706,7 +708,7 @@ impl Process {
             Sysno::socket => self.sys_socket(a[0], a[1], a[2]),
             Sysno::socketpair => self.sys_socketpair(a[0], a[1], a[2], a[3]),
             Sysno::bind => self.sys_bind_connect(a[0], a[1], a[2], false),
-            Sysno::connect => self.sys_bind_connect(a[0], a[1], a[2], true),
+            Sysno::connect => return self.sys_connect(task, a[0], a[1], a[2]),
             Sysno::listen => self.sys_listen(a[0], a[1]),
             Sysno::accept => self.sys_accept(a[0], a[1], a[2], 0),
             Sysno::accept4 => self.sys_accept(a[0], a[1], a[2], a[3]),
@@ -732,7 +734,7 @@ impl Process {
         if r == Err(Errno(libc::EPIPE))
             && matches!(sys, Sysno::write | Sysno::writev | Sysno::pwrite64)
         {
-            task.pending |= 1 << (libc::SIGPIPE - 1);
+            self.send_self(task, libc::SIGPIPE, signal::SI_USER);
         }
         Outcome::Return(match r {
             Ok(v) => v,
@@ -1228,7 +1230,14 @@ impl Process {
 
     /// timer_settime: `struct itimerspec` is { it_interval, it_value }, two
     /// `struct timespec`s; TIMER_ABSTIME takes it_value on the timer's clock.
-    fn sys_timer_settime(&mut self, id: u64, flags: u64, new: u64, old: u64) -> Sys {
+    fn sys_timer_settime(
+        &mut self,
+        task: &mut Task,
+        id: u64,
+        flags: u64,
+        new: u64,
+        old: u64,
+    ) -> Sys {
         let timer = self.timers.get(&id).cloned().ok_or(Errno::EINVAL)?;
         let ts = |va: u64| -> Result<Duration, Errno> {
             let s = self.mm.read_u64(va)? as i64;
@@ -1252,10 +1261,17 @@ impl Process {
         }
         let stop = crate::vm::stop_flag();
         let prev = timer.set(&self.shared, stop, value, interval);
+        self.drop_timer_signal(task, id);
         if old != 0 {
             self.out_itimerspec(old, prev)?;
         }
         Ok(0)
+    }
+
+    /// A POSIX timer was deleted or armed anew: the instance of its signal this
+    /// thread took is dropped, as Linux does (the timer drops the process's one).
+    fn drop_timer_signal(&mut self, task: &mut Task, id: u64) {
+        task.pending.drop_timer(id as u32);
     }
 
     /// Write (time left, interval) as a `struct itimerspec`.
@@ -1335,7 +1351,7 @@ impl Process {
     /// kill/tgkill/tkill within the program: the signal is pending on thread `tid`
     /// and delivered when that thread next returns from a system call (this one, when
     /// it sends to itself); SIGKILL ends the program at once.
-    fn sys_kill(&mut self, task: &mut Task, tid: u64, sig: u64) -> Outcome {
+    fn sys_kill(&mut self, task: &mut Task, tid: u64, sig: u64, code: i32) -> Outcome {
         if sig > 64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
@@ -1352,11 +1368,11 @@ impl Process {
                 reason: "killed by SIGKILL it sent itself".into(),
             };
         }
-        let bit = 1u64 << (sig - 1);
+        let info = self.info_from_self(sig as i32, code);
         if me {
-            task.pending |= bit;
+            task.pending.push(info);
         } else {
-            *self.signals_for.entry(tid).or_insert(0) |= bit;
+            self.signals_for.entry(tid).or_default().push(info);
             // Out of the guest or its sleep, to take it now (`Process::deliver_async`).
             if let Some(Some(t)) = self.threads.get(&tid) {
                 crate::vm::kick_thread(*t);

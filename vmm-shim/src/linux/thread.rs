@@ -38,8 +38,11 @@ pub struct Task {
     pub fs_base: u64,
     /// Blocked signals (bit `n - 1` for signal `n`).
     pub sigmask: u64,
+    /// A blocking connect this thread started and waits for: (descriptor, inode of
+    /// its socket), so a restarted connect goes on waiting for it (see `net.rs`).
+    pub(crate) connecting: Option<(u64, u64)>,
     /// Signals sent to this thread and not yet delivered (blocked when sent).
-    pub pending: u64,
+    pub pending: crate::linux::signal::SigPending,
     /// `set_tid_address`/`CLONE_CHILD_CLEARTID`: zeroed and woken when the thread exits.
     pub clear_child_tid: u64,
     /// `set_robust_list` (head, length), recorded.
@@ -68,8 +71,6 @@ pub struct Task {
     pub(crate) waiter: Arc<Waiter>,
     /// This vCPU's TSS and ring-0 stack.
     pub trap: TrapArea,
-    /// x87/SSE states saved at signal deliveries, restored by rt_sigreturn.
-    pub(crate) fpu_saved: Vec<kvm_fpu>,
     /// The process's execve count when this thread started in it: an execve by
     /// another thread ends this one ([`crate::linux::proc::Shared::ended`]).
     pub(crate) exec_gen: u64,
@@ -85,7 +86,8 @@ impl Task {
             tid,
             fs_base: 0,
             sigmask: 0,
-            pending: 0,
+            pending: Default::default(),
+            connecting: None,
             clear_child_tid: 0,
             robust_list: (0, 0),
             altstack: (0, 0),
@@ -98,7 +100,6 @@ impl Task {
             tlb_seen: 0,
             waiter: Arc::new(Waiter::default()),
             trap,
-            fpu_saved: Vec::new(),
             exec_gen: 0,
             space_token: Arc::new(()),
         }
