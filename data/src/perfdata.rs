@@ -1559,12 +1559,10 @@ impl RawSample<'_> {
         if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
             return None;
         }
-        let mut values = [0u64; 64];
-        for (v, w) in values.iter_mut().zip(self.user_regs.chunks_exact(8)) {
-            *v = word(w, le);
-        }
-        let n = (self.user_regs.len() / 8).min(64);
-        Regs::from_perf(regs_user, &values[..n])
+        Regs::from_perf_with(regs_user, |index| {
+            let w = self.user_regs.get(index.checked_mul(8)?..)?.get(..8)?;
+            Some(word(w, le))
+        })
     }
 
     /// The branch stack entries, newest first.

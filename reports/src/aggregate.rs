@@ -339,6 +339,12 @@ impl Aggregator {
         self.profile
     }
 
+    /// Room for `n` more distinct stacks, for a caller that knows about how many it will
+    /// add (the table then does not grow, and rehash every stack, step by step).
+    pub(crate) fn reserve_stacks(&mut self, n: usize) {
+        self.profile.stacks.reserve(n);
+    }
+
     pub fn add(&mut self, event: &Event) {
         match event {
             Event::Mapping(m) => self.profile.spaces.add_mapping(m),

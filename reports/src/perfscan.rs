@@ -137,6 +137,10 @@ impl<V> WordMap<V> {
         }
     }
 
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     fn into_entries(self) -> Vec<(u64, Box<[u64]>, V)> {
         self.entries
     }
@@ -495,8 +499,12 @@ pub(crate) fn add_branch_totals(profile: &mut Profile, totals: [u64; 3]) {
 
 fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
     let branch_entries = raw.branch_entries;
+    let raw_stacks = raw.stacks.len();
     let (mut epochs, totals) = group_epochs(raw);
     let mut agg = Aggregator::new(opts);
+    // Raw stacks resolve to at most as many stacks (those that differ only in their
+    // epoch, or in their thread, resolve to one).
+    agg.reserve_stacks(raw_stacks);
     // Samples before any event of their process, then each epoch right after the event
     // that starts it.
     if let Some(e) = epochs.remove(&0) {

@@ -343,10 +343,17 @@ fn samples_in(
     let mut last: Option<(u32, Vec<SortKey>)> = None;
     let mut round = rounds.start;
     let mut at = range.start;
+    let stack_copies = layouts
+        .layouts
+        .iter()
+        .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
     while at < range.end {
         // Framing was checked by the walk.
         let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
         let body = &bytes[at + 8..at + size];
+        if stack_copies {
+            prefetch_next(bytes, at, size);
+        }
         if rtype == abi::PERF_RECORD_FINISHED_ROUND {
             round += 1;
         } else if rtype == abi::PERF_RECORD_SAMPLE {
@@ -387,6 +394,43 @@ fn samples_in(
     }
     release(map, range);
     Ok(())
+}
+
+/// How much of a record with a stack copy [`prefetch_next`] asks for: its header, the
+/// fields before the copy and the top of the copy, where unwinding reads.
+const PREFETCH_HEAD: usize = 1024;
+
+/// Asks the CPU to start loading the next record (after the one at `at`, `size` bytes
+/// long) while this one is decoded and unwound: its head, and its last bytes (a stack
+/// copy's `dyn_size`), guessed from this record's size (records with stack copies differ
+/// in size by their call chains only). Samples with stack copies are thousands of bytes
+/// apart, so each is a cold TLB entry and cold cache lines; without this their loads
+/// wait one after another. A hint only: addresses outside `bytes` are not asked for,
+/// and a wrong guess costs one useless load.
+fn prefetch_next(bytes: &[u8], at: usize, size: usize) {
+    let next = at + size;
+    prefetch(bytes, next..next + PREFETCH_HEAD);
+    let tail = (next + size).saturating_sub(128);
+    prefetch(bytes, tail..tail + 192);
+}
+
+/// Asks the CPU to load the cache lines of `bytes[range]` (clamped to `bytes`).
+fn prefetch(bytes: &[u8], range: Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let end = range.end.min(bytes.len());
+        let mut at = range.start;
+        while at < end {
+            // SAFETY: a prefetch is a hint: it never faults and changes nothing the
+            // program can observe; the address is inside `bytes` (at < end <= len).
+            // SSE, which it needs, is part of x86-64's baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(at).cast()) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, range);
 }
 
 /// Unmaps the pages of `range` from this process (they stay in the page cache), so
