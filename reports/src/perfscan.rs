@@ -98,10 +98,28 @@ impl<V> WordMap<V> {
 
     /// The value of `key`, inserted with `init` when missing; `true` when inserted.
     pub(crate) fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
-        self.entry_hashed(Self::hash(key), key, init)
+        let h = Self::hash(key);
+        match self.find(h, key) {
+            Ok(e) => (&mut self.entries[e].2, false),
+            Err(slot) => (self.insert_at(slot, h, key.into(), init()), true),
+        }
     }
 
-    fn entry_hashed(&mut self, h: u64, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+    /// Adds `value` under `key` (hashed `h`) when the key is new; else gives it back with
+    /// the value already there. (A merge moves the boxed key in instead of copying it.)
+    fn entry_owned(&mut self, h: u64, key: Box<[u64]>, value: V) -> Option<(&mut V, V)> {
+        match self.find(h, &key) {
+            Ok(e) => Some((&mut self.entries[e].2, value)),
+            Err(slot) => {
+                self.insert_at(slot, h, key, value);
+                None
+            }
+        }
+    }
+
+    /// The entry of `key` (hashed `h`), or the free slot where it goes (the table has
+    /// room for one more entry afterwards).
+    fn find(&mut self, h: u64, key: &[u64]) -> Result<usize, usize> {
         if (self.entries.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
@@ -110,18 +128,21 @@ impl<V> WordMap<V> {
         loop {
             let slot = self.slots[i];
             if slot == EMPTY {
-                break;
+                return Err(i);
             }
             let e = &self.entries[slot as usize];
             if e.0 == h && *e.1 == *key {
-                return (&mut self.entries[slot as usize].2, false);
+                return Ok(slot as usize);
             }
             i = (i + 1) & mask;
         }
-        self.slots[i] = self.entries.len() as u32;
-        self.entries.push((h, key.into(), init()));
+    }
+
+    fn insert_at(&mut self, slot: usize, h: u64, key: Box<[u64]>, value: V) -> &mut V {
+        self.slots[slot] = self.entries.len() as u32;
+        self.entries.push((h, key, value));
         let last = self.entries.len() - 1;
-        (&mut self.entries[last].2, true)
+        &mut self.entries[last].2
     }
 
     fn grow(&mut self) {
@@ -265,14 +286,12 @@ fn fold_with<T>(
 /// Merges `b` into `a` (`a` holds the earlier part of the file).
 pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     for (h, k, g) in b.stacks.into_entries() {
-        let (v, new) = a.stacks.entry_hashed(h, &k, || g);
-        if !new {
+        if let Some((v, g)) = a.stacks.entry_owned(h, k, g) {
             v.merge(&g);
         }
     }
     for (h, k, g) in b.lbr_stacks.into_entries() {
-        let (v, new) = a.lbr_stacks.entry_hashed(h, &k, || g);
-        if !new {
+        if let Some((v, g)) = a.lbr_stacks.entry_owned(h, k, g) {
             v.merge(&g);
         }
     }
@@ -800,7 +819,10 @@ pub(crate) mod tests {
                 Some(n) => n.clone(),
                 None => panic!("no unwinding note in {:?}", input.recorded_notes()),
             };
-            assert!(summary(&p) == summary(&slow), "chunks of {chunk}: profiles differ");
+            assert!(
+                summary(&p) == summary(&slow),
+                "chunks of {chunk}: profiles differ"
+            );
             assert_eq!(stats, slow_stats, "chunks of {chunk}");
             fast = Some((p, stats));
         }
