@@ -862,6 +862,17 @@ impl Aggregator {
     }
 }
 
+/// The entries of a stack table in the order their frames lie in memory. A table's
+/// stacks are allocated one after another as they are first met, and the table's own
+/// order is the hash's: a pass over every frame of every stack in that order takes a
+/// cache miss per stack, in this order the hardware prefetcher streams them. For passes
+/// whose result does not depend on the order (sums, sets).
+pub(crate) fn in_memory_order<V>(stacks: &FastMap<Vec<Loc>, V>) -> Vec<(&Vec<Loc>, &V)> {
+    let mut v: Vec<(&Vec<Loc>, &V)> = stacks.iter().collect();
+    v.sort_unstable_by_key(|(s, _)| s.as_ptr() as usize);
+    v
+}
+
 fn bump(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], weight: u64) {
     bump_n(map, key, 1, weight);
 }
