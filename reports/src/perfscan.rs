@@ -382,15 +382,11 @@ fn aggregate_input_chunked(
     // samples, not their number), and whether a chunk could not be decoded.
     let merged: Mutex<Option<Raw>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
-    // Chunks handed out but not folded yet keep their pages mapped: when the folding
-    // falls behind, the walk folds too, so resident memory stays a few chunks.
     let in_flight = AtomicUsize::new(0);
-    let max_in_flight = rayon::current_num_threads() + 1;
     let scan = rayon::scope(|s| {
         input.perf_scan_with(chunk_size, &mut |chunk| {
-            let (merged, failed, in_flight) = (&merged, &failed, &in_flight);
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            s.spawn(move |_| {
+            let (merged, failed) = (&merged, &failed);
+            spawn_throttled(s, &in_flight, move || {
                 match fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack, None) {
                     Ok((raw, ())) => {
                         let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
@@ -401,13 +397,7 @@ fn aggregate_input_chunked(
                     }
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
-                in_flight.fetch_sub(1, Ordering::SeqCst);
             });
-            while in_flight.load(Ordering::SeqCst) > max_in_flight {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::thread::yield_now();
-                }
-            }
         })
     });
     let Some(scan) = scan else {
@@ -422,6 +412,27 @@ fn aggregate_input_chunked(
         .unwrap_or_else(fold_empty);
     let (profile, branch_entries) = resolve(&scan, raw, opts.clone());
     FastPath::Done(Box::new(profile), branch_entries)
+}
+
+/// Folds a chunk handed out by the walk (`fold`) on the pool of scope `s`; then, while
+/// more chunks are in flight (`in_flight`: handed out, not folded yet) than the pool has
+/// threads, the walk's thread helps fold them. Chunks in flight keep their pages mapped,
+/// so resident memory stays a few chunks even when the folding falls behind the walk.
+fn spawn_throttled<'s>(
+    s: &rayon::Scope<'s>,
+    in_flight: &'s AtomicUsize,
+    fold: impl FnOnce() + Send + 's,
+) {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    s.spawn(move |_| {
+        fold();
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    });
+    while in_flight.load(Ordering::SeqCst) > rayon::current_num_threads() + 1 {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// The fast path for a perf.data file with stack copies (`perf record --call-graph
@@ -440,15 +451,13 @@ fn aggregate_unwinding(input: &mut Input, opts: &AggregateOptions, chunk_size: u
         Mutex::new((fold_empty(), 0, BTreeMap::new()));
     let failed = AtomicBool::new(false);
     let in_flight = AtomicUsize::new(0);
-    let max_in_flight = rayon::current_num_threads() + 1;
     let scan = rayon::scope(|s| {
         input.perf_scan_unwinding_with(chunk_size, &mut |mut chunk| {
             for (ev, epoch) in chunk.take_sideband() {
                 unwinder.observe(&ev, epoch);
             }
-            let (merged, failed, in_flight, unwinder) = (&merged, &failed, &in_flight, &unwinder);
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            s.spawn(move |_| {
+            let (merged, failed, unwinder) = (&merged, &failed, &unwinder);
+            spawn_throttled(s, &in_flight, move || {
                 let folded = fold_with(
                     |f| chunk.for_each_sample(f),
                     keep_tid,
@@ -467,13 +476,7 @@ fn aggregate_unwinding(input: &mut Input, opts: &AggregateOptions, chunk_size: u
                     }
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
-                in_flight.fetch_sub(1, Ordering::SeqCst);
             });
-            while in_flight.load(Ordering::SeqCst) > max_in_flight {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::thread::yield_now();
-                }
-            }
         })
     });
     let Some(scan) = scan else {
