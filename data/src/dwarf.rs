@@ -13,6 +13,10 @@
 //! [`crate::perfdata::PerfDataReader`]) or by the mapped fast path ([`ScanUnwinder`],
 //! one snapshot of a process's mappings per epoch).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+
 use lbrprof_unwind::Unwinder;
 
 use crate::model::{AddressSpace, CpuMode, Event, Frame, HostSample, TaskEvent};
@@ -82,51 +86,76 @@ impl EventUnwinder {
 /// Unwinding for the mapped fast path through a perf.data file
 /// ([`crate::perfdata::mapped`]): samples are decoded chunk by chunk, on any thread, each
 /// tagged with its epoch (the last state-changing side-band event of its process). The
-/// side-band events are replayed once, in perf's order, through an [`EventUnwinder`],
-/// and the process's mappings are kept as they were at each epoch, so a sample unwinds
-/// against exactly the mappings the event stream would have given it.
+/// side-band events are replayed once, in perf's order, through an [`EventUnwinder`]
+/// ([`ScanUnwinder::observe`], chunk by chunk while the walk goes on), and the process's
+/// mappings are kept as they were at each epoch, so a sample unwinds against exactly the
+/// mappings the event stream would have given it.
+#[derive(Default)]
 pub struct ScanUnwinder {
-    epochs: std::collections::HashMap<u64, lbrprof_unwind::Snapshot>,
-    unusable_mappings: u64,
+    epochs: RwLock<HashMap<u64, lbrprof_unwind::Snapshot>>,
+    replay: Mutex<EventUnwinder>,
+    /// How many events were observed.
+    observed: AtomicUsize,
+}
+
+/// A thread's state for [`ScanUnwinder::unwind`]: framehop's cache, and the snapshot of
+/// the last epoch met (samples come in runs of one process and epoch).
+#[derive(Default)]
+pub struct ScanCache {
+    cache: lbrprof_unwind::Cache,
+    last: Option<(u64, Option<lbrprof_unwind::Snapshot>)>,
 }
 
 impl ScanUnwinder {
-    pub fn new(scan: &crate::perfdata::mapped::Scan) -> Self {
-        let mut u = EventUnwinder::new();
-        let mut epochs = std::collections::HashMap::new();
-        for (ev, epoch) in scan.sideband_epochs() {
-            u.observe(ev);
-            let pid = match ev {
-                Event::Mapping(m) => m.pid,
-                Event::Task(
-                    TaskEvent::Comm { pid, .. }
-                    | TaskEvent::Exec { pid, .. }
-                    | TaskEvent::Fork { pid, .. },
-                ) => *pid,
-                _ => continue,
-            };
-            if let Some(snapshot) = epoch.and_then(|_| u.unwinder.snapshot(pid)) {
-                epochs.insert(epoch.unwrap_or_default(), snapshot);
+    /// Follows the next side-band event in perf's order, with the epoch it starts
+    /// ([`crate::perfdata::mapped::Scan::sideband_epochs`]). Samples of an epoch may be
+    /// unwound once its event has been observed.
+    pub fn observe(&self, ev: &Event, epoch: Option<u64>) {
+        self.observed.fetch_add(1, Ordering::Relaxed);
+        let pid = match ev {
+            Event::Mapping(m) => m.pid,
+            Event::Task(
+                TaskEvent::Comm { pid, .. }
+                | TaskEvent::Exec { pid, .. }
+                | TaskEvent::Fork { pid, .. },
+            ) => *pid,
+            _ => {
+                lock(&self.replay).observe(ev);
+                return;
             }
+        };
+        let snapshot = {
+            let mut u = lock(&self.replay);
+            u.observe(ev);
+            epoch.and_then(|_| u.unwinder.snapshot(pid))
+        };
+        if let (Some(epoch), Some(snapshot)) = (epoch, snapshot) {
+            let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
+            epochs.insert(epoch, snapshot);
         }
-        ScanUnwinder {
-            epochs,
-            unusable_mappings: u.stats().unusable_mappings,
-        }
+    }
+
+    /// How many events [`ScanUnwinder::observe`] has followed.
+    pub fn observed(&self) -> usize {
+        self.observed.load(Ordering::Relaxed)
     }
 
     /// Walk a sample's stack copy against its process's mappings at its `epoch`,
     /// pushing the frames onto `out`.
     pub fn unwind(
         &self,
-        cache: &mut lbrprof_unwind::Cache,
+        cache: &mut ScanCache,
         epoch: u64,
         regs: Regs,
         stack: &[u8],
         out: &mut Vec<u64>,
     ) -> Outcome {
-        match self.epochs.get(&epoch) {
-            Some(s) => s.unwind(cache, regs, stack, out),
+        if cache.last.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let epochs = self.epochs.read().unwrap_or_else(|e| e.into_inner());
+            cache.last = Some((epoch, epochs.get(&epoch).cloned()));
+        }
+        match cache.last.as_ref().and_then(|(_, s)| s.as_ref()) {
+            Some(s) => s.unwind(&mut cache.cache, regs, stack, out),
             None => {
                 out.push(regs.ip);
                 Outcome::UnknownProcess
@@ -136,8 +165,12 @@ impl ScanUnwinder {
 
     /// The mapped files that could not be read for their unwind tables.
     pub fn unusable_mappings(&self) -> u64 {
-        self.unusable_mappings
+        lock(&self.replay).stats().unusable_mappings
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One line for a recording's notes: how the walks went.

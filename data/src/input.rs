@@ -183,16 +183,20 @@ impl Input {
     }
 
     /// The fast path of a perf.data file with stack copies, for a consumer that unwinds
-    /// them ([`crate::dwarf::ScanUnwinder`]; see
-    /// [`crate::perfdata::PerfDataReader::mapped_scan_unwinding`]).
-    pub fn perf_scan_unwinding(&mut self) -> Option<crate::perfdata::mapped::Scan> {
+    /// them ([`crate::dwarf::ScanUnwinder`]), handing out chunks as the walk goes (see
+    /// [`crate::perfdata::PerfDataReader::mapped_scan_unwinding_with`]).
+    pub fn perf_scan_unwinding_with(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(crate::perfdata::mapped::Chunk),
+    ) -> Option<crate::perfdata::mapped::Scan> {
         match &mut self.source {
-            Source::Perf(r) => r.mapped_scan_unwinding(),
+            Source::Perf(r) => r.mapped_scan_unwinding_with(chunk_size, on_chunk),
             Source::Lbrprof(_) => None,
         }
     }
 
-    /// How the consumer of [`Input::perf_scan_unwinding`] unwound the samples.
+    /// How the consumer of [`Input::perf_scan_unwinding_with`] unwound the samples.
     pub fn note_unwind_stats(&mut self, stats: crate::dwarf::UnwindStats) {
         if let Source::Perf(r) = &mut self.source {
             r.note_unwind_stats(stats);

@@ -673,6 +673,7 @@ impl PerfDataReader {
             start..end,
             layouts,
             chunk_size.max(1),
+            unwinding,
             |raw, stats| convert(raw, 0, build_ids, stats, None, 1).map_err(|_| ()),
             on_chunk,
         )?;
@@ -691,15 +692,22 @@ impl PerfDataReader {
     /// Whether the samples carry stack copies (`perf record --call-graph dwarf`): then
     /// [`PerfDataReader::mapped_scan`] declines, and only a consumer that unwinds them
     /// itself ([`crate::dwarf::ScanUnwinder`]) may take
-    /// [`PerfDataReader::mapped_scan_unwinding`].
+    /// [`PerfDataReader::mapped_scan_unwinding_with`].
     pub fn has_stack_copies(&self) -> bool {
         self.unwinder.is_some()
     }
 
-    /// [`PerfDataReader::mapped_scan`] for a consumer that unwinds the samples' stack
-    /// copies itself, and reports how with [`PerfDataReader::note_unwind_stats`].
-    pub fn mapped_scan_unwinding(&mut self) -> Option<mapped::Scan> {
-        self.scan(mapped::CHUNK_SIZE, &mut |_| {}, true)
+    /// [`PerfDataReader::mapped_scan_with`] for a consumer that unwinds the samples' stack
+    /// copies itself, and reports how with [`PerfDataReader::note_unwind_stats`]: each
+    /// chunk is handed out with the side-band events that give its samples' epochs their
+    /// state ([`mapped::Chunk::take_sideband`]), so that they can be unwound while the
+    /// walk goes on.
+    pub fn mapped_scan_unwinding_with(
+        &mut self,
+        chunk_size: usize,
+        on_chunk: &mut dyn FnMut(mapped::Chunk),
+    ) -> Option<mapped::Scan> {
+        self.scan(chunk_size, on_chunk, true)
     }
 
     /// The counts of the walks a mapped scan's consumer made.
@@ -1559,12 +1567,10 @@ impl RawSample<'_> {
         if self.user_regs_abi != lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64 {
             return None;
         }
-        let mut values = [0u64; 64];
-        for (v, w) in values.iter_mut().zip(self.user_regs.chunks_exact(8)) {
-            *v = word(w, le);
-        }
-        let n = (self.user_regs.len() / 8).min(64);
-        Regs::from_perf(regs_user, &values[..n])
+        Regs::from_perf_with(regs_user, |index| {
+            let w = self.user_regs.get(index.checked_mul(8)?..)?.get(..8)?;
+            Some(word(w, le))
+        })
     }
 
     /// The branch stack entries, newest first.

@@ -339,6 +339,12 @@ impl Aggregator {
         self.profile
     }
 
+    /// Room for `n` more distinct stacks, for a caller that knows about how many it will
+    /// add (the table then does not grow, and rehash every stack, step by step).
+    pub(crate) fn reserve_stacks(&mut self, n: usize) {
+        self.profile.stacks.reserve(n);
+    }
+
     pub fn add(&mut self, event: &Event) {
         match event {
             Event::Mapping(m) => self.profile.spaces.add_mapping(m),
@@ -854,6 +860,17 @@ impl Aggregator {
             newer_from = (b.from != 0).then_some((from, b.from));
         }
     }
+}
+
+/// The entries of a stack table in the order their frames lie in memory. A table's
+/// stacks are allocated one after another as they are first met, and the table's own
+/// order is the hash's: a pass over every frame of every stack in that order takes a
+/// cache miss per stack, in this order the hardware prefetcher streams them. For passes
+/// whose result does not depend on the order (sums, sets).
+pub(crate) fn in_memory_order<V>(stacks: &FastMap<Vec<Loc>, V>) -> Vec<(&Vec<Loc>, &V)> {
+    let mut v: Vec<(&Vec<Loc>, &V)> = stacks.iter().collect();
+    v.sort_unstable_by_key(|(s, _)| s.as_ptr() as usize);
+    v
 }
 
 fn bump(map: &mut FastMap<Vec<Loc>, Count>, key: &[Loc], weight: u64) {

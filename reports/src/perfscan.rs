@@ -19,12 +19,12 @@
 //! recordings, and filters on files with branch stacks (the raw branch tables do not
 //! keep the thread and IP a filter needs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use lbrprof_data::dwarf::{Cache, ScanUnwinder, UnwindStats};
+use lbrprof_data::dwarf::{ScanCache, ScanUnwinder, UnwindStats};
 use lbrprof_data::input::Input;
 use lbrprof_data::model::{CpuMode, Frame, HostSample};
 use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
@@ -98,10 +98,28 @@ impl<V> WordMap<V> {
 
     /// The value of `key`, inserted with `init` when missing; `true` when inserted.
     pub(crate) fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
-        self.entry_hashed(Self::hash(key), key, init)
+        let h = Self::hash(key);
+        match self.find(h, key) {
+            Ok(e) => (&mut self.entries[e].2, false),
+            Err(slot) => (self.insert_at(slot, h, key.into(), init()), true),
+        }
     }
 
-    fn entry_hashed(&mut self, h: u64, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+    /// Adds `value` under `key` (hashed `h`) when the key is new; else gives it back with
+    /// the value already there. (A merge moves the boxed key in instead of copying it.)
+    fn entry_owned(&mut self, h: u64, key: Box<[u64]>, value: V) -> Option<(&mut V, V)> {
+        match self.find(h, &key) {
+            Ok(e) => Some((&mut self.entries[e].2, value)),
+            Err(slot) => {
+                self.insert_at(slot, h, key, value);
+                None
+            }
+        }
+    }
+
+    /// The entry of `key` (hashed `h`), or the free slot where it goes (the table has
+    /// room for one more entry afterwards).
+    fn find(&mut self, h: u64, key: &[u64]) -> Result<usize, usize> {
         if (self.entries.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
@@ -110,18 +128,21 @@ impl<V> WordMap<V> {
         loop {
             let slot = self.slots[i];
             if slot == EMPTY {
-                break;
+                return Err(i);
             }
             let e = &self.entries[slot as usize];
             if e.0 == h && *e.1 == *key {
-                return (&mut self.entries[slot as usize].2, false);
+                return Ok(slot as usize);
             }
             i = (i + 1) & mask;
         }
-        self.slots[i] = self.entries.len() as u32;
-        self.entries.push((h, key.into(), init()));
+    }
+
+    fn insert_at(&mut self, slot: usize, h: u64, key: Box<[u64]>, value: V) -> &mut V {
+        self.slots[slot] = self.entries.len() as u32;
+        self.entries.push((h, key, value));
         let last = self.entries.len() - 1;
-        (&mut self.entries[last].2, true)
+        &mut self.entries[last].2
     }
 
     fn grow(&mut self) {
@@ -135,6 +156,10 @@ impl<V> WordMap<V> {
             }
             self.slots[i] = k as u32;
         }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
     }
 
     fn into_entries(self) -> Vec<(u64, Box<[u64]>, V)> {
@@ -194,7 +219,7 @@ fn fold_with<T>(
     let le = true;
     let mut raw = fold_empty();
     let mut key: Vec<u64> = Vec::with_capacity(256);
-    let mut cache = Cache::default();
+    let mut cache = ScanCache::default();
     let out = run(&mut |s: SampleRef<'_>| {
         let r = &s.raw;
         let tid = if keep_tid { u64::from(r.tid) << 32 } else { 0 };
@@ -261,14 +286,12 @@ fn fold_with<T>(
 /// Merges `b` into `a` (`a` holds the earlier part of the file).
 pub(crate) fn merge(mut a: Raw, b: Raw) -> Raw {
     for (h, k, g) in b.stacks.into_entries() {
-        let (v, new) = a.stacks.entry_hashed(h, &k, || g);
-        if !new {
+        if let Some((v, g)) = a.stacks.entry_owned(h, k, g) {
             v.merge(&g);
         }
     }
     for (h, k, g) in b.lbr_stacks.into_entries() {
-        let (v, new) = a.lbr_stacks.entry_hashed(h, &k, || g);
-        if !new {
+        if let Some((v, g)) = a.lbr_stacks.entry_owned(h, k, g) {
             v.merge(&g);
         }
     }
@@ -351,7 +374,7 @@ fn aggregate_input_chunked(
         return FastPath::NotScanned;
     }
     if input.perf_has_stack_copies() {
-        return aggregate_unwinding(input, opts);
+        return aggregate_unwinding(input, opts, chunk_size);
     }
     let keep_tid = keep_tid(opts);
     let lbr_call_stack = opts.lbr_call_stack;
@@ -359,15 +382,11 @@ fn aggregate_input_chunked(
     // samples, not their number), and whether a chunk could not be decoded.
     let merged: Mutex<Option<Raw>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
-    // Chunks handed out but not folded yet keep their pages mapped: when the folding
-    // falls behind, the walk folds too, so resident memory stays a few chunks.
     let in_flight = AtomicUsize::new(0);
-    let max_in_flight = rayon::current_num_threads() + 1;
     let scan = rayon::scope(|s| {
         input.perf_scan_with(chunk_size, &mut |chunk| {
-            let (merged, failed, in_flight) = (&merged, &failed, &in_flight);
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            s.spawn(move |_| {
+            let (merged, failed) = (&merged, &failed);
+            spawn_throttled(s, &in_flight, move || {
                 match fold_with(|f| chunk.for_each_sample(f), keep_tid, lbr_call_stack, None) {
                     Ok((raw, ())) => {
                         let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
@@ -378,13 +397,7 @@ fn aggregate_input_chunked(
                     }
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
-                in_flight.fetch_sub(1, Ordering::SeqCst);
             });
-            while in_flight.load(Ordering::SeqCst) > max_in_flight {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::thread::yield_now();
-                }
-            }
         })
     });
     let Some(scan) = scan else {
@@ -401,35 +414,86 @@ fn aggregate_input_chunked(
     FastPath::Done(Box::new(profile), branch_entries)
 }
 
+/// Folds a chunk handed out by the walk (`fold`) on the pool of scope `s`; then, while
+/// more chunks are in flight (`in_flight`: handed out, not folded yet) than the pool has
+/// threads, the walk's thread helps fold them. Chunks in flight keep their pages mapped,
+/// so resident memory stays a few chunks even when the folding falls behind the walk.
+fn spawn_throttled<'s>(
+    s: &rayon::Scope<'s>,
+    in_flight: &'s AtomicUsize,
+    fold: impl FnOnce() + Send + 's,
+) {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    s.spawn(move |_| {
+        fold();
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    });
+    while in_flight.load(Ordering::SeqCst) > rayon::current_num_threads() + 1 {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// The fast path for a perf.data file with stack copies (`perf record --call-graph
-/// dwarf`): the walk first (the epochs' mappings must all be known before any sample is
-/// unwound), then the chunks folded on every core, each sample unwound against its
-/// process's mappings at its epoch ([`ScanUnwinder`]).
-fn aggregate_unwinding(input: &mut Input, opts: &AggregateOptions) -> FastPath {
-    let Some(scan) = input.perf_scan_unwinding() else {
+/// dwarf`), pipelined as [`aggregate_input`]: each chunk comes with the side-band events
+/// that give its samples' epochs their state ([`lbrprof_data::perfdata::mapped::Chunk::take_sideband`]),
+/// replayed through the [`ScanUnwinder`] (on the walk's thread, in perf's order) before
+/// the chunk is folded on any core, each sample unwound against its process's mappings at
+/// its epoch. So the unwinding overlaps the walk, and reads each chunk soon after the walk
+/// has read it. The chunks' tables are merged in file order, as they would be one after
+/// another, so the result does not depend on which chunk was folded first.
+fn aggregate_unwinding(input: &mut Input, opts: &AggregateOptions, chunk_size: usize) -> FastPath {
+    let unwinder = ScanUnwinder::default();
+    let (keep_tid, lbr_call_stack) = (keep_tid(opts), opts.lbr_call_stack);
+    // The tables merged so far (chunks 0..next), and those folded out of order.
+    let merged: Mutex<(Raw, usize, BTreeMap<usize, Raw>)> =
+        Mutex::new((fold_empty(), 0, BTreeMap::new()));
+    let failed = AtomicBool::new(false);
+    let in_flight = AtomicUsize::new(0);
+    let scan = rayon::scope(|s| {
+        input.perf_scan_unwinding_with(chunk_size, &mut |mut chunk| {
+            for (ev, epoch) in chunk.take_sideband() {
+                unwinder.observe(&ev, epoch);
+            }
+            let (merged, failed, unwinder) = (&merged, &failed, &unwinder);
+            spawn_throttled(s, &in_flight, move || {
+                let folded = fold_with(
+                    |f| chunk.for_each_sample(f),
+                    keep_tid,
+                    lbr_call_stack,
+                    Some(unwinder),
+                );
+                match folded {
+                    Ok((raw, ())) => {
+                        let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
+                        let (acc, next, early) = &mut *m;
+                        early.insert(chunk.index, raw);
+                        while let Some(raw) = early.remove(next) {
+                            *acc = merge(std::mem::replace(acc, fold_empty()), raw);
+                            *next += 1;
+                        }
+                    }
+                    Err(_) => failed.store(true, Ordering::SeqCst),
+                }
+            });
+        })
+    });
+    let Some(scan) = scan else {
         return FastPath::NotScanned;
     };
-    if !supports(&scan, opts) {
+    if failed.load(Ordering::SeqCst) || !supports(&scan, opts) {
         return FastPath::Failed;
     }
-    let unwinder = ScanUnwinder::new(&scan);
-    let (keep_tid, lbr_call_stack) = (keep_tid(opts), opts.lbr_call_stack);
-    let parts: Result<Vec<Raw>, ScanError> = (0..scan.chunks())
-        .into_par_iter()
-        .map(|c| {
-            fold_with(
-                |f| scan.for_each_sample(c, f),
-                keep_tid,
-                lbr_call_stack,
-                Some(&unwinder),
-            )
-            .map(|(r, ())| r)
-        })
-        .collect();
-    let Ok(parts) = parts else {
-        return FastPath::Failed;
-    };
-    let mut raw = parts.into_iter().reduce(merge).unwrap_or_else(fold_empty);
+    let (mut raw, _, early) = merged.into_inner().unwrap_or_else(|e| e.into_inner());
+    // (Every chunk handed out was merged in turn; none is left unless one failed.)
+    for (_, r) in early {
+        raw = merge(raw, r);
+    }
+    // The events after the last chunk's: they count unusable mappings too.
+    for (ev, epoch) in scan.sideband_epochs().skip(unwinder.observed()) {
+        unwinder.observe(ev, epoch);
+    }
     raw.unwind.unusable_mappings = unwinder.unusable_mappings();
     input.note_unwind_stats(raw.unwind);
     let (profile, branch_entries) = resolve(&scan, raw, opts.clone());
@@ -495,8 +559,12 @@ pub(crate) fn add_branch_totals(profile: &mut Profile, totals: [u64; 3]) {
 
 fn resolve(scan: &Scan, raw: Raw, opts: AggregateOptions) -> (Profile, u64) {
     let branch_entries = raw.branch_entries;
+    let raw_stacks = raw.stacks.len();
     let (mut epochs, totals) = group_epochs(raw);
     let mut agg = Aggregator::new(opts);
+    // Raw stacks resolve to at most as many stacks (those that differ only in their
+    // epoch, or in their thread, resolve to one).
+    agg.reserve_stacks(raw_stacks);
     // Samples before any event of their process, then each epoch right after the event
     // that starts it.
     if let Some(e) = epochs.remove(&0) {
@@ -730,18 +798,38 @@ pub(crate) mod tests {
             return;
         }
         let opts = AggregateOptions::default();
-        let mut input = lbrprof_data::input::open_any(&data).unwrap();
-        assert!(input.perf_has_stack_copies());
-        let FastPath::Done(fast, _) = aggregate_input(&mut input, &opts) else {
-            panic!("the fast path declined a dwarf perf.data");
-        };
-        let stats = match input.recorded_notes().iter().find(|n| n.contains("dwarf")) {
-            Some(n) => n.clone(),
-            None => panic!("no unwinding note in {:?}", input.recorded_notes()),
-        };
-        let (slow, err) = crate::aggregate_events(PerfDataReader::open(&data).unwrap(), opts);
+        let (slow, err) =
+            crate::aggregate_events(PerfDataReader::open(&data).unwrap(), opts.clone());
         assert!(err.is_none(), "{err:?}");
-        assert!(summary(&fast) == summary(&slow), "profiles differ");
+        // How the event stream's walks went: the fast path's note must say the same.
+        let slow_stats = {
+            let mut r = PerfDataReader::open(&data).unwrap();
+            for ev in r.by_ref() {
+                ev.unwrap();
+            }
+            lbrprof_data::dwarf::summary(&r.unwind_stats().unwrap())
+        };
+        let mut fast = None;
+        // Chunks of one record, of a few records and of the default size: unwound while
+        // the walk goes on, each against the mappings replayed up to its chunk.
+        for chunk in [1, 4096, CHUNK_SIZE] {
+            let mut input = lbrprof_data::input::open_any(&data).unwrap();
+            assert!(input.perf_has_stack_copies());
+            let FastPath::Done(p, _) = aggregate_input_chunked(&mut input, &opts, chunk) else {
+                panic!("the fast path declined a dwarf perf.data");
+            };
+            let stats = match input.recorded_notes().iter().find(|n| n.contains("dwarf")) {
+                Some(n) => n.clone(),
+                None => panic!("no unwinding note in {:?}", input.recorded_notes()),
+            };
+            assert!(
+                summary(&p) == summary(&slow),
+                "chunks of {chunk}: profiles differ"
+            );
+            assert_eq!(stats, slow_stats, "chunks of {chunk}");
+            fast = Some((p, stats));
+        }
+        let (fast, stats) = fast.unwrap();
         // The loop's samples unwind through sh's frames, not one frame each.
         let frames: u64 = fast
             .stacks

@@ -324,7 +324,7 @@ pub fn function_counts(
     type SideCounts = [Option<[u64; 4]>; 2];
     let mut funcs: Vec<((u32, String), SideCounts)> = Vec::new();
     let mut seen: Vec<(usize, usize)> = Vec::new();
-    for (stack, c) in stacks {
+    for (stack, c) in crate::aggregate::in_memory_order(stacks) {
         seen.clear();
         // Command root frames are not functions.
         let stack = match stack.last() {

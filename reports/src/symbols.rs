@@ -232,7 +232,8 @@ impl SymbolTable {
         // Unique locations first (stacks repeat the same frames over and over).
         let mut unique: std::collections::HashSet<Loc, crate::aggregate::FastHash> =
             std::collections::HashSet::with_hasher(crate::aggregate::FastHash);
-        unique.extend(profile.stacks.keys().flatten().copied());
+        let stacks = crate::aggregate::in_memory_order(&profile.stacks);
+        unique.extend(stacks.into_iter().flat_map(|(s, _)| s).copied());
         unique.extend(profile.lbr_stacks.keys().flatten().copied());
         for (a, b) in profile.edges.keys().chain(profile.ranges.keys()) {
             unique.insert(*a);

@@ -69,12 +69,17 @@ impl Regs {
     /// ascending bit order of `mask` (the attribute's `sample_regs_user`). `None` when
     /// the mask lacks IP or SP, or `values` is shorter than the mask says.
     pub fn from_perf(mask: u64, values: &[u64]) -> Option<Regs> {
+        Self::from_perf_with(mask, |index| values.get(index).copied())
+    }
+
+    /// [`Regs::from_perf`] with the values read by `value(index)` (the index among the
+    /// recorded registers), so that only the three needed are read and converted.
+    pub fn from_perf_with(mask: u64, value: impl Fn(usize) -> Option<u64>) -> Option<Regs> {
         let get = |reg: u32| {
             if mask & (1 << reg) == 0 {
                 return None;
             }
-            let index = (mask & ((1u64 << reg) - 1)).count_ones() as usize;
-            values.get(index).copied()
+            value((mask & ((1u64 << reg) - 1)).count_ones() as usize)
         };
         Some(Regs {
             ip: get(abi::PERF_REG_X86_IP)?,

@@ -28,7 +28,8 @@
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
 //! files, compressed or AUX-trace records, framing errors, and samples with stack copies
-//! unless the caller unwinds them itself ([`super::PerfDataReader::mapped_scan_unwinding`]).
+//! unless the caller unwinds them itself
+//! ([`super::PerfDataReader::mapped_scan_unwinding_with`]).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
@@ -233,9 +234,22 @@ pub struct Chunk {
     last_batch: Option<u64>,
     /// Position among [`Scan::chunks`].
     pub index: usize,
+    /// See [`Chunk::take_sideband`].
+    sideband: Vec<(Event, Option<u64>)>,
 }
 
 impl Chunk {
+    /// For a walk that unwinds ([`super::PerfDataReader::mapped_scan_unwinding_with`]):
+    /// the side-band events that no record still to come can sort before, and that no
+    /// earlier chunk carried, in perf's order, each with the epoch it starts (as
+    /// [`Scan::sideband_epochs`]). Replayed in the order the chunks are handed out, they
+    /// are a prefix of [`Scan::sideband_epochs`] that holds the state of every epoch of
+    /// this chunk's samples (and of the chunks before it). Empty for other walks, and
+    /// after the first call.
+    pub fn take_sideband(&mut self) -> Vec<(Event, Option<u64>)> {
+        std::mem::take(&mut self.sideband)
+    }
+
     /// Calls `f` with every sample of the chunk, in file order.
     pub fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), ScanError> {
         let rounds = Rounds {
@@ -343,10 +357,17 @@ fn samples_in(
     let mut last: Option<(u32, Vec<SortKey>)> = None;
     let mut round = rounds.start;
     let mut at = range.start;
+    let stack_copies = layouts
+        .layouts
+        .iter()
+        .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
     while at < range.end {
         // Framing was checked by the walk.
         let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
         let body = &bytes[at + 8..at + size];
+        if stack_copies {
+            prefetch_next(bytes, at, size);
+        }
         if rtype == abi::PERF_RECORD_FINISHED_ROUND {
             round += 1;
         } else if rtype == abi::PERF_RECORD_SAMPLE {
@@ -389,6 +410,43 @@ fn samples_in(
     Ok(())
 }
 
+/// How much of a record with a stack copy [`prefetch_next`] asks for: its header, the
+/// fields before the copy and the top of the copy, where unwinding reads.
+const PREFETCH_HEAD: usize = 1024;
+
+/// Asks the CPU to start loading the next record (after the one at `at`, `size` bytes
+/// long) while this one is decoded and unwound: its head, and its last bytes (a stack
+/// copy's `dyn_size`), guessed from this record's size (records with stack copies differ
+/// in size by their call chains only). Samples with stack copies are thousands of bytes
+/// apart, so each is a cold TLB entry and cold cache lines; without this their loads
+/// wait one after another. A hint only: addresses outside `bytes` are not asked for,
+/// and a wrong guess costs one useless load.
+fn prefetch_next(bytes: &[u8], at: usize, size: usize) {
+    let next = at + size;
+    prefetch(bytes, next..next + PREFETCH_HEAD);
+    let tail = (next + size).saturating_sub(128);
+    prefetch(bytes, tail..tail + 192);
+}
+
+/// Asks the CPU to load the cache lines of `bytes[range]` (clamped to `bytes`).
+fn prefetch(bytes: &[u8], range: Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let end = range.end.min(bytes.len());
+        let mut at = range.start;
+        while at < end {
+            // SAFETY: a prefetch is a hint: it never faults and changes nothing the
+            // program can observe; the address is inside `bytes` (at < end <= len).
+            // SSE, which it needs, is part of x86-64's baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(at).cast()) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, range);
+}
+
 /// Unmaps the pages of `range` from this process (they stay in the page cache), so
 /// that resident memory does not grow with the file: each chunk is released once it
 /// has been walked or folded.
@@ -410,14 +468,29 @@ fn record_header(h: &[u8]) -> (u32, u16, usize) {
     )
 }
 
+/// The events `side[i]` for `i` in `indices`, in perf's order, each with the epoch it
+/// starts (see [`Scan::sideband_epochs`]).
+fn in_order(
+    side: &[(SortKey, Event)],
+    mut indices: Vec<usize>,
+) -> impl Iterator<Item = (Event, Option<u64>)> + '_ {
+    indices.sort_unstable_by_key(|&i| side[i].0);
+    indices.into_iter().map(|i| {
+        let (key, ev) = &side[i];
+        (ev.clone(), changes_state(ev).then_some(epoch_of(key)))
+    })
+}
+
 /// Walks the record headers of `map[data]`. `convert` turns a side-band record into an
 /// event (or `None` for records the model skips, `Err` for a malformed one); `None` overall
-/// means the fast path does not apply.
+/// means the fast path does not apply. With `deliver_sideband`, the chunks handed out
+/// carry the side-band events (see [`Chunk::take_sideband`]).
 pub(super) fn walk(
     map: Mmap,
     data: Range<usize>,
     layouts: Layouts,
     chunk_size: usize,
+    deliver_sideband: bool,
     mut convert: impl FnMut(&RawEventRecord<'_>, &mut ImportStats) -> Result<Option<Event>, ()>,
     on_chunk: &mut dyn FnMut(Chunk),
 ) -> Option<(Scan, ImportStats)> {
@@ -444,10 +517,17 @@ pub(super) fn walk(
     // Walked chunks whose samples may still gain an earlier side-band event, with their
     // last batch: a chunk is handed out once every record still to come sorts after it.
     let mut pending: Vec<(usize, u64)> = Vec::new();
+    // With `deliver_sideband`: the final side-band events no chunk carried yet, in
+    // perf's order (for the next chunk handed out); the indices into `side` of events
+    // that may still gain an earlier record; and how much of `side` was looked at.
+    let mut ready: Vec<(Event, Option<u64>)> = Vec::new();
+    let mut carry: Vec<usize> = Vec::new();
+    let mut looked_at = 0usize;
     let hand_out = |index: usize,
                     chunks: &[(Range<usize>, usize)],
                     bounds: &[Option<TimeKey>],
                     last_batch: Option<u64>,
+                    sideband: Vec<(Event, Option<u64>)>,
                     on_chunk: &mut dyn FnMut(Chunk)| {
         let (range, first) = chunks[index].clone();
         on_chunk(Chunk {
@@ -460,6 +540,7 @@ pub(super) fn walk(
             bounds: bounds[first..].to_vec(),
             last_batch,
             index,
+            sideband,
         });
     };
     let mut at = 0usize;
@@ -484,10 +565,22 @@ pub(super) fn walk(
                     // This round's release: every record to come is in a later one.
                     let released = bounds.len() as u64;
                     bounds.push(cur_max);
+                    if deliver_sideband {
+                        // Records still to come are in later releases: the events of
+                        // this one and before are final.
+                        let mut newly = std::mem::take(&mut carry);
+                        newly.extend(looked_at..side.len());
+                        looked_at = side.len();
+                        let (done, later): (Vec<usize>, Vec<usize>) =
+                            newly.into_iter().partition(|&i| side[i].0.0 <= released);
+                        carry = later;
+                        ready.extend(in_order(&side, done));
+                    }
                     pending.retain(|&(i, batch)| {
                         let done = batch <= released;
                         if done {
-                            hand_out(i, &chunks, &bounds, None, on_chunk);
+                            let sideband = std::mem::take(&mut ready);
+                            hand_out(i, &chunks, &bounds, None, sideband, on_chunk);
                         }
                         !done
                     });
@@ -547,6 +640,10 @@ pub(super) fn walk(
     for (key, _) in &mut side {
         key.0 = key.0.min(last);
     }
+    if deliver_sideband {
+        carry.extend(looked_at..side.len());
+        ready.extend(in_order(&side, carry));
+    }
     side.sort_by_key(|(k, _)| *k);
     {
         let mut all = pid_keys.write().unwrap_or_else(|e| e.into_inner());
@@ -558,7 +655,8 @@ pub(super) fn walk(
         }
     }
     for (i, _) in pending {
-        hand_out(i, &chunks, &bounds, Some(last), on_chunk);
+        let sideband = std::mem::take(&mut ready);
+        hand_out(i, &chunks, &bounds, Some(last), sideband, on_chunk);
     }
     let samples = stats.samples;
     Some((
