@@ -325,7 +325,7 @@ impl Job<'_> {
                 // keeps `text` small (on C++ with deep inlining, 1/8 of the distinct
                 // addresses' text) and in cache while it is written.
                 let mut order: Vec<(u64, usize)> = addrs.iter().copied().zip(0..).collect();
-                order.sort_unstable();
+                sort_by_address(&mut order);
                 let mut unique = Vec::new();
                 let mut slot = vec![0; addrs.len()];
                 for (addr, n) in order {
@@ -404,6 +404,48 @@ impl Job<'_> {
         for w in self.symbolizer.take_warnings() {
             eprintln!("lbrprof: warning: {w}");
         }
+    }
+}
+
+/// Bits per digit of [`sort_by_address`].
+const RADIX_BITS: u32 = 11;
+
+/// Sorts `(address, position)` pairs by address (stably): a least-significant-digit radix
+/// sort over only the bits in which the addresses differ. The addresses of one file span
+/// its text, so that is 2 or 3 passes (a 40 MiB text: 26 bits), each a linear scan; a
+/// comparison sort of 100 000 pairs took 5% of a run.
+fn sort_by_address(pairs: &mut Vec<(u64, usize)>) {
+    let Some(&(first, _)) = pairs.first() else {
+        return;
+    };
+    if pairs.len() < 1 << 8 {
+        pairs.sort_by_key(|p| p.0);
+        return;
+    }
+    let differ = pairs.iter().fold(0, |acc, p| acc | (p.0 ^ first));
+    if differ == 0 {
+        return;
+    }
+    let top = u64::BITS - differ.leading_zeros();
+    let mut spare = vec![(0, 0); pairs.len()];
+    let mut shift = differ.trailing_zeros();
+    while shift < top {
+        let digit = |a: u64| ((a >> shift) & ((1 << RADIX_BITS) - 1)) as usize;
+        let mut next = [0usize; 1 << RADIX_BITS];
+        for p in pairs.iter() {
+            next[digit(p.0)] += 1;
+        }
+        let mut sum = 0;
+        for n in &mut next {
+            (*n, sum) = (sum, sum + *n);
+        }
+        for &p in pairs.iter() {
+            let d = digit(p.0);
+            spare[next[d]] = p;
+            next[d] += 1;
+        }
+        std::mem::swap(pairs, &mut spare);
+        shift += RADIX_BITS;
     }
 }
 
@@ -555,6 +597,37 @@ mod tests {
         assert!(parse(&["-e", "x", "--kernel"]).is_err());
         assert!(parse(&["-e", "x", "--kallsyms", "k"]).is_err());
         assert!(parse(&["--kernel", "--file-offsets"]).is_err());
+    }
+
+    #[test]
+    fn radix_sort_sorts_like_a_stable_sort() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let spans = [0, 1, 0xff, 0x2255, 1 << 26, 1 << 40, u64::MAX];
+        for len in [0, 1, 5, 255, 256, 3000, 100_000] {
+            for &span in &spans {
+                let base = random() & !0xfff;
+                let mut pairs: Vec<(u64, usize)> = (0..len)
+                    .map(|n| {
+                        let offset = if span == u64::MAX {
+                            random()
+                        } else {
+                            random() % (span + 1)
+                        };
+                        (base.wrapping_add(offset), n)
+                    })
+                    .collect();
+                let mut expected = pairs.clone();
+                expected.sort_by_key(|p| p.0);
+                sort_by_address(&mut pairs);
+                assert!(pairs == expected, "{len} pairs over {span:#x}");
+            }
+        }
     }
 
     #[test]
