@@ -300,7 +300,8 @@ struct Job<'a> {
     /// How a frame with a file but no line ends.
     unknown_line: &'static [u8],
     /// A batch's rendered frames, `ranges` of it per distinct address in address order,
-    /// and its `-a` lines; kept from batch to batch so their pages are touched once.
+    /// and the `-a` lines of one `writev`; kept from batch to batch so their pages are
+    /// touched once.
     text: Vec<u8>,
     ranges: Vec<(usize, usize)>,
     address_lines: Vec<u8>,
@@ -359,29 +360,32 @@ impl Job<'_> {
                     let offsets: Vec<FileOffset> = unique.iter().map(|a| FileOffset(*a)).collect();
                     self.symbolizer.visit_offsets(key, &offsets, &mut render)?;
                 }
-                // `-a` lines, all rendered up front so the output can be written straight
-                // from `text` and them (writev) instead of being copied into a buffer.
-                let address_lines = &mut self.address_lines;
-                address_lines.clear();
-                if print_address {
-                    for addr in addrs {
-                        write_address(address_lines, *addr)?;
-                    }
-                }
+                // Written straight from `text` (writev) instead of being copied into a
+                // buffer, in groups of up to IOV_MAX slices; a group's `-a` lines are
+                // rendered into a small buffer used again for the next group, which stays
+                // in cache (all lines of a batch would be as large as `text`).
                 let (text, ranges) = (&self.text, &self.ranges);
-                let mut slices = Vec::with_capacity(IOV_MAX);
-                for (n, &i) in slot.iter().enumerate() {
-                    let (start, end) = ranges[i];
+                let address_lines = &mut self.address_lines;
+                let per_group = if print_address { IOV_MAX / 2 } else { IOV_MAX };
+                for (group, slots) in slot.chunks(per_group).enumerate() {
+                    address_lines.clear();
                     if print_address {
-                        let line = &address_lines[n * ADDRESS_LINE..(n + 1) * ADDRESS_LINE];
-                        slices.push(IoSlice::new(line));
+                        let first = group * per_group;
+                        for addr in &addrs[first..first + slots.len()] {
+                            write_address(address_lines, *addr)?;
+                        }
                     }
-                    slices.push(IoSlice::new(&text[start..end]));
-                    if slices.len() + 2 > IOV_MAX {
-                        write_all_vectored(out, &mut slices)?;
+                    let mut slices = Vec::with_capacity(IOV_MAX);
+                    for (n, &i) in slots.iter().enumerate() {
+                        if print_address {
+                            let line = &address_lines[n * ADDRESS_LINE..(n + 1) * ADDRESS_LINE];
+                            slices.push(IoSlice::new(line));
+                        }
+                        let (start, end) = ranges[i];
+                        slices.push(IoSlice::new(&text[start..end]));
                     }
+                    write_all_vectored(out, &mut slices)?;
                 }
-                write_all_vectored(out, &mut slices)?;
             }
             Target::Kernel => {
                 let mut next = addrs.iter();
