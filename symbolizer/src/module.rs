@@ -693,11 +693,28 @@ impl Module {
         to_svma: impl Fn(&Self, A) -> Option<Svma>,
         mut visit: impl FnMut(&[FrameRef<'_>]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut order: Vec<usize> = (0..addrs.len()).collect();
-        // Bulk callers often hand their addresses over sorted already.
-        if !addrs.is_sorted() {
-            order.sort_unstable_by_key(|i| addrs[*i]);
+        // Bulk callers often hand their addresses over sorted already: then each address's
+        // frames are visited as soon as they are looked up, instead of all frames of all
+        // addresses being kept until the end (megabytes of fresh pages on a large batch).
+        if addrs.is_sorted() {
+            let mut frames = Vec::new();
+            let mut previous = None;
+            for &addr in addrs {
+                if previous != Some(addr) {
+                    frames.clear();
+                    if let Some(svma) = to_svma(self, addr) {
+                        self.lookup(svma, &mut frames, true);
+                    }
+                    previous = Some(addr);
+                }
+                let strings = self.interner.borrow();
+                let refs: Vec<FrameRef<'_>> = frames.iter().map(|f| strings.frame(f)).collect();
+                visit(&refs)?;
+            }
+            return Ok(());
         }
+        let mut order: Vec<usize> = (0..addrs.len()).collect();
+        order.sort_unstable_by_key(|i| addrs[*i]);
         let mut frames = Vec::new();
         let mut spans = vec![(0usize, 0usize); addrs.len()];
         let mut previous: Option<usize> = None;
@@ -1723,6 +1740,51 @@ mod tests {
             )
             .unwrap();
         assert_eq!(visited, 1);
+    }
+
+    /// Sorted addresses (visited as they are looked up) and the same addresses in another
+    /// order, with repeats, give each address the same frames as `symbolize`.
+    #[test]
+    fn visit_gives_the_frames_of_symbolize_sorted_or_not() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let m = Module::from_bytes(&exe, bytes, &SymbolizerOptions::default())
+            .unwrap()
+            .module;
+        // The test function itself: the largest of the symbols with its name in theirs
+        // (closures and drop glue are small).
+        let f = m
+            .symbols
+            .functions()
+            .iter()
+            .filter(|s| {
+                s.name
+                    .is_some_and(|n| n.contains("visit_gives_the_frames_of_symbolize"))
+            })
+            .max_by_key(|s| s.end - s.start)
+            .expect("this test's own symbol");
+        let start = f.start;
+        assert!(f.end - f.start > 32);
+        let mut sorted: Vec<Svma> = (0..64).map(|i| Svma(start + i / 2)).collect();
+        sorted.push(Svma(u64::MAX));
+        let mut shuffled = sorted.clone();
+        shuffled.reverse();
+        shuffled.swap(3, 40);
+        for addrs in [&sorted, &shuffled] {
+            let mut got = Vec::new();
+            m.visit(
+                addrs,
+                |_, a| Some(a),
+                |frames| {
+                    got.push(frames.iter().map(FrameRef::to_owned).collect::<Vec<_>>());
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+            let expected: Vec<_> = addrs.iter().map(|a| m.symbolize(*a).frames).collect();
+            assert_eq!(got, expected);
+            assert!(got.iter().filter(|f| f.is_empty()).count() == 1, "{got:?}");
+        }
     }
 
     /// Function-only lookups name the symbol and its offset without loading the DWARF;
