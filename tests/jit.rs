@@ -225,3 +225,108 @@ fn the_jvm_recorded_in_the_vm_runs_like_natively() {
     );
     assert!(err.contains(" guest snapshots ("), "{err}");
 }
+
+/// A C program that JITs one function (anonymous memory made executable with mprotect)
+/// and runs it, recorded in the VM: with the perf map it writes, the guest snapshots name
+/// the function; without it, the report says the map is missing, once. A program with no
+/// JIT (the same program before it maps code would be the same; here `sort`) gets no
+/// such warning, though its frame walks pass through memory no mapping covers.
+#[test]
+fn anonymous_code_made_executable_in_the_vm_is_recorded_and_named() {
+    if !kvm_available() || !perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/jit_anon.c");
+    let exe = tmp.path().join("jit_anon");
+    let st = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed for this test");
+    assert!(st.success());
+    let native = Command::new(&exe).arg("200000").output().unwrap();
+    let record = |data: &Path, args: &[&str]| -> String {
+        let out = lbrprof()
+            .args(["record", "--lbr-overhead", "0", "-o"])
+            .arg(data)
+            .args(["--vm", "--"])
+            .arg(&exe)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, native.stdout);
+        let rep = lbrprof().args(["report", "-i"]).arg(data).output().unwrap();
+        assert!(
+            rep.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rep.stderr)
+        );
+        String::from_utf8_lossy(&rep.stdout).into_owned()
+    };
+
+    let named = record(&tmp.path().join("named.data"), &["200000", "map"]);
+    let guest = named
+        .split("Hot guest")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no guest table:\n{named}"));
+    assert!(
+        guest.contains("jitted_sum_loop"),
+        "the JIT function is not named in the guest table:\n{named}"
+    );
+    assert!(!named.contains("JIT code is unnamed"), "{named}");
+    // The program's map is on the host's /tmp under its guest pid.
+    for line in guest.lines().filter(|l| l.contains("jitted_sum_loop")) {
+        if let Some(m) = line.split_whitespace().find(|w| w.starts_with("perf-")) {
+            let _ = std::fs::remove_file(Path::new("/tmp").join(m));
+        }
+    }
+
+    let unnamed = record(&tmp.path().join("unnamed.data"), &["200000"]);
+    let warnings = unnamed
+        .lines()
+        .filter(|l| l.contains("JIT code is unnamed"))
+        .count();
+    assert_eq!(warnings, 1, "{unnamed}");
+
+    // Frame walks through memory nothing maps (junk, not JIT code): no word of a map.
+    let junk_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/junk_frames.c");
+    let junk = tmp.path().join("junk_frames");
+    let st = Command::new("gcc")
+        .args(["-O2", "-mno-red-zone", "-o"])
+        .arg(&junk)
+        .arg(&junk_src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = tmp.path().join("junk.data");
+    let out = lbrprof()
+        .args(["record", "--lbr-overhead", "0", "-o"])
+        .arg(&data)
+        .args(["--vm", "--"])
+        .arg(&junk)
+        .arg("1500000000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = lbrprof()
+        .args(["report", "--format", "json", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    let text = format!("{json}");
+    // The walk did read the junk frame (so the old lookup would have asked for a map).
+    assert!(text.contains("0x300000000010"), "{text}");
+    assert!(!text.contains("JIT code is unnamed"), "{text}");
+}

@@ -278,15 +278,22 @@ pub fn program_events(events: &[lbrprof_vmm::linux::GuestEvent], time_ns: u64) -
 }
 
 /// The guest mappings of a Linux program: every executable file mapping it made (the
-/// program, its interpreter, its libraries), as perf's MMAP2 records give them.
+/// program, its interpreter, its libraries) and its anonymous code (`//anon`, what a JIT
+/// made executable), as perf's MMAP2 records give them.
 pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64) -> Vec<Mapping> {
     let mut build_ids: std::collections::HashMap<PathBuf, Option<Vec<u8>>> = Default::default();
     maps.iter()
         .filter(|m| m.executable && m.len > 0)
         .map(|m| {
+            // Anonymous code (`//anon`, a JIT's) has no file to read a build-id from.
+            let anonymous = m.path.as_os_str() == lbrprof_vmm::linux::mm::MapRecord::ANONYMOUS;
             let build_id = build_ids
                 .entry(m.path.clone())
-                .or_insert_with(|| crate::sampler::convert::read_build_id(&m.path))
+                .or_insert_with(|| {
+                    (!anonymous)
+                        .then(|| crate::sampler::convert::read_build_id(&m.path))
+                        .flatten()
+                })
                 .clone();
             Mapping {
                 time_ns,

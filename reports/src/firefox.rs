@@ -227,6 +227,7 @@ pub fn build(
                     } else {
                         match modules.get(l.module).kind {
                             ModuleKind::File | ModuleKind::PerfMap => user,
+                            ModuleKind::PerfMapIfAny => guest,
                             ModuleKind::Kernel => kernel,
                             ModuleKind::Guest => guest,
                             ModuleKind::Unknown => other,

@@ -28,10 +28,15 @@ pub enum ModuleKind {
     Guest,
     /// No mapping covered the address; `Loc::offset` is the run-time address.
     Unknown,
-    /// Anonymous executable memory of one host process (JIT code), named by perf's map of
+    /// Anonymous executable memory of one process (JIT code), named by perf's map of
     /// that process (`/tmp/perf-PID.map`, the module's path); `Loc::offset` is the
     /// run-time address.
     PerfMap,
+    /// A guest process's user memory that no mapping of the recording covers, looked up
+    /// in its perf map if it wrote one (JIT code in recordings made before anonymous code
+    /// was recorded) and unknown without a word if not: most such addresses are a frame
+    /// walk's junk. `Loc::offset` is the run-time address.
+    PerfMapIfAny,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -161,6 +166,8 @@ pub struct AddressSpaces {
     /// Each guest address space's perf JIT map (its process's `/tmp/perf-PID.map`), for
     /// user addresses no file mapping covers: code a JIT generated in the guest.
     guest_jit: HashMap<(u32, u32), ModuleId>,
+    /// Each guest address space's process id.
+    guest_pids: HashMap<(u32, u32), u32>,
 }
 
 /// Mapping names perf gives anonymous memory (perf's `is_anon_memory`), and named
@@ -198,6 +205,22 @@ impl AddressSpaces {
                 end,
                 pgoff: m.start,
                 module: self.modules.intern(&path, None, ModuleKind::PerfMap),
+            }
+        } else if let (SpaceKey::Guest(vm, space), true) = (key, is_anonymous(&m.path)) {
+            // A guest JIT's code: its process's perf map (under the guest pid, which the
+            // process record before it gave).
+            let module = match self.guest_pids.get(&(vm, space)) {
+                Some(pid) => {
+                    let path = format!("/tmp/perf-{pid}.map");
+                    self.modules.intern(&path, None, ModuleKind::PerfMap)
+                }
+                None => ModuleTable::GUEST_UNKNOWN,
+            };
+            MapEntry {
+                start: m.start,
+                end,
+                pgoff: m.start,
+                module,
             }
         } else {
             MapEntry {
@@ -288,8 +311,9 @@ impl AddressSpaces {
     /// host's file system, under the pid it sees).
     pub fn set_guest_pid(&mut self, vm: u32, space: u32, pid: u32) {
         let path = format!("/tmp/perf-{pid}.map");
-        let module = self.modules.intern(&path, None, ModuleKind::PerfMap);
+        let module = self.modules.intern(&path, None, ModuleKind::PerfMapIfAny);
         self.guest_jit.insert((vm, space), module);
+        self.guest_pids.insert((vm, space), pid);
     }
 
     /// Where a guest virtual address of VM `vm` points (in its first address space).
@@ -440,9 +464,11 @@ mod tests {
         a.set_guest_pid(0, 2, 4242);
         let jit = a.resolve_guest_in(0, 2, 0x3000_0000_0010);
         let m = a.modules.get(jit.module);
+        // Looked up there if the process wrote one, quietly (most such addresses are a
+        // frame walk's junk).
         assert_eq!(
             (m.path.as_str(), m.kind),
-            ("/tmp/perf-4242.map", ModuleKind::PerfMap)
+            ("/tmp/perf-4242.map", ModuleKind::PerfMapIfAny)
         );
         assert_eq!(jit.offset, 0x3000_0000_0010);
         // File mappings win, kernel addresses and other spaces are untouched.
@@ -456,6 +482,26 @@ mod tests {
             a.resolve_guest_in(0, 3, 0x3000_0000_0010).module,
             ModuleTable::GUEST_UNKNOWN
         );
+    }
+
+    #[test]
+    fn guest_anonymous_code_is_its_processs_perf_map() {
+        let mut a = AddressSpaces::default();
+        a.set_guest_pid(0, 2, 4242);
+        let mut jit = map(2, 0x3000_0000_0000, 0x2000, 0, "//anon");
+        jit.space = AddressSpace::Guest { vm: 0 };
+        a.add_mapping(&jit);
+        let l = a.resolve_guest_in(0, 2, 0x3000_0000_0010);
+        let m = a.modules.get(l.module);
+        // JIT code for sure: a missing map is worth a warning.
+        assert_eq!(
+            (m.path.as_str(), m.kind),
+            ("/tmp/perf-4242.map", ModuleKind::PerfMap)
+        );
+        assert_eq!(l.offset, 0x3000_0000_0010, "run-time addresses");
+        // Outside it: the quiet lookup.
+        let junk = a.resolve_guest_in(0, 2, 0x3000_0000_2010);
+        assert_eq!(a.modules.get(junk.module).kind, ModuleKind::PerfMapIfAny);
     }
 
     #[test]

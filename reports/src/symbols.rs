@@ -152,6 +152,9 @@ impl SymbolSource for SymbolizerSource {
             ModuleKind::PerfMap => self
                 .symbolizer
                 .symbolize_perf_map(std::path::Path::new(&module.path), offsets),
+            ModuleKind::PerfMapIfAny => self
+                .symbolizer
+                .symbolize_perf_map_if_any(std::path::Path::new(&module.path), offsets),
             ModuleKind::Unknown => return vec![Sym::default(); offsets.len()],
         };
         let mut v: Vec<Sym> = out.into_iter().map(to_sym).collect();
@@ -165,7 +168,10 @@ impl SymbolSource for SymbolizerSource {
                 self.symbolizer.symbolize_functions(&key, &offs)
             }
             // Kernel symbols have no lines anyway.
-            ModuleKind::Kernel | ModuleKind::Unknown | ModuleKind::PerfMap => {
+            ModuleKind::Kernel
+            | ModuleKind::Unknown
+            | ModuleKind::PerfMap
+            | ModuleKind::PerfMapIfAny => {
                 return self.symbolize(module, offsets);
             }
         };
@@ -295,7 +301,10 @@ pub fn unknown_name(modules: &ModuleTable, l: &Loc) -> String {
     match l.module {
         ModuleTable::GUEST_ROOT => format!("[guest vcpu{}]", l.offset),
         _ => match m.kind {
-            ModuleKind::Kernel | ModuleKind::Unknown | ModuleKind::PerfMap => {
+            ModuleKind::Kernel
+            | ModuleKind::Unknown
+            | ModuleKind::PerfMap
+            | ModuleKind::PerfMapIfAny => {
                 format!("{:#x}", l.offset)
             }
             ModuleKind::File | ModuleKind::Guest => {

@@ -154,7 +154,9 @@ pub struct Symbolizer {
     modules: Mutex<HashMap<ModuleKey, Slot>>,
     kallsyms: OnceLock<Option<Kallsyms>>,
     /// perf JIT maps by recorded path, read once (`None`: not found or unreadable).
-    perf_maps: Mutex<HashMap<PathBuf, Option<Arc<PerfMap>>>>,
+    /// Perf maps by path: the map (None: missing or unreadable), and whether its absence
+    /// was warned about.
+    perf_maps: Mutex<HashMap<PathBuf, PerfMapEntry>>,
     warnings: Mutex<Vec<String>>,
     warned: Mutex<HashSet<String>>,
 }
@@ -263,12 +265,39 @@ impl Symbolizer {
     /// in the debug directories first (a copy kept beside the recording), then at `map`.
     /// A missing map gives unknown frames and one warning.
     pub fn symbolize_perf_map(&self, map: &Path, addrs: &[u64]) -> Vec<Symbolized> {
-        let table = {
+        self.perf_map_lookup(map, addrs, true)
+    }
+
+    /// [`Self::symbolize_perf_map`] for addresses that may be JIT code or may be junk (a
+    /// guest's memory no mapping covers): a missing map gives unknown frames and no
+    /// warning.
+    pub fn symbolize_perf_map_if_any(&self, map: &Path, addrs: &[u64]) -> Vec<Symbolized> {
+        self.perf_map_lookup(map, addrs, false)
+    }
+
+    fn perf_map_lookup(&self, map: &Path, addrs: &[u64], warn_missing: bool) -> Vec<Symbolized> {
+        let (table, warn) = {
             let mut maps = lock(&self.perf_maps);
-            maps.entry(map.to_path_buf())
-                .or_insert_with(|| self.load_perf_map(map))
-                .clone()
+            let entry =
+                maps.entry(map.to_path_buf())
+                    .or_insert_with(|| match self.load_perf_map(map) {
+                        // Found: its problems (if any) are said; nothing more to say.
+                        Some(table) => (table, true),
+                        None => (None, false),
+                    });
+            // A missing map is said once, when code that is surely JIT code needs it.
+            let warn = entry.0.is_none() && warn_missing && !entry.1;
+            entry.1 |= warn;
+            (entry.0.clone(), warn)
         };
+        if warn {
+            self.warn(format!(
+                "no {} (nor in the debug directories): its process's JIT code is unnamed; \
+                 the JIT writes it when asked (node --perf-basic-prof, python3 -X perf, \
+                 a JVM perf-map agent)",
+                map.display()
+            ));
+        }
         let Some(table) = table else {
             return vec![Symbolized::unknown(); addrs.len()];
         };
@@ -288,7 +317,9 @@ impl Symbolizer {
             .collect()
     }
 
-    fn load_perf_map(&self, map: &Path) -> Option<Arc<PerfMap>> {
+    /// The map `map` names: None when there is no such file, Some(None) when it cannot
+    /// be read (said as a warning).
+    fn load_perf_map(&self, map: &Path) -> Option<Option<Arc<PerfMap>>> {
         let name = map.file_name()?;
         let candidates: Vec<PathBuf> = self
             .opts
@@ -297,15 +328,7 @@ impl Symbolizer {
             .map(|d| d.join(name))
             .chain(std::iter::once(map.to_path_buf()))
             .collect();
-        let Some(found) = candidates.iter().find(|p| p.is_file()) else {
-            self.warn(format!(
-                "no {} (nor in the debug directories): its process's JIT code is unnamed; \
-                 the JIT writes it when asked (node --perf-basic-prof, python3 -X perf, \
-                 a JVM perf-map agent)",
-                map.display()
-            ));
-            return None;
-        };
+        let found = candidates.iter().find(|p| p.is_file())?;
         match PerfMap::read(found) {
             Ok(m) => {
                 if m.bad_lines > 0 {
@@ -315,11 +338,11 @@ impl Symbolizer {
                         m.bad_lines
                     ));
                 }
-                Some(Arc::new(m))
+                Some(Some(Arc::new(m)))
             }
             Err(e) => {
                 self.warn(format!("cannot read {}: {e}", found.display()));
-                None
+                Some(None)
             }
         }
     }
@@ -449,6 +472,10 @@ pub fn module_name(key: &ModuleKey) -> &Path {
     &key.path
 }
 
+/// A perf map as loaded (None: missing or unreadable), and whether a missing one was
+/// said.
+type PerfMapEntry = (Option<Arc<PerfMap>>, bool);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +500,27 @@ mod tests {
             w[0].contains("cannot open /nonexistent/lbrprof-test-module"),
             "{w:?}"
         );
+        assert!(s.take_warnings().is_empty());
+    }
+
+    #[test]
+    fn a_missing_perf_map_is_said_once_and_only_for_sure_jit_code() {
+        let s = Symbolizer::default();
+        let map = Path::new("/nonexistent/perf-77.map");
+        let out = s.symbolize_perf_map_if_any(map, &[0x1000]);
+        assert!(out[0].is_unknown());
+        assert!(s.take_warnings().is_empty());
+        s.symbolize_perf_map(map, &[0x1000]);
+        s.symbolize_perf_map(map, &[0x2000]);
+        let w = s.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("no /nonexistent/perf-77.map"), "{w:?}");
+        // A map that is there names its code either way.
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("perf-78.map");
+        std::fs::write(&there, "1000 40 jitted_fn\n").unwrap();
+        let out = s.symbolize_perf_map_if_any(&there, &[0x1010]);
+        assert_eq!(out[0].frames[0].function.as_deref(), Some("jitted_fn"));
         assert!(s.take_warnings().is_empty());
     }
 

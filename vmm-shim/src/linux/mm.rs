@@ -101,6 +101,23 @@ pub struct MapRecord {
     pub executable: bool,
 }
 
+impl MapRecord {
+    /// The path of anonymous executable memory (code a JIT wrote), as perf names it.
+    pub const ANONYMOUS: &'static str = "//anon";
+
+    /// Anonymous memory made executable (by `mmap` or `mprotect`): JIT code.
+    pub fn anonymous(space: u32, start: u64, len: u64) -> MapRecord {
+        MapRecord {
+            space,
+            start,
+            len,
+            path: PathBuf::from(Self::ANONYMOUS),
+            offset: 0,
+            executable: true,
+        }
+    }
+}
+
 /// Guest-physical 4 KiB frames, handed out from `[next, end)` and a free list. Page
 /// tables come from the top down, data from the bottom up: a table is written when a
 /// mapping is made, a data page only when the program touches it, and keeping tables
@@ -579,6 +596,8 @@ impl AddressSpace {
                 offset: b.offset,
                 executable: prot.executable(),
             });
+        } else if prot.executable() {
+            self.maps.push(MapRecord::anonymous(self.space, start, len));
         }
         if !prot.is_none() {
             let mut va = start;
@@ -654,6 +673,11 @@ impl AddressSpace {
             let Some(v) = self.vmas.get(&s).cloned() else {
                 continue;
             };
+            if v.file.is_none() && prot.executable() && !v.prot.executable() {
+                // Anonymous memory turned into code (a JIT's W^X flip).
+                self.maps
+                    .push(MapRecord::anonymous(self.space, v.start, v.end - v.start));
+            }
             let mut va = v.start;
             while va < v.end {
                 if prot.is_none() {

@@ -666,12 +666,21 @@ impl Process {
         }
     }
 
-    /// Records a file mapping the program made, and sends it on (see [`Self::send_maps_to`]).
+    /// Records a mapping the program made, and sends it on (see [`Self::send_maps_to`]).
     pub(crate) fn note_map(&mut self, m: MapRecord) {
         if let Some(tx) = &self.map_sink {
             let _ = tx.send(GuestEvent::Map(m.clone()));
         }
         self.report.maps.push(m);
+    }
+
+    /// Records the mappings the address space added since it had `known` (an `mmap` of a
+    /// file, anonymous memory made executable).
+    pub(crate) fn note_new_maps(&mut self, known: usize) {
+        let new: Vec<MapRecord> = self.mm.maps.get(known..).unwrap_or_default().to_vec();
+        for m in new {
+            self.note_map(m);
+        }
     }
 
     /// The process's id.

@@ -435,10 +435,15 @@ impl Process {
             Sysno::mmap => self.sys_mmap(a),
             Sysno::munmap => self.sys_munmap(a[0], a[1]),
             Sysno::mremap => self.sys_mremap(a[0], a[1], a[2], a[3]),
-            Sysno::mprotect => self
-                .mm
-                .protect(a[0], a[1], Prot::from_raw(a[2]))
-                .map(|()| 0),
+            Sysno::mprotect => {
+                let known = self.mm.maps.len();
+                let r = self
+                    .mm
+                    .protect(a[0], a[1], Prot::from_raw(a[2]))
+                    .map(|()| 0);
+                self.note_new_maps(known);
+                r
+            }
             Sysno::madvise => {
                 if a[2] == libc::MADV_DONTNEED as u64 {
                     self.mm.discard(a[0], a[1]).map(|()| 0)
@@ -966,14 +971,9 @@ impl Process {
                 self.mm.find_free(len).ok_or(Errno::ENOMEM)?
             }
         };
+        let known = self.mm.maps.len();
         self.mm.map(start, len, prot, file, "")?;
-        if let Some(m) = self.mm.maps.last()
-            && m.start == start
-            && !anon
-        {
-            let m = m.clone();
-            self.note_map(m);
-        }
+        self.note_new_maps(known);
         Ok(start)
     }
 
@@ -2304,5 +2304,43 @@ mod tests {
             rx.try_iter().last(),
             Some(crate::linux::GuestEvent::Map(rec.clone()))
         );
+
+        // Anonymous memory is recorded when it becomes code (JIT code, for the report
+        // to name through the process's perf map), not while it is data.
+        let anon_rw = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mmap as u64,
+            [0, 2 * PAGE, rw, anon, u64::MAX, 0],
+        )) as u64;
+        assert_eq!(rx.try_iter().count(), 0);
+        let rx_prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        let r = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mprotect as u64,
+            [anon_rw, PAGE, rx_prot, 0, 0, 0],
+        ));
+        assert_eq!(r, 0);
+        let code = crate::linux::mm::MapRecord::anonymous(p.mm.space, anon_rw, PAGE);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            vec![crate::linux::GuestEvent::Map(code)]
+        );
+        // Code to code: nothing new.
+        ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mprotect as u64,
+            [anon_rw, PAGE, rx_prot, 0, 0, 0],
+        ));
+        assert_eq!(rx.try_iter().count(), 0);
+        let rwx = rw | libc::PROT_EXEC as u64;
+        let jit = ret(p.syscall(
+            &mut p.main_task(),
+            Sysno::mmap as u64,
+            [0, PAGE, rwx, anon, u64::MAX, 0],
+        )) as u64;
+        let rec = p.report.maps.last().unwrap();
+        assert_eq!((rec.start, rec.len), (jit, PAGE));
+        assert_eq!(rec.path.as_os_str(), "//anon");
+        assert_eq!(rx.try_iter().count(), 1);
     }
 }
