@@ -1529,26 +1529,13 @@ impl Process {
     ) -> Result<Option<TrapAction>, VmError> {
         // Process-directed signals the mask let in since the call began.
         self.take_signals(task);
-        while let Some(info) = self.next_signal(task) {
+        if let Some((info, act)) = self.next_acting_signal(task) {
             let sig = info.signo as u64;
-            let act = self.action(sig);
-            match act.handler {
-                1 => {
-                    // SIG_IGN
-                    self.discarded(&info);
-                    continue;
-                }
-                0 if !signal::default_terminates(sig) => {
-                    self.discarded(&info);
-                    continue;
-                }
-                0 => {
-                    return Ok(Some(TrapAction::Killed {
-                        signal: sig as i32,
-                        reason: format!("killed by signal {sig} it sent itself"),
-                    }));
-                }
-                _ => {}
+            if act.handler == 0 {
+                return Ok(Some(TrapAction::Killed {
+                    signal: sig as i32,
+                    reason: format!("killed by signal {sig} it sent itself"),
+                }));
             }
             let mut r = *regs;
             r.rip = regs.rcx;
@@ -1569,9 +1556,25 @@ impl Process {
             // the ring-0 one by the stub's SYSRETQ.
             regs.rcx = r.rip;
             regs.r11 = r.rflags;
-            break;
         }
         Ok(None)
+    }
+
+    /// The next pending signal that does something (a handler runs, or its default
+    /// action ends the process), with its action; ignored ones, and those whose default
+    /// is to do nothing, are discarded on the way.
+    fn next_acting_signal(&mut self, task: &mut Task) -> Option<(signal::SigInfo, signal::Action)> {
+        while let Some(info) = self.next_signal(task) {
+            let sig = info.signo as u64;
+            let act = self.action(sig);
+            // 1: SIG_IGN; 0: SIG_DFL.
+            if act.handler == 1 || (act.handler == 0 && !signal::default_terminates(sig)) {
+                self.discarded(&info);
+                continue;
+            }
+            return Some((info, act));
+        }
+        None
     }
 
     /// Signal instance `info` is about to be delivered: a POSIX timer's carries the
@@ -1654,26 +1657,13 @@ impl Process {
             return Ok(TrapAction::Resume);
         }
         let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        while let Some(info) = self.next_signal(task) {
+        if let Some((info, act)) = self.next_acting_signal(task) {
             let sig = info.signo as u64;
-            let act = self.action(sig);
-            match act.handler {
-                1 => {
-                    // SIG_IGN
-                    self.discarded(&info);
-                    continue;
-                }
-                0 if !signal::default_terminates(sig) => {
-                    self.discarded(&info);
-                    continue;
-                }
-                0 => {
-                    return Ok(TrapAction::Killed {
-                        signal: sig as i32,
-                        reason: format!("killed by signal {sig}"),
-                    });
-                }
-                _ => {}
+            if act.handler == 0 {
+                return Ok(TrapAction::Killed {
+                    signal: sig as i32,
+                    reason: format!("killed by signal {sig}"),
+                });
             }
             let info = self.delivering(info);
             let mut r = regs;
@@ -1686,7 +1676,6 @@ impl Process {
             }
             cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
             vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
-            break;
         }
         Ok(TrapAction::Resume)
     }
