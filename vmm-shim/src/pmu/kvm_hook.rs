@@ -1806,8 +1806,8 @@ mod tests {
         cfg.sampling = Sampling::Shim {
             period: cfg.cycles_per_sec / 200,
         };
-        // Whole windows only: on a loaded host a preempted window could pass the episode
-        // cap and be cut (tested apart, in `emulated`).
+        // Whole windows only: a window of this debug build's tracer can cost more than
+        // the episode cap's CPU time and be cut (the cap is tested apart, in `emulated`).
         cfg.max_episode_ns = 0;
         let (code, out) = run("branchy", "n=3000000", cfg, Some(sink));
         assert_eq!(code, 0, "{out}");
