@@ -1,7 +1,7 @@
 //! End-to-end tests of the Linux personality's compatibility corners: the legacy
 //! vsyscall page, execve from a threaded process (and threads started after it on the
 //! ended threads' vCPUs), writers blocked on a full pipe,
-//! signals to a busy process, signals interrupting blocked calls (connect too), the FPU state in
+//! signals to a busy process, signals interrupting blocked calls, the FPU state in
 //! signal frames, and a real JVM. Programs are compiled at test time and
 //! compared byte for byte (stdout, stderr, exit status) with their native runs under
 //! `lbrprof run --vm --`.
@@ -177,25 +177,6 @@ fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
             "write with an ignored signal: 100000 ok, reader saw it all yes",
         ],
     );
-}
-
-#[test]
-fn signals_interrupt_a_blocking_connect_like_natively() {
-    if !kvm_available() {
-        return;
-    }
-    let texts = identical_with_every_libc(
-        "linux_connect_intr",
-        &[
-            "unix connect, no SA_RESTART: -1 EINTR, handled 1",
-            "unix connect, SA_RESTART: 0 ok, handled 1",
-            "tcp connect, no SA_RESTART: -1 EINTR, handled 1",
-            "tcp connect, SA_RESTART: 0 ok, handled 1",
-        ],
-    );
-    for (out, text) in texts {
-        assert_eq!(text.matches("in time yes").count(), 4, "{out}: {text}");
-    }
 }
 
 #[test]

@@ -968,11 +968,6 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Restart { poll, nr }));
             }
             Block::Restart { poll, .. } if poll.cut_short() && interrupted && !restarts => eintr,
-            // A wait that only paces retries (a connect to a full AF_UNIX backlog) is
-            // interrupted whenever a signal is there, even as its deadline passes.
-            Block::Restart { poll, .. } if poll.entries.is_empty() && interrupted && !restarts => {
-                eintr
-            }
             Block::Restart { nr, .. } => restart(&mut pending.regs, nr),
             Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && again => {
                 return Ok(self.block_again(task, pending, Block::Wait(w)));

@@ -4,26 +4,18 @@
 //! messages are translated between the program's table and the host's.
 //!
 //! Like `read` on a pipe, a call that blocks (accept, connect, recv and send on a
-//! blocking socket) waits with the process released, and a signal interrupts it
-//! (EINTR, or a restart with SA_RESTART).
+//! blocking socket) holds the process while it waits; event loops use non-blocking
+//! sockets and epoll, which release it.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use syscalls::Sysno;
 
 use crate::linux::Process;
 use crate::linux::fd::Fd;
 use crate::linux::host;
 use crate::linux::mm::Errno;
-use crate::linux::syscall::{MAX_IO, Outcome};
-use crate::linux::thread::{Block, PollBlock, Task};
+use crate::linux::syscall::MAX_IO;
 use crate::memory::GuestVirtAddr;
-
-/// How often a blocking connect to an AF_UNIX listener whose backlog is full tries
-/// again (the host gives no readiness to wait for).
-const CONNECT_RETRY: Duration = Duration::from_millis(2);
 
 /// Largest socket address or option value accepted from the program.
 const MAX_ADDR: u64 = 128;
@@ -135,86 +127,6 @@ impl Process {
         let s = self.socket_of(fd)?;
         let a = self.read_bytes(addr, len, MAX_ADDR)?;
         host::bind_or_connect(s.as_fd(), &a, connect).map(|()| 0)
-    }
-
-    /// connect. On a socket the program left blocking, the host connect runs
-    /// non-blocking and the wait for it is a block that releases the process (another
-    /// thread may be the one to accept) and that a signal interrupts: EINTR, or with
-    /// SA_RESTART the call starts again and goes on waiting for the same connection,
-    /// as a restarted connect does on Linux. An AF_UNIX listener with a full backlog
-    /// is tried again every [`CONNECT_RETRY`]. (While the host connect starts, the
-    /// socket is non-blocking for the other threads too, for that one call.)
-    pub(crate) fn sys_connect(&mut self, task: &mut Task, fd: u64, addr: u64, len: u64) -> Outcome {
-        match self.connect(task, fd, addr, len) {
-            Ok(None) => Outcome::Return(0),
-            Ok(Some(block)) => Outcome::Block(block),
-            Err(e) => Outcome::Return(e.ret()),
-        }
-    }
-
-    fn connect(
-        &mut self,
-        task: &mut Task,
-        fd: u64,
-        addr: u64,
-        len: u64,
-    ) -> Result<Option<Block>, Errno> {
-        let s = self.socket_of(fd)?;
-        let fl = host::fcntl_int(s.as_fd(), libc::F_GETFL, 0)?;
-        if fl & i64::from(libc::O_NONBLOCK) != 0 {
-            let a = self.read_bytes(addr, len, MAX_ADDR)?;
-            return host::bind_or_connect(s.as_fd(), &a, true).map(|()| None);
-        }
-        let wait = |entries, deadline| Block::Restart {
-            poll: PollBlock {
-                va: 0,
-                entries,
-                deadline,
-                result: Ok(Vec::new()),
-                select: None,
-            },
-            nr: Sysno::connect as u64,
-        };
-        // The socket's identity (its inode): a descriptor closed and reused for
-        // another socket is not the one whose connect is under way.
-        let st = host::fstatat(Some(s.as_fd()), b"", libc::AT_EMPTY_PATH)?;
-        let ino = st
-            .get(8..16)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
-        let me = (fd, ino);
-        if task.connecting != Some(me) {
-            let a = self.read_bytes(addr, len, MAX_ADDR)?;
-            host::fcntl_int(s.as_fd(), libc::F_SETFL, fl | i64::from(libc::O_NONBLOCK))?;
-            let r = host::bind_or_connect(s.as_fd(), &a, true);
-            let _ = host::fcntl_int(s.as_fd(), libc::F_SETFL, fl);
-            match r {
-                Err(Errno(libc::EINPROGRESS)) => task.connecting = Some(me),
-                Err(Errno(libc::EAGAIN)) => {
-                    let retry = Instant::now() + CONNECT_RETRY;
-                    return Ok(Some(wait(Vec::new(), Some(retry))));
-                }
-                r => return r.map(|()| None),
-            }
-        }
-        let mut probe = [libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }];
-        if host::poll(&mut probe, 0)? == 0 {
-            return Ok(Some(wait(vec![(Some(s), libc::POLLOUT, false)], None)));
-        }
-        task.connecting = None;
-        let err = host::getsockopt(s.as_fd(), libc::SOL_SOCKET, libc::SO_ERROR, 4)?;
-        match i32::from_le_bytes(
-            err.get(..4)
-                .and_then(|b| b.try_into().ok())
-                .unwrap_or([0; 4]),
-        ) {
-            0 => Ok(None),
-            e => Err(Errno(e)),
-        }
     }
 
     pub(crate) fn sys_listen(&mut self, fd: u64, backlog: u64) -> Result<u64, Errno> {

@@ -713,7 +713,7 @@ impl Process {
             Sysno::socket => self.sys_socket(a[0], a[1], a[2]),
             Sysno::socketpair => self.sys_socketpair(a[0], a[1], a[2], a[3]),
             Sysno::bind => self.sys_bind_connect(a[0], a[1], a[2], false),
-            Sysno::connect => return self.sys_connect(task, a[0], a[1], a[2]),
+            Sysno::connect => self.sys_bind_connect(a[0], a[1], a[2], true),
             Sysno::listen => self.sys_listen(a[0], a[1]),
             Sysno::accept => self.sys_accept(a[0], a[1], a[2], 0),
             Sysno::accept4 => self.sys_accept(a[0], a[1], a[2], a[3]),

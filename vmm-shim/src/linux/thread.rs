@@ -38,9 +38,6 @@ pub struct Task {
     pub fs_base: u64,
     /// Blocked signals (bit `n - 1` for signal `n`).
     pub sigmask: u64,
-    /// A blocking connect this thread started and waits for: (descriptor, inode of
-    /// its socket), so a restarted connect goes on waiting for it (see `net.rs`).
-    pub(crate) connecting: Option<(u64, u64)>,
     /// Signals sent to this thread and not yet delivered (blocked when sent).
     pub pending: crate::linux::signal::SigPending,
     /// `set_tid_address`/`CLONE_CHILD_CLEARTID`: zeroed and woken when the thread exits.
@@ -87,7 +84,6 @@ impl Task {
             fs_base: 0,
             sigmask: 0,
             pending: Default::default(),
-            connecting: None,
             clear_child_tid: 0,
             robust_list: (0, 0),
             altstack: (0, 0),
