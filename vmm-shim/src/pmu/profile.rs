@@ -118,6 +118,16 @@ impl Profiler {
         }
     }
 
+    /// `extra` more executions of the ring-3 instruction at `rip`, as a one-instruction
+    /// run of its own: the iterations of a REP string instruction after its first, which
+    /// valgrind counts as instructions (the CPU retires the instruction once).
+    pub fn repeat(&mut self, rip: u64, extra: u64) {
+        if extra > 0 {
+            *self.runs.entry((rip, 1, false)).or_default() += extra;
+            self.user_instructions += extra;
+        }
+    }
+
     /// A retired branch (or an interrupt or exception, which is not an instruction).
     pub fn branch(&mut self, b: &RetiredBranch) {
         if b.kind.is_instruction() {

@@ -309,7 +309,44 @@ struct Block {
     /// Addresses of the sequential instructions before the stop.
     insns: Vec<u64>,
     stop: Stop,
+    /// The block is one REP-prefixed string instruction whose iterations are counted
+    /// (exact-mode profiling).
+    repeat: Option<Repeat>,
 }
+
+/// A REP-prefixed string instruction, as its iterations are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Repeat {
+    /// The count register its address size uses: CX, ECX or RCX.
+    mask: u64,
+    /// REPE/REPNE CMPS/SCAS: the ZF value that lets it repeat; `None` for the others,
+    /// which repeat until the count is zero.
+    while_zf: Option<bool>,
+}
+
+impl Repeat {
+    /// How many more times than once valgrind counts the instruction, given the count
+    /// register before and after it ran and RFLAGS after. valgrind runs a REP string
+    /// instruction as a loop of itself: each pass checks the count (zero: go on to the
+    /// next instruction), does one iteration, and goes round again unless a REPE/REPNE
+    /// condition failed. So `k` iterations are `k + 1` passes, or `k` when the condition
+    /// cut the loop short (a zero count to begin with is one pass).
+    fn extra_passes(self, before: u64, after: u64, rflags: Option<u64>) -> u64 {
+        let after = after & self.mask;
+        let iterations = before.wrapping_sub(after) & self.mask;
+        let cut_short = match self.while_zf {
+            None => false,
+            Some(zf) => after != 0 || rflags.is_some_and(|f| (f & RFLAGS_ZF != 0) != zf),
+        };
+        if cut_short {
+            iterations.saturating_sub(1)
+        } else {
+            iterations
+        }
+    }
+}
+
+const RFLAGS_ZF: u64 = 1 << 6;
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -407,6 +444,9 @@ pub struct Tracer {
     stats: TracerStats,
     /// Exact mode: the per-instruction and per-call profile, when asked for.
     profile: Option<Box<Profiler>>,
+    /// A counted REP block running: its block index and the count register (masked)
+    /// before its first iteration.
+    repeat_from: Option<(usize, u64)>,
 }
 
 impl Tracer {
@@ -427,6 +467,7 @@ impl Tracer {
             last: Resume::default(),
             stats: TracerStats::default(),
             profile: None,
+            repeat_from: None,
         }
     }
 
@@ -471,6 +512,9 @@ impl Tracer {
     /// ([`super::profile`]); [`Tracer::take_profile`] hands it over at the end.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = (on && self.counting()).then(Box::default);
+        // Profiling decodes blocks differently (REP string instructions alone).
+        self.blocks.clear();
+        self.index.clear();
     }
 
     /// The exact-mode profile counted so far (closing open calls), if profiling is on.
@@ -623,11 +667,12 @@ impl Tracer {
         else {
             return Ok(());
         };
-        let rip = g.cpu()?.rip;
-        match self.blocks[block].index_of(rip, done) {
+        let cpu = g.cpu()?;
+        match self.blocks[block].index_of(cpu.rip, done) {
             Some(i) if i <= target => {
                 let at = self.blocks[block].addr(done);
                 self.retire(pmu, (i - done) as u64, cpl, at);
+                self.note_repeat(block, done, i, cpl, &cpu);
                 self.state = State::Running {
                     block,
                     done: i,
@@ -657,7 +702,7 @@ impl Tracer {
                 } else if self.blocks[block].index_of(cpu.rip, done) == Some(done)
                     && done < self.blocks[block].insns.len()
                 {
-                    self.plan_in(pmu, block, done, cpl)
+                    self.plan_in(pmu, block, done, cpl, None)
                 } else {
                     // At the block's stop (an exit on its last instruction left the guest
                     // there), or not where `sync` left it (an event moved the guest):
@@ -707,8 +752,12 @@ impl Tracer {
                 Some(i) if i <= target => {
                     let at = self.blocks[block].addr(done);
                     self.retire(pmu, (i - done) as u64, cpl, at);
+                    self.note_repeat(block, done, i, cpl, &cpu);
                 }
-                _ => self.stats.unexpected += 1,
+                _ => {
+                    self.repeat_from = None;
+                    self.stats.unexpected += 1;
+                }
             },
             State::Stepping { insn, cpl } => self.complete_step(pmu, insn, cpl, &cpu),
             State::AwaitingReturn { rip } => {
@@ -900,6 +949,33 @@ impl Tracer {
         self.mode == TraceMode::Exact
     }
 
+    /// After positions `done..i` of `block` retired: when that retired a counted REP
+    /// block's instruction, the passes valgrind counts beyond the first go to the profile
+    /// as instructions of their own ([`Repeat::extra_passes`]; the PMU counts one
+    /// instruction, as the CPU does). The count register fell by one per iteration from
+    /// what it was when the block started (an exit inside the instruction, a page fault,
+    /// leaves it counting).
+    fn note_repeat(&mut self, block: usize, done: usize, i: usize, cpl: u8, cpu: &GuestCpu) {
+        let Some(r) = self.blocks[block].repeat else {
+            self.repeat_from = None;
+            return;
+        };
+        match self.repeat_from {
+            Some((b, before)) if b == block && done == 0 && i > 0 => {
+                self.repeat_from = None;
+                if cpl == 3
+                    && let Some(p) = &mut self.profile
+                {
+                    let extra = r.extra_passes(before, cpu.rcx, cpu.rflags);
+                    p.repeat(self.blocks[block].insns[0], extra);
+                }
+            }
+            // Not run yet, or interrupted inside: goes on counting from where it began.
+            _ if i == 0 => {}
+            _ => self.repeat_from = None,
+        }
+    }
+
     /// `n` sequential instructions retired at `cpl`, the first at `at`.
     fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
         self.stats.instructions += n;
@@ -1079,7 +1155,7 @@ impl Tracer {
             }
             return Ok(self.step_over(g, insn, cpu));
         }
-        Ok(self.plan_in(pmu, block, 0, cpu.cpl))
+        Ok(self.plan_in(pmu, block, 0, cpu.cpl, Some(cpu.rcx)))
     }
 
     /// At a near branch whose outcome the registers already decide (Jcc from RFLAGS,
@@ -1149,11 +1225,25 @@ impl Tracer {
                 ..Resume::default()
             });
         }
-        Some(self.plan_in(pmu, next, 0, cpu.cpl))
+        Some(self.plan_in(pmu, next, 0, cpu.cpl, Some(cpu.rcx)))
     }
 
-    /// Plans inside a known block, positions before `done` already accounted.
-    fn plan_in(&mut self, pmu: &VirtualPmu, block: usize, done: usize, cpl: u8) -> Resume {
+    /// Plans inside a known block, positions before `done` already accounted. `rcx`: the
+    /// count register now, when this starts the block afresh (a counted REP block counts
+    /// its iterations from it); `None` when re-planning where an exit interrupted it.
+    fn plan_in(
+        &mut self,
+        pmu: &VirtualPmu,
+        block: usize,
+        done: usize,
+        cpl: u8,
+        rcx: Option<u64>,
+    ) -> Resume {
+        if done == 0
+            && let (Some(r), Some(rcx)) = (self.blocks[block].repeat, rcx)
+        {
+            self.repeat_from = Some((block, rcx & r.mask));
+        }
         let b = &self.blocks[block];
         let n = b.insns.len();
         let mut target = n;
@@ -1246,7 +1336,7 @@ impl Tracer {
             self.index.clear();
         }
         self.stats.blocks_decoded += 1;
-        let block = decode_block(g, cpu.rip, cpu.code_size);
+        let block = decode_block(g, cpu.rip, cpu.code_size, self.profile.is_some());
         let end = block.stop_addr().saturating_add(MAX_INSN_LEN as u64);
         self.interp.note_code(cpu.cr3, cpu.rip, end);
         self.blocks.push(block);
@@ -1319,10 +1409,14 @@ fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u6
     Some(lo | mid << 16 | hi << 32)
 }
 
-fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize) -> Block {
+/// Decodes the block at `start`. With `count_repeats` (exact-mode profiling) a REP string
+/// instruction is a block of its own: the block before it ends at it, and its block ends
+/// right after it, so the count register is seen before and after it runs.
+fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize, count_repeats: bool) -> Block {
     let mut insns = Vec::new();
     let mut ip = start;
     let mut bytes = [0u8; MAX_INSN_LEN];
+    let mut repeat = None;
     let stop = loop {
         if insns.len() >= MAX_BLOCK_INSNS {
             break Stop::Limit(ip);
@@ -1342,13 +1436,60 @@ fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize) -> Block {
         };
         match insn.flow {
             Flow::Sequential => {
+                if count_repeats && let Some(r) = repeat_of(&bytes[..n], ip, size) {
+                    if !insns.is_empty() {
+                        break Stop::Limit(ip);
+                    }
+                    insns.push(ip);
+                    repeat = Some(r);
+                    break Stop::Limit(insn.fallthrough());
+                }
                 insns.push(ip);
                 ip = insn.fallthrough();
             }
             Flow::Branch { .. } | Flow::Trap => break Stop::Insn(insn),
         }
     };
-    Block { insns, stop }
+    Block {
+        insns,
+        stop,
+        repeat,
+    }
+}
+
+/// A REP/REPE/REPNE-prefixed string instruction as it repeats; `None` for anything else.
+fn repeat_of(bytes: &[u8], ip: u64, size: CodeSize) -> Option<Repeat> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
+    let bitness = match size {
+        CodeSize::Bits16 => 16,
+        CodeSize::Bits32 => 32,
+        CodeSize::Bits64 => 64,
+    };
+    let insn = Decoder::with_ip(bitness, bytes, ip, DecoderOptions::NONE).decode();
+    if !insn.is_string_instruction()
+        || !(insn.has_rep_prefix() || insn.has_repe_prefix() || insn.has_repne_prefix())
+    {
+        return None;
+    }
+    let mask = (0..insn.op_count()).find_map(|i| match insn.op_kind(i) {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => Some(0xffff),
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(0xffff_ffff),
+        OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(u64::MAX),
+        _ => None,
+    })?;
+    let compares = matches!(
+        insn.mnemonic(),
+        Mnemonic::Cmpsb
+            | Mnemonic::Cmpsw
+            | Mnemonic::Cmpsd
+            | Mnemonic::Cmpsq
+            | Mnemonic::Scasb
+            | Mnemonic::Scasw
+            | Mnemonic::Scasd
+            | Mnemonic::Scasq
+    );
+    let while_zf = compares.then_some(!insn.has_repne_prefix());
+    Some(Repeat { mask, while_zf })
 }
 
 #[cfg(test)]

@@ -583,3 +583,81 @@ fn halt_reasons_are_counted_and_ranked() {
     }
     assert_eq!(c.other, 5);
 }
+
+#[test]
+fn rep_string_instructions_are_recognised_with_their_count_register() {
+    let of = |bytes: &[u8]| repeat_of(bytes, 0x1000, CodeSize::Bits64);
+    let plain = |mask| {
+        Some(Repeat {
+            mask,
+            while_zf: None,
+        })
+    };
+    assert_eq!(of(&[0xF3, 0xA4]), plain(u64::MAX), "rep movsb");
+    assert_eq!(of(&[0xF3, 0x48, 0xAB]), plain(u64::MAX), "rep stosq");
+    assert_eq!(
+        of(&[0x67, 0xF3, 0xAA]),
+        plain(0xffff_ffff),
+        "rep stosb, 32-bit addresses"
+    );
+    let cmps = of(&[0xF3, 0xA6]).unwrap();
+    assert_eq!(cmps.while_zf, Some(true), "repe cmpsb repeats while equal");
+    let scas = of(&[0xF2, 0xAE]).unwrap();
+    assert_eq!(
+        scas.while_zf,
+        Some(false),
+        "repne scasb repeats while not equal"
+    );
+    assert_eq!(of(&[0xA4]), None, "movsb without a prefix");
+    assert_eq!(of(&[0xF3, 0x90]), None, "pause (F3 90)");
+    assert_eq!(of(&[0xF3, 0xC3]), None, "rep ret");
+    assert_eq!(
+        repeat_of(&[0xF3, 0xA5], 0x1000, CodeSize::Bits32).map(|r| r.mask),
+        Some(0xffff_ffff),
+        "rep movsd in 32-bit code"
+    );
+}
+
+#[test]
+fn rep_passes_are_counted_as_valgrind_runs_them() {
+    let plain = Repeat {
+        mask: u64::MAX,
+        while_zf: None,
+    };
+    // k iterations to a zero count: k + 1 passes, k more than the one the CPU retires.
+    assert_eq!(plain.extra_passes(100, 0, None), 100);
+    assert_eq!(
+        plain.extra_passes(0, 0, None),
+        0,
+        "a zero count is one pass"
+    );
+    // Interrupted and resumed counts come from the count at the start.
+    assert_eq!(plain.extra_passes(100, 40, None), 60);
+    let repe = Repeat {
+        mask: u64::MAX,
+        while_zf: Some(true),
+    };
+    const ZF: u64 = 1 << 6;
+    // Cut short by a mismatch after 7 of 10: 7 passes.
+    assert_eq!(repe.extra_passes(10, 3, Some(0)), 6);
+    // All 10 compared equal: the count check ends it, 11 passes.
+    assert_eq!(repe.extra_passes(10, 0, Some(ZF)), 10);
+    // The last of 10 differed: cut short as the count reached zero, 10 passes.
+    assert_eq!(repe.extra_passes(10, 0, Some(0)), 9);
+    assert_eq!(repe.extra_passes(0, 0, Some(0)), 0);
+    let repne = Repeat {
+        mask: u64::MAX,
+        while_zf: Some(false),
+    };
+    // strlen-style scan found the byte on the 5th of 64: 5 passes.
+    assert_eq!(repne.extra_passes(64, 59, Some(ZF)), 4);
+    // 32-bit count register: the upper half of RCX does not count.
+    let ecx = Repeat {
+        mask: 0xffff_ffff,
+        while_zf: None,
+    };
+    assert_eq!(
+        ecx.extra_passes(0xdead_0000_0010, 0xdead_0000_0000, None),
+        16
+    );
+}
