@@ -18,8 +18,13 @@ use common::{kvm_available, lbrprof, perf_available};
 const OWN: [&str; 6] = ["collatz", "fib", "mix", "work", "by_table", "main"];
 
 fn build(dir: &Path, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/callgrind_calls.c");
-    let exe = dir.join("callgrind_calls");
+    build_workload(dir, "callgrind_calls", flags)
+}
+
+/// `tests/workloads/NAME.c`, static, -O2 -g.
+fn build_workload(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(name);
     let ok = Command::new("gcc")
         .args(["-O2", "-g", "-static"])
         .args(flags)
@@ -49,14 +54,20 @@ fn run_ok(cmd: &mut Command) -> (String, String) {
 }
 
 fn record_exact(exe: &Path, data: &Path, freq: &str) {
+    record_exact_with(exe, data, &["--lbr-freq", freq], "3000");
+}
+
+/// `record --vm` in exact mode of `exe arg`, with `opts` added.
+fn record_exact_with(exe: &Path, data: &Path, opts: &[&str], arg: &str) {
     run_ok(
         lbrprof()
             .args(["record", "--vm", "--lbr", "emulated", "--lbr-mode", "exact"])
-            .args(["--lbr-freq", freq, "-o"])
+            .args(opts)
+            .arg("-o")
             .arg(data)
             .arg("--")
             .arg(exe)
-            .arg("3000"),
+            .arg(arg),
     );
 }
 
@@ -208,22 +219,7 @@ fn ours_and_cachegrind(
     arg: &str,
 ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let data = dir.join(format!("rep-{arg}.data"));
-    run_ok(
-        lbrprof()
-            .args([
-                "record",
-                "--vm",
-                "--lbr",
-                "emulated",
-                "--lbr-mode",
-                "exact",
-                "-o",
-            ])
-            .arg(&data)
-            .arg("--")
-            .arg(exe)
-            .arg(arg),
-    );
+    record_exact_with(exe, &data, &[], arg);
     let cg = dir.join(format!("rep-{arg}.callgrind"));
     run_ok(
         lbrprof()
@@ -261,15 +257,7 @@ fn rep_string_instructions_count_as_valgrind_counts_them() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/callgrind_rep.c");
-    let exe = tmp.path().join("callgrind_rep");
-    let ok = Command::new("gcc")
-        .args(["-O2", "-g", "-static", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for this test");
-    assert!(ok.success());
+    let exe = build_workload(tmp.path(), "callgrind_rep", &[]);
     let (ours10, theirs10) = ours_and_cachegrind(tmp.path(), &exe, "10");
     let (ours40, theirs40) = ours_and_cachegrind(tmp.path(), &exe, "40");
     // The program's own REP loops (movsb, stosq, a zero count, REPE CMPSB cut short, run
@@ -412,22 +400,7 @@ fn diff_of_exact_recordings_compares_every_instruction_per_function() {
     let exe = build(tmp.path(), &[]);
     let rec = |n: &str, name: &str| {
         let data = tmp.path().join(name);
-        run_ok(
-            lbrprof()
-                .args([
-                    "record",
-                    "--vm",
-                    "--lbr",
-                    "emulated",
-                    "--lbr-mode",
-                    "exact",
-                    "-o",
-                ])
-                .arg(&data)
-                .arg("--")
-                .arg(&exe)
-                .arg(n),
-        );
+        record_exact_with(&exe, &data, &[], n);
         data
     };
     let (a, b, c) = (
