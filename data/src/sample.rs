@@ -20,7 +20,7 @@
 //! table can hold samples of any source.
 
 use crate::dwarf::Regs;
-use crate::model::{Branch, CpuMode, Frame};
+use crate::model::{Branch, CpuMode, Frame, HostSample};
 use crate::perfdata::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
 
 /// One sample, borrowed from its source.
@@ -41,6 +41,25 @@ pub struct SampleRef<'a> {
     pub branches: BranchStack<'a>,
     /// A `--call-graph dwarf` sample's user registers and stack copy, when it has them.
     pub stack_copy: Option<StackCopyRef<'a>>,
+}
+
+impl<'a> SampleRef<'a> {
+    /// A decoded sample (of a recording's chunk, or an owned event), at `epoch`.
+    pub fn of_host(s: &'a HostSample, epoch: u64) -> Self {
+        SampleRef {
+            epoch,
+            time_ns: s.time_ns,
+            pid: s.pid,
+            tid: s.tid,
+            cpu: s.cpu,
+            period: s.period,
+            ip: s.ip,
+            mode: s.mode,
+            callchain: Callchain::Frames(&s.callchain),
+            branches: BranchStack::Decoded(&s.branches),
+            stack_copy: None,
+        }
+    }
 }
 
 /// A sample's call chain, as its source stores it.

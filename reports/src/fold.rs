@@ -32,7 +32,7 @@ use lbrprof_data::sample::{Callchain, ChainWords, SampleRef, frames_of_key, mode
 
 use crate::aggregate::{
     AggregateOptions, Aggregator, EdgeCounts, FastHash, MAX_RANGE_BYTES, Profile, SampleCounts,
-    branch_mode,
+    branch_mode, in_batches,
 };
 
 /// Samples with one raw key, summed.
@@ -443,6 +443,45 @@ impl<'a> Folder<'a> {
             newer_from = (b.from != 0).then_some(b.from);
         }
     }
+}
+
+/// Whether the folder builds the profile for these options from any input (with or
+/// without branch stacks).
+pub(crate) fn supports(opts: &AggregateOptions) -> bool {
+    !opts.vm
+        && !opts.timeline
+        && opts.filter.comms.is_empty()
+        && opts.filter.dsos.is_empty()
+        // Raw stacks merge samples of different times.
+        && opts.filter.times.is_empty()
+        && opts.run_starts.is_empty()
+}
+
+/// The owned-event source: an event stream (an input that cannot be mapped, a live
+/// capture) folded as the mapped sources fold their chunks. Every event that is not a
+/// sample is side-band and starts an epoch. Check [`supports`] first. Stops at the first
+/// error and returns it with the profile of what came before.
+pub(crate) fn fold_events<I, E>(events: I, opts: AggregateOptions) -> (Profile, Option<E>)
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Send,
+{
+    let mut folder = Folder::new(FoldOpts::new(&opts), None);
+    let mut sideband: Vec<Event> = Vec::new();
+    let err = in_batches(events, |batch| {
+        for ev in batch {
+            match ev {
+                Event::Sample(s) => folder.add(&SampleRef::of_host(s, sideband.len() as u64)),
+                ev => sideband.push(ev.clone()),
+            }
+        }
+    });
+    let steps = sideband
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ev)| [Step::Event(ev), Step::Epoch(i as u64 + 1)]);
+    let profile = resolve(folder.into_raw(), steps, opts.clone());
+    (profile, err)
 }
 
 /// One step of the replay [`resolve`] makes, in the event stream's order.

@@ -327,6 +327,32 @@ pub(crate) mod tests {
         }
     }
 
+    /// perf.data's event stream through the folder (the road of files the mapped walk
+    /// declines) builds the aggregator's profile.
+    #[test]
+    fn folded_event_stream_builds_the_profile_the_aggregator_builds() {
+        for path in fixtures() {
+            for (lbr_call_stack, comm_root) in [(false, false), (true, false), (false, true)] {
+                let opts = AggregateOptions {
+                    lbr_call_stack,
+                    comm_root,
+                    ..AggregateOptions::default()
+                };
+                let (slow, err) =
+                    crate::aggregate_events(PerfDataReader::open(&path).unwrap(), opts.clone());
+                assert!(err.is_none(), "{err:?}");
+                let (folded, err) =
+                    crate::fold::fold_events(PerfDataReader::open(&path).unwrap(), opts);
+                assert!(err.is_none(), "{err:?}");
+                assert!(
+                    summary(&folded) == summary(&slow),
+                    "{}: profiles differ",
+                    path.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn fast_path_reads_truncated_files_as_far_as_the_event_stream() {
         let tmp = tempfile::tempdir().unwrap();

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use lbrprof_data::input::{Input, InputError};
 use lbrprof_data::model::Event;
 use lbrprof_data::recording::{self, FormatError, MappedChunks};
-use lbrprof_data::sample::{BranchStack, Callchain, SampleRef};
+use lbrprof_data::sample::SampleRef;
 use rayon::prelude::*;
 
 use crate::aggregate::{AggregateOptions, Profile};
@@ -36,13 +36,7 @@ use crate::fold::{self, FoldOpts, Folder, Step};
 
 /// Whether [`aggregate_recording`] can build the profile for these options.
 pub fn supports(opts: &AggregateOptions) -> bool {
-    !opts.vm
-        && !opts.timeline
-        && opts.filter.comms.is_empty()
-        && opts.filter.dsos.is_empty()
-        // Raw stacks merge samples of different times.
-        && opts.filter.times.is_empty()
-        && opts.run_starts.is_empty()
+    fold::supports(opts)
 }
 
 /// What the chunks folded so far (a contiguous run of them, in file order) gave.
@@ -182,19 +176,7 @@ fn fold_chunk(
         if !mapped.selects(s) {
             return;
         }
-        folder.add(&SampleRef {
-            epoch,
-            time_ns: s.time_ns,
-            pid: s.pid,
-            tid: s.tid,
-            cpu: s.cpu,
-            period: s.period,
-            ip: s.ip,
-            mode: s.mode,
-            callchain: Callchain::Frames(&s.callchain),
-            branches: BranchStack::Decoded(&s.branches),
-            stack_copy: None,
-        });
+        folder.add(&SampleRef::of_host(s, epoch));
     })?;
     Ok(())
 }
@@ -444,6 +426,45 @@ mod tests {
             );
             assert!(slow.unwrap().0.contains("late.so"));
         }
+    }
+
+    /// The owned-event source through the folder, as [`stream`].
+    fn folded_stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        let mut input = open_any(path).map_err(|e| e.to_string())?;
+        let (p, err) = fold::fold_events(input.by_ref(), opts.clone());
+        if let Some(e) = err {
+            return Err(e.to_string());
+        }
+        Ok((
+            summary(&p),
+            input.warnings(),
+            format!("{:?}", input.summary()),
+        ))
+    }
+
+    #[test]
+    fn folded_event_stream_builds_the_profile_the_aggregator_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = recording(dir.path());
+        for opts in option_sets() {
+            assert!(fold::supports(&opts));
+            let slow = stream(&path, &opts);
+            let folded = folded_stream(&path, &opts);
+            assert!(
+                slow == folded,
+                "{opts:?}: {}",
+                first_difference(&slow, &folded)
+            );
+        }
+        // A damaged chunk: the same error.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = chunk_offsets(&bytes)[4] + 20;
+        bytes[at] ^= 1;
+        let bad = dir.path().join("bad.data");
+        std::fs::write(&bad, &bytes).unwrap();
+        let opts = AggregateOptions::default();
+        let err = folded_stream(&bad, &opts).unwrap_err();
+        assert_eq!(Err(err), stream(&bad, &opts));
     }
 
     #[test]
