@@ -17,10 +17,10 @@
 //! record headers are walked; `--call-graph dwarf` stack copies unwound per sample) and
 //! [`crate::recscan`] (lbrprof.data: CRC-checked chunks in parallel).
 //!
-//! What raw keys cannot keep is left to the event stream (see each source's
-//! `supports`): times (time filters, timelines, per-run tables, pairing of `record
-//! --vm` samples), and, for samples with branch stacks, the thread and IP that
-//! `--comm`/`--dso` filters need. `--pid`/`--tid` filters are applied while folding.
+//! What raw keys cannot keep is left to the aggregator's per-event path ([`supports`]):
+//! times (timelines, per-run tables, pairing of `record --vm` samples), and, for samples
+//! with branch stacks, the thread and IP that `--comm`/`--dso` filters need.
+//! `--pid`/`--tid`/`--time` filters are applied while folding.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -31,8 +31,8 @@ use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
 use lbrprof_data::sample::{Callchain, ChainWords, SampleRef, frames_of_key, mode_code, mode_of};
 
 use crate::aggregate::{
-    AggregateOptions, Aggregator, EdgeCounts, FastHash, MAX_RANGE_BYTES, Profile, SampleCounts,
-    branch_mode, in_batches,
+    AggregateOptions, Aggregator, EdgeCounts, FastHash, Filter, MAX_RANGE_BYTES, Profile,
+    SampleCounts, branch_mode, in_batches,
 };
 
 /// Samples with one raw key, summed.
@@ -304,9 +304,8 @@ pub(crate) struct FoldOpts<'a> {
     /// Raw stacks keep the thread (for filters and root frames that need it).
     keep_tid: bool,
     lbr_call_stack: bool,
-    /// `--pid`/`--tid` (empty: all).
-    pids: &'a [u32],
-    tids: &'a [u32],
+    /// `--pid`/`--tid`/`--time` (empty: all).
+    filter: &'a Filter,
 }
 
 impl<'a> FoldOpts<'a> {
@@ -315,8 +314,7 @@ impl<'a> FoldOpts<'a> {
         FoldOpts {
             keep_tid: !f.tids.is_empty() || !f.comms.is_empty() || opts.comm_root || opts.tasks,
             lbr_call_stack: opts.lbr_call_stack,
-            pids: &f.pids,
-            tids: &f.tids,
+            filter: f,
         }
     }
 }
@@ -365,8 +363,10 @@ impl<'a> Folder<'a> {
     pub(crate) fn add(&mut self, s: &SampleRef<'_>) {
         let (opts, raw, key) = (&self.opts, &mut self.raw, &mut self.key);
         // As the aggregator's filter: a dropped sample adds nothing but this count.
-        if (!opts.pids.is_empty() && !opts.pids.contains(&s.pid))
-            || (!opts.tids.is_empty() && !opts.tids.contains(&s.tid))
+        let f = opts.filter;
+        if (!f.pids.is_empty() && !f.pids.contains(&s.pid))
+            || (!f.tids.is_empty() && !f.tids.contains(&s.tid))
+            || !f.keeps_time(s.time_ns)
         {
             raw.filtered_out += 1;
             return;
@@ -452,8 +452,7 @@ pub(crate) fn supports(opts: &AggregateOptions) -> bool {
         && !opts.timeline
         && opts.filter.comms.is_empty()
         && opts.filter.dsos.is_empty()
-        // Raw stacks merge samples of different times.
-        && opts.filter.times.is_empty()
+        // Raw stacks merge samples of different runs.
         && opts.run_starts.is_empty()
 }
 

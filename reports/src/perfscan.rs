@@ -12,7 +12,7 @@
 //! builds from the event stream.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
-//! recordings, time filters and timelines, and `--comm`/`--dso` filters on files with
+//! recordings, timelines, per-run tables, and `--comm`/`--dso` filters on files with
 //! branch stacks (raw branch tables keep neither the thread nor the IP they need).
 
 use std::collections::BTreeMap;
@@ -33,8 +33,6 @@ pub fn supports(scan: &Scan, opts: &AggregateOptions) -> bool {
     !opts.vm
         && !opts.timeline
         && opts.run_starts.is_empty()
-        // Raw stacks merge samples of different times.
-        && f.times.is_empty()
         // The raw branch tables keep neither the thread nor the IP these need.
         && ((f.comms.is_empty() && f.dsos.is_empty()) || !scan.has_branch_stacks())
 }
@@ -94,7 +92,7 @@ fn aggregate_input_chunked(
     opts: &AggregateOptions,
     chunk_size: usize,
 ) -> FastPath {
-    if opts.vm || opts.timeline || !opts.filter.times.is_empty() {
+    if opts.vm || opts.timeline || !opts.run_starts.is_empty() {
         return FastPath::NotScanned;
     }
     if input.perf_has_stack_copies() {
@@ -603,12 +601,18 @@ pub(crate) mod tests {
             // `--pid`/`--tid` filters (applied while folding) are taken.
             let branches = scan.has_branch_stacks();
             branch_files += usize::from(branches);
-            let pid = {
+            let (pid, mid) = {
                 let slow = PerfDataReader::open(&path).unwrap();
                 let (p, _) = crate::aggregate_events(slow, AggregateOptions::default());
-                p.comms.keys().next().copied().unwrap_or(1)
+                let t = &p.totals;
+                let mid = t.first_time_ns.unwrap_or(0) / 2 + t.last_time_ns / 2;
+                (p.comms.keys().next().copied().unwrap_or(1), mid)
             };
             for filter in [
+                Filter {
+                    times: vec![(mid, u64::MAX)],
+                    ..Filter::default()
+                },
                 Filter {
                     pids: vec![pid],
                     ..Filter::default()

@@ -19,8 +19,8 @@
 //! chunk kinds are skipped with the stream's warning.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
-//! recordings (pairing needs every sample in order), time filters, timelines, per-run
-//! tables, and `--comm`/`--dso` filters (they depend on the side-band state a sample
+//! recordings (pairing needs every sample in order), timelines, per-run tables, and
+//! `--comm`/`--dso` filters (they depend on the side-band state a sample
 //! meets; the raw branch tables do not keep the thread and IP they need).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -405,6 +405,15 @@ mod tests {
                     ..crate::Filter::default()
                 },
                 comm_root: true,
+                ..AggregateOptions::default()
+            },
+            AggregateOptions {
+                filter: crate::Filter {
+                    pids: vec![1],
+                    times: vec![(1_500, 3_000), (4_000, 4_200)],
+                    ..crate::Filter::default()
+                },
+                lbr_call_stack: true,
                 ..AggregateOptions::default()
             },
         ]
