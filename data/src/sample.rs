@@ -28,14 +28,16 @@ use crate::perfdata::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
 pub struct SampleRef<'a> {
     /// The side-band state it meets (see the module docs); 0: none yet.
     pub epoch: u64,
-    pub time_ns: u64,
+    // Who: the thread, and where it ran.
     pub pid: u32,
     pub tid: u32,
     pub cpu: u32,
-    /// Sample period (the event count it stands for).
-    pub period: u64,
-    pub ip: u64,
     pub mode: CpuMode,
+    // When, and how much it stands for (the sample period).
+    pub time_ns: u64,
+    pub period: u64,
+    // Where: the sampled IP, the call chain and the branches that led there.
+    pub ip: u64,
     pub callchain: Callchain<'a>,
     /// Newest entry first (perf's order); empty when none was sampled.
     pub branches: BranchStack<'a>,
@@ -48,13 +50,13 @@ impl<'a> SampleRef<'a> {
     pub fn of_host(s: &'a HostSample, epoch: u64) -> Self {
         SampleRef {
             epoch,
-            time_ns: s.time_ns,
             pid: s.pid,
             tid: s.tid,
             cpu: s.cpu,
+            mode: s.mode,
+            time_ns: s.time_ns,
             period: s.period,
             ip: s.ip,
-            mode: s.mode,
             callchain: Callchain::Frames(&s.callchain),
             branches: BranchStack::Decoded(&s.branches),
             stack_copy: None,
@@ -281,15 +283,11 @@ mod tests {
 
     #[test]
     fn mode_codes_round_trip() {
-        for m in [
-            CpuMode::Unknown,
-            CpuMode::Kernel,
-            CpuMode::User,
-            CpuMode::Hypervisor,
-            CpuMode::GuestKernel,
-            CpuMode::GuestUser,
-        ] {
-            assert_eq!(mode_of(mode_code(m)), m);
+        for code in 0..6 {
+            assert_eq!(mode_code(mode_of(code)), code);
         }
+        assert_eq!(mode_of(6), CpuMode::Unknown);
+        // The chain-encoding bits above the low byte do not change the mode.
+        assert_eq!(mode_of(2 | 1 << 8), CpuMode::User);
     }
 }

@@ -352,8 +352,22 @@ mod tests {
 
     /// The stream's profile, warnings and summary, or its error.
     fn stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        stream_through(path, opts, false)
+    }
+
+    /// The owned-event source through the folder, as [`stream`].
+    fn folded_stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        stream_through(path, opts, true)
+    }
+
+    /// [`stream`], through the folder or every event through the aggregator.
+    fn stream_through(path: &Path, opts: &AggregateOptions, folded: bool) -> Outcome {
         let mut input = open_any(path).map_err(|e| e.to_string())?;
-        let (p, err) = crate::aggregate_events(input.by_ref(), opts.clone());
+        let (p, err) = if folded {
+            fold::fold_events(input.by_ref(), opts.clone())
+        } else {
+            crate::aggregate_events(input.by_ref(), opts.clone())
+        };
         if let Some(e) = err {
             return Err(e.to_string());
         }
@@ -435,20 +449,6 @@ mod tests {
             );
             assert!(slow.unwrap().0.contains("late.so"));
         }
-    }
-
-    /// The owned-event source through the folder, as [`stream`].
-    fn folded_stream(path: &Path, opts: &AggregateOptions) -> Outcome {
-        let mut input = open_any(path).map_err(|e| e.to_string())?;
-        let (p, err) = fold::fold_events(input.by_ref(), opts.clone());
-        if let Some(e) = err {
-            return Err(e.to_string());
-        }
-        Ok((
-            summary(&p),
-            input.warnings(),
-            format!("{:?}", input.summary()),
-        ))
     }
 
     #[test]

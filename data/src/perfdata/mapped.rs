@@ -397,13 +397,13 @@ fn samples_in(
             };
             f(SampleRef {
                 epoch,
-                time_ns: raw.time_ns,
                 pid: raw.pid,
                 tid: raw.tid,
                 cpu: raw.cpu,
+                mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+                time_ns: raw.time_ns,
                 period: raw.period,
                 ip: raw.ip,
-                mode: cpu_mode(reader::CpuMode::from_misc(misc)),
                 callchain: Callchain::PerfWords(raw.callchain),
                 branches: BranchStack::PerfEntries(raw.branches),
                 stack_copy,
