@@ -26,9 +26,11 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use lbrprof_data::dwarf::{ScanCache, ScanUnwinder, UnwindStats};
-use lbrprof_data::model::{BranchKind, CpuMode, Event, HostSample};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample};
 use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
-use lbrprof_data::sample::{Callchain, ChainWords, SampleRef, frames_of_key, mode_code, mode_of};
+use lbrprof_data::sample::{
+    BranchStack, Callchain, ChainWords, SampleRef, frames_of_key, mode_code, mode_of,
+};
 
 use crate::aggregate::{
     AggregateOptions, Aggregator, EdgeCounts, FastHash, Filter, MAX_RANGE_BYTES, Profile,
@@ -325,7 +327,8 @@ pub(crate) struct Folder<'a> {
     opts: FoldOpts<'a>,
     /// Unwinds the stack copies of `--call-graph dwarf` samples.
     unwinder: Option<&'a ScanUnwinder>,
-    cache: ScanCache,
+    /// The unwinder's per-thread state, made when the first stack copy is met.
+    cache: Option<ScanCache>,
     key: Vec<u64>,
     /// The position of the last branch entry folded.
     at: u64,
@@ -337,7 +340,7 @@ impl<'a> Folder<'a> {
             raw: Raw::default(),
             opts,
             unwinder,
-            cache: ScanCache::default(),
+            cache: None,
             key: Vec::with_capacity(256),
             at: 0,
         }
@@ -393,7 +396,8 @@ impl<'a> Folder<'a> {
                 );
                 key.push(PERF_CONTEXT_USER);
                 let before = key.len();
-                let outcome = u.unwind(&mut self.cache, s.epoch, copy.regs, copy.stack, key);
+                let cache = self.cache.get_or_insert_with(ScanCache::default);
+                let outcome = u.unwind(cache, s.epoch, copy.regs, copy.stack, key);
                 raw.unwind.count(outcome, key.len() - before);
             }
             _ => s.callchain.push_key_words(key),
@@ -422,26 +426,46 @@ impl<'a> Folder<'a> {
             }
         }
         let (epoch, ctx) = (s.epoch, pid | mode << 32);
-        let pair = |a, b| PairKey { epoch, ctx, a, b };
-        let mut newer_from: Option<u64> = None;
-        for b in s.branches.iter() {
-            self.at += 1;
-            let (e, kind_at) = raw
-                .edges
-                .entry(pair(b.from, b.to))
-                .or_insert((EdgeCounts::default(), NO_KIND));
-            if e.add_entry(&b.flags) {
-                *kind_at = self.at;
+        // One loop per representation, not a match per entry.
+        match s.branches {
+            BranchStack::Decoded(b) => {
+                fold_branches(raw, &mut self.at, epoch, ctx, b.iter().copied());
             }
-            if let Some(nf) = newer_from
-                && b.to != 0
-                && b.to <= nf
-                && nf - b.to < MAX_RANGE_BYTES
-            {
-                *raw.ranges.entry((pair(b.to, nf), b.from)).or_default() += 1;
+            BranchStack::PerfEntries(_) => {
+                fold_branches(raw, &mut self.at, epoch, ctx, s.branches.iter());
             }
-            newer_from = (b.from != 0).then_some(b.from);
         }
+    }
+}
+
+/// Folds a branch stack (newest entry first) of a sample of `epoch` and `ctx` (see
+/// [`PairKey`]) into the raw edge and fall-through tables; `at` numbers the entries.
+fn fold_branches(
+    raw: &mut Raw,
+    at: &mut u64,
+    epoch: u64,
+    ctx: u64,
+    branches: impl Iterator<Item = Branch>,
+) {
+    let pair = |a, b| PairKey { epoch, ctx, a, b };
+    let mut newer_from: Option<u64> = None;
+    for b in branches {
+        *at += 1;
+        let (e, kind_at) = raw
+            .edges
+            .entry(pair(b.from, b.to))
+            .or_insert((EdgeCounts::default(), NO_KIND));
+        if e.add_entry(&b.flags) {
+            *kind_at = *at;
+        }
+        if let Some(nf) = newer_from
+            && b.to != 0
+            && b.to <= nf
+            && nf - b.to < MAX_RANGE_BYTES
+        {
+            *raw.ranges.entry((pair(b.to, nf), b.from)).or_default() += 1;
+        }
+        newer_from = (b.from != 0).then_some(b.from);
     }
 }
 
