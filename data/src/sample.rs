@@ -47,6 +47,7 @@ pub struct SampleRef<'a> {
 
 impl<'a> SampleRef<'a> {
     /// A decoded sample (of a recording's chunk, or an owned event), at `epoch`.
+    #[inline]
     pub fn of_host(s: &'a HostSample, epoch: u64) -> Self {
         SampleRef {
             epoch,
@@ -85,6 +86,7 @@ pub enum ChainWords {
 
 impl Callchain<'_> {
     /// How [`Callchain::push_key_words`] encodes this chain.
+    #[inline]
     pub fn words(&self) -> ChainWords {
         match self {
             Callchain::PerfWords(_) => ChainWords::Perf,
@@ -93,6 +95,7 @@ impl Callchain<'_> {
     }
 
     /// The perf words, each as a `u64`; none for frames.
+    #[inline]
     pub fn perf_words(&self) -> impl Iterator<Item = u64> + '_ {
         let bytes = match self {
             Callchain::PerfWords(b) => b,
@@ -102,6 +105,7 @@ impl Callchain<'_> {
     }
 
     /// Appends the chain's key words (see [`ChainWords`]) to `out`.
+    #[inline]
     pub fn push_key_words(&self, out: &mut Vec<u64>) {
         match self {
             Callchain::PerfWords(_) => out.extend(self.perf_words()),
@@ -139,6 +143,7 @@ pub enum BranchStack<'a> {
 
 impl<'a> BranchStack<'a> {
     /// The number of entries.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             BranchStack::PerfEntries(b) => b.len() / BRANCH_ENTRY_LEN,
@@ -146,11 +151,13 @@ impl<'a> BranchStack<'a> {
         }
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The entries, newest first.
+    #[inline]
     pub fn iter(&self) -> Branches<'a> {
         match *self {
             BranchStack::PerfEntries(b) => Branches::Perf(b.chunks_exact(BRANCH_ENTRY_LEN)),
@@ -184,6 +191,7 @@ pub struct StackCopyRef<'a> {
 }
 
 /// A mode as one word of a folded key (0 for [`CpuMode::Unknown`]).
+#[inline]
 pub fn mode_code(m: CpuMode) -> u64 {
     match m {
         CpuMode::Unknown => 0,
@@ -196,6 +204,7 @@ pub fn mode_code(m: CpuMode) -> u64 {
 }
 
 /// The mode of a [`mode_code`] word (its low byte); [`CpuMode::Unknown`] for others.
+#[inline]
 pub fn mode_of(code: u64) -> CpuMode {
     match code & 0xff {
         1 => CpuMode::Kernel,
