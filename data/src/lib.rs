@@ -6,6 +6,7 @@
 //! * the `lbrprof.data` recording format, writer and streaming/mapped reader ([`recording`]);
 //! * `perf.data` reading into the same model ([`perfdata`]);
 //! * input detection by magic number ([`input::open_any`]);
+//! * the borrowed sample every chunked source hands out ([`sample::SampleRef`]);
 //! * host/guest pairing policy ([`pairing`]).
 //!
 //! In the data flow capture → **data** → symbolize → aggregate → render, the capture crates
@@ -28,4 +29,5 @@ pub mod model;
 pub mod pairing;
 pub mod perfdata;
 pub mod recording;
+pub mod sample;
 pub mod snapshot;

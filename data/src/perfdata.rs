@@ -1577,11 +1577,17 @@ impl RawSample<'_> {
     pub fn branch_entries(&self, le: bool) -> impl Iterator<Item = Branch> + '_ {
         self.branches
             .chunks_exact(BRANCH_ENTRY_LEN)
-            .map(move |e| Branch {
-                from: word(&e[0..8], le),
-                to: word(&e[8..16], le),
-                flags: branch_flags(word(&e[16..24], le)),
-            })
+            .map(move |e| branch_entry(e, le))
+    }
+}
+
+/// One `struct perf_branch_entry` ([`BRANCH_ENTRY_LEN`] bytes) in the given byte order.
+#[inline]
+pub fn branch_entry(e: &[u8], le: bool) -> Branch {
+    Branch {
+        from: word(&e[0..8], le),
+        to: word(&e[8..16], le),
+        flags: branch_flags(word(&e[16..24], le)),
     }
 }
 
@@ -2020,8 +2026,8 @@ mod tests {
             {
                 for c in 0..scan.chunks() {
                     let _ = scan.for_each_sample(c, |s| {
-                        let _ = s.raw.callchain_words(true).count();
-                        let _ = s.raw.branch_entries(true).count();
+                        let _ = s.callchain.perf_words().count();
+                        let _ = s.branches.iter().count();
                     });
                 }
             }

@@ -40,8 +40,8 @@ fuzz_target!(|data: &[u8]| {
         // small chunks as it goes (decoded at once, as reports do on other threads).
         if let Ok(mut reader) = PerfDataReader::open(&path) {
             let visit = |s: lbrprof_data::perfdata::mapped::SampleRef<'_>| {
-                let _ = s.raw.callchain_words(true).count();
-                let _ = s.raw.branch_entries(true).count();
+                let _ = s.callchain.perf_words().count();
+                let _ = s.branches.iter().count();
             };
             if let Some(scan) = reader.mapped_scan_with(256, &mut |chunk| {
                 let _ = chunk.for_each_sample(visit);

@@ -929,11 +929,26 @@ where
     I: Iterator<Item = Result<Event, E>> + Send,
     E: Send,
 {
-    const BATCH: usize = 2048;
     let mut agg = Aggregator::new(opts);
+    let err = in_batches(events, |batch| {
+        for ev in batch {
+            agg.add(ev);
+        }
+    });
+    (agg.finish(), err)
+}
+
+/// Reads `events` on a second thread and hands them to `consume` in batches, in order,
+/// on this one (decoding and consuming overlap). Stops at the first error and returns it.
+pub(crate) fn in_batches<I, E>(events: I, mut consume: impl FnMut(&[Event])) -> Option<E>
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Send,
+{
+    const BATCH: usize = 2048;
     let (tx, rx) = mpsc::sync_channel::<Vec<Event>>(8);
     let (back_tx, back_rx) = mpsc::channel::<Vec<Event>>();
-    let err = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
             for ev in events {
@@ -942,7 +957,7 @@ where
                         batch.push(ev);
                         if batch.len() == BATCH {
                             // Reuse a returned batch; dropping its events here keeps the
-                            // frees off the aggregating thread.
+                            // frees off the consuming thread.
                             let next = match back_rx.try_recv() {
                                 Ok(mut b) => {
                                     b.clear();
@@ -965,14 +980,11 @@ where
             None
         });
         for batch in rx {
-            for ev in &batch {
-                agg.add(ev);
-            }
+            consume(&batch);
             let _ = back_tx.send(batch);
         }
         producer.join().unwrap_or(None)
-    });
-    (agg.finish(), err)
+    })
 }
 
 #[cfg(test)]

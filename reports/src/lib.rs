@@ -20,9 +20,11 @@
 //!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
 //!    and fall-through range. Memory grows with the variety of the data, not its length.
-//!    Reading/decoding and aggregating run on two threads. perf.data files take a
-//!    faster road when they can ([`perfscan`]): the mmapped file is aggregated in place,
-//!    chunks on every core, by raw stack, and only unique stacks are resolved.
+//!    Reading/decoding and aggregating run on two threads. Mapped inputs take a
+//!    faster road when they can: one folder (`fold.rs`) takes the borrowed samples
+//!    ([`lbrprof_data::sample::SampleRef`]) of perf.data ([`perfscan`]) and lbrprof.data
+//!    ([`recscan`]) chunks on every core, by raw stack, and only unique stacks are
+//!    resolved, through the same [`Aggregator`].
 //! 2. [`symbols`]: each unique location is symbolized once, batched per module, modules
 //!    in parallel (rayon). Reports and flame graphs name functions from symbol tables
 //!    only ([`SymbolTable::build_functions`]); file:line (DWARF, loaded lazily per
@@ -115,6 +117,7 @@ pub mod decode;
 pub mod diff;
 pub mod firefox;
 pub mod flame;
+mod fold;
 pub mod hash;
 pub mod hist;
 pub mod lbr;

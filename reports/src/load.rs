@@ -13,7 +13,7 @@ use lbrprof_symbolizer::SymbolizerOptions;
 use crate::aggregate::{AggregateOptions, Filter, Profile, aggregate_events};
 use crate::symbols::{NoSymbols, SymbolSource, SymbolTable, SymbolizerSource};
 use crate::time::TimeSpec;
-use crate::{perfscan, recscan, report, vm};
+use crate::{fold, perfscan, recscan, report, vm};
 
 /// Whether locations should be named, and with which names (BOLT wants mangled ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -455,7 +455,15 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
                     progress(n);
                 }
             });
-            let (profile, err) = prewarm_while(source.as_ref(), || aggregate_events(events, agg));
+            // The one folder when the options allow it, else every event through the
+            // aggregator.
+            let (profile, err) = prewarm_while(source.as_ref(), || {
+                if fold::supports(&agg) {
+                    fold::fold_events(events, agg)
+                } else {
+                    aggregate_events(events, agg)
+                }
+            });
             if let Some(e) = err {
                 return Err(read_error(e));
             }

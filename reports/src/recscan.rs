@@ -1,17 +1,17 @@
-//! Stage one for lbrprof.data, the fast way: the recording's chunks, mapped, checked and
-//! decoded on every core, their samples folded straight into raw tables without an
-//! [`Event`] or a `Vec` per sample; then merged and resolved once per unique raw stack.
+//! The lbrprof.data source of the one folder (`fold.rs`): the recording's chunks,
+//! mapped, checked and decoded on every core, their samples folded straight into raw
+//! tables without an [`Event`] or a `Vec` per sample; then merged and resolved once per
+//! unique raw stack.
 //!
 //! Chunks are self-delimiting and CRC-checked ([`lbrprof_data::recording`]), so the
 //! walk of their headers ([`Input::lbrprof_chunks`]) is cheap and the chunks can be
 //! checked and decoded in any order. The order that matters is kept through *epochs*,
 //! as [`crate::perfscan`] does for perf.data: a samples chunk's epoch is the number of
-//! other chunks (side-band: mappings, tasks, losses, snapshots, vCPUs...) before it, and
-//! its samples are keyed by `[epoch, pid (| tid << 32), mode, ip, (addr, mode)...]`. The
-//! side-band chunks are then replayed through an [`Aggregator`] in file order, each
-//! epoch's raw entries resolved and added right after the chunk that starts it: every
-//! sample meets the mappings and task names the event stream would have shown it, and
-//! the [`Profile`] is the one [`crate::aggregate_events`] builds from the stream.
+//! other chunks (side-band: mappings, tasks, losses, snapshots, vCPUs...) before it.
+//! The side-band chunks are then replayed in file order, each epoch's raw entries
+//! resolved and added right after the chunk that starts it: every sample meets the
+//! mappings and task names the event stream would have shown it, and the [`Profile`] is
+//! the one [`crate::aggregate_events`] builds from the stream.
 //!
 //! The stream's semantics are kept: the first damaged chunk in file order (checksum,
 //! decoding, a length over the limit, a bad summary) is the error, naming its offset; a
@@ -19,125 +19,29 @@
 //! chunk kinds are skipped with the stream's warning.
 //!
 //! Not handled here (the caller reads the event stream instead): `record --vm`
-//! recordings (pairing needs every sample in order) and `--comm`/`--dso` filters (they
-//! depend on the side-band state a sample meets; the raw branch tables do not keep the
-//! thread and IP they need). `--pid`/`--tid` filters are applied while folding.
+//! recordings (pairing needs every sample in order), timelines, per-run tables, and
+//! `--comm`/`--dso` filters (they depend on the side-band state a sample
+//! meets; the raw branch tables do not keep the thread and IP they need).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lbrprof_data::input::{Input, InputError};
-use lbrprof_data::model::{BranchKind, CpuMode, Event, Frame, HostSample};
+use lbrprof_data::model::Event;
 use lbrprof_data::recording::{self, FormatError, MappedChunks};
+use lbrprof_data::sample::SampleRef;
 use rayon::prelude::*;
 
-use crate::aggregate::{
-    AggregateOptions, Aggregator, EdgeCounts, MAX_RANGE_BYTES, Profile, branch_mode,
-};
-use crate::perfscan::{
-    Epoch, Group, Raw, add_branch_totals, apply_epoch, fold_empty, group_epochs, merge, mode_code,
-    mode_of,
-};
-
-/// Raw edges, `[epoch, pid, mode, from, to]`, with the file position (chunk index << 40
-/// | entry number) of the first entry that gave their kind: where raw edges resolve to
-/// one edge, the earliest decides its kind, as in the stream.
-type RawEdges = PairMap<(EdgeCounts, u64)>;
-
-/// Raw fall-through ranges `[start, end]` with the `from` of the branch that started
-/// them, and how often they were run.
-type RawRanges = HashMap<(PairKey, u64), u64, PairHash>;
-
-/// The key of a raw edge (`a → b`) or range (`[a, b]`): 32 million of them are looked
-/// up per million 32-entry samples, so it is compared field by field and hashed with a
-/// multiply-rotate hash rather than as a slice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct PairKey {
-    epoch: u64,
-    /// `pid | mode_code << 32` of the sample.
-    ctx: u64,
-    a: u64,
-    b: u64,
-}
-
-impl PairKey {
-    fn pid(&self) -> u32 {
-        self.ctx as u32
-    }
-    /// The mode the addresses resolve in.
-    fn mode(&self) -> CpuMode {
-        branch_mode(mode_of(self.ctx >> 32))
-    }
-}
-
-type PairMap<V> = HashMap<PairKey, V, PairHash>;
-
-/// FxHash's mixing (deterministic, a multiply and a rotate per word).
-#[derive(Clone, Copy, Default)]
-struct PairHash;
-
-impl std::hash::BuildHasher for PairHash {
-    type Hasher = PairHasher;
-    fn build_hasher(&self) -> PairHasher {
-        PairHasher(0)
-    }
-}
-
-struct PairHasher(u64);
-
-impl std::hash::Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-/// No entry gave a kind yet.
-const NO_KIND: u64 = u64::MAX;
-
-/// Merges `later` into `ranges`.
-fn merge_ranges(ranges: &mut RawRanges, later: RawRanges) {
-    for (k, n) in later {
-        *ranges.entry(k).or_default() += n;
-    }
-}
-
-/// Merges `later` into `edges`.
-fn merge_edges(edges: &mut RawEdges, later: RawEdges) {
-    for (k, (e, at)) in later {
-        let (v, v_at) = edges.entry(k).or_insert((EdgeCounts::default(), NO_KIND));
-        if v.kind == BranchKind::Unknown && e.kind != BranchKind::Unknown {
-            *v_at = at;
-        }
-        v.merge(&e);
-    }
-}
+use crate::aggregate::{AggregateOptions, Profile};
+use crate::fold::{self, FoldOpts, Folder, Step};
 
 /// Whether [`aggregate_recording`] can build the profile for these options.
 pub fn supports(opts: &AggregateOptions) -> bool {
-    !opts.vm
-        && !opts.timeline
-        && opts.filter.comms.is_empty()
-        && opts.filter.dsos.is_empty()
-        // Raw stacks merge samples of different times.
-        && opts.filter.times.is_empty()
-        && opts.run_starts.is_empty()
+    fold::supports(opts)
 }
 
 /// What the chunks folded so far (a contiguous run of them, in file order) gave.
-struct Acc {
-    raw: Raw,
-    /// Samples the `--pid`/`--tid` filter dropped.
-    filtered_out: u64,
-    edges: RawEdges,
-    ranges: RawRanges,
+struct Acc<'a> {
+    folder: Folder<'a>,
     /// The events of every non-samples chunk, by chunk index (empty for summaries and
     /// unknown kinds), in file order.
     sideband: Vec<(usize, Vec<Event>)>,
@@ -145,27 +49,21 @@ struct Acc {
     error: Option<(usize, FormatError)>,
 }
 
-impl Acc {
-    fn new() -> Self {
+impl<'a> Acc<'a> {
+    fn new(fold: FoldOpts<'a>) -> Self {
         Acc {
-            raw: fold_empty(),
-            filtered_out: 0,
-            edges: RawEdges::default(),
-            ranges: RawRanges::default(),
+            folder: Folder::new(fold, None),
             sideband: Vec::new(),
             error: None,
         }
     }
 
     /// `self` followed by `later`.
-    fn then(mut self, later: Acc) -> Acc {
+    fn then(mut self, later: Acc<'a>) -> Acc<'a> {
         if self.error.is_some() {
             return self;
         }
-        self.raw = merge(self.raw, later.raw);
-        self.filtered_out += later.filtered_out;
-        merge_edges(&mut self.edges, later.edges);
-        merge_ranges(&mut self.ranges, later.ranges);
+        self.folder = self.folder.then(later.folder);
         self.sideband.extend(later.sideband);
         self.error = later.error;
         self
@@ -195,37 +93,30 @@ pub fn aggregate_recording(
         epochs.push(n);
         n += u64::from(!c.is_samples());
     }
-    let fold = FoldOpts {
-        // Raw stacks keep the thread for root frames and for the aggregator's own
-        // filter check when they are resolved.
-        keep_tid: opts.comm_root || opts.tasks || !opts.filter.tids.is_empty(),
-        lbr_call_stack: opts.lbr_call_stack,
-        pids: &opts.filter.pids,
-        tids: &opts.filter.tids,
-    };
+    let fold = FoldOpts::new(opts);
     // Chunks after a damaged one need no work: the stream stops there.
     let first_bad = AtomicUsize::new(usize::MAX);
     let acc = (0..chunks.len())
         .into_par_iter()
-        .fold(Acc::new, |mut acc, i| {
-            if acc.error.is_some() || i > first_bad.load(Ordering::Relaxed) {
-                return acc;
-            }
-            let folded = fold_chunk(&mapped, i, epochs[i], &fold, &mut acc);
-            // Resident memory follows the chunks being folded, not the file.
-            mapped.release(&mapped.chunks()[i]);
-            if let Err(e) = folded {
-                first_bad.fetch_min(i, Ordering::Relaxed);
-                acc.error = Some((i, e));
-            }
-            acc
-        })
-        .reduce(Acc::new, Acc::then);
+        .fold(
+            || Acc::new(fold),
+            |mut acc, i| {
+                if acc.error.is_some() || i > first_bad.load(Ordering::Relaxed) {
+                    return acc;
+                }
+                let folded = fold_chunk(&mapped, i, epochs[i], &mut acc);
+                // Resident memory follows the chunks being folded, not the file.
+                mapped.release(&mapped.chunks()[i]);
+                if let Err(e) = folded {
+                    first_bad.fetch_min(i, Ordering::Relaxed);
+                    acc.error = Some((i, e));
+                }
+                acc
+            },
+        )
+        .reduce(|| Acc::new(fold), Acc::then);
     let Acc {
-        raw,
-        filtered_out,
-        edges,
-        ranges,
+        folder,
         sideband,
         error,
     } = acc;
@@ -246,28 +137,23 @@ pub fn aggregate_recording(
     if let Some(e) = mapped.take_tail_error() {
         return Err(e.into());
     }
-    let mut profile = resolve(raw, edges, ranges, sideband, &epochs, opts.clone());
-    profile.totals.filtered_out += filtered_out;
-    Ok(Some(profile))
+    // Side-band chunks in file order, each followed by the epoch it starts.
+    let steps = sideband.iter().flat_map(|(i, events)| {
+        events
+            .iter()
+            .map(Step::Event)
+            .chain(std::iter::once(Step::Epoch(epochs[*i] + 1)))
+    });
+    Ok(Some(fold::resolve(folder.into_raw(), steps, opts.clone())))
 }
 
 /// Checks chunk `i` and folds it into `acc`: samples into the raw tables, anything else
 /// decoded into events for the replay.
-/// How samples are folded.
-struct FoldOpts<'a> {
-    keep_tid: bool,
-    lbr_call_stack: bool,
-    /// `--pid`/`--tid` (empty: all).
-    pids: &'a [u32],
-    tids: &'a [u32],
-}
-
 fn fold_chunk(
     mapped: &MappedChunks,
     i: usize,
     epoch: u64,
-    fold: &FoldOpts<'_>,
-    acc: &mut Acc,
+    acc: &mut Acc<'_>,
 ) -> Result<(), FormatError> {
     let c = &mapped.chunks()[i];
     let payload = mapped.payload(c)?;
@@ -283,195 +169,16 @@ fn fold_chunk(
     }
     // Straight into the run's tables: a chunk that fails to decode makes the whole
     // read an error, so what it added before failing is never used.
-    let mut key: Vec<u64> = Vec::with_capacity(256);
-    let mut at = (i as u64) << 40;
-    let Acc {
-        raw,
-        edges,
-        ranges,
-        filtered_out,
-        ..
-    } = acc;
+    let folder = &mut acc.folder;
+    folder.start_chunk(i);
     recording::for_each_sample_of(c.offset, c.kind, payload, |s| {
         // Another event's sample (`--event NAME`): the stream would not give it.
         if !mapped.selects(s) {
             return;
         }
-        // As the aggregator's filter: a dropped sample adds nothing but this count.
-        if (!fold.pids.is_empty() && !fold.pids.contains(&s.pid))
-            || (!fold.tids.is_empty() && !fold.tids.contains(&s.tid))
-        {
-            *filtered_out += 1;
-            return;
-        }
-        fold_sample(raw, &mut key, epoch, fold.keep_tid, fold.lbr_call_stack, s);
-        fold_branches(edges, ranges, &mut at, epoch, s);
+        folder.add(&SampleRef::of_host(s, epoch));
     })?;
     Ok(())
-}
-
-fn fold_sample(
-    raw: &mut Raw,
-    key: &mut Vec<u64>,
-    epoch: u64,
-    keep_tid: bool,
-    lbr_call_stack: bool,
-    s: &HostSample,
-) {
-    let tid = if keep_tid { u64::from(s.tid) << 32 } else { 0 };
-    let mode = mode_code(s.mode);
-    key.clear();
-    key.extend([epoch, u64::from(s.pid) | tid, mode, s.ip]);
-    for f in &s.callchain {
-        key.extend([f.addr, mode_code(f.mode)]);
-    }
-    let (g, new) = raw.stacks.entry(key, || Group::new(s.period, s.time_ns));
-    if !new {
-        g.add(s.period, s.time_ns);
-    }
-    if s.branches.is_empty() {
-        return;
-    }
-    let n = s.branches.len() as u64;
-    raw.branch_entries += n;
-    raw.samples_with_branches += 1;
-    raw.max_branch_depth = raw.max_branch_depth.max(n);
-    let pid = u64::from(s.pid);
-    if lbr_call_stack {
-        key.clear();
-        key.extend([epoch, pid, mode, s.ip]);
-        key.extend(s.branches.iter().map(|b| b.from));
-        let (g, new) = raw
-            .lbr_stacks
-            .entry(key, || Group::new(s.period, s.time_ns));
-        if !new {
-            g.add(s.period, s.time_ns);
-        }
-    }
-}
-
-/// Folds the branch stack of `s` into the raw edge and fall-through tables; `at` numbers
-/// the entries.
-fn fold_branches(
-    edges: &mut RawEdges,
-    ranges: &mut RawRanges,
-    at: &mut u64,
-    epoch: u64,
-    s: &HostSample,
-) {
-    let ctx = u64::from(s.pid) | mode_code(s.mode) << 32;
-    let key = |a, b| PairKey { epoch, ctx, a, b };
-    let mut newer_from: Option<u64> = None;
-    for b in &s.branches {
-        *at += 1;
-        let (e, kind_at) = edges
-            .entry(key(b.from, b.to))
-            .or_insert((EdgeCounts::default(), NO_KIND));
-        if e.add_entry(&b.flags) {
-            *kind_at = *at;
-        }
-        if let Some(nf) = newer_from
-            && b.to != 0
-            && b.to <= nf
-            && nf - b.to < MAX_RANGE_BYTES
-        {
-            *ranges.entry((key(b.to, nf), b.from)).or_default() += 1;
-        }
-        newer_from = (b.from != 0).then_some(b.from);
-    }
-}
-
-/// One epoch's raw edges (with the file position that gave their kind) and ranges.
-#[derive(Default)]
-struct EpochBranches {
-    edges: Vec<(u64, PairKey, EdgeCounts)>,
-    ranges: Vec<((PairKey, u64), u64)>,
-}
-
-/// Adds one epoch's raw entries.
-fn apply_raw(agg: &mut Aggregator, entries: Option<Epoch>, branches: Option<EpochBranches>) {
-    if let Some(e) = entries {
-        apply_epoch(agg, e, frames);
-    }
-    if let Some(mut b) = branches {
-        // File order, so the earliest entry decides a shared edge's kind.
-        b.edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
-        for (_, k, c) in b.edges {
-            agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, &c);
-        }
-        for ((k, origin), n) in b.ranges {
-            agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
-        }
-    }
-}
-
-/// A raw stack's call chain: `(addr, mode)` word pairs.
-fn frames(words: &[u64], _mode: CpuMode) -> Vec<Frame> {
-    words
-        .chunks_exact(2)
-        .map(|p| Frame {
-            addr: p[0],
-            mode: mode_of(p[1]),
-        })
-        .collect()
-}
-
-/// Replays the side-band events in file order, each epoch's raw entries right after the
-/// chunk that starts it.
-fn resolve(
-    raw: Raw,
-    edges: RawEdges,
-    ranges: RawRanges,
-    sideband: Vec<(usize, Vec<Event>)>,
-    epochs: &[u64],
-    opts: AggregateOptions,
-) -> Profile {
-    let (mut by_epoch, totals) = group_epochs(raw);
-    let mut edges_by_epoch: HashMap<u64, EpochBranches> = HashMap::new();
-    for (k, (e, at)) in edges {
-        edges_by_epoch
-            .entry(k.epoch)
-            .or_default()
-            .edges
-            .push((at, k, e));
-    }
-    for (k, n) in ranges {
-        edges_by_epoch
-            .entry(k.0.epoch)
-            .or_default()
-            .ranges
-            .push((k, n));
-    }
-    let mut agg = Aggregator::new(opts);
-    let mut apply = |agg: &mut Aggregator, epoch: u64| {
-        apply_raw(agg, by_epoch.remove(&epoch), edges_by_epoch.remove(&epoch));
-    };
-    apply(&mut agg, 0);
-    for (i, events) in sideband {
-        for ev in &events {
-            agg.add(ev);
-        }
-        // The chunk after this one starts epoch epochs[i] + 1.
-        apply(&mut agg, epochs[i] + 1);
-    }
-    // (Every epoch starts after a chunk; nothing is left.)
-    let mut rest: Vec<u64> = by_epoch
-        .keys()
-        .chain(edges_by_epoch.keys())
-        .copied()
-        .collect();
-    rest.sort_unstable();
-    rest.dedup();
-    for epoch in rest {
-        apply_raw(
-            &mut agg,
-            by_epoch.remove(&epoch),
-            edges_by_epoch.remove(&epoch),
-        );
-    }
-    let mut profile = agg.finish();
-    add_branch_totals(&mut profile, totals);
-    profile
 }
 
 #[cfg(test)]
@@ -645,8 +352,22 @@ mod tests {
 
     /// The stream's profile, warnings and summary, or its error.
     fn stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        stream_through(path, opts, false)
+    }
+
+    /// The owned-event source through the folder, as [`stream`].
+    fn folded_stream(path: &Path, opts: &AggregateOptions) -> Outcome {
+        stream_through(path, opts, true)
+    }
+
+    /// [`stream`], through the folder or every event through the aggregator.
+    fn stream_through(path: &Path, opts: &AggregateOptions, folded: bool) -> Outcome {
         let mut input = open_any(path).map_err(|e| e.to_string())?;
-        let (p, err) = crate::aggregate_events(input.by_ref(), opts.clone());
+        let (p, err) = if folded {
+            fold::fold_events(input.by_ref(), opts.clone())
+        } else {
+            crate::aggregate_events(input.by_ref(), opts.clone())
+        };
         if let Some(e) = err {
             return Err(e.to_string());
         }
@@ -700,6 +421,15 @@ mod tests {
                 comm_root: true,
                 ..AggregateOptions::default()
             },
+            AggregateOptions {
+                filter: crate::Filter {
+                    pids: vec![1],
+                    times: vec![(1_500, 3_000), (4_000, 4_200)],
+                    ..crate::Filter::default()
+                },
+                lbr_call_stack: true,
+                ..AggregateOptions::default()
+            },
         ]
     }
 
@@ -719,6 +449,31 @@ mod tests {
             );
             assert!(slow.unwrap().0.contains("late.so"));
         }
+    }
+
+    #[test]
+    fn folded_event_stream_builds_the_profile_the_aggregator_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = recording(dir.path());
+        for opts in option_sets() {
+            assert!(fold::supports(&opts));
+            let slow = stream(&path, &opts);
+            let folded = folded_stream(&path, &opts);
+            assert!(
+                slow == folded,
+                "{opts:?}: {}",
+                first_difference(&slow, &folded)
+            );
+        }
+        // A damaged chunk: the same error.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = chunk_offsets(&bytes)[4] + 20;
+        bytes[at] ^= 1;
+        let bad = dir.path().join("bad.data");
+        std::fs::write(&bad, &bytes).unwrap();
+        let opts = AggregateOptions::default();
+        let err = folded_stream(&bad, &opts).unwrap_err();
+        assert_eq!(Err(err), stream(&bad, &opts));
     }
 
     #[test]

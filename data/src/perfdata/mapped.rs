@@ -43,7 +43,9 @@ use linux_perf_data::linux_perf_event_reader::{
 use memmap2::Mmap;
 
 use super::{ImportStats, SampleLayout, abi, cpu_mode, decode_sample_raw};
-use crate::model::{CpuMode, Event, TaskEvent};
+use crate::model::{Event, TaskEvent};
+pub use crate::sample::SampleRef;
+use crate::sample::{BranchStack, Callchain, StackCopyRef};
 
 pub use super::RawSample;
 
@@ -165,19 +167,6 @@ fn le_word_from_end(body: &[u8], from_end: usize) -> Option<u64> {
 pub enum ScanError {
     #[error("sample at data offset {offset:#x}: {what}")]
     Sample { offset: usize, what: &'static str },
-}
-
-/// One sample, decoded in place.
-#[derive(Clone, Copy, Debug)]
-pub struct SampleRef<'a> {
-    /// Its epoch: 0 when no state-changing side-band event (see [`changes_state`]) of its
-    /// process precedes it, else the epoch [`Scan::sideband_epochs`] gives the last one.
-    pub epoch: u64,
-    /// The sample's cpumode (`PERF_RECORD_MISC_*`).
-    pub mode: CpuMode,
-    pub raw: RawSample<'a>,
-    /// Its attribute's `sample_regs_user` (which registers `raw.user_regs` holds).
-    pub regs_user: u64,
 }
 
 /// Whether a side-band event changes how later samples resolve or are filtered
@@ -397,11 +386,27 @@ fn samples_in(
             let keys = last.as_ref().map_or(&[][..], |(_, k)| &k[..]);
             let before = keys.partition_point(|k| *k < key);
             let epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
+            let stack_copy = if stack_copies {
+                raw.user_regs(true, layout.regs_user)
+                    .map(|regs| StackCopyRef {
+                        regs,
+                        stack: raw.user_stack,
+                    })
+            } else {
+                None
+            };
             f(SampleRef {
                 epoch,
+                pid: raw.pid,
+                tid: raw.tid,
+                cpu: raw.cpu,
                 mode: cpu_mode(reader::CpuMode::from_misc(misc)),
-                raw,
-                regs_user: layout.regs_user,
+                time_ns: raw.time_ns,
+                period: raw.period,
+                ip: raw.ip,
+                callchain: Callchain::PerfWords(raw.callchain),
+                branches: BranchStack::PerfEntries(raw.branches),
+                stack_copy,
             });
         }
         at += size;

@@ -1,0 +1,635 @@
+//! The one folder of chunked sources: samples ([`SampleRef`], borrowed from a mapped
+//! perf.data file or a recording's chunks) folded into tables keyed by the *raw* sample,
+//! then resolved once per unique key through an [`Aggregator`].
+//!
+//! A [`Folder`] takes the samples of one or more chunks, on any thread, into a [`Raw`]:
+//! stacks keyed `[epoch, pid (| tid << 32), mode (| chain encoding << 8), ip, chain
+//! words...]`, LBR call stacks `[epoch, pid, mode, ip, from...]`, branch edges and
+//! fall-through ranges keyed by [`PairKey`]. [`Raw`]s of different chunks merge in any
+//! order. [`resolve`] then replays the side-band events (mappings, tasks, losses) in the
+//! order the event stream gives them, adding each epoch's raw entries right after the
+//! step that starts it ([`Step`]): every sample meets the mappings and task names the
+//! stream would have shown it, and the [`Profile`] is the one
+//! [`crate::aggregate_events`] builds from the stream, at a fraction of the cost, since
+//! only unique raw keys are ever resolved.
+//!
+//! The sources drive it: [`crate::perfscan`] (perf.data: chunks handed out while the
+//! record headers are walked; `--call-graph dwarf` stack copies unwound per sample) and
+//! [`crate::recscan`] (lbrprof.data: CRC-checked chunks in parallel).
+//!
+//! What raw keys cannot keep is left to the aggregator's per-event path ([`supports`]):
+//! times (timelines, per-run tables, pairing of `record --vm` samples), and, for samples
+//! with branch stacks, the thread and IP that `--comm`/`--dso` filters need.
+//! `--pid`/`--tid`/`--time` filters are applied while folding.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use lbrprof_data::dwarf::{ScanCache, ScanUnwinder, UnwindStats};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample};
+use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
+use lbrprof_data::sample::{
+    BranchStack, Callchain, ChainWords, SampleRef, frames_of_key, mode_code, mode_of,
+};
+
+use crate::aggregate::{
+    AggregateOptions, Aggregator, EdgeCounts, FastHash, Filter, MAX_RANGE_BYTES, Profile,
+    SampleCounts, branch_mode, in_batches,
+};
+
+/// Samples with one raw key, summed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Group {
+    samples: u64,
+    weight: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Group {
+    fn new(weight: u64, time: u64) -> Self {
+        Group {
+            samples: 1,
+            weight,
+            first: time,
+            last: time,
+        }
+    }
+    fn add(&mut self, weight: u64, time: u64) {
+        self.samples += 1;
+        self.weight += weight;
+        self.first = self.first.min(time);
+        self.last = self.last.max(time);
+    }
+    fn merge(&mut self, o: &Group) {
+        self.samples += o.samples;
+        self.weight += o.weight;
+        self.first = self.first.min(o.first);
+        self.last = self.last.max(o.last);
+    }
+}
+
+/// Raw stack keys start `[epoch, pid | tid << 32, mode | chain << 8, ip]`.
+const HEAD: usize = 4;
+
+/// The chain-encoding bit of a raw stack's mode word: its words are perf's.
+const PERF_CHAIN: u64 = 1 << 8;
+
+/// A table keyed by word slices (open addressing, linear probing): `std`'s `HashMap`
+/// would hash each new key twice (lookup by slice, then insert by box), and merging
+/// would hash every key again.
+pub(crate) struct WordMap<V> {
+    /// Indices into `entries`, `EMPTY` where free; a power of two long.
+    slots: Vec<u32>,
+    /// `(hash, key, value)`, in insertion order.
+    entries: Vec<(u64, Box<[u64]>, V)>,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl<V> WordMap<V> {
+    fn new() -> Self {
+        WordMap {
+            slots: vec![EMPTY; 1024],
+            entries: Vec::new(),
+        }
+    }
+
+    fn hash(key: &[u64]) -> u64 {
+        FastHash.hash_one(key)
+    }
+
+    /// The value of `key`, inserted with `init` when missing; `true` when inserted.
+    fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+        let h = Self::hash(key);
+        match self.find(h, key) {
+            Ok(e) => (&mut self.entries[e].2, false),
+            Err(slot) => (self.insert_at(slot, h, key.into(), init()), true),
+        }
+    }
+
+    /// Adds `value` under `key` (hashed `h`) when the key is new; else gives it back with
+    /// the value already there. (A merge moves the boxed key in instead of copying it.)
+    fn entry_owned(&mut self, h: u64, key: Box<[u64]>, value: V) -> Option<(&mut V, V)> {
+        match self.find(h, &key) {
+            Ok(e) => Some((&mut self.entries[e].2, value)),
+            Err(slot) => {
+                self.insert_at(slot, h, key, value);
+                None
+            }
+        }
+    }
+
+    /// The entry of `key` (hashed `h`), or the free slot where it goes (the table has
+    /// room for one more entry afterwards).
+    fn find(&mut self, h: u64, key: &[u64]) -> Result<usize, usize> {
+        if (self.entries.len() + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == EMPTY {
+                return Err(i);
+            }
+            let e = &self.entries[slot as usize];
+            if e.0 == h && *e.1 == *key {
+                return Ok(slot as usize);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert_at(&mut self, slot: usize, h: u64, key: Box<[u64]>, value: V) -> &mut V {
+        self.slots[slot] = self.entries.len() as u32;
+        self.entries.push((h, key, value));
+        let last = self.entries.len() - 1;
+        &mut self.entries[last].2
+    }
+
+    fn grow(&mut self) {
+        let n = self.slots.len() * 2;
+        self.slots = vec![EMPTY; n];
+        let mask = n - 1;
+        for (k, e) in self.entries.iter().enumerate() {
+            let mut i = e.0 as usize & mask;
+            while self.slots[i] != EMPTY {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = k as u32;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn into_entries(self) -> Vec<(u64, Box<[u64]>, V)> {
+        self.entries
+    }
+}
+
+/// The key of a raw edge (`a → b`) or range (`[a, b]`): 32 million of them are looked
+/// up per million 32-entry samples, so it is compared field by field and hashed with a
+/// multiply-rotate hash rather than as a slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PairKey {
+    epoch: u64,
+    /// `pid | mode_code << 32` of the sample.
+    ctx: u64,
+    a: u64,
+    b: u64,
+}
+
+impl PairKey {
+    fn pid(&self) -> u32 {
+        self.ctx as u32
+    }
+    /// The mode the addresses resolve in.
+    fn mode(&self) -> CpuMode {
+        branch_mode(mode_of(self.ctx >> 32))
+    }
+}
+
+type PairMap<V> = HashMap<PairKey, V, PairHash>;
+
+/// FxHash's mixing (deterministic, a multiply and a rotate per word).
+#[derive(Clone, Copy, Default)]
+struct PairHash;
+
+impl BuildHasher for PairHash {
+    type Hasher = PairHasher;
+    fn build_hasher(&self) -> PairHasher {
+        PairHasher(0)
+    }
+}
+
+struct PairHasher(u64);
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+/// No entry gave a kind yet.
+const NO_KIND: u64 = u64::MAX;
+
+/// What samples fold into: per chunk, or merged, per part of the file or the whole.
+pub(crate) struct Raw {
+    stacks: WordMap<Group>,
+    /// `[epoch, pid, mode, ip, from...]` of LBR call stacks.
+    lbr_stacks: WordMap<Group>,
+    /// Raw edges, with the position (chunk index << 40 | entry number) of the first
+    /// entry that gave their kind: where raw edges resolve to one edge, the earliest
+    /// decides its kind, as in the stream.
+    edges: PairMap<(EdgeCounts, u64)>,
+    /// Raw fall-through ranges `[start, end]` with the `from` of the branch that started
+    /// them, and how often they were run.
+    ranges: HashMap<(PairKey, u64), u64, PairHash>,
+    pub(crate) branch_entries: u64,
+    samples_with_branches: u64,
+    max_branch_depth: u64,
+    /// Samples the `--pid`/`--tid` filter dropped.
+    filtered_out: u64,
+    /// How the stack copies of `--call-graph dwarf` samples unwound.
+    pub(crate) unwind: UnwindStats,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            stacks: WordMap::new(),
+            lbr_stacks: WordMap::new(),
+            edges: PairMap::default(),
+            ranges: HashMap::default(),
+            branch_entries: 0,
+            samples_with_branches: 0,
+            max_branch_depth: 0,
+            filtered_out: 0,
+            unwind: UnwindStats::default(),
+        }
+    }
+}
+
+impl Raw {
+    /// `self` and `other` (another part of the input) together, in either order: an
+    /// edge's kind goes by the recorded positions.
+    pub(crate) fn merge(mut self, later: Raw) -> Raw {
+        for (h, k, g) in later.stacks.into_entries() {
+            if let Some((v, g)) = self.stacks.entry_owned(h, k, g) {
+                v.merge(&g);
+            }
+        }
+        for (h, k, g) in later.lbr_stacks.into_entries() {
+            if let Some((v, g)) = self.lbr_stacks.entry_owned(h, k, g) {
+                v.merge(&g);
+            }
+        }
+        for (k, (e, at)) in later.edges {
+            let (v, v_at) = self
+                .edges
+                .entry(k)
+                .or_insert((EdgeCounts::default(), NO_KIND));
+            // The earlier entry's kind, whichever part holds it.
+            let earlier = e.kind != BranchKind::Unknown && at < *v_at;
+            v.merge(&e);
+            if earlier {
+                v.kind = e.kind;
+                *v_at = at;
+            }
+        }
+        for (k, n) in later.ranges {
+            *self.ranges.entry(k).or_default() += n;
+        }
+        self.branch_entries += later.branch_entries;
+        self.samples_with_branches += later.samples_with_branches;
+        self.max_branch_depth = self.max_branch_depth.max(later.max_branch_depth);
+        self.filtered_out += later.filtered_out;
+        self.unwind.add(&later.unwind);
+        self
+    }
+}
+
+/// What folding keeps of the aggregation options.
+#[derive(Clone, Copy)]
+pub(crate) struct FoldOpts<'a> {
+    /// Raw stacks keep the thread (for filters and root frames that need it).
+    keep_tid: bool,
+    lbr_call_stack: bool,
+    /// `--pid`/`--tid`/`--time` (empty: all).
+    filter: &'a Filter,
+}
+
+impl<'a> FoldOpts<'a> {
+    pub(crate) fn new(opts: &'a AggregateOptions) -> Self {
+        let f = &opts.filter;
+        FoldOpts {
+            keep_tid: !f.tids.is_empty() || !f.comms.is_empty() || opts.comm_root || opts.tasks,
+            lbr_call_stack: opts.lbr_call_stack,
+            filter: f,
+        }
+    }
+}
+
+/// Folds samples into a [`Raw`].
+pub(crate) struct Folder<'a> {
+    raw: Raw,
+    opts: FoldOpts<'a>,
+    /// Unwinds the stack copies of `--call-graph dwarf` samples.
+    unwinder: Option<&'a ScanUnwinder>,
+    /// The unwinder's per-thread state, made when the first stack copy is met.
+    cache: Option<ScanCache>,
+    key: Vec<u64>,
+    /// The position of the last branch entry folded.
+    at: u64,
+}
+
+impl<'a> Folder<'a> {
+    pub(crate) fn new(opts: FoldOpts<'a>, unwinder: Option<&'a ScanUnwinder>) -> Self {
+        Folder {
+            raw: Raw::default(),
+            opts,
+            unwinder,
+            cache: None,
+            key: Vec::with_capacity(256),
+            at: 0,
+        }
+    }
+
+    /// The samples that follow are chunk `index`'s (in input order: it numbers the
+    /// positions that decide an edge's kind).
+    pub(crate) fn start_chunk(&mut self, index: usize) {
+        self.at = (index as u64) << 40;
+    }
+
+    pub(crate) fn into_raw(self) -> Raw {
+        self.raw
+    }
+
+    /// `self`, followed by the samples `later` folded.
+    pub(crate) fn then(mut self, later: Folder<'_>) -> Self {
+        self.raw = self.raw.merge(later.raw);
+        self
+    }
+
+    /// Folds one sample.
+    pub(crate) fn add(&mut self, s: &SampleRef<'_>) {
+        let (opts, raw, key) = (&self.opts, &mut self.raw, &mut self.key);
+        // As the aggregator's filter: a dropped sample adds nothing but this count.
+        let f = opts.filter;
+        if (!f.pids.is_empty() && !f.pids.contains(&s.pid))
+            || (!f.tids.is_empty() && !f.tids.contains(&s.tid))
+            || !f.keeps_time(s.time_ns)
+        {
+            raw.filtered_out += 1;
+            return;
+        }
+        let tid = if opts.keep_tid {
+            u64::from(s.tid) << 32
+        } else {
+            0
+        };
+        let mode = mode_code(s.mode);
+        let chain = match s.callchain.words() {
+            ChainWords::Perf => PERF_CHAIN,
+            ChainWords::Frames => 0,
+        };
+        key.clear();
+        key.extend([s.epoch, u64::from(s.pid) | tid, mode | chain, s.ip]);
+        match (self.unwinder, s.stack_copy, s.callchain) {
+            (Some(u), Some(copy), Callchain::PerfWords(_)) => {
+                // The kernel's part of the call chain, then the walk of the copy.
+                key.extend(
+                    s.callchain
+                        .perf_words()
+                        .take_while(|&w| w != PERF_CONTEXT_USER),
+                );
+                key.push(PERF_CONTEXT_USER);
+                let before = key.len();
+                let cache = self.cache.get_or_insert_with(ScanCache::default);
+                let outcome = u.unwind(cache, s.epoch, copy.regs, copy.stack, key);
+                raw.unwind.count(outcome, key.len() - before);
+            }
+            _ => s.callchain.push_key_words(key),
+        }
+        let (g, new) = raw.stacks.entry(key, || Group::new(s.period, s.time_ns));
+        if !new {
+            g.add(s.period, s.time_ns);
+        }
+        if s.branches.is_empty() {
+            return;
+        }
+        let n = s.branches.len() as u64;
+        raw.branch_entries += n;
+        raw.samples_with_branches += 1;
+        raw.max_branch_depth = raw.max_branch_depth.max(n);
+        let pid = u64::from(s.pid);
+        if opts.lbr_call_stack {
+            key.clear();
+            key.extend([s.epoch, pid, mode, s.ip]);
+            key.extend(s.branches.iter().map(|b| b.from));
+            let (g, new) = raw
+                .lbr_stacks
+                .entry(key, || Group::new(s.period, s.time_ns));
+            if !new {
+                g.add(s.period, s.time_ns);
+            }
+        }
+        let (epoch, ctx) = (s.epoch, pid | mode << 32);
+        // One loop per representation, not a match per entry.
+        match s.branches {
+            BranchStack::Decoded(b) => {
+                fold_branches(raw, &mut self.at, epoch, ctx, b.iter().copied());
+            }
+            BranchStack::PerfEntries(_) => {
+                fold_branches(raw, &mut self.at, epoch, ctx, s.branches.iter());
+            }
+        }
+    }
+}
+
+/// Folds a branch stack (newest entry first) of a sample of `epoch` and `ctx` (see
+/// [`PairKey`]) into the raw edge and fall-through tables; `at` numbers the entries.
+fn fold_branches(
+    raw: &mut Raw,
+    at: &mut u64,
+    epoch: u64,
+    ctx: u64,
+    branches: impl Iterator<Item = Branch>,
+) {
+    let pair = |a, b| PairKey { epoch, ctx, a, b };
+    let mut newer_from: Option<u64> = None;
+    for b in branches {
+        *at += 1;
+        let (e, kind_at) = raw
+            .edges
+            .entry(pair(b.from, b.to))
+            .or_insert((EdgeCounts::default(), NO_KIND));
+        if e.add_entry(&b.flags) {
+            *kind_at = *at;
+        }
+        if let Some(nf) = newer_from
+            && b.to != 0
+            && b.to <= nf
+            && nf - b.to < MAX_RANGE_BYTES
+        {
+            *raw.ranges.entry((pair(b.to, nf), b.from)).or_default() += 1;
+        }
+        newer_from = (b.from != 0).then_some(b.from);
+    }
+}
+
+/// Whether the folder builds the profile for these options from any input (with or
+/// without branch stacks).
+pub(crate) fn supports(opts: &AggregateOptions) -> bool {
+    !opts.vm
+        && !opts.timeline
+        && opts.filter.comms.is_empty()
+        && opts.filter.dsos.is_empty()
+        // Raw stacks merge samples of different runs.
+        && opts.run_starts.is_empty()
+}
+
+/// The owned-event source: an event stream (an input that cannot be mapped, a live
+/// capture) folded as the mapped sources fold their chunks. Every event that is not a
+/// sample is side-band and starts an epoch. Check [`supports`] first. Stops at the first
+/// error and returns it with the profile of what came before.
+pub(crate) fn fold_events<I, E>(events: I, opts: AggregateOptions) -> (Profile, Option<E>)
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Send,
+{
+    let mut folder = Folder::new(FoldOpts::new(&opts), None);
+    let mut sideband: Vec<Event> = Vec::new();
+    let err = in_batches(events, |batch| {
+        for ev in batch {
+            match ev {
+                Event::Sample(s) => folder.add(&SampleRef::of_host(s, sideband.len() as u64)),
+                ev => sideband.push(ev.clone()),
+            }
+        }
+    });
+    let steps = sideband
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ev)| [Step::Event(ev), Step::Epoch(i as u64 + 1)]);
+    let profile = resolve(folder.into_raw(), steps, opts.clone());
+    (profile, err)
+}
+
+/// One step of the replay [`resolve`] makes, in the event stream's order.
+pub(crate) enum Step<'e> {
+    /// A side-band event.
+    Event(&'e Event),
+    /// The samples of this epoch (they resolve against the state the events so far
+    /// built).
+    Epoch(u64),
+}
+
+/// Per epoch, the raw entries to add before the side-band state changes again.
+#[derive(Default)]
+struct Epoch {
+    stacks: Vec<(Box<[u64]>, Group)>,
+    lbr_stacks: Vec<(Box<[u64]>, Group)>,
+    /// With the position that gave their kind.
+    edges: Vec<(u64, PairKey, EdgeCounts)>,
+    ranges: Vec<((PairKey, u64), u64)>,
+}
+
+/// The profile of `raw`: the side-band events replayed through an [`Aggregator`] in
+/// `steps`' order, each epoch's raw entries added at its [`Step::Epoch`] (epoch 0 first;
+/// epochs no step names last, in order).
+pub(crate) fn resolve<'e>(
+    raw: Raw,
+    steps: impl IntoIterator<Item = Step<'e>>,
+    opts: AggregateOptions,
+) -> Profile {
+    let totals = [
+        raw.branch_entries,
+        raw.samples_with_branches,
+        raw.max_branch_depth,
+        raw.filtered_out,
+    ];
+    let raw_stacks = raw.stacks.len();
+    let mut epochs: HashMap<u64, Epoch> = HashMap::new();
+    for (_, k, g) in raw.stacks.into_entries() {
+        epochs.entry(k[0]).or_default().stacks.push((k, g));
+    }
+    for (_, k, g) in raw.lbr_stacks.into_entries() {
+        epochs.entry(k[0]).or_default().lbr_stacks.push((k, g));
+    }
+    for (k, (e, at)) in raw.edges {
+        epochs.entry(k.epoch).or_default().edges.push((at, k, e));
+    }
+    for (k, n) in raw.ranges {
+        epochs.entry(k.0.epoch).or_default().ranges.push((k, n));
+    }
+    let mut agg = Aggregator::new(opts);
+    // Raw stacks resolve to at most as many stacks (those that differ only in their
+    // epoch, or in their thread, resolve to one).
+    agg.reserve_stacks(raw_stacks);
+    if let Some(e) = epochs.remove(&0) {
+        apply_epoch(&mut agg, e);
+    }
+    for step in steps {
+        match step {
+            Step::Event(ev) => agg.add(ev),
+            Step::Epoch(id) => {
+                if let Some(e) = epochs.remove(&id) {
+                    apply_epoch(&mut agg, e);
+                }
+            }
+        }
+    }
+    // (Every epoch has its step; nothing is left unless the source is inconsistent.)
+    let mut rest: Vec<_> = epochs.into_iter().collect();
+    rest.sort_unstable_by_key(|(id, _)| *id);
+    for (_, e) in rest {
+        apply_epoch(&mut agg, e);
+    }
+    let mut profile = agg.finish();
+    let t = &mut profile.totals;
+    t.branch_entries += totals[0];
+    t.samples_with_branches += totals[1];
+    t.max_branch_depth = t.max_branch_depth.max(totals[2]);
+    t.filtered_out += totals[3];
+    profile
+}
+
+/// Adds an epoch's raw entries.
+fn apply_epoch(agg: &mut Aggregator, mut e: Epoch) {
+    let mut sample = HostSample::default();
+    for (k, g) in e.stacks {
+        let mode = mode_of(k[2]);
+        let words = if k[2] & PERF_CHAIN != 0 {
+            ChainWords::Perf
+        } else {
+            ChainWords::Frames
+        };
+        sample.pid = k[1] as u32;
+        sample.tid = (k[1] >> 32) as u32;
+        sample.mode = mode;
+        sample.ip = k[3];
+        sample.time_ns = g.first;
+        sample.callchain = frames_of_key(&k[HEAD..], words, mode);
+        agg.add_counted(
+            &sample,
+            SampleCounts {
+                samples: g.samples,
+                weight: g.weight,
+                first_time_ns: g.first,
+                last_time_ns: g.last,
+            },
+        );
+    }
+    for (k, g) in e.lbr_stacks {
+        let (pid, mode) = (k[1] as u32, mode_of(k[2]));
+        agg.add_lbr_stack(
+            pid,
+            mode,
+            k[3],
+            branch_mode(mode),
+            &k[HEAD..],
+            g.samples,
+            g.weight,
+        );
+    }
+    // Input order, so the earliest entry decides a shared edge's kind.
+    e.edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
+    for (_, k, c) in e.edges {
+        agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, &c);
+    }
+    for ((k, origin), n) in e.ranges {
+        agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
+    }
+}
