@@ -19,23 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_RW, PTE_US};
 use crate::linux::abi::{MMAP_MIN, MMAP_TOP, PAGE, USER_END};
+use crate::linux::errno::Errno;
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 
 /// Execute-disable (bit 63 of a paging entry; needs EFER.NXE).
 pub const PTE_NX: u64 = 1 << 63;
-
-/// A Linux errno value (positive), returned to the program as `-errno`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const EFAULT: Errno = Errno(libc::EFAULT);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
-}
 
 /// `PROT_*` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +165,10 @@ impl Frames {
 /// The guest-physical frames every address space of a VM draws from (each guest
 /// process has its own page tables; the frames are one pool).
 pub type FramePool = Arc<Mutex<Frames>>;
+
+/// An address space a vfork parent lent its child (the process model is in `proc.rs`):
+/// the child puts it back here when it execs or ends.
+pub type LentSpace = Arc<Mutex<Option<AddressSpace>>>;
 
 /// The program's address space (see the module doc).
 pub struct AddressSpace {

@@ -42,7 +42,10 @@
 //! "unsupported" error; private file mappings are copies.
 
 pub mod abi;
+pub mod block;
 pub mod cpu;
+pub mod errno;
+pub mod error;
 pub mod events;
 pub mod fd;
 pub mod host;
@@ -51,10 +54,12 @@ pub mod loader;
 pub mod mm;
 pub mod net;
 pub mod proc;
+pub mod report;
 pub mod signal;
 pub mod stack;
 pub mod syscall;
 pub mod thread;
+pub mod waiter;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -66,85 +71,18 @@ use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::RFLAGS_TF;
+use crate::error::VmError;
 use crate::linux::abi::*;
+use crate::linux::block::Block;
 use crate::linux::cpu::{TrapArea, TrapFrame};
+pub use crate::linux::error::LinuxError;
 use crate::linux::fd::FdTable;
 use crate::linux::loader::Elf;
+pub use crate::linux::mm::LentSpace;
 use crate::linux::mm::{AddressSpace, MapRecord, Prot};
-use crate::linux::thread::{Block, Futexes, NewThread, Task};
+pub use crate::linux::report::{GuestEvent, LinuxReport, ProcessRecord};
+use crate::linux::thread::{Futexes, NewThread, Task};
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
-use crate::vm::VmError;
-
-/// Why a program cannot be started. [`LinuxError::exit_code`] is what a shell would
-/// return (127 not found, 126 found but not executable).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LinuxError {
-    #[error("{}: command not found", path.display())]
-    NotFound { path: PathBuf },
-    #[error("{}: cannot execute: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: is a directory", path.display())]
-    Directory { path: PathBuf },
-    #[error("{}: permission denied (not executable)", path.display())]
-    NotExecutable { path: PathBuf },
-    #[error("{}: cannot execute: not an ELF program or a #! script", path.display())]
-    NotElf { path: PathBuf },
-    #[error("{}: cannot execute: {what}", path.display())]
-    WrongArch { path: PathBuf, what: String },
-    #[error("{}: cannot execute: {why}", path.display())]
-    BadElf { path: PathBuf, why: String },
-    #[error("{}: cannot execute: its interpreter {} was not found", path.display(), interp.display())]
-    InterpreterMissing { path: PathBuf, interp: PathBuf },
-    #[error("the program does not fit in guest memory (raise --vm-mem)")]
-    OutOfMemory,
-    #[error("the initial stack (arguments and environment) is too large")]
-    ArgsTooLong,
-}
-
-impl LinuxError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> LinuxError {
-        match source.kind() {
-            std::io::ErrorKind::NotFound => LinuxError::NotFound {
-                path: path.to_owned(),
-            },
-            std::io::ErrorKind::PermissionDenied => LinuxError::NotExecutable {
-                path: path.to_owned(),
-            },
-            _ => LinuxError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        }
-    }
-
-    /// The errno an execve that fails this way returns.
-    pub fn errno(&self) -> i32 {
-        match self {
-            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => libc::ENOENT,
-            LinuxError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            LinuxError::Directory { .. } | LinuxError::NotExecutable { .. } => libc::EACCES,
-            LinuxError::NotElf { .. }
-            | LinuxError::WrongArch { .. }
-            | LinuxError::BadElf { .. } => libc::ENOEXEC,
-            LinuxError::OutOfMemory => libc::ENOMEM,
-            LinuxError::ArgsTooLong => libc::E2BIG,
-        }
-    }
-
-    /// The shell's status for this failure: 127 when the program or its interpreter is
-    /// missing, 126 when it exists but cannot be executed.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => 127,
-            _ => 126,
-        }
-    }
-}
 
 /// A checked program, ready to be loaded into a VM.
 #[derive(Debug)]
@@ -322,53 +260,6 @@ impl Program {
     }
 }
 
-/// Per-run facts of the personality, for the caller to report.
-#[derive(Clone, Debug, Default)]
-pub struct LinuxReport {
-    /// System calls serviced.
-    pub syscalls: u64,
-    /// Unimplemented system calls (answered -ENOSYS): name and count.
-    pub unimplemented: BTreeMap<String, u64>,
-    /// File mappings (the program, its interpreter, libraries), in order.
-    pub maps: Vec<MapRecord>,
-    /// Some(address) when a mapping was refused because guest memory ran out.
-    pub out_of_memory: Option<u64>,
-    /// Guest RAM the program used at its peak, in bytes.
-    pub peak_bytes: u64,
-    /// Time spent servicing traps (system calls included), ns.
-    pub trap_ns: u64,
-    /// Threads the program started (besides its first).
-    pub threads: u64,
-    /// Processes that ran (the first one included).
-    pub processes: u64,
-    /// Programs started with execve.
-    pub execs: u64,
-}
-
-/// A guest process as a recorder needs it to place snapshots: sent when a process
-/// starts (the first, or a fork) and when it execs, each time with a new address space.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessRecord {
-    /// The address space's id (0: the first process's first one); the mappings made in
-    /// it carry the same id ([`MapRecord::space`]).
-    pub space: u32,
-    pub pid: u64,
-    pub ppid: u64,
-    /// The name Linux gives it (the executable's file name, at most 15 bytes).
-    pub comm: String,
-    pub exe: PathBuf,
-    /// The CR3 values its vCPUs run with (the twin roots): a snapshot's `cr3` names
-    /// the address space it was taken in.
-    pub roots: [u64; 2],
-}
-
-/// What a Linux guest tells a recorder as it runs ([`crate::vm::VmConfig::guest_maps`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GuestEvent {
-    Map(MapRecord),
-    Process(ProcessRecord),
-}
-
 /// How a trap ends.
 #[derive(Debug)]
 pub enum TrapAction {
@@ -410,10 +301,6 @@ pub enum TrapAction {
         op: ProcessOp,
     },
 }
-
-/// An address space a vfork parent lent its child (see [`proc`]): the child puts
-/// it back here when it execs or ends.
-pub type LentSpace = Arc<std::sync::Mutex<Option<AddressSpace>>>;
 
 /// A process `fork` made, and its first thread.
 pub struct NewProcess {
@@ -479,11 +366,11 @@ pub struct Process {
     /// an `O_PATH` descriptor; None: lbrprof's own.
     pub(crate) cwd: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
     /// A vfork parent waiting for this process to exec or exit.
-    pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
+    pub(crate) vfork_parent: Option<Arc<waiter::Waiter>>,
     /// Where this process's address space goes back to its vfork parent.
     pub(crate) lent: Option<LentSpace>,
     /// The parking places of its threads (an execve wakes the others to end them).
-    pub(crate) waiters: BTreeMap<u64, Arc<thread::Waiter>>,
+    pub(crate) waiters: BTreeMap<u64, Arc<waiter::Waiter>>,
     /// Address spaces an execve replaced while other threads may still run on them:
     /// each is freed once no thread holds its token ([`Task::space_token`]).
     retired: Vec<(std::sync::Weak<()>, AddressSpace)>,
@@ -612,7 +499,7 @@ impl Process {
     /// A process with a trap area and no program: for tests and fuzzing of the system
     /// calls (map memory with [`Process::memory_mut`], then call [`Process::syscall`]).
     #[doc(hidden)]
-    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
+    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, errno::Errno> {
         let mut mm = AddressSpace::new(mem, 0x1000)?;
         let trap = cpu::build_trap_area(&mut mm, None)?;
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
@@ -735,7 +622,7 @@ impl Process {
         self.kernel.exit(self.pid, status);
         for (_, t) in self.threads.iter().filter(|(t, _)| **t != tid) {
             if let Some(t) = t {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
         }
         self.threads.clear();
@@ -923,9 +810,9 @@ impl Process {
         // Nothing came for the call and nothing interrupts it: wait again (unless the
         // VM or the process is ending: then the call ends with EINTR).
         let ending =
-            crate::vm::stopping() || self.shared.dead.load(std::sync::atomic::Ordering::Acquire);
+            crate::kick::stopping() || self.shared.dead.load(std::sync::atomic::Ordering::Acquire);
         let again = !interrupted && !ending;
-        let eintr = mm::Errno(libc::EINTR).ret();
+        let eintr = errno::Errno(libc::EINTR).ret();
         let ret = match block {
             // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
             // (unless a wake came in between the timeout and this lock), or nothing
@@ -934,7 +821,7 @@ impl Process {
                 if interrupted {
                     eintr
                 } else if !woken {
-                    mm::Errno(libc::ETIMEDOUT).ret()
+                    errno::Errno(libc::ETIMEDOUT).ret()
                 } else {
                     0
                 }
@@ -969,10 +856,10 @@ impl Process {
             }
             Block::Restart { poll, .. } if poll.cut_short() && interrupted && !restarts => eintr,
             Block::Restart { nr, .. } => restart(&mut pending.regs, nr),
-            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && again => {
+            Block::Wait(w) if matches!(w.result, Err(errno::Errno(libc::EINTR))) && again => {
                 return Ok(self.block_again(task, pending, Block::Wait(w)));
             }
-            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && restarts => {
+            Block::Wait(w) if matches!(w.result, Err(errno::Errno(libc::EINTR))) && restarts => {
                 restart(&mut pending.regs, pending.nr)
             }
             Block::Wait(w) => self.wait_done(&w),
@@ -1094,7 +981,7 @@ impl Process {
             child
         } else {
             self.threads.remove(&child);
-            mm::Errno(libc::EAGAIN).ret()
+            errno::Errno(libc::EAGAIN).ret()
         };
         write_regs(vcpu, &pending.regs, pending.fast)
     }
@@ -1127,7 +1014,7 @@ impl Process {
                     self.report.trap_ns += started.elapsed().as_nanos() as u64;
                     return Ok(TrapAction::Exec { roots });
                 }
-                Err(e) => mm::Errno(e.errno()),
+                Err(e) => errno::Errno(e.errno()),
             },
         };
         pending.regs.rax = err.ret();
@@ -1156,7 +1043,7 @@ impl Process {
         pending.regs.rax = if started {
             child
         } else {
-            mm::Errno(libc::EAGAIN).ret()
+            errno::Errno(libc::EAGAIN).ret()
         };
         write_regs(vcpu, &pending.regs, pending.fast)?;
         Ok(None)
@@ -1170,7 +1057,7 @@ impl Process {
         vcpu: &VcpuFd,
         regs: &kvm_regs,
         f: &syscall::ForkArgs,
-    ) -> Result<Box<NewProcess>, mm::Errno> {
+    ) -> Result<Box<NewProcess>, errno::Errno> {
         let flag = |c: i32| f.flags & c as u64 != 0;
         // vfork with CLONE_VM (vfork(), posix_spawn): the parent lends the child its
         // address space until the child execs or ends (it waits meanwhile), so what the
@@ -1384,7 +1271,7 @@ impl Process {
             if tid != task.tid
                 && let Some(t) = t
             {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
         }
         for (&tid, w) in &self.waiters {
@@ -1766,7 +1653,7 @@ impl Process {
                 if tid != task.tid
                     && let Some(t) = t
                 {
-                    crate::vm::kick_thread(*t);
+                    crate::kick::kick_thread(*t);
                 }
             }
         }

@@ -25,10 +25,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::linux::LinuxReport;
-use crate::linux::mm::{Errno, FramePool};
+use crate::linux::errno::Errno;
+use crate::linux::mm::FramePool;
+use crate::linux::report::LinuxReport;
 use crate::linux::signal::{SI_USER, SigInfo, SigPending};
-use crate::linux::thread::Waiter;
+use crate::linux::waiter::Waiter;
 
 /// What every process of a VM shares.
 #[derive(Debug)]
@@ -127,7 +128,7 @@ impl Shared {
     /// Kick the process's vCPUs out of the guest and wake its sleepers, for a signal.
     fn kick(&self) {
         for &t in self.vcpus().values() {
-            crate::vm::kick_thread(t);
+            crate::kick::kick_thread(t);
         }
         for w in self.sleepers().values() {
             w.wake();

@@ -28,7 +28,7 @@
 use kvm_bindings::kvm_regs;
 
 use crate::linux::Process;
-use crate::linux::mm::Errno;
+use crate::linux::errno::Errno;
 use crate::linux::thread::Task;
 use crate::memory::GuestVirtAddr;
 

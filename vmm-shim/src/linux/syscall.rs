@@ -16,13 +16,16 @@ use syscalls::Sysno;
 
 use crate::linux::Process;
 use crate::linux::abi::*;
+use crate::linux::block::{self, Block, WaitOut};
+use crate::linux::errno::Errno;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::itimer;
-use crate::linux::mm::{Errno, FileBacking, Prot};
+use crate::linux::mm::{FileBacking, Prot};
 use crate::linux::proc::WaitFor;
 use crate::linux::signal;
-use crate::linux::thread::{self, Block, Task};
+use crate::linux::thread::{self, Task};
+use crate::linux::waiter::Waiter;
 use crate::memory::GuestVirtAddr;
 
 /// What a system call does to the program.
@@ -83,13 +86,6 @@ const ARG_MAX: usize = 2 << 20;
 /// `si_code` values of SIGCHLD (uapi/asm-generic/siginfo.h).
 const CLD_EXITED: i32 = 1;
 const CLD_KILLED: i32 = 2;
-
-/// Where a wait's results go.
-#[derive(Clone, Copy, Debug)]
-pub enum WaitOut {
-    Wait4 { status: u64, rusage: u64 },
-    Waitid { info: u64 },
-}
 
 fn ok(v: u64) -> Sys {
     Ok(v)
@@ -562,7 +558,7 @@ impl Process {
             }
             Sysno::pause => return Outcome::Block(Block::Suspend),
             Sysno::alarm => {
-                let stop = crate::vm::stop_flag();
+                let stop = crate::kick::stop_flag();
                 let secs = std::time::Duration::from_secs(u64::from(a[0] as u32));
                 let (left, _) =
                     self.itimer
@@ -585,7 +581,7 @@ impl Process {
                 .map(|t| t.overrun()),
             Sysno::timer_delete => match self.timers.remove(&a[0]) {
                 Some(t) => {
-                    let stop = crate::vm::stop_flag();
+                    let stop = crate::kick::stop_flag();
                     t.set(&self.shared, stop, Duration::ZERO, Duration::ZERO);
                     self.drop_timer_signal(task, a[0]);
                     Ok(0)
@@ -1182,7 +1178,7 @@ impl Process {
         } else {
             (tv(new)?, tv(new.checked_add(16).ok_or(Errno::EFAULT)?)?)
         };
-        let stop = crate::vm::stop_flag();
+        let stop = crate::kick::stop_flag();
         let prev = self.itimer.set(&self.shared, stop, value, interval);
         if old != 0 {
             self.out_itimerval(old, prev)?;
@@ -1259,7 +1255,7 @@ impl Process {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_nanos(1));
         }
-        let stop = crate::vm::stop_flag();
+        let stop = crate::kick::stop_flag();
         let prev = timer.set(&self.shared, stop, value, interval);
         self.drop_timer_signal(task, id);
         if old != 0 {
@@ -1375,7 +1371,7 @@ impl Process {
             self.signals_for.entry(tid).or_default().push(info);
             // Out of the guest or its sleep, to take it now (`Process::deliver_async`).
             if let Some(Some(t)) = self.threads.get(&tid) {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
             if let Some(w) = self.shared.sleepers().get(&tid) {
                 w.wake();
@@ -1508,7 +1504,7 @@ impl Process {
                 }
             })
             .collect();
-        let mut block = thread::PollBlock {
+        let mut block = block::PollBlock {
             va,
             entries,
             deadline,
@@ -1517,7 +1513,7 @@ impl Process {
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
             block.run(
-                &thread::Waiter::default(),
+                &Waiter::default(),
                 &std::sync::atomic::AtomicBool::new(false),
             );
             return Outcome::Return(self.poll_done(&block));
@@ -1526,7 +1522,7 @@ impl Process {
     }
 
     /// Write a finished poll's revents back; the call's result.
-    pub(crate) fn poll_done(&mut self, block: &thread::PollBlock) -> u64 {
+    pub(crate) fn poll_done(&mut self, block: &block::PollBlock) -> u64 {
         let revents = match &block.result {
             Ok(r) => r,
             Err(e) => return e.ret(),
@@ -1705,7 +1701,7 @@ impl Process {
 
     fn wait(&mut self, task: &Task, which: WaitFor, options: i32, out: WaitOut) -> Outcome {
         let keep = options & libc::WNOWAIT != 0;
-        let mut block = thread::WaitBlock {
+        let mut block = block::WaitBlock {
             kernel: self.kernel.clone(),
             parent: self.pid,
             which,
@@ -1727,7 +1723,7 @@ impl Process {
     }
 
     /// Write a finished wait's results; the call's result.
-    pub(crate) fn wait_done(&mut self, block: &thread::WaitBlock) -> u64 {
+    pub(crate) fn wait_done(&mut self, block: &block::WaitBlock) -> u64 {
         let (pid, status) = match block.result {
             Err(e) => return e.ret(),
             Ok(Some(r)) => r,
@@ -1821,16 +1817,16 @@ impl Process {
             }
             fds.push(fd as u32);
         }
-        let mut block = thread::PollBlock {
+        let mut block = block::PollBlock {
             va: 0,
             entries,
             deadline,
             result: Ok(Vec::new()),
-            select: Some(thread::SelectSets { sets, nfds, fds }),
+            select: Some(block::SelectSets { sets, nfds, fds }),
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
             block.run(
-                &thread::Waiter::default(),
+                &Waiter::default(),
                 &std::sync::atomic::AtomicBool::new(false),
             );
             return Outcome::Return(self.poll_done(&block));
@@ -1839,7 +1835,7 @@ impl Process {
     }
 
     /// Write a finished select's sets back; the number of bits set.
-    fn select_done(&mut self, s: &thread::SelectSets, revents: &[i16]) -> u64 {
+    fn select_done(&mut self, s: &block::SelectSets, revents: &[i16]) -> u64 {
         let bytes = (s.nfds as usize).div_ceil(64) * 8;
         let mut bits = [vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]];
         let mut n = 0;
@@ -1955,13 +1951,6 @@ fn unsupported(what: &str) -> Outcome {
     Outcome::Kill {
         signal: libc::SIGSYS,
         reason: format!("{what} is not supported in the VM"),
-    }
-}
-
-impl Errno {
-    /// The RAX value of a failed call (`-errno`).
-    pub fn ret(self) -> u64 {
-        (-i64::from(self.0)) as u64
     }
 }
 
