@@ -17,7 +17,7 @@ use crate::linux::block::{Block, EpollBlock, PollBlock, WriteBlock};
 use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
-use crate::linux::syscall::Outcome;
+use crate::linux::outcome::Outcome;
 use crate::memory::GuestVirtAddr;
 use syscalls::Sysno;
 

@@ -22,57 +22,13 @@ use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::itimer;
 use crate::linux::mm::{FileBacking, Prot};
+use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
 use crate::linux::proc::WaitFor;
+use crate::linux::program::Program;
 use crate::linux::signal;
 use crate::linux::thread::{self, Task};
 use crate::linux::waiter::Waiter;
 use crate::memory::GuestVirtAddr;
-
-/// What a system call does to the program.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Resume with this RAX.
-    Return(u64),
-    /// exit/exit_group.
-    Exit(i32),
-    /// End the program with a signal (and a one-line reason).
-    Kill { signal: i32, reason: String },
-    /// `exit` of a thread while others run.
-    ThreadExit,
-    /// Block (with the process released); the result comes when it ends.
-    Block(Block),
-    /// Start a thread (the caller has the registers to give it).
-    Clone(Box<CloneArgs>),
-    /// Start a process: fork, vfork, or a clone without CLONE_VM.
-    Fork(Box<ForkArgs>),
-    /// Replace the program (execve): the checked program to load.
-    Exec(Box<crate::linux::Program>),
-}
-
-/// A new process `fork`, `vfork` or `clone` asked for.
-#[derive(Debug)]
-pub struct ForkArgs {
-    pub flags: u64,
-    /// The child's stack pointer (0: the parent's).
-    pub stack: u64,
-    pub ptid: u64,
-    pub ctid: u64,
-    pub tls: u64,
-    /// The parent waits until the child execs or exits (CLONE_VFORK).
-    pub vfork: bool,
-}
-
-/// A thread `clone` asked for.
-#[derive(Debug)]
-pub struct CloneArgs {
-    pub tid: u64,
-    /// The child's stack pointer (0: the parent's).
-    pub stack: u64,
-    /// CLONE_SETTLS: the child's FS base.
-    pub tls: Option<u64>,
-    /// CLONE_CHILD_CLEARTID: where its id is cleared (and woken) when it exits.
-    pub clear_tid: u64,
-}
 
 type Sys = Result<u64, Errno>;
 
@@ -1647,7 +1603,7 @@ impl Process {
                 }
                 self.host_path(&p)
             };
-            crate::linux::Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
+            Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
         })();
         match r {
             Ok(p) => Outcome::Exec(Box::new(p)),
