@@ -17,7 +17,7 @@ use crate::linux::waiter::{STOP_POLL, Waiter};
 /// What a thread blocks on, with the process lock released.
 #[derive(Debug)]
 pub enum Block {
-    /// A futex wait (queued in [`Futexes`] already).
+    /// A futex wait (queued in the process's `Futexes` already).
     Futex { deadline: Option<Instant> },
     /// nanosleep/clock_nanosleep (woken early by a signal: EINTR, the time left
     /// written to `rem` when not 0).

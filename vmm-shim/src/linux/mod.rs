@@ -20,10 +20,23 @@
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
 //! * [`thread`]: threads (one vCPU each) and futexes.
-//! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//! * [`signal`]: signal dispositions and the queues of pending signals.
 //! * [`itimer`]: the real-time interval timer (`alarm`, `setitimer`).
 //! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
 //!   them), and the process model.
+//! * [`sigframe`]: signal frames for the program's handlers, and `rt_sigreturn`
+//!   ([`signal`] holds the signal model they use).
+//! * [`block`] and [`waiter`]: what a thread blocks on with its process released.
+//! * [`program`]: a checked program and its initial image; [`outcome`]: what a system
+//!   call does to the program; [`report`]: what the personality tells its caller;
+//!   [`errno`] and [`error`]: the errors.
+//!
+//! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
+//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`; `cpu`, `report`, `loader`,
+//! `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
+//! [`Process`]; and on top the files that extend it: `syscall`, `events`, `net`,
+//! `sigframe`. One arrow still points up: `mm`'s fork asks the emulated LBR
+//! (`pmu::kvm_hook`) for the bytes under its breakpoints.
 //!
 //! The process model (see [`proc`]): a guest process is a [`Process`] with its own
 //! address space (own page tables, from the VM's one frame pool), descriptor table,
