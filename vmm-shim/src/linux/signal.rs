@@ -29,6 +29,19 @@ pub const SI_TKILL: i32 = -6;
 pub const SI_KERNEL: i32 = 0x80;
 /// Sent by a POSIX timer's expiry (`timer_create`).
 pub const SI_TIMER: i32 = -2;
+/// `si_code` values of SIGCHLD (uapi/asm-generic/siginfo.h).
+pub const CLD_EXITED: i32 = 1;
+pub const CLD_KILLED: i32 = 2;
+
+/// SIGCHLD's `si_code` and `si_status` for a child that ended with wait status
+/// `status`: CLD_EXITED and the exit code, or CLD_KILLED and the signal.
+pub fn child_code(status: i32) -> (i32, i32) {
+    if status & 0x7f == 0 {
+        (CLD_EXITED, (status >> 8) & 0xff)
+    } else {
+        (CLD_KILLED, status & 0x7f)
+    }
+}
 
 /// What the handler is told about the signal.
 #[derive(Clone, Copy, Debug, Default)]

@@ -39,9 +39,6 @@ const PATH_MAX: usize = 4096;
 /// Most bytes of arguments and environment an execve takes (ARG_MAX as Linux computes
 /// it for an 8 MiB stack).
 const ARG_MAX: usize = 2 << 20;
-/// `si_code` values of SIGCHLD (uapi/asm-generic/siginfo.h).
-const CLD_EXITED: i32 = 1;
-const CLD_KILLED: i32 = 2;
 
 fn ok(v: u64) -> Sys {
     Ok(v)
@@ -559,7 +556,7 @@ impl Process {
                 }
                 if pid > 0 {
                     // Another process takes it at its next system call.
-                    if self.kernel.signal(pid as u64, a[1]) {
+                    if self.kernel.signal(pid as u64, a[1], self.pid) {
                         Ok(0)
                     } else {
                         Err(Errno(libc::ESRCH))
@@ -571,7 +568,7 @@ impl Process {
                     };
                     let members = self.kernel.group(group);
                     for &m in members.iter().filter(|&&m| m != self.pid) {
-                        self.kernel.signal(m, a[1]);
+                        self.kernel.signal(m, a[1], self.pid);
                     }
                     if members.contains(&self.pid) {
                         return self.sys_kill(task, task.tid, a[1], signal::SI_USER);
@@ -1698,11 +1695,7 @@ impl Process {
             WaitOut::Waitid { info } if info != 0 => {
                 let mut b = [0u8; 128];
                 if pid != 0 {
-                    let (code, st) = if status & 0x7f == 0 {
-                        (CLD_EXITED, (status >> 8) & 0xff)
-                    } else {
-                        (CLD_KILLED, status & 0x7f)
-                    };
+                    let (code, st) = signal::child_code(status);
                     b[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
                     b[8..12].copy_from_slice(&code.to_le_bytes());
                     b[16..20].copy_from_slice(&(pid as u32).to_le_bytes());
