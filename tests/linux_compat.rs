@@ -1,7 +1,8 @@
 //! End-to-end tests of the Linux personality's compatibility corners: the legacy
 //! vsyscall page, execve from a threaded process (and threads started after it on the
 //! ended threads' vCPUs), writers blocked on a full pipe,
-//! signals to a busy process, signals interrupting blocked calls, the FPU state in
+//! signals to a busy process, signals interrupting blocked calls, what a signal from
+//! another process tells its handler (SIGCHLD, kill), the FPU state in
 //! signal frames, and a real JVM. Programs are compiled at test time and
 //! compared byte for byte (stdout, stderr, exit status) with their native runs under
 //! `lbrprof run --vm --`.
@@ -193,6 +194,22 @@ fn timer_signals_say_who_sent_them_like_natively() {
             "blocked timer across system calls: value 8, overruns count the expiries yes",
             "raise after an ignored timer signal: 1 delivery, code SI_TKILL",
             "realtime timers: values 1, 2, 3 once each yes, overruns 0 0 and > 0 yes",
+        ],
+    );
+}
+
+#[test]
+fn signals_between_processes_say_who_sent_them_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    identical_with_every_libc(
+        "linux_sigchld_info",
+        &[
+            "child exits 7: signo 17 code CLD_EXITED pid is the child yes uid matches yes status 7",
+            "child killed by SIGTERM: signo 17 code CLD_KILLED pid is the child yes uid matches yes status 15",
+            "kill from a child: signo 10 code SI_USER pid is the child yes uid matches yes",
+            "then it exits 0: signo 17 code CLD_EXITED pid is the child yes uid matches yes status 0",
         ],
     );
 }

@@ -25,6 +25,10 @@ pub const RFLAGS_TF: u64 = 1 << 8;
 pub const PTE_P: u64 = 1 << 0;
 pub const PTE_RW: u64 = 1 << 1;
 pub const PTE_US: u64 = 1 << 2;
+/// Accessed (SDM Vol. 3 §4.8): the processor sets it at the first use of the entry.
+pub const PTE_A: u64 = 1 << 5;
+/// Dirty (leaf entries): the processor sets it at the first write through the entry.
+pub const PTE_D: u64 = 1 << 6;
 pub const PTE_PS: u64 = 1 << 7;
 /// Bits 51:12 of a paging-structure entry: the physical address it points at.
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;

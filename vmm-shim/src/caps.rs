@@ -12,8 +12,9 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm};
 
 use crate::builtin;
+use crate::error::VmError;
 use crate::hook::{DebugExit, ExitKind, VcpuCtx, VcpuHook};
-use crate::vm::{Vm, VmConfig, VmError};
+use crate::vm::{Vm, VmConfig};
 
 /// The architectural PMU leaf (CPUID 0xA) as KVM reports it supports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -35,8 +35,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::DR6_BS;
+use crate::error::VmError;
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr, PagingMode};
-use crate::vm::VmError;
 
 /// MSRs `base..base + count` are routed to the hook (reads and writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

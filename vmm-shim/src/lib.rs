@@ -3,7 +3,10 @@
 //! It owns everything that touches KVM: guest memory ([`memory`]), the image loaders
 //! ([`loader`]: static ELF64 and multiboot v1), the boot state ([`boot`]), the few devices
 //! a guest needs ([`devices`]: serial console, exit ports, fw_cfg), the vCPU threads
-//! ([`vm`]), the per-vCPU extension point the virtual PMU plugs into ([`hook`]), the
+//! ([`vm`]; its error, [`error::VmError`], sits below it so that hooks and the Linux
+//! personality can return it, as does the kick that makes a vCPU thread leave
+//! `KVM_RUN`), the Linux personality ([`linux`]: unmodified Linux programs in guest
+//! ring 3), the per-vCPU extension point the virtual PMU plugs into ([`hook`]), the
 //! virtual PMU and LBR ([`pmu`]), KVM capability facts ([`caps`]), the embedded guest
 //! images ([`builtin`]) and the channel over which guest LBR snapshots leave the vCPU
 //! threads. The snapshots themselves ([`snapshot::LbrSnapshot`]) are defined by the data
@@ -21,7 +24,9 @@ pub mod boot;
 pub mod builtin;
 pub mod caps;
 pub mod devices;
+pub mod error;
 pub mod hook;
+mod kick;
 pub mod linux;
 pub mod loader;
 pub mod memory;

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
@@ -40,11 +40,17 @@ use kvm_ioctls::{
 use crate::arch::DR7_L0;
 use crate::boot;
 use crate::devices::{Devices, IoAction, SerialSink, UnknownAccesses, WarnFn};
+pub use crate::error::VmError;
+use crate::error::kvm_err;
 use crate::hook::{DebugExit, ExitKind, MsrRange, Requests, VcpuCtx, VcpuHook};
+use crate::kick::{
+    ClearImmediateExit, IMMEDIATE_EXIT, KICKED, STOP, WATCHDOG, install_kick_handler, kick_signal,
+    watchdog_signal,
+};
 use crate::linux::thread::{NewThread, Task};
-use crate::linux::{self, LinuxError, LinuxReport, Process, TrapAction};
-use crate::loader::{self, ImageKind, LoaderError, RamLayout};
-use crate::memory::{GuestMemory, MemoryError};
+use crate::linux::{self, LinuxReport, Process, TrapAction};
+use crate::loader::{self, ImageKind, RamLayout};
+use crate::memory::GuestMemory;
 use crate::phase::{self, ShimPhase};
 use crate::timer::ExitTimer;
 
@@ -53,50 +59,6 @@ pub const MIN_MEM: u64 = 4 << 20;
 pub const MAX_MEM: u64 = 3 << 30;
 /// Where KVM puts its real-mode TSS on Intel (three pages below the BIOS area).
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
-
-/// What went wrong setting up or running a VM (guest crashes are an [`Outcome`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VmError {
-    #[error("cannot open /dev/kvm")]
-    KvmUnavailable(#[source] kvm_ioctls::Error),
-    #[error("KVM {op} failed")]
-    Kvm {
-        op: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    #[error(
-        "guest RAM of {bytes} bytes is out of range (must be {min} to {max} bytes, i.e. 4M to 3G)"
-    )]
-    MemSize { bytes: u64, min: u64, max: u64 },
-    #[error("{n} vCPUs requested; must be 1 to {max}")]
-    VcpuCount { n: u32, max: u32 },
-    #[error("guest command line is {len} bytes; at most {max} fit")]
-    CmdlineTooLong { len: usize, max: usize },
-    #[error("hooks ask for {n} MSR ranges; KVM filters at most 16")]
-    TooManyMsrRanges { n: usize },
-    #[error("hardware breakpoint slot {slot} does not exist (0-3)")]
-    BreakpointSlot { slot: usize },
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Linux(#[from] LinuxError),
-    #[error("a Linux program starts on one vCPU and gets one more per thread ({n} requested)")]
-    LinuxVcpus { n: u32 },
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error("cannot start a vCPU thread")]
-    Thread(#[source] std::io::Error),
-    #[error("vCPU {vcpu} thread panicked (a bug in lbrprof or its vCPU hook): {message}")]
-    VcpuPanicked { vcpu: u32, message: String },
-    #[error("cannot arm the vCPU exit timer")]
-    Timer(#[source] std::io::Error),
-}
-
-fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { op, source }
-}
 
 /// Everything about a VM except the image and the hooks.
 pub struct VmConfig {
@@ -847,88 +809,11 @@ fn linux_shim_code() -> crate::hook::ShimCode {
     }
 }
 
-// The kick: a real-time signal whose handler sets this thread's kvm_run.immediate_exit.
-
-thread_local! {
-    /// The VM's stop flag, on a vCPU thread (see [`stopping`]).
-    static STOP: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
-    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
-    /// The kick signal arrived since the last interrupted KVM_RUN (the VM's stop, a hook's
-    /// exit timer).
-    static KICKED: Cell<bool> = const { Cell::new(false) };
-    /// The watchdog's tick arrived since the last interrupted KVM_RUN.
-    static WATCHDOG: Cell<bool> = const { Cell::new(false) };
-}
-
-/// The stop flag of the VM this vCPU thread runs (None off vCPU threads), for helper
-/// threads of its guest (interval timers) to end with it.
-pub(crate) fn stop_flag() -> Option<Arc<AtomicBool>> {
-    STOP.with(|s| s.borrow().clone())
-}
-
-/// Whether the VM this vCPU thread runs is stopping (false off vCPU threads): a host
-/// call the kick interrupted is then not restarted.
-pub(crate) fn stopping() -> bool {
-    STOP.with(|s| {
-        s.borrow()
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Acquire))
-    })
-}
-
 /// How often a vCPU that makes no exits is checked for a halt it can never leave.
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often the VM looks whether every running vCPU is halted for good.
 const PARKED_POLL: Duration = Duration::from_millis(200);
-
-/// Clears this thread's IMMEDIATE_EXIT pointer on drop.
-struct ClearImmediateExit;
-
-impl Drop for ClearImmediateExit {
-    fn drop(&mut self) {
-        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
-    }
-}
-
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 3
-}
-
-fn watchdog_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 4
-}
-
-extern "C" fn kick_handler(sig: libc::c_int) {
-    // Const-initialized thread locals: no allocation or lazy set-up in the handler.
-    if sig == watchdog_signal() {
-        WATCHDOG.with(|c| c.set(true));
-    } else {
-        KICKED.with(|c| c.set(true));
-    }
-    let p = IMMEDIATE_EXIT.with(Cell::get);
-    if !p.is_null() {
-        // SAFETY: the pointer is this thread's own kvm_run.immediate_exit, set while its
-        // VcpuFd (and so the kvm_run mapping) is alive and cleared before it is dropped.
-        unsafe { p.write_volatile(1) };
-    }
-}
-
-fn install_kick_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: installs an async-signal-safe handler (one volatile byte store) for a
-        // real-time signal lbrprof uses for nothing else; no SA_RESTART so KVM_RUN returns.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = kick_handler as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = 0;
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-            libc::sigaction(watchdog_signal(), &sa, std::ptr::null_mut());
-        }
-    });
-}
 
 struct VcpuRunner {
     index: u32,
@@ -1642,7 +1527,7 @@ impl LinuxVcpu {
         &mut self,
         vcpu: &mut VcpuFd,
         mut pending: linux::Pending,
-        mut block: linux::thread::Block,
+        mut block: linux::block::Block,
         stop: &AtomicBool,
     ) -> Result<TrapAction, VmError> {
         let process = self.shared.process.clone();
@@ -1659,14 +1544,6 @@ impl LinuxVcpu {
             }
         }
     }
-}
-
-/// Kick `thread` (a vCPU thread) out of `KVM_RUN`, as the VM's stop does.
-pub(crate) fn kick_thread(thread: libc::pthread_t) {
-    // SAFETY: callers pass the pthread_t of a vCPU thread that is still running (a
-    // Linux program's thread is unregistered under the process lock before it ends);
-    // the handler only sets immediate_exit (see kick_handler).
-    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }
 
 /// A register dump in the style of a kernel oops.

@@ -32,7 +32,8 @@ use crate::arch::{
 };
 use crate::boot::segment;
 use crate::linux::abi::*;
-use crate::linux::mm::{AddressSpace, Errno, PTE_NX};
+use crate::linux::errno::Errno;
+use crate::linux::mm::{AddressSpace, PTE_NX};
 use crate::linux::signal::FxImage;
 use crate::memory::GuestPhysAddr;
 

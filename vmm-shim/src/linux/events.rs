@@ -9,17 +9,15 @@
 //! handler or ends the process interrupts it (EINTR), and `epoll_pwait`'s signal mask
 //! applies while it waits.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use crate::linux::Process;
+use crate::linux::block::{Block, EpollBlock, PollBlock, WriteBlock};
+use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
-use crate::linux::mm::Errno;
-use crate::linux::syscall::Outcome;
-use crate::linux::thread::{Block, PollBlock, STOP_POLL, Waiter};
+use crate::linux::outcome::Outcome;
 use crate::memory::GuestVirtAddr;
 use syscalls::Sysno;
 
@@ -28,154 +26,6 @@ const EPOLL_EVENT: usize = 12;
 /// Most events one wait returns (the kernel's limit is INT_MAX / 12; programs ask for
 /// a few hundred at most and get the rest on the next wait).
 const MAX_EVENTS: u64 = 4096;
-
-/// An `epoll_wait` with the process released.
-#[derive(Debug)]
-pub struct EpollBlock {
-    epoll: Arc<OwnedFd>,
-    /// Guest address of the events array.
-    va: u64,
-    max: usize,
-    /// None: no timeout.
-    deadline: Option<Instant>,
-    /// The ready events once run, or the error.
-    result: Result<Vec<(u32, u64)>, Errno>,
-}
-
-impl EpollBlock {
-    /// Wait until an event is ready, the deadline passes, a signal wakes `waiter` or
-    /// the VM stops.
-    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
-        loop {
-            let now = Instant::now();
-            let slice = match self.deadline {
-                Some(d) => d.saturating_duration_since(now).min(STOP_POLL),
-                None => STOP_POLL,
-            };
-            match host::epoll_wait(self.epoll.as_fd(), self.max, slice.as_millis() as i32) {
-                Ok(evs) if !evs.is_empty() => {
-                    self.result = Ok(evs);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) if e.0 == libc::EINTR => {}
-                Err(e) => {
-                    self.result = Err(e);
-                    return;
-                }
-            }
-            let over = self.deadline.is_some_and(|d| Instant::now() >= d);
-            if over || stop.load(Ordering::Acquire) || waiter.is_woken() {
-                self.result = Ok(Vec::new());
-                return;
-            }
-        }
-    }
-
-    /// Whether it ended with no event before its deadline (a signal or the VM's stop
-    /// ended it).
-    pub fn cut_short(&self) -> bool {
-        self.result.as_ref().is_ok_and(|r| r.is_empty())
-            && self.deadline.is_none_or(|d| Instant::now() < d)
-    }
-}
-
-/// A `write`/`writev` to a pipe, socket or terminal that may have to wait for a reader:
-/// done with the process released (see `Process::wait_writable`).
-#[derive(Debug)]
-pub struct WriteBlock {
-    file: Arc<OwnedFd>,
-    /// The bytes, taken from the program when the call was made.
-    data: Vec<u8>,
-    /// Bytes written so far (a wait that a signal cut short and that goes on keeps them).
-    done: usize,
-    /// Bytes written, or the error, once run.
-    pub(crate) result: Result<usize, Errno>,
-    /// A signal or the VM's stop ended the last run before it wrote everything (an
-    /// error with some bytes written also ends it short, but for good).
-    cut: bool,
-}
-
-impl WriteBlock {
-    /// Write everything, waiting for room as a blocking write does, until a signal
-    /// wakes `waiter` or the VM stops: then what was written counts, and nothing
-    /// written is EINTR (which `Process::finish_block` turns into a restart, or a wait
-    /// again when the signal does not interrupt the call), as Linux's pipe and socket
-    /// writes. The host descriptor stays blocking (its open file may be shared with
-    /// other programs), so the write never blocks on the host: it waits for POLLOUT in
-    /// slices, then writes what cannot block (a socket's send with MSG_DONTWAIT; at
-    /// most PIPE_BUF bytes to a pipe or terminal, which POLLOUT promises room for).
-    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
-        self.cut = false;
-        let fd = self.file.as_fd();
-        let socket = host::is_socket(fd);
-        let mut done = self.done;
-        let mut probe = [libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }];
-        let error = loop {
-            if done == self.data.len() {
-                break None;
-            }
-            if stop.load(Ordering::Acquire) || waiter.is_woken() {
-                self.cut = true;
-                break (done == 0).then_some(Errno(libc::EINTR));
-            }
-            match host::poll(&mut probe, STOP_POLL.as_millis() as i32) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(e) if e.0 == libc::EINTR => continue,
-                Err(e) => break Some(e),
-            }
-            let rest = &self.data[done..];
-            let wrote = if socket {
-                host::sendmsg(fd, rest, None, &[], libc::MSG_DONTWAIT)
-            } else {
-                host::write(fd, &rest[..rest.len().min(pipe_room(fd))])
-            };
-            match wrote {
-                Ok(n) => done += n,
-                Err(e) if e.0 == libc::EAGAIN || e.0 == libc::EINTR => {}
-                Err(e) => break Some(e),
-            }
-        };
-        self.done = done;
-        self.result = match error {
-            Some(e) if done == 0 => Err(e),
-            _ => Ok(done),
-        };
-    }
-
-    /// Whether a signal (or the VM's stop) ended it before it wrote everything. A host
-    /// error after some bytes were written is not: the call returns that count, as on
-    /// Linux, instead of being waited on again (it would fail the same way forever).
-    pub fn cut_short(&self) -> bool {
-        self.cut
-    }
-
-    /// Whether it wrote nothing (an interrupted call that may be restarted).
-    pub fn wrote_nothing(&self) -> bool {
-        self.done == 0
-    }
-}
-
-/// Bytes a write to `fd` (writable: POLLOUT) takes without blocking: PIPE_BUF, or for a
-/// pipe the pages it has free past those its queued bytes may occupy (a page each, plus
-/// one partly read at the head).
-fn pipe_room(fd: BorrowedFd<'_>) -> usize {
-    const PAGE: i64 = 4096;
-    let floor = libc::PIPE_BUF;
-    let Ok(size) = host::fcntl_int(fd, libc::F_GETPIPE_SZ, 0) else {
-        return floor;
-    };
-    let Ok(queued) = host::ioctl_int(fd, libc::FIONREAD, 0) else {
-        return floor;
-    };
-    let free = size / PAGE - (i64::from(queued) + PAGE - 1) / PAGE - 1;
-    (free.max(0) * PAGE).max(floor as i64) as usize
-}
 
 impl Process {
     /// A blocking write that may wait for a reader (a pipe, socket or terminal that is

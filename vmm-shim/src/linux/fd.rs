@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::linux::mm::Errno;
+use crate::linux::errno::Errno;
 
 /// RLIMIT_NOFILE the program sees (soft limit).
 pub const MAX_FDS: usize = 1024;

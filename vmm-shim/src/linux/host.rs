@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 
-use crate::linux::mm::Errno;
+use crate::linux::errno::Errno;
 
 fn last() -> Errno {
     Errno(
@@ -41,7 +41,7 @@ pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> usize {
 fn restart<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
     loop {
         match call() {
-            Err(Errno(libc::EINTR)) if !crate::vm::stopping() => {}
+            Err(Errno(libc::EINTR)) if !crate::kick::stopping() => {}
             r => return r,
         }
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::linux::proc::Shared;
 use crate::linux::signal::{SI_KERNEL, SI_TIMER, SigInfo};
-use crate::linux::thread::STOP_POLL;
+use crate::linux::waiter::STOP_POLL;
 
 /// A process's ITIMER_REAL, or one of its POSIX timers.
 #[derive(Debug, Default)]

@@ -12,8 +12,8 @@ use object::elf::{
 };
 use object::read::elf::{FileHeader, ProgramHeader};
 
-use crate::linux::LinuxError;
 use crate::linux::abi::{PAGE, PIE_BASE};
+use crate::linux::error::LinuxError;
 use crate::linux::mm::{AddressSpace, FileBacking, Prot};
 
 /// Where one ELF image ended up.

@@ -17,25 +17,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::arch::{PTE_ADDR_MASK, PTE_P, PTE_RW, PTE_US};
+use crate::arch::{PTE_A, PTE_ADDR_MASK, PTE_D, PTE_P, PTE_RW, PTE_US};
 use crate::linux::abi::{MMAP_MIN, MMAP_TOP, PAGE, USER_END};
+use crate::linux::errno::Errno;
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 
 /// Execute-disable (bit 63 of a paging entry; needs EFER.NXE).
 pub const PTE_NX: u64 = 1 << 63;
-
-/// A Linux errno value (positive), returned to the program as `-errno`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const EFAULT: Errno = Errno(libc::EFAULT);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
-}
 
 /// `PROT_*` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +45,16 @@ impl Prot {
         self.0 & libc::PROT_EXEC as u32 != 0
     }
     /// The leaf page-table flags for this protection (user page, NX unless executable).
+    ///
+    /// Accessed, and dirty when writable, from the start: nothing reads those bits back
+    /// (a page is backed when it is mapped, and a fork copies what is there), and a
+    /// host that shadows the guest's page tables (KVM without EPT/NPT) must otherwise
+    /// take a fault to set each of them at the page's first read and first write, and
+    /// only prefetches the shadow entries of neighbouring pages whose accessed bit is set.
     fn pte_flags(self) -> u64 {
-        let mut f = PTE_P | PTE_US;
+        let mut f = PTE_P | PTE_US | PTE_A;
         if self.writable() {
-            f |= PTE_RW;
+            f |= PTE_RW | PTE_D;
         }
         if !self.executable() {
             f |= PTE_NX;
@@ -177,6 +171,10 @@ impl Frames {
 /// The guest-physical frames every address space of a VM draws from (each guest
 /// process has its own page tables; the frames are one pool).
 pub type FramePool = Arc<Mutex<Frames>>;
+
+/// An address space a vfork parent lent its child (the process model is in `proc.rs`):
+/// the child puts it back here when it execs or ends.
+pub type LentSpace = Arc<Mutex<Option<AddressSpace>>>;
 
 /// The program's address space (see the module doc).
 pub struct AddressSpace {
@@ -408,7 +406,8 @@ impl AddressSpace {
                 }
                 let mem = self.mem.clone();
                 let t = self.frames().alloc_table(&mem)?;
-                let entry = t.0 | PTE_P | PTE_RW | PTE_US;
+                // Accessed already, as the leaves (see `Prot::pte_flags`).
+                let entry = t.0 | PTE_P | PTE_RW | PTE_US | PTE_A;
                 self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT)?;
                 if shift == 39 {
                     let twin = GuestPhysAddr(self.alt_root + ((va >> shift) & 0x1ff) * 8);

@@ -20,10 +20,23 @@
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
 //! * [`thread`]: threads (one vCPU each) and futexes.
-//! * [`signal`]: signal frames for the program's handlers, and `rt_sigreturn`.
+//! * [`signal`]: signal dispositions and the queues of pending signals.
 //! * [`itimer`]: the real-time interval timer (`alarm`, `setitimer`).
 //! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
 //!   them), and the process model.
+//! * [`sigframe`]: signal frames for the program's handlers, and `rt_sigreturn`
+//!   ([`signal`] holds the signal model they use).
+//! * [`block`] and [`waiter`]: what a thread blocks on with its process released.
+//! * [`program`]: a checked program and its initial image; [`outcome`]: what a system
+//!   call does to the program; [`report`]: what the personality tells its caller;
+//!   [`errno`] and [`error`]: the errors.
+//!
+//! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
+//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`; `cpu`, `report`, `loader`,
+//! `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
+//! [`Process`]; and on top the files that extend it: `syscall`, `events`, `net`,
+//! `sigframe`. One arrow still points up: `mm`'s fork asks the emulated LBR
+//! (`pmu::kvm_hook`) for the bytes under its breakpoints.
 //!
 //! The process model (see [`proc`]): a guest process is a [`Process`] with its own
 //! address space (own page tables, from the VM's one frame pool), descriptor table,
@@ -42,7 +55,10 @@
 //! "unsupported" error; private file mappings are copies.
 
 pub mod abi;
+pub mod block;
 pub mod cpu;
+pub mod errno;
+pub mod error;
 pub mod events;
 pub mod fd;
 pub mod host;
@@ -50,324 +66,39 @@ pub mod itimer;
 pub mod loader;
 pub mod mm;
 pub mod net;
+pub mod outcome;
 pub mod proc;
+pub mod program;
+pub mod report;
+pub mod sigframe;
 pub mod signal;
 pub mod stack;
 pub mod syscall;
 pub mod thread;
+pub mod waiter;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::RFLAGS_TF;
+use crate::error::VmError;
 use crate::linux::abi::*;
+use crate::linux::block::Block;
 use crate::linux::cpu::{TrapArea, TrapFrame};
+pub use crate::linux::error::LinuxError;
 use crate::linux::fd::FdTable;
-use crate::linux::loader::Elf;
-use crate::linux::mm::{AddressSpace, MapRecord, Prot};
-use crate::linux::thread::{Block, Futexes, NewThread, Task};
+pub use crate::linux::mm::LentSpace;
+use crate::linux::mm::{AddressSpace, MapRecord};
+pub use crate::linux::program::Program;
+use crate::linux::program::build_image;
+pub use crate::linux::report::{GuestEvent, LinuxReport, ProcessRecord};
+use crate::linux::thread::{Futexes, NewThread, Task};
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
-use crate::vm::VmError;
-
-/// Why a program cannot be started. [`LinuxError::exit_code`] is what a shell would
-/// return (127 not found, 126 found but not executable).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LinuxError {
-    #[error("{}: command not found", path.display())]
-    NotFound { path: PathBuf },
-    #[error("{}: cannot execute: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: is a directory", path.display())]
-    Directory { path: PathBuf },
-    #[error("{}: permission denied (not executable)", path.display())]
-    NotExecutable { path: PathBuf },
-    #[error("{}: cannot execute: not an ELF program or a #! script", path.display())]
-    NotElf { path: PathBuf },
-    #[error("{}: cannot execute: {what}", path.display())]
-    WrongArch { path: PathBuf, what: String },
-    #[error("{}: cannot execute: {why}", path.display())]
-    BadElf { path: PathBuf, why: String },
-    #[error("{}: cannot execute: its interpreter {} was not found", path.display(), interp.display())]
-    InterpreterMissing { path: PathBuf, interp: PathBuf },
-    #[error("the program does not fit in guest memory (raise --vm-mem)")]
-    OutOfMemory,
-    #[error("the initial stack (arguments and environment) is too large")]
-    ArgsTooLong,
-}
-
-impl LinuxError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> LinuxError {
-        match source.kind() {
-            std::io::ErrorKind::NotFound => LinuxError::NotFound {
-                path: path.to_owned(),
-            },
-            std::io::ErrorKind::PermissionDenied => LinuxError::NotExecutable {
-                path: path.to_owned(),
-            },
-            _ => LinuxError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        }
-    }
-
-    /// The errno an execve that fails this way returns.
-    pub fn errno(&self) -> i32 {
-        match self {
-            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => libc::ENOENT,
-            LinuxError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            LinuxError::Directory { .. } | LinuxError::NotExecutable { .. } => libc::EACCES,
-            LinuxError::NotElf { .. }
-            | LinuxError::WrongArch { .. }
-            | LinuxError::BadElf { .. } => libc::ENOEXEC,
-            LinuxError::OutOfMemory => libc::ENOMEM,
-            LinuxError::ArgsTooLong => libc::E2BIG,
-        }
-    }
-
-    /// The shell's status for this failure: 127 when the program or its interpreter is
-    /// missing, 126 when it exists but cannot be executed.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            LinuxError::NotFound { .. } | LinuxError::InterpreterMissing { .. } => 127,
-            _ => 126,
-        }
-    }
-}
-
-/// A checked program, ready to be loaded into a VM.
-#[derive(Debug)]
-pub struct Program {
-    pub path: PathBuf,
-    pub argv: Vec<OsString>,
-    pub envp: Vec<OsString>,
-    main: Elf,
-    interp: Option<Elf>,
-}
-
-/// The interpreter and optional argument of a `#!` line (at most 255 bytes, as Linux).
-fn shebang(data: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
-    let rest = data.strip_prefix(b"#!")?;
-    let line = rest.split(|&b| b == b'\n').next().unwrap_or(rest);
-    let line = &line[..line.len().min(255)];
-    let trimmed: Vec<&[u8]> = line
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let (interp, tail) = trimmed.split_first()?;
-    let interp = PathBuf::from(std::ffi::OsStr::from_bytes(interp));
-    // Linux passes everything after the interpreter as one argument.
-    let arg = (!tail.is_empty()).then(|| {
-        let joined = tail.join(&b' ');
-        OsString::from(std::ffi::OsStr::from_bytes(&joined))
-    });
-    Some((interp, arg))
-}
-
-fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| LinuxError::io(path, e))?;
-    if meta.is_dir() {
-        return Err(LinuxError::Directory {
-            path: path.to_owned(),
-        });
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(LinuxError::NotExecutable {
-            path: path.to_owned(),
-        });
-    }
-    std::fs::read(path).map_err(|e| LinuxError::io(path, e))
-}
-
-/// Map `program` (and its interpreter), its stack with argv, envp and auxv, and a trap
-/// area into the empty `mm`: the trap area and the registers of its first instruction.
-fn build_image(
-    mm: &mut AddressSpace,
-    program: &Program,
-    random: [u8; 16],
-    stubs: Option<GuestPhysAddr>,
-) -> Result<(TrapArea, kvm_regs), LinuxError> {
-    let oom = |_| LinuxError::OutOfMemory;
-    let trap = cpu::build_trap_area(mm, stubs).map_err(oom)?;
-    let main = program.main.load(mm, true)?;
-    let heap = main.end.div_ceil(PAGE) * PAGE;
-    mm.brk_start = heap;
-    mm.brk = heap;
-    let (entry, base) = match &program.interp {
-        Some(i) => {
-            let l = i.load(mm, false)?;
-            (l.entry, l.bias)
-        }
-        None => (main.entry, 0),
-    };
-    // The stack: reserved fully, populated (eagerly, like every mapping).
-    let stack_lo = STACK_TOP - STACK_SIZE;
-    mm.map(stack_lo, STACK_SIZE, Prot::RW, None, "[stack]")
-        .map_err(oom)?;
-    let ids = host::ids();
-    let spec = stack::StackSpec {
-        argv: program.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        envp: program.envp.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        execfn: program.path.as_os_str().as_bytes().to_vec(),
-        random,
-        auxv: vec![
-            (AT_PHDR, main.phdr),
-            (AT_PHENT, main.phent),
-            (AT_PHNUM, main.phnum),
-            (AT_PAGESZ, PAGE),
-            (AT_BASE, base),
-            (AT_FLAGS, 0),
-            (AT_ENTRY, main.entry),
-            (AT_UID, ids[2]),
-            (AT_EUID, ids[3]),
-            (AT_GID, ids[4]),
-            (AT_EGID, ids[5]),
-            (AT_SECURE, 0),
-            (AT_CLKTCK, 100),
-            (AT_HWCAP, host::hwcap()),
-            (AT_HWCAP2, 0),
-            (AT_MINSIGSTKSZ, 2048),
-        ],
-    };
-    let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
-    mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
-        .map_err(oom)?;
-    Ok((trap, cpu::entry_regs(entry, st.sp)))
-}
-
-impl Program {
-    /// Check `path` (an executable file) and its interpreter. `argv[0]` is the program's
-    /// name as given; `envp` its environment.
-    pub fn new(
-        path: &Path,
-        argv: Vec<OsString>,
-        envp: Vec<OsString>,
-    ) -> Result<Program, LinuxError> {
-        let data = read_executable(path)?;
-        if let Some((interp, arg)) = shebang(&data) {
-            // `#!INTERP [ARG]`: run INTERP [ARG] PATH ARGS... (argv[0] replaced), as
-            // binfmt_script does; the interpreter must be an ELF program itself.
-            let mut args = vec![interp.clone().into_os_string()];
-            args.extend(arg);
-            args.push(path.as_os_str().to_owned());
-            args.extend(argv.into_iter().skip(1));
-            let data = read_executable(&interp).map_err(|e| match e {
-                LinuxError::NotFound { .. } => LinuxError::InterpreterMissing {
-                    path: path.to_owned(),
-                    interp: interp.clone(),
-                },
-                e => e,
-            })?;
-            return Program::from_elf(&interp, Elf::parse(&interp, data)?, args, envp);
-        }
-        Program::from_elf(path, Elf::parse(path, data)?, argv, envp)
-    }
-
-    fn from_elf(
-        path: &Path,
-        main: Elf,
-        argv: Vec<OsString>,
-        envp: Vec<OsString>,
-    ) -> Result<Program, LinuxError> {
-        let interp = match &main.interp {
-            None => None,
-            Some(ip) => {
-                let data = std::fs::read(ip).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => LinuxError::InterpreterMissing {
-                        path: path.to_owned(),
-                        interp: ip.clone(),
-                    },
-                    _ => LinuxError::io(ip, e),
-                })?;
-                let elf = Elf::parse(ip, data)?;
-                if elf.interp.is_some() {
-                    return Err(LinuxError::BadElf {
-                        path: ip.clone(),
-                        why: "the interpreter has an interpreter itself".into(),
-                    });
-                }
-                Some(elf)
-            }
-        };
-        Ok(Program {
-            path: path.to_owned(),
-            argv,
-            envp,
-            main,
-            interp,
-        })
-    }
-
-    /// The program that really runs (the interpreter of a `#!` script).
-    pub fn executable(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether an ELF file looks like a Linux program rather than a bootable kernel:
-    /// position-independent or with an interpreter.
-    pub fn looks_like_program(bytes: &[u8]) -> bool {
-        Elf::parse(Path::new(""), bytes.to_vec()).is_ok_and(|e| e.is_dyn || e.interp.is_some())
-    }
-}
-
-/// Per-run facts of the personality, for the caller to report.
-#[derive(Clone, Debug, Default)]
-pub struct LinuxReport {
-    /// System calls serviced.
-    pub syscalls: u64,
-    /// Unimplemented system calls (answered -ENOSYS): name and count.
-    pub unimplemented: BTreeMap<String, u64>,
-    /// File mappings (the program, its interpreter, libraries), in order.
-    pub maps: Vec<MapRecord>,
-    /// Some(address) when a mapping was refused because guest memory ran out.
-    pub out_of_memory: Option<u64>,
-    /// Guest RAM the program used at its peak, in bytes.
-    pub peak_bytes: u64,
-    /// Time spent servicing traps (system calls included), ns.
-    pub trap_ns: u64,
-    /// Threads the program started (besides its first).
-    pub threads: u64,
-    /// Processes that ran (the first one included).
-    pub processes: u64,
-    /// Programs started with execve.
-    pub execs: u64,
-}
-
-/// A guest process as a recorder needs it to place snapshots: sent when a process
-/// starts (the first, or a fork) and when it execs, each time with a new address space.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessRecord {
-    /// The address space's id (0: the first process's first one); the mappings made in
-    /// it carry the same id ([`MapRecord::space`]).
-    pub space: u32,
-    pub pid: u64,
-    pub ppid: u64,
-    /// The name Linux gives it (the executable's file name, at most 15 bytes).
-    pub comm: String,
-    pub exe: PathBuf,
-    /// The CR3 values its vCPUs run with (the twin roots): a snapshot's `cr3` names
-    /// the address space it was taken in.
-    pub roots: [u64; 2],
-}
-
-/// What a Linux guest tells a recorder as it runs ([`crate::vm::VmConfig::guest_maps`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GuestEvent {
-    Map(MapRecord),
-    Process(ProcessRecord),
-}
 
 /// How a trap ends.
 #[derive(Debug)]
@@ -410,10 +141,6 @@ pub enum TrapAction {
         op: ProcessOp,
     },
 }
-
-/// An address space a vfork parent lent its child (see [`proc`]): the child puts
-/// it back here when it execs or ends.
-pub type LentSpace = Arc<std::sync::Mutex<Option<AddressSpace>>>;
 
 /// A process `fork` made, and its first thread.
 pub struct NewProcess {
@@ -479,11 +206,11 @@ pub struct Process {
     /// an `O_PATH` descriptor; None: lbrprof's own.
     pub(crate) cwd: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
     /// A vfork parent waiting for this process to exec or exit.
-    pub(crate) vfork_parent: Option<Arc<thread::Waiter>>,
+    pub(crate) vfork_parent: Option<Arc<waiter::Waiter>>,
     /// Where this process's address space goes back to its vfork parent.
     pub(crate) lent: Option<LentSpace>,
     /// The parking places of its threads (an execve wakes the others to end them).
-    pub(crate) waiters: BTreeMap<u64, Arc<thread::Waiter>>,
+    pub(crate) waiters: BTreeMap<u64, Arc<waiter::Waiter>>,
     /// Address spaces an execve replaced while other threads may still run on them:
     /// each is freed once no thread holds its token ([`Task::space_token`]).
     retired: Vec<(std::sync::Weak<()>, AddressSpace)>,
@@ -612,7 +339,7 @@ impl Process {
     /// A process with a trap area and no program: for tests and fuzzing of the system
     /// calls (map memory with [`Process::memory_mut`], then call [`Process::syscall`]).
     #[doc(hidden)]
-    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, mm::Errno> {
+    pub fn bare(mem: Arc<GuestMemory>) -> Result<Process, errno::Errno> {
         let mut mm = AddressSpace::new(mem, 0x1000)?;
         let trap = cpu::build_trap_area(&mut mm, None)?;
         let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
@@ -735,7 +462,7 @@ impl Process {
         self.kernel.exit(self.pid, status);
         for (_, t) in self.threads.iter().filter(|(t, _)| **t != tid) {
             if let Some(t) = t {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
         }
         self.threads.clear();
@@ -923,9 +650,9 @@ impl Process {
         // Nothing came for the call and nothing interrupts it: wait again (unless the
         // VM or the process is ending: then the call ends with EINTR).
         let ending =
-            crate::vm::stopping() || self.shared.dead.load(std::sync::atomic::Ordering::Acquire);
+            crate::kick::stopping() || self.shared.dead.load(std::sync::atomic::Ordering::Acquire);
         let again = !interrupted && !ending;
-        let eintr = mm::Errno(libc::EINTR).ret();
+        let eintr = errno::Errno(libc::EINTR).ret();
         let ret = match block {
             // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
             // (unless a wake came in between the timeout and this lock), or nothing
@@ -934,7 +661,7 @@ impl Process {
                 if interrupted {
                     eintr
                 } else if !woken {
-                    mm::Errno(libc::ETIMEDOUT).ret()
+                    errno::Errno(libc::ETIMEDOUT).ret()
                 } else {
                     0
                 }
@@ -969,10 +696,10 @@ impl Process {
             }
             Block::Restart { poll, .. } if poll.cut_short() && interrupted && !restarts => eintr,
             Block::Restart { nr, .. } => restart(&mut pending.regs, nr),
-            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && again => {
+            Block::Wait(w) if matches!(w.result, Err(errno::Errno(libc::EINTR))) && again => {
                 return Ok(self.block_again(task, pending, Block::Wait(w)));
             }
-            Block::Wait(w) if matches!(w.result, Err(mm::Errno(libc::EINTR))) && restarts => {
+            Block::Wait(w) if matches!(w.result, Err(errno::Errno(libc::EINTR))) && restarts => {
                 restart(&mut pending.regs, pending.nr)
             }
             Block::Wait(w) => self.wait_done(&w),
@@ -1094,7 +821,7 @@ impl Process {
             child
         } else {
             self.threads.remove(&child);
-            mm::Errno(libc::EAGAIN).ret()
+            errno::Errno(libc::EAGAIN).ret()
         };
         write_regs(vcpu, &pending.regs, pending.fast)
     }
@@ -1127,7 +854,7 @@ impl Process {
                     self.report.trap_ns += started.elapsed().as_nanos() as u64;
                     return Ok(TrapAction::Exec { roots });
                 }
-                Err(e) => mm::Errno(e.errno()),
+                Err(e) => errno::Errno(e.errno()),
             },
         };
         pending.regs.rax = err.ret();
@@ -1156,7 +883,7 @@ impl Process {
         pending.regs.rax = if started {
             child
         } else {
-            mm::Errno(libc::EAGAIN).ret()
+            errno::Errno(libc::EAGAIN).ret()
         };
         write_regs(vcpu, &pending.regs, pending.fast)?;
         Ok(None)
@@ -1169,8 +896,8 @@ impl Process {
         task: &mut Task,
         vcpu: &VcpuFd,
         regs: &kvm_regs,
-        f: &syscall::ForkArgs,
-    ) -> Result<Box<NewProcess>, mm::Errno> {
+        f: &outcome::ForkArgs,
+    ) -> Result<Box<NewProcess>, errno::Errno> {
         let flag = |c: i32| f.flags & c as u64 != 0;
         // vfork with CLONE_VM (vfork(), posix_spawn): the parent lends the child its
         // address space until the child execs or ends (it waits meanwhile), so what the
@@ -1384,7 +1111,7 @@ impl Process {
             if tid != task.tid
                 && let Some(t) = t
             {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
         }
         for (&tid, w) in &self.waiters {
@@ -1449,25 +1176,25 @@ impl Process {
             return Ok(Serviced::Resume);
         }
         let served = match self.syscall(task, nr, args) {
-            syscall::Outcome::Return(v) => {
+            outcome::Outcome::Return(v) => {
                 regs.rax = v;
                 if let Some(end) = self.deliver_pending(task, vcpu, regs)? {
                     return Ok(Serviced::End(end));
                 }
                 Serviced::Resume
             }
-            syscall::Outcome::Exit(code) => return Ok(Serviced::End(TrapAction::Exit(code))),
-            syscall::Outcome::ThreadExit => return Ok(Serviced::End(TrapAction::ThreadExit)),
-            syscall::Outcome::Kill { signal, reason } => {
+            outcome::Outcome::Exit(code) => return Ok(Serviced::End(TrapAction::Exit(code))),
+            outcome::Outcome::ThreadExit => return Ok(Serviced::End(TrapAction::ThreadExit)),
+            outcome::Outcome::Kill { signal, reason } => {
                 return Ok(Serviced::End(TrapAction::Killed { signal, reason }));
             }
-            syscall::Outcome::Block(b) => {
+            outcome::Outcome::Block(b) => {
                 self.interruptible(task, &b);
                 Serviced::Block(b)
             }
-            syscall::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
-            syscall::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
-            syscall::Outcome::Clone(c) => {
+            outcome::Outcome::Exec(program) => Serviced::Op(ProcessOp::Exec(program)),
+            outcome::Outcome::Fork(f) => Serviced::Op(ProcessOp::Fork(f)),
+            outcome::Outcome::Clone(c) => {
                 // The child returns 0 from the call, in ring 3, on its own stack.
                 let mut child = *regs;
                 child.rax = 0;
@@ -1766,7 +1493,7 @@ impl Process {
                 if tid != task.tid
                     && let Some(t) = t
                 {
-                    crate::vm::kick_thread(*t);
+                    crate::kick::kick_thread(*t);
                 }
             }
         }
@@ -1815,7 +1542,7 @@ enum Serviced {
 /// leave them to be "restored" into the new program).
 #[derive(Debug)]
 pub enum ProcessOp {
-    Fork(Box<syscall::ForkArgs>),
+    Fork(Box<outcome::ForkArgs>),
     Exec(Box<Program>),
 }
 
@@ -1875,21 +1602,4 @@ pub fn catch_up_tlb(
     task.tlb_seen = generation;
     s.cr3 = task.cr3;
     vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shebang_lines_are_split_like_binfmt_script() {
-        let (i, a) = shebang(b"#!/bin/sh\necho").unwrap();
-        assert_eq!((i, a), (PathBuf::from("/bin/sh"), None));
-        let (i, a) = shebang(b"#! /usr/bin/env  python3 -u\n").unwrap();
-        assert_eq!(i, PathBuf::from("/usr/bin/env"));
-        assert_eq!(a, Some(OsString::from("python3 -u")));
-        assert!(shebang(b"#!\n").is_none());
-        assert!(shebang(b"\x7fELF").is_none());
-        assert!(shebang(b"#!").is_none());
-    }
 }

@@ -11,9 +11,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::linux::Process;
+use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
-use crate::linux::mm::Errno;
 use crate::linux::syscall::MAX_IO;
 use crate::memory::GuestVirtAddr;
 

@@ -25,10 +25,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::linux::LinuxReport;
-use crate::linux::mm::{Errno, FramePool};
-use crate::linux::signal::{SI_USER, SigInfo, SigPending};
-use crate::linux::thread::Waiter;
+use crate::linux::errno::Errno;
+use crate::linux::mm::FramePool;
+use crate::linux::report::LinuxReport;
+use crate::linux::signal::{SI_USER, SigInfo, SigPending, child_code};
+use crate::linux::waiter::Waiter;
 
 /// What every process of a VM shares.
 #[derive(Debug)]
@@ -86,15 +87,16 @@ impl Shared {
         self.dead.load(Ordering::Acquire) || self.superseded(task)
     }
 
-    /// Note `sig` (1..=64) as sent to the process by a process (SI_USER), and kick its
-    /// vCPUs out of the guest: the first back takes it
+    /// Note `sig` (1..=64) as sent to the process by process `sender` (SI_USER, with
+    /// the sender's pid and uid, as `kill` tells the handler), and kick its vCPUs out
+    /// of the guest: the first back takes it
     /// ([`crate::linux::Process::deliver_async`]).
-    pub fn post(&self, sig: u64) {
+    pub fn post(&self, sig: u64, sender: u64) {
         if (1..=64).contains(&sig) {
             self.post_info(SigInfo {
                 signo: sig as i32,
                 code: SI_USER,
-                word: crate::linux::host::ids()[2] << 32,
+                word: sender | (crate::linux::host::ids()[2] << 32),
                 ..SigInfo::default()
             });
         }
@@ -127,7 +129,7 @@ impl Shared {
     /// Kick the process's vCPUs out of the guest and wake its sleepers, for a signal.
     fn kick(&self) {
         for &t in self.vcpus().values() {
-            crate::vm::kick_thread(t);
+            crate::kick::kick_thread(t);
         }
         for w in self.sleepers().values() {
             w.wake();
@@ -284,8 +286,16 @@ impl Kernel {
         }
         match t.procs.get_mut(&ppid) {
             Some(p) if p.status.is_none() => {
-                // SIGCHLD interrupts what the parent waits in when it handles it.
-                p.shared.post(libc::SIGCHLD as u64);
+                // SIGCHLD interrupts what the parent waits in when it handles it. It
+                // says which child ended and how (si_pid, si_uid, si_status).
+                let (code, child_status) = child_code(status);
+                p.shared.post_info(SigInfo {
+                    signo: libc::SIGCHLD,
+                    code,
+                    word: pid | (crate::linux::host::ids()[2] << 32),
+                    value: child_status as u32 as u64,
+                    ..SigInfo::default()
+                });
                 for w in p.waiters.drain(..) {
                     w.wake();
                 }
@@ -345,13 +355,13 @@ impl Kernel {
         Ok(None)
     }
 
-    /// Send `sig` to process `pid` (0: only check it exists). False if there is none
-    /// (or it has ended).
-    pub fn signal(&self, pid: u64, sig: u64) -> bool {
+    /// Send `sig` from process `sender` to process `pid` (0: only check it exists).
+    /// False if there is none (or it has ended).
+    pub fn signal(&self, pid: u64, sig: u64, sender: u64) -> bool {
         let t = self.table();
         match t.procs.get(&pid) {
             Some(e) if e.status.is_none() => {
-                e.shared.post(sig);
+                e.shared.post(sig, sender);
                 true
             }
             _ => false,
@@ -404,8 +414,8 @@ mod tests {
     #[test]
     fn a_thread_takes_only_the_process_signals_it_does_not_block() {
         let s = Shared::default();
-        s.post(10);
-        s.post(15);
+        s.post(10, 7);
+        s.post(15, 7);
         // A thread blocking SIGUSR1 (bit 9) takes SIGTERM only.
         assert_eq!(s.take(1 << 9).set(), 1 << 14);
         assert_eq!(s.take(1 << 9).set(), 0);
@@ -425,17 +435,18 @@ mod tests {
         };
         assert!(s.post_info(timer(12, 3)));
         // A plain post of a pending standard signal keeps the first sender's info.
-        s.post(12);
+        s.post(12, 7);
         assert!(!s.post_info(timer(12, 4)));
         let mut t = s.take(0);
         assert_eq!(t.set(), 1 << 11);
         assert_eq!(s.signals.load(Ordering::Acquire), 0);
         let i = t.take(12).unwrap();
         assert_eq!((i.code, i.word, i.value), (SI_TIMER, 3, 7));
-        // Posted anew by a process: its own info, nothing stale from before.
-        s.post(12);
+        // Posted anew by a process: its own info (its pid in si_pid), nothing stale
+        // from before.
+        s.post(12, 7);
         let i = s.take(0).take(12).unwrap();
-        assert_eq!(i.code, SI_USER);
+        assert_eq!((i.code, i.word as u32), (SI_USER, 7));
         // Realtime: two timers on one signal are two deliveries, each with its info.
         assert!(s.post_info(timer(40, 1)));
         assert!(s.post_info(timer(40, 2)));
@@ -483,7 +494,40 @@ mod tests {
             k.reap(100, WaitFor::Group(0), false, None),
             Ok(Some((b, 15)))
         );
-        assert!(!k.signal(b, 1));
-        assert!(k.signal(100, libc::SIGCHLD as u64));
+        assert!(!k.signal(b, 1, 100));
+        assert!(k.signal(100, libc::SIGCHLD as u64, 100));
+    }
+
+    #[test]
+    fn a_childs_end_tells_its_parent_which_child_and_how() {
+        let parent: Arc<Shared> = Arc::default();
+        let k = Kernel::new(
+            Arc::new(Mutex::new(Frames::empty())),
+            100,
+            1,
+            parent.clone(),
+        );
+        let uid = crate::linux::host::ids()[2];
+        for (status, code, si_status) in [
+            (exited(7), crate::linux::signal::CLD_EXITED, 7),
+            (
+                killed(libc::SIGTERM),
+                crate::linux::signal::CLD_KILLED,
+                libc::SIGTERM,
+            ),
+        ] {
+            let c = k.new_id();
+            k.add(c, 100, 100, Arc::default());
+            k.exit(c, status);
+            let i = parent.take(0).take(libc::SIGCHLD as u64).unwrap();
+            assert_eq!(
+                (i.code, i.word, i.value),
+                (code, c | (uid << 32), si_status as u64)
+            );
+            assert_eq!(
+                k.reap(100, WaitFor::Pid(c), false, None),
+                Ok(Some((c, status)))
+            );
+        }
     }
 }

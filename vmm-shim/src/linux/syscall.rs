@@ -16,60 +16,19 @@ use syscalls::Sysno;
 
 use crate::linux::Process;
 use crate::linux::abi::*;
+use crate::linux::block::{self, Block, WaitOut};
+use crate::linux::errno::Errno;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::itimer;
-use crate::linux::mm::{Errno, FileBacking, Prot};
+use crate::linux::mm::{FileBacking, Prot};
+use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
 use crate::linux::proc::WaitFor;
+use crate::linux::program::Program;
 use crate::linux::signal;
-use crate::linux::thread::{self, Block, Task};
+use crate::linux::thread::{self, Task};
+use crate::linux::waiter::Waiter;
 use crate::memory::GuestVirtAddr;
-
-/// What a system call does to the program.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Resume with this RAX.
-    Return(u64),
-    /// exit/exit_group.
-    Exit(i32),
-    /// End the program with a signal (and a one-line reason).
-    Kill { signal: i32, reason: String },
-    /// `exit` of a thread while others run.
-    ThreadExit,
-    /// Block (with the process released); the result comes when it ends.
-    Block(Block),
-    /// Start a thread (the caller has the registers to give it).
-    Clone(Box<CloneArgs>),
-    /// Start a process: fork, vfork, or a clone without CLONE_VM.
-    Fork(Box<ForkArgs>),
-    /// Replace the program (execve): the checked program to load.
-    Exec(Box<crate::linux::Program>),
-}
-
-/// A new process `fork`, `vfork` or `clone` asked for.
-#[derive(Debug)]
-pub struct ForkArgs {
-    pub flags: u64,
-    /// The child's stack pointer (0: the parent's).
-    pub stack: u64,
-    pub ptid: u64,
-    pub ctid: u64,
-    pub tls: u64,
-    /// The parent waits until the child execs or exits (CLONE_VFORK).
-    pub vfork: bool,
-}
-
-/// A thread `clone` asked for.
-#[derive(Debug)]
-pub struct CloneArgs {
-    pub tid: u64,
-    /// The child's stack pointer (0: the parent's).
-    pub stack: u64,
-    /// CLONE_SETTLS: the child's FS base.
-    pub tls: Option<u64>,
-    /// CLONE_CHILD_CLEARTID: where its id is cleared (and woken) when it exits.
-    pub clear_tid: u64,
-}
 
 type Sys = Result<u64, Errno>;
 
@@ -80,16 +39,6 @@ const PATH_MAX: usize = 4096;
 /// Most bytes of arguments and environment an execve takes (ARG_MAX as Linux computes
 /// it for an 8 MiB stack).
 const ARG_MAX: usize = 2 << 20;
-/// `si_code` values of SIGCHLD (uapi/asm-generic/siginfo.h).
-const CLD_EXITED: i32 = 1;
-const CLD_KILLED: i32 = 2;
-
-/// Where a wait's results go.
-#[derive(Clone, Copy, Debug)]
-pub enum WaitOut {
-    Wait4 { status: u64, rusage: u64 },
-    Waitid { info: u64 },
-}
 
 fn ok(v: u64) -> Sys {
     Ok(v)
@@ -562,7 +511,7 @@ impl Process {
             }
             Sysno::pause => return Outcome::Block(Block::Suspend),
             Sysno::alarm => {
-                let stop = crate::vm::stop_flag();
+                let stop = crate::kick::stop_flag();
                 let secs = std::time::Duration::from_secs(u64::from(a[0] as u32));
                 let (left, _) =
                     self.itimer
@@ -585,7 +534,7 @@ impl Process {
                 .map(|t| t.overrun()),
             Sysno::timer_delete => match self.timers.remove(&a[0]) {
                 Some(t) => {
-                    let stop = crate::vm::stop_flag();
+                    let stop = crate::kick::stop_flag();
                     t.set(&self.shared, stop, Duration::ZERO, Duration::ZERO);
                     self.drop_timer_signal(task, a[0]);
                     Ok(0)
@@ -607,7 +556,7 @@ impl Process {
                 }
                 if pid > 0 {
                     // Another process takes it at its next system call.
-                    if self.kernel.signal(pid as u64, a[1]) {
+                    if self.kernel.signal(pid as u64, a[1], self.pid) {
                         Ok(0)
                     } else {
                         Err(Errno(libc::ESRCH))
@@ -619,7 +568,7 @@ impl Process {
                     };
                     let members = self.kernel.group(group);
                     for &m in members.iter().filter(|&&m| m != self.pid) {
-                        self.kernel.signal(m, a[1]);
+                        self.kernel.signal(m, a[1], self.pid);
                     }
                     if members.contains(&self.pid) {
                         return self.sys_kill(task, task.tid, a[1], signal::SI_USER);
@@ -1182,7 +1131,7 @@ impl Process {
         } else {
             (tv(new)?, tv(new.checked_add(16).ok_or(Errno::EFAULT)?)?)
         };
-        let stop = crate::vm::stop_flag();
+        let stop = crate::kick::stop_flag();
         let prev = self.itimer.set(&self.shared, stop, value, interval);
         if old != 0 {
             self.out_itimerval(old, prev)?;
@@ -1259,7 +1208,7 @@ impl Process {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_nanos(1));
         }
-        let stop = crate::vm::stop_flag();
+        let stop = crate::kick::stop_flag();
         let prev = timer.set(&self.shared, stop, value, interval);
         self.drop_timer_signal(task, id);
         if old != 0 {
@@ -1375,7 +1324,7 @@ impl Process {
             self.signals_for.entry(tid).or_default().push(info);
             // Out of the guest or its sleep, to take it now (`Process::deliver_async`).
             if let Some(Some(t)) = self.threads.get(&tid) {
-                crate::vm::kick_thread(*t);
+                crate::kick::kick_thread(*t);
             }
             if let Some(w) = self.shared.sleepers().get(&tid) {
                 w.wake();
@@ -1508,7 +1457,7 @@ impl Process {
                 }
             })
             .collect();
-        let mut block = thread::PollBlock {
+        let mut block = block::PollBlock {
             va,
             entries,
             deadline,
@@ -1517,7 +1466,7 @@ impl Process {
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
             block.run(
-                &thread::Waiter::default(),
+                &Waiter::default(),
                 &std::sync::atomic::AtomicBool::new(false),
             );
             return Outcome::Return(self.poll_done(&block));
@@ -1526,7 +1475,7 @@ impl Process {
     }
 
     /// Write a finished poll's revents back; the call's result.
-    pub(crate) fn poll_done(&mut self, block: &thread::PollBlock) -> u64 {
+    pub(crate) fn poll_done(&mut self, block: &block::PollBlock) -> u64 {
         let revents = match &block.result {
             Ok(r) => r,
             Err(e) => return e.ret(),
@@ -1651,7 +1600,7 @@ impl Process {
                 }
                 self.host_path(&p)
             };
-            crate::linux::Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
+            Program::new(&host, argv, envp).map_err(|e| Errno(e.errno()))
         })();
         match r {
             Ok(p) => Outcome::Exec(Box::new(p)),
@@ -1705,7 +1654,7 @@ impl Process {
 
     fn wait(&mut self, task: &Task, which: WaitFor, options: i32, out: WaitOut) -> Outcome {
         let keep = options & libc::WNOWAIT != 0;
-        let mut block = thread::WaitBlock {
+        let mut block = block::WaitBlock {
             kernel: self.kernel.clone(),
             parent: self.pid,
             which,
@@ -1727,7 +1676,7 @@ impl Process {
     }
 
     /// Write a finished wait's results; the call's result.
-    pub(crate) fn wait_done(&mut self, block: &thread::WaitBlock) -> u64 {
+    pub(crate) fn wait_done(&mut self, block: &block::WaitBlock) -> u64 {
         let (pid, status) = match block.result {
             Err(e) => return e.ret(),
             Ok(Some(r)) => r,
@@ -1746,11 +1695,7 @@ impl Process {
             WaitOut::Waitid { info } if info != 0 => {
                 let mut b = [0u8; 128];
                 if pid != 0 {
-                    let (code, st) = if status & 0x7f == 0 {
-                        (CLD_EXITED, (status >> 8) & 0xff)
-                    } else {
-                        (CLD_KILLED, status & 0x7f)
-                    };
+                    let (code, st) = signal::child_code(status);
                     b[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
                     b[8..12].copy_from_slice(&code.to_le_bytes());
                     b[16..20].copy_from_slice(&(pid as u32).to_le_bytes());
@@ -1821,16 +1766,16 @@ impl Process {
             }
             fds.push(fd as u32);
         }
-        let mut block = thread::PollBlock {
+        let mut block = block::PollBlock {
             va: 0,
             entries,
             deadline,
             result: Ok(Vec::new()),
-            select: Some(thread::SelectSets { sets, nfds, fds }),
+            select: Some(block::SelectSets { sets, nfds, fds }),
         };
         if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
             block.run(
-                &thread::Waiter::default(),
+                &Waiter::default(),
                 &std::sync::atomic::AtomicBool::new(false),
             );
             return Outcome::Return(self.poll_done(&block));
@@ -1839,7 +1784,7 @@ impl Process {
     }
 
     /// Write a finished select's sets back; the number of bits set.
-    fn select_done(&mut self, s: &thread::SelectSets, revents: &[i16]) -> u64 {
+    fn select_done(&mut self, s: &block::SelectSets, revents: &[i16]) -> u64 {
         let bytes = (s.nfds as usize).div_ceil(64) * 8;
         let mut bits = [vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]];
         let mut n = 0;
@@ -1955,13 +1900,6 @@ fn unsupported(what: &str) -> Outcome {
     Outcome::Kill {
         signal: libc::SIGSYS,
         reason: format!("{what} is not supported in the VM"),
-    }
-}
-
-impl Errno {
-    /// The RAX value of a failed call (`-errno`).
-    pub fn ret(self) -> u64 {
-        (-i64::from(self.0)) as u64
     }
 }
 

@@ -17,19 +17,12 @@
 //! kicked out of `KVM_RUN`, and each reloads CR3 before its next entry.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
-
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_regs};
 
 use crate::linux::cpu::{SyscallMode, TrapArea};
-use crate::linux::host;
-use crate::linux::mm::Errno;
-use crate::linux::proc::{Kernel, WaitFor};
-use crate::linux::syscall::WaitOut;
+use crate::linux::waiter::Waiter;
 
 /// One thread of the program (the state Linux keeps per task that the shim needs).
 #[derive(Debug)]
@@ -115,234 +108,6 @@ pub struct NewThread {
     pub regs: kvm_regs,
     /// The parent's x87/SSE state (a thread starts with its creator's, as on Linux).
     pub fpu: Option<kvm_fpu>,
-}
-
-/// A thread's parking place (a futex wait or a sleep).
-#[derive(Debug, Default)]
-pub struct Waiter {
-    woken: Mutex<bool>,
-    cv: Condvar,
-}
-
-/// How often a blocked thread looks at the VM's stop flag.
-pub(crate) const STOP_POLL: Duration = Duration::from_millis(20);
-
-impl Waiter {
-    pub fn wake(&self) {
-        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        *w = true;
-        self.cv.notify_one();
-    }
-
-    /// Forget an earlier wake (before queueing again).
-    pub fn reset(&self) {
-        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = false;
-    }
-
-    /// Whether it was woken since the last [`Self::reset`] (a signal came, for the
-    /// waits that poll host descriptors).
-    pub fn is_woken(&self) -> bool {
-        *self.woken.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Block until woken (true), `deadline` passes or `stop` is set (false).
-    pub fn wait(&self, deadline: Option<Instant>, stop: &AtomicBool) -> bool {
-        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if *w {
-                return true;
-            }
-            if stop.load(Ordering::Acquire) {
-                return false;
-            }
-            let now = Instant::now();
-            let slice = match deadline {
-                Some(d) if d <= now => return false,
-                Some(d) => (d - now).min(STOP_POLL),
-                None => STOP_POLL,
-            };
-            w = self
-                .cv
-                .wait_timeout(w, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-/// What a thread blocks on, with the process lock released.
-#[derive(Debug)]
-pub enum Block {
-    /// A futex wait (queued in [`Futexes`] already).
-    Futex { deadline: Option<Instant> },
-    /// nanosleep/clock_nanosleep (woken early by a signal: EINTR, the time left
-    /// written to `rem` when not 0).
-    Sleep { until: Instant, rem: u64 },
-    /// poll/ppoll/select on host descriptors.
-    Poll(PollBlock),
-    /// epoll_wait and its variants, on a host epoll instance.
-    Epoll(crate::linux::events::EpollBlock),
-    /// A read that would block: wait until the descriptor is readable, then system
-    /// call `nr` starts again (`Process::wait_readable` in `events.rs`).
-    Restart { poll: PollBlock, nr: u64 },
-    /// wait4/waitid for a child to end.
-    Wait(WaitBlock),
-    /// rt_sigsuspend and pause: until a signal runs a handler or ends the process.
-    Suspend,
-    /// A write that may wait for a reader (`Process::wait_writable` in `events.rs`).
-    Write(crate::linux::events::WriteBlock),
-    /// A vfork parent until its child execs or exits; the child's id, and where the
-    /// child gives back the address space it borrowed.
-    Vfork {
-        child: u64,
-        lent: Option<crate::linux::LentSpace>,
-    },
-}
-
-/// A wait for a child process (wait4, waitid).
-#[derive(Debug)]
-pub struct WaitBlock {
-    pub kernel: Arc<Kernel>,
-    pub parent: u64,
-    pub which: WaitFor,
-    /// WNOWAIT: leave the child to be waited for again.
-    pub keep: bool,
-    pub out: WaitOut,
-    /// The child and its wait status once one ended; None with WNOHANG and no child
-    /// ended.
-    pub result: Result<Option<(u64, i32)>, Errno>,
-}
-
-impl WaitBlock {
-    /// Wait until a selected child ends, or a signal or the VM's stop wakes `waiter`
-    /// (then the result is EINTR, which `Process::finish_block` turns into a restart
-    /// or another wait when the signal does not interrupt it). The waiter was queued
-    /// for the children's ends when the call blocked (`Kernel::reap`), so a wake
-    /// between then and now is not lost.
-    pub fn run(&mut self, waiter: &Arc<Waiter>, stop: &AtomicBool) {
-        if !waiter.wait(None, stop) {
-            self.result = Err(Errno(libc::EINTR));
-            return;
-        }
-        self.result = match self.kernel.reap(self.parent, self.which, self.keep, None) {
-            Ok(None) => Err(Errno(libc::EINTR)),
-            r => r,
-        };
-    }
-}
-
-/// The `fd_set`s of a select, to write back when the poll ends.
-#[derive(Debug)]
-pub struct SelectSets {
-    /// Guest addresses of the read, write and except sets (0: none).
-    pub sets: [u64; 3],
-    pub nfds: u64,
-    /// The descriptor of each poll entry.
-    pub fds: Vec<u32>,
-}
-
-impl Block {
-    /// Block `waiter`'s thread; true when it was woken (futex) rather than timed out
-    /// or stopped.
-    pub fn wait(&mut self, waiter: &Arc<Waiter>, stop: &AtomicBool) -> bool {
-        match self {
-            Block::Futex { deadline } => waiter.wait(*deadline, stop),
-            Block::Wait(w) => {
-                w.run(waiter, stop);
-                true
-            }
-            Block::Vfork { .. } | Block::Suspend => waiter.wait(None, stop),
-            // Reset under the process lock when the sleep began (a signal's wake
-            // after that point must not be lost).
-            Block::Sleep { until, .. } => waiter.wait(Some(*until), stop),
-            Block::Poll(p) => {
-                p.run(waiter, stop);
-                true
-            }
-            Block::Epoll(e) => {
-                e.run(waiter, stop);
-                true
-            }
-            Block::Restart { poll, .. } => {
-                poll.run(waiter, stop);
-                true
-            }
-            Block::Write(w) => {
-                w.run(waiter, stop);
-                true
-            }
-        }
-    }
-}
-
-/// A poll of guest descriptors, on their host files.
-#[derive(Debug)]
-pub struct PollBlock {
-    /// Guest address of the `struct pollfd` array.
-    pub va: u64,
-    /// Per entry: the host file (None: a negative fd, skipped) and the events; entries
-    /// whose guest fd is not open are POLLNVAL.
-    pub entries: Vec<(Option<Arc<OwnedFd>>, i16, bool)>,
-    /// None: no timeout.
-    pub deadline: Option<Instant>,
-    /// revents per entry, or the error, once run.
-    pub result: Result<Vec<i16>, Errno>,
-    /// Set for a select (the sets to write back instead of `struct pollfd`s).
-    pub select: Option<SelectSets>,
-}
-
-impl PollBlock {
-    /// Poll until something is ready, the deadline passes, a signal wakes `waiter`
-    /// (its vCPU thread is kicked too, which ends a host poll at once) or the VM stops.
-    pub fn run(&mut self, waiter: &Waiter, stop: &AtomicBool) {
-        let mut fds: Vec<libc::pollfd> = self
-            .entries
-            .iter()
-            .map(|(f, events, _)| libc::pollfd {
-                fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
-                events: *events,
-                revents: 0,
-            })
-            .collect();
-        let nval = self.entries.iter().any(|e| e.2);
-        loop {
-            let now = Instant::now();
-            let slice = match self.deadline {
-                _ if nval => Duration::ZERO,
-                Some(d) => d.saturating_duration_since(now).min(STOP_POLL),
-                None => STOP_POLL,
-            };
-            match host::poll(&mut fds, slice.as_millis() as i32) {
-                Ok(0) => {}
-                Ok(_) => break,
-                Err(e) if e.0 == libc::EINTR => {}
-                Err(e) => {
-                    self.result = Err(e);
-                    return;
-                }
-            }
-            let over = self.deadline.is_some_and(|d| Instant::now() >= d);
-            if nval || over || stop.load(Ordering::Acquire) || waiter.is_woken() {
-                break;
-            }
-        }
-        self.result = Ok(self
-            .entries
-            .iter()
-            .zip(&fds)
-            .map(|(e, p)| if e.2 { libc::POLLNVAL } else { p.revents })
-            .collect());
-    }
-
-    /// Whether it ended with nothing ready before its deadline (a signal or the VM's
-    /// stop ended it).
-    pub fn cut_short(&self) -> bool {
-        let none = self
-            .result
-            .as_ref()
-            .is_ok_and(|r| r.iter().all(|&e| e == 0));
-        none && self.deadline.is_none_or(|d| Instant::now() < d)
-    }
 }
 
 #[derive(Debug)]
@@ -493,6 +258,8 @@ pub fn wake_op(encoded: u32, old: u32) -> Option<(u32, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
 
     #[test]
     fn wake_counts_and_bitsets_and_requeue() {
@@ -515,19 +282,6 @@ mod tests {
         assert!(!f.remove(3));
         assert_eq!(f.wake(0x2000, u64::MAX, u32::MAX), 1);
         assert!(f.is_empty());
-    }
-
-    #[test]
-    fn a_stopped_vm_ends_every_wait() {
-        let w = Waiter::default();
-        let stop = AtomicBool::new(true);
-        let t = Instant::now();
-        assert!(!w.wait(None, &stop));
-        assert!(t.elapsed() < Duration::from_secs(1));
-        let stop = AtomicBool::new(false);
-        let t = Instant::now();
-        assert!(!w.wait(Some(t + Duration::from_millis(30)), &stop));
-        assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]
