@@ -194,32 +194,9 @@ impl PairKey {
 
 type PairMap<V> = HashMap<PairKey, V, PairHash>;
 
-/// FxHash's mixing (deterministic, a multiply and a rotate per word).
-#[derive(Clone, Copy, Default)]
-struct PairHash;
-
-impl BuildHasher for PairHash {
-    type Hasher = PairHasher;
-    fn build_hasher(&self) -> PairHasher {
-        PairHasher(0)
-    }
-}
-
-struct PairHasher(u64);
-
-impl std::hash::Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
+/// The raw-key tables are keyed by a few integers each: FxHash (rustc-hash), one multiply
+/// per word, deterministic.
+type PairHash = rustc_hash::FxBuildHasher;
 
 /// No entry gave a kind yet.
 const NO_KIND: u64 = u64::MAX;
