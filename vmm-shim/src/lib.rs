@@ -26,6 +26,7 @@ pub mod caps;
 pub mod devices;
 pub mod error;
 pub mod hook;
+mod int3;
 mod kick;
 pub mod linux;
 pub mod loader;

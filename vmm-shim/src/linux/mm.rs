@@ -319,7 +319,7 @@ impl AddressSpace {
                     // parent's: the child's copy gets the original bytes.
                     let pa = e & PTE_ADDR_MASK;
                     for (a, orig) in
-                        crate::pmu::kvm_hook::breakpoint_originals(self.mem.host_base(), pa, PAGE)
+                        crate::int3::breakpoint_originals(self.mem.host_base(), pa, PAGE)
                     {
                         let i = (a - pa) as usize;
                         if page[i] == 0xCC {
