@@ -21,7 +21,7 @@
 
 use crate::dwarf::Regs;
 use crate::model::{Branch, CpuMode, Frame, HostSample};
-use crate::perfdata::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
+use crate::perfdata::entries::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
 
 /// One sample, borrowed from its source.
 #[derive(Clone, Copy, Debug)]
