@@ -66,35 +66,18 @@ pub mod alu;
 pub mod host_flags;
 mod sse;
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
-
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
     Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
 
 use self::alu::{Op, STATUS, alu, mask, sext};
+use super::addr_hash::{FastMap, FastSet};
 use super::branch::{BranchKind, MAX_INSN_LEN};
-use super::tracer::GuestAccess;
+use super::guest::{GuestAccess, InterpState};
 
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.RF (cleared when an instruction completes).
 const RFLAGS_RF: u64 = 1 << 16;
-/// RFLAGS.AC.
-const RFLAGS_AC: u64 = 1 << 18;
-/// CR0.AM.
-const CR0_AM: u64 = 1 << 18;
-/// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
-const CR4_PKE: u64 = 1 << 22;
-/// CR4.CET (control-flow enforcement: user shadow stacks and indirect-branch tracking
-/// change what CALL, RET and indirect jumps do; not modelled, so never interpreted).
-const CR4_CET: u64 = 1 << 23;
-/// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
-const CR4_LA57: u64 = 1 << 12;
-/// DR7.L0–L3/G0–G3: a hardware breakpoint or watchpoint is armed.
-const DR7_ENABLES: u64 = 0xff;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
 /// Page-table entry bits (SDM Vol. 3, "Paging").
@@ -113,85 +96,6 @@ const RSP: usize = 4;
 const LOOKAHEAD_BUDGET: usize = 256;
 /// Decoded instructions cached before the cache is flushed.
 const MAX_CACHED_INSNS: usize = 1 << 16;
-
-/// A fast hasher for the interpreter's maps (keys are addresses the guest cannot choose
-/// to collide with any benefit: a collision only costs time), FxHash's multiply-rotate.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_i64(&mut self, v: i64) {
-        self.write_u64(v as u64);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<AddrHasher>>;
-
-/// The guest state the interpreter runs on: the register file plus the control state that
-/// decides how memory is accessed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InterpState {
-    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15 (the encoding order).
-    pub gpr: [u64; 16],
-    pub rip: u64,
-    pub rflags: u64,
-    pub cr0: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub efer: u64,
-    /// CS.DPL.
-    pub cpl: u8,
-    /// CS.L: 64-bit code.
-    pub long_mode: bool,
-    /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
-    pub dr7: u64,
-    /// FS.base (thread-local storage on x86-64 Linux: `%fs:` accesses add it).
-    pub fs_base: u64,
-}
-
-impl InterpState {
-    /// Why this state cannot be interpreted at all, if it cannot.
-    pub fn refusal(&self) -> Option<&'static str> {
-        if self.cpl != 3 {
-            Some("not ring 3")
-        } else if !self.long_mode {
-            Some("not 64-bit code")
-        } else if self.rflags & RFLAGS_TF != 0 {
-            Some("the guest single-steps itself")
-        } else if self.rflags & RFLAGS_AC != 0 && self.cr0 & CR0_AM != 0 {
-            Some("alignment checking is on")
-        } else if self.cr4 & CR4_PKE != 0 {
-            Some("protection keys are on")
-        } else if self.cr4 & CR4_CET != 0 {
-            Some("control-flow enforcement (CET) is on")
-        } else if self.cr4 & CR4_LA57 != 0 {
-            Some("5-level paging is on")
-        } else if self.dr7 & DR7_ENABLES != 0 {
-            Some("the guest has hardware breakpoints armed")
-        } else {
-            None
-        }
-    }
-}
 
 /// Why the interpreter stopped before an instruction (which it did not execute).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

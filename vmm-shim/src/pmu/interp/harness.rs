@@ -9,7 +9,7 @@ use std::arch::asm;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Register};
 
 use super::*;
-use crate::pmu::tracer::{GuestAccessError, GuestCpu};
+use crate::pmu::guest::{GuestAccessError, GuestCpu};
 
 pub const CODE: u64 = 0x20_0000;
 pub const DATA: u64 = 0x40_0000;
