@@ -43,6 +43,14 @@
 //!   remember the blocks execution went on to (chaining): the common way from one block
 //!   to the next is a compare, not a map lookup. Fetch permissions are checked once per
 //!   page of a block (and not again while blocks follow each other on one page).
+//! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
+//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
+//!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
+//!   block is decoded, into a handler with register numbers, immediate and
+//!   effective-address form (`interp/fast.rs`), and run from that without iced's
+//!   `Instruction` and without copying the register file: registers are written in place
+//!   once nothing can halt any more. Everything else, and a form whose undefined flags need
+//!   the liveness proof, takes the generic path; the tests run every fast form both ways.
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
 //!   direct-mapped table until any page becomes code or a page table.
@@ -63,6 +71,7 @@
 //! stale without INVLPG.
 
 pub mod alu;
+mod fast;
 pub mod host_flags;
 mod sse;
 
@@ -72,6 +81,7 @@ use iced_x86::{
 };
 
 use self::alu::{Op, STATUS, alu, mask, sext};
+use self::fast::Fast;
 use super::addr_hash::{FastMap, FastSet};
 use super::branch::{BranchKind, MAX_INSN_LEN};
 use super::guest::{GuestAccess, InterpState};
@@ -197,6 +207,10 @@ pub struct Interp {
     /// Bumped whenever a page becomes code (`code_pages`, `code_phys`) or a page table
     /// (a session's `pt_pages`): a session's [`DataPage`] entries hold while it is unchanged.
     code_epoch: u64,
+    /// Instructions run from their pre-resolved fast form (`interp/fast.rs`).
+    fast_steps: u64,
+    /// Every instruction takes the generic path (the tests compare the two).
+    generic_only: bool,
 }
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
@@ -246,6 +260,8 @@ struct Decoded {
     writes_rsp: bool,
     /// The session that last compared `bytes` with guest memory.
     checked_in: u64,
+    /// The pre-resolved form the fast path runs, if the instruction has one.
+    fast: Option<Fast>,
 }
 
 /// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
@@ -261,6 +277,21 @@ fn has_osize_prefix(bytes: &[u8]) -> bool {
 }
 
 impl Interp {
+    /// An interpreter whose instructions all take the generic path, never the fast one
+    /// (for the tests and the fuzz target that compare the two).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn generic_only() -> Interp {
+        Interp {
+            generic_only: true,
+            ..Interp::default()
+        }
+    }
+
+    /// Instructions run from their pre-resolved fast form so far.
+    pub fn fast_steps(&self) -> u64 {
+        self.fast_steps
+    }
+
     /// Code at `[start, end)` in address space `cr3` was decoded (by the tracer).
     pub fn note_code(&mut self, cr3: u64, start: u64, end: u64) {
         let mut page = start & !(PAGE - 1);
@@ -364,10 +395,12 @@ impl Interp {
             self.info.get_or_insert_with(InstructionInfoFactory::new),
             &insn,
         );
+        let osize_branch = near_branch && has_osize_prefix(&bytes[..insn.len()]);
         let d = Decoded {
             insn,
             bytes,
-            osize_branch: near_branch && has_osize_prefix(&bytes[..insn.len()]),
+            osize_branch,
+            fast: Fast::new(&insn, &bytes[..insn.len()], osize_branch),
             writes_memory,
             writes_rsp,
             checked_in: session,
@@ -534,19 +567,20 @@ impl Session<'_> {
     /// The next instruction of the current block, when execution went on straight to it
     /// and it lies on the page of the previous one (whose fetch was checked this session:
     /// the page tables cannot change under an interpreted stretch, writes to them halt).
-    fn next_in_block(&mut self, rip: u64) -> Option<Decoded> {
+    /// Returns its place: (arena index, index in the block).
+    fn next_in_block(&mut self, rip: u64) -> Option<(u32, usize)> {
         let (b, i, generation) = self.block.as_mut()?;
         if *generation != self.interp.arena_gen {
             return None;
         }
         let insns = &self.interp.arena[*b as usize].insns;
-        let d = *insns.get(*i)?;
+        let d = insns.get(*i)?;
         let prev = insns.get(i.checked_sub(1)?)?;
         if d.insn.ip() != rip || prev.insn.ip() / PAGE != rip / PAGE {
             return None;
         }
         *i += 1;
-        Some(d)
+        Some((*b, *i - 1))
     }
 
     /// The block at `rip` through a link of the block `from` (no map lookup), when that
@@ -670,8 +704,8 @@ impl Session<'_> {
 
     fn try_step(&mut self) -> Result<Step, Halt> {
         let ip = self.state.rip;
-        let decoded = match self.next_in_block(ip) {
-            Some(d) => d,
+        let (b, i) = match self.next_in_block(ip) {
+            Some(at) => at,
             None => {
                 let from = self.block.take();
                 let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
@@ -690,9 +724,23 @@ impl Session<'_> {
                     }
                 };
                 self.block = Some((idx, 1, self.interp.arena_gen));
-                self.interp.arena[idx as usize].insns[0]
+                (idx, 0)
             }
         };
+        let d = &self.interp.arena[b as usize].insns[i];
+        if let Some(f) = d.fast.filter(|_| !self.interp.generic_only) {
+            if f.next() / PAGE != ip / PAGE {
+                let pa = self.check_fetch(f.next() - 1)?;
+                self.note_code_phys(pa);
+            }
+            if let Some(step) = self.run_fast(ip, &f)? {
+                return Ok(step);
+            }
+            // Undefined flags only the liveness proof can settle: the generic path does
+            // the instruction again. Nothing was changed; the walks pending so far (the
+            // fetch's, the same reads') stay pending for it to commit.
+        }
+        let decoded = self.interp.arena[b as usize].insns[i];
         let insn = decoded.insn;
         if decoded.osize_branch {
             return Err(Halt::Unsupported(insn.mnemonic()));
@@ -1914,3 +1962,7 @@ mod native_tests;
 #[cfg(test)]
 #[path = "interp/review_tests.rs"]
 mod review_tests;
+
+#[cfg(test)]
+#[path = "interp/fast_tests.rs"]
+mod fast_tests;

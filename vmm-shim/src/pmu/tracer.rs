@@ -141,6 +141,8 @@ pub struct TracerStats {
     pub late_cycles: u64,
     /// Instructions the shim's interpreter executed (included in `instructions`).
     pub interpreted: u64,
+    /// Of those, instructions run from their pre-resolved fast form.
+    pub interpreted_fast: u64,
     /// Interpreting stretches started.
     pub interp_runs: u64,
     /// Stretches that ended at an instruction the interpreter left to the CPU (the
@@ -678,6 +680,7 @@ impl Tracer {
             INTERP_WINDOW_BUDGET
         };
         let mut interp = std::mem::take(&mut self.interp);
+        let fast_before = interp.fast_steps();
         let mut session = interp.session(g, state);
         let mut ran = 0u64;
         let mut ended = false;
@@ -758,6 +761,7 @@ impl Tracer {
         let after = *session.state();
         let xmm = session.xmm_to_write_back().copied();
         drop(session);
+        self.stats.interpreted_fast += interp.fast_steps() - fast_before;
         self.interp = interp;
         self.stats.interp_runs += 1;
         self.stats.interpreted += ran;
