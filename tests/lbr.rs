@@ -669,7 +669,7 @@ fn with_interpreter(on: bool, args: &[&str]) -> (i32, String, String) {
 }
 
 /// The `--stats` interpreter line's numbers: [vcpu, interpreted, share-int, share-frac,
-/// stretches, handed back], if there is one.
+/// stretches, handed back, from pre-resolved forms], if there is one.
 fn interp_stats(err: &str) -> Option<Vec<u64>> {
     let line = err
         .lines()

@@ -404,8 +404,12 @@ pub fn print_stats(setup: &LbrSetup) {
             };
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} instructions interpreted ({share:.1}% of traced) in \
-                 {} stretches, {} handed back to breakpoints",
-                s.vcpu, s.tracer.interpreted, s.tracer.interp_runs, s.tracer.interp_halts,
+                 {} stretches, {} handed back to breakpoints; {} from pre-resolved forms",
+                s.vcpu,
+                s.tracer.interpreted,
+                s.tracer.interp_runs,
+                s.tracer.interp_halts,
+                s.tracer.interpreted_fast,
             );
             let top = s.tracer.halt_reasons.top(8);
             if !top.is_empty() {

@@ -18,12 +18,11 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cpuid::{self, CpuidEntry};
+use super::guest::GuestAccess;
 use super::msr::*;
 use super::profile::ExactProfile;
 use super::throttle::{Throttle, ThrottleStats};
-use super::tracer::{
-    GuestAccess, Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers,
-};
+use super::tracer::{Resume, TraceError, TraceMode, Tracer, TracerStats, walk_frame_pointers};
 use super::vpmu::{COUNTER_WIDTH, Gp, PmuConfig, PmuStats, SnapshotContext, VirtualPmu};
 use crate::hook::ShimCode;
 use crate::phase::{self, ShimPhase};

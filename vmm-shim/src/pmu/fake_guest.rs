@@ -4,8 +4,9 @@
 //! handler's path in. That is all the hardware behaviour the tracer relies on.
 
 use super::branch::CodeSize;
+use super::guest::{GuestAccess, GuestAccessError, GuestCpu};
 use super::msr::*;
-use super::tracer::{GuestAccess, GuestAccessError, GuestCpu, Resume, Tracer};
+use super::tracer::{Resume, Tracer};
 use super::vpmu::VirtualPmu;
 
 pub const IDT: u64 = 0x3000;

@@ -43,6 +43,14 @@
 //!   remember the blocks execution went on to (chaining): the common way from one block
 //!   to the next is a compare, not a map lookup. Fetch permissions are checked once per
 //!   page of a block (and not again while blocks follow each other on one page).
+//! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
+//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
+//!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
+//!   block is decoded, into a handler with register numbers, immediate and
+//!   effective-address form (`interp/fast.rs`), and run from that without iced's
+//!   `Instruction` and without copying the register file: registers are written in place
+//!   once nothing can halt any more. Everything else, and a form whose undefined flags need
+//!   the liveness proof, takes the generic path; the tests run every fast form both ways.
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
 //!   direct-mapped table until any page becomes code or a page table.
@@ -63,11 +71,9 @@
 //! stale without INVLPG.
 
 pub mod alu;
+mod fast;
 pub mod host_flags;
 mod sse;
-
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
@@ -75,26 +81,13 @@ use iced_x86::{
 };
 
 use self::alu::{Op, STATUS, alu, mask, sext};
+use self::fast::Fast;
+use super::addr_hash::{FastMap, FastSet};
 use super::branch::{BranchKind, MAX_INSN_LEN};
-use super::tracer::GuestAccess;
+use super::guest::{GuestAccess, InterpState};
 
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.RF (cleared when an instruction completes).
 const RFLAGS_RF: u64 = 1 << 16;
-/// RFLAGS.AC.
-const RFLAGS_AC: u64 = 1 << 18;
-/// CR0.AM.
-const CR0_AM: u64 = 1 << 18;
-/// CR4.PKE (protection keys for user pages: not modelled, so never interpreted).
-const CR4_PKE: u64 = 1 << 22;
-/// CR4.CET (control-flow enforcement: user shadow stacks and indirect-branch tracking
-/// change what CALL, RET and indirect jumps do; not modelled, so never interpreted).
-const CR4_CET: u64 = 1 << 23;
-/// CR4.LA57 (5-level paging: the walk here knows four levels, so never interpreted).
-const CR4_LA57: u64 = 1 << 12;
-/// DR7.L0–L3/G0–G3: a hardware breakpoint or watchpoint is armed.
-const DR7_ENABLES: u64 = 0xff;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
 /// Page-table entry bits (SDM Vol. 3, "Paging").
@@ -113,85 +106,6 @@ const RSP: usize = 4;
 const LOOKAHEAD_BUDGET: usize = 256;
 /// Decoded instructions cached before the cache is flushed.
 const MAX_CACHED_INSNS: usize = 1 << 16;
-
-/// A fast hasher for the interpreter's maps (keys are addresses the guest cannot choose
-/// to collide with any benefit: a collision only costs time), FxHash's multiply-rotate.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_i64(&mut self, v: i64) {
-        self.write_u64(v as u64);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<AddrHasher>>;
-
-/// The guest state the interpreter runs on: the register file plus the control state that
-/// decides how memory is accessed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InterpState {
-    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15 (the encoding order).
-    pub gpr: [u64; 16],
-    pub rip: u64,
-    pub rflags: u64,
-    pub cr0: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub efer: u64,
-    /// CS.DPL.
-    pub cpl: u8,
-    /// CS.L: 64-bit code.
-    pub long_mode: bool,
-    /// The guest's own DR7: interpreted instructions would not hit its breakpoints.
-    pub dr7: u64,
-    /// FS.base (thread-local storage on x86-64 Linux: `%fs:` accesses add it).
-    pub fs_base: u64,
-}
-
-impl InterpState {
-    /// Why this state cannot be interpreted at all, if it cannot.
-    pub fn refusal(&self) -> Option<&'static str> {
-        if self.cpl != 3 {
-            Some("not ring 3")
-        } else if !self.long_mode {
-            Some("not 64-bit code")
-        } else if self.rflags & RFLAGS_TF != 0 {
-            Some("the guest single-steps itself")
-        } else if self.rflags & RFLAGS_AC != 0 && self.cr0 & CR0_AM != 0 {
-            Some("alignment checking is on")
-        } else if self.cr4 & CR4_PKE != 0 {
-            Some("protection keys are on")
-        } else if self.cr4 & CR4_CET != 0 {
-            Some("control-flow enforcement (CET) is on")
-        } else if self.cr4 & CR4_LA57 != 0 {
-            Some("5-level paging is on")
-        } else if self.dr7 & DR7_ENABLES != 0 {
-            Some("the guest has hardware breakpoints armed")
-        } else {
-            None
-        }
-    }
-}
 
 /// Why the interpreter stopped before an instruction (which it did not execute).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -293,6 +207,10 @@ pub struct Interp {
     /// Bumped whenever a page becomes code (`code_pages`, `code_phys`) or a page table
     /// (a session's `pt_pages`): a session's [`DataPage`] entries hold while it is unchanged.
     code_epoch: u64,
+    /// Instructions run from their pre-resolved fast form (`interp/fast.rs`).
+    fast_steps: u64,
+    /// Every instruction takes the generic path (the tests compare the two).
+    generic_only: bool,
 }
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
@@ -342,6 +260,8 @@ struct Decoded {
     writes_rsp: bool,
     /// The session that last compared `bytes` with guest memory.
     checked_in: u64,
+    /// The pre-resolved form the fast path runs, if the instruction has one.
+    fast: Option<Fast>,
 }
 
 /// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
@@ -357,6 +277,21 @@ fn has_osize_prefix(bytes: &[u8]) -> bool {
 }
 
 impl Interp {
+    /// An interpreter whose instructions all take the generic path, never the fast one
+    /// (for the tests and the fuzz target that compare the two).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn generic_only() -> Interp {
+        Interp {
+            generic_only: true,
+            ..Interp::default()
+        }
+    }
+
+    /// Instructions run from their pre-resolved fast form so far.
+    pub fn fast_steps(&self) -> u64 {
+        self.fast_steps
+    }
+
     /// Code at `[start, end)` in address space `cr3` was decoded (by the tracer).
     pub fn note_code(&mut self, cr3: u64, start: u64, end: u64) {
         let mut page = start & !(PAGE - 1);
@@ -460,10 +395,12 @@ impl Interp {
             self.info.get_or_insert_with(InstructionInfoFactory::new),
             &insn,
         );
+        let osize_branch = near_branch && has_osize_prefix(&bytes[..insn.len()]);
         let d = Decoded {
             insn,
             bytes,
-            osize_branch: near_branch && has_osize_prefix(&bytes[..insn.len()]),
+            osize_branch,
+            fast: Fast::new(&insn, &bytes[..insn.len()], osize_branch),
             writes_memory,
             writes_rsp,
             checked_in: session,
@@ -630,19 +567,20 @@ impl Session<'_> {
     /// The next instruction of the current block, when execution went on straight to it
     /// and it lies on the page of the previous one (whose fetch was checked this session:
     /// the page tables cannot change under an interpreted stretch, writes to them halt).
-    fn next_in_block(&mut self, rip: u64) -> Option<Decoded> {
+    /// Returns its place: (arena index, index in the block).
+    fn next_in_block(&mut self, rip: u64) -> Option<(u32, usize)> {
         let (b, i, generation) = self.block.as_mut()?;
         if *generation != self.interp.arena_gen {
             return None;
         }
         let insns = &self.interp.arena[*b as usize].insns;
-        let d = *insns.get(*i)?;
+        let d = insns.get(*i)?;
         let prev = insns.get(i.checked_sub(1)?)?;
         if d.insn.ip() != rip || prev.insn.ip() / PAGE != rip / PAGE {
             return None;
         }
         *i += 1;
-        Some(d)
+        Some((*b, *i - 1))
     }
 
     /// The block at `rip` through a link of the block `from` (no map lookup), when that
@@ -766,8 +704,8 @@ impl Session<'_> {
 
     fn try_step(&mut self) -> Result<Step, Halt> {
         let ip = self.state.rip;
-        let decoded = match self.next_in_block(ip) {
-            Some(d) => d,
+        let (b, i) = match self.next_in_block(ip) {
+            Some(at) => at,
             None => {
                 let from = self.block.take();
                 let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
@@ -786,9 +724,23 @@ impl Session<'_> {
                     }
                 };
                 self.block = Some((idx, 1, self.interp.arena_gen));
-                self.interp.arena[idx as usize].insns[0]
+                (idx, 0)
             }
         };
+        let d = &self.interp.arena[b as usize].insns[i];
+        if let Some(f) = d.fast.filter(|_| !self.interp.generic_only) {
+            if f.next() / PAGE != ip / PAGE {
+                let pa = self.check_fetch(f.next() - 1)?;
+                self.note_code_phys(pa);
+            }
+            if let Some(step) = self.run_fast(ip, &f)? {
+                return Ok(step);
+            }
+            // Undefined flags only the liveness proof can settle: the generic path does
+            // the instruction again. Nothing was changed; the walks pending so far (the
+            // fetch's, the same reads') stay pending for it to commit.
+        }
+        let decoded = self.interp.arena[b as usize].insns[i];
         let insn = decoded.insn;
         if decoded.osize_branch {
             return Err(Halt::Unsupported(insn.mnemonic()));
@@ -2010,3 +1962,7 @@ mod native_tests;
 #[cfg(test)]
 #[path = "interp/review_tests.rs"]
 mod review_tests;
+
+#[cfg(test)]
+#[path = "interp/fast_tests.rs"]
+mod fast_tests;

@@ -43,13 +43,10 @@ use super::backend::{self, HostLbrFacts};
 use super::branch::CodeSize;
 use super::cpuid::{self, CpuidEntry};
 use super::emulated::{EmulatedConfig, EmulatedVcpu, ExitPoint, SnapshotSink};
-use super::interp::InterpState;
+use super::guest::{GuestAccess, GuestAccessError, GuestCpu, InterpState};
 use super::msr::{IA32_PERF_GLOBAL_STATUS_RESET, IA32_TSC};
 use super::throttle::ThrottleStats;
-use super::tracer::{
-    GuestAccess, GuestAccessError, GuestCpu, MAX_BREAKPOINTS, Resume, TraceError, TracerStats,
-    walk_frame_pointers,
-};
+use super::tracer::{MAX_BREAKPOINTS, Resume, TraceError, TracerStats, walk_frame_pointers};
 use super::vpmu::PmuStats;
 use crate::caps::KvmCaps;
 use crate::hook::{DebugExit, ExitKind, GpFault, MsrRange, VcpuCtx, VcpuHook};

@@ -10,6 +10,8 @@
 //! * [`lbr`]: the FROM/TO/INFO ring with TOS, MSR_LBR_SELECT filtering, call-stack mode.
 //! * [`vpmu`]: the per-vCPU model behind RDMSR/WRMSR: counters, overflow → PMI, freeze.
 //! * [`branch`]: decoding and classifying guest instructions (iced-x86).
+//! * [`guest`]: the vCPU as the tracer and the interpreter read it (the [`GuestAccess`]
+//!   trait the VMM implements).
 //! * [`tracer`]: the state machine that observes guest branches through breakpoints and
 //!   single-steps (≤ 2 exits per branch) and feeds them to the model, exact or sampled.
 //! * [`interp`]: runs ring-3 guest code inside the shim (integer subset, exact flags,
@@ -27,6 +29,7 @@
 //!   ring 0, traps through the guest's own IDT in ring 3), and the hardware-backend hook
 //!   (CPUID, and a timer that drains the guest agent's ring).
 
+pub mod addr_hash;
 pub mod agent;
 pub mod backend;
 pub mod branch;
@@ -34,6 +37,7 @@ pub mod cpuid;
 pub mod emulated;
 #[cfg(test)]
 mod fake_guest;
+pub mod guest;
 pub mod interp;
 pub mod kvm_hook;
 pub mod lbr;
@@ -47,7 +51,8 @@ pub mod vpmu;
 
 pub use backend::{HostLbrFacts, LbrMode, LbrRequest, Refusal, decide};
 pub use branch::BranchKind;
+pub use guest::{GuestAccess, GuestCpu};
 pub use lbr::LbrDepth;
-pub use tracer::{GuestAccess, GuestCpu, Resume, TraceMode, Tracer};
+pub use tracer::{Resume, TraceMode, Tracer};
 
 pub use vpmu::{Gp, PmuConfig, PmuVersion, RetiredBranch, VirtualPmu};

@@ -21,13 +21,9 @@
 //! Only ring-3 instructions are profiled (valgrind sees only user code); the rest are
 //! counted in [`ExactProfile::other_instructions`].
 
-use std::collections::HashMap;
-
+use super::addr_hash::FastMap;
 use super::branch::BranchKind;
-use super::interp::AddrHasher;
 use super::vpmu::RetiredBranch;
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<AddrHasher>>;
 
 /// Open calls deeper than this are dropped from the bottom of the shadow stack (their
 /// inclusive cost is lost; a recursion this deep is rare).

@@ -56,121 +56,11 @@
 use std::collections::HashMap;
 
 use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
-use super::interp::{Effect, Halt, Interp, InterpState};
+use super::guest::{GuestAccess, GuestAccessError, GuestCpu};
+use super::interp::{Effect, Halt, Interp};
 use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
 use super::profile::{ExactProfile, Profiler};
 use super::vpmu::{RetiredBranch, VirtualPmu};
-
-/// What the tracer needs to know about the vCPU at a stop.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestCpu {
-    pub rip: u64,
-    pub rsp: u64,
-    pub rbp: u64,
-    /// RFLAGS, when known (lets the tracer predict a Jcc instead of stepping it).
-    pub rflags: Option<u64>,
-    /// RCX: where SYSRET returns to.
-    pub rcx: u64,
-    /// CS.DPL of the current code segment (the CPL).
-    pub cpl: u8,
-    pub code_size: CodeSize,
-    /// IDTR.
-    pub idt_base: u64,
-    pub idt_limit: u16,
-    pub cr3: u64,
-}
-
-/// The guest could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum GuestAccessError {
-    #[error("guest-virtual address {gva:#x} is not mapped")]
-    Unmapped { gva: u64 },
-    #[error("cannot read the vCPU's {what}")]
-    Unavailable { what: &'static str },
-    #[error("guest-physical address {gpa:#x} is not guest RAM")]
-    NotRam { gpa: u64 },
-}
-
-/// Access to one vCPU's guest state, as the VMM provides it at an exit.
-pub trait GuestAccess {
-    fn cpu(&mut self) -> Result<GuestCpu, GuestAccessError>;
-    /// Reads `buf.len()` bytes at guest-virtual (linear) address `gva`, translating through
-    /// the guest's page tables; fails if any byte is unmapped.
-    fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), GuestAccessError>;
-    /// Reads a guest MSR as KVM holds it (IA32_LSTAR, IA32_SYSENTER_EIP).
-    fn read_msr(&mut self, index: u32) -> Result<u64, GuestAccessError>;
-
-    /// The full register file for the [interpreter](super::interp), or `None` when this
-    /// stop does not allow interpreting: the vCPU must be at an instruction boundary with
-    /// nothing left for KVM to complete on the next entry (an I/O or MSR exit's result).
-    fn interp_state(&mut self) -> Option<InterpState> {
-        None
-    }
-
-    /// Writes the interpreter's registers back (RIP, RSP, RFLAGS and the other
-    /// general-purpose registers) before the vCPU runs again.
-    fn set_interp_state(&mut self, _state: &InterpState) -> Result<(), GuestAccessError> {
-        Err(GuestAccessError::Unavailable { what: "registers" })
-    }
-
-    /// XMM0–XMM15 as the vCPU holds them (for the interpreter's SSE instructions), or
-    /// `None` when they cannot be read here.
-    fn xmm(&mut self) -> Option<[u128; 16]> {
-        None
-    }
-
-    /// Writes XMM0–XMM15 back before the vCPU runs again.
-    fn set_xmm(&mut self, _xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
-        Err(GuestAccessError::Unavailable {
-            what: "XMM registers",
-        })
-    }
-
-    /// Reads guest-physical memory (guest RAM only).
-    fn read_phys(&mut self, gpa: u64, _buf: &mut [u8]) -> Result<(), GuestAccessError> {
-        Err(GuestAccessError::NotRam { gpa })
-    }
-
-    /// Writes guest-physical memory (guest RAM only).
-    fn write_phys(&mut self, gpa: u64, _data: &[u8]) -> Result<(), GuestAccessError> {
-        Err(GuestAccessError::NotRam { gpa })
-    }
-
-    /// Reads `len` (1, 2, 4 or 8) bytes at a `len`-aligned `gpa` as one access: an aligned
-    /// load is single-copy atomic for the guest (SDM Vol. 3, "Guaranteed Atomic
-    /// Operations"). VMMs whose guests have several vCPUs should override this default.
-    fn read_phys_aligned(&mut self, gpa: u64, len: usize) -> Result<u64, GuestAccessError> {
-        let mut b = [0u8; 8];
-        self.read_phys(gpa, &mut b[..len.min(8)])?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    /// Writes the low `len` (1, 2, 4 or 8) bytes of `value` at a `len`-aligned `gpa` as one
-    /// access (see [`GuestAccess::read_phys_aligned`]).
-    fn write_phys_aligned(
-        &mut self,
-        gpa: u64,
-        len: usize,
-        value: u64,
-    ) -> Result<(), GuestAccessError> {
-        self.write_phys(gpa, &value.to_le_bytes()[..len.min(8)])
-    }
-
-    /// Replaces the 8-byte word at `gpa` by `new` if it still holds `old`; whether it did.
-    /// The interpreter sets accessed/dirty bits with it, as the CPU does with a locked
-    /// operation: another vCPU may be changing the entry. VMMs whose guests have several
-    /// vCPUs must override this default (a plain read, compare and write) atomically.
-    fn cmpxchg_phys_u64(&mut self, gpa: u64, old: u64, new: u64) -> Result<bool, GuestAccessError> {
-        let mut b = [0u8; 8];
-        self.read_phys(gpa, &mut b)?;
-        if u64::from_le_bytes(b) != old {
-            return Ok(false);
-        }
-        self.write_phys(gpa, &new.to_le_bytes())?;
-        Ok(true)
-    }
-}
 
 /// A tracing failure: the guest's registers could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +141,8 @@ pub struct TracerStats {
     pub late_cycles: u64,
     /// Instructions the shim's interpreter executed (included in `instructions`).
     pub interpreted: u64,
+    /// Of those, instructions run from their pre-resolved fast form.
+    pub interpreted_fast: u64,
     /// Interpreting stretches started.
     pub interp_runs: u64,
     /// Stretches that ended at an instruction the interpreter left to the CPU (the
@@ -837,6 +729,7 @@ impl Tracer {
             INTERP_WINDOW_BUDGET
         };
         let mut interp = std::mem::take(&mut self.interp);
+        let fast_before = interp.fast_steps();
         let mut session = interp.session(g, state);
         let mut ran = 0u64;
         let mut ended = false;
@@ -917,6 +810,7 @@ impl Tracer {
         let after = *session.state();
         let xmm = session.xmm_to_write_back().copied();
         drop(session);
+        self.stats.interpreted_fast += interp.fast_steps() - fast_before;
         self.interp = interp;
         self.stats.interp_runs += 1;
         self.stats.interpreted += ran;

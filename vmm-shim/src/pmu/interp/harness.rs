@@ -9,7 +9,7 @@ use std::arch::asm;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Register};
 
 use super::*;
-use crate::pmu::tracer::{GuestAccessError, GuestCpu};
+use crate::pmu::guest::{GuestAccessError, GuestCpu};
 
 pub const CODE: u64 = 0x20_0000;
 pub const DATA: u64 = 0x40_0000;
@@ -271,10 +271,43 @@ pub enum Verdict {
     Agreed,
 }
 
+/// Runs the instruction at the start of `code` (any instruction) in the interpreter from
+/// `s` twice, with and without the fast path (`interp/fast.rs`), each on its own fake
+/// machine: the outcome, the registers and all of memory must be the same.
+fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<(), String> {
+    let mut bytes = code.to_vec();
+    bytes.push(0xf4);
+    let run = |mut interp: Interp| {
+        let mut m = Machine::new(&bytes);
+        m.xmm = xmm;
+        let mut session = interp.session(&mut m, s);
+        let r = session.step();
+        let after = *session.state();
+        let after_xmm = session.xmm_to_write_back().copied();
+        drop(session);
+        (r, after, after_xmm, m.mem)
+    };
+    let fast = run(Interp::default());
+    let generic = run(Interp::generic_only());
+    if fast.0 != generic.0 || fast.1 != generic.1 || fast.2 != generic.2 {
+        return Err(format!(
+            "{code:02x?}: the fast path gives {:?} {:x?}, the generic one {:?} {:x?} (from {s:x?})",
+            fast.0, fast.1, generic.0, generic.1
+        ));
+    }
+    if fast.3 != generic.3 {
+        return Err(format!(
+            "{code:02x?}: the fast and generic paths leave memory different (from {s:x?})"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the instruction at the start of `code` in the interpreter and, if the interpreter
 /// completes it, on the host CPU, from the same registers, flags and XMM registers, and
 /// compares every general-purpose and XMM register and every flag the interpreter
-/// defines. Only instructions that touch nothing but general-purpose and XMM registers
+/// defines. Every instruction is also run with and without the interpreter's fast path,
+/// which must agree. Only instructions that touch nothing but general-purpose and XMM registers
 /// (no memory, no stack, no segment or control register, straight-line) are tried; an
 /// instruction the interpreter completes is one a ring-3 program may run, so running it
 /// on the host is safe. `Err` says how they disagree.
@@ -285,6 +318,17 @@ pub fn differential(
     xmm: [u128; 16],
 ) -> Result<Verdict, String> {
     let insn = Decoder::with_ip(64, code, 0, DecoderOptions::NONE).decode();
+    if !insn.is_invalid() {
+        // Any instruction, memory and branches included (nothing runs on the host here):
+        // registers as given, RSP and a base register or two pointing into the data.
+        let mut s = state();
+        let sp = s.gpr[RSP];
+        s.gpr = regs;
+        s.gpr[RSP] = sp;
+        s.gpr[3] = DATA + (regs[3] & 0xfff);
+        s.rflags = (flags & STATUS) | 2;
+        fast_matches_generic(&code[..insn.len()], s, xmm)?;
+    }
     // (RIP-relative operands, LEA's included, differ between the fake machine's code
     // address and the host page's.)
     if insn.is_invalid()

@@ -7,7 +7,7 @@ use super::harness::CodePage;
 use super::tests::Machine;
 use super::*;
 
-const FORMS: &[(&str, &[u8])] = &[
+pub(super) const FORMS: &[(&str, &[u8])] = &[
     ("mov %rcx,%rax", &[0x48, 0x89, 0xc8]),
     ("mov %r9d,%ebx", &[0x44, 0x89, 0xcb]),
     ("mov %si,%r10w", &[0x66, 0x41, 0x89, 0xf2]),
@@ -252,6 +252,89 @@ const FORMS: &[(&str, &[u8])] = &[
     ("test %bh,%ch", &[0x84, 0xfd]),
 ];
 
+/// Branches and stack operations, run on the host as a balanced sequence (the stack is the
+/// host's own; RSP is not compared) and stepped through in the interpreter.
+pub(super) const SEQUENCES: &[(&str, &[u8])] = &[
+    ("push %rbx; pop %rdx", &[0x53, 0x5a]),
+    ("pushq $-5; pop %rsi", &[0x6a, 0xfb, 0x5e]),
+    (
+        "pushq $0x12345678; pop %r9",
+        &[0x68, 0x78, 0x56, 0x34, 0x12, 0x41, 0x59],
+    ),
+    (
+        "push %rbp; mov %rsp,%rbp; push %rax; leave",
+        &[0x55, 0x48, 0x89, 0xe5, 0x50, 0xc9],
+    ),
+    ("jz 1f; inc %ecx; 1:", &[0x74, 0x02, 0xff, 0xc1]),
+    ("jnz 1f; inc %ecx; 1:", &[0x75, 0x02, 0xff, 0xc1]),
+    ("jb 1f; inc %ecx; 1:", &[0x72, 0x02, 0xff, 0xc1]),
+    ("jbe 1f; inc %ecx; 1:", &[0x76, 0x02, 0xff, 0xc1]),
+    ("jl 1f; inc %ecx; 1:", &[0x7c, 0x02, 0xff, 0xc1]),
+    ("jle 1f; inc %ecx; 1:", &[0x7e, 0x02, 0xff, 0xc1]),
+    ("jg 1f; inc %ecx; 1:", &[0x7f, 0x02, 0xff, 0xc1]),
+    ("jae 1f; inc %ecx; 1:", &[0x73, 0x02, 0xff, 0xc1]),
+    ("ja 1f; inc %ecx; 1:", &[0x77, 0x02, 0xff, 0xc1]),
+    ("jge 1f; inc %ecx; 1:", &[0x7d, 0x02, 0xff, 0xc1]),
+    ("js 1f; inc %ecx; 1:", &[0x78, 0x02, 0xff, 0xc1]),
+    ("jns 1f; inc %ecx; 1:", &[0x79, 0x02, 0xff, 0xc1]),
+    ("jo 1f; inc %ecx; 1:", &[0x70, 0x02, 0xff, 0xc1]),
+    ("jno 1f; inc %ecx; 1:", &[0x71, 0x02, 0xff, 0xc1]),
+    ("jp 1f; inc %ecx; 1:", &[0x7a, 0x02, 0xff, 0xc1]),
+    ("jnp 1f; inc %ecx; 1:", &[0x7b, 0x02, 0xff, 0xc1]),
+    (
+        "jz.d32 1f; inc %ecx; 1:",
+        &[0x0f, 0x84, 0x02, 0x00, 0x00, 0x00, 0xff, 0xc1],
+    ),
+    ("jmp 1f; inc %ecx; 1:", &[0xeb, 0x02, 0xff, 0xc1]),
+    (
+        "call 1f; jmp 2f; 1: inc %ecx; ret; 2:",
+        &[0xe8, 0x02, 0x00, 0x00, 0x00, 0xeb, 0x03, 0xff, 0xc1, 0xc3],
+    ),
+    (
+        "lea 1f(%rip),%rax; jmp *%rax; inc %ecx; 1: xor %eax,%eax",
+        &[
+            0x48, 0x8d, 0x05, 0x04, 0x00, 0x00, 0x00, 0xff, 0xe0, 0xff, 0xc1, 0x31, 0xc0,
+        ],
+    ),
+    (
+        "lea 1f(%rip),%rax; call *%rax; jmp 2f; 1: inc %ecx; ret; 2: xor %eax,%eax",
+        &[
+            0x48, 0x8d, 0x05, 0x04, 0x00, 0x00, 0x00, 0xff, 0xd0, 0xeb, 0x03, 0xff, 0xc1, 0xc3,
+            0x31, 0xc0,
+        ],
+    ),
+];
+
+/// Steps until RIP reaches `end` (the end of the code under test); the steps taken.
+fn run_to(session: &mut Session<'_>, end: u64, text: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    while session.state().rip != end {
+        assert!(steps.len() < 64, "{text}: did not reach the end");
+        match session.step() {
+            Ok(step) => steps.push(step),
+            Err(h) => panic!(
+                "{text}: the interpreter halted: {h:?} at {:#x}",
+                session.state().rip
+            ),
+        }
+    }
+    steps
+}
+
+/// How many of `steps` the fast path must have run: those with a fast form that left no
+/// flag undefined (a form whose undefined flags need the liveness proof goes through the
+/// generic path). `code` is at `tests::CODE`.
+fn expected_fast(code: &[u8], steps: &[Step]) -> u64 {
+    steps
+        .iter()
+        .filter(|s| {
+            let at = (s.ip - tests::CODE) as usize;
+            let insn = Decoder::with_ip(64, &code[at..], s.ip, DecoderOptions::NONE).decode();
+            s.undefined == 0 && fast::Fast::new(&insn, &code[at..at + insn.len()], false).is_some()
+        })
+        .count() as u64
+}
+
 #[test]
 fn every_register_form_matches_the_cpu() {
     let page = CodePage::new();
@@ -262,7 +345,7 @@ fn every_register_form_matches_the_cpu() {
         seed ^= seed >> 27;
         seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
-    for (text, code) in FORMS {
+    for (text, code) in FORMS.iter().chain(SEQUENCES) {
         for round in 0..200 {
             let mut regs = [0u64; 16];
             for r in regs.iter_mut() {
@@ -303,22 +386,26 @@ fn every_register_form_matches_the_cpu() {
             s.rflags = flags_in;
             let mut interp = Interp::default();
             let mut session = interp.session(&mut m, s);
-            let step = session
-                .step()
-                .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
+            let steps = run_to(&mut session, tests::CODE + code.len() as u64, text);
+            let undefined = steps.iter().fold(0, |u, s| u | s.undefined);
             let after = *session.state();
             let after_xmm = session.xmm_to_write_back().copied().unwrap_or(xmm_in);
+            drop(session);
+            assert_eq!(
+                interp.fast_steps(),
+                expected_fast(code, &steps),
+                "{text}: instructions the fast path ran"
+            );
             assert_eq!(
                 after_xmm, native_xmm,
                 "{text}: XMM registers from {xmm_in:x?}"
             );
-            assert_eq!(step.next, tests::CODE + code.len() as u64, "{text}");
             // Forms whose undefined flags come from the host leave none undefined: every
             // flag is compared below.
             let insn = Decoder::with_ip(64, code, 0, DecoderOptions::NONE).decode();
             let reg_dst = insn.op0_kind() == OpKind::Register;
             if reg_dst && (host_form(&insn) || imm_form(&insn).is_some()) {
-                assert_eq!(step.undefined, 0, "{text}: undefined flags left");
+                assert_eq!(undefined, 0, "{text}: undefined flags left");
             }
             for i in (0..16).filter(|&i| i != RSP) {
                 assert_eq!(
@@ -326,7 +413,7 @@ fn every_register_form_matches_the_cpu() {
                     "{text}: register {i} from {regs:x?}, flags {flags_in:#x}"
                 );
             }
-            let defined = STATUS & !step.undefined;
+            let defined = STATUS & !undefined;
             assert_eq!(
                 after.rflags & defined,
                 native_flags & defined,
@@ -338,7 +425,7 @@ fn every_register_form_matches_the_cpu() {
 
 /// Memory-operand forms (encodings made with GNU as), natively against a buffer mapped at
 /// the fake machine's data address and in the interpreter against the same bytes there.
-const MEMORY_FORMS: &[(&str, &[u8])] = &[
+pub(super) const MEMORY_FORMS: &[(&str, &[u8])] = &[
     ("mov (%rbx),%rax", &[0x48, 0x8b, 0x03]),
     ("mov 0x8(%rbx,%rcx,8),%edx", &[0x8b, 0x54, 0xcb, 0x08]),
     ("mov %r9,(%rbx)", &[0x4c, 0x89, 0x0b]),
@@ -431,6 +518,30 @@ const MEMORY_FORMS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// Like [`SEQUENCES`], with memory operands (run by the memory-form test).
+pub(super) const MEMORY_SEQUENCES: &[(&str, &[u8])] = &[
+    ("pushq 0x8(%rbx); pop %rax", &[0xff, 0x73, 0x08, 0x58]),
+    ("push %rcx; pop %r8", &[0x51, 0x41, 0x58]),
+    (
+        "lea 1f(%rip),%rax; mov %rax,0x10(%rbx); call *0x10(%rbx); jmp 2f; 1: inc %ecx; ret; 2: xor %eax,%eax; mov %rax,0x10(%rbx)",
+        &[
+            0x48, 0x8d, 0x05, 0x09, 0x00, 0x00, 0x00, 0x48, 0x89, 0x43, 0x10, 0xff, 0x53, 0x10,
+            0xeb, 0x03, 0xff, 0xc1, 0xc3, 0x31, 0xc0, 0x48, 0x89, 0x43, 0x10,
+        ],
+    ),
+    (
+        "lea 1f(%rip),%rax; mov %rax,0x18(%rbx); jmp *0x18(%rbx); inc %ecx; 1: xor %eax,%eax; mov %rax,0x18(%rbx)",
+        &[
+            0x48, 0x8d, 0x05, 0x09, 0x00, 0x00, 0x00, 0x48, 0x89, 0x43, 0x18, 0xff, 0x63, 0x18,
+            0xff, 0xc1, 0x31, 0xc0, 0x48, 0x89, 0x43, 0x18,
+        ],
+    ),
+    (
+        "push %rbp; mov %rsp,%rbp; push 0x8(%rbx); pop %rdx; leave",
+        &[0x55, 0x48, 0x89, 0xe5, 0xff, 0x73, 0x08, 0x5a, 0xc9],
+    ),
+];
+
 /// Bytes of data both sides see at `tests::DATA`.
 const DATA_LEN: usize = 0x1_0000;
 
@@ -463,7 +574,7 @@ fn every_memory_form_matches_the_cpu() {
         seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
     let mut data = vec![0u8; DATA_LEN];
-    for (text, code) in MEMORY_FORMS {
+    for (text, code) in MEMORY_FORMS.iter().chain(MEMORY_SEQUENCES) {
         for _ in 0..50 {
             for b in data.iter_mut() {
                 *b = next() as u8;
@@ -499,23 +610,27 @@ fn every_memory_form_matches_the_cpu() {
             s.rflags = flags_in;
             let mut interp = Interp::default();
             let mut session = interp.session(&mut m, s);
-            let step = session
-                .step()
-                .unwrap_or_else(|h| panic!("{text}: the interpreter halted: {h:?}"));
+            let steps = run_to(&mut session, tests::CODE + code.len() as u64, text);
+            let undefined = steps.iter().fold(0, |u, s| u | s.undefined);
             let after = *session.state();
             let after_xmm = session.xmm_to_write_back().copied().unwrap_or(xmm_in);
             drop(session);
+            assert_eq!(
+                interp.fast_steps(),
+                expected_fast(code, &steps),
+                "{text}: instructions the fast path ran"
+            );
             if ["test", "and", "or", "xor"]
                 .iter()
                 .any(|m| text.starts_with(m))
             {
-                assert_eq!(step.undefined, 0, "{text}: undefined flags left");
+                assert_eq!(undefined, 0, "{text}: undefined flags left");
             }
             assert_eq!(after_xmm, native_xmm, "{text}: XMM registers");
             for i in (0..16).filter(|&i| i != RSP) {
                 assert_eq!(after.gpr[i], native_regs[i], "{text}: register {i}");
             }
-            let defined = STATUS & !step.undefined;
+            let defined = STATUS & !undefined;
             assert_eq!(
                 after.rflags & defined,
                 native_flags & defined,
@@ -563,6 +678,60 @@ fn the_differential_entry_point_agrees_refuses_and_skips() {
             differential(code, regs, 2, xmm),
             Ok(Verdict::Skipped),
             "{code:02x?}"
+        );
+    }
+}
+
+/// Every handler of the fast path has forms in the tables above, so each is compared with
+/// the host CPU (and `fast_tests.rs` compares each with the generic path).
+#[test]
+fn every_fast_handler_is_compared_with_the_cpu() {
+    use fast::Handler;
+    use iced_x86::ConditionCode;
+    use std::mem::discriminant;
+    let mut seen = Vec::new();
+    for (_, code) in FORMS
+        .iter()
+        .chain(SEQUENCES)
+        .chain(MEMORY_FORMS)
+        .chain(MEMORY_SEQUENCES)
+    {
+        let mut d = Decoder::with_ip(64, code, tests::CODE, DecoderOptions::NONE);
+        while d.can_decode() {
+            let at = (d.ip() - tests::CODE) as usize;
+            let insn = d.decode();
+            if let Some(f) = fast::Fast::new(&insn, &code[at..at + insn.len()], false) {
+                seen.push(discriminant(&f.handler));
+            }
+        }
+    }
+    let cc = ConditionCode::e;
+    let every = [
+        Handler::Mov,
+        Handler::Movx { signed: false },
+        Handler::Lea,
+        Handler::Alu {
+            op: Op::Add,
+            write: true,
+            host: fast::Host::None,
+        },
+        Handler::Cmov(cc),
+        Handler::Setcc(cc),
+        Handler::Jcc(cc),
+        Handler::Jmp,
+        Handler::JmpInd,
+        Handler::Call,
+        Handler::CallInd,
+        Handler::Ret,
+        Handler::Push,
+        Handler::Pop,
+        Handler::Leave,
+        Handler::Nop,
+    ];
+    for h in every {
+        assert!(
+            seen.contains(&discriminant(&h)),
+            "{h:?}: no form in the tables"
         );
     }
 }

@@ -295,33 +295,31 @@ fn data_accesses_to_code_through_an_alias_are_left_to_the_cpu() {
 struct Racy<'m>(&'m mut Machine);
 
 impl GuestAccess for Racy<'_> {
-    fn cpu(
-        &mut self,
-    ) -> Result<crate::pmu::tracer::GuestCpu, crate::pmu::tracer::GuestAccessError> {
+    fn cpu(&mut self) -> Result<crate::pmu::guest::GuestCpu, crate::pmu::guest::GuestAccessError> {
         self.0.cpu()
     }
     fn read_virt(
         &mut self,
         gva: u64,
         buf: &mut [u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.0.read_virt(gva, buf)
     }
-    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::guest::GuestAccessError> {
         self.0.read_msr(index)
     }
     fn read_phys(
         &mut self,
         gpa: u64,
         buf: &mut [u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.0.read_phys(gpa, buf)
     }
     fn write_phys(
         &mut self,
         gpa: u64,
         data: &[u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.0.write_phys(gpa, data)
     }
     fn cmpxchg_phys_u64(
@@ -329,7 +327,7 @@ impl GuestAccess for Racy<'_> {
         gpa: u64,
         old: u64,
         new: u64,
-    ) -> Result<bool, crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<bool, crate::pmu::guest::GuestAccessError> {
         put(self.0, 0x3000 + 16, 0);
         self.0.cmpxchg_phys_u64(gpa, old, new)
     }
@@ -527,40 +525,38 @@ struct Counting<'m> {
 }
 
 impl GuestAccess for Counting<'_> {
-    fn cpu(
-        &mut self,
-    ) -> Result<crate::pmu::tracer::GuestCpu, crate::pmu::tracer::GuestAccessError> {
+    fn cpu(&mut self) -> Result<crate::pmu::guest::GuestCpu, crate::pmu::guest::GuestAccessError> {
         self.m.cpu()
     }
     fn read_virt(
         &mut self,
         gva: u64,
         buf: &mut [u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.m.read_virt(gva, buf)
     }
-    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+    fn read_msr(&mut self, index: u32) -> Result<u64, crate::pmu::guest::GuestAccessError> {
         self.m.read_msr(index)
     }
     fn read_phys(
         &mut self,
         gpa: u64,
         buf: &mut [u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.m.read_phys(gpa, buf)
     }
     fn write_phys(
         &mut self,
         gpa: u64,
         data: &[u8],
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.m.write_phys(gpa, data)
     }
     fn read_phys_aligned(
         &mut self,
         gpa: u64,
         len: usize,
-    ) -> Result<u64, crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<u64, crate::pmu::guest::GuestAccessError> {
         self.aligned_reads.push((gpa, len));
         self.m.read_phys_aligned(gpa, len)
     }
@@ -569,7 +565,7 @@ impl GuestAccess for Counting<'_> {
         gpa: u64,
         len: usize,
         value: u64,
-    ) -> Result<(), crate::pmu::tracer::GuestAccessError> {
+    ) -> Result<(), crate::pmu::guest::GuestAccessError> {
         self.aligned_writes.push((gpa, len));
         self.m.write_phys_aligned(gpa, len, value)
     }

@@ -11,7 +11,8 @@
 
 use iced_x86::{Code, EncodingKind, OpKind, Register};
 
-use super::{Effect, Exec, Halt, InterpState, PendingWrite, get_reg, set_reg};
+use super::{Effect, Exec, Halt, PendingWrite, get_reg, set_reg};
+use crate::pmu::guest::InterpState;
 
 /// XMM register index of `reg`.
 fn xmm_index(reg: Register) -> Option<usize> {
