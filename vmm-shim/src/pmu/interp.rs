@@ -1557,21 +1557,7 @@ impl Exec<'_, '_, '_> {
         if let Some(r) = self.run_sse(s) {
             return r;
         }
-        let alu_op = match insn.mnemonic() {
-            Mnemonic::Add => Some(Op::Add),
-            Mnemonic::Adc => Some(Op::Adc),
-            Mnemonic::Sub | Mnemonic::Cmp => Some(Op::Sub),
-            Mnemonic::Sbb => Some(Op::Sbb),
-            Mnemonic::And | Mnemonic::Test => Some(Op::And),
-            Mnemonic::Or => Some(Op::Or),
-            Mnemonic::Xor => Some(Op::Xor),
-            Mnemonic::Shl | Mnemonic::Sal => Some(Op::Shl),
-            Mnemonic::Shr => Some(Op::Shr),
-            Mnemonic::Sar => Some(Op::Sar),
-            Mnemonic::Rol => Some(Op::Rol),
-            Mnemonic::Ror => Some(Op::Ror),
-            _ => None,
-        };
+        let alu_op = Op::of_two_operand(insn.mnemonic());
         if let Some(op) = alu_op {
             if insn.op_count() != 2 {
                 return Err(self.unsupported());

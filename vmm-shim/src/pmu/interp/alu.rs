@@ -45,6 +45,29 @@ pub enum Op {
     Bt,
 }
 
+impl Op {
+    /// The two-operand operation of an ALU-group, shift or rotate mnemonic (CMP and TEST
+    /// as SUB and AND); `None` for anything else.
+    pub fn of_two_operand(m: iced_x86::Mnemonic) -> Option<Op> {
+        use iced_x86::Mnemonic as M;
+        Some(match m {
+            M::Add => Op::Add,
+            M::Adc => Op::Adc,
+            M::Sub | M::Cmp => Op::Sub,
+            M::Sbb => Op::Sbb,
+            M::And | M::Test => Op::And,
+            M::Or => Op::Or,
+            M::Xor => Op::Xor,
+            M::Shl | M::Sal => Op::Shl,
+            M::Shr => Op::Shr,
+            M::Sar => Op::Sar,
+            M::Rol => Op::Rol,
+            M::Ror => Op::Ror,
+            _ => return None,
+        })
+    }
+}
+
 /// The result of an ALU operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Out {

@@ -151,21 +151,9 @@ impl Fast {
         };
         let m = insn.mnemonic();
         let alu_op = match m {
-            Mnemonic::Add => Some(Op::Add),
-            Mnemonic::Adc => Some(Op::Adc),
-            Mnemonic::Sub | Mnemonic::Cmp => Some(Op::Sub),
-            Mnemonic::Sbb => Some(Op::Sbb),
-            Mnemonic::And | Mnemonic::Test => Some(Op::And),
-            Mnemonic::Or => Some(Op::Or),
-            Mnemonic::Xor => Some(Op::Xor),
-            Mnemonic::Shl | Mnemonic::Sal => Some(Op::Shl),
-            Mnemonic::Shr => Some(Op::Shr),
-            Mnemonic::Sar => Some(Op::Sar),
-            Mnemonic::Rol => Some(Op::Rol),
-            Mnemonic::Ror => Some(Op::Ror),
             Mnemonic::Imul if insn.op_count() == 2 => Some(Op::Imul),
             Mnemonic::Bt if insn.op0_kind() == OpKind::Register => Some(Op::Bt),
-            _ => None,
+            _ => Op::of_two_operand(m),
         };
         if let Some(op) = alu_op {
             if insn.op_count() != 2 {
