@@ -19,6 +19,7 @@
 
 use kvm_bindings::kvm_regs;
 
+use crate::arch::RFLAGS_TF;
 use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::signal::{
@@ -34,7 +35,6 @@ const FRAME: u64 = 8 + UCONTEXT + 128;
 const UCONTEXT: u64 = 304;
 /// Offset of the sigcontext in the ucontext.
 const MCONTEXT: usize = 40;
-const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_DF: u64 = 1 << 10;
 
 /// The sigcontext's general registers, in the kernel's order.

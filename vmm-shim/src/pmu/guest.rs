@@ -6,9 +6,8 @@
 //! other for it.
 
 use super::branch::CodeSize;
+use crate::arch::RFLAGS_TF;
 
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.AC.
 const RFLAGS_AC: u64 = 1 << 18;
 /// CR0.AM.

@@ -85,20 +85,14 @@ use self::fast::Fast;
 use super::addr_hash::{FastMap, FastSet};
 use super::branch::{BranchKind, MAX_INSN_LEN};
 use super::guest::{GuestAccess, InterpState};
+use crate::arch::{PTE_A, PTE_ADDR_MASK, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US};
 
 /// RFLAGS.RF (cleared when an instruction completes).
 const RFLAGS_RF: u64 = 1 << 16;
 /// IA32_EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
-/// Page-table entry bits (SDM Vol. 3, "Paging").
-const PTE_P: u64 = 1 << 0;
-const PTE_RW: u64 = 1 << 1;
-const PTE_US: u64 = 1 << 2;
-const PTE_A: u64 = 1 << 5;
-const PTE_D: u64 = 1 << 6;
-const PTE_PS: u64 = 1 << 7;
+/// Execute-disable, the one page-table bit `crate::arch` does not name.
 const PTE_XD: u64 = 1 << 63;
-const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const PAGE: u64 = 4096;
 /// Index of RSP in [`InterpState::gpr`].
 const RSP: usize = 4;

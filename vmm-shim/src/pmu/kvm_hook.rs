@@ -48,6 +48,7 @@ use super::msr::{IA32_PERF_GLOBAL_STATUS_RESET, IA32_TSC};
 use super::throttle::ThrottleStats;
 use super::tracer::{MAX_BREAKPOINTS, Resume, TraceError, TracerStats, walk_frame_pointers};
 use super::vpmu::PmuStats;
+use crate::arch::RFLAGS_TF;
 use crate::caps::KvmCaps;
 use crate::hook::{DebugExit, ExitKind, GpFault, MsrRange, VcpuCtx, VcpuHook};
 use crate::int3::INT3_ORIGINALS;
@@ -60,7 +61,6 @@ pub const TRAP_PORT: u8 = 0x80;
 /// `out TRAP_PORT, al; iretq`.
 const HANDLER_PATCH: [u8; 4] = [0xE6, TRAP_PORT, 0x48, 0xCF];
 const INT3: u8 = 0xCC;
-const RFLAGS_TF: u64 = 1 << 8;
 const VECTOR_DB: u8 = 1;
 const VECTOR_BP: u8 = 3;
 /// Frames of guest stack walked for an agent snapshot.

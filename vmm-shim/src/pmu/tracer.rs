@@ -228,7 +228,9 @@ impl Repeat {
         let iterations = before.wrapping_sub(after) & self.mask;
         let cut_short = match self.while_zf {
             None => false,
-            Some(zf) => after != 0 || rflags.is_some_and(|f| (f & RFLAGS_ZF != 0) != zf),
+            Some(zf) => {
+                after != 0 || rflags.is_some_and(|f| (f & super::interp::alu::ZF != 0) != zf)
+            }
         };
         if cut_short {
             iterations.saturating_sub(1)
@@ -237,8 +239,6 @@ impl Repeat {
         }
     }
 }
-
-const RFLAGS_ZF: u64 = 1 << 6;
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
