@@ -97,6 +97,9 @@ pub struct SnapshotBudget {
     pub requested_hz: u64,
     /// Percent of wall time tracing may take (`--lbr-overhead`); `None`: not throttled.
     pub overhead_percent: Option<u32>,
+    /// Exact mode: the rate is in guest instructions (a snapshot every this many), so
+    /// the rate per wall second follows how fast the interpreter runs; `None`: guest time.
+    pub instruction_period: Option<u64>,
 }
 
 /// The guest's LBR, as `record --vm` needs it: per-vCPU hooks that send snapshots into a
@@ -194,10 +197,17 @@ impl SnapshotRate {
     /// One line for the user and the recording's notes.
     pub fn describe(&self) -> String {
         let b = &self.budget;
-        let mut s = format!(
-            "guest snapshots: {} Hz requested, {:.1} Hz effective per vCPU",
-            b.requested_hz, self.effective_hz
-        );
+        let mut s = match b.instruction_period {
+            None => format!(
+                "guest snapshots: {} Hz requested, {:.1} Hz effective per vCPU",
+                b.requested_hz, self.effective_hz
+            ),
+            Some(period) => format!(
+                "guest snapshots: {} Hz requested (exact mode: one every {period} guest \
+                 instructions), {:.1} Hz per vCPU of wall time",
+                b.requested_hz, self.effective_hz
+            ),
+        };
         match b.overhead_percent {
             Some(p) if self.stretched_intervals > 0 => s.push_str(&format!(
                 " ({} intervals stretched to keep the LBR emulation within {p}% of the \
@@ -811,6 +821,7 @@ mod tests {
             budget: SnapshotBudget {
                 requested_hz: 999,
                 overhead_percent,
+                instruction_period: None,
             },
             effective_hz: 31.25,
             stretched_intervals,
@@ -826,6 +837,14 @@ mod tests {
                 .ends_with("(within the 10% overhead budget)")
         );
         assert!(rate(None, 0).describe().ends_with("(not throttled)"));
+        // Exact mode counts instructions, not time: say so, and what the wall rate is.
+        let mut exact = rate(None, 0);
+        exact.budget.instruction_period = Some(10_000);
+        assert_eq!(
+            exact.describe(),
+            "guest snapshots: 999 Hz requested (exact mode: one every 10000 guest \
+             instructions), 31.2 Hz per vCPU of wall time (not throttled)"
+        );
     }
 
     #[test]
@@ -838,6 +857,7 @@ mod tests {
             budget: SnapshotBudget {
                 requested_hz: 999,
                 overhead_percent: Some(10),
+                instruction_period: None,
             },
             effective_hz: 0.0,
             stretched_intervals: 0,

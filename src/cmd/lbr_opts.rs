@@ -348,9 +348,11 @@ impl GuestLbr for ShimLbr {
         let overhead_percent = self.setup.options().overhead_percent;
         let throttled =
             !agent && self.lbr_mode() == LbrMode::Sampled && (1..100).contains(&overhead_percent);
+        let exact = !agent && self.lbr_mode() == LbrMode::Exact;
         Some(SnapshotBudget {
             requested_hz: self.frequency,
             overhead_percent: throttled.then_some(overhead_percent),
+            instruction_period: exact.then(|| snapshot_period(LbrMode::Exact, self.frequency)),
         })
     }
 }
