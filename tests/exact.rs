@@ -1,6 +1,7 @@
 //! Exact mode on a real static C program (issue 14): the interpreter runs it (not the
 //! breakpoints), the counts are the same run to run, the output is the program's, and
-//! `--stats` names what was handed back to breakpoints.
+//! `--stats` names what was handed back to breakpoints; random bytes are a fixed stream so
+//! that counts repeat.
 
 mod common;
 
@@ -10,7 +11,14 @@ use std::process::Command;
 use common::{kvm_available, lbrprof};
 
 /// (instructions, branches, taken, interpreted %, the fall-backs line, stdout).
-fn exact_run(prog: &Path, arg: &str) -> (u64, u64, u64, f64, String, Vec<u8>) {
+type ExactRun = (u64, u64, u64, f64, String, Vec<u8>);
+
+fn exact_run(prog: &Path, arg: &str) -> ExactRun {
+    exact_run_with(&[], prog, &[arg]).0
+}
+
+/// `exact_run` with more `run` flags and any arguments; also returns stderr.
+fn exact_run_with(flags: &[&str], prog: &Path, args: &[&str]) -> (ExactRun, String) {
     let out = lbrprof()
         .args([
             "run",
@@ -20,10 +28,12 @@ fn exact_run(prog: &Path, arg: &str) -> (u64, u64, u64, f64, String, Vec<u8>) {
             "--lbr-mode",
             "exact",
             "--stats",
-            "--",
         ])
+        .args(flags)
+        .arg("--")
         .arg(prog)
-        .arg(arg)
+        .args(args)
+        .env_remove("PYTHONHASHSEED")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -52,14 +62,15 @@ fn exact_run(prog: &Path, arg: &str) -> (u64, u64, u64, f64, String, Vec<u8>) {
         .find(|l| l.contains("top fall-backs to breakpoints:"))
         .unwrap_or("")
         .to_owned();
-    (
+    let counts = (
         num(traced, " instructions and"),
         num(traced, " branches ("),
         num(traced, " taken)"),
         share,
         fallbacks,
         out.stdout,
-    )
+    );
+    (counts, err)
 }
 
 #[test]
@@ -91,4 +102,38 @@ fn a_static_c_program_runs_in_the_interpreter_deterministically() {
     // interpreter; what is left is start-up (CPUID, system calls, rep movsb).
     assert!(a.3 >= 99.0, "only {}% interpreted; {}", a.3, a.4);
     assert!(a.4.contains("syscall"), "{}", a.4);
+}
+
+#[test]
+fn random_bytes_are_a_fixed_stream_in_exact_mode_so_counts_repeat() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = common::build_workload(tmp.path(), "exact_random");
+    let run = |flags: &[&str]| exact_run_with(flags, &exe, &[]);
+    let (a, err) = run(&[]);
+    let (b, _) = run(&[]);
+    let text = String::from_utf8_lossy(&a.5).into_owned();
+    for source in ["getrandom ", "urandom ", "at_random ", "child "] {
+        assert!(text.contains(source), "{source} missing:\n{text}\n{err}");
+    }
+    assert!(err.contains("fixed stream (seed 0)"), "{err}");
+    // The same bytes from every source, so the same work and the same counts.
+    assert_eq!(a.5, b.5, "two exact runs see the same random bytes");
+    assert_eq!((a.0, a.1, a.2), (b.0, b.1, b.2), "and count the same");
+    // Each source draws its own bytes: no two lines repeat one another.
+    let hex: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+    let mut uniq = hex.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(uniq.len(), hex.len(), "{text}");
+    // Another seed: other bytes, other counts; the host's: new bytes every run.
+    let (c, _) = run(&["--vm-seed", "7"]);
+    assert_ne!(c.5, a.5, "seed 7 gives the bytes of seed 0");
+    assert_eq!(c.5, run(&["--vm-seed", "7"]).0.5);
+    let (h1, herr) = run(&["--vm-seed", "host"]);
+    let (h2, _) = run(&["--vm-seed", "host"]);
+    assert_ne!(h1.5, h2.5, "the host's randomness repeated");
+    assert!(!herr.contains("fixed stream"), "{herr}");
 }

@@ -298,6 +298,16 @@ impl ShimLbr {
     fn lbr_mode(&self) -> LbrMode {
         self.setup.options().mode
     }
+
+    /// Whether the guest runs in exact mode (every instruction counted).
+    pub fn counts_exactly(&self) -> bool {
+        counts_exactly(&self.setup)
+    }
+}
+
+/// Whether `setup` counts every guest instruction: the emulated LBR in exact mode.
+pub fn counts_exactly(setup: &LbrSetup) -> bool {
+    setup.backend() == LbrBackend::Emulated && setup.options().mode == LbrMode::Exact
 }
 
 impl GuestLbr for ShimLbr {

@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use lbrprof_vmm::linux::entropy::EntropySource;
 use lbrprof_vmm::linux::{LinuxError, LinuxReport, Program};
 
 use crate::cmd::with_exit;
@@ -110,6 +111,37 @@ pub fn program(path: &Path, argv: &[String]) -> anyhow::Result<Program> {
     })
 }
 
+/// `--vm-seed SEED|host`.
+pub fn parse_seed(s: &str) -> Result<EntropySource, String> {
+    if s == "host" {
+        return Ok(EntropySource::Host);
+    }
+    let n = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    n.map(EntropySource::Seeded)
+        .map_err(|_| format!("'{s}' is neither a seed (a 64-bit number) nor 'host'"))
+}
+
+/// The program's randomness: `--vm-seed` when given; else a fixed stream (seed 0) in
+/// exact mode, whose counts must repeat from run to run, and the host's otherwise.
+/// Prints one line when exact mode chose the fixed stream, so nobody is surprised.
+pub fn entropy(flag: Option<EntropySource>, exact: bool) -> EntropySource {
+    match flag {
+        Some(source) => source,
+        None if exact => {
+            eprintln!(
+                "lbrprof: vm: exact mode: the program's random bytes (getrandom, AT_RANDOM, \
+                 /dev/urandom) come from a fixed stream (seed 0) so that its counts repeat; \
+                 --vm-seed host gives it the host's"
+            );
+            EntropySource::Seeded(0)
+        }
+        None => EntropySource::Host,
+    }
+}
+
 /// The end-of-run lines about a program: unimplemented system calls (once each, with
 /// counts) and a refused allocation.
 pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
@@ -136,6 +168,25 @@ pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_parse_as_numbers_or_host() {
+        assert_eq!(parse_seed("host"), Ok(EntropySource::Host));
+        assert_eq!(parse_seed("42"), Ok(EntropySource::Seeded(42)));
+        assert_eq!(parse_seed("0xff"), Ok(EntropySource::Seeded(255)));
+        assert!(parse_seed("-1").is_err());
+        assert!(parse_seed("random").unwrap_err().contains("'random'"));
+        assert_eq!(entropy(None, false), EntropySource::Host);
+        assert_eq!(entropy(None, true), EntropySource::Seeded(0));
+        assert_eq!(
+            entropy(Some(EntropySource::Host), true),
+            EntropySource::Host
+        );
+        assert_eq!(
+            entropy(Some(EntropySource::Seeded(9)), false),
+            EntropySource::Seeded(9)
+        );
+    }
 
     #[test]
     fn commands_are_found_like_a_shell_finds_them() {

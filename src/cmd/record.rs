@@ -173,6 +173,13 @@ pub struct VmArgs {
     #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE",
           value_parser = crate::cmd::run::parse_size, requires = "vm")]
     pub mem: u64,
+    /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
+    /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
+    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).
+    /// Default: seed 0 in exact mode (--lbr-mode exact), the host's otherwise.
+    #[arg(long, value_name = "SEED|host", value_parser = crate::cmd::linux_prog::parse_seed,
+          requires = "vm")]
+    pub vm_seed: Option<lbrprof_vmm::linux::entropy::EntropySource>,
     /// Where the guest's serial console goes: `stderr` (default), `stdout`, or a file.
     #[arg(
         long,

@@ -143,6 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
+    if image.program.is_some() {
+        vm.guest_entropy = linux_prog::entropy(args.guest.vm_seed, lbr.counts_exactly());
+    } else if args.guest.vm_seed.is_some() {
+        anyhow::bail!("--vm-seed applies to Linux programs (an image has no getrandom of ours)");
+    }
     vm.cmdline = cmdline;
     vm.timeout = match args.duration {
         None => None,

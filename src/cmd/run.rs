@@ -49,6 +49,13 @@ pub struct Args {
     #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE", value_parser = parse_size)]
     pub mem: u64,
 
+    /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
+    /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
+    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).
+    /// Default: seed 0 in exact mode (--lbr-mode exact), the host's otherwise.
+    #[arg(long, value_name = "SEED|host", value_parser = crate::cmd::linux_prog::parse_seed)]
+    pub vm_seed: Option<lbrprof_vmm::linux::entropy::EntropySource>,
+
     /// Number of vCPUs, one host thread each. lbrprof's runtime starts every vCPU at
     /// the entry point with its index in RDI; multiboot images start the others with
     /// INIT/SIPI.
@@ -142,6 +149,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return run_program(&args, &path, &argv);
     }
+    if args.vm_seed.is_some() {
+        anyhow::bail!("--vm-seed applies to Linux programs (an image has no getrandom of ours)");
+    }
     let (image, builtin_name) = load_image(&args.vm)?;
     if let Some(dir) = &args.write_image {
         let name =
@@ -206,6 +216,10 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     let mut config = VmConfig::new(args.mem, args.vcpus);
     config.timeout = args.timeout;
     let lbr = args.lbr.setup(args.vcpus)?;
+    let exact = lbr
+        .as_ref()
+        .is_some_and(crate::cmd::lbr_opts::counts_exactly);
+    config.guest_entropy = crate::cmd::linux_prog::entropy(args.vm_seed, exact);
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
             Some(setup) => setup.hook(index, None),

@@ -77,6 +77,11 @@ pub struct VmConfig {
     /// load, its libraries as it maps them), so a recorder can write each one before the
     /// samples that need it.
     pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::GuestEvent>>,
+    /// A Linux program's randomness (getrandom, AT_RANDOM, /dev/urandom): the host's, or
+    /// a fixed stream so that exact-mode runs repeat; a fixed stream also hides RDRAND and
+    /// RDSEED from the CPUID KVM answers (a host that runs guest ring 3 natively may let
+    /// the program execute CPUID itself) ([`crate::linux::entropy`]).
+    pub guest_entropy: crate::linux::entropy::EntropySource,
     /// Where each vCPU thread logs its phases ([`crate::phase`]), for a profiler that
     /// samples the vCPU threads.
     pub phases: Option<Arc<crate::phase::PhaseBoard>>,
@@ -97,6 +102,7 @@ impl VmConfig {
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
             guest_maps: None,
+            guest_entropy: Default::default(),
             phases: None,
             stop_requests: None,
         }
@@ -329,10 +335,9 @@ impl Vm {
                 }
             }
             (None, Guest::Linux(program)) => {
-                let mut random = [0u8; 16];
-                let _ = linux::host::getrandom(&mut random, 0);
                 // Guest-physical page 0 stays unused; the program's frames start above.
-                let (mut p, task, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                let (mut p, task, regs) =
+                    Process::load(mem.clone(), 0x1000, program, config.guest_entropy)?;
                 if let Some(tx) = &config.guest_maps {
                     p.send_maps_to(tx.clone());
                 }
@@ -341,9 +346,12 @@ impl Vm {
             (None, Guest::Image(_)) => unreachable!("images are parsed above"),
         }
 
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        if process.is_some() && config.guest_entropy != Default::default() {
+            hide_hardware_random(supported.as_mut_slice());
+        }
         let mut vcpus = Vec::new();
         for (index, hook) in (0..config.vcpus).zip(vcpu_hooks.iter_mut()) {
             let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
@@ -724,6 +732,18 @@ fn setup_registers(vcpu: &VcpuFd, kind: ImageKind, entry: u64, index: u32) -> Re
             .map_err(kvm_err("KVM_SET_MP_STATE"))?;
     }
     Ok(())
+}
+
+/// Clear RDRAND (leaf 1, ECX bit 30) and RDSEED (leaf 7.0, EBX bit 18) from CPUID, so a
+/// program whose randomness is a fixed stream does not take the CPU's instead.
+fn hide_hardware_random(entries: &mut [kvm_bindings::kvm_cpuid_entry2]) {
+    for e in entries {
+        match (e.function, e.index) {
+            (1, _) => e.ecx &= !(1 << 30),
+            (7, 0) => e.ebx &= !(1 << 18),
+            _ => {}
+        }
+    }
 }
 
 /// Create vCPU `index` with the host's CPUID as `hook` adjusts it.

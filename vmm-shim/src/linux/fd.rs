@@ -16,6 +16,9 @@ pub const MAX_FDS: usize = 1024;
 pub struct Fd {
     pub file: Arc<OwnedFd>,
     pub cloexec: bool,
+    /// `/dev/random` or `/dev/urandom` opened while the process's randomness is a fixed
+    /// stream ([`crate::linux::entropy`]): reads draw from that stream, not the host file.
+    pub seeded_random: bool,
 }
 
 impl Fd {
@@ -23,6 +26,7 @@ impl Fd {
         Fd {
             file: Arc::new(file),
             cloexec,
+            seeded_random: false,
         }
     }
 

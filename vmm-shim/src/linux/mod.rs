@@ -16,6 +16,7 @@
 //! * [`cpu`]: the trap area and the system-call path (why it costs one exit).
 //! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
+//! * [`entropy`]: the program's random bytes: the host's, or a fixed stream (exact mode).
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
@@ -32,7 +33,7 @@
 //!   [`errno`] and [`error`]: the errors.
 //!
 //! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
-//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`; `cpu`, `report`, `loader`,
+//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`, `entropy`; `cpu`, `report`, `loader`,
 //! `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
 //! [`Process`]; and on top the files that extend it: `syscall`, `events`, `net`,
 //! `sigframe`. One arrow still points up: `mm`'s fork asks the emulated LBR
@@ -57,6 +58,7 @@
 pub mod abi;
 pub mod block;
 pub mod cpu;
+pub mod entropy;
 pub mod errno;
 pub mod error;
 pub mod events;
@@ -221,6 +223,8 @@ pub struct Process {
     /// The next POSIX timer id to try: Linux hands them out in increasing order (a
     /// deleted timer's id is not reused at once).
     pub(crate) next_timer: u64,
+    /// Its random bytes (getrandom, AT_RANDOM, /dev/urandom): the host's or a fixed stream.
+    pub(crate) entropy: entropy::Entropy,
 }
 
 impl Drop for Process {
@@ -250,11 +254,12 @@ impl Process {
         mem: Arc<GuestMemory>,
         first_free: u64,
         program: &Program,
-        random: [u8; 16],
+        source: entropy::EntropySource,
     ) -> Result<(Process, Task, kvm_regs), LinuxError> {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
-        let (trap, regs) = build_image(&mut mm, program, random, None)?;
+        let mut entropy = entropy::Entropy::new(source);
+        let (trap, regs) = build_image(&mut mm, program, entropy.at_random(), None)?;
         let report = LinuxReport {
             maps: mm.maps.clone(),
             processes: 1,
@@ -270,6 +275,7 @@ impl Process {
         p.initial = true;
         p.path = program.path.clone();
         p.report = report;
+        p.entropy = entropy;
         let task = p.main_task();
         Ok((p, task, regs))
     }
@@ -303,6 +309,7 @@ impl Process {
             itimer: Arc::new(itimer::RealTimer::interval_timer()),
             timers: BTreeMap::new(),
             next_timer: 0,
+            entropy: entropy::Entropy::new(entropy::EntropySource::Host),
         }
     }
 
@@ -958,6 +965,7 @@ impl Process {
             itimer: Arc::new(itimer::RealTimer::interval_timer()),
             timers: BTreeMap::new(),
             next_timer: 0,
+            entropy: self.entropy.fork(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);
@@ -1023,8 +1031,7 @@ impl Process {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::with_pool(self.mm.memory_arc(), self.mm.pool()).map_err(oom)?;
         mm.space = self.kernel.new_space();
-        let mut random = [0u8; 16];
-        let _ = host::getrandom(&mut random, 0);
+        let random = self.entropy.at_random();
         let (trap, regs) = build_image(&mut mm, program, random, Some(self.trap.stubs))?;
         // Past this point nothing fails for the program's reasons.
         let vm_err = |e: VmError| LinuxError::Io {

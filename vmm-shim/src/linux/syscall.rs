@@ -17,6 +17,7 @@ use syscalls::Sysno;
 use crate::linux::Process;
 use crate::linux::abi::*;
 use crate::linux::block::{self, Block, WaitOut};
+use crate::linux::entropy;
 use crate::linux::errno::Errno;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
@@ -495,7 +496,8 @@ impl Process {
             }
             Sysno::getrandom => {
                 let mut b = vec![0u8; (a[1] as usize).min(MAX_IO)];
-                host::getrandom(&mut b, a[2] as u32)
+                self.entropy
+                    .fill(&mut b, a[2] as u32)
                     .and_then(|n| self.out(a[0], &b[..n]).map(|()| n as u64))
             }
             Sysno::rt_sigsuspend => {
@@ -697,11 +699,19 @@ impl Process {
     }
 
     fn sys_read(&mut self, fd: u64, buf: u64, count: u64, off: Option<i64>) -> Sys {
-        let f = self.host_fd(fd)?;
         let mut b = vec![0u8; (count as usize).min(MAX_IO)];
-        let n = match off {
-            None => host::read(f, &mut b)?,
-            Some(o) => host::pread(f, &mut b, o)?,
+        let n = if self.fds.get(fd)?.seeded_random {
+            // pread on a character device is ESPIPE natively too.
+            if off.is_some() {
+                return Err(Errno(libc::ESPIPE));
+            }
+            self.entropy.fill(&mut b, 0)?
+        } else {
+            let f = self.host_fd(fd)?;
+            match off {
+                None => host::read(f, &mut b)?,
+                Some(o) => host::pread(f, &mut b, o)?,
+            }
         };
         self.out(buf, &b[..n])?;
         Ok(n as u64)
@@ -737,9 +747,12 @@ impl Process {
     fn sys_readv(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
         let v = self.iovecs(iov, cnt)?;
         let total: u64 = v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add);
-        let f = self.host_fd(fd)?;
         let mut b = vec![0u8; (total as usize).min(MAX_IO)];
-        let n = host::read(f, &mut b)?;
+        let n = if self.fds.get(fd)?.seeded_random {
+            self.entropy.fill(&mut b, 0)?
+        } else {
+            host::read(self.host_fd(fd)?, &mut b)?
+        };
         let mut done = 0usize;
         for (base, len) in v {
             if done >= n {
@@ -774,8 +787,15 @@ impl Process {
     fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
         let p = self.path(path)?;
         let fd = host::openat(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
-        self.fds
-            .insert(Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0))
+        let mut f = Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0);
+        if self.entropy.is_seeded() {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let meta = f.host().try_clone_to_owned().map(std::fs::File::from);
+            f.seeded_random = meta.and_then(|file| file.metadata()).is_ok_and(|m| {
+                m.file_type().is_char_device() && entropy::is_random_device(m.rdev())
+            });
+        }
+        self.fds.insert(f)
     }
 
     fn sys_readlink(&mut self, dirfd: u64, path: u64, buf: u64, size: u64) -> Sys {
