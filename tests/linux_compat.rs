@@ -229,6 +229,30 @@ fn signal_handlers_see_and_change_the_fpu_through_fpregs_like_natively() {
 }
 
 #[test]
+fn avx_state_survives_signal_handlers_and_their_frames_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.split_whitespace().any(|f| f == "avx") {
+        eprintln!("skipped: this CPU has no AVX");
+        return;
+    }
+    // A handler that clobbers the YMM upper halves (a signal sent to itself, and timer
+    // signals during a loop that keeps values there), and one that edits ymm8 in its
+    // frame's XSAVE area: the interrupted code gets its own state back, or the edit.
+    identical_with_every_libc(
+        "linux_signal_avx",
+        &[
+            "magic xstate",
+            "kept yes",
+            "edited low kept high 5a5a5a5a5a5a5a5a 5a5a5a5a5a5a5a5a",
+            "async intact",
+        ],
+    );
+}
+
+#[test]
 fn system_call_results_survive_a_storm_of_signals() {
     if !kvm_available() {
         return;

@@ -34,7 +34,7 @@ use crate::boot::segment;
 use crate::linux::abi::*;
 use crate::linux::errno::Errno;
 use crate::linux::mm::{AddressSpace, PTE_NX};
-use crate::linux::signal::FxImage;
+use crate::linux::signal::{FpuImage, MAX_XSTATE, XFEATURES_X87_SSE, XSAVE_HEADER};
 use crate::memory::GuestPhysAddr;
 
 /// IA32_EFER.SCE: SYSCALL/SYSRET enabled.
@@ -220,39 +220,101 @@ fn map_vsyscall(mm: &mut AddressSpace) -> Result<(), Errno> {
     mm.map_page(VSYSCALL_PAGE, frame, PTE_P | PTE_US)
 }
 
-/// Offset of XSTATE_BV in the XSAVE area (the header follows the 512-byte legacy
-/// region), and its x87 and SSE bits.
-const XSTATE_BV: usize = 512;
-const XFEATURES_X87_SSE: u64 = 0b11;
+/// XCR0 bits of the user state a signal frame carries: x87, SSE, AVX, MPX, AVX-512 and
+/// PKRU. (AMX tile data, enabled on request only, would not fit `kvm_xsave`.)
+const USER_XFEATURES: u64 = 0x2ff;
+const XFEATURE_PKRU: u64 = 1 << 9;
 
-/// The vCPU's x87/SSE state as an FXSAVE image: the legacy region of its XSAVE area
-/// (KVM_GET_FPU leaves MXCSR out).
-pub fn fpu_image(vcpu: &VcpuFd) -> Result<FxImage, kvm_ioctls::Error> {
-    let x = vcpu.get_xsave()?;
-    let mut image = [0u8; 512];
-    for (chunk, word) in image.chunks_exact_mut(4).zip(x.region.iter()) {
-        chunk.copy_from_slice(&word.to_le_bytes());
+/// The end of the last component of `features` in the standard XSAVE layout (CPUID leaf
+/// 0xD: sub-leaf i gives component i's size in EAX and offset in EBX), at least the
+/// legacy region and header, at most what `kvm_xsave` holds.
+fn xstate_size(features: u64) -> usize {
+    let mut end = XSAVE_HEADER + 64;
+    for i in 2..63u32 {
+        if features & (1 << i) != 0 {
+            let leaf = std::arch::x86_64::__cpuid_count(0xd, i);
+            end = end.max(leaf.ebx as usize + leaf.eax as usize);
+        }
     }
-    Ok(image)
+    end.min(MAX_XSTATE)
 }
 
-/// Load FXSAVE image `image` as the vCPU's x87/SSE state (KVM_SET_FPU leaves MXCSR
-/// out): the legacy region of its XSAVE area, marked in use in XSTATE_BV so that it
-/// is what the vCPU gets (AVX upper halves and the rest stay as they are).
-pub fn set_fpu_image(vcpu: &VcpuFd, image: &FxImage) -> Result<(), kvm_ioctls::Error> {
+/// The guest's XCR0 (x87 and SSE when KVM does not say).
+fn guest_xcr0(vcpu: &VcpuFd) -> u64 {
+    vcpu.get_xcrs()
+        .ok()
+        .and_then(|x| {
+            let n = (x.nr_xcrs as usize).min(x.xcrs.len());
+            x.xcrs[..n].iter().find(|r| r.xcr == 0).map(|r| r.value)
+        })
+        .unwrap_or(XFEATURES_X87_SSE)
+}
+
+fn region_bytes(x: &kvm_bindings::kvm_xsave, len: usize) -> Vec<u8> {
+    x.region
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .take(len)
+        .collect()
+}
+
+/// The XSAVE components of a program's state: the guest's XCR0 as KVM keeps it, and the
+/// host's, since a host that runs guest ring 3 natively (nested, `kvm_pvm`) runs it with
+/// the host's XCR0 whatever the guest's says (the program sees AVX there). On other
+/// hosts the extra components stay in their initial state: frames carry them unused.
+fn program_xfeatures(vcpu: &VcpuFd) -> u64 {
+    ((guest_xcr0(vcpu) | crate::linux::host::xcr0()) & USER_XFEATURES) | XFEATURES_X87_SSE
+}
+
+/// `AT_MINSIGSTKSZ`: the most one signal frame takes on a stack (the frame, its FPU
+/// area with magic2, up to 63 + 15 bytes of alignment and the pretcode slot), as Linux
+/// derives it from its XSAVE size; at least the 2048 bytes of `MINSIGSTKSZ`.
+pub fn min_signal_stack() -> u64 {
+    let features = (crate::linux::host::xcr0() & USER_XFEATURES) | XFEATURES_X87_SSE;
+    let fpu = xstate_size(features) as u64 + 4;
+    (crate::linux::signal::SIGFRAME_BYTES + fpu + 128).max(2048)
+}
+
+/// The vCPU's FPU state as a signal frame saves it: the XSAVE area of the user
+/// components the program can use (KVM_GET_FPU would leave MXCSR and AVX out).
+pub fn fpu_image(vcpu: &VcpuFd) -> Result<FpuImage, kvm_ioctls::Error> {
+    let x = vcpu.get_xsave()?;
+    let features = program_xfeatures(vcpu);
+    Ok(FpuImage {
+        area: region_bytes(&x, xstate_size(features)),
+        features,
+    })
+}
+
+/// Load `image` as the vCPU's FPU state: its bytes over the vCPU's XSAVE area (but the
+/// software-reserved bytes, which are not state), XSTATE_BV from the image limited to
+/// its features, with x87 and SSE always loaded: a component the image leaves out (a
+/// legacy image: everything but x87/SSE) goes back to its initial state, as Linux's
+/// restore of such a frame does.
+pub fn set_fpu_image(vcpu: &VcpuFd, image: &FpuImage) -> Result<(), kvm_ioctls::Error> {
     let mut x = vcpu.get_xsave()?;
-    // The software-reserved bytes (464..512) are not state: left as KVM has them.
-    for (word, chunk) in x.region.iter_mut().zip(image[..464].chunks_exact(4)) {
+    let len = image.area.len().min(MAX_XSTATE);
+    let mut bytes = region_bytes(&x, MAX_XSTATE);
+    bytes[..len].copy_from_slice(&image.area[..len]);
+    bytes[464..XSAVE_HEADER].copy_from_slice(&region_bytes(&x, XSAVE_HEADER)[464..]);
+    bytes.resize(MAX_XSTATE.max(XSAVE_HEADER + 64), 0);
+    let at = XSAVE_HEADER;
+    let word = |b: &[u8]| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    // PKRU is not FPU state to a program: an image without it (the handler's initial
+    // state, a legacy frame) leaves the thread's protection keys as they are.
+    let kept = word(&region_bytes(&x, at + 8)) & XFEATURE_PKRU & !image.features;
+    let bv = (word(&bytes) & image.features) | XFEATURES_X87_SSE | kept;
+    bytes[at..at + 8].copy_from_slice(&bv.to_le_bytes());
+    // XCOMP_BV and the reserved words: zero in the standard format KVM takes.
+    bytes[at + 8..at + 64].fill(0);
+    for (word, chunk) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
         *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
-    let at = XSTATE_BV / 4;
-    let bv = (u64::from(x.region[at]) | (u64::from(x.region[at + 1]) << 32)) | XFEATURES_X87_SSE;
-    x.region[at] = bv as u32;
-    x.region[at + 1] = (bv >> 32) as u32;
-    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, changed
-    // only in its legacy region and two XSTATE_BV bits that are always supported: it
-    // fits the 4096-byte `kvm_xsave` (the VMM never enables dynamic XSAVE features such
-    // as AMX for the guest, so KVM does not read past it).
+    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, with its
+    // 4096-byte region rewritten in the standard format (XCOMP_BV zero, XSTATE_BV a subset
+    // of the XCR0 features the vCPU saved): it fits the 4096-byte `kvm_xsave` (the VMM
+    // never enables dynamic XSAVE features such as AMX for the guest, so KVM does not
+    // read past it).
     unsafe { vcpu.set_xsave(&x) }
 }
 

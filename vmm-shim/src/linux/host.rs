@@ -390,6 +390,17 @@ pub fn clock_getres(clock: i32) -> Result<(i64, i64), Errno> {
     }
 }
 
+/// The host's XCR0 (the XSAVE components its kernel enabled); x87 and SSE when the
+/// host has no XSAVE.
+pub fn xcr0() -> u64 {
+    if std::arch::x86_64::__cpuid(1).ecx & (1 << 27) == 0 {
+        return 0b11;
+    }
+    // SAFETY: CPUID.1:ECX.OSXSAVE is set, so the host kernel enabled XGETBV, and XCR0
+    // (index 0) always exists; the instruction only reads a register.
+    unsafe { std::arch::x86_64::_xgetbv(0) }
+}
+
 pub fn getrandom(buf: &mut [u8], flags: u32) -> Result<usize, Errno> {
     // SAFETY: buf is writable for buf.len() bytes.
     check(unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), flags) })

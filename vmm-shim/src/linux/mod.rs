@@ -1044,11 +1044,10 @@ impl Process {
             .map_err(vm_err)?;
         cpu::user_sregs(&mut s, mm.cr3(), trap.tss);
         s.fs.base = 0;
-        let mut fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU")).map_err(vm_err)?;
-        fpu.fcw = 0x37f;
-        fpu.mxcsr = 0x1f80;
-        vcpu.set_fpu(&fpu)
-            .map_err(kvm("KVM_SET_FPU"))
+        // The new program starts with every FPU component initial (x87, MXCSR, XMM and
+        // the AVX upper halves), as after Linux's execve.
+        cpu::set_fpu_image(vcpu, &signal::initial_image())
+            .map_err(kvm("KVM_SET_XSAVE"))
             .map_err(vm_err)?;
         vcpu.set_sregs(&s)
             .map_err(kvm("KVM_SET_SREGS"))

@@ -109,7 +109,7 @@ pub(crate) fn build_image(
             (AT_CLKTCK, 100),
             (AT_HWCAP, host::hwcap()),
             (AT_HWCAP2, 0),
-            (AT_MINSIGSTKSZ, 2048),
+            (AT_MINSIGSTKSZ, cpu::min_signal_stack()),
         ],
     };
     let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;

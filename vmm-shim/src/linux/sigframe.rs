@@ -10,12 +10,15 @@
 //!  sp+312  siginfo (128)
 //! ```
 //!
-//! Above the frame (64-byte aligned, as Linux's math frame) is the x87/SSE state in
-//! the legacy FXSAVE layout (`struct _fpstate_64`, what Linux writes on a CPU without
-//! XSAVE): `uc_mcontext.fpregs` points at it, the handler starts with the initial FPU
-//! state (`fpu__clear_user_states`), and `rt_sigreturn` restores the state from there,
-//! so what a handler changes in it takes effect. Not in it: AVX upper halves and the
-//! other XSAVE components (no FP_XSTATE_MAGIC1 in its software-reserved bytes).
+//! Above the frame (64-byte aligned, as Linux's math frame) is the FPU state as Linux
+//! writes it ([`FpuImage`]): the XSAVE area of the components XCR0 enables (x87, SSE,
+//! AVX, … — FP_XSTATE_MAGIC1 and the sizes in the software-reserved bytes, magic2 after
+//! it, UC_FP_XSTATE in `uc_flags`), or on a vCPU with x87 and SSE only the legacy FXSAVE
+//! region (`struct _fpstate_64`). `uc_mcontext.fpregs` points at it, the handler starts
+//! with the initial FPU state (`fpu__clear_user_states`: every component initial), and
+//! `rt_sigreturn` restores the state from there, so what a handler changes in it takes
+//! effect; a frame whose XSAVE description does not hold together restores its legacy
+//! region only.
 
 use kvm_bindings::kvm_regs;
 
@@ -23,19 +26,25 @@ use crate::arch::RFLAGS_TF;
 use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::signal::{
-    Action, FPSTATE, FxImage, SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SigInfo, frame_image,
-    initial_image, restorable,
+    Action, FPSTATE, FpuImage, SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SIGFRAME_BYTES, SigInfo,
+    initial_image,
 };
 use crate::linux::thread::Task;
 use crate::memory::GuestVirtAddr;
 
 /// Bytes of the frame (pretcode + ucontext + siginfo).
-const FRAME: u64 = 8 + UCONTEXT + 128;
+const FRAME: u64 = SIGFRAME_BYTES;
 /// `struct ucontext` as the kernel writes it (sigset of 8 bytes).
 const UCONTEXT: u64 = 304;
+const _: () = assert!(FRAME == 8 + UCONTEXT + 128);
 /// Offset of the sigcontext in the ucontext.
 const MCONTEXT: usize = 40;
 const RFLAGS_DF: u64 = 1 << 10;
+/// `uc_flags`: the frame holds XSAVE state; SS is saved in the sigcontext and restored
+/// strictly (what 64-bit Linux always sets).
+const UC_FP_XSTATE: u64 = 1;
+const UC_SIGCONTEXT_SS: u64 = 2;
+const UC_STRICT_RESTORE_SS: u64 = 4;
 
 /// The sigcontext's general registers, in the kernel's order.
 fn sigcontext(r: &kvm_regs, info: &SigInfo, oldmask: u64, fpstate: u64) -> [u64; 32] {
@@ -64,7 +73,7 @@ impl Process {
         regs: &mut kvm_regs,
         act: Action,
         info: SigInfo,
-        fpu: &FxImage,
+        fpu: &FpuImage,
     ) -> Result<(), Errno> {
         let (alt_sp, alt_size) = task.altstack;
         let on_alt = alt_size != 0 && regs.rsp > alt_sp && regs.rsp <= alt_sp + alt_size;
@@ -74,11 +83,18 @@ impl Process {
             // Below the red zone.
             regs.rsp.wrapping_sub(128)
         };
-        let fpstate = top.wrapping_sub(FPSTATE) & !63;
+        let fpu_bytes = fpu.frame_bytes();
+        let fpstate = top.wrapping_sub(fpu_bytes.len() as u64) & !63;
         let sp = ((fpstate.wrapping_sub(FRAME)) & !15).wrapping_sub(8);
         let mut f = vec![0u8; FRAME as usize];
         f[..8].copy_from_slice(&act.restorer.to_le_bytes());
         let uc = &mut f[8..8 + UCONTEXT as usize];
+        let xstate = if fpu_bytes.len() as u64 > FPSTATE {
+            UC_FP_XSTATE
+        } else {
+            0
+        };
+        uc[..8].copy_from_slice(&(xstate | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS).to_le_bytes());
         // uc_stack: the alternate stack as it is.
         uc[16..24].copy_from_slice(&alt_sp.to_le_bytes());
         let ss_flags: u32 = if alt_size == 0 {
@@ -102,7 +118,7 @@ impl Process {
         si[8..12].copy_from_slice(&info.code.to_le_bytes());
         si[16..24].copy_from_slice(&info.word.to_le_bytes());
         si[24..32].copy_from_slice(&info.value.to_le_bytes());
-        self.mm.write(GuestVirtAddr(fpstate), &frame_image(*fpu))?;
+        self.mm.write(GuestVirtAddr(fpstate), &fpu_bytes)?;
         self.mm.write(GuestVirtAddr(sp), &f)?;
         let sig = info.signo as u64;
         task.sigmask |= act.mask;
@@ -130,7 +146,7 @@ impl Process {
         &mut self,
         task: &mut Task,
         regs: &mut kvm_regs,
-    ) -> Result<FxImage, Errno> {
+    ) -> Result<FpuImage, Errno> {
         let uc = regs.rsp;
         let mut b = vec![0u8; UCONTEXT as usize];
         self.mm.read(GuestVirtAddr(uc), &mut b)?;
@@ -167,9 +183,14 @@ impl Process {
         if fpstate == 0 {
             return Ok(initial_image());
         }
-        let mut image = [0u8; FPSTATE as usize];
-        self.mm.read(GuestVirtAddr(fpstate), &mut image)?;
-        Ok(restorable(image))
+        let mut frame = vec![0u8; FPSTATE as usize];
+        self.mm.read(GuestVirtAddr(fpstate), &mut frame)?;
+        let (len, features) = FpuImage::frame_extent(&frame);
+        if len > frame.len() {
+            frame.resize(len, 0);
+            self.mm.read(GuestVirtAddr(fpstate), &mut frame)?;
+        }
+        Ok(FpuImage::from_frame(&frame, features))
     }
 
     /// The first instance of the lowest pending signal of `task` that is not blocked,
@@ -234,10 +255,11 @@ mod tests {
             ..Default::default()
         };
         let mut fpu = initial_image();
-        fpu[160 + 3 * 16..176 + 3 * 16].fill(7);
-        fpu[32..40].copy_from_slice(&1.5f64.to_bits().to_le_bytes());
-        fpu[24..28].copy_from_slice(&0x3f80u32.to_le_bytes());
-        fpu[464] = 0x53; // software-reserved: not what the frame holds
+        let legacy = fpu.legacy_mut();
+        legacy[160 + 3 * 16..176 + 3 * 16].fill(7);
+        legacy[32..40].copy_from_slice(&1.5f64.to_bits().to_le_bytes());
+        legacy[24..28].copy_from_slice(&0x3f80u32.to_le_bytes());
+        legacy[464] = 0x53; // software-reserved: not what the frame holds
         p.setup_frame(&mut t, &mut r, act, info, &fpu).unwrap();
         assert_eq!((r.rip, r.rdi), (0x5000, libc::SIGSEGV as u64));
         assert_eq!(r.rsp % 16, 8, "as after a call");
@@ -270,10 +292,10 @@ mod tests {
         );
         let back = p.sigreturn(&mut t, &mut r).unwrap();
         assert_eq!(r, before);
-        assert_eq!(&back[160 + 3 * 16..176 + 3 * 16], &[9; 16]);
+        assert_eq!(&back.legacy()[160 + 3 * 16..176 + 3 * 16], &[9; 16]);
         assert_eq!(
-            &back[..160],
-            &fpu[..160],
+            &back.legacy()[..160],
+            &fpu.legacy()[..160],
             "x87 state and MXCSR as they were"
         );
         assert_eq!(t.sigmask, 0b100);

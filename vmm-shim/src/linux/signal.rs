@@ -1,6 +1,6 @@
 //! Signals as the shim keeps them: dispositions ([`Action`]), the queues of pending
 //! instances with their siginfo ([`SigPending`]), and the x87/SSE image a signal frame
-//! holds ([`FxImage`]); the frame itself is built and read back in `sigframe.rs`.
+//! holds ([`FpuImage`]); the frame itself is built and read back in `sigframe.rs`.
 //!
 //! Signals are delivered when the thread returns from a system call (kill, tgkill,
 //! tkill and raise to itself, and signals unblocked by rt_sigprocmask) and at a fault
@@ -19,8 +19,11 @@ pub const SA_NODEFER: u64 = 0x4000_0000;
 pub const SA_RESETHAND: u64 = 0x8000_0000;
 pub const SA_SIGINFO: u64 = 4;
 
-/// Bytes of the FXSAVE image above it (`struct _fpstate_64`).
+/// Bytes of the legacy FXSAVE region (`struct _fpstate_64`).
 pub(crate) const FPSTATE: u64 = 512;
+/// Bytes of an `rt_sigframe` below its FPU area: pretcode, `ucontext` (with an 8-byte
+/// sigset), `siginfo`.
+pub const SIGFRAME_BYTES: u64 = 8 + 304 + 128;
 /// MXCSR bits a program may set (`mxcsr_feature_mask` on CPUs with DAZ).
 const MXCSR_MASK: u32 = 0xffff;
 /// `si_code` values (include/uapi/asm-generic/siginfo.h).
@@ -191,50 +194,243 @@ pub fn default_terminates(sig: u64) -> bool {
     )
 }
 
-/// An FXSAVE image (`struct _fpstate_64`: cwd, swd, ftw, fop, rip, rdp, mxcsr,
-/// mxcsr_mask, st0-7, xmm0-15, then reserved and software-reserved bytes).
-pub type FxImage = [u8; FPSTATE as usize];
+/// The x87/SSE/AVX… state a signal frame saves, in the layout Linux writes on a CPU
+/// with XSAVE: an XSAVE area in the standard (non-compacted) format, `area.len()` bytes
+/// (the legacy FXSAVE region, the 64-byte XSAVE header, then each component at the offset
+/// CPUID leaf 0xD gives it), holding the components `features` names (XCR0 bits). With
+/// x87 and SSE only, a frame holds just the 512-byte legacy region (`struct
+/// _fpstate_64`), as Linux's on a CPU without XSAVE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FpuImage {
+    pub area: Vec<u8>,
+    pub features: u64,
+}
 
-/// Offset of MXCSR in an FXSAVE image.
+/// XCR0 bits of x87 and SSE state, the legacy region.
+pub const XFEATURES_X87_SSE: u64 = 0b11;
+/// Offset of MXCSR in the legacy region.
 const FX_MXCSR: usize = 24;
+/// The software-reserved bytes of the legacy region (`struct _fpx_sw_bytes`).
+const SW_BYTES: usize = 464;
+/// The XSAVE header: XSTATE_BV, XCOMP_BV, reserved.
+pub const XSAVE_HEADER: usize = 512;
+const XSAVE_HEADER_END: usize = 576;
+/// `FP_XSTATE_MAGIC1` (in the software-reserved bytes) and `FP_XSTATE_MAGIC2` (after
+/// the XSAVE area): the frame holds XSAVE state, not only the legacy region.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+/// The largest XSAVE area a frame may claim (what `kvm_xsave` holds).
+pub const MAX_XSTATE: usize = 4096;
 
-/// The image as a frame holds it: the software-reserved bytes zero (no
-/// FP_XSTATE_MAGIC1: a legacy frame, no XSAVE extension).
-pub fn frame_image(mut image: FxImage) -> FxImage {
-    image[464..].fill(0);
-    image
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
-/// The image a handler's frame gives back, ready to load: MXCSR's reserved bits
-/// cleared, as Linux does before it restores one.
-pub fn restorable(mut image: FxImage) -> FxImage {
-    let mxcsr = u32::from_le_bytes(image[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap_or_default());
-    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&(mxcsr & MXCSR_MASK).to_le_bytes());
-    image
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
-/// The FPU state a program starts with, and a signal handler too (FCW 0x37f, MXCSR
-/// 0x1f80, registers empty).
-pub fn initial_image() -> FxImage {
-    let mut image = [0u8; FPSTATE as usize];
-    image[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
-    image[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
-    image[FX_MXCSR + 4..FX_MXCSR + 8].copy_from_slice(&MXCSR_MASK.to_le_bytes());
-    image
+impl FpuImage {
+    /// Whether the frame holds XSAVE state beyond the legacy region.
+    fn extended(&self) -> bool {
+        self.features & !XFEATURES_X87_SSE != 0 && self.area.len() >= XSAVE_HEADER_END
+    }
+
+    /// The bytes of the frame's FPU area: the legacy region with its software-reserved
+    /// bytes zero (no magic), or the XSAVE area with `struct _fpx_sw_bytes` (magic1, sizes,
+    /// features) and magic2 after it.
+    pub fn frame_bytes(&self) -> Vec<u8> {
+        let mut b = self.area.clone();
+        b.resize(b.len().max(FPSTATE as usize), 0);
+        b[SW_BYTES..FPSTATE as usize].fill(0);
+        if !self.extended() {
+            b.truncate(FPSTATE as usize);
+            return b;
+        }
+        let size = b.len() as u32;
+        b[SW_BYTES..SW_BYTES + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+        b[SW_BYTES + 4..SW_BYTES + 8].copy_from_slice(&(size + 4).to_le_bytes());
+        b[SW_BYTES + 8..SW_BYTES + 16].copy_from_slice(&self.features.to_le_bytes());
+        b[SW_BYTES + 16..SW_BYTES + 20].copy_from_slice(&size.to_le_bytes());
+        let bv = u64_at(&b, XSAVE_HEADER) & self.features;
+        b[XSAVE_HEADER..XSAVE_HEADER + 8].copy_from_slice(&bv.to_le_bytes());
+        b[XSAVE_HEADER + 8..XSAVE_HEADER_END].fill(0);
+        b.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+        b
+    }
+
+    /// Bytes of the frame's FPU area (at most [`MAX_XSTATE`] + 4).
+    pub fn frame_len(&self) -> u64 {
+        if self.extended() {
+            self.area.len() as u64 + 4
+        } else {
+            FPSTATE
+        }
+    }
+
+    /// How many bytes a frame whose legacy region is `legacy` holds in all, and the
+    /// features it claims: the XSAVE size when its software-reserved bytes say so
+    /// consistently (magic1, extended size = XSAVE size + 4, a size between the header's
+    /// end and [`MAX_XSTATE`], x87 and SSE claimed), else the legacy region alone.
+    /// (magic2 is checked by [`FpuImage::from_frame`].)
+    pub fn frame_extent(legacy: &[u8]) -> (usize, u64) {
+        let size = u32_at(legacy, SW_BYTES + 16) as usize;
+        let features = u64_at(legacy, SW_BYTES + 8);
+        let sane = u32_at(legacy, SW_BYTES) == FP_XSTATE_MAGIC1
+            && u32_at(legacy, SW_BYTES + 4) as usize == size + 4
+            && (XSAVE_HEADER_END..=MAX_XSTATE).contains(&size)
+            && features & XFEATURES_X87_SSE == XFEATURES_X87_SSE;
+        if sane {
+            (size + 4, features)
+        } else {
+            (FPSTATE as usize, XFEATURES_X87_SSE)
+        }
+    }
+
+    /// The state a handler's frame gives back, ready to load (`frame` is what
+    /// [`FpuImage::frame_extent`] said to read): MXCSR's reserved bits cleared, the XSAVE
+    /// header's reserved words zero and XSTATE_BV limited to the claimed features (what
+    /// Linux would refuse with SIGSEGV is made loadable instead); without magic2, or
+    /// from a legacy frame, the legacy region only (the other components start anew, as
+    /// Linux restores such a frame).
+    pub fn from_frame(frame: &[u8], features: u64) -> FpuImage {
+        let size = frame.len().saturating_sub(4);
+        let extended = features != XFEATURES_X87_SSE
+            && size >= XSAVE_HEADER_END
+            && u32_at(frame, size) == FP_XSTATE_MAGIC2;
+        let (mut area, features) = if extended {
+            (frame[..size].to_vec(), features)
+        } else {
+            let mut a = frame[..FPSTATE as usize].to_vec();
+            a.resize(XSAVE_HEADER_END, 0);
+            a[XSAVE_HEADER..XSAVE_HEADER + 8].copy_from_slice(&XFEATURES_X87_SSE.to_le_bytes());
+            (a, XFEATURES_X87_SSE)
+        };
+        let mxcsr = u32_at(&area, FX_MXCSR) & MXCSR_MASK;
+        area[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&mxcsr.to_le_bytes());
+        let bv = u64_at(&area, XSAVE_HEADER) & features;
+        area[XSAVE_HEADER..XSAVE_HEADER + 8].copy_from_slice(&bv.to_le_bytes());
+        area[XSAVE_HEADER + 8..XSAVE_HEADER_END].fill(0);
+        FpuImage { area, features }
+    }
+
+    /// The FPU state a program starts with, and a signal handler too (FCW 0x37f, MXCSR
+    /// 0x1f80, registers empty, every XSAVE component in its initial state).
+    pub fn initial() -> FpuImage {
+        let mut area = vec![0u8; XSAVE_HEADER_END];
+        area[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        area[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+        area[FX_MXCSR + 4..FX_MXCSR + 8].copy_from_slice(&MXCSR_MASK.to_le_bytes());
+        area[XSAVE_HEADER..XSAVE_HEADER + 8].copy_from_slice(&XFEATURES_X87_SSE.to_le_bytes());
+        FpuImage {
+            area,
+            features: XFEATURES_X87_SSE,
+        }
+    }
+
+    /// The 512-byte legacy region (x87, MXCSR, XMM0-15).
+    pub fn legacy(&self) -> &[u8] {
+        &self.area[..FPSTATE as usize]
+    }
+
+    pub fn legacy_mut(&mut self) -> &mut [u8] {
+        &mut self.area[..FPSTATE as usize]
+    }
+}
+
+/// The FPU state a program starts with, and a signal handler too.
+pub fn initial_image() -> FpuImage {
+    FpuImage::initial()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An XSAVE image with x87, SSE and AVX (YMM upper halves at 576, 256 bytes).
+    fn avx_image() -> FpuImage {
+        let mut img = FpuImage::initial();
+        img.area.resize(576 + 256, 0);
+        img.features = 0b111;
+        img.area[512..520].copy_from_slice(&0b111u64.to_le_bytes());
+        img.area[160..176].fill(0x11); // xmm0
+        img.area[576..592].fill(0x22); // ymm0's upper half
+        img
+    }
+
+    /// What sigreturn reads back from `frame`: the extent from its legacy region, then
+    /// the image.
+    fn read_back(frame: &[u8]) -> FpuImage {
+        let (len, features) = FpuImage::frame_extent(&frame[..512]);
+        FpuImage::from_frame(&frame[..len.min(frame.len())], features)
+    }
+
     #[test]
     fn images_from_handlers_lose_reserved_mxcsr_bits() {
         let mut image = initial_image();
-        image[24..28].copy_from_slice(&0xffff_5f80u32.to_le_bytes());
-        let r = restorable(image);
-        assert_eq!(&r[24..28], &0x5f80u32.to_le_bytes());
-        assert_eq!(&r[..24], &image[..24]);
-        assert_eq!(&initial_image()[..2], &0x37fu16.to_le_bytes());
+        image.legacy_mut()[24..28].copy_from_slice(&0xffff_5f80u32.to_le_bytes());
+        let r = read_back(&image.frame_bytes());
+        assert_eq!(&r.legacy()[24..28], &0x5f80u32.to_le_bytes());
+        assert_eq!(&r.legacy()[..24], &image.legacy()[..24]);
+        assert_eq!(&initial_image().legacy()[..2], &0x37fu16.to_le_bytes());
+    }
+
+    #[test]
+    fn an_x87_sse_image_makes_a_legacy_frame() {
+        let mut image = initial_image();
+        image.legacy_mut()[464] = 0x53; // software-reserved: not state
+        let frame = image.frame_bytes();
+        assert_eq!(frame.len(), 512);
+        assert_eq!(image.frame_len(), 512);
+        assert_eq!(u32_at(&frame, 464), 0, "no XSAVE magic");
+        assert_eq!(read_back(&frame).features, XFEATURES_X87_SSE);
+    }
+
+    #[test]
+    fn an_avx_image_makes_an_xsave_frame_that_round_trips() {
+        let image = avx_image();
+        let frame = image.frame_bytes();
+        assert_eq!(frame.len() as u64, image.frame_len());
+        assert_eq!(frame.len(), 576 + 256 + 4);
+        assert_eq!(u32_at(&frame, 464), FP_XSTATE_MAGIC1);
+        assert_eq!(u32_at(&frame, 468), 576 + 256 + 4, "extended size");
+        assert_eq!(u64_at(&frame, 472), 0b111, "xfeatures");
+        assert_eq!(u32_at(&frame, 480), 576 + 256, "xstate size");
+        assert_eq!(u32_at(&frame, 576 + 256), FP_XSTATE_MAGIC2);
+        let back = read_back(&frame);
+        assert_eq!(back.features, 0b111);
+        assert_eq!(&back.area[576..592], &[0x22; 16]);
+        assert_eq!(&back.area[160..176], &[0x11; 16]);
+        assert_eq!(u64_at(&back.area, 512), 0b111);
+    }
+
+    #[test]
+    fn a_damaged_xsave_frame_restores_the_legacy_region_only() {
+        let good = avx_image().frame_bytes();
+        // magic2 overwritten: the legacy region only, the rest to its initial state.
+        let mut f = good.clone();
+        f[576 + 256] ^= 1;
+        let back = read_back(&f);
+        assert_eq!(back.features, XFEATURES_X87_SSE);
+        assert_eq!(back.area.len(), 576);
+        assert_eq!(&back.area[160..176], &[0x11; 16]);
+        // Inconsistent sizes, or a size past what a frame may claim: not an XSAVE frame.
+        for (at, v) in [(468, 100u32), (480, 8192), (480, 100)] {
+            let mut f = good.clone();
+            f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(FpuImage::frame_extent(&f[..512]).0, 512, "{at} = {v}");
+        }
+        // Reserved header words and XSTATE_BV bits past the claimed features are cleared.
+        let mut f = good;
+        f[512..520].copy_from_slice(&u64::MAX.to_le_bytes());
+        f[530] = 9;
+        let back = read_back(&f);
+        assert_eq!(u64_at(&back.area, 512), 0b111);
+        assert!(back.area[520..576].iter().all(|&b| b == 0));
     }
 
     fn info(signo: i32, word: u64) -> SigInfo {
