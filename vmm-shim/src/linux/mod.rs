@@ -1256,7 +1256,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(Some(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: format!("killed by signal {sig} it sent itself"),
+                    reason: signal::killed_by(&info, self.pid),
                 }));
             }
             let mut r = *regs;
@@ -1384,7 +1384,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: format!("killed by signal {sig}"),
+                    reason: signal::killed_by(&info, self.pid),
                 });
             }
             let info = self.delivering(info);
