@@ -18,6 +18,8 @@ use common::{kvm_available, lbrprof, perf_available};
 
 /// How long a program may take to say it is ready, or to end once signalled.
 const PATIENCE: Duration = Duration::from_secs(30);
+/// How long after "ready" the program is surely in its wait.
+const SETTLE: Duration = Duration::from_millis(300);
 
 fn build(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/linux_outside_signal.c");
@@ -126,6 +128,9 @@ fn in_vm(exe: &Path, args: &[&str]) -> Command {
 fn signalled(cmd: Command, sig: i32) -> (Vec<String>, ExitStatus, String, Duration) {
     let mut p = start(cmd);
     p.wait_ready();
+    // Time to go from "ready" into the wait (a signal just before it would run the
+    // handler with no call to interrupt: natively as in the VM).
+    std::thread::sleep(SETTLE);
     p.signal(sig);
     p.finish()
 }
@@ -261,9 +266,19 @@ fn ctrl_c_on_the_terminal_reaches_every_process_of_the_program() {
         });
         assert_eq!(lines.recv_timeout(PATIENCE).as_deref(), Ok("ready"));
         // Give the child time to reach pause() (a signal before it is fine too).
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(SETTLE);
         master.write_all(b"\x03").unwrap();
-        let status = child.wait().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!("Ctrl-C did not end the program (its child never got SIGINT?)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let rest: Vec<String> = lines.iter().collect();
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
@@ -312,4 +327,56 @@ fn sigterm_to_record_vm_ends_the_program_and_keeps_a_readable_recording() {
         String::from_utf8_lossy(&report.stderr)
     );
     assert!(text.contains("outside_signal"), "{text}");
+}
+
+#[test]
+fn record_vm_duration_sends_the_program_sigterm_then_stops_it() {
+    if !kvm_available() || !perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path());
+    // (mode, exit status, what stderr says, shortest and longest time)
+    let cases = [
+        (
+            "default",
+            143,
+            "was killed by signal 15: SIGTERM from outside the VM; the recording is kept",
+        ),
+        (
+            "ignore",
+            124,
+            "did not finish within 0.500 s (--duration); stopped; the recording is kept",
+        ),
+    ];
+    for (mode, code, says) in cases {
+        let data = tmp.path().join(format!("{mode}.data"));
+        let started = Instant::now();
+        let out = lbrprof()
+            .args(["record", "--vm", "--duration", "0.5", "-o"])
+            .arg(&data)
+            .arg("--")
+            .arg(&exe)
+            .args([mode, "spin"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{mode}: {err}");
+        assert!(err.contains(says), "{mode}: {err}");
+        // The ignoring program: SIGTERM at 0.5 s, the VM stopped 1 s later.
+        if mode == "ignore" {
+            assert!(took >= Duration::from_millis(1400), "{mode}: {took:?}");
+        }
+        assert!(took < Duration::from_secs(15), "{mode}: {took:?}");
+        let info = lbrprof().arg("info").arg(&data).output().unwrap();
+        assert!(
+            info.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&info.stderr)
+        );
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert!(text.contains(&format!("exit status {code}")), "{text}");
+    }
 }

@@ -523,15 +523,26 @@ pub fn record_vm(
         Outcome::Crashed(c) => {
             notes.push(format!("guest crashed on vCPU {}: {}", c.vcpu, c.reason))
         }
+        Outcome::TimedOut(t) if linux => notes.push(format!(
+            "the program did not end on SIGTERM at the {:.3} s --duration: stopped",
+            t.as_secs_f64()
+        )),
         Outcome::TimedOut(t) => notes.push(format!(
             "guest stopped after the {:.3} s timeout",
             t.as_secs_f64()
         )),
-        Outcome::Stopped => notes.push(match run.stop_signal {
-            Some(libc::SIGTERM) => "stopped by SIGTERM to lbrprof".into(),
-            Some(libc::SIGINT) => "stopped by SIGINT (Ctrl-C) to lbrprof".into(),
-            _ => "stopped by a signal to lbrprof".into(),
-        }),
+        Outcome::Stopped => {
+            let signal = match run.stop_signal {
+                Some(libc::SIGTERM) => "SIGTERM",
+                Some(libc::SIGINT) => "SIGINT (Ctrl-C)",
+                _ => "a signal",
+            };
+            notes.push(if linux {
+                format!("the program did not end on {signal} to lbrprof: stopped")
+            } else {
+                format!("stopped by {signal} to lbrprof")
+            })
+        }
         Outcome::Signaled { signal, crash } => notes.push(format!(
             "the program was killed by signal {signal}: {}",
             crash.reason
