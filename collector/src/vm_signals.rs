@@ -6,10 +6,10 @@
 //! still works). One the terminal sent (Ctrl-C, `Ctrl-\`, a hang-up) goes to every guest
 //! process, the terminal's foreground group; one sent to lbrprof alone (`kill`) to the
 //! program's first process. SIGINT and SIGTERM also ask the run to stop, as for a host
-//! command ([`Escalation`]): a program that does not end is sent SIGTERM after
-//! [`STOP_GRACE`](crate::record::STOP_GRACE), and the VM is stopped after twice that
-//! (where a host command would be sent SIGKILL); a second request stops it at once. A
-//! `--duration` sends the program SIGTERM and escalates the same way.
+//! command (the escalation of `record -- CMD`): a program that does not end is sent
+//! SIGTERM after 0.5 s, and the VM is stopped after twice that (where a host command
+//! would be sent SIGKILL); a second request stops it at once. A `--duration` sends the
+//! program SIGTERM and escalates the same way.
 //!
 //! A bootable image (`builtin:`, a kernel) has no processes to pass signals to: SIGINT
 //! and SIGTERM stop the VM at once, and the duration is the VM's timeout.
