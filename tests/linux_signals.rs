@@ -380,3 +380,40 @@ fn record_vm_duration_sends_the_program_sigterm_then_stops_it() {
         assert!(text.contains(&format!("exit status {code}")), "{text}");
     }
 }
+
+#[test]
+fn a_signal_lbrprof_was_started_ignoring_stays_ignored_as_under_nohup() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path());
+    let mut codes = Vec::new();
+    for mut cmd in [
+        native(&exe, &["default", "pause"]),
+        in_vm(&exe, &["default", "pause"]),
+    ] {
+        // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut p = start(cmd);
+        p.wait_ready();
+        std::thread::sleep(SETTLE);
+        p.signal(libc::SIGHUP);
+        std::thread::sleep(SETTLE);
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "SIGHUP was not ignored"
+        );
+        p.signal(libc::SIGINT);
+        let (lines, status, err, _) = p.finish();
+        // Started ignored, as the program sees it.
+        assert_eq!(lines, ["SIGHUP ignored"], "{err}");
+        codes.push(shell_code(status));
+    }
+    assert_eq!(codes, [130, 130]);
+}

@@ -11,6 +11,9 @@
 //! would be sent SIGKILL); a second request stops it at once. A `--duration` sends the
 //! program SIGTERM and escalates the same way.
 //!
+//! The program starts with the signals lbrprof was started ignoring ignored, as a host
+//! child inherits them across exec (`nohup`'s SIGHUP, a background job's SIGINT).
+//!
 //! A bootable image (`builtin:`, a kernel) has no processes to pass signals to: SIGINT
 //! and SIGTERM stop the VM at once, and the duration is the VM's timeout.
 
@@ -57,6 +60,9 @@ impl GuestSignals {
         duration: Option<Duration>,
     ) -> std::io::Result<GuestSignals> {
         let stops = [libc::SIGINT, libc::SIGTERM];
+        if linux {
+            config.ignored_signals = inherited_ignored();
+        }
         let pipe = if linux {
             SignalPipe::install_for(&stops, &PASSED_ON)?
         } else {
@@ -140,6 +146,15 @@ impl GuestSignals {
             (outcome, _) => outcome,
         }
     }
+}
+
+/// The standard signals lbrprof was started with ignored, which a program it runs
+/// inherits ignored (bit `n - 1` for signal `n`). Not SIGPIPE: the Rust runtime ignores
+/// it in lbrprof itself, and gives children the default, as here.
+fn inherited_ignored() -> u64 {
+    (1..32)
+        .filter(|&sig| sig != libc::SIGPIPE && sys::is_ignored(sig))
+        .fold(0, |mask, sig| mask | 1 << (sig - 1))
 }
 
 /// Run `guest` on this thread with its signals handled as the module says, a helper

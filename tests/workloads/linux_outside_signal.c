@@ -8,6 +8,7 @@
  *   linux_outside_signal family        a child too, both handle SIGINT: each prints
  *                                      "got SIGINT in parent|child"; exits 3
  *
+ * It says "SIGHUP ignored" after "ready" when it was started with SIGHUP ignored.
  * WAIT is how it waits: pause, read (stdin, which the test keeps open and silent),
  * sleep (nanosleep, 60 s), spin (ring-3 loop, no system call). */
 #define _GNU_SOURCE
@@ -88,6 +89,10 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "handle") == 0)
         handle(SIGINT);
     printf("ready\n");
+    /* Inherited from whoever started it (nohup). */
+    struct sigaction hup;
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler == SIG_IGN)
+        printf("SIGHUP ignored\n");
     fflush(stdout);
     wait_for_signal(how);
     printf("got SIGINT\n");

@@ -85,6 +85,10 @@ pub struct VmConfig {
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
     /// Fed by [`SignalHandle`]s (see [`VmConfig::signal_handle`]).
     signal_requests: Option<crossbeam_channel::Receiver<OutsideSignal>>,
+    /// Signals a Linux program starts with ignored (bit `n - 1` for signal `n`), as a
+    /// host child inherits them ignored across exec (`nohup`'s SIGHUP, a background
+    /// job's SIGINT and SIGQUIT).
+    pub ignored_signals: u64,
 }
 
 impl VmConfig {
@@ -103,6 +107,7 @@ impl VmConfig {
             phases: None,
             stop_requests: None,
             signal_requests: None,
+            ignored_signals: 0,
         }
     }
 
@@ -363,6 +368,7 @@ impl Vm {
                 let _ = linux::host::getrandom(&mut random, 0);
                 // Guest-physical page 0 stays unused; the program's frames start above.
                 let (mut p, task, regs) = Process::load(mem.clone(), 0x1000, program, random)?;
+                p.inherit_ignored(config.ignored_signals);
                 if let Some(tx) = &config.guest_maps {
                     p.send_maps_to(tx.clone());
                 }

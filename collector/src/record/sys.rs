@@ -266,6 +266,15 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
     }
 }
 
+/// Whether this process ignores `sig` (SIG_IGN).
+pub fn is_ignored(sig: libc::c_int) -> bool {
+    // SAFETY: an all-zero sigaction is valid; it receives the disposition.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`.
+    let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    read == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
 /// A signal the pipe delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
@@ -310,14 +319,7 @@ impl SignalPipe {
             _write: write,
             previous: Vec::new(),
         };
-        let ignored = |sig| {
-            // SAFETY: an all-zero sigaction is valid; it receives the disposition.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: a null new action only reads the current one into `old`.
-            let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
-            read == 0 && old.sa_sigaction == libc::SIG_IGN
-        };
-        let extra = unless_ignored.iter().filter(|&&sig| !ignored(sig));
+        let extra = unless_ignored.iter().filter(|&&sig| !is_ignored(sig));
         for &sig in watched.iter().chain(extra) {
             // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" value.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
