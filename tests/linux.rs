@@ -620,7 +620,10 @@ fn pseudo_terminals_and_termios_work_as_natively() {
         let (native, vm) = native_and_vm(exe.to_str().unwrap(), &[], None);
         let text = String::from_utf8_lossy(&native.stdout);
         assert!(text.contains("master read: to the master"), "{out}: {text}");
-        assert!(text.contains("TCGETS bytes written past 36: 0"), "{out}: {text}");
+        assert!(
+            text.contains("TCGETS bytes written past 36: 0"),
+            "{out}: {text}"
+        );
         assert_identical(out, &native, &vm);
     }
 }
