@@ -605,3 +605,25 @@ fn signals_reach_the_programs_handlers() {
         assert!(String::from_utf8_lossy(&vm.stdout).ends_with("SIGABRT handler ran (6)\n"));
     }
 }
+
+#[test]
+fn pseudo_terminals_and_termios_work_as_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("pty-glibc", "gcc", &[][..]),
+        ("pty-glibc-static", "gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_pty", out, cc, flags);
+        let (native, vm) = native_and_vm(exe.to_str().unwrap(), &[], None);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(text.contains("master read: to the master"), "{out}: {text}");
+        assert!(
+            text.contains("TCGETS bytes written past 36: 0"),
+            "{out}: {text}"
+        );
+        assert_identical(out, &native, &vm);
+    }
+}

@@ -19,6 +19,7 @@ pub mod host;
 pub mod record;
 pub mod sampler;
 pub mod vm;
+pub mod vm_signals;
 
 // The data layer, re-exported under its old paths so that callers keep their imports.
 pub use lbrprof_data::{input, model, pairing, perfdata, recording};

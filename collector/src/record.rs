@@ -32,7 +32,51 @@ const DRAIN_INTERVAL_MS: i32 = 100;
 /// After a stop request (Ctrl-C, SIGTERM, `--duration`) the command gets this long to end
 /// by itself, then SIGTERM, then as long again before SIGKILL: a recording stops within
 /// about a second even when the command defers or ignores the signal.
-const STOP_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How a stop request (Ctrl-C, SIGTERM, `--duration`) escalates while the program does
+/// not end: the request's own signal at once (SIGTERM for the duration), SIGTERM after
+/// [`STOP_GRACE`], SIGKILL after twice that; a second request is SIGKILL at once (as
+/// perf ends its workload). Shared by host commands and Linux programs in the VM (where
+/// SIGKILL stops the VM).
+#[derive(Debug, Default)]
+pub(crate) struct Escalation {
+    /// When the program was first asked to stop, and the last signal it was sent.
+    stopping: Option<(Instant, i32)>,
+}
+
+impl Escalation {
+    /// The signal to send the program at `now`, given this pass's stop request
+    /// (`requested`, a signal lbrprof received) and whether the duration is over.
+    pub(crate) fn next(
+        &mut self,
+        requested: Option<i32>,
+        timed_out: bool,
+        now: Instant,
+    ) -> Option<i32> {
+        let next = match (self.stopping, requested) {
+            (None, Some(sig)) => Some(sig),
+            (None, None) if timed_out => Some(libc::SIGTERM),
+            (Some(_), Some(_)) => Some(libc::SIGKILL),
+            (Some((since, last)), None) => {
+                let waited = now.saturating_duration_since(since);
+                if waited >= 2 * STOP_GRACE && last != libc::SIGKILL {
+                    Some(libc::SIGKILL)
+                } else if waited >= STOP_GRACE && last != libc::SIGTERM && last != libc::SIGKILL {
+                    Some(libc::SIGTERM)
+                } else {
+                    None
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(sig) = next {
+            let since = self.stopping.map_or(now, |(t, _)| t);
+            self.stopping = Some((since, sig));
+        }
+        next
+    }
+}
 
 /// What to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -591,8 +635,7 @@ fn drain_until_done(
     let mut fds = running.sampler.poll_fds();
     fds.push(signals.fd());
     let mut interrupted = false;
-    // When the command was first asked to stop, and the last signal it was sent.
-    let mut stopping: Option<(Instant, i32)> = None;
+    let mut escalation = Escalation::default();
     loop {
         let hung_up =
             sys::poll_readable(&fds, DRAIN_INTERVAL_MS).map_err(|source| RecordError::System {
@@ -617,30 +660,10 @@ fn drain_until_done(
             }
             // Ctrl-C reaches the child through the terminal too, but a signal sent to us
             // alone must reach it as well; a command that defers or ignores it is sent
-            // SIGTERM after STOP_GRACE and SIGKILL after twice that (as perf ends its
-            // workload), and a second request kills it at once.
-            let next = match (stopping, stop_signal) {
-                (None, Some(sig)) => Some(sig),
-                (None, None) if timed_out => Some(libc::SIGTERM),
-                (Some(_), Some(_)) => Some(libc::SIGKILL),
-                (Some((since, last)), None) => {
-                    let waited = since.elapsed();
-                    if waited >= 2 * STOP_GRACE && last != libc::SIGKILL {
-                        Some(libc::SIGKILL)
-                    } else if waited >= STOP_GRACE && last != libc::SIGTERM && last != libc::SIGKILL
-                    {
-                        Some(libc::SIGTERM)
-                    } else {
-                        None
-                    }
-                }
-                (None, None) => None,
-            };
+            // SIGTERM, then SIGKILL ([`Escalation`]).
             interrupted |= stop_signal.is_some();
-            if let Some(sig) = next {
+            if let Some(sig) = escalation.next(stop_signal, timed_out, Instant::now()) {
                 sys::kill(pid, sig);
-                let since = stopping.map_or_else(Instant::now, |(t, _)| t);
-                stopping = Some((since, sig));
             }
             continue;
         }
@@ -797,5 +820,38 @@ mod tests {
         assert_eq!(e(libc::ENOENT).exit_code(), Some(127));
         assert_eq!(e(libc::EACCES).exit_code(), Some(126));
         assert_eq!(RecordError::NoSuchProcess(1).exit_code(), None);
+    }
+
+    #[test]
+    fn a_stop_request_escalates_to_sigterm_then_sigkill() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut e = Escalation::default();
+        assert_eq!(e.next(None, false, at(0)), None);
+        // Ctrl-C: SIGINT at once, SIGTERM after the grace, SIGKILL after twice it, once.
+        assert_eq!(
+            e.next(Some(libc::SIGINT), false, at(10)),
+            Some(libc::SIGINT)
+        );
+        assert_eq!(e.next(None, false, at(10 + 499)), None);
+        assert_eq!(e.next(None, false, at(10 + 500)), Some(libc::SIGTERM));
+        assert_eq!(e.next(None, false, at(10 + 600)), None);
+        assert_eq!(e.next(None, true, at(10 + 1000)), Some(libc::SIGKILL));
+        assert_eq!(e.next(None, true, at(10 + 5000)), None);
+        // The duration: SIGTERM, then SIGKILL (no second SIGTERM); a second request
+        // kills at once.
+        let mut e = Escalation::default();
+        assert_eq!(e.next(None, true, at(0)), Some(libc::SIGTERM));
+        assert_eq!(e.next(None, true, at(700)), None);
+        assert_eq!(e.next(None, true, at(1000)), Some(libc::SIGKILL));
+        let mut e = Escalation::default();
+        assert_eq!(
+            e.next(Some(libc::SIGTERM), false, at(0)),
+            Some(libc::SIGTERM)
+        );
+        assert_eq!(
+            e.next(Some(libc::SIGINT), false, at(1)),
+            Some(libc::SIGKILL)
+        );
     }
 }

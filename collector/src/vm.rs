@@ -22,8 +22,10 @@
 //! (looked up in the shim's phase logs, [`lbrprof_vmm::phase`], as the samples are
 //! drained); and a header whose target is [`Target::Vm`].
 //!
-//! SIGINT and SIGTERM stop the guest (the run ends as stopped; the recorded exit status is
-//! 128 + the signal, as for a host command) and the recording is finalized as usual.
+//! Signals to lbrprof ([`crate::vm_signals`]): a Linux program gets them through its
+//! own signal path (and SIGINT or SIGTERM it does not end on escalate to a stop); an
+//! image is stopped by SIGINT and SIGTERM. A stopped run's recorded exit status is 128 +
+//! the signal, as for a host command, and the recording is finalized as usual.
 //!
 //! The guest LBR itself (hardware passthrough or emulation, exact or sampled) is not this
 //! module's business: it comes in as a [`GuestLbr`], which makes the per-vCPU hooks and
@@ -49,6 +51,7 @@ use crate::model::{
 use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
 use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
+use crate::vm_signals::GuestSignals;
 
 pub use crate::model::VM_INDEX;
 
@@ -147,6 +150,9 @@ pub struct VmRecordOptions {
     pub vm: VmConfig,
     /// What happens to a recording already at `output` (kept as `NAME.old` by default).
     pub replace: Replace,
+    /// Stop after this long (`--duration`): a Linux program is sent SIGTERM, then
+    /// stopped as for Ctrl-C ([`crate::vm_signals`]); an image is stopped.
+    pub duration: Option<Duration>,
 }
 
 /// The result of a finished `record --vm`.
@@ -346,6 +352,7 @@ pub fn record_vm(
         image,
         vm: mut vm_config,
         replace,
+        duration,
     } = opts;
     let vcpus = vm_config.vcpus;
     let start_monotonic_ns = sys::monotonic_ns();
@@ -390,16 +397,14 @@ pub fn record_vm(
     let (maps_tx, maps_rx) = crossbeam_channel::unbounded();
     vm_config.guest_maps = Some(maps_tx);
     vm_config.phases = Some(std::sync::Arc::new(PhaseBoard::new()));
-    let stop = vm_config.stop_handle();
-    let stop_signal = std::cell::Cell::new(None);
-
-    let result = sys::SignalPipe::install()
+    let linux = image.program.is_some();
+    let result = GuestSignals::install(&mut vm_config, linux, duration)
         .map_err(|source| RecordError::System {
             what: "install signal handlers",
             source,
         })
-        .and_then(|signals| {
-            run_sampled(
+        .and_then(|mut signals| {
+            let r = run_sampled(
                 vm_config,
                 guest,
                 lbr,
@@ -409,18 +414,13 @@ pub fn record_vm(
                 &snap_rx,
                 &thread_rx,
                 &maps_rx,
-                &|| {
-                    if let Some(s) = signals
-                        .take()
-                        .into_iter()
-                        .find(|&s| s == libc::SIGINT || s == libc::SIGTERM)
-                    {
-                        stop_signal.set(stop_signal.get().or(Some(s)));
-                        stop.stop();
-                    }
-                },
-                signals.fd(),
-            )
+                &mut signals,
+            );
+            r.map(|(mut report, stats, mut facts)| {
+                report.outcome = signals.outcome(report.outcome);
+                facts.stop_signal = signals.stop_signal();
+                (report, stats, facts)
+            })
         });
     let (report, sampler_stats, mut run) = match result {
         Ok(r) => r,
@@ -432,7 +432,6 @@ pub fn record_vm(
     };
     let lost_snapshots = snap_sink.lost();
     run.lost_snapshots = lost_snapshots;
-    run.stop_signal = stop_signal.get();
     let now = sys::monotonic_ns();
     if lost_snapshots > 0 {
         sink.send(Event::Loss(Loss {
@@ -524,15 +523,26 @@ pub fn record_vm(
         Outcome::Crashed(c) => {
             notes.push(format!("guest crashed on vCPU {}: {}", c.vcpu, c.reason))
         }
+        Outcome::TimedOut(t) if linux => notes.push(format!(
+            "the program did not end on SIGTERM at the {:.3} s --duration: stopped",
+            t.as_secs_f64()
+        )),
         Outcome::TimedOut(t) => notes.push(format!(
             "guest stopped after the {:.3} s timeout",
             t.as_secs_f64()
         )),
-        Outcome::Stopped => notes.push(match run.stop_signal {
-            Some(libc::SIGTERM) => "stopped by SIGTERM to lbrprof".into(),
-            Some(libc::SIGINT) => "stopped by SIGINT (Ctrl-C) to lbrprof".into(),
-            _ => "stopped by a signal to lbrprof".into(),
-        }),
+        Outcome::Stopped => {
+            let signal = match run.stop_signal {
+                Some(libc::SIGTERM) => "SIGTERM",
+                Some(libc::SIGINT) => "SIGINT (Ctrl-C)",
+                _ => "a signal",
+            };
+            notes.push(if linux {
+                format!("the program did not end on {signal} to lbrprof: stopped")
+            } else {
+                format!("stopped by {signal} to lbrprof")
+            })
+        }
         Outcome::Signaled { signal, crash } => notes.push(format!(
             "the program was killed by signal {signal}: {}",
             crash.reason
@@ -625,8 +635,7 @@ fn run_sampled(
     snap_rx: &Receiver<LbrSnapshot>,
     thread_rx: &Receiver<VcpuThreadInfo>,
     maps_rx: &Receiver<lbrprof_vmm::linux::GuestEvent>,
-    on_signal: &dyn Fn(),
-    signal_fd: std::os::fd::RawFd,
+    signals: &mut GuestSignals,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
     let hooks = |vcpu: u32| lbr.hook(vcpu, snap_sink);
     let phases = vm_config.phases.clone();
@@ -730,11 +739,11 @@ fn run_sampled(
             }
         };
         let mut fds = sampler.poll_fds();
-        fds.push(signal_fd);
+        fds.push(signals.fd());
         while !vm_thread.is_finished() {
             // Errors of poll only shorten the wait; draining on the timer still works.
             let _ = sys::poll_readable(&fds, DRAIN_INTERVAL_MS);
-            on_signal();
+            signals.pass();
             pass(&mut sampler, &mut facts);
         }
         let disabled = sampler.disable();
@@ -994,6 +1003,7 @@ mod tests {
             },
             vm: VmConfig::new(64 << 20, 1),
             replace: Replace::KeepOld,
+            duration: None,
         }
     }
 

@@ -27,8 +27,11 @@ guest's LBR snapshots, its image (path and build-id; built-in images are written
 the recording as FILE.guest/NAME), and the shim's accounting (exits by reason, time in \
 KVM_RUN, time tracing and snapshotting). Guest snapshots are taken at --lbr-freq (default \
 -F) per vCPU, by the shim or by the guest's LBR agent (--lbr-snapshots; `info` and `report` \
-count them by source, and agent snapshots the guest had to drop as losses). --duration \
-stops the guest (exit status 124; the recording is kept).
+count them by source, and agent snapshots the guest had to drop as losses). A Linux program \
+(--vm -- PROG) gets the signals lbrprof receives (Ctrl-C reaches all its processes) and is \
+stopped as a host command is: SIGTERM after 0.5 s, the VM stopped after 1 s; --duration sends \
+it SIGTERM. A bootable image is stopped at once by Ctrl-C, SIGTERM and --duration (exit status \
+124 for --duration; the recording is kept).
 
 Exit status: the recorded command's (128 + N when signal N killed it); 0 for -p/-t; 127 \
 when the command is not found, 126 when it cannot be executed; with --vm the guest's (as \

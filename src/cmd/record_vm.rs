@@ -142,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (spec.clone(), cmdline, guest_image(&spec, &args.output)?)
         }
     };
+    let image_is_program = image.program.is_some();
     let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
     if image.program.is_some() {
         vm.guest_entropy = linux_prog::entropy(args.guest.vm_seed, lbr.counts_exactly());
@@ -149,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--vm-seed applies to Linux programs (an image has no getrandom of ours)");
     }
     vm.cmdline = cmdline;
-    vm.timeout = match args.duration {
+    let duration = match args.duration {
         None => None,
         Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
             Some(std::time::Duration::from_secs_f64(secs))
@@ -165,6 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         image,
         vm,
         replace: args.replace(),
+        duration,
     };
     let facts = HostFacts::probe();
     eprintln!("lbrprof: guest LBR: {}", lbr.describe());
@@ -198,12 +200,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if matches!(outcome.outcome, lbrprof_vmm::vm::Outcome::Stopped) {
         // A requested stop is no error: the host path's statuses (130 SIGINT, 143 SIGTERM).
         let signal = outcome.run.stop_signal.unwrap_or(libc::SIGINT);
-        let name = if signal == libc::SIGTERM {
-            "SIGTERM"
-        } else {
-            "SIGINT"
-        };
-        eprintln!("lbrprof: guest stopped by {name}; the recording is kept");
+        eprintln!(
+            "lbrprof: {}; the recording is kept",
+            crate::cmd::run::stopped_by(&spec, signal, image_is_program)
+        );
         return Ok(ExitCode::from(128 + signal as u8));
     }
     crate::cmd::run::guest_exit(

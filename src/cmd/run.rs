@@ -21,7 +21,9 @@ use crate::cmd::with_exit;
 Exit status: the guest's own. A write of v to the isa-debug-exit port 0xf4 gives (v << 1) | 1;
 a clean power-off (16-bit write of 0x2000 to port 0x604) gives 0; a guest crash (triple fault,
 KVM internal error) gives 4 after printing the vCPU registers; --timeout gives 124; errors of
-lbrprof itself (bad image, bad flags, no /dev/kvm) give 2.
+lbrprof itself (bad image, bad flags, no /dev/kvm) give 2. A Linux program (--vm -- PROG) exits
+with its own status (128 + N when signal N killed it); the signals lbrprof receives reach it
+(Ctrl-C every process of it), and one still running 1 s after SIGINT or SIGTERM is stopped.
 
 Built-in guests take key=value arguments after --, e.g. `lbrprof run --vm builtin:sort -- n=1000
 seed=2 timing`; every built-in accepts exit=N, rt.cpus (report the vCPUs that came up) and
@@ -228,8 +230,10 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     };
     let _ = std::io::stdout().flush();
     let spec = path.display().to_string();
-    let report = Vm::run_guest(config, Guest::Linux(&program), &hooks)
-        .with_context(|| format!("cannot run '{spec}' in the VM"))?;
+    // Signals to lbrprof reach the program (its --timeout stays a hard stop).
+    let (report, stop_signal) =
+        lbrprof_collector::vm_signals::run_guest(config, Guest::Linux(&program), &hooks, None)
+            .with_context(|| format!("cannot run '{spec}' in the VM"))?;
     if let Some(linux) = &report.linux {
         crate::cmd::linux_prog::print_report(linux, args.mem);
         if args.stats {
@@ -254,7 +258,25 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
             crate::cmd::lbr_opts::print_stats(setup);
         }
     }
+    if let (Outcome::Stopped, Some(signal)) = (&report.outcome, stop_signal) {
+        let message = stopped_by(&spec, signal, true);
+        return Err(with_exit(anyhow!(message), 128 + signal as u8));
+    }
     guest_exit(&spec, &report.outcome, "--timeout", "")
+}
+
+/// What to say of a guest that a signal to lbrprof stopped: a Linux program (`program`)
+/// was sent it and did not end in time; an image is stopped at once.
+pub fn stopped_by(spec: &str, signal: i32, program: bool) -> String {
+    let name = lbrprof_vmm::linux::signal::name(signal).unwrap_or("a signal");
+    if program {
+        format!(
+            "'{spec}' was sent {name} and did not end (nor after SIGTERM, or a second \
+             signal): the VM was stopped"
+        )
+    } else {
+        format!("guest '{spec}' stopped by {name}")
+    }
 }
 
 /// The process exit for a guest's outcome, shared by `run` and `record --vm`: the guest's

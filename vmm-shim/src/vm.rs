@@ -47,6 +47,7 @@ use crate::kick::{
     ClearImmediateExit, IMMEDIATE_EXIT, KICKED, STOP, WATCHDOG, install_kick_handler, kick_signal,
     watchdog_signal,
 };
+pub use crate::linux::proc::OutsideSignal;
 use crate::linux::thread::{NewThread, Task};
 use crate::linux::{self, LinuxReport, Process, TrapAction};
 use crate::loader::{self, ImageKind, RamLayout};
@@ -87,6 +88,12 @@ pub struct VmConfig {
     pub phases: Option<Arc<crate::phase::PhaseBoard>>,
     /// Fed by [`StopHandle`]s (see [`VmConfig::stop_handle`]).
     stop_requests: Option<crossbeam_channel::Receiver<()>>,
+    /// Fed by [`SignalHandle`]s (see [`VmConfig::signal_handle`]).
+    signal_requests: Option<crossbeam_channel::Receiver<OutsideSignal>>,
+    /// Signals a Linux program starts with ignored (bit `n - 1` for signal `n`), as a
+    /// host child inherits them ignored across exec (`nohup`'s SIGHUP, a background
+    /// job's SIGINT and SIGQUIT).
+    pub ignored_signals: u64,
 }
 
 impl VmConfig {
@@ -105,6 +112,8 @@ impl VmConfig {
             guest_entropy: Default::default(),
             phases: None,
             stop_requests: None,
+            signal_requests: None,
+            ignored_signals: 0,
         }
     }
 
@@ -113,6 +122,16 @@ impl VmConfig {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.stop_requests = Some(rx);
         StopHandle(tx)
+    }
+}
+
+impl VmConfig {
+    /// A handle that passes signals on to the Linux program this configuration will
+    /// run (a bootable image has no use for them: they are dropped).
+    pub fn signal_handle(&mut self) -> SignalHandle {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.signal_requests = Some(rx);
+        SignalHandle(tx)
     }
 }
 
@@ -203,6 +222,22 @@ impl StopHandle {
     /// [`Outcome::Stopped`]. Harmless after the run ended.
     pub fn stop(&self) {
         let _ = self.0.try_send(());
+    }
+}
+
+/// Passes signals lbrprof received on to a running Linux program from another thread
+/// ([`VmConfig::signal_handle`]); each goes through the Linux personality's own signal
+/// path ([`linux::proc::Kernel::signal_from_outside`]): the program's handlers, masks
+/// and interrupted system calls, as on Linux.
+#[derive(Clone, Debug)]
+pub struct SignalHandle(crossbeam_channel::Sender<OutsideSignal>);
+
+impl SignalHandle {
+    /// Send `signal` to the program's processes (those still running when the VM's
+    /// loop takes it; before the program starts, as soon as it does). Harmless after
+    /// the run ended.
+    pub fn send(&self, signal: OutsideSignal) {
+        let _ = self.0.send(signal);
     }
 }
 
@@ -338,6 +373,7 @@ impl Vm {
                 // Guest-physical page 0 stays unused; the program's frames start above.
                 let (mut p, task, regs) =
                     Process::load(mem.clone(), 0x1000, program, config.guest_entropy)?;
+                p.inherit_ignored(config.ignored_signals);
                 if let Some(tx) = &config.guest_maps {
                     p.send_maps_to(tx.clone());
                 }
@@ -372,6 +408,8 @@ impl Vm {
             main_task = Some(task);
             LinuxShared::new(p)
         });
+        // Where signals from outside go: the processes of the program.
+        let kernel = process.as_ref().map(|l| lock(&l.process).kernel.clone());
         // vCPUs whose Linux thread ended, waiting for the next one.
         let idle: IdleVcpus = Arc::default();
         // Threads of a Linux program ask the loop below for their vCPUs.
@@ -463,12 +501,14 @@ impl Vm {
         let mut running = threads.len();
         let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
         let poll = crossbeam_channel::tick(PARKED_POLL);
+        let mut signal_rx = config.signal_requests.clone();
         while running > 0 && decisive.is_none() {
             let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
             let stop_rx = config
                 .stop_requests
                 .clone()
                 .unwrap_or_else(crossbeam_channel::never);
+            let signals = signal_rx.clone().unwrap_or_else(crossbeam_channel::never);
             let msg = crossbeam_channel::select! {
                 recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
                 recv(spawn_rx) -> req => {
@@ -514,6 +554,17 @@ impl Vm {
                 recv(stop_rx) -> _ => {
                     decisive = Some(Ok(Outcome::Stopped));
                     break;
+                }
+                recv(signals) -> signal => {
+                    match (signal, &kernel) {
+                        (Ok(signal), Some(kernel)) => {
+                            kernel.signal_from_outside(signal);
+                        }
+                        (Ok(_), None) => {}
+                        // Every handle is gone: no more signals.
+                        (Err(_), _) => signal_rx = None,
+                    }
+                    continue;
                 }
                 recv(timeout) -> _ => Err(RecvTimeoutError::Timeout),
                 recv(poll) -> _ => {
@@ -1038,7 +1089,12 @@ impl VcpuRunner {
                 crash: CrashReport {
                     vcpu: self.index,
                     reason,
-                    registers: self.register_dump(),
+                    // As a core file: for a fault or abort(), not for Ctrl-C.
+                    registers: if linux::signal::dumps_core(signal) {
+                        self.register_dump()
+                    } else {
+                        String::new()
+                    },
                 },
             }),
             Ok(

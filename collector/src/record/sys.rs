@@ -240,10 +240,21 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<RawFd>> {
 /// The write end of the self-pipe, for the signal handler (-1 when none is installed).
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-extern "C" fn on_signal(sig: libc::c_int) {
+/// Set in a signal's byte on the pipe when the terminal sent it (`si_code` SI_KERNEL);
+/// signal numbers fit in the bits below.
+const FROM_TERMINAL: u8 = 0x80;
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
-        let byte = sig as u8;
+        // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t for the signal.
+        let code = unsafe { info.as_ref() }.map_or(libc::SI_USER, |i| i.si_code);
+        let byte = sig as u8
+            | if code == libc::SI_KERNEL {
+                FROM_TERMINAL
+            } else {
+                0
+            };
         // SAFETY: write(2) is async-signal-safe; `byte` lives for the call; the pipe is
         // non-blocking, so a full pipe drops the byte instead of deadlocking (one pending
         // byte per signal kind is enough). errno is saved and restored around it.
@@ -255,8 +266,26 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// SIGINT, SIGTERM and SIGCHLD delivered as bytes on a pipe; the previous dispositions are
-/// restored on drop. One at a time per process.
+/// Whether this process ignores `sig` (SIG_IGN).
+pub fn is_ignored(sig: libc::c_int) -> bool {
+    // SAFETY: an all-zero sigaction is valid; it receives the disposition.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`.
+    let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    read == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// A signal the pipe delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub signo: i32,
+    /// The terminal sent it (`si_code` SI_KERNEL: Ctrl-C, `Ctrl-\`, a hang-up) to its
+    /// foreground process group, rather than a process to lbrprof (`kill`).
+    pub from_terminal: bool,
+}
+
+/// Watched signals delivered as bytes on a pipe (SIGINT, SIGTERM and SIGCHLD by
+/// default); the previous dispositions are restored on drop. One at a time per process.
 pub struct SignalPipe {
     read: OwnedFd,
     /// Owned so the handler's descriptor stays open while installed.
@@ -268,6 +297,15 @@ const WATCHED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
 
 impl SignalPipe {
     pub fn install() -> io::Result<SignalPipe> {
+        SignalPipe::install_for(&WATCHED, &[])
+    }
+
+    /// Watch `watched`, and `unless_ignored` where lbrprof does not ignore them (as
+    /// `nohup` makes it ignore SIGHUP: they stay ignored).
+    pub fn install_for(
+        watched: &[libc::c_int],
+        unless_ignored: &[libc::c_int],
+    ) -> io::Result<SignalPipe> {
         use rustix::pipe::{PipeFlags, pipe_with};
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         if SIGNAL_PIPE
@@ -281,11 +319,13 @@ impl SignalPipe {
             _write: write,
             previous: Vec::new(),
         };
-        for sig in WATCHED {
+        let extra = unless_ignored.iter().filter(|&&sig| !is_ignored(sig));
+        for &sig in watched.iter().chain(extra) {
             // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" value.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
+            type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+            action.sa_sigaction = on_signal as Handler as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             // SAFETY: an all-zero sigaction is valid; it receives the old disposition.
             let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
             // SAFETY: both pointers are valid sigaction structs; the handler only does
@@ -304,11 +344,19 @@ impl SignalPipe {
 
     /// The signals delivered since the last call.
     pub fn take(&self) -> Vec<i32> {
+        self.take_received().into_iter().map(|r| r.signo).collect()
+    }
+
+    /// The signals delivered since the last call, with who sent them.
+    pub fn take_received(&self) -> Vec<Received> {
         let mut buf = [0u8; 64];
         let mut out = Vec::new();
         // Until the non-blocking pipe is empty (EAGAIN) or fails.
         while let Ok(n @ 1..) = rustix::io::read(&self.read, &mut buf) {
-            out.extend(buf[..n].iter().map(|&b| i32::from(b)));
+            out.extend(buf[..n].iter().map(|&b| Received {
+                signo: i32::from(b & !FROM_TERMINAL),
+                from_terminal: b & FROM_TERMINAL != 0,
+            }));
         }
         out
     }

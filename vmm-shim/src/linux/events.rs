@@ -220,7 +220,8 @@ impl Process {
         }
     }
 
-    /// The ioctls programs make on any descriptor: the terminal queries, FIONBIO and
+    /// The ioctls programs make on any descriptor: the terminal's (termios, window
+    /// size, pseudo-terminal number and lock: [`host::tty_ioctl_arg`]), FIONBIO and
     /// FIONREAD (event loops such as libuv's), FIOCLEX/FIONCLEX (the descriptor flag,
     /// which is the program's own here).
     pub(crate) fn sys_ioctl(&mut self, fd: u64, request: u64, arg: u64) -> Result<u64, Errno> {
@@ -239,8 +240,16 @@ impl Process {
                 Ok(0)
             }
             _ => {
-                let b = host::ioctl_read(self.fds.get(fd)?.host(), request)?;
-                self.mm.write(GuestVirtAddr(arg), &b)?;
+                let file = self.fds.get(fd)?.host();
+                let (size, out) = host::tty_ioctl_arg(request).ok_or(Errno(libc::ENOTTY))?;
+                let mut b = vec![0u8; size];
+                if !out {
+                    self.mm.read(GuestVirtAddr(arg), &mut b)?;
+                }
+                host::tty_ioctl(file, request, &mut b)?;
+                if out {
+                    self.mm.write(GuestVirtAddr(arg), &b)?;
+                }
                 Ok(0)
             }
         }

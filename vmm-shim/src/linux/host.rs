@@ -225,32 +225,40 @@ pub fn getdents64(fd: BorrowedFd<'_>, len: usize) -> Result<Vec<u8>, Errno> {
     Ok(buf)
 }
 
-/// Terminal ioctls that read a struct: TCGETS (termios) and TIOCGWINSZ (winsize).
-pub fn ioctl_read(fd: BorrowedFd<'_>, request: u64) -> Result<Vec<u8>, Errno> {
-    match request {
-        r if r == libc::TCGETS => {
-            // SAFETY: zeroed termios is valid; the kernel fills it.
-            let mut t: libc::termios = unsafe { std::mem::zeroed() };
-            // SAFETY: t is a live termios.
-            let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS, &mut t) };
-            if r < 0 {
-                Err(last())
-            } else {
-                Ok(raw_bytes(&t))
-            }
+/// Bytes of the kernel's `struct termios` (include/uapi/asm-generic/termbits.h: four
+/// `tcflag_t`, `c_line`, `c_cc[NCCS = 19]`): what TCGETS and TCSETS* move, fewer than
+/// the C library's `struct termios` (glibc's tcgetattr passes a 36-byte one).
+pub const KERNEL_TERMIOS: usize = 36;
+
+/// The terminal ioctls passed on to the host: the bytes their argument points to, and
+/// whether the kernel writes them (true) or reads them. TCGETS/TCSETS/TCSETSW/TCSETSF
+/// (termios), TIOCGWINSZ/TIOCSWINSZ (`struct winsize`, four u16), and the pseudo
+/// terminal master's TIOCGPTN (its number) and TIOCSPTLCK (lock), which `openpty`,
+/// `ptsname` and `unlockpt` make.
+pub fn tty_ioctl_arg(request: u64) -> Option<(usize, bool)> {
+    Some(match request {
+        libc::TCGETS => (KERNEL_TERMIOS, true),
+        libc::TCSETS | libc::TCSETSW | libc::TCSETSF => (KERNEL_TERMIOS, false),
+        libc::TIOCGWINSZ => (8, true),
+        libc::TIOCSWINSZ => (8, false),
+        libc::TIOCGPTN => (4, true),
+        libc::TIOCSPTLCK => (4, false),
+        _ => return None,
+    })
+}
+
+/// Terminal ioctl `request` on `fd` with its argument in `arg` (as many bytes as
+/// [`tty_ioctl_arg`] says; written back when the kernel writes it).
+pub fn tty_ioctl(fd: BorrowedFd<'_>, request: u64, arg: &mut [u8]) -> Result<(), Errno> {
+    match tty_ioctl_arg(request) {
+        None => Err(Errno(libc::ENOTTY)),
+        Some((size, _)) if size != arg.len() => Err(Errno(libc::EINVAL)),
+        Some(_) => {
+            // SAFETY: `request` is one of the ioctls above, whose argument points to
+            // exactly `arg.len()` bytes, which `arg` holds for the call.
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg.as_mut_ptr()) };
+            if r < 0 { Err(last()) } else { Ok(()) }
         }
-        r if r == libc::TIOCGWINSZ => {
-            // SAFETY: zeroed winsize is valid; the kernel fills it.
-            let mut w: libc::winsize = unsafe { std::mem::zeroed() };
-            // SAFETY: w is a live winsize.
-            let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut w) };
-            if r < 0 {
-                Err(last())
-            } else {
-                Ok(raw_bytes(&w))
-            }
-        }
-        _ => Err(Errno(libc::ENOTTY)),
     }
 }
 

@@ -280,6 +280,20 @@ impl Process {
         Ok((p, task, regs))
     }
 
+    /// The program starts with the signals of `mask` (bit `n - 1` for signal `n`)
+    /// ignored, as a program exec'ed by a process that ignores them (SIGKILL and SIGSTOP
+    /// cannot be).
+    pub fn inherit_ignored(&mut self, mask: u64) {
+        for sig in 1..=64u64 {
+            let fixed = sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64;
+            if mask & (1 << (sig - 1)) != 0 && !fixed {
+                let mut raw = [0u8; 32];
+                raw[..8].copy_from_slice(&1u64.to_le_bytes()); // SIG_IGN
+                self.sigactions.insert(sig, raw);
+            }
+        }
+    }
+
     fn with(mm: AddressSpace, fds: FdTable, trap: TrapArea, pid: u64) -> Process {
         let pool = mm.pool();
         let shared: Arc<proc::Shared> = Arc::default();
@@ -1262,7 +1276,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(Some(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: format!("killed by signal {sig} it sent itself"),
+                    reason: signal::killed_by(&info, self.pid),
                 }));
             }
             let mut r = *regs;
@@ -1390,7 +1404,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: format!("killed by signal {sig}"),
+                    reason: signal::killed_by(&info, self.pid),
                 });
             }
             let info = self.delivering(info);

@@ -28,13 +28,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::linux::errno::Errno;
 use crate::linux::mm::FramePool;
 use crate::linux::report::LinuxReport;
-use crate::linux::signal::{SI_USER, SigInfo, SigPending, child_code};
+use crate::linux::signal::{SI_KERNEL, SI_USER, SigInfo, SigPending, child_code};
 use crate::linux::waiter::Waiter;
 
 /// What every process of a VM shares.
 #[derive(Debug)]
 pub struct Kernel {
     pub frames: FramePool,
+    /// The VM's first process (its end is the run's end).
+    first: u64,
     table: Mutex<Table>,
     next_space: AtomicU32,
     /// What ended processes reported (their system calls, mappings...), merged.
@@ -163,6 +165,17 @@ impl Shared {
     }
 }
 
+/// A signal lbrprof received, for the guest's processes
+/// ([`Kernel::signal_from_outside`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutsideSignal {
+    /// 1..=64.
+    pub signo: i32,
+    /// The terminal sent it (`si_code` SI_KERNEL: Ctrl-C, `Ctrl-\`, a hang-up) to its
+    /// foreground process group; otherwise a process sent it to lbrprof (`kill`).
+    pub from_terminal: bool,
+}
+
 /// Which children a wait is for (`wait4`'s pid argument, `waitid`'s idtype and id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitFor {
@@ -197,6 +210,7 @@ impl Kernel {
         );
         Kernel {
             frames,
+            first: pid,
             table: Mutex::new(Table {
                 next_id: pid + 1,
                 procs,
@@ -368,6 +382,39 @@ impl Kernel {
         }
     }
 
+    /// Deliver `signal`, sent to lbrprof from outside the VM, as it would have reached
+    /// the program run on the host: one from the terminal (Ctrl-C, `Ctrl-\`, a hang-up)
+    /// goes to the whole foreground process group, which is every guest process still
+    /// running; one sent to lbrprof alone (`kill`) to the program's first process.
+    /// The handler is told SI_KERNEL for the terminal's, SI_USER otherwise, with
+    /// `si_pid` 0 as Linux gives a sender outside the receiver's pid namespace. The
+    /// number of processes it reached.
+    pub fn signal_from_outside(&self, signal: OutsideSignal) -> usize {
+        let info = SigInfo {
+            signo: signal.signo,
+            code: if signal.from_terminal {
+                SI_KERNEL
+            } else {
+                SI_USER
+            },
+            word: if signal.from_terminal {
+                0
+            } else {
+                crate::linux::host::ids()[2] << 32
+            },
+            ..SigInfo::default()
+        };
+        let t = self.table();
+        let mut reached = 0;
+        for (&pid, e) in &t.procs {
+            if e.status.is_none() && (signal.from_terminal || pid == self.first) {
+                e.shared.post_info(info);
+                reached += 1;
+            }
+        }
+        reached
+    }
+
     /// The processes of group `pgid` still running.
     pub fn group(&self, pgid: u64) -> Vec<u64> {
         self.table()
@@ -496,6 +543,45 @@ mod tests {
         );
         assert!(!k.signal(b, 1, 100));
         assert!(k.signal(100, libc::SIGCHLD as u64, 100));
+    }
+
+    #[test]
+    fn the_terminals_signals_reach_every_process_a_kill_only_the_first() {
+        let first: Arc<Shared> = Arc::default();
+        let k = Kernel::new(Arc::new(Mutex::new(Frames::empty())), 100, 1, first.clone());
+        let (a, b) = (k.new_id(), k.new_id());
+        let (sa, sb): (Arc<Shared>, Arc<Shared>) = Default::default();
+        k.add(a, 100, 100, sa.clone());
+        // In a group of its own: the terminal's signal still reaches it (every guest
+        // process is in the terminal's foreground group).
+        k.add(b, a, b, sb.clone());
+        k.exit(a, exited(0));
+        let ctrl_c = OutsideSignal {
+            signo: libc::SIGINT,
+            from_terminal: true,
+        };
+        assert_eq!(
+            k.signal_from_outside(ctrl_c),
+            2,
+            "the ended process is left out"
+        );
+        for s in [&first, &sb] {
+            let i = s.take(0).take(libc::SIGINT as u64).unwrap();
+            assert_eq!((i.code, i.word), (SI_KERNEL, 0));
+        }
+        assert_eq!(sa.take(0).set(), 0);
+        let kill = OutsideSignal {
+            signo: libc::SIGTERM,
+            from_terminal: false,
+        };
+        assert_eq!(k.signal_from_outside(kill), 1);
+        let i = first.take(0).take(libc::SIGTERM as u64).unwrap();
+        // si_pid 0: the sender is outside the guest.
+        assert_eq!(
+            (i.code, i.word),
+            (SI_USER, crate::linux::host::ids()[2] << 32)
+        );
+        assert_eq!(sb.take(0).set(), 0);
     }
 
     #[test]

@@ -194,6 +194,91 @@ pub fn default_terminates(sig: u64) -> bool {
     )
 }
 
+/// Whether Linux dumps core for a process signal `sig` kills (its default action is
+/// "core", signal(7)): a fault, abort(), SIGQUIT. For those the registers where the
+/// program stood say something; for the others (SIGINT, SIGTERM, SIGKILL...) the
+/// program was merely somewhere.
+pub fn dumps_core(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+            | libc::SIGSYS
+    )
+}
+
+/// The name of signal `sig` as `<signal.h>` spells it (the standard signals), if it has one.
+pub fn name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// What killed a process, for the user: signal `info` and who sent it, as process
+/// `pid` sees it: "SIGINT from the terminal", "SIGTERM from outside the VM", "SIGUSR1 it
+/// sent itself"...
+pub fn killed_by(info: &SigInfo, pid: u64) -> String {
+    let sig = match name(info.signo) {
+        Some(n) => n.to_owned(),
+        None => format!("signal {}", info.signo),
+    };
+    let sender = info.word & 0xffff_ffff;
+    let origin = match info.code {
+        SI_KERNEL if info.signo == libc::SIGALRM => "from its interval timer".to_owned(),
+        // Signals lbrprof receives from its terminal (Kernel::signal_from_outside).
+        SI_KERNEL => "from the terminal".to_owned(),
+        SI_TIMER => "from its POSIX timer".to_owned(),
+        SI_USER | SI_TKILL if sender == pid => "it sent itself".to_owned(),
+        // A sender outside the VM (si_pid 0): a signal to lbrprof, passed on.
+        SI_USER if sender == 0 => "from outside the VM".to_owned(),
+        SI_USER | SI_TKILL => format!("sent by process {sender}"),
+        _ => String::new(),
+    };
+    if origin.is_empty() {
+        sig
+    } else {
+        format!("{sig} {origin}")
+    }
+}
+
 /// The x87/SSE/AVX… state a signal frame saves, in the layout Linux writes on a CPU
 /// with XSAVE: an XSAVE area in the standard (non-compacted) format, `area.len()` bytes
 /// (the legacy FXSAVE region, the 64-byte XSAVE header, then each component at the offset
@@ -367,6 +452,36 @@ mod tests {
     fn read_back(frame: &[u8]) -> FpuImage {
         let (len, features) = FpuImage::frame_extent(&frame[..512]);
         FpuImage::from_frame(&frame[..len.min(frame.len())], features)
+    }
+
+    #[test]
+    fn a_killed_process_is_told_what_killed_it_and_who_sent_it() {
+        let info = |signo, code, word| SigInfo {
+            signo,
+            code,
+            word,
+            ..SigInfo::default()
+        };
+        let own = 7;
+        let cases = [
+            (info(libc::SIGINT, SI_KERNEL, 0), "SIGINT from the terminal"),
+            (
+                info(libc::SIGALRM, SI_KERNEL, 0),
+                "SIGALRM from its interval timer",
+            ),
+            (
+                info(libc::SIGTERM, SI_USER, 1000 << 32),
+                "SIGTERM from outside the VM",
+            ),
+            (info(libc::SIGUSR1, SI_TKILL, own), "SIGUSR1 it sent itself"),
+            (info(libc::SIGHUP, SI_USER, 9), "SIGHUP sent by process 9"),
+            (info(40, SI_TIMER, 3), "signal 40 from its POSIX timer"),
+        ];
+        for (i, want) in cases {
+            assert_eq!(killed_by(&i, own), want);
+        }
+        assert!(dumps_core(libc::SIGSEGV) && dumps_core(libc::SIGQUIT));
+        assert!(!dumps_core(libc::SIGINT) && !dumps_core(libc::SIGKILL));
     }
 
     #[test]
