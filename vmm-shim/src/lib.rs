@@ -35,6 +35,7 @@ pub mod phase;
 pub mod pmu;
 mod timer;
 pub mod vm;
+pub mod xsave;
 
 /// The snapshot model lives in the data layer (`lbrprof-data`); the shim produces it.
 pub use lbrprof_data::snapshot;

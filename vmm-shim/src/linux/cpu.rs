@@ -36,6 +36,7 @@ use crate::linux::errno::Errno;
 use crate::linux::mm::{AddressSpace, PTE_NX};
 use crate::linux::signal::{FpuImage, MAX_XSTATE, XFEATURES_X87_SSE, XSAVE_HEADER};
 use crate::memory::GuestPhysAddr;
+use crate::xsave;
 
 /// IA32_EFER.SCE: SYSCALL/SYSRET enabled.
 pub const EFER_SCE: u64 = 1 << 0;
@@ -250,12 +251,13 @@ fn guest_xcr0(vcpu: &VcpuFd) -> u64 {
         .unwrap_or(XFEATURES_X87_SSE)
 }
 
-fn region_bytes(x: &kvm_bindings::kvm_xsave, len: usize) -> Vec<u8> {
-    x.region
-        .iter()
-        .flat_map(|w| w.to_le_bytes())
-        .take(len)
-        .collect()
+/// `AT_MINSIGSTKSZ`: the most one signal frame takes on a stack (the frame, its FPU
+/// area with magic2, up to 63 + 15 bytes of alignment and the pretcode slot), as Linux
+/// derives it from its XSAVE size; at least the 2048 bytes of `MINSIGSTKSZ`.
+pub fn min_signal_stack() -> u64 {
+    let features = (crate::linux::host::xcr0() & USER_XFEATURES) | XFEATURES_X87_SSE;
+    let fpu = xstate_size(features) as u64 + 4;
+    (crate::linux::signal::SIGFRAME_BYTES + fpu + 128).max(2048)
 }
 
 /// The XSAVE components of a program's state: the guest's XCR0 as KVM keeps it, and the
@@ -266,24 +268,13 @@ fn program_xfeatures(vcpu: &VcpuFd) -> u64 {
     ((guest_xcr0(vcpu) | crate::linux::host::xcr0()) & USER_XFEATURES) | XFEATURES_X87_SSE
 }
 
-/// `AT_MINSIGSTKSZ`: the most one signal frame takes on a stack (the frame, its FPU
-/// area with magic2, up to 63 + 15 bytes of alignment and the pretcode slot), as Linux
-/// derives it from its XSAVE size; at least the 2048 bytes of `MINSIGSTKSZ`.
-pub fn min_signal_stack() -> u64 {
-    let features = (crate::linux::host::xcr0() & USER_XFEATURES) | XFEATURES_X87_SSE;
-    let fpu = xstate_size(features) as u64 + 4;
-    (crate::linux::signal::SIGFRAME_BYTES + fpu + 128).max(2048)
-}
-
 /// The vCPU's FPU state as a signal frame saves it: the XSAVE area of the user
 /// components the program can use (KVM_GET_FPU would leave MXCSR and AVX out).
 pub fn fpu_image(vcpu: &VcpuFd) -> Result<FpuImage, kvm_ioctls::Error> {
-    let x = vcpu.get_xsave()?;
+    let mut area = xsave::read(vcpu)?;
     let features = program_xfeatures(vcpu);
-    Ok(FpuImage {
-        area: region_bytes(&x, xstate_size(features)),
-        features,
-    })
+    area.truncate(xstate_size(features));
+    Ok(FpuImage { area, features })
 }
 
 /// Load `image` as the vCPU's FPU state: its bytes over the vCPU's XSAVE area (but the
@@ -292,30 +283,21 @@ pub fn fpu_image(vcpu: &VcpuFd) -> Result<FpuImage, kvm_ioctls::Error> {
 /// legacy image: everything but x87/SSE) goes back to its initial state, as Linux's
 /// restore of such a frame does.
 pub fn set_fpu_image(vcpu: &VcpuFd, image: &FpuImage) -> Result<(), kvm_ioctls::Error> {
-    let mut x = vcpu.get_xsave()?;
-    let len = image.area.len().min(MAX_XSTATE);
-    let mut bytes = region_bytes(&x, MAX_XSTATE);
+    let current = xsave::read(vcpu)?;
+    let mut bytes = current.clone();
+    let len = image.area.len().min(MAX_XSTATE).min(bytes.len());
     bytes[..len].copy_from_slice(&image.area[..len]);
-    bytes[464..XSAVE_HEADER].copy_from_slice(&region_bytes(&x, XSAVE_HEADER)[464..]);
-    bytes.resize(MAX_XSTATE.max(XSAVE_HEADER + 64), 0);
+    bytes[464..XSAVE_HEADER].copy_from_slice(&current[464..XSAVE_HEADER]);
     let at = XSAVE_HEADER;
     let word = |b: &[u8]| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
     // PKRU is not FPU state to a program: an image without it (the handler's initial
     // state, a legacy frame) leaves the thread's protection keys as they are.
-    let kept = word(&region_bytes(&x, at + 8)) & XFEATURE_PKRU & !image.features;
+    let kept = word(&current) & XFEATURE_PKRU & !image.features;
     let bv = (word(&bytes) & image.features) | XFEATURES_X87_SSE | kept;
     bytes[at..at + 8].copy_from_slice(&bv.to_le_bytes());
     // XCOMP_BV and the reserved words: zero in the standard format KVM takes.
     bytes[at + 8..at + 64].fill(0);
-    for (word, chunk) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
-        *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-    }
-    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, with its
-    // 4096-byte region rewritten in the standard format (XCOMP_BV zero, XSTATE_BV a subset
-    // of the XCR0 features the vCPU saved): it fits the 4096-byte `kvm_xsave` (the VMM
-    // never enables dynamic XSAVE features such as AMX for the guest, so KVM does not
-    // read past it).
-    unsafe { vcpu.set_xsave(&x) }
+    xsave::write(vcpu, &bytes)
 }
 
 /// Where `syscall` leaves the vCPU on this host (see the module doc).

@@ -1454,17 +1454,16 @@ impl GuestAccess for CtxGuest<'_, '_> {
     fn xmm(&mut self) -> Option<[u128; 16]> {
         // At a trap the shim's patched handler has not run a single SSE instruction, so the
         // registers are still the interrupted context's.
-        let fpu = self.ctx.vcpu.get_fpu().ok()?;
-        Some(fpu.xmm.map(u128::from_le_bytes))
+        crate::xsave::xmm(self.ctx.vcpu).ok()
     }
 
     fn set_xmm(&mut self, xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
         let unavailable = GuestAccessError::Unavailable {
             what: "XMM registers",
         };
-        let mut fpu = self.ctx.vcpu.get_fpu().map_err(|_| unavailable.clone())?;
-        fpu.xmm = xmm.map(u128::to_le_bytes);
-        self.ctx.vcpu.set_fpu(&fpu).map_err(|_| unavailable)
+        // Through XSAVE, marked in use: KVM_SET_FPU's XMM registers are dropped when the
+        // SSE state was last saved in its initial state (see crate::xsave).
+        crate::xsave::set_xmm(self.ctx.vcpu, xmm).map_err(|_| unavailable)
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {

@@ -1,0 +1,110 @@
+//! A vCPU's x87/SSE/AVX registers through KVM_GET_XSAVE / KVM_SET_XSAVE, in the standard
+//! (non-compacted) XSAVE layout: the 512-byte legacy region, the header, then each
+//! component at the offset CPUID leaf 0xD gives it.
+//!
+//! Why not KVM_GET_FPU / KVM_SET_FPU: they copy the legacy region only and leave the
+//! header's XSTATE_BV alone, so on a CPU that tracks SSE as "in its initial state" (AMD
+//! does, whenever the XMM registers were all zero when last saved) the XMM registers a
+//! KVM_SET_FPU wrote are dropped as the vCPU restores its state: the guest gets zeros.
+//! Writing here marks what was written as in use.
+
+use kvm_ioctls::VcpuFd;
+
+/// Bytes of `kvm_xsave`'s region.
+pub const XSAVE_BYTES: usize = 4096;
+/// Offset of XSTATE_BV (the header follows the legacy region).
+pub const XSTATE_BV: usize = 512;
+/// Offset of XMM0 in the legacy region.
+const XMM0: usize = 160;
+/// XSTATE_BV bit of the SSE state (XMM registers and MXCSR).
+const XFEATURE_SSE: u64 = 1 << 1;
+
+/// The vCPU's XSAVE area (KVM fills components in their initial state with their
+/// initial values).
+pub fn read(vcpu: &VcpuFd) -> Result<Vec<u8>, kvm_ioctls::Error> {
+    let x = vcpu.get_xsave()?;
+    Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// Load `area` (at most [`XSAVE_BYTES`]; the rest of the vCPU's area as it is) as the
+/// vCPU's XSAVE area. The caller keeps the header valid: XCOMP_BV and the reserved words
+/// zero, XSTATE_BV a subset of what the vCPU saves.
+pub fn write(vcpu: &VcpuFd, area: &[u8]) -> Result<(), kvm_ioctls::Error> {
+    let mut x = vcpu.get_xsave()?;
+    for (word, chunk) in x.region.iter_mut().zip(area.chunks_exact(4)) {
+        *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, with at
+    // most its 4096-byte region rewritten: it is a whole `kvm_xsave`, and the VMM never
+    // enables dynamic XSAVE features such as AMX for the guest, so KVM reads nothing past
+    // it. A header KVM refuses comes back as an error, not undefined behaviour.
+    unsafe { vcpu.set_xsave(&x) }
+}
+
+/// XMM0-15.
+pub fn xmm(vcpu: &VcpuFd) -> Result<[u128; 16], kvm_ioctls::Error> {
+    let area = read(vcpu)?;
+    Ok(std::array::from_fn(|i| {
+        let at = XMM0 + 16 * i;
+        u128::from_le_bytes(area[at..at + 16].try_into().unwrap_or_default())
+    }))
+}
+
+/// Set XMM0-15, marked in use (the rest of the state as it is).
+pub fn set_xmm(vcpu: &VcpuFd, xmm: &[u128; 16]) -> Result<(), kvm_ioctls::Error> {
+    let mut area = read(vcpu)?;
+    for (i, v) in xmm.iter().enumerate() {
+        area[XMM0 + 16 * i..XMM0 + 16 * i + 16].copy_from_slice(&v.to_le_bytes());
+    }
+    let bv = u64::from_le_bytes(
+        area[XSTATE_BV..XSTATE_BV + 8]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(bv | XFEATURE_SSE).to_le_bytes());
+    write(vcpu, &area)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vCPU of a fresh VM, or None (with a message) without /dev/kvm, unless CI
+    /// requires KVM.
+    fn vcpu() -> Option<VcpuFd> {
+        match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => {
+                let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+                Some(vm.create_vcpu(0).expect("KVM_CREATE_VCPU"))
+            }
+            Err(e) => {
+                if std::env::var_os("LBRPROF_REQUIRE_KVM").is_some() {
+                    panic!("LBRPROF_REQUIRE_KVM is set but /dev/kvm cannot be opened: {e}");
+                }
+                eprintln!("skipped: needs /dev/kvm ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn xmm_registers_written_over_an_initial_sse_state_are_what_the_vcpu_gets() {
+        let Some(vcpu) = vcpu() else { return };
+        // SSE in its initial state (XSTATE_BV bit 1 clear), as a CPU that tracks it
+        // saves all-zero XMM registers: KVM_SET_FPU's registers would be dropped.
+        let mut area = read(&vcpu).unwrap();
+        let bv = u64::from_le_bytes(area[XSTATE_BV..XSTATE_BV + 8].try_into().unwrap());
+        area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(bv & !XFEATURE_SSE).to_le_bytes());
+        write(&vcpu, &area).unwrap();
+        let values: [u128; 16] =
+            std::array::from_fn(|i| 0x0123_4567_89ab_cdef_u128 * (i as u128 + 1));
+        set_xmm(&vcpu, &values).unwrap();
+        assert_eq!(xmm(&vcpu).unwrap(), values);
+        let fpu = vcpu.get_fpu().unwrap();
+        assert_eq!(
+            fpu.xmm.map(u128::from_le_bytes),
+            values,
+            "KVM_GET_FPU agrees"
+        );
+    }
+}
