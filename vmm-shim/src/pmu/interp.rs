@@ -527,6 +527,33 @@ impl Session<'_> {
         r
     }
 
+    /// Executes instructions from RIP as [`Session::step`] does, one after the other,
+    /// until one of them branches, `max` that do not have completed, or one halts.
+    /// Returns how many non-branch instructions completed (they went on straight to the
+    /// next, so the caller needs no more of them than the count: they started at the RIP
+    /// before the call) and the branch's [`Step`], or `None` when `max` completed, or the
+    /// halt (the state is that of the boundary before the halting instruction, as after
+    /// [`Session::step`]). This is the tracer's batch: one call per basic block rather
+    /// than one per instruction.
+    pub fn run(&mut self, max: u64) -> (u64, Result<Option<Step>, Halt>) {
+        let mut n = 0;
+        while n < max {
+            match self.try_step() {
+                Ok(Step {
+                    effect: Effect::Next,
+                    ..
+                }) => n += 1,
+                Ok(step) => return (n, Ok(Some(step))),
+                Err(h) => {
+                    self.pending_ad.clear();
+                    self.pending_tlb.clear();
+                    return (n, Err(h));
+                }
+            }
+        }
+        (n, Ok(None))
+    }
+
     /// Enters the physical pages of code the tracer noted in this address space into
     /// `code_phys` (a walk without side effects: nothing is committed).
     fn translate_noted(&mut self) {
@@ -696,6 +723,7 @@ impl Session<'_> {
         Some(v.dead)
     }
 
+    #[inline(always)]
     fn try_step(&mut self) -> Result<Step, Halt> {
         let ip = self.state.rip;
         let (b, i) = match self.next_in_block(ip) {

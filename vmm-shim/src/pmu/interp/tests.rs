@@ -80,6 +80,77 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
     assert_eq!(m.u64_at(PD + 8) & PTE_D, 0, "code was only fetched");
 }
 
+/// The loop program above, as the tracer runs it: batches of at most `max` non-branch
+/// instructions ([`Session::run`]) must retire exactly what single steps retire, stop
+/// at `max` on the dot (where a PMI is due), and leave the same state and memory.
+#[test]
+fn batches_run_the_same_instructions_as_single_steps_and_stop_at_their_limit() {
+    let mut code = vec![
+        0xb9, 5, 0, 0, 0, //          mov    $0x5,%ecx
+        0x31, 0xc0, //                xor    %eax,%eax
+        0x48, 0x01, 0xc8, //          add    %rcx,%rax          (0x200007)
+        0xe8, 0x11, 0, 0, 0, //       call   0x200020
+        0x48, 0xff, 0xc9, //          dec    %rcx
+        0x75, 0xf3, //                jne    0x200007
+        0x48, 0x89, 0x03, //          mov    %rax,(%rbx)
+        0xf4, //                      hlt                        (0x200017)
+    ];
+    code.resize(0x20, 0xcc);
+    code.extend([
+        0x55, //                      push   %rbp               (0x200020)
+        0x48, 0x89, 0xe5, //          mov    %rsp,%rbp
+        0x48, 0x6b, 0xd0, 0x03, //    imul   $0x3,%rax,%rdx
+        0x48, 0x01, 0xd2, //          add    %rdx,%rdx
+        0x5d, //                      pop    %rbp
+        0xc3, //                      ret
+    ]);
+    let mut s = state();
+    s.gpr[3] = DATA + 0x100;
+    let mut stepped = Machine::new(&code);
+    let (steps, halt, end) = run(&mut stepped, s);
+    // What single steps retire: runs of non-branch instructions, each ended by a branch.
+    let mut expected = Vec::new();
+    let mut n = 0u64;
+    for st in &steps {
+        match st.effect {
+            Effect::Next => n += 1,
+            Effect::Branch { .. } => {
+                expected.push((n, Some(*st)));
+                n = 0;
+            }
+        }
+    }
+    for max in [1, 2, 3, 7, u64::MAX] {
+        let mut m = Machine::new(&code);
+        let mut interp = Interp::default();
+        let mut session = interp.session(&mut m, s);
+        let mut got = Vec::new();
+        let mut pending = 0u64;
+        let last = loop {
+            let rip = session.state().rip;
+            let (n, r) = session.run(max);
+            assert!(n <= max);
+            pending += n;
+            match r {
+                Ok(None) => {
+                    assert_eq!(n, max, "a batch ends early only at a branch or a halt");
+                    assert_ne!(session.state().rip, rip);
+                }
+                Ok(Some(branch)) => {
+                    got.push((pending, Some(branch)));
+                    pending = 0;
+                }
+                Err(h) => break (pending, h, *session.state()),
+            }
+            assert!(got.len() < 10_000, "runaway");
+        };
+        assert_eq!(got, expected, "batches of {max}");
+        assert_eq!(last, (n, halt, end), "batches of {max}");
+        drop(session);
+        assert_eq!(m.mem, stepped.mem, "batches of {max}");
+    }
+}
+
 #[test]
 fn undefined_flags_that_are_read_stop_the_interpreter_before_the_instruction() {
     let code = [
