@@ -770,14 +770,14 @@ impl Tracer {
                     if pending < room {
                         continue; // The budget is spent.
                     }
+                    // Room was reached: the instruction the PMI was due on retires now.
                     self.retire(pmu, pending, state.cpl, pending_at);
-                    room -= pending;
                     pending = 0;
                     if pmu.pmi_pending() {
                         ended = true;
                         break;
                     }
-                    room = until_pmi(pmu); // (room was reached: it is 0 now.)
+                    room = until_pmi(pmu);
                     continue;
                 }
                 Err(h) => {
