@@ -21,8 +21,8 @@ fn run(m: &mut Machine, s: InterpState) -> (Vec<Step>, Halt, InterpState) {
     }
 }
 
-#[test]
-fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
+/// Five rounds of a loop that calls a function, then a store and a HLT.
+fn loop_program() -> Vec<u8> {
     let mut code = vec![
         0xb9, 5, 0, 0, 0, //          mov    $0x5,%ecx
         0x31, 0xc0, //                xor    %eax,%eax
@@ -42,6 +42,12 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
         0x5d, //                      pop    %rbp
         0xc3, //                      ret
     ]);
+    code
+}
+
+#[test]
+fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
+    let code = loop_program();
     let mut m = Machine::new(&code);
     let mut s = state();
     s.gpr[3] = DATA + 0x100;
@@ -85,25 +91,7 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
 /// at `max` on the dot (where a PMI is due), and leave the same state and memory.
 #[test]
 fn batches_run_the_same_instructions_as_single_steps_and_stop_at_their_limit() {
-    let mut code = vec![
-        0xb9, 5, 0, 0, 0, //          mov    $0x5,%ecx
-        0x31, 0xc0, //                xor    %eax,%eax
-        0x48, 0x01, 0xc8, //          add    %rcx,%rax          (0x200007)
-        0xe8, 0x11, 0, 0, 0, //       call   0x200020
-        0x48, 0xff, 0xc9, //          dec    %rcx
-        0x75, 0xf3, //                jne    0x200007
-        0x48, 0x89, 0x03, //          mov    %rax,(%rbx)
-        0xf4, //                      hlt                        (0x200017)
-    ];
-    code.resize(0x20, 0xcc);
-    code.extend([
-        0x55, //                      push   %rbp               (0x200020)
-        0x48, 0x89, 0xe5, //          mov    %rsp,%rbp
-        0x48, 0x6b, 0xd0, 0x03, //    imul   $0x3,%rax,%rdx
-        0x48, 0x01, 0xd2, //          add    %rdx,%rdx
-        0x5d, //                      pop    %rbp
-        0xc3, //                      ret
-    ]);
+    let code = loop_program();
     let mut s = state();
     s.gpr[3] = DATA + 0x100;
     let mut stepped = Machine::new(&code);
