@@ -319,8 +319,8 @@ impl Interp {
             pt_pages: Vec::new(),
             pending_ad: Vec::new(),
             pending_tlb: Vec::new(),
-            last_code_page: None,
-            last_fetch_page: None,
+            code_pages_seen: [NO_PAGE; PAGE_MEMO],
+            fetch_pages_checked: [NO_PAGE; PAGE_MEMO],
             xmm: None,
             xmm_dirty: false,
             block: None,
@@ -412,6 +412,15 @@ fn tlb_slot(vpage: u64) -> usize {
     ((vpage / PAGE) as usize) % TLB_FAST
 }
 
+/// Entries of [`Session`]'s memos of code pages (`code_pages_seen`, `fetch_pages_checked`).
+const PAGE_MEMO: usize = 16;
+/// An empty memo entry (no page is at an unaligned address).
+const NO_PAGE: (u64, u64) = (u64::MAX, u64::MAX);
+
+fn memo_slot(page: u64) -> usize {
+    ((page / PAGE) as usize) % PAGE_MEMO
+}
+
 /// A page a data access passed every check on ([`Session::data_pa`]).
 #[derive(Clone, Copy, Debug)]
 struct DataPage {
@@ -474,16 +483,17 @@ pub struct Session<'a> {
     pending_ad: Vec<(u64, u64, u64)>,
     /// Translations the current instruction made, entered in the TLB when it completes.
     pending_tlb: Vec<(u64, Tlb)>,
-    /// The last page code was fetched from, entered in `Interp::code_phys` (as of its
-    /// `code_phys_resets`).
-    last_code_page: Option<(u64, u64)>,
+    /// Recent guest-physical pages code was fetched from, entered in `Interp::code_phys`
+    /// (as of its `code_phys_resets`), direct-mapped by page number: a loop that calls
+    /// code on another page comes back to a page without a hash-set insert.
+    code_pages_seen: [(u64, u64); PAGE_MEMO],
     /// XMM0–XMM15, fetched from the vCPU at the first SSE instruction.
     xmm: Option<[u128; 16]>,
     /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
     xmm_dirty: bool,
-    /// The page the last block was entered on, whose fetch permission this session checked
-    /// (as of `Interp::code_phys_resets`).
-    last_fetch_page: Option<(u64, u64)>,
+    /// Recent pages blocks were entered on, whose fetch permission this session checked
+    /// (as of `Interp::code_phys_resets`), direct-mapped by page number.
+    fetch_pages_checked: [(u64, u64); PAGE_MEMO],
     /// The block being executed ([`Interp::arena`] index), the index of its next
     /// instruction, and the arena's generation ([`Interp::arena_gen`]).
     block: Option<(u32, usize, u64)>,
@@ -527,6 +537,33 @@ impl Session<'_> {
         r
     }
 
+    /// Executes instructions from RIP as [`Session::step`] does, one after the other,
+    /// until one of them branches, `max` that do not have completed, or one halts.
+    /// Returns how many non-branch instructions completed (they went on straight to the
+    /// next, so the caller needs no more of them than the count: they started at the RIP
+    /// before the call) and the branch's [`Step`], or `None` when `max` completed, or the
+    /// halt (the state is that of the boundary before the halting instruction, as after
+    /// [`Session::step`]). This is the tracer's batch: one call per basic block rather
+    /// than one per instruction.
+    pub fn run(&mut self, max: u64) -> (u64, Result<Option<Step>, Halt>) {
+        let mut n = 0;
+        while n < max {
+            match self.try_step() {
+                Ok(Step {
+                    effect: Effect::Next,
+                    ..
+                }) => n += 1,
+                Ok(step) => return (n, Ok(Some(step))),
+                Err(h) => {
+                    self.pending_ad.clear();
+                    self.pending_tlb.clear();
+                    return (n, Err(h));
+                }
+            }
+        }
+        (n, Ok(None))
+    }
+
     /// Enters the physical pages of code the tracer noted in this address space into
     /// `code_phys` (a walk without side effects: nothing is committed).
     fn translate_noted(&mut self) {
@@ -546,11 +583,12 @@ impl Session<'_> {
     /// Code is fetched from guest-physical `pa`'s page.
     fn note_code_phys(&mut self, pa: u64) {
         let key = (pa & !(PAGE - 1), self.interp.code_phys_resets);
-        if self.last_code_page != Some(key) {
+        let seen = &mut self.code_pages_seen[memo_slot(key.0)];
+        if *seen != key {
+            *seen = key;
             if self.interp.code_phys.insert(key.0) {
                 self.interp.code_epoch += 1;
             }
-            self.last_code_page = Some(key);
         }
     }
 
@@ -696,6 +734,7 @@ impl Session<'_> {
         Some(v.dead)
     }
 
+    #[inline(always)]
     fn try_step(&mut self) -> Result<Step, Halt> {
         let ip = self.state.rip;
         let (b, i) = match self.next_in_block(ip) {
@@ -703,10 +742,10 @@ impl Session<'_> {
             None => {
                 let from = self.block.take();
                 let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
-                if self.last_fetch_page != Some(page) {
+                if self.fetch_pages_checked[memo_slot(page.0)] != page {
                     let pa = self.check_fetch(ip)?;
                     self.note_code_phys(pa);
-                    self.last_fetch_page = Some(page);
+                    self.fetch_pages_checked[memo_slot(page.0)] = page;
                 }
                 let cr3 = self.state.cr3;
                 let idx = match self.follow_link(from, cr3, ip) {

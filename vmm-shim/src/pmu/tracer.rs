@@ -737,71 +737,83 @@ impl Tracer {
         // Exact mode retires straight-line instructions in batches (one counter update per
         // batch, not per instruction), each batch ending before the instruction that could
         // overflow a counter with PMI enabled, so a PMI still fires on that very
-        // instruction. Sampled windows count nothing per instruction: no batching there.
-        // `room`: instructions that can retire before the one that overflows (room 1: the
-        // next one does). Every interpreted instruction counts one instruction and one
-        // cycle, so it shrinks by one per instruction; a PMI ends the stretch.
+        // instruction. The interpreter runs a batch per call (`Session::run`): up to the
+        // next branch, or as many as may retire before that instruction. `room`:
+        // instructions that can retire before the one that overflows (room 1: the next one
+        // does). Every interpreted instruction counts one instruction and one cycle, so it
+        // shrinks by one per instruction; a PMI ends the stretch. Sampled windows count
+        // nothing per instruction (no counter can overflow on one): their batches end only
+        // at branches, where the window may end.
         let counting = self.counting();
-        let mut room = if counting {
-            pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
-        } else {
-            1
+        let until_pmi = |pmu: &VirtualPmu| {
+            if counting {
+                pmu.instructions_until_pmi(state.cpl)
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            } else {
+                u64::MAX
+            }
         };
+        let mut room = until_pmi(pmu);
         let (mut pending, mut pending_at) = (0u64, 0u64);
         while ran < budget {
-            let step = match session.step() {
-                Ok(step) => step,
+            // (pending < room here: a batch that reaches room is retired below.)
+            if pending == 0 {
+                pending_at = session.state().rip;
+            }
+            let (n, r) = session.run((budget - ran).min(room - pending));
+            ran += n;
+            pending += n;
+            let step = match r {
+                Ok(Some(step)) => step,
+                Ok(None) => {
+                    if pending < room {
+                        continue; // The budget is spent.
+                    }
+                    // Room was reached: the instruction the PMI was due on retires now.
+                    self.retire(pmu, pending, state.cpl, pending_at);
+                    pending = 0;
+                    if pmu.pmi_pending() {
+                        ended = true;
+                        break;
+                    }
+                    room = until_pmi(pmu);
+                    continue;
+                }
                 Err(h) => {
                     halt = Some(h);
                     break;
                 }
             };
             ran += 1;
-            match step.effect {
-                Effect::Next => {
-                    if pending == 0 {
-                        pending_at = step.ip;
-                    }
-                    pending += 1;
-                    if pending < room {
-                        continue;
-                    }
-                    self.retire(pmu, pending, state.cpl, pending_at);
-                    room = room.saturating_sub(pending);
-                    pending = 0;
-                }
-                Effect::Branch { kind, taken, to } => {
-                    if pending > 0 {
-                        // The branch's LBR record counts the cycles before it.
-                        self.retire(pmu, pending, state.cpl, pending_at);
-                        room = room.saturating_sub(pending);
-                        pending = 0;
-                    }
-                    room = room.saturating_sub(1);
-                    self.branch(
-                        pmu,
-                        RetiredBranch {
-                            from: step.ip,
-                            to,
-                            fallthrough: step.next,
-                            kind,
-                            taken,
-                            cpl_before: state.cpl,
-                            cpl_after: state.cpl,
-                        },
-                    )
-                }
+            let Effect::Branch { kind, taken, to } = step.effect else {
+                continue; // (run() returns branches only.)
+            };
+            if pending > 0 {
+                // The branch's LBR record counts the cycles before it.
+                self.retire(pmu, pending, state.cpl, pending_at);
+                room -= pending;
+                pending = 0;
             }
+            room = room.saturating_sub(1);
+            self.branch(
+                pmu,
+                RetiredBranch {
+                    from: step.ip,
+                    to,
+                    fallthrough: step.next,
+                    kind,
+                    taken,
+                    cpl_before: state.cpl,
+                    cpl_after: state.cpl,
+                },
+            );
             if self.window_done || pmu.pmi_pending() {
                 ended = true;
                 break;
             }
-            if !counting || room == 0 {
-                room = if counting {
-                    pmu.instructions_until_pmi(state.cpl).unwrap_or(u64::MAX)
-                } else {
-                    1
-                };
+            if room == 0 || !counting {
+                room = until_pmi(pmu);
             }
         }
         if pending > 0 {

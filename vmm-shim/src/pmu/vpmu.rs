@@ -600,11 +600,26 @@ impl VirtualPmu {
         self
     }
 
-    /// Adds `n` occurrences of `ev` at `cpl` to every counter counting it.
+    /// Adds `n` occurrences of `ev` at `cpl` to every counter counting it. (Inlined: in
+    /// exact mode it runs several times per retired batch and per branch, and mostly finds
+    /// nothing counting the event.)
+    #[inline]
     fn count(&mut self, ev: Event, n: u64, cpl: u8) {
         if n == 0 {
             return;
         }
+        if self.counting[ev as usize][usize::from(cpl != 0)] == 0 {
+            if ev == Event::Instructions && self.counters_frozen() {
+                self.stats.frozen_instructions += n;
+            }
+            return;
+        }
+        self.count_in_counters(ev, n, cpl);
+    }
+
+    /// [`VirtualPmu::count`] when some counter counts `ev` at `cpl`.
+    #[inline(never)]
+    fn count_in_counters(&mut self, ev: Event, n: u64, cpl: u8) {
         if self.counters_frozen() {
             if ev == Event::Instructions {
                 self.stats.frozen_instructions += n;
@@ -612,9 +627,6 @@ impl VirtualPmu {
             return;
         }
         let counting = self.counting[ev as usize][usize::from(cpl != 0)];
-        if counting == 0 {
-            return;
-        }
         let mut pmi = false;
         for i in 0..GP_COUNTERS {
             if counting & (1 << i) != 0 {
@@ -679,6 +691,7 @@ impl VirtualPmu {
     }
 
     /// Whether a PMI is waiting to be delivered.
+    #[inline]
     pub fn pmi_pending(&self) -> bool {
         self.pmi_pending
     }
@@ -689,12 +702,14 @@ impl VirtualPmu {
     }
 
     /// `n` non-branch instructions retired at `cpl`.
+    #[inline]
     pub fn on_instructions(&mut self, n: u64, cpl: u8) {
         self.count(Event::Instructions, n, cpl);
     }
 
     /// `n` core clock cycles passed at `cpl` (reference cycles advance with them: the
     /// model runs at its nominal frequency).
+    #[inline]
     pub fn on_cycles(&mut self, n: u64, cpl: u8) {
         self.cycles_since_lbr = self.cycles_since_lbr.saturating_add(n);
         self.count(Event::CoreCycles, n, cpl);
@@ -704,6 +719,7 @@ impl VirtualPmu {
     /// A branch retired (taken or not), or an interrupt/exception was delivered. Records it
     /// in the LBR first, then counts it, so the branch that overflows a counter is the
     /// newest LBR entry at the PMI.
+    #[inline]
     pub fn on_branch(&mut self, b: RetiredBranch) {
         let mispred = self.predictor.predict_and_update(&b);
         if b.taken {
@@ -910,6 +926,7 @@ impl Predictor {
     }
 
     /// Whether `b` was mispredicted; trains the tables.
+    #[inline]
     fn predict_and_update(&mut self, b: &RetiredBranch) -> bool {
         match b.kind.lbr_class() {
             LbrClass::Jcc => {

@@ -479,6 +479,8 @@ impl Session<'_> {
     /// Runs the instruction at `ip` from its fast form: `Ok(None)` when it must go through
     /// the generic path after all (undefined flags the host does not supply), with nothing
     /// changed.
+    /// (Inlined into `Session::try_step`: it runs most instructions.)
+    #[inline(always)]
     pub(super) fn run_fast(&mut self, ip: u64, f: &Fast) -> Result<Option<Step>, Halt> {
         let bits = u32::from(f.bits);
         let mut staged = Staged::new();

@@ -272,23 +272,34 @@ pub enum Verdict {
 }
 
 /// Runs the instruction at the start of `code` (any instruction) in the interpreter from
-/// `s` twice, with and without the fast path (`interp/fast.rs`), each on its own fake
-/// machine: the outcome, the registers and all of memory must be the same.
+/// `s` three times, each on its own fake machine: one step with and one without the fast
+/// path (`interp/fast.rs`), and as the tracer runs it, in a batch ([`Session::run`], the
+/// fast path, going on to a HLT placed after it). The outcome, the registers and all of
+/// memory must be the same.
 fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<(), String> {
     let mut bytes = code.to_vec();
     bytes.push(0xf4);
-    let run = |mut interp: Interp| {
-        let mut m = Machine::new(&bytes);
+    /// What `go` made of the fake machine's instruction, and the registers, XMM registers
+    /// and memory after it.
+    type After<R> = (R, InterpState, Option<[u128; 16]>, Vec<u8>);
+    fn run<R>(
+        bytes: &[u8],
+        s: InterpState,
+        xmm: [u128; 16],
+        mut interp: Interp,
+        go: impl FnOnce(&mut Session<'_>) -> R,
+    ) -> After<R> {
+        let mut m = Machine::new(bytes);
         m.xmm = xmm;
         let mut session = interp.session(&mut m, s);
-        let r = session.step();
+        let r = go(&mut session);
         let after = *session.state();
         let after_xmm = session.xmm_to_write_back().copied();
         drop(session);
         (r, after, after_xmm, m.mem)
-    };
-    let fast = run(Interp::default());
-    let generic = run(Interp::generic_only());
+    }
+    let fast = run(&bytes, s, xmm, Interp::default(), |s| s.step());
+    let generic = run(&bytes, s, xmm, Interp::generic_only(), |s| s.step());
     if fast.0 != generic.0 || fast.1 != generic.1 || fast.2 != generic.2 {
         return Err(format!(
             "{code:02x?}: the fast path gives {:?} {:x?}, the generic one {:?} {:x?} (from {s:x?})",
@@ -298,6 +309,22 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
     if fast.3 != generic.3 {
         return Err(format!(
             "{code:02x?}: the fast and generic paths leave memory different (from {s:x?})"
+        ));
+    }
+    let batch = run(&bytes, s, xmm, Interp::default(), |s| s.run(u64::MAX));
+    let (one, (n, r)) = (fast.0, batch.0);
+    // A completed non-branch instruction goes on to the HLT, which halts the batch.
+    let agrees = match one {
+        Ok(step) if step.effect == Effect::Next => {
+            n == 1 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
+        }
+        Ok(step) => n == 0 && r == Ok(Some(step)),
+        Err(h) => n == 0 && r == Err(h),
+    };
+    if !agrees || batch.1 != fast.1 || batch.2 != fast.2 || batch.3 != fast.3 {
+        return Err(format!(
+            "{code:02x?}: a step gives {one:?} {:x?}, a batch {n} then {r:?} {:x?} (from {s:x?})",
+            fast.1, batch.1
         ));
     }
     Ok(())

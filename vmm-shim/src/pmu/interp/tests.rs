@@ -21,8 +21,8 @@ fn run(m: &mut Machine, s: InterpState) -> (Vec<Step>, Halt, InterpState) {
     }
 }
 
-#[test]
-fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
+/// Five rounds of a loop that calls a function, then a store and a HLT.
+fn loop_program() -> Vec<u8> {
     let mut code = vec![
         0xb9, 5, 0, 0, 0, //          mov    $0x5,%ecx
         0x31, 0xc0, //                xor    %eax,%eax
@@ -42,6 +42,12 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
         0x5d, //                      pop    %rbp
         0xc3, //                      ret
     ]);
+    code
+}
+
+#[test]
+fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
+    let code = loop_program();
     let mut m = Machine::new(&code);
     let mut s = state();
     s.gpr[3] = DATA + 0x100;
@@ -78,6 +84,59 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
     // The writes set the accessed and dirty bits of the data page.
     assert_eq!(m.u64_at(PD + 16) & (PTE_A | PTE_D), PTE_A | PTE_D);
     assert_eq!(m.u64_at(PD + 8) & PTE_D, 0, "code was only fetched");
+}
+
+/// The loop program above, as the tracer runs it: batches of at most `max` non-branch
+/// instructions ([`Session::run`]) must retire exactly what single steps retire, stop
+/// at `max` on the dot (where a PMI is due), and leave the same state and memory.
+#[test]
+fn batches_run_the_same_instructions_as_single_steps_and_stop_at_their_limit() {
+    let code = loop_program();
+    let mut s = state();
+    s.gpr[3] = DATA + 0x100;
+    let mut stepped = Machine::new(&code);
+    let (steps, halt, end) = run(&mut stepped, s);
+    // What single steps retire: runs of non-branch instructions, each ended by a branch.
+    let mut expected = Vec::new();
+    let mut n = 0u64;
+    for st in &steps {
+        match st.effect {
+            Effect::Next => n += 1,
+            Effect::Branch { .. } => {
+                expected.push((n, Some(*st)));
+                n = 0;
+            }
+        }
+    }
+    for max in [1, 2, 3, 7, u64::MAX] {
+        let mut m = Machine::new(&code);
+        let mut interp = Interp::default();
+        let mut session = interp.session(&mut m, s);
+        let mut got = Vec::new();
+        let mut pending = 0u64;
+        let last = loop {
+            let rip = session.state().rip;
+            let (n, r) = session.run(max);
+            assert!(n <= max);
+            pending += n;
+            match r {
+                Ok(None) => {
+                    assert_eq!(n, max, "a batch ends early only at a branch or a halt");
+                    assert_ne!(session.state().rip, rip);
+                }
+                Ok(Some(branch)) => {
+                    got.push((pending, Some(branch)));
+                    pending = 0;
+                }
+                Err(h) => break (pending, h, *session.state()),
+            }
+            assert!(got.len() < 10_000, "runaway");
+        };
+        assert_eq!(got, expected, "batches of {max}");
+        assert_eq!(last, (n, halt, end), "batches of {max}");
+        drop(session);
+        assert_eq!(m.mem, stepped.mem, "batches of {max}");
+    }
 }
 
 #[test]
