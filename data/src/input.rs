@@ -11,7 +11,6 @@ use std::path::Path;
 use crate::model::{Event, Header};
 use crate::perfdata::{PerfDataError, PerfDataReader, abi::PERF_MAGIC, abi::PERF_MAGIC_SWAPPED};
 use crate::recording::{self, FormatError, RecordingReader};
-use crate::source::{PerfSource, RecordingSource};
 
 /// Which kind of file was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +53,10 @@ enum Source {
     Lbrprof(Box<RecordingReader>),
 }
 
-/// The mapped source of an [`Input`] ([`Input::mapped_source`]).
-pub enum MappedSource<'i> {
-    Perf(PerfSource<'i>),
-    Recording(RecordingSource<'i>),
+/// The reader of an [`Input`].
+pub(crate) enum ReaderMut<'i> {
+    Perf(&'i mut PerfDataReader),
+    Lbrprof(&'i mut RecordingReader),
 }
 
 /// An open recording of either format.
@@ -110,14 +109,11 @@ impl Input {
         }
     }
 
-    /// The input's samples read in place, on every core ([`crate::source`]); `None` for
-    /// a file that cannot be mapped (read the event stream instead). A [`PerfSource`] may
-    /// still decline when walked ([`crate::source::SourceError::Declined`]), leaving the
-    /// stream untouched; otherwise the walk consumes the stream.
-    pub fn mapped_source(&mut self) -> Option<MappedSource<'_>> {
+    /// The reader, for the mapped sources ([`crate::source::mapped_source`]).
+    pub(crate) fn reader_mut(&mut self) -> ReaderMut<'_> {
         match &mut self.source {
-            Source::Perf(r) => Some(MappedSource::Perf(PerfSource::new(r))),
-            Source::Lbrprof(r) => RecordingSource::new(r).map(MappedSource::Recording),
+            Source::Perf(r) => ReaderMut::Perf(r),
+            Source::Lbrprof(r) => ReaderMut::Lbrprof(r),
         }
     }
 

@@ -25,12 +25,29 @@
 use std::sync::Arc;
 
 use crate::dwarf::{ScanUnwinder, UnwindStats};
-use crate::input::InputError;
+use crate::input::{Input, InputError, ReaderMut};
 use crate::model::Event;
 use crate::perfdata::PerfDataReader;
 use crate::perfdata::mapped::{self, CHUNK_SIZE, Scan, ScanError};
 use crate::recording::{self, MappedChunks, RecordingReader};
 use crate::sample::SampleRef;
+
+/// The mapped source of an [`Input`] ([`mapped_source`]).
+pub enum MappedSource<'i> {
+    Perf(PerfSource<'i>),
+    Recording(RecordingSource<'i>),
+}
+
+/// The input's samples read in place, on every core; `None` for a file that cannot be
+/// mapped (read the event stream instead). A [`PerfSource`] may still decline when walked
+/// ([`SourceError::Declined`]), leaving the stream untouched; otherwise the walk consumes
+/// the stream.
+pub fn mapped_source(input: &mut Input) -> Option<MappedSource<'_>> {
+    match input.reader_mut() {
+        ReaderMut::Perf(r) => Some(MappedSource::Perf(PerfSource::new(r))),
+        ReaderMut::Lbrprof(r) => RecordingSource::new(r).map(MappedSource::Recording),
+    }
+}
 
 /// One step of the side-band replay, in input order.
 #[derive(Clone, Copy, Debug)]

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use lbrprof_data::input::{Input, InputError, InputFormat, MappedSource, open_any};
+use lbrprof_data::input::{Input, InputError, InputFormat, open_any};
 use lbrprof_data::model::{Header, Target};
-use lbrprof_data::source::{EventSource, SourceError};
+use lbrprof_data::source::{EventSource, MappedSource, SourceError, mapped_source};
 use lbrprof_symbolizer::SymbolizerOptions;
 
 use crate::aggregate::{AggregateOptions, Filter, Profile, aggregate_events};
@@ -432,7 +432,7 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut profile = None;
     if foldable
         && !event_stream_only
-        && let Some(mapped) = input.mapped_source()
+        && let Some(mapped) = mapped_source(&mut input)
     {
         let folded = prewarm_while(source.as_ref(), || match mapped {
             MappedSource::Perf(mut s) => fold::fold_source(&mut s, &agg),

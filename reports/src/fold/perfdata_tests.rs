@@ -4,10 +4,10 @@
 
 use super::*;
 use crate::aggregate::Filter;
-use lbrprof_data::input::{Input, MappedSource, open_any};
+use lbrprof_data::input::{Input, open_any};
 use lbrprof_data::perfdata::PerfDataReader;
 use lbrprof_data::perfdata::mapped::CHUNK_SIZE;
-use lbrprof_data::source::EventSource;
+use lbrprof_data::source::{EventSource, MappedSource, mapped_source};
 use std::path::PathBuf;
 
 /// The mapped source of a perf.data `input`, folded in chunks of `chunk` bytes.
@@ -16,7 +16,7 @@ fn fold_mapped(
     opts: &AggregateOptions,
     chunk: usize,
 ) -> Result<Profile, SourceError> {
-    let Some(MappedSource::Perf(mut source)) = input.mapped_source() else {
+    let Some(MappedSource::Perf(mut source)) = mapped_source(input) else {
         panic!("not a perf.data input");
     };
     source.set_chunk_size(chunk);

@@ -5,11 +5,11 @@
 
 use super::perfdata_tests::summary;
 use super::*;
-use lbrprof_data::input::{MappedSource, open_any};
+use lbrprof_data::input::open_any;
 use lbrprof_data::model::*;
 use lbrprof_data::recording::chunk_offsets;
 use lbrprof_data::recording::{RecordingWriter, Summary};
-use lbrprof_data::source::EventSource;
+use lbrprof_data::source::{EventSource, MappedSource, mapped_source};
 use std::path::{Path, PathBuf};
 
 fn header() -> Header {
@@ -204,7 +204,7 @@ fn stream_through(path: &Path, opts: &AggregateOptions, folded: bool) -> Outcome
 fn fast(path: &Path, opts: &AggregateOptions) -> Outcome {
     let mut input = open_any(path).map_err(|e| e.to_string())?;
     assert!(supports(opts, input.may_have_branch_stacks()));
-    let Some(MappedSource::Recording(mut source)) = input.mapped_source() else {
+    let Some(MappedSource::Recording(mut source)) = mapped_source(&mut input) else {
         panic!("the fast path handles this recording");
     };
     let p = fold_source(&mut source, opts).map_err(|e| e.to_string())?;
