@@ -1,4 +1,4 @@
-//! The chunk path of lbrprof.data reports (reports/src/recscan.rs: mapped chunks checked,
+//! The chunk path of lbrprof.data reports (data/src/source.rs: mapped chunks checked,
 //! decoded and folded in parallel) gives byte for byte what the event stream gives
 //! (`LBRPROF_STREAM=1`): reports in every format, flame graphs and BOLT profiles, on a
 //! real recording and on synthetic ones, whole, truncated and damaged.

@@ -53,6 +53,12 @@ enum Source {
     Lbrprof(Box<RecordingReader>),
 }
 
+/// The reader of an [`Input`].
+pub(crate) enum ReaderMut<'i> {
+    Perf(&'i mut PerfDataReader),
+    Lbrprof(&'i mut RecordingReader),
+}
+
 /// An open recording of either format.
 pub struct Input {
     format: InputFormat,
@@ -103,13 +109,20 @@ impl Input {
         }
     }
 
-    /// The fast path of a perf.data file (see [`crate::perfdata::mapped`]); `None` for
-    /// lbrprof.data files and for perf.data files that need the event stream. When it
-    /// gives a scan, the event stream is empty.
-    pub fn perf_scan(&mut self) -> Option<crate::perfdata::mapped::Scan> {
+    /// The reader, for the mapped sources ([`crate::source::mapped_source`]).
+    pub(crate) fn reader_mut(&mut self) -> ReaderMut<'_> {
         match &mut self.source {
-            Source::Perf(r) => r.mapped_scan(),
-            Source::Lbrprof(_) => None,
+            Source::Perf(r) => ReaderMut::Perf(r),
+            Source::Lbrprof(r) => ReaderMut::Lbrprof(r),
+        }
+    }
+
+    /// Whether samples may carry branch stacks (false for perf.data files none of whose
+    /// events samples them).
+    pub fn may_have_branch_stacks(&self) -> bool {
+        match &self.source {
+            Source::Perf(r) => r.has_branch_stacks(),
+            Source::Lbrprof(_) => true,
         }
     }
 
@@ -141,72 +154,6 @@ impl Input {
         match &self.source {
             Source::Perf(r) => r.kernel_build_id().map(<[u8]>::to_vec),
             Source::Lbrprof(_) => None,
-        }
-    }
-
-    /// [`Input::perf_scan`], handing out chunks while the walk goes on (see
-    /// [`crate::perfdata::PerfDataReader::mapped_scan_with`]).
-    pub fn perf_scan_with(
-        &mut self,
-        chunk_size: usize,
-        on_chunk: &mut dyn FnMut(crate::perfdata::mapped::Chunk),
-    ) -> Option<crate::perfdata::mapped::Scan> {
-        match &mut self.source {
-            Source::Perf(r) => r.mapped_scan_with(chunk_size, on_chunk),
-            Source::Lbrprof(_) => None,
-        }
-    }
-
-    /// The chunks of an lbrprof.data file, mapped, for a caller that checks and decodes
-    /// them itself (see [`RecordingReader::mapped_chunks`]); `None` for perf.data files
-    /// and when the file cannot be mapped. When it gives the chunks, the event stream is
-    /// empty and the caller hands the summary chunk to [`Input::read_summary`].
-    pub fn lbrprof_chunks(&mut self) -> Option<recording::MappedChunks> {
-        match &mut self.source {
-            Source::Lbrprof(r) => r.mapped_chunks(),
-            Source::Perf(_) => None,
-        }
-    }
-
-    /// Takes the checked payload of an lbrprof.data summary chunk met through
-    /// [`Input::lbrprof_chunks`] (see [`RecordingReader::read_summary`]).
-    pub fn read_summary(&mut self, offset: u64, payload: &[u8]) -> Result<(), InputError> {
-        match &mut self.source {
-            Source::Lbrprof(r) => Ok(r.read_summary(offset, payload)?),
-            Source::Perf(_) => Ok(()),
-        }
-    }
-
-    /// A perf.data file whose samples carry stack copies (`--call-graph dwarf`).
-    pub fn perf_has_stack_copies(&self) -> bool {
-        matches!(&self.source, Source::Perf(r) if r.has_stack_copies())
-    }
-
-    /// The fast path of a perf.data file with stack copies, for a consumer that unwinds
-    /// them ([`crate::dwarf::ScanUnwinder`]), handing out chunks as the walk goes (see
-    /// [`crate::perfdata::PerfDataReader::mapped_scan_unwinding_with`]).
-    pub fn perf_scan_unwinding_with(
-        &mut self,
-        chunk_size: usize,
-        on_chunk: &mut dyn FnMut(crate::perfdata::mapped::Chunk),
-    ) -> Option<crate::perfdata::mapped::Scan> {
-        match &mut self.source {
-            Source::Perf(r) => r.mapped_scan_unwinding_with(chunk_size, on_chunk),
-            Source::Lbrprof(_) => None,
-        }
-    }
-
-    /// How the consumer of [`Input::perf_scan_unwinding_with`] unwound the samples.
-    pub fn note_unwind_stats(&mut self, stats: crate::dwarf::UnwindStats) {
-        if let Source::Perf(r) = &mut self.source {
-            r.note_unwind_stats(stats);
-        }
-    }
-
-    /// Counts the branch entries of the samples decoded from a [`Input::perf_scan`].
-    pub fn note_branch_entries(&mut self, n: u64) {
-        if let Source::Perf(r) = &mut self.source {
-            r.note_branch_entries(n);
         }
     }
 

@@ -6,7 +6,9 @@
 //! * the `lbrprof.data` recording format, writer and streaming/mapped reader ([`recording`]);
 //! * `perf.data` reading into the same model ([`perfdata`]);
 //! * input detection by magic number ([`input::open_any`]);
-//! * the borrowed sample every chunked source hands out ([`sample::SampleRef`]);
+//! * the borrowed sample every source hands out ([`sample::SampleRef`]), and the one way
+//!   to read samples from any input: a [`source::SampleSource`] (a mapped perf.data file,
+//!   a mapped recording, or any event stream such as a live capture);
 //! * host/guest pairing policy ([`pairing`]).
 //!
 //! In the data flow capture → **data** → symbolize → aggregate → render, the capture crates
@@ -31,3 +33,4 @@ pub mod perfdata;
 pub mod recording;
 pub mod sample;
 pub mod snapshot;
+pub mod source;

@@ -522,6 +522,14 @@ impl PerfDataReader {
             .or_else(|| self.unwinder.as_ref().map(EventUnwinder::stats))
     }
 
+    /// Whether any event attribute samples branch stacks.
+    pub fn has_branch_stacks(&self) -> bool {
+        self.perf_file
+            .event_attributes()
+            .iter()
+            .any(|a| a.attr.sample_format.bits() & abi::PERF_SAMPLE_BRANCH_STACK != 0)
+    }
+
     /// Whether the samples carry stack copies (`perf record --call-graph dwarf`): then
     /// [`PerfDataReader::mapped_scan`] declines, and only a consumer that unwinds them
     /// itself ([`crate::dwarf::ScanUnwinder`]) may take

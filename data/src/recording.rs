@@ -83,7 +83,7 @@
 //! maps the file and walks the chunk headers only ([`MappedChunks`]), so callers check
 //! ([`MappedChunks::payload`]) and decode ([`decode_payload`], [`for_each_sample_of`], an
 //! allocation-free decoder of sample chunks) many chunks at once, in any order
-//! (`lbrprof_reports::recscan`).
+//! ([`crate::source::RecordingSource`]).
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};

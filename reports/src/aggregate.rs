@@ -89,8 +89,8 @@ pub struct EdgeCounts {
 
 impl EdgeCounts {
     /// Counts one LBR entry with these flags. The edge's kind is the first known kind
-    /// among its entries; returns whether this entry set it.
-    pub(crate) fn add_entry(&mut self, f: &lbrprof_data::model::BranchFlags) -> bool {
+    /// among its entries.
+    pub(crate) fn add_entry(&mut self, f: &lbrprof_data::model::BranchFlags) {
         self.count += 1;
         self.mispred += u64::from(f.mispred);
         self.predicted += u64::from(f.predicted);
@@ -100,11 +100,9 @@ impl EdgeCounts {
             self.cycles_sum += u64::from(f.cycles);
             self.cycles_n += 1;
         }
-        let first_kind = self.kind == BranchKind::Unknown && f.kind != BranchKind::Unknown;
-        if first_kind {
+        if self.kind == BranchKind::Unknown {
             self.kind = f.kind;
         }
-        first_kind
     }
 
     /// Adds the counts of `other` (an edge seen later, or in a later part of the file);

@@ -20,11 +20,12 @@
 //!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
 //!    and fall-through range. Memory grows with the variety of the data, not its length.
-//!    Reading/decoding and aggregating run on two threads. Mapped inputs take a
-//!    faster road when they can: one folder (`fold.rs`) takes the borrowed samples
-//!    ([`lbrprof_data::sample::SampleRef`]) of perf.data ([`perfscan`]) and lbrprof.data
-//!    ([`recscan`]) chunks on every core, by raw stack, and only unique stacks are
-//!    resolved, through the same [`Aggregator`].
+//!    Reading/decoding and aggregating run on two threads. When the options allow it
+//!    (not for timelines, per-run tables, `record --vm` pairing, or `--comm`/`--dso` on
+//!    samples with branch stacks), one folder (`fold/`) takes the borrowed samples
+//!    ([`lbrprof_data::sample::SampleRef`]) of any [`lbrprof_data::source::SampleSource`]
+//!    (perf.data or lbrprof.data mapped, or an event stream) on every core, by raw
+//!    stack, and only unique stacks are resolved, through the same [`Aggregator`].
 //! 2. [`symbols`]: each unique location is symbolized once, batched per module, modules
 //!    in parallel (rayon). Reports and flame graphs name functions from symbol tables
 //!    only ([`SymbolTable::build_functions`]); file:line (DWARF, loaded lazily per
@@ -124,9 +125,7 @@ pub mod lbr;
 pub mod load;
 pub mod loc;
 pub mod perfdata_out;
-pub mod perfscan;
 pub mod pprof;
-pub mod recscan;
 pub mod render;
 pub mod report;
 pub mod share;

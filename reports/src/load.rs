@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use lbrprof_data::input::{Input, InputError, InputFormat, open_any};
 use lbrprof_data::model::{Header, Target};
+use lbrprof_data::source::{EventSource, MappedSource, SourceError, mapped_source};
 use lbrprof_symbolizer::SymbolizerOptions;
 
 use crate::aggregate::{AggregateOptions, Filter, Profile, aggregate_events};
 use crate::symbols::{NoSymbols, SymbolSource, SymbolTable, SymbolizerSource};
 use crate::time::TimeSpec;
-use crate::{fold, perfscan, recscan, report, vm};
+use crate::{fold, report, vm};
 
 /// Whether locations should be named, and with which names (BOLT wants mangled ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,6 +91,13 @@ pub enum LoadError {
         path: PathBuf,
         #[source]
         source: InputError,
+    },
+    /// A source gave up in a way its reader does not expect.
+    #[error("cannot read {}", path.display())]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: SourceError,
     },
     #[error(transparent)]
     SeveralEvents(#[from] SeveralEvents),
@@ -417,33 +425,29 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
         input.may_sample_kernel(),
         &mut source_notes,
     );
-    // lbrprof.data: check, decode and fold the mapped chunks on every core when the
-    // options allow it.
+    // The one folder when the options allow it: the input read in place on every core
+    // (perf.data or lbrprof.data mapped), else its event stream; or every event through
+    // the aggregator.
+    let foldable = fold::supports(&agg, input.may_have_branch_stacks());
     let mut profile = None;
-    if format == InputFormat::Lbrprof && !event_stream_only {
-        profile = prewarm_while(source.as_ref(), || {
-            recscan::aggregate_recording(&mut input, &agg)
-        })
-        .map_err(read_error)?;
-    }
-    // perf.data: aggregate straight from the mapped file when the options allow it.
-    let fast = if profile.is_some() || event_stream_only {
-        perfscan::FastPath::NotScanned
-    } else {
-        prewarm_while(source.as_ref(), || {
-            perfscan::aggregate_input(&mut input, &agg)
-        })
-    };
-    match fast {
-        perfscan::FastPath::Done(p, branch_entries) => {
-            input.note_branch_entries(branch_entries);
-            profile = Some(*p);
+    if foldable
+        && !event_stream_only
+        && let Some(mapped) = mapped_source(&mut input)
+    {
+        let folded = prewarm_while(source.as_ref(), || match mapped {
+            MappedSource::Perf(mut s) => fold::fold_source(&mut s, &agg),
+            MappedSource::Recording(mut s) => fold::fold_source(&mut s, &agg),
+        });
+        match folded {
+            Ok(p) => profile = Some(p),
+            // The stream is untouched: read it.
+            Err(SourceError::Declined) => {}
+            // The event stream reports what could not be decoded in place.
+            Err(SourceError::Undecodable(_)) => input = open(path, event)?,
+            Err(SourceError::Input(e)) => return Err(read_error(e)),
         }
-        perfscan::FastPath::NotScanned => {}
-        // The event stream reports what the fast path could not handle.
-        perfscan::FastPath::Failed => input = open(path, event)?,
     }
-    let mut profile = match profile {
+    let profile = match profile {
         Some(p) => p,
         None => {
             let mut n = 0u64;
@@ -455,21 +459,28 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
                     progress(n);
                 }
             });
-            // The one folder when the options allow it, else every event through the
-            // aggregator.
-            let (profile, err) = prewarm_while(source.as_ref(), || {
-                if fold::supports(&agg) {
-                    fold::fold_events(events, agg)
+            let folded = prewarm_while(source.as_ref(), || {
+                if foldable {
+                    fold::fold_source(&mut EventSource::new(events), &agg)
                 } else {
-                    aggregate_events(events, agg)
+                    let (profile, err) = aggregate_events(events, agg);
+                    err.map_or(Ok(profile), |e| Err(e.into()))
                 }
             });
-            if let Some(e) = err {
-                return Err(read_error(e));
+            match folded {
+                Ok(p) => p,
+                Err(SourceError::Input(e)) => return Err(read_error(e)),
+                // (Only mapped sources decline or meet undecodable samples.)
+                Err(source) => {
+                    return Err(LoadError::Source {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
             }
-            profile
         }
     };
+    let mut profile = profile;
     if select.event.is_none()
         && let Some(events) = input.several_events()
     {

@@ -1,21 +1,19 @@
-//! The one folder of chunked sources: samples ([`SampleRef`], borrowed from a mapped
-//! perf.data file or a recording's chunks) folded into tables keyed by the *raw* sample,
-//! then resolved once per unique key through an [`Aggregator`].
+//! The one folder: the samples of any [`SampleSource`] (a mapped perf.data file, a
+//! mapped recording, an event stream), borrowed as [`SampleRef`]s, folded on every core
+//! into tables keyed by the *raw* sample, then resolved once per unique key through an
+//! [`Aggregator`].
 //!
-//! A [`Folder`] takes the samples of one or more chunks, on any thread, into a [`Raw`]:
-//! stacks keyed `[epoch, pid (| tid << 32), mode (| chain encoding << 8), ip, chain
-//! words...]`, LBR call stacks `[epoch, pid, mode, ip, from...]`, branch edges and
-//! fall-through ranges keyed by [`PairKey`]. [`Raw`]s of different chunks merge in any
-//! order. [`resolve`] then replays the side-band events (mappings, tasks, losses) in the
-//! order the event stream gives them, adding each epoch's raw entries right after the
-//! step that starts it ([`Step`]): every sample meets the mappings and task names the
-//! stream would have shown it, and the [`Profile`] is the one
+//! [`fold_source`] walks the source on one thread while the pool folds the chunks it
+//! hands out (so walking overlaps folding, and a chunk is read soon after the walk has
+//! passed it), each thread into its own [`Raw`]: stacks keyed `[epoch, pid (| tid << 32),
+//! mode (| chain encoding << 8), ip, chain words...]`, LBR call stacks `[epoch, pid, mode,
+//! ip, from...]`, branch edges and fall-through ranges keyed by [`PairKey`]. [`Raw`]s
+//! merge in any order. [`resolve`] then replays the source's side-band [`Step`]s (mappings,
+//! tasks, losses) in the order the event stream gives them, adding each epoch's raw
+//! entries right after the step that starts it: every sample meets the mappings and task
+//! names the stream would have shown it, and the [`Profile`] is the one
 //! [`crate::aggregate_events`] builds from the stream, at a fraction of the cost, since
 //! only unique raw keys are ever resolved.
-//!
-//! The sources drive it: [`crate::perfscan`] (perf.data: chunks handed out while the
-//! record headers are walked; `--call-graph dwarf` stack copies unwound per sample) and
-//! [`crate::recscan`] (lbrprof.data: CRC-checked chunks in parallel).
 //!
 //! What raw keys cannot keep is left to the aggregator's per-event path ([`supports`]):
 //! times (timelines, per-run tables, pairing of `record --vm` samples), and, for samples
@@ -24,22 +22,25 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lbrprof_data::dwarf::{ScanCache, ScanUnwinder, UnwindStats};
-use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, HostSample};
 use lbrprof_data::perfdata::abi::PERF_CONTEXT_USER;
 use lbrprof_data::sample::{
     BranchStack, Callchain, ChainWords, SampleRef, frames_of_key, mode_code, mode_of,
 };
+use lbrprof_data::source::{Folded, SampleChunk, SampleSource, SourceError, Step};
 
 use crate::aggregate::{
     AggregateOptions, Aggregator, EdgeCounts, FastHash, Filter, MAX_RANGE_BYTES, Profile,
-    SampleCounts, branch_mode, in_batches,
+    SampleCounts, branch_mode,
 };
 
 /// Samples with one raw key, summed.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Group {
+struct Group {
     samples: u64,
     weight: u64,
     first: u64,
@@ -78,7 +79,7 @@ const PERF_CHAIN: u64 = 1 << 8;
 /// A table keyed by word slices (open addressing, linear probing): `std`'s `HashMap`
 /// would hash each new key twice (lookup by slice, then insert by box), and merging
 /// would hash every key again.
-pub(crate) struct WordMap<V> {
+struct WordMap<V> {
     /// Indices into `entries`, `EMPTY` where free; a power of two long.
     slots: Vec<u32>,
     /// `(hash, key, value)`, in insertion order.
@@ -202,7 +203,7 @@ type PairHash = rustc_hash::FxBuildHasher;
 const NO_KIND: u64 = u64::MAX;
 
 /// What samples fold into: per chunk, or merged, per part of the file or the whole.
-pub(crate) struct Raw {
+struct Raw {
     stacks: WordMap<Group>,
     /// `[epoch, pid, mode, ip, from...]` of LBR call stacks.
     lbr_stacks: WordMap<Group>,
@@ -213,13 +214,13 @@ pub(crate) struct Raw {
     /// Raw fall-through ranges `[start, end]` with the `from` of the branch that started
     /// them, and how often they were run.
     ranges: HashMap<(PairKey, u64), u64, PairHash>,
-    pub(crate) branch_entries: u64,
+    branch_entries: u64,
     samples_with_branches: u64,
     max_branch_depth: u64,
     /// Samples the `--pid`/`--tid` filter dropped.
     filtered_out: u64,
     /// How the stack copies of `--call-graph dwarf` samples unwound.
-    pub(crate) unwind: UnwindStats,
+    unwind: UnwindStats,
 }
 
 impl Default for Raw {
@@ -241,7 +242,7 @@ impl Default for Raw {
 impl Raw {
     /// `self` and `other` (another part of the input) together, in either order: an
     /// edge's kind goes by the recorded positions.
-    pub(crate) fn merge(mut self, later: Raw) -> Raw {
+    fn merge(mut self, later: Raw) -> Raw {
         for (h, k, g) in later.stacks.into_entries() {
             if let Some((v, g)) = self.stacks.entry_owned(h, k, g) {
                 v.merge(&g);
@@ -279,7 +280,7 @@ impl Raw {
 
 /// What folding keeps of the aggregation options.
 #[derive(Clone, Copy)]
-pub(crate) struct FoldOpts<'a> {
+struct FoldOpts<'a> {
     /// Raw stacks keep the thread (for filters and root frames that need it).
     keep_tid: bool,
     lbr_call_stack: bool,
@@ -288,7 +289,7 @@ pub(crate) struct FoldOpts<'a> {
 }
 
 impl<'a> FoldOpts<'a> {
-    pub(crate) fn new(opts: &'a AggregateOptions) -> Self {
+    fn new(opts: &'a AggregateOptions) -> Self {
         let f = &opts.filter;
         FoldOpts {
             keep_tid: !f.tids.is_empty() || !f.comms.is_empty() || opts.comm_root || opts.tasks,
@@ -298,12 +299,10 @@ impl<'a> FoldOpts<'a> {
     }
 }
 
-/// Folds samples into a [`Raw`].
-pub(crate) struct Folder<'a> {
+/// Folds samples into a [`Raw`] (one per thread).
+struct Folder<'a> {
     raw: Raw,
     opts: FoldOpts<'a>,
-    /// Unwinds the stack copies of `--call-graph dwarf` samples.
-    unwinder: Option<&'a ScanUnwinder>,
     /// The unwinder's per-thread state, made when the first stack copy is met.
     cache: Option<ScanCache>,
     key: Vec<u64>,
@@ -312,35 +311,27 @@ pub(crate) struct Folder<'a> {
 }
 
 impl<'a> Folder<'a> {
-    pub(crate) fn new(opts: FoldOpts<'a>, unwinder: Option<&'a ScanUnwinder>) -> Self {
+    fn new(opts: FoldOpts<'a>) -> Self {
         Folder {
             raw: Raw::default(),
             opts,
-            unwinder,
             cache: None,
             key: Vec::with_capacity(256),
             at: 0,
         }
     }
 
-    /// The samples that follow are chunk `index`'s (in input order: it numbers the
-    /// positions that decide an edge's kind).
-    pub(crate) fn start_chunk(&mut self, index: usize) {
-        self.at = (index as u64) << 40;
+    /// Folds the samples of `chunk`; positions (which decide an edge's kind) follow its
+    /// index.
+    fn fold_chunk(&mut self, chunk: &impl SampleChunk) -> Result<(), SourceError> {
+        self.at = (chunk.index() as u64) << 40;
+        let unwinder = chunk.unwinder();
+        chunk.for_each_sample(|s| self.add(&s, unwinder))
     }
 
-    pub(crate) fn into_raw(self) -> Raw {
-        self.raw
-    }
-
-    /// `self`, followed by the samples `later` folded.
-    pub(crate) fn then(mut self, later: Folder<'_>) -> Self {
-        self.raw = self.raw.merge(later.raw);
-        self
-    }
-
-    /// Folds one sample.
-    pub(crate) fn add(&mut self, s: &SampleRef<'_>) {
+    /// Folds one sample; `unwinder` unwinds its stack copy, if it has one.
+    #[inline]
+    fn add(&mut self, s: &SampleRef<'_>, unwinder: Option<&ScanUnwinder>) {
         let (opts, raw, key) = (&self.opts, &mut self.raw, &mut self.key);
         // As the aggregator's filter: a dropped sample adds nothing but this count.
         let f = opts.filter;
@@ -363,7 +354,7 @@ impl<'a> Folder<'a> {
         };
         key.clear();
         key.extend([s.epoch, u64::from(s.pid) | tid, mode | chain, s.ip]);
-        match (self.unwinder, s.stack_copy, s.callchain) {
+        match (unwinder, s.stack_copy, s.callchain) {
             (Some(u), Some(copy), Callchain::PerfWords(_)) => {
                 // The kernel's part of the call chain, then the walk of the copy.
                 key.extend(
@@ -432,7 +423,11 @@ fn fold_branches(
             .edges
             .entry(pair(b.from, b.to))
             .or_insert((EdgeCounts::default(), NO_KIND));
-        if e.add_entry(&b.flags) {
+        e.add_entry(&b.flags);
+        // A thread's table holds chunks in any order: the earliest entry with a kind
+        // gives it, wherever it was met.
+        if b.flags.kind != BranchKind::Unknown && *at < *kind_at {
+            e.kind = b.flags.kind;
             *kind_at = *at;
         }
         if let Some(nf) = newer_from
@@ -446,51 +441,90 @@ fn fold_branches(
     }
 }
 
-/// Whether the folder builds the profile for these options from any input (with or
-/// without branch stacks).
-pub(crate) fn supports(opts: &AggregateOptions) -> bool {
+/// Whether the folder builds the profile for these options from a source whose samples
+/// may carry branch stacks (`branch_stacks`) or not.
+pub(crate) fn supports(opts: &AggregateOptions, branch_stacks: bool) -> bool {
     !opts.vm
         && !opts.timeline
-        && opts.filter.comms.is_empty()
-        && opts.filter.dsos.is_empty()
         // Raw stacks merge samples of different runs.
         && opts.run_starts.is_empty()
+        // Raw branch tables keep neither the thread nor the IP these need.
+        && ((opts.filter.comms.is_empty() && opts.filter.dsos.is_empty()) || !branch_stacks)
 }
 
-/// The owned-event source: an event stream (an input that cannot be mapped, a live
-/// capture) folded as the mapped sources fold their chunks. Every event that is not a
-/// sample is side-band and starts an epoch. Check [`supports`] first. Stops at the first
-/// error and returns it with the profile of what came before.
-pub(crate) fn fold_events<I, E>(events: I, opts: AggregateOptions) -> (Profile, Option<E>)
-where
-    I: Iterator<Item = Result<Event, E>> + Send,
-    E: Send,
-{
-    let mut folder = Folder::new(FoldOpts::new(&opts), None);
-    let mut sideband: Vec<Event> = Vec::new();
-    let err = in_batches(events, |batch| {
-        for ev in batch {
-            match ev {
-                Event::Sample(s) => folder.add(&SampleRef::of_host(s, sideband.len() as u64)),
-                ev => sideband.push(ev.clone()),
-            }
-        }
+/// Builds the profile of `source`'s samples (see the module docs); the source's error
+/// when it cannot give them all. Check [`supports`] first.
+pub(crate) fn fold_source<S: SampleSource>(
+    source: &mut S,
+    opts: &AggregateOptions,
+) -> Result<Profile, SourceError> {
+    let fold = FoldOpts::new(opts);
+    // One folder per thread of the pool (and one for a caller outside it).
+    let threads = rayon::current_num_threads() + 1;
+    let folders: Vec<Mutex<Folder<'_>>> = (0..threads)
+        .map(|_| Mutex::new(Folder::new(fold)))
+        .collect();
+    // The first chunk (in input order) that could not be read: the chunks after it need
+    // no work, the read fails.
+    let failed: Mutex<Option<(usize, SourceError)>> = Mutex::new(None);
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let in_flight = AtomicUsize::new(0);
+    let walked = rayon::scope(|s| {
+        source.walk(&mut |chunk| {
+            let (folders, failed, first_failed) = (&folders, &failed, &first_failed);
+            spawn_throttled(s, &in_flight, move || {
+                let index = chunk.index();
+                if index > first_failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let t = rayon::current_thread_index().map_or(threads - 1, |t| t.min(threads - 1));
+                let mut folder = folders[t].lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = folder.fold_chunk(&chunk) {
+                    let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.as_ref().is_none_or(|(i, _)| index < *i) {
+                        first_failed.fetch_min(index, Ordering::Relaxed);
+                        *f = Some((index, e));
+                    }
+                }
+            });
+        })
     });
-    let steps = sideband
-        .iter()
-        .enumerate()
-        .flat_map(|(i, ev)| [Step::Event(ev), Step::Epoch(i as u64 + 1)]);
-    let profile = resolve(folder.into_raw(), steps, opts.clone());
-    (profile, err)
+    walked?;
+    let raw = folders
+        .into_iter()
+        .map(|f| f.into_inner().unwrap_or_else(|e| e.into_inner()).raw)
+        .reduce(Raw::merge)
+        .unwrap_or_default();
+    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    source.finish(
+        failed,
+        Folded {
+            branch_entries: raw.branch_entries,
+            unwind: raw.unwind,
+        },
+    )?;
+    Ok(resolve(raw, source.steps(), opts.clone()))
 }
 
-/// One step of the replay [`resolve`] makes, in the event stream's order.
-pub(crate) enum Step<'e> {
-    /// A side-band event.
-    Event(&'e Event),
-    /// The samples of this epoch (they resolve against the state the events so far
-    /// built).
-    Epoch(u64),
+/// Folds a chunk handed out by the walk (`fold`) on the pool of scope `s`; then, while
+/// more chunks are in flight (`in_flight`: handed out, not folded yet) than the pool has
+/// threads, the walk's thread helps fold them. Chunks in flight keep their pages mapped,
+/// so resident memory stays a few chunks even when the folding falls behind the walk.
+fn spawn_throttled<'s>(
+    s: &rayon::Scope<'s>,
+    in_flight: &'s AtomicUsize,
+    fold: impl FnOnce() + Send + 's,
+) {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    s.spawn(move |_| {
+        fold();
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    });
+    while in_flight.load(Ordering::SeqCst) > rayon::current_num_threads() + 1 {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Per epoch, the raw entries to add before the side-band state changes again.
@@ -506,7 +540,7 @@ struct Epoch {
 /// The profile of `raw`: the side-band events replayed through an [`Aggregator`] in
 /// `steps`' order, each epoch's raw entries added at its [`Step::Epoch`] (epoch 0 first;
 /// epochs no step names last, in order).
-pub(crate) fn resolve<'e>(
+fn resolve<'e>(
     raw: Raw,
     steps: impl IntoIterator<Item = Step<'e>>,
     opts: AggregateOptions,
@@ -610,3 +644,8 @@ fn apply_epoch(agg: &mut Aggregator, mut e: Epoch) {
         agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
     }
 }
+
+#[cfg(test)]
+mod perfdata_tests;
+#[cfg(test)]
+mod recording_tests;

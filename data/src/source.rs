@@ -1,0 +1,493 @@
+//! One way to read samples from any input: a [`SampleSource`] walks its input on one
+//! thread, hands out [`SampleChunk`]s that any thread can read as borrowed
+//! [`SampleRef`]s, and, once walked, gives its side-band events as the ordered
+//! [`Step`]s a consumer replays.
+//!
+//! | source | walk (one thread) | chunks (any thread) | side-band |
+//! |---|---|---|---|
+//! | [`PerfSource`]: perf.data, mapped | the record headers ([`crate::perfdata::mapped`]) | records decoded in place | sorted as perf sorts them |
+//! | [`RecordingSource`]: lbrprof.data, mapped | the chunk headers; side-band chunks checked and decoded | samples chunks checked and decoded in place | in file order |
+//! | [`EventSource`]: any event stream (a file that cannot be mapped, a live capture) | the events | batches of owned events | in stream order |
+//!
+//! A consumer folds each chunk's samples by their [`SampleRef::epoch`], then replays
+//! [`SampleSource::steps`]: each side-band event, and after the event that starts it
+//! each epoch ([`Step::Epoch`]), whose samples resolve against the state the events so far
+//! built. So every sample meets the mappings and task names the event stream would have
+//! shown it, whichever thread read it and in whichever order. Epoch 0 (samples before any
+//! side-band) comes first, without a step.
+//!
+//! The walk runs on the calling thread; `on_chunk` is called in input order, as soon as
+//! a chunk's epochs are known (for perf.data, while the walk goes on). A chunk that fails
+//! to read makes the whole read fail: the consumer hands the first failure in input order
+//! to [`SampleSource::finish`], which turns it into the source's error (and reports what
+//! the consumer learnt otherwise).
+
+use std::sync::Arc;
+
+use crate::dwarf::{ScanUnwinder, UnwindStats};
+use crate::input::{Input, InputError, ReaderMut};
+use crate::model::Event;
+use crate::perfdata::PerfDataReader;
+use crate::perfdata::mapped::{self, CHUNK_SIZE, Scan, ScanError};
+use crate::recording::{self, MappedChunks, RecordingReader};
+use crate::sample::SampleRef;
+
+/// The mapped source of an [`Input`] ([`mapped_source`]).
+pub enum MappedSource<'i> {
+    Perf(PerfSource<'i>),
+    Recording(RecordingSource<'i>),
+}
+
+/// The input's samples read in place, on every core; `None` for a file that cannot be
+/// mapped (read the event stream instead). A [`PerfSource`] may still decline when walked
+/// ([`SourceError::Declined`]), leaving the stream untouched; otherwise the walk consumes
+/// the stream.
+pub fn mapped_source(input: &mut Input) -> Option<MappedSource<'_>> {
+    match input.reader_mut() {
+        ReaderMut::Perf(r) => Some(MappedSource::Perf(PerfSource::new(r))),
+        ReaderMut::Lbrprof(r) => RecordingSource::new(r).map(MappedSource::Recording),
+    }
+}
+
+/// One step of the side-band replay, in input order.
+#[derive(Clone, Copy, Debug)]
+pub enum Step<'e> {
+    /// A side-band event.
+    Event(&'e Event),
+    /// The samples of this epoch (they resolve against the state the events so far
+    /// built).
+    Epoch(u64),
+}
+
+/// Why a source could not give its samples. (Not `#[non_exhaustive]`: each variant asks
+/// the consumer for something else, so a new one must make every consumer decide.)
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The mapped walk does not take this input; its event stream is untouched (read it
+    /// instead).
+    #[error("the input needs its event stream")]
+    Declined,
+    /// A perf.data sample could not be decoded in place; the event stream is consumed:
+    /// open the input again and read the stream, which names the record.
+    #[error(transparent)]
+    Undecodable(#[from] ScanError),
+    /// The input is damaged (the error the event stream gives).
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+/// What a consumer learnt from the samples, for the source's notes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Folded {
+    /// Branch-stack entries decoded.
+    pub branch_entries: u64,
+    /// How the stack copies of `--call-graph dwarf` samples unwound.
+    pub unwind: UnwindStats,
+}
+
+/// A source of samples: see the module docs.
+pub trait SampleSource: Send {
+    type Chunk: SampleChunk + Send;
+
+    /// Walks the input, calling `on_chunk` with each chunk of samples in input order.
+    fn walk(&mut self, on_chunk: &mut dyn FnMut(Self::Chunk)) -> Result<(), SourceError>;
+
+    /// After the walk and the reading of every chunk: `failed`, the first chunk (by
+    /// [`SampleChunk::index`]) that could not be read, with its error; `folded`, what the
+    /// consumer learnt. The source's error, if the read failed anywhere.
+    fn finish(
+        &mut self,
+        failed: Option<(usize, SourceError)>,
+        folded: Folded,
+    ) -> Result<(), SourceError>;
+
+    /// After [`SampleSource::finish`]: the side-band replay.
+    fn steps(&self) -> impl Iterator<Item = Step<'_>>;
+}
+
+/// A part of a source's samples, readable on any thread.
+pub trait SampleChunk {
+    /// The chunk's position in input order (it numbers the positions that decide which
+    /// of equal branch entries comes first).
+    fn index(&self) -> usize;
+
+    /// The unwinder of the samples' stack copies, when they have some.
+    fn unwinder(&self) -> Option<&ScanUnwinder> {
+        None
+    }
+
+    /// Calls `f` with every sample of the chunk, in input order. On an error `f` may
+    /// already have seen some of them.
+    fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError>;
+}
+
+// ---------------------------------------------------------------------------------------
+// perf.data, mapped
+
+/// A perf.data file, mapped and walked in place ([`crate::perfdata::mapped`]); samples with
+/// stack copies (`--call-graph dwarf`) come with the [`ScanUnwinder`] that unwinds them,
+/// fed with the side-band as the walk goes.
+pub struct PerfSource<'i> {
+    reader: &'i mut PerfDataReader,
+    chunk_size: usize,
+    unwinder: Option<Arc<ScanUnwinder>>,
+    scan: Option<Scan>,
+}
+
+impl<'i> PerfSource<'i> {
+    pub fn new(reader: &'i mut PerfDataReader) -> Self {
+        let unwinder = reader
+            .has_stack_copies()
+            .then(|| Arc::new(ScanUnwinder::default()));
+        PerfSource {
+            reader,
+            chunk_size: CHUNK_SIZE,
+            unwinder,
+            scan: None,
+        }
+    }
+
+    /// Chunks of about `bytes` bytes (they end at record boundaries) instead of
+    /// [`CHUNK_SIZE`].
+    pub fn set_chunk_size(&mut self, bytes: usize) {
+        self.chunk_size = bytes;
+    }
+}
+
+/// A chunk of a [`PerfSource`].
+pub struct PerfChunk {
+    chunk: mapped::Chunk,
+    unwinder: Option<Arc<ScanUnwinder>>,
+}
+
+impl SampleSource for PerfSource<'_> {
+    type Chunk = PerfChunk;
+
+    fn walk(&mut self, on_chunk: &mut dyn FnMut(PerfChunk)) -> Result<(), SourceError> {
+        let unwinder = self.unwinder.clone();
+        let mut give = |mut chunk: mapped::Chunk| {
+            // The state of the chunk's epochs, before any thread unwinds its samples.
+            if let Some(u) = &unwinder {
+                for (ev, epoch) in chunk.take_sideband() {
+                    u.observe(&ev, epoch);
+                }
+            }
+            on_chunk(PerfChunk {
+                chunk,
+                unwinder: unwinder.clone(),
+            });
+        };
+        let scan = match &self.unwinder {
+            Some(_) => self
+                .reader
+                .mapped_scan_unwinding_with(self.chunk_size, &mut give),
+            None => self.reader.mapped_scan_with(self.chunk_size, &mut give),
+        };
+        self.scan = Some(scan.ok_or(SourceError::Declined)?);
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        failed: Option<(usize, SourceError)>,
+        mut folded: Folded,
+    ) -> Result<(), SourceError> {
+        if let Some((_, e)) = failed {
+            return Err(e);
+        }
+        let scan = self.scan.as_ref().ok_or(SourceError::Declined)?;
+        if let Some(u) = &self.unwinder {
+            // The events after the last chunk's: they count unusable mappings too.
+            for (ev, epoch) in scan.sideband_epochs().skip(u.observed()) {
+                u.observe(ev, epoch);
+            }
+            folded.unwind.unusable_mappings = u.unusable_mappings();
+            self.reader.note_unwind_stats(folded.unwind);
+        }
+        self.reader.note_branch_entries(folded.branch_entries);
+        Ok(())
+    }
+
+    fn steps(&self) -> impl Iterator<Item = Step<'_>> {
+        self.scan.iter().flat_map(|scan| {
+            scan.sideband_epochs().flat_map(|(ev, starts)| {
+                std::iter::once(Step::Event(ev)).chain(starts.map(Step::Epoch))
+            })
+        })
+    }
+}
+
+impl SampleChunk for PerfChunk {
+    fn index(&self) -> usize {
+        self.chunk.index
+    }
+
+    fn unwinder(&self) -> Option<&ScanUnwinder> {
+        self.unwinder.as_deref()
+    }
+
+    #[inline]
+    fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError> {
+        Ok(self.chunk.for_each_sample(f)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// lbrprof.data, mapped
+
+/// An lbrprof.data recording's chunks, mapped ([`RecordingReader::mapped_chunks`]): the
+/// walk checks and decodes the side-band chunks (mappings, tasks, losses...) in file
+/// order, and hands out the samples chunks, whose epoch is the number of side-band
+/// chunks before them, to be checked and decoded on any thread.
+///
+/// The stream's semantics are kept: the first damaged chunk in file order (checksum,
+/// decoding, a length over the limit, a bad summary) is the error, naming its offset; a
+/// truncated last chunk gives the stream's warning and everything before it; unknown
+/// chunk kinds are skipped with the stream's warning; the summary chunks before the
+/// first damaged one are taken in order, as the stream takes them.
+pub struct RecordingSource<'i> {
+    reader: &'i mut RecordingReader,
+    mapped: Arc<MappedChunks>,
+    tail_error: Option<recording::FormatError>,
+    /// Every side-band chunk walked: its index and events (none for summaries and
+    /// unknown kinds).
+    sideband: Vec<(usize, Vec<Event>)>,
+    /// The side-band chunk the walk stopped at.
+    failed: Option<(usize, recording::FormatError)>,
+}
+
+impl<'i> RecordingSource<'i> {
+    /// `None` when the file cannot be mapped (its stream is untouched); else the stream
+    /// is consumed by the walk.
+    pub fn new(reader: &'i mut RecordingReader) -> Option<Self> {
+        let mut mapped = reader.mapped_chunks()?;
+        let tail_error = mapped.take_tail_error();
+        Some(RecordingSource {
+            reader,
+            mapped: Arc::new(mapped),
+            tail_error,
+            sideband: Vec::new(),
+            failed: None,
+        })
+    }
+}
+
+/// A samples chunk of a [`RecordingSource`].
+pub struct RecordingChunk {
+    mapped: Arc<MappedChunks>,
+    index: usize,
+    epoch: u64,
+}
+
+impl SampleSource for RecordingSource<'_> {
+    type Chunk = RecordingChunk;
+
+    fn walk(&mut self, on_chunk: &mut dyn FnMut(RecordingChunk)) -> Result<(), SourceError> {
+        let mut epoch = 0u64;
+        for (i, c) in self.mapped.chunks().iter().enumerate() {
+            if c.is_samples() {
+                on_chunk(RecordingChunk {
+                    mapped: self.mapped.clone(),
+                    index: i,
+                    epoch,
+                });
+                continue;
+            }
+            epoch += 1;
+            let decoded = self.mapped.payload(c).and_then(|payload| {
+                if c.is_summary() {
+                    // Taken in order by `finish`; checked here so that a bad one stops
+                    // the walk.
+                    recording::decode_summary(c.offset, payload)?;
+                }
+                recording::decode_payload(c.offset, c.kind, payload)
+            });
+            self.mapped.release(c);
+            match decoded {
+                Ok(events) => self.sideband.push((i, events)),
+                Err(e) => {
+                    // The stream stops here: nothing after it is needed.
+                    self.failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        failed: Option<(usize, SourceError)>,
+        _folded: Folded,
+    ) -> Result<(), SourceError> {
+        let walk_failed = self
+            .failed
+            .take()
+            .map(|(i, e)| (i, SourceError::from(InputError::from(e))));
+        let first = match (walk_failed, failed) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let bad_index = first.as_ref().map_or(usize::MAX, |(i, _)| *i);
+        // The summary chunks before the first damaged one, in order.
+        let chunks = self.mapped.chunks();
+        for c in chunks[..chunks.len().min(bad_index)]
+            .iter()
+            .filter(|c| c.is_summary())
+        {
+            let payload = self.mapped.payload(c).map_err(InputError::from)?;
+            self.reader
+                .read_summary(c.offset, payload)
+                .map_err(InputError::from)?;
+        }
+        if let Some((_, e)) = first {
+            return Err(e);
+        }
+        if let Some(e) = self.tail_error.take() {
+            return Err(InputError::from(e).into());
+        }
+        Ok(())
+    }
+
+    fn steps(&self) -> impl Iterator<Item = Step<'_>> {
+        // Chunk i's epoch is the number of side-band chunks before it: the epoch a
+        // side-band chunk starts is one more than its position among them.
+        self.sideband
+            .iter()
+            .enumerate()
+            .flat_map(|(n, (_, events))| {
+                events
+                    .iter()
+                    .map(Step::Event)
+                    .chain(std::iter::once(Step::Epoch(n as u64 + 1)))
+            })
+    }
+}
+
+impl SampleChunk for RecordingChunk {
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn for_each_sample(&self, mut f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError> {
+        let mapped = &*self.mapped;
+        let c = &mapped.chunks()[self.index];
+        let read = mapped.payload(c).and_then(|payload| {
+            recording::for_each_sample_of(c.offset, c.kind, payload, |s| {
+                // Another event's sample (`--event NAME`): the stream would not give it.
+                if mapped.selects(s) {
+                    f(SampleRef::of_host(s, self.epoch));
+                }
+            })
+        });
+        // Resident memory follows the chunks being read, not the file.
+        mapped.release(c);
+        Ok(read.map_err(InputError::from)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// An event stream
+
+/// Any stream of events (an input that cannot be mapped, a live capture): read on the
+/// walk's thread, its samples handed out in batches; every event that is not a sample
+/// is side-band and starts an epoch.
+pub struct EventSource<I> {
+    events: I,
+    sideband: Vec<Event>,
+}
+
+/// Events per [`EventChunk`].
+const EVENT_BATCH: usize = 2048;
+
+impl<I> EventSource<I> {
+    pub fn new(events: I) -> Self {
+        EventSource {
+            events,
+            sideband: Vec::new(),
+        }
+    }
+}
+
+/// A batch of an [`EventSource`]'s events.
+pub struct EventChunk {
+    index: usize,
+    /// The epoch of the first event.
+    epoch: u64,
+    events: Vec<Event>,
+}
+
+impl<I, E> SampleSource for EventSource<I>
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Into<InputError>,
+{
+    type Chunk = EventChunk;
+
+    fn walk(&mut self, on_chunk: &mut dyn FnMut(EventChunk)) -> Result<(), SourceError> {
+        let mut chunk = EventChunk {
+            index: 0,
+            epoch: 0,
+            events: Vec::with_capacity(EVENT_BATCH),
+        };
+        let mut result = Ok(());
+        for ev in self.events.by_ref() {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    result = Err(SourceError::Input(e.into()));
+                    break;
+                }
+            };
+            if !matches!(ev, Event::Sample(_)) {
+                self.sideband.push(ev.clone());
+            }
+            chunk.events.push(ev);
+            if chunk.events.len() == EVENT_BATCH {
+                let next = EventChunk {
+                    index: chunk.index + 1,
+                    epoch: self.sideband.len() as u64,
+                    events: Vec::with_capacity(EVENT_BATCH),
+                };
+                on_chunk(std::mem::replace(&mut chunk, next));
+            }
+        }
+        if !chunk.events.is_empty() {
+            on_chunk(chunk);
+        }
+        result
+    }
+
+    fn finish(
+        &mut self,
+        failed: Option<(usize, SourceError)>,
+        _folded: Folded,
+    ) -> Result<(), SourceError> {
+        failed.map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    fn steps(&self) -> impl Iterator<Item = Step<'_>> {
+        self.sideband
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ev)| [Step::Event(ev), Step::Epoch(i as u64 + 1)])
+    }
+}
+
+impl SampleChunk for EventChunk {
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    #[inline]
+    fn for_each_sample(&self, mut f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError> {
+        let mut epoch = self.epoch;
+        for ev in &self.events {
+            match ev {
+                Event::Sample(s) => f(SampleRef::of_host(s, epoch)),
+                _ => epoch += 1,
+            }
+        }
+        Ok(())
+    }
+}
