@@ -26,18 +26,18 @@ pub fn read(vcpu: &VcpuFd) -> Result<Vec<u8>, kvm_ioctls::Error> {
     Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
 }
 
-/// Load `area` (at most [`XSAVE_BYTES`]; the rest of the vCPU's area as it is) as the
-/// vCPU's XSAVE area. The caller keeps the header valid: XCOMP_BV and the reserved words
-/// zero, XSTATE_BV a subset of what the vCPU saves.
+/// Load `area`, a whole XSAVE region as [`read`] returns it (bytes past
+/// [`XSAVE_BYTES`] are ignored, missing ones are zero), as the vCPU's XSAVE area. The
+/// caller keeps the header valid: XCOMP_BV and the reserved words zero, XSTATE_BV a
+/// subset of what the vCPU saves.
 pub fn write(vcpu: &VcpuFd, area: &[u8]) -> Result<(), kvm_ioctls::Error> {
-    let mut x = vcpu.get_xsave()?;
+    let mut x = kvm_bindings::kvm_xsave::default();
     for (word, chunk) in x.region.iter_mut().zip(area.chunks_exact(4)) {
         *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
-    // SAFETY: `x` is what KVM_GET_XSAVE returned for this vCPU a moment ago, with at
-    // most its 4096-byte region rewritten: it is a whole `kvm_xsave`, and the VMM never
+    // SAFETY: `x` is a whole 4096-byte `kvm_xsave` (no extra area): the VMM never
     // enables dynamic XSAVE features such as AMX for the guest, so KVM reads nothing past
-    // it. A header KVM refuses comes back as an error, not undefined behaviour.
+    // the region. A header KVM refuses comes back as an error, not undefined behaviour.
     unsafe { vcpu.set_xsave(&x) }
 }
 

@@ -227,17 +227,23 @@ const USER_XFEATURES: u64 = 0x2ff;
 const XFEATURE_PKRU: u64 = 1 << 9;
 
 /// The end of the last component of `features` in the standard XSAVE layout (CPUID leaf
-/// 0xD: sub-leaf i gives component i's size in EAX and offset in EBX), at least the
-/// legacy region and header, at most what `kvm_xsave` holds.
+/// 0xD: sub-leaf i gives component i's size in EAX and offset in EBX, read once), at
+/// least the legacy region and header, at most what `kvm_xsave` holds.
 fn xstate_size(features: u64) -> usize {
-    let mut end = XSAVE_HEADER + 64;
-    for i in 2..63u32 {
-        if features & (1 << i) != 0 {
-            let leaf = std::arch::x86_64::__cpuid_count(0xd, i);
-            end = end.max(leaf.ebx as usize + leaf.eax as usize);
-        }
-    }
-    end.min(MAX_XSTATE)
+    static ENDS: std::sync::OnceLock<[usize; 63]> = std::sync::OnceLock::new();
+    let ends = ENDS.get_or_init(|| {
+        std::array::from_fn(|i| match i {
+            0 | 1 => 0,
+            _ => {
+                let leaf = std::arch::x86_64::__cpuid_count(0xd, i as u32);
+                leaf.ebx as usize + leaf.eax as usize
+            }
+        })
+    });
+    let last = (2..63)
+        .filter(|&i| features & (1 << i) != 0)
+        .map(|i| ends[i]);
+    last.fold(XSAVE_HEADER + 64, usize::max).min(MAX_XSTATE)
 }
 
 /// The guest's XCR0 (x87 and SSE when KVM does not say).

@@ -401,12 +401,25 @@ pub fn clock_getres(clock: i32) -> Result<(i64, i64), Errno> {
 /// The host's XCR0 (the XSAVE components its kernel enabled); x87 and SSE when the
 /// host has no XSAVE.
 pub fn xcr0() -> u64 {
-    if std::arch::x86_64::__cpuid(1).ecx & (1 << 27) == 0 {
-        return 0b11;
-    }
-    // SAFETY: CPUID.1:ECX.OSXSAVE is set, so the host kernel enabled XGETBV, and XCR0
-    // (index 0) always exists; the instruction only reads a register.
-    unsafe { std::arch::x86_64::_xgetbv(0) }
+    static XCR0: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *XCR0.get_or_init(|| {
+        if std::arch::x86_64::__cpuid(1).ecx & (1 << 27) == 0 {
+            return 0b11;
+        }
+        // SAFETY: CPUID.1:ECX.OSXSAVE is set, so the host kernel enabled XGETBV, and XCR0
+        // (index 0) always exists; the instruction only reads a register.
+        unsafe { std::arch::x86_64::_xgetbv(0) }
+    })
+}
+
+/// The file type bits and device number of an open file (`fstat`'s `st_mode & S_IFMT`
+/// and `st_rdev`).
+pub fn file_kind(fd: BorrowedFd<'_>) -> Result<(u32, u64), Errno> {
+    // SAFETY: zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open descriptor for the call's duration; st is a live buffer.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } as isize)?;
+    Ok((st.st_mode & libc::S_IFMT, st.st_rdev))
 }
 
 pub fn getrandom(buf: &mut [u8], flags: u32) -> Result<usize, Errno> {

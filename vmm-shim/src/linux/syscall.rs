@@ -786,11 +786,8 @@ impl Process {
         let fd = host::openat(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
         let mut f = Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0);
         if self.entropy.is_seeded() {
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            let meta = f.host().try_clone_to_owned().map(std::fs::File::from);
-            f.seeded_random = meta.and_then(|file| file.metadata()).is_ok_and(|m| {
-                m.file_type().is_char_device() && entropy::is_random_device(m.rdev())
-            });
+            f.seeded_random = host::file_kind(f.host())
+                .is_ok_and(|(kind, rdev)| kind == libc::S_IFCHR && entropy::is_random_device(rdev));
         }
         self.fds.insert(f)
     }
