@@ -479,20 +479,27 @@ fn record_of_a_threaded_program_has_snapshots_of_every_thread() {
 
 fn record_threads(tmp: &tempfile::TempDir, exe: &Path, interp: &str) {
     let data = tmp.path().join(format!("threads-{interp}.data"));
+    // ~0.17 s of CPU per worker with the interpreter: at the overhead budget's few Hz per
+    // vCPU on a loaded machine, 20 M iterations (~0.03 s) could end without a sample point.
+    let iterations = if interp == "1" {
+        "100000000"
+    } else {
+        "20000000"
+    };
     let out = lbrprof()
         .args(["record", "-o"])
         .arg(&data)
-        // A budget of half the time: each worker runs ~0.2 s, and a debug build's
+        // A budget of half the time: each worker runs 0.03–0.2 s, and a debug build's
         // windows are costly (at 10% a worker may get no sample point at all).
         .args(["--vm", "--lbr", "emulated", "--lbr-overhead", "50", "--"])
         .env("LBRPROF_LBR_INTERP", interp)
         .arg(exe)
-        .args(["4", "20000000"])
+        .args(["4", iterations])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "interpreter {interp}: {err}");
-    let native = Command::new(exe).args(["4", "20000000"]).output().unwrap();
+    let native = Command::new(exe).args(["4", iterations]).output().unwrap();
     assert_eq!(out.stdout, native.stdout, "the program's output is its own");
     // The four workers' vCPUs (1-4) each took snapshots. (Without the interpreter every
     // window is single-stepped, and the overhead budget leaves ~2 Hz per vCPU: a worker

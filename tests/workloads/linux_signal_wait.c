@@ -177,13 +177,17 @@ static void accepts(void) {
 static void waits(void) {
     /* A handled SIGCHLD of one child interrupts a blocked waitpid for another (no
      * SA_RESTART), or the wait goes on after the handler (SA_RESTART). */
+    /* The second child ends only once the first one's SIGCHLD was handled (the handler
+     * feeds it a byte), so a slow fork on a loaded machine cannot reorder the two. */
     for (int restart = 0; restart < 2; restart++) {
         handle(SIGCHLD, restart ? SA_RESTART : 0);
+        fresh_pipe();
         handled = 0;
+        feed_on_signal = 1;
         pid_t c1 = fork();
-        if (c1 == 0) { usleep(300000); _exit(3); }
+        if (c1 == 0) { usleep(500000); _exit(3); }
         pid_t c2 = fork();
-        if (c2 == 0) { usleep(900000); _exit(4); }
+        if (c2 == 0) { char b; (void)!read(pipe_fds[0], &b, 1); _exit(4); }
         int st = 0;
         long r = waitpid(c2, &st, 0);
         printf("waitpid, other child's SIGCHLD handled%s: %s, handled %s\n",
@@ -196,6 +200,7 @@ static void waits(void) {
             printf("status %d\n", WEXITSTATUS(st));
         }
         waitpid(c1, &st, 0);
+        feed_on_signal = 0;
     }
 
     /* ...and an ignored one (the default) does not interrupt a poll. */
