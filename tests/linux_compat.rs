@@ -165,6 +165,27 @@ fn signals_interrupt_blocked_calls_like_natively() {
 }
 
 #[test]
+fn file_locks_between_processes_and_close_range_work_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    identical_with_every_libc(
+        "linux_locks",
+        &[
+            "child F_SETLK write [50,60): EAGAIN",
+            "child F_GETLK [10,15): ok, type F_WRLCK, start 0, len 100",
+            "child F_SETLKW interrupted: EINTR, handled 1",
+            "child F_SETLKW after the parent's unlock: ok, waited yes",
+            "child flock LOCK_SH|LOCK_NB: EAGAIN",
+            "child flock LOCK_SH after the parent's unlock: ok, waited yes",
+            "close_range CLOEXEC: ok, flags 0 1 1",
+            "close_range: ok, fd above closed: EBADF, below open: yes",
+            "fchown to its owner: ok",
+        ],
+    );
+}
+
+#[test]
 fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
     if !kvm_available() {
         return;

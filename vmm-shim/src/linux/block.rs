@@ -33,6 +33,9 @@ pub enum Block {
     Wait(WaitBlock),
     /// rt_sigsuspend and pause: until a signal runs a handler or ends the process.
     Suspend,
+    /// A lock held by someone else (F_SETLKW, flock): wait until `until` or a signal,
+    /// then system call `nr` starts again.
+    Retry { until: Instant, nr: u64 },
     /// A write that may wait for a reader (`Process::wait_writable` in `events.rs`).
     Write(WriteBlock),
     /// A vfork parent until its child execs or exits; the child's id, and where the
@@ -95,7 +98,9 @@ impl Block {
             Block::Vfork { .. } | Block::Suspend => waiter.wait(None, stop),
             // Reset under the process lock when the sleep began (a signal's wake
             // after that point must not be lost).
-            Block::Sleep { until, .. } => waiter.wait(Some(*until), stop),
+            Block::Sleep { until, .. } | Block::Retry { until, .. } => {
+                waiter.wait(Some(*until), stop)
+            }
             Block::Poll(p) => {
                 p.run(waiter, stop);
                 true

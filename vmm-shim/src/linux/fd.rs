@@ -107,6 +107,19 @@ impl FdTable {
         }
     }
 
+    /// Close the open descriptors from `first` to `last` (both included), or only mark
+    /// them close-on-exec.
+    pub fn close_range(&mut self, first: u64, last: u64, cloexec: bool) {
+        let end = usize::try_from(last.saturating_add(1)).unwrap_or(usize::MAX);
+        let start = usize::try_from(first).unwrap_or(usize::MAX);
+        for slot in self.slots.iter_mut().take(end).skip(start) {
+            match slot {
+                Some(f) if cloexec => f.cloexec = true,
+                _ => *slot = None,
+            }
+        }
+    }
+
     pub fn close(&mut self, fd: u64) -> Result<(), Errno> {
         let slot = usize::try_from(fd)
             .ok()
@@ -140,5 +153,25 @@ mod tests {
         );
         t.insert_at(7, Fd::new(devnull(), true)).unwrap();
         assert!(t.get(7).unwrap().cloexec);
+    }
+
+    #[test]
+    fn close_range_closes_or_marks_only_the_range() {
+        let mut t = FdTable::with_stdio([Some(devnull()), Some(devnull()), Some(devnull())]);
+        for fd in 3..8 {
+            t.insert_at(fd, Fd::new(devnull(), false)).unwrap();
+        }
+        t.close_range(5, 6, true);
+        let marked: Vec<bool> = (0..8).map(|fd| t.get(fd).unwrap().cloexec).collect();
+        assert_eq!(
+            marked,
+            [false, false, false, false, false, true, true, false]
+        );
+        t.close_range(4, u64::MAX, false);
+        assert!((0..4).all(|fd| t.get(fd).is_ok()));
+        assert!((4..8).all(|fd| t.get(fd).is_err()));
+        // A range past the table is nothing to do.
+        t.close_range(u64::MAX, u64::MAX, false);
+        assert!(t.get(3).is_ok());
     }
 }

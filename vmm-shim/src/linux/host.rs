@@ -274,7 +274,6 @@ pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Er
     if r < 0 { Err(last()) } else { Ok(v) }
 }
 
-/// fcntl commands with an integer argument and result (F_GETFL, F_SETFL, ...).
 /// Whether `fd` is a regular file or a block device (writes to those never wait for
 /// another process).
 pub fn is_storage(fd: BorrowedFd<'_>) -> bool {
@@ -293,10 +292,71 @@ pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
     r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
 }
 
+/// fcntl commands with an integer argument and result (F_GETFL, F_SETFL, ...).
 pub fn fcntl_int(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> Result<i64, Errno> {
     // SAFETY: only called for commands whose argument is an integer.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };
     if r < 0 { Err(last()) } else { Ok(i64::from(r)) }
+}
+
+/// A record lock's description (`struct flock`), as the guest and the host lay it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flock {
+    pub kind: i16,
+    pub whence: i16,
+    pub start: i64,
+    pub len: i64,
+    pub pid: i32,
+}
+
+impl Flock {
+    /// From the 32 bytes of a `struct flock` (x86-64).
+    pub fn from_bytes(b: &[u8; 32]) -> Flock {
+        let i16_at = |o: usize| i16::from_le_bytes([b[o], b[o + 1]]);
+        let i64_at = |o: usize| i64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        Flock {
+            kind: i16_at(0),
+            whence: i16_at(2),
+            start: i64_at(8),
+            len: i64_at(16),
+            pid: i32::from_le_bytes(b[24..28].try_into().unwrap()),
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0..2].copy_from_slice(&self.kind.to_le_bytes());
+        b[2..4].copy_from_slice(&self.whence.to_le_bytes());
+        b[8..16].copy_from_slice(&self.start.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.pid.to_le_bytes());
+        b
+    }
+}
+
+/// fcntl with a `struct flock` (F_OFD_SETLK, F_OFD_GETLK, ...); `lock` is updated by
+/// the get forms.
+pub fn record_lock(fd: BorrowedFd<'_>, cmd: i32, lock: &mut Flock) -> Result<(), Errno> {
+    // SAFETY: zeroed is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = lock.kind;
+    fl.l_whence = lock.whence;
+    fl.l_start = lock.start;
+    fl.l_len = lock.len;
+    fl.l_pid = lock.pid;
+    // SAFETY: the lock commands take a pointer to a live struct flock.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) };
+    if r < 0 {
+        return Err(last());
+    }
+    *lock = Flock {
+        kind: fl.l_type,
+        whence: fl.l_whence,
+        start: fl.l_start,
+        len: fl.l_len,
+        pid: fl.l_pid,
+    };
+    Ok(())
 }
 
 /// A new host descriptor for the same open file.
@@ -352,6 +412,15 @@ pub fn path_call(
         }
     };
     if r < 0 { Err(last()) } else { Ok(r) }
+}
+
+/// fchownat: the owner and group of `path` (relative to `dfd`; the file `dfd` itself with
+/// AT_EMPTY_PATH and an empty path). -1 (as u32) leaves one unchanged.
+pub fn chown(dfd: RawFd, path: &[u8], uid: u32, gid: u32, flags: i32) -> Result<(), Errno> {
+    let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: c is NUL-terminated; the call only reads it.
+    let r = unsafe { libc::fchownat(dfd, c.as_ptr(), uid, gid, flags) };
+    check(r as isize).map(|_| ())
 }
 
 /// The host CPU and NUMA node the calling thread runs on (the vCPU's thread, so the

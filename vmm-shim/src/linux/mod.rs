@@ -724,6 +724,10 @@ impl Process {
                 restart(&mut pending.regs, pending.nr)
             }
             Block::Wait(w) => self.wait_done(&w),
+            // A lock call: EINTR when a handler runs and does not restart it, else
+            // the call again (after the handler, or at once).
+            Block::Retry { .. } if interrupted && !restarts => eintr,
+            Block::Retry { nr, .. } => restart(&mut pending.regs, nr),
             Block::Suspend if again => {
                 return Ok(self.block_again(task, pending, Block::Suspend));
             }
@@ -785,9 +789,10 @@ impl Process {
         }
         if !matches!(
             block,
-            Block::Sleep { .. } | Block::Futex { .. } | Block::Wait(_)
+            Block::Sleep { .. } | Block::Futex { .. } | Block::Wait(_) | Block::Retry { .. }
         ) {
-            // (A sleep and a futex wait reset it before queueing; a wait4 in `reap`.)
+            // (A sleep, a lock retry and a futex wait reset it before queueing; a wait4
+            // in `reap`.)
             task.waiter.reset();
         }
         self.shared.sleepers().insert(task.tid, task.waiter.clone());

@@ -37,6 +37,12 @@ type Sys = Result<u64, Errno>;
 pub(crate) const MAX_IO: usize = 16 << 20;
 /// Longest path accepted (PATH_MAX).
 const PATH_MAX: usize = 4096;
+
+/// `struct flock` on x86-64: type, whence (i16 each), start, len (i64), pid (i32).
+const FLOCK_SIZE: usize = 32;
+
+/// How long a waiting lock call waits before it tries again.
+const LOCK_RETRY: Duration = Duration::from_millis(5);
 /// Most bytes of arguments and environment an execve takes (ARG_MAX as Linux computes
 /// it for an 8 MiB stack).
 const ARG_MAX: usize = 2 << 20;
@@ -277,7 +283,12 @@ impl Process {
                 if sys == Sysno::dup3 { a[2] } else { 0 },
                 sys == Sysno::dup2,
             ),
+            Sysno::fcntl if matches!(a[1] as i32, libc::F_SETLKW | libc::F_OFD_SETLKW) => {
+                let lock = self.record_lock(a[0], a[1] as i32, a[2]);
+                return self.lock_or_retry(task, sys, lock);
+            }
             Sysno::fcntl => self.sys_fcntl(a[0], a[1] as i32, a[2]),
+            Sysno::close_range => self.sys_close_range(a[0], a[1], a[2]),
             Sysno::pipe | Sysno::pipe2 => {
                 self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 })
             }
@@ -330,16 +341,49 @@ impl Process {
                 let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
                 host::path_call(libc::SYS_fchmodat, d, &p, 0, None, a[2] as i64).map(|v| v as u64)
             }),
+            Sysno::chown | Sysno::lchown => self.path(a[0]).and_then(|p| {
+                let flags = if sys == Sysno::lchown {
+                    libc::AT_SYMLINK_NOFOLLOW
+                } else {
+                    0
+                };
+                host::chown(self.cwd_raw(), &p, a[1] as u32, a[2] as u32, flags).map(|()| 0)
+            }),
+            Sysno::fchownat => self.path(a[1]).and_then(|p| {
+                let d = self.dir(a[0])?.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+                host::chown(d, &p, a[2] as u32, a[3] as u32, a[4] as i32).map(|()| 0)
+            }),
+            Sysno::fchown => self.host_fd(a[0]).and_then(|f| {
+                host::chown(
+                    f.as_raw_fd(),
+                    b"",
+                    a[1] as u32,
+                    a[2] as u32,
+                    libc::AT_EMPTY_PATH,
+                )
+                .map(|()| 0)
+            }),
             Sysno::fchmod => self
                 .host_fd(a[0])
                 .and_then(|f| host::fd_call(libc::SYS_fchmod, f, a[1] as i64).map(|v| v as u64)),
             Sysno::ftruncate => self
                 .host_fd(a[0])
                 .and_then(|f| host::fd_call(libc::SYS_ftruncate, f, a[1] as i64).map(|v| v as u64)),
-            // The program's descriptors are host open files: the lock is the host's.
-            Sysno::flock => self
-                .host_fd(a[0])
-                .and_then(|f| host::fd_call(libc::SYS_flock, f, a[1] as i64).map(|v| v as u64)),
+            // The program's descriptors are host open files: the lock is the host's. A
+            // blocking request is tried without blocking, then again after a pause (see
+            // `lock_or_retry`), so that a signal can end its wait.
+            Sysno::flock => {
+                let op = a[1] as i32;
+                let waits = op & (libc::LOCK_NB | libc::LOCK_UN) == 0;
+                let lock = self.host_fd(a[0]).and_then(|f| {
+                    let op = if waits { op | libc::LOCK_NB } else { op };
+                    host::fd_call(libc::SYS_flock, f, i64::from(op)).map(|v| v as u64)
+                });
+                if waits {
+                    return self.lock_or_retry(task, sys, lock);
+                }
+                lock
+            }
             Sysno::fsync | Sysno::fdatasync => self.host_fd(a[0]).and_then(|f| {
                 let nr = if sys == Sysno::fsync {
                     libc::SYS_fsync
@@ -851,8 +895,76 @@ impl Process {
                 let f = self.host_fd(fd)?;
                 host::fcntl_int(f, cmd, arg as i64).map(|v| v as u64)
             }
+            libc::F_SETLK | libc::F_GETLK | libc::F_OFD_SETLK | libc::F_OFD_GETLK => {
+                self.record_lock(fd, cmd, arg)
+            }
             _ => Err(Errno::EINVAL),
         }
+    }
+
+    /// A record lock (fcntl F_SETLK, F_GETLK and their OFD forms; F_SETLKW and
+    /// F_OFD_SETLKW are tried as F_SETLK here, see `lock_or_retry`), on the host file.
+    ///
+    /// Every guest process lives in this one host process, where classic POSIX locks
+    /// would never conflict with each other and would be dropped when any guest process
+    /// closes any descriptor of the file. So the host lock is an open-file-description
+    /// lock: guest processes that opened the file each for themselves exclude each other
+    /// as natively, and a lock lasts until its open file is closed. (What differs from
+    /// POSIX: a forked child shares its parent's locks, two opens of one file in one
+    /// process exclude each other, and F_GETLK reports the holder's pid as -1.)
+    fn record_lock(&mut self, fd: u64, cmd: i32, arg: u64) -> Sys {
+        let f = self.host_fd(fd)?;
+        let mut raw = [0u8; FLOCK_SIZE];
+        self.mm
+            .read(GuestVirtAddr(arg), &mut raw)
+            .map_err(|_| Errno::EFAULT)?;
+        let mut lock = host::Flock::from_bytes(&raw);
+        let host_cmd = match cmd {
+            libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => {
+                libc::F_OFD_SETLK
+            }
+            _ => libc::F_OFD_GETLK,
+        };
+        if matches!(cmd, libc::F_SETLK | libc::F_SETLKW | libc::F_GETLK) {
+            // OFD locks take no pid (the POSIX forms ignore it).
+            lock.pid = 0;
+        }
+        host::record_lock(f, host_cmd, &mut lock)?;
+        if host_cmd == libc::F_OFD_GETLK {
+            self.out(arg, &lock.to_bytes())?;
+        }
+        Ok(0)
+    }
+
+    /// A lock call that would wait (F_SETLKW, flock without LOCK_NB) and found the lock
+    /// held: wait a little, or until a signal, and make the call again (restarted after a
+    /// handler with SA_RESTART, else EINTR, as signal(7) says of these calls). The host
+    /// has no lock wait that a signal for a guest thread could end, and a host thread
+    /// blocked in one would keep its vCPU from stopping.
+    fn lock_or_retry(&mut self, task: &Task, sys: Sysno, lock: Sys) -> Outcome {
+        match lock {
+            Err(Errno(libc::EAGAIN | libc::EACCES)) => {
+                task.waiter.reset();
+                Outcome::Block(Block::Retry {
+                    until: std::time::Instant::now() + LOCK_RETRY,
+                    nr: sys as u64,
+                })
+            }
+            r => Outcome::Return(r.unwrap_or_else(Errno::ret)),
+        }
+    }
+
+    /// close_range: close (or, with CLOSE_RANGE_CLOEXEC, mark close-on-exec) every open
+    /// descriptor from `first` to `last`. This process's table is its own already, so
+    /// CLOSE_RANGE_UNSHARE has nothing to do.
+    fn sys_close_range(&mut self, first: u64, last: u64, flags: u64) -> Sys {
+        const UNSHARE: u64 = 1 << 1;
+        const CLOEXEC: u64 = 1 << 2;
+        if flags & !(UNSHARE | CLOEXEC) != 0 || first > u64::from(u32::MAX) || first > last {
+            return Err(Errno::EINVAL);
+        }
+        self.fds.close_range(first, last, flags & CLOEXEC != 0);
+        Ok(0)
     }
 
     fn sys_pipe(&mut self, fds: u64, flags: u64) -> Sys {
