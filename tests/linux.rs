@@ -459,6 +459,10 @@ fn threaded_programs_run_byte_identical() {
         let (native, vm) = native_and_vm("xz", &["-T2", "-3", "-c"], Some(&data));
         assert!(native.stdout.len() > 1000);
         assert_identical("xz -T2", &native, &vm);
+        // xz -9 reserves 674 MiB (its 64 MiB dictionary's match finder): a program's
+        // guest memory is as large as the VM takes unless --vm-mem says otherwise.
+        let (native, vm) = native_and_vm("xz", &["-9", "-c"], Some(&data));
+        assert_identical("xz -9", &native, &vm);
     }
 }
 

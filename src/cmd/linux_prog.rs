@@ -124,6 +124,21 @@ pub fn parse_seed(s: &str) -> Result<EntropySource, String> {
         .map_err(|_| format!("'{s}' is neither a seed (a 64-bit number) nor 'host'"))
 }
 
+/// Guest RAM when `--vm-mem` is not given: an image's RAM is its physical memory.
+const IMAGE_MEM: u64 = 256 << 20;
+
+/// `--vm-mem`, or its default: 256 MiB for an image, and for a Linux program the most
+/// the VM takes ([`lbrprof_vmm::vm::MAX_MEM`]), because a program's pages cost host memory
+/// only once it touches them and programs reserve far more than they use (`xz -9`: 674
+/// MiB), as natively, where nothing caps them below the host's memory.
+pub fn mem(asked: Option<u64>, program: bool) -> u64 {
+    asked.unwrap_or(if program {
+        lbrprof_vmm::vm::MAX_MEM
+    } else {
+        IMAGE_MEM
+    })
+}
+
 /// The program's randomness: `--vm-seed` when given; else a fixed stream (seed 0) in
 /// exact mode, whose counts must repeat from run to run, and the host's otherwise.
 /// Prints one line when exact mode chose the fixed stream, so nobody is surprised.

@@ -172,10 +172,11 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 1, value_name = "N", requires = "vm")]
     pub vcpus: u32,
     /// Guest RAM, with an optional K, M or G suffix (4M to 3G); for a Linux program, the
-    /// limit of its memory.
-    #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE",
+    /// limit of its memory. Default: 256M for an image; 3G for a Linux program, whose
+    /// pages are host memory only once it touches them.
+    #[arg(long, visible_alias = "vm-mem", value_name = "SIZE",
           value_parser = crate::cmd::run::parse_size, requires = "vm")]
-    pub mem: u64,
+    pub mem: Option<u64>,
     /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
     /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
     /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).

@@ -112,7 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tuning: args.guest.tuning,
     })?;
     // What the VM would refuse, refused before anything is written.
-    lbrprof_vmm::vm::check_mem_size(args.guest.mem).context("bad --mem")?;
+    if let Some(mem) = args.guest.mem {
+        lbrprof_vmm::vm::check_mem_size(mem).context("bad --mem")?;
+    }
     let max = lbrprof_vmm::boot::MAX_VCPUS;
     if args.guest.vcpus == 0 || args.guest.vcpus > max {
         anyhow::bail!("--vcpus must be 1 to {max}, not {}", args.guest.vcpus);
@@ -143,7 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let image_is_program = image.program.is_some();
-    let mut vm = VmConfig::new(args.guest.mem, args.guest.vcpus);
+    let mut vm = VmConfig::new(
+        linux_prog::mem(args.guest.mem, image_is_program),
+        args.guest.vcpus,
+    );
     if image.program.is_some() {
         vm.guest_entropy = linux_prog::entropy(args.guest.vm_seed, lbr.counts_exactly());
     } else if args.guest.vm_seed.is_some() {

@@ -48,8 +48,10 @@ pub struct Args {
 
     /// Guest RAM, with an optional K, M or G suffix (4M to 3G). For a Linux program it
     /// is the limit of its memory: an allocation past it fails with ENOMEM (reported).
-    #[arg(long, visible_alias = "vm-mem", default_value = "256M", value_name = "SIZE", value_parser = parse_size)]
-    pub mem: u64,
+    /// Default: 256M for an image; 3G for a Linux program, whose pages are host memory
+    /// only once it touches them (`xz -9` alone reserves 674 MiB).
+    #[arg(long, visible_alias = "vm-mem", value_name = "SIZE", value_parser = parse_size)]
+    pub mem: Option<u64>,
 
     /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
     /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
@@ -162,7 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write the guest image to '{}'", dir.display()))?;
         eprintln!("lbrprof: wrote guest image {}", path.display());
     }
-    let mut config = VmConfig::new(args.mem, args.vcpus);
+    let mut config = VmConfig::new(linux_prog::mem(args.mem, false), args.vcpus);
     config.cmdline = args.guest_args.join(" ");
     config.timeout = args.timeout;
     config.serial = serial_sink(&args.serial)?;
@@ -215,7 +217,8 @@ fn print_vcpu_stats(report: &lbrprof_vmm::RunReport) {
 /// `run --vm -- PROG ARGS`: a Linux program under the shim's personality.
 fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<ExitCode> {
     let program = crate::cmd::linux_prog::program(path, argv)?;
-    let mut config = VmConfig::new(args.mem, args.vcpus);
+    let mem = crate::cmd::linux_prog::mem(args.mem, true);
+    let mut config = VmConfig::new(mem, args.vcpus);
     config.timeout = args.timeout;
     let lbr = args.lbr.setup(args.vcpus)?;
     let exact = lbr
@@ -235,7 +238,7 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
         lbrprof_collector::vm_signals::run_guest(config, Guest::Linux(&program), &hooks, None)
             .with_context(|| format!("cannot run '{spec}' in the VM"))?;
     if let Some(linux) = &report.linux {
-        crate::cmd::linux_prog::print_report(linux, args.mem);
+        crate::cmd::linux_prog::print_report(linux, mem);
         if args.stats {
             let n = linux.syscalls.max(1);
             eprintln!(
