@@ -423,6 +423,25 @@ pub fn chown(dfd: RawFd, path: &[u8], uid: u32, gid: u32, flags: i32) -> Result<
     check(r as isize).map(|_| ())
 }
 
+/// capget for this process with header `version`: the version the kernel left in the
+/// header, and the capability sets (`struct __user_cap_data_struct`, 12 bytes each: one
+/// for version 1, two for versions 2 and 3).
+pub fn capget(version: u32) -> (u32, Result<Vec<u8>, Errno>) {
+    let mut head = [version, 0u32];
+    let mut data = [0u32; 6];
+    // SAFETY: the header and six u32s (two data structs) are live and writable.
+    let r = unsafe { libc::syscall(libc::SYS_capget, head.as_mut_ptr(), data.as_mut_ptr()) };
+    if r < 0 {
+        return (head[0], Err(last()));
+    }
+    let structs = if version == 0x1998_0330 { 1 } else { 2 };
+    let bytes = data[..3 * structs]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    (head[0], Ok(bytes))
+}
+
 /// The host CPU and NUMA node the calling thread runs on (the vCPU's thread, so the
 /// CPU the program's thread runs on too).
 pub fn getcpu() -> Result<(u32, u32), Errno> {

@@ -289,6 +289,8 @@ impl Process {
             }
             Sysno::fcntl => self.sys_fcntl(a[0], a[1] as i32, a[2]),
             Sysno::close_range => self.sys_close_range(a[0], a[1], a[2]),
+            Sysno::mincore => self.sys_mincore(a[0], a[1], a[2]),
+            Sysno::capget => self.sys_capget(a[0], a[1]),
             Sysno::pipe | Sysno::pipe2 => {
                 self.sys_pipe(a[0], if sys == Sysno::pipe2 { a[1] } else { 0 })
             }
@@ -459,6 +461,10 @@ impl Process {
                 }
             }
             Sysno::rseq => Err(Errno::ENOSYS),
+            // The guest has no protection keys (CR4.PKE is off): Linux answers a CPU
+            // without them with ENOSPC (every key taken), and programs (node) go on.
+            Sysno::pkey_alloc => Err(Errno(libc::ENOSPC)),
+            Sysno::pkey_free => Err(Errno::EINVAL),
             Sysno::getpid => ok(self.pid),
             Sysno::gettid => ok(task.tid),
             Sysno::getppid => ok(self.kernel.parent(self.pid).unwrap_or(host::ids()[1])),
@@ -952,6 +958,42 @@ impl Process {
             }
             r => Outcome::Return(r.unwrap_or_else(Errno::ret)),
         }
+    }
+
+    /// mincore: every mapped page is resident (the shim backs a page when it is mapped);
+    /// ENOMEM when part of the range is not mapped, as natively.
+    fn sys_mincore(&mut self, addr: u64, len: u64, vec: u64) -> Sys {
+        if !addr.is_multiple_of(PAGE) {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
+        let pages = usize::try_from(len.div_ceil(PAGE)).map_err(|_| Errno::ENOMEM)?;
+        if pages > MAX_IO {
+            return Err(Errno::ENOMEM);
+        }
+        let mut at = addr;
+        while at < end {
+            let vma = self.mm.vma_at(at).ok_or(Errno::ENOMEM)?;
+            at = vma.end;
+        }
+        self.out(vec, &vec![1u8; pages]).map(|()| 0)
+    }
+
+    /// capget: the capabilities of lbrprof itself, which are the program's rights on the
+    /// host (its header and one or two data structs, by the header's version).
+    fn sys_capget(&mut self, header: u64, data: u64) -> Sys {
+        let mut head = [0u8; 8];
+        self.mm
+            .read(GuestVirtAddr(header), &mut head)
+            .map_err(|_| Errno::EFAULT)?;
+        let (version, caps) = host::capget(u32::from_le_bytes(head[..4].try_into().unwrap()));
+        // An unknown version: the kernel writes back its own and says EINVAL.
+        self.out(header, &version.to_le_bytes())?;
+        let caps = caps?;
+        if data != 0 {
+            self.out(data, &caps)?;
+        }
+        Ok(0)
     }
 
     /// close_range: close (or, with CLOSE_RANGE_CLOEXEC, mark close-on-exec) every open
