@@ -186,6 +186,28 @@ fn file_locks_between_processes_and_close_range_work_like_natively() {
 }
 
 #[test]
+fn file_system_calls_past_open_and_read_work_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    identical_with_every_libc(
+        "linux_files",
+        &[
+            "symlink: ok, readlink a",
+            "mkfifo: ok, is a FIFO yes",
+            "utimensat: ok, mtime 1200000000",
+            "utime: ok, mtime 1500000002",
+            "utimensat bad nsec: EINVAL",
+            "truncate: ok, size 5",
+            "copy_file_range: 3, offsets 4 5, copied ell",
+            "pwritev 7, preadv 7: xyz 1234",
+            "inotify: watch ok, event IN_CREATE for new-file",
+            "memfd_create: ok, reads back memfd!, cloexec 1",
+        ],
+    );
+}
+
+#[test]
 fn signals_interrupt_a_write_blocked_on_a_full_pipe_like_natively() {
     if !kvm_available() {
         return;

@@ -442,6 +442,126 @@ pub fn capget(version: u32) -> (u32, Result<Vec<u8>, Errno>) {
     (head[0], Ok(bytes))
 }
 
+/// A system call whose arguments are all integers (descriptors, flags, lengths,
+/// offsets): it touches no memory of ours.
+pub fn int_call(nr: i64, a: [i64; 4]) -> Result<i64, Errno> {
+    // SAFETY: only used for calls that take integers alone (sync, syncfs, fallocate,
+    // getpriority, setpriority, inotify_rm_watch), so no argument is a pointer.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) };
+    if r < 0 { Err(last()) } else { Ok(r) }
+}
+
+fn cstring(b: &[u8]) -> Result<std::ffi::CString, Errno> {
+    std::ffi::CString::new(b).map_err(|_| Errno::EINVAL)
+}
+
+/// symlinkat: a link at `path` (relative to `dfd`) whose contents are `target`.
+pub fn symlinkat(target: &[u8], dfd: RawFd, path: &[u8]) -> Result<(), Errno> {
+    let (t, p) = (cstring(target)?, cstring(path)?);
+    // SAFETY: both strings are NUL-terminated and only read.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dfd, p.as_ptr()) } as isize).map(|_| ())
+}
+
+/// mknodat (a FIFO, a regular file, or a device node where the user may make one).
+pub fn mknodat(dfd: RawFd, path: &[u8], mode: u32, dev: u64) -> Result<(), Errno> {
+    let p = cstring(path)?;
+    // SAFETY: p is NUL-terminated and only read.
+    check(unsafe { libc::mknodat(dfd, p.as_ptr(), mode, dev) } as isize).map(|_| ())
+}
+
+/// utimensat: `path` None is `dfd` itself (futimens); `times` None is "now".
+pub fn utimensat(
+    dfd: RawFd,
+    path: Option<&[u8]>,
+    times: Option<[(i64, i64); 2]>,
+    flags: i32,
+) -> Result<(), Errno> {
+    let p = path.map(cstring).transpose()?;
+    let ts = times.map(|t| {
+        t.map(|(sec, nsec)| libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        })
+    });
+    let pp = p.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    let tp = ts.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
+    // SAFETY: the path is NUL-terminated or null, the times two live timespecs or
+    // null; the raw call (not libc's wrapper) is what allows a null path.
+    let r = unsafe { libc::syscall(libc::SYS_utimensat, dfd, pp, tp, flags) };
+    check(r as isize).map(|_| ())
+}
+
+/// truncate of a path.
+pub fn truncate(path: &std::path::Path, len: i64) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: p is NUL-terminated and only read.
+    check(unsafe { libc::truncate(p.as_ptr(), len) } as isize).map(|_| ())
+}
+
+/// copy_file_range between two host files; the offsets, when given, are used and
+/// advanced instead of the files' positions.
+pub fn copy_file_range(
+    from: BorrowedFd<'_>,
+    from_off: Option<&mut i64>,
+    to: BorrowedFd<'_>,
+    to_off: Option<&mut i64>,
+    len: usize,
+    flags: u32,
+) -> Result<usize, Errno> {
+    let fp = from_off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    let tp = to_off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    // SAFETY: the offsets are live i64s or null; the descriptors are open.
+    check(unsafe { libc::copy_file_range(from.as_raw_fd(), fp, to.as_raw_fd(), tp, len, flags) })
+}
+
+/// sendfile from `from` to `to`; `off`, when given, is used and advanced instead of
+/// `from`'s position.
+pub fn sendfile(
+    to: BorrowedFd<'_>,
+    from: BorrowedFd<'_>,
+    off: Option<&mut i64>,
+    count: usize,
+) -> Result<usize, Errno> {
+    let op = off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    // SAFETY: the offset is a live i64 or null; the descriptors are open.
+    check(unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), op, count) })
+}
+
+pub fn inotify_init(flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain integer argument; the result is a fresh descriptor we own.
+    let r = check(unsafe { libc::inotify_init1(flags) } as isize)?;
+    // SAFETY: r is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+pub fn inotify_add_watch(
+    fd: BorrowedFd<'_>,
+    path: &std::path::Path,
+    mask: u32,
+) -> Result<usize, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: p is NUL-terminated and only read.
+    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), p.as_ptr(), mask) } as isize)
+}
+
+pub fn memfd_create(name: &[u8], flags: u32) -> Result<OwnedFd, Errno> {
+    let n = cstring(name)?;
+    // SAFETY: n is NUL-terminated and only read; the result is a fresh descriptor.
+    let r = check(unsafe { libc::memfd_create(n.as_ptr(), flags) } as isize)?;
+    // SAFETY: r is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// times(2)'s result: clock ticks since an arbitrary point.
+pub fn times() -> u64 {
+    // SAFETY: zeroed is a valid value of this plain C struct, which the call fills.
+    let mut t: libc::tms = unsafe { std::mem::zeroed() };
+    // SAFETY: t is a live struct tms.
+    unsafe { libc::times(&mut t) as u64 }
+}
+
 /// The host CPU and NUMA node the calling thread runs on (the vCPU's thread, so the
 /// CPU the program's thread runs on too).
 pub fn getcpu() -> Result<(u32, u32), Errno> {

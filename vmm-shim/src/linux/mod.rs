@@ -63,6 +63,7 @@ pub mod errno;
 pub mod error;
 pub mod events;
 pub mod fd;
+pub mod files;
 pub mod host;
 pub mod itimer;
 pub mod loader;

@@ -52,7 +52,7 @@ fn ok(v: u64) -> Sys {
 }
 
 impl Process {
-    fn path(&self, va: u64) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn path(&self, va: u64) -> Result<Vec<u8>, Errno> {
         let p = self.mm.read_cstr(va, PATH_MAX)?;
         // The program may not reach lbrprof's own descriptors through /proc.
         let hidden = [&b"/proc/self/fd"[..], b"/proc/thread-self/fd", b"/dev/fd"];
@@ -62,13 +62,13 @@ impl Process {
         Ok(p)
     }
 
-    fn host_fd(&self, fd: u64) -> Result<BorrowedFd<'_>, Errno> {
+    pub(crate) fn host_fd(&self, fd: u64) -> Result<BorrowedFd<'_>, Errno> {
         Ok(self.fds.get(fd)?.host())
     }
 
     /// A directory descriptor argument: AT_FDCWD (the program's working directory) or
     /// a guest descriptor.
-    fn dir(&self, dirfd: u64) -> Result<Option<BorrowedFd<'_>>, Errno> {
+    pub(crate) fn dir(&self, dirfd: u64) -> Result<Option<BorrowedFd<'_>>, Errno> {
         if dirfd as i32 == libc::AT_FDCWD {
             Ok(self
                 .cwd
@@ -80,7 +80,7 @@ impl Process {
     }
 
     /// The working directory as a raw `dirfd` for host calls.
-    fn cwd_raw(&self) -> i32 {
+    pub(crate) fn cwd_raw(&self) -> i32 {
         self.cwd
             .as_ref()
             .map_or(libc::AT_FDCWD, |(_, d)| d.as_raw_fd())
@@ -119,7 +119,7 @@ impl Process {
         Ok(0)
     }
 
-    fn out(&self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn out(&self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
         self.mm.write(GuestVirtAddr(va), bytes)
     }
 
@@ -425,6 +425,103 @@ impl Process {
                 let d = self.cwd_raw();
                 host::path_call(libc::SYS_linkat, d, &p, d, Some(&q), 0).map(|v| v as u64)
             }),
+            // File-system calls of `files.rs`.
+            Sysno::creat => self.sys_openat(
+                libc::AT_FDCWD as u64,
+                a[0],
+                (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+                a[1],
+            ),
+            Sysno::symlink => self.sys_symlinkat(a[0], libc::AT_FDCWD as u64, a[1]),
+            Sysno::symlinkat => self.sys_symlinkat(a[0], a[1], a[2]),
+            Sysno::mknod => self.sys_mknodat(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+            Sysno::mknodat => self.sys_mknodat(a[0], a[1], a[2], a[3]),
+            Sysno::utimensat => self.sys_utimensat(a[0], a[1], a[2], a[3]),
+            Sysno::futimesat => self.sys_utimes(a[0], a[1], a[2], false),
+            Sysno::utimes => self.sys_utimes(libc::AT_FDCWD as u64, a[0], a[1], false),
+            Sysno::utime => self.sys_utimes(libc::AT_FDCWD as u64, a[0], a[1], true),
+            Sysno::truncate => self.sys_truncate(a[0], a[1]),
+            Sysno::fallocate => self.host_fd(a[0]).and_then(|f| {
+                let a = [
+                    i64::from(f.as_raw_fd()),
+                    a[1] as i64,
+                    a[2] as i64,
+                    a[3] as i64,
+                ];
+                host::int_call(libc::SYS_fallocate, a).map(|v| v as u64)
+            }),
+            Sysno::copy_file_range => self.sys_copy_file_range(a),
+            Sysno::sendfile => self.sys_sendfile(a[0], a[1], a[2], a[3]),
+            Sysno::preadv => self.sys_preadv(a[0], a[1], a[2], a[3] as i64),
+            Sysno::preadv2 => self.sys_preadv(a[0], a[1], a[2], a[3] as i64),
+            Sysno::pwritev => self.sys_pwritev(a[0], a[1], a[2], a[3] as i64),
+            Sysno::pwritev2 => self.sys_pwritev(a[0], a[1], a[2], a[3] as i64),
+            Sysno::inotify_init => self.sys_inotify_init(0),
+            Sysno::inotify_init1 => self.sys_inotify_init(a[0]),
+            Sysno::inotify_add_watch => self.sys_inotify_add_watch(a[0], a[1], a[2]),
+            Sysno::inotify_rm_watch => self.host_fd(a[0]).and_then(|f| {
+                let a = [i64::from(f.as_raw_fd()), i64::from(a[1] as i32), 0, 0];
+                host::int_call(libc::SYS_inotify_rm_watch, a).map(|v| v as u64)
+            }),
+            Sysno::memfd_create => self.sys_memfd_create(a[0], a[1]),
+            Sysno::sync => host::int_call(libc::SYS_sync, [0; 4]).map(|_| 0),
+            Sysno::syncfs => self.host_fd(a[0]).and_then(|f| {
+                host::int_call(libc::SYS_syncfs, [i64::from(f.as_raw_fd()), 0, 0, 0]).map(|_| 0)
+            }),
+            // Extended attributes: none, as on a file system without them (cp -a and tar
+            // go on without).
+            Sysno::getxattr
+            | Sysno::lgetxattr
+            | Sysno::fgetxattr
+            | Sysno::listxattr
+            | Sysno::llistxattr
+            | Sysno::flistxattr
+            | Sysno::setxattr
+            | Sysno::lsetxattr
+            | Sysno::fsetxattr
+            | Sysno::removexattr
+            | Sysno::lremovexattr
+            | Sysno::fremovexattr => Err(Errno(libc::EOPNOTSUPP)),
+            // Private mappings have nothing to write back; every mapped page is backed
+            // already, so locking it in memory changes nothing.
+            Sysno::msync => {
+                if !a[0].is_multiple_of(PAGE) {
+                    Err(Errno::EINVAL)
+                } else if self.mm.vma_at(a[0]).is_none() {
+                    Err(Errno::ENOMEM)
+                } else {
+                    ok(0)
+                }
+            }
+            Sysno::mlock | Sysno::munlock | Sysno::mlock2 | Sysno::mlockall | Sysno::munlockall => {
+                ok(0)
+            }
+            // Scheduling: the program's threads are host threads of lbrprof under the
+            // host's normal policy.
+            Sysno::sched_getscheduler => ok(libc::SCHED_OTHER as u64),
+            Sysno::sched_getparam => self.out(a[1], &0i32.to_le_bytes()).map(|()| 0),
+            Sysno::sched_get_priority_max | Sysno::sched_get_priority_min => match a[0] as i32 {
+                libc::SCHED_FIFO | libc::SCHED_RR if sys == Sysno::sched_get_priority_max => ok(99),
+                libc::SCHED_FIFO | libc::SCHED_RR => ok(1),
+                libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE => ok(0),
+                _ => Err(Errno::EINVAL),
+            },
+            Sysno::sched_setaffinity => ok(0),
+            Sysno::getpriority | Sysno::setpriority if a[1] == 0 || a[1] == self.pid => {
+                let nr = if sys == Sysno::getpriority {
+                    libc::SYS_getpriority
+                } else {
+                    libc::SYS_setpriority
+                };
+                host::int_call(nr, [a[0] as i64, 0, a[2] as i64, 0]).map(|v| v as u64)
+            }
+            Sysno::getpriority | Sysno::setpriority => Err(Errno(libc::ESRCH)),
+            // PER_LINUX, the only persona: a query answers it, a change keeps it.
+            Sysno::personality => ok(0),
+            // The program's CPU times are not counted (as getrusage); the clock is the
+            // host's.
+            Sysno::times if a[0] != 0 => self.out(a[0], &[0u8; 32]).map(|()| host::times()),
+            Sysno::times => ok(host::times()),
             Sysno::umask => ok(u64::from(host::umask(a[0] as u32 & 0o777))),
             Sysno::fadvise64 => self.host_fd(a[0]).map(|_| 0),
             Sysno::brk => ok(self.mm.set_brk(a[0])),
