@@ -203,6 +203,7 @@ fn file_system_calls_past_open_and_read_work_like_natively() {
             "pwritev 7, preadv 7: xyz 1234",
             "inotify: watch ok, event IN_CREATE for new-file",
             "memfd_create: ok, reads back memfd!, cloexec 1",
+            "get_mempolicy: ok, mode 0",
         ],
     );
 }

@@ -1,7 +1,7 @@
 /* File-system calls past open/read/write, as cp -a, tar, touch, mkfifo, ln -s and
  * tail -f use them: symlinks, FIFOs, file times (utimensat, futimens, utimes, utime),
  * truncate, fallocate, copy_file_range, sendfile, preadv/pwritev, inotify, memfd, and
- * the scheduling and persona queries. Each case prints one line. */
+ * the scheduling, persona and memory-policy queries. Each case prints one line. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -126,6 +126,9 @@ int main(void) {
     printf("sched_getscheduler: %d, priority max FIFO %d, OTHER %d\n", sched_getscheduler(0),
            sched_get_priority_max(SCHED_FIFO), sched_get_priority_max(SCHED_OTHER));
     printf("personality: %d\n", personality(0xffffffff) & 0xff);
+    int mode = -1;
+    r = syscall(SYS_get_mempolicy, &mode, NULL, 0UL, NULL, 0UL);
+    printf("get_mempolicy: %s, mode %d\n", err(r), mode);
     void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     printf("msync: %s, mlock: %s, munlock: %s\n", err(msync(page, 4096, MS_SYNC)),
            err(mlock(page, 4096)), err(munlock(page, 4096)));

@@ -507,6 +507,22 @@ impl Process {
                 _ => Err(Errno::EINVAL),
             },
             Sysno::sched_setaffinity => ok(0),
+            // Memory policy: the default (MPOL_DEFAULT, no nodes named); a new policy is
+            // accepted, not applied (guest RAM is one host mapping).
+            Sysno::get_mempolicy => {
+                let mode = if a[0] == 0 {
+                    Ok(())
+                } else {
+                    self.out(a[0], &0i32.to_le_bytes())
+                };
+                let words = (a[2].min(1 << 16)).div_ceil(64) as usize;
+                mode.and_then(|()| match a[1] {
+                    0 => Ok(()),
+                    mask => self.out(mask, &vec![0u8; words * 8]),
+                })
+                .map(|()| 0)
+            }
+            Sysno::set_mempolicy | Sysno::mbind => ok(0),
             Sysno::getpriority | Sysno::setpriority if a[1] == 0 || a[1] == self.pid => {
                 let nr = if sys == Sysno::getpriority {
                     libc::SYS_getpriority
