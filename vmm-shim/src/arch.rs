@@ -84,19 +84,13 @@ pub const FW_CFG_FILE_DIR: u16 = 0x0019;
 /// The traditional (non-DMA) interface.
 pub const FW_CFG_VERSION: u32 = 1;
 
-// 16550 UART registers (offsets from the base) and bits.
+// 16550 UART registers (offsets from the base) and bits, for the shim's own use of the
+// UART (the device is vm-superio's).
 pub const UART_RBR_THR: u16 = 0;
-pub const UART_IER: u16 = 1;
 pub const UART_IIR_FCR: u16 = 2;
 pub const UART_LCR: u16 = 3;
 pub const UART_MCR: u16 = 4;
 pub const UART_LSR: u16 = 5;
-pub const UART_MSR: u16 = 6;
-pub const UART_SCR: u16 = 7;
 pub const UART_LCR_DLAB: u8 = 1 << 7;
-pub const UART_LSR_THRE: u8 = 1 << 5;
-pub const UART_LSR_TEMT: u8 = 1 << 6;
-/// IIR with no interrupt pending.
-pub const UART_IIR_NO_INT: u8 = 0x01;
-/// MSR: DCD, DSR, CTS asserted (a cable is plugged in).
-pub const UART_MSR_CONNECTED: u8 = 0xb0;
+/// MCR: loopback (what is sent comes back as received).
+pub const UART_MCR_LOOP: u8 = 1 << 4;

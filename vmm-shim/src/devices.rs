@@ -1,8 +1,8 @@
 //! The few devices a guest needs, all port I/O, shared by the vCPU threads:
 //!
-//! * a 16550-style UART at 0x3f8, good enough for polled output (LSR always reports
-//!   THRE|TEMT, DLAB switches offsets 0/1 to the divisor latch, LCR/FCR/MCR/SCR writes are
-//!   kept, no input, no interrupts),
+//! * a 16550A UART at 0x3f8 (rust-vmm's `vm-superio`: registers, divisor latch,
+//!   loopback; its interrupt line is not wired, guests poll LSR, and nothing is ever
+//!   received),
 //! * the isa-debug-exit port at 0xf4 (a write of v ends the run with exit code
 //!   `(v << 1) | 1`) and a power-off port at 0x604 (a 16-bit write of 0x2000, QEMU's ACPI
 //!   PM1a S5 value, ends the run cleanly with 0),
@@ -34,54 +34,18 @@ pub enum IoAction {
     PowerOff,
 }
 
-/// 16550 register state (output only).
-#[derive(Debug, Default)]
-struct Uart {
-    lcr: u8,
-    ier: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-    fcr: u8,
-}
+/// The UART's interrupt line, which nothing is wired to: the guests poll LSR.
+#[derive(Debug)]
+struct NoInterrupt;
 
-impl Uart {
-    fn dlab(&self) -> bool {
-        self.lcr & UART_LCR_DLAB != 0
-    }
-
-    /// Returns the byte to transmit, if the write was one.
-    fn write(&mut self, off: u16, v: u8) -> Option<u8> {
-        match off {
-            UART_RBR_THR if self.dlab() => self.dll = v,
-            UART_RBR_THR => return Some(v),
-            UART_IER if self.dlab() => self.dlm = v,
-            UART_IER => self.ier = v & 0x0f,
-            UART_IIR_FCR => self.fcr = v,
-            UART_LCR => self.lcr = v,
-            UART_MCR => self.mcr = v & 0x1f,
-            UART_SCR => self.scr = v,
-            _ => {} // LSR/MSR are read-only; writes are ignored like on real parts.
-        }
-        None
-    }
-
-    fn read(&self, off: u16) -> u8 {
-        match off {
-            UART_RBR_THR if self.dlab() => self.dll,
-            UART_RBR_THR => 0,
-            UART_IER if self.dlab() => self.dlm,
-            UART_IER => self.ier,
-            UART_IIR_FCR => UART_IIR_NO_INT | if self.fcr & 1 != 0 { 0xc0 } else { 0 },
-            UART_LCR => self.lcr,
-            UART_MCR => self.mcr,
-            UART_LSR => UART_LSR_THRE | UART_LSR_TEMT,
-            UART_MSR => UART_MSR_CONNECTED,
-            _ => self.scr,
-        }
+impl vm_superio::Trigger for NoInterrupt {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
     }
 }
+
+type Uart = vm_superio::Serial<NoInterrupt, vm_superio::serial::NoEvents, SerialSink>;
 
 /// fw_cfg, traditional (non-DMA) interface.
 #[derive(Debug)]
@@ -147,8 +111,8 @@ pub type WarnFn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// All devices of one VM.
 pub struct Devices {
+    /// COM1, which owns the console sink.
     uart: Mutex<Uart>,
-    serial: Mutex<SerialSink>,
     fw_cfg: Mutex<FwCfg>,
     unknown: Mutex<UnknownAccesses>,
     warn: WarnFn,
@@ -163,8 +127,7 @@ impl Devices {
         warn: WarnFn,
     ) -> Devices {
         Devices {
-            uart: Mutex::new(Uart::default()),
-            serial: Mutex::new(serial),
+            uart: Mutex::new(Uart::new(NoInterrupt, serial)),
             fw_cfg: Mutex::new(FwCfg::new(
                 ram_bytes,
                 u16::try_from(ncpus).unwrap_or(u16::MAX),
@@ -191,22 +154,22 @@ impl Devices {
     pub fn io_out(&self, port: u16, data: &[u8]) -> IoAction {
         match port {
             COM1_BASE..=0x3ff => {
-                let off = port - COM1_BASE;
-                let mut out = Vec::new();
-                {
-                    let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
-                    if off == UART_RBR_THR && !uart.dlab() {
-                        out.extend_from_slice(data);
-                    } else {
-                        for &b in data {
-                            out.extend(uart.write(off, b));
-                        }
+                let off = (port - COM1_BASE) as u8;
+                let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
+                // (Reading LCR and MCR changes nothing.)
+                let transmits = off == UART_RBR_THR as u8
+                    && uart.read(UART_LCR as u8) & UART_LCR_DLAB == 0
+                    && uart.read(UART_MCR as u8) & UART_MCR_LOOP == 0;
+                // A closed console must not kill the guest: output is best effort.
+                if transmits {
+                    // A string of bytes (`rep outsb`) goes out in one write, as the UART
+                    // would send it byte by byte.
+                    let w = uart.writer_mut();
+                    let _ = w.write_all(data).and_then(|()| w.flush());
+                } else {
+                    for &b in data {
+                        let _ = uart.write(off, b);
                     }
-                }
-                if !out.is_empty() {
-                    let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-                    // A closed console must not kill the guest; output is best effort.
-                    let _ = s.write_all(&out).and_then(|()| s.flush());
                 }
                 IoAction::Continue
             }
@@ -241,8 +204,8 @@ impl Devices {
     pub fn io_in(&self, port: u16, data: &mut [u8]) {
         match port {
             COM1_BASE..=0x3ff => {
-                let uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
-                data.fill(uart.read(port - COM1_BASE));
+                let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
+                data.fill(uart.read((port - COM1_BASE) as u8));
             }
             FW_CFG_DATA => {
                 let mut fw = self.fw_cfg.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,6 +295,23 @@ mod tests {
         d.io_out(COM1_BASE + UART_MCR, &[0x0b]);
         d.io_out(COM1_BASE, b"hi");
         assert_eq!(&*out.0.lock().unwrap(), b"hi");
+    }
+
+    #[test]
+    fn uart_loopback_sends_nothing_and_receives_what_it_sent() {
+        let (d, out, _) = devices();
+        d.io_out(COM1_BASE + UART_MCR, &[UART_MCR_LOOP]);
+        d.io_out(COM1_BASE, b"z");
+        let mut lsr = [0u8];
+        d.io_in(COM1_BASE + UART_LSR, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut rbr = [0u8];
+        d.io_in(COM1_BASE, &mut rbr);
+        assert_eq!(rbr[0], b'z');
+        assert!(out.0.lock().unwrap().is_empty());
+        d.io_out(COM1_BASE + UART_MCR, &[0]);
+        d.io_out(COM1_BASE, b"ok");
+        assert_eq!(&*out.0.lock().unwrap(), b"ok");
     }
 
     #[test]
