@@ -306,7 +306,7 @@ pub(super) const SEQUENCES: &[(&str, &[u8])] = &[
 ];
 
 /// Steps until RIP reaches `end` (the end of the code under test); the steps taken.
-fn run_to(session: &mut Session<'_>, end: u64, text: &str) -> Vec<Step> {
+pub(super) fn run_to(session: &mut Session<'_>, end: u64, text: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     while session.state().rip != end {
         assert!(steps.len() < 64, "{text}: did not reach the end");
@@ -543,10 +543,14 @@ pub(super) const MEMORY_SEQUENCES: &[(&str, &[u8])] = &[
 ];
 
 /// Bytes of data both sides see at `tests::DATA`.
-const DATA_LEN: usize = 0x1_0000;
+pub(super) const DATA_LEN: usize = 0x1_0000;
+
+/// Held while a test has the data buffer mapped at `tests::DATA` (one at a time).
+pub(super) static DATA_MAPPED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn every_memory_form_matches_the_cpu() {
+    let _mapped = DATA_MAPPED.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
     // replaced) if anything is mapped there already.
     let p = unsafe {
