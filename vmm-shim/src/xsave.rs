@@ -73,6 +73,21 @@ pub fn xmm(vcpu: &VcpuFd) -> Result<[u128; 16], kvm_ioctls::Error> {
     Ok(regs_at(&read(vcpu)?, XMM0))
 }
 
+/// Whether the vCPU keeps the AVX state written to it: KVM keeps only the XSAVE
+/// components its CPUID enables (leaf 0xD sub-leaf 0, EAX), and drops the rest of an
+/// area KVM_SET_XSAVE loads.
+pub fn keeps_avx(vcpu: &VcpuFd) -> bool {
+    vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0xd && e.index == 0)
+                .map(|e| u64::from(e.eax) & XFEATURE_AVX != 0)
+        })
+        .unwrap_or(false)
+}
+
 /// XMM0-15 and bits 255:128 of YMM0-15 (zero when the AVX state is in its initial
 /// state), with one KVM_GET_XSAVE.
 pub fn ymm(vcpu: &VcpuFd) -> Result<([u128; 16], [u128; 16]), kvm_ioctls::Error> {
@@ -152,5 +167,37 @@ mod tests {
             values,
             "KVM_GET_FPU agrees"
         );
+    }
+
+    #[test]
+    fn ymm_upper_halves_written_over_an_initial_avx_state_are_what_the_vcpu_gets() {
+        let Some(vcpu) = vcpu() else { return };
+        if avx_offset().is_none() || !std::arch::is_x86_feature_detected!("avx") {
+            eprintln!("skipped: the host has no AVX state");
+            return;
+        }
+        // Without CPUID the vCPU drops AVX state: the interpreter must not write any.
+        assert!(!keeps_avx(&vcpu));
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        vcpu.set_cpuid2(&cpuid).unwrap();
+        assert!(keeps_avx(&vcpu));
+        // AVX in its initial state: the upper halves read as zero.
+        let mut area = read(&vcpu).unwrap();
+        let bv = xstate_bv(&area);
+        area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(bv & !XFEATURE_AVX).to_le_bytes());
+        write(&vcpu, &area).unwrap();
+        let (xmm0, hi0) = ymm(&vcpu).unwrap();
+        assert_eq!(hi0, [0; 16]);
+        let hi: [u128; 16] = std::array::from_fn(|i| u128::MAX / (i as u128 + 3));
+        set_xmm(&vcpu, &xmm0, Some(&hi)).unwrap();
+        assert_eq!(ymm(&vcpu).unwrap(), (xmm0, hi));
+        assert_ne!(xstate_bv(&read(&vcpu).unwrap()) & XFEATURE_AVX, 0);
+        // Without upper halves the AVX state is left as it is.
+        let values: [u128; 16] = std::array::from_fn(|i| i as u128 * 0x1111);
+        set_xmm(&vcpu, &values, None).unwrap();
+        assert_eq!(ymm(&vcpu).unwrap(), (values, hi));
     }
 }

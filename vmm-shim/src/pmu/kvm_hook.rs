@@ -1458,7 +1458,11 @@ impl GuestAccess for CtxGuest<'_, '_> {
     }
 
     fn ymm(&mut self) -> Option<([u128; 16], [u128; 16])> {
-        // As for `xmm`: at a trap the handler has not touched them.
+        // As for `xmm`: at a trap the handler has not touched them. Upper halves the
+        // vCPU would drop when written back are not the interpreter's to change.
+        if !crate::xsave::keeps_avx(self.ctx.vcpu) {
+            return None;
+        }
         crate::xsave::ymm(self.ctx.vcpu).ok()
     }
 

@@ -10,8 +10,8 @@
 //!   register; a VEX.256 one writes all 256 bits. VEX memory operands need no alignment,
 //!   but for VMOVDQA/VMOVAPS/VMOVAPD (#GP on the CPU otherwise: left to it).
 //! * BMI1/BMI2: ANDN, BLSR, BLSMSK, BLSI, BZHI, SHLX/SHRX/SARX, RORX, PDEP, PEXT. The
-//!   flags the SDM leaves undefined (AF and PF after ANDN, BLS*, BZHI) get the liveness
-//!   proof ([`super::Session`]).
+//!   flags the SDM leaves undefined (AF and PF after ANDN, BLS*, BZHI) are the host CPU's
+//!   running the same instruction ([`mod@host_flags`]), as for the logic group.
 //!
 //! The guest's ring 3 runs these on the host CPU, so they are interpreted only where the
 //! host runs them (AVX2 for the vector forms, BMI1/BMI2): elsewhere they are left to the
@@ -23,7 +23,8 @@
 
 use iced_x86::{EncodingKind, Mnemonic, OpKind, Register};
 
-use super::alu::{CF, OF, PF, SF, STATUS, ZF};
+use super::alu::{AF, CF, PF, SF, STATUS, ZF};
+use super::host_flags::{self, Bmi};
 use super::{Effect, Exec, Halt, PendingWrite, get_reg, mask, set_reg, sse};
 use crate::pmu::guest::InterpState;
 
@@ -380,11 +381,13 @@ impl Exec<'_, '_, '_> {
         // the three-operand forms (the VEX.vvvv register is SRC1 of ANDN, SRC2 of BZHI
         // and the shifts, and the only source of BLS*).
         let src1 = self.read(s, 1, bits)?;
+        let src2 = if self.insn.op_count() == 3 && self.insn.op_kind(2) != OpKind::Immediate8 {
+            self.read(s, 2, bits)?
+        } else {
+            0
+        };
         let (v, flags) = match m {
-            Mnemonic::Andn => {
-                let v = !src1 & self.read(s, 2, bits)? & mask(bits);
-                (v, Some(0))
-            }
+            Mnemonic::Andn => (!src1 & src2 & mask(bits), Some(0)),
             Mnemonic::Blsr => (
                 src1 & src1.wrapping_sub(1) & mask(bits),
                 Some(cf(src1 == 0)),
@@ -394,16 +397,13 @@ impl Exec<'_, '_, '_> {
                 Some(cf(src1 == 0)),
             ),
             Mnemonic::Blsi => (src1 & src1.wrapping_neg() & mask(bits), Some(cf(src1 != 0))),
-            Mnemonic::Bzhi => {
-                let n = (self.read(s, 2, bits)? & 0xff) as u32;
-                if n < bits {
-                    (src1 & mask(n.max(1)) & if n == 0 { 0 } else { !0 }, Some(0))
-                } else {
-                    (src1, Some(CF))
-                }
-            }
+            Mnemonic::Bzhi => match (src2 & 0xff) as u32 {
+                0 => (0, Some(0)),
+                n if n < bits => (src1 & mask(n), Some(0)),
+                _ => (src1, Some(CF)),
+            },
             Mnemonic::Shlx | Mnemonic::Shrx | Mnemonic::Sarx => {
-                let n = (self.read(s, 2, bits)? & u64::from(bits - 1)) as u32;
+                let n = (src2 & u64::from(bits - 1)) as u32;
                 let v = match m {
                     Mnemonic::Shlx => src1 << n,
                     Mnemonic::Shrx => src1 >> n,
@@ -421,11 +421,10 @@ impl Exec<'_, '_, '_> {
                 (v, None)
             }
             Mnemonic::Pdep | Mnemonic::Pext => {
-                let m2 = self.read(s, 2, bits)?;
                 let v = if m == Mnemonic::Pdep {
-                    deposit(src1, m2)
+                    deposit(src1, src2)
                 } else {
-                    extract(src1, m2)
+                    extract(src1, src2)
                 };
                 (v & mask(bits), None)
             }
@@ -441,8 +440,20 @@ impl Exec<'_, '_, '_> {
             if v & sign != 0 {
                 f |= SF;
             }
-            s.rflags = (s.rflags & !(CF | ZF | SF | OF)) | f;
-            self.undefined |= super::alu::AF | PF;
+            // AF and PF: what the host CPU, which runs the guest's ring 3, leaves in them.
+            let op = match m {
+                Mnemonic::Andn => Bmi::Andn,
+                Mnemonic::Blsr => Bmi::Blsr,
+                Mnemonic::Blsmsk => Bmi::Blsmsk,
+                Mnemonic::Blsi => Bmi::Blsi,
+                _ => Bmi::Bzhi,
+            };
+            let undefined = AF | PF;
+            match host_flags::bmi_status(op, bits, src1, src2, s.rflags) {
+                Some(host) => f |= host & undefined,
+                None => self.undefined |= undefined,
+            }
+            s.rflags = (s.rflags & !STATUS) | f;
         }
         self.write_op(s, 0, bits, v)
     }
