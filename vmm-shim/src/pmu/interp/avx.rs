@@ -124,6 +124,20 @@ impl Exec<'_, '_, '_> {
         Ok([lo, hi])
     }
 
+    /// The address of memory operand `i`, `bytes` wide. VMOVDQA/VMOVAPS/VMOVAPD raise #GP
+    /// on an operand not aligned to its size: left to the CPU.
+    fn vector_address(&self, s: &InterpState, i: u32, bytes: u32) -> Result<u64, Halt> {
+        let addr = self.address(s, i)?;
+        let aligned = matches!(
+            self.insn.mnemonic(),
+            Mnemonic::Vmovdqa | Mnemonic::Vmovaps | Mnemonic::Vmovapd
+        );
+        if aligned && !addr.is_multiple_of(u64::from(bytes)) {
+            return Err(Halt::Memory);
+        }
+        Ok(addr)
+    }
+
     /// Operand `i`, `bytes` (1 to 32) of it: an XMM/YMM register's low bytes, a
     /// general-purpose register, or memory.
     fn read_v(&mut self, s: &InterpState, i: u32, bytes: u32) -> Result<Ymm, Halt> {
@@ -139,14 +153,7 @@ impl Exec<'_, '_, '_> {
                 }
             }
             OpKind::Memory => {
-                let addr = self.address(s, i)?;
-                let aligned = matches!(
-                    self.insn.mnemonic(),
-                    Mnemonic::Vmovdqa | Mnemonic::Vmovaps | Mnemonic::Vmovapd
-                );
-                if aligned && !addr.is_multiple_of(u64::from(bytes)) {
-                    return Err(Halt::Memory);
-                }
+                let addr = self.vector_address(s, i, bytes)?;
                 match bytes {
                     32 => [
                         self.session.read_mem128(addr)?,
@@ -184,14 +191,7 @@ impl Exec<'_, '_, '_> {
                 set_reg(s, reg, v[0] as u64).ok_or_else(|| self.unsupported())
             }
             OpKind::Memory => {
-                let addr = self.address(s, i)?;
-                let aligned = matches!(
-                    self.insn.mnemonic(),
-                    Mnemonic::Vmovdqa | Mnemonic::Vmovaps | Mnemonic::Vmovapd
-                );
-                if aligned && !addr.is_multiple_of(u64::from(bytes)) {
-                    return Err(Halt::Memory);
-                }
+                let addr = self.vector_address(s, i, bytes)?;
                 if self.write.is_some() || bytes > 32 {
                     return Err(self.unsupported());
                 }

@@ -7,7 +7,7 @@
 //! these forms to the CPU there: the last test checks that).
 
 use super::harness::CodePage;
-use super::native_tests::{DATA_LEN, DATA_MAPPED, run_to};
+use super::native_tests::{DATA_LEN, DataBuffer, run_to};
 use super::tests::Machine;
 use super::*;
 
@@ -363,20 +363,7 @@ fn every_vex_memory_form_matches_the_cpu() {
     if !host_runs_them() {
         return;
     }
-    let _mapped = DATA_MAPPED.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
-    // replaced) if anything is mapped there already.
-    let p = unsafe {
-        libc::mmap(
-            tests::DATA as *mut libc::c_void,
-            DATA_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as u64, tests::DATA, "cannot map the data buffer");
+    let mut buffer = DataBuffer::map();
     let page = CodePage::new();
     let mut next = rng(0x9e37_79b9_7f4a_7c15);
     let mut data = vec![0u8; DATA_LEN];
@@ -390,9 +377,7 @@ fn every_vex_memory_form_matches_the_cpu() {
             regs[1] = next() % 40; // counts and indices
             let flags = (next() & STATUS) | 2;
             let (xmm, hi) = (vectors(&mut next), vectors(&mut next));
-            // SAFETY: the buffer mapped above is DATA_LEN bytes long.
-            let native_mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), DATA_LEN) };
-            native_mem.copy_from_slice(&data);
+            buffer.bytes().copy_from_slice(&data);
             let (mut nr, mut nf, mut nx, mut nh) = (regs, flags, xmm, hi);
             page.run_ymm(code, &mut nr, &mut nf, &mut nx, &mut nh);
 
@@ -405,13 +390,11 @@ fn every_vex_memory_form_matches_the_cpu() {
             let (after, ax, ah, undefined) = interpret(&mut m, code.len(), regs, flags, text);
             compare(text, &after, &ax, &ah, undefined, &nr, &nx, &nh, nf);
             assert!(
-                m.mem[at..at + DATA_LEN] == native_mem[..],
+                m.mem[at..at + DATA_LEN] == buffer.bytes()[..],
                 "{text}: memory differs"
             );
         }
     }
-    // SAFETY: unmapping the buffer mapped above, no longer referenced.
-    unsafe { libc::munmap(p, DATA_LEN) };
 }
 
 /// VMOVDQA with a misaligned operand raises #GP on the CPU: the interpreter leaves it
