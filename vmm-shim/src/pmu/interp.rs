@@ -14,7 +14,8 @@
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
 //! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
 //! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
-//! `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
+//! the AVX/AVX2 forms of glibc's `*_avx2` string functions and BMI1/BMI2 (`interp/avx.rs`,
+//! where the host CPU runs them), `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
 //! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
 //! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
 //! state is exactly that of the boundary before it, and the tracer's breakpoint machinery

@@ -1,5 +1,5 @@
-//! SSE/SSE2 moves and integer/bitwise operations on XMM registers (legacy encodings only:
-//! VEX/EVEX forms are left to the CPU), the forms compiled hot loops and libc's string
+//! SSE/SSE2 moves and integer/bitwise operations on XMM registers (legacy encodings; the
+//! VEX forms are `interp/avx.rs`'s, EVEX ones are left to the CPU), the forms compiled hot loops and libc's string
 //! and memory functions use: MOVUPS/MOVAPS/MOVDQU/MOVDQA (and the PD forms), MOVD/MOVQ,
 //! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB, PMULUDQ,
 //! PMOVMSKB, PUNPCKL*, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate. None of them touches RFLAGS or raises SIMD floating-point
@@ -348,6 +348,8 @@ pub(super) fn lane_op(mnemonic: Mnemonic) -> Option<fn(u128, u128) -> u128> {
         },
         M::Pminub | M::Vpminub => |a, b| lanes(a, b, 1, |x, y| x.min(y)),
         M::Pmaxub | M::Vpmaxub => |a, b| lanes(a, b, 1, |x, y| x.max(y)),
+        // (Its legacy form is SSE4.1: not run here.)
+        M::Vpminud => |a, b| lanes(a, b, 4, |x, y| x.min(y)),
         M::Paddb | M::Vpaddb => |a, b| lanes(a, b, 1, u64::wrapping_add),
         M::Paddw | M::Vpaddw => |a, b| lanes(a, b, 2, u64::wrapping_add),
         M::Paddd | M::Vpaddd => |a, b| lanes(a, b, 4, u64::wrapping_add),
