@@ -128,8 +128,19 @@ pub trait GuestAccess {
         None
     }
 
-    /// Writes XMM0–XMM15 back before the vCPU runs again.
-    fn set_xmm(&mut self, _xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+    /// XMM0–XMM15 and bits 255:128 of YMM0–YMM15 as the vCPU holds them (for the
+    /// interpreter's VEX instructions), or `None` when they cannot be read here.
+    fn ymm(&mut self) -> Option<([u128; 16], [u128; 16])> {
+        None
+    }
+
+    /// Writes XMM0–XMM15 back before the vCPU runs again, and bits 255:128 of
+    /// YMM0–YMM15 when given (one write).
+    fn set_xmm(
+        &mut self,
+        _xmm: &[u128; 16],
+        _ymm_hi: Option<&[u128; 16]>,
+    ) -> Result<(), GuestAccessError> {
         Err(GuestAccessError::Unavailable {
             what: "XMM registers",
         })

@@ -14,7 +14,8 @@
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
 //! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
 //! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
-//! `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
+//! the AVX/AVX2 forms of glibc's `*_avx2` string functions and BMI1/BMI2 (`interp/avx.rs`,
+//! where the host CPU runs them), `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
 //! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
 //! code, a write to a page table — is a [`Halt`]: the instruction is *not* executed, the
 //! state is exactly that of the boundary before it, and the tracer's breakpoint machinery
@@ -71,6 +72,7 @@
 //! stale without INVLPG.
 
 pub mod alu;
+mod avx;
 mod fast;
 pub mod host_flags;
 mod sse;
@@ -323,6 +325,8 @@ impl Interp {
             fetch_pages_checked: [NO_PAGE; PAGE_MEMO],
             xmm: None,
             xmm_dirty: false,
+            ymm_hi: None,
+            ymm_dirty: false,
             block: None,
         };
         s.translate_noted();
@@ -489,8 +493,14 @@ pub struct Session<'a> {
     code_pages_seen: [(u64, u64); PAGE_MEMO],
     /// XMM0–XMM15, fetched from the vCPU at the first SSE instruction.
     xmm: Option<[u128; 16]>,
-    /// An instruction changed an XMM register: [`Session::xmm_to_write_back`].
+    /// An instruction changed an XMM register (or a YMM upper half):
+    /// [`Session::xmm_to_write_back`].
     xmm_dirty: bool,
+    /// Bits 255:128 of YMM0–YMM15, fetched from the vCPU (with `xmm`, if not fetched
+    /// yet) at the first VEX vector instruction (`interp/avx.rs`).
+    ymm_hi: Option<[u128; 16]>,
+    /// An instruction changed a YMM upper half: [`Session::ymm_hi_to_write_back`].
+    ymm_dirty: bool,
     /// Recent pages blocks were entered on, whose fetch permission this session checked
     /// (as of `Interp::code_phys_resets`), direct-mapped by page number.
     fetch_pages_checked: [(u64, u64); PAGE_MEMO],
@@ -503,8 +513,12 @@ pub struct Session<'a> {
 #[derive(Clone, Copy, Debug)]
 struct PendingWrite {
     addr: u64,
+    /// At most 32.
     bytes: usize,
+    /// Bytes 0–15.
     value: u128,
+    /// Bytes 16–31 (a 32-byte VEX store).
+    value_hi: u128,
 }
 
 impl Session<'_> {
@@ -514,9 +528,16 @@ impl Session<'_> {
     }
 
     /// XMM0–XMM15 after the last executed instruction, when an instruction changed them
-    /// (the caller writes them back with [`GuestAccess::set_xmm`]).
+    /// or a YMM upper half (the caller writes them back with [`GuestAccess::set_xmm`]).
     pub fn xmm_to_write_back(&self) -> Option<&[u128; 16]> {
         self.xmm.as_ref().filter(|_| self.xmm_dirty)
+    }
+
+    /// Bits 255:128 of YMM0–YMM15 after the last executed instruction, when an
+    /// instruction changed them (written back with the XMM registers,
+    /// [`GuestAccess::set_xmm`]).
+    pub fn ymm_hi_to_write_back(&self) -> Option<&[u128; 16]> {
+        self.ymm_hi.as_ref().filter(|_| self.ymm_dirty)
     }
 
     /// A 16-byte load (two 8-byte halves: as on the CPU, not single-copy atomic).
@@ -790,10 +811,13 @@ impl Session<'_> {
             insn: &insn,
             write: None,
             xmm_write: None,
+            ymm_hi_write: None,
+            zero_upper: None,
             undefined: 0,
         };
         let effect = exec.run(&mut n)?;
         let (write, undefined, xmm_write) = (exec.write, exec.undefined, exec.xmm_write);
+        let (ymm_hi_write, zero_upper) = (exec.ymm_hi_write, exec.zero_upper);
         if let Effect::Branch { to, .. } = effect
             && sext(to, 48) as u64 != to
         {
@@ -836,6 +860,28 @@ impl Session<'_> {
         if let (Some((i, v)), Some(x)) = (xmm_write, self.xmm.as_mut()) {
             x[i] = v;
             self.xmm_dirty = true;
+        }
+        if let Some(hi) = self.ymm_hi.as_mut() {
+            if let Some((i, v)) = ymm_hi_write
+                && hi[i] != v
+            {
+                hi[i] = v;
+                self.ymm_dirty = true;
+            }
+            if let Some(all) = zero_upper {
+                if hi.iter().any(|&v| v != 0) {
+                    *hi = [0; 16];
+                    self.ymm_dirty = true;
+                }
+                if all && let Some(x) = self.xmm.as_mut() {
+                    *x = [0; 16];
+                    self.xmm_dirty = true;
+                }
+            }
+            if self.ymm_dirty {
+                // The upper halves go back with the XMM registers.
+                self.xmm_dirty = true;
+            }
         }
         n.rflags &= !RFLAGS_RF;
         std::mem::swap(&mut self.state, &mut n);
@@ -1093,8 +1139,10 @@ impl Session<'_> {
                 .write_phys_aligned(targets[0].0, w.bytes, w.value as u64)
                 .map_err(|_| Halt::Memory);
         }
-        // (A 16-byte SSE store is not single-copy atomic on the CPU either.)
-        let bytes = w.value.to_le_bytes();
+        // (A 16- or 32-byte vector store is not single-copy atomic on the CPU either.)
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&w.value.to_le_bytes());
+        bytes[16..].copy_from_slice(&w.value_hi.to_le_bytes());
         let mut done = 0;
         for &(pa, len) in &targets[..count] {
             self.g
@@ -1468,6 +1516,10 @@ struct Exec<'s, 'a, 'i> {
     write: Option<PendingWrite>,
     /// An XMM register the instruction writes, committed with the rest.
     xmm_write: Option<(usize, u128)>,
+    /// The YMM upper half a VEX instruction writes (zeroed by a VEX.128 one).
+    ymm_hi_write: Option<(usize, u128)>,
+    /// VZEROUPPER (`false`) or VZEROALL (`true`).
+    zero_upper: Option<bool>,
     /// Status flags the instruction leaves undefined.
     undefined: u64,
 }
@@ -1532,6 +1584,7 @@ impl Exec<'_, '_, '_> {
             addr,
             bytes: (bits / 8) as usize,
             value: u128::from(v & mask(bits)),
+            value_hi: 0,
         });
         Ok(())
     }
@@ -1588,6 +1641,9 @@ impl Exec<'_, '_, '_> {
             return Err(self.unsupported());
         }
         if let Some(r) = self.run_sse(s) {
+            return r;
+        }
+        if let Some(r) = self.run_avx(s) {
             return r;
         }
         let alu_op = Op::of_two_operand(insn.mnemonic());
@@ -1985,3 +2041,7 @@ mod review_tests;
 #[cfg(test)]
 #[path = "interp/fast_tests.rs"]
 mod fast_tests;
+
+#[cfg(test)]
+#[path = "interp/avx_tests.rs"]
+mod avx_tests;

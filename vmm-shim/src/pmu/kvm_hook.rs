@@ -1457,13 +1457,26 @@ impl GuestAccess for CtxGuest<'_, '_> {
         crate::xsave::xmm(self.ctx.vcpu).ok()
     }
 
-    fn set_xmm(&mut self, xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+    fn ymm(&mut self) -> Option<([u128; 16], [u128; 16])> {
+        // As for `xmm`: at a trap the handler has not touched them. Upper halves the
+        // vCPU would drop when written back are not the interpreter's to change.
+        if !crate::xsave::keeps_avx(self.ctx.vcpu) {
+            return None;
+        }
+        crate::xsave::ymm(self.ctx.vcpu).ok()
+    }
+
+    fn set_xmm(
+        &mut self,
+        xmm: &[u128; 16],
+        ymm_hi: Option<&[u128; 16]>,
+    ) -> Result<(), GuestAccessError> {
         let unavailable = GuestAccessError::Unavailable {
             what: "XMM registers",
         };
         // Through XSAVE, marked in use: KVM_SET_FPU's XMM registers are dropped when the
         // SSE state was last saved in its initial state (see crate::xsave).
-        crate::xsave::set_xmm(self.ctx.vcpu, xmm).map_err(|_| unavailable)
+        crate::xsave::set_xmm(self.ctx.vcpu, xmm, ymm_hi).map_err(|_| unavailable)
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestAccessError> {

@@ -821,6 +821,7 @@ impl Tracer {
         }
         let after = *session.state();
         let xmm = session.xmm_to_write_back().copied();
+        let ymm_hi = session.ymm_hi_to_write_back().copied();
         drop(session);
         self.stats.interpreted_fast += interp.fast_steps() - fast_before;
         self.interp = interp;
@@ -837,7 +838,7 @@ impl Tracer {
             return Ok(None);
         }
         if let Some(x) = xmm {
-            g.set_xmm(&x)?;
+            g.set_xmm(&x, ymm_hi.as_ref())?;
         }
         g.set_interp_state(&after)?;
         cpu.rip = after.rip;

@@ -470,6 +470,7 @@ impl Session<'_> {
                     addr: self.ea(&f.ea),
                     bytes: (bits / 8) as usize,
                     value: u128::from(v & mask(bits)),
+                    value_hi: 0,
                 })
             }
             _ => staged.push(loc, v),
@@ -567,6 +568,7 @@ impl Session<'_> {
                     addr: sp,
                     bytes: 8,
                     value: u128::from(f.next),
+                    value_hi: 0,
                 });
                 staged.push(RSP_LOC, sp);
                 rip = to;
@@ -584,6 +586,7 @@ impl Session<'_> {
                     addr: sp,
                     bytes: 8,
                     value: u128::from(v),
+                    value_hi: 0,
                 });
                 staged.push(RSP_LOC, sp);
             }

@@ -20,6 +20,8 @@ pub struct Machine {
     pub mem: Vec<u8>,
     /// XMM0–XMM15.
     pub xmm: [u128; 16],
+    /// Bits 255:128 of YMM0–YMM15.
+    pub ymm_hi: [u128; 16],
 }
 
 impl Machine {
@@ -35,7 +37,11 @@ impl Machine {
         put(PD + 16, DATA | PTE_P | PTE_RW | PTE_US | PTE_PS);
         put(PD + 24, RO | PTE_P | PTE_US | PTE_PS);
         mem[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
-        Machine { mem, xmm: [0; 16] }
+        Machine {
+            mem,
+            xmm: [0; 16],
+            ymm_hi: [0; 16],
+        }
     }
 
     pub fn u64_at(&self, at: u64) -> u64 {
@@ -62,8 +68,19 @@ impl GuestAccess for Machine {
         Some(self.xmm)
     }
 
-    fn set_xmm(&mut self, xmm: &[u128; 16]) -> Result<(), GuestAccessError> {
+    fn ymm(&mut self) -> Option<([u128; 16], [u128; 16])> {
+        Some((self.xmm, self.ymm_hi))
+    }
+
+    fn set_xmm(
+        &mut self,
+        xmm: &[u128; 16],
+        ymm_hi: Option<&[u128; 16]>,
+    ) -> Result<(), GuestAccessError> {
         self.xmm = *xmm;
+        if let Some(hi) = ymm_hi {
+            self.ymm_hi = *hi;
+        }
         Ok(())
     }
 
@@ -249,6 +266,65 @@ impl CodePage {
                 std::ptr::copy_nonoverlapping(self.0.add(XMM_AREA + 16 * n), b.as_mut_ptr(), 16)
             };
             *v = u128::from_le_bytes(b);
+        }
+    }
+}
+
+impl CodePage {
+    /// [`CodePage::run`] with YMM0–YMM15 (`xmm`: bits 127:0, `hi`: bits 255:128) loaded
+    /// before the instruction and stored after it (RIP-relative VMOVDQU; no register or
+    /// flag is touched). The host must have AVX.
+    pub fn run_ymm(
+        &self,
+        code: &[u8],
+        regs: &mut [u64; 16],
+        flags: &mut u64,
+        xmm: &mut [u128; 16],
+        hi: &mut [u128; 16],
+    ) {
+        let mut seq = Vec::new();
+        let vmovdqu = |seq: &mut Vec<u8>, n: usize, store: bool| {
+            // VEX.256.F3.0F 6F/7F with the two-byte prefix: C5, then ~R, ~vvvv = 1111,
+            // L = 1, pp = F3.
+            let r = if n >= 8 { 0 } else { 0x80 };
+            seq.extend([
+                0xc5,
+                r | 0x7e,
+                if store { 0x7f } else { 0x6f },
+                (((n & 7) as u8) << 3) | 0b101,
+            ]);
+            let next = seq.len() + 4;
+            let disp = (XMM_AREA + 32 * n) as i64 - next as i64;
+            seq.extend((disp as i32).to_le_bytes());
+        };
+        for n in 0..16 {
+            vmovdqu(&mut seq, n, false);
+        }
+        seq.extend_from_slice(code);
+        for n in 0..16 {
+            vmovdqu(&mut seq, n, true);
+        }
+        assert!(seq.len() < XMM_AREA);
+        // SAFETY: the page is ours, writable and 4096 bytes long; the 512-byte area is
+        // within it.
+        unsafe {
+            for n in 0..16 {
+                let p = self.0.add(XMM_AREA + 32 * n);
+                std::ptr::copy_nonoverlapping(xmm[n].to_le_bytes().as_ptr(), p, 16);
+                std::ptr::copy_nonoverlapping(hi[n].to_le_bytes().as_ptr(), p.add(16), 16);
+            }
+        }
+        self.run(&seq, regs, flags);
+        for n in 0..16 {
+            let (mut lo, mut up) = ([0u8; 16], [0u8; 16]);
+            // SAFETY: as above.
+            unsafe {
+                let p = self.0.add(XMM_AREA + 32 * n);
+                std::ptr::copy_nonoverlapping(p, lo.as_mut_ptr(), 16);
+                std::ptr::copy_nonoverlapping(p.add(16), up.as_mut_ptr(), 16);
+            }
+            xmm[n] = u128::from_le_bytes(lo);
+            hi[n] = u128::from_le_bytes(up);
         }
     }
 }

@@ -545,3 +545,96 @@ mod tests {
         assert_eq!(stub_index(ImmForm::ShiftOne { digit: 6 }, 32), None);
     }
 }
+
+/// The BMI1/BMI2 instructions that leave AF and PF undefined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bmi {
+    /// `ANDN dst, a, b`.
+    Andn,
+    /// `BLSR dst, a`.
+    Blsr,
+    /// `BLSMSK dst, a`.
+    Blsmsk,
+    /// `BLSI dst, a`.
+    Blsi,
+    /// `BZHI dst, a, b` (`b`: the index).
+    Bzhi,
+}
+
+/// `INSN dst, a, b` on three registers; returns RFLAGS afterwards.
+macro_rules! rrr {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut fl: u64 = $f;
+        let _r: u64;
+        // SAFETY: as in rr!; the caller checked that the host has the instruction.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, {a:", $m, "}, {b:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                r = out(reg) _r,
+                a = in(reg) $a,
+                b = in(reg) $b,
+                fl = inout(reg) fl,
+            );
+        }
+        fl
+    }};
+}
+
+/// `INSN dst, a` (`b` unused); returns RFLAGS afterwards.
+macro_rules! rr1 {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut fl: u64 = $f;
+        let _r: u64;
+        let _ = $b;
+        // SAFETY: as in rrr!.
+        unsafe {
+            asm!(
+                "push {fl}",
+                "popfq",
+                concat!($insn, " {r:", $m, "}, {a:", $m, "}"),
+                "pushfq",
+                "pop {fl}",
+                r = out(reg) _r,
+                a = in(reg) $a,
+                fl = inout(reg) fl,
+            );
+        }
+        fl
+    }};
+}
+
+/// RFLAGS' status flags after the host CPU runs `op` at `bits` (32 or 64) on `a` and `b`
+/// with the status flags of `rflags` coming in; `None` for another size or where the
+/// host lacks the instruction (BMI1, BMI2 for BZHI).
+pub fn bmi_status(op: Bmi, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u64> {
+    let has = if op == Bmi::Bzhi {
+        std::arch::is_x86_feature_detected!("bmi2")
+    } else {
+        std::arch::is_x86_feature_detected!("bmi1")
+    };
+    if !has || !matches!(bits, 32 | 64) {
+        return None;
+    }
+    let f = (rflags & STATUS) | 2;
+    macro_rules! by_size {
+        ($kind:ident, $insn:literal) => {
+            if bits == 32 {
+                $kind!($insn, "e", a, b, f)
+            } else {
+                $kind!($insn, "r", a, b, f)
+            }
+        };
+    }
+    let fl = match op {
+        Bmi::Andn => by_size!(rrr, "andn"),
+        Bmi::Blsr => by_size!(rr1, "blsr"),
+        Bmi::Blsmsk => by_size!(rr1, "blsmsk"),
+        Bmi::Blsi => by_size!(rr1, "blsi"),
+        Bmi::Bzhi => by_size!(rrr, "bzhi"),
+    };
+    Some(fl & STATUS)
+}

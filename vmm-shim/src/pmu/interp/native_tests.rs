@@ -306,7 +306,7 @@ pub(super) const SEQUENCES: &[(&str, &[u8])] = &[
 ];
 
 /// Steps until RIP reaches `end` (the end of the code under test); the steps taken.
-fn run_to(session: &mut Session<'_>, end: u64, text: &str) -> Vec<Step> {
+pub(super) fn run_to(session: &mut Session<'_>, end: u64, text: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     while session.state().rip != end {
         assert!(steps.len() < 64, "{text}: did not reach the end");
@@ -543,28 +543,58 @@ pub(super) const MEMORY_SEQUENCES: &[(&str, &[u8])] = &[
 ];
 
 /// Bytes of data both sides see at `tests::DATA`.
-const DATA_LEN: usize = 0x1_0000;
+pub(super) const DATA_LEN: usize = 0x1_0000;
+
+/// Held while a test has the data buffer mapped at `tests::DATA` (one at a time).
+static DATA_MAPPED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The host's data buffer at `tests::DATA` (the fake machine's data address), mapped
+/// while this lives; one test at a time has it.
+pub(super) struct DataBuffer {
+    p: *mut libc::c_void,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl DataBuffer {
+    pub(super) fn map() -> DataBuffer {
+        let one = DATA_MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
+        // replaced) if anything is mapped there already.
+        let p = unsafe {
+            libc::mmap(
+                tests::DATA as *mut libc::c_void,
+                DATA_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(
+            p as u64,
+            tests::DATA,
+            "cannot map the data buffer at {:#x}",
+            tests::DATA
+        );
+        DataBuffer { p, _one: one }
+    }
+
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is DATA_LEN bytes long and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.p.cast::<u8>(), DATA_LEN) }
+    }
+}
+
+impl Drop for DataBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in map(), no longer referenced (bytes() borrows self).
+        unsafe { libc::munmap(self.p, DATA_LEN) };
+    }
+}
 
 #[test]
 fn every_memory_form_matches_the_cpu() {
-    // SAFETY: a new private anonymous mapping at a fixed low address, refused (not
-    // replaced) if anything is mapped there already.
-    let p = unsafe {
-        libc::mmap(
-            tests::DATA as *mut libc::c_void,
-            DATA_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(
-        p as u64,
-        tests::DATA,
-        "cannot map the data buffer at {:#x}",
-        tests::DATA
-    );
+    let mut buffer = DataBuffer::map();
     let page = CodePage::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -587,9 +617,7 @@ fn every_memory_form_matches_the_cpu() {
             regs[1] = next() % 16; // the index, and shift counts
             let flags_in = (next() & STATUS) | 2;
 
-            // SAFETY: the buffer mapped above is DATA_LEN bytes long.
-            let native_mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), DATA_LEN) };
-            native_mem.copy_from_slice(&data);
+            buffer.bytes().copy_from_slice(&data);
             let mut native_regs = regs;
             let mut native_flags = flags_in;
             let xmm_in: [u128; 16] =
@@ -637,13 +665,11 @@ fn every_memory_form_matches_the_cpu() {
                 "{text}: flags, from {flags_in:#x}"
             );
             assert!(
-                m.mem[at..at + DATA_LEN] == native_mem[..],
+                m.mem[at..at + DATA_LEN] == buffer.bytes()[..],
                 "{text}: memory differs"
             );
         }
     }
-    // SAFETY: unmapping the buffer mapped above, no longer referenced.
-    unsafe { libc::munmap(p, DATA_LEN) };
 }
 
 /// The fuzz target's entry point agrees on every form above, refuses what the interpreter

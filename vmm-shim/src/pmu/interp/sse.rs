@@ -1,5 +1,5 @@
-//! SSE/SSE2 moves and integer/bitwise operations on XMM registers (legacy encodings only:
-//! VEX/EVEX forms are left to the CPU), the forms compiled hot loops and libc's string
+//! SSE/SSE2 moves and integer/bitwise operations on XMM registers (legacy encodings; the
+//! VEX forms are `interp/avx.rs`'s, EVEX ones are left to the CPU), the forms compiled hot loops and libc's string
 //! and memory functions use: MOVUPS/MOVAPS/MOVDQU/MOVDQA (and the PD forms), MOVD/MOVQ,
 //! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB, PMULUDQ,
 //! PMOVMSKB, PUNPCKL*, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate. None of them touches RFLAGS or raises SIMD floating-point
@@ -9,13 +9,13 @@
 //! XMM registers are fetched from the vCPU at the first such instruction of a session and
 //! written back once at its end ([`super::Session::xmm_to_write_back`]).
 
-use iced_x86::{Code, EncodingKind, OpKind, Register};
+use iced_x86::{Code, EncodingKind, Mnemonic, OpKind, Register};
 
 use super::{Effect, Exec, Halt, PendingWrite, get_reg, set_reg};
 use crate::pmu::guest::InterpState;
 
 /// XMM register index of `reg`.
-fn xmm_index(reg: Register) -> Option<usize> {
+pub(super) fn xmm_index(reg: Register) -> Option<usize> {
     let i = (reg as usize).checked_sub(Register::XMM0 as usize)?;
     (i < 16).then_some(i)
 }
@@ -141,6 +141,7 @@ impl Exec<'_, '_, '_> {
                     addr,
                     bytes: bytes as usize,
                     value: v & m,
+                    value_hi: 0,
                 });
                 Ok(())
             }
@@ -289,68 +290,13 @@ impl Exec<'_, '_, '_> {
 
     /// The two-operand `xmm ← xmm op xmm/m128` operations.
     fn binary_op(&self) -> Option<fn(u128, u128) -> u128> {
-        let f: fn(u128, u128) -> u128 = match self.insn.code() {
-            Code::Pxor_xmm_xmmm128 | Code::Xorps_xmm_xmmm128 | Code::Xorpd_xmm_xmmm128 => {
-                |a, b| a ^ b
-            }
-            Code::Por_xmm_xmmm128 | Code::Orps_xmm_xmmm128 | Code::Orpd_xmm_xmmm128 => |a, b| a | b,
-            Code::Pand_xmm_xmmm128 | Code::Andps_xmm_xmmm128 | Code::Andpd_xmm_xmmm128 => {
-                |a, b| a & b
-            }
-            Code::Pandn_xmm_xmmm128 | Code::Andnps_xmm_xmmm128 | Code::Andnpd_xmm_xmmm128 => {
-                |a, b| !a & b
-            }
-            Code::Pcmpeqb_xmm_xmmm128 => |a, b| lanes(a, b, 1, |x, y| if x == y { !0 } else { 0 }),
-            Code::Pcmpeqw_xmm_xmmm128 => |a, b| lanes(a, b, 2, |x, y| if x == y { !0 } else { 0 }),
-            Code::Pcmpeqd_xmm_xmmm128 => |a, b| lanes(a, b, 4, |x, y| if x == y { !0 } else { 0 }),
-            Code::Pcmpgtb_xmm_xmmm128 => |a, b| {
-                lanes(a, b, 1, |x, y| {
-                    if sext_lane(x, 8) > sext_lane(y, 8) {
-                        !0
-                    } else {
-                        0
-                    }
-                })
-            },
-            Code::Pcmpgtw_xmm_xmmm128 => |a, b| {
-                lanes(a, b, 2, |x, y| {
-                    if sext_lane(x, 16) > sext_lane(y, 16) {
-                        !0
-                    } else {
-                        0
-                    }
-                })
-            },
-            Code::Pcmpgtd_xmm_xmmm128 => |a, b| {
-                lanes(a, b, 4, |x, y| {
-                    if sext_lane(x, 32) > sext_lane(y, 32) {
-                        !0
-                    } else {
-                        0
-                    }
-                })
-            },
-            Code::Pminub_xmm_xmmm128 => |a, b| lanes(a, b, 1, |x, y| x.min(y)),
-            Code::Pmaxub_xmm_xmmm128 => |a, b| lanes(a, b, 1, |x, y| x.max(y)),
-            Code::Paddb_xmm_xmmm128 => |a, b| lanes(a, b, 1, u64::wrapping_add),
-            Code::Paddw_xmm_xmmm128 => |a, b| lanes(a, b, 2, u64::wrapping_add),
-            Code::Paddd_xmm_xmmm128 => |a, b| lanes(a, b, 4, u64::wrapping_add),
-            Code::Paddq_xmm_xmmm128 => |a, b| lanes(a, b, 8, u64::wrapping_add),
-            // The low unsigned doubleword of each quadword, multiplied to 64 bits.
-            Code::Pmuludq_xmm_xmmm128 => {
-                |a, b| lanes(a, b, 8, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff))
-            }
-            Code::Psubb_xmm_xmmm128 => |a, b| lanes(a, b, 1, u64::wrapping_sub),
-            Code::Psubw_xmm_xmmm128 => |a, b| lanes(a, b, 2, u64::wrapping_sub),
-            Code::Psubd_xmm_xmmm128 => |a, b| lanes(a, b, 4, u64::wrapping_sub),
-            Code::Psubq_xmm_xmmm128 => |a, b| lanes(a, b, 8, u64::wrapping_sub),
-            Code::Punpcklbw_xmm_xmmm128 => |a, b| unpack_low(a, b, 1),
-            Code::Punpcklwd_xmm_xmmm128 => |a, b| unpack_low(a, b, 2),
-            Code::Punpckldq_xmm_xmmm128 => |a, b| unpack_low(a, b, 4),
-            Code::Punpcklqdq_xmm_xmmm128 => |a, b| unpack_low(a, b, 8),
-            _ => return None,
-        };
-        Some(f)
+        let two_xmm = self.insn.op_count() == 2
+            && self.insn.op0_kind() == OpKind::Register
+            && xmm_index(self.insn.op0_register()).is_some();
+        if !two_xmm {
+            return None;
+        }
+        lane_op(self.insn.mnemonic())
     }
 
     fn binary(&mut self, s: &mut InterpState, f: fn(u128, u128) -> u128) -> Result<(), Halt> {
@@ -358,4 +304,69 @@ impl Exec<'_, '_, '_> {
         let b = self.read_x(s, 1, 16, true)?;
         self.write_x(s, 0, 16, f(a, b), true)
     }
+}
+
+/// The lane-local operation of a two-operand SSE instruction `xmm ← xmm op xmm/m128`
+/// (legacy `mnemonic`) or of its three-operand VEX form (`V`-prefixed: `dst ← src1 op
+/// src2`, applied to each 128-bit lane), if it is one the interpreter runs.
+pub(super) fn lane_op(mnemonic: Mnemonic) -> Option<fn(u128, u128) -> u128> {
+    use Mnemonic as M;
+    let f: fn(u128, u128) -> u128 = match mnemonic {
+        M::Pxor | M::Vpxor | M::Xorps | M::Vxorps | M::Xorpd | M::Vxorpd => |a, b| a ^ b,
+        M::Por | M::Vpor | M::Orps | M::Vorps | M::Orpd | M::Vorpd => |a, b| a | b,
+        M::Pand | M::Vpand | M::Andps | M::Vandps | M::Andpd | M::Vandpd => |a, b| a & b,
+        M::Pandn | M::Vpandn | M::Andnps | M::Vandnps | M::Andnpd | M::Vandnpd => |a, b| !a & b,
+        M::Pcmpeqb | M::Vpcmpeqb => |a, b| lanes(a, b, 1, |x, y| if x == y { !0 } else { 0 }),
+        M::Pcmpeqw | M::Vpcmpeqw => |a, b| lanes(a, b, 2, |x, y| if x == y { !0 } else { 0 }),
+        M::Pcmpeqd | M::Vpcmpeqd => |a, b| lanes(a, b, 4, |x, y| if x == y { !0 } else { 0 }),
+        M::Pcmpgtb | M::Vpcmpgtb => |a, b| {
+            lanes(a, b, 1, |x, y| {
+                if sext_lane(x, 8) > sext_lane(y, 8) {
+                    !0
+                } else {
+                    0
+                }
+            })
+        },
+        M::Pcmpgtw | M::Vpcmpgtw => |a, b| {
+            lanes(a, b, 2, |x, y| {
+                if sext_lane(x, 16) > sext_lane(y, 16) {
+                    !0
+                } else {
+                    0
+                }
+            })
+        },
+        M::Pcmpgtd | M::Vpcmpgtd => |a, b| {
+            lanes(a, b, 4, |x, y| {
+                if sext_lane(x, 32) > sext_lane(y, 32) {
+                    !0
+                } else {
+                    0
+                }
+            })
+        },
+        M::Pminub | M::Vpminub => |a, b| lanes(a, b, 1, |x, y| x.min(y)),
+        M::Pmaxub | M::Vpmaxub => |a, b| lanes(a, b, 1, |x, y| x.max(y)),
+        // (Its legacy form is SSE4.1: not run here.)
+        M::Vpminud => |a, b| lanes(a, b, 4, |x, y| x.min(y)),
+        M::Paddb | M::Vpaddb => |a, b| lanes(a, b, 1, u64::wrapping_add),
+        M::Paddw | M::Vpaddw => |a, b| lanes(a, b, 2, u64::wrapping_add),
+        M::Paddd | M::Vpaddd => |a, b| lanes(a, b, 4, u64::wrapping_add),
+        M::Paddq | M::Vpaddq => |a, b| lanes(a, b, 8, u64::wrapping_add),
+        // The low unsigned doubleword of each quadword, multiplied to 64 bits.
+        M::Pmuludq | M::Vpmuludq => {
+            |a, b| lanes(a, b, 8, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff))
+        }
+        M::Psubb | M::Vpsubb => |a, b| lanes(a, b, 1, u64::wrapping_sub),
+        M::Psubw | M::Vpsubw => |a, b| lanes(a, b, 2, u64::wrapping_sub),
+        M::Psubd | M::Vpsubd => |a, b| lanes(a, b, 4, u64::wrapping_sub),
+        M::Psubq | M::Vpsubq => |a, b| lanes(a, b, 8, u64::wrapping_sub),
+        M::Punpcklbw | M::Vpunpcklbw => |a, b| unpack_low(a, b, 1),
+        M::Punpcklwd | M::Vpunpcklwd => |a, b| unpack_low(a, b, 2),
+        M::Punpckldq | M::Vpunpckldq => |a, b| unpack_low(a, b, 4),
+        M::Punpcklqdq | M::Vpunpcklqdq => |a, b| unpack_low(a, b, 8),
+        _ => return None,
+    };
+    Some(f)
 }
