@@ -184,6 +184,15 @@ impl PollBlock {
             .is_ok_and(|r| r.iter().all(|&e| e == 0));
         none && self.deadline.is_none_or(|d| Instant::now() < d)
     }
+
+    /// Whether it ended by its timeout: nothing ready, the deadline past.
+    pub fn timed_out(&self) -> bool {
+        let none = self
+            .result
+            .as_ref()
+            .is_ok_and(|r| r.iter().all(|&e| e == 0));
+        none && self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Where a wait's results go.
@@ -241,6 +250,12 @@ impl EpollBlock {
     pub fn cut_short(&self) -> bool {
         self.result.as_ref().is_ok_and(|r| r.is_empty())
             && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// Whether it ended by its timeout: no event, the deadline past.
+    pub fn timed_out(&self) -> bool {
+        self.result.as_ref().is_ok_and(|r| r.is_empty())
+            && self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 

@@ -440,11 +440,19 @@ pub fn uname() -> Vec<u8> {
 /// The host's `struct sysinfo`, with the RAM figures replaced by the guest's (`total`
 /// and `free` bytes): programs size their heaps from it (the JVM takes 1/64 of it up
 /// front), and the guest's RAM is what they have.
-pub fn sysinfo(total: u64, free: u64) -> Vec<u8> {
+/// With `pinned_uptime` (a virtual clock), that uptime and none of what changes from
+/// run to run on the host (load averages, process count, swap in use).
+pub fn sysinfo(total: u64, free: u64, pinned_uptime: Option<i64>) -> Vec<u8> {
     // SAFETY: zeroed sysinfo is valid; sysinfo fills it.
     let mut s: libc::sysinfo = unsafe { std::mem::zeroed() };
     // SAFETY: s is a live sysinfo.
     unsafe { libc::sysinfo(&mut s) };
+    if let Some(uptime) = pinned_uptime {
+        s.uptime = uptime;
+        s.loads = [0; 3];
+        s.procs = 1;
+        s.freeswap = s.totalswap;
+    }
     let unit = u64::from(s.mem_unit.max(1));
     s.totalram = total / unit;
     s.freeram = free / unit;
@@ -499,6 +507,23 @@ pub fn ids() -> [u64; 6] {
             u64::from(libc::getegid()),
         ]
     }
+}
+
+/// A read-only-looking file holding `bytes` (an anonymous memory file, read from its
+/// start), for contents the shim serves itself.
+pub fn memory_file(name: &std::ffi::CStr, bytes: &[u8]) -> Result<OwnedFd, Errno> {
+    use std::io::{Seek, Write};
+    // SAFETY: name is NUL-terminated; MFD_CLOEXEC is a valid flag.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let io = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    file.write_all(bytes).map_err(io)?;
+    file.rewind().map_err(io)?;
+    Ok(file.into())
 }
 
 pub fn umask(mask: u32) -> u32 {
