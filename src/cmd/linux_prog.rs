@@ -128,9 +128,9 @@ pub fn parse_seed(s: &str) -> Result<EntropySource, String> {
 /// from run to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Outside {
-    /// Pinned: a virtual clock, process ids from 1000, random bytes from seed 0.
+    /// A virtual clock, process ids from 1000, random bytes from seed 0.
     Pinned,
-    /// The host's: its clocks, lbrprof's pid, its random bytes.
+    /// The host's clocks, lbrprof's pid, the host's random bytes.
     Host,
 }
 
