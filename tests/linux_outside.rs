@@ -208,7 +208,8 @@ fn python_reads_the_same_time_and_pid_on_every_pinned_run() {
     if !kvm_available() || !Path::new("/usr/bin/python3").exists() {
         return;
     }
-    let code = "import time, os; print(time.time(), os.getpid(), time.monotonic())";
+    let code = "import time, os; print(time.time(), os.getpid(), time.monotonic()); \
+                t = time.monotonic(); time.sleep(0.2); print(round(time.monotonic() - t, 6))";
     let run_pid = |flags: &[&str]| {
         let child = lbrprof()
             .args(["run", "--vm"])
@@ -236,6 +237,8 @@ fn python_reads_the_same_time_and_pid_on_every_pinned_run() {
     assert!(fields[0].starts_with("1735689600.0"), "{a}");
     assert_eq!(fields[1], "1000", "{a}");
     assert!(fields[2].starts_with("1000.0"), "{a}");
+    // time.sleep returns at once, the clock advanced by the time asked for and a tick.
+    assert_eq!(fields[3], "0.200002", "{a}");
     // Sampled mode keeps the host's.
     let (h, pid) = run_pid(&[]);
     let t: f64 = h.split_whitespace().next().unwrap().parse().unwrap();
@@ -244,9 +247,28 @@ fn python_reads_the_same_time_and_pid_on_every_pinned_run() {
         .unwrap()
         .as_secs_f64();
     assert!((now - t).abs() < 60.0, "{h}");
+    let slept: f64 = h.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(slept >= 0.2, "{h}");
     assert_eq!(
         h.split_whitespace().nth(1),
         Some(pid.to_string().as_str()),
         "{h}"
     );
+}
+
+#[test]
+fn coreutils_sleep_works_with_and_without_pinning() {
+    if !kvm_available() {
+        return;
+    }
+    for flags in [&["--vm-outside", "pinned"][..], &[]] {
+        let out = lbrprof()
+            .args(["run", "--vm"])
+            .args(flags)
+            .arg("--")
+            .args(["sleep", "0.2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flags:?}: {out:?}");
+    }
 }
