@@ -272,3 +272,68 @@ fn coreutils_sleep_works_with_and_without_pinning() {
         assert!(out.status.success(), "{flags:?}: {out:?}");
     }
 }
+
+/// Run `cmd` with a new pseudo terminal as its stdin and controlling terminal (a new
+/// session, as a terminal emulator starts a shell); its output.
+fn on_a_terminal(mut cmd: std::process::Command) -> std::process::Output {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty fills the two ints; the other arguments may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two new descriptors that nothing else owns.
+    let (master, slave) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    cmd.stdin(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid and ioctl are async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    drop(master);
+    out
+}
+
+#[test]
+fn job_control_hands_the_terminal_between_guest_process_groups_as_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_workload(tmp.path(), "linux_jobctl");
+    let native = on_a_terminal(std::process::Command::new(&exe));
+    let mut vm = lbrprof();
+    vm.args(["run", "--vm", "--"]).arg(&exe);
+    let vm = on_a_terminal(vm);
+    let text = String::from_utf8_lossy(&native.stdout).into_owned();
+    assert!(native.status.success(), "{native:?}");
+    assert!(text.contains("foreground_is_child 1"), "{text}");
+    assert!(text.contains("no_such_group -1"), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stdout),
+        text,
+        "{}",
+        String::from_utf8_lossy(&vm.stderr)
+    );
+    assert_eq!(vm.status.code(), native.status.code());
+}

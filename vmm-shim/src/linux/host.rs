@@ -262,14 +262,15 @@ pub fn tty_ioctl(fd: BorrowedFd<'_>, request: u64, arg: &mut [u8]) -> Result<(),
     }
 }
 
-/// FIONBIO (set or clear O_NONBLOCK through an int) and FIONREAD (bytes ready, an int
-/// out): `value` in, the int the kernel left out.
+/// FIONBIO (set or clear O_NONBLOCK through an int), FIONREAD (bytes ready, an int
+/// out) and TIOCGPGRP (the terminal's foreground process group, an int out): `value`
+/// in, the int the kernel left out.
 pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Errno> {
-    if request != libc::FIONBIO && request != libc::FIONREAD {
+    if ![libc::FIONBIO, libc::FIONREAD, libc::TIOCGPGRP].contains(&request) {
         return Err(Errno(libc::ENOTTY));
     }
     let mut v = value;
-    // SAFETY: both requests take a pointer to a live int.
+    // SAFETY: these requests take a pointer to a live int.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut v) };
     if r < 0 { Err(last()) } else { Ok(v) }
 }

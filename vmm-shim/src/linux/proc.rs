@@ -47,6 +47,10 @@ pub struct Kernel {
     outside_parent: u64,
     /// The clocks every process reads ([`Clock::pinned`] in exact mode).
     pub clock: Clock,
+    /// The foreground process group of the program's controlling terminal, as the
+    /// program sees it (TIOCGPGRP/TIOCSPGRP): the first process's at the start, as a
+    /// shell makes a job it runs in the foreground. The host terminal's stays lbrprof's.
+    foreground: AtomicU64,
 }
 
 /// The first process's id when pids are pinned (exact mode), so that every run
@@ -233,7 +237,27 @@ impl Kernel {
             finished: Mutex::new(LinuxReport::default()),
             outside_parent: ppid,
             clock: Clock::host(),
+            foreground: AtomicU64::new(pid),
         }
+    }
+
+    /// The terminal's foreground process group, as the program sees it.
+    pub fn foreground(&self) -> u64 {
+        self.foreground.load(Ordering::Acquire)
+    }
+
+    /// TIOCSPGRP: make `pgid` the foreground group; ESRCH when no process is in it.
+    pub fn set_foreground(&self, pgid: u64) -> Result<(), Errno> {
+        let t = self.table();
+        if !t
+            .procs
+            .values()
+            .any(|e| e.pgid == pgid && e.status.is_none())
+        {
+            return Err(Errno(libc::ESRCH));
+        }
+        self.foreground.store(pgid, Ordering::Release);
+        Ok(())
     }
 
     /// This kernel with `clock` for its processes.
