@@ -2,14 +2,14 @@
 //!
 //! Every guest process runs inside lbrprof's one host process, so the host's
 //! `/proc/self` and `/proc/PID` describe lbrprof. The program reaches `/proc` by
-//! absolute paths, which are translated here ([`Process::proc_path`]):
+//! absolute paths, which are translated here (`Process::proc_path`):
 //!
 //! * `/proc/self/...` is `/proc/PID/...` for the calling process's guest pid, and
 //!   `readlink("/proc/self")` says that pid (`readlink("/proc/thread-self")` says
-//!   `PID/task/TID`) ([`Process::proc_link`]).
+//!   `PID/task/TID`) (`Process::proc_link`).
 //! * `/proc/PID/...` of a guest process is lbrprof's host directory, except its `stat`,
 //!   which is served with the guest's ids (pid, name, parent, process group, session,
-//!   thread count) in place of lbrprof's ([`Process::proc_file`]); with pinned ids
+//!   thread count) in place of lbrprof's (`Process::proc_file`); with pinned ids
 //!   (exact mode) the fields that change from run to run on the host (times, faults,
 //!   sizes, addresses, the CPU) read 0. The process's own `/proc/PID/exe` is its
 //!   program.
