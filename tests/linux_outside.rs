@@ -155,6 +155,9 @@ fn exact_mode_pins_clocks_and_pids_so_two_runs_read_and_count_the_same() {
         ("wait4", 1001),
         ("child_status", 7),
         ("thread_tid", 1002),
+        ("exe_link_is_the_program", 1),
+        ("exe_opens_the_program", 1),
+        ("thread_self", 1),
     ] {
         assert_eq!(a.int(name), want, "{name}:\n{}", a.stdout);
     }
@@ -196,6 +199,13 @@ fn the_host_switch_and_sampled_mode_give_the_hosts_time_and_lbrprofs_pid() {
         assert_eq!(r.int("main_proc_stat"), pid);
         assert_eq!(r.int("child_pid"), r.int("wait4"));
         assert_eq!(r.int("child_proc_stat"), r.int("child_pid"));
+        for name in [
+            "exe_link_is_the_program",
+            "exe_opens_the_program",
+            "thread_self",
+        ] {
+            assert_eq!(r.int(name), 1, "{name}:\n{}", r.stdout);
+        }
         // Sleeps and timeouts wait for real.
         assert!(r.int("slept_us") >= 200_000, "{}", r.stdout);
         assert!(r.int("polled_us") >= 50_000, "{}", r.stdout);

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <sys/time.h>
@@ -62,6 +64,23 @@ static long long elapsed_us(void) {
     return (now.tv_sec - mark.tv_sec) * 1000000LL + (now.tv_nsec - mark.tv_nsec) / 1000;
 }
 
+/* /proc/self/exe leads to this program (readlink, and open + fstat), and
+ * /proc/thread-self says PID/task/TID. */
+static void show_exe(const char *argv0) {
+    char link[PATH_MAX], real[PATH_MAX], want[64];
+    ssize_t n = readlink("/proc/self/exe", link, sizeof link - 1);
+    int same = n > 0 && realpath(argv0, real) && (link[n] = 0, strcmp(link, real) == 0);
+    show("exe_link_is_the_program", same);
+    struct stat a, b;
+    int fd = open("/proc/self/exe", O_RDONLY);
+    same = fd >= 0 && fstat(fd, &a) == 0 && stat(argv0, &b) == 0 && a.st_ino == b.st_ino;
+    show("exe_opens_the_program", same);
+    if (fd >= 0) close(fd);
+    n = readlink("/proc/thread-self", link, sizeof link - 1);
+    snprintf(want, sizeof want, "%d/task/%ld", getpid(), (long)syscall(SYS_gettid));
+    show("thread_self", n > 0 && (link[n] = 0, strcmp(link, want) == 0));
+}
+
 static int tid_pipe[2];
 
 static void *thread_main(void *arg) {
@@ -71,7 +90,8 @@ static void *thread_main(void *arg) {
     for (;;) pause();
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
     setvbuf(stdout, NULL, _IONBF, 0);
     show_clock("realtime", CLOCK_REALTIME);
     show_clock("monotonic", CLOCK_MONOTONIC);
@@ -97,6 +117,7 @@ int main(void) {
     show("pgid", getpgid(0));
     show("sid", getsid(0));
     show_proc("main");
+    show_exe(argv[0]);
 
     /* A sleep, a poll that times out, a futex wait with an absolute CLOCK_REALTIME
      * deadline (sem_timedwait) that times out. */

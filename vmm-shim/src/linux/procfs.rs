@@ -123,6 +123,13 @@ fn guest_stat(host: &[u8], ids: &StatIds<'_>) -> Option<Vec<u8>> {
 }
 
 impl Process {
+    /// The program's absolute path (what `/proc/self/exe` leads to; lbrprof's working
+    /// directory is the one a relative program path was given in).
+    fn exe(&self) -> Vec<u8> {
+        let exe = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        exe.as_os_str().as_bytes().to_vec()
+    }
+
     /// Whether `n` names a guest process.
     fn is_guest(&self, n: u64) -> bool {
         n == self.pid || self.kernel.exists(n)
@@ -139,9 +146,7 @@ impl Process {
             Named::ThreadSelf(rest) if shows_descriptors(rest) => hidden,
             // The vCPU's host thread is the calling guest thread.
             Named::ThreadSelf(_) => Ok(path),
-            Named::Pid(n, b"/exe") if n == self.pid => {
-                Ok(self.path.as_os_str().as_bytes().to_vec())
-            }
+            Named::Pid(n, b"/exe") if n == self.pid => Ok(self.exe()),
             Named::Pid(n, rest) if self.is_guest(n) => {
                 if shows_descriptors(rest) {
                     return hidden;
@@ -168,11 +173,8 @@ impl Process {
     /// `/proc/thread-self` (of thread `tid`) and a guest process's `exe`. None: not one.
     pub(crate) fn proc_link(&self, path: &[u8], tid: u64) -> Option<Vec<u8>> {
         match named(path, self.pid) {
-            Named::Pid(n, rest) if n == self.pid && rest == b"/exe" => {
-                let exe = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-                Some(exe.as_os_str().as_bytes().to_vec())
-            }
-            Named::ThreadSelf(b"/exe") => self.proc_link(b"/proc/self/exe", tid),
+            Named::Pid(n, b"/exe") if n == self.pid => Some(self.exe()),
+            Named::ThreadSelf(b"/exe") => Some(self.exe()),
             _ if path == b"/proc/self" => Some(self.pid.to_string().into_bytes()),
             _ if path == b"/proc/thread-self" => {
                 Some(format!("{}/task/{tid}", self.pid).into_bytes())
