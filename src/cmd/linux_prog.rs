@@ -139,22 +139,66 @@ pub fn mem(asked: Option<u64>, program: bool) -> u64 {
     })
 }
 
-/// The program's randomness: `--vm-seed` when given; else a fixed stream (seed 0) in
-/// exact mode, whose counts must repeat from run to run, and the host's otherwise.
-/// Prints one line when exact mode chose the fixed stream, so nobody is surprised.
-pub fn entropy(flag: Option<EntropySource>, exact: bool) -> EntropySource {
-    match flag {
-        Some(source) => source,
-        None if exact => {
-            eprintln!(
-                "lbrprof: vm: exact mode: the program's random bytes (getrandom, AT_RANDOM, \
-                 /dev/urandom) come from a fixed stream (seed 0) so that its counts repeat; \
-                 --vm-seed host gives it the host's"
-            );
-            EntropySource::Seeded(0)
-        }
-        None => EntropySource::Host,
+/// `--vm-outside`: what a Linux program reads from the world outside it that changes
+/// from run to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Outside {
+    /// A virtual clock, process ids from 1000, random bytes from seed 0.
+    Pinned,
+    /// The host's clocks, lbrprof's pid, the host's random bytes.
+    Host,
+}
+
+/// What the program reads from outside, as the VM is told it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutsideWorld {
+    pub entropy: EntropySource,
+    /// A virtual clock and pinned pids.
+    pub pinned: bool,
+}
+
+impl OutsideWorld {
+    /// Give the VM this world.
+    pub fn apply(self, config: &mut lbrprof_vmm::vm::VmConfig) {
+        config.guest_entropy = self.entropy;
+        config.guest_pinned = self.pinned;
     }
+}
+
+/// What the program reads from outside: `--vm-outside` when given, else pinned in exact
+/// mode (whose counts must repeat from run to run) and the host's otherwise; `--vm-seed`
+/// then chooses the random bytes alone. Prints one line when something is pinned, so
+/// nobody is surprised.
+pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) -> OutsideWorld {
+    let pinned = flag.map_or(exact, |o| o == Outside::Pinned);
+    let entropy = seed.unwrap_or(if pinned {
+        EntropySource::Seeded(0)
+    } else {
+        EntropySource::Host
+    });
+    let mut what = Vec::new();
+    if pinned {
+        what.push("a virtual clock (2025-01-01T00:00:00Z at the start)".to_owned());
+        what.push("process ids from 1000".to_owned());
+    }
+    if let EntropySource::Seeded(n) = entropy {
+        what.push(format!(
+            "random bytes (getrandom, AT_RANDOM, /dev/urandom) from a fixed stream (seed {n})"
+        ));
+    }
+    if !what.is_empty() {
+        let why = if exact && flag.is_none() {
+            "exact mode pins"
+        } else {
+            "pinned"
+        };
+        eprintln!(
+            "lbrprof: vm: {why} what the program reads from outside so that its counts repeat: \
+             {}; --vm-outside host gives it the host's",
+            what.join(", ")
+        );
+    }
+    OutsideWorld { entropy, pinned }
 }
 
 /// The end-of-run lines about a program: unimplemented system calls (once each, with
@@ -191,16 +235,32 @@ mod tests {
         assert_eq!(parse_seed("0xff"), Ok(EntropySource::Seeded(255)));
         assert!(parse_seed("-1").is_err());
         assert!(parse_seed("random").unwrap_err().contains("'random'"));
-        assert_eq!(entropy(None, false), EntropySource::Host);
-        assert_eq!(entropy(None, true), EntropySource::Seeded(0));
+    }
+
+    #[test]
+    fn exact_mode_pins_the_outside_world_unless_told_otherwise() {
+        let world = |flag, seed, exact| {
+            let w = outside(flag, seed, exact);
+            (w.entropy, w.pinned)
+        };
+        assert_eq!(world(None, None, false), (EntropySource::Host, false));
+        assert_eq!(world(None, None, true), (EntropySource::Seeded(0), true));
+        let host = Some(Outside::Host);
+        assert_eq!(world(host, None, true), (EntropySource::Host, false));
+        let pinned = Some(Outside::Pinned);
+        assert_eq!(world(pinned, None, false), (EntropySource::Seeded(0), true));
+        // --vm-seed picks the random bytes alone.
+        let seed = |s| Some(EntropySource::Seeded(s));
         assert_eq!(
-            entropy(Some(EntropySource::Host), true),
-            EntropySource::Host
+            world(None, seed(9), false),
+            (EntropySource::Seeded(9), false)
         );
         assert_eq!(
-            entropy(Some(EntropySource::Seeded(9)), false),
-            EntropySource::Seeded(9)
+            world(host, seed(9), true),
+            (EntropySource::Seeded(9), false)
         );
+        let host_bytes = Some(EntropySource::Host);
+        assert_eq!(world(None, host_bytes, true), (EntropySource::Host, true));
     }
 
     #[test]

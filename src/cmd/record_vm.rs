@@ -150,9 +150,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.guest.vcpus,
     );
     if image.program.is_some() {
-        vm.guest_entropy = linux_prog::entropy(args.guest.vm_seed, lbr.counts_exactly());
-    } else if args.guest.vm_seed.is_some() {
-        anyhow::bail!("--vm-seed applies to Linux programs (an image has no getrandom of ours)");
+        let exact = lbr.counts_exactly();
+        linux_prog::outside(args.guest.vm_outside, args.guest.vm_seed, exact).apply(&mut vm);
+    } else if args.guest.vm_seed.is_some() || args.guest.vm_outside.is_some() {
+        anyhow::bail!(
+            "--vm-seed and --vm-outside apply to Linux programs (an image has no system calls \
+             of ours)"
+        );
     }
     vm.cmdline = cmdline;
     let duration = match args.duration {

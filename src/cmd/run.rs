@@ -53,10 +53,18 @@ pub struct Args {
     #[arg(long, visible_alias = "vm-mem", value_name = "SIZE", value_parser = parse_size)]
     pub mem: Option<u64>,
 
+    /// What a Linux program reads from outside that changes from run to run: `pinned`
+    /// gives it a virtual clock (every clock starts at 2025-01-01T00:00:00Z, advances 1 µs
+    /// per read and by each sleep, which returns at once), process ids from 1000 and random
+    /// bytes from a fixed stream (see --vm-seed), so that exact-mode counts repeat; `host`
+    /// gives it the host's time, lbrprof's pid and the host's random bytes. Default:
+    /// pinned in exact mode (--lbr-mode exact), host otherwise.
+    #[arg(long, value_name = "pinned|host", value_enum)]
+    pub vm_outside: Option<crate::cmd::linux_prog::Outside>,
     /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
     /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
     /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).
-    /// Default: seed 0 in exact mode (--lbr-mode exact), the host's otherwise.
+    /// Default: seed 0 when --vm-outside is pinned, the host's otherwise.
     #[arg(long, value_name = "SEED|host", value_parser = crate::cmd::linux_prog::parse_seed)]
     pub vm_seed: Option<lbrprof_vmm::linux::entropy::EntropySource>,
 
@@ -153,8 +161,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return run_program(&args, &path, &argv);
     }
-    if args.vm_seed.is_some() {
-        anyhow::bail!("--vm-seed applies to Linux programs (an image has no getrandom of ours)");
+    if args.vm_seed.is_some() || args.vm_outside.is_some() {
+        anyhow::bail!(
+            "--vm-seed and --vm-outside apply to Linux programs (an image has no system calls \
+             of ours)"
+        );
     }
     let (image, builtin_name) = load_image(&args.vm)?;
     if let Some(dir) = &args.write_image {
@@ -224,7 +235,7 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     let exact = lbr
         .as_ref()
         .is_some_and(crate::cmd::lbr_opts::counts_exactly);
-    config.guest_entropy = crate::cmd::linux_prog::entropy(args.vm_seed, exact);
+    crate::cmd::linux_prog::outside(args.vm_outside, args.vm_seed, exact).apply(&mut config);
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
             Some(setup) => setup.hook(index, None),

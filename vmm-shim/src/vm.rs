@@ -83,6 +83,10 @@ pub struct VmConfig {
     /// RDSEED from the CPUID KVM answers (a host that runs guest ring 3 natively may let
     /// the program execute CPUID itself) ([`crate::linux::entropy`]).
     pub guest_entropy: crate::linux::entropy::EntropySource,
+    /// A Linux program's clocks and process ids are pinned: a virtual clock
+    /// ([`crate::linux::clock`]) and pids from [`crate::linux::proc::PINNED_PID`], so
+    /// that exact-mode runs repeat; otherwise the host's time and lbrprof's pid.
+    pub guest_pinned: bool,
     /// Where each vCPU thread logs its phases ([`crate::phase`]), for a profiler that
     /// samples the vCPU threads.
     pub phases: Option<Arc<crate::phase::PhaseBoard>>,
@@ -110,6 +114,7 @@ impl VmConfig {
             vcpu_threads: None,
             guest_maps: None,
             guest_entropy: Default::default(),
+            guest_pinned: false,
             phases: None,
             stop_requests: None,
             signal_requests: None,
@@ -371,8 +376,13 @@ impl Vm {
             }
             (None, Guest::Linux(program)) => {
                 // Guest-physical page 0 stays unused; the program's frames start above.
-                let (mut p, task, regs) =
-                    Process::load(mem.clone(), 0x1000, program, config.guest_entropy)?;
+                let (mut p, task, regs) = Process::load(
+                    mem.clone(),
+                    0x1000,
+                    program,
+                    config.guest_entropy,
+                    config.guest_pinned,
+                )?;
                 p.inherit_ignored(config.ignored_signals);
                 if let Some(tx) = &config.guest_maps {
                     p.send_maps_to(tx.clone());

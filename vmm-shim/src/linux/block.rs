@@ -183,11 +183,18 @@ impl PollBlock {
     /// Whether it ended with nothing ready before its deadline (a signal or the VM's
     /// stop ended it).
     pub fn cut_short(&self) -> bool {
-        let none = self
-            .result
+        self.nothing_ready() && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// Whether it ended by its timeout: nothing ready, the deadline past.
+    pub fn timed_out(&self) -> bool {
+        self.nothing_ready() && self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn nothing_ready(&self) -> bool {
+        self.result
             .as_ref()
-            .is_ok_and(|r| r.iter().all(|&e| e == 0));
-        none && self.deadline.is_none_or(|d| Instant::now() < d)
+            .is_ok_and(|r| r.iter().all(|&e| e == 0))
     }
 }
 
@@ -246,6 +253,12 @@ impl EpollBlock {
     pub fn cut_short(&self) -> bool {
         self.result.as_ref().is_ok_and(|r| r.is_empty())
             && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// Whether it ended by its timeout: no event, the deadline past.
+    pub fn timed_out(&self) -> bool {
+        self.result.as_ref().is_ok_and(|r| r.is_empty())
+            && self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 

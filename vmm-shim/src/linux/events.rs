@@ -239,6 +239,24 @@ impl Process {
                 self.mm.write(GuestVirtAddr(arg), &n.to_le_bytes())?;
                 Ok(0)
             }
+            // Job control: the foreground group is the guest's own (its pgids are not
+            // the host's), on the terminal that is lbrprof's controlling one (the host
+            // answers ENOTTY for any other descriptor). No SIGTTOU for a background
+            // caller: shells block or ignore it around these calls.
+            libc::TIOCGPGRP | libc::TIOCSPGRP => {
+                host::ioctl_int(self.fds.get(fd)?.host(), libc::TIOCGPGRP, 0)?;
+                if request == libc::TIOCGPGRP {
+                    let g = self.kernel.foreground() as u32;
+                    self.mm.write(GuestVirtAddr(arg), &g.to_le_bytes())?;
+                } else {
+                    let g = self.mm.read_u32(arg)? as i32;
+                    if g < 0 {
+                        return Err(Errno::EINVAL);
+                    }
+                    self.kernel.set_foreground(g as u64)?;
+                }
+                Ok(0)
+            }
             _ => {
                 let file = self.fds.get(fd)?.host();
                 let (size, out) = host::tty_ioctl_arg(request).ok_or(Errno(libc::ENOTTY))?;

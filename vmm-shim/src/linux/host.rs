@@ -262,14 +262,15 @@ pub fn tty_ioctl(fd: BorrowedFd<'_>, request: u64, arg: &mut [u8]) -> Result<(),
     }
 }
 
-/// FIONBIO (set or clear O_NONBLOCK through an int) and FIONREAD (bytes ready, an int
-/// out): `value` in, the int the kernel left out.
+/// FIONBIO (set or clear O_NONBLOCK through an int), FIONREAD (bytes ready, an int
+/// out) and TIOCGPGRP (the terminal's foreground process group, an int out): `value`
+/// in, the int the kernel left out.
 pub fn ioctl_int(fd: BorrowedFd<'_>, request: u64, value: i32) -> Result<i32, Errno> {
-    if request != libc::FIONBIO && request != libc::FIONREAD {
+    if ![libc::FIONBIO, libc::FIONREAD, libc::TIOCGPGRP].contains(&request) {
         return Err(Errno(libc::ENOTTY));
     }
     let mut v = value;
-    // SAFETY: both requests take a pointer to a live int.
+    // SAFETY: these requests take a pointer to a live int.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut v) };
     if r < 0 { Err(last()) } else { Ok(v) }
 }
@@ -554,14 +555,6 @@ pub fn memfd_create(name: &[u8], flags: u32) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-/// times(2)'s result: clock ticks since an arbitrary point.
-pub fn times() -> u64 {
-    // SAFETY: zeroed is a valid value of this plain C struct, which the call fills.
-    let mut t: libc::tms = unsafe { std::mem::zeroed() };
-    // SAFETY: t is a live struct tms.
-    unsafe { libc::times(&mut t) as u64 }
-}
-
 /// The host CPU and NUMA node the calling thread runs on (the vCPU's thread, so the
 /// CPU the program's thread runs on too).
 pub fn getcpu() -> Result<(u32, u32), Errno> {
@@ -648,11 +641,19 @@ pub fn uname() -> Vec<u8> {
 /// The host's `struct sysinfo`, with the RAM figures replaced by the guest's (`total`
 /// and `free` bytes): programs size their heaps from it (the JVM takes 1/64 of it up
 /// front), and the guest's RAM is what they have.
-pub fn sysinfo(total: u64, free: u64) -> Vec<u8> {
+/// With `pinned_uptime` (a virtual clock), that uptime and none of what changes from
+/// run to run on the host (load averages, process count, swap in use).
+pub fn sysinfo(total: u64, free: u64, pinned_uptime: Option<i64>) -> Vec<u8> {
     // SAFETY: zeroed sysinfo is valid; sysinfo fills it.
     let mut s: libc::sysinfo = unsafe { std::mem::zeroed() };
     // SAFETY: s is a live sysinfo.
     unsafe { libc::sysinfo(&mut s) };
+    if let Some(uptime) = pinned_uptime {
+        s.uptime = uptime;
+        s.loads = [0; 3];
+        s.procs = 1;
+        s.freeswap = s.totalswap;
+    }
     let unit = u64::from(s.mem_unit.max(1));
     s.totalram = total / unit;
     s.freeram = free / unit;
@@ -707,6 +708,23 @@ pub fn ids() -> [u64; 6] {
             u64::from(libc::getegid()),
         ]
     }
+}
+
+/// A read-only-looking file holding `bytes` (an anonymous memory file, read from its
+/// start), for contents the shim serves itself.
+pub fn memory_file(name: &std::ffi::CStr, bytes: &[u8]) -> Result<OwnedFd, Errno> {
+    use std::io::{Seek, Write};
+    // SAFETY: name is NUL-terminated; MFD_CLOEXEC is a valid flag.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let io = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    file.write_all(bytes).map_err(io)?;
+    file.rewind().map_err(io)?;
+    Ok(file.into())
 }
 
 pub fn umask(mask: u32) -> u32 {

@@ -17,6 +17,7 @@
 //! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //! * [`entropy`]: the program's random bytes: the host's, or a fixed stream (exact mode).
+//! * [`clock`]: the program's clocks: the host's, or a virtual clock (exact mode).
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
@@ -25,6 +26,7 @@
 //! * [`itimer`]: the real-time interval timer (`alarm`, `setitimer`).
 //! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
 //!   them), and the process model.
+//! * [`procfs`]: `/proc/self` and `/proc/PID` with the guest's process ids.
 //! * [`sigframe`]: signal frames for the program's handlers, and `rt_sigreturn`
 //!   ([`signal`] holds the signal model they use).
 //! * [`block`] and [`waiter`]: what a thread blocks on with its process released.
@@ -33,10 +35,10 @@
 //!   [`errno`] and [`error`]: the errors.
 //!
 //! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
-//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`, `entropy`; `cpu`, `report`, `loader`,
-//! `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
+//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`, `entropy`, `clock`; `cpu`,
+//! `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
 //! [`Process`]; and on top the files that extend it: `syscall`, `events`, `net`,
-//! `sigframe`. One arrow still points up: `mm`'s fork asks the emulated LBR
+//! `sigframe`, `procfs`. One arrow still points up: `mm`'s fork asks the emulated LBR
 //! (`pmu::kvm_hook`) for the bytes under its breakpoints.
 //!
 //! The process model (see [`proc`]): a guest process is a [`Process`] with its own
@@ -57,6 +59,7 @@
 
 pub mod abi;
 pub mod block;
+pub mod clock;
 pub mod cpu;
 pub mod entropy;
 pub mod errno;
@@ -71,6 +74,7 @@ pub mod mm;
 pub mod net;
 pub mod outcome;
 pub mod proc;
+pub mod procfs;
 pub mod program;
 pub mod report;
 pub mod sigframe;
@@ -250,12 +254,15 @@ fn stdio() -> [Option<std::os::fd::OwnedFd>; 3] {
 impl Process {
     /// Load `program` into `mem` (guest-physical from `first_free` up is the program's)
     /// and return it with the registers of its first instruction. It is the VM's first
-    /// process: its exit ends the run.
+    /// process: its exit ends the run. With `pinned`, its clocks are virtual
+    /// ([`clock`]) and its processes are numbered from [`proc::PINNED_PID`]; otherwise
+    /// it reads the host's clocks and has lbrprof's pid.
     pub fn load(
         mem: Arc<GuestMemory>,
         first_free: u64,
         program: &Program,
         source: entropy::EntropySource,
+        pinned: bool,
     ) -> Result<(Process, Task, kvm_regs), LinuxError> {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
@@ -267,9 +274,18 @@ impl Process {
             ..Default::default()
         };
         let ids = host::ids();
-        let pid = ids[0];
+        let (pid, ppid, clock) = if pinned {
+            (
+                proc::PINNED_PID,
+                proc::PINNED_PARENT,
+                clock::Clock::pinned(),
+            )
+        } else {
+            (ids[0], ids[1], clock::Clock::host())
+        };
         let shared: Arc<proc::Shared> = Arc::default();
-        let kernel = Arc::new(proc::Kernel::new(mm.pool(), pid, ids[1], shared.clone()));
+        let kernel =
+            Arc::new(proc::Kernel::new(mm.pool(), pid, ppid, shared.clone()).with_clock(clock));
         let mut p = Process::with(mm, FdTable::with_stdio(stdio()), trap, pid);
         p.kernel = kernel;
         p.shared = shared;
@@ -683,6 +699,7 @@ impl Process {
                 if interrupted {
                     eintr
                 } else if !woken {
+                    self.timed_out(task);
                     errno::Errno(libc::ETIMEDOUT).ret()
                 } else {
                     0
@@ -707,12 +724,22 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Poll(p)));
             }
             Block::Poll(p) if p.cut_short() && interrupted => eintr,
-            Block::Poll(p) => self.poll_done(&p),
+            Block::Poll(p) => {
+                if p.timed_out() {
+                    self.timed_out(task);
+                }
+                self.poll_done(&p)
+            }
             Block::Epoll(e) if e.cut_short() && again => {
                 return Ok(self.block_again(task, pending, Block::Epoll(e)));
             }
             Block::Epoll(e) if e.cut_short() && interrupted => eintr,
-            Block::Epoll(e) => self.epoll_done(&e),
+            Block::Epoll(e) => {
+                if e.timed_out() {
+                    self.timed_out(task);
+                }
+                self.epoll_done(&e)
+            }
             Block::Restart { poll, nr } if poll.cut_short() && again => {
                 return Ok(self.block_again(task, pending, Block::Restart { poll, nr }));
             }
@@ -756,6 +783,7 @@ impl Process {
                 child
             }
         };
+        task.timeout_span = None;
         pending.regs.rax = ret;
         if ret != eintr
             && let Some(mask) = task.saved_sigmask.take()
@@ -778,6 +806,13 @@ impl Process {
         }
         write_regs(vcpu, &pending.regs, pending.fast)?;
         Ok(TrapAction::Resume)
+    }
+
+    /// `task`'s wait timed out: a virtual clock passes its timeout.
+    fn timed_out(&self, task: &mut Task) {
+        if let Some(span) = task.timeout_span.take() {
+            self.kernel.clock.advance(span);
+        }
     }
 
     /// Make a blocked call interruptible: a signal sent to the process or the thread

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::linux::clock::Clock;
 use crate::linux::errno::Errno;
 use crate::linux::mm::FramePool;
 use crate::linux::report::LinuxReport;
@@ -41,7 +42,24 @@ pub struct Kernel {
     next_space: AtomicU32,
     /// What ended processes reported (their system calls, mappings...), merged.
     finished: Mutex<LinuxReport>,
+    /// The first process's parent, outside the VM (what `getppid` tells a process
+    /// whose parent is not a guest process).
+    outside_parent: u64,
+    /// The clocks every process reads ([`Clock::pinned`] in exact mode).
+    pub clock: Clock,
+    /// The foreground process group of the program's controlling terminal, as the
+    /// program sees it (TIOCGPGRP/TIOCSPGRP): the first process's at the start, as a
+    /// shell makes a job it runs in the foreground. The host terminal's stays lbrprof's.
+    foreground: AtomicU64,
 }
+
+/// The first process's id when pids are pinned (exact mode), so that every run
+/// numbers its processes and threads alike: 1000, then 1001, 1002... as they are made.
+pub const PINNED_PID: u64 = 1000;
+
+/// The first process's parent when pids are pinned (not a guest process: signals to
+/// it fail with ESRCH, as to a process outside a pid namespace).
+pub const PINNED_PARENT: u64 = 999;
 
 #[derive(Debug)]
 struct Table {
@@ -217,7 +235,45 @@ impl Kernel {
             }),
             next_space: AtomicU32::new(1),
             finished: Mutex::new(LinuxReport::default()),
+            outside_parent: ppid,
+            clock: Clock::host(),
+            foreground: AtomicU64::new(pid),
         }
+    }
+
+    /// The terminal's foreground process group, as the program sees it.
+    pub fn foreground(&self) -> u64 {
+        self.foreground.load(Ordering::Acquire)
+    }
+
+    /// TIOCSPGRP: make `pgid` the foreground group; ESRCH when no process is in it.
+    pub fn set_foreground(&self, pgid: u64) -> Result<(), Errno> {
+        let t = self.table();
+        if !t
+            .procs
+            .values()
+            .any(|e| e.pgid == pgid && e.status.is_none())
+        {
+            return Err(Errno(libc::ESRCH));
+        }
+        self.foreground.store(pgid, Ordering::Release);
+        Ok(())
+    }
+
+    /// This kernel with `clock` for its processes.
+    pub fn with_clock(mut self, clock: Clock) -> Kernel {
+        self.clock = clock;
+        self
+    }
+
+    /// The first process's parent outside the VM.
+    pub fn outside_parent(&self) -> u64 {
+        self.outside_parent
+    }
+
+    /// Whether `pid` is a guest process (running, or ended and not yet waited for).
+    pub fn exists(&self, pid: u64) -> bool {
+        self.table().procs.contains_key(&pid)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {

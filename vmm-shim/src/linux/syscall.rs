@@ -59,7 +59,7 @@ impl Process {
         if hidden.iter().any(|h| p.starts_with(h)) {
             return Err(Errno(libc::ENOENT));
         }
-        Ok(p)
+        self.proc_path(p)
     }
 
     pub(crate) fn host_fd(&self, fd: u64) -> Result<BorrowedFd<'_>, Errno> {
@@ -140,6 +140,7 @@ impl Process {
                 .or_insert(0) += 1;
             return Outcome::Return(Errno::ENOSYS.ret());
         };
+        task.timeout_span = None;
         if let Some(wait) = self.wait_readable(sys, a) {
             return wait;
         }
@@ -186,7 +187,7 @@ impl Process {
                 .map(|()| self.pid),
             Sysno::getsid => ok(self.kernel.pgid(self.pid).unwrap_or(self.pid)),
             Sysno::select => {
-                let deadline = match self.timeval(a[4]) {
+                let deadline = match self.timeval(task, a[4]) {
                     Ok(d) => d,
                     Err(e) => return Outcome::Return(e.ret()),
                 };
@@ -209,7 +210,7 @@ impl Process {
                 let deadline = if a[4] == 0 {
                     None
                 } else {
-                    match self.timeout(a[4], libc::CLOCK_MONOTONIC, false) {
+                    match self.timeout(task, a[4], libc::CLOCK_MONOTONIC, false) {
                         Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
                         Err(e) => return Outcome::Return(e.ret()),
                     }
@@ -265,8 +266,8 @@ impl Process {
                     host::faccessat(self.dir(a[0])?, &p, a[2] as i32, flags).map(|()| 0)
                 })
             }
-            Sysno::readlink => self.sys_readlink(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
-            Sysno::readlinkat => self.sys_readlink(a[0], a[1], a[2], a[3]),
+            Sysno::readlink => self.sys_readlink(task.tid, libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+            Sysno::readlinkat => self.sys_readlink(task.tid, a[0], a[1], a[2], a[3]),
             Sysno::getdents64 => self.host_fd(a[0]).and_then(|f| {
                 let b = host::getdents64(f, a[2] as usize)?;
                 self.out(a[1], &b).map(|()| b.len() as u64)
@@ -534,10 +535,6 @@ impl Process {
             Sysno::getpriority | Sysno::setpriority => Err(Errno(libc::ESRCH)),
             // PER_LINUX, the only persona: a query answers it, a change keeps it.
             Sysno::personality => ok(0),
-            // The program's CPU times are not counted (as getrusage); the clock is the
-            // host's.
-            Sysno::times if a[0] != 0 => self.out(a[0], &[0u8; 32]).map(|()| host::times()),
-            Sysno::times => ok(host::times()),
             Sysno::umask => ok(u64::from(host::umask(a[0] as u32 & 0o777))),
             Sysno::fadvise64 => self.host_fd(a[0]).map(|_| 0),
             Sysno::brk => ok(self.mm.set_brk(a[0])),
@@ -580,7 +577,10 @@ impl Process {
             Sysno::pkey_free => Err(Errno::EINVAL),
             Sysno::getpid => ok(self.pid),
             Sysno::gettid => ok(task.tid),
-            Sysno::getppid => ok(self.kernel.parent(self.pid).unwrap_or(host::ids()[1])),
+            Sysno::getppid => ok(self
+                .kernel
+                .parent(self.pid)
+                .unwrap_or(self.kernel.outside_parent())),
             Sysno::getuid => ok(host::ids()[2]),
             // The program has the invoking user's identity and no other: setting an id
             // to the value it has already succeeds, anything else is EPERM.
@@ -607,15 +607,25 @@ impl Process {
             }
             Sysno::getgroups if a[0] == 0 => ok(0),
             Sysno::getgroups => ok(0),
-            // Resource use is not tracked per guest process: all zero.
+            // Resource use is not tracked per guest process: all zero (and so the same
+            // on every run).
             Sysno::getrusage => self.out(a[1], &[0u8; 144]).map(|()| 0),
+            // The same for times' `struct tms`; its value is the clock in ticks.
+            Sysno::times => self.kernel.clock.ticks().and_then(|t| {
+                if a[0] != 0 {
+                    self.out(a[0], &[0u8; 32])?;
+                }
+                Ok(t)
+            }),
             Sysno::geteuid => ok(host::ids()[3]),
             Sysno::getgid => ok(host::ids()[4]),
             Sysno::getegid => ok(host::ids()[5]),
             Sysno::uname => self.out(a[0], &host::uname()).map(|()| 0),
             Sysno::sysinfo => {
                 let (total, free) = self.mm.ram();
-                self.out(a[0], &host::sysinfo(total, free)).map(|()| 0)
+                let uptime = self.kernel.clock.uptime();
+                self.out(a[0], &host::sysinfo(total, free, uptime))
+                    .map(|()| 0)
             }
             Sysno::prlimit64 => self.sys_prlimit(a[0], a[1] as u32, a[2], a[3]),
             Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
@@ -633,26 +643,38 @@ impl Process {
                 std::thread::yield_now();
                 ok(0)
             }
-            Sysno::clock_gettime => host::clock_gettime(a[0] as i32)
+            Sysno::clock_gettime => self
+                .kernel
+                .clock
+                .now(a[0] as i32)
                 .and_then(|t| self.out_timespec(a[1], t).map(|()| 0)),
-            Sysno::clock_getres => host::clock_getres(a[0] as i32).and_then(|t| {
+            Sysno::clock_getres => self.kernel.clock.resolution(a[0] as i32).and_then(|t| {
                 if a[1] != 0 {
                     self.out_timespec(a[1], t)?;
                 }
                 Ok(0)
             }),
-            Sysno::gettimeofday => host::clock_gettime(libc::CLOCK_REALTIME).and_then(|(s, ns)| {
-                if a[0] != 0 {
-                    self.out_timespec(a[0], (s, ns / 1000))?;
-                }
-                Ok(0)
-            }),
-            Sysno::time => host::clock_gettime(libc::CLOCK_REALTIME).and_then(|(s, _)| {
-                if a[0] != 0 {
-                    self.out(a[0], &s.to_le_bytes())?;
-                }
-                Ok(s as u64)
-            }),
+            Sysno::gettimeofday => {
+                self.kernel
+                    .clock
+                    .now(libc::CLOCK_REALTIME)
+                    .and_then(|(s, ns)| {
+                        if a[0] != 0 {
+                            self.out_timespec(a[0], (s, ns / 1000))?;
+                        }
+                        Ok(0)
+                    })
+            }
+            Sysno::time => self
+                .kernel
+                .clock
+                .now(libc::CLOCK_REALTIME)
+                .and_then(|(s, _)| {
+                    if a[0] != 0 {
+                        self.out(a[0], &s.to_le_bytes())?;
+                    }
+                    Ok(s as u64)
+                }),
             Sysno::nanosleep => return self.sys_sleep(task, libc::CLOCK_MONOTONIC, 0, a[0], a[1]),
             Sysno::clock_nanosleep => {
                 return self.sys_sleep(task, a[0] as i32, a[1] as i32, a[2], a[3]);
@@ -761,9 +783,8 @@ impl Process {
             },
             Sysno::poll => {
                 let timeout = a[2] as i32;
-                let deadline = (timeout >= 0).then(|| {
-                    std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
-                });
+                let deadline = (timeout >= 0)
+                    .then(|| Self::deadline_after(task, Duration::from_millis(timeout as u64)));
                 return self.sys_poll(a[0], a[1], deadline);
             }
             Sysno::ppoll => {
@@ -774,7 +795,7 @@ impl Process {
                 let deadline = if a[2] == 0 {
                     None
                 } else {
-                    match self.timeout(a[2], libc::CLOCK_MONOTONIC, false) {
+                    match self.timeout(task, a[2], libc::CLOCK_MONOTONIC, false) {
                         Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
                         Err(e) => return Outcome::Return(e.ret()),
                     }
@@ -796,9 +817,8 @@ impl Process {
                     Err(e) => return Outcome::Return(e.ret()),
                 };
                 let timeout = a[3] as i32;
-                let deadline = (timeout >= 0).then(|| {
-                    std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64)
-                });
+                let deadline = (timeout >= 0)
+                    .then(|| Self::deadline_after(task, Duration::from_millis(timeout as u64)));
                 let out = self.sys_epoll_wait(a[0], a[1], a[2], deadline);
                 return self.with_mask(task, mask, out);
             }
@@ -806,7 +826,7 @@ impl Process {
                 let deadline = if a[3] == 0 {
                     None
                 } else {
-                    match self.timeout(a[3], libc::CLOCK_MONOTONIC, false) {
+                    match self.timeout(task, a[3], libc::CLOCK_MONOTONIC, false) {
                         Ok(d) => Some(d.unwrap_or_else(std::time::Instant::now)),
                         Err(e) => return Outcome::Return(e.ret()),
                     }
@@ -945,6 +965,12 @@ impl Process {
     }
 
     fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
+        let raw = self.mm.read_cstr(path, PATH_MAX)?;
+        if let Some(served) = self.proc_file(&raw, flags as i32)? {
+            return self
+                .fds
+                .insert(Fd::new(served, flags as i32 & libc::O_CLOEXEC != 0));
+        }
         let p = self.path(path)?;
         let fd = host::openat(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
         let mut f = Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0);
@@ -955,14 +981,14 @@ impl Process {
         self.fds.insert(f)
     }
 
-    fn sys_readlink(&mut self, dirfd: u64, path: u64, buf: u64, size: u64) -> Sys {
-        let p = self.path(path)?;
-        let target = if p == b"/proc/self/exe" || p == b"/proc/thread-self/exe" {
-            use std::os::unix::ffi::OsStrExt;
-            let exe = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-            exe.as_os_str().as_bytes().to_vec()
-        } else {
-            host::readlinkat(self.dir(dirfd)?, &p, size as usize)?
+    fn sys_readlink(&mut self, tid: u64, dirfd: u64, path: u64, buf: u64, size: u64) -> Sys {
+        let raw = self.mm.read_cstr(path, PATH_MAX)?;
+        let target = match self.proc_link(&raw, tid) {
+            Some(link) => link,
+            None => {
+                let p = self.path(path)?;
+                host::readlinkat(self.dir(dirfd)?, &p, size as usize)?
+            }
         };
         let n = target.len().min(size as usize);
         self.out(buf, &target[..n])?;
@@ -1288,9 +1314,27 @@ impl Process {
 
     /// nanosleep/clock_nanosleep: a block until the time (relative, or absolute on
     /// `clock` with TIMER_ABSTIME), so other threads' calls go on meanwhile.
-    fn sys_sleep(&mut self, task: &Task, clock: i32, flags: i32, req: u64, rem: u64) -> Outcome {
+    /// With a virtual clock ([`crate::linux::clock`]) the sleep returns at once, the
+    /// clock advanced by the time asked for.
+    fn sys_sleep(
+        &mut self,
+        task: &mut Task,
+        clock: i32,
+        flags: i32,
+        req: u64,
+        rem: u64,
+    ) -> Outcome {
         let absolute = flags & libc::TIMER_ABSTIME != 0;
-        let until = self.timeout(req, clock, absolute);
+        if self.kernel.clock.is_pinned() {
+            return Outcome::Return(match self.span(req, clock, absolute) {
+                Ok(d) => {
+                    self.kernel.clock.advance(d.unwrap_or_default());
+                    0
+                }
+                Err(e) => e.ret(),
+            });
+        }
+        let until = self.timeout(task, req, clock, absolute);
         match until {
             Ok(Some(until)) => {
                 task.waiter.reset();
@@ -1302,37 +1346,45 @@ impl Process {
         }
     }
 
-    /// The host instant of guest `struct timespec` at `va`: relative, or absolute on
-    /// `clock`. None when it is already past.
-    fn timeout(
-        &self,
-        va: u64,
-        clock: i32,
-        absolute: bool,
-    ) -> Result<Option<std::time::Instant>, Errno> {
+    /// How long from now the guest `struct timespec` at `va` is: relative, or absolute
+    /// on `clock` (the program's clock, virtual or the host's). None when it is already
+    /// past.
+    fn span(&self, va: u64, clock: i32, absolute: bool) -> Result<Option<Duration>, Errno> {
         let s = self.mm.read_u64(va)? as i64;
         let ns = self.mm.read_u64(va.checked_add(8).ok_or(Errno::EFAULT)?)? as i64;
         if s < 0 || !(0..1_000_000_000).contains(&ns) {
             return Err(Errno::EINVAL);
         }
-        let mut want = std::time::Duration::new(s as u64, ns as u32);
+        let want = Duration::new(s as u64, ns as u32);
         if absolute {
-            let (ns_s, ns_ns) = host::clock_gettime(clock)?;
-            let now =
-                std::time::Duration::new(ns_s.max(0) as u64, ns_ns.clamp(0, 999_999_999) as u32);
-            match want.checked_sub(now) {
-                Some(d) if !d.is_zero() => want = d,
-                _ => return Ok(None),
-            }
+            self.kernel.clock.until(clock, want)
+        } else {
+            Ok(Some(want))
         }
+    }
+
+    /// The host instant of guest `struct timespec` at `va`: relative, or absolute on
+    /// `clock`. None when it is already past.
+    fn timeout(
+        &self,
+        task: &mut Task,
+        va: u64,
+        clock: i32,
+        absolute: bool,
+    ) -> Result<Option<std::time::Instant>, Errno> {
+        Ok(self
+            .span(va, clock, absolute)?
+            .map(|want| Self::deadline_after(task, want)))
+    }
+
+    /// The host instant `span` from now, the deadline of a wait of `task` that may time
+    /// out; `span` is noted so that a timeout advances a virtual clock by exactly it.
+    fn deadline_after(task: &mut Task, span: Duration) -> std::time::Instant {
+        task.timeout_span = Some(span);
         // Far futures are "forever" (an Instant cannot hold them).
-        Ok(Some(
-            std::time::Instant::now()
-                .checked_add(want.min(std::time::Duration::from_secs(1 << 32)))
-                .unwrap_or_else(|| {
-                    std::time::Instant::now() + std::time::Duration::from_secs(1 << 30)
-                }),
-        ))
+        let now = std::time::Instant::now();
+        now.checked_add(span.min(Duration::from_secs(1 << 32)))
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 30))
     }
 
     fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64) -> Sys {
@@ -1480,13 +1532,12 @@ impl Process {
         let interval = ts(new)?;
         let mut value = ts(new.checked_add(16).ok_or(Errno::EFAULT)?)?;
         if flags as i32 & libc::TIMER_ABSTIME != 0 && !value.is_zero() {
-            // CLOCK_REALTIME is what programs use with TIMER_ABSTIME here.
-            let (s, ns) = host::clock_gettime(libc::CLOCK_REALTIME)?;
-            let now = Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
-            // Already past: fire at once.
-            value = value
-                .checked_sub(now)
-                .filter(|d| !d.is_zero())
+            // CLOCK_REALTIME is what programs use with TIMER_ABSTIME here (the
+            // program's: virtual when pinned). Already past: fire at once.
+            value = self
+                .kernel
+                .clock
+                .until(libc::CLOCK_REALTIME, value)?
                 .unwrap_or(Duration::from_nanos(1));
         }
         let stop = crate::kick::stop_flag();
@@ -1655,7 +1706,7 @@ impl Process {
                     } else {
                         libc::CLOCK_MONOTONIC
                     };
-                    match self.timeout(a[3], clock, cmd == libc::FUTEX_WAIT_BITSET) {
+                    match self.timeout(task, a[3], clock, cmd == libc::FUTEX_WAIT_BITSET) {
                         Ok(Some(d)) => Some(d),
                         Ok(None) => return Err(Errno(libc::ETIMEDOUT)),
                         Err(e) => return Err(e),
@@ -1995,7 +2046,7 @@ impl Process {
     }
 
     /// A `struct timeval` timeout (select): None for a null pointer (no timeout).
-    fn timeval(&self, va: u64) -> Result<Option<std::time::Instant>, Errno> {
+    fn timeval(&self, task: &mut Task, va: u64) -> Result<Option<std::time::Instant>, Errno> {
         if va == 0 {
             return Ok(None);
         }
@@ -2004,9 +2055,8 @@ impl Process {
         if s < 0 || !(0..1_000_000).contains(&us) {
             return Err(Errno::EINVAL);
         }
-        let d = std::time::Duration::new(s as u64, us as u32 * 1000)
-            .min(std::time::Duration::from_secs(1 << 32));
-        Ok(Some(std::time::Instant::now() + d))
+        let d = Duration::new(s as u64, us as u32 * 1000);
+        Ok(Some(Self::deadline_after(task, d)))
     }
 
     /// select/pselect6: the three `fd_set`s become a poll of their descriptors.

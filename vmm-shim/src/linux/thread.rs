@@ -37,6 +37,9 @@ pub struct Task {
     pub clear_child_tid: u64,
     /// `set_robust_list` (head, length), recorded.
     pub robust_list: (u64, u64),
+    /// The timeout of the wait the thread is blocked in (futex, poll, select, epoll):
+    /// when it times out, a virtual clock advances by it ([`crate::linux::clock`]).
+    pub timeout_span: Option<std::time::Duration>,
     /// `sigaltstack`: (ss_sp, ss_size), ss_size 0 when none.
     pub altstack: (u64, u64),
     /// KVM single-stepped this vCPU and no longer does (the emulated LBR's tracer sets
@@ -79,6 +82,7 @@ impl Task {
             pending: Default::default(),
             clear_child_tid: 0,
             robust_list: (0, 0),
+            timeout_span: None,
             altstack: (0, 0),
             saved_sigmask: None,
             shim_stepped: false,

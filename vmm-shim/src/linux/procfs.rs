@@ -1,0 +1,303 @@
+//! `/proc` as the guest's processes see it: their own ids, not lbrprof's.
+//!
+//! Every guest process runs inside lbrprof's one host process, so the host's
+//! `/proc/self` and `/proc/PID` describe lbrprof. The program reaches `/proc` by
+//! absolute paths, which are translated here (`Process::proc_path`):
+//!
+//! * `/proc/self/...` is `/proc/PID/...` for the calling process's guest pid, and
+//!   `readlink("/proc/self")` says that pid (`readlink("/proc/thread-self")` says
+//!   `PID/task/TID`) (`Process::proc_link`).
+//! * `/proc/PID/...` of a guest process is lbrprof's host directory, except its `stat`,
+//!   which is served with the guest's ids (pid, name, parent, process group, session,
+//!   thread count) in place of lbrprof's (`Process::proc_file`); with pinned ids
+//!   (exact mode) the fields that change from run to run on the host (times, faults,
+//!   sizes, addresses, the CPU) read 0. The process's own `/proc/PID/exe` is its
+//!   program.
+//! * `/proc/N` for any other N: no such process when ids are pinned (the guest's
+//!   processes are all there is, as in a pid namespace); the host's otherwise.
+//! * lbrprof's descriptors stay hidden behind every spelling (`/proc/self/fd`,
+//!   `/proc/PID/fd`, `/proc/PID/task/TID/fd`, `fdinfo`, `/dev/fd`).
+//!
+//! Limits: a path relative to a descriptor opened on `/proc` is not translated, and the
+//! other files of `/proc/PID` (`status`, `maps`, `cmdline`...) are lbrprof's.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::linux::Process;
+use crate::linux::errno::Errno;
+use crate::linux::host;
+
+/// The process a `/proc/...` path names, and the rest of the path after its directory.
+#[derive(Debug, PartialEq, Eq)]
+enum Named<'a> {
+    /// `/proc/self` or `/proc/N`: the process N (a guest pid or a host one).
+    Pid(u64, &'a [u8]),
+    /// `/proc/thread-self`.
+    ThreadSelf(&'a [u8]),
+    /// Anything else.
+    Other,
+}
+
+/// Split `/proc/X/rest`: X is `self`, `thread-self` or a number.
+fn named(path: &[u8], own: u64) -> Named<'_> {
+    let Some(after) = path.strip_prefix(b"/proc/") else {
+        return Named::Other;
+    };
+    let end = after.iter().position(|&b| b == b'/').unwrap_or(after.len());
+    let (dir, rest) = after.split_at(end);
+    match dir {
+        b"self" => Named::Pid(own, rest),
+        b"thread-self" => Named::ThreadSelf(rest),
+        _ => std::str::from_utf8(dir)
+            .ok()
+            .filter(|d| !d.starts_with('0') && !d.starts_with('+'))
+            .and_then(|d| d.parse().ok())
+            .map_or(Named::Other, |n| Named::Pid(n, rest)),
+    }
+}
+
+/// Whether `rest` (of `/proc/N/rest` or `/proc/thread-self/rest`) leads to descriptors.
+fn shows_descriptors(rest: &[u8]) -> bool {
+    let mut parts = rest.split(|&b| b == b'/').filter(|p| !p.is_empty());
+    let first = parts.next().unwrap_or_default();
+    let fd = |p: &[u8]| p == b"fd" || p == b"fdinfo";
+    fd(first) || (first == b"task" && parts.nth(1).is_some_and(fd))
+}
+
+/// The fields of a `/proc/PID/stat` line that change from run to run on the host
+/// (numbered from 1 as in proc(5)): faults and times (10-17), start time, sizes (22-24),
+/// addresses and signal masks (26-35), the CPU (39), I/O delay and guest times (42-44),
+/// addresses (45-51).
+fn varies(field: usize) -> bool {
+    matches!(field, 10..=17 | 22..=24 | 26..=35 | 39 | 42..=51)
+}
+
+/// What a `/proc/PID/stat` says of a guest process.
+pub(crate) struct StatIds<'a> {
+    pub pid: u64,
+    pub comm: &'a [u8],
+    pub ppid: u64,
+    pub pgrp: u64,
+    pub threads: u64,
+    /// Zero what changes from run to run.
+    pub pinned: bool,
+}
+
+/// `host` (lbrprof's `/proc/PID/stat` line) with the guest process's ids.
+fn guest_stat(host: &[u8], ids: &StatIds<'_>) -> Option<Vec<u8>> {
+    // The name is in parentheses and may hold anything: the fields follow the last ')'.
+    let close = host.iter().rposition(|&b| b == b')')?;
+    let tail = std::str::from_utf8(host.get(close + 2..)?).ok()?;
+    let mut fields: Vec<String> = tail.trim_end().split(' ').map(str::to_owned).collect();
+    // fields[i] is field i + 3.
+    let set = |fields: &mut Vec<String>, field: usize, v: String| {
+        if let Some(f) = fields.get_mut(field - 3) {
+            *f = v;
+        }
+    };
+    set(&mut fields, 3, "R".to_owned());
+    set(&mut fields, 4, ids.ppid.to_string());
+    set(&mut fields, 5, ids.pgrp.to_string());
+    set(&mut fields, 6, ids.pgrp.to_string());
+    set(&mut fields, 20, ids.threads.to_string());
+    if ids.pinned {
+        for field in (3..3 + fields.len()).filter(|&f| varies(f)) {
+            set(&mut fields, field, "0".to_owned());
+        }
+        // The terminal's foreground group: the program's, when it has a terminal.
+        let tty = fields.get(7 - 3).is_some_and(|t| t != "0");
+        let tpgid = if tty {
+            ids.pgrp.to_string()
+        } else {
+            "-1".to_owned()
+        };
+        set(&mut fields, 8, tpgid);
+    }
+    let mut line = format!("{} (", ids.pid).into_bytes();
+    line.extend_from_slice(ids.comm);
+    line.extend_from_slice(b") ");
+    line.extend_from_slice(fields.join(" ").as_bytes());
+    line.push(b'\n');
+    Some(line)
+}
+
+impl Process {
+    /// The program's absolute path (what `/proc/self/exe` leads to; lbrprof's working
+    /// directory is the one a relative program path was given in).
+    fn exe(&self) -> Vec<u8> {
+        let exe = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        exe.as_os_str().as_bytes().to_vec()
+    }
+
+    /// Whether `n` names a guest process.
+    fn is_guest(&self, n: u64) -> bool {
+        n == self.pid || self.kernel.exists(n)
+    }
+
+    /// `path` (an absolute or relative guest path) as the host opens it: `/proc/self`
+    /// and the `/proc` directories of guest processes are lbrprof's host directory;
+    /// other pids are absent when ids are pinned. ENOENT for lbrprof's descriptors.
+    pub(crate) fn proc_path(&self, path: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        let hidden = Err(Errno(libc::ENOENT));
+        let host_pid = std::process::id();
+        match named(&path, self.pid) {
+            Named::Other => Ok(path),
+            Named::ThreadSelf(rest) if shows_descriptors(rest) => hidden,
+            // The vCPU's host thread is the calling guest thread.
+            Named::ThreadSelf(_) => Ok(path),
+            Named::Pid(n, b"/exe") if n == self.pid => Ok(self.exe()),
+            Named::Pid(n, rest) if self.is_guest(n) => {
+                if shows_descriptors(rest) {
+                    return hidden;
+                }
+                let mut p = format!("/proc/{host_pid}").into_bytes();
+                p.extend_from_slice(rest);
+                Ok(p)
+            }
+            Named::Pid(..) if self.kernel.clock.is_pinned() => hidden,
+            Named::Pid(n, rest) => {
+                // lbrprof itself or one of its threads under another name.
+                let ours = u64::from(host_pid) == n
+                    || std::path::Path::new(&format!("/proc/self/task/{n}")).exists();
+                if ours && shows_descriptors(rest) {
+                    hidden
+                } else {
+                    Ok(path)
+                }
+            }
+        }
+    }
+
+    /// What `readlink` says of the links of `/proc` that name guest ids: `/proc/self`,
+    /// `/proc/thread-self` (of thread `tid`) and a guest process's `exe`. None: not one.
+    pub(crate) fn proc_link(&self, path: &[u8], tid: u64) -> Option<Vec<u8>> {
+        match named(path, self.pid) {
+            Named::Pid(n, b"/exe") if n == self.pid => Some(self.exe()),
+            Named::ThreadSelf(b"/exe") => Some(self.exe()),
+            _ if path == b"/proc/self" => Some(self.pid.to_string().into_bytes()),
+            _ if path == b"/proc/thread-self" => {
+                Some(format!("{}/task/{tid}", self.pid).into_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// The file the shim serves for an `open` of `path` with `flags`: a guest process's
+    /// `/proc/PID/stat`. None: the host's file is opened.
+    pub(crate) fn proc_file(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
+        let Named::Pid(n, b"/stat") = named(path, self.pid) else {
+            return Ok(None);
+        };
+        if !self.is_guest(n) {
+            return Ok(None);
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno(libc::EACCES));
+        }
+        if flags & libc::O_DIRECTORY != 0 {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let host = std::fs::read(format!("/proc/{}/stat", std::process::id()))
+            .map_err(|_| Errno(libc::ENOENT))?;
+        let own = n == self.pid;
+        let name = self
+            .path
+            .file_name()
+            .map(|f| f.as_bytes())
+            .unwrap_or_default();
+        let ids = StatIds {
+            pid: n,
+            comm: if own {
+                &name[..name.len().min(15)]
+            } else {
+                b"?"
+            },
+            ppid: self
+                .kernel
+                .parent(n)
+                .unwrap_or(self.kernel.outside_parent()),
+            pgrp: self.kernel.pgid(n).unwrap_or(n),
+            threads: if own {
+                self.threads.len().max(1) as u64
+            } else {
+                1
+            },
+            pinned: self.kernel.clock.is_pinned(),
+        };
+        let line = guest_stat(&host, &ids).ok_or(Errno(libc::EIO))?;
+        host::memory_file(c"stat", &line).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_name_self_numbers_and_the_rest() {
+        assert_eq!(named(b"/proc/self/stat", 7), Named::Pid(7, b"/stat"));
+        assert_eq!(named(b"/proc/self", 7), Named::Pid(7, b""));
+        assert_eq!(named(b"/proc/1234/maps", 7), Named::Pid(1234, b"/maps"));
+        assert_eq!(named(b"/proc/thread-self/fd", 7), Named::ThreadSelf(b"/fd"));
+        assert_eq!(named(b"/proc/cpuinfo", 7), Named::Other);
+        assert_eq!(named(b"/proc/0012/stat", 7), Named::Other);
+        assert_eq!(named(b"/procx/self", 7), Named::Other);
+        assert_eq!(named(b"proc/self", 7), Named::Other);
+    }
+
+    #[test]
+    fn descriptor_directories_are_recognised_under_every_spelling() {
+        for rest in [
+            &b"/fd"[..],
+            b"/fd/3",
+            b"/fdinfo/1",
+            b"/task/5/fd/0",
+            b"//fd",
+        ] {
+            assert!(shows_descriptors(rest), "{}", String::from_utf8_lossy(rest));
+        }
+        for rest in [&b"/stat"[..], b"", b"/task/5/stat", b"/fdx", b"/task/fd"] {
+            assert!(
+                !shows_descriptors(rest),
+                "{}",
+                String::from_utf8_lossy(rest)
+            );
+        }
+    }
+
+    #[test]
+    fn a_stat_line_gets_the_guests_ids_and_pinned_ones_lose_what_varies() {
+        let host = b"4242 (lbr prof) S 4000 4242 4000 34816 4242 4194304 500 0 0 0 7 3 0 0 \
+20 0 9 0 123456 99999 321 18446744073709551615 1 2 3 0 0 0 0 0 0 0 0 0 17 5 0 0 0 0 0 \
+10 11 12 13 14 15 16 0\n";
+        let ids = |pinned| StatIds {
+            pid: 1000,
+            comm: b"prog",
+            ppid: 999,
+            pgrp: 1000,
+            threads: 2,
+            pinned,
+        };
+        let real = String::from_utf8(guest_stat(host, &ids(false)).unwrap()).unwrap();
+        let f: Vec<&str> = real.trim_end().split(' ').collect();
+        assert_eq!(
+            &f[..8],
+            [
+                "1000", "(prog)", "R", "999", "1000", "1000", "34816", "4242"
+            ]
+        );
+        assert_eq!((f[13], f[19], f[21], f[38]), ("7", "2", "123456", "5"));
+        assert_eq!(f.len(), 52);
+        let pinned = String::from_utf8(guest_stat(host, &ids(true)).unwrap()).unwrap();
+        let f: Vec<&str> = pinned.trim_end().split(' ').collect();
+        assert_eq!(
+            f[7], "1000",
+            "the terminal's foreground group is the program's"
+        );
+        assert_eq!((f[13], f[19], f[21], f[38]), ("0", "2", "0", "0"));
+        assert_eq!((f[24], f[37], f[51]), ("18446744073709551615", "17", "0"));
+        assert_eq!(f.len(), 52);
+        assert!(guest_stat(b"garbage", &ids(true)).is_none());
+    }
+}
