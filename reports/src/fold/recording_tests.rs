@@ -203,7 +203,7 @@ fn stream_through(path: &Path, opts: &AggregateOptions, folded: bool) -> Outcome
 /// The fast path's, as [`stream`].
 fn fast(path: &Path, opts: &AggregateOptions) -> Outcome {
     let mut input = open_any(path).map_err(|e| e.to_string())?;
-    assert!(supports(opts, input.may_have_branch_stacks()));
+    assert!(supports(opts));
     let Some(MappedSource::Recording(mut source)) = mapped_source(&mut input) else {
         panic!("the fast path handles this recording");
     };
@@ -254,6 +254,48 @@ fn option_sets() -> Vec<AggregateOptions> {
             lbr_call_stack: true,
             ..AggregateOptions::default()
         },
+        // Runs that start inside bursts (the samples' times are 1000..5500).
+        AggregateOptions {
+            run_starts: vec![1_200, 2_600, 4_100],
+            lbr_call_stack: true,
+            ..AggregateOptions::default()
+        },
+        // Thread 1 is renamed between the first and the second burst.
+        AggregateOptions {
+            filter: crate::Filter {
+                comms: vec!["first".into()],
+                ..crate::Filter::default()
+            },
+            ..AggregateOptions::default()
+        },
+        AggregateOptions {
+            filter: crate::Filter {
+                comms: vec!["second".into()],
+                ..crate::Filter::default()
+            },
+            lbr_call_stack: true,
+            comm_root: true,
+            ..AggregateOptions::default()
+        },
+        // late.so is mapped after the first burst.
+        AggregateOptions {
+            filter: crate::Filter {
+                dsos: vec!["late.so".into()],
+                ..crate::Filter::default()
+            },
+            lbr_call_stack: true,
+            run_starts: vec![0, 3_000],
+            ..AggregateOptions::default()
+        },
+        AggregateOptions {
+            filter: crate::Filter {
+                pids: vec![1],
+                comms: vec!["second".into()],
+                dsos: vec!["/bin/a".into()],
+                ..crate::Filter::default()
+            },
+            ..AggregateOptions::default()
+        },
     ]
 }
 
@@ -280,7 +322,7 @@ fn folded_event_stream_builds_the_profile_the_aggregator_builds() {
     let dir = tempfile::tempdir().unwrap();
     let path = recording(dir.path());
     for opts in option_sets() {
-        assert!(supports(&opts, true));
+        assert!(supports(&opts));
         let slow = stream(&path, &opts);
         let folded = folded_stream(&path, &opts);
         assert!(
@@ -434,32 +476,22 @@ fn unknown_chunk_kinds_are_skipped_as_the_stream_skips_them() {
 }
 
 #[test]
-fn vm_recordings_and_filters_are_left_to_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = recording(dir.path());
+fn timelines_and_vm_recordings_are_left_to_the_stream() {
+    // Both keep every sample, in stream order; raw keys merge samples.
     for opts in [
         AggregateOptions {
             vm: true,
             ..AggregateOptions::default()
         },
         AggregateOptions {
-            filter: crate::Filter {
-                comms: vec!["first".into()],
-                ..crate::Filter::default()
-            },
-            ..AggregateOptions::default()
-        },
-        AggregateOptions {
-            filter: crate::Filter {
-                dsos: vec!["a".into()],
-                ..crate::Filter::default()
-            },
+            timeline: true,
             ..AggregateOptions::default()
         },
     ] {
-        // Recordings may have branch stacks: their samples' threads and IPs are not kept.
-        let input = open_any(&path).unwrap();
-        assert!(input.may_have_branch_stacks());
-        assert!(!supports(&opts, input.may_have_branch_stacks()), "{opts:?}");
+        assert!(!supports(&opts), "{opts:?}");
+    }
+    // Filters and per-run tables are the folder's.
+    for opts in option_sets() {
+        assert!(supports(&opts), "{opts:?}");
     }
 }
