@@ -1143,10 +1143,14 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
                 comm,
             })
         }),
-        Some(ChunkKind::Samples) => items(offset, payload, Event::Sample),
-        Some(ChunkKind::EventSamples) => items(offset, payload, |(event, s): (u32, HostSample)| {
-            Event::Sample(HostSample { event, ..s })
-        }),
+        // The one decoder of samples, the mapped reader's.
+        Some(ChunkKind::Samples | ChunkKind::EventSamples) => {
+            let mut events = Vec::new();
+            for_each_sample_of(offset, kind, payload, |s| {
+                events.push(Event::Sample(s.clone()));
+            })?;
+            Ok(events)
+        }
         Some(ChunkKind::Snapshots) => items(offset, payload, Event::Snapshot),
         Some(ChunkKind::Losses) => items(offset, payload, Event::Loss),
         Some(ChunkKind::Vcpus) => items(offset, payload, Event::Vcpu),
@@ -1161,9 +1165,9 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
 /// Calls `f` with each host sample of a checked samples payload of kind `kind` (3, or 12,
 /// whose samples carry their [`HostSample::event`]; other kinds give no samples), in
 /// order, decoding into one reused [`HostSample`]: no allocation per sample once its call
-/// chain and branch stack have grown to the longest seen. The samples and the error
-/// (naming `offset`) are exactly those of [`decode_payload`]; on an error `f` may already
-/// have seen some of the chunk's samples.
+/// chain and branch stack have grown to the longest seen. [`decode_payload`] decodes
+/// samples chunks with it. The samples and the error (naming `offset`) are postcard's;
+/// on an error `f` may already have seen some of the chunk's samples.
 pub fn for_each_sample_of(
     offset: u64,
     kind: u8,
@@ -1198,16 +1202,17 @@ pub fn for_each_sample_of(
         offset,
         reason: format!("cannot decode: {e}"),
     };
-    if tagged {
-        let decoded: Vec<(u32, HostSample)> = postcard::from_bytes(payload).map_err(corrupt)?;
-        for (event, s) in decoded.into_iter().skip(seen) {
-            f(&HostSample { event, ..s });
-        }
+    let decoded: Vec<HostSample> = if tagged {
+        let tagged: Vec<(u32, HostSample)> = postcard::from_bytes(payload).map_err(corrupt)?;
+        tagged
+            .into_iter()
+            .map(|(event, s)| HostSample { event, ..s })
+            .collect()
     } else {
-        let decoded: Vec<HostSample> = postcard::from_bytes(payload).map_err(corrupt)?;
-        for s in decoded.iter().skip(seen) {
-            f(s);
-        }
+        postcard::from_bytes(payload).map_err(corrupt)?
+    };
+    for s in decoded.iter().skip(seen) {
+        f(s);
     }
     Ok(())
 }
@@ -1320,6 +1325,26 @@ mod postcard_lite {
             *KINDS.get(v as usize)?
         }
 
+        /// A sequence (its length, then its items) into `out`, reused; each item takes
+        /// at least `min_bytes`, so a corrupt length fails here, not in an allocation.
+        #[inline(always)]
+        fn seq<T>(
+            &mut self,
+            out: &mut Vec<T>,
+            min_bytes: usize,
+            mut item: impl FnMut(&mut Self) -> Option<T>,
+        ) -> Option<()> {
+            let n = self.len()?;
+            out.clear();
+            if n > self.buf.len() / min_bytes {
+                return None;
+            }
+            for _ in 0..n {
+                out.push(item(self)?);
+            }
+            Some(())
+        }
+
         pub(super) fn host_sample(&mut self, s: &mut HostSample) -> Option<()> {
             s.time_ns = self.u64()?;
             s.pid = self.u32()?;
@@ -1328,36 +1353,25 @@ mod postcard_lite {
             s.period = self.u64()?;
             s.ip = self.u64()?;
             s.mode = self.mode()?;
-            let n = self.len()?;
-            s.callchain.clear();
-            // Each frame takes at least two bytes: a corrupt length fails here, not in
-            // an allocation.
-            if n > self.buf.len() / 2 {
-                return None;
-            }
-            for _ in 0..n {
-                let addr = self.u64()?;
-                let mode = self.mode()?;
-                s.callchain.push(Frame { addr, mode });
-            }
-            let n = self.len()?;
-            s.branches.clear();
-            if n > self.buf.len() / 8 {
-                return None;
-            }
-            for _ in 0..n {
-                let from = self.u64()?;
-                let to = self.u64()?;
+            // A frame takes at least two bytes (address, mode), a branch eight.
+            self.seq(&mut s.callchain, 2, |d| {
+                let addr = d.u64()?;
+                let mode = d.mode()?;
+                Some(Frame { addr, mode })
+            })?;
+            self.seq(&mut s.branches, 8, |d| {
+                let from = d.u64()?;
+                let to = d.u64()?;
                 let flags = BranchFlags {
-                    mispred: self.bool()?,
-                    predicted: self.bool()?,
-                    in_tx: self.bool()?,
-                    abort: self.bool()?,
-                    cycles: self.varint(16)? as u16,
-                    kind: self.kind()?,
+                    mispred: d.bool()?,
+                    predicted: d.bool()?,
+                    in_tx: d.bool()?,
+                    abort: d.bool()?,
+                    cycles: d.varint(16)? as u16,
+                    kind: d.kind()?,
                 };
-                s.branches.push(Branch { from, to, flags });
-            }
+                Some(Branch { from, to, flags })
+            })?;
             s.branch_hw_index = match self.byte()? {
                 0 => None,
                 1 => Some(self.u64()?),
