@@ -117,6 +117,15 @@ impl Input {
         }
     }
 
+    /// Whether samples may carry branch stacks (false for perf.data files none of whose
+    /// events samples them).
+    pub fn may_have_branch_stacks(&self) -> bool {
+        match &self.source {
+            Source::Perf(r) => r.has_branch_stacks(),
+            Source::Lbrprof(_) => true,
+        }
+    }
+
     /// Whether samples may hold host kernel addresses (false for perf.data files whose
     /// events all exclude the kernel).
     pub fn may_sample_kernel(&self) -> bool {

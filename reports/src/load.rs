@@ -389,7 +389,7 @@ fn aggregate(
         path: path.to_path_buf(),
         source,
     };
-    let foldable = fold::supports(&agg);
+    let foldable = fold::supports(&agg, input.may_have_branch_stacks());
     if foldable
         && !event_stream_only
         && let Some(mapped) = mapped_source(input)

@@ -18,13 +18,14 @@
 //! Filters: `--pid`/`--tid`/`--time` are applied while folding. `--comm` and `--dso`
 //! depend on the side-band state a sample meets (its thread's command, the module its IP
 //! lies in), so they are decided when its raw stack resolves, by the aggregator's own
-//! filter; the sample's branch edges and ranges are then keyed by its *head* (the first
-//! words of its raw stack key, [`Raw::heads`]) and follow that verdict. Per-run tables
-//! (`record --repeat`) keep the run in the raw stack key.
+//! filter. With `--comm`, a sample's branch edges and ranges are keyed by its *head*
+//! (the first words of its raw stack key but the IP, [`Raw::heads`]) and follow that
+//! verdict. Per-run tables (`record --repeat`) keep the run in the raw stack key.
 //!
 //! What raw keys cannot keep is left to the aggregator's per-event path ([`supports`]):
 //! timelines and the pairing of `record --vm` samples with guest snapshots need every
-//! sample on its own, with its time, in stream order.
+//! sample on its own, with its time, in stream order; and `--dso` on samples with
+//! branch stacks, whose verdict depends on the sampled IP.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -207,8 +208,8 @@ impl<V> WordMap<V> {
 /// multiply-rotate hash rather than as a slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct PairKey {
-    /// The sample's epoch; with `--comm`/`--dso` filters ([`FoldOpts::per_head`]), the
-    /// index of its head in [`Raw::heads`] instead.
+    /// The sample's epoch; with a `--comm` filter ([`FoldOpts::per_head`]), the index of
+    /// its head in [`Raw::heads`] instead.
     epoch: u64,
     /// `pid | mode_code << 32` of the sample.
     ctx: u64,
@@ -272,10 +273,11 @@ struct Raw {
     ranges: HashMap<(PairKey, u64), u64, PairHash>,
     /// Of every sample folded, or with [`FoldOpts::per_head`], of none (see `heads`).
     branches: BranchTotals,
-    /// With [`FoldOpts::per_head`]: the heads (`[epoch, pid | tid << 32, mode word, ip]`,
-    /// as raw stack keys start) of the samples with branch stacks, and their branch
-    /// totals; raw edges and ranges name their sample's head by its index here. A head
-    /// is kept or dropped with the raw stacks that start with it.
+    /// With [`FoldOpts::per_head`]: the heads (`[epoch, pid | tid << 32, mode word, 0]`,
+    /// as raw stack keys start, without the IP: see [`head_of`]) of the samples with
+    /// branch stacks, and their branch totals; raw edges and ranges name their sample's
+    /// head by its index here. A head is kept or dropped with the raw stacks that start
+    /// with it.
     heads: WordMap<BranchTotals>,
     /// Samples the `--pid`/`--tid` filter dropped.
     filtered_out: u64,
@@ -354,10 +356,10 @@ struct FoldOpts<'a> {
     filter: &'a Filter,
     /// The start times of the runs of a `record --repeat` recording (empty: one run).
     run_starts: &'a [u64],
-    /// `--comm`/`--dso` filters: whether a sample is kept depends on the side-band
-    /// state at its epoch (its thread's command, its IP's module), known only when the
-    /// raw keys are resolved. The branch tables are then keyed by the sample's head
-    /// ([`Raw::heads`]), so that its edges and ranges follow its stack's verdict.
+    /// A `--comm` filter: whether a sample is kept depends on the side-band state at
+    /// its epoch (its thread's command), known only when the raw keys are resolved. The
+    /// branch tables are then keyed by the sample's head ([`Raw::heads`]), so that its
+    /// edges and ranges follow its stack's verdict.
     per_head: bool,
 }
 
@@ -369,7 +371,7 @@ impl<'a> FoldOpts<'a> {
             lbr_call_stack: opts.lbr_call_stack,
             filter: f,
             run_starts: &opts.run_starts,
-            per_head: !f.comms.is_empty() || !f.dsos.is_empty(),
+            per_head: !f.comms.is_empty(),
         }
     }
 }
@@ -462,7 +464,9 @@ impl<'a> Folder<'a> {
         // The first word of the raw edge and range keys: the epoch, or the head.
         let mut epoch = s.epoch;
         if opts.per_head {
-            let (i, _) = raw.heads.entry_index(&head, BranchTotals::default);
+            let (i, _) = raw
+                .heads
+                .entry_index(&head_of(&head), BranchTotals::default);
             raw.heads.entries[i].2.add_stack(n);
             epoch = i as u64;
         } else {
@@ -531,10 +535,22 @@ fn fold_branches(
     }
 }
 
-/// Whether the folder builds the profile for these options.
-pub(crate) fn supports(opts: &AggregateOptions) -> bool {
+/// The head of a raw stack key as [`Raw::heads`] keys it: its first words without the
+/// IP, which a `--comm` verdict does not depend on (keyed by IP, the branch tables
+/// would hold a copy of every edge per sampled address).
+fn head_of(key: &[u64]) -> [u64; HEAD] {
+    [key[0], key[1], key[2], 0]
+}
+
+/// Whether the folder builds the profile for these options from a source whose samples
+/// may carry branch stacks (`branch_stacks`) or not.
+pub(crate) fn supports(opts: &AggregateOptions, branch_stacks: bool) -> bool {
     // Raw keys merge samples: those need each one, in stream order.
-    !opts.vm && !opts.timeline
+    !opts.vm
+        && !opts.timeline
+        // A `--dso` verdict depends on the sampled IP's module: the branch tables would
+        // need a copy of every edge per sampled address.
+        && (opts.filter.dsos.is_empty() || !branch_stacks)
 }
 
 /// Builds the profile of `source`'s samples (see the module docs); the source's error
@@ -744,10 +760,9 @@ impl Replay {
                 },
             );
             if per_head && added.is_some() {
-                kept.insert([k[0], k[1], k[2], k[3]]);
+                kept.insert(head_of(&k));
             }
         }
-        let head_of = |k: &[u64]| [k[0], k[1], k[2], k[3]];
         for (i, k, t) in e.heads {
             if kept.contains(&head_of(&k)) {
                 self.kept_heads[i] = true;

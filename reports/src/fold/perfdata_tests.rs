@@ -89,7 +89,7 @@ pub(super) fn summary(p: &Profile) -> String {
 /// declines the file.
 fn both(path: &std::path::Path, opts: AggregateOptions) -> Option<(String, String)> {
     let mut input = open_any(path).ok()?;
-    assert!(supports(&opts));
+    assert!(supports(&opts, input.may_have_branch_stacks()));
     let fast = match fold_mapped(&mut input, &opts, CHUNK_SIZE) {
         Ok(p) => p,
         Err(SourceError::Declined) => return None,
@@ -383,8 +383,8 @@ fn fast_path_filters_like_the_event_stream() {
         if PerfDataReader::open(&path).unwrap().mapped_scan().is_none() {
             continue;
         }
-        // With branch stacks, `--comm`/`--dso` keep a sample's edges and ranges with
-        // its stack, by its head.
+        // With branch stacks, `--comm` keeps a sample's edges and ranges with its stack,
+        // by its head; `--dso` is left to the event stream.
         let branches = PerfDataReader::open(&path).unwrap().has_branch_stacks();
         branch_files += usize::from(branches);
         let (pid, mid) = {
@@ -416,6 +416,9 @@ fn fast_path_filters_like_the_event_stream() {
                 ..Filter::default()
             },
         ] {
+            if branches && !filter.dsos.is_empty() {
+                continue;
+            }
             let opts = AggregateOptions {
                 filter,
                 ..AggregateOptions::default()

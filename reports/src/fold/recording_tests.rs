@@ -203,7 +203,7 @@ fn stream_through(path: &Path, opts: &AggregateOptions, folded: bool) -> Outcome
 /// The fast path's, as [`stream`].
 fn fast(path: &Path, opts: &AggregateOptions) -> Outcome {
     let mut input = open_any(path).map_err(|e| e.to_string())?;
-    assert!(supports(opts));
+    assert!(supports(opts, input.may_have_branch_stacks()));
     let Some(MappedSource::Recording(mut source)) = mapped_source(&mut input) else {
         panic!("the fast path handles this recording");
     };
@@ -277,23 +277,14 @@ fn option_sets() -> Vec<AggregateOptions> {
             comm_root: true,
             ..AggregateOptions::default()
         },
-        // late.so is mapped after the first burst.
         AggregateOptions {
             filter: crate::Filter {
-                dsos: vec!["late.so".into()],
+                pids: vec![1],
+                comms: vec!["second".into(), "first".into()],
                 ..crate::Filter::default()
             },
             lbr_call_stack: true,
             run_starts: vec![0, 3_000],
-            ..AggregateOptions::default()
-        },
-        AggregateOptions {
-            filter: crate::Filter {
-                pids: vec![1],
-                comms: vec!["second".into()],
-                dsos: vec!["/bin/a".into()],
-                ..crate::Filter::default()
-            },
             ..AggregateOptions::default()
         },
     ]
@@ -322,7 +313,7 @@ fn folded_event_stream_builds_the_profile_the_aggregator_builds() {
     let dir = tempfile::tempdir().unwrap();
     let path = recording(dir.path());
     for opts in option_sets() {
-        assert!(supports(&opts));
+        assert!(supports(&opts, true));
         let slow = stream(&path, &opts);
         let folded = folded_stream(&path, &opts);
         assert!(
@@ -476,8 +467,8 @@ fn unknown_chunk_kinds_are_skipped_as_the_stream_skips_them() {
 }
 
 #[test]
-fn timelines_and_vm_recordings_are_left_to_the_stream() {
-    // Both keep every sample, in stream order; raw keys merge samples.
+fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() {
+    // Timelines and pairing keep every sample, in stream order; raw keys merge samples.
     for opts in [
         AggregateOptions {
             vm: true,
@@ -487,11 +478,27 @@ fn timelines_and_vm_recordings_are_left_to_the_stream() {
             timeline: true,
             ..AggregateOptions::default()
         },
+        // Its verdict depends on each sample's IP.
+        AggregateOptions {
+            filter: crate::Filter {
+                dsos: vec!["late.so".into()],
+                ..crate::Filter::default()
+            },
+            ..AggregateOptions::default()
+        },
     ] {
-        assert!(!supports(&opts), "{opts:?}");
+        assert!(!supports(&opts, true), "{opts:?}");
     }
-    // Filters and per-run tables are the folder's.
+    // `--comm` and per-run tables are the folder's; `--dso` without branch stacks.
     for opts in option_sets() {
-        assert!(supports(&opts), "{opts:?}");
+        assert!(supports(&opts, true), "{opts:?}");
     }
+    let dso = AggregateOptions {
+        filter: crate::Filter {
+            dsos: vec!["late.so".into()],
+            ..crate::Filter::default()
+        },
+        ..AggregateOptions::default()
+    };
+    assert!(supports(&dso, false));
 }
