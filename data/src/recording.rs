@@ -1325,26 +1325,6 @@ mod postcard_lite {
             *KINDS.get(v as usize)?
         }
 
-        /// A sequence (its length, then its items) into `out`, reused; each item takes
-        /// at least `min_bytes`, so a corrupt length fails here, not in an allocation.
-        #[inline(always)]
-        fn seq<T>(
-            &mut self,
-            out: &mut Vec<T>,
-            min_bytes: usize,
-            mut item: impl FnMut(&mut Self) -> Option<T>,
-        ) -> Option<()> {
-            let n = self.len()?;
-            out.clear();
-            if n > self.buf.len() / min_bytes {
-                return None;
-            }
-            for _ in 0..n {
-                out.push(item(self)?);
-            }
-            Some(())
-        }
-
         pub(super) fn host_sample(&mut self, s: &mut HostSample) -> Option<()> {
             s.time_ns = self.u64()?;
             s.pid = self.u32()?;
@@ -1353,25 +1333,39 @@ mod postcard_lite {
             s.period = self.u64()?;
             s.ip = self.u64()?;
             s.mode = self.mode()?;
-            // A frame takes at least two bytes (address, mode), a branch eight.
-            self.seq(&mut s.callchain, 2, |d| {
-                let addr = d.u64()?;
-                let mode = d.mode()?;
-                Some(Frame { addr, mode })
-            })?;
-            self.seq(&mut s.branches, 8, |d| {
-                let from = d.u64()?;
-                let to = d.u64()?;
+            // The call chain and branch stack are decoded in loops of their own, not
+            // through one generic sequence reader taking a closure: with 32 branches per
+            // sample this loop is the hot path of reading a recording.
+            let n = self.len()?;
+            s.callchain.clear();
+            // Each frame takes at least two bytes: a corrupt length fails here, not in
+            // an allocation.
+            if n > self.buf.len() / 2 {
+                return None;
+            }
+            for _ in 0..n {
+                let addr = self.u64()?;
+                let mode = self.mode()?;
+                s.callchain.push(Frame { addr, mode });
+            }
+            let n = self.len()?;
+            s.branches.clear();
+            if n > self.buf.len() / 8 {
+                return None;
+            }
+            for _ in 0..n {
+                let from = self.u64()?;
+                let to = self.u64()?;
                 let flags = BranchFlags {
-                    mispred: d.bool()?,
-                    predicted: d.bool()?,
-                    in_tx: d.bool()?,
-                    abort: d.bool()?,
-                    cycles: d.varint(16)? as u16,
-                    kind: d.kind()?,
+                    mispred: self.bool()?,
+                    predicted: self.bool()?,
+                    in_tx: self.bool()?,
+                    abort: self.bool()?,
+                    cycles: self.varint(16)? as u16,
+                    kind: self.kind()?,
                 };
-                Some(Branch { from, to, flags })
-            })?;
+                s.branches.push(Branch { from, to, flags });
+            }
             s.branch_hw_index = match self.byte()? {
                 0 => None,
                 1 => Some(self.u64()?),
