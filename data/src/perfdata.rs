@@ -1305,6 +1305,8 @@ fn selected(mask: Option<&[bool]>, attr: usize) -> bool {
 /// the variable-length parts (the fast path aggregates them without copying).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RawSample<'a> {
+    /// The event's id (`PERF_SAMPLE_IDENTIFIER`, else `PERF_SAMPLE_ID`), when sampled.
+    pub id: Option<u64>,
     pub time_ns: u64,
     pub pid: u32,
     pub tid: u32,
@@ -1366,6 +1368,42 @@ pub fn decode_sample(
     Ok(sample_of(&r, le, layout, mode))
 }
 
+/// A sample as a live capture reads it from a ring buffer (see [`decode_ring_sample`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingSample {
+    pub sample: HostSample,
+    /// The id of the event that took it, when the layout has one.
+    pub id: Option<u64>,
+    /// A `--call-graph dwarf` sample's user registers and stack copy (none for a kernel
+    /// thread or a 32-bit task).
+    pub stack_copy: Option<crate::dwarf::StackCopy>,
+}
+
+/// Decodes a whole `PERF_RECORD_SAMPLE` record (its `perf_event_header`, then the body)
+/// in this machine's byte order, as the kernel writes it into a ring buffer: the same
+/// decoder as the perf.data reader's ([`decode_sample_raw`]), the mode from the header's
+/// cpumode. Never panics; a record shorter than its layout says is an error.
+pub fn decode_ring_sample(record: &[u8], layout: SampleLayout) -> Result<RingSample, &'static str> {
+    let le = cfg!(target_endian = "little");
+    let (head, body) = record
+        .split_first_chunk::<8>()
+        .ok_or("record header truncated")?;
+    let misc = u16::from_ne_bytes([head[4], head[5]]);
+    let mode = cpu_mode(reader::CpuMode::from_misc(misc));
+    let r = decode_sample_raw(body, le, layout)?;
+    let stack_copy = r
+        .user_regs(le, layout.regs_user)
+        .map(|regs| crate::dwarf::StackCopy {
+            regs,
+            stack: r.user_stack.to_vec(),
+        });
+    Ok(RingSample {
+        sample: sample_of(&r, le, layout, mode),
+        id: r.id,
+        stack_copy,
+    })
+}
+
 /// The model's sample for a decoded body.
 fn sample_of(r: &RawSample<'_>, le: bool, layout: SampleLayout, mode: CpuMode) -> HostSample {
     HostSample {
@@ -1401,7 +1439,7 @@ pub fn decode_sample_raw(
         ..RawSample::default()
     };
     if st & PERF_SAMPLE_IDENTIFIER != 0 {
-        c.u64("sample id truncated")?;
+        s.id = Some(c.u64("sample id truncated")?);
     }
     if st & PERF_SAMPLE_IP != 0 {
         s.ip = c.u64("ip truncated")?;
@@ -1418,7 +1456,8 @@ pub fn decode_sample_raw(
         c.u64("addr truncated")?;
     }
     if st & PERF_SAMPLE_ID != 0 {
-        c.u64("id truncated")?;
+        let id = c.u64("id truncated")?;
+        s.id = s.id.or(Some(id));
     }
     if st & PERF_SAMPLE_STREAM_ID != 0 {
         c.u64("stream id truncated")?;

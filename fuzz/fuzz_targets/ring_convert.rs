@@ -1,152 +1,52 @@
 #![no_main]
-//! The live sampler's conversion of kernel ring-buffer records into recording events
-//! (`sampler::convert`): samples with any call chain (every context marker, any lengths)
-//! and any branch stack (every branch type and flag) convert without a panic, and what
-//! comes out keeps the input's sizes (no frame or branch invented or lost but the
-//! context markers).
+//! The live sampler's decoding of kernel ring-buffer sample records
+//! (`sampler::convert::Converter::sample`, the data crate's decoder of perf's sample
+//! layout): any record bytes, under any sample layout the attribute may describe, decode
+//! or give an error, never a panic, and what comes out stays within the record (no frame
+//! or branch invented).
 
+use lbrprof_collector::perfdata::abi::{PERF_SAMPLE_BRANCH_HW_INDEX, PERF_SAMPLE_REGS_USER};
+use lbrprof_collector::sampler::convert::Converter;
 use libfuzzer_sys::fuzz_target;
-use lbrprof_collector::model::Event;
-use lbrprof_collector::sampler::convert::{Converted, Converter};
-use perf_event_open::sample::record::sample::{
-    BranchPriv, BranchSpec, BranchType, CallChain, Entry, Lbr, Sample,
-};
-use perf_event_open::sample::record::{Priv, Record, RecordId, Task};
-
-/// Reads little-endian words from the input, then zeros.
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |v, i| v | (u64::from(self.u8()) << (8 * i)))
-    }
-    fn words(&mut self) -> Vec<u64> {
-        let n = usize::from(self.u8() % 40);
-        (0..n).map(|_| self.u64()).collect()
-    }
-}
-
-const TYPES: [BranchType; 23] = [
-    BranchType::Unknown,
-    BranchType::Cond,
-    BranchType::Uncond,
-    BranchType::Ind,
-    BranchType::Call,
-    BranchType::IndCall,
-    BranchType::Ret,
-    BranchType::Syscall,
-    BranchType::Sysret,
-    BranchType::CondCall,
-    BranchType::CondRet,
-    BranchType::Eret,
-    BranchType::Irq,
-    BranchType::SysErr,
-    BranchType::NoTx,
-    BranchType::DataFault,
-    BranchType::AlignFault,
-    BranchType::InstrFault,
-    BranchType::Arch1,
-    BranchType::Arch2,
-    BranchType::Arch3,
-    BranchType::Arch4,
-    BranchType::Arch5,
-];
-
-fn sample(b: &mut Bytes<'_>) -> Sample {
-    let mut chains = Vec::new();
-    for _ in 0..b.u8() % 6 {
-        chains.push(match b.u8() % 8 {
-            0 => CallChain::User(b.words()),
-            1 => CallChain::UserDeferred { cookie: b.u64() },
-            2 => CallChain::Kernel(b.words()),
-            3 => CallChain::Hv(b.words()),
-            4 => CallChain::Guest(b.words()),
-            5 => CallChain::GuestUser(b.words()),
-            6 => CallChain::GuestKernel(b.words()),
-            _ => CallChain::Unknown(b.words()),
-        });
-    }
-    let lbr = (b.u8() & 1 == 1).then(|| Lbr {
-        hw_index: (b.u8() & 1 == 1).then(|| b.u64()),
-        entries: (0..b.u8() % 40)
-            .map(|_| {
-                let flags = b.u8();
-                Entry {
-                    from: b.u64(),
-                    to: b.u64(),
-                    mis: flags & 1 != 0,
-                    pred: flags & 2 != 0,
-                    in_tx: flags & 4 != 0,
-                    abort: flags & 8 != 0,
-                    cycles: u16::from(b.u8()) << 4,
-                    branch_type: TYPES[usize::from(b.u8()) % TYPES.len()],
-                    branch_spec: [BranchSpec::Na, BranchSpec::Wrong, BranchSpec::Correct]
-                        [usize::from(b.u8() % 3)],
-                    branch_priv: [
-                        BranchPriv::Unknown,
-                        BranchPriv::User,
-                        BranchPriv::Kernel,
-                        BranchPriv::Hv,
-                    ][usize::from(b.u8() % 4)],
-                    counter: (flags & 16 != 0).then(|| b.u64()),
-                }
-            })
-            .collect(),
-    });
-    Sample {
-        record_id: RecordId {
-            id: None,
-            stream_id: None,
-            cpu: (b.u8() & 1 == 1).then(|| b.u8().into()),
-            task: (b.u8() & 1 == 1).then(|| Task {
-                pid: b.u64() as u32,
-                tid: b.u64() as u32,
-            }),
-            time: (b.u8() & 1 == 1).then(|| b.u64()),
-        },
-        stat: None,
-        period: (b.u8() & 1 == 1).then(|| b.u64()),
-        cgroup: None,
-        call_chain: (!chains.is_empty() || b.u8() & 1 == 1).then_some(chains),
-        user_stack: None,
-        data_addr: None,
-        data_phys_addr: None,
-        data_page_size: None,
-        data_source: None,
-        code_addr: (b.u8() & 1 == 1).then(|| (b.u64(), b.u8() & 1 == 1)),
-        code_page_size: None,
-        user_regs: None,
-        intr_regs: None,
-        raw: None,
-        lbr,
-        aux: None,
-        txn: None,
-        weight: None,
-    }
-}
+use perf_event_open::sample::record::Parser;
 
 fuzz_target!(|data: &[u8]| {
-    let mut b = Bytes(data);
-    let mut converter = Converter::new();
-    while !b.0.is_empty() {
-        let mode = [
-            Priv::User,
-            Priv::Kernel,
-            Priv::Hv,
-            Priv::GuestUser,
-            Priv::GuestKernel,
-            Priv::Unknown,
-        ][usize::from(b.u8() % 6)];
-        let s = sample(&mut b);
-        let branches = s.lbr.as_ref().map_or(0, |l| l.entries.len());
-        if let Converted::Event(Event::Sample(h)) = converter.convert(mode, Record::Sample(Box::new(s)))
-        {
-            assert_eq!(h.branches.len(), branches, "a branch stack entry lost or invented");
+    // The attribute (sample_type, read_format, branch_sample_type, fixed period), then
+    // the record: its header and body.
+    let Some((attr, record)) = data.split_first_chunk::<18>() else {
+        return;
+    };
+    let word = |at: usize| u64::from_le_bytes(attr[at..at + 8].try_into().unwrap());
+    let sample_type = word(0);
+    let parser = Parser {
+        sample_id_all: true,
+        sample_type,
+        read_format: word(8) & 0x1f,
+        user_regs: if sample_type & PERF_SAMPLE_REGS_USER != 0 {
+            3
+        } else {
+            0
+        },
+        intr_regs: 0,
+        branch_sample_type: if attr[16] & 1 != 0 {
+            PERF_SAMPLE_BRANCH_HW_INDEX
+        } else {
+            0
+        },
+    };
+    let converter = Converter::with_fixed_period((attr[17] & 1 != 0).then_some(1000));
+    if let Ok(r) = converter.sample(record, &parser) {
+        // Each frame is a word of the record, each branch 24 bytes of it.
+        assert!(
+            r.sample.callchain.len() * 8 <= record.len(),
+            "a frame invented"
+        );
+        assert!(
+            r.sample.branches.len() * 24 <= record.len(),
+            "a branch invented"
+        );
+        if let Some(copy) = &r.stack_copy {
+            assert!(copy.stack.len() <= record.len(), "stack bytes invented");
         }
     }
 });

@@ -586,11 +586,7 @@ impl Aggregator {
             counts.weight,
         );
         if !self.opts.run_starts.is_empty() {
-            let run = self
-                .opts
-                .run_starts
-                .partition_point(|&start| start <= counts.first_time_ns)
-                .saturating_sub(1);
+            let run = run_of(&self.opts.run_starts, counts.first_time_ns);
             bump_n(
                 &mut self.profile.run_stacks[run],
                 &stack,
@@ -908,6 +904,15 @@ fn plausible_return(ip: u64, ret: u64) -> bool {
         top == 0 || top == 0x1_ffff
     };
     canonical(ret) && (ret >> 63) == (ip >> 63) && ret >= 4096
+}
+
+/// The run of a `record --repeat` recording whose runs started at `run_starts` that a
+/// sample taken at `time_ns` belongs to: the last one started at or before it (the first
+/// for samples before every start).
+pub(crate) fn run_of(run_starts: &[u64], time_ns: u64) -> usize {
+    run_starts
+        .partition_point(|&start| start <= time_ns)
+        .saturating_sub(1)
 }
 
 /// The mode to resolve branch addresses in: a host sample's branches may be in the

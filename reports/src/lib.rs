@@ -21,8 +21,9 @@
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
 //!    and fall-through range. Memory grows with the variety of the data, not its length.
 //!    Reading/decoding and aggregating run on two threads. When the options allow it
-//!    (not for timelines, per-run tables, `record --vm` pairing, or `--comm`/`--dso` on
-//!    samples with branch stacks), one folder (`fold/`) takes the borrowed samples
+//!    (not for timelines or `record --vm` pairing, which need every sample on its own,
+//!    nor for `--dso` on samples with branch stacks),
+//!    one folder (`fold/`) takes the borrowed samples
 //!    ([`lbrprof_data::sample::SampleRef`]) of any [`lbrprof_data::source::SampleSource`]
 //!    (perf.data or lbrprof.data mapped, or an event stream) on every core, by raw
 //!    stack, and only unique stacks are resolved, through the same [`Aggregator`].

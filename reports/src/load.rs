@@ -303,17 +303,16 @@ fn open(path: &Path, event: Option<&str>) -> Result<Input, LoadError> {
 /// `--time` windows relative to the recording: one pass over the samples, unfiltered.
 fn sample_span(path: &Path, event: Option<&str>) -> Result<(u64, u64), LoadError> {
     let mut input = open(path, event)?;
-    let opts = AggregateOptions {
-        vm: matches!(input.header().target, Target::Vm { .. }),
-        ..AggregateOptions::default()
-    };
-    let (profile, err) = aggregate_events(input.by_ref(), opts);
-    if let Some(source) = err {
-        return Err(LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
+    // (A `record --vm` recording's host samples are not resolved in the VM here: their
+    // times are the same.)
+    let profile = aggregate(
+        path,
+        event,
+        &mut input,
+        AggregateOptions::default(),
+        false,
+        None,
+    )?;
     let t = &profile.totals;
     match t.first_time_ns {
         Some(first) => Ok((first, t.last_time_ns)),
@@ -372,6 +371,68 @@ fn prewarm_while<T>(source: &dyn SymbolSource, work: impl FnOnce() -> T) -> T {
     })
 }
 
+/// The profile of `input` (opened from `path` with `event` selected, reopened when a
+/// mapped read must give way to the event stream): the one folder when the options allow
+/// it, the input read in place on every core (perf.data or lbrprof.data mapped) or as
+/// its event stream (with `event_stream_only`, or for files that cannot be mapped);
+/// else every event through the aggregator. `progress` is called now and then with the
+/// number of events read from the stream.
+fn aggregate(
+    path: &Path,
+    event: Option<&str>,
+    input: &mut Input,
+    agg: AggregateOptions,
+    event_stream_only: bool,
+    mut progress: Option<&mut (dyn FnMut(u64) + Send + '_)>,
+) -> Result<Profile, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let foldable = fold::supports(&agg, input.may_have_branch_stacks());
+    if foldable
+        && !event_stream_only
+        && let Some(mapped) = mapped_source(input)
+    {
+        let folded = match mapped {
+            MappedSource::Perf(mut s) => fold::fold_source(&mut s, &agg),
+            MappedSource::Recording(mut s) => fold::fold_source(&mut s, &agg),
+        };
+        match folded {
+            Ok(p) => return Ok(p),
+            // The stream is untouched: read it.
+            Err(SourceError::Declined) => {}
+            // The event stream reports what could not be decoded in place.
+            Err(SourceError::Undecodable(_)) => *input = open(path, event)?,
+            Err(SourceError::Input(e)) => return Err(read_error(e)),
+        }
+    }
+    let mut n = 0u64;
+    let events = input.by_ref().inspect(|_| {
+        n += 1;
+        if n.is_multiple_of(1 << 14)
+            && let Some(progress) = progress.as_mut()
+        {
+            progress(n);
+        }
+    });
+    let folded = if foldable {
+        fold::fold_source(&mut EventSource::new(events), &agg)
+    } else {
+        let (profile, err) = aggregate_events(events, agg);
+        err.map_or(Ok(profile), |e| Err(e.into()))
+    };
+    match folded {
+        Ok(p) => Ok(p),
+        Err(SourceError::Input(e)) => Err(read_error(e)),
+        // (Only mapped sources decline or meet undecodable samples.)
+        Err(source) => Err(LoadError::Source {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Opens, aggregates and symbolizes the recording at `path`.
 pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let LoadOptions {
@@ -380,7 +441,7 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
         symbols,
         keep,
         event_stream_only,
-        mut progress,
+        progress,
     } = opts;
     let event = select.event.as_deref();
     let times = match &select.time {
@@ -390,10 +451,6 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
             spec.windows(first, last)
         }
         Some(spec) => spec.windows(0, 0),
-    };
-    let read_error = |source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
     };
     let mut input = open(path, event)?;
     let header = input.header().clone();
@@ -425,61 +482,9 @@ pub fn load(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded, LoadError> {
         input.may_sample_kernel(),
         &mut source_notes,
     );
-    // The one folder when the options allow it: the input read in place on every core
-    // (perf.data or lbrprof.data mapped), else its event stream; or every event through
-    // the aggregator.
-    let foldable = fold::supports(&agg, input.may_have_branch_stacks());
-    let mut profile = None;
-    if foldable
-        && !event_stream_only
-        && let Some(mapped) = mapped_source(&mut input)
-    {
-        let folded = prewarm_while(source.as_ref(), || match mapped {
-            MappedSource::Perf(mut s) => fold::fold_source(&mut s, &agg),
-            MappedSource::Recording(mut s) => fold::fold_source(&mut s, &agg),
-        });
-        match folded {
-            Ok(p) => profile = Some(p),
-            // The stream is untouched: read it.
-            Err(SourceError::Declined) => {}
-            // The event stream reports what could not be decoded in place.
-            Err(SourceError::Undecodable(_)) => input = open(path, event)?,
-            Err(SourceError::Input(e)) => return Err(read_error(e)),
-        }
-    }
-    let profile = match profile {
-        Some(p) => p,
-        None => {
-            let mut n = 0u64;
-            let events = input.by_ref().inspect(|_| {
-                n += 1;
-                if n.is_multiple_of(1 << 14)
-                    && let Some(progress) = progress.as_mut()
-                {
-                    progress(n);
-                }
-            });
-            let folded = prewarm_while(source.as_ref(), || {
-                if foldable {
-                    fold::fold_source(&mut EventSource::new(events), &agg)
-                } else {
-                    let (profile, err) = aggregate_events(events, agg);
-                    err.map_or(Ok(profile), |e| Err(e.into()))
-                }
-            });
-            match folded {
-                Ok(p) => p,
-                Err(SourceError::Input(e)) => return Err(read_error(e)),
-                // (Only mapped sources decline or meet undecodable samples.)
-                Err(source) => {
-                    return Err(LoadError::Source {
-                        path: path.to_path_buf(),
-                        source,
-                    });
-                }
-            }
-        }
-    };
+    let profile = prewarm_while(source.as_ref(), || {
+        aggregate(path, event, &mut input, agg, event_stream_only, progress)
+    })?;
     let mut profile = profile;
     if select.event.is_none()
         && let Some(events) = input.several_events()

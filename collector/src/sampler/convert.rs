@@ -1,19 +1,20 @@
-//! Conversion of kernel ring-buffer records (as parsed by `perf-event-open`) into the
-//! recording model's [`Event`]s. Pure apart from the build-id fallback, which reads the
-//! mapped ELF file when the kernel did not put the build-id in the MMAP2 record.
+//! Conversion of kernel ring-buffer records into the recording model's [`Event`]s.
+//! Samples are decoded from their raw bytes by the data crate's one decoder of perf's
+//! sample layout ([`lbrprof_data::perfdata::decode_ring_sample`], the perf.data reader's),
+//! with the layout of the event's attribute; side-band records (mappings, tasks, losses)
+//! as `perf-event-open` parses them. Pure apart from the build-id fallback, which reads
+//! the mapped ELF file when the kernel did not put the build-id in the MMAP2 record.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
 use perf_event_open::sample::record::mmap::{Info, Mmap};
-use perf_event_open::sample::record::sample::{BranchType, CallChain, Lbr, Sample};
-use perf_event_open::sample::record::{Priv, Record};
+use perf_event_open::sample::record::{Parser, Priv, Record};
 
-use crate::model::{
-    AddressSpace, Branch, BranchFlags, BranchKind, CpuMode, Event, Frame, HostSample, Loss,
-    LossKind, Mapping, TaskEvent,
-};
+use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, TaskEvent};
+use crate::perfdata::abi::PERF_SAMPLE_REGS_USER;
+use crate::perfdata::{RingSample, SampleLayout, decode_ring_sample};
 
 /// What one ring-buffer record became.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,18 +48,28 @@ impl Converter {
         }
     }
 
-    /// Convert one record. `mode` is the record header's cpumode.
+    /// Decodes a `PERF_RECORD_SAMPLE` record as read from a ring buffer (`record`: its
+    /// header and body) of an event whose attribute `parser` describes.
+    pub fn sample(&self, record: &[u8], parser: &Parser) -> Result<RingSample, &'static str> {
+        let layout = SampleLayout {
+            sample_type: parser.sample_type,
+            read_format: parser.read_format,
+            branch_sample_type: parser.branch_sample_type,
+            // The registers `--call-graph dwarf` asks for (`super::perf_opts`).
+            regs_user: if parser.sample_type & PERF_SAMPLE_REGS_USER != 0 {
+                crate::dwarf::SAMPLE_REGS_USER
+            } else {
+                0
+            },
+            fixed_period: self.fixed_period.unwrap_or(0),
+        };
+        decode_ring_sample(record, layout)
+    }
+
+    /// Convert one side-band record. `mode` is the record header's cpumode. (Samples are
+    /// decoded from their bytes: [`Converter::sample`].)
     pub fn convert(&mut self, mode: Priv, record: Record) -> Converted {
         match record {
-            Record::Sample(s) => {
-                let mut h = sample(mode, &s);
-                if s.period.is_none()
-                    && let Some(p) = self.fixed_period
-                {
-                    h.period = p;
-                }
-                Converted::Event(Event::Sample(h))
-            }
             Record::Mmap(m) if m.executable => {
                 Converted::Event(Event::Mapping(self.mapping(mode, &m)))
             }
@@ -176,92 +187,6 @@ pub fn read_build_id(path: &Path) -> Option<Vec<u8>> {
     obj.build_id().ok().flatten().map(<[u8]>::to_vec)
 }
 
-/// The model's cpumode for a record header's.
-pub fn cpu_mode(mode: Priv) -> CpuMode {
-    match mode {
-        Priv::User => CpuMode::User,
-        Priv::Kernel => CpuMode::Kernel,
-        Priv::Hv => CpuMode::Hypervisor,
-        Priv::GuestUser => CpuMode::GuestUser,
-        Priv::GuestKernel => CpuMode::GuestKernel,
-        Priv::Unknown => CpuMode::Unknown,
-    }
-}
-
-/// A kernel sample as the model's [`HostSample`].
-pub fn sample(mode: Priv, s: &Sample) -> HostSample {
-    let task = s.record_id.task.as_ref();
-    HostSample {
-        event: 0,
-        time_ns: s.record_id.time.unwrap_or(0),
-        pid: task.map_or(0, |t| t.pid),
-        tid: task.map_or(0, |t| t.tid),
-        cpu: s.record_id.cpu.unwrap_or(0),
-        period: s.period.unwrap_or(0),
-        ip: s.code_addr.map_or(0, |(ip, _)| ip),
-        mode: cpu_mode(mode),
-        callchain: s.call_chain.as_deref().map(callchain).unwrap_or_default(),
-        branches: s.lbr.as_ref().map(branches).unwrap_or_default(),
-        branch_hw_index: s.lbr.as_ref().and_then(|l| l.hw_index),
-    }
-}
-
-/// Flatten perf's context-marked call chain: every frame keeps the mode of the context
-/// marker before it; the markers themselves are dropped.
-pub fn callchain(chains: &[CallChain]) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    for chain in chains {
-        let (mode, ips) = match chain {
-            CallChain::User(ips) => (CpuMode::User, ips),
-            CallChain::Kernel(ips) => (CpuMode::Kernel, ips),
-            CallChain::Hv(ips) => (CpuMode::Hypervisor, ips),
-            // PERF_CONTEXT_GUEST precedes the guest kernel part.
-            CallChain::Guest(ips) | CallChain::GuestKernel(ips) => (CpuMode::GuestKernel, ips),
-            CallChain::GuestUser(ips) => (CpuMode::GuestUser, ips),
-            CallChain::Unknown(ips) => (CpuMode::Unknown, ips),
-            // A deferred user chain arrives in a separate record we do not request.
-            _ => continue,
-        };
-        frames.extend(ips.iter().map(|&addr| Frame { addr, mode }));
-    }
-    frames
-}
-
-/// perf's branch stack entries, newest first, as the model's [`Branch`]es.
-pub fn branches(lbr: &Lbr) -> Vec<Branch> {
-    lbr.entries
-        .iter()
-        .map(|e| Branch {
-            from: e.from,
-            to: e.to,
-            flags: BranchFlags {
-                mispred: e.mis,
-                predicted: e.pred,
-                in_tx: e.in_tx,
-                abort: e.abort,
-                cycles: e.cycles,
-                kind: branch_kind(&e.branch_type),
-            },
-        })
-        .collect()
-}
-
-fn branch_kind(t: &BranchType) -> BranchKind {
-    match t {
-        BranchType::Cond => BranchKind::Cond,
-        BranchType::Uncond => BranchKind::Uncond,
-        BranchType::Ind => BranchKind::IndJump,
-        BranchType::Call | BranchType::CondCall => BranchKind::Call,
-        BranchType::IndCall => BranchKind::IndCall,
-        BranchType::Ret | BranchType::CondRet => BranchKind::Ret,
-        BranchType::Syscall => BranchKind::Syscall,
-        BranchType::Sysret => BranchKind::Sysret,
-        BranchType::Eret => BranchKind::Eret,
-        BranchType::Irq => BranchKind::Irq,
-        _ => BranchKind::Unknown,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::ffi::CString;
@@ -285,119 +210,160 @@ mod tests {
         }
     }
 
+    /// A sample record as the kernel writes it into a ring buffer: its header (type,
+    /// `misc`, size) and the body's words, in this machine's byte order.
+    fn ring_record(misc: u16, body: &[u64]) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend(crate::perfdata::abi::PERF_RECORD_SAMPLE.to_ne_bytes());
+        r.extend(misc.to_ne_bytes());
+        r.extend(((8 + body.len() * 8) as u16).to_ne_bytes());
+        for w in body {
+            r.extend(w.to_ne_bytes());
+        }
+        r
+    }
+
+    fn parser(sample_type: u64, branch_sample_type: u64) -> Parser {
+        Parser {
+            sample_id_all: true,
+            sample_type,
+            read_format: 0,
+            user_regs: 0,
+            intr_regs: 0,
+            branch_sample_type,
+        }
+    }
+
     #[test]
-    fn call_chain_markers_become_modes() {
-        let chains = vec![
-            CallChain::Kernel(vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0010]),
-            CallChain::User(vec![0x401000, 0x401100]),
+    fn samples_decode_from_their_bytes_with_every_field_and_branch_flags() {
+        use crate::model::{BranchKind, CpuMode, Frame};
+        use crate::perfdata::abi::*;
+        let st = PERF_SAMPLE_IP
+            | PERF_SAMPLE_TID
+            | PERF_SAMPLE_TIME
+            | PERF_SAMPLE_ID
+            | PERF_SAMPLE_CPU
+            | PERF_SAMPLE_PERIOD
+            | PERF_SAMPLE_CALLCHAIN
+            | PERF_SAMPLE_BRANCH_STACK;
+        let flags = |mispred: bool, cycles: u64, ty: u64| {
+            let prediction = if mispred {
+                PERF_BRANCH_MISPRED
+            } else {
+                PERF_BRANCH_PREDICTED
+            };
+            prediction | cycles << PERF_BRANCH_CYCLES_SHIFT | ty << PERF_BRANCH_TYPE_SHIFT
+        };
+        let (pid, tid, cpu) = (10u32, 11u32, 1u32);
+        let pair = |a: u32, b: u32| {
+            let mut w = [0u8; 8];
+            w[..4].copy_from_slice(&a.to_ne_bytes());
+            w[4..].copy_from_slice(&b.to_ne_bytes());
+            u64::from_ne_bytes(w)
+        };
+        let body = [
+            0x401010,
+            pair(pid, tid),
+            1234,
+            77, // id
+            pair(cpu, 0),
+            250_000,
+            4, // call chain: the kernel's frame, then the user's
+            PERF_CONTEXT_KERNEL,
+            0xffff_ffff_8100_0000,
+            PERF_CONTEXT_USER,
+            0x401200,
+            2, // branch stack, with its hw_index
+            7,
+            0x401020,
+            0x401000,
+            flags(true, 12, PERF_BR_COND),
+            0x401250,
+            0x401010,
+            flags(false, 3, PERF_BR_CALL),
         ];
-        let frames = callchain(&chains);
+        let record = ring_record(PERF_RECORD_MISC_USER, &body);
+        let conv = Converter::new();
+        let r = conv
+            .sample(&record, &parser(st, PERF_SAMPLE_BRANCH_HW_INDEX))
+            .unwrap();
+        let h = &r.sample;
         assert_eq!(
-            frames,
-            vec![
+            (h.time_ns, h.pid, h.tid, h.cpu, h.period, h.ip, h.mode),
+            (1234, pid, tid, cpu, 250_000, 0x401010, CpuMode::User)
+        );
+        assert_eq!((r.id, r.stack_copy.as_ref()), (Some(77), None));
+        assert_eq!(
+            h.callchain,
+            [
                 Frame {
                     addr: 0xffff_ffff_8100_0000,
                     mode: CpuMode::Kernel
                 },
                 Frame {
-                    addr: 0xffff_ffff_8100_0010,
-                    mode: CpuMode::Kernel
-                },
-                Frame {
-                    addr: 0x401000,
-                    mode: CpuMode::User
-                },
-                Frame {
-                    addr: 0x401100,
+                    addr: 0x401200,
                     mode: CpuMode::User
                 },
             ]
         );
-        let guest = callchain(&[
-            CallChain::Guest(vec![1]),
-            CallChain::GuestUser(vec![2]),
-            CallChain::Hv(vec![3]),
-        ]);
-        assert_eq!(guest[0].mode, CpuMode::GuestKernel);
-        assert_eq!(guest[1].mode, CpuMode::GuestUser);
-        assert_eq!(guest[2].mode, CpuMode::Hypervisor);
-        assert!(callchain(&[]).is_empty());
-    }
-
-    #[test]
-    fn samples_keep_every_field_and_branch_flags() {
-        use perf_event_open::sample::record::sample::{BranchPriv, BranchSpec, Entry};
-        let entry = |from, to, mis, cycles, branch_type| Entry {
-            from,
-            to,
-            mis,
-            pred: !mis,
-            in_tx: false,
-            abort: false,
-            cycles,
-            branch_type,
-            branch_spec: BranchSpec::Na,
-            branch_priv: BranchPriv::User,
-            counter: None,
-        };
-        let s = Sample {
-            record_id: rid(1234, 10, 11),
-            stat: None,
-            period: Some(250_000),
-            cgroup: None,
-            call_chain: Some(vec![CallChain::User(vec![0x401010, 0x401200])]),
-            user_stack: None,
-            data_addr: None,
-            data_phys_addr: None,
-            data_page_size: None,
-            data_source: None,
-            code_addr: Some((0x401010, true)),
-            code_page_size: None,
-            user_regs: None,
-            intr_regs: None,
-            raw: None,
-            lbr: Some(Lbr {
-                hw_index: Some(7),
-                entries: vec![
-                    entry(0x401020, 0x401000, true, 12, BranchType::Cond),
-                    entry(0x401250, 0x401010, false, 3, BranchType::Call),
-                    entry(0x401300, 0x401250, false, 0, BranchType::Ret),
-                    entry(0x401400, 0x401500, false, 0, BranchType::Ind),
-                ],
-            }),
-            aux: None,
-            txn: None,
-            weight: None,
-        };
-        let h = sample(Priv::User, &s);
-        assert_eq!(
-            (h.time_ns, h.pid, h.tid, h.cpu, h.period, h.ip, h.mode),
-            (1234, 10, 11, 1, 250_000, 0x401010, CpuMode::User)
-        );
-        assert_eq!(h.callchain.len(), 2);
         assert_eq!(h.branch_hw_index, Some(7));
         let kinds: Vec<BranchKind> = h.branches.iter().map(|b| b.flags.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                BranchKind::Cond,
-                BranchKind::Call,
-                BranchKind::Ret,
-                BranchKind::IndJump
-            ]
-        );
+        assert_eq!(kinds, [BranchKind::Cond, BranchKind::Call]);
         assert_eq!((h.branches[0].from, h.branches[0].to), (0x401020, 0x401000));
         assert!(h.branches[0].flags.mispred && !h.branches[0].flags.predicted);
         assert_eq!(h.branches[0].flags.cycles, 12);
-        // No branch stack, no call chain: empty, not missing fields.
-        let bare = Sample {
-            lbr: None,
-            call_chain: None,
-            ..s
-        };
-        let h = sample(Priv::Kernel, &bare);
-        assert!(h.branches.is_empty() && h.callchain.is_empty());
-        assert_eq!((h.mode, h.branch_hw_index), (CpuMode::Kernel, None));
+        assert!(!h.branches[1].flags.mispred && h.branches[1].flags.predicted);
+        // Every shorter record is an error, not a panic or a sample.
+        for n in 0..record.len() {
+            assert!(
+                conv.sample(&record[..n], &parser(st, PERF_SAMPLE_BRANCH_HW_INDEX))
+                    .is_err()
+            );
+        }
+        // Without PERF_SAMPLE_PERIOD (`-c N`), a sample stands for the fixed period; in
+        // the kernel's mode, with no call chain or branch stack.
+        let st = PERF_SAMPLE_IP | PERF_SAMPLE_TID;
+        let record = ring_record(
+            PERF_RECORD_MISC_KERNEL,
+            &[0xffff_ffff_8100_0010, pair(1, 2)],
+        );
+        let r = Converter::with_fixed_period(Some(4000))
+            .sample(&record, &parser(st, 0))
+            .unwrap();
+        assert_eq!(
+            (r.sample.period, r.sample.mode, r.sample.pid, r.sample.tid),
+            (4000, CpuMode::Kernel, 1, 2)
+        );
+        assert!(r.sample.callchain.is_empty() && r.sample.branches.is_empty());
+        assert_eq!(r.id, None);
+    }
+
+    #[test]
+    fn dwarf_samples_keep_their_registers_and_stack_copy() {
+        use crate::perfdata::abi::*;
+        let mask = crate::dwarf::SAMPLE_REGS_USER;
+        let st = PERF_SAMPLE_IP | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
+        // The registers in mask bit order, then the copy: size, bytes, dyn_size.
+        let regs: Vec<u64> = (0..u64::from(mask.count_ones()))
+            .map(|i| 0x1000 + i)
+            .collect();
+        let mut body = vec![0x401000, lbrprof_unwind::abi::PERF_SAMPLE_REGS_ABI_64];
+        body.extend(&regs);
+        body.extend([16, 0x1111, 0x2222, 8]);
+        let r = Converter::new()
+            .sample(&ring_record(PERF_RECORD_MISC_USER, &body), &parser(st, 0))
+            .unwrap();
+        let copy = r.stack_copy.expect("a stack copy");
+        let want = lbrprof_unwind::Regs::from_perf(mask, &regs).unwrap();
+        assert_eq!(copy.regs, want);
+        // dyn_size: only the bytes the kernel filled.
+        assert_eq!(copy.stack, 0x1111u64.to_ne_bytes());
+        // A kernel thread (no user registers, abi 0): no copy.
+        let body = [0x401000, 0, 0];
+        let r = Converter::new()
+            .sample(&ring_record(PERF_RECORD_MISC_USER, &body), &parser(st, 0))
+            .unwrap();
+        assert_eq!(r.stack_copy, None);
     }
 
     #[test]

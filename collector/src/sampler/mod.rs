@@ -6,9 +6,11 @@
 //! `PERF_EVENT_IOC_SET_OUTPUT`, as `perf record` does), and converts what the kernel
 //! writes there into the recording model's [`Event`]s:
 //!
-//! * samples: IP, PID/TID, CPU, CLOCK_MONOTONIC time, period, user+kernel call chain
-//!   (context markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the
-//!   branch stack when LBR sampling was chosen;
+//! * samples, read as raw record bytes and decoded by the data crate's one decoder of
+//!   perf's sample layout (the perf.data reader's, [`crate::perfdata::decode_ring_sample`]):
+//!   IP, PID/TID, CPU, CLOCK_MONOTONIC time, period, user+kernel call chain (context
+//!   markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the branch
+//!   stack when LBR sampling was chosen;
 //! * MMAP2 (executable only) with the kernel's build-id, or the file's when the kernel
 //!   gave none; COMM (an exec when the kernel flags it so), FORK, EXIT;
 //! * LOST and THROTTLE, counted in [`RingStats`] and kept as [`crate::model::Loss`].
@@ -46,12 +48,12 @@ use perf_event_open::event::hw::Hardware;
 use perf_event_open::event::sw::Software;
 use perf_event_open::event::tp::Tracepoint;
 use perf_event_open::sample::Sampler;
-use perf_event_open::sample::record::Record;
-use perf_event_open::sample::record::sample::Sample;
 
 use crate::dwarf::{EventUnwinder, StackCopy, UnwindStats};
 use crate::host::{CallGraph, EventKind, HardwareEvent, SoftwareEvent};
 use crate::model::{Event, LossKind};
+use crate::perfdata::RingSample;
+use crate::perfdata::abi::PERF_RECORD_SAMPLE;
 use convert::{Converted, Converter};
 
 /// How to sample (already decided; see [`crate::host::decide`]).
@@ -354,37 +356,52 @@ impl HostSampler {
             let Some(iter) = ring.sampler.iter() else {
                 continue;
             };
-            for (mode, mut record) in iter {
-                let stack = match &mut record {
-                    Record::Sample(s) if self.unwinder.is_some() => stack_copy(s),
-                    _ => None,
-                };
-                let id = match &record {
-                    Record::Sample(s) => s.record_id.id,
-                    _ => None,
-                };
-                let Converted::Event(mut event) = self.converter.convert(mode, record) else {
+            let parser = ring.sampler.parser();
+            let mut iter = iter.into_cow();
+            while let Some(raw) = iter.lending_next() {
+                let bytes = raw.as_raw().as_bytes();
+                if bytes.get(..4) != Some(&PERF_RECORD_SAMPLE.to_ne_bytes()[..]) {
+                    let (mode, record) = raw.parse();
+                    drop(raw);
+                    let Converted::Event(event) = self.converter.convert(mode, record) else {
+                        continue;
+                    };
+                    match &event {
+                        Event::Loss(l) if l.kind == LossKind::Throttled => {
+                            self.stats.throttled += l.count
+                        }
+                        Event::Loss(l) => self.stats.lost += l.count,
+                        _ => self.stats.side_band += 1,
+                    }
+                    pending.push(Pending { event, stack: None });
+                    continue;
+                }
+                // Samples: the data crate's decoder of perf's sample layout.
+                let Ok(RingSample {
+                    mut sample,
+                    id,
+                    stack_copy,
+                }) = self.converter.sample(bytes, parser)
+                else {
+                    // Shorter than the event's layout: the kernel's record is not the
+                    // one asked for. Counted as a sample lost.
+                    self.stats.lost += 1;
                     continue;
                 };
-                match &mut event {
-                    Event::Sample(s) => {
-                        self.stats.samples += 1;
-                        // One event: index 0, no id sampled.
-                        s.event = id
-                            .and_then(|id| self.event_ids.get(&id))
-                            .copied()
-                            .unwrap_or(0);
-                        if let Some(n) = self.samples_per_event.get_mut(s.event as usize) {
-                            *n += 1;
-                        }
-                    }
-                    Event::Loss(l) if l.kind == LossKind::Throttled => {
-                        self.stats.throttled += l.count
-                    }
-                    Event::Loss(l) => self.stats.lost += l.count,
-                    _ => self.stats.side_band += 1,
+                drop(raw);
+                self.stats.samples += 1;
+                // One event: index 0, no id sampled.
+                sample.event = id
+                    .and_then(|id| self.event_ids.get(&id))
+                    .copied()
+                    .unwrap_or(0);
+                if let Some(n) = self.samples_per_event.get_mut(sample.event as usize) {
+                    *n += 1;
                 }
-                pending.push(Pending { event, stack });
+                pending.push(Pending {
+                    event: Event::Sample(sample),
+                    stack: stack_copy.filter(|_| self.unwinder.is_some()).map(Box::new),
+                });
             }
         }
         let ready = order_ready(&mut pending, (!self.stopped).then_some(self.round_start));
@@ -430,21 +447,6 @@ impl HostSampler {
 struct Pending {
     event: Event,
     stack: Option<Box<StackCopy>>,
-}
-
-/// The user registers and stack copy of a sample, taken out of it (`None` when the
-/// sample has none: a kernel thread, or a 32-bit task).
-fn stack_copy(s: &mut Sample) -> Option<Box<StackCopy>> {
-    use perf_event_open::sample::record::sample::Abi;
-    let (values, abi) = s.user_regs.as_ref()?;
-    if *abi != Abi::_64 {
-        return None;
-    }
-    let regs = lbrprof_unwind::Regs::from_perf(crate::dwarf::SAMPLE_REGS_USER, values)?;
-    Some(Box::new(StackCopy {
-        regs,
-        stack: s.user_stack.take().unwrap_or_default(),
-    }))
 }
 
 /// Sort `pending` into time order and say how many of the first events may be passed on:

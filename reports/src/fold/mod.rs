@@ -6,21 +6,28 @@
 //! [`fold_source`] walks the source on one thread while the pool folds the chunks it
 //! hands out (so walking overlaps folding, and a chunk is read soon after the walk has
 //! passed it), each thread into its own [`Raw`]: stacks keyed `[epoch, pid (| tid << 32),
-//! mode (| chain encoding << 8), ip, chain words...]`, LBR call stacks `[epoch, pid, mode,
-//! ip, from...]`, branch edges and fall-through ranges keyed by [`PairKey`]. [`Raw`]s
-//! merge in any order. [`resolve`] then replays the source's side-band [`Step`]s (mappings,
+//! mode (| chain encoding << 8 | run << 16), ip, chain words...]`, LBR call stacks
+//! `[epoch, pid, mode, ip, from...]`, branch edges and fall-through ranges keyed by
+//! [`PairKey`]. [`Raw`]s merge in any order. [`resolve`] then replays the source's side-band [`Step`]s (mappings,
 //! tasks, losses) in the order the event stream gives them, adding each epoch's raw
 //! entries right after the step that starts it: every sample meets the mappings and task
 //! names the stream would have shown it, and the [`Profile`] is the one
 //! [`crate::aggregate_events`] builds from the stream, at a fraction of the cost, since
 //! only unique raw keys are ever resolved.
 //!
+//! Filters: `--pid`/`--tid`/`--time` are applied while folding. `--comm` and `--dso`
+//! depend on the side-band state a sample meets (its thread's command, the module its IP
+//! lies in), so they are decided when its raw stack resolves, by the aggregator's own
+//! filter. With `--comm`, a sample's branch edges and ranges are keyed by its *head*
+//! (the first words of its raw stack key but the IP, [`Raw::heads`]) and follow that
+//! verdict. Per-run tables (`record --repeat`) keep the run in the raw stack key.
+//!
 //! What raw keys cannot keep is left to the aggregator's per-event path ([`supports`]):
-//! times (timelines, per-run tables, pairing of `record --vm` samples), and, for samples
-//! with branch stacks, the thread and IP that `--comm`/`--dso` filters need.
-//! `--pid`/`--tid`/`--time` filters are applied while folding.
+//! timelines and the pairing of `record --vm` samples with guest snapshots need every
+//! sample on its own, with its time, in stream order; and `--dso` on samples with
+//! branch stacks, whose verdict depends on the sampled IP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +42,7 @@ use lbrprof_data::source::{Folded, SampleChunk, SampleSource, SourceError, Step}
 
 use crate::aggregate::{
     AggregateOptions, Aggregator, EdgeCounts, FastHash, Filter, MAX_RANGE_BYTES, Profile,
-    SampleCounts, branch_mode,
+    SampleCounts, branch_mode, run_of,
 };
 
 /// Samples with one raw key, summed.
@@ -70,11 +77,16 @@ impl Group {
     }
 }
 
-/// Raw stack keys start `[epoch, pid | tid << 32, mode | chain << 8, ip]`.
+/// Raw stack keys start `[epoch, pid | tid << 32, mode | chain << 8 | run << 16, ip]`:
+/// the sample's *head*, everything the filters and the per-run tables decide by.
 const HEAD: usize = 4;
 
 /// The chain-encoding bit of a raw stack's mode word: its words are perf's.
 const PERF_CHAIN: u64 = 1 << 8;
+
+/// Where a raw stack's mode word keeps the index of the run its samples belong to
+/// ([`run_of`]).
+const RUN_SHIFT: u32 = 16;
 
 /// A table keyed by word slices (open addressing, linear probing): `std`'s `HashMap`
 /// would hash each new key twice (lookup by slice, then insert by box), and merging
@@ -102,21 +114,41 @@ impl<V> WordMap<V> {
 
     /// The value of `key`, inserted with `init` when missing; `true` when inserted.
     fn entry(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (&mut V, bool) {
+        let (i, new) = self.entry_index(key, init);
+        (&mut self.entries[i].2, new)
+    }
+
+    /// The index of `key`'s entry (entries keep their index), inserted with `init` when
+    /// missing; `true` when inserted.
+    fn entry_index(&mut self, key: &[u64], init: impl FnOnce() -> V) -> (usize, bool) {
         let h = Self::hash(key);
         match self.find(h, key) {
-            Ok(e) => (&mut self.entries[e].2, false),
-            Err(slot) => (self.insert_at(slot, h, key.into(), init()), true),
+            Ok(e) => (e, false),
+            Err(slot) => {
+                self.insert_at(slot, h, key.into(), init());
+                (self.entries.len() - 1, true)
+            }
         }
     }
 
-    /// Adds `value` under `key` (hashed `h`) when the key is new; else gives it back with
-    /// the value already there. (A merge moves the boxed key in instead of copying it.)
-    fn entry_owned(&mut self, h: u64, key: Box<[u64]>, value: V) -> Option<(&mut V, V)> {
+    /// Adds `value` under `key` (hashed `h`) when the key is new, else `merge`s it into
+    /// the value already there; the entry's index. (A merge moves the boxed key in
+    /// instead of copying it.)
+    fn merge_entry(
+        &mut self,
+        h: u64,
+        key: Box<[u64]>,
+        value: V,
+        merge: impl FnOnce(&mut V, V),
+    ) -> usize {
         match self.find(h, &key) {
-            Ok(e) => Some((&mut self.entries[e].2, value)),
+            Ok(e) => {
+                merge(&mut self.entries[e].2, value);
+                e
+            }
             Err(slot) => {
                 self.insert_at(slot, h, key, value);
-                None
+                self.entries.len() - 1
             }
         }
     }
@@ -176,6 +208,8 @@ impl<V> WordMap<V> {
 /// multiply-rotate hash rather than as a slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct PairKey {
+    /// The sample's epoch; with a `--comm` filter ([`FoldOpts::per_head`]), the index of
+    /// its head in [`Raw::heads`] instead.
     epoch: u64,
     /// `pid | mode_code << 32` of the sample.
     ctx: u64,
@@ -202,6 +236,29 @@ type PairHash = rustc_hash::FxBuildHasher;
 /// No entry gave a kind yet.
 const NO_KIND: u64 = u64::MAX;
 
+/// The branch stacks of some samples, counted.
+#[derive(Clone, Copy, Debug, Default)]
+struct BranchTotals {
+    entries: u64,
+    /// Samples with at least one entry.
+    samples: u64,
+    max_depth: u64,
+}
+
+impl BranchTotals {
+    fn add_stack(&mut self, n: u64) {
+        self.entries += n;
+        self.samples += 1;
+        self.max_depth = self.max_depth.max(n);
+    }
+
+    fn merge(&mut self, o: &BranchTotals) {
+        self.entries += o.entries;
+        self.samples += o.samples;
+        self.max_depth = self.max_depth.max(o.max_depth);
+    }
+}
+
 /// What samples fold into: per chunk, or merged, per part of the file or the whole.
 struct Raw {
     stacks: WordMap<Group>,
@@ -214,9 +271,14 @@ struct Raw {
     /// Raw fall-through ranges `[start, end]` with the `from` of the branch that started
     /// them, and how often they were run.
     ranges: HashMap<(PairKey, u64), u64, PairHash>,
-    branch_entries: u64,
-    samples_with_branches: u64,
-    max_branch_depth: u64,
+    /// Of every sample folded, or with [`FoldOpts::per_head`], of none (see `heads`).
+    branches: BranchTotals,
+    /// With [`FoldOpts::per_head`]: the heads (`[epoch, pid | tid << 32, mode word, 0]`,
+    /// as raw stack keys start, without the IP: see [`head_of`]) of the samples with
+    /// branch stacks, and their branch totals; raw edges and ranges name their sample's
+    /// head by its index here. A head is kept or dropped with the raw stacks that start
+    /// with it.
+    heads: WordMap<BranchTotals>,
     /// Samples the `--pid`/`--tid` filter dropped.
     filtered_out: u64,
     /// How the stack copies of `--call-graph dwarf` samples unwound.
@@ -230,9 +292,8 @@ impl Default for Raw {
             lbr_stacks: WordMap::new(),
             edges: PairMap::default(),
             ranges: HashMap::default(),
-            branch_entries: 0,
-            samples_with_branches: 0,
-            max_branch_depth: 0,
+            branches: BranchTotals::default(),
+            heads: WordMap::new(),
             filtered_out: 0,
             unwind: UnwindStats::default(),
         }
@@ -244,19 +305,28 @@ impl Raw {
     /// edge's kind goes by the recorded positions.
     fn merge(mut self, later: Raw) -> Raw {
         for (h, k, g) in later.stacks.into_entries() {
-            if let Some((v, g)) = self.stacks.entry_owned(h, k, g) {
-                v.merge(&g);
-            }
+            self.stacks.merge_entry(h, k, g, |v, g| v.merge(&g));
         }
         for (h, k, g) in later.lbr_stacks.into_entries() {
-            if let Some((v, g)) = self.lbr_stacks.entry_owned(h, k, g) {
-                v.merge(&g);
-            }
+            self.lbr_stacks.merge_entry(h, k, g, |v, g| v.merge(&g));
         }
+        // `later`'s head indices, as `self`'s (none without per-head keys).
+        let heads: Vec<u64> = later
+            .heads
+            .into_entries()
+            .into_iter()
+            .map(|(h, k, t)| self.heads.merge_entry(h, k, t, |v, t| v.merge(&t)) as u64)
+            .collect();
+        let head = |mut k: PairKey| {
+            if !heads.is_empty() {
+                k.epoch = heads[k.epoch as usize];
+            }
+            k
+        };
         for (k, (e, at)) in later.edges {
             let (v, v_at) = self
                 .edges
-                .entry(k)
+                .entry(head(k))
                 .or_insert((EdgeCounts::default(), NO_KIND));
             // The earlier entry's kind, whichever part holds it.
             let earlier = e.kind != BranchKind::Unknown && at < *v_at;
@@ -266,12 +336,10 @@ impl Raw {
                 *v_at = at;
             }
         }
-        for (k, n) in later.ranges {
-            *self.ranges.entry(k).or_default() += n;
+        for ((k, origin), n) in later.ranges {
+            *self.ranges.entry((head(k), origin)).or_default() += n;
         }
-        self.branch_entries += later.branch_entries;
-        self.samples_with_branches += later.samples_with_branches;
-        self.max_branch_depth = self.max_branch_depth.max(later.max_branch_depth);
+        self.branches.merge(&later.branches);
         self.filtered_out += later.filtered_out;
         self.unwind.add(&later.unwind);
         self
@@ -286,6 +354,13 @@ struct FoldOpts<'a> {
     lbr_call_stack: bool,
     /// `--pid`/`--tid`/`--time` (empty: all).
     filter: &'a Filter,
+    /// The start times of the runs of a `record --repeat` recording (empty: one run).
+    run_starts: &'a [u64],
+    /// A `--comm` filter: whether a sample is kept depends on the side-band state at
+    /// its epoch (its thread's command), known only when the raw keys are resolved. The
+    /// branch tables are then keyed by the sample's head ([`Raw::heads`]), so that its
+    /// edges and ranges follow its stack's verdict.
+    per_head: bool,
 }
 
 impl<'a> FoldOpts<'a> {
@@ -295,6 +370,8 @@ impl<'a> FoldOpts<'a> {
             keep_tid: !f.tids.is_empty() || !f.comms.is_empty() || opts.comm_root || opts.tasks,
             lbr_call_stack: opts.lbr_call_stack,
             filter: f,
+            run_starts: &opts.run_starts,
+            per_head: !f.comms.is_empty(),
         }
     }
 }
@@ -352,8 +429,13 @@ impl<'a> Folder<'a> {
             ChainWords::Perf => PERF_CHAIN,
             ChainWords::Frames => 0,
         };
+        let run = match opts.run_starts {
+            [] => 0,
+            starts => (run_of(starts, s.time_ns) as u64) << RUN_SHIFT,
+        };
+        let head = [s.epoch, u64::from(s.pid) | tid, mode | chain | run, s.ip];
         key.clear();
-        key.extend([s.epoch, u64::from(s.pid) | tid, mode | chain, s.ip]);
+        key.extend(head);
         match (unwinder, s.stack_copy, s.callchain) {
             (Some(u), Some(copy), Callchain::PerfWords(_)) => {
                 // The kernel's part of the call chain, then the walk of the copy.
@@ -378,13 +460,25 @@ impl<'a> Folder<'a> {
             return;
         }
         let n = s.branches.len() as u64;
-        raw.branch_entries += n;
-        raw.samples_with_branches += 1;
-        raw.max_branch_depth = raw.max_branch_depth.max(n);
         let pid = u64::from(s.pid);
+        // The first word of the raw edge and range keys: the epoch, or the head.
+        let mut epoch = s.epoch;
+        if opts.per_head {
+            let (i, _) = raw
+                .heads
+                .entry_index(&head_of(&head), BranchTotals::default);
+            raw.heads.entries[i].2.add_stack(n);
+            epoch = i as u64;
+        } else {
+            raw.branches.add_stack(n);
+        }
         if opts.lbr_call_stack {
             key.clear();
-            key.extend([s.epoch, pid, mode, s.ip]);
+            if opts.per_head {
+                key.extend(head);
+            } else {
+                key.extend([s.epoch, pid, mode, s.ip]);
+            }
             key.extend(s.branches.iter().map(|b| b.from));
             let (g, new) = raw
                 .lbr_stacks
@@ -393,7 +487,7 @@ impl<'a> Folder<'a> {
                 g.add(s.period, s.time_ns);
             }
         }
-        let (epoch, ctx) = (s.epoch, pid | mode << 32);
+        let ctx = pid | mode << 32;
         // One loop per representation, not a match per entry.
         match s.branches {
             BranchStack::Decoded(b) => {
@@ -406,8 +500,8 @@ impl<'a> Folder<'a> {
     }
 }
 
-/// Folds a branch stack (newest entry first) of a sample of `epoch` and `ctx` (see
-/// [`PairKey`]) into the raw edge and fall-through tables; `at` numbers the entries.
+/// Folds a branch stack (newest entry first) of a sample of `epoch` (or head) and `ctx`
+/// (see [`PairKey`]) into the raw edge and fall-through tables; `at` numbers the entries.
 fn fold_branches(
     raw: &mut Raw,
     at: &mut u64,
@@ -441,15 +535,22 @@ fn fold_branches(
     }
 }
 
+/// The head of a raw stack key as [`Raw::heads`] keys it: its first words without the
+/// IP, which a `--comm` verdict does not depend on (keyed by IP, the branch tables
+/// would hold a copy of every edge per sampled address).
+fn head_of(key: &[u64]) -> [u64; HEAD] {
+    [key[0], key[1], key[2], 0]
+}
+
 /// Whether the folder builds the profile for these options from a source whose samples
 /// may carry branch stacks (`branch_stacks`) or not.
 pub(crate) fn supports(opts: &AggregateOptions, branch_stacks: bool) -> bool {
+    // Raw keys merge samples: those need each one, in stream order.
     !opts.vm
         && !opts.timeline
-        // Raw stacks merge samples of different runs.
-        && opts.run_starts.is_empty()
-        // Raw branch tables keep neither the thread nor the IP these need.
-        && ((opts.filter.comms.is_empty() && opts.filter.dsos.is_empty()) || !branch_stacks)
+        // A `--dso` verdict depends on the sampled IP's module: the branch tables would
+        // need a copy of every edge per sampled address.
+        && (opts.filter.dsos.is_empty() || !branch_stacks)
 }
 
 /// Builds the profile of `source`'s samples (see the module docs); the source's error
@@ -499,7 +600,8 @@ pub(crate) fn fold_source<S: SampleSource>(
     source.finish(
         failed,
         Folded {
-            branch_entries: raw.branch_entries,
+            branch_entries: raw.branches.entries
+                + raw.heads.entries.iter().map(|e| e.2.entries).sum::<u64>(),
             unwind: raw.unwind,
         },
     )?;
@@ -535,6 +637,9 @@ struct Epoch {
     /// With the position that gave their kind.
     edges: Vec<(u64, PairKey, EdgeCounts)>,
     ranges: Vec<((PairKey, u64), u64)>,
+    /// With [`FoldOpts::per_head`]: the heads of the epoch's samples with branch stacks,
+    /// by index.
+    heads: Vec<(usize, Box<[u64]>, BranchTotals)>,
 }
 
 /// The profile of `raw`: the side-band events replayed through an [`Aggregator`] in
@@ -545,14 +650,19 @@ fn resolve<'e>(
     steps: impl IntoIterator<Item = Step<'e>>,
     opts: AggregateOptions,
 ) -> Profile {
-    let totals = [
-        raw.branch_entries,
-        raw.samples_with_branches,
-        raw.max_branch_depth,
-        raw.filtered_out,
-    ];
     let raw_stacks = raw.stacks.len();
+    let per_head = raw.heads.len() > 0;
     let mut epochs: HashMap<u64, Epoch> = HashMap::new();
+    // The epoch of each head.
+    let mut head_epochs = Vec::with_capacity(raw.heads.len());
+    for (i, (_, k, t)) in raw.heads.into_entries().into_iter().enumerate() {
+        head_epochs.push(k[0]);
+        epochs.entry(k[0]).or_default().heads.push((i, k, t));
+    }
+    let epoch_of = |k: &PairKey| match per_head {
+        true => head_epochs[k.epoch as usize],
+        false => k.epoch,
+    };
     for (_, k, g) in raw.stacks.into_entries() {
         epochs.entry(k[0]).or_default().stacks.push((k, g));
     }
@@ -560,24 +670,36 @@ fn resolve<'e>(
         epochs.entry(k[0]).or_default().lbr_stacks.push((k, g));
     }
     for (k, (e, at)) in raw.edges {
-        epochs.entry(k.epoch).or_default().edges.push((at, k, e));
+        epochs
+            .entry(epoch_of(&k))
+            .or_default()
+            .edges
+            .push((at, k, e));
     }
     for (k, n) in raw.ranges {
-        epochs.entry(k.0.epoch).or_default().ranges.push((k, n));
+        epochs
+            .entry(epoch_of(&k.0))
+            .or_default()
+            .ranges
+            .push((k, n));
     }
-    let mut agg = Aggregator::new(opts);
+    let mut replay = Replay {
+        agg: Aggregator::new(opts),
+        kept_heads: vec![false; head_epochs.len()],
+        branches: raw.branches,
+    };
     // Raw stacks resolve to at most as many stacks (those that differ only in their
     // epoch, or in their thread, resolve to one).
-    agg.reserve_stacks(raw_stacks);
+    replay.agg.reserve_stacks(raw_stacks);
     if let Some(e) = epochs.remove(&0) {
-        apply_epoch(&mut agg, e);
+        replay.apply_epoch(e);
     }
     for step in steps {
         match step {
-            Step::Event(ev) => agg.add(ev),
+            Step::Event(ev) => replay.agg.add(ev),
             Step::Epoch(id) => {
                 if let Some(e) = epochs.remove(&id) {
-                    apply_epoch(&mut agg, e);
+                    replay.apply_epoch(e);
                 }
             }
         }
@@ -586,62 +708,92 @@ fn resolve<'e>(
     let mut rest: Vec<_> = epochs.into_iter().collect();
     rest.sort_unstable_by_key(|(id, _)| *id);
     for (_, e) in rest {
-        apply_epoch(&mut agg, e);
+        replay.apply_epoch(e);
     }
-    let mut profile = agg.finish();
+    let mut profile = replay.agg.finish();
     let t = &mut profile.totals;
-    t.branch_entries += totals[0];
-    t.samples_with_branches += totals[1];
-    t.max_branch_depth = t.max_branch_depth.max(totals[2]);
-    t.filtered_out += totals[3];
+    let b = replay.branches;
+    t.branch_entries += b.entries;
+    t.samples_with_branches += b.samples;
+    t.max_branch_depth = t.max_branch_depth.max(b.max_depth);
+    t.filtered_out += raw.filtered_out;
     profile
 }
 
-/// Adds an epoch's raw entries.
-fn apply_epoch(agg: &mut Aggregator, mut e: Epoch) {
-    let mut sample = HostSample::default();
-    for (k, g) in e.stacks {
-        let mode = mode_of(k[2]);
-        let words = if k[2] & PERF_CHAIN != 0 {
-            ChainWords::Perf
-        } else {
-            ChainWords::Frames
-        };
-        sample.pid = k[1] as u32;
-        sample.tid = (k[1] >> 32) as u32;
-        sample.mode = mode;
-        sample.ip = k[3];
-        sample.time_ns = g.first;
-        sample.callchain = frames_of_key(&k[HEAD..], words, mode);
-        agg.add_counted(
-            &sample,
-            SampleCounts {
-                samples: g.samples,
-                weight: g.weight,
-                first_time_ns: g.first,
-                last_time_ns: g.last,
-            },
-        );
-    }
-    for (k, g) in e.lbr_stacks {
-        let (pid, mode) = (k[1] as u32, mode_of(k[2]));
-        agg.add_lbr_stack(
-            pid,
-            mode,
-            k[3],
-            branch_mode(mode),
-            &k[HEAD..],
-            g.samples,
-            g.weight,
-        );
-    }
-    // Input order, so the earliest entry decides a shared edge's kind.
-    e.edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
-    for (_, k, c) in e.edges {
-        agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, &c);
-    }
-    for ((k, origin), n) in e.ranges {
-        agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
+/// The raw entries being added to an [`Aggregator`], epoch by epoch.
+struct Replay {
+    agg: Aggregator,
+    /// With [`FoldOpts::per_head`]: by head index, whether the filters keep its samples.
+    kept_heads: Vec<bool>,
+    /// The branch totals of the samples kept.
+    branches: BranchTotals,
+}
+
+impl Replay {
+    /// Adds an epoch's raw entries.
+    fn apply_epoch(&mut self, mut e: Epoch) {
+        let agg = &mut self.agg;
+        let per_head = !self.kept_heads.is_empty();
+        // With per-head keys, the heads of the raw stacks the filters kept.
+        let mut kept: HashSet<[u64; HEAD], PairHash> = HashSet::default();
+        let mut sample = HostSample::default();
+        for (k, g) in e.stacks {
+            let mode = mode_of(k[2]);
+            let words = if k[2] & PERF_CHAIN != 0 {
+                ChainWords::Perf
+            } else {
+                ChainWords::Frames
+            };
+            sample.pid = k[1] as u32;
+            sample.tid = (k[1] >> 32) as u32;
+            sample.mode = mode;
+            sample.ip = k[3];
+            sample.time_ns = g.first;
+            sample.callchain = frames_of_key(&k[HEAD..], words, mode);
+            let added = agg.add_counted(
+                &sample,
+                SampleCounts {
+                    samples: g.samples,
+                    weight: g.weight,
+                    first_time_ns: g.first,
+                    last_time_ns: g.last,
+                },
+            );
+            if per_head && added.is_some() {
+                kept.insert(head_of(&k));
+            }
+        }
+        for (i, k, t) in e.heads {
+            if kept.contains(&head_of(&k)) {
+                self.kept_heads[i] = true;
+                self.branches.merge(&t);
+            }
+        }
+        for (k, g) in e.lbr_stacks {
+            if per_head && !kept.contains(&head_of(&k)) {
+                continue;
+            }
+            let (pid, mode) = (k[1] as u32, mode_of(k[2]));
+            agg.add_lbr_stack(
+                pid,
+                mode,
+                k[3],
+                branch_mode(mode),
+                &k[HEAD..],
+                g.samples,
+                g.weight,
+            );
+        }
+        let kept_heads = &self.kept_heads;
+        let keeps = |k: &PairKey| !per_head || kept_heads[k.epoch as usize];
+        // Input order, so the earliest entry decides a shared edge's kind.
+        e.edges.sort_unstable_by_key(|(at, k, _)| (*at, *k));
+        for (_, k, c) in e.edges.iter().filter(|(_, k, _)| keeps(k)) {
+            agg.add_edge_counts(k.pid(), k.mode(), k.a, k.b, c);
+        }
+        for ((k, origin), n) in e.ranges.into_iter().filter(|((k, _), _)| keeps(k)) {
+            agg.add_range_count(k.pid(), k.mode(), [origin, k.a, k.b], n);
+        }
     }
 }
 

@@ -44,12 +44,16 @@ pub(super) fn summary(p: &Profile) -> String {
         Some(m) if m == l.module => p.root_names[l.offset as usize].clone(),
         _ => format!("{l:?}"),
     };
-    let mut stacks: Vec<_> = p
-        .stacks
-        .iter()
-        .map(|(k, v)| format!("{:?} {v:?}", k.iter().map(frame).collect::<Vec<_>>()))
-        .collect();
-    stacks.sort();
+    let sorted_stacks = |table: &crate::aggregate::FastMap<Vec<crate::loc::Loc>, _>| {
+        let mut v: Vec<_> = table
+            .iter()
+            .map(|(k, v)| format!("{:?} {v:?}", k.iter().map(frame).collect::<Vec<_>>()))
+            .collect();
+        v.sort();
+        v
+    };
+    let stacks = sorted_stacks(&p.stacks);
+    let runs: Vec<_> = p.run_stacks.iter().map(sorted_stacks).collect();
     let mut lbr: Vec<_> = p
         .lbr_stacks
         .iter()
@@ -76,7 +80,7 @@ pub(super) fn summary(p: &Profile) -> String {
     let mut comms: Vec<_> = p.comms.iter().collect();
     comms.sort();
     format!(
-        "{:?}\n{modules:?}\n{comms:?}\n{stacks:#?}\n{lbr:#?}\n{edges:#?}\n{ranges:#?}\n{ips:#?}",
+        "{:?}\n{modules:?}\n{comms:?}\n{stacks:#?}\n{runs:#?}\n{lbr:#?}\n{edges:#?}\n{ranges:#?}\n{ips:#?}",
         p.totals
     )
 }
@@ -379,8 +383,8 @@ fn fast_path_filters_like_the_event_stream() {
         if PerfDataReader::open(&path).unwrap().mapped_scan().is_none() {
             continue;
         }
-        // Raw branch tables keep no thread or IP: with branch stacks, only the
-        // `--pid`/`--tid` filters (applied while folding) are taken.
+        // With branch stacks, `--comm` keeps a sample's edges and ranges with its stack,
+        // by its head; `--dso` is left to the event stream.
         let branches = PerfDataReader::open(&path).unwrap().has_branch_stacks();
         branch_files += usize::from(branches);
         let (pid, mid) = {
@@ -412,7 +416,7 @@ fn fast_path_filters_like_the_event_stream() {
                 ..Filter::default()
             },
         ] {
-            if branches && !(filter.comms.is_empty() && filter.dsos.is_empty()) {
+            if branches && !filter.dsos.is_empty() {
                 continue;
             }
             let opts = AggregateOptions {

@@ -254,6 +254,39 @@ fn option_sets() -> Vec<AggregateOptions> {
             lbr_call_stack: true,
             ..AggregateOptions::default()
         },
+        // Runs that start inside bursts (the samples' times are 1000..5500).
+        AggregateOptions {
+            run_starts: vec![1_200, 2_600, 4_100],
+            lbr_call_stack: true,
+            ..AggregateOptions::default()
+        },
+        // Thread 1 is renamed between the first and the second burst.
+        AggregateOptions {
+            filter: crate::Filter {
+                comms: vec!["first".into()],
+                ..crate::Filter::default()
+            },
+            ..AggregateOptions::default()
+        },
+        AggregateOptions {
+            filter: crate::Filter {
+                comms: vec!["second".into()],
+                ..crate::Filter::default()
+            },
+            lbr_call_stack: true,
+            comm_root: true,
+            ..AggregateOptions::default()
+        },
+        AggregateOptions {
+            filter: crate::Filter {
+                pids: vec![1],
+                comms: vec!["second".into(), "first".into()],
+                ..crate::Filter::default()
+            },
+            lbr_call_stack: true,
+            run_starts: vec![0, 3_000],
+            ..AggregateOptions::default()
+        },
     ]
 }
 
@@ -434,32 +467,38 @@ fn unknown_chunk_kinds_are_skipped_as_the_stream_skips_them() {
 }
 
 #[test]
-fn vm_recordings_and_filters_are_left_to_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = recording(dir.path());
+fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() {
+    // Timelines and pairing keep every sample, in stream order; raw keys merge samples.
     for opts in [
         AggregateOptions {
             vm: true,
             ..AggregateOptions::default()
         },
         AggregateOptions {
-            filter: crate::Filter {
-                comms: vec!["first".into()],
-                ..crate::Filter::default()
-            },
+            timeline: true,
             ..AggregateOptions::default()
         },
+        // Its verdict depends on each sample's IP.
         AggregateOptions {
             filter: crate::Filter {
-                dsos: vec!["a".into()],
+                dsos: vec!["late.so".into()],
                 ..crate::Filter::default()
             },
             ..AggregateOptions::default()
         },
     ] {
-        // Recordings may have branch stacks: their samples' threads and IPs are not kept.
-        let input = open_any(&path).unwrap();
-        assert!(input.may_have_branch_stacks());
-        assert!(!supports(&opts, input.may_have_branch_stacks()), "{opts:?}");
+        assert!(!supports(&opts, true), "{opts:?}");
     }
+    // `--comm` and per-run tables are the folder's; `--dso` without branch stacks.
+    for opts in option_sets() {
+        assert!(supports(&opts, true), "{opts:?}");
+    }
+    let dso = AggregateOptions {
+        filter: crate::Filter {
+            dsos: vec!["late.so".into()],
+            ..crate::Filter::default()
+        },
+        ..AggregateOptions::default()
+    };
+    assert!(supports(&dso, false));
 }
