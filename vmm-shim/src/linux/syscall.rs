@@ -289,7 +289,11 @@ impl Process {
                 return self.lock_or_retry(task, sys, lock);
             }
             Sysno::fcntl => self.sys_fcntl(a[0], a[1] as i32, a[2]),
-            Sysno::close_range => self.sys_close_range(a[0], a[1], a[2]),
+            // (Its descriptors are unsigned ints: the upper halves of the registers are not
+            // the program's.)
+            Sysno::close_range => {
+                self.sys_close_range(u64::from(a[0] as u32), u64::from(a[1] as u32), a[2])
+            }
             Sysno::mincore => self.sys_mincore(a[0], a[1], a[2]),
             Sysno::capget => self.sys_capget(a[0], a[1]),
             Sysno::pipe | Sysno::pipe2 => {
@@ -1141,7 +1145,7 @@ impl Process {
     fn sys_close_range(&mut self, first: u64, last: u64, flags: u64) -> Sys {
         const UNSHARE: u64 = 1 << 1;
         const CLOEXEC: u64 = 1 << 2;
-        if flags & !(UNSHARE | CLOEXEC) != 0 || first > u64::from(u32::MAX) || first > last {
+        if flags & !(UNSHARE | CLOEXEC) != 0 || first > last {
             return Err(Errno::EINVAL);
         }
         self.fds.close_range(first, last, flags & CLOEXEC != 0);
