@@ -231,8 +231,11 @@ fn agrees_with_perf(dir: &Path, command: &[&str], ours: &[(&str, &str, u64)], to
     for &(module, function, n) in ours {
         let theirs = count(&perf_fns, module, function);
         let (ours, theirs) = (pct(n, total), pct(theirs, perf_total));
+        // Two runs of the program, while this binary's other tests run beside them on two
+        // cores: their phases' shares move by more than sampling noise (50.6% against 42.1%
+        // seen in CI). A wrong attribution moves a share by tens of points.
         assert!(
-            (ours - theirs).abs() < 8.0,
+            (ours - theirs).abs() < 12.0,
             "{function}: {ours:.1}% here, {theirs:.1}% with perf record"
         );
     }
