@@ -250,6 +250,8 @@ fn system_wide_and_per_cpu_recordings() {
     assert!((650.0..1100.0).contains(&rate), "{rate} samples/s per CPU");
 
     // -C: only that CPU's samples (perf script of the perf.data export says which CPU).
+    // The recording lasts as long as the command: ~0.5 s of it, so that CPU 0 ticks
+    // well over 50 times (300000 keys take ~45 ms: about 45 samples, seen in CI).
     let data = tmp.path().join("cpu0.data");
     common::ok(&[
         "record",
@@ -259,7 +261,7 @@ fn system_wide_and_per_cpu_recordings() {
         data.to_str().unwrap(),
         "--",
         exe,
-        "300000",
+        "3000000",
     ]);
     let exported = tmp.path().join("cpu0.perf");
     common::ok(&[
