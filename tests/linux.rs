@@ -585,6 +585,41 @@ fn event_loops_run_byte_identical() {
 }
 
 #[test]
+fn sockets_and_reads_blocked_between_threads_run_byte_identical() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // A pipe read and an accept that block until another thread acts, AF_UNIX and TCP
+    // echo, UDP with addresses, sendmsg/recvmsg over several iovecs with a descriptor in
+    // SCM_RIGHTS, socket options, shutdown.
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("net-glibc-dynamic", "gcc", &["-pthread"]),
+        ("net-glibc-static", "gcc", &["-pthread", "-static"]),
+        ("net-musl-static", "musl-gcc", &["-static"]),
+    ];
+    for (out, cc, flags) in variants {
+        let exe = build(tmp.path(), "linux_net", out, cc, flags);
+        let (native, vm) = native_and_vm(exe.to_str().unwrap(), &[], None);
+        assert!(native.status.success(), "{out}: native run {native:?}");
+        assert!(
+            !native.stdout.is_empty(),
+            "{out}: native run printed nothing"
+        );
+        assert_identical(out, &native, &vm);
+    }
+    // node's HTTP server and client in one process: 20 requests over loopback TCP.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/node_http.js");
+    let (native, vm) = native_and_vm("node", &[script.to_str().unwrap()], None);
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout),
+        "ok 20\n",
+        "node is needed for this test (Debian package nodejs): {native:?}"
+    );
+    assert_identical("node http", &native, &vm);
+}
+
+#[test]
 fn signals_reach_the_programs_handlers() {
     if !kvm_available() {
         return;

@@ -11,8 +11,7 @@ use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
-use crate::linux::syscall::MAX_IO;
-use crate::memory::GuestVirtAddr;
+use crate::linux::syscall::{MAX_IO, iov_room};
 
 type Sys = Result<u64, Errno>;
 
@@ -153,8 +152,7 @@ impl Process {
     /// preadv/preadv2 at `off` (-1 with preadv2: the file's position, as readv).
     pub(crate) fn sys_preadv(&mut self, fd: u64, iov: u64, cnt: u64, off: i64) -> Sys {
         let v = self.iovecs(iov, cnt)?;
-        let total: u64 = v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add);
-        let mut b = vec![0u8; (total as usize).min(MAX_IO)];
+        let mut b = vec![0u8; iov_room(&v)];
         let f = self.host_fd(fd)?;
         let n = if off == -1 {
             host::read(f, &mut b)?
@@ -163,15 +161,7 @@ impl Process {
         } else {
             host::pread(f, &mut b, off)?
         };
-        let mut done = 0usize;
-        for (base, len) in v {
-            if done >= n {
-                break;
-            }
-            let k = (len as usize).min(n - done);
-            self.mm.write(GuestVirtAddr(base), &b[done..done + k])?;
-            done += k;
-        }
+        self.scatter(&v, &b[..n])?;
         Ok(n as u64)
     }
 

@@ -14,7 +14,7 @@ use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
-use crate::linux::syscall::MAX_IO;
+use crate::linux::syscall::{MAX_IO, iov_room};
 use crate::memory::GuestVirtAddr;
 
 /// Largest socket address or option value accepted from the program.
@@ -247,13 +247,7 @@ impl Process {
     pub(crate) fn sys_sendmsg(&mut self, fd: u64, msg: u64, flags: u64) -> Result<u64, Errno> {
         let s = self.socket_of(fd)?;
         let [name, namelen, iov, iovlen, control, controllen, _] = self.msghdr(msg)?;
-        let mut data = Vec::new();
-        for (base, len) in self.iovecs(iov, iovlen)? {
-            let len = (len as usize).min(MAX_IO.saturating_sub(data.len()));
-            let start = data.len();
-            data.resize(start + len, 0);
-            self.mm.read(GuestVirtAddr(base), &mut data[start..])?;
-        }
+        let data = self.gather(iov, iovlen)?;
         let to = if name == 0 {
             None
         } else {
@@ -284,24 +278,14 @@ impl Process {
         let s = self.socket_of(fd)?;
         let [name, _, iov, iovlen, control, controllen, _] = self.msghdr(msg)?;
         let v = self.iovecs(iov, iovlen)?;
-        let total = v.iter().map(|&(_, l)| l).fold(0u64, u64::saturating_add);
-        let len = (total as usize).min(MAX_IO);
+        let len = iov_room(&v);
         let room = if control == 0 {
             0
         } else {
             controllen.min(MAX_CONTROL) as usize
         };
         let (data, r) = host::recvmsg(s.as_fd(), len, room, flags as i32)?;
-        let mut done = 0usize;
-        let got = r.len.min(len);
-        for (base, l) in v {
-            if done >= got {
-                break;
-            }
-            let k = (l as usize).min(got - done);
-            self.mm.write(GuestVirtAddr(base), &data[done..done + k])?;
-            done += k;
-        }
+        self.scatter(&v, &data[..r.len.min(len).min(data.len())])?;
         // Host descriptors that arrived join the program's table.
         let mut ctl = r.control;
         let cloexec = flags as i32 & libc::MSG_CMSG_CLOEXEC != 0;

@@ -35,6 +35,12 @@ type Sys = Result<u64, Errno>;
 
 /// Largest single transfer (read/write and friends); programs handle short counts.
 pub(crate) const MAX_IO: usize = 16 << 20;
+
+/// The bytes an iovec array can take in one call: its total length, at most [`MAX_IO`].
+pub(crate) fn iov_room(v: &[(u64, u64)]) -> usize {
+    let total = v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add);
+    usize::try_from(total).unwrap_or(usize::MAX).min(MAX_IO)
+}
 /// Longest path accepted (PATH_MAX).
 const PATH_MAX: usize = 4096;
 
@@ -930,23 +936,29 @@ impl Process {
 
     fn sys_readv(&mut self, fd: u64, iov: u64, cnt: u64) -> Sys {
         let v = self.iovecs(iov, cnt)?;
-        let total: u64 = v.iter().map(|&(_, l)| l).fold(0, u64::saturating_add);
-        let mut b = vec![0u8; (total as usize).min(MAX_IO)];
+        let mut b = vec![0u8; iov_room(&v)];
         let n = if self.fds.get(fd)?.seeded_random {
             self.entropy.fill(&mut b, 0)?
         } else {
             host::read(self.host_fd(fd)?, &mut b)?
         };
+        self.scatter(&v, &b[..n])?;
+        Ok(n as u64)
+    }
+
+    /// Spreads `data` over the buffers of an iovec array in order, as far as it reaches
+    /// (the second half of readv, preadv and recvmsg).
+    pub(crate) fn scatter(&self, v: &[(u64, u64)], data: &[u8]) -> Result<(), Errno> {
         let mut done = 0usize;
-        for (base, len) in v {
-            if done >= n {
+        for &(base, len) in v {
+            if done >= data.len() {
                 break;
             }
-            let k = (len as usize).min(n - done);
-            self.out(base, &b[done..done + k])?;
+            let k = (len as usize).min(data.len() - done);
+            self.out(base, &data[done..done + k])?;
             done += k;
         }
-        Ok(n as u64)
+        Ok(())
     }
 
     /// The bytes of a `struct iovec` array, in order (at most [`MAX_IO`]).
