@@ -186,6 +186,33 @@ fn file_locks_between_processes_and_close_range_work_like_natively() {
 }
 
 #[test]
+fn resource_limits_are_the_programs_own_and_bound_descriptors() {
+    if !kvm_available() {
+        return;
+    }
+    // setrlimit used to answer EPERM (gpg: "Fatal: can't disable core dumps"), and an
+    // execve of /proc/self/exe ran lbrprof's binary in the guest.
+    identical_with_every_libc(
+        "linux_limits",
+        &[
+            "setrlimit core 0: 0",
+            "soft > hard: -1 Invalid argument",
+            "bad resource: -1 Invalid argument",
+            "open after 9: ",
+            "(last fd 11)",
+            "dup2 to 12: -1 Bad file descriptor",
+            "F_DUPFD 12: -1 Invalid argument",
+            "after exec, nofile: soft 12",
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "ulimit -n 100; ulimit -n; ulimit -c 0; ulimit -c; ulimit -S -s 4096; ulimit -s";
+    let (native, vm) = native_and_vm(tmp.path(), "bash", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&native.stdout), "100\n0\n4096\n");
+    assert_identical("bash ulimit", &native, &vm);
+}
+
+#[test]
 fn file_system_calls_past_open_and_read_work_like_natively() {
     if !kvm_available() {
         return;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::linux::errno::Errno;
 
-/// RLIMIT_NOFILE the program sees (soft limit).
+/// The most descriptors a program may have: RLIMIT_NOFILE's hard limit as the program
+/// sees it (its soft limit starts there and may be lowered, and raised back).
 pub const MAX_FDS: usize = 1024;
 
 /// One guest descriptor: a shared host open file and the descriptor's own flag.
@@ -37,9 +38,20 @@ impl Fd {
 
 /// The table (index = guest fd). A clone is a forked child's table: the same open
 /// files (a host file is closed when no process holds it any more).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FdTable {
     slots: Vec<Option<Fd>>,
+    /// RLIMIT_NOFILE's soft limit: new descriptors are numbered below it.
+    limit: usize,
+}
+
+impl Default for FdTable {
+    fn default() -> FdTable {
+        FdTable {
+            slots: Vec::new(),
+            limit: MAX_FDS,
+        }
+    }
 }
 
 impl FdTable {
@@ -51,7 +63,19 @@ impl FdTable {
                 .into_iter()
                 .map(|f| f.map(|f| Fd::new(f, false)))
                 .collect(),
+            limit: MAX_FDS,
         }
+    }
+
+    /// RLIMIT_NOFILE's soft limit (one past the highest descriptor number allowed).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Set RLIMIT_NOFILE's soft limit (at most [`MAX_FDS`]); descriptors already open
+    /// above it stay open, as on Linux.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FDS);
     }
 
     pub fn get(&self, fd: u64) -> Result<&Fd, Errno> {
@@ -72,7 +96,7 @@ impl FdTable {
 
     /// Put `f` in the lowest free slot at or above `min`.
     pub fn insert_from(&mut self, min: usize, f: Fd) -> Result<u64, Errno> {
-        let free = (min..MAX_FDS).find(|&i| self.slots.get(i).is_none_or(Option::is_none));
+        let free = (min..self.limit).find(|&i| self.slots.get(i).is_none_or(Option::is_none));
         let i = free.ok_or(Errno(libc::EMFILE))?;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
@@ -85,11 +109,11 @@ impl FdTable {
         self.insert_from(0, f)
     }
 
-    /// Put `f` at exactly `fd`, closing what was there.
+    /// Put `f` at exactly `fd`, closing what was there (EBADF at or above the limit).
     pub fn insert_at(&mut self, fd: u64, f: Fd) -> Result<(), Errno> {
         let i = usize::try_from(fd)
             .ok()
-            .filter(|&i| i < MAX_FDS)
+            .filter(|&i| i < self.limit)
             .ok_or(Errno::EBADF)?;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
@@ -153,6 +177,26 @@ mod tests {
         );
         t.insert_at(7, Fd::new(devnull(), true)).unwrap();
         assert!(t.get(7).unwrap().cloexec);
+    }
+
+    #[test]
+    fn the_soft_limit_bounds_new_descriptors_but_keeps_open_ones() {
+        let mut t = FdTable::with_stdio([Some(devnull()), Some(devnull()), Some(devnull())]);
+        t.insert_at(9, Fd::new(devnull(), false)).unwrap();
+        t.set_limit(4);
+        assert_eq!(t.insert(Fd::new(devnull(), false)).unwrap(), 3);
+        assert_eq!(
+            t.insert(Fd::new(devnull(), false)),
+            Err(Errno(libc::EMFILE))
+        );
+        assert_eq!(t.insert_at(4, Fd::new(devnull(), false)), Err(Errno::EBADF));
+        assert!(
+            t.get(9).is_ok(),
+            "a descriptor above the new limit stays open"
+        );
+        t.set_limit(usize::MAX);
+        assert_eq!(t.limit(), MAX_FDS);
+        assert_eq!(t.insert(Fd::new(devnull(), false)).unwrap(), 4);
     }
 
     #[test]

@@ -679,6 +679,19 @@ pub fn getrlimit(resource: u32) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// Whether lbrprof may raise a hard resource limit (CAP_SYS_RESOURCE in its effective
+/// capabilities, from `/proc/self/status`): then so may the program.
+pub fn may_raise_limits() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// `sched_getaffinity(0)` as a mask of `len` bytes.
 pub fn sched_getaffinity(len: usize) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; len.min(4096)];

@@ -69,6 +69,7 @@ pub mod fd;
 pub mod files;
 pub mod host;
 pub mod itimer;
+pub mod limits;
 pub mod loader;
 pub mod mm;
 pub mod net;
@@ -230,6 +231,8 @@ pub struct Process {
     pub(crate) next_timer: u64,
     /// Its random bytes (getrandom, AT_RANDOM, /dev/urandom): the host's or a fixed stream.
     pub(crate) entropy: entropy::Entropy,
+    /// The resource limits it set (RLIMIT_NOFILE is its descriptor table's).
+    pub(crate) limits: limits::Limits,
 }
 
 impl Drop for Process {
@@ -341,6 +344,7 @@ impl Process {
             timers: BTreeMap::new(),
             next_timer: 0,
             entropy: entropy::Entropy::new(entropy::EntropySource::Host),
+            limits: limits::Limits::default(),
         }
     }
 
@@ -1021,6 +1025,7 @@ impl Process {
             timers: BTreeMap::new(),
             next_timer: 0,
             entropy: self.entropy.fork(),
+            limits: self.limits.clone(),
             mm: child_mm,
         };
         self.kernel.add(pid, self.pid, pgid, shared);

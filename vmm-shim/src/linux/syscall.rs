@@ -22,6 +22,7 @@ use crate::linux::errno::Errno;
 use crate::linux::fd::{Fd, MAX_FDS};
 use crate::linux::host;
 use crate::linux::itimer;
+use crate::linux::limits;
 use crate::linux::mm::{FileBacking, Prot};
 use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
 use crate::linux::proc::WaitFor;
@@ -639,6 +640,7 @@ impl Process {
             }
             Sysno::prlimit64 => self.sys_prlimit(a[0], a[1] as u32, a[2], a[3]),
             Sysno::getrlimit => self.sys_prlimit(0, a[0] as u32, 0, a[1]),
+            Sysno::setrlimit => self.sys_prlimit(0, a[0] as u32, a[1], 0),
             Sysno::sched_getaffinity => host::sched_getaffinity(a[1] as usize)
                 .and_then(|m| self.out(a[2], &m).map(|()| m.len() as u64)),
             Sysno::getcpu => host::getcpu().and_then(|(cpu, node)| {
@@ -1048,7 +1050,7 @@ impl Process {
                 f.cloexec = cmd == libc::F_DUPFD_CLOEXEC;
                 let min = usize::try_from(arg)
                     .ok()
-                    .filter(|&m| m < MAX_FDS)
+                    .filter(|&m| m < self.fds.limit())
                     .ok_or(Errno::EINVAL)?;
                 self.fds.insert_from(min, f)
             }
@@ -1309,21 +1311,26 @@ impl Process {
         }
     }
 
+    /// prlimit64/getrlimit/setrlimit on the program's own limits ([`limits`]): the old
+    /// limit is read before the new one is set, as Linux does.
     fn sys_prlimit(&mut self, pid: u64, resource: u32, new: u64, old: u64) -> Sys {
         if pid != 0 && pid != self.pid && !self.threads.contains_key(&pid) {
             return Err(Errno(libc::EPERM));
         }
-        if new != 0 {
-            // Limits are the host's; the program may not change lbrprof's.
-            return Err(Errno(libc::EPERM));
+        let now = self.limits.get(resource, &self.fds)?;
+        let wanted = if new == 0 {
+            None
+        } else {
+            let mut b = [0u8; 16];
+            self.mm.read(GuestVirtAddr(new), &mut b)?;
+            Some(limits::Limit::from_bytes(&b))
+        };
+        if let Some(l) = wanted {
+            let privileged = host::may_raise_limits();
+            self.limits.set(resource, l, &mut self.fds, privileged)?;
         }
         if old != 0 {
-            let mut b = host::getrlimit(resource)?;
-            if resource == libc::RLIMIT_NOFILE {
-                b[..8].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
-                b[8..16].copy_from_slice(&(MAX_FDS as u64).to_le_bytes());
-            }
-            self.out(old, &b)?;
+            self.out(old, &now.to_bytes())?;
         }
         Ok(0)
     }
@@ -1784,7 +1791,7 @@ impl Process {
     /// poll/ppoll: at once when the deadline is now, else a block with the process
     /// released.
     fn sys_poll(&mut self, va: u64, n: u64, deadline: Option<std::time::Instant>) -> Outcome {
-        if n > MAX_FDS as u64 {
+        if n > self.fds.limit() as u64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
         let mut raw = vec![0u8; 8 * n as usize];
@@ -1929,7 +1936,8 @@ impl Process {
     /// sees, as on Linux); the caller replaces the process's image.
     fn sys_execve(&mut self, dirfd: u64, path: u64, argv: u64, envp: u64, flags: u64) -> Outcome {
         let r = (|| {
-            let p = self.mm.read_cstr(path, PATH_MAX)?;
+            // (`/proc/self/exe` is the program, not lbrprof.)
+            let p = self.path(path)?;
             let mut total = 0;
             let argv = self.strings(argv, &mut total)?;
             let envp = self.strings(envp, &mut total)?;
