@@ -162,6 +162,50 @@ int main(void) {
 }
 
 #[test]
+fn processes_left_running_at_the_end_are_named_not_silently_lost() {
+    if !kvm_available() {
+        return;
+    }
+    // The run ends with its first process; one it left behind (orphaned, on Linux it
+    // would go on) is stopped with it, and lbrprof says so.
+    let started = std::time::Instant::now();
+    let out = lbrprof()
+        .args([
+            "run",
+            "--vm",
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & echo parent; exit 3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "parent\n", "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("lbrprof: vm: the program ended while 1 of its processes still ran (pid "),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // A program that waits for its children ends without that line.
+    let out = lbrprof()
+        .args([
+            "run",
+            "--vm",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.1 & wait; echo done",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n", "{err}");
+    assert!(!err.contains("still ran"), "{err}");
+}
+
+#[test]
 fn record_of_a_pipeline_names_the_functions_of_each_program() {
     if !kvm_available() || !common::perf_available() {
         return;

@@ -202,7 +202,7 @@ pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) 
 }
 
 /// The end-of-run lines about a program: unimplemented system calls (once each, with
-/// counts) and a refused allocation.
+/// counts), processes it left running, and a refused allocation.
 pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
     if !report.unimplemented.is_empty() {
         let calls: Vec<String> = report
@@ -213,6 +213,15 @@ pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
         eprintln!(
             "lbrprof: vm: unimplemented system calls answered with ENOSYS: {}",
             calls.join(", ")
+        );
+    }
+    if !report.left_running.is_empty() {
+        let pids: Vec<String> = report.left_running.iter().map(u64::to_string).collect();
+        eprintln!(
+            "lbrprof: vm: the program ended while {} of its processes still ran (pid {}); \
+             they were stopped with it (on Linux they would go on, orphaned)",
+            pids.len(),
+            pids.join(", ")
         );
     }
     if let Some(addr) = report.out_of_memory {

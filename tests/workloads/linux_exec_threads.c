@@ -54,7 +54,7 @@ static void check(const char *mode, const char *old_pid) {
 
 int main(int argc, char **argv) {
     if (argc < 1) return 1;
-    /* Under lbrprof /proc/self/exe is lbrprof's: argv[0] is the path we were run as. */
+    /* argv[0] is the path we were run as (the test runs us by an absolute path). */
     strncpy(self_path, argv[0], sizeof self_path - 1);
     if (argc == 3 && strcmp(argv[1], "after-main") == 0) {
         check("after-main", argv[2]);

@@ -60,7 +60,7 @@ static double now(void) {
 }
 
 static void fresh_pipe(void) {
-    if (pipe_fds[0]) { close(pipe_fds[0]); close(pipe_fds[1]); }
+    if (pipe_fds[0]) { close(pipe_fds[0]); if (pipe_fds[1] >= 0) close(pipe_fds[1]); }
     if (pipe(pipe_fds) != 0) { perror("pipe"); exit(1); }
 }
 
@@ -221,6 +221,11 @@ static void kills(void) {
     for (int i = 0; i < 4; i++)
         for (int k = 0; k < 2; k++) {
             fresh_pipe();
+            /* The waitpid case's grandchild holds `gone`'s write end: it waits for the
+             * pipe's other writers to go (the killed child, then us), and its end is
+             * seen here, so no process outlives the program. */
+            int gone[2];
+            if (pipe(gone) != 0) { perror("pipe"); exit(1); }
             pid_t c = fork();
             if (c == 0) {
                 char b;
@@ -230,11 +235,22 @@ static void kills(void) {
                 switch (i) {
                 case 0: poll(&p, 1, -1); break;
                 case 1: (void)!read(pipe_fds[0], &b, 1); break;
-                case 2: { pid_t g = fork(); if (g == 0) { usleep(600000); _exit(0); } waitpid(g, NULL, 0); break; }
+                case 2: {
+                    pid_t g = fork();
+                    if (g == 0) {
+                        close(gone[0]);
+                        close(pipe_fds[1]);
+                        (void)!read(pipe_fds[0], &b, 1);
+                        _exit(0);
+                    }
+                    waitpid(g, NULL, 0);
+                    break;
+                }
                 case 3: sigsuspend(&none); break;
                 }
                 _exit(50);
             }
+            close(gone[1]);
             usleep(100000);
             double t0 = now();
             kill(c, sigs[k]);
@@ -243,6 +259,12 @@ static void kills(void) {
             int fast = now() - t0 < 2.0;
             printf("child in %s: killed by %d, in time %s\n", how[i],
                    WIFSIGNALED(st) ? WTERMSIG(st) : -WEXITSTATUS(st), fast ? "yes" : "no");
+            close(pipe_fds[1]);
+            pipe_fds[1] = -1;
+            char b;
+            while (read(gone[0], &b, 1) > 0) {
+            }
+            close(gone[0]);
         }
 }
 

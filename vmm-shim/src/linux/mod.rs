@@ -534,6 +534,8 @@ impl Process {
             r.threads += k.threads;
             r.processes += k.processes;
             r.execs += k.execs;
+            r.left_running = self.kernel.still_running();
+            r.left_running.retain(|&p| p != self.pid);
         }
         r
     }

@@ -497,6 +497,17 @@ impl Kernel {
         f.execs += r.execs;
     }
 
+    /// The guest processes that have not ended (the first one's exit ends the run, and
+    /// with it any process it left behind), in pid order.
+    pub fn still_running(&self) -> Vec<u64> {
+        self.table()
+            .procs
+            .iter()
+            .filter(|(_, e)| e.status.is_none())
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
     /// What ended processes reported, merged.
     pub fn finished(&self) -> LinuxReport {
         std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()))

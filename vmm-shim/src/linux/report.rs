@@ -27,6 +27,8 @@ pub struct LinuxReport {
     pub processes: u64,
     /// Programs started with execve.
     pub execs: u64,
+    /// Processes still running when the first one ended (stopped with the run).
+    pub left_running: Vec<u64>,
 }
 
 /// A guest process as a recorder needs it to place snapshots: sent when a process
