@@ -166,42 +166,27 @@ fn processes_left_running_at_the_end_are_named_not_silently_lost() {
     if !kvm_available() {
         return;
     }
+    let sh = |script: &str| {
+        let out = lbrprof()
+            .args(["run", "--vm", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), text(&out.stderr), out.status.code())
+    };
     // The run ends with its first process; one it left behind (orphaned, on Linux it
     // would go on) is stopped with it, and lbrprof says so.
     let started = std::time::Instant::now();
-    let out = lbrprof()
-        .args([
-            "run",
-            "--vm",
-            "--",
-            "sh",
-            "-c",
-            "sleep 30 & echo parent; exit 3",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "parent\n", "{err}");
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let (out, err, code) = sh("sleep 30 & echo parent; exit 3");
+    assert_eq!((out.as_str(), code), ("parent\n", Some(3)), "{err}");
     assert!(
         err.contains("lbrprof: vm: the program ended while 1 of its processes still ran (pid "),
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // A program that waits for its children ends without that line.
-    let out = lbrprof()
-        .args([
-            "run",
-            "--vm",
-            "--",
-            "sh",
-            "-c",
-            "sleep 0.1 & wait; echo done",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n", "{err}");
+    let (out, err, code) = sh("sleep 0.1 & wait; echo done");
+    assert_eq!((out.as_str(), code), ("done\n", Some(0)), "{err}");
     assert!(!err.contains("still ran"), "{err}");
 }
 
