@@ -374,4 +374,27 @@ fn exact_mode_guest_recordings_compare_without_noise() {
         .find(|l| l.starts_with("regressed") && !l.ends_with("[total]"))
         .unwrap();
     assert!(top.ends_with("branchy::on_taken"), "{text}");
+    // Two exact recordings compare their instruction counts unless told otherwise, as
+    // iai-callgrind users expect; --metric self gives the host samples' CPU time.
+    let o = common::lbrprof()
+        .arg("diff")
+        .arg(&a)
+        .arg(&slow)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let default = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        default.contains("metric instructions, cost instructions"),
+        "{default}"
+    );
+    assert_eq!(default, text);
+    let o = common::lbrprof()
+        .args(["diff", "--metric", "self"])
+        .arg(&a)
+        .arg(&slow)
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&o.stdout);
+    assert!(host.contains("metric self, cost CPU time"), "{host}");
 }

@@ -41,9 +41,11 @@ pub struct Args {
     pub base: PathBuf,
     /// The candidate recording.
     pub new: PathBuf,
-    /// What to compare.
-    #[arg(long, value_enum, default_value = "self")]
-    pub metric: MetricArg,
+    /// What to compare. Default: `instructions` when both recordings are exact-mode
+    /// guest recordings (`record --vm --lbr-mode exact`: every instruction counted, no
+    /// noise), else `self`.
+    #[arg(long, value_enum)]
+    pub metric: Option<MetricArg>,
     /// Smallest relative change of a cost that counts, e.g. 5% (or 0.05).
     #[arg(long, default_value = "5%", value_parser = parse_fraction, value_name = "PCT")]
     pub threshold: f64,
@@ -255,19 +257,24 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let metric: Metric = args.metric.into();
+    let base = load_side(&args.base, "base", args.event.as_deref())?;
+    let new = load_side(&args.new, "new", args.event.as_deref())?;
+    let both_exact = is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
+    let metric: Metric = match args.metric {
+        Some(m) => m.into(),
+        None if both_exact => Metric::Instructions,
+        None => Metric::SelfSamples,
+    };
     if args.svg.is_some() && !metric.per_function() {
         bail!("--svg shows functions: use it with --metric self, total, instructions or branches");
     }
-    let base = load_side(&args.base, "base", args.event.as_deref())?;
-    let new = load_side(&args.new, "new", args.event.as_deref())?;
     // Exact-mode recordings count guest branches and instructions exactly; their host
     // samples are as noisy as any other.
     let guest_metric = matches!(
         metric,
         Metric::Edges | Metric::Branches | Metric::Instructions
     );
-    let exact = guest_metric && is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
+    let exact = guest_metric && both_exact;
     let mut base = base;
     let mut new = new;
     let b = counts(&mut base, metric, exact)?;
