@@ -213,6 +213,26 @@ fn resource_limits_are_the_programs_own_and_bound_descriptors() {
 }
 
 #[test]
+fn proc_self_maps_lists_the_programs_own_mappings() {
+    if !kvm_available() {
+        return;
+    }
+    // It was lbrprof's: glibc's pthread_getattr_np found no main-thread stack (ENOENT).
+    identical_with_every_libc(
+        "linux_maps",
+        &[
+            "main: found 1, r-xp, the executable yes",
+            "local: found 1, rw-p [stack]",
+            "anonymous page 1: found 1, ---p ''",
+            "unmapped page: found 0",
+            "thread-self: found 1",
+            // (musl finds the stack by probing with mremap: its size is what was touched.)
+            "pthread_getattr_np: 0, local inside yes",
+        ],
+    );
+}
+
+#[test]
 fn file_system_calls_past_open_and_read_work_like_natively() {
     if !kvm_available() {
         return;

@@ -18,8 +18,13 @@
 //! * lbrprof's descriptors stay hidden behind every spelling (`/proc/self/fd`,
 //!   `/proc/PID/fd`, `/proc/PID/task/TID/fd`, `fdinfo`, `/dev/fd`).
 //!
+//! * The calling process's `/proc/PID/maps` (`/proc/self/maps`) lists its guest
+//!   mappings in Linux's format (what glibc's `pthread_getattr_np` reads to find the main
+//!   thread's stack, and what sanitizers and garbage collectors read).
+//!
 //! Limits: a path relative to a descriptor opened on `/proc` is not translated, and the
-//! other files of `/proc/PID` (`status`, `maps`, `cmdline`...) are lbrprof's.
+//! other files of `/proc/PID` (`status`, `smaps`, `cmdline`..., and another process's
+//! `maps`) are lbrprof's.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::host;
+use crate::linux::mm::{Prot, Vma};
 
 /// The process a `/proc/...` path names, and the rest of the path after its directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,6 +128,102 @@ fn guest_stat(host: &[u8], ids: &StatIds<'_>) -> Option<Vec<u8>> {
     Some(line)
 }
 
+/// `/proc/PID/maps` of the mappings `vmas` (in address order), as Linux prints it: one
+/// line per mapping (neighbours with the same protection and backing merged, as Linux
+/// merges their VMAs), the file's device and inode, the name padded to column 73, and
+/// the vsyscall page last.
+fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    struct Line {
+        start: u64,
+        end: u64,
+        prot: Prot,
+        offset: u64,
+        dev: u64,
+        inode: u64,
+        name: Vec<u8>,
+        file: bool,
+    }
+    let mut lines: Vec<Line> = Vec::new();
+    for v in vmas {
+        let (offset, dev, inode, name, file) = match &v.file {
+            Some(f) => {
+                use std::os::fd::AsRawFd;
+                let meta = f.file.metadata().ok();
+                // The path the kernel gives the open file (symbolic links resolved).
+                let path = std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd()))
+                    .unwrap_or_else(|_| f.path.clone());
+                (
+                    f.offset,
+                    meta.as_ref().map_or(0, |m| m.dev()),
+                    meta.as_ref().map_or(0, |m| m.ino()),
+                    path.as_os_str().as_bytes().to_vec(),
+                    true,
+                )
+            }
+            None => (0, 0, 0, v.name.as_bytes().to_vec(), false),
+        };
+        if let Some(last) = lines.last_mut() {
+            let contiguous = last.end == v.start
+                && last.prot.0 == v.prot.0
+                && last.name == name
+                && last.file == file
+                && (!file
+                    || (last.inode == inode && last.offset + (last.end - last.start) == offset));
+            if contiguous {
+                last.end = v.end;
+                continue;
+            }
+        }
+        lines.push(Line {
+            start: v.start,
+            end: v.end,
+            prot: v.prot,
+            offset,
+            dev,
+            inode,
+            name,
+            file,
+        });
+    }
+    let mut out = Vec::new();
+    let mut one = |start: u64, end: u64, perms: [u8; 4], offset, dev: u64, inode, name: &[u8]| {
+        let head = format!(
+            "{start:08x}-{end:08x} {} {offset:08x} {:02x}:{:02x} {inode} ",
+            String::from_utf8_lossy(&perms),
+            libc::major(dev),
+            libc::minor(dev),
+        );
+        out.extend_from_slice(head.as_bytes());
+        if !name.is_empty() {
+            out.resize(out.len() + 73usize.saturating_sub(head.len()), b' ');
+            out.extend_from_slice(name);
+        }
+        out.push(b'\n');
+    };
+    for l in &lines {
+        let flag = |on: bool, c: u8| if on { c } else { b'-' };
+        let perms = [
+            flag(l.prot.0 & libc::PROT_READ as u32 != 0, b'r'),
+            flag(l.prot.writable(), b'w'),
+            flag(l.prot.executable(), b'x'),
+            b'p',
+        ];
+        one(l.start, l.end, perms, l.offset, l.dev, l.inode, &l.name);
+    }
+    let vsyscall = crate::linux::abi::VSYSCALL_PAGE;
+    one(
+        vsyscall,
+        vsyscall + 0x1000,
+        *b"--xp",
+        0,
+        0,
+        0,
+        b"[vsyscall]",
+    );
+    out
+}
+
 impl Process {
     /// The program's absolute path (what `/proc/self/exe` leads to; lbrprof's working
     /// directory is the one a relative program path was given in).
@@ -186,18 +288,28 @@ impl Process {
     /// The file the shim serves for an `open` of `path` with `flags`: a guest process's
     /// `/proc/PID/stat`. None: the host's file is opened.
     pub(crate) fn proc_file(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
-        let Named::Pid(n, b"/stat") = named(path, self.pid) else {
-            return Ok(None);
+        let read_only = || {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(Errno(libc::EACCES));
+            }
+            if flags & libc::O_DIRECTORY != 0 {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            Ok(())
         };
-        if !self.is_guest(n) {
-            return Ok(None);
-        }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return Err(Errno(libc::EACCES));
-        }
-        if flags & libc::O_DIRECTORY != 0 {
-            return Err(Errno(libc::ENOTDIR));
-        }
+        let n = match named(path, self.pid) {
+            Named::Pid(n, b"/maps") if n == self.pid => {
+                read_only()?;
+                return host::memory_file(c"maps", &maps_text(self.mm.vmas())).map(Some);
+            }
+            Named::ThreadSelf(b"/maps") => {
+                read_only()?;
+                return host::memory_file(c"maps", &maps_text(self.mm.vmas())).map(Some);
+            }
+            Named::Pid(n, b"/stat") if self.is_guest(n) => n,
+            _ => return Ok(None),
+        };
+        read_only()?;
         let host = std::fs::read(format!("/proc/{}/stat", std::process::id()))
             .map_err(|_| Errno(libc::ENOENT))?;
         let own = n == self.pid;
@@ -233,6 +345,7 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linux::mm;
 
     #[test]
     fn proc_paths_name_self_numbers_and_the_rest() {
@@ -244,6 +357,89 @@ mod tests {
         assert_eq!(named(b"/proc/0012/stat", 7), Named::Other);
         assert_eq!(named(b"/procx/self", 7), Named::Other);
         assert_eq!(named(b"proc/self", 7), Named::Other);
+    }
+
+    fn vma(
+        start: u64,
+        end: u64,
+        prot: Prot,
+        file: Option<mm::FileBacking>,
+        name: &'static str,
+    ) -> Vma {
+        Vma {
+            start,
+            end,
+            prot,
+            file,
+            name,
+        }
+    }
+
+    #[test]
+    fn maps_lists_mappings_as_linux_prints_them() {
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::fs::canonicalize("/proc/self/exe").unwrap();
+        let file = std::sync::Arc::new(std::fs::File::open(&exe).unwrap());
+        let ino = file.metadata().unwrap().ino();
+        let backing = |offset| {
+            Some(mm::FileBacking {
+                path: exe.clone(),
+                file: file.clone(),
+                offset,
+            })
+        };
+        let rx = Prot((libc::PROT_READ | libc::PROT_EXEC) as u32);
+        let vmas = [
+            vma(0x40_0000, 0x40_2000, rx, backing(0), ""),
+            // The next page of the file, same protection: one line with the first.
+            vma(0x40_2000, 0x40_3000, rx, backing(0x2000), ""),
+            // Not the next page of the file: a line of its own.
+            vma(0x40_3000, 0x40_4000, rx, backing(0x8000), ""),
+            vma(0x50_0000, 0x50_1000, Prot::RW, None, "[heap]"),
+            vma(0x50_1000, 0x50_3000, Prot::RW, None, "[heap]"),
+            vma(0x60_0000, 0x60_1000, Prot::NONE, None, ""),
+            vma(
+                0x60_1000,
+                0x60_2000,
+                Prot((libc::PROT_WRITE) as u32),
+                None,
+                "",
+            ),
+        ];
+        let text = String::from_utf8(maps_text(vmas.iter())).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        let path = exe.display().to_string();
+        assert!(
+            lines[0].starts_with("00400000-00403000 r-xp 00000000 "),
+            "{text}"
+        );
+        assert!(lines[0].contains(&format!(" {ino} ")), "{text}");
+        assert_eq!(
+            lines[0].find(&path),
+            Some(73),
+            "the name starts at column 73: {text}"
+        );
+        assert!(
+            lines[1].starts_with("00403000-00404000 r-xp 00008000 "),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "00500000-00503000 rw-p 00000000 00:00 0{}[heap]",
+                " ".repeat(34)
+            )
+        );
+        assert_eq!(lines[3], "00600000-00601000 ---p 00000000 00:00 0 ");
+        assert_eq!(lines[4], "00601000-00602000 -w-p 00000000 00:00 0 ");
+        assert_eq!(
+            lines[5],
+            format!(
+                "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0{}[vsyscall]",
+                " ".repeat(18)
+            )
+        );
     }
 
     #[test]
