@@ -351,6 +351,36 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Make KVM drop every guest translation to the host pages of `[addr, addr + len)`
+    /// and keep their contents (unlike [`Self::discard`]): for a frame that another
+    /// address space still maps (memory shared between guest processes). The range is
+    /// made executable and back: each protection change runs the MMU notifier over it,
+    /// and the pages stay readable and writable throughout, so a vCPU or shim thread
+    /// using them meanwhile is not disturbed. `addr` and `len` must be host-page aligned.
+    pub fn invalidate(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
+        let bad = || MemoryError::OutOfRange {
+            addr,
+            len,
+            size: self.size,
+        };
+        let l = usize::try_from(len).map_err(|_| bad())?;
+        let off = self.check(addr, l)?;
+        let page = host_page_size() as usize;
+        if off % page != 0 || l % page != 0 {
+            return Err(bad());
+        }
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        for prot in [rw | libc::PROT_EXEC, rw] {
+            // SAFETY: the range is inside the live mapping (checked) and page-aligned;
+            // the protections keep it readable and writable, so no access to it faults.
+            let r = unsafe { libc::mprotect(self.mapping.ptr.as_ptr().add(off).cast(), l, prot) };
+            if r != 0 {
+                return Err(bad());
+            }
+        }
+        Ok(())
+    }
+
     /// Copy guest memory at `addr` into `buf`.
     pub fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
         let off = self.check(addr, buf.len())?;

@@ -67,6 +67,8 @@ pub mod error;
 pub mod events;
 pub mod fd;
 pub mod files;
+pub mod frames;
+pub mod futex;
 pub mod host;
 pub mod itimer;
 pub mod loader;
@@ -77,6 +79,7 @@ pub mod proc;
 pub mod procfs;
 pub mod program;
 pub mod report;
+pub mod shm;
 pub mod sigframe;
 pub mod signal;
 pub mod stack;
@@ -493,6 +496,9 @@ impl Process {
     /// The process ended with wait status `status`: its parent may reap it, its other
     /// threads stop, a vfork parent goes on, and what it reported joins the run's.
     pub fn end(&mut self, tid: u64, status: i32) {
+        // The file pages of its shared mappings reach the file now, as they would be
+        // in the page cache on Linux for whoever reads the file next.
+        self.mm.write_back_all();
         self.give_back();
         if let Some(w) = self.vfork_parent.take() {
             w.wake();
@@ -677,7 +683,12 @@ impl Process {
         use std::sync::atomic::Ordering;
         if self.shared.superseded(task) {
             // Ended by another thread's execve while blocked: nothing of the call is
-            // left to finish (the run loop ends the thread before it runs again).
+            // left to finish (the run loop ends the thread before it runs again), but
+            // a wait in a futex of shared memory must leave its queue (the process's
+            // own queues went with the execve).
+            if matches!(block, Block::Futex { .. }) {
+                self.kernel.futexes().remove(task.tid);
+            }
             return Ok(TrapAction::ThreadExit);
         }
         self.shared.sleepers().remove(&task.tid);
@@ -695,7 +706,7 @@ impl Process {
             // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
             // (unless a wake came in between the timeout and this lock), or nothing
             // (a spurious wake-up, which futex callers allow).
-            Block::Futex { .. } if self.futexes.remove(task.tid) => {
+            Block::Futex { .. } if self.futex_unqueue(task.tid) => {
                 if interrupted {
                     eintr
                 } else if !woken {
