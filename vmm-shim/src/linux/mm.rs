@@ -908,7 +908,7 @@ impl AddressSpace {
         }
         let e = self.pte(va);
         (e & (PTE_P | PTE_SHARED) == PTE_P | PTE_SHARED)
-            .then(|| (e & PTE_ADDR_MASK) | (va & (PAGE - 1)))
+            .then_some((e & PTE_ADDR_MASK) | (va & (PAGE - 1)))
     }
 
     /// `msync`: write the file pages of the shared mappings in `[start, end)` back.
@@ -1103,6 +1103,70 @@ mod tests {
             before,
             "every frame of the child came back"
         );
+    }
+
+    fn shared_region(s: &AddressSpace) -> ShmRef {
+        ShmRef {
+            obj: crate::linux::shm::SharedObject::anonymous(s.memory_arc(), s.pool()),
+            offset: 0,
+            may_write: true,
+        }
+    }
+
+    #[test]
+    fn a_shared_region_is_the_same_memory_in_a_forked_space_until_the_last_unmap() {
+        let mut s = space();
+        let before = s.resident_bytes();
+        let shm = shared_region(&s);
+        s.map_shared(0x40_0000, 4 * PAGE, Prot::RW, None, shm)
+            .unwrap();
+        s.map(0x50_0000, PAGE, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(0x40_1000), b"parent").unwrap();
+        let child = s.fork().unwrap();
+        // The child's write is the parent's (the private page stays private).
+        child.write(GuestVirtAddr(0x40_1000), b"child!").unwrap();
+        child.write(GuestVirtAddr(0x50_0000), b"mine").unwrap();
+        let mut b = [0u8; 6];
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        s.read(GuestVirtAddr(0x50_0000), &mut b[..4]).unwrap();
+        assert_eq!(&b[..4], &[0; 4]);
+        // Both spaces see the word at the same guest-physical address (a futex key).
+        let pa = s.shared_phys(0x40_1004).unwrap();
+        assert_eq!(child.shared_phys(0x40_1004), Some(pa));
+        assert_eq!(s.shared_phys(0x50_0000), None, "private memory");
+        // The child going does not free the shared frames.
+        drop(child);
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        // Unmapping part of it keeps the rest; mprotect to none and back maps the same
+        // frame again.
+        s.unmap(0x40_0000, PAGE).unwrap();
+        s.protect(0x40_1000, PAGE, Prot::NONE).unwrap();
+        assert!(s.read(GuestVirtAddr(0x40_1000), &mut b).is_err());
+        s.protect(0x40_1000, PAGE, Prot::RW).unwrap();
+        assert_eq!(s.shared_phys(0x40_1004), Some(pa));
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        // The last unmap gives every frame back.
+        s.unmap(0x40_0000, 4 * PAGE).unwrap();
+        s.unmap(0x50_0000, PAGE).unwrap();
+        let tables = s.resident_bytes() - before;
+        assert!(tables <= 4 * PAGE, "only page tables are left: {tables}");
+    }
+
+    #[test]
+    fn a_shared_mapping_of_a_file_opened_read_only_cannot_become_writable() {
+        let mut s = space();
+        let mut shm = shared_region(&s);
+        shm.may_write = false;
+        s.map_shared(0x40_0000, PAGE, Prot(libc::PROT_READ as u32), None, shm)
+            .unwrap();
+        assert_eq!(
+            s.protect(0x40_0000, PAGE, Prot::RW),
+            Err(Errno(libc::EACCES))
+        );
+        s.protect(0x40_0000, PAGE, Prot::NONE).unwrap();
     }
 
     #[test]

@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn waiters_move_between_a_process_table_and_the_shared_one() {
+        let (mut own, mut shared) = (Futexes::default(), Futexes::default());
+        let w: Vec<Arc<Waiter>> = (0..3).map(|_| Arc::new(Waiter::default())).collect();
+        for (tid, w) in w.iter().enumerate() {
+            own.enqueue(0x1000, tid as u64, u32::MAX, w.clone());
+        }
+        assert_eq!(own.move_to(0x1000, &mut shared, 0x9000, 2), 2);
+        assert_eq!((own.len(), shared.len()), (1, 2));
+        // The moved ones are woken by the shared key, in their order.
+        assert_eq!(shared.wake(0x9000, 1, u32::MAX), 1);
+        let stop = AtomicBool::new(false);
+        assert!(w[0].wait(Some(Instant::now()), &stop));
+        assert!(!w[1].wait(Some(Instant::now()), &stop));
+        assert!(shared.remove(1));
+        assert_eq!(shared.move_to(0x9000, &mut own, 0x1000, 5), 0);
+        assert!(shared.is_empty());
+    }
+
+    #[test]
     fn wake_op_follows_the_kernel_encoding() {
         // FUTEX_OP(FUTEX_OP_SET, 0, FUTEX_OP_CMP_GT, 1): glibc's old condvar signal.
         let enc = (4 << 24) | 1;
