@@ -8,47 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::kvm_available;
-use common::lbrprof;
-use common::linux::{assert_identical, output_in};
-
-/// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`.
-fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(out);
-    let status = Command::new(cc)
-        .args(["-O2", "-g"])
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap_or_else(|e| panic!("{cc} is needed for the Linux-program tests ({e})"));
-    assert!(
-        status.success(),
-        "{cc} {flags:?} failed on {}",
-        src.display()
-    );
-    exe
-}
-
-/// `PROG ARGS` natively in `native_dir` and under `lbrprof run --vm --` in `vm_dir`.
-fn native_and_vm(
-    native_dir: &Path,
-    vm_dir: &Path,
-    prog: &str,
-    args: &[&str],
-) -> (std::process::Output, std::process::Output) {
-    let mut native = Command::new(prog);
-    native.args(args);
-    let mut vm = lbrprof();
-    vm.args(["run", "--vm", "--timeout", "120", "--", prog])
-        .args(args);
-    (output_in(native, native_dir), output_in(vm, vm_dir))
-}
+use common::linux::{
+    assert_identical, build_workload as build, native_and_vm_apart as native_and_vm,
+};
 
 #[test]
 fn shared_memory_between_processes_behaves_as_natively_with_every_libc() {
@@ -73,6 +38,7 @@ fn shared_memory_between_processes_behaves_as_natively_with_every_libc() {
             "b: 3 children done (condvar), 0 failed; by mutex 60000, by semaphore 60000",
             "c: child exit 0, parent reads \"child wrote page 2\", object size 8192",
             "d: pread sees \"middle\" before msync",
+            "d: a private mapping made now sees \"middle\"",
             "d: mapping sees pwrite's \"WRITE\"",
             "d: read after munmap: 10000 bytes, \"MAPPED\" \"CHILD\" \"WRITE\"",
             "e: anonymous after munmap/mremap: 11 30 40 50 60 70",

@@ -194,6 +194,11 @@ static void part_d(void) {
     if (pread(fd, got, 6, 5000) != 6)
         die("pread");
     printf("d: pread sees \"%s\" before msync\n", got);
+    char *pv = mmap(NULL, 2 * PG, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (pv == MAP_FAILED)
+        die("mmap private");
+    printf("d: a private mapping made now sees \"%.6s\"\n", pv + 5000);
+    munmap(pv, 2 * PG);
     pid_t pid = fork();
     if (pid < 0)
         die("fork");

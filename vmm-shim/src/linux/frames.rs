@@ -89,19 +89,41 @@ pub type FramePool = Arc<Mutex<Frames>>;
 /// notifier drop those translations.
 pub fn retire_all(mem: &GuestMemory, pool: &FramePool, mut freed: Vec<u64>) -> Result<(), Errno> {
     freed.sort_unstable();
-    let mut i = 0;
-    while i < freed.len() {
-        let mut j = i + 1;
-        while j < freed.len() && freed[j] == freed[j - 1] + PAGE {
-            j += 1;
-        }
-        mem.discard(GuestPhysAddr(freed[i]), (j - i) as u64 * PAGE)
+    for (start, len) in runs(&freed) {
+        mem.discard(GuestPhysAddr(start), len)
             .map_err(|_| Errno::EFAULT)?;
-        i = j;
     }
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     for f in freed {
         pool.release(f);
     }
     Ok(())
+}
+
+/// The physically contiguous runs of the sorted frames `sorted`: (first frame, bytes).
+pub fn runs(sorted: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *sorted.get(i)?;
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j] == sorted[j - 1] + PAGE {
+            j += 1;
+        }
+        let run = (first, (j - i) as u64 * PAGE);
+        i = j;
+        Some(run)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_the_contiguous_stretches() {
+        let f = [0x1000, 0x2000, 0x3000, 0x8000, 0xa000, 0xb000];
+        let r: Vec<(u64, u64)> = runs(&f).collect();
+        assert_eq!(r, [(0x1000, 3 * PAGE), (0x8000, PAGE), (0xa000, 2 * PAGE)]);
+        assert_eq!(runs(&[]).count(), 0);
+    }
 }

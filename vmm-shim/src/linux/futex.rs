@@ -93,16 +93,14 @@ impl Process {
         let any_shared =
             matches!(key, FutexKey::Shared(_)) || matches!(key2, Some(FutexKey::Shared(_)));
         let mut shared = any_shared.then(|| kernel.futexes());
+        // The _BITSET forms' mask (every bit for the plain form); 0 is EINVAL.
+        let bitset = |plain: i32| match if cmd == plain { u32::MAX } else { a[5] as u32 } {
+            0 => Err(Errno::EINVAL),
+            b => Ok(b),
+        };
         match cmd {
             libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
-                let bitset = if cmd == libc::FUTEX_WAIT {
-                    u32::MAX
-                } else {
-                    a[5] as u32
-                };
-                if bitset == 0 {
-                    return Err(Errno::EINVAL);
-                }
+                let bitset = bitset(libc::FUTEX_WAIT)?;
                 if self.futex_word(addr)? != val as u32 {
                     return Err(Errno(libc::EAGAIN));
                 }
@@ -127,14 +125,7 @@ impl Process {
                 Ok(Outcome::Block(Block::Futex { deadline }))
             }
             libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
-                let bitset = if cmd == libc::FUTEX_WAKE {
-                    u32::MAX
-                } else {
-                    a[5] as u32
-                };
-                if bitset == 0 {
-                    return Err(Errno::EINVAL);
-                }
+                let bitset = bitset(libc::FUTEX_WAKE)?;
                 let (q, at) = table(&mut self.futexes, &mut shared, key);
                 Ok(Outcome::Return(q.wake(
                     at,

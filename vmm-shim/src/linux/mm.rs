@@ -454,20 +454,14 @@ impl AddressSpace {
     /// shared object's: KVM only forgets its translations to them (another process may
     /// still map them, with their contents).
     fn retire_all(&mut self, freed: Vec<u64>) -> Result<(), Errno> {
-        let (mut shared, own): (Vec<u64>, Vec<u64>) =
+        let (shared, own): (Vec<u64>, Vec<u64>) =
             freed.into_iter().partition(|f| f & SHARED_FRAME != 0);
+        let mut shared: Vec<u64> = shared.into_iter().map(|f| f & !SHARED_FRAME).collect();
         shared.sort_unstable();
-        let mut i = 0;
-        while i < shared.len() {
-            let mut j = i + 1;
-            while j < shared.len() && shared[j] == shared[j - 1] + PAGE {
-                j += 1;
-            }
-            let at = GuestPhysAddr(shared[i] & !SHARED_FRAME);
+        for (start, len) in frames::runs(&shared) {
             self.mem
-                .invalidate(at, (j - i) as u64 * PAGE)
+                .invalidate(GuestPhysAddr(start), len)
                 .map_err(|_| Errno::EFAULT)?;
-            i = j;
         }
         frames::retire_all(&self.mem, &self.frames, own)
     }

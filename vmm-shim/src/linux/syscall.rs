@@ -1250,6 +1250,14 @@ impl Process {
             if shared && !regular && prot.writable() {
                 return Err(Errno(libc::ENODEV));
             }
+            if !shared
+                && regular
+                && let Some(obj) = self.kernel.shm.lookup(f.host())
+            {
+                // A private copy starts from what the shared mappings wrote, as on
+                // Linux, where both start from the page cache.
+                obj.write_back_all()?;
+            }
             let raw = f.host().as_raw_fd();
             let dup = host::dup(raw)?;
             let path = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
