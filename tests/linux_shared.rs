@@ -9,11 +9,13 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
-use common::kvm_available;
+use common::linux::output_in;
 use common::linux::{
     assert_identical, build_workload as build, native_and_vm_apart as native_and_vm,
 };
+use common::{kvm_available, lbrprof};
 
 #[test]
 fn shared_memory_between_processes_behaves_as_natively_with_every_libc() {
@@ -89,4 +91,33 @@ fn python_multiprocessing_pool_and_shared_value_match_native() {
         "native run: {text}"
     );
     assert_identical("python3 multiprocessing", &native, &vm);
+}
+
+/// `record --vm` runs the same program as `run --vm` (the emulated LBR on, sampled):
+/// the output is the native one and every guest process is in the recording.
+#[test]
+fn recording_processes_that_share_memory_keeps_their_output_and_every_process() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "linux_shared", "musl", "musl-gcc", &["-static"]);
+    let native = output_in(Command::new(&exe), tmp.path());
+    let data = tmp.path().join("shared.data");
+    let mut rec = lbrprof();
+    rec.args(["record", "--vm", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(&exe);
+    let vm = output_in(rec, tmp.path());
+    assert_eq!(
+        String::from_utf8_lossy(&vm.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "record --vm: stdout differs"
+    );
+    assert_eq!(vm.status.code(), native.status.code());
+    let info = lbrprof().arg("info").arg(&data).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    // The program and its 8 children (1 + 3 + 1 + 1 + 2 forks).
+    assert!(info.contains("guest procs:   9 ("), "{info}");
 }
