@@ -183,3 +183,88 @@ impl Process {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linux::abi::PAGE;
+    use crate::linux::fd::FdTable;
+    use crate::linux::mm::AddressSpace;
+    use crate::memory::GuestMemory;
+    use std::sync::Arc;
+    use syscalls::Sysno;
+
+    fn ret(o: Outcome) -> i64 {
+        match o {
+            Outcome::Return(v) => v as i64,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    /// A process with a shared region at the address returned, and its forked twin
+    /// (same kernel, same shared frames, a private page copied).
+    fn parent_and_child() -> (Process, Process, u64) {
+        let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
+        let mut mm = AddressSpace::new(mem, 1 << 20).unwrap();
+        let trap = crate::linux::cpu::build_trap_area(&mut mm, None).unwrap();
+        let mut p = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 1);
+        let mut t = p.main_task();
+        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let at = ret(p.syscall(&mut t, Sysno::mmap as u64, [0, PAGE, rw, flags, !0, 0])) as u64;
+        let private = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let args = [0x40_0000, PAGE, rw, private | libc::MAP_FIXED as u64, !0, 0];
+        assert_eq!(ret(p.syscall(&mut t, Sysno::mmap as u64, args)), 0x40_0000);
+        let mut mm = p.mm.fork().unwrap();
+        let trap = crate::linux::cpu::build_trap_area(&mut mm, Some(p.trap.stubs)).unwrap();
+        let mut c = Process::with(mm, FdTable::with_stdio([None, None, None]), trap, 2);
+        c.kernel = p.kernel.clone();
+        (p, c, at)
+    }
+
+    #[test]
+    fn a_shared_futex_wait_in_one_process_is_woken_from_another_unless_private() {
+        let (mut p, mut c, at) = parent_and_child();
+        let (mut pt, mut ct) = (p.main_task(), c.main_task());
+        let futex = Sysno::futex as u64;
+        let (wait, wake) = (libc::FUTEX_WAIT as u64, libc::FUTEX_WAKE as u64);
+        let private = libc::FUTEX_PRIVATE_FLAG as u64;
+        // The child waits on the shared word (0): queued in the VM's table.
+        let o = c.syscall(&mut ct, futex, [at, wait, 0, 0, 0, 0]);
+        assert!(matches!(o, Outcome::Block(Block::Futex { .. })), "{o:?}");
+        assert_eq!(c.futexes.len(), 0);
+        // A private wake from the parent does not reach it; a shared one does.
+        assert_eq!(
+            ret(p.syscall(&mut pt, futex, [at, wake | private, 1, 0, 0, 0])),
+            0
+        );
+        assert_eq!(ret(p.syscall(&mut pt, futex, [at, wake, 1, 0, 0, 0])), 1);
+        assert!(!c.futex_unqueue(ct.tid), "it was woken");
+        // The value check sees the other process's store.
+        c.mm.write(GuestVirtAddr(at), &5u32.to_le_bytes()).unwrap();
+        let r = ret(p.syscall(&mut pt, futex, [at, wait, 0, 0, 0, 0]));
+        assert_eq!(r, -(libc::EAGAIN as i64));
+        // Private memory: the two processes' words are their own.
+        let o = c.syscall(&mut ct, futex, [0x40_0000, wait, 0, 0, 0, 0]);
+        assert!(matches!(o, Outcome::Block(Block::Futex { .. })), "{o:?}");
+        assert_eq!(
+            ret(p.syscall(&mut pt, futex, [0x40_0000, wake, 1, 0, 0, 0])),
+            0
+        );
+        // Requeue from the child's private word to the shared one, then wake it there.
+        let requeue = libc::FUTEX_REQUEUE as u64;
+        let o = c.syscall(&mut ct, futex, [0x40_0000, requeue, 0, 1, at, 0]);
+        assert_eq!(ret(o), 1);
+        assert_eq!(ret(p.syscall(&mut pt, futex, [at, wake, 1, 0, 0, 0])), 1);
+    }
+
+    #[test]
+    fn a_shared_mapping_past_the_largest_offset_is_eoverflow() {
+        let (mut p, _c, _) = parent_and_child();
+        let mut t = p.main_task();
+        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        let off = u64::MAX & !(PAGE - 1);
+        let r = ret(p.syscall(&mut t, Sysno::mmap as u64, [0, 2 * PAGE, 3, flags, !0, off]));
+        assert_eq!(r, -(libc::EOVERFLOW as i64));
+    }
+}

@@ -405,7 +405,8 @@ impl AddressSpace {
             return Ok(());
         }
         if let Some(s) = shm {
-            let frame = s.obj.frame((s.offset + (va - vma_start)) / PAGE);
+            let at = s.offset.checked_add(va - vma_start);
+            let frame = s.obj.frame(at.ok_or(Errno(libc::EOVERFLOW))? / PAGE);
             let frame = frame.inspect_err(|_| {
                 self.exhausted.get_or_insert(va);
             })?;
@@ -514,7 +515,8 @@ impl AddressSpace {
             f.offset += at - start;
         }
         if let Some(s) = &mut tail.shm {
-            s.offset += at - start;
+            // In range: `map` checked the mapping's last offset.
+            s.offset = s.offset.wrapping_add(at - start);
         }
         if let Some(v) = self.vmas.get_mut(&start) {
             v.end = at;
@@ -912,8 +914,8 @@ impl AddressSpace {
             if v.end <= start {
                 continue;
             }
-            let from = s.offset + (start.max(v.start) - v.start);
-            let to = s.offset + (end.min(v.end) - v.start);
+            let from = s.offset.saturating_add(start.max(v.start) - v.start);
+            let to = s.offset.saturating_add(end.min(v.end) - v.start);
             s.obj.write_back(from / PAGE, to.div_ceil(PAGE))?;
         }
         Ok(())

@@ -133,7 +133,7 @@ impl SharedObject {
         let Some(b) = self.backing() else {
             return Ok(());
         };
-        if !b.writable {
+        if !b.writable || from >= to {
             return Ok(());
         }
         let size = host::file_id(b.file.as_fd())?.3;

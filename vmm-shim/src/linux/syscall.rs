@@ -1222,6 +1222,9 @@ impl Process {
             return Err(Errno::EINVAL);
         }
         let len = len.checked_add(PAGE - 1).ok_or(Errno::ENOMEM)? & !(PAGE - 1);
+        if off.checked_add(len).is_none() {
+            return Err(Errno(libc::EOVERFLOW));
+        }
         let fixed = flags & libc::MAP_FIXED != 0;
         let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
         let anon = flags & libc::MAP_ANONYMOUS != 0;
@@ -1364,12 +1367,13 @@ impl Process {
         let skip = old - vma.start;
         let (shm, file) = (vma.shm.clone(), vma.file.clone());
         let at = |n: u64| {
+            // Past the end of the offsets: EOVERFLOW when the pages are made.
             let shm = shm.clone().map(|mut s| {
-                s.offset += skip + n;
+                s.offset = s.offset.wrapping_add(skip + n);
                 s
             });
             let file = file.clone().map(|mut f| {
-                f.offset += skip + n;
+                f.offset = f.offset.wrapping_add(skip + n);
                 f
             });
             (shm, file)
