@@ -263,7 +263,7 @@ mod tests {
         let (mut p, _c, _) = parent_and_child();
         let mut t = p.main_task();
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        let off = u64::MAX & !(PAGE - 1);
+        let off = !(PAGE - 1);
         let r = ret(p.syscall(&mut t, Sysno::mmap as u64, [0, 2 * PAGE, 3, flags, !0, off]));
         assert_eq!(r, -(libc::EOVERFLOW as i64));
     }
