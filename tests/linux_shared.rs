@@ -42,6 +42,7 @@ fn shared_memory_between_processes_behaves_as_natively_with_every_libc() {
             "d: pread sees \"middle\" before msync",
             "d: a private mapping made now sees \"middle\"",
             "d: mapping sees pwrite's \"WRITE\"",
+            "d: mapping sees sendfile's \"SENDFILE\"",
             "d: read after munmap: 10000 bytes, \"MAPPED\" \"CHILD\" \"WRITE\"",
             "e: anonymous after munmap/mremap: 11 30 40 50 60 70",
             "e: the object has \"child, page 7\"",

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -215,6 +216,15 @@ static void part_d(void) {
     if (pwrite(fd, "WRITE", 5, 200) != 5)
         die("pwrite");
     printf("d: mapping sees pwrite's \"%.5s\"\n", m + 200);
+    /* So does sendfile from another file. */
+    int src = open("source.dat", O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (src < 0 || write(src, "SENDFILE", 8) != 8)
+        die("source.dat");
+    off_t from = 0;
+    if (lseek(fd, 300, SEEK_SET) != 300 || sendfile(fd, src, &from, 8) != 8)
+        die("sendfile");
+    close(src);
+    printf("d: mapping sees sendfile's \"%.8s\"\n", m + 300);
     if (msync(m, 3 * PG, MS_SYNC))
         die("msync");
     if (munmap(m, 3 * PG))

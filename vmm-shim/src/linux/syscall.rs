@@ -141,41 +141,48 @@ impl Process {
                 .or_insert(0) += 1;
             return Outcome::Return(Errno::ENOSYS.ret());
         };
-        let coherent = self.shared_file_of(sys, a);
+        let coherent = self.shared_files_of(sys, a);
         let out = self.dispatch(task, sys, a);
-        if let Some((obj, true)) = coherent {
-            // What the call wrote to the file shows in every shared mapping of it.
-            let _ = obj.reload();
+        for (obj, writes) in coherent {
+            if writes {
+                // What the call wrote to the file shows in every shared mapping of it.
+                let _ = obj.reload();
+            }
         }
         out
     }
 
-    /// For a call that reads or writes a host file mapped shared in the VM: the file's
+    /// For a call that reads or writes host files mapped shared in the VM: each file's
     /// shared object, its pages written back already (the call reads what was written
     /// through a mapping), and whether the call writes the file (the pages are read in
     /// again after it). See [`crate::linux::shm`].
-    fn shared_file_of(&self, sys: Sysno, a: [u64; 6]) -> Option<(Arc<SharedObject>, bool)> {
-        let (fd, writes) = match sys {
+    fn shared_files_of(&self, sys: Sysno, a: [u64; 6]) -> Vec<(Arc<SharedObject>, bool)> {
+        let fds: &[(u64, bool)] = match sys {
             Sysno::read | Sysno::pread64 | Sysno::readv | Sysno::preadv | Sysno::preadv2 => {
-                (a[0], false)
+                &[(a[0], false)]
             }
-            Sysno::sendfile => (a[1], false),
-            Sysno::copy_file_range => (a[0], false),
+            // sendfile(out, in, …), copy_file_range(in, _, out, …).
+            Sysno::sendfile => &[(a[1], false), (a[0], true)],
+            Sysno::copy_file_range => &[(a[0], false), (a[2], true)],
             Sysno::write
             | Sysno::pwrite64
             | Sysno::writev
             | Sysno::pwritev
             | Sysno::pwritev2
             | Sysno::ftruncate
-            | Sysno::fallocate => (a[0], true),
-            _ => return None,
+            | Sysno::fallocate => &[(a[0], true)],
+            _ => return Vec::new(),
         };
         if self.kernel.shm.is_empty() {
-            return None;
+            return Vec::new();
         }
-        let obj = self.kernel.shm.lookup(self.fds.get(fd).ok()?.host())?;
-        let _ = obj.write_back_all();
-        Some((obj, writes))
+        fds.iter()
+            .filter_map(|&(fd, writes)| {
+                let obj = self.kernel.shm.lookup(self.fds.get(fd).ok()?.host())?;
+                let _ = obj.write_back_all();
+                Some((obj, writes))
+            })
+            .collect()
     }
 
     fn dispatch(&mut self, task: &mut Task, sys: Sysno, a: [u64; 6]) -> Outcome {
