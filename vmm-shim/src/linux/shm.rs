@@ -15,7 +15,9 @@
 //! File pages reach the file ([`SharedObject::write_back`]) on `msync`, when the last
 //! mapping goes, when a process ends, and before the guest reads the file through a
 //! descriptor (read, pread, readv, sendfile…); a write to the file through a
-//! descriptor (write, pwrite, ftruncate…) is read back into the pages. So a guest
+//! descriptor (write, pwrite, ftruncate…) is read back into the pages
+//! ([`SharedObject::reload`]). A read, pread or pwrite does so for the pages of its
+//! bytes only, the other calls for every page. So a guest
 //! `read()` sees what was written through a mapping, and a mapping sees what was
 //! written with `write()`. What differs from Linux: a host process (outside the VM)
 //! writing the file meanwhile is seen by the mappings only after the guest's next
@@ -165,15 +167,18 @@ impl SharedObject {
         self.write_back(0, u64::MAX)
     }
 
-    /// Read every page in again from the file (it was written through a descriptor);
-    /// past its end, zero.
-    pub fn reload(&self) -> Result<(), Errno> {
+    /// Read pages `[from, to)` (indices) that exist in again from the file (it was
+    /// written through a descriptor); past its end, zero.
+    pub fn reload(&self, from: u64, to: u64) -> Result<(), Errno> {
         let Some(b) = self.backing() else {
             return Ok(());
         };
+        if from >= to {
+            return Ok(());
+        }
         let pages = self.pages();
         let mut buf = vec![0u8; PAGE as usize];
-        for (&i, &f) in pages.iter() {
+        for (&i, &f) in pages.range(from..to) {
             buf.fill(0);
             host::pread_full(&b.file, &mut buf, i * PAGE);
             self.mem
@@ -317,7 +322,10 @@ mod tests {
             "within the size"
         );
         std::fs::write(&path, b"ZYXWVUTSRQPO").unwrap();
-        obj.reload().unwrap();
+        obj.reload(1, 5).unwrap();
+        mem.read(f, &mut b).unwrap();
+        assert_eq!(&b, b"abcdefghijkl", "page 0 is not in the range");
+        obj.reload(0, u64::MAX).unwrap();
         mem.read(f, &mut b).unwrap();
         assert_eq!(&b, b"ZYXWVUTSRQPO");
         let file = open();

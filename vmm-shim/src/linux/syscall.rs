@@ -34,6 +34,9 @@ use crate::memory::GuestVirtAddr;
 
 type Sys = Result<u64, Errno>;
 
+/// A shared file a system call reads or writes ([`Process::shared_files_of`]).
+type SharedFileCall = (Arc<SharedObject>, bool, (u64, u64));
+
 /// Largest single transfer (read/write and friends); programs handle short counts.
 pub(crate) const MAX_IO: usize = 16 << 20;
 /// Longest path accepted (PATH_MAX).
@@ -143,20 +146,21 @@ impl Process {
         };
         let coherent = self.shared_files_of(sys, a);
         let out = self.dispatch(task, sys, a);
-        for (obj, writes) in coherent {
+        for (obj, writes, (from, to)) in coherent {
             if writes {
                 // What the call wrote to the file shows in every shared mapping of it.
-                let _ = obj.reload();
+                let _ = obj.reload(from, to);
             }
         }
         out
     }
 
     /// For a call that reads or writes host files mapped shared in the VM: each file's
-    /// shared object, its pages written back already (the call reads what was written
-    /// through a mapping), and whether the call writes the file (the pages are read in
-    /// again after it). See [`crate::linux::shm`].
-    fn shared_files_of(&self, sys: Sysno, a: [u64; 6]) -> Vec<(Arc<SharedObject>, bool)> {
+    /// shared object, its pages the call may read written back already (the call reads
+    /// what was written through a mapping), whether the call writes the file (those
+    /// pages are read in again after it), and which pages (indices `[from, to)`: those
+    /// of the bytes a read, pread or pwrite names, else all). See [`crate::linux::shm`].
+    fn shared_files_of(&self, sys: Sysno, a: [u64; 6]) -> Vec<SharedFileCall> {
         let fds: &[(u64, bool)] = match sys {
             Sysno::read | Sysno::pread64 | Sysno::readv | Sysno::preadv | Sysno::preadv2 => {
                 &[(a[0], false)]
@@ -176,11 +180,19 @@ impl Process {
         if self.kernel.shm.is_empty() {
             return Vec::new();
         }
+        let pages = |off: u64, len: u64| (off / PAGE, off.saturating_add(len).div_ceil(PAGE));
         fds.iter()
             .filter_map(|&(fd, writes)| {
-                let obj = self.kernel.shm.lookup(self.fds.get(fd).ok()?.host())?;
-                let _ = obj.write_back_all();
-                Some((obj, writes))
+                let host = self.fds.get(fd).ok()?.host();
+                let obj = self.kernel.shm.lookup(host)?;
+                let span = match sys {
+                    Sysno::pread64 | Sysno::pwrite64 => pages(a[3], a[2]),
+                    Sysno::read => host::lseek(host, 0, libc::SEEK_CUR)
+                        .map_or((0, u64::MAX), |pos| pages(pos, a[2])),
+                    _ => (0, u64::MAX),
+                };
+                let _ = obj.write_back(span.0, span.1);
+                Some((obj, writes, span))
             })
             .collect()
     }
