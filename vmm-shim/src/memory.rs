@@ -351,6 +351,47 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Make KVM drop every guest translation to the host pages of `[addr, addr + len)`
+    /// and keep their contents (unlike [`Self::discard`]): for a frame that another
+    /// address space still maps (memory shared between guest processes). The range is
+    /// made executable and back: each protection change runs the MMU notifier over it,
+    /// and the pages stay readable and writable throughout, so a vCPU or shim thread
+    /// using them meanwhile is not disturbed (where the host refuses that, the contents
+    /// are saved, discarded and written back). `addr` and `len` must be host-page
+    /// aligned.
+    pub fn invalidate(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
+        let bad = || MemoryError::OutOfRange {
+            addr,
+            len,
+            size: self.size,
+        };
+        let l = usize::try_from(len).map_err(|_| bad())?;
+        let off = self.check(addr, l)?;
+        let page = host_page_size() as usize;
+        if off % page != 0 || l % page != 0 {
+            return Err(bad());
+        }
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        for prot in [rw | libc::PROT_EXEC, rw] {
+            // SAFETY: the range is inside the live mapping (checked) and page-aligned;
+            // the protections keep it readable and writable, so no access to it faults.
+            let r = unsafe { libc::mprotect(self.mapping.ptr.as_ptr().add(off).cast(), l, prot) };
+            if r != 0 && prot == rw {
+                return Err(bad());
+            }
+            if r != 0 {
+                // A host that refuses executable anonymous memory (an SELinux execmem
+                // policy): keep the contents, discard the pages (the notifier runs) and
+                // put them back. A store another vCPU makes in between is lost.
+                let mut saved = vec![0u8; l];
+                self.read(addr, &mut saved)?;
+                self.discard(addr, len)?;
+                return self.write(addr, &saved);
+            }
+        }
+        Ok(())
+    }
+
     /// Copy guest memory at `addr` into `buf`.
     pub fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
         let off = self.check(addr, buf.len())?;
@@ -606,6 +647,30 @@ mod tests {
         let mut b = [0u8; 3];
         m.read(GuestPhysAddr(0), &mut b).unwrap();
         assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn invalidate_keeps_the_contents_and_discard_does_not() {
+        let page = host_page_size();
+        let m = GuestMemory::new(16 * page).unwrap();
+        m.write(GuestPhysAddr(page + 5), b"kept").unwrap();
+        m.invalidate(GuestPhysAddr(page), 2 * page).unwrap();
+        let mut b = [0u8; 4];
+        m.read(GuestPhysAddr(page + 5), &mut b).unwrap();
+        assert_eq!(&b, b"kept");
+        // Still writable.
+        m.write(GuestPhysAddr(page + 5), b"more").unwrap();
+        assert!(
+            m.invalidate(GuestPhysAddr(page + 1), page).is_err(),
+            "unaligned"
+        );
+        assert!(
+            m.invalidate(GuestPhysAddr(15 * page), 2 * page).is_err(),
+            "outside"
+        );
+        m.discard(GuestPhysAddr(page), page).unwrap();
+        m.read(GuestPhysAddr(page + 5), &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
     }
 
     #[test]

@@ -623,6 +623,21 @@ pub fn file_kind(fd: BorrowedFd<'_>) -> Result<(u32, u64), Errno> {
     Ok((st.st_mode & libc::S_IFMT, st.st_rdev))
 }
 
+/// What names an open file for sharing its pages: `(st_mode & S_IFMT, st_dev, st_ino,
+/// st_size)`.
+pub fn file_id(fd: BorrowedFd<'_>) -> Result<(u32, u64, u64, u64), Errno> {
+    // SAFETY: zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open descriptor for the call's duration; st is a live buffer.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } as isize)?;
+    Ok((
+        st.st_mode & libc::S_IFMT,
+        st.st_dev,
+        st.st_ino,
+        st.st_size.max(0) as u64,
+    ))
+}
+
 pub fn getrandom(buf: &mut [u8], flags: u32) -> Result<usize, Errno> {
     // SAFETY: buf is writable for buf.len() bytes.
     check(unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), flags) })

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::arch::{PTE_A, PTE_ADDR_MASK, PTE_D, PTE_P, PTE_RW, PTE_US};
 use crate::linux::abi::{MMAP_MIN, MMAP_TOP, PAGE, USER_END};
 use crate::linux::errno::Errno;
+use crate::linux::frames;
+pub use crate::linux::frames::{FramePool, Frames};
+use crate::linux::shm::{PTE_SHARED, ShmRef};
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 
 /// Execute-disable (bit 63 of a paging entry; needs EFER.NXE).
@@ -81,6 +84,8 @@ pub struct Vma {
     pub file: Option<FileBacking>,
     /// `[heap]`, `[stack]` or empty.
     pub name: &'static str,
+    /// `MAP_SHARED`: the pages are the shared object's ([`crate::linux::shm`]).
+    pub shm: Option<ShmRef>,
 }
 
 /// A mapping event, in the order they happened (what perf's MMAP2 records carry).
@@ -111,66 +116,6 @@ impl MapRecord {
         }
     }
 }
-
-/// Guest-physical 4 KiB frames, handed out from `[next, end)` and a free list. Page
-/// tables come from the top down, data from the bottom up: a table is written when a
-/// mapping is made, a data page only when the program touches it, and keeping tables
-/// apart keeps untouched data out of the host pages (huge pages) the tables dirty.
-#[derive(Debug)]
-pub struct Frames {
-    next: u64,
-    end: u64,
-    free: Vec<u64>,
-    in_use: u64,
-}
-
-impl Frames {
-    fn alloc_table(&mut self, mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
-        if self.next + PAGE > self.end {
-            return self.alloc(mem);
-        }
-        self.end -= PAGE;
-        self.in_use += 1;
-        Ok(GuestPhysAddr(self.end))
-    }
-}
-
-impl Frames {
-    /// A pool with no frames (tests).
-    #[cfg(test)]
-    pub fn empty() -> Frames {
-        Frames {
-            next: 0,
-            end: 0,
-            free: Vec::new(),
-            in_use: 0,
-        }
-    }
-
-    fn alloc(&mut self, _mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
-        if let Some(f) = self.free.pop() {
-            // Freed frames were discarded (zero-filled) when they were released.
-            self.in_use += 1;
-            return Ok(GuestPhysAddr(f));
-        }
-        if self.next + PAGE > self.end {
-            return Err(Errno::ENOMEM);
-        }
-        let f = self.next;
-        self.next += PAGE;
-        self.in_use += 1;
-        Ok(GuestPhysAddr(f))
-    }
-
-    fn release(&mut self, frame: u64) {
-        self.free.push(frame);
-        self.in_use -= 1;
-    }
-}
-
-/// The guest-physical frames every address space of a VM draws from (each guest
-/// process has its own page tables; the frames are one pool).
-pub type FramePool = Arc<Mutex<Frames>>;
 
 /// An address space a vfork parent lent its child (the process model is in `proc.rs`):
 /// the child puts it back here when it execs or ends.
@@ -224,12 +169,7 @@ impl AddressSpace {
     /// An empty address space whose frames come from guest-physical `[first, RAM end)`.
     pub fn new(mem: Arc<GuestMemory>, first: u64) -> Result<AddressSpace, Errno> {
         let end = page_down(mem.size());
-        let frames = Frames {
-            next: page_up(first).ok_or(Errno::ENOMEM)?,
-            end,
-            free: Vec::new(),
-            in_use: 0,
-        };
+        let frames = Frames::new(page_up(first).ok_or(Errno::ENOMEM)?, end);
         AddressSpace::with_pool(mem, Arc::new(Mutex::new(frames)))
     }
 
@@ -307,7 +247,10 @@ impl AddressSpace {
             let mut va = v.start;
             while va < v.end {
                 let e = self.pte(va);
-                if e & PTE_P != 0 {
+                if e & PTE_P != 0 && e & PTE_SHARED != 0 {
+                    // A shared object's frame: the child maps the same one.
+                    child.map_page(va, GuestPhysAddr(e & PTE_ADDR_MASK), e & !PTE_ADDR_MASK)?;
+                } else if e & PTE_P != 0 {
                     let f = child.frames().alloc(&self.mem);
                     let f = f.inspect_err(|_| {
                         child.exhausted.get_or_insert(va);
@@ -377,15 +320,15 @@ impl AddressSpace {
 
     /// Bytes of guest RAM in use by the program (its pages and page tables).
     pub fn resident_bytes(&self) -> u64 {
-        self.frames().in_use * PAGE
+        self.frames().in_use() * PAGE
     }
 
     /// Guest RAM for programs (every address space's frames) and how much of it is free,
     /// in bytes.
     pub fn ram(&self) -> (u64, u64) {
         let f = self.frames();
-        let free = (f.end - f.next) + f.free.len() as u64 * PAGE;
-        (free + f.in_use * PAGE, free)
+        let free = f.free_bytes();
+        (free + f.in_use() * PAGE, free)
     }
 
     /// A free frame (zeroed).
@@ -448,16 +391,26 @@ impl AddressSpace {
             .map_err(|_| Errno::EFAULT)
     }
 
-    /// Give page `va` a fresh frame with `prot` (no-op when already present).
+    /// Give page `va` a fresh frame with `prot` (no-op when already present), or the
+    /// shared object's frame of the page.
     fn populate(
         &mut self,
         va: u64,
         prot: Prot,
         file: Option<&FileBacking>,
+        shm: Option<&ShmRef>,
         vma_start: u64,
     ) -> Result<(), Errno> {
         if self.pte(va) & PTE_P != 0 {
             return Ok(());
+        }
+        if let Some(s) = shm {
+            let at = s.offset.checked_add(va - vma_start);
+            let frame = s.obj.frame(at.ok_or(Errno(libc::EOVERFLOW))? / PAGE);
+            let frame = frame.inspect_err(|_| {
+                self.exhausted.get_or_insert(va);
+            })?;
+            return self.map_page(va, frame, prot.pte_flags() | PTE_SHARED);
         }
         let mem = self.mem.clone();
         let frame = self.frames().alloc(&mem);
@@ -485,32 +438,33 @@ impl AddressSpace {
             let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
             if e & PTE_P != 0 {
                 self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
-                freed.push(e & PTE_ADDR_MASK);
+                // A shared object's frame stays the object's; its translations are
+                // dropped without a discard ([`Self::retire_all`]).
+                if e & PTE_SHARED == 0 {
+                    freed.push(e & PTE_ADDR_MASK);
+                } else {
+                    freed.push((e & PTE_ADDR_MASK) | SHARED_FRAME);
+                }
                 self.flush_needed = true;
             }
         }
         Ok(())
     }
 
-    /// Retire many frames, one discard per physically contiguous run.
-    fn retire_all(&mut self, mut freed: Vec<u64>) -> Result<(), Errno> {
-        freed.sort_unstable();
-        let mut i = 0;
-        while i < freed.len() {
-            let mut j = i + 1;
-            while j < freed.len() && freed[j] == freed[j - 1] + PAGE {
-                j += 1;
-            }
+    /// Retire many frames ([`frames::retire_all`]). Those marked [`SHARED_FRAME`] are a
+    /// shared object's: KVM only forgets its translations to them (another process may
+    /// still map them, with their contents).
+    fn retire_all(&mut self, freed: Vec<u64>) -> Result<(), Errno> {
+        let (shared, own): (Vec<u64>, Vec<u64>) =
+            freed.into_iter().partition(|f| f & SHARED_FRAME != 0);
+        let mut shared: Vec<u64> = shared.into_iter().map(|f| f & !SHARED_FRAME).collect();
+        shared.sort_unstable();
+        for (start, len) in frames::runs(&shared) {
             self.mem
-                .discard(GuestPhysAddr(freed[i]), (j - i) as u64 * PAGE)
+                .invalidate(GuestPhysAddr(start), len)
                 .map_err(|_| Errno::EFAULT)?;
-            i = j;
         }
-        let mut pool = self.frames();
-        for f in freed {
-            pool.release(f);
-        }
-        Ok(())
+        frames::retire_all(&self.mem, &self.frames, own)
     }
 
     /// Free a frame that a translation pointed at. KVM may still hold a translation to
@@ -560,6 +514,10 @@ impl AddressSpace {
         if let Some(f) = &mut tail.file {
             f.offset += at - start;
         }
+        if let Some(s) = &mut tail.shm {
+            // In range: `map` checked the mapping's last offset.
+            s.offset = s.offset.wrapping_add(at - start);
+        }
         if let Some(v) = self.vmas.get_mut(&start) {
             v.end = at;
         }
@@ -574,6 +532,31 @@ impl AddressSpace {
         len: u64,
         prot: Prot,
         file: Option<FileBacking>,
+        name: &'static str,
+    ) -> Result<(), Errno> {
+        self.map_vma(start, len, prot, file, None, name)
+    }
+
+    /// [`Self::map`] of a shared object's pages (`MAP_SHARED`; `file` names the file, if
+    /// any, for the mapping records).
+    pub fn map_shared(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: Prot,
+        file: Option<FileBacking>,
+        shm: ShmRef,
+    ) -> Result<(), Errno> {
+        self.map_vma(start, len, prot, file, Some(shm), "")
+    }
+
+    fn map_vma(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: Prot,
+        file: Option<FileBacking>,
+        shm: Option<ShmRef>,
         name: &'static str,
     ) -> Result<(), Errno> {
         let end = start.checked_add(len).ok_or(Errno::ENOMEM)?;
@@ -601,7 +584,7 @@ impl AddressSpace {
         if !prot.is_none() {
             let mut va = start;
             while va < end {
-                if let Err(e) = self.populate(va, prot, file.as_ref(), start) {
+                if let Err(e) = self.populate(va, prot, file.as_ref(), shm.as_ref(), start) {
                     // Leave nothing half-made behind.
                     let _ = self.unmap(start, va - start);
                     return Err(e);
@@ -617,6 +600,7 @@ impl AddressSpace {
                 prot,
                 file,
                 name,
+                shm,
             },
         );
         Ok(())
@@ -665,6 +649,13 @@ impl AddressSpace {
         if at < end {
             return Err(Errno::ENOMEM);
         }
+        // A shared mapping of a file opened read-only cannot become writable.
+        let denied = self.vmas.range(..end).any(|(_, v)| {
+            v.end > start && prot.writable() && v.shm.as_ref().is_some_and(|s| !s.may_write)
+        });
+        if denied {
+            return Err(Errno(libc::EACCES));
+        }
         self.split_at(start);
         self.split_at(end);
         let inside: Vec<u64> = self.vmas.range(start..end).map(|(&s, _)| s).collect();
@@ -686,7 +677,19 @@ impl AddressSpace {
                 } else {
                     let e = self.pte(va);
                     if e & PTE_P == 0 {
-                        self.populate(va, prot, v.file.as_ref(), v.start)?;
+                        self.populate(va, prot, v.file.as_ref(), v.shm.as_ref(), v.start)?;
+                    } else if e & PTE_SHARED != 0 {
+                        // A shared frame keeps its place (other processes map it): new
+                        // flags in place, and every vCPU of the process flushes.
+                        let flags = prot.pte_flags() | PTE_SHARED;
+                        if e & !PTE_ADDR_MASK != flags {
+                            let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+                            self.mem
+                                .write_u64(slot, (e & PTE_ADDR_MASK) | flags)
+                                .map_err(|_| Errno::EFAULT)?;
+                            self.retire_all(vec![(e & PTE_ADDR_MASK) | SHARED_FRAME])?;
+                            self.flush_needed = true;
+                        }
                     } else if e & !PTE_ADDR_MASK != prot.pte_flags() {
                         // New permissions on a new frame (see retire): no translation
                         // with the old ones can outlive the change.
@@ -726,7 +729,7 @@ impl AddressSpace {
                     .vmas
                     .range(..=va)
                     .next_back()
-                    .is_some_and(|(_, v)| v.end > va && v.file.is_none());
+                    .is_some_and(|(_, v)| v.end > va && v.file.is_none() && v.shm.is_none());
                 if anon {
                     self.mem
                         .discard(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
@@ -893,11 +896,49 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// The guest-physical address of byte `va` when a shared object's page holds it
+    /// (the key of a futex in shared memory).
+    pub fn shared_phys(&self, va: u64) -> Option<u64> {
+        if va >= USER_END {
+            return None;
+        }
+        let e = self.pte(va);
+        (e & (PTE_P | PTE_SHARED) == PTE_P | PTE_SHARED)
+            .then_some((e & PTE_ADDR_MASK) | (va & (PAGE - 1)))
+    }
+
+    /// `msync`: write the file pages of the shared mappings in `[start, end)` back.
+    pub fn write_back(&self, start: u64, end: u64) -> Result<(), Errno> {
+        for v in self.vmas.range(..end).map(|(_, v)| v) {
+            let Some(s) = &v.shm else { continue };
+            if v.end <= start {
+                continue;
+            }
+            let from = s.offset.saturating_add(start.max(v.start) - v.start);
+            let to = s.offset.saturating_add(end.min(v.end) - v.start);
+            s.obj.write_back(from / PAGE, to.div_ceil(PAGE))?;
+        }
+        Ok(())
+    }
+
+    /// Write every shared file page this space maps back (the process ends).
+    pub fn write_back_all(&self) {
+        for v in self.vmas.values() {
+            if let Some(s) = &v.shm {
+                let _ = s.obj.write_back_all();
+            }
+        }
+    }
+
     /// The mappings, in address order.
     pub fn vmas(&self) -> impl Iterator<Item = &Vma> {
         self.vmas.values()
     }
 }
+
+/// Marks a frame given to [`AddressSpace::retire_all`] as a shared object's (bit 0: frames
+/// are page-aligned).
+const SHARED_FRAME: u64 = 1;
 
 /// The root of a [hollow](AddressSpace::hollow) space: no guest-physical address.
 const HOLLOW: u64 = !(PAGE - 1);
@@ -930,6 +971,11 @@ fn collect_frames(mem: &GuestMemory, table: u64, level: u32, out: &mut Vec<u64>)
         let f = e & PTE_ADDR_MASK;
         if level > 1 {
             collect_frames(mem, f, level - 1, out);
+        } else if e & PTE_SHARED != 0 {
+            // A shared object's frame: the object frees it (KVM forgets this space's
+            // translations to it, see `retire_all`).
+            out.push(f | SHARED_FRAME);
+            continue;
         }
         out.push(f);
     }
@@ -1053,6 +1099,70 @@ mod tests {
             before,
             "every frame of the child came back"
         );
+    }
+
+    fn shared_region(s: &AddressSpace) -> ShmRef {
+        ShmRef {
+            obj: crate::linux::shm::SharedObject::anonymous(s.memory_arc(), s.pool()),
+            offset: 0,
+            may_write: true,
+        }
+    }
+
+    #[test]
+    fn a_shared_region_is_the_same_memory_in_a_forked_space_until_the_last_unmap() {
+        let mut s = space();
+        let before = s.resident_bytes();
+        let shm = shared_region(&s);
+        s.map_shared(0x40_0000, 4 * PAGE, Prot::RW, None, shm)
+            .unwrap();
+        s.map(0x50_0000, PAGE, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(0x40_1000), b"parent").unwrap();
+        let child = s.fork().unwrap();
+        // The child's write is the parent's (the private page stays private).
+        child.write(GuestVirtAddr(0x40_1000), b"child!").unwrap();
+        child.write(GuestVirtAddr(0x50_0000), b"mine").unwrap();
+        let mut b = [0u8; 6];
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        s.read(GuestVirtAddr(0x50_0000), &mut b[..4]).unwrap();
+        assert_eq!(&b[..4], &[0; 4]);
+        // Both spaces see the word at the same guest-physical address (a futex key).
+        let pa = s.shared_phys(0x40_1004).unwrap();
+        assert_eq!(child.shared_phys(0x40_1004), Some(pa));
+        assert_eq!(s.shared_phys(0x50_0000), None, "private memory");
+        // The child going does not free the shared frames.
+        drop(child);
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        // Unmapping part of it keeps the rest; mprotect to none and back maps the same
+        // frame again.
+        s.unmap(0x40_0000, PAGE).unwrap();
+        s.protect(0x40_1000, PAGE, Prot::NONE).unwrap();
+        assert!(s.read(GuestVirtAddr(0x40_1000), &mut b).is_err());
+        s.protect(0x40_1000, PAGE, Prot::RW).unwrap();
+        assert_eq!(s.shared_phys(0x40_1004), Some(pa));
+        s.read(GuestVirtAddr(0x40_1000), &mut b).unwrap();
+        assert_eq!(&b, b"child!");
+        // The last unmap gives every frame back.
+        s.unmap(0x40_0000, 4 * PAGE).unwrap();
+        s.unmap(0x50_0000, PAGE).unwrap();
+        let tables = s.resident_bytes() - before;
+        assert!(tables <= 4 * PAGE, "only page tables are left: {tables}");
+    }
+
+    #[test]
+    fn a_shared_mapping_of_a_file_opened_read_only_cannot_become_writable() {
+        let mut s = space();
+        let mut shm = shared_region(&s);
+        shm.may_write = false;
+        s.map_shared(0x40_0000, PAGE, Prot(libc::PROT_READ as u32), None, shm)
+            .unwrap();
+        assert_eq!(
+            s.protect(0x40_0000, PAGE, Prot::RW),
+            Err(Errno(libc::EACCES))
+        );
+        s.protect(0x40_0000, PAGE, Prot::NONE).unwrap();
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   (every mapping is recorded with path and offset, like perf's MMAP2).
 //! * [`stack`]: argv, envp and the auxiliary vector.
 //! * [`mm`]: guest page tables, mappings, brk; every guest pointer is checked there.
+//!   [`frames`]: the guest-physical frames they come from; [`shm`]: frames shared
+//!   between processes (`MAP_SHARED`).
 //! * [`cpu`]: the trap area and the system-call path (why it costs one exit).
 //! * [`syscall`]: the system calls; anything else is `-ENOSYS`, counted and reported.
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
@@ -21,7 +23,8 @@
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
-//! * [`thread`]: threads (one vCPU each) and futexes.
+//! * [`thread`]: threads (one vCPU each) and futex queues; [`futex`]: the call, and
+//!   futexes in memory shared between processes.
 //! * [`signal`]: signal dispositions and the queues of pending signals.
 //! * [`itimer`]: the real-time interval timer (`alarm`, `setitimer`).
 //! * [`proc`]: processes: what they share (ids, parents, zombies, waits, signals between
@@ -35,9 +38,9 @@
 //!   [`errno`] and [`error`]: the errors.
 //!
 //! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
-//! `host` at the bottom; then `mm`, `fd`, `signal`, `stack`, `entropy`, `clock`; `cpu`,
+//! `host` at the bottom; then `frames`, `shm`; `mm`, `fd`, `signal`, `stack`, `entropy`, `clock`; `cpu`,
 //! `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
-//! [`Process`]; and on top the files that extend it: `syscall`, `events`, `net`,
+//! [`Process`]; and on top the files that extend it: `syscall`, `futex`, `events`, `net`,
 //! `sigframe`, `procfs`. One arrow still points up: `mm`'s fork asks the emulated LBR
 //! (`pmu::kvm_hook`) for the bytes under its breakpoints.
 //!
@@ -53,9 +56,13 @@
 //! delivered at once (`Process::deliver_async`). A vCPU whose thread ended
 //! waits for the next thread or process. The run ends when the first process ends.
 //!
-//! Limits: no copy-on-write (a fork copies the pages that are not all zero); a `clone`
-//! that shares memory between two processes without vfork ends the program with an
-//! "unsupported" error; private file mappings are copies.
+//! Memory shared between processes (`MAP_SHARED` regions and files) is backed by
+//! refcounted shared frames ([`shm`]): a fork maps them in the child instead of copying;
+//! futexes in it meet across processes ([`futex`]).
+//!
+//! Limits: no copy-on-write (a fork copies the private pages that are not all zero); a
+//! `clone` that shares memory between two processes without vfork ends the program with
+//! an "unsupported" error; private file mappings are copies.
 
 pub mod abi;
 pub mod block;
@@ -67,6 +74,8 @@ pub mod error;
 pub mod events;
 pub mod fd;
 pub mod files;
+pub mod frames;
+pub mod futex;
 pub mod host;
 pub mod itimer;
 pub mod limits;
@@ -78,6 +87,7 @@ pub mod proc;
 pub mod procfs;
 pub mod program;
 pub mod report;
+pub mod shm;
 pub mod sigframe;
 pub mod signal;
 pub mod stack;
@@ -497,6 +507,9 @@ impl Process {
     /// The process ended with wait status `status`: its parent may reap it, its other
     /// threads stop, a vfork parent goes on, and what it reported joins the run's.
     pub fn end(&mut self, tid: u64, status: i32) {
+        // The file pages of its shared mappings reach the file now, as they would be
+        // in the page cache on Linux for whoever reads the file next.
+        self.mm.write_back_all();
         self.give_back();
         if let Some(w) = self.vfork_parent.take() {
             w.wake();
@@ -683,7 +696,12 @@ impl Process {
         use std::sync::atomic::Ordering;
         if self.shared.superseded(task) {
             // Ended by another thread's execve while blocked: nothing of the call is
-            // left to finish (the run loop ends the thread before it runs again).
+            // left to finish (the run loop ends the thread before it runs again), but
+            // a wait in a futex of shared memory must leave its queue (the process's
+            // own queues went with the execve).
+            if matches!(block, Block::Futex { .. }) {
+                self.kernel.futexes().remove(task.tid);
+            }
             return Ok(TrapAction::ThreadExit);
         }
         self.shared.sleepers().remove(&task.tid);
@@ -701,7 +719,7 @@ impl Process {
             // Still queued: not woken by FUTEX_WAKE but by a signal (EINTR), a timeout
             // (unless a wake came in between the timeout and this lock), or nothing
             // (a spurious wake-up, which futex callers allow).
-            Block::Futex { .. } if self.futexes.remove(task.tid) => {
+            Block::Futex { .. } if self.futex_unqueue(task.tid) => {
                 if interrupted {
                     eintr
                 } else if !woken {

@@ -18,8 +18,8 @@
 //!   of children not yet waited for (zombies), the waiters in `wait4`/`waitid`, and
 //!   signals sent from one process to another.
 //!
-//! Lock order: a process's lock, then the kernel's table. Nothing holding the table
-//! takes a process lock.
+//! Lock order: a process's lock, then the kernel's table (or its shared futexes, or its
+//! shared-file registry). Nothing holding one of those takes a process lock.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -29,7 +29,9 @@ use crate::linux::clock::Clock;
 use crate::linux::errno::Errno;
 use crate::linux::mm::FramePool;
 use crate::linux::report::LinuxReport;
+use crate::linux::shm::ShmFiles;
 use crate::linux::signal::{SI_KERNEL, SI_USER, SigInfo, SigPending, child_code};
+use crate::linux::thread::Futexes;
 use crate::linux::waiter::Waiter;
 
 /// What every process of a VM shares.
@@ -51,6 +53,12 @@ pub struct Kernel {
     /// program sees it (TIOCGPGRP/TIOCSPGRP): the first process's at the start, as a
     /// shell makes a job it runs in the foreground. The host terminal's stays lbrprof's.
     foreground: AtomicU64,
+    /// The shared objects of the host files mapped `MAP_SHARED` ([`crate::linux::shm`]).
+    pub shm: ShmFiles,
+    /// Futexes in shared memory, keyed by the word's guest-physical address: waits
+    /// and wakes from every process meet here (under this lock, as a process's own
+    /// futexes meet under the process's lock).
+    futexes: Mutex<Futexes>,
 }
 
 /// The first process's id when pids are pinned (exact mode), so that every run
@@ -238,7 +246,14 @@ impl Kernel {
             outside_parent: ppid,
             clock: Clock::host(),
             foreground: AtomicU64::new(pid),
+            shm: ShmFiles::default(),
+            futexes: Mutex::default(),
         }
+    }
+
+    /// The wait queues of futexes in shared memory (see the field).
+    pub fn futexes(&self) -> MutexGuard<'_, Futexes> {
+        self.futexes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The terminal's foreground process group, as the program sees it.

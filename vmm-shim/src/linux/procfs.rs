@@ -143,6 +143,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
         inode: u64,
         name: Vec<u8>,
         file: bool,
+        shared: bool,
     }
     let mut lines: Vec<Line> = Vec::new();
     for v in vmas {
@@ -168,6 +169,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
                 && last.prot.0 == v.prot.0
                 && last.name == name
                 && last.file == file
+                && last.shared == v.shm.is_some()
                 && (!file
                     || (last.inode == inode && last.offset + (last.end - last.start) == offset));
             if contiguous {
@@ -184,6 +186,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
             inode,
             name,
             file,
+            shared: v.shm.is_some(),
         });
     }
     let mut out = Vec::new();
@@ -207,7 +210,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
             flag(l.prot.0 & libc::PROT_READ as u32 != 0, b'r'),
             flag(l.prot.writable(), b'w'),
             flag(l.prot.executable(), b'x'),
-            b'p',
+            if l.shared { b's' } else { b'p' },
         ];
         one(l.start, l.end, perms, l.offset, l.dev, l.inode, &l.name);
     }
@@ -372,6 +375,7 @@ mod tests {
             prot,
             file,
             name,
+            shm: None,
         }
     }
 

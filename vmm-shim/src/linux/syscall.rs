@@ -27,12 +27,16 @@ use crate::linux::mm::{FileBacking, Prot};
 use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
 use crate::linux::proc::WaitFor;
 use crate::linux::program::Program;
+use crate::linux::shm::{SharedObject, ShmRef};
 use crate::linux::signal;
-use crate::linux::thread::{self, Task};
+use crate::linux::thread::Task;
 use crate::linux::waiter::Waiter;
 use crate::memory::GuestVirtAddr;
 
 type Sys = Result<u64, Errno>;
+
+/// A shared file a system call reads or writes ([`Process::shared_files_of`]).
+type SharedFileCall = (Arc<SharedObject>, bool, (u64, u64));
 
 /// Largest single transfer (read/write and friends); programs handle short counts.
 pub(crate) const MAX_IO: usize = 16 << 20;
@@ -147,6 +151,60 @@ impl Process {
                 .or_insert(0) += 1;
             return Outcome::Return(Errno::ENOSYS.ret());
         };
+        let coherent = self.shared_files_of(sys, a);
+        let out = self.dispatch(task, sys, a);
+        for (obj, writes, (from, to)) in coherent {
+            if writes {
+                // What the call wrote to the file shows in every shared mapping of it.
+                let _ = obj.reload(from, to);
+            }
+        }
+        out
+    }
+
+    /// For a call that reads or writes host files mapped shared in the VM: each file's
+    /// shared object, its pages the call may read written back already (the call reads
+    /// what was written through a mapping), whether the call writes the file (those
+    /// pages are read in again after it), and which pages (indices `[from, to)`: those
+    /// of the bytes a read, pread or pwrite names, else all). See [`crate::linux::shm`].
+    fn shared_files_of(&self, sys: Sysno, a: [u64; 6]) -> Vec<SharedFileCall> {
+        let fds: &[(u64, bool)] = match sys {
+            Sysno::read | Sysno::pread64 | Sysno::readv | Sysno::preadv | Sysno::preadv2 => {
+                &[(a[0], false)]
+            }
+            // sendfile(out, in, …), copy_file_range(in, _, out, …).
+            Sysno::sendfile => &[(a[1], false), (a[0], true)],
+            Sysno::copy_file_range => &[(a[0], false), (a[2], true)],
+            Sysno::write
+            | Sysno::pwrite64
+            | Sysno::writev
+            | Sysno::pwritev
+            | Sysno::pwritev2
+            | Sysno::ftruncate
+            | Sysno::fallocate => &[(a[0], true)],
+            _ => return Vec::new(),
+        };
+        if self.kernel.shm.is_empty() {
+            return Vec::new();
+        }
+        let pages = |off: u64, len: u64| (off / PAGE, off.saturating_add(len).div_ceil(PAGE));
+        fds.iter()
+            .filter_map(|&(fd, writes)| {
+                let host = self.fds.get(fd).ok()?.host();
+                let obj = self.kernel.shm.lookup(host)?;
+                let span = match sys {
+                    Sysno::pread64 | Sysno::pwrite64 => pages(a[3], a[2]),
+                    Sysno::read => host::lseek(host, 0, libc::SEEK_CUR)
+                        .map_or((0, u64::MAX), |pos| pages(pos, a[2])),
+                    _ => (0, u64::MAX),
+                };
+                let _ = obj.write_back(span.0, span.1);
+                Some((obj, writes, span))
+            })
+            .collect()
+    }
+
+    fn dispatch(&mut self, task: &mut Task, sys: Sysno, a: [u64; 6]) -> Outcome {
         task.timeout_span = None;
         if let Some(wait) = self.wait_readable(sys, a) {
             return wait;
@@ -494,17 +552,7 @@ impl Process {
             | Sysno::removexattr
             | Sysno::lremovexattr
             | Sysno::fremovexattr => Err(Errno(libc::EOPNOTSUPP)),
-            // Private mappings have nothing to write back; every mapped page is backed
-            // already, so locking it in memory changes nothing.
-            Sysno::msync => {
-                if !a[0].is_multiple_of(PAGE) {
-                    Err(Errno::EINVAL)
-                } else if self.mm.vma_at(a[0]).is_none() {
-                    Err(Errno::ENOMEM)
-                } else {
-                    ok(0)
-                }
-            }
+            Sysno::msync => self.sys_msync(a[0], a[1], a[2]),
             Sysno::mlock | Sysno::munlock | Sysno::mlock2 | Sysno::mlockall | Sysno::munlockall => {
                 ok(0)
             }
@@ -1207,25 +1255,66 @@ impl Process {
             return Err(Errno::EINVAL);
         }
         let len = len.checked_add(PAGE - 1).ok_or(Errno::ENOMEM)? & !(PAGE - 1);
+        if off.checked_add(len).is_none() {
+            return Err(Errno(libc::EOVERFLOW));
+        }
         let fixed = flags & libc::MAP_FIXED != 0;
         let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
         let anon = flags & libc::MAP_ANONYMOUS != 0;
         let shared = flags & libc::MAP_SHARED != 0;
+        let mut shm = None;
         let file = if anon {
+            if shared {
+                let obj = SharedObject::anonymous(self.mm.memory_arc(), self.mm.pool());
+                shm = Some(ShmRef {
+                    obj,
+                    offset: 0,
+                    may_write: true,
+                });
+            }
             None
         } else {
             let f = self.fds.get(fd)?;
-            if shared && prot.writable() {
-                // A shared writable file mapping would need write-back: not yet.
+            // A shared mapping of a regular file shares its pages ([`crate::linux::shm`]);
+            // of anything else (a device) only read-only, as a copy.
+            let regular = host::file_id(f.host())?.0 == libc::S_IFREG;
+            let writer = host::fcntl_int(f.host(), libc::F_GETFL, 0)? as i32 & libc::O_ACCMODE
+                == libc::O_RDWR;
+            if shared && regular && prot.writable() && !writer {
+                return Err(Errno(libc::EACCES));
+            }
+            if shared && !regular && prot.writable() {
                 return Err(Errno(libc::ENODEV));
+            }
+            if !shared
+                && regular
+                && let Some(obj) = self.kernel.shm.lookup(f.host())
+            {
+                // A private copy starts from what the shared mappings wrote, as on
+                // Linux, where both start from the page cache.
+                obj.write_back_all()?;
             }
             let raw = f.host().as_raw_fd();
             let dup = host::dup(raw)?;
             let path = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
                 .unwrap_or_default();
+            let file = std::sync::Arc::new(std::fs::File::from(dup));
+            if shared && regular {
+                let obj = self.kernel.shm.object(
+                    &self.mm.memory_arc(),
+                    &self.mm.pool(),
+                    file.clone(),
+                    writer,
+                )?;
+                shm = Some(ShmRef {
+                    obj,
+                    offset: off,
+                    may_write: writer,
+                });
+            }
             Some(FileBacking {
                 path,
-                file: std::sync::Arc::new(std::fs::File::from(dup)),
+                file,
                 offset: off,
             })
         };
@@ -1246,9 +1335,41 @@ impl Process {
             }
         };
         let known = self.mm.maps.len();
-        self.mm.map(start, len, prot, file, "")?;
+        match shm {
+            Some(shm) => self.mm.map_shared(start, len, prot, file, shm)?,
+            None => self.mm.map(start, len, prot, file, "")?,
+        }
         self.note_new_maps(known);
         Ok(start)
+    }
+
+    /// msync: write the shared file pages of the range back (private mappings have
+    /// nothing to write back); ENOMEM when part of the range is not mapped.
+    fn sys_msync(&mut self, addr: u64, len: u64, flags: u64) -> Sys {
+        let (sync, invalidate, asynchronous) = (
+            libc::MS_SYNC as u64,
+            libc::MS_INVALIDATE as u64,
+            libc::MS_ASYNC as u64,
+        );
+        if !addr.is_multiple_of(PAGE)
+            || flags & !(sync | invalidate | asynchronous) != 0
+            || flags & (sync | asynchronous) == sync | asynchronous
+        {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr
+            .checked_add(len)
+            .and_then(|e| e.checked_add(PAGE - 1))
+            .ok_or(Errno::ENOMEM)?
+            & !(PAGE - 1);
+        let mut at = addr;
+        while at < end {
+            at = self.mm.vma_at(at).ok_or(Errno::ENOMEM)?.end;
+        }
+        self.mm
+            .write_back(addr, end)
+            .map_err(|_| Errno(libc::EIO))
+            .map(|()| 0)
     }
 
     fn sys_munmap(&mut self, addr: u64, len: u64) -> Sys {
@@ -1258,8 +1379,9 @@ impl Process {
         self.mm.unmap(addr, len).map(|()| 0)
     }
 
-    /// `mremap` of private anonymous memory: shrink in place, grow in place when the
-    /// range above is free, else move (MREMAP_MAYMOVE). File mappings: EINVAL.
+    /// `mremap` of anonymous or shared memory: shrink in place, grow in place when the
+    /// range above is free, else move (MREMAP_MAYMOVE; a shared mapping moves without a
+    /// copy: its new pages are the same frames). Private file mappings: EINVAL.
     fn sys_mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
         let round = |v: u64| v.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1));
         let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
@@ -1270,10 +1392,25 @@ impl Process {
             return Err(Errno::EINVAL);
         }
         let vma = self.mm.vma_at(old).ok_or(Errno::EFAULT)?;
-        if vma.file.is_some() || vma.end < old.saturating_add(old_len) {
+        if (vma.file.is_some() && vma.shm.is_none()) || vma.end < old.saturating_add(old_len) {
             return Err(Errno::EINVAL);
         }
         let prot = vma.prot;
+        // The shared object and file at `old` and at `old + n`.
+        let skip = old - vma.start;
+        let (shm, file) = (vma.shm.clone(), vma.file.clone());
+        let at = |n: u64| {
+            // Past the end of the offsets: EOVERFLOW when the pages are made.
+            let shm = shm.clone().map(|mut s| {
+                s.offset = s.offset.wrapping_add(skip + n);
+                s
+            });
+            let file = file.clone().map(|mut f| {
+                f.offset = f.offset.wrapping_add(skip + n);
+                f
+            });
+            (shm, file)
+        };
         if new_len <= old_len {
             if new_len < old_len {
                 self.mm.unmap(old + new_len, old_len - new_len)?;
@@ -1281,14 +1418,25 @@ impl Process {
             return Ok(old);
         }
         let end = old.saturating_add(old_len);
+        let known = self.mm.maps.len();
         if self.mm.is_free(end, old.saturating_add(new_len)) {
-            self.mm.map(end, new_len - old_len, prot, None, "")?;
+            match at(old_len) {
+                (Some(s), file) => self.mm.map_shared(end, new_len - old_len, prot, file, s)?,
+                (None, _) => self.mm.map(end, new_len - old_len, prot, None, "")?,
+            }
+            self.note_new_maps(known);
             return Ok(old);
         }
         if flags & libc::MREMAP_MAYMOVE as u64 == 0 {
             return Err(Errno::ENOMEM);
         }
         let to = self.mm.find_free(new_len).ok_or(Errno::ENOMEM)?;
+        if let (Some(s), file) = at(0) {
+            self.mm.map_shared(to, new_len, prot, file, s)?;
+            self.mm.unmap(old, old_len)?;
+            self.note_new_maps(known);
+            return Ok(to);
+        }
         self.mm.map(to, new_len, Prot::RW, None, "")?;
         self.mm.copy_within(old, to, old_len)?;
         self.mm.protect(to, new_len, prot)?;
@@ -1388,7 +1536,7 @@ impl Process {
 
     /// The host instant of guest `struct timespec` at `va`: relative, or absolute on
     /// `clock`. None when it is already past.
-    fn timeout(
+    pub(crate) fn timeout(
         &self,
         task: &mut Task,
         va: u64,
@@ -1688,106 +1836,6 @@ impl Process {
         Outcome::Return(0)
     }
 
-    /// futex: WAIT/WAIT_BITSET (with timeouts), WAKE/WAKE_BITSET, REQUEUE/CMP_REQUEUE,
-    /// WAKE_OP; PRIVATE or not (one address space). PI futexes: ENOSYS.
-    fn sys_futex(&mut self, task: &mut Task, a: [u64; 6]) -> Outcome {
-        self.futex(task, a)
-            .unwrap_or_else(|e| Outcome::Return(e.ret()))
-    }
-
-    fn futex(&mut self, task: &mut Task, a: [u64; 6]) -> Result<Outcome, Errno> {
-        let (addr, op, val) = (a[0], a[1] as i32, a[2]);
-        let cmd = op & libc::FUTEX_CMD_MASK;
-        let word = |p: &Process, va: u64| -> Result<u32, Errno> {
-            if !va.is_multiple_of(4) {
-                return Err(Errno::EINVAL);
-            }
-            let mut b = [0u8; 4];
-            p.mm.read(GuestVirtAddr(va), &mut b)?;
-            Ok(u32::from_le_bytes(b))
-        };
-        match cmd {
-            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
-                let bitset = if cmd == libc::FUTEX_WAIT {
-                    u32::MAX
-                } else {
-                    a[5] as u32
-                };
-                if bitset == 0 {
-                    return Err(Errno::EINVAL);
-                }
-                if word(self, addr)? != val as u32 {
-                    return Err(Errno(libc::EAGAIN));
-                }
-                // FUTEX_WAIT's timeout is relative (monotonic); WAIT_BITSET's absolute,
-                // on CLOCK_REALTIME with FUTEX_CLOCK_REALTIME.
-                let deadline = if a[3] == 0 {
-                    None
-                } else {
-                    let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
-                        libc::CLOCK_REALTIME
-                    } else {
-                        libc::CLOCK_MONOTONIC
-                    };
-                    match self.timeout(task, a[3], clock, cmd == libc::FUTEX_WAIT_BITSET) {
-                        Ok(Some(d)) => Some(d),
-                        Ok(None) => return Err(Errno(libc::ETIMEDOUT)),
-                        Err(e) => return Err(e),
-                    }
-                };
-                self.futexes
-                    .enqueue(addr, task.tid, bitset, task.waiter.clone());
-                Ok(Outcome::Block(Block::Futex { deadline }))
-            }
-            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
-                let bitset = if cmd == libc::FUTEX_WAKE {
-                    u32::MAX
-                } else {
-                    a[5] as u32
-                };
-                if bitset == 0 {
-                    return Err(Errno::EINVAL);
-                }
-                Ok(Outcome::Return(self.futexes.wake(
-                    addr,
-                    val.min(i32::MAX as u64),
-                    bitset,
-                )))
-            }
-            libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
-                if cmd == libc::FUTEX_CMP_REQUEUE && word(self, addr)? != a[5] as u32 {
-                    return Err(Errno(libc::EAGAIN));
-                }
-                // The fourth argument is the count to requeue (the timeout slot).
-                let nmove = a[3].min(i32::MAX as u64);
-                Ok(Outcome::Return(self.futexes.requeue(
-                    addr,
-                    a[4],
-                    val.min(i32::MAX as u64),
-                    nmove,
-                )))
-            }
-            libc::FUTEX_WAKE_OP => {
-                let addr2 = a[4];
-                let old = word(self, addr2)?;
-                let Some((new, wake2)) = thread::wake_op(a[5] as u32, old) else {
-                    return Err(Errno(libc::ENOSYS));
-                };
-                // The guest cannot race this store: it would need a system call, and
-                // those hold the process (other threads' plain stores are its own race).
-                self.mm.write(GuestVirtAddr(addr2), &new.to_le_bytes())?;
-                let mut n = self.futexes.wake(addr, val.min(i32::MAX as u64), u32::MAX);
-                if wake2 {
-                    n += self
-                        .futexes
-                        .wake(addr2, a[3].min(i32::MAX as u64), u32::MAX);
-                }
-                Ok(Outcome::Return(n))
-            }
-            _ => Err(Errno::ENOSYS),
-        }
-    }
-
     /// poll/ppoll: at once when the deadline is now, else a block with the process
     /// released.
     fn sys_poll(&mut self, va: u64, n: u64, deadline: Option<std::time::Instant>) -> Outcome {
@@ -1859,7 +1907,10 @@ impl Process {
                 .write(GuestVirtAddr(at), &0u32.to_le_bytes())
                 .is_ok()
             {
-                self.futexes.wake(at, 1, u32::MAX);
+                // Not FUTEX_PRIVATE: a pthread_join in another process sharing the
+                // word (robust or process-shared structures) is woken too.
+                let key = self.futex_key(at, 0);
+                self.futex_wake(key, 1, u32::MAX);
             }
         }
         self.threads.remove(&task.tid);

@@ -7,8 +7,9 @@
 //! [`Futexes`] under the process lock (the lock every system call holds), so a
 //! `FUTEX_WAKE`, also under that lock, cannot slip between the check and the queueing;
 //! then it blocks on its own [`Waiter`] with the lock released. Keys are guest-virtual
-//! addresses of the process's one address space, so private and shared futexes are the
-//! same thing here (memory is never shared between processes: a fork copies it).
+//! addresses of the process's one address space; a futex in memory shared with other
+//! processes (not FUTEX_PRIVATE) is queued in the VM's table instead, by guest-physical
+//! address, under that table's lock (see `futex.rs`).
 //!
 //! TLB: the shim changes page tables from outside the guest, so after an unmap or a
 //! lowered protection every vCPU must reload CR3 (switch to the twin PML4, see
@@ -174,17 +175,34 @@ impl Futexes {
         if from == to {
             return woken;
         }
-        let Some(mut q) = self.queues.remove(&from) else {
-            return woken;
+        let moved = self.take(from, nmove);
+        let k = moved.len() as u64;
+        self.queues.entry(to).or_default().extend(moved);
+        woken + k
+    }
+
+    /// Move up to `n` waiters on `from` to `to` in table `other` (a requeue between a
+    /// process's futexes and the VM's shared ones); how many moved.
+    pub fn move_to(&mut self, from: u64, other: &mut Futexes, to: u64, n: u64) -> u64 {
+        let moved = self.take(from, n);
+        let k = moved.len() as u64;
+        if k > 0 {
+            other.queues.entry(to).or_default().extend(moved);
+        }
+        k
+    }
+
+    /// Take the first `n` waiters on `addr` out of its queue.
+    fn take(&mut self, addr: u64, n: u64) -> Vec<Queued> {
+        let Some(mut q) = self.queues.remove(&addr) else {
+            return Vec::new();
         };
-        let k = q.len().min(usize::try_from(nmove).unwrap_or(usize::MAX));
+        let k = q.len().min(usize::try_from(n).unwrap_or(usize::MAX));
         let moved: Vec<Queued> = q.drain(..k).collect();
         if !q.is_empty() {
-            self.queues.insert(from, q);
+            self.queues.insert(addr, q);
         }
-        let dst = self.queues.entry(to).or_default();
-        dst.extend(moved);
-        woken + k as u64
+        moved
     }
 
     /// Take thread `tid` out of whatever queue it is in; false if it was not queued
@@ -286,6 +304,25 @@ mod tests {
         assert!(!f.remove(3));
         assert_eq!(f.wake(0x2000, u64::MAX, u32::MAX), 1);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn waiters_move_between_a_process_table_and_the_shared_one() {
+        let (mut own, mut shared) = (Futexes::default(), Futexes::default());
+        let w: Vec<Arc<Waiter>> = (0..3).map(|_| Arc::new(Waiter::default())).collect();
+        for (tid, w) in w.iter().enumerate() {
+            own.enqueue(0x1000, tid as u64, u32::MAX, w.clone());
+        }
+        assert_eq!(own.move_to(0x1000, &mut shared, 0x9000, 2), 2);
+        assert_eq!((own.len(), shared.len()), (1, 2));
+        // The moved ones are woken by the shared key, in their order.
+        assert_eq!(shared.wake(0x9000, 1, u32::MAX), 1);
+        let stop = AtomicBool::new(false);
+        assert!(w[0].wait(Some(Instant::now()), &stop));
+        assert!(!w[1].wait(Some(Instant::now()), &stop));
+        assert!(shared.remove(1));
+        assert_eq!(shared.move_to(0x9000, &mut own, 0x1000, 5), 0);
+        assert!(shared.is_empty());
     }
 
     #[test]
