@@ -2,7 +2,8 @@
 //! `MAP_SHARED` regions across fork, process-shared mutexes, condition variables and
 //! semaphores (futexes in shared memory), `shm_open`, writable shared mappings of a
 //! regular file (written back to the file, coherent with read()/write()), munmap and
-//! mremap of parts of shared regions, and Python's `multiprocessing`. Each program runs
+//! mremap of parts of shared regions, System V segments (shmget/shmat/shmdt/shmctl),
+//! and Python's `multiprocessing`. Each program runs
 //! natively and under `lbrprof run --vm --`; stdout, stderr and the exit status must be
 //! byte-identical, and so must the file the program leaves behind.
 
@@ -64,6 +65,39 @@ fn shared_memory_between_processes_behaves_as_natively_with_every_libc() {
             vm_file == native_file,
             "{out}: the file the VM run left differs"
         );
+    }
+}
+
+#[test]
+fn system_v_shared_memory_behaves_as_natively_with_every_libc() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("sysv-glibc", "gcc", &["-pthread"][..]),
+        ("sysv-glibc-static", "gcc", &["-pthread", "-static"][..]),
+        ("sysv-musl-static", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_sysv", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "IPC_STAT: size 10000, attached 1, mode 600, creator is us 1",
+            "child: inherited sees 'from the parent', second attachment sees 'from the parent'",
+            "parent: counter 40000, text 'from a child', attached 1",
+            "shmat SHM_RND: ok, at the hint 1, same memory 1",
+            "shmdt: ok, again: Invalid argument, attached 1",
+            "again with IPC_EXCL: File exists",
+            "lookup after IPC_RMID: No such file or directory",
+            "IPC_STAT after: Invalid argument",
+        ] {
+            assert!(
+                text.contains(line),
+                "{out}: native run lacks {line:?}: {text}"
+            );
+        }
+        assert_identical(out, &native, &vm);
     }
 }
 

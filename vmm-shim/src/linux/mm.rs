@@ -930,6 +930,20 @@ impl AddressSpace {
         }
     }
 
+    /// Unmap every shared mapping (a process ending: its attachments end with it, before
+    /// its parent can see it gone, as on Linux).
+    pub fn unmap_shared(&mut self) {
+        let shared: Vec<(u64, u64)> = self
+            .vmas
+            .values()
+            .filter(|v| v.shm.is_some())
+            .map(|v| (v.start, v.end - v.start))
+            .collect();
+        for (start, len) in shared {
+            let _ = self.unmap(start, len);
+        }
+    }
+
     /// The mappings, in address order.
     pub fn vmas(&self) -> impl Iterator<Item = &Vma> {
         self.vmas.values()

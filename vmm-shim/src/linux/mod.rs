@@ -92,6 +92,7 @@ pub mod sigframe;
 pub mod signal;
 pub mod stack;
 pub mod syscall;
+pub mod sysv;
 pub mod thread;
 pub mod waiter;
 
@@ -510,6 +511,11 @@ impl Process {
         // The file pages of its shared mappings reach the file now, as they would be
         // in the page cache on Linux for whoever reads the file next.
         self.mm.write_back_all();
+        if self.threads.len() <= 1 {
+            // No other thread runs on it: its shared mappings go now, so a System V
+            // segment's attachment count is right when the parent sees it ended.
+            self.mm.unmap_shared();
+        }
         self.give_back();
         if let Some(w) = self.vfork_parent.take() {
             w.wake();

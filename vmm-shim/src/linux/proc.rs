@@ -55,6 +55,8 @@ pub struct Kernel {
     foreground: AtomicU64,
     /// The shared objects of the host files mapped `MAP_SHARED` ([`crate::linux::shm`]).
     pub shm: ShmFiles,
+    /// System V shared memory segments ([`crate::linux::sysv`]).
+    pub sysv: crate::linux::sysv::Segments,
     /// Futexes in shared memory, keyed by the word's guest-physical address: waits
     /// and wakes from every process meet here (under this lock, as a process's own
     /// futexes meet under the process's lock).
@@ -247,6 +249,7 @@ impl Kernel {
             clock: Clock::host(),
             foreground: AtomicU64::new(pid),
             shm: ShmFiles::default(),
+            sysv: Default::default(),
             futexes: Mutex::default(),
         }
     }

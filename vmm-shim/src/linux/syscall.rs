@@ -599,6 +599,10 @@ impl Process {
             Sysno::brk => ok(self.mm.set_brk(a[0])),
             Sysno::mmap => self.sys_mmap(a),
             Sysno::munmap => self.sys_munmap(a[0], a[1]),
+            Sysno::shmget => self.sys_shmget(a[0], a[1], a[2]),
+            Sysno::shmat => self.sys_shmat(a[0], a[1], a[2]),
+            Sysno::shmdt => self.sys_shmdt(a[0]),
+            Sysno::shmctl => self.sys_shmctl(a[0], a[1], a[2]),
             Sysno::mremap => self.sys_mremap(a[0], a[1], a[2], a[3]),
             Sysno::mprotect => {
                 let known = self.mm.maps.len();
