@@ -100,7 +100,12 @@ impl Process {
             Sysno::recvmsg if !dontwait(a[2]) => a[0],
             _ => return None,
         };
-        let file = self.fds.get(fd).ok()?.file.clone();
+        let f = self.fds.get(fd).ok()?;
+        if f.signal_mask.is_some() && (sys != Sysno::read || a[2] < 128) {
+            // A signalfd's read too short for a record fails at once.
+            return None;
+        }
+        let file = f.file.clone();
         let fl = host::fcntl_int(file.as_fd(), libc::F_GETFL, 0).ok()?;
         if fl & i64::from(libc::O_NONBLOCK) != 0 {
             return None;

@@ -20,6 +20,10 @@ pub struct Fd {
     /// `/dev/random` or `/dev/urandom` opened while the process's randomness is a fixed
     /// stream ([`crate::linux::entropy`]): reads draw from that stream, not the host file.
     pub seeded_random: bool,
+    /// A signalfd's signals (bit `n - 1` for signal `n`): reads take them from the
+    /// process's pending signals; the host file is an eventfd that is readable while
+    /// some may be pending ([`crate::linux::signalfd`]).
+    pub signal_mask: Option<u64>,
 }
 
 impl Fd {
@@ -28,6 +32,7 @@ impl Fd {
             file: Arc::new(file),
             cloexec,
             seeded_random: false,
+            signal_mask: None,
         }
     }
 

@@ -829,6 +829,29 @@ pub fn eventfd(initval: u32, flags: i32) -> Result<OwnedFd, Errno> {
     owned(unsafe { libc::eventfd(initval, flags) })
 }
 
+/// Add 1 to an eventfd's counter (making it readable); a full counter is left as is.
+pub fn eventfd_signal(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to a descriptor we own.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+}
+
+/// Reset an eventfd's counter to 0 (not readable), without blocking.
+pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if poll(&mut p, 0).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut b = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer; the eventfd is readable, so
+    // the read does not block.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+}
+
 /// A host timerfd on `clock`; `flags` are the program's (TFD_NONBLOCK).
 pub fn timerfd_create(clock: i32, flags: i32) -> Result<OwnedFd, Errno> {
     let flags = (flags & libc::TFD_NONBLOCK) | libc::TFD_CLOEXEC;

@@ -90,6 +90,7 @@ pub mod report;
 pub mod shm;
 pub mod sigframe;
 pub mod signal;
+pub mod signalfd;
 pub mod stack;
 pub mod syscall;
 pub mod sysv;

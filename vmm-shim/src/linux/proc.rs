@@ -108,6 +108,9 @@ pub struct Shared {
     /// The signals sent to the process, each instance with its sender's info
     /// (`signals` is its set, kept with it under this lock, to be read without it).
     pub queue: Mutex<SigPending>,
+    /// Its signalfds: each one's signals and its host eventfd, made readable when one
+    /// of them is sent ([`crate::linux::signalfd`]).
+    pub signalfds: Mutex<Vec<(u64, std::sync::Weak<std::os::fd::OwnedFd>)>>,
 }
 
 impl Shared {
@@ -141,8 +144,31 @@ impl Shared {
             self.signals.store(q.set(), Ordering::Release);
             queued
         };
+        self.wake_signalfds(1u64 << ((info.signo as u64).clamp(1, 64) - 1));
         self.kick();
         queued
+    }
+
+    /// Make the signalfds that watch any of `set` readable.
+    pub fn wake_signalfds(&self, set: u64) {
+        let mut fds = self.signalfds.lock().unwrap_or_else(|e| e.into_inner());
+        fds.retain(|(_, f)| f.strong_count() > 0);
+        for (mask, f) in fds.iter() {
+            if mask & set != 0
+                && let Some(f) = f.upgrade()
+            {
+                crate::linux::host::eventfd_signal(&f);
+            }
+        }
+    }
+
+    /// Take one pending instance of a signal of `set` (a signalfd's read).
+    pub fn take_one(&self, set: u64) -> Option<SigInfo> {
+        let mut q = self.queue();
+        let sig = q.next(!set)?;
+        let info = q.take(sig);
+        self.signals.store(q.set(), Ordering::Release);
+        info
     }
 
     /// Drop the queued instance of POSIX timer `id`'s signal ([`SigPending::drop_timer`]).

@@ -795,12 +795,33 @@ impl Process {
             Sysno::getitimer => self.sys_getitimer(a[0], a[1]),
             Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
             Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
+            // The blocked signals pending for this thread or its process.
+            Sysno::rt_sigpending if a[1] != 8 => Err(Errno::EINVAL),
+            Sysno::rt_sigpending => {
+                let process = self
+                    .shared
+                    .signals
+                    .load(std::sync::atomic::Ordering::Acquire);
+                let set = (task.pending.set() | process) & task.sigmask;
+                self.out(a[0], &set.to_le_bytes()).map(|()| 0)
+            }
             Sysno::sigaltstack => self.sys_sigaltstack(task, a[0], a[1]),
             Sysno::kill => {
                 let pid = i64::from(a[0] as i32);
-                // The process itself (any of its threads takes it: this one).
+                // The process itself (any of its threads takes it: this one, unless it
+                // blocks it: then it is pending for the process, for another thread or a
+                // signalfd to take).
                 if pid as u64 == self.pid {
-                    return self.sys_kill(task, task.tid, a[1], signal::SI_USER);
+                    let sig = a[1];
+                    let blocked = (1..=64).contains(&sig)
+                        && sig != libc::SIGKILL as u64
+                        && task.sigmask & (1 << (sig - 1)) != 0;
+                    if blocked {
+                        let info = self.info_from_self(sig as i32, signal::SI_USER);
+                        self.shared.post_info(info);
+                        return Outcome::Return(0);
+                    }
+                    return self.sys_kill(task, task.tid, sig, signal::SI_USER);
                 }
                 if a[1] > 64 {
                     return Outcome::Return(Errno::EINVAL.ret());
@@ -903,6 +924,8 @@ impl Process {
                 return self.with_mask(task, mask, out);
             }
             Sysno::eventfd2 => self.sys_eventfd(a[0], a[1]),
+            Sysno::signalfd4 => self.sys_signalfd(a[0], a[1], a[2], a[3]),
+            Sysno::signalfd => self.sys_signalfd(a[0], a[1], a[2], 0),
             Sysno::eventfd => self.sys_eventfd(a[0], 0),
             Sysno::timerfd_create => self.sys_timerfd_create(a[0], a[1]),
             Sysno::timerfd_settime => self.sys_timerfd_settime(a[0], a[1], a[2], a[3]),
@@ -946,6 +969,9 @@ impl Process {
     }
 
     fn sys_read(&mut self, fd: u64, buf: u64, count: u64, off: Option<i64>) -> Sys {
+        if let Some(set) = self.fds.get(fd)?.signal_mask {
+            return self.read_signalfd(fd, set, buf, count);
+        }
         let mut b = vec![0u8; (count as usize).min(MAX_IO)];
         let n = if self.fds.get(fd)?.seeded_random {
             // The random devices ignore the offset of a pread.
