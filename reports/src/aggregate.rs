@@ -9,7 +9,7 @@
 //! The aggregator is the [`SampleVisitor`] of a source walked in stream order
 //! ([`SampleSource::walk_in_order`]):
 //! samples come to it borrowed ([`SampleRef`]), as they come to the folder
-//! ([`crate::fold`]). It builds what needs every sample on its own (timelines, the trace
+//! (`fold`). It builds what needs every sample on its own (timelines, the trace
 //! `record --vm` pairing reads, `--dso` verdicts on branch stacks), and resolves the
 //! folder's raw keys. [`aggregate_events`] visits an event stream read on another
 //! thread, so both cores work on a large file.
