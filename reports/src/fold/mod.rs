@@ -231,9 +231,8 @@ impl PairKey {
 
 type PairMap<V> = HashMap<PairKey, V, PairHash>;
 
-/// The raw-key tables are keyed by a few integers each: FxHash (rustc-hash), one multiply
-/// per word, deterministic.
-type PairHash = rustc_hash::FxBuildHasher;
+/// The raw-key tables are keyed by a few integers each: the one hasher ([`FastHash`]).
+type PairHash = FastHash;
 
 /// No entry gave a kind yet.
 const NO_KIND: u64 = u64::MAX;
