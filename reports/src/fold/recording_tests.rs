@@ -501,7 +501,7 @@ fn in_order_option_sets() -> Vec<AggregateOptions> {
 }
 
 #[test]
-fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() {
+fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_in_order_walk() {
     // Timelines and pairing keep every sample, in stream order; raw keys merge samples.
     for opts in in_order_option_sets() {
         assert!(!supports(&opts, true), "{opts:?}");
