@@ -12,7 +12,7 @@
 //! | `SAMPLE` (IP, TID, TIME, CPU, PERIOD, CALLCHAIN, BRANCH_STACK) | [`Event::Sample`]; callchain context markers (`PERF_CONTEXT_*`) become per-frame [`CpuMode`]s |
 //! | `MMAP`, `MMAP2` (executable only) | [`Event::Mapping`], build-id from the MMAP2 record or the `HEADER_BUILD_ID` feature section |
 //! | `COMM`, `FORK`, `EXIT` | [`Event::Task`]; a `COMM` flagged `PERF_RECORD_MISC_COMM_EXEC` is a [`TaskEvent::Exec`] |
-//! | `LOST`, `THROTTLE` | [`Event::Loss`] |
+//! | `LOST`, `LOST_SAMPLES`, `THROTTLE` | [`Event::Loss`], with the thread of the record's `sample_id` |
 //! | anything else | skipped and counted in [`ImportStats::skipped_records`] |
 //!
 //! A file recorded with `perf record --call-graph dwarf` has user registers and a stack
@@ -1049,6 +1049,7 @@ fn record_name(t: RecordType) -> &'static str {
         RecordType::EXIT => "EXIT",
         RecordType::LOST => "LOST",
         RecordType::THROTTLE => "THROTTLE",
+        RecordType::LOST_SAMPLES => "LOST_SAMPLES",
         _ => "perf",
     }
 }
@@ -1088,6 +1089,25 @@ fn convert(
         return Ok(Some(Event::Sample(sample)));
     }
     let time_ns = raw.timestamp().unwrap_or(0);
+    // The thread of a loss, from the record's `sample_id` (`sample_id_all`).
+    let tid = || raw.common_data().ok().and_then(|c| c.tid).map(|t| t as u32);
+    if raw.record_type == RecordType::LOST_SAMPLES {
+        // `u64 lost`, then the `sample_id` (the parser does not know this record).
+        let body = raw.data.as_slice();
+        let count = body.get(..8).ok_or_else(|| {
+            body_err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "LOST_SAMPLES without its count",
+            ))
+        })?;
+        let count = word(count, raw.parse_info.endian == Endianness::LittleEndian);
+        return Ok(Some(Event::Loss(Loss {
+            time_ns,
+            kind: LossKind::RingBuffer,
+            count,
+            tid: tid(),
+        })));
+    }
     let parsed = match raw.record_type {
         RecordType::MMAP
         | RecordType::MMAP2
@@ -1186,13 +1206,13 @@ fn convert(
             time_ns,
             kind: LossKind::RingBuffer,
             count: l.count,
-            tid: None,
+            tid: tid(),
         }),
         EventRecord::Throttle(t) => Event::Loss(Loss {
             time_ns: t.timestamp,
             kind: LossKind::Throttled,
             count: 1,
-            tid: None,
+            tid: tid(),
         }),
         _ => {
             stats.skipped_records += 1;
@@ -1402,6 +1422,92 @@ pub fn decode_ring_sample(record: &[u8], layout: SampleLayout) -> Result<RingSam
         id: r.id,
         stack_copy,
     })
+}
+
+/// Decodes a side-band record as the kernel writes it into a live ring buffer (`record`:
+/// its `perf_event_header`, then the body, in this machine's byte order) with the
+/// perf.data reader's decoder of the same records: the mappings (executable only),
+/// tasks and losses a perf.data file holding it would give. `None` for what the model
+/// has no place for, and for samples ([`decode_ring_sample`]). A mapping's build-id is
+/// the record's (`MMAP2` flagged `PERF_RECORD_MISC_MMAP_BUILD_ID`), else none: the caller
+/// may read the mapped file's. Never panics; a malformed record is an error.
+pub fn decode_ring_sideband(
+    record: &[u8],
+    layout: &RingLayout,
+) -> Result<Option<Event>, PerfDataError> {
+    let bad = |reason: &str| PerfDataError::Record {
+        offset: 0,
+        reason: reason.to_owned(),
+    };
+    let (head, body) = record
+        .split_first_chunk::<8>()
+        .ok_or_else(|| bad("record header truncated"))?;
+    let record_type = RecordType(u32::from_ne_bytes([head[0], head[1], head[2], head[3]]));
+    let misc = u16::from_ne_bytes([head[4], head[5]]);
+    if record_type == RecordType::SAMPLE || !record_type.is_builtin_type() {
+        return Ok(None);
+    }
+    let raw = RawEventRecord::new(
+        record_type,
+        misc,
+        reader::RawData::Single(body),
+        layout.info,
+    );
+    convert(
+        &raw,
+        0,
+        &HashMap::new(),
+        &mut ImportStats::default(),
+        None,
+        layout.sample.fixed_period,
+    )
+}
+
+/// How the records of a live event's ring buffer decode: its [`SampleLayout`], and the
+/// record parse info of an attribute with that layout, whose side-band records end in a
+/// `sample_id` when it sets `sample_id_all`.
+#[derive(Clone, Copy, Debug)]
+pub struct RingLayout {
+    pub sample: SampleLayout,
+    info: reader::RecordParseInfo,
+}
+
+impl RingLayout {
+    pub fn new(sample: SampleLayout, sample_id_all: bool) -> Self {
+        let attr = reader::PerfEventAttr {
+            // (Neither the event nor its policies change how its records decode.)
+            type_: PerfEventType::Software(reader::SoftwareCounterType::CpuClock),
+            sampling_policy: SamplingPolicy::NoSampling,
+            sample_format: reader::SampleFormat::from_bits_truncate(sample.sample_type),
+            read_format: reader::ReadFormat::from_bits_truncate(sample.read_format),
+            flags: if sample_id_all {
+                reader::AttrFlags::SAMPLE_ID_ALL
+            } else {
+                reader::AttrFlags::empty()
+            },
+            wakeup_policy: reader::WakeupPolicy::EventCount(1),
+            branch_sample_format: reader::BranchSampleFormat::from_bits_truncate(
+                sample.branch_sample_type,
+            ),
+            sample_regs_user: sample.regs_user,
+            sample_stack_user: 0,
+            clock: reader::PerfClock::Default,
+            sample_regs_intr: 0,
+            aux_watermark: 0,
+            sample_max_stack: 0,
+            aux_sample_size: 0,
+            sig_data: 0,
+        };
+        let endian = if cfg!(target_endian = "little") {
+            Endianness::LittleEndian
+        } else {
+            Endianness::BigEndian
+        };
+        RingLayout {
+            sample,
+            info: reader::RecordParseInfo::new(&attr, endian),
+        }
+    }
 }
 
 /// The model's sample for a decoded body.

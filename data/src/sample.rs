@@ -19,6 +19,8 @@
 //! which say themselves how they decode ([`ChainWords`], [`frames_of_key`]), so one
 //! table can hold samples of any source.
 
+use std::borrow::Cow;
+
 use crate::dwarf::Regs;
 use crate::model::{Branch, CpuMode, Frame, HostSample};
 use crate::perfdata::entries::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
@@ -84,7 +86,7 @@ pub enum ChainWords {
     Frames,
 }
 
-impl Callchain<'_> {
+impl<'a> Callchain<'a> {
     /// How [`Callchain::push_key_words`] encodes this chain.
     #[inline]
     pub fn words(&self) -> ChainWords {
@@ -102,6 +104,17 @@ impl Callchain<'_> {
             Callchain::Frames(_) => &[][..],
         };
         bytes.chunks_exact(8).map(le_word)
+    }
+
+    /// The frames, innermost first, of a sample taken in `mode`: borrowed when the
+    /// source holds frames, decoded from perf's words otherwise.
+    pub fn frames(&self, mode: CpuMode) -> Cow<'a, [Frame]> {
+        match *self {
+            Callchain::Frames(frames) => Cow::Borrowed(frames),
+            Callchain::PerfWords(bytes) => {
+                Cow::Owned(callchain_frames(bytes.chunks_exact(8).map(le_word), mode))
+            }
+        }
     }
 
     /// Appends the chain's key words (see [`ChainWords`]) to `out`.
@@ -262,6 +275,9 @@ mod tests {
             frames_of_key(&words, ChainWords::Perf, CpuMode::Kernel),
             frames
         );
+        // Either chain gives its frames.
+        assert_eq!(*chain.frames(CpuMode::Kernel), frames);
+        assert_eq!(*Callchain::Frames(&frames).frames(CpuMode::User), frames);
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! shown it, whichever thread read it and in whichever order. Epoch 0 (samples before any
 //! side-band) comes first, without a step.
 //!
+//! A consumer that needs every sample on its own, in stream order, with the side-band
+//! events between them (timelines, the pairing of `record --vm` samples with guest
+//! snapshots, filters decided per sampled IP) is a [`SampleVisitor`] of the same
+//! source: [`SampleSource::walk_in_order`] hands it each side-band event and each
+//! sample as the event stream would, the recording's samples still read in place.
+//!
 //! The walk runs on the calling thread; `on_chunk` is called in input order, as soon as
 //! a chunk's epochs are known (for perf.data, while the walk goes on). A chunk that fails
 //! to read makes the whole read fail: the consumer hands the first failure in input order
@@ -23,6 +29,7 @@
 //! the consumer learnt otherwise).
 
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use crate::dwarf::{ScanUnwinder, UnwindStats};
 use crate::input::{Input, InputError, ReaderMut};
@@ -85,6 +92,74 @@ pub struct Folded {
     pub unwind: UnwindStats,
 }
 
+/// A consumer of every sample on its own, in stream order ([`SampleSource::walk_in_order`]):
+/// each side-band event, and each sample after the events before it.
+pub trait SampleVisitor {
+    /// A side-band event (anything but a sample: mappings, tasks, losses, snapshots...).
+    fn sideband(&mut self, event: &Event);
+    /// A sample; its [`SampleRef::epoch`] numbers the side-band state before it, as its
+    /// source numbers it.
+    fn sample(&mut self, sample: &SampleRef<'_>);
+}
+
+/// Reads `events` on a second thread and hands them to `visitor` on this one, in order
+/// and in batches (reading and visiting overlap). Stops at the first error and returns
+/// it; the visitor has then seen every event before it.
+pub fn visit_events<I, E>(events: I, visitor: &mut dyn SampleVisitor) -> Option<E>
+where
+    I: Iterator<Item = Result<Event, E>> + Send,
+    E: Send,
+{
+    let (tx, rx) = mpsc::sync_channel::<Vec<Event>>(8);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<Event>>();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(EVENT_BATCH);
+            for ev in events {
+                match ev {
+                    Ok(ev) => {
+                        batch.push(ev);
+                        if batch.len() == EVENT_BATCH {
+                            // Reuse a returned batch; dropping its events here keeps the
+                            // frees off the visiting thread.
+                            let next = match back_rx.try_recv() {
+                                Ok(mut b) => {
+                                    b.clear();
+                                    b
+                                }
+                                Err(_) => Vec::with_capacity(EVENT_BATCH),
+                            };
+                            if tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                                return None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(batch);
+                        return Some(e);
+                    }
+                }
+            }
+            let _ = tx.send(batch);
+            None
+        });
+        let mut epoch = 0;
+        for batch in rx {
+            for ev in &batch {
+                match ev {
+                    Event::Sample(s) => visitor.sample(&SampleRef::of_host(s, epoch)),
+                    ev => {
+                        visitor.sideband(ev);
+                        epoch += 1;
+                    }
+                }
+            }
+            let _ = back_tx.send(batch);
+        }
+        producer.join().unwrap_or(None)
+    })
+}
+
 /// A source of samples: see the module docs.
 pub trait SampleSource: Send {
     type Chunk: SampleChunk + Send;
@@ -103,6 +178,12 @@ pub trait SampleSource: Send {
 
     /// After [`SampleSource::finish`]: the side-band replay.
     fn steps(&self) -> impl Iterator<Item = Step<'_>>;
+
+    /// Walks the input handing every side-band event and every sample to `visitor`, in
+    /// the event stream's order, then finishes as [`SampleSource::finish`] (on an error
+    /// the visitor may have seen part of the input). [`SourceError::Declined`], with
+    /// the stream untouched, where the source cannot give the stream's order.
+    fn walk_in_order(&mut self, visitor: &mut dyn SampleVisitor) -> Result<(), SourceError>;
 }
 
 /// A part of a source's samples, readable on any thread.
@@ -206,6 +287,12 @@ impl SampleSource for PerfSource<'_> {
         }
         self.reader.note_branch_entries(folded.branch_entries);
         Ok(())
+    }
+
+    /// Declined: the event stream sorts the samples of a round by time (and unwinds
+    /// their stack copies as it goes), the mapped chunks hold them in file order.
+    fn walk_in_order(&mut self, _: &mut dyn SampleVisitor) -> Result<(), SourceError> {
+        Err(SourceError::Declined)
     }
 
     fn steps(&self) -> impl Iterator<Item = Step<'_>> {
@@ -349,6 +436,30 @@ impl SampleSource for RecordingSource<'_> {
         Ok(())
     }
 
+    /// The chunks in file order: each side-band chunk's events, each samples chunk's
+    /// samples read in place, on the calling thread.
+    fn walk_in_order(&mut self, visitor: &mut dyn SampleVisitor) -> Result<(), SourceError> {
+        let mut chunks = Vec::new();
+        self.walk(&mut |c| chunks.push(c))?;
+        // A samples chunk's epoch is the number of side-band chunks before it.
+        let mut chunks = chunks.into_iter().peekable();
+        let mut failed = None;
+        'epochs: for epoch in 0..=self.sideband.len() {
+            if let Some((_, events)) = epoch.checked_sub(1).map(|n| &self.sideband[n]) {
+                for ev in events {
+                    visitor.sideband(ev);
+                }
+            }
+            while let Some(c) = chunks.next_if(|c| c.epoch == epoch as u64) {
+                if let Err(e) = c.for_each_sample(|s| visitor.sample(&s)) {
+                    failed = Some((c.index, e));
+                    break 'epochs;
+                }
+            }
+        }
+        self.finish(failed, Folded::default())
+    }
+
     fn steps(&self) -> impl Iterator<Item = Step<'_>> {
         // Chunk i's epoch is the number of side-band chunks before it: the epoch a
         // side-band chunk starts is one more than its position among them.
@@ -420,7 +531,7 @@ pub struct EventChunk {
 impl<I, E> SampleSource for EventSource<I>
 where
     I: Iterator<Item = Result<Event, E>> + Send,
-    E: Into<InputError>,
+    E: Into<InputError> + Send,
 {
     type Chunk = EventChunk;
 
@@ -464,6 +575,12 @@ where
         _folded: Folded,
     ) -> Result<(), SourceError> {
         failed.map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// The events read on a second thread, visited on this one ([`visit_events`]).
+    fn walk_in_order(&mut self, visitor: &mut dyn SampleVisitor) -> Result<(), SourceError> {
+        visit_events(self.events.by_ref(), visitor)
+            .map_or(Ok(()), |e| Err(SourceError::Input(e.into())))
     }
 
     fn steps(&self) -> impl Iterator<Item = Step<'_>> {

@@ -1,9 +1,10 @@
 #![no_main]
-//! The live sampler's decoding of kernel ring-buffer sample records
+//! The live sampler's decoding of kernel ring-buffer records
 //! (`sampler::convert::Converter::sample`, the data crate's decoder of perf's sample
-//! layout): any record bytes, under any sample layout the attribute may describe, decode
-//! or give an error, never a panic, and what comes out stays within the record (no frame
-//! or branch invented).
+//! layout, and `perfdata::decode_ring_sideband`, its decoder of side-band records): any
+//! record bytes, under any sample layout the attribute may describe, decode or give an
+//! error, never a panic, and what comes out stays within the record (no frame or branch
+//! invented).
 
 use lbrprof_collector::perfdata::abi::{PERF_SAMPLE_BRANCH_HW_INDEX, PERF_SAMPLE_REGS_USER};
 use lbrprof_collector::sampler::convert::Converter;
@@ -35,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     let converter = Converter::with_fixed_period((attr[17] & 1 != 0).then_some(1000));
-    if let Ok(r) = converter.sample(record, &parser) {
+    let layout = converter.layout(&parser);
+    // (The converter's side-band path would read the files mappings name.)
+    let _ = lbrprof_collector::perfdata::decode_ring_sideband(record, &layout);
+    if let Ok(r) = converter.sample(record, &layout) {
         // Each frame is a word of the record, each branch 24 bytes of it.
         assert!(
             r.sample.callchain.len() * 8 <= record.len(),

@@ -6,13 +6,19 @@
 //! fall-through range. Host samples and guest LBR snapshots go through the same branch
 //! path ([`Aggregator::add_branches`]), so guest branches land in the same tables.
 //!
-//! [`aggregate_events`] runs the reading/decoding of the input on one thread and the
-//! aggregation on another, so both cores work on a large file.
+//! The aggregator is the [`SampleVisitor`] of a source walked in stream order
+//! ([`SampleSource::walk_in_order`]):
+//! samples come to it borrowed ([`SampleRef`]), as they come to the folder
+//! (`fold`). It builds what needs every sample on its own (timelines, the trace
+//! `record --vm` pairing reads, `--dso` verdicts on branch stacks), and resolves the
+//! folder's raw keys. [`aggregate_events`] visits an event stream read on another
+//! thread, so both cores work on a large file.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 
-use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, HostSample, LossKind, TaskEvent};
+use lbrprof_data::model::{Branch, BranchKind, CpuMode, Event, LossKind, TaskEvent};
+use lbrprof_data::sample::{BranchStack, SampleRef};
+use lbrprof_data::source::{SampleSource, SampleVisitor, SourceError, visit_events};
 
 pub use crate::hash::{FastHash, FastMap};
 use crate::lbr::snapshot_branches;
@@ -408,7 +414,7 @@ impl Aggregator {
             }
             // Exact-mode profiles are read by the callgrind export, not folded here.
             Event::ExactProfile(_) => {}
-            Event::Sample(s) => self.add_sample(s),
+            Event::Sample(s) => self.add_sample(&SampleRef::of_host(s, 0)),
             Event::Snapshot(snap) => self.add_snapshot(snap),
             Event::Loss(l) => {
                 let t = &mut self.profile.totals;
@@ -422,7 +428,7 @@ impl Aggregator {
         }
     }
 
-    fn keep(&mut self, s: &HostSample, ip: Loc) -> bool {
+    fn keep(&mut self, s: &SampleRef<'_>, ip: Loc) -> bool {
         let f = &self.opts.filter;
         if f.is_empty() {
             return true;
@@ -475,7 +481,7 @@ impl Aggregator {
         tot.last_time_ns = tot.last_time_ns.max(t);
     }
 
-    pub fn add_sample(&mut self, s: &HostSample) {
+    pub fn add_sample(&mut self, s: &SampleRef<'_>) {
         let counts = SampleCounts {
             samples: 1,
             weight: s.period,
@@ -501,7 +507,13 @@ impl Aggregator {
                 bump(&mut self.profile.lbr_stacks, &stack, weight);
             }
             let pid = s.pid;
-            self.add_branches(&s.branches, |sp, a| sp.resolve(pid, a, mode));
+            let resolve = |sp: &mut AddressSpaces, a| sp.resolve(pid, a, mode);
+            let n = s.branches.len() as u64;
+            // One loop per representation, not a match per entry.
+            match s.branches {
+                BranchStack::Decoded(b) => self.add_branches(n, b.iter().copied(), resolve),
+                BranchStack::PerfEntries(_) => self.add_branches(n, s.branches.iter(), resolve),
+            }
         }
         self.stack_buf = stack;
     }
@@ -509,7 +521,7 @@ impl Aggregator {
     /// Adds `counts.samples` samples that share `s`'s process, thread, mode, IP and
     /// call chain (not its branches): totals, IPs and the stack table. Returns the
     /// sampled IP's location, or `None` when the filter drops them.
-    pub fn add_counted(&mut self, s: &HostSample, counts: SampleCounts) -> Option<Loc> {
+    pub fn add_counted(&mut self, s: &SampleRef<'_>, counts: SampleCounts) -> Option<Loc> {
         // A guest-mode sample of the shim is in the recorded VM, whatever the host pid.
         let space_pid = if self.opts.vm && s.mode.is_guest() {
             lbrprof_data::model::VM_INDEX
@@ -572,10 +584,11 @@ impl Aggregator {
         stack.clear();
         // The leaf is the sampled IP; a call chain normally starts with it, but not when
         // its kernel part was excluded.
-        if s.callchain.first().is_none_or(|f| f.addr != s.ip) {
+        let callchain = s.callchain.frames(s.mode);
+        if callchain.first().is_none_or(|f| f.addr != s.ip) {
             stack.push(ip);
         }
-        stack.extend(s.callchain.iter().map(|f| resolve(spaces, f.addr, f.mode)));
+        stack.extend(callchain.iter().map(|f| resolve(spaces, f.addr, f.mode)));
         if self.opts.comm_root && self.profile.vm.is_none() {
             stack.push(self.comm_root(s.tid));
         }
@@ -822,18 +835,21 @@ impl Aggregator {
         bump(&mut self.profile.lbr_stacks, &stack, weight);
         self.stack_buf = stack;
         let branches = snapshot_branches(snap);
-        self.add_branches(&branches, |sp, a| sp.resolve_guest_in(0, space, a));
+        self.add_branches(branches.len() as u64, branches.into_iter(), |sp, a| {
+            sp.resolve_guest_in(0, space, a)
+        });
     }
 
-    /// Adds one branch stack (newest first): its edges, and the fall-through ranges
-    /// between consecutive entries (`[to of older entry, from of newer entry]`).
+    /// Adds one branch stack of `n` entries (newest first): its edges, and the
+    /// fall-through ranges between consecutive entries (`[to of older entry, from of
+    /// newer entry]`).
     pub fn add_branches(
         &mut self,
-        branches: &[Branch],
+        n: u64,
+        branches: impl Iterator<Item = Branch>,
         mut resolve: impl FnMut(&mut AddressSpaces, u64) -> Loc,
     ) {
         let p = &mut self.profile;
-        let n = branches.len() as u64;
         p.totals.branch_entries += n;
         p.totals.samples_with_branches += u64::from(n > 0);
         p.totals.max_branch_depth = p.totals.max_branch_depth.max(n);
@@ -925,76 +941,45 @@ pub(crate) fn branch_mode(sample_mode: CpuMode) -> CpuMode {
     }
 }
 
-/// Aggregates a stream, reading it on a second thread (decode and aggregate overlap).
-/// Stops at the first error and returns it with what was aggregated so far.
+/// Aggregates a stream, reading it on a second thread (decode and aggregate overlap:
+/// [`visit_events`]). Stops at the first error and returns it with what was aggregated
+/// so far.
 pub fn aggregate_events<I, E>(events: I, opts: AggregateOptions) -> (Profile, Option<E>)
 where
     I: Iterator<Item = Result<Event, E>> + Send,
     E: Send,
 {
     let mut agg = Aggregator::new(opts);
-    let err = in_batches(events, |batch| {
-        for ev in batch {
-            agg.add(ev);
-        }
-    });
+    let err = visit_events(events, &mut agg);
     (agg.finish(), err)
 }
 
-/// Reads `events` on a second thread and hands them to `consume` in batches, in order,
-/// on this one (decoding and consuming overlap). Stops at the first error and returns it.
-pub(crate) fn in_batches<I, E>(events: I, mut consume: impl FnMut(&[Event])) -> Option<E>
-where
-    I: Iterator<Item = Result<Event, E>> + Send,
-    E: Send,
-{
-    const BATCH: usize = 2048;
-    let (tx, rx) = mpsc::sync_channel::<Vec<Event>>(8);
-    let (back_tx, back_rx) = mpsc::channel::<Vec<Event>>();
-    std::thread::scope(|scope| {
-        let producer = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            for ev in events {
-                match ev {
-                    Ok(ev) => {
-                        batch.push(ev);
-                        if batch.len() == BATCH {
-                            // Reuse a returned batch; dropping its events here keeps the
-                            // frees off the consuming thread.
-                            let next = match back_rx.try_recv() {
-                                Ok(mut b) => {
-                                    b.clear();
-                                    b
-                                }
-                                Err(_) => Vec::with_capacity(BATCH),
-                            };
-                            if tx.send(std::mem::replace(&mut batch, next)).is_err() {
-                                return None;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(batch);
-                        return Some(e);
-                    }
-                }
-            }
-            let _ = tx.send(batch);
-            None
-        });
-        for batch in rx {
-            consume(&batch);
-            let _ = back_tx.send(batch);
-        }
-        producer.join().unwrap_or(None)
-    })
+/// Aggregates every sample of `source` on its own, in stream order
+/// ([`SampleSource::walk_in_order`]).
+pub(crate) fn aggregate_in_order<S: SampleSource>(
+    source: &mut S,
+    opts: AggregateOptions,
+) -> Result<Profile, SourceError> {
+    let mut agg = Aggregator::new(opts);
+    source.walk_in_order(&mut agg)?;
+    Ok(agg.finish())
+}
+
+impl SampleVisitor for Aggregator {
+    fn sideband(&mut self, event: &Event) {
+        self.add(event);
+    }
+
+    fn sample(&mut self, sample: &SampleRef<'_>) {
+        self.add_sample(sample);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lbr::tests::snapshot;
-    use lbrprof_data::model::{AddressSpace, BranchFlags, Frame, Mapping};
+    use lbrprof_data::model::{AddressSpace, BranchFlags, Frame, HostSample, Mapping};
 
     fn mapping() -> Event {
         Event::Mapping(Mapping {

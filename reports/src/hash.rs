@@ -1,17 +1,18 @@
-//! The one hasher of the aggregation maps: deterministic (fixed seeds, so iteration order
-//! and every output built from it is the same run to run) and fast on our own integer keys.
+//! The one hasher of the aggregation maps: FxHash (rustc-hash), deterministic (no seed,
+//! so iteration order and every output built from it is the same run to run) and fast on
+//! our own integer keys (one multiply per word). The symbolizer's maps use it too.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 /// A deterministic fast hasher for the aggregation maps (keys are our own integers).
-#[derive(Clone, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct FastHash;
 
 impl BuildHasher for FastHash {
-    type Hasher = ahash::AHasher;
-    fn build_hasher(&self) -> ahash::AHasher {
-        ahash::RandomState::with_seeds(0x6c62, 0x7270, 0x726f, 0x6621).build_hasher()
+    type Hasher = rustc_hash::FxHasher;
+    fn build_hasher(&self) -> rustc_hash::FxHasher {
+        rustc_hash::FxHasher::default()
     }
 }
 

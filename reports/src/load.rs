@@ -11,7 +11,7 @@ use lbrprof_data::model::{Header, Target};
 use lbrprof_data::source::{EventSource, MappedSource, SourceError, mapped_source};
 use lbrprof_symbolizer::SymbolizerOptions;
 
-use crate::aggregate::{AggregateOptions, Filter, Profile, aggregate_events};
+use crate::aggregate::{AggregateOptions, Filter, Profile, aggregate_in_order};
 use crate::symbols::{NoSymbols, SymbolSource, SymbolTable, SymbolizerSource};
 use crate::time::TimeSpec;
 use crate::{fold, report, vm};
@@ -375,7 +375,8 @@ fn prewarm_while<T>(source: &dyn SymbolSource, work: impl FnOnce() -> T) -> T {
 /// mapped read must give way to the event stream): the one folder when the options allow
 /// it, the input read in place on every core (perf.data or lbrprof.data mapped) or as
 /// its event stream (with `event_stream_only`, or for files that cannot be mapped);
-/// else every event through the aggregator. `progress` is called now and then with the
+/// else every sample through the aggregator in stream order, a recording still read in
+/// place (perf.data gives that order only as its event stream). `progress` is called now and then with the
 /// number of events read from the stream.
 fn aggregate(
     path: &Path,
@@ -390,15 +391,14 @@ fn aggregate(
         source,
     };
     let foldable = fold::supports(&agg, input.may_have_branch_stacks());
-    if foldable
-        && !event_stream_only
-        && let Some(mapped) = mapped_source(input)
-    {
-        let folded = match mapped {
-            MappedSource::Perf(mut s) => fold::fold_source(&mut s, &agg),
-            MappedSource::Recording(mut s) => fold::fold_source(&mut s, &agg),
+    if !event_stream_only && let Some(mapped) = mapped_source(input) {
+        let read = match (mapped, foldable) {
+            (MappedSource::Perf(mut s), true) => fold::fold_source(&mut s, &agg),
+            (MappedSource::Recording(mut s), true) => fold::fold_source(&mut s, &agg),
+            (MappedSource::Perf(mut s), false) => aggregate_in_order(&mut s, agg.clone()),
+            (MappedSource::Recording(mut s), false) => aggregate_in_order(&mut s, agg.clone()),
         };
-        match folded {
+        match read {
             Ok(p) => return Ok(p),
             // The stream is untouched: read it.
             Err(SourceError::Declined) => {}
@@ -416,13 +416,13 @@ fn aggregate(
             progress(n);
         }
     });
-    let folded = if foldable {
-        fold::fold_source(&mut EventSource::new(events), &agg)
+    let mut source = EventSource::new(events);
+    let read = if foldable {
+        fold::fold_source(&mut source, &agg)
     } else {
-        let (profile, err) = aggregate_events(events, agg);
-        err.map_or(Ok(profile), |e| Err(e.into()))
+        aggregate_in_order(&mut source, agg)
     };
-    match folded {
+    match read {
         Ok(p) => Ok(p),
         Err(SourceError::Input(e)) => Err(read_error(e)),
         // (Only mapped sources decline or meet undecodable samples.)

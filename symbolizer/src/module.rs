@@ -26,9 +26,9 @@ use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, Symbolizer
 /// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
 type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 
-/// A map hashed with aHash: the interner is probed for every frame of every lookup
-/// (SipHash was ~7% of a run).
-type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+/// A map hashed with FxHash, the reports' hasher too: the interner is probed for every
+/// frame of every lookup (SipHash was ~7% of a run).
+type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// What an interned string was rendered from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -1,20 +1,22 @@
-//! Conversion of kernel ring-buffer records into the recording model's [`Event`]s.
-//! Samples are decoded from their raw bytes by the data crate's one decoder of perf's
-//! sample layout ([`lbrprof_data::perfdata::decode_ring_sample`], the perf.data reader's),
-//! with the layout of the event's attribute; side-band records (mappings, tasks, losses)
-//! as `perf-event-open` parses them. Pure apart from the build-id fallback, which reads
-//! the mapped ELF file when the kernel did not put the build-id in the MMAP2 record.
+//! Conversion of kernel ring-buffer records into the recording model's [`Event`]s, by
+//! the data crate's one decoder of perf's record layout (the perf.data reader's): samples
+//! from their raw bytes ([`lbrprof_data::perfdata::decode_ring_sample`]), side-band
+//! records (mappings, tasks, losses) too ([`lbrprof_data::perfdata::decode_ring_sideband`]),
+//! each with the layout of its event's attribute. Pure apart from the build-id fallback,
+//! which reads the mapped ELF file when the kernel did not put the build-id in the MMAP2
+//! record.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use perf_event_open::sample::record::mmap::{Info, Mmap};
-use perf_event_open::sample::record::{Parser, Priv, Record};
+use perf_event_open::sample::record::Parser;
 
-use crate::model::{AddressSpace, Event, Loss, LossKind, Mapping, TaskEvent};
+use crate::model::Event;
 use crate::perfdata::abi::PERF_SAMPLE_REGS_USER;
-use crate::perfdata::{RingSample, SampleLayout, decode_ring_sample};
+use crate::perfdata::{
+    RingLayout, RingSample, SampleLayout, decode_ring_sample, decode_ring_sideband,
+};
 
 /// What one ring-buffer record became.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Converted {
     Event(Event),
     /// A record we do not keep (unthrottle, non-executable mmaps, unknown types).
     Skip,
+    /// A record its attribute's layout does not describe.
+    Malformed,
 }
 
 /// Stateful converter: caches build-ids read from files.
@@ -48,10 +52,9 @@ impl Converter {
         }
     }
 
-    /// Decodes a `PERF_RECORD_SAMPLE` record as read from a ring buffer (`record`: its
-    /// header and body) of an event whose attribute `parser` describes.
-    pub fn sample(&self, record: &[u8], parser: &Parser) -> Result<RingSample, &'static str> {
-        let layout = SampleLayout {
+    /// The layout of the records of an event whose attribute `parser` describes.
+    pub fn layout(&self, parser: &Parser) -> RingLayout {
+        let sample = SampleLayout {
             sample_type: parser.sample_type,
             read_format: parser.read_format,
             branch_sample_type: parser.branch_sample_type,
@@ -63,100 +66,29 @@ impl Converter {
             },
             fixed_period: self.fixed_period.unwrap_or(0),
         };
-        decode_ring_sample(record, layout)
+        RingLayout::new(sample, parser.sample_id_all)
     }
 
-    /// Convert one side-band record. `mode` is the record header's cpumode. (Samples are
-    /// decoded from their bytes: [`Converter::sample`].)
-    pub fn convert(&mut self, mode: Priv, record: Record) -> Converted {
-        match record {
-            Record::Mmap(m) if m.executable => {
-                Converted::Event(Event::Mapping(self.mapping(mode, &m)))
-            }
-            Record::Comm(c) => {
-                let time_ns = c.record_id.as_ref().and_then(|r| r.time).unwrap_or(0);
-                let (pid, tid) = (c.task.pid, c.task.tid);
-                let comm = c.comm.to_string_lossy().into_owned();
-                Converted::Event(Event::Task(if c.by_execve {
-                    TaskEvent::Exec {
-                        time_ns,
-                        pid,
-                        tid,
-                        comm,
-                    }
-                } else {
-                    TaskEvent::Comm {
-                        time_ns,
-                        pid,
-                        tid,
-                        comm,
-                    }
-                }))
-            }
-            Record::Fork(f) => Converted::Event(Event::Task(TaskEvent::Fork {
-                time_ns: f.time,
-                pid: f.task.pid,
-                tid: f.task.tid,
-                ppid: f.parent_task.pid,
-                ptid: f.parent_task.tid,
-            })),
-            Record::Exit(e) => Converted::Event(Event::Task(TaskEvent::Exit {
-                time_ns: e.time,
-                pid: e.task.pid,
-                tid: e.task.tid,
-            })),
-            Record::LostRecords(l) => Converted::Event(Event::Loss(Loss {
-                time_ns: l.record_id.as_ref().and_then(|r| r.time).unwrap_or(0),
-                kind: LossKind::RingBuffer,
-                count: l.lost_records,
-                tid: l
-                    .record_id
-                    .as_ref()
-                    .and_then(|r| r.task.as_ref())
-                    .map(|t| t.tid),
-            })),
-            Record::LostSamples(l) => Converted::Event(Event::Loss(Loss {
-                time_ns: l.record_id.as_ref().and_then(|r| r.time).unwrap_or(0),
-                kind: LossKind::RingBuffer,
-                count: l.lost_samples,
-                tid: l
-                    .record_id
-                    .as_ref()
-                    .and_then(|r| r.task.as_ref())
-                    .map(|t| t.tid),
-            })),
-            Record::Throttle(t) => Converted::Event(Event::Loss(Loss {
-                time_ns: t.time,
-                kind: LossKind::Throttled,
-                count: 1,
-                tid: t
-                    .record_id
-                    .as_ref()
-                    .and_then(|r| r.task.as_ref())
-                    .map(|t| t.tid),
-            })),
-            _ => Converted::Skip,
-        }
+    /// Decodes a `PERF_RECORD_SAMPLE` record as read from a ring buffer (`record`: its
+    /// header and body) of an event of layout `layout` ([`Converter::layout`]).
+    pub fn sample(&self, record: &[u8], layout: &RingLayout) -> Result<RingSample, &'static str> {
+        decode_ring_sample(record, layout.sample)
     }
 
-    fn mapping(&mut self, mode: Priv, m: &Mmap) -> Mapping {
-        let path = m.file.to_string_lossy().into_owned();
-        let build_id = match m.ext.as_ref().map(|e| &e.info) {
-            Some(Info::BuildId(id)) if !id.is_empty() => Some(id.to_vec()),
-            _ => self.build_id_of(&path),
-        };
-        Mapping {
-            time_ns: m.record_id.as_ref().and_then(|r| r.time).unwrap_or(0),
-            space: match mode {
-                Priv::Kernel | Priv::Hv => AddressSpace::HostKernel,
-                _ => AddressSpace::HostUser,
-            },
-            pid: m.task.pid,
-            start: m.addr,
-            len: m.len,
-            pgoff: m.page_offset,
-            path,
-            build_id,
+    /// Converts one side-band record as read from a ring buffer (`record`: its header
+    /// and body) of an event of layout `layout`; a mapping whose record has no build-id
+    /// gets its file's. (Samples: [`Converter::sample`].)
+    pub fn sideband(&mut self, record: &[u8], layout: &RingLayout) -> Converted {
+        match decode_ring_sideband(record, layout) {
+            Ok(Some(Event::Mapping(mut m))) => {
+                if m.build_id.as_ref().is_none_or(Vec::is_empty) {
+                    m.build_id = self.build_id_of(&m.path);
+                }
+                Converted::Event(Event::Mapping(m))
+            }
+            Ok(Some(event)) => Converted::Event(event),
+            Ok(None) => Converted::Skip,
+            Err(_) => Converted::Malformed,
         }
     }
 
@@ -189,26 +121,8 @@ pub fn read_build_id(path: &Path) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::CString;
-
-    use perf_event_open::sample::record::comm::Comm;
-    use perf_event_open::sample::record::lost::LostRecords;
-    use perf_event_open::sample::record::mmap::Ext;
-    use perf_event_open::sample::record::task::Fork;
-    use perf_event_open::sample::record::throttle::Throttle;
-    use perf_event_open::sample::record::{RecordId, Task};
-
     use super::*;
-
-    fn rid(time: u64, pid: u32, tid: u32) -> RecordId {
-        RecordId {
-            id: None,
-            stream_id: None,
-            cpu: Some(1),
-            task: Some(Task { pid, tid }),
-            time: Some(time),
-        }
-    }
+    use crate::model::AddressSpace;
 
     /// A sample record as the kernel writes it into a ring buffer: its header (type,
     /// `misc`, size) and the body's words, in this machine's byte order.
@@ -285,7 +199,10 @@ mod tests {
         let record = ring_record(PERF_RECORD_MISC_USER, &body);
         let conv = Converter::new();
         let r = conv
-            .sample(&record, &parser(st, PERF_SAMPLE_BRANCH_HW_INDEX))
+            .sample(
+                &record,
+                &conv.layout(&parser(st, PERF_SAMPLE_BRANCH_HW_INDEX)),
+            )
             .unwrap();
         let h = &r.sample;
         assert_eq!(
@@ -316,8 +233,11 @@ mod tests {
         // Every shorter record is an error, not a panic or a sample.
         for n in 0..record.len() {
             assert!(
-                conv.sample(&record[..n], &parser(st, PERF_SAMPLE_BRANCH_HW_INDEX))
-                    .is_err()
+                conv.sample(
+                    &record[..n],
+                    &conv.layout(&parser(st, PERF_SAMPLE_BRANCH_HW_INDEX))
+                )
+                .is_err()
             );
         }
         // Without PERF_SAMPLE_PERIOD (`-c N`), a sample stands for the fixed period; in
@@ -327,9 +247,8 @@ mod tests {
             PERF_RECORD_MISC_KERNEL,
             &[0xffff_ffff_8100_0010, pair(1, 2)],
         );
-        let r = Converter::with_fixed_period(Some(4000))
-            .sample(&record, &parser(st, 0))
-            .unwrap();
+        let conv = Converter::with_fixed_period(Some(4000));
+        let r = conv.sample(&record, &conv.layout(&parser(st, 0))).unwrap();
         assert_eq!(
             (r.sample.period, r.sample.mode, r.sample.pid, r.sample.tid),
             (4000, CpuMode::Kernel, 1, 2)
@@ -351,7 +270,10 @@ mod tests {
         body.extend(&regs);
         body.extend([16, 0x1111, 0x2222, 8]);
         let r = Converter::new()
-            .sample(&ring_record(PERF_RECORD_MISC_USER, &body), &parser(st, 0))
+            .sample(
+                &ring_record(PERF_RECORD_MISC_USER, &body),
+                &Converter::new().layout(&parser(st, 0)),
+            )
             .unwrap();
         let copy = r.stack_copy.expect("a stack copy");
         let want = lbrprof_unwind::Regs::from_perf(mask, &regs).unwrap();
@@ -361,22 +283,62 @@ mod tests {
         // A kernel thread (no user registers, abi 0): no copy.
         let body = [0x401000, 0, 0];
         let r = Converter::new()
-            .sample(&ring_record(PERF_RECORD_MISC_USER, &body), &parser(st, 0))
+            .sample(
+                &ring_record(PERF_RECORD_MISC_USER, &body),
+                &Converter::new().layout(&parser(st, 0)),
+            )
             .unwrap();
         assert_eq!(r.stack_copy, None);
     }
 
+    /// A side-band record as the kernel writes it into a ring buffer: header, body and
+    /// the `sample_id` of an event sampling TID and TIME (`sample_id_all`).
+    fn side_band(ty: u32, misc: u16, body: &[u8], (pid, tid, time): (u32, u32, u64)) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend(ty.to_ne_bytes());
+        r.extend(misc.to_ne_bytes());
+        r.extend(((8 + body.len() + 16) as u16).to_ne_bytes());
+        r.extend(body);
+        r.extend(pid.to_ne_bytes());
+        r.extend(tid.to_ne_bytes());
+        r.extend(time.to_ne_bytes());
+        r
+    }
+
+    /// Words and 32-bit pairs in this machine's byte order, then a NUL-padded string.
+    fn body(u32s: &[u32], u64s: &[u64], text: &str) -> Vec<u8> {
+        let mut b: Vec<u8> = u32s.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        b.extend(u64s.iter().flat_map(|w| w.to_ne_bytes()));
+        if !text.is_empty() {
+            b.extend(text.as_bytes());
+            b.resize((b.len() + 8) / 8 * 8, 0);
+        }
+        b
+    }
+
+    fn tid_time_layout(conv: &Converter) -> RingLayout {
+        use crate::perfdata::abi::*;
+        conv.layout(&parser(
+            PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME,
+            0,
+        ))
+    }
+
     #[test]
     fn side_band_records_convert() {
+        use crate::model::{Loss, LossKind, TaskEvent};
+        use crate::perfdata::abi::*;
         let mut conv = Converter::new();
-        let comm = Record::Comm(Box::new(Comm {
-            record_id: Some(rid(5, 10, 11)),
-            by_execve: true,
-            task: Task { pid: 10, tid: 11 },
-            comm: CString::new("hot").unwrap(),
-        }));
+        let layout = tid_time_layout(&conv);
+        let mut convert = |r: Vec<u8>| conv.sideband(&r, &layout);
+        let comm = side_band(
+            PERF_RECORD_COMM,
+            PERF_RECORD_MISC_USER | PERF_RECORD_MISC_COMM_EXEC,
+            &body(&[10, 11], &[], "hot"),
+            (10, 11, 5),
+        );
         assert_eq!(
-            conv.convert(Priv::User, comm),
+            convert(comm),
             Converted::Event(Event::Task(TaskEvent::Exec {
                 time_ns: 5,
                 pid: 10,
@@ -385,14 +347,14 @@ mod tests {
             }))
         );
         // prctl(PR_SET_NAME) and thread names: a COMM without the exec flag.
-        let rename = Record::Comm(Box::new(Comm {
-            record_id: Some(rid(6, 10, 12)),
-            by_execve: false,
-            task: Task { pid: 10, tid: 12 },
-            comm: CString::new("worker").unwrap(),
-        }));
+        let rename = side_band(
+            PERF_RECORD_COMM,
+            PERF_RECORD_MISC_USER,
+            &body(&[10, 12], &[], "worker"),
+            (10, 12, 6),
+        );
         assert_eq!(
-            conv.convert(Priv::User, rename),
+            convert(rename),
             Converted::Event(Event::Task(TaskEvent::Comm {
                 time_ns: 6,
                 pid: 10,
@@ -400,14 +362,15 @@ mod tests {
                 comm: "worker".into()
             }))
         );
-        let fork = Record::Fork(Box::new(Fork {
-            record_id: None,
-            task: Task { pid: 10, tid: 12 },
-            parent_task: Task { pid: 10, tid: 11 },
-            time: 7,
-        }));
+        // pid, ppid, tid, ptid, time.
+        let fork = side_band(
+            PERF_RECORD_FORK,
+            0,
+            &body(&[10, 10, 12, 11], &[7], ""),
+            (10, 12, 7),
+        );
         assert_eq!(
-            conv.convert(Priv::User, fork),
+            convert(fork),
             Converted::Event(Event::Task(TaskEvent::Fork {
                 time_ns: 7,
                 pid: 10,
@@ -416,13 +379,24 @@ mod tests {
                 ptid: 11
             }))
         );
-        let lost = Record::LostRecords(Box::new(LostRecords {
-            record_id: Some(rid(9, 10, 11)),
-            id: 0,
-            lost_records: 42,
-        }));
+        let exit = side_band(
+            PERF_RECORD_EXIT,
+            0,
+            &body(&[10, 10, 12, 11], &[8], ""),
+            (10, 12, 8),
+        );
         assert_eq!(
-            conv.convert(Priv::Unknown, lost),
+            convert(exit),
+            Converted::Event(Event::Task(TaskEvent::Exit {
+                time_ns: 8,
+                pid: 10,
+                tid: 12,
+            }))
+        );
+        // id, lost.
+        let lost = side_band(PERF_RECORD_LOST, 0, &body(&[], &[0, 42], ""), (10, 11, 9));
+        assert_eq!(
+            convert(lost),
             Converted::Event(Event::Loss(Loss {
                 time_ns: 9,
                 kind: LossKind::RingBuffer,
@@ -430,73 +404,92 @@ mod tests {
                 tid: Some(11)
             }))
         );
-        let throttle = Record::Throttle(Box::new(Throttle {
-            record_id: None,
-            time: 3,
-            id: 0,
-            stream_id: 0,
-        }));
-        assert!(matches!(
-            conv.convert(Priv::Unknown, throttle),
+        // PERF_RECORD_LOST_SAMPLES: lost.
+        let lost = side_band(13, 0, &body(&[], &[5], ""), (10, 12, 10));
+        assert_eq!(
+            convert(lost),
             Converted::Event(Event::Loss(Loss {
+                time_ns: 10,
+                kind: LossKind::RingBuffer,
+                count: 5,
+                tid: Some(12)
+            }))
+        );
+        // time, id, stream id.
+        let throttle = side_band(
+            PERF_RECORD_THROTTLE,
+            0,
+            &body(&[], &[3, 0, 0], ""),
+            (10, 11, 3),
+        );
+        assert_eq!(
+            convert(throttle),
+            Converted::Event(Event::Loss(Loss {
+                time_ns: 3,
                 kind: LossKind::Throttled,
                 count: 1,
-                ..
+                tid: Some(11)
             }))
-        ));
-        assert_eq!(
-            conv.convert(Priv::Unknown, Record::Unknown(vec![1, 2])),
-            Converted::Skip
         );
+        // PERF_RECORD_UNTHROTTLE, and a type the model has no place for (SWITCH).
+        let unthrottle = side_band(6, 0, &body(&[], &[4, 0, 0], ""), (10, 11, 4));
+        assert_eq!(convert(unthrottle), Converted::Skip);
+        assert_eq!(convert(side_band(14, 0, &[], (1, 1, 1))), Converted::Skip);
+        // Shorter than its layout: malformed, never a panic.
+        let comm = side_band(PERF_RECORD_COMM, 0, &body(&[10, 11], &[], "x"), (1, 1, 1));
+        for n in [0, 4, 8, 12] {
+            assert_eq!(
+                convert(comm[..n].to_vec()),
+                Converted::Malformed,
+                "{n} bytes"
+            );
+        }
     }
 
     #[test]
     fn mmap_keeps_kernel_build_id_or_reads_the_file() {
+        use crate::perfdata::abi::*;
         let mut conv = Converter::new();
+        let layout = tid_time_layout(&conv);
         let exe = std::env::current_exe().unwrap();
-        let mmap = |path: &str, info: Info| {
-            Record::Mmap(Box::new(Mmap {
-                record_id: Some(rid(1, 10, 10)),
-                executable: true,
-                task: Task { pid: 10, tid: 10 },
-                addr: 0x5555_0000_0000,
-                len: 0x1000,
-                file: CString::new(path).unwrap(),
-                page_offset: 0x2000,
-                ext: Some(Ext {
-                    prot: 5,
-                    flags: 2,
-                    info,
-                }),
-            }))
+        // pid, tid, addr, len, pgoff, then the build-id (size, reserved, 20 bytes) or
+        // the device and inode, then prot, flags and the path.
+        let mmap2 = |misc: u16, id: Option<[u8; 20]>, prot: u32, path: &str| {
+            let mut b = body(&[10, 10], &[0x5555_0000_0000, 0x1000, 0x2000], "");
+            match id {
+                Some(id) => {
+                    b.extend([20, 0, 0, 0]);
+                    b.extend(id);
+                }
+                None => b.extend([0; 24]),
+            }
+            b.extend(body(&[prot, 2], &[], path));
+            side_band(PERF_RECORD_MMAP2, misc, &b, (10, 10, 1))
         };
-        let mut given = Info::BuildId(Default::default());
-        if let Info::BuildId(id) = &mut given {
-            id.try_extend_from_slice(&[0xab; 20]).unwrap();
-        }
-        let Converted::Event(Event::Mapping(m)) =
-            conv.convert(Priv::User, mmap("/nonexistent", given))
-        else {
+        const EXEC: u32 = 5;
+        let given = mmap2(
+            PERF_RECORD_MISC_USER | PERF_RECORD_MISC_MMAP_BUILD_ID,
+            Some([0xab; 20]),
+            EXEC,
+            "/nonexistent",
+        );
+        let Converted::Event(Event::Mapping(m)) = conv.sideband(&given, &layout) else {
             panic!("not a mapping")
         };
         assert_eq!(m.build_id, Some(vec![0xab; 20]));
         assert_eq!(
-            (m.start, m.len, m.pgoff, m.pid),
-            (0x5555_0000_0000, 0x1000, 0x2000, 10)
+            (m.start, m.len, m.pgoff, m.pid, m.time_ns, m.path.as_str()),
+            (0x5555_0000_0000, 0x1000, 0x2000, 10, 1, "/nonexistent")
         );
         assert_eq!(m.space, AddressSpace::HostUser);
+        // Data mappings are not kept.
+        let data = mmap2(PERF_RECORD_MISC_USER, None, 3, "/nonexistent");
+        assert_eq!(conv.sideband(&data, &layout), Converted::Skip);
 
         // No build-id from the kernel: read it from the ELF file (the test binary has one
         // when linked with --build-id, which rustc does by default on Linux).
-        let device = Info::Device {
-            major: 0,
-            minor: 0,
-            inode: 0,
-            inode_gen: 0,
-        };
-        let Converted::Event(Event::Mapping(m)) =
-            conv.convert(Priv::User, mmap(exe.to_str().unwrap(), device.clone()))
-        else {
+        let own = mmap2(PERF_RECORD_MISC_USER, None, EXEC, exe.to_str().unwrap());
+        let Converted::Event(Event::Mapping(m)) = conv.sideband(&own, &layout) else {
             panic!("not a mapping")
         };
         let expected = {
@@ -508,10 +501,10 @@ mod tests {
                 .unwrap()
                 .map(<[u8]>::to_vec)
         };
+        assert!(expected.is_some());
         assert_eq!(m.build_id, expected);
-        let Converted::Event(Event::Mapping(m)) =
-            conv.convert(Priv::Kernel, mmap("[vdso]", device))
-        else {
+        let vdso = mmap2(PERF_RECORD_MISC_KERNEL, None, EXEC, "[vdso]");
+        let Converted::Event(Event::Mapping(m)) = conv.sideband(&vdso, &layout) else {
             panic!("not a mapping")
         };
         assert_eq!(m.build_id, None);

@@ -11,9 +11,15 @@
 //!   IP, PID/TID, CPU, CLOCK_MONOTONIC time, period, user+kernel call chain (context
 //!   markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the branch
 //!   stack when LBR sampling was chosen;
-//! * MMAP2 (executable only) with the kernel's build-id, or the file's when the kernel
-//!   gave none; COMM (an exec when the kernel flags it so), FORK, EXIT;
-//! * LOST and THROTTLE, counted in [`RingStats`] and kept as [`crate::model::Loss`].
+//! * side-band records, decoded from their bytes by the same reader's decoder of perf's
+//!   records ([`crate::perfdata::decode_ring_sideband`]): MMAP2 (executable only) with the
+//!   kernel's build-id, or the file's when the kernel gave none; COMM (an exec when the
+//!   kernel flags it so), FORK, EXIT;
+//! * LOST, LOST_SAMPLES and THROTTLE, counted in [`RingStats`] and kept as
+//!   [`crate::model::Loss`].
+//!
+//! The `perf-event-open` crate opens the events and maps and walks their ring buffers; it
+//! decodes none of their records.
 //!
 //! Tasks that existed before we attached (`-p`/`-t`) get their mappings and names from
 //! procfs ([`procfs`]), since the kernel only reports new ones.
@@ -356,16 +362,21 @@ impl HostSampler {
             let Some(iter) = ring.sampler.iter() else {
                 continue;
             };
-            let parser = ring.sampler.parser();
+            let layout = self.converter.layout(ring.sampler.parser());
             let mut iter = iter.into_cow();
             while let Some(raw) = iter.lending_next() {
                 let bytes = raw.as_raw().as_bytes();
                 if bytes.get(..4) != Some(&PERF_RECORD_SAMPLE.to_ne_bytes()[..]) {
-                    let (mode, record) = raw.parse();
-                    drop(raw);
-                    let Converted::Event(event) = self.converter.convert(mode, record) else {
-                        continue;
+                    let event = match self.converter.sideband(bytes, &layout) {
+                        Converted::Event(event) => event,
+                        Converted::Skip => continue,
+                        // Not the record its attribute describes: counted as lost.
+                        Converted::Malformed => {
+                            self.stats.lost += 1;
+                            continue;
+                        }
                     };
+                    drop(raw);
                     match &event {
                         Event::Loss(l) if l.kind == LossKind::Throttled => {
                             self.stats.throttled += l.count
@@ -381,7 +392,7 @@ impl HostSampler {
                     mut sample,
                     id,
                     stack_copy,
-                }) = self.converter.sample(bytes, parser)
+                }) = self.converter.sample(bytes, &layout)
                 else {
                     // Shorter than the event's layout: the kernel's record is not the
                     // one asked for. Counted as a sample lost.

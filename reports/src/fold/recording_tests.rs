@@ -466,10 +466,10 @@ fn unknown_chunk_kinds_are_skipped_as_the_stream_skips_them() {
     }
 }
 
-#[test]
-fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() {
-    // Timelines and pairing keep every sample, in stream order; raw keys merge samples.
-    for opts in [
+/// The options the folder leaves to the aggregator (every sample on its own, in
+/// stream order).
+fn in_order_option_sets() -> Vec<AggregateOptions> {
+    vec![
         AggregateOptions {
             vm: true,
             ..AggregateOptions::default()
@@ -486,7 +486,24 @@ fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() 
             },
             ..AggregateOptions::default()
         },
-    ] {
+        AggregateOptions {
+            filter: crate::Filter {
+                dsos: vec!["/bin/a".into()],
+                comms: vec!["second".into()],
+                ..crate::Filter::default()
+            },
+            timeline: true,
+            lbr_call_stack: true,
+            tasks: true,
+            ..AggregateOptions::default()
+        },
+    ]
+}
+
+#[test]
+fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_in_order_walk() {
+    // Timelines and pairing keep every sample, in stream order; raw keys merge samples.
+    for opts in in_order_option_sets() {
         assert!(!supports(&opts, true), "{opts:?}");
     }
     // `--comm` and per-run tables are the folder's; `--dso` without branch stacks.
@@ -501,4 +518,76 @@ fn timelines_vm_recordings_and_dso_filters_on_branches_are_left_to_the_stream() 
         ..AggregateOptions::default()
     };
     assert!(supports(&dso, false));
+}
+
+/// What a walk in stream order builds: the profile's tables, its timeline and its
+/// `record --vm` trace, with the input's warnings and summary.
+fn in_order(path: &Path, opts: &AggregateOptions, mapped: bool) -> Outcome {
+    let mut input = open_any(path).map_err(|e| e.to_string())?;
+    let p = if mapped {
+        let Some(MappedSource::Recording(mut source)) = mapped_source(&mut input) else {
+            panic!("a recording is mapped");
+        };
+        let p = crate::aggregate::aggregate_in_order(&mut source, opts.clone())
+            .map_err(|e| e.to_string())?;
+        assert_eq!(input.by_ref().count(), 0, "the stream is consumed");
+        p
+    } else {
+        let (p, err) = crate::aggregate_events(input.by_ref(), opts.clone());
+        if let Some(e) = err {
+            return Err(e.to_string());
+        }
+        p
+    };
+    Ok((
+        format!("{}\ntimeline {:?}\nvm {:?}", summary(&p), p.timeline, p.vm),
+        input.warnings(),
+        format!("{:?}", input.summary()),
+    ))
+}
+
+#[test]
+fn a_mapped_recording_walked_in_order_gives_the_event_streams_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recording(dir.path());
+    for opts in in_order_option_sets() {
+        let slow = in_order(&path, &opts, false);
+        let quick = in_order(&path, &opts, true);
+        assert!(
+            slow == quick,
+            "{opts:?}: {}",
+            first_difference(&slow, &quick)
+        );
+        let text = &slow.unwrap().0;
+        // Every sample on its own, in order: not an empty walk.
+        if opts.timeline {
+            assert!(text.contains("TimedSample"), "{opts:?}");
+        }
+        if opts.vm {
+            assert!(text.contains("VmSample"), "{opts:?}");
+        }
+    }
+    // Cut and damaged recordings: the stream's error, or as far as the stream reads.
+    let bytes = std::fs::read(&path).unwrap();
+    let offsets = chunk_offsets(&bytes);
+    let bad = dir.path().join("bad.data");
+    let opts = &in_order_option_sets()[1];
+    let mut errors = 0;
+    for (i, &start) in offsets.iter().enumerate() {
+        let end = offsets.get(i + 1).copied().unwrap_or(bytes.len());
+        let mut damaged = bytes.clone();
+        damaged[(start + end) / 2] ^= 0x40;
+        for (file, is_damaged) in [(&bytes[..(start + end) / 2], false), (&damaged[..], true)] {
+            std::fs::write(&bad, file).unwrap();
+            let slow = in_order(&bad, opts, false);
+            let quick = in_order(&bad, opts, true);
+            assert!(
+                slow == quick,
+                "chunk {i}: {}",
+                first_difference(&slow, &quick)
+            );
+            errors += usize::from(is_damaged && slow.is_err());
+        }
+    }
+    assert!(errors * 2 > offsets.len(), "damage must mostly be errors");
 }
