@@ -895,6 +895,9 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often the VM looks whether every running vCPU is halted for good.
 const PARKED_POLL: Duration = Duration::from_millis(200);
+/// How soon a vCPU is kicked again when a signal could not be delivered where a kick
+/// found it.
+const SIGNAL_RETRY: Duration = Duration::from_micros(200);
 
 struct VcpuRunner {
     index: u32,
@@ -1351,8 +1354,24 @@ impl VcpuRunner {
             if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
                 phase::enter(ShimPhase::LinuxTrap);
                 let action = linux.interrupt(&mut self.vcpu);
+                let moved = linux.task.take_moved();
+                let waiting = linux.task.signal_waiting();
                 if let Some(end) = self.trap_end(action) {
                     return end;
+                }
+                if moved {
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: req,
+                    };
+                    self.hook.on_moved(&mut ctx);
+                } else if waiting {
+                    // Not deliverable where the kick found the vCPU (an event queued, a
+                    // ring-0 instruction other than a stub's return): try again soon,
+                    // not at the next system call, which a busy program may never make.
+                    req.exit_timer = Some(Some(SIGNAL_RETRY));
                 }
             }
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
@@ -1400,8 +1419,33 @@ impl VcpuRunner {
                     }
                     action => action,
                 };
+                let moved = linux.task.take_moved();
                 if let Some(end) = self.trap_end(action) {
                     return end;
+                }
+                if moved {
+                    // A signal's handler, or the frame rt_sigreturn read: the hook plans
+                    // from there, with the registers the call left in the run page
+                    // moved to KVM first (where the hook reads and may set them).
+                    let run = self.vcpu.get_kvm_run();
+                    if run.kvm_dirty_regs & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+                        let regs = self.vcpu.sync_regs().regs;
+                        self.vcpu
+                            .clear_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+                        if let Err(source) = self.vcpu.set_regs(&regs) {
+                            return VcpuEnd::Error(VmError::Kvm {
+                                op: "KVM_SET_REGS",
+                                source,
+                            });
+                        }
+                    }
+                    let mut ctx = VcpuCtx {
+                        index: self.index,
+                        vcpu: &self.vcpu,
+                        mem: &self.mem,
+                        requests: req,
+                    };
+                    self.hook.on_moved(&mut ctx);
                 }
                 continue;
             }
