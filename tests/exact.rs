@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{kvm_available, lbrprof};
+use common::{build_static_workload, kvm_available, lbrprof};
 
 /// (instructions, branches, taken, interpreted %, the fall-backs line, stdout).
 type ExactRun = (u64, u64, u64, f64, String, Vec<u8>);
@@ -201,22 +201,6 @@ fn avx2_code_runs_in_the_interpreter_and_counts_as_the_breakpoints_do() {
     assert!(a.3 >= 99.0, "only {}% interpreted; {}", a.3, a.4);
 }
 
-/// Compiles `tests/workloads/NAME.c` statically at -O2 (plus `flags`) into `dir`.
-fn static_workload(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
-    let exe = dir.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let ok = Command::new("gcc")
-        .args(["-O2", "-static"])
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for this test");
-    assert!(ok.success(), "gcc failed on {}", src.display());
-    exe
-}
-
 #[test]
 fn timer_signals_reach_an_exact_mode_program_between_its_instructions() {
     if !kvm_available() {
@@ -229,8 +213,8 @@ fn timer_signals_reach_an_exact_mode_program_between_its_instructions() {
     // so more than one run; the one-shot timers must reach a loop that makes no system
     // call.
     let tmp = tempfile::tempdir().unwrap();
-    let timers = static_workload(tmp.path(), "exact_signals", &[]);
-    let avx = static_workload(tmp.path(), "linux_signal_avx", &[]);
+    let timers = build_static_workload(tmp.path(), "exact_signals", &[]);
+    let avx = build_static_workload(tmp.path(), "linux_signal_avx", &[]);
     let native_timers = Command::new(&timers).arg("timers").output().unwrap();
     let native_avx = Command::new(&avx).output().unwrap();
     assert!(
@@ -266,7 +250,7 @@ fn signals_at_fixed_points_count_the_same_every_run_handlers_included() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let exe = static_workload(tmp.path(), "exact_signals", &[]);
+    let exe = build_static_workload(tmp.path(), "exact_signals", &[]);
     let native = Command::new(&exe).args(["raise", "100"]).output().unwrap();
     let a = exact_run_with(&[], &exe, &["raise", "100"]).0;
     let b = exact_run_with(&[], &exe, &["raise", "100"]).0;

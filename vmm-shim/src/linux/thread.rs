@@ -47,9 +47,9 @@ pub struct Task {
     /// with the guest's flags (R11 at `syscall`, an exception or NMI frame) is KVM's, and
     /// must not come back, or the program gets a #DB (SIGTRAP) of nobody's asking.
     pub(crate) shim_stepped: bool,
-    /// A signal's delivery outside a system call moved the thread to its handler since
-    /// the VMM last looked ([`Task::take_moved`]): what the vCPU's hook planned for the
-    /// interrupted code does not apply.
+    /// A signal's delivery (to its handler) or `rt_sigreturn` (back from it) moved the
+    /// thread by no branch of its own since the VMM last looked ([`Task::take_moved`]):
+    /// what the vCPU's hook planned for where it stood does not apply.
     pub(crate) moved: bool,
     /// The mask to restore once a call that waits with a temporary one (rt_sigsuspend,
     /// ppoll, pselect6, epoll_pwait) returns: the signal frame of a handler run as it
@@ -78,8 +78,8 @@ pub struct Task {
 }
 
 impl Task {
-    /// Whether the thread was moved to a signal handler since the last call (see
-    /// [`Task::moved`]).
+    /// Whether a signal's delivery or `rt_sigreturn` moved the thread since the last
+    /// call.
     pub fn take_moved(&mut self) -> bool {
         std::mem::take(&mut self.moved)
     }
