@@ -11,30 +11,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{kvm_available, lbrprof, perf_available};
+use common::{build_static_workload, kvm_available, lbrprof, perf_available};
 
 /// The program's own functions: no libc calls inside them, so their counts cannot depend
 /// on the CPU features libc's IFUNCs see (valgrind's synthetic CPU against the VM's).
 const OWN: [&str; 6] = ["collatz", "fib", "mix", "work", "by_table", "main"];
 
 fn build(dir: &Path, flags: &[&str]) -> PathBuf {
-    build_workload(dir, "callgrind_calls", flags)
-}
-
-/// `tests/workloads/NAME.c`, static, -O2 -g.
-fn build_workload(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(name);
-    let ok = Command::new("gcc")
-        .args(["-O2", "-g", "-static"])
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for this test");
-    assert!(ok.success());
-    exe
+    build_static_workload(dir, "callgrind_calls", flags)
 }
 
 fn have(tool: &str) -> bool {
@@ -257,7 +241,7 @@ fn rep_string_instructions_count_as_valgrind_counts_them() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_workload(tmp.path(), "callgrind_rep", &[]);
+    let exe = build_static_workload(tmp.path(), "callgrind_rep", &[]);
     let (ours10, theirs10) = ours_and_cachegrind(tmp.path(), &exe, "10");
     let (ours40, theirs40) = ours_and_cachegrind(tmp.path(), &exe, "40");
     // The program's own REP loops (movsb, stosq, a zero count, REPE CMPSB cut short, run

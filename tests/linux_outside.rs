@@ -71,14 +71,16 @@ fn run_outside(exe: &Path, flags: &[&str]) -> Outside {
     }
 }
 
-/// The exact-mode counts of every vCPU: (instructions, branches, taken) per line.
+/// The exact-mode counts of every vCPU: (instructions, branches, taken) per line, in
+/// vCPU order (the lines come in the order the vCPUs stopped, which varies).
 fn counts(stderr: &str) -> Vec<String> {
-    let counts: Vec<String> = stderr
+    let mut counts: Vec<String> = stderr
         .lines()
         .filter(|l| l.contains(" traced,"))
         .map(|l| l.split(" traced,").next().unwrap().to_owned())
         .collect();
     assert!(!counts.is_empty(), "no exact-mode counts:\n{stderr}");
+    counts.sort();
     counts
 }
 

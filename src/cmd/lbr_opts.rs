@@ -408,6 +408,13 @@ pub fn print_stats(setup: &LbrSetup) {
                 s.vcpu, s.stepping_stops, s.shared_int3_stops,
             );
         }
+        if s.stops_in_flight > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} breakpoint or single-step stops completed by the \
+                 shim (a kick came before their exception reached the guest)",
+                s.vcpu, s.stops_in_flight,
+            );
+        }
         if s.tracer.interp_runs > 0 {
             let share = if s.tracer.instructions > 0 {
                 100.0 * s.tracer.interpreted as f64 / s.tracer.instructions as f64

@@ -88,6 +88,23 @@ pub fn build_workload(dir: &Path, name: &str) -> PathBuf {
     exe
 }
 
+/// Compiles `tests/workloads/NAME.c` statically at -O2 with debug info (plus `flags`)
+/// into `dir` and returns the executable: the exact-mode tests' programs.
+pub fn build_static_workload(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let exe = dir.join(name);
+    let ok = Command::new("gcc")
+        .args(["-O2", "-g", "-static"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the test workloads");
+    assert!(ok.success(), "gcc failed on {}", src.display());
+    exe
+}
+
 // ---------------------------------------------------------------------------------------
 // Output checks shared by the VM and demo tests
 

@@ -182,6 +182,10 @@ pub trait VcpuHook: Send {
     /// the old address space (stops at code addresses) does not apply. Called after
     /// [`on_block`](Self::on_block) took the patches out of the old one.
     fn on_new_program(&mut self, _ctx: &mut VcpuCtx<'_>) {}
+    /// The VMM moved the guest between two of its instructions, by no branch of its own
+    /// (a Linux program's signal delivered at a kick: the vCPU now stands at the
+    /// handler, its registers set): what was planned for where it stood does not apply.
+    fn on_moved(&mut self, _ctx: &mut VcpuCtx<'_>) {}
     /// The vCPU stopped (end of run, fault, timeout); last chance to emit data.
     fn on_stop(&mut self, _ctx: &mut VcpuCtx<'_>) {}
 }
@@ -291,6 +295,35 @@ impl VcpuCtx<'_> {
             op: "KVM_GET_SREGS",
             source,
         })
+    }
+
+    /// The vector of an exception KVM holds for the guest, queued or being injected, as
+    /// KVM_GET_VCPU_EVENTS reports it. It does not report software exceptions (#BP, #OF):
+    /// on hardware that re-executes `int3` they are simply raised again, but a host that
+    /// traps `int3` with RIP already past it (PVM) keeps the #BP queued, unreported, with
+    /// RIP one byte past the `int3` until the next entry delivers it.
+    pub fn queued_exception(&self) -> Option<u8> {
+        let ev = self.vcpu.get_vcpu_events().ok()?;
+        (ev.exception.injected != 0 || ev.exception.pending != 0).then_some(ev.exception.nr)
+    }
+
+    /// Drops the exception KVM holds for the guest, reported or not (the events are read
+    /// and written back without it; a #BP that KVM_GET_VCPU_EVENTS leaves out reads as
+    /// none and so is written back as none). For a stop the VMM completes itself.
+    pub fn drop_queued_exception(&self) -> Result<(), VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let mut ev = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        ev.exception.injected = 0;
+        ev.exception.pending = 0;
+        ev.exception.has_error_code = 0;
+        ev.exception_has_payload = 0;
+        ev.exception_payload = 0;
+        self.vcpu
+            .set_vcpu_events(&ev)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))
     }
 
     pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VmError> {

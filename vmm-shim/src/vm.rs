@@ -895,6 +895,22 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often the VM looks whether every running vCPU is halted for good.
 const PARKED_POLL: Duration = Duration::from_millis(200);
+/// How soon a vCPU is kicked again when a signal could not be delivered where a kick
+/// found it.
+const SIGNAL_RETRY: Duration = Duration::from_micros(200);
+
+/// The [`VcpuCtx`] a hook callback gets, from a runner's fields (a macro, not a method:
+/// the hook itself is borrowed beside them).
+macro_rules! vcpu_ctx {
+    ($runner:ident, $req:expr) => {
+        VcpuCtx {
+            index: $runner.index,
+            vcpu: &$runner.vcpu,
+            mem: &$runner.mem,
+            requests: $req,
+        }
+    };
+}
 
 struct VcpuRunner {
     index: u32,
@@ -940,12 +956,7 @@ impl VcpuRunner {
             shim_code: self.linux.as_ref().map(|_| linux_shim_code()),
             ..Requests::default()
         };
-        let mut ctx = VcpuCtx {
-            index: self.index,
-            vcpu: &self.vcpu,
-            mem: &self.mem,
-            requests: &mut requests,
-        };
+        let mut ctx = vcpu_ctx!(self, &mut requests);
         self.hook.on_start(&mut ctx);
         // Without it a guest that halts for good (`cli; hlt`) would hang the run: with an
         // in-kernel LAPIC a halt never exits to user space. Best effort: no watchdog, no
@@ -959,22 +970,12 @@ impl VcpuRunner {
             if matches!(end, VcpuEnd::ThreadExit) && self.linux.is_some() {
                 // The emulated LBR's breakpoints leave the thread's address space (it
                 // may be gone soon, and the next thread's is another).
-                let mut ctx = VcpuCtx {
-                    index: self.index,
-                    vcpu: &self.vcpu,
-                    mem: &self.mem,
-                    requests: &mut requests,
-                };
+                let mut ctx = vcpu_ctx!(self, &mut requests);
                 self.hook.on_block(&mut ctx);
                 self.linux = None;
                 if self.next_thread() {
                     requests.shim_code = self.linux.as_ref().map(|_| linux_shim_code());
-                    let mut ctx = VcpuCtx {
-                        index: self.index,
-                        vcpu: &self.vcpu,
-                        mem: &self.mem,
-                        requests: &mut requests,
-                    };
+                    let mut ctx = vcpu_ctx!(self, &mut requests);
                     self.hook.on_new_program(&mut ctx);
                     continue;
                 }
@@ -985,12 +986,7 @@ impl VcpuRunner {
         if self.is_parked {
             self.parked.fetch_sub(1, Ordering::AcqRel);
         }
-        let mut ctx = VcpuCtx {
-            index: self.index,
-            vcpu: &self.vcpu,
-            mem: &self.mem,
-            requests: &mut requests,
-        };
+        let mut ctx = vcpu_ctx!(self, &mut requests);
         self.hook.on_stop(&mut ctx);
         end
     }
@@ -1306,12 +1302,7 @@ impl VcpuRunner {
             };
             *self.stats.exits.entry(kind.name()).or_insert(0) += 1;
             let hook_started = Instant::now();
-            let mut ctx = VcpuCtx {
-                index: self.index,
-                vcpu: &self.vcpu,
-                mem: &self.mem,
-                requests: req,
-            };
+            let mut ctx = vcpu_ctx!(self, req);
             // The hook's part: MSR emulation, branch tracing at debug exits, the rest of
             // the loop otherwise (the LBR emulation marks its tracing and snapshots).
             phase::enter(match kind {
@@ -1351,8 +1342,19 @@ impl VcpuRunner {
             if let (ExitKind::Interrupted, Some(linux)) = (kind, &mut self.linux) {
                 phase::enter(ShimPhase::LinuxTrap);
                 let action = linux.interrupt(&mut self.vcpu);
+                let moved = linux.task.take_moved();
+                let waiting = linux.task.signal_waiting();
                 if let Some(end) = self.trap_end(action) {
                     return end;
+                }
+                if moved {
+                    let mut ctx = vcpu_ctx!(self, req);
+                    self.hook.on_moved(&mut ctx);
+                } else if waiting {
+                    // Not deliverable where the kick found the vCPU (an event queued, a
+                    // ring-0 instruction other than a stub's return): try again soon,
+                    // not at the next system call, which a busy program may never make.
+                    req.exit_timer = Some(Some(SIGNAL_RETRY));
                 }
             }
             if let (ExitKind::IoOut { port, .. }, Some(linux)) = (kind, &mut self.linux)
@@ -1366,42 +1368,47 @@ impl VcpuRunner {
                 if let Ok(TrapAction::ProcessOp { .. }) = action {
                     // The emulated LBR's breakpoints leave the address space first: a
                     // fork would copy them, an exec replaces the space under them.
-                    let mut ctx = VcpuCtx {
-                        index: self.index,
-                        vcpu: &self.vcpu,
-                        mem: &self.mem,
-                        requests: req,
-                    };
+                    let mut ctx = vcpu_ctx!(self, req);
                     self.hook.on_block(&mut ctx);
                     if let Ok(TrapAction::ProcessOp { pending, op }) = action {
                         action = linux.process_op(&mut self.vcpu, pending, op);
                     }
                     if matches!(action, Ok(TrapAction::Resume)) && linux.execed() {
-                        let mut ctx = VcpuCtx {
-                            index: self.index,
-                            vcpu: &self.vcpu,
-                            mem: &self.mem,
-                            requests: req,
-                        };
+                        let mut ctx = vcpu_ctx!(self, req);
                         self.hook.on_new_program(&mut ctx);
                     }
                 }
                 let action = match action {
                     Ok(TrapAction::Block { pending, block }) => {
-                        let mut ctx = VcpuCtx {
-                            index: self.index,
-                            vcpu: &self.vcpu,
-                            mem: &self.mem,
-                            requests: req,
-                        };
+                        let mut ctx = vcpu_ctx!(self, req);
                         self.hook.on_block(&mut ctx);
                         let _blocked = phase::scoped(ShimPhase::Blocked);
                         linux.block(&mut self.vcpu, pending, block, &self.stop)
                     }
                     action => action,
                 };
+                let moved = linux.task.take_moved();
                 if let Some(end) = self.trap_end(action) {
                     return end;
+                }
+                if moved {
+                    // A signal's handler, or the frame rt_sigreturn read: the hook plans
+                    // from there, with the registers the call left in the run page
+                    // moved to KVM first (where the hook reads and may set them).
+                    let run = self.vcpu.get_kvm_run();
+                    if run.kvm_dirty_regs & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+                        let regs = self.vcpu.sync_regs().regs;
+                        self.vcpu
+                            .clear_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+                        if let Err(source) = self.vcpu.set_regs(&regs) {
+                            return VcpuEnd::Error(VmError::Kvm {
+                                op: "KVM_SET_REGS",
+                                source,
+                            });
+                        }
+                    }
+                    let mut ctx = vcpu_ctx!(self, req);
+                    self.hook.on_moved(&mut ctx);
                 }
                 continue;
             }

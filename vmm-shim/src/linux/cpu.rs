@@ -329,11 +329,17 @@ pub fn syscall_msrs() -> [(u32, u64); 3] {
     ]
 }
 
+/// The program's CS and SS, as an IRETQ to ring 3 loads them (the other segments, FS
+/// and GS bases among them, stay as they are).
+pub fn user_cs_ss(sregs: &mut kvm_sregs) {
+    sregs.cs = segment(USER_CS, SEG_TYPE_CODE_XR_ACCESSED, 3, true);
+    sregs.ss = segment(USER_DS, SEG_TYPE_DATA_RW_ACCESSED, 3, false);
+}
+
 /// Ring 3, long mode, the program's page tables, SYSCALL enabled, the TSS at `tss`.
 pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64, tss: u64) {
-    sregs.cs = segment(USER_CS, SEG_TYPE_CODE_XR_ACCESSED, 3, true);
-    let data = segment(USER_DS, SEG_TYPE_DATA_RW_ACCESSED, 3, false);
-    sregs.ss = data;
+    user_cs_ss(sregs);
+    let data = sregs.ss;
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;

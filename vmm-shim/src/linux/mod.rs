@@ -1266,6 +1266,7 @@ impl Process {
             };
             cpu::set_fpu_image(vcpu, &fpu).map_err(kvm("KVM_SET_XSAVE"))?;
             self.resume_ret(task, vcpu, regs, mode, old_fs, true)?;
+            task.moved = true;
             return Ok(Serviced::Resume);
         }
         let served = match self.syscall(task, nr, args) {
@@ -1371,6 +1372,7 @@ impl Process {
             // the ring-0 one by the stub's SYSRETQ.
             regs.rcx = r.rip;
             regs.r11 = r.rflags;
+            task.moved = true;
         }
         Ok(None)
     }
@@ -1467,11 +1469,21 @@ impl Process {
         vcpu.set_kvm_immediate_exit(1);
         let _ = vcpu.run();
         vcpu.set_kvm_immediate_exit(0);
-        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        if sregs.cs.dpl != 3 {
+        // An event KVM has yet to deliver belongs at this RIP: setting the registers
+        // would drop it or deliver it in the handler. The caller tries again shortly.
+        let ev = vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        if ev.exception.injected != 0
+            || ev.exception.pending != 0
+            || ev.interrupt.injected != 0
+            || ev.nmi.injected != 0
+        {
             return Ok(TrapAction::Resume);
         }
-        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let mut regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        if sregs.cs.dpl != 3 && !self.leave_stub(task, &mut regs, &mut sregs, ev.nmi.masked != 0) {
+            return Ok(TrapAction::Resume);
+        }
         if let Some((info, act)) = self.next_acting_signal(task) {
             let sig = info.signo as u64;
             if act.handler == 0 {
@@ -1490,9 +1502,68 @@ impl Process {
                 });
             }
             cpu::set_fpu_image(vcpu, &signal::initial_image()).map_err(kvm("KVM_SET_XSAVE"))?;
+            if sregs.cs.dpl == 3 {
+                // (Left a stub: ring 3 from here on.)
+                vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+            }
             vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
+            task.moved = true;
         }
         Ok(TrapAction::Resume)
+    }
+
+    /// A kick that found the vCPU in ring 0 on a trap stub's last instruction, the IRETQ
+    /// back to the program (the kick came while the shim served the trap: the emulated
+    /// LBR's breakpoint and single-step stops, where its interpreter may run for a while):
+    /// `regs` and `sregs` become what the IRETQ would load, the program's context in
+    /// ring 3, where its signal can be delivered. (Deferring the signal to the next
+    /// system call would wait forever in a program that makes none.) False, changing
+    /// nothing, anywhere else in ring 0, or with NMIs blocked (an IRETQ done here would
+    /// not unblock them).
+    fn leave_stub(
+        &self,
+        task: &Task,
+        regs: &mut kvm_regs,
+        sregs: &mut kvm_bindings::kvm_sregs,
+        nmi_blocked: bool,
+    ) -> bool {
+        const IRETQ: [u8; 2] = [0x48, 0xcf];
+        if nmi_blocked || sregs.cs.dpl != 0 {
+            return false;
+        }
+        let mut insn = [0u8; 2];
+        if self
+            .mm
+            .memory()
+            .read_virt(sregs.cr3, crate::memory::GuestVirtAddr(regs.rip), &mut insn)
+            .is_err()
+            || insn != IRETQ
+        {
+            return false;
+        }
+        let Some(frame_pa) = task.trap.stack_phys_of(regs.rsp, 40) else {
+            return false;
+        };
+        let mut words = [0u64; 5];
+        for (i, w) in words.iter_mut().enumerate() {
+            match self
+                .mm
+                .memory()
+                .read_u64(GuestPhysAddr(frame_pa.0 + 8 * i as u64))
+            {
+                Ok(v) => *w = v,
+                Err(_) => return false,
+            }
+        }
+        let [rip, cs, rflags, rsp, _ss] = words;
+        if cs & 3 != 3 {
+            return false;
+        }
+        regs.rip = rip;
+        regs.rflags = rflags;
+        regs.rsp = rsp;
+        cpu::user_cs_ss(sregs);
+        true
     }
 
     /// A fault from ring 3: if the program handles `sig` (and does not block it), its

@@ -4,7 +4,12 @@
 //!
 //! Signals are delivered when the thread returns from a system call (kill, tgkill,
 //! tkill and raise to itself, and signals unblocked by rt_sigprocmask) and at a fault
-//! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP), never in the middle of a blocked call.
+//! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP), never in the middle of a blocked call;
+//! a signal that comes while the thread runs its code (a timer's, another process's)
+//! kicks its vCPU out of the guest and is delivered at the instruction it stands at
+//! (`Process::deliver_async`), or, where that is no instruction boundary of the program's
+//! (an exception on its way in, ring-0 code other than a trap stub's IRETQ), at a kick
+//! a moment later.
 //!
 //! Pending signals are queues ([`SigPending`]: the process's, each thread's), and every
 //! instance carries its siginfo from the moment it is sent: the sender says who sent

@@ -48,6 +48,10 @@ pub struct Task {
     /// with the guest's flags (R11 at `syscall`, an exception or NMI frame) is KVM's, and
     /// must not come back, or the program gets a #DB (SIGTRAP) of nobody's asking.
     pub(crate) shim_stepped: bool,
+    /// A signal's delivery (to its handler) or `rt_sigreturn` (back from it) moved the
+    /// thread by no branch of its own since the VMM last looked ([`Task::take_moved`]):
+    /// what the vCPU's hook planned for where it stood does not apply.
+    pub(crate) moved: bool,
     /// The mask to restore once a call that waits with a temporary one (rt_sigsuspend,
     /// ppoll, pselect6, epoll_pwait) returns: the signal frame of a handler run as it
     /// returns saves this one, as Linux's `set_restore_sigmask`.
@@ -75,6 +79,18 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether a signal's delivery or `rt_sigreturn` moved the thread since the last
+    /// call.
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Whether a signal waits that the thread does not block (delivered at the next
+    /// chance: a system call's return, or a kick out of the guest).
+    pub fn signal_waiting(&self) -> bool {
+        self.pending.set() & !self.sigmask != 0
+    }
+
     pub(crate) fn new(tid: u64, cr3: u64, trap: TrapArea) -> Task {
         Task {
             tid,
@@ -87,6 +103,7 @@ impl Task {
             altstack: (0, 0),
             saved_sigmask: None,
             shim_stepped: false,
+            moved: false,
             comm: [0; 16],
             syscall_mode: None,
             sync_regs: false,

@@ -512,6 +512,19 @@ impl EmulatedVcpu {
         self.after(g, r, now_ns)
     }
 
+    /// The VMM moved the guest by no branch of its own (see [`Tracer::moved`]): the new
+    /// plan, or `None` when nothing was planned (running free).
+    pub fn on_moved(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        now_ns: u64,
+    ) -> Result<Option<Resume>, TraceError> {
+        match self.tracer.moved(g, &mut self.pmu)? {
+            Some(r) => self.after(g, r, now_ns).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// A single-step or breakpoint exit.
     pub fn on_debug(&mut self, g: &mut dyn GuestAccess, now_ns: u64) -> Result<Resume, TraceError> {
         let mut r = self.tracer.on_debug_exit(g, &mut self.pmu)?;

@@ -149,7 +149,12 @@ impl GuestAccess for Fake {
 
 /// Drives tracer and fake to the end of the path.
 pub fn drive(t: &mut Tracer, g: &mut Fake, pmu: &mut VirtualPmu) {
-    let mut r = t.start(g, pmu).unwrap();
+    let r = t.start(g, pmu).unwrap();
+    drive_from(t, g, pmu, r);
+}
+
+/// Drives tracer and fake to the end of the path from the plan `r`.
+pub fn drive_from(t: &mut Tracer, g: &mut Fake, pmu: &mut VirtualPmu, mut r: Resume) {
     for _ in 0..1_000_000 {
         match g.run(&r) {
             Ran::End => return,

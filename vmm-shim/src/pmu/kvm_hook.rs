@@ -331,6 +331,7 @@ impl VcpuHook for HardwarePmuHook {
                     snapshots: agent_snapshots,
                     stepping_stops: 0,
                     shared_int3_stops: 0,
+                    stops_in_flight: 0,
                     throttle: ThrottleStats::default(),
                     agent_snapshots,
                     agent_lost,
@@ -351,6 +352,9 @@ pub struct LbrRunStats {
     /// Stops that placed `int3`s while other vCPUs could run the code (0 unless KVM's
     /// single-step could not be turned off for one).
     pub shared_int3_stops: u64,
+    /// Trap stops a kick caught before their exception reached the guest, completed by
+    /// the shim (see `EmulatedPmuHook::stop_in_flight`).
+    pub stops_in_flight: u64,
     /// The overhead budget of shim-driven sampling (sampled mode).
     pub throttle: ThrottleStats,
     /// Snapshots taken from the guest agent's ring (included in `snapshots`).
@@ -389,6 +393,8 @@ pub struct EmulatedPmuHook {
     steps_to_bp: u32,
     /// See [`LbrRunStats::shared_int3_stops`].
     shared_int3_stops: u64,
+    /// See [`LbrRunStats::stops_in_flight`].
+    stops_in_flight: u64,
     stepping_stops: u64,
     /// This vCPU's guest agent ring (guest-driven snapshots).
     agent: AgentDrain,
@@ -732,6 +738,7 @@ impl EmulatedPmuHook {
             pending_bps: Vec::new(),
             steps_to_bp: 0,
             shared_int3_stops: 0,
+            stops_in_flight: 0,
             stepping_stops: 0,
             agent: AgentDrain::new(),
             drain_on_ack: true,
@@ -1020,6 +1027,102 @@ impl EmulatedPmuHook {
             frame,
         })
     }
+
+    /// At an interrupted KVM_RUN: a stop of the IDT traps that the kick caught between
+    /// the instruction that raised it and its delivery to the patched handler. On a host
+    /// that traps ring-3 `int3`s and single-steps itself and queues the exception for the
+    /// next entry (PVM), a kick landing in between returns to user space with the vCPU
+    /// still in ring 3: after a single-step, the #DB is queued (and reported); after an
+    /// `int3`, RIP is one byte past it and the #BP is queued but not reported. Neither is
+    /// a place to plan from: the tracer would decode from the middle of the
+    /// breakpointed instruction (and patch an `int3` into the middle of another), and
+    /// anything that sets the registers (the interpreter, a signal frame) drops the
+    /// queued exception, so the guest would resume inside the instruction.
+    fn stop_in_flight(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        (regs, sregs): &(kvm_regs, kvm_sregs),
+    ) -> Option<InFlight> {
+        if !self.traps.installed() || sregs.cs.dpl != 3 {
+            return None;
+        }
+        // (Nothing else puts a ring-3 vCPU right after one of these: each stands on the
+        // first byte of an instruction the guest reaches only through it.)
+        let at = regs.rip.wrapping_sub(1);
+        if self.traps.patches.contains_key(&at) {
+            return Some(InFlight::Breakpoint { ours: true });
+        }
+        let placed = {
+            let int3 = INT3_ORIGINALS.lock().unwrap_or_else(|e| e.into_inner());
+            int3_key(ctx, sregs.cr3, at).is_ok_and(|k| int3.contains_key(&k))
+        };
+        if placed && read_byte(ctx, sregs.cr3, at).is_ok_and(|b| b == INT3) {
+            return Some(InFlight::Breakpoint { ours: false });
+        }
+        if self.traps.stepping && ctx.queued_exception() == Some(VECTOR_DB) {
+            return Some(InFlight::Step);
+        }
+        None
+    }
+
+    /// Completes a stop [`Self::stop_in_flight`] found in user space, as its trap would
+    /// have: the queued exception is dropped, RIP goes back onto a breakpoint's
+    /// instruction, and the stop is taken as the trap's (the tracer accounts it; another
+    /// vCPU's breakpoint or a step towards a breakpoint is only run on). The guest is at an
+    /// instruction boundary with nothing queued afterwards, and its registers and the
+    /// tracer agree, so what follows (the interpreter, a signal frame) starts from there.
+    fn finish_in_flight(
+        &mut self,
+        ctx: &mut VcpuCtx<'_>,
+        (mut regs, sregs): (kvm_regs, kvm_sregs),
+        stop: InFlight,
+        now: u64,
+    ) {
+        self.stops_in_flight += 1;
+        if let Err(e) = ctx.drop_queued_exception() {
+            return self.fail(ctx, e.to_string());
+        }
+        if let InFlight::Breakpoint { .. } = stop {
+            regs.rip = regs.rip.wrapping_sub(1);
+            if ctx.set_regs(&regs).is_err() {
+                return self.fail(ctx, "cannot move RIP back onto a breakpoint".into());
+            }
+        }
+        match stop {
+            InFlight::Breakpoint { ours: false } => return,
+            InFlight::Step
+                if !self.pending_bps.is_empty() && !self.pending_bps.contains(&regs.rip) =>
+            {
+                // As at a trap: on towards the breakpoint address, stepping while in reach.
+                self.stepping_stops += 1;
+                self.steps_to_bp += 1;
+                if self.steps_to_bp >= MAX_STEPS_TO_BREAKPOINT {
+                    self.pending_bps.clear();
+                    self.traps.stepping = false;
+                    regs.rflags &= !RFLAGS_TF;
+                    if ctx.set_regs(&regs).is_err() {
+                        self.fail(ctx, "cannot clear RFLAGS.TF".into());
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        let state = Some((regs, sregs));
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_debug(&mut g, now);
+        let state = g.state;
+        self.apply(ctx, r, None, state);
+    }
+}
+
+/// A stop of the IDT traps caught in flight (see [`EmulatedPmuHook::stop_in_flight`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InFlight {
+    /// An `int3` of this vCPU's (`ours`) or of another's: RIP is one byte past it.
+    Breakpoint { ours: bool },
+    /// A single-step of this vCPU's: RIP is after the stepped instruction.
+    Step,
 }
 
 impl VcpuHook for EmulatedPmuHook {
@@ -1163,6 +1266,12 @@ impl VcpuHook for EmulatedPmuHook {
                 self.fail(ctx, e);
             }
         }
+        if matches!(exit, ExitKind::Interrupted)
+            && let Some(st) = state
+            && let Some(stop) = self.stop_in_flight(ctx, &st)
+        {
+            return self.finish_in_flight(ctx, st, stop, now);
+        }
         // Only an interrupted KVM_RUN leaves nothing for KVM to complete on re-entry (an
         // I/O or MSR exit's instruction is finished by the next KVM_RUN).
         let clean = matches!(exit, ExitKind::Interrupted);
@@ -1212,6 +1321,19 @@ impl VcpuHook for EmulatedPmuHook {
         self.apply(ctx, r, None, state);
     }
 
+    fn on_moved(&mut self, ctx: &mut VcpuCtx<'_>) {
+        if self.failed {
+            return;
+        }
+        let state = cpu_state(ctx);
+        let mut g = CtxGuest::new(ctx, &self.traps, None, state).interpretable(true);
+        let r = self.core.on_moved(&mut g, monotonic_ns());
+        let state = g.state;
+        if let Some(r) = r.transpose() {
+            self.apply(ctx, r, None, state);
+        }
+    }
+
     fn on_debug(&mut self, ctx: &mut VcpuCtx<'_>, _debug: &DebugExit) {
         if self.failed {
             return;
@@ -1242,6 +1364,7 @@ impl VcpuHook for EmulatedPmuHook {
                     snapshots: self.core.snapshots(),
                     stepping_stops: self.stepping_stops,
                     shared_int3_stops: self.shared_int3_stops,
+                    stops_in_flight: self.stops_in_flight,
                     throttle: self.core.throttle_stats(),
                     agent_snapshots: self.agent.counts().0,
                     agent_lost: self.agent.counts().1,

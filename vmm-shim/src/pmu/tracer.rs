@@ -45,6 +45,12 @@
 //!   counter overflows right after the window: the PMI finds the last N branches before it.
 //!   BR_INST_RETIRED only advances in exact mode.
 //!
+//! ## Moves the guest does not make
+//! The VMM may move the guest between two of its instructions (a Linux program's signal
+//! delivered to its handler, `rt_sigreturn` back): [`Tracer::moved`] drops the planned
+//! stop and traces on from the new place, so a handler's instructions count like any
+//! others and no stale breakpoint is left to find the program by chance later.
+//!
 //! ## Limitations (documented simplifications)
 //! * Asynchronous interrupts other than the shim's own NMI are seen only if they arrive
 //!   during a single-step (the step lands somewhere unexpected: recorded as an interrupt);
@@ -623,6 +629,30 @@ impl Tracer {
             }
         };
         Ok(self.remember(r))
+    }
+
+    /// The VMM moved the guest between two of its instructions, by no branch of its own
+    /// (a signal delivered at a kick: the vCPU now stands at the handler): the stop
+    /// planned for where it stood is dropped, and tracing goes on from where it stands,
+    /// as from any stop whose instructions are accounted (the instructions up to the
+    /// move were, at the exit that preceded it). No branch is recorded for the move: the
+    /// guest took none (the kernel it stands for would have). `None` when nothing was
+    /// planned: running free, or waiting for an injected NMI's handler to return.
+    pub fn moved(
+        &mut self,
+        g: &mut dyn GuestAccess,
+        pmu: &mut VirtualPmu,
+    ) -> Result<Option<Resume>, TraceError> {
+        match self.state {
+            State::AwaitingNmi { .. } | State::AwaitingReturn { .. } => return Ok(None),
+            State::Free if !self.counting() && self.window_left == 0 => return Ok(None),
+            _ => {}
+        }
+        self.repeat_from = None;
+        self.state = State::Free;
+        let cpu = g.cpu()?;
+        let r = self.after_stop(g, pmu, &cpu)?;
+        Ok(Some(self.remember(r)))
     }
 
     /// A debug exit (breakpoint or single-step) of the traced vCPU.

@@ -661,3 +661,31 @@ fn rep_passes_are_counted_as_valgrind_runs_them() {
         16
     );
 }
+
+#[test]
+fn a_move_by_the_vmm_drops_the_planned_stop_and_traces_on_from_the_new_place() {
+    let mut g = program_a(3, 2);
+    let mut pmu = counting_pmu(4, 8);
+    let mut t = Tracer::new(TraceMode::Exact);
+    let r = t.start(&mut g, &mut pmu).unwrap();
+    assert_eq!(r.breakpoints, vec![0x100b]);
+    // A kick stops the guest at 0x1007 (2 instructions retired) ...
+    g.pos = 2;
+    t.sync(&mut g, &mut pmu).unwrap();
+    // ... and the VMM moves it to 0x1020 (a signal's handler) before it runs on: the
+    // breakpoint at 0x100b would never come (or come by chance, much later).
+    g.path.truncate(2);
+    g.path
+        .extend([0x1020, 0x1021, 0x1012, 0x1013, 0x1013].map(|a| (a, 3)));
+    let r = t.moved(&mut g, &mut pmu).unwrap().expect("a plan");
+    assert_eq!(r.breakpoints, vec![0x1021], "the new place's branch");
+    drive_from(&mut t, &mut g, &mut pmu, r);
+    // Everything but the final jmp retired, the instruction before the move included.
+    assert_eq!(pmu.rdmsr(IA32_PMC0).unwrap(), g.path.len() as u64 - 1);
+    assert_eq!(t.stats().unexpected, 0);
+    // Running free (sampled mode, no window), nothing was planned and nothing is.
+    let mut g = program_a(3, 2);
+    let mut t = Tracer::new(TraceMode::Sampled { window_branches: 4 });
+    t.start(&mut g, &mut pmu).unwrap();
+    assert_eq!(t.moved(&mut g, &mut pmu).unwrap(), None);
+}
