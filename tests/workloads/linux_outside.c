@@ -149,9 +149,11 @@ int main(int argc, char **argv) {
         show_proc("child");
         _exit(7);
     }
+    /* The child's lines first, then ours: the two processes never print at once. */
     int status = 0;
+    pid_t waited = wait4(child, &status, 0, NULL);
     show("fork", child);
-    show("wait4", wait4(child, &status, 0, NULL));
+    show("wait4", waited);
     show("child_status", WEXITSTATUS(status));
 
     if (pipe(tid_pipe) != 0) return 2;
