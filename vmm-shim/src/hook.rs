@@ -11,6 +11,7 @@
 //!    [`VcpuHook::wrmsr`]. Returning `Err(GpFault)` injects #GP into the guest.
 //! 2. [`VcpuHook::adjust_cpuid`]: edit the CPUID table (from `KVM_GET_SUPPORTED_CPUID`,
 //!    already given this vCPU's APIC id) before `KVM_SET_CPUID2`; leaves may be added.
+//!    Guest kernels only: a Linux program's vCPUs keep the host's CPUID as KVM offers it.
 //! 3. [`VcpuHook::on_start`]: once, before the first `KVM_RUN`.
 //! 4. [`VcpuHook::on_exit`]: after every exit (the shim has handled device I/O already).
 //! 5. [`VcpuHook::on_debug`]: at `KVM_EXIT_DEBUG` (single-step or hardware breakpoint).
@@ -157,7 +158,8 @@ pub trait VcpuHook: Send {
     fn io_ports(&self) -> Vec<u16> {
         Vec::new()
     }
-    /// Edit this vCPU's CPUID table before it is set.
+    /// Edit this vCPU's CPUID table before it is set (not called for a Linux program's
+    /// vCPUs).
     fn adjust_cpuid(&mut self, _vcpu: u32, _entries: &mut Vec<kvm_cpuid_entry2>) {}
     /// Before the first entry into the guest.
     fn on_start(&mut self, _ctx: &mut VcpuCtx<'_>) {}

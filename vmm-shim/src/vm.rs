@@ -400,7 +400,8 @@ impl Vm {
         }
         let mut vcpus = Vec::new();
         for (index, hook) in (0..config.vcpus).zip(vcpu_hooks.iter_mut()) {
-            let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
+            let program = process.is_some();
+            let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut(), program)?;
             match (&parsed, &process) {
                 (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
                 (None, Some((_, task, regs))) => setup_linux_registers(&vcpu, task, None, regs)?,
@@ -544,7 +545,7 @@ impl Vm {
                     let index = stats.len() as u32;
                     let started = (|| {
                         let mut hook = hooks(index);
-                        let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut())?;
+                        let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut(), true)?;
                         let NewThread { task, regs, fpu } = *child;
                         setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
                         start(index, vcpu, hook, Some((shared, task))).map_err(VmError::Thread)
@@ -807,19 +808,28 @@ fn hide_hardware_random(entries: &mut [kvm_bindings::kvm_cpuid_entry2]) {
     }
 }
 
-/// Create vCPU `index` with the host's CPUID as `hook` adjusts it.
+/// Create vCPU `index` with the host's CPUID as `hook` adjusts it: for a guest kernel.
+/// A Linux `program` gets the host's CPUID as KVM offers it, unadjusted. The hooks'
+/// edits describe a PMU (the emulated one is an Intel model, vendor and family
+/// included) to a kernel that drives it through MSRs; a ring-3 program cannot, and a
+/// disguised vendor would only steer its libraries away from what they choose natively
+/// (glibc sizes its memcpy/memset strategies from the vendor's cache leaves: on an AMD
+/// host posing as Intel it read no cache sizes and took non-temporal stores from 16 KiB).
 fn create_vcpu(
     vm: &VmFd,
     supported: &CpuId,
     index: u32,
     hook: &mut dyn VcpuHook,
+    program: bool,
 ) -> Result<VcpuFd, VmError> {
     let vcpu = vm
         .create_vcpu(u64::from(index))
         .map_err(kvm_err("KVM_CREATE_VCPU"))?;
     let mut entries = supported.as_slice().to_vec();
     set_apic_id(&mut entries, index);
-    hook.adjust_cpuid(index, &mut entries);
+    if !program {
+        hook.adjust_cpuid(index, &mut entries);
+    }
     let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::Kvm {
         op: "KVM_SET_CPUID2",
         source: kvm_ioctls::Error::new(libc::E2BIG),
