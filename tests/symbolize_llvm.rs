@@ -138,22 +138,22 @@ fn frames(program: &str, args: &[&str], addrs: &[u64]) -> BTreeMap<u64, Vec<(Str
     map
 }
 
-fn ours(exe: &Path, addrs: &[u64]) -> BTreeMap<u64, Vec<(String, String)>> {
+/// Ours and llvm-symbolizer's frames, with the inlined chain or (`inlines` false,
+/// `--no-inlines` to both) without it.
+fn ours(exe: &Path, addrs: &[u64], inlines: bool) -> BTreeMap<u64, Vec<(String, String)>> {
     let exe_s = exe.to_str().unwrap();
-    frames(
-        env!("CARGO_BIN_EXE_lbrprof"),
-        &["symbolize", "-a", "-e", exe_s],
-        addrs,
-    )
+    let mut args = vec!["symbolize", "-a", "-e", exe_s];
+    if !inlines {
+        args.push("--no-inlines");
+    }
+    frames(env!("CARGO_BIN_EXE_lbrprof"), &args, addrs)
 }
 
-fn llvm(exe: &Path, addrs: &[u64]) -> BTreeMap<u64, Vec<(String, String)>> {
+fn llvm(exe: &Path, addrs: &[u64], inlines: bool) -> BTreeMap<u64, Vec<(String, String)>> {
     let exe_s = exe.to_str().unwrap();
-    frames(
-        LLVM_SYMBOLIZER,
-        &["--output-style=GNU", "-a", "-f", "-i", "-C", "-e", exe_s],
-        addrs,
-    )
+    let mut args = vec!["--output-style=GNU", "-a", "-f", "-C", "-e", exe_s];
+    args.push(if inlines { "-i" } else { "--no-inlines" });
+    frames(LLVM_SYMBOLIZER, &args, addrs)
 }
 
 /// The qualified name of a function without its template arguments and parameters.
@@ -194,9 +194,13 @@ struct Agreement {
 }
 
 fn compare(layout: &str, exe: &Path, stripped: bool) -> Agreement {
+    compare_frames(layout, exe, stripped, true)
+}
+
+fn compare_frames(layout: &str, exe: &Path, stripped: bool, inlines: bool) -> Agreement {
     let addrs = text_addresses(exe);
-    let theirs = llvm(exe, &addrs);
-    let ours = ours(exe, &addrs);
+    let theirs = llvm(exe, &addrs, inlines);
+    let ours = ours(exe, &addrs, inlines);
     assert_eq!(
         theirs.len(),
         addrs.len(),
@@ -359,6 +363,87 @@ fn cxx_layouts_agree_with_llvm_symbolizer() {
     }
 }
 
+/// Debian builds its packages with `-ffile-prefix-map=BUILDDIR=.`, so a unit's
+/// `DW_AT_comp_dir` is relative (`./libio` in libc6-dbg) and, in DWARF 5, also the line
+/// table's directory 0: LLVM prints such a file once (`./sub/shapes.cc`; binutils joins
+/// the two, `./sub/./sub/shapes.cc`, as the gnu style does). And without inlined frames
+/// both name the innermost function, an inlined one included, at its line.
+#[test]
+fn relative_compilation_directories_and_no_inlines_agree_with_llvm_symbolizer() {
+    if !have(LLVM_SYMBOLIZER) || !have("g++") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let sub = root.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::copy(source("shapes.cc"), sub.join("shapes.cc")).unwrap();
+    let map = format!("-ffile-prefix-map={}=.", root.display());
+    sh(
+        &sub,
+        "g++",
+        &["-O2", "-g", "-gdwarf-5", &map, "-o", "p", "shapes.cc"],
+    );
+    let exe = sub.join("p");
+    let dump = Command::new("llvm-dwarfdump-16")
+        .args(["--debug-info", exe.to_str().unwrap()])
+        .output();
+    if let Ok(dump) = dump {
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        assert!(
+            dump.contains("DW_AT_comp_dir\t(\"./sub\")"),
+            "relative comp_dir"
+        );
+    }
+    let a = compare("g++ -gdwarf-5, relative comp_dir", &exe, false);
+    assert_agrees("g++ -gdwarf-5, relative comp_dir", &a);
+    let addrs = text_addresses(&exe);
+    let files = |frames: BTreeMap<u64, Vec<(String, String)>>| -> Vec<String> {
+        frames
+            .into_values()
+            .flatten()
+            .map(|(_, file)| file)
+            .collect()
+    };
+    let llvm_style = files(ours(&exe, &addrs, true));
+    assert!(llvm_style.iter().any(|f| f.starts_with("./sub/shapes.cc:")));
+    assert!(!llvm_style.iter().any(|f| f.contains("/./")));
+    let gnu = files(frames(
+        env!("CARGO_BIN_EXE_lbrprof"),
+        &[
+            "symbolize",
+            "--style",
+            "gnu",
+            "-a",
+            "-e",
+            exe.to_str().unwrap(),
+        ],
+        &addrs,
+    ));
+    assert!(gnu.iter().any(|f| f.starts_with("./sub/./sub/shapes.cc:")));
+
+    for (layout, exe) in [
+        (
+            "g++ -gdwarf-5, relative comp_dir, --no-inlines",
+            exe.clone(),
+        ),
+        ("clang++ -O2 -g, --no-inlines", {
+            let at = root.join("clang");
+            std::fs::create_dir_all(&at).unwrap();
+            let src = source("shapes.cc");
+            sh(
+                &at,
+                "clang++-16",
+                &["-O2", "-g", "-o", "p", src.to_str().unwrap()],
+            );
+            at.join("p")
+        }),
+    ] {
+        let a = compare_frames(layout, &exe, false, false);
+        assert_agrees(layout, &a);
+    }
+}
+
 #[test]
 fn rust_line_tables_only_agrees_with_llvm_symbolizer() {
     if !have(LLVM_SYMBOLIZER) || !have("rustc") {
@@ -433,8 +518,8 @@ fn dwz_supplementary_files_give_the_same_frames() {
         "dwz made a .gnu_debugaltlink"
     );
     let addrs = text_addresses(&d.join("before"));
-    let before = ours(&d.join("before"), &addrs);
-    let after = ours(&d.join("a"), &addrs);
+    let before = ours(&d.join("before"), &addrs, true);
+    let after = ours(&d.join("a"), &addrs, true);
     let differing: Vec<_> = addrs
         .iter()
         .filter(|a| before[a] != after[a])
@@ -476,8 +561,8 @@ fn zdebug_sections_give_the_same_frames() {
         "objcopy made .zdebug sections"
     );
     let addrs = text_addresses(&d.join("p"));
-    let before = ours(&d.join("p"), &addrs);
-    let after = ours(&d.join("p.zdebug"), &addrs);
+    let before = ours(&d.join("p"), &addrs, true);
+    let after = ours(&d.join("p.zdebug"), &addrs, true);
     let differing: Vec<_> = addrs
         .iter()
         .filter(|a| before[a] != after[a])

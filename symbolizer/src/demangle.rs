@@ -40,7 +40,13 @@ pub enum NameStyle {
 /// (`_Z` Itanium C++ and legacy Rust, `_R` Rust v0) are touched: the symbol table does
 /// not say the language, and without a prefix a short C name is also a valid C++ *type*
 /// encoding (`a` is `signed char`), which a demangler asked blindly would "decode".
+///
+/// A PLT entry's synthetic `name@plt` is demangled as `name`, then suffixed, as perf
+/// names it (`std::locale::locale()@plt`).
 pub(crate) fn demangle_symbol(raw: &str, style: NameStyle) -> String {
+    if let Some(stem) = raw.strip_suffix("@plt") {
+        return demangle_symbol(stem, style) + "@plt";
+    }
     if !(raw.starts_with("_Z") || raw.starts_with("_R")) {
         return raw.to_owned();
     }
@@ -443,6 +449,21 @@ mod tests {
         // Through demangle_symbol: C++ gets the rewrite, Rust legacy names do not need it.
         let mangled = "_Z1fIJiEEvDpT_";
         assert_eq!(demangle_symbol(mangled, NameStyle::Gnu), "void f<int>(int)");
+    }
+
+    #[test]
+    fn plt_entries_are_demangled_before_their_suffix() {
+        for style in [NameStyle::Llvm, NameStyle::Gnu] {
+            assert_eq!(
+                demangle_symbol("_ZNSt6localeC1Ev@plt", style),
+                "std::locale::locale()@plt"
+            );
+            assert_eq!(demangle_symbol("puts@plt", style), "puts@plt");
+            assert_eq!(
+                demangle_symbol("*ABS*+0xb0d70@plt", style),
+                "*ABS*+0xb0d70@plt"
+            );
+        }
     }
 
     #[test]

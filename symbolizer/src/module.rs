@@ -131,7 +131,7 @@ pub struct Module {
     /// when there is none.
     dwarf_obj: Option<object::File<'static>>,
     /// Relative `DW_AT_comp_dir`s of DWARF 5 units, built on first need (see
-    /// [`Module::binutils_path`]).
+    /// [`Module::style_path`]).
     relative_comp_dirs: OnceLock<Vec<String>>,
     /// Function extents from the symbol tables, PLT and unwind tables.
     symbols: SymbolTable,
@@ -747,10 +747,14 @@ impl Module {
     fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>, discriminator: bool) {
         let start = out.len();
         let func = self.symbols.lookup(svma.0).copied();
-        if let Err(e) = self.dwarf_frames(svma.0, out) {
-            out.truncate(start);
-            self.report_dwarf_error(e);
-        }
+        let outer_left_out = match self.dwarf_frames(svma.0, out) {
+            Ok(left_out) => left_out,
+            Err(e) => {
+                out.truncate(start);
+                self.report_dwarf_error(e);
+                false
+            }
+        };
         if discriminator
             && out.get(start).is_some_and(|f| f.line.is_some())
             && let Some(d) = self.discriminator(svma.0)
@@ -769,7 +773,10 @@ impl Module {
                 // LLVM: the symbol's name for the containing function (qualified and
                 // demangled where the DWARF may have a short name only, as with
                 // -gline-tables-only). binutils: the DWARF's name, else the symbol's.
-                if last.function.is_none() || (self.style == NameStyle::Llvm && func.name.is_some())
+                // Without inlined frames, the one frame left is an inlined function's
+                // when the containing one was left out: it keeps its DWARF name.
+                if last.function.is_none()
+                    || (self.style == NameStyle::Llvm && func.name.is_some() && !outer_left_out)
                 {
                     last.function = sym.function;
                     last.unnamed = sym.unnamed;
@@ -845,13 +852,14 @@ impl Module {
         }
     }
 
-    /// A source path as binutils and LLVM print it. In DWARF 5, directory 0 of a line
-    /// table *is* the compilation directory; both tools still join it to `DW_AT_comp_dir`,
-    /// so with a relative comp_dir (`./stdio-common`) a file in directory 0 prints as
-    /// `./stdio-common/./stdio-common/printf_fp.c`. gimli's rendering joins it once; redo
-    /// the doubling so our output matches theirs (and perf's) line for line.
-    fn binutils_path(&self, file: &str) -> String {
-        if file.starts_with('/') {
+    /// A source path as the chosen style's tool prints it. In DWARF 5, directory 0 of a
+    /// line table *is* the compilation directory. LLVM (and gimli) take it as that, so a
+    /// file in directory 0 of a unit with a relative comp_dir (`./stdio-common`, as
+    /// Debian builds glibc) prints as `./stdio-common/printf_fp.c`. binutils (and so
+    /// perf) still join it to `DW_AT_comp_dir`: `./stdio-common/./stdio-common/printf_fp.c`;
+    /// in the gnu style redo that doubling, so our output matches addr2line's line for line.
+    fn style_path(&self, file: &str) -> String {
+        if self.style != NameStyle::Gnu || file.starts_with('/') {
             return file.to_owned();
         }
         let Some(dwarf) = &self.dwarf().dwarf else {
@@ -962,12 +970,13 @@ impl Module {
         (d != 0).then_some(d)
     }
 
-    /// Appends the DWARF frames of `probe`, innermost first.
-    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<(), gimli::Error> {
+    /// Appends the DWARF frames of `probe`, innermost first. Without inlined frames, only
+    /// the innermost; then true if the containing function's frame was left out.
+    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<bool, gimli::Error> {
         // addr2line probes `[probe, probe + 1)`, which overflows at the top address (found
         // by the symbolizer_elf fuzz target); no unit can cover it anyway.
         let Some(ctx) = self.dwarf().ctx.as_ref().filter(|_| probe != u64::MAX) else {
-            return Ok(());
+            return Ok(false);
         };
         let mut lookup = ctx.find_frames(probe);
         let mut iter = loop {
@@ -1005,19 +1014,18 @@ impl Module {
                 })?),
                 None => None,
             };
-            let (file, line) =
-                match &frame.location {
-                    Some(loc) => (
-                        match loc.file {
-                            Some(f) => Some(self.intern(Rendered::Path, f.as_bytes(), || {
-                                Ok(self.binutils_path(f))
-                            })?),
-                            None => None,
-                        },
-                        loc.line.filter(|l| *l != 0),
-                    ),
-                    None => (None, None),
-                };
+            let (file, line) = match &frame.location {
+                Some(loc) => (
+                    match loc.file {
+                        Some(f) => Some(
+                            self.intern(Rendered::Path, f.as_bytes(), || Ok(self.style_path(f)))?,
+                        ),
+                        None => None,
+                    },
+                    loc.line.filter(|l| *l != 0),
+                ),
+                None => (None, None),
+            };
             out.push(RawFrame {
                 function,
                 file,
@@ -1025,13 +1033,13 @@ impl Module {
                 ..RawFrame::default()
             });
             if !self.inlines {
-                // As `addr2line -f` without `-i`: the innermost function at the
-                // instruction's line. The containing function stays reachable through the
-                // symbol offset.
-                break;
+                // As `addr2line -f` without `-i` and `llvm-symbolizer --no-inlines`: the
+                // innermost function at the instruction's line. The containing function
+                // stays reachable through the symbol offset.
+                return Ok(iter.next()?.is_some());
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
@@ -1232,7 +1240,7 @@ fn load_dwarf(
         }
     }
     // Every unit is parsed twice (addr2line's unit index, then the relative comp dirs of
-    // [`Module::binutils_path`]), and addr2line keeps each unit's abbreviations alive
+    // [`Module::style_path`]), and addr2line keeps each unit's abbreviations alive
     // anyway: cache them all, so each table is parsed once.
     dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::All);
     let dwarf = Arc::new(dwarf);
