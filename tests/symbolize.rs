@@ -837,8 +837,14 @@ fn agrees_with_binutils_addr2line_on_the_lbrprof_binary() {
     }
     let exe = Path::new(env!("CARGO_BIN_EXE_lbrprof"));
     let (n, identical, _, ours) = compare_with_addr2line(exe);
+    // rustc (1.95) gives drop glue and many generic helpers DW_AT_name only, no linkage
+    // name. binutils names such a Rust function by its symbol when a lookup has it
+    // innermost, and from then on renames the function itself if the symbol starts at
+    // its entry: which frames print the symbol's name depends on the order of earlier
+    // lookups. lbrprof answers each address alone (innermost and containing frames named
+    // by the symbol), so ~2% of this binary's addresses differ in one frame's name.
     assert!(
-        identical * 100 >= n * 99,
+        identical * 100 >= n * 97,
         "only {identical}/{n} identical to addr2line"
     );
     // Without inlined frames, against addr2line without -i, on a sample of the addresses.

@@ -747,12 +747,12 @@ impl Module {
     fn lookup(&self, svma: Svma, out: &mut Vec<RawFrame>, discriminator: bool) {
         let start = out.len();
         let func = self.symbols.lookup(svma.0).copied();
-        let outer_left_out = match self.dwarf_frames(svma.0, out) {
-            Ok(left_out) => left_out,
+        let outer = match self.dwarf_frames(svma.0, out) {
+            Ok(outer) => outer,
             Err(e) => {
                 out.truncate(start);
                 self.report_dwarf_error(e);
-                false
+                Outer::default()
             }
         };
         if discriminator
@@ -767,6 +767,7 @@ impl Module {
             return;
         };
         let sym = self.function_frame(&func, svma.0);
+        let symbol_name = sym.function;
         match out[start..].last_mut() {
             None => out.push(sym),
             Some(last) => {
@@ -775,15 +776,26 @@ impl Module {
                 // -gline-tables-only). binutils: the DWARF's name, else the symbol's.
                 // Without inlined frames, the one frame left is an inlined function's
                 // when the containing one was left out: it keeps its DWARF name.
-                if last.function.is_none()
-                    || (self.style == NameStyle::Llvm && func.name.is_some() && !outer_left_out)
-                {
+                let renamed = match self.style {
+                    NameStyle::Llvm => true,
+                    NameStyle::Gnu => outer.outermost_unmangled,
+                };
+                if last.function.is_none() || (renamed && func.name.is_some() && !outer.left_out) {
                     last.function = sym.function;
                     last.unnamed = sym.unnamed;
                 }
                 last.function_offset = sym.function_offset;
                 last.function_size = sym.function_size;
             }
+        }
+        // binutils: the innermost frame of a Rust function known by DW_AT_name only is
+        // named by the symbol.
+        if self.style == NameStyle::Gnu
+            && outer.innermost_unmangled
+            && func.name.is_some()
+            && let Some(innermost) = out.get_mut(start)
+        {
+            innermost.function = symbol_name;
         }
     }
 
@@ -971,12 +983,12 @@ impl Module {
     }
 
     /// Appends the DWARF frames of `probe`, innermost first. Without inlined frames, only
-    /// the innermost; then true if the containing function's frame was left out.
-    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<bool, gimli::Error> {
+    /// the innermost. Says what the symbol table may still rename (see [`Outer`]).
+    fn dwarf_frames(&self, probe: u64, out: &mut Vec<RawFrame>) -> Result<Outer, gimli::Error> {
         // addr2line probes `[probe, probe + 1)`, which overflows at the top address (found
         // by the symbolizer_elf fuzz target); no unit can cover it anyway.
         let Some(ctx) = self.dwarf().ctx.as_ref().filter(|_| probe != u64::MAX) else {
-            return Ok(false);
+            return Ok(Outer::default());
         };
         let mut lookup = ctx.find_frames(probe);
         let mut iter = loop {
@@ -987,7 +999,17 @@ impl Module {
                 }
             }
         };
+        let first = out.len();
+        let mut outer = Outer::default();
         while let Some(frame) = iter.next()? {
+            let unmangled = frame.function.as_ref().is_some_and(|name| {
+                name.language == Some(gimli::DW_LANG_Rust)
+                    && !(name.name.starts_with(b"_Z") || name.name.starts_with(b"_R"))
+            });
+            if out.len() == first {
+                outer.innermost_unmangled = unmangled;
+            }
+            outer.outermost_unmangled = unmangled;
             let function = match &frame.function {
                 Some(name) => Some(self.intern(Rendered::DwarfName, name.name.slice(), || {
                     Ok(if self.demangle && self.style == NameStyle::Llvm {
@@ -1036,10 +1058,11 @@ impl Module {
                 // As `addr2line -f` without `-i` and `llvm-symbolizer --no-inlines`: the
                 // innermost function at the instruction's line. The containing function
                 // stays reachable through the symbol offset.
-                return Ok(iter.next()?.is_some());
+                outer.left_out = iter.next()?.is_some();
+                return Ok(outer);
             }
         }
-        Ok(false)
+        Ok(outer)
     }
 
     /// Finds the split DWARF for a skeleton unit: in the `.dwp` package next to the binary,
@@ -1246,6 +1269,26 @@ fn load_dwarf(
     let dwarf = Arc::new(dwarf);
     let ctx = addr2line::Context::from_arc_dwarf(dwarf.clone()).map_err(dwarf_err)?;
     Ok((ctx, dwarf))
+}
+
+/// What [`Module::dwarf_frames`] says of the frames it gave, for the symbol table to
+/// rename.
+#[derive(Clone, Copy, Default)]
+struct Outer {
+    /// The containing function's frame was left out (no inlined frames asked for): the
+    /// frame given is an inlined function's and keeps its DWARF name (LLVM renames the
+    /// containing function's frame only).
+    left_out: bool,
+    /// The innermost frame's function is Rust without a mangled linkage name in the
+    /// DWARF (rustc 1.95 gives drop glue and generic helpers DW_AT_name only): binutils
+    /// names that frame by the symbol covering the address (it trusts DW_AT_name alone
+    /// only for languages without mangling). (g++'s C++ keeps binutils on the DWARF
+    /// names, as tests/symbolize_gnu.rs checks.)
+    innermost_unmangled: bool,
+    /// The same of the outermost frame's function (the one the symbol is of): binutils
+    /// renames that function itself once it named it by its symbol (a lookup that had it
+    /// innermost), so its frames print the symbol's name from then on.
+    outermost_unmangled: bool,
 }
 
 /// Relative compilation directories of DWARF 5 units (Debian builds with
