@@ -350,6 +350,16 @@ fn avx_state_survives_signal_handlers_and_their_frames_like_natively() {
         eprintln!("skipped: this CPU has no AVX");
         return;
     }
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = build(tmp.path(), "linux_signal_avx", "probe", "gcc", &[]);
+    let (_, vm) = native_and_vm(tmp.path(), probe.to_str().unwrap(), &[]);
+    if vm.stdout == b"no AVX\n" {
+        eprintln!(
+            "skipped: the guest's CPUID shows no usable AVX on this host (OSXSAVE clear), \
+             so the program has no AVX state to keep"
+        );
+        return;
+    }
     // A handler that clobbers the YMM upper halves (a signal sent to itself, and timer
     // signals during a loop that keeps values there), and one that edits ymm8 in its
     // frame's XSAVE area: the interrupted code gets its own state back, or the edit.

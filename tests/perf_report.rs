@@ -300,12 +300,14 @@ fn time_windows_match_perf() {
     let Some(data) = recording() else { return };
     let d = data.to_str().unwrap();
     let times = perf_times(d);
-    assert!(times.len() > 200, "{} samples", times.len());
+    // The workload's fixed work gives ~200-300 samples at 999 Hz, fewer on a fast CPU.
+    let n = times.len();
+    assert!(n >= 100, "{n} samples");
     let at = |i: usize| format!("{:.6}", times[i] + 0.0000005);
     let absolute = [
-        format!("{},{}", at(50), at(150)),
-        format!(",{}", at(100)),
-        format!("{},", at(times.len() / 2)),
+        format!("{},{}", at(n / 4), at(3 * n / 4)),
+        format!(",{}", at(n / 2)),
+        format!("{},", at(n / 2)),
     ];
     for window in
         absolute

@@ -257,6 +257,14 @@ fn mismatch_notes(base: &Side, new: &Side) -> Vec<String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Checked before the recordings are read: the default metric (which depends on
+    // them) is a per-function one either way.
+    if args.svg.is_some()
+        && let Some(m) = args.metric
+        && !Metric::from(m).per_function()
+    {
+        bail!("--svg shows functions: use it with --metric self, total, instructions or branches");
+    }
     let base = load_side(&args.base, "base", args.event.as_deref())?;
     let new = load_side(&args.new, "new", args.event.as_deref())?;
     let both_exact = is_exact(&base.loaded.header) && is_exact(&new.loaded.header);
@@ -265,9 +273,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None if both_exact => Metric::Instructions,
         None => Metric::SelfSamples,
     };
-    if args.svg.is_some() && !metric.per_function() {
-        bail!("--svg shows functions: use it with --metric self, total, instructions or branches");
-    }
     // Exact-mode recordings count guest branches and instructions exactly; their host
     // samples are as noisy as any other.
     let guest_metric = matches!(

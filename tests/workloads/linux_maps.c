@@ -76,8 +76,8 @@ int main(void) {
     size_t size;
     r = pthread_getattr_np(pthread_self(), &a);
     pthread_attr_getstack(&a, &lo, &size);
-    printf("pthread_getattr_np: %d, local inside %s, at least 128 KiB %s\n", r,
+    printf("pthread_getattr_np: %d, local inside %s, at least 16 KiB %s\n", r,
            (char *)&local >= (char *)lo && (char *)&local < (char *)lo + size ? "yes" : "no",
-           size >= 131072 ? "yes" : "no");
+           size >= 16384 ? "yes" : "no");
     return 0;
 }
