@@ -25,11 +25,18 @@
 //! exactly the stream's order, for in-order and out-of-order files alike, with no record
 //! buffered (a file whose rounds keep their promise has batches that follow the keys).
 //!
+//! A consumer that needs every sample on its own in perf's order (timelines, filters
+//! decided per sampled IP) takes a scan made for it
+//! ([`super::PerfDataReader::mapped_scan_in_order`]): the walk keeps every selected
+//! sample's sort key, and [`Scan::for_each_in_order`] merges the sorted keys with the
+//! side-band events, decoding each sample in place when its turn comes.
+//!
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
 //! files, compressed or AUX-trace records, framing errors, and samples with stack copies
 //! unless the caller unwinds them itself
-//! ([`super::PerfDataReader::mapped_scan_unwinding_with`]).
+//! ([`super::PerfDataReader::mapped_scan_unwinding_with`],
+//! [`super::PerfDataReader::mapped_scan_in_order`]).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
@@ -203,6 +210,10 @@ pub struct Scan {
     /// The sorter's bound per round (see [`Rounds`]).
     bounds: Vec<Option<TimeKey>>,
     pub(super) samples: u64,
+    /// For [`Scan::for_each_in_order`]: every selected sample's sort key, sorted.
+    sample_keys: Vec<SortKey>,
+    /// For [`Scan::for_each_in_order`]: per chunk, the last release of its records.
+    chunk_batches: Vec<u64>,
 }
 
 /// A chunk of the data section handed out while the walk goes on (see
@@ -323,6 +334,51 @@ impl Scan {
     }
 }
 
+/// A record of a [`Scan`] in perf's order ([`Scan::for_each_in_order`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Ordered<'a> {
+    Sideband(&'a Event),
+    Sample(SampleRef<'a>),
+}
+
+impl Scan {
+    /// Every side-band event and every sample of the selected events, in perf's order
+    /// (the event stream's, see the module docs), on the calling thread; the samples are
+    /// decoded in place. For a scan made for it
+    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's sort
+    /// key, 32 bytes); other scans give only their side-band events. A sample's epoch is
+    /// the one the last state-changing side-band event before it started (0: none).
+    /// Stops at the first sample that cannot be decoded (the samples before it in perf's
+    /// order have been visited).
+    pub fn for_each_in_order(&self, mut f: impl FnMut(Ordered<'_>)) -> Result<(), ScanError> {
+        let decoder = SampleDecoder::new(&self.map, &self.layouts, self.data.start);
+        let mut side = self.sideband.iter().peekable();
+        let mut epoch = 0;
+        // The chunks whose records have all been visited are released (the walk left
+        // them resident).
+        let mut released = 0;
+        for &key in &self.sample_keys {
+            while let Some((k, ev)) = side.next_if(|(k, _)| *k < key) {
+                if changes_state(ev) {
+                    epoch = epoch_of(k);
+                }
+                f(Ordered::Sideband(ev));
+            }
+            while released < self.chunk_batches.len() && self.chunk_batches[released] < key.0 {
+                release(&self.map, self.chunks[released].0.clone());
+                released += 1;
+            }
+            let at = self.data.start + key.2 as usize;
+            if let Some((sample, _)) = decoder.sample_at(at, epoch)? {
+                f(Ordered::Sample(sample));
+            }
+        }
+        side.for_each(|(_, ev)| f(Ordered::Sideband(ev)));
+        release(&self.map, self.data.clone());
+        Ok(())
+    }
+}
+
 /// The epoch a state-changing side-band event starts: its position, plus one.
 fn epoch_of(key: &SortKey) -> u64 {
     key.2 + 1
@@ -339,80 +395,116 @@ fn samples_in(
     rounds: Rounds<'_>,
     mut f: impl FnMut(SampleRef<'_>),
 ) -> Result<(), ScanError> {
-    let bytes = &map[..];
     // The keys of the processes met in this chunk, copied once.
     let mut cache: HashMap<u32, Vec<SortKey>> = HashMap::new();
     // Samples come in runs of one process: the last one's keys, without a lookup.
     let mut last: Option<(u32, Vec<SortKey>)> = None;
+    let decoder = SampleDecoder::new(map, layouts, data_start);
     let mut round = rounds.start;
     let mut at = range.start;
-    let stack_copies = layouts
-        .layouts
-        .iter()
-        .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
     while at < range.end {
         // Framing was checked by the walk.
-        let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
-        let body = &bytes[at + 8..at + size];
-        if stack_copies {
-            prefetch_next(bytes, at, size);
-        }
+        let (rtype, _, size) = record_header(&decoder.bytes[at..at + 8]);
         if rtype == abi::PERF_RECORD_FINISHED_ROUND {
             round += 1;
         } else if rtype == abi::PERF_RECORD_SAMPLE {
-            let attr = layouts.attr_index(true, body);
-            if !layouts.is_selected(attr) {
+            let Some((mut s, time)) = decoder.sample_at(at, 0)? else {
                 at += size;
                 continue;
-            }
-            let layout = layouts.layouts[attr];
-            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
-                offset: at - data_start,
-                what,
-            })?;
-            let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
-            let time_key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
+            };
+            let time_key = (time, (at - data_start) as u64);
             let key = (rounds.batch(round, time_key), time_key.0, time_key.1);
-            if last.as_ref().is_none_or(|(pid, _)| *pid != raw.pid) {
+            if last.as_ref().is_none_or(|(pid, _)| *pid != s.pid) {
                 if let Some((pid, keys)) = last.take() {
                     cache.insert(pid, keys);
                 }
-                let keys = cache.remove(&raw.pid).unwrap_or_else(|| {
+                let keys = cache.remove(&s.pid).unwrap_or_else(|| {
                     let all = pid_keys.read().unwrap_or_else(|e| e.into_inner());
-                    all.get(&raw.pid).cloned().unwrap_or_default()
+                    all.get(&s.pid).cloned().unwrap_or_default()
                 });
-                last = Some((raw.pid, keys));
+                last = Some((s.pid, keys));
             }
             let keys = last.as_ref().map_or(&[][..], |(_, k)| &k[..]);
             let before = keys.partition_point(|k| *k < key);
-            let epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
-            let stack_copy = if stack_copies {
-                raw.user_regs(true, layout.regs_user)
-                    .map(|regs| StackCopyRef {
-                        regs,
-                        stack: raw.user_stack,
-                    })
-            } else {
-                None
-            };
-            f(SampleRef {
-                epoch,
-                pid: raw.pid,
-                tid: raw.tid,
-                cpu: raw.cpu,
-                mode: cpu_mode(reader::CpuMode::from_misc(misc)),
-                time_ns: raw.time_ns,
-                period: raw.period,
-                ip: raw.ip,
-                callchain: Callchain::PerfWords(raw.callchain),
-                branches: BranchStack::PerfEntries(raw.branches),
-                stack_copy,
-            });
+            s.epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
+            f(s);
         }
         at += size;
     }
     release(map, range);
     Ok(())
+}
+
+/// Decodes sample records of a mapped data section in place.
+struct SampleDecoder<'m> {
+    bytes: &'m [u8],
+    layouts: &'m Layouts,
+    data_start: usize,
+    stack_copies: bool,
+}
+
+impl<'m> SampleDecoder<'m> {
+    fn new(map: &'m Mmap, layouts: &'m Layouts, data_start: usize) -> Self {
+        SampleDecoder {
+            bytes: &map[..],
+            layouts,
+            data_start,
+            stack_copies: layouts
+                .layouts
+                .iter()
+                .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0),
+        }
+    }
+
+    /// The sample record at `at` (its framing checked by the walk), at `epoch`, with the
+    /// time the sorter keys it by (none when its attribute samples no time); `None` when
+    /// its event is not selected.
+    #[inline]
+    fn sample_at(
+        &self,
+        at: usize,
+        epoch: u64,
+    ) -> Result<Option<(SampleRef<'m>, Option<u64>)>, ScanError> {
+        let bytes = self.bytes;
+        let (_, misc, size) = record_header(&bytes[at..at + 8]);
+        let body = &bytes[at + 8..at + size];
+        if self.stack_copies {
+            prefetch_next(bytes, at, size);
+        }
+        let attr = self.layouts.attr_index(true, body);
+        if !self.layouts.is_selected(attr) {
+            return Ok(None);
+        }
+        let layout = self.layouts.layouts[attr];
+        let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+            offset: at - self.data_start,
+            what,
+        })?;
+        let stack_copy = if self.stack_copies {
+            raw.user_regs(true, layout.regs_user)
+                .map(|regs| StackCopyRef {
+                    regs,
+                    stack: raw.user_stack,
+                })
+        } else {
+            None
+        };
+        let time = (layout.sample_type & abi::PERF_SAMPLE_TIME != 0).then_some(raw.time_ns);
+        let sample = SampleRef {
+            epoch,
+            pid: raw.pid,
+            tid: raw.tid,
+            cpu: raw.cpu,
+            mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+            time_ns: raw.time_ns,
+            period: raw.period,
+            ip: raw.ip,
+            callchain: Callchain::PerfWords(raw.callchain),
+            branches: BranchStack::PerfEntries(raw.branches),
+            stack_copy,
+        };
+        Ok(Some((sample, time)))
+    }
 }
 
 /// How much of a record with a stack copy [`prefetch_next`] asks for: its header, the
@@ -486,22 +578,39 @@ fn in_order(
     })
 }
 
+/// Who takes the samples of a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Consumer {
+    /// Chunk by chunk, on any thread.
+    Chunks,
+    /// Chunk by chunk, each chunk with the side-band events its samples' epochs need
+    /// ([`Chunk::take_sideband`]), to unwind their stack copies.
+    ChunksWithSideband,
+    /// One by one in perf's order, after the walk ([`Scan::for_each_in_order`]).
+    InOrder,
+}
+
 /// Walks the record headers of `map[data]`. `convert` turns a side-band record into an
 /// event (or `None` for records the model skips, `Err` for a malformed one); `None` overall
-/// means the fast path does not apply. With `deliver_sideband`, the chunks handed out
-/// carry the side-band events (see [`Chunk::take_sideband`]).
+/// means the fast path does not apply. `consumer` says what the walk keeps for whom.
 pub(super) fn walk(
     map: Mmap,
     data: Range<usize>,
     layouts: Layouts,
     chunk_size: usize,
-    deliver_sideband: bool,
+    consumer: Consumer,
     mut convert: impl FnMut(&RawEventRecord<'_>, &mut ImportStats) -> Result<Option<Event>, ()>,
     on_chunk: &mut dyn FnMut(Chunk),
 ) -> Option<(Scan, ImportStats)> {
+    let deliver_sideband = consumer == Consumer::ChunksWithSideband;
+    let keep_keys = consumer == Consumer::InOrder;
     let map = Arc::new(map);
     let layouts = Arc::new(layouts);
     let bytes = map.get(data.clone())?;
+    // For `Consumer::InOrder`: the sort key of every selected sample, and per chunk the
+    // last release of its records.
+    let mut sample_keys: Vec<SortKey> = Vec::new();
+    let mut chunk_batches: Vec<u64> = Vec::new();
     let mut stats = ImportStats {
         samples_per_event: vec![0; layouts.layouts.len()],
         ..ImportStats::default()
@@ -617,6 +726,9 @@ pub(super) fn walk(
                 if let Some(n) = stats.samples_per_event.get_mut(attr) {
                     *n += 1;
                 }
+                if keep_keys && layouts.is_selected(attr) {
+                    sample_keys.push((batch, time_key.0, time_key.1));
+                }
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
                 if let Some(ev) = convert(&raw, &mut stats).ok()? {
@@ -633,6 +745,12 @@ pub(super) fn walk(
         }
         at += size;
         if at - chunk_start >= chunk_size || at == bytes.len() {
+            if keep_keys {
+                chunk_batches.push(chunk_batch);
+                // Nobody reads the chunk before the visit in order, which faults its
+                // pages back in as it goes: resident memory stays a few chunks.
+                release(&map, data.start + chunk_start..data.start + at);
+            }
             pending.push((chunks.len(), std::mem::take(&mut chunk_batch)));
             chunks.push((data.start + chunk_start..data.start + at, chunk_round));
             chunk_start = at;
@@ -644,6 +762,13 @@ pub(super) fn walk(
     let last = bounds.len() as u64;
     for (key, _) in &mut side {
         key.0 = key.0.min(last);
+    }
+    for key in &mut sample_keys {
+        key.0 = key.0.min(last);
+    }
+    sample_keys.sort_unstable();
+    for batch in &mut chunk_batches {
+        *batch = (*batch).min(last);
     }
     if deliver_sideband {
         carry.extend(looked_at..side.len());
@@ -674,6 +799,8 @@ pub(super) fn walk(
             chunks,
             bounds,
             samples,
+            sample_keys,
+            chunk_batches,
         },
         stats,
     ))
