@@ -351,7 +351,12 @@ impl Scan {
     /// Stops at the first sample that cannot be decoded (the samples before it in perf's
     /// order have been visited).
     pub fn for_each_in_order(&self, mut f: impl FnMut(Ordered<'_>)) -> Result<(), ScanError> {
-        let decoder = SampleDecoder::new(&self.map, &self.layouts, self.data.start);
+        let bytes = &self.map[..];
+        let stack_copies = self
+            .layouts
+            .layouts
+            .iter()
+            .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
         let mut side = self.sideband.iter().peekable();
         let mut epoch = 0;
         // The chunks whose records have all been visited are released (the walk left
@@ -368,10 +373,22 @@ impl Scan {
                 release(&self.map, self.chunks[released].0.clone());
                 released += 1;
             }
+            // A selected sample's record, its framing checked by the walk.
             let at = self.data.start + key.2 as usize;
-            if let Some((sample, _)) = decoder.sample_at(at, epoch)? {
-                f(Ordered::Sample(sample));
-            }
+            let (_, misc, size) = record_header(&bytes[at..at + 8]);
+            let body = &bytes[at + 8..at + size];
+            let layout = self.layouts.layouts[self.layouts.attr_index(true, body)];
+            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+                offset: key.2 as usize,
+                what,
+            })?;
+            f(Ordered::Sample(sample_ref(
+                &raw,
+                layout,
+                misc,
+                epoch,
+                stack_copies,
+            )));
         }
         side.for_each(|(_, ev)| f(Ordered::Sideband(ev)));
         release(&self.map, self.data.clone());
@@ -395,39 +412,54 @@ fn samples_in(
     rounds: Rounds<'_>,
     mut f: impl FnMut(SampleRef<'_>),
 ) -> Result<(), ScanError> {
+    let bytes = &map[..];
     // The keys of the processes met in this chunk, copied once.
     let mut cache: HashMap<u32, Vec<SortKey>> = HashMap::new();
     // Samples come in runs of one process: the last one's keys, without a lookup.
     let mut last: Option<(u32, Vec<SortKey>)> = None;
-    let decoder = SampleDecoder::new(map, layouts, data_start);
     let mut round = rounds.start;
     let mut at = range.start;
+    let stack_copies = layouts
+        .layouts
+        .iter()
+        .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
     while at < range.end {
         // Framing was checked by the walk.
-        let (rtype, _, size) = record_header(&decoder.bytes[at..at + 8]);
+        let (rtype, misc, size) = record_header(&bytes[at..at + 8]);
+        let body = &bytes[at + 8..at + size];
+        if stack_copies {
+            prefetch_next(bytes, at, size);
+        }
         if rtype == abi::PERF_RECORD_FINISHED_ROUND {
             round += 1;
         } else if rtype == abi::PERF_RECORD_SAMPLE {
-            let Some((mut s, time)) = decoder.sample_at(at, 0)? else {
+            let attr = layouts.attr_index(true, body);
+            if !layouts.is_selected(attr) {
                 at += size;
                 continue;
-            };
-            let time_key = (time, (at - data_start) as u64);
+            }
+            let layout = layouts.layouts[attr];
+            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+                offset: at - data_start,
+                what,
+            })?;
+            let has_time = layout.sample_type & abi::PERF_SAMPLE_TIME != 0;
+            let time_key = (has_time.then_some(raw.time_ns), (at - data_start) as u64);
             let key = (rounds.batch(round, time_key), time_key.0, time_key.1);
-            if last.as_ref().is_none_or(|(pid, _)| *pid != s.pid) {
+            if last.as_ref().is_none_or(|(pid, _)| *pid != raw.pid) {
                 if let Some((pid, keys)) = last.take() {
                     cache.insert(pid, keys);
                 }
-                let keys = cache.remove(&s.pid).unwrap_or_else(|| {
+                let keys = cache.remove(&raw.pid).unwrap_or_else(|| {
                     let all = pid_keys.read().unwrap_or_else(|e| e.into_inner());
-                    all.get(&s.pid).cloned().unwrap_or_default()
+                    all.get(&raw.pid).cloned().unwrap_or_default()
                 });
-                last = Some((s.pid, keys));
+                last = Some((raw.pid, keys));
             }
             let keys = last.as_ref().map_or(&[][..], |(_, k)| &k[..]);
             let before = keys.partition_point(|k| *k < key);
-            s.epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
-            f(s);
+            let epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
+            f(sample_ref(&raw, layout, misc, epoch, stack_copies));
         }
         at += size;
     }
@@ -435,75 +467,37 @@ fn samples_in(
     Ok(())
 }
 
-/// Decodes sample records of a mapped data section in place.
-struct SampleDecoder<'m> {
-    bytes: &'m [u8],
-    layouts: &'m Layouts,
-    data_start: usize,
+/// The sample of a decoded record with header flags `misc`, at `epoch`; with its stack
+/// copy when the file has some (`stack_copies`).
+#[inline(always)]
+fn sample_ref<'a>(
+    raw: &RawSample<'a>,
+    layout: SampleLayout,
+    misc: u16,
+    epoch: u64,
     stack_copies: bool,
-}
-
-impl<'m> SampleDecoder<'m> {
-    fn new(map: &'m Mmap, layouts: &'m Layouts, data_start: usize) -> Self {
-        SampleDecoder {
-            bytes: &map[..],
-            layouts,
-            data_start,
-            stack_copies: layouts
-                .layouts
-                .iter()
-                .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0),
-        }
-    }
-
-    /// The sample record at `at` (its framing checked by the walk), at `epoch`, with the
-    /// time the sorter keys it by (none when its attribute samples no time); `None` when
-    /// its event is not selected.
-    #[inline]
-    fn sample_at(
-        &self,
-        at: usize,
-        epoch: u64,
-    ) -> Result<Option<(SampleRef<'m>, Option<u64>)>, ScanError> {
-        let bytes = self.bytes;
-        let (_, misc, size) = record_header(&bytes[at..at + 8]);
-        let body = &bytes[at + 8..at + size];
-        if self.stack_copies {
-            prefetch_next(bytes, at, size);
-        }
-        let attr = self.layouts.attr_index(true, body);
-        if !self.layouts.is_selected(attr) {
-            return Ok(None);
-        }
-        let layout = self.layouts.layouts[attr];
-        let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
-            offset: at - self.data_start,
-            what,
-        })?;
-        let stack_copy = if self.stack_copies {
-            raw.user_regs(true, layout.regs_user)
-                .map(|regs| StackCopyRef {
-                    regs,
-                    stack: raw.user_stack,
-                })
-        } else {
-            None
-        };
-        let time = (layout.sample_type & abi::PERF_SAMPLE_TIME != 0).then_some(raw.time_ns);
-        let sample = SampleRef {
-            epoch,
-            pid: raw.pid,
-            tid: raw.tid,
-            cpu: raw.cpu,
-            mode: cpu_mode(reader::CpuMode::from_misc(misc)),
-            time_ns: raw.time_ns,
-            period: raw.period,
-            ip: raw.ip,
-            callchain: Callchain::PerfWords(raw.callchain),
-            branches: BranchStack::PerfEntries(raw.branches),
-            stack_copy,
-        };
-        Ok(Some((sample, time)))
+) -> SampleRef<'a> {
+    let stack_copy = if stack_copies {
+        raw.user_regs(true, layout.regs_user)
+            .map(|regs| StackCopyRef {
+                regs,
+                stack: raw.user_stack,
+            })
+    } else {
+        None
+    };
+    SampleRef {
+        epoch,
+        pid: raw.pid,
+        tid: raw.tid,
+        cpu: raw.cpu,
+        mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+        time_ns: raw.time_ns,
+        period: raw.period,
+        ip: raw.ip,
+        callchain: Callchain::PerfWords(raw.callchain),
+        branches: BranchStack::PerfEntries(raw.branches),
+        stack_copy,
     }
 }
 
