@@ -20,6 +20,10 @@
 //! unwinds them as it goes ([`crate::dwarf`]) and the sample's call chain gets the user
 //! frames after the kernel's, as `perf report` shows them.
 //!
+//! The reports read the data section mapped, in place ([`mapped`]: chunk by chunk on
+//! every core, or every record in perf's order), and this reader's event stream only
+//! for files the mapped walk declines.
+//!
 //! Damage: a file whose data section extends past its end (a `perf record` that was
 //! killed) is read up to the damage, with a warning ([`PerfDataReader::warnings`]); any
 //! other malformed record is an error naming the file offset (for framing errors) or the
