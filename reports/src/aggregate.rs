@@ -12,8 +12,8 @@
 //! (`fold`). It builds what needs every sample on its own (timelines, the trace
 //! `record --vm` pairing reads, `--dso` verdicts on branch stacks), and resolves the
 //! folder's raw keys. An event stream (a file that cannot be mapped) is read on another
-//! thread while the aggregator visits it ([`aggregate_events`]), so both cores work on a
-//! large file.
+//! thread while the aggregator visits it ([`visit_events`]; [`aggregate_events`] for a
+//! bare iterator of events), so both cores work on a large file.
 
 use std::collections::HashMap;
 
