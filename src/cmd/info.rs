@@ -327,7 +327,8 @@ struct Process {
     execs: u64,
 }
 
-/// Totals gathered while streaming a recording.
+/// Totals gathered while reading a recording: every side-band event in order, and every
+/// sample (borrowed, [`SampleVisitor`]).
 #[derive(Default)]
 struct Totals {
     samples: u64,
