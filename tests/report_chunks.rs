@@ -1,7 +1,9 @@
 //! The chunk path of lbrprof.data reports (data/src/source.rs: mapped chunks checked,
 //! decoded and folded in parallel) gives byte for byte what the event stream gives
 //! (`LBRPROF_STREAM=1`): reports in every format, flame graphs and BOLT profiles, on a
-//! real recording and on synthetic ones, whole, truncated and damaged.
+//! real recording and on synthetic ones, whole, truncated and damaged. So does the
+//! mapped walk of perf.data in perf's order (timelines, `--dso` on branch stacks) on the
+//! real perf.data fixtures.
 
 mod common;
 
@@ -248,4 +250,76 @@ fn synthetic_recordings_read_the_same_by_both_paths_whole_truncated_and_damaged(
         )),
         "{text}"
     );
+}
+
+/// The outputs that need every sample in perf's order (the Firefox export's timelines,
+/// `--dso` on branch stacks, `--time` windows besides), by the mapped walk and by the
+/// event stream, on every perf.data fixture.
+#[test]
+fn perf_data_walked_in_order_reads_the_same_as_its_event_stream() {
+    let Some(fixtures) = common::perfdata_fixtures() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut kept = 0;
+    for name in [
+        "perf.data.branch-4.14",
+        "perf.data.branch_stack_hw_index",
+        "perf.data.callgraph_and_branch-3.8",
+        "propeller_sample.perfdata",
+        "sleep.data",
+    ] {
+        let path = fixtures.join(name);
+        let input = path.to_str().unwrap();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["export", "--firefox", "-i", input, "-o", "OUT"],
+            vec![
+                "export",
+                "--firefox",
+                "-i",
+                input,
+                "--time",
+                "50%",
+                "-o",
+                "OUT",
+            ],
+            vec!["report", "-i", input, "--dso", "[kernel.kallsyms]"],
+            vec![
+                "report",
+                "-i",
+                input,
+                "--dso",
+                "propeller_sample.bin,libc.so.6",
+            ],
+            vec![
+                "report",
+                "-i",
+                input,
+                "--dso",
+                "[kernel.kallsyms]",
+                "--format",
+                "json",
+            ],
+            vec![
+                "flamegraph",
+                "-i",
+                input,
+                "--dso",
+                "[kernel.kallsyms]",
+                "-o",
+                "OUT",
+            ],
+            vec!["report", "-i", input, "--time", "10%/2", "--format", "json"],
+        ];
+        for args in commands {
+            let fast = outcome(&args, false, dir.path());
+            let stream = outcome(&args, true, dir.path());
+            assert_eq!(fast.2, stream.2, "{args:?}: exit codes differ: {}", fast.1);
+            assert_eq!(fast.1, stream.1, "{args:?}: stderr differs");
+            assert!(fast.0 == stream.0, "{args:?}: stdout differs");
+            assert!(fast.3 == stream.3, "{args:?}: written file differs");
+            kept += usize::from(fast.2 == Some(0));
+        }
+    }
+    assert!(kept > 10, "only {kept} commands gave output");
 }

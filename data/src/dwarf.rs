@@ -10,8 +10,10 @@
 //! upgrade cannot mislead the unwinder). A `perf.data` recorded with `perf record
 //! --call-graph dwarf` carries the raw stack copies, so it is unwound while it is read,
 //! with the same code: by the event stream ([`EventUnwinder`], in
-//! [`crate::perfdata::PerfDataReader`]) or by the mapped fast path ([`ScanUnwinder`],
-//! one snapshot of a process's mappings per epoch).
+//! [`crate::perfdata::PerfDataReader`]), by the mapped walk in perf's order (an
+//! [`EventUnwinder`] following the side-band events it meets,
+//! [`crate::source::PerfSource`]) or by the mapped fast path ([`ScanUnwinder`], one
+//! snapshot of a process's mappings per epoch).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,17 +66,24 @@ impl EventUnwinder {
     /// Replace the user part of `sample`'s call chain with the walk of its stack copy;
     /// the kernel part (from the kernel) stays in front of it.
     pub fn apply(&mut self, sample: &mut HostSample, regs: Regs, stack: &[u8]) -> Outcome {
+        self.apply_to_chain(sample.pid, &mut sample.callchain, regs, stack)
+    }
+
+    /// [`EventUnwinder::apply`] on the call chain `chain` of a sample of process `pid`.
+    pub fn apply_to_chain(
+        &mut self,
+        pid: u32,
+        chain: &mut Vec<Frame>,
+        regs: Regs,
+        stack: &[u8],
+    ) -> Outcome {
         self.scratch.clear();
-        let outcome = self
-            .unwinder
-            .unwind(sample.pid, regs, stack, &mut self.scratch);
-        sample.callchain.retain(|f| f.mode != CpuMode::User);
-        sample
-            .callchain
-            .extend(self.scratch.iter().map(|&addr| Frame {
-                addr,
-                mode: CpuMode::User,
-            }));
+        let outcome = self.unwinder.unwind(pid, regs, stack, &mut self.scratch);
+        chain.retain(|f| f.mode != CpuMode::User);
+        chain.extend(self.scratch.iter().map(|&addr| Frame {
+            addr,
+            mode: CpuMode::User,
+        }));
         outcome
     }
 

@@ -20,6 +20,10 @@
 //! unwinds them as it goes ([`crate::dwarf`]) and the sample's call chain gets the user
 //! frames after the kernel's, as `perf report` shows them.
 //!
+//! The reports read the data section mapped, in place ([`mapped`]: chunk by chunk on
+//! every core, or every record in perf's order), and this reader's event stream only
+//! for files the mapped walk declines.
+//!
 //! Damage: a file whose data section extends past its end (a `perf record` that was
 //! killed) is read up to the damage, with a warning ([`PerfDataReader::warnings`]); any
 //! other malformed record is an error naming the file offset (for framing errors) or the
@@ -427,19 +431,28 @@ impl PerfDataReader {
         chunk_size: usize,
         on_chunk: &mut dyn FnMut(mapped::Chunk),
     ) -> Option<mapped::Scan> {
-        self.scan(chunk_size, on_chunk, false)
+        self.scan(chunk_size, on_chunk, mapped::Consumer::Chunks)
+    }
+
+    /// The fast path for a consumer of every sample in perf's order
+    /// ([`mapped::Scan::for_each_in_order`]); as [`PerfDataReader::mapped_scan`]
+    /// otherwise. Samples with stack copies are handed out with them: the consumer
+    /// unwinds them ([`crate::dwarf::EventUnwinder`], following the side-band events it
+    /// meets) and reports how with [`PerfDataReader::note_unwind_stats`].
+    pub fn mapped_scan_in_order(&mut self) -> Option<mapped::Scan> {
+        self.scan(mapped::CHUNK_SIZE, &mut |_| {}, mapped::Consumer::InOrder)
     }
 
     fn scan(
         &mut self,
         chunk_size: usize,
         on_chunk: &mut dyn FnMut(mapped::Chunk),
-        unwinding: bool,
+        consumer: mapped::Consumer,
     ) -> Option<mapped::Scan> {
         use linux_perf_data::Feature;
         use reader::{AttrFlags, RecordParseInfo};
         if !self.little_endian
-            || (self.unwinder.is_some() && !unwinding)
+            || (self.unwinder.is_some() && consumer == mapped::Consumer::Chunks)
             || self.done
             || self.stats.records > 0
             || self
@@ -506,7 +519,7 @@ impl PerfDataReader {
             start..end,
             layouts,
             chunk_size.max(1),
-            unwinding,
+            consumer,
             |raw, stats| convert(raw, 0, build_ids, stats, None, 1).map_err(|_| ()),
             on_chunk,
         )?;
@@ -548,7 +561,7 @@ impl PerfDataReader {
         chunk_size: usize,
         on_chunk: &mut dyn FnMut(mapped::Chunk),
     ) -> Option<mapped::Scan> {
-        self.scan(chunk_size, on_chunk, true)
+        self.scan(chunk_size, on_chunk, mapped::Consumer::ChunksWithSideband)
     }
 
     /// The counts of the walks a mapped scan's consumer made.

@@ -20,7 +20,10 @@
 //! events between them (timelines, the pairing of `record --vm` samples with guest
 //! snapshots, filters decided per sampled IP) is a [`SampleVisitor`] of the same
 //! source: [`SampleSource::walk_in_order`] hands it each side-band event and each
-//! sample as the event stream would, the recording's samples still read in place.
+//! sample as the event stream would, still read in place: a recording's chunks in file
+//! order, a perf.data file's records in perf's order (sorted in rounds, as perf sorts
+//! them, [`crate::perfdata::mapped::Scan::for_each_in_order`]), their stack copies
+//! unwound on the way.
 //!
 //! The walk runs on the calling thread; `on_chunk` is called in input order, as soon as
 //! a chunk's epochs are known (for perf.data, while the walk goes on). A chunk that fails
@@ -31,13 +34,13 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use crate::dwarf::{ScanUnwinder, UnwindStats};
+use crate::dwarf::{EventUnwinder, ScanUnwinder, UnwindStats};
 use crate::input::{Input, InputError, ReaderMut};
 use crate::model::Event;
 use crate::perfdata::PerfDataReader;
-use crate::perfdata::mapped::{self, CHUNK_SIZE, Scan, ScanError};
+use crate::perfdata::mapped::{self, CHUNK_SIZE, Ordered, Scan, ScanError};
 use crate::recording::{self, MappedChunks, RecordingReader};
-use crate::sample::SampleRef;
+use crate::sample::{Callchain, SampleRef};
 
 /// The mapped source of an [`Input`] ([`mapped_source`]).
 pub enum MappedSource<'i> {
@@ -289,10 +292,50 @@ impl SampleSource for PerfSource<'_> {
         Ok(())
     }
 
-    /// Declined: the event stream sorts the samples of a round by time (and unwinds
-    /// their stack copies as it goes), the mapped chunks hold them in file order.
-    fn walk_in_order(&mut self, _: &mut dyn SampleVisitor) -> Result<(), SourceError> {
-        Err(SourceError::Declined)
+    /// The records in perf's order, as the event stream gives them
+    /// ([`Scan::for_each_in_order`]: sorted in rounds, as perf sorts them), the samples
+    /// read in place; stack copies are unwound as the stream unwinds them (an
+    /// [`EventUnwinder`] following the side-band events in that order), the sample then
+    /// handed out with the frames of its walk.
+    fn walk_in_order(&mut self, visitor: &mut dyn SampleVisitor) -> Result<(), SourceError> {
+        let scan = self
+            .reader
+            .mapped_scan_in_order()
+            .ok_or(SourceError::Declined)?;
+        let mut unwinder = self.unwinder.is_some().then(EventUnwinder::new);
+        let mut frames = Vec::new();
+        let mut branch_entries = 0;
+        let read = scan.for_each_in_order(|r| match r {
+            Ordered::Sideband(ev) => {
+                if let Some(u) = &mut unwinder {
+                    u.observe(ev);
+                }
+                visitor.sideband(ev);
+            }
+            Ordered::Sample(s) => {
+                branch_entries += s.branches.len() as u64;
+                match (&mut unwinder, s.stack_copy) {
+                    (Some(u), Some(copy)) => {
+                        frames.clear();
+                        frames.extend_from_slice(&s.callchain.frames(s.mode));
+                        u.apply_to_chain(s.pid, &mut frames, copy.regs, copy.stack);
+                        visitor.sample(&SampleRef {
+                            callchain: Callchain::Frames(&frames),
+                            stack_copy: None,
+                            ..s
+                        });
+                    }
+                    _ => visitor.sample(&s),
+                }
+            }
+        });
+        read?;
+        if let Some(u) = &unwinder {
+            self.reader.note_unwind_stats(u.stats());
+        }
+        self.reader.note_branch_entries(branch_entries);
+        self.scan = Some(scan);
+        Ok(())
     }
 
     fn steps(&self) -> impl Iterator<Item = Step<'_>> {

@@ -11,8 +11,9 @@
 //! samples come to it borrowed ([`SampleRef`]), as they come to the folder
 //! (`fold`). It builds what needs every sample on its own (timelines, the trace
 //! `record --vm` pairing reads, `--dso` verdicts on branch stacks), and resolves the
-//! folder's raw keys. [`aggregate_events`] visits an event stream read on another
-//! thread, so both cores work on a large file.
+//! folder's raw keys. An event stream (a file that cannot be mapped) is read on another
+//! thread while the aggregator visits it ([`visit_events`]; [`aggregate_events`] for a
+//! bare iterator of events), so both cores work on a large file.
 
 use std::collections::HashMap;
 

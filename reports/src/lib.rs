@@ -20,13 +20,15 @@
 //!    guest LBR snapshots, mappings, losses) is folded into counts keyed by
 //!    [`loc::Loc`] — a module and a file offset — with one entry per unique stack, edge
 //!    and fall-through range. Memory grows with the variety of the data, not its length.
-//!    Reading/decoding and aggregating run on two threads. When the options allow it
-//!    (not for timelines or `record --vm` pairing, which need every sample on its own,
-//!    nor for `--dso` on samples with branch stacks),
-//!    one folder (`fold/`) takes the borrowed samples
-//!    ([`lbrprof_data::sample::SampleRef`]) of any [`lbrprof_data::source::SampleSource`]
-//!    (perf.data or lbrprof.data mapped, or an event stream) on every core, by raw
-//!    stack, and only unique stacks are resolved, through the same [`Aggregator`].
+//!    When the options allow it (not for timelines or `record --vm` pairing, which need
+//!    every sample on its own, nor for `--dso` on samples with branch stacks), one
+//!    folder (`fold/`) takes the borrowed samples ([`lbrprof_data::sample::SampleRef`])
+//!    of any [`lbrprof_data::source::SampleSource`] (perf.data or lbrprof.data mapped,
+//!    or an event stream) on every core, by raw stack, and only unique stacks are
+//!    resolved, through the same [`Aggregator`]. Otherwise the [`Aggregator`] visits the
+//!    same source's samples in stream order, still read in place (a recording in file
+//!    order, perf.data in perf's order); only an event stream is read on a second
+//!    thread while it is visited.
 //! 2. [`symbols`]: each unique location is symbolized once, batched per module, modules
 //!    in parallel (rayon). Reports and flame graphs name functions from symbol tables
 //!    only ([`SymbolTable::build_functions`]); file:line (DWARF, loaded lazily per

@@ -373,11 +373,14 @@ fn prewarm_while<T>(source: &dyn SymbolSource, work: impl FnOnce() -> T) -> T {
 
 /// The profile of `input` (opened from `path` with `event` selected, reopened when a
 /// mapped read must give way to the event stream): the one folder when the options allow
-/// it, the input read in place on every core (perf.data or lbrprof.data mapped) or as
-/// its event stream (with `event_stream_only`, or for files that cannot be mapped);
-/// else every sample through the aggregator in stream order, a recording still read in
-/// place (perf.data gives that order only as its event stream). `progress` is called now and then with the
-/// number of events read from the stream.
+/// it, the input read in place on every core (perf.data or lbrprof.data mapped); else
+/// every sample through the aggregator in stream order, still read in place (a
+/// recording's chunks in file order, a perf.data file's records in perf's order). The
+/// event stream is read instead, by the same folder or aggregator, with
+/// `event_stream_only` and for files the mapped walks decline (big-endian, compressed
+/// or simpleperf perf.data, recordings that cannot be mapped), or to name a perf.data
+/// sample that cannot be decoded. `progress` is called now and then with the number of
+/// events read from the stream.
 fn aggregate(
     path: &Path,
     event: Option<&str>,

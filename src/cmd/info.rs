@@ -20,6 +20,8 @@ use lbrprof_collector::model::{
 };
 use lbrprof_collector::perfdata::PerfDataReader;
 use lbrprof_collector::recording::RecordingReader;
+use lbrprof_data::sample::SampleRef;
+use lbrprof_data::source::{PerfSource, SampleSource, SampleVisitor, SourceError};
 use lbrprof_vmm::caps::KvmCaps;
 use lbrprof_vmm::pmu::backend::{
     self, Decision, HostLbrFacts, LbrBackend, LbrFlavour, LbrMode, LbrRequest, Refusal,
@@ -325,7 +327,8 @@ struct Process {
     execs: u64,
 }
 
-/// Totals gathered while streaming a recording.
+/// Totals gathered while reading a recording: every side-band event in order, and every
+/// sample (borrowed, [`SampleVisitor`]).
 #[derive(Default)]
 struct Totals {
     samples: u64,
@@ -362,22 +365,34 @@ struct Totals {
     last_ns: Option<u64>,
 }
 
+impl SampleVisitor for Totals {
+    fn sideband(&mut self, event: &Event) {
+        self.add(event);
+    }
+
+    fn sample(&mut self, sample: &SampleRef<'_>) {
+        self.add_sample(sample);
+    }
+}
+
 impl Totals {
+    fn add_sample(&mut self, s: &SampleRef<'_>) {
+        self.samples += 1;
+        self.samples_with_callchain += u64::from(!s.callchain.frames(s.mode).is_empty());
+        self.samples_with_branches += u64::from(!s.branches.is_empty());
+        self.branches += s.branches.len() as u64;
+        self.pids.insert(s.pid);
+        *self.per_thread.entry((s.pid, s.tid)).or_default() += 1;
+        let p = self.processes.entry(s.pid).or_default();
+        p.samples += 1;
+        p.threads.insert(s.tid);
+        self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
+        self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
+    }
+
     fn add(&mut self, event: &Event) {
         match event {
-            Event::Sample(s) => {
-                self.samples += 1;
-                self.samples_with_callchain += u64::from(!s.callchain.is_empty());
-                self.samples_with_branches += u64::from(!s.branches.is_empty());
-                self.branches += s.branches.len() as u64;
-                self.pids.insert(s.pid);
-                *self.per_thread.entry((s.pid, s.tid)).or_default() += 1;
-                let p = self.processes.entry(s.pid).or_default();
-                p.samples += 1;
-                p.threads.insert(s.tid);
-                self.first_ns = Some(self.first_ns.map_or(s.time_ns, |t| t.min(s.time_ns)));
-                self.last_ns = Some(self.last_ns.map_or(s.time_ns, |t| t.max(s.time_ns)));
-            }
+            Event::Sample(s) => self.add_sample(&SampleRef::of_host(s, 0)),
             Event::Snapshot(s) => {
                 self.snapshots += 1;
                 let source = match s.reason {
@@ -759,6 +774,17 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     let mut reader = PerfDataReader::open(path).with_context(context)?;
     header(out, reader.header(), 0)?;
     let mut totals = Totals::default();
+    // Every record in perf's order, read in place; the event stream for files the
+    // mapped walk declines, and to name a sample it cannot decode.
+    match PerfSource::new(&mut reader).walk_in_order(&mut totals) {
+        Ok(()) => {}
+        Err(SourceError::Input(e)) => return Err(e).with_context(context),
+        Err(SourceError::Declined) => {}
+        Err(SourceError::Undecodable(_)) => {
+            reader = PerfDataReader::open(path).with_context(context)?;
+            totals = Totals::default();
+        }
+    }
     for event in reader.by_ref() {
         totals.add(&event.with_context(context)?);
     }

@@ -25,11 +25,18 @@
 //! exactly the stream's order, for in-order and out-of-order files alike, with no record
 //! buffered (a file whose rounds keep their promise has batches that follow the keys).
 //!
+//! A consumer that needs every sample on its own in perf's order (timelines, filters
+//! decided per sampled IP) takes a scan made for it
+//! ([`super::PerfDataReader::mapped_scan_in_order`]): the walk keeps every selected
+//! sample's sort key, and [`Scan::for_each_in_order`] merges the sorted keys with the
+//! side-band events, decoding each sample in place when its turn comes.
+//!
 //! The walk declines (returns `None`, and the caller reads the event stream instead)
 //! whatever it does not handle exactly as the stream does: big-endian and simpleperf
 //! files, compressed or AUX-trace records, framing errors, and samples with stack copies
 //! unless the caller unwinds them itself
-//! ([`super::PerfDataReader::mapped_scan_unwinding_with`]).
+//! ([`super::PerfDataReader::mapped_scan_unwinding_with`],
+//! [`super::PerfDataReader::mapped_scan_in_order`]).
 //! A sample body that does not match its attribute is reported as
 //! [`ScanError::Sample`]; the caller then reads the stream, which names the record.
 
@@ -203,6 +210,10 @@ pub struct Scan {
     /// The sorter's bound per round (see [`Rounds`]).
     bounds: Vec<Option<TimeKey>>,
     pub(super) samples: u64,
+    /// For [`Scan::for_each_in_order`]: every selected sample's sort key, sorted.
+    sample_keys: Vec<SortKey>,
+    /// For [`Scan::for_each_in_order`]: per chunk, the last release of its records.
+    chunk_batches: Vec<u64>,
 }
 
 /// A chunk of the data section handed out while the walk goes on (see
@@ -323,6 +334,68 @@ impl Scan {
     }
 }
 
+/// A record of a [`Scan`] in perf's order ([`Scan::for_each_in_order`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Ordered<'a> {
+    Sideband(&'a Event),
+    Sample(SampleRef<'a>),
+}
+
+impl Scan {
+    /// Every side-band event and every sample of the selected events, in perf's order
+    /// (the event stream's, see the module docs), on the calling thread; the samples are
+    /// decoded in place. For a scan made for it
+    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's sort
+    /// key, 32 bytes); other scans give only their side-band events. A sample's epoch is
+    /// the one the last state-changing side-band event before it started (0: none).
+    /// Stops at the first sample that cannot be decoded (the samples before it in perf's
+    /// order have been visited).
+    pub fn for_each_in_order(&self, mut f: impl FnMut(Ordered<'_>)) -> Result<(), ScanError> {
+        let bytes = &self.map[..];
+        let stack_copies = self
+            .layouts
+            .layouts
+            .iter()
+            .any(|l| l.sample_type & abi::PERF_SAMPLE_STACK_USER != 0);
+        let mut side = self.sideband.iter().peekable();
+        let mut epoch = 0;
+        // The chunks whose records have all been visited are released (the walk left
+        // them resident).
+        let mut released = 0;
+        for &key in &self.sample_keys {
+            while let Some((k, ev)) = side.next_if(|(k, _)| *k < key) {
+                if changes_state(ev) {
+                    epoch = epoch_of(k);
+                }
+                f(Ordered::Sideband(ev));
+            }
+            while released < self.chunk_batches.len() && self.chunk_batches[released] < key.0 {
+                release(&self.map, self.chunks[released].0.clone());
+                released += 1;
+            }
+            // A selected sample's record, its framing checked by the walk.
+            let at = self.data.start + key.2 as usize;
+            let (_, misc, size) = record_header(&bytes[at..at + 8]);
+            let body = &bytes[at + 8..at + size];
+            let layout = self.layouts.layouts[self.layouts.attr_index(true, body)];
+            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+                offset: key.2 as usize,
+                what,
+            })?;
+            f(Ordered::Sample(sample_ref(
+                &raw,
+                layout,
+                misc,
+                epoch,
+                stack_copies,
+            )));
+        }
+        side.for_each(|(_, ev)| f(Ordered::Sideband(ev)));
+        release(&self.map, self.data.clone());
+        Ok(())
+    }
+}
+
 /// The epoch a state-changing side-band event starts: its position, plus one.
 fn epoch_of(key: &SortKey) -> u64 {
     key.2 + 1
@@ -386,33 +459,46 @@ fn samples_in(
             let keys = last.as_ref().map_or(&[][..], |(_, k)| &k[..]);
             let before = keys.partition_point(|k| *k < key);
             let epoch = before.checked_sub(1).map_or(0, |i| epoch_of(&keys[i]));
-            let stack_copy = if stack_copies {
-                raw.user_regs(true, layout.regs_user)
-                    .map(|regs| StackCopyRef {
-                        regs,
-                        stack: raw.user_stack,
-                    })
-            } else {
-                None
-            };
-            f(SampleRef {
-                epoch,
-                pid: raw.pid,
-                tid: raw.tid,
-                cpu: raw.cpu,
-                mode: cpu_mode(reader::CpuMode::from_misc(misc)),
-                time_ns: raw.time_ns,
-                period: raw.period,
-                ip: raw.ip,
-                callchain: Callchain::PerfWords(raw.callchain),
-                branches: BranchStack::PerfEntries(raw.branches),
-                stack_copy,
-            });
+            f(sample_ref(&raw, layout, misc, epoch, stack_copies));
         }
         at += size;
     }
     release(map, range);
     Ok(())
+}
+
+/// The sample of a decoded record with header flags `misc`, at `epoch`; with its stack
+/// copy when the file has some (`stack_copies`).
+#[inline(always)]
+fn sample_ref<'a>(
+    raw: &RawSample<'a>,
+    layout: SampleLayout,
+    misc: u16,
+    epoch: u64,
+    stack_copies: bool,
+) -> SampleRef<'a> {
+    let stack_copy = if stack_copies {
+        raw.user_regs(true, layout.regs_user)
+            .map(|regs| StackCopyRef {
+                regs,
+                stack: raw.user_stack,
+            })
+    } else {
+        None
+    };
+    SampleRef {
+        epoch,
+        pid: raw.pid,
+        tid: raw.tid,
+        cpu: raw.cpu,
+        mode: cpu_mode(reader::CpuMode::from_misc(misc)),
+        time_ns: raw.time_ns,
+        period: raw.period,
+        ip: raw.ip,
+        callchain: Callchain::PerfWords(raw.callchain),
+        branches: BranchStack::PerfEntries(raw.branches),
+        stack_copy,
+    }
 }
 
 /// How much of a record with a stack copy [`prefetch_next`] asks for: its header, the
@@ -486,22 +572,39 @@ fn in_order(
     })
 }
 
+/// Who takes the samples of a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Consumer {
+    /// Chunk by chunk, on any thread.
+    Chunks,
+    /// Chunk by chunk, each chunk with the side-band events its samples' epochs need
+    /// ([`Chunk::take_sideband`]), to unwind their stack copies.
+    ChunksWithSideband,
+    /// One by one in perf's order, after the walk ([`Scan::for_each_in_order`]).
+    InOrder,
+}
+
 /// Walks the record headers of `map[data]`. `convert` turns a side-band record into an
 /// event (or `None` for records the model skips, `Err` for a malformed one); `None` overall
-/// means the fast path does not apply. With `deliver_sideband`, the chunks handed out
-/// carry the side-band events (see [`Chunk::take_sideband`]).
+/// means the fast path does not apply. `consumer` says what the walk keeps for whom.
 pub(super) fn walk(
     map: Mmap,
     data: Range<usize>,
     layouts: Layouts,
     chunk_size: usize,
-    deliver_sideband: bool,
+    consumer: Consumer,
     mut convert: impl FnMut(&RawEventRecord<'_>, &mut ImportStats) -> Result<Option<Event>, ()>,
     on_chunk: &mut dyn FnMut(Chunk),
 ) -> Option<(Scan, ImportStats)> {
+    let deliver_sideband = consumer == Consumer::ChunksWithSideband;
+    let keep_keys = consumer == Consumer::InOrder;
     let map = Arc::new(map);
     let layouts = Arc::new(layouts);
     let bytes = map.get(data.clone())?;
+    // For `Consumer::InOrder`: the sort key of every selected sample, and per chunk the
+    // last release of its records.
+    let mut sample_keys: Vec<SortKey> = Vec::new();
+    let mut chunk_batches: Vec<u64> = Vec::new();
     let mut stats = ImportStats {
         samples_per_event: vec![0; layouts.layouts.len()],
         ..ImportStats::default()
@@ -617,6 +720,9 @@ pub(super) fn walk(
                 if let Some(n) = stats.samples_per_event.get_mut(attr) {
                     *n += 1;
                 }
+                if keep_keys && layouts.is_selected(attr) {
+                    sample_keys.push((batch, time_key.0, time_key.1));
+                }
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
                 if let Some(ev) = convert(&raw, &mut stats).ok()? {
@@ -633,6 +739,12 @@ pub(super) fn walk(
         }
         at += size;
         if at - chunk_start >= chunk_size || at == bytes.len() {
+            if keep_keys {
+                chunk_batches.push(chunk_batch);
+                // Nobody reads the chunk before the visit in order, which faults its
+                // pages back in as it goes: resident memory stays a few chunks.
+                release(&map, data.start + chunk_start..data.start + at);
+            }
             pending.push((chunks.len(), std::mem::take(&mut chunk_batch)));
             chunks.push((data.start + chunk_start..data.start + at, chunk_round));
             chunk_start = at;
@@ -644,6 +756,13 @@ pub(super) fn walk(
     let last = bounds.len() as u64;
     for (key, _) in &mut side {
         key.0 = key.0.min(last);
+    }
+    for key in &mut sample_keys {
+        key.0 = key.0.min(last);
+    }
+    sample_keys.sort_unstable();
+    for batch in &mut chunk_batches {
+        *batch = (*batch).min(last);
     }
     if deliver_sideband {
         carry.extend(looked_at..side.len());
@@ -674,6 +793,8 @@ pub(super) fn walk(
             chunks,
             bounds,
             samples,
+            sample_keys,
+            chunk_batches,
         },
         stats,
     ))
