@@ -167,7 +167,12 @@ impl Exec<'_, '_, '_> {
             | Code::Movdqa_xmm_xmmm128
             | Code::Movaps_xmmm128_xmm
             | Code::Movapd_xmmm128_xmm
-            | Code::Movdqa_xmmm128_xmm => self.mov128(s, true),
+            | Code::Movdqa_xmmm128_xmm
+            // The non-temporal stores: a cache hint and weaker ordering, which a plain
+            // store (ordered more strictly) satisfies; aligned as MOVDQA.
+            | Code::Movntdq_m128_xmm
+            | Code::Movntps_m128_xmm
+            | Code::Movntpd_m128_xmm => self.mov128(s, true),
             // To an XMM register: zero-extended.
             Code::Movd_xmm_rm32 | Code::Movq_xmm_rm64 | Code::Movq_xmm_xmmm64 => {
                 let bytes = if insn.code() == Code::Movd_xmm_rm32 {
