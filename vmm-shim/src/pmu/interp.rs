@@ -52,6 +52,9 @@
 //!   `Instruction` and without copying the register file: registers are written in place
 //!   once nothing can halt any more. Everything else, and a form whose undefined flags need
 //!   the liveness proof, takes the generic path; the tests run every fast form both ways.
+//! * **MOVS/STOS**: with REP, up to a page of iterations per step, each step a transaction
+//!   of its own, as if the CPU had been interrupted between iterations
+//!   (`interp/string.rs`).
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
 //!   direct-mapped table until any page becomes code or a page table.
@@ -76,6 +79,7 @@ mod avx;
 mod fast;
 pub mod host_flags;
 mod sse;
+mod string;
 
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
@@ -141,6 +145,9 @@ impl std::fmt::Display for Halt {
 pub enum Effect {
     /// Not a branch: execution goes on at the next instruction.
     Next,
+    /// A REP string instruction ran some of its iterations and has more to run: RIP
+    /// stays on it, and it has not retired (`interp/string.rs`).
+    Repeat,
     /// A near branch retired.
     Branch {
         kind: BranchKind,
@@ -329,6 +336,7 @@ impl Interp {
             ymm_dirty: false,
             block: None,
             lazy_af: None,
+            repeats: Vec::new(),
         };
         s.translate_noted();
         s
@@ -511,6 +519,8 @@ pub struct Session<'a> {
     /// AF of the last logic operation, not computed yet: `state.rflags`' AF holds a
     /// placeholder until [`Session::settle_af`] asks the host (`interp/fast.rs`).
     lazy_af: Option<fast::LazyAf>,
+    /// REP string iterations run ([`Session::take_repeats`]).
+    repeats: Vec<(u64, u64)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -575,7 +585,8 @@ impl Session<'_> {
     /// next, so the caller needs no more of them than the count: they started at the RIP
     /// before the call) and the branch's [`Step`], or `None` when `max` completed, or the
     /// halt (the state is that of the boundary before the halting instruction, as after
-    /// [`Session::step`]). This is the tracer's batch: one call per basic block rather
+    /// [`Session::step`]). A REP string instruction's steps before its last
+    /// ([`Effect::Repeat`]) do not count: it completes once. This is the tracer's batch: one call per basic block rather
     /// than one per instruction. (Inlined into the tracer's loop: returned through memory,
     /// the `Step` was written in pieces and read back whole, a store-forwarding stall per
     /// branch.)
@@ -588,6 +599,10 @@ impl Session<'_> {
                     effect: Effect::Next,
                     ..
                 }) => n += 1,
+                Ok(Step {
+                    effect: Effect::Repeat,
+                    ..
+                }) => {}
                 Ok(step) => return (n, Ok(Some(step))),
                 Err(h) => {
                     self.pending_ad.clear();
@@ -818,6 +833,9 @@ impl Session<'_> {
         if insn.next_ip() / PAGE != ip / PAGE {
             let pa = self.check_fetch(insn.next_ip() - 1)?;
             self.note_code_phys(pa);
+        }
+        if let Some(r) = self.run_string(ip, &insn) {
+            return r;
         }
         let mut n = self.scratch.take().unwrap_or_default();
         *n = *self.state;

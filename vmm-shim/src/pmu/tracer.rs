@@ -795,6 +795,12 @@ impl Tracer {
                 pending_at = session.rip();
             }
             let (n, r) = session.run((budget - ran).min(room - pending));
+            // REP string iterations: passes valgrind counts (see `interp/string.rs`).
+            for (ip, extra) in session.take_repeats() {
+                if let Some(p) = &mut self.profile {
+                    p.repeat(ip, extra);
+                }
+            }
             ran += n;
             pending += n;
             let step = match r {

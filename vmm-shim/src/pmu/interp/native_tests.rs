@@ -784,3 +784,131 @@ fn every_fast_handler_is_compared_with_the_cpu() {
         );
     }
 }
+
+/// MOVS and STOS with and without REP (`interp/string.rs`) against the CPU, every element
+/// size: counts of zero, one, a few and several pages (several steps, each up to a page),
+/// unaligned within a page, and a copy over its own source with the destination below
+/// it. The steps before the last repeat, the last completes the instruction, and the
+/// iterations kept for the profile add up to the count (none without REP).
+#[test]
+fn movs_and_stos_match_the_cpu() {
+    const FORMS: [(&str, &[u8]); 12] = [
+        ("movsb", &[0xa4]),
+        ("movsq", &[0x48, 0xa5]),
+        ("stosw", &[0x66, 0xab]),
+        ("stosl", &[0xab]),
+        ("rep movsb", &[0xf3, 0xa4]),
+        ("rep movsw", &[0x66, 0xf3, 0xa5]),
+        ("rep movsl", &[0xf3, 0xa5]),
+        ("rep movsq", &[0xf3, 0x48, 0xa5]),
+        ("rep stosb", &[0xf3, 0xaa]),
+        ("rep stosw", &[0x66, 0xf3, 0xab]),
+        ("rep stosl", &[0xf3, 0xab]),
+        ("rep stosq", &[0xf3, 0x48, 0xab]),
+    ];
+    // (source offset, destination offset, count) in the data buffer.
+    const CASES: [(u64, u64, u64); 6] = [
+        (0x100, 0x2000, 0),
+        (0x100, 0x2000, 1),
+        (0x103, 0x2005, 37),
+        (0x10, 0x3ff0, 1000),
+        (0x2000, 0x1ff8, 600),
+        (0x0, 0x8000, 0x1000),
+    ];
+    let mut buffer = DataBuffer::map();
+    let page = CodePage::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    };
+    let mut data = vec![0u8; DATA_LEN];
+    for (text, code) in FORMS {
+        for (src, dst, count) in CASES {
+            for b in data.iter_mut() {
+                *b = next() as u8;
+            }
+            let mut regs: [u64; 16] = std::array::from_fn(|_| next());
+            regs[6] = tests::DATA + src;
+            regs[7] = tests::DATA + dst;
+            regs[1] = count;
+            let flags_in = (next() & STATUS) | 2;
+
+            buffer.bytes().copy_from_slice(&data);
+            let mut native_regs = regs;
+            let mut native_flags = flags_in;
+            page.run(code, &mut native_regs, &mut native_flags);
+
+            let mut bytes = code.to_vec();
+            bytes.push(0xf4); // hlt
+            let mut m = Machine::new(&bytes);
+            let at = tests::DATA as usize;
+            m.mem[at..at + DATA_LEN].copy_from_slice(&data);
+            let mut s = tests::state();
+            let sp = s.gpr[RSP];
+            s.gpr = regs;
+            s.gpr[RSP] = sp;
+            s.rflags = flags_in;
+            let mut interp = Interp::default();
+            let mut session = interp.session(&mut m, s);
+            let what = format!("{text} from +{src:#x} to +{dst:#x}, {count} times");
+            let steps = run_to(&mut session, tests::CODE + code.len() as u64, &what);
+            let iterations: u64 = session.take_repeats().map(|(_, k)| k).sum();
+            let after = *session.state();
+            drop(session);
+            let (last, before) = steps.split_last().expect("a step");
+            assert_eq!(last.effect, Effect::Next, "{what}");
+            assert!(before.iter().all(|s| s.effect == Effect::Repeat), "{what}");
+            let repeated = text.starts_with("rep");
+            assert_eq!(iterations, if repeated { count } else { 0 }, "{what}");
+            assert!(repeated || steps.len() == 1, "{what}");
+            for i in (0..16).filter(|&i| i != RSP) {
+                assert_eq!(after.gpr[i], native_regs[i], "{what}: register {i}");
+            }
+            assert_eq!(
+                after.rflags & STATUS,
+                native_flags & STATUS,
+                "{what}: flags"
+            );
+            assert!(
+                m.mem[at..at + DATA_LEN] == buffer.bytes()[..],
+                "{what}: memory differs"
+            );
+        }
+    }
+}
+
+/// What REP MOVS/STOS leaves to the CPU halts before anything changes: DF set, a copy
+/// whose destination overlaps its source ahead of it, an element straddling a page
+/// boundary, a destination on a read-only page.
+#[test]
+fn rep_movs_and_stos_leave_the_rest_to_the_cpu() {
+    use super::harness::RO;
+    const DF: u64 = 1 << 10;
+    for (code, src, dst, flags) in [
+        (&[0xf3, 0xa4][..], tests::DATA, tests::DATA + 0x10, 2 | DF),
+        (&[0xf3, 0xa4][..], tests::DATA, tests::DATA + 0x10, 2),
+        (&[0xf3, 0x48, 0xab][..], 0, tests::DATA + 0xffc, 2),
+        (&[0xf3, 0xaa][..], 0, RO + 0x100, 2),
+    ] {
+        let mut bytes = code.to_vec();
+        bytes.push(0xf4);
+        let mut m = Machine::new(&bytes);
+        let before = m.mem.clone();
+        let mut s = tests::state();
+        s.gpr[6] = src;
+        s.gpr[7] = dst;
+        s.gpr[1] = 0x100;
+        s.rflags = flags;
+        let mut interp = Interp::default();
+        let mut session = interp.session(&mut m, s);
+        let r = session.step();
+        assert!(r.is_err(), "{code:02x?} at {dst:#x}: {r:?}");
+        assert_eq!(*session.state(), s);
+        assert_eq!(session.take_repeats().count(), 0);
+        drop(session);
+        assert!(m.mem == before, "{code:02x?}: memory changed");
+    }
+}

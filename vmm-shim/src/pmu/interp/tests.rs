@@ -68,7 +68,7 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
         .iter()
         .filter_map(|st| match st.effect {
             Effect::Branch { kind, taken, .. } => Some((kind, taken)),
-            Effect::Next => None,
+            Effect::Next | Effect::Repeat => None,
         })
         .collect();
     assert_eq!(branches.len(), 15);
@@ -102,6 +102,7 @@ fn batches_run_the_same_instructions_as_single_steps_and_stop_at_their_limit() {
     for st in &steps {
         match st.effect {
             Effect::Next => n += 1,
+            Effect::Repeat => {}
             Effect::Branch { .. } => {
                 expected.push((n, Some(*st)));
                 n = 0;
