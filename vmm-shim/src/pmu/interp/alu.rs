@@ -124,6 +124,7 @@ fn flag(cond: bool, bit: u64) -> u64 {
 
 /// Computes `op` on `a` and `b` (for shifts and rotates `b` is the count, before
 /// masking; for BT the bit offset) at `bits` = 8, 16, 32 or 64.
+#[inline]
 pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
     let m = mask(bits);
     let (a, b) = (a & m, b & m);
