@@ -12,8 +12,8 @@
 //! Only what is implemented exactly runs here: the integer subset compilers emit in hot
 //! code (MOV/MOVZX/MOVSX/MOVSXD/LEA, the ALU group, INC/DEC/NEG/NOT, shifts and rotates,
 //! two/three-operand IMUL, PUSH/POP/LEAVE, near CALL/RET/JMP/Jcc direct and indirect,
-//! CMOVcc/SETcc, register XCHG, NOPs and ENDBR64, CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT,
-//! one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
+//! CMOVcc/SETcc, register XCHG, NOPs, ENDBR64 and the PREFETCH hints,
+//! CBW/CWDE/CDQE/CWD/CDQ/CQO, register BT, one-operand MUL/IMUL/DIV/IDIV, SSE/SSE2 moves and integer operations (`interp/sse.rs`),
 //! the AVX/AVX2 forms of glibc's `*_avx2` string functions and BMI1/BMI2 (`interp/avx.rs`,
 //! where the host CPU runs them), `%fs:` (thread-local) accesses) in 64-bit mode at CPL 3. Anything else — another
 //! instruction or form, a LOCK prefix, a GS access, a page fault, an address outside RAM, a data access to a page that holds
@@ -52,6 +52,9 @@
 //!   `Instruction` and without copying the register file: registers are written in place
 //!   once nothing can halt any more. Everything else, and a form whose undefined flags need
 //!   the liveness proof, takes the generic path; the tests run every fast form both ways.
+//! * **MOVS/STOS**: with REP, up to a page of iterations per step, each step a transaction
+//!   of its own, as if the CPU had been interrupted between iterations
+//!   (`interp/string.rs`).
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
 //!   direct-mapped table until any page becomes code or a page table.
@@ -76,6 +79,7 @@ mod avx;
 mod fast;
 pub mod host_flags;
 mod sse;
+mod string;
 
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
@@ -141,6 +145,9 @@ impl std::fmt::Display for Halt {
 pub enum Effect {
     /// Not a branch: execution goes on at the next instruction.
     Next,
+    /// A REP string instruction ran some of its iterations and has more to run: RIP
+    /// stays on it, and it has not retired (`interp/string.rs`).
+    Repeat,
     /// A near branch retired.
     Branch {
         kind: BranchKind,
@@ -328,6 +335,8 @@ impl Interp {
             ymm_hi: None,
             ymm_dirty: false,
             block: None,
+            lazy_af: None,
+            repeats: Vec::new(),
         };
         s.translate_noted();
         s
@@ -507,6 +516,11 @@ pub struct Session<'a> {
     /// The block being executed ([`Interp::arena`] index), the index of its next
     /// instruction, and the arena's generation ([`Interp::arena_gen`]).
     block: Option<(u32, usize, u64)>,
+    /// AF of the last logic operation, not computed yet: `state.rflags`' AF holds a
+    /// placeholder until [`Session::settle_af`] asks the host (`interp/fast.rs`).
+    lazy_af: Option<fast::LazyAf>,
+    /// REP string iterations run ([`Session::take_repeats`]).
+    repeats: Vec<(u64, u64)>,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -522,9 +536,16 @@ struct PendingWrite {
 }
 
 impl Session<'_> {
-    /// The state after the last executed instruction.
-    pub fn state(&self) -> &InterpState {
+    /// The state after the last executed instruction (with every flag computed).
+    pub fn state(&mut self) -> &InterpState {
+        self.settle_af();
         &self.state
+    }
+
+    /// RIP after the last executed instruction (the tracer's batches start there; unlike
+    /// [`Session::state`] it leaves a lazy AF for later).
+    pub fn rip(&self) -> u64 {
+        self.state.rip
     }
 
     /// XMM0–XMM15 after the last executed instruction, when an instruction changed them
@@ -564,8 +585,12 @@ impl Session<'_> {
     /// next, so the caller needs no more of them than the count: they started at the RIP
     /// before the call) and the branch's [`Step`], or `None` when `max` completed, or the
     /// halt (the state is that of the boundary before the halting instruction, as after
-    /// [`Session::step`]). This is the tracer's batch: one call per basic block rather
-    /// than one per instruction.
+    /// [`Session::step`]). A REP string instruction's steps before its last
+    /// ([`Effect::Repeat`]) do not count: it completes once. This is the tracer's batch: one call per basic block rather
+    /// than one per instruction. (Inlined into the tracer's loop: returned through memory,
+    /// the `Step` was written in pieces and read back whole, a store-forwarding stall per
+    /// branch.)
+    #[inline(always)]
     pub fn run(&mut self, max: u64) -> (u64, Result<Option<Step>, Halt>) {
         let mut n = 0;
         while n < max {
@@ -574,6 +599,10 @@ impl Session<'_> {
                     effect: Effect::Next,
                     ..
                 }) => n += 1,
+                Ok(Step {
+                    effect: Effect::Repeat,
+                    ..
+                }) => {}
                 Ok(step) => return (n, Ok(Some(step))),
                 Err(h) => {
                     self.pending_ad.clear();
@@ -794,6 +823,8 @@ impl Session<'_> {
             // the instruction again. Nothing was changed; the walks pending so far (the
             // fetch's, the same reads') stay pending for it to commit.
         }
+        // The generic path reads and writes RFLAGS as a whole.
+        self.settle_af();
         let decoded = self.interp.arena[b as usize].insns[i];
         let insn = decoded.insn;
         if decoded.osize_branch {
@@ -802,6 +833,9 @@ impl Session<'_> {
         if insn.next_ip() / PAGE != ip / PAGE {
             let pa = self.check_fetch(insn.next_ip() - 1)?;
             self.note_code_phys(pa);
+        }
+        if let Some(r) = self.run_string(ip, &insn) {
+            return r;
         }
         let mut n = self.scratch.take().unwrap_or_default();
         *n = *self.state;
@@ -1749,11 +1783,28 @@ impl Exec<'_, '_, '_> {
                 s.gpr[2] = rdx;
                 s.rflags = (s.rflags & !STATUS) | status;
             }
-            Mnemonic::Bt if insn.op0_kind() == OpKind::Register => {
+            Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+                if insn.op0_kind() == OpKind::Register =>
+            {
+                let op = bit_test_op(insn.mnemonic()).ok_or_else(|| self.unsupported())?;
                 let bits = self.bits(0)?;
                 let a = self.read(s, 0, bits)?;
                 let b = self.read(s, 1, bits)?;
-                self.apply_alu(s, Op::Bt, bits, a, b);
+                let v = self.apply_alu(s, op, bits, a, b);
+                if op != Op::Bt {
+                    self.write_op(s, 0, bits, v)?;
+                }
+            }
+            // (BSWAP of a 16-bit register is undefined: left to the CPU.)
+            Mnemonic::Bswap if matches!(insn.code(), Code::Bswap_r32 | Code::Bswap_r64) => {
+                let bits = self.bits(0)?;
+                let v = self.read(s, 0, bits)?;
+                let v = if bits == 32 {
+                    u64::from((v as u32).swap_bytes())
+                } else {
+                    v.swap_bytes()
+                };
+                self.write_op(s, 0, bits, v)?;
             }
             Mnemonic::Push if insn.stack_pointer_increment() == -8 => {
                 let v = self.read(s, 0, 64)?;
@@ -1835,6 +1886,14 @@ impl Exec<'_, '_, '_> {
                 self.write_op(s, 1, bits, a)?;
             }
             Mnemonic::Nop | Mnemonic::Endbr64 | Mnemonic::Pause => {}
+            // A hint: never faults, whatever the address (SDM Vol. 2, PREFETCHh), and
+            // changes no architectural state.
+            m if is_prefetch(m) => {}
+            // The fences order this vCPU's memory accesses for the others: the host's
+            // MFENCE orders the interpreter's as strictly as any of the three would.
+            Mnemonic::Mfence | Mnemonic::Sfence | Mnemonic::Lfence => {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            }
             Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe => {
                 let bits = match insn.mnemonic() {
                     Mnemonic::Cbw => 8,
@@ -1891,33 +1950,48 @@ fn host_form(insn: &Instruction) -> bool {
                     Code::Imul_r16_rm16 | Code::Imul_r32_rm32 | Code::Imul_r64_rm64
                 )
         }
-        Mnemonic::Bt => matches!(
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => matches!(
             insn.code(),
-            Code::Bt_rm16_r16 | Code::Bt_rm32_r32 | Code::Bt_rm64_r64
+            Code::Bt_rm16_r16
+                | Code::Bt_rm32_r32
+                | Code::Bt_rm64_r64
+                | Code::Bts_rm16_r16
+                | Code::Bts_rm32_r32
+                | Code::Bts_rm64_r64
+                | Code::Btr_rm16_r16
+                | Code::Btr_rm32_r32
+                | Code::Btr_rm64_r64
+                | Code::Btc_rm16_r16
+                | Code::Btc_rm32_r32
+                | Code::Btc_rm64_r64
         ),
         _ => false,
     }
 }
 
 /// The host stub that runs `insn`'s encoding ([`host_flags::ImmForm`]): shifts and
-/// rotates by an immediate or by one, BT with an immediate.
+/// rotates by an immediate or by one, BT/BTS/BTR/BTC with an immediate.
 fn imm_form(insn: &Instruction) -> Option<host_flags::ImmForm> {
     use host_flags::ImmForm;
+    let bt_digit = match insn.code() {
+        Code::Bt_rm16_imm8 | Code::Bt_rm32_imm8 | Code::Bt_rm64_imm8 => Some(4),
+        Code::Bts_rm16_imm8 | Code::Bts_rm32_imm8 | Code::Bts_rm64_imm8 => Some(5),
+        Code::Btr_rm16_imm8 | Code::Btr_rm32_imm8 | Code::Btr_rm64_imm8 => Some(6),
+        Code::Btc_rm16_imm8 | Code::Btc_rm32_imm8 | Code::Btc_rm64_imm8 => Some(7),
+        _ => None,
+    };
+    if let Some(digit) = bt_digit {
+        return Some(ImmForm::BtImm {
+            digit,
+            offset: insn.immediate8(),
+        });
+    }
     let digit = match insn.mnemonic() {
         Mnemonic::Rol => 0,
         Mnemonic::Ror => 1,
         Mnemonic::Shl | Mnemonic::Sal => 4,
         Mnemonic::Shr => 5,
         Mnemonic::Sar => 7,
-        Mnemonic::Bt => {
-            return matches!(
-                insn.code(),
-                Code::Bt_rm16_imm8 | Code::Bt_rm32_imm8 | Code::Bt_rm64_imm8
-            )
-            .then(|| ImmForm::BtImm {
-                offset: insn.immediate8(),
-            });
-        }
         _ => return None,
     };
     // SAL (/6) is SHL's alias encoding: the stub is built with /4, so leave /6 alone.
@@ -1992,6 +2066,31 @@ fn is_cmovcc(m: Mnemonic) -> bool {
             | Cmovge
             | Cmovle
             | Cmovg
+    )
+}
+
+/// The ALU operation of BT/BTS/BTR/BTC.
+fn bit_test_op(m: Mnemonic) -> Option<Op> {
+    Some(match m {
+        Mnemonic::Bt => Op::Bt,
+        Mnemonic::Bts => Op::Bts,
+        Mnemonic::Btr => Op::Btr,
+        Mnemonic::Btc => Op::Btc,
+        _ => return None,
+    })
+}
+
+/// The software prefetches (PREFETCHNTA/T0/T1/T2, PREFETCHW, AMD's PREFETCH): hints that
+/// never fault and change no architectural state, so running them is doing nothing.
+fn is_prefetch(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Prefetchnta
+            | Mnemonic::Prefetcht0
+            | Mnemonic::Prefetcht1
+            | Mnemonic::Prefetcht2
+            | Mnemonic::Prefetchw
+            | Mnemonic::Prefetch
     )
 }
 

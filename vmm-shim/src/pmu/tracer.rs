@@ -125,10 +125,13 @@ pub struct TracerStats {
     pub exits: u64,
     /// Instructions accounted for (including branches).
     pub instructions: u64,
+    /// Taken branches and interrupts/exceptions offered to the LBR. (Between
+    /// `instructions` and `branches`: a branch adds one to both, and adjacent the two
+    /// adds became one 16-byte load and store, whose load waited for `retire`'s 8-byte
+    /// store to `instructions` to reach the cache.)
+    pub taken: u64,
     /// Branch instructions retired (taken or not).
     pub branches: u64,
-    /// Taken branches and interrupts/exceptions offered to the LBR.
-    pub taken: u64,
     /// Blocks decoded (cache misses).
     pub blocks_decoded: u64,
     /// Branches whose outcome was computed at the stop before them (no step needed).
@@ -789,9 +792,15 @@ impl Tracer {
         while ran < budget {
             // (pending < room here: a batch that reaches room is retired below.)
             if pending == 0 {
-                pending_at = session.state().rip;
+                pending_at = session.rip();
             }
             let (n, r) = session.run((budget - ran).min(room - pending));
+            // REP string iterations: passes valgrind counts (see `interp/string.rs`).
+            for (ip, extra) in session.take_repeats() {
+                if let Some(p) = &mut self.profile {
+                    p.repeat(ip, extra);
+                }
+            }
             ran += n;
             pending += n;
             let step = match r {

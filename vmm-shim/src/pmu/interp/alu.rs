@@ -43,6 +43,11 @@ pub enum Op {
     Imul,
     /// BT with a register operand: CF ← the selected bit.
     Bt,
+    /// BTS/BTR/BTC with a register operand: BT, then the bit is set, cleared or
+    /// complemented.
+    Bts,
+    Btr,
+    Btc,
 }
 
 impl Op {
@@ -119,6 +124,7 @@ fn flag(cond: bool, bit: u64) -> u64 {
 
 /// Computes `op` on `a` and `b` (for shifts and rotates `b` is the count, before
 /// masking; for BT the bit offset) at `bits` = 8, 16, 32 or 64.
+#[inline]
 pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
     let m = mask(bits);
     let (a, b) = (a & m, b & m);
@@ -234,10 +240,16 @@ pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
             let f = flag(overflow, CF) | flag(overflow, OF);
             (r, f, STATUS, SF | ZF | AF | PF)
         }
-        Op::Bt => {
-            let bit = b % u64::from(bits);
-            let f = flag((a >> bit) & 1 != 0, CF);
-            (a, f, STATUS & !ZF, OF | SF | AF | PF)
+        Op::Bt | Op::Bts | Op::Btr | Op::Btc => {
+            let bit = 1u64 << (b % u64::from(bits));
+            let f = flag(a & bit != 0, CF);
+            let r = match op {
+                Op::Bts => a | bit,
+                Op::Btr => a & !bit,
+                Op::Btc => a ^ bit,
+                _ => a,
+            };
+            (r, f, STATUS & !ZF, OF | SF | AF | PF)
         }
     };
     let defined = affected & !undefined;

@@ -223,6 +223,24 @@ sizes_rr!(
     "bt",
     [(16, "x", n16), (32, "e", n32), (64, "r", n64)]
 );
+sizes_rr!(
+    bts_matches_the_cpu,
+    Op::Bts,
+    "bts",
+    [(16, "x", n16), (32, "e", n32), (64, "r", n64)]
+);
+sizes_rr!(
+    btr_matches_the_cpu,
+    Op::Btr,
+    "btr",
+    [(16, "x", n16), (32, "e", n32), (64, "r", n64)]
+);
+sizes_rr!(
+    btc_matches_the_cpu,
+    Op::Btc,
+    "btc",
+    [(16, "x", n16), (32, "e", n32), (64, "r", n64)]
+);
 
 /// CMP and TEST are SUB and AND without the write-back: same flags.
 #[test]

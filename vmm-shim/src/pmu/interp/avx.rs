@@ -124,13 +124,18 @@ impl Exec<'_, '_, '_> {
         Ok([lo, hi])
     }
 
-    /// The address of memory operand `i`, `bytes` wide. VMOVDQA/VMOVAPS/VMOVAPD raise #GP
-    /// on an operand not aligned to its size: left to the CPU.
+    /// The address of memory operand `i`, `bytes` wide. VMOVDQA/VMOVAPS/VMOVAPD and the
+    /// non-temporal stores raise #GP on an operand not aligned to its size: left to the CPU.
     fn vector_address(&self, s: &InterpState, i: u32, bytes: u32) -> Result<u64, Halt> {
         let addr = self.address(s, i)?;
         let aligned = matches!(
             self.insn.mnemonic(),
-            Mnemonic::Vmovdqa | Mnemonic::Vmovaps | Mnemonic::Vmovapd
+            Mnemonic::Vmovdqa
+                | Mnemonic::Vmovaps
+                | Mnemonic::Vmovapd
+                | Mnemonic::Vmovntdq
+                | Mnemonic::Vmovntps
+                | Mnemonic::Vmovntpd
         );
         if aligned && !addr.is_multiple_of(u64::from(bytes)) {
             return Err(Halt::Memory);
@@ -263,6 +268,10 @@ impl Exec<'_, '_, '_> {
             | Mnemonic::Vmovaps
             | Mnemonic::Vmovupd
             | Mnemonic::Vmovapd
+            // (Non-temporal stores, memory destination only: a plain store, see `sse.rs`.)
+            | Mnemonic::Vmovntdq
+            | Mnemonic::Vmovntps
+            | Mnemonic::Vmovntpd
                 if insn.op_count() == 2 =>
             {
                 let reg = if insn.op0_kind() == OpKind::Register {

@@ -4,9 +4,9 @@
 //! copying the register file.
 //!
 //! Forms: MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU group with CMP and TEST, INC/DEC/NEG/NOT,
-//! shifts and rotates, two-operand IMUL, register BT, CMOVcc, SETcc, near Jcc/JMP/CALL
-//! (direct and indirect), RET, PUSH, POP, LEAVE and the NOPs — with register, immediate
-//! and 64-bit-addressed memory operands (FS-relative included). Everything else, and any
+//! shifts and rotates, two-operand IMUL, register BT/BTS/BTR/BTC, CMOVcc, SETcc, near Jcc/JMP/CALL
+//! (direct and indirect), RET, PUSH, POP, LEAVE, the NOPs and the PREFETCH hints — with
+//! register, immediate and 64-bit-addressed memory operands (FS-relative included). Everything else, and any
 //! of these whose result leaves flags undefined that the host cannot supply (those need
 //! the liveness proof), goes through the generic path, which stays the reference: the
 //! tests run every form both ways and against the host CPU.
@@ -18,11 +18,11 @@
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::alu::{Op, STATUS, alu, mask, sext};
+use super::alu::{AF, Op, STATUS, alu, mask, sext};
 use super::host_flags::{self, ImmForm};
 use super::{
-    BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, cond_holds, gpr_index,
-    host_form, imm_form, is_cmovcc, is_immediate, is_setcc, operand_bits,
+    BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, bit_test_op, cond_holds,
+    gpr_index, host_form, imm_form, is_cmovcc, is_immediate, is_prefetch, is_setcc, operand_bits,
 };
 
 /// "No register" in [`Ea`].
@@ -152,7 +152,11 @@ impl Fast {
         let m = insn.mnemonic();
         let alu_op = match m {
             Mnemonic::Imul if insn.op_count() == 2 => Some(Op::Imul),
-            Mnemonic::Bt if insn.op0_kind() == OpKind::Register => Some(Op::Bt),
+            Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+                if insn.op0_kind() == OpKind::Register =>
+            {
+                bit_test_op(m)
+            }
             _ => Op::of_two_operand(m),
         };
         if let Some(op) = alu_op {
@@ -273,6 +277,7 @@ impl Fast {
             }
             Mnemonic::Leave if insn.code() == Code::Leaveq => f.handler = Handler::Leave,
             Mnemonic::Nop | Mnemonic::Endbr64 | Mnemonic::Pause => f.handler = Handler::Nop,
+            _ if is_prefetch(m) => f.handler = Handler::Nop,
             _ => return None,
         }
         Some(f)
@@ -384,6 +389,34 @@ fn host(insn: &Instruction) -> Host {
     }
 }
 
+/// A logic operation whose AF (undefined by the SDM, taken from the host) is not computed
+/// yet. AF is read by no condition code, so most of them never need it: the next
+/// arithmetic operation defines AF again. [`Session::settle_af`] computes it before
+/// anything could read it or make the host's answer depend on it: the generic path, an
+/// operation that keeps AF (rotates, shifts by zero, NOT) or leaves it undefined too,
+/// and the state handed out ([`Session::state`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LazyAf {
+    op: Op,
+    bits: u32,
+    a: u64,
+    b: u64,
+    /// RFLAGS before the operation (all its flags exact).
+    rflags: u64,
+}
+
+/// Whether running `h` leaves a lazy AF as it is (the handler does not touch AF) or
+/// replaces it with a defined AF (the arithmetic operations).
+fn keeps_lazy_af(h: Handler) -> bool {
+    match h {
+        Handler::Alu { op, .. } => matches!(
+            op,
+            Op::Add | Op::Adc | Op::Sub | Op::Sbb | Op::Inc | Op::Dec | Op::Neg
+        ),
+        _ => true,
+    }
+}
+
 /// Register values to write once the instruction can no longer halt.
 struct Staged {
     regs: [(Loc, u64); 3],
@@ -416,6 +449,16 @@ const RBP_LOC: Loc = Loc::Reg {
 };
 
 impl Session<'_> {
+    /// Computes a lazy AF ([`LazyAf`]) into `state.rflags`.
+    pub(super) fn settle_af(&mut self) {
+        if let Some(l) = self.lazy_af.take() {
+            // (The host answers for every logic operation at every size.)
+            if let Some(h) = host_flags::status_after(l.op, l.bits, l.a, l.b, l.rflags) {
+                self.state.rflags = (self.state.rflags & !AF) | (h & AF);
+            }
+        }
+    }
+
     #[inline(always)]
     fn ea(&self, e: &Ea) -> u64 {
         let s = &self.state;
@@ -483,8 +526,13 @@ impl Session<'_> {
     /// (Inlined into `Session::try_step`: it runs most instructions.)
     #[inline(always)]
     pub(super) fn run_fast(&mut self, ip: u64, f: &Fast) -> Result<Option<Step>, Halt> {
+        if self.lazy_af.is_some() && !keeps_lazy_af(f.handler) {
+            self.settle_af();
+        }
         let bits = u32::from(f.bits);
         let mut staged = Staged::new();
+        // An ALU operation's lazy AF, `Some(None)` when it computed AF (or settled it first).
+        let mut lazy_after = None;
         let mut write = None;
         let mut rflags = self.state.rflags;
         let mut rip = f.next;
@@ -514,7 +562,17 @@ impl Session<'_> {
                 let b = self.get(f, f.src, bits)?;
                 let out = alu(op, bits, a, b, rflags);
                 let mut status = out.rflags & STATUS;
-                if out.undefined != 0 {
+                let mut lazy = None;
+                let logic = matches!(op, Op::And | Op::Or | Op::Xor);
+                if out.undefined == AF && host == Host::Op && logic {
+                    lazy = Some(LazyAf {
+                        op,
+                        bits,
+                        a,
+                        b,
+                        rflags,
+                    });
+                } else if out.undefined != 0 {
                     let from_host = match host {
                         Host::Imm(form) => host_flags::status_after_imm(form, bits, a, rflags),
                         Host::Op => host_flags::status_after(op, bits, a, b, rflags),
@@ -526,6 +584,7 @@ impl Session<'_> {
                     }
                 }
                 rflags = (rflags & !STATUS) | status;
+                lazy_after = Some(lazy);
                 if wb {
                     self.put(f, f.dst, bits, out.value, &mut staged, &mut write);
                 }
@@ -635,6 +694,9 @@ impl Session<'_> {
         }
         s.rflags = rflags & !RFLAGS_RF;
         s.rip = rip;
+        if let Some(l) = lazy_after {
+            self.lazy_af = l;
+        }
         self.interp.fast_steps += 1;
         Ok(Some(Step {
             ip,

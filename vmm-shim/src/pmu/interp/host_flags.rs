@@ -9,53 +9,82 @@
 
 use std::arch::asm;
 
-use super::alu::{Op, STATUS};
+use super::alu::{AF, CF, OF, Op, PF, SF, STATUS, ZF};
 
-/// `INSN dst, src` on two registers; returns RFLAGS afterwards.
+/// Whether the host has LAHF/SAHF in 64-bit mode (CPUID.80000001H:ECX.LAHF-SAHF[bit 0]),
+/// which load and store the status flags here. (Every x86-64 CPU KVM runs on has them;
+/// without them nothing here answers, and the interpreter proves undefined flags dead or
+/// leaves the instruction to the CPU.)
+fn have_lahf() -> bool {
+    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAVE.get_or_init(|| {
+        // (Leaf 0x80000000 says how far the extended leaves go.)
+        let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+        max >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 != 0
+    })
+}
+
+/// The status flags of `rflags` as the asm blocks load them: AH for SAHF (SF, ZF, AF, PF,
+/// CF) in RAX, and OF as 0/1 (`add $0x7f` of it sets OF exactly when it is 1).
+fn flags_in(rflags: u64) -> (u64, u8) {
+    ((rflags & 0xff) << 8, u8::from(rflags & OF != 0))
+}
+
+/// The status flags back from LAHF's AH (in RAX) and SETO's byte.
+fn flags_out(rax: u64, of: u8) -> u64 {
+    ((rax >> 8) & (SF | ZF | AF | PF | CF)) | (u64::from(of) << 11) | 2
+}
+
+/// `INSN dst, src` on two registers; returns the status flags afterwards. The flags go in
+/// and out through SAHF/LAHF and an `add`/`seto` for OF: a POPFQ/PUSHFQ round trip costs
+/// several times more, and these run for many interpreted instructions.
 macro_rules! rr {
     ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
         let mut r: u64 = $a;
-        let mut fl: u64 = $f;
-        // SAFETY: pure register arithmetic; the flags round-trip through the stack, which
-        // asm! may use (no `nostack`). POPFQ only loads status flags and the reserved bit 1
-        // (the caller masks the rest), so DF stays clear as Rust requires.
+        let (mut ax, mut of) = flags_in($f);
+        // SAFETY: pure register arithmetic; SAHF loads only status flags, so DF stays clear
+        // as Rust requires.
         unsafe {
             asm!(
-                "push {fl}",
-                "popfq",
+                "add {of}, 0x7f",
+                "sahf",
                 concat!($insn, " {r:", $m, "}, {b:", $m, "}"),
-                "pushfq",
-                "pop {fl}",
+                "lahf",
+                "seto {of}",
                 r = inout(reg) r,
                 b = in(reg) $b,
-                fl = inout(reg) fl,
+                of = inout(reg_byte) of,
+                inout("rax") ax,
+                options(nomem, nostack),
             );
         }
         let _ = r;
-        fl
+        flags_out(ax, of)
     }};
 }
 
-/// `INSN dst, cl`; returns RFLAGS afterwards.
+/// `INSN dst, cl`; returns the status flags afterwards (as rr!).
 macro_rules! rcl {
     ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
         let mut r: u64 = $a;
-        let mut fl: u64 = $f;
+        let (mut ax, mut of) = flags_in($f);
         // SAFETY: as in rr!.
         unsafe {
             asm!(
-                "push {fl}",
-                "popfq",
+                "add {of}, 0x7f",
+                "sahf",
                 concat!($insn, " {r:", $m, "}, cl"),
-                "pushfq",
-                "pop {fl}",
+                "lahf",
+                "seto {of}",
                 r = inout(reg) r,
                 in("cl") $b as u8,
-                fl = inout(reg) fl,
+                of = inout(reg_byte) of,
+                inout("rax") ax,
+                options(nomem, nostack),
             );
         }
         let _ = r;
-        fl
+        flags_out(ax, of)
     }};
 }
 
@@ -71,11 +100,25 @@ macro_rules! sized {
     };
 }
 
+/// One instruction at each operand size but 8 bits (IMUL, the bit tests).
+macro_rules! sized16 {
+    ($kind:ident, $insn:literal, $bits:expr, $a:expr, $b:expr, $f:expr) => {
+        match $bits {
+            16 => $kind!($insn, "x", $a, $b, $f),
+            32 => $kind!($insn, "e", $a, $b, $f),
+            _ => $kind!($insn, "r", $a, $b, $f),
+        }
+    };
+}
+
 /// RFLAGS' status flags after the host CPU runs `op` at `bits` on `a` and `b` (for shifts
 /// and rotates `b` is the count; for BT the bit offset) with the status flags of `rflags`
 /// coming in. `None` for an operation or size with no register form here.
 pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u64> {
-    let f = (rflags & STATUS) | 2;
+    if !have_lahf() {
+        return None;
+    }
+    let f = rflags;
     let out = match op {
         Op::Add => sized!(rr, "add", bits, a, b, f),
         Op::Adc => sized!(rr, "adc", bits, a, b, f),
@@ -90,16 +133,11 @@ pub fn status_after(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Option<u6
         Op::Rol => sized!(rcl, "rol", bits, a, b, f),
         Op::Ror => sized!(rcl, "ror", bits, a, b, f),
         // No 8-bit register forms.
-        Op::Imul if bits >= 16 => match bits {
-            16 => rr!("imul", "x", a, b, f),
-            32 => rr!("imul", "e", a, b, f),
-            _ => rr!("imul", "r", a, b, f),
-        },
-        Op::Bt if bits >= 16 => match bits {
-            16 => rr!("bt", "x", a, b, f),
-            32 => rr!("bt", "e", a, b, f),
-            _ => rr!("bt", "r", a, b, f),
-        },
+        Op::Imul if bits >= 16 => sized16!(rr, "imul", bits, a, b, f),
+        Op::Bt if bits >= 16 => sized16!(rr, "bt", bits, a, b, f),
+        Op::Bts if bits >= 16 => sized16!(rr, "bts", bits, a, b, f),
+        Op::Btr if bits >= 16 => sized16!(rr, "btr", bits, a, b, f),
+        Op::Btc if bits >= 16 => sized16!(rr, "btc", bits, a, b, f),
         _ => return None,
     };
     Some(out & STATUS)
@@ -117,8 +155,8 @@ pub enum ImmForm {
     ShiftImm { digit: u8, count: u8 },
     /// A shift or rotate by one (D0/D1).
     ShiftOne { digit: u8 },
-    /// BT r/m, imm8 (0F BA /4).
-    BtImm { offset: u8 },
+    /// BT/BTS/BTR/BTC r/m, imm8 (0F BA /4, /5, /6, /7).
+    BtImm { digit: u8, offset: u8 },
 }
 
 /// Bytes per stub: at most 5 instruction bytes and a RET.
@@ -143,16 +181,17 @@ fn stub_index(form: ImmForm, bits: u32) -> Option<usize> {
             let d = DIGITS.iter().position(|&x| x == digit)?;
             5 * 4 * 256 + d * 4 + size
         }
-        ImmForm::BtImm { offset } => {
-            if bits == 8 {
+        ImmForm::BtImm { digit, offset } => {
+            if bits == 8 || !(4..=7).contains(&digit) {
                 return None;
             }
-            5 * 4 * 256 + 5 * 4 + (size - 1) * 256 + usize::from(offset)
+            let d = usize::from(digit - 4);
+            5 * 4 * 256 + 5 * 4 + (d * 3 + size - 1) * 256 + usize::from(offset)
         }
     })
 }
 
-const STUBS: usize = 5 * 4 * 256 + 5 * 4 + 3 * 256;
+const STUBS: usize = 5 * 4 * 256 + 5 * 4 + 4 * 3 * 256;
 
 /// The instruction bytes of a stub (operand: AL/AX/EAX/RAX, ModRM 11 digit 000) and RET.
 fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
@@ -173,7 +212,7 @@ fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
         ImmForm::ShiftOne { digit } => {
             b.extend([if bits == 8 { 0xd0 } else { 0xd1 }, 0xc0 | (digit << 3)])
         }
-        ImmForm::BtImm { offset } => b.extend([0x0f, 0xba, 0xc0 | (4 << 3), offset]),
+        ImmForm::BtImm { digit, offset } => b.extend([0x0f, 0xba, 0xc0 | (digit << 3), offset]),
     }
     b.push(0xc3);
     b
@@ -228,7 +267,9 @@ fn stubs() -> Option<&'static Stubs> {
                     }
                 }
                 for offset in 0..=255u8 {
-                    put(ImmForm::BtImm { offset }, bits);
+                    for digit in 4..=7 {
+                        put(ImmForm::BtImm { digit, offset }, bits);
+                    }
                 }
             }
             // SAFETY: the mapping made above, now complete.
@@ -244,29 +285,33 @@ fn stubs() -> Option<&'static Stubs> {
 /// flags of `rflags` coming in; `None` if the form has no stub (or the table could not be
 /// mapped).
 pub fn status_after_imm(form: ImmForm, bits: u32, a: u64, rflags: u64) -> Option<u64> {
+    if !have_lahf() {
+        return None;
+    }
     let i = stub_index(form, bits)?;
     let table = stubs()?;
     // SAFETY: i < STUBS: a stub within the table.
     let stub = unsafe { table.0.add(i * STUB) };
-    let mut rax = a;
-    let mut fl = (rflags & STATUS) | 2;
+    let (mut ax, mut of) = flags_in(rflags);
     // SAFETY: the stub is one register-only instruction on RAX built by stub_bytes and a
-    // RET; the call's return address uses the stack, which asm! may (no `nostack`). Flags
-    // as in rr!.
+    // RET; the call's return address uses the stack, which asm! may (no `nostack`). The
+    // flags are loaded before RAX takes the operand (MOV leaves them) and read back with
+    // LAHF once the stub is done with RAX; as in rr!.
     unsafe {
         asm!(
-            "push {fl}",
-            "popfq",
+            "add {of}, 0x7f",
+            "sahf",
+            "mov rax, {a}",
             "call {stub}",
-            "pushfq",
-            "pop {fl}",
+            "lahf",
+            "seto {of}",
+            a = in(reg) a,
             stub = in(reg) stub,
-            fl = inout(reg) fl,
-            inout("rax") rax,
+            of = inout(reg_byte) of,
+            inout("rax") ax,
         );
     }
-    let _ = rax;
-    Some(fl & STATUS)
+    Some(flags_out(ax, of) & STATUS)
 }
 
 /// The bit scans and counts (`dst ← f(src)`, register destination).
@@ -284,7 +329,9 @@ macro_rules! rrv {
     ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
         let mut r: u64 = $a;
         let mut fl: u64 = $f;
-        // SAFETY: as in rr!.
+        // SAFETY: pure register arithmetic; the flags round-trip through the stack, which
+        // asm! may use (no `nostack`). POPFQ only loads status flags and the reserved bit 1
+        // (the caller masks the rest), so DF stays clear as Rust requires.
         unsafe {
             asm!(
                 "push {fl}",
@@ -343,7 +390,7 @@ macro_rules! wide {
         let mut rdx: u64 = $rdx;
         let mut fl: u64 = $f;
         // SAFETY: register arithmetic on RAX/RDX and the source; the caller has checked
-        // that a divide neither divides by zero nor overflows (no #DE). Flags as in rr!.
+        // that a divide neither divides by zero nor overflows (no #DE). Flags as in rrv!.
         unsafe {
             asm!(
                 "push {fl}",
@@ -457,6 +504,9 @@ mod tests {
             Op::Ror,
             Op::Imul,
             Op::Bt,
+            Op::Bts,
+            Op::Btr,
+            Op::Btc,
         ];
         for op in ops {
             for bits in [8, 16, 32, 64] {
@@ -469,7 +519,10 @@ mod tests {
                     };
                     let f = next() & STATUS;
                     let Some(host) = status_after(op, bits, a, b, f) else {
-                        assert!(matches!(op, Op::Imul | Op::Bt) && bits == 8);
+                        assert!(
+                            matches!(op, Op::Imul | Op::Bt | Op::Bts | Op::Btr | Op::Btc)
+                                && bits == 8
+                        );
                         continue;
                     };
                     let m = alu(op, bits, a, b, f | 2);
@@ -480,6 +533,81 @@ mod tests {
                         "{op:?}/{bits} {a:#x} {b:#x}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The flags go in and out through SAHF/LAHF and OF on the side: every status flag,
+    /// the undefined ones included, is what a POPFQ/PUSHFQ round trip around the same
+    /// instruction gives, from every combination of incoming flags.
+    #[test]
+    fn flags_through_lahf_are_those_of_a_pushfq_round_trip() {
+        let mut x = 0x0bad_cafe_1234_5677u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Every combination of the six status flags, spread over bits 0, 2, 4, 6, 7, 11.
+        let flags = |i: u64| {
+            [CF, PF, AF, ZF, SF, OF]
+                .iter()
+                .enumerate()
+                .fold(0, |f, (k, &bit)| if i >> k & 1 != 0 { f | bit } else { f })
+        };
+        for i in 0..64 {
+            let f = flags(i);
+            for _ in 0..20 {
+                let (a, b) = (next(), next());
+                let count = b % 70;
+                let reference = [
+                    (Op::And, 8, b, rrv!("and", "l", a, b, f | 2).1),
+                    (Op::Xor, 32, b, rrv!("xor", "e", a, b, f | 2).1),
+                    (Op::Adc, 64, b, rrv!("adc", "r", a, b, f | 2).1),
+                    (Op::Imul, 16, b, rrv!("imul", "x", a, b, f | 2).1),
+                ];
+                for (op, bits, b, want) in reference {
+                    assert_eq!(
+                        status_after(op, bits, a, b, f),
+                        Some(want & STATUS),
+                        "{op:?}/{bits} {a:#x} {b:#x} from {f:#x}"
+                    );
+                }
+                let mut fl = f | 2;
+                // SAFETY: as in rrv!.
+                unsafe {
+                    asm!(
+                        "push {fl}",
+                        "popfq",
+                        "shr {r}, cl",
+                        "pushfq",
+                        "pop {fl}",
+                        r = inout(reg) a => _,
+                        in("cl") count as u8,
+                        fl = inout(reg) fl,
+                    );
+                }
+                assert_eq!(status_after(Op::Shr, 64, a, count, f), Some(fl & STATUS));
+                // The same encoding as the stub (C1 /5 ib).
+                fl = f | 2;
+                // SAFETY: as in rrv!.
+                unsafe {
+                    asm!(
+                        "push {fl}",
+                        "popfq",
+                        "shr {r}, 13",
+                        "pushfq",
+                        "pop {fl}",
+                        r = inout(reg) a => _,
+                        fl = inout(reg) fl,
+                    );
+                }
+                let form = ImmForm::ShiftImm {
+                    digit: 5,
+                    count: 13,
+                };
+                assert_eq!(status_after_imm(form, 64, a, f), Some(fl & STATUS));
             }
         }
     }
@@ -530,7 +658,9 @@ mod tests {
                 forms.push(ImmForm::ShiftOne { digit });
                 forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
             }
-            forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { offset }));
+            for digit in 4..=7 {
+                forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { digit, offset }));
+            }
             for f in forms {
                 let Some(i) = stub_index(f, bits) else {
                     assert!(matches!(f, ImmForm::BtImm { .. }) && bits == 8);
@@ -566,7 +696,7 @@ macro_rules! rrr {
     ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
         let mut fl: u64 = $f;
         let _r: u64;
-        // SAFETY: as in rr!; the caller checked that the host has the instruction.
+        // SAFETY: as in rrv!; the caller checked that the host has the instruction.
         unsafe {
             asm!(
                 "push {fl}",

@@ -131,6 +131,28 @@ pub(super) const FORMS: &[(&str, &[u8])] = &[
     ("punpcklwd %xmm3,%xmm4", &[0x66, 0x0f, 0x61, 0xe3]),
     ("punpckldq %xmm5,%xmm6", &[0x66, 0x0f, 0x62, 0xf5]),
     ("punpcklqdq %xmm7,%xmm8", &[0x66, 0x44, 0x0f, 0x6c, 0xc7]),
+    ("punpckhbw %xmm1,%xmm2", &[0x66, 0x0f, 0x68, 0xd1]),
+    ("punpckhwd %xmm3,%xmm4", &[0x66, 0x0f, 0x69, 0xe3]),
+    ("punpckhdq %xmm5,%xmm6", &[0x66, 0x0f, 0x6a, 0xf5]),
+    ("punpckhqdq %xmm7,%xmm8", &[0x66, 0x44, 0x0f, 0x6d, 0xc7]),
+    ("packuswb %xmm4,%xmm5", &[0x66, 0x0f, 0x67, 0xec]),
+    ("pminud %xmm1,%xmm2", &[0x66, 0x0f, 0x38, 0x3b, 0xd1]),
+    (
+        "palignr $0x5,%xmm1,%xmm2",
+        &[0x66, 0x0f, 0x3a, 0x0f, 0xd1, 0x05],
+    ),
+    (
+        "palignr $0x0,%xmm3,%xmm4",
+        &[0x66, 0x0f, 0x3a, 0x0f, 0xe3, 0x00],
+    ),
+    (
+        "palignr $0x1f,%xmm9,%xmm10",
+        &[0x66, 0x45, 0x0f, 0x3a, 0x0f, 0xd1, 0x1f],
+    ),
+    (
+        "palignr $0x13,%xmm5,%xmm6",
+        &[0x66, 0x0f, 0x3a, 0x0f, 0xf5, 0x13],
+    ),
     ("pshufd $0x1b,%xmm1,%xmm2", &[0x66, 0x0f, 0x70, 0xd1, 0x1b]),
     (
         "pshufd $0x0,%xmm9,%xmm3",
@@ -196,6 +218,17 @@ pub(super) const FORMS: &[(&str, &[u8])] = &[
     ("nop", &[0x90]),
     ("nopw 0x0(%rax,%rax,1)", &[0x66, 0x0f, 0x1f, 0x04, 0x00]),
     ("endbr64", &[0xf3, 0x0f, 0x1e, 0xfa]),
+    ("mfence", &[0x0f, 0xae, 0xf0]),
+    ("bts %rcx,%rax", &[0x48, 0x0f, 0xab, 0xc8]),
+    ("btr %edx,%ebx", &[0x0f, 0xb3, 0xd3]),
+    ("btc %si,%di", &[0x66, 0x0f, 0xbb, 0xf7]),
+    ("bts $0x3f,%rdx", &[0x48, 0x0f, 0xba, 0xea, 0x3f]),
+    ("btr $0x5,%ecx", &[0x0f, 0xba, 0xf1, 0x05]),
+    ("btc $0x11,%r9w", &[0x66, 0x41, 0x0f, 0xba, 0xf9, 0x11]),
+    ("bswap %eax", &[0x0f, 0xc8]),
+    ("bswap %r12", &[0x49, 0x0f, 0xcc]),
+    ("lfence", &[0x0f, 0xae, 0xe8]),
+    ("sfence", &[0x0f, 0xae, 0xf8]),
     // From the review (issue 6): count masking and counts at/over the operand size,
     // self-XCHG zero-extension, high-byte registers, every condition code.
     ("rol $0x8,%al", &[0xc0, 0xc0, 0x08]),
@@ -486,6 +519,15 @@ pub(super) const MEMORY_FORMS: &[(&str, &[u8])] = &[
         &[0x66, 0x81, 0x4b, 0x06, 0x01, 0x01],
     ),
     ("xor %cl,0x3(%rbx)", &[0x30, 0x4b, 0x03]),
+    // The software prefetches: hints, nothing changes.
+    ("prefetchnta 0x40(%rbx)", &[0x0f, 0x18, 0x43, 0x40]),
+    ("prefetcht0 0x40(%rbx)", &[0x0f, 0x18, 0x4b, 0x40]),
+    ("prefetcht1 (%rbx,%rcx,8)", &[0x0f, 0x18, 0x14, 0xcb]),
+    ("prefetcht2 -0x80(%rbx)", &[0x0f, 0x18, 0x5b, 0x80]),
+    (
+        "prefetchw 0x100(%rbx)",
+        &[0x0f, 0x0d, 0x8b, 0x00, 0x01, 0x00, 0x00],
+    ),
     // SSE/SSE2 (issue 14): aligned, unaligned and page-crossing loads and stores.
     ("movups 0x3(%rbx),%xmm1", &[0x0f, 0x10, 0x4b, 0x03]),
     ("movups %xmm2,0x5(%rbx)", &[0x0f, 0x11, 0x53, 0x05]),
@@ -512,6 +554,18 @@ pub(super) const MEMORY_FORMS: &[(&str, &[u8])] = &[
     ("pcmpeqb 0x40(%rbx),%xmm0", &[0x66, 0x0f, 0x74, 0x43, 0x40]),
     ("pxor 0x50(%rbx),%xmm1", &[0x66, 0x0f, 0xef, 0x4b, 0x50]),
     ("pminub 0x60(%rbx),%xmm2", &[0x66, 0x0f, 0xda, 0x53, 0x60]),
+    (
+        "pminud 0x20(%rbx),%xmm3",
+        &[0x66, 0x0f, 0x38, 0x3b, 0x5b, 0x20],
+    ),
+    ("packuswb 0x30(%rbx),%xmm6", &[0x66, 0x0f, 0x67, 0x73, 0x30]),
+    (
+        "palignr $0x9,0x40(%rbx),%xmm7",
+        &[0x66, 0x0f, 0x3a, 0x0f, 0x7b, 0x40, 0x09],
+    ),
+    ("movntdq %xmm4,0x30(%rbx)", &[0x66, 0x0f, 0xe7, 0x63, 0x30]),
+    ("movntps %xmm2,0x40(%rbx)", &[0x0f, 0x2b, 0x53, 0x40]),
+    ("movntpd %xmm3,0x50(%rbx)", &[0x66, 0x0f, 0x2b, 0x5b, 0x50]),
     (
         "add %rax,0x3ffd(%rbx)",
         &[0x48, 0x01, 0x83, 0xfd, 0x3f, 0x00, 0x00],
@@ -759,5 +813,133 @@ fn every_fast_handler_is_compared_with_the_cpu() {
             seen.contains(&discriminant(&h)),
             "{h:?}: no form in the tables"
         );
+    }
+}
+
+/// MOVS and STOS with and without REP (`interp/string.rs`) against the CPU, every element
+/// size: counts of zero, one, a few and several pages (several steps, each up to a page),
+/// unaligned within a page, and a copy over its own source with the destination below
+/// it. The steps before the last repeat, the last completes the instruction, and the
+/// iterations kept for the profile add up to the count (none without REP).
+#[test]
+fn movs_and_stos_match_the_cpu() {
+    const FORMS: [(&str, &[u8]); 12] = [
+        ("movsb", &[0xa4]),
+        ("movsq", &[0x48, 0xa5]),
+        ("stosw", &[0x66, 0xab]),
+        ("stosl", &[0xab]),
+        ("rep movsb", &[0xf3, 0xa4]),
+        ("rep movsw", &[0x66, 0xf3, 0xa5]),
+        ("rep movsl", &[0xf3, 0xa5]),
+        ("rep movsq", &[0xf3, 0x48, 0xa5]),
+        ("rep stosb", &[0xf3, 0xaa]),
+        ("rep stosw", &[0x66, 0xf3, 0xab]),
+        ("rep stosl", &[0xf3, 0xab]),
+        ("rep stosq", &[0xf3, 0x48, 0xab]),
+    ];
+    // (source offset, destination offset, count) in the data buffer.
+    const CASES: [(u64, u64, u64); 6] = [
+        (0x100, 0x2000, 0),
+        (0x100, 0x2000, 1),
+        (0x103, 0x2005, 37),
+        (0x10, 0x3ff0, 1000),
+        (0x2000, 0x1ff8, 600),
+        (0x0, 0x8000, 0x1000),
+    ];
+    let mut buffer = DataBuffer::map();
+    let page = CodePage::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    };
+    let mut data = vec![0u8; DATA_LEN];
+    for (text, code) in FORMS {
+        for (src, dst, count) in CASES {
+            for b in data.iter_mut() {
+                *b = next() as u8;
+            }
+            let mut regs: [u64; 16] = std::array::from_fn(|_| next());
+            regs[6] = tests::DATA + src;
+            regs[7] = tests::DATA + dst;
+            regs[1] = count;
+            let flags_in = (next() & STATUS) | 2;
+
+            buffer.bytes().copy_from_slice(&data);
+            let mut native_regs = regs;
+            let mut native_flags = flags_in;
+            page.run(code, &mut native_regs, &mut native_flags);
+
+            let mut bytes = code.to_vec();
+            bytes.push(0xf4); // hlt
+            let mut m = Machine::new(&bytes);
+            let at = tests::DATA as usize;
+            m.mem[at..at + DATA_LEN].copy_from_slice(&data);
+            let mut s = tests::state();
+            let sp = s.gpr[RSP];
+            s.gpr = regs;
+            s.gpr[RSP] = sp;
+            s.rflags = flags_in;
+            let mut interp = Interp::default();
+            let mut session = interp.session(&mut m, s);
+            let what = format!("{text} from +{src:#x} to +{dst:#x}, {count} times");
+            let steps = run_to(&mut session, tests::CODE + code.len() as u64, &what);
+            let iterations: u64 = session.take_repeats().map(|(_, k)| k).sum();
+            let after = *session.state();
+            drop(session);
+            let (last, before) = steps.split_last().expect("a step");
+            assert_eq!(last.effect, Effect::Next, "{what}");
+            assert!(before.iter().all(|s| s.effect == Effect::Repeat), "{what}");
+            let repeated = text.starts_with("rep");
+            assert_eq!(iterations, if repeated { count } else { 0 }, "{what}");
+            assert!(repeated || steps.len() == 1, "{what}");
+            for i in (0..16).filter(|&i| i != RSP) {
+                assert_eq!(after.gpr[i], native_regs[i], "{what}: register {i}");
+            }
+            assert_eq!(
+                after.rflags & STATUS,
+                native_flags & STATUS,
+                "{what}: flags"
+            );
+            assert!(
+                m.mem[at..at + DATA_LEN] == buffer.bytes()[..],
+                "{what}: memory differs"
+            );
+        }
+    }
+}
+
+/// What REP MOVS/STOS leaves to the CPU halts before anything changes: DF set, a copy
+/// whose destination overlaps its source ahead of it, an element straddling a page
+/// boundary, a destination on a read-only page.
+#[test]
+fn rep_movs_and_stos_leave_the_rest_to_the_cpu() {
+    use super::harness::RO;
+    const DF: u64 = 1 << 10;
+    for (code, src, dst, flags) in [
+        (&[0xf3, 0xa4][..], tests::DATA, tests::DATA + 0x10, 2 | DF),
+        (&[0xf3, 0xa4][..], tests::DATA, tests::DATA + 0x10, 2),
+        (&[0xf3, 0x48, 0xab][..], 0, tests::DATA + 0xffc, 2),
+        (&[0xf3, 0xaa][..], 0, RO + 0x100, 2),
+    ] {
+        let mut bytes = code.to_vec();
+        bytes.push(0xf4);
+        let mut m = Machine::new(&bytes);
+        let before = m.mem.clone();
+        let mut s = tests::state();
+        s.gpr[6] = src;
+        s.gpr[7] = dst;
+        s.gpr[1] = 0x100;
+        s.rflags = flags;
+        let mut interp = Interp::default();
+        let mut session = interp.session(&mut m, s);
+        let r = session.step();
+        assert!(r.is_err(), "{code:02x?} at {dst:#x}: {r:?}");
+        assert_eq!(*session.state(), s);
+        assert_eq!(session.take_repeats().count(), 0);
+        drop(session);
+        assert!(m.mem == before, "{code:02x?}: memory changed");
     }
 }

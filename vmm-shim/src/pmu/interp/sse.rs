@@ -2,8 +2,9 @@
 //! VEX forms are `interp/avx.rs`'s, EVEX ones are left to the CPU), the forms compiled hot loops and libc's string
 //! and memory functions use: MOVUPS/MOVAPS/MOVDQU/MOVDQA (and the PD forms), MOVD/MOVQ,
 //! MOVLPx/MOVHPx, the 128-bit logic group, PCMPEQ/PCMPGT, PMINUB/PMAXUB, PADD/PSUB, PMULUDQ,
-//! PMOVMSKB, PUNPCKL*, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate. None of them touches RFLAGS or raises SIMD floating-point
-//! exceptions. A legacy SSE instruction whose 16-byte memory operand is not 16-byte
+//! PMOVMSKB, PUNPCKL*/PUNPCKH*, PACKUSWB, PSHUFD, PSLL/PSRL (W/D/Q/DQ) by an immediate,
+//! the non-temporal stores, and where the host has them SSSE3's PALIGNR and SSE4.1's
+//! PMINUD. None of them touches RFLAGS or raises SIMD floating-point exceptions. A legacy SSE instruction whose 16-byte memory operand is not 16-byte
 //! aligned (other than the unaligned moves) raises #GP on the CPU: left to it.
 //!
 //! XMM registers are fetched from the vCPU at the first such instruction of a session and
@@ -54,6 +55,35 @@ fn unpack_low(a: u128, b: u128, width: u32) -> u128 {
         out |= y << ((2 * i + 1) * bits);
     }
     out
+}
+
+/// Interleaves the high halves of `a` and `b` (`width`-byte elements), `a`'s first.
+fn unpack_high(a: u128, b: u128, width: u32) -> u128 {
+    unpack_low(a >> 64, b >> 64, width)
+}
+
+/// PACKUSWB: the signed words of `a`, then of `b`, saturated to unsigned bytes.
+fn pack_unsigned_words(a: u128, b: u128) -> u128 {
+    let mut out = 0u128;
+    for (i, w) in (0..8)
+        .map(|i| (a >> (16 * i)) as u16)
+        .chain((0..8).map(|i| (b >> (16 * i)) as u16))
+        .enumerate()
+    {
+        let byte = (w as i16).clamp(0, 255) as u128;
+        out |= byte << (8 * i);
+    }
+    out
+}
+
+/// PALIGNR: bytes `n..n + 16` of `hi:lo` (32 bytes), zeros past its end.
+fn align_right(hi: u128, lo: u128, n: u32) -> u128 {
+    match 8 * n {
+        0 => lo,
+        bits @ 1..=127 => (lo >> bits) | (hi << (128 - bits)),
+        bits @ 128..=255 => hi >> (bits - 128),
+        _ => 0,
+    }
 }
 
 fn sext_lane(v: u64, bits: u32) -> i64 {
@@ -167,7 +197,12 @@ impl Exec<'_, '_, '_> {
             | Code::Movdqa_xmm_xmmm128
             | Code::Movaps_xmmm128_xmm
             | Code::Movapd_xmmm128_xmm
-            | Code::Movdqa_xmmm128_xmm => self.mov128(s, true),
+            | Code::Movdqa_xmmm128_xmm
+            // The non-temporal stores: a cache hint and weaker ordering, which a plain
+            // store (ordered more strictly) satisfies; aligned as MOVDQA.
+            | Code::Movntdq_m128_xmm
+            | Code::Movntps_m128_xmm
+            | Code::Movntpd_m128_xmm => self.mov128(s, true),
             // To an XMM register: zero-extended.
             Code::Movd_xmm_rm32 | Code::Movq_xmm_rm64 | Code::Movq_xmm_xmmm64 => {
                 let bytes = if insn.code() == Code::Movd_xmm_rm32 {
@@ -252,6 +287,15 @@ impl Exec<'_, '_, '_> {
                 };
                 self.write_x(s, 0, 16, out, false)
             }),
+            // SSSE3: run where the host has it (the guest's ring 3 runs on the host CPU,
+            // so the program could run it).
+            Code::Palignr_xmm_xmmm128_imm8 if std::is_x86_feature_detected!("ssse3") => {
+                let n = u32::from(insn.immediate8());
+                self.read_x(s, 0, 16, false).and_then(|hi| {
+                    let lo = self.read_x(s, 1, 16, true)?;
+                    self.write_x(s, 0, 16, align_right(hi, lo, n), false)
+                })
+            }
             _ => match self.binary_op() {
                 Some(f) => self.binary(s, f),
                 None => return None,
@@ -296,7 +340,18 @@ impl Exec<'_, '_, '_> {
         if !two_xmm {
             return None;
         }
-        lane_op(self.insn.mnemonic())
+        match self.insn.mnemonic() {
+            // SSE4.1 (its VEX form goes through `lane_op`): where the host has it.
+            Mnemonic::Pminud if std::is_x86_feature_detected!("sse4.1") => {
+                Some(|a, b| lanes(a, b, 4, |x, y| x.min(y)))
+            }
+            Mnemonic::Packuswb => Some(pack_unsigned_words),
+            Mnemonic::Punpckhbw => Some(|a, b| unpack_high(a, b, 1)),
+            Mnemonic::Punpckhwd => Some(|a, b| unpack_high(a, b, 2)),
+            Mnemonic::Punpckhdq => Some(|a, b| unpack_high(a, b, 4)),
+            Mnemonic::Punpckhqdq => Some(|a, b| unpack_high(a, b, 8)),
+            m => lane_op(m),
+        }
     }
 
     fn binary(&mut self, s: &mut InterpState, f: fn(u128, u128) -> u128) -> Result<(), Halt> {
@@ -348,7 +403,7 @@ pub(super) fn lane_op(mnemonic: Mnemonic) -> Option<fn(u128, u128) -> u128> {
         },
         M::Pminub | M::Vpminub => |a, b| lanes(a, b, 1, |x, y| x.min(y)),
         M::Pmaxub | M::Vpmaxub => |a, b| lanes(a, b, 1, |x, y| x.max(y)),
-        // (Its legacy form is SSE4.1: not run here.)
+        // (Its legacy form: `binary_op`.)
         M::Vpminud => |a, b| lanes(a, b, 4, |x, y| x.min(y)),
         M::Paddb | M::Vpaddb => |a, b| lanes(a, b, 1, u64::wrapping_add),
         M::Paddw | M::Vpaddw => |a, b| lanes(a, b, 2, u64::wrapping_add),

@@ -68,7 +68,7 @@ fn a_loop_with_calls_runs_to_the_first_unsupported_instruction() {
         .iter()
         .filter_map(|st| match st.effect {
             Effect::Branch { kind, taken, .. } => Some((kind, taken)),
-            Effect::Next => None,
+            Effect::Next | Effect::Repeat => None,
         })
         .collect();
     assert_eq!(branches.len(), 15);
@@ -102,6 +102,7 @@ fn batches_run_the_same_instructions_as_single_steps_and_stop_at_their_limit() {
     for st in &steps {
         match st.effect {
             Effect::Next => n += 1,
+            Effect::Repeat => {}
             Effect::Branch { .. } => {
                 expected.push((n, Some(*st)));
                 n = 0;
@@ -201,6 +202,46 @@ fn faults_and_protection_leave_the_state_untouched() {
         assert!(steps.is_empty(), "{addr:#x}");
         assert_eq!(halt, Halt::Memory, "{addr:#x}");
         assert_eq!(end, s);
+    }
+}
+
+#[test]
+fn prefetches_never_fault_and_change_nothing() {
+    // prefetcht0 (%rdi) ; prefetchnta 0x40(%rdi) ; prefetchw (%rdi) ; hlt: a supervisor
+    // page, an address nothing maps, a non-canonical one, a page no access touched yet
+    // (its accessed bit stays clear: a hint is not an access the CPU must set it for).
+    let code = [
+        0x0f, 0x18, 0x0f, 0x0f, 0x18, 0x47, 0x40, 0x0f, 0x0d, 0x0f, 0xf4,
+    ];
+    for addr in [0x1000, 0x7f_0000_0000, 0x8000_0000_0000, RO + 0x10] {
+        let mut m = Machine::new(&code);
+        let pd = m.mem[PD as usize..PD as usize + 64].to_vec();
+        let mut s = state();
+        s.gpr[7] = addr;
+        let (steps, halt, end) = run(&mut m, s);
+        assert_eq!(
+            (steps.len(), halt),
+            (3, Halt::Unsupported(Mnemonic::Hlt)),
+            "{addr:#x}"
+        );
+        assert!(
+            steps
+                .iter()
+                .all(|st| st.effect == Effect::Next && st.undefined == 0)
+        );
+        assert_eq!(
+            end,
+            InterpState {
+                rip: CODE + 10,
+                ..s
+            },
+            "{addr:#x}"
+        );
+        assert_eq!(
+            m.mem[PD as usize + 24..PD as usize + 64],
+            pd[24..],
+            "{addr:#x}"
+        );
     }
 }
 
