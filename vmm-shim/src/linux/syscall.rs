@@ -206,7 +206,7 @@ impl Process {
 
     fn dispatch(&mut self, task: &mut Task, sys: Sysno, a: [u64; 6]) -> Outcome {
         task.timeout_span = None;
-        if let Some(wait) = self.wait_readable(sys, a) {
+        if let Some(wait) = self.wait_readable(task, sys, a) {
             return wait;
         }
         if let Some(wait) = self.wait_writable(sys, a) {
@@ -283,8 +283,8 @@ impl Process {
                 let out = self.sys_select(a[0], [a[1], a[2], a[3]], deadline);
                 return self.with_mask(task, mask, out);
             }
-            Sysno::read => self.sys_read(a[0], a[1], a[2], None),
-            Sysno::pread64 => self.sys_read(a[0], a[1], a[2], Some(a[3] as i64)),
+            Sysno::read => self.sys_read(task, a[0], a[1], a[2], None),
+            Sysno::pread64 => self.sys_read(task, a[0], a[1], a[2], Some(a[3] as i64)),
             Sysno::write => self.sys_write(a[0], a[1], a[2], None),
             Sysno::pwrite64 => self.sys_write(a[0], a[1], a[2], Some(a[3] as i64)),
             Sysno::readv => self.sys_readv(a[0], a[1], a[2]),
@@ -761,6 +761,7 @@ impl Process {
                 }
             }
             Sysno::pause => return Outcome::Block(Block::Suspend),
+            Sysno::rt_sigtimedwait => return self.sys_sigtimedwait(task, a[0], a[1], a[2], a[3]),
             Sysno::alarm => {
                 let stop = crate::kick::stop_flag();
                 let secs = std::time::Duration::from_secs(u64::from(a[0] as u32));
@@ -968,9 +969,16 @@ impl Process {
         })
     }
 
-    fn sys_read(&mut self, fd: u64, buf: u64, count: u64, off: Option<i64>) -> Sys {
+    fn sys_read(
+        &mut self,
+        task: &mut Task,
+        fd: u64,
+        buf: u64,
+        count: u64,
+        off: Option<i64>,
+    ) -> Sys {
         if let Some(set) = self.fds.get(fd)?.signal_mask {
-            return self.read_signalfd(fd, set, buf, count);
+            return self.read_signalfd(task, fd, set, buf, count);
         }
         let mut b = vec![0u8; (count as usize).min(MAX_IO)];
         let n = if self.fds.get(fd)?.seeded_random {
@@ -1550,7 +1558,12 @@ impl Process {
     /// How long from now the guest `struct timespec` at `va` is: relative, or absolute
     /// on `clock` (the program's clock, virtual or the host's). None when it is already
     /// past.
-    fn span(&self, va: u64, clock: i32, absolute: bool) -> Result<Option<Duration>, Errno> {
+    pub(crate) fn span(
+        &self,
+        va: u64,
+        clock: i32,
+        absolute: bool,
+    ) -> Result<Option<Duration>, Errno> {
         let s = self.mm.read_u64(va)? as i64;
         let ns = self.mm.read_u64(va.checked_add(8).ok_or(Errno::EFAULT)?)? as i64;
         if s < 0 || !(0..1_000_000_000).contains(&ns) {
@@ -1580,7 +1593,7 @@ impl Process {
 
     /// The host instant `span` from now, the deadline of a wait of `task` that may time
     /// out; `span` is noted so that a timeout advances a virtual clock by exactly it.
-    fn deadline_after(task: &mut Task, span: Duration) -> std::time::Instant {
+    pub(crate) fn deadline_after(task: &mut Task, span: Duration) -> std::time::Instant {
         task.timeout_span = Some(span);
         // Far futures are "forever" (an Instant cannot hold them).
         let now = std::time::Instant::now();
@@ -1851,6 +1864,8 @@ impl Process {
             };
         }
         let info = self.info_from_self(sig as i32, code);
+        // A signalfd may read it (the target thread's).
+        self.shared.wake_signalfds(1 << (sig - 1));
         if me {
             task.pending.push(info);
         } else {
