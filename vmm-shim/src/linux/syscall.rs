@@ -182,6 +182,8 @@ impl Process {
             | Sysno::pwritev2
             | Sysno::ftruncate
             | Sysno::fallocate => &[(a[0], true)],
+            // Writes back what went to the file through shared mappings first.
+            Sysno::sync_file_range => &[(a[0], false)],
             _ => return Vec::new(),
         };
         if self.kernel.shm.is_empty() {
@@ -511,14 +513,20 @@ impl Process {
             Sysno::utimes => self.sys_utimes(libc::AT_FDCWD as u64, a[0], a[1], false),
             Sysno::utime => self.sys_utimes(libc::AT_FDCWD as u64, a[0], a[1], true),
             Sysno::truncate => self.sys_truncate(a[0], a[1]),
-            Sysno::fallocate => self.host_fd(a[0]).and_then(|f| {
+            // (offset, length, mode or flags: integers, as the host takes them.)
+            Sysno::fallocate | Sysno::sync_file_range => self.host_fd(a[0]).and_then(|f| {
                 let a = [
                     i64::from(f.as_raw_fd()),
                     a[1] as i64,
                     a[2] as i64,
                     a[3] as i64,
                 ];
-                host::int_call(libc::SYS_fallocate, a).map(|v| v as u64)
+                let nr = if sys == Sysno::fallocate {
+                    libc::SYS_fallocate
+                } else {
+                    libc::SYS_sync_file_range
+                };
+                host::int_call(nr, a).map(|v| v as u64)
             }),
             Sysno::copy_file_range => self.sys_copy_file_range(a),
             Sysno::sendfile => self.sys_sendfile(a[0], a[1], a[2], a[3]),
@@ -865,6 +873,22 @@ impl Process {
                     0
                 }),
                 libc::PR_GET_NAME => self.out(a[1], &task.comm).map(|()| 0),
+                // The signal sent when the parent ends (postgres's children ask for
+                // SIGKILL/SIGQUIT so they do not outlive the postmaster).
+                libc::PR_SET_PDEATHSIG if a[1] > 64 => Err(Errno::EINVAL),
+                libc::PR_SET_PDEATHSIG => {
+                    self.shared
+                        .pdeathsig
+                        .store(a[1], std::sync::atomic::Ordering::Release);
+                    ok(0)
+                }
+                libc::PR_GET_PDEATHSIG => {
+                    let sig = self
+                        .shared
+                        .pdeathsig
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    self.out(a[1], &(sig as u32).to_le_bytes()).map(|()| 0)
+                }
                 _ => Err(Errno::EINVAL),
             },
             Sysno::poll => {
@@ -947,6 +971,9 @@ impl Process {
             Sysno::sendmsg => self.sys_sendmsg(a[0], a[1], a[2]),
             Sysno::recvmsg => self.sys_recvmsg(a[0], a[1], a[2]),
             Sysno::clone3 => Err(Errno::ENOSYS),
+            // A kernel built without io_uring (CONFIG_IO_URING=n) answers so; its users
+            // (qemu-img, liburing's) fall back to threads or epoll.
+            Sysno::io_uring_setup => Err(Errno::ENOSYS),
             _ => {
                 *self
                     .report
