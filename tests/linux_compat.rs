@@ -306,6 +306,22 @@ fn server_process_calls_work_like_natively() {
     );
 }
 
+#[test]
+fn a_process_ending_with_blocked_threads_closes_its_descriptors() {
+    if !kvm_available() {
+        return;
+    }
+    // Its threads blocked in futex waits stayed blocked until the VM stopped, and kept
+    // the process and its pipe open: `sh -c 'go version | cut -f1'` and rustc hung.
+    identical_with_every_libc(
+        "linux_exit_blocked",
+        &[
+            "mode 1: read 13 to the end, exit status 1",
+            "mode 7: read 13 to the end, exit status 7",
+        ],
+    );
+}
+
 /// A program of a Debian package, if the machine has it (CI installs it: a skip there
 /// is a failure).
 fn installed(path: &str, package: &str) -> bool {

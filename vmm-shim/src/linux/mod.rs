@@ -528,6 +528,13 @@ impl Process {
                 crate::kick::kick_thread(*t);
             }
         }
+        // Its threads blocked with the process released (futex waits, sleeps, polls)
+        // end too: until they do, the process, and with it its descriptors, stays
+        // (a reader of a pipe it wrote to would wait for the end of the file forever).
+        for (_, w) in self.waiters.iter().filter(|(t, _)| **t != tid) {
+            w.wake();
+        }
+        self.waiters.clear();
         self.threads.clear();
         self.shared.vcpus().clear();
         if !self.initial {
