@@ -273,6 +273,8 @@ fn sigtimedwait_takes_blocked_signals_like_natively() {
             "from a thread to the process: 10, code 0, handler ran 0",
             "realtime 1: 1",
             "realtime 3: -1 Resource temporarily unavailable",
+            "sigqueue: 1, code -1, value 4242, pid is ours 1",
+            "sigqueue from the child: 2, code -1, value 77, pid is the child's 1",
             "timer: 14, code 128",
             "interrupted: -1 Interrupted system call, alarm handled 1",
             "mask after: usr1 1 usr2 1 alrm 0",

@@ -1,7 +1,7 @@
 /* Signals taken synchronously, for tests/linux_compat.rs: sigwait, sigwaitinfo and
  * sigtimedwait (rt_sigtimedwait) on blocked signals already pending, sent later by a
- * child, a thread or a timer; realtime signals queued in order; a zero and a short
- * timeout (EAGAIN), a bad one (EINVAL); a handled signal outside the set interrupting the
+ * child, a thread or a timer; realtime signals queued in order; sigqueue's value from
+ * the process and from a child; a zero and a short timeout (EAGAIN), a bad one (EINVAL); a handled signal outside the set interrupting the
  * wait (EINTR); a handler of a waited-for signal not run; the mask as it was after the
  * call. Then signalfd reading a signal sent to the reading thread alone (pthread_kill)
  * and a forked child's signalfd woken by the child's own signal. What qemu-img's and
@@ -126,6 +126,25 @@ int main(void) {
         r = sigtimedwait(&rt, NULL, &zero);
         printf("realtime %d: %d %s\n", i, r < 0 ? r : r - SIGRTMIN, r < 0 ? strerror(errno) : "");
     }
+
+    /* sigqueue: the value and SI_QUEUE reach the waiter, from us and from a child. */
+    union sigval v = {.sival_int = 4242};
+    sigqueue(getpid(), SIGRTMIN + 1, v);
+    memset(&si, 0, sizeof si);
+    r = sigwaitinfo(&rt, &si);
+    printf("sigqueue: %d, code %d, value %d, pid is ours %d\n", r - SIGRTMIN, si.si_code,
+           si.si_value.sival_int, si.si_pid == getpid());
+    c = fork();
+    if (c == 0) {
+        union sigval cv = {.sival_int = 77};
+        sigqueue(getppid(), SIGRTMIN + 2, cv);
+        _exit(0);
+    }
+    memset(&si, 0, sizeof si);
+    r = sigwaitinfo(&rt, &si);
+    printf("sigqueue from the child: %d, code %d, value %d, pid is the child's %d\n",
+           r - SIGRTMIN, si.si_code, si.si_value.sival_int, si.si_pid == c);
+    waitpid(c, NULL, 0);
 
     /* A timer's SIGALRM, blocked and waited for. */
     sigset_t alrm;

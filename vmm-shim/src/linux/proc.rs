@@ -479,6 +479,18 @@ impl Kernel {
 
     /// Send `sig` from process `sender` to process `pid` (0: only check it exists).
     /// False if there is none (or it has ended).
+    /// Post `info` to process `pid` (sigqueue); false when there is no such process.
+    pub fn signal_info(&self, pid: u64, info: SigInfo) -> bool {
+        let t = self.table();
+        match t.procs.get(&pid) {
+            Some(e) if e.status.is_none() => {
+                e.shared.post_info(info);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn signal(&self, pid: u64, sig: u64, sender: u64) -> bool {
         let t = self.table();
         match t.procs.get(&pid) {

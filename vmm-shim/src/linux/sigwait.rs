@@ -1,5 +1,7 @@
 //! Signals taken synchronously: `rt_sigtimedwait` (glibc's `sigwait`, `sigwaitinfo` and
-//! `sigtimedwait`), and the dequeue it shares with a signalfd's read.
+//! `sigtimedwait`), and the dequeue it shares with a signalfd's read; and signals sent
+//! with a value to take that way, `rt_sigqueueinfo`/`rt_tgsigqueueinfo` (`sigqueue`,
+//! `pthread_sigqueue`).
 //!
 //! As Linux's `do_sigtimedwait`: a pending signal of the set (the thread's own first,
 //! then the process's, lowest number first) is taken at once, its siginfo written out
@@ -120,5 +122,59 @@ impl Process {
             self.out(info, &taken.to_bytes())?;
         }
         Ok(taken.signo as u64)
+    }
+
+    /// rt_sigqueueinfo(pid, sig, info) and rt_tgsigqueueinfo(pid, tid, sig, info): `sig`
+    /// with the sender's `siginfo_t` (its code and value) to a process, or to one of
+    /// this process's threads. As Linux, a process may not claim to be the kernel or
+    /// `kill` (a code ≥ 0, or SI_TKILL) to another process (EPERM).
+    pub(crate) fn sys_sigqueue(
+        &mut self,
+        task: &mut Task,
+        pid: u64,
+        tid: Option<u64>,
+        sig: u64,
+        info: u64,
+    ) -> Outcome {
+        let ret = |e: Errno| Outcome::Return(e.ret());
+        if sig > 64 {
+            return ret(Errno::EINVAL);
+        }
+        let mut raw = [0u8; 128];
+        if let Err(e) = self.mm.read(crate::memory::GuestVirtAddr(info), &mut raw) {
+            return ret(e);
+        }
+        let word = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().unwrap_or_default());
+        let code = i32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+        let own = i64::from(pid as i32) as u64 == self.pid;
+        if (code >= 0 || code == crate::linux::signal::SI_TKILL) && !own {
+            return ret(Errno(libc::EPERM));
+        }
+        let info = SigInfo {
+            signo: sig as i32,
+            code,
+            word: word(16),
+            value: word(24),
+            ..SigInfo::default()
+        };
+        match tid {
+            Some(tid) => self.sys_kill_info(task, tid, sig, info),
+            None if own => {
+                let blocked = sig != 0 && task.sigmask & (1 << (sig - 1)) != 0;
+                if blocked {
+                    // Pending for the process: another thread, a signalfd or a wait
+                    // takes it.
+                    self.shared.post_info(info);
+                    return Outcome::Return(0);
+                }
+                self.sys_kill_info(task, task.tid, sig, info)
+            }
+            None if !self.kernel.exists(pid) => ret(Errno(libc::ESRCH)),
+            None if sig == 0 => Outcome::Return(0),
+            None => {
+                self.kernel.signal_info(pid, info);
+                Outcome::Return(0)
+            }
+        }
     }
 }

@@ -864,6 +864,11 @@ impl Process {
             Sysno::tgkill if a[0] != self.pid => Err(Errno(libc::ESRCH)),
             Sysno::tgkill => return self.sys_kill(task, a[1], a[2], signal::SI_TKILL),
             Sysno::tkill => return self.sys_kill(task, a[0], a[1], signal::SI_TKILL),
+            Sysno::rt_sigqueueinfo => return self.sys_sigqueue(task, a[0], None, a[1], a[2]),
+            Sysno::rt_tgsigqueueinfo if a[0] != self.pid => Err(Errno(libc::ESRCH)),
+            Sysno::rt_tgsigqueueinfo => {
+                return self.sys_sigqueue(task, a[0], Some(a[1]), a[2], a[3]);
+            }
             Sysno::futex => return self.sys_futex(task, a),
             Sysno::prctl => match a[0] as i32 {
                 libc::PR_SET_NAME => self.mm.read_cstr(a[1], PATH_MAX).map(|n| {
@@ -1874,6 +1879,18 @@ impl Process {
     /// and delivered when that thread next returns from a system call (this one, when
     /// it sends to itself); SIGKILL ends the program at once.
     fn sys_kill(&mut self, task: &mut Task, tid: u64, sig: u64, code: i32) -> Outcome {
+        let info = self.info_from_self(sig as i32, code);
+        self.sys_kill_info(task, tid, sig, info)
+    }
+
+    /// [`Self::sys_kill`] with what the receiver is told (`info`, for signal `sig`).
+    pub(crate) fn sys_kill_info(
+        &mut self,
+        task: &mut Task,
+        tid: u64,
+        sig: u64,
+        info: signal::SigInfo,
+    ) -> Outcome {
         if sig > 64 {
             return Outcome::Return(Errno::EINVAL.ret());
         }
@@ -1890,7 +1907,6 @@ impl Process {
                 reason: "killed by SIGKILL it sent itself".into(),
             };
         }
-        let info = self.info_from_self(sig as i32, code);
         // A signalfd may read it (the target thread's).
         self.shared.wake_signalfds(1 << (sig - 1));
         if me {
@@ -2404,6 +2420,41 @@ mod tests {
             Outcome::Return(v) => v as i64,
             o => panic!("{o:?}"),
         }
+    }
+
+    #[test]
+    fn sigqueue_and_sigtimedwait_carry_the_value_and_refuse_what_linux_refuses() {
+        let mut p = process();
+        let mut t = p.main_task();
+        let sig = 40u64;
+        t.sigmask = 1 << (sig - 1);
+        // A siginfo claiming SI_USER (0) to another process: EPERM, as Linux.
+        let mut info = [0u8; 128];
+        p.mm.write(GuestVirtAddr(0x40_0000), &info).unwrap();
+        let args = |pid: u64| [pid, sig, 0x40_0000, 0, 0, 0];
+        let nr = Sysno::rt_sigqueueinfo as u64;
+        assert_eq!(ret(p.syscall(&mut t, nr, args(77))), -(libc::EPERM as i64));
+        // SI_QUEUE (-1) with a value, to itself while blocked: pending for the process.
+        info[8..12].copy_from_slice(&(-1i32).to_le_bytes());
+        info[24..32].copy_from_slice(&4242u64.to_le_bytes());
+        p.mm.write(GuestVirtAddr(0x40_0000), &info).unwrap();
+        assert_eq!(ret(p.syscall(&mut t, nr, args(1))), 0);
+        // rt_sigtimedwait takes it with its info; then, with a zero timeout, EAGAIN.
+        p.mm.write(GuestVirtAddr(0x40_1000), &(1u64 << (sig - 1)).to_le_bytes())
+            .unwrap();
+        p.mm.write(GuestVirtAddr(0x40_2000), &[0u8; 16]).unwrap();
+        let wait = [0x40_1000, 0x40_3000, 0x40_2000, 8, 0, 0];
+        let nr = Sysno::rt_sigtimedwait as u64;
+        assert_eq!(ret(p.syscall(&mut t, nr, wait)), sig as i64);
+        let got = p.mm.read_u64(0x40_3000 + 24).unwrap();
+        assert_eq!(got, 4242);
+        assert_eq!(ret(p.syscall(&mut t, nr, wait)), -(libc::EAGAIN as i64));
+        // A bad set size and a bad timeout: EINVAL.
+        let bad_size = [0x40_1000, 0, 0x40_2000, 16, 0, 0];
+        assert_eq!(ret(p.syscall(&mut t, nr, bad_size)), -(libc::EINVAL as i64));
+        p.mm.write(GuestVirtAddr(0x40_2008), &2_000_000_000u64.to_le_bytes())
+            .unwrap();
+        assert_eq!(ret(p.syscall(&mut t, nr, wait)), -(libc::EINVAL as i64));
     }
 
     #[test]
