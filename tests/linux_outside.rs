@@ -127,15 +127,20 @@ fn exact_mode_pins_clocks_and_pids_so_two_runs_read_and_count_the_same() {
             a.stdout
         );
     }
-    // A sleep, a timed-out poll and a timed-out absolute futex wait pass their time
-    // (to the microsecond: one clock read between) without waiting for the host's.
+    // A sleep, a timed-out poll, a timed-out absolute futex wait and rt_sigtimedwait
+    // pass their time (to the microsecond: one clock read between) without waiting for
+    // the host's.
     assert_eq!(a.int("slept_us"), 200_001);
     assert_eq!((a.int("poll"), a.int("polled_us")), (0, 50_001));
     assert_eq!(a.int("semwait_timedout"), 1);
     assert_eq!(a.int("semwait_us"), 30_000);
+    assert_eq!(
+        (a.int("sigwait_timedout"), a.int("sigwait_us")),
+        (1, 20_001)
+    );
     let end = a.ns("realtime_end") - a.ns("realtime");
     assert!(
-        (280_000_000..290_000_000).contains(&end),
+        (300_000_000..310_000_000).contains(&end),
         "realtime advanced by {end} ns"
     );
 

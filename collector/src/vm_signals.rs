@@ -175,11 +175,20 @@ pub fn run_guest(
     })?;
     let done = AtomicBool::new(false);
     let done = &done;
+    // Readable once the run is over: the helper ends at once rather than at its next
+    // poll interval (every run would otherwise end up to that much later).
+    let (over, over_writer) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+            RecordError::System {
+                what: "start the signal thread",
+                source: e.into(),
+            }
+        })?;
     std::thread::scope(|scope| {
         let passer = std::thread::Builder::new()
             .name("lbrprof-signals".into())
             .spawn_scoped(scope, move || {
-                let fd = [signals.fd()];
+                let fd = [signals.fd(), std::os::fd::AsRawFd::as_raw_fd(&over)];
                 while !done.load(Ordering::Acquire) {
                     // Errors of poll only shorten the wait.
                     let _ = sys::poll_readable(&fd, PASS_INTERVAL_MS);
@@ -193,6 +202,8 @@ pub fn run_guest(
             })?;
         let report = Vm::run_guest(config, guest, hooks);
         done.store(true, Ordering::Release);
+        // (Should the write fail, the helper still ends at its next interval.)
+        let _ = rustix::io::write(&over_writer, &[1]);
         let signals = passer.join().map_err(|_| RecordError::System {
             what: "pass signals on to the guest",
             source: std::io::Error::other("the signal thread panicked"),

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,16 @@ int main(int argc, char **argv) {
     int r = sem_timedwait(&sem, &deadline);
     show("semwait_timedout", r == -1 && errno == ETIMEDOUT);
     show("semwait_us", elapsed_us());
+    /* rt_sigtimedwait for a signal that never comes, with a relative timeout. */
+    sigset_t unsent;
+    sigemptyset(&unsent);
+    sigaddset(&unsent, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &unsent, NULL);
+    struct timespec sigwait_for = {0, 20 * 1000 * 1000};
+    start_timing();
+    r = sigtimedwait(&unsent, NULL, &sigwait_for);
+    show("sigwait_timedout", r == -1 && errno == EAGAIN);
+    show("sigwait_us", elapsed_us());
 
     pid_t child = fork();
     if (child == 0) {

@@ -33,6 +33,9 @@ pub enum Block {
     Wait(WaitBlock),
     /// rt_sigsuspend and pause: until a signal runs a handler or ends the process.
     Suspend,
+    /// rt_sigtimedwait: until a signal of its set comes, another signal interrupts it,
+    /// or its timeout.
+    SigWait(crate::linux::sigwait::SigWait),
     /// A lock held by someone else (F_SETLKW, flock): wait until `until` or a signal,
     /// then system call `nr` starts again.
     Retry { until: Instant, nr: u64 },
@@ -96,6 +99,7 @@ impl Block {
                 true
             }
             Block::Vfork { .. } | Block::Suspend => waiter.wait(None, stop),
+            Block::SigWait(w) => waiter.wait(w.deadline, stop),
             // Reset under the process lock when the sleep began (a signal's wake
             // after that point must not be lost).
             Block::Sleep { until, .. } | Block::Retry { until, .. } => {

@@ -92,7 +92,12 @@ impl Process {
     /// again (as Linux restarts a system call); a signal ends the wait with EINTR, or
     /// restarts the call after the handler with SA_RESTART (`Process::finish_block`).
     /// None: go on with the call now.
-    pub(crate) fn wait_readable(&mut self, sys: Sysno, a: [u64; 6]) -> Option<Outcome> {
+    pub(crate) fn wait_readable(
+        &mut self,
+        task: &crate::linux::thread::Task,
+        sys: Sysno,
+        a: [u64; 6],
+    ) -> Option<Outcome> {
         let dontwait = |flags: u64| flags as i32 & libc::MSG_DONTWAIT != 0;
         let fd = match sys {
             Sysno::read | Sysno::readv | Sysno::accept | Sysno::accept4 => a[0],
@@ -101,8 +106,12 @@ impl Process {
             _ => return None,
         };
         let f = self.fds.get(fd).ok()?;
-        if f.signal_mask.is_some() && (sys != Sysno::read || a[2] < 128) {
-            // A signalfd's read too short for a record fails at once.
+        if let Some(set) = f.signal_mask
+            && (sys != Sysno::read || a[2] < 128 || self.waited_pending(task, set))
+        {
+            // A signalfd's read too short for a record fails at once; one with a
+            // signal to take (the thread's own too, which may have come before the
+            // signalfd watched for it) takes it now.
             return None;
         }
         let file = f.file.clone();

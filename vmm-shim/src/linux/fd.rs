@@ -127,6 +127,11 @@ impl FdTable {
         Ok(())
     }
 
+    /// The open descriptors.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Fd> {
+        self.slots.iter_mut().flatten()
+    }
+
     /// Close every close-on-exec descriptor (execve).
     pub fn close_on_exec(&mut self) {
         for slot in &mut self.slots {

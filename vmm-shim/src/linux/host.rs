@@ -447,7 +447,8 @@ pub fn capget(version: u32) -> (u32, Result<Vec<u8>, Errno>) {
 /// offsets): it touches no memory of ours.
 pub fn int_call(nr: i64, a: [i64; 4]) -> Result<i64, Errno> {
     // SAFETY: only used for calls that take integers alone (sync, syncfs, fallocate,
-    // getpriority, setpriority, inotify_rm_watch), so no argument is a pointer.
+    // sync_file_range, getpriority, setpriority, inotify_rm_watch), so no argument is
+    // a pointer.
     let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) };
     if r < 0 { Err(last()) } else { Ok(r) }
 }

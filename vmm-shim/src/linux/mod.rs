@@ -91,6 +91,7 @@ pub mod shm;
 pub mod sigframe;
 pub mod signal;
 pub mod signalfd;
+pub mod sigwait;
 pub mod stack;
 pub mod syscall;
 pub mod sysv;
@@ -527,6 +528,13 @@ impl Process {
                 crate::kick::kick_thread(*t);
             }
         }
+        // Its threads blocked with the process released (futex waits, sleeps, polls)
+        // end too: until they do, the process, and with it its descriptors, stays
+        // (a reader of a pipe it wrote to would wait for the end of the file forever).
+        for (_, w) in self.waiters.iter().filter(|(t, _)| **t != tid) {
+            w.wake();
+        }
+        self.waiters.clear();
         self.threads.clear();
         self.shared.vcpus().clear();
         if !self.initial {
@@ -712,6 +720,17 @@ impl Process {
             return Ok(TrapAction::ThreadExit);
         }
         self.shared.sleepers().remove(&task.tid);
+        // rt_sigtimedwait takes a signal of its set before any is delivered, with the
+        // thread's own mask back (the others stay where they were sent).
+        let waited = match &block {
+            Block::SigWait(w) => {
+                if let Some(mask) = task.saved_sigmask.take() {
+                    task.sigmask = mask;
+                }
+                Some(self.take_waited(task, w.set))
+            }
+            _ => None,
+        };
         self.take_signals(task);
         let interrupting = self.interrupting(task);
         let interrupted = interrupting.is_some();
@@ -791,6 +810,22 @@ impl Process {
                 return Ok(self.block_again(task, pending, Block::Suspend));
             }
             Block::Suspend => eintr,
+            Block::SigWait(w) => match waited.flatten() {
+                Some(taken) => self
+                    .waited(task, w.info, &taken)
+                    .unwrap_or_else(|e| e.ret()),
+                None if interrupted || ending => eintr,
+                None if woken => {
+                    return Ok(match self.wait_with_set(task, w) {
+                        outcome::Outcome::Block(b) => self.block_again(task, pending, b),
+                        _ => TrapAction::Resume,
+                    });
+                }
+                None => {
+                    self.timed_out(task);
+                    errno::Errno(libc::EAGAIN).ret()
+                }
+            },
             Block::Write(w) if w.cut_short() && again => {
                 return Ok(self.block_again(task, pending, Block::Write(w)));
             }
@@ -1055,6 +1090,7 @@ impl Process {
             limits: self.limits.clone(),
             mm: child_mm,
         };
+        child.own_signalfds()?;
         self.kernel.add(pid, self.pid, pgid, shared);
         if f.vfork {
             // Woken when the child execs or exits (reset now: that may come first).

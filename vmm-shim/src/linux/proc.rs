@@ -111,6 +111,8 @@ pub struct Shared {
     /// Its signalfds: each one's signals and its host eventfd, made readable when one
     /// of them is sent ([`crate::linux::signalfd`]).
     pub signalfds: Mutex<Vec<(u64, std::sync::Weak<std::os::fd::OwnedFd>)>>,
+    /// The signal it is sent when its parent ends (`prctl(PR_SET_PDEATHSIG)`; 0: none).
+    pub pdeathsig: AtomicU64,
 }
 
 impl Shared {
@@ -396,6 +398,12 @@ impl Kernel {
                 t.procs.remove(&c);
             } else if let Some(c) = t.procs.get_mut(&c) {
                 c.ppid = 0;
+                // Its parent-death signal, from the parent (SI_USER, as Linux's
+                // forget_original_parent sends it).
+                let sig = c.shared.pdeathsig.load(Ordering::Acquire);
+                if sig != 0 {
+                    c.shared.post(sig, pid);
+                }
             }
         }
         match t.procs.get_mut(&ppid) {
@@ -471,6 +479,18 @@ impl Kernel {
 
     /// Send `sig` from process `sender` to process `pid` (0: only check it exists).
     /// False if there is none (or it has ended).
+    /// Post `info` to process `pid` (sigqueue); false when there is no such process.
+    pub fn signal_info(&self, pid: u64, info: SigInfo) -> bool {
+        let t = self.table();
+        match t.procs.get(&pid) {
+            Some(e) if e.status.is_none() => {
+                e.shared.post_info(info);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn signal(&self, pid: u64, sig: u64, sender: u64) -> bool {
         let t = self.table();
         match t.procs.get(&pid) {

@@ -113,11 +113,7 @@ impl Process {
             uc[MCONTEXT + 8 * i..MCONTEXT + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
         uc[296..304].copy_from_slice(&restore.to_le_bytes());
-        let si = &mut f[8 + UCONTEXT as usize..];
-        si[0..4].copy_from_slice(&info.signo.to_le_bytes());
-        si[8..12].copy_from_slice(&info.code.to_le_bytes());
-        si[16..24].copy_from_slice(&info.word.to_le_bytes());
-        si[24..32].copy_from_slice(&info.value.to_le_bytes());
+        f[8 + UCONTEXT as usize..].copy_from_slice(&info.to_bytes());
         self.mm.write(GuestVirtAddr(fpstate), &fpu_bytes)?;
         self.mm.write(GuestVirtAddr(sp), &f)?;
         let sig = info.signo as u64;

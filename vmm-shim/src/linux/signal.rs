@@ -67,6 +67,20 @@ pub struct SigInfo {
     pub cr2: u64,
 }
 
+impl SigInfo {
+    /// The `siginfo_t` (128 bytes) a handler's frame and `rt_sigtimedwait` give the
+    /// program: si_signo, si_code, then the union (the fault address, the sender's pid
+    /// and uid, or a timer's id and overrun; the word after it).
+    pub fn to_bytes(&self) -> [u8; 128] {
+        let mut si = [0u8; 128];
+        si[0..4].copy_from_slice(&self.signo.to_le_bytes());
+        si[8..12].copy_from_slice(&self.code.to_le_bytes());
+        si[16..24].copy_from_slice(&self.word.to_le_bytes());
+        si[24..32].copy_from_slice(&self.value.to_le_bytes());
+        si
+    }
+}
+
 /// The first realtime signal (SIGRTMIN as the kernel counts): from here on every
 /// send is queued, below it a pending signal is pending once.
 pub const SIGRTMIN: u64 = 32;

@@ -6,9 +6,10 @@
 //! signalfd's signals and makes its eventfd readable whenever one of them is sent
 //! ([`Shared::wake_signalfds`](crate::linux::proc::Shared::wake_signalfds)); a read
 //! takes pending instances of them from the process's queue as `struct
-//! signalfd_siginfo` records. Limits: signals sent to one thread (tgkill) are not read
-//! from a signalfd, and a forked child's copy of a signalfd reads the child's signals
-//! but is not woken by them.
+//! signalfd_siginfo` records, the reading thread's own first (those sent to it alone:
+//! tgkill, pthread_kill), as Linux's `dequeue_signal`. A forked child's copies of its
+//! parent's signalfds get eventfds of their own, watched by the child's process, since
+//! they read the child's signals.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
 use crate::linux::signal::{SI_TIMER, SigInfo};
+use crate::linux::thread::Task;
 
 /// `struct signalfd_siginfo`.
 const RECORD: usize = 128;
@@ -88,6 +90,63 @@ impl crate::linux::Process {
         Ok(fd)
     }
 
+    /// A forked child's signalfds read the child's signals, so each gets a host
+    /// eventfd of its own (shared by the child's copies of it, as the parent's were),
+    /// watched by the child's process.
+    pub(crate) fn own_signalfds(&mut self) -> Result<(), Errno> {
+        let mut fresh: Vec<(*const std::os::fd::OwnedFd, Arc<std::os::fd::OwnedFd>)> = Vec::new();
+        let mut watched = Vec::new();
+        for f in self.fds.iter_mut() {
+            let Some(set) = f.signal_mask else {
+                continue;
+            };
+            let old = Arc::as_ptr(&f.file);
+            let new = match fresh.iter().find(|(p, _)| *p == old) {
+                Some((_, new)) => new.clone(),
+                None => {
+                    let fl = host::fcntl_int(f.host(), libc::F_GETFL, 0)? as i32;
+                    let new = Arc::new(host::eventfd(0, fl & libc::O_NONBLOCK)?);
+                    fresh.push((old, new.clone()));
+                    new
+                }
+            };
+            f.file = new.clone();
+            watched.push((set, new));
+        }
+        for (set, file) in watched {
+            self.watch(set, &file);
+        }
+        Ok(())
+    }
+
+    /// After `task` took signals (a signalfd's read, rt_sigtimedwait): each signalfd
+    /// of the process is readable while a signal of its set is left (the process's,
+    /// the thread's, or one another thread sent a thread that has not taken it yet),
+    /// and no longer readable otherwise, as Linux answers a poll from what is pending.
+    pub(crate) fn refresh_signalfds(&self, task: &Task) {
+        let others = self.signals_for.values().fold(0, |s, q| s | q.set());
+        let pending = others
+            | task.pending.set()
+            | self
+                .shared
+                .signals
+                .load(std::sync::atomic::Ordering::Acquire);
+        let fds = self
+            .shared
+            .signalfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (mask, f) in fds.iter() {
+            if let Some(f) = f.upgrade() {
+                if mask & pending != 0 {
+                    host::eventfd_signal(&f);
+                } else {
+                    host::eventfd_drain(std::os::fd::AsFd::as_fd(&*f));
+                }
+            }
+        }
+    }
+
     /// Register (or re-register) a signalfd's set; readable at once if one is pending.
     fn watch(&self, set: u64, file: &Arc<std::os::fd::OwnedFd>) {
         {
@@ -114,6 +173,7 @@ impl crate::linux::Process {
     /// records for (EINVAL below one record, EAGAIN when none is pending).
     pub(crate) fn read_signalfd(
         &mut self,
+        task: &mut Task,
         fd: u64,
         set: u64,
         buf: u64,
@@ -126,18 +186,12 @@ impl crate::linux::Process {
         host::eventfd_drain(std::os::fd::AsFd::as_fd(&*file));
         let mut out = Vec::new();
         while out.len() + RECORD <= count as usize {
-            let Some(info) = self.shared.take_one(set) else {
+            let Some(info) = self.take_waited(task, set) else {
                 break;
             };
             out.extend_from_slice(&record(&info));
         }
-        let left = self
-            .shared
-            .signals
-            .load(std::sync::atomic::Ordering::Acquire);
-        if left & set != 0 {
-            host::eventfd_signal(&file);
-        }
+        self.refresh_signalfds(task);
         if out.is_empty() {
             return Err(Errno(libc::EAGAIN));
         }
