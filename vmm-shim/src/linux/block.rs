@@ -35,7 +35,7 @@ pub enum Block {
     Suspend,
     /// rt_sigtimedwait: until a signal of its set comes, another signal interrupts it,
     /// or its timeout.
-    SigWait(crate::linux::sigwait::SigWait),
+    SigWait(SigWait),
     /// A lock held by someone else (F_SETLKW, flock): wait until `until` or a signal,
     /// then system call `nr` starts again.
     Retry { until: Instant, nr: u64 },
@@ -44,6 +44,17 @@ pub enum Block {
     /// A vfork parent until its child execs or exits; the child's id, and where the
     /// child gives back the address space it borrowed.
     Vfork { child: u64, lent: Option<LentSpace> },
+}
+
+/// A thread in `rt_sigtimedwait` (see [`crate::linux::sigwait`]).
+#[derive(Debug)]
+pub struct SigWait {
+    /// The signals it waits for (bit `n - 1` for signal `n`).
+    pub set: u64,
+    /// Where the taken signal's `siginfo_t` goes (0: nowhere).
+    pub info: u64,
+    /// None: no timeout.
+    pub deadline: Option<Instant>,
 }
 
 /// A wait for a child process (wait4, waitid).

@@ -14,10 +14,8 @@
 //! a timed wait of the program's clock: with the pinned clock of exact mode
 //! ([`crate::linux::clock`]), one that expires advances the virtual time by exactly it.
 
-use std::time::Instant;
-
 use crate::linux::Process;
-use crate::linux::block::Block;
+use crate::linux::block::{Block, SigWait};
 use crate::linux::errno::Errno;
 use crate::linux::outcome::Outcome;
 use crate::linux::signal::SigInfo;
@@ -25,17 +23,6 @@ use crate::linux::thread::Task;
 
 /// SIGKILL and SIGSTOP: never waited for, blocked or caught.
 pub(crate) const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
-
-/// A thread in `rt_sigtimedwait` (see the module doc).
-#[derive(Debug)]
-pub struct SigWait {
-    /// The signals it waits for (bit `n - 1` for signal `n`).
-    pub set: u64,
-    /// Where the taken signal's `siginfo_t` goes (0: nowhere).
-    pub info: u64,
-    /// None: no timeout.
-    pub deadline: Option<Instant>,
-}
 
 impl Process {
     /// Take one pending instance of a signal of `set` for `task`, as Linux's
