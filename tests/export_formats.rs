@@ -341,12 +341,16 @@ fn a_recorded_guest_run_exports_every_sample_and_snapshot() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("vm.data");
+    // Long enough for snapshots at any speed: builtin:sort's ~25 ms could end before the
+    // overhead budget's first one (0 snapshots on a fast, loaded host).
     common::ok(&[
         "record",
         "--vm",
-        "builtin:sort",
+        "builtin:branchy",
         "-o",
         data.to_str().unwrap(),
+        "--",
+        "n=20000000",
     ]);
     let report = common::json(&["report", "-i", data.to_str().unwrap(), "--format", "json"]);
     let samples = report["meta"]["samples"].as_u64().unwrap();
