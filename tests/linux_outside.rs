@@ -71,17 +71,26 @@ fn run_outside(exe: &Path, flags: &[&str]) -> Outside {
     }
 }
 
-/// The exact-mode counts of every vCPU: (instructions, branches, taken) per line, in
-/// vCPU order (the lines come in the order the vCPUs stopped, which varies).
-fn counts(stderr: &str) -> Vec<String> {
-    let mut counts: Vec<String> = stderr
-        .lines()
-        .filter(|l| l.contains(" traced,"))
-        .map(|l| l.split(" traced,").next().unwrap().to_owned())
-        .collect();
-    assert!(!counts.is_empty(), "no exact-mode counts:\n{stderr}");
-    counts.sort();
-    counts
+/// The exact-mode counts of the run: instructions, branches and taken branches summed
+/// over the vCPUs. (Which vCPU runs which thread is the host's scheduling: a thread may
+/// start on a new vCPU when the one a process just left is not back in the pool yet,
+/// so the per-vCPU split varies between runs; the totals do not.)
+fn counts(stderr: &str) -> [u64; 3] {
+    let mut total = [0u64; 3];
+    let mut lines = 0;
+    for l in stderr.lines().filter(|l| l.contains(" traced,")) {
+        // "lbrprof: lbr: vCPU N: I instructions and B branches (T taken) traced, ..."
+        let head = l.split(" traced,").next().unwrap();
+        let words: Vec<&str> = head.split_whitespace().collect();
+        let at = |w: &str| words.iter().position(|x| *x == w).unwrap();
+        let num = |s: &str| -> u64 { s.trim_start_matches('(').parse().unwrap() };
+        total[0] += num(words[at("instructions") - 1]);
+        total[1] += num(words[at("branches") - 1]);
+        total[2] += num(words[at("taken)") - 1]);
+        lines += 1;
+    }
+    assert!(lines > 0, "no exact-mode counts:\n{stderr}");
+    total
 }
 
 const EXACT: [&str; 5] = ["--lbr", "emulated", "--lbr-mode", "exact", "--stats"];
