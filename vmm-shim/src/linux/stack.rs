@@ -2,7 +2,8 @@
 //! (fs/binfmt_elf.c `create_elf_tables`), from the top down:
 //!
 //! ```text
-//! STACK_TOP   execfn string ("/path/to/prog\0")
+//! STACK_TOP   8 zero bytes (the end marker: exec's first `bprm->p`)
+//!             execfn string ("/path/to/prog\0")
 //!             envp strings, argv strings, platform string ("x86_64\0")
 //!             16 random bytes (AT_RANDOM)
 //!             (padding to 16 bytes)
@@ -36,8 +37,10 @@ pub struct Stack {
 /// Lay out `spec` below `top` (16-byte aligned). None if it would not fit in `limit` bytes.
 pub fn build(spec: &StackSpec, top: u64, limit: u64) -> Option<Stack> {
     use crate::linux::abi::{AT_EXECFN, AT_NULL, AT_PLATFORM, AT_RANDOM};
-    // Strings, from the top down.
-    let mut strings: Vec<u8> = Vec::new();
+    // Strings, from the top down, below Linux's 8-byte end marker. (Code that reads a
+    // byte past the last string's NUL finds zeros there, as natively: glibc 2.36's
+    // `glibc.cpu.hwcaps` parser does, for a GLIBC_TUNABLES that is the last variable.)
+    let mut strings: Vec<u8> = vec![0; 8];
     let mut place = |s: &[u8]| -> u64 {
         strings.splice(0..0, s.iter().copied().chain([0]));
         strings.len() as u64 // distance from top to the string start
@@ -92,6 +95,24 @@ pub fn build(spec: &StackSpec, top: u64, limit: u64) -> Option<Stack> {
 mod tests {
     use super::*;
     use crate::linux::abi::{AT_EXECFN, AT_NULL, AT_PAGESZ, AT_RANDOM};
+
+    #[test]
+    fn the_top_eight_bytes_are_zero_and_execfn_ends_just_below() {
+        let spec = StackSpec {
+            argv: vec![b"prog".to_vec()],
+            envp: vec![b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F".to_vec()],
+            execfn: b"/bin/prog".to_vec(),
+            ..Default::default()
+        };
+        let top = 0x7fff_ffff_f000;
+        let st = build(&spec, top, 1 << 20).unwrap();
+        let n = st.bytes.len();
+        assert_eq!(&st.bytes[n - 8..], &[0; 8]);
+        assert_eq!(&st.bytes[n - 8 - 10..n - 8], b"/bin/prog\0");
+        // The last environment string runs into execfn, as on Linux.
+        let env_end = n - 8 - 10;
+        assert_eq!(&st.bytes[env_end - 8..env_end], b"AVX512F\0");
+    }
 
     fn word(st: &Stack, top: u64, va: u64) -> u64 {
         let off = (va - (top - st.bytes.len() as u64)) as usize;
