@@ -11,6 +11,7 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const CR4_PAE: u64 = 1 << 5;
 pub const CR4_OSFXSR: u64 = 1 << 9;
 pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 
 // IA32_EFER (MSR 0xC000_0080).
 pub const EFER_LME: u64 = 1 << 8;

@@ -398,13 +398,19 @@ impl Vm {
         if process.is_some() && config.guest_entropy != Default::default() {
             hide_hardware_random(supported.as_mut_slice());
         }
+        let program_xcr0 = match process {
+            Some(_) => linux::cpu::program_xcr0(supported.as_mut_slice()),
+            None => None,
+        };
         let mut vcpus = Vec::new();
         for (index, hook) in (0..config.vcpus).zip(vcpu_hooks.iter_mut()) {
             let program = process.is_some();
             let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut(), program)?;
             match (&parsed, &process) {
                 (Some(parsed), _) => setup_registers(&vcpu, parsed.kind, parsed.entry, index)?,
-                (None, Some((_, task, regs))) => setup_linux_registers(&vcpu, task, None, regs)?,
+                (None, Some((_, task, regs))) => {
+                    setup_linux_registers(&vcpu, task, None, regs, program_xcr0)?
+                }
                 (None, None) => {}
             }
             vcpus.push(vcpu);
@@ -547,7 +553,7 @@ impl Vm {
                         let mut hook = hooks(index);
                         let vcpu = create_vcpu(&vm, &supported, index, hook.as_mut(), true)?;
                         let NewThread { task, regs, fpu } = *child;
-                        setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs)?;
+                        setup_linux_registers(&vcpu, &task, fpu.as_ref(), &regs, program_xcr0)?;
                         start(index, vcpu, hook, Some((shared, task))).map_err(VmError::Thread)
                     })();
                     let ok = started.is_ok();
@@ -845,6 +851,7 @@ fn setup_linux_registers(
     task: &Task,
     fpu: Option<&kvm_bindings::kvm_fpu>,
     regs: &kvm_regs,
+    xcr0: Option<u64>,
 ) -> Result<(), VmError> {
     let fpu = match fpu {
         Some(f) => *f,
@@ -857,9 +864,24 @@ fn setup_linux_registers(
     };
     vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    if xcr0.is_some() {
+        sregs.cr4 |= crate::arch::CR4_OSXSAVE;
+    }
     linux::cpu::user_sregs(&mut sregs, task.cr3, task.trap.tss);
     sregs.fs.base = task.fs_base;
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    if let Some(value) = xcr0 {
+        let mut xcrs = kvm_bindings::kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0] = kvm_bindings::kvm_xcr {
+            xcr: 0,
+            value,
+            ..Default::default()
+        };
+        vcpu.set_xcrs(&xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+    }
     // With the in-kernel LAPIC, vCPUs other than the first wait for INIT/SIPI: a
     // thread's vCPU is runnable at once.
     let runnable = kvm_mp_state {
@@ -1032,7 +1054,8 @@ impl VcpuRunner {
         ] {
             self.vcpu.clear_sync_dirty_reg(reg);
         }
-        if setup_linux_registers(&self.vcpu, &task, fpu.as_ref(), &regs).is_err() {
+        let xcr0 = linux::cpu::kept_xcr0(&self.vcpu);
+        if setup_linux_registers(&self.vcpu, &task, fpu.as_ref(), &regs, xcr0).is_err() {
             // The parent was told the child runs: it ends at once instead.
             lock(&shared.process).end(task.tid, linux::proc::killed(libc::SIGKILL));
             return self.next_thread();

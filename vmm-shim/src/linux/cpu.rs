@@ -221,6 +221,42 @@ fn map_vsyscall(mm: &mut AddressSpace) -> Result<(), Errno> {
     mm.map_page(VSYSCALL_PAGE, frame, PTE_P | PTE_US)
 }
 
+/// XCR0 bit of AVX's state (YMM upper halves).
+const XFEATURE_AVX: u64 = 1 << 2;
+/// CPUID.1:ECX.XSAVE.
+const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
+
+/// The XCR0 a program's vCPUs run with (CR4.OSXSAVE set), with `cpuid` (the table they
+/// will be given) made to offer XSAVE: x87, SSE and AVX where the host's kernel enabled
+/// AVX (`xgetbv`) and KVM can give it (leaf 0xD). `None` when the host has no XSAVE: the
+/// program sees no AVX, as on such a CPU. With XCR0 left at x87|SSE, CPUID answers
+/// OSXSAVE = 0 and the program's libraries take their SSE2 code on a host with AVX2.
+/// (KVM under PVM, nested, leaves XSAVE out of its supported leaf 1 although leaf 0xD
+/// offers the components; without the bit KVM refuses CR4.OSXSAVE.)
+///
+/// AVX-512 stays off in XCR0, so libraries find it unusable and take their AVX2 code, as
+/// under valgrind: the shim's interpreter (the emulated LBR's windows, exact mode) runs
+/// no EVEX instructions. Where the guest's ring 3 runs on the host's XCR0 (PVM), its
+/// XGETBV still shows AVX-512 and libraries use it; the interpreter hands those
+/// instructions to breakpoints (exact, slower).
+pub fn program_xcr0(cpuid: &mut [kvm_bindings::kvm_cpuid_entry2]) -> Option<u64> {
+    if std::arch::x86_64::__cpuid(1).ecx & CPUID_1_ECX_XSAVE == 0 {
+        return None;
+    }
+    let d = cpuid.iter().find(|e| e.function == 0xd && e.index == 0)?;
+    let offered = u64::from(d.eax) | u64::from(d.edx) << 32;
+    let leaf1 = cpuid.iter_mut().find(|e| e.function == 1 && e.index == 0)?;
+    leaf1.ecx |= CPUID_1_ECX_XSAVE;
+    Some((offered & crate::linux::host::xcr0() & XFEATURE_AVX) | XFEATURES_X87_SSE)
+}
+
+/// The XCR0 a vCPU that ran a program keeps for the next thread it runs (`None` when
+/// it runs without CR4.OSXSAVE): [`program_xcr0`] as it was given; ring 3 cannot change it.
+pub fn kept_xcr0(vcpu: &VcpuFd) -> Option<u64> {
+    let cr4 = vcpu.get_sregs().ok()?.cr4;
+    (cr4 & crate::arch::CR4_OSXSAVE != 0).then(|| guest_xcr0(vcpu))
+}
+
 /// XCR0 bits of the user state a signal frame carries: x87, SSE, AVX, MPX, AVX-512 and
 /// PKRU. (AMX tile data, enabled on request only, would not fit `kvm_xsave`.)
 const USER_XFEATURES: u64 = 0x2ff;
@@ -363,7 +399,8 @@ pub fn user_sregs(sregs: &mut kvm_sregs, cr3: u64, tss: u64) {
     sregs.idt.limit = 256 * 16 - 1;
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = cr3;
-    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    // CR4.OSXSAVE stays as set up with the vCPU's XCR0 ([`program_xcr0`]).
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | (sregs.cr4 & crate::arch::CR4_OSXSAVE);
     sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
 }
 
