@@ -6,29 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::linux::assert_identical;
+use common::linux::{assert_identical, build_workload as build};
 use common::{kvm_available, lbrprof};
-
-/// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`; None (with a
-/// "skipped:" line, or a panic under LBRPROF_REQUIRE_KVM) if the compiler is missing.
-fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(out);
-    let status = Command::new(cc)
-        .args(["-O2", "-g"])
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap_or_else(|e| panic!("{cc} is needed for the Linux-program tests ({e})"));
-    assert!(
-        status.success(),
-        "{cc} {flags:?} failed on {}",
-        src.display()
-    );
-    exe
-}
 
 fn run_with(mut cmd: Command, stdin: Option<&Path>) -> Output {
     cmd.env("LINUX_IO_TEST", "yes");

@@ -13,27 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kvm_available;
-use common::linux::{assert_identical, native_and_vm_in as native_and_vm};
-
-/// Compile `tests/workloads/NAME.c` with `cc` and `flags` into `dir/OUT`.
-fn build(dir: &Path, name: &str, out: &str, cc: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let exe = dir.join(out);
-    let status = Command::new(cc)
-        .args(["-O2", "-g"])
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap_or_else(|e| panic!("{cc} is needed for the Linux-program tests ({e})"));
-    assert!(
-        status.success(),
-        "{cc} {flags:?} failed on {}",
-        src.display()
-    );
-    exe
-}
+use common::linux::{assert_identical, build_workload as build, native_and_vm_in as native_and_vm};
 
 /// Builds `tests/workloads/NAME.c` with glibc (dynamic and static) and musl (static),
 /// runs each build natively and under `lbrprof run --vm --`, and checks that the native
