@@ -191,6 +191,38 @@ fn processes_left_running_at_the_end_are_named_not_silently_lost() {
 }
 
 #[test]
+fn a_thread_entering_a_futex_wait_as_its_process_ends_ends_with_it() {
+    if !kvm_available() {
+        return;
+    }
+    // Each round's child ends with exit_group while two of its threads keep going back
+    // into futex waits without a timeout; the parent reads a pipe from it to its end.
+    // A thread that reached the shim just after the end used to be served its wait and
+    // block where nothing woke it, holding the pipe open: the parent waited forever
+    // (`go build` hung in about 1 run in 15 that way). 200 rounds hit that every run.
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = gcc(
+        tmp.path(),
+        &workload("exit_race"),
+        "exit_race",
+        &["-pthread"],
+    );
+    let out = lbrprof()
+        .args(["run", "--vm", "--timeout", "60", "--"])
+        .arg(&exe)
+        .arg("200")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 rounds\n",
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
 fn record_of_a_pipeline_names_the_functions_of_each_program() {
     if !kvm_available() || !common::perf_available() {
         return;

@@ -577,8 +577,12 @@ impl Process {
         port: u16,
     ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
-        if self.shared.superseded(task) {
-            // Another thread's execve ended this one while it waited for the lock.
+        if self.shared.ended(task) {
+            // Its process ended (another thread's exit_group, a fatal signal) or another
+            // thread's execve ended this one while it waited for the lock. Serving the
+            // call could block it where no end wakes it any more (the end woke the
+            // waiters there were), and a blocked thread keeps the process's descriptors
+            // open: a parent reading a pipe from it would wait for end-of-file forever.
             return Ok(TrapAction::ThreadExit);
         }
         if port == TRAP_PORT_NULL {
@@ -709,11 +713,11 @@ impl Process {
         woken: bool,
     ) -> Result<TrapAction, VmError> {
         use std::sync::atomic::Ordering;
-        if self.shared.superseded(task) {
-            // Ended by another thread's execve while blocked: nothing of the call is
-            // left to finish (the run loop ends the thread before it runs again), but
-            // a wait in a futex of shared memory must leave its queue (the process's
-            // own queues went with the execve).
+        if self.shared.ended(task) {
+            // Ended while blocked (its process ended, or another thread's execve):
+            // nothing of the call is left to finish (the run loop ends the thread
+            // before it runs again), but a wait in a futex of shared memory must leave
+            // its queue (the process's own queues end with it or went with the execve).
             if matches!(block, Block::Futex { .. }) {
                 self.kernel.futexes().remove(task.tid);
             }
@@ -963,7 +967,7 @@ impl Process {
         mut pending: Pending,
         op: ProcessOp,
     ) -> Result<TrapAction, VmError> {
-        if self.shared.superseded(task) {
+        if self.shared.ended(task) {
             return Ok(TrapAction::ThreadExit);
         }
         let started = std::time::Instant::now();
@@ -1494,7 +1498,7 @@ impl Process {
         vcpu: &mut VcpuFd,
     ) -> Result<TrapAction, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
-        if self.shared.superseded(task) {
+        if self.shared.ended(task) {
             return Ok(TrapAction::ThreadExit);
         }
         self.take_signals(task);
