@@ -18,8 +18,9 @@
 //! a jump) closes nothing. Frames still open when the vCPU stops are closed then, as
 //! callgrind closes them at exit.
 //!
-//! Only ring-3 instructions are profiled (valgrind sees only user code); the rest are
-//! counted in [`ExactProfile::other_instructions`].
+//! Only the program's instructions are profiled (valgrind sees only user code): ring 3
+//! in the lower half of the address space ([`is_user`]); the rest are counted in
+//! [`ExactProfile::other_instructions`].
 
 use super::addr_hash::FastMap;
 use super::branch::BranchKind;
@@ -76,6 +77,15 @@ struct Frame {
     at: [u64; 3],
 }
 
+/// Whether an instruction at `addr` that retired at `cpl` is user code. CPL 3 alone does
+/// not say it: on hosts that emulate ring 0 (nested ones), a Linux program's `syscall`
+/// arrives at the shim's entry stub (LSTAR, in the supervisor-only trap area) still at
+/// CPL 3 (`linux::cpu::SyscallMode::Ring3`), and that stub is the shim's, not the
+/// program's. User space ends at 2^47 on x86-64 (4-level paging).
+pub fn is_user(cpl: u8, addr: u64) -> bool {
+    cpl == 3 && addr < 1 << 47
+}
+
 /// The accumulator the tracer feeds in exact mode.
 #[derive(Debug, Default)]
 pub struct Profiler {
@@ -97,14 +107,15 @@ pub struct Profiler {
 impl Profiler {
     /// `n` sequential instructions retired at `cpl`, the first at `rip`.
     pub fn retire(&mut self, n: u64, cpl: u8, rip: u64) {
+        let user = is_user(cpl, rip);
         if self.start.is_none() {
             self.start = Some(rip);
-            self.user = cpl == 3;
-        } else if self.user != (cpl == 3) {
+            self.user = user;
+        } else if self.user != user {
             // The privilege level changed without a branch (cannot happen): end the run.
             self.end_run(false);
             self.start = Some(rip);
-            self.user = cpl == 3;
+            self.user = user;
         }
         self.pending += n;
         if self.user {
@@ -128,7 +139,7 @@ impl Profiler {
     pub fn branch(&mut self, b: &RetiredBranch) {
         if b.kind.is_instruction() {
             self.retire(1, b.cpl_before, b.from);
-            if b.cpl_before == 3 {
+            if is_user(b.cpl_before, b.from) {
                 match b.kind {
                     BranchKind::Jcc => self.user_conditional += 1,
                     BranchKind::JmpInd | BranchKind::CallInd | BranchKind::Ret => {
@@ -142,7 +153,7 @@ impl Profiler {
             return;
         }
         self.end_run(b.taken && b.kind.is_instruction());
-        if b.cpl_before == 3 && b.cpl_after == 3 {
+        if is_user(b.cpl_before, b.from) && is_user(b.cpl_after, b.to) {
             match b.kind {
                 BranchKind::CallRel | BranchKind::CallInd => {
                     if self.stack.len() >= MAX_SHADOW_DEPTH {
@@ -164,7 +175,7 @@ impl Profiler {
             }
         }
         self.start = Some(b.to);
-        self.user = b.cpl_after == 3;
+        self.user = is_user(b.cpl_after, b.to);
     }
 
     fn end_run(&mut self, taken: bool) {
@@ -333,5 +344,27 @@ mod tests {
         assert_eq!(prof.instructions, 4);
         assert_eq!(prof.other_instructions, 8);
         assert_eq!(prof.runs.len(), 2);
+    }
+
+    #[test]
+    fn a_syscall_stub_reached_at_cpl3_is_not_the_programs_code() {
+        // Nested hosts: `syscall` lands on the shim's stub in the trap area at CPL 3;
+        // the stub's `out` is a CPL-3 instruction there, but not user code.
+        let mut p = Profiler::default();
+        p.retire(2, 3, 0x100);
+        let stub = 0xffff_fe00_0000_3210;
+        p.branch(&br(0x102, stub, 2, BranchKind::Syscall, true));
+        p.retire(1, 3, stub);
+        p.branch(&br(stub + 2, 0x104, 1, BranchKind::Sysret, true));
+        p.retire(1, 3, 0x104);
+        let prof = p.finish(0);
+        assert_eq!(prof.instructions, 4);
+        assert_eq!(prof.other_instructions, 2);
+        assert!(
+            prof.runs.iter().all(|r| r.start < 1 << 47),
+            "{:?}",
+            prof.runs
+        );
+        assert!(prof.calls.is_empty());
     }
 }
