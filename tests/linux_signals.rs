@@ -192,6 +192,31 @@ fn an_unhandled_sigint_kills_the_program_as_the_shell_reports_it() {
 }
 
 #[test]
+fn a_signal_from_outside_that_the_program_raises_again_is_reported_as_from_outside() {
+    if !kvm_available() {
+        return;
+    }
+    // Go and Python catch SIGINT/SIGTERM, clean up, restore the default action and raise
+    // the signal again themselves: it killed them, but it came from outside.
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path());
+    let (n_lines, n_status, _, _) = signalled(native(&exe, &["reraise"]), libc::SIGINT);
+    let (v_lines, v_status, v_err, _) = signalled(in_vm(&exe, &["reraise"]), libc::SIGINT);
+    assert_eq!(n_status.signal(), Some(libc::SIGINT));
+    assert_eq!(n_lines, ["cleaning up"]);
+    assert_eq!(v_lines, n_lines, "{v_err}");
+    assert_eq!(shell_code(v_status), 130, "{v_err}");
+    assert_eq!(
+        v_err.trim_end(),
+        format!(
+            "lbrprof: error: '{}' was killed by signal 2: SIGINT from outside the VM \
+             (raised again by its handler)",
+            exe.display()
+        )
+    );
+}
+
+#[test]
 fn a_program_that_ignores_sigint_still_lets_lbrprof_stop() {
     if !kvm_available() {
         return;

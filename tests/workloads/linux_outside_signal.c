@@ -7,6 +7,9 @@
  *   linux_outside_signal ignore        SIGINT and SIGTERM ignored; waits forever
  *   linux_outside_signal family        a child too, both handle SIGINT: each prints
  *                                      "got SIGINT in parent|child"; exits 3
+ *   linux_outside_signal reraise       SIGINT handled, then, as Go and Python do, the
+ *                                      default action restored and SIGINT raised again
+ *                                      (pause): prints "ready", "cleaning up"; killed
  *
  * It says "SIGHUP ignored" after "ready" when it was started with SIGHUP ignored.
  * WAIT is how it waits: pause, read (stdin, which the test keeps open and silent),
@@ -85,6 +88,17 @@ int main(int argc, char **argv) {
         }
         printf("got SIGINT in parent, child exited %d\n", WEXITSTATUS(status));
         return 3;
+    }
+    if (strcmp(mode, "reraise") == 0) {
+        handle(SIGINT);
+        printf("ready\n");
+        fflush(stdout);
+        wait_for_signal("pause");
+        printf("cleaning up\n");
+        fflush(stdout);
+        signal(SIGINT, SIG_DFL);
+        raise(SIGINT);
+        return 4;
     }
     if (strcmp(mode, "handle") == 0)
         handle(SIGINT);

@@ -1390,7 +1390,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(Some(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: signal::killed_by(&info, self.pid),
+                    reason: signal::killed_by(&info, self.pid, self.shared.from_outside()),
                 }));
             }
             let mut r = *regs;
@@ -1529,7 +1529,7 @@ impl Process {
             if act.handler == 0 {
                 return Ok(TrapAction::Killed {
                     signal: sig as i32,
-                    reason: signal::killed_by(&info, self.pid),
+                    reason: signal::killed_by(&info, self.pid, self.shared.from_outside()),
                 });
             }
             let info = self.delivering(info);

@@ -113,6 +113,10 @@ pub struct Shared {
     pub signalfds: Mutex<Vec<(u64, std::sync::Weak<std::os::fd::OwnedFd>)>>,
     /// The signal it is sent when its parent ends (`prctl(PR_SET_PDEATHSIG)`; 0: none).
     pub pdeathsig: AtomicU64,
+    /// Signals that came to it from outside the VM, passed on by lbrprof (bit `n - 1`
+    /// for signal `n`), and those of them from lbrprof's terminal.
+    pub outside_sent: AtomicU64,
+    pub outside_terminal: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +124,14 @@ impl Shared {
     /// execve since `task` started.
     pub fn ended(&self, task: &crate::linux::thread::Task) -> bool {
         self.dead.load(Ordering::Acquire) || self.superseded(task)
+    }
+
+    /// The signals that came to it from outside the VM so far.
+    pub fn from_outside(&self) -> crate::linux::signal::FromOutside {
+        crate::linux::signal::FromOutside {
+            sent: self.outside_sent.load(Ordering::Acquire),
+            terminal: self.outside_terminal.load(Ordering::Acquire),
+        }
     }
 
     /// Note `sig` (1..=64) as sent to the process by process `sender` (SI_USER, with
@@ -528,6 +540,15 @@ impl Kernel {
         let mut reached = 0;
         for (&pid, e) in &t.procs {
             if e.status.is_none() && (signal.from_terminal || pid == self.first) {
+                let bit = 1u64
+                    .checked_shl((signal.signo as u32).wrapping_sub(1))
+                    .unwrap_or(0);
+                let mask = if signal.from_terminal {
+                    &e.shared.outside_terminal
+                } else {
+                    &e.shared.outside_sent
+                };
+                mask.fetch_or(bit, Ordering::AcqRel);
                 e.shared.post_info(info);
                 reached += 1;
             }

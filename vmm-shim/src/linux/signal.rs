@@ -271,10 +271,20 @@ pub fn name(sig: i32) -> Option<&'static str> {
     })
 }
 
+/// The signals that came to a process from outside the VM so far (bit `n - 1` for
+/// signal `n`): passed on to it by lbrprof, and those from lbrprof's terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FromOutside {
+    pub sent: u64,
+    pub terminal: u64,
+}
+
 /// What killed a process, for the user: signal `info` and who sent it, as process
 /// `pid` sees it: "SIGINT from the terminal", "SIGTERM from outside the VM", "SIGUSR1 it
-/// sent itself"...
-pub fn killed_by(info: &SigInfo, pid: u64) -> String {
+/// sent itself"... A signal it sent itself after the same one came from outside is
+/// named by where it came from: runtimes that catch a signal to clean up and then die of
+/// it (Go, Python's SIGINT) raise it again themselves.
+pub fn killed_by(info: &SigInfo, pid: u64, earlier: FromOutside) -> String {
     let sig = match name(info.signo) {
         Some(n) => n.to_owned(),
         None => format!("signal {}", info.signo),
@@ -285,7 +295,18 @@ pub fn killed_by(info: &SigInfo, pid: u64) -> String {
         // Signals lbrprof receives from its terminal (Kernel::signal_from_outside).
         SI_KERNEL => "from the terminal".to_owned(),
         SI_TIMER => "from its POSIX timer".to_owned(),
-        SI_USER | SI_TKILL if sender == pid => "it sent itself".to_owned(),
+        SI_USER | SI_TKILL if sender == pid => {
+            let bit = 1u64
+                .checked_shl((info.signo as u32).wrapping_sub(1))
+                .unwrap_or(0);
+            if earlier.terminal & bit != 0 {
+                "from the terminal (raised again by its handler)".to_owned()
+            } else if earlier.sent & bit != 0 {
+                "from outside the VM (raised again by its handler)".to_owned()
+            } else {
+                "it sent itself".to_owned()
+            }
+        }
         // A sender outside the VM (si_pid 0): a signal to lbrprof, passed on.
         SI_USER if sender == 0 => "from outside the VM".to_owned(),
         SI_USER | SI_TKILL => format!("sent by process {sender}"),
@@ -497,8 +518,28 @@ mod tests {
             (info(40, SI_TIMER, 3), "signal 40 from its POSIX timer"),
         ];
         for (i, want) in cases {
-            assert_eq!(killed_by(&i, own), want);
+            assert_eq!(killed_by(&i, own, FromOutside::default()), want);
         }
+        // Caught, then raised again by the process itself.
+        let again = info(libc::SIGTERM, SI_TKILL, own);
+        let sent = FromOutside {
+            sent: 1 << (libc::SIGTERM - 1),
+            terminal: 0,
+        };
+        assert_eq!(
+            killed_by(&again, own, sent),
+            "SIGTERM from outside the VM (raised again by its handler)"
+        );
+        let typed = FromOutside {
+            sent: 0,
+            terminal: 1 << (libc::SIGINT - 1),
+        };
+        let int = info(libc::SIGINT, SI_USER, own);
+        assert_eq!(
+            killed_by(&int, own, typed),
+            "SIGINT from the terminal (raised again by its handler)"
+        );
+        assert_eq!(killed_by(&again, own, typed), "SIGTERM it sent itself");
         assert!(dumps_core(libc::SIGSEGV) && dumps_core(libc::SIGQUIT));
         assert!(!dumps_core(libc::SIGINT) && !dumps_core(libc::SIGKILL));
     }
