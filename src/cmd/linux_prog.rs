@@ -9,7 +9,7 @@
 //!   with `--vm-kernel`.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
@@ -155,13 +155,52 @@ pub struct OutsideWorld {
     pub entropy: EntropySource,
     /// A virtual clock and pinned pids.
     pub pinned: bool,
+    /// glibc is told to leave AVX-512 alone ([`AVX512_OFF`]): this host shows it to the
+    /// program whatever the vCPU's XCR0 says.
+    pub no_avx512: bool,
 }
 
+/// The glibc tunable that makes glibc find AVX-512 unusable, so that it takes its AVX2
+/// functions, as it does under valgrind (which hides AVX-512) and in the VM on hosts
+/// where the vCPU's XCR0 hides it.
+pub const AVX512_OFF: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD";
+
 impl OutsideWorld {
-    /// Give the VM this world.
-    pub fn apply(self, config: &mut lbrprof_vmm::vm::VmConfig) {
+    /// Give the VM and the program this world.
+    pub fn apply(self, config: &mut lbrprof_vmm::vm::VmConfig, program: &mut Program) {
         config.guest_entropy = self.entropy;
         config.guest_pinned = self.pinned;
+        if self.no_avx512 {
+            without_avx512(&mut program.envp);
+        }
+    }
+}
+
+/// Adds [`AVX512_OFF`] to `GLIBC_TUNABLES` in `envp` (appended to the variable, or the
+/// variable appended), unless the user's own tunables already choose `glibc.cpu.hwcaps`.
+fn without_avx512(envp: &mut Vec<OsString>) {
+    const VAR: &[u8] = b"GLIBC_TUNABLES=";
+    match envp.iter_mut().find(|e| e.as_bytes().starts_with(VAR)) {
+        Some(e) => {
+            let value = &e.as_bytes()[VAR.len()..];
+            if value
+                .split(|&b| b == b':')
+                .any(|t| t.starts_with(b"glibc.cpu.hwcaps="))
+            {
+                return;
+            }
+            let mut v = e.as_bytes().to_vec();
+            if !value.is_empty() {
+                v.push(b':');
+            }
+            v.extend_from_slice(AVX512_OFF.as_bytes());
+            *e = OsString::from_vec(v);
+        }
+        None => {
+            let mut v = VAR.to_vec();
+            v.extend_from_slice(AVX512_OFF.as_bytes());
+            envp.push(OsString::from_vec(v));
+        }
     }
 }
 
@@ -186,6 +225,13 @@ pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) 
             "random bytes (getrandom, AT_RANDOM, /dev/urandom) from a fixed stream (seed {n})"
         ));
     }
+    let no_avx512 = pinned && lbrprof_vmm::linux::cpu::guest_sees_host_avx512();
+    if no_avx512 {
+        what.push(format!(
+            "glibc's AVX2 functions, not the AVX-512 ones this host would show it, as under \
+             valgrind (GLIBC_TUNABLES={AVX512_OFF})"
+        ));
+    }
     if !what.is_empty() {
         let why = if exact && flag.is_none() {
             "exact mode pins"
@@ -198,7 +244,11 @@ pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) 
             what.join(", ")
         );
     }
-    OutsideWorld { entropy, pinned }
+    OutsideWorld {
+        entropy,
+        pinned,
+        no_avx512,
+    }
 }
 
 /// The end-of-run lines about a program: unimplemented system calls (once each, with
@@ -309,5 +359,28 @@ mod tests {
             t => panic!("{t:?}"),
         }
         assert!(target("", &[], Force::Auto).is_err());
+    }
+
+    #[test]
+    fn avx512_is_turned_off_in_glibc_tunables_unless_hwcaps_are_chosen() {
+        let env = |v: &[&str]| -> Vec<OsString> { v.iter().map(OsString::from).collect() };
+        let off = format!("GLIBC_TUNABLES={AVX512_OFF}");
+        let mut e = env(&["PATH=/bin"]);
+        without_avx512(&mut e);
+        assert_eq!(e, env(&["PATH=/bin", &off]));
+        // Other tunables stay, hwcaps joins them.
+        let mut e = env(&["GLIBC_TUNABLES=glibc.malloc.check=3", "HOME=/"]);
+        without_avx512(&mut e);
+        let joined = format!("GLIBC_TUNABLES=glibc.malloc.check=3:{AVX512_OFF}");
+        assert_eq!(e, env(&[&joined, "HOME=/"]));
+        // An empty variable gets the tunable alone.
+        let mut e = env(&["GLIBC_TUNABLES="]);
+        without_avx512(&mut e);
+        assert_eq!(e, env(&[&off]));
+        // The user's own choice of hwcaps is kept as it is.
+        let own = env(&["GLIBC_TUNABLES=glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2"]);
+        let mut e = own.clone();
+        without_avx512(&mut e);
+        assert_eq!(e, own);
     }
 }

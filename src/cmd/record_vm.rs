@@ -127,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Force::Auto
     };
-    let (spec, cmdline, image) = match linux_prog::target(&spec, &args.command, force)? {
+    let (spec, cmdline, mut image) = match linux_prog::target(&spec, &args.command, force)? {
         VmTarget::Program { path, argv } => {
             let program = linux_prog::program(&path, &argv)?;
             let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
@@ -149,9 +149,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         linux_prog::mem(args.guest.mem, image_is_program),
         args.guest.vcpus,
     );
-    if image.program.is_some() {
+    if let Some(program) = image.program.as_mut() {
         let exact = lbr.counts_exactly();
-        linux_prog::outside(args.guest.vm_outside, args.guest.vm_seed, exact).apply(&mut vm);
+        linux_prog::outside(args.guest.vm_outside, args.guest.vm_seed, exact)
+            .apply(&mut vm, program);
     } else if args.guest.vm_seed.is_some() || args.guest.vm_outside.is_some() {
         anyhow::bail!(
             "--vm-seed and --vm-outside apply to Linux programs (an image has no system calls \

@@ -227,7 +227,7 @@ fn print_vcpu_stats(report: &lbrprof_vmm::RunReport) {
 
 /// `run --vm -- PROG ARGS`: a Linux program under the shim's personality.
 fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<ExitCode> {
-    let program = crate::cmd::linux_prog::program(path, argv)?;
+    let mut program = crate::cmd::linux_prog::program(path, argv)?;
     let mem = crate::cmd::linux_prog::mem(args.mem, true);
     let mut config = VmConfig::new(mem, args.vcpus);
     config.timeout = args.timeout;
@@ -235,7 +235,8 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     let exact = lbr
         .as_ref()
         .is_some_and(crate::cmd::lbr_opts::counts_exactly);
-    crate::cmd::linux_prog::outside(args.vm_outside, args.vm_seed, exact).apply(&mut config);
+    crate::cmd::linux_prog::outside(args.vm_outside, args.vm_seed, exact)
+        .apply(&mut config, &mut program);
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
             Some(setup) => setup.hook(index, None),

@@ -250,6 +250,19 @@ pub fn program_xcr0(cpuid: &mut [kvm_bindings::kvm_cpuid_entry2]) -> Option<u64>
     Some((offered & crate::linux::host::xcr0() & XFEATURE_AVX) | XFEATURES_X87_SSE)
 }
 
+/// XCR0's AVX-512 components: opmask, ZMM_Hi256, Hi16_ZMM.
+const XFEATURES_AVX512: u64 = 0b111 << 5;
+
+/// Whether a program will see AVX-512 as usable whatever XCR0 the shim gives its vCPUs:
+/// where the host runs guest ring 3 natively on its own XCR0 (the `kvm_pvm` module, as on
+/// the nested development host) and that XCR0 enables AVX-512 state, the program's
+/// XGETBV reads the host's, and glibc picks its EVEX functions, which the shim's
+/// interpreter does not run. Elsewhere [`program_xcr0`] already hides AVX-512.
+pub fn guest_sees_host_avx512() -> bool {
+    crate::linux::host::xcr0() & XFEATURES_AVX512 == XFEATURES_AVX512
+        && std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// The XCR0 a vCPU that ran a program keeps for the next thread it runs (`None` when
 /// it runs without CR4.OSXSAVE): [`program_xcr0`] as it was given; ring 3 cannot change it.
 pub fn kept_xcr0(vcpu: &VcpuFd) -> Option<u64> {
