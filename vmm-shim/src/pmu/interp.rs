@@ -231,6 +231,9 @@ struct CachedBlock {
     /// or direct target and the last indirect target. Hints only: a link is followed only
     /// to a slot that still holds the block of that address, checked this session.
     links: [(u64, u32); 2],
+    /// The fast forms of the block's leading instructions that have one and lie wholly on
+    /// the block's first page, packed ([`Session::run_block`]: `fast[i]` is `insns[i]`'s).
+    fast: Box<[Fast]>,
 }
 
 /// A cached liveness verdict.
@@ -594,6 +597,12 @@ impl Session<'_> {
     pub fn run(&mut self, max: u64) -> (u64, Result<Option<Step>, Halt>) {
         let mut n = 0;
         while n < max {
+            if let Some(r) = self.run_block(&mut n, max) {
+                return r;
+            }
+            if n == max {
+                break;
+            }
             match self.try_step() {
                 Ok(Step {
                     effect: Effect::Next,
@@ -612,6 +621,51 @@ impl Session<'_> {
             }
         }
         (n, Ok(None))
+    }
+
+    /// Runs the rest of the current block from its packed fast forms
+    /// ([`CachedBlock::fast`]), one after the other, while they go on straight to the next
+    /// and `n < max`: [`Session::try_step`]'s work without its per-instruction checks. The
+    /// block was entered at its first page, whose fetch was checked then, and its
+    /// instructions follow each other on that page, so RIP is the next one's address as
+    /// long as none branched. Returns what [`Session::run`] returns when an instruction
+    /// branched or halted; `None` to go on with [`Session::try_step`] (the block's end,
+    /// an instruction without a fast form, one whose fast form gave way to the generic
+    /// path, `max`).
+    #[inline(always)]
+    fn run_block(&mut self, n: &mut u64, max: u64) -> Option<(u64, Result<Option<Step>, Halt>)> {
+        let (b, mut i, generation) = self.block?;
+        if generation != self.interp.arena_gen || self.interp.generic_only {
+            return None;
+        }
+        let block = &self.interp.arena[b as usize];
+        let len = block.fast.len();
+        if i >= len || block.insns[i].insn.ip() != self.state.rip {
+            return None;
+        }
+        let mut out = None;
+        while i < len && *n < max {
+            let f = self.interp.arena[b as usize].fast[i];
+            match self.run_fast(self.state.rip, &f) {
+                Ok(Some(step)) => {
+                    i += 1;
+                    if step.effect != Effect::Next {
+                        out = Some((*n, Ok(Some(step))));
+                        break;
+                    }
+                    *n += 1;
+                }
+                Ok(None) => break,
+                Err(h) => {
+                    self.pending_ad.clear();
+                    self.pending_tlb.clear();
+                    out = Some((*n, Err(h)));
+                    break;
+                }
+            }
+        }
+        self.block = Some((b, i, generation));
+        out
     }
 
     /// Enters the physical pages of code the tracer noted in this address space into
@@ -744,12 +798,17 @@ impl Session<'_> {
             }
             return None;
         }
+        let fast = insns
+            .iter()
+            .map_while(|d| d.fast.filter(|f| (f.next() - 1) / PAGE == rip / PAGE))
+            .collect();
         let block = CachedBlock {
             cr3,
             start: rip,
             insns: insns.into(),
             checked_in: session,
             links: [(0, 0); 2],
+            fast,
         };
         // Decoding may have flushed the caches (and the arena with them).
         let idx = match slot.filter(|_| generation == self.interp.arena_gen) {
