@@ -447,6 +447,9 @@ struct DataPage {
     writable: bool,
     /// `Interp::code_epoch` when it passed.
     epoch: u64,
+    /// The page's host address ([`GuestAccess::ram_page`]): naturally aligned accesses
+    /// go straight to it.
+    host: Option<std::ptr::NonNull<u8>>,
 }
 
 const NO_DATA_PAGE: DataPage = DataPage {
@@ -454,6 +457,7 @@ const NO_DATA_PAGE: DataPage = DataPage {
     phys: 0,
     writable: false,
     epoch: u64::MAX,
+    host: None,
 };
 
 /// A translation the session has made (its own TLB, dropped with the session).
@@ -1156,12 +1160,44 @@ impl Session<'_> {
                 phys: ppage,
                 writable: kind == Access::Write,
                 epoch: self.interp.code_epoch,
+                host: self.g.ram_page(ppage),
             };
         }
         Ok(pa)
     }
 
+    /// The host address of `va` for a naturally aligned access of `kind`, when its page is
+    /// in `data_fast` (it passed every check [`Session::data_pa`] makes, and nothing became
+    /// code or a page table since) with a host address.
+    #[inline(always)]
+    fn host_ptr(&self, va: u64, kind: Access) -> Option<*mut u8> {
+        let vpage = va & !(PAGE - 1);
+        let e = &self.data_fast[tlb_slot(vpage)];
+        if e.vpage == vpage
+            && e.epoch == self.interp.code_epoch
+            && (kind == Access::Read || e.writable)
+        {
+            // SAFETY: in the page (`va & (PAGE - 1)` < 4096), which `ram_page` gave.
+            return e
+                .host
+                .map(|p| unsafe { p.as_ptr().add((va & (PAGE - 1)) as usize) });
+        }
+        None
+    }
+
+    #[inline(always)]
     fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
+        if addr.is_multiple_of(bytes as u64)
+            && let Some(p) = self.host_ptr(addr, Access::Read)
+        {
+            // SAFETY: guest RAM that `ram_page` keeps mapped while the session (which
+            // borrows the `GuestAccess`) lives; naturally aligned, so within the page.
+            return Ok(unsafe { crate::memory::load_aligned_at(p, bytes) });
+        }
+        self.read_mem_slow(addr, bytes)
+    }
+
+    fn read_mem_slow(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
         if addr.is_multiple_of(bytes as u64) {
             // Naturally aligned (so within one page): one access, single-copy atomic as
             // the guest's own load would be.
@@ -1227,6 +1263,11 @@ impl Session<'_> {
     ) -> Result<(), Halt> {
         if count == 1 && w.bytes <= 8 && w.addr.is_multiple_of(w.bytes as u64) {
             // Naturally aligned: one access, single-copy atomic as the guest's store.
+            if let Some(p) = self.host_ptr(w.addr, Access::Write) {
+                // SAFETY: as in `read_mem` (`write_targets` checked the write).
+                unsafe { crate::memory::store_aligned_at(p, w.bytes, w.value as u64) };
+                return Ok(());
+            }
             return self
                 .g
                 .write_phys_aligned(targets[0].0, w.bytes, w.value as u64)

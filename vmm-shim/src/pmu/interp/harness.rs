@@ -95,12 +95,31 @@ impl GuestAccess for Machine {
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestAccessError> {
-        let end = gpa as usize + data.len();
-        self.mem
-            .get_mut(gpa as usize..end)
-            .ok_or(GuestAccessError::NotRam { gpa })?
-            .copy_from_slice(data);
+        let end = (gpa as usize).checked_add(data.len());
+        if end.is_none_or(|end| end > self.mem.len()) {
+            return Err(GuestAccessError::NotRam { gpa });
+        }
+        // SAFETY: in bounds (checked). Through the buffer's raw pointer, not a fresh
+        // `&mut` slice, so the pointers `ram_page` handed out stay valid.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.mem.as_mut_ptr().add(gpa as usize),
+                data.len(),
+            )
+        };
         Ok(())
+    }
+
+    /// The interpreter's direct path ([`GuestAccess::ram_page`]), so the tests run it.
+    fn ram_page(&mut self, gpa: u64) -> Option<std::ptr::NonNull<u8>> {
+        let end = (gpa as usize).checked_add(PAGE as usize)?;
+        if !gpa.is_multiple_of(PAGE) || end > self.mem.len() {
+            return None;
+        }
+        // SAFETY: in bounds (checked); `mem` is not resized while a session borrows the
+        // machine.
+        std::ptr::NonNull::new(unsafe { self.mem.as_mut_ptr().add(gpa as usize) })
     }
 }
 
