@@ -43,7 +43,11 @@
 //!   up to the first control transfer) and run from the block. Blocks live in an arena and
 //!   remember the blocks execution went on to (chaining): the common way from one block
 //!   to the next is a compare, not a map lookup. Fetch permissions are checked once per
-//!   page of a block (and not again while blocks follow each other on one page).
+//!   page of a block (and not again while blocks follow each other on one page). A block
+//!   also packs the fast forms (below) of its leading instructions that lie on its first
+//!   page; once the block is entered, [`Session::run`] goes through them one after the
+//!   other without the per-instruction lookups and checks (they go on straight to the
+//!   next, on a page whose fetch was checked at the entry).
 //! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
 //!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
 //!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
@@ -57,7 +61,9 @@
 //!   (`interp/string.rs`).
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
-//!   direct-mapped table until any page becomes code or a page table.
+//!   direct-mapped table until any page becomes code or a page table, with its host
+//!   address ([`GuestAccess::ram_page`]): a naturally aligned load or store there is one
+//!   atomic access to host memory, not a call through [`GuestAccess`].
 //! * **Code may change under the cache**: a cached decode or block is compared with guest
 //!   memory once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
 //!   and a liveness verdict is reused only while every instruction it looked at is

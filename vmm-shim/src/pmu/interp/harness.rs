@@ -370,7 +370,7 @@ pub enum Verdict {
 /// `s` three times, each on its own fake machine: one step with and one without the fast
 /// path (`interp/fast.rs`), and as the tracer runs it, in a batch ([`Session::run`], the
 /// fast path, going on to a HLT placed after it). The outcome, the registers and all of
-/// memory must be the same.
+/// memory must be the same. Then after a NOP, in steps and in a batch.
 fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<(), String> {
     let mut bytes = code.to_vec();
     bytes.push(0xf4);
@@ -420,6 +420,28 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
         return Err(format!(
             "{code:02x?}: a step gives {one:?} {:x?}, a batch {n} then {r:?} {:x?} (from {s:x?})",
             fast.1, batch.1
+        ));
+    }
+    // After a NOP, so that a batch runs the instruction from its block's packed fast
+    // forms (`Session::run_block`), not as the block's first: as two steps.
+    let mut after_nop = vec![0x90];
+    after_nop.extend_from_slice(&bytes);
+    let two = |s: &mut Session<'_>| s.step().and_then(|_| s.step());
+    let stepped = run(&after_nop, s, xmm, Interp::default(), two);
+    let batch = run(&after_nop, s, xmm, Interp::default(), |s| s.run(u64::MAX));
+    let (one, (n, r)) = (stepped.0, batch.0);
+    let agrees = match one {
+        Ok(step) if step.effect == Effect::Next => {
+            n == 2 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
+        }
+        Ok(step) => n == 1 && r == Ok(Some(step)),
+        Err(h) => n == 1 && r == Err(h),
+    };
+    if !agrees || batch.1 != stepped.1 || batch.2 != stepped.2 || batch.3 != stepped.3 {
+        return Err(format!(
+            "{code:02x?} after a NOP: steps give {one:?} {:x?}, a batch {n} then {r:?} {:x?} \
+             (from {s:x?})",
+            stepped.1, batch.1
         ));
     }
     Ok(())
