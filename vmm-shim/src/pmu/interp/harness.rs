@@ -408,15 +408,7 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
     }
     let batch = run(&bytes, s, xmm, Interp::default(), |s| s.run(u64::MAX));
     let (one, (n, r)) = (fast.0, batch.0);
-    // A completed non-branch instruction goes on to the HLT, which halts the batch.
-    let agrees = match one {
-        Ok(step) if step.effect == Effect::Next => {
-            n == 1 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
-        }
-        Ok(step) => n == 0 && r == Ok(Some(step)),
-        Err(h) => n == 0 && r == Err(h),
-    };
-    if !agrees || batch.1 != fast.1 || batch.2 != fast.2 || batch.3 != fast.3 {
+    if !batch_agrees(one, n, r, 0) || batch.1 != fast.1 || batch.2 != fast.2 || batch.3 != fast.3 {
         return Err(format!(
             "{code:02x?}: a step gives {one:?} {:x?}, a batch {n} then {r:?} {:x?} (from {s:x?})",
             fast.1, batch.1
@@ -430,14 +422,11 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
     let stepped = run(&after_nop, s, xmm, Interp::default(), two);
     let batch = run(&after_nop, s, xmm, Interp::default(), |s| s.run(u64::MAX));
     let (one, (n, r)) = (stepped.0, batch.0);
-    let agrees = match one {
-        Ok(step) if step.effect == Effect::Next => {
-            n == 2 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
-        }
-        Ok(step) => n == 1 && r == Ok(Some(step)),
-        Err(h) => n == 1 && r == Err(h),
-    };
-    if !agrees || batch.1 != stepped.1 || batch.2 != stepped.2 || batch.3 != stepped.3 {
+    if !batch_agrees(one, n, r, 1)
+        || batch.1 != stepped.1
+        || batch.2 != stepped.2
+        || batch.3 != stepped.3
+    {
         return Err(format!(
             "{code:02x?} after a NOP: steps give {one:?} {:x?}, a batch {n} then {r:?} {:x?} \
              (from {s:x?})",
@@ -445,6 +434,24 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
         ));
     }
     Ok(())
+}
+
+/// Whether a batch ([`Session::run`]) that retired `n` instructions and ended with `r`
+/// agrees with `one`, the step of the instruction after `before` others: a completed
+/// non-branch instruction goes on to the HLT, which halts the batch.
+fn batch_agrees(
+    one: Result<Step, Halt>,
+    n: u64,
+    r: Result<Option<Step>, Halt>,
+    before: u64,
+) -> bool {
+    match one {
+        Ok(step) if step.effect == Effect::Next => {
+            n == before + 1 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
+        }
+        Ok(step) => n == before && r == Ok(Some(step)),
+        Err(h) => n == before && r == Err(h),
+    }
 }
 
 /// Runs the instruction at the start of `code` in the interpreter and, if the interpreter
