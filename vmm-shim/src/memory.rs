@@ -419,28 +419,26 @@ impl GuestMemory {
         Ok(off)
     }
 
+    /// The host address of the 4 KiB page of guest RAM at page-aligned `addr`, for
+    /// accesses made through it directly (the shim's interpreter: [`load_aligned_at`],
+    /// [`store_aligned_at`]). Valid as long as this `GuestMemory` lives: the mapping is
+    /// never moved or unmapped before.
+    pub fn page_ptr(&self, addr: GuestPhysAddr) -> Option<NonNull<u8>> {
+        if !addr.0.is_multiple_of(4096) {
+            return None;
+        }
+        let off = self.check(addr, 4096).ok()?;
+        // SAFETY: `off + 4096` is inside the mapping (checked).
+        NonNull::new(unsafe { self.mapping.ptr.as_ptr().add(off) })
+    }
+
     /// Loads `len` (1, 2, 4 or 8) bytes at a `len`-aligned `addr` in one access, as the
     /// guest's own aligned loads are (single-copy atomic with respect to its vCPUs).
     pub fn load_aligned(&self, addr: GuestPhysAddr, len: usize) -> Result<u64, MemoryError> {
-        use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
         let off = self.check_aligned(addr, len)?;
         // SAFETY: [off, off + len) is inside the live mapping (checked) and aligned to
-        // `len` (the mapping starts on a huge-page boundary); guest RAM is shared with the
-        // guest's vCPUs, which is what the atomic access is for.
-        let v = unsafe {
-            let p = self.mapping.ptr.as_ptr().add(off);
-            match len {
-                1 => u64::from(AtomicU8::from_ptr(p).load(Ordering::Acquire)),
-                2 => u64::from(u16::from_le(
-                    AtomicU16::from_ptr(p.cast()).load(Ordering::Acquire),
-                )),
-                4 => u64::from(u32::from_le(
-                    AtomicU32::from_ptr(p.cast()).load(Ordering::Acquire),
-                )),
-                _ => u64::from_le(AtomicU64::from_ptr(p.cast()).load(Ordering::Acquire)),
-            }
-        };
-        Ok(v)
+        // `len` (the mapping starts on a huge-page boundary).
+        Ok(unsafe { load_aligned_at(self.mapping.ptr.as_ptr().add(off), len) })
     }
 
     /// Stores the low `len` (1, 2, 4 or 8) bytes of `v` at a `len`-aligned `addr` in one
@@ -451,17 +449,10 @@ impl GuestMemory {
         len: usize,
         v: u64,
     ) -> Result<(), MemoryError> {
-        use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
         let off = self.check_aligned(addr, len)?;
         // SAFETY: as in load_aligned.
         unsafe {
-            let p = self.mapping.ptr.as_ptr().add(off);
-            match len {
-                1 => AtomicU8::from_ptr(p).store(v as u8, Ordering::Release),
-                2 => AtomicU16::from_ptr(p.cast()).store((v as u16).to_le(), Ordering::Release),
-                4 => AtomicU32::from_ptr(p.cast()).store((v as u32).to_le(), Ordering::Release),
-                _ => AtomicU64::from_ptr(p.cast()).store(v.to_le(), Ordering::Release),
-            }
+            store_aligned_at(self.mapping.ptr.as_ptr().add(off), len, v);
         }
         Ok(())
     }
@@ -631,10 +622,77 @@ impl GuestMemory {
     }
 }
 
+/// Loads `len` (1, 2, 4 or 8; anything else reads 8) little-endian bytes at `p` in one
+/// access: an aligned load is single-copy atomic for the guest (its vCPUs share the
+/// memory, which is what the atomic access is for).
+///
+/// # Safety
+/// `p` must point into live guest RAM ([`GuestMemory::page_ptr`]), aligned to `len`,
+/// with `len` bytes readable.
+#[inline]
+pub unsafe fn load_aligned_at(p: *mut u8, len: usize) -> u64 {
+    use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+    // SAFETY: the caller's contract; only atomics touch the bytes.
+    unsafe {
+        match len {
+            1 => u64::from(AtomicU8::from_ptr(p).load(Ordering::Acquire)),
+            2 => u64::from(u16::from_le(
+                AtomicU16::from_ptr(p.cast()).load(Ordering::Acquire),
+            )),
+            4 => u64::from(u32::from_le(
+                AtomicU32::from_ptr(p.cast()).load(Ordering::Acquire),
+            )),
+            _ => u64::from_le(AtomicU64::from_ptr(p.cast()).load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// Stores the low `len` (1, 2, 4 or 8; anything else writes 8) bytes of `v` at `p` in one
+/// access (see [`load_aligned_at`]).
+///
+/// # Safety
+/// As [`load_aligned_at`], with the bytes writable.
+#[inline]
+pub unsafe fn store_aligned_at(p: *mut u8, len: usize, v: u64) {
+    use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+    // SAFETY: the caller's contract; only atomics touch the bytes.
+    unsafe {
+        match len {
+            1 => AtomicU8::from_ptr(p).store(v as u8, Ordering::Release),
+            2 => AtomicU16::from_ptr(p.cast()).store((v as u16).to_le(), Ordering::Release),
+            4 => AtomicU32::from_ptr(p.cast()).store((v as u32).to_le(), Ordering::Release),
+            _ => AtomicU64::from_ptr(p.cast()).store(v.to_le(), Ordering::Release),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::{PTE_RW, PTE_US};
+
+    #[test]
+    fn page_pointers_reach_the_same_bytes_as_the_checked_accesses() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        assert!(
+            m.page_ptr(GuestPhysAddr(0x1001)).is_none(),
+            "not page-aligned"
+        );
+        assert!(m.page_ptr(GuestPhysAddr(1 << 20)).is_none(), "past the end");
+        assert!(m.page_ptr(GuestPhysAddr((1 << 20) - 4096)).is_some());
+        let p = m.page_ptr(GuestPhysAddr(0x3000)).unwrap().as_ptr();
+        // SAFETY: inside the page `page_ptr` gave, aligned to each size.
+        unsafe {
+            store_aligned_at(p.add(8), 8, 0x1122_3344_5566_7788);
+            store_aligned_at(p.add(2), 2, 0xabcd);
+            assert_eq!(load_aligned_at(p.add(12), 4), 0x1122_3344);
+        }
+        assert_eq!(
+            m.read_u64(GuestPhysAddr(0x3008)).unwrap(),
+            0x1122_3344_5566_7788
+        );
+        assert_eq!(m.load_aligned(GuestPhysAddr(0x3002), 2).unwrap(), 0xabcd);
+    }
 
     #[test]
     fn bounds_are_checked() {

@@ -156,6 +156,17 @@ pub trait GuestAccess {
         Err(GuestAccessError::NotRam { gpa })
     }
 
+    /// The host address of the 4 KiB page of guest RAM at page-aligned `gpa`, for the
+    /// interpreter's naturally aligned accesses to pages it validated (through
+    /// [`crate::memory::load_aligned_at`] and [`crate::memory::store_aligned_at`], never
+    /// through a reference). `None` (the default) sends them through
+    /// [`GuestAccess::read_phys_aligned`] and [`GuestAccess::write_phys_aligned`]. An
+    /// implementation that answers must keep the page mapped there, as guest RAM at
+    /// `gpa`, for as long as it lives.
+    fn ram_page(&mut self, _gpa: u64) -> Option<std::ptr::NonNull<u8>> {
+        None
+    }
+
     /// Reads `len` (1, 2, 4 or 8) bytes at a `len`-aligned `gpa` as one access: an aligned
     /// load is single-copy atomic for the guest (SDM Vol. 3, "Guaranteed Atomic
     /// Operations"). VMMs whose guests have several vCPUs should override this default.

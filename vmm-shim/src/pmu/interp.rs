@@ -43,7 +43,11 @@
 //!   up to the first control transfer) and run from the block. Blocks live in an arena and
 //!   remember the blocks execution went on to (chaining): the common way from one block
 //!   to the next is a compare, not a map lookup. Fetch permissions are checked once per
-//!   page of a block (and not again while blocks follow each other on one page).
+//!   page of a block (and not again while blocks follow each other on one page). A block
+//!   also packs the fast forms (below) of its leading instructions that lie on its first
+//!   page; once the block is entered, [`Session::run`] goes through them one after the
+//!   other without the per-instruction lookups and checks (they go on straight to the
+//!   next, on a page whose fetch was checked at the entry).
 //! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
 //!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
 //!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
@@ -57,7 +61,9 @@
 //!   (`interp/string.rs`).
 //! * **Data pages**: a page a data access passed every check on (not code, translated,
 //!   for a write also not a page table and guest RAM) is remembered in a small
-//!   direct-mapped table until any page becomes code or a page table.
+//!   direct-mapped table until any page becomes code or a page table, with its host
+//!   address ([`GuestAccess::ram_page`]): a naturally aligned load or store there is one
+//!   atomic access to host memory, not a call through [`GuestAccess`].
 //! * **Code may change under the cache**: a cached decode or block is compared with guest
 //!   memory once per session (the guest rewrites code while it runs on the CPU: JITs, loaders),
 //!   and a liveness verdict is reused only while every instruction it looked at is
@@ -231,6 +237,9 @@ struct CachedBlock {
     /// or direct target and the last indirect target. Hints only: a link is followed only
     /// to a slot that still holds the block of that address, checked this session.
     links: [(u64, u32); 2],
+    /// The fast forms of the block's leading instructions that have one and lie wholly on
+    /// the block's first page, packed ([`Session::run_block`]: `fast[i]` is `insns[i]`'s).
+    fast: Box<[Fast]>,
 }
 
 /// A cached liveness verdict.
@@ -444,6 +453,9 @@ struct DataPage {
     writable: bool,
     /// `Interp::code_epoch` when it passed.
     epoch: u64,
+    /// The page's host address ([`GuestAccess::ram_page`]): naturally aligned accesses
+    /// go straight to it.
+    host: Option<std::ptr::NonNull<u8>>,
 }
 
 const NO_DATA_PAGE: DataPage = DataPage {
@@ -451,6 +463,7 @@ const NO_DATA_PAGE: DataPage = DataPage {
     phys: 0,
     writable: false,
     epoch: u64::MAX,
+    host: None,
 };
 
 /// A translation the session has made (its own TLB, dropped with the session).
@@ -594,6 +607,12 @@ impl Session<'_> {
     pub fn run(&mut self, max: u64) -> (u64, Result<Option<Step>, Halt>) {
         let mut n = 0;
         while n < max {
+            if let Some(r) = self.run_block(&mut n, max) {
+                return r;
+            }
+            if n == max {
+                break;
+            }
             match self.try_step() {
                 Ok(Step {
                     effect: Effect::Next,
@@ -612,6 +631,51 @@ impl Session<'_> {
             }
         }
         (n, Ok(None))
+    }
+
+    /// Runs the rest of the current block from its packed fast forms
+    /// ([`CachedBlock::fast`]), one after the other, while they go on straight to the next
+    /// and `n < max`: [`Session::try_step`]'s work without its per-instruction checks. The
+    /// block was entered at its first page, whose fetch was checked then, and its
+    /// instructions follow each other on that page, so RIP is the next one's address as
+    /// long as none branched. Returns what [`Session::run`] returns when an instruction
+    /// branched or halted; `None` to go on with [`Session::try_step`] (the block's end,
+    /// an instruction without a fast form, one whose fast form gave way to the generic
+    /// path, `max`).
+    #[inline(always)]
+    fn run_block(&mut self, n: &mut u64, max: u64) -> Option<(u64, Result<Option<Step>, Halt>)> {
+        let (b, mut i, generation) = self.block?;
+        if generation != self.interp.arena_gen || self.interp.generic_only {
+            return None;
+        }
+        let block = &self.interp.arena[b as usize];
+        let len = block.fast.len();
+        if i >= len || block.insns[i].insn.ip() != self.state.rip {
+            return None;
+        }
+        let mut out = None;
+        while i < len && *n < max {
+            let f = self.interp.arena[b as usize].fast[i];
+            match self.run_fast(self.state.rip, &f) {
+                Ok(Some(step)) => {
+                    i += 1;
+                    if step.effect != Effect::Next {
+                        out = Some((*n, Ok(Some(step))));
+                        break;
+                    }
+                    *n += 1;
+                }
+                Ok(None) => break,
+                Err(h) => {
+                    self.pending_ad.clear();
+                    self.pending_tlb.clear();
+                    out = Some((*n, Err(h)));
+                    break;
+                }
+            }
+        }
+        self.block = Some((b, i, generation));
+        out
     }
 
     /// Enters the physical pages of code the tracer noted in this address space into
@@ -744,12 +808,17 @@ impl Session<'_> {
             }
             return None;
         }
+        let fast = insns
+            .iter()
+            .map_while(|d| d.fast.filter(|f| (f.next() - 1) / PAGE == rip / PAGE))
+            .collect();
         let block = CachedBlock {
             cr3,
             start: rip,
             insns: insns.into(),
             checked_in: session,
             links: [(0, 0); 2],
+            fast,
         };
         // Decoding may have flushed the caches (and the arena with them).
         let idx = match slot.filter(|_| generation == self.interp.arena_gen) {
@@ -1097,12 +1166,44 @@ impl Session<'_> {
                 phys: ppage,
                 writable: kind == Access::Write,
                 epoch: self.interp.code_epoch,
+                host: self.g.ram_page(ppage),
             };
         }
         Ok(pa)
     }
 
+    /// The host address of `va` for a naturally aligned access of `kind`, when its page is
+    /// in `data_fast` (it passed every check [`Session::data_pa`] makes, and nothing became
+    /// code or a page table since) with a host address.
+    #[inline(always)]
+    fn host_ptr(&self, va: u64, kind: Access) -> Option<*mut u8> {
+        let vpage = va & !(PAGE - 1);
+        let e = &self.data_fast[tlb_slot(vpage)];
+        if e.vpage == vpage
+            && e.epoch == self.interp.code_epoch
+            && (kind == Access::Read || e.writable)
+        {
+            // SAFETY: in the page (`va & (PAGE - 1)` < 4096), which `ram_page` gave.
+            return e
+                .host
+                .map(|p| unsafe { p.as_ptr().add((va & (PAGE - 1)) as usize) });
+        }
+        None
+    }
+
+    #[inline(always)]
     fn read_mem(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
+        if addr.is_multiple_of(bytes as u64)
+            && let Some(p) = self.host_ptr(addr, Access::Read)
+        {
+            // SAFETY: guest RAM that `ram_page` keeps mapped while the session (which
+            // borrows the `GuestAccess`) lives; naturally aligned, so within the page.
+            return Ok(unsafe { crate::memory::load_aligned_at(p, bytes) });
+        }
+        self.read_mem_slow(addr, bytes)
+    }
+
+    fn read_mem_slow(&mut self, addr: u64, bytes: usize) -> Result<u64, Halt> {
         if addr.is_multiple_of(bytes as u64) {
             // Naturally aligned (so within one page): one access, single-copy atomic as
             // the guest's own load would be.
@@ -1168,6 +1269,11 @@ impl Session<'_> {
     ) -> Result<(), Halt> {
         if count == 1 && w.bytes <= 8 && w.addr.is_multiple_of(w.bytes as u64) {
             // Naturally aligned: one access, single-copy atomic as the guest's store.
+            if let Some(p) = self.host_ptr(w.addr, Access::Write) {
+                // SAFETY: as in `read_mem` (`write_targets` checked the write).
+                unsafe { crate::memory::store_aligned_at(p, w.bytes, w.value as u64) };
+                return Ok(());
+            }
             return self
                 .g
                 .write_phys_aligned(targets[0].0, w.bytes, w.value as u64)

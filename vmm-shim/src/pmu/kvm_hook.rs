@@ -1616,6 +1616,11 @@ impl GuestAccess for CtxGuest<'_, '_> {
             .map_err(|_| GuestAccessError::NotRam { gpa })
     }
 
+    fn ram_page(&mut self, gpa: u64) -> Option<std::ptr::NonNull<u8>> {
+        // (The VM's guest memory outlives every hook context made over it.)
+        self.ctx.memory().page_ptr(GuestPhysAddr(gpa))
+    }
+
     fn read_phys_aligned(&mut self, gpa: u64, len: usize) -> Result<u64, GuestAccessError> {
         self.ctx
             .memory()

@@ -417,36 +417,29 @@ fn keeps_lazy_af(h: Handler) -> bool {
     }
 }
 
-/// Register values to write once the instruction can no longer halt.
+/// Register values to write once the instruction can no longer halt: at most one
+/// general destination and RSP and RBP (PUSH/POP/CALL/RET/LEAVE). Fixed slots, not a
+/// counted array: an indexed store kept the whole array in memory, a store and a reload
+/// for every instruction.
 struct Staged {
-    regs: [(Loc, u64); 3],
-    n: usize,
+    dst: (Loc, u64),
+    rsp: Option<u64>,
+    rbp: Option<u64>,
 }
 
 impl Staged {
     fn new() -> Staged {
         Staged {
-            regs: [(Loc::None, 0); 3],
-            n: 0,
+            dst: (Loc::None, 0),
+            rsp: None,
+            rbp: None,
         }
     }
 
     fn push(&mut self, loc: Loc, v: u64) {
-        self.regs[self.n] = (loc, v);
-        self.n += 1;
+        self.dst = (loc, v);
     }
 }
-
-const RSP_LOC: Loc = Loc::Reg {
-    idx: RSP as u8,
-    high: false,
-    bytes: 8,
-};
-const RBP_LOC: Loc = Loc::Reg {
-    idx: 5,
-    high: false,
-    bytes: 8,
-};
 
 impl Session<'_> {
     /// Computes a lazy AF ([`LazyAf`]) into `state.rflags`.
@@ -629,13 +622,13 @@ impl Session<'_> {
                     value: u128::from(f.next),
                     value_hi: 0,
                 });
-                staged.push(RSP_LOC, sp);
+                staged.rsp = Some(sp);
                 rip = to;
                 effect = branch(kind, true, to);
             }
             Handler::Ret => {
                 rip = self.read_mem(rsp, 8)?;
-                staged.push(RSP_LOC, rsp.wrapping_add(8));
+                staged.rsp = Some(rsp.wrapping_add(8));
                 effect = branch(BranchKind::Ret, true, rip);
             }
             Handler::Push => {
@@ -647,18 +640,18 @@ impl Session<'_> {
                     value: u128::from(v),
                     value_hi: 0,
                 });
-                staged.push(RSP_LOC, sp);
+                staged.rsp = Some(sp);
             }
             Handler::Pop => {
                 let v = self.read_mem(rsp, 8)?;
-                staged.push(RSP_LOC, rsp.wrapping_add(8));
+                staged.rsp = Some(rsp.wrapping_add(8));
                 staged.push(f.dst, v);
             }
             Handler::Leave => {
                 let rbp = self.state.gpr[5];
                 let v = self.read_mem(rbp, 8)?;
-                staged.push(RSP_LOC, rbp.wrapping_add(8));
-                staged.push(RBP_LOC, v);
+                staged.rsp = Some(rbp.wrapping_add(8));
+                staged.rbp = Some(v);
             }
             Handler::Nop => {}
         }
@@ -680,17 +673,23 @@ impl Session<'_> {
             self.write_mem(w, targets)?;
         }
         let s = &mut *self.state;
-        for &(loc, v) in &staged.regs[..staged.n] {
-            if let Loc::Reg { idx, high, bytes } = loc {
-                let r = &mut s.gpr[idx as usize];
-                *r = match bytes {
-                    8 => v,
-                    4 => v & 0xffff_ffff,
-                    2 => (*r & !0xffff) | (v & 0xffff),
-                    _ if high => (*r & !0xff00) | ((v & 0xff) << 8),
-                    _ => (*r & !0xff) | (v & 0xff),
-                };
-            }
+        // In the order the instructions write them: RSP, then RBP (LEAVE), then the
+        // destination (POP RSP keeps the popped value).
+        if let Some(v) = staged.rsp {
+            s.gpr[RSP] = v;
+        }
+        if let Some(v) = staged.rbp {
+            s.gpr[5] = v;
+        }
+        if let (Loc::Reg { idx, high, bytes }, v) = staged.dst {
+            let r = &mut s.gpr[idx as usize];
+            *r = match bytes {
+                8 => v,
+                4 => v & 0xffff_ffff,
+                2 => (*r & !0xffff) | (v & 0xffff),
+                _ if high => (*r & !0xff00) | ((v & 0xff) << 8),
+                _ => (*r & !0xff) | (v & 0xff),
+            };
         }
         s.rflags = rflags & !RFLAGS_RF;
         s.rip = rip;

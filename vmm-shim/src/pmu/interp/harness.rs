@@ -95,12 +95,31 @@ impl GuestAccess for Machine {
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestAccessError> {
-        let end = gpa as usize + data.len();
-        self.mem
-            .get_mut(gpa as usize..end)
-            .ok_or(GuestAccessError::NotRam { gpa })?
-            .copy_from_slice(data);
+        let end = (gpa as usize).checked_add(data.len());
+        if end.is_none_or(|end| end > self.mem.len()) {
+            return Err(GuestAccessError::NotRam { gpa });
+        }
+        // SAFETY: in bounds (checked). Through the buffer's raw pointer, not a fresh
+        // `&mut` slice, so the pointers `ram_page` handed out stay valid.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.mem.as_mut_ptr().add(gpa as usize),
+                data.len(),
+            )
+        };
         Ok(())
+    }
+
+    /// The interpreter's direct path ([`GuestAccess::ram_page`]), so the tests run it.
+    fn ram_page(&mut self, gpa: u64) -> Option<std::ptr::NonNull<u8>> {
+        let end = (gpa as usize).checked_add(PAGE as usize)?;
+        if !gpa.is_multiple_of(PAGE) || end > self.mem.len() {
+            return None;
+        }
+        // SAFETY: in bounds (checked); `mem` is not resized while a session borrows the
+        // machine.
+        std::ptr::NonNull::new(unsafe { self.mem.as_mut_ptr().add(gpa as usize) })
     }
 }
 
@@ -351,7 +370,7 @@ pub enum Verdict {
 /// `s` three times, each on its own fake machine: one step with and one without the fast
 /// path (`interp/fast.rs`), and as the tracer runs it, in a batch ([`Session::run`], the
 /// fast path, going on to a HLT placed after it). The outcome, the registers and all of
-/// memory must be the same.
+/// memory must be the same. Then after a NOP, in steps and in a batch.
 fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<(), String> {
     let mut bytes = code.to_vec();
     bytes.push(0xf4);
@@ -389,21 +408,50 @@ fn fast_matches_generic(code: &[u8], s: InterpState, xmm: [u128; 16]) -> Result<
     }
     let batch = run(&bytes, s, xmm, Interp::default(), |s| s.run(u64::MAX));
     let (one, (n, r)) = (fast.0, batch.0);
-    // A completed non-branch instruction goes on to the HLT, which halts the batch.
-    let agrees = match one {
-        Ok(step) if step.effect == Effect::Next => {
-            n == 1 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
-        }
-        Ok(step) => n == 0 && r == Ok(Some(step)),
-        Err(h) => n == 0 && r == Err(h),
-    };
-    if !agrees || batch.1 != fast.1 || batch.2 != fast.2 || batch.3 != fast.3 {
+    if !batch_agrees(one, n, r, 0) || batch.1 != fast.1 || batch.2 != fast.2 || batch.3 != fast.3 {
         return Err(format!(
             "{code:02x?}: a step gives {one:?} {:x?}, a batch {n} then {r:?} {:x?} (from {s:x?})",
             fast.1, batch.1
         ));
     }
+    // After a NOP, so that a batch runs the instruction from its block's packed fast
+    // forms (`Session::run_block`), not as the block's first: as two steps.
+    let mut after_nop = vec![0x90];
+    after_nop.extend_from_slice(&bytes);
+    let two = |s: &mut Session<'_>| s.step().and_then(|_| s.step());
+    let stepped = run(&after_nop, s, xmm, Interp::default(), two);
+    let batch = run(&after_nop, s, xmm, Interp::default(), |s| s.run(u64::MAX));
+    let (one, (n, r)) = (stepped.0, batch.0);
+    if !batch_agrees(one, n, r, 1)
+        || batch.1 != stepped.1
+        || batch.2 != stepped.2
+        || batch.3 != stepped.3
+    {
+        return Err(format!(
+            "{code:02x?} after a NOP: steps give {one:?} {:x?}, a batch {n} then {r:?} {:x?} \
+             (from {s:x?})",
+            stepped.1, batch.1
+        ));
+    }
     Ok(())
+}
+
+/// Whether a batch ([`Session::run`]) that retired `n` instructions and ended with `r`
+/// agrees with `one`, the step of the instruction after `before` others: a completed
+/// non-branch instruction goes on to the HLT, which halts the batch.
+fn batch_agrees(
+    one: Result<Step, Halt>,
+    n: u64,
+    r: Result<Option<Step>, Halt>,
+    before: u64,
+) -> bool {
+    match one {
+        Ok(step) if step.effect == Effect::Next => {
+            n == before + 1 && r == Err(Halt::Unsupported(Mnemonic::Hlt))
+        }
+        Ok(step) => n == before && r == Ok(Some(step)),
+        Err(h) => n == before && r == Err(h),
+    }
 }
 
 /// Runs the instruction at the start of `code` in the interpreter and, if the interpreter
