@@ -253,6 +253,16 @@ impl GuestMemory {
         }
     }
 
+    /// [`Self::check`] of a `u64` length: the range's offset in the mapping and its length.
+    fn check_range(&self, addr: GuestPhysAddr, len: u64) -> Result<(usize, usize), MemoryError> {
+        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
+            addr,
+            len,
+            size: self.size,
+        })?;
+        Ok((self.check(addr, l)?, l))
+    }
+
     /// Copy `data` into guest memory at `addr`.
     pub fn write(&self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), MemoryError> {
         // Checked first, so a write that does not fit changes nothing.
@@ -264,12 +274,7 @@ impl GuestMemory {
 
     /// Zero `len` bytes at `addr`.
     pub fn zero(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
-        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
-            addr,
-            len,
-            size: self.size,
-        })?;
-        let off = self.check(addr, l)?;
+        let (off, l) = self.check_range(addr, len)?;
         // Only resident pages are written: a page that is not (never touched, or swapped
         // out) is dropped instead, so it reads as zero without costing a page of memory and
         // the time to fault it in (a 3 GiB bss would cost 3 GiB). The edges are written.
@@ -325,12 +330,7 @@ impl GuestMemory {
     /// guest's page tables makes sure no stale translation survives. `addr` and `len`
     /// must be host-page aligned.
     pub fn discard(&self, addr: GuestPhysAddr, len: u64) -> Result<(), MemoryError> {
-        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
-            addr,
-            len,
-            size: self.size,
-        })?;
-        let off = self.check(addr, l)?;
+        let (off, l) = self.check_range(addr, len)?;
         let page = host_page_size() as usize;
         if off % page != 0 || l % page != 0 {
             return Err(MemoryError::OutOfRange {
@@ -404,12 +404,7 @@ impl GuestMemory {
         offset: u64,
     ) -> Result<usize, MemoryError> {
         use std::os::fd::AsRawFd;
-        let l = usize::try_from(len).map_err(|_| MemoryError::OutOfRange {
-            addr,
-            len,
-            size: self.size,
-        })?;
-        let off = self.check(addr, l)?;
+        let (off, l) = self.check_range(addr, len)?;
         let mut done = 0;
         while done < l {
             let Some(at) = offset
