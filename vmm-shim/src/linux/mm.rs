@@ -1096,12 +1096,14 @@ mod tests {
         // and is 4 pages long: 2.5 pages of the file, then zeros.
         let bytes: Vec<u8> = (0..7 * PAGE / 2).map(|i| (i / 7) as u8).collect();
         let mut s = space();
-        // Frames given back earlier are handed out first, one by one, in another
-        // order than the pages: the contents must not depend on frames being contiguous.
+        // Frames given back earlier are handed out first: two unmapped apart come back
+        // in reverse order and not next to each other, then fresh ones follow (one run).
+        // The contents must not depend on how the frames fall into runs.
         s.map(0x60_0000, 3 * PAGE, Prot::RW, None, "").unwrap();
         s.write(GuestVirtAddr(0x60_0000), &[0x55; 3 * PAGE as usize])
             .unwrap();
-        s.unmap(0x60_0000, 3 * PAGE).unwrap();
+        s.unmap(0x60_0000, PAGE).unwrap();
+        s.unmap(0x60_2000, PAGE).unwrap();
         let read = Prot(libc::PROT_READ as u32);
         s.map(
             0x40_0000,
