@@ -190,13 +190,25 @@ pub trait VcpuHook: Send {
     fn on_moved(&mut self, _ctx: &mut VcpuCtx<'_>) {}
     /// The vCPU stopped (end of run, fault, timeout); last chance to emit data.
     fn on_stop(&mut self, _ctx: &mut VcpuCtx<'_>) {}
+    /// Whether this hook needs KVM's in-kernel LAPIC (a hardware vPMU delivers its PMIs
+    /// through the LAPIC's LVTPC). A Linux program's VM goes without one when no hook
+    /// needs it: the irqchip adds 6-8 ms to setting up guest memory on a nested host,
+    /// and the shim injects its own NMIs with KVM_NMI, which works without it. Images
+    /// always get one.
+    fn needs_in_kernel_lapic(&self) -> bool {
+        true
+    }
 }
 
 /// The hook that does nothing: a plain VM.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoopHook;
 
-impl VcpuHook for NoopHook {}
+impl VcpuHook for NoopHook {
+    fn needs_in_kernel_lapic(&self) -> bool {
+        false
+    }
+}
 
 /// Requests a hook made during a callback, applied before the next `KVM_RUN`.
 #[derive(Debug, Default)]
@@ -476,7 +488,8 @@ impl VcpuCtx<'_> {
         self.requests.exit_timer = Some(after);
     }
 
-    /// Inject an NMI before the next entry (KVM_NMI through the in-kernel LAPIC).
+    /// Inject an NMI before the next entry (KVM_NMI: through the in-kernel LAPIC where
+    /// the VM has one, else straight into the vCPU).
     pub fn inject_nmi(&mut self) {
         self.requests.nmi = true;
     }

@@ -94,7 +94,10 @@ pub fn retire_all(mem: &GuestMemory, pool: &FramePool, mut freed: Vec<u64>) -> R
             .map_err(|_| Errno::EFAULT)?;
     }
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    for f in freed {
+    // Highest first: the free list is a stack, so the frames come back out lowest first,
+    // in address order, and the next mapping made of them is contiguous (its file pages
+    // are read with one pread per run, [`super::mm`]).
+    for f in freed.into_iter().rev() {
         pool.release(f);
     }
     Ok(())
@@ -118,6 +121,22 @@ pub fn runs(sorted: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_retired_together_come_back_in_address_order() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let pool: FramePool = Arc::new(Mutex::new(Frames::new(0x1000, 1 << 20)));
+        let taken: Vec<u64> = (0..4)
+            .map(|_| pool.lock().unwrap().alloc(&mem).unwrap().0)
+            .collect();
+        // Retired in any order (an unmap collects them page by page, maybe reversed).
+        retire_all(&mem, &pool, taken.iter().rev().copied().collect()).unwrap();
+        let again: Vec<u64> = (0..4)
+            .map(|_| pool.lock().unwrap().alloc(&mem).unwrap().0)
+            .collect();
+        assert_eq!(again, taken);
+        assert_eq!(runs(&again).count(), 1, "one contiguous run");
+    }
 
     #[test]
     fn runs_are_the_contiguous_stretches() {

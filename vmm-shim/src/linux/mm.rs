@@ -392,7 +392,7 @@ impl AddressSpace {
     }
 
     /// Give page `va` a fresh frame with `prot` (no-op when already present), or the
-    /// shared object's frame of the page.
+    /// shared object's frame of the page, and fill a fresh frame from `file`.
     fn populate(
         &mut self,
         va: u64,
@@ -401,8 +401,23 @@ impl AddressSpace {
         shm: Option<&ShmRef>,
         vma_start: u64,
     ) -> Result<(), Errno> {
+        if let (Some(frame), Some(b)) = (self.populate_zeroed(va, prot, shm, vma_start)?, file) {
+            self.fill(b, vma_start, &[(va, frame.0)])?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::populate`] without the file: the fresh (zero) frame it mapped at `va`, if
+    /// it mapped one of this space's own.
+    fn populate_zeroed(
+        &mut self,
+        va: u64,
+        prot: Prot,
+        shm: Option<&ShmRef>,
+        vma_start: u64,
+    ) -> Result<Option<GuestPhysAddr>, Errno> {
         if self.pte(va) & PTE_P != 0 {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(s) = shm {
             let at = s.offset.checked_add(va - vma_start);
@@ -410,7 +425,8 @@ impl AddressSpace {
             let frame = frame.inspect_err(|_| {
                 self.exhausted.get_or_insert(va);
             })?;
-            return self.map_page(va, frame, prot.pte_flags() | PTE_SHARED);
+            self.map_page(va, frame, prot.pte_flags() | PTE_SHARED)?;
+            return Ok(None);
         }
         let mem = self.mem.clone();
         let frame = self.frames().alloc(&mem);
@@ -421,15 +437,36 @@ impl AddressSpace {
                 return Err(e);
             }
         };
-        if let Some(b) = file {
-            let mut buf = [0u8; PAGE as usize];
-            let off = b.offset + (va - vma_start);
-            let n = crate::linux::host::pread_full(&b.file, &mut buf, off);
+        self.map_page(va, frame, prot.pte_flags())?;
+        Ok(Some(frame))
+    }
+
+    /// Read the file contents of fresh frames `pages` ((page, frame), in page order) of
+    /// a mapping of `b` that starts at `vma_start`: one `pread` straight into guest RAM
+    /// per run of pages whose frames are contiguous too (the frame allocator hands out
+    /// consecutive frames, so a library's mapping is usually one run). What lies past the
+    /// end of the file stays zero.
+    fn fill(&self, b: &FileBacking, vma_start: u64, pages: &[(u64, u64)]) -> Result<(), Errno> {
+        let mut i = 0;
+        while i < pages.len() {
+            let (va, frame) = pages[i];
+            let mut n = 1;
+            while i + n < pages.len()
+                && pages[i + n].0 == va + n as u64 * PAGE
+                && pages[i + n].1 == frame + n as u64 * PAGE
+            {
+                n += 1;
+            }
+            let len = n as u64 * PAGE;
+            let Some(off) = b.offset.checked_add(va - vma_start) else {
+                return Err(Errno(libc::EOVERFLOW));
+            };
             self.mem
-                .write(frame, &buf[..n])
+                .read_file(GuestPhysAddr(frame), len, &b.file, off)
                 .map_err(|_| Errno::EFAULT)?;
+            i += n;
         }
-        self.map_page(va, frame, prot.pte_flags())
+        Ok(())
     }
 
     /// Drop page `va`'s translation; its frame goes to `freed` (see [`Self::retire_all`]).
@@ -583,13 +620,25 @@ impl AddressSpace {
         }
         if !prot.is_none() {
             let mut va = start;
+            // The fresh frames a file's contents go to, read in runs once all are mapped.
+            let mut fresh = Vec::new();
             while va < end {
-                if let Err(e) = self.populate(va, prot, file.as_ref(), shm.as_ref(), start) {
-                    // Leave nothing half-made behind.
-                    let _ = self.unmap(start, va - start);
-                    return Err(e);
+                match self.populate_zeroed(va, prot, shm.as_ref(), start) {
+                    Ok(Some(frame)) if file.is_some() => fresh.push((va, frame.0)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Leave nothing half-made behind.
+                        let _ = self.unmap(start, va - start);
+                        return Err(e);
+                    }
                 }
                 va += PAGE;
+            }
+            if let Some(b) = &file
+                && let Err(e) = self.fill(b, start, &fresh)
+            {
+                let _ = self.unmap(start, len);
+                return Err(e);
             }
         }
         self.vmas.insert(
@@ -1028,6 +1077,69 @@ mod tests {
         let mut c = [0u8; 3];
         s.memory().read(pa, &mut c).unwrap();
         assert_eq!(&c, b"llo");
+    }
+
+    fn file_backing(bytes: &[u8], offset: u64) -> FileBacking {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        FileBacking {
+            path: PathBuf::from("/test/file"),
+            file: Arc::new(f),
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_file_mapping_holds_the_file_from_its_offset_and_zeros_past_its_end() {
+        // 3.5 pages of numbered bytes; the mapping starts at the file's second page
+        // and is 4 pages long: 2.5 pages of the file, then zeros.
+        let bytes: Vec<u8> = (0..7 * PAGE / 2).map(|i| (i / 7) as u8).collect();
+        let mut s = space();
+        // Frames given back earlier are handed out first: two unmapped apart come back
+        // in reverse order and not next to each other, then fresh ones follow (one run).
+        // The contents must not depend on how the frames fall into runs.
+        s.map(0x60_0000, 3 * PAGE, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(0x60_0000), &[0x55; 3 * PAGE as usize])
+            .unwrap();
+        s.unmap(0x60_0000, PAGE).unwrap();
+        s.unmap(0x60_2000, PAGE).unwrap();
+        let read = Prot(libc::PROT_READ as u32);
+        s.map(
+            0x40_0000,
+            4 * PAGE,
+            read,
+            Some(file_backing(&bytes, PAGE)),
+            "",
+        )
+        .unwrap();
+        let mut got = vec![0u8; 4 * PAGE as usize];
+        s.read(GuestVirtAddr(0x40_0000), &mut got).unwrap();
+        let file_part = &bytes[PAGE as usize..];
+        assert_eq!(&got[..file_part.len()], file_part);
+        assert!(got[file_part.len()..].iter().all(|&b| b == 0));
+        // The mapping record names the file and its offset (what the symbolizer uses).
+        let rec = s.maps.last().unwrap();
+        assert_eq!(
+            (rec.start, rec.len, rec.offset),
+            (0x40_0000, 4 * PAGE, PAGE)
+        );
+    }
+
+    #[test]
+    fn writes_to_a_private_file_mapping_stay_in_guest_memory() {
+        let bytes = vec![7u8; 2 * PAGE as usize];
+        let b = file_backing(&bytes, 0);
+        let file = b.file.clone();
+        let mut s = space();
+        s.map(0x40_0000, 2 * PAGE, Prot::RW, Some(b), "").unwrap();
+        s.write(GuestVirtAddr(0x40_0ff0), &[9u8; 32]).unwrap();
+        let mut got = [0u8; 32];
+        s.read(GuestVirtAddr(0x40_0ff0), &mut got).unwrap();
+        assert_eq!(got, [9u8; 32]);
+        let mut on_disk = vec![0u8; 2 * PAGE as usize];
+        let n = crate::linux::host::pread_full(&file, &mut on_disk, 0);
+        assert_eq!((n, on_disk), (bytes.len(), bytes));
     }
 
     #[test]

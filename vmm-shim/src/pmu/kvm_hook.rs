@@ -1130,6 +1130,11 @@ impl VcpuHook for EmulatedPmuHook {
         vec![u16::from(TRAP_PORT)]
     }
 
+    fn needs_in_kernel_lapic(&self) -> bool {
+        // Its PMIs are NMIs injected with KVM_NMI (see `VcpuCtx::inject_nmi`).
+        false
+    }
+
     fn msr_ranges(&self) -> Vec<MsrRange> {
         self.core
             .msr_ranges()
