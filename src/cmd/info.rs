@@ -21,7 +21,9 @@ use lbrprof_collector::model::{
 use lbrprof_collector::perfdata::PerfDataReader;
 use lbrprof_collector::recording::RecordingReader;
 use lbrprof_data::sample::SampleRef;
-use lbrprof_data::source::{PerfSource, SampleSource, SampleVisitor, SourceError};
+use lbrprof_data::source::{
+    EventSource, PerfSource, RecordingSource, SampleSource, SampleVisitor, SourceError,
+};
 use lbrprof_vmm::caps::KvmCaps;
 use lbrprof_vmm::pmu::backend::{
     self, Decision, HostLbrFacts, LbrBackend, LbrFlavour, LbrMode, LbrRequest, Refusal,
@@ -620,14 +622,17 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     if is_perf_data(path) {
         return perf_data(out, path);
     }
-    let mut reader = RecordingReader::open(path)
-        .with_context(|| format!("cannot read the recording {}", path.display()))?;
+    let context = || format!("cannot read the recording {}", path.display());
+    let mut reader = RecordingReader::open(path).with_context(context)?;
     let mut totals = Totals::default();
-    for event in reader.by_ref() {
-        let event =
-            event.with_context(|| format!("cannot read the recording {}", path.display()))?;
-        totals.add(&event);
-    }
+    // Every event in file order, the samples read in place; the event stream for a
+    // file that cannot be mapped.
+    let read = match RecordingSource::new(&mut reader) {
+        Some(mut source) => source.walk_in_order(&mut totals),
+        None => EventSource::new(reader.by_ref()).walk_in_order(&mut totals),
+    };
+    // (A damaged file is `SourceError::Input`, which reads as the stream's error.)
+    read.with_context(context)?;
     // The header's vCPU count is the VM's at start: a Linux program gets one more per
     // thread and process it starts.
     header(out, reader.header(), totals.vcpus_ran.len())?;
