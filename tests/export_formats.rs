@@ -1439,6 +1439,42 @@ fn report_tables(input: &Path, symfs: Option<&str>) -> serde_json::Value {
     })
 }
 
+/// `export --perf-data` reads its input in place, in stream order (perf.data records in
+/// perf's order, a recording's chunks in file order); read as the owned event stream
+/// (`LBRPROF_STREAM=1`) it writes the same file, byte for byte: the perf.data fixtures
+/// and a recording with guest snapshots.
+#[test]
+fn perf_data_export_read_in_place_writes_the_streams_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recording = tmp.path().join("guest.data");
+    guest_recording(&recording, &tmp.path().join("sort"));
+    let mut inputs = vec![recording];
+    match common::perfdata_fixtures() {
+        Some(dir) => inputs.extend(ROUND_TRIP.iter().map(|name| dir.join(name))),
+        None => eprintln!("skipped (fixtures part): ../shared/fixtures/perfdata is not there"),
+    }
+    // (The same output path each time: perf.data's CMDLINE section names it.)
+    let out = tmp.path().join("out.perf.data");
+    let export = |input: &Path, stream: bool| {
+        let mut cmd = common::lbrprof();
+        cmd.args(["export", "--perf-data", "-o"])
+            .arg(&out)
+            .arg("-i")
+            .arg(input)
+            .env_remove("LBRPROF_STREAM");
+        if stream {
+            cmd.env("LBRPROF_STREAM", "1");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (std::fs::read(&out).unwrap(), o.stderr)
+    };
+    for input in &inputs {
+        let (in_place, stream) = (export(input, false), export(input, true));
+        assert!(in_place == stream, "{}", input.display());
+    }
+}
+
 /// lbrprof reads back the perf.data it wrote as the report of the original: every
 /// function, branch edge and fall-through range with the same counts.
 #[test]

@@ -39,7 +39,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // cannot be decoded in place (it names the record).
     let mut first = open()?;
     let mut plan = Plan::default();
-    let mut stream_only = false;
+    // LBRPROF_STREAM=1 reads the event stream, to compare it with the walk in place.
+    let mut stream_only = std::env::var_os("LBRPROF_STREAM").is_some();
     let mut read = visit_input(&mut first, stream_only, &mut plan);
     if let Err(SourceError::Undecodable(_)) = read {
         (first, plan, stream_only) = (open()?, Plan::default(), true);
