@@ -14,8 +14,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary};
 
 /// Whether `perf` runs here; says why a test skips when not.
 fn perf_tool() -> bool {

@@ -15,11 +15,11 @@ use anyhow::Context;
 use lbrprof_collector::host::{
     BranchRequest, CallGraph, EventRequest, HostFacts, SamplingChoice, SamplingRequest,
 };
-use lbrprof_collector::model::{
+use lbrprof_data::model::{
     AddressSpace, Event, Header, LossKind, SnapshotReason, Target, TaskEvent,
 };
-use lbrprof_collector::perfdata::PerfDataReader;
-use lbrprof_collector::recording::RecordingReader;
+use lbrprof_data::perfdata::PerfDataReader;
+use lbrprof_data::recording::RecordingReader;
 use lbrprof_data::sample::SampleRef;
 use lbrprof_data::source::{
     EventSource, PerfSource, RecordingSource, SampleSource, SampleVisitor, SourceError,
@@ -813,7 +813,7 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_collector::model::{HostSample, Mapping};
+    use lbrprof_data::model::{HostSample, Mapping};
 
     fn map(pid: u32, path: &str) -> Event {
         Event::Mapping(Mapping {
