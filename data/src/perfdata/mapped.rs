@@ -430,8 +430,8 @@ impl Scan {
     /// Every side-band event and every sample of the selected events, in perf's order
     /// (the event stream's, see the module docs), on the calling thread; the samples are
     /// decoded in place. For a scan made for it
-    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's place,
-    /// [`SampleOrder`]); other scans give only their side-band events. A sample's epoch is
+    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's place
+    /// in perf's order, 8 bytes a sample); other scans give only their side-band events. A sample's epoch is
     /// the one the last state-changing side-band event before it started (0: none).
     /// Stops at the first sample that cannot be decoded (the samples before it in perf's
     /// order have been visited).
