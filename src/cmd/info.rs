@@ -781,18 +781,16 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     let mut totals = Totals::default();
     // Every record in perf's order, read in place; the event stream for files the
     // mapped walk declines, and to name a sample it cannot decode.
-    match PerfSource::new(&mut reader).walk_in_order(&mut totals) {
-        Ok(()) => {}
-        Err(SourceError::Input(e)) => return Err(e).with_context(context),
-        Err(SourceError::Declined) => {}
+    let read = match PerfSource::new(&mut reader).walk_in_order(&mut totals) {
+        Err(SourceError::Declined) => EventSource::new(reader.by_ref()).walk_in_order(&mut totals),
         Err(SourceError::Undecodable(_)) => {
             reader = PerfDataReader::open(path).with_context(context)?;
             totals = Totals::default();
+            EventSource::new(reader.by_ref()).walk_in_order(&mut totals)
         }
-    }
-    for event in reader.by_ref() {
-        totals.add(&event.with_context(context)?);
-    }
+        read => read,
+    };
+    read.with_context(context)?;
     for (name, samples) in reader.events() {
         writeln!(out, "event:         {name}: {samples} samples")?;
     }
