@@ -1,6 +1,10 @@
 //! `lbrprof`: the command-line front end. Wiring only: each subcommand lives in its own
 //! module under `cmd/`, turns its clap arguments into plain option structs and calls the
-//! library crates.
+//! library crates along the data flow capture (`lbrprof-collector`, `lbrprof-vmm`) →
+//! data (`lbrprof-data`) → symbolize (`lbrprof-symbolizer`) → aggregate → render
+//! (`lbrprof-reports`: `report`, `flamegraph`, `diff`, `annotate` and the symbolizing
+//! exports go through its `load`; `info` and `export --perf-data`, which symbolize
+//! nothing, visit the data layer's samples in stream order).
 
 mod cli;
 mod cmd;

@@ -245,7 +245,7 @@ fn record_repeat_stops_at_a_failing_run_and_keeps_the_rest() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let summary = lbrprof_collector::recording::read_summary(&out)
+    let summary = lbrprof_data::recording::read_summary(&out)
         .unwrap()
         .unwrap();
     assert_eq!(summary.runs.len(), 1, "{summary:?}");

@@ -14,8 +14,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary};
 
 /// Whether `perf` runs here; says why a test skips when not.
 fn perf_tool() -> bool {
@@ -1437,6 +1437,42 @@ fn report_tables(input: &Path, symfs: Option<&str>) -> serde_json::Value {
         "weight": meta["weight"],
         "branch_entries": meta["branch_entries"],
     })
+}
+
+/// `export --perf-data` reads its input in place, in stream order (perf.data records in
+/// perf's order, a recording's chunks in file order); read as the owned event stream
+/// (`LBRPROF_STREAM=1`) it writes the same file, byte for byte: the perf.data fixtures
+/// and a recording with guest snapshots.
+#[test]
+fn perf_data_export_read_in_place_writes_the_streams_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recording = tmp.path().join("guest.data");
+    guest_recording(&recording, &tmp.path().join("sort"));
+    let mut inputs = vec![recording];
+    match common::perfdata_fixtures() {
+        Some(dir) => inputs.extend(ROUND_TRIP.iter().map(|name| dir.join(name))),
+        None => eprintln!("skipped (fixtures part): ../shared/fixtures/perfdata is not there"),
+    }
+    // (The same output path each time: perf.data's CMDLINE section names it.)
+    let out = tmp.path().join("out.perf.data");
+    let export = |input: &Path, stream: bool| {
+        let mut cmd = common::lbrprof();
+        cmd.args(["export", "--perf-data", "-o"])
+            .arg(&out)
+            .arg("-i")
+            .arg(input)
+            .env_remove("LBRPROF_STREAM");
+        if stream {
+            cmd.env("LBRPROF_STREAM", "1");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (std::fs::read(&out).unwrap(), o.stderr)
+    };
+    for input in &inputs {
+        let (in_place, stream) = (export(input, false), export(input, true));
+        assert!(in_place == stream, "{}", input.display());
+    }
 }
 
 /// lbrprof reads back the perf.data it wrote as the report of the original: every

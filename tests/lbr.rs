@@ -622,10 +622,10 @@ fn exact_snapshots(
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    lbrprof_collector::recording::RecordingReader::open(&out)
+    lbrprof_data::recording::RecordingReader::open(&out)
         .unwrap()
         .filter_map(|e| match e.unwrap() {
-            lbrprof_collector::model::Event::Snapshot(mut s) => {
+            lbrprof_data::model::Event::Snapshot(mut s) => {
                 s.host_time_ns = 0;
                 s.guest_tsc = 0;
                 Some(s)

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lbrprof_collector::model::{AddressSpace, Event, HostSample, Mapping, TaskEvent};
-use lbrprof_collector::recording::RecordingReader;
+use lbrprof_data::model::{AddressSpace, Event, HostSample, Mapping, TaskEvent};
+use lbrprof_data::recording::RecordingReader;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// All events of a recording, and whether it had a summary.
@@ -763,9 +763,7 @@ fn ring_buffer_losses_are_counted_and_reported() {
     let lost_events: u64 = events
         .iter()
         .filter_map(|e| match e {
-            Event::Loss(l) if l.kind == lbrprof_collector::model::LossKind::RingBuffer => {
-                Some(l.count)
-            }
+            Event::Loss(l) if l.kind == lbrprof_data::model::LossKind::RingBuffer => Some(l.count),
             _ => None,
         })
         .sum();
@@ -866,7 +864,7 @@ fn unprivileged_users_get_user_space_sampling() {
         all.iter().all(|s| s
             .callchain
             .iter()
-            .all(|f| f.mode != lbrprof_collector::model::CpuMode::Kernel)),
+            .all(|f| f.mode != lbrprof_data::model::CpuMode::Kernel)),
         "no kernel frames at paranoid 2"
     );
 }
@@ -881,7 +879,7 @@ fn kernel_call_chains_when_permitted() {
         eprintln!("skipped: kernel call chains need root or perf_event_paranoid <= 1");
         return;
     }
-    use lbrprof_collector::model::CpuMode;
+    use lbrprof_data::model::CpuMode;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("sys.data");
     // One-byte reads and writes: most of the time is spent in the kernel.

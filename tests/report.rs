@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Option<PathBuf> {

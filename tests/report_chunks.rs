@@ -9,8 +9,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary, chunk_offsets};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary, chunk_offsets};
 
 /// Stdout, stderr and exit code of `lbrprof ARGS`, and the bytes of the file it writes
 /// (`-o OUT` in `args` is replaced by a path per run), by either path.

@@ -9,8 +9,8 @@ use common::{check_edge_counts, json, ok, svg_titles};
 
 use std::path::{Path, PathBuf};
 
-use lbrprof_collector::model::*;
-use lbrprof_collector::recording::{RecordingWriter, Summary};
+use lbrprof_data::model::*;
+use lbrprof_data::recording::{RecordingWriter, Summary};
 use serde_json::Value;
 
 #[test]
@@ -752,7 +752,7 @@ fn record_vm_takes_agent_snapshots_on_every_vcpu() {
     let console = std::fs::read_to_string(&console).unwrap();
     assert_eq!(workload_lines(&console), workload_lines(&plain));
 
-    let snaps: Vec<LbrSnapshot> = lbrprof_collector::recording::RecordingReader::open(&data)
+    let snaps: Vec<LbrSnapshot> = lbrprof_data::recording::RecordingReader::open(&data)
         .unwrap()
         .filter_map(|e| match e.unwrap() {
             Event::Snapshot(s) => Some(s),

@@ -103,9 +103,9 @@ impl HostFacts {
         }
     }
 
-    /// The model's [`crate::model::HostInfo`] for a recording header.
-    pub fn host_info(&self, choice: &SamplingChoice) -> crate::model::HostInfo {
-        crate::model::HostInfo {
+    /// The model's [`lbrprof_data::model::HostInfo`] for a recording header.
+    pub fn host_info(&self, choice: &SamplingChoice) -> lbrprof_data::model::HostInfo {
+        lbrprof_data::model::HostInfo {
             hostname: self.hostname.clone(),
             kernel: self.kernel.clone(),
             cpu_vendor: self.cpu_vendor.clone(),
@@ -219,7 +219,7 @@ pub enum CallGraph {
     Lbr,
     /// User registers and a copy of the top `stack_size` bytes of the user stack
     /// (PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER), unwound with the binaries' CFI
-    /// ([`crate::dwarf`]); kernel frames still come from the kernel.
+    /// ([`lbrprof_data::dwarf`]); kernel frames still come from the kernel.
     Dwarf { stack_size: u32 },
 }
 

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{DecisionError, EventKind, HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{Event, Header, SamplingConfig, Target};
-use crate::recording::{EventSink, FormatError, RecordingWriter, Replace, RunInfo, Summary};
 use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, SamplerError, procfs};
+use lbrprof_data::model::{Event, Header, SamplingConfig, Target};
+use lbrprof_data::recording::{EventSink, FormatError, RecordingWriter, Replace, RunInfo, Summary};
 
 pub use sys::ChildExit;
 
@@ -342,7 +342,7 @@ impl Recorder {
         let mut send = |e: Event| sink.send(e);
         let mut totals = crate::sampler::RingStats::default();
         let mut event_samples: Vec<u64> = Vec::new();
-        let mut unwind_totals: Option<crate::dwarf::UnwindStats> = None;
+        let mut unwind_totals: Option<lbrprof_data::dwarf::UnwindStats> = None;
         let mut runs: Vec<RunInfo> = Vec::new();
         let mut run_notes: Vec<String> = Vec::new();
         let (mut exit, mut interrupted, mut loop_error) = (None, false, None);
@@ -430,7 +430,7 @@ impl Recorder {
             ));
         }
         if let Some(u) = &unwind_totals {
-            notes.push(crate::dwarf::summary(u));
+            notes.push(lbrprof_data::dwarf::summary(u));
         }
         if stats.throttled > 0 {
             notes.push(format!(

@@ -44,16 +44,16 @@ use lbrprof_vmm::pmu::emulated::SnapshotSink;
 use lbrprof_vmm::vm::{Outcome, RunReport, VcpuThreadInfo, Vm, VmConfig, VmError};
 
 use crate::host::{HostFacts, SamplingChoice, SamplingRequest, decide};
-use crate::model::{
+use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
+use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
+use crate::vm_signals::GuestSignals;
+use lbrprof_data::model::{
     AddressSpace, Event, ExactProfile, GuestProcess, Loss, LossKind, Mapping, SamplePhases, Target,
     VcpuStats, VcpuThread,
 };
-use crate::record::{MAX_FREQUENCY, MAX_MMAP_PAGES, RecordError, sys};
-use crate::recording::{EventSink, RecordingWriter, Replace, Summary};
-use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
-use crate::vm_signals::GuestSignals;
+use lbrprof_data::recording::{EventSink, RecordingWriter, Replace, Summary};
 
-pub use crate::model::VM_INDEX;
+pub use lbrprof_data::model::VM_INDEX;
 
 /// How often the rings and the snapshot channel are drained when nothing wakes us earlier.
 const DRAIN_INTERVAL_MS: i32 = 20;

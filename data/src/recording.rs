@@ -941,6 +941,22 @@ impl ChunkRef {
     pub fn is_summary(&self) -> bool {
         self.kind == ChunkKind::Summary as u8
     }
+
+    /// Whether this chunk's samples carry their event (kind 12): the ones the stream
+    /// counts per event ([`RecordingReader::samples_per_event`]).
+    pub fn is_event_samples(&self) -> bool {
+        self.kind == ChunkKind::EventSamples as u8
+    }
+}
+
+/// Counts one sample of event `event` in `counts` (indexed by event), as the stream
+/// counts the samples of kind-12 chunks.
+pub fn count_event_sample(counts: &mut Vec<u64>, event: u32) {
+    let i = event as usize;
+    if i >= counts.len() {
+        counts.resize(i + 1, 0);
+    }
+    counts[i] += 1;
 }
 
 /// Whether `chunk`'s payload lies inside `map` and matches its checksum (over the length,
@@ -1103,6 +1119,12 @@ impl RecordingReader {
 
     /// Takes the (checked) payload of a summary chunk met by a [`MappedChunks`] caller,
     /// as the stream takes it; the stream's error when it does not decode.
+    /// The samples per event that a caller reading [`Self::mapped_chunks`] in file order
+    /// counted ([`count_event_sample`]), as the stream would have counted them.
+    pub fn note_samples_per_event(&mut self, counts: Vec<u64>) {
+        self.samples_per_event = counts;
+    }
+
     pub fn read_summary(&mut self, offset: u64, payload: &[u8]) -> Result<(), FormatError> {
         self.summary = Some(decode_summary(offset, payload)?);
         Ok(())
@@ -1391,11 +1413,7 @@ impl RecordingReader {
     fn count_and_select(&mut self, events: &mut Vec<Event>) {
         for e in events.iter() {
             if let Event::Sample(s) = e {
-                let i = s.event as usize;
-                if i >= self.samples_per_event.len() {
-                    self.samples_per_event.resize(i + 1, 0);
-                }
-                self.samples_per_event[i] += 1;
+                count_event_sample(&mut self.samples_per_event, s.event);
             }
         }
         if let Some(keep) = self.selected {
@@ -1915,6 +1933,57 @@ mod tests {
                 .unwrap()
                 .contains("inside the header")
         );
+    }
+
+    /// A recording whose summary has no per-event counts (as one written before they
+    /// were kept): read in place in file order, its samples are counted per event as
+    /// the stream counts them, and only the chosen event's are handed out.
+    #[test]
+    fn the_walk_in_file_order_counts_samples_per_event_as_the_stream() {
+        use crate::sample::SampleRef;
+        use crate::source::{RecordingSource, SampleSource, SampleVisitor};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.data");
+        let mut h = header();
+        h.sampling.events = vec!["cpu-clock".into(), "page-faults".into()];
+        let w = RecordingWriter::create(&path, &h).unwrap();
+        let sink = w.sink();
+        for i in 0..7u64 {
+            let Event::Sample(s) = sample(i) else {
+                unreachable!()
+            };
+            let event = u32::from(i % 3 == 0);
+            sink.send(Event::Sample(HostSample { event, ..s }));
+        }
+        w.finish(&Summary::default()).unwrap();
+        let (_, stream) = read_bytes(&std::fs::read(&path).unwrap());
+        let counted = [("cpu-clock".into(), 4), ("page-faults".into(), 3)];
+        assert_eq!(stream.samples_per_event(), counted);
+
+        #[derive(Default)]
+        struct Times(Vec<u64>);
+        impl SampleVisitor for Times {
+            fn sideband(&mut self, _: &Event) {}
+            fn sample(&mut self, s: &SampleRef<'_>) {
+                self.0.push(s.time_ns);
+            }
+        }
+        let mut reader = RecordingReader::open(&path).unwrap();
+        assert!(reader.select_event("page-faults"));
+        let mut times = Times::default();
+        RecordingSource::new(&mut reader)
+            .unwrap()
+            .walk_in_order(&mut times)
+            .unwrap();
+        assert_eq!(reader.samples_per_event(), counted);
+        let expect: Vec<u64> = (0..7u64)
+            .filter(|i| i % 3 == 0)
+            .map(|i| match sample(i) {
+                Event::Sample(s) => s.time_ns,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(times.0, expect);
     }
 
     #[test]

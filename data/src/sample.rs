@@ -23,6 +23,7 @@ use std::borrow::Cow;
 
 use crate::dwarf::Regs;
 use crate::model::{Branch, CpuMode, Frame, HostSample};
+use crate::perfdata::abi::PERF_CONTEXT_MAX;
 use crate::perfdata::entries::{BRANCH_ENTRY_LEN, branch_entry, callchain_frames};
 
 /// One sample, borrowed from its source.
@@ -93,6 +94,15 @@ impl<'a> Callchain<'a> {
         match self {
             Callchain::PerfWords(_) => ChainWords::Perf,
             Callchain::Frames(_) => ChainWords::Frames,
+        }
+    }
+
+    /// Whether the chain has any frame (perf's context markers are not frames).
+    #[inline]
+    pub fn has_frames(&self) -> bool {
+        match self {
+            Callchain::PerfWords(_) => self.perf_words().any(|w| w < PERF_CONTEXT_MAX),
+            Callchain::Frames(frames) => !frames.is_empty(),
         }
     }
 
@@ -275,6 +285,10 @@ mod tests {
             frames_of_key(&words, ChainWords::Perf, CpuMode::Kernel),
             frames
         );
+        assert!(chain.has_frames() && Callchain::Frames(&frames).has_frames());
+        let markers_only: Vec<u8> = abi::PERF_CONTEXT_USER.to_le_bytes().to_vec();
+        assert!(!Callchain::PerfWords(&markers_only).has_frames());
+        assert!(!Callchain::Frames(&[]).has_frames());
         // Either chain gives its frames.
         assert_eq!(*chain.frames(CpuMode::Kernel), frames);
         assert_eq!(*Callchain::Frames(&frames).frames(CpuMode::User), frames);

@@ -59,6 +59,32 @@ pub fn mapped_source(input: &mut Input) -> Option<MappedSource<'_>> {
     }
 }
 
+/// Hands every side-band event and every sample of `input` to `visitor`, in the event
+/// stream's order ([`SampleSource::walk_in_order`]): read in place where the input can
+/// be mapped ([`mapped_source`]), else (or with `stream_only`) its event stream, read on
+/// a second thread ([`EventSource`]). [`SourceError::Undecodable`]: a perf.data sample
+/// could not be decoded in place, the visitor has seen part of the input and the stream
+/// is consumed: open the input again and read it with `stream_only`, which names the
+/// record.
+pub fn visit_input(
+    input: &mut Input,
+    stream_only: bool,
+    visitor: &mut dyn SampleVisitor,
+) -> Result<(), SourceError> {
+    if !stream_only && let Some(mapped) = mapped_source(input) {
+        let read = match mapped {
+            MappedSource::Perf(mut s) => s.walk_in_order(visitor),
+            MappedSource::Recording(mut s) => s.walk_in_order(visitor),
+        };
+        match read {
+            // The stream is untouched: read it.
+            Err(SourceError::Declined) => {}
+            read => return read,
+        }
+    }
+    EventSource::new(input.by_ref()).walk_in_order(visitor)
+}
+
 /// One step of the side-band replay, in input order.
 #[derive(Clone, Copy, Debug)]
 pub enum Step<'e> {
@@ -487,6 +513,7 @@ impl SampleSource for RecordingSource<'_> {
         // A samples chunk's epoch is the number of side-band chunks before it.
         let mut chunks = chunks.into_iter().peekable();
         let mut failed = None;
+        let mut per_event = Vec::new();
         'epochs: for epoch in 0..=self.sideband.len() {
             if let Some((_, events)) = epoch.checked_sub(1).map(|n| &self.sideband[n]) {
                 for ev in events {
@@ -494,12 +521,14 @@ impl SampleSource for RecordingSource<'_> {
                 }
             }
             while let Some(c) = chunks.next_if(|c| c.epoch == epoch as u64) {
-                if let Err(e) = c.for_each_sample(|s| visitor.sample(&s)) {
+                if let Err(e) = c.read(Some(&mut per_event), |s| visitor.sample(&s)) {
                     failed = Some((c.index, e));
                     break 'epochs;
                 }
             }
         }
+        // Counted as the stream counts them, for a recording without its summary.
+        self.reader.note_samples_per_event(per_event);
         self.finish(failed, Folded::default())
     }
 
@@ -523,11 +552,29 @@ impl SampleChunk for RecordingChunk {
         self.index
     }
 
-    fn for_each_sample(&self, mut f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError> {
+    fn for_each_sample(&self, f: impl FnMut(SampleRef<'_>)) -> Result<(), SourceError> {
+        self.read(None, f)
+    }
+}
+
+impl RecordingChunk {
+    /// [`SampleChunk::for_each_sample`], counting the samples of every event in
+    /// `per_event` as the stream counts them ([`recording::count_event_sample`]).
+    fn read(
+        &self,
+        mut per_event: Option<&mut Vec<u64>>,
+        mut f: impl FnMut(SampleRef<'_>),
+    ) -> Result<(), SourceError> {
         let mapped = &*self.mapped;
         let c = &mapped.chunks()[self.index];
+        if !c.is_event_samples() {
+            per_event = None;
+        }
         let read = mapped.payload(c).and_then(|payload| {
             recording::for_each_sample_of(c.offset, c.kind, payload, |s| {
+                if let Some(counts) = per_event.as_deref_mut() {
+                    recording::count_event_sample(counts, s.event);
+                }
                 // Another event's sample (`--event NAME`): the stream would not give it.
                 if mapped.selects(s) {
                     f(SampleRef::of_host(s, self.epoch));

@@ -6,7 +6,7 @@
 //! error, never a panic, and what comes out stays within the record (no frame or branch
 //! invented).
 
-use lbrprof_collector::perfdata::abi::{PERF_SAMPLE_BRANCH_HW_INDEX, PERF_SAMPLE_REGS_USER};
+use lbrprof_data::perfdata::abi::{PERF_SAMPLE_BRANCH_HW_INDEX, PERF_SAMPLE_REGS_USER};
 use lbrprof_collector::sampler::convert::Converter;
 use libfuzzer_sys::fuzz_target;
 use perf_event_open::sample::record::Parser;
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let converter = Converter::with_fixed_period((attr[17] & 1 != 0).then_some(1000));
     let layout = converter.layout(&parser);
     // (The converter's side-band path would read the files mappings name.)
-    let _ = lbrprof_collector::perfdata::decode_ring_sideband(record, &layout);
+    let _ = lbrprof_data::perfdata::decode_ring_sideband(record, &layout);
     if let Ok(r) = converter.sample(record, &layout) {
         // Each frame is a word of the record, each branch 24 bytes of it.
         assert!(

@@ -63,12 +63,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Seek, SeekFrom, Write};
 
-use lbrprof_data::input::InputError;
 use lbrprof_data::model::{
-    AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, GuestProcess, HostSample, LbrSnapshot,
-    Loss, LossKind, Mapping, TaskEvent,
+    AddressSpace, Branch, BranchKind, CpuMode, Event, Frame, GuestProcess, LbrSnapshot, Loss,
+    LossKind, Mapping, TaskEvent,
 };
 use lbrprof_data::perfdata::abi::*;
+use lbrprof_data::sample::{BranchStack, SampleRef};
+use lbrprof_data::source::{SampleVisitor, SourceError};
 
 use crate::lbr::snapshot_branches;
 
@@ -126,7 +127,7 @@ pub enum WriteError {
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("cannot read the recording")]
-    Input(#[source] InputError),
+    Input(#[source] SourceError),
 }
 
 /// What the first pass over the events learned.
@@ -178,40 +179,23 @@ pub struct Plan {
     rounds_out_of_order: bool,
 }
 
+/// The first pass: a visitor of the input's events in stream order.
+impl SampleVisitor for Plan {
+    fn sideband(&mut self, event: &Event) {
+        self.observe(event);
+    }
+
+    fn sample(&mut self, sample: &SampleRef<'_>) {
+        self.observe_sample(sample);
+    }
+}
+
 impl Plan {
     /// Notes what one event needs.
     pub fn observe(&mut self, ev: &Event) {
-        if let Some(t) = event_time(ev) {
-            // perf, at a FINISHED_ROUND, delivers every queued event up to the largest
-            // time seen at the round before; a later event older than that comes out of
-            // order (and perf warns).
-            if t < self.flushed_below {
-                self.rounds_out_of_order = true;
-            }
-            self.max_time = self.max_time.max(t);
-        }
-        self.events += 1;
-        if self.events.is_multiple_of(ROUND_EVENTS) {
-            self.flushed_below = self.max_time_at_last_round;
-            self.max_time_at_last_round = self.max_time;
-        }
+        self.count(event_time(ev));
         match ev {
-            Event::Sample(s) => {
-                // A vCPU thread's sample in the guest is written in the guest process
-                // the vCPU last ran: that process must be known by then.
-                if s.mode.is_guest()
-                    && let Some(&(vm, vcpu)) = self.vcpu_threads.get(&s.tid)
-                {
-                    let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
-                    let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
-                    *first = (*first).min(s.time_ns);
-                }
-                self.host_samples += 1;
-                self.host_callchains |= !s.callchain.is_empty();
-                self.host_branches |= !s.branches.is_empty();
-                self.max_cpu = self.max_cpu.max(s.cpu);
-                self.time(s.time_ns);
-            }
+            Event::Sample(s) => self.sample_needs(&SampleRef::of_host(s, 0)),
             Event::Snapshot(s) => {
                 self.snapshots += 1;
                 self.guest_stacks |= !s.guest_stack.is_empty();
@@ -260,6 +244,47 @@ impl Plan {
             }
             _ => {}
         }
+    }
+
+    /// Notes what one sample needs.
+    pub fn observe_sample(&mut self, s: &SampleRef<'_>) {
+        self.count(Some(s.time_ns));
+        self.sample_needs(s);
+    }
+
+    /// Counts one event (at time `t`, if it has one) towards perf's rounds.
+    fn count(&mut self, t: Option<u64>) {
+        if let Some(t) = t {
+            // perf, at a FINISHED_ROUND, delivers every queued event up to the largest
+            // time seen at the round before; a later event older than that comes out of
+            // order (and perf warns).
+            if t < self.flushed_below {
+                self.rounds_out_of_order = true;
+            }
+            self.max_time = self.max_time.max(t);
+        }
+        self.events += 1;
+        if self.events.is_multiple_of(ROUND_EVENTS) {
+            self.flushed_below = self.max_time_at_last_round;
+            self.max_time_at_last_round = self.max_time;
+        }
+    }
+
+    fn sample_needs(&mut self, s: &SampleRef<'_>) {
+        // A vCPU thread's sample in the guest is written in the guest process the vCPU
+        // last ran: that process must be known by then.
+        if s.mode.is_guest()
+            && let Some(&(vm, vcpu)) = self.vcpu_threads.get(&s.tid)
+        {
+            let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+            let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
+            *first = (*first).min(s.time_ns);
+        }
+        self.host_samples += 1;
+        self.host_callchains |= s.callchain.has_frames();
+        self.host_branches |= !s.branches.is_empty();
+        self.max_cpu = self.max_cpu.max(s.cpu);
+        self.time(s.time_ns);
     }
 
     fn time(&mut self, t: u64) {
@@ -404,12 +429,14 @@ pub struct WriteStats {
     pub bytes: u64,
 }
 
-/// Writes the events (the same stream [`Plan`] saw) to `out` as perf.data.
+/// Writes the input to `out` as perf.data: `read` hands every side-band event and
+/// every sample of the input (the same stream [`Plan`] saw) to the visitor it is given,
+/// in stream order ([`lbrprof_data::source::visit_input`]).
 pub fn write<W: Write + Seek>(
     out: W,
     meta: &Meta,
     plan: &Plan,
-    events: impl Iterator<Item = Result<Event, InputError>>,
+    read: impl FnOnce(&mut dyn SampleVisitor) -> Result<(), SourceError>,
 ) -> Result<WriteStats, WriteError> {
     let mut w = Writer {
         out: io::BufWriter::with_capacity(1 << 20, out),
@@ -457,13 +484,17 @@ pub fn write<W: Write + Seek>(
         w.start_guest(vm)?;
     }
     let rounds = plan.rounds();
-    for (i, ev) in events.enumerate() {
-        w.event(&ev.map_err(WriteError::Input)?)?;
-        if rounds && (i as u64 + 1).is_multiple_of(ROUND_EVENTS) {
-            w.begin(PERF_RECORD_FINISHED_ROUND, 0);
-            w.finish()?;
-        }
+    let mut records = Records {
+        w: &mut w,
+        rounds,
+        events: 0,
+        error: None,
+    };
+    let read = read(&mut records);
+    if let Some(e) = records.error {
+        return Err(e.into());
     }
+    read.map_err(WriteError::Input)?;
     let data_size = w.pos - data_offset;
     let features = w.features(&attrs);
     let feat_offset = w.pos;
@@ -511,6 +542,41 @@ pub fn write<W: Write + Seek>(
     out.write_all(&head)?;
     out.flush()?;
     Ok(stats)
+}
+
+/// The second pass: the records of the input's events, in stream order, with a
+/// `FINISHED_ROUND` every [`ROUND_EVENTS`] events when [`Plan::rounds`]. After a write
+/// error nothing more is written.
+struct Records<'w, 'a, W: Write> {
+    w: &'w mut Writer<'a, W>,
+    rounds: bool,
+    events: u64,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Records<'_, '_, W> {
+    fn write(&mut self, record: impl FnOnce(&mut Writer<'_, W>) -> io::Result<()>) {
+        if self.error.is_some() {
+            return;
+        }
+        self.events += 1;
+        let mut written = record(self.w);
+        if written.is_ok() && self.rounds && self.events.is_multiple_of(ROUND_EVENTS) {
+            self.w.begin(PERF_RECORD_FINISHED_ROUND, 0);
+            written = self.w.finish();
+        }
+        self.error = written.err();
+    }
+}
+
+impl<W: Write> SampleVisitor for Records<'_, '_, W> {
+    fn sideband(&mut self, event: &Event) {
+        self.write(|w| w.event(event));
+    }
+
+    fn sample(&mut self, sample: &SampleRef<'_>) {
+        self.write(|w| w.host_sample(sample));
+    }
 }
 
 /// The size of the `perf_event_attr` written.
@@ -722,7 +788,7 @@ impl<W: Write> Writer<'_, W> {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         match ev {
-            Event::Sample(s) => self.host_sample(s),
+            Event::Sample(s) => self.host_sample(&SampleRef::of_host(s, 0)),
             Event::Snapshot(s) => self.snapshot(s),
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
@@ -833,7 +899,7 @@ impl<W: Write> Writer<'_, W> {
         self.finish_side_band_of(id, pid, pid, time)
     }
 
-    fn host_sample(&mut self, s: &HostSample) -> io::Result<()> {
+    fn host_sample(&mut self, s: &SampleRef<'_>) -> io::Result<()> {
         // A vCPU thread sampled while its guest ran: the time went to the guest, so the
         // sample goes to the guest machine, in the guest process the vCPU last ran, in
         // guest user mode, where perf can name it.
@@ -861,7 +927,8 @@ impl<W: Write> Writer<'_, W> {
         let fixed = 8 * 6 + 8 + 8 + 24 * s.branches.len();
         self.sample_head(id, s.ip, pid, tid, s.time_ns, s.cpu, s.period);
         if self.plan.host_callchains {
-            let frames = s.callchain.iter().map(|f| Frame {
+            let frames = s.callchain.frames(s.mode);
+            let frames = frames.iter().map(|f| Frame {
                 addr: f.addr,
                 // perf's call-chain walk knows no guest contexts (it drops the chain):
                 // guest frames are user frames of the guest thread.
@@ -874,7 +941,7 @@ impl<W: Write> Writer<'_, W> {
             self.callchain(frames, fixed);
         }
         if self.plan.host_branches {
-            self.branches(&s.branches);
+            self.branches(s.branches);
         }
         self.stats.host_samples += 1;
         self.finish()
@@ -930,12 +997,12 @@ impl<W: Write> Writer<'_, W> {
         self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
     }
 
-    fn branches(&mut self, branches: &[Branch]) {
+    fn branches(&mut self, branches: BranchStack<'_>) {
         self.u64(branches.len() as u64);
-        for b in branches {
+        for b in branches.iter() {
             self.u64(b.from);
             self.u64(b.to);
-            self.u64(branch_flags(b));
+            self.u64(branch_flags(&b));
         }
         self.stats.branch_entries += branches.len() as u64;
     }
@@ -969,7 +1036,7 @@ impl<W: Write> Writer<'_, W> {
                 });
             self.callchain(frames, fixed);
         }
-        self.branches(&branches);
+        self.branches(BranchStack::Decoded(&branches));
         self.stats.guest_samples += 1;
         self.finish()
     }
@@ -1341,8 +1408,9 @@ fn branch_flags(b: &Branch) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_data::input::open_any;
-    use lbrprof_data::model::{BranchFlags, LbrEntry, SnapshotReason, VcpuThread};
+    use lbrprof_data::input::{InputError, open_any};
+    use lbrprof_data::model::{BranchFlags, HostSample, LbrEntry, SnapshotReason, VcpuThread};
+    use lbrprof_data::source::{EventSource, SampleSource, visit_input};
 
     fn host_sample(time_ns: u64, with_branches: bool) -> HostSample {
         HostSample {
@@ -1482,7 +1550,10 @@ mod tests {
         };
         let path = dir.join("out.perf.data");
         let file = std::fs::File::create(&path).unwrap();
-        let stats = write(file, &meta, &plan, events.iter().cloned().map(Ok)).unwrap();
+        let stats = write(file, &meta, &plan, |v| {
+            EventSource::new(events.iter().cloned().map(Ok::<_, InputError>)).walk_in_order(v)
+        })
+        .unwrap();
         (path, stats)
     }
 
@@ -1730,6 +1801,37 @@ mod tests {
             .unwrap()
             .filter(|e| matches!(e, Ok(Event::Sample(_))));
         assert_eq!(back.count() as u64, n);
+    }
+
+    /// Both passes read an input the same way whether in place (a perf.data file's
+    /// records in perf's order) or as the event stream: the same file comes out.
+    #[test]
+    fn an_input_read_in_place_exports_as_its_event_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = write_file(&events(), dir.path());
+        let export = |stream_only| {
+            let mut plan = Plan::default();
+            visit_input(&mut open_any(&path).unwrap(), stream_only, &mut plan).unwrap();
+            let meta = Meta {
+                event: "cycles:u".into(),
+                snapshot_period: 1,
+                ..Meta::default()
+            };
+            let mut input = open_any(&path).unwrap();
+            let mut out = std::io::Cursor::new(Vec::new());
+            write(&mut out, &meta, &plan, |v| {
+                visit_input(&mut input, stream_only, v)
+            })
+            .unwrap();
+            (plan.host_samples, plan.snapshots, out.into_inner())
+        };
+        let (in_place, stream) = (export(false), export(true));
+        // The guest snapshots come back as samples of the guest event.
+        assert_eq!((in_place.0, in_place.1), (3, 0));
+        assert!(
+            in_place == stream,
+            "the in-place export differs from the stream's"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use lbrprof_collector::model::{Header, Target};
-use lbrprof_collector::recording::{self, RunInfo};
+use lbrprof_data::model::{Header, Target};
+use lbrprof_data::recording::{self, RunInfo};
 use lbrprof_reports::decode::CodeReader;
 use lbrprof_reports::diff::{self, Counts, DiffOptions, Metric, Verdict};
 use lbrprof_reports::render::{StackSource, folded_lines};

@@ -7,8 +7,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_collector::model::{Event, ExactProfile, Target};
-use lbrprof_collector::recording::RecordingReader;
+use lbrprof_data::input::{InputFormat, open_any};
+use lbrprof_data::model::{Event, ExactProfile, Target};
+use lbrprof_data::sample::SampleRef;
+use lbrprof_data::source::{SampleVisitor, visit_input};
 use lbrprof_reports::callgrind::{self, Costs, Header};
 use lbrprof_reports::decode::CodeReader;
 
@@ -140,23 +142,25 @@ pub fn exact_function_counts(
 }
 
 /// The exact-mode profiles of an lbrprof recording (none for other recordings and for
-/// perf.data files).
+/// perf.data files), read in place in file order like every other input.
 fn exact_profiles(path: &std::path::Path) -> anyhow::Result<Vec<ExactProfile>> {
-    let Ok(reader) = RecordingReader::open(path) else {
-        // Not an lbrprof recording (perf.data), or unreadable: the sampled load says why.
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for ev in reader {
-        match ev {
-            Ok(Event::ExactProfile(p)) => out.push(p),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
-                );
+    /// Keeps the exact-mode profiles of the side band; samples are not needed.
+    struct Profiles(Vec<ExactProfile>);
+    impl SampleVisitor for Profiles {
+        fn sideband(&mut self, event: &Event) {
+            if let Event::ExactProfile(p) = event {
+                self.0.push(p.clone());
             }
         }
+        fn sample(&mut self, _: &SampleRef<'_>) {}
     }
-    Ok(out)
+    let mut input = match open_any(path) {
+        Ok(input) if input.format() == InputFormat::Lbrprof => input,
+        // Not an lbrprof recording (perf.data), or unreadable: the sampled load says why.
+        _ => return Ok(Vec::new()),
+    };
+    let mut profiles = Profiles(Vec::new());
+    visit_input(&mut input, false, &mut profiles)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(profiles.0)
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lbrprof_collector::input::{Input, InputFormat, open_any};
-use lbrprof_collector::model::Target;
+use lbrprof_data::input::{Input, InputFormat, open_any};
+use lbrprof_data::model::Target;
+use lbrprof_data::source::{SourceError, visit_input};
 use lbrprof_reports::perfdata_out::{self, Meta, Plan};
 
 use super::export_args::Args;
@@ -33,13 +34,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(input)
     };
 
-    // Pass 1: which sample fields the file needs.
+    // Pass 1: which sample fields the file needs. Both passes read the input in stream
+    // order, in place where it can be mapped; the event stream where a perf.data sample
+    // cannot be decoded in place (it names the record).
     let mut first = open()?;
     let mut plan = Plan::default();
-    for ev in first.by_ref() {
-        let ev = ev.with_context(|| format!("cannot read {}", path.display()))?;
-        plan.observe(&ev);
+    // LBRPROF_STREAM=1 reads the event stream, to compare it with the walk in place.
+    let mut stream_only = std::env::var_os("LBRPROF_STREAM").is_some();
+    let mut read = visit_input(&mut first, stream_only, &mut plan);
+    if let Err(SourceError::Undecodable(_)) = read {
+        (first, plan, stream_only) = (open()?, Plan::default(), true);
+        read = visit_input(&mut first, stream_only, &mut plan);
     }
+    read.with_context(|| format!("cannot read {}", path.display()))?;
     if i.event.is_none()
         && let Some(events) = first.several_events()
     {
@@ -70,8 +77,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tmp = tmp_path(&args.output);
     let file = std::fs::File::create(&tmp)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let second = open()?;
-    let result = perfdata_out::write(file, &meta, &plan, second);
+    let mut second = open()?;
+    let result = perfdata_out::write(file, &meta, &plan, |visitor| {
+        visit_input(&mut second, stream_only, visitor)
+    });
     let stats = match result {
         Ok(s) => s,
         Err(e) => {

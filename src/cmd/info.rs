@@ -15,13 +15,15 @@ use anyhow::Context;
 use lbrprof_collector::host::{
     BranchRequest, CallGraph, EventRequest, HostFacts, SamplingChoice, SamplingRequest,
 };
-use lbrprof_collector::model::{
+use lbrprof_data::model::{
     AddressSpace, Event, Header, LossKind, SnapshotReason, Target, TaskEvent,
 };
-use lbrprof_collector::perfdata::PerfDataReader;
-use lbrprof_collector::recording::RecordingReader;
+use lbrprof_data::perfdata::PerfDataReader;
+use lbrprof_data::recording::RecordingReader;
 use lbrprof_data::sample::SampleRef;
-use lbrprof_data::source::{PerfSource, SampleSource, SampleVisitor, SourceError};
+use lbrprof_data::source::{
+    EventSource, PerfSource, RecordingSource, SampleSource, SampleVisitor, SourceError,
+};
 use lbrprof_vmm::caps::KvmCaps;
 use lbrprof_vmm::pmu::backend::{
     self, Decision, HostLbrFacts, LbrBackend, LbrFlavour, LbrMode, LbrRequest, Refusal,
@@ -620,14 +622,17 @@ fn recording(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     if is_perf_data(path) {
         return perf_data(out, path);
     }
-    let mut reader = RecordingReader::open(path)
-        .with_context(|| format!("cannot read the recording {}", path.display()))?;
+    let context = || format!("cannot read the recording {}", path.display());
+    let mut reader = RecordingReader::open(path).with_context(context)?;
     let mut totals = Totals::default();
-    for event in reader.by_ref() {
-        let event =
-            event.with_context(|| format!("cannot read the recording {}", path.display()))?;
-        totals.add(&event);
-    }
+    // Every event in file order, the samples read in place; the event stream for a
+    // file that cannot be mapped.
+    let read = match RecordingSource::new(&mut reader) {
+        Some(mut source) => source.walk_in_order(&mut totals),
+        None => EventSource::new(reader.by_ref()).walk_in_order(&mut totals),
+    };
+    // (A damaged file is `SourceError::Input`, which reads as the stream's error.)
+    read.with_context(context)?;
     // The header's vCPU count is the VM's at start: a Linux program gets one more per
     // thread and process it starts.
     header(out, reader.header(), totals.vcpus_ran.len())?;
@@ -776,18 +781,16 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
     let mut totals = Totals::default();
     // Every record in perf's order, read in place; the event stream for files the
     // mapped walk declines, and to name a sample it cannot decode.
-    match PerfSource::new(&mut reader).walk_in_order(&mut totals) {
-        Ok(()) => {}
-        Err(SourceError::Input(e)) => return Err(e).with_context(context),
-        Err(SourceError::Declined) => {}
+    let read = match PerfSource::new(&mut reader).walk_in_order(&mut totals) {
+        Err(SourceError::Declined) => EventSource::new(reader.by_ref()).walk_in_order(&mut totals),
         Err(SourceError::Undecodable(_)) => {
             reader = PerfDataReader::open(path).with_context(context)?;
             totals = Totals::default();
+            EventSource::new(reader.by_ref()).walk_in_order(&mut totals)
         }
-    }
-    for event in reader.by_ref() {
-        totals.add(&event.with_context(context)?);
-    }
+        read => read,
+    };
+    read.with_context(context)?;
     for (name, samples) in reader.events() {
         writeln!(out, "event:         {name}: {samples} samples")?;
     }
@@ -808,7 +811,7 @@ fn perf_data(out: &mut impl Write, path: &std::path::Path) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbrprof_collector::model::{HostSample, Mapping};
+    use lbrprof_data::model::{HostSample, Mapping};
 
     fn map(pid: u32, path: &str) -> Event {
         Event::Mapping(Mapping {

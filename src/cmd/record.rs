@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lbrprof_collector::host::{self, BranchRequest, EventRequest, HostFacts, SamplingRequest};
 use lbrprof_collector::record::{RecordError, RecordOptions, RecordTarget, Recorder};
-use lbrprof_collector::recording::Replace;
+use lbrprof_data::recording::Replace;
 
 use crate::cmd::lbr_opts::{LbrChoice, LbrModeChoice, SnapshotChoice, TuningArgs};
 use crate::cmd::with_exit;

@@ -23,7 +23,9 @@
 //! * No I/O but reading the mapped binaries (and this process's own vDSO, the same image
 //!   as every process's on this kernel); no policy about when to unwind. The
 //!   recorder unwinds while recording and stores the call chains; the perf.data reader
-//!   unwinds while reading.
+//!   unwinds while reading. In the data flow capture → data → symbolize → aggregate →
+//!   render it serves the first two steps (`lbrprof-collector` and `lbrprof-data` depend
+//!   on it) and depends on no lbrprof crate.
 //! * Where no CFI covers an address, framehop falls back to the frame-pointer chain, as
 //!   perf does; a walk that leaves the stack copy stops there (the stack was deeper than
 //!   the copy), as perf's does.

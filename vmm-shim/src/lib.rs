@@ -10,7 +10,9 @@
 //! virtual PMU and LBR ([`pmu`]), KVM capability facts ([`caps`]), the embedded guest
 //! images ([`builtin`]) and the channel over which guest LBR snapshots leave the vCPU
 //! threads. The snapshots themselves ([`snapshot::LbrSnapshot`]) are defined by the data
-//! layer, `lbrprof-data`, which the shim depends on (never the other way round).
+//! layer, `lbrprof-data`, which the shim depends on (never the other way round). In the
+//! data flow capture → data → symbolize → aggregate → render, the shim is the guest half
+//! of capture; the collector drives it and writes what it produces.
 //!
 //! Non-goals: it knows nothing about files or recordings (the collector stores what it
 //! produces), and it is not a general-purpose VMM: no block or network devices, no

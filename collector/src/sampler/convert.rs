@@ -12,9 +12,9 @@ use std::path::Path;
 
 use perf_event_open::sample::record::Parser;
 
-use crate::model::Event;
-use crate::perfdata::abi::PERF_SAMPLE_REGS_USER;
-use crate::perfdata::{
+use lbrprof_data::model::Event;
+use lbrprof_data::perfdata::abi::PERF_SAMPLE_REGS_USER;
+use lbrprof_data::perfdata::{
     RingLayout, RingSample, SampleLayout, decode_ring_sample, decode_ring_sideband,
 };
 
@@ -60,7 +60,7 @@ impl Converter {
             branch_sample_type: parser.branch_sample_type,
             // The registers `--call-graph dwarf` asks for (`super::perf_opts`).
             regs_user: if parser.sample_type & PERF_SAMPLE_REGS_USER != 0 {
-                crate::dwarf::SAMPLE_REGS_USER
+                lbrprof_data::dwarf::SAMPLE_REGS_USER
             } else {
                 0
             },
@@ -122,13 +122,13 @@ pub fn read_build_id(path: &Path) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AddressSpace;
+    use lbrprof_data::model::AddressSpace;
 
     /// A sample record as the kernel writes it into a ring buffer: its header (type,
     /// `misc`, size) and the body's words, in this machine's byte order.
     fn ring_record(misc: u16, body: &[u64]) -> Vec<u8> {
         let mut r = Vec::new();
-        r.extend(crate::perfdata::abi::PERF_RECORD_SAMPLE.to_ne_bytes());
+        r.extend(lbrprof_data::perfdata::abi::PERF_RECORD_SAMPLE.to_ne_bytes());
         r.extend(misc.to_ne_bytes());
         r.extend(((8 + body.len() * 8) as u16).to_ne_bytes());
         for w in body {
@@ -150,8 +150,8 @@ mod tests {
 
     #[test]
     fn samples_decode_from_their_bytes_with_every_field_and_branch_flags() {
-        use crate::model::{BranchKind, CpuMode, Frame};
-        use crate::perfdata::abi::*;
+        use lbrprof_data::model::{BranchKind, CpuMode, Frame};
+        use lbrprof_data::perfdata::abi::*;
         let st = PERF_SAMPLE_IP
             | PERF_SAMPLE_TID
             | PERF_SAMPLE_TIME
@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn dwarf_samples_keep_their_registers_and_stack_copy() {
-        use crate::perfdata::abi::*;
-        let mask = crate::dwarf::SAMPLE_REGS_USER;
+        use lbrprof_data::perfdata::abi::*;
+        let mask = lbrprof_data::dwarf::SAMPLE_REGS_USER;
         let st = PERF_SAMPLE_IP | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
         // The registers in mask bit order, then the copy: size, bytes, dyn_size.
         let regs: Vec<u64> = (0..u64::from(mask.count_ones()))
@@ -317,7 +317,7 @@ mod tests {
     }
 
     fn tid_time_layout(conv: &Converter) -> RingLayout {
-        use crate::perfdata::abi::*;
+        use lbrprof_data::perfdata::abi::*;
         conv.layout(&parser(
             PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME,
             0,
@@ -326,8 +326,8 @@ mod tests {
 
     #[test]
     fn side_band_records_convert() {
-        use crate::model::{Loss, LossKind, TaskEvent};
-        use crate::perfdata::abi::*;
+        use lbrprof_data::model::{Loss, LossKind, TaskEvent};
+        use lbrprof_data::perfdata::abi::*;
         let mut conv = Converter::new();
         let layout = tid_time_layout(&conv);
         let mut convert = |r: Vec<u8>| conv.sideband(&r, &layout);
@@ -448,7 +448,7 @@ mod tests {
 
     #[test]
     fn mmap_keeps_kernel_build_id_or_reads_the_file() {
-        use crate::perfdata::abi::*;
+        use lbrprof_data::perfdata::abi::*;
         let mut conv = Converter::new();
         let layout = tid_time_layout(&conv);
         let exe = std::env::current_exe().unwrap();

@@ -7,16 +7,16 @@
 //! writes there into the recording model's [`Event`]s:
 //!
 //! * samples, read as raw record bytes and decoded by the data crate's one decoder of
-//!   perf's sample layout (the perf.data reader's, [`crate::perfdata::decode_ring_sample`]):
+//!   perf's sample layout (the perf.data reader's, [`lbrprof_data::perfdata::decode_ring_sample`]):
 //!   IP, PID/TID, CPU, CLOCK_MONOTONIC time, period, user+kernel call chain (context
-//!   markers stripped, each frame keeps its [`crate::model::CpuMode`]), and the branch
+//!   markers stripped, each frame keeps its [`lbrprof_data::model::CpuMode`]), and the branch
 //!   stack when LBR sampling was chosen;
 //! * side-band records, decoded from their bytes by the same reader's decoder of perf's
-//!   records ([`crate::perfdata::decode_ring_sideband`]): MMAP2 (executable only) with the
+//!   records ([`lbrprof_data::perfdata::decode_ring_sideband`]): MMAP2 (executable only) with the
 //!   kernel's build-id, or the file's when the kernel gave none; COMM (an exec when the
 //!   kernel flags it so), FORK, EXIT;
 //! * LOST, LOST_SAMPLES and THROTTLE, counted in [`RingStats`] and kept as
-//!   [`crate::model::Loss`].
+//!   [`lbrprof_data::model::Loss`].
 //!
 //! The `perf-event-open` crate opens the events and maps and walks their ring buffers; it
 //! decodes none of their records.
@@ -25,14 +25,14 @@
 //! procfs ([`procfs`]), since the kernel only reports new ones.
 //!
 //! With `--call-graph dwarf` each sample also carries the user registers and a copy of
-//! the user stack; [`HostSampler::drain`] unwinds it ([`crate::dwarf`]) when the sample
+//! the user stack; [`HostSampler::drain`] unwinds it ([`lbrprof_data::dwarf`]) when the sample
 //! leaves in time order, after the mappings it needs, and passes on only the call chain.
 //!
 //! Several events (`record -e A,B`): each is opened for every task and CPU and sends its
 //! records to the same ring buffer of its CPU (perf does the same without a group);
 //! samples carry the event's id (PERF_SAMPLE_ID, which an inherited event reports as
 //! its parent's), and [`HostSampler::drain`] turns it into the event's index
-//! ([`crate::model::HostSample::event`]), its place in `[event, more_events...]`.
+//! ([`lbrprof_data::model::HostSample::event`]), its place in `[event, more_events...]`.
 //!
 //! Policy (which event, branch stacks or not) is decided elsewhere
 //! ([`crate::host::decide`]); this module only carries it out.
@@ -55,12 +55,12 @@ use perf_event_open::event::sw::Software;
 use perf_event_open::event::tp::Tracepoint;
 use perf_event_open::sample::Sampler;
 
-use crate::dwarf::{EventUnwinder, StackCopy, UnwindStats};
 use crate::host::{CallGraph, EventKind, HardwareEvent, SoftwareEvent};
-use crate::model::{Event, LossKind};
-use crate::perfdata::RingSample;
-use crate::perfdata::abi::PERF_RECORD_SAMPLE;
 use convert::{Converted, Converter};
+use lbrprof_data::dwarf::{EventUnwinder, StackCopy, UnwindStats};
+use lbrprof_data::model::{Event, LossKind};
+use lbrprof_data::perfdata::RingSample;
+use lbrprof_data::perfdata::abi::PERF_RECORD_SAMPLE;
 
 /// How to sample (already decided; see [`crate::host::decide`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -474,7 +474,7 @@ fn order_ready(pending: &mut [Pending], before: Option<u64>) -> usize {
 
 /// The time of an event as the sampler produces them (0 for kinds it does not make).
 fn event_time(event: &Event) -> u64 {
-    use crate::model::TaskEvent;
+    use lbrprof_data::model::TaskEvent;
     match event {
         Event::Sample(s) => s.time_ns,
         Event::Mapping(m) => m.time_ns,
@@ -522,7 +522,7 @@ fn perf_opts(config: &SamplerConfig, event: &EventKind, inherit: bool, on_exec: 
                 defer_user: false,
                 max_stack_frames: 127,
             }),
-            user_regs: dwarf.map(|_| RegsMask(crate::dwarf::SAMPLE_REGS_USER)),
+            user_regs: dwarf.map(|_| RegsMask(lbrprof_data::dwarf::SAMPLE_REGS_USER)),
             user_stack: dwarf.map(Size),
             lbr: config.branch_stacks.then(|| Lbr {
                 // LBR call-stack mode works for user space only (perf sets
@@ -715,7 +715,7 @@ mod tests {
 
     #[test]
     fn events_leave_in_time_order_once_no_older_one_can_come() {
-        use crate::model::{HostSample, Mapping, TaskEvent};
+        use lbrprof_data::model::{HostSample, Mapping, TaskEvent};
         let sample = |t| {
             Event::Sample(HostSample {
                 time_ns: t,
@@ -725,7 +725,7 @@ mod tests {
         let mapping = |t| {
             Event::Mapping(Mapping {
                 time_ns: t,
-                space: crate::model::AddressSpace::HostUser,
+                space: lbrprof_data::model::AddressSpace::HostUser,
                 pid: 2,
                 start: 0x1000,
                 len: 0x1000,

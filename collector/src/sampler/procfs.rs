@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 
-use crate::model::{AddressSpace, Event, Mapping, TaskEvent};
+use lbrprof_data::model::{AddressSpace, Event, Mapping, TaskEvent};
 
 use super::convert::Converter;
 

@@ -210,10 +210,95 @@ pub struct Scan {
     /// The sorter's bound per round (see [`Rounds`]).
     bounds: Vec<Option<TimeKey>>,
     pub(super) samples: u64,
-    /// For [`Scan::for_each_in_order`]: every selected sample's sort key, sorted.
-    sample_keys: Vec<SortKey>,
+    /// For [`Scan::for_each_in_order`]: every selected sample's place in perf's order.
+    sample_order: SampleOrder,
     /// For [`Scan::for_each_in_order`]: per chunk, the last release of its records.
     chunk_batches: Vec<u64>,
+}
+
+/// Where every selected sample comes in perf's order, for [`Scan::for_each_in_order`],
+/// in 8 bytes a sample: its position in the data section, batch by batch.
+///
+/// The walk sorts the samples of each release (batch) when it closes, as perf's
+/// ordered-events sort each round's queue: a record of round `r` is in release `r + 1`
+/// or `r + 2` ([`Rounds::batch`]), so while round `r` is walked only those two are open
+/// and the `FINISHED_ROUND` that ends it closes release `r + 1`. Only the open releases'
+/// samples are kept with their times (16 bytes each: [`order_words`]); a sorted release
+/// keeps their positions, and the visit reads each time again from its record. A file
+/// without rounds is one release, sorted at the end.
+#[derive(Debug, Default)]
+struct SampleOrder {
+    /// The samples' positions in the data section, sorted within each batch.
+    positions: Vec<u64>,
+    /// Each non-empty batch and the index in `positions` of its first sample, ascending.
+    batches: Vec<(u64, usize)>,
+    /// The samples of the open batches `next` and `next + 1`, as [`order_words`].
+    open: [Vec<(u64, u64)>; 2],
+    /// The first open batch: the round being walked, plus one.
+    next: u64,
+}
+
+/// A sample's [`TimeKey`] as two words that sort the same way: an untimed sample before
+/// every timed one, then by position (below 2^63).
+fn order_words((time, position): TimeKey) -> (u64, u64) {
+    match time {
+        None => (0, position),
+        Some(t) => (t, position | 1 << 63),
+    }
+}
+
+impl SampleOrder {
+    fn new() -> Self {
+        SampleOrder {
+            next: 1,
+            ..SampleOrder::default()
+        }
+    }
+
+    /// A sample of `batch` (one of the open two) with key `key`.
+    fn push(&mut self, batch: u64, key: TimeKey) {
+        let open = batch.saturating_sub(self.next).min(1) as usize;
+        self.open[open].push(order_words(key));
+    }
+
+    /// A `FINISHED_ROUND`: the first open batch gets no more samples.
+    fn close_round(&mut self) {
+        let mut done = std::mem::take(&mut self.open[0]);
+        self.keep(self.next, &mut done);
+        self.open.swap(0, 1);
+        self.open[1] = done;
+        self.next += 1;
+    }
+
+    /// The end of the walk: the records of the last round that were keyed for the
+    /// release after it come out in the last one, `next`.
+    fn finish(&mut self) {
+        let [mut a, b] = std::mem::take(&mut self.open);
+        a.extend(b);
+        self.keep(self.next, &mut a);
+    }
+
+    /// Sorts the samples of `batch` and keeps their positions; empties `samples`.
+    fn keep(&mut self, batch: u64, samples: &mut Vec<(u64, u64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        samples.sort_unstable();
+        self.batches.push((batch, self.positions.len()));
+        self.positions
+            .extend(samples.drain(..).map(|(_, p)| p & !(1 << 63)));
+    }
+
+    /// Each batch with the positions of its samples, in perf's order.
+    fn batches(&self) -> impl Iterator<Item = (u64, &[u64])> {
+        self.batches.iter().enumerate().map(|(i, &(batch, start))| {
+            let end = self
+                .batches
+                .get(i + 1)
+                .map_or(self.positions.len(), |&(_, e)| e);
+            (batch, &self.positions[start..end])
+        })
+    }
 }
 
 /// A chunk of the data section handed out while the walk goes on (see
@@ -345,8 +430,8 @@ impl Scan {
     /// Every side-band event and every sample of the selected events, in perf's order
     /// (the event stream's, see the module docs), on the calling thread; the samples are
     /// decoded in place. For a scan made for it
-    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's sort
-    /// key, 32 bytes); other scans give only their side-band events. A sample's epoch is
+    /// ([`super::PerfDataReader::mapped_scan_in_order`], which keeps every sample's place
+    /// in perf's order, 8 bytes a sample); other scans give only their side-band events. A sample's epoch is
     /// the one the last state-changing side-band event before it started (0: none).
     /// Stops at the first sample that cannot be decoded (the samples before it in perf's
     /// order have been visited).
@@ -362,33 +447,39 @@ impl Scan {
         // The chunks whose records have all been visited are released (the walk left
         // them resident).
         let mut released = 0;
-        for &key in &self.sample_keys {
-            while let Some((k, ev)) = side.next_if(|(k, _)| *k < key) {
-                if changes_state(ev) {
-                    epoch = epoch_of(k);
-                }
-                f(Ordered::Sideband(ev));
-            }
-            while released < self.chunk_batches.len() && self.chunk_batches[released] < key.0 {
+        for (batch, positions) in self.sample_order.batches() {
+            while released < self.chunk_batches.len() && self.chunk_batches[released] < batch {
                 release(&self.map, self.chunks[released].0.clone());
                 released += 1;
             }
-            // A selected sample's record, its framing checked by the walk.
-            let at = self.data.start + key.2 as usize;
-            let (_, misc, size) = record_header(&bytes[at..at + 8]);
-            let body = &bytes[at + 8..at + size];
-            let layout = self.layouts.layouts[self.layouts.attr_index(true, body)];
-            let raw = decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
-                offset: key.2 as usize,
-                what,
-            })?;
-            f(Ordered::Sample(sample_ref(
-                &raw,
-                layout,
-                misc,
-                epoch,
-                stack_copies,
-            )));
+            for &position in positions {
+                // A selected sample's record, its framing checked by the walk.
+                let at = self.data.start + position as usize;
+                let (_, misc, size) = record_header(&bytes[at..at + 8]);
+                let body = &bytes[at + 8..at + size];
+                let attr = self.layouts.attr_index(true, body);
+                let time = timestamp(true, body, &self.layouts.parse_infos[attr]);
+                let key = (batch, time, position);
+                while let Some((k, ev)) = side.next_if(|(k, _)| *k < key) {
+                    if changes_state(ev) {
+                        epoch = epoch_of(k);
+                    }
+                    f(Ordered::Sideband(ev));
+                }
+                let layout = self.layouts.layouts[attr];
+                let raw =
+                    decode_sample_raw(body, true, layout).map_err(|what| ScanError::Sample {
+                        offset: position as usize,
+                        what,
+                    })?;
+                f(Ordered::Sample(sample_ref(
+                    &raw,
+                    layout,
+                    misc,
+                    epoch,
+                    stack_copies,
+                )));
+            }
         }
         side.for_each(|(_, ev)| f(Ordered::Sideband(ev)));
         release(&self.map, self.data.clone());
@@ -603,7 +694,7 @@ pub(super) fn walk(
     let bytes = map.get(data.clone())?;
     // For `Consumer::InOrder`: the sort key of every selected sample, and per chunk the
     // last release of its records.
-    let mut sample_keys: Vec<SortKey> = Vec::new();
+    let mut sample_order = SampleOrder::new();
     let mut chunk_batches: Vec<u64> = Vec::new();
     let mut stats = ImportStats {
         samples_per_event: vec![0; layouts.layouts.len()],
@@ -673,6 +764,9 @@ pub(super) fn walk(
                     // This round's release: every record to come is in a later one.
                     let released = bounds.len() as u64;
                     bounds.push(cur_max);
+                    if keep_keys {
+                        sample_order.close_round();
+                    }
                     if deliver_sideband {
                         // Records still to come are in later releases: the events of
                         // this one and before are final.
@@ -721,7 +815,7 @@ pub(super) fn walk(
                     *n += 1;
                 }
                 if keep_keys && layouts.is_selected(attr) {
-                    sample_keys.push((batch, time_key.0, time_key.1));
+                    sample_order.push(batch, time_key);
                 }
             } else {
                 let raw = RawEventRecord::new(record_type, misc, RawData::Single(body), info);
@@ -757,10 +851,9 @@ pub(super) fn walk(
     for (key, _) in &mut side {
         key.0 = key.0.min(last);
     }
-    for key in &mut sample_keys {
-        key.0 = key.0.min(last);
+    if keep_keys {
+        sample_order.finish();
     }
-    sample_keys.sort_unstable();
     for batch in &mut chunk_batches {
         *batch = (*batch).min(last);
     }
@@ -793,9 +886,71 @@ pub(super) fn walk(
             chunks,
             bounds,
             samples,
-            sample_keys,
+            sample_order,
             chunk_batches,
         },
         stats,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_words_sort_as_time_keys() {
+        let keys: Vec<TimeKey> = vec![
+            (Some(5), 3),
+            (None, 9),
+            (Some(0), 1),
+            (Some(5), 2),
+            (None, 4),
+            (Some(u64::MAX), 0),
+        ];
+        let mut by_key = keys.clone();
+        by_key.sort();
+        let mut by_words = keys;
+        by_words.sort_by_key(|&k| order_words(k));
+        assert_eq!(by_words, by_key);
+    }
+
+    /// Samples pushed round by round into the two open releases come out as one sort
+    /// of (batch, time, position) would give them, 8 bytes each.
+    #[test]
+    fn sample_order_sorts_release_by_release() {
+        let mut order = SampleOrder::new();
+        // (round, batch offset 0 or 1, time, position)
+        let samples: [(u64, u64, Option<u64>, u64); 9] = [
+            (0, 0, Some(30), 0),
+            (0, 1, Some(50), 8),
+            (0, 0, Some(10), 16),
+            (1, 0, Some(40), 24),
+            (1, 0, None, 32),
+            (1, 1, Some(90), 40),
+            (2, 1, Some(70), 48),
+            (2, 0, Some(60), 56),
+            (2, 1, Some(65), 64),
+        ];
+        let mut round = 0;
+        let mut expect = Vec::new();
+        for &(r, b, time, position) in &samples {
+            while round < r {
+                order.close_round();
+                round += 1;
+            }
+            let batch = r + 1 + b;
+            order.push(batch, (time, position));
+            // The last release takes what was keyed for the one after it.
+            expect.push((batch.min(3), time, position));
+        }
+        order.finish();
+        expect.sort();
+        let got: Vec<(u64, u64)> = order
+            .batches()
+            .flat_map(|(batch, positions)| positions.iter().map(move |&p| (batch, p)))
+            .collect();
+        let want: Vec<(u64, u64)> = expect.iter().map(|&(b, _, p)| (b, p)).collect();
+        assert_eq!(got, want);
+        assert_eq!(order.positions.len(), samples.len());
+    }
 }
