@@ -191,9 +191,13 @@ fn stub_index(form: ImmForm, bits: u32) -> Option<usize> {
     })
 }
 
+/// Slots in the table (the tests check every one).
+#[cfg(test)]
 const STUBS: usize = 5 * 4 * 256 + 5 * 4 + 4 * 3 * 256;
 
-/// The instruction bytes of a stub (operand: AL/AX/EAX/RAX, ModRM 11 digit 000) and RET.
+/// The instruction bytes of a stub (operand: AL/AX/EAX/RAX, ModRM 11 digit 000) and RET:
+/// what the assembled table holds (the tests compare the two).
+#[cfg(test)]
 fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(STUB);
     match bits {
@@ -218,67 +222,82 @@ fn stub_bytes(form: ImmForm, bits: u32) -> Vec<u8> {
     b
 }
 
-/// The stub table: a private mapping written once, then made read+execute.
-struct Stubs(*const u8);
+// The stub table, in lbrprof's own code (`.text`), laid out as `stub_index` numbers the
+// stubs: each stub the bytes `stub_bytes` gives, zero-padded to STUB bytes. Assembled
+// here rather than written into an executable anonymous mapping at run time: anonymous
+// executable memory is what JITs leave, so perf (and lbrprof's own report of a `record
+// --vm`) took samples in it for JIT code and looked for a perf map of lbrprof's pid; in
+// `.text` the stubs are named by the symbol `lbrprof_host_flag_stubs`.
+// (The unit test `static_stubs_are_the_stub_bytes` compares every slot with stub_bytes.)
+std::arch::global_asm!(
+    r#"
+    .pushsection .text.lbrprof_host_flag_stubs,"ax",@progbits
+    .balign 4096
+    .globl lbrprof_host_flag_stubs
+    .hidden lbrprof_host_flag_stubs
+    .type lbrprof_host_flag_stubs,@function
+lbrprof_host_flag_stubs:
+    .macro lbrprof_stub_prefix size
+    .if \size == 16
+    .byte 0x66
+    .elseif \size == 64
+    .byte 0x48
+    .endif
+    .endm
+    .irp digit, 0, 1, 4, 5, 7
+    .irp size, 8, 16, 32, 64
+    .set lbrprof_count, 0
+    .rept 256
+    lbrprof_stub_prefix \size
+    .if \size == 8
+    .byte 0xc0
+    .else
+    .byte 0xc1
+    .endif
+    .byte 0xc0 | (\digit << 3), lbrprof_count, 0xc3
+    .balign 8, 0
+    .set lbrprof_count, lbrprof_count + 1
+    .endr
+    .endr
+    .endr
+    .irp digit, 0, 1, 4, 5, 7
+    .irp size, 8, 16, 32, 64
+    lbrprof_stub_prefix \size
+    .if \size == 8
+    .byte 0xd0
+    .else
+    .byte 0xd1
+    .endif
+    .byte 0xc0 | (\digit << 3), 0xc3
+    .balign 8, 0
+    .endr
+    .endr
+    .irp digit, 4, 5, 6, 7
+    .irp size, 16, 32, 64
+    .set lbrprof_count, 0
+    .rept 256
+    lbrprof_stub_prefix \size
+    .byte 0x0f, 0xba, 0xc0 | (\digit << 3), lbrprof_count, 0xc3
+    .balign 8, 0
+    .set lbrprof_count, lbrprof_count + 1
+    .endr
+    .endr
+    .endr
+    .size lbrprof_host_flag_stubs, . - lbrprof_host_flag_stubs
+    .purgem lbrprof_stub_prefix
+    .popsection
+"#
+);
 
-// SAFETY: the mapping is immutable (read+execute) once built and never unmapped.
-unsafe impl Send for Stubs {}
-// SAFETY: as above.
-unsafe impl Sync for Stubs {}
+unsafe extern "C" {
+    /// The first byte of the stub table above (8212 slots of STUB bytes).
+    #[link_name = "lbrprof_host_flag_stubs"]
+    safe static HOST_FLAG_STUBS: u8;
+}
 
-fn stubs() -> Option<&'static Stubs> {
-    static STUB_TABLE: std::sync::OnceLock<Option<Stubs>> = std::sync::OnceLock::new();
-    STUB_TABLE
-        .get_or_init(|| {
-            let len = STUBS * STUB;
-            // SAFETY: a fresh private anonymous mapping; nothing else is affected.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return None;
-            }
-            let base = p.cast::<u8>();
-            let put = |form: ImmForm, bits: u32| {
-                if let Some(i) = stub_index(form, bits) {
-                    let bytes = stub_bytes(form, bits);
-                    // SAFETY: i < STUBS and a stub is at most STUB bytes: within the mapping.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            base.add(i * STUB),
-                            bytes.len(),
-                        )
-                    };
-                }
-            };
-            for bits in SIZES {
-                for digit in DIGITS {
-                    put(ImmForm::ShiftOne { digit }, bits);
-                    for count in 0..=255u8 {
-                        put(ImmForm::ShiftImm { digit, count }, bits);
-                    }
-                }
-                for offset in 0..=255u8 {
-                    for digit in 4..=7 {
-                        put(ImmForm::BtImm { digit, offset }, bits);
-                    }
-                }
-            }
-            // SAFETY: the mapping made above, now complete.
-            if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
-                return None;
-            }
-            Some(Stubs(base))
-        })
-        .as_ref()
+/// The stub table: `stub_index` slots of STUB bytes, read+execute, in the binary.
+fn stubs() -> *const u8 {
+    &raw const HOST_FLAG_STUBS
 }
 
 /// RFLAGS' status flags after the host CPU runs `form` at `bits` on `a` with the status
@@ -289,9 +308,8 @@ pub fn status_after_imm(form: ImmForm, bits: u32, a: u64, rflags: u64) -> Option
         return None;
     }
     let i = stub_index(form, bits)?;
-    let table = stubs()?;
     // SAFETY: i < STUBS: a stub within the table.
-    let stub = unsafe { table.0.add(i * STUB) };
+    let stub = unsafe { stubs().add(i * STUB) };
     let (mut ax, mut of) = flags_in(rflags);
     // SAFETY: the stub is one register-only instruction on RAX built by stub_bytes and a
     // RET; the call's return address uses the stack, which asm! may (no `nostack`). The
@@ -673,6 +691,35 @@ mod tests {
         }
         assert!(seen.iter().all(|&x| x));
         assert_eq!(stub_index(ImmForm::ShiftOne { digit: 6 }, 32), None);
+    }
+
+    /// The table assembled into the binary holds, in every slot, the bytes stub_bytes
+    /// gives for its form, then zeros.
+    #[test]
+    fn static_stubs_are_the_stub_bytes() {
+        // SAFETY: the table is STUBS * STUB bytes of the binary's read-only code.
+        let table = unsafe { std::slice::from_raw_parts(stubs(), STUBS * STUB) };
+        let mut checked = 0;
+        for bits in SIZES {
+            let mut forms = vec![];
+            for digit in DIGITS {
+                forms.push(ImmForm::ShiftOne { digit });
+                forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
+            }
+            for digit in 4..=7 {
+                forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { digit, offset }));
+            }
+            for f in forms {
+                let Some(i) = stub_index(f, bits) else {
+                    continue;
+                };
+                let mut want = stub_bytes(f, bits);
+                want.resize(STUB, 0);
+                assert_eq!(&table[i * STUB..(i + 1) * STUB], &want[..], "{f:?}/{bits}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, STUBS);
     }
 }
 
