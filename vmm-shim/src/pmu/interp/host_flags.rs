@@ -666,20 +666,26 @@ mod tests {
         }
     }
 
+    /// Every form a stub may exist for: shifts by one and by each count, bit tests by
+    /// each offset (BT* at 8 bits has none).
+    fn immediate_forms() -> Vec<ImmForm> {
+        let mut forms = vec![];
+        for digit in DIGITS {
+            forms.push(ImmForm::ShiftOne { digit });
+            forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
+        }
+        for digit in 4..=7 {
+            forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { digit, offset }));
+        }
+        forms
+    }
+
     /// Every stub has its own slot in the table, and its bytes fit the slot.
     #[test]
     fn stubs_have_distinct_slots() {
         let mut seen = vec![false; STUBS];
         for bits in SIZES {
-            let mut forms = vec![];
-            for digit in DIGITS {
-                forms.push(ImmForm::ShiftOne { digit });
-                forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
-            }
-            for digit in 4..=7 {
-                forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { digit, offset }));
-            }
-            for f in forms {
+            for f in immediate_forms() {
                 let Some(i) = stub_index(f, bits) else {
                     assert!(matches!(f, ImmForm::BtImm { .. }) && bits == 8);
                     continue;
@@ -701,15 +707,7 @@ mod tests {
         let table = unsafe { std::slice::from_raw_parts(stubs(), STUBS * STUB) };
         let mut checked = 0;
         for bits in SIZES {
-            let mut forms = vec![];
-            for digit in DIGITS {
-                forms.push(ImmForm::ShiftOne { digit });
-                forms.extend((0..=255u8).map(|count| ImmForm::ShiftImm { digit, count }));
-            }
-            for digit in 4..=7 {
-                forms.extend((0..=255u8).map(|offset| ImmForm::BtImm { digit, offset }));
-            }
-            for f in forms {
+            for f in immediate_forms() {
                 let Some(i) = stub_index(f, bits) else {
                     continue;
                 };
