@@ -74,7 +74,7 @@ static void record_locks(void) {
     }
     char b;
     (void)!read(ready[0], &b, 1);
-    usleep(200000);
+    usleep(500000); /* long enough for a child slowed by a loaded machine to be waiting */
     /* (Said before it is done: the child's line may come at once after.) */
     printf("parent unlocks\n");
     if (lock(fd, F_SETLK, F_UNLCK, 0, 100) != 0) printf("parent unlock: %s\n", err(-1));
@@ -102,7 +102,7 @@ static void flocks(void) {
     }
     char b;
     (void)!read(ready[0], &b, 1);
-    usleep(200000);
+    usleep(500000); /* long enough for a child slowed by a loaded machine to be waiting */
     printf("parent flock LOCK_UN\n");
     if (flock(fd, LOCK_UN) != 0) printf("parent flock LOCK_UN: %s\n", err(-1));
     int st;
