@@ -144,6 +144,83 @@ fn signals_interrupt_blocked_calls_like_natively() {
     }
 }
 
+/// The program's own descriptors under every name Linux gives them: `/proc/self/fd/N`
+/// (readlink, and an open that reopens the file), `/dev/fd/N`, `/dev/stdin`, bash's
+/// process substitution, a listing of the directory, `fdinfo`, and an exec of a
+/// descriptor's link (fexecve). They used to be hidden altogether.
+#[test]
+fn the_programs_descriptors_are_its_own_in_proc_and_dev_fd() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("five"), "12345").unwrap();
+    let script = "exec 5<five; readlink /proc/self/fd/5 /dev/fd/5 | sed 's|.*/||'; \
+        cat /dev/fd/5; echo; cat <(echo substituted); diff <(echo a) <(echo b); echo \"diff $?\"; \
+        echo piped | cat /dev/stdin; \
+        python3 -c 'import os; os.closerange(6, 1 << 16); print(sorted(os.listdir(\"/dev/fd\")))'; \
+        head -1 /proc/self/fdinfo/5; exec 7</bin/echo; /proc/self/fd/7 fexecve ok";
+    let (native, vm) = native_and_vm(tmp.path(), "bash", &["-c", script]);
+    let text = String::from_utf8_lossy(&native.stdout);
+    for line in [
+        "five\nfive\n12345\nsubstituted\n",
+        "> b\ndiff 1\npiped\n",
+        "fexecve ok",
+    ] {
+        assert!(text.contains(line), "native run: {text}");
+    }
+    assert_identical("descriptors", &native, &vm);
+}
+
+/// valgrind inside the VM: it grows its client's stack from its SIGSEGV handler (which it
+/// installs after reading SIGKILL's action: that read was refused, so it installed none),
+/// and reads its client's symbols through /proc/self/fd. Its report is the native one.
+#[test]
+fn valgrind_memcheck_reports_in_the_vm_what_it_reports_natively() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(
+        tmp.path(),
+        "memcheck_errors",
+        "memcheck_errors",
+        "gcc",
+        &["-O0"],
+    );
+    let args = [
+        "-q",
+        "--leak-check=full",
+        "--error-exitcode=3",
+        exe.to_str().unwrap(),
+    ];
+    let (native, vm) = native_and_vm(tmp.path(), "valgrind", &args);
+    // The lines carry the process id: "==1234== Invalid write of size 4".
+    let report = |o: &std::process::Output| {
+        let text = String::from_utf8_lossy(&o.stderr);
+        let pid = pid_prefix(&text);
+        text.replace(&pid, "==PID==")
+    };
+    let text = report(&native);
+    for line in [
+        "Invalid write of size 4",
+        "main (memcheck_errors.c:10)",
+        "7 bytes in 1 blocks are definitely lost",
+    ] {
+        assert!(text.contains(line), "native run: {text}");
+    }
+    assert_eq!(native.status.code(), Some(3));
+    assert_eq!(report(&vm), text, "valgrind's report differs in the VM");
+    assert_eq!(vm.stdout, native.stdout);
+    assert_eq!(vm.status.code(), native.status.code());
+}
+
+/// The `==PID==` prefix of a valgrind report's first line.
+fn pid_prefix(text: &str) -> String {
+    let end = text[2..].find("==").map_or(0, |i| i + 4);
+    text[..end].to_string()
+}
+
 #[test]
 fn file_locks_between_processes_and_close_range_work_like_natively() {
     if !kvm_available() {

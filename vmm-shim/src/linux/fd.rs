@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::linux::errno::Errno;
+use crate::linux::procfs::Listing;
 
 /// The most descriptors a program may have: RLIMIT_NOFILE's hard limit as the program
 /// sees it (its soft limit starts there and may be lowered, and raised back).
@@ -24,6 +25,10 @@ pub struct Fd {
     /// process's pending signals; the host file is an eventfd that is readable while
     /// some may be pending ([`crate::linux::signalfd`]).
     pub signal_mask: Option<u64>,
+    /// A listing of the program's `/proc/self/fd` (or `fdinfo`) directory: what
+    /// `getdents64` reads from it ([`crate::linux::procfs`]); the host file is an empty
+    /// directory.
+    pub listing: Option<Arc<Listing>>,
 }
 
 impl Fd {
@@ -33,6 +38,7 @@ impl Fd {
             cloexec,
             seeded_random: false,
             signal_mask: None,
+            listing: None,
         }
     }
 
@@ -128,6 +134,15 @@ impl FdTable {
     }
 
     /// The open descriptors.
+    /// The numbers of the open descriptors, in order.
+    pub fn open(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.is_some())
+            .map(|(i, _)| i as u64)
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Fd> {
         self.slots.iter_mut().flatten()
     }

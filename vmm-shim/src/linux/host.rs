@@ -96,6 +96,95 @@ pub fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `openat` that refuses to go through `/proc`'s magic links (`/proc/PID/fd/N`,
+/// `/proc/PID/exe`, `cwd`, `root`): how the shim opens the program's paths, so that no
+/// spelling of a path (a symbolic link of the program's, a path relative to a descriptor
+/// on `/proc`) reaches one of lbrprof's descriptors. Where openat2 is missing (Linux
+/// before 5.6) a plain openat.
+pub fn openat_no_magic(
+    dir: Option<BorrowedFd<'_>>,
+    path: &[u8],
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+    let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    /// Linux's `struct open_how` (libc's cannot be built by value).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    // openat2 refuses flags Linux does not know, which openat ignores.
+    const KNOWN: i32 = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_ASYNC
+        | libc::O_DIRECT
+        | 0o100000 // O_LARGEFILE
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_PATH
+        | libc::O_TMPFILE;
+    let how = OpenHow {
+        flags: ((flags & KNOWN) | libc::O_CLOEXEC) as u32 as u64,
+        // (openat2 refuses a mode with neither O_CREAT nor O_TMPFILE.)
+        mode: if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
+            u64::from(mode & 0o7777)
+        } else {
+            0
+        },
+        resolve: libc::RESOLVE_NO_MAGICLINKS,
+    };
+    let fd = restart(|| {
+        // SAFETY: c is a NUL-terminated string and `how` an open_how, both outliving the
+        // call; the size passed is the struct's.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dfd,
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 { Err(last()) } else { Ok(fd as i32) }
+    });
+    match fd {
+        // SAFETY: fd was just returned by openat2 and is owned by nobody else.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(Errno(libc::ENOSYS)) => openat(dir, path, flags, mode),
+        Err(e) => Err(e),
+    }
+}
+
+/// An empty directory no one else can reach (made and removed at once): the host file
+/// behind a descriptor whose directory entries the shim serves itself.
+pub fn empty_directory() -> Result<OwnedFd, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut template = std::env::temp_dir().as_os_str().as_bytes().to_vec();
+    template.extend_from_slice(b"/lbrprof-dir-XXXXXX\0");
+    // SAFETY: template is a writable NUL-terminated buffer ending in XXXXXX, which
+    // mkdtemp replaces in place.
+    if unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) }.is_null() {
+        return Err(last());
+    }
+    let path = &template[..template.len() - 1];
+    let fd = openat(None, path, libc::O_RDONLY | libc::O_DIRECTORY, 0);
+    // SAFETY: path (with its NUL) names the directory mkdtemp just made.
+    unsafe { libc::rmdir(template.as_ptr().cast()) };
+    fd
+}
+
 /// A struct the kernel fills, returned as its raw bytes (the program's ABI is the
 /// host's: both are x86-64 Linux).
 fn raw_bytes<T>(v: &T) -> Vec<u8> {

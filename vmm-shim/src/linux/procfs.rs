@@ -15,19 +15,29 @@
 //!   program.
 //! * `/proc/N` for any other N: no such process when ids are pinned (the guest's
 //!   processes are all there is, as in a pid namespace); the host's otherwise.
-//! * lbrprof's descriptors stay hidden behind every spelling (`/proc/self/fd`,
-//!   `/proc/PID/fd`, `/proc/PID/task/TID/fd`, `fdinfo`, `/dev/fd`).
+//! * The calling process's `fd` and `fdinfo` directories (under `/proc/self`,
+//!   `/proc/PID`, `/proc/thread-self`, `/proc/PID/task/TID`, and as `/dev/fd`,
+//!   `/dev/stdin`, `/dev/stdout`, `/dev/stderr`) are its own descriptors: entry N is the
+//!   host's link of the open file behind guest descriptor N (what `readlink` says, and
+//!   what an `open` of it reopens, as on Linux: bash's `<(...)`, `cat /dev/stdin`), and a
+//!   listing of the directory ([`Listing`]) names the guest's descriptors. Paths are
+//!   matched after `//`, `.` and `..` are resolved. lbrprof's own descriptors are
+//!   reachable by none of these names, nor through another guest process's directory.
 //!
 //! * The calling process's `/proc/PID/maps` (`/proc/self/maps`) lists its guest
 //!   mappings in Linux's format (what glibc's `pthread_getattr_np` reads to find the main
 //!   thread's stack, and what sanitizers and garbage collectors read).
 //!
-//! Limits: a path relative to a descriptor opened on `/proc` is not translated, and the
+//! Limits: a path relative to a descriptor opened on `/proc` is not translated (an open
+//! through it, or through a symbolic link of the program's own, that would reach one of
+//! lbrprof's descriptors fails: the shim opens files refusing `/proc`'s magic links), and the
 //! other files of `/proc/PID` (`status`, `smaps`, `cmdline`..., and another process's
 //! `maps`) are lbrprof's.
 
-use std::os::fd::OwnedFd;
+use std::borrow::Cow;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
 
 use crate::linux::Process;
 use crate::linux::errno::Errno;
@@ -69,6 +79,160 @@ fn shows_descriptors(rest: &[u8]) -> bool {
     let first = parts.next().unwrap_or_default();
     let fd = |p: &[u8]| p == b"fd" || p == b"fdinfo";
     fd(first) || (first == b"task" && parts.nth(1).is_some_and(fd))
+}
+
+/// `path` as the shim matches it: under `/proc` and `/dev`, with `//`, `.` and `..`
+/// resolved (lexically: nothing there is a symbolic link to a directory but `/proc/self`,
+/// `/proc/thread-self` and `/dev/fd`, whose parents are `/proc` and `/dev`), and
+/// `/dev/fd`, `/dev/stdin`, `/dev/stdout`, `/dev/stderr` as the `/proc/self/fd` links
+/// they are. Other paths are left as they are.
+pub(crate) fn normalize(path: &[u8]) -> Cow<'_, [u8]> {
+    let under = |p: &[u8], dir: &[u8]| {
+        p.strip_prefix(dir)
+            .is_some_and(|r| r.is_empty() || r[0] == b'/')
+    };
+    let trimmed = {
+        let mut t = path;
+        while t.starts_with(b"//") {
+            t = &t[1..];
+        }
+        t
+    };
+    if !under(trimmed, b"/proc") && !under(trimmed, b"/dev") {
+        return Cow::Borrowed(path);
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    let alias: Option<&[&[u8]]> = match parts.as_slice() {
+        [b"dev", b"fd", ..] => Some(&[b"proc", b"self", b"fd"]),
+        [b"dev", b"stdin", ..] => Some(&[b"proc", b"self", b"fd", b"0"]),
+        [b"dev", b"stdout", ..] => Some(&[b"proc", b"self", b"fd", b"1"]),
+        [b"dev", b"stderr", ..] => Some(&[b"proc", b"self", b"fd", b"2"]),
+        _ => None,
+    };
+    if let Some(alias) = alias {
+        parts.splice(..2, alias.iter().copied());
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for part in &parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() || path.ends_with(b"/") {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
+}
+
+/// The part of `rest` (of the calling process's `/proc/PID/rest`) that names its own
+/// descriptors: `/fd...` or `/fdinfo...`, also under `/task/TID` of one of `threads`.
+fn own_descriptors(rest: &[u8], threads: impl Fn(u64) -> bool) -> Option<&[u8]> {
+    let is_fd_dir = |r: &[u8]| {
+        [&b"/fd"[..], b"/fdinfo"].iter().any(|d| {
+            r.strip_prefix(*d)
+                .is_some_and(|t| t.is_empty() || t[0] == b'/')
+        })
+    };
+    if is_fd_dir(rest) {
+        return Some(rest);
+    }
+    let task = rest.strip_prefix(b"/task/")?;
+    let end = task.iter().position(|&b| b == b'/')?;
+    let tid = std::str::from_utf8(&task[..end]).ok()?.parse().ok()?;
+    (threads(tid) && is_fd_dir(&task[end..])).then_some(&task[end..])
+}
+
+/// A listing of the program's `/proc/self/fd` or `fdinfo` directory: what `getdents64`
+/// reads from that descriptor (the host file behind it is an empty directory). As on
+/// Linux, the entries are those open when a read starts from the beginning (after an
+/// open or a rewind); the position is shared by the descriptor's duplicates.
+#[derive(Debug)]
+pub struct Listing {
+    /// Links (`fd`) or files (`fdinfo`).
+    links: bool,
+    state: Mutex<ListingState>,
+}
+
+#[derive(Debug, Default)]
+struct ListingState {
+    /// Name and `d_type` of each entry, `.` and `..` first.
+    entries: Vec<(Vec<u8>, u8)>,
+    /// Index of the next entry to read.
+    next: usize,
+}
+
+impl Listing {
+    pub fn new(links: bool) -> Listing {
+        Listing {
+            links,
+            state: Mutex::default(),
+        }
+    }
+
+    /// `getdents64` into at most `len` bytes: `linux_dirent64` records from the current
+    /// position on (empty at the end); `open` are the descriptors open now. EINVAL when
+    /// not even one record fits.
+    pub fn read(&self, len: usize, open: impl Iterator<Item = u64>) -> Result<Vec<u8>, Errno> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *state;
+        if state.next == 0 {
+            let kind = if self.links {
+                libc::DT_LNK
+            } else {
+                libc::DT_REG
+            };
+            state.entries = vec![
+                (b".".to_vec(), libc::DT_DIR),
+                (b"..".to_vec(), libc::DT_DIR),
+            ];
+            state
+                .entries
+                .extend(open.map(|fd| (fd.to_string().into_bytes(), kind)));
+        }
+        let mut out = Vec::new();
+        while let Some((name, kind)) = state.entries.get(state.next) {
+            // ino, off, reclen, type, the name and its NUL, padded to 8 bytes.
+            let reclen = (8 + 8 + 2 + 1 + name.len() + 1).next_multiple_of(8);
+            if out.len() + reclen > len {
+                break;
+            }
+            let at = out.len();
+            let position = state.next as u64 + 1;
+            out.extend_from_slice(&position.to_le_bytes());
+            out.extend_from_slice(&position.to_le_bytes());
+            out.extend_from_slice(&(reclen as u16).to_le_bytes());
+            out.push(*kind);
+            out.extend_from_slice(name);
+            out.resize(at + reclen, 0);
+            state.next += 1;
+        }
+        if out.is_empty() && state.next < state.entries.len() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(out)
+    }
+
+    /// `lseek`: SEEK_SET to a position a record's offset gave (0 is the start), or
+    /// SEEK_CUR by 0 (where it is).
+    pub fn seek(&self, offset: i64, whence: i32) -> Result<u64, Errno> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match whence {
+            libc::SEEK_SET if offset >= 0 => {
+                state.next = (offset as usize).min(state.entries.len());
+            }
+            libc::SEEK_CUR if offset == 0 => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        Ok(state.next as u64)
+    }
 }
 
 /// The fields of a `/proc/PID/stat` line that change from run to run on the host
@@ -246,6 +410,13 @@ impl Process {
     pub(crate) fn proc_path(&self, path: Vec<u8>) -> Result<Vec<u8>, Errno> {
         let hidden = Err(Errno(libc::ENOENT));
         let host_pid = std::process::id();
+        let path = match normalize(&path) {
+            Cow::Borrowed(_) => path,
+            Cow::Owned(p) => p,
+        };
+        if let Some(rest) = self.own_descriptors(&path) {
+            return self.descriptor_path(rest);
+        }
         match named(&path, self.pid) {
             Named::Other => Ok(path),
             Named::ThreadSelf(rest) if shows_descriptors(rest) => hidden,
@@ -274,6 +445,53 @@ impl Process {
         }
     }
 
+    /// The rest of `path` (normalized) after the calling process's `/proc` directory,
+    /// when it leads to the process's own descriptors ([`own_descriptors`]).
+    fn own_descriptors<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = match named(path, self.pid) {
+            Named::Pid(n, rest) if n == self.pid => rest,
+            Named::ThreadSelf(rest) => rest,
+            _ => return None,
+        };
+        own_descriptors(rest, |tid| self.threads.contains_key(&tid))
+    }
+
+    /// Whether `path` (as the program gave it) names one of its own descriptors' links.
+    pub(crate) fn names_own_descriptor(&self, path: &[u8]) -> bool {
+        self.own_descriptors(&normalize(path)).is_some_and(|rest| {
+            rest.splitn(3, |&b| b == b'/')
+                .nth(2)
+                .is_some_and(|n| !n.is_empty())
+        })
+    }
+
+    /// `/fd/N[/more]` or `/fdinfo/N` of the calling process as the host path of the open
+    /// file behind its descriptor N; the directories themselves as lbrprof's (for
+    /// `stat`: an open is served a [`Listing`] by `proc_file` first).
+    fn descriptor_path(&self, rest: &[u8]) -> Result<Vec<u8>, Errno> {
+        let mut parts = rest.splitn(3, |&b| b == b'/').skip(1);
+        let dir = parts.next().unwrap_or_default();
+        let host_pid = std::process::id();
+        let mut p = format!("/proc/{host_pid}/").into_bytes();
+        p.extend_from_slice(dir);
+        let Some(n) = parts.next().filter(|n| !n.is_empty()) else {
+            return Ok(p);
+        };
+        let (number, tail) = n.split_at(n.iter().position(|&b| b == b'/').unwrap_or(n.len()));
+        let fd = std::str::from_utf8(number)
+            .ok()
+            .filter(|d| (!d.starts_with('0') || d.len() == 1) && !d.starts_with('+'))
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or(Errno(libc::ENOENT))?;
+        let host = self.fds.get(fd).map_err(|_| Errno(libc::ENOENT))?.host();
+        if dir == b"fdinfo" && !tail.is_empty() {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        p.extend_from_slice(format!("/{}", host.as_raw_fd()).as_bytes());
+        p.extend_from_slice(tail);
+        Ok(p)
+    }
+
     /// What `readlink` says of the links of `/proc` that name guest ids: `/proc/self`,
     /// `/proc/thread-self` (of thread `tid`) and a guest process's `exe`. None: not one.
     pub(crate) fn proc_link(&self, path: &[u8], tid: u64) -> Option<Vec<u8>> {
@@ -290,7 +508,42 @@ impl Process {
 
     /// The file the shim serves for an `open` of `path` with `flags`: a guest process's
     /// `/proc/PID/stat`. None: the host's file is opened.
-    pub(crate) fn proc_file(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
+    pub(crate) fn proc_file(&self, path: &[u8], flags: i32) -> Result<Option<Served>, Errno> {
+        let path = normalize(path);
+        if let Some(rest) = self.own_descriptors(&path) {
+            let dir = rest.strip_suffix(b"/").unwrap_or(rest);
+            if dir != b"/fd" && dir != b"/fdinfo" {
+                return Ok(None);
+            }
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(Errno(libc::EISDIR));
+            }
+            let listing = Listing::new(dir == b"/fd");
+            return Ok(Some(Served::Listing(
+                host::empty_directory()?,
+                Arc::new(listing),
+            )));
+        }
+        Ok(self.proc_text(&path, flags)?.map(Served::File))
+    }
+
+    /// A directory the host opened for the program (`dir`) that is lbrprof's own `fd` or
+    /// `fdinfo` directory, reached by a path relative to a descriptor or working directory
+    /// on `/proc/self`: the program's listing in its place.
+    pub(crate) fn own_listing_for(&self, dir: &OwnedFd) -> Option<Arc<Listing>> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+        let rest = link
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(format!("/proc/{}", std::process::id()).as_bytes())?;
+        let rest = own_descriptors(rest, |tid| {
+            std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+        })?;
+        (rest == b"/fd" || rest == b"/fdinfo").then(|| Arc::new(Listing::new(rest == b"/fd")))
+    }
+
+    /// A `/proc` file whose text the shim writes: a guest process's `maps` or `stat`.
+    fn proc_text(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
         let read_only = || {
             if flags & libc::O_ACCMODE != libc::O_RDONLY {
                 return Err(Errno(libc::EACCES));
@@ -343,6 +596,13 @@ impl Process {
         let line = guest_stat(&host, &ids).ok_or(Errno(libc::EIO))?;
         host::memory_file(c"stat", &line).map(Some)
     }
+}
+
+/// What an open of a `/proc` path the shim serves gives: a file with the text it wrote,
+/// or a descriptor listing (with the empty host directory behind it).
+pub(crate) enum Served {
+    File(OwnedFd),
+    Listing(OwnedFd, Arc<Listing>),
 }
 
 #[cfg(test)]
@@ -464,6 +724,86 @@ mod tests {
                 String::from_utf8_lossy(rest)
             );
         }
+    }
+
+    #[test]
+    fn paths_under_proc_and_dev_are_matched_however_they_are_spelled() {
+        let n = |p: &[u8]| String::from_utf8(normalize(p).into_owned()).unwrap();
+        assert_eq!(n(b"//proc/./self//fd/../fd/3"), "/proc/self/fd/3");
+        assert_eq!(n(b"/dev/fd/63"), "/proc/self/fd/63");
+        assert_eq!(n(b"/dev//fd"), "/proc/self/fd");
+        assert_eq!(n(b"/dev/fd/"), "/proc/self/fd/");
+        assert_eq!(n(b"/dev/stdin"), "/proc/self/fd/0");
+        assert_eq!(n(b"/dev/./stderr"), "/proc/self/fd/2");
+        assert_eq!(n(b"/dev/../proc/self/fdinfo/1"), "/proc/self/fdinfo/1");
+        assert_eq!(n(b"/proc/.."), "/");
+        // Elsewhere a `..` may follow a symbolic link: left for the host to resolve.
+        assert!(matches!(
+            normalize(b"/tmp/../proc/self/fd/3"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize(b"fd/3"), Cow::Borrowed(_)));
+        assert!(matches!(normalize(b"/devices/x"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn own_descriptors_are_found_under_the_process_and_its_threads() {
+        let threads = |tid| tid == 7;
+        for (rest, want) in [
+            (&b"/fd"[..], Some(&b"/fd"[..])),
+            (b"/fd/3", Some(b"/fd/3")),
+            (b"/fdinfo/1", Some(b"/fdinfo/1")),
+            (b"/task/7/fd/2", Some(b"/fd/2")),
+            (b"/task/8/fd/2", None),
+            (b"/fdx", None),
+            (b"/stat", None),
+            (b"/task/7", None),
+        ] {
+            assert_eq!(
+                own_descriptors(rest, threads),
+                want,
+                "{}",
+                String::from_utf8_lossy(rest)
+            );
+        }
+    }
+
+    /// The names in a `getdents64` buffer.
+    fn names(buf: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let reclen = u16::from_le_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            assert_eq!(reclen % 8, 0);
+            let name = &buf[at + 19..at + reclen];
+            let end = name.iter().position(|&b| b == 0).unwrap();
+            out.push(String::from_utf8(name[..end].to_vec()).unwrap());
+            at += reclen;
+        }
+        out
+    }
+
+    #[test]
+    fn a_descriptor_listing_reads_in_pieces_and_rewinds() {
+        let listing = Listing::new(true);
+        let first = listing.read(48, [0, 1, 12].into_iter()).unwrap();
+        assert_eq!(names(&first), [".", ".."]);
+        assert_eq!(first[18], libc::DT_DIR);
+        // Descriptors opened after the first read are not in this pass.
+        let rest = listing.read(4096, [0, 1, 12, 13].into_iter()).unwrap();
+        assert_eq!(names(&rest), ["0", "1", "12"]);
+        assert_eq!(rest[18], libc::DT_LNK);
+        assert!(listing.read(4096, [0].into_iter()).unwrap().is_empty());
+        assert_eq!(listing.seek(0, libc::SEEK_SET), Ok(0));
+        let again = listing.read(4096, [0, 13].into_iter()).unwrap();
+        assert_eq!(names(&again), [".", "..", "0", "13"]);
+        assert_eq!(listing.seek(0, libc::SEEK_CUR), Ok(4));
+        assert_eq!(listing.seek(0, libc::SEEK_END), Err(Errno::EINVAL));
+        let info = Listing::new(false);
+        assert_eq!(info.read(8, [0].into_iter()), Err(Errno::EINVAL));
+        let all = info.read(4096, [0].into_iter()).unwrap();
+        assert_eq!(names(&all), [".", "..", "0"]);
+        assert_eq!(all[all.len() - 24 + 18], libc::DT_REG);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::signal::{
     Action, FPSTATE, FpuImage, SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SIGFRAME_BYTES, SigInfo,
-    initial_image,
+    UNBLOCKABLE, initial_image,
 };
 use crate::linux::thread::Task;
 use crate::memory::GuestVirtAddr;
@@ -121,7 +121,7 @@ impl Process {
         if act.flags & SA_NODEFER == 0 {
             task.sigmask |= 1 << (sig - 1);
         }
-        task.sigmask &= !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        task.sigmask &= !UNBLOCKABLE;
         if act.flags & SA_RESETHAND != 0 {
             self.sigactions.remove(&sig);
         }
@@ -173,8 +173,8 @@ impl Process {
             // stay as the shim runs them.
             rflags: (keep & !0xdd5) | (w(17) & 0xdd5),
         };
-        task.sigmask = u64::from_le_bytes(b[296..304].try_into().unwrap_or_default())
-            & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        task.sigmask =
+            u64::from_le_bytes(b[296..304].try_into().unwrap_or_default()) & !UNBLOCKABLE;
         let fpstate = w(23);
         if fpstate == 0 {
             return Ok(initial_image());

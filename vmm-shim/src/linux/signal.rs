@@ -22,6 +22,9 @@ pub const SA_RESTORER: u64 = 0x0400_0000;
 pub const SA_RESTART: u64 = 0x1000_0000;
 pub const SA_NODEFER: u64 = 0x4000_0000;
 pub const SA_RESETHAND: u64 = 0x8000_0000;
+/// SIGKILL and SIGSTOP as mask bits: never blocked, caught or waited for (Linux drops them
+/// from every signal mask it is given).
+pub const UNBLOCKABLE: u64 = 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
 pub const SA_SIGINFO: u64 = 4;
 
 /// Bytes of the legacy FXSAVE region (`struct _fpstate_64`).

@@ -53,7 +53,7 @@ fn read_mask(p: &crate::linux::Process, mask: u64, size: u64) -> Result<u64, Err
         return Err(Errno::EINVAL);
     }
     let m = p.mm.read_u64(mask)?;
-    Ok(m & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1))))
+    Ok(m & !crate::linux::signal::UNBLOCKABLE)
 }
 
 impl crate::linux::Process {

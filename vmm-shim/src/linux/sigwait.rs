@@ -18,11 +18,8 @@ use crate::linux::Process;
 use crate::linux::block::{Block, SigWait};
 use crate::linux::errno::Errno;
 use crate::linux::outcome::Outcome;
-use crate::linux::signal::SigInfo;
+use crate::linux::signal::{SigInfo, UNBLOCKABLE};
 use crate::linux::thread::Task;
-
-/// SIGKILL and SIGSTOP: never waited for, blocked or caught.
-pub(crate) const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
 
 impl Process {
     /// Take one pending instance of a signal of `set` for `task`, as Linux's

@@ -26,6 +26,7 @@ use crate::linux::limits;
 use crate::linux::mm::{FileBacking, Prot};
 use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
 use crate::linux::proc::WaitFor;
+use crate::linux::procfs::Served;
 use crate::linux::program::Program;
 use crate::linux::shm::{SharedObject, ShmRef};
 use crate::linux::signal;
@@ -65,11 +66,6 @@ fn ok(v: u64) -> Sys {
 impl Process {
     pub(crate) fn path(&self, va: u64) -> Result<Vec<u8>, Errno> {
         let p = self.mm.read_cstr(va, PATH_MAX)?;
-        // The program may not reach lbrprof's own descriptors through /proc.
-        let hidden = [&b"/proc/self/fd"[..], b"/proc/thread-self/fd", b"/dev/fd"];
-        if hidden.iter().any(|h| p.starts_with(h)) {
-            return Err(Errno(libc::ENOENT));
-        }
         self.proc_path(p)
     }
 
@@ -294,9 +290,10 @@ impl Process {
             Sysno::open => self.sys_openat(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
             Sysno::openat => self.sys_openat(a[0], a[1], a[2], a[3]),
             Sysno::close => self.fds.close(a[0]).map(|()| 0),
-            Sysno::lseek => self
-                .host_fd(a[0])
-                .and_then(|f| host::lseek(f, a[1] as i64, a[2] as i32)),
+            Sysno::lseek => self.fds.get(a[0]).and_then(|f| match &f.listing {
+                Some(listing) => listing.seek(a[1] as i64, a[2] as i32),
+                None => host::lseek(f.host(), a[1] as i64, a[2] as i32),
+            }),
             Sysno::fstat => self.host_fd(a[0]).and_then(|f| {
                 let st = host::fstatat(Some(f), b"", libc::AT_EMPTY_PATH)?;
                 self.out(a[1], &st).map(|()| 0)
@@ -335,8 +332,11 @@ impl Process {
             }
             Sysno::readlink => self.sys_readlink(task.tid, libc::AT_FDCWD as u64, a[0], a[1], a[2]),
             Sysno::readlinkat => self.sys_readlink(task.tid, a[0], a[1], a[2], a[3]),
-            Sysno::getdents64 => self.host_fd(a[0]).and_then(|f| {
-                let b = host::getdents64(f, a[2] as usize)?;
+            Sysno::getdents64 => self.fds.get(a[0]).and_then(|f| {
+                let b = match &f.listing {
+                    Some(listing) => listing.read(a[2] as usize, self.fds.open())?,
+                    None => host::getdents64(f.host(), a[2] as usize)?,
+                };
                 self.out(a[1], &b).map(|()| b.len() as u64)
             }),
             Sysno::getcwd => self.sys_getcwd(a[0], a[1]),
@@ -802,7 +802,7 @@ impl Process {
                 None => Err(Errno::EINVAL),
             },
             Sysno::getitimer => self.sys_getitimer(a[0], a[1]),
-            Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2]),
+            Sysno::rt_sigaction => self.sys_sigaction(a[0], a[1], a[2], a[3]),
             Sysno::rt_sigprocmask => self.sys_sigprocmask(task, a[0], a[1], a[2]),
             // The blocked signals pending for this thread or its process.
             Sysno::rt_sigpending if a[1] != 8 => Err(Errno::EINVAL),
@@ -1102,14 +1102,29 @@ impl Process {
 
     fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
         let raw = self.mm.read_cstr(path, PATH_MAX)?;
-        if let Some(served) = self.proc_file(&raw, flags as i32)? {
-            return self
-                .fds
-                .insert(Fd::new(served, flags as i32 & libc::O_CLOEXEC != 0));
+        let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
+        match self.proc_file(&raw, flags as i32)? {
+            Some(Served::File(file)) => return self.fds.insert(Fd::new(file, cloexec)),
+            Some(Served::Listing(dir, listing)) => {
+                let mut f = Fd::new(dir, cloexec);
+                f.listing = Some(listing);
+                return self.fds.insert(f);
+            }
+            None => {}
         }
-        let p = self.path(path)?;
-        let fd = host::openat(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
-        let mut f = Fd::new(fd, flags as i32 & libc::O_CLOEXEC != 0);
+        let p = self.proc_path(raw.clone())?;
+        // Only the shim's own translation of a descriptor link may go through one.
+        let open = if self.names_own_descriptor(&raw) {
+            host::openat
+        } else {
+            host::openat_no_magic
+        };
+        let fd = open(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
+        let listing = (flags as i32 & libc::O_DIRECTORY != 0)
+            .then(|| self.own_listing_for(&fd))
+            .flatten();
+        let mut f = Fd::new(fd, cloexec);
+        f.listing = listing;
         if self.entropy.is_seeded() {
             f.seeded_random = host::file_kind(f.host())
                 .is_ok_and(|(kind, rdev)| kind == libc::S_IFCHR && entropy::is_random_device(rdev));
@@ -1633,14 +1648,18 @@ impl Process {
             .unwrap_or_else(|| now + Duration::from_secs(1 << 30))
     }
 
-    fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64) -> Sys {
-        if sig == 0 || sig > 64 || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+    fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64, set_size: u64) -> Sys {
+        // SIGKILL's and SIGSTOP's action can be read, not changed (valgrind reads every
+        // signal's before installing its own handlers).
+        let fixed = sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64;
+        if sig == 0 || sig > 64 || (fixed && act != 0) || set_size != 8 {
             return Err(Errno::EINVAL);
         }
         let prev = self.sigactions.get(&sig).copied().unwrap_or([0; 32]);
         if act != 0 {
             let mut b = [0u8; 32];
             self.mm.read(GuestVirtAddr(act), &mut b)?;
+
             self.sigactions.insert(sig, b);
         }
         if old != 0 {
@@ -1658,7 +1677,7 @@ impl Process {
                 libc::SIG_UNBLOCK => prev & !s,
                 libc::SIG_SETMASK => s,
                 _ => return Err(Errno::EINVAL),
-            };
+            } & !signal::UNBLOCKABLE;
         }
         if old != 0 {
             self.out(old, &prev.to_le_bytes())?;
@@ -1685,7 +1704,7 @@ impl Process {
     fn with_mask(&mut self, task: &mut Task, mask: Option<u64>, out: Outcome) -> Outcome {
         if let (Some(mask), Outcome::Block(_)) = (mask, &out) {
             task.saved_sigmask = Some(task.sigmask);
-            task.sigmask = mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+            task.sigmask = mask & !signal::UNBLOCKABLE;
         }
         out
     }
@@ -2616,6 +2635,107 @@ mod tests {
             )),
             -(libc::ENOENT as i64)
         );
+    }
+
+    #[test]
+    fn the_programs_descriptors_are_reachable_through_proc_and_lbrprofs_are_not() {
+        let mut p = process();
+        let openat = |p: &mut Process, dirfd: i32, path: &str, flags: i32| {
+            let mut b = path.as_bytes().to_vec();
+            b.push(0);
+            p.mm.write(GuestVirtAddr(0x40_0000), &b).unwrap();
+            ret(p.syscall(
+                &mut p.main_task(),
+                Sysno::openat as u64,
+                [dirfd as u64, 0x40_0000, flags as u64, 0, 0, 0],
+            ))
+        };
+        let cwd = libc::AT_FDCWD;
+        let fd = openat(&mut p, cwd, "/proc/self/status", libc::O_RDONLY);
+        assert!(fd >= 0);
+        for spelling in [
+            format!("/proc/self/fd/{fd}"),
+            format!("/dev/fd/{fd}"),
+            format!("//proc/./self/fd/../fd/{fd}"),
+            format!("/proc/thread-self/fd/{fd}"),
+            format!("/proc/1/fd/{fd}"),
+            format!("/proc/self/fdinfo/{fd}"),
+        ] {
+            assert!(
+                openat(&mut p, cwd, &spelling, libc::O_RDONLY) > fd,
+                "{spelling}"
+            );
+        }
+        // A descriptor lbrprof has and the program does not.
+        let ours = std::fs::File::open("/proc/self/status").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&ours);
+        assert!(p.fds.get(n as u64).is_err());
+        let enoent = -(libc::ENOENT as i64);
+        for spelling in [
+            format!("/proc/self/fd/{n}"),
+            format!("/dev/fd/{n}"),
+            format!("/proc/{}/fd/{n}", std::process::id()),
+            format!("/proc/self/task/1/fd/{n}"),
+        ] {
+            assert_eq!(
+                openat(&mut p, cwd, &spelling, libc::O_RDONLY),
+                enoent,
+                "{spelling}"
+            );
+        }
+        // Through lbrprof's own /proc directory, by a relative path: refused.
+        let dir = openat(
+            &mut p,
+            cwd,
+            "/proc/self",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        );
+        assert!(dir >= 0);
+        let eloop = -(libc::ELOOP as i64);
+        assert_eq!(
+            openat(&mut p, dir as i32, &format!("fd/{n}"), libc::O_RDONLY),
+            eloop
+        );
+        // The directory itself lists the program's descriptors, not lbrprof's.
+        let listing = openat(&mut p, dir as i32, "fd", libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(p.fds.get(listing as u64).unwrap().listing.is_some());
+        let listing = openat(&mut p, cwd, "/proc/self/fd/", libc::O_RDONLY);
+        assert!(p.fds.get(listing as u64).unwrap().listing.is_some());
+        assert_eq!(
+            openat(&mut p, cwd, "/proc/self/fd", libc::O_WRONLY),
+            -(libc::EISDIR as i64)
+        );
+    }
+
+    #[test]
+    fn sigkill_and_sigstop_actions_can_be_read_not_changed_or_blocked() {
+        let mut p = process();
+        let call = |p: &mut Process, nr: Sysno, a: [u64; 4]| {
+            ret(p.syscall(
+                &mut p.main_task(),
+                nr as u64,
+                [a[0], a[1], a[2], a[3], 0, 0],
+            ))
+        };
+        let (act, old) = (0x40_0000, 0x40_0100);
+        let einval = -(libc::EINVAL as i64);
+        for sig in [libc::SIGKILL, libc::SIGSTOP] {
+            let sig = sig as u64;
+            // (valgrind reads every signal's action before setting its own.)
+            assert_eq!(call(&mut p, Sysno::rt_sigaction, [sig, 0, old, 8]), 0);
+            assert_eq!(call(&mut p, Sysno::rt_sigaction, [sig, act, 0, 8]), einval);
+        }
+        assert_eq!(call(&mut p, Sysno::rt_sigaction, [11, act, old, 8]), 0);
+        assert_eq!(call(&mut p, Sysno::rt_sigaction, [11, 0, old, 16]), einval);
+        p.mm.write(GuestVirtAddr(act), &u64::MAX.to_le_bytes())
+            .unwrap();
+        let mut task = p.main_task();
+        let set = [libc::SIG_SETMASK as u64, act, 0, 8, 0, 0];
+        assert_eq!(
+            ret(p.syscall(&mut task, Sysno::rt_sigprocmask as u64, set)),
+            0
+        );
+        assert_eq!(task.sigmask, !crate::linux::signal::UNBLOCKABLE);
     }
 
     #[test]
