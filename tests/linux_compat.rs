@@ -221,6 +221,25 @@ fn pid_prefix(text: &str) -> String {
     text[..end].to_string()
 }
 
+/// A read-only reservation bigger than the VM's memory (Starlark's, in Go programs such
+/// as kpt, failed with ENOMEM: every page was given a frame when it was mapped).
+#[test]
+fn a_read_only_reservation_bigger_than_the_vm_reads_as_zeros() {
+    if !kvm_available() {
+        return;
+    }
+    identical_with_every_libc(
+        "linux_reserve",
+        &[
+            "mapped 4 GiB read-only",
+            "zeros: yes",
+            "page reads back: written, its neighbour: 0",
+            "mprotect back to read-only: 0, still written",
+            "munmap: 0",
+        ],
+    );
+}
+
 #[test]
 fn file_locks_between_processes_and_close_range_work_like_natively() {
     if !kvm_available() {

@@ -17,6 +17,8 @@ pub struct Frames {
     end: u64,
     free: Vec<u64>,
     in_use: u64,
+    /// The frame every read-only page of zeros maps ([`Frames::zero`]), once one is.
+    zero: Option<u64>,
 }
 
 impl Frames {
@@ -27,6 +29,7 @@ impl Frames {
             end,
             free: Vec::new(),
             in_use: 0,
+            zero: None,
         }
     }
 
@@ -60,6 +63,17 @@ impl Frames {
         self.next += PAGE;
         self.in_use += 1;
         Ok(GuestPhysAddr(f))
+    }
+
+    /// The one frame of zeros that read-only anonymous pages map (as Linux's zero page):
+    /// never written, never released.
+    pub fn zero(&mut self, mem: &GuestMemory) -> Result<GuestPhysAddr, Errno> {
+        if let Some(f) = self.zero {
+            return Ok(GuestPhysAddr(f));
+        }
+        let f = self.alloc(mem)?;
+        self.zero = Some(f.0);
+        Ok(f)
     }
 
     /// Take back `frame` (its host page was discarded already).

@@ -4,6 +4,10 @@
 //! Pages are backed eagerly: a mapping gets its frames when it is created (or when
 //! `mprotect` makes a `PROT_NONE` page accessible), not at first touch, because on a host
 //! where guest ring 0 is emulated a page-fault round trip costs as much as a system call.
+//! A fresh read-only anonymous mapping (`mmap(PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS)`,
+//! which Starlark's Go interpreter makes 4 GiB big, for tagged integers, and never
+//! touches) maps one frame of zeros everywhere ([`PTE_ZERO`]), as Linux maps its zero
+//! page, and gets frames of its own only when `mprotect` makes it writable.
 //! Host memory is still lazy: fresh frames are untouched pages of the guest-RAM mapping
 //! (MAP_NORESERVE), so only pages the program writes cost host memory. A frame that is
 //! freed and handed out again is zeroed first.
@@ -27,6 +31,10 @@ use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 
 /// Execute-disable (bit 63 of a paging entry; needs EFER.NXE).
 pub const PTE_NX: u64 = 1 << 63;
+
+/// A leaf that maps the pool's frame of zeros (a software bit): read-only, shared by
+/// every such page, never written, copied or freed through this space.
+pub const PTE_ZERO: u64 = 1 << 10;
 
 /// `PROT_*` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,8 +255,8 @@ impl AddressSpace {
             let mut va = v.start;
             while va < v.end {
                 let e = self.pte(va);
-                if e & PTE_P != 0 && e & PTE_SHARED != 0 {
-                    // A shared object's frame: the child maps the same one.
+                if e & PTE_P != 0 && e & (PTE_SHARED | PTE_ZERO) != 0 {
+                    // A shared object's frame, or the zero frame: the child maps the same.
                     child.map_page(va, GuestPhysAddr(e & PTE_ADDR_MASK), e & !PTE_ADDR_MASK)?;
                 } else if e & PTE_P != 0 {
                     let f = child.frames().alloc(&self.mem);
@@ -476,7 +484,12 @@ impl AddressSpace {
             if e & PTE_P != 0 {
                 self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
                 // A shared object's frame stays the object's; its translations are
-                // dropped without a discard ([`Self::retire_all`]).
+                // dropped without a discard ([`Self::retire_all`]). The zero frame's
+                // content never changes: nothing to drop.
+                if e & PTE_ZERO != 0 {
+                    self.flush_needed = true;
+                    return Ok(());
+                }
                 if e & PTE_SHARED == 0 {
                     freed.push(e & PTE_ADDR_MASK);
                 } else {
@@ -572,6 +585,34 @@ impl AddressSpace {
         name: &'static str,
     ) -> Result<(), Errno> {
         self.map_vma(start, len, prot, file, None, name)
+    }
+
+    /// A fresh private anonymous mapping: [`Self::map`], but read-only (not executable)
+    /// memory maps the frame of zeros ([`PTE_ZERO`]) instead of frames of its own.
+    pub fn map_anonymous(&mut self, start: u64, len: u64, prot: Prot) -> Result<(), Errno> {
+        if prot.is_none() || prot.writable() || prot.executable() {
+            return self.map(start, len, prot, None, "");
+        }
+        self.map(start, len, Prot::NONE, None, "")?;
+        let zero = {
+            let mem = self.mem.clone();
+            self.frames().zero(&mem)
+        };
+        let zero = zero.inspect_err(|_| {
+            self.exhausted.get_or_insert(start);
+        })?;
+        let mut va = start;
+        while va < start + len {
+            if let Err(e) = self.map_page(va, zero, prot.pte_flags() | PTE_ZERO) {
+                let _ = self.unmap(start, len);
+                return Err(e);
+            }
+            va += PAGE;
+        }
+        if let Some(v) = self.vmas.get_mut(&start) {
+            v.prot = prot;
+        }
+        Ok(())
     }
 
     /// [`Self::map`] of a shared object's pages (`MAP_SHARED`; `file` names the file, if
@@ -727,6 +768,25 @@ impl AddressSpace {
                     let e = self.pte(va);
                     if e & PTE_P == 0 {
                         self.populate(va, prot, v.file.as_ref(), v.shm.as_ref(), v.start)?;
+                    } else if e & PTE_ZERO != 0 {
+                        // Still read-only zeros, or a frame of its own (zero) from now on.
+                        let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+                        let (frame, flags) = if prot.writable() || prot.executable() {
+                            let mem = self.mem.clone();
+                            let f = self.frames().alloc(&mem);
+                            let f = f.inspect_err(|_| {
+                                self.exhausted.get_or_insert(va);
+                            })?;
+                            (f.0, prot.pte_flags())
+                        } else {
+                            (e & PTE_ADDR_MASK, prot.pte_flags() | PTE_ZERO)
+                        };
+                        if e != frame | flags {
+                            self.mem
+                                .write_u64(slot, frame | flags)
+                                .map_err(|_| Errno::EFAULT)?;
+                            self.flush_needed = true;
+                        }
                     } else if e & PTE_SHARED != 0 {
                         // A shared frame keeps its place (other processes map it): new
                         // flags in place, and every vCPU of the process flushes.
@@ -773,7 +833,7 @@ impl AddressSpace {
         let mut va = page_down(start);
         while va < end {
             let e = self.pte(va);
-            if e & PTE_P != 0 {
+            if e & PTE_P != 0 && e & PTE_ZERO == 0 {
                 let anon = self
                     .vmas
                     .range(..=va)
@@ -870,6 +930,9 @@ impl AddressSpace {
         let mut done = 0usize;
         while done < data.len() {
             let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            if self.pte(a) & PTE_ZERO != 0 {
+                return Err(Errno::EFAULT);
+            }
             let pa = self.user_phys(a, false)?;
             let n = ((PAGE - (a & (PAGE - 1))) as usize).min(data.len() - done);
             self.mem
@@ -931,7 +994,7 @@ impl AddressSpace {
             let n = (len - done).min(PAGE);
             let src = self.pte(from + done);
             let dst = self.pte(to + done);
-            if src & PTE_P == 0 || dst & PTE_P == 0 {
+            if src & PTE_P == 0 || dst & PTE_P == 0 || dst & PTE_ZERO != 0 {
                 return Err(Errno::EFAULT);
             }
             self.mem
@@ -1034,6 +1097,9 @@ fn collect_frames(mem: &GuestMemory, table: u64, level: u32, out: &mut Vec<u64>)
         let f = e & PTE_ADDR_MASK;
         if level > 1 {
             collect_frames(mem, f, level - 1, out);
+        } else if e & PTE_ZERO != 0 {
+            // The pool's frame of zeros: nobody's to free.
+            continue;
         } else if e & PTE_SHARED != 0 {
             // A shared object's frame: the object frees it (KVM forgets this space's
             // translations to it, see `retire_all`).
@@ -1051,6 +1117,53 @@ mod tests {
     fn space() -> AddressSpace {
         let mem = Arc::new(GuestMemory::new(16 << 20).unwrap());
         AddressSpace::new(mem, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn read_only_anonymous_memory_maps_the_zero_frame_until_it_is_made_writable() {
+        let mut s = space();
+        let base = s.frames().in_use();
+        // Four times the guest's RAM, as Starlark reserves 4 GiB of a 3 GiB VM.
+        let (start, len) = (0x1000_0000, 64 << 20);
+        s.map_anonymous(start, len, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        let tables = s.frames().in_use() - base;
+        assert!(tables < 40, "{tables} frames for 16384 pages of zeros");
+        let mut b = [1u8; 16];
+        s.read(GuestVirtAddr(start + len - 16), &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        assert_eq!(s.write(GuestVirtAddr(start), b"x"), Err(Errno::EFAULT));
+        assert_eq!(s.poke(start, b"x"), Err(Errno::EFAULT));
+        // Writable: a frame of its own, zero; the other pages still read the zero frame.
+        s.protect(start + PAGE, PAGE, Prot::RW).unwrap();
+        s.write(GuestVirtAddr(start + PAGE), b"mine").unwrap();
+        s.read(GuestVirtAddr(start + PAGE), &mut b[..4]).unwrap();
+        assert_eq!(&b[..4], b"mine");
+        s.read(GuestVirtAddr(start), &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        let child = s.fork().unwrap();
+        child.read(GuestVirtAddr(start + 2 * PAGE), &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        child
+            .read(GuestVirtAddr(start + PAGE), &mut b[..4])
+            .unwrap();
+        assert_eq!(&b[..4], b"mine");
+        drop(child);
+        // Back to read-only and unmapped: only the one page's frame was ever its own.
+        s.protect(start, len, Prot(libc::PROT_READ as u32)).unwrap();
+        s.read(GuestVirtAddr(start + PAGE), &mut b[..4]).unwrap();
+        assert_eq!(&b[..4], b"mine");
+        let before = s.frames().in_use();
+        s.unmap(start, len).unwrap();
+        assert_eq!(s.frames().in_use(), before - 1);
+        // Executable or writable anonymous memory still gets frames of its own.
+        s.map_anonymous(
+            start,
+            PAGE,
+            Prot(libc::PROT_READ as u32 | libc::PROT_EXEC as u32),
+        )
+        .unwrap();
+        assert_eq!(s.pte(start) & PTE_ZERO, 0);
     }
 
     #[test]

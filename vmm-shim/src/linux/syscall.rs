@@ -1422,6 +1422,7 @@ impl Process {
         let known = self.mm.maps.len();
         match shm {
             Some(shm) => self.mm.map_shared(start, len, prot, file, shm)?,
+            None if file.is_none() => self.mm.map_anonymous(start, len, prot)?,
             None => self.mm.map(start, len, prot, file, "")?,
         }
         self.note_new_maps(known);
