@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_symbolizer::{
-    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, Symbolizer,
-    SymbolizerOptions,
+    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, SymbolChoice, Symbolized,
+    Symbolizer, SymbolizerOptions,
 };
 
 /// Symbolize addresses of an ELF file, in the style of `llvm-symbolizer` or `addr2line`.
@@ -84,8 +84,10 @@ pub struct Args {
     pub explain: bool,
 
     /// Whose conventions to follow. llvm: as llvm-symbolizer --output-style=GNU (the
-    /// containing function named by the symbol table, with LLVM's demangling; unknown
-    /// lines are 0). gnu: as binutils addr2line -f -i -C (DWARF names; unknown lines ?).
+    /// containing function named by FILE's own symbol table, .symtab or else .dynsym, never
+    /// a separate debug file's; of aliases, the largest symbol, then the last in the table;
+    /// LLVM's demangling; unknown lines are 0). gnu: as binutils addr2line -f -i -C (DWARF
+    /// names, completed from the fullest symbol table, as perf; unknown lines ?).
     #[arg(long, value_enum, default_value_t = Style::Llvm)]
     pub style: Style,
 
@@ -181,6 +183,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         style: match args.style {
             Style::Llvm => NameStyle::Llvm,
             Style::Gnu => NameStyle::Gnu,
+        },
+        // llvm-symbolizer names functions from the file's own symbols only; binutils, like
+        // perf (and so `report`), from the fullest table there is.
+        symbols: match args.style {
+            Style::Llvm => SymbolChoice::Llvm,
+            Style::Gnu => SymbolChoice::Perf,
         },
     };
     // A path that does not exist is a typo, not a module to warn about: fail early.

@@ -44,6 +44,11 @@
 //! does: by the symbol table whenever a symbol covers the address, demangled in LLVM's
 //! dialect (see `demangle.rs`), so line-tables-only DWARF, which has short names only,
 //! still gives qualified names; inlined frames keep their DWARF names.
+//! Which symbol table that is, and which of several aliases, is [`SymbolChoice`]: perf's
+//! (the default, what reports show) reads a stripped file's separate debug file's full
+//! table; LLVM's (what `lbrprof symbolize` uses with the llvm style) only the file's own
+//! `.symtab` or `.dynsym`, so in a distribution's stripped `libc.so.6` an internal
+//! function is `msort_with_tmp` (DWARF) there and `msort_with_tmp.part.0` in a report.
 //! [`NameStyle::Gnu`] is meant to be diffable with `addr2line -f -i -C`: the same function
 //! names where DWARF names them (completed from the symbol table), the same paths (including
 //! its doubling of relative DWARF 5 comp dirs), the `STT_FILE` name as the file of
@@ -124,7 +129,8 @@ pub use locals::{LocalFunction, local_functions};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
 pub use types::{
-    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, SymbolizerOptions,
+    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, SymbolChoice, Symbolized,
+    SymbolizerOptions,
 };
 
 use kallsyms::Kallsyms;
