@@ -37,7 +37,8 @@
 //! function is named `<module file name>+0x<start>` with its start as an SVMA (what
 //! `objdump --start-address` takes), flagged [`SymFrame::unnamed`]. PLT entries are named
 //! `name@plt`. Of several symbols at one address the public, global name is shown (over
-//! weak and local ones and glibc's `__GI_`/`__libc_` aliases), the same in every output.
+//! weak and local ones and glibc's `__GI_`/`__libc_` aliases), in every output but
+//! [`SymbolChoice::Llvm`]'s, which chooses as llvm-symbolizer does.
 //!
 //! # Compatibility with llvm-symbolizer and binutils
 //! [`NameStyle::Llvm`] (the default) names the containing function as `llvm-symbolizer`
