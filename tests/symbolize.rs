@@ -1293,3 +1293,50 @@ fn minidebuginfo_names_the_functions_of_a_stripped_binary() {
         "{warnings}"
     );
 }
+
+/// As a coprocess (addresses on a pipe that stays open), each address is answered as soon
+/// as it arrives: the output is flushed whenever the input pauses.
+#[test]
+fn answers_each_address_while_the_pipe_stays_open() {
+    use std::io::{BufRead, Write};
+    let mut child = common::lbrprof()
+        .args(["symbolize", "-a", "-e", env!("CARGO_BIN_EXE_lbrprof")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(60);
+    // One address, and a second one written in two pieces: answered only when whole.
+    for (pieces, want) in [
+        (&["0x10\n"][..], "0x0000000000000010"),
+        (&["0x2", "0\n"], "0x0000000000000020"),
+    ] {
+        for piece in pieces {
+            stdin.write_all(piece.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(
+            rx.recv_timeout(wait)
+                .expect("an answer while stdin is open"),
+            want
+        );
+        // Its function and location lines.
+        rx.recv_timeout(wait).unwrap();
+        rx.recv_timeout(wait).unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+}

@@ -13,9 +13,11 @@
 //!   qualifiers of forwarded parameter packs, generic lambdas' `auto` parameters).
 //! * `rust legacy`: LLVM 16 reads legacy Rust names as C++ (`r::main::h0123…`, `$LT$`
 //!   escapes); we demangle them as Rust. Checked by re-mangling LLVM's name.
-//! * `stripped`: for a stripped binary, llvm-symbolizer reads symbols from the binary
-//!   only and prints `??` for code the DWARF does not cover (crt files); we also read the
-//!   symbol table of the debug file and name it.
+//! * `stripped`: for a stripped binary, both read symbols from the binary only (its
+//!   `.dynsym`: LLVM's convention, which `lbrprof symbolize` follows; see the test of a
+//!   stripped library below), and llvm-symbolizer prints `??` for code neither a symbol
+//!   nor the DWARF covers (crt files); we name it by its unwind-table extent,
+//!   `p.stripped+0x1040`.
 //!
 //! DWARF discriminators are left out of the comparison: llvm-symbolizer gives each
 //! inlined caller the call site's discriminator, lbrprof the line row's to every frame.
@@ -722,4 +724,153 @@ fn explain_says_where_it_looked_and_what_it_found() {
     // A file that cannot be used: the reason.
     let out = common::run(&["symbolize", "--explain", "-e", "/nonexistent/x"]);
     assert!(!out.status.success());
+}
+
+/// A stripped shared library whose DWARF is in a separate debug file, laid out as glibc's
+/// (`aliases.c`): a `.constprop` clone, two exported names at one address, a hidden
+/// `__GI_` alias, a hidden function. llvm-symbolizer names functions from the library's
+/// own `.dynsym` (never the debug file's symbol table), the DWARF names the others, and of
+/// aliases it shows the largest, then the last in the table; `lbrprof symbolize` must
+/// agree on every `.text` address, with the debug file found by `.gnu_debuglink` and by
+/// build-id. Reports keep perf's names, from the debug file's full symbol table.
+#[test]
+fn stripped_library_names_agree_with_llvm_and_reports_keep_perf_names() {
+    if !have(LLVM_SYMBOLIZER) || !have("gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source("aliases.c");
+    let src = src.to_str().unwrap();
+    sh(
+        d,
+        "gcc",
+        &["-O2", "-g", "-fPIC", "-shared", "-o", "libal.so", src],
+    );
+    sh(
+        d,
+        "objcopy",
+        &["--only-keep-debug", "libal.so", "libal.debug"],
+    );
+    sh(
+        d,
+        "objcopy",
+        &[
+            "--strip-all",
+            "--add-gnu-debuglink=libal.debug",
+            "libal.so",
+            "libal.linked.so",
+        ],
+    );
+    // The build-id layout: no debuglink, the debug file under DIR/.build-id/xx/rest.debug.
+    let data = std::fs::read(d.join("libal.so")).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let id: String = obj
+        .build_id()
+        .unwrap()
+        .expect("gcc gives a build-id")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let by_id = d.join("debug/.build-id").join(&id[..2]);
+    std::fs::create_dir_all(&by_id).unwrap();
+    std::fs::copy(
+        d.join("libal.debug"),
+        by_id.join(format!("{}.debug", &id[2..])),
+    )
+    .unwrap();
+    sh(d, "objcopy", &["--strip-all", "libal.so", "libal.byid.so"]);
+    let debug_dir = d.join("debug");
+    let debug_dir = debug_dir.to_str().unwrap();
+    // The fixture has what it is about: gcc cloned `scale`, and the names differ.
+    let names: Vec<&str> = {
+        use object::ObjectSymbol;
+        obj.symbols().filter_map(|s| s.name().ok()).collect()
+    };
+    for name in [
+        "scale.constprop.0",
+        "__libc_compute",
+        "compute",
+        "__GI_measure",
+    ] {
+        assert!(names.contains(&name), "no {name} in {names:?}");
+    }
+
+    let addrs = text_addresses(&d.join("libal.so"));
+    for (lib, extra_ours, extra_llvm) in [
+        ("libal.linked.so", vec![], vec![]),
+        (
+            "libal.byid.so",
+            vec!["--debug-dir", debug_dir],
+            vec!["--debug-file-directory", debug_dir],
+        ),
+    ] {
+        let exe = d.join(lib);
+        let exe = exe.to_str().unwrap();
+        let mut args = vec!["--output-style=GNU", "-a", "-f", "-i", "-C", "-e", exe];
+        args.extend(&extra_llvm);
+        let theirs = frames(LLVM_SYMBOLIZER, &args, &addrs);
+        let mut args = vec!["symbolize", "-a", "-e", exe];
+        args.extend(&extra_ours);
+        let ours = frames(env!("CARGO_BIN_EXE_lbrprof"), &args, &addrs);
+        assert_eq!(theirs.len(), addrs.len(), "{lib}: llvm-symbolizer answered");
+        let differ: Vec<String> = addrs
+            .iter()
+            .filter(|a| theirs.get(a) != ours.get(a))
+            .take(10)
+            .map(|a| {
+                format!(
+                    "{a:#x}: llvm {:?}, lbrprof {:?}",
+                    theirs.get(a),
+                    ours.get(a)
+                )
+            })
+            .collect();
+        assert!(differ.is_empty(), "{lib}:\n{}", differ.join("\n"));
+        // Both read the DWARF (lines), and name the clone by it and not by the debug
+        // file's symbol table.
+        let outer: Vec<&str> = ours
+            .values()
+            .filter_map(|f| f.last().map(|(name, _)| name.as_str()))
+            .collect();
+        assert!(outer.contains(&"scale"), "{lib}: {outer:?}");
+        assert!(!outer.contains(&"scale.constprop.0"), "{lib}: {outer:?}");
+        assert!(
+            ours.values()
+                .any(|f| f.iter().any(|(_, loc)| loc.contains("aliases.c:"))),
+            "{lib}: no lines"
+        );
+    }
+
+    // Reports (the library's default choice, perf's) name functions from the debug
+    // file's full symbol table, the public name of aliases first.
+    use lbrprof_symbolizer::{ModuleKey, Svma, Symbolizer, SymbolizerOptions};
+    let at = |name: &str| {
+        use object::ObjectSymbol;
+        obj.symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("{name}"))
+            .address()
+    };
+    let s = Symbolizer::new(SymbolizerOptions::default());
+    let key = ModuleKey::new(d.join("libal.linked.so"));
+    let got = s.symbolize_svma(
+        &key,
+        &[
+            Svma(at("scale.constprop.0")),
+            Svma(at("compute")),
+            Svma(at("measure")),
+            Svma(at("internal_step")),
+        ],
+    );
+    let got: Vec<Option<&str>> = got.iter().map(|g| g.function()).collect();
+    assert_eq!(
+        got,
+        [
+            Some("scale.constprop.0"),
+            Some("compute"),
+            Some("measure"),
+            Some("internal_step")
+        ]
+    );
 }

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lbrprof_symbolizer::{
-    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, Symbolizer,
-    SymbolizerOptions,
+    FileOffset, FrameRef, ModuleKey, NameStyle, Svma, SymFrame, SymbolChoice, Symbolized,
+    Symbolizer, SymbolizerOptions,
 };
 
 /// Symbolize addresses of an ELF file, in the style of `llvm-symbolizer` or `addr2line`.
@@ -84,8 +84,10 @@ pub struct Args {
     pub explain: bool,
 
     /// Whose conventions to follow. llvm: as llvm-symbolizer --output-style=GNU (the
-    /// containing function named by the symbol table, with LLVM's demangling; unknown
-    /// lines are 0). gnu: as binutils addr2line -f -i -C (DWARF names; unknown lines ?).
+    /// containing function named by FILE's own symbol table, .symtab or else .dynsym, never
+    /// a separate debug file's; of aliases, the largest symbol, then the last in the table;
+    /// LLVM's demangling; unknown lines are 0). gnu: as binutils addr2line -f -i -C (DWARF
+    /// names, completed from the fullest symbol table, as perf; unknown lines ?).
     #[arg(long, value_enum, default_value_t = Style::Llvm)]
     pub style: Style,
 
@@ -170,6 +172,67 @@ fn parse_addr_bytes(word: &[u8]) -> anyhow::Result<u64> {
     parse_addr(&String::from_utf8_lossy(word))
 }
 
+/// Addresses read from a byte stream, whitespace separated, a buffer at a time: the
+/// buffer is split into words in place (bytes, not lines or a String: no UTF-8 check, no
+/// copy, hex parsed by hand); only a word cut by the end of a read is kept over.
+#[derive(Default)]
+struct Words {
+    /// The start of a word the previous read ended in.
+    partial: Vec<u8>,
+}
+
+impl Words {
+    /// Parses what one read of `input` gives into `out`; false at the end of the input
+    /// (the last word, if any, parsed). The outer error is reading's, the inner a bad
+    /// address.
+    fn read(
+        &mut self,
+        input: &mut impl BufRead,
+        out: &mut Vec<u64>,
+    ) -> std::io::Result<anyhow::Result<bool>> {
+        let buf = input.fill_buf()?;
+        let n = buf.len();
+        if n == 0 {
+            let last = std::mem::take(&mut self.partial);
+            return Ok(Self::parse_all(&last, out).map(|()| false));
+        }
+        let mut rest = buf;
+        if !self.partial.is_empty() {
+            let end = rest
+                .iter()
+                .position(u8::is_ascii_whitespace)
+                .unwrap_or(rest.len());
+            self.partial.extend_from_slice(&rest[..end]);
+            rest = &rest[end..];
+            if !rest.is_empty() {
+                let word = std::mem::take(&mut self.partial);
+                if let Err(e) = Self::parse_all(&word, out) {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        // Words up to the last whitespace are whole; the rest may go on in the next read.
+        let whole = rest
+            .iter()
+            .rposition(u8::is_ascii_whitespace)
+            .map_or(0, |i| i + 1);
+        self.partial.extend_from_slice(&rest[whole..]);
+        let parsed = Self::parse_all(&rest[..whole], out);
+        input.consume(n);
+        Ok(parsed.map(|()| true))
+    }
+
+    fn parse_all(bytes: &[u8], out: &mut Vec<u64>) -> anyhow::Result<()> {
+        for word in bytes
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+        {
+            out.push(parse_addr_bytes(word)?);
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = SymbolizerOptions {
         debug_dirs: args.debug_dirs,
@@ -181,6 +244,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         style: match args.style {
             Style::Llvm => NameStyle::Llvm,
             Style::Gnu => NameStyle::Gnu,
+        },
+        // llvm-symbolizer names functions from the file's own symbols only; binutils, like
+        // perf (and so `report`), from the fullest table there is.
+        symbols: match args.style {
+            Style::Llvm => SymbolChoice::Llvm,
+            Style::Gnu => SymbolChoice::Perf,
         },
     };
     // A path that does not exist is a typo, not a module to warn about: fail early.
@@ -258,28 +327,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .is_some_and(|m| m.is_file());
         let batch_size = if from_file { BIG_BATCH } else { PIPE_BATCH };
         let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
-        // Bytes, not a String: no UTF-8 check of every line, and hex parsed by hand.
-        let mut line = Vec::new();
+        let mut words = Words::default();
         let mut pending = Vec::new();
         loop {
-            line.clear();
-            let n = input
-                .read_until(b'\n', &mut line)
-                .context("cannot read addresses from standard input")?;
-            for word in line
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-            {
-                pending.push(parse_addr_bytes(word)?);
-            }
-            // Flush when the input pauses (or ends), so an interactive caller gets answers.
-            let paused = !from_file && input.buffer().is_empty();
-            if n == 0 || paused || pending.len() >= batch_size {
+            let more = words
+                .read(&mut input, &mut pending)
+                .context("cannot read addresses from standard input")??;
+            // Flush when the input pauses (what one read gave is all there is for now) or
+            // ends, so an interactive caller gets answers.
+            if !more || !from_file || pending.len() >= batch_size {
                 last = job.batch(&pending, &mut out)?;
                 pending.clear();
                 out.flush().context("cannot write to standard output")?;
             }
-            if n == 0 {
+            if !more {
                 break;
             }
         }
@@ -556,6 +617,33 @@ mod tests {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("symbolize").chain(argv.iter().copied()))
             .map(|c| c.args)
+    }
+
+    #[test]
+    fn words_cut_by_the_end_of_a_read_are_joined() {
+        let text = b"0x10 0x2000\n\n  ab\tcd 0x1234567 fff";
+        for capacity in 1..text.len() + 2 {
+            let mut input = std::io::BufReader::with_capacity(capacity, &text[..]);
+            let mut words = Words::default();
+            let mut got = Vec::new();
+            while words.read(&mut input, &mut got).unwrap().unwrap() {}
+            assert_eq!(
+                got,
+                [0x10, 0x2000, 0xab, 0xcd, 0x1234567, 0xfff],
+                "{capacity}"
+            );
+        }
+        let mut input = std::io::BufReader::with_capacity(4, &b"0x1 0xzz 0x3"[..]);
+        let mut words = Words::default();
+        let mut got = Vec::new();
+        let err = loop {
+            match words.read(&mut input, &mut got).unwrap() {
+                Ok(true) => {}
+                Ok(false) => panic!("no error"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(err.contains("invalid address \"0xzz\""), "{err}");
     }
 
     #[test]

@@ -37,13 +37,19 @@
 //! function is named `<module file name>+0x<start>` with its start as an SVMA (what
 //! `objdump --start-address` takes), flagged [`SymFrame::unnamed`]. PLT entries are named
 //! `name@plt`. Of several symbols at one address the public, global name is shown (over
-//! weak and local ones and glibc's `__GI_`/`__libc_` aliases), the same in every output.
+//! weak and local ones and glibc's `__GI_`/`__libc_` aliases), in every output but
+//! [`SymbolChoice::Llvm`]'s, which chooses as llvm-symbolizer does.
 //!
 //! # Compatibility with llvm-symbolizer and binutils
 //! [`NameStyle::Llvm`] (the default) names the containing function as `llvm-symbolizer`
 //! does: by the symbol table whenever a symbol covers the address, demangled in LLVM's
 //! dialect (see `demangle.rs`), so line-tables-only DWARF, which has short names only,
 //! still gives qualified names; inlined frames keep their DWARF names.
+//! Which symbol table that is, and which of several aliases, is [`SymbolChoice`]: perf's
+//! (the default, what reports show) reads a stripped file's separate debug file's full
+//! table; LLVM's (what `lbrprof symbolize` uses with the llvm style) only the file's own
+//! `.symtab` or `.dynsym`, so in a distribution's stripped `libc.so.6` an internal
+//! function is `msort_with_tmp` (DWARF) there and `msort_with_tmp.part.0` in a report.
 //! [`NameStyle::Gnu`] is meant to be diffable with `addr2line -f -i -C`: the same function
 //! names where DWARF names them (completed from the symbol table), the same paths (including
 //! its doubling of relative DWARF 5 comp dirs), the `STT_FILE` name as the file of
@@ -124,7 +130,8 @@ pub use locals::{LocalFunction, local_functions};
 pub use maps::ProcessMaps;
 pub use module::{FrameRef, Module, Opened};
 pub use types::{
-    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, Symbolized, SymbolizerOptions,
+    Avma, FileOffset, ModuleKey, NameStyle, Svma, SymFrame, SymbolChoice, Symbolized,
+    SymbolizerOptions,
 };
 
 use kallsyms::Kallsyms;

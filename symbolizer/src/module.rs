@@ -20,8 +20,10 @@ use crate::arena::Arena;
 use crate::debuginfo;
 use crate::demangle::{NameStyle, cxx_to_gnu, demangle_symbol};
 use crate::error::{ModuleError, hex};
-use crate::symtab::{Binding, Candidate, Function, SymbolTable};
-use crate::types::{FileOffset, ModuleKey, Svma, SymFrame, Symbolized, SymbolizerOptions};
+use crate::symtab::{Binding, Candidate, Function, Pick, SymbolTable};
+use crate::types::{
+    FileOffset, ModuleKey, Svma, SymFrame, SymbolChoice, Symbolized, SymbolizerOptions,
+};
 
 /// The DWARF reader: plain slices into bytes owned by the module's [`Arena`].
 type R = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
@@ -345,30 +347,51 @@ impl Module {
 
         let with_dwarf = has_dwarf(dwarf_obj);
 
-        // The full symbol table (the file's own, the debug file's when the file is
-        // stripped, or MiniDebugInfo's), the dynamic one, PLT entries and unwind extents.
+        // The symbols (see SymbolChoice), PLT entries and unwind extents.
         let mut symbols = Vec::new();
-        match &debug_obj {
-            Some(d) if obj.section_by_name(".symtab").is_none() => {
-                collect_from(d, d.symbols(), &mut symbols)
+        let own_symtab = obj.section_by_name(".symtab").is_some();
+        match (&debug_obj, opts.symbols) {
+            // perf: the full table, the debug file's when the file is stripped.
+            (Some(d), SymbolChoice::Perf) if !own_symtab => {
+                collect_from(d, d.symbols(), opts.symbols, &mut symbols)
             }
-            _ => collect_from(&obj, obj.symbols(), &mut symbols),
+            _ => collect_from(&obj, obj.symbols(), opts.symbols, &mut symbols),
         }
+        // LLVM reads no MiniDebugInfo: its names are used only where no DWARF names
+        // anything.
         if symbols.is_empty()
+            && (opts.symbols == SymbolChoice::Perf || !with_dwarf)
             && let Some(mini) = mini_debuginfo(path, &obj, &arena, &mut warnings)
         {
-            collect_from(&mini, mini.symbols(), &mut symbols);
+            collect_from(&mini, mini.symbols(), opts.symbols, &mut symbols);
             trail.push(format!(
                 "symbols: from MiniDebugInfo (.gnu_debugdata): {} functions",
                 symbols.len()
             ));
         }
         let full_symtab = !symbols.is_empty();
-        collect_from(&obj, obj.dynamic_symbols(), &mut symbols);
+        // LLVM: `.dynsym` only when there is no other table (its entries would otherwise
+        // come last in table order and win ties over the full table's aliases).
+        if opts.symbols == SymbolChoice::Perf || symbols.is_empty() {
+            collect_from(&obj, obj.dynamic_symbols(), opts.symbols, &mut symbols);
+        }
+        if opts.symbols == SymbolChoice::Llvm && !full_symtab && debug_obj.is_some() {
+            trail.push(
+                "symbols: the file's .dynsym only, as llvm-symbolizer (the debug file's \
+                 symbol table is not used: functions it does not export keep their DWARF names)"
+                    .to_owned(),
+            );
+        }
         collect_plt(&obj, &arena, &mut symbols);
         let has_names = !symbols.is_empty();
         collect_unwind_extents(&obj, &mut symbols);
-        let symbols = SymbolTable::new(symbols);
+        let symbols = SymbolTable::with_pick(
+            symbols,
+            match opts.symbols {
+                SymbolChoice::Perf => Pick::Public,
+                SymbolChoice::Llvm => Pick::LargestLast,
+            },
+        );
 
         // What to say when there are no usable lines: now when there is no DWARF, else if
         // loading it fails.
@@ -1484,11 +1507,21 @@ fn load_dwp(
 /// Function symbols of one symbol table, as candidates for [`SymbolTable`]. A local
 /// function also gets the name of the `STT_FILE` symbol before it, as binutils reports
 /// that file when there are no lines.
+/// The function symbols of one table, in table order. With [`SymbolChoice::Llvm`], also
+/// `STT_GNU_IFUNC` symbols (named at their resolver's address, as LLVM names it: glibc
+/// exports `memcpy` so, and only the full table names the resolver itself).
 fn collect_from<'a>(
     obj: &object::File<'static>,
     symbols: impl Iterator<Item = object::Symbol<'static, 'a>>,
+    choice: SymbolChoice,
     out: &mut Vec<Candidate>,
 ) {
+    let ifunc = |s: &object::Symbol<'static, 'a>| {
+        choice == SymbolChoice::Llvm
+            && s.section_index().is_some()
+            && matches!(s.flags(), object::SymbolFlags::Elf { st_info, .. }
+                if st_info.st_type() == object::elf::STT_GNU_IFUNC)
+    };
     let mut file: Option<&'static str> = None;
     // binutils' rule: a global symbol only inherits the file if no STT_FILE symbol came
     // after other symbols (i.e. the table is not the usual "locals by file, then globals").
@@ -1502,7 +1535,7 @@ fn collect_from<'a>(
             continue;
         }
         symbol_seen = true;
-        if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
+        if s.kind() != SymbolKind::Text || !(s.is_definition() || ifunc(&s)) || s.address() == 0 {
             continue;
         }
         let Ok(name) = s.name() else { continue };

@@ -11,8 +11,9 @@
 //!   (named or not) or the end of its section, as perf does.
 //! * Several symbols at one address are one function: its name is chosen by
 //!   [`name_rank`] (the public, global name over weak and local ones and over glibc's
-//!   `__GI_`/`__libc_` internal aliases), its extent is the largest size among them (or
-//!   the unwind table's, when no symbol has one).
+//!   `__GI_`/`__libc_` internal aliases), or, as llvm-symbolizer chooses, the symbol with
+//!   the largest size and of those the last in table order ([`Pick`]); its extent is the
+//!   largest size among them (or the unwind table's, when no symbol has one).
 //! * When extents overlap, the one starting last (the innermost) wins; a named function
 //!   always wins over an unnamed extent, which only fills code no symbol covers.
 //!
@@ -68,6 +69,16 @@ pub(crate) struct SymbolTable {
     pieces: Vec<Piece>,
 }
 
+/// Which of several symbols at one address names the function.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Pick {
+    /// The best by [`name_rank`] (perf's preference for the public name).
+    Public,
+    /// LLVM's (`SymbolizableObjectFile`): the largest size, then the last in the order
+    /// the candidates were given (their symbol table's order).
+    LargestLast,
+}
+
 /// Whether a name is one of glibc's internal aliases of a public function.
 fn internal_alias(name: &str) -> bool {
     name.starts_with("__GI_") || name.starts_with("__libc_") || name.starts_with("__EI_")
@@ -90,11 +101,19 @@ pub(crate) fn name_rank(c: &Candidate) -> (bool, Binding, bool, usize, usize, &'
 }
 
 impl SymbolTable {
-    /// Builds the lookup from candidates in any order. Candidates with an empty extent
-    /// are dropped.
-    pub fn new(mut cands: Vec<Candidate>) -> Self {
+    /// Builds the lookup from candidates in any order, naming each function as perf
+    /// does ([`Pick::Public`]). Candidates with an empty extent are dropped.
+    #[cfg(test)]
+    pub fn new(cands: Vec<Candidate>) -> Self {
+        Self::with_pick(cands, Pick::Public)
+    }
+
+    /// Builds the lookup from candidates in table order; `pick` chooses the name of
+    /// several at one address. Candidates with an empty extent are dropped.
+    pub fn with_pick(mut cands: Vec<Candidate>, pick: Pick) -> Self {
         cands.retain(|c| c.addr < c.limit.max(c.addr.saturating_add(c.size)));
-        cands.sort_unstable_by_key(|c| c.addr);
+        // Stable: candidates at one address stay in table order, for Pick::LargestLast.
+        cands.sort_by_key(|c| c.addr);
         // One function per address and kind (named or not), its extent before the
         // zero-size ones are extended: (function, size, limit).
         let mut named: Vec<(Function, u64, u64)> = Vec::new();
@@ -104,10 +123,12 @@ impl SymbolTable {
             let addr = group[0].addr;
             starts.push(addr);
             let limit = group.iter().map(|c| c.limit).max().unwrap_or(addr);
-            let best = group
-                .iter()
-                .filter(|c| c.name.is_some())
-                .min_by_key(|c| name_rank(c));
+            let with_names = group.iter().filter(|c| c.name.is_some());
+            let best = match pick {
+                Pick::Public => with_names.min_by_key(|c| name_rank(c)),
+                // `max_by_key` returns the last of equal maxima.
+                Pick::LargestLast => with_names.max_by_key(|c| c.size),
+            };
             let (list, name, file) = match best {
                 Some(b) => (&mut named, b.name, b.file),
                 None => (&mut unnamed, None, None),
@@ -317,6 +338,28 @@ mod tests {
         assert_eq!(name_at(&t, 0x20).unwrap().1, Some("malloc"));
         assert_eq!(name_at(&t, 0x30).unwrap().1, Some("_IO_puts"));
         assert_eq!(name_at(&t, 0x40).unwrap().1, Some("weak_x"));
+    }
+
+    #[test]
+    fn llvm_picks_the_largest_alias_then_the_last_in_table_order() {
+        let cands = vec![
+            sym(0x20, 8, "malloc", Binding::Global),
+            sym(0x20, 8, "__libc_malloc", Binding::Global),
+            sym(0x10, 8, "chroot", Binding::Weak),
+            sym(0x10, 8, "__GI_chroot", Binding::Local),
+            sym(0x30, 0, "puts_entry", Binding::Global),
+            sym(0x30, 8, "_IO_puts", Binding::Global),
+            sym(0x30, 4, "puts", Binding::Weak),
+        ];
+        let t = SymbolTable::with_pick(cands.clone(), Pick::LargestLast);
+        assert_eq!(name_at(&t, 0x20).unwrap().1, Some("__libc_malloc"));
+        assert_eq!(name_at(&t, 0x10).unwrap().1, Some("__GI_chroot"));
+        assert_eq!(name_at(&t, 0x34).unwrap().1, Some("_IO_puts"));
+        // The extent is the largest either way; perf's pick names the public symbol.
+        assert_eq!(t.lookup(0x37).map(|f| f.end), Some(0x38));
+        let t = SymbolTable::with_pick(cands, Pick::Public);
+        assert_eq!(name_at(&t, 0x20).unwrap().1, Some("malloc"));
+        assert_eq!(name_at(&t, 0x10).unwrap().1, Some("chroot"));
     }
 
     #[test]

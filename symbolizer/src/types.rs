@@ -121,6 +121,28 @@ pub struct SymbolizerOptions {
     /// Report the whole inlined chain. Otherwise only the innermost frame (function and
     /// line of the instruction itself), as `addr2line -f` without `-i`.
     pub inlines: bool,
+    /// Which symbols name functions: perf's choice (the default, for reports) or
+    /// llvm-symbolizer's (`lbrprof symbolize`'s default).
+    pub symbols: SymbolChoice,
+}
+
+/// Which symbol table names a module's functions, and which of several symbols at one
+/// address (aliases) is shown. The two differ on stripped files whose DWARF is in a
+/// separate debug file, as distributions ship their libraries, and on aliases.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum SymbolChoice {
+    /// perf's: the fullest table there is (the file's `.symtab`, else its separate debug
+    /// file's, else MiniDebugInfo's) and `.dynsym`, so internal functions keep their
+    /// link-time names (`msort_with_tmp.part.0`); of several symbols at one address the
+    /// public, global name (`malloc` over `__libc_malloc` and `__GI___libc_malloc`).
+    #[default]
+    Perf,
+    /// llvm-symbolizer's: the file's own `.symtab`, else its `.dynsym`, never a separate
+    /// debug file's, so in a stripped library only exported functions are named by a
+    /// symbol and the others by their DWARF name (`msort_with_tmp`); of several symbols at
+    /// one address the one with the largest size, then the last in table order.
+    /// MiniDebugInfo, which LLVM does not read, is used only when there is no DWARF.
+    Llvm,
 }
 
 impl Default for SymbolizerOptions {
@@ -133,6 +155,7 @@ impl Default for SymbolizerOptions {
             demangle: true,
             style: NameStyle::default(),
             inlines: true,
+            symbols: SymbolChoice::default(),
         }
     }
 }
