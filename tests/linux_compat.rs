@@ -221,6 +221,35 @@ fn pid_prefix(text: &str) -> String {
     text[..end].to_string()
 }
 
+/// `/proc/self/auxv`, `cmdline` and `environ` are what exec gave the program (they were
+/// lbrprof's: a Go program with abseil, gcloud's local-extract, took lbrprof's vDSO
+/// address from that auxv and died reading it).
+#[test]
+fn proc_self_auxv_cmdline_and_environ_are_the_programs() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("dynamic", "gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_procself", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &["second", "x"]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        for line in [
+            "auxv: ends with AT_NULL yes, entries as getauxval says: yes",
+            "argv's yes, second argument 'second'",
+            "after rewriting: 'Xecond'",
+            "environ: PATH=found",
+        ] {
+            assert!(text.contains(line), "{out}: native run: {text}");
+        }
+        assert_identical(out, &native, &vm);
+    }
+}
+
 /// A read-only reservation bigger than the VM's memory (Starlark's, in Go programs such
 /// as kpt, failed with ENOMEM: every page was given a frame when it was mapped).
 #[test]

@@ -129,6 +129,18 @@ impl MapRecord {
 /// the child puts it back here when it execs or ends.
 pub type LentSpace = Arc<Mutex<Option<AddressSpace>>>;
 
+/// Where exec put the program's arguments and environment on its stack, and the
+/// auxiliary vector it gave it (Linux's `mm->arg_start`... and `saved_auxv`).
+#[derive(Clone, Debug, Default)]
+pub struct ExecInfo {
+    /// The auxiliary vector as `/proc/PID/auxv` reads: (tag, value) words to AT_NULL.
+    pub auxv: Vec<u8>,
+    /// `[start, end)` of the argument strings (`/proc/PID/cmdline` reads them live).
+    pub args: (u64, u64),
+    /// `[start, end)` of the environment strings (`/proc/PID/environ`).
+    pub env: (u64, u64),
+}
+
 /// The program's address space (see the module doc).
 pub struct AddressSpace {
     mem: Arc<GuestMemory>,
@@ -141,6 +153,8 @@ pub struct AddressSpace {
     vmas: BTreeMap<u64, Vma>,
     pub brk_start: u64,
     pub brk: u64,
+    /// What exec put on the stack, as `/proc/PID/auxv`, `cmdline` and `environ` show it.
+    pub exec_info: ExecInfo,
     /// Every file mapping made, in order.
     pub maps: Vec<MapRecord>,
     /// Set when a request was refused because guest memory ran out.
@@ -203,6 +217,7 @@ impl AddressSpace {
             vmas: BTreeMap::new(),
             brk_start: 0,
             brk: 0,
+            exec_info: ExecInfo::default(),
             maps: Vec::new(),
             exhausted: None,
             space: 0,
@@ -222,6 +237,7 @@ impl AddressSpace {
             vmas: BTreeMap::new(),
             brk_start: 0,
             brk: 0,
+            exec_info: ExecInfo::default(),
             maps: Vec::new(),
             exhausted: None,
             space: 0,
@@ -248,6 +264,7 @@ impl AddressSpace {
         let mut child = AddressSpace::with_pool(self.mem.clone(), self.frames.clone())?;
         child.vmas = self.vmas.clone();
         child.brk_start = self.brk_start;
+        child.exec_info = self.exec_info.clone();
         child.brk = self.brk;
         child.maps = self.maps.clone();
         let mut page = vec![0u8; PAGE as usize];

@@ -43,6 +43,7 @@ use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::host;
 use crate::linux::mm::{Prot, Vma};
+use crate::memory::GuestVirtAddr;
 
 /// The process a `/proc/...` path names, and the rest of the path after its directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -542,6 +543,24 @@ impl Process {
         (rest == b"/fd" || rest == b"/fdinfo").then(|| Arc::new(Listing::new(rest == b"/fd")))
     }
 
+    /// The calling process's `auxv`, `cmdline` or `environ` (`rest` of its `/proc/PID`
+    /// path): what exec gave it, the strings read from its memory as they are now (a
+    /// program may rewrite them, as `setproctitle` does). None for other files.
+    fn exec_text(&self, rest: &[u8]) -> Option<Vec<u8>> {
+        let info = &self.mm.exec_info;
+        let span = match rest {
+            b"/auxv" => return Some(info.auxv.clone()),
+            b"/cmdline" => info.args,
+            b"/environ" => info.env,
+            _ => return None,
+        };
+        let mut text = vec![0u8; (span.1 - span.0) as usize];
+        if self.mm.read(GuestVirtAddr(span.0), &mut text).is_err() {
+            text.clear();
+        }
+        Some(text)
+    }
+
     /// A `/proc` file whose text the shim writes: a guest process's `maps` or `stat`.
     fn proc_text(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
         let read_only = || {
@@ -553,6 +572,15 @@ impl Process {
             }
             Ok(())
         };
+        let own = match named(path, self.pid) {
+            Named::Pid(n, rest) if n == self.pid => Some(rest),
+            Named::ThreadSelf(rest) => Some(rest),
+            _ => None,
+        };
+        if let Some(text) = own.and_then(|rest| self.exec_text(rest)) {
+            read_only()?;
+            return host::memory_file(c"exec", &text).map(Some);
+        }
         let n = match named(path, self.pid) {
             Named::Pid(n, b"/maps") if n == self.pid => {
                 read_only()?;

@@ -13,7 +13,7 @@ use crate::linux::cpu::{self, TrapArea};
 use crate::linux::error::LinuxError;
 use crate::linux::host;
 use crate::linux::loader::Elf;
-use crate::linux::mm::{AddressSpace, Prot};
+use crate::linux::mm::{AddressSpace, ExecInfo, Prot};
 use crate::linux::stack;
 use crate::memory::{GuestPhysAddr, GuestVirtAddr};
 
@@ -115,6 +115,11 @@ pub(crate) fn build_image(
     let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
     mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
         .map_err(oom)?;
+    mm.exec_info = ExecInfo {
+        auxv: st.auxv,
+        args: st.args,
+        env: st.env,
+    };
     Ok((trap, cpu::entry_regs(entry, st.sp)))
 }
 

@@ -32,6 +32,11 @@ pub struct StackSpec {
 pub struct Stack {
     pub bytes: Vec<u8>,
     pub sp: u64,
+    /// The auxiliary vector's words, to AT_NULL included.
+    pub auxv: Vec<u8>,
+    /// `[start, end)` of the argument strings and of the environment strings.
+    pub args: (u64, u64),
+    pub env: (u64, u64),
 }
 
 /// Lay out `spec` below `top` (16-byte aligned). None if it would not fit in `limit` bytes.
@@ -62,7 +67,8 @@ pub fn build(spec: &StackSpec, top: u64, limit: u64) -> Option<Stack> {
     aux.push((AT_EXECFN, at(execfn)));
     aux.push((AT_PLATFORM, at(platform)));
     aux.push((AT_NULL, 0));
-    let words = 1 + args.len() + 1 + envs.len() + 1 + 2 * aux.len();
+    let aux_len = aux.len();
+    let words = 1 + args.len() + 1 + envs.len() + 1 + 2 * aux_len;
     let strings_len = strings.len() as u64;
     let table_len = 8 * words as u64;
     let total = strings_len.checked_add(table_len)?.checked_add(16)?;
@@ -88,7 +94,22 @@ pub fn build(spec: &StackSpec, top: u64, limit: u64) -> Option<Stack> {
     }
     let s = len - strings.len();
     bytes[s..].copy_from_slice(&strings);
-    Some(Stack { bytes, sp })
+    let auxv_at = 8 * (words - 2 * aux_len);
+    let auxv = bytes[auxv_at..8 * words].to_vec();
+    // The strings lie in order: argv's (the first lowest), then envp's, then execfn.
+    let span = |dists: &[u64], end: u64| match dists.last() {
+        Some(&first) => (at(first), end),
+        None => (end, end),
+    };
+    let env = span(&envs, at(execfn));
+    let args = span(&args, env.0);
+    Some(Stack {
+        bytes,
+        sp,
+        auxv,
+        args,
+        env,
+    })
 }
 
 #[cfg(test)]
@@ -161,6 +182,11 @@ mod tests {
         let r = aux[&AT_RANDOM];
         let off = (r - (top - st.bytes.len() as u64)) as usize;
         assert_eq!(&st.bytes[off..off + 16], &[7; 16]);
+        // What /proc/PID/auxv, cmdline and environ show.
+        let from = |va: u64| (va - (top - st.bytes.len() as u64)) as usize;
+        assert_eq!(st.auxv, st.bytes[from(st.sp + 48)..from(p)]);
+        assert_eq!(&st.bytes[from(st.args.0)..from(st.args.1)], b"prog\0a b\0");
+        assert_eq!(&st.bytes[from(st.env.0)..from(st.env.1)], b"X=1\0");
     }
 
     #[test]

@@ -574,7 +574,19 @@ impl Process {
                 libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE => ok(0),
                 _ => Err(Errno::EINVAL),
             },
+            Sysno::sched_getattr => self.sys_sched_getattr(a[1], a[2], a[3]),
+            // A normal policy is accepted, not applied (GLib copies a thread's attributes
+            // to the threads it starts); real-time ones would need the host's privilege
+            // for lbrprof's threads.
+            Sysno::sched_setattr => self.sys_sched_setattr(a[1], a[2]),
             Sysno::sched_setaffinity => ok(0),
+            // No membarrier command is offered (the query says none; each other command is
+            // EINVAL, as Linux answers one it does not offer): programs (abseil, liburcu)
+            // query first and fall back to their own barriers.
+            Sysno::membarrier => match (a[0], a[1]) {
+                (0, 0) => ok(0),
+                _ => Err(Errno::EINVAL),
+            },
             // Memory policy: the default (MPOL_DEFAULT, no nodes named); a new policy is
             // accepted, not applied (guest RAM is one host mapping).
             Sysno::get_mempolicy => {
@@ -1647,6 +1659,45 @@ impl Process {
         let now = std::time::Instant::now();
         now.checked_add(span.min(Duration::from_secs(1 << 32)))
             .unwrap_or_else(|| now + Duration::from_secs(1 << 30))
+    }
+
+    /// `sched_getattr` of any of the program's threads: SCHED_OTHER at nice 0, as
+    /// sched_getscheduler and sched_getparam say, in the caller's `size` (at least the
+    /// first version's 48 bytes; the kernel's own 56 at most).
+    fn sys_sched_getattr(&mut self, attr: u64, size: u64, flags: u64) -> Sys {
+        const VER0: u64 = 48;
+        const OURS: u64 = 56;
+        if flags != 0 || attr == 0 || !(VER0..=PAGE).contains(&size) {
+            return Err(Errno::EINVAL);
+        }
+        let len = size.min(OURS);
+        let mut b = vec![0u8; len as usize];
+        b[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        b[4..8].copy_from_slice(&(libc::SCHED_OTHER as u32).to_le_bytes());
+        if len >= OURS {
+            // util_max: the whole capacity.
+            b[52..56].copy_from_slice(&1024u32.to_le_bytes());
+        }
+        self.out(attr, &b).map(|()| 0)
+    }
+
+    /// `sched_setattr`: a normal policy is accepted, not applied (GLib copies a thread's
+    /// attributes to the threads it starts); real-time ones would need the host's
+    /// privilege for lbrprof's threads (EPERM, as for an unprivileged caller).
+    fn sys_sched_setattr(&mut self, attr: u64, flags: u64) -> Sys {
+        let mut b = [0u8; 8];
+        self.mm.read(GuestVirtAddr(attr), &mut b)?;
+        let size = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let policy = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as i32;
+        if flags != 0 || (size != 0 && size < 48) {
+            return Err(Errno::EINVAL);
+        }
+        match policy {
+            libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE => ok(0),
+            // (6: SCHED_DEADLINE.)
+            libc::SCHED_FIFO | libc::SCHED_RR | 6 => Err(Errno(libc::EPERM)),
+            _ => Err(Errno::EINVAL),
+        }
     }
 
     fn sys_sigaction(&mut self, sig: u64, act: u64, old: u64, set_size: u64) -> Sys {
@@ -2737,6 +2788,33 @@ mod tests {
             0
         );
         assert_eq!(task.sigmask, !crate::linux::signal::UNBLOCKABLE);
+    }
+
+    #[test]
+    fn scheduling_attributes_and_membarrier_answer_as_a_kernel_without_extras() {
+        let mut p = process();
+        let call = |p: &mut Process, nr: Sysno, a: [u64; 4]| {
+            ret(p.syscall(&mut p.main_task(), nr as u64, [a[0], a[1], a[2], a[3], 0, 0]))
+        };
+        let attr = 0x40_0000;
+        let einval = -(libc::EINVAL as i64);
+        assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 56, 0]), 0);
+        let mut b = [0u8; 56];
+        p.mm.read(GuestVirtAddr(attr), &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), 56);
+        assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 0, "SCHED_OTHER");
+        assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 47, 0]), einval);
+        assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 56, 1]), einval);
+        // Set back what was read: accepted; a real-time policy is not.
+        assert_eq!(call(&mut p, Sysno::sched_setattr, [0, attr, 0, 0]), 0);
+        p.mm.write(GuestVirtAddr(attr + 4), &1u32.to_le_bytes()).unwrap();
+        assert_eq!(
+            call(&mut p, Sysno::sched_setattr, [0, attr, 0, 0]),
+            -(libc::EPERM as i64)
+        );
+        assert_eq!(call(&mut p, Sysno::membarrier, [0, 0, 0, 0]), 0);
+        assert_eq!(call(&mut p, Sysno::membarrier, [8, 0, 0, 0]), einval);
+        assert!(p.report.unimplemented.is_empty());
     }
 
     #[test]
