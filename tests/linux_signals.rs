@@ -216,6 +216,40 @@ fn a_signal_from_outside_that_the_program_raises_again_is_reported_as_from_outsi
     );
 }
 
+/// coreutils `timeout` sends its SIGTERM to lbrprof and to lbrprof's process group, two
+/// deliveries at once: one request, not a second one (which stops the VM at once). A
+/// program spinning in ring 3 used to be stopped that way in most runs, before the
+/// first SIGTERM reached it, and lbrprof said it "did not end".
+#[test]
+fn sigterm_to_lbrprof_and_its_group_at_once_is_one_request() {
+    if !kvm_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path());
+    for round in 0..3 {
+        let mut cmd = in_vm(&exe, &["default", "spin"]);
+        cmd.process_group(0);
+        let mut p = start(cmd);
+        p.wait_ready();
+        std::thread::sleep(SETTLE);
+        p.signal(libc::SIGTERM);
+        // SAFETY: kill has no memory preconditions; the group is our child's own.
+        let r = unsafe { libc::kill(-(p.child.id() as libc::pid_t), libc::SIGTERM) };
+        assert_eq!(r, 0, "kill of the group failed");
+        let (_, status, stderr, _) = p.finish();
+        assert_eq!(
+            shell_code(status),
+            128 + libc::SIGTERM,
+            "round {round}: {stderr}"
+        );
+        assert!(
+            stderr.contains("SIGTERM from outside the VM") && !stderr.contains("did not end"),
+            "round {round}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_program_that_ignores_sigint_still_lets_lbrprof_stop() {
     if !kvm_available() {

@@ -39,11 +39,21 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_millis(500);
 /// [`STOP_GRACE`], SIGKILL after twice that; a second request is SIGKILL at once (as
 /// perf ends its workload). Shared by host commands and Linux programs in the VM (where
 /// SIGKILL stops the VM).
+///
+/// The same signal again within [`SAME_REQUEST`] of the first is the same request, not a
+/// second one: coreutils `timeout` sends its SIGTERM both to lbrprof and to lbrprof's
+/// process group, and took the VM down before the program could end by itself.
 #[derive(Debug, Default)]
 pub(crate) struct Escalation {
     /// When the program was first asked to stop, and the last signal it was sent.
     stopping: Option<(Instant, i32)>,
+    /// The signal of the first request.
+    first: Option<i32>,
 }
+
+/// How close together two deliveries of one signal are one request (see [`Escalation`]):
+/// far shorter than a person can press Ctrl-C twice.
+const SAME_REQUEST: Duration = Duration::from_millis(100);
 
 impl Escalation {
     /// The signal to send the program at `now`, given this pass's stop request
@@ -55,7 +65,16 @@ impl Escalation {
         now: Instant,
     ) -> Option<i32> {
         let next = match (self.stopping, requested) {
-            (None, Some(sig)) => Some(sig),
+            (None, Some(sig)) => {
+                self.first = Some(sig);
+                Some(sig)
+            }
+            (Some((since, _)), Some(sig))
+                if self.first == Some(sig)
+                    && now.saturating_duration_since(since) < SAME_REQUEST =>
+            {
+                None
+            }
             (None, None) if timed_out => Some(libc::SIGTERM),
             (Some(_), Some(_)) => Some(libc::SIGKILL),
             (Some((since, last)), None) => {
@@ -851,6 +870,19 @@ mod tests {
         );
         assert_eq!(
             e.next(Some(libc::SIGINT), false, at(1)),
+            Some(libc::SIGKILL)
+        );
+        // `timeout`'s SIGTERM to lbrprof and to its process group: one request; the same
+        // signal later is a second one.
+        let mut e = Escalation::default();
+        assert_eq!(
+            e.next(Some(libc::SIGTERM), false, at(0)),
+            Some(libc::SIGTERM)
+        );
+        assert_eq!(e.next(Some(libc::SIGTERM), false, at(2)), None);
+        assert_eq!(e.next(None, false, at(50)), None);
+        assert_eq!(
+            e.next(Some(libc::SIGTERM), false, at(300)),
             Some(libc::SIGKILL)
         );
     }

@@ -2794,7 +2794,11 @@ mod tests {
     fn scheduling_attributes_and_membarrier_answer_as_a_kernel_without_extras() {
         let mut p = process();
         let call = |p: &mut Process, nr: Sysno, a: [u64; 4]| {
-            ret(p.syscall(&mut p.main_task(), nr as u64, [a[0], a[1], a[2], a[3], 0, 0]))
+            ret(p.syscall(
+                &mut p.main_task(),
+                nr as u64,
+                [a[0], a[1], a[2], a[3], 0, 0],
+            ))
         };
         let attr = 0x40_0000;
         let einval = -(libc::EINVAL as i64);
@@ -2802,12 +2806,17 @@ mod tests {
         let mut b = [0u8; 56];
         p.mm.read(GuestVirtAddr(attr), &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), 56);
-        assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 0, "SCHED_OTHER");
+        assert_eq!(
+            u32::from_le_bytes(b[4..8].try_into().unwrap()),
+            0,
+            "SCHED_OTHER"
+        );
         assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 47, 0]), einval);
         assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 56, 1]), einval);
         // Set back what was read: accepted; a real-time policy is not.
         assert_eq!(call(&mut p, Sysno::sched_setattr, [0, attr, 0, 0]), 0);
-        p.mm.write(GuestVirtAddr(attr + 4), &1u32.to_le_bytes()).unwrap();
+        p.mm.write(GuestVirtAddr(attr + 4), &1u32.to_le_bytes())
+            .unwrap();
         assert_eq!(
             call(&mut p, Sysno::sched_setattr, [0, attr, 0, 0]),
             -(libc::EPERM as i64)
