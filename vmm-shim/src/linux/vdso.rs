@@ -196,64 +196,58 @@ fn split_ns(a: &mut CodeAssembler) -> Result<(), iced_x86::IcedError> {
     a.div(rcx)
 }
 
+/// The clock read, inlined in each function (so a profile names the function, and no
+/// call frame is in between): clock id in eax (at most MAX_CLOCK); falls through with the
+/// clock in ns in rax, or jumps to `unserved` when the data page does not serve it.
+/// Clobbers rcx, rdx, r8-r11; keeps rdi and rsi. `text` labels the start of `.text`.
+fn read_ns(
+    a: &mut CodeAssembler,
+    text: CodeLabel,
+    unserved: CodeLabel,
+) -> Result<(), iced_x86::IcedError> {
+    // The data page, from the address of .text (both are fixed in the image's layout).
+    let vvar_from_text = (TEXT_OFFSET + PAGE) as i32;
+    let (mut retry, mut pause, mut positive) =
+        (a.create_label(), a.create_label(), a.create_label());
+    a.lea(r8, ptr(text))?;
+    a.sub(r8, vvar_from_text)?;
+    a.mov(r9d, eax)?;
+    a.shl(r9, 5)?;
+    a.lea(r9, ptr(r8 + r9 + vvar::CLOCKS as i32))?;
+    a.jmp(retry)?;
+    a.set_label(&mut pause)?;
+    a.pause()?;
+    a.set_label(&mut retry)?;
+    a.mov(r10d, dword_ptr(r8 + vvar::SEQ as i32))?;
+    a.test(r10d, 1)?;
+    a.jnz(pause)?;
+    a.mov(r11, qword_ptr(r9 + vvar::MULT as i32))?;
+    a.test(r11, r11)?;
+    a.jz(unserved)?;
+    a.mov(rcx, qword_ptr(r9 + vvar::SHIFT as i32))?;
+    // rdtsc is not ordered with the loads above without a fence (Linux's rdtsc_ordered).
+    a.lfence()?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.sub(rax, qword_ptr(r9 + vvar::CYCLE_BASE as i32))?;
+    // A TSC a little behind the anchor (another vCPU's): the anchor's time.
+    a.jae(positive)?;
+    a.xor(eax, eax)?;
+    a.set_label(&mut positive)?;
+    a.mul(r11)?;
+    a.shrd(rax, rdx, cl)?;
+    a.add(rax, qword_ptr(r9 + vvar::NS_BASE as i32))?;
+    a.cmp(r10d, dword_ptr(r8 + vvar::SEQ as i32))?;
+    a.jne(retry)
+}
+
 /// Assemble the functions (see the module doc for what each does).
 fn assemble() -> Result<Code, iced_x86::IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    // read_ns is the first function: its label is also the start of .text.
-    let mut read_ns = a.create_label();
     let mut labels = [(); 5].map(|()| a.create_label());
-    // The data page, from the address of .text (both are fixed in the image's layout).
-    let vvar_from_text = (TEXT_OFFSET + PAGE) as i32;
-
-    // read_ns: clock id in eax (at most MAX_CLOCK). Out: CF clear and the clock in ns in
-    // rax, or CF set when the data page does not serve it. Clobbers rcx, rdx, r8-r11;
-    // keeps rdi and rsi.
-    {
-        let (mut retry, mut pause, mut unserved, mut positive) = (
-            a.create_label(),
-            a.create_label(),
-            a.create_label(),
-            a.create_label(),
-        );
-        a.set_label(&mut read_ns)?;
-        a.lea(r8, ptr(read_ns))?;
-        a.sub(r8, vvar_from_text)?;
-        a.mov(r9d, eax)?;
-        a.shl(r9, 5)?;
-        a.lea(r9, ptr(r8 + r9 + vvar::CLOCKS as i32))?;
-        a.set_label(&mut retry)?;
-        a.mov(r10d, dword_ptr(r8 + vvar::SEQ as i32))?;
-        a.test(r10d, 1)?;
-        a.jnz(pause)?;
-        a.mov(r11, qword_ptr(r9 + vvar::MULT as i32))?;
-        a.test(r11, r11)?;
-        a.jz(unserved)?;
-        a.mov(rcx, qword_ptr(r9 + vvar::SHIFT as i32))?;
-        // rdtsc is not ordered with the loads above without a fence (Linux's
-        // rdtsc_ordered).
-        a.lfence()?;
-        a.rdtsc()?;
-        a.shl(rdx, 32)?;
-        a.or(rax, rdx)?;
-        a.sub(rax, qword_ptr(r9 + vvar::CYCLE_BASE as i32))?;
-        // A TSC a little behind the anchor (another vCPU's): the anchor's time.
-        a.jae(positive)?;
-        a.xor(eax, eax)?;
-        a.set_label(&mut positive)?;
-        a.mul(r11)?;
-        a.shrd(rax, rdx, cl)?;
-        a.add(rax, qword_ptr(r9 + vvar::NS_BASE as i32))?;
-        a.cmp(r10d, dword_ptr(r8 + vvar::SEQ as i32))?;
-        a.jne(retry)?;
-        a.clc()?;
-        a.ret()?;
-        a.set_label(&mut pause)?;
-        a.pause()?;
-        a.jmp(retry)?;
-        a.set_label(&mut unserved)?;
-        a.stc()?;
-        a.ret()?;
-    }
+    // clock_gettime is the first function: its label is also the start of .text.
+    let text = labels[0];
 
     // clock_gettime(clockid_t rdi, struct timespec *rsi)
     {
@@ -262,8 +256,7 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         a.cmp(edi, vvar::MAX_CLOCK)?;
         a.ja(sys)?;
         a.mov(eax, edi)?;
-        a.call(read_ns)?;
-        a.jc(sys)?;
+        read_ns(&mut a, text, sys)?;
         split_ns(&mut a)?;
         a.mov(qword_ptr(rsi), rax)?;
         a.mov(qword_ptr(rsi + 8), rdx)?;
@@ -283,8 +276,7 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         a.test(rdi, rdi)?;
         a.jz(sys)?;
         a.mov(eax, CLOCK_REALTIME)?;
-        a.call(read_ns)?;
-        a.jc(sys)?;
+        read_ns(&mut a, text, sys)?;
         split_ns(&mut a)?;
         a.mov(qword_ptr(rdi), rax)?;
         a.mov(rax, rdx)?;
@@ -304,8 +296,7 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         let (mut sys, mut done) = (a.create_label(), a.create_label());
         a.set_label(&mut labels[2])?;
         a.mov(eax, CLOCK_REALTIME)?;
-        a.call(read_ns)?;
-        a.jc(sys)?;
+        read_ns(&mut a, text, sys)?;
         split_ns(&mut a)?;
         a.test(rdi, rdi)?;
         a.jz(done)?;
