@@ -189,6 +189,18 @@ struct Code {
     functions: Vec<(&'static str, u64, u64)>,
 }
 
+/// At `label`: system call `nr` with the caller's arguments, and return its result.
+fn system_call(
+    a: &mut CodeAssembler,
+    label: &mut CodeLabel,
+    nr: u32,
+) -> Result<(), iced_x86::IcedError> {
+    a.set_label(label)?;
+    a.mov(eax, nr)?;
+    a.syscall()?;
+    a.ret()
+}
+
 /// `ns` in rax → seconds in rax, nanoseconds in rdx (clobbers rcx).
 fn split_ns(a: &mut CodeAssembler) -> Result<(), iced_x86::IcedError> {
     a.xor(edx, edx)?;
@@ -262,10 +274,7 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         a.mov(qword_ptr(rsi + 8), rdx)?;
         a.xor(eax, eax)?;
         a.ret()?;
-        a.set_label(&mut sys)?;
-        a.mov(eax, SYS_CLOCK_GETTIME)?;
-        a.syscall()?;
-        a.ret()?;
+        system_call(&mut a, &mut sys, SYS_CLOCK_GETTIME)?;
     }
     // gettimeofday(struct timeval *rdi, struct timezone *rsi)
     {
@@ -286,10 +295,7 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         a.mov(qword_ptr(rdi + 8), rax)?;
         a.xor(eax, eax)?;
         a.ret()?;
-        a.set_label(&mut sys)?;
-        a.mov(eax, SYS_GETTIMEOFDAY)?;
-        a.syscall()?;
-        a.ret()?;
+        system_call(&mut a, &mut sys, SYS_GETTIMEOFDAY)?;
     }
     // time(time_t *rdi)
     {
@@ -303,17 +309,11 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
         a.mov(qword_ptr(rdi), rax)?;
         a.set_label(&mut done)?;
         a.ret()?;
-        a.set_label(&mut sys)?;
-        a.mov(eax, SYS_TIME)?;
-        a.syscall()?;
-        a.ret()?;
+        system_call(&mut a, &mut sys, SYS_TIME)?;
     }
     // clock_getres and getcpu: the system call.
     for (label, nr) in labels[3..].iter_mut().zip([SYS_CLOCK_GETRES, SYS_GETCPU]) {
-        a.set_label(label)?;
-        a.mov(eax, nr)?;
-        a.syscall()?;
-        a.ret()?;
+        system_call(&mut a, label, nr)?;
     }
     let mut end = a.create_label();
     a.set_label(&mut end)?;
