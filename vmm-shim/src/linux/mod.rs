@@ -20,6 +20,8 @@
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //! * [`entropy`]: the program's random bytes: the host's, or a fixed stream (exact mode).
 //! * [`clock`]: the program's clocks: the host's, or a virtual clock (exact mode).
+//! * [`vdso`]: the vDSO every program maps, so reading a clock is no exit; [`vclock`]:
+//!   the clocks of its data page (the host's, from the guest's TSC).
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
@@ -38,8 +40,8 @@
 //!   [`errno`] and [`error`]: the errors.
 //!
 //! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
-//! `host` at the bottom; then `frames`, `shm`; `mm`, `fd`, `signal`, `stack`, `entropy`, `clock`; `cpu`,
-//! `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
+//! `host` at the bottom; then `frames`, `shm`, `vclock`; `mm`, `fd`, `signal`, `stack`, `entropy`,
+//! `clock`; `vdso`, `cpu`, `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
 //! [`Process`]; and on top the files that extend it: `syscall`, `futex`, `events`, `net`,
 //! `sigframe`, `procfs`. One arrow still points up: `mm`'s fork asks the emulated LBR
 //! (`pmu::kvm_hook`) for the bytes under its breakpoints.

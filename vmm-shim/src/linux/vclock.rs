@@ -24,8 +24,25 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 
 use crate::linux::host;
-use crate::linux::vdso::vvar;
 use crate::memory::{GuestMemory, GuestPhysAddr};
+
+/// The data page's layout (drawn in [`super::vdso`]'s module doc): what the shim writes
+/// here and the vDSO's code reads.
+pub mod vvar {
+    /// u32 sequence count: odd while the shim updates the page.
+    pub const SEQ: u64 = 0;
+    /// The first clock's entry.
+    pub const CLOCKS: u64 = 64;
+    /// Bytes per clock entry.
+    pub const ENTRY: u64 = 32;
+    /// Offsets in an entry.
+    pub const CYCLE_BASE: u64 = 0;
+    pub const NS_BASE: u64 = 8;
+    pub const MULT: u64 = 16;
+    pub const SHIFT: u64 = 24;
+    /// The highest clock id with an entry (`CLOCK_TAI`).
+    pub const MAX_CLOCK: u32 = 11;
+}
 
 /// Fixed-point shift of every line's `mult`.
 pub const SHIFT: u32 = 32;

@@ -47,7 +47,7 @@ use crate::linux::errno::Errno;
 use crate::linux::frames::FramePool;
 use crate::linux::mm::{AddressSpace, Prot};
 use crate::linux::shm::{SharedObject, ShmRef};
-use crate::linux::vclock::VClock;
+use crate::linux::vclock::{VClock, vvar};
 use crate::memory::GuestMemory;
 use std::sync::Arc;
 
@@ -56,23 +56,6 @@ use std::sync::Arc;
 pub const VVAR_BASE: u64 = MMAP_TOP;
 /// Where the vDSO image goes (`AT_SYSINFO_EHDR`).
 pub const VDSO_BASE: u64 = VVAR_BASE + PAGE;
-
-/// The data page's layout (see the module doc).
-pub mod vvar {
-    /// u32 sequence count: odd while the shim updates the page.
-    pub const SEQ: u64 = 0;
-    /// The first clock's entry.
-    pub const CLOCKS: u64 = 64;
-    /// Bytes per clock entry.
-    pub const ENTRY: u64 = 32;
-    /// Offsets in an entry.
-    pub const CYCLE_BASE: u64 = 0;
-    pub const NS_BASE: u64 = 8;
-    pub const MULT: u64 = 16;
-    pub const SHIFT: u64 = 24;
-    /// The highest clock id with an entry (`CLOCK_TAI`).
-    pub const MAX_CLOCK: u32 = 11;
-}
 
 /// File offset (= address offset) of `.text` in the image.
 const TEXT_OFFSET: u64 = 0x800;
