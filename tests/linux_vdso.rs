@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{build_workload, kvm_available, lbrprof};
+use common::{build_workload, go_available, kvm_available, lbrprof};
 
 /// `lbrprof run --vm FLAGS -- linux_vdso N`: its "name value" lines and stderr.
 fn run(exe: &Path, flags: &[&str], n: &str) -> (BTreeMap<String, i128>, String) {
@@ -151,4 +151,40 @@ fn a_recording_names_the_vdso_functions() {
         !vdso_rows.iter().any(|l| l.contains("[vdso]+0x")),
         "no raw vDSO address:\n{text}"
     );
+}
+
+#[test]
+fn gos_runtime_finds_the_vdso_by_its_version() {
+    if !kvm_available() || !go_available() || !host_tsc_clocksource() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/linux_vdso_go/main.go");
+    let exe = tmp.path().join("linux_vdso_go");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", tmp.path().join("gocache"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let out = lbrprof()
+        .args(["run", "--vm", "--stats", "--"])
+        .arg(&exe)
+        .arg("20000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "true true\n");
+    // 20 000 time.Now() are 40 000 clock reads (wall and monotonic) by system call
+    // without the vDSO.
+    let calls = system_calls(&stderr);
+    assert!(calls < 5_000, "{calls} system calls for 20 000 time.Now()");
 }
