@@ -17,9 +17,11 @@
 //!                              u64 mult        ns = ns_base + ((tsc - cycle_base) * mult >> shift)
 //!                              u64 shift       (mult 0: not served here, make the system call)
 //!  VDSO_BASE         [vdso]  the ELF image, read-only and executable:
-//!                      ELF header, PT_LOAD (all of it) / PT_DYNAMIC / PT_NOTE
+//!                      ELF header, PT_LOAD (all of it) / PT_DYNAMIC / PT_NOTE /
+//!                      PT_GNU_EH_FRAME
 //!                      .hash .dynsym .dynstr .gnu.version .gnu.version_d .dynamic
-//!                      .note (GNU build-id)  .text at TEXT_OFFSET  section headers
+//!                      .note (GNU build-id) .eh_frame_hdr .eh_frame (CFI: CFA = rsp+8)
+//!                      .text at TEXT_OFFSET  section headers
 //! ```
 //!
 //! The image is laid out like Linux's x86-64 vDSO (SONAME `linux-vdso.so.1`, base address
@@ -321,6 +323,85 @@ fn assemble() -> Result<Code, iced_x86::IcedError> {
     Ok(Code { bytes, functions })
 }
 
+/// `.eh_frame` (at address `frame`) and `.eh_frame_hdr` (at `hdr`) for `functions`
+/// (name, offset in `.text`, size; `.text` at `text`), so unwinders (libgcc's, gdb's, a
+/// profiler's) step out of them as out of Linux's vDSO. No function moves rsp (no push,
+/// no frame), so one rule holds at every instruction: CFA = rsp + 8, the return address
+/// at CFA - 8. One CIE, an FDE per function, the header's search table sorted by address.
+fn unwind_tables(
+    frame: u64,
+    hdr: u64,
+    text: u64,
+    functions: &[(&str, u64, u64)],
+) -> (Vec<u8>, Vec<u8>) {
+    const DW_EH_PE_PCREL_SDATA4: u8 = 0x1b;
+    const DW_EH_PE_UDATA4: u8 = 0x03;
+    const DW_EH_PE_DATAREL_SDATA4: u8 = 0x3b;
+    const DW_CFA_DEF_CFA: u8 = 0x0c;
+    const DW_CFA_OFFSET_RA: u8 = 0x80 | 16;
+    const RSP: u8 = 7;
+    const RA: u8 = 16;
+    // A record: its length, its body, DW_CFA_nop up to an 8-byte multiple.
+    let record = |out: &mut Vec<u8>, body: &[u8]| {
+        let len = (4 + body.len()).next_multiple_of(8) - 4;
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        out.resize(out.len() + len - body.len(), 0);
+    };
+    let rel = |to: u64, from: u64| (to.wrapping_sub(from) as i32).to_le_bytes();
+    let mut eh = Vec::new();
+    // CIE: id 0, version 1, "zR", code alignment 1, data alignment -8, RA register, one
+    // byte of augmentation data (the FDE pointer encoding), the initial rules.
+    record(
+        &mut eh,
+        &[
+            0,
+            0,
+            0,
+            0,
+            1,
+            b'z',
+            b'R',
+            0,
+            1,
+            0x78,
+            RA,
+            1,
+            DW_EH_PE_PCREL_SDATA4,
+            DW_CFA_DEF_CFA,
+            RSP,
+            8,
+            DW_CFA_OFFSET_RA,
+            1,
+        ],
+    );
+    let mut table = Vec::new();
+    for &(_, off, size) in functions {
+        let at = frame + eh.len() as u64;
+        let mut body = Vec::new();
+        body.extend_from_slice(&((at + 4 - frame) as u32).to_le_bytes());
+        body.extend_from_slice(&rel(text + off, at + 8));
+        body.extend_from_slice(&(size as u32).to_le_bytes());
+        body.push(0); // no augmentation data
+        record(&mut eh, &body);
+        table.push((text + off, at));
+    }
+    eh.extend_from_slice(&[0; 4]);
+    let mut h = vec![
+        1,
+        DW_EH_PE_PCREL_SDATA4,
+        DW_EH_PE_UDATA4,
+        DW_EH_PE_DATAREL_SDATA4,
+    ];
+    h.extend_from_slice(&rel(frame, hdr + 4));
+    h.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    for (pc, fde) in table {
+        h.extend_from_slice(&rel(pc, hdr));
+        h.extend_from_slice(&rel(fde, hdr));
+    }
+    (eh, h)
+}
+
 /// A build-id for `bytes`: two 64-bit FxHashes of them (with different seeds).
 fn build_id(bytes: &[u8]) -> Vec<u8> {
     use std::hash::Hasher;
@@ -353,7 +434,7 @@ fn build() -> Result<Image, BuildError> {
     let mut bytes = Vec::new();
     let mut w = Writer::new(object::Endianness::Little, true, &mut bytes);
     w.reserve_file_header();
-    w.reserve_program_headers(3);
+    w.reserve_program_headers(4);
     w.reserve_null_section_index();
     w.reserve_hash_section_index();
     w.reserve_dynsym_section_index();
@@ -362,6 +443,10 @@ fn build() -> Result<Image, BuildError> {
     w.reserve_gnu_verdef_section_index();
     w.reserve_dynamic_section_index();
     let note_name = w.add_section_name(b".note");
+    w.reserve_section_index();
+    let hdr_name = w.add_section_name(b".eh_frame_hdr");
+    w.reserve_section_index();
+    let frame_name = w.add_section_name(b".eh_frame");
     w.reserve_section_index();
     let text_name = w.add_section_name(b".text");
     let text_index = w.reserve_section_index();
@@ -388,6 +473,11 @@ fn build() -> Result<Image, BuildError> {
     let dynamic_offset = w.reserve_dynamic(DYNAMIC);
     let note_len = 16 + id.len() as u64;
     let note_offset = w.reserve(note_len, 4);
+    // The unwind tables' sizes do not depend on where they go.
+    let sizes = unwind_tables(0, 0, TEXT_OFFSET, &code.functions);
+    let hdr_offset = w.reserve(sizes.1.len() as u64, 4);
+    let frame_offset = w.reserve(sizes.0.len() as u64, 8);
+    let (frame, hdr) = unwind_tables(frame_offset, hdr_offset, TEXT_OFFSET, &code.functions);
     if w.reserved_len() > TEXT_OFFSET {
         return Err(BuildError::Layout);
     }
@@ -434,6 +524,16 @@ fn build() -> Result<Image, BuildError> {
         p_paddr: note_offset,
         p_filesz: note_len,
         p_memsz: note_len,
+        p_align: 4,
+    });
+    w.write_program_header(&ProgramHeader {
+        p_type: elf::PT_GNU_EH_FRAME,
+        p_flags: elf::PF_R,
+        p_offset: hdr_offset,
+        p_vaddr: hdr_offset,
+        p_paddr: hdr_offset,
+        p_filesz: hdr.len() as u64,
+        p_memsz: hdr.len() as u64,
         p_align: 4,
     });
 
@@ -501,6 +601,10 @@ fn build() -> Result<Image, BuildError> {
     note.extend_from_slice(b"GNU\0");
     note.extend_from_slice(&id);
     w.write(&note);
+    w.pad_until(hdr_offset);
+    w.write(&hdr);
+    w.pad_until(frame_offset);
+    w.write(&frame);
     w.pad_until(text_offset);
     w.write(&code.bytes);
     w.write_shstrtab();
@@ -524,6 +628,23 @@ fn build() -> Result<Image, BuildError> {
         sh_addralign: 4,
         sh_entsize: 0,
     });
+    for (name, offset, len, align) in [
+        (hdr_name, hdr_offset, hdr.len(), 4),
+        (frame_name, frame_offset, frame.len(), 8),
+    ] {
+        w.write_section_header(&SectionHeader {
+            sh_name: w.section_name_offset(Some(name)),
+            sh_type: elf::SHT_PROGBITS,
+            sh_flags: elf::SHF_ALLOC,
+            sh_addr: offset,
+            sh_offset: offset,
+            sh_size: len as u64,
+            sh_link: 0,
+            sh_info: 0,
+            sh_addralign: align,
+            sh_entsize: 0,
+        });
+    }
     w.write_section_header(&SectionHeader {
         sh_name: w.section_name_offset(Some(text_name)),
         sh_type: elf::SHT_PROGBITS,
@@ -546,7 +667,7 @@ fn build() -> Result<Image, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
+    use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _, SectionHeader as _};
     use object::{Object, ObjectSection, ObjectSymbol};
 
     #[test]
@@ -592,6 +713,59 @@ mod tests {
             .find(|s| s.sh_type(endian) == elf::SHT_DYNAMIC)
             .unwrap();
         assert!(dynamic.sh_size(endian) > 0);
+    }
+
+    #[test]
+    fn every_function_unwinds_to_its_caller_with_the_cfi() {
+        use gimli::{
+            BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+            UnwindSection, X86_64,
+        };
+        let img = image();
+        let file = object::File::parse(&img.bytes[..]).unwrap();
+        let section = |name| {
+            let s = file.section_by_name(name).unwrap();
+            (s.address(), s.data().unwrap())
+        };
+        let (hdr_at, hdr) = section(".eh_frame_hdr");
+        let (frame_at, frame) = section(".eh_frame");
+        let (text_at, _) = section(".text");
+        // PT_GNU_EH_FRAME points at the header.
+        let header = ElfFile64::<object::Endianness>::parse(&img.bytes[..]).unwrap();
+        let endian = header.endian();
+        let phdr = header
+            .elf_program_headers()
+            .iter()
+            .find(|p| p.p_type(endian) == elf::PT_GNU_EH_FRAME)
+            .unwrap();
+        assert_eq!(phdr.p_vaddr(endian), hdr_at);
+        let bases = BaseAddresses::default()
+            .set_eh_frame_hdr(hdr_at)
+            .set_eh_frame(frame_at)
+            .set_text(text_at);
+        let table = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).unwrap();
+        let eh = EhFrame::new(frame, LittleEndian);
+        let table = table.table().unwrap();
+        let mut ctx = UnwindContext::new();
+        for f in FUNCTIONS {
+            let sym = file
+                .dynamic_symbols()
+                .find(|s| s.name() == Ok(format!("__vdso_{f}").as_str()))
+                .unwrap();
+            for pc in [sym.address(), sym.address() + sym.size() - 1] {
+                let row = table
+                    .unwind_info_for_address(&eh, &bases, &mut ctx, pc, EhFrame::cie_from_offset)
+                    .unwrap_or_else(|e| panic!("{f} at {pc:#x}: {e}"));
+                assert_eq!(
+                    *row.cfa(),
+                    CfaRule::RegisterAndOffset {
+                        register: X86_64::RSP,
+                        offset: 8
+                    }
+                );
+                assert_eq!(row.register(X86_64::RA), Some(RegisterRule::Offset(-8)));
+            }
+        }
     }
 
     /// The image and a data page in host memory, laid out as in the guest.
