@@ -122,17 +122,7 @@ fn a_recording_names_the_vdso_functions() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let report = lbrprof()
-        .args(["report", "-i"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
+    let text = common::ok(&["report", "-i", data.to_str().unwrap()]);
     if !host_tsc_clocksource() {
         return;
     }
