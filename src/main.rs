@@ -15,6 +15,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Recordings of Linux programs name the guest's vDSO `[vdso]` with its build-id.
+    lbrprof_symbolizer::add_vdso_image(|| &lbrprof_vmm::linux::vdso::image().bytes);
     match cli.run() {
         Ok(code) => code,
         Err(err) => {

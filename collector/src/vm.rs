@@ -303,12 +303,19 @@ pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64
         .map(|m| {
             // Anonymous code (`//anon`, a JIT's) has no file to read a build-id from.
             let anonymous = m.path.as_os_str() == lbrprof_vmm::linux::mm::MapRecord::ANONYMOUS;
+            // The shim's vDSO is no file: its build-id is the image's, which the
+            // symbolizer is given to read it by.
+            let vdso = m.path.as_os_str() == "[vdso]";
             let build_id = build_ids
                 .entry(m.path.clone())
                 .or_insert_with(|| {
-                    (!anonymous)
-                        .then(|| crate::sampler::convert::read_build_id(&m.path))
-                        .flatten()
+                    if vdso {
+                        Some(lbrprof_vmm::linux::vdso::image().build_id.clone())
+                    } else if anonymous {
+                        None
+                    } else {
+                        crate::sampler::convert::read_build_id(&m.path)
+                    }
                 })
                 .clone();
             Mapping {

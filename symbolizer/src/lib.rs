@@ -93,6 +93,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use debuginfo::saved_kallsyms;
+pub use vdso::add_image as add_vdso_image;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers that read
 /// files lbrprof does not control, reachable without a file on disk.

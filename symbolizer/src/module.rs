@@ -209,10 +209,14 @@ impl Module {
     /// for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
         if key.path == Path::new(crate::vdso::VDSO) {
-            let bytes = crate::vdso::read_own().map_err(|source| ModuleError::Open {
-                path: key.path.clone(),
-                source,
-            })?;
+            let added = key.build_id.as_deref().and_then(crate::vdso::added_image);
+            let bytes = match added {
+                Some(b) => b.to_vec(),
+                None => crate::vdso::read_own().map_err(|source| ModuleError::Open {
+                    path: key.path.clone(),
+                    source,
+                })?,
+            };
             let arena = Arena::default();
             // SAFETY: as in `open_path`, the slice only lives inside the module owning `arena`.
             let data = unsafe { arena.keep(bytes) };

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// The name perf and `/proc/PID/maps` give the vDSO mapping.
 pub(crate) const VDSO: &str = "[vdso]";
@@ -18,6 +19,31 @@ pub(crate) fn is_pseudo(path: &Path) -> bool {
         return false;
     };
     s != VDSO && (s.starts_with('[') || s.starts_with("//anon") || s.starts_with("anon_inode:"))
+}
+
+/// vDSO images other than this kernel's, by what gives them: a VMM's guest vDSO (lbrprof's
+/// own, which its recordings name `[vdso]` with the image's build-id).
+static IMAGES: Mutex<Vec<ImageFn>> = Mutex::new(Vec::new());
+
+/// What gives an added image's bytes.
+pub type ImageFn = fn() -> &'static [u8];
+
+/// Make `image` (called when first needed) a candidate for `[vdso]` modules whose recorded
+/// build-id is its own.
+pub fn add_image(image: ImageFn) {
+    IMAGES.lock().unwrap_or_else(|e| e.into_inner()).push(image);
+}
+
+/// The added image whose build-id is `build_id`.
+pub(crate) fn added_image(build_id: &[u8]) -> Option<&'static [u8]> {
+    use object::Object;
+    let images = IMAGES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    images.into_iter().map(|f| f()).find(|bytes| {
+        object::File::parse(*bytes)
+            .ok()
+            .and_then(|o| o.build_id().ok().flatten().map(|id| id == build_id))
+            .unwrap_or(false)
+    })
 }
 
 /// The bytes of this process's vDSO image.

@@ -4,7 +4,8 @@
  *                           ignores: the bare cost of leaving and re-entering the guest
  *                           (the floor of a system call). Only meaningful under
  *                           `lbrprof run --vm --`; natively it is a SIGSEGV.
- *   getppid_loop N read     N one-byte read()s from stdin */
+ *   getppid_loop N read     N one-byte read()s from stdin
+ *   getppid_loop N clock    N clock_gettime(CLOCK_MONOTONIC) calls (libc's: the vDSO) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,9 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) __asm__ volatile("outb %%al, $0xd1" ::: "memory");
     } else if (strcmp(mode, "read") == 0) {
         for (long i = 0; i < n; i++) got += read(0, &c, 1) == 1;
+    } else if (strcmp(mode, "clock") == 0) {
+        struct timespec t;
+        for (long i = 0; i < n; i++) got += clock_gettime(CLOCK_MONOTONIC, &t) != 0;
     } else {
         for (long i = 0; i < n; i++) syscall(SYS_getppid);
     }

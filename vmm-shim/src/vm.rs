@@ -425,6 +425,9 @@ impl Vm {
             vcpus.push(vcpu);
         }
         let tsc_khz = vcpus[0].get_tsc_khz().map_or(0, u64::from);
+        if let Some((p, ..)) = &process {
+            start_vdso_clock(&p.kernel, &vcpus[0], tsc_khz);
+        }
         if parsed.as_ref().is_some_and(|p| !p.kind.is_multiboot()) {
             boot::write_boot_info(&mem, config.vcpus, tsc_khz, &config.cmdline)?;
         }
@@ -830,6 +833,44 @@ fn hide_hardware_random(entries: &mut [kvm_bindings::kvm_cpuid_entry2]) {
 /// disguised vendor would only steer its libraries away from what they choose natively
 /// (glibc sizes its memcpy/memset strategies from the vendor's cache leaves: on an AMD
 /// host posing as Intel it read no cache sizes and took non-temporal stores from 16 KiB).
+/// Let the program's vDSO read the clocks without exits when the host's TSC allows it
+/// ([`linux::vclock::decide`]); otherwise its functions make the system calls (silently:
+/// the program's output must not change).
+fn start_vdso_clock(kernel: &linux::proc::Kernel, vcpu: &VcpuFd, tsc_khz: u64) {
+    let Some(vdso) = &kernel.vdso else {
+        return;
+    };
+    let facts = linux::vclock::host_facts(tsc_khz, kernel.clock.is_pinned());
+    if linux::vclock::decide(&facts).is_err() {
+        return;
+    }
+    // The guest TSC against the host's: the tightest of a few brackets.
+    let mut best: Option<(u64, i64)> = None;
+    for _ in 0..5 {
+        let mut msrs = match kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: linux::abi::MSR_IA32_TSC,
+            ..Default::default()
+        }]) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let before = linux::vclock::host_tsc();
+        let read = vcpu.get_msrs(&mut msrs);
+        let after = linux::vclock::host_tsc();
+        if read != Ok(1) {
+            return;
+        }
+        let guest = msrs.as_slice()[0].data;
+        let width = after.wrapping_sub(before);
+        if best.is_none_or(|(w, _)| width < w) {
+            best = Some((width, linux::vclock::tsc_offset(before, guest, after)));
+        }
+    }
+    if let Some((_, offset)) = best {
+        vdso.clock.start(offset, tsc_khz);
+    }
+}
+
 fn create_vcpu(
     vm: &VmFd,
     supported: &CpuId,

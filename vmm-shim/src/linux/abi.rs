@@ -72,6 +72,8 @@ pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 pub const MSR_STAR: u32 = 0xc000_0081;
 pub const MSR_LSTAR: u32 = 0xc000_0082;
 pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+/// IA32_TIME_STAMP_COUNTER (SDM Vol. 4 Table 2-2): the guest's TSC, as KVM computes it.
+pub const MSR_IA32_TSC: u32 = 0x10;
 /// STAR: SYSRET bases its selectors on USER32_CS (CS = +16, SS = +8), SYSCALL on KERNEL_CS.
 pub const STAR_VALUE: u64 = ((USER32_CS as u64) << 48) | ((KERNEL_CS as u64) << 32);
 /// RFLAGS bits SYSCALL clears: TF, DF, NT, AC (not IF: see cpu.rs).
@@ -116,6 +118,7 @@ pub const AT_SECURE: u64 = 23;
 pub const AT_RANDOM: u64 = 25;
 pub const AT_HWCAP2: u64 = 26;
 pub const AT_EXECFN: u64 = 31;
+pub const AT_SYSINFO_EHDR: u64 = 33;
 pub const AT_MINSIGSTKSZ: u64 = 51;
 
 // arch_prctl codes (arch/x86/include/uapi/asm/prctl.h).

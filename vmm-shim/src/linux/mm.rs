@@ -645,6 +645,19 @@ impl AddressSpace {
         self.map_vma(start, len, prot, file, Some(shm), "")
     }
 
+    /// [`Self::map_shared`] of a special mapping the shim makes (`[vdso]`, `[vvar]`):
+    /// `/proc/PID/maps` shows `name`, and the mapping is recorded by it.
+    pub fn map_special(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: Prot,
+        shm: ShmRef,
+        name: &'static str,
+    ) -> Result<(), Errno> {
+        self.map_vma(start, len, prot, None, Some(shm), name)
+    }
+
     fn map_vma(
         &mut self,
         start: u64,
@@ -672,6 +685,16 @@ impl AddressSpace {
                 path: b.path.clone(),
                 offset: b.offset,
                 executable: prot.executable(),
+            });
+        } else if prot.executable() && !name.is_empty() {
+            // A named special mapping (`[vdso]`): recorded by its name, as perf does.
+            self.maps.push(MapRecord {
+                space: self.space,
+                start,
+                len,
+                path: PathBuf::from(name),
+                offset: 0,
+                executable: true,
             });
         } else if prot.executable() {
             self.maps.push(MapRecord::anonymous(self.space, start, len));

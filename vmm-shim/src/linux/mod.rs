@@ -20,6 +20,8 @@
 //! * [`host`]: the only `unsafe` of the personality (host system calls).
 //! * [`entropy`]: the program's random bytes: the host's, or a fixed stream (exact mode).
 //! * [`clock`]: the program's clocks: the host's, or a virtual clock (exact mode).
+//! * [`vdso`]: the vDSO every program maps, so reading a clock is no exit; [`vclock`]:
+//!   the clocks of its data page (the host's, from the guest's TSC).
 //!
 //! * [`events`]: epoll, eventfd and timerfd on host instances, and the generic ioctls.
 //! * [`net`]: sockets on host sockets (SCM_RIGHTS descriptors translated).
@@ -38,8 +40,8 @@
 //!   [`errno`] and [`error`]: the errors.
 //!
 //! Layers (each file imports only files below it): `abi`, `errno`, `error`, `waiter`,
-//! `host` at the bottom; then `frames`, `shm`; `mm`, `fd`, `signal`, `stack`, `entropy`, `clock`; `cpu`,
-//! `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
+//! `host` at the bottom; then `frames`, `shm`, `vclock`; `mm`, `fd`, `signal`, `stack`, `entropy`,
+//! `clock`; `vdso`, `cpu`, `report`, `loader`, `thread`; `proc`, `program`, `itimer`, `block`, `outcome`; this file, which defines
 //! [`Process`]; and on top the files that extend it: `syscall`, `futex`, `events`, `net`,
 //! `sigframe`, `procfs`. One arrow still points up: `mm`'s fork asks the emulated LBR
 //! (`pmu::kvm_hook`) for the bytes under its breakpoints.
@@ -96,6 +98,8 @@ pub mod stack;
 pub mod syscall;
 pub mod sysv;
 pub mod thread;
+pub mod vclock;
+pub mod vdso;
 pub mod waiter;
 
 use std::collections::BTreeMap;
@@ -283,7 +287,8 @@ impl Process {
         let oom = |_| LinuxError::OutOfMemory;
         let mut mm = AddressSpace::new(mem, first_free).map_err(oom)?;
         let mut entropy = entropy::Entropy::new(source);
-        let (trap, regs) = build_image(&mut mm, program, entropy.at_random(), None)?;
+        let vdso = vdso::Vdso::new(mm.memory_arc(), mm.pool()).map_err(oom)?;
+        let (trap, regs) = build_image(&mut mm, program, entropy.at_random(), None, Some(&vdso))?;
         let report = LinuxReport {
             maps: mm.maps.clone(),
             processes: 1,
@@ -300,8 +305,11 @@ impl Process {
             (ids[0], ids[1], clock::Clock::host())
         };
         let shared: Arc<proc::Shared> = Arc::default();
-        let kernel =
-            Arc::new(proc::Kernel::new(mm.pool(), pid, ppid, shared.clone()).with_clock(clock));
+        let kernel = Arc::new(
+            proc::Kernel::new(mm.pool(), pid, ppid, shared.clone())
+                .with_clock(clock)
+                .with_vdso(Some(vdso)),
+        );
         let mut p = Process::with(mm, FdTable::with_stdio(stdio()), trap, pid);
         p.kernel = kernel;
         p.shared = shared;
@@ -588,6 +596,9 @@ impl Process {
         if port == TRAP_PORT_NULL {
             // The floor: nothing to do (KVM skips the `out` at the next entry).
             return Ok(TrapAction::Resume);
+        }
+        if let Some(v) = &self.kernel.vdso {
+            v.clock.tick();
         }
         let started = std::time::Instant::now();
         // KVM finishes an `out` at the next KVM_RUN. For a system call whose path is
@@ -1159,7 +1170,13 @@ impl Process {
         let mut mm = AddressSpace::with_pool(self.mm.memory_arc(), self.mm.pool()).map_err(oom)?;
         mm.space = self.kernel.new_space();
         let random = self.entropy.at_random();
-        let (trap, regs) = build_image(&mut mm, program, random, Some(self.trap.stubs))?;
+        let (trap, regs) = build_image(
+            &mut mm,
+            program,
+            random,
+            Some(self.trap.stubs),
+            self.kernel.vdso.as_ref(),
+        )?;
         // Past this point nothing fails for the program's reasons.
         let vm_err = |e: VmError| LinuxError::Io {
             path: program.path.clone(),

@@ -49,6 +49,8 @@ pub struct Kernel {
     outside_parent: u64,
     /// The clocks every process reads ([`Clock::pinned`] in exact mode).
     pub clock: Clock,
+    /// The vDSO every process maps (None: no vDSO, as for [`super::Process::bare`]).
+    pub vdso: Option<crate::linux::vdso::Vdso>,
     /// The foreground process group of the program's controlling terminal, as the
     /// program sees it (TIOCGPGRP/TIOCSPGRP): the first process's at the start, as a
     /// shell makes a job it runs in the foreground. The host terminal's stays lbrprof's.
@@ -287,6 +289,7 @@ impl Kernel {
             finished: Mutex::new(LinuxReport::default()),
             outside_parent: ppid,
             clock: Clock::host(),
+            vdso: None,
             foreground: AtomicU64::new(pid),
             shm: ShmFiles::default(),
             sysv: Default::default(),
@@ -321,6 +324,12 @@ impl Kernel {
     /// This kernel with `clock` for its processes.
     pub fn with_clock(mut self, clock: Clock) -> Kernel {
         self.clock = clock;
+        self
+    }
+
+    /// This kernel with `vdso` for its processes.
+    pub fn with_vdso(mut self, vdso: Option<crate::linux::vdso::Vdso>) -> Kernel {
+        self.vdso = vdso;
         self
     }
 

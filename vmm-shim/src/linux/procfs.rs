@@ -334,7 +334,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
                 && last.prot.0 == v.prot.0
                 && last.name == name
                 && last.file == file
-                && last.shared == v.shm.is_some()
+                && last.shared == (v.shm.is_some() && v.name.is_empty())
                 && (!file
                     || (last.inode == inode && last.offset + (last.end - last.start) == offset));
             if contiguous {
@@ -351,7 +351,9 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
             inode,
             name,
             file,
-            shared: v.shm.is_some(),
+            // The shim's special mappings (`[vdso]`, `[vvar]`) are shared frames but
+            // private mappings, as Linux shows them.
+            shared: v.shm.is_some() && v.name.is_empty(),
         });
     }
     let mut out = Vec::new();

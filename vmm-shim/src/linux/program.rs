@@ -15,6 +15,7 @@ use crate::linux::host;
 use crate::linux::loader::Elf;
 use crate::linux::mm::{AddressSpace, ExecInfo, Prot};
 use crate::linux::stack;
+use crate::linux::vdso::Vdso;
 use crate::memory::{GuestPhysAddr, GuestVirtAddr};
 
 /// A checked program, ready to be loaded into a VM.
@@ -62,16 +63,19 @@ fn read_executable(path: &Path) -> Result<Vec<u8>, LinuxError> {
     std::fs::read(path).map_err(|e| LinuxError::io(path, e))
 }
 
-/// Map `program` (and its interpreter), its stack with argv, envp and auxv, and a trap
-/// area into the empty `mm`: the trap area and the registers of its first instruction.
+/// Map `program` (and its interpreter), its stack with argv, envp and auxv, a trap area
+/// and the VM's `vdso` (if any) into the empty `mm`: the trap area and the registers of
+/// its first instruction.
 pub(crate) fn build_image(
     mm: &mut AddressSpace,
     program: &Program,
     random: [u8; 16],
     stubs: Option<GuestPhysAddr>,
+    vdso: Option<&Vdso>,
 ) -> Result<(TrapArea, kvm_regs), LinuxError> {
     let oom = |_| LinuxError::OutOfMemory;
     let trap = cpu::build_trap_area(mm, stubs).map_err(oom)?;
+    let sysinfo = vdso.map(|v| v.map(mm)).transpose().map_err(oom)?;
     let main = program.main.load(mm, true)?;
     let heap = main.end.div_ceil(PAGE) * PAGE;
     mm.brk_start = heap;
@@ -110,7 +114,10 @@ pub(crate) fn build_image(
             (AT_HWCAP, host::hwcap()),
             (AT_HWCAP2, 0),
             (AT_MINSIGSTKSZ, cpu::min_signal_stack()),
-        ],
+        ]
+        .into_iter()
+        .chain(sysinfo.map(|a| (AT_SYSINFO_EHDR, a)))
+        .collect(),
     };
     let st = stack::build(&spec, STACK_TOP, STACK_SIZE / 4).ok_or(LinuxError::ArgsTooLong)?;
     mm.write(GuestVirtAddr(STACK_TOP - st.bytes.len() as u64), &st.bytes)
