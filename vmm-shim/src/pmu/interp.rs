@@ -56,6 +56,9 @@
 //!   `Instruction` and without copying the register file: registers are written in place
 //!   once nothing can halt any more. Everything else, and a form whose undefined flags need
 //!   the liveness proof, takes the generic path; the tests run every fast form both ways.
+//! * **The outside world**: in exact mode RDRAND, RDSEED, RDTSC, RDTSCP and RDPID read a
+//!   pinned world (a seeded stream, a clock that counts instructions), never the host's
+//!   (`interp/outside.rs`); elsewhere they are left to the CPU.
 //! * **MOVS/STOS**: with REP, up to a page of iterations per step, each step a transaction
 //!   of its own, as if the CPU had been interrupted between iterations
 //!   (`interp/string.rs`).
@@ -84,6 +87,7 @@ pub mod alu;
 mod avx;
 mod fast;
 pub mod host_flags;
+pub mod outside;
 mod sse;
 mod string;
 
@@ -220,6 +224,9 @@ pub struct Interp {
     fast_steps: u64,
     /// Every instruction takes the generic path (the tests compare the two).
     generic_only: bool,
+    /// The pinned world RDRAND, RDSEED, RDTSC, RDTSCP and RDPID read (exact mode), or
+    /// `None`: they are left to the CPU ([`mod@outside`]).
+    outside: Option<outside::Outside>,
 }
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
@@ -299,6 +306,13 @@ impl Interp {
         }
     }
 
+    /// Answer RDRAND, RDSEED, RDTSC, RDTSCP and RDPID from the pinned world `cfg` as vCPU
+    /// `vcpu` (exact mode; [`mod@outside`]); what `cfg` does not pin stays the CPU's.
+    pub fn set_outside(&mut self, cfg: outside::OutsideConfig, vcpu: u32) {
+        self.outside =
+            (cfg != outside::OutsideConfig::default()).then(|| outside::Outside::new(cfg, vcpu));
+    }
+
     /// Instructions run from their pre-resolved fast form so far.
     pub fn fast_steps(&self) -> u64 {
         self.fast_steps
@@ -346,6 +360,8 @@ impl Interp {
             block: None,
             lazy_af: None,
             repeats: Vec::new(),
+            retired: 0,
+            run_done: 0,
         };
         s.translate_noted();
         s
@@ -534,6 +550,12 @@ pub struct Session<'a> {
     lazy_af: Option<fast::LazyAf>,
     /// REP string iterations run ([`Session::take_repeats`]).
     repeats: Vec<(u64, u64)>,
+    /// Instructions the vCPU retired before the current [`Session::run`] call
+    /// ([`Session::set_retired`]; the pinned TSC counts them).
+    retired: u64,
+    /// Instructions the current [`Session::run`] call completed before the one on the
+    /// generic path.
+    run_done: u64,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -574,6 +596,17 @@ impl Session<'_> {
         self.ymm_hi.as_ref().filter(|_| self.ymm_dirty)
     }
 
+    /// The vCPU has retired `n` instructions before the next [`Session::run`] call (what
+    /// a pinned RDTSC reads, [`mod@outside`]).
+    pub fn set_retired(&mut self, n: u64) {
+        self.retired = n;
+    }
+
+    /// Instructions the vCPU retired before the one executing.
+    fn retired_before(&self) -> u64 {
+        self.retired.wrapping_add(self.run_done)
+    }
+
     /// A 16-byte load (two 8-byte halves: as on the CPU, not single-copy atomic).
     fn read_mem128(&mut self, addr: u64) -> Result<u128, Halt> {
         let lo = self.read_mem(addr, 8)?;
@@ -584,6 +617,7 @@ impl Session<'_> {
     /// Executes the instruction at RIP, or halts before it (state and memory untouched,
     /// accessed and dirty bits included).
     pub fn step(&mut self) -> Result<Step, Halt> {
+        self.run_done = 0;
         let r = self.try_step();
         if r.is_err() {
             self.pending_ad.clear();
@@ -613,6 +647,7 @@ impl Session<'_> {
             if n == max {
                 break;
             }
+            self.run_done = n;
             match self.try_step() {
                 Ok(Step {
                     effect: Effect::Next,
@@ -1786,6 +1821,9 @@ impl Exec<'_, '_, '_> {
         if let Some(r) = self.run_avx(s) {
             return r;
         }
+        if let Some(r) = self.run_outside(s) {
+            return r;
+        }
         let alu_op = Op::of_two_operand(insn.mnemonic());
         if let Some(op) = alu_op {
             if insn.op_count() != 2 {
@@ -2250,3 +2288,7 @@ mod fast_tests;
 #[cfg(test)]
 #[path = "interp/avx_tests.rs"]
 mod avx_tests;
+
+#[cfg(test)]
+#[path = "interp/outside_tests.rs"]
+mod outside_tests;
