@@ -943,6 +943,7 @@ impl Tracer {
     }
 
     /// `n` sequential instructions retired at `cpl`, the first at `at`.
+    #[inline(always)]
     fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
         self.stats.instructions += n;
         if n > 0
@@ -958,6 +959,7 @@ impl Tracer {
         }
     }
 
+    #[inline(always)]
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
         if let Some(p) = &mut self.profile {
             p.branch(&b);
