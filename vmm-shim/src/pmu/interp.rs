@@ -231,6 +231,8 @@ pub struct Interp {
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
 const MAX_BLOCK_INSNS: usize = 64;
+/// Bytes of code in a cached block at most.
+const BLOCK_BYTES: u64 = (MAX_BLOCK_INSNS * MAX_INSN_LEN) as u64;
 
 /// A decoded basic block ([`Interp::arena`]).
 #[derive(Clone, Debug)]
@@ -808,14 +810,18 @@ impl Session<'_> {
         let mut slot = None;
         if let Some(&idx) = self.interp.blocks.get(&(cr3, rip)) {
             let b = &mut self.interp.arena[idx as usize];
+            // (The instructions lie end to end from the start: one read of guest memory
+            // for the block, not one per instruction.)
             let fresh = b.checked_in == session || {
-                let g = &mut *self.g;
-                b.insns.iter().all(|d| {
-                    let len = d.insn.len();
-                    let mut now = [0u8; MAX_INSN_LEN];
-                    g.read_virt(d.insn.ip(), &mut now[..len]).is_ok()
-                        && now[..len] == d.bytes[..len]
-                })
+                let mut now = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN];
+                let end = b.insns.last().map_or(b.start, |d| d.insn.next_ip());
+                let now = &mut now[..end.wrapping_sub(b.start).min(BLOCK_BYTES) as usize];
+                self.g.read_virt(b.start, now).is_ok()
+                    && b.insns.iter().all(|d| {
+                        let at = d.insn.ip().wrapping_sub(b.start) as usize;
+                        let len = d.insn.len();
+                        now.get(at..at + len) == Some(&d.bytes[..len])
+                    })
             };
             if fresh {
                 b.checked_in = session;
