@@ -773,7 +773,7 @@ impl Session<'_> {
     }
 
     /// The block at `rip` through a link of the block `from` (no map lookup), when that
-    /// link leads to it and it was checked against guest memory this session.
+    /// link leads to it and it is unchanged in guest memory ([`Session::block_fresh`]).
     fn follow_link(&mut self, from: Option<(u32, usize, u64)>, cr3: u64, rip: u64) -> Option<u32> {
         let (f, _, generation) = from?;
         if generation != self.interp.arena_gen {
@@ -782,7 +782,32 @@ impl Session<'_> {
         let arena = &self.interp.arena;
         let &(_, to) = arena[f as usize].links.iter().find(|l| l.0 == rip)?;
         let b = arena.get(to as usize)?;
-        (b.start == rip && b.cr3 == cr3 && b.checked_in == self.interp.session_no).then_some(to)
+        (b.start == rip && b.cr3 == cr3 && !b.insns.is_empty() && self.block_fresh(to))
+            .then_some(to)
+    }
+
+    /// Whether block `idx` was checked against guest memory this session, or is
+    /// unchanged there now (then it counts as checked).
+    fn block_fresh(&mut self, idx: u32) -> bool {
+        let session = self.interp.session_no;
+        let b = &mut self.interp.arena[idx as usize];
+        // (The instructions lie end to end from the start: one read of guest memory for
+        // the block, not one per instruction.)
+        let fresh = b.checked_in == session || {
+            let mut now = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN];
+            let end = b.insns.last().map_or(b.start, |d| d.insn.next_ip());
+            let now = &mut now[..end.wrapping_sub(b.start).min(BLOCK_BYTES) as usize];
+            self.g.read_virt(b.start, now).is_ok()
+                && b.insns.iter().all(|d| {
+                    let at = d.insn.ip().wrapping_sub(b.start) as usize;
+                    let len = d.insn.len();
+                    now.get(at..at + len) == Some(&d.bytes[..len])
+                })
+        };
+        if fresh {
+            b.checked_in = session;
+        }
+        fresh
     }
 
     /// Remembers that execution went on from block `from` to block `to` at `rip`.
@@ -809,22 +834,7 @@ impl Session<'_> {
         let session = self.interp.session_no;
         let mut slot = None;
         if let Some(&idx) = self.interp.blocks.get(&(cr3, rip)) {
-            let b = &mut self.interp.arena[idx as usize];
-            // (The instructions lie end to end from the start: one read of guest memory
-            // for the block, not one per instruction.)
-            let fresh = b.checked_in == session || {
-                let mut now = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN];
-                let end = b.insns.last().map_or(b.start, |d| d.insn.next_ip());
-                let now = &mut now[..end.wrapping_sub(b.start).min(BLOCK_BYTES) as usize];
-                self.g.read_virt(b.start, now).is_ok()
-                    && b.insns.iter().all(|d| {
-                        let at = d.insn.ip().wrapping_sub(b.start) as usize;
-                        let len = d.insn.len();
-                        now.get(at..at + len) == Some(&d.bytes[..len])
-                    })
-            };
-            if fresh {
-                b.checked_in = session;
+            if self.block_fresh(idx) {
                 return Some(idx);
             }
             // Rewritten since it was decoded: decode it again into the same slot (the
