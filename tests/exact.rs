@@ -3,7 +3,9 @@
 //! `--stats` names what was handed back to breakpoints; random bytes are a fixed stream so
 //! that counts repeat; AVX2 code (glibc's `*_avx2` string functions, intrinsics) runs in
 //! the interpreter with the counts the breakpoints alone give; signals (timers, raise)
-//! reach a program at instruction boundaries, as natively, and their handlers count.
+//! reach a program at instruction boundaries, as natively, and their handlers count;
+//! RDRAND, RDSEED, RDTSC and RDTSCP, which a program reads without a system call, are
+//! pinned too, so a program that branches on them counts the same every run.
 
 mod common;
 
@@ -152,6 +154,99 @@ fn random_bytes_are_a_fixed_stream_in_exact_mode_so_counts_repeat() {
     let (h2, _) = run(&["--vm-seed", "host"]);
     assert_ne!(h1.5, h2.5, "the host's randomness repeated");
     assert!(!herr.contains("fixed stream"), "{herr}");
+}
+
+/// `record` in exact mode, then what the recording says the guest did: the callgrind
+/// export (every instruction's count, conditional and indirect branches, call edges) and
+/// the report's guest tables (hot functions, branches, fall-through ranges).
+fn exact_tables(exe: &Path, data: &Path) -> (Vec<u8>, String, String) {
+    let rec = lbrprof()
+        .args([
+            "record",
+            "--vm",
+            "--lbr",
+            "emulated",
+            "--lbr-mode",
+            "exact",
+            "-o",
+        ])
+        .arg(data)
+        .arg("--")
+        .arg(exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&rec.stderr);
+    assert!(rec.status.success(), "exact record failed:\n{err}");
+    let cg = data.with_extension("callgrind");
+    let export = lbrprof()
+        .args(["export", "--callgrind", "-i"])
+        .arg(data)
+        .arg("-o")
+        .arg(&cg)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    let callgrind = std::fs::read_to_string(&cg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("desc: Source:")) // names the recording's file
+        .collect::<Vec<_>>()
+        .join("\n");
+    let report = lbrprof().args(["report", "-i"]).arg(data).output().unwrap();
+    assert!(report.status.success(), "{report:?}");
+    let text = String::from_utf8_lossy(&report.stdout);
+    let from = text.find("# Hot guest functions").expect(&text);
+    let to = text.find("# Guest: ").expect(&text);
+    (rec.stdout, callgrind, text[from..to].to_owned())
+}
+
+#[test]
+fn rdrand_and_rdtsc_read_a_pinned_world_in_exact_mode() {
+    if !kvm_available() {
+        return;
+    }
+    if !std::arch::is_x86_feature_detected!("rdrand")
+        || !std::arch::is_x86_feature_detected!("rdseed")
+    {
+        eprintln!("skipped: this host's CPU has no RDRAND or RDSEED to run the test program");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_static_workload(tmp.path(), "exact_rdrand", &["-mrdrnd", "-mrdseed"]);
+    let a = exact_tables(&exe, &tmp.path().join("a.data"));
+    let b = exact_tables(&exe, &tmp.path().join("b.data"));
+    let out = String::from_utf8_lossy(&a.0).into_owned();
+    assert_eq!(a.0, b.0, "two exact runs read the same values");
+    assert_eq!(a.1, b.1, "and count the same instructions and branches");
+    assert_eq!(a.2, b.2, "and give the same branch tables");
+    // The pinned TSC starts at the pinned monotonic clock's 1000 s (1 GHz) and counts
+    // instructions, so the loop that waits for it spins the same number of times; the
+    // TSC_AUX is CPU 0's.
+    let tsc: Vec<u64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rdtsc "))
+        .expect(&out)
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        (1_000_000_000_000..1_000_100_000_000).contains(&tsc[0]) && tsc[1] >= tsc[0] + 20_000,
+        "{out}"
+    );
+    assert!(out.contains(" aux 0\n"), "{out}");
+    // The counts are the interpreter's: the CPU never ran one of them.
+    let ((_, _, _, _, fallbacks, _), _) = exact_run_with(&[], &exe, &[]);
+    for m in ["rdrand", "rdseed", "rdtsc"] {
+        assert!(!fallbacks.contains(m), "{m} went to the CPU: {fallbacks}");
+    }
+    // Another seed draws other numbers; the host's world gives the CPU's values.
+    let (seeded, _) = exact_run_with(&["--vm-seed", "7"], &exe, &[]);
+    assert_ne!(seeded.5, a.0);
+    let host = |_| exact_run_with(&["--vm-outside", "host"], &exe, &[]).0.5;
+    let (h1, h2) = (host(1), host(2));
+    assert_ne!(h1, h2, "the host's RDRAND repeated");
+    let h1 = String::from_utf8_lossy(&h1).into_owned();
+    assert!(!h1.contains("rdtsc 10000000"), "{h1}");
 }
 
 #[test]

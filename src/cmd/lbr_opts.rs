@@ -299,6 +299,11 @@ impl ShimLbr {
         self.setup.options().mode
     }
 
+    /// Exact mode: the interpreter answers what `outside` pins.
+    pub fn set_outside(&mut self, outside: lbrprof_vmm::pmu::interp::outside::OutsideConfig) {
+        self.setup.set_outside(outside);
+    }
+
     /// Whether the guest runs in exact mode (every instruction counted).
     pub fn counts_exactly(&self) -> bool {
         counts_exactly(&self.setup)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use lbrprof_vmm::linux::entropy::EntropySource;
 use lbrprof_vmm::linux::{LinuxError, LinuxReport, Program};
+use lbrprof_vmm::pmu::interp::outside::OutsideConfig;
 
 use crate::cmd::with_exit;
 
@@ -166,6 +167,18 @@ pub struct OutsideWorld {
 pub const AVX512_OFF: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD";
 
 impl OutsideWorld {
+    /// What exact mode's interpreter answers from this world in place of the CPU
+    /// (RDRAND, RDSEED from the seed; RDTSC, RDTSCP, RDPID from the virtual clock).
+    pub fn interpreted(&self) -> OutsideConfig {
+        OutsideConfig {
+            random_seed: match self.entropy {
+                EntropySource::Seeded(seed) => Some(seed),
+                EntropySource::Host => None,
+            },
+            pinned_clock: self.pinned,
+        }
+    }
+
     /// Give the VM and the program this world.
     pub fn apply(self, config: &mut lbrprof_vmm::vm::VmConfig, program: &mut Program) {
         config.guest_entropy = self.entropy;
@@ -217,12 +230,18 @@ pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) 
     });
     let mut what = Vec::new();
     if pinned {
-        what.push("a virtual clock (2025-01-01T00:00:00Z at the start)".to_owned());
+        what.push(if exact {
+            "a virtual clock (2025-01-01T00:00:00Z at the start; RDTSC counts instructions)"
+                .to_owned()
+        } else {
+            "a virtual clock (2025-01-01T00:00:00Z at the start)".to_owned()
+        });
         what.push("process ids from 1000".to_owned());
     }
     if let EntropySource::Seeded(n) = entropy {
         what.push(format!(
-            "random bytes (getrandom, AT_RANDOM, /dev/urandom) from a fixed stream (seed {n})"
+            "random bytes (getrandom, AT_RANDOM, /dev/urandom{}) from a fixed stream (seed {n})",
+            if exact { ", RDRAND, RDSEED" } else { "" }
         ));
     }
     let no_avx512 = pinned && lbrprof_vmm::linux::cpu::guest_sees_host_avx512();

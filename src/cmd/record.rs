@@ -179,7 +179,8 @@ pub struct VmArgs {
     pub mem: Option<u64>,
     /// What a Linux program reads from outside that changes from run to run: `pinned`
     /// gives it a virtual clock (every clock starts at 2025-01-01T00:00:00Z, advances 1 µs
-    /// per read and by each sleep, which returns at once), process ids from 1000 and random
+    /// per read and by each sleep, which returns at once; in exact mode RDTSC and RDTSCP
+    /// count instructions from 1000 s at 1 GHz), process ids from 1000 and random
     /// bytes from a fixed stream (see --vm-seed), so that exact-mode counts repeat; `host`
     /// gives it the host's time, lbrprof's pid and the host's random bytes. Default:
     /// pinned in exact mode (--lbr-mode exact), host otherwise.
@@ -187,7 +188,8 @@ pub struct VmArgs {
     pub vm_outside: Option<crate::cmd::linux_prog::Outside>,
     /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
     /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
-    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).
+    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it,
+    /// and in exact mode draw from the stream where it does not).
     /// Default: seed 0 when --vm-outside is pinned, the host's otherwise.
     #[arg(long, value_name = "SEED|host", value_parser = crate::cmd::linux_prog::parse_seed,
           requires = "vm")]

@@ -101,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.period.is_some() {
         anyhow::bail!("-c is not supported with --vm: its host and guest sample at -F");
     }
-    let lbr = lbr_opts::record_setup(&LbrRequestArgs {
+    let mut lbr = lbr_opts::record_setup(&LbrRequestArgs {
         lbr: args.guest.lbr,
         mode: args.guest.lbr_mode,
         depth: args.guest.lbr_depth,
@@ -151,8 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if let Some(program) = image.program.as_mut() {
         let exact = lbr.counts_exactly();
-        linux_prog::outside(args.guest.vm_outside, args.guest.vm_seed, exact)
-            .apply(&mut vm, program);
+        let world = linux_prog::outside(args.guest.vm_outside, args.guest.vm_seed, exact);
+        world.apply(&mut vm, program);
+        lbr.set_outside(world.interpreted());
     } else if args.guest.vm_seed.is_some() || args.guest.vm_outside.is_some() {
         anyhow::bail!(
             "--vm-seed and --vm-outside apply to Linux programs (an image has no system calls \

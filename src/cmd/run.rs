@@ -55,7 +55,8 @@ pub struct Args {
 
     /// What a Linux program reads from outside that changes from run to run: `pinned`
     /// gives it a virtual clock (every clock starts at 2025-01-01T00:00:00Z, advances 1 µs
-    /// per read and by each sleep, which returns at once), process ids from 1000 and random
+    /// per read and by each sleep, which returns at once; in exact mode RDTSC and RDTSCP
+    /// count instructions from 1000 s at 1 GHz), process ids from 1000 and random
     /// bytes from a fixed stream (see --vm-seed), so that exact-mode counts repeat; `host`
     /// gives it the host's time, lbrprof's pid and the host's random bytes. Default:
     /// pinned in exact mode (--lbr-mode exact), host otherwise.
@@ -63,7 +64,8 @@ pub struct Args {
     pub vm_outside: Option<crate::cmd::linux_prog::Outside>,
     /// A Linux program's random bytes (getrandom, AT_RANDOM, /dev/urandom, /dev/random):
     /// `host` for the host's, or a number for a fixed stream from that seed, so that runs
-    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it).
+    /// repeat exactly (RDRAND and RDSEED are then hidden from CPUID where KVM answers it,
+    /// and in exact mode draw from the stream where it does not).
     /// Default: seed 0 when --vm-outside is pinned, the host's otherwise.
     #[arg(long, value_name = "SEED|host", value_parser = crate::cmd::linux_prog::parse_seed)]
     pub vm_seed: Option<lbrprof_vmm::linux::entropy::EntropySource>,
@@ -231,12 +233,15 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
     let mem = crate::cmd::linux_prog::mem(args.mem, true);
     let mut config = VmConfig::new(mem, args.vcpus);
     config.timeout = args.timeout;
-    let lbr = args.lbr.setup(args.vcpus)?;
+    let mut lbr = args.lbr.setup(args.vcpus)?;
     let exact = lbr
         .as_ref()
         .is_some_and(crate::cmd::lbr_opts::counts_exactly);
-    crate::cmd::linux_prog::outside(args.vm_outside, args.vm_seed, exact)
-        .apply(&mut config, &mut program);
+    let world = crate::cmd::linux_prog::outside(args.vm_outside, args.vm_seed, exact);
+    world.apply(&mut config, &mut program);
+    if let Some(setup) = lbr.as_mut() {
+        setup.set_outside(world.interpreted());
+    }
     let hooks = |index: u32| -> Box<dyn VcpuHook> {
         match &lbr {
             Some(setup) => setup.hook(index, None),

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cpuid::{self, CpuidEntry};
 use super::guest::GuestAccess;
+use super::interp::outside::OutsideConfig;
 use super::msr::*;
 use super::profile::ExactProfile;
 use super::throttle::{Throttle, ThrottleStats};
@@ -121,6 +122,9 @@ pub struct EmulatedConfig {
     pub empty_windows: bool,
     /// Print every interpreter halt (hand-back to breakpoints) on stderr.
     pub log_halts: bool,
+    /// Exact mode: what the interpreter answers from a pinned world instead of the CPU
+    /// (RDRAND, RDSEED, RDTSC, RDTSCP, RDPID; [`super::interp::outside`]).
+    pub outside: OutsideConfig,
     /// Shim-driven sampling in sampled mode: draw each interval to the next snapshot at
     /// random (exponentially distributed around the period, a Poisson process in time),
     /// so samples cannot lock onto a periodic program's rhythm. Off: every interval is the
@@ -190,6 +194,7 @@ impl EmulatedConfig {
             interpret: true,
             empty_windows: false,
             log_halts: false,
+            outside: OutsideConfig::default(),
             random_intervals: false,
             max_episode_ns: MAX_EPISODE_NS,
             episode_clock: EpisodeClock::ThreadCpu,
@@ -249,6 +254,7 @@ impl EmulatedVcpu {
         tracer.set_interpreter(cfg.interpret);
         tracer.set_empty_windows(cfg.empty_windows);
         tracer.set_log_halts(cfg.log_halts);
+        tracer.set_outside(cfg.outside, cfg.vcpu);
         tracer.set_profiling(sink.is_some());
         let mut v = EmulatedVcpu {
             cfg,

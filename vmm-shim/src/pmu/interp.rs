@@ -56,6 +56,9 @@
 //!   `Instruction` and without copying the register file: registers are written in place
 //!   once nothing can halt any more. Everything else, and a form whose undefined flags need
 //!   the liveness proof, takes the generic path; the tests run every fast form both ways.
+//! * **The outside world**: in exact mode RDRAND, RDSEED, RDTSC, RDTSCP and RDPID read a
+//!   pinned world (a seeded stream, a clock that counts instructions), never the host's
+//!   (`interp/outside.rs`); elsewhere they are left to the CPU.
 //! * **MOVS/STOS**: with REP, up to a page of iterations per step, each step a transaction
 //!   of its own, as if the CPU had been interrupted between iterations
 //!   (`interp/string.rs`).
@@ -84,6 +87,7 @@ pub mod alu;
 mod avx;
 mod fast;
 pub mod host_flags;
+pub mod outside;
 mod sse;
 mod string;
 
@@ -220,10 +224,15 @@ pub struct Interp {
     fast_steps: u64,
     /// Every instruction takes the generic path (the tests compare the two).
     generic_only: bool,
+    /// The pinned world RDRAND, RDSEED, RDTSC, RDTSCP and RDPID read (exact mode), or
+    /// `None`: they are left to the CPU ([`mod@outside`]).
+    outside: Option<outside::Outside>,
 }
 
 /// Instructions in a cached block at most (a longer straight line is several blocks).
 const MAX_BLOCK_INSNS: usize = 64;
+/// Bytes of code in a cached block at most.
+const BLOCK_BYTES: u64 = (MAX_BLOCK_INSNS * MAX_INSN_LEN) as u64;
 
 /// A decoded basic block ([`Interp::arena`]).
 #[derive(Clone, Debug)]
@@ -299,6 +308,13 @@ impl Interp {
         }
     }
 
+    /// Answer RDRAND, RDSEED, RDTSC, RDTSCP and RDPID from the pinned world `cfg` as vCPU
+    /// `vcpu` (exact mode; [`mod@outside`]); what `cfg` does not pin stays the CPU's.
+    pub fn set_outside(&mut self, cfg: outside::OutsideConfig, vcpu: u32) {
+        self.outside =
+            (cfg != outside::OutsideConfig::default()).then(|| outside::Outside::new(cfg, vcpu));
+    }
+
     /// Instructions run from their pre-resolved fast form so far.
     pub fn fast_steps(&self) -> u64 {
         self.fast_steps
@@ -346,6 +362,8 @@ impl Interp {
             block: None,
             lazy_af: None,
             repeats: Vec::new(),
+            retired: 0,
+            run_done: 0,
         };
         s.translate_noted();
         s
@@ -534,6 +552,12 @@ pub struct Session<'a> {
     lazy_af: Option<fast::LazyAf>,
     /// REP string iterations run ([`Session::take_repeats`]).
     repeats: Vec<(u64, u64)>,
+    /// Instructions the vCPU retired before the current [`Session::run`] call
+    /// ([`Session::set_retired`]; the pinned TSC counts them).
+    retired: u64,
+    /// Instructions the current [`Session::run`] call completed before the one on the
+    /// generic path.
+    run_done: u64,
 }
 
 /// A memory write an instruction makes once everything else has succeeded.
@@ -574,6 +598,17 @@ impl Session<'_> {
         self.ymm_hi.as_ref().filter(|_| self.ymm_dirty)
     }
 
+    /// The vCPU has retired `n` instructions before the next [`Session::run`] call (what
+    /// a pinned RDTSC reads, [`mod@outside`]).
+    pub fn set_retired(&mut self, n: u64) {
+        self.retired = n;
+    }
+
+    /// Instructions the vCPU retired before the one executing.
+    fn retired_before(&self) -> u64 {
+        self.retired.wrapping_add(self.run_done)
+    }
+
     /// A 16-byte load (two 8-byte halves: as on the CPU, not single-copy atomic).
     fn read_mem128(&mut self, addr: u64) -> Result<u128, Halt> {
         let lo = self.read_mem(addr, 8)?;
@@ -584,6 +619,7 @@ impl Session<'_> {
     /// Executes the instruction at RIP, or halts before it (state and memory untouched,
     /// accessed and dirty bits included).
     pub fn step(&mut self) -> Result<Step, Halt> {
+        self.run_done = 0;
         let r = self.try_step();
         if r.is_err() {
             self.pending_ad.clear();
@@ -613,6 +649,7 @@ impl Session<'_> {
             if n == max {
                 break;
             }
+            self.run_done = n;
             match self.try_step() {
                 Ok(Step {
                     effect: Effect::Next,
@@ -653,10 +690,16 @@ impl Session<'_> {
         if i >= len || block.insns[i].insn.ip() != self.state.rip {
             return None;
         }
+        let fast = block.fast.as_ptr();
         let mut out = None;
         while i < len && *n < max {
-            let f = self.interp.arena[b as usize].fast[i];
-            match self.run_fast(self.state.rip, &f) {
+            // SAFETY: `fast` points to the block's boxed slice of `len` forms, and `i < len`.
+            // The slice lives until its block is decoded again or the arena is cleared
+            // (`enter_block`, `Interp::decode`), which `run_fast` never calls: it reads and
+            // writes guest memory and registers only. (A reference, not a copy: the copy of
+            // the form was a tenth of the time per instruction.)
+            let f = unsafe { &*fast.add(i) };
+            match self.run_fast(self.state.rip, f) {
                 Ok(Some(step)) => {
                     i += 1;
                     if step.effect != Effect::Next {
@@ -730,7 +773,7 @@ impl Session<'_> {
     }
 
     /// The block at `rip` through a link of the block `from` (no map lookup), when that
-    /// link leads to it and it was checked against guest memory this session.
+    /// link leads to it and it is unchanged in guest memory ([`Session::block_fresh`]).
     fn follow_link(&mut self, from: Option<(u32, usize, u64)>, cr3: u64, rip: u64) -> Option<u32> {
         let (f, _, generation) = from?;
         if generation != self.interp.arena_gen {
@@ -739,7 +782,32 @@ impl Session<'_> {
         let arena = &self.interp.arena;
         let &(_, to) = arena[f as usize].links.iter().find(|l| l.0 == rip)?;
         let b = arena.get(to as usize)?;
-        (b.start == rip && b.cr3 == cr3 && b.checked_in == self.interp.session_no).then_some(to)
+        (b.start == rip && b.cr3 == cr3 && !b.insns.is_empty() && self.block_fresh(to))
+            .then_some(to)
+    }
+
+    /// Whether block `idx` was checked against guest memory this session, or is
+    /// unchanged there now (then it counts as checked).
+    fn block_fresh(&mut self, idx: u32) -> bool {
+        let session = self.interp.session_no;
+        let b = &mut self.interp.arena[idx as usize];
+        // (The instructions lie end to end from the start: one read of guest memory for
+        // the block, not one per instruction.)
+        let fresh = b.checked_in == session || {
+            let mut now = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN];
+            let end = b.insns.last().map_or(b.start, |d| d.insn.next_ip());
+            let now = &mut now[..end.wrapping_sub(b.start).min(BLOCK_BYTES) as usize];
+            self.g.read_virt(b.start, now).is_ok()
+                && b.insns.iter().all(|d| {
+                    let at = d.insn.ip().wrapping_sub(b.start) as usize;
+                    let len = d.insn.len();
+                    now.get(at..at + len) == Some(&d.bytes[..len])
+                })
+        };
+        if fresh {
+            b.checked_in = session;
+        }
+        fresh
     }
 
     /// Remembers that execution went on from block `from` to block `to` at `rip`.
@@ -766,18 +834,7 @@ impl Session<'_> {
         let session = self.interp.session_no;
         let mut slot = None;
         if let Some(&idx) = self.interp.blocks.get(&(cr3, rip)) {
-            let b = &mut self.interp.arena[idx as usize];
-            let fresh = b.checked_in == session || {
-                let g = &mut *self.g;
-                b.insns.iter().all(|d| {
-                    let len = d.insn.len();
-                    let mut now = [0u8; MAX_INSN_LEN];
-                    g.read_virt(d.insn.ip(), &mut now[..len]).is_ok()
-                        && now[..len] == d.bytes[..len]
-                })
-            };
-            if fresh {
-                b.checked_in = session;
+            if self.block_fresh(idx) {
                 return Some(idx);
             }
             // Rewritten since it was decoded: decode it again into the same slot (the
@@ -1786,6 +1843,9 @@ impl Exec<'_, '_, '_> {
         if let Some(r) = self.run_avx(s) {
             return r;
         }
+        if let Some(r) = self.run_outside(s) {
+            return r;
+        }
         let alu_op = Op::of_two_operand(insn.mnemonic());
         if let Some(op) = alu_op {
             if insn.op_count() != 2 {
@@ -2250,3 +2310,7 @@ mod fast_tests;
 #[cfg(test)]
 #[path = "interp/avx_tests.rs"]
 mod avx_tests;
+
+#[cfg(test)]
+#[path = "interp/outside_tests.rs"]
+mod outside_tests;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::backend::{self, Decision, HostLbrFacts, LbrBackend, LbrMode, LbrRequest, Refusal};
 use super::emulated::{EmulatedConfig, Sampling, SnapshotSink};
+use super::interp::outside::OutsideConfig;
 use super::kvm_hook::{EmulatedPmuHook, HardwarePmuHook, LbrRunStats, LbrStatsSink, VcpuSpaces};
 use super::tracer::TraceMode;
 use super::vpmu::{ConfigError, PmuConfig};
@@ -48,6 +49,10 @@ pub struct LbrOptions {
     pub empty_windows: bool,
     /// Print every interpreter halt (hand-back to breakpoints) on stderr.
     pub log_halts: bool,
+    /// Exact mode: what of the outside world the CPU shows a program (RDRAND, RDSEED,
+    /// RDTSC, RDTSCP, RDPID) the interpreter answers from a pinned world
+    /// ([`super::interp::outside`]); by default nothing.
+    pub outside: OutsideConfig,
 }
 
 impl LbrOptions {
@@ -65,6 +70,7 @@ impl LbrOptions {
             interpret: true,
             empty_windows: false,
             log_halts: false,
+            outside: OutsideConfig::default(),
         }
     }
 }
@@ -121,6 +127,12 @@ impl LbrSetup {
         self
     }
 
+    /// Exact mode: the interpreter answers what `outside` pins (a Linux program's world,
+    /// once the program's outside world is decided).
+    pub fn set_outside(&mut self, outside: OutsideConfig) {
+        self.opts.outside = outside;
+    }
+
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
@@ -174,6 +186,7 @@ impl LbrSetup {
         cfg.interpret = self.opts.interpret;
         cfg.empty_windows = self.opts.empty_windows;
         cfg.log_halts = self.opts.log_halts;
+        cfg.outside = self.opts.outside;
         // A real vCPU's samples must not lock onto the program's rhythm (sampled mode;
         // exact mode's stay deterministic).
         cfg.random_intervals = true;
@@ -225,6 +238,10 @@ mod tests {
         opts.interpret = false;
         opts.empty_windows = true;
         opts.log_halts = true;
+        opts.outside = OutsideConfig {
+            random_seed: Some(9),
+            pinned_clock: true,
+        };
         let setup = LbrSetup::new(opts, &facts()).unwrap();
         assert_eq!(setup.backend(), LbrBackend::Emulated);
         let cfg = setup.emulated_config(3);
@@ -239,6 +256,7 @@ mod tests {
         assert_eq!(cfg.overhead_percent, 7);
         assert_eq!(cfg.cycles_per_sec, GUEST_CYCLES_PER_SEC);
         assert!(!cfg.interpret && cfg.empty_windows && cfg.log_halts);
+        assert_eq!(cfg.outside.random_seed, Some(9));
         let exact = LbrSetup::new(
             LbrOptions::new(LbrRequest::Emulated, LbrMode::Exact),
             &facts(),

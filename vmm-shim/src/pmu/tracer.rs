@@ -63,6 +63,7 @@ use std::collections::HashMap;
 
 use super::branch::{self, BranchKind, CodeSize, DecodedInsn, Flow, MAX_INSN_LEN};
 use super::guest::{GuestAccess, GuestAccessError, GuestCpu};
+use super::interp::outside::OutsideConfig;
 use super::interp::{Effect, Halt, Interp};
 use super::msr::{IA32_LSTAR, IA32_SYSENTER_EIP};
 use super::profile::{ExactProfile, Profiler};
@@ -348,6 +349,9 @@ pub struct Tracer {
     /// A counted REP block running: its block index and the count register (masked)
     /// before its first iteration.
     repeat_from: Option<(usize, u64)>,
+    /// Exact mode: what the interpreter answers from a pinned world (the blocks end before
+    /// such an instruction, so the CPU never runs it where the interpreter can).
+    outside: OutsideConfig,
 }
 
 impl Tracer {
@@ -369,6 +373,7 @@ impl Tracer {
             stats: TracerStats::default(),
             profile: None,
             repeat_from: None,
+            outside: OutsideConfig::default(),
         }
     }
 
@@ -407,6 +412,20 @@ impl Tracer {
     /// Whether to print every interpreter halt (each hand-back to breakpoints) on stderr.
     pub fn set_log_halts(&mut self, on: bool) {
         self.log_halts = on;
+    }
+
+    /// Exact mode: RDRAND, RDSEED, RDTSC, RDTSCP and RDPID read the pinned world `cfg`
+    /// as vCPU `vcpu` ([`super::interp::outside`]) wherever the interpreter runs; the
+    /// breakpoints stop the CPU before each one so that it does. Sampled mode leaves the
+    /// guest on the CPU, which reads the host's.
+    pub fn set_outside(&mut self, cfg: OutsideConfig, vcpu: u32) {
+        if !self.counting() {
+            return;
+        }
+        self.outside = cfg;
+        self.interp.set_outside(cfg, vcpu);
+        self.blocks.clear();
+        self.index.clear();
     }
 
     /// Exact mode: also count every ring-3 instruction and call for a profile
@@ -794,6 +813,7 @@ impl Tracer {
             if pending == 0 {
                 pending_at = session.rip();
             }
+            session.set_retired(self.stats.instructions + pending);
             let (n, r) = session.run((budget - ran).min(room - pending));
             // REP string iterations: passes valgrind counts (see `interp/string.rs`).
             for (ip, extra) in session.take_repeats() {
@@ -923,6 +943,7 @@ impl Tracer {
     }
 
     /// `n` sequential instructions retired at `cpl`, the first at `at`.
+    #[inline(always)]
     fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
         self.stats.instructions += n;
         if n > 0
@@ -938,6 +959,7 @@ impl Tracer {
         }
     }
 
+    #[inline(always)]
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
         if let Some(p) = &mut self.profile {
             p.branch(&b);
@@ -1282,7 +1304,13 @@ impl Tracer {
             self.index.clear();
         }
         self.stats.blocks_decoded += 1;
-        let block = decode_block(g, cpu.rip, cpu.code_size, self.profile.is_some());
+        let block = decode_block(
+            g,
+            cpu.rip,
+            cpu.code_size,
+            self.profile.is_some(),
+            self.outside,
+        );
         let end = block.stop_addr().saturating_add(MAX_INSN_LEN as u64);
         self.interp.note_code(cpu.cr3, cpu.rip, end);
         self.blocks.push(block);
@@ -1358,7 +1386,15 @@ fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u6
 /// Decodes the block at `start`. With `count_repeats` (exact-mode profiling) a REP string
 /// instruction is a block of its own: the block before it ends at it, and its block ends
 /// right after it, so the count register is seen before and after it runs.
-fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize, count_repeats: bool) -> Block {
+/// (`outside`: a block ends before an instruction the pinned world answers, unless it
+/// would be empty: the interpreter did not take it there, so the CPU runs it.)
+fn decode_block(
+    g: &mut dyn GuestAccess,
+    start: u64,
+    size: CodeSize,
+    count_repeats: bool,
+    outside: OutsideConfig,
+) -> Block {
     let mut insns = Vec::new();
     let mut ip = start;
     let mut bytes = [0u8; MAX_INSN_LEN];
@@ -1382,6 +1418,12 @@ fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize, count_repea
         };
         match insn.flow {
             Flow::Sequential => {
+                if !insns.is_empty()
+                    && size == CodeSize::Bits64
+                    && reads_pinned_outside(&bytes[..n], ip, outside)
+                {
+                    break Stop::Limit(ip);
+                }
                 if count_repeats && let Some(r) = repeat_of(&bytes[..n], ip, size) {
                     if !insns.is_empty() {
                         break Stop::Limit(ip);
@@ -1401,6 +1443,16 @@ fn decode_block(g: &mut dyn GuestAccess, start: u64, size: CodeSize, count_repea
         stop,
         repeat,
     }
+}
+
+/// Whether the instruction in `bytes` (64-bit code) is one the pinned world `outside`
+/// answers.
+fn reads_pinned_outside(bytes: &[u8], ip: u64, outside: OutsideConfig) -> bool {
+    if outside == OutsideConfig::default() {
+        return false;
+    }
+    let insn = iced_x86::Decoder::with_ip(64, bytes, ip, iced_x86::DecoderOptions::NONE).decode();
+    outside.owns(insn.mnemonic())
 }
 
 /// A REP/REPE/REPNE-prefixed string instruction as it repeats; `None` for anything else.

@@ -926,7 +926,7 @@ impl Predictor {
     }
 
     /// Whether `b` was mispredicted; trains the tables.
-    #[inline]
+    #[inline(always)]
     fn predict_and_update(&mut self, b: &RetiredBranch) -> bool {
         match b.kind.lbr_class() {
             LbrClass::Jcc => {

@@ -122,54 +122,109 @@ fn flag(cond: bool, bit: u64) -> u64 {
     if cond { bit } else { 0 }
 }
 
+/// `a + b + c` (operands already `bits` wide, `c` 0 or 1) and the status flags it writes.
+#[inline(always)]
+fn add(a: u64, b: u64, c: u64, bits: u32) -> (u64, u64) {
+    let full = u128::from(a) + u128::from(b) + u128::from(c);
+    let r = full as u64 & mask(bits);
+    let f = szp(r, bits)
+        | flag(full >> bits != 0, CF)
+        | flag((a ^ r) & (b ^ r) & sign_bit(bits) != 0, OF)
+        | flag((a ^ b ^ r) & 0x10 != 0, AF);
+    (r, f)
+}
+
+/// `a - (b + c)` (operands already `bits` wide, `c` 0 or 1) and the status flags it writes.
+#[inline(always)]
+fn sub(a: u64, b: u64, c: u64, bits: u32) -> (u64, u64) {
+    let sub = u128::from(b) + u128::from(c);
+    let r = (u128::from(a).wrapping_sub(sub)) as u64 & mask(bits);
+    let f = szp(r, bits)
+        | flag(u128::from(a) < sub, CF)
+        | flag((a ^ b) & (a ^ r) & sign_bit(bits) != 0, OF)
+        | flag((a ^ b ^ r) & 0x10 != 0, AF);
+    (r, f)
+}
+
+/// AND, OR or XOR and the status flags it writes (AF is undefined).
+#[inline(always)]
+fn logic(op: Op, a: u64, b: u64, bits: u32) -> (u64, u64) {
+    let r = match op {
+        Op::And => a & b,
+        Op::Or => a | b,
+        _ => a ^ b,
+    };
+    (r, szp(r, bits))
+}
+
+/// RFLAGS after an operation that wrote `written` to the `affected` flags, of which the
+/// `undefined` ones keep their incoming value.
+#[inline(always)]
+fn out(value: u64, rflags: u64, written: u64, affected: u64, undefined: u64) -> Out {
+    let defined = affected & !undefined;
+    Out {
+        value,
+        rflags: (rflags & !defined) | (written & defined),
+        undefined: undefined & affected,
+    }
+}
+
 /// Computes `op` on `a` and `b` (for shifts and rotates `b` is the count, before
-/// masking; for BT the bit offset) at `bits` = 8, 16, 32 or 64.
-#[inline]
+/// masking; for BT the bit offset) at `bits` = 8, 16, 32 or 64. The forms hot code runs
+/// most (ADD, SUB and CMP, AND and TEST, OR, XOR) are inlined into the caller; the rest
+/// is a call.
+#[inline(always)]
 pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
     let m = mask(bits);
     let (a, b) = (a & m, b & m);
+    match op {
+        Op::Add => {
+            let (r, f) = add(a, b, 0, bits);
+            out(r, rflags, f, STATUS, 0)
+        }
+        Op::Sub => {
+            let (r, f) = sub(a, b, 0, bits);
+            out(r, rflags, f, STATUS, 0)
+        }
+        Op::And | Op::Or | Op::Xor => {
+            let (r, f) = logic(op, a, b, bits);
+            out(r, rflags, f, STATUS, AF)
+        }
+        _ => alu_rest(op, bits, a, b, rflags),
+    }
+}
+
+/// [`alu`] of every operation (the hot ones included), out of line; `a` and `b` already
+/// `bits` wide.
+#[inline(never)]
+fn alu_rest(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
+    let m = mask(bits);
     let sign = sign_bit(bits);
-    let carry_in = u128::from(rflags & CF != 0);
+    let carry_in = u64::from(rflags & CF != 0);
     // (value, flags written, which flags are written, undefined)
     let (value, written, affected, undefined) = match op {
         Op::Add | Op::Adc | Op::Inc => {
-            let (b, c) = match op {
-                Op::Inc => (1, 0),
-                Op::Add => (b, 0),
-                _ => (b, carry_in),
+            let (r, f) = match op {
+                Op::Inc => add(a, 1, 0, bits),
+                Op::Add => add(a, b, 0, bits),
+                _ => add(a, b, carry_in, bits),
             };
-            let full = u128::from(a) + u128::from(b) + c;
-            let r = full as u64 & m;
-            let f = szp(r, bits)
-                | flag(full >> bits != 0, CF)
-                | flag((a ^ r) & (b ^ r) & sign != 0, OF)
-                | flag((a ^ b ^ r) & 0x10 != 0, AF);
             let affected = if op == Op::Inc { STATUS & !CF } else { STATUS };
             (r, f, affected, 0)
         }
         Op::Sub | Op::Sbb | Op::Dec | Op::Neg => {
-            let (a, b, c) = match op {
-                Op::Dec => (a, 1, 0),
-                Op::Neg => (0, a, 0),
-                Op::Sub => (a, b, 0),
-                _ => (a, b, carry_in),
+            let (r, f) = match op {
+                Op::Dec => sub(a, 1, 0, bits),
+                Op::Neg => sub(0, a, 0, bits),
+                Op::Sub => sub(a, b, 0, bits),
+                _ => sub(a, b, carry_in, bits),
             };
-            let sub = u128::from(b) + c;
-            let r = (u128::from(a).wrapping_sub(sub)) as u64 & m;
-            let f = szp(r, bits)
-                | flag(u128::from(a) < sub, CF)
-                | flag((a ^ b) & (a ^ r) & sign != 0, OF)
-                | flag((a ^ b ^ r) & 0x10 != 0, AF);
             let affected = if op == Op::Dec { STATUS & !CF } else { STATUS };
             (r, f, affected, 0)
         }
         Op::And | Op::Or | Op::Xor => {
-            let r = match op {
-                Op::And => a & b,
-                Op::Or => a | b,
-                _ => a ^ b,
-            };
-            (r, szp(r, bits), STATUS, AF)
+            let (r, f) = logic(op, a, b, bits);
+            (r, f, STATUS, AF)
         }
         Op::Not => (!a & m, 0, 0, 0),
         Op::Shl | Op::Shr | Op::Sar => {
@@ -252,12 +307,7 @@ pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
             (r, f, STATUS & !ZF, OF | SF | AF | PF)
         }
     };
-    let defined = affected & !undefined;
-    Out {
-        value,
-        rflags: (rflags & !defined) | (written & defined),
-        undefined: undefined & affected,
-    }
+    out(value, rflags, written, affected, undefined)
 }
 
 #[cfg(test)]

@@ -689,3 +689,41 @@ fn a_move_by_the_vmm_drops_the_planned_stop_and_traces_on_from_the_new_place() {
     t.start(&mut g, &mut pmu).unwrap();
     assert_eq!(t.moved(&mut g, &mut pmu).unwrap(), None);
 }
+
+/// In a pinned world, the CPU is stopped before an instruction the interpreter answers
+/// (a block ends there, and the next one starts with it), so it never reads the host's.
+#[test]
+fn pinned_blocks_end_before_rdtsc_and_rdrand() {
+    // 0x1000: nop; rdtsc; nop; rdrand %rax; jmp 0x1000
+    let code = vec![(
+        0x1000,
+        vec![0x90, 0x0f, 0x31, 0x90, 0x48, 0x0f, 0xc7, 0xf0, 0xeb, 0xf6],
+    )];
+    let mut g = Fake::new(code, Vec::new());
+    let block = |g: &mut Fake, at, outside| {
+        let b = decode_block(g, at, CodeSize::Bits64, false, outside);
+        let stop = b.stop_addr();
+        (b.insns, stop)
+    };
+    let pinned = OutsideConfig {
+        random_seed: Some(0),
+        pinned_clock: true,
+    };
+    assert_eq!(block(&mut g, 0x1000, pinned), (vec![0x1000], 0x1001));
+    // A block that starts at one runs it (the interpreter did not take it there).
+    assert_eq!(
+        block(&mut g, 0x1001, pinned),
+        (vec![0x1001, 0x1003], 0x1004)
+    );
+    // Only what is pinned stops the CPU; the host's world stops nothing.
+    let clock = OutsideConfig {
+        random_seed: None,
+        pinned_clock: true,
+    };
+    assert_eq!(block(&mut g, 0x1003, clock).1, 0x1008);
+    let host = OutsideConfig::default();
+    assert_eq!(
+        block(&mut g, 0x1000, host),
+        (vec![0x1000, 0x1001, 0x1003, 0x1004], 0x1008)
+    );
+}
