@@ -85,14 +85,26 @@ pub fn openat(
     flags: i32,
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
+    open_with(dir, path, |dfd, c| {
+        // SAFETY: c is a NUL-terminated string that outlives the call.
+        i64::from(unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+    })
+}
+
+/// An open of `path` relative to `dir` by `call` (given the directory descriptor and the
+/// path as a C string; it returns a new descriptor or -1 with errno), restarted on EINTR.
+fn open_with(
+    dir: Option<BorrowedFd<'_>>,
+    path: &[u8],
+    call: impl Fn(i32, &std::ffi::CStr) -> i64,
+) -> Result<OwnedFd, Errno> {
     let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     let fd = restart(|| {
-        // SAFETY: c is a NUL-terminated string that outlives the call.
-        let fd = unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-        if fd < 0 { Err(last()) } else { Ok(fd) }
+        let fd = call(dfd, &c);
+        if fd < 0 { Err(last()) } else { Ok(fd as i32) }
     })?;
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    // SAFETY: fd was just returned by an open call and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -107,8 +119,6 @@ pub fn openat_no_magic(
     flags: i32,
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
-    let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
-    let dfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     /// Linux's `struct open_how` (libc's cannot be built by value).
     #[repr(C)]
     struct OpenHow {
@@ -145,10 +155,10 @@ pub fn openat_no_magic(
         },
         resolve: libc::RESOLVE_NO_MAGICLINKS,
     };
-    let fd = restart(|| {
+    let opened = open_with(dir, path, |dfd, c| {
         // SAFETY: c is a NUL-terminated string and `how` an open_how, both outliving the
         // call; the size passed is the struct's.
-        let fd = unsafe {
+        unsafe {
             libc::syscall(
                 libc::SYS_openat2,
                 dfd,
@@ -156,14 +166,11 @@ pub fn openat_no_magic(
                 &how as *const OpenHow,
                 std::mem::size_of::<OpenHow>(),
             )
-        };
-        if fd < 0 { Err(last()) } else { Ok(fd as i32) }
+        }
     });
-    match fd {
-        // SAFETY: fd was just returned by openat2 and is owned by nobody else.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+    match opened {
         Err(Errno(libc::ENOSYS)) => openat(dir, path, flags, mode),
-        Err(e) => Err(e),
+        r => r,
     }
 }
 

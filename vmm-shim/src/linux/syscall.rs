@@ -2493,6 +2493,15 @@ mod tests {
         }
     }
 
+    /// System call `nr` with four arguments on the main thread: its return value.
+    fn call(p: &mut Process, nr: Sysno, a: [u64; 4]) -> i64 {
+        ret(p.syscall(
+            &mut p.main_task(),
+            nr as u64,
+            [a[0], a[1], a[2], a[3], 0, 0],
+        ))
+    }
+
     #[test]
     fn sigqueue_and_sigtimedwait_carry_the_value_and_refuse_what_linux_refuses() {
         let mut p = process();
@@ -2762,13 +2771,6 @@ mod tests {
     #[test]
     fn sigkill_and_sigstop_actions_can_be_read_not_changed_or_blocked() {
         let mut p = process();
-        let call = |p: &mut Process, nr: Sysno, a: [u64; 4]| {
-            ret(p.syscall(
-                &mut p.main_task(),
-                nr as u64,
-                [a[0], a[1], a[2], a[3], 0, 0],
-            ))
-        };
         let (act, old) = (0x40_0000, 0x40_0100);
         let einval = -(libc::EINVAL as i64);
         for sig in [libc::SIGKILL, libc::SIGSTOP] {
@@ -2793,13 +2795,6 @@ mod tests {
     #[test]
     fn scheduling_attributes_and_membarrier_answer_as_a_kernel_without_extras() {
         let mut p = process();
-        let call = |p: &mut Process, nr: Sysno, a: [u64; 4]| {
-            ret(p.syscall(
-                &mut p.main_task(),
-                nr as u64,
-                [a[0], a[1], a[2], a[3], 0, 0],
-            ))
-        };
         let attr = 0x40_0000;
         let einval = -(libc::EINVAL as i64);
         assert_eq!(call(&mut p, Sysno::sched_getattr, [0, attr, 56, 0]), 0);
