@@ -689,12 +689,8 @@ impl AddressSpace {
         } else if prot.executable() && !name.is_empty() {
             // A named special mapping (`[vdso]`): recorded by its name, as perf does.
             self.maps.push(MapRecord {
-                space: self.space,
-                start,
-                len,
                 path: PathBuf::from(name),
-                offset: 0,
-                executable: true,
+                ..MapRecord::anonymous(self.space, start, len)
             });
         } else if prot.executable() {
             self.maps.push(MapRecord::anonymous(self.space, start, len));

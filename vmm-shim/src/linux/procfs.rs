@@ -329,12 +329,15 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
             }
             None => (0, 0, 0, v.name.as_bytes().to_vec(), false),
         };
+        // The shim's special mappings (`[vdso]`, `[vvar]`) are shared frames but private
+        // mappings, as Linux shows them.
+        let shared = v.shm.is_some() && v.name.is_empty();
         if let Some(last) = lines.last_mut() {
             let contiguous = last.end == v.start
                 && last.prot.0 == v.prot.0
                 && last.name == name
                 && last.file == file
-                && last.shared == (v.shm.is_some() && v.name.is_empty())
+                && last.shared == shared
                 && (!file
                     || (last.inode == inode && last.offset + (last.end - last.start) == offset));
             if contiguous {
@@ -351,9 +354,7 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
             inode,
             name,
             file,
-            // The shim's special mappings (`[vdso]`, `[vvar]`) are shared frames but
-            // private mappings, as Linux shows them.
-            shared: v.shm.is_some() && v.name.is_empty(),
+            shared,
         });
     }
     let mut out = Vec::new();
@@ -451,12 +452,17 @@ impl Process {
     /// The rest of `path` (normalized) after the calling process's `/proc` directory,
     /// when it leads to the process's own descriptors ([`own_descriptors`]).
     fn own_descriptors<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {
-        let rest = match named(path, self.pid) {
-            Named::Pid(n, rest) if n == self.pid => rest,
-            Named::ThreadSelf(rest) => rest,
-            _ => return None,
-        };
-        own_descriptors(rest, |tid| self.threads.contains_key(&tid))
+        own_descriptors(self.own_rest(path)?, |tid| self.threads.contains_key(&tid))
+    }
+
+    /// The rest of `path` after the calling process's own `/proc` directory
+    /// (`/proc/self`, `/proc/PID` of its pid, `/proc/thread-self`).
+    fn own_rest<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {
+        match named(path, self.pid) {
+            Named::Pid(n, rest) if n == self.pid => Some(rest),
+            Named::ThreadSelf(rest) => Some(rest),
+            _ => None,
+        }
     }
 
     /// Whether `path` (as the program gave it) names one of its own descriptors' links.
@@ -545,25 +551,28 @@ impl Process {
         (rest == b"/fd" || rest == b"/fdinfo").then(|| Arc::new(Listing::new(rest == b"/fd")))
     }
 
-    /// The calling process's `auxv`, `cmdline` or `environ` (`rest` of its `/proc/PID`
-    /// path): what exec gave it, the strings read from its memory as they are now (a
-    /// program may rewrite them, as `setproctitle` does). None for other files.
-    fn exec_text(&self, rest: &[u8]) -> Option<Vec<u8>> {
+    /// The calling process's `maps`, `auxv`, `cmdline` or `environ` (`rest` of its
+    /// `/proc/PID` path), named for its memory file: its mappings, what exec gave it, the
+    /// strings read from its memory as they are now (a program may rewrite them, as
+    /// `setproctitle` does). None for other files.
+    fn own_text(&self, rest: &[u8]) -> Option<(&'static std::ffi::CStr, Vec<u8>)> {
         let info = &self.mm.exec_info;
-        let span = match rest {
-            b"/auxv" => return Some(info.auxv.clone()),
-            b"/cmdline" => info.args,
-            b"/environ" => info.env,
+        let (name, span) = match rest {
+            b"/maps" => return Some((c"maps", maps_text(self.mm.vmas()))),
+            b"/auxv" => return Some((c"auxv", info.auxv.clone())),
+            b"/cmdline" => (c"cmdline", info.args),
+            b"/environ" => (c"environ", info.env),
             _ => return None,
         };
         let mut text = vec![0u8; (span.1 - span.0) as usize];
         if self.mm.read(GuestVirtAddr(span.0), &mut text).is_err() {
             text.clear();
         }
-        Some(text)
+        Some((name, text))
     }
 
-    /// A `/proc` file whose text the shim writes: a guest process's `maps` or `stat`.
+    /// A `/proc` file whose text the shim writes: one of the calling process's own
+    /// ([`Self::own_text`]) or a guest process's `stat`.
     fn proc_text(&self, path: &[u8], flags: i32) -> Result<Option<OwnedFd>, Errno> {
         let read_only = || {
             if flags & libc::O_ACCMODE != libc::O_RDONLY {
@@ -574,24 +583,11 @@ impl Process {
             }
             Ok(())
         };
-        let own = match named(path, self.pid) {
-            Named::Pid(n, rest) if n == self.pid => Some(rest),
-            Named::ThreadSelf(rest) => Some(rest),
-            _ => None,
-        };
-        if let Some(text) = own.and_then(|rest| self.exec_text(rest)) {
+        if let Some((name, text)) = self.own_rest(path).and_then(|rest| self.own_text(rest)) {
             read_only()?;
-            return host::memory_file(c"exec", &text).map(Some);
+            return host::memory_file(name, &text).map(Some);
         }
         let n = match named(path, self.pid) {
-            Named::Pid(n, b"/maps") if n == self.pid => {
-                read_only()?;
-                return host::memory_file(c"maps", &maps_text(self.mm.vmas())).map(Some);
-            }
-            Named::ThreadSelf(b"/maps") => {
-                read_only()?;
-                return host::memory_file(c"maps", &maps_text(self.mm.vmas())).map(Some);
-            }
             Named::Pid(n, b"/stat") if self.is_guest(n) => n,
             _ => return Ok(None),
         };
