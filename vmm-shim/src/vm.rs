@@ -826,13 +826,6 @@ fn hide_hardware_random(entries: &mut [kvm_bindings::kvm_cpuid_entry2]) {
     }
 }
 
-/// Create vCPU `index` with the host's CPUID as `hook` adjusts it: for a guest kernel.
-/// A Linux `program` gets the host's CPUID as KVM offers it, unadjusted. The hooks'
-/// edits describe a PMU (the emulated one is an Intel model, vendor and family
-/// included) to a kernel that drives it through MSRs; a ring-3 program cannot, and a
-/// disguised vendor would only steer its libraries away from what they choose natively
-/// (glibc sizes its memcpy/memset strategies from the vendor's cache leaves: on an AMD
-/// host posing as Intel it read no cache sizes and took non-temporal stores from 16 KiB).
 /// Let the program's vDSO read the clocks without exits when the host's TSC allows it
 /// ([`linux::vclock::decide`]); otherwise its functions make the system calls (silently:
 /// the program's output must not change).
@@ -846,14 +839,13 @@ fn start_vdso_clock(kernel: &linux::proc::Kernel, vcpu: &VcpuFd, tsc_khz: u64) {
     }
     // The guest TSC against the host's: the tightest of a few brackets.
     let mut best: Option<(u64, i64)> = None;
+    let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: linux::abi::MSR_IA32_TSC,
+        ..Default::default()
+    }]) else {
+        return;
+    };
     for _ in 0..5 {
-        let mut msrs = match kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-            index: linux::abi::MSR_IA32_TSC,
-            ..Default::default()
-        }]) {
-            Ok(m) => m,
-            Err(_) => return,
-        };
         let before = linux::vclock::host_tsc();
         let read = vcpu.get_msrs(&mut msrs);
         let after = linux::vclock::host_tsc();
@@ -871,6 +863,13 @@ fn start_vdso_clock(kernel: &linux::proc::Kernel, vcpu: &VcpuFd, tsc_khz: u64) {
     }
 }
 
+/// Create vCPU `index` with the host's CPUID as `hook` adjusts it: for a guest kernel.
+/// A Linux `program` gets the host's CPUID as KVM offers it, unadjusted. The hooks'
+/// edits describe a PMU (the emulated one is an Intel model, vendor and family
+/// included) to a kernel that drives it through MSRs; a ring-3 program cannot, and a
+/// disguised vendor would only steer its libraries away from what they choose natively
+/// (glibc sizes its memcpy/memset strategies from the vendor's cache leaves: on an AMD
+/// host posing as Intel it read no cache sizes and took non-temporal stores from 16 KiB).
 fn create_vcpu(
     vm: &VmFd,
     supported: &CpuId,

@@ -41,7 +41,7 @@ pub mod vvar {
     pub const MULT: u64 = 16;
     pub const SHIFT: u64 = 24;
     /// The highest clock id with an entry (`CLOCK_TAI`).
-    pub const MAX_CLOCK: u32 = 11;
+    pub const MAX_CLOCK: u32 = libc::CLOCK_TAI as u32;
 }
 
 /// Fixed-point shift of every line's `mult`.
@@ -248,11 +248,6 @@ impl VClock {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
     }
 
-    /// Whether the page serves clocks.
-    pub fn serving(&self) -> bool {
-        self.next.load(Ordering::Relaxed) != u64::MAX
-    }
-
     /// At a system call: re-anchor the lines when it is time (see the module doc).
     pub fn tick(&self) {
         let now = host_tsc();
@@ -306,20 +301,26 @@ impl VClock {
     fn publish(&self, st: &mut State) {
         let at = |off: u64| GuestPhysAddr(self.page.0 + off);
         let seq = at(vvar::SEQ);
+        // Single-copy atomic stores: the guest reads the page while it changes.
+        let seq_len = std::mem::size_of_val(&st.seq);
         st.seq = st.seq.wrapping_add(1) | 1;
-        let _ = self.mem.write(seq, &st.seq.to_le_bytes());
+        let _ = self.mem.store_aligned(seq, seq_len, u64::from(st.seq));
         fence(Ordering::SeqCst);
         for (i, &(clock, ..)) in SERVED.iter().enumerate() {
             let Some(l) = st.lines[i] else { continue };
             let e = vvar::CLOCKS + u64::from(clock) * vvar::ENTRY;
-            let _ = self.mem.write_u64(at(e + vvar::CYCLE_BASE), l.cycle_base);
-            let _ = self.mem.write_u64(at(e + vvar::NS_BASE), l.ns_base);
-            let _ = self.mem.write_u64(at(e + vvar::SHIFT), u64::from(SHIFT));
-            let _ = self.mem.write_u64(at(e + vvar::MULT), l.mult);
+            for (field, v) in [
+                (vvar::CYCLE_BASE, l.cycle_base),
+                (vvar::NS_BASE, l.ns_base),
+                (vvar::SHIFT, u64::from(SHIFT)),
+                (vvar::MULT, l.mult),
+            ] {
+                let _ = self.mem.store_aligned(at(e + field), 8, v);
+            }
         }
         fence(Ordering::SeqCst);
         st.seq = st.seq.wrapping_add(1);
-        let _ = self.mem.write(seq, &st.seq.to_le_bytes());
+        let _ = self.mem.store_aligned(seq, seq_len, u64::from(st.seq));
     }
 }
 
