@@ -83,7 +83,9 @@ struct Frame {
 /// CPL 3 (`linux::cpu::SyscallMode::Ring3`), and that stub is the shim's, not the
 /// program's. User space ends at 2^47 on x86-64 (4-level paging).
 pub fn is_user(cpl: u8, addr: u64) -> bool {
-    cpl == 3 && addr < 1 << 47
+    /// One past the highest user address with 4-level paging.
+    const USER_END: u64 = 1 << 47;
+    cpl == 3 && addr < USER_END
 }
 
 /// The accumulator the tracer feeds in exact mode.

@@ -428,7 +428,8 @@ impl Tracer {
         self.index.clear();
     }
 
-    /// Exact mode: also count every ring-3 instruction and call for a profile
+    /// Exact mode: also count every user-code instruction and call
+    /// ([`super::profile::is_user`]) for a profile
     /// ([`super::profile`]); [`Tracer::take_profile`] hands it over at the end.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = (on && self.counting()).then(Box::default);
@@ -929,7 +930,7 @@ impl Tracer {
         match self.repeat_from {
             Some((b, before)) if b == block && done == 0 && i > 0 => {
                 self.repeat_from = None;
-                if cpl == 3
+                if super::profile::is_user(cpl, self.blocks[block].insns[0])
                     && let Some(p) = &mut self.profile
                 {
                     let extra = r.extra_passes(before, cpu.rcx, cpu.rflags);

@@ -194,7 +194,8 @@ pub fn alu(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {
     }
 }
 
-/// [`alu`] of every operation (the hot ones included), out of line; `a` and `b` already
+/// [`alu`] out of line, for the operations it does not take inline (it covers every
+/// operation, so the hot ones have one definition to check against); `a` and `b` already
 /// `bits` wide.
 #[inline(never)]
 fn alu_rest(op: Op, bits: u32, a: u64, b: u64, rflags: u64) -> Out {

@@ -136,8 +136,8 @@ impl Exec<'_, '_, '_> {
     fn random(&mut self, s: &mut InterpState) -> Result<(), Halt> {
         let v = self.world()?.random().ok_or_else(|| self.unsupported())?;
         let reg = self.insn.op0_register();
-        set_reg(s, reg, v & super::mask(reg.size() as u32 * 8))
-            .ok_or_else(|| self.unsupported())?;
+        // (set_reg keeps the register's width.)
+        set_reg(s, reg, v).ok_or_else(|| self.unsupported())?;
         s.rflags = (s.rflags & !STATUS) | CF;
         Ok(())
     }
