@@ -115,8 +115,6 @@ enum Target {
 /// that text: ~60 MiB for 256 Ki distinct addresses of a Rust debug build; less with
 /// repeats, or where neighbouring addresses share their frames (see [`Job::batch`]).
 const BIG_BATCH: usize = 1 << 18;
-/// Upper bound of a batch read from a pipe, which is otherwise cut at each pause.
-const PIPE_BATCH: usize = 1 << 16;
 
 /// The debuginfod client's cache, where `debuginfod-find` and gdb leave what they
 /// downloaded: `$DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`, else
@@ -318,14 +316,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("lbrprof symbolize: reading addresses from standard input");
         }
         // From a regular file, nobody waits for early answers: take big batches (looked up
-        // in address order, see Symbolizer). From a pipe or terminal, answer at each pause.
+        // in address order, see Symbolizer). From a pipe or terminal, answer after each read.
         let from_file = stdin
             .as_fd()
             .try_clone_to_owned()
             .ok()
             .and_then(|fd| std::fs::File::from(fd).metadata().ok())
             .is_some_and(|m| m.is_file());
-        let batch_size = if from_file { BIG_BATCH } else { PIPE_BATCH };
         let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
         let mut words = Words::default();
         let mut pending = Vec::new();
@@ -335,7 +332,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("cannot read addresses from standard input")??;
             // Flush when the input pauses (what one read gave is all there is for now) or
             // ends, so an interactive caller gets answers.
-            if !more || !from_file || pending.len() >= batch_size {
+            if !more || !from_file || pending.len() >= BIG_BATCH {
                 last = job.batch(&pending, &mut out)?;
                 pending.clear();
                 out.flush().context("cannot write to standard output")?;

@@ -20,7 +20,7 @@ use crate::arena::Arena;
 use crate::debuginfo;
 use crate::demangle::{NameStyle, cxx_to_gnu, demangle_symbol};
 use crate::error::{ModuleError, hex};
-use crate::symtab::{Binding, Candidate, Function, Pick, SymbolTable};
+use crate::symtab::{Binding, Candidate, Function, SymbolTable};
 use crate::types::{
     FileOffset, ModuleKey, Svma, SymFrame, SymbolChoice, Symbolized, SymbolizerOptions,
 };
@@ -160,6 +160,8 @@ pub struct Module {
     /// Whether `symbols` has a full symbol table's functions (`.symtab`, a debug file's
     /// or MiniDebugInfo's), not only dynamic ones.
     full_symtab: bool,
+    /// Where the names in `symbols` come from, as `--explain` says it.
+    symbols_from: &'static str,
     /// Shown when the DWARF turns out to be unusable: what the module falls back to.
     no_dwarf_warning: Option<String>,
     /// Warnings raised while looking addresses up (drained by the owner).
@@ -379,23 +381,19 @@ impl Module {
         if opts.symbols == SymbolChoice::Perf || symbols.is_empty() {
             collect_from(&obj, obj.dynamic_symbols(), opts.symbols, &mut symbols);
         }
-        if opts.symbols == SymbolChoice::Llvm && !full_symtab && debug_obj.is_some() {
-            trail.push(
-                "symbols: the file's .dynsym only, as llvm-symbolizer (the debug file's \
-                 symbol table is not used: functions it does not export keep their DWARF names)"
-                    .to_owned(),
-            );
-        }
+        // What `--explain` says the names come from.
+        let symbols_from = if full_symtab {
+            "full symbol table"
+        } else if opts.symbols == SymbolChoice::Llvm && debug_obj.is_some() {
+            "the file's .dynsym only, as llvm-symbolizer: the debug file's symbol table is \
+             not used, functions it does not export keep their DWARF names"
+        } else {
+            "no full symbol table: dynamic symbols, PLT and unwind tables only"
+        };
         collect_plt(&obj, &arena, &mut symbols);
         let has_names = !symbols.is_empty();
         collect_unwind_extents(&obj, &mut symbols);
-        let symbols = SymbolTable::with_pick(
-            symbols,
-            match opts.symbols {
-                SymbolChoice::Perf => Pick::Public,
-                SymbolChoice::Llvm => Pick::LargestLast,
-            },
-        );
+        let symbols = SymbolTable::with_pick(symbols, opts.symbols);
 
         // What to say when there are no usable lines: now when there is no DWARF, else if
         // loading it fails.
@@ -457,6 +455,7 @@ impl Module {
                 inlines: opts.inlines,
                 debug_dirs: opts.debug_dirs.clone(),
                 full_symtab,
+                symbols_from,
                 no_dwarf_warning,
                 pending: Mutex::new(Vec::new()),
                 trail: Mutex::new(trail),
@@ -595,11 +594,7 @@ impl Module {
         out.push(format!(
             "symbols: {} function extents ({})",
             self.symbols.functions().len(),
-            if self.full_symtab {
-                "full symbol table"
-            } else {
-                "no full symbol table: dynamic symbols, PLT and unwind tables only"
-            }
+            self.symbols_from
         ));
         out.push(match (&self.dwarf_obj, &state.ctx) {
             (Some(_), Some(_)) => "DWARF: loaded: lines and inlined frames available".to_owned(),

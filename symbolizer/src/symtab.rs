@@ -12,12 +12,14 @@
 //! * Several symbols at one address are one function: its name is chosen by
 //!   [`name_rank`] (the public, global name over weak and local ones and over glibc's
 //!   `__GI_`/`__libc_` internal aliases), or, as llvm-symbolizer chooses, the symbol with
-//!   the largest size and of those the last in table order ([`Pick`]); its extent is the
+//!   the largest size and of those the last in table order ([`SymbolChoice::Llvm`]); its extent is the
 //!   largest size among them (or the unwind table's, when no symbol has one).
 //! * When extents overlap, the one starting last (the innermost) wins; a named function
 //!   always wins over an unnamed extent, which only fills code no symbol covers.
 //!
 //! Pure data, no I/O: [`crate::module`] gathers the candidates from the ELF file.
+
+use crate::types::SymbolChoice;
 
 /// ELF symbol binding, best first for naming.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -69,16 +71,6 @@ pub(crate) struct SymbolTable {
     pieces: Vec<Piece>,
 }
 
-/// Which of several symbols at one address names the function.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Pick {
-    /// The best by [`name_rank`] (perf's preference for the public name).
-    Public,
-    /// LLVM's (`SymbolizableObjectFile`): the largest size, then the last in the order
-    /// the candidates were given (their symbol table's order).
-    LargestLast,
-}
-
 /// Whether a name is one of glibc's internal aliases of a public function.
 fn internal_alias(name: &str) -> bool {
     name.starts_with("__GI_") || name.starts_with("__libc_") || name.starts_with("__EI_")
@@ -102,17 +94,18 @@ pub(crate) fn name_rank(c: &Candidate) -> (bool, Binding, bool, usize, usize, &'
 
 impl SymbolTable {
     /// Builds the lookup from candidates in any order, naming each function as perf
-    /// does ([`Pick::Public`]). Candidates with an empty extent are dropped.
+    /// does ([`SymbolChoice::Perf`]). Candidates with an empty extent are dropped.
     #[cfg(test)]
     pub fn new(cands: Vec<Candidate>) -> Self {
-        Self::with_pick(cands, Pick::Public)
+        Self::with_pick(cands, SymbolChoice::Perf)
     }
 
     /// Builds the lookup from candidates in table order; `pick` chooses the name of
-    /// several at one address. Candidates with an empty extent are dropped.
-    pub fn with_pick(mut cands: Vec<Candidate>, pick: Pick) -> Self {
+    /// several at one address: perf's public name ([`name_rank`]) or LLVM's largest,
+    /// then last. Candidates with an empty extent are dropped.
+    pub fn with_pick(mut cands: Vec<Candidate>, pick: SymbolChoice) -> Self {
         cands.retain(|c| c.addr < c.limit.max(c.addr.saturating_add(c.size)));
-        // Stable: candidates at one address stay in table order, for Pick::LargestLast.
+        // Stable: candidates at one address stay in table order, for SymbolChoice::Llvm.
         cands.sort_by_key(|c| c.addr);
         // One function per address and kind (named or not), its extent before the
         // zero-size ones are extended: (function, size, limit).
@@ -125,9 +118,9 @@ impl SymbolTable {
             let limit = group.iter().map(|c| c.limit).max().unwrap_or(addr);
             let with_names = group.iter().filter(|c| c.name.is_some());
             let best = match pick {
-                Pick::Public => with_names.min_by_key(|c| name_rank(c)),
+                SymbolChoice::Perf => with_names.min_by_key(|c| name_rank(c)),
                 // `max_by_key` returns the last of equal maxima.
-                Pick::LargestLast => with_names.max_by_key(|c| c.size),
+                SymbolChoice::Llvm => with_names.max_by_key(|c| c.size),
             };
             let (list, name, file) = match best {
                 Some(b) => (&mut named, b.name, b.file),
@@ -351,13 +344,13 @@ mod tests {
             sym(0x30, 8, "_IO_puts", Binding::Global),
             sym(0x30, 4, "puts", Binding::Weak),
         ];
-        let t = SymbolTable::with_pick(cands.clone(), Pick::LargestLast);
+        let t = SymbolTable::with_pick(cands.clone(), SymbolChoice::Llvm);
         assert_eq!(name_at(&t, 0x20).unwrap().1, Some("__libc_malloc"));
         assert_eq!(name_at(&t, 0x10).unwrap().1, Some("__GI_chroot"));
         assert_eq!(name_at(&t, 0x34).unwrap().1, Some("_IO_puts"));
         // The extent is the largest either way; perf's pick names the public symbol.
         assert_eq!(t.lookup(0x37).map(|f| f.end), Some(0x38));
-        let t = SymbolTable::with_pick(cands, Pick::Public);
+        let t = SymbolTable::with_pick(cands, SymbolChoice::Perf);
         assert_eq!(name_at(&t, 0x20).unwrap().1, Some("malloc"));
         assert_eq!(name_at(&t, 0x10).unwrap().1, Some("chroot"));
     }
