@@ -1,11 +1,11 @@
 //! End-to-end tests of the Linux personality's compatibility corners: the legacy
 //! vsyscall page, execve from a threaded process (and threads started after it on the
-//! ended threads' vCPUs), writers blocked on a full pipe,
-//! signals to a busy process, signals interrupting blocked calls, what a signal from
-//! another process tells its handler (SIGCHLD, kill), the FPU state in
-//! signal frames, and a real JVM. Programs are compiled at test time and
-//! compared byte for byte (stdout, stderr, exit status) with their native runs under
-//! `lbrprof run --vm --`.
+//! ended threads' vCPUs), writers blocked on a full pipe, signals to a busy process,
+//! signals interrupting blocked calls, what a signal from another process tells its
+//! handler (SIGCHLD, kill), the FPU state in signal frames, sessions and controlling
+//! terminals (forkpty), CPU time and memory accounting (getrusage, times, CPU clocks),
+//! and a real JVM. Programs are compiled at test time and compared byte for byte
+//! (stdout, stderr, exit status) with their native runs under `lbrprof run --vm --`.
 
 mod common;
 
@@ -726,4 +726,47 @@ fn the_jvm_runs_a_java_program_like_natively() {
     assert_identical("java", &native, &vm);
     let (native, vm) = native_and_vm(tmp.path(), "/usr/bin/java", &["-version"]);
     assert_identical("java -version", &native, &vm);
+}
+
+#[test]
+fn sessions_and_controlling_terminals_work_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    // forkpty's child makes the pseudo-terminal its controlling one (TIOCSCTTY), as
+    // pexpect, `script` and Python's pty.fork do; the VM's sessions are its own.
+    for (out, text) in identical_with_every_libc(
+        "linux_sessions",
+        &[
+            "setsid of a group leader: EPERM",
+            "written to /dev/tty",
+            "the job is in the foreground: yes",
+            "the foreground group after its leader ended: hup",
+        ],
+    ) {
+        assert!(!text.contains("wrong"), "{out}: {text}");
+    }
+}
+
+#[test]
+fn cpu_time_and_memory_use_are_accounted_like_natively() {
+    if !kvm_available() {
+        return;
+    }
+    // getrusage, wait4's rusage, times() and the CPU clocks of the process, a thread
+    // and a child read the guest threads' own CPU time (no more all-zero answers).
+    let tmp = tempfile::tempdir().unwrap();
+    for (out, cc, flags) in [
+        ("glibc", "gcc", &["-pthread"][..]),
+        ("musl", "musl-gcc", &["-static"][..]),
+    ] {
+        let exe = build(tmp.path(), "linux_rusage", out, cc, flags);
+        let (native, vm) = native_and_vm(tmp.path(), exe.to_str().unwrap(), &[]);
+        let text = String::from_utf8_lossy(&native.stdout);
+        assert!(
+            text.contains("wait4 tells the child's time: ok") && !text.contains("WRONG"),
+            "{out}: native run: {text}"
+        );
+        assert_identical(out, &native, &vm);
+    }
 }

@@ -68,7 +68,7 @@ pub struct WaitBlock {
     pub out: WaitOut,
     /// The child and its wait status once one ended; None with WNOHANG and no child
     /// ended.
-    pub result: Result<Option<(u64, i32)>, Errno>,
+    pub result: Result<Option<(u64, i32, crate::linux::usage::Usage)>, Errno>,
 }
 
 impl WaitBlock {

@@ -18,6 +18,7 @@ use crate::linux::errno::Errno;
 use crate::linux::fd::Fd;
 use crate::linux::host;
 use crate::linux::outcome::Outcome;
+use crate::linux::proc::{Controlling, Terminal};
 use crate::memory::GuestVirtAddr;
 use syscalls::Sysno;
 
@@ -253,6 +254,58 @@ impl Process {
                 self.mm.write(GuestVirtAddr(arg), &n.to_le_bytes())?;
                 Ok(0)
             }
+            // Sessions are the program's own: a session leader's terminal is recorded
+            // in the guest's process table, never made lbrprof's.
+            libc::TIOCSCTTY => {
+                let (rdev, path) = self.terminal_on(fd)?;
+                self.kernel
+                    .acquire_terminal(self.pid, rdev, path)
+                    .map(|()| 0)
+            }
+            libc::TIOCNOTTY | libc::TIOCGSID => {
+                let (rdev, _) = self.terminal_on(fd)?;
+                let outside = self.kernel.outside_session();
+                let sid = match self.kernel.terminal(rdev) {
+                    Some((sid, _)) if self.kernel.sid(self.pid) == Some(sid) => sid,
+                    Some(_) => return Err(Errno(libc::ENOTTY)),
+                    // lbrprof's terminal (the host answers ENOTTY for any other), whose
+                    // TIOCNOTTY is granted without detaching lbrprof.
+                    None if self.kernel.controlling(self.pid) == Controlling::Outside => {
+                        host::ioctl_int(self.fds.get(fd)?.host(), libc::TIOCGPGRP, 0)?;
+                        outside
+                    }
+                    None => return Err(Errno(libc::ENOTTY)),
+                };
+                if request == libc::TIOCGSID {
+                    self.mm
+                        .write(GuestVirtAddr(arg), &(sid as u32).to_le_bytes())?;
+                } else if sid != outside {
+                    self.kernel.release_terminal(self.pid, rdev)?;
+                }
+                Ok(0)
+            }
+            // The foreground group of a terminal a session of the program's acquired.
+            libc::TIOCGPGRP | libc::TIOCSPGRP if self.guest_terminal(fd).is_some() => {
+                let Some((sid, t)) = self.guest_terminal(fd) else {
+                    return Err(Errno(libc::ENOTTY));
+                };
+                if request == libc::TIOCGPGRP {
+                    if self.kernel.sid(self.pid) != Some(sid) {
+                        return Err(Errno(libc::ENOTTY));
+                    }
+                    let g = t.foreground as u32;
+                    self.mm.write(GuestVirtAddr(arg), &g.to_le_bytes())?;
+                    return Ok(0);
+                }
+                let g = self.mm.read_u32(arg)? as i32;
+                if g < 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let g = g as u64;
+                self.kernel
+                    .set_terminal_foreground(self.pid, t.rdev, g)
+                    .map(|()| 0)
+            }
             // Job control: the foreground group is the guest's own (its pgids are not
             // the host's), on the terminal that is lbrprof's controlling one (the host
             // answers ENOTTY for any other descriptor). No SIGTTOU for a background
@@ -285,6 +338,21 @@ impl Process {
                 Ok(0)
             }
         }
+    }
+
+    /// The device number and host path of the terminal open on `fd`; ENOTTY for a
+    /// descriptor that is not a terminal.
+    pub(crate) fn terminal_on(&self, fd: u64) -> Result<(u64, std::path::PathBuf), Errno> {
+        host::terminal(self.fds.get(fd)?.host())
+    }
+
+    /// The session that has the terminal open on `fd` as its controlling one, and the
+    /// terminal, when that is a session of the program's own.
+    fn guest_terminal(&self, fd: u64) -> Option<(u64, Terminal)> {
+        let (kind, rdev) = host::file_kind(self.fds.get(fd).ok()?.host()).ok()?;
+        (kind == libc::S_IFCHR)
+            .then(|| self.kernel.terminal(rdev))
+            .flatten()
     }
 
     pub(crate) fn sys_eventfd(&mut self, initval: u64, flags: u64) -> Result<u64, Errno> {

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 use crate::linux::errno::Errno;
 
@@ -78,16 +79,19 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> Result<u64, Errno> {
 }
 
 /// `openat` relative to `dir` (None = the current directory); the new descriptor is
-/// close-on-exec on the host whatever the program asked (it is never inherited).
+/// close-on-exec on the host whatever the program asked (it is never inherited), and
+/// a terminal opened never becomes lbrprof's controlling terminal (the program's
+/// sessions are its own: [`crate::linux::proc::Kernel::acquire_terminal`]).
 pub fn openat(
     dir: Option<BorrowedFd<'_>>,
     path: &[u8],
     flags: i32,
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOCTTY;
     open_with(dir, path, |dfd, c| {
         // SAFETY: c is a NUL-terminated string that outlives the call.
-        i64::from(unsafe { libc::openat(dfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+        i64::from(unsafe { libc::openat(dfd, c.as_ptr(), flags, mode) })
     })
 }
 
@@ -146,7 +150,7 @@ pub fn openat_no_magic(
         | libc::O_PATH
         | libc::O_TMPFILE;
     let how = OpenHow {
-        flags: ((flags & KNOWN) | libc::O_CLOEXEC) as u32 as u64,
+        flags: ((flags & KNOWN) | libc::O_CLOEXEC | libc::O_NOCTTY) as u32 as u64,
         // (openat2 refuses a mode with neither O_CREAT nor O_TMPFILE.)
         mode: if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
             u64::from(mode & 0o7777)
@@ -819,6 +823,69 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
     // SAFETY: fds is a live, writable array of fds.len() pollfd structures.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     check(r as isize)
+}
+
+/// Where the host has the file open on `fd` (its `/proc/self/fd` link).
+pub fn path_of(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+/// The device number and path of the terminal open on `fd`; ENOTTY if it is not one.
+pub fn terminal(fd: BorrowedFd<'_>) -> Result<(u64, std::path::PathBuf), Errno> {
+    let mut termios = [0u8; KERNEL_TERMIOS];
+    tty_ioctl(fd, libc::TCGETS, &mut termios)?;
+    let (_, rdev) = file_kind(fd)?;
+    Ok((rdev, path_of(fd).ok_or(Errno(libc::ENOTTY))?))
+}
+
+/// The calling host thread's kernel thread id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The calling host thread's user and system CPU time (`getrusage(RUSAGE_THREAD)`).
+pub fn own_thread_times() -> Result<(Duration, Duration), Errno> {
+    // SAFETY: zeroed rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a live, writable rusage for the call.
+    check(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } as isize)?;
+    let tv = |t: libc::timeval| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            (t.tv_usec.clamp(0, 999_999) as u32) * 1000,
+        )
+    };
+    Ok((tv(ru.ru_utime), tv(ru.ru_stime)))
+}
+
+/// The CPU time of host thread `tid` of this process, from its thread CPU clock
+/// (Linux's encoding: `!tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED`). EINVAL once
+/// the thread has ended.
+pub fn thread_cpu_time(tid: i32) -> Result<Duration, Errno> {
+    let clock = (!tid << 3) | 4 | 2;
+    let (s, ns) = clock_gettime(clock)?;
+    Ok(Duration::new(
+        s.max(0) as u64,
+        ns.clamp(0, 999_999_999) as u32,
+    ))
+}
+
+/// The user and system clock ticks of host thread `tid` of this process (fields 14
+/// and 15 of its `/proc/self/task/TID/stat`).
+pub fn thread_ticks(tid: i32) -> Option<(u64, u64)> {
+    let stat = std::fs::read(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The name is in parentheses and may hold anything: the fields follow the last ')'.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let tail = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    let mut fields = tail.split(' ').skip(11);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// lbrprof's process group and session.
+pub fn group_and_session() -> (u64, u64) {
+    // SAFETY: these calls have no preconditions.
+    unsafe { (libc::getpgrp() as u64, libc::getsid(0) as u64) }
 }
 
 pub fn ids() -> [u64; 6] {

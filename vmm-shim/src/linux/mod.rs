@@ -98,6 +98,7 @@ pub mod stack;
 pub mod syscall;
 pub mod sysv;
 pub mod thread;
+pub mod usage;
 pub mod vclock;
 pub mod vdso;
 pub mod waiter;
@@ -295,18 +296,28 @@ impl Process {
             ..Default::default()
         };
         let ids = host::ids();
-        let (pid, ppid, clock) = if pinned {
+        // The first process is lbrprof's stand-in: its pid, parent, process group and
+        // session are lbrprof's (pinned: the leader of group 1000 in session 999, as a
+        // shell's job).
+        let (pid, ppid, (pgid, sid), clock) = if pinned {
             (
                 proc::PINNED_PID,
                 proc::PINNED_PARENT,
+                (proc::PINNED_PID, proc::PINNED_PARENT),
                 clock::Clock::pinned(),
             )
         } else {
-            (ids[0], ids[1], clock::Clock::host())
+            (
+                ids[0],
+                ids[1],
+                host::group_and_session(),
+                clock::Clock::host(),
+            )
         };
         let shared: Arc<proc::Shared> = Arc::default();
         let kernel = Arc::new(
             proc::Kernel::new(mm.pool(), pid, ppid, shared.clone())
+                .in_session(pgid, sid)
                 .with_clock(clock)
                 .with_vdso(Some(vdso)),
         );
@@ -397,6 +408,7 @@ impl Process {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         self.shared.vcpus().insert(task.tid, me);
+        self.shared.accounts.enter(task.tid);
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -518,6 +530,10 @@ impl Process {
     /// The process ended with wait status `status`: its parent may reap it, its other
     /// threads stop, a vfork parent goes on, and what it reported joins the run's.
     pub fn end(&mut self, tid: u64, status: i32) {
+        // What it used, for its parent's wait4 and getrusage(RUSAGE_CHILDREN).
+        let resident = self.report.peak_bytes.max(self.mm.resident_bytes());
+        self.shared.accounts.note_resident(resident);
+        self.shared.accounts.leave_all();
         // The file pages of its shared mappings reach the file now, as they would be
         // in the page cache on Linux for whoever reads the file next.
         self.mm.write_back_all();
@@ -1274,6 +1290,9 @@ impl Process {
         self.waiters.clear();
         self.threads.clear();
         self.shared.vcpus().clear();
+        // What the ended threads used stays the process's (and the caller's, which
+        // goes on as its main thread).
+        self.shared.accounts.leave_all();
         task.tid = self.pid;
         self.register_thread(task);
     }

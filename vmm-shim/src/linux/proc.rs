@@ -32,6 +32,7 @@ use crate::linux::report::LinuxReport;
 use crate::linux::shm::ShmFiles;
 use crate::linux::signal::{SI_KERNEL, SI_USER, SigInfo, SigPending, child_code};
 use crate::linux::thread::Futexes;
+use crate::linux::usage::Usage;
 use crate::linux::waiter::Waiter;
 
 /// What every process of a VM shares.
@@ -55,6 +56,8 @@ pub struct Kernel {
     /// program sees it (TIOCGPGRP/TIOCSPGRP): the first process's at the start, as a
     /// shell makes a job it runs in the foreground. The host terminal's stays lbrprof's.
     foreground: AtomicU64,
+    /// The session the first process starts in, whose terminal is lbrprof's.
+    outside_session: u64,
     /// The shared objects of the host files mapped `MAP_SHARED` ([`crate::linux::shm`]).
     pub shm: ShmFiles,
     /// System V shared memory segments ([`crate::linux::sysv`]).
@@ -77,6 +80,33 @@ pub const PINNED_PARENT: u64 = 999;
 struct Table {
     next_id: u64,
     procs: BTreeMap<u64, Entry>,
+    /// The controlling terminals of sessions the program made (`setsid`, then
+    /// `TIOCSCTTY` or an open of a terminal), by session id. The session the first
+    /// process starts in has lbrprof's terminal, which is not in here.
+    terminals: BTreeMap<u64, Terminal>,
+}
+
+/// A terminal a guest session made its controlling terminal: a pseudo-terminal the
+/// program opened (`forkpty`, `script`, pexpect).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminal {
+    /// Its device number (`st_rdev`), which names it whichever descriptor is used.
+    pub rdev: u64,
+    /// Where the host has it (what `/dev/tty` opens in its session).
+    pub path: std::path::PathBuf,
+    /// Its foreground process group (TIOCGPGRP/TIOCSPGRP).
+    pub foreground: u64,
+}
+
+/// The controlling terminal of a process's session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Controlling {
+    /// The session the program started in: lbrprof's terminal, if it has one.
+    Outside,
+    /// A terminal a session of the program's own acquired.
+    Guest(Terminal),
+    /// None: a session made with `setsid` that has not acquired one yet.
+    Detached,
 }
 
 /// One process, as other processes see it.
@@ -84,6 +114,8 @@ struct Table {
 struct Entry {
     ppid: u64,
     pgid: u64,
+    /// Its session.
+    sid: u64,
     /// The wait status once the process ended (a zombie until its parent waits).
     status: Option<i32>,
     /// Its tasks blocked in wait4/waitid.
@@ -119,6 +151,8 @@ pub struct Shared {
     /// for signal `n`), and those of them from lbrprof's terminal.
     pub outside_sent: AtomicU64,
     pub outside_terminal: AtomicU64,
+    /// What it used of the CPU and memory (and its reaped children).
+    pub accounts: crate::linux::usage::Accounts,
 }
 
 impl Shared {
@@ -273,6 +307,7 @@ impl Kernel {
             Entry {
                 ppid,
                 pgid: pid,
+                sid: pid,
                 status: None,
                 waiters: Vec::new(),
                 shared,
@@ -284,6 +319,7 @@ impl Kernel {
             table: Mutex::new(Table {
                 next_id: pid + 1,
                 procs,
+                terminals: BTreeMap::new(),
             }),
             next_space: AtomicU32::new(1),
             finished: Mutex::new(LinuxReport::default()),
@@ -291,10 +327,25 @@ impl Kernel {
             clock: Clock::host(),
             vdso: None,
             foreground: AtomicU64::new(pid),
+            outside_session: pid,
             shm: ShmFiles::default(),
             sysv: Default::default(),
             futexes: Mutex::default(),
         }
+    }
+
+    /// Start the first process in process group `pgid` of session `sid` rather than as
+    /// the leader of both: where it would be run on the host (lbrprof's own group and
+    /// session), so that `setsid` and job control see what they would natively.
+    pub fn in_session(mut self, pgid: u64, sid: u64) -> Kernel {
+        let t = self.table.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = t.procs.get_mut(&self.first) {
+            e.pgid = pgid;
+            e.sid = sid;
+        }
+        *self.foreground.get_mut() = pgid;
+        self.outside_session = sid;
+        self
     }
 
     /// The wait queues of futexes in shared memory (see the field).
@@ -362,11 +413,14 @@ impl Kernel {
 
     /// Enter process `pid` (a new child of `ppid`, in process group `pgid`).
     pub fn add(&self, pid: u64, ppid: u64, pgid: u64, shared: Arc<Shared>) {
-        self.table().procs.insert(
+        let mut t = self.table();
+        let sid = t.procs.get(&ppid).map_or(self.outside_session, |p| p.sid);
+        t.procs.insert(
             pid,
             Entry {
                 ppid,
                 pgid,
+                sid,
                 status: None,
                 waiters: Vec::new(),
                 shared,
@@ -386,14 +440,146 @@ impl Kernel {
         self.table().procs.get(&pid).map(|e| e.pgid)
     }
 
+    /// What other processes may change in process `pid` (running or a zombie).
+    pub fn shared_of(&self, pid: u64) -> Option<Arc<Shared>> {
+        self.table().procs.get(&pid).map(|e| e.shared.clone())
+    }
+
+    /// The session of `pid`.
+    pub fn sid(&self, pid: u64) -> Option<u64> {
+        self.table().procs.get(&pid).map(|e| e.sid)
+    }
+
+    /// `setsid()` by `pid`: a new session and process group, both named by `pid`, with
+    /// no controlling terminal. EPERM for a process group leader (a group named by its
+    /// id exists), which could otherwise leave its group split across two sessions.
+    pub fn set_sid(&self, pid: u64) -> Result<u64, Errno> {
+        let mut t = self.table();
+        if t.procs.values().any(|e| e.pgid == pid) {
+            return Err(Errno(libc::EPERM));
+        }
+        let e = t.procs.get_mut(&pid).ok_or(Errno(libc::ESRCH))?;
+        e.pgid = pid;
+        e.sid = pid;
+        Ok(pid)
+    }
+
+    /// The session the first process started in (lbrprof's terminal's).
+    pub fn outside_session(&self) -> u64 {
+        self.outside_session
+    }
+
+    /// The controlling terminal of `pid`'s session.
+    pub fn controlling(&self, pid: u64) -> Controlling {
+        let t = self.table();
+        let sid = t.procs.get(&pid).map_or(self.outside_session, |e| e.sid);
+        if sid == self.outside_session {
+            return Controlling::Outside;
+        }
+        t.terminals
+            .get(&sid)
+            .map_or(Controlling::Detached, |c| Controlling::Guest(c.clone()))
+    }
+
+    /// The session that has the terminal `rdev` as its controlling one, and that
+    /// terminal.
+    pub fn terminal(&self, rdev: u64) -> Option<(u64, Terminal)> {
+        let t = self.table();
+        t.terminals
+            .iter()
+            .find(|(_, c)| c.rdev == rdev)
+            .map(|(&sid, c)| (sid, c.clone()))
+    }
+
+    /// Session leader `pid` makes terminal `rdev` (at `path` on the host) its session's
+    /// controlling terminal (`TIOCSCTTY`, or opening it without `O_NOCTTY`). EPERM
+    /// when `pid` leads no session of the program's, when its session has another
+    /// terminal or when another session has this one.
+    pub fn acquire_terminal(
+        &self,
+        pid: u64,
+        rdev: u64,
+        path: std::path::PathBuf,
+    ) -> Result<(), Errno> {
+        let mut t = self.table();
+        let e = t.procs.get(&pid).ok_or(Errno(libc::ESRCH))?;
+        let (sid, pgid) = (e.sid, e.pgid);
+        if sid != pid || sid == self.outside_session {
+            return Err(Errno(libc::EPERM));
+        }
+        match t.terminals.iter().find(|(_, c)| c.rdev == rdev) {
+            Some((&owner, _)) if owner == sid => return Ok(()),
+            Some(_) => return Err(Errno(libc::EPERM)),
+            None => {}
+        }
+        if t.terminals.contains_key(&sid) {
+            return Err(Errno(libc::EPERM));
+        }
+        t.terminals.insert(
+            sid,
+            Terminal {
+                rdev,
+                path,
+                foreground: pgid,
+            },
+        );
+        Ok(())
+    }
+
+    /// `TIOCNOTTY` on terminal `rdev` by `pid`: ENOTTY unless it is the controlling
+    /// terminal of `pid`'s session; a session leader's session gives it up.
+    pub fn release_terminal(&self, pid: u64, rdev: u64) -> Result<(), Errno> {
+        let mut t = self.table();
+        let sid = t.procs.get(&pid).ok_or(Errno(libc::ESRCH))?.sid;
+        if t.terminals.get(&sid).is_none_or(|c| c.rdev != rdev) {
+            return Err(Errno(libc::ENOTTY));
+        }
+        if sid == pid {
+            t.terminals.remove(&sid);
+        }
+        Ok(())
+    }
+
+    /// `TIOCSPGRP` on terminal `rdev` by `pid`: ENOTTY unless it is the controlling
+    /// terminal of `pid`'s session; EPERM unless `pgid` is a process group of that
+    /// session.
+    pub fn set_terminal_foreground(&self, pid: u64, rdev: u64, pgid: u64) -> Result<(), Errno> {
+        let mut t = self.table();
+        let sid = t.procs.get(&pid).ok_or(Errno(libc::ESRCH))?.sid;
+        if !t
+            .procs
+            .values()
+            .any(|e| e.pgid == pgid && e.sid == sid && e.status.is_none())
+        {
+            return Err(Errno(libc::EPERM));
+        }
+        match t.terminals.get_mut(&sid) {
+            Some(c) if c.rdev == rdev => {
+                c.foreground = pgid;
+                Ok(())
+            }
+            _ => Err(Errno(libc::ENOTTY)),
+        }
+    }
+
     /// `setpgid(pid, pgid)`: `pid` must be the caller or one of its children.
+    /// EPERM for a session leader, a child in another session, or a group that does
+    /// not exist in the session (other than `pid`'s own new one).
     pub fn set_pgid(&self, caller: u64, pid: u64, pgid: u64) -> Result<(), Errno> {
         let mut t = self.table();
-        let e = t.procs.get_mut(&pid).ok_or(Errno(libc::ESRCH))?;
+        let caller_sid = t.procs.get(&caller).map(|e| e.sid);
+        let e = t.procs.get(&pid).ok_or(Errno(libc::ESRCH))?;
         if pid != caller && e.ppid != caller {
             return Err(Errno(libc::ESRCH));
         }
-        e.pgid = pgid;
+        let sid = e.sid;
+        let group_exists = t.procs.values().any(|x| x.pgid == pgid && x.sid == sid);
+        if sid == pid || Some(sid) != caller_sid || (pgid != pid && !group_exists) {
+            return Err(Errno(libc::EPERM));
+        }
+        if let Some(e) = t.procs.get_mut(&pid) {
+            e.pgid = pgid;
+        }
         Ok(())
     }
 
@@ -407,6 +593,21 @@ impl Kernel {
         e.status = Some(status);
         e.shared.dead.store(true, Ordering::Release);
         let ppid = e.ppid;
+        // A session leader's end hangs up its terminal: the foreground group is sent
+        // SIGHUP and SIGCONT, and the session has no terminal any more.
+        if let Some(c) = t.terminals.remove(&pid) {
+            for e in t.procs.values() {
+                if e.pgid == c.foreground && e.sid == pid && e.status.is_none() {
+                    for signo in [libc::SIGHUP, libc::SIGCONT] {
+                        e.shared.post_info(SigInfo {
+                            signo,
+                            code: SI_KERNEL,
+                            ..SigInfo::default()
+                        });
+                    }
+                }
+            }
+        }
         // Orphans: nobody will wait for them; a finished one goes at once.
         let orphans: Vec<u64> = t
             .procs
@@ -449,8 +650,9 @@ impl Kernel {
         }
     }
 
-    /// A child of `parent` that `which` selects and that has ended: its id and status,
-    /// reaped unless `keep`. None when children selected exist but none has ended
+    /// A child of `parent` that `which` selects and that has ended: its id, status and
+    /// what it used (with its reaped children), reaped unless `keep` (then what it used
+    /// counts as `parent`'s children's). None when children selected exist but none has ended
     /// (and then `waiter` is queued to be woken when one does); ECHILD when there is
     /// no such child.
     pub fn reap(
@@ -459,7 +661,7 @@ impl Kernel {
         which: WaitFor,
         keep: bool,
         waiter: Option<&Arc<Waiter>>,
-    ) -> Result<Option<(u64, i32)>, Errno> {
+    ) -> Result<Option<(u64, i32, Usage)>, Errno> {
         let mut t = self.table();
         let pgid = t.procs.get(&parent).map_or(0, |e| e.pgid);
         let selected = |pid: u64, e: &Entry| {
@@ -477,7 +679,7 @@ impl Kernel {
             if selected(pid, e) {
                 any = true;
                 if let Some(s) = e.status {
-                    done = Some((pid, s));
+                    done = Some((pid, s, e.shared.accounts.with_children()));
                     break;
                 }
             }
@@ -485,9 +687,12 @@ impl Kernel {
         if !any {
             return Err(Errno(libc::ECHILD));
         }
-        if let Some((pid, _)) = done {
+        if let Some((pid, _, used)) = done {
             if !keep {
                 t.procs.remove(&pid);
+                if let Some(p) = t.procs.get(&parent) {
+                    p.shared.accounts.add_child(used);
+                }
             }
             return Ok(done);
         }
@@ -614,6 +819,18 @@ mod tests {
     use crate::linux::mm::Frames;
     use crate::linux::signal::SI_TIMER;
 
+    /// `Kernel::reap`'s id and status.
+    fn reaped(
+        k: &Kernel,
+        parent: u64,
+        which: WaitFor,
+        keep: bool,
+        waiter: Option<&Arc<Waiter>>,
+    ) -> Result<Option<(u64, i32)>, Errno> {
+        k.reap(parent, which, keep, waiter)
+            .map(|r| r.map(|(pid, status, _)| (pid, status)))
+    }
+
     fn kernel() -> Kernel {
         let pool = Arc::new(Mutex::new(Frames::empty()));
         Kernel::new(pool, 100, 1, Arc::default())
@@ -668,7 +885,7 @@ mod tests {
     fn children_are_reaped_once_and_orphans_are_forgotten() {
         let k = kernel();
         assert_eq!(
-            k.reap(100, WaitFor::Any, false, None),
+            reaped(&k, 100, WaitFor::Any, false, None),
             Err(Errno(libc::ECHILD))
         );
         let a = k.new_id();
@@ -677,7 +894,7 @@ mod tests {
         k.add(a, 100, 100, sa.clone());
         k.add(b, 100, 100, Arc::default());
         let w = Arc::new(Waiter::default());
-        assert_eq!(k.reap(100, WaitFor::Pid(a), false, Some(&w)), Ok(None));
+        assert_eq!(reaped(&k, 100, WaitFor::Pid(a), false, Some(&w)), Ok(None));
         k.exit(a, exited(3));
         assert!(sa.dead.load(Ordering::Acquire));
         let stop = AtomicBool::new(false);
@@ -685,10 +902,16 @@ mod tests {
             w.wait(Some(std::time::Instant::now()), &stop),
             "the waiter is woken"
         );
-        assert_eq!(k.reap(100, WaitFor::Any, true, None), Ok(Some((a, 0x300))));
-        assert_eq!(k.reap(100, WaitFor::Any, false, None), Ok(Some((a, 0x300))));
         assert_eq!(
-            k.reap(100, WaitFor::Pid(a), false, None),
+            reaped(&k, 100, WaitFor::Any, true, None),
+            Ok(Some((a, 0x300)))
+        );
+        assert_eq!(
+            reaped(&k, 100, WaitFor::Any, false, None),
+            Ok(Some((a, 0x300)))
+        );
+        assert_eq!(
+            reaped(&k, 100, WaitFor::Pid(a), false, None),
             Err(Errno(libc::ECHILD))
         );
         // b's child is orphaned when b ends, and forgotten when it ends itself.
@@ -699,7 +922,7 @@ mod tests {
         k.exit(c, exited(0));
         assert_eq!(k.group(100), vec![100]);
         assert_eq!(
-            k.reap(100, WaitFor::Group(0), false, None),
+            reaped(&k, 100, WaitFor::Group(0), false, None),
             Ok(Some((b, 15)))
         );
         assert!(!k.signal(b, 1, 100));
@@ -772,9 +995,80 @@ mod tests {
                 (code, c | (uid << 32), si_status as u64)
             );
             assert_eq!(
-                k.reap(100, WaitFor::Pid(c), false, None),
+                reaped(&k, 100, WaitFor::Pid(c), false, None),
                 Ok(Some((c, status)))
             );
         }
+    }
+
+    #[test]
+    fn sessions_are_the_programs_own_with_their_terminals() {
+        let pool = Arc::new(Mutex::new(Frames::empty()));
+        // The first process (100) is in lbrprof's group 50 of session 40.
+        let k = Kernel::new(pool, 100, 1, Arc::default()).in_session(50, 40);
+        assert_eq!((k.pgid(100), k.sid(100)), (Some(50), Some(40)));
+        assert_eq!(k.controlling(100), Controlling::Outside);
+        let leader: Arc<Shared> = Arc::default();
+        let (a, b) = (k.new_id(), k.new_id());
+        k.add(a, 100, 50, leader.clone());
+        assert_eq!(k.sid(a), Some(40), "a child is in its parent's session");
+        assert_eq!(
+            k.acquire_terminal(a, 0x8801, "/dev/pts/1".into()),
+            Err(Errno(libc::EPERM)),
+            "not a session leader"
+        );
+        assert_eq!(k.set_sid(a), Ok(a));
+        assert_eq!((k.pgid(a), k.sid(a)), (Some(a), Some(a)));
+        assert_eq!(k.controlling(a), Controlling::Detached);
+        assert_eq!(k.set_sid(a), Err(Errno(libc::EPERM)), "a group leader");
+        assert_eq!(
+            k.set_pgid(a, a, 50),
+            Err(Errno(libc::EPERM)),
+            "a session leader"
+        );
+        k.acquire_terminal(a, 0x8801, "/dev/pts/1".into()).unwrap();
+        assert_eq!(k.acquire_terminal(a, 0x8801, "/dev/pts/1".into()), Ok(()));
+        assert_eq!(
+            k.acquire_terminal(a, 0x8802, "/dev/pts/2".into()),
+            Err(Errno(libc::EPERM)),
+            "one terminal per session"
+        );
+        // b, a's child, runs in its own group and is made the foreground one.
+        let job: Arc<Shared> = Arc::default();
+        k.add(b, a, a, job.clone());
+        assert_eq!(
+            k.set_pgid(a, b, 50),
+            Err(Errno(libc::EPERM)),
+            "another session's group"
+        );
+        k.set_pgid(a, b, b).unwrap();
+        assert_eq!(
+            k.terminal(0x8801).map(|(s, t)| (s, t.foreground)),
+            Some((a, a))
+        );
+        assert_eq!(
+            k.set_terminal_foreground(a, 0x8801, 50),
+            Err(Errno(libc::EPERM))
+        );
+        assert_eq!(
+            k.set_terminal_foreground(100, 0x8801, b),
+            Err(Errno(libc::EPERM))
+        );
+        k.set_terminal_foreground(a, 0x8801, b).unwrap();
+        match k.controlling(b) {
+            Controlling::Guest(t) => assert_eq!((t.foreground, t.path), (b, "/dev/pts/1".into())),
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(k.release_terminal(100, 0x8801), Err(Errno(libc::ENOTTY)));
+        // The leader's end hangs up the terminal: the foreground group is sent SIGHUP
+        // and SIGCONT, the session has no terminal.
+        k.exit(a, exited(0));
+        assert_eq!(
+            job.signals.load(Ordering::Acquire),
+            1 << (libc::SIGHUP - 1) | 1 << (libc::SIGCONT - 1)
+        );
+        assert_eq!(leader.signals.load(Ordering::Acquire), 0);
+        assert_eq!(k.terminal(0x8801), None);
+        assert_eq!(k.controlling(b), Controlling::Detached);
     }
 }

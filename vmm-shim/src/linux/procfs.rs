@@ -43,6 +43,7 @@ use crate::linux::Process;
 use crate::linux::errno::Errno;
 use crate::linux::host;
 use crate::linux::mm::{Prot, Vma};
+use crate::linux::proc::Controlling;
 use crate::memory::GuestVirtAddr;
 
 /// The process a `/proc/...` path names, and the rest of the path after its directory.
@@ -250,6 +251,10 @@ pub(crate) struct StatIds<'a> {
     pub comm: &'a [u8],
     pub ppid: u64,
     pub pgrp: u64,
+    pub session: u64,
+    /// Its session's terminal, when the session is one the program made: None for the
+    /// session lbrprof runs in (the host's line says), Some(None) for none.
+    pub terminal: Option<Option<crate::linux::proc::Terminal>>,
     pub threads: u64,
     /// Zero what changes from run to run.
     pub pinned: bool,
@@ -270,12 +275,25 @@ fn guest_stat(host: &[u8], ids: &StatIds<'_>) -> Option<Vec<u8>> {
     set(&mut fields, 3, "R".to_owned());
     set(&mut fields, 4, ids.ppid.to_string());
     set(&mut fields, 5, ids.pgrp.to_string());
-    set(&mut fields, 6, ids.pgrp.to_string());
+    set(&mut fields, 6, ids.session.to_string());
+    match &ids.terminal {
+        None => {}
+        Some(None) => {
+            set(&mut fields, 7, "0".to_owned());
+            set(&mut fields, 8, "-1".to_owned());
+        }
+        Some(Some(t)) => {
+            set(&mut fields, 7, (t.rdev as u32).to_string());
+            set(&mut fields, 8, t.foreground.to_string());
+        }
+    }
     set(&mut fields, 20, ids.threads.to_string());
     if ids.pinned {
         for field in (3..3 + fields.len()).filter(|&f| varies(f)) {
             set(&mut fields, field, "0".to_owned());
         }
+    }
+    if ids.pinned && ids.terminal.is_none() {
         // The terminal's foreground group: the program's, when it has a terminal.
         let tty = fields.get(7 - 3).is_some_and(|t| t != "0");
         let tpgid = if tty {
@@ -612,6 +630,12 @@ impl Process {
                 .parent(n)
                 .unwrap_or(self.kernel.outside_parent()),
             pgrp: self.kernel.pgid(n).unwrap_or(n),
+            session: self.kernel.sid(n).unwrap_or(n),
+            terminal: match self.kernel.controlling(n) {
+                Controlling::Outside => None,
+                Controlling::Detached => Some(None),
+                Controlling::Guest(t) => Some(Some(t)),
+            },
             threads: if own {
                 self.threads.len().max(1) as u64
             } else {
@@ -842,6 +866,8 @@ mod tests {
             comm: b"prog",
             ppid: 999,
             pgrp: 1000,
+            session: 999,
+            terminal: None,
             threads: 2,
             pinned,
         };
@@ -849,9 +875,7 @@ mod tests {
         let f: Vec<&str> = real.trim_end().split(' ').collect();
         assert_eq!(
             &f[..8],
-            [
-                "1000", "(prog)", "R", "999", "1000", "1000", "34816", "4242"
-            ]
+            ["1000", "(prog)", "R", "999", "1000", "999", "34816", "4242"]
         );
         assert_eq!((f[13], f[19], f[21], f[38]), ("7", "2", "123456", "5"));
         assert_eq!(f.len(), 52);
@@ -865,5 +889,35 @@ mod tests {
         assert_eq!((f[24], f[37], f[51]), ("18446744073709551615", "17", "0"));
         assert_eq!(f.len(), 52);
         assert!(guest_stat(b"garbage", &ids(true)).is_none());
+    }
+
+    #[test]
+    fn a_session_of_the_programs_own_has_its_terminal_or_none() {
+        let host = b"4242 (x) S 1 2 3 34816 4242 0 0 0 0 0 0 0 0 0 20 0 1 0\n";
+        let line = |terminal| {
+            let ids = StatIds {
+                pid: 1001,
+                comm: b"sh",
+                ppid: 1000,
+                pgrp: 1001,
+                session: 1001,
+                terminal,
+                threads: 1,
+                pinned: true,
+            };
+            let l = String::from_utf8(guest_stat(host, &ids).unwrap()).unwrap();
+            l.split(' ')
+                .skip(4)
+                .take(4)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line(Some(None)), ["1001", "1001", "0", "-1"]);
+        let pty = crate::linux::proc::Terminal {
+            rdev: 34820,
+            path: "/dev/pts/4".into(),
+            foreground: 1003,
+        };
+        assert_eq!(line(Some(Some(pty))), ["1001", "1001", "34820", "1003"]);
     }
 }

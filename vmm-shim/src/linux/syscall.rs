@@ -7,7 +7,7 @@
 //! between two processes without vfork ends the program with a clear "unsupported"
 //! error.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +25,13 @@ use crate::linux::itimer;
 use crate::linux::limits;
 use crate::linux::mm::{FileBacking, Prot};
 use crate::linux::outcome::{CloneArgs, ForkArgs, Outcome};
-use crate::linux::proc::WaitFor;
+use crate::linux::proc::{Controlling, WaitFor};
 use crate::linux::procfs::Served;
 use crate::linux::program::Program;
 use crate::linux::shm::{SharedObject, ShmRef};
 use crate::linux::signal;
 use crate::linux::thread::Task;
+use crate::linux::usage::Usage;
 use crate::linux::waiter::Waiter;
 use crate::memory::GuestVirtAddr;
 
@@ -230,13 +231,18 @@ impl Process {
                 let fd = f.file.clone();
                 self.chdir(Some(&fd), b"")
             }),
-            Sysno::getpgid if a[0] as u32 == 0 || u64::from(a[0] as u32) == self.pid => {
-                ok(self.kernel.pgid(self.pid).unwrap_or(self.pid))
+            Sysno::getpgid | Sysno::getsid => {
+                let pid = match u64::from(a[0] as u32) {
+                    0 => self.pid,
+                    p => p,
+                };
+                let id = if sys == Sysno::getpgid {
+                    self.kernel.pgid(pid)
+                } else {
+                    self.kernel.sid(pid)
+                };
+                id.ok_or(Errno(libc::ESRCH))
             }
-            Sysno::getpgid => self
-                .kernel
-                .pgid(u64::from(a[0] as u32))
-                .ok_or(Errno(libc::ESRCH)),
             Sysno::getpgrp => ok(self.kernel.pgid(self.pid).unwrap_or(self.pid)),
             Sysno::setpgid => {
                 let (pid, pgid) = (u64::from(a[0] as u32), u64::from(a[1] as u32));
@@ -244,11 +250,7 @@ impl Process {
                 let pgid = if pgid == 0 { pid } else { pgid };
                 self.kernel.set_pgid(self.pid, pid, pgid).map(|()| 0)
             }
-            Sysno::setsid => self
-                .kernel
-                .set_pgid(self.pid, self.pid, self.pid)
-                .map(|()| self.pid),
-            Sysno::getsid => ok(self.kernel.pgid(self.pid).unwrap_or(self.pid)),
+            Sysno::setsid => self.kernel.set_sid(self.pid),
             Sysno::select => {
                 let deadline = match self.timeval(task, a[4]) {
                     Ok(d) => d,
@@ -340,7 +342,8 @@ impl Process {
                 self.out(a[1], &b).map(|()| b.len() as u64)
             }),
             Sysno::getcwd => self.sys_getcwd(a[0], a[1]),
-            Sysno::ioctl => self.sys_ioctl(a[0], a[1], a[2]),
+            // The request is an unsigned int: musl passes it as a (sign-extended) int.
+            Sysno::ioctl => self.sys_ioctl(a[0], u64::from(a[1] as u32), a[2]),
             Sysno::dup => self.fds.get(a[0]).cloned().and_then(|mut f| {
                 f.cloexec = false;
                 self.fds.insert(f)
@@ -690,13 +693,24 @@ impl Process {
             }
             Sysno::getgroups if a[0] == 0 => ok(0),
             Sysno::getgroups => ok(0),
-            // Resource use is not tracked per guest process: all zero (and so the same
-            // on every run).
-            Sysno::getrusage => self.out(a[1], &[0u8; 144]).map(|()| 0),
-            // The same for times' `struct tms`; its value is the clock in ticks.
+            Sysno::getrusage => self
+                .usage(task, a[0] as i32)
+                .and_then(|u| self.out(a[1], &u.to_rusage()))
+                .map(|()| 0),
+            // times' `struct tms`: the process's and its children's user and system
+            // times in clock ticks; its value is the clock in ticks.
             Sysno::times => self.kernel.clock.ticks().and_then(|t| {
                 if a[0] != 0 {
-                    self.out(a[0], &[0u8; 32])?;
+                    let (own, children) = (self.usage(task, 0)?, self.usage(task, -1)?);
+                    let mut b = [0u8; 32];
+                    for (i, d) in [own.user, own.system, children.user, children.system]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let ticks = (d.as_millis() / 10) as u64;
+                        b[i * 8..i * 8 + 8].copy_from_slice(&ticks.to_le_bytes());
+                    }
+                    self.out(a[0], &b)?;
                 }
                 Ok(t)
             }),
@@ -727,12 +741,16 @@ impl Process {
                 std::thread::yield_now();
                 ok(0)
             }
-            Sysno::clock_gettime => self
-                .kernel
-                .clock
-                .now(a[0] as i32)
-                .and_then(|t| self.out_timespec(a[1], t).map(|()| 0)),
-            Sysno::clock_getres => self.kernel.clock.resolution(a[0] as i32).and_then(|t| {
+            Sysno::clock_gettime => match self.cpu_clock(task, a[0] as i32) {
+                Some(t) => t.map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos()))),
+                None => self.kernel.clock.now(a[0] as i32),
+            }
+            .and_then(|t| self.out_timespec(a[1], t).map(|()| 0)),
+            Sysno::clock_getres => match self.cpu_clock(task, a[0] as i32) {
+                Some(t) => t.map(|_| (0, 1)),
+                None => self.kernel.clock.resolution(a[0] as i32),
+            }
+            .and_then(|t| {
                 if a[1] != 0 {
                     self.out_timespec(a[1], t)?;
                 }
@@ -1124,7 +1142,16 @@ impl Process {
             }
             None => {}
         }
-        let p = self.proc_path(raw.clone())?;
+        let mut p = self.proc_path(raw.clone())?;
+        let session = self.kernel.controlling(self.pid);
+        if raw == b"/dev/tty" {
+            // The controlling terminal of the caller's session.
+            match &session {
+                Controlling::Outside => {}
+                Controlling::Guest(t) => p = t.path.as_os_str().as_bytes().to_vec(),
+                Controlling::Detached => return Err(Errno(libc::ENXIO)),
+            }
+        }
         // Only the shim's own translation of a descriptor link may go through one.
         let open = if self.names_own_descriptor(&raw) {
             host::openat
@@ -1132,6 +1159,12 @@ impl Process {
             host::openat_no_magic
         };
         let fd = open(self.dir(dirfd)?, &p, flags as i32, mode as u32)?;
+        if session == Controlling::Detached && flags as i32 & libc::O_NOCTTY == 0 {
+            // A session leader with no terminal that opens one acquires it.
+            if let Ok((rdev, path)) = host::terminal(fd.as_fd()) {
+                let _ = self.kernel.acquire_terminal(self.pid, rdev, path);
+            }
+        }
         let listing = (flags as i32 & libc::O_DIRECTORY != 0)
             .then(|| self.own_listing_for(&fd))
             .flatten();
@@ -2075,6 +2108,7 @@ impl Process {
         self.threads.remove(&task.tid);
         self.waiters.remove(&task.tid);
         self.shared.vcpus().remove(&task.tid);
+        self.shared.accounts.leave(task.tid);
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
@@ -2174,6 +2208,71 @@ impl Process {
         }
     }
 
+    /// What `getrusage(who)` tells: the process's use (RUSAGE_SELF), its reaped
+    /// children's (RUSAGE_CHILDREN) or the calling thread's (RUSAGE_THREAD); zero with
+    /// pinned clocks, so that runs repeat.
+    fn usage(&self, task: &Task, who: i32) -> Result<Usage, Errno> {
+        if ![
+            libc::RUSAGE_SELF,
+            libc::RUSAGE_CHILDREN,
+            libc::RUSAGE_THREAD,
+        ]
+        .contains(&who)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if self.kernel.clock.is_pinned() {
+            return Ok(Usage::default());
+        }
+        let accounts = &self.shared.accounts;
+        accounts.note_resident(self.report.peak_bytes.max(self.mm.resident_bytes()));
+        Ok(match who {
+            libc::RUSAGE_SELF => accounts.own(),
+            libc::RUSAGE_CHILDREN => accounts.children(),
+            _ => accounts.thread(task.tid),
+        })
+    }
+
+    /// A CPU clock's time: `CLOCK_PROCESS_CPUTIME_ID`, `CLOCK_THREAD_CPUTIME_ID`, or a
+    /// clock of `clock_getcpuclockid`/`pthread_getcpuclockid` (`!pid << 3`, bit 2 for a
+    /// thread, the low two bits: 0 user and system time, 1 user time, 2 run time),
+    /// read from the guest threads' host threads ([`crate::linux::usage`]); EINVAL
+    /// for a process or thread that is not the program's. None for any other clock,
+    /// or any clock when the clocks are pinned ([`crate::linux::clock`] has them).
+    fn cpu_clock(&self, task: &Task, id: i32) -> Option<Result<Duration, Errno>> {
+        const USER: i32 = 1;
+        let (pid, thread, which) = match id {
+            2 => (0, false, 2),
+            3 => (0, true, 2),
+            n if n < 0 && n & 3 != 3 => (u64::from(!(n >> 3) as u32), n & 4 != 0, n & 3),
+            _ => return None,
+        };
+        if self.kernel.clock.is_pinned() {
+            return None;
+        }
+        let time = |accounts: &crate::linux::usage::Accounts, tid: Option<u64>| match tid {
+            Some(t) if which == USER => Some(accounts.thread(t).user),
+            Some(t) => accounts.thread_cpu_time(t),
+            None if which == USER => Some(accounts.own().user),
+            None => Some(accounts.cpu_time()),
+        };
+        Some(if thread {
+            let tid = if pid == 0 { task.tid } else { pid };
+            // A thread made whose host thread has not started yet has used nothing.
+            let starting = self.threads.get(&tid).is_some_and(Option::is_none);
+            time(&self.shared.accounts, Some(tid))
+                .or(starting.then_some(Duration::ZERO))
+                .ok_or(Errno::EINVAL)
+        } else if pid == 0 || pid == self.pid {
+            time(&self.shared.accounts, None).ok_or(Errno::EINVAL)
+        } else {
+            self.kernel
+                .shared_of(pid)
+                .and_then(|s| time(&s.accounts, None))
+                .ok_or(Errno::EINVAL)
+        })
+    }
+
     /// wait4(pid, status, options, rusage).
     fn sys_wait4(
         &mut self,
@@ -2243,10 +2342,15 @@ impl Process {
 
     /// Write a finished wait's results; the call's result.
     pub(crate) fn wait_done(&mut self, block: &block::WaitBlock) -> u64 {
-        let (pid, status) = match block.result {
+        let (pid, status, used) = match block.result {
             Err(e) => return e.ret(),
             Ok(Some(r)) => r,
-            Ok(None) => (0, 0),
+            Ok(None) => (0, 0, Usage::default()),
+        };
+        let used = if self.kernel.clock.is_pinned() {
+            Usage::default()
+        } else {
+            used
         };
         let written = match block.out {
             WaitOut::Wait4 { status: va, rusage } => (|| {
@@ -2254,7 +2358,7 @@ impl Process {
                     self.out(va, &(status as u32).to_le_bytes())?;
                 }
                 if rusage != 0 {
-                    self.out(rusage, &[0u8; 144])?;
+                    self.out(rusage, &used.to_rusage())?;
                 }
                 Ok(())
             })(),
