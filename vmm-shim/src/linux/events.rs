@@ -104,6 +104,7 @@ impl Process {
             Sysno::read | Sysno::readv | Sysno::accept | Sysno::accept4 => a[0],
             Sysno::recvfrom if !dontwait(a[3]) => a[0],
             Sysno::recvmsg if !dontwait(a[2]) => a[0],
+            Sysno::recvmmsg if !dontwait(a[3]) => a[0],
             _ => return None,
         };
         let f = self.fds.get(fd).ok()?;

@@ -274,6 +274,49 @@ impl Process {
         Ok(n as u64)
     }
 
+    /// sendmmsg/recvmmsg: [`Self::sys_sendmsg`] or [`Self::sys_recvmsg`] on each of
+    /// `vlen` `struct mmsghdr`s (a msghdr, then the message's length, which is written
+    /// back), until one fails; how many went, or the first one's error. glibc's
+    /// resolver sends its A and AAAA queries with one sendmmsg. recvmmsg waits for the
+    /// first message only (as with MSG_WAITFORONE; Linux without it waits for `vlen`
+    /// or the timeout) and takes what else has arrived.
+    pub(crate) fn sys_mmsg(
+        &mut self,
+        fd: u64,
+        vec: u64,
+        vlen: u64,
+        flags: u64,
+        send: bool,
+    ) -> Result<u64, Errno> {
+        const MMSGHDR: u64 = 64;
+        const MSG_WAITFORONE: u64 = 0x10000;
+        let mut done = 0;
+        for i in 0..vlen.min(1024) {
+            let msg = vec.checked_add(i * MMSGHDR).ok_or(Errno(libc::EFAULT))?;
+            let r = if send {
+                self.sys_sendmsg(fd, msg, flags)
+            } else if i > 0 {
+                self.sys_recvmsg(
+                    fd,
+                    msg,
+                    (flags & !MSG_WAITFORONE) | libc::MSG_DONTWAIT as u64,
+                )
+            } else {
+                self.sys_recvmsg(fd, msg, flags & !MSG_WAITFORONE)
+            };
+            match r {
+                Ok(n) => {
+                    self.mm
+                        .write(GuestVirtAddr(msg + 56), &(n as u32).to_le_bytes())?;
+                    done += 1;
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
     pub(crate) fn sys_recvmsg(&mut self, fd: u64, msg: u64, flags: u64) -> Result<u64, Errno> {
         let s = self.socket_of(fd)?;
         let [name, _, iov, iovlen, control, controllen, _] = self.msghdr(msg)?;

@@ -1005,6 +1005,8 @@ impl Process {
             Sysno::recvfrom => self.sys_recvfrom(a[0], a[1], a[2], a[3], a[4], a[5]),
             Sysno::sendmsg => self.sys_sendmsg(a[0], a[1], a[2]),
             Sysno::recvmsg => self.sys_recvmsg(a[0], a[1], a[2]),
+            Sysno::sendmmsg => self.sys_mmsg(a[0], a[1], a[2], a[3], true),
+            Sysno::recvmmsg => self.sys_mmsg(a[0], a[1], a[2], a[3], false),
             Sysno::clone3 => Err(Errno::ENOSYS),
             // A kernel built without io_uring (CONFIG_IO_URING=n) answers so; its users
             // (qemu-img, liburing's) fall back to threads or epoll.
