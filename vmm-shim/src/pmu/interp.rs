@@ -1680,29 +1680,24 @@ fn operand_bits(insn: &Instruction, i: u32) -> Option<u32> {
     .filter(|b| matches!(b, 8 | 16 | 32 | 64))
 }
 
-/// Whether RFLAGS satisfy condition `cc` (SDM Vol. 1, "Jcc").
+/// Whether RFLAGS satisfy condition `cc` (SDM Vol. 1, "Jcc"). Without branches (Jcc,
+/// CMOVcc and SETcc run it for every hot loop's condition; a jump table on `cc` was a
+/// mispredicted indirect jump each time): the eight base conditions of the encoding
+/// (O, B, E, BE, S, P, L, LE) are computed together as bits, the encoding's pair picks
+/// one and its low bit negates it. `None` for no condition.
+#[inline(always)]
 fn cond_holds(cc: ConditionCode, f: u64) -> Option<bool> {
-    let bit = |b: u64| f & b != 0;
-    let lt = bit(alu::SF) != bit(alu::OF);
-    Some(match cc {
-        ConditionCode::o => bit(alu::OF),
-        ConditionCode::no => !bit(alu::OF),
-        ConditionCode::b => bit(alu::CF),
-        ConditionCode::ae => !bit(alu::CF),
-        ConditionCode::e => bit(alu::ZF),
-        ConditionCode::ne => !bit(alu::ZF),
-        ConditionCode::be => bit(alu::CF) || bit(alu::ZF),
-        ConditionCode::a => !bit(alu::CF) && !bit(alu::ZF),
-        ConditionCode::s => bit(alu::SF),
-        ConditionCode::ns => !bit(alu::SF),
-        ConditionCode::p => bit(alu::PF),
-        ConditionCode::np => !bit(alu::PF),
-        ConditionCode::l => lt,
-        ConditionCode::ge => !lt,
-        ConditionCode::le => lt || bit(alu::ZF),
-        ConditionCode::g => !lt && !bit(alu::ZF),
-        _ => return None,
-    })
+    // iced numbers the conditions in encoding order after `None`: o = 1 ... g = 16.
+    let n = (cc as u32).checked_sub(1).filter(|&n| n < 16)?;
+    let of = (f >> 11) & 1;
+    let cf = f & 1;
+    let pf = (f >> 2) & 1;
+    let zf = (f >> 6) & 1;
+    let sf = (f >> 7) & 1;
+    let lt = sf ^ of;
+    let base =
+        of | cf << 1 | zf << 2 | (cf | zf) << 3 | sf << 4 | pf << 5 | lt << 6 | (lt | zf) << 7;
+    Some(((base >> (n >> 1)) ^ u64::from(n)) & 1 != 0)
 }
 
 /// Index of a general-purpose register in [`InterpState::gpr`], and whether it is one of
