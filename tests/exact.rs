@@ -160,16 +160,15 @@ fn random_bytes_are_a_fixed_stream_in_exact_mode_so_counts_repeat() {
 /// export (every instruction's count, conditional and indirect branches, call edges) and
 /// the report's guest tables (hot functions, branches, fall-through ranges).
 fn exact_tables(exe: &Path, data: &Path) -> (Vec<u8>, String, String) {
+    exact_tables_with(&[], exe, data)
+}
+
+/// [`exact_tables`] with `flags` added to `record`.
+fn exact_tables_with(flags: &[&str], exe: &Path, data: &Path) -> (Vec<u8>, String, String) {
     let rec = lbrprof()
-        .args([
-            "record",
-            "--vm",
-            "--lbr",
-            "emulated",
-            "--lbr-mode",
-            "exact",
-            "-o",
-        ])
+        .args(["record", "--vm", "--lbr", "emulated", "--lbr-mode", "exact"])
+        .args(flags)
+        .arg("-o")
         .arg(data)
         .arg("--")
         .arg(exe)
@@ -234,6 +233,17 @@ fn rdrand_and_rdtsc_read_a_pinned_world_in_exact_mode() {
         "{out}"
     );
     assert!(out.contains(" aux 0\n"), "{out}");
+    // A snapshot every 7 instructions (10,000,000 / 1,428,571): many PMIs end an
+    // interpreting stretch right before one of these instructions, and the guest goes on
+    // from there with breakpoints; still only the interpreter runs them, so the program
+    // reads what it read above (the CPU running one would read the host's world).
+    let dense = ["--lbr-freq", "1428571"];
+    let c = exact_tables_with(&dense, &exe, &tmp.path().join("c.data"));
+    assert_eq!(
+        String::from_utf8_lossy(&c.0),
+        out,
+        "PMIs changed what it read"
+    );
     // The counts are the interpreter's: the CPU never ran one of them.
     let ((_, _, _, _, fallbacks, _), _) = exact_run_with(&[], &exe, &[]);
     for m in ["rdrand", "rdseed", "rdtsc"] {

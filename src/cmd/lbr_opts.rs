@@ -445,6 +445,13 @@ pub fn print_stats(setup: &LbrSetup) {
                 );
             }
         }
+        if s.tracer.outside_on_cpu > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} RDTSC/RDRAND-class instructions ran on the CPU and \
+                 read the host's values (the interpreter could not run there)",
+                s.vcpu, s.tracer.outside_on_cpu,
+            );
+        }
         if s.agent_snapshots > 0 || s.agent_lost > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} snapshots from the guest agent's ring, {} lost to \

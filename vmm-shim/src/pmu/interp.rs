@@ -649,6 +649,9 @@ impl Session<'_> {
             if n == max {
                 break;
             }
+            if self.enter_next_block() {
+                continue;
+            }
             self.run_done = n;
             match self.try_step() {
                 Ok(Step {
@@ -721,6 +724,52 @@ impl Session<'_> {
         out
     }
 
+    /// At the end of the current block (or with none): enters the block at RIP so that
+    /// [`Session::run_block`] runs it from its first instruction, and says whether it has
+    /// fast forms to run. `false` leaves the rest to [`Session::try_step`] (no fast form
+    /// first, the generic path only, or a fetch that halts: `try_step` meets the halt
+    /// again and returns it).
+    #[inline(always)]
+    fn enter_next_block(&mut self) -> bool {
+        if self.interp.generic_only {
+            return false;
+        }
+        if let Some((b, i, generation)) = self.block
+            && generation == self.interp.arena_gen
+            && i < self.interp.arena[b as usize].insns.len()
+        {
+            return false;
+        }
+        let Ok(idx) = self.block_at_rip() else {
+            return false;
+        };
+        self.block = Some((idx, 0, self.interp.arena_gen));
+        !self.interp.arena[idx as usize].fast.is_empty()
+    }
+
+    /// The block starting at RIP, entered from the current one (through its link, else
+    /// the map, decoding it on a miss), its first page's fetch permission checked.
+    #[inline(always)]
+    fn block_at_rip(&mut self) -> Result<u32, Halt> {
+        let ip = self.state.rip;
+        let from = self.block.take();
+        let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
+        if self.fetch_pages_checked[memo_slot(page.0)] != page {
+            let pa = self.check_fetch(ip)?;
+            self.note_code_phys(pa);
+            self.fetch_pages_checked[memo_slot(page.0)] = page;
+        }
+        let cr3 = self.state.cr3;
+        Ok(match self.follow_link(from, cr3, ip) {
+            Some(idx) => idx,
+            None => {
+                let idx = self.enter_block(cr3, ip).ok_or(Halt::Fetch)?;
+                self.link(from, ip, idx);
+                idx
+            }
+        })
+    }
+
     /// Enters the physical pages of code the tracer noted in this address space into
     /// `code_phys` (a walk without side effects: nothing is committed).
     fn translate_noted(&mut self) {
@@ -764,8 +813,13 @@ impl Session<'_> {
         }
         let insns = &self.interp.arena[*b as usize].insns;
         let d = insns.get(*i)?;
-        let prev = insns.get(i.checked_sub(1)?)?;
-        if d.insn.ip() != rip || prev.insn.ip() / PAGE != rip / PAGE {
+        if d.insn.ip() != rip {
+            return None;
+        }
+        // (The first instruction: the block was entered at RIP, its page checked then.)
+        if let Some(prev) = i.checked_sub(1).map(|p| &insns[p])
+            && prev.insn.ip() / PAGE != rip / PAGE
+        {
             return None;
         }
         *i += 1;
@@ -916,22 +970,7 @@ impl Session<'_> {
         let (b, i) = match self.next_in_block(ip) {
             Some(at) => at,
             None => {
-                let from = self.block.take();
-                let page = (ip & !(PAGE - 1), self.interp.code_phys_resets);
-                if self.fetch_pages_checked[memo_slot(page.0)] != page {
-                    let pa = self.check_fetch(ip)?;
-                    self.note_code_phys(pa);
-                    self.fetch_pages_checked[memo_slot(page.0)] = page;
-                }
-                let cr3 = self.state.cr3;
-                let idx = match self.follow_link(from, cr3, ip) {
-                    Some(idx) => idx,
-                    None => {
-                        let idx = self.enter_block(cr3, ip).ok_or(Halt::Fetch)?;
-                        self.link(from, ip, idx);
-                        idx
-                    }
-                };
+                let idx = self.block_at_rip()?;
                 self.block = Some((idx, 1, self.interp.arena_gen));
                 (idx, 0)
             }
@@ -1641,29 +1680,24 @@ fn operand_bits(insn: &Instruction, i: u32) -> Option<u32> {
     .filter(|b| matches!(b, 8 | 16 | 32 | 64))
 }
 
-/// Whether RFLAGS satisfy condition `cc` (SDM Vol. 1, "Jcc").
+/// Whether RFLAGS satisfy condition `cc` (SDM Vol. 1, "Jcc"). Without branches (Jcc,
+/// CMOVcc and SETcc run it for every hot loop's condition; a jump table on `cc` was a
+/// mispredicted indirect jump each time): the eight base conditions of the encoding
+/// (O, B, E, BE, S, P, L, LE) are computed together as bits, the encoding's pair picks
+/// one and its low bit negates it. `None` for no condition.
+#[inline(always)]
 fn cond_holds(cc: ConditionCode, f: u64) -> Option<bool> {
-    let bit = |b: u64| f & b != 0;
-    let lt = bit(alu::SF) != bit(alu::OF);
-    Some(match cc {
-        ConditionCode::o => bit(alu::OF),
-        ConditionCode::no => !bit(alu::OF),
-        ConditionCode::b => bit(alu::CF),
-        ConditionCode::ae => !bit(alu::CF),
-        ConditionCode::e => bit(alu::ZF),
-        ConditionCode::ne => !bit(alu::ZF),
-        ConditionCode::be => bit(alu::CF) || bit(alu::ZF),
-        ConditionCode::a => !bit(alu::CF) && !bit(alu::ZF),
-        ConditionCode::s => bit(alu::SF),
-        ConditionCode::ns => !bit(alu::SF),
-        ConditionCode::p => bit(alu::PF),
-        ConditionCode::np => !bit(alu::PF),
-        ConditionCode::l => lt,
-        ConditionCode::ge => !lt,
-        ConditionCode::le => lt || bit(alu::ZF),
-        ConditionCode::g => !lt && !bit(alu::ZF),
-        _ => return None,
-    })
+    // iced numbers the conditions in encoding order after `None`: o = 1 ... g = 16.
+    let n = (cc as u32).checked_sub(1).filter(|&n| n < 16)?;
+    let of = (f >> 11) & 1;
+    let cf = f & 1;
+    let pf = (f >> 2) & 1;
+    let zf = (f >> 6) & 1;
+    let sf = (f >> 7) & 1;
+    let lt = sf ^ of;
+    let base =
+        of | cf << 1 | zf << 2 | (cf | zf) << 3 | sf << 4 | pf << 5 | lt << 6 | (lt | zf) << 7;
+    Some(((base >> (n >> 1)) ^ u64::from(n)) & 1 != 0)
 }
 
 /// Index of a general-purpose register in [`InterpState::gpr`], and whether it is one of

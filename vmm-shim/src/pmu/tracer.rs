@@ -160,6 +160,10 @@ pub struct TracerStats {
     pub interp_halts: u64,
     /// Why those stretches ended (the instructions worth interpreting next).
     pub halt_reasons: HaltCounts,
+    /// Instructions the pinned outside world answers that the CPU ran anyway (the
+    /// interpreter could not run there: turned off, or a state it refuses), reading the
+    /// host's values.
+    pub outside_on_cpu: u64,
 }
 
 /// Counts per [`Halt`] reason, for the first [`HaltCounts::SLOTS`] distinct reasons seen
@@ -257,12 +261,15 @@ enum Stop {
     /// Decoding stopped (length limit or unreadable bytes) before this address; a new
     /// block starts there.
     Limit(u64),
+    /// Before an instruction the pinned outside world answers (exact mode): the CPU must
+    /// never run it, so the interpreter does ([`Tracer::plan_native`]).
+    Outside(DecodedInsn),
 }
 
 impl Block {
     fn stop_addr(&self) -> u64 {
         match self.stop {
-            Stop::Insn(i) => i.ip,
+            Stop::Insn(i) | Stop::Outside(i) => i.ip,
             Stop::Limit(a) => a,
         }
     }
@@ -761,11 +768,13 @@ impl Tracer {
     /// and branch as the breakpoints would. Returns the plan when the stretch ended the
     /// window or raised a PMI; otherwise `None` with `cpu` moved to where the interpreter
     /// stopped (an instruction it leaves to the CPU), for the breakpoints to go on from.
+    /// At most `max` instructions run (fewer at the stretch's own budget).
     fn interpret(
         &mut self,
         g: &mut dyn GuestAccess,
         pmu: &mut VirtualPmu,
         cpu: &mut GuestCpu,
+        max: u64,
     ) -> Result<Option<Resume>, TraceError> {
         if !self.interpret || cpu.cpl != 3 || (!self.counting() && self.window_left == 0) {
             return Ok(None);
@@ -780,7 +789,8 @@ impl Tracer {
             INTERP_EXACT_BUDGET
         } else {
             INTERP_WINDOW_BUDGET
-        };
+        }
+        .min(max);
         let mut interp = std::mem::take(&mut self.interp);
         let fast_before = interp.fast_steps();
         let mut session = interp.session(g, state);
@@ -1101,30 +1111,51 @@ impl Tracer {
         cpu: &GuestCpu,
     ) -> Result<Resume, TraceError> {
         let mut cpu = *cpu;
-        if let Some(r) = self.interpret(g, pmu, &mut cpu)? {
+        if let Some(r) = self.interpret(g, pmu, &mut cpu, u64::MAX)? {
             return Ok(r);
         }
         self.plan_native(g, pmu, &cpu)
     }
 
     /// Plans breakpoints from the current RIP, starting a block there (no interpreting:
-    /// after a PMI the caller must see the guest exactly where it fired).
+    /// after a PMI the caller must see the guest exactly where it fired), except for an
+    /// instruction the pinned world answers, which only the interpreter may run: wherever
+    /// a stretch ended before one (its budget, a PMI, a fall-back, an exit), it runs it
+    /// here before the breakpoints go on.
     fn plan_native(
         &mut self,
         g: &mut dyn GuestAccess,
         pmu: &mut VirtualPmu,
         cpu: &GuestCpu,
     ) -> Result<Resume, TraceError> {
-        let block = self.block_at(g, cpu);
-        if self.blocks[block].insns.is_empty()
-            && let Stop::Insn(insn) = self.blocks[block].stop
-        {
-            if let Some(r) = self.predict_over(g, pmu, insn, cpu) {
-                return Ok(r);
+        let mut cpu = *cpu;
+        loop {
+            let block = self.block_at(g, &cpu);
+            if !self.blocks[block].insns.is_empty() {
+                return Ok(self.plan_in(pmu, block, 0, cpu.cpl, Some(cpu.rcx)));
             }
-            return Ok(self.step_over(g, insn, cpu));
+            match self.blocks[block].stop {
+                Stop::Insn(insn) => {
+                    if let Some(r) = self.predict_over(g, pmu, insn, &cpu) {
+                        return Ok(r);
+                    }
+                    return Ok(self.step_over(g, insn, &cpu));
+                }
+                Stop::Outside(insn) => {
+                    let at = cpu.rip;
+                    if let Some(r) = self.interpret(g, pmu, &mut cpu, 1)? {
+                        return Ok(r);
+                    }
+                    if cpu.rip == at {
+                        // The interpreter cannot run here (turned off, or a state it
+                        // refuses): the CPU must, and reads the host's world. Counted.
+                        self.stats.outside_on_cpu += 1;
+                        return Ok(self.step_over(g, insn, &cpu));
+                    }
+                }
+                Stop::Limit(_) => return Ok(self.plan_in(pmu, block, 0, cpu.cpl, Some(cpu.rcx))),
+            }
         }
-        Ok(self.plan_in(pmu, block, 0, cpu.cpl, Some(cpu.rcx)))
     }
 
     /// At a near branch whose outcome the registers already decide (Jcc from RFLAGS,
@@ -1387,8 +1418,8 @@ fn idt_handler(g: &mut dyn GuestAccess, cpu: &GuestCpu, vector: u8) -> Option<u6
 /// Decodes the block at `start`. With `count_repeats` (exact-mode profiling) a REP string
 /// instruction is a block of its own: the block before it ends at it, and its block ends
 /// right after it, so the count register is seen before and after it runs.
-/// (`outside`: a block ends before an instruction the pinned world answers, unless it
-/// would be empty: the interpreter did not take it there, so the CPU runs it.)
+/// (`outside`: a block ends before an instruction the pinned world answers, and one that
+/// starts there is empty: the interpreter runs it, never the CPU.)
 fn decode_block(
     g: &mut dyn GuestAccess,
     start: u64,
@@ -1419,11 +1450,8 @@ fn decode_block(
         };
         match insn.flow {
             Flow::Sequential => {
-                if !insns.is_empty()
-                    && size == CodeSize::Bits64
-                    && reads_pinned_outside(&bytes[..n], ip, outside)
-                {
-                    break Stop::Limit(ip);
+                if size == CodeSize::Bits64 && reads_pinned_outside(&bytes[..n], ip, outside) {
+                    break Stop::Outside(insn);
                 }
                 if count_repeats && let Some(r) = repeat_of(&bytes[..n], ip, size) {
                     if !insns.is_empty() {

@@ -943,3 +943,34 @@ fn rep_movs_and_stos_leave_the_rest_to_the_cpu() {
         assert!(m.mem == before, "{code:02x?}: memory changed");
     }
 }
+
+/// Every condition code (SETcc AL, `0f 90+cc c0`) under every combination of the five
+/// flags the conditions read, on the host CPU and in [`cond_holds`], which Jcc, CMOVcc
+/// and SETcc share.
+#[test]
+fn every_condition_code_matches_the_cpu_under_every_flag_combination() {
+    use super::alu::{CF, OF, PF, SF, ZF};
+    let page = CodePage::new();
+    for n in 0u8..16 {
+        let code = [0x0f, 0x90 + n, 0xc0];
+        let cc = Decoder::with_ip(64, &code, 0, DecoderOptions::NONE)
+            .decode()
+            .condition_code();
+        for combo in 0u32..32 {
+            let flags = [CF, PF, ZF, SF, OF]
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| combo & (1 << i) != 0)
+                .fold(0x2, |f, (_, &b)| f | b);
+            let mut regs = [0u64; 16];
+            let mut after = flags;
+            page.run(&code, &mut regs, &mut after);
+            assert_eq!(
+                cond_holds(cc, flags),
+                Some(regs[0] & 0xff == 1),
+                "{cc:?} with RFLAGS {flags:#x}"
+            );
+        }
+    }
+    assert_eq!(cond_holds(ConditionCode::None, u64::MAX), None);
+}

@@ -691,7 +691,8 @@ fn a_move_by_the_vmm_drops_the_planned_stop_and_traces_on_from_the_new_place() {
 }
 
 /// In a pinned world, the CPU is stopped before an instruction the interpreter answers
-/// (a block ends there, and the next one starts with it), so it never reads the host's.
+/// (a block ends there, and one that starts there is empty, for the interpreter to run
+/// it), so it never reads the host's.
 #[test]
 fn pinned_blocks_end_before_rdtsc_and_rdrand() {
     // 0x1000: nop; rdtsc; nop; rdrand %rax; jmp 0x1000
@@ -710,11 +711,11 @@ fn pinned_blocks_end_before_rdtsc_and_rdrand() {
         pinned_clock: true,
     };
     assert_eq!(block(&mut g, 0x1000, pinned), (vec![0x1000], 0x1001));
-    // A block that starts at one runs it (the interpreter did not take it there).
-    assert_eq!(
-        block(&mut g, 0x1001, pinned),
-        (vec![0x1001, 0x1003], 0x1004)
-    );
+    // A block that starts at one is empty, stopping there: the CPU never runs it.
+    assert_eq!(block(&mut g, 0x1001, pinned), (vec![], 0x1001));
+    let b = decode_block(&mut g, 0x1001, CodeSize::Bits64, false, pinned);
+    assert!(matches!(b.stop, Stop::Outside(i) if i.ip == 0x1001 && i.len == 2));
+    assert_eq!(block(&mut g, 0x1003, pinned), (vec![0x1003], 0x1004));
     // Only what is pinned stops the CPU; the host's world stops nothing.
     let clock = OutsideConfig {
         random_seed: None,
