@@ -406,6 +406,15 @@ pub fn print_stats(setup: &LbrSetup) {
             s.snapshots,
             s.pmu.frozen_branches,
         );
+        if s.tracer.repeat_passes > 0 {
+            eprintln!(
+                "lbrprof: lbr: vCPU {}: {} instructions counting each REP iteration, as \
+                 valgrind and recordings do ({} passes beyond the first of REP instructions)",
+                s.vcpu,
+                s.tracer.instructions + s.tracer.repeat_passes,
+                s.tracer.repeat_passes,
+            );
+        }
         if s.stepping_stops > 0 || s.shared_int3_stops > 0 {
             eprintln!(
                 "lbrprof: lbr: vCPU {}: {} single-steps towards breakpoints in shared code, \

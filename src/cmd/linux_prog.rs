@@ -166,6 +166,22 @@ pub struct OutsideWorld {
 /// where the vCPU's XCR0 hides it.
 pub const AVX512_OFF: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD";
 
+/// The glibc tunables that fix the sizes glibc otherwise derives from the host's caches
+/// (CPUID's cache leaves), which choose between the vector loops and REP MOVSB/STOSB
+/// in memcpy and memset and when they go non-temporal: with them a pinned program takes
+/// the same paths, and counts the same instructions, on every host. The values are the
+/// ones glibc derives under valgrind (whose CPUID describes one fixed cache), so exact
+/// mode's counts match valgrind's I refs there too (without them a static C benchmark's
+/// count was 1.24% above valgrind's on this project's AMD host: glibc copied 2–8 KiB
+/// with REP MOVSB, one counted pass per byte, where under valgrind it took the loop).
+pub const FIXED_CACHES: &[&str] = &[
+    "glibc.cpu.x86_data_cache_size=0x8000",
+    "glibc.cpu.x86_shared_cache_size=0x800000",
+    "glibc.cpu.x86_non_temporal_threshold=0x200000",
+    "glibc.cpu.x86_rep_movsb_threshold=0x2000",
+    "glibc.cpu.x86_rep_stosb_threshold=0x800",
+];
+
 impl OutsideWorld {
     /// What exact mode's interpreter answers from this world in place of the CPU
     /// (RDRAND, RDSEED from the seed; RDTSC, RDTSCP, RDPID from the virtual clock).
@@ -184,34 +200,38 @@ impl OutsideWorld {
         config.guest_entropy = self.entropy;
         config.guest_pinned = self.pinned;
         if self.no_avx512 {
-            without_avx512(&mut program.envp);
+            add_tunable(&mut program.envp, AVX512_OFF);
+        }
+        if self.pinned {
+            for t in FIXED_CACHES {
+                add_tunable(&mut program.envp, t);
+            }
         }
     }
 }
 
-/// Adds [`AVX512_OFF`] to `GLIBC_TUNABLES` in `envp` (appended to the variable, or the
-/// variable appended), unless the user's own tunables already choose `glibc.cpu.hwcaps`.
-fn without_avx512(envp: &mut Vec<OsString>) {
+/// Adds glibc tunable `tunable` (`name=value`) to `GLIBC_TUNABLES` in `envp` (appended
+/// to the variable, or the variable appended), unless the user's own tunables already
+/// set that name.
+fn add_tunable(envp: &mut Vec<OsString>, tunable: &str) {
     const VAR: &[u8] = b"GLIBC_TUNABLES=";
+    let name = &tunable.as_bytes()[..=tunable.find('=').unwrap_or(tunable.len() - 1)];
     match envp.iter_mut().find(|e| e.as_bytes().starts_with(VAR)) {
         Some(e) => {
             let value = &e.as_bytes()[VAR.len()..];
-            if value
-                .split(|&b| b == b':')
-                .any(|t| t.starts_with(b"glibc.cpu.hwcaps="))
-            {
+            if value.split(|&b| b == b':').any(|t| t.starts_with(name)) {
                 return;
             }
             let mut v = e.as_bytes().to_vec();
             if !value.is_empty() {
                 v.push(b':');
             }
-            v.extend_from_slice(AVX512_OFF.as_bytes());
+            v.extend_from_slice(tunable.as_bytes());
             *e = OsString::from_vec(v);
         }
         None => {
             let mut v = VAR.to_vec();
-            v.extend_from_slice(AVX512_OFF.as_bytes());
+            v.extend_from_slice(tunable.as_bytes());
             envp.push(OsString::from_vec(v));
         }
     }
@@ -250,6 +270,13 @@ pub fn outside(flag: Option<Outside>, seed: Option<EntropySource>, exact: bool) 
             "glibc's AVX2 functions, not the AVX-512 ones this host would show it, as under \
              valgrind (GLIBC_TUNABLES={AVX512_OFF})"
         ));
+    }
+    if pinned {
+        what.push(
+            "glibc's cache sizes, which choose its memcpy and memset paths, as under valgrind \
+             (GLIBC_TUNABLES=glibc.cpu.x86_*_cache_size,x86_*_threshold)"
+                .to_owned(),
+        );
     }
     if !what.is_empty() {
         let why = if exact && flag.is_none() {
@@ -381,25 +408,35 @@ mod tests {
     }
 
     #[test]
-    fn avx512_is_turned_off_in_glibc_tunables_unless_hwcaps_are_chosen() {
+    fn tunables_join_glibc_tunables_unless_the_user_set_them() {
         let env = |v: &[&str]| -> Vec<OsString> { v.iter().map(OsString::from).collect() };
         let off = format!("GLIBC_TUNABLES={AVX512_OFF}");
         let mut e = env(&["PATH=/bin"]);
-        without_avx512(&mut e);
+        add_tunable(&mut e, AVX512_OFF);
         assert_eq!(e, env(&["PATH=/bin", &off]));
         // Other tunables stay, hwcaps joins them.
         let mut e = env(&["GLIBC_TUNABLES=glibc.malloc.check=3", "HOME=/"]);
-        without_avx512(&mut e);
+        add_tunable(&mut e, AVX512_OFF);
         let joined = format!("GLIBC_TUNABLES=glibc.malloc.check=3:{AVX512_OFF}");
         assert_eq!(e, env(&[&joined, "HOME=/"]));
         // An empty variable gets the tunable alone.
         let mut e = env(&["GLIBC_TUNABLES="]);
-        without_avx512(&mut e);
+        add_tunable(&mut e, AVX512_OFF);
         assert_eq!(e, env(&[&off]));
         // The user's own choice of hwcaps is kept as it is.
         let own = env(&["GLIBC_TUNABLES=glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2"]);
         let mut e = own.clone();
-        without_avx512(&mut e);
+        add_tunable(&mut e, AVX512_OFF);
         assert_eq!(e, own);
+        // The user's threshold stays; the other fixed sizes join it.
+        let mut e = env(&["GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=0x1000"]);
+        for t in FIXED_CACHES {
+            add_tunable(&mut e, t);
+        }
+        let v = e[0].to_str().unwrap();
+        assert!(v.contains("x86_rep_movsb_threshold=0x1000"), "{v}");
+        assert!(!v.contains("x86_rep_movsb_threshold=0x2000"), "{v}");
+        assert!(v.contains("x86_non_temporal_threshold=0x200000"), "{v}");
+        assert_eq!(v.matches(':').count(), FIXED_CACHES.len() - 1, "{v}");
     }
 }

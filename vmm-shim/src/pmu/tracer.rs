@@ -164,6 +164,10 @@ pub struct TracerStats {
     /// interpreter could not run there: turned off, or a state it refuses), reading the
     /// host's values.
     pub outside_on_cpu: u64,
+    /// Exact mode: the passes of REP string instructions in user code beyond the first
+    /// of each, which valgrind counts as instructions and the CPU does not (`k`
+    /// iterations are `k + 1` passes): `instructions` + this is valgrind's I refs.
+    pub repeat_passes: u64,
 }
 
 /// Counts per [`Halt`] reason, for the first [`HaltCounts::SLOTS`] distinct reasons seen
@@ -828,6 +832,7 @@ impl Tracer {
             let (n, r) = session.run((budget - ran).min(room - pending));
             // REP string iterations: passes valgrind counts (see `interp/string.rs`).
             for (ip, extra) in session.take_repeats() {
+                self.stats.repeat_passes += extra;
                 if let Some(p) = &mut self.profile {
                     p.repeat(ip, extra);
                 }
@@ -940,11 +945,12 @@ impl Tracer {
         match self.repeat_from {
             Some((b, before)) if b == block && done == 0 && i > 0 => {
                 self.repeat_from = None;
-                if super::profile::is_user(cpl, self.blocks[block].insns[0])
-                    && let Some(p) = &mut self.profile
-                {
+                if super::profile::is_user(cpl, self.blocks[block].insns[0]) {
                     let extra = r.extra_passes(before, cpu.rcx, cpu.rflags);
-                    p.repeat(self.blocks[block].insns[0], extra);
+                    self.stats.repeat_passes += extra;
+                    if let Some(p) = &mut self.profile {
+                        p.repeat(self.blocks[block].insns[0], extra);
+                    }
                 }
             }
             // Not run yet, or interrupted inside: goes on counting from where it began.
