@@ -118,7 +118,7 @@ use crate::linux::cpu::{TrapArea, TrapFrame};
 pub use crate::linux::error::LinuxError;
 use crate::linux::fd::FdTable;
 pub use crate::linux::mm::LentSpace;
-use crate::linux::mm::{AddressSpace, MapRecord};
+use crate::linux::mm::{AddressSpace, Fault, MapRecord};
 pub use crate::linux::program::Program;
 use crate::linux::program::build_image;
 pub use crate::linux::report::{GuestEvent, LinuxReport, ProcessRecord};
@@ -556,7 +556,7 @@ impl Process {
     pub fn take_report(&mut self) -> LinuxReport {
         let mut r = std::mem::take(&mut self.report);
         r.maps = std::mem::take(&mut self.mm.maps);
-        r.out_of_memory = self.mm.exhausted;
+        r.out_of_memory = self.mm.exhausted();
         if self.initial {
             let k = self.kernel.finished();
             r.syscalls += k.syscalls;
@@ -682,9 +682,34 @@ impl Process {
             TrapAction::Resume
         } else {
             let (sig, name) = cpu::signal_for(vector);
-            let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            let cr2 = sregs.cr2;
+            // SEGV_MAPERR or SEGV_ACCERR, as the mappings say.
+            let mut pf_code = 1;
+            if vector == VEC_PF && frame.from_user() {
+                let err = frame.error_code.unwrap_or(0);
+                match self.mm.fault(cr2, err & PF_WRITE != 0, err & PF_FETCH != 0) {
+                    Fault::Resolved => {
+                        self.resume_faulted(task, vcpu, &regs, sregs)?;
+                        self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                        return Ok(TrapAction::Resume);
+                    }
+                    Fault::OutOfMemory => {
+                        return Ok(self.killed(
+                            libc::SIGKILL,
+                            format!(
+                                "out of guest memory (--vm-mem) for the page at {cr2:#x} it                                  touched at rip {:#x}; ended as Linux's OOM killer ends a                                  program. Raise --vm-mem",
+                                frame.rip
+                            ),
+                        ));
+                    }
+                    f => pf_code = f.si_code(),
+                }
+            }
             if frame.from_user()
-                && self.deliver_fault(task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2)?
+                && self.deliver_fault(
+                    task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2, pf_code,
+                )?
             {
                 self.report.trap_ns += started.elapsed().as_nanos() as u64;
                 return Ok(TrapAction::Resume);
@@ -1208,7 +1233,9 @@ impl Process {
             // A vfork child gives the parent its address space back.
             Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
             None => {
-                self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
+                if let Some(at) = old.exhausted() {
+                    self.mm.note_exhausted(at);
+                }
                 self.report.maps.extend(old.maps.iter().cloned());
                 // The other threads' vCPUs may still run on it until they notice.
                 let token = std::mem::replace(&mut task.space_token, Arc::new(()));
@@ -1637,6 +1664,7 @@ impl Process {
         vector: u8,
         sig: i32,
         cr2: u64,
+        pf_code: i32,
     ) -> Result<bool, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let sig = sig as u64;
@@ -1646,7 +1674,7 @@ impl Process {
         }
         let err = frame.error_code.unwrap_or(0);
         let (code, addr) = match vector {
-            VEC_PF => (if err & 1 != 0 { 2 } else { 1 }, cr2), // SEGV_ACCERR / MAPERR
+            VEC_PF => (pf_code, cr2),
             VEC_GP => (signal::SI_KERNEL, 0),
             VEC_DE => (1, frame.rip),          // FPE_INTDIV
             VEC_UD => (2, frame.rip),          // ILL_ILLOPN
@@ -1694,18 +1722,32 @@ impl Process {
         Ok(true)
     }
 
-    /// What every system call's return needs: TLB and FS base brought up to date,
-    /// and the ring-3 return address when `syscall` stayed in ring 3.
-    fn resume_ret(
+    /// Run the instruction that faulted again, its page now mapped: the stub's IRETQ
+    /// pops the frame past the error code, after a TLB flush if the mapping changed.
+    fn resume_faulted(
         &mut self,
         task: &mut Task,
         vcpu: &VcpuFd,
-        regs: &mut kvm_regs,
-        mode: cpu::SyscallMode,
-        old_fs: u64,
-        full: bool,
-    ) -> Result<Serviced, VmError> {
+        regs: &kvm_regs,
+        mut sregs: kvm_bindings::kvm_sregs,
+    ) -> Result<(), VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let generation = self.publish_flush(task);
+        if task.tlb_stale(generation) {
+            task.cr3 = self.mm.twin(task.cr3);
+            task.tlb_seen = generation;
+            sregs.cr3 = task.cr3;
+            vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        }
+        let mut k = *regs;
+        k.rsp += 8;
+        vcpu.set_regs(&k).map_err(kvm("KVM_SET_REGS"))
+    }
+
+    /// When this space's translations changed, every vCPU of the process must flush its
+    /// TLB before it runs the program again: a new generation, and the others kicked out
+    /// of the guest to see it. The generation now.
+    fn publish_flush(&mut self, task: &Task) -> u64 {
         if self.mm.flush_needed {
             self.mm.flush_needed = false;
             self.tlb_generation
@@ -1718,9 +1760,23 @@ impl Process {
                 }
             }
         }
-        let generation = self
-            .tlb_generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        self.tlb_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What every system call's return needs: TLB and FS base brought up to date,
+    /// and the ring-3 return address when `syscall` stayed in ring 3.
+    fn resume_ret(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+        mode: cpu::SyscallMode,
+        old_fs: u64,
+        full: bool,
+    ) -> Result<Serviced, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let generation = self.publish_flush(task);
         if task.fs_base != old_fs || task.tlb_stale(generation) {
             // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
             // the twin PML4), which makes KVM reset the vCPU's MMU context.

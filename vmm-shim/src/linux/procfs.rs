@@ -662,6 +662,7 @@ mod tests {
             file,
             name,
             shm: None,
+            lazy: false,
         }
     }
 

@@ -1434,7 +1434,11 @@ impl Process {
         let known = self.mm.maps.len();
         match shm {
             Some(shm) => self.mm.map_shared(start, len, prot, file, shm)?,
-            None if file.is_none() => self.mm.map_anonymous(start, len, prot)?,
+            // MAP_NORESERVE: backed page by page at first touch (sanitizers' shadow).
+            None if file.is_none() => {
+                let lazy = flags & libc::MAP_NORESERVE != 0;
+                self.mm.map_anonymous(start, len, prot, lazy)?
+            }
             None => self.mm.map(start, len, prot, file, "")?,
         }
         self.note_new_maps(known);
@@ -1493,7 +1497,7 @@ impl Process {
         if (vma.file.is_some() && vma.shm.is_none()) || vma.end < old.saturating_add(old_len) {
             return Err(Errno::EINVAL);
         }
-        let prot = vma.prot;
+        let (prot, lazy) = (vma.prot, vma.lazy);
         // The shared object and file at `old` and at `old + n`.
         let skip = old - vma.start;
         let (shm, file) = (vma.shm.clone(), vma.file.clone());
@@ -1520,6 +1524,7 @@ impl Process {
         if self.mm.is_free(end, old.saturating_add(new_len)) {
             match at(old_len) {
                 (Some(s), file) => self.mm.map_shared(end, new_len - old_len, prot, file, s)?,
+                (None, _) if lazy => self.mm.map_anonymous(end, new_len - old_len, prot, true)?,
                 (None, _) => self.mm.map(end, new_len - old_len, prot, None, "")?,
             }
             self.note_new_maps(known);
@@ -1535,7 +1540,8 @@ impl Process {
             self.note_new_maps(known);
             return Ok(to);
         }
-        self.mm.map(to, new_len, Prot::RW, None, "")?;
+        // A lazy mapping moves lazily: only its touched pages are copied.
+        self.mm.map_anonymous(to, new_len, Prot::RW, lazy)?;
         self.mm.copy_within(old, to, old_len)?;
         self.mm.protect(to, new_len, prot)?;
         self.mm.unmap(old, old_len)?;
