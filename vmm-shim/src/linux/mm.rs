@@ -440,7 +440,8 @@ impl AddressSpace {
     }
 
     /// Map lazy page `page` (absent) with `prot`: the frame of zeros for a read of
-    /// memory that is neither writable nor executable, else a fresh frame.
+    /// memory that is neither writable nor executable, else a fresh frame. ENOMEM when
+    /// guest memory is used up (the caller says what that does to the program).
     fn populate_lazy(&self, page: u64, prot: Prot, write: bool) -> Result<(), Errno> {
         let mem = self.mem.clone();
         let zero = !write && !prot.writable() && !prot.executable();
@@ -449,7 +450,7 @@ impl AddressSpace {
         } else {
             self.frames().alloc(&mem)
         };
-        let frame = frame.inspect_err(|_| self.note_exhausted(page))?;
+        let frame = frame?;
         let flags = prot.pte_flags() | if zero { PTE_ZERO } else { 0 };
         let slot = self.leaf(page, true).and_then(|s| s.ok_or(Errno::EFAULT));
         let slot = match slot {
@@ -458,7 +459,6 @@ impl AddressSpace {
                 if !zero {
                     self.frames().release(frame.0);
                 }
-                self.note_exhausted(page);
                 return Err(e);
             }
         };
@@ -1136,8 +1136,10 @@ impl AddressSpace {
     /// protection (the shim writes it on the program's behalf).
     fn populate_absent(&self, va: u64) -> Result<(), Errno> {
         let prot = self.lazy_vma_at(va).ok_or(Errno::EFAULT)?.prot;
-        self.populate_lazy(page_down(va), prot, true)
-            .map_err(|_| Errno::EFAULT)
+        self.populate_lazy(page_down(va), prot, true).map_err(|_| {
+            self.note_exhausted(page_down(va));
+            Errno::EFAULT
+        })
     }
 
     /// Copy program memory at `va` into `buf` (EFAULT unless every byte is readable).
@@ -1248,42 +1250,45 @@ impl AddressSpace {
             .filter(|v| v.end > va)
     }
 
-    /// Copy `len` bytes of mapped memory from `from` to `to` (both present, or pages of
-    /// lazy mappings; page tables decide, protection does not). Untouched lazy source
-    /// pages leave untouched lazy destination pages as they are.
+    /// Copy the `len` bytes of mapped memory at `from` to `to` (page-aligned; mremap
+    /// moving a mapping). Every source page must be present, except in lazy mappings,
+    /// whose untouched pages are skipped (a lazy destination stays untouched there):
+    /// only populated pages cost a step. Page tables decide, protection does not.
     pub fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<(), Errno> {
-        let mut done = 0;
-        let mut page = vec![0u8; PAGE as usize];
-        while done < len {
-            let n = (len - done).min(PAGE);
-            let src = self.pte(from + done);
-            let mut dst = self.pte(to + done);
-            let dst_lazy = self.lazy_vma_at(to + done).is_some();
-            if src & PTE_P == 0 {
-                if self.lazy_vma_at(from + done).is_none() {
-                    return Err(Errno::EFAULT);
-                }
-                if dst & PTE_P == 0 && dst_lazy {
-                    done += n;
-                    continue;
-                }
-                page.fill(0);
+        if !from.is_multiple_of(PAGE) || !to.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            return Err(Errno::EINVAL);
+        }
+        let end = from.checked_add(len).ok_or(Errno::EFAULT)?;
+        let mut pages = Vec::new();
+        let mut at = from;
+        while at < end {
+            let v = self.vma_at(at).ok_or(Errno::EFAULT)?;
+            let stop = v.end.min(end);
+            if v.lazy {
+                pages.extend(self.present_leaves(at, stop)?.into_iter().map(|l| l.0));
             } else {
-                self.mem
-                    .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page[..n as usize])
-                    .map_err(|_| Errno::EFAULT)?;
+                pages.extend((at..stop).step_by(PAGE as usize));
             }
-            if dst & PTE_P == 0 && dst_lazy {
-                self.populate_absent(to + done)?;
-                dst = self.pte(to + done);
+            at = stop;
+        }
+        let mut page = vec![0u8; PAGE as usize];
+        for va in pages {
+            let src = self.pte(va);
+            let d = to.checked_add(va - from).ok_or(Errno::EFAULT)?;
+            let mut dst = self.pte(d);
+            if dst & PTE_P == 0 && self.lazy_vma_at(d).is_some() {
+                self.populate_absent(d)?;
+                dst = self.pte(d);
             }
-            if dst & PTE_P == 0 || dst & PTE_ZERO != 0 {
+            if src & PTE_P == 0 || dst & PTE_P == 0 || dst & PTE_ZERO != 0 {
                 return Err(Errno::EFAULT);
             }
             self.mem
-                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page[..n as usize])
+                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page)
                 .map_err(|_| Errno::EFAULT)?;
-            done += n;
+            self.mem
+                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page)
+                .map_err(|_| Errno::EFAULT)?;
         }
         Ok(())
     }
@@ -1848,12 +1853,14 @@ mod tests {
             assert!(n < 16 << 8, "a 16 MiB VM ran out of frames");
         }
         assert_eq!(last, Fault::OutOfMemory);
-        assert_eq!(s.exhausted(), Some(HUGE.0 + (n - 1) * PAGE));
-        // The shim's own writes into lazy pages fail the same way (EFAULT, recorded).
+        // The program is ended for it (`Process::on_trap`): no allocation failed.
+        assert_eq!(s.exhausted(), None);
+        // The shim's own writes into lazy pages fail with EFAULT, recorded.
         assert_eq!(
             s.write(GuestVirtAddr(HUGE.0 + (1 << 40)), b"x"),
             Err(Errno::EFAULT)
         );
+        assert_eq!(s.exhausted(), Some(HUGE.0 + (1 << 40)));
         // Freeing some lets the program go on.
         s.unmap(HUGE.0, 16 * PAGE).unwrap();
         assert_eq!(s.fault(HUGE.0 + (2 << 40), true, false), Fault::Resolved);

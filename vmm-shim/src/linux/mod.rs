@@ -698,7 +698,8 @@ impl Process {
                         return Ok(self.killed(
                             libc::SIGKILL,
                             format!(
-                                "out of guest memory (--vm-mem) for the page at {cr2:#x} it                                  touched at rip {:#x}; ended as Linux's OOM killer ends a                                  program. Raise --vm-mem",
+                                "ran out of guest memory (--vm-mem) touching {cr2:#x} at rip {:#x}; \
+                                 ended as Linux's OOM killer ends a program. Raise --vm-mem",
                                 frame.rip
                             ),
                         ));
