@@ -1273,12 +1273,23 @@ impl Process {
         if pages > MAX_IO {
             return Err(Errno::ENOMEM);
         }
+        let mut resident = vec![1u8; pages];
         let mut at = addr;
         while at < end {
             let vma = self.mm.vma_at(at).ok_or(Errno::ENOMEM)?;
-            at = vma.end;
+            let (lazy, next) = (vma.lazy, vma.end);
+            if lazy {
+                // A lazy mapping's untouched pages are not in memory.
+                let stop = next.min(end);
+                let page = |va: u64| ((va - addr) / PAGE) as usize;
+                resident[page(at)..page(stop.div_ceil(PAGE) * PAGE)].fill(0);
+                for (va, _, _) in self.mm.present_leaves(at, stop)? {
+                    resident[page(va)] = 1;
+                }
+            }
+            at = next;
         }
-        self.out(vec, &vec![1u8; pages]).map(|()| 0)
+        self.out(vec, &resident).map(|()| 0)
     }
 
     /// capget: the capabilities of lbrprof itself, which are the program's rights on the
