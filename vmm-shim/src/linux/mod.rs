@@ -567,6 +567,8 @@ impl Process {
             r.out_of_memory = r.out_of_memory.or(k.out_of_memory);
             r.peak_bytes = r.peak_bytes.max(k.peak_bytes);
             r.trap_ns += k.trap_ns;
+            r.demand_faults += k.demand_faults;
+            r.fault_ns += k.fault_ns;
             r.threads += k.threads;
             r.processes += k.processes;
             r.execs += k.execs;
@@ -691,7 +693,8 @@ impl Process {
                 match self.mm.fault(cr2, err & PF_WRITE != 0, err & PF_FETCH != 0) {
                     Fault::Resolved => {
                         self.resume_faulted(task, vcpu, &regs, sregs)?;
-                        self.report.trap_ns += started.elapsed().as_nanos() as u64;
+                        self.report.demand_faults += 1;
+                        self.report.fault_ns += started.elapsed().as_nanos() as u64;
                         return Ok(TrapAction::Resume);
                     }
                     Fault::OutOfMemory => {
