@@ -609,6 +609,11 @@ impl Process {
         // to RCX) and the ring-0 `sysretq` both come out right, and RAX set here
         // survives. Otherwise let KVM finish it first (the KVM API's rule: state is
         // consistent after re-entering KVM_RUN; immediate_exit returns at once).
+        if port == TRAP_PORT_BASE + u16::from(VEC_PF) && self.demand_fault(task, vcpu)? {
+            self.report.demand_faults += 1;
+            self.report.fault_ns += started.elapsed().as_nanos() as u64;
+            return Ok(TrapAction::Resume);
+        }
         if port != TRAP_PORT_SYSCALL || task.syscall_mode.is_none() {
             vcpu.set_kvm_immediate_exit(1);
             let _ = vcpu.run();
@@ -1723,6 +1728,43 @@ impl Process {
         k.rax = 0;
         k.rsp += skip;
         vcpu.set_regs(&k).map_err(kvm("KVM_SET_REGS"))?;
+        Ok(true)
+    }
+
+    /// A page fault of the program that lazy memory resolves ([`AddressSpace::fault`]):
+    /// the page is backed and the program resumes (true); anything else goes the way of
+    /// every exception (false). The stub's `out` is left for KVM to finish at the next
+    /// KVM_RUN, as a system call's is: RIP is still on it, so KVM steps to the IRETQ
+    /// (one round trip less than finishing it first).
+    fn demand_fault(&mut self, task: &mut Task, vcpu: &VcpuFd) -> Result<bool, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if task.shim_stepped {
+            // The frame's RFLAGS needs KVM's TF taken out: the general path does that.
+            return Ok(false);
+        }
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let Some(frame_pa) = task.trap.stack_phys_of(regs.rsp, 48) else {
+            return Ok(false);
+        };
+        let mut words = [0u64; 6];
+        for (i, w) in words.iter_mut().enumerate() {
+            let at = GuestPhysAddr(frame_pa.0 + 8 * i as u64);
+            *w = self.mm.memory().read_u64(at).unwrap_or(0);
+        }
+        let frame = TrapFrame::parse(VEC_PF, &words);
+        if !frame.from_user() {
+            return Ok(false);
+        }
+        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let err = frame.error_code.unwrap_or(0);
+        if self
+            .mm
+            .fault(sregs.cr2, err & PF_WRITE != 0, err & PF_FETCH != 0)
+            != Fault::Resolved
+        {
+            return Ok(false);
+        }
+        self.resume_faulted(task, vcpu, &regs, sregs)?;
         Ok(true)
     }
 
