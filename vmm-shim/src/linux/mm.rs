@@ -13,8 +13,8 @@
 //! all anonymous memory. Sanitizers map terabytes of shadow that way and touch a little
 //! of it; the guest's page fault comes to the shim ([`AddressSpace::fault`]), which maps a
 //! fresh frame (or, for a read of read-only memory, the frame of zeros) and resumes the
-//! faulting instruction. A fault round trip goes through guest ring 0 (~0.1–0.2 ms on a
-//! host that emulates it, against ~25 µs for the first touch of an eagerly mapped page),
+//! faulting instruction. A fault round trip goes through guest ring 0 (~80 µs on a host
+//! that emulates it, against ~30 µs for the first touch of an eagerly mapped page),
 //! so a fault backs the 64 KiB block around the page, as transparent huge pages do. Unmap, protect, fork and discard walk the page tables and skip
 //! absent tables whole ([`AddressSpace::present_leaves`]), so a mapping's size costs
 //! nothing, only its populated pages do.
@@ -444,8 +444,8 @@ impl AddressSpace {
 
     /// Populate the other absent pages of `page`'s aligned block of [`FAULT_AROUND`]
     /// pages inside its mapping, as Linux's transparent huge pages back anonymous memory
-    /// in bigger blocks than the page that faulted: a fault round trip costs a hundred
-    /// page writes on hosts that emulate guest ring 0. Not when frames run low: the
+    /// in bigger blocks than the page that faulted: a fault round trip costs as much as
+    /// a thousand page-table writes on hosts that emulate guest ring 0. Not when frames run low: the
     /// pages the program touches come first.
     fn fault_around(&self, page: u64, prot: Prot, write: bool) {
         let Some(v) = self.vma_at(page) else { return };
