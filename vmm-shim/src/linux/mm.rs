@@ -904,7 +904,7 @@ impl AddressSpace {
                     Ok(_) => {}
                     Err(e) => {
                         // Leave nothing half-made behind.
-                        let _ = self.unmap(start, va - start);
+                        self.unbuild(start, va);
                         return Err(e);
                     }
                 }
@@ -913,7 +913,7 @@ impl AddressSpace {
             if let Some(b) = &file
                 && let Err(e) = self.fill(b, start, &fresh)
             {
-                let _ = self.unmap(start, len);
+                self.unbuild(start, end);
                 return Err(e);
             }
         }
@@ -930,6 +930,14 @@ impl AddressSpace {
             },
         );
         Ok(())
+    }
+
+    /// Give back the pages of `[start, end)` of a mapping that failed half-made (not in
+    /// the mapping list yet, so [`Self::unmap`] would not see them).
+    fn unbuild(&mut self, start: u64, end: u64) {
+        let mut freed = Vec::new();
+        let _ = self.unmap_pages(start, end, &mut freed);
+        let _ = self.retire_all(freed);
     }
 
     /// `munmap`: drop `[start, start + len)` (page-aligned; holes are fine).
@@ -1620,6 +1628,19 @@ mod tests {
         s.protect(0x40_2000, PAGE, Prot::RW).unwrap();
         s.write(GuestVirtAddr(0x40_2000), b"z").unwrap();
         assert_eq!(s.vmas().count(), 3);
+    }
+
+    #[test]
+    fn a_mapping_that_does_not_fit_gives_back_what_it_took() {
+        let mut s = space();
+        let base = s.frames().in_use();
+        assert_eq!(
+            s.map(0x1000_0000, 64 << 20, Prot::RW, None, ""),
+            Err(Errno::ENOMEM)
+        );
+        // Only the page tables it built stay (a few frames, not the whole VM).
+        assert!(s.frames().in_use() - base < 16, "{}", s.frames().in_use());
+        s.map(0x1000_0000, 8 << 20, Prot::RW, None, "").unwrap();
     }
 
     #[test]

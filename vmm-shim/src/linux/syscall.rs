@@ -2520,6 +2520,44 @@ mod tests {
     }
 
     #[test]
+    fn noreserve_memory_is_lazy_through_mmap_mincore_and_mremap() {
+        let mut p = process();
+        let mut t = p.main_task();
+        let tib = 1u64 << 40;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let mmap = |p: &mut Process, t: &mut Task, flags: u64| {
+            ret(p.syscall(t, Sysno::mmap as u64, [0, tib, rw, flags, !0, 0]))
+        };
+        // Backed at mmap time, a TiB does not fit in 16 MiB; lazily it does.
+        assert_eq!(mmap(&mut p, &mut t, anon), -(libc::ENOMEM as i64));
+        let at = mmap(&mut p, &mut t, anon | libc::MAP_NORESERVE as u64) as u64;
+        assert!(at.is_multiple_of(PAGE), "{at:#x}");
+        let page = at + (tib / 2) + 5 * PAGE;
+        p.mm.write(GuestVirtAddr(page), b"touched").unwrap();
+        // mincore: the written page (and its fault-free neighbours: not) in memory.
+        let vec = 0x40_0000;
+        let nr = Sysno::mincore;
+        assert_eq!(call(&mut p, nr, [page - PAGE, 3 * PAGE, vec, 0]), 0);
+        let mut v = [9u8; 3];
+        p.mm.read(GuestVirtAddr(vec), &mut v).unwrap();
+        assert_eq!(v, [0, 1, 0]);
+        // mremap moves it with its one page (a fixed page above keeps it from growing).
+        let above = at + tib;
+        let fixed = anon | libc::MAP_FIXED as u64;
+        let r = p.syscall(&mut t, Sysno::mmap as u64, [above, PAGE, rw, fixed, !0, 0]);
+        assert_eq!(ret(r) as u64, above);
+        let moved = call(&mut p, Sysno::mremap, [at, tib, 2 * tib, 1]) as u64;
+        assert_ne!(moved, at);
+        let mut b = [0u8; 7];
+        p.mm.read(GuestVirtAddr(moved + (tib / 2) + 5 * PAGE), &mut b)
+            .unwrap();
+        assert_eq!(&b, b"touched");
+        assert_eq!(p.mm.vma_at(moved).map(|v| v.lazy), Some(true));
+        assert!(p.mm.vma_at(at).is_none());
+    }
+
+    #[test]
     fn sigqueue_and_sigtimedwait_carry_the_value_and_refuse_what_linux_refuses() {
         let mut p = process();
         let mut t = p.main_task();
