@@ -322,8 +322,9 @@ pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
     }
     if let Some(addr) = report.out_of_memory {
         eprintln!(
-            "lbrprof: vm: the program ran out of guest memory (--vm-mem {} MiB) mapping \
-             {addr:#x}; its allocation failed with ENOMEM. Raise --vm-mem.",
+            "lbrprof: vm: the program ran out of guest memory (--vm-mem {} MiB) at \
+             {addr:#x}; the request for memory there failed (ENOMEM, or EFAULT for a system \
+             call writing into untouched memory). Raise --vm-mem.",
             mem_bytes >> 20
         );
     }

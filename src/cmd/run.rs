@@ -260,10 +260,19 @@ fn run_program(args: &Args, path: &Path, argv: &[String]) -> anyhow::Result<Exit
             let n = linux.syscalls.max(1);
             eprintln!(
                 "lbrprof: vm: {} system calls, {:.2} µs each in the shim (trap service), \
-                 {} threads started, {} processes ({} execs), peak guest memory {:.1} MiB, \
-                 total {:.2} ms",
+                 {} demand page faults{}, {} threads started, {} processes ({} execs), \
+                 peak guest memory {:.1} MiB, total {:.2} ms",
                 linux.syscalls,
                 linux.trap_ns as f64 / 1e3 / n as f64,
+                linux.demand_faults,
+                if linux.demand_faults > 0 {
+                    format!(
+                        " ({:.2} µs each in the shim)",
+                        linux.fault_ns as f64 / 1e3 / linux.demand_faults as f64
+                    )
+                } else {
+                    String::new()
+                },
                 linux.threads,
                 linux.processes,
                 linux.execs,

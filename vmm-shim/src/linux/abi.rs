@@ -56,6 +56,9 @@ pub const VEC_BP: u8 = 3;
 pub const VEC_UD: u8 = 6;
 pub const VEC_GP: u8 = 13;
 pub const VEC_PF: u8 = 14;
+/// Page-fault error code bits: the access was a write, an instruction fetch.
+pub const PF_WRITE: u64 = 1 << 1;
+pub const PF_FETCH: u64 = 1 << 4;
 pub const VEC_MF: u8 = 16;
 pub const VEC_AC: u8 = 17;
 pub const VEC_XM: u8 = 19;

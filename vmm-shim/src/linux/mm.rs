@@ -8,17 +8,29 @@
 //! which Starlark's Go interpreter makes 4 GiB big, for tagged integers, and never
 //! touches) maps one frame of zeros everywhere ([`PTE_ZERO`]), as Linux maps its zero
 //! page, and gets frames of its own only when `mprotect` makes it writable.
+//! A `MAP_NORESERVE` private anonymous mapping is the exception: it is *lazy*
+//! ([`Vma::lazy`]), backed page by page when the program first touches it, as Linux backs
+//! all anonymous memory. Sanitizers map terabytes of shadow that way and touch a little
+//! of it; the guest's page fault comes to the shim ([`AddressSpace::fault`]), which maps a
+//! fresh frame (or, for a read of read-only memory, the frame of zeros) and resumes the
+//! faulting instruction. A fault round trip goes through guest ring 0 (~80 µs on a host
+//! that emulates it, against ~30 µs for the first touch of an eagerly mapped page),
+//! so a fault backs the 64 KiB block around the page, as transparent huge pages do. Unmap, protect, fork and discard walk the page tables and skip
+//! absent tables whole ([`AddressSpace::present_leaves`]), so a mapping's size costs
+//! nothing, only its populated pages do.
 //! Host memory is still lazy: fresh frames are untouched pages of the guest-RAM mapping
 //! (MAP_NORESERVE), so only pages the program writes cost host memory. A frame that is
 //! freed and handed out again is zeroed first.
 //!
 //! Every access the shim makes on the program's behalf goes through [`AddressSpace::read`]
 //! / [`AddressSpace::write`], which walk these page tables and require a present user page
-//! (writable for writes); anything else is `EFAULT`. Guest-physical accesses are bounds-
+//! (writable for writes), or an absent page of a lazy mapping that allows the access: a
+//! read of it reads zeros, a write populates it first. Anything else is `EFAULT`. Guest-physical accesses are bounds-
 //! checked again by [`GuestMemory`], so no guest value reaches outside guest RAM.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::arch::{PTE_A, PTE_ADDR_MASK, PTE_D, PTE_P, PTE_RW, PTE_US};
@@ -94,6 +106,32 @@ pub struct Vma {
     pub name: &'static str,
     /// `MAP_SHARED`: the pages are the shared object's ([`crate::linux::shm`]).
     pub shm: Option<ShmRef>,
+    /// Private anonymous memory backed at first touch ([`AddressSpace::fault`]), not
+    /// when mapped (`MAP_NORESERVE`).
+    pub lazy: bool,
+}
+
+/// What [`AddressSpace::fault`] made of a page fault of the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The page is there now (or was already): run the instruction again.
+    Resolved,
+    /// No mapping holds the address (SIGSEGV, `SEGV_MAPERR`).
+    Unmapped,
+    /// The mapping does not allow the access (SIGSEGV, `SEGV_ACCERR`).
+    Denied,
+    /// A lazy page could not get a frame: guest memory (`--vm-mem`) is used up.
+    OutOfMemory,
+}
+
+impl Fault {
+    /// The `si_code` of the SIGSEGV an unresolved fault raises.
+    pub fn si_code(self) -> i32 {
+        match self {
+            Fault::Unmapped => 1, // SEGV_MAPERR
+            _ => 2,               // SEGV_ACCERR
+        }
+    }
 }
 
 /// A mapping event, in the order they happened (what perf's MMAP2 records carry).
@@ -157,8 +195,9 @@ pub struct AddressSpace {
     pub exec_info: ExecInfo,
     /// Every file mapping made, in order.
     pub maps: Vec<MapRecord>,
-    /// Set when a request was refused because guest memory ran out.
-    pub exhausted: Option<u64>,
+    /// The address of a request refused because guest memory ran out, plus one (0:
+    /// none); atomic because the shim populates lazy pages through `&self` accesses.
+    exhausted: AtomicU64,
     /// This space's id among the VM's (0: the first process's first one).
     pub space: u32,
     /// The trap stub page every process maps ([`crate::linux::cpu::build_trap_area`]):
@@ -219,7 +258,7 @@ impl AddressSpace {
             brk: 0,
             exec_info: ExecInfo::default(),
             maps: Vec::new(),
-            exhausted: None,
+            exhausted: AtomicU64::new(0),
             space: 0,
             stubs: None,
             flush_needed: false,
@@ -239,7 +278,7 @@ impl AddressSpace {
             brk: 0,
             exec_info: ExecInfo::default(),
             maps: Vec::new(),
-            exhausted: None,
+            exhausted: AtomicU64::new(0),
             space: 0,
             stubs: None,
             flush_needed: false,
@@ -269,16 +308,15 @@ impl AddressSpace {
         child.maps = self.maps.clone();
         let mut page = vec![0u8; PAGE as usize];
         for v in self.vmas.values() {
-            let mut va = v.start;
-            while va < v.end {
-                let e = self.pte(va);
-                if e & PTE_P != 0 && e & (PTE_SHARED | PTE_ZERO) != 0 {
+            // Present pages only: a lazy mapping's untouched pages stay untouched.
+            for (va, _, e) in self.present_leaves(v.start, v.end)? {
+                if e & (PTE_SHARED | PTE_ZERO) != 0 {
                     // A shared object's frame, or the zero frame: the child maps the same.
                     child.map_page(va, GuestPhysAddr(e & PTE_ADDR_MASK), e & !PTE_ADDR_MASK)?;
-                } else if e & PTE_P != 0 {
+                } else {
                     let f = child.frames().alloc(&self.mem);
                     let f = f.inspect_err(|_| {
-                        child.exhausted.get_or_insert(va);
+                        child.note_exhausted(va);
                     })?;
                     self.mem
                         .read(GuestPhysAddr(e & PTE_ADDR_MASK), &mut page)
@@ -299,10 +337,162 @@ impl AddressSpace {
                     }
                     child.map_page(va, f, e & !PTE_ADDR_MASK)?;
                 }
-                va += PAGE;
             }
         }
         Ok(child)
+    }
+
+    /// The address of the first request refused because guest memory ran out.
+    pub fn exhausted(&self) -> Option<u64> {
+        self.exhausted.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Remember that a request at `va` was refused for want of guest memory (the first
+    /// such address is kept).
+    pub fn note_exhausted(&self, va: u64) {
+        let _ = self.exhausted.compare_exchange(
+            0,
+            va.saturating_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Every present leaf entry of `[start, end)`: (page address, entry address, entry),
+    /// in address order. Absent tables are skipped whole, so the cost is the populated
+    /// pages', whatever the range's size.
+    pub fn present_leaves(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, GuestPhysAddr, u64)>, Errno> {
+        let mut out = Vec::new();
+        if self.root != HOLLOW && start < end {
+            self.walk(self.root, 39, 0, page_down(start), end, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Self::present_leaves`] under `table`, which maps the `512 << shift` bytes at `base`.
+    fn walk(
+        &self,
+        table: u64,
+        shift: u32,
+        base: u64,
+        start: u64,
+        end: u64,
+        out: &mut Vec<(u64, GuestPhysAddr, u64)>,
+    ) -> Result<(), Errno> {
+        let span = 1u64 << shift;
+        let mut i = (start.max(base) - base) >> shift;
+        while i < 512 {
+            let lo = base + i * span;
+            if lo >= end {
+                break;
+            }
+            let slot = GuestPhysAddr(table + i * 8);
+            let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
+            if e & PTE_P != 0 {
+                if shift == 12 {
+                    out.push((lo, slot, e));
+                } else {
+                    self.walk(e & PTE_ADDR_MASK, shift - 9, lo, start, end, out)?;
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// A page fault of the program at `va` (a write when `write`, an instruction fetch
+    /// when `fetch`): a lazy mapping that allows the access gets its page (a fresh zero
+    /// frame; the frame of zeros for a read of read-only memory); anything else is the
+    /// SIGSEGV Linux would raise.
+    pub fn fault(&mut self, va: u64, write: bool, fetch: bool) -> Fault {
+        let Some(v) = self.vma_at(va) else {
+            return Fault::Unmapped;
+        };
+        let (prot, lazy) = (v.prot, v.lazy);
+        let allowed = if fetch {
+            prot.executable()
+        } else if write {
+            prot.writable()
+        } else {
+            !prot.is_none()
+        };
+        if !allowed || !lazy || v.shm.is_some() || v.file.is_some() {
+            return Fault::Denied;
+        }
+        let page = page_down(va);
+        let e = self.pte(page);
+        if e & PTE_P != 0 {
+            if e & PTE_ZERO != 0 && write {
+                // Protections and the zero frame disagree: never made so.
+                return Fault::Denied;
+            }
+            // Another vCPU populated it first, or this vCPU's TLB held the absent entry:
+            // flush and run again.
+            self.flush_needed = true;
+            return Fault::Resolved;
+        }
+        if self.populate_lazy(page, prot, write).is_err() {
+            return Fault::OutOfMemory;
+        }
+        self.fault_around(page, prot, write);
+        Fault::Resolved
+    }
+
+    /// Populate the other absent pages of `page`'s aligned block of [`FAULT_AROUND`]
+    /// pages inside its mapping, as Linux's transparent huge pages back anonymous memory
+    /// in bigger blocks than the page that faulted: a fault round trip costs as much as
+    /// a thousand page-table writes on hosts that emulate guest ring 0. Not when frames run low: the
+    /// pages the program touches come first.
+    fn fault_around(&self, page: u64, prot: Prot, write: bool) {
+        let Some(v) = self.vma_at(page) else { return };
+        let block = FAULT_AROUND * PAGE;
+        let lo = (page & !(block - 1)).max(v.start);
+        let hi = (page & !(block - 1)).saturating_add(block).min(v.end);
+        if self.frames().free_bytes() < FAULT_AROUND_RESERVE {
+            return;
+        }
+        let mut va = lo;
+        while va < hi {
+            if va != page
+                && self.pte(va) & PTE_P == 0
+                && self.populate_lazy(va, prot, write).is_err()
+            {
+                return;
+            }
+            va += PAGE;
+        }
+    }
+
+    /// Map lazy page `page` (absent) with `prot`: the frame of zeros for a read of
+    /// memory that is neither writable nor executable, else a fresh frame. ENOMEM when
+    /// guest memory is used up (the caller says what that does to the program).
+    fn populate_lazy(&self, page: u64, prot: Prot, write: bool) -> Result<(), Errno> {
+        let mem = self.mem.clone();
+        let zero = !write && !prot.writable() && !prot.executable();
+        let frame = if zero {
+            self.frames().zero(&mem)
+        } else {
+            self.frames().alloc(&mem)
+        };
+        let frame = frame?;
+        let flags = prot.pte_flags() | if zero { PTE_ZERO } else { 0 };
+        let slot = self.leaf(page, true).and_then(|s| s.ok_or(Errno::EFAULT));
+        let slot = match slot {
+            Ok(s) => s,
+            Err(e) => {
+                if !zero {
+                    self.frames().release(frame.0);
+                }
+                return Err(e);
+            }
+        };
+        self.mem
+            .write_u64(slot, frame.0 | flags)
+            .map_err(|_| Errno::EFAULT)
     }
 
     /// Frame `f` is the VM's trap stub page: mapped here, freed by nobody.
@@ -363,7 +553,7 @@ impl AddressSpace {
     }
 
     /// The leaf entry's address for `va`, creating the tables on the way when `create`.
-    fn leaf(&mut self, va: u64, create: bool) -> Result<Option<GuestPhysAddr>, Errno> {
+    fn leaf(&self, va: u64, create: bool) -> Result<Option<GuestPhysAddr>, Errno> {
         let mut table = self.root;
         for shift in [39u32, 30, 21] {
             let slot = GuestPhysAddr(table + ((va >> shift) & 0x1ff) * 8);
@@ -448,7 +638,7 @@ impl AddressSpace {
             let at = s.offset.checked_add(va - vma_start);
             let frame = s.obj.frame(at.ok_or(Errno(libc::EOVERFLOW))? / PAGE);
             let frame = frame.inspect_err(|_| {
-                self.exhausted.get_or_insert(va);
+                self.note_exhausted(va);
             })?;
             self.map_page(va, frame, prot.pte_flags() | PTE_SHARED)?;
             return Ok(None);
@@ -458,7 +648,7 @@ impl AddressSpace {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                self.exhausted.get_or_insert(va);
+                self.note_exhausted(va);
                 return Err(e);
             }
         };
@@ -494,25 +684,22 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Drop page `va`'s translation; its frame goes to `freed` (see [`Self::retire_all`]).
-    fn unmap_page(&mut self, va: u64, freed: &mut Vec<u64>) -> Result<(), Errno> {
-        if let Some(slot) = self.leaf(va, false)? {
-            let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
-            if e & PTE_P != 0 {
-                self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
-                // A shared object's frame stays the object's; its translations are
-                // dropped without a discard ([`Self::retire_all`]). The zero frame's
-                // content never changes: nothing to drop.
-                if e & PTE_ZERO != 0 {
-                    self.flush_needed = true;
-                    return Ok(());
-                }
-                if e & PTE_SHARED == 0 {
-                    freed.push(e & PTE_ADDR_MASK);
-                } else {
-                    freed.push((e & PTE_ADDR_MASK) | SHARED_FRAME);
-                }
-                self.flush_needed = true;
+    /// Drop the translations of the pages in `[start, end)` (absent ones cost nothing);
+    /// their frames go to `freed` (see [`Self::retire_all`]).
+    fn unmap_pages(&mut self, start: u64, end: u64, freed: &mut Vec<u64>) -> Result<(), Errno> {
+        for (_, slot, e) in self.present_leaves(start, end)? {
+            self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
+            self.flush_needed = true;
+            // A shared object's frame stays the object's; its translations are dropped
+            // without a discard ([`Self::retire_all`]). The zero frame's content never
+            // changes: nothing to drop.
+            if e & PTE_ZERO != 0 {
+                continue;
+            }
+            if e & PTE_SHARED == 0 {
+                freed.push(e & PTE_ADDR_MASK);
+            } else {
+                freed.push((e & PTE_ADDR_MASK) | SHARED_FRAME);
             }
         }
         Ok(())
@@ -601,12 +788,22 @@ impl AddressSpace {
         file: Option<FileBacking>,
         name: &'static str,
     ) -> Result<(), Errno> {
-        self.map_vma(start, len, prot, file, None, name)
+        self.map_vma(start, len, prot, file, None, name, false)
     }
 
     /// A fresh private anonymous mapping: [`Self::map`], but read-only (not executable)
-    /// memory maps the frame of zeros ([`PTE_ZERO`]) instead of frames of its own.
-    pub fn map_anonymous(&mut self, start: u64, len: u64, prot: Prot) -> Result<(), Errno> {
+    /// memory maps the frame of zeros ([`PTE_ZERO`]) instead of frames of its own, and
+    /// a `lazy` mapping ([`Vma::lazy`]) maps nothing until the program touches it.
+    pub fn map_anonymous(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: Prot,
+        lazy: bool,
+    ) -> Result<(), Errno> {
+        if lazy {
+            return self.map_vma(start, len, prot, None, None, "", true);
+        }
         if prot.is_none() || prot.writable() || prot.executable() {
             return self.map(start, len, prot, None, "");
         }
@@ -616,7 +813,7 @@ impl AddressSpace {
             self.frames().zero(&mem)
         };
         let zero = zero.inspect_err(|_| {
-            self.exhausted.get_or_insert(start);
+            self.note_exhausted(start);
         })?;
         let mut va = start;
         while va < start + len {
@@ -642,7 +839,7 @@ impl AddressSpace {
         file: Option<FileBacking>,
         shm: ShmRef,
     ) -> Result<(), Errno> {
-        self.map_vma(start, len, prot, file, Some(shm), "")
+        self.map_vma(start, len, prot, file, Some(shm), "", false)
     }
 
     /// [`Self::map_shared`] of a special mapping the shim makes (`[vdso]`, `[vvar]`):
@@ -655,9 +852,10 @@ impl AddressSpace {
         shm: ShmRef,
         name: &'static str,
     ) -> Result<(), Errno> {
-        self.map_vma(start, len, prot, None, Some(shm), name)
+        self.map_vma(start, len, prot, None, Some(shm), name, false)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn map_vma(
         &mut self,
         start: u64,
@@ -666,6 +864,7 @@ impl AddressSpace {
         file: Option<FileBacking>,
         shm: Option<ShmRef>,
         name: &'static str,
+        lazy: bool,
     ) -> Result<(), Errno> {
         let end = start.checked_add(len).ok_or(Errno::ENOMEM)?;
         if !start.is_multiple_of(PAGE)
@@ -695,7 +894,7 @@ impl AddressSpace {
         } else if prot.executable() {
             self.maps.push(MapRecord::anonymous(self.space, start, len));
         }
-        if !prot.is_none() {
+        if !prot.is_none() && !lazy {
             let mut va = start;
             // The fresh frames a file's contents go to, read in runs once all are mapped.
             let mut fresh = Vec::new();
@@ -705,7 +904,7 @@ impl AddressSpace {
                     Ok(_) => {}
                     Err(e) => {
                         // Leave nothing half-made behind.
-                        let _ = self.unmap(start, va - start);
+                        self.unbuild(start, va);
                         return Err(e);
                     }
                 }
@@ -714,7 +913,7 @@ impl AddressSpace {
             if let Some(b) = &file
                 && let Err(e) = self.fill(b, start, &fresh)
             {
-                let _ = self.unmap(start, len);
+                self.unbuild(start, end);
                 return Err(e);
             }
         }
@@ -727,9 +926,18 @@ impl AddressSpace {
                 file,
                 name,
                 shm,
+                lazy,
             },
         );
         Ok(())
+    }
+
+    /// Give back the pages of `[start, end)` of a mapping that failed half-made (not in
+    /// the mapping list yet, so [`Self::unmap`] would not see them).
+    fn unbuild(&mut self, start: u64, end: u64) {
+        let mut freed = Vec::new();
+        let _ = self.unmap_pages(start, end, &mut freed);
+        let _ = self.retire_all(freed);
     }
 
     /// `munmap`: drop `[start, start + len)` (page-aligned; holes are fine).
@@ -745,11 +953,7 @@ impl AddressSpace {
         let mut freed = Vec::new();
         for s in inside {
             if let Some(v) = self.vmas.remove(&s) {
-                let mut va = v.start;
-                while va < v.end {
-                    self.unmap_page(va, &mut freed)?;
-                    va += PAGE;
-                }
+                self.unmap_pages(v.start, v.end, &mut freed)?;
             }
         }
         self.retire_all(freed)
@@ -794,67 +998,26 @@ impl AddressSpace {
                 self.maps
                     .push(MapRecord::anonymous(self.space, v.start, v.end - v.start));
             }
-            let mut va = v.start;
-            while va < v.end {
-                if prot.is_none() {
-                    let mut freed = Vec::new();
-                    self.unmap_page(va, &mut freed)?;
-                    self.retire_all(freed)?;
-                } else {
+            if prot.is_none() {
+                let mut freed = Vec::new();
+                self.unmap_pages(v.start, v.end, &mut freed)?;
+                self.retire_all(freed)?;
+            } else if v.lazy {
+                // Untouched pages stay absent: the fault maps them with the new `prot`.
+                for (va, _, e) in self.present_leaves(v.start, v.end)? {
+                    self.reprotect(va, e, prot)?;
+                }
+            } else {
+                let mut va = v.start;
+                while va < v.end {
                     let e = self.pte(va);
                     if e & PTE_P == 0 {
                         self.populate(va, prot, v.file.as_ref(), v.shm.as_ref(), v.start)?;
-                    } else if e & PTE_ZERO != 0 {
-                        // Still read-only zeros, or a frame of its own (zero) from now on.
-                        let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
-                        let (frame, flags) = if prot.writable() || prot.executable() {
-                            let mem = self.mem.clone();
-                            let f = self.frames().alloc(&mem);
-                            let f = f.inspect_err(|_| {
-                                self.exhausted.get_or_insert(va);
-                            })?;
-                            (f.0, prot.pte_flags())
-                        } else {
-                            (e & PTE_ADDR_MASK, prot.pte_flags() | PTE_ZERO)
-                        };
-                        if e != frame | flags {
-                            self.mem
-                                .write_u64(slot, frame | flags)
-                                .map_err(|_| Errno::EFAULT)?;
-                            self.flush_needed = true;
-                        }
-                    } else if e & PTE_SHARED != 0 {
-                        // A shared frame keeps its place (other processes map it): new
-                        // flags in place, and every vCPU of the process flushes.
-                        let flags = prot.pte_flags() | PTE_SHARED;
-                        if e & !PTE_ADDR_MASK != flags {
-                            let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
-                            self.mem
-                                .write_u64(slot, (e & PTE_ADDR_MASK) | flags)
-                                .map_err(|_| Errno::EFAULT)?;
-                            self.retire_all(vec![(e & PTE_ADDR_MASK) | SHARED_FRAME])?;
-                            self.flush_needed = true;
-                        }
-                    } else if e & !PTE_ADDR_MASK != prot.pte_flags() {
-                        // New permissions on a new frame (see retire): no translation
-                        // with the old ones can outlive the change.
-                        let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
-                        let old = e & PTE_ADDR_MASK;
-                        let mem = self.mem.clone();
-                        let new = self.frames().alloc(&mem)?;
-                        let mut page = vec![0u8; PAGE as usize];
-                        self.mem
-                            .read(GuestPhysAddr(old), &mut page)
-                            .map_err(|_| Errno::EFAULT)?;
-                        self.mem.write(new, &page).map_err(|_| Errno::EFAULT)?;
-                        self.mem
-                            .write_u64(slot, new.0 | prot.pte_flags())
-                            .map_err(|_| Errno::EFAULT)?;
-                        self.retire(old)?;
-                        self.flush_needed = true;
+                    } else {
+                        self.reprotect(va, e, prot)?;
                     }
+                    va += PAGE;
                 }
-                va += PAGE;
             }
             if let Some(v) = self.vmas.get_mut(&s) {
                 v.prot = prot;
@@ -863,27 +1026,83 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Give present page `va` (leaf entry `e`) protection `prot`.
+    fn reprotect(&mut self, va: u64, e: u64, prot: Prot) -> Result<(), Errno> {
+        if e & PTE_ZERO != 0 {
+            // Still read-only zeros, or a frame of its own (zero) from now on.
+            let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+            let (frame, flags) = if prot.writable() || prot.executable() {
+                let mem = self.mem.clone();
+                let f = self.frames().alloc(&mem);
+                let f = f.inspect_err(|_| {
+                    self.note_exhausted(va);
+                })?;
+                (f.0, prot.pte_flags())
+            } else {
+                (e & PTE_ADDR_MASK, prot.pte_flags() | PTE_ZERO)
+            };
+            if e != frame | flags {
+                self.mem
+                    .write_u64(slot, frame | flags)
+                    .map_err(|_| Errno::EFAULT)?;
+                self.flush_needed = true;
+            }
+        } else if e & PTE_SHARED != 0 {
+            // A shared frame keeps its place (other processes map it): new
+            // flags in place, and every vCPU of the process flushes.
+            let flags = prot.pte_flags() | PTE_SHARED;
+            if e & !PTE_ADDR_MASK != flags {
+                let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+                self.mem
+                    .write_u64(slot, (e & PTE_ADDR_MASK) | flags)
+                    .map_err(|_| Errno::EFAULT)?;
+                self.retire_all(vec![(e & PTE_ADDR_MASK) | SHARED_FRAME])?;
+                self.flush_needed = true;
+            }
+        } else if e & !PTE_ADDR_MASK != prot.pte_flags() {
+            // New permissions on a new frame (see retire): no translation
+            // with the old ones can outlive the change.
+            let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+            let old = e & PTE_ADDR_MASK;
+            let mem = self.mem.clone();
+            let new = self.frames().alloc(&mem)?;
+            let mut page = vec![0u8; PAGE as usize];
+            self.mem
+                .read(GuestPhysAddr(old), &mut page)
+                .map_err(|_| Errno::EFAULT)?;
+            self.mem.write(new, &page).map_err(|_| Errno::EFAULT)?;
+            self.mem
+                .write_u64(slot, new.0 | prot.pte_flags())
+                .map_err(|_| Errno::EFAULT)?;
+            self.retire(old)?;
+            self.flush_needed = true;
+        }
+        Ok(())
+    }
+
     /// `madvise(MADV_DONTNEED)` on private anonymous memory: the pages read as zero again.
     pub fn discard(&mut self, start: u64, len: u64) -> Result<(), Errno> {
         let end = page_up(start.checked_add(len).ok_or(Errno::EINVAL)?).ok_or(Errno::EINVAL)?;
-        let mut va = page_down(start);
-        while va < end {
-            let e = self.pte(va);
-            if e & PTE_P != 0 && e & PTE_ZERO == 0 {
-                let anon = self
-                    .vmas
-                    .range(..=va)
-                    .next_back()
-                    .is_some_and(|(_, v)| v.end > va && v.file.is_none() && v.shm.is_none());
-                if anon {
-                    self.mem
-                        .discard(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
-                        .map_err(|_| Errno::EFAULT)?;
-                }
+        let mut freed = Vec::new();
+        for (va, slot, e) in self.present_leaves(start, end)? {
+            let Some(v) = self.vma_at(va) else { continue };
+            if v.file.is_some() || v.shm.is_some() {
+                continue;
             }
-            va += PAGE;
+            if v.lazy {
+                // Absent again: its frame goes back to the pool (and out of the count).
+                self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
+                self.flush_needed = true;
+                if e & PTE_ZERO == 0 {
+                    freed.push(e & PTE_ADDR_MASK);
+                }
+            } else if e & PTE_ZERO == 0 {
+                self.mem
+                    .discard(GuestPhysAddr(e & PTE_ADDR_MASK), PAGE)
+                    .map_err(|_| Errno::EFAULT)?;
+            }
         }
-        Ok(())
+        self.retire_all(freed)
     }
 
     /// `brk`: move the program break; returns the (possibly unchanged) break.
@@ -910,29 +1129,69 @@ impl AddressSpace {
     }
 
     /// The guest-physical address of user byte `va`, if a present user page (writable
-    /// when `write`) holds it.
-    fn user_phys(&self, va: u64, write: bool) -> Result<GuestPhysAddr, Errno> {
+    /// when `write`) holds it; `None` for an absent page of a lazy mapping that allows
+    /// the access (it reads as zeros; [`Self::user_phys_populated`] backs it).
+    fn user_phys(&self, va: u64, write: bool) -> Result<Option<GuestPhysAddr>, Errno> {
         if va >= USER_END {
             return Err(Errno::EFAULT);
         }
         let e = self.pte(va);
+        if e & PTE_P == 0 {
+            let lazy = self.lazy_vma_at(va).is_some_and(|v| {
+                if write {
+                    v.prot.writable()
+                } else {
+                    !v.prot.is_none()
+                }
+            });
+            return if lazy { Ok(None) } else { Err(Errno::EFAULT) };
+        }
         let need = PTE_P | PTE_US | if write { PTE_RW } else { 0 };
         if e & need != need {
             return Err(Errno::EFAULT);
         }
-        Ok(GuestPhysAddr((e & PTE_ADDR_MASK) | (va & (PAGE - 1))))
+        Ok(Some(GuestPhysAddr((e & PTE_ADDR_MASK) | (va & (PAGE - 1)))))
+    }
+
+    /// The private anonymous lazy mapping holding `va`, if one does.
+    fn lazy_vma_at(&self, va: u64) -> Option<&Vma> {
+        self.vma_at(va)
+            .filter(|v| v.lazy && v.file.is_none() && v.shm.is_none())
+    }
+
+    /// [`Self::user_phys`], with an absent lazy page backed first (the shim writes it).
+    fn user_phys_populated(&self, va: u64, write: bool) -> Result<GuestPhysAddr, Errno> {
+        if let Some(pa) = self.user_phys(va, write)? {
+            return Ok(pa);
+        }
+        self.populate_absent(va)?;
+        self.user_phys(va, write)?.ok_or(Errno::EFAULT)
+    }
+
+    /// Back absent page `va` of a lazy mapping with a fresh frame, whatever its
+    /// protection (the shim writes it on the program's behalf).
+    fn populate_absent(&self, va: u64) -> Result<(), Errno> {
+        let prot = self.lazy_vma_at(va).ok_or(Errno::EFAULT)?.prot;
+        self.populate_lazy(page_down(va), prot, true).map_err(|_| {
+            self.note_exhausted(page_down(va));
+            Errno::EFAULT
+        })
     }
 
     /// Copy program memory at `va` into `buf` (EFAULT unless every byte is readable).
+    /// Untouched pages of lazy mappings read as zeros and stay untouched.
     pub fn read(&self, va: GuestVirtAddr, buf: &mut [u8]) -> Result<(), Errno> {
         let mut done = 0usize;
         while done < buf.len() {
             let a = va.0.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-            let pa = self.user_phys(a, false)?;
             let n = ((PAGE - (a & (PAGE - 1))) as usize).min(buf.len() - done);
-            self.mem
-                .read(pa, &mut buf[done..done + n])
-                .map_err(|_| Errno::EFAULT)?;
+            match self.user_phys(a, false)? {
+                Some(pa) => self
+                    .mem
+                    .read(pa, &mut buf[done..done + n])
+                    .map_err(|_| Errno::EFAULT)?,
+                None => buf[done..done + n].fill(0),
+            }
             done += n;
         }
         Ok(())
@@ -950,7 +1209,7 @@ impl AddressSpace {
         let mut done = 0usize;
         while done < data.len() {
             let a = va.0 + done as u64;
-            let pa = self.user_phys(a, true)?;
+            let pa = self.user_phys_populated(a, true)?;
             let n = ((PAGE - (a & (PAGE - 1))) as usize).min(data.len() - done);
             self.mem
                 .write(pa, &data[done..done + n])
@@ -961,15 +1220,20 @@ impl AddressSpace {
     }
 
     /// Write into the program's memory ignoring page protection (the loader filling
-    /// read-only segments); the pages must still be present user pages.
+    /// read-only segments); the pages must still be present user pages, or pages of a
+    /// lazy mapping (backed first).
     pub fn poke(&self, va: u64, data: &[u8]) -> Result<(), Errno> {
         let mut done = 0usize;
         while done < data.len() {
             let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-            if self.pte(a) & PTE_ZERO != 0 {
+            let e = self.pte(a);
+            if e & PTE_ZERO != 0 {
                 return Err(Errno::EFAULT);
             }
-            let pa = self.user_phys(a, false)?;
+            if e & PTE_P == 0 {
+                self.populate_absent(a)?;
+            }
+            let pa = self.user_phys(a, false)?.ok_or(Errno::EFAULT)?;
             let n = ((PAGE - (a & (PAGE - 1))) as usize).min(data.len() - done);
             self.mem
                 .write(pa, &data[done..done + n])
@@ -996,10 +1260,11 @@ impl AddressSpace {
         let mut out = Vec::new();
         let mut a = va;
         loop {
-            let pa = self.user_phys(a, false)?;
             let n = (PAGE - (a & (PAGE - 1))) as usize;
             let mut chunk = vec![0u8; n];
-            self.mem.read(pa, &mut chunk).map_err(|_| Errno::EFAULT)?;
+            if let Some(pa) = self.user_phys(a, false)? {
+                self.mem.read(pa, &mut chunk).map_err(|_| Errno::EFAULT)?;
+            }
             if let Some(z) = chunk.iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..z]);
                 return Ok(out);
@@ -1021,25 +1286,45 @@ impl AddressSpace {
             .filter(|v| v.end > va)
     }
 
-    /// Copy `len` bytes of mapped memory from `from` to `to` (both present; page tables
-    /// decide, protection does not).
+    /// Copy the `len` bytes of mapped memory at `from` to `to` (page-aligned; mremap
+    /// moving a mapping). Every source page must be present, except in lazy mappings,
+    /// whose untouched pages are skipped (a lazy destination stays untouched there):
+    /// only populated pages cost a step. Page tables decide, protection does not.
     pub fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<(), Errno> {
-        let mut done = 0;
+        if !from.is_multiple_of(PAGE) || !to.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            return Err(Errno::EINVAL);
+        }
+        let end = from.checked_add(len).ok_or(Errno::EFAULT)?;
+        let mut pages = Vec::new();
+        let mut at = from;
+        while at < end {
+            let v = self.vma_at(at).ok_or(Errno::EFAULT)?;
+            let stop = v.end.min(end);
+            if v.lazy {
+                pages.extend(self.present_leaves(at, stop)?.into_iter().map(|l| l.0));
+            } else {
+                pages.extend((at..stop).step_by(PAGE as usize));
+            }
+            at = stop;
+        }
         let mut page = vec![0u8; PAGE as usize];
-        while done < len {
-            let n = (len - done).min(PAGE);
-            let src = self.pte(from + done);
-            let dst = self.pte(to + done);
+        for va in pages {
+            let src = self.pte(va);
+            let d = to.checked_add(va - from).ok_or(Errno::EFAULT)?;
+            let mut dst = self.pte(d);
+            if dst & PTE_P == 0 && self.lazy_vma_at(d).is_some() {
+                self.populate_absent(d)?;
+                dst = self.pte(d);
+            }
             if src & PTE_P == 0 || dst & PTE_P == 0 || dst & PTE_ZERO != 0 {
                 return Err(Errno::EFAULT);
             }
             self.mem
-                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page[..n as usize])
+                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page)
                 .map_err(|_| Errno::EFAULT)?;
             self.mem
-                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page[..n as usize])
+                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page)
                 .map_err(|_| Errno::EFAULT)?;
-            done += n;
         }
         Ok(())
     }
@@ -1097,6 +1382,12 @@ impl AddressSpace {
         self.vmas.values()
     }
 }
+
+/// The pages a lazy mapping's fault populates at once (an aligned block: 64 KiB).
+const FAULT_AROUND: u64 = 16;
+
+/// Free guest memory below which a fault populates only the page that faulted.
+const FAULT_AROUND_RESERVE: u64 = 4 << 20;
 
 /// Marks a frame given to [`AddressSpace::retire_all`] as a shared object's (bit 0: frames
 /// are page-aligned).
@@ -1161,7 +1452,7 @@ mod tests {
         let base = s.frames().in_use();
         // Four times the guest's RAM, as Starlark reserves 4 GiB of a 3 GiB VM.
         let (start, len) = (0x1000_0000, 64 << 20);
-        s.map_anonymous(start, len, Prot(libc::PROT_READ as u32))
+        s.map_anonymous(start, len, Prot(libc::PROT_READ as u32), false)
             .unwrap();
         let tables = s.frames().in_use() - base;
         assert!(tables < 40, "{tables} frames for 16384 pages of zeros");
@@ -1197,6 +1488,7 @@ mod tests {
             start,
             PAGE,
             Prot(libc::PROT_READ as u32 | libc::PROT_EXEC as u32),
+            false,
         )
         .unwrap();
         assert_eq!(s.pte(start) & PTE_ZERO, 0);
@@ -1339,6 +1631,19 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_that_does_not_fit_gives_back_what_it_took() {
+        let mut s = space();
+        let base = s.frames().in_use();
+        assert_eq!(
+            s.map(0x1000_0000, 64 << 20, Prot::RW, None, ""),
+            Err(Errno::ENOMEM)
+        );
+        // Only the page tables it built stay (a few frames, not the whole VM).
+        assert!(s.frames().in_use() - base < 16, "{}", s.frames().in_use());
+        s.map(0x1000_0000, 8 << 20, Prot::RW, None, "").unwrap();
+    }
+
+    #[test]
     fn running_out_of_frames_is_enomem_and_recorded() {
         let mut s = space();
         let too_big = 32 << 20;
@@ -1346,7 +1651,7 @@ mod tests {
             s.map(0x40_0000, too_big, Prot::RW, None, ""),
             Err(Errno::ENOMEM)
         );
-        assert!(s.exhausted.is_some());
+        assert!(s.exhausted().is_some());
         // Nothing half-made stays behind; the memory is usable again.
         assert_eq!(s.vmas().count(), 0);
         s.map(0x40_0000, 8 << 20, Prot::RW, None, "").unwrap();
@@ -1456,5 +1761,167 @@ mod tests {
         s.map(a, 2 * PAGE, Prot::RW, None, "").unwrap();
         assert_eq!(s.find_free(PAGE).unwrap(), a - PAGE);
         assert!(!s.is_free(a, a + PAGE));
+    }
+
+    /// A lazy mapping the size of ASan's shadow and more (64 TiB) in a 16 MiB VM.
+    const HUGE: (u64, u64) = (0x1000_0000_0000, 64 << 40);
+
+    fn lazy_space() -> AddressSpace {
+        let mut s = space();
+        s.map_anonymous(HUGE.0, HUGE.1, Prot::RW, true).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_lazy_mapping_costs_nothing_until_a_fault_populates_a_page() {
+        let base = space().frames().in_use();
+        let mut s = lazy_space();
+        assert_eq!(s.frames().in_use(), base, "nothing backed at mmap time");
+        assert_eq!(s.vmas().count(), 1, "/proc/PID/maps shows it");
+        let (start, len) = HUGE;
+        let at = start + len / 2 + 123;
+        assert_eq!(s.pte(at) & PTE_P, 0);
+        assert_eq!(s.fault(at, true, false), Fault::Resolved);
+        let e = s.pte(at);
+        assert_eq!(e & (PTE_P | PTE_RW | PTE_US), PTE_P | PTE_RW | PTE_US);
+        assert_eq!(e & PTE_ZERO, 0);
+        // Its aligned block of data frames and the three tables under the PML4 it needed.
+        let block = FAULT_AROUND * PAGE;
+        assert_eq!(s.frames().in_use(), base + FAULT_AROUND + 3);
+        assert_ne!(s.pte(at & !(block - 1)) & PTE_P, 0);
+        assert_ne!(s.pte((at | (block - 1)) - PAGE + 1) & PTE_P, 0);
+        assert_eq!(s.pte((at | (block - 1)) + 1) & PTE_P, 0);
+        // A second fault on it (another vCPU got there first) just resumes.
+        assert_eq!(s.fault(at, false, false), Fault::Resolved);
+        assert_eq!(s.frames().in_use(), base + FAULT_AROUND + 3);
+        // Not executable, nothing mapped below it.
+        assert_eq!(s.fault(at, false, true), Fault::Denied);
+        assert_eq!(s.fault(start - 1, false, false), Fault::Unmapped);
+        assert_eq!(Fault::Unmapped.si_code(), 1);
+        assert_eq!(Fault::Denied.si_code(), 2);
+    }
+
+    #[test]
+    fn a_read_fault_of_read_only_lazy_memory_maps_the_zero_frame() {
+        let mut s = space();
+        let base = s.frames().in_use();
+        s.map_anonymous(HUGE.0, HUGE.1, Prot(libc::PROT_READ as u32), true)
+            .unwrap();
+        assert_eq!(s.fault(HUGE.0, true, false), Fault::Denied);
+        assert_eq!(s.fault(HUGE.0, false, false), Fault::Resolved);
+        assert_ne!(s.pte(HUGE.0) & PTE_ZERO, 0);
+        // The zero frame and three tables; the zero frame is nobody's to free.
+        assert_eq!(s.frames().in_use(), base + 4);
+        s.protect(HUGE.0, PAGE, Prot::RW).unwrap();
+        s.write(GuestVirtAddr(HUGE.0), b"own").unwrap();
+        assert_eq!(s.pte(HUGE.0) & PTE_ZERO, 0);
+    }
+
+    #[test]
+    fn the_shim_reads_zeros_from_untouched_lazy_pages_and_populates_those_it_writes() {
+        let mut s = lazy_space();
+        let base = s.frames().in_use();
+        let at = HUGE.0 + (5 << 40) + PAGE - 3;
+        // A read leaves the pages untouched.
+        let mut b = [7u8; 10];
+        s.read(GuestVirtAddr(at), &mut b).unwrap();
+        assert_eq!(b, [0; 10]);
+        assert_eq!(s.read_cstr(at, 100).unwrap(), b"");
+        assert_eq!(s.frames().in_use(), base);
+        // A write across a page boundary backs both pages, as read(2) into a buffer.
+        s.write(GuestVirtAddr(at), b"across pages").unwrap();
+        s.read(GuestVirtAddr(at), &mut b).unwrap();
+        assert_eq!(&b, b"across pag");
+        assert_eq!(s.frames().in_use(), base + 2 + 3);
+        // poke (protection aside) populates too; read-only lazy memory refuses a write.
+        s.poke(HUGE.0 + (9 << 40), b"poked").unwrap();
+        assert_eq!(
+            s.read_u32(HUGE.0 + (9 << 40)).unwrap(),
+            u32::from_le_bytes(*b"poke")
+        );
+        s.protect(HUGE.0 + (10 << 40), PAGE, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        assert_eq!(
+            s.write(GuestVirtAddr(HUGE.0 + (10 << 40)), b"x"),
+            Err(Errno::EFAULT)
+        );
+        // A PROT_NONE lazy page is EFAULT both ways, as Linux's copy_to/from_user.
+        s.protect(HUGE.0 + (11 << 40), PAGE, Prot::NONE).unwrap();
+        assert_eq!(
+            s.read(GuestVirtAddr(HUGE.0 + (11 << 40)), &mut b),
+            Err(Errno::EFAULT)
+        );
+        // Past the mapping: EFAULT.
+        assert_eq!(
+            s.write(GuestVirtAddr(HUGE.0 + HUGE.1), b"x"),
+            Err(Errno::EFAULT)
+        );
+    }
+
+    #[test]
+    fn protect_fork_discard_and_unmap_skip_the_untouched_part_of_a_lazy_mapping() {
+        let mut s = lazy_space();
+        let base = s.frames().in_use();
+        let pages: Vec<u64> = (0..16).map(|i| HUGE.0 + i * (4 << 40) + i * PAGE).collect();
+        for (i, &p) in pages.iter().enumerate() {
+            s.write(GuestVirtAddr(p), &[i as u8 + 1]).unwrap();
+        }
+        let populated = s.frames().in_use() - base;
+        // Each of these would be 2^34 page steps if it walked the range page by page.
+        let t = std::time::Instant::now();
+        s.protect(HUGE.0, HUGE.1, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        assert_eq!(s.fault(pages[3], true, false), Fault::Denied);
+        s.protect(HUGE.0, HUGE.1, Prot::RW).unwrap();
+        let child = s.fork().unwrap();
+        for (i, &p) in pages.iter().enumerate() {
+            assert_eq!(child.read_u32(p).unwrap() & 0xff, i as u32 + 1);
+        }
+        assert_eq!(
+            child.present_leaves(HUGE.0, HUGE.0 + HUGE.1).unwrap().len(),
+            16
+        );
+        drop(child);
+        assert_eq!(s.frames().in_use() - base, populated);
+        // MADV_DONTNEED gives a lazy page's frame back; it reads zero again.
+        s.discard(pages[2], PAGE).unwrap();
+        assert_eq!(s.read_u32(pages[2]).unwrap(), 0);
+        assert_eq!(s.frames().in_use() - base, populated - 1);
+        // Unmap the middle half, then everything: every data frame comes back.
+        s.unmap(HUGE.0 + HUGE.1 / 4, HUGE.1 / 2).unwrap();
+        assert_eq!(s.vmas().count(), 2);
+        assert_eq!(s.fault(pages[8], false, false), Fault::Unmapped);
+        assert_eq!(s.read_u32(pages[15]).unwrap() & 0xff, 16);
+        s.unmap(HUGE.0, HUGE.1).unwrap();
+        assert!(
+            s.present_leaves(HUGE.0, HUGE.0 + HUGE.1)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_fault_past_the_memory_limit_is_out_of_memory_and_recorded() {
+        let mut s = lazy_space();
+        let mut last = Fault::Resolved;
+        let mut n = 0u64;
+        while last == Fault::Resolved {
+            last = s.fault(HUGE.0 + n * PAGE, true, false);
+            n += 1;
+            assert!(n < 16 << 8, "a 16 MiB VM ran out of frames");
+        }
+        assert_eq!(last, Fault::OutOfMemory);
+        // The program is ended for it (`Process::on_trap`): no allocation failed.
+        assert_eq!(s.exhausted(), None);
+        // The shim's own writes into lazy pages fail with EFAULT, recorded.
+        assert_eq!(
+            s.write(GuestVirtAddr(HUGE.0 + (1 << 40)), b"x"),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(s.exhausted(), Some(HUGE.0 + (1 << 40)));
+        // Freeing some lets the program go on.
+        s.unmap(HUGE.0, 16 * PAGE).unwrap();
+        assert_eq!(s.fault(HUGE.0 + (2 << 40), true, false), Fault::Resolved);
     }
 }

@@ -119,7 +119,7 @@ use crate::linux::cpu::{TrapArea, TrapFrame};
 pub use crate::linux::error::LinuxError;
 use crate::linux::fd::FdTable;
 pub use crate::linux::mm::LentSpace;
-use crate::linux::mm::{AddressSpace, MapRecord};
+use crate::linux::mm::{AddressSpace, Fault, MapRecord};
 pub use crate::linux::program::Program;
 use crate::linux::program::build_image;
 pub use crate::linux::report::{GuestEvent, LinuxReport, ProcessRecord};
@@ -572,7 +572,7 @@ impl Process {
     pub fn take_report(&mut self) -> LinuxReport {
         let mut r = std::mem::take(&mut self.report);
         r.maps = std::mem::take(&mut self.mm.maps);
-        r.out_of_memory = self.mm.exhausted;
+        r.out_of_memory = self.mm.exhausted();
         if self.initial {
             let k = self.kernel.finished();
             r.syscalls += k.syscalls;
@@ -583,6 +583,8 @@ impl Process {
             r.out_of_memory = r.out_of_memory.or(k.out_of_memory);
             r.peak_bytes = r.peak_bytes.max(k.peak_bytes);
             r.trap_ns += k.trap_ns;
+            r.demand_faults += k.demand_faults;
+            r.fault_ns += k.fault_ns;
             r.threads += k.threads;
             r.processes += k.processes;
             r.execs += k.execs;
@@ -623,6 +625,11 @@ impl Process {
         // to RCX) and the ring-0 `sysretq` both come out right, and RAX set here
         // survives. Otherwise let KVM finish it first (the KVM API's rule: state is
         // consistent after re-entering KVM_RUN; immediate_exit returns at once).
+        if port == TRAP_PORT_BASE + u16::from(VEC_PF) && self.demand_fault(task, vcpu)? {
+            self.report.demand_faults += 1;
+            self.report.fault_ns += started.elapsed().as_nanos() as u64;
+            return Ok(TrapAction::Resume);
+        }
         if port != TRAP_PORT_SYSCALL || task.syscall_mode.is_none() {
             vcpu.set_kvm_immediate_exit(1);
             let _ = vcpu.run();
@@ -698,9 +705,36 @@ impl Process {
             TrapAction::Resume
         } else {
             let (sig, name) = cpu::signal_for(vector);
-            let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            let cr2 = sregs.cr2;
+            // SEGV_MAPERR or SEGV_ACCERR, as the mappings say.
+            let mut pf_code = 1;
+            if vector == VEC_PF && frame.from_user() {
+                let err = frame.error_code.unwrap_or(0);
+                match self.mm.fault(cr2, err & PF_WRITE != 0, err & PF_FETCH != 0) {
+                    Fault::Resolved => {
+                        self.resume_faulted(task, vcpu, &regs, sregs)?;
+                        self.report.demand_faults += 1;
+                        self.report.fault_ns += started.elapsed().as_nanos() as u64;
+                        return Ok(TrapAction::Resume);
+                    }
+                    Fault::OutOfMemory => {
+                        return Ok(self.killed(
+                            libc::SIGKILL,
+                            format!(
+                                "ran out of guest memory (--vm-mem) touching {cr2:#x} at rip {:#x}; \
+                                 ended as Linux's OOM killer ends a program. Raise --vm-mem",
+                                frame.rip
+                            ),
+                        ));
+                    }
+                    f => pf_code = f.si_code(),
+                }
+            }
             if frame.from_user()
-                && self.deliver_fault(task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2)?
+                && self.deliver_fault(
+                    task, vcpu, &regs, &frame, frame_pa, vector, sig, cr2, pf_code,
+                )?
             {
                 self.report.trap_ns += started.elapsed().as_nanos() as u64;
                 return Ok(TrapAction::Resume);
@@ -1224,7 +1258,9 @@ impl Process {
             // A vfork child gives the parent its address space back.
             Some(slot) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(old),
             None => {
-                self.mm.exhausted = self.mm.exhausted.or(old.exhausted);
+                if let Some(at) = old.exhausted() {
+                    self.mm.note_exhausted(at);
+                }
                 self.report.maps.extend(old.maps.iter().cloned());
                 // The other threads' vCPUs may still run on it until they notice.
                 let token = std::mem::replace(&mut task.space_token, Arc::new(()));
@@ -1656,6 +1692,7 @@ impl Process {
         vector: u8,
         sig: i32,
         cr2: u64,
+        pf_code: i32,
     ) -> Result<bool, VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
         let sig = sig as u64;
@@ -1665,7 +1702,7 @@ impl Process {
         }
         let err = frame.error_code.unwrap_or(0);
         let (code, addr) = match vector {
-            VEC_PF => (if err & 1 != 0 { 2 } else { 1 }, cr2), // SEGV_ACCERR / MAPERR
+            VEC_PF => (pf_code, cr2),
             VEC_GP => (signal::SI_KERNEL, 0),
             VEC_DE => (1, frame.rip),          // FPE_INTDIV
             VEC_UD => (2, frame.rip),          // ILL_ILLOPN
@@ -1713,18 +1750,69 @@ impl Process {
         Ok(true)
     }
 
-    /// What every system call's return needs: TLB and FS base brought up to date,
-    /// and the ring-3 return address when `syscall` stayed in ring 3.
-    fn resume_ret(
+    /// A page fault of the program that lazy memory resolves ([`AddressSpace::fault`]):
+    /// the page is backed and the program resumes (true); anything else goes the way of
+    /// every exception (false). The stub's `out` is left for KVM to finish at the next
+    /// KVM_RUN, as a system call's is: RIP is still on it, so KVM steps to the IRETQ
+    /// (one round trip less than finishing it first).
+    fn demand_fault(&mut self, task: &mut Task, vcpu: &VcpuFd) -> Result<bool, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        if task.shim_stepped {
+            // The frame's RFLAGS needs KVM's TF taken out: the general path does that.
+            return Ok(false);
+        }
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let Some(frame_pa) = task.trap.stack_phys_of(regs.rsp, 48) else {
+            return Ok(false);
+        };
+        let mut words = [0u64; 6];
+        for (i, w) in words.iter_mut().enumerate() {
+            let at = GuestPhysAddr(frame_pa.0 + 8 * i as u64);
+            *w = self.mm.memory().read_u64(at).unwrap_or(0);
+        }
+        let frame = TrapFrame::parse(VEC_PF, &words);
+        if !frame.from_user() {
+            return Ok(false);
+        }
+        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let err = frame.error_code.unwrap_or(0);
+        if self
+            .mm
+            .fault(sregs.cr2, err & PF_WRITE != 0, err & PF_FETCH != 0)
+            != Fault::Resolved
+        {
+            return Ok(false);
+        }
+        self.resume_faulted(task, vcpu, &regs, sregs)?;
+        Ok(true)
+    }
+
+    /// Run the instruction that faulted again, its page now mapped: the stub's IRETQ
+    /// pops the frame past the error code, after a TLB flush if the mapping changed.
+    fn resume_faulted(
         &mut self,
         task: &mut Task,
         vcpu: &VcpuFd,
-        regs: &mut kvm_regs,
-        mode: cpu::SyscallMode,
-        old_fs: u64,
-        full: bool,
-    ) -> Result<Serviced, VmError> {
+        regs: &kvm_regs,
+        mut sregs: kvm_bindings::kvm_sregs,
+    ) -> Result<(), VmError> {
         let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let generation = self.publish_flush(task);
+        if task.tlb_stale(generation) {
+            task.cr3 = self.mm.twin(task.cr3);
+            task.tlb_seen = generation;
+            sregs.cr3 = task.cr3;
+            vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        }
+        let mut k = *regs;
+        k.rsp += 8;
+        vcpu.set_regs(&k).map_err(kvm("KVM_SET_REGS"))
+    }
+
+    /// When this space's translations changed, every vCPU of the process must flush its
+    /// TLB before it runs the program again: a new generation, and the others kicked out
+    /// of the guest to see it. The generation now.
+    fn publish_flush(&mut self, task: &Task) -> u64 {
         if self.mm.flush_needed {
             self.mm.flush_needed = false;
             self.tlb_generation
@@ -1737,9 +1825,23 @@ impl Process {
                 }
             }
         }
-        let generation = self
-            .tlb_generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        self.tlb_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What every system call's return needs: TLB and FS base brought up to date,
+    /// and the ring-3 return address when `syscall` stayed in ring 3.
+    fn resume_ret(
+        &mut self,
+        task: &mut Task,
+        vcpu: &VcpuFd,
+        regs: &mut kvm_regs,
+        mode: cpu::SyscallMode,
+        old_fs: u64,
+        full: bool,
+    ) -> Result<Serviced, VmError> {
+        let kvm = |op: &'static str| move |source| VmError::Kvm { op, source };
+        let generation = self.publish_flush(task);
         if task.fs_base != old_fs || task.tlb_stale(generation) {
             // FS.base lives in the segment registers; a TLB flush is a CR3 change (to
             // the twin PML4), which makes KVM reset the vCPU's MMU context.

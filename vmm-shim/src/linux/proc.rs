@@ -791,6 +791,8 @@ impl Kernel {
         f.out_of_memory = f.out_of_memory.or(r.out_of_memory);
         f.peak_bytes = f.peak_bytes.max(r.peak_bytes);
         f.trap_ns += r.trap_ns;
+        f.demand_faults += r.demand_faults;
+        f.fault_ns += r.fault_ns;
         f.threads += r.threads;
         f.processes += r.processes;
         f.execs += r.execs;

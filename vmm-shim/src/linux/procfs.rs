@@ -686,6 +686,7 @@ mod tests {
             file,
             name,
             shm: None,
+            lazy: false,
         }
     }
 

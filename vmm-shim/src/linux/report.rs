@@ -19,8 +19,12 @@ pub struct LinuxReport {
     pub out_of_memory: Option<u64>,
     /// Guest RAM the program used at its peak, in bytes.
     pub peak_bytes: u64,
-    /// Time spent servicing traps (system calls included), ns.
+    /// Time spent servicing traps (system calls included, demand faults not), ns.
     pub trap_ns: u64,
+    /// Page faults that backed lazy memory ([`crate::linux::mm::Fault::Resolved`]).
+    pub demand_faults: u64,
+    /// Time spent servicing them in the shim, ns.
+    pub fault_ns: u64,
     /// Threads the program started (besides its first).
     pub threads: u64,
     /// Processes that ran (the first one included).

@@ -1308,12 +1308,23 @@ impl Process {
         if pages > MAX_IO {
             return Err(Errno::ENOMEM);
         }
+        let mut resident = vec![1u8; pages];
         let mut at = addr;
         while at < end {
             let vma = self.mm.vma_at(at).ok_or(Errno::ENOMEM)?;
-            at = vma.end;
+            let (lazy, next) = (vma.lazy, vma.end);
+            if lazy {
+                // A lazy mapping's untouched pages are not in memory.
+                let stop = next.min(end);
+                let page = |va: u64| ((va - addr) / PAGE) as usize;
+                resident[page(at)..page(stop.div_ceil(PAGE) * PAGE)].fill(0);
+                for (va, _, _) in self.mm.present_leaves(at, stop)? {
+                    resident[page(va)] = 1;
+                }
+            }
+            at = next;
         }
-        self.out(vec, &vec![1u8; pages]).map(|()| 0)
+        self.out(vec, &resident).map(|()| 0)
     }
 
     /// capget: the capabilities of lbrprof itself, which are the program's rights on the
@@ -1469,7 +1480,11 @@ impl Process {
         let known = self.mm.maps.len();
         match shm {
             Some(shm) => self.mm.map_shared(start, len, prot, file, shm)?,
-            None if file.is_none() => self.mm.map_anonymous(start, len, prot)?,
+            // MAP_NORESERVE: backed page by page at first touch (sanitizers' shadow).
+            None if file.is_none() => {
+                let lazy = flags & libc::MAP_NORESERVE != 0;
+                self.mm.map_anonymous(start, len, prot, lazy)?
+            }
             None => self.mm.map(start, len, prot, file, "")?,
         }
         self.note_new_maps(known);
@@ -1528,7 +1543,7 @@ impl Process {
         if (vma.file.is_some() && vma.shm.is_none()) || vma.end < old.saturating_add(old_len) {
             return Err(Errno::EINVAL);
         }
-        let prot = vma.prot;
+        let (prot, lazy) = (vma.prot, vma.lazy);
         // The shared object and file at `old` and at `old + n`.
         let skip = old - vma.start;
         let (shm, file) = (vma.shm.clone(), vma.file.clone());
@@ -1555,6 +1570,7 @@ impl Process {
         if self.mm.is_free(end, old.saturating_add(new_len)) {
             match at(old_len) {
                 (Some(s), file) => self.mm.map_shared(end, new_len - old_len, prot, file, s)?,
+                (None, _) if lazy => self.mm.map_anonymous(end, new_len - old_len, prot, true)?,
                 (None, _) => self.mm.map(end, new_len - old_len, prot, None, "")?,
             }
             self.note_new_maps(known);
@@ -1570,7 +1586,8 @@ impl Process {
             self.note_new_maps(known);
             return Ok(to);
         }
-        self.mm.map(to, new_len, Prot::RW, None, "")?;
+        // A lazy mapping moves lazily: only its touched pages are copied.
+        self.mm.map_anonymous(to, new_len, Prot::RW, lazy)?;
         self.mm.copy_within(old, to, old_len)?;
         self.mm.protect(to, new_len, prot)?;
         self.mm.unmap(old, old_len)?;
@@ -2606,6 +2623,44 @@ mod tests {
             nr as u64,
             [a[0], a[1], a[2], a[3], 0, 0],
         ))
+    }
+
+    #[test]
+    fn noreserve_memory_is_lazy_through_mmap_mincore_and_mremap() {
+        let mut p = process();
+        let mut t = p.main_task();
+        let tib = 1u64 << 40;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let mmap = |p: &mut Process, t: &mut Task, flags: u64| {
+            ret(p.syscall(t, Sysno::mmap as u64, [0, tib, rw, flags, !0, 0]))
+        };
+        // Backed at mmap time, a TiB does not fit in 16 MiB; lazily it does.
+        assert_eq!(mmap(&mut p, &mut t, anon), -(libc::ENOMEM as i64));
+        let at = mmap(&mut p, &mut t, anon | libc::MAP_NORESERVE as u64) as u64;
+        assert!(at.is_multiple_of(PAGE), "{at:#x}");
+        let page = at + (tib / 2) + 5 * PAGE;
+        p.mm.write(GuestVirtAddr(page), b"touched").unwrap();
+        // mincore: the written page (and its fault-free neighbours: not) in memory.
+        let vec = 0x40_0000;
+        let nr = Sysno::mincore;
+        assert_eq!(call(&mut p, nr, [page - PAGE, 3 * PAGE, vec, 0]), 0);
+        let mut v = [9u8; 3];
+        p.mm.read(GuestVirtAddr(vec), &mut v).unwrap();
+        assert_eq!(v, [0, 1, 0]);
+        // mremap moves it with its one page (a fixed page above keeps it from growing).
+        let above = at + tib;
+        let fixed = anon | libc::MAP_FIXED as u64;
+        let r = p.syscall(&mut t, Sysno::mmap as u64, [above, PAGE, rw, fixed, !0, 0]);
+        assert_eq!(ret(r) as u64, above);
+        let moved = call(&mut p, Sysno::mremap, [at, tib, 2 * tib, 1]) as u64;
+        assert_ne!(moved, at);
+        let mut b = [0u8; 7];
+        p.mm.read(GuestVirtAddr(moved + (tib / 2) + 5 * PAGE), &mut b)
+            .unwrap();
+        assert_eq!(&b, b"touched");
+        assert_eq!(p.mm.vma_at(moved).map(|v| v.lazy), Some(true));
+        assert!(p.mm.vma_at(at).is_none());
     }
 
     #[test]
