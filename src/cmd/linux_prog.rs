@@ -315,9 +315,10 @@ pub fn print_report(report: &LinuxReport, mem_bytes: u64) {
         let pids: Vec<String> = report.left_running.iter().map(u64::to_string).collect();
         eprintln!(
             "lbrprof: vm: the program ended while {} of its processes still ran (pid {}); \
-             they were stopped with it (on Linux they would go on, orphaned)",
+             they were stopped {} s after it (on Linux they would go on, orphaned)",
             pids.len(),
-            pids.join(", ")
+            pids.join(", "),
+            lbrprof_vmm::vm::ORPHANS_GRACE.as_secs_f64()
         );
     }
     if let Some(addr) = report.out_of_memory {

@@ -531,8 +531,25 @@ impl Vm {
         let mut decisive: Option<Result<Outcome, VmError>> = spawn_error.map(Err);
         let poll = crossbeam_channel::tick(PARKED_POLL);
         let mut signal_rx = config.signal_requests.clone();
+        // The first process's end, while the processes it left behind have
+        // [`ORPHANS_GRACE`] to end on their own.
+        let mut first_ended: Option<(Result<Outcome, VmError>, Instant)> = None;
+        let orphans_left = || {
+            kernel
+                .as_ref()
+                .is_some_and(|k| !k.still_running().is_empty())
+        };
         while running > 0 && decisive.is_none() {
+            if first_ended.is_some() && !orphans_left() {
+                decisive = first_ended.take().map(|(o, _)| o);
+                break;
+            }
             let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+            let grace = first_ended
+                .as_ref()
+                .map_or(crossbeam_channel::never(), |(_, at)| {
+                    crossbeam_channel::at(*at)
+                });
             let stop_rx = config
                 .stop_requests
                 .clone()
@@ -596,6 +613,10 @@ impl Vm {
                     continue;
                 }
                 recv(timeout) -> _ => Err(RecvTimeoutError::Timeout),
+                recv(grace) -> _ => {
+                    decisive = first_ended.take().map(|(o, _)| o);
+                    break;
+                }
                 recv(poll) -> _ => {
                     if parked.load(Ordering::Acquire) >= running {
                         // Every vCPU still running is halted for good: stopping them
@@ -609,7 +630,16 @@ impl Vm {
                 Ok((index, end, n)) => {
                     running -= 1;
                     stats[index as usize] = n;
-                    decisive = end_to_outcome(end);
+                    let exited = matches!(end, VcpuEnd::Exit(_) | VcpuEnd::Killed { .. });
+                    match end_to_outcome(end) {
+                        // The first process ended (only its end is an exit here):
+                        // what it left running may finish on its own first, as on
+                        // Linux where it would go on, orphaned.
+                        Some(o) if exited && first_ended.is_none() && orphans_left() => {
+                            first_ended = Some((o, Instant::now() + ORPHANS_GRACE));
+                        }
+                        o => decisive = o.or(decisive),
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     decisive = Some(Ok(Outcome::TimedOut(config.timeout.unwrap_or_default())));
@@ -976,6 +1006,12 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often the VM looks whether every running vCPU is halted for good.
 const PARKED_POLL: Duration = Duration::from_millis(200);
+
+/// How long processes a Linux program's first process left running when it ended have
+/// to end on their own (a helper whose input pipe closed with it, such as the
+/// `llvm-symbolizer` AddressSanitizer starts, a job sent to the background) before the
+/// VM stops with them.
+pub const ORPHANS_GRACE: Duration = Duration::from_secs(1);
 /// How soon a vCPU is kicked again when a signal could not be delivered where a kick
 /// found it.
 const SIGNAL_RETRY: Duration = Duration::from_micros(200);

@@ -543,6 +543,10 @@ impl Process {
             self.mm.unmap_shared();
         }
         self.give_back();
+        // Its descriptors close before its parent hears of its end, as Linux's exit
+        // closes them (a reader of a pipe it wrote reads end-of-file, its locks go):
+        // the first process's table would otherwise stay open until the run's end.
+        self.fds.close_range(0, u64::MAX, false);
         if let Some(w) = self.vfork_parent.take() {
             w.wake();
         }
