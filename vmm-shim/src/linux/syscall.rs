@@ -336,7 +336,7 @@ impl Process {
             Sysno::readlinkat => self.sys_readlink(task.tid, a[0], a[1], a[2], a[3]),
             Sysno::getdents64 => self.fds.get(a[0]).and_then(|f| {
                 let b = match &f.listing {
-                    Some(listing) => listing.read(a[2] as usize, self.fds.open())?,
+                    Some(listing) => listing.read(a[2] as usize, || self.listed(listing.what()))?,
                     None => host::getdents64(f.host(), a[2] as usize)?,
                 };
                 self.out(a[1], &b).map(|()| b.len() as u64)
@@ -905,6 +905,7 @@ impl Process {
                     let n = &n[..n.len().min(15)];
                     task.comm = [0; 16];
                     task.comm[..n.len()].copy_from_slice(n);
+                    self.shared.shown().threads.insert(task.tid, task.comm);
                     0
                 }),
                 libc::PR_GET_NAME => self.out(a[1], &task.comm).map(|()| 0),
@@ -1748,6 +1749,9 @@ impl Process {
             self.mm.read(GuestVirtAddr(act), &mut b)?;
 
             self.sigactions.insert(sig, b);
+            let (ignored, caught) = self.dispositions();
+            let mut shown = self.shared.shown();
+            (shown.ignored, shown.caught) = (ignored, caught);
         }
         if old != 0 {
             self.out(old, &prev)?;
@@ -2111,6 +2115,10 @@ impl Process {
         self.waiters.remove(&task.tid);
         self.shared.vcpus().remove(&task.tid);
         self.shared.accounts.leave(task.tid);
+        if task.tid != self.pid {
+            // A zombie still shows its main thread.
+            self.shared.shown().threads.remove(&task.tid);
+        }
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
