@@ -698,6 +698,33 @@ impl Process {
         }
     }
 
+    /// `path` as an `openat` relative to `dirfd` gives it: made absolute when it is
+    /// relative to `/proc` itself (a descriptor opened on it, or the working directory
+    /// after `cd /proc`), so that it is translated as `/proc/...` is (`ls` in `/proc`,
+    /// `cat 123/status` there). Other paths are left as they are.
+    pub(crate) fn beside_proc(&self, dirfd: u64, path: Vec<u8>) -> Vec<u8> {
+        if path.first() == Some(&b'/') {
+            return path;
+        }
+        let at_proc = if dirfd as i32 == libc::AT_FDCWD {
+            self.cwd
+                .as_ref()
+                .is_some_and(|(p, _)| p.as_os_str().as_bytes() == b"/proc")
+        } else {
+            self.fds.get(dirfd).is_ok_and(|f| {
+                f.listing
+                    .as_ref()
+                    .is_some_and(|l| l.what() == Listed::Processes)
+            })
+        };
+        if !at_proc {
+            return path;
+        }
+        let mut p = b"/proc/".to_vec();
+        p.extend_from_slice(&path);
+        p
+    }
+
     /// The program of guest process `n` (`/proc/N/exe`).
     fn exe_of(&self, n: u64) -> Option<Vec<u8>> {
         if n == self.pid {

@@ -1135,6 +1135,7 @@ impl Process {
 
     fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
         let raw = self.mm.read_cstr(path, PATH_MAX)?;
+        let raw = self.beside_proc(dirfd, raw);
         let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
         match self.proc_file(&raw, flags as i32)? {
             Some(Served::File(file)) => return self.fds.insert(Fd::new(file, cloexec)),
