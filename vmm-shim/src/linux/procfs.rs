@@ -1,20 +1,30 @@
-//! `/proc` as the guest's processes see it: their own ids, not lbrprof's.
+//! `/proc` as the guest's processes see it: theirs, as in a pid namespace, not lbrprof's.
 //!
 //! Every guest process runs inside lbrprof's one host process, so the host's
 //! `/proc/self` and `/proc/PID` describe lbrprof. The program reaches `/proc` by
-//! absolute paths, which are translated here (`Process::proc_path`):
+//! absolute paths (or paths relative to `/proc` itself), which are translated here
+//! (`Process::proc_path`, `Process::proc_file`):
 //!
+//! * A listing of `/proc` ([`Listing`], [`Listed::Processes`]) is the host's entries that
+//!   are not processes (`cpuinfo`, `self`, `sys`...) and one directory per guest process,
+//!   zombies included. `/proc/N` for any N that is not a guest process does not exist,
+//!   in both id modes (pinned: the guest's ids are made up from 1000; unpinned: the first
+//!   process has lbrprof's host pid and the others the numbers after it, made up too:
+//!   where one is also a host process's, `/proc/N` is the guest's).
 //! * `/proc/self/...` is `/proc/PID/...` for the calling process's guest pid, and
 //!   `readlink("/proc/self")` says that pid (`readlink("/proc/thread-self")` says
 //!   `PID/task/TID`) (`Process::proc_link`).
-//! * `/proc/PID/...` of a guest process is lbrprof's host directory, except its `stat`,
-//!   which is served with the guest's ids (pid, name, parent, process group, session,
-//!   thread count) in place of lbrprof's (`Process::proc_file`); with pinned ids
-//!   (exact mode) the fields that change from run to run on the host (times, faults,
-//!   sizes, addresses, the CPU) read 0. The process's own `/proc/PID/exe` is its
-//!   program.
-//! * `/proc/N` for any other N: no such process when ids are pinned (the guest's
-//!   processes are all there is, as in a pid namespace); the host's otherwise.
+//! * `/proc/PID/...` of a guest process (and `/proc/PID/task/TID/...` of its threads) is
+//!   lbrprof's host directory, except the files the shim writes for it: `stat` (its pid,
+//!   name, state, parent, process group, session, terminal, thread count, CPU times and
+//!   virtual size in place of lbrprof's; with pinned ids the fields that change from run
+//!   to run read 0), `status` (the same, its mapping sizes and signals; the user's and
+//!   machine's lines are the host's), `statm`, `comm`, `cmdline` and `exe`; and `task`,
+//!   a listing of its threads ([`Listed::Threads`]). The calling process reads its own
+//!   state; another's comes from the copy each process keeps in its
+//!   [`Shared`](crate::linux::proc::Shared) ([`Shown`](crate::linux::proc::Shown):
+//!   thread names, arguments, program, mapping sizes, signal dispositions), kept current
+//!   where they change.
 //! * The calling process's `fd` and `fdinfo` directories (under `/proc/self`,
 //!   `/proc/PID`, `/proc/thread-self`, `/proc/PID/task/TID`, and as `/dev/fd`,
 //!   `/dev/stdin`, `/dev/stdout`, `/dev/stderr`) are its own descriptors: entry N is the
@@ -23,16 +33,21 @@
 //!   listing of the directory ([`Listing`]) names the guest's descriptors. Paths are
 //!   matched after `//`, `.` and `..` are resolved. lbrprof's own descriptors are
 //!   reachable by none of these names, nor through another guest process's directory.
-//!
 //! * The calling process's `/proc/PID/maps` (`/proc/self/maps`) lists its guest
 //!   mappings in Linux's format (what glibc's `pthread_getattr_np` reads to find the main
-//!   thread's stack, and what sanitizers and garbage collectors read).
+//!   thread's stack, and what sanitizers and garbage collectors read); its `auxv`,
+//!   `cmdline` and `environ` are what exec gave it, read from its memory.
 //!
-//! Limits: a path relative to a descriptor opened on `/proc` is not translated (an open
-//! through it, or through a symbolic link of the program's own, that would reach one of
-//! lbrprof's descriptors fails: the shim opens files refusing `/proc`'s magic links), and the
-//! other files of `/proc/PID` (`status`, `smaps`, `cmdline`..., and another process's
-//! `maps`) are lbrprof's.
+//! Limits: a path relative to a directory below `/proc` (a descriptor on `/proc/self`,
+//! `cd /proc/self`), and calls other than `open` relative to `/proc` itself, are not
+//! translated (an open through one, or through a symbolic link of the program's own,
+//! that would reach one of lbrprof's descriptors fails: the shim opens files refusing
+//! `/proc`'s magic links). Not counted, so not shown: a process's resident set (`VmRSS`
+//! and the `Rss` lines are left out, `statm`'s resident and `stat`'s rss read 0), the
+//! signals a thread blocks (`SigBlk` 0), another process's pending per-thread signals,
+//! context switches. `comm` cannot be written (`prctl(PR_SET_NAME)` renames). The other
+//! files of `/proc/PID` (`smaps`, `io`, `limits`, another process's `maps` and
+//! `environ`...) and of `/proc/thread-self` are lbrprof's.
 
 use std::borrow::Cow;
 use std::os::fd::{AsRawFd, OwnedFd};
