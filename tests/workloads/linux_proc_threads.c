@@ -1,6 +1,6 @@
 /* /proc as a threaded process sees itself, in words that do not depend on its ids:
  * /proc/self/task has one entry per thread (the main thread and two others), each
- * thread's task/TID/comm is the name it set, /proc/self/status says its pid, parent and
+ * thread's task/TID/comm is the name it set (having started with its creator's), /proc/self/status says its pid, parent and
  * thread count, /proc/PID/stat and cmdline of its child are the child's, and /proc lists
  * the process and its child. Run natively and under `lbrprof run --vm --`, the output is
  * the same. */
@@ -16,9 +16,14 @@
 #include <unistd.h>
 
 static pthread_barrier_t started, done;
+static char main_name[16];
+static int inherited[2];
 
 static void *worker(void *arg) {
     char name[16];
+    /* A new thread starts with its creator's name. */
+    prctl(PR_GET_NAME, name);
+    inherited[(long)arg - 1] = !strcmp(name, main_name);
     snprintf(name, sizeof name, "worker-%ld", (long)arg);
     prctl(PR_SET_NAME, name);
     pthread_barrier_wait(&started);
@@ -60,6 +65,7 @@ static void read_line(const char *path, char *buf, size_t len) {
 
 int main(void) {
     pthread_t t[2];
+    prctl(PR_GET_NAME, main_name);
     pthread_barrier_init(&started, NULL, 3);
     pthread_barrier_init(&done, NULL, 3);
     for (long i = 0; i < 2; i++)
@@ -95,6 +101,7 @@ int main(void) {
     pthread_barrier_wait(&done);
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
+    printf("inherited names: %s\n", inherited[0] && inherited[1] ? "ok" : "WRONG");
 
     int pipefd[2];
     if (pipe(pipefd))

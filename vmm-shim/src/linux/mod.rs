@@ -1414,6 +1414,8 @@ impl Process {
                         .load(std::sync::atomic::Ordering::Acquire),
                     exec_gen: task.exec_gen,
                     space_token: task.space_token.clone(),
+                    // A new thread has its creator's name, as on Linux.
+                    comm: task.comm,
                     ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {
