@@ -30,6 +30,7 @@ fn a_threaded_program_and_its_child_see_themselves_in_proc_as_natively() {
             "tasks: 3 (main 1, named workers 2)",
             "status: pid ok, ppid ok, threads 3",
             "inherited names: ok",
+            "thread-self comm: ok",
             "child comm: the-child",
             "child stat: pid ok, ppid ok",
             "/proc lists: self 1, child 1",

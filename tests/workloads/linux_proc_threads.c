@@ -17,7 +17,9 @@
 
 static pthread_barrier_t started, done;
 static char main_name[16];
-static int inherited[2];
+static int inherited[2], thread_self[2];
+
+static void read_line(const char *path, char *buf, size_t len);
 
 static void *worker(void *arg) {
     char name[16];
@@ -26,6 +28,9 @@ static void *worker(void *arg) {
     inherited[(long)arg - 1] = !strcmp(name, main_name);
     snprintf(name, sizeof name, "worker-%ld", (long)arg);
     prctl(PR_SET_NAME, name);
+    char seen[64];
+    read_line("/proc/thread-self/comm", seen, sizeof seen);
+    thread_self[(long)arg - 1] = !strcmp(seen, name);
     pthread_barrier_wait(&started);
     pthread_barrier_wait(&done);
     return NULL;
@@ -102,6 +107,7 @@ int main(void) {
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
     printf("inherited names: %s\n", inherited[0] && inherited[1] ? "ok" : "WRONG");
+    printf("thread-self comm: %s\n", thread_self[0] && thread_self[1] ? "ok" : "WRONG");
 
     int pipefd[2];
     if (pipe(pipefd))

@@ -47,7 +47,8 @@
 //! signals a thread blocks (`SigBlk` 0), another process's pending per-thread signals,
 //! context switches. `comm` cannot be written (`prctl(PR_SET_NAME)` renames). The other
 //! files of `/proc/PID` (`smaps`, `io`, `limits`, another process's `maps` and
-//! `environ`...) and of `/proc/thread-self` are lbrprof's.
+//! `environ`...) are lbrprof's, and so are those of `/proc/thread-self` but `stat`,
+//! `status`, `statm` and `comm` (the calling thread's, opened as its `task/TID` ones).
 
 use std::borrow::Cow;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -737,6 +738,21 @@ impl Process {
         }
         let mut p = b"/proc/".to_vec();
         p.extend_from_slice(&path);
+        p
+    }
+
+    /// `path` with `/proc/thread-self/stat` (`status`, `statm`, `comm`) as the calling
+    /// thread `tid`'s `/proc/PID/task/TID/...`, which the shim writes. Other paths are
+    /// left as they are.
+    pub(crate) fn thread_self(&self, tid: u64, path: Vec<u8>) -> Vec<u8> {
+        let rest = match named(&normalize(&path), self.pid) {
+            Named::ThreadSelf(rest @ (b"/stat" | b"/status" | b"/statm" | b"/comm")) => {
+                rest.to_vec()
+            }
+            _ => return path,
+        };
+        let mut p = format!("/proc/{}/task/{tid}", self.pid).into_bytes();
+        p.extend_from_slice(&rest);
         p
     }
 
