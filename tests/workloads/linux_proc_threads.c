@@ -163,7 +163,23 @@ int main(void) {
     printf("/proc lists: self %d, child %d\n", listed_self, listed_child);
     if (write(pipefd[1], "x", 1) != 1)
         return 1;
+    /* Ended and not waited for: a zombie, with no arguments any more. */
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)child);
+    for (int tries = 0; tries < 10000 && state != 'Z'; tries++) {
+        read_line(path, stat, sizeof stat);
+        sscanf(stat, "%d (the-child) %c", &spid, &state);
+        if (state != 'Z')
+            usleep(1000);
+    }
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)child);
+    f = fopen(path, "r");
+    n = f ? fread(cmdline, 1, sizeof cmdline - 1, f) : 99;
+    if (f)
+        fclose(f);
+    printf("zombie: state %c, cmdline %zu bytes\n", state, n);
     int status;
     waitpid(child, &status, 0);
+    snprintf(path, sizeof path, "/proc/%d", (int)child);
+    printf("reaped: %s\n", access(path, F_OK) ? "gone" : "WRONG");
     return 0;
 }

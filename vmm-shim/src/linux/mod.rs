@@ -539,11 +539,13 @@ impl Process {
         self.shared.accounts.note_resident(resident);
         self.shared.accounts.leave_all();
         {
-            // A zombie: its main thread, no memory.
+            // A zombie: its main thread, no memory (so no arguments either: ps says
+            // `<defunct>`).
             let mut shown = self.shared.shown();
             let pid = self.pid;
             shown.threads.retain(|&t, _| t == pid);
             shown.vm = proc::VmSizes::default();
+            shown.cmdline.clear();
         }
         // The file pages of its shared mappings reach the file now, as they would be
         // in the page cache on Linux for whoever reads the file next.
