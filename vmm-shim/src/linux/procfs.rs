@@ -44,11 +44,12 @@
 //! that would reach one of lbrprof's descriptors fails: the shim opens files refusing
 //! `/proc`'s magic links). Not counted, so not shown: a process's resident set (`VmRSS`
 //! and the `Rss` lines are left out, `statm`'s resident and `stat`'s rss read 0), the
-//! signals a thread blocks (`SigBlk` 0), another process's pending per-thread signals,
-//! context switches. `comm` cannot be written (`prctl(PR_SET_NAME)` renames). The other
-//! files of `/proc/PID` (`smaps`, `io`, `limits`, another process's `maps` and
-//! `environ`...) are lbrprof's, and so are those of `/proc/thread-self` but `stat`,
-//! `status`, `statm` and `comm` (the calling thread's, opened as its `task/TID` ones).
+//! signals a thread blocks (`SigBlk` 0), another process's pending per-thread signals
+//! and descriptor table size (`FDSize` left out), context switches. `comm` cannot be
+//! written (`prctl(PR_SET_NAME)` renames). The other files of `/proc/PID` (`smaps`,
+//! `io`, `limits`, another process's `maps` and `environ`...) are lbrprof's, and so are
+//! those of `/proc/thread-self` but `stat`, `status`, `statm` and `comm` (the calling
+//! thread's, opened as its `task/TID` ones).
 
 use std::borrow::Cow;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -296,6 +297,8 @@ pub(crate) struct StatIds<'a> {
     /// Its user and system times and its reaped children's, in clock ticks (None:
     /// pinned, zero).
     pub times: Option<[u64; 4]>,
+    /// The size of its descriptor table (`FDSize`; None: not known, another process's).
+    pub fd_size: Option<u64>,
     /// Zero what changes from run to run.
     pub pinned: bool,
 }
@@ -410,6 +413,10 @@ fn status_text(host: &[u8], ids: &StatIds<'_>, tid: u64, signals: &SignalMasks) 
             b"NSsid" => Some(ids.session.to_string()),
             b"TracerPid" | b"Ngid" => Some("0".to_owned()),
             b"Threads" => Some(ids.threads.to_string()),
+            b"FDSize" => match ids.fd_size {
+                Some(n) => Some(n.to_string()),
+                None => continue,
+            },
             b"VmPeak" if !zombie => Some(kib(ids.vm.peak)),
             b"VmSize" if !zombie => Some(kib(ids.vm.size)),
             b"VmData" if !zombie => Some(kib(ids.vm.data)),
@@ -1019,6 +1026,11 @@ impl Process {
             state,
             vm,
             times,
+            // Linux's table grows by 64 slots at a time, as far as the highest descriptor.
+            fd_size: own.then(|| {
+                let top = self.fds.open().max().map_or(0, |fd| fd + 1);
+                top.next_multiple_of(64).max(64)
+            }),
             pinned,
         };
         (ids, signals)
@@ -1436,6 +1448,7 @@ mod tests {
                 file: 2 << 20,
             },
             times: (!pinned).then_some([7, 3, 1, 0]),
+            fd_size: Some(64),
             pinned,
         }
     }
@@ -1459,7 +1472,7 @@ Cpus_allowed_list:\t0-1\nvoluntary_ctxt_switches:\t55\n";
         };
         let text = String::from_utf8(status_text(host, &ids(false), 1001, &signals)).unwrap();
         let want = "Name:\tprog\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1000\nNgid:\t0\n\
-Pid:\t1001\nPPid:\t999\nTracerPid:\t0\nUid:\t1000\t1000\t1000\t1000\nFDSize:\t256\n\
+Pid:\t1001\nPPid:\t999\nTracerPid:\t0\nUid:\t1000\t1000\t1000\t1000\nFDSize:\t64\n\
 NStgid:\t1000\nNSpid:\t1001\nVmPeak:\t    9216 kB\nVmSize:\t    8192 kB\nVmLck:\t       0 kB\n\
 VmData:\t    1024 kB\nVmStk:\t     132 kB\nVmExe:\t      20 kB\nVmLib:\t    1528 kB\n\
 Threads:\t2\nSigQ:\t1/96367\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000200\n\
@@ -1469,11 +1482,13 @@ Cpus_allowed_list:\t0-1\n";
         // A zombie has no memory lines.
         let zombie = StatIds {
             state: b'Z',
+            fd_size: None,
             ..ids(false)
         };
         let text = String::from_utf8(status_text(host, &zombie, 1000, &signals)).unwrap();
         assert!(text.contains("State:\tZ (zombie)\n"), "{text}");
         assert!(!text.contains("Vm"), "{text}");
+        assert!(!text.contains("FDSize"), "not known: {text}");
     }
 
     #[test]
