@@ -409,6 +409,10 @@ impl Process {
         let me = unsafe { libc::pthread_self() };
         self.shared.vcpus().insert(task.tid, me);
         self.shared.accounts.enter(task.tid);
+        self.shared.shown().threads.insert(task.tid, task.comm);
+        if task.tid == self.pid {
+            self.publish();
+        }
     }
 
     /// A process with a trap area and no program: for tests and fuzzing of the system
@@ -534,6 +538,15 @@ impl Process {
         let resident = self.report.peak_bytes.max(self.mm.resident_bytes());
         self.shared.accounts.note_resident(resident);
         self.shared.accounts.leave_all();
+        {
+            // A zombie: its main thread, no memory (so no arguments either: ps says
+            // `<defunct>`).
+            let mut shown = self.shared.shown();
+            let pid = self.pid;
+            shown.threads.retain(|&t, _| t == pid);
+            shown.vm = proc::VmSizes::default();
+            shown.cmdline.clear();
+        }
         // The file pages of its shared mappings reach the file now, as they would be
         // in the page cache on Linux for whoever reads the file next.
         self.mm.write_back_all();
@@ -1160,6 +1173,8 @@ impl Process {
             mm: child_mm,
         };
         child.own_signalfds()?;
+        shared.shown().threads.insert(pid, task.comm);
+        child.publish();
         self.kernel.add(pid, self.pid, pgid, shared);
         if f.vfork {
             // Woken when the child execs or exits (reset now: that may come first).
@@ -1294,6 +1309,14 @@ impl Process {
         task.robust_list = (0, 0);
         task.altstack = (0, 0);
         task.comm = fresh.comm;
+        {
+            let mut shown = self.shared.shown();
+            shown.threads.clear();
+            shown.threads.insert(task.tid, task.comm);
+            // A new address space: its peak starts anew.
+            shown.vm = proc::VmSizes::default();
+        }
+        self.publish();
         if let Some(tx) = &self.map_sink {
             let _ = tx.send(GuestEvent::Process(self.record()));
             for m in &self.mm.maps {
@@ -1433,6 +1456,8 @@ impl Process {
                         .load(std::sync::atomic::Ordering::Acquire),
                     exec_gen: task.exec_gen,
                     space_token: task.space_token.clone(),
+                    // A new thread has its creator's name, as on Linux.
+                    comm: task.comm,
                     ..Task::new(c.tid, self.mm.cr3(), trap)
                 };
                 Serviced::Clone(Box::new(NewThread {

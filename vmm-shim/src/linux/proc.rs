@@ -153,6 +153,47 @@ pub struct Shared {
     pub outside_terminal: AtomicU64,
     /// What it used of the CPU and memory (and its reaped children).
     pub accounts: crate::linux::usage::Accounts,
+    /// What its `/proc/PID` directory shows the other processes ([`Shown`]).
+    pub shown: Mutex<Shown>,
+}
+
+/// What `/proc/PID` says of a process to the others, who cannot take its lock: a copy
+/// the process keeps current where it changes (thread start and end, `prctl`'s name,
+/// exec, fork, its end) and, for its memory, when that is cheap (the same events, and
+/// whenever it reads `/proc` itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shown {
+    /// Its live threads, by id, with their names (`comm`, NUL-padded).
+    pub threads: BTreeMap<u64, [u8; 16]>,
+    /// Its arguments as exec gave them (NUL-terminated strings; `/proc/PID/cmdline`).
+    pub cmdline: Vec<u8>,
+    /// Its mappings' sizes.
+    pub vm: VmSizes,
+    /// Its program's absolute path (`/proc/PID/exe`).
+    pub exe: Vec<u8>,
+    /// The signals it ignores and those it handles (bit `n - 1` for signal `n`).
+    pub ignored: u64,
+    pub caught: u64,
+}
+
+/// The sizes of an address space's mappings, in bytes, as `/proc/PID/status` and
+/// `statm` give them (Linux's `VmSize`, `VmExe`...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmSizes {
+    /// Every mapping.
+    pub size: u64,
+    /// The largest `size` has been.
+    pub peak: u64,
+    /// Private writable mappings other than the stack (`VmData`).
+    pub data: u64,
+    /// The main thread's stack.
+    pub stack: u64,
+    /// Executable mappings of the program's file.
+    pub exe: u64,
+    /// Executable mappings of other files (shared libraries).
+    pub lib: u64,
+    /// Mappings of files.
+    pub file: u64,
 }
 
 impl Shared {
@@ -266,6 +307,11 @@ impl Shared {
     /// Whether another thread's execve ended `task`.
     pub fn superseded(&self, task: &crate::linux::thread::Task) -> bool {
         self.execs.load(Ordering::Acquire) != task.exec_gen
+    }
+
+    /// What `/proc/PID` shows of the process ([`Shown`]).
+    pub fn shown(&self) -> MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -392,6 +438,16 @@ impl Kernel {
     /// Whether `pid` is a guest process (running, or ended and not yet waited for).
     pub fn exists(&self, pid: u64) -> bool {
         self.table().procs.contains_key(&pid)
+    }
+
+    /// The guest processes (running, and zombies), in pid order.
+    pub fn pids(&self) -> Vec<u64> {
+        self.table().procs.keys().copied().collect()
+    }
+
+    /// Whether `pid` ended and waits to be reaped (None: no such process).
+    pub fn is_zombie(&self, pid: u64) -> Option<bool> {
+        self.table().procs.get(&pid).map(|e| e.status.is_some())
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {

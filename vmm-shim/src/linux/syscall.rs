@@ -289,8 +289,8 @@ impl Process {
             Sysno::pwrite64 => self.sys_write(a[0], a[1], a[2], Some(a[3] as i64)),
             Sysno::readv => self.sys_readv(a[0], a[1], a[2]),
             Sysno::writev => self.sys_writev(a[0], a[1], a[2]),
-            Sysno::open => self.sys_openat(libc::AT_FDCWD as u64, a[0], a[1], a[2]),
-            Sysno::openat => self.sys_openat(a[0], a[1], a[2], a[3]),
+            Sysno::open => self.sys_openat(task.tid, libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+            Sysno::openat => self.sys_openat(task.tid, a[0], a[1], a[2], a[3]),
             Sysno::close => self.fds.close(a[0]).map(|()| 0),
             Sysno::lseek => self.fds.get(a[0]).and_then(|f| match &f.listing {
                 Some(listing) => listing.seek(a[1] as i64, a[2] as i32),
@@ -336,7 +336,7 @@ impl Process {
             Sysno::readlinkat => self.sys_readlink(task.tid, a[0], a[1], a[2], a[3]),
             Sysno::getdents64 => self.fds.get(a[0]).and_then(|f| {
                 let b = match &f.listing {
-                    Some(listing) => listing.read(a[2] as usize, self.fds.open())?,
+                    Some(listing) => listing.read(a[2] as usize, || self.listed(listing.what()))?,
                     None => host::getdents64(f.host(), a[2] as usize)?,
                 };
                 self.out(a[1], &b).map(|()| b.len() as u64)
@@ -502,6 +502,7 @@ impl Process {
             }),
             // File-system calls of `files.rs`.
             Sysno::creat => self.sys_openat(
+                task.tid,
                 libc::AT_FDCWD as u64,
                 a[0],
                 (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
@@ -905,6 +906,7 @@ impl Process {
                     let n = &n[..n.len().min(15)];
                     task.comm = [0; 16];
                     task.comm[..n.len()].copy_from_slice(n);
+                    self.shared.shown().threads.insert(task.tid, task.comm);
                     0
                 }),
                 libc::PR_GET_NAME => self.out(a[1], &task.comm).map(|()| 0),
@@ -1132,8 +1134,9 @@ impl Process {
         Ok(host::write(f, &b)? as u64)
     }
 
-    fn sys_openat(&mut self, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
+    fn sys_openat(&mut self, tid: u64, dirfd: u64, path: u64, flags: u64, mode: u64) -> Sys {
         let raw = self.mm.read_cstr(path, PATH_MAX)?;
+        let raw = self.thread_self(tid, self.beside_proc(dirfd, raw));
         let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
         match self.proc_file(&raw, flags as i32)? {
             Some(Served::File(file)) => return self.fds.insert(Fd::new(file, cloexec)),
@@ -1765,6 +1768,9 @@ impl Process {
             self.mm.read(GuestVirtAddr(act), &mut b)?;
 
             self.sigactions.insert(sig, b);
+            let (ignored, caught) = self.dispositions();
+            let mut shown = self.shared.shown();
+            (shown.ignored, shown.caught) = (ignored, caught);
         }
         if old != 0 {
             self.out(old, &prev)?;
@@ -2128,6 +2134,10 @@ impl Process {
         self.waiters.remove(&task.tid);
         self.shared.vcpus().remove(&task.tid);
         self.shared.accounts.leave(task.tid);
+        if task.tid != self.pid {
+            // A zombie still shows its main thread.
+            self.shared.shown().threads.remove(&task.tid);
+        }
         if self.threads.is_empty() {
             Outcome::Exit(code)
         } else {
