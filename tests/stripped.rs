@@ -388,7 +388,13 @@ fn one_build(cc: &str, pie: bool) {
             bolt_offsets_inside(&fdata, &tables);
             assert!(warning.contains("left out of the profile"), "{warning}");
         } else {
-            assert!(unnamed.is_empty(), "{unnamed:?}");
+            // The workload's own code is all named. (A sample may still land in a system
+            // library's code that has no symbol, e.g. a static function of libc.)
+            let own = |u: &&serde_json::Value| {
+                let m = u["module"].as_str().unwrap_or_default();
+                m.ends_with(LIB) || m.ends_with(EXE)
+            };
+            assert!(!unnamed.iter().any(|u| own(&u)), "{unnamed:?}");
         }
     }
 }
