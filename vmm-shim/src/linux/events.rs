@@ -285,45 +285,41 @@ impl Process {
                 }
                 Ok(0)
             }
-            // The foreground group of a terminal a session of the program's acquired.
-            libc::TIOCGPGRP | libc::TIOCSPGRP if self.guest_terminal(fd).is_some() => {
-                let Some((sid, t)) = self.guest_terminal(fd) else {
-                    return Err(Errno(libc::ENOTTY));
-                };
-                if request == libc::TIOCGPGRP {
-                    if self.kernel.sid(self.pid) != Some(sid) {
-                        return Err(Errno(libc::ENOTTY));
+            // Job control. On a terminal a session of the program's acquired, the
+            // foreground group is in the guest's process table; on lbrprof's controlling
+            // terminal (the host answers ENOTTY for any other descriptor) it is the
+            // guest's own too (its pgids are not the host's). No SIGTTOU for a background
+            // caller: shells block or ignore it around these calls.
+            libc::TIOCGPGRP | libc::TIOCSPGRP => {
+                let guest = self.guest_terminal(fd);
+                match &guest {
+                    Some((sid, _)) if request == libc::TIOCGPGRP => {
+                        if self.kernel.sid(self.pid) != Some(*sid) {
+                            return Err(Errno(libc::ENOTTY));
+                        }
                     }
-                    let g = t.foreground as u32;
-                    self.mm.write(GuestVirtAddr(arg), &g.to_le_bytes())?;
+                    Some(_) => {}
+                    None => {
+                        host::ioctl_int(self.fds.get(fd)?.host(), libc::TIOCGPGRP, 0)?;
+                    }
+                }
+                if request == libc::TIOCGPGRP {
+                    let g = guest.map_or_else(|| self.kernel.foreground(), |(_, t)| t.foreground);
+                    self.mm
+                        .write(GuestVirtAddr(arg), &(g as u32).to_le_bytes())?;
                     return Ok(0);
                 }
                 let g = self.mm.read_u32(arg)? as i32;
                 if g < 0 {
                     return Err(Errno::EINVAL);
                 }
-                let g = g as u64;
-                self.kernel
-                    .set_terminal_foreground(self.pid, t.rdev, g)
-                    .map(|()| 0)
-            }
-            // Job control: the foreground group is the guest's own (its pgids are not
-            // the host's), on the terminal that is lbrprof's controlling one (the host
-            // answers ENOTTY for any other descriptor). No SIGTTOU for a background
-            // caller: shells block or ignore it around these calls.
-            libc::TIOCGPGRP | libc::TIOCSPGRP => {
-                host::ioctl_int(self.fds.get(fd)?.host(), libc::TIOCGPGRP, 0)?;
-                if request == libc::TIOCGPGRP {
-                    let g = self.kernel.foreground() as u32;
-                    self.mm.write(GuestVirtAddr(arg), &g.to_le_bytes())?;
-                } else {
-                    let g = self.mm.read_u32(arg)? as i32;
-                    if g < 0 {
-                        return Err(Errno::EINVAL);
-                    }
-                    self.kernel.set_foreground(g as u64)?;
+                match guest {
+                    Some((_, t)) => self
+                        .kernel
+                        .set_terminal_foreground(self.pid, t.rdev, g as u64),
+                    None => self.kernel.set_foreground(g as u64),
                 }
-                Ok(0)
+                .map(|()| 0)
             }
             _ => {
                 let file = self.fds.get(fd)?.host();

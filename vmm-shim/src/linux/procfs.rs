@@ -52,7 +52,7 @@
 //! thread's, opened as its `task/TID` ones).
 
 use std::borrow::Cow;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 
@@ -539,11 +539,9 @@ fn maps_text<'a>(vmas: impl Iterator<Item = &'a Vma>) -> Vec<u8> {
     for v in vmas {
         let (offset, dev, inode, name, file) = match &v.file {
             Some(f) => {
-                use std::os::fd::AsRawFd;
                 let meta = f.file.metadata().ok();
                 // The path the kernel gives the open file (symbolic links resolved).
-                let path = std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd()))
-                    .unwrap_or_else(|_| f.path.clone());
+                let path = host::path_of(f.file.as_fd()).unwrap_or_else(|| f.path.clone());
                 (
                     f.offset,
                     meta.as_ref().map_or(0, |m| m.dev()),
@@ -887,7 +885,7 @@ impl Process {
     /// `fdinfo` directory, reached by a path relative to a descriptor or working directory
     /// on `/proc/self`: the program's listing in its place.
     pub(crate) fn own_listing_for(&self, dir: &OwnedFd) -> Option<Arc<Listing>> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+        let link = host::path_of(dir.as_fd())?;
         let rest = link
             .as_os_str()
             .as_bytes()

@@ -119,8 +119,7 @@ impl Process {
             host::openat(base, path, flags, 0)?
         };
         // The new directory's path, as the kernel would print it for getcwd.
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|_| Errno(libc::ENOENT))?;
+        let link = host::path_of(fd.as_fd()).ok_or(Errno(libc::ENOENT))?;
         // Search permission, as chdir checks it.
         host::faccessat(Some(fd.as_fd()), b".", libc::X_OK, 0)?;
         self.cwd = Some((link, std::sync::Arc::new(fd)));
@@ -1442,8 +1441,7 @@ impl Process {
             }
             let raw = f.host().as_raw_fd();
             let dup = host::dup(raw)?;
-            let path = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
-                .unwrap_or_default();
+            let path = host::path_of(dup.as_fd()).unwrap_or_default();
             let file = std::sync::Arc::new(std::fs::File::from(dup));
             if shared && regular {
                 let obj = self.kernel.shm.object(
@@ -2216,12 +2214,10 @@ impl Process {
             let envp = self.strings(envp, &mut total)?;
             let host = if flags as i32 & libc::AT_EMPTY_PATH != 0 && p.is_empty() {
                 let f = self.fds.get(dirfd)?;
-                std::fs::read_link(format!("/proc/self/fd/{}", f.host().as_raw_fd()))
-                    .map_err(|_| Errno(libc::ENOENT))?
+                host::path_of(f.host()).ok_or(Errno(libc::ENOENT))?
             } else if dirfd as i32 != libc::AT_FDCWD && !p.starts_with(b"/") {
                 let f = self.fds.get(dirfd)?;
-                let dir = std::fs::read_link(format!("/proc/self/fd/{}", f.host().as_raw_fd()))
-                    .map_err(|_| Errno(libc::ENOENT))?;
+                let dir = host::path_of(f.host()).ok_or(Errno(libc::ENOENT))?;
                 dir.join(std::ffi::OsStr::from_bytes(&p))
             } else {
                 if p.is_empty() {
