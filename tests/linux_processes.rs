@@ -384,3 +384,97 @@ int main(void) {
         "the target line says what ran:\n{info}"
     );
 }
+
+/// A host sample taken while a vCPU ran the guest carries no page-table root: it is
+/// named in the process its vCPU ran at that time. After a fork and an exec (two PIE
+/// programs, loaded at the same addresses), the child's samples are the child's, even
+/// before its vCPU's first snapshot (snapshots rare here, at 10 Hz).
+#[test]
+fn host_samples_after_an_exec_are_named_in_the_new_program() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = |name: &str, body: &str| {
+        let p = tmp.path().join(format!("{name}.c"));
+        std::fs::write(&p, body).unwrap();
+        gcc(tmp.path(), &p, name, &["-fPIE", "-pie"])
+    };
+    let worker = src(
+        "worker",
+        r#"#include <stdio.h>
+__attribute__((noinline)) unsigned long churn(unsigned long s, int n) {
+    for (int k = 0; k < n; k++) s = s * 6364136223846793005UL + (k & 7 ? k : s >> 7);
+    return s;
+}
+int main(void) {
+    unsigned long s = 1;
+    for (int i = 0; i < 6000; i++) s = churn(s, 40000);
+    printf("%lu\n", s % 1000);
+    return 0;
+}
+"#,
+    );
+    let launcher = src(
+        "launcher",
+        r#"#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl(argv[1], argv[1], (char *)0);
+            _exit(127);
+        }
+        int status;
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 1;
+    }
+    return 0;
+}
+"#,
+    );
+    let data = tmp.path().join("exec.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--lbr-freq", "10", "--lbr-overhead", "0", "--"])
+        .arg(&launcher)
+        .arg(&worker)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report = lbrprof()
+        .args(["report", "--format", "json", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let host_samples_in = |module: &str| -> u64 {
+        report["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["side"] == "host" && f["module"] == module)
+            .map(|f| f["self_samples"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (worker, launcher) = (host_samples_in("worker"), host_samples_in("launcher"));
+    assert!(
+        worker >= 100,
+        "the worker's own samples: {worker}\n{report:#}"
+    );
+    // The launcher only forks and waits: a sample or two of its start, never the
+    // worker's loop under its name.
+    assert!(
+        launcher <= 2,
+        "{launcher} host samples named in the launcher (worker: {worker}):\n{report:#}"
+    );
+}

@@ -49,7 +49,7 @@ use crate::sampler::{HostSampler, SampleTarget, SamplerConfig, procfs};
 use crate::vm_signals::GuestSignals;
 use lbrprof_data::model::{
     AddressSpace, Event, ExactProfile, GuestProcess, Loss, LossKind, Mapping, SamplePhases, Target,
-    VcpuStats, VcpuThread,
+    VcpuSpace, VcpuStats, VcpuThread,
 };
 use lbrprof_data::recording::{EventSink, RecordingWriter, Replace, Summary};
 
@@ -255,28 +255,20 @@ pub fn guest_mappings(image: &[u8], path: &Path, time_ns: u64) -> Vec<Mapping> {
         .collect()
 }
 
-/// What a Linux program's processes tell the recorder, as events: each process (with
-/// its address space's id and page-table roots) and every executable file mapping it
-/// made (the program, its interpreter, its libraries), as perf's MMAP2 records give
-/// them, with the address space's id as their `pid`.
-pub fn program_events(events: &[lbrprof_vmm::linux::GuestEvent], time_ns: u64) -> Vec<Event> {
+/// What a Linux program's processes tell the recorder, as events, each at the time it
+/// happened: each process (with its address space's id and page-table roots), every
+/// executable file mapping it made ([`program_mapping`]), and which address space each
+/// vCPU runs from when on.
+pub fn program_events(events: &[lbrprof_vmm::linux::TimedGuestEvent]) -> Vec<Event> {
     use lbrprof_vmm::linux::GuestEvent;
-    let mut out = Vec::new();
-    let mut maps = Vec::new();
-    let flush = |maps: &mut Vec<lbrprof_vmm::linux::mm::MapRecord>, out: &mut Vec<Event>| {
-        out.extend(
-            program_mappings(maps, time_ns)
-                .into_iter()
-                .map(Event::Mapping),
-        );
-        maps.clear();
-    };
-    for e in events {
-        match e {
-            GuestEvent::Map(m) => maps.push(m.clone()),
-            GuestEvent::Process(p) => {
-                flush(&mut maps, &mut out);
-                out.push(Event::GuestProcess(GuestProcess {
+    let mut build_ids = BuildIds::default();
+    events
+        .iter()
+        .filter_map(|t| {
+            let time_ns = t.time_ns;
+            Some(match &t.event {
+                GuestEvent::Map(m) => Event::Mapping(program_mapping(m, time_ns, &mut build_ids)?),
+                GuestEvent::Process(p) => Event::GuestProcess(GuestProcess {
                     time_ns,
                     vm: VM_INDEX,
                     space: p.space,
@@ -285,51 +277,59 @@ pub fn program_events(events: &[lbrprof_vmm::linux::GuestEvent], time_ns: u64) -
                     comm: p.comm.clone(),
                     exe: p.exe.display().to_string(),
                     roots: p.roots.to_vec(),
-                }));
-            }
-        }
-    }
-    flush(&mut maps, &mut out);
-    out
-}
-
-/// The guest mappings of a Linux program: every executable file mapping it made (the
-/// program, its interpreter, its libraries) and its anonymous code (`//anon`, what a JIT
-/// made executable), as perf's MMAP2 records give them.
-pub fn program_mappings(maps: &[lbrprof_vmm::linux::mm::MapRecord], time_ns: u64) -> Vec<Mapping> {
-    let mut build_ids: std::collections::HashMap<PathBuf, Option<Vec<u8>>> = Default::default();
-    maps.iter()
-        .filter(|m| m.executable && m.len > 0)
-        .map(|m| {
-            // Anonymous code (`//anon`, a JIT's) has no file to read a build-id from.
-            let anonymous = m.path.as_os_str() == lbrprof_vmm::linux::mm::MapRecord::ANONYMOUS;
-            // The shim's vDSO is no file: its build-id is the image's, which the
-            // symbolizer is given to read it by.
-            let vdso = m.path.as_os_str() == "[vdso]";
-            let build_id = build_ids
-                .entry(m.path.clone())
-                .or_insert_with(|| {
-                    if vdso {
-                        Some(lbrprof_vmm::linux::vdso::image().build_id.clone())
-                    } else if anonymous {
-                        None
-                    } else {
-                        crate::sampler::convert::read_build_id(&m.path)
-                    }
-                })
-                .clone();
-            Mapping {
-                time_ns,
-                space: AddressSpace::Guest { vm: VM_INDEX },
-                pid: m.space,
-                start: m.start,
-                len: m.len,
-                pgoff: m.offset,
-                path: m.path.display().to_string(),
-                build_id,
-            }
+                }),
+                &GuestEvent::Runs { vcpu, space } => Event::VcpuSpace(VcpuSpace {
+                    time_ns,
+                    vm: VM_INDEX,
+                    vcpu,
+                    space,
+                }),
+            })
         })
         .collect()
+}
+
+/// Build-ids read so far, by path (a program maps each library several times).
+type BuildIds = HashMap<PathBuf, Option<Vec<u8>>>;
+
+/// A guest mapping of a Linux program, as perf's MMAP2 record gives it, when it is code:
+/// an executable file mapping (the program, its interpreter, its libraries) or anonymous
+/// code (`//anon`, what a JIT made executable). Its `pid` is the address space's id.
+pub fn program_mapping(
+    m: &lbrprof_vmm::linux::mm::MapRecord,
+    time_ns: u64,
+    build_ids: &mut BuildIds,
+) -> Option<Mapping> {
+    if !m.executable || m.len == 0 {
+        return None;
+    }
+    // Anonymous code (`//anon`, a JIT's) has no file to read a build-id from.
+    let anonymous = m.path.as_os_str() == lbrprof_vmm::linux::mm::MapRecord::ANONYMOUS;
+    // The shim's vDSO is no file: its build-id is the image's, which the symbolizer is
+    // given to read it by.
+    let vdso = m.path.as_os_str() == "[vdso]";
+    let build_id = build_ids
+        .entry(m.path.clone())
+        .or_insert_with(|| {
+            if vdso {
+                Some(lbrprof_vmm::linux::vdso::image().build_id.clone())
+            } else if anonymous {
+                None
+            } else {
+                crate::sampler::convert::read_build_id(&m.path)
+            }
+        })
+        .clone();
+    Some(Mapping {
+        time_ns,
+        space: AddressSpace::Guest { vm: VM_INDEX },
+        pid: m.space,
+        start: m.start,
+        len: m.len,
+        pgoff: m.offset,
+        path: m.path.display().to_string(),
+        build_id,
+    })
 }
 
 /// Records a guest run; see the module docs.
@@ -402,7 +402,7 @@ pub fn record_vm(
     vm_config.vcpu_threads = Some(thread_tx);
     // A Linux program's mappings as it makes them, written in order with the snapshots.
     let (maps_tx, maps_rx) = crossbeam_channel::unbounded();
-    vm_config.guest_maps = Some(maps_tx);
+    vm_config.guest_events = Some(lbrprof_vmm::linux::GuestEventSink::new(maps_tx));
     vm_config.phases = Some(std::sync::Arc::new(PhaseBoard::new()));
     let linux = image.program.is_some();
     let result = GuestSignals::install(&mut vm_config, linux, duration)
@@ -641,7 +641,7 @@ fn run_sampled(
     sink: &EventSink,
     snap_rx: &Receiver<LbrSnapshot>,
     thread_rx: &Receiver<VcpuThreadInfo>,
-    maps_rx: &Receiver<lbrprof_vmm::linux::GuestEvent>,
+    maps_rx: &Receiver<lbrprof_vmm::linux::TimedGuestEvent>,
     signals: &mut GuestSignals,
 ) -> Result<(RunReport, crate::sampler::RingStats, VmRunFacts), RecordError> {
     let hooks = |vcpu: u32| lbr.hook(vcpu, snap_sink);
@@ -698,7 +698,7 @@ fn run_sampled(
         // The shim's phase at each vCPU thread's sample, looked up while the phase logs
         // still hold that time (they keep the last few hundred milliseconds or more).
         let placed = std::cell::RefCell::new(HashMap::<u32, Vec<(u64, ShimPhase)>>::new());
-        let mut send = |e: Event| {
+        let send = |e: Event| {
             if let (Event::Sample(s), Some(board)) = (&e, &phases)
                 && let Some(phase) = board.log(s.tid).and_then(|l| l.phase_at(s.time_ns))
             {
@@ -710,8 +710,20 @@ fn run_sampled(
             }
             sink.send(e)
         };
+        let mut drained = Vec::new();
         let mut pass = |sampler: &mut HostSampler, facts: &mut VmRunFacts| {
-            sampler.drain(&mut send);
+            sampler.drain(&mut |e| drained.push(e));
+            // The guest's events before the samples just drained: the shim sends each
+            // one before the vCPU runs what it announces (a new program's mappings, the
+            // address space a vCPU runs), so every sample that needs one is in this
+            // drain or a later one.
+            let told: Vec<_> = maps_rx.try_iter().collect();
+            for e in program_events(&told) {
+                sink.send(e);
+            }
+            for e in drained.drain(..) {
+                send(e);
+            }
             for (tid, samples) in placed.borrow_mut().drain() {
                 sink.send(Event::SamplePhases(SamplePhases {
                     vm: VM_INDEX,
@@ -730,10 +742,10 @@ fn run_sampled(
                 facts.vcpu_threads.push(v);
                 sink.send(Event::Vcpu(v));
             }
-            // Mappings before the snapshots of the same pass: a snapshot can only hold
-            // addresses of code mapped before it was taken.
-            let maps: Vec<_> = maps_rx.try_iter().collect();
-            for e in program_events(&maps, sys::monotonic_ns()) {
+            // Snapshots after the guest's events told above: a snapshot taken after the
+            // last of them can only hold addresses of code mapped before it.
+            let told: Vec<_> = maps_rx.try_iter().collect();
+            for e in program_events(&told) {
                 sink.send(e);
             }
             for s in snap_rx.try_iter() {
@@ -823,7 +835,11 @@ mod tests {
             map(&exe, 0x9000, false),
             map(std::path::Path::new("/nonexistent/lib.so"), 0xa000, true),
         ];
-        let out = program_mappings(&maps, 42);
+        let mut ids = BuildIds::default();
+        let out: Vec<_> = maps
+            .iter()
+            .filter_map(|m| program_mapping(m, 42, &mut ids))
+            .collect();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].build_id, want);
         assert_eq!(out[1].build_id, want);
@@ -937,6 +953,7 @@ mod tests {
     fn guest_processes_come_before_their_mappings_which_carry_the_space_id() {
         use lbrprof_vmm::linux::mm::MapRecord;
         use lbrprof_vmm::linux::{GuestEvent, ProcessRecord};
+        let at = |time_ns, event| lbrprof_vmm::linux::TimedGuestEvent { time_ns, event };
         let map = |space, exec| {
             GuestEvent::Map(MapRecord {
                 space,
@@ -948,19 +965,23 @@ mod tests {
             })
         };
         let events = [
-            GuestEvent::Process(ProcessRecord {
-                space: 2,
-                pid: 7,
-                ppid: 6,
-                comm: "true".into(),
-                exe: "/bin/true".into(),
-                roots: [0x1000, 0x2000],
-            }),
-            map(2, true),
-            map(2, false),
+            at(
+                9,
+                GuestEvent::Process(ProcessRecord {
+                    space: 2,
+                    pid: 7,
+                    ppid: 6,
+                    comm: "true".into(),
+                    exe: "/bin/true".into(),
+                    roots: [0x1000, 0x2000],
+                }),
+            ),
+            at(10, map(2, true)),
+            at(11, map(2, false)),
+            at(12, GuestEvent::Runs { vcpu: 1, space: 2 }),
         ];
-        let out = program_events(&events, 9);
-        assert_eq!(out.len(), 2, "the data mapping is not an executable one");
+        let out = program_events(&events);
+        assert_eq!(out.len(), 3, "the data mapping is not an executable one");
         let Event::GuestProcess(p) = &out[0] else {
             panic!("{out:?}")
         };
@@ -972,6 +993,17 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!((m.pid, m.space), (2, AddressSpace::Guest { vm: 0 }));
+        // Each at its own time, the vCPU's space last.
+        assert_eq!((p.time_ns, m.time_ns), (9, 10));
+        assert_eq!(
+            out[2],
+            Event::VcpuSpace(VcpuSpace {
+                time_ns: 12,
+                vm: 0,
+                vcpu: 1,
+                space: 2
+            })
+        );
     }
 
     struct NoLbr;

@@ -254,6 +254,8 @@ pub enum Event {
     ExactProfile(ExactProfile),
     /// Appended: what the shim was doing on a vCPU thread when host samples were taken.
     SamplePhases(SamplePhases),
+    /// Appended: the guest address space a vCPU runs from a time on.
+    VcpuSpace(VcpuSpace),
 }
 
 /// What a vCPU thread of the shim was doing, as the shim marks it (`lbrprof_vmm::phase`).
@@ -304,6 +306,19 @@ pub struct GuestProcess {
     pub exe: String,
     /// The CR3 values its vCPUs run with.
     pub roots: Vec<u64>,
+}
+
+/// From `time_ns` on, vCPU `vcpu` of VM `vm` runs a thread of the Linux program's address
+/// space `space` (see [`GuestProcess`]): its first thread, the next one it takes, or
+/// the same thread after an exec. A guest-mode host sample of that vCPU's thread resolves
+/// in the space its vCPU ran at the sample's time; a recorder writes this before any
+/// sample taken after it. (Recordings before it: the space of the vCPU's latest snapshot.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuSpace {
+    pub time_ns: u64,
+    pub vm: u32,
+    pub vcpu: u32,
+    pub space: u32,
 }
 
 /// Exact mode's count of every ring-3 instruction and call of one vCPU (guest-virtual

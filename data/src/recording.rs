@@ -40,7 +40,11 @@
 //!         before kind 12 skips them with a warning: it sees no samples)
 //!     13  Vec<model::SamplePhases>: what the shim was doing on a vCPU thread at its
 //!         host samples (`record --vm`), written as the samples are drained
-//!    14..  reserved for later minor versions; a reader skips kinds it does not
+//!     14  Vec<model::VcpuSpace>: which address space of a Linux program each vCPU
+//!         runs from when on (`record --vm`), written before the samples it places
+//!         (a reader before 14 skips them with a warning, and names host samples by
+//!         each vCPU's latest snapshot)
+//!    15..  reserved for later minor versions; a reader skips kinds it does not
 //!        know, with a warning
 //! ```
 //!
@@ -97,7 +101,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Event, ExactProfile, GuestProcess, Header, HostSample, LbrSnapshot, Loss, Mapping,
-    SamplePhases, TaskEvent, VcpuStats, VcpuThread,
+    SamplePhases, TaskEvent, VcpuSpace, VcpuStats, VcpuThread,
 };
 
 /// The first eight bytes of every `lbrprof.data` file.
@@ -157,6 +161,7 @@ pub enum ChunkKind {
     ExactProfiles = 11,
     EventSamples = 12,
     SamplePhases = 13,
+    VcpuSpaces = 14,
 }
 
 impl ChunkKind {
@@ -175,6 +180,7 @@ impl ChunkKind {
             11 => ChunkKind::ExactProfiles,
             12 => ChunkKind::EventSamples,
             13 => ChunkKind::SamplePhases,
+            14 => ChunkKind::VcpuSpaces,
             _ => return None,
         })
     }
@@ -474,6 +480,7 @@ enum Run {
     GuestProcesses(Vec<GuestProcess>),
     ExactProfiles(Vec<ExactProfile>),
     SamplePhases(Vec<SamplePhases>),
+    VcpuSpaces(Vec<VcpuSpace>),
     Snapshots(Vec<LbrSnapshot>),
     Samples(Vec<HostSample>),
     EventSamples(Vec<(u32, HostSample)>),
@@ -506,6 +513,7 @@ impl Batches {
             Event::GuestProcess(p) => append!(GuestProcesses, p),
             Event::ExactProfile(p) => append!(ExactProfiles, p),
             Event::SamplePhases(p) => append!(SamplePhases, p),
+            Event::VcpuSpace(v) => append!(VcpuSpaces, v),
             Event::Snapshot(s) => append!(Snapshots, s),
             Event::Sample(s) if self.tag_events => append!(EventSamples, (s.event, s)),
             Event::Sample(s) => append!(Samples, s),
@@ -526,7 +534,7 @@ fn approx_size(event: &Event) -> usize {
         Event::GuestProcess(p) => 64 + p.exe.len() + p.comm.len(),
         Event::ExactProfile(p) => 32 + p.runs.len() * 24 + p.calls.len() * 32,
         Event::SamplePhases(p) => 16 + p.samples.len() * 10,
-        Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) => 32,
+        Event::Task(_) | Event::Loss(_) | Event::Vcpu(_) | Event::VcpuSpace(_) => 32,
     }
 }
 
@@ -590,6 +598,7 @@ impl<W: Write> ChunkOut<W> {
                 }
                 Run::ExactProfiles(mut v) => self.write_items(ChunkKind::ExactProfiles, &mut v)?,
                 Run::SamplePhases(mut v) => self.write_items(ChunkKind::SamplePhases, &mut v)?,
+                Run::VcpuSpaces(mut v) => self.write_items(ChunkKind::VcpuSpaces, &mut v)?,
                 Run::Snapshots(mut v) => self.write_items(ChunkKind::Snapshots, &mut v)?,
                 Run::Samples(mut v) => self.write_items(ChunkKind::Samples, &mut v)?,
                 Run::EventSamples(mut v) => self.write_items(ChunkKind::EventSamples, &mut v)?,
@@ -1180,6 +1189,7 @@ pub fn decode_payload(offset: u64, kind: u8, payload: &[u8]) -> Result<Vec<Event
         Some(ChunkKind::GuestProcesses) => items(offset, payload, Event::GuestProcess),
         Some(ChunkKind::ExactProfiles) => items(offset, payload, Event::ExactProfile),
         Some(ChunkKind::SamplePhases) => items(offset, payload, Event::SamplePhases),
+        Some(ChunkKind::VcpuSpaces) => items(offset, payload, Event::VcpuSpace),
         Some(ChunkKind::Summary) | None => Ok(Vec::new()),
     }
 }
@@ -1747,6 +1757,12 @@ mod tests {
             tid: 7,
             samples: vec![(10, ShimPhase::Run), (20, ShimPhase::LinuxTrap)],
         }));
+        events.push(Event::VcpuSpace(VcpuSpace {
+            time_ns: 21,
+            vm: 0,
+            vcpu: 1,
+            space: 3,
+        }));
         let summary = Summary {
             samples: 4950,
             exit_status: Some(3),
@@ -1755,7 +1771,7 @@ mod tests {
         };
         let (bytes, stats) = write(&events, &summary);
         assert_eq!(stats.bytes, bytes.len() as u64);
-        assert_eq!(stats.events, 5004);
+        assert_eq!(stats.events, 5005);
         let (read, reader) = read_bytes(&bytes);
         let read = read.unwrap();
         assert_eq!(reader.header(), &header());

@@ -300,9 +300,9 @@ pub struct Aggregator {
     vcpu_threads: HashMap<u32, (u32, u32)>,
     /// Guest page-table roots → the address space (guest process) they belong to.
     guest_spaces: HashMap<u64, u32>,
-    /// vCPU → the guest address space its latest snapshot was taken in, and vCPU
-    /// thread id → vCPU: where a guest-mode host sample of that thread resolves.
-    vcpu_space: HashMap<u32, u32>,
+    /// Which guest address space each vCPU ran when, and vCPU thread id → vCPU: where a
+    /// guest-mode host sample of that thread resolves.
+    vcpu_space: VcpuSpaces,
     tid_vcpu: HashMap<u32, u32>,
     /// Index of each name in `profile.task_comms`.
     task_comm_index: HashMap<String, u32>,
@@ -333,7 +333,7 @@ impl Aggregator {
             root_index: HashMap::new(),
             vcpu_threads: HashMap::new(),
             guest_spaces: HashMap::new(),
-            vcpu_space: HashMap::new(),
+            vcpu_space: VcpuSpaces::default(),
             tid_vcpu: HashMap::new(),
             task_comm_index: HashMap::new(),
             space_process: HashMap::new(),
@@ -413,6 +413,7 @@ impl Aggregator {
                     },
                 );
             }
+            Event::VcpuSpace(v) => self.vcpu_space.told(v),
             // Exact-mode profiles are read by the callgrind export, not folded here.
             Event::ExactProfile(_) => {}
             Event::Sample(s) => self.add_sample(&SampleRef::of_host(s, 0)),
@@ -529,14 +530,11 @@ impl Aggregator {
         } else {
             s.pid
         };
-        // A Linux program's processes: the address space the vCPU ran last (as its
-        // snapshots tell).
+        // A Linux program's processes: the address space the vCPU ran at the time.
         let guest_space = (self.opts.vm && s.mode.is_guest()).then(|| {
             self.tid_vcpu
                 .get(&s.tid)
-                .and_then(|v| self.vcpu_space.get(v))
-                .copied()
-                .unwrap_or(0)
+                .map_or(0, |&v| self.vcpu_space.at(v, s.time_ns))
         });
         let resolve = move |spaces: &mut AddressSpaces, addr: u64, mode: CpuMode| match guest_space
         {
@@ -767,7 +765,7 @@ impl Aggregator {
         self.profile.totals.snapshots += 1;
         self.profile.totals.frozen += snap.frozen_events;
         let spaces = &mut self.profile.spaces;
-        self.vcpu_space.insert(snap.vcpu, space);
+        self.vcpu_space.snapshot(snap.vcpu, space);
         let mut stack = std::mem::take(&mut self.stack_buf);
         stack.clear();
         stack.push(spaces.resolve_guest_in(0, space, snap.guest_ip));
@@ -942,6 +940,39 @@ pub(crate) fn branch_mode(sample_mode: CpuMode) -> CpuMode {
     }
 }
 
+/// Which guest address space (Linux process) each vCPU ran when: from the recording's
+/// [`lbrprof_data::model::VcpuSpace`] events, by time; before a vCPU's first one (and in
+/// recordings made before them), the space its latest snapshot was taken in.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VcpuSpaces {
+    /// vCPU → `(from time_ns, space)`, in time order.
+    told: HashMap<u32, Vec<(u64, u32)>>,
+    latest_snapshot: HashMap<u32, u32>,
+}
+
+impl VcpuSpaces {
+    pub(crate) fn told(&mut self, v: &lbrprof_data::model::VcpuSpace) {
+        let runs = self.told.entry(v.vcpu).or_default();
+        // Written in time order per vCPU; any order is kept sorted.
+        let at = runs.partition_point(|&(t, _)| t <= v.time_ns);
+        runs.insert(at, (v.time_ns, v.space));
+    }
+
+    pub(crate) fn snapshot(&mut self, vcpu: u32, space: u32) {
+        self.latest_snapshot.insert(vcpu, space);
+    }
+
+    /// The space vCPU `vcpu` ran at `time_ns` (0, the first program's, when unknown).
+    pub(crate) fn at(&self, vcpu: u32, time_ns: u64) -> u32 {
+        let told = self.told.get(&vcpu).and_then(|runs| {
+            let after = runs.partition_point(|&(t, _)| t <= time_ns);
+            runs.get(after.checked_sub(1)?).map(|&(_, space)| space)
+        });
+        told.or_else(|| self.latest_snapshot.get(&vcpu).copied())
+            .unwrap_or(0)
+    }
+}
+
 /// Aggregates a stream, reading it on a second thread (decode and aggregate overlap:
 /// [`visit_events`]). Stops at the first error and returns it with what was aggregated
 /// so far.
@@ -979,6 +1010,30 @@ impl SampleVisitor for Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vcpu_runs_the_space_it_was_told_at_each_time_else_its_latest_snapshots() {
+        let told = |time_ns, space| lbrprof_data::model::VcpuSpace {
+            time_ns,
+            vm: 0,
+            vcpu: 1,
+            space,
+        };
+        let mut s = VcpuSpaces::default();
+        assert_eq!(s.at(1, 5), 0, "nothing known: the first program's");
+        s.snapshot(1, 4);
+        assert_eq!(s.at(1, 5), 4, "an old recording: the latest snapshot's");
+        // Out of order on purpose: kept sorted.
+        s.told(&told(300, 3));
+        s.told(&told(100, 2));
+        assert_eq!(s.at(1, 50), 4, "before the first told: the snapshot's");
+        assert_eq!(s.at(1, 100), 2);
+        assert_eq!(s.at(1, 299), 2);
+        assert_eq!(s.at(1, 300), 3);
+        s.snapshot(1, 9);
+        assert_eq!(s.at(1, 1000), 3, "told beats a snapshot's guess");
+        assert_eq!(s.at(2, 1000), 0, "another vCPU");
+    }
     use crate::lbr::tests::snapshot;
     use lbrprof_data::model::{AddressSpace, BranchFlags, Frame, HostSample, Mapping};
 

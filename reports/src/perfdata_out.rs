@@ -71,6 +71,7 @@ use lbrprof_data::perfdata::abi::*;
 use lbrprof_data::sample::{BranchStack, SampleRef};
 use lbrprof_data::source::{SampleVisitor, SourceError};
 
+use crate::aggregate::VcpuSpaces;
 use crate::lbr::snapshot_branches;
 
 /// The id of host samples and of the host's side-band records.
@@ -114,7 +115,8 @@ fn event_time(ev: &Event) -> Option<u64> {
         | Event::VcpuStats(_)
         | Event::GuestProcess(_)
         | Event::ExactProfile(_)
-        | Event::SamplePhases(_) => {
+        | Event::SamplePhases(_)
+        | Event::VcpuSpace(_) => {
             return None;
         }
     })
@@ -161,8 +163,8 @@ pub struct Plan {
     space_first: BTreeMap<(u32, u32), u64>,
     /// (VM, guest pid) → the address spaces it ran, in order (fork, then each exec).
     pid_spaces: BTreeMap<(u32, u32), Vec<u32>>,
-    /// vCPU → the address space of its latest snapshot so far (as the writer tracks it).
-    vcpu_space: BTreeMap<u32, u32>,
+    /// Which address space each vCPU ran when (as the writer tracks it).
+    vcpu_space: VcpuSpaces,
     max_cpu: u32,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -204,7 +206,7 @@ impl Plan {
                 let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
                 let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
                 *first = (*first).min(s.host_time_ns);
-                self.vcpu_space.insert(s.vcpu, space);
+                self.vcpu_space.snapshot(s.vcpu, space);
                 self.max_cpu = self.max_cpu.max(s.vcpu);
                 self.time(s.host_time_ns);
             }
@@ -229,6 +231,7 @@ impl Plan {
                 // rounds.
                 self.rounds_out_of_order = true;
             }
+            Event::VcpuSpace(v) => self.vcpu_space.told(v),
             Event::Mapping(m) => {
                 self.kernel_mapped |= m.space == AddressSpace::HostKernel;
                 if let AddressSpace::Guest { vm } = m.space {
@@ -276,7 +279,7 @@ impl Plan {
         if s.mode.is_guest()
             && let Some(&(vm, vcpu)) = self.vcpu_threads.get(&s.tid)
         {
-            let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+            let space = self.vcpu_space.at(vcpu, s.time_ns);
             let first = self.space_first.entry((vm, space)).or_insert(u64::MAX);
             *first = (*first).min(s.time_ns);
         }
@@ -449,7 +452,7 @@ pub fn write<W: Write + Seek>(
         cr3_space: BTreeMap::new(),
         space_pid: BTreeMap::new(),
         guest_pids: BTreeMap::new(),
-        vcpu_space: BTreeMap::new(),
+        vcpu_space: VcpuSpaces::default(),
         space_deadlines: plan.space_deadlines(),
     };
     let attrs = w.attrs();
@@ -597,9 +600,9 @@ struct Writer<'a, W: Write> {
     space_pid: BTreeMap<(u32, u32), u32>,
     /// (VM, guest pid) → its address space and name, once announced.
     guest_pids: BTreeMap<(u32, u32), (u32, String)>,
-    /// vCPU → the address space of its latest snapshot (where its host samples taken
-    /// in the guest ran).
-    vcpu_space: BTreeMap<u32, u32>,
+    /// Which address space each vCPU ran when (where its host samples taken in the
+    /// guest ran).
+    vcpu_space: VcpuSpaces,
     /// [`Plan::space_deadlines`].
     space_deadlines: BTreeMap<(u32, u32), u64>,
 }
@@ -794,6 +797,10 @@ impl<W: Write> Writer<'_, W> {
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),
             Event::GuestProcess(p) => self.guest_process(p),
+            Event::VcpuSpace(v) => {
+                self.vcpu_space.told(v);
+                Ok(())
+            }
             Event::Vcpu(_)
             | Event::VcpuStats(_)
             | Event::ExactProfile(_)
@@ -911,7 +918,7 @@ impl<W: Write> Writer<'_, W> {
         let (id, pid, tid, mode) = match in_guest {
             Some((vm, vcpu)) => {
                 self.start_guest(vm)?;
-                let space = self.vcpu_space.get(&vcpu).copied().unwrap_or(0);
+                let space = self.vcpu_space.at(vcpu, s.time_ns);
                 let pid = self.guest_pid(vm, space);
                 self.stats.guest_mode_samples += 1;
                 let mode = if self.meta.guest_as_host {
@@ -1011,7 +1018,7 @@ impl<W: Write> Writer<'_, W> {
         let vm = self.plan.vm_of(s.vcpu);
         self.start_guest(vm)?;
         let space = self.cr3_space.get(&(vm, s.cr3)).copied().unwrap_or(0);
-        self.vcpu_space.insert(s.vcpu, space);
+        self.vcpu_space.snapshot(s.vcpu, space);
         let pid = self.guest_pid(vm, space);
         self.begin(PERF_RECORD_SAMPLE, self.guest_misc());
         let branches = snapshot_branches(s);

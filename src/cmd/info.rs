@@ -349,6 +349,8 @@ struct Totals {
     vcpu_exits: u64,
     /// Host samples of vCPU threads the shim's phase marks placed.
     placed_samples: u64,
+    /// vCPUs taking up another guest process's thread, or its new program.
+    vcpu_switches: u64,
     /// The vCPUs that ran (their indices, from their threads and accounting).
     vcpus_ran: BTreeSet<u32>,
     /// Guest processes of a Linux program: pid → the programs it ran, in order.
@@ -468,6 +470,7 @@ impl Totals {
                 }
             }
             Event::SamplePhases(p) => self.placed_samples += p.samples.len() as u64,
+            Event::VcpuSpace(_) => self.vcpu_switches += 1,
             Event::ExactProfile(p) => {
                 self.exact_profiles.0 += 1;
                 self.exact_profiles.1 += p.instructions;
@@ -746,9 +749,10 @@ fn write_totals(out: &mut impl Write, totals: &Totals) -> std::io::Result<()> {
             .collect();
         writeln!(
             out,
-            "guest procs:   {} ({})",
+            "guest procs:   {} ({}); vCPUs switched process or program {} times",
             t.guest_processes.len(),
-            list.join(", ")
+            list.join(", "),
+            t.vcpu_switches
         )?;
     }
     if t.exact_profiles.0 > 0 {

@@ -74,10 +74,11 @@ pub struct VmConfig {
     pub warn: WarnFn,
     /// Told about each vCPU thread as it starts.
     pub vcpu_threads: Option<crossbeam_channel::Sender<VcpuThreadInfo>>,
-    /// A Linux program's file mappings, as they are made (its image and interpreter at
-    /// load, its libraries as it maps them), so a recorder can write each one before the
-    /// samples that need it.
-    pub guest_maps: Option<crossbeam_channel::Sender<crate::linux::GuestEvent>>,
+    /// A Linux program's processes and file mappings, as they are made (its image and
+    /// interpreter at load, its libraries as it maps them), and which address space each
+    /// vCPU runs when that changes, so a recorder can write each one before the samples
+    /// that need it.
+    pub guest_events: Option<crate::linux::GuestEventSink>,
     /// A Linux program's randomness (getrandom, AT_RANDOM, /dev/urandom): the host's, or
     /// a fixed stream so that exact-mode runs repeat; a fixed stream also hides RDRAND and
     /// RDSEED from the CPUID KVM answers (a host that runs guest ring 3 natively may let
@@ -112,7 +113,7 @@ impl VmConfig {
             serial: Box::new(std::io::stderr()),
             warn: Box::new(|m| eprintln!("lbrprof: warning: {m}")),
             vcpu_threads: None,
-            guest_maps: None,
+            guest_events: None,
             guest_entropy: Default::default(),
             guest_pinned: false,
             phases: None,
@@ -393,7 +394,7 @@ impl Vm {
                     config.guest_pinned,
                 )?;
                 p.inherit_ignored(config.ignored_signals);
-                if let Some(tx) = &config.guest_maps {
+                if let Some(tx) = &config.guest_events {
                     p.send_maps_to(tx.clone());
                 }
                 process = Some((p, task, regs));
@@ -481,6 +482,7 @@ impl Vm {
             let (idle, spawn_tx) = (idle.clone(), spawn_tx.clone());
             let (mem, devices, stop) = (mem.clone(), devices.clone(), stop.clone());
             let parked = parked.clone();
+            let events = config.guest_events.clone();
             // Built on its thread (the exit timer belongs to the thread).
             let runner = move || VcpuRunner {
                 index,
@@ -497,6 +499,7 @@ impl Vm {
                 parked,
                 is_parked: false,
                 stepped: false,
+                events,
                 stats: VcpuRunStats {
                     vcpu: index,
                     ..Default::default()
@@ -1057,13 +1060,17 @@ struct VcpuRunner {
     stepped: bool,
     stats: VcpuRunStats,
     timer: Option<ExitTimer>,
+    /// Where a Linux program's events go: this vCPU tells which address space it runs.
+    events: Option<crate::linux::GuestEventSink>,
 }
 
 impl VcpuRunner {
     fn run(&mut self) -> VcpuEnd {
         STOP.with(|s| *s.borrow_mut() = Some(self.stop.clone()));
         if let Some(l) = &self.linux {
-            lock(&l.shared.process).register_thread(&l.task);
+            let mut p = lock(&l.shared.process);
+            p.register_thread(&l.task);
+            self.tell_space(&p);
         }
         let run = self.vcpu.get_kvm_run();
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
@@ -1148,7 +1155,11 @@ impl VcpuRunner {
         if self.sync_regs {
             Process::use_sync_regs(&mut task, &mut self.vcpu);
         }
-        lock(&shared.process).register_thread(&task);
+        {
+            let mut p = lock(&shared.process);
+            p.register_thread(&task);
+            self.tell_space(&p);
+        }
         self.linux = Some(LinuxVcpu {
             shared,
             task,
@@ -1156,6 +1167,16 @@ impl VcpuRunner {
             execed: false,
         });
         true
+    }
+
+    /// Tells the recorder that this vCPU runs a thread of `p` from now on.
+    fn tell_space(&self, p: &Process) {
+        if let Some(tx) = &self.events {
+            tx.send(linux::GuestEvent::Runs {
+                vcpu: self.index,
+                space: p.space(),
+            });
+        }
     }
 
     fn crash(&self, reason: String) -> VcpuEnd {
@@ -1492,6 +1513,13 @@ impl VcpuRunner {
                         action = linux.process_op(&mut self.vcpu, pending, op);
                     }
                     if matches!(action, Ok(TrapAction::Resume)) && linux.execed() {
+                        if let Some(tx) = &self.events {
+                            let space = lock(&linux.shared.process).space();
+                            tx.send(linux::GuestEvent::Runs {
+                                vcpu: self.index,
+                                space,
+                            });
+                        }
                         let mut ctx = vcpu_ctx!(self, req);
                         self.hook.on_new_program(&mut ctx);
                     }

@@ -122,7 +122,9 @@ pub use crate::linux::mm::LentSpace;
 use crate::linux::mm::{AddressSpace, Fault, MapRecord};
 pub use crate::linux::program::Program;
 use crate::linux::program::build_image;
-pub use crate::linux::report::{GuestEvent, LinuxReport, ProcessRecord};
+pub use crate::linux::report::{
+    GuestEvent, GuestEventSink, LinuxReport, ProcessRecord, TimedGuestEvent,
+};
 use crate::linux::thread::{Futexes, NewThread, Task};
 use crate::memory::{GuestMemory, GuestPhysAddr, GuestVirtAddr};
 
@@ -221,7 +223,7 @@ pub struct Process {
     /// reload CR3 before it runs the program again (see [`thread`]).
     tlb_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Where each file mapping goes as it is made ([`crate::vm::VmConfig::guest_maps`]).
-    map_sink: Option<crossbeam_channel::Sender<GuestEvent>>,
+    map_sink: Option<GuestEventSink>,
     /// What the VM's processes share (ids, zombies, waits, signals between them).
     pub(crate) kernel: Arc<proc::Kernel>,
     /// What other processes may change here without the lock.
@@ -447,10 +449,10 @@ impl Process {
 
     /// From now on, send every file mapping to `tx` as it is made, starting with the
     /// process itself and the mappings already made (the program and its interpreter).
-    pub fn send_maps_to(&mut self, tx: crossbeam_channel::Sender<GuestEvent>) {
-        let _ = tx.send(GuestEvent::Process(self.record()));
+    pub fn send_maps_to(&mut self, tx: GuestEventSink) {
+        tx.send(GuestEvent::Process(self.record()));
         for m in &self.report.maps {
-            let _ = tx.send(GuestEvent::Map(m.clone()));
+            tx.send(GuestEvent::Map(m.clone()));
         }
         self.map_sink = Some(tx);
     }
@@ -475,7 +477,7 @@ impl Process {
     /// Records a mapping the program made, and sends it on (see [`Self::send_maps_to`]).
     pub(crate) fn note_map(&mut self, m: MapRecord) {
         if let Some(tx) = &self.map_sink {
-            let _ = tx.send(GuestEvent::Map(m.clone()));
+            tx.send(GuestEvent::Map(m.clone()));
         }
         self.report.maps.push(m);
     }
@@ -492,6 +494,11 @@ impl Process {
     /// The process's id.
     pub fn pid(&self) -> u64 {
         self.pid
+    }
+
+    /// Its address space's id ([`ProcessRecord::space`]).
+    pub fn space(&self) -> u32 {
+        self.mm.space
     }
 
     /// A vfork parent takes its address space back from its child; every vCPU of the
@@ -1205,9 +1212,9 @@ impl Process {
             ..Task::new(pid, child.mm.cr3(), trap)
         };
         if let Some(tx) = &child.map_sink {
-            let _ = tx.send(GuestEvent::Process(child.record()));
+            tx.send(GuestEvent::Process(child.record()));
             for m in child.mm.maps.iter().filter(|_| !share) {
-                let _ = tx.send(GuestEvent::Map(m.clone()));
+                tx.send(GuestEvent::Map(m.clone()));
             }
         }
         if !share {
@@ -1318,9 +1325,9 @@ impl Process {
         }
         self.publish();
         if let Some(tx) = &self.map_sink {
-            let _ = tx.send(GuestEvent::Process(self.record()));
+            tx.send(GuestEvent::Process(self.record()));
             for m in &self.mm.maps {
-                let _ = tx.send(GuestEvent::Map(m.clone()));
+                tx.send(GuestEvent::Map(m.clone()));
             }
         }
         if let Some(w) = self.vfork_parent.take() {

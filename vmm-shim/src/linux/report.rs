@@ -52,9 +52,46 @@ pub struct ProcessRecord {
     pub roots: [u64; 2],
 }
 
-/// What a Linux guest tells a recorder as it runs (the VM configuration's `guest_maps`).
+/// What a Linux guest tells a recorder as it runs (the VM configuration's
+/// `guest_events`), each stamped by a [`GuestEventSink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestEvent {
     Map(MapRecord),
     Process(ProcessRecord),
+    /// From now on vCPU `vcpu` runs a thread of address space `space`: its first thread,
+    /// the next one it takes when its own ended, or the same thread after an exec. A
+    /// recorder resolves the vCPU's guest-mode host samples in that space (snapshots
+    /// name theirs by CR3; host samples carry no CR3).
+    Runs {
+        vcpu: u32,
+        space: u32,
+    },
+}
+
+/// A [`GuestEvent`] and when it happened (CLOCK_MONOTONIC ns, the timebase of host
+/// samples and snapshots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedGuestEvent {
+    pub time_ns: u64,
+    pub event: GuestEvent,
+}
+
+/// Where a Linux guest's events go, stamped with the time they are sent (which is when
+/// they happen: before the vCPU runs the new thread or program they announce).
+#[derive(Clone, Debug)]
+pub struct GuestEventSink(crossbeam_channel::Sender<TimedGuestEvent>);
+
+impl GuestEventSink {
+    pub fn new(tx: crossbeam_channel::Sender<TimedGuestEvent>) -> Self {
+        GuestEventSink(tx)
+    }
+
+    /// Sends `event`, stamped now; a recorder that stopped listening loses nothing the
+    /// guest needs.
+    pub fn send(&self, event: GuestEvent) {
+        let _ = self.0.send(TimedGuestEvent {
+            time_ns: crate::vm::monotonic_ns(),
+            event,
+        });
+    }
 }
