@@ -341,6 +341,62 @@ int main(void) {
     assert!(info.contains("guest"), "{info}");
 }
 
+/// A system-call-heavy distribution binary (dd, one byte at a time): the vCPU's time at
+/// the shim's SYSCALL entry stub is named as Linux names it, in the `[lbrprof-shim]`
+/// module, never as a bare guest address.
+#[test]
+fn record_names_the_system_call_entry_of_a_syscall_heavy_program() {
+    if !kvm_available() || !common::perf_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dd.data");
+    let out = lbrprof()
+        .args(["record", "-o"])
+        .arg(&data)
+        .args(["--vm", "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=1"])
+        .arg("count=10000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report = lbrprof()
+        .args(["report", "--format", "json", "-i"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let host: Vec<&serde_json::Value> = report["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["side"] == "host")
+        .collect();
+    let entry = host
+        .iter()
+        .find(|f| f["module"] == "[lbrprof-shim]" && f["function"] == "entry_SYSCALL_64")
+        .unwrap_or_else(|| panic!("no [lbrprof-shim] entry_SYSCALL_64 row: {host:#?}"));
+    assert!(entry["self_samples"].as_u64() > Some(0), "{entry}");
+    let bare: Vec<_> = host
+        .iter()
+        .filter(|f| {
+            f["function"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("0xfffffe00")
+        })
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "trap-area addresses left unnamed: {bare:#?}"
+    );
+}
+
 /// A Rust program with std::thread (named threads, channels, a mutex, scoped threads),
 /// built at test time with the toolchain running the tests.
 const RUST_THREADS: &str = r#"

@@ -262,13 +262,16 @@ pub fn guest_mappings(image: &[u8], path: &Path, time_ns: u64) -> Vec<Mapping> {
 pub fn program_events(events: &[lbrprof_vmm::linux::TimedGuestEvent]) -> Vec<Event> {
     use lbrprof_vmm::linux::GuestEvent;
     let mut build_ids = BuildIds::default();
-    events
-        .iter()
-        .filter_map(|t| {
-            let time_ns = t.time_ns;
-            Some(match &t.event {
-                GuestEvent::Map(m) => Event::Mapping(program_mapping(m, time_ns, &mut build_ids)?),
-                GuestEvent::Process(p) => Event::GuestProcess(GuestProcess {
+    let mut out = Vec::with_capacity(events.len());
+    for t in events {
+        let time_ns = t.time_ns;
+        let event = match &t.event {
+            GuestEvent::Map(m) => match program_mapping(m, time_ns, &mut build_ids) {
+                Some(m) => Event::Mapping(m),
+                None => continue,
+            },
+            GuestEvent::Process(p) => {
+                out.push(Event::GuestProcess(GuestProcess {
                     time_ns,
                     vm: VM_INDEX,
                     space: p.space,
@@ -277,16 +280,37 @@ pub fn program_events(events: &[lbrprof_vmm::linux::TimedGuestEvent]) -> Vec<Eve
                     comm: p.comm.clone(),
                     exe: p.exe.display().to_string(),
                     roots: p.roots.to_vec(),
-                }),
-                &GuestEvent::Runs { vcpu, space } => Event::VcpuSpace(VcpuSpace {
-                    time_ns,
-                    vm: VM_INDEX,
-                    vcpu,
-                    space,
-                }),
-            })
-        })
-        .collect()
+                }));
+                // Every address space has the shim's trap stubs (the system calls'
+                // and exceptions' entry points), supervisor-only, at one address.
+                Event::Mapping(trap_stubs_mapping(p.space, time_ns))
+            }
+            &GuestEvent::Runs { vcpu, space } => Event::VcpuSpace(VcpuSpace {
+                time_ns,
+                vm: VM_INDEX,
+                vcpu,
+                space,
+            }),
+        };
+        out.push(event);
+    }
+    out
+}
+
+/// The trap stub page of guest address space `space`, as the module
+/// [`lbrprof_vmm::linux::trapsyms::MODULE`] whose image the symbolizer is given.
+fn trap_stubs_mapping(space: u32, time_ns: u64) -> Mapping {
+    use lbrprof_vmm::linux::trapsyms;
+    Mapping {
+        time_ns,
+        space: AddressSpace::Guest { vm: VM_INDEX },
+        pid: space,
+        start: trapsyms::STUBS_VA,
+        len: lbrprof_vmm::linux::abi::PAGE,
+        pgoff: trapsyms::TEXT_OFFSET,
+        path: trapsyms::MODULE.to_owned(),
+        build_id: Some(trapsyms::image().build_id.clone()),
+    }
 }
 
 /// Build-ids read so far, by path (a program maps each library several times).
@@ -981,7 +1005,7 @@ mod tests {
             at(12, GuestEvent::Runs { vcpu: 1, space: 2 }),
         ];
         let out = program_events(&events);
-        assert_eq!(out.len(), 3, "the data mapping is not an executable one");
+        assert_eq!(out.len(), 4, "the data mapping is not an executable one");
         let Event::GuestProcess(p) = &out[0] else {
             panic!("{out:?}")
         };
@@ -989,14 +1013,26 @@ mod tests {
             (p.space, p.pid, p.ppid, p.roots.clone()),
             (2, 7, 6, vec![0x1000, 0x2000])
         );
-        let Event::Mapping(m) = &out[1] else {
+        // Every space has the shim's trap stubs, named by their image.
+        let Event::Mapping(stubs) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (stubs.pid, stubs.path.as_str(), stubs.time_ns),
+            (2, lbrprof_vmm::linux::trapsyms::MODULE, 9)
+        );
+        assert_eq!(
+            stubs.build_id.as_deref(),
+            Some(&lbrprof_vmm::linux::trapsyms::image().build_id[..])
+        );
+        let Event::Mapping(m) = &out[2] else {
             panic!("{out:?}")
         };
         assert_eq!((m.pid, m.space), (2, AddressSpace::Guest { vm: 0 }));
         // Each at its own time, the vCPU's space last.
         assert_eq!((p.time_ns, m.time_ns), (9, 10));
         assert_eq!(
-            out[2],
+            out[3],
             Event::VcpuSpace(VcpuSpace {
                 time_ns: 12,
                 vm: 0,

@@ -23,18 +23,47 @@ const MAX_DECODE_BYTES: u64 = 1 << 16;
 /// Reads code from module files, opening each file once.
 #[derive(Default)]
 pub struct CodeReader {
-    files: HashMap<ModuleId, Option<File>>,
+    files: HashMap<ModuleId, Option<Code>>,
+}
+
+/// Where a module's code is read from: its file, or the image of a pseudo-module
+/// (`[vdso]`, `[lbrprof-shim]`) the symbolizer was given.
+enum Code {
+    File(File),
+    Image(&'static [u8]),
+}
+
+impl Code {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        match self {
+            Code::File(f) => f.read_at(buf, off),
+            Code::Image(bytes) => {
+                let rest = usize::try_from(off)
+                    .ok()
+                    .and_then(|o| bytes.get(o..))
+                    .unwrap_or_default();
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                Ok(n)
+            }
+        }
+    }
 }
 
 impl CodeReader {
-    fn file(&mut self, modules: &ModuleTable, id: ModuleId) -> Option<&File> {
+    fn file(&mut self, modules: &ModuleTable, id: ModuleId) -> Option<&Code> {
         self.files
             .entry(id)
             .or_insert_with(|| {
                 let m = modules.get(id);
-                matches!(m.kind, ModuleKind::File | ModuleKind::Guest)
-                    .then(|| File::open(&m.path).ok())
-                    .flatten()
+                if !matches!(m.kind, ModuleKind::File | ModuleKind::Guest) {
+                    return None;
+                }
+                let path = std::path::Path::new(&m.path);
+                match lbrprof_symbolizer::pseudo_module_image(path, m.build_id.as_deref()) {
+                    Some(image) => Some(Code::Image(image)),
+                    None => File::open(path).ok().map(Code::File),
+                }
             })
             .as_ref()
     }

@@ -122,6 +122,23 @@ fn event_time(ev: &Event) -> Option<u64> {
     })
 }
 
+/// Whether perf can take mapping `m`: a file, or one of the pseudo-modules perf knows
+/// (`[vdso]`, `[vsyscall]`, `[heap]`...). Other bracketed names (`[lbrprof-shim]`, the
+/// guest's trap stubs, named from an image only lbrprof has) are left out: perf 6.1
+/// crashes on them in `report -b` (a double free), and could not name their code anyway.
+fn perf_reads(m: &Mapping) -> bool {
+    const PERF_KNOWS: [&str; 7] = [
+        "[vdso]",
+        "[vsyscall]",
+        "[vvar]",
+        "[heap]",
+        "[stack]",
+        "[kernel.kallsyms]",
+        "[anon",
+    ];
+    !m.path.starts_with('[') || PERF_KNOWS.iter().any(|p| m.path.starts_with(p))
+}
+
 /// Why the perf.data file could not be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -232,6 +249,7 @@ impl Plan {
                 self.rounds_out_of_order = true;
             }
             Event::VcpuSpace(v) => self.vcpu_space.told(v),
+            Event::Mapping(m) if !perf_reads(m) => {}
             Event::Mapping(m) => {
                 self.kernel_mapped |= m.space == AddressSpace::HostKernel;
                 if let AddressSpace::Guest { vm } = m.space {
@@ -793,6 +811,7 @@ impl<W: Write> Writer<'_, W> {
         match ev {
             Event::Sample(s) => self.host_sample(&SampleRef::of_host(s, 0)),
             Event::Snapshot(s) => self.snapshot(s),
+            Event::Mapping(m) if !perf_reads(m) => Ok(()),
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),

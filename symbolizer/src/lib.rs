@@ -93,7 +93,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use debuginfo::saved_kallsyms;
-pub use vdso::add_image as add_vdso_image;
+pub use vdso::add_image as add_pseudo_image;
+pub use vdso::pseudo_module_image;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers that read
 /// files lbrprof does not control, reachable without a file on disk.
@@ -412,7 +413,13 @@ impl Symbolizer {
     }
 
     fn module(&self, key: &ModuleKey) -> Option<Arc<Mutex<Module>>> {
-        if vdso::is_pseudo(&key.path) {
+        // Pseudo-modules are no files; one with an added image of its build-id is read.
+        if vdso::is_pseudo(&key.path)
+            && key
+                .build_id
+                .as_deref()
+                .is_none_or(|id| vdso::added_image(id).is_none())
+        {
             return None;
         }
         let slot = lock(&self.modules).entry(key.clone()).or_default().clone();
@@ -555,6 +562,54 @@ mod tests {
         let out = s.symbolize(&ModuleKey::new("[vdso]"), &[FileOffset(sym.address())]);
         let f = out[0].function().unwrap();
         assert!(f.contains("clock_gettime"), "{f}");
+    }
+
+    #[test]
+    fn a_pseudo_module_with_an_added_image_of_its_build_id_is_symbolized() {
+        use object::{Object, ObjectSymbol};
+        // Any ELF image with symbols and a build-id will do: this process's vDSO.
+        let Ok(image) = vdso::read_own() else {
+            eprintln!("skipped: cannot read the vDSO");
+            return;
+        };
+        let obj = object::File::parse(&*image).unwrap();
+        let (Some(id), Some(sym)) = (
+            obj.build_id().ok().flatten().map(<[u8]>::to_vec),
+            obj.dynamic_symbols()
+                .find(|s| s.name() == Ok("__vdso_clock_gettime")),
+        ) else {
+            eprintln!("skipped: this vDSO has no build-id or no __vdso_clock_gettime");
+            return;
+        };
+        let offset = FileOffset(sym.address());
+        static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let _ = IMAGE.set(image.clone());
+        vdso::add_image(|| IMAGE.get().map(Vec::as_slice).unwrap_or_default());
+        let s = Symbolizer::default();
+        let key = ModuleKey {
+            path: "[some-vmm-code]".into(),
+            build_id: Some(id.clone()),
+        };
+        let out = s.symbolize(&key, &[offset]);
+        let f = out[0].function().unwrap();
+        assert!(f.contains("clock_gettime"), "{f}");
+        assert!(
+            s.take_warnings().is_empty(),
+            "an image's symbols need no debug info"
+        );
+        assert_eq!(
+            pseudo_module_image(&key.path, Some(&id)).map(<[u8]>::len),
+            Some(image.len())
+        );
+        // Without a build-id, or with another one, it is a pseudo-mapping: unknown, silent.
+        for build_id in [None, Some(vec![1, 2, 3])] {
+            let key = ModuleKey {
+                path: "[some-vmm-code]".into(),
+                build_id,
+            };
+            assert!(s.symbolize(&key, &[offset])[0].is_unknown());
+        }
+        assert!(s.take_warnings().is_empty());
     }
 
     #[test]

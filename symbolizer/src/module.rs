@@ -210,14 +210,24 @@ impl Module {
     /// under each `--debug-dir` and `~/.debug`, debuginfod's client cache), as perf does
     /// for reports made elsewhere.
     pub fn open(key: &ModuleKey, opts: &SymbolizerOptions) -> Result<Opened, ModuleError> {
-        if key.path == Path::new(crate::vdso::VDSO) {
+        let vdso = key.path == Path::new(crate::vdso::VDSO);
+        if vdso || crate::vdso::is_pseudo(&key.path) {
             let added = key.build_id.as_deref().and_then(crate::vdso::added_image);
             let bytes = match added {
                 Some(b) => b.to_vec(),
-                None => crate::vdso::read_own().map_err(|source| ModuleError::Open {
+                None if vdso => crate::vdso::read_own().map_err(|source| ModuleError::Open {
                     path: key.path.clone(),
                     source,
                 })?,
+                None => {
+                    return Err(ModuleError::Open {
+                        path: key.path.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "a pseudo-module with no image of its build-id",
+                        ),
+                    });
+                }
             };
             let arena = Arena::default();
             // SAFETY: as in `open_path`, the slice only lives inside the module owning `arena`.
@@ -402,8 +412,12 @@ impl Module {
                 "no debug info and no symbols in {} (stripped? install its debug package or pass --debug-dir)",
                 path.display()
             ))
-        } else if debug_obj.is_none() && path != Path::new(crate::vdso::VDSO) {
-            // (The vDSO has its symbols and never has line tables: nothing to warn.)
+        } else if debug_obj.is_none()
+            && path != Path::new(crate::vdso::VDSO)
+            && !crate::vdso::is_pseudo(path)
+        {
+            // (The vDSO and the other images of pseudo-modules have their symbols and never
+            // line tables: nothing to warn.)
             Some(format!(
                 "no debug info for {} (install its debug package or pass --debug-dir): functions only, no lines",
                 path.display()

@@ -1,6 +1,8 @@
 //! The `[vdso]` pseudo-module. The kernel maps one vDSO image into every process, so this
 //! process's copy (read from `/proc/self/mem`) is the one a profiled process had, when the
 //! recording was made on this kernel; a recorded build-id is checked like any module's.
+//! Images added by the program ([`add_image`]: a VMM's own vDSO, its trap stubs) name
+//! `[vdso]` and other bracketed pseudo-modules whose recorded build-id is theirs.
 
 use std::fs::File;
 use std::io;
@@ -21,17 +23,25 @@ pub(crate) fn is_pseudo(path: &Path) -> bool {
     s != VDSO && (s.starts_with('[') || s.starts_with("//anon") || s.starts_with("anon_inode:"))
 }
 
-/// vDSO images other than this kernel's, by what gives them: a VMM's guest vDSO (lbrprof's
-/// own, which its recordings name `[vdso]` with the image's build-id).
+/// Images of pseudo-modules, by what gives them: a VMM's guest vDSO (lbrprof's own, which
+/// its recordings name `[vdso]` with the image's build-id) and its guest trap stubs.
 static IMAGES: Mutex<Vec<ImageFn>> = Mutex::new(Vec::new());
 
 /// What gives an added image's bytes.
 pub type ImageFn = fn() -> &'static [u8];
 
-/// Make `image` (called when first needed) a candidate for `[vdso]` modules whose recorded
-/// build-id is its own.
+/// Make `image` (called when first needed) a candidate for `[vdso]` and other bracketed
+/// pseudo-modules whose recorded build-id is its own.
 pub fn add_image(image: ImageFn) {
     IMAGES.lock().unwrap_or_else(|e| e.into_inner()).push(image);
+}
+
+/// The bytes of pseudo-module `path` (`[vdso]`, `[lbrprof-shim]`) recorded with
+/// `build_id`, when an added image has that build-id: what a reader of the module's code
+/// (by file offset) reads instead of a file.
+pub fn pseudo_module_image(path: &Path, build_id: Option<&[u8]>) -> Option<&'static [u8]> {
+    let bracketed = path.to_str().is_some_and(|s| s.starts_with('['));
+    added_image(build_id.filter(|_| bracketed)?)
 }
 
 /// The added image whose build-id is `build_id`.

@@ -109,6 +109,31 @@ pub fn build_thread_trap(mm: &mut AddressSpace, slot: u64) -> Result<TrapArea, E
     })
 }
 
+/// The stub page's code, from its start: one [`STUB_SLOT`] per exception vector
+/// (`out TRAP_PORT_BASE + v, al; iretq`: E6 ib, 48 CF), one for every vector from 32 up
+/// (port [`TRAP_PORT_OTHER`]), then the SYSCALL entry (`out TRAP_PORT_SYSCALL, al;
+/// sysretq`: E6 ib, 48 0F 07) at [`SYSCALL_SLOT`]; zeros between stubs.
+pub fn stub_code() -> Vec<u8> {
+    let mut code = vec![0u8; ((SYSCALL_SLOT + 1) * STUB_SLOT) as usize];
+    let mut put = |slot: u64, bytes: &[u8]| {
+        let at = (slot * STUB_SLOT) as usize;
+        code[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    for v in 0..=32u64 {
+        let port = if v < 32 {
+            TRAP_PORT_BASE + v as u16
+        } else {
+            TRAP_PORT_OTHER
+        };
+        put(v, &[0xe6, port as u8, 0x48, 0xcf]);
+    }
+    put(
+        SYSCALL_SLOT,
+        &[0xe6, TRAP_PORT_SYSCALL as u8, 0x48, 0x0f, 0x07],
+    );
+    code
+}
+
 fn descriptor(access: u64, flags: u64) -> u64 {
     0xffff | (0xf << 48) | (access << 40) | (flags << 52)
 }
@@ -163,24 +188,10 @@ pub fn build_trap_area(
     let tss = frames[TRAP_TSS as usize];
     mem.write(tss, &tss_bytes(area.stack_top()))
         .map_err(|_| Errno::EFAULT)?;
-    // Stubs: `out imm8, al` (E6 ib) then `iretq` (48 CF), one per slot.
     let shared = stubs.is_some();
     let stubs = frames[TRAP_STUBS as usize];
-    for v in (0..=32u64).filter(|_| !shared) {
-        let port = if v < 32 {
-            TRAP_PORT_BASE + v as u16
-        } else {
-            TRAP_PORT_OTHER
-        };
-        let code = [0xe6, port as u8, 0x48, 0xcf];
-        mem.write(GuestPhysAddr(stubs.0 + v * STUB_SLOT), &code)
-            .map_err(|_| Errno::EFAULT)?;
-    }
-    // The SYSCALL entry: `out imm8, al` then `sysretq` (48 0F 07).
-    let code = [0xe6, TRAP_PORT_SYSCALL as u8, 0x48, 0x0f, 0x07];
     if !shared {
-        mem.write(GuestPhysAddr(stubs.0 + SYSCALL_SLOT * STUB_SLOT), &code)
-            .map_err(|_| Errno::EFAULT)?;
+        mem.write(stubs, &stub_code()).map_err(|_| Errno::EFAULT)?;
     }
     // IDT: 64-bit interrupt gates (type 0xE, DPL 0, IST1) to the stubs.
     let idt = frames[TRAP_IDT as usize];

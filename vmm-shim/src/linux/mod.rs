@@ -98,6 +98,7 @@ pub mod stack;
 pub mod syscall;
 pub mod sysv;
 pub mod thread;
+pub mod trapsyms;
 pub mod usage;
 pub mod vclock;
 pub mod vdso;

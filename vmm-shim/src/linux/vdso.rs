@@ -402,7 +402,7 @@ fn unwind_tables(
 }
 
 /// A build-id for `bytes`: two 64-bit FxHashes of them (with different seeds).
-fn build_id(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn build_id(bytes: &[u8]) -> Vec<u8> {
     use std::hash::Hasher;
     let mut out = Vec::with_capacity(16);
     for seed in [0x6c62_7270_726f_6601u64, 0x7664_736f_2d69_6d67] {
