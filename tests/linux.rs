@@ -343,7 +343,8 @@ int main(void) {
 
 /// A system-call-heavy distribution binary (dd, one byte at a time): the vCPU's time at
 /// the shim's SYSCALL entry stub is named as Linux names it, in the `[lbrprof-shim]`
-/// module, never as a bare guest address.
+/// module, never as a bare guest address; time the host's hypervisor reports as the
+/// guest's at other upper-half addresses is `[hypervisor]`'s.
 #[test]
 fn record_names_the_system_call_entry_of_a_syscall_heavy_program() {
     if !kvm_available() || !common::perf_available() {
@@ -395,6 +396,13 @@ fn record_names_the_system_call_entry_of_a_syscall_heavy_program() {
         bare.is_empty(),
         "trap-area addresses left unnamed: {bare:#?}"
     );
+    // Nor is the host's hypervisor (a guest-mode sample at no guest code) guest code.
+    let upper: Vec<_> = host
+        .iter()
+        .filter(|f| f["module"] == "[guest]")
+        .filter(|f| f["function"].as_str().unwrap_or("").starts_with("0xffff"))
+        .collect();
+    assert!(upper.is_empty(), "upper-half guest addresses: {upper:#?}");
 }
 
 /// A Rust program with std::thread (named threads, channels, a mutex, scoped threads),

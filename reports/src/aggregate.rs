@@ -287,6 +287,15 @@ pub struct SampleCounts {
     pub last_time_ns: u64,
 }
 
+/// The module of guest-mode host samples of a Linux program's vCPUs that are at no guest
+/// code (see `Aggregator::add_counted`); the function is the address.
+pub const HYPERVISOR_MODULE: &str = "[hypervisor]";
+/// The canonical upper half, where a Linux program's guest maps only the trap stubs and
+/// the vsyscall page.
+const HYPERVISOR_ADDRESSES_START: u64 = 0xffff_8000_0000_0000;
+/// The legacy vsyscall page (`[vsyscall]`), which a program may call into.
+const VSYSCALL_PAGE: u64 = 0xffff_ffff_ff60_0000;
+
 /// Longest fall-through range we believe (longer ones cross a missing entry).
 pub(crate) const MAX_RANGE_BYTES: u64 = 1 << 16;
 
@@ -536,9 +545,32 @@ impl Aggregator {
                 .get(&s.tid)
                 .map_or(0, |&v| self.vcpu_space.at(v, s.time_ns))
         });
+        // A Linux program's guest has nothing in the upper half but the shim's trap stubs
+        // (a mapping of their own) and the vsyscall page: a guest-mode host sample at
+        // another upper-half address is not guest code but the host's hypervisor at the
+        // guest's entry or exit, as the host kernel reports it (under PVM: per-CPU
+        // switcher code, one address per host CPU).
+        let linux_guest = !self.guest_spaces.is_empty();
         let resolve = move |spaces: &mut AddressSpaces, addr: u64, mode: CpuMode| match guest_space
         {
-            Some(g) if mode.is_guest() => spaces.resolve_guest_in(space_pid, g, addr),
+            Some(g) if mode.is_guest() => {
+                let l = spaces.resolve_guest_in(space_pid, g, addr);
+                if linux_guest
+                    && l.module == ModuleTable::GUEST_UNKNOWN
+                    && (HYPERVISOR_ADDRESSES_START..VSYSCALL_PAGE).contains(&addr)
+                {
+                    Loc {
+                        module: spaces.modules.intern(
+                            HYPERVISOR_MODULE,
+                            None,
+                            crate::loc::ModuleKind::Unknown,
+                        ),
+                        offset: addr,
+                    }
+                } else {
+                    l
+                }
+            }
             _ => spaces.resolve(space_pid, addr, mode),
         };
         let spaces = &mut self.profile.spaces;
@@ -1102,6 +1134,52 @@ mod tests {
         // Range from the older entry's target (0x80) to the newer entry's source (0x100).
         assert_eq!(p.ranges[&(l(0x80), l(0x100))], 2);
         assert_eq!(p.ranges.len(), 1);
+    }
+
+    #[test]
+    fn a_linux_guests_host_samples_outside_its_code_in_the_upper_half_are_the_hypervisors() {
+        let module_of = |linux: bool, ip: u64| {
+            let mut a = Aggregator::new(AggregateOptions {
+                vm: true,
+                ..AggregateOptions::default()
+            });
+            a.add(&Event::Vcpu(lbrprof_data::model::VcpuThread {
+                time_ns: 0,
+                vm: 0,
+                vcpu: 0,
+                pid: 100,
+                tid: 101,
+            }));
+            if linux {
+                a.add(&Event::GuestProcess(lbrprof_data::model::GuestProcess {
+                    time_ns: 0,
+                    vm: 0,
+                    space: 0,
+                    pid: 1000,
+                    ppid: 1,
+                    comm: "dd".into(),
+                    exe: "/bin/dd".into(),
+                    roots: vec![0x1000],
+                }));
+            }
+            a.add(&Event::Sample(HostSample {
+                pid: 100,
+                tid: 101,
+                period: 1,
+                ip,
+                mode: CpuMode::GuestKernel,
+                ..HostSample::default()
+            }));
+            let p = a.finish();
+            let (l, _) = p.ips.iter().next().unwrap();
+            (p.spaces.modules.get(l.module).path.clone(), l.offset)
+        };
+        let hv = 0xffff_8000_0000_2262;
+        assert_eq!(module_of(true, hv), (HYPERVISOR_MODULE.to_owned(), hv));
+        // A kernel guest's upper half is its own code; the vsyscall page is the guest's.
+        assert_ne!(module_of(false, hv).0, HYPERVISOR_MODULE);
+        assert_ne!(module_of(true, 0xffff_ffff_ff60_0000).0, HYPERVISOR_MODULE);
+        assert_ne!(module_of(true, 0x40_1000).0, HYPERVISOR_MODULE);
     }
 
     #[test]
