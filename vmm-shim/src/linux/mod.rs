@@ -70,6 +70,7 @@ pub mod abi;
 pub mod block;
 pub mod clock;
 pub mod cpu;
+mod elf_image;
 pub mod entropy;
 pub mod errno;
 pub mod error;

@@ -13,7 +13,11 @@
 use std::sync::OnceLock;
 
 use object::elf;
-use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Writer};
+use object::write::elf::{Sym, Writer};
+
+use crate::linux::elf_image;
+/// An image and its build-id (here a hash of the stub code), as the vDSO's.
+pub use crate::linux::vdso::Image;
 
 use crate::linux::abi::{PAGE, STUB_SLOT, SYSCALL_SLOT, TRAP_AREA, TRAP_STUBS};
 
@@ -67,14 +71,6 @@ const NAMES: [&str; 34] = [
     "entry_SYSCALL_64",
 ];
 
-/// The generated image.
-#[derive(Debug)]
-pub struct Image {
-    pub bytes: Vec<u8>,
-    /// Its GNU build-id (a hash of the stub code).
-    pub build_id: Vec<u8>,
-}
-
 /// The stub page's image (built on first use).
 pub fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
@@ -84,7 +80,7 @@ pub fn image() -> &'static Image {
 fn build() -> Result<Image, String> {
     const _: () = assert!(NAMES.len() as u64 == SYSCALL_SLOT + 1);
     let code = super::cpu::stub_code();
-    let id = super::vdso::build_id(&code);
+    let id = elf_image::build_id(&code);
     let mut bytes = Vec::new();
     let mut w = Writer::new(object::Endianness::Little, true, &mut bytes);
     w.reserve_file_header();
@@ -102,8 +98,7 @@ fn build() -> Result<Image, String> {
     for _ in &names {
         w.reserve_symbol_index(Some(text_index));
     }
-    let note_len = 16 + id.len() as u64;
-    let note_offset = w.reserve(note_len, 4);
+    let note_offset = w.reserve(elf_image::note_len(&id), 4);
     if w.reserved_len() > TEXT_OFFSET {
         return Err("the trap image's headers outgrew .text's offset".into());
     }
@@ -115,45 +110,12 @@ fn build() -> Result<Image, String> {
     w.reserve_shstrtab().map_err(|e| e.to_string())?;
     w.reserve_section_headers();
 
-    w.write_file_header(&FileHeader {
-        os_abi: elf::ELFOSABI_NONE,
-        abi_version: 0,
-        e_type: elf::ET_DYN,
-        e_machine: elf::EM_X86_64,
-        e_entry: 0,
-        e_flags: elf::FileFlags(0),
-    })
-    .map_err(|e| e.to_string())?;
+    w.write_file_header(&elf_image::file_header())
+        .map_err(|e| e.to_string())?;
     w.write_align_program_headers();
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_LOAD,
-        p_flags: elf::PF_R | elf::PF_X,
-        p_offset: 0,
-        p_vaddr: 0,
-        p_paddr: 0,
-        p_filesz: end,
-        p_memsz: end,
-        p_align: PAGE,
-    });
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_NOTE,
-        p_flags: elf::PF_R,
-        p_offset: note_offset,
-        p_vaddr: note_offset,
-        p_paddr: note_offset,
-        p_filesz: note_len,
-        p_memsz: note_len,
-        p_align: 4,
-    });
-    // The build-id note: namesz, descsz, type, "GNU\0", the id.
-    w.write_align(4);
-    let mut note = Vec::with_capacity(note_len as usize);
-    note.extend_from_slice(&4u32.to_le_bytes());
-    note.extend_from_slice(&(id.len() as u32).to_le_bytes());
-    note.extend_from_slice(&elf::NT_GNU_BUILD_ID.0.to_le_bytes());
-    note.extend_from_slice(b"GNU\0");
-    note.extend_from_slice(&id);
-    w.write(&note);
+    w.write_program_header(&elf_image::load_segment(end));
+    w.write_program_header(&elf_image::note_segment(note_offset, &id));
+    elf_image::write_note(&mut w, &id);
     w.pad_until(text_offset);
     w.write(&code);
     w.write_null_symbol();
@@ -172,30 +134,8 @@ fn build() -> Result<Image, String> {
     w.write_shstrtab();
 
     w.write_null_section_header();
-    w.write_section_header(&SectionHeader {
-        sh_name: w.section_name_offset(Some(note_name)),
-        sh_type: elf::SHT_NOTE,
-        sh_flags: elf::SHF_ALLOC,
-        sh_addr: note_offset,
-        sh_offset: note_offset,
-        sh_size: note_len,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 4,
-        sh_entsize: 0,
-    });
-    w.write_section_header(&SectionHeader {
-        sh_name: w.section_name_offset(Some(text_name)),
-        sh_type: elf::SHT_PROGBITS,
-        sh_flags: elf::SHF_ALLOC | elf::SHF_EXECINSTR,
-        sh_addr: text_offset,
-        sh_offset: text_offset,
-        sh_size: code.len() as u64,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 16,
-        sh_entsize: 0,
-    });
+    elf_image::write_note_header(&mut w, note_name, note_offset, &id);
+    elf_image::write_text_header(&mut w, text_name, text_offset, code.len() as u64);
     w.write_symtab_section_header(1);
     w.write_strtab_section_header();
     w.write_shstrtab_section_header();

@@ -42,9 +42,10 @@ use std::sync::OnceLock;
 
 use iced_x86::code_asm::*;
 use object::elf;
-use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Verdef, Writer};
+use object::write::elf::{ProgramHeader, SectionHeader, Sym, Verdef, Writer};
 
 use crate::linux::abi::{MMAP_TOP, PAGE};
+use crate::linux::elf_image;
 use crate::linux::errno::Errno;
 use crate::linux::frames::FramePool;
 use crate::linux::mm::{AddressSpace, Prot};
@@ -401,23 +402,10 @@ fn unwind_tables(
     (eh, h)
 }
 
-/// A build-id for `bytes`: two 64-bit FxHashes of them (with different seeds).
-pub(crate) fn build_id(bytes: &[u8]) -> Vec<u8> {
-    use std::hash::Hasher;
-    let mut out = Vec::with_capacity(16);
-    for seed in [0x6c62_7270_726f_6601u64, 0x7664_736f_2d69_6d67] {
-        let mut h = rustc_hash::FxHasher::default();
-        h.write_u64(seed);
-        h.write(bytes);
-        out.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    out
-}
-
 /// Build the image (see the module doc for its layout).
 fn build() -> Result<Image, BuildError> {
     let code = assemble()?;
-    let id = build_id(&code.bytes);
+    let id = elf_image::build_id(&code.bytes);
     // Symbols: __vdso_NAME (global) then NAME (weak), for each function.
     let names: Vec<(String, bool, u64, u64)> = code
         .functions
@@ -470,8 +458,7 @@ fn build() -> Result<Image, BuildError> {
     let verdef_offset = w.reserve_gnu_verdef(2, 2);
     const DYNAMIC: usize = 11;
     let dynamic_offset = w.reserve_dynamic(DYNAMIC);
-    let note_len = 16 + id.len() as u64;
-    let note_offset = w.reserve(note_len, 4);
+    let note_offset = w.reserve(elf_image::note_len(&id), 4);
     // The unwind tables' sizes do not depend on where they go.
     let sizes = unwind_tables(0, 0, TEXT_OFFSET, &code.functions);
     let hdr_offset = w.reserve(sizes.1.len() as u64, 4);
@@ -486,25 +473,9 @@ fn build() -> Result<Image, BuildError> {
     w.reserve_section_headers();
     let end = text_offset + code.bytes.len() as u64;
 
-    w.write_file_header(&FileHeader {
-        os_abi: elf::ELFOSABI_NONE,
-        abi_version: 0,
-        e_type: elf::ET_DYN,
-        e_machine: elf::EM_X86_64,
-        e_entry: 0,
-        e_flags: elf::FileFlags(0),
-    })?;
+    w.write_file_header(&elf_image::file_header())?;
     w.write_align_program_headers();
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_LOAD,
-        p_flags: elf::PF_R | elf::PF_X,
-        p_offset: 0,
-        p_vaddr: 0,
-        p_paddr: 0,
-        p_filesz: end,
-        p_memsz: end,
-        p_align: PAGE,
-    });
+    w.write_program_header(&elf_image::load_segment(end));
     w.write_program_header(&ProgramHeader {
         p_type: elf::PT_DYNAMIC,
         p_flags: elf::PF_R,
@@ -515,16 +486,7 @@ fn build() -> Result<Image, BuildError> {
         p_memsz: (DYNAMIC * 16) as u64,
         p_align: 8,
     });
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_NOTE,
-        p_flags: elf::PF_R,
-        p_offset: note_offset,
-        p_vaddr: note_offset,
-        p_paddr: note_offset,
-        p_filesz: note_len,
-        p_memsz: note_len,
-        p_align: 4,
-    });
+    w.write_program_header(&elf_image::note_segment(note_offset, &id));
     w.write_program_header(&ProgramHeader {
         p_type: elf::PT_GNU_EH_FRAME,
         p_flags: elf::PF_R,
@@ -591,15 +553,7 @@ fn build() -> Result<Image, BuildError> {
     w.write_dynamic(elf::DT_VERSYM, versym_offset)?;
     w.write_dynamic(elf::DT_FLAGS_1, elf::DF_1_NOW.0)?;
     w.write_dynamic(elf::DT_NULL, 0)?;
-    // The build-id note: namesz, descsz, type, "GNU\0", the id.
-    w.write_align(4);
-    let mut note = Vec::with_capacity(note_len as usize);
-    note.extend_from_slice(&4u32.to_le_bytes());
-    note.extend_from_slice(&(id.len() as u32).to_le_bytes());
-    note.extend_from_slice(&elf::NT_GNU_BUILD_ID.0.to_le_bytes());
-    note.extend_from_slice(b"GNU\0");
-    note.extend_from_slice(&id);
-    w.write(&note);
+    elf_image::write_note(&mut w, &id);
     w.pad_until(hdr_offset);
     w.write(&hdr);
     w.pad_until(frame_offset);
@@ -615,18 +569,7 @@ fn build() -> Result<Image, BuildError> {
     w.write_gnu_versym_section_header(versym_offset);
     w.write_gnu_verdef_section_header(verdef_offset);
     w.write_dynamic_section_header(dynamic_offset);
-    w.write_section_header(&SectionHeader {
-        sh_name: w.section_name_offset(Some(note_name)),
-        sh_type: elf::SHT_NOTE,
-        sh_flags: elf::SHF_ALLOC,
-        sh_addr: note_offset,
-        sh_offset: note_offset,
-        sh_size: note_len,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 4,
-        sh_entsize: 0,
-    });
+    elf_image::write_note_header(&mut w, note_name, note_offset, &id);
     for (name, offset, len, align) in [
         (hdr_name, hdr_offset, hdr.len(), 4),
         (frame_name, frame_offset, frame.len(), 8),
@@ -644,18 +587,7 @@ fn build() -> Result<Image, BuildError> {
             sh_entsize: 0,
         });
     }
-    w.write_section_header(&SectionHeader {
-        sh_name: w.section_name_offset(Some(text_name)),
-        sh_type: elf::SHT_PROGBITS,
-        sh_flags: elf::SHF_ALLOC | elf::SHF_EXECINSTR,
-        sh_addr: text_offset,
-        sh_offset: text_offset,
-        sh_size: code.bytes.len() as u64,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 16,
-        sh_entsize: 0,
-    });
+    elf_image::write_text_header(&mut w, text_name, text_offset, code.bytes.len() as u64);
     w.write_shstrtab_section_header();
     Ok(Image {
         bytes,
