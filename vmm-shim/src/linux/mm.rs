@@ -1200,12 +1200,7 @@ impl AddressSpace {
     /// Copy `data` into program memory at `va` (EFAULT unless every byte is writable).
     pub fn write(&self, va: GuestVirtAddr, data: &[u8]) -> Result<(), Errno> {
         // Check the whole range first so a fault writes nothing.
-        let mut a = page_down(va.0);
-        let end = va.0.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
-        while a < end {
-            self.user_phys(a.max(va.0), true)?;
-            a += PAGE;
-        }
+        self.check_writable(va, data.len())?;
         let mut done = 0usize;
         while done < data.len() {
             let a = va.0 + done as u64;
@@ -1215,6 +1210,19 @@ impl AddressSpace {
                 .write(pa, &data[done..done + n])
                 .map_err(|_| Errno::EFAULT)?;
             done += n;
+        }
+        Ok(())
+    }
+
+    /// EFAULT unless [`Self::write`] of `len` bytes at `va` would succeed: for a call
+    /// that must not consume its input when the output cannot be written (a `read` from
+    /// a pipe leaves the bytes in it, as Linux does).
+    pub fn check_writable(&self, va: GuestVirtAddr, len: usize) -> Result<(), Errno> {
+        let mut a = page_down(va.0);
+        let end = va.0.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        while a < end {
+            self.user_phys(a.max(va.0), true)?;
+            a += PAGE;
         }
         Ok(())
     }
