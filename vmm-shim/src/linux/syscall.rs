@@ -1323,7 +1323,7 @@ impl Process {
                 let stop = next.min(end);
                 let page = |va: u64| ((va - addr) / PAGE) as usize;
                 resident[page(at)..page(stop.div_ceil(PAGE) * PAGE)].fill(0);
-                for (va, _, _) in self.mm.present_leaves(at, stop)? {
+                for (va, _, _) in self.mm.backed_leaves(at, stop)? {
                     resident[page(va)] = 1;
                 }
             }
@@ -1532,8 +1532,9 @@ impl Process {
     }
 
     /// `mremap` of anonymous or shared memory: shrink in place, grow in place when the
-    /// range above is free, else move (MREMAP_MAYMOVE; a shared mapping moves without a
-    /// copy: its new pages are the same frames). Private file mappings: EINVAL.
+    /// range above is free, else move (MREMAP_MAYMOVE) without a copy: a shared
+    /// mapping's new pages are the same frames, a private one's pages take their frames
+    /// along, `PROT_NONE` ones too. Private file mappings: EINVAL.
     fn sys_mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
         let round = |v: u64| v.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1));
         let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
@@ -1590,11 +1591,9 @@ impl Process {
             self.note_new_maps(known);
             return Ok(to);
         }
-        // A lazy mapping moves lazily: only its touched pages are copied.
-        self.mm.map_anonymous(to, new_len, Prot::RW, lazy)?;
-        self.mm.copy_within(old, to, old_len)?;
-        self.mm.protect(to, new_len, prot)?;
-        self.mm.unmap(old, old_len)?;
+        // Its pages move with their frames (a lazy mapping's untouched ones cost nothing).
+        self.mm.move_anonymous(old, old_len, to, new_len)?;
+        self.note_new_maps(known);
         Ok(to)
     }
 
