@@ -1,9 +1,19 @@
 //! The program's address space: guest-physical frames, the 4-level page tables the shim
 //! builds for them, the list of mappings (VMAs) and the heap (`brk`).
 //!
-//! Pages are backed eagerly: a mapping gets its frames when it is created (or when
-//! `mprotect` makes a `PROT_NONE` page accessible), not at first touch, because on a host
-//! where guest ring 0 is emulated a page-fault round trip costs as much as a system call.
+//! Pages are backed eagerly: a mapping gets its frames when it is created (or, for a
+//! mapping made `PROT_NONE`, when `mprotect` first makes a page of it accessible), not at
+//! first touch, because on a host where guest ring 0 is emulated a page-fault round trip
+//! costs as much as a system call.
+//! `mprotect(PROT_NONE)` of a backed page keeps its frame and contents, as on Linux (a
+//! guard page, a garbage collector's or a JIT's trick, a sanitizer's quarantine: the
+//! program makes the data accessible again and finds it there): the leaf entry loses
+//! its present bit, so the CPU faults on every access and ignores the other bits, and
+//! keeps its frame and software bits with [`PTE_PROTNONE`] set, as Linux's
+//! `_PAGE_PROTNONE`. Such a page is *backed* but not present: every walker of these
+//! tables treats it as holding a frame (fork copies it, munmap and exec free it, mremap
+//! moves it, `MADV_DONTNEED` discards it) and never as accessible (the shim's accesses
+//! are EFAULT, a fault of the program is SIGSEGV).
 //! A fresh read-only anonymous mapping (`mmap(PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS)`,
 //! which Starlark's Go interpreter makes 4 GiB big, for tagged integers, and never
 //! touches) maps one frame of zeros everywhere ([`PTE_ZERO`]), as Linux maps its zero
@@ -15,9 +25,10 @@
 //! fresh frame (or, for a read of read-only memory, the frame of zeros) and resumes the
 //! faulting instruction. A fault round trip goes through guest ring 0 (~80 µs on a host
 //! that emulates it, against ~30 µs for the first touch of an eagerly mapped page),
-//! so a fault backs the 64 KiB block around the page, as transparent huge pages do. Unmap, protect, fork and discard walk the page tables and skip
-//! absent tables whole ([`AddressSpace::present_leaves`]), so a mapping's size costs
-//! nothing, only its populated pages do.
+//! so a fault backs the 64 KiB block around the page, as transparent huge pages do.
+//! Unmap, protect, fork, mremap and discard walk the page tables and skip absent tables
+//! whole ([`AddressSpace::backed_leaves`]), so a mapping's size costs nothing, only its
+//! populated pages do.
 //! Host memory is still lazy: fresh frames are untouched pages of the guest-RAM mapping
 //! (MAP_NORESERVE), so only pages the program writes cost host memory. A frame that is
 //! freed and handed out again is zeroed first.
@@ -47,6 +58,21 @@ pub const PTE_NX: u64 = 1 << 63;
 /// A leaf that maps the pool's frame of zeros (a software bit): read-only, shared by
 /// every such page, never written, copied or freed through this space.
 pub const PTE_ZERO: u64 = 1 << 10;
+
+/// A leaf of a `PROT_NONE` page that keeps its frame (a software bit, as Linux's
+/// `_PAGE_PROTNONE`): the present bit is clear, so the CPU ignores the entry's other
+/// bits; the frame and the other software bits ([`PTE_ZERO`], [`PTE_SHARED`]) stay, and
+/// `mprotect` to an accessible protection sets the present bit again on the same frame.
+pub const PTE_PROTNONE: u64 = 1 << 11;
+
+/// The bits of a leaf that say which frame it holds and whose it is: what a
+/// [`PTE_PROTNONE`] entry keeps of a present one, and gives back.
+const PTE_FRAME_BITS: u64 = PTE_ADDR_MASK | PTE_ZERO | PTE_SHARED;
+
+/// Whether leaf entry `e` holds a frame: present, or kept while `PROT_NONE`.
+fn backed(e: u64) -> bool {
+    e & (PTE_P | PTE_PROTNONE) != 0
+}
 
 /// `PROT_*` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,8 +334,9 @@ impl AddressSpace {
         child.maps = self.maps.clone();
         let mut page = vec![0u8; PAGE as usize];
         for v in self.vmas.values() {
-            // Present pages only: a lazy mapping's untouched pages stay untouched.
-            for (va, _, e) in self.present_leaves(v.start, v.end)? {
+            // Backed pages only (present or PROT_NONE, which the child gets the same way):
+            // a lazy mapping's untouched pages stay untouched.
+            for (va, _, e) in self.backed_leaves(v.start, v.end)? {
                 if e & (PTE_SHARED | PTE_ZERO) != 0 {
                     // A shared object's frame, or the zero frame: the child maps the same.
                     child.map_page(va, GuestPhysAddr(e & PTE_ADDR_MASK), e & !PTE_ADDR_MASK)?;
@@ -358,10 +385,11 @@ impl AddressSpace {
         );
     }
 
-    /// Every present leaf entry of `[start, end)`: (page address, entry address, entry),
-    /// in address order. Absent tables are skipped whole, so the cost is the populated
-    /// pages', whatever the range's size.
-    pub fn present_leaves(
+    /// Every leaf entry of `[start, end)` that holds a frame (present, or kept while
+    /// `PROT_NONE`, [`PTE_PROTNONE`]): (page address, entry address, entry), in address
+    /// order. Absent tables are skipped whole, so the cost is the populated pages',
+    /// whatever the range's size.
+    pub fn backed_leaves(
         &self,
         start: u64,
         end: u64,
@@ -373,7 +401,7 @@ impl AddressSpace {
         Ok(out)
     }
 
-    /// [`Self::present_leaves`] under `table`, which maps the `512 << shift` bytes at `base`.
+    /// [`Self::backed_leaves`] under `table`, which maps the `512 << shift` bytes at `base`.
     fn walk(
         &self,
         table: u64,
@@ -392,12 +420,12 @@ impl AddressSpace {
             }
             let slot = GuestPhysAddr(table + i * 8);
             let e = self.mem.read_u64(slot).map_err(|_| Errno::EFAULT)?;
-            if e & PTE_P != 0 {
-                if shift == 12 {
+            if shift == 12 {
+                if backed(e) {
                     out.push((lo, slot, e));
-                } else {
-                    self.walk(e & PTE_ADDR_MASK, shift - 9, lo, start, end, out)?;
                 }
+            } else if e & PTE_P != 0 {
+                self.walk(e & PTE_ADDR_MASK, shift - 9, lo, start, end, out)?;
             }
             i += 1;
         }
@@ -425,6 +453,11 @@ impl AddressSpace {
         }
         let page = page_down(va);
         let e = self.pte(page);
+        if e & PTE_PROTNONE != 0 {
+            // Kept while PROT_NONE (its mapping's protection says otherwise: never made
+            // so): never populated over.
+            return Fault::Denied;
+        }
         if e & PTE_P != 0 {
             if e & PTE_ZERO != 0 && write {
                 // Protections and the zero frame disagree: never made so.
@@ -457,10 +490,7 @@ impl AddressSpace {
         }
         let mut va = lo;
         while va < hi {
-            if va != page
-                && self.pte(va) & PTE_P == 0
-                && self.populate_lazy(va, prot, write).is_err()
-            {
+            if va != page && self.pte(va) == 0 && self.populate_lazy(va, prot, write).is_err() {
                 return;
             }
             va += PAGE;
@@ -579,7 +609,8 @@ impl AddressSpace {
         Ok(Some(GuestPhysAddr(table + ((va >> 12) & 0x1ff) * 8)))
     }
 
-    /// The leaf entry of `va` (0 when not mapped).
+    /// The leaf entry of `va` when it holds a frame (present, or kept while `PROT_NONE`:
+    /// test [`PTE_P`] before using it as a translation); 0 when nothing is there.
     fn pte(&self, va: u64) -> u64 {
         let mut table = self.root;
         for shift in [39u32, 30, 21, 12] {
@@ -587,11 +618,11 @@ impl AddressSpace {
             let Ok(entry) = self.mem.read_u64(slot) else {
                 return 0;
             };
+            if shift == 12 {
+                return if backed(entry) { entry } else { 0 };
+            }
             if entry & PTE_P == 0 {
                 return 0;
-            }
-            if shift == 12 {
-                return entry;
             }
             table = entry & PTE_ADDR_MASK;
         }
@@ -631,7 +662,7 @@ impl AddressSpace {
         shm: Option<&ShmRef>,
         vma_start: u64,
     ) -> Result<Option<GuestPhysAddr>, Errno> {
-        if self.pte(va) & PTE_P != 0 {
+        if self.pte(va) != 0 {
             return Ok(None);
         }
         if let Some(s) = shm {
@@ -687,7 +718,7 @@ impl AddressSpace {
     /// Drop the translations of the pages in `[start, end)` (absent ones cost nothing);
     /// their frames go to `freed` (see [`Self::retire_all`]).
     fn unmap_pages(&mut self, start: u64, end: u64, freed: &mut Vec<u64>) -> Result<(), Errno> {
-        for (_, slot, e) in self.present_leaves(start, end)? {
+        for (_, slot, e) in self.backed_leaves(start, end)? {
             self.mem.write_u64(slot, 0).map_err(|_| Errno::EFAULT)?;
             self.flush_needed = true;
             // A shared object's frame stays the object's; its translations are dropped
@@ -711,14 +742,23 @@ impl AddressSpace {
     fn retire_all(&mut self, freed: Vec<u64>) -> Result<(), Errno> {
         let (shared, own): (Vec<u64>, Vec<u64>) =
             freed.into_iter().partition(|f| f & SHARED_FRAME != 0);
-        let mut shared: Vec<u64> = shared.into_iter().map(|f| f & !SHARED_FRAME).collect();
-        shared.sort_unstable();
-        for (start, len) in frames::runs(&shared) {
+        self.forget_translations(shared.into_iter().map(|f| f & !SHARED_FRAME).collect())?;
+        frames::retire_all(&self.mem, &self.frames, own)
+    }
+
+    /// Make KVM drop its translations to `frames` and keep their contents
+    /// ([`GuestMemory::invalidate`], once per contiguous run): for frames that stay in
+    /// use but must no longer be reachable through an entry that changed (a shadow page
+    /// table does not see the shim's writes to the guest's tables).
+    fn forget_translations(&self, mut frames: Vec<u64>) -> Result<(), Errno> {
+        frames.sort_unstable();
+        frames.dedup();
+        for (start, len) in frames::runs(&frames) {
             self.mem
                 .invalidate(GuestPhysAddr(start), len)
                 .map_err(|_| Errno::EFAULT)?;
         }
-        frames::retire_all(&self.mem, &self.frames, own)
+        Ok(())
     }
 
     /// Free a frame that a translation pointed at. KVM may still hold a translation to
@@ -999,19 +1039,17 @@ impl AddressSpace {
                     .push(MapRecord::anonymous(self.space, v.start, v.end - v.start));
             }
             if prot.is_none() {
-                let mut freed = Vec::new();
-                self.unmap_pages(v.start, v.end, &mut freed)?;
-                self.retire_all(freed)?;
+                self.make_inaccessible(v.start, v.end)?;
             } else if v.lazy {
                 // Untouched pages stay absent: the fault maps them with the new `prot`.
-                for (va, _, e) in self.present_leaves(v.start, v.end)? {
+                for (va, _, e) in self.backed_leaves(v.start, v.end)? {
                     self.reprotect(va, e, prot)?;
                 }
             } else {
                 let mut va = v.start;
                 while va < v.end {
                     let e = self.pte(va);
-                    if e & PTE_P == 0 {
+                    if e == 0 {
                         self.populate(va, prot, v.file.as_ref(), v.shm.as_ref(), v.start)?;
                     } else {
                         self.reprotect(va, e, prot)?;
@@ -1026,8 +1064,47 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Give present page `va` (leaf entry `e`) protection `prot`.
+    /// `mprotect(PROT_NONE)` of `[start, end)`: every present page keeps its frame, not
+    /// present any more ([`PTE_PROTNONE`]). KVM forgets its translations to the frames
+    /// (their contents stay) and every vCPU flushes its TLB, so no access gets through.
+    fn make_inaccessible(&mut self, start: u64, end: u64) -> Result<(), Errno> {
+        let mut kept = Vec::new();
+        for (_, slot, e) in self.backed_leaves(start, end)? {
+            if e & PTE_P == 0 {
+                continue;
+            }
+            self.mem
+                .write_u64(slot, (e & PTE_FRAME_BITS) | PTE_PROTNONE)
+                .map_err(|_| Errno::EFAULT)?;
+            kept.push(e & PTE_ADDR_MASK);
+        }
+        if !kept.is_empty() {
+            self.flush_needed = true;
+        }
+        self.forget_translations(kept)
+    }
+
+    /// Give backed page `va` (leaf entry `e`, present or [`PTE_PROTNONE`]) protection
+    /// `prot` (not `PROT_NONE`: see [`Self::make_inaccessible`]).
     fn reprotect(&mut self, va: u64, e: u64, prot: Prot) -> Result<(), Errno> {
+        if e & PTE_PROTNONE != 0 {
+            // Present again, on the frame it kept (no translation to it is left, so none
+            // can outlive the change); the zero frame's pages get frames of their own
+            // when they become writable or executable, as below.
+            let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
+            let own = e & PTE_ZERO != 0 && (prot.writable() || prot.executable());
+            let entry = if own {
+                let mem = self.mem.clone();
+                let f = self.frames().alloc(&mem);
+                let f = f.inspect_err(|_| {
+                    self.note_exhausted(va);
+                })?;
+                f.0 | prot.pte_flags()
+            } else {
+                (e & PTE_FRAME_BITS) | prot.pte_flags()
+            };
+            return self.mem.write_u64(slot, entry).map_err(|_| Errno::EFAULT);
+        }
         if e & PTE_ZERO != 0 {
             // Still read-only zeros, or a frame of its own (zero) from now on.
             let slot = self.leaf(va, false)?.ok_or(Errno::EFAULT)?;
@@ -1084,7 +1161,8 @@ impl AddressSpace {
     pub fn discard(&mut self, start: u64, len: u64) -> Result<(), Errno> {
         let end = page_up(start.checked_add(len).ok_or(Errno::EINVAL)?).ok_or(Errno::EINVAL)?;
         let mut freed = Vec::new();
-        for (va, slot, e) in self.present_leaves(start, end)? {
+        // PROT_NONE pages too: their contents go, as on Linux.
+        for (va, slot, e) in self.backed_leaves(start, end)? {
             let Some(v) = self.vma_at(va) else { continue };
             if v.file.is_some() || v.shm.is_some() {
                 continue;
@@ -1136,7 +1214,7 @@ impl AddressSpace {
             return Err(Errno::EFAULT);
         }
         let e = self.pte(va);
-        if e & PTE_P == 0 {
+        if e == 0 {
             let lazy = self.lazy_vma_at(va).is_some_and(|v| {
                 if write {
                     v.prot.writable()
@@ -1146,6 +1224,7 @@ impl AddressSpace {
             });
             return if lazy { Ok(None) } else { Err(Errno::EFAULT) };
         }
+        // A PROT_NONE page (not present) fails here too.
         let need = PTE_P | PTE_US | if write { PTE_RW } else { 0 };
         if e & need != need {
             return Err(Errno::EFAULT);
@@ -1200,12 +1279,7 @@ impl AddressSpace {
     /// Copy `data` into program memory at `va` (EFAULT unless every byte is writable).
     pub fn write(&self, va: GuestVirtAddr, data: &[u8]) -> Result<(), Errno> {
         // Check the whole range first so a fault writes nothing.
-        let mut a = page_down(va.0);
-        let end = va.0.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
-        while a < end {
-            self.user_phys(a.max(va.0), true)?;
-            a += PAGE;
-        }
+        self.check_writable(va, data.len())?;
         let mut done = 0usize;
         while done < data.len() {
             let a = va.0 + done as u64;
@@ -1215,6 +1289,19 @@ impl AddressSpace {
                 .write(pa, &data[done..done + n])
                 .map_err(|_| Errno::EFAULT)?;
             done += n;
+        }
+        Ok(())
+    }
+
+    /// EFAULT unless [`Self::write`] of `len` bytes at `va` would succeed: for a call
+    /// that must not consume its input when the output cannot be written (a `read` from
+    /// a pipe leaves the bytes in it, as Linux does).
+    pub fn check_writable(&self, va: GuestVirtAddr, len: usize) -> Result<(), Errno> {
+        let mut a = page_down(va.0);
+        let end = va.0.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        while a < end {
+            self.user_phys(a.max(va.0), true)?;
+            a += PAGE;
         }
         Ok(())
     }
@@ -1230,7 +1317,7 @@ impl AddressSpace {
             if e & PTE_ZERO != 0 {
                 return Err(Errno::EFAULT);
             }
-            if e & PTE_P == 0 {
+            if e == 0 {
                 self.populate_absent(a)?;
             }
             let pa = self.user_phys(a, false)?.ok_or(Errno::EFAULT)?;
@@ -1286,47 +1373,62 @@ impl AddressSpace {
             .filter(|v| v.end > va)
     }
 
-    /// Copy the `len` bytes of mapped memory at `from` to `to` (page-aligned; mremap
-    /// moving a mapping). Every source page must be present, except in lazy mappings,
-    /// whose untouched pages are skipped (a lazy destination stays untouched there):
-    /// only populated pages cost a step. Page tables decide, protection does not.
-    pub fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<(), Errno> {
-        if !from.is_multiple_of(PAGE) || !to.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+    /// `mremap` moving private anonymous memory: `[from, from + len)`, inside one
+    /// mapping, becomes the mapping `[to, to + new_len)` (free, `new_len >= len`; all
+    /// page-aligned). Its backed pages move with their frames, as Linux moves page
+    /// tables: contents, protection and `PROT_NONE` pages kept, no copy, and a lazy
+    /// mapping's untouched pages cost nothing. The grown part is backed as `mprotect`
+    /// backs a page made accessible.
+    pub fn move_anonymous(
+        &mut self,
+        from: u64,
+        len: u64,
+        to: u64,
+        new_len: u64,
+    ) -> Result<(), Errno> {
+        let aligned = [from, len, to, new_len]
+            .iter()
+            .all(|v| v.is_multiple_of(PAGE));
+        let end = from.checked_add(len).ok_or(Errno::EINVAL)?;
+        let v = self.vma_at(from).ok_or(Errno::EFAULT)?;
+        if !aligned || new_len < len || v.end < end || v.file.is_some() || v.shm.is_some() {
             return Err(Errno::EINVAL);
         }
-        let end = from.checked_add(len).ok_or(Errno::EFAULT)?;
-        let mut pages = Vec::new();
-        let mut at = from;
-        while at < end {
-            let v = self.vma_at(at).ok_or(Errno::EFAULT)?;
-            let stop = v.end.min(end);
-            if v.lazy {
-                pages.extend(self.present_leaves(at, stop)?.into_iter().map(|l| l.0));
-            } else {
-                pages.extend((at..stop).step_by(PAGE as usize));
-            }
-            at = stop;
+        let (prot, lazy) = (v.prot, v.lazy);
+        let to_end = to.checked_add(new_len).ok_or(Errno::ENOMEM)?;
+        if !self.is_free(to, to_end) {
+            return Err(Errno::ENOMEM);
         }
-        let mut page = vec![0u8; PAGE as usize];
-        for va in pages {
-            let src = self.pte(va);
-            let d = to.checked_add(va - from).ok_or(Errno::EFAULT)?;
-            let mut dst = self.pte(d);
-            if dst & PTE_P == 0 && self.lazy_vma_at(d).is_some() {
-                self.populate_absent(d)?;
-                dst = self.pte(d);
+        // Inaccessible and empty first; the tables its pages need before any moves, so
+        // that running out of frames leaves the source whole.
+        self.map_vma(to, new_len, Prot::NONE, None, None, "", lazy)?;
+        let leaves = self.backed_leaves(from, end)?;
+        let mut slots = Vec::with_capacity(leaves.len());
+        for &(va, _, _) in &leaves {
+            match self.leaf(to + (va - from), true) {
+                Ok(Some(slot)) => slots.push(slot),
+                Ok(None) | Err(_) => {
+                    self.note_exhausted(to + (va - from));
+                    let _ = self.unmap(to, new_len);
+                    return Err(Errno::ENOMEM);
+                }
             }
-            if src & PTE_P == 0 || dst & PTE_P == 0 || dst & PTE_ZERO != 0 {
-                return Err(Errno::EFAULT);
-            }
-            self.mem
-                .read(GuestPhysAddr(src & PTE_ADDR_MASK), &mut page)
-                .map_err(|_| Errno::EFAULT)?;
-            self.mem
-                .write(GuestPhysAddr(dst & PTE_ADDR_MASK), &page)
-                .map_err(|_| Errno::EFAULT)?;
         }
-        Ok(())
+        // The frames of present pages: KVM forgets their translations at `from`.
+        let mut moved = Vec::new();
+        for ((_, old, e), new) in leaves.into_iter().zip(slots) {
+            self.mem.write_u64(new, e).map_err(|_| Errno::EFAULT)?;
+            self.mem.write_u64(old, 0).map_err(|_| Errno::EFAULT)?;
+            if e & PTE_P != 0 {
+                moved.push(e & PTE_ADDR_MASK);
+            }
+        }
+        self.flush_needed = true;
+        self.forget_translations(moved)?;
+        // Nothing is left to free at `from`; `to` gets the protection (and the grown
+        // part its pages).
+        self.unmap(from, len)?;
+        self.protect(to, new_len, prot)
     }
 
     /// The guest-physical address of byte `va` when a shared object's page holds it
@@ -1418,7 +1520,9 @@ fn collect_frames(mem: &GuestMemory, table: u64, level: u32, out: &mut Vec<u64>)
         let Ok(e) = mem.read_u64(GuestPhysAddr(table + 8 * i)) else {
             continue;
         };
-        if e & PTE_P == 0 {
+        // A leaf kept while PROT_NONE holds a frame too.
+        let holds = if level > 1 { e & PTE_P != 0 } else { backed(e) };
+        if !holds {
             continue;
         }
         let f = e & PTE_ADDR_MASK;
@@ -1878,7 +1982,7 @@ mod tests {
             assert_eq!(child.read_u32(p).unwrap() & 0xff, i as u32 + 1);
         }
         assert_eq!(
-            child.present_leaves(HUGE.0, HUGE.0 + HUGE.1).unwrap().len(),
+            child.backed_leaves(HUGE.0, HUGE.0 + HUGE.1).unwrap().len(),
             16
         );
         drop(child);
@@ -1893,11 +1997,7 @@ mod tests {
         assert_eq!(s.fault(pages[8], false, false), Fault::Unmapped);
         assert_eq!(s.read_u32(pages[15]).unwrap() & 0xff, 16);
         s.unmap(HUGE.0, HUGE.1).unwrap();
-        assert!(
-            s.present_leaves(HUGE.0, HUGE.0 + HUGE.1)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(s.backed_leaves(HUGE.0, HUGE.0 + HUGE.1).unwrap().is_empty());
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 
@@ -1923,5 +2023,267 @@ mod tests {
         // Freeing some lets the program go on.
         s.unmap(HUGE.0, 16 * PAGE).unwrap();
         assert_eq!(s.fault(HUGE.0 + (2 << 40), true, false), Fault::Resolved);
+    }
+
+    /// `len` bytes of a pattern seeded with `seed`.
+    fn pattern(len: u64, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn bytes(s: &AddressSpace, va: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let mut b = vec![0u8; len as usize];
+        s.read(GuestVirtAddr(va), &mut b).map(|()| b)
+    }
+
+    #[test]
+    fn prot_none_keeps_the_frames_and_their_contents_out_of_reach() {
+        let mut s = space();
+        let (start, len) = (0x40_0000, 4 * PAGE);
+        s.map(start, len, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(start), &pattern(len, 1)).unwrap();
+        let frames: Vec<u64> = (0..4).map(|i| s.pte(start + i * PAGE)).collect();
+        let in_use = s.frames().in_use();
+        s.flush_needed = false;
+        s.protect(start, len, Prot::NONE).unwrap();
+        assert!(s.flush_needed, "the vCPUs' TLBs must forget the pages");
+        assert_eq!(s.frames().in_use(), in_use, "nothing freed");
+        let e = s.pte(start + PAGE);
+        assert_eq!(e & (PTE_P | PTE_PROTNONE), PTE_PROTNONE);
+        // Out of reach of the shim, of the CPU and of the fault path.
+        assert_eq!(bytes(&s, start + PAGE, 8), Err(Errno::EFAULT));
+        assert_eq!(s.write(GuestVirtAddr(start), b"x"), Err(Errno::EFAULT));
+        assert_eq!(
+            s.check_writable(GuestVirtAddr(start), 1),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(s.poke(start, b"x"), Err(Errno::EFAULT));
+        assert_eq!(s.read_cstr(start, 16), Err(Errno::EFAULT));
+        assert!(s.memory().translate(s.cr3(), GuestVirtAddr(start)).is_err());
+        assert_eq!(s.fault(start, false, false), Fault::Denied);
+        assert_eq!(s.shared_phys(start), None);
+        // A second PROT_NONE changes nothing.
+        s.protect(start, len, Prot::NONE).unwrap();
+        // Readable again: the same frames, the same bytes; then writable.
+        let read = Prot(libc::PROT_READ as u32);
+        s.protect(start, len, read).unwrap();
+        let again: Vec<u64> = (0..4).map(|i| s.pte(start + i * PAGE)).collect();
+        let frame = |e: &u64| e & PTE_ADDR_MASK;
+        assert_eq!(
+            again.iter().map(frame).collect::<Vec<_>>(),
+            frames.iter().map(frame).collect::<Vec<_>>()
+        );
+        assert_eq!(again[0] & !PTE_ADDR_MASK, read.pte_flags());
+        assert_eq!(bytes(&s, start, len).unwrap(), pattern(len, 1));
+        assert_eq!(s.write(GuestVirtAddr(start), b"x"), Err(Errno::EFAULT));
+        // Straight back to read-write: the same frames too.
+        s.protect(start, len, Prot::NONE).unwrap();
+        s.protect(start, len, Prot::RW).unwrap();
+        let rw: Vec<u64> = (0..4).map(|i| s.pte(start + i * PAGE)).collect();
+        assert_eq!(
+            rw.iter().map(frame).collect::<Vec<_>>(),
+            again.iter().map(frame).collect::<Vec<_>>()
+        );
+        assert_eq!(rw[0] & !PTE_ADDR_MASK, Prot::RW.pte_flags());
+        assert_eq!(bytes(&s, start, len).unwrap(), pattern(len, 1));
+        s.write(GuestVirtAddr(start), b"new").unwrap();
+        assert_eq!(s.frames().in_use(), in_use);
+        // A part of a mapping: it splits, the rest stays accessible.
+        s.protect(start + PAGE, PAGE, Prot::NONE).unwrap();
+        assert_eq!(s.vmas().count(), 3);
+        assert_eq!(bytes(&s, start + PAGE - 1, 2), Err(Errno::EFAULT));
+        assert!(bytes(&s, start + 2 * PAGE, PAGE).is_ok());
+        s.protect(start + PAGE, PAGE, Prot::RW).unwrap();
+        assert_eq!(
+            bytes(&s, start + PAGE, PAGE).unwrap(),
+            pattern(len, 1)[PAGE as usize..2 * PAGE as usize]
+        );
+    }
+
+    #[test]
+    fn munmap_exec_and_dontneed_free_or_clear_prot_none_pages() {
+        let mut s = space();
+        let base = s.frames().in_use();
+        let (start, len) = (0x40_0000, 8 * PAGE);
+        s.map(start, len, Prot::RW, None, "").unwrap();
+        let mapped = s.frames().in_use();
+        s.write(GuestVirtAddr(start), &pattern(len, 2)).unwrap();
+        s.protect(start, len, Prot::NONE).unwrap();
+        // MADV_DONTNEED: the contents go, as on Linux (the frame stays, reads zero).
+        s.discard(start, PAGE).unwrap();
+        s.protect(start, 2 * PAGE, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        assert_eq!(bytes(&s, start, PAGE).unwrap(), vec![0; PAGE as usize]);
+        assert_eq!(
+            bytes(&s, start + PAGE, PAGE).unwrap(),
+            pattern(len, 2)[PAGE as usize..2 * PAGE as usize]
+        );
+        // munmap of the PROT_NONE rest gives every data frame back.
+        s.unmap(start, len).unwrap();
+        assert_eq!(s.frames().in_use(), mapped - 8);
+        assert!(s.frames().in_use() > base, "the page tables stay");
+        // A lazy mapping's PROT_NONE page: DONTNEED gives its frame back, and it is
+        // populated afresh (zeros) once accessible again.
+        s.map_anonymous(HUGE.0, HUGE.1, Prot::RW, true).unwrap();
+        s.write(GuestVirtAddr(HUGE.0), b"lazy").unwrap();
+        s.protect(HUGE.0, HUGE.1, Prot::NONE).unwrap();
+        assert_eq!(s.fault(HUGE.0, false, false), Fault::Denied);
+        let before = s.frames().in_use();
+        s.discard(HUGE.0, PAGE).unwrap();
+        assert_eq!(s.frames().in_use(), before - 1);
+        s.protect(HUGE.0, HUGE.1, Prot::RW).unwrap();
+        assert_eq!(s.read_u32(HUGE.0).unwrap(), 0);
+        // A space dropped (exec, exit) with PROT_NONE pages gives them back too.
+        let pool = s.pool();
+        let in_use = || pool.lock().unwrap().in_use();
+        let start_pool = in_use();
+        let mut other = AddressSpace::with_pool(s.memory_arc(), pool.clone()).unwrap();
+        other.map(start, len, Prot::RW, None, "").unwrap();
+        other.protect(start, len, Prot::NONE).unwrap();
+        assert!(in_use() > start_pool + 8);
+        drop(other);
+        assert_eq!(in_use(), start_pool);
+    }
+
+    #[test]
+    fn a_forked_child_gets_its_own_copy_of_prot_none_pages() {
+        let mut s = space();
+        let (start, len) = (0x40_0000, 3 * PAGE);
+        s.map(start, len, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(start), &pattern(len, 3)).unwrap();
+        let shm = shared_region(&s);
+        s.map_shared(0x50_0000, PAGE, Prot::RW, None, shm).unwrap();
+        s.write(GuestVirtAddr(0x50_0000), b"shared").unwrap();
+        s.protect(start + PAGE, 2 * PAGE, Prot::NONE).unwrap();
+        s.protect(0x50_0000, PAGE, Prot::NONE).unwrap();
+        let before = s.resident_bytes();
+        let mut child = s.fork().unwrap();
+        assert_eq!(bytes(&child, start + PAGE, 1), Err(Errno::EFAULT));
+        assert_eq!(child.pte(start + PAGE) & PTE_P, 0);
+        // The child restores its copy and writes it; the parent's stays as it was.
+        child.protect(start, len, Prot::RW).unwrap();
+        assert_eq!(bytes(&child, start, len).unwrap(), pattern(len, 3));
+        child
+            .write(GuestVirtAddr(start + PAGE), &pattern(PAGE, 9))
+            .unwrap();
+        // The shared page is the same frame in both.
+        child.protect(0x50_0000, PAGE, Prot::RW).unwrap();
+        child.write(GuestVirtAddr(0x50_0000), b"child!").unwrap();
+        assert_eq!(bytes(&s, start + PAGE, 1), Err(Errno::EFAULT));
+        s.protect(start, len, Prot::RW).unwrap();
+        s.protect(0x50_0000, PAGE, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        assert_eq!(bytes(&s, start, len).unwrap(), pattern(len, 3));
+        assert_eq!(bytes(&s, 0x50_0000, 6).unwrap(), b"child!");
+        // Dropped with a page still PROT_NONE: every frame of the child comes back.
+        child.protect(start, PAGE, Prot::NONE).unwrap();
+        drop(child);
+        assert_eq!(s.resident_bytes(), before);
+    }
+
+    #[test]
+    fn a_modified_private_file_page_keeps_the_modification_through_prot_none() {
+        let bytes_on_disk = pattern(2 * PAGE, 4);
+        let mut s = space();
+        let start = 0x40_0000;
+        s.map(
+            start,
+            2 * PAGE,
+            Prot::RW,
+            Some(file_backing(&bytes_on_disk, 0)),
+            "",
+        )
+        .unwrap();
+        s.write(GuestVirtAddr(start + PAGE + 10), b"modified")
+            .unwrap();
+        s.protect(start, 2 * PAGE, Prot::NONE).unwrap();
+        assert_eq!(bytes(&s, start, 1), Err(Errno::EFAULT));
+        s.protect(start, 2 * PAGE, Prot(libc::PROT_READ as u32))
+            .unwrap();
+        let mut want = bytes_on_disk.clone();
+        want[PAGE as usize + 10..PAGE as usize + 18].copy_from_slice(b"modified");
+        assert_eq!(bytes(&s, start, 2 * PAGE).unwrap(), want);
+    }
+
+    #[test]
+    fn zero_frame_and_lazy_pages_come_back_from_prot_none() {
+        let mut s = space();
+        let read = Prot(libc::PROT_READ as u32);
+        // Read-only zeros: the zero frame is kept and given back, then a frame of its
+        // own when the page becomes writable.
+        s.map_anonymous(0x40_0000, 2 * PAGE, read, false).unwrap();
+        let zero = s.pte(0x40_0000) & PTE_ADDR_MASK;
+        s.protect(0x40_0000, 2 * PAGE, Prot::NONE).unwrap();
+        assert_eq!(s.pte(0x40_0000) & (PTE_P | PTE_ZERO), PTE_ZERO);
+        s.protect(0x40_0000, PAGE, read).unwrap();
+        assert_eq!(s.pte(0x40_0000), zero | read.pte_flags() | PTE_ZERO);
+        s.protect(0x40_1000, PAGE, Prot::RW).unwrap();
+        assert_eq!(s.pte(0x40_1000) & PTE_ZERO, 0);
+        assert_ne!(s.pte(0x40_1000) & PTE_ADDR_MASK, zero);
+        s.write(GuestVirtAddr(0x40_1000), b"own").unwrap();
+        assert_eq!(bytes(&s, 0x40_0000, 4).unwrap(), [0; 4]);
+        // A lazy mapping: touched pages keep theirs, untouched ones stay absent (and are
+        // not populated by a fault while PROT_NONE).
+        let mut l = lazy_space();
+        let at = HUGE.0 + (3 << 40);
+        l.write(GuestVirtAddr(at), b"lazy data").unwrap();
+        let in_use = l.frames().in_use();
+        l.protect(HUGE.0, HUGE.1, Prot::NONE).unwrap();
+        assert_eq!(l.fault(at, false, false), Fault::Denied);
+        assert_eq!(l.fault(HUGE.0, true, false), Fault::Denied);
+        assert_eq!(bytes(&l, HUGE.0, 1), Err(Errno::EFAULT));
+        assert_eq!(l.frames().in_use(), in_use);
+        l.protect(HUGE.0, HUGE.1, Prot::RW).unwrap();
+        assert_eq!(bytes(&l, at, 9).unwrap(), b"lazy data");
+        assert_eq!(l.frames().in_use(), in_use);
+    }
+
+    #[test]
+    fn mremap_moves_pages_with_their_frames_prot_none_ones_too() {
+        let mut s = space();
+        let (from, to, len) = (0x40_0000, 0x80_0000, 4 * PAGE);
+        s.map(from, len, Prot::RW, None, "").unwrap();
+        s.write(GuestVirtAddr(from), &pattern(len, 5)).unwrap();
+        let frames: Vec<u64> = (0..4)
+            .map(|i| s.pte(from + i * PAGE) & PTE_ADDR_MASK)
+            .collect();
+        s.protect(from, len, Prot::NONE).unwrap();
+        let in_use = s.frames().in_use();
+        s.move_anonymous(from, len, to, 2 * len).unwrap();
+        assert!(s.vma_at(from).is_none());
+        assert_eq!(
+            s.vma_at(to).map(|v| (v.end, v.prot)),
+            Some((to + 2 * len, Prot::NONE))
+        );
+        assert_eq!(bytes(&s, to, 1), Err(Errno::EFAULT));
+        let moved: Vec<u64> = (0..4)
+            .map(|i| s.pte(to + i * PAGE) & PTE_ADDR_MASK)
+            .collect();
+        assert_eq!(moved, frames, "no copy");
+        // Only the page tables of the new place were needed.
+        assert!(s.frames().in_use() - in_use <= 3);
+        s.protect(to, 2 * len, Prot::RW).unwrap();
+        assert_eq!(bytes(&s, to, len).unwrap(), pattern(len, 5));
+        assert_eq!(bytes(&s, to + len, len).unwrap(), vec![0; len as usize]);
+        // Accessible memory moves the same way; a lazy mapping moves only what it has.
+        s.move_anonymous(to, 2 * len, from, 2 * len).unwrap();
+        assert_eq!(bytes(&s, from, len).unwrap(), pattern(len, 5));
+        let (lazy, tib) = (0x1000_0000_0000, 1 << 40);
+        s.map_anonymous(lazy, tib, Prot::RW, true).unwrap();
+        s.write(GuestVirtAddr(lazy + tib / 2), b"far").unwrap();
+        s.move_anonymous(lazy, tib, lazy + 4 * tib, 2 * tib)
+            .unwrap();
+        let moved = s.backed_leaves(lazy + 4 * tib, lazy + 6 * tib).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(bytes(&s, lazy + 4 * tib + tib / 2, 3).unwrap(), b"far");
+        assert!(s.vma_at(lazy + 5 * tib).is_some_and(|v| v.lazy));
+        // A file mapping is not this call's.
+        s.map(0x90_0000, PAGE, Prot::RW, Some(file_backing(b"f", 0)), "")
+            .unwrap();
+        assert_eq!(
+            s.move_anonymous(0x90_0000, PAGE, 0xa0_0000, PAGE),
+            Err(Errno::EINVAL)
+        );
     }
 }

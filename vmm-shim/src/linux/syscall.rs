@@ -1046,6 +1046,9 @@ impl Process {
             return self.read_signalfd(task, fd, set, buf, count);
         }
         let mut b = vec![0u8; (count as usize).min(MAX_IO)];
+        // A buffer the program may not write (PROT_NONE, read-only, unmapped) is EFAULT
+        // before anything is read: the bytes stay in a pipe, the offset unmoved.
+        self.mm.check_writable(GuestVirtAddr(buf), b.len())?;
         let n = if self.fds.get(fd)?.seeded_random {
             // The random devices ignore the offset of a pread.
             self.entropy.fill(&mut b, 0)?
@@ -1320,7 +1323,7 @@ impl Process {
                 let stop = next.min(end);
                 let page = |va: u64| ((va - addr) / PAGE) as usize;
                 resident[page(at)..page(stop.div_ceil(PAGE) * PAGE)].fill(0);
-                for (va, _, _) in self.mm.present_leaves(at, stop)? {
+                for (va, _, _) in self.mm.backed_leaves(at, stop)? {
                     resident[page(va)] = 1;
                 }
             }
@@ -1529,8 +1532,9 @@ impl Process {
     }
 
     /// `mremap` of anonymous or shared memory: shrink in place, grow in place when the
-    /// range above is free, else move (MREMAP_MAYMOVE; a shared mapping moves without a
-    /// copy: its new pages are the same frames). Private file mappings: EINVAL.
+    /// range above is free, else move (MREMAP_MAYMOVE) without a copy: a shared
+    /// mapping's new pages are the same frames, a private one's pages take their frames
+    /// along, `PROT_NONE` ones too. Private file mappings: EINVAL.
     fn sys_mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
         let round = |v: u64| v.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1));
         let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
@@ -1587,11 +1591,9 @@ impl Process {
             self.note_new_maps(known);
             return Ok(to);
         }
-        // A lazy mapping moves lazily: only its touched pages are copied.
-        self.mm.map_anonymous(to, new_len, Prot::RW, lazy)?;
-        self.mm.copy_within(old, to, old_len)?;
-        self.mm.protect(to, new_len, prot)?;
-        self.mm.unmap(old, old_len)?;
+        // Its pages move with their frames (a lazy mapping's untouched ones cost nothing).
+        self.mm.move_anonymous(old, old_len, to, new_len)?;
+        self.note_new_maps(known);
         Ok(to)
     }
 
@@ -2667,6 +2669,41 @@ mod tests {
         assert_eq!(&b, b"touched");
         assert_eq!(p.mm.vma_at(moved).map(|v| v.lazy), Some(true));
         assert!(p.mm.vma_at(at).is_none());
+    }
+
+    #[test]
+    fn a_read_into_memory_it_may_not_write_is_efault_and_leaves_the_bytes_in_the_pipe() {
+        let mut p = process();
+        assert_eq!(call(&mut p, Sysno::pipe2, [0x40_0000, 0, 0, 0]), 0);
+        let fds = [
+            p.mm.read_u32(0x40_0000).unwrap(),
+            p.mm.read_u32(0x40_0004).unwrap(),
+        ];
+        p.mm.write(GuestVirtAddr(0x40_1000), b"abc").unwrap();
+        assert_eq!(
+            call(&mut p, Sysno::write, [fds[1].into(), 0x40_1000, 3, 0]),
+            3
+        );
+        let none = 0x40_2000;
+        assert_eq!(call(&mut p, Sysno::mprotect, [none, PAGE, 0, 0]), 0);
+        let efault = -(libc::EFAULT as i64);
+        assert_eq!(
+            call(&mut p, Sysno::read, [fds[0].into(), none, 3, 0]),
+            efault
+        );
+        // Past the end of the mapping: EFAULT too, before the read.
+        let edge = 0x40_4000 - 1;
+        assert_eq!(
+            call(&mut p, Sysno::read, [fds[0].into(), edge, 3, 0]),
+            efault
+        );
+        assert_eq!(
+            call(&mut p, Sysno::read, [fds[0].into(), 0x40_3000, 3, 0]),
+            3
+        );
+        let mut b = [0u8; 3];
+        p.mm.read(GuestVirtAddr(0x40_3000), &mut b).unwrap();
+        assert_eq!(&b, b"abc");
     }
 
     #[test]
