@@ -16,7 +16,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Recordings of Linux programs name the guest's vDSO `[vdso]` and its trap stubs
-    // `[lbrprof-shim]`, each with its image's build-id.
+    // `[lbrprof_shim]`, each with its image's build-id.
     lbrprof_symbolizer::add_pseudo_image(|| &lbrprof_vmm::linux::vdso::image().bytes);
     lbrprof_symbolizer::add_pseudo_image(|| &lbrprof_vmm::linux::trapsyms::image().bytes);
     match cli.run() {

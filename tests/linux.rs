@@ -342,7 +342,7 @@ int main(void) {
 }
 
 /// A system-call-heavy distribution binary (dd, one byte at a time): the vCPU's time at
-/// the shim's SYSCALL entry stub is named as Linux names it, in the `[lbrprof-shim]`
+/// the shim's SYSCALL entry stub is named as Linux names it, in the `[lbrprof_shim]`
 /// module, never as a bare guest address; time the host's hypervisor reports as the
 /// guest's at other upper-half addresses is `[hypervisor]`'s.
 #[test]
@@ -380,8 +380,8 @@ fn record_names_the_system_call_entry_of_a_syscall_heavy_program() {
         .collect();
     let entry = host
         .iter()
-        .find(|f| f["module"] == "[lbrprof-shim]" && f["function"] == "entry_SYSCALL_64")
-        .unwrap_or_else(|| panic!("no [lbrprof-shim] entry_SYSCALL_64 row: {host:#?}"));
+        .find(|f| f["module"] == "[lbrprof_shim]" && f["function"] == "entry_SYSCALL_64")
+        .unwrap_or_else(|| panic!("no [lbrprof_shim] entry_SYSCALL_64 row: {host:#?}"));
     assert!(entry["self_samples"].as_u64() > Some(0), "{entry}");
     let bare: Vec<_> = host
         .iter()

@@ -27,7 +27,7 @@ pub struct CodeReader {
 }
 
 /// Where a module's code is read from: its file, or the image of a pseudo-module
-/// (`[vdso]`, `[lbrprof-shim]`) the symbolizer was given.
+/// (`[vdso]`, `[lbrprof_shim]`) the symbolizer was given.
 enum Code {
     File(File),
     Image(&'static [u8]),

@@ -122,23 +122,6 @@ fn event_time(ev: &Event) -> Option<u64> {
     })
 }
 
-/// Whether perf can take mapping `m`: a file, or one of the pseudo-modules perf knows
-/// (`[vdso]`, `[vsyscall]`, `[heap]`...). Other bracketed names (`[lbrprof-shim]`, the
-/// guest's trap stubs, named from an image only lbrprof has) are left out: perf 6.1
-/// crashes on them in `report -b` (a double free), and could not name their code anyway.
-fn perf_reads(m: &Mapping) -> bool {
-    const PERF_KNOWS: [&str; 7] = [
-        "[vdso]",
-        "[vsyscall]",
-        "[vvar]",
-        "[heap]",
-        "[stack]",
-        "[kernel.kallsyms]",
-        "[anon",
-    ];
-    !m.path.starts_with('[') || PERF_KNOWS.iter().any(|p| m.path.starts_with(p))
-}
-
 /// Why the perf.data file could not be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -249,14 +232,18 @@ impl Plan {
                 self.rounds_out_of_order = true;
             }
             Event::VcpuSpace(v) => self.vcpu_space.told(v),
-            Event::Mapping(m) if !perf_reads(m) => {}
             Event::Mapping(m) => {
                 self.kernel_mapped |= m.space == AddressSpace::HostKernel;
                 if let AddressSpace::Guest { vm } = m.space {
                     self.guest_vms.insert(vm);
                     self.rounds_out_of_order = true;
                 }
-                if let Some(id) = &m.build_id {
+                // perf takes a bracketed name in its build-id table for a kernel
+                // module's: lbrprof's own pseudo-modules (`[lbrprof_shim]`, the guest's trap
+                // stubs) there made perf 6.1 abort (double free) in `report -b` on the
+                // user-space mappings of that name. Their MMAP2 records keep the build-id.
+                let pseudo = m.path.starts_with('[') && m.path != "[vdso]";
+                if let Some(id) = m.build_id.as_ref().filter(|_| !pseudo) {
                     let kernel = m.space == AddressSpace::HostKernel;
                     self.build_ids
                         .entry(m.path.clone())
@@ -811,7 +798,6 @@ impl<W: Write> Writer<'_, W> {
         match ev {
             Event::Sample(s) => self.host_sample(&SampleRef::of_host(s, 0)),
             Event::Snapshot(s) => self.snapshot(s),
-            Event::Mapping(m) if !perf_reads(m) => Ok(()),
             Event::Mapping(m) => self.mapping(m),
             Event::Task(t) => self.task(t),
             Event::Loss(l) => self.loss(l),

@@ -36,7 +36,7 @@ pub fn add_image(image: ImageFn) {
     IMAGES.lock().unwrap_or_else(|e| e.into_inner()).push(image);
 }
 
-/// The bytes of pseudo-module `path` (`[vdso]`, `[lbrprof-shim]`) recorded with
+/// The bytes of pseudo-module `path` (`[vdso]`, `[lbrprof_shim]`) recorded with
 /// `build_id`, when an added image has that build-id: what a reader of the module's code
 /// (by file offset) reads instead of a file.
 pub fn pseudo_module_image(path: &Path, build_id: Option<&[u8]>) -> Option<&'static [u8]> {

@@ -1,7 +1,7 @@
 //! The trap stub page ([`super::cpu::stub_code`]) as a small ELF image with a symbol per
 //! stub, so that profiles name the time a program's vCPU spends at them: a host sample
 //! taken while the guest sat at the SYSCALL entry's `out` (the system call's round trip
-//! through the shim) reads `[lbrprof-shim] entry_SYSCALL_64`, not a bare address. The
+//! through the shim) reads `[lbrprof_shim] entry_SYSCALL_64`, not a bare address. The
 //! names are Linux's for the same entry points (`arch/x86/entry`), so a profile of a
 //! program in the VM reads like one of the program on Linux.
 //!
@@ -21,8 +21,9 @@ pub use crate::linux::vdso::Image;
 
 use crate::linux::abi::{PAGE, STUB_SLOT, SYSCALL_SLOT, TRAP_AREA, TRAP_STUBS};
 
-/// The module name of the stub page in recordings.
-pub const MODULE: &str = "[lbrprof-shim]";
+/// The module name of the stub page in recordings (bracketed, as perf names what is no
+/// file; perf.data exports keep it out of their build-id table, see `reports`).
+pub const MODULE: &str = "[lbrprof_shim]";
 
 /// File offset (= address offset) of `.text`: the stub page's first byte. A page, so that
 /// the mapping's offset is page-aligned as perf expects of MMAP2 records.
