@@ -21,8 +21,9 @@ use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 use super::alu::{AF, Op, STATUS, alu, mask, sext};
 use super::host_flags::{self, ImmForm};
 use super::{
-    BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, bit_test_op, cond_holds,
-    gpr_index, host_form, imm_form, is_cmovcc, is_immediate, is_prefetch, is_setcc, operand_bits,
+    Access, BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, bit_test_op,
+    cond_holds, gpr_index, host_form, imm_form, is_cmovcc, is_immediate, is_prefetch, is_setcc,
+    operand_bits,
 };
 
 /// "No register" in [`Ea`].
@@ -661,16 +662,35 @@ impl Session<'_> {
             // A near branch to a non-canonical address raises #GP on the branch itself.
             return Err(Halt::Memory);
         }
-        let targets = match write {
-            Some(w) => Some(self.write_targets(w)?),
-            None => None,
-        };
+        // A naturally aligned store to a page that passed every write check before
+        // ([`Session::host_ptr`]: nothing about it can have changed since, and committing
+        // the walks below leaves it so) is one store to host memory, with no page-by-page
+        // check ([`Session::write_targets`]) and no call through [`Session::write_mem`].
+        let mut direct = None;
+        let mut targets = None;
+        if let Some(w) = write {
+            if w.addr.is_multiple_of(w.bytes as u64) {
+                direct = self.host_ptr(w.addr, Access::Write);
+            }
+            if direct.is_none() {
+                targets = Some(self.write_targets(w)?);
+            }
+        }
         // Every check passed: from here on the instruction happens.
         if !self.pending_ad.is_empty() || !self.pending_tlb.is_empty() {
             self.commit_walks()?;
         }
-        if let (Some(w), Some(targets)) = (write, targets) {
-            self.write_mem(w, targets)?;
+        if let Some(w) = write {
+            match (direct, targets) {
+                // SAFETY: as in `Session::write_mem`: guest RAM that `ram_page` keeps
+                // mapped while the session lives; aligned to the store's 1, 2, 4 or 8
+                // bytes (a fast form stores at most 8), so within the page.
+                (Some(p), _) => unsafe {
+                    crate::memory::store_aligned_at(p, w.bytes, w.value as u64)
+                },
+                (None, Some(targets)) => self.write_mem(w, targets)?,
+                (None, None) => {}
+            }
         }
         let s = &mut *self.state;
         // In the order the instructions write them: RSP, then RBP (LEAVE), then the
@@ -696,7 +716,6 @@ impl Session<'_> {
         if let Some(l) = lazy_after {
             self.lazy_af = l;
         }
-        self.interp.fast_steps += 1;
         Ok(Some(Step {
             ip,
             next: f.next,
