@@ -864,25 +864,27 @@ impl Tracer {
             let Effect::Branch { kind, taken, to } = step.effect else {
                 continue; // (run() returns branches only.)
             };
-            if pending > 0 {
-                // The branch's LBR record counts the cycles before it.
-                self.retire(pmu, pending, state.cpl, pending_at);
-                room -= pending;
-                pending = 0;
+            let b = RetiredBranch {
+                from: step.ip,
+                to,
+                fallthrough: step.next,
+                kind,
+                taken,
+                cpl_before: state.cpl,
+                cpl_after: state.cpl,
+            };
+            // The branch's LBR record counts the cycles before it.
+            if counting {
+                self.retire_then_branch(pmu, pending, pending_at, b);
+            } else {
+                if pending > 0 {
+                    self.retire(pmu, pending, state.cpl, pending_at);
+                }
+                self.branch(pmu, b);
             }
+            room -= pending;
+            pending = 0;
             room = room.saturating_sub(1);
-            self.branch(
-                pmu,
-                RetiredBranch {
-                    from: step.ip,
-                    to,
-                    fallthrough: step.next,
-                    kind,
-                    taken,
-                    cpl_before: state.cpl,
-                    cpl_after: state.cpl,
-                },
-            );
             if self.window_done || pmu.pmi_pending() {
                 ended = true;
                 break;
@@ -974,6 +976,28 @@ impl Tracer {
         } else {
             pmu.on_lbr_cycles(n);
         }
+    }
+
+    /// Exact mode: [`Tracer::retire`] of `n` instructions from `at`, then
+    /// [`Tracer::branch`] of `b`, at `b.cpl_before`, with one call into the PMU for both.
+    #[inline(always)]
+    fn retire_then_branch(&mut self, pmu: &mut VirtualPmu, n: u64, at: u64, b: RetiredBranch) {
+        debug_assert!(self.counting());
+        self.stats.instructions += n;
+        if let Some(p) = &mut self.profile {
+            if n > 0 {
+                p.retire(n, b.cpl_before, at);
+            }
+            p.branch(&b);
+        }
+        if b.kind.is_instruction() {
+            self.stats.instructions += 1;
+            self.stats.branches += 1;
+        }
+        if b.taken {
+            self.stats.taken += 1;
+        }
+        pmu.on_batch_then_branch(n, b);
     }
 
     #[inline(always)]
