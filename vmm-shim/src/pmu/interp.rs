@@ -49,7 +49,8 @@
 //!   other without the per-instruction lookups and checks (they go on straight to the
 //!   next, on a page whose fetch was checked at the entry).
 //! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
-//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
+//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, one-operand
+//!   MUL/IMUL/DIV/IDIV, register BT, CMOVcc,
 //!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
 //!   block is decoded, into a handler with register numbers, immediate and
 //!   effective-address form (`interp/fast.rs`), and run from that without iced's
