@@ -964,12 +964,7 @@ impl Tracer {
     /// `n` sequential instructions retired at `cpl`, the first at `at`.
     #[inline(always)]
     fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
-        self.stats.instructions += n;
-        if n > 0
-            && let Some(p) = &mut self.profile
-        {
-            p.retire(n, cpl, at);
-        }
+        self.note_retired(n, cpl, at);
         if self.counting() {
             pmu.on_instructions(n, cpl);
             pmu.on_cycles(n, cpl);
@@ -983,35 +978,14 @@ impl Tracer {
     #[inline(always)]
     fn retire_then_branch(&mut self, pmu: &mut VirtualPmu, n: u64, at: u64, b: RetiredBranch) {
         debug_assert!(self.counting());
-        self.stats.instructions += n;
-        if let Some(p) = &mut self.profile {
-            if n > 0 {
-                p.retire(n, b.cpl_before, at);
-            }
-            p.branch(&b);
-        }
-        if b.kind.is_instruction() {
-            self.stats.instructions += 1;
-            self.stats.branches += 1;
-        }
-        if b.taken {
-            self.stats.taken += 1;
-        }
+        self.note_retired(n, b.cpl_before, at);
+        self.note_branch(&b);
         pmu.on_batch_then_branch(n, b);
     }
 
     #[inline(always)]
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
-        if let Some(p) = &mut self.profile {
-            p.branch(&b);
-        }
-        if b.kind.is_instruction() {
-            self.stats.instructions += 1;
-            self.stats.branches += 1;
-        }
-        if b.taken {
-            self.stats.taken += 1;
-        }
+        self.note_branch(&b);
         if self.counting() {
             if b.kind.is_instruction() {
                 pmu.on_cycles(1, b.cpl_before);
@@ -1024,6 +998,32 @@ impl Tracer {
                 self.window_left -= 1;
                 self.window_done = self.window_left == 0;
             }
+        }
+    }
+
+    /// The statistics' and the profile's part of [`Tracer::retire`].
+    #[inline(always)]
+    fn note_retired(&mut self, n: u64, cpl: u8, at: u64) {
+        self.stats.instructions += n;
+        if n > 0
+            && let Some(p) = &mut self.profile
+        {
+            p.retire(n, cpl, at);
+        }
+    }
+
+    /// The statistics' and the profile's part of [`Tracer::branch`].
+    #[inline(always)]
+    fn note_branch(&mut self, b: &RetiredBranch) {
+        if let Some(p) = &mut self.profile {
+            p.branch(b);
+        }
+        if b.kind.is_instruction() {
+            self.stats.instructions += 1;
+            self.stats.branches += 1;
+        }
+        if b.taken {
+            self.stats.taken += 1;
         }
     }
 

@@ -523,12 +523,20 @@ fn snapshot_copies_slots_in_msr_order() {
     assert_eq!(newest[7], 0x1002);
 }
 
-/// The table `count` uses to find the counters of an event says what the per-counter
-/// rules say, after any sequence of control writes (and a v2 freeze, which clears
-/// GLOBAL_CTRL), for every event and ring.
-#[test]
-fn the_counting_table_follows_every_control_write() {
-    let events = [
+/// A xorshift stream from `seed` (random control writes and events for the tests).
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// A PERFEVTSEL value from `r`: one of the modelled events (or another), with random
+/// enable, ring and interrupt bits.
+fn random_evtsel(r: u64) -> u64 {
+    const EVENTS: [(u8, u8); 6] = [
         (EVENT_INST_RETIRED, 0),
         (EVENT_BR_INST_RETIRED, 0),
         (EVENT_BR_MISP_RETIRED, 0),
@@ -536,27 +544,24 @@ fn the_counting_table_follows_every_control_write() {
         (EVENT_CORE_CYCLES, UMASK_REF_CYCLES),
         (0x2e, 0x41),
     ];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let (code, umask) = EVENTS[(r >> 16) as usize % EVENTS.len()];
+    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
+    u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits
+}
+
+/// The table `count` uses to find the counters of an event says what the per-counter
+/// rules say, after any sequence of control writes (and a v2 freeze, which clears
+/// GLOBAL_CTRL), for every event and ring.
+#[test]
+fn the_counting_table_follows_every_control_write() {
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for version in [2, 4] {
         let mut p = pmu(version, 32);
         for _ in 0..2000 {
             let r = next();
             let i = (r >> 8) as u32 % GP_COUNTERS as u32;
             let _ = match r % 4 {
-                0 => {
-                    let (code, umask) = events[(r >> 16) as usize % events.len()];
-                    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
-                    p.wrmsr(
-                        IA32_PERFEVTSEL0 + i,
-                        u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits,
-                    )
-                }
+                0 => p.wrmsr(IA32_PERFEVTSEL0 + i, random_evtsel(r)),
                 1 => p.wrmsr(IA32_FIXED_CTR_CTRL, (r >> 20) & 0xfff),
                 2 => p.wrmsr(IA32_PERF_GLOBAL_CTRL, (r >> 30) & COUNTERS_MASK),
                 _ => {
@@ -595,13 +600,6 @@ fn the_counting_table_follows_every_control_write() {
 
 #[test]
 fn a_batch_and_its_branch_in_one_call_do_what_the_calls_one_by_one_do() {
-    let events = [
-        (EVENT_INST_RETIRED, 0),
-        (EVENT_BR_INST_RETIRED, 0),
-        (EVENT_BR_MISP_RETIRED, 0),
-        (EVENT_CORE_CYCLES, 0),
-        (EVENT_CORE_CYCLES, UMASK_REF_CYCLES),
-    ];
     let kinds = [
         BranchKind::Jcc,
         BranchKind::JmpRel,
@@ -611,13 +609,7 @@ fn a_batch_and_its_branch_in_one_call_do_what_the_calls_one_by_one_do() {
         BranchKind::Ret,
         BranchKind::Interrupt,
     ];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     for version in [2, 4] {
         // One PMU gets the calls one by one, the other the one call; counters near
         // overflow, PMIs, freezes and the LBR on and off on the way.
@@ -627,12 +619,7 @@ fn a_batch_and_its_branch_in_one_call_do_what_the_calls_one_by_one_do() {
             let r = next();
             let i = (r >> 8) as u32 % GP_COUNTERS as u32;
             let write = match r % 16 {
-                0 => {
-                    let (code, umask) = events[(r >> 16) as usize % events.len()];
-                    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
-                    let v = u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits;
-                    Some((IA32_PERFEVTSEL0 + i, v))
-                }
+                0 => Some((IA32_PERFEVTSEL0 + i, random_evtsel(r))),
                 1 => Some((IA32_PMC0 + i, (-((r >> 32) as i64 % 24)) as u64)),
                 2 => Some((IA32_FIXED_CTR_CTRL, (r >> 20) & 0xfff)),
                 3 => Some((IA32_PERF_GLOBAL_CTRL, (r >> 30) & COUNTERS_MASK)),
