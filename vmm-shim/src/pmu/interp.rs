@@ -660,7 +660,12 @@ impl Session<'_> {
             if n == max {
                 break;
             }
-            if self.enter_next_block() {
+            if let Some(b) = self.enter_next_block() {
+                // (Entered at RIP, its fast forms first: `run_block`'s checks hold.)
+                let generation = self.interp.arena_gen;
+                if let Some(r) = self.run_fast_forms(b, 0, generation, &mut n, max) {
+                    return r;
+                }
                 continue;
             }
             self.run_done = n;
@@ -695,20 +700,38 @@ impl Session<'_> {
     /// path, `max`).
     #[inline(always)]
     fn run_block(&mut self, n: &mut u64, max: u64) -> Option<(u64, Result<Option<Step>, Halt>)> {
-        let (b, mut i, generation) = self.block?;
+        let (b, i, generation) = self.block?;
         if generation != self.interp.arena_gen || self.interp.generic_only {
             return None;
         }
         let block = &self.interp.arena[b as usize];
-        let len = block.fast.len();
+        if i >= block.fast.len() {
+            return None;
+        }
         // (The instructions lie end to end: the next one starts where the previous ended.)
         let at = match i.checked_sub(1) {
             None => block.start,
-            Some(p) => block.fast.get(p)?.next(),
+            Some(p) => block.fast[p].next(),
         };
-        if i >= len || at != self.state.rip {
+        if at != self.state.rip {
             return None;
         }
+        self.run_fast_forms(b, i, generation, n, max)
+    }
+
+    /// [`Session::run_block`]'s loop, from fast form `i` of block `b` (of arena generation
+    /// `generation`, the current one), which is the instruction at RIP.
+    #[inline(always)]
+    fn run_fast_forms(
+        &mut self,
+        b: u32,
+        mut i: usize,
+        generation: u64,
+        n: &mut u64,
+        max: u64,
+    ) -> Option<(u64, Result<Option<Step>, Halt>)> {
+        let block = &self.interp.arena[b as usize];
+        let len = block.fast.len();
         let fast = block.fast.as_ptr();
         let mut out = None;
         let mut ran = 0;
@@ -743,27 +766,25 @@ impl Session<'_> {
         out
     }
 
-    /// At the end of the current block (or with none): enters the block at RIP so that
-    /// [`Session::run_block`] runs it from its first instruction, and says whether it has
-    /// fast forms to run. `false` leaves the rest to [`Session::try_step`] (no fast form
-    /// first, the generic path only, or a fetch that halts: `try_step` meets the halt
-    /// again and returns it).
+    /// At the end of the current block (or with none): enters the block at RIP, and
+    /// returns its arena index when it has fast forms to run from its first instruction
+    /// ([`Session::run_fast_forms`]). `None` leaves the rest to [`Session::try_step`] (no
+    /// fast form first, the generic path only, or a fetch that halts: `try_step` meets the
+    /// halt again and returns it).
     #[inline(always)]
-    fn enter_next_block(&mut self) -> bool {
+    fn enter_next_block(&mut self) -> Option<u32> {
         if self.interp.generic_only {
-            return false;
+            return None;
         }
         if let Some((b, i, generation)) = self.block
             && generation == self.interp.arena_gen
             && i < self.interp.arena[b as usize].len as usize
         {
-            return false;
+            return None;
         }
-        let Ok(idx) = self.block_at_rip() else {
-            return false;
-        };
+        let idx = self.block_at_rip().ok()?;
         self.block = Some((idx, 0, self.interp.arena_gen));
-        !self.interp.arena[idx as usize].fast.is_empty()
+        (!self.interp.arena[idx as usize].fast.is_empty()).then_some(idx)
     }
 
     /// The block starting at RIP, entered from the current one (through its link, else
