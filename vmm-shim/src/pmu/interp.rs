@@ -49,7 +49,8 @@
 //!   other without the per-instruction lookups and checks (they go on straight to the
 //!   next, on a page whose fetch was checked at the entry).
 //! * **Pre-resolved forms**: the hot forms (MOV, MOVZX/MOVSX, LEA, the ALU group, CMP,
-//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, register BT, CMOVcc,
+//!   TEST, INC/DEC/NEG/NOT, shifts and rotates, two-operand IMUL, one-operand
+//!   MUL/IMUL/DIV/IDIV, register BT, CMOVcc,
 //!   SETcc, near Jcc/JMP/CALL/RET, PUSH/POP/LEAVE, NOPs) are resolved once, when their
 //!   block is decoded, into a handler with register numbers, immediate and
 //!   effective-address form (`interp/fast.rs`), and run from that without iced's
@@ -234,21 +235,31 @@ const MAX_BLOCK_INSNS: usize = 64;
 /// Bytes of code in a cached block at most.
 const BLOCK_BYTES: u64 = (MAX_BLOCK_INSNS * MAX_INSN_LEN) as u64;
 
-/// A decoded basic block ([`Interp::arena`]).
+/// A decoded basic block ([`Interp::arena`]). What going from one block to the next reads
+/// (start, the check, the links, the fast forms and the instruction count) fills the first
+/// cache line; the decoded instructions and the address space, which only the slower
+/// paths read, come after it. (The unaligned 88-byte layout this replaced spread a block's
+/// header over two lines, and the next block's check read its decoded instructions too:
+/// with a few instructions per block, such misses were a large part of a block's cost.)
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 struct CachedBlock {
-    cr3: u64,
     start: u64,
-    insns: Box<[Decoded]>,
-    /// The session that last compared every instruction's bytes with guest memory.
+    /// The session that last compared every instruction's bytes with guest memory (0,
+    /// never a session's number, for a block with no instructions left).
     checked_in: u64,
     /// Blocks execution went on to from this one, (address, arena index): the fall-through
     /// or direct target and the last indirect target. Hints only: a link is followed only
     /// to a slot that still holds the block of that address, checked this session.
-    links: [(u64, u32); 2],
+    link_ips: [u64; 2],
+    link_to: [u32; 2],
+    /// `insns.len()`.
+    len: u32,
     /// The fast forms of the block's leading instructions that have one and lie wholly on
     /// the block's first page, packed ([`Session::run_block`]: `fast[i]` is `insns[i]`'s).
     fast: Box<[Fast]>,
+    insns: Box<[Decoded]>,
+    cr3: u64,
 }
 
 /// A cached liveness verdict.
@@ -649,7 +660,12 @@ impl Session<'_> {
             if n == max {
                 break;
             }
-            if self.enter_next_block() {
+            if let Some(b) = self.enter_next_block() {
+                // (Entered at RIP, its fast forms first: `run_block`'s checks hold.)
+                let generation = self.interp.arena_gen;
+                if let Some(r) = self.run_fast_forms(b, 0, generation, &mut n, max) {
+                    return r;
+                }
                 continue;
             }
             self.run_done = n;
@@ -684,17 +700,41 @@ impl Session<'_> {
     /// path, `max`).
     #[inline(always)]
     fn run_block(&mut self, n: &mut u64, max: u64) -> Option<(u64, Result<Option<Step>, Halt>)> {
-        let (b, mut i, generation) = self.block?;
+        let (b, i, generation) = self.block?;
         if generation != self.interp.arena_gen || self.interp.generic_only {
             return None;
         }
         let block = &self.interp.arena[b as usize];
-        let len = block.fast.len();
-        if i >= len || block.insns[i].insn.ip() != self.state.rip {
+        if i >= block.fast.len() {
             return None;
         }
+        // (The instructions lie end to end: the next one starts where the previous ended.)
+        let at = match i.checked_sub(1) {
+            None => block.start,
+            Some(p) => block.fast[p].next(),
+        };
+        if at != self.state.rip {
+            return None;
+        }
+        self.run_fast_forms(b, i, generation, n, max)
+    }
+
+    /// [`Session::run_block`]'s loop, from fast form `i` of block `b` (of arena generation
+    /// `generation`, the current one), which is the instruction at RIP.
+    #[inline(always)]
+    fn run_fast_forms(
+        &mut self,
+        b: u32,
+        mut i: usize,
+        generation: u64,
+        n: &mut u64,
+        max: u64,
+    ) -> Option<(u64, Result<Option<Step>, Halt>)> {
+        let block = &self.interp.arena[b as usize];
+        let len = block.fast.len();
         let fast = block.fast.as_ptr();
         let mut out = None;
+        let mut ran = 0;
         while i < len && *n < max {
             // SAFETY: `fast` points to the block's boxed slice of `len` forms, and `i < len`.
             // The slice lives until its block is decoded again or the arena is cleared
@@ -705,6 +745,7 @@ impl Session<'_> {
             match self.run_fast(self.state.rip, f) {
                 Ok(Some(step)) => {
                     i += 1;
+                    ran += 1;
                     if step.effect != Effect::Next {
                         out = Some((*n, Ok(Some(step))));
                         break;
@@ -721,30 +762,29 @@ impl Session<'_> {
             }
         }
         self.block = Some((b, i, generation));
+        self.interp.fast_steps += ran;
         out
     }
 
-    /// At the end of the current block (or with none): enters the block at RIP so that
-    /// [`Session::run_block`] runs it from its first instruction, and says whether it has
-    /// fast forms to run. `false` leaves the rest to [`Session::try_step`] (no fast form
-    /// first, the generic path only, or a fetch that halts: `try_step` meets the halt
-    /// again and returns it).
+    /// At the end of the current block (or with none): enters the block at RIP, and
+    /// returns its arena index when it has fast forms to run from its first instruction
+    /// ([`Session::run_fast_forms`]). `None` leaves the rest to [`Session::try_step`] (no
+    /// fast form first, the generic path only, or a fetch that halts: `try_step` meets the
+    /// halt again and returns it).
     #[inline(always)]
-    fn enter_next_block(&mut self) -> bool {
+    fn enter_next_block(&mut self) -> Option<u32> {
         if self.interp.generic_only {
-            return false;
+            return None;
         }
         if let Some((b, i, generation)) = self.block
             && generation == self.interp.arena_gen
-            && i < self.interp.arena[b as usize].insns.len()
+            && i < self.interp.arena[b as usize].len as usize
         {
-            return false;
+            return None;
         }
-        let Ok(idx) = self.block_at_rip() else {
-            return false;
-        };
+        let idx = self.block_at_rip().ok()?;
         self.block = Some((idx, 0, self.interp.arena_gen));
-        !self.interp.arena[idx as usize].fast.is_empty()
+        (!self.interp.arena[idx as usize].fast.is_empty()).then_some(idx)
     }
 
     /// The block starting at RIP, entered from the current one (through its link, else
@@ -834,20 +874,36 @@ impl Session<'_> {
             return None;
         }
         let arena = &self.interp.arena;
-        let &(_, to) = arena[f as usize].links.iter().find(|l| l.0 == rip)?;
+        let from = &arena[f as usize];
+        let to = match from.link_ips {
+            [ip, _] if ip == rip => from.link_to[0],
+            [_, ip] if ip == rip => from.link_to[1],
+            _ => return None,
+        };
         let b = arena.get(to as usize)?;
-        (b.start == rip && b.cr3 == cr3 && !b.insns.is_empty() && self.block_fresh(to))
-            .then_some(to)
+        // (A session's blocks are all of its address space, and so are their links.)
+        debug_assert!(b.start != rip || b.cr3 == cr3);
+        (b.start == rip && self.block_fresh(to)).then_some(to)
     }
 
     /// Whether block `idx` was checked against guest memory this session, or is
-    /// unchanged there now (then it counts as checked).
+    /// unchanged there now (then it counts as checked). A block with no instructions
+    /// left is never fresh.
+    #[inline(always)]
     fn block_fresh(&mut self, idx: u32) -> bool {
+        self.interp.arena[idx as usize].checked_in == self.interp.session_no
+            || self.block_unchanged(idx)
+    }
+
+    /// [`Session::block_fresh`] for a block not checked this session yet: compares it
+    /// with guest memory.
+    #[inline(never)]
+    fn block_unchanged(&mut self, idx: u32) -> bool {
         let session = self.interp.session_no;
         let b = &mut self.interp.arena[idx as usize];
         // (The instructions lie end to end from the start: one read of guest memory for
         // the block, not one per instruction.)
-        let fresh = b.checked_in == session || {
+        let fresh = !b.insns.is_empty() && {
             let mut now = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN];
             let end = b.insns.last().map_or(b.start, |d| d.insn.next_ip());
             let now = &mut now[..end.wrapping_sub(b.start).min(BLOCK_BYTES) as usize];
@@ -879,7 +935,9 @@ impl Session<'_> {
             d.insn.next_ip() == rip
                 || (d.insn.op0_kind() == OpKind::NearBranch64 && d.insn.near_branch64() == rip)
         });
-        b.links[usize::from(!direct || (b.links[0].0 != 0 && b.links[0].0 != rip))] = (rip, to);
+        let slot = usize::from(!direct || (b.link_ips[0] != 0 && b.link_ips[0] != rip));
+        b.link_ips[slot] = rip;
+        b.link_to[slot] = to;
     }
 
     /// The block starting at `rip` (decoded, or cached and checked against guest memory
@@ -913,8 +971,11 @@ impl Session<'_> {
             if let Some(idx) = slot.filter(|_| generation == self.interp.arena_gen) {
                 // Nothing decodes there any more: the slot keeps its key with no
                 // instructions, so links and the map never lead to stale code.
-                self.interp.arena[idx as usize].insns = Box::default();
-                self.interp.arena[idx as usize].checked_in = 0;
+                let b = &mut self.interp.arena[idx as usize];
+                b.insns = Box::default();
+                b.fast = Box::default();
+                b.len = 0;
+                b.checked_in = 0;
                 self.interp.blocks.remove(&(cr3, rip));
             }
             return None;
@@ -924,12 +985,15 @@ impl Session<'_> {
             .map_while(|d| d.fast.filter(|f| (f.next() - 1) / PAGE == rip / PAGE))
             .collect();
         let block = CachedBlock {
-            cr3,
             start: rip,
-            insns: insns.into(),
             checked_in: session,
-            links: [(0, 0); 2],
+            link_ips: [0; 2],
+            link_to: [0; 2],
+            // (At most MAX_BLOCK_INSNS.)
+            len: insns.len() as u32,
             fast,
+            insns: insns.into(),
+            cr3,
         };
         // Decoding may have flushed the caches (and the arena with them).
         let idx = match slot.filter(|_| generation == self.interp.arena_gen) {
@@ -982,6 +1046,7 @@ impl Session<'_> {
                 self.note_code_phys(pa);
             }
             if let Some(step) = self.run_fast(ip, &f)? {
+                self.interp.fast_steps += 1;
                 return Ok(step);
             }
             // Undefined flags only the liveness proof can settle: the generic path does

@@ -864,25 +864,27 @@ impl Tracer {
             let Effect::Branch { kind, taken, to } = step.effect else {
                 continue; // (run() returns branches only.)
             };
-            if pending > 0 {
-                // The branch's LBR record counts the cycles before it.
-                self.retire(pmu, pending, state.cpl, pending_at);
-                room -= pending;
-                pending = 0;
+            let b = RetiredBranch {
+                from: step.ip,
+                to,
+                fallthrough: step.next,
+                kind,
+                taken,
+                cpl_before: state.cpl,
+                cpl_after: state.cpl,
+            };
+            // The branch's LBR record counts the cycles before it.
+            if counting {
+                self.retire_then_branch(pmu, pending, pending_at, b);
+            } else {
+                if pending > 0 {
+                    self.retire(pmu, pending, state.cpl, pending_at);
+                }
+                self.branch(pmu, b);
             }
+            room -= pending;
+            pending = 0;
             room = room.saturating_sub(1);
-            self.branch(
-                pmu,
-                RetiredBranch {
-                    from: step.ip,
-                    to,
-                    fallthrough: step.next,
-                    kind,
-                    taken,
-                    cpl_before: state.cpl,
-                    cpl_after: state.cpl,
-                },
-            );
             if self.window_done || pmu.pmi_pending() {
                 ended = true;
                 break;
@@ -962,12 +964,7 @@ impl Tracer {
     /// `n` sequential instructions retired at `cpl`, the first at `at`.
     #[inline(always)]
     fn retire(&mut self, pmu: &mut VirtualPmu, n: u64, cpl: u8, at: u64) {
-        self.stats.instructions += n;
-        if n > 0
-            && let Some(p) = &mut self.profile
-        {
-            p.retire(n, cpl, at);
-        }
+        self.note_retired(n, cpl, at);
         if self.counting() {
             pmu.on_instructions(n, cpl);
             pmu.on_cycles(n, cpl);
@@ -976,18 +973,19 @@ impl Tracer {
         }
     }
 
+    /// Exact mode: [`Tracer::retire`] of `n` instructions from `at`, then
+    /// [`Tracer::branch`] of `b`, at `b.cpl_before`, with one call into the PMU for both.
+    #[inline(always)]
+    fn retire_then_branch(&mut self, pmu: &mut VirtualPmu, n: u64, at: u64, b: RetiredBranch) {
+        debug_assert!(self.counting());
+        self.note_retired(n, b.cpl_before, at);
+        self.note_branch(&b);
+        pmu.on_batch_then_branch(n, b);
+    }
+
     #[inline(always)]
     fn branch(&mut self, pmu: &mut VirtualPmu, b: RetiredBranch) {
-        if let Some(p) = &mut self.profile {
-            p.branch(&b);
-        }
-        if b.kind.is_instruction() {
-            self.stats.instructions += 1;
-            self.stats.branches += 1;
-        }
-        if b.taken {
-            self.stats.taken += 1;
-        }
+        self.note_branch(&b);
         if self.counting() {
             if b.kind.is_instruction() {
                 pmu.on_cycles(1, b.cpl_before);
@@ -1000,6 +998,32 @@ impl Tracer {
                 self.window_left -= 1;
                 self.window_done = self.window_left == 0;
             }
+        }
+    }
+
+    /// The statistics' and the profile's part of [`Tracer::retire`].
+    #[inline(always)]
+    fn note_retired(&mut self, n: u64, cpl: u8, at: u64) {
+        self.stats.instructions += n;
+        if n > 0
+            && let Some(p) = &mut self.profile
+        {
+            p.retire(n, cpl, at);
+        }
+    }
+
+    /// The statistics' and the profile's part of [`Tracer::branch`].
+    #[inline(always)]
+    fn note_branch(&mut self, b: &RetiredBranch) {
+        if let Some(p) = &mut self.profile {
+            p.branch(b);
+        }
+        if b.kind.is_instruction() {
+            self.stats.instructions += 1;
+            self.stats.branches += 1;
+        }
+        if b.taken {
+            self.stats.taken += 1;
         }
     }
 

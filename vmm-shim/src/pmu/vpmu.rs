@@ -187,6 +187,9 @@ pub struct VirtualPmu {
     /// [`VirtualPmu::update_counting`] whenever the controls change (exact mode counts
     /// events several times per instruction).
     counting: [[u16; 2]; EVENTS],
+    /// Whether any counter counts any event at ring 0 (`[0]`) and at rings 1–3 (`[1]`),
+    /// kept with `counting`.
+    counting_any: [bool; 2],
 }
 
 /// Number of [`Event`] kinds.
@@ -247,6 +250,7 @@ impl VirtualPmu {
             stats: PmuStats::default(),
             predictor: Predictor::new(),
             counting: [[0; 2]; EVENTS],
+            counting_any: [false; 2],
         }
         .with_counting()
     }
@@ -593,6 +597,9 @@ impl VirtualPmu {
                 self.counting[ev as usize][ring] = m;
             }
         }
+        for ring in 0..2 {
+            self.counting_any[ring] = self.counting.iter().any(|c| c[ring] != 0);
+        }
     }
 
     fn with_counting(mut self) -> VirtualPmu {
@@ -731,6 +738,38 @@ impl VirtualPmu {
             if mispred {
                 self.count(Event::BranchMisses, 1, b.cpl_before);
             }
+        }
+    }
+
+    /// `n` non-branch instructions retired at `b.cpl_before`, then the branch `b`, each
+    /// instruction a core (and reference) cycle: what [`Self::on_instructions`]`(n)`,
+    /// [`Self::on_cycles`]`(n)`, `on_cycles(1)` for a branch instruction and
+    /// [`Self::on_branch`]`(b)` do in that order, in one call (exact mode's interpreter
+    /// retires its batches this way, a branch every few instructions). With no counter
+    /// counting at that ring, what is left is the time since the last LBR entry, the
+    /// predictor, the LBR and the instructions a freeze kept from the counters.
+    pub fn on_batch_then_branch(&mut self, n: u64, b: RetiredBranch) {
+        let cpl = b.cpl_before;
+        let insn = b.kind.is_instruction();
+        if self.counting_any[usize::from(cpl != 0)] {
+            self.on_instructions(n, cpl);
+            self.on_cycles(n, cpl);
+            if insn {
+                self.on_cycles(1, cpl);
+            }
+            self.on_branch(b);
+            return;
+        }
+        let cycles = n + u64::from(insn);
+        self.cycles_since_lbr = self.cycles_since_lbr.saturating_add(cycles);
+        let mispred = self.predictor.predict_and_update(&b);
+        if b.taken {
+            self.record_lbr(&b, mispred);
+        }
+        // (What `count` does when nothing counts: neither the predictor nor the LBR
+        // changes a freeze.)
+        if self.counters_frozen() {
+            self.stats.frozen_instructions += cycles;
         }
     }
 

@@ -4,7 +4,8 @@
 //! copying the register file.
 //!
 //! Forms: MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU group with CMP and TEST, INC/DEC/NEG/NOT,
-//! shifts and rotates, two-operand IMUL, register BT/BTS/BTR/BTC, CMOVcc, SETcc, near Jcc/JMP/CALL
+//! shifts and rotates, two-operand IMUL, one-operand MUL/IMUL/DIV/IDIV (run by the host, as
+//! the generic path runs them), register BT/BTS/BTR/BTC, CMOVcc, SETcc, near Jcc/JMP/CALL
 //! (direct and indirect), RET, PUSH, POP, LEAVE, the NOPs and the PREFETCH hints — with
 //! register, immediate and 64-bit-addressed memory operands (FS-relative included). Everything else, and any
 //! of these whose result leaves flags undefined that the host cannot supply (those need
@@ -21,8 +22,9 @@ use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 use super::alu::{AF, Op, STATUS, alu, mask, sext};
 use super::host_flags::{self, ImmForm};
 use super::{
-    BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, bit_test_op, cond_holds,
-    gpr_index, host_form, imm_form, is_cmovcc, is_immediate, is_prefetch, is_setcc, operand_bits,
+    Access, BranchKind, Effect, Halt, PendingWrite, RFLAGS_RF, RSP, Session, Step, bit_test_op,
+    cond_holds, gpr_index, host_form, imm_form, is_cmovcc, is_immediate, is_prefetch, is_setcc,
+    operand_bits,
 };
 
 /// "No register" in [`Ea`].
@@ -80,6 +82,9 @@ pub(super) enum Handler {
         write: bool,
         host: Host,
     },
+    /// One-operand MUL/IMUL/DIV/IDIV: RDX:RAX (or AX) against the source, run by the
+    /// host ([`host_flags::wide`]).
+    Wide(host_flags::Wide),
     Cmov(ConditionCode),
     Setcc(ConditionCode),
     Jcc(ConditionCode),
@@ -150,6 +155,21 @@ impl Fast {
             target: 0,
         };
         let m = insn.mnemonic();
+        if insn.op_count() == 1 {
+            let wide = match m {
+                Mnemonic::Mul => Some(host_flags::Wide::Mul),
+                Mnemonic::Imul => Some(host_flags::Wide::Imul),
+                Mnemonic::Div => Some(host_flags::Wide::Div),
+                Mnemonic::Idiv => Some(host_flags::Wide::Idiv),
+                _ => None,
+            };
+            if let Some(op) = wide {
+                f.bits = bits(insn, 0)?;
+                f.src = f.src_loc(insn, 0)?;
+                f.handler = Handler::Wide(op);
+                return Some(f);
+            }
+        }
         let alu_op = match m {
             Mnemonic::Imul if insn.op_count() == 2 => Some(Op::Imul),
             Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
@@ -409,6 +429,8 @@ pub(super) struct LazyAf {
 /// replaces it with a defined AF (the arithmetic operations).
 fn keeps_lazy_af(h: Handler) -> bool {
     match h {
+        // (The host's flags after it may depend on the flags before.)
+        Handler::Wide(_) => false,
         Handler::Alu { op, .. } => matches!(
             op,
             Op::Add | Op::Adc | Op::Sub | Op::Sbb | Op::Inc | Op::Dec | Op::Neg
@@ -418,13 +440,15 @@ fn keeps_lazy_af(h: Handler) -> bool {
 }
 
 /// Register values to write once the instruction can no longer halt: at most one
-/// general destination and RSP and RBP (PUSH/POP/CALL/RET/LEAVE). Fixed slots, not a
+/// general destination and RSP and RBP (PUSH/POP/CALL/RET/LEAVE), or RAX and RDX
+/// (MUL/DIV). Fixed slots, not a
 /// counted array: an indexed store kept the whole array in memory, a store and a reload
 /// for every instruction.
 struct Staged {
     dst: (Loc, u64),
     rsp: Option<u64>,
     rbp: Option<u64>,
+    rdx: Option<u64>,
 }
 
 impl Staged {
@@ -433,6 +457,7 @@ impl Staged {
             dst: (Loc::None, 0),
             rsp: None,
             rbp: None,
+            rdx: None,
         }
     }
 
@@ -582,6 +607,29 @@ impl Session<'_> {
                     self.put(f, f.dst, bits, out.value, &mut staged, &mut write);
                 }
             }
+            Handler::Wide(op) => {
+                let src = self.get(f, f.src, bits)?;
+                let s = &*self.state;
+                // (As the generic path: the host's values and flags, all of them defined
+                // by the host; a divide that would raise #DE goes back to the generic path,
+                // which leaves it to the CPU.)
+                let Some((rax, rdx, status)) =
+                    host_flags::wide(op, bits, s.gpr[0], s.gpr[2], src, rflags)
+                else {
+                    return Ok(None);
+                };
+                rflags = (rflags & !STATUS) | status;
+                lazy_after = Some(None);
+                staged.push(
+                    Loc::Reg {
+                        idx: 0,
+                        high: false,
+                        bytes: 8,
+                    },
+                    rax,
+                );
+                staged.rdx = Some(rdx);
+            }
             Handler::Cmov(cc) => {
                 let taken = cond_holds(cc, rflags).unwrap_or(false);
                 // The source is read (and may fault) whatever the condition; a 32-bit
@@ -661,16 +709,35 @@ impl Session<'_> {
             // A near branch to a non-canonical address raises #GP on the branch itself.
             return Err(Halt::Memory);
         }
-        let targets = match write {
-            Some(w) => Some(self.write_targets(w)?),
-            None => None,
-        };
+        // A naturally aligned store to a page that passed every write check before
+        // ([`Session::host_ptr`]: nothing about it can have changed since, and committing
+        // the walks below leaves it so) is one store to host memory, with no page-by-page
+        // check ([`Session::write_targets`]) and no call through [`Session::write_mem`].
+        let mut direct = None;
+        let mut targets = None;
+        if let Some(w) = write {
+            if w.addr.is_multiple_of(w.bytes as u64) {
+                direct = self.host_ptr(w.addr, Access::Write);
+            }
+            if direct.is_none() {
+                targets = Some(self.write_targets(w)?);
+            }
+        }
         // Every check passed: from here on the instruction happens.
         if !self.pending_ad.is_empty() || !self.pending_tlb.is_empty() {
             self.commit_walks()?;
         }
-        if let (Some(w), Some(targets)) = (write, targets) {
-            self.write_mem(w, targets)?;
+        if let Some(w) = write {
+            match (direct, targets) {
+                // SAFETY: as in `Session::write_mem`: guest RAM that `ram_page` keeps
+                // mapped while the session lives; aligned to the store's 1, 2, 4 or 8
+                // bytes (a fast form stores at most 8), so within the page.
+                (Some(p), _) => unsafe {
+                    crate::memory::store_aligned_at(p, w.bytes, w.value as u64)
+                },
+                (None, Some(targets)) => self.write_mem(w, targets)?,
+                (None, None) => {}
+            }
         }
         let s = &mut *self.state;
         // In the order the instructions write them: RSP, then RBP (LEAVE), then the
@@ -680,6 +747,9 @@ impl Session<'_> {
         }
         if let Some(v) = staged.rbp {
             s.gpr[5] = v;
+        }
+        if let Some(v) = staged.rdx {
+            s.gpr[2] = v;
         }
         if let (Loc::Reg { idx, high, bytes }, v) = staged.dst {
             let r = &mut s.gpr[idx as usize];
@@ -696,7 +766,6 @@ impl Session<'_> {
         if let Some(l) = lazy_after {
             self.lazy_af = l;
         }
-        self.interp.fast_steps += 1;
         Ok(Some(Step {
             ip,
             next: f.next,

@@ -523,12 +523,20 @@ fn snapshot_copies_slots_in_msr_order() {
     assert_eq!(newest[7], 0x1002);
 }
 
-/// The table `count` uses to find the counters of an event says what the per-counter
-/// rules say, after any sequence of control writes (and a v2 freeze, which clears
-/// GLOBAL_CTRL), for every event and ring.
-#[test]
-fn the_counting_table_follows_every_control_write() {
-    let events = [
+/// A xorshift stream from `seed` (random control writes and events for the tests).
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// A PERFEVTSEL value from `r`: one of the modelled events (or another), with random
+/// enable, ring and interrupt bits.
+fn random_evtsel(r: u64) -> u64 {
+    const EVENTS: [(u8, u8); 6] = [
         (EVENT_INST_RETIRED, 0),
         (EVENT_BR_INST_RETIRED, 0),
         (EVENT_BR_MISP_RETIRED, 0),
@@ -536,27 +544,24 @@ fn the_counting_table_follows_every_control_write() {
         (EVENT_CORE_CYCLES, UMASK_REF_CYCLES),
         (0x2e, 0x41),
     ];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let (code, umask) = EVENTS[(r >> 16) as usize % EVENTS.len()];
+    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
+    u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits
+}
+
+/// The table `count` uses to find the counters of an event says what the per-counter
+/// rules say, after any sequence of control writes (and a v2 freeze, which clears
+/// GLOBAL_CTRL), for every event and ring.
+#[test]
+fn the_counting_table_follows_every_control_write() {
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for version in [2, 4] {
         let mut p = pmu(version, 32);
         for _ in 0..2000 {
             let r = next();
             let i = (r >> 8) as u32 % GP_COUNTERS as u32;
             let _ = match r % 4 {
-                0 => {
-                    let (code, umask) = events[(r >> 16) as usize % events.len()];
-                    let bits = (r >> 24) & (EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT);
-                    p.wrmsr(
-                        IA32_PERFEVTSEL0 + i,
-                        u64::from(code) | u64::from(umask) << EVTSEL_UMASK_SHIFT | bits,
-                    )
-                }
+                0 => p.wrmsr(IA32_PERFEVTSEL0 + i, random_evtsel(r)),
                 1 => p.wrmsr(IA32_FIXED_CTR_CTRL, (r >> 20) & 0xfff),
                 2 => p.wrmsr(IA32_PERF_GLOBAL_CTRL, (r >> 30) & COUNTERS_MASK),
                 _ => {
@@ -585,6 +590,83 @@ fn the_counting_table_follows_every_control_write() {
                     assert_eq!(p.counting[ev as usize][usize::from(cpl != 0)], want);
                 }
             }
+            for ring in 0..2 {
+                let any = p.counting.iter().any(|c| c[ring] != 0);
+                assert_eq!(p.counting_any[ring], any);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_and_its_branch_in_one_call_do_what_the_calls_one_by_one_do() {
+    let kinds = [
+        BranchKind::Jcc,
+        BranchKind::JmpRel,
+        BranchKind::JmpInd,
+        BranchKind::CallRel,
+        BranchKind::CallInd,
+        BranchKind::Ret,
+        BranchKind::Interrupt,
+    ];
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    for version in [2, 4] {
+        // One PMU gets the calls one by one, the other the one call; counters near
+        // overflow, PMIs, freezes and the LBR on and off on the way.
+        let mut one_by_one = pmu(version, 8);
+        let mut batched = one_by_one.clone();
+        for step in 0..1500 {
+            let r = next();
+            let i = (r >> 8) as u32 % GP_COUNTERS as u32;
+            let write = match r % 16 {
+                0 => Some((IA32_PERFEVTSEL0 + i, random_evtsel(r))),
+                1 => Some((IA32_PMC0 + i, (-((r >> 32) as i64 % 24)) as u64)),
+                2 => Some((IA32_FIXED_CTR_CTRL, (r >> 20) & 0xfff)),
+                3 => Some((IA32_PERF_GLOBAL_CTRL, (r >> 30) & COUNTERS_MASK)),
+                4 => Some((IA32_PERF_GLOBAL_OVF_CTRL, (r >> 30) & COUNTERS_MASK)),
+                5 => Some((
+                    IA32_DEBUGCTL,
+                    (r >> 40)
+                        & (DEBUGCTL_LBR
+                            | DEBUGCTL_FREEZE_LBRS_ON_PMI
+                            | DEBUGCTL_FREEZE_PERFMON_ON_PMI),
+                )),
+                6 => {
+                    assert_eq!(one_by_one.take_pmi(), batched.take_pmi());
+                    None
+                }
+                _ => {
+                    let kind = kinds[(r >> 16) as usize % kinds.len()];
+                    let cpl = if r >> 20 & 3 == 0 { 0 } else { 3 };
+                    let from = 0x1000 + (r >> 24) % 48;
+                    let b = RetiredBranch {
+                        from,
+                        to: 0x8000 + (r >> 32) % 8,
+                        fallthrough: from + 2,
+                        kind,
+                        taken: kind != BranchKind::Jcc || r >> 44 & 1 == 1,
+                        cpl_before: cpl,
+                        cpl_after: cpl,
+                    };
+                    let n = (r >> 48) % 7;
+                    one_by_one.on_instructions(n, cpl);
+                    one_by_one.on_cycles(n, cpl);
+                    if kind.is_instruction() {
+                        one_by_one.on_cycles(1, cpl);
+                    }
+                    one_by_one.on_branch(b);
+                    batched.on_batch_then_branch(n, b);
+                    None
+                }
+            };
+            if let Some((msr, v)) = write {
+                assert_eq!(one_by_one.wrmsr(msr, v), batched.wrmsr(msr, v));
+            }
+            assert_eq!(
+                format!("{one_by_one:?}"),
+                format!("{batched:?}"),
+                "version {version}, step {step}"
+            );
         }
     }
 }
