@@ -558,7 +558,12 @@ fn record_threads(tmp: &tempfile::TempDir, exe: &Path, interp: &str) {
     let info = lbrprof().arg("info").arg(&data).output().unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     if interp == "0" {
-        assert!(info.contains("vCPU 0:"), "no snapshots at all:\n{info}");
+        // Any vCPU's: the main thread's vCPU 0 mostly waits in join, and at a loaded
+        // machine's ~2 Hz it may take none (seen once at load 5.7).
+        let any = info
+            .lines()
+            .any(|l| l.trim_start().starts_with("vCPU ") && l.contains(" by the shim"));
+        assert!(any, "no snapshots at all:\n{info}");
         return;
     }
     for vcpu in 1..=4 {
