@@ -361,17 +361,8 @@ fn record_names_the_system_call_entry_of_a_syscall_heavy_program() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let report = lbrprof()
-        .args(["report", "--format", "json", "-i"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let data = data.to_str().unwrap();
+    let report = common::json(&["report", "--format", "json", "-i", data]);
     let host: Vec<&serde_json::Value> = report["functions"]
         .as_array()
         .unwrap()

@@ -26,6 +26,13 @@ fn gcc(dir: &Path, src: &Path, out: &str, flags: &[&str]) -> PathBuf {
     exe
 }
 
+/// `body` written to `dir/NAME.c` and built into `dir/NAME`.
+fn gcc_source(dir: &Path, name: &str, body: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, body).unwrap();
+    gcc(dir, &src, name, flags)
+}
+
 fn workload(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"))
 }
@@ -234,11 +241,7 @@ fn record_of_a_pipeline_names_the_functions_of_each_program() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = |name: &str, body: &str| {
-        let p = tmp.path().join(format!("{name}.c"));
-        std::fs::write(&p, body).unwrap();
-        gcc(tmp.path(), &p, name, &[])
-    };
+    let src = |name: &str, body: &str| gcc_source(tmp.path(), name, body, &[]);
     let producer = src(
         "producer",
         r#"#include <stdio.h>
@@ -395,11 +398,7 @@ fn host_samples_after_an_exec_are_named_in_the_new_program() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = |name: &str, body: &str| {
-        let p = tmp.path().join(format!("{name}.c"));
-        std::fs::write(&p, body).unwrap();
-        gcc(tmp.path(), &p, name, &["-fPIE", "-pie"])
-    };
+    let src = |name: &str, body: &str| gcc_source(tmp.path(), name, body, &["-fPIE", "-pie"]);
     let worker = src(
         "worker",
         r#"#include <stdio.h>
@@ -446,17 +445,8 @@ int main(int argc, char **argv) {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let report = lbrprof()
-        .args(["report", "--format", "json", "-i"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let data = data.to_str().unwrap();
+    let report = common::json(&["report", "--format", "json", "-i", data]);
     let host_samples_in = |module: &str| -> u64 {
         report["functions"]
             .as_array()
