@@ -1070,7 +1070,7 @@ impl VcpuRunner {
         if let Some(l) = &self.linux {
             let mut p = lock(&l.shared.process);
             p.register_thread(&l.task);
-            self.tell_space(&p);
+            tell_space(self.events.as_ref(), self.index, p.space());
         }
         let run = self.vcpu.get_kvm_run();
         IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
@@ -1158,7 +1158,7 @@ impl VcpuRunner {
         {
             let mut p = lock(&shared.process);
             p.register_thread(&task);
-            self.tell_space(&p);
+            tell_space(self.events.as_ref(), self.index, p.space());
         }
         self.linux = Some(LinuxVcpu {
             shared,
@@ -1167,16 +1167,6 @@ impl VcpuRunner {
             execed: false,
         });
         true
-    }
-
-    /// Tells the recorder that this vCPU runs a thread of `p` from now on.
-    fn tell_space(&self, p: &Process) {
-        if let Some(tx) = &self.events {
-            tx.send(linux::GuestEvent::Runs {
-                vcpu: self.index,
-                space: p.space(),
-            });
-        }
     }
 
     fn crash(&self, reason: String) -> VcpuEnd {
@@ -1513,13 +1503,8 @@ impl VcpuRunner {
                         action = linux.process_op(&mut self.vcpu, pending, op);
                     }
                     if matches!(action, Ok(TrapAction::Resume)) && linux.execed() {
-                        if let Some(tx) = &self.events {
-                            let space = lock(&linux.shared.process).space();
-                            tx.send(linux::GuestEvent::Runs {
-                                vcpu: self.index,
-                                space,
-                            });
-                        }
+                        let space = lock(&linux.shared.process).space();
+                        tell_space(self.events.as_ref(), self.index, space);
                         let mut ctx = vcpu_ctx!(self, req);
                         self.hook.on_new_program(&mut ctx);
                     }
@@ -1609,6 +1594,14 @@ impl LinuxShared {
             proc_shared: p.shared(),
             process: Arc::new(Mutex::new(p)),
         }
+    }
+}
+
+/// Tells the recorder (if any) that vCPU `vcpu` runs a thread of address space `space`
+/// from now on.
+fn tell_space(events: Option<&linux::GuestEventSink>, vcpu: u32, space: u32) {
+    if let Some(tx) = events {
+        tx.send(linux::GuestEvent::Runs { vcpu, space });
     }
 }
 
